@@ -1,0 +1,123 @@
+/* fsutil.c - atomic writes and small file-system helpers. */
+#define _POSIX_C_SOURCE 200809L
+#include "fsutil.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "error.h"
+
+long long fs_file_size(const char *path) {
+  struct stat st;
+  if (stat(path, &st) != 0) return ce_err("%s: cannot stat: %s", path, strerror(errno));
+  return (long long)st.st_size;
+}
+
+int fs_open_tmp(const char *path, char *tmp, size_t tmp_len, FILE **f) {
+  if ((size_t)snprintf(tmp, tmp_len, "%s.tmp.%ld", path, (long)getpid()) >= tmp_len)
+    CE_FAIL("%s: path too long", path);
+  *f = fopen(tmp, "wb");
+  if (!*f) CE_FAIL("%s: cannot create: %s", tmp, strerror(errno));
+  return 0;
+}
+
+int fs_commit_tmp(FILE *f, const char *tmp, const char *path, int ok) {
+  if (!ok) {
+    int e = errno;
+    fclose(f);
+    unlink(tmp);
+    CE_FAIL("%s: write failed: %s", path, strerror(e ? e : EIO));
+  }
+  if (fflush(f) != 0 || fsync(fileno(f)) != 0) {
+    int e = errno;
+    fclose(f);
+    unlink(tmp);
+    CE_FAIL("%s: write failed: %s", path, strerror(e));
+  }
+  if (fclose(f) != 0) {
+    unlink(tmp);
+    CE_FAIL("%s: close failed: %s", path, strerror(errno));
+  }
+  if (rename(tmp, path) != 0) {
+    int e = errno;
+    unlink(tmp);
+    CE_FAIL("%s: cannot rename from %s: %s", path, tmp, strerror(e));
+  }
+  return 0;
+}
+
+int fs_rename_durable(const char *tmp, const char *path) {
+  int fd = open(tmp, O_RDONLY);
+  if (fd < 0) CE_FAIL("%s: cannot open: %s", tmp, strerror(errno));
+  if (fsync(fd) != 0) {
+    int e = errno;
+    close(fd);
+    CE_FAIL("%s: fsync failed: %s", tmp, strerror(e));
+  }
+  close(fd);
+  if (rename(tmp, path) != 0) CE_FAIL("%s: cannot rename from %s: %s", path, tmp, strerror(errno));
+  return 0;
+}
+
+int fs_mkdir_p(const char *dir) {
+  char buf[4096];
+  size_t n = strlen(dir);
+  if (n == 0 || n >= sizeof buf) CE_FAIL("'%s': bad directory name", dir);
+  memcpy(buf, dir, n + 1);
+  for (size_t i = 1; i <= n; i++) {
+    if (buf[i] == '/' || buf[i] == 0) {
+      char c = buf[i];
+      buf[i] = 0;
+      if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+        CE_FAIL("%s: cannot create directory: %s", buf, strerror(errno));
+      buf[i] = c;
+    }
+  }
+  struct stat st;
+  if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) CE_FAIL("%s: not a directory", dir);
+  return 0;
+}
+
+int fs_read_all(const char *path, char **buf, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) CE_FAIL("%s: cannot open: %s", path, strerror(errno));
+  size_t cap = 4096, n = 0;
+  char *b = malloc(cap);
+  if (!b) {
+    fclose(f);
+    CE_FAIL("%s: out of memory", path);
+  }
+  size_t r;
+  while ((r = fread(b + n, 1, cap - n - 1, f)) > 0) {
+    n += r;
+    if (n + 1 == cap) {
+      if (cap > ((size_t)1 << 30)) {
+        free(b);
+        fclose(f);
+        CE_FAIL("%s: larger than 1 GiB", path);
+      }
+      char *nb = realloc(b, cap * 2);
+      if (!nb) {
+        free(b);
+        fclose(f);
+        CE_FAIL("%s: out of memory", path);
+      }
+      b = nb;
+      cap *= 2;
+    }
+  }
+  int err = ferror(f);
+  fclose(f);
+  if (err) {
+    free(b);
+    CE_FAIL("%s: read error", path);
+  }
+  b[n] = 0;
+  *buf = b;
+  if (len) *len = n;
+  return 0;
+}

@@ -1,0 +1,34 @@
+/* fsutil.h - file-system helpers: atomic file creation, sizes, directories.
+ *
+ * Every output file coemu writes goes through fs_open_tmp()/fs_commit_tmp():
+ * the data are written to "PATH.tmp.<pid>", flushed to disk and renamed over
+ * PATH only when complete, so an interrupted run never leaves a file that
+ * looks finished.
+ */
+#ifndef COEMU_FSUTIL_H
+#define COEMU_FSUTIL_H
+
+#include <stdio.h>
+
+/* Size of a file in bytes, or -1 (with an error message). */
+long long fs_file_size(const char *path);
+
+/* Open a temporary sibling of `path` for writing; its name goes to tmp. */
+int fs_open_tmp(const char *path, char *tmp, size_t tmp_len, FILE **f);
+
+/* Finish a temporary file: if ok, flush, fsync, close and rename it over
+ * path; otherwise (or if any of that fails) close and remove it. Returns 0
+ * on success, -1 with an error message otherwise. */
+int fs_commit_tmp(FILE *f, const char *tmp, const char *path, int ok);
+
+/* Rename with fsync of the file first (for files written by other
+ * libraries, e.g. HDF5, to a temporary name). */
+int fs_rename_durable(const char *tmp, const char *path);
+
+/* mkdir -p. */
+int fs_mkdir_p(const char *dir);
+
+/* Read a whole (small) file into a NUL-terminated malloc'd buffer. */
+int fs_read_all(const char *path, char **buf, size_t *len);
+
+#endif

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install what is missing, build and run the whole test suite.
+#   scripts/test.sh              normal (release, -O2) build in build/
+#   scripts/test.sh --sanitize   AddressSanitizer + UndefinedBehaviorSanitizer build in build-san/
+# Prints "N passed, N failed" (one line per test executable and a total).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+if [ "${1:-}" = "--sanitize" ]; then
+  builddir=build-san
+  bash scripts/build.sh "$builddir" -Dbuildtype=debugoptimized -Db_sanitize=address,undefined \
+    -Db_lundef=false -Dc_args=-fno-sanitize-recover=all
+  export ASAN_OPTIONS="abort_on_error=0:halt_on_error=1:detect_leaks=1:allocator_may_return_null=1"
+  export LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp:print_suppressions=0"
+  export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
+  mult=4
+else
+  builddir=build
+  bash scripts/build.sh "$builddir"
+  mult=1
+fi
+rc=0
+meson test -C "$builddir" --print-errorlogs --num-processes 2 \
+  --timeout-multiplier "$mult" >"$builddir/test-output.txt" 2>&1 || rc=$?
+grep -E '^ *[0-9]+/[0-9]+ ' "$builddir/test-output.txt" || true
+python3 scripts/test_summary.py "$builddir/meson-logs/testlog.json" || rc=1
+if [ $rc -ne 0 ]; then
+  echo "--- failing test output ($builddir/meson-logs/testlog.txt) ---"
+  sed -n '/^Summary of Failures/,$p' "$builddir/test-output.txt" | head -50
+  python3 scripts/test_summary.py --failures "$builddir/meson-logs/testlog.json" | tail -200
+fi
+exit $rc

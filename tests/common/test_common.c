@@ -1,0 +1,181 @@
+/* test_common.c - the foundation: errors, checked allocation, .npy, the
+ * counter-based generator, option parsing and PNG output. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "cli.h"
+#include "error.h"
+#include "fsutil.h"
+#include "image.h"
+#include "npy.h"
+#include "rng.h"
+
+static char tmpdir[256];
+
+static void path_in_tmp(char *buf, size_t n, const char *name) {
+  snprintf(buf, n, "%s/%s", tmpdir, name);
+}
+
+static void test_alloc_limits(void) {
+  CHECK(ce_malloc_array(SIZE_MAX / 2, 4, "huge") == NULL);
+  CHECK(strstr(ce_err_msg(), "huge") != NULL);
+  size_t old = ce_alloc_limit();
+  ce_set_alloc_limit(1000);
+  CHECK(ce_malloc_array(1001, 1, "x") == NULL);
+  void *p = ce_malloc_array(1000, 1, "x");
+  CHECK(p != NULL);
+  free(p);
+  ce_set_alloc_limit(old);
+}
+
+static void test_err_prefix(void) {
+  ce_err("byte %d: bad", 7);
+  ce_err_prefix("file.dat");
+  CHECK(!strcmp(ce_err_msg(), "file.dat: byte 7: bad"));
+}
+
+static void test_npy_roundtrip(void) {
+  char p[512];
+  path_in_tmp(p, sizeof p, "a.npy");
+  double d[24];
+  for (int i = 0; i < 24; i++) d[i] = i * 0.5 - 3;
+  size_t shape[3] = {2, 3, 4};
+  CHECK_OK(npy_write(p, d, NPY_F64, 3, shape));
+  npy_info info;
+  double *r = NULL;
+  CHECK_OK(npy_read_f64(p, &info, &r));
+  CHECK(info.ndim == 3 && info.shape[0] == 2 && info.shape[1] == 3 && info.shape[2] == 4);
+  CHECK(info.dtype == NPY_F64 && info.data_offset % 64 == 0);
+  for (int i = 0; r && i < 24; i++) CHECK(r[i] == d[i]);
+  free(r);
+  float f[5] = {1, 2.5f, -3, 4, 1e-30f};
+  size_t s1[1] = {5};
+  CHECK_OK(npy_write(p, f, NPY_F32, 1, s1));
+  CHECK_OK(npy_read_f64(p, &info, &r));
+  for (int i = 0; r && i < 5; i++) CHECK(r[i] == (double)f[i]);
+  free(r);
+}
+
+static void write_bytes(const char *path, const void *b, size_t n) {
+  FILE *f = fopen(path, "wb");
+  fwrite(b, 1, n, f);
+  fclose(f);
+}
+
+static void test_npy_bad(void) {
+  char p[512];
+  npy_info info;
+  double *r = NULL;
+  path_in_tmp(p, sizeof p, "bad.npy");
+  write_bytes(p, "hello", 5);
+  CHECK_ERR(npy_read_f64(p, &info, &r), "bad.npy");
+  write_bytes(p, "\x93NUMPYxxxxxxxxxxxxxxxx", 20);
+  CHECK_ERR(npy_read_f64(p, &info, &r), "version");
+  const char hdr_i8[] = "\x93NUMPY\x01\x00\x36\x00{'descr': '<i8', 'fortran_order': False, 'shape': (2,), }  \n";
+  write_bytes(p, hdr_i8, sizeof hdr_i8 - 1);
+  CHECK_ERR(npy_read_f64(p, &info, &r), "'<i8' is not supported");
+  const char hdr_f[] = "\x93NUMPY\x01\x00\x36\x00{'descr': '<f8', 'fortran_order': True, 'shape': (2,), }   \n";
+  write_bytes(p, hdr_f, sizeof hdr_f - 1);
+  CHECK_ERR(npy_read_f64(p, &info, &r), "Fortran order");
+  const char hdr_be[] = "\x93NUMPY\x01\x00\x36\x00{'descr': '>f8', 'fortran_order': False, 'shape': (2,), }  \n";
+  write_bytes(p, hdr_be, sizeof hdr_be - 1);
+  CHECK_ERR(npy_read_f64(p, &info, &r), "'>f8' is not supported");
+  /* truncated data: a valid header promising 100 doubles, 8 bytes of data */
+  double d[100] = {0};
+  size_t s[1] = {100};
+  CHECK_OK(npy_write(p, d, NPY_F64, 1, s));
+  CHECK(truncate(p, 64 + 8) == 0);
+  CHECK_ERR(npy_read_f64(p, &info, &r), "truncated");
+  path_in_tmp(p, sizeof p, "missing.npy");
+  CHECK_ERR(npy_read_f64(p, &info, &r), "missing.npy: cannot open");
+}
+
+static void test_rng(void) {
+  /* Philox4x32-10 known-answer test (Random123 kat_vectors). */
+  uint32_t ctr[4] = {0, 0, 0, 0}, out[4];
+  ce_philox4x32_10(ctr, 0, out);
+  CHECK(out[0] == 0x6627e8d5u && out[1] == 0xe169c58du && out[2] == 0xbc57ac4cu &&
+        out[3] == 0x9b00dbd8u);
+  uint32_t ctr2[4] = {0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u}, out2[4];
+  ce_philox4x32_10(ctr2, ((uint64_t)0x299f31d0u << 32) | 0xa4093822u, out2);
+  CHECK(out2[0] == 0xd16cfe09u && out2[1] == 0x94fdcceb && out2[2] == 0x5001e420u &&
+        out2[3] == 0x24126ea1u);
+  /* Same key, same draws; the mean of many uniforms is 1/2. */
+  ce_rng a = ce_rng_make(42, 3, 7, 0), b = ce_rng_make(42, 3, 7, 0);
+  double sum = 0;
+  for (int i = 0; i < 100000; i++) {
+    double u = ce_rng_uniform(&a);
+    CHECK(u == ce_rng_uniform(&b));
+    CHECK(u >= 0 && u < 1);
+    sum += u;
+  }
+  CHECK_CLOSE(sum / 100000, 0.5, 0, 0.005);
+  ce_rng c = ce_rng_make(42, 3, 8, 0);
+  a = ce_rng_make(42, 3, 7, 0);
+  CHECK(ce_rng_u64(&a) != ce_rng_u64(&c));
+}
+
+static void test_cli(void) {
+  double dx = 0;
+  const char *out = NULL;
+  int flag = 0;
+  int64_t n = 0;
+  cli_opt opts[] = {{"dx", CLI_DOUBLE, &dx, "M", "spacing", 1, 0},
+                    {"out", CLI_STR, &out, "FILE", "output", 0, 0},
+                    {"abs", CLI_FLAG, &flag, NULL, "abs", 0, 0},
+                    {"n", CLI_INT, &n, "N", "count", 0, 0},
+                    {0}};
+  char *argv1[] = {"--dx", "1.5e3", "pos1", "--out=x.npy", "--abs", "--n", "12", "pos2"};
+  int np;
+  char **pos;
+  CHECK(cli_parse("t", "", "", opts, 8, argv1, &np, &pos) == 0);
+  CHECK(dx == 1500 && !strcmp(out, "x.npy") && flag == 1 && n == 12 && np == 2);
+  CHECK(np == 2 && !strcmp(pos[0], "pos1") && !strcmp(pos[1], "pos2"));
+  free(pos);
+  for (cli_opt *o = opts; o->name; o++) o->seen = 0;
+  char *argv2[] = {"--dx", "abc"};
+  CHECK_ERR(cli_parse("t", "", "", opts, 2, argv2, &np, &pos), "--dx: 'abc' is not a finite number");
+  for (cli_opt *o = opts; o->name; o++) o->seen = 0;
+  char *argv3[] = {"--out", "y"};
+  CHECK_ERR(cli_parse("t", "", "", opts, 2, argv3, &np, &pos), "--dx is required");
+  for (cli_opt *o = opts; o->name; o++) o->seen = 0;
+  char *argv4[] = {"--dx", "1", "--bogus"};
+  CHECK_ERR(cli_parse("t", "", "", opts, 3, argv4, &np, &pos), "unknown option '--bogus'");
+}
+
+static void test_png(void) {
+  char p[512];
+  path_in_tmp(p, sizeof p, "panels.png");
+  double a[16 * 8];
+  for (int i = 0; i < 16 * 8; i++) a[i] = i;
+  ce_map2d maps[2] = {{a, 16, 8, 8, 1}, {a, 16, 8, 8, 1}};
+  ce_panel_style st = {.cmap = CE_CMAP_INFERNO, .shared_range = 1};
+  CHECK_OK(ce_write_panels_png(p, maps, 2, &st));
+  FILE *f = fopen(p, "rb");
+  unsigned char sig[8] = {0};
+  CHECK(f && fread(sig, 1, 8, f) == 8);
+  if (f) fclose(f);
+  CHECK(!memcmp(sig, "\x89PNG\r\n\x1a\n", 8));
+  uint8_t lo[3], hi[3];
+  ce_cmap_rgb(CE_CMAP_VIRIDIS, 0, lo);
+  ce_cmap_rgb(CE_CMAP_VIRIDIS, 1, hi);
+  CHECK(lo[0] == 68 && hi[1] == 231);
+}
+
+int main(void) {
+  snprintf(tmpdir, sizeof tmpdir, "/tmp/coemu_test_common_XXXXXX");
+  if (!mkdtemp(tmpdir)) return 2;
+  RUN(test_alloc_limits);
+  RUN(test_err_prefix);
+  RUN(test_npy_roundtrip);
+  RUN(test_npy_bad);
+  RUN(test_rng);
+  RUN(test_cli);
+  RUN(test_png);
+  char cmd[300];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
+  return check_report();
+}
