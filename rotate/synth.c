@@ -96,9 +96,16 @@ void synth_derive(synth_params *p) {
   double th = companion_azimuth(p, 0), nu = th - p->periastron;
   double rc = p->sep * (1 - p->ecc * p->ecc) / (1 + p->ecc * cos(nu));
   for (int d = 0; d < 3; d++) p->comp_pos[d] = rc * (cos(th) * p->e1[d] + sin(th) * p->e2[d]);
-  double h = p->plane_width, sig = 2 * PI * p->arm_width;
+  double h = p->plane_width, sig = 2 * PI * p->arm_width, kappa = 1 / (sig * sig);
   p->plane_norm = h * sqrt(PI / 2) * erf(1 / (h * sqrt(2.0)));
-  p->arm_mean = sig * sqrt(2 * PI) * erf(PI / (sig * sqrt(2.0))) / (2 * PI);
+  /* <exp(kappa (cos psi - 1))> = exp(-kappa) I0(kappa), I0 by its power series
+   * (all terms positive; kappa <= ~1e3 for arm widths >= 0.005) */
+  double term = 1, sum = 1;
+  for (int k = 1; k < 4000 && term > 1e-17 * sum; k++) {
+    term *= (kappa / 2) * (kappa / 2) / ((double)k * k);
+    sum += term;
+  }
+  p->arm_mean = exp(-kappa) * sum;
 }
 
 int synth_check(const synth_params *p) {
@@ -152,9 +159,9 @@ static double eval_density(const synth_params *p, const double x[3], double r, d
   double F = (1 + p->plane_contrast * exp(-mu * mu / (2 * h * h))) / (1 + p->plane_contrast * p->plane_norm);
   double x1 = p->e1[0] * x[0] + p->e1[1] * x[1] + p->e1[2] * x[2];
   double x2 = p->e2[0] * x[0] + p->e2[1] * x[1] + p->e2[2] * x[2];
-  double psi = remainder(atan2(x2, x1) - companion_azimuth(p, -r / p->v_inf), 2 * PI);
+  double psi = atan2(x2, x1) - companion_azimuth(p, -r / p->v_inf);
   double sig = 2 * PI * p->arm_width;
-  double S = exp(-psi * psi / (2 * sig * sig));
+  double S = exp((cos(psi) - 1) / (sig * sig)); /* von Mises: a periodic Gaussian of width sig */
   double A = p->arm_contrast * (1 - mu * mu);
   double G = (1 + A * S) / (1 + A * p->arm_mean);
   *S_out = S;

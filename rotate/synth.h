@@ -9,7 +9,8 @@
  *   spiral shell  (1 + A(mu) S(psi)) / (1 + A(mu) <S>),  A(mu) = A0 (1 - mu^2),
  *                 psi = azimuth in the orbital plane - azimuth of the
  *                 companion at the launch time -r/v_inf (Kepler orbit),
- *                 S = exp(-psi^2 / (2 (2 pi w)^2)) (psi wrapped to (-pi, pi])
+ *                 S = exp((cos psi - 1) / (2 pi w)^2) (von Mises: a periodic
+ *                 Gaussian of width 2 pi w in psi, w * lambda in radius)
  *   velocity      v(r) r^ + S (dv_r r^ + dv_t n x r^)
  *
  * (Rs = R*, Ts = T*.) Both normalisations are exact sphere averages, so the smooth wind, the
@@ -68,7 +69,7 @@ typedef struct {
   double phase;         /* mean anomaly at t = 0 [rad] */
   /* spiral shell */
   double arm_contrast;  /* A0: peak density contrast of an arm in the orbital plane */
-  double arm_width;     /* Gaussian width of an arm as a fraction of the arm spacing */
+  double arm_width;     /* width of an arm (Gaussian sigma) as a fraction of the arm spacing */
   double arm_dv_r;      /* radial velocity excess in an arm [m/s] */
   /* equatorial density enhancement */
   double plane_contrast;/* E */
