@@ -64,62 +64,54 @@ int cmd_synth(int argc, char **argv) {
   synth_grid g = {(int)levels, (int)block, (int)base};
   if (synth_grid_check(&g) < 0 || fs_mkdir_p(out) < 0) return cmd_fail("synth");
 
-  const size_t row_len = 2048;
-  char *rows = ce_malloc_array((size_t)n, row_len, "catalogue rows");
-  if (!rows) return cmd_fail("synth");
-  ce_progress prog;
-  ce_progress_init(&prog, "synth", "models", n, quiet);
-  int64_t done = 0, failed_at = -1;
-  int stop = 0;
-  char errmsg[1024] = "";
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t i = 0; i < n; i++) {
-    int skip;
-#pragma omp atomic read
-    skip = stop;
-    if (skip) continue;
-    int64_t idx = first + i;
-    synth_params p;
-    synth_draw((uint64_t)seed, idx, &p);
-    synth_info info;
-    char path[1024];
-    int rc = synth_write_params(out, (uint64_t)seed, idx, &p, &g, preview ? 512 : 0, path,
-                                sizeof path, &info);
-    if (rc == 0) {
-      const char *base_name = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
-      rc = synth_catalogue_row(rows + (size_t)i * row_len, row_len, idx, (uint64_t)seed,
-                               base_name, &p, &info);
-    }
-#pragma omp critical(synth_progress)
-    {
-      if (rc < 0 && failed_at < 0) {
-        failed_at = idx;
-#pragma omp atomic write
-        stop = 1;
-        snprintf(errmsg, sizeof errmsg, "%s", ce_err_msg());
-      }
-      done++;
-      ce_progress_update(&prog, done);
-    }
-  }
-  if (failed_at >= 0) {
-    free(rows);
-    ce_err("model %lld: %s", (long long)failed_at, errmsg);
-    return cmd_fail("synth");
-  }
-  ce_progress_done(&prog, done);
-
+  /* Models are made in chunks (in parallel within a chunk) and their
+   * catalogue rows appended in index order to a temporary catalogue that is
+   * renamed into place only when every model is written. */
   char cat[1100], tmp[1200];
   snprintf(cat, sizeof cat, "%s/catalogue.csv", out);
   FILE *f;
-  if (fs_open_tmp(cat, tmp, sizeof tmp, &f) < 0) {
-    free(rows);
+  if (fs_open_tmp(cat, tmp, sizeof tmp, &f) < 0) return cmd_fail("synth");
+  int ok = fprintf(f, "%s\n", synth_catalogue_header()) > 0;
+  enum { CHUNK = 64, ROW_LEN = 2048 };
+  static char rows[CHUNK][ROW_LEN];
+  ce_progress prog;
+  ce_progress_init(&prog, "synth", "models", n, quiet);
+  int64_t done = 0, failed_at = -1;
+  char errmsg[1024] = "";
+  for (int64_t c0 = 0; ok && failed_at < 0 && c0 < n; c0 += CHUNK) {
+    int64_t cn = n - c0 < CHUNK ? n - c0 : CHUNK;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t i = 0; i < cn; i++) {
+      int64_t idx = first + c0 + i;
+      synth_params p;
+      synth_draw((uint64_t)seed, idx, &p);
+      synth_info info;
+      char path[1024];
+      int rc = synth_write_params(out, (uint64_t)seed, idx, &p, &g, preview ? 512 : 0, path,
+                                  sizeof path, &info);
+      if (rc == 0) {
+        const char *base_name = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+        rc = synth_catalogue_row(rows[i], ROW_LEN, idx, (uint64_t)seed, base_name, &p, &info);
+      }
+#pragma omp critical(synth_progress)
+      {
+        if (rc < 0 && (failed_at < 0 || idx < failed_at)) {
+          failed_at = idx;
+          snprintf(errmsg, sizeof errmsg, "%s", ce_err_msg());
+        }
+        done++;
+        ce_progress_update(&prog, done);
+      }
+    }
+    for (int64_t i = 0; ok && failed_at < 0 && i < cn; i++) ok = fprintf(f, "%s\n", rows[i]) > 0;
+  }
+  if (failed_at >= 0) {
+    fs_commit_tmp(f, tmp, cat, 0); /* removes the partial catalogue */
+    ce_err("model %lld: %s", (long long)failed_at, errmsg);
     return cmd_fail("synth");
   }
-  int ok = fprintf(f, "%s\n", synth_catalogue_header()) > 0;
-  for (int64_t i = 0; ok && i < n; i++) ok = fprintf(f, "%s\n", rows + (size_t)i * row_len) > 0;
-  free(rows);
   if (fs_commit_tmp(f, tmp, cat, ok) < 0) return cmd_fail("synth");
+  ce_progress_done(&prog, done);
   if (!quiet) fprintf(stderr, "synth: wrote %lld models and %s\n", (long long)n, cat);
   return 0;
 }

@@ -5,8 +5,8 @@
  * The file checks work on an amrvac_snapshot (check_file_* below), filled by
  * raw_read(), a minimal parser of 3-D version-5 files written for this test.
  * A round trip through the real reader only needs amrvac_open() +
- * amrvac_read_blocks() in place of raw_read() and the same check_file_*
- * calls (see test_written_files). */
+ * amrvac_read_blocks() in place of raw_read() and the same
+ * check_snapshot() call (see there and test_written_files). */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -232,6 +232,16 @@ static void check_file_cells(const amrvac_snapshot *s, const synth_params *p) {
         }
   CHECK_MSG(worst_n < 1e-12 && worst_T < 1e-8 && worst_v < 1e-12,
             "cells vs synth_eval: worst relative errors n %.3g T %.3g v %.3g", worst_n, worst_T, worst_v);
+}
+
+/* Everything checked on a written synth file, for any reader's result:
+ * the round trip through rotate/amrvac.c is
+ *   amrvac_open(path, &s); amrvac_read_blocks(&s); check_snapshot(&s, &p, &g);
+ * (plus amrvac_free) in test_written_files, next to raw_read. */
+static void check_snapshot(const amrvac_snapshot *s, const synth_params *p, const synth_grid *g) {
+  check_file_header(s, p, g);
+  check_file_forest(s);
+  check_file_cells(s, p);
 }
 
 /* Mass flux through the sphere r = R from the cells: a smooth radial window
@@ -463,9 +473,7 @@ static void test_written_files(void) {
       CHECK_MSG(0, "%s: %s", path, ce_err_msg());
       continue;
     }
-    check_file_header(&s, &p, &grids[t]);
-    check_file_forest(&s);
-    check_file_cells(&s, &p);
+    check_snapshot(&s, &p, &grids[t]);
     int levels_seen[8] = {0};
     for (int i = 0; i < s.h.nleafs; i++) levels_seen[s.leaves[i].id.level]++;
     int nlev = 0;

@@ -107,6 +107,14 @@ with tempfile.TemporaryDirectory() as tmp:
         r = run(*args)
         check(r.returncode != 0 and "error" in r.stderr and word in r.stderr,
               f"synth {' '.join(args)}: rc {r.returncode}, stderr {r.stderr.strip()!r}, expected '{word}'")
+    # a model that cannot be written fails the run, names the model, leaves no catalogue
+    d = os.path.join(tmp, "d")
+    os.makedirs(os.path.join(d, "synth_00001.dat"))
+    r = run("-n", "3", "--seed", "1", "--out", d, "--quiet")
+    check(r.returncode == 1 and "model 1:" in r.stderr and "synth_00001.dat" in r.stderr,
+          f"unwritable model: rc {r.returncode}, stderr {r.stderr.strip()!r}")
+    check(not os.path.exists(os.path.join(d, "catalogue.csv")), "no catalogue after a failure")
+    check(not any(".tmp." in x for x in os.listdir(d)), "no temporary files after a failure")
     r = run("--help")
     check(r.returncode == 0 and "--preview" in r.stdout, "--help")
 
