@@ -228,7 +228,10 @@ static void handle_incoming(stream_server *s) {
   case STREAM_HEARTBEAT:
     break;
   case STREAM_BYE:
-    if (c->done && s->rank_done && c->c.rank < s->world && !s->rank_done[c->c.rank]) {
+    /* the BYE carries the consumer's own state: it is finished only if it
+     * consumed every epoch, not merely because they were all sent */
+    if (s->o.max_epochs && h.epoch >= s->o.max_epochs && s->rank_done &&
+        c->c.rank < s->world && !s->rank_done[c->c.rank]) {
       s->rank_done[c->c.rank] = 1;
       s->ranks_done++;
     }

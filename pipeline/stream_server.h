@@ -65,7 +65,7 @@ int stream_server_create(const stream_server_opts *o, stream_source_fn source, v
                          stream_server **out);
 /* Serve until *stop becomes non-zero (checked at least every heartbeat) or,
  * with max_epochs, until every rank of the world (as the first HELLO said)
- * has been sent all epochs and has said BYE. Returns 0 or -1. */
+ * has consumed all epochs and said so in its BYE. Returns 0 or -1. */
 int stream_server_run(stream_server *s, volatile int *stop);
 void stream_server_get_stats(const stream_server *s, stream_server_stats *st);
 void stream_server_destroy(stream_server *s);
