@@ -377,8 +377,9 @@ int serve_open(const serve_opts *o, serve_source **out) {
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
   s->file = H5Fopen(s->h5path, H5F_ACC_RDONLY, H5P_DEFAULT);
   if (s->file < 0) {
+    ce_err("%s: cannot open as HDF5", s->h5path);
     serve_close(s);
-    CE_FAIL("%s: cannot open as HDF5", s->h5path);
+    return -1;
   }
   hsize_t di[5], dt[4];
   if (open_array(s, "inputs", 5, &s->d_in, di) < 0 || open_array(s, "targets", 4, &s->d_out, dt) < 0) {
@@ -386,9 +387,10 @@ int serve_open(const serve_opts *o, serve_source **out) {
     return -1;
   }
   if (di[0] != dt[0] || di[1] != 3) {
+    ce_err("%s: /inputs [%llu,%llu,...] and /targets [%llu,...] disagree", s->h5path,
+           (unsigned long long)di[0], (unsigned long long)di[1], (unsigned long long)dt[0]);
     serve_close(s);
-    CE_FAIL("%s: /inputs [%llu,%llu,...] and /targets [%llu,...] disagree", s->h5path,
-            (unsigned long long)di[0], (unsigned long long)di[1], (unsigned long long)dt[0]);
+    return -1;
   }
   s->nsamples_total = (int64_t)di[0];
   for (int d = 0; d < 4; d++) s->in_shape[d] = (uint32_t)di[d + 1];
@@ -403,9 +405,10 @@ int serve_open(const serve_opts *o, serve_source **out) {
   uint64_t pr = s->o.drop_last ? m / w : (m + w - 1) / w;
   s->per_rank = s->o.drop_last ? pr / b * b : (pr + b - 1) / b * b;
   if (s->per_rank == 0) {
+    ce_err("%s: split '%s' has %llu samples: not one batch of %d for each of %d ranks", s->h5path,
+           o->split ? o->split : "train", (unsigned long long)m, s->o.batch, o->world);
     serve_close(s);
-    CE_FAIL("%s: split '%s' has %llu samples: not one batch of %d for each of %d ranks", s->h5path,
-            o->split ? o->split : "train", (unsigned long long)m, o->batch, o->world);
+    return -1;
   }
   if (H5Lexists(s->file, "stats", H5P_DEFAULT) > 0) {
     if (stats_file_read_norm(s->h5path, &s->norm) < 0) {
