@@ -13,6 +13,7 @@ if [ "${1:-}" = "--sanitize" ]; then
   export ASAN_OPTIONS="abort_on_error=0:halt_on_error=1:detect_leaks=1:allocator_may_return_null=1"
   export LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp:print_suppressions=0"
   export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
+  export COEMU_SANITIZE=1   # tests/mpirun.sh: no leak checks inside MPI processes
   mult=4
 else
   builddir=build

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "checksum.h"
 #include "cli.h"
 #include "error.h"
 #include "fsutil.h"
@@ -117,6 +118,26 @@ static void test_rng(void) {
   CHECK(ce_rng_u64(&a) != ce_rng_u64(&c));
 }
 
+static void test_xxh64(void) {
+  /* Known answers from the reference implementation (python xxhash 3.x). */
+  CHECK(ce_xxh64("", 0, 0) == 0xef46db3751d8e999ULL);
+  CHECK(ce_xxh64("a", 1, 0) == 0xd24ec4f1a98c6e5bULL);
+  unsigned char b[768];
+  for (int i = 0; i < 768; i++) b[i] = (unsigned char)(i & 255);
+  CHECK(ce_xxh64(b, 768, 7) == 0xb1e10f6c5294cd6bULL);
+  char abc[34];
+  for (int i = 0; i < 33; i++) abc[i] = "abc"[i % 3];
+  CHECK(ce_xxh64(abc, 33, 0) == 0xacf9834eb61fa3aULL);
+  /* streaming over any split equals one shot */
+  for (size_t cut = 0; cut <= 768; cut += 37) {
+    ce_xxh64_state s;
+    ce_xxh64_init(&s, 7);
+    ce_xxh64_update(&s, b, cut);
+    ce_xxh64_update(&s, b + cut, 768 - cut);
+    CHECK(ce_xxh64_digest(&s) == 0xb1e10f6c5294cd6bULL);
+  }
+}
+
 static void test_cli(void) {
   double dx = 0;
   const char *out = NULL;
@@ -172,6 +193,7 @@ int main(void) {
   RUN(test_npy_roundtrip);
   RUN(test_npy_bad);
   RUN(test_rng);
+  RUN(test_xxh64);
   RUN(test_cli);
   RUN(test_png);
   char cmd[300];

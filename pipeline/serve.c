@@ -1,0 +1,457 @@
+/* serve.c - dataset source for the stream: shuffles, rank slices, a
+ * prefetching HDF5 reader thread. */
+#include "serve.h"
+
+#include <hdf5.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "checksum.h"
+#include "error.h"
+#include "fsutil.h"
+#include "rng.h"
+#include "statsfile.h"
+#include "transforms.h"
+
+#define RNG_STREAM_SHUFFLE 7u /* rng.h stream reserved for epoch shuffles */
+#define PERM_CACHE 3
+
+enum { SLOT_FREE = 0, SLOT_WANTED, SLOT_READING, SLOT_READY };
+
+typedef struct {
+  int state, rank, normalised, failed;
+  uint32_t epoch;
+  uint64_t position;
+  void *buf; /* chunk_mem */
+  char err[512];
+} slot;
+
+typedef struct {
+  uint64_t *ids;
+  float *inputs, *targets;
+} chunk_mem;
+
+typedef struct {
+  int active, normalised;
+  uint32_t epoch;
+  uint64_t next; /* position after the last one asked for */
+} cursor;
+
+struct serve_source {
+  serve_opts o;
+  char h5path[4096];
+  hid_t file, d_in, d_out;
+  int64_t nsamples_total, nsplit;
+  int64_t *split_idx;         /* dataset indices of the split, ascending */
+  uint32_t in_shape[4], out_shape[3];
+  size_t in_vals, out_vals;   /* floats per sample */
+  uint64_t per_rank;          /* samples per epoch per rank */
+  uint64_t dataset_id;
+  int have_norm;
+  stats_norm norm;
+  /* epoch permutations */
+  int64_t *perm[PERM_CACHE];
+  uint32_t perm_epoch[PERM_CACHE];
+  int perm_next;
+  /* reader thread */
+  pthread_t thread;
+  pthread_mutex_t mu;
+  pthread_cond_t cv_reader, cv_ready;
+  int stop, started;
+  slot *slots;
+  int nslots;
+  cursor *cursors;
+};
+
+static void chunk_free(void *p) {
+  chunk_mem *m = p;
+  if (!m) return;
+  free(m->ids);
+  free(m->inputs);
+  free(m->targets);
+  free(m);
+}
+
+static int read_split(serve_source *s) {
+  const char *sp = s->o.split ? s->o.split : "train";
+  int want = -1;
+  if (!strcmp(sp, "train")) want = 0;
+  else if (!strcmp(sp, "validation")) want = 1;
+  else if (!strcmp(sp, "test")) want = 2;
+  else if (strcmp(sp, "all"))
+    CE_FAIL("split '%s': expected train, validation, test or all", sp);
+  uint8_t *split = NULL, *valid = NULL;
+  int64_t n = s->nsamples_total;
+  if (want >= 0 || H5Lexists(s->file, "valid", H5P_DEFAULT) > 0) {
+    split = ce_malloc_array((size_t)n, 1, "/split");
+    valid = ce_malloc_array((size_t)n, 1, "/valid");
+    if (!split || !valid) goto fail;
+    memset(split, 0, (size_t)n);
+    memset(valid, 1, (size_t)n);
+    const char *names[2] = {"split", "valid"};
+    uint8_t *dst[2] = {split, valid};
+    for (int k = 0; k < 2; k++) {
+      if (H5Lexists(s->file, names[k], H5P_DEFAULT) <= 0) {
+        if (k == 0 && want >= 0) {
+          ce_err("%s: no /split dataset, but split '%s' was asked for", s->h5path, sp);
+          goto fail;
+        }
+        continue;
+      }
+      hid_t d = H5Dopen2(s->file, names[k], H5P_DEFAULT);
+      hid_t sp_ = d >= 0 ? H5Dget_space(d) : -1;
+      hsize_t dim = 0;
+      int ok = sp_ >= 0 && H5Sget_simple_extent_ndims(sp_) == 1 &&
+               H5Sget_simple_extent_dims(sp_, &dim, NULL) == 1 && (int64_t)dim == n &&
+               H5Dread(d, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, dst[k]) >= 0;
+      if (sp_ >= 0) H5Sclose(sp_);
+      if (d >= 0) H5Dclose(d);
+      if (!ok) {
+        ce_err("%s: /%s: expected a uint8 vector of %lld samples", s->h5path, names[k], (long long)n);
+        goto fail;
+      }
+    }
+  }
+  s->split_idx = ce_malloc_array((size_t)(n ? n : 1), sizeof(int64_t), "split index");
+  if (!s->split_idx) goto fail;
+  s->nsplit = 0;
+  for (int64_t i = 0; i < n; i++)
+    if ((!valid || valid[i]) && (want < 0 || split[i] == want)) s->split_idx[s->nsplit++] = i;
+  free(split);
+  free(valid);
+  if (s->nsplit == 0) CE_FAIL("%s: split '%s' has no samples", s->h5path, sp);
+  return 0;
+fail:
+  free(split);
+  free(valid);
+  return -1;
+}
+
+static int open_array(serve_source *s, const char *name, int rank, hid_t *d, hsize_t *dims) {
+  *d = H5Dopen2(s->file, name, H5P_DEFAULT);
+  if (*d < 0) CE_FAIL("%s: no /%s dataset", s->h5path, name);
+  hid_t sp = H5Dget_space(*d);
+  int nd = H5Sget_simple_extent_ndims(sp);
+  if (nd != rank) {
+    H5Sclose(sp);
+    CE_FAIL("%s: /%s has %d dimensions, expected %d", s->h5path, name, nd, rank);
+  }
+  H5Sget_simple_extent_dims(sp, dims, NULL);
+  H5Sclose(sp);
+  hid_t t = H5Dget_type(*d);
+  int isf = H5Tget_class(t) == H5T_FLOAT;
+  H5Tclose(t);
+  if (!isf) CE_FAIL("%s: /%s is not a floating-point array", s->h5path, name);
+  return 0;
+}
+
+static const int64_t *epoch_perm(serve_source *s, uint32_t epoch) {
+  for (int i = 0; i < PERM_CACHE; i++)
+    if (s->perm[i] && s->perm_epoch[i] == epoch) return s->perm[i];
+  int k = s->perm_next;
+  s->perm_next = (k + 1) % PERM_CACHE;
+  int64_t *p = s->perm[k];
+  if (!p) p = s->perm[k] = malloc(sizeof(int64_t) * (size_t)s->nsplit);
+  if (!p) return NULL;
+  memcpy(p, s->split_idx, sizeof(int64_t) * (size_t)s->nsplit);
+  ce_rng r = ce_rng_make(s->o.seed, epoch, 0, RNG_STREAM_SHUFFLE);
+  for (int64_t i = s->nsplit - 1; i > 0; i--) { /* Fisher-Yates, unbiased bounded draws */
+    uint64_t bound = (uint64_t)i + 1, lim = UINT64_MAX - UINT64_MAX % bound, x;
+    do x = ce_rng_u64(&r);
+    while (x >= lim);
+    int64_t j = (int64_t)(x % bound), t = p[i];
+    p[i] = p[j];
+    p[j] = t;
+  }
+  s->perm_epoch[k] = epoch;
+  return p;
+}
+
+int64_t serve_sample_at(const serve_source *cs, uint32_t epoch, int rank, uint64_t position) {
+  serve_source *s = (serve_source *)cs;
+  pthread_mutex_lock(&s->mu);
+  const int64_t *p = epoch_perm(s, epoch);
+  int64_t v = p ? p[((uint64_t)rank + position * (uint64_t)s->o.world) % (uint64_t)s->nsplit] : -1;
+  pthread_mutex_unlock(&s->mu);
+  return v;
+}
+
+/* Read (and normalise) one chunk; called by the reader thread, mutex NOT held. */
+static int read_chunk(serve_source *s, const int64_t *idx, int n, int normalised, chunk_mem **out) {
+  chunk_mem *m = calloc(1, sizeof *m);
+  if (!m) CE_FAIL("out of memory");
+  m->ids = ce_malloc_array((size_t)n, 8, "chunk ids");
+  m->inputs = ce_malloc_array((size_t)n * s->in_vals, 4, "chunk inputs");
+  m->targets = ce_malloc_array((size_t)n * s->out_vals, 4, "chunk targets");
+  if (!m->ids || !m->inputs || !m->targets) {
+    chunk_free(m);
+    return -1;
+  }
+  for (int k = 0; k < n; k++) {
+    m->ids[k] = (uint64_t)idx[k];
+    hid_t ds[2] = {s->d_in, s->d_out};
+    float *dst[2] = {m->inputs + k * s->in_vals, m->targets + k * s->out_vals};
+    for (int a = 0; a < 2; a++) {
+      hsize_t start[5] = {(hsize_t)idx[k], 0, 0, 0, 0}, count[5] = {1, 1, 1, 1, 1};
+      int nd = a == 0 ? 5 : 4;
+      for (int d = 1; d < nd; d++) count[d] = a == 0 ? s->in_shape[d - 1] : s->out_shape[d - 1];
+      hid_t fs = H5Dget_space(ds[a]);
+      hsize_t nmem = a == 0 ? s->in_vals : s->out_vals;
+      hid_t ms = H5Screate_simple(1, &nmem, NULL);
+      herr_t e = H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL);
+      if (e >= 0) e = H5Dread(ds[a], H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, dst[a]);
+      H5Sclose(ms);
+      H5Sclose(fs);
+      if (e < 0) {
+        chunk_free(m);
+        CE_FAIL("%s: reading sample %lld of /%s failed", s->h5path, (long long)idx[k],
+                a == 0 ? "inputs" : "targets");
+      }
+    }
+    if (normalised) {
+      stats_norm_inputs(&s->norm, dst[0], s->in_vals / 3, dst[0]);
+      stats_norm_targets(&s->norm, dst[1], s->out_vals, dst[1]);
+    }
+  }
+  *out = m;
+  return 0;
+}
+
+static slot *find_slot(serve_source *s, int rank, uint32_t epoch, uint64_t pos, int norm) {
+  for (int i = 0; i < s->nslots; i++) {
+    slot *q = &s->slots[i];
+    if (q->state != SLOT_FREE && q->rank == rank && q->epoch == epoch && q->position == pos &&
+        q->normalised == norm)
+      return q;
+  }
+  return NULL;
+}
+
+static slot *free_slot(serve_source *s) {
+  for (int i = 0; i < s->nslots; i++)
+    if (s->slots[i].state == SLOT_FREE) return &s->slots[i];
+  return NULL;
+}
+
+/* The reader's next job (mutex held): an explicit request first, then
+ * prefetch for each active consumer. */
+static slot *next_job(serve_source *s) {
+  for (int i = 0; i < s->nslots; i++)
+    if (s->slots[i].state == SLOT_WANTED) return &s->slots[i];
+  uint64_t batch = (uint64_t)s->o.batch;
+  for (int r = 0; r < s->o.world; r++) {
+    cursor *c = &s->cursors[r];
+    if (!c->active) continue;
+    for (int k = 0; k < s->o.prefetch; k++) {
+      uint64_t pos = c->next + k * batch;
+      if (pos >= s->per_rank) break;
+      if (find_slot(s, r, c->epoch, pos, c->normalised)) continue;
+      slot *q = free_slot(s);
+      if (!q) return NULL;
+      *q = (slot){.state = SLOT_WANTED, .rank = r, .epoch = c->epoch, .position = pos,
+                  .normalised = c->normalised};
+      return q;
+    }
+  }
+  return NULL;
+}
+
+static void *reader_loop(void *arg) {
+  serve_source *s = arg;
+  pthread_mutex_lock(&s->mu);
+  while (!s->stop) {
+    slot *q = next_job(s);
+    if (!q) {
+      pthread_cond_wait(&s->cv_reader, &s->mu);
+      continue;
+    }
+    q->state = SLOT_READING;
+    int n = s->o.batch;
+    int64_t idx[4096];
+    const int64_t *p = epoch_perm(s, q->epoch);
+    for (int k = 0; k < n && p; k++)
+      idx[k] = p[((uint64_t)q->rank + (q->position + (uint64_t)k) * (uint64_t)s->o.world) %
+                 (uint64_t)s->nsplit];
+    int norm = q->normalised;
+    pthread_mutex_unlock(&s->mu);
+    chunk_mem *m = NULL;
+    ce_err_clear();
+    int rc = p ? read_chunk(s, idx, n, norm, &m) : ce_err("out of memory for the shuffle");
+    pthread_mutex_lock(&s->mu);
+    q->buf = m;
+    q->failed = rc < 0;
+    if (rc < 0) snprintf(q->err, sizeof q->err, "%s", ce_err_msg());
+    q->state = SLOT_READY;
+    pthread_cond_broadcast(&s->cv_ready);
+  }
+  pthread_mutex_unlock(&s->mu);
+  return NULL;
+}
+
+int serve_chunk(void *ctx, const stream_consumer *c, uint32_t epoch, uint64_t position,
+                stream_chunk *out) {
+  serve_source *s = ctx;
+  if (c->world != s->o.world)
+    CE_FAIL("consumer says there are %u ranks, the producer serves %d", c->world, s->o.world);
+  int norm = c->flags & 1;
+  if (norm && !s->have_norm)
+    CE_FAIL("%s has no /stats group: run `coemu stats` on it before asking for normalised data",
+            s->h5path);
+  if (position >= s->per_rank) return 0;
+  if (position % (uint64_t)s->o.batch)
+    CE_FAIL("position %llu is not a multiple of the batch (%d)", (unsigned long long)position,
+            s->o.batch);
+  pthread_mutex_lock(&s->mu);
+  /* forget what this rank no longer needs (e.g. after a reconnect) */
+  for (int i = 0; i < s->nslots; i++) {
+    slot *q = &s->slots[i];
+    if (q->rank == c->rank && q->state == SLOT_READY &&
+        (q->epoch != epoch || q->position < position || q->normalised != norm)) {
+      chunk_free(q->buf);
+      q->state = SLOT_FREE;
+    }
+  }
+  cursor *cu = &s->cursors[c->rank];
+  cu->active = 1;
+  cu->epoch = epoch;
+  cu->normalised = norm;
+  cu->next = position + (uint64_t)s->o.batch;
+  slot *q = find_slot(s, c->rank, epoch, position, norm);
+  if (!q) {
+    q = free_slot(s);
+    while (!q) { /* all slots busy with reads in progress: wait for one */
+      pthread_cond_wait(&s->cv_ready, &s->mu);
+      q = free_slot(s);
+    }
+    *q = (slot){.state = SLOT_WANTED, .rank = c->rank, .epoch = epoch, .position = position,
+                .normalised = norm};
+  }
+  pthread_cond_signal(&s->cv_reader);
+  while (q->state != SLOT_READY) pthread_cond_wait(&s->cv_ready, &s->mu);
+  chunk_mem *m = q->buf;
+  int failed = q->failed;
+  char err[512];
+  memcpy(err, q->err, sizeof err);
+  q->state = SLOT_FREE;
+  q->buf = NULL;
+  pthread_cond_signal(&s->cv_reader); /* a slot is free: prefetch on */
+  pthread_mutex_unlock(&s->mu);
+  if (failed) CE_FAIL("%s", err);
+  out->nsamples = (uint32_t)s->o.batch;
+  out->ids = m->ids;
+  out->inputs = m->inputs;
+  out->targets = m->targets;
+  memcpy(out->in_shape, s->in_shape, sizeof s->in_shape);
+  memcpy(out->out_shape, s->out_shape, sizeof s->out_shape);
+  out->flags = (uint32_t)norm;
+  out->release = chunk_free;
+  out->token = m;
+  return 1;
+}
+
+int serve_open(const serve_opts *o, serve_source **out) {
+  serve_source *s = calloc(1, sizeof *s);
+  if (!s) CE_FAIL("out of memory");
+  s->o = *o;
+  s->file = s->d_in = s->d_out = -1;
+  if (s->o.batch <= 0) s->o.batch = 16;
+  if (s->o.prefetch <= 0) s->o.prefetch = 4;
+  pthread_mutex_init(&s->mu, NULL);
+  pthread_cond_init(&s->cv_reader, NULL);
+  pthread_cond_init(&s->cv_ready, NULL);
+  if (s->o.world < 1 || s->o.world > 65535 || s->o.batch > 4096) {
+    serve_close(s);
+    CE_FAIL("serve: ranks must be 1..65535 and the batch 1..4096");
+  }
+  snprintf(s->h5path, sizeof s->h5path, "%s/dataset.h5", o->dataset_dir);
+  char mpath[4096], *mtext;
+  size_t mlen;
+  snprintf(mpath, sizeof mpath, "%s/manifest.json", o->dataset_dir);
+  if (fs_read_all(mpath, &mtext, &mlen) < 0) {
+    serve_close(s);
+    return ce_err_prefix("%s is not a finished dataset", o->dataset_dir);
+  }
+  s->dataset_id = ce_xxh64(mtext, mlen, 0);
+  free(mtext);
+  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+  s->file = H5Fopen(s->h5path, H5F_ACC_RDONLY, H5P_DEFAULT);
+  if (s->file < 0) {
+    ce_err("%s: cannot open as HDF5", s->h5path);
+    serve_close(s);
+    return -1;
+  }
+  hsize_t di[5], dt[4];
+  if (open_array(s, "inputs", 5, &s->d_in, di) < 0 || open_array(s, "targets", 4, &s->d_out, dt) < 0) {
+    serve_close(s);
+    return -1;
+  }
+  if (di[0] != dt[0] || di[1] != 3) {
+    ce_err("%s: /inputs [%llu,%llu,...] and /targets [%llu,...] disagree", s->h5path,
+           (unsigned long long)di[0], (unsigned long long)di[1], (unsigned long long)dt[0]);
+    serve_close(s);
+    return -1;
+  }
+  s->nsamples_total = (int64_t)di[0];
+  for (int d = 0; d < 4; d++) s->in_shape[d] = (uint32_t)di[d + 1];
+  for (int d = 0; d < 3; d++) s->out_shape[d] = (uint32_t)dt[d + 1];
+  s->in_vals = (size_t)di[1] * di[2] * di[3] * di[4];
+  s->out_vals = (size_t)dt[1] * dt[2] * dt[3];
+  if (read_split(s) < 0) {
+    serve_close(s);
+    return -1;
+  }
+  uint64_t m = (uint64_t)s->nsplit, w = (uint64_t)s->o.world, b = (uint64_t)s->o.batch;
+  uint64_t pr = s->o.drop_last ? m / w : (m + w - 1) / w;
+  s->per_rank = s->o.drop_last ? pr / b * b : (pr + b - 1) / b * b;
+  if (s->per_rank == 0) {
+    ce_err("%s: split '%s' has %llu samples: not one batch of %d for each of %d ranks", s->h5path,
+           o->split ? o->split : "train", (unsigned long long)m, s->o.batch, o->world);
+    serve_close(s);
+    return -1;
+  }
+  if (H5Lexists(s->file, "stats", H5P_DEFAULT) > 0) {
+    if (stats_file_read_norm(s->h5path, &s->norm) < 0) {
+      serve_close(s);
+      return -1;
+    }
+    s->have_norm = 1;
+  }
+  s->nslots = s->o.world * (s->o.prefetch + 1) + 2;
+  s->slots = calloc((size_t)s->nslots, sizeof *s->slots);
+  s->cursors = calloc((size_t)s->o.world, sizeof *s->cursors);
+  if (!s->slots || !s->cursors || pthread_create(&s->thread, NULL, reader_loop, s) != 0) {
+    serve_close(s);
+    CE_FAIL("serve: cannot start the reader thread");
+  }
+  s->started = 1;
+  *out = s;
+  return 0;
+}
+
+void serve_close(serve_source *s) {
+  if (!s) return;
+  if (s->started) {
+    pthread_mutex_lock(&s->mu);
+    s->stop = 1;
+    pthread_cond_broadcast(&s->cv_reader);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->thread, NULL);
+  }
+  for (int i = 0; i < s->nslots; i++) chunk_free(s->slots[i].buf);
+  free(s->slots);
+  free(s->cursors);
+  for (int i = 0; i < PERM_CACHE; i++) free(s->perm[i]);
+  free(s->split_idx);
+  if (s->d_in >= 0) H5Dclose(s->d_in);
+  if (s->d_out >= 0) H5Dclose(s->d_out);
+  if (s->file >= 0) H5Fclose(s->file);
+  pthread_mutex_destroy(&s->mu);
+  pthread_cond_destroy(&s->cv_reader);
+  pthread_cond_destroy(&s->cv_ready);
+  free(s);
+}
+
+uint64_t serve_dataset_id(const serve_source *s) { return s->dataset_id; }
+uint64_t serve_samples_per_rank(const serve_source *s) { return s->per_rank; }
+uint64_t serve_split_size(const serve_source *s) { return (uint64_t)s->nsplit; }

@@ -1,0 +1,75 @@
+/* stream_proto.h - the coemu stream wire format (version 1).
+ *
+ * Every message is a ZeroMQ multi-part message whose first frame is a fixed
+ * 96-byte little-endian header; CHUNK messages carry three more frames:
+ * sample ids (uint64 x nsamples), inputs and targets (raw arrays). The
+ * header carries its own checksum and the XXH64 of the payload frames, so a
+ * corrupted, truncated or foreign message is recognised, counted and
+ * dropped, never trusted. docs/stream-protocol.md is the full description.
+ *
+ *  off size field
+ *    0    4 magic            "CEMS"
+ *    4    2 version          1
+ *    6    2 type             stream_msg_type
+ *    8    4 flags            bit 0: payload normalised
+ *   12    4 value            type-specific: credits (HELLO, CREDIT), world (HELLO)...
+ *   16    8 dataset_id       XXH64 of the dataset's manifest (0 = any)
+ *   24    4 epoch
+ *   28    4 nsamples         samples in this chunk / per epoch for this rank (WELCOME)
+ *   32    8 chunk_id         sequence number within the epoch (CHUNK)
+ *   40    8 position         index of the first sample in the consumer's epoch order
+ *   48    2 dtype            1 = float32
+ *   50    2 rank             consumer rank (HELLO), 0 otherwise
+ *   52   16 in_shape[4]      per-sample input shape  (uint32; e.g. 3, 64, 64, 64)
+ *   68   12 out_shape[3]     per-sample target shape (uint32; e.g. 7, 64, 64)
+ *   80    8 payload_xxh64    XXH64 (seed 0) over the payload frames, in order
+ *   88    8 header_xxh64     XXH64 (seed 0) over bytes 0..87
+ */
+#ifndef COEMU_STREAM_PROTO_H
+#define COEMU_STREAM_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define STREAM_MAGIC 0x534d4543u /* "CEMS" little-endian */
+#define STREAM_VERSION 1
+#define STREAM_HEADER_SIZE 96
+#define STREAM_DTYPE_F32 1
+
+typedef enum {
+  STREAM_HELLO = 1,     /* consumer -> producer: rank, world (value), epoch, position, credit */
+  STREAM_WELCOME = 2,   /* producer -> consumer: dataset id, samples per epoch, shapes */
+  STREAM_CREDIT = 3,    /* consumer -> producer: value = extra chunks it can take */
+  STREAM_CHUNK = 4,     /* producer -> consumer: + ids, inputs, targets frames */
+  STREAM_EPOCH_END = 5, /* producer -> consumer: epoch finished (position = samples sent) */
+  STREAM_HEARTBEAT = 6, /* both ways, when otherwise silent */
+  STREAM_ERROR = 7,     /* producer -> consumer: + one frame of UTF-8 text */
+  STREAM_BYE = 8,       /* consumer -> producer: leaving */
+} stream_msg_type;
+
+typedef struct {
+  uint16_t version, type;
+  uint32_t flags, value;
+  uint64_t dataset_id;
+  uint32_t epoch, nsamples;
+  uint64_t chunk_id, position;
+  uint16_t dtype, rank;
+  uint32_t in_shape[4], out_shape[3];
+  uint64_t payload_xxh64;
+} stream_header;
+
+/* Serialise (computes the header checksum). */
+void stream_header_encode(const stream_header *h, uint8_t out[STREAM_HEADER_SIZE]);
+
+/* Parse and validate a received header frame: size, magic, version, type,
+ * header checksum, and for CHUNK: dtype, shapes and nsamples in range.
+ * Returns 0 or -1 with a message saying what was wrong. */
+int stream_header_decode(const void *buf, size_t len, stream_header *h);
+
+/* Bytes per sample of inputs and targets for the shapes in h (0 if absurd). */
+size_t stream_input_bytes(const stream_header *h);
+size_t stream_target_bytes(const stream_header *h);
+
+const char *stream_type_name(int type);
+
+#endif

@@ -1,0 +1,44 @@
+/* statsfile.h - the /stats group of a dataset's HDF5 file: per-field
+ * statistics and the normalisation parameters (layout: docs/dataset-format.md,
+ * section /stats).
+ *
+ * stats_file_write() replaces /stats as a whole: the new group is built
+ * under /stats.tmp and moved over /stats only when complete, so a reader
+ * never sees a half-written group. Called by one process (rank 0) with no
+ * other handle open on the file.
+ */
+#ifndef COEMU_STATS_STATSFILE_H
+#define COEMU_STATS_STATSFILE_H
+
+#include <stdint.h>
+
+#include "moments.h"
+#include "quantile.h"
+#include "transforms.h"
+
+typedef struct {
+  char name[40];          /* subgroup name, e.g. "ln_T", "ln_I_ch3" */
+  stats_summary s;        /* count, mean, std, min, max, NaN/Inf counts */
+  double median;          /* exact, numpy definition */
+  stats_mom_report mom;   /* median of medians and its true quantile interval */
+  int64_t chunks;         /* chunks (samples) that gave a median */
+} stats_field;
+
+typedef struct {
+  const char *split;          /* "train", "all", ... */
+  int64_t samples_total;      /* in the dataset */
+  int64_t samples_used;       /* in the split and not dropped */
+  int64_t samples_outliers;   /* dropped by the outlier rule */
+  int ranks;                  /* MPI ranks that computed the statistics */
+} stats_provenance;
+
+int stats_file_write(const char *h5path, const stats_field *fields, int nfields,
+                     const stats_norm *norm, const stats_provenance *prov);
+
+/* Read the normalisation parameters of /stats (the trainer and the stream). */
+int stats_file_read_norm(const char *h5path, stats_norm *norm);
+
+/* Read one field's statistics (name as written, e.g. "v_z"). */
+int stats_file_read_field(const char *h5path, const char *name, stats_field *field);
+
+#endif

@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""coemu serve + the Python client (pipeline/coemu_stream.py): whole epochs
+read from Python match the dataset; ranks get disjoint, equal shares; the
+shuffle changes per epoch and is reproducible; a consumer that stops
+mid-epoch resumes without loss or repetition; bad requests get clear errors."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import h5py
+import numpy as np
+
+ROOT = os.environ.get("COEMU_SOURCE_ROOT", os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "pipeline"))
+import coemu_stream as cs  # noqa: E402
+
+COEMU = os.environ.get("COEMU", "build/pipeline/coemu")
+passed = failed = 0
+
+
+def check(cond, what):
+    global passed, failed
+    if cond:
+        passed += 1
+    else:
+        failed += 1
+        print("FAIL:", what, file=sys.stderr)
+
+
+def make_dataset(d, n_samples=26, n=4, nf=3):
+    os.makedirs(d, exist_ok=True)
+    rng = np.random.default_rng(5)
+    inputs = rng.random((n_samples, 3, n, n, n), dtype=np.float32) + 1.0
+    targets = rng.random((n_samples, nf, n, n), dtype=np.float32)
+    for i in range(n_samples):  # tag each sample with its index
+        inputs[i, 0, 0, 0, 0] = i
+    split = np.array([2 if i % 5 == 4 else 0 for i in range(n_samples)], dtype=np.uint8)
+    with h5py.File(os.path.join(d, "dataset.h5"), "w") as f:
+        f["inputs"] = inputs
+        f["targets"] = targets
+        f["split"] = split
+    with open(os.path.join(d, "manifest.json"), "w") as f:
+        json.dump({"samples": n_samples}, f)
+    return inputs, targets, split
+
+
+def serve(d, ep, *args):
+    p = subprocess.Popen([COEMU, "serve", d, "--endpoint", ep, "--heartbeat", "0.2", *args],
+                         stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    return p
+
+
+def read_epoch(ep, rank, world, epoch=0, position=0, stop_after=None, **kw):
+    got = []
+    c = cs.StreamClient(ep, rank=rank, world=world, epoch=epoch, position=position,
+                        timeout_s=10, heartbeat_s=0.2, **kw)
+    try:
+        while True:
+            ch = c.next()
+            if ch is None:
+                break
+            got.append(ch)
+            if stop_after is not None and len(got) == stop_after:
+                return got, (c.epoch, c.position)
+    finally:
+        c.close()
+    return got, (c.epoch, c.position)
+
+
+with tempfile.TemporaryDirectory() as tmp:
+    d = os.path.join(tmp, "ds")
+    inputs, targets, split = make_dataset(d)
+    train = [i for i in range(len(split)) if split[i] == 0]  # 20 samples
+    ep = f"ipc://{tmp}/serve.sock"
+
+    # two ranks, batch 3, two epochs: 20 // 2 = 10 per rank -> 3 batches of 3 (9 samples)
+    p = serve(d, ep, "--ranks", "2", "--batch", "3", "--epochs", "2", "--seed", "9")
+    epochs = {0: [], 1: []}
+    for e in range(2):
+        for r in range(2):
+            try:
+                got, _ = read_epoch(ep, r, 2, epoch=e)
+            except cs.ProducerSilent:
+                p.kill()
+                print(p.stderr.read(), file=sys.stderr)
+                raise
+            ids = [int(i) for ch in got for i in ch.ids]
+            check(len(got) == 3 and all(ch.inputs.shape == (3, 3, 4, 4, 4) for ch in got),
+                  f"epoch {e} rank {r}: 3 chunks of 3 samples")
+            for ch in got:
+                for k, i in enumerate(ch.ids):
+                    check(np.array_equal(ch.inputs[k], inputs[i]) and
+                          np.array_equal(ch.targets[k], targets[i]), f"sample {i} data")
+            epochs[e].append(ids)
+    try:
+        p.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        p.kill()
+    check(p.returncode == 0, f"serve exit status {p.returncode}")
+    for e in range(2):
+        a, b = epochs[e]
+        check(not set(a) & set(b), f"epoch {e}: ranks disjoint")
+        check(set(a) | set(b) <= set(train), f"epoch {e}: only training samples")
+        check(len(set(a) | set(b)) == 18, f"epoch {e}: 18 distinct samples")
+    check(epochs[0] != epochs[1], "the shuffle changes with the epoch")
+
+    # the same seed gives the same order; a consumer stopping mid-epoch resumes exactly
+    p = serve(d, ep, "--ranks", "2", "--batch", "3", "--epochs", "1", "--seed", "9")
+    part, state = read_epoch(ep, 1, 2, stop_after=1)
+    rest, _ = read_epoch(ep, 1, 2, epoch=state[0], position=state[1])
+    ids = [int(i) for ch in part + rest for i in ch.ids]
+    check(state == (0, 3), f"state after one chunk {state}")
+    check(ids == epochs[0][1], "resumed epoch equals the uninterrupted one")
+    read_epoch(ep, 0, 2)
+    try:
+        p.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        p.kill()
+
+    # --pad: 20 samples over 3 ranks -> 7 each, padded to batches of 4 -> 8
+    p = serve(d, ep, "--ranks", "3", "--batch", "4", "--epochs", "1", "--pad")
+    allids = []
+    for r in range(3):
+        got, _ = read_epoch(ep, r, 3)
+        check(sum(len(ch.ids) for ch in got) == 8, f"pad: rank {r} gets 8")
+        allids += [int(i) for ch in got for i in ch.ids]
+    check(set(allids) == set(train), "pad: every training sample served")
+    p.wait(timeout=10)
+
+    # normalised data without /stats: the producer says why
+    p = serve(d, ep, "--ranks", "1", "--batch", "2", "--epochs", "1")
+    try:
+        read_epoch(ep, 0, 1, normalised=True)
+        check(False, "normalised request without /stats must fail")
+    except cs.ProtocolError as e:
+        check("no /stats group" in str(e), f"error text: {e}")
+    p.terminate()
+    p.wait(timeout=10)
+
+    # bad invocations
+    r = subprocess.run([COEMU, "serve", os.path.join(tmp, "nope")], capture_output=True, text=True)
+    check(r.returncode != 0 and "not a finished dataset" in r.stderr, f"missing dataset: {r.stderr}")
+    r = subprocess.run([COEMU, "serve", d, "--endpoint", "tcp://0.0.0.0:5999"], capture_output=True, text=True)
+    check(r.returncode != 0 and "curve" in r.stderr.lower(), f"non-local without CURVE: {r.stderr}")
+    r = subprocess.run([COEMU, "serve", d, "--split", "validation"], capture_output=True, text=True)
+    check(r.returncode != 0 and "no samples" in r.stderr, f"empty split: {r.stderr}")
+    r = subprocess.run([COEMU, "serve", d, "--ranks", "50", "--batch", "4"], capture_output=True, text=True)
+    check(r.returncode != 0 and "not one batch" in r.stderr, f"too many ranks: {r.stderr}")
+
+print(f"{passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)

@@ -1,0 +1,339 @@
+/* test_stream.c - the stream protocol: header codec, credit bound, resume
+ * without loss or repetition, malformed messages dropped, a vanished
+ * producer detected and reconnected, CURVE authentication. */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "check.h"
+#include "progress.h"
+#include "stream_client.h"
+#include "stream_proto.h"
+#include "stream_security.h"
+#include "stream_server.h"
+
+#define N 4
+#define NF 2
+#define SAMPLES 40
+
+static char tmpdir[256];
+
+/* Source: sample s of epoch e for rank r of W is id = e*1000 + r + s*W; its
+ * inputs are filled with the id so the consumer can check them. */
+typedef struct {
+  atomic_long served;   /* chunks handed out */
+  atomic_long consumed; /* chunks the test consumer has finished */
+  int credit;
+  atomic_int credit_violation;
+  int chunk;            /* samples per chunk */
+} src_ctx;
+
+typedef struct {
+  uint64_t ids[8];
+  float in[8 * 3 * N * N * N], out[8 * NF * N * N];
+} chunk_buf;
+
+static void release_buf(void *t) { free(t); }
+
+static int source(void *ctx, const stream_consumer *c, uint32_t epoch, uint64_t pos,
+                  stream_chunk *out) {
+  src_ctx *s = ctx;
+  uint64_t per_rank = SAMPLES / c->world;
+  if (pos >= per_rank) return 0;
+  long inflight = atomic_load(&s->served) - atomic_load(&s->consumed);
+  if (inflight >= s->credit + 1) atomic_store(&s->credit_violation, 1);
+  atomic_fetch_add(&s->served, 1);
+  chunk_buf *b = malloc(sizeof *b);
+  uint32_t k = 0;
+  for (; k < (uint32_t)s->chunk && pos + k < per_rank; k++) {
+    uint64_t id = epoch * 1000u + c->rank + (pos + k) * c->world;
+    b->ids[k] = id;
+    for (int i = 0; i < 3 * N * N * N; i++) b->in[k * 3 * N * N * N + i] = (float)id;
+    for (int i = 0; i < NF * N * N; i++) b->out[k * NF * N * N + i] = (float)id + 0.5f;
+  }
+  out->nsamples = k;
+  out->ids = b->ids;
+  out->inputs = b->in;
+  out->targets = b->out;
+  out->in_shape[0] = 3;
+  out->in_shape[1] = out->in_shape[2] = out->in_shape[3] = N;
+  out->out_shape[0] = NF;
+  out->out_shape[1] = out->out_shape[2] = N;
+  out->release = release_buf;
+  out->token = b;
+  return 1;
+}
+
+typedef struct {
+  stream_server *srv;
+  volatile int stop;
+} srv_thread;
+
+static void *serve(void *a) {
+  srv_thread *t = a;
+  stream_server_run(t->srv, &t->stop);
+  return NULL;
+}
+
+static void start(srv_thread *t, pthread_t *th, const char *ep, src_ctx *ctx, uint32_t epochs,
+                  const char *seckey, const char *authdir) {
+  stream_server_opts o = {.endpoint = ep, .dataset_id = 77, .max_epochs = epochs, .max_credit = 64,
+                          .heartbeat_s = 0.1, .timeout_s = 2,
+                          .curve_secret_key_file = seckey, .curve_authorized_dir = authdir};
+  t->stop = 0;
+  if (stream_server_create(&o, source, ctx, &t->srv) < 0) {
+    fprintf(stderr, "server: %s\n", ce_err_msg());
+    exit(2);
+  }
+  pthread_create(th, NULL, serve, t);
+}
+
+static void stop(srv_thread *t, pthread_t th) {
+  t->stop = 1;
+  pthread_join(th, NULL);
+  stream_server_destroy(t->srv);
+}
+
+static void test_header_codec(void) {
+  stream_header h = {.type = STREAM_CHUNK, .flags = 1, .dataset_id = 5, .epoch = 3, .nsamples = 2,
+                     .chunk_id = 9, .position = 18, .dtype = 1, .in_shape = {3, 4, 4, 4},
+                     .out_shape = {7, 4, 4}, .payload_xxh64 = 0x1234};
+  uint8_t b[STREAM_HEADER_SIZE];
+  stream_header_encode(&h, b);
+  stream_header d;
+  CHECK_OK(stream_header_decode(b, sizeof b, &d));
+  CHECK(d.type == STREAM_CHUNK && d.epoch == 3 && d.position == 18 && d.in_shape[3] == 4 &&
+        d.out_shape[0] == 7 && d.payload_xxh64 == 0x1234 && d.dataset_id == 5);
+  CHECK_ERR(stream_header_decode(b, sizeof b - 1, &d), "96");
+  b[40] ^= 1;
+  CHECK_ERR(stream_header_decode(b, sizeof b, &d), "checksum");
+  b[40] ^= 1;
+  b[0] = 'X';
+  CHECK_ERR(stream_header_decode(b, sizeof b, &d), "magic");
+  h.in_shape[1] = 0;
+  stream_header_encode(&h, b);
+  CHECK_ERR(stream_header_decode(b, sizeof b, &d), "shapes");
+  h.in_shape[1] = 4;
+  h.version = 2; /* encode always writes version 1; forge another */
+  stream_header_encode(&h, b);
+  b[4] = 2;
+  CHECK_ERR(stream_header_decode(b, sizeof b, &d), "checksum");
+}
+
+/* One rank reads two whole epochs; the credit bound is never exceeded. */
+static void test_epochs_and_credit(void) {
+  char ep[300];
+  snprintf(ep, sizeof ep, "ipc://%s/a.sock", tmpdir);
+  src_ctx ctx = {.credit = 3, .chunk = 3};
+  srv_thread t;
+  pthread_t th;
+  start(&t, &th, ep, &ctx, 2, NULL, NULL);
+  stream_client_opts o = {.endpoint = ep, .rank = 0, .world = 1, .credit = 3, .heartbeat_s = 0.1,
+                          .timeout_s = 5};
+  stream_client *c;
+  CHECK_OK(stream_client_open(&o, &c));
+  int seen[2][SAMPLES] = {{0}};
+  int ends = 0, r, bad = 0;
+  stream_chunk_view v;
+  while (c && ends < 2 && (r = stream_client_next(c, &v)) >= 0) {
+    if (r == 0) {
+      ends++;
+      continue;
+    }
+    usleep(2000); /* a slow consumer: the producer must wait for credit */
+    for (uint32_t k = 0; k < v.h.nsamples; k++) {
+      uint64_t id = v.ids[k];
+      int e = (int)(id / 1000), s = (int)(id % 1000);
+      if (e != (int)v.h.epoch || s >= SAMPLES || v.inputs[k * 3 * N * N * N + 5] != (float)id ||
+          v.targets[k * NF * N * N] != (float)id + 0.5f)
+        bad++;
+      else
+        seen[e][s]++;
+    }
+    atomic_fetch_add(&ctx.consumed, 1);
+  }
+  CHECK(ends == 2 && bad == 0);
+  for (int e = 0; e < 2; e++)
+    for (int s = 0; s < SAMPLES; s++) CHECK_MSG(seen[e][s] == 1, "epoch %d sample %d seen %d times", e, s, seen[e][s]);
+  CHECK(atomic_load(&ctx.credit_violation) == 0);
+  CHECK(stream_client_dataset_id(c) == 77);
+  stream_client_close(c);
+  stop(&t, th);
+}
+
+/* Two ranks get disjoint halves; a consumer that stops mid-epoch and
+ * resumes from its state loses and repeats nothing. */
+static void test_ranks_and_resume(void) {
+  char ep[300];
+  snprintf(ep, sizeof ep, "ipc://%s/b.sock", tmpdir);
+  src_ctx ctx = {.credit = 4, .chunk = 2};
+  srv_thread t;
+  pthread_t th;
+  start(&t, &th, ep, &ctx, 1, NULL, NULL);
+  int seen[SAMPLES] = {0};
+  for (int rank = 0; rank < 2; rank++) {
+    stream_client_opts o = {.endpoint = ep, .rank = (uint16_t)rank, .world = 2, .credit = 4,
+                            .heartbeat_s = 0.1, .timeout_s = 5};
+    stream_client *c;
+    CHECK_OK(stream_client_open(&o, &c));
+    stream_chunk_view v;
+    int r = -1, chunks = 0;
+    while (c && (r = stream_client_next(c, &v)) == 1) {
+      for (uint32_t k = 0; k < v.h.nsamples; k++) seen[v.ids[k] % 1000]++;
+      atomic_fetch_add(&ctx.consumed, 1);
+      if (rank == 1 && ++chunks == 3) break; /* "killed" after 3 chunks */
+    }
+    if (rank == 1) {
+      uint32_t epoch;
+      uint64_t pos;
+      stream_client_state(c, &epoch, &pos);
+      CHECK(epoch == 0 && pos == 6);
+      stream_client_close(c); /* without finishing: resume from (0, 6) */
+      o.epoch = epoch;
+      o.position = pos;
+      CHECK_OK(stream_client_open(&o, &c));
+      while (c && (r = stream_client_next(c, &v)) == 1) {
+        for (uint32_t k = 0; k < v.h.nsamples; k++) seen[v.ids[k] % 1000]++;
+        atomic_fetch_add(&ctx.consumed, 1);
+      }
+    }
+    CHECK(r == 0);
+    stream_client_close(c);
+  }
+  for (int s = 0; s < SAMPLES; s++) CHECK_MSG(seen[s] == 1, "sample %d seen %d times", s, seen[s]);
+  stop(&t, th);
+}
+
+/* Garbage sent to the producer is counted and dropped; it keeps serving. */
+static void test_malformed_dropped(void) {
+  char ep[300];
+  snprintf(ep, sizeof ep, "ipc://%s/c.sock", tmpdir);
+  src_ctx ctx = {.credit = 4, .chunk = 4};
+  srv_thread t;
+  pthread_t th;
+  start(&t, &th, ep, &ctx, 1, NULL, NULL);
+  void *z = zmq_ctx_new(), *raw = zmq_socket(z, ZMQ_DEALER);
+  int zero = 0;
+  zmq_setsockopt(raw, ZMQ_LINGER, &zero, sizeof zero);
+  zmq_connect(raw, ep);
+  zmq_send(raw, "hello there", 11, 0);               /* wrong size */
+  uint8_t junk[STREAM_HEADER_SIZE] = {0};
+  zmq_send(raw, junk, sizeof junk, 0);               /* bad magic */
+  stream_header h = {.type = STREAM_CREDIT, .value = 1000};
+  uint8_t b[STREAM_HEADER_SIZE];
+  stream_header_encode(&h, b);
+  zmq_send(raw, b, sizeof b, 0);                     /* CREDIT before HELLO */
+  char big[2 << 20];
+  memset(big, 1, sizeof big);
+  zmq_send(raw, big, sizeof big, 0);                 /* oversized: refused by MAXMSGSIZE */
+  stream_client_opts o = {.endpoint = ep, .rank = 0, .world = 1, .credit = 2, .timeout_s = 5};
+  stream_client *c;
+  CHECK_OK(stream_client_open(&o, &c));
+  stream_chunk_view v;
+  int r, n = 0;
+  while (c && (r = stream_client_next(c, &v)) == 1) n += (int)v.h.nsamples;
+  CHECK(r == 0 && n == SAMPLES);
+  stream_client_close(c);
+  stream_server_stats st;
+  stream_server_get_stats(t.srv, &st);
+  CHECK_MSG(st.malformed >= 2 && st.unexpected >= 1, "malformed %llu unexpected %llu",
+            (unsigned long long)st.malformed, (unsigned long long)st.unexpected);
+  zmq_close(raw);
+  zmq_ctx_term(z);
+  stop(&t, th);
+}
+
+/* A producer that vanishes is reported within the timeout; when it comes
+ * back the consumer reconnects and carries on from where it was. */
+static void test_producer_restart(void) {
+  char ep[300];
+  snprintf(ep, sizeof ep, "ipc://%s/d.sock", tmpdir);
+  src_ctx ctx = {.credit = 2, .chunk = 1};
+  srv_thread t;
+  pthread_t th;
+  start(&t, &th, ep, &ctx, 1, NULL, NULL);
+  stream_client_opts o = {.endpoint = ep, .rank = 0, .world = 1, .credit = 1, .heartbeat_s = 0.1,
+                          .timeout_s = 0.5};
+  stream_client *c;
+  CHECK_OK(stream_client_open(&o, &c));
+  int seen[SAMPLES] = {0};
+  stream_chunk_view v;
+  for (int i = 0; c && i < 5; i++)
+    if (stream_client_next(c, &v) == 1) seen[v.ids[0]]++;
+  stop(&t, th); /* the producer dies */
+  double t0 = ce_now();
+  int r = c ? stream_client_next(c, &v) : -1;
+  while (r == 1) { /* chunks already queued locally are still valid */
+    seen[v.ids[0]]++;
+    r = stream_client_next(c, &v);
+  }
+  CHECK(r == STREAM_E_SILENT);
+  CHECK(ce_now() - t0 < 2.0);
+  start(&t, &th, ep, &ctx, 1, NULL, NULL); /* it returns */
+  CHECK_OK(stream_client_reconnect(c));
+  while (c && (r = stream_client_next(c, &v)) == 1) seen[v.ids[0]]++;
+  CHECK(r == 0);
+  for (int s = 0; s < SAMPLES; s++) CHECK_MSG(seen[s] == 1, "sample %d seen %d times", s, seen[s]);
+  stream_client_close(c);
+  stop(&t, th);
+}
+
+/* CURVE: an authorised consumer is served, an unknown key is refused. */
+static void test_curve(void) {
+  char srvkey[300], good[300], bad[300], auth[300], cmd[1400];
+  snprintf(srvkey, sizeof srvkey, "%s/server", tmpdir);
+  snprintf(good, sizeof good, "%s/good", tmpdir);
+  snprintf(bad, sizeof bad, "%s/bad", tmpdir);
+  snprintf(auth, sizeof auth, "%s/authorized", tmpdir);
+  CHECK_OK(stream_keygen(srvkey));
+  CHECK_OK(stream_keygen(good));
+  CHECK_OK(stream_keygen(bad));
+  snprintf(cmd, sizeof cmd, "mkdir -p %s && cp %s.key %s/", auth, good, auth);
+  CHECK(system(cmd) == 0);
+  char sec[320], spub[320], gsec[320], bsec[320];
+  snprintf(sec, sizeof sec, "%s.key_secret", srvkey);
+  snprintf(spub, sizeof spub, "%s.key", srvkey);
+  snprintf(gsec, sizeof gsec, "%s.key_secret", good);
+  snprintf(bsec, sizeof bsec, "%s.key_secret", bad);
+  src_ctx ctx = {.credit = 4, .chunk = 4};
+  srv_thread t;
+  pthread_t th;
+  const char *ep = "tcp://127.0.0.1:27893";
+  start(&t, &th, ep, &ctx, 1, sec, auth);
+  stream_client_opts o = {.endpoint = ep, .rank = 0, .world = 1, .credit = 2, .heartbeat_s = 0.1,
+                          .timeout_s = 1.0, .curve_server_key = spub, .curve_client_key = bsec};
+  stream_client *c;
+  stream_chunk_view v;
+  CHECK_OK(stream_client_open(&o, &c));
+  CHECK(c && stream_client_next(c, &v) == STREAM_E_SILENT); /* refused: nothing arrives */
+  stream_client_close(c);
+  o.curve_client_key = gsec;
+  o.timeout_s = 5;
+  CHECK_OK(stream_client_open(&o, &c));
+  int r, n = 0;
+  while (c && (r = stream_client_next(c, &v)) == 1) n += (int)v.h.nsamples;
+  CHECK(r == 0 && n == SAMPLES);
+  stream_client_close(c);
+  stop(&t, th);
+  char rd[41];
+  CHECK_ERR(stream_read_key_file(spub, NULL, rd), "secret-key");
+  CHECK(stream_endpoint_is_local("ipc:///tmp/x") && stream_endpoint_is_local("tcp://127.0.0.1:5") &&
+        !stream_endpoint_is_local("tcp://10.0.0.1:5") && !stream_endpoint_is_local("tcp://*:5"));
+}
+
+int main(void) {
+  snprintf(tmpdir, sizeof tmpdir, "/tmp/coemu_test_stream_XXXXXX");
+  if (!mkdtemp(tmpdir)) return 2;
+  RUN(test_header_codec);
+  RUN(test_epochs_and_credit);
+  RUN(test_ranks_and_resume);
+  RUN(test_malformed_dropped);
+  RUN(test_producer_restart);
+  RUN(test_curve);
+  char cmd[300];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
+  return check_report();
+}
