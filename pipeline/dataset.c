@@ -78,12 +78,13 @@ int dataset_prepare(const char *dir, const job *j) {
 /* ---- dataset.h5 ---- */
 
 static int attr_str(hid_t obj, const char *name, const char *value) {
+  /* variable-length UTF-8: h5py reads it as str */
   hid_t t = H5Tcopy(H5T_C_S1);
-  H5Tset_size(t, strlen(value) + 1);
+  H5Tset_size(t, H5T_VARIABLE);
   H5Tset_cset(t, H5T_CSET_UTF8);
   hid_t s = H5Screate(H5S_SCALAR);
   hid_t a = H5Acreate2(obj, name, t, s, H5P_DEFAULT, H5P_DEFAULT);
-  herr_t rc = a >= 0 ? H5Awrite(a, t, value) : -1;
+  herr_t rc = a >= 0 ? H5Awrite(a, t, &value) : -1;
   if (a >= 0) H5Aclose(a);
   H5Sclose(s);
   H5Tclose(t);

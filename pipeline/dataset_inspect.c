@@ -13,15 +13,13 @@ static int read_str_attr(hid_t obj, const char *name, char *buf, size_t len) {
   buf[0] = 0;
   if (H5Aexists(obj, name) <= 0) return -1;
   hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
-  hid_t t = H5Aget_type(a);
-  size_t sz = H5Tget_size(t);
-  char *tmp = malloc(sz + 1);
-  int rc = tmp && H5Aread(a, t, tmp) >= 0 ? 0 : -1;
-  if (rc == 0) {
-    tmp[sz] = 0;
-    snprintf(buf, len, "%s", tmp);
-  }
-  free(tmp);
+  hid_t t = H5Tcopy(H5T_C_S1);
+  H5Tset_size(t, H5T_VARIABLE);
+  H5Tset_cset(t, H5T_CSET_UTF8);
+  char *s = NULL;
+  int rc = H5Aread(a, t, &s) >= 0 && s ? 0 : -1;
+  if (rc == 0) snprintf(buf, len, "%s", s);
+  H5free_memory(s);
   H5Tclose(t);
   H5Aclose(a);
   return rc;

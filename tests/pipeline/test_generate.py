@@ -6,7 +6,6 @@ cleanly and the job resumes after it.  Prints "N passed, N failed"."""
 import json
 import os
 import random
-import resource
 import shutil
 import signal
 import subprocess
@@ -119,10 +118,8 @@ def run_tests(tmp):
     with h5py.File(os.path.join(outs[2], 'dataset.h5'), 'r') as h:
         msplit = h['models/split'][()]
         check(np.array_equal(ref['split'], np.repeat(msplit, D)), 'split per sample = per model')
-        check(sorted(np.bincount(msplit, minlength=3)) == [1, 2, 3] or
-              list(np.bincount(msplit, minlength=3)) == [3, 2, 1] or True, 'split counts')
-        check(list(np.bincount(msplit, minlength=3)) == [3, 2, 1] or
-              list(np.bincount(msplit, minlength=3)) == [3, 1, 2], 'split fractions')
+        # 6 models, 0.5/0.25/0.25: round(3) train, round(1.5) = 2 validation, 1 test
+        check(list(np.bincount(msplit, minlength=3)) == [3, 2, 1], 'split fractions')
         check(h['frequencies'][3] == 230538000000.0 and h['frequencies'].shape == (F,), 'frequencies')
         p = h['provenance'].attrs
         check(p['job'] == JOB and 'analytic' in p['producer'] and p['seed'] == 99 and
@@ -131,9 +128,8 @@ def run_tests(tmp):
         check(h['inputs'].attrs['units'] == 'm/s, K, m^-3', 'units')
     man = json.load(open(os.path.join(outs[3], 'manifest.json')))
     check(len(man['shards']) == M * D // S and man['samples'] == M * D, 'manifest')
-    check(man == json.load(open(os.path.join(outs[1], 'manifest.json'))) or
-          [s['crc32'] for s in man['shards']] ==
-          [s['crc32'] for s in json.load(open(os.path.join(outs[1], 'manifest.json')))['shards']],
+    man1 = json.load(open(os.path.join(outs[1], 'manifest.json')))
+    check([s['crc32'] for s in man['shards']] == [s['crc32'] for s in man1['shards']],
           'checksums independent of ranks')
 
     # dataset.h5 opens from any working directory
@@ -141,7 +137,7 @@ def run_tests(tmp):
                         'import h5py,sys; print(h5py.File(sys.argv[1])["targets"][5].sum())',
                         os.path.join(outs[1], 'dataset.h5')], capture_output=True, text=True,
                        cwd='/')
-    check(r.returncode == 0 and float(r.stdout) == float(ref['targets'][5].sum()),
+    check(r.returncode == 0 and abs(float(r.stdout) / float(ref['targets'][5].sum()) - 1) < 1e-6,
           f'VDS from another cwd: {r.stderr}')
 
     # verify and inspect
@@ -224,11 +220,9 @@ def run_tests(tmp):
 
     # a file-size limit (a full disk) fails cleanly; the same command resumes
     out = os.path.join(tmp, 'fsize')
-    lim = 150_000
+    lim = 20_000
 
-    def limit():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (lim, lim))
-    r = mpi(1, [job, '--out', out, '--quiet'], preexec_fn=limit)
+    r = mpi(1, [job, '--out', out, '--quiet'], env={'COEMU_TEST_FSIZE': str(lim)})
     check(r.returncode != 0 and 'File too large' in r.stderr and 'shard-' in r.stderr,
           f'file-size limit fails cleanly: {r.stderr}')
     check(not os.path.exists(os.path.join(out, 'manifest.json')) and

@@ -6,12 +6,16 @@
  * the Python test recomputes it exactly with numpy. Environment:
  *   COEMU_TEST_DELAY_MS   sleep this long per sample (to kill runs mid-way)
  *   COEMU_TEST_FAIL_MODEL a model id whose samples fail ("cannot read")
+ *   COEMU_TEST_FSIZE      a file-size limit (RLIMIT_FSIZE, bytes) set once MPI
+ *                         is up (MPI's own start-up writes files), to act as a
+ *                         full disk
  * `testgen inspect DIR` runs dataset_inspect(DIR).
  */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "dataset.h"
@@ -68,6 +72,11 @@ static int analytic_open(const job *j, generate_producer *p) {
   const char *d = getenv("COEMU_TEST_DELAY_MS"), *f = getenv("COEMU_TEST_FAIL_MODEL");
   g_an.delay_ms = d ? atol(d) : 0;
   g_an.fail_model = f ? atol(f) : -1;
+  const char *lim = getenv("COEMU_TEST_FSIZE");
+  if (lim) {
+    struct rlimit rl = {(rlim_t)atoll(lim), (rlim_t)atoll(lim)};
+    if (setrlimit(RLIMIT_FSIZE, &rl) < 0) CE_FAIL("setrlimit(RLIMIT_FSIZE) failed");
+  }
   p->sample = analytic_sample;
   p->ctx = &g_an;
   p->nu0 = 230.5380000e9;
