@@ -31,6 +31,9 @@ struct shard_writer {
  * when set, says why (ENOSPC, EFBIG, EIO). */
 static int h5fail(const char *path, const char *what) {
   int e = errno;
+  if (e == ENOSPC || e == EFBIG || e == EDQUOT)
+    return ce_err("%s: %s failed: %s (free space, then rerun the same command: finished shards "
+                  "are kept)", path, what, strerror(e));
   if (e) return ce_err("%s: %s failed: %s", path, what, strerror(e));
   return ce_err("%s: %s failed (HDF5 error)", path, what);
 }
@@ -115,7 +118,7 @@ int shard_open(shard_writer **out, const char *path, const shard_layout *lay, in
   errno = 0;
   w->file = H5Fcreate(w->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
   if (w->file < 0) {
-    h5fail(w->tmp, "creating the file");
+    h5fail(w->path, "creating the file");
     free_writer(w);
     return -1;
   }
@@ -129,7 +132,7 @@ int shard_open(shard_writer **out, const char *path, const shard_layout *lay, in
   w->targets = create_set(w->file, "targets", lay->targets_f64 ? H5T_IEEE_F64LE : H5T_IEEE_F32LE,
                           4, tdims, tchunk, lay->gzip);
   if ((lay->store_inputs && w->inputs < 0) || w->targets < 0) {
-    h5fail(w->tmp, "creating the sample datasets");
+    h5fail(w->path, "creating the sample datasets");
     shard_close(w, 0, NULL);
     return -1;
   }
@@ -161,11 +164,11 @@ int shard_put(shard_writer *w, const float *inputs, const float *targets, int64_
   size_t n = (size_t)w->lay.n;
   errno = 0;
   if (w->lay.store_inputs) {
-    if (write_row(w->inputs, i, inputs) < 0) return h5fail(w->tmp, "writing /inputs");
+    if (write_row(w->inputs, i, inputs) < 0) return h5fail(w->path, "writing /inputs");
     w->crc[SHARD_INPUTS] = (uint32_t)crc32_z(w->crc[SHARD_INPUTS], (const Bytef *)inputs,
                                              3 * n * n * n * sizeof(float));
   }
-  if (write_row(w->targets, i, targets) < 0) return h5fail(w->tmp, "writing /targets");
+  if (write_row(w->targets, i, targets) < 0) return h5fail(w->path, "writing /targets");
   w->crc[SHARD_TARGETS] = (uint32_t)crc32_z(w->crc[SHARD_TARGETS], (const Bytef *)targets,
                                             (size_t)w->lay.nf * n * n * sizeof(float));
   w->model[i] = model;
@@ -219,7 +222,7 @@ int shard_close(shard_writer *w, int commit, shard_sums *sums) {
                     put_attr(w->file, "job_fingerprint", H5T_NATIVE_UINT32, &fp) < 0))
       rc = -1;
     if (rc == 0 && H5Fflush(w->file, H5F_SCOPE_GLOBAL) < 0) rc = -1;
-    if (rc < 0) h5fail(w->tmp, "writing the shard metadata");
+    if (rc < 0) h5fail(w->path, "writing the shard metadata");
     if (sums) {
       sums->first = w->first;
       sums->count = w->count;
@@ -230,7 +233,7 @@ int shard_close(shard_writer *w, int commit, shard_sums *sums) {
   if (w->inputs >= 0) H5Dclose(w->inputs);
   if (w->targets >= 0) H5Dclose(w->targets);
   errno = 0;
-  if (H5Fclose(w->file) < 0 && commit && rc == 0) rc = h5fail(w->tmp, "closing the file");
+  if (H5Fclose(w->file) < 0 && commit && rc == 0) rc = h5fail(w->path, "closing the file");
   if (commit && rc == 0) rc = fs_rename_durable(w->tmp, w->path);
   if (!commit || rc < 0) unlink(w->tmp);
   free_writer(w);

@@ -14,6 +14,7 @@ import tempfile
 import time
 
 import h5py
+import yaml
 import numpy as np
 
 TESTGEN = os.environ['COEMU_TESTGEN']
@@ -90,6 +91,9 @@ def run_tests(tmp):
         r = subprocess.run([TESTGEN, os.path.join(ROOT, 'jobs', name + '.yaml'), '--check'],
                            capture_output=True, text=True)
         check(r.returncode == 0 and ': ok: ' in r.stdout, f'--check jobs/{name}.yaml: {r.stderr}')
+    r = subprocess.run([TESTGEN, '--schema-doc'], capture_output=True, text=True)
+    check(r.returncode == 0 and r.stdout in open(os.path.join(ROOT, 'docs', 'jobs.md')).read(),
+          'docs/jobs.md holds the table generated from the schema')
     bad = os.path.join(tmp, 'bad.yaml')
     open(bad, 'w').write(JOB.replace('n: 16', 'n: 0'))
     r = subprocess.run([TESTGEN, bad, '--check'], capture_output=True, text=True)
@@ -131,6 +135,35 @@ def run_tests(tmp):
     man1 = json.load(open(os.path.join(outs[1], 'manifest.json')))
     check([s['crc32'] for s in man['shards']] == [s['crc32'] for s in man1['shards']],
           'checksums independent of ranks')
+
+    # the layout is the one schemas/dataset.yaml describes
+    lay = yaml.safe_load(open(os.path.join(ROOT, 'schemas', 'dataset.yaml')))
+    sym = {'N': M * D, 'M': M, 'n': N, 'F': F, 'S': S}
+
+    def conforms(h, spec):
+        bad = []
+        for name, d in spec['datasets'].items():
+            if name not in h:
+                bad.append(name + ' missing')
+                continue
+            shape = tuple(sym[x] if isinstance(x, str) else x for x in d['shape'])
+            kind = 'string' if h[name].dtype.kind == 'O' else str(h[name].dtype)
+            if h[name].shape != shape or kind != d['dtype']:
+                bad.append(f'{name} {h[name].shape} {kind}')
+            if 'chunk' in d and h[name].chunks != tuple(sym[x] if isinstance(x, str) else x
+                                                        for x in d['chunk']):
+                bad.append(name + ' chunks')
+            bad += [f'{name}.{a}' for a in d.get('attrs', []) if a not in h[name].attrs]
+        for g, gd in spec.get('groups', {}).items():
+            bad += [f'{g}.{a}' for a in gd['attrs'] if a not in h[g].attrs]
+        bad += [a for a in spec.get('attrs', []) if a not in h.attrs]
+        return bad
+    with h5py.File(os.path.join(outs[1], 'dataset.h5'), 'r') as h:
+        bad = conforms(h, lay['dataset.h5'])
+        check(not bad and h['inputs'].is_virtual, f'dataset.h5 as schemas/dataset.yaml says: {bad}')
+    with h5py.File(os.path.join(outs[1], 'shards', 'shard-000001.h5'), 'r') as h:
+        bad = conforms(h, lay['shard'])
+        check(not bad, f'shard as schemas/dataset.yaml says: {bad}')
 
     # dataset.h5 opens from any working directory
     r = subprocess.run([sys.executable, '-c',
