@@ -46,6 +46,10 @@ static int check_only(const job *j) {
   return 0;
 }
 
+/* Seconds this rank spent inside the producer (the rest is pipeline
+ * overhead: I/O, checksums, coordination). */
+static double g_produce_s;
+
 /* Make (or keep) shard s. Returns the samples it holds; sets *made. */
 static int64_t do_shard(const job *j, const shard_layout *lay, const char *out, int64_t s,
                         const generate_producer *p, const uint8_t *msplit, float *in, float *tg,
@@ -71,7 +75,10 @@ static int64_t do_shard(const job *j, const shard_layout *lay, const char *out, 
     double q[4] = {1, 0, 0, 0};
     uint8_t valid = 1;
     ce_err_clear();
-    if (p->sample(p->ctx, model, dir, in, tg, q) < 0) {
+    double t0 = ce_now();
+    int prc = p->sample(p->ctx, model, dir, in, tg, q);
+    g_produce_s += ce_now() - t0;
+    if (prc < 0) {
       char msg[1400];
       snprintf(msg, sizeof msg, "model %lld (%s), direction %lld: %s", (long long)model,
                j->model_names[model], (long long)dir, ce_err_msg());
@@ -175,6 +182,7 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   workplan wp;
   workplan_init(&wp, MPI_COMM_WORLD, K, g_rank == 0 ? &prog : NULL);
   int64_t last = 0, counts[2] = {0, 0}; /* shards made, shards kept */
+  double t_start = ce_now();
   for (;;) {
     int64_t s = workplan_next(&wp, last);
     if (s < 0) break;
@@ -185,6 +193,8 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   workplan_drain(&wp);
   int64_t total[2];
   MPI_Reduce(counts, total, 2, MPI_INT64_T, MPI_SUM, 0, MPI_COMM_WORLD);
+  double busy[2] = {g_produce_s, ce_now() - t_start}, busy_sum[2];
+  MPI_Reduce(busy, busy_sum, 2, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
   if (g_rank == 0) {
     ce_progress_done(&prog, N);
     char mpiv[MPI_MAX_LIBRARY_VERSION_STRING];
@@ -202,6 +212,10 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
       fprintf(stderr, "coemu %s: %s: %lld samples in %lld shards (%lld made now, %lld kept from "
                       "an earlier run)\n",
               cmd, out, (long long)N, (long long)K, (long long)total[0], (long long)total[1]);
+  if (g_rank == 0 && !quiet && busy_sum[1] > 0)
+    fprintf(stderr, "coemu %s: producer %.2f s of %.2f s rank time (%.1f%% outside: I/O, "
+                    "checksums, coordination)\n",
+            cmd, busy_sum[0], busy_sum[1], 100 * (1 - busy_sum[0] / busy_sum[1]));
   }
   if (p.close) p.close(p.ctx);
   free(msplit);
