@@ -22,6 +22,12 @@ COEMU = os.environ['COEMU']
 MPIEXEC = os.environ.get('COEMU_MPIEXEC', 'mpiexec')
 ROOT = os.environ['COEMU_SOURCE_ROOT']
 M, D, N, F, S = 6, 4, 16, 7, 4
+# Under the sanitizers: unwind fully, so that leaks kept by Open MPI's
+# dlopen'ed components are attributed to libmpi and friends (tests/lsan.supp)
+# instead of "<unknown module>".
+for var in ('ASAN_OPTIONS', 'LSAN_OPTIONS'):
+    if var in os.environ:
+        os.environ[var] += ':fast_unwind_on_malloc=0'
 
 JOB = f"""name: pipeline-test
 inputs:
