@@ -14,6 +14,7 @@
 
 #include "error.h"
 #include "fsutil.h"
+#include "h5util.h"
 #include "version.h"
 #include "workplan.h"
 #include "yamltree.h"
@@ -77,44 +78,11 @@ int dataset_prepare(const char *dir, const job *j) {
 
 /* ---- dataset.h5 ---- */
 
-static int attr_str(hid_t obj, const char *name, const char *value) {
-  /* variable-length UTF-8: h5py reads it as str */
-  hid_t t = H5Tcopy(H5T_C_S1);
-  H5Tset_size(t, H5T_VARIABLE);
-  H5Tset_cset(t, H5T_CSET_UTF8);
-  hid_t s = H5Screate(H5S_SCALAR);
-  hid_t a = H5Acreate2(obj, name, t, s, H5P_DEFAULT, H5P_DEFAULT);
-  herr_t rc = a >= 0 ? H5Awrite(a, t, &value) : -1;
-  if (a >= 0) H5Aclose(a);
-  H5Sclose(s);
-  H5Tclose(t);
-  return rc < 0 ? -1 : 0;
-}
-
-static int attr_num(hid_t obj, const char *name, hid_t mtype, const void *v) {
-  hid_t s = H5Screate(H5S_SCALAR);
-  hid_t a = H5Acreate2(obj, name, mtype, s, H5P_DEFAULT, H5P_DEFAULT);
-  herr_t rc = a >= 0 ? H5Awrite(a, mtype, v) : -1;
-  if (a >= 0) H5Aclose(a);
-  H5Sclose(s);
-  return rc < 0 ? -1 : 0;
-}
-
-static hid_t plain_dcpl(void) {
-  hid_t p = H5Pcreate(H5P_DATASET_CREATE);
-  H5Pset_obj_track_times(p, 0);
-  return p;
-}
-
 static int write_array(hid_t loc, const char *name, hid_t ftype, hid_t mtype, int rank,
                        const hsize_t *dims, const void *buf) {
-  hid_t s = H5Screate_simple(rank, dims, NULL);
-  hid_t p = plain_dcpl();
-  hid_t d = H5Dcreate2(loc, name, ftype, s, H5P_DEFAULT, p, H5P_DEFAULT);
+  hid_t d = h5_create(loc, name, ftype, rank, dims, NULL, 0);
   herr_t rc = d >= 0 ? H5Dwrite(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) : -1;
   if (d >= 0) H5Dclose(d);
-  H5Pclose(p);
-  H5Sclose(s);
   return rc < 0 ? -1 : 0;
 }
 
@@ -125,7 +93,7 @@ static hid_t virtual_set(hid_t file, const char *name, hid_t ftype, int rank,
   hsize_t dims[8] = {(hsize_t)samples};
   for (int k = 1; k < rank; k++) dims[k] = rest[k - 1];
   hid_t vspace = H5Screate_simple(rank, dims, NULL);
-  hid_t dcpl = plain_dcpl();
+  hid_t dcpl = h5_dcpl(0, NULL, 0);
   for (int64_t s = 0; s < nshards; s++) {
     int64_t first, count;
     workplan_shard_range(s, samples, per_shard, &first, &count);
@@ -179,10 +147,10 @@ static int write_dataset_h5(const char *dir, const dataset_provenance *pv, const
   for (size_t i = 0; rc == 0 && i < sizeof sets / sizeof sets[0]; i++) {
     if (i == 0 && !j->store_inputs) continue;
     hid_t d = virtual_set(f, sets[i].name, sets[i].type, sets[i].rank, sets[i].rest, N, S, K);
-    if (d < 0 || attr_str(d, "units", sets[i].units) < 0 || attr_str(d, "description", sets[i].doc) < 0)
+    if (d < 0 || h5_put_str_attr(d, "units", sets[i].units) < 0 || h5_put_str_attr(d, "description", sets[i].doc) < 0)
       rc = ce_err("%s: cannot create the virtual dataset /%s", tmp, sets[i].name);
     if (d >= 0 && i == 0 && rc == 0) {
-      if (attr_str(d, "fields", "v_z, T, n_CO") < 0) rc = ce_err("%s: /inputs attributes", tmp);
+      if (h5_put_str_attr(d, "fields", "v_z, T, n_CO") < 0) rc = ce_err("%s: /inputs attributes", tmp);
     }
     if (d >= 0) H5Dclose(d);
   }
@@ -192,11 +160,11 @@ static int write_dataset_h5(const char *dir, const dataset_provenance *pv, const
     rc = ce_err("%s: cannot write /frequencies", tmp);
   if (rc == 0) {
     hid_t d = H5Dopen2(f, "frequencies", H5P_DEFAULT);
-    attr_str(d, "units", "Hz");
-    attr_num(d, "nu0", H5T_NATIVE_DOUBLE, &pv->nu0);
+    h5_put_str_attr(d, "units", "Hz");
+    h5_put_attr(d, "nu0", H5T_NATIVE_DOUBLE, &pv->nu0);
     H5Dclose(d);
     d = H5Dopen2(f, "velocities", H5P_DEFAULT);
-    attr_str(d, "units", "m/s");
+    h5_put_str_attr(d, "units", "m/s");
     H5Dclose(d);
   }
   /* /models: the catalogue */
@@ -216,7 +184,7 @@ static int write_dataset_h5(const char *dir, const dataset_provenance *pv, const
       rc = ce_err("%s: cannot write /models", tmp);
     free(ids);
     H5Tclose(st);
-    attr_str(g, "source", j->input == JOB_INPUT_AMRVAC ? "amrvac" : "synth");
+    h5_put_str_attr(g, "source", j->input == JOB_INPUT_AMRVAC ? "amrvac" : "synth");
   }
   if (g >= 0) H5Gclose(g);
   /* /provenance */
@@ -232,17 +200,17 @@ static int write_dataset_h5(const char *dir, const dataset_provenance *pv, const
     snprintf(zv, sizeof zv, "%d.%d.%d", za, zb, zc);
     snprintf(fp, sizeof fp, "%08x", j->fingerprint);
     int compat = j->coemunet_compat;
-    if (attr_str(g, "job", j->text) < 0 || attr_str(g, "job_file", j->path) < 0 ||
-        attr_str(g, "job_fingerprint", fp) < 0 || attr_str(g, "coemu_version", COEMU_VERSION) < 0 ||
-        attr_str(g, "git_revision", COEMU_GIT_REVISION) < 0 || attr_str(g, "hdf5_version", h5v) < 0 ||
-        attr_str(g, "mpi_version", pv->mpi_version ? pv->mpi_version : "") < 0 ||
-        attr_str(g, "libyaml_version", yaml_get_version_string()) < 0 ||
-        attr_str(g, "zmq_version", zv) < 0 || attr_str(g, "producer", pv->producer) < 0 ||
-        attr_num(g, "seed", H5T_NATIVE_UINT64, &j->seed) < 0 ||
-        attr_num(g, "split_seed", H5T_NATIVE_UINT64, &j->split_seed) < 0 ||
-        attr_num(g, "coemunet_compat", H5T_NATIVE_INT, &compat) < 0 ||
-        attr_num(g, "ranks", H5T_NATIVE_INT, &pv->ranks) < 0 ||
-        attr_str(g, "units", "inputs: v_z m/s, T K, n_CO m^-3; targets: I_nu W m^-2 Hz^-1 sr^-1; "
+    if (h5_put_str_attr(g, "job", j->text) < 0 || h5_put_str_attr(g, "job_file", j->path) < 0 ||
+        h5_put_str_attr(g, "job_fingerprint", fp) < 0 || h5_put_str_attr(g, "coemu_version", COEMU_VERSION) < 0 ||
+        h5_put_str_attr(g, "git_revision", COEMU_GIT_REVISION) < 0 || h5_put_str_attr(g, "hdf5_version", h5v) < 0 ||
+        h5_put_str_attr(g, "mpi_version", pv->mpi_version ? pv->mpi_version : "") < 0 ||
+        h5_put_str_attr(g, "libyaml_version", yaml_get_version_string()) < 0 ||
+        h5_put_str_attr(g, "zmq_version", zv) < 0 || h5_put_str_attr(g, "producer", pv->producer) < 0 ||
+        h5_put_attr(g, "seed", H5T_NATIVE_UINT64, &j->seed) < 0 ||
+        h5_put_attr(g, "split_seed", H5T_NATIVE_UINT64, &j->split_seed) < 0 ||
+        h5_put_attr(g, "coemunet_compat", H5T_NATIVE_INT, &compat) < 0 ||
+        h5_put_attr(g, "ranks", H5T_NATIVE_INT, &pv->ranks) < 0 ||
+        h5_put_str_attr(g, "units", "inputs: v_z m/s, T K, n_CO m^-3; targets: I_nu W m^-2 Hz^-1 sr^-1; "
                              "frequencies Hz; velocities m/s; direction: unit quaternion (w, x, y, z)") < 0)
       rc = ce_err("%s: cannot write /provenance", tmp);
   }

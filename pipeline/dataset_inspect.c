@@ -8,22 +8,7 @@
 
 #include "dataset.h"
 #include "error.h"
-
-static int read_str_attr(hid_t obj, const char *name, char *buf, size_t len) {
-  buf[0] = 0;
-  if (H5Aexists(obj, name) <= 0) return -1;
-  hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
-  hid_t t = H5Tcopy(H5T_C_S1);
-  H5Tset_size(t, H5T_VARIABLE);
-  H5Tset_cset(t, H5T_CSET_UTF8);
-  char *s = NULL;
-  int rc = H5Aread(a, t, &s) >= 0 && s ? 0 : -1;
-  if (rc == 0) snprintf(buf, len, "%s", s);
-  H5free_memory(s);
-  H5Tclose(t);
-  H5Aclose(a);
-  return rc;
-}
+#include "h5util.h"
 
 static int dims_of(hid_t f, const char *name, hsize_t *dims) {
   hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
@@ -68,10 +53,10 @@ int dataset_inspect(const char *dir) {
     }
     char ver[256], rev[256], name[256], prod[256];
     hid_t g = H5Gopen2(f, "provenance", H5P_DEFAULT);
-    read_str_attr(g, "coemu_version", ver, sizeof ver);
-    read_str_attr(g, "git_revision", rev, sizeof rev);
-    read_str_attr(g, "job_file", name, sizeof name);
-    read_str_attr(g, "producer", prod, sizeof prod);
+    h5_get_str_attr(g, "coemu_version", ver, sizeof ver);
+    h5_get_str_attr(g, "git_revision", rev, sizeof rev);
+    h5_get_str_attr(g, "job_file", name, sizeof name);
+    h5_get_str_attr(g, "producer", prod, sizeof prod);
     H5Gclose(g);
     printf("dataset   %s\n", dir);
     printf("samples   %lld (%lld models; train %lld, validation %lld, test %lld; %lld skipped)\n",

@@ -11,6 +11,7 @@
 
 #include "error.h"
 #include "fsutil.h"
+#include "h5util.h"
 
 const char *const shard_set_names[SHARD_NSETS] = {"inputs", "targets", "model_id",
                                                   "direction_index", "direction", "split",
@@ -36,49 +37,6 @@ static int h5fail(const char *path, const char *what) {
                   "are kept)", path, what, strerror(e));
   if (e) return ce_err("%s: %s failed: %s", path, what, strerror(e));
   return ce_err("%s: %s failed (HDF5 error)", path, what);
-}
-
-static hid_t make_dcpl(int rank, const hsize_t *chunk, int gzip) {
-  hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
-  if (dcpl < 0) return -1;
-  H5Pset_obj_track_times(dcpl, 0); /* no timestamps: same job, same bytes */
-  if (chunk) {
-    H5Pset_chunk(dcpl, rank, chunk);
-    if (gzip > 0) {
-      H5Pset_shuffle(dcpl);
-      H5Pset_deflate(dcpl, (unsigned)gzip);
-    }
-  }
-  return dcpl;
-}
-
-static hid_t create_set(hid_t file, const char *name, hid_t type, int rank, const hsize_t *dims,
-                        const hsize_t *chunk, int gzip) {
-  hid_t space = H5Screate_simple(rank, dims, NULL);
-  hid_t dcpl = make_dcpl(rank, chunk, gzip);
-  hid_t d = -1;
-  if (space >= 0 && dcpl >= 0) d = H5Dcreate2(file, name, type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
-  if (dcpl >= 0) H5Pclose(dcpl);
-  if (space >= 0) H5Sclose(space);
-  return d;
-}
-
-static int put_attr(hid_t obj, const char *name, hid_t type, const void *value) {
-  hid_t space = H5Screate(H5S_SCALAR);
-  hid_t a = H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
-  herr_t rc = a >= 0 ? H5Awrite(a, type, value) : -1;
-  if (a >= 0) H5Aclose(a);
-  H5Sclose(space);
-  return rc < 0 ? -1 : 0;
-}
-
-static int get_attr(hid_t obj, const char *name, hid_t type, void *value) {
-  if (H5Aexists(obj, name) <= 0) return -1;
-  hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
-  if (a < 0) return -1;
-  herr_t rc = H5Aread(a, type, value);
-  H5Aclose(a);
-  return rc < 0 ? -1 : 0;
 }
 
 static void free_writer(shard_writer *w) {
@@ -125,11 +83,11 @@ int shard_open(shard_writer **out, const char *path, const shard_layout *lay, in
   hsize_t n = (hsize_t)lay->n, cnt = (hsize_t)count;
   if (lay->store_inputs) {
     hsize_t dims[5] = {cnt, 3, n, n, n}, chunk[5] = {1, 3, n, n, n};
-    w->inputs = create_set(w->file, "inputs", lay->inputs_f64 ? H5T_IEEE_F64LE : H5T_IEEE_F32LE,
+    w->inputs = h5_create(w->file, "inputs", lay->inputs_f64 ? H5T_IEEE_F64LE : H5T_IEEE_F32LE,
                            5, dims, chunk, lay->gzip);
   }
   hsize_t tdims[4] = {cnt, (hsize_t)lay->nf, n, n}, tchunk[4] = {1, (hsize_t)lay->nf, n, n};
-  w->targets = create_set(w->file, "targets", lay->targets_f64 ? H5T_IEEE_F64LE : H5T_IEEE_F32LE,
+  w->targets = h5_create(w->file, "targets", lay->targets_f64 ? H5T_IEEE_F64LE : H5T_IEEE_F32LE,
                           4, tdims, tchunk, lay->gzip);
   if ((lay->store_inputs && w->inputs < 0) || w->targets < 0) {
     h5fail(w->path, "creating the sample datasets");
@@ -183,11 +141,11 @@ int shard_put(shard_writer *w, const float *inputs, const float *targets, int64_
 static int write_meta(shard_writer *w, int set, hid_t ftype, hid_t mtype, int rank,
                       const void *buf, size_t bytes) {
   hsize_t dims[2] = {(hsize_t)w->count, 4};
-  hid_t d = create_set(w->file, shard_set_names[set], ftype, rank, dims, NULL, 0);
+  hid_t d = h5_create(w->file, shard_set_names[set], ftype, rank, dims, NULL, 0);
   if (d < 0) return -1;
   herr_t rc = H5Dwrite(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);
   w->crc[set] = (uint32_t)crc32_z(0, (const Bytef *)buf, bytes);
-  if (rc >= 0) rc = put_attr(d, "crc32", H5T_NATIVE_UINT32, &w->crc[set]);
+  if (rc >= 0) rc = h5_put_attr(d, "crc32", H5T_NATIVE_UINT32, &w->crc[set]);
   H5Dclose(d);
   return rc < 0 ? -1 : 0;
 }
@@ -201,9 +159,9 @@ int shard_close(shard_writer *w, int commit, shard_sums *sums) {
     size_t c = (size_t)w->count;
     int64_t invalid = 0;
     for (size_t i = 0; i < c; i++) invalid += !w->valid[i];
-    if (w->lay.store_inputs && put_attr(w->inputs, "crc32", H5T_NATIVE_UINT32, &w->crc[SHARD_INPUTS]) < 0)
+    if (w->lay.store_inputs && h5_put_attr(w->inputs, "crc32", H5T_NATIVE_UINT32, &w->crc[SHARD_INPUTS]) < 0)
       rc = -1;
-    if (put_attr(w->targets, "crc32", H5T_NATIVE_UINT32, &w->crc[SHARD_TARGETS]) < 0) rc = -1;
+    if (h5_put_attr(w->targets, "crc32", H5T_NATIVE_UINT32, &w->crc[SHARD_TARGETS]) < 0) rc = -1;
     if (rc == 0 &&
         (write_meta(w, SHARD_MODEL_ID, H5T_STD_I64LE, H5T_NATIVE_INT64, 1, w->model, c * 8) < 0 ||
          write_meta(w, SHARD_DIRECTION_INDEX, H5T_STD_I64LE, H5T_NATIVE_INT64, 1, w->dirix, c * 8) < 0 ||
@@ -213,13 +171,13 @@ int shard_close(shard_writer *w, int commit, shard_sums *sums) {
       rc = -1;
     int n = w->lay.n, nf = w->lay.nf, si = w->lay.store_inputs;
     uint32_t fp = w->lay.job_fingerprint;
-    if (rc == 0 && (put_attr(w->file, "first", H5T_NATIVE_INT64, &w->first) < 0 ||
-                    put_attr(w->file, "count", H5T_NATIVE_INT64, &w->count) < 0 ||
-                    put_attr(w->file, "invalid", H5T_NATIVE_INT64, &invalid) < 0 ||
-                    put_attr(w->file, "n", H5T_NATIVE_INT, &n) < 0 ||
-                    put_attr(w->file, "channels", H5T_NATIVE_INT, &nf) < 0 ||
-                    put_attr(w->file, "store_inputs", H5T_NATIVE_INT, &si) < 0 ||
-                    put_attr(w->file, "job_fingerprint", H5T_NATIVE_UINT32, &fp) < 0))
+    if (rc == 0 && (h5_put_attr(w->file, "first", H5T_NATIVE_INT64, &w->first) < 0 ||
+                    h5_put_attr(w->file, "count", H5T_NATIVE_INT64, &w->count) < 0 ||
+                    h5_put_attr(w->file, "invalid", H5T_NATIVE_INT64, &invalid) < 0 ||
+                    h5_put_attr(w->file, "n", H5T_NATIVE_INT, &n) < 0 ||
+                    h5_put_attr(w->file, "channels", H5T_NATIVE_INT, &nf) < 0 ||
+                    h5_put_attr(w->file, "store_inputs", H5T_NATIVE_INT, &si) < 0 ||
+                    h5_put_attr(w->file, "job_fingerprint", H5T_NATIVE_UINT32, &fp) < 0))
       rc = -1;
     if (rc == 0 && H5Fflush(w->file, H5F_SCOPE_GLOBAL) < 0) rc = -1;
     if (rc < 0) h5fail(w->path, "writing the shard metadata");
@@ -246,9 +204,9 @@ int shard_read_sums(const char *path, shard_sums *sums) {
   hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
   if (f < 0) CE_FAIL("%s: not a readable HDF5 file", path);
   int rc = 0;
-  if (get_attr(f, "first", H5T_NATIVE_INT64, &sums->first) < 0 ||
-      get_attr(f, "count", H5T_NATIVE_INT64, &sums->count) < 0 ||
-      get_attr(f, "invalid", H5T_NATIVE_INT64, &sums->invalid) < 0)
+  if (h5_get_attr(f, "first", H5T_NATIVE_INT64, &sums->first) < 0 ||
+      h5_get_attr(f, "count", H5T_NATIVE_INT64, &sums->count) < 0 ||
+      h5_get_attr(f, "invalid", H5T_NATIVE_INT64, &sums->invalid) < 0)
     rc = ce_err("%s: missing shard attributes (first, count, invalid)", path);
   for (int s = 0; rc == 0 && s < SHARD_NSETS; s++) {
     if (H5Lexists(f, shard_set_names[s], H5P_DEFAULT) <= 0) {
@@ -257,7 +215,7 @@ int shard_read_sums(const char *path, shard_sums *sums) {
       break;
     }
     hid_t d = H5Dopen2(f, shard_set_names[s], H5P_DEFAULT);
-    if (d < 0 || get_attr(d, "crc32", H5T_NATIVE_UINT32, &sums->crc[s]) < 0)
+    if (d < 0 || h5_get_attr(d, "crc32", H5T_NATIVE_UINT32, &sums->crc[s]) < 0)
       rc = ce_err("%s: /%s: no crc32 attribute", path, shard_set_names[s]);
     if (d >= 0) H5Dclose(d);
   }
@@ -324,9 +282,9 @@ int shard_verify(const char *path, const shard_layout *lay, shard_sums *sums) {
   if (f < 0) CE_FAIL("%s: not a readable HDF5 file", path);
   int n = 0, nf = 0, si = 0, rc = 0;
   uint32_t fp = 0;
-  if (get_attr(f, "n", H5T_NATIVE_INT, &n) < 0 || get_attr(f, "channels", H5T_NATIVE_INT, &nf) < 0 ||
-      get_attr(f, "store_inputs", H5T_NATIVE_INT, &si) < 0 ||
-      get_attr(f, "job_fingerprint", H5T_NATIVE_UINT32, &fp) < 0)
+  if (h5_get_attr(f, "n", H5T_NATIVE_INT, &n) < 0 || h5_get_attr(f, "channels", H5T_NATIVE_INT, &nf) < 0 ||
+      h5_get_attr(f, "store_inputs", H5T_NATIVE_INT, &si) < 0 ||
+      h5_get_attr(f, "job_fingerprint", H5T_NATIVE_UINT32, &fp) < 0)
     rc = ce_err("%s: missing layout attributes (n, channels, store_inputs, job_fingerprint)", path);
   else if (n != lay->n || nf != lay->nf || !si != !lay->store_inputs)
     rc = ce_err("%s: layout n=%d channels=%d store_inputs=%d, expected %d, %d, %d", path, n, nf,
