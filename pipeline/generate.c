@@ -170,7 +170,7 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   MPI_Barrier(MPI_COMM_WORLD);
 
   generate_producer p = {0};
-  if (open(&j, &p) < 0) fatal(ce_err_msg());
+  if (open(&j, out, &p) < 0) fatal(ce_err_msg());
   uint8_t *msplit = ce_malloc_array((size_t)j.n_models, 1, "model splits");
   float *in = ce_malloc_array(3 * (size_t)j.n * j.n * j.n, sizeof(float), "input cube");
   float *tg = ce_malloc_array((size_t)j.nf * j.n * j.n, sizeof(float), "target image");

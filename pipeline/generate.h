@@ -30,9 +30,12 @@ typedef struct {
   void (*close)(void *ctx);
 } generate_producer;
 
-/* Build the producer for a job on this rank (load the line data, etc.).
- * Returns 0 or -1 with an error message. */
-typedef int (*producer_open_fn)(const job *j, generate_producer *p);
+/* Build the producer for a job on this rank (load the line data, etc.),
+ * called on every rank after MPI is up and `out_dir` exists (a producer may
+ * keep files there, e.g. synthetic models under out_dir/models, and may use
+ * collectives on MPI_COMM_WORLD, e.g. to agree on the ball radius). Returns 0
+ * or -1 with an error message. */
+typedef int (*producer_open_fn)(const job *j, const char *out_dir, generate_producer *p);
 
 /* The whole command: argv after "generate". Initialises and finalises MPI
  * itself (except for --check and --schema-doc, which need no MPI). Any error

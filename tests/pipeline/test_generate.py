@@ -234,8 +234,12 @@ def run_tests(tmp):
         if os.path.exists(os.path.join(out, 'manifest.json')):
             man = json.load(open(os.path.join(out, 'manifest.json')))
             check(len(man['shards']) == M * D // S, 'manifest only when complete')
+        sd = os.path.join(out, 'shards')
+        done = len([f for f in os.listdir(sd) if f.endswith('.h5')]) if os.path.isdir(sd) else 0
         r = mpi(ranks, [job, '--out', out])
         check(r.returncode == 0, f'resume after kills: {r.stderr}')
+        check(f'({M * D // S - done} made now, {done} kept from an earlier run)' in r.stderr,
+              f'resume makes only the unfinished shards ({done} were done): {r.stderr}')
         check(same(ref, arrays(out)), f'kill trial {trial}: identical after resume')
         check(not [f for f in os.listdir(os.path.join(out, 'shards')) if '.tmp.' in f],
               'no temporary files left')

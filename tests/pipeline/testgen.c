@@ -65,7 +65,7 @@ static int analytic_sample(void *ctx, int64_t model, int64_t dir, float *in, flo
   return 0;
 }
 
-static int analytic_open(const job *j, generate_producer *p) {
+static int analytic_open(const job *j, const char *out_dir, generate_producer *p) {
   g_an.n = j->n;
   g_an.nf = j->nf;
   g_an.seed = j->seed;
