@@ -175,6 +175,27 @@ static void test_shard_roundtrip(void) {
   H5Dclose(d);
   H5Fclose(f);
   CHECK_ERR(shard_verify(path, &lay, &b), "s.h5: /targets: checksum mismatch");
+  /* float64 storage, no inputs: the checksums are those of the float32 data */
+  snprintf(path, sizeof path, "%s/f64.h5", dir);
+  shard_layout l64 = {.n = 4, .nf = 3, .store_inputs = 0, .targets_f64 = 1, .job_fingerprint = 0xabcd};
+  CHECK_OK(shard_open(&w, path, &l64, 10, 3));
+  for (int s = 0; s < 3; s++) {
+    for (int i = 0; i < 48; i++) tg[i] = (float)(i + s) * 0.25f;
+    double q[4] = {1, 0, 0, 0};
+    CHECK_OK(shard_put(w, in, tg, 3, s, q, 0, 1));
+  }
+  shard_sums c64;
+  CHECK_OK(shard_close(w, 1, &c64));
+  CHECK(c64.crc[SHARD_TARGETS] == a.crc[SHARD_TARGETS] && c64.crc[SHARD_INPUTS] == 0);
+  CHECK_OK(shard_verify(path, &l64, &b));
+  CHECK_ERR(shard_verify(path, &lay, &b), "layout n=4 channels=3 store_inputs=0");
+  f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+  d = H5Dopen2(f, "targets", H5P_DEFAULT);
+  hid_t t = H5Dget_type(d);
+  CHECK(H5Tget_size(t) == 8 && H5Lexists(f, "inputs", H5P_DEFAULT) == 0);
+  H5Tclose(t);
+  H5Dclose(d);
+  H5Fclose(f);
   /* an abandoned shard leaves nothing behind */
   snprintf(path, sizeof path, "%s/t.h5", dir);
   CHECK_OK(shard_open(&w, path, &lay, 0, 2));
