@@ -1,0 +1,31 @@
+/* h5util.h - the few HDF5 idioms the dataset files share: scalar and string
+ * attributes, dataset-creation properties without timestamps.
+ *
+ * All return 0 / a valid id on success and -1 on failure without setting an
+ * error message: the caller knows which file and object it was writing and
+ * says so. */
+#ifndef COEMU_H5UTIL_H
+#define COEMU_H5UTIL_H
+
+#include <hdf5.h>
+#include <stddef.h>
+
+/* Write / read a scalar attribute of memory type `type` (e.g. H5T_NATIVE_INT64). */
+int h5_put_attr(hid_t obj, const char *name, hid_t type, const void *value);
+int h5_get_attr(hid_t obj, const char *name, hid_t type, void *value);
+
+/* A variable-length UTF-8 string attribute (h5py reads it as str); reading
+ * copies at most len-1 bytes into buf. */
+int h5_put_str_attr(hid_t obj, const char *name, const char *value);
+int h5_get_str_attr(hid_t obj, const char *name, char *buf, size_t len);
+
+/* Dataset-creation properties: no object timestamps (the same job gives the
+ * same bytes); chunked as `chunk` when given, with byte shuffle + deflate at
+ * level `gzip` when > 0. Close with H5Pclose. */
+hid_t h5_dcpl(int rank, const hsize_t *chunk, int gzip);
+
+/* Create dataset `name` of file type `type` and shape dims (see h5_dcpl). */
+hid_t h5_create(hid_t loc, const char *name, hid_t type, int rank, const hsize_t *dims,
+                const hsize_t *chunk, int gzip);
+
+#endif

@@ -1,0 +1,278 @@
+"""test_generate.py - the generate pipeline end to end, with the analytic
+producer of tests/pipeline/testgen.c: 1, 2 and 3 ranks give the same sample
+data; runs killed at random moments resume to the same data; verify catches
+corruption; bad models stop the job or are skipped; a file-size limit fails
+cleanly and the job resumes after it.  Prints "N passed, N failed"."""
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import h5py
+import yaml
+import numpy as np
+
+TESTGEN = os.environ['COEMU_TESTGEN']
+COEMU = os.environ['COEMU']
+MPIEXEC = os.environ.get('COEMU_MPIEXEC', 'mpiexec')
+ROOT = os.environ['COEMU_SOURCE_ROOT']
+M, D, N, F, S = 6, 4, 16, 7, 4
+# Under the sanitizers: unwind fully, so that leaks kept by Open MPI's
+# dlopen'ed components are attributed to libmpi and friends (tests/lsan.supp)
+# instead of "<unknown module>".
+for var in ('ASAN_OPTIONS', 'LSAN_OPTIONS'):
+    if var in os.environ:
+        os.environ[var] += ':fast_unwind_on_malloc=0'
+
+JOB = f"""name: pipeline-test
+inputs:
+  synth: {{count: {M}, seed: 3}}
+sampling: {{directions: {D}, n: {N}, seed: 99}}
+line: {{lamda: co.dat}}
+output: {{samples_per_shard: {S}, gzip: 1}}
+splits: {{train: 0.5, validation: 0.25, test: 0.25, seed: 2}}
+"""
+
+passed = failed = 0
+
+
+def check(cond, what):
+    global passed, failed
+    if cond:
+        passed += 1
+    else:
+        failed += 1
+        print('FAIL', what, file=sys.stderr)
+
+
+def mpi(n, args, env=None, **kw):
+    cmd = [MPIEXEC, '--allow-run-as-root', '--oversubscribe', '-n', str(n), TESTGEN] + args
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run(cmd, capture_output=True, text=True, env=e, timeout=90, **kw)
+
+
+def expected(model, direction):
+    x, y, z = np.meshgrid(np.arange(N), np.arange(N), np.arange(N), indexing='ij')
+    inp = np.stack([(x - y) * 10 + model * 100 + direction,
+                    10 + x + 2 * y + 3 * z + model + 0.5 * direction,
+                    (1 + model) * 1000 + z * direction]).astype(np.float32)
+    f, x2, y2 = np.meshgrid(np.arange(F), np.arange(N), np.arange(N), indexing='ij')
+    tg = np.ldexp((((f + 1) * 1000 + x2 * 37 + y2 * 11 + model * 7 + direction * 3) % 65536)
+                  .astype(np.float64), -40).astype(np.float32)
+    return inp, tg
+
+
+def arrays(out):
+    with h5py.File(os.path.join(out, 'dataset.h5'), 'r') as h:
+        return {k: h[k][()] for k in ('inputs', 'targets', 'model_id', 'direction_index',
+                                      'direction', 'split', 'valid')}
+
+
+def same(a, b):
+    return all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix='coemu-gen-')
+    try:
+        run_tests(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f'{passed} passed, {failed} failed')
+    return 1 if failed else 0
+
+
+def run_tests(tmp):
+    job = os.path.join(tmp, 'job.yaml')
+    open(job, 'w').write(JOB)
+
+    # --check: the shipped jobs validate; a bad one names file:line:column
+    for name in ('demo', 'paper', 'coemunet-compat'):
+        r = subprocess.run([TESTGEN, os.path.join(ROOT, 'jobs', name + '.yaml'), '--check'],
+                           capture_output=True, text=True)
+        check(r.returncode == 0 and ': ok: ' in r.stdout, f'--check jobs/{name}.yaml: {r.stderr}')
+    r = subprocess.run([TESTGEN, '--schema-doc'], capture_output=True, text=True)
+    check(r.returncode == 0 and r.stdout in open(os.path.join(ROOT, 'docs', 'jobs.md')).read(),
+          'docs/jobs.md holds the table generated from the schema')
+    bad = os.path.join(tmp, 'bad.yaml')
+    open(bad, 'w').write(JOB.replace('n: 16', 'n: 0'))
+    r = subprocess.run([TESTGEN, bad, '--check'], capture_output=True, text=True)
+    check(r.returncode == 1 and 'bad.yaml:4:' in r.stderr and 'sampling.n' in r.stderr,
+          f'bad job: {r.returncode} {r.stderr}')
+
+    # 1, 2, 3 ranks: identical data, equal to the producer's values
+    outs = {}
+    for ranks in (1, 2, 3):
+        out = os.path.join(tmp, f'r{ranks}')
+        r = mpi(ranks, [job, '--out', out, '--quiet'])
+        check(r.returncode == 0, f'{ranks} ranks: {r.stderr}')
+        outs[ranks] = out
+    ref = arrays(outs[1])
+    check(ref['inputs'].shape == (M * D, 3, N, N, N) and ref['targets'].shape == (M * D, F, N, N),
+          'shapes')
+    ok = True
+    for i in range(M * D):
+        m, d = divmod(i, D)
+        inp, tg = expected(m, d)
+        ok &= np.array_equal(ref['inputs'][i], inp) and np.array_equal(ref['targets'][i], tg)
+        ok &= ref['model_id'][i] == m and ref['direction_index'][i] == d
+    check(ok, 'values equal the analytic producer')
+    check(np.allclose(np.linalg.norm(ref['direction'], axis=1), 1), 'unit quaternions')
+    check(same(ref, arrays(outs[2])) and same(ref, arrays(outs[3])), '1, 2, 3 ranks identical')
+    with h5py.File(os.path.join(outs[2], 'dataset.h5'), 'r') as h:
+        msplit = h['models/split'][()]
+        check(np.array_equal(ref['split'], np.repeat(msplit, D)), 'split per sample = per model')
+        # 6 models, 0.5/0.25/0.25: round(3) train, round(1.5) = 2 validation, 1 test
+        check(list(np.bincount(msplit, minlength=3)) == [3, 2, 1], 'split fractions')
+        check(h['frequencies'][3] == 230538000000.0 and h['frequencies'].shape == (F,), 'frequencies')
+        p = h['provenance'].attrs
+        check(p['job'] == JOB and 'analytic' in p['producer'] and p['seed'] == 99 and
+              p['hdf5_version'].startswith('1.') and 'Open MPI' in p['mpi_version'],
+              'provenance')
+        check(h['inputs'].attrs['units'] == 'm/s, K, m^-3', 'units')
+    man = json.load(open(os.path.join(outs[3], 'manifest.json')))
+    check(len(man['shards']) == M * D // S and man['samples'] == M * D, 'manifest')
+    man1 = json.load(open(os.path.join(outs[1], 'manifest.json')))
+    check([s['crc32'] for s in man['shards']] == [s['crc32'] for s in man1['shards']],
+          'checksums independent of ranks')
+
+    # the layout is the one schemas/dataset.yaml describes
+    lay = yaml.safe_load(open(os.path.join(ROOT, 'schemas', 'dataset.yaml')))
+    sym = {'N': M * D, 'M': M, 'n': N, 'F': F, 'S': S}
+
+    def conforms(h, spec):
+        bad = []
+        for name, d in spec['datasets'].items():
+            if name not in h:
+                bad.append(name + ' missing')
+                continue
+            shape = tuple(sym[x] if isinstance(x, str) else x for x in d['shape'])
+            kind = 'string' if h[name].dtype.kind == 'O' else str(h[name].dtype)
+            if h[name].shape != shape or kind != d['dtype']:
+                bad.append(f'{name} {h[name].shape} {kind}')
+            if 'chunk' in d and h[name].chunks != tuple(sym[x] if isinstance(x, str) else x
+                                                        for x in d['chunk']):
+                bad.append(name + ' chunks')
+            bad += [f'{name}.{a}' for a in d.get('attrs', []) if a not in h[name].attrs]
+        for g, gd in spec.get('groups', {}).items():
+            bad += [f'{g}.{a}' for a in gd['attrs'] if a not in h[g].attrs]
+        bad += [a for a in spec.get('attrs', []) if a not in h.attrs]
+        return bad
+    with h5py.File(os.path.join(outs[1], 'dataset.h5'), 'r') as h:
+        bad = conforms(h, lay['dataset.h5'])
+        check(not bad and h['inputs'].is_virtual, f'dataset.h5 as schemas/dataset.yaml says: {bad}')
+    with h5py.File(os.path.join(outs[1], 'shards', 'shard-000001.h5'), 'r') as h:
+        bad = conforms(h, lay['shard'])
+        check(not bad, f'shard as schemas/dataset.yaml says: {bad}')
+
+    # dataset.h5 opens from any working directory
+    r = subprocess.run([sys.executable, '-c',
+                        'import h5py,sys; print(h5py.File(sys.argv[1])["targets"][5].sum())',
+                        os.path.join(outs[1], 'dataset.h5')], capture_output=True, text=True,
+                       cwd='/')
+    check(r.returncode == 0 and abs(float(r.stdout) / float(ref['targets'][5].sum()) - 1) < 1e-6,
+          f'VDS from another cwd: {r.stderr}')
+
+    # verify and inspect
+    r = subprocess.run([COEMU, 'verify', outs[2]], capture_output=True, text=True)
+    check(r.returncode == 0 and 'ok' in r.stdout, f'verify: {r.stderr}')
+    r = subprocess.run([TESTGEN, 'inspect', outs[2]], capture_output=True, text=True)
+    check(r.returncode == 0 and 'samples   24 (6 models' in r.stdout and '230538000000' in r.stdout,
+          f'inspect: {r.stdout} {r.stderr}')
+    shard = os.path.join(outs[3], 'shards', 'shard-000002.h5')
+    with h5py.File(shard, 'r+') as h:
+        h['targets'][1, 0, 0, 0] = 5.0
+    r = subprocess.run([COEMU, 'verify', outs[3]], capture_output=True, text=True)
+    check(r.returncode == 1 and 'shard-000002.h5' in r.stderr and '/targets' in r.stderr,
+          f'verify finds corruption: {r.stderr}')
+    # a resume repairs the damaged shard and reports it
+    r = mpi(2, [job, '--out', outs[3], '--quiet'])
+    check(r.returncode == 0 and 'shard-000002.h5' in r.stderr and same(ref, arrays(outs[3])),
+          f'resume repairs a damaged shard: {r.stderr}')
+    os.unlink(os.path.join(outs[3], 'shards', 'shard-000004.h5'))
+    r = subprocess.run([COEMU, 'verify', outs[3]], capture_output=True, text=True)
+    check(r.returncode == 1 and 'shard-000004.h5' in r.stderr, 'verify finds a missing shard')
+
+    # a different job into the same directory is refused
+    other = os.path.join(tmp, 'other.yaml')
+    open(other, 'w').write(JOB.replace('seed: 99', 'seed: 98'))
+    r = mpi(1, [other, '--out', outs[1], '--quiet'])
+    check(r.returncode != 0 and 'different job' in r.stderr, f'different job refused: {r.stderr}')
+
+    # kills at random moments, then resume: same data
+    rnd = random.Random(7)
+    for trial, ranks in enumerate((2, 3)):
+        out = os.path.join(tmp, f'kill{trial}')
+        for attempt in range(2):
+            cmd = [MPIEXEC, '--allow-run-as-root', '--oversubscribe', '-n', str(ranks), TESTGEN,
+                   job, '--out', out, '--quiet']
+            env = dict(os.environ, COEMU_TEST_DELAY_MS='40')
+            p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, start_new_session=True)
+            time.sleep(rnd.uniform(0.6, 1.4))
+            if attempt == 1 and trial == 1:
+                # kill one rank only: mpirun must take the others down
+                kids = [int(l.split()[0]) for l in subprocess.run(
+                    ['ps', '-o', 'pid=', '--ppid', str(p.pid)], capture_output=True,
+                    text=True).stdout.split()]
+                if kids:
+                    os.kill(kids[-1], signal.SIGKILL)
+            else:
+                os.killpg(p.pid, signal.SIGKILL)
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+                check(False, 'a killed run hung')
+        if os.path.exists(os.path.join(out, 'manifest.json')):
+            man = json.load(open(os.path.join(out, 'manifest.json')))
+            check(len(man['shards']) == M * D // S, 'manifest only when complete')
+        sd = os.path.join(out, 'shards')
+        done = len([f for f in os.listdir(sd) if f.endswith('.h5')]) if os.path.isdir(sd) else 0
+        r = mpi(ranks, [job, '--out', out])
+        check(r.returncode == 0, f'resume after kills: {r.stderr}')
+        check(f'({M * D // S - done} made now, {done} kept from an earlier run)' in r.stderr,
+              f'resume makes only the unfinished shards ({done} were done): {r.stderr}')
+        check(same(ref, arrays(out)), f'kill trial {trial}: identical after resume')
+        check(not [f for f in os.listdir(os.path.join(out, 'shards')) if '.tmp.' in f],
+              'no temporary files left')
+
+    # a model that cannot be read: stop, naming it; or skip when the job says so
+    out = os.path.join(tmp, 'bad-model')
+    r = mpi(2, [job, '--out', out, '--quiet'], env={'COEMU_TEST_FAIL_MODEL': '4'})
+    check(r.returncode != 0 and 'rank' in r.stderr and 'model 4 (synth-3-000004)' in r.stderr and
+          'cannot read' in r.stderr, f'bad model stops the job: {r.stderr}')
+    check(not os.path.exists(os.path.join(out, 'manifest.json')), 'no manifest after failure')
+    skip = os.path.join(tmp, 'skip.yaml')
+    open(skip, 'w').write(JOB.replace('seed: 3}', 'seed: 3}\n  on_bad_model: skip'))
+    out = os.path.join(tmp, 'skip')
+    r = mpi(2, [skip, '--out', out, '--quiet'], env={'COEMU_TEST_FAIL_MODEL': '4'})
+    a = arrays(out) if r.returncode == 0 else None
+    check(r.returncode == 0 and 'skipped' in r.stderr and
+          json.load(open(os.path.join(out, 'manifest.json')))['skipped_models'] == [4] and
+          list(a['valid']) == [0 if i // D == 4 else 1 for i in range(M * D)] and
+          not a['targets'][16:20].any() and np.array_equal(a['targets'][:16], ref['targets'][:16]),
+          f'bad model skipped and reported: {r.stderr}')
+
+    # a file-size limit (a full disk) fails cleanly; the same command resumes
+    out = os.path.join(tmp, 'fsize')
+    lim = 20_000
+
+    r = mpi(1, [job, '--out', out, '--quiet'], env={'COEMU_TEST_FSIZE': str(lim)})
+    check(r.returncode != 0 and 'File too large' in r.stderr and 'shard-' in r.stderr,
+          f'file-size limit fails cleanly: {r.stderr}')
+    check(not os.path.exists(os.path.join(out, 'manifest.json')) and
+          not [f for f in os.listdir(os.path.join(out, 'shards'))], 'nothing partial left')
+    r = mpi(1, [job, '--out', out, '--quiet'])
+    check(r.returncode == 0 and same(ref, arrays(out)), f'resume after the limit: {r.stderr}')
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,228 @@
+/* test_job.c - job files against the schema, channel frequencies, splits,
+ * shard round trip and corruption detection, work ranges. */
+#include <hdf5.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "dataset.h"
+#include "job.h"
+#include "shard.h"
+#include "workplan.h"
+#include "generate.h"
+
+static const char *base =
+    "inputs:\n"
+    "  synth: {count: 10}\n"
+    "line:\n"
+    "  lamda: co.dat\n";
+
+static int parse(const char *text, job *j) { return job_parse("t.yaml", text, strlen(text), "d", j); }
+
+static void test_defaults(void) {
+  job j;
+  CHECK_OK(parse(base, &j));
+  CHECK(j.n_models == 10 && j.directions == 32 && j.n == 64 && j.k == 2 && j.nf == 7);
+  CHECK(j.edge == 0 && j.samples_per_shard == 64 && j.store_inputs && !j.inputs_f64);
+  CHECK(!strcmp(j.sampler, "haar") && !strcmp(j.lamda, "d/co.dat"));
+  CHECK_CLOSE(j.split_fraction[0], 0.8, 0, 0);
+  CHECK(j.n_stats == 3 && j.n_quantiles == 3 && !j.has_stream);
+  CHECK(!strcmp(j.model_names[3], "synth-1-000003"));
+  CHECK(job_samples(&j) == 320);
+  job_free(&j);
+}
+
+static void check_err(const char *extra, const char *msg) {
+  char text[1024];
+  snprintf(text, sizeof text, "%s%s", base, extra);
+  job j;
+  CHECK_ERR(parse(text, &j), msg);
+}
+
+static void test_errors(void) {
+  check_err("sampling: {n: 1}\n", "t.yaml:5:");
+  check_err("sampling: {n: 1}\n", "sampling.n: expected an integer in 2..1024, got '1'");
+  check_err("sampling: {nn: 3}\n", "t.yaml:5:12: unknown key 'sampling.nn'");
+  check_err("sampling: {n: 6.5}\n", "expected an integer");
+  check_err("sampling: {n: '64'}\n", "expected an integer");
+  check_err("sampling: {sampler: random}\n", "expected one of haar, faceon, lowdisc, coemunet");
+  check_err("sampling: {edge: -1}\n", "sampling.edge: expected 'auto' or a length > 0");
+  check_err("solver: {abs: 1}\n", "solver.abs: expected true or false");
+  check_err("splits: {train: 0.5}\n", "expected train + validation + test = 1");
+  check_err("stream: {credits: 3}\n", "stream: missing required key 'endpoint'");
+  check_err("line:\n  lamda: x\n", "key 'line' appears twice");
+  check_err("line2: 3\n", "unknown key 'line2'");
+  check_err("statistics: {quantiles: [0.5, 2]}\n", "statistics.quantiles[1]: expected a number in 0..1");
+  check_err("output: [1]\n", "output: expected a mapping, got a list");
+  check_err("line2: *a\n", "aliases");
+  job j;
+  CHECK_ERR(parse("inputs: {synth: {count: 1}, amrvac: {glob: x}}\nline: {lamda: a}\n", &j),
+            "exactly one of 'amrvac' or 'synth'");
+  CHECK_ERR(parse("inputs: {amrvac: {glob: '/nonexistent/*.dat'}}\nline: {lamda: a}\n", &j),
+            "no file matches");
+  CHECK_ERR(parse("inputs: {synth: {count: 1}}\n", &j), "missing required key 'line'");
+  CHECK_ERR(parse("inputs: {synth: {count: 1}\n", &j), "t.yaml:");
+}
+
+static void test_channels(void) {
+  job j;
+  CHECK_OK(parse(base, &j));
+  double f[7], nu0 = strtod("230.5380000", NULL) * 1e9;
+  job_frequencies(&j, nu0, f);
+  static const double ref[7] = {230537307907.2056, 230537538604.80374, 230537769302.40186,
+                                230538000000.0, 230538230697.59814, 230538461395.19626,
+                                230538692092.7944};
+  for (int i = 0; i < 7; i++) CHECK(f[i] == ref[i]);
+  job_free(&j);
+  char text[512];
+  snprintf(text, sizeof text, "%sline:\n  lamda: co.dat\n  channels: {mode: grid, vmin: -1000, vmax: 1000, count: 5}\n",
+           "inputs:\n  synth: {count: 10}\n");
+  CHECK_OK(parse(text, &j));
+  CHECK(j.nf == 5 && j.velocities[1] == -500 && j.velocities[4] == 1000);
+  job_frequencies(&j, 1e11, f);
+  CHECK_CLOSE(f[4], 1e11 * (1 - 1000 / 299792458.0), 1e-15, 0);
+  CHECK(f[0] > f[4]); /* positive velocity: redshift */
+  job_free(&j);
+  CHECK_ERR(parse("inputs: {synth: {count: 2}}\nline: {lamda: a, channels: {mode: list}}\n", &j),
+            "needs 'velocities'");
+  CHECK_OK(parse("inputs: {synth: {count: 2}}\nline: {lamda: a, channels: {mode: list, velocities: [5, -5.5]}}\n", &j));
+  CHECK(j.nf == 2 && j.velocities[1] == -5.5);
+  job_free(&j);
+}
+
+static void test_splits(void) {
+  job j;
+  CHECK_OK(parse("inputs: {synth: {count: 1000}}\nline: {lamda: a}\nsplits: {train: 0.7, validation: 0.2, test: 0.1, seed: 5}\n", &j));
+  uint8_t s1[1000], s2[1000];
+  CHECK_OK(job_model_splits(&j, s1));
+  CHECK_OK(job_model_splits(&j, s2));
+  int c[3] = {0};
+  for (int i = 0; i < 1000; i++) c[s1[i]]++;
+  CHECK(c[0] == 700 && c[1] == 200 && c[2] == 100);
+  CHECK(!memcmp(s1, s2, sizeof s1));
+  int first_test = 0; /* a permutation, not the identity order */
+  for (int i = 0; i < 100; i++) first_test += s1[i] == 2;
+  CHECK(first_test > 0 && first_test < 100);
+  job_free(&j);
+}
+
+static void test_job_files(void) {
+  const char *root = getenv("COEMU_SOURCE_ROOT");
+  const char *names[] = {"demo", "paper", "coemunet-compat"};
+  for (int i = 0; i < 3; i++) {
+    char p[4096];
+    snprintf(p, sizeof p, "%s/jobs/%s.yaml", root ? root : ".", names[i]);
+    job j;
+    CHECK_OK(job_load(p, &j));
+    if (i == 0) CHECK(j.n_models == 16 && j.directions == 32 && j.n == 64 && j.nf == 7);
+    if (i == 1) CHECK(j.n_models == 10903 && j.directions == 200);
+    if (i == 2) CHECK(j.n_models == 3 && j.coemunet_compat && !strcmp(j.sampler, "coemunet"));
+    if (j.path) job_free(&j);
+  }
+  job j;
+  CHECK_OK(job_parse("demo", job_demo_text, strlen(job_demo_text), ".", &j));
+  job_free(&j);
+}
+
+static void test_schema_doc(void) {
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  CHECK_OK(job_schema_markdown(f));
+  fclose(f);
+  CHECK(strstr(buf, "| `sampling.edge` | string | `auto` |") != NULL);
+  CHECK(strstr(buf, "| `stream.endpoint` | string | required |") != NULL);
+  CHECK(strstr(buf, "`line.channels.velocities` | list of float") != NULL);
+  free(buf);
+}
+
+static void test_shard_roundtrip(void) {
+  char dir[] = "/tmp/coemu-test-shard-XXXXXX";
+  CHECK(mkdtemp(dir) != NULL);
+  char path[256];
+  snprintf(path, sizeof path, "%s/s.h5", dir);
+  shard_layout lay = {.n = 4, .nf = 3, .store_inputs = 1, .gzip = 1, .job_fingerprint = 0xabcd};
+  shard_writer *w;
+  CHECK_OK(shard_open(&w, path, &lay, 10, 3));
+  float in[3 * 64], tg[3 * 16];
+  for (int s = 0; s < 3; s++) {
+    for (int i = 0; i < 3 * 64; i++) in[i] = (float)(i * (s + 1));
+    for (int i = 0; i < 48; i++) tg[i] = (float)(i + s) * 0.25f;
+    double q[4] = {1, 0, 0, 0};
+    CHECK_OK(shard_put(w, in, tg, 3, s, q, 0, 1));
+  }
+  CHECK(access(path, F_OK) != 0); /* not visible before commit */
+  shard_sums a, b;
+  CHECK_OK(shard_close(w, 1, &a));
+  CHECK(a.first == 10 && a.count == 3 && a.invalid == 0);
+  CHECK_OK(shard_verify(path, &lay, &b));
+  CHECK(!memcmp(a.crc, b.crc, sizeof a.crc));
+  shard_layout other = lay;
+  other.job_fingerprint = 1;
+  CHECK_ERR(shard_verify(path, &other, &b), "made by a different job");
+  /* change one value of /targets behind the shard's back */
+  hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+  hid_t d = H5Dopen2(f, "targets", H5P_DEFAULT);
+  hid_t fs = H5Dget_space(d);
+  hsize_t start[4] = {1, 2, 3, 3}, cnt[4] = {1, 1, 1, 1};
+  H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, cnt, NULL);
+  hid_t ms = H5Screate_simple(4, cnt, NULL);
+  float v = 1e9f;
+  H5Dwrite(d, H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, &v);
+  H5Sclose(ms);
+  H5Sclose(fs);
+  H5Dclose(d);
+  H5Fclose(f);
+  CHECK_ERR(shard_verify(path, &lay, &b), "s.h5: /targets: checksum mismatch");
+  /* float64 storage, no inputs: the checksums are those of the float32 data */
+  snprintf(path, sizeof path, "%s/f64.h5", dir);
+  shard_layout l64 = {.n = 4, .nf = 3, .store_inputs = 0, .targets_f64 = 1, .job_fingerprint = 0xabcd};
+  CHECK_OK(shard_open(&w, path, &l64, 10, 3));
+  for (int s = 0; s < 3; s++) {
+    for (int i = 0; i < 48; i++) tg[i] = (float)(i + s) * 0.25f;
+    double q[4] = {1, 0, 0, 0};
+    CHECK_OK(shard_put(w, in, tg, 3, s, q, 0, 1));
+  }
+  shard_sums c64;
+  CHECK_OK(shard_close(w, 1, &c64));
+  CHECK(c64.crc[SHARD_TARGETS] == a.crc[SHARD_TARGETS] && c64.crc[SHARD_INPUTS] == 0);
+  CHECK_OK(shard_verify(path, &l64, &b));
+  CHECK_ERR(shard_verify(path, &lay, &b), "layout n=4 channels=3 store_inputs=0");
+  f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+  d = H5Dopen2(f, "targets", H5P_DEFAULT);
+  hid_t t = H5Dget_type(d);
+  CHECK(H5Tget_size(t) == 8 && H5Lexists(f, "inputs", H5P_DEFAULT) == 0);
+  H5Tclose(t);
+  H5Dclose(d);
+  H5Fclose(f);
+  /* an abandoned shard leaves nothing behind */
+  snprintf(path, sizeof path, "%s/t.h5", dir);
+  CHECK_OK(shard_open(&w, path, &lay, 0, 2));
+  CHECK_OK(shard_close(w, 0, NULL));
+  CHECK(access(path, F_OK) != 0);
+  char cmd[300];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  CHECK(system(cmd) == 0);
+}
+
+static void test_ranges(void) {
+  int64_t first, count;
+  CHECK(workplan_shards(24, 4) == 6 && workplan_shards(25, 4) == 7 && workplan_shards(3, 64) == 1);
+  workplan_shard_range(6, 25, 4, &first, &count);
+  CHECK(first == 24 && count == 1);
+  workplan_shard_range(2, 25, 4, &first, &count);
+  CHECK(first == 8 && count == 4);
+}
+
+int main(void) {
+  RUN(test_defaults);
+  RUN(test_errors);
+  RUN(test_channels);
+  RUN(test_splits);
+  RUN(test_job_files);
+  RUN(test_schema_doc);
+  RUN(test_shard_roundtrip);
+  RUN(test_ranges);
+  return check_report();
+}

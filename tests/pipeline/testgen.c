@@ -1,0 +1,97 @@
+/* testgen.c - `coemu generate` with an analytic sample producer, for the
+ * pipeline tests (tests/pipeline/test_generate.py).
+ *
+ * The producer is a pure function of (job seed, model, direction): every
+ * value is a small integer or a power-of-two fraction, exact in float32, so
+ * the Python test recomputes it exactly with numpy. Environment:
+ *   COEMU_TEST_DELAY_MS   sleep this long per sample (to kill runs mid-way)
+ *   COEMU_TEST_FAIL_MODEL a model id whose samples fail ("cannot read")
+ *   COEMU_TEST_FSIZE      a file-size limit (RLIMIT_FSIZE, bytes) set once MPI
+ *                         is up (MPI's own start-up writes files), to act as a
+ *                         full disk
+ * `testgen inspect DIR` runs dataset_inspect(DIR).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "dataset.h"
+#include "error.h"
+#include "generate.h"
+#include "rng.h"
+
+typedef struct {
+  int n, nf;
+  uint64_t seed;
+  long delay_ms;
+  long fail_model;
+} analytic;
+
+static analytic g_an;
+
+static int analytic_sample(void *ctx, int64_t model, int64_t dir, float *in, float *tg,
+                           double q[4]) {
+  const analytic *a = ctx;
+  if (model == a->fail_model) CE_FAIL("model %lld: cannot read (test producer)", (long long)model);
+  if (a->delay_ms > 0) {
+    struct timespec ts = {a->delay_ms / 1000, (a->delay_ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+  }
+  int n = a->n;
+  size_t n3 = (size_t)n * n * n;
+  for (int x = 0; x < n; x++)
+    for (int y = 0; y < n; y++)
+      for (int z = 0; z < n; z++) {
+        size_t i = ((size_t)x * n + y) * n + z;
+        in[i] = (float)((x - y) * 10 + model * 100 + dir);
+        in[n3 + i] = (float)(10 + x + 2 * y + 3 * z + model + 0.5 * dir);
+        in[2 * n3 + i] = (float)((1 + model) * 1000 + z * dir);
+      }
+  for (int f = 0; f < a->nf; f++)
+    for (int x = 0; x < n; x++)
+      for (int y = 0; y < n; y++)
+        tg[((size_t)f * n + x) * n + y] =
+            (float)ldexp((double)(((f + 1) * 1000 + x * 37 + y * 11 + model * 7 + dir * 3) % 65536), -40);
+  ce_rng r = ce_rng_make(a->seed, (uint32_t)model, (uint32_t)dir, 0);
+  double s = 0;
+  for (int k = 0; k < 4; k++) {
+    q[k] = 2 * ce_rng_uniform(&r) - 1;
+    s += q[k] * q[k];
+  }
+  for (int k = 0; k < 4; k++) q[k] /= sqrt(s);
+  return 0;
+}
+
+static int analytic_open(const job *j, const char *out_dir, generate_producer *p) {
+  g_an.n = j->n;
+  g_an.nf = j->nf;
+  g_an.seed = j->seed;
+  const char *d = getenv("COEMU_TEST_DELAY_MS"), *f = getenv("COEMU_TEST_FAIL_MODEL");
+  g_an.delay_ms = d ? atol(d) : 0;
+  g_an.fail_model = f ? atol(f) : -1;
+  const char *lim = getenv("COEMU_TEST_FSIZE");
+  if (lim) {
+    struct rlimit rl = {(rlim_t)atoll(lim), (rlim_t)atoll(lim)};
+    if (setrlimit(RLIMIT_FSIZE, &rl) < 0) CE_FAIL("setrlimit(RLIMIT_FSIZE) failed");
+  }
+  p->sample = analytic_sample;
+  p->ctx = &g_an;
+  p->nu0 = 230.5380000e9;
+  p->name = "analytic test producer (tests/pipeline/testgen.c)";
+  p->close = NULL;
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc == 3 && !strcmp(argv[1], "inspect")) {
+    if (dataset_inspect(argv[2]) < 0) {
+      fprintf(stderr, "testgen inspect: error: %s\n", ce_err_msg());
+      return 1;
+    }
+    return 0;
+  }
+  return generate_main("generate", argc - 1, argv + 1, analytic_open);
+}
