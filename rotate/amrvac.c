@@ -295,6 +295,14 @@ static int read_tree(rd *r, amrvac_snapshot *s) {
     s->leaves[i].id = walk[i];
     s->leaves[i].offset = off[i];
   }
+  int deepest = 0;
+  for (int64_t i = 0; i < h->nleafs; i++)
+    if (lev[i] > deepest) deepest = lev[i];
+  if (deepest != h->levmax) {
+    ce_err("%s: byte 24: levmax = %d, but the deepest leaf is on level %d", r->name, h->levmax,
+           deepest);
+    goto done;
+  }
   /* the leaves tile the domain: volumes in units of a finest-level block */
   unsigned __int128 vol = 0, want = (unsigned __int128)nroots << (nd * (h->levmax - 1));
   for (int64_t i = 0; i < h->nleafs; i++) vol += (unsigned __int128)1 << (nd * (h->levmax - lev[i]));
