@@ -62,6 +62,9 @@ static int model_geometry(const amrvac_header *h, const amrvac_leaf *leaves, dou
     m->nfine[d] = (int64_t)h->domain_nx[d] << (h->levmax - 1);
     m->inv_dxf[d] = (double)m->nfine[d] / (m->xmax[d] - m->xmin[d]);
   }
+  m->bshift = -1;
+  for (int b = 0; b < 13; b++)
+    if (m->bnx[0] == 1 << b && m->bnx[1] == 1 << b && m->bnx[2] == 1 << b) m->bshift = b;
   size_t nroot = (size_t)m->ng[0] * m->ng[1] * m->ng[2];
   m->ids = ce_malloc_array((size_t)m->nleaves, sizeof *m->ids, "model leaves");
   m->root = ce_malloc_array(nroot, sizeof *m->root, "model root grid");
@@ -126,16 +129,29 @@ static int model_geometry(const amrvac_header *h, const amrvac_leaf *leaves, dou
 }
 
 int64_t model_find(const ce_model *m, const int64_t f[3], model_cache *c) {
-  int64_t r[3];
-  for (int d = 0; d < 3; d++) r[d] = f[d] / ((int64_t)m->bnx[d] << (m->levmax - 1));
-  int32_t code = m->root[((size_t)r[2] * m->ng[1] + r[1]) * m->ng[0] + r[0]];
+  int32_t code;
   int lev = 1;
-  while (code >= 0) {
-    lev++;
-    int ic = 0;
-    for (int d = 0; d < 3; d++)
-      ic |= (int)((f[d] / ((int64_t)m->bnx[d] << (m->levmax - lev))) & 1) << d;
-    code = m->nodes[code + ic];
+  if (m->bshift >= 0) { /* cells per block a power of two (the usual case): shifts only */
+    int s0 = m->bshift + m->levmax - 1;
+    code = m->root[((size_t)(f[2] >> s0) * m->ng[1] + (size_t)(f[1] >> s0)) * m->ng[0] +
+                   (size_t)(f[0] >> s0)];
+    while (code >= 0) {
+      lev++;
+      int sh = m->bshift + m->levmax - lev;
+      code = m->nodes[code + (int)((f[0] >> sh) & 1) + 2 * (int)((f[1] >> sh) & 1) +
+                      4 * (int)((f[2] >> sh) & 1)];
+    }
+  } else {
+    int64_t r[3];
+    for (int d = 0; d < 3; d++) r[d] = f[d] / ((int64_t)m->bnx[d] << (m->levmax - 1));
+    code = m->root[((size_t)r[2] * m->ng[1] + r[1]) * m->ng[0] + r[0]];
+    while (code >= 0) {
+      lev++;
+      int ic = 0;
+      for (int d = 0; d < 3; d++)
+        ic |= (int)((f[d] / ((int64_t)m->bnx[d] << (m->levmax - lev))) & 1) << d;
+      code = m->nodes[code + ic];
+    }
   }
   int64_t leaf = -(int64_t)code - 1;
   const amrvac_block_id *id = &m->ids[leaf];

@@ -28,6 +28,7 @@ typedef struct ce_model {
   int levmax;
   int ng[3];        /* level-1 blocks per dimension */
   int bnx[3];       /* cells per block per dimension */
+  int bshift;       /* log2 of bnx when the same power of two in all dimensions, else -1 */
   double xmin[3], xmax[3]; /* domain [m] */
   double inv_dxf[3];       /* 1 / finest cell size [1/m] */
   int64_t nfine[3];        /* finest-level cells per dimension */

@@ -45,71 +45,101 @@ int sampler_check(const ce_model *m, const sampler_opts *o) {
   return 0;
 }
 
+static inline int in_ball(const double lb[3], const double R[9], double uz, const double c[3],
+                          double r2) {
+  double d0 = lb[0] + R[2] * uz - c[0], d1 = lb[1] + R[5] * uz - c[1], d2 = lb[2] + R[8] * uz - c[2];
+  return d0 * d0 + d1 * d1 + d2 * d2 <= r2;
+}
+
+/* The voxels of one (ix, iy) column are filled by k^2 sub-lines along z,
+ * each stepping through n*k points: consecutive points are close, so the
+ * locator's last-leaf cache almost always hits. Positions are evaluated
+ * directly (not accumulated) in units of the finest cells. */
 int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, float *v_los,
                 float *T, float *n_co) {
   CE_TRY(sampler_check(m, o));
   double R[9], c[3];
   dir_matrix(q, R);
   model_centre(m, c);
-  const int n = o->n, k = o->k, ks = k * k * k;
-  const double h = o->edge / n;
+  const int n = o->n, k = o->k, nk = n * k;
   const double l[3] = {R[2], R[5], R[8]};
-  double *off = malloc(sizeof(double) * 3 * (size_t)ks);
-  if (!off) CE_FAIL("sampler: out of memory");
-  for (int a = 0, s = 0; a < k; a++)
-    for (int b = 0; b < k; b++)
-      for (int e = 0; e < k; e++, s++) {
-        double u[3] = {((a + 0.5) / k - 0.5) * h, ((b + 0.5) / k - 0.5) * h,
-                       ((e + 0.5) / k - 0.5) * h};
-        for (int d = 0; d < 3; d++)
-          off[3 * s + d] = R[3 * d] * u[0] + R[3 * d + 1] * u[1] + R[3 * d + 2] * u[2];
-      }
+  double *acc = malloc(sizeof(double) * 5 * (size_t)n), *uz = malloc(sizeof(double) * (size_t)nk);
+  if (!acc || !uz) {
+    free(acc);
+    free(uz);
+    CE_FAIL("sampler: out of memory");
+  }
+  for (int j = 0; j < nk; j++) uz[j] = ((j / k + (j % k + 0.5) / k) / n - 0.5) * o->edge;
   const int fill = o->fill_background;
   const double r2 = o->ball_radius > 0 ? o->ball_radius * o->ball_radius : INFINITY;
-  const double inv = 1.0 / ks;
+  const double bn = fill ? o->bg_n : 0, bT = fill ? o->bg_T : 0;
+  const double inv = 1.0 / (k * k * k);
+  const double nf[3] = {(double)m->nfine[0], (double)m->nfine[1], (double)m->nfine[2]};
   model_cache cache = {0};
+  double clo[3] = {1, 1, 1}, chi[3] = {0, 0, 0}; /* empty: the first point misses */
+  const int64_t bnx0 = m->bnx[0], bnx1 = m->bnx[1];
   const double *cells = m->cells;
   for (int ix = 0; ix < n; ix++)
     for (int iy = 0; iy < n; iy++) {
-      double ux = ((ix + 0.5) / n - 0.5) * o->edge, uy = ((iy + 0.5) / n - 0.5) * o->edge;
-      for (int iz = 0; iz < n; iz++) {
-        double uz = ((iz + 0.5) / n - 0.5) * o->edge;
-        double base[3];
-        for (int d = 0; d < 3; d++) base[d] = c[d] + R[3 * d] * ux + R[3 * d + 1] * uy + R[3 * d + 2] * uz;
-        double sn = 0, snT = 0, snv = 0, sT = 0, sv = 0;
-        for (int s = 0; s < ks; s++) {
-          double x[3] = {base[0] + off[3 * s], base[1] + off[3 * s + 1], base[2] + off[3 * s + 2]};
-          int64_t cell = -1;
-          if (!fill) {
-            cell = model_locate(m, x, &cache);
-          } else {
-            double d0 = x[0] - c[0], d1 = x[1] - c[1], d2 = x[2] - c[2];
-            if (d0 * d0 + d1 * d1 + d2 * d2 <= r2) cell = model_locate(m, x, &cache);
+      for (int i = 0; i < 5 * n; i++) acc[i] = 0;
+      for (int a = 0; a < k; a++)
+        for (int b = 0; b < k; b++) {
+          double ux = ((ix + (a + 0.5) / k) / n - 0.5) * o->edge;
+          double uy = ((iy + (b + 0.5) / k) / n - 0.5) * o->edge;
+          double lb[3], A[3], B[3];
+          for (int d = 0; d < 3; d++) {
+            lb[d] = c[d] + R[3 * d] * ux + R[3 * d + 1] * uy;
+            A[d] = (lb[d] - m->xmin[d]) * m->inv_dxf[d];
+            B[d] = R[3 * d + 2] * m->inv_dxf[d];
           }
-          if (cell < 0) { /* background (only reachable with fill, or on round-off at a face) */
-            double bn = fill ? o->bg_n : 0, bT = fill ? o->bg_T : 0;
-            sn += bn; snT += bn * bT; sT += bT;
-            continue;
+          for (int iz = 0, j = 0; iz < n; iz++) {
+            double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0;
+            for (int e = 0; e < k; e++, j++) {
+              double t0 = A[0] + B[0] * uz[j], t1 = A[1] + B[1] * uz[j], t2 = A[2] + B[2] * uz[j];
+              int64_t cell;
+              /* the last leaf, in finest-cell units (inside the domain by construction) */
+              if (t0 >= clo[0] && t0 < chi[0] && t1 >= clo[1] && t1 < chi[1] && t2 >= clo[2] &&
+                  t2 < chi[2] && !(fill && !in_ball(lb, R, uz[j], c, r2))) {
+                int64_t f0 = (int64_t)t0, f1 = (int64_t)t1, f2 = (int64_t)t2;
+                int sh = cache.shift;
+                cell = cache.base + ((((f2 - cache.lo[2]) >> sh) * bnx1 + ((f1 - cache.lo[1]) >> sh)) * bnx0 +
+                                     ((f0 - cache.lo[0]) >> sh));
+              } else {
+                int inside = t0 >= 0 && t0 < nf[0] && t1 >= 0 && t1 < nf[1] && t2 >= 0 &&
+                             t2 < nf[2] && !(fill && !in_ball(lb, R, uz[j], c, r2));
+                if (!inside) { /* background: with fill only (the checks keep the cube inside) */
+                  s0 += bn; s1 += bn * bT; s3 += bT;
+                  continue;
+                }
+                cell = model_find(m, (int64_t[3]){(int64_t)t0, (int64_t)t1, (int64_t)t2}, &cache);
+                for (int d = 0; d < 3; d++) clo[d] = (double)cache.lo[d], chi[d] = (double)cache.hi[d];
+              }
+              const double *f = cells + cell * MODEL_NF;
+              double vl = l[0] * f[MODEL_VX] + l[1] * f[MODEL_VY] + l[2] * f[MODEL_VZ];
+              s0 += f[MODEL_N];
+              s1 += f[MODEL_N] * f[MODEL_T];
+              s2 += f[MODEL_N] * vl;
+              s3 += f[MODEL_T];
+              s4 += vl;
+            }
+            double *s = acc + 5 * iz;
+            s[0] += s0; s[1] += s1; s[2] += s2; s[3] += s3; s[4] += s4;
           }
-          const double *f = cells + cell * MODEL_NF;
-          double vl = l[0] * f[MODEL_VX] + l[1] * f[MODEL_VY] + l[2] * f[MODEL_VZ];
-          sn += f[MODEL_N];
-          snT += f[MODEL_N] * f[MODEL_T];
-          snv += f[MODEL_N] * vl;
-          sT += f[MODEL_T];
-          sv += vl;
         }
+      for (int iz = 0; iz < n; iz++) {
+        const double *s = acc + 5 * iz;
         size_t idx = ((size_t)ix * n + iy) * n + iz;
-        n_co[idx] = (float)(sn * inv);
-        if (sn > 0) {
-          T[idx] = (float)(snT / sn);
-          v_los[idx] = (float)(snv / sn);
+        n_co[idx] = (float)(s[0] * inv);
+        if (s[0] > 0) {
+          T[idx] = (float)(s[1] / s[0]);
+          v_los[idx] = (float)(s[2] / s[0]);
         } else {
-          T[idx] = (float)(sT * inv);
-          v_los[idx] = (float)(sv * inv);
+          T[idx] = (float)(s[3] * inv);
+          v_los[idx] = (float)(s[4] * inv);
         }
       }
     }
-  free(off);
+  free(acc);
+  free(uz);
   return 0;
 }
