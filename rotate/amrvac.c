@@ -135,8 +135,9 @@ static int read_header(rd *r, amrvac_header *h) {
   if (h->levmax < 1 || h->levmax > 30)
     CE_FAIL("%s: byte 24: levmax = %d, expected 1..30", r->name, h->levmax);
   if (h->nleafs < 1 || (int64_t)h->nleafs * 16 > r->size)
-    CE_FAIL("%s: byte 28: nleafs = %d, expected 1 or more, and at most the file size / 16",
-            r->name, h->nleafs);
+    CE_FAIL("%s: byte 28: nleafs = %d, expected 1 or more, and at most the file size / 16 "
+            "(the file has %lld bytes: truncated?)",
+            r->name, h->nleafs, (long long)r->size);
   if (h->nparents < 0 || (int64_t)h->nparents * 4 > r->size)
     CE_FAIL("%s: byte 32: nparents = %d, expected 0 or more, and at most the file size / 4",
             r->name, h->nparents);
