@@ -339,10 +339,34 @@ static void test_fuzz_corpus(void) {
   }
 }
 
+/* The small v3, v4, v5 seeds of tests/rotate/fuzz_corpus (make_seeds.py):
+ * the version-dependent header fields. */
+static void test_versions(void) {
+  const char *root = getenv("COEMU_SOURCE_ROOT");
+  char p[1024];
+  for (int v = 3; v <= 5; v++) {
+    snprintf(p, sizeof p, "%s/tests/rotate/fuzz_corpus/tiny_v%d.dat", root ? root : ".", v);
+    amrvac_snapshot s;
+    CHECK_OK(amrvac_open(p, &s));
+    CHECK(s.h.version == v && s.h.nleafs == 15 && s.h.nparents == 1 && s.h.nw == 2);
+    CHECK(!strcmp(s.h.w_names[1], "e") && !strcmp(s.h.param_names[0], "gamma"));
+    CHECK(v == 5 ? !strcmp(s.h.geometry, "Cartesian_3D") : s.h.geometry[0] == 0);
+    CHECK_OK(amrvac_read_blocks(&s));
+    if (s.w) CHECK(s.w[0] == 1.0 && s.w[8] == 1.08); /* block 1: rho then e, x fastest */
+    amrvac_free(&s);
+  }
+  snprintf(p, sizeof p, "%s/tests/rotate/fuzz_corpus/tiny_ghost_v5.dat", root ? root : ".");
+  amrvac_snapshot s;
+  CHECK_OK(amrvac_open(p, &s));
+  CHECK_OK(amrvac_read_blocks(&s));
+  amrvac_free(&s);
+}
+
 int main(void) {
   data_dir = getenv("COEMU_TEST_DATA");
   if (!data_dir) data_dir = "tests/data";
   RUN(test_headers);
+  RUN(test_versions);
   RUN(test_blast_values);
   RUN(test_agbwind_analytic);
   RUN(test_hostile);
