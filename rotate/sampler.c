@@ -51,6 +51,61 @@ static inline int in_ball(const double lb[3], const double R[9], double uz, cons
   return d0 * d0 + d1 * d1 + d2 * d2 <= r2;
 }
 
+/* One sub-line without background fill: find the leaf of the first point,
+ * then take every following point whose uz stays below the leaf's exit
+ * (one comparison per point). Local cell indices are clamped to the block,
+ * so a point that round-off puts a hair past the exit reads the edge cell
+ * of the leaf instead of memory outside it. */
+static void walk_line(const ce_model *m, const double A[3], const double B[3], const double *uz,
+                      const int *jz, int nk, const double l[3], double *acc, model_cache *c) {
+  const double nf[3] = {(double)m->nfine[0], (double)m->nfine[1], (double)m->nfine[2]};
+  const int64_t b0 = m->bnx[0], b1 = m->bnx[1], b2 = m->bnx[2];
+  const double *cells = m->cells;
+  int j = 0;
+  while (j < nk) {
+    double t0 = A[0] + B[0] * uz[j], t1 = A[1] + B[1] * uz[j], t2 = A[2] + B[2] * uz[j];
+    if (!(t0 >= 0 && t0 < nf[0] && t1 >= 0 && t1 < nf[1] && t2 >= 0 && t2 < nf[2])) {
+      j++; /* outside the domain: only on round-off at a face (sampler_check) */
+      continue;
+    }
+    model_find(m, (int64_t[3]){(int64_t)t0, (int64_t)t1, (int64_t)t2}, c);
+    double uhi = INFINITY;
+    for (int d = 0; d < 3; d++) {
+      if (B[d] > 0) uhi = fmin(uhi, ((double)c->hi[d] - A[d]) / B[d]);
+      else if (B[d] < 0) uhi = fmin(uhi, ((double)c->lo[d] - A[d]) / B[d]);
+    }
+    const int64_t lo0 = c->lo[0], lo1 = c->lo[1], lo2 = c->lo[2], base = c->base;
+    const int sh = c->shift;
+    /* running sums of the current voxel in registers, flushed when it changes */
+    int cur = jz[j];
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0;
+    do {
+      int64_t i0 = ((int64_t)(A[0] + B[0] * uz[j]) - lo0) >> sh;
+      int64_t i1 = ((int64_t)(A[1] + B[1] * uz[j]) - lo1) >> sh;
+      int64_t i2 = ((int64_t)(A[2] + B[2] * uz[j]) - lo2) >> sh;
+      i0 = i0 < 0 ? 0 : i0 >= b0 ? b0 - 1 : i0;
+      i1 = i1 < 0 ? 0 : i1 >= b1 ? b1 - 1 : i1;
+      i2 = i2 < 0 ? 0 : i2 >= b2 ? b2 - 1 : i2;
+      const double *f = cells + (base + (i2 * b1 + i1) * b0 + i0) * MODEL_NF;
+      double vl = l[0] * f[MODEL_VX] + l[1] * f[MODEL_VY] + l[2] * f[MODEL_VZ];
+      if (jz[j] != cur) {
+        double *a = acc + 5 * cur;
+        a[0] += s0; a[1] += s1; a[2] += s2; a[3] += s3; a[4] += s4;
+        s0 = s1 = s2 = s3 = s4 = 0;
+        cur = jz[j];
+      }
+      s0 += f[MODEL_N];
+      s1 += f[MODEL_N] * f[MODEL_T];
+      s2 += f[MODEL_N] * vl;
+      s3 += f[MODEL_T];
+      s4 += vl;
+      j++;
+    } while (j < nk && uz[j] < uhi);
+    double *a = acc + 5 * cur;
+    a[0] += s0; a[1] += s1; a[2] += s2; a[3] += s3; a[4] += s4;
+  }
+}
+
 /* The voxels of one (ix, iy) column are filled by k^2 sub-lines along z,
  * each stepping through n*k points: consecutive points are close, so the
  * locator's last-leaf cache almost always hits. Positions are evaluated
@@ -69,7 +124,16 @@ int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, flo
     free(uz);
     CE_FAIL("sampler: out of memory");
   }
-  for (int j = 0; j < nk; j++) uz[j] = ((j / k + (j % k + 0.5) / k) / n - 0.5) * o->edge;
+  int *jz = malloc(sizeof(int) * (size_t)nk);
+  if (!jz) {
+    free(acc);
+    free(uz);
+    CE_FAIL("sampler: out of memory");
+  }
+  for (int j = 0; j < nk; j++) {
+    uz[j] = ((j / k + (j % k + 0.5) / k) / n - 0.5) * o->edge;
+    jz[j] = j / k;
+  }
   const int fill = o->fill_background;
   const double r2 = o->ball_radius > 0 ? o->ball_radius * o->ball_radius : INFINITY;
   const double bn = fill ? o->bg_n : 0, bT = fill ? o->bg_T : 0;
@@ -92,38 +156,42 @@ int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, flo
             A[d] = (lb[d] - m->xmin[d]) * m->inv_dxf[d];
             B[d] = R[3 * d + 2] * m->inv_dxf[d];
           }
-          for (int iz = 0, j = 0; iz < n; iz++) {
-            double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0;
-            for (int e = 0; e < k; e++, j++) {
-              double t0 = A[0] + B[0] * uz[j], t1 = A[1] + B[1] * uz[j], t2 = A[2] + B[2] * uz[j];
-              int64_t cell;
-              /* the last leaf, in finest-cell units (inside the domain by construction) */
-              if (t0 >= clo[0] && t0 < chi[0] && t1 >= clo[1] && t1 < chi[1] && t2 >= clo[2] &&
-                  t2 < chi[2] && !(fill && !in_ball(lb, R, uz[j], c, r2))) {
-                int64_t f0 = (int64_t)t0, f1 = (int64_t)t1, f2 = (int64_t)t2;
-                int sh = cache.shift;
-                cell = cache.base + ((((f2 - cache.lo[2]) >> sh) * bnx1 + ((f1 - cache.lo[1]) >> sh)) * bnx0 +
-                                     ((f0 - cache.lo[0]) >> sh));
-              } else {
-                int inside = t0 >= 0 && t0 < nf[0] && t1 >= 0 && t1 < nf[1] && t2 >= 0 &&
-                             t2 < nf[2] && !(fill && !in_ball(lb, R, uz[j], c, r2));
-                if (!inside) { /* background: with fill only (the checks keep the cube inside) */
-                  s0 += bn; s1 += bn * bT; s3 += bT;
-                  continue;
+          if (fill) {
+            for (int iz = 0, j = 0; iz < n; iz++) {
+              double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0;
+              for (int e = 0; e < k; e++, j++) {
+                double t0 = A[0] + B[0] * uz[j], t1 = A[1] + B[1] * uz[j], t2 = A[2] + B[2] * uz[j];
+                int64_t cell;
+                /* the last leaf, in finest-cell units (inside the domain by construction) */
+                if (t0 >= clo[0] && t0 < chi[0] && t1 >= clo[1] && t1 < chi[1] && t2 >= clo[2] &&
+                    t2 < chi[2] && !(fill && !in_ball(lb, R, uz[j], c, r2))) {
+                  int64_t f0 = (int64_t)t0, f1 = (int64_t)t1, f2 = (int64_t)t2;
+                  int sh = cache.shift;
+                  cell = cache.base + ((((f2 - cache.lo[2]) >> sh) * bnx1 + ((f1 - cache.lo[1]) >> sh)) * bnx0 +
+                                       ((f0 - cache.lo[0]) >> sh));
+                } else {
+                  int inside = t0 >= 0 && t0 < nf[0] && t1 >= 0 && t1 < nf[1] && t2 >= 0 &&
+                               t2 < nf[2] && !(fill && !in_ball(lb, R, uz[j], c, r2));
+                  if (!inside) { /* background: with fill only (the checks keep the cube inside) */
+                    s0 += bn; s1 += bn * bT; s3 += bT;
+                    continue;
+                  }
+                  cell = model_find(m, (int64_t[3]){(int64_t)t0, (int64_t)t1, (int64_t)t2}, &cache);
+                  for (int d = 0; d < 3; d++) clo[d] = (double)cache.lo[d], chi[d] = (double)cache.hi[d];
                 }
-                cell = model_find(m, (int64_t[3]){(int64_t)t0, (int64_t)t1, (int64_t)t2}, &cache);
-                for (int d = 0; d < 3; d++) clo[d] = (double)cache.lo[d], chi[d] = (double)cache.hi[d];
+                const double *f = cells + cell * MODEL_NF;
+                double vl = l[0] * f[MODEL_VX] + l[1] * f[MODEL_VY] + l[2] * f[MODEL_VZ];
+                s0 += f[MODEL_N];
+                s1 += f[MODEL_N] * f[MODEL_T];
+                s2 += f[MODEL_N] * vl;
+                s3 += f[MODEL_T];
+                s4 += vl;
               }
-              const double *f = cells + cell * MODEL_NF;
-              double vl = l[0] * f[MODEL_VX] + l[1] * f[MODEL_VY] + l[2] * f[MODEL_VZ];
-              s0 += f[MODEL_N];
-              s1 += f[MODEL_N] * f[MODEL_T];
-              s2 += f[MODEL_N] * vl;
-              s3 += f[MODEL_T];
-              s4 += vl;
+              double *s = acc + 5 * iz;
+              s[0] += s0; s[1] += s1; s[2] += s2; s[3] += s3; s[4] += s4;
             }
-            double *s = acc + 5 * iz;
-            s[0] += s0; s[1] += s1; s[2] += s2; s[3] += s3; s[4] += s4;
+          } else {
+            walk_line(m, A, B, uz, jz, nk, l, acc, &cache);
           }
         }
       for (int iz = 0; iz < n; iz++) {
@@ -141,5 +209,6 @@ int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, flo
     }
   free(acc);
   free(uz);
+  free(jz);
   return 0;
 }
