@@ -57,7 +57,8 @@ static inline int in_ball(const double lb[3], const double R[9], double uz, cons
  * so a point that round-off puts a hair past the exit reads the edge cell
  * of the leaf instead of memory outside it. */
 static void walk_line(const ce_model *m, const double A[3], const double B[3], const double *uz,
-                      const int *jz, int nk, const double l[3], double *acc, model_cache *c) {
+                      const int *jz, int nk, const double l[3], double *acc, int64_t *idx,
+                      model_cache *c) {
   const double nf[3] = {(double)m->nfine[0], (double)m->nfine[1], (double)m->nfine[2]};
   const int64_t b0 = m->bnx[0], b1 = m->bnx[1], b2 = m->bnx[2];
   const double *cells = m->cells;
@@ -76,17 +77,28 @@ static void walk_line(const ce_model *m, const double A[3], const double B[3], c
     }
     const int64_t lo0 = c->lo[0], lo1 = c->lo[1], lo2 = c->lo[2], base = c->base;
     const int sh = c->shift;
-    /* running sums of the current voxel in registers, flushed when it changes */
-    int cur = jz[j];
-    double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0;
-    do {
-      int64_t i0 = ((int64_t)(A[0] + B[0] * uz[j]) - lo0) >> sh;
-      int64_t i1 = ((int64_t)(A[1] + B[1] * uz[j]) - lo1) >> sh;
-      int64_t i2 = ((int64_t)(A[2] + B[2] * uz[j]) - lo2) >> sh;
+    /* the points of this leaf: j .. je-1 (uz is increasing; at least one) */
+    int je = j + 1, hi = nk;
+    while (je < hi) { /* first index with uz >= uhi */
+      int mid = (je + hi) / 2;
+      if (uz[mid] < uhi) je = mid + 1;
+      else hi = mid;
+    }
+    /* pass 1 (vectorises): cell indices */
+    for (int jj = j; jj < je; jj++) {
+      int64_t i0 = ((int64_t)(A[0] + B[0] * uz[jj]) - lo0) >> sh;
+      int64_t i1 = ((int64_t)(A[1] + B[1] * uz[jj]) - lo1) >> sh;
+      int64_t i2 = ((int64_t)(A[2] + B[2] * uz[jj]) - lo2) >> sh;
       i0 = i0 < 0 ? 0 : i0 >= b0 ? b0 - 1 : i0;
       i1 = i1 < 0 ? 0 : i1 >= b1 ? b1 - 1 : i1;
       i2 = i2 < 0 ? 0 : i2 >= b2 ? b2 - 1 : i2;
-      const double *f = cells + (base + (i2 * b1 + i1) * b0 + i0) * MODEL_NF;
+      idx[jj] = base + (i2 * b1 + i1) * b0 + i0;
+    }
+    /* pass 2: sums per voxel, in registers, flushed when the voxel changes */
+    int cur = jz[j];
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0;
+    for (; j < je; j++) {
+      const double *f = cells + idx[j] * MODEL_NF;
       double vl = l[0] * f[MODEL_VX] + l[1] * f[MODEL_VY] + l[2] * f[MODEL_VZ];
       if (jz[j] != cur) {
         double *a = acc + 5 * cur;
@@ -99,8 +111,7 @@ static void walk_line(const ce_model *m, const double A[3], const double B[3], c
       s2 += f[MODEL_N] * vl;
       s3 += f[MODEL_T];
       s4 += vl;
-      j++;
-    } while (j < nk && uz[j] < uhi);
+    }
     double *a = acc + 5 * cur;
     a[0] += s0; a[1] += s1; a[2] += s2; a[3] += s3; a[4] += s4;
   }
@@ -125,7 +136,10 @@ int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, flo
     CE_FAIL("sampler: out of memory");
   }
   int *jz = malloc(sizeof(int) * (size_t)nk);
-  if (!jz) {
+  int64_t *idx = malloc(sizeof(int64_t) * (size_t)nk);
+  if (!jz || !idx) {
+    free(jz);
+    free(idx);
     free(acc);
     free(uz);
     CE_FAIL("sampler: out of memory");
@@ -191,7 +205,7 @@ int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, flo
               s[0] += s0; s[1] += s1; s[2] += s2; s[3] += s3; s[4] += s4;
             }
           } else {
-            walk_line(m, A, B, uz, jz, nk, l, acc, &cache);
+            walk_line(m, A, B, uz, jz, nk, l, acc, idx, &cache);
           }
         }
       for (int iz = 0; iz < n; iz++) {
@@ -210,5 +224,6 @@ int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, flo
   free(acc);
   free(uz);
   free(jz);
+  free(idx);
   return 0;
 }
