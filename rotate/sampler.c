@@ -45,10 +45,14 @@ int sampler_check(const ce_model *m, const sampler_opts *o) {
   return 0;
 }
 
-static inline int in_ball(const double lb[3], const double R[9], double uz, const double c[3],
-                          double r2) {
-  double d0 = lb[0] + R[2] * uz - c[0], d1 = lb[1] + R[5] * uz - c[1], d2 = lb[2] + R[8] * uz - c[2];
-  return d0 * d0 + d1 * d1 + d2 * d2 <= r2;
+/* One sub-sample: sum[] += (n, n T, n v_los, T, v_los) of cell fields f. */
+static inline void add_cell(double sum[5], const double *f, const double l[3]) {
+  double vl = l[0] * f[MODEL_VX] + l[1] * f[MODEL_VY] + l[2] * f[MODEL_VZ];
+  sum[0] += f[MODEL_N];
+  sum[1] += f[MODEL_N] * f[MODEL_T];
+  sum[2] += f[MODEL_N] * vl;
+  sum[3] += f[MODEL_T];
+  sum[4] += vl;
 }
 
 /* One sub-line without background fill: find the leaf of the first point,
@@ -94,26 +98,17 @@ static void walk_line(const ce_model *m, const double A[3], const double B[3], c
       i2 = i2 < 0 ? 0 : i2 >= b2 ? b2 - 1 : i2;
       idx[jj] = base + (i2 * b1 + i1) * b0 + i0;
     }
-    /* pass 2: sums per voxel, in registers, flushed when the voxel changes */
+    /* pass 2: sums per voxel, kept local, flushed when the voxel changes */
     int cur = jz[j];
-    double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0;
+    double sum[5] = {0, 0, 0, 0, 0};
     for (; j < je; j++) {
-      const double *f = cells + idx[j] * MODEL_NF;
-      double vl = l[0] * f[MODEL_VX] + l[1] * f[MODEL_VY] + l[2] * f[MODEL_VZ];
       if (jz[j] != cur) {
-        double *a = acc + 5 * cur;
-        a[0] += s0; a[1] += s1; a[2] += s2; a[3] += s3; a[4] += s4;
-        s0 = s1 = s2 = s3 = s4 = 0;
+        for (int v = 0; v < 5; v++) acc[5 * cur + v] += sum[v], sum[v] = 0;
         cur = jz[j];
       }
-      s0 += f[MODEL_N];
-      s1 += f[MODEL_N] * f[MODEL_T];
-      s2 += f[MODEL_N] * vl;
-      s3 += f[MODEL_T];
-      s4 += vl;
+      add_cell(sum, cells + idx[j] * MODEL_NF, l);
     }
-    double *a = acc + 5 * cur;
-    a[0] += s0; a[1] += s1; a[2] += s2; a[3] += s3; a[4] += s4;
+    for (int v = 0; v < 5; v++) acc[5 * cur + v] += sum[v];
   }
 }
 
@@ -130,18 +125,13 @@ int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, flo
   const int n = o->n, k = o->k, nk = n * k;
   const double l[3] = {R[2], R[5], R[8]};
   double *acc = malloc(sizeof(double) * 5 * (size_t)n), *uz = malloc(sizeof(double) * (size_t)nk);
-  if (!acc || !uz) {
-    free(acc);
-    free(uz);
-    CE_FAIL("sampler: out of memory");
-  }
   int *jz = malloc(sizeof(int) * (size_t)nk);
   int64_t *idx = malloc(sizeof(int64_t) * (size_t)nk);
-  if (!jz || !idx) {
-    free(jz);
-    free(idx);
+  if (!acc || !uz || !jz || !idx) {
     free(acc);
     free(uz);
+    free(jz);
+    free(idx);
     CE_FAIL("sampler: out of memory");
   }
   for (int j = 0; j < nk; j++) {
@@ -152,10 +142,7 @@ int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, flo
   const double r2 = o->ball_radius > 0 ? o->ball_radius * o->ball_radius : INFINITY;
   const double bn = fill ? o->bg_n : 0, bT = fill ? o->bg_T : 0;
   const double inv = 1.0 / (k * k * k);
-  const double nf[3] = {(double)m->nfine[0], (double)m->nfine[1], (double)m->nfine[2]};
   model_cache cache = {0};
-  double clo[3] = {1, 1, 1}, chi[3] = {0, 0, 0}; /* empty: the first point misses */
-  const int64_t bnx0 = m->bnx[0], bnx1 = m->bnx[1];
   const double *cells = m->cells;
   for (int ix = 0; ix < n; ix++)
     for (int iy = 0; iy < n; iy++) {
@@ -170,39 +157,17 @@ int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, flo
             A[d] = (lb[d] - m->xmin[d]) * m->inv_dxf[d];
             B[d] = R[3 * d + 2] * m->inv_dxf[d];
           }
-          if (fill) {
-            for (int iz = 0, j = 0; iz < n; iz++) {
-              double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0;
-              for (int e = 0; e < k; e++, j++) {
-                double t0 = A[0] + B[0] * uz[j], t1 = A[1] + B[1] * uz[j], t2 = A[2] + B[2] * uz[j];
-                int64_t cell;
-                /* the last leaf, in finest-cell units (inside the domain by construction) */
-                if (t0 >= clo[0] && t0 < chi[0] && t1 >= clo[1] && t1 < chi[1] && t2 >= clo[2] &&
-                    t2 < chi[2] && !(fill && !in_ball(lb, R, uz[j], c, r2))) {
-                  int64_t f0 = (int64_t)t0, f1 = (int64_t)t1, f2 = (int64_t)t2;
-                  int sh = cache.shift;
-                  cell = cache.base + ((((f2 - cache.lo[2]) >> sh) * bnx1 + ((f1 - cache.lo[1]) >> sh)) * bnx0 +
-                                       ((f0 - cache.lo[0]) >> sh));
-                } else {
-                  int inside = t0 >= 0 && t0 < nf[0] && t1 >= 0 && t1 < nf[1] && t2 >= 0 &&
-                               t2 < nf[2] && !(fill && !in_ball(lb, R, uz[j], c, r2));
-                  if (!inside) { /* background: with fill only (the checks keep the cube inside) */
-                    s0 += bn; s1 += bn * bT; s3 += bT;
-                    continue;
-                  }
-                  cell = model_find(m, (int64_t[3]){(int64_t)t0, (int64_t)t1, (int64_t)t2}, &cache);
-                  for (int d = 0; d < 3; d++) clo[d] = (double)cache.lo[d], chi[d] = (double)cache.hi[d];
-                }
-                const double *f = cells + cell * MODEL_NF;
-                double vl = l[0] * f[MODEL_VX] + l[1] * f[MODEL_VY] + l[2] * f[MODEL_VZ];
-                s0 += f[MODEL_N];
-                s1 += f[MODEL_N] * f[MODEL_T];
-                s2 += f[MODEL_N] * vl;
-                s3 += f[MODEL_T];
-                s4 += vl;
+          if (fill) { /* rare: per point, with the ball and the domain checked */
+            for (int j = 0; j < nk; j++) {
+              double x[3] = {lb[0] + R[2] * uz[j], lb[1] + R[5] * uz[j], lb[2] + R[8] * uz[j]};
+              double d0 = x[0] - c[0], d1 = x[1] - c[1], d2 = x[2] - c[2];
+              int64_t cell = d0 * d0 + d1 * d1 + d2 * d2 <= r2 ? model_locate(m, x, &cache) : -1;
+              double *sum = acc + 5 * jz[j];
+              if (cell < 0) {
+                sum[0] += bn; sum[1] += bn * bT; sum[3] += bT;
+              } else {
+                add_cell(sum, cells + cell * MODEL_NF, l);
               }
-              double *s = acc + 5 * iz;
-              s[0] += s0; s[1] += s1; s[2] += s2; s[3] += s3; s[4] += s4;
             }
           } else {
             walk_line(m, A, B, uz, jz, nk, l, acc, idx, &cache);
@@ -210,14 +175,14 @@ int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, flo
         }
       for (int iz = 0; iz < n; iz++) {
         const double *s = acc + 5 * iz;
-        size_t idx = ((size_t)ix * n + iy) * n + iz;
-        n_co[idx] = (float)(s[0] * inv);
+        size_t at = ((size_t)ix * n + iy) * n + iz;
+        n_co[at] = (float)(s[0] * inv);
         if (s[0] > 0) {
-          T[idx] = (float)(s[1] / s[0]);
-          v_los[idx] = (float)(s[2] / s[0]);
+          T[at] = (float)(s[1] / s[0]);
+          v_los[at] = (float)(s[2] / s[0]);
         } else {
-          T[idx] = (float)(s[3] * inv);
-          v_los[idx] = (float)(s[4] * inv);
+          T[at] = (float)(s[3] * inv);
+          v_los[at] = (float)(s[4] * inv);
         }
       }
     }
