@@ -315,6 +315,50 @@ static void test_sidecar(void) {
   CHECK(units_find(p, found, sizeof found) == 0);
 }
 
+/* Physical fields of one cell: energy, isothermal and temperature-variable
+ * paths, against hand-computed values. */
+static void test_cell_physics(void) {
+  char names[6][AMRVAC_NAME_LEN + 1] = {"rho", "m1", "m2", "m3", "e", "Tgas"};
+  char pn[1][AMRVAC_NAME_LEN + 1] = {"gamma"};
+  double gamma = 1.4;
+  amrvac_header h = {.ndim = 3, .ndir = 3, .nw = 6, .w_names = names, .n_params = 1,
+                     .params = &gamma, .param_names = pn};
+  units u;
+  CHECK_OK(parse_with("", NULL, &u));
+  units_map m;
+  CHECK_OK(units_map_make(&u, &h, &m));
+  CHECK(!m.isothermal && m.gamma == 1.4 && m.itemp < 0);
+  /* rho = 2, m = (2, 4, 6) -> v = (1, 2, 3) km/s; e = 20 -> p = 0.4 (20 - 56/4) = 2.4 (code) */
+  double w[6] = {2, 2, 4, 6, 20, 123}, n, T, v[3];
+  units_cell(&m, w, 1, &n, &T, v);
+  CHECK_CLOSE(v[0], 1e3, 1e-14, 0);
+  CHECK_CLOSE(v[2], 3e3, 1e-14, 0);
+  CHECK_CLOSE(n, 1e-4 * 0.5 * 2 * 1e15, 1e-14, 0);
+  /* T = mu m_H p / (rho k_B), SI: p = 2.4 rho_u v_u^2, rho = 2 rho_u */
+  double Texp = 2.3 * UNITS_M_H * (2.4 * 1e6) / (2 * UNITS_K_B);
+  CHECK_CLOSE(T, Texp, 1e-13, 0);
+  /* without e: isothermal_constant needed */
+  h.nw = 4;
+  CHECK_ERR(units_map_make(&u, &h, &m), "isothermal_constant");
+  CHECK_OK(parse_with("isothermal_constant: 0.5\ngamma: 1.0001\n", NULL, &u));
+  CHECK_OK(units_map_make(&u, &h, &m));
+  units_cell(&m, w, 1, &n, &T, v);
+  CHECK_CLOSE(T, 2.3 * UNITS_M_H * 0.5 * pow(2, 1.0001) * 1e6 / (2 * UNITS_K_B), 1e-13, 0);
+  /* temperature read from a variable */
+  h.nw = 6;
+  CHECK_OK(parse_with("temperature_variable: Tgas\n", NULL, &u));
+  CHECK_OK(units_map_make(&u, &h, &m));
+  units_cell(&m, w, 1, &n, &T, v);
+  CHECK(T == 123);
+  CHECK_OK(parse_with("temperature_variable: Tdust\n", NULL, &u));
+  CHECK_ERR(units_map_make(&u, &h, &m), "'Tdust' is not a variable");
+  h.n_params = 0;
+  CHECK_OK(parse_with("", NULL, &u));
+  CHECK_ERR(units_map_make(&u, &h, &m), "no gamma");
+  names[0][0] = 'R';
+  CHECK_ERR(units_map_make(&u, &h, &m), "no variable 'rho'");
+}
+
 /* Every file of the fuzz seed corpus: read without a crash (run under the
  * sanitizers in CI), whether accepted or refused. */
 static void test_fuzz_corpus(void) {
@@ -371,6 +415,7 @@ int main(void) {
   RUN(test_agbwind_analytic);
   RUN(test_hostile);
   RUN(test_sidecar);
+  RUN(test_cell_physics);
   RUN(test_fuzz_corpus);
   return check_report();
 }
