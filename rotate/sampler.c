@@ -76,8 +76,9 @@ static void walk_line(const ce_model *m, const double A[3], const double B[3], c
     model_find(m, (int64_t[3]){(int64_t)t0, (int64_t)t1, (int64_t)t2}, c);
     double uhi = INFINITY;
     for (int d = 0; d < 3; d++) {
-      if (B[d] > 0) uhi = fmin(uhi, ((double)c->hi[d] - A[d]) / B[d]);
-      else if (B[d] < 0) uhi = fmin(uhi, ((double)c->lo[d] - A[d]) / B[d]);
+      double e = B[d] > 0 ? ((double)c->hi[d] - A[d]) / B[d]
+                 : B[d] < 0 ? ((double)c->lo[d] - A[d]) / B[d] : INFINITY;
+      uhi = e < uhi ? e : uhi;
     }
     const int64_t lo0 = c->lo[0], lo1 = c->lo[1], lo2 = c->lo[2], base = c->base;
     const int sh = c->shift;

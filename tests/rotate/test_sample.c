@@ -359,6 +359,83 @@ static void test_compat(void) {
   model_free(m);
 }
 
+/* Parent fill against a brute-force reading of the rule: a 16^3-cell model
+ * binned into 128^3 leaves most bins empty; each output voxel must be the
+ * mean of the points in its smallest non-empty ancestor bin. */
+static void gradient_state(const double x[3], double w[5], void *user) {
+  w[0] = 1 + 0.05 * x[0] + 0.02 * x[1] + 0.01 * x[2];
+  w[1] = w[2] = 0;
+  w[3] = w[0] * (x[0] - x[2]); /* v_z = x - z */
+  w[4] = 1.5 * w[0] + 0.5 * w[3] * w[3] / w[0];
+}
+static int refine_never(const amrvac_block_id *id, void *user) { return 0; }
+
+static void test_compat_parent_fill(void) {
+  amrvac_snapshot s;
+  CHECK_OK(model_synthetic_snapshot((int[3]){16, 16, 16}, (int[3]){8, 8, 8},
+                                    (double[3]){-8, -8, -8}, (double[3]){8, 8, 8}, 1, 5.0 / 3,
+                                    refine_never, NULL, gradient_state, NULL, &s));
+  units u = test_units();
+  ce_model *m;
+  CHECK_OK(model_from_snapshot(&s, &u, &m));
+  amrvac_free(&s);
+  if (!m) return;
+  size_t N = 64 * 64 * 64;
+  float *v = malloc(N * 4), *T = malloc(N * 4), *n = malloc(N * 4);
+  double q[4] = {1, 0, 0, 0}, dx, voxel, R = 7.9;
+  CHECK_OK(compat_grid(m, q, R, v, T, n, &dx, &voxel));
+  /* the points: centres (i + 0.5 - 8) within R; the box spans them per axis */
+  static double pts[4096][3], val[4096][2];
+  double lo[3] = {1e9, 1e9, 1e9}, hi[3] = {-1e9, -1e9, -1e9};
+  int np = 0;
+  for (int i = 0; i < 16; i++)
+    for (int j = 0; j < 16; j++)
+      for (int k = 0; k < 16; k++) {
+        double x[3] = {i - 7.5, j - 7.5, k - 7.5}, w[5];
+        if (x[0] * x[0] + x[1] * x[1] + x[2] * x[2] > R * R) continue;
+        gradient_state(x, w, NULL);
+        for (int d = 0; d < 3; d++) {
+          pts[np][d] = x[d];
+          lo[d] = fmin(lo[d], x[d]);
+          hi[d] = fmax(hi[d], x[d]);
+        }
+        val[np][0] = 0.5 * w[0]; /* n_CO = co 0.5 n_H, all units 1 */
+        val[np][1] = w[3] / w[0];
+        np++;
+      }
+  static int bin[4096][3];
+  for (int p = 0; p < np; p++)
+    for (int d = 0; d < 3; d++) {
+      int b = (int)floor((pts[p][d] - lo[d]) / (hi[d] - lo[d]) * 128);
+      bin[p][d] = b > 127 ? 127 : b;
+    }
+  int bad = 0, checked = 0;
+  for (int t = 0; t < 600; t++) {
+    int o[3] = {(t * 37) % 64, (t * 11 + 5) % 64, (t * 7 + 3) % 64};
+    for (int L = 7; L >= 0; L--) {
+      double sn = 0, sv = 0;
+      int cnt = 0;
+      for (int p = 0; p < np; p++) {
+        int same = 1;
+        for (int d = 0; d < 3; d++) same &= (bin[p][d] >> (7 - L)) == ((o[d] + 32) >> (7 - L));
+        if (same) sn += val[p][0], sv += val[p][1], cnt++;
+      }
+      if (!cnt) continue;
+      size_t at = ((size_t)o[0] * 64 + o[1]) * 64 + o[2];
+      bad += fabs(n[at] - sn / cnt) > 1e-6 * (sn / cnt) || fabs(v[at] - sv / cnt) > 1e-5;
+      checked++;
+      break;
+    }
+  }
+  CHECK(checked == 600);
+  CHECK_MSG(bad == 0, "%d of 600 voxels differ from the brute-force parent fill", bad);
+  CHECK_CLOSE(dx, (hi[2] - lo[2]) / 64, 1e-14, 0);
+  free(v);
+  free(T);
+  free(n);
+  model_free(m);
+}
+
 static void test_refusals(void) {
   char p[1024], up[1024];
   snprintf(p, sizeof p, "%s/amrvac/thirdparty_WR_2D_0004.dat", data_dir);
@@ -395,6 +472,7 @@ int main(void) {
   RUN(test_mass_invariance);
   RUN(test_directions);
   RUN(test_compat);
+  RUN(test_compat_parent_fill);
   RUN(test_refusals);
   return check_report();
 }
