@@ -57,7 +57,7 @@ static int run(const char *label, const ce_model *m, int reps) {
     CE_TRY(sample_cube(m, q, &o, a, b, c));
     t[i] = now() - t0;
   }
-  double best = t[0], sum = 0;
+  double best = INFINITY, sum = 0;
   for (int i = 0; i < reps; i++) best = fmin(best, t[i]), sum += t[i];
   printf("sample %s cpu_ms_per_cube_mean %.3f ms (min %.3f, %d cubes of 64^3, k=2, 1 thread, %lld leaves, levmax %d)\n",
          label, 1e3 * sum / reps, 1e3 * best, reps, (long long)m->nleaves, m->levmax);
@@ -72,8 +72,8 @@ int bench_sample(int argc, char **argv) {
   const char *model = NULL;
   int64_t reps = 20;
   cli_opt opts[] = {
-      {"model", CLI_STR, &model, "FILE", "2-level model (default $COEMU_TEST_DATA or tests/data: amrvac/agbwind3d_0000.dat)", 0},
-      {"reps", CLI_INT, &reps, "N", "cubes per model (default 20)", 0},
+      {"model", CLI_STR, &model, "FILE", "2-level model (default $COEMU_TEST_DATA or tests/data: amrvac/agbwind3d_0000.dat)", 0, 0},
+      {"reps", CLI_INT, &reps, "N", "cubes per model (default 20)", 0, 0},
       {0}};
   int npos;
   char **pos;

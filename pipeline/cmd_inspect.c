@@ -61,7 +61,7 @@ static void physical(const ce_model *m) {
 int cmd_inspect(int argc, char **argv) {
   const char *units_path = NULL;
   cli_opt opts[] = {
-      {"units", CLI_STR, &units_path, "FILE", "units sidecar (default: looked up beside MODEL)", 0},
+      {"units", CLI_STR, &units_path, "FILE", "units sidecar (default: looked up beside MODEL)", 0, 0},
       {0}};
   int npos;
   char **pos;

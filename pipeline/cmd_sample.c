@@ -31,7 +31,10 @@ static int write_npy_dir(const char *dir, float *const cube[3], int n, int f64, 
   if (f64 && !wide) return -1;
   char p[4096];
   for (int f = 0; f < 3; f++) {
-    snprintf(p, sizeof p, "%s/%s.npy", dir, field_names[f]);
+    if (snprintf(p, sizeof p, "%s/%s.npy", dir, field_names[f]) >= (int)sizeof p) {
+      free(wide);
+      CE_FAIL("%s: output path too long", dir);
+    }
     int rc;
     if (f64) {
       for (size_t i = 0; i < N; i++) wide[i] = cube[f][i];
@@ -45,7 +48,8 @@ static int write_npy_dir(const char *dir, float *const cube[3], int n, int f64, 
     }
   }
   free(wide);
-  snprintf(p, sizeof p, "%s/meta.txt", dir);
+  if (snprintf(p, sizeof p, "%s/meta.txt", dir) >= (int)sizeof p)
+    CE_FAIL("%s: output path too long", dir);
   char tmp[4200];
   FILE *fp;
   CE_TRY(fs_open_tmp(p, tmp, sizeof tmp, &fp));
@@ -115,24 +119,24 @@ int cmd_sample(int argc, char **argv) {
   double edge = 0, ball = 0, bg_n = 0, bg_T = 0;
   int compat = 0, f64 = 0, h5 = 0, fill = 0;
   cli_opt opts[] = {
-      {"units", CLI_STR, &units_path, "FILE", "units sidecar (default: looked up beside MODEL)", 0},
-      {"directions", CLI_INT, &ndir, "K", "number of directions (default 1)", 0},
-      {"sampler", CLI_STR, &sampler_name, "NAME", "haar (default), faceon, lowdisc or coemunet", 0},
-      {"seed", CLI_INT, &seed, "S", "job seed (default 0)", 0},
-      {"model-id", CLI_INT, &model_id, "I", "model id in the job (default 0)", 0},
-      {"n", CLI_INT, &n, "N", "voxels per cube edge (default 64)", 0},
-      {"edge", CLI_DOUBLE, &edge, "M", "cube edge [m] (default: the largest cube in the ball)", 0},
+      {"units", CLI_STR, &units_path, "FILE", "units sidecar (default: looked up beside MODEL)", 0, 0},
+      {"directions", CLI_INT, &ndir, "K", "number of directions (default 1)", 0, 0},
+      {"sampler", CLI_STR, &sampler_name, "NAME", "haar (default), faceon, lowdisc or coemunet", 0, 0},
+      {"seed", CLI_INT, &seed, "S", "job seed (default 0)", 0, 0},
+      {"model-id", CLI_INT, &model_id, "I", "model id in the job (default 0)", 0, 0},
+      {"n", CLI_INT, &n, "N", "voxels per cube edge (default 64)", 0, 0},
+      {"edge", CLI_DOUBLE, &edge, "M", "cube edge [m] (default: the largest cube in the ball)", 0, 0},
       {"ball", CLI_DOUBLE, &ball, "M",
-       "ball radius [m] (default: the model's smallest half-extent; --compat: the paper's R)", 0},
-      {"k", CLI_INT, &k, "K", "sub-samples per voxel edge (default 2)", 0},
-      {"fill", CLI_FLAG, &fill, NULL, "fill what lies outside the ball with the background", 0},
-      {"bg-n", CLI_DOUBLE, &bg_n, "N", "background n_CO [m^-3] with --fill (default 0)", 0},
-      {"bg-T", CLI_DOUBLE, &bg_T, "K", "background T [K] with --fill (default 0)", 0},
-      {"compat", CLI_FLAG, &compat, NULL, "the COEmuNet paper's gridding (64^3, docs/sampling.md)", 0},
-      {"float64", CLI_FLAG, &f64, NULL, "write float64 cubes (default float32)", 0},
-      {"h5", CLI_FLAG, &h5, NULL, "one HDF5 file per direction instead of .npy files", 0},
-      {"preview", CLI_STR, &preview, "FILE.png", "central slices and CO column of direction 0", 0},
-      {"out", CLI_STR, &out, "DIR", "output directory", 1},
+       "ball radius [m] (default: the model's smallest half-extent; --compat: the paper's R)", 0, 0},
+      {"k", CLI_INT, &k, "K", "sub-samples per voxel edge (default 2)", 0, 0},
+      {"fill", CLI_FLAG, &fill, NULL, "fill what lies outside the ball with the background", 0, 0},
+      {"bg-n", CLI_DOUBLE, &bg_n, "N", "background n_CO [m^-3] with --fill (default 0)", 0, 0},
+      {"bg-T", CLI_DOUBLE, &bg_T, "K", "background T [K] with --fill (default 0)", 0, 0},
+      {"compat", CLI_FLAG, &compat, NULL, "the COEmuNet paper's gridding (64^3, docs/sampling.md)", 0, 0},
+      {"float64", CLI_FLAG, &f64, NULL, "write float64 cubes (default float32)", 0, 0},
+      {"h5", CLI_FLAG, &h5, NULL, "one HDF5 file per direction instead of .npy files", 0, 0},
+      {"preview", CLI_STR, &preview, "FILE.png", "central slices and CO column of direction 0", 0, 0},
+      {"out", CLI_STR, &out, "DIR", "output directory", 1, 0},
       {0}};
   int npos;
   char **pos;

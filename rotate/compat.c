@@ -9,7 +9,7 @@
 #include "error.h"
 
 /* Calls fn for every leaf cell centre within the ball; returns the count. */
-typedef void (*cell_fn)(const double u[3], const double *f, const double l[3], void *user);
+typedef void (*cell_fn)(const double u[3], const model_real *f, const double l[3], void *user);
 
 static int64_t for_ball_cells(const ce_model *m, const double R[9], double radius, cell_fn fn,
                               void *user) {
@@ -46,7 +46,7 @@ typedef struct {
   double *sum; /* 4 per bin: count, n, T, v_z */
 } bins;
 
-static void bbox_fn(const double u[3], const double *f, const double l[3], void *user) {
+static void bbox_fn(const double u[3], const model_real *f, const double l[3], void *user) {
   bins *b = user;
   for (int d = 0; d < 3; d++) {
     if (u[d] < b->lo[d]) b->lo[d] = u[d];
@@ -60,7 +60,7 @@ static int bin_of(double u, double lo, double hi) {
   return i < 0 ? 0 : i >= COMPAT_BINS ? COMPAT_BINS - 1 : i;
 }
 
-static void bin_fn(const double u[3], const double *f, const double l[3], void *user) {
+static void bin_fn(const double u[3], const model_real *f, const double l[3], void *user) {
   bins *b = user;
   int i = bin_of(u[0], b->lo[0], b->hi[0]), j = bin_of(u[1], b->lo[1], b->hi[1]),
       k = bin_of(u[2], b->lo[2], b->hi[2]);

@@ -118,7 +118,7 @@ static int model_geometry(const amrvac_header *h, const amrvac_leaf *leaves, dou
       model_free(m);
       CE_FAIL("model: a refined block is not covered by leaves");
     }
-  m->cells = ce_malloc_array((size_t)m->nleaves * m->ncell, MODEL_NF * sizeof(double),
+  m->cells = ce_malloc_array((size_t)m->nleaves * m->ncell, MODEL_NF * sizeof(model_real),
                              "model cells");
   if (!m->cells) {
     model_free(m);
@@ -171,8 +171,12 @@ int64_t model_find(const ce_model *m, const int64_t f[3], model_cache *c) {
 static void fill_leaf(ce_model *m, const units_map *map, int64_t leaf, const double *w) {
   size_t nc = (size_t)m->ncell;
   for (size_t c = 0; c < nc; c++) {
-    double *o = m->cells + ((size_t)leaf * nc + c) * MODEL_NF;
-    units_cell(map, w + c, nc, &o[MODEL_N], &o[MODEL_T], &o[MODEL_VX]);
+    model_real *o = m->cells + ((size_t)leaf * nc + c) * MODEL_NF;
+    double n, T, v[3];
+    units_cell(map, w + c, nc, &n, &T, v);
+    o[MODEL_N] = (model_real)n;
+    o[MODEL_T] = (model_real)T;
+    for (int d = 0; d < 3; d++) o[MODEL_VX + d] = (model_real)v[d];
   }
 }
 

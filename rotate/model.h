@@ -2,7 +2,7 @@
  * an AMRVAC forest, and a point locator.
  *
  * Fields are SI (n_CO [m^-3], T [K], v [m/s]); positions are metres. The
- * fields of all leaf cells are kept (five doubles per cell), interleaved so
+ * fields of all leaf cells are kept (five floats per cell), interleaved so
  * that one lookup touches one cache line; the finest-level grid is never
  * built. Point location: a level-1 lookup grid gives the root node, then the
  * node tree is descended using the point's integer coordinates on the finest
@@ -22,6 +22,10 @@
 #include "amrvac.h"
 #include "units.h"
 
+/* Cell fields are stored in single precision: the cubes are float32, and
+ * half the memory traffic makes sampling faster (docs/sampling.md). */
+typedef float model_real;
+
 enum { MODEL_N = 0, MODEL_T = 1, MODEL_VX = 2, MODEL_VY = 3, MODEL_VZ = 4, MODEL_NF = 5 };
 
 typedef struct ce_model {
@@ -34,7 +38,7 @@ typedef struct ce_model {
   int64_t nfine[3];        /* finest-level cells per dimension */
   int64_t nleaves, ncell;  /* leaves; cells per leaf */
   amrvac_block_id *ids;    /* nleaves */
-  double *cells;  /* [(leaf*ncell + (k*bnx1 + j)*bnx0 + i)*MODEL_NF + field] */
+  model_real *cells; /* [(leaf*ncell + (k*bnx1 + j)*bnx0 + i)*MODEL_NF + field] */
   int32_t *root;  /* ng0*ng1*ng2 node codes, x fastest */
   int32_t *nodes; /* 8 children per refined node; code >= 0: first child, < 0: leaf -(code+1) */
   int64_t nnodes;

@@ -46,12 +46,13 @@ int sampler_check(const ce_model *m, const sampler_opts *o) {
 }
 
 /* One sub-sample: sum[] += (n, n T, n v_los, T, v_los) of cell fields f. */
-static inline void add_cell(double sum[5], const double *f, const double l[3]) {
+static inline void add_cell(double sum[5], const model_real *f, const double l[3]) {
+  double n = f[MODEL_N], T = f[MODEL_T];
   double vl = l[0] * f[MODEL_VX] + l[1] * f[MODEL_VY] + l[2] * f[MODEL_VZ];
-  sum[0] += f[MODEL_N];
-  sum[1] += f[MODEL_N] * f[MODEL_T];
-  sum[2] += f[MODEL_N] * vl;
-  sum[3] += f[MODEL_T];
+  sum[0] += n;
+  sum[1] += n * T;
+  sum[2] += n * vl;
+  sum[3] += T;
   sum[4] += vl;
 }
 
@@ -65,7 +66,7 @@ static void walk_line(const ce_model *m, const double A[3], const double B[3], c
                       model_cache *c) {
   const double nf[3] = {(double)m->nfine[0], (double)m->nfine[1], (double)m->nfine[2]};
   const int64_t b0 = m->bnx[0], b1 = m->bnx[1], b2 = m->bnx[2];
-  const double *cells = m->cells;
+  const model_real *cells = m->cells;
   int j = 0;
   while (j < nk) {
     double t0 = A[0] + B[0] * uz[j], t1 = A[1] + B[1] * uz[j], t2 = A[2] + B[2] * uz[j];
@@ -144,7 +145,7 @@ int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, flo
   const double bn = fill ? o->bg_n : 0, bT = fill ? o->bg_T : 0;
   const double inv = 1.0 / (k * k * k);
   model_cache cache = {0};
-  const double *cells = m->cells;
+  const model_real *cells = m->cells;
   for (int ix = 0; ix < n; ix++)
     for (int iy = 0; iy < n; iy++) {
       for (int i = 0; i < 5 * n; i++) acc[i] = 0;
