@@ -62,8 +62,11 @@ static inline void add_cell(double sum[5], const model_real *f, const double l[3
  * so a point that round-off puts a hair past the exit reads the edge cell
  * of the leaf instead of memory outside it. */
 static void walk_line(const ce_model *m, const double A[3], const double B[3], const double *uz,
-                      const int *jz, int nk, const double l[3], double *acc, int64_t *idx,
-                      model_cache *c) {
+                      const int *jz, int nk, double du, const double l[3], double *acc,
+                      int64_t *idx, model_cache *c) {
+  /* uz[j] = uz[0] + j du up to round-off; 1/B once per line */
+  const double inv_b[3] = {B[0] != 0 ? 1 / B[0] : 0, B[1] != 0 ? 1 / B[1] : 0,
+                           B[2] != 0 ? 1 / B[2] : 0};
   const double nf[3] = {(double)m->nfine[0], (double)m->nfine[1], (double)m->nfine[2]};
   const int64_t b0 = m->bnx[0], b1 = m->bnx[1], b2 = m->bnx[2];
   const model_real *cells = m->cells;
@@ -77,19 +80,18 @@ static void walk_line(const ce_model *m, const double A[3], const double B[3], c
     model_find(m, (int64_t[3]){(int64_t)t0, (int64_t)t1, (int64_t)t2}, c);
     double uhi = INFINITY;
     for (int d = 0; d < 3; d++) {
-      double e = B[d] > 0 ? ((double)c->hi[d] - A[d]) / B[d]
-                 : B[d] < 0 ? ((double)c->lo[d] - A[d]) / B[d] : INFINITY;
+      double e = B[d] > 0 ? ((double)c->hi[d] - A[d]) * inv_b[d]
+                 : B[d] < 0 ? ((double)c->lo[d] - A[d]) * inv_b[d] : INFINITY;
       uhi = e < uhi ? e : uhi;
     }
     const int64_t lo0 = c->lo[0], lo1 = c->lo[1], lo2 = c->lo[2], base = c->base;
     const int sh = c->shift;
-    /* the points of this leaf: j .. je-1 (uz is increasing; at least one) */
-    int je = j + 1, hi = nk;
-    while (je < hi) { /* first index with uz >= uhi */
-      int mid = (je + hi) / 2;
-      if (uz[mid] < uhi) je = mid + 1;
-      else hi = mid;
-    }
+    /* the points of this leaf: j .. je-1, je the first index with uz >= uhi
+     * (at least one point): estimated from the spacing, then corrected */
+    double est = (uhi - uz[0]) / du;
+    int je = !(est < nk) ? nk : est <= j + 1 ? j + 1 : (int)est;
+    while (je < nk && uz[je] < uhi) je++;
+    while (je > j + 1 && uz[je - 1] >= uhi) je--;
     /* pass 1 (vectorises): cell indices */
     for (int jj = j; jj < je; jj++) {
       int64_t i0 = ((int64_t)(A[0] + B[0] * uz[jj]) - lo0) >> sh;
@@ -172,7 +174,7 @@ int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, flo
               }
             }
           } else {
-            walk_line(m, A, B, uz, jz, nk, l, acc, idx, &cache);
+            walk_line(m, A, B, uz, jz, nk, o->edge / nk, l, acc, idx, &cache);
           }
         }
       for (int iz = 0; iz < n; iz++) {
