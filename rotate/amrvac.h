@@ -52,6 +52,10 @@ typedef struct {
    * w[(((size_t)leaf*nw + iw)*n3 + k)*n2*n1 + j*n1 + i], with
    * (n1, n2, n3) = block_nx (1 for unused dims): x fastest, as in Fortran. */
   double *w;
+  /* Added for streaming readers: the stream amrvac_open_stream() was given
+   * (borrowed, not closed), or NULL when the snapshot was opened by path. */
+  void *stream;
+  int64_t *record_size;     /* h.nleafs: bytes of each block record */
 } amrvac_snapshot;
 
 /* Read and validate the header and the tree section (and the block record
@@ -59,8 +63,23 @@ typedef struct {
  * byte offset and the field, and *s is left empty (amrvac_free-safe). */
 int amrvac_open(const char *path, amrvac_snapshot *s);
 
+/* The same from an open stream (a FILE*, e.g. fmemopen'd bytes): `name`
+ * labels the messages. The stream must stay open while s is used. */
+int amrvac_open_stream(void *file, const char *name, amrvac_snapshot *s);
+
 /* Read all leaf blocks into s->w (interior cells only). */
 int amrvac_read_blocks(amrvac_snapshot *s);
+
+/* Stream one leaf block: its interior cells (nw * amrvac_block_cells
+ * values, layout as one leaf of s->w) into `out`. `f` is an open FILE* on
+ * the snapshot (amrvac_stream_open) and `scratch` holds at least
+ * amrvac_record_values(s, leaf) doubles (the block with its ghost layers). */
+int amrvac_read_leaf(const amrvac_snapshot *s, void *f, int64_t leaf, double *out, double *scratch);
+int64_t amrvac_record_values(const amrvac_snapshot *s, int64_t leaf);
+/* The stream to read blocks from: s->stream, or the file reopened by path
+ * (close with amrvac_stream_close). NULL with a message on failure. */
+void *amrvac_stream_open(const amrvac_snapshot *s);
+void amrvac_stream_close(const amrvac_snapshot *s, void *f);
 
 /* Index of the variable called `name` (exact match after trimming), or -1. */
 int amrvac_var_index(const amrvac_header *h, const char *name);

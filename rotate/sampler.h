@@ -1,0 +1,48 @@
+/* sampler.h - rotated, trimmed cubes of (v_los, T, n_CO) from a model.
+ *
+ * Geometry (docs/sampling.md): the cube has n^3 voxels of edge/n, centred
+ * on the model centre c. A point u in cube coordinates (axes x, y, z; z is
+ * the line of sight, index 0 nearest the observer) is the model point
+ *   x = c + R u,   R = dir_matrix(q),
+ * so the line of sight in model coordinates is l = R e_z (third column of
+ * R) and v_los = l . v = (R^T v)_z: positive away from the observer.
+ *
+ * Each voxel is the average of k^3 sub-samples on a regular k x k x k
+ * lattice inside it (each sub-sample takes the value of the leaf cell that
+ * contains it): n_CO is the plain mean (volume average); T and v_los are
+ * n_CO-weighted means (so the cube keeps the CO column and momentum of the
+ * sub-samples; plain means where the sub-samples hold no CO).
+ *
+ * Trimming: ball_radius > 0 is the job's ball (smallest half-extent over its
+ * models). A cube whose corners lie outside it (sqrt(3) edge/2 > r) is an
+ * error unless fill_background is set; then sub-samples beyond r from c (or
+ * outside the domain) take the background (bg_n, bg_T, v = 0). With
+ * ball_radius <= 0 there is no ball: a cube leaving the domain is an error
+ * unless fill_background is set.
+ */
+#ifndef COEMU_SAMPLER_H
+#define COEMU_SAMPLER_H
+
+#include "model.h"
+
+typedef struct {
+  int n;              /* voxels per edge */
+  double edge;        /* cube edge [m] */
+  int k;              /* sub-samples per voxel edge (default 2) */
+  double ball_radius; /* [m]; <= 0: no ball */
+  int fill_background;
+  double bg_n, bg_T;  /* background n_CO [m^-3] and T [K] */
+} sampler_opts;
+
+/* Defaults: n = 64, k = 2, no fill, background 0. edge and ball_radius 0. */
+void sampler_defaults(sampler_opts *o);
+
+/* Check the options against the model (cube inside the ball and the ball
+ * inside the domain, or fill requested). */
+int sampler_check(const ce_model *m, const sampler_opts *o);
+
+/* Cubes [(x*n + y)*n + z], z = line of sight. Fails only on bad options. */
+int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, float *v_los,
+                float *T, float *n_co);
+
+#endif

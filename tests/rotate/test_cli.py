@@ -1,0 +1,156 @@
+"""`coemu inspect` and `coemu sample` on the test snapshots and on bad input:
+exit status, messages, output files."""
+import os
+import subprocess
+import sys
+import tempfile
+
+import h5py
+import numpy as np
+
+COEMU = os.environ.get("COEMU", "build/pipeline/coemu")
+DATA = os.path.join(os.environ.get("COEMU_TEST_DATA", "tests/data"), "amrvac")
+passed = failed = 0
+
+
+def check(cond, what):
+    global passed, failed
+    if cond:
+        passed += 1
+    else:
+        failed += 1
+        print("FAIL:", what, file=sys.stderr)
+
+
+def run(*args):
+    p = subprocess.run([COEMU, *args], capture_output=True, text=True, timeout=120)
+    return p.returncode, p.stdout, p.stderr
+
+
+def data(name):
+    return os.path.join(DATA, name)
+
+
+AGB = data("agbwind3d_0000.dat")
+AGB_UNITS = data("agbwind3d_0000.units.yaml")
+
+# inspect: every test file
+expect = {
+    "agbwind3d_0000.dat": "levels      1:56 2:64",
+    "agbwind3d_0001.dat": "levels      1:56 2:64",
+    "agbwind3d_0002.dat": "levels      1:56 2:64",
+    "bw3d_amr_0000.dat": "levels      1:8 2:32",
+    "bw3d_amr_ghost_0000.dat": "levels      1:8 2:32",
+    "thirdparty_WR_2D_0004.dat": "levels      1:5 2:4 3:23 4:36",
+}
+for name, lev in expect.items():
+    rc, out, err = run("inspect", data(name))
+    check(rc == 0, f"inspect {name}: exit {rc}: {err}")
+    check(lev in out, f"inspect {name}: '{lev}' not in output")
+    check("variables (code units)" in out and "rho" in out, f"inspect {name}: variables")
+rc, out, err = run("inspect", AGB)
+check("physical (SI)" in out and "T [K]" in out, "inspect agbwind: physical fields from the sidecar")
+rc, out, err = run("inspect", data("bw3d_amr_0000.dat"))
+check("units       none" in out, "inspect bw3d: no sidecar")
+rc, out, err = run("inspect", data("thirdparty_WR_2D_0004.dat"), "--units", AGB_UNITS)
+check(rc == 1 and "ndim = 2" in err, f"inspect 2-D with units: {rc} {err}")
+
+# inspect: bad input
+rc, out, err = run("inspect")
+check(rc == 2, f"inspect without a file: exit {rc}")
+rc, out, err = run("inspect", "/nonexistent.dat")
+check(rc == 1 and "coemu inspect: error:" in err and "cannot open" in err, f"missing file: {err}")
+raw = open(AGB, "rb").read()
+with tempfile.TemporaryDirectory() as tmp:
+    def bad(name, content, needle):
+        p = os.path.join(tmp, name)
+        with open(p, "wb") as f:
+            f.write(content)
+        rc, out, err = run("inspect", p)
+        check(rc == 1 and needle in err and name in err, f"{name}: exit {rc}, stderr {err!r}")
+
+    bad("empty.dat", b"", "version")
+    bad("trunc_header.dat", raw[:100], "truncated?")
+    bad("trunc_tree.dat", raw[:3000], "tree section")
+    bad("trunc_blocks.dat", raw[: len(raw) // 2], "block")
+    bad("trunc_last.dat", raw[:-8], "the file ends")
+    bad("v2.dat", (2).to_bytes(4, "little") + raw[4:], "version = 2")
+    bad("swapped.dat", (5).to_bytes(4, "big") + raw[4:], "big-endian")
+    bad("nleafs.dat", raw[:28] + (2**31 - 1).to_bytes(4, "little") + raw[32:], "nleafs")
+    bad("text.dat", b"hello world, not a snapshot\n" * 10, "version")
+    # a bad sidecar: the message has file:line:column
+    ys = os.path.join(tmp, "bad.units.yaml")
+    with open(ys, "w") as f:
+        f.write(open(AGB_UNITS).read() + "colour: blue\n")
+    rc, out, err = run("inspect", AGB, "--units", ys)
+    check(rc == 1 and "bad.units.yaml:11:1: unknown key 'colour'" in err, f"bad sidecar: {err!r}")
+
+    # sample: .npy triples
+    out_dir = os.path.join(tmp, "npy")
+    png = os.path.join(tmp, "p.png")
+    rc, out, err = run("sample", AGB, "--directions", "2", "--n", "16", "--seed", "3",
+                       "--model-id", "5", "--out", out_dir, "--preview", png)
+    check(rc == 0, f"sample npy: {rc} {err}")
+    for d in ("dir_0000", "dir_0001"):
+        for f in ("v_z", "T", "n"):
+            p = os.path.join(out_dir, d, f + ".npy")
+            ok = os.path.exists(p)
+            check(ok, f"{p} written")
+            if ok:
+                a = np.load(p)
+                check(a.shape == (16, 16, 16) and a.dtype == np.float32, f"{p}: {a.shape} {a.dtype}")
+                check(np.all(np.isfinite(a)), f"{p}: finite")
+        meta = open(os.path.join(out_dir, d, "meta.txt")).read()
+        check("dx " in meta and "quaternion " in meta and "sampler haar" in meta, f"meta {meta!r}")
+    T = np.load(os.path.join(out_dir, "dir_0000", "T.npy"))
+    check(T.min() > 30 and T.max() < 1600, f"T range {T.min()} {T.max()}")
+    v = np.load(os.path.join(out_dir, "dir_0000", "v_z.npy"))
+    check(np.abs(v).max() <= 15000 * 1.0001, "|v_los| <= v_w")
+    check(os.path.exists(png) and open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n", "preview PNG")
+    # the same job gives the same cubes
+    out2 = os.path.join(tmp, "npy2")
+    run("sample", AGB, "--directions", "1", "--n", "16", "--seed", "3", "--model-id", "5",
+        "--out", out2)
+    check(np.array_equal(np.load(os.path.join(out2, "dir_0000", "n.npy")),
+                         np.load(os.path.join(out_dir, "dir_0000", "n.npy"))), "reproducible")
+
+    # sample: HDF5, float64, faceon
+    h5dir = os.path.join(tmp, "h5")
+    rc, out, err = run("sample", AGB, "--sampler", "faceon", "--n", "8", "--k", "1",
+                       "--float64", "--h5", "--out", h5dir)
+    check(rc == 0, f"sample h5: {rc} {err}")
+    with h5py.File(os.path.join(h5dir, "dir_0000.h5"), "r") as f:
+        check(set(f.keys()) == {"v_z", "T", "n"}, f"h5 datasets {list(f.keys())}")
+        check(f["n"].shape == (8, 8, 8) and f["n"].dtype == np.float64, "h5 shape/dtype")
+        check(np.allclose(f.attrs["quaternion"], [1, 0, 0, 0]), "faceon quaternion")
+        half = 16 * 1.495978707e11
+        check(abs(f.attrs["dx"] - 2 * half / np.sqrt(3) / 8) < 1e-6 * half, "dx = edge / n")
+
+    # compat: 64^3 and dx = twice the voxel
+    cdir = os.path.join(tmp, "compat")
+    rc, out, err = run("sample", AGB, "--compat", "--sampler", "coemunet", "--ball", "2e12",
+                       "--out", cdir)
+    check(rc == 0, f"sample compat: {rc} {err}")
+    if rc == 0:
+        check(np.load(os.path.join(cdir, "dir_0000", "n.npy")).shape == (64, 64, 64), "compat 64^3")
+        meta = dict(l.split(" ", 1) for l in open(os.path.join(cdir, "dir_0000", "meta.txt")).read().splitlines())
+        check(abs(float(meta["dx"]) - 2 * float(meta["voxel"])) < 1e-9 * float(meta["dx"]), "compat dx")
+
+    # sample: errors
+    rc, out, err = run("sample", AGB, "--sampler", "spiral", "--out", os.path.join(tmp, "x"))
+    check(rc == 2 and "expected haar, faceon, lowdisc or coemunet" in err, f"bad sampler: {err!r}")
+    rc, out, err = run("sample", AGB, "--edge", "3e12", "--out", os.path.join(tmp, "x"))
+    check(rc == 1 and "outside the ball" in err, f"cube too big: {err!r}")
+    rc, out, err = run("sample", AGB, "--edge", "3e12", "--fill", "--n", "8",
+                       "--out", os.path.join(tmp, "fill"))
+    check(rc == 0, f"cube too big with --fill: {err!r}")
+    rc, out, err = run("sample", data("bw3d_amr_0000.dat"), "--out", os.path.join(tmp, "x"))
+    check(rc == 1 and "no units sidecar" in err, f"no sidecar: {err!r}")
+    rc, out, err = run("sample", data("thirdparty_WR_2D_0004.dat"), "--units", AGB_UNITS,
+                       "--out", os.path.join(tmp, "x"))
+    check(rc == 1 and "ndim = 2" in err, f"2-D refused: {err!r}")
+    rc, out, err = run("sample", AGB)
+    check(rc == 2, "sample without --out")
+
+print(f"{passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
