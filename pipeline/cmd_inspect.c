@@ -5,10 +5,12 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 #include "amrvac.h"
 #include "cli.h"
 #include "commands.h"
+#include "dataset.h"
 #include "error.h"
 #include "model.h"
 
@@ -65,9 +67,10 @@ int cmd_inspect(int argc, char **argv) {
       {0}};
   int npos;
   char **pos;
-  int r = cli_parse("inspect", "MODEL.dat [--units FILE]",
+  int r = cli_parse("inspect", "MODEL.dat [--units FILE] | DATASET-DIR",
                     "Print a snapshot's header, leaves per level, variables and their ranges "
-                    "(and physical fields with a units sidecar).",
+                    "(and physical fields with a units sidecar),\nor summarise a dataset directory "
+                    "made by coemu generate.",
                     opts, argc, argv, &npos, &pos);
   if (r != 0) return r < 0 ? (fprintf(stderr, "coemu inspect: error: %s\n", ce_err_msg()), 2) : 0;
   if (npos != 1) {
@@ -77,6 +80,12 @@ int cmd_inspect(int argc, char **argv) {
     return 2;
   }
   const char *path = pos[0];
+  struct stat st;
+  if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+    int rc = dataset_inspect(path);
+    free(pos);
+    return rc < 0 ? cmd_fail("inspect") : 0;
+  }
   amrvac_snapshot s;
   if (amrvac_open(path, &s) < 0) {
     free(pos);

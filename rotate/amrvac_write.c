@@ -103,8 +103,7 @@ int amrvac_write(const char *path, amrvac_snapshot *s) {
   const int64_t nbits = (int64_t)nleafs + h->nparents;
   const int64_t hbytes = amrvac_v5_header_bytes(h);
   const int64_t tbytes = 4 * nbits + 4 * (int64_t)nleafs + 4 * (int64_t)ndim * nleafs + 8 * (int64_t)nleafs;
-  int64_t cells = 1; /* interior cells per block (amrvac.c's amrvac_block_cells, not linked here) */
-  for (int d = 0; d < ndim; d++) cells *= h->block_nx[d];
+  const int64_t cells = amrvac_block_cells(h);
   const int64_t rec_bytes = 4 * 2 * (int64_t)ndim + 8 * (int64_t)h->nw * cells;
   if (hbytes + tbytes > INT32_MAX)
     CE_FAIL("%s: offset_blocks = %lld does not fit the header's int32 field", path,

@@ -32,14 +32,15 @@
 #include <stdint.h>
 
 #include "amrvac.h"
+#include "units.h"
 
 /* Physical constants and the code units of the written files (SI). */
 #define SYNTH_AU 1.495978707e11               /* m */
 #define SYNTH_MSUN 1.98847e30                 /* kg */
 #define SYNTH_YEAR 3.15576e7                  /* s (Julian year) */
 #define SYNTH_G 6.67430e-11                   /* m^3 kg^-1 s^-2 */
-#define SYNTH_KB 1.380649e-23                 /* J/K */
-#define SYNTH_M_H 1.6735575e-27               /* kg, hydrogen atom */
+#define SYNTH_KB UNITS_K_B                    /* J/K */
+#define SYNTH_M_H UNITS_M_H /* kg: the m_H the reader converts with (units.h), so a model reads back exactly */
 #define SYNTH_HE 0.1                          /* n_He / n_H */
 #define SYNTH_MU (1.4 / 0.6)                  /* H2 + He: (1 + 4 He) / (1/2 + He) */
 #define SYNTH_GAMMA (5.0 / 3.0)
