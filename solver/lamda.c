@@ -276,3 +276,12 @@ int lamda_check_transition(const lamda_molecule *m, int transition) {
                   m->nline);
   return 0;
 }
+
+#ifndef COEMU_DEFAULT_LAMDA_CO
+#define COEMU_DEFAULT_LAMDA_CO "tests/data/lamda/co.dat"
+#endif
+
+const char *lamda_default_co_path(void) {
+  const char *env = getenv("COEMU_LAMDA_CO");
+  return env && *env ? env : COEMU_DEFAULT_LAMDA_CO;
+}

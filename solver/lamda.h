@@ -61,6 +61,10 @@ void lamda_free(lamda_molecule *m);
 /* The 1-based LAMDA number of the radiative transition upper -> lower, or
  * -1 with an error message if the file has none. */
 int lamda_find_transition(const lamda_molecule *m, int upper, int lower);
+/* The co.dat used when the user names no LAMDA file (coemu solve
+ * --example): $COEMU_LAMDA_CO if set, else the path compiled in by the
+ * build (the source tree's tests/data/lamda/co.dat, COEMU_DEFAULT_LAMDA_CO). */
+const char *lamda_default_co_path(void);
 /* Check a 1-based transition number: 0, or -1 with a message. */
 int lamda_check_transition(const lamda_molecule *m, int transition);
 

@@ -36,14 +36,14 @@
 #define LTE_KB 1.380649e-23      /* Boltzmann [J/K] */
 #define LTE_AMU 1.66053906660e-27 /* atomic mass unit [kg] */
 
-/* Derived constants of one transition; levels sorted by energy for the
- * partition sum (see lte.c for why that order). */
+/* Derived constants of one transition. */
 typedef struct {
   int transition, upper, lower; /* 1-based LAMDA numbers */
   int nlev;
   double *neg_e_over_k;  /* -E_i/k_B [K], ascending energy order */
   double *g;             /* statistical weights, same order */
-  double *g_tail_ratio;  /* max(g_j, j >= i) / g_i: bounds the unsummed tail */
+  double *ztab;          /* partition function Z(T) as Chebyshev pieces, see lte.c */
+  unsigned char *zdirect; /* pieces that failed their accuracy check: direct sum */
   double g_u, g_l;       /* weights of the upper and lower level */
   double neg_e_over_k_u, neg_e_over_k_l;
   double nu0;            /* rest frequency [Hz] */
@@ -93,6 +93,11 @@ typedef struct {
   double Z, p_l, p_u, eta, chi, S, iw;
 } lte_cell;
 void lte_cell_eval(const lte_line *L, double T, double vturb, lte_cell *out);
+
+/* The partition function as the kernel evaluates it: from the table for
+ * 1 K <= T < 32768 K (within 5e-14 relative of the direct sum, checked when
+ * the table is built), else the direct sum over all levels. */
+double lte_partition(const lte_line *L, double T);
 
 /* Which vector path this build uses ("avx512-libmvec" or "portable"). */
 const char *lte_kernel_name(void);

@@ -241,6 +241,34 @@ static void test_bad_input(void) {
   CHECK_ERR(lte_solve_cube(&L, &f, 1, 2, 3, 4, v, T, n, &o, img), "frequency 0 = -1 Hz");
 }
 
+/* The tabulated partition function against the direct sum, every molecule. */
+static void test_partition_table(void) {
+  const char *files[] = {"co.dat", "13co.dat", "c18o.dat", "sio-h2.dat", "hcn.dat", "so@lique.dat", "cs@lique.dat"};
+  const char *dir = getenv("COEMU_TEST_DATA");
+  double worst = 0;
+  for (int i = 0; i < 7; i++) {
+    char p[512];
+    snprintf(p, sizeof p, "%s/lamda/%s", dir ? dir : "tests/data", files[i]);
+    lamda_molecule m;
+    lte_line l;
+    CHECK_OK(lamda_read(p, &m));
+    CHECK_OK(lte_line_init(&l, &m, 1, 0));
+    int direct = 0;
+    for (int k = 0; k < 15 * 64; k++) direct += l.zdirect[k];
+    CHECK_MSG(direct < 15 * 64 / 10, "%s: %d table pieces fall back to the direct sum", files[i], direct);
+    for (int k = 0; k < 20000; k++) {
+      double T = pow(10.0, -0.5 + 5.2 * k / 20000.0), want = 0;
+      for (int j = 0; j < l.nlev; j++) want += l.g[j] * exp(l.neg_e_over_k[j] / T);
+      double rel = fabs(lte_partition(&l, T) - want) / want;
+      if (rel > worst) worst = rel;
+      CHECK_MSG(rel <= 5e-14, "%s: Z(%.17g) off by %.3g", files[i], T, rel);
+    }
+    lte_line_free(&l);
+    lamda_free(&m);
+  }
+  fprintf(stderr, "  partition table: worst relative difference %.3g\n", worst);
+}
+
 static void test_freqgrid(void) {
   double f[7];
   freqgrid_coemunet(L.nu0, f);
@@ -289,6 +317,7 @@ int main(void) {
   RUN(test_against_reference);
   RUN(test_variants);
   RUN(test_bad_input);
+  RUN(test_partition_table);
   RUN(test_freqgrid);
   lte_line_free(&L);
   lamda_free(&co);
