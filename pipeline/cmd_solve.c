@@ -125,11 +125,13 @@ typedef struct {
 } provenance;
 
 static int h5_attr_str(hid_t loc, const char *name, const char *value) {
+  /* variable-length UTF-8: h5py reads it as str */
   hid_t t = H5Tcopy(H5T_C_S1);
-  H5Tset_size(t, strlen(value) + 1);
+  H5Tset_size(t, H5T_VARIABLE);
+  H5Tset_cset(t, H5T_CSET_UTF8);
   hid_t s = H5Screate(H5S_SCALAR);
   hid_t a = H5Acreate2(loc, name, t, s, H5P_DEFAULT, H5P_DEFAULT);
-  int ok = a >= 0 && H5Awrite(a, t, value) >= 0;
+  int ok = a >= 0 && H5Awrite(a, t, &value) >= 0;
   if (a >= 0) H5Aclose(a);
   H5Sclose(s);
   H5Tclose(t);
@@ -231,19 +233,19 @@ static int write_fits(const char *path, const double *img, int nx, int ny, int n
     snprintf(k, sizeof k, "CUNIT%s", ax[i]);
     fits_update_key(ff, TSTRING, k, "m", NULL, &st);
     snprintf(k, sizeof k, "CRPIX%s", ax[i]);
-    fits_update_key(ff, TDOUBLE, k, &crpix_xy[i], NULL, &st);
+    fits_update_key_dbl(ff, k, crpix_xy[i], -17, NULL, &st);
     snprintf(k, sizeof k, "CRVAL%s", ax[i]);
-    fits_update_key(ff, TDOUBLE, k, &zero, NULL, &st);
+    fits_update_key_dbl(ff, k, zero, -17, NULL, &st);
     snprintf(k, sizeof k, "CDELT%s", ax[i]);
-    fits_update_key(ff, TDOUBLE, k, &dx, "cell spacing [m]", &st);
+    fits_update_key_dbl(ff, k, dx, -17, "cell spacing [m]", &st);
   }
   fits_update_key(ff, TSTRING, "CTYPE3", "FREQ", NULL, &st);
   fits_update_key(ff, TSTRING, "CUNIT3", "Hz", NULL, &st);
-  fits_update_key(ff, TDOUBLE, "CRPIX3", &one, NULL, &st);
-  fits_update_key(ff, TDOUBLE, "CRVAL3", (void *)&freqs[0], NULL, &st);
-  fits_update_key(ff, TDOUBLE, "CDELT3", &step, NULL, &st);
+  fits_update_key_dbl(ff, "CRPIX3", one, -17, NULL, &st);
+  fits_update_key_dbl(ff, "CRVAL3", freqs[0], -17, NULL, &st);
+  fits_update_key_dbl(ff, "CDELT3", step, -17, NULL, &st);
   fits_update_key(ff, TSTRING, "SPECSYS", "SOURCE", "frequencies in the source rest frame", &st);
-  fits_update_key(ff, TDOUBLE, "RESTFRQ", &nu0, "rest frequency of the line [Hz]", &st);
+  fits_update_key_dbl(ff, "RESTFRQ", nu0, -17, "rest frequency of the line [Hz]", &st);
   int tr = p->transition;
   fits_update_key(ff, TINT, "TRANSITN", &tr, "LAMDA transition number", &st);
   fits_update_key(ff, TSTRING, "ORIGIN", "coemu " COEMU_VERSION " (git " COEMU_GIT_REVISION ")", NULL, &st);
