@@ -58,24 +58,34 @@ static inline v8d vabs(v8d x) {
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
-#if defined(__AVX512F__) && defined(COEMU_HAVE_LIBMVEC)
-/* glibc libmvec, AVX-512 variants (declared here: math.h exposes them only
- * under -ffast-math). Accuracy: exp <= 1 ulp, erf <= 1 ulp per glibc's
- * libmvec ulps table; the tests compare against libm on random cubes. */
-__m512d _ZGVeN8v_exp(__m512d);
-__m512d _ZGVeN8v_erf(__m512d);
-static inline v8d vexp(v8d x) { return (v8d)_ZGVeN8v_exp((__m512d)x); }
-static inline v8d verf(v8d x) { return (v8d)_ZGVeN8v_erf((__m512d)x); }
-static inline v8d vsqrt(v8d x) { return (v8d)_mm512_sqrt_pd((__m512d)x); }
-const char *lte_kernel_name(void) { return "avx512-libmvec"; }
-#else
-static inline v8d vexp(v8d x) {
+/* Per-lane libm: the portable path, and the reference the vector routines
+ * are tested against (lte_options.libm). */
+static inline v8d lexp(v8d x) {
   for (int i = 0; i < W; i++) x[i] = exp(x[i]);
   return x;
 }
-static inline v8d verf(v8d x) {
+static inline v8d lerf(v8d x) {
   for (int i = 0; i < W; i++) x[i] = erf(x[i]);
   return x;
+}
+#if defined(__AVX512F__) && defined(COEMU_HAVE_LIBMVEC)
+/* glibc libmvec, AVX-512 variants (declared here: math.h exposes them only
+ * under -ffast-math). They differ from libm by about an ulp; the tests
+ * compare both against the literal reference. */
+__m512d _ZGVeN8v_exp(__m512d);
+__m512d _ZGVeN8v_erf(__m512d);
+static inline v8d vexp(v8d x, int libm) { return libm ? lexp(x) : (v8d)_ZGVeN8v_exp((__m512d)x); }
+static inline v8d verf(v8d x, int libm) { return libm ? lerf(x) : (v8d)_ZGVeN8v_erf((__m512d)x); }
+static inline v8d vsqrt(v8d x) { return (v8d)_mm512_sqrt_pd((__m512d)x); }
+const char *lte_kernel_name(void) { return "avx512-libmvec"; }
+#else
+static inline v8d vexp(v8d x, int libm) {
+  (void)libm;
+  return lexp(x);
+}
+static inline v8d verf(v8d x, int libm) {
+  (void)libm;
+  return lerf(x);
 }
 static inline v8d vsqrt(v8d x) {
   for (int i = 0; i < W; i++) x[i] = sqrt(x[i]);
@@ -312,10 +322,14 @@ static void cells(const lte_line *L, const lte_options *o, workspace *w) {
   for (int z = 0; z < w->nzp; z += W) {
     v8d T = ld(w->T + z);
     v8d invT = 1.0 / T;
-    v8d Z = z_vec(L, T);
+    v8d Z;
+    if (o->libm)
+      for (int i = 0; i < W; i++) Z[i] = z_direct(L, T[i]);
+    else
+      Z = z_vec(L, T);
     v8d r = 1.0 / Z;
-    v8d pl = (L->g_l * vexp(L->neg_e_over_k_l * invT)) * r;
-    v8d pu = (L->g_u * vexp(L->neg_e_over_k_u * invT)) * r;
+    v8d pl = (L->g_l * vexp(L->neg_e_over_k_l * invT, o->libm)) * r;
+    v8d pu = (L->g_u * vexp(L->neg_e_over_k_u * invT, o->libm)) * r;
     v8d eta = eta_c * pu;
     v8d chi = L->fac * (L->B_lu * pl - L->B_ul * pu);
     st(w->S + z, eta / chi);
@@ -327,7 +341,8 @@ static void cells(const lte_line *L, const lte_options *o, workspace *w) {
 }
 
 /* Optical depths of the segments of one ray at frequency nu into dtau. */
-static void segments(const lte_line *L, workspace *w, int nz, double nu, double *dtau) {
+static void segments(const lte_line *L, const lte_options *o, workspace *w, int nz, double nu,
+                     double *dtau) {
   const int nzp = w->nzp, nseg = nz - 1;
   const double nu0 = L->nu0;
   for (int z = 0; z < nzp; z += W) {
@@ -337,12 +352,12 @@ static void segments(const lte_line *L, workspace *w, int nz, double nu, double 
     /* Far in the wings the results are exact constants (erf = +-1 from
      * |b| = 5.93 on in libm and libmvec alike, checked over [5.95, 40];
      * exp(-b^2) = 0 beyond 745.2): skip the calls, same bits. */
-    st(w->eb + z, all_set((v8l)(bb > 750.0)) ? splat(0) : vexp(-bb));
+    st(w->eb + z, all_set((v8l)(bb > 750.0)) ? splat(0) : vexp(-bb, o->libm));
     if (all_set((v8l)(bb >= 36.0))) {
       const long long sign = (long long)0x8000000000000000ULL;
       st(w->er + z, (v8d)(((v8l)b & sign) | (v8l)splat(1.0)));
     } else {
-      st(w->er + z, verf(b));
+      st(w->er + z, verf(b, o->libm));
     }
   }
   for (int k = 0; k < nseg; k += W) {
@@ -367,7 +382,7 @@ static double formal(const lte_options *o, workspace *w, int nz, const double *d
   const int nzp = w->nzp, nseg = nz - 1;
   for (int z = 0; z < nzp; z += W) {
     v8d t = ld(tau + z);
-    st(em + z, all_set((v8l)(t > 750.0)) ? splat(0) : vexp(-t));
+    st(em + z, all_set((v8l)(t > 750.0)) ? splat(0) : vexp(-t, o->libm));
   }
   v8d acc = splat(0);
   const int corrected = o->corrected_taylor;
@@ -416,7 +431,7 @@ static void ray_block(const lte_line *L, const lte_options *o, workspace *w, int
                       const double *nu, int nb, const double *bdy, double *out) {
   const size_t len = (size_t)w->nzp + W;
   const int nseg = nz - 1;
-  for (int f = 0; f < nb; f++) segments(L, w, nz, nu[f], w->dtau + f * len);
+  for (int f = 0; f < nb; f++) segments(L, o, w, nz, nu[f], w->dtau + f * len);
   double t[W] = {0};
   for (int f = 0; f < nb; f++) w->tau[f * len] = 0;
   for (int k = 0; k < nseg; k++)

@@ -68,6 +68,9 @@ typedef struct {
   const double *background_map; /* optional I_bdy per pixel and frequency,
                                    [(x*ny + y)*nf + f]; NULL: scalar */
   int threads;        /* OpenMP threads; <= 0: the OpenMP default */
+  int libm;           /* literal arithmetic: per-lane libm exp/erf instead of the
+                         vector routines and the direct partition sum instead
+                         of its table; slower, for comparisons */
 } lte_options;
 
 /* Ray-trace one cube. v [m/s], T [K], n [m^-3] are [(x*ny + y)*nz + z];
