@@ -14,6 +14,7 @@
  */
 #include "lte.h"
 
+#include <float.h>
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
@@ -169,7 +170,7 @@ static int z_table_build(lte_line *L) {
     }
     for (int q = 0; q <= 6; q++) { /* check between and beyond the nodes */
       double s = -1.0 + q / 3.0, zt = cheb_eval(c, s), zd = z_direct(L, piece_T(p, s));
-      if (!(fabs(zt - zd) <= ZT_TOL * zd)) L->zdirect[p] = 1;
+      if (!(fabs(zt - zd) <= ZT_TOL * zd)) L->zdirect[p] = L->any_zdirect = 1;
     }
   }
   return 0;
@@ -185,9 +186,9 @@ static inline v8d z_vec(const lte_line *L, v8d T) {
   v8l j = __builtin_convertvector(u, v8l);
   v8d s = 2.0 * (u - __builtin_convertvector(j, v8d)) - 1.0;
   v8l piece = e * ZT_SUB + j;
-  int fast = 1;
-  for (int i = 0; i < W; i++)
-    fast &= T[i] >= 1.0 && T[i] < (double)(1 << ZT_OCT) && j[i] < ZT_SUB && !L->zdirect[piece[i]];
+  int fast = all_set((v8l)(T >= 1.0) & (v8l)(T < (double)(1 << ZT_OCT)) & (v8l)(j < ZT_SUB));
+  if (fast && L->any_zdirect)
+    for (int i = 0; i < W; i++) fast &= !L->zdirect[piece[i]];
   if (!fast) {
     v8d Z;
     for (int i = 0; i < W; i++) Z[i] = lte_partition(L, T[i]);
@@ -458,24 +459,28 @@ typedef struct {
  * Returns the z index of the first bad cell and its array (0 v, 1 T, 2 n),
  * or -1. */
 static int load_ray(const cube_inputs *in, int c, size_t off, int nz, workspace *w, int *which) {
-  for (int z = 0; z < nz; z++) {
-    double v, T, n;
-    if (in->f32) {
-      v = ((const float *)in->v[c])[off + z];
-      T = ((const float *)in->T[c])[off + z];
-      n = ((const float *)in->n[c])[off + z];
-    } else {
-      v = ((const double *)in->v[c])[off + z];
-      T = ((const double *)in->T[c])[off + z];
-      n = ((const double *)in->n[c])[off + z];
-    }
-    if (!(fabs(v) < LTE_C)) { *which = 0; return z; }
-    if (!(T > 0) || !isfinite(T)) { *which = 1; return z; }
-    if (!(n >= 0) || !isfinite(n)) { *which = 2; return z; }
-    w->v[z] = v;
-    w->T[z] = T;
-    w->n[z] = n;
+  if (in->f32) {
+    const float *v = (const float *)in->v[c] + off, *T = (const float *)in->T[c] + off,
+                *n = (const float *)in->n[c] + off;
+    for (int z = 0; z < nz; z++) w->v[z] = v[z], w->T[z] = T[z], w->n[z] = n[z];
+  } else {
+    const double *v = (const double *)in->v[c] + off, *T = (const double *)in->T[c] + off,
+                 *n = (const double *)in->n[c] + off;
+    memcpy(w->v, v, nz * sizeof(double));
+    memcpy(w->T, T, nz * sizeof(double));
+    memcpy(w->n, n, nz * sizeof(double));
   }
+  /* one branch-free pass (NaN fails every comparison), then find the culprit */
+  int ok = 1;
+  for (int z = 0; z < nz; z++)
+    ok &= (fabs(w->v[z]) < LTE_C) & (w->T[z] > 0) & (w->T[z] <= DBL_MAX) & (w->n[z] >= 0) &
+          (w->n[z] <= DBL_MAX);
+  if (!ok)
+    for (int z = 0; z < nz; z++) {
+      if (!(fabs(w->v[z]) < LTE_C)) { *which = 0; return z; }
+      if (!(w->T[z] > 0 && w->T[z] <= DBL_MAX)) { *which = 1; return z; }
+      if (!(w->n[z] >= 0 && w->n[z] <= DBL_MAX)) { *which = 2; return z; }
+    }
   for (int z = nz; z < w->nzp; z++) { /* padding: finite copies of the last cell */
     w->v[z] = w->v[nz - 1];
     w->T[z] = w->T[nz - 1];
