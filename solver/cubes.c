@@ -8,7 +8,7 @@
 
 void cubes_agb_spiral(int N, double H, double *v, double *T, double *n) {
   const double msun = 1.98841e30, year = 3.15576e7, amu = 1.66053906660e-27;
-  const double mdot = 1e-5 * msun / year;  /* kg/s */
+  const double mdot = 5e-5 * msun / year;  /* kg/s */
   const double vw = 15e3;                  /* m/s */
   const double mu_h2 = 2.0 * 1.00794 * 1.4; /* mass per H2 molecule incl. He [u] */
   const double x_co = 4e-4;                /* CO/H2 */

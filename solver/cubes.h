@@ -12,11 +12,13 @@
 #define CUBES_AGB_HALF_WIDTH 1.5e13
 
 /* The example: an AGB star at the centre of an N^3 box of edge 2*H losing
- * 1e-5 Msun/yr in a 15 km/s radial wind (n_CO ~ r^-2 with CO/H2 = 4e-4,
+ * 5e-5 Msun/yr (a dense, late AGB wind) in a 15 km/s radial wind
+ * (n_CO ~ r^-2 with CO/H2 = 4e-4,
  * floored inside 5e11 m), a companion's Archimedean spiral (arm spacing
  * 4e12 m, density contrast 6, in the x-y plane, so seen face-on) and
  * T = 3000 K (r/5e11 m)^-0.7 clipped to 10..3000 K. Cell spacing 2H/N.
- * Some channels are optically thick near the star. */
+ * The line centre reaches tau ~ 5; about a quarter of the pixels have
+ * tau > 1 in the 7 COEmuNet channels. */
 void cubes_agb_spiral(int N, double half_width, double *v, double *T, double *n);
 
 /* Random smooth cubes with realistic ranges: T log-uniform-ish in 10..3000 K,

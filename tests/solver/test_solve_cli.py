@@ -114,6 +114,14 @@ with tempfile.TemporaryDirectory() as d:
     rc, err = solve("--example", 12, "--abs", "--out", j("e.npy"), "--preview", j("e.png"))
     e = np.load(j("e.npy")) if rc == 0 else None
     check(rc == 0 and e.shape == (12, 12, 7) and e.max() > 0, f"example run: {err}")
+    # the example is optically thick in places: a background shows through as exp(-tau)
+    rc, err = solve("--example", 32, "--background", "1e-12", "--out", j("e1.npy"))
+    rc2, err = solve("--example", 32, "--out", j("e0.npy"))
+    if rc == 0 and rc2 == 0:
+        tau = -np.log(np.maximum((np.load(j("e1.npy")) - np.load(j("e0.npy"))) / 1e-12, 1e-300))
+        check(tau.max() > 2 and (tau > 1).mean() > 0.05, f"example optical depth: max {tau.max()}")
+    else:
+        check(False, f"example with background: {err}")
     rc, err = solve("--example", "--channels", "-3000:500:13", "--out", j("f.h5"))
     check(rc == 0, f"example 64 with velocity channels: {err}")
     rc, err = solve("--example", 8, "--channels", "list:230.538e9,230.5385e9,230.5395e9", "--fits", j("g.fits"))
