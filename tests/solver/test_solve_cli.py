@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""`coemu solve` end to end: npy/HDF5 inputs, npy/HDF5/FITS/PNG outputs, the
+built-in example, and bad inputs (exit status and the message naming the
+file, the array and the index). Env: COEMU (binary), COEMU_TEST_DATA."""
+import os
+import subprocess
+import sys
+import tempfile
+
+import h5py
+import numpy as np
+
+COEMU = os.environ["COEMU"]
+DATA = os.environ.get("COEMU_TEST_DATA", "tests/data")
+CO = os.path.join(DATA, "lamda", "co.dat")
+passed = failed = 0
+
+
+def check(cond, what):
+    global passed, failed
+    if cond:
+        passed += 1
+    else:
+        failed += 1
+        print("FAIL:", what, file=sys.stderr)
+
+
+def solve(*args):
+    p = subprocess.run([COEMU, "solve", *map(str, args)], capture_output=True, text=True, timeout=120)
+    return p.returncode, p.stderr
+
+
+def expect_error(args, *needles, code=None):
+    rc, err = solve(*args)
+    ok = rc != 0 and (code is None or rc == code) and all(n in err for n in needles)
+    check(ok, f"{' '.join(map(str, args))}: rc {rc}, stderr {err.strip()!r}, expected {needles}")
+
+
+def read_fits(path):
+    """Header cards and the data of a simple FITS primary HDU (BITPIX -64)."""
+    raw = open(path, "rb").read()
+    cards, pos = {}, 0
+    while True:
+        block = raw[pos:pos + 2880].decode("ascii")
+        pos += 2880
+        end = False
+        for i in range(0, 2880, 80):
+            card = block[i:i + 80]
+            key = card[:8].strip()
+            if key == "END":
+                end = True
+                break
+            if card[8:10] == "= ":
+                val = card[10:].split("/")[0].strip()
+                if val.startswith("'"):
+                    cards[key] = val.strip("'").strip()
+                elif val in ("T", "F"):
+                    cards[key] = val == "T"
+                else:
+                    cards[key] = float(val)
+        if end:
+            break
+    shape = [int(cards[f"NAXIS{k}"]) for k in (3, 2, 1)]
+    data = np.frombuffer(raw[pos:pos + 8 * int(np.prod(shape))], dtype=">f8").reshape(shape)
+    return cards, data
+
+
+with tempfile.TemporaryDirectory() as d:
+    j = lambda name: os.path.join(d, name)
+    rng = np.random.default_rng(5)
+    shape = (6, 5, 20)
+    z = np.arange(shape[2])
+    v = np.broadcast_to(3000.0 * z / 19, shape).astype(np.float32)
+    T = rng.uniform(20, 300, shape).astype(np.float32)
+    n = 10 ** rng.uniform(6, 9, shape).astype(np.float32)
+    for name, a in [("v", v), ("T", T), ("n", n)]:
+        np.save(j(name + "32.npy"), a)
+        np.save(j(name + "64.npy"), a.astype(np.float64))
+    with h5py.File(j("cube.h5"), "w") as f:
+        f["v_z"], f["T"], f["n"] = v, T, n
+    base = ["--dx", "1e11", "--lamda", CO, "--channels", "coemunet"]
+    npy32 = ["--vz", j("v32.npy"), "--T", j("T32.npy"), "--n", j("n32.npy")]
+    npy64 = ["--vz", j("v64.npy"), "--T", j("T64.npy"), "--n", j("n64.npy")]
+
+    rc, err = solve(*npy32, *base, "--out", j("a.npy"), "--fits", j("a.fits"), "--preview", j("a.png"))
+    check(rc == 0, f"npy float32 run: {err}")
+    a = np.load(j("a.npy"))
+    check(a.shape == (6, 5, 7) and a.dtype == np.float64 and np.all(np.isfinite(a)), "image shape/dtype")
+    check(a[..., 0].mean() > 2 * a[..., 6].mean(), "receding ramp: low-frequency channels brighter")
+    rc, err = solve(*npy64, *base, "--out", j("b.npy"))
+    check(rc == 0 and np.array_equal(np.load(j("b.npy")), a), "float64 inputs give the same image")
+    rc, err = solve("--in", j("cube.h5"), *base, "--out", j("c.h5"), "--upper", 3, "--lower", 2, "--threads", 1)
+    check(rc == 0, f"HDF5 run: {err}")
+    with h5py.File(j("c.h5")) as f:
+        check(np.array_equal(f["image"][...], a), "HDF5 input and output give the same image")
+        fr = f["frequencies"][...]
+        check(len(fr) == 7 and fr[3] == 230538000000.0, "frequencies dataset")
+        at = f.attrs
+        check(at["transition"] == 2 and at["upper_level"] == 3 and at["lower_level"] == 2, "transition attrs")
+        check("coemu solve" in at["command_line"] and at["lamda_file"] == CO and at["dx_m"] == 1e11,
+              "provenance attrs")
+        check(len(at["git_revision"]) > 0 and at["coemu_version"] != "", "version attrs")
+    cards, data = read_fits(j("a.fits"))
+    check(cards["CTYPE3"] == "FREQ" and cards["CUNIT3"] == "Hz" and cards["BUNIT"] == "W m-2 Hz-1 sr-1",
+          f"FITS keywords {cards}")
+    check(cards["RESTFRQ"] == 230538000000.0 and cards["CRVAL3"] == fr[0] and abs(cards["CDELT3"] - (fr[1] - fr[0])) < 1e-3,
+          "FITS frequency axis")
+    check(np.array_equal(data, np.transpose(a, (2, 1, 0))), "FITS data = image, axes (FREQ, y, x)")
+    check(open(j("a.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n", "preview is a PNG")
+    check(not [f for f in os.listdir(d) if ".tmp" in f], "no temporary files left")
+    rc, err = solve(*npy32, *base, "--abs", "--corrected-taylor", "--background", "1e-16", "--vturb", "100",
+                    "--mass", "28.0101", "--out", j("d.npy"))
+    check(rc == 0 and np.all(np.load(j("d.npy")) >= 0), f"options run: {err}")
+    rc, err = solve("--example", 12, "--abs", "--out", j("e.npy"), "--preview", j("e.png"))
+    e = np.load(j("e.npy")) if rc == 0 else None
+    check(rc == 0 and e.shape == (12, 12, 7) and e.max() > 0, f"example run: {err}")
+    # the example is optically thick in places: a background shows through as exp(-tau)
+    rc, err = solve("--example", 32, "--background", "1e-12", "--out", j("e1.npy"))
+    rc2, err = solve("--example", 32, "--out", j("e0.npy"))
+    if rc == 0 and rc2 == 0:
+        tau = -np.log(np.maximum((np.load(j("e1.npy")) - np.load(j("e0.npy"))) / 1e-12, 1e-300))
+        check(tau.max() > 2 and (tau > 1).mean() > 0.05, f"example optical depth: max {tau.max()}")
+    else:
+        check(False, f"example with background: {err}")
+    rc, err = solve("--example", "--channels", "-3000:500:13", "--out", j("f.h5"))
+    check(rc == 0, f"example 64 with velocity channels: {err}")
+    rc, err = solve("--example", 8, "--channels", "list:230.538e9,230.5385e9,230.5395e9", "--fits", j("g.fits"))
+    check(rc != 0 and "uniformly spaced" in err, "FITS refuses irregular channels")
+
+    # bad cubes: each names the file, the array and the index
+    def bad(name, arr, *needles, which="T"):
+        np.save(j(name), arr)
+        files = {"vz": j("v32.npy"), "T": j("T32.npy"), "n": j("n32.npy")}
+        files[which] = j(name)
+        expect_error(["--vz", files["vz"], "--T", files["T"], "--n", files["n"], *base, "--out", j("x.npy")],
+                     j(name), *needles)
+    Tn = T.copy(); Tn[2, 3, 4] = np.nan
+    bad("tnan.npy", Tn, "T[2, 3, 4] = nan")
+    Tz = T.copy(); Tz[1, 0, 7] = 0
+    bad("tzero.npy", Tz, "T[1, 0, 7] = 0, expected finite and > 0 K")
+    nn = n.copy(); nn[5, 4, 19] = -1
+    bad("nneg.npy", nn, "n[5, 4, 19] = -1, expected finite and >= 0", which="n")
+    vi = v.copy(); vi[0, 1, 2] = np.inf
+    bad("vinf.npy", vi, "v_z[0, 1, 2] = inf", which="vz")
+    bad("shape.npy", T[:, :, :10], "T array has shape (6, 5, 10), but v_z", )
+    bad("int.npy", T.astype(np.int32), "dtype '<i4' is not supported")
+    bad("fortran.npy", np.asfortranarray(T), "Fortran order")
+    bad("flat.npy", T.reshape(-1), "has 1 dimensions, expected 3")
+    np.save(j("trunc.npy"), T)
+    raw = open(j("trunc.npy"), "rb").read()
+    open(j("trunc.npy"), "wb").write(raw[:-100])
+    expect_error(["--vz", j("v32.npy"), "--T", j("trunc.npy"), "--n", j("n32.npy"), *base, "--out", j("x.npy")],
+                 j("trunc.npy"), "data truncated")
+    with h5py.File(j("bad.h5"), "w") as f:
+        f["v_z"], f["T"] = v, T
+    expect_error(["--in", j("bad.h5"), *base, "--out", j("x.npy")], j("bad.h5"), "no dataset 'n'")
+    with h5py.File(j("bad2.h5"), "w") as f:
+        f["v_z"], f["T"], f["n"] = v, np.where(np.arange(20) == 3, -5.0, T), n
+    expect_error(["--in", j("bad2.h5"), *base, "--out", j("x.npy")], j("bad2.h5"), "T[0, 0, 3] = -5")
+    expect_error([*npy32, *base, "--transition", 99, "--out", j("x.npy")], "transition 99 does not exist", "1..40")
+    expect_error([*npy32, *base, "--upper", 2, "--lower", 3, "--out", j("x.npy")],
+                 "no radiative transition from level 2 to level 3")
+    expect_error([*npy32, "--lamda", CO, "--out", j("x.npy")], "--dx is required", code=2)
+    expect_error([*npy32, *base], "nothing to write", code=2)
+    expect_error([*npy32, *base, "--out", j("x.txt")], "expected a name ending in .npy or .h5", code=2)
+    expect_error(["--example", "--lamda", j("nope.dat"), "--out", j("x.npy")], "nope.dat: cannot open")
+    expect_error([*npy32, *base, "--channels", "1:2", "--out", j("x.npy")], "--channels '1:2'")
+    check(not os.path.exists(j("x.npy")), "no output after errors")
+
+print(f"{passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
