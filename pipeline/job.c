@@ -11,7 +11,9 @@
 
 #include "cli.h"
 #include "error.h"
+#include "freqgrid.h"
 #include "fsutil.h"
+#include "lte.h"
 #include "rng.h"
 #include "yamltree.h"
 
@@ -454,16 +456,11 @@ int job_load(const char *path, job *j) {
 int64_t job_samples(const job *j) { return j->n_models * j->directions; }
 
 void job_frequencies(const job *j, double nu0, double *out) {
-  const double c = 299792458.0;
   if (j->channel_mode == JOB_CH_COEMUNET) {
-    /* The reference: 31 channels of 300 m/s, numpy linspace arithmetic,
-     * channels 12..18 kept. */
-    double dd = 300.0 * (31 - 1) / 2 / c;
-    double start = nu0 - nu0 * dd, end = nu0 + nu0 * dd, step = (end - start) / 30;
-    for (int i = 12; i <= 18; i++) out[i - 12] = i < 15 ? start + step * i : end - step * (30 - i);
+    freqgrid_coemunet(nu0, out); /* the reference grid, bit for bit (solver/freqgrid.h) */
     return;
   }
-  for (int f = 0; f < j->nf; f++) out[f] = nu0 * (1 - j->velocities[f] / c);
+  for (int f = 0; f < j->nf; f++) out[f] = nu0 * (1 - j->velocities[f] / LTE_C);
 }
 
 int job_model_splits(const job *j, uint8_t *out) {
