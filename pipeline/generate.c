@@ -11,6 +11,7 @@
 #include "cli.h"
 #include "dataset.h"
 #include "error.h"
+#include "preview.h"
 #include "progress.h"
 #include "shard.h"
 #include "workplan.h"
@@ -207,11 +208,16 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
     job_frequencies(&j, p.nu0, freq);
     dataset_provenance pv = {&j, freq, p.nu0, p.name, mpiv, size};
     if (dataset_finish(out, &pv) < 0) fatal(ce_err_msg());
+    char png[4200];
+    snprintf(png, sizeof png, "%s/preview.png", out);
+    if (dataset_preview(out, 4, png) < 0) fatal(ce_err_msg());
     free(freq);
     if (!quiet)
       fprintf(stderr, "coemu %s: %s: %lld samples in %lld shards (%lld made now, %lld kept from "
                       "an earlier run)\n",
               cmd, out, (long long)N, (long long)K, (long long)total[0], (long long)total[1]);
+    if (!quiet)
+      fprintf(stderr, "coemu %s: dataset %s/dataset.h5, preview %s\n", cmd, out, png);
   if (g_rank == 0 && !quiet && busy_sum[1] > 0)
     fprintf(stderr, "coemu %s: producer %.2f s of %.2f s rank time (%.1f%% outside: I/O, "
                     "checksums, coordination)\n",
