@@ -45,6 +45,7 @@ typedef struct {
   double *ztab;          /* partition function Z(T) as Chebyshev pieces, see lte.c */
   unsigned char *zdirect; /* pieces that failed their accuracy check: direct sum */
   int any_zdirect;
+  int zpieces;           /* number of table pieces (zdirect has as many) */
   double g_u, g_l;       /* weights of the upper and lower level */
   double neg_e_over_k_u, neg_e_over_k_l;
   double nu0;            /* rest frequency [Hz] */

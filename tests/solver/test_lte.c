@@ -267,8 +267,8 @@ static void test_partition_table(void) {
     CHECK_OK(lamda_read(p, &m));
     CHECK_OK(lte_line_init(&l, &m, 1, 0));
     int direct = 0;
-    for (int k = 0; k < 15 * 64; k++) direct += l.zdirect[k];
-    CHECK_MSG(direct < 15 * 64 / 10, "%s: %d table pieces fall back to the direct sum", files[i], direct);
+    for (int k = 0; k < l.zpieces; k++) direct += l.zdirect[k];
+    CHECK_MSG(l.zpieces > 0 && direct < l.zpieces / 10, "%s: %d table pieces fall back to the direct sum", files[i], direct);
     for (int k = 0; k < 20000; k++) {
       double T = pow(10.0, -0.5 + 5.2 * k / 20000.0), want = 0;
       for (int j = 0; j < l.nlev; j++) want += l.g[j] * exp(l.neg_e_over_k[j] / T);
