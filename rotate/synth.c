@@ -38,7 +38,7 @@ void synth_draw(uint64_t seed, int64_t index, synth_params *p) {
   p->co_abundance = loguni(&r, 1e-4, 1e-3);
   p->m1 = uni(&r, 1.0, 3.0) * SYNTH_MSUN;
   p->m2 = uni(&r, 0.1, 1.5) * SYNTH_MSUN;
-  p->period = loguni(&r, 8, 400) * SYNTH_YEAR;
+  p->period = loguni(&r, 8, 120) * SYNTH_YEAR;
   /* half the orbits circular; the others up to e = 0.6, keeping periastron
    * at least 1.5 R* away from the star */
   double u_circ = ce_rng_uniform(&r), u_ecc = ce_rng_uniform(&r);
@@ -54,8 +54,10 @@ void synth_draw(uint64_t seed, int64_t index, synth_params *p) {
   p->arm_dv_r = uni(&r, 0.0, 0.1) * p->v_inf;
   p->plane_contrast = uni(&r, 0.0, 3.0);
   p->plane_width = uni(&r, 0.15, 0.6);
-  double n_arms = uni(&r, 1.5, 3.0);
-  p->half_width = fmax(n_arms * p->v_inf * p->period, 3.0 * a * (1.0 + p->ecc));
+  /* One domain for every model: a training set views all models through the
+   * same ball (the smallest half-extent over the job), so models must share
+   * their physical extent or most would be seen through a keyhole. */
+  p->half_width = SYNTH_HALF_WIDTH;
   synth_derive(p);
 }
 

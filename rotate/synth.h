@@ -47,6 +47,7 @@
 #define SYNTH_UNIT_LENGTH SYNTH_AU            /* m */
 #define SYNTH_UNIT_VELOCITY 1.0e3             /* m/s */
 #define SYNTH_UNIT_NUMBERDENSITY 1.0e15       /* n_H per m^3 */
+#define SYNTH_HALF_WIDTH (300.0 * SYNTH_AU) /* m: the domain [-L, L]^3 of every model */
 #define SYNTH_RNG_STREAM 1u                   /* rng.h stream of the model parameters */
 
 typedef struct {

@@ -420,9 +420,9 @@ static void test_draw_ranges(void) {
       fprintf(stderr, "model %lld: %s\n", (long long)i, ce_err_msg());
     }
     if (p.mdot < mdot_lo || p.mdot > mdot_hi || p.v_inf < 5e3 || p.v_inf > 25e3) bad++;
-    if (p.period < 8 * SYNTH_YEAR || p.period > 400 * SYNTH_YEAR || p.ecc < 0 || p.ecc > 0.6) bad++;
+    if (p.period < 8 * SYNTH_YEAR || p.period > 120 * SYNTH_YEAR || p.ecc < 0 || p.ecc > 0.6) bad++;
     if (p.sep * (1 - p.ecc) < 1.5 * p.r_star * (1 - 1e-12)) bad++;
-    if (p.half_width < 1.5 * p.arm_spacing * (1 - 1e-12)) bad++;
+    if (p.half_width != SYNTH_HALF_WIDTH || 3 * p.sep * (1 + p.ecc) >= p.half_width) bad++;
     if (p.co_abundance < 1e-4 || p.co_abundance > 1e-3) bad++;
     circular += p.ecc == 0;
   }
