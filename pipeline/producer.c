@@ -180,7 +180,7 @@ int producer_open(const job *j, const char *out_dir, generate_producer *p) {
   if (j->input == JOB_INPUT_SYNTH) {
     rc = write_synth_models(c, out_dir);
   } else {
-    c->units = j->amrvac_units;
+    c->units = j->amrvac_units && j->amrvac_units[0] ? j->amrvac_units : NULL;
     for (int64_t i = 0; i < j->n_models && rc == 0; i++)
       if (!(c->paths[i] = strdup(j->model_names[i]))) rc = ce_err("out of memory");
   }

@@ -287,7 +287,10 @@ void lte_cell_eval(const lte_line *L, double T, double vturb, lte_cell *o) {
   o->p_u = (L->g_u * exp(L->neg_e_over_k_u * invT)) * r;
   o->eta = (L->fac * L->A) * o->p_u;
   o->chi = L->fac * (L->B_lu * o->p_l - L->B_ul * o->p_u);
-  o->S = o->eta / o->chi;
+  /* Below ~0.05 K both levels' populations underflow to 0: the cell neither
+   * emits nor absorbs, and its S (0/0 in Pomme, which then returns NaN
+   * images) is set to 0, the value whose contribution is the true one. */
+  o->S = o->chi != 0 ? o->eta / o->chi : 0.0;
   o->iw = 1.0 / (L->nu0_over_c * sqrt(L->two_k_over_m * T + vturb * vturb));
 }
 
@@ -335,7 +338,8 @@ static void cells(const lte_line *L, const lte_options *o, workspace *w) {
     v8d pu = (L->g_u * vexp(L->neg_e_over_k_u * invT, o->libm)) * r;
     v8d eta = eta_c * pu;
     v8d chi = L->fac * (L->B_lu * pl - L->B_ul * pu);
-    st(w->S + z, eta / chi);
+    /* chi == 0 (populations underflow, T < ~0.05 K): S = 0, see lte_cell_eval */
+    st(w->S + z, (v8d)((v8l)(eta / chi) & (chi != 0.0)));
     v8d iw = 1.0 / (L->nu0_over_c * vsqrt(L->two_k_over_m * T + vt2));
     st(w->iw + z, iw);
     st(w->adx + z, (((INV_SQRT_PI * iw) * chi) * ld(w->n + z)) * o->dx);

@@ -254,6 +254,35 @@ static void test_bad_input(void) {
   CHECK_ERR(lte_solve_cube(&L, &f, 1, 2, 3, 4, v, T, n, &o, img), "frequency 0 = -1 Hz");
 }
 
+/* Cells so cold that both level populations underflow (T < ~0.05 K, seen in
+ * real AMRVAC shocks) neither emit nor absorb: the image is that of the same
+ * ray with those cells emptied, never NaN (Pomme's S = 0/0 gives NaN). */
+static void test_cold_cells(void) {
+  enum { NZ = 40 };
+  double v[NZ], T[NZ], n[NZ], n0[NZ], f[FREQGRID_COEMUNET_N], a[7], b[7];
+  freqgrid_coemunet(L.nu0, f);
+  for (int z = 0; z < NZ; z++) {
+    v[z] = 300.0 * (z - 20);
+    T[z] = z % 7 == 3 ? 0.002 : 40 + 10 * z;
+    n[z] = n0[z] = 1e8;
+    if (T[z] < 1) n0[z] = 0;
+  }
+  lte_cell c;
+  lte_cell_eval(&L, 0.002, 0, &c);
+  CHECK(c.p_l == 0 && c.p_u == 0 && c.chi == 0 && c.S == 0);
+  for (int libm = 0; libm < 2; libm++)
+    for (int corr = 0; corr < 2; corr++) {
+      lte_options o = {.dx = 3e10, .libm = libm, .corrected_taylor = corr};
+      CHECK_OK(lte_solve_cube(&L, f, 7, 1, 1, NZ, v, T, n, &o, a));
+      CHECK_OK(lte_solve_cube(&L, f, 7, 1, 1, NZ, v, T, n0, &o, b));
+      for (int i = 0; i < 7; i++) CHECK(!isnan(a[i]) && a[i] == b[i] && a[i] > 0);
+    }
+  for (int z = 0; z < NZ; z++) T[z] = 0.001; /* an all-cold slab is dark */
+  lte_options o = {.dx = 3e10};
+  CHECK_OK(lte_solve_cube(&L, f, 7, 1, 1, NZ, v, T, n, &o, a));
+  for (int i = 0; i < 7; i++) CHECK(a[i] == 0);
+}
+
 /* The tabulated partition function against the direct sum, every molecule. */
 static void test_partition_table(void) {
   const char *files[] = {"co.dat", "13co.dat", "c18o.dat", "sio-h2.dat", "hcn.dat", "so@lique.dat", "cs@lique.dat"};
@@ -330,6 +359,7 @@ int main(void) {
   RUN(test_against_reference);
   RUN(test_variants);
   RUN(test_bad_input);
+  RUN(test_cold_cells);
   RUN(test_partition_table);
   RUN(test_freqgrid);
   lte_line_free(&L);
