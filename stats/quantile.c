@@ -182,8 +182,9 @@ int stats_quantiles_f64(MPI_Comm comm, const double *x, size_t n, int nq, const 
 void stats_rank_count_f32(const float *x, size_t n, double v, uint64_t *lt, uint64_t *le) {
   uint64_t a = 0, b = 0;
   for (size_t i = 0; i < n; i++) {
-    a += (double)x[i] < v;
-    b += (double)x[i] <= v;
+    int fin = isfinite(x[i]) != 0;
+    a += fin & ((double)x[i] < v);
+    b += fin & ((double)x[i] <= v);
   }
   *lt += a;
   *le += b;

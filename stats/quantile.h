@@ -105,7 +105,8 @@ int stats_quantiles_f64(MPI_Comm comm, const double *x, size_t n, int nq, const 
                         double *out, int *passes);
 
 /* Where a value v falls in the data of all ranks: *lt = #(x < v), *le =
- * #(x <= v) (NaN not counted). Local part, to be summed by the caller. */
+ * #(x <= v) over the finite x (NaN and +-Inf not
+ * counted, as in the moments). Local part, to be summed by the caller. */
 void stats_rank_count_f32(const float *x, size_t n, double v, uint64_t *lt, uint64_t *le);
 
 /* The median of medians and the true rank of its value.
