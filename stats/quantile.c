@@ -35,14 +35,14 @@ int stats_qsel_done(const stats_qsel *s) { return s->done; }
   if (s->pass == 0) {                                                          \
     int sh = s->width - 16;                                                    \
     for (size_t i = 0; i < n; i++) {                                           \
-      if (x[i] != x[i]) continue; /* NaN */                                    \
+      if (!isfinite(x[i])) continue; /* NaN, Inf: rejected */                  \
       s->hist[(size_t)(KEY(x[i]) >> sh)]++;                                    \
     }                                                                          \
     return;                                                                    \
   }                                                                            \
   int sh = s->width - 16 * s->pass;                                            \
   for (size_t i = 0; i < n; i++) {                                             \
-    if (x[i] != x[i]) continue;                                                \
+    if (!isfinite(x[i])) continue;                                             \
     uint64_t k = KEY(x[i]);                                                    \
     uint64_t top = k >> sh;                                                    \
     size_t bin = (size_t)((k >> (sh - 16)) & 0xffff);                          \
