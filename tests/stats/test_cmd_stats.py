@@ -209,27 +209,22 @@ def main():
         check(p.returncode != 0 and "expected train, validation, test or all" in p.stderr, p.stderr)
         bad = os.path.join(d, "bad")
         os.mkdir(bad)
-        with h5py.File(os.path.join(bad, "dataset.h5"), "w") as f:
-            f["inputs"] = np.ones((2, 3, 4, 4, 4), np.float32)
-            f["targets"] = np.ones((2, 1, 4, 5), np.float32)
-        p = run([bad])
-        check(p.returncode != 0 and "/targets shape" in p.stderr, f"bad shape: {p.stderr}")
-        with h5py.File(os.path.join(bad, "dataset.h5"), "w") as f:
-            f["inputs"] = np.ones((2, 3, 4, 4, 4), np.float32)
-            f["targets"] = np.ones((2, 1, 4, 4), np.float32)
-            f["split"] = np.array([0, 7], np.uint8)
-        p = run([bad], 2)
-        check(p.returncode != 0 and "/split[1] = 7" in p.stderr, f"bad split: {p.stderr}")
-        with h5py.File(os.path.join(bad, "dataset.h5"), "w") as f:
-            f["inputs"] = np.ones((2, 3, 4, 4, 4), np.float32)
-            f["targets"] = np.ones((2, 1, 4, 4), np.float32)
-        p = run([bad])
-        check(p.returncode != 0 and "not > 0" in p.stderr, f"constant data: {p.stderr}")
-        with h5py.File(os.path.join(bad, "dataset.h5"), "w") as f:
-            f["inputs"] = np.ones((2, 3, 4, 4, 4), np.float64)
-            f["targets"] = np.ones((2, 1, 4, 4), np.float32)
-        p = run([bad])
-        check(p.returncode != 0 and "/inputs is not float32" in p.stderr, f"float64: {p.stderr}")
+        f32 = np.float32
+        cases = [  # (inputs, targets, split, ranks, expected message)
+            (np.ones((2, 3, 4, 4, 4), f32), np.ones((2, 1, 4, 5), f32), None, 1, "/targets shape"),
+            (np.ones((2, 3, 4, 4, 4), f32), np.ones((2, 1, 4, 4), f32), np.array([0, 7], np.uint8), 2,
+             "/split[1] = 7"),
+            (np.ones((2, 3, 4, 4, 4), f32), np.ones((2, 1, 4, 4), f32), None, 1, "not > 0"),
+            (np.ones((2, 3, 4, 4, 4)), np.ones((2, 1, 4, 4), f32), None, 1, "/inputs is not float32"),
+        ]
+        for inputs, targets, split, k, msg in cases:
+            with h5py.File(os.path.join(bad, "dataset.h5"), "w") as f:
+                f["inputs"] = inputs
+                f["targets"] = targets
+                if split is not None:
+                    f["split"] = split
+            p = run([bad], k)
+            check(p.returncode != 0 and msg in p.stderr, f"expected '{msg}': {p.stderr}")
 
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
