@@ -52,11 +52,11 @@ int bench_stats(int argc, char **argv) {
   int r = cli_parse("bench stats", "[options]",
                     "Exact moments throughput and exact distributed median time.", opts, argc,
                     argv, &npos, &pos);
-  if (r != 0) return r < 0 ? cmd_fail("bench stats") : 0;
+  if (r != 0) return r < 0 ? cmd_fail("bench stats") + 1 : 0;  /* usage error: exit 2 */
   free(pos);
   if (!(nmom >= 1 && nmed >= 1)) {
     ce_err("--n-moments and --n-median must be >= 1");
-    return cmd_fail("bench stats");
+    return cmd_fail("bench stats") + 1;
   }
   MPI_Init(NULL, NULL);
   int rank, size;

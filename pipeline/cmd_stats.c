@@ -219,11 +219,11 @@ int cmd_stats(int argc, char **argv) {
                     "Recompute the statistics and normalisation parameters of a dataset over a "
                     "split and write them to DATASET_DIR/dataset.h5:/stats (run under mpirun for "
                     "parallel).", opts, argc, argv, &npos, &pos);
-  if (r != 0) return r < 0 ? cmd_fail("stats") : 0;
+  if (r != 0) return r < 0 ? cmd_fail("stats") + 1 : 0;  /* usage error: exit 2 */
   if (npos != 1) {
     free(pos);
     ce_err("expected one dataset directory, got %d arguments", npos);
-    return cmd_fail("stats");
+    return cmd_fail("stats") + 1;
   }
   int want;
   if (!strcmp(split_name, "train")) want = 0;
@@ -233,7 +233,7 @@ int cmd_stats(int argc, char **argv) {
   else {
     free(pos);
     ce_err("--split %s: expected train, validation, test or all", split_name);
-    return cmd_fail("stats");
+    return cmd_fail("stats") + 1;
   }
   char path[4096];
   snprintf(path, sizeof path, "%s/dataset.h5", pos[0]);

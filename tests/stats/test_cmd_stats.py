@@ -206,7 +206,7 @@ def main():
         p = run([os.path.join(d, "nope")], 2)
         check(p.returncode != 0 and "cannot open as HDF5" in p.stderr, f"missing: {p.stderr}")
         p = run([os.path.join(d, "F7"), "--split", "bogus"], 0)
-        check(p.returncode != 0 and "expected train, validation, test or all" in p.stderr, p.stderr)
+        check(p.returncode == 2 and "expected train, validation, test or all" in p.stderr, p.stderr)
         bad = os.path.join(d, "bad")
         os.mkdir(bad)
         f32 = np.float32
