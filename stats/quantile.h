@@ -10,7 +10,8 @@
  * the keys inside that bin only. After 2 passes a float32 key is known
  * exactly (4 passes for double). Communication is 65536 counts per pass and
  * wanted bin, independent of the number of values; each rank scans its data
- * once per pass, NaN skipped (they have no rank). Every rank gets the same
+ * once per pass, NaN and +-Inf skipped (rejected, as by the moments:
+ * quantiles and moments describe the same finite values). Every rank gets the same
  * answer, whatever the split of the data (a rank may hold none).
  *
  * The quantile q of N values is numpy's default ("linear"): h = q (N-1),
@@ -72,7 +73,7 @@ typedef struct {
   double q[STATS_QMAX];
   int pass;                     /* passes completed */
   int done;
-  uint64_t total;               /* non-NaN values over all ranks (after pass 1) */
+  uint64_t total;               /* finite values over all ranks (after pass 1) */
   int nt;                       /* wanted ranks (2 per quantile) */
   uint64_t rank[2 * STATS_QMAX];
   uint64_t prefix[2 * STATS_QMAX]; /* key bits fixed so far for each wanted rank */
@@ -105,7 +106,8 @@ int stats_quantiles_f64(MPI_Comm comm, const double *x, size_t n, int nq, const 
                         double *out, int *passes);
 
 /* Where a value v falls in the data of all ranks: *lt = #(x < v), *le =
- * #(x <= v) (NaN not counted). Local part, to be summed by the caller. */
+ * #(x <= v) over the finite x (NaN and +-Inf not
+ * counted, as in the moments). Local part, to be summed by the caller. */
 void stats_rank_count_f32(const float *x, size_t n, double v, uint64_t *lt, uint64_t *le);
 
 /* The median of medians and the true rank of its value.

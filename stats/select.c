@@ -18,12 +18,12 @@ static size_t median_small(float *a, size_t lo, size_t n) {
   return lo + (n - 1) / 2;
 }
 
-static void select_range(float *a, size_t lo, size_t hi, size_t k);
+static void select_range(float *a, size_t lo, size_t hi, size_t k, stats_select_cost *c);
 
 /* BFPRT pivot of a[lo..hi): the median of the medians of groups of five.
  * The group medians are gathered at the front of the range and their median
  * found by a recursive selection. */
-static float bfprt_pivot(float *a, size_t lo, size_t hi) {
+static float bfprt_pivot(float *a, size_t lo, size_t hi, stats_select_cost *c) {
   size_t n = hi - lo;
   if (n <= 5) return a[median_small(a, lo, n)];
   size_t ng = 0;
@@ -33,7 +33,9 @@ static float bfprt_pivot(float *a, size_t lo, size_t hi) {
     ng++;
   }
   size_t mid = lo + (ng - 1) / 2;
-  select_range(a, lo, lo + ng, mid);
+  c->visits += n;
+  c->bfprt_steps++;
+  select_range(a, lo, lo + ng, mid, c);
   return a[mid];
 }
 
@@ -44,7 +46,7 @@ static float median3(float x, float y, float z) {
 }
 
 /* Select rank k within a[lo..hi), lo <= k < hi. */
-static void select_range(float *a, size_t lo, size_t hi, size_t k) {
+static void select_range(float *a, size_t lo, size_t hi, size_t k, stats_select_cost *c) {
   int bad = 0;
   while (hi - lo > 1) {
     size_t n = hi - lo;
@@ -53,7 +55,8 @@ static void select_range(float *a, size_t lo, size_t hi, size_t k) {
       median_small(a, lo, n);  /* sorts the range */
       return;
     }
-    p = bad ? bfprt_pivot(a, lo, hi) : median3(a[lo], a[lo + n / 2], a[hi - 1]);
+    p = bad ? bfprt_pivot(a, lo, hi, c) : median3(a[lo], a[lo + n / 2], a[hi - 1]);
+    c->visits += n;
     /* Three-way partition (Dijkstra): [lo,lt) < p, [lt,gt) == p, [gt,hi) > p. */
     size_t lt = lo, i = lo, gt = hi;
     while (i < gt) {
@@ -69,10 +72,16 @@ static void select_range(float *a, size_t lo, size_t hi, size_t k) {
   }
 }
 
-float stats_select_f32(float *a, size_t n, size_t k) {
+float stats_select_cost_f32(float *a, size_t n, size_t k, stats_select_cost *cost) {
   if (n == 0 || k >= n) CE_BUG("stats_select_f32: k = %zu, n = %zu", k, n);
-  select_range(a, 0, n, k);
+  stats_select_cost c = {0, 0};
+  select_range(a, 0, n, k, &c);
+  if (cost) *cost = c;
   return a[k];
+}
+
+float stats_select_f32(float *a, size_t n, size_t k) {
+  return stats_select_cost_f32(a, n, k, NULL);
 }
 
 float stats_lower_median_f32(float *a, size_t n) {

@@ -29,6 +29,13 @@
 #include <stddef.h>
 
 float stats_select_f32(float *a, size_t n, size_t k);
+
+/* The same, reporting its work: element visits of the partitions and pivot
+ * searches (at most about 30 n, whatever the data) and BFPRT pivots taken. */
+typedef struct {
+  size_t visits, bfprt_steps;
+} stats_select_cost;
+float stats_select_cost_f32(float *a, size_t n, size_t k, stats_select_cost *cost);
 double stats_median_f32(float *a, size_t n);
 float stats_lower_median_f32(float *a, size_t n);
 

@@ -209,6 +209,10 @@ static void test_select(void) {
       CHECK(part);
     }
     memcpy(w, x, n * sizeof *x);
+    stats_select_cost cost;
+    stats_select_cost_f32(w, n, n / 2, &cost);
+    CHECK_MSG(cost.visits <= 30 * n, "pattern %d: %zu visits for n = %zu", pattern, cost.visits, n);
+    memcpy(w, x, n * sizeof *x);
     CHECK(stats_median_f32(w, n) == s[n / 2]);  /* n odd */
     memcpy(w, x, (n - 1) * sizeof *x);
     memcpy(s, x, (n - 1) * sizeof *x);
@@ -217,6 +221,15 @@ static void test_select(void) {
     memcpy(w, x, (n - 1) * sizeof *x);
     CHECK(stats_lower_median_f32(w, n - 1) == s[(n - 2) / 2]);
   }
+  /* A median of three that keeps almost everything (the three sampled
+   * elements are the smallest) makes the next step take the BFPRT pivot. */
+  for (size_t i = 0; i < n; i++) x[i] = (float)(i + 10);
+  x[0] = 0; x[n / 2] = 1; x[n - 1] = 2;
+  memcpy(s, x, n * sizeof *x);
+  qsort(s, n, sizeof *s, cmpf);
+  stats_select_cost cost;
+  CHECK(stats_select_cost_f32(x, n, n / 2, &cost) == s[n / 2]);
+  CHECK(cost.bfprt_steps >= 1 && cost.visits <= 30 * n);
   float small[1] = {3};
   CHECK(stats_median_f32(small, 1) == 3);
   float two[2] = {5, 1};

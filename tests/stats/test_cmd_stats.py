@@ -1,0 +1,234 @@
+"""`coemu stats` end to end: a small dataset.h5 whose /inputs and /targets are
+virtual datasets over two shard files (and one with plain datasets), with known adversarial contents (an
+outlier sample, NaN, a zero temperature, zero intensities, a validation
+split). Checks the /stats group against numpy references, that 1, 2 and 3
+ranks give identical results, the outlier rule, and errors on bad input."""
+import os
+import subprocess
+import sys
+import tempfile
+
+import h5py
+import numpy as np
+
+COEMU = os.environ["COEMU"]
+passed = failed = 0
+
+
+def check(cond, what):
+    global passed, failed
+    if cond:
+        passed += 1
+    else:
+        failed += 1
+        print("FAIL:", what, file=sys.stderr)
+
+
+def close(a, b, rtol, what):
+    check(abs(a - b) <= rtol * abs(b), f"{what}: {a!r} vs {b!r}")
+
+
+def make_dataset(d, F, virtual, n=6, N=10):
+    """virtual: /inputs and /targets as VDS over two shards (read per rank
+    with the default driver where HDF5 < 1.14), else plain datasets (read
+    through MPI-IO)."""
+    rng = np.random.default_rng(1)
+    inputs = np.empty((N, 3, n, n, n), np.float32)
+    inputs[:, 0] = rng.normal(2e3, 3e3, (N, n, n, n)) + 1e4
+    inputs[:, 1] = np.exp(rng.normal(4, 1.5, (N, n, n, n)))
+    inputs[:, 2] = np.exp(rng.normal(20, 3, (N, n, n, n)))
+    inputs[3, 0, 0, 0, 0] = 2e5  # outlier sample (range > 1e5 m/s)
+    inputs[2, 1, 1, 1, 1] = np.nan  # NaN in T
+    inputs[4, 1, 2, 2, 2] = 0.0  # zero T -> ln = -inf
+    targets = np.exp(rng.normal(-33, 2, (N, F, n, n))).astype(np.float32)
+    targets[1, 0, :2, :] = 0.0  # zeros -> the sample's smallest positive value
+    targets[5, -1, 0, 0] = np.float32(np.exp(-45))  # below the clip
+    split = np.zeros(N, np.uint8)
+    split[[7, 9]] = 1
+    split[8] = 2
+    cut = 6
+    if not virtual:
+        with h5py.File(os.path.join(d, "dataset.h5"), "w") as f:
+            f["inputs"] = inputs
+            f["targets"] = targets
+            f["split"] = split
+        return inputs, targets, split
+    for k, (a, b) in enumerate([(0, cut), (cut, N)]):
+        with h5py.File(os.path.join(d, f"shard{k}.h5"), "w") as f:
+            f["inputs"] = inputs[a:b]
+            f["targets"] = targets[a:b]
+    with h5py.File(os.path.join(d, "dataset.h5"), "w") as f:
+        for name, arr in (("inputs", inputs), ("targets", targets)):
+            lay = h5py.VirtualLayout(shape=arr.shape, dtype=np.float32)
+            for k, (a, b) in enumerate([(0, cut), (cut, N)]):
+                lay[a:b] = h5py.VirtualSource(f"shard{k}.h5", name, shape=(b - a,) + arr.shape[1:])
+            f.create_virtual_dataset(name, lay)
+        f["split"] = split
+    return inputs, targets, split
+
+
+def run(args, nranks=1, cwd=None):
+    """Under mpiexec (nranks 0: directly, for errors found before MPI starts;
+    an MPI singleton is avoided: LeakSanitizer's tracer fails in one)."""
+    cmd = [COEMU, "stats"]
+    if nranks:
+        cmd = ["mpiexec", "--allow-run-as-root", "--oversubscribe", "-n", str(nranks)] + cmd
+    return subprocess.run(cmd + args, capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def read_stats(path):
+    out = {}
+    with h5py.File(path, "r") as f:
+        g = f["stats"]
+        out["/"] = {k: g.attrs[k] for k in g.attrs}
+        for name in g:
+            out[name] = {k: g[name].attrs[k] for k in g[name].attrs}
+    return out
+
+
+def lnI(sample, clip):
+    s = sample.astype(np.float64)
+    pos = s[s > 0]
+    s = np.where(s == 0, pos.min(), s)
+    t = np.log(s)
+    if clip is not None:
+        t = np.maximum(t, clip)
+    return t.astype(np.float32)
+
+
+def lower_median(x):
+    x = np.sort(x)
+    return x[(len(x) - 1) // 2]
+
+
+def references(inputs, targets, sel, F):
+    clip = -40.0 if F > 1 else None
+    fields = {}
+    chunks = {}
+    for i in sel:
+        vals = {
+            "v_z": inputs[i, 0].ravel(),
+            "ln_T": np.log(inputs[i, 1].astype(np.float64)).astype(np.float32).ravel(),
+            "ln_n_CO": np.log(inputs[i, 2].astype(np.float64)).astype(np.float32).ravel(),
+        }
+        li = lnI(targets[i], clip)
+        vals["ln_I"] = li.ravel()
+        if F > 1:
+            for c in range(F):
+                vals[f"ln_I_ch{c}"] = li[c].ravel()
+        for k, v in vals.items():
+            fields.setdefault(k, []).append(v)
+            fin = v[np.isfinite(v)]
+            chunks.setdefault(k, []).append(lower_median(fin))
+    ref = {}
+    for k, parts in fields.items():
+        x = np.concatenate(parts)
+        fin = x[np.isfinite(x)].astype(np.float64)
+        mom = lower_median(np.array(chunks[k], np.float32))
+        ref[k] = dict(count=len(fin), mean=fin.mean(), std=fin.std(), min=fin.min(), max=fin.max(),
+                      median=np.median(fin), median_of_medians=float(mom),
+                      mom_quantile_lo=np.sum(fin < mom) / len(fin),
+                      mom_quantile_hi=np.sum(fin <= mom) / len(fin),
+                      nan_count=int(np.isnan(x).sum()), inf_count=int(np.isinf(x).sum()))
+    return ref
+
+
+def compare(st, ref, label):
+    for k, r in ref.items():
+        a = st.get(k)
+        check(a is not None, f"{label}: /stats/{k} present")
+        if a is None:
+            continue
+        check(a["count"] == r["count"], f"{label} {k} count {a['count']} vs {r['count']}")
+        check(a["nan_count"] == r["nan_count"] and a["inf_count"] == r["inf_count"],
+              f"{label} {k} nan/inf {a['nan_count']},{a['inf_count']} vs {r['nan_count']},{r['inf_count']}")
+        # numpy's float64 log may differ from glibc's in the last bit of the
+        # float32 ln values: ln fields are compared to 1e-6 relative.
+        tol = 0 if k == "v_z" else 1e-6
+        for q in ("min", "max", "median", "median_of_medians"):
+            close(a[q], r[q], tol, f"{label} {k} {q}")
+        close(a["mean"], r["mean"], max(tol, 1e-12), f"{label} {k} mean")
+        close(a["std"], r["std"], max(tol, 1e-10), f"{label} {k} std")
+        if k == "v_z":
+            close(a["mom_quantile_lo"], r["mom_quantile_lo"], 0, f"{label} {k} mom q lo")
+            close(a["mom_quantile_hi"], r["mom_quantile_hi"], 0, f"{label} {k} mom q hi")
+        check(a["mom_quantile_hi"] >= 0.25 and a["mom_quantile_lo"] <= 0.75, f"{label} {k} mom bound")
+
+
+def main():
+    with tempfile.TemporaryDirectory() as d:
+        for F in (7, 1):
+            sub = os.path.join(d, f"F{F}")
+            os.mkdir(sub)
+            inputs, targets, split = make_dataset(sub, F, virtual=F > 1)
+            path = os.path.join(sub, "dataset.h5")
+            results = []
+            counts = (1, 2, 3) if F > 1 else (2,)
+            for k in counts:
+                p = run([sub], k, cwd="/")
+                check(p.returncode == 0, f"F={F} ranks={k}: exit {p.returncode}: {p.stderr}")
+                results.append(read_stats(path))
+            for k, res in zip(counts[1:], results[1:]):
+                for g in res:
+                    for a in res[g]:
+                        if a == "ranks":
+                            continue
+                        same = np.array_equal(res[g][a], results[0][g][a], equal_nan=True) \
+                            if not isinstance(res[g][a], bytes) else res[g][a] == results[0][g][a]
+                        check(same, f"F={F}: ranks {k} vs 1: /stats/{g} {a}: {res[g][a]} vs {results[0][g][a]}")
+            st = results[0]
+            train = [i for i in range(len(split)) if split[i] == 0]
+            compare(st, references(inputs, targets, train, F), f"F={F} train")
+            top = st["/"]
+            check(top["samples_used"] == len(train) and top["samples_outliers"] == 0, f"F={F} samples")
+            check(top["split"] == b"train", f"F={F} split attr {top['split']}")
+            check(top["I_mode"] == (b"minmax" if F > 1 else b"median"), f"F={F} I_mode")
+            check(st["ln_T"]["inf_count"] == 1 and st["ln_T"]["nan_count"] == 1, "T: one NaN, one zero")
+            # Transform parameters: from the statistics, as coemunet.md says.
+            close(top["vz_mean"], st["v_z"]["mean"], 0, "vz_mean")
+            close(top["lnT_scale"], st["ln_T"]["median"] - st["ln_T"]["min"], 0, "lnT_scale")
+            if F > 1:
+                close(top["lnI_scale"], st["ln_I"]["max"] - st["ln_I"]["min"], 0, "lnI_scale")
+                check(st["ln_I"]["min"] == -40.0, f"ln_I clipped at -40: {st['ln_I']['min']}")
+            else:
+                close(top["lnI_scale"], st["ln_I"]["median"] - st["ln_I"]["min"], 0, "lnI_scale")
+            # The outlier rule drops sample 3 (train).
+            p = run([sub, "--drop-outliers", "--split", "all"], 3 if F > 1 else 1)
+            check(p.returncode == 0, f"drop-outliers: {p.stderr}")
+            st2 = read_stats(path)
+            allsel = [i for i in range(len(split)) if i != 3]
+            check(st2["/"]["samples_outliers"] == 1 and st2["/"]["samples_used"] == 9, "outliers")
+            compare(st2, references(inputs, targets, allsel, F), f"F={F} all -outlier")
+            with h5py.File(path, "r") as f:
+                check("stats.tmp" not in f, "no /stats.tmp left")
+
+        # Bad input: a clear message and a non-zero exit, never a hang.
+        p = run([os.path.join(d, "nope")], 2)
+        check(p.returncode != 0 and "cannot open as HDF5" in p.stderr, f"missing: {p.stderr}")
+        p = run([os.path.join(d, "F7"), "--split", "bogus"], 0)
+        check(p.returncode == 2 and "expected train, validation, test or all" in p.stderr, p.stderr)
+        bad = os.path.join(d, "bad")
+        os.mkdir(bad)
+        f32 = np.float32
+        cases = [  # (inputs, targets, split, ranks, expected message)
+            (np.ones((2, 3, 4, 4, 4), f32), np.ones((2, 1, 4, 5), f32), None, 1, "/targets shape"),
+            (np.ones((2, 3, 4, 4, 4), f32), np.ones((2, 1, 4, 4), f32), np.array([0, 7], np.uint8), 2,
+             "/split[1] = 7"),
+            (np.ones((2, 3, 4, 4, 4), f32), np.ones((2, 1, 4, 4), f32), None, 1, "not > 0"),
+            (np.ones((2, 3, 4, 4, 4)), np.ones((2, 1, 4, 4), f32), None, 1, "/inputs is not float32"),
+        ]
+        for inputs, targets, split, k, msg in cases:
+            with h5py.File(os.path.join(bad, "dataset.h5"), "w") as f:
+                f["inputs"] = inputs
+                f["targets"] = targets
+                if split is not None:
+                    f["split"] = split
+            p = run([bad], k)
+            check(p.returncode != 0 and msg in p.stderr, f"expected '{msg}': {p.stderr}")
+
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
