@@ -10,6 +10,7 @@
 
 #include "cli.h"
 #include "dataset.h"
+#include "dataset_stats.h"
 #include "error.h"
 #include "preview.h"
 #include "progress.h"
@@ -224,11 +225,24 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
             cmd, busy_sum[0], busy_sum[1], 100 * (1 - busy_sum[0] / busy_sum[1]));
   }
   if (p.close) p.close(p.ctx);
+  p.close = NULL;
+  /* Every rank: the /stats group over the finished dataset (recomputed from
+   * the shards, so a resumed job gets the same numbers as an uninterrupted
+   * one). dataset_stats prints a failing rank's error itself. */
+  MPI_Barrier(MPI_COMM_WORLD);
+  int stats_rc = 0;
+  if (j.stats_compute) {
+    double ts = ce_now();
+    stats_rc = dataset_stats(out, j.stats_split, j.stats_drop_outliers, 1);
+    if (g_rank == 0 && !quiet && stats_rc == 0)
+      fprintf(stderr, "coemu %s: /stats over the %s split in %.1f s\n", cmd, j.stats_split,
+              ce_now() - ts);
+  }
   free(msplit);
   free(in);
   free(tg);
   job_free(&j);
   MPI_Errhandler_free(&eh);
   MPI_Finalize();
-  return 0;
+  return stats_rc < 0 ? 1 : 0;
 }

@@ -28,4 +28,11 @@ hid_t h5_dcpl(int rank, const hsize_t *chunk, int gzip);
 hid_t h5_create(hid_t loc, const char *name, hid_t type, int rank, const hsize_t *dims,
                 const hsize_t *chunk, int gzip);
 
+/* Read sample `index` (one index along the first dimension, everything
+ * else whole) of a dataset of rank <= 8 as float32 into buf. The memory
+ * space has the selection's own shape, so HDF5 copies whole rows instead of
+ * iterating element by element. Returns 0, or -1 without a message (the
+ * caller names the file and dataset). */
+int h5_read_sample_f32(hid_t d, hsize_t index, float *buf);
+
 #endif

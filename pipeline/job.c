@@ -257,9 +257,6 @@ void job_free(job *j) {
   free(j->lamda);
   free(j->velocities);
   free(j->out_dir);
-  for (int i = 0; j->stats && i < j->n_stats; i++) free(j->stats[i]);
-  free(j->stats);
-  free(j->quantiles);
   free(j->stream_endpoint);
   memset(j, 0, sizeof *j);
 }
@@ -390,15 +387,9 @@ static int fill(const char *name, const yt_node *r, job *j) {
   }
   j->split_seed = (uint64_t)get_int(r, "splits.seed");
 
-  const yt_node *w = at(r, "statistics.which"), *q = at(r, "statistics.quantiles");
-  j->n_stats = (int)w->n;
-  j->stats = ce_calloc_array(w->n ? w->n : 1, sizeof *j->stats, "statistics");
-  if (!j->stats) return -1;
-  for (size_t i = 0; i < w->n; i++) DUP(j->stats[i], strdup(w->items[i]->text));
-  j->n_quantiles = (int)q->n;
-  j->quantiles = ce_calloc_array(q->n ? q->n : 1, sizeof *j->quantiles, "quantiles");
-  if (!j->quantiles) return -1;
-  for (size_t i = 0; i < q->n; i++) parse_num(q->items[i], &j->quantiles[i]);
+  j->stats_compute = get_bool(r, "statistics.compute");
+  j->stats_drop_outliers = get_bool(r, "statistics.drop_outliers");
+  snprintf(j->stats_split, sizeof j->stats_split, "%s", get_str(r, "statistics.split"));
 
   if (at(r, "stream")) {
     j->has_stream = 1;

@@ -69,10 +69,8 @@ typedef struct {
   uint64_t split_seed;
 
   /* statistics */
-  int n_stats;
-  char **stats;
-  int n_quantiles;
-  double *quantiles;
+  int stats_compute, stats_drop_outliers;
+  char stats_split[16];  /* train | validation | test | all */
 
   /* stream (optional) */
   int has_stream;

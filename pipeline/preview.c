@@ -8,21 +8,8 @@
 #include <string.h>
 
 #include "error.h"
+#include "h5util.h"
 #include "image.h"
-
-static int read_sample(hid_t d, int rank, const hsize_t *dims, hsize_t idx, float *out) {
-  hsize_t start[5] = {idx, 0, 0, 0, 0}, count[5] = {1, 1, 1, 1, 1}, nmem = 1;
-  for (int i = 1; i < rank; i++) {
-    count[i] = dims[i];
-    nmem *= dims[i];
-  }
-  hid_t fs = H5Dget_space(d), ms = H5Screate_simple(1, &nmem, NULL);
-  herr_t e = H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL);
-  if (e >= 0) e = H5Dread(d, H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, out);
-  H5Sclose(ms);
-  H5Sclose(fs);
-  return e < 0 ? -1 : 0;
-}
 
 int dataset_preview(const char *dir, int nsamples, const char *png_path) {
   char path[4096];
@@ -70,7 +57,7 @@ int dataset_preview(const char *dir, int nsamples, const char *png_path) {
     hsize_t idx = ns > 1 ? (hsize_t)((double)s * (double)(dt[0] - 1) / (ns - 1) + 0.5) : 0;
     double *row = maps + (size_t)s * cols * n * n;
     if (din >= 0) {
-      if (read_sample(din, 5, di, idx, buf) < 0) {
+      if (h5_read_sample_f32(din, idx, buf) < 0) {
         rc = ce_err("%s: reading /inputs sample %llu failed", path, (unsigned long long)idx);
         goto freeall;
       }
@@ -81,7 +68,7 @@ int dataset_preview(const char *dir, int nsamples, const char *png_path) {
             row[((size_t)c * n + x) * n + y] = c == 0 ? v : (v > 0 ? log10(v) : NAN);
           }
     }
-    if (read_sample(dtg, 4, dt, idx, buf) < 0) {
+    if (h5_read_sample_f32(dtg, idx, buf) < 0) {
       rc = ce_err("%s: reading /targets sample %llu failed", path, (unsigned long long)idx);
       goto freeall;
     }

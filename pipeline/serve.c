@@ -10,6 +10,7 @@
 #include "checksum.h"
 #include "error.h"
 #include "fsutil.h"
+#include "h5util.h"
 #include "rng.h"
 #include "statsfile.h"
 #include "transforms.h"
@@ -192,23 +193,12 @@ static int read_chunk(serve_source *s, const int64_t *idx, int n, int normalised
     m->ids[k] = (uint64_t)idx[k];
     hid_t ds[2] = {s->d_in, s->d_out};
     float *dst[2] = {m->inputs + k * s->in_vals, m->targets + k * s->out_vals};
-    for (int a = 0; a < 2; a++) {
-      hsize_t start[5] = {(hsize_t)idx[k], 0, 0, 0, 0}, count[5] = {1, 1, 1, 1, 1};
-      int nd = a == 0 ? 5 : 4;
-      for (int d = 1; d < nd; d++) count[d] = a == 0 ? s->in_shape[d - 1] : s->out_shape[d - 1];
-      hid_t fs = H5Dget_space(ds[a]);
-      hsize_t nmem = a == 0 ? s->in_vals : s->out_vals;
-      hid_t ms = H5Screate_simple(1, &nmem, NULL);
-      herr_t e = H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL);
-      if (e >= 0) e = H5Dread(ds[a], H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, dst[a]);
-      H5Sclose(ms);
-      H5Sclose(fs);
-      if (e < 0) {
+    for (int a = 0; a < 2; a++)
+      if (h5_read_sample_f32(ds[a], (hsize_t)idx[k], dst[a]) < 0) {
         chunk_free(m);
         CE_FAIL("%s: reading sample %lld of /%s failed", s->h5path, (long long)idx[k],
                 a == 0 ? "inputs" : "targets");
       }
-    }
     if (normalised) {
       stats_norm_inputs(&s->norm, dst[0], s->in_vals / 3, dst[0]);
       stats_norm_targets(&s->norm, dst[1], s->out_vals, dst[1]);

@@ -27,7 +27,7 @@ static void test_defaults(void) {
   CHECK(j.edge == 0 && j.samples_per_shard == 64 && j.store_inputs && !j.inputs_f64);
   CHECK(!strcmp(j.sampler, "haar") && !strcmp(j.lamda, "d/co.dat"));
   CHECK_CLOSE(j.split_fraction[0], 0.8, 0, 0);
-  CHECK(j.n_stats == 3 && j.n_quantiles == 3 && !j.has_stream);
+  CHECK(j.stats_compute == 1 && !strcmp(j.stats_split, "train") && !j.stats_drop_outliers && !j.has_stream);
   CHECK(!strcmp(j.model_names[3], "synth-1-000003"));
   CHECK(job_samples(&j) == 320);
   job_free(&j);
@@ -53,7 +53,7 @@ static void test_errors(void) {
   check_err("stream: {credits: 3}\n", "stream: missing required key 'endpoint'");
   check_err("line:\n  lamda: x\n", "key 'line' appears twice");
   check_err("line2: 3\n", "unknown key 'line2'");
-  check_err("statistics: {quantiles: [0.5, 2]}\n", "statistics.quantiles[1]: expected a number in 0..1");
+  check_err("statistics: {split: some}\n", "statistics.split");
   check_err("output: [1]\n", "output: expected a mapping, got a list");
   check_err("line2: *a\n", "aliases");
   job j;
