@@ -22,7 +22,7 @@ int cmd_serve(int argc, char **argv) {
   const char *endpoint = "tcp://127.0.0.1:5555", *split = "train", *curve_secret = NULL,
              *curve_auth = NULL;
   int64_t ranks = 1, batch = 16, epochs = 0, seed = 1234, prefetch = 4, credit = 8;
-  int pad = 0;
+  int pad = 0, live = 0;
   double heartbeat = 1.0, timeout = 10.0;
   cli_opt opts[] = {
       {"endpoint", CLI_STR, &endpoint, "URL", "where to listen (default tcp://127.0.0.1:5555; ipc://PATH)", 0, 0},
@@ -32,6 +32,7 @@ int cmd_serve(int argc, char **argv) {
       {"epochs", CLI_INT, &epochs, "E", "stop after E epochs for every rank (default: serve until stopped)", 0, 0},
       {"seed", CLI_INT, &seed, "S", "shuffle seed (default 1234)", 0, 0},
       {"pad", CLI_FLAG, &pad, NULL, "pad the last batch by wrapping around (default: drop the remainder)", 0, 0},
+      {"live", CLI_FLAG, &live, NULL, "serve a dataset coemu generate is still making (shards as they finish)", 0, 0},
       {"prefetch", CLI_INT, &prefetch, "K", "chunks read ahead per rank (default 4)", 0, 0},
       {"max-credit", CLI_INT, &credit, "K", "most chunks in flight per rank (default 8)", 0, 0},
       {"heartbeat", CLI_DOUBLE, &heartbeat, "S", "heartbeat interval [s] (default 1)", 0, 0},
@@ -69,7 +70,7 @@ int cmd_serve(int argc, char **argv) {
   }
   serve_opts so = {.dataset_dir = pos[0], .split = split, .seed = (uint64_t)seed,
                    .world = (int)ranks, .batch = (int)batch, .drop_last = !pad,
-                   .prefetch = (int)prefetch};
+                   .prefetch = (int)prefetch, .live = live};
   serve_source *src;
   if (serve_open(&so, &src) < 0) {
     free(pos);
@@ -87,9 +88,9 @@ int cmd_serve(int argc, char **argv) {
     return cmd_fail("serve");
   }
   fprintf(stderr,
-          "serve: %s split '%s': %llu samples, %llu per rank per epoch for %lld ranks, batch %lld, "
+          "serve: %s%s split '%s': %llu samples, %llu per rank per epoch for %lld ranks, batch %lld, "
           "dataset id %016llx, listening on %s%s\n",
-          pos[0], split, (unsigned long long)serve_split_size(src),
+          pos[0], live ? " (live)" : "", split, (unsigned long long)serve_split_size(src),
           (unsigned long long)serve_samples_per_rank(src), (long long)ranks, (long long)batch,
           (unsigned long long)serve_dataset_id(src), endpoint, curve_secret ? " (CURVE)" : "");
   signal(SIGINT, on_signal);

@@ -419,3 +419,20 @@ int dataset_verify(const char *dir, FILE *report) {
   }
   return problems;
 }
+
+int dataset_write_plan(const char *dir, const job *j, const uint8_t *model_split) {
+  char path[4200], tmp[4400];
+  snprintf(path, sizeof path, "%s/plan.json", dir);
+  FILE *f;
+  CE_TRY(fs_open_tmp(path, tmp, sizeof tmp, &f));
+  int ok = fprintf(f,
+                   "{\"samples\": %lld, \"samples_per_shard\": %lld, \"directions\": %lld, "
+                   "\"n\": %d, \"channels\": %d, \"store_inputs\": %d, \"skip_bad_models\": %d,\n"
+                   " \"model_split\": [",
+                   (long long)job_samples(j), (long long)j->samples_per_shard,
+                   (long long)j->directions, j->n, j->nf, j->store_inputs, j->skip_bad_models) > 0;
+  for (int64_t m = 0; ok && m < j->n_models; m++)
+    ok = fprintf(f, "%s%d", m ? ", " : "", model_split[m]) > 0;
+  ok = ok && fprintf(f, "]}\n") > 0;
+  return fs_commit_tmp(f, tmp, path, ok);
+}

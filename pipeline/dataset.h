@@ -22,6 +22,12 @@
 #include "job.h"
 #include "shard.h"
 
+/* Rank 0, before any shard: DIR/plan.json, the sample plan a live stream
+ * needs before the dataset exists (samples, samples per shard, directions,
+ * cube side, channels, whether inputs are stored, the split of every model),
+ * written atomically. */
+int dataset_write_plan(const char *dir, const job *j, const uint8_t *model_split);
+
 /* The shard layout a job asks for. */
 void dataset_layout(const job *j, shard_layout *lay);
 

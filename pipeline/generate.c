@@ -12,6 +12,7 @@
 #include "dataset.h"
 #include "dataset_stats.h"
 #include "error.h"
+#include "live.h"
 #include "preview.h"
 #include "progress.h"
 #include "shard.h"
@@ -177,6 +178,8 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   float *in = ce_malloc_array(3 * (size_t)j.n * j.n * j.n, sizeof(float), "input cube");
   float *tg = ce_malloc_array((size_t)j.nf * j.n * j.n, sizeof(float), "target image");
   if (!msplit || !in || !tg || job_model_splits(&j, msplit) < 0) fatal(ce_err_msg());
+  if (g_rank == 0 && dataset_write_plan(out, &j, msplit) < 0) fatal(ce_err_msg());
+  if (g_rank == 0 && j.has_stream && live_serve_spawn(out, &j) < 0) fatal(ce_err_msg());
 
   int64_t N = job_samples(&j), K = workplan_shards(N, j.samples_per_shard);
   ce_progress prog;

@@ -15,6 +15,7 @@
 #include "fsutil.h"
 #include "lte.h"
 #include "rng.h"
+#include "stream_security.h"
 #include "yamltree.h"
 
 /* ---- the validator, driven by the schema tree ---- */
@@ -395,6 +396,14 @@ static int fill(const char *name, const yt_node *r, job *j) {
     j->has_stream = 1;
     DUP(j->stream_endpoint, strdup(get_str(r, "stream.endpoint")));
     j->stream_credits = get_int(r, "stream.credits");
+    j->stream_ranks = get_int(r, "stream.ranks");
+    j->stream_batch = get_int(r, "stream.batch");
+    j->stream_epochs = get_int(r, "stream.epochs");
+    snprintf(j->stream_split, sizeof j->stream_split, "%s", get_str(r, "stream.split"));
+    if (!stream_endpoint_is_local(j->stream_endpoint))
+      CE_FAIL("%s: stream.endpoint %s is reachable from other machines: live streams bind to "
+              "loopback or ipc only (serve a finished dataset with CURVE keys instead)",
+              j->path, j->stream_endpoint);
   }
 #undef DUP
   return 0;

@@ -75,7 +75,8 @@ typedef struct {
   /* stream (optional) */
   int has_stream;
   char *stream_endpoint;
-  int64_t stream_credits;
+  int64_t stream_credits, stream_ranks, stream_batch, stream_epochs;
+  char stream_split[16];
 } job;
 
 /* The schema text (schemas/job.yaml), embedded at build time. */

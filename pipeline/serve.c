@@ -6,14 +6,18 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "checksum.h"
+#include "cli.h"
 #include "error.h"
 #include "fsutil.h"
 #include "h5util.h"
 #include "rng.h"
 #include "statsfile.h"
 #include "transforms.h"
+#include "yamltree.h"
 
 #define RNG_STREAM_SHUFFLE 7u /* rng.h stream reserved for epoch shuffles */
 #define PERM_CACHE 3
@@ -42,6 +46,11 @@ typedef struct {
 struct serve_source {
   serve_opts o;
   char h5path[4096];
+  /* live mode: samples come from the shard files */
+  int64_t spp;                /* samples per shard */
+  hid_t shard;                /* the shard file open now, or -1 */
+  int64_t shard_idx;
+  hid_t shard_d[2];
   hid_t file, d_in, d_out;
   int64_t nsamples_total, nsplit;
   int64_t *split_idx;         /* dataset indices of the split, ascending */
@@ -156,6 +165,8 @@ static const int64_t *epoch_perm(serve_source *s, uint32_t epoch) {
   if (!p) p = s->perm[k] = malloc(sizeof(int64_t) * (size_t)s->nsplit);
   if (!p) return NULL;
   memcpy(p, s->split_idx, sizeof(int64_t) * (size_t)s->nsplit);
+  s->perm_epoch[k] = epoch;
+  if (s->o.live && epoch == 0) return p; /* live: the first epoch in generation order */
   ce_rng r = ce_rng_make(s->o.seed, epoch, 0, RNG_STREAM_SHUFFLE);
   for (int64_t i = s->nsplit - 1; i > 0; i--) { /* Fisher-Yates, unbiased bounded draws */
     uint64_t bound = (uint64_t)i + 1, lim = UINT64_MAX - UINT64_MAX % bound, x;
@@ -178,6 +189,55 @@ int64_t serve_sample_at(const serve_source *cs, uint32_t epoch, int rank, uint64
   return v;
 }
 
+static void shard_path(const serve_source *s, int64_t shard, char *buf, size_t len) {
+  snprintf(buf, len, "%s/shards/shard-%06lld.h5", s->o.dataset_dir, (long long)shard);
+}
+
+/* Live mode: is the shard holding dataset sample idx finished (renamed into
+ * place)? */
+static int sample_ready(const serve_source *s, int64_t idx) {
+  if (!s->o.live) return 1;
+  char p[4200];
+  shard_path(s, idx / s->spp, p, sizeof p);
+  return access(p, F_OK) == 0;
+}
+
+static void shard_close_current(serve_source *s) {
+  for (int a = 0; a < 2; a++)
+    if (s->shard_d[a] >= 0) H5Dclose(s->shard_d[a]);
+  if (s->shard >= 0) H5Fclose(s->shard);
+  s->shard = s->shard_d[0] = s->shard_d[1] = -1;
+}
+
+/* The datasets to read sample idx from, and its index in them. */
+static int sample_source(serve_source *s, int64_t idx, hid_t ds[2], hsize_t *at) {
+  if (!s->o.live) {
+    ds[0] = s->d_in;
+    ds[1] = s->d_out;
+    *at = (hsize_t)idx;
+    return 0;
+  }
+  int64_t sh = idx / s->spp;
+  if (sh != s->shard_idx || s->shard < 0) {
+    shard_close_current(s);
+    char p[4200];
+    shard_path(s, sh, p, sizeof p);
+    s->shard = H5Fopen(p, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (s->shard < 0) CE_FAIL("%s: cannot open as HDF5", p);
+    s->shard_d[0] = H5Dopen2(s->shard, "inputs", H5P_DEFAULT);
+    s->shard_d[1] = H5Dopen2(s->shard, "targets", H5P_DEFAULT);
+    s->shard_idx = sh;
+    if (s->shard_d[0] < 0 || s->shard_d[1] < 0) {
+      shard_close_current(s);
+      CE_FAIL("%s: no /inputs and /targets", p);
+    }
+  }
+  ds[0] = s->shard_d[0];
+  ds[1] = s->shard_d[1];
+  *at = (hsize_t)(idx - sh * s->spp);
+  return 0;
+}
+
 /* Read (and normalise) one chunk; called by the reader thread, mutex NOT held. */
 static int read_chunk(serve_source *s, const int64_t *idx, int n, int normalised, chunk_mem **out) {
   chunk_mem *m = calloc(1, sizeof *m);
@@ -191,10 +251,15 @@ static int read_chunk(serve_source *s, const int64_t *idx, int n, int normalised
   }
   for (int k = 0; k < n; k++) {
     m->ids[k] = (uint64_t)idx[k];
-    hid_t ds[2] = {s->d_in, s->d_out};
+    hid_t ds[2] = {-1, -1};
+    hsize_t at = 0;
     float *dst[2] = {m->inputs + k * s->in_vals, m->targets + k * s->out_vals};
+    if (sample_source(s, idx[k], ds, &at) < 0) {
+      chunk_free(m);
+      return -1;
+    }
     for (int a = 0; a < 2; a++)
-      if (h5_read_sample_f32(ds[a], (hsize_t)idx[k], dst[a]) < 0) {
+      if (h5_read_sample_f32(ds[a], at, dst[a]) < 0) {
         chunk_free(m);
         CE_FAIL("%s: reading sample %lld of /%s failed", s->h5path, (long long)idx[k],
                 a == 0 ? "inputs" : "targets");
@@ -226,9 +291,21 @@ static slot *free_slot(serve_source *s) {
 
 /* The reader's next job (mutex held): an explicit request first, then
  * prefetch for each active consumer. */
+/* Live mode: are all samples of this chunk in finished shards? (mutex held) */
+static int chunk_ready(serve_source *s, const slot *q) {
+  if (!s->o.live) return 1;
+  const int64_t *p = epoch_perm(s, q->epoch);
+  if (!p) return 1; /* the read reports the error */
+  for (int k = 0; k < s->o.batch; k++)
+    if (!sample_ready(s, p[((uint64_t)q->rank + (q->position + (uint64_t)k) * (uint64_t)s->o.world) %
+                         (uint64_t)s->nsplit]))
+      return 0;
+  return 1;
+}
+
 static slot *next_job(serve_source *s) {
   for (int i = 0; i < s->nslots; i++)
-    if (s->slots[i].state == SLOT_WANTED) return &s->slots[i];
+    if (s->slots[i].state == SLOT_WANTED && chunk_ready(s, &s->slots[i])) return &s->slots[i];
   uint64_t batch = (uint64_t)s->o.batch;
   for (int r = 0; r < s->o.world; r++) {
     cursor *c = &s->cursors[r];
@@ -241,7 +318,7 @@ static slot *next_job(serve_source *s) {
       if (!q) return NULL;
       *q = (slot){.state = SLOT_WANTED, .rank = r, .epoch = c->epoch, .position = pos,
                   .normalised = c->normalised};
-      return q;
+      if (chunk_ready(s, q)) return q;
     }
   }
   return NULL;
@@ -253,7 +330,14 @@ static void *reader_loop(void *arg) {
   while (!s->stop) {
     slot *q = next_job(s);
     if (!q) {
-      pthread_cond_wait(&s->cv_reader, &s->mu);
+      if (s->o.live) { /* shards appear on disk: look again shortly */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 200000000;
+        if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+        pthread_cond_timedwait(&s->cv_reader, &s->mu, &ts);
+      } else
+        pthread_cond_wait(&s->cv_reader, &s->mu);
       continue;
     }
     q->state = SLOT_READING;
@@ -286,8 +370,9 @@ int serve_chunk(void *ctx, const stream_consumer *c, uint32_t epoch, uint64_t po
     CE_FAIL("consumer says there are %u ranks, the producer serves %d", c->world, s->o.world);
   int norm = c->flags & 1;
   if (norm && !s->have_norm)
-    CE_FAIL("%s has no /stats group: run `coemu stats` on it before asking for normalised data",
-            s->h5path);
+    CE_FAIL("%s has no /stats group: %s", s->h5path,
+            s->o.live ? "normalised data are not available while the dataset is being made"
+                      : "run `coemu stats` on it before asking for normalised data");
   if (position >= s->per_rank) return 0;
   if (position % (uint64_t)s->o.batch)
     CE_FAIL("position %llu is not a multiple of the batch (%d)", (unsigned long long)position,
@@ -318,6 +403,10 @@ int serve_chunk(void *ctx, const stream_consumer *c, uint32_t epoch, uint64_t po
                 .normalised = norm};
   }
   pthread_cond_signal(&s->cv_reader);
+  if (s->o.live && q->state != SLOT_READY) { /* not made yet: the producer asks again */
+    pthread_mutex_unlock(&s->mu);
+    return STREAM_SOURCE_WAIT;
+  }
   while (q->state != SLOT_READY) pthread_cond_wait(&s->cv_ready, &s->mu);
   chunk_mem *m = q->buf;
   int failed = q->failed;
@@ -340,11 +429,115 @@ int serve_chunk(void *ctx, const stream_consumer *c, uint32_t epoch, uint64_t po
   return 1;
 }
 
+/* A finished dataset: DIR/manifest.json and DIR/dataset.h5. */
+static int open_finished(serve_source *s) {
+  char mpath[4096], *mtext;
+  size_t mlen;
+  snprintf(mpath, sizeof mpath, "%s/manifest.json", s->o.dataset_dir);
+  if (fs_read_all(mpath, &mtext, &mlen) < 0)
+    return ce_err_prefix("%s is not a finished dataset (serve a running job with --live)",
+                         s->o.dataset_dir);
+  s->dataset_id = ce_xxh64(mtext, mlen, 0);
+  free(mtext);
+  char jpath[4200];
+  snprintf(jpath, sizeof jpath, "%s/job.yaml", s->o.dataset_dir);
+  if (access(jpath, F_OK) == 0 && fs_read_all(jpath, &mtext, &mlen) == 0) {
+    s->dataset_id = ce_xxh64(mtext, mlen, 0); /* the job identifies its data (live or finished) */
+    free(mtext);
+  }
+  s->file = H5Fopen(s->h5path, H5F_ACC_RDONLY, H5P_DEFAULT);
+  if (s->file < 0) {
+    ce_err("%s: cannot open as HDF5", s->h5path);
+    return -1;
+  }
+  hsize_t di[5], dt[4];
+  if (open_array(s, "inputs", 5, &s->d_in, di) < 0 || open_array(s, "targets", 4, &s->d_out, dt) < 0) {
+    return -1;
+  }
+  if (di[0] != dt[0] || di[1] != 3) {
+    ce_err("%s: /inputs [%llu,%llu,...] and /targets [%llu,...] disagree", s->h5path,
+           (unsigned long long)di[0], (unsigned long long)di[1], (unsigned long long)dt[0]);
+    return -1;
+  }
+  s->nsamples_total = (int64_t)di[0];
+  for (int d = 0; d < 4; d++) s->in_shape[d] = (uint32_t)di[d + 1];
+  for (int d = 0; d < 3; d++) s->out_shape[d] = (uint32_t)dt[d + 1];
+  s->in_vals = (size_t)di[1] * di[2] * di[3] * di[4];
+  s->out_vals = (size_t)dt[1] * dt[2] * dt[3];
+  if (read_split(s) < 0) {
+    return -1;
+  }
+  return 0;
+}
+
+/* Live: the plan of a dataset being generated (DIR/plan.json). */
+static int open_live(serve_source *s) {
+  char path[4200], *text;
+  size_t len;
+  snprintf(path, sizeof path, "%s/plan.json", s->o.dataset_dir);
+  if (fs_read_all(path, &text, &len) < 0)
+    return ce_err_prefix("%s: no sample plan: is coemu generate running there?", s->o.dataset_dir);
+  yt_node *root = yt_parse(path, text, len);
+  free(text);
+  if (!root) return -1;
+  const char *keys[7] = {"samples", "samples_per_shard", "directions", "n", "channels",
+                         "store_inputs", "skip_bad_models"};
+  int64_t v[7];
+  int rc = 0;
+  for (int i = 0; i < 7 && rc == 0; i++) {
+    const yt_node *x = yt_get(root, keys[i]);
+    if (!x || x->kind != YT_SCALAR || cli_parse_int(x->text, &v[i]) < 0 || v[i] < 0)
+      rc = ce_err("%s: '%s' missing or not a whole number", path, keys[i]);
+  }
+  const yt_node *ms = yt_get(root, "model_split");
+  if (rc == 0 && (!ms || ms->kind != YT_SEQ || v[1] < 1 || v[2] < 1 || v[3] < 1 || v[4] < 1 ||
+                  (int64_t)ms->n * v[2] != v[0]))
+    rc = ce_err("%s: inconsistent plan", path);
+  if (rc == 0 && !v[5]) rc = ce_err("%s: the job does not store inputs: nothing to stream", path);
+  if (rc == 0 && v[6])
+    rc = ce_err("%s: the job skips bad models (on_bad_model: skip); a live stream cannot know "
+                "in advance which samples will be missing", path);
+  if (rc == 0) {
+    s->nsamples_total = v[0];
+    s->spp = v[1];
+    s->in_shape[0] = 3;
+    s->in_shape[1] = s->in_shape[2] = s->in_shape[3] = (uint32_t)v[3];
+    s->out_shape[0] = (uint32_t)v[4];
+    s->out_shape[1] = s->out_shape[2] = (uint32_t)v[3];
+    s->in_vals = 3 * (size_t)v[3] * v[3] * v[3];
+    s->out_vals = (size_t)v[4] * v[3] * v[3];
+    const char *sp = s->o.split ? s->o.split : "train";
+    int want = !strcmp(sp, "train") ? 0 : !strcmp(sp, "validation") ? 1 : !strcmp(sp, "test") ? 2 : -1;
+    if (want < 0 && strcmp(sp, "all")) rc = ce_err("split '%s': expected train, validation, test or all", sp);
+    s->split_idx = rc ? NULL : ce_malloc_array((size_t)(v[0] ? v[0] : 1), sizeof(int64_t), "split index");
+    if (!rc && !s->split_idx) rc = -1;
+    for (int64_t i = 0; rc == 0 && i < v[0]; i++) {
+      int64_t split;
+      const yt_node *x = ms->items[i / v[2]];
+      if (x->kind != YT_SCALAR || cli_parse_int(x->text, &split) < 0)
+        rc = ce_err("%s: model_split[%lld] is not a number", path, (long long)(i / v[2]));
+      else if (want < 0 || split == want)
+        s->split_idx[s->nsplit++] = i;
+    }
+    if (rc == 0 && s->nsplit == 0) rc = ce_err("%s: split '%s' has no samples", path, sp);
+  }
+  yt_free(root);
+  CE_TRY(rc);
+  /* the dataset id: the job's text, the same the finished dataset announces */
+  snprintf(path, sizeof path, "%s/job.yaml", s->o.dataset_dir);
+  if (fs_read_all(path, &text, &len) < 0) return -1;
+  s->dataset_id = ce_xxh64(text, len, 0);
+  free(text);
+  return 0;
+}
+
 int serve_open(const serve_opts *o, serve_source **out) {
   serve_source *s = calloc(1, sizeof *s);
   if (!s) CE_FAIL("out of memory");
   s->o = *o;
   s->file = s->d_in = s->d_out = -1;
+  s->shard = s->shard_d[0] = s->shard_d[1] = -1;
+  s->shard_idx = -1;
   if (s->o.batch <= 0) s->o.batch = 16;
   if (s->o.prefetch <= 0) s->o.prefetch = 4;
   pthread_mutex_init(&s->mu, NULL);
@@ -355,39 +548,8 @@ int serve_open(const serve_opts *o, serve_source **out) {
     CE_FAIL("serve: ranks must be 1..65535 and the batch 1..4096");
   }
   snprintf(s->h5path, sizeof s->h5path, "%s/dataset.h5", o->dataset_dir);
-  char mpath[4096], *mtext;
-  size_t mlen;
-  snprintf(mpath, sizeof mpath, "%s/manifest.json", o->dataset_dir);
-  if (fs_read_all(mpath, &mtext, &mlen) < 0) {
-    serve_close(s);
-    return ce_err_prefix("%s is not a finished dataset", o->dataset_dir);
-  }
-  s->dataset_id = ce_xxh64(mtext, mlen, 0);
-  free(mtext);
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-  s->file = H5Fopen(s->h5path, H5F_ACC_RDONLY, H5P_DEFAULT);
-  if (s->file < 0) {
-    ce_err("%s: cannot open as HDF5", s->h5path);
-    serve_close(s);
-    return -1;
-  }
-  hsize_t di[5], dt[4];
-  if (open_array(s, "inputs", 5, &s->d_in, di) < 0 || open_array(s, "targets", 4, &s->d_out, dt) < 0) {
-    serve_close(s);
-    return -1;
-  }
-  if (di[0] != dt[0] || di[1] != 3) {
-    ce_err("%s: /inputs [%llu,%llu,...] and /targets [%llu,...] disagree", s->h5path,
-           (unsigned long long)di[0], (unsigned long long)di[1], (unsigned long long)dt[0]);
-    serve_close(s);
-    return -1;
-  }
-  s->nsamples_total = (int64_t)di[0];
-  for (int d = 0; d < 4; d++) s->in_shape[d] = (uint32_t)di[d + 1];
-  for (int d = 0; d < 3; d++) s->out_shape[d] = (uint32_t)dt[d + 1];
-  s->in_vals = (size_t)di[1] * di[2] * di[3] * di[4];
-  s->out_vals = (size_t)dt[1] * dt[2] * dt[3];
-  if (read_split(s) < 0) {
+  if ((o->live ? open_live(s) : open_finished(s)) < 0) {
     serve_close(s);
     return -1;
   }
@@ -400,7 +562,7 @@ int serve_open(const serve_opts *o, serve_source **out) {
     serve_close(s);
     return -1;
   }
-  if (H5Lexists(s->file, "stats", H5P_DEFAULT) > 0) {
+  if (!o->live && H5Lexists(s->file, "stats", H5P_DEFAULT) > 0) {
     if (stats_file_read_norm(s->h5path, &s->norm) < 0) {
       serve_close(s);
       return -1;
@@ -433,6 +595,7 @@ void serve_close(serve_source *s) {
   free(s->cursors);
   for (int i = 0; i < PERM_CACHE; i++) free(s->perm[i]);
   free(s->split_idx);
+  shard_close_current(s);
   if (s->d_in >= 0) H5Dclose(s->d_in);
   if (s->d_out >= 0) H5Dclose(s->d_out);
   if (s->file >= 0) H5Fclose(s->file);

@@ -12,6 +12,15 @@
  * socket thread never waits on the disk when the trainer is slower than it.
  * Normalisation (stats/transforms.h, parameters from the dataset's /stats)
  * is applied when the consumer asks for it.
+ *
+ * Live mode serves a dataset that `coemu generate` is still making: the
+ * sample plan comes from DIR/plan.json (written before any shard), samples
+ * are read from DIR/shards/ as soon as their shard has been renamed into
+ * place, and a chunk whose shard is not finished yet is answered with
+ * STREAM_SOURCE_WAIT (the producer keeps heart-beating meanwhile). Epoch 0
+ * is in generation order, so training starts with the first shards; later
+ * epochs use the shuffled order. Normalisation is not available live (no
+ * /stats yet).
  */
 #ifndef COEMU_SERVE_H
 #define COEMU_SERVE_H
@@ -28,6 +37,7 @@ typedef struct {
   int batch;              /* samples per chunk (default 16) */
   int drop_last;          /* 1: drop the remainder (default); 0: pad by wrapping */
   int prefetch;           /* chunks read ahead per consumer (default 4) */
+  int live;               /* serve a dataset while it is being generated (below) */
 } serve_opts;
 
 typedef struct serve_source serve_source;

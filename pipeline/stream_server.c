@@ -258,6 +258,7 @@ static int feed(stream_server *s, int i) {
     c->done = 1;
     return 1;
   }
+  if (r == STREAM_SOURCE_WAIT) return 0;
   if (r == 0) {
     send_simple(s, c, STREAM_EPOCH_END, 0);
     c->epoch++;

@@ -38,7 +38,10 @@ typedef struct {
 
 /* Fill *out with the chunk that starts at `position` of `epoch` for this
  * consumer. Returns 1 (chunk filled), 0 (the epoch has no samples left at
- * this position) or -1 (error, message set: sent to the consumer as ERROR). */
+ * this position), STREAM_SOURCE_WAIT (the chunk is not made yet: ask again
+ * later; the server keeps serving others and heartbeats meanwhile) or -1
+ * (error, message set: sent to the consumer as ERROR). */
+#define STREAM_SOURCE_WAIT 2
 typedef int (*stream_source_fn)(void *ctx, const stream_consumer *c, uint32_t epoch,
                                 uint64_t position, stream_chunk *out);
 

@@ -24,6 +24,11 @@ rc=0
 meson test -C "$builddir" --print-errorlogs --num-processes 2 \
   --timeout-multiplier "$mult" >"$builddir/test-output.txt" 2>&1 || rc=$?
 grep -E '^ *[0-9]+/[0-9]+ ' "$builddir/test-output.txt" || true
+if [ ! -f "$builddir/meson-logs/testlog.json" ]; then
+  cat "$builddir/test-output.txt"
+  echo "0 passed, 1 failed"
+  exit 1
+fi
 python3 scripts/test_summary.py "$builddir/meson-logs/testlog.json" || rc=1
 if [ $rc -ne 0 ]; then
   echo "--- failing test output ($builddir/meson-logs/testlog.txt) ---"

@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Live streaming while generating: a job with a `stream:` section starts
+`coemu serve --live`; a Python consumer reads a whole epoch while the job
+runs; every sample equals the finished dataset's; epoch 0 is in generation
+order; the server exits once the consumer is done."""
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import h5py
+import numpy as np
+
+ROOT = os.environ.get("COEMU_SOURCE_ROOT", ".")
+sys.path.insert(0, os.path.join(ROOT, "pipeline"))
+import coemu_stream as cs  # noqa: E402
+
+COEMU = os.environ.get("COEMU", "build/pipeline/coemu")
+MPI = [os.environ.get("COEMU_MPIEXEC", "mpirun"), "--allow-run-as-root", "--oversubscribe"]
+LAMDA = os.path.join(ROOT, "tests", "data", "lamda", "co.dat")
+passed = failed = 0
+
+
+def check(cond, what):
+    global passed, failed
+    if cond:
+        passed += 1
+    else:
+        failed += 1
+        print("FAIL:", what, file=sys.stderr)
+
+
+with tempfile.TemporaryDirectory() as tmp:
+    ep = f"ipc://{tmp}/live.sock"
+    job = os.path.join(tmp, "job.yaml")
+    open(job, "w").write(f"""name: live
+inputs:
+  synth: {{count: 6, seed: 11, levels: 3}}
+sampling: {{directions: 6, sampler: haar, n: 32, edge: 3.0e13, k: 2, seed: 5}}
+line: {{lamda: {LAMDA}, transition: 2, channels: {{mode: coemunet}}}}
+output: {{directory: unused, samples_per_shard: 2}}
+splits: {{train: 0.5, validation: 0.25, test: 0.25, seed: 2}}
+statistics: {{compute: false}}
+stream: {{endpoint: "{ep}", ranks: 1, batch: 2, epochs: 1, split: all}}
+""")
+    d = os.path.join(tmp, "ds")
+    gen = subprocess.Popen(MPI + ["-n", "2", COEMU, "generate", job, "--out", d, "--quiet"],
+                           stderr=subprocess.PIPE, text=True)
+    # the server appears once the plan is written
+    t0 = time.time()
+    while not os.path.exists(os.path.join(d, "serve.pid")) and time.time() - t0 < 60:
+        time.sleep(0.05)
+    check(os.path.exists(os.path.join(d, "serve.pid")), "the live server started")
+    got = []
+    first_chunk_before_end = None
+    c = cs.StreamClient(ep, rank=0, world=1, timeout_s=30, heartbeat_s=0.2)
+    try:
+        while True:
+            ch = c.next()
+            if ch is None:
+                break
+            if first_chunk_before_end is None:
+                first_chunk_before_end = gen.poll() is None
+            got.append(ch)
+    finally:
+        c.close()
+    err = gen.communicate(timeout=300)[1]
+    check(gen.returncode == 0, f"generate: {err[-1500:]}")
+    check(first_chunk_before_end is True, "training data arrived before generation ended")
+    ids = [int(i) for ch in got for i in ch.ids]
+    check(ids == list(range(36)), f"epoch 0 in generation order: {ids}")
+    with h5py.File(os.path.join(d, "dataset.h5"), "r") as f:
+        X, Y = f["inputs"][()], f["targets"][()]
+    ok = all(np.array_equal(ch.inputs[k], X[i]) and np.array_equal(ch.targets[k], Y[i])
+             for ch in got for k, i in enumerate(ch.ids))
+    check(ok, "streamed samples equal the finished dataset")
+    pid = int(open(os.path.join(d, "serve.pid")).read())
+    t0 = time.time()
+    while time.time() - t0 < 10:
+        try:
+            os.kill(pid, 0)
+            time.sleep(0.1)
+        except ProcessLookupError:
+            break
+    check(time.time() - t0 < 10, "the live server exited after its consumer's last epoch")
+    log = open(os.path.join(d, "serve.log")).read()
+    check("(live)" in log and "sent 36 samples" in log, f"serve log: {log[-500:]}")
+
+    # a live stream refuses endpoints reachable from other machines
+    text = open(job).read().replace(ep, "tcp://0.0.0.0:5999")
+    open(job, "w").write(text)
+    r = subprocess.run([COEMU, "generate", "--check", job], capture_output=True, text=True)
+    check(r.returncode != 0 and "loopback or ipc" in r.stderr, f"non-local live endpoint: {r.stderr}")
+    # --live on a directory without a plan
+    r = subprocess.run([COEMU, "serve", tmp, "--live"], capture_output=True, text=True)
+    check(r.returncode != 0 and "no sample plan" in r.stderr, f"no plan: {r.stderr}")
+
+print(f"{passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
