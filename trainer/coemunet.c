@@ -157,12 +157,22 @@ static int build_graph(coemunet *m) {
   return 0;
 }
 
-int coemunet_build(coemunet *m, const coemunet_config *cfg, uint64_t seed) {
+int coemunet_describe(coemunet *m, const coemunet_config *cfg) {
   memset(m, 0, sizeof *m);
   CE_TRY(coemunet_check_config(cfg));
   m->cfg = *cfg;
   nn_init(&m->net);
-  if (build_graph(m) < 0 || nn_finalize(&m->net, seed) < 0) {
+  if (build_graph(m) < 0) {
+    ce_err_prefix("building COEmuNet");
+    nn_free(&m->net);
+    return -1;
+  }
+  return 0;
+}
+
+int coemunet_build(coemunet *m, const coemunet_config *cfg, uint64_t seed) {
+  CE_TRY(coemunet_describe(m, cfg));
+  if (nn_finalize(&m->net, seed) < 0) {
     ce_err_prefix("building COEmuNet");
     nn_free(&m->net);
     return -1;

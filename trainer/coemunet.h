@@ -62,6 +62,10 @@ typedef struct {
 int coemunet_build(coemunet *m, const coemunet_config *cfg, uint64_t seed);
 void coemunet_free(coemunet *m);
 
+/* The graph and parameter list only, nothing allocated: for counting
+ * parameters and FLOPs and checking shapes. Free with coemunet_free(). */
+int coemunet_describe(coemunet *m, const coemunet_config *cfg);
+
 /* Check a configuration; the error names the field. */
 int coemunet_check_config(const coemunet_config *cfg);
 

@@ -19,6 +19,9 @@
  *   copy input into nn_out(&net, x); nn_forward(&net, 1);
  *   write dL/dy into nn_grad(&net, r); nn_zero_grad(&net); ...; nn_backward(&net);
  *
+ * An input's gradient is computed only if its needs_grad is set to 1 right
+ * after nn_input() (before layers that read it are added): gradient checks.
+ *
  * Backward convention: nn_backward() runs the nodes in reverse order and each
  * node ADDS its contribution to its inputs' gradients and to its parameters'
  * gradients, so a node feeding several others (a residual input) gets the sum.
