@@ -69,7 +69,9 @@ void adam_step(adam *o, nn_net *net, double lr) {
   const double b1 = o->cfg.beta1, b2 = o->cfg.beta2, eps = o->cfg.eps, wd = o->cfg.weight_decay;
   const double bc1 = 1 - pow(b1, (double)o->t), bc2 = 1 - pow(b2, (double)o->t);
   const float step = (float)(lr / bc1), rbc2 = (float)(1 / sqrt(bc2));
-  const float fb1 = (float)b1, fb2 = (float)b2, feps = (float)eps;
+  /* 1 - b in double: (1 - 0.999f) would be off by 1.3e-5 relative */
+  const float fb1 = (float)b1, fb2 = (float)b2, omb1 = (float)(1 - b1), omb2 = (float)(1 - b2);
+  const float feps = (float)eps;
   const float l2 = o->cfg.kind == ADAM_L2 ? (float)wd : 0.0f;
   const float decay = o->cfg.kind == ADAMW ? (float)(1 - lr * wd) : 1.0f;
   for (int i = 0; i < net->nparams; i++) {
@@ -80,8 +82,8 @@ void adam_step(adam *o, nn_net *net, double lr) {
 #pragma omp parallel for schedule(static)
     for (int64_t j = 0; j < p->n; j++) {
       float gj = g[j] + l2 * w[j];
-      m[j] = fb1 * m[j] + (1 - fb1) * gj;
-      v[j] = fb2 * v[j] + (1 - fb2) * gj * gj;
+      m[j] = fb1 * m[j] + omb1 * gj;
+      v[j] = fb2 * v[j] + omb2 * gj * gj;
       w[j] = w[j] * decay - step * m[j] / (sqrtf(v[j]) * rbc2 + feps);
     }
   }

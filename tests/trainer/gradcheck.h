@@ -68,9 +68,42 @@ static inline void gc_tensor(nn_net *net, int out, const float *r, gc_objective 
   free(w0);
 }
 
-/* Check every trainable parameter and (if it needs a gradient) input node x. */
+/* Directional check of all used trainable parameters whose name starts with
+ * prefix (a whole module at once), with analytic gradients g[i]. */
+static inline void gc_group(nn_net *net, int out, const float *r, gc_objective obj, void *user,
+                            float **g, const char *prefix, double h, double rtol, const char *what) {
+  ce_rng rng = ce_rng_make(98, 0, 0, 3);
+  double gd = 0, gn = 0, lp, lm;
+  int any = 0;
+  for (int pass = 0; pass < 3; pass++) {
+    for (int i = 0; i < net->nparams; i++) {
+      nn_param *p = &net->params[i];
+      if (!g[i] || !p->used || strncmp(p->name, prefix, strlen(prefix)) != 0) continue;
+      any = 1;
+      ce_rng ri = ce_rng_make(98, (uint32_t)i, 0, 3);
+      for (int64_t j = 0; j < p->n; j++) {
+        float d = ce_rng_u32(&ri) & 1 ? 1.0f : -1.0f;
+        if (pass == 0) { gd += (double)g[i][j] * d; gn += (double)g[i][j] * g[i][j]; p->w[j] += (float)(h * d); }
+        if (pass == 1) p->w[j] -= (float)(2 * h * d);
+        if (pass == 2) p->w[j] += (float)(h * d);
+      }
+    }
+    if (pass == 0) lp = obj(net, out, r, NULL, user);
+    if (pass == 1) lm = obj(net, out, r, NULL, user);
+  }
+  (void)rng;
+  if (!any) return;
+  double num = (lp - lm) / (2 * h);
+  CHECK_MSG(fabs(num - gd) <= rtol * (fabs(gd) + sqrt(gn)) + 1e-9,
+            "%s: %s*: directional derivative %.8g by differences, %.8g analytic (|g| %.3g)", what,
+            prefix, num, gd, sqrt(gn));
+}
+
+/* Check every trainable parameter and (if it needs a gradient) input node x.
+ * groups: NULL to check tensor by tensor, or a NULL-terminated list of name
+ * prefixes to check module by module (faster for whole networks). */
 static inline void gc_net(nn_net *net, int x, int out, gc_objective obj, void *user, double h,
-                   double rtol, const char *what) {
+                   double rtol, const char *what, const char *const *groups) {
   size_t nout = (size_t)net->batch * net->nodes[out].size;
   float *r = malloc(sizeof(float) * nout);
   ce_rng rng = ce_rng_make(7, 1, 2, 3);
@@ -93,7 +126,8 @@ static inline void gc_net(nn_net *net, int x, int out, gc_objective obj, void *u
     memcpy(gx, nn_grad(net, x), sizeof(float) * nx);
   }
   char label[256];
-  for (int i = 0; i < net->nparams; i++) {
+  for (int k = 0; groups && groups[k]; k++) gc_group(net, out, r, obj, user, g, groups[k], h, rtol, what);
+  for (int i = 0; i < net->nparams && !groups; i++) {
     if (!g[i]) continue;
     snprintf(label, sizeof label, "%s: %s", what, net->params[i].name);
     gc_tensor(net, out, r, obj, user, net->params[i].w, g[i], (size_t)net->params[i].n, h, rtol,

@@ -217,7 +217,7 @@ static void gradcheck_layer(const char *what, int c, int d, int h, int w, int ba
     for (size_t i = 0; i < nx; i++)
       if (fabsf(xv[i]) < 0.1f) xv[i] = xv[i] < 0 ? -0.1f - xv[i] : 0.1f + xv[i];
   (void)train;
-  gc_net(&net, x, out, gc_dot_objective, NULL, 1e-2, 1e-2, what);
+  gc_net(&net, x, out, gc_dot_objective, NULL, 1e-2, 1e-2, what, NULL);
   nn_free(&net);
 }
 
@@ -283,7 +283,7 @@ static void test_gradients(void) {
     float *xv = nn_out(&net, x);
     int n = 2 * 2 * 80;
     for (int i = 0; i < n; i++) xv[i] = (float)(((i * 131) % n) * 0.1 - 10);
-    gc_net(&net, x, p, gc_dot_objective, NULL, 1e-2, 1e-2, "maxpool");
+    gc_net(&net, x, p, gc_dot_objective, NULL, 1e-2, 1e-2, "maxpool", NULL);
     nn_free(&net);
   }
   /* BatchNorm in evaluation mode, with non-trivial running statistics */
@@ -298,7 +298,7 @@ static void test_gradients(void) {
     CHECK_OK(nn_set_batch(&net, 2));
     ce_rng rng = ce_rng_make(1, 1, 1, 1);
     gc_fill(nn_out(&net, x), 32, &rng, -1, 1);
-    gc_net(&net, x, b, eval_objective, NULL, 1e-2, 1e-2, "batchnorm eval");
+    gc_net(&net, x, b, eval_objective, NULL, 1e-2, 1e-2, "batchnorm eval", NULL);
     nn_free(&net);
   }
 }
