@@ -123,9 +123,9 @@ static int out_len(const char *name, const char *axis, int n, int k, int s, int 
 
 int nn_conv(nn_net *net, const char *name, int x, int cout, nn_int3 k, nn_int3 s, nn_int3 p) {
   CE_TRY(check_node(net, x, name));
-  const nn_node *in = &net->nodes[x];
+  const int cin = net->nodes[x].c; /* a copy: new_node() may move the node list */
   static const char *axes[3] = {"depth", "height", "width"};
-  int n[3] = {in->d, in->h, in->w}, o[3];
+  int n[3] = {net->nodes[x].d, net->nodes[x].h, net->nodes[x].w}, o[3];
   for (int a = 0; a < 3; a++) {
     if (p.v[a] == NN_PAD_SAME) {
       if (s.v[a] != 1 || k.v[a] % 2 == 0)
@@ -140,7 +140,6 @@ int nn_conv(nn_net *net, const char *name, int x, int cout, nn_int3 k, nn_int3 s
   if (id < 0) return -1;
   nn_node *nd = &net->nodes[id];
   nd->k = k; nd->s = s; nd->p = p;
-  int cin = in->c;
   int64_t fan_in = (int64_t)cin * k.v[0] * k.v[1] * k.v[2];
   int64_t wshape[5] = {cout, cin, k.v[0], k.v[1], k.v[2]}, bshape[1] = {cout};
   int pw = new_param(net, name, "weight", 5, wshape, 1, fan_in);
