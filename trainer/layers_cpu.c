@@ -4,6 +4,8 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "error.h"
@@ -11,15 +13,34 @@
 
 /* ---- convolution -------------------------------------------------------- */
 
+static void blas_set_single(void) { openblas_set_num_threads(1); }
+
 static int pointwise(const conv_shape *s) {
   return s->kd == 1 && s->kh == 1 && s->kw == 1 && s->sd == 1 && s->sh == 1 && s->sw == 1 &&
          s->pd == 0 && s->ph == 0 && s->pw == 0;
 }
 
+/* Threads for the per-sample loops: OpenMP's, at most one per sample. */
+static int sample_threads(int n) {
+  int t = omp_get_max_threads();
+  return t < n ? t : n;
+}
+
+/* The matrix products run inside OpenMP loops over samples or output slices,
+ * one thread each: OpenBLAS's own threads would oversubscribe the cores. */
+static void blas_single_thread(void) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, blas_set_single);
+}
+
+static size_t conv_cols(const conv_shape *s) {
+  return pointwise(s) ? 0 : (size_t)s->cin * s->kd * s->kh * s->kw * s->od * s->oh * s->ow;
+}
+
 size_t conv3d_workspace(const conv_shape *s) {
-  if (pointwise(s)) return 0; /* the input is its own column matrix */
-  size_t k = (size_t)s->cin * s->kd * s->kh * s->kw, p = (size_t)s->od * s->oh * s->ow;
-  return 2 * k * p;
+  /* per thread: columns, column gradient, partial dW and db */
+  size_t k = (size_t)s->cin * s->kd * s->kh * s->kw;
+  return (size_t)sample_threads(s->n) * (2 * conv_cols(s) + k * s->cout + s->cout);
 }
 
 /* Output positions o in [lo, hi] read input index o*stride - pad + off inside [0, n). */
@@ -94,19 +115,22 @@ void col2vol(const conv_shape *s, const float *col, float *x) {
 
 void conv3d_forward(const conv_shape *s, const float *x, const float *w, const float *b,
                     float *y, float *work) {
+  blas_single_thread();
   const int K = s->cin * s->kd * s->kh * s->kw;
   const long P = (long)s->od * s->oh * s->ow, S = (long)s->d * s->h * s->w;
+  const size_t per = 2 * conv_cols(s) + (size_t)K * s->cout + s->cout;
+#pragma omp parallel for num_threads(sample_threads(s->n)) schedule(static)
   for (int n = 0; n < s->n; n++) {
     const float *xn = x + (long)n * s->cin * S;
     float *yn = y + (long)n * s->cout * P;
     const float *col = xn;
     if (!pointwise(s)) {
-      vol2col(s, xn, work);
-      col = work;
+      float *mine = work + (size_t)omp_get_thread_num() * per;
+      vol2col(s, xn, mine);
+      col = mine;
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->cout, (int)P, K, 1.0f, w, K, col,
                 (int)P, 0.0f, yn, (int)P);
-#pragma omp parallel for schedule(static)
     for (int co = 0; co < s->cout; co++)
       for (long p = 0; p < P; p++) yn[co * P + p] += b[co];
   }
@@ -114,35 +138,49 @@ void conv3d_forward(const conv_shape *s, const float *x, const float *w, const f
 
 void conv3d_backward(const conv_shape *s, const float *x, const float *w, const float *dy,
                      float *dw, float *db, float *dx, float *work) {
-  const int K = s->cin * s->kd * s->kh * s->kw;
+  blas_single_thread();
+  const int K = s->cin * s->kd * s->kh * s->kw, nt = sample_threads(s->n);
   const long P = (long)s->od * s->oh * s->ow, S = (long)s->d * s->h * s->w;
-  float *col = work, *dcol = work + (size_t)K * P;
-  for (int n = 0; n < s->n; n++) {
-    const float *xn = x + (long)n * s->cin * S, *dyn = dy + (long)n * s->cout * P;
-    const float *cn = xn;
-    if (!pointwise(s)) {
-      vol2col(s, xn, col);
-      cn = col;
+  const size_t cols = conv_cols(s), per = 2 * cols + (size_t)K * s->cout + s->cout;
+#pragma omp parallel num_threads(nt)
+  {
+    int tid = omp_get_thread_num();
+    float *col = work + (size_t)tid * per, *dcol = col + cols, *pdw = dcol + cols,
+          *pdb = pdw + (size_t)K * s->cout;
+    memset(pdw, 0, sizeof(float) * ((size_t)K * s->cout + s->cout));
+#pragma omp for schedule(static)
+    for (int n = 0; n < s->n; n++) {
+      const float *xn = x + (long)n * s->cin * S, *dyn = dy + (long)n * s->cout * P;
+      const float *cn = xn;
+      if (!pointwise(s)) {
+        vol2col(s, xn, col);
+        cn = col;
+      }
+      /* dw (cout x K) += dy (cout x P) col^T, into this thread's partial sum */
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->cout, K, (int)P, 1.0f, dyn, (int)P,
+                  cn, (int)P, 1.0f, pdw, K);
+      for (int co = 0; co < s->cout; co++) {
+        double acc = 0;
+        for (long p = 0; p < P; p++) acc += dyn[co * P + p];
+        pdb[co] += (float)acc;
+      }
+      if (!dx) continue;
+      float *dxn = dx + (long)n * s->cin * S;
+      if (pointwise(s)) { /* dx (cin x S) += W^T dy */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, (int)P, s->cout, 1.0f, w, K, dyn,
+                    (int)P, 1.0f, dxn, (int)P);
+      } else {
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, (int)P, s->cout, 1.0f, w, K, dyn,
+                    (int)P, 0.0f, dcol, (int)P);
+        col2vol(s, dcol, dxn);
+      }
     }
-    /* dw (cout x K) += dy (cout x P) col^T */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->cout, K, (int)P, 1.0f, dyn, (int)P, cn,
-                (int)P, 1.0f, dw, K);
-#pragma omp parallel for schedule(static)
-    for (int co = 0; co < s->cout; co++) {
-      double acc = 0;
-      for (long p = 0; p < P; p++) acc += dyn[co * P + p];
-      db[co] += (float)acc;
-    }
-    if (!dx) continue;
-    float *dxn = dx + (long)n * s->cin * S;
-    if (pointwise(s)) { /* dx (cin x S) += W^T dy */
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, (int)P, s->cout, 1.0f, w, K, dyn,
-                  (int)P, 1.0f, dxn, (int)P);
-    } else {
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, (int)P, s->cout, 1.0f, w, K, dyn,
-                  (int)P, 0.0f, dcol, (int)P);
-      col2vol(s, dcol, dxn);
-    }
+  }
+  /* partial sums in thread order: the same result for the same thread count */
+  for (int t = 0; t < nt; t++) {
+    const float *pdw = work + (size_t)t * per + 2 * cols, *pdb = pdw + (size_t)K * s->cout;
+    for (size_t i = 0; i < (size_t)K * s->cout; i++) dw[i] += pdw[i];
+    for (int co = 0; co < s->cout; co++) db[co] += pdb[co];
   }
 }
 
@@ -229,22 +267,44 @@ void batchnorm_backward(int n, int c, long s, int train, const float *x, const f
 
 /* ---- linear ------------------------------------------------------------- */
 
+/* Slices [lo, hi) of 0..len for OpenMP thread t of nt. */
+static void slice_of(int len, int t, int nt, int *lo, int *hi) {
+  *lo = (int)((long)len * t / nt);
+  *hi = (int)((long)len * (t + 1) / nt);
+}
+
 void linear_forward(int n, int in, int out, const float *x, const float *w, const float *b,
                     float *y) {
+  blas_single_thread();
   for (int i = 0; i < n; i++) memcpy(y + (long)i * out, b, sizeof(float) * out);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, w, in, 1.0f, y,
-              out);
+  /* each thread a slice of the outputs: y[:, lo:hi] += x W[lo:hi]^T */
+#pragma omp parallel
+  {
+    int lo, hi;
+    slice_of(out, omp_get_thread_num(), omp_get_num_threads(), &lo, &hi);
+    if (hi > lo)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, hi - lo, in, 1.0f, x, in,
+                  w + (long)lo * in, in, 1.0f, y + lo, out);
+  }
 }
 
 void linear_backward(int n, int in, int out, const float *x, const float *w, const float *dy,
                      float *dw, float *db, float *dx) {
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, n, 1.0f, dy, out, x, in, 1.0f, dw,
-              in);
-  for (int i = 0; i < n; i++)
-    for (int o = 0; o < out; o++) db[o] += dy[(long)i * out + o];
-  if (dx)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, out, 1.0f, dy, out, w, in, 1.0f,
-                dx, in);
+  blas_single_thread();
+#pragma omp parallel
+  {
+    int lo, hi, nt = omp_get_num_threads(), t = omp_get_thread_num();
+    slice_of(out, t, nt, &lo, &hi); /* dW[lo:hi] += dy[:, lo:hi]^T x */
+    if (hi > lo)
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, hi - lo, in, n, 1.0f, dy + lo, out, x,
+                  in, 1.0f, dw + (long)lo * in, in);
+    for (int o = lo; o < hi; o++)
+      for (int i = 0; i < n; i++) db[o] += dy[(long)i * out + o];
+    slice_of(in, t, nt, &lo, &hi); /* dx[:, lo:hi] += dy W[:, lo:hi] */
+    if (dx && hi > lo)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hi - lo, out, 1.0f, dy, out,
+                  w + lo, in, 1.0f, dx + lo, in);
+  }
 }
 
 /* ---- pooling and upsampling --------------------------------------------- */
