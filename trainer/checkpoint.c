@@ -182,13 +182,19 @@ static int verify_crc(reader *r) {
   if (fseek(r->f, 0, SEEK_SET) != 0) return ce_err("%s: cannot seek", r->path);
   uLong crc = crc32(0L, Z_NULL, 0);
   long long left = r->size - 4;
-  static unsigned char buf[1 << 20];
+  const size_t chunk = 1 << 20;
+  unsigned char *buf = ce_malloc_array(chunk, 1, "checksum buffer");
+  if (!buf) return -1;
   while (left > 0) {
-    size_t n = left > (long long)sizeof buf ? sizeof buf : (size_t)left;
-    if (fread(buf, 1, n, r->f) != n) return ce_err("%s: read error while checksumming", r->path);
+    size_t n = left > (long long)chunk ? chunk : (size_t)left;
+    if (fread(buf, 1, n, r->f) != n) {
+      free(buf);
+      return ce_err("%s: read error while checksumming", r->path);
+    }
     crc = crc32(crc, buf, (uInt)n);
     left -= (long long)n;
   }
+  free(buf);
   uint32_t stored;
   if (fread(&stored, 4, 1, r->f) != 1) return ce_err("%s: read error at the checksum", r->path);
   if (stored != (uint32_t)crc)

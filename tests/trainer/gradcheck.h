@@ -27,9 +27,9 @@
 /* objective: runs forward, returns L and (if grad) writes dL/dy into grad */
 typedef double (*gc_objective)(nn_net *net, int out, const float *r, float *grad, void *user);
 
+/* sum r_i y_i; user NULL: training-mode forward, else an int* giving the mode */
 static inline double gc_dot_objective(nn_net *net, int out, const float *r, float *grad, void *user) {
-  (void)user;
-  nn_forward(net, 1);
+  nn_forward(net, user ? *(const int *)user : 1);
   const float *y = nn_out(net, out);
   size_t n = (size_t)net->batch * net->nodes[out].size;
   double L = 0;
