@@ -26,7 +26,8 @@ int metrics_minmax_log_inverse(const void *params, const float *norm, double *ph
 int metrics_median_log_inverse(const void *params, const float *norm, double *phys, size_t n);
 
 /* MaxRel (%) per sample: mean over (freq, y, x) of |t - p| / max_freq t at
- * that pixel, in physical units, times 100. */
+ * that pixel, in physical units, times 100. per_sample is required here
+ * (summarise it with metrics_summarise: the paper reports the median). */
 int metrics_maxrel(const float *pred, const float *target, int n, int f, int h, int w,
                    intensity_inverse inv, const void *inv_params, double *per_sample);
 

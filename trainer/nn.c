@@ -380,7 +380,13 @@ int nn_forward(nn_net *net, int train) {
   return 0;
 }
 
-void nn_seed_grad(nn_net *net, int node) { net->nodes[node].seed_grad = 1; }
+void nn_seed_grad(nn_net *net, int node) {
+  /* a view shares its input's gradient buffer: protect that one from zeroing */
+  for (int i = node;; i = net->nodes[i].in[0]) {
+    net->nodes[i].seed_grad = 1;
+    if (net->nodes[i].kind != NN_VIEW) break;
+  }
+}
 
 void nn_zero_grad(nn_net *net) {
   for (int i = 0; i < net->nparams; i++)

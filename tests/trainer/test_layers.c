@@ -233,6 +233,11 @@ static int b_tanh(nn_net *n, int x) { return nn_tanh(n, "tanh", x); }
 
 static int b_linear(nn_net *n, int x) { return nn_linear(n, "fc", x, 5); }
 static int b_up(nn_net *n, int x) { return nn_upsample(n, "up", x, NN_K3(1, 2, 2)); }
+/* a view as the output: its gradient buffer is its input's (nn_seed_grad) */
+static int b_tanh_view(nn_net *n, int x) {
+  int t = nn_tanh(n, "tanh", x);
+  return t < 0 ? -1 : nn_view(n, "flat", t, (int)n->nodes[t].size, 1, 1, 1);
+}
 static int b_up2(nn_net *n, int x) { return nn_upsample(n, "up", x, NN_K3(2, 2, 2)); }
 /* fan-out, add, slices, concat and views in one: y = cat(slice0(x) + slice1(x), view(x)) */
 static int b_plumbing(nn_net *n, int x) {
@@ -259,6 +264,7 @@ static void test_gradients(void) {
   gradcheck_layer("upsample (1,2,2)", 2, 2, 3, 3, 2, b_up, -1, 1, 1);
   gradcheck_layer("upsample 2", 2, 2, 3, 3, 2, b_up2, -1, 1, 1);
   gradcheck_layer("add/slice/concat/view", 2, 1, 3, 4, 2, b_plumbing, -1, 1, 1);
+  gradcheck_layer("view as output", 2, 2, 2, 3, 2, b_tanh_view, -1, 1, 1);
   /* max pooling: a shuffled ladder of distinct values 0.1 apart */
   {
     nn_net net;
