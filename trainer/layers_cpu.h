@@ -6,9 +6,13 @@
  * each sample's input into columns (vol2col: K = Cin*kd*kh*kw rows of
  * P = Do*Ho*Wo output positions) and multiplies by the (Cout x K) weight with
  * OpenBLAS sgemm; its backward multiplies by the transposes and folds the
- * column gradient back (col2vol). Elementwise layers use OpenMP. Every
+ * column gradient back (col2vol). Threads: convolutions run one OpenMP
+ * thread per sample (own columns, partial dW/db summed in thread order),
+ * linear layers one per slice of features, BatchNorm one per channel, the
+ * rest plain parallel loops; OpenBLAS itself is set to one thread. Every
  * backward ADDS into dx, dw, db (see nn.h). Sums of BatchNorm statistics
- * run in double.
+ * run in double. The work buffer of a convolution is conv3d_workspace()
+ * floats for the current OpenMP thread count.
  *
  * Shapes: N batch, C channels, (D, H, W) input, (Do, Ho, Wo) output,
  * S = D*H*W. conv_shape carries a convolution's geometry.
