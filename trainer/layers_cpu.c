@@ -383,6 +383,15 @@ static conv_shape node_conv_shape(const nn_net *net, const nn_node *nd) {
   return s;
 }
 
+/* The scratch was sized at nn_set_batch() for the thread count of then. */
+static int check_work(const nn_net *net, const conv_shape *s) {
+  size_t need = conv3d_workspace(s);
+  if (need > net->work_n)
+    return ce_err("scratch of %zu floats, %zu needed: the OpenMP thread count grew since "
+                  "nn_set_batch()", net->work_n, need);
+  return 0;
+}
+
 static size_t cpu_workspace(const nn_net *net, const nn_node *nd) {
   if (nd->kind != NN_CONV) return 0;
   conv_shape s = node_conv_shape(net, nd);
@@ -399,6 +408,7 @@ static int cpu_forward(nn_net *net, nn_node *nd, int train) {
   switch (nd->kind) {
   case NN_CONV: {
     conv_shape s = node_conv_shape(net, nd);
+    CE_TRY(check_work(net, &s));
     conv3d_forward(&s, x, P[nd->param[0]].w, P[nd->param[1]].w, y, net->work);
     return 0;
   }
@@ -473,6 +483,7 @@ static int cpu_backward(nn_net *net, nn_node *nd) {
   switch (nd->kind) {
   case NN_CONV: {
     conv_shape s = node_conv_shape(net, nd);
+    CE_TRY(check_work(net, &s));
     conv3d_backward(&s, x, P[nd->param[0]].w, g, P[nd->param[0]].g, P[nd->param[1]].g, dx,
                     net->work);
     return 0;

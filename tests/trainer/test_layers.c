@@ -3,6 +3,7 @@
  * and upsampling, PyTorch-style initialisation, finite-difference gradient
  * checks of every layer kind, and shape errors. */
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -346,6 +347,24 @@ static void test_shape_errors(void) {
   nn_free(&net);
 }
 
+/* Scratch is sized for the thread count at nn_set_batch(): more threads
+ * later is an error, not an overflow. */
+static void test_thread_count_change(void) {
+  int before = omp_get_max_threads();
+  omp_set_num_threads(1);
+  nn_net net;
+  nn_init(&net);
+  int x = nn_input(&net, "x", 2, 5, 5, 5);
+  nn_conv(&net, "conv", x, 3, NN_K3(3, 3, 3), NN_K3(1, 1, 1), NN_PAD_SAME3);
+  CHECK_OK(nn_finalize(&net, 1));
+  CHECK_OK(nn_set_batch(&net, 4));
+  CHECK_OK(nn_forward(&net, 1));
+  omp_set_num_threads(2);
+  CHECK_ERR(nn_forward(&net, 1), "thread count grew");
+  omp_set_num_threads(before);
+  nn_free(&net);
+}
+
 int main(void) {
   RUN(test_conv_forward_naive);
   RUN(test_batchnorm_statistics);
@@ -354,5 +373,6 @@ int main(void) {
   RUN(test_gradients);
   RUN(test_gradcheck_detects_errors);
   RUN(test_shape_errors);
+  RUN(test_thread_count_change);
   return check_report();
 }
