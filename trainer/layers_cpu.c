@@ -113,6 +113,35 @@ void col2vol(const conv_shape *s, const float *col, float *x) {
   }
 }
 
+/* One input channel, stride 1, no padding (COEmuNet's stems on 64^3): a
+ * direct forward loop is ~30% faster than vol2col + sgemm, whose column
+ * matrix would be 27 x 238,328 per sample for a 4-row product. (For the
+ * weight gradient sgemm stays faster than short direct dot products.) */
+static int direct_single_channel(const conv_shape *s) {
+  return s->cin == 1 && s->sd == 1 && s->sh == 1 && s->sw == 1 && s->pd == 0 && s->ph == 0 &&
+         s->pw == 0 && !pointwise(s);
+}
+
+static void direct_forward(const conv_shape *s, const float *x, const float *w, const float *b,
+                           float *y) {
+  const long P = (long)s->od * s->oh * s->ow, kv = (long)s->kd * s->kh * s->kw;
+  for (int co = 0; co < s->cout; co++)
+    for (int z = 0; z < s->od; z++)
+      for (int yy = 0; yy < s->oh; yy++) {
+        float *row = y + co * P + ((long)z * s->oh + yy) * s->ow;
+        for (int xx = 0; xx < s->ow; xx++) row[xx] = b[co];
+        for (int a = 0; a < s->kd; a++)
+          for (int bb = 0; bb < s->kh; bb++) {
+            const float *src = x + ((long)(z + a) * s->h + yy + bb) * s->w;
+            const float *wk = w + co * kv + ((long)a * s->kh + bb) * s->kw;
+            for (int c = 0; c < s->kw; c++) {
+              const float wv = wk[c];
+              for (int xx = 0; xx < s->ow; xx++) row[xx] += wv * src[xx + c];
+            }
+          }
+      }
+}
+
 void conv3d_forward(const conv_shape *s, const float *x, const float *w, const float *b,
                     float *y, float *work) {
   blas_single_thread();
@@ -123,6 +152,10 @@ void conv3d_forward(const conv_shape *s, const float *x, const float *w, const f
   for (int n = 0; n < s->n; n++) {
     const float *xn = x + (long)n * s->cin * S;
     float *yn = y + (long)n * s->cout * P;
+    if (direct_single_channel(s)) {
+      direct_forward(s, xn, w, b, yn);
+      continue;
+    }
     const float *col = xn;
     if (!pointwise(s)) {
       float *mine = work + (size_t)omp_get_thread_num() * per;

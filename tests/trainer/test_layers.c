@@ -223,6 +223,7 @@ static void gradcheck_layer(const char *what, int c, int d, int h, int w, int ba
 }
 
 static int b_conv333(nn_net *n, int x) { return nn_conv(n, "conv", x, 3, NN_K3(3, 3, 3), NN_K3(1, 1, 1), NN_K3(1, 1, 1)); }
+static int b_conv_stem(nn_net *n, int x) { return nn_conv(n, "conv", x, 3, NN_K3(3, 3, 3), NN_K3(1, 1, 1), NN_K3(0, 0, 0)); }
 static int b_conv_s2(nn_net *n, int x) { return nn_conv(n, "conv", x, 3, NN_K3(3, 3, 3), NN_K3(2, 2, 2), NN_K3(1, 1, 1)); }
 static int b_conv133(nn_net *n, int x) { return nn_conv(n, "conv", x, 2, NN_K3(1, 3, 3), NN_K3(1, 1, 1), NN_K3(0, 1, 1)); }
 static int b_conv1(nn_net *n, int x) { return nn_conv(n, "conv", x, 3, NN_K3(1, 1, 1), NN_K3(1, 1, 1), NN_K3(0, 0, 0)); }
@@ -252,6 +253,7 @@ static int b_plumbing(nn_net *n, int x) {
 }
 static void test_gradients(void) {
   gradcheck_layer("conv 3x3x3", 2, 4, 5, 4, 2, b_conv333, -1, 1, 1);
+  gradcheck_layer("conv 3x3x3 one input channel (direct)", 1, 5, 5, 6, 2, b_conv_stem, -1, 1, 1);
   gradcheck_layer("conv 3x3x3 stride 2", 2, 5, 5, 6, 2, b_conv_s2, -1, 1, 1);
   gradcheck_layer("conv 1x3x3", 3, 3, 5, 5, 2, b_conv133, -1, 1, 1);
   gradcheck_layer("conv 1x1x1", 3, 3, 3, 3, 2, b_conv1, -1, 1, 1);
