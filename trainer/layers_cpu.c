@@ -1,0 +1,581 @@
+/* layers_cpu.c - CPU reference kernels (vol2col + OpenBLAS sgemm, OpenMP) and
+ * the CPU backend of nn.h. */
+#include "layers_cpu.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <pthread.h>
+#include <string.h>
+
+#include "error.h"
+#include "nn.h"
+
+/* ---- convolution -------------------------------------------------------- */
+
+static void blas_set_single(void) { openblas_set_num_threads(1); }
+
+static int pointwise(const conv_shape *s) {
+  return s->kd == 1 && s->kh == 1 && s->kw == 1 && s->sd == 1 && s->sh == 1 && s->sw == 1 &&
+         s->pd == 0 && s->ph == 0 && s->pw == 0;
+}
+
+/* Threads for the per-sample loops: OpenMP's, at most one per sample. */
+static int sample_threads(int n) {
+  int t = omp_get_max_threads();
+  return t < n ? t : n;
+}
+
+/* The matrix products run inside OpenMP loops over samples or output slices,
+ * one thread each: OpenBLAS's own threads would oversubscribe the cores. */
+static void blas_single_thread(void) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, blas_set_single);
+}
+
+static size_t conv_cols(const conv_shape *s) {
+  return pointwise(s) ? 0 : (size_t)s->cin * s->kd * s->kh * s->kw * s->od * s->oh * s->ow;
+}
+
+size_t conv3d_workspace(const conv_shape *s) {
+  /* per thread: columns, column gradient, partial dW and db */
+  size_t k = (size_t)s->cin * s->kd * s->kh * s->kw;
+  return (size_t)sample_threads(s->n) * (2 * conv_cols(s) + k * s->cout + s->cout);
+}
+
+/* Output positions o in [lo, hi] read input index o*stride - pad + off inside [0, n). */
+static void valid_range(int n, int nout, int stride, int pad, int off, int *lo, int *hi) {
+  int a = pad - off; /* o*stride >= a */
+  *lo = a <= 0 ? 0 : (a + stride - 1) / stride;
+  int b = n - 1 + pad - off; /* o*stride <= b */
+  *hi = b < 0 ? -1 : b / stride;
+  if (*hi > nout - 1) *hi = nout - 1;
+}
+
+void vol2col(const conv_shape *s, const float *x, float *col) {
+  const int kvol = s->kd * s->kh * s->kw;
+  const long K = (long)s->cin * kvol, plane = (long)s->oh * s->ow, P = (long)s->od * plane;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (long r = 0; r < K; r++) {
+    for (int od = 0; od < s->od; od++) {
+      int ci = (int)(r / kvol), rem = (int)(r % kvol);
+      int a = rem / (s->kh * s->kw), b = (rem / s->kw) % s->kh, c = rem % s->kw;
+      float *dst = col + r * P + od * plane;
+      int id = od * s->sd - s->pd + a;
+      if (id < 0 || id >= s->d) {
+        memset(dst, 0, sizeof(float) * plane);
+        continue;
+      }
+      int wlo, whi;
+      valid_range(s->w, s->ow, s->sw, s->pw, c, &wlo, &whi);
+      for (int oh = 0; oh < s->oh; oh++) {
+        float *row = dst + (long)oh * s->ow;
+        int ih = oh * s->sh - s->ph + b;
+        if (ih < 0 || ih >= s->h || whi < wlo) {
+          memset(row, 0, sizeof(float) * s->ow);
+          continue;
+        }
+        const float *src = x + (((long)ci * s->d + id) * s->h + ih) * s->w - s->pw + c;
+        for (int ow = 0; ow < wlo; ow++) row[ow] = 0;
+        if (s->sw == 1)
+          memcpy(row + wlo, src + wlo, sizeof(float) * (whi - wlo + 1));
+        else
+          for (int ow = wlo; ow <= whi; ow++) row[ow] = src[(long)ow * s->sw];
+        for (int ow = whi + 1; ow < s->ow; ow++) row[ow] = 0;
+      }
+    }
+  }
+}
+
+void col2vol(const conv_shape *s, const float *col, float *x) {
+  const int kvol = s->kd * s->kh * s->kw;
+  const long plane = (long)s->oh * s->ow, P = (long)s->od * plane;
+  /* one thread per input channel: the rows of a channel write only to it */
+#pragma omp parallel for schedule(static)
+  for (int ci = 0; ci < s->cin; ci++) {
+    for (int rem = 0; rem < kvol; rem++) {
+      int a = rem / (s->kh * s->kw), b = (rem / s->kw) % s->kh, c = rem % s->kw;
+      const float *src = col + ((long)ci * kvol + rem) * P;
+      int wlo, whi;
+      valid_range(s->w, s->ow, s->sw, s->pw, c, &wlo, &whi);
+      for (int od = 0; od < s->od; od++) {
+        int id = od * s->sd - s->pd + a;
+        if (id < 0 || id >= s->d) continue;
+        for (int oh = 0; oh < s->oh; oh++) {
+          int ih = oh * s->sh - s->ph + b;
+          if (ih < 0 || ih >= s->h) continue;
+          const float *row = src + od * plane + (long)oh * s->ow;
+          float *dst = x + (((long)ci * s->d + id) * s->h + ih) * s->w - s->pw + c;
+          for (int ow = wlo; ow <= whi; ow++) dst[(long)ow * s->sw] += row[ow];
+        }
+      }
+    }
+  }
+}
+
+/* One input channel, stride 1, no padding (COEmuNet's stems on 64^3): a
+ * direct forward loop is ~30% faster than vol2col + sgemm, whose column
+ * matrix would be 27 x 238,328 per sample for a 4-row product. (For the
+ * weight gradient sgemm stays faster than short direct dot products.) */
+static int direct_single_channel(const conv_shape *s) {
+  return s->cin == 1 && s->sd == 1 && s->sh == 1 && s->sw == 1 && s->pd == 0 && s->ph == 0 &&
+         s->pw == 0 && !pointwise(s);
+}
+
+static void direct_forward(const conv_shape *s, const float *x, const float *w, const float *b,
+                           float *y) {
+  const long P = (long)s->od * s->oh * s->ow, kv = (long)s->kd * s->kh * s->kw;
+  for (int co = 0; co < s->cout; co++)
+    for (int z = 0; z < s->od; z++)
+      for (int yy = 0; yy < s->oh; yy++) {
+        float *row = y + co * P + ((long)z * s->oh + yy) * s->ow;
+        for (int xx = 0; xx < s->ow; xx++) row[xx] = b[co];
+        for (int a = 0; a < s->kd; a++)
+          for (int bb = 0; bb < s->kh; bb++) {
+            const float *src = x + ((long)(z + a) * s->h + yy + bb) * s->w;
+            const float *wk = w + co * kv + ((long)a * s->kh + bb) * s->kw;
+            for (int c = 0; c < s->kw; c++) {
+              const float wv = wk[c];
+              for (int xx = 0; xx < s->ow; xx++) row[xx] += wv * src[xx + c];
+            }
+          }
+      }
+}
+
+void conv3d_forward(const conv_shape *s, const float *x, const float *w, const float *b,
+                    float *y, float *work) {
+  blas_single_thread();
+  const int K = s->cin * s->kd * s->kh * s->kw;
+  const long P = (long)s->od * s->oh * s->ow, S = (long)s->d * s->h * s->w;
+  const size_t per = 2 * conv_cols(s) + (size_t)K * s->cout + s->cout;
+#pragma omp parallel for num_threads(sample_threads(s->n)) schedule(static)
+  for (int n = 0; n < s->n; n++) {
+    const float *xn = x + (long)n * s->cin * S;
+    float *yn = y + (long)n * s->cout * P;
+    if (direct_single_channel(s)) {
+      direct_forward(s, xn, w, b, yn);
+      continue;
+    }
+    const float *col = xn;
+    if (!pointwise(s)) {
+      float *mine = work + (size_t)omp_get_thread_num() * per;
+      vol2col(s, xn, mine);
+      col = mine;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->cout, (int)P, K, 1.0f, w, K, col,
+                (int)P, 0.0f, yn, (int)P);
+    for (int co = 0; co < s->cout; co++)
+      for (long p = 0; p < P; p++) yn[co * P + p] += b[co];
+  }
+}
+
+void conv3d_backward(const conv_shape *s, const float *x, const float *w, const float *dy,
+                     float *dw, float *db, float *dx, float *work) {
+  blas_single_thread();
+  const int K = s->cin * s->kd * s->kh * s->kw, nt = sample_threads(s->n);
+  const long P = (long)s->od * s->oh * s->ow, S = (long)s->d * s->h * s->w;
+  const size_t cols = conv_cols(s), per = 2 * cols + (size_t)K * s->cout + s->cout;
+#pragma omp parallel num_threads(nt)
+  {
+    int tid = omp_get_thread_num();
+    float *col = work + (size_t)tid * per, *dcol = col + cols, *pdw = dcol + cols,
+          *pdb = pdw + (size_t)K * s->cout;
+    memset(pdw, 0, sizeof(float) * ((size_t)K * s->cout + s->cout));
+#pragma omp for schedule(static)
+    for (int n = 0; n < s->n; n++) {
+      const float *xn = x + (long)n * s->cin * S, *dyn = dy + (long)n * s->cout * P;
+      const float *cn = xn;
+      if (!pointwise(s)) {
+        vol2col(s, xn, col);
+        cn = col;
+      }
+      /* dw (cout x K) += dy (cout x P) col^T, into this thread's partial sum */
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->cout, K, (int)P, 1.0f, dyn, (int)P,
+                  cn, (int)P, 1.0f, pdw, K);
+      for (int co = 0; co < s->cout; co++) {
+        double acc = 0;
+        for (long p = 0; p < P; p++) acc += dyn[co * P + p];
+        pdb[co] += (float)acc;
+      }
+      if (!dx) continue;
+      float *dxn = dx + (long)n * s->cin * S;
+      if (pointwise(s)) { /* dx (cin x S) += W^T dy */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, (int)P, s->cout, 1.0f, w, K, dyn,
+                    (int)P, 1.0f, dxn, (int)P);
+      } else {
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, (int)P, s->cout, 1.0f, w, K, dyn,
+                    (int)P, 0.0f, dcol, (int)P);
+        col2vol(s, dcol, dxn);
+      }
+    }
+  }
+  /* partial sums in thread order: the same result for the same thread count */
+  for (int t = 0; t < nt; t++) {
+    const float *pdw = work + (size_t)t * per + 2 * cols, *pdb = pdw + (size_t)K * s->cout;
+    for (size_t i = 0; i < (size_t)K * s->cout; i++) dw[i] += pdw[i];
+    for (int co = 0; co < s->cout; co++) db[co] += pdb[co];
+  }
+}
+
+/* ---- batch normalisation ------------------------------------------------ */
+
+void batchnorm_forward_train(int n, int c, long s, const float *x, const float *gamma,
+                             const float *beta, float *rmean, float *rvar, float momentum,
+                             float eps, float *y, float *save) {
+  const double m = (double)n * s;
+#pragma omp parallel for schedule(static)
+  for (int ch = 0; ch < c; ch++) {
+    double sum = 0, sq = 0;
+    for (int i = 0; i < n; i++) {
+      const float *xi = x + ((long)i * c + ch) * s;
+      for (long j = 0; j < s; j++) sum += xi[j];
+    }
+    double mean = sum / m;
+    for (int i = 0; i < n; i++) {
+      const float *xi = x + ((long)i * c + ch) * s;
+      for (long j = 0; j < s; j++) {
+        double dv = xi[j] - mean;
+        sq += dv * dv;
+      }
+    }
+    double var = sq / m, invstd = 1.0 / sqrt(var + eps);
+    float scale = (float)(gamma[ch] * invstd), shift = (float)(beta[ch] - mean * gamma[ch] * invstd);
+    for (int i = 0; i < n; i++) {
+      const float *xi = x + ((long)i * c + ch) * s;
+      float *yi = y + ((long)i * c + ch) * s;
+      for (long j = 0; j < s; j++) yi[j] = xi[j] * scale + shift;
+    }
+    rmean[ch] = (float)((1 - momentum) * rmean[ch] + momentum * mean);
+    rvar[ch] = (float)((1 - momentum) * rvar[ch] + momentum * var * m / (m - 1));
+    save[ch] = (float)mean;
+    save[c + ch] = (float)invstd;
+  }
+}
+
+void batchnorm_forward_eval(int n, int c, long s, const float *x, const float *gamma,
+                            const float *beta, const float *rmean, const float *rvar, float eps,
+                            float *y) {
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int i = 0; i < n; i++)
+    for (int ch = 0; ch < c; ch++) {
+      double invstd = 1.0 / sqrt((double)rvar[ch] + eps);
+      float scale = (float)(gamma[ch] * invstd), shift = (float)(beta[ch] - rmean[ch] * gamma[ch] * invstd);
+      const float *xi = x + ((long)i * c + ch) * s;
+      float *yi = y + ((long)i * c + ch) * s;
+      for (long j = 0; j < s; j++) yi[j] = xi[j] * scale + shift;
+    }
+}
+
+void batchnorm_backward(int n, int c, long s, int train, const float *x, const float *gamma,
+                        const float *rmean, const float *rvar, float eps, const float *save,
+                        const float *dy, float *dx, float *dgamma, float *dbeta) {
+  const double m = (double)n * s;
+#pragma omp parallel for schedule(static)
+  for (int ch = 0; ch < c; ch++) {
+    double mean = train ? save[ch] : rmean[ch];
+    double invstd = train ? save[c + ch] : 1.0 / sqrt((double)rvar[ch] + eps);
+    double sdy = 0, sdyx = 0; /* sum dy, sum dy * xhat */
+    for (int i = 0; i < n; i++) {
+      const float *xi = x + ((long)i * c + ch) * s, *gi = dy + ((long)i * c + ch) * s;
+      for (long j = 0; j < s; j++) {
+        sdy += gi[j];
+        sdyx += gi[j] * ((xi[j] - mean) * invstd);
+      }
+    }
+    dgamma[ch] += (float)sdyx;
+    dbeta[ch] += (float)sdy;
+    if (!dx) continue;
+    /* train: dx = g*invstd*(dy - mean(dy) - xhat*mean(dy*xhat)); eval: g*invstd*dy */
+    double a = gamma[ch] * invstd, mdy = train ? sdy / m : 0, mdyx = train ? sdyx / m : 0;
+    for (int i = 0; i < n; i++) {
+      const float *xi = x + ((long)i * c + ch) * s, *gi = dy + ((long)i * c + ch) * s;
+      float *di = dx + ((long)i * c + ch) * s;
+      for (long j = 0; j < s; j++) {
+        double xhat = (xi[j] - mean) * invstd;
+        di[j] += (float)(a * (gi[j] - mdy - xhat * mdyx));
+      }
+    }
+  }
+}
+
+/* ---- linear ------------------------------------------------------------- */
+
+/* Slices [lo, hi) of 0..len for OpenMP thread t of nt. */
+static void slice_of(int len, int t, int nt, int *lo, int *hi) {
+  *lo = (int)((long)len * t / nt);
+  *hi = (int)((long)len * (t + 1) / nt);
+}
+
+void linear_forward(int n, int in, int out, const float *x, const float *w, const float *b,
+                    float *y) {
+  blas_single_thread();
+  for (int i = 0; i < n; i++) memcpy(y + (long)i * out, b, sizeof(float) * out);
+  /* each thread a slice of the outputs: y[:, lo:hi] += x W[lo:hi]^T */
+#pragma omp parallel
+  {
+    int lo, hi;
+    slice_of(out, omp_get_thread_num(), omp_get_num_threads(), &lo, &hi);
+    if (hi > lo)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, hi - lo, in, 1.0f, x, in,
+                  w + (long)lo * in, in, 1.0f, y + lo, out);
+  }
+}
+
+void linear_backward(int n, int in, int out, const float *x, const float *w, const float *dy,
+                     float *dw, float *db, float *dx) {
+  blas_single_thread();
+#pragma omp parallel
+  {
+    int lo, hi, nt = omp_get_num_threads(), t = omp_get_thread_num();
+    slice_of(out, t, nt, &lo, &hi); /* dW[lo:hi] += dy[:, lo:hi]^T x */
+    if (hi > lo)
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, hi - lo, in, n, 1.0f, dy + lo, out, x,
+                  in, 1.0f, dw + (long)lo * in, in);
+    for (int o = lo; o < hi; o++)
+      for (int i = 0; i < n; i++) db[o] += dy[(long)i * out + o];
+    slice_of(in, t, nt, &lo, &hi); /* dx[:, lo:hi] += dy W[:, lo:hi] */
+    if (dx && hi > lo)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hi - lo, out, 1.0f, dy, out,
+                  w + lo, in, 1.0f, dx + lo, in);
+  }
+}
+
+/* ---- pooling and upsampling --------------------------------------------- */
+
+/* Flat index (within one (n, c) volume) of the maximum of window (od, oh, ow). */
+static long window_argmax(const float *x, int h, int w, int k, int od, int oh, int ow) {
+  long best = ((long)od * k * h + (long)oh * k) * w + (long)ow * k;
+  for (int a = 0; a < k; a++)
+    for (int b = 0; b < k; b++)
+      for (int c = 0; c < k; c++) {
+        long i = (((long)od * k + a) * h + (long)oh * k + b) * w + (long)ow * k + c;
+        if (x[i] > x[best]) best = i;
+      }
+  return best;
+}
+
+void maxpool3d_forward(int nc, int d, int h, int w, int k, const float *x, float *y) {
+  int od = d / k, oh = h / k, ow = w / k;
+  long S = (long)d * h * w, OS = (long)od * oh * ow;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int q = 0; q < nc; q++)
+    for (int z = 0; z < od; z++)
+      for (int yy = 0; yy < oh; yy++)
+        for (int xx = 0; xx < ow; xx++) {
+          const float *xq = x + q * S;
+          y[q * OS + ((long)z * oh + yy) * ow + xx] = xq[window_argmax(xq, h, w, k, z, yy, xx)];
+        }
+}
+
+void maxpool3d_backward(int nc, int d, int h, int w, int k, const float *x, const float *dy,
+                        float *dx) {
+  int od = d / k, oh = h / k, ow = w / k;
+  long S = (long)d * h * w, OS = (long)od * oh * ow;
+#pragma omp parallel for schedule(static)
+  for (int q = 0; q < nc; q++)
+    for (int z = 0; z < od; z++)
+      for (int yy = 0; yy < oh; yy++)
+        for (int xx = 0; xx < ow; xx++)
+          dx[q * S + window_argmax(x + q * S, h, w, k, z, yy, xx)] +=
+              dy[q * OS + ((long)z * oh + yy) * ow + xx];
+}
+
+void upsample_forward(int nc, int d, int h, int w, int fd, int fh, int fw, const float *x,
+                      float *y) {
+  long S = (long)d * h * w, OH = (long)h * fh, OW = (long)w * fw, OS = S * fd * fh * fw;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int q = 0; q < nc; q++)
+    for (long z = 0; z < (long)d * fd; z++)
+      for (long yy = 0; yy < OH; yy++) {
+        const float *src = x + q * S + ((z / fd) * h + yy / fh) * w;
+        float *dst = y + q * OS + (z * OH + yy) * OW;
+        for (long xx = 0; xx < OW; xx++) dst[xx] = src[xx / fw];
+      }
+}
+
+void upsample_backward(int nc, int d, int h, int w, int fd, int fh, int fw, const float *dy,
+                       float *dx) {
+  long S = (long)d * h * w, OH = (long)h * fh, OW = (long)w * fw, OS = S * fd * fh * fw;
+#pragma omp parallel for schedule(static)
+  for (int q = 0; q < nc; q++)
+    for (long z = 0; z < (long)d * fd; z++)
+      for (long yy = 0; yy < OH; yy++) {
+        float *dst = dx + q * S + ((z / fd) * h + yy / fh) * w;
+        const float *src = dy + q * OS + (z * OH + yy) * OW;
+        for (long xx = 0; xx < OW; xx++) dst[xx / fw] += src[xx];
+      }
+}
+
+/* ---- the backend -------------------------------------------------------- */
+
+static conv_shape node_conv_shape(const nn_net *net, const nn_node *nd) {
+  const nn_node *in = &net->nodes[nd->in[0]];
+  conv_shape s = {net->batch, in->c, in->d, in->h, in->w, nd->c, nd->d, nd->h, nd->w,
+                  nd->k.v[0], nd->k.v[1], nd->k.v[2], nd->s.v[0], nd->s.v[1], nd->s.v[2],
+                  nd->p.v[0], nd->p.v[1], nd->p.v[2]};
+  return s;
+}
+
+/* The scratch was sized at nn_set_batch() for the thread count of then. */
+static int check_work(const nn_net *net, const conv_shape *s) {
+  size_t need = conv3d_workspace(s);
+  if (need > net->work_n)
+    return ce_err("scratch of %zu floats, %zu needed: the OpenMP thread count grew since "
+                  "nn_set_batch()", net->work_n, need);
+  return 0;
+}
+
+static size_t cpu_workspace(const nn_net *net, const nn_node *nd) {
+  if (nd->kind != NN_CONV) return 0;
+  conv_shape s = node_conv_shape(net, nd);
+  return conv3d_workspace(&s);
+}
+
+static int cpu_forward(nn_net *net, nn_node *nd, int train) {
+  const int N = net->batch;
+  const nn_node *in = &net->nodes[nd->in[0]];
+  const float *x = in->out;
+  float *y = nd->out;
+  const long total = (long)N * nd->size;
+  nn_param *P = net->params;
+  switch (nd->kind) {
+  case NN_CONV: {
+    conv_shape s = node_conv_shape(net, nd);
+    CE_TRY(check_work(net, &s));
+    conv3d_forward(&s, x, P[nd->param[0]].w, P[nd->param[1]].w, y, net->work);
+    return 0;
+  }
+  case NN_BATCHNORM: {
+    long S = (long)nd->d * nd->h * nd->w;
+    if (train) {
+      if ((long)N * S < 2)
+        return ce_err("batch statistics need more than 1 value per channel (batch %d x %ld)", N, S);
+      batchnorm_forward_train(N, nd->c, S, x, P[nd->param[0]].w, P[nd->param[1]].w,
+                              P[nd->param[2]].w, P[nd->param[3]].w, nd->momentum, nd->eps, y,
+                              nd->save);
+    } else {
+      batchnorm_forward_eval(N, nd->c, S, x, P[nd->param[0]].w, P[nd->param[1]].w,
+                             P[nd->param[2]].w, P[nd->param[3]].w, nd->eps, y);
+    }
+    return 0;
+  }
+  case NN_RELU:
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < total; i++) y[i] = x[i] > 0 ? x[i] : 0;
+    return 0;
+  case NN_TANH:
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < total; i++) y[i] = tanhf(x[i]);
+    return 0;
+  case NN_MAXPOOL:
+    maxpool3d_forward(N * in->c, in->d, in->h, in->w, nd->k.v[0], x, y);
+    return 0;
+  case NN_LINEAR:
+    linear_forward(N, (int)in->size, nd->c, x, P[nd->param[0]].w, P[nd->param[1]].w, y);
+    return 0;
+  case NN_UPSAMPLE:
+    upsample_forward(N * in->c, in->d, in->h, in->w, nd->s.v[0], nd->s.v[1], nd->s.v[2], x, y);
+    return 0;
+  case NN_ADD: {
+    const float *b = net->nodes[nd->in[1]].out;
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < total; i++) y[i] = x[i] + b[i];
+    return 0;
+  }
+  case NN_CONCAT:
+  case NN_SLICE: {
+    /* per sample: the output's channel block [off, off + part) <-> an input */
+    for (int n = 0; n < N; n++) {
+      long off = 0;
+      for (int j = 0; j < nd->nin; j++) {
+        const nn_node *src = &net->nodes[nd->in[j]];
+        if (nd->kind == NN_CONCAT) {
+          memcpy(y + n * nd->size + off, src->out + n * src->size, sizeof(float) * src->size);
+          off += src->size;
+        } else {
+          long S = (long)nd->d * nd->h * nd->w;
+          memcpy(y + n * nd->size, src->out + n * src->size + nd->slice0 * S,
+                 sizeof(float) * nd->size);
+        }
+      }
+    }
+    return 0;
+  }
+  default:
+    return ce_err("layer kind %d has no CPU forward", (int)nd->kind);
+  }
+}
+
+static int cpu_backward(nn_net *net, nn_node *nd) {
+  const int N = net->batch;
+  nn_node *in = &net->nodes[nd->in[0]];
+  const float *x = in->out, *y = nd->out, *g = nd->grad;
+  float *dx = in->needs_grad ? in->grad : NULL;
+  const long total = (long)N * nd->size;
+  nn_param *P = net->params;
+  switch (nd->kind) {
+  case NN_CONV: {
+    conv_shape s = node_conv_shape(net, nd);
+    CE_TRY(check_work(net, &s));
+    conv3d_backward(&s, x, P[nd->param[0]].w, g, P[nd->param[0]].g, P[nd->param[1]].g, dx,
+                    net->work);
+    return 0;
+  }
+  case NN_BATCHNORM:
+    batchnorm_backward(N, nd->c, (long)nd->d * nd->h * nd->w, net->train, x, P[nd->param[0]].w,
+                       P[nd->param[2]].w, P[nd->param[3]].w, nd->eps, nd->save, g, dx,
+                       P[nd->param[0]].g, P[nd->param[1]].g);
+    return 0;
+  case NN_RELU:
+    if (dx)
+#pragma omp parallel for schedule(static)
+      for (long i = 0; i < total; i++) dx[i] += y[i] > 0 ? g[i] : 0;
+    return 0;
+  case NN_TANH:
+    if (dx)
+#pragma omp parallel for schedule(static)
+      for (long i = 0; i < total; i++) dx[i] += g[i] * (1 - y[i] * y[i]);
+    return 0;
+  case NN_MAXPOOL:
+    if (dx) maxpool3d_backward(N * in->c, in->d, in->h, in->w, nd->k.v[0], x, g, dx);
+    return 0;
+  case NN_LINEAR:
+    linear_backward(N, (int)in->size, nd->c, x, P[nd->param[0]].w, g, P[nd->param[0]].g,
+                    P[nd->param[1]].g, dx);
+    return 0;
+  case NN_UPSAMPLE:
+    if (dx)
+      upsample_backward(N * in->c, in->d, in->h, in->w, nd->s.v[0], nd->s.v[1], nd->s.v[2], g, dx);
+    return 0;
+  case NN_ADD:
+    for (int j = 0; j < 2; j++) {
+      nn_node *src = &net->nodes[nd->in[j]];
+      if (!src->needs_grad) continue;
+      float *d = src->grad;
+#pragma omp parallel for schedule(static)
+      for (long i = 0; i < total; i++) d[i] += g[i];
+    }
+    return 0;
+  case NN_CONCAT:
+  case NN_SLICE:
+    for (int n = 0; n < N; n++) {
+      long off = 0;
+      for (int j = 0; j < nd->nin; j++) {
+        nn_node *src = &net->nodes[nd->in[j]];
+        long len = nd->kind == NN_CONCAT ? src->size : nd->size;
+        long soff = nd->kind == NN_CONCAT ? 0 : nd->slice0 * (long)nd->d * nd->h * nd->w;
+        if (src->needs_grad) {
+          float *d = src->grad + n * src->size + soff;
+          const float *gg = g + n * nd->size + off;
+          for (long i = 0; i < len; i++) d[i] += gg[i];
+        }
+        off += len;
+      }
+    }
+    return 0;
+  default:
+    return ce_err("layer kind %d has no CPU backward", (int)nd->kind);
+  }
+}
+
+const nn_backend nn_backend_cpu = {"cpu", cpu_forward, cpu_backward, cpu_workspace};

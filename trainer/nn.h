@@ -1,0 +1,181 @@
+/* nn.h - a small neural-network graph: float32 NCDHW tensors, layers with
+ * forward and backward, parameters, and the backend interface they run on.
+ *
+ * A network is a list of nodes in topological order (each node's inputs come
+ * before it). Node 0.. are built with nn_input(), nn_conv(), ...; every
+ * builder returns the new node's index, or -1 with an error message when the
+ * shapes do not fit. Every activation is a 5-D NCDHW tensor: the batch size N
+ * is set for the whole net by nn_set_batch(), each node stores its per-sample
+ * shape (C, D, H, W). 2-D layers are the 3-D ones with depth 1 (Conv2d =
+ * Conv3d with a (1,kh,kw) kernel on D = 1; BatchNorm2d = BatchNorm3d, the
+ * statistics run over N,D,H,W either way); a flattened vector is (C,1,1,1).
+ *
+ *   nn_net net; nn_init(&net);
+ *   int x = nn_input(&net, "x", 1, 8, 8, 8);
+ *   int c = nn_conv(&net, "conv", x, 4, NN_K3(3, 3, 3), NN_K3(1, 1, 1), NN_PAD_SAME3);
+ *   int b = nn_batchnorm(&net, "bn", c);  int r = nn_relu(&net, "relu", b);
+ *   nn_finalize(&net, seed);   // allocate and initialise parameters
+ *   nn_set_batch(&net, 16);    // allocate activations
+ *   copy input into nn_out(&net, x); nn_forward(&net, 1);
+ *   write dL/dy into nn_grad(&net, r); nn_zero_grad(&net); ...; nn_backward(&net);
+ *
+ * An input's gradient is computed only if its needs_grad is set to 1 right
+ * after nn_input() (before layers that read it are added): gradient checks.
+ *
+ * Backward convention: nn_backward() runs the nodes in reverse order and each
+ * node ADDS its contribution to its inputs' gradients and to its parameters'
+ * gradients, so a node feeding several others (a residual input) gets the sum.
+ * nn_zero_grad() clears parameter gradients and every activation gradient
+ * except those of nodes marked as seeds with nn_seed_grad() (the caller writes
+ * dL/d(output) there).
+ *
+ * Backends. The arithmetic of each layer kind lives behind nn_backend: a
+ * table of forward/backward functions taking a node. The CPU reference
+ * (nn_backend_cpu, trainer/layers_cpu.c: vol2col + OpenBLAS sgemm, OpenMP)
+ * is the default; a cuDNN backend provides the same table and keeps
+ * activations and parameters on the device (see docs/trainer.md).
+ */
+#ifndef COEMU_NN_H
+#define COEMU_NN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+  NN_INPUT = 0,  /* data written by the caller */
+  NN_CONV,       /* Conv3d with bias; weight (Cout, Cin, kd, kh, kw) */
+  NN_BATCHNORM,  /* BatchNorm over N,D,H,W per channel; gamma, beta, running mean/var */
+  NN_RELU,
+  NN_TANH,
+  NN_MAXPOOL,    /* MaxPool3d, kernel = stride = k, floor mode */
+  NN_LINEAR,     /* y = x W^T + b on the flattened (C*D*H*W) input; weight (out, in) */
+  NN_UPSAMPLE,   /* nearest, integer factors (fd, fh, fw) */
+  NN_ADD,        /* elementwise sum of two inputs of equal shape */
+  NN_CONCAT,     /* concatenation along channels of inputs with equal D,H,W */
+  NN_VIEW,       /* the same memory with another per-sample shape (flatten, reshape) */
+  NN_SLICE,      /* channels [c0, c0 + C) of the input */
+  NN_KIND_COUNT
+} nn_kind;
+
+#define NN_MAX_IN 4
+#define NN_NAME 96
+#define NN_PAD_SAME (-1) /* 'same' padding: odd kernel, stride 1, pad (k-1)/2 */
+
+typedef struct { int v[3]; } nn_int3; /* (depth, height, width) */
+#define NN_K3(a, b, c) ((nn_int3){{(a), (b), (c)}})
+#define NN_PAD_SAME3 NN_K3(NN_PAD_SAME, NN_PAD_SAME, NN_PAD_SAME)
+
+/* A parameter tensor (or a buffer such as BatchNorm running statistics). */
+typedef struct {
+  char name[NN_NAME];
+  int ndim;
+  int64_t shape[5];
+  int64_t n;       /* element count */
+  float *w;        /* values */
+  float *g;        /* gradient (NULL for buffers) */
+  int trainable;   /* 1: weight/bias updated by the optimiser; 0: buffer */
+  int used;        /* 0: part of the model's state but on no forward path (gets no
+                      gradient; the optimiser skips it, as PyTorch skips grad None) */
+  int64_t fan_in;  /* for initialisation */
+} nn_param;
+
+typedef struct {
+  nn_kind kind;
+  char name[NN_NAME];
+  int in[NN_MAX_IN];
+  int nin;
+  int c, d, h, w;        /* per-sample output shape */
+  int64_t size;          /* c*d*h*w */
+  float *out, *grad;     /* N*size each; a VIEW aliases its input's buffers */
+  int needs_grad;        /* 1: dL/d(out) is needed: the node has parameters or an
+                            ancestor has (0 for input data and slices of it) */
+  int seed_grad;         /* 1: the caller writes this node's gradient (nn_zero_grad keeps it) */
+  /* layer configuration */
+  nn_int3 k, s, p;       /* conv: kernel, stride, padding; pool: k = s; upsample: s = factors */
+  float momentum, eps;   /* batchnorm */
+  int slice0;            /* slice: first channel */
+  int param[4];          /* indices into net->params: conv/linear W,b; bn gamma,beta,mean,var */
+  int nparam;
+  float *save;           /* forward -> backward scratch (bn: batch mean, 1/std per channel) */
+} nn_node;
+
+struct nn_net;
+typedef struct nn_backend {
+  const char *name;
+  /* Compute node->out from its inputs' out (train: BatchNorm uses batch
+   * statistics and updates the running ones; otherwise the running ones). */
+  int (*forward)(struct nn_net *net, nn_node *node, int train);
+  /* Add this node's contributions to its inputs' grad (where needs_grad) and
+   * to its parameters' gradients, given node->grad and the forward state. */
+  int (*backward)(struct nn_net *net, nn_node *node);
+  /* Scratch floats the node needs at the current batch size (net->work). */
+  size_t (*workspace)(const struct nn_net *net, const nn_node *node);
+} nn_backend;
+
+extern const nn_backend nn_backend_cpu;
+
+typedef struct nn_net {
+  nn_node *nodes;
+  int nnodes, node_cap;
+  nn_param *params;
+  int nparams, param_cap;
+  int batch;             /* current N (0 until nn_set_batch) */
+  int train;             /* mode of the last forward */
+  int finalized;
+  float *work;           /* backend scratch (vol2col columns) */
+  size_t work_n;
+  const nn_backend *be;
+} nn_net;
+
+void nn_init(nn_net *net);
+void nn_free(nn_net *net);
+
+/* Builders: return the node index, or -1 with an error message. */
+int nn_input(nn_net *net, const char *name, int c, int d, int h, int w);
+int nn_conv(nn_net *net, const char *name, int x, int cout, nn_int3 k, nn_int3 s, nn_int3 p);
+int nn_batchnorm(nn_net *net, const char *name, int x);
+int nn_relu(nn_net *net, const char *name, int x);
+int nn_tanh(nn_net *net, const char *name, int x);
+int nn_maxpool(nn_net *net, const char *name, int x, int k);
+int nn_linear(nn_net *net, const char *name, int x, int out);
+int nn_upsample(nn_net *net, const char *name, int x, nn_int3 factor);
+int nn_add(nn_net *net, const char *name, int a, int b);
+int nn_concat(nn_net *net, const char *name, const int *xs, int n);
+int nn_view(nn_net *net, const char *name, int x, int c, int d, int h, int w);
+int nn_slice(nn_net *net, const char *name, int x, int c0, int c);
+
+/* Mark a parameter as present but unused (see nn_param.used). */
+void nn_param_set_unused(nn_net *net, int param);
+
+/* Allocate parameters and initialise them as PyTorch's defaults do:
+ * conv/linear weights kaiming_uniform(a = sqrt(5)), i.e. U(-b, b) with
+ * b = 1/sqrt(fan_in); biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)); BatchNorm
+ * gamma 1, beta 0, running mean 0, var 1. Parameter i draws from
+ * ce_rng_make(seed, i, 0, 7), so each tensor is independent of the others. */
+int nn_finalize(nn_net *net, uint64_t seed);
+/* Re-draw every parameter as nn_finalize() does (a fresh model). */
+void nn_init_params(nn_net *net, uint64_t seed);
+
+/* (Re)allocate activations and scratch for batch size n (>= 1). */
+int nn_set_batch(nn_net *net, int n);
+
+int nn_forward(nn_net *net, int train);
+void nn_seed_grad(nn_net *net, int node);
+void nn_zero_grad(nn_net *net);
+int nn_backward(nn_net *net);
+
+static inline float *nn_out(nn_net *net, int node) { return net->nodes[node].out; }
+static inline float *nn_grad(nn_net *net, int node) { return net->nodes[node].grad; }
+
+/* Trainable parameter count (PyTorch's sum(p.numel() for p in parameters())),
+ * unused ones included as PyTorch counts them. */
+int64_t nn_param_count(const nn_net *net);
+int nn_find_param(const nn_net *net, const char *name);
+
+/* Multiply-adds x 2 of one sample's forward pass (conv and linear layers). */
+double nn_forward_flops(const nn_net *net);
+/* The same for the backward pass (weight gradients, and input gradients
+ * where they are needed). */
+double nn_backward_flops(const nn_net *net);
+
+#endif
