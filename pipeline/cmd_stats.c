@@ -9,6 +9,7 @@
 #include "commands.h"
 #include "dataset_stats.h"
 #include "error.h"
+#include "job.h"
 
 int cmd_stats(int argc, char **argv) {
   const char *split_name = "train";
@@ -31,10 +32,10 @@ int cmd_stats(int argc, char **argv) {
     ce_err("expected one dataset directory, got %d arguments", npos);
     return cmd_fail("stats") + 1;
   }
-  if (strcmp(split_name, "train") && strcmp(split_name, "validation") &&
-      strcmp(split_name, "test") && strcmp(split_name, "all")) {
+  int want;
+  if (job_split_parse(split_name, &want) < 0) {
     free(pos);
-    ce_err("--split %s: expected train, validation, test or all", split_name);
+    ce_err_prefix("--split");
     return cmd_fail("stats") + 1;
   }
   int inited = 0;

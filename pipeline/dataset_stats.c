@@ -24,6 +24,7 @@
 #include "dataset_stats.h"
 #include "error.h"
 #include "h5util.h"
+#include "job.h"
 #include "moments.h"
 #include "quantile.h"
 #include "select.h"
@@ -202,12 +203,7 @@ static int any_failed(int local_rc, const char *cmd) {
 
 int dataset_stats(const char *dir, const char *split_name, int drop_outliers, int quiet) {
   int want;
-  if (!strcmp(split_name, "train")) want = 0;
-  else if (!strcmp(split_name, "validation")) want = 1;
-  else if (!strcmp(split_name, "test")) want = 2;
-  else if (!strcmp(split_name, "all")) want = -1;
-  else
-    CE_FAIL("split '%s': expected train, validation, test or all", split_name);
+  CE_TRY(job_split_parse(split_name, &want));
   char path[4096];
   snprintf(path, sizeof path, "%s/dataset.h5", dir);
   int rank, size;

@@ -527,3 +527,11 @@ int job_schema_markdown(FILE *out) {
   if (ferror(out)) CE_FAIL("cannot write the schema table");
   return 0;
 }
+
+int job_split_parse(const char *name, int *out) {
+  static const char *const names[] = {"train", "validation", "test"};
+  for (int i = 0; i < 3; i++)
+    if (!strcmp(name, names[i])) return *out = i, 0;
+  if (!strcmp(name, "all")) return *out = SPLIT_ALL, 0;
+  CE_FAIL("split '%s': expected train, validation, test or all", name);
+}

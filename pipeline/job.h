@@ -20,6 +20,11 @@
 typedef enum { JOB_INPUT_AMRVAC, JOB_INPUT_SYNTH } job_input_kind;
 typedef enum { JOB_CH_COEMUNET, JOB_CH_GRID, JOB_CH_LIST } job_channel_mode;
 typedef enum { SPLIT_TRAIN = 0, SPLIT_VALIDATION = 1, SPLIT_TEST = 2 } job_split;
+#define SPLIT_ALL (-1)
+
+/* A split by name: "train", "validation", "test" (job_split values) or "all"
+ * (SPLIT_ALL) into *out; -1 with a message otherwise. */
+int job_split_parse(const char *name, int *out);
 
 typedef struct {
   char *path;      /* job file as given ("<embedded>" etc. for text jobs) */

@@ -14,6 +14,7 @@
 #include "error.h"
 #include "fsutil.h"
 #include "h5util.h"
+#include "job.h"
 #include "rng.h"
 #include "statsfile.h"
 #include "transforms.h"
@@ -85,12 +86,8 @@ static void chunk_free(void *p) {
 
 static int read_split(serve_source *s) {
   const char *sp = s->o.split ? s->o.split : "train";
-  int want = -1;
-  if (!strcmp(sp, "train")) want = 0;
-  else if (!strcmp(sp, "validation")) want = 1;
-  else if (!strcmp(sp, "test")) want = 2;
-  else if (strcmp(sp, "all"))
-    CE_FAIL("split '%s': expected train, validation, test or all", sp);
+  int want;
+  CE_TRY(job_split_parse(sp, &want));
   uint8_t *split = NULL, *valid = NULL;
   int64_t n = s->nsamples_total;
   if (want >= 0 || H5Lexists(s->file, "valid", H5P_DEFAULT) > 0) {
@@ -507,8 +504,8 @@ static int open_live(serve_source *s) {
     s->in_vals = 3 * (size_t)v[3] * v[3] * v[3];
     s->out_vals = (size_t)v[4] * v[3] * v[3];
     const char *sp = s->o.split ? s->o.split : "train";
-    int want = !strcmp(sp, "train") ? 0 : !strcmp(sp, "validation") ? 1 : !strcmp(sp, "test") ? 2 : -1;
-    if (want < 0 && strcmp(sp, "all")) rc = ce_err("split '%s': expected train, validation, test or all", sp);
+    int want = SPLIT_ALL;
+    rc = job_split_parse(sp, &want);
     s->split_idx = rc ? NULL : ce_malloc_array((size_t)(v[0] ? v[0] : 1), sizeof(int64_t), "split index");
     if (!rc && !s->split_idx) rc = -1;
     for (int64_t i = 0; rc == 0 && i < v[0]; i++) {

@@ -151,12 +151,17 @@ void stats_qsel_free(stats_qsel *s) {
   s->hist = NULL;
 }
 
-int stats_quantiles_f32(MPI_Comm comm, const float *x, size_t n, int nq, const double *q,
-                        double *out, int *passes) {
+/* The passes of an in-memory selection; x is float* (STATS_KEY32) or
+ * double* (STATS_KEY64). */
+static int quantiles_in_memory(MPI_Comm comm, int key, const void *x, size_t n, int nq,
+                               const double *q, double *out, int *passes) {
   stats_qsel s;
-  CE_TRY(stats_qsel_init(&s, comm, STATS_KEY32, nq, q));
+  CE_TRY(stats_qsel_init(&s, comm, key, nq, q));
   while (!s.done) {
-    stats_qsel_feed_f32(&s, x, n);
+    if (key == STATS_KEY32)
+      stats_qsel_feed_f32(&s, x, n);
+    else
+      stats_qsel_feed_f64(&s, x, n);
     if (stats_qsel_end_pass(&s) < 0) {
       stats_qsel_free(&s);
       return -1;
@@ -168,21 +173,14 @@ int stats_quantiles_f32(MPI_Comm comm, const float *x, size_t n, int nq, const d
   return 0;
 }
 
+int stats_quantiles_f32(MPI_Comm comm, const float *x, size_t n, int nq, const double *q,
+                        double *out, int *passes) {
+  return quantiles_in_memory(comm, STATS_KEY32, x, n, nq, q, out, passes);
+}
+
 int stats_quantiles_f64(MPI_Comm comm, const double *x, size_t n, int nq, const double *q,
                         double *out, int *passes) {
-  stats_qsel s;
-  CE_TRY(stats_qsel_init(&s, comm, STATS_KEY64, nq, q));
-  while (!s.done) {
-    stats_qsel_feed_f64(&s, x, n);
-    if (stats_qsel_end_pass(&s) < 0) {
-      stats_qsel_free(&s);
-      return -1;
-    }
-  }
-  stats_qsel_result(&s, out);
-  if (passes) *passes = s.pass;
-  stats_qsel_free(&s);
-  return 0;
+  return quantiles_in_memory(comm, STATS_KEY64, x, n, nq, q, out, passes);
 }
 
 void stats_rank_count_f32(const float *x, size_t n, double v, uint64_t *lt, uint64_t *le) {
