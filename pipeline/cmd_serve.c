@@ -23,7 +23,7 @@ int cmd_serve(int argc, char **argv) {
              *curve_auth = NULL;
   int64_t ranks = 1, batch = 16, epochs = 0, seed = 1234, prefetch = 4, credit = 8;
   int pad = 0, live = 0;
-  double heartbeat = 1.0, timeout = 10.0;
+  double heartbeat = 1.0, timeout = 10.0, idle_exit = 0;
   cli_opt opts[] = {
       {"endpoint", CLI_STR, &endpoint, "URL", "where to listen (default tcp://127.0.0.1:5555; ipc://PATH)", 0, 0},
       {"ranks", CLI_INT, &ranks, "W", "number of trainer ranks (default 1)", 0, 0},
@@ -37,6 +37,7 @@ int cmd_serve(int argc, char **argv) {
       {"max-credit", CLI_INT, &credit, "K", "most chunks in flight per rank (default 8)", 0, 0},
       {"heartbeat", CLI_DOUBLE, &heartbeat, "S", "heartbeat interval [s] (default 1)", 0, 0},
       {"timeout", CLI_DOUBLE, &timeout, "S", "drop a rank silent this long [s] (default 10)", 0, 0},
+      {"idle-exit", CLI_DOUBLE, &idle_exit, "S", "exit after S seconds without any consumer (default: never)", 0, 0},
       {"curve-secret", CLI_STR, &curve_secret, "FILE", "producer key pair (coemu keygen); required off loopback", 0, 0},
       {"curve-authorized", CLI_STR, &curve_auth, "DIR", "directory of authorised consumer public keys (*.key)", 0, 0},
       {0}};
@@ -79,7 +80,7 @@ int cmd_serve(int argc, char **argv) {
   stream_server_opts o = {.endpoint = endpoint, .dataset_id = serve_dataset_id(src),
                           .samples_per_epoch = serve_samples_per_rank(src),
                           .max_epochs = (uint32_t)epochs, .max_credit = (uint32_t)credit,
-                          .heartbeat_s = heartbeat, .timeout_s = timeout,
+                          .heartbeat_s = heartbeat, .timeout_s = timeout, .idle_exit_s = idle_exit,
                           .curve_secret_key_file = curve_secret, .curve_authorized_dir = curve_auth};
   stream_server *srv;
   if (stream_server_create(&o, serve_chunk, src, &srv) < 0) {

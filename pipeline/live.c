@@ -28,7 +28,9 @@ int live_serve_spawn(const char *out_dir, const job *j) {
   snprintf(pidf, sizeof pidf, "%s/serve.pid", out_dir);
   char *argv[] = {exe, "serve", (char *)out_dir, "--live", "--endpoint", j->stream_endpoint,
                   "--ranks", ranks, "--batch", batch, "--epochs", epochs, "--seed", seed,
-                  "--split", (char *)j->stream_split, "--max-credit", credit, NULL};
+                  "--split", (char *)j->stream_split, "--max-credit", credit,
+                  /* never orphaned for ever: gone an hour after its last consumer */
+                  "--idle-exit", "3600", NULL};
   posix_spawn_file_actions_t fa;
   posix_spawnattr_t at;
   posix_spawn_file_actions_init(&fa);

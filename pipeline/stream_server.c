@@ -308,7 +308,10 @@ static int feed(stream_server *s, int i) {
 }
 
 int stream_server_run(stream_server *s, volatile int *stop) {
+  double last_busy = ce_now();
   while (!(stop && *stop)) {
+    if (s->ncons > 0) last_busy = ce_now();
+    if (s->o.idle_exit_s > 0 && ce_now() - last_busy > s->o.idle_exit_s) break;
     zmq_pollitem_t it = {s->sock, 0, ZMQ_POLLIN, 0};
     int sent = 0;
     for (int i = 0; i < s->ncons; i++) {

@@ -53,6 +53,7 @@ typedef struct {
   uint32_t max_credit;         /* cap on a consumer's credit (default 8) */
   double heartbeat_s;          /* send a heartbeat after this much silence (default 1) */
   double timeout_s;            /* drop a consumer silent for this long (default 10) */
+  double idle_exit_s;          /* > 0: return when no consumer has been connected for this long */
   const char *curve_secret_key_file; /* CURVE server key (NULL: no authentication) */
   const char *curve_authorized_dir;  /* client public keys allowed (with CURVE) */
 } stream_server_opts;

@@ -141,6 +141,12 @@ with tempfile.TemporaryDirectory() as tmp:
     p.terminate()
     p.wait(timeout=10)
 
+    # --idle-exit: a producer nobody connects to leaves by itself
+    t0 = time.time()
+    r = subprocess.run([COEMU, "serve", d, "--endpoint", ep, "--idle-exit", "0.5"], capture_output=True,
+                       text=True, timeout=20)
+    check(r.returncode == 0 and time.time() - t0 < 5, f"idle exit: {r.returncode} {time.time() - t0:.1f} s")
+
     # bad invocations
     r = subprocess.run([COEMU, "serve", os.path.join(tmp, "nope")], capture_output=True, text=True)
     check(r.returncode != 0 and "not a finished dataset" in r.stderr, f"missing dataset: {r.stderr}")
