@@ -103,7 +103,7 @@ int64_t job_samples(const job *j);
 
 /* The observed frequencies [Hz] of the channels for a line of rest frequency
  * nu0 [Hz], into out[nf]. coemunet mode reproduces the reference grid bit for
- * bit (docs: physics.md, "Frequency grid"); grid and list use
+ * bit (docs/physics.md, "Frequency grids"); grid and list use
  * nu = nu0 * (1 - v/c), v > 0 away from the observer (redshift). */
 void job_frequencies(const job *j, double nu0, double *out);
 

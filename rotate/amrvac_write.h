@@ -1,6 +1,6 @@
 /* amrvac_write.h - write an amrvac_snapshot as an MPI-AMRVAC .dat file
  * (format version 5), byte for byte as AMRVAC's write_snapshot lays it out
- * (see /work/shared/docs/amrvac.md, section 1):
+ * (see docs/amrvac.md):
  *
  *   header (v5 field order, native little-endian, char16 names space padded)
  *   tree:   leaf bits (i32, nleafs + nparents), level (i32, nleafs),

@@ -1,6 +1,6 @@
 /* compat.h - the COEmuNet paper's gridding, reproduced on purpose.
  *
- * What the paper did (physics.md, "How the COEmuNet dataset was made"),
+ * What the paper did (docs/sampling.md, compat mode; docs/physics.md),
  * step by step:
  *  1. keep the leaf cell centres within a ball of radius R (one global
  *     value; the paper's R = COMPAT_PAPER_RADIUS) around the model centre;

@@ -1,6 +1,6 @@
 /* transforms.h - the COEmuNet normalisation of inputs and targets, forward
  * and inverse (docs/statistics.md; the rules are those of the paper's
- * preprocessing, /work docs coemunet.md):
+ * preprocessing, docs/statistics.md):
  *   v_z    (v - mean) / std                       (population std)
  *   T, n   (ln x - min) / median(ln x - min)      (zeros are invalid: ln 0 = -inf)
  *   I, F > 1 channels ("minmax"): per sample, zeros -> the sample's smallest

@@ -1,4 +1,4 @@
-/* coemunet.h - the COEmuNet architecture (docs/coemunet.md) as an nn.h graph.
+/* coemunet.h - the COEmuNet architecture (docs/trainer.md) as an nn.h graph.
  *
  * Input (N, 3, G, G, G): channels v_z, T, n_CO. Three independent encoder
  * branches (stem CBR k3 pad 0, MaxPool3d(2), three stages of a strided

@@ -1,5 +1,5 @@
 /* metrics.h - COEmuNet's evaluation metrics on held-out samples
- * (docs/coemunet.md, docs/trainer.md).
+ * (docs/trainer.md).
  *
  * Arrays are (n samples, f frequency channels, h, w) float32 in the
  * normalised units the network predicts; per-sample results go to
