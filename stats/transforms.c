@@ -54,7 +54,14 @@ void stats_norm_targets(const stats_norm *p, const float *I, size_t nval, float 
     out[i] = (float)(((double)out[i] - p->lnI_min) / p->lnI_scale);
 }
 
+static inline double denorm_intensity(const stats_norm *p, float t) {
+  return exp((double)t * p->lnI_scale + p->lnI_min); /* both modes: min + scale * t */
+}
+
 void stats_denorm_targets(const stats_norm *p, const float *t, size_t nval, float *out) {
-  for (size_t i = 0; i < nval; i++)
-    out[i] = (float)exp((double)t[i] * p->lnI_scale + p->lnI_min);
+  for (size_t i = 0; i < nval; i++) out[i] = (float)denorm_intensity(p, t[i]);
+}
+
+void stats_denorm_targets_f64(const stats_norm *p, const float *t, size_t nval, double *out) {
+  for (size_t i = 0; i < nval; i++) out[i] = denorm_intensity(p, t[i]);
 }

@@ -52,5 +52,7 @@ void stats_norm_inputs(const stats_norm *p, const float *in, size_t nvox, float 
 void stats_denorm_inputs(const stats_norm *p, const float *in, size_t nvox, float *out);
 void stats_norm_targets(const stats_norm *p, const float *I, size_t nval, float *out);
 void stats_denorm_targets(const stats_norm *p, const float *t, size_t nval, float *out);
+/* The same into double (metrics compare physical intensities in double). */
+void stats_denorm_targets_f64(const stats_norm *p, const float *t, size_t nval, double *out);
 
 #endif

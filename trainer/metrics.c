@@ -6,16 +6,10 @@
 #include <string.h>
 
 #include "error.h"
+#include "transforms.h"
 
-int metrics_minmax_log_inverse(const void *params, const float *norm, double *phys, size_t n) {
-  const minmax_log_params *p = params;
-  for (size_t i = 0; i < n; i++) phys[i] = exp((double)norm[i] * (p->max - p->min) + p->min);
-  return 0;
-}
-
-int metrics_median_log_inverse(const void *params, const float *norm, double *phys, size_t n) {
-  const median_log_params *p = params;
-  for (size_t i = 0; i < n; i++) phys[i] = exp((double)norm[i] * p->median + p->min);
+int metrics_stats_inverse(const void *params, const float *norm, double *phys, size_t n) {
+  stats_denorm_targets_f64(params, norm, n, phys);
   return 0;
 }
 

@@ -6,11 +6,10 @@
  * per_sample[n] (NULL to skip) so callers can report distributions.
  *
  * MaxRel needs the physical intensities: an intensity_inverse maps
- * normalised values back to I. metrics_minmax_log_inverse is the
- * seven-channel transform's inverse, I = exp(x (max - min) + min); the
- * single-channel transform (ln I - min)/median inverts with
- * metrics_median_log_inverse. The stats stage's transforms can be passed
- * instead through the same function pointer.
+ * normalised values back to I. metrics_stats_inverse is the inverse of the
+ * dataset's own normalisation (stats/transforms.h, parameters from /stats):
+ * I = exp(x scale + min) with scale = max - min (seven channels) or the
+ * median (single channel).
  */
 #ifndef COEMU_METRICS_H
 #define COEMU_METRICS_H
@@ -20,10 +19,8 @@
 /* Map n normalised values to physical intensities; returns 0 or -1. */
 typedef int (*intensity_inverse)(const void *params, const float *norm, double *phys, size_t n);
 
-typedef struct { double min, max; } minmax_log_params;   /* t = ln I; (t - min)/(max - min) */
-typedef struct { double min, median; } median_log_params; /* (ln I - min)/median */
-int metrics_minmax_log_inverse(const void *params, const float *norm, double *phys, size_t n);
-int metrics_median_log_inverse(const void *params, const float *norm, double *phys, size_t n);
+/* params: a const stats_norm * (stats/transforms.h). */
+int metrics_stats_inverse(const void *params, const float *norm, double *phys, size_t n);
 
 /* MaxRel (%) per sample: mean over (freq, y, x) of |t - p| / max_freq t at
  * that pixel, in physical units, times 100. per_sample is required here

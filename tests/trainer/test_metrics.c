@@ -7,6 +7,7 @@
 
 #include "check.h"
 #include "metrics.h"
+#include "transforms.h"
 #include "npy.h"
 #include "rng.h"
 
@@ -62,8 +63,8 @@ static void test_maxrel(void) {
      min-max log transform I = exp(x R + min), R = max - min, the error at a
      pixel is I_t(f) |1 - exp(d R)| / max_f I_t(f) */
   enum { F = 3, H = 4, W = 5, S = H * W };
-  minmax_log_params mp = {-40, -27.064306};
-  const double R = mp.max - mp.min, d = 0.01;
+  stats_norm mp = {.i_mode = STATS_I_MINMAX, .lnI_min = -40, .lnI_scale = -27.064306 - -40.0};
+  const double R = mp.lnI_scale, d = 0.01;
   float t[F * S], p[F * S];
   double x0[F] = {0.5, 0.7, 0.6}, per[1];
   for (int f = 0; f < F; f++)
@@ -71,7 +72,7 @@ static void test_maxrel(void) {
       t[f * S + i] = (float)x0[f];
       p[f * S + i] = (float)(x0[f] + d);
     }
-  CHECK_OK(metrics_maxrel(p, t, 1, F, H, W, metrics_minmax_log_inverse, &mp, per));
+  CHECK_OK(metrics_maxrel(p, t, 1, F, H, W, metrics_stats_inverse, &mp, per));
   double expect = 0, imax = exp((double)(float)x0[1] * R);
   for (int f = 0; f < F; f++) {
     double xt = (double)(float)x0[f], xp = (double)(float)(x0[f] + d);
@@ -80,10 +81,10 @@ static void test_maxrel(void) {
   expect *= 100.0 / F;
   CHECK_CLOSE(per[0], expect, 1e-9, 0);
   /* the single-channel transform's inverse */
-  median_log_params md = {-3, 2};
+  stats_norm md = {.i_mode = STATS_I_MEDIAN, .lnI_min = -3, .lnI_scale = 2};
   float v = 0.5f;
   double out;
-  CHECK_OK(metrics_median_log_inverse(&md, &v, &out, 1));
+  CHECK_OK(metrics_stats_inverse(&md, &v, &out, 1));
   CHECK_CLOSE(out, exp(-2.0), 1e-15, 0);
 }
 
@@ -110,12 +111,12 @@ static int dump(const char *dir) {
   fill(t, N * F * S, 10);
   fill(p, N * F * S, 11);
   for (int i = 0; i < N * F * S; i++) p[i] = 0.7f * t[i] + 0.3f * p[i]; /* correlated */
-  minmax_log_params mp = {-40, -27.064306};
+  stats_norm mp = {.i_mode = STATS_I_MINMAX, .lnI_min = -40, .lnI_scale = -27.064306 - -40.0};
   double res[3 + 4 * N];
   res[0] = metrics_zncc(p, t, N, F, H, W, res + 3);
   res[1] = metrics_ssim(p, t, N, F, H, W, SSIM_INTERIOR, res + 3 + N);
   res[2] = metrics_ssim(p, t, N, F, H, W, SSIM_REFLECT, res + 3 + 2 * N);
-  if (metrics_maxrel(p, t, N, F, H, W, metrics_minmax_log_inverse, &mp, res + 3 + 3 * N) < 0) return 1;
+  if (metrics_maxrel(p, t, N, F, H, W, metrics_stats_inverse, &mp, res + 3 + 3 * N) < 0) return 1;
   char path[1024];
   size_t shape[4] = {N, F, H, W}, rs[1] = {3 + 4 * N};
   snprintf(path, sizeof path, "%s/pred.npy", dir);
