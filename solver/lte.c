@@ -7,10 +7,12 @@
  * contraction for this file for the same reason.
  *
  * Layout of the work: one ray (pixel) at a time per thread. Per cell, 8
- * cells at once: populations, S, a*dx, 1/width, Doppler factor. Per
- * frequency: b, exp(-b^2), erf(b) per cell; the segment optical depths; the
- * running sum tau (scalar: it is a recurrence); exp(-tau); the formal
- * solution per segment, summed.
+ * cells at once: populations, S, a*dx, 1/width, Doppler factor. For up to 8
+ * frequencies together: b per cell, then exp(-b^2) and erf(b) only for the
+ * lanes that need a call, packed into full vectors (the rest are exact
+ * constants in the wings). Per frequency: the segment optical depths; the
+ * running sum tau (scalar: it is a recurrence; the frequencies interleave);
+ * exp(-tau); the formal solution per segment, summed.
  */
 #include "lte.h"
 
