@@ -338,7 +338,8 @@ void lte_cell_eval(const lte_line *L, double T, double vturb, lte_cell *o) {
 
 typedef struct {
   int nzp;  /* nz rounded up to W */
-  double *T, *n, *v;              /* ray inputs, float64 */
+  const double *T, *n, *v;        /* ray inputs, float64: the caller's, or: */
+  double *T_buf, *n_buf, *v_buf;  /* copies (float32 inputs, or padding to nzp) */
   double *S, *adx, *iw, *shift;   /* per cell */
   double *b, *eb, *er;            /* per cell, W frequencies */
   double *pe, *pr;                /* packed exp / erf arguments and results */
@@ -351,13 +352,13 @@ static int ws_alloc(workspace *w, int nz) {
   size_t len = (size_t)w->nzp + W; /* one spare vector: segment loads read k+1 */
   double *all = calloc((7 + 8 * W) * len, sizeof(double));
   if (!all) return -1;
-  double **p[] = {&w->T, &w->n, &w->v, &w->S, &w->adx, &w->iw, &w->shift};
+  double **p[] = {&w->T_buf, &w->n_buf, &w->v_buf, &w->S, &w->adx, &w->iw, &w->shift};
   for (int i = 0; i < 7; i++) *p[i] = all + (size_t)i * len;
   double **q[] = {&w->b, &w->eb, &w->er, &w->pe, &w->pr, &w->dtau, &w->tau, &w->em};
   for (int i = 0; i < 8; i++) *q[i] = all + 7 * len + (size_t)i * W * len;
   return 0;
 }
-static void ws_free(workspace *w) { free(w->T); }
+static void ws_free(workspace *w) { free(w->T_buf); }
 
 /* Per-cell constants for cells [0, nzp): populations (LTE over all levels),
  * S, a*dx, 1/width, 1+v/c. */
@@ -536,13 +537,17 @@ static int load_ray(const cube_inputs *in, int c, size_t off, int nz, workspace 
   if (in->f32) {
     const float *v = (const float *)in->v[c] + off, *T = (const float *)in->T[c] + off,
                 *n = (const float *)in->n[c] + off;
-    for (int z = 0; z < nz; z++) w->v[z] = v[z], w->T[z] = T[z], w->n[z] = n[z];
+    for (int z = 0; z < nz; z++) w->v_buf[z] = v[z], w->T_buf[z] = T[z], w->n_buf[z] = n[z];
+    w->v = w->v_buf, w->T = w->T_buf, w->n = w->n_buf;
+  } else if (nz == w->nzp) { /* no padding: read the caller's arrays in place */
+    w->v = (const double *)in->v[c] + off;
+    w->T = (const double *)in->T[c] + off;
+    w->n = (const double *)in->n[c] + off;
   } else {
-    const double *v = (const double *)in->v[c] + off, *T = (const double *)in->T[c] + off,
-                 *n = (const double *)in->n[c] + off;
-    memcpy(w->v, v, nz * sizeof(double));
-    memcpy(w->T, T, nz * sizeof(double));
-    memcpy(w->n, n, nz * sizeof(double));
+    memcpy(w->v_buf, (const double *)in->v[c] + off, nz * sizeof(double));
+    memcpy(w->T_buf, (const double *)in->T[c] + off, nz * sizeof(double));
+    memcpy(w->n_buf, (const double *)in->n[c] + off, nz * sizeof(double));
+    w->v = w->v_buf, w->T = w->T_buf, w->n = w->n_buf;
   }
   /* one branch-free pass (NaN fails every comparison), then find the culprit */
   int ok = 1;
@@ -555,10 +560,10 @@ static int load_ray(const cube_inputs *in, int c, size_t off, int nz, workspace 
       if (!(w->T[z] > 0 && w->T[z] <= DBL_MAX)) { *which = 1; return z; }
       if (!(w->n[z] >= 0 && w->n[z] <= DBL_MAX)) { *which = 2; return z; }
     }
-  for (int z = nz; z < w->nzp; z++) { /* padding: finite copies of the last cell */
-    w->v[z] = w->v[nz - 1];
-    w->T[z] = w->T[nz - 1];
-    w->n[z] = w->n[nz - 1];
+  for (int z = nz; z < w->nzp; z++) { /* padding (copies only): finite copies of the last cell */
+    w->v_buf[z] = w->v[nz - 1];
+    w->T_buf[z] = w->T[nz - 1];
+    w->n_buf[z] = w->n[nz - 1];
   }
   return -1;
 }
