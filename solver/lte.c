@@ -7,10 +7,12 @@
  * contraction for this file for the same reason.
  *
  * Layout of the work: one ray (pixel) at a time per thread. Per cell, 8
- * cells at once: populations, S, a*dx, 1/width, Doppler factor. Per
- * frequency: b, exp(-b^2), erf(b) per cell; the segment optical depths; the
- * running sum tau (scalar: it is a recurrence); exp(-tau); the formal
- * solution per segment, summed.
+ * cells at once: populations, S, a*dx, 1/width, Doppler factor. For up to 8
+ * frequencies together: b per cell, then exp(-b^2) and erf(b) only for the
+ * lanes that need a call, packed into full vectors (the rest are exact
+ * constants in the wings). Per frequency: the segment optical depths; the
+ * running sum tau (scalar: it is a recurrence; the frequencies interleave);
+ * exp(-tau); the formal solution per segment, summed.
  */
 #include "lte.h"
 
@@ -59,6 +61,43 @@ static inline v8d vabs(v8d x) {
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
+
+/* Lane masks as bits, and packing: the lanes of a mask stored contiguously
+ * and back, so that exp/erf run on full vectors of the lanes that need them
+ * (every routine here computes each lane from that lane alone, so the bits
+ * do not depend on the packing). Register compress + plain store: the
+ * memory forms of compress are slow on some CPUs. pack writes a whole vector
+ * at dst (zeros after the packed lanes); dst needs W doubles of room. */
+static inline unsigned lanes(v8l m) {
+#if defined(__AVX512F__)
+  return _mm512_test_epi64_mask((__m512i)m, (__m512i)m);
+#else
+  unsigned r = 0;
+  for (int i = 0; i < W; i++) r |= (unsigned)(m[i] != 0) << i;
+  return r;
+#endif
+}
+static inline int pack(double *dst, unsigned m, v8d x) {
+#if defined(__AVX512F__)
+  st(dst, (v8d)_mm512_maskz_compress_pd((__mmask8)m, (__m512d)x));
+#else
+  v8d r = splat(0);
+  for (int i = 0, k = 0; i < W; i++)
+    if (m >> i & 1) r[k++] = x[i];
+  st(dst, r);
+#endif
+  return __builtin_popcount(m);
+}
+/* The inverse of pack: lanes of m from src in order, the others from fill. */
+static inline v8d unpack(const double *src, unsigned m, v8d fill) {
+#if defined(__AVX512F__)
+  return (v8d)_mm512_mask_expand_pd((__m512d)fill, (__mmask8)m, (__m512d)ld(src));
+#else
+  for (int i = 0, k = 0; i < W; i++)
+    if (m >> i & 1) fill[i] = src[k++];
+  return fill;
+#endif
+}
 /* Per-lane libm: the portable path, and the reference the vector routines
  * are tested against (lte_options.libm). */
 static inline v8d lexp(v8d x) {
@@ -299,9 +338,11 @@ void lte_cell_eval(const lte_line *L, double T, double vturb, lte_cell *o) {
 
 typedef struct {
   int nzp;  /* nz rounded up to W */
-  double *T, *n, *v;              /* ray inputs, float64 */
+  const double *T, *n, *v;        /* ray inputs, float64: the caller's, or: */
+  double *T_buf, *n_buf, *v_buf;  /* copies (float32 inputs, or padding to nzp) */
   double *S, *adx, *iw, *shift;   /* per cell */
-  double *b, *eb, *er;            /* per cell, one frequency */
+  double *b, *eb, *er;            /* per cell, W frequencies */
+  double *pe, *pr;                /* packed exp / erf arguments and results */
   double *dtau, *tau, *em;        /* per segment / cell, W frequencies */
 } workspace;
 
@@ -309,16 +350,15 @@ static int ws_alloc(workspace *w, int nz) {
   memset(w, 0, sizeof *w);
   w->nzp = (nz + W - 1) / W * W;
   size_t len = (size_t)w->nzp + W; /* one spare vector: segment loads read k+1 */
-  double *all = calloc((10 + 3 * W) * len, sizeof(double));
+  double *all = calloc((7 + 8 * W) * len, sizeof(double));
   if (!all) return -1;
-  double **p[] = {&w->T, &w->n, &w->v, &w->S, &w->adx, &w->iw, &w->shift, &w->b, &w->eb, &w->er};
-  for (int i = 0; i < 10; i++) *p[i] = all + (size_t)i * len;
-  w->dtau = all + 10 * len;
-  w->tau = w->dtau + W * len;
-  w->em = w->tau + W * len;
+  double **p[] = {&w->T_buf, &w->n_buf, &w->v_buf, &w->S, &w->adx, &w->iw, &w->shift};
+  for (int i = 0; i < 7; i++) *p[i] = all + (size_t)i * len;
+  double **q[] = {&w->b, &w->eb, &w->er, &w->pe, &w->pr, &w->dtau, &w->tau, &w->em};
+  for (int i = 0; i < 8; i++) *q[i] = all + 7 * len + (size_t)i * W * len;
   return 0;
 }
-static void ws_free(workspace *w) { free(w->T); }
+static void ws_free(workspace *w) { free(w->T_buf); }
 
 /* Per-cell constants for cells [0, nzp): populations (LTE over all levels),
  * S, a*dx, 1/width, 1+v/c. */
@@ -347,31 +387,57 @@ static void cells(const lte_line *L, const lte_options *o, workspace *w) {
   }
 }
 
-/* Optical depths of the segments of one ray at frequency nu into dtau. */
-static void segments(const lte_line *L, const lte_options *o, workspace *w, int nz, double nu,
-                     double *dtau) {
-  const int nzp = w->nzp, nseg = nz - 1;
+/* exp(-x) for x >= 0 where it is not exactly 0: from x = 746 on it is 0 in
+ * libm, and libmvec hands such lanes to libm one by one (~70 ns each), so
+ * they are set directly. */
+#define EXP_ZERO 746.0
+
+/* b, exp(-b^2) and erf(b) of every cell at nb frequencies. Far in the wings
+ * the results are exact constants (erf = +-1 from |b| = 5.93 on in libm and
+ * libmvec alike, checked over [5.95, 1e300]; exp(-b^2) = 0 from b^2 = 746
+ * on): those lanes are set directly, the others packed into full vectors
+ * (the 7 channels of a ray mostly see a cell in different wings). */
+static void profiles(const lte_line *L, const lte_options *o, workspace *w, const double *nu,
+                     int nb) {
+  const size_t len = (size_t)w->nzp + W;
   const double nu0 = L->nu0;
-  for (int z = 0; z < nzp; z += W) {
-    v8d b = ld(w->iw + z) * (ld(w->shift + z) * nu - nu0);
-    v8d bb = b * b;
-    st(w->b + z, b);
-    /* Far in the wings the results are exact constants (erf = +-1 from
-     * |b| = 5.93 on in libm and libmvec alike, checked over [5.95, 40];
-     * exp(-b^2) = 0 beyond 745.2): skip the calls, same bits. */
-    st(w->eb + z, all_set((v8l)(bb > 750.0)) ? splat(0) : vexp(-bb, o->libm));
-    if (all_set((v8l)(bb >= 36.0))) {
-      const long long sign = (long long)0x8000000000000000ULL;
-      st(w->er + z, (v8d)(((v8l)b & sign) | (v8l)splat(1.0)));
-    } else {
-      st(w->er + z, verf(b, o->libm));
+  int ne = 0, nr = 0;
+  for (int f = 0; f < nb; f++)
+    for (int z = 0; z < w->nzp; z += W) {
+      v8d b = ld(w->iw + z) * (ld(w->shift + z) * nu[f] - nu0);
+      v8d bb = b * b;
+      st(w->b + f * len + z, b);
+      ne += pack(w->pe + ne, lanes(~(v8l)(bb >= EXP_ZERO)), -bb);
+      nr += pack(w->pr + nr, lanes(~(v8l)(bb >= 36.0)), b);
     }
-  }
+  st(w->pe + ne, splat(0)); /* the lanes after the last packed one: cheap, finite */
+  st(w->pr + nr, splat(0));
+  for (int i = 0; i < ne; i += W) st(w->pe + i, vexp(ld(w->pe + i), o->libm));
+  for (int i = 0; i < nr; i += W) st(w->pr + i, verf(ld(w->pr + i), o->libm));
+  const long long sign = (long long)0x8000000000000000ULL;
+  ne = nr = 0;
+  for (int f = 0; f < nb; f++)
+    for (int z = 0; z < w->nzp; z += W) {
+      v8d b = ld(w->b + f * len + z);
+      v8d bb = b * b;
+      unsigned me = lanes(~(v8l)(bb >= EXP_ZERO)), mr = lanes(~(v8l)(bb >= 36.0));
+      st(w->eb + f * len + z, unpack(w->pe + ne, me, splat(0)));
+      st(w->er + f * len + z, unpack(w->pr + nr, mr, (v8d)(((v8l)b & sign) | (v8l)splat(1.0))));
+      ne += __builtin_popcount(me);
+      nr += __builtin_popcount(mr);
+    }
+}
+
+/* Optical depths of the segments of one ray at one frequency into dtau, from
+ * its b, exp(-b^2), erf(b). */
+static void segments(workspace *w, int nz, const double *bf, const double *ebf, const double *erf_,
+                     double *dtau) {
+  const int nseg = nz - 1;
   for (int k = 0; k < nseg; k += W) {
     v8d a0 = ld(w->adx + k), a1 = ld(w->adx + k + 1);
-    v8d b0 = ld(w->b + k), b1 = ld(w->b + k + 1);
-    v8d eb0 = ld(w->eb + k), eb1 = ld(w->eb + k + 1);
-    v8d er0 = ld(w->er + k), er1 = ld(w->er + k + 1);
+    v8d b0 = ld(bf + k), b1 = ld(bf + k + 1);
+    v8d eb0 = ld(ebf + k), eb1 = ld(ebf + k + 1);
+    v8d er0 = ld(erf_ + k), er1 = ld(erf_ + k + 1);
     v8d b10 = b1 - b0, a01 = a0 + a1;
     v8d sp_a1b0 = (SQRT_PI * a1) * b0;
     v8d sp_a0b1 = (SQRT_PI * a0) * b1;
@@ -389,7 +455,8 @@ static double formal(const lte_options *o, workspace *w, int nz, const double *d
   const int nzp = w->nzp, nseg = nz - 1;
   for (int z = 0; z < nzp; z += W) {
     v8d t = ld(tau + z);
-    st(em + z, all_set((v8l)(t > 750.0)) ? splat(0) : vexp(-t, o->libm));
+    v8l zero = (v8l)(t >= EXP_ZERO);
+    st(em + z, all_set(zero) ? splat(0) : (v8d)(~zero & (v8l)vexp(blend(zero, splat(0), -t), o->libm)));
   }
   v8d acc = splat(0);
   const int corrected = o->corrected_taylor;
@@ -438,7 +505,9 @@ static void ray_block(const lte_line *L, const lte_options *o, workspace *w, int
                       const double *nu, int nb, const double *bdy, double *out) {
   const size_t len = (size_t)w->nzp + W;
   const int nseg = nz - 1;
-  for (int f = 0; f < nb; f++) segments(L, o, w, nz, nu[f], w->dtau + f * len);
+  profiles(L, o, w, nu, nb);
+  for (int f = 0; f < nb; f++)
+    segments(w, nz, w->b + f * len, w->eb + f * len, w->er + f * len, w->dtau + f * len);
   double t[W] = {0};
   for (int f = 0; f < nb; f++) w->tau[f * len] = 0;
   for (int k = 0; k < nseg; k++)
@@ -468,13 +537,17 @@ static int load_ray(const cube_inputs *in, int c, size_t off, int nz, workspace 
   if (in->f32) {
     const float *v = (const float *)in->v[c] + off, *T = (const float *)in->T[c] + off,
                 *n = (const float *)in->n[c] + off;
-    for (int z = 0; z < nz; z++) w->v[z] = v[z], w->T[z] = T[z], w->n[z] = n[z];
+    for (int z = 0; z < nz; z++) w->v_buf[z] = v[z], w->T_buf[z] = T[z], w->n_buf[z] = n[z];
+    w->v = w->v_buf, w->T = w->T_buf, w->n = w->n_buf;
+  } else if (nz == w->nzp) { /* no padding: read the caller's arrays in place */
+    w->v = (const double *)in->v[c] + off;
+    w->T = (const double *)in->T[c] + off;
+    w->n = (const double *)in->n[c] + off;
   } else {
-    const double *v = (const double *)in->v[c] + off, *T = (const double *)in->T[c] + off,
-                 *n = (const double *)in->n[c] + off;
-    memcpy(w->v, v, nz * sizeof(double));
-    memcpy(w->T, T, nz * sizeof(double));
-    memcpy(w->n, n, nz * sizeof(double));
+    memcpy(w->v_buf, (const double *)in->v[c] + off, nz * sizeof(double));
+    memcpy(w->T_buf, (const double *)in->T[c] + off, nz * sizeof(double));
+    memcpy(w->n_buf, (const double *)in->n[c] + off, nz * sizeof(double));
+    w->v = w->v_buf, w->T = w->T_buf, w->n = w->n_buf;
   }
   /* one branch-free pass (NaN fails every comparison), then find the culprit */
   int ok = 1;
@@ -487,10 +560,10 @@ static int load_ray(const cube_inputs *in, int c, size_t off, int nz, workspace 
       if (!(w->T[z] > 0 && w->T[z] <= DBL_MAX)) { *which = 1; return z; }
       if (!(w->n[z] >= 0 && w->n[z] <= DBL_MAX)) { *which = 2; return z; }
     }
-  for (int z = nz; z < w->nzp; z++) { /* padding: finite copies of the last cell */
-    w->v[z] = w->v[nz - 1];
-    w->T[z] = w->T[nz - 1];
-    w->n[z] = w->n[nz - 1];
+  for (int z = nz; z < w->nzp; z++) { /* padding (copies only): finite copies of the last cell */
+    w->v_buf[z] = w->v[nz - 1];
+    w->T_buf[z] = w->T[nz - 1];
+    w->n_buf[z] = w->n[nz - 1];
   }
   return -1;
 }
