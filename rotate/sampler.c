@@ -55,8 +55,8 @@ int sampler_check(const ce_model *m, const sampler_opts *o) {
  * round-off puts a hair past the exit reads the edge cell of the leaf
  * instead of memory outside it. */
 static void walk_line(const ce_model *m, const double A[3], const double B[3], const double *uz,
-                      int nk, double du, int64_t *idx, model_cache *c) {
-  /* uz[j] = uz[0] + j du up to round-off; 1/B once per line */
+                      int nk, double inv_du, int64_t *idx, model_cache *c) {
+  /* uz[j] = uz[0] + j / inv_du up to round-off; 1/B once per line */
   const double inv_b[3] = {B[0] != 0 ? 1 / B[0] : 0, B[1] != 0 ? 1 / B[1] : 0,
                            B[2] != 0 ? 1 / B[2] : 0};
   const double nf[3] = {(double)m->nfine[0], (double)m->nfine[1], (double)m->nfine[2]};
@@ -79,7 +79,7 @@ static void walk_line(const ce_model *m, const double A[3], const double B[3], c
     const int sh = c->shift;
     /* the points of this leaf: j .. je-1, je the first index with uz >= uhi
      * (at least one point): estimated from the spacing, then corrected */
-    double est = (uhi - uz[0]) / du;
+    double est = (uhi - uz[0]) * inv_du;
     int je = !(est < nk) ? nk : est <= j + 1 ? j + 1 : (int)est;
     while (je < nk && uz[je] < uhi) je++;
     while (je > j + 1 && uz[je - 1] >= uhi) je--;
@@ -102,9 +102,11 @@ static void walk_line(const ce_model *m, const double A[3], const double B[3], c
 static inline void voxel_means(const double w[5], const double p[4], const double l[3],
                                double inv, float *v_los, float *T, float *n_co) {
   *n_co = (float)(w[0] * inv);
-  if (w[0] > 0) {
-    *T = (float)(w[1] / w[0]);
-    *v_los = (float)((l[0] * w[2] + l[1] * w[3] + l[2] * w[4]) / w[0]);
+  if (w[0] > 0) { /* both quotients by one (two-lane) division */
+    typedef double pair __attribute__((vector_size(16)));
+    pair q = (pair){w[1], l[0] * w[2] + l[1] * w[3] + l[2] * w[4]} / (pair){w[0], w[0]};
+    *T = (float)q[0];
+    *v_los = (float)q[1];
   } else {
     *T = (float)(p[0] * inv);
     *v_los = (float)((l[0] * p[1] + l[1] * p[2] + l[2] * p[3]) * inv);
@@ -208,7 +210,7 @@ int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, flo
               line[j] = d0 * d0 + d1 * d1 + d2 * d2 <= r2 ? model_locate(m, x, &cache) : -1;
             }
           } else {
-            walk_line(m, A, B, uz, nk, o->edge / nk, line, &cache);
+            walk_line(m, A, B, uz, nk, nk / o->edge, line, &cache);
           }
         }
       size_t at = ((size_t)ix * n + iy) * n;
