@@ -48,6 +48,19 @@ int sampler_check(const ce_model *m, const sampler_opts *o) {
   return 0;
 }
 
+/* The leaves crossed by the previous sub-line, in order: the next sub-line
+ * (a neighbour, less than a voxel away) mostly crosses the same ones, and
+ * checking a leaf's bounds is cheaper than descending the tree. */
+typedef struct {
+  model_cache *prev, *cur; /* n k entries each: at most one leaf per point */
+  int nprev, ncur, at;     /* at: the entry of prev matched last */
+} leaf_trail;
+
+static inline int leaf_has(const model_cache *c, const int64_t f[3]) {
+  return f[0] >= c->lo[0] && f[0] < c->hi[0] && f[1] >= c->lo[1] && f[1] < c->hi[1] &&
+         f[2] >= c->lo[2] && f[2] < c->hi[2];
+}
+
 /* One sub-line without background fill: cell indices idx[0..nk-1] of its
  * points (-1: none). Find the leaf of the first point, then take every
  * following point whose uz stays below the leaf's exit (one comparison per
@@ -55,7 +68,7 @@ int sampler_check(const ce_model *m, const sampler_opts *o) {
  * round-off puts a hair past the exit reads the edge cell of the leaf
  * instead of memory outside it. */
 static void walk_line(const ce_model *m, const double A[3], const double B[3], const double *uz,
-                      int nk, double inv_du, int64_t *idx, model_cache *c) {
+                      int nk, double inv_du, int64_t *idx, leaf_trail *tr) {
   /* uz[j] = uz[0] + j / inv_du up to round-off; 1/B once per line */
   const double inv_b[3] = {B[0] != 0 ? 1 / B[0] : 0, B[1] != 0 ? 1 / B[1] : 0,
                            B[2] != 0 ? 1 / B[2] : 0};
@@ -68,7 +81,14 @@ static void walk_line(const ce_model *m, const double A[3], const double B[3], c
       idx[j++] = -1; /* outside the domain: only on round-off at a face (sampler_check) */
       continue;
     }
-    model_find(m, (int64_t[3]){(int64_t)t0, (int64_t)t1, (int64_t)t2}, c);
+    const int64_t f[3] = {(int64_t)t0, (int64_t)t1, (int64_t)t2};
+    model_cache *c = &tr->cur[tr->ncur++];
+    if (tr->at < tr->nprev && leaf_has(&tr->prev[tr->at], f))
+      *c = tr->prev[tr->at];
+    else if (tr->at + 1 < tr->nprev && leaf_has(&tr->prev[tr->at + 1], f))
+      *c = tr->prev[++tr->at];
+    else
+      model_find(m, f, c);
     double uhi = INFINITY;
     for (int d = 0; d < 3; d++) {
       double e = B[d] > 0 ? ((double)c->hi[d] - A[d]) * inv_b[d]
@@ -94,6 +114,11 @@ static void walk_line(const ce_model *m, const double A[3], const double B[3], c
       idx[j] = base + (i2 * b1 + i1) * b0 + i0;
     }
   }
+  model_cache *t = tr->prev;
+  tr->prev = tr->cur;
+  tr->cur = t;
+  tr->nprev = tr->ncur;
+  tr->ncur = tr->at = 0;
 }
 
 /* A voxel's means from its sums: w = (n, n T, n v_x, n v_y, n v_z) and
@@ -176,9 +201,13 @@ int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, flo
   const double l[3] = {R[2], R[5], R[8]};
   double *uz = malloc(sizeof(double) * (size_t)nk);
   int64_t *idx = malloc(sizeof(int64_t) * (size_t)nk * k * k);
-  if (!uz || !idx) {
+  leaf_trail trail = {malloc(sizeof(model_cache) * (size_t)nk),
+                      malloc(sizeof(model_cache) * (size_t)nk), 0, 0, 0};
+  if (!uz || !idx || !trail.prev || !trail.cur) {
     free(uz);
     free(idx);
+    free(trail.prev);
+    free(trail.cur);
     CE_FAIL("sampler: out of memory");
   }
   for (int j = 0; j < nk; j++) uz[j] = ((j / k + (j % k + 0.5) / k) / n - 0.5) * o->edge;
@@ -210,7 +239,7 @@ int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, flo
               line[j] = d0 * d0 + d1 * d1 + d2 * d2 <= r2 ? model_locate(m, x, &cache) : -1;
             }
           } else {
-            walk_line(m, A, B, uz, nk, nk / o->edge, line, &cache);
+            walk_line(m, A, B, uz, nk, nk / o->edge, line, &trail);
           }
         }
       size_t at = ((size_t)ix * n + iy) * n;
@@ -221,5 +250,7 @@ int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, flo
     }
   free(uz);
   free(idx);
+  free(trail.prev);
+  free(trail.cur);
   return 0;
 }
