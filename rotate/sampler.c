@@ -140,14 +140,16 @@ static inline void voxel_means(const double w[5], const double p[4], const doubl
 
 /* The n voxels of one column from the cell indices of its k^2 sub-lines
  * (line L's point j at idx[L*n*k + j]; -1 takes the background record bg):
- * the k^3 sub-samples of a voxel are summed in registers, in double. With
+ * the k^3 sub-samples of a voxel are summed in registers, in double, into
+ * sums[16 iz ..] (w at 0..4, p at 9..12; see voxel_means). With
  * AVX-512 one sub-sample is one masked load of its five floats, widened to
  * eight double lanes: a plain sum (n, T, v) and a weighted one (n, n T, n v)
  * by one multiply with (1, n, n, n, n). Inlined with k = 2 as a constant
  * for the default. */
 static inline __attribute__((always_inline)) void
 sum_column(const model_real *cells, const model_real bg[MODEL_NF], const int64_t *idx, int n,
-           int k, const double l[3], double inv, float *v_los, float *T, float *n_co) {
+           int k, const double l[3], double inv, double *sums, float *v_los, float *T,
+           float *n_co) {
   const int nk = n * k, kk = k * k;
 #if defined(__AVX512F__)
   const __m512d one = _mm512_set1_pd(1), zero = _mm512_setzero_pd();
@@ -163,14 +165,14 @@ sum_column(const model_real *cells, const model_real bg[MODEL_NF], const int64_t
         sp = _mm512_add_pd(sp, a);
         sw = _mm512_add_pd(sw, _mm512_mul_pd(a, wn));
       }
-    double w[8], p[8];
-    _mm512_storeu_pd(w, sw);
-    _mm512_storeu_pd(p, sp);
-    voxel_means(w, p + 1, l, inv, v_los + iz, T + iz, n_co + iz);
+    _mm512_storeu_pd(sums + 16 * iz, sw);
+    _mm512_storeu_pd(sums + 16 * iz + 8, sp);
   }
 #else
   for (int iz = 0; iz < n; iz++) {
-    double w[5] = {0, 0, 0, 0, 0}, p[4] = {0, 0, 0, 0};
+    double *w = sums + 16 * iz, *p = w + 9;
+    for (int f = 0; f < 5; f++) w[f] = 0;
+    for (int f = 0; f < 4; f++) p[f] = 0;
     for (int L = 0; L < kk; L++)
       for (int i = 0; i < k; i++) {
         int64_t c = idx[L * nk + iz * k + i];
@@ -182,9 +184,12 @@ sum_column(const model_real *cells, const model_real bg[MODEL_NF], const int64_t
           w[1 + d] += nn * f[MODEL_T + d];
         }
       }
-    voxel_means(w, p, l, inv, v_los + iz, T + iz, n_co + iz);
   }
 #endif
+  /* apart from the sums: the divisions of one voxel need not wait for the
+   * sums of the next */
+  for (int iz = 0; iz < n; iz++)
+    voxel_means(sums + 16 * iz, sums + 16 * iz + 9, l, inv, v_los + iz, T + iz, n_co + iz);
 }
 
 /* The voxels of one (ix, iy) column are filled by k^2 sub-lines along z,
@@ -201,10 +206,12 @@ int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, flo
   const double l[3] = {R[2], R[5], R[8]};
   double *uz = malloc(sizeof(double) * (size_t)nk);
   int64_t *idx = malloc(sizeof(int64_t) * (size_t)nk * k * k);
+  double *sums = malloc(sizeof(double) * 16 * (size_t)n);
   leaf_trail trail = {malloc(sizeof(model_cache) * (size_t)nk),
                       malloc(sizeof(model_cache) * (size_t)nk), 0, 0, 0};
-  if (!uz || !idx || !trail.prev || !trail.cur) {
+  if (!uz || !idx || !sums || !trail.prev || !trail.cur) {
     free(uz);
+    free(sums);
     free(idx);
     free(trail.prev);
     free(trail.cur);
@@ -244,12 +251,13 @@ int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, flo
         }
       size_t at = ((size_t)ix * n + iy) * n;
       if (k == 2)
-        sum_column(m->cells, bg, idx, n, 2, l, inv, v_los + at, T + at, n_co + at);
+        sum_column(m->cells, bg, idx, n, 2, l, inv, sums, v_los + at, T + at, n_co + at);
       else
-        sum_column(m->cells, bg, idx, n, k, l, inv, v_los + at, T + at, n_co + at);
+        sum_column(m->cells, bg, idx, n, k, l, inv, sums, v_los + at, T + at, n_co + at);
     }
   free(uz);
   free(idx);
+  free(sums);
   free(trail.prev);
   free(trail.cur);
   return 0;
