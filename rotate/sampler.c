@@ -121,75 +121,74 @@ static void walk_line(const ce_model *m, const double A[3], const double B[3], c
   tr->ncur = tr->at = 0;
 }
 
-/* A voxel's means from its sums: w = (n, n T, n v_x, n v_y, n v_z) and
- * p = (T, v_x, v_y, v_z) over its k^3 sub-samples; v_los = l . v is taken
- * after summing (linear), inv = 1/k^3. */
-static inline void voxel_means(const double w[5], const double p[4], const double l[3],
-                               double inv, float *v_los, float *T, float *n_co) {
-  *n_co = (float)(w[0] * inv);
-  if (w[0] > 0) { /* both quotients by one (two-lane) division */
-    typedef double pair __attribute__((vector_size(16)));
-    pair q = (pair){w[1], l[0] * w[2] + l[1] * w[3] + l[2] * w[4]} / (pair){w[0], w[0]};
-    *T = (float)q[0];
-    *v_los = (float)q[1];
-  } else {
-    *T = (float)(p[0] * inv);
-    *v_los = (float)((l[0] * p[1] + l[1] * p[2] + l[2] * p[3]) * inv);
-  }
+/* The fields of a sub-sample in cell c (-1: the background record bg). */
+static inline const model_real *sub_sample(const model_real *cells, const model_real *bg,
+                                           int64_t c) {
+  return c >= 0 ? cells + c * MODEL_NF : bg;
 }
 
 /* The n voxels of one column from the cell indices of its k^2 sub-lines
- * (line L's point j at idx[L*n*k + j]; -1 takes the background record bg):
- * the k^3 sub-samples of a voxel are summed in registers, in double, into
- * sums[16 iz ..] (w at 0..4, p at 9..12; see voxel_means). With
- * AVX-512 one sub-sample is one masked load of its five floats, widened to
- * eight double lanes: a plain sum (n, T, v) and a weighted one (n, n T, n v)
- * by one multiply with (1, n, n, n, n). Inlined with k = 2 as a constant
- * for the default. */
+ * (line L's point j at idx[L*n*k + j]; -1 takes the background record bg).
+ * First the n-weighted sums w = (n, n T, n v_x, n v_y, n v_z) of each
+ * voxel's k^3 sub-samples, in double, into sums[8 iz ..]; then the means, in
+ * a pass of their own so that the divisions of one voxel need not wait for
+ * the sums of the next. v_los = l . v is taken after summing (linear). The
+ * plain means (voxels without CO) are summed again when needed: rare.
+ * With AVX-512 one sub-sample is one masked load of its five floats
+ * widened to eight double lanes and one multiply-add with (1, n, n, n, n)
+ * (exact products of floats, so the same bits as the portable loop).
+ * Inlined with k = 2 as a constant for the default. */
 static inline __attribute__((always_inline)) void
 sum_column(const model_real *cells, const model_real bg[MODEL_NF], const int64_t *idx, int n,
            int k, const double l[3], double inv, double *sums, float *v_los, float *T,
            float *n_co) {
   const int nk = n * k, kk = k * k;
 #if defined(__AVX512F__)
-  const __m512d one = _mm512_set1_pd(1), zero = _mm512_setzero_pd();
+  const __m512d one = _mm512_set1_pd(1);
   const __m512i lane0 = _mm512_setzero_si512();
   for (int iz = 0; iz < n; iz++) {
-    __m512d sp = zero, sw = zero;
+    __m512d sw = _mm512_setzero_pd();
     for (int L = 0; L < kk; L++)
       for (int i = 0; i < k; i++) {
-        int64_t c = idx[L * nk + iz * k + i];
-        const model_real *f = c >= 0 ? cells + c * MODEL_NF : bg;
+        const model_real *f = sub_sample(cells, bg, idx[L * nk + iz * k + i]);
         __m512d a = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(0x1f, f));
         __m512d wn = _mm512_mask_permutexvar_pd(one, 0x1e, lane0, a); /* (1, n, n, n, n, 1..) */
-        sp = _mm512_add_pd(sp, a);
-        sw = _mm512_add_pd(sw, _mm512_mul_pd(a, wn));
+        sw = _mm512_fmadd_pd(a, wn, sw);
       }
-    _mm512_storeu_pd(sums + 16 * iz, sw);
-    _mm512_storeu_pd(sums + 16 * iz + 8, sp);
+    _mm512_storeu_pd(sums + 8 * iz, sw);
   }
 #else
   for (int iz = 0; iz < n; iz++) {
-    double *w = sums + 16 * iz, *p = w + 9;
-    for (int f = 0; f < 5; f++) w[f] = 0;
-    for (int f = 0; f < 4; f++) p[f] = 0;
+    double *w = sums + 8 * iz;
+    for (int d = 0; d < 5; d++) w[d] = 0;
     for (int L = 0; L < kk; L++)
       for (int i = 0; i < k; i++) {
-        int64_t c = idx[L * nk + iz * k + i];
-        const model_real *f = c >= 0 ? cells + c * MODEL_NF : bg;
+        const model_real *f = sub_sample(cells, bg, idx[L * nk + iz * k + i]);
         double nn = f[MODEL_N];
         w[0] += nn;
-        for (int d = 0; d < 4; d++) {
-          p[d] += f[MODEL_T + d];
-          w[1 + d] += nn * f[MODEL_T + d];
-        }
+        for (int d = 1; d < 5; d++) w[d] += nn * f[d];
       }
   }
 #endif
-  /* apart from the sums: the divisions of one voxel need not wait for the
-   * sums of the next */
-  for (int iz = 0; iz < n; iz++)
-    voxel_means(sums + 16 * iz, sums + 16 * iz + 9, l, inv, v_los + iz, T + iz, n_co + iz);
+  for (int iz = 0; iz < n; iz++) {
+    const double *w = sums + 8 * iz;
+    n_co[iz] = (float)(w[0] * inv);
+    if (w[0] > 0) { /* both quotients by one (two-lane) division */
+      typedef double pair __attribute__((vector_size(16)));
+      pair q = (pair){w[1], l[0] * w[2] + l[1] * w[3] + l[2] * w[4]} / (pair){w[0], w[0]};
+      T[iz] = (float)q[0];
+      v_los[iz] = (float)q[1];
+    } else {
+      double p[5] = {0, 0, 0, 0, 0};
+      for (int L = 0; L < kk; L++)
+        for (int i = 0; i < k; i++) {
+          const model_real *f = sub_sample(cells, bg, idx[L * nk + iz * k + i]);
+          for (int d = 1; d < 5; d++) p[d] += f[d];
+        }
+      T[iz] = (float)(p[MODEL_T] * inv);
+      v_los[iz] = (float)((l[0] * p[MODEL_VX] + l[1] * p[MODEL_VY] + l[2] * p[MODEL_VZ]) * inv);
+    }
+  }
 }
 
 /* The voxels of one (ix, iy) column are filled by k^2 sub-lines along z,
@@ -206,7 +205,7 @@ int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, flo
   const double l[3] = {R[2], R[5], R[8]};
   double *uz = malloc(sizeof(double) * (size_t)nk);
   int64_t *idx = malloc(sizeof(int64_t) * (size_t)nk * k * k);
-  double *sums = malloc(sizeof(double) * 16 * (size_t)n);
+  double *sums = malloc(sizeof(double) * 8 * (size_t)n);
   leaf_trail trail = {malloc(sizeof(model_cache) * (size_t)nk),
                       malloc(sizeof(model_cache) * (size_t)nk), 0, 0, 0};
   if (!uz || !idx || !sums || !trail.prev || !trail.cur) {
