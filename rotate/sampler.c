@@ -3,8 +3,9 @@
 
 #include <math.h>
 #include <stdlib.h>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
 #include <immintrin.h>
+#define SAMPLER_AVX512 1 /* the hot loops in AVX-512; the portable ones give the same bits */
 #endif
 
 #include "directions.h"
@@ -103,7 +104,40 @@ static void walk_line(const ce_model *m, const double A[3], const double B[3], c
     int je = !(est < nk) ? nk : est <= j + 1 ? j + 1 : (int)est;
     while (je < nk && uz[je] < uhi) je++;
     while (je > j + 1 && uz[je - 1] >= uhi) je--;
-    /* vectorises */
+#if SAMPLER_AVX512
+    /* 8 points at a time, the last ones masked (no scalar remainder):
+     * the loop below in vectors, multiply and add unfused like it */
+    const __m512i vlo0 = _mm512_set1_epi64(lo0), vlo1 = _mm512_set1_epi64(lo1),
+                  vlo2 = _mm512_set1_epi64(lo2), vbase = _mm512_set1_epi64(base),
+                  zero = _mm512_setzero_si512(), top0 = _mm512_set1_epi64(b0 - 1),
+                  top1 = _mm512_set1_epi64(b1 - 1), top2 = _mm512_set1_epi64(b2 - 1),
+                  vb0 = _mm512_set1_epi64(b0), vb1 = _mm512_set1_epi64(b1);
+    const int bs = m->bshift; /* log2 of the block size, or -1 */
+    const __m128i vsh = _mm_cvtsi32_si128(sh), vbs = _mm_cvtsi32_si128(bs);
+    const __m512d vA0 = _mm512_set1_pd(A[0]), vA1 = _mm512_set1_pd(A[1]),
+                  vA2 = _mm512_set1_pd(A[2]), vB0 = _mm512_set1_pd(B[0]),
+                  vB1 = _mm512_set1_pd(B[1]), vB2 = _mm512_set1_pd(B[2]);
+    for (; j < je; j += 8) {
+      __mmask8 mk = je - j >= 8 ? 0xff : (__mmask8)((1u << (je - j)) - 1);
+      __m512d u = _mm512_maskz_loadu_pd(mk, uz + j);
+      __m512i i0 = _mm512_sra_epi64(
+          _mm512_sub_epi64(_mm512_cvttpd_epi64(_mm512_add_pd(vA0, _mm512_mul_pd(vB0, u))), vlo0),
+          vsh);
+      __m512i i1 = _mm512_sra_epi64(
+          _mm512_sub_epi64(_mm512_cvttpd_epi64(_mm512_add_pd(vA1, _mm512_mul_pd(vB1, u))), vlo1),
+          vsh);
+      __m512i i2 = _mm512_sra_epi64(
+          _mm512_sub_epi64(_mm512_cvttpd_epi64(_mm512_add_pd(vA2, _mm512_mul_pd(vB2, u))), vlo2),
+          vsh);
+      i0 = _mm512_min_epi64(_mm512_max_epi64(i0, zero), top0);
+      i1 = _mm512_min_epi64(_mm512_max_epi64(i1, zero), top1);
+      i2 = _mm512_min_epi64(_mm512_max_epi64(i2, zero), top2);
+      __m512i r = bs >= 0 ? _mm512_sll_epi64(_mm512_add_epi64(_mm512_sll_epi64(i2, vbs), i1), vbs)
+                          : _mm512_mullo_epi64(_mm512_add_epi64(_mm512_mullo_epi64(i2, vb1), i1), vb0);
+      _mm512_mask_storeu_epi64(idx + j, mk, _mm512_add_epi64(vbase, _mm512_add_epi64(r, i0)));
+    }
+    j = je;
+#else
     for (; j < je; j++) {
       int64_t i0 = ((int64_t)(A[0] + B[0] * uz[j]) - lo0) >> sh;
       int64_t i1 = ((int64_t)(A[1] + B[1] * uz[j]) - lo1) >> sh;
@@ -113,6 +147,7 @@ static void walk_line(const ce_model *m, const double A[3], const double B[3], c
       i2 = i2 < 0 ? 0 : i2 >= b2 ? b2 - 1 : i2;
       idx[j] = base + (i2 * b1 + i1) * b0 + i0;
     }
+#endif
   }
   model_cache *t = tr->prev;
   tr->prev = tr->cur;
@@ -143,7 +178,7 @@ sum_column(const model_real *cells, const model_real bg[MODEL_NF], const int64_t
            int k, const double l[3], double inv, double *sums, float *v_los, float *T,
            float *n_co) {
   const int nk = n * k, kk = k * k;
-#if defined(__AVX512F__)
+#if SAMPLER_AVX512
   const __m512d one = _mm512_set1_pd(1);
   const __m512i lane0 = _mm512_setzero_si512();
   for (int iz = 0; iz < n; iz++) {
