@@ -227,9 +227,11 @@ sum_column(const model_real *cells, const model_real bg[MODEL_NF], const int64_t
 }
 
 /* The voxels of one (ix, iy) column are filled by k^2 sub-lines along z,
- * each stepping through n*k points: consecutive points are close, so the
- * locator's last-leaf cache almost always hits. Positions are evaluated
- * directly (not accumulated) in units of the finest cells. */
+ * each stepping through n*k points in runs of points in one leaf (the
+ * leaves mostly those of the previous sub-line, leaf_trail); the cell
+ * indices of all k^2 sub-lines first, then the sums per voxel
+ * (sum_column). Positions are evaluated directly (not accumulated) in
+ * units of the finest cells. */
 int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, float *v_los,
                 float *T, float *n_co) {
   CE_TRY(sampler_check(m, o));
