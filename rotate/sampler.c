@@ -3,6 +3,10 @@
 
 #include <math.h>
 #include <stdlib.h>
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+#include <immintrin.h>
+#define SAMPLER_AVX512 1 /* the hot loops in AVX-512; the portable ones give the same bits */
+#endif
 
 #include "directions.h"
 #include "error.h"
@@ -45,39 +49,47 @@ int sampler_check(const ce_model *m, const sampler_opts *o) {
   return 0;
 }
 
-/* One sub-sample: sum[] += (n, n T, n v_los, T, v_los) of cell fields f. */
-static inline void add_cell(double sum[5], const model_real *f, const double l[3]) {
-  double n = f[MODEL_N], T = f[MODEL_T];
-  double vl = l[0] * f[MODEL_VX] + l[1] * f[MODEL_VY] + l[2] * f[MODEL_VZ];
-  sum[0] += n;
-  sum[1] += n * T;
-  sum[2] += n * vl;
-  sum[3] += T;
-  sum[4] += vl;
+/* The leaves crossed by the previous sub-line, in order: the next sub-line
+ * (a neighbour, less than a voxel away) mostly crosses the same ones, and
+ * checking a leaf's bounds is cheaper than descending the tree. */
+typedef struct {
+  model_cache *prev, *cur; /* n k entries each: at most one leaf per point */
+  int nprev, ncur, at;     /* at: the entry of prev matched last */
+} leaf_trail;
+
+static inline int leaf_has(const model_cache *c, const int64_t f[3]) {
+  return f[0] >= c->lo[0] && f[0] < c->hi[0] && f[1] >= c->lo[1] && f[1] < c->hi[1] &&
+         f[2] >= c->lo[2] && f[2] < c->hi[2];
 }
 
-/* One sub-line without background fill: find the leaf of the first point,
- * then take every following point whose uz stays below the leaf's exit
- * (one comparison per point). Local cell indices are clamped to the block,
- * so a point that round-off puts a hair past the exit reads the edge cell
- * of the leaf instead of memory outside it. */
+/* One sub-line without background fill: cell indices idx[0..nk-1] of its
+ * points (-1: none). Find the leaf of the first point, then take every
+ * following point whose uz stays below the leaf's exit (one comparison per
+ * point). Local cell indices are clamped to the block, so a point that
+ * round-off puts a hair past the exit reads the edge cell of the leaf
+ * instead of memory outside it. */
 static void walk_line(const ce_model *m, const double A[3], const double B[3], const double *uz,
-                      const int *jz, int nk, double du, const double l[3], double *acc,
-                      int64_t *idx, model_cache *c) {
-  /* uz[j] = uz[0] + j du up to round-off; 1/B once per line */
+                      int nk, double inv_du, int64_t *idx, leaf_trail *tr) {
+  /* uz[j] = uz[0] + j / inv_du up to round-off; 1/B once per line */
   const double inv_b[3] = {B[0] != 0 ? 1 / B[0] : 0, B[1] != 0 ? 1 / B[1] : 0,
                            B[2] != 0 ? 1 / B[2] : 0};
   const double nf[3] = {(double)m->nfine[0], (double)m->nfine[1], (double)m->nfine[2]};
   const int64_t b0 = m->bnx[0], b1 = m->bnx[1], b2 = m->bnx[2];
-  const model_real *cells = m->cells;
   int j = 0;
   while (j < nk) {
     double t0 = A[0] + B[0] * uz[j], t1 = A[1] + B[1] * uz[j], t2 = A[2] + B[2] * uz[j];
     if (!(t0 >= 0 && t0 < nf[0] && t1 >= 0 && t1 < nf[1] && t2 >= 0 && t2 < nf[2])) {
-      j++; /* outside the domain: only on round-off at a face (sampler_check) */
+      idx[j++] = -1; /* outside the domain: only on round-off at a face (sampler_check) */
       continue;
     }
-    model_find(m, (int64_t[3]){(int64_t)t0, (int64_t)t1, (int64_t)t2}, c);
+    const int64_t f[3] = {(int64_t)t0, (int64_t)t1, (int64_t)t2};
+    model_cache *c = &tr->cur[tr->ncur++];
+    if (tr->at < tr->nprev && leaf_has(&tr->prev[tr->at], f))
+      *c = tr->prev[tr->at];
+    else if (tr->at + 1 < tr->nprev && leaf_has(&tr->prev[tr->at + 1], f))
+      *c = tr->prev[++tr->at];
+    else
+      model_find(m, f, c);
     double uhi = INFINITY;
     for (int d = 0; d < 3; d++) {
       double e = B[d] > 0 ? ((double)c->hi[d] - A[d]) * inv_b[d]
@@ -88,38 +100,138 @@ static void walk_line(const ce_model *m, const double A[3], const double B[3], c
     const int sh = c->shift;
     /* the points of this leaf: j .. je-1, je the first index with uz >= uhi
      * (at least one point): estimated from the spacing, then corrected */
-    double est = (uhi - uz[0]) / du;
+    double est = (uhi - uz[0]) * inv_du;
     int je = !(est < nk) ? nk : est <= j + 1 ? j + 1 : (int)est;
     while (je < nk && uz[je] < uhi) je++;
     while (je > j + 1 && uz[je - 1] >= uhi) je--;
-    /* pass 1 (vectorises): cell indices */
-    for (int jj = j; jj < je; jj++) {
-      int64_t i0 = ((int64_t)(A[0] + B[0] * uz[jj]) - lo0) >> sh;
-      int64_t i1 = ((int64_t)(A[1] + B[1] * uz[jj]) - lo1) >> sh;
-      int64_t i2 = ((int64_t)(A[2] + B[2] * uz[jj]) - lo2) >> sh;
+#if SAMPLER_AVX512
+    /* 8 points at a time, the last ones masked (no scalar remainder):
+     * the loop below in vectors, multiply and add unfused like it */
+    const __m512i vlo0 = _mm512_set1_epi64(lo0), vlo1 = _mm512_set1_epi64(lo1),
+                  vlo2 = _mm512_set1_epi64(lo2), vbase = _mm512_set1_epi64(base),
+                  zero = _mm512_setzero_si512(), top0 = _mm512_set1_epi64(b0 - 1),
+                  top1 = _mm512_set1_epi64(b1 - 1), top2 = _mm512_set1_epi64(b2 - 1),
+                  vb0 = _mm512_set1_epi64(b0), vb1 = _mm512_set1_epi64(b1);
+    const int bs = m->bshift; /* log2 of the block size, or -1 */
+    const __m128i vsh = _mm_cvtsi32_si128(sh), vbs = _mm_cvtsi32_si128(bs);
+    const __m512d vA0 = _mm512_set1_pd(A[0]), vA1 = _mm512_set1_pd(A[1]),
+                  vA2 = _mm512_set1_pd(A[2]), vB0 = _mm512_set1_pd(B[0]),
+                  vB1 = _mm512_set1_pd(B[1]), vB2 = _mm512_set1_pd(B[2]);
+    for (; j < je; j += 8) {
+      __mmask8 mk = je - j >= 8 ? 0xff : (__mmask8)((1u << (je - j)) - 1);
+      __m512d u = _mm512_maskz_loadu_pd(mk, uz + j);
+      __m512i i0 = _mm512_sra_epi64(
+          _mm512_sub_epi64(_mm512_cvttpd_epi64(_mm512_add_pd(vA0, _mm512_mul_pd(vB0, u))), vlo0),
+          vsh);
+      __m512i i1 = _mm512_sra_epi64(
+          _mm512_sub_epi64(_mm512_cvttpd_epi64(_mm512_add_pd(vA1, _mm512_mul_pd(vB1, u))), vlo1),
+          vsh);
+      __m512i i2 = _mm512_sra_epi64(
+          _mm512_sub_epi64(_mm512_cvttpd_epi64(_mm512_add_pd(vA2, _mm512_mul_pd(vB2, u))), vlo2),
+          vsh);
+      i0 = _mm512_min_epi64(_mm512_max_epi64(i0, zero), top0);
+      i1 = _mm512_min_epi64(_mm512_max_epi64(i1, zero), top1);
+      i2 = _mm512_min_epi64(_mm512_max_epi64(i2, zero), top2);
+      __m512i r = bs >= 0 ? _mm512_sll_epi64(_mm512_add_epi64(_mm512_sll_epi64(i2, vbs), i1), vbs)
+                          : _mm512_mullo_epi64(_mm512_add_epi64(_mm512_mullo_epi64(i2, vb1), i1), vb0);
+      _mm512_mask_storeu_epi64(idx + j, mk, _mm512_add_epi64(vbase, _mm512_add_epi64(r, i0)));
+    }
+    j = je;
+#else
+    for (; j < je; j++) {
+      int64_t i0 = ((int64_t)(A[0] + B[0] * uz[j]) - lo0) >> sh;
+      int64_t i1 = ((int64_t)(A[1] + B[1] * uz[j]) - lo1) >> sh;
+      int64_t i2 = ((int64_t)(A[2] + B[2] * uz[j]) - lo2) >> sh;
       i0 = i0 < 0 ? 0 : i0 >= b0 ? b0 - 1 : i0;
       i1 = i1 < 0 ? 0 : i1 >= b1 ? b1 - 1 : i1;
       i2 = i2 < 0 ? 0 : i2 >= b2 ? b2 - 1 : i2;
-      idx[jj] = base + (i2 * b1 + i1) * b0 + i0;
+      idx[j] = base + (i2 * b1 + i1) * b0 + i0;
     }
-    /* pass 2: sums per voxel, kept local, flushed when the voxel changes */
-    int cur = jz[j];
-    double sum[5] = {0, 0, 0, 0, 0};
-    for (; j < je; j++) {
-      if (jz[j] != cur) {
-        for (int v = 0; v < 5; v++) acc[5 * cur + v] += sum[v], sum[v] = 0;
-        cur = jz[j];
+#endif
+  }
+  model_cache *t = tr->prev;
+  tr->prev = tr->cur;
+  tr->cur = t;
+  tr->nprev = tr->ncur;
+  tr->ncur = tr->at = 0;
+}
+
+/* The fields of a sub-sample in cell c (-1: the background record bg). */
+static inline const model_real *sub_sample(const model_real *cells, const model_real *bg,
+                                           int64_t c) {
+  return c >= 0 ? cells + c * MODEL_NF : bg;
+}
+
+/* The n voxels of one column from the cell indices of its k^2 sub-lines
+ * (line L's point j at idx[L*n*k + j]; -1 takes the background record bg).
+ * First the n-weighted sums w = (n, n T, n v_x, n v_y, n v_z) of each
+ * voxel's k^3 sub-samples, in double, into sums[8 iz ..]; then the means, in
+ * a pass of their own so that the divisions of one voxel need not wait for
+ * the sums of the next. v_los = l . v is taken after summing (linear). The
+ * plain means (voxels without CO) are summed again when needed: rare.
+ * With AVX-512 one sub-sample is one masked load of its five floats
+ * widened to eight double lanes and one multiply-add with (1, n, n, n, n)
+ * (exact products of floats, so the same bits as the portable loop).
+ * Inlined with k = 2 as a constant for the default. */
+static inline __attribute__((always_inline)) void
+sum_column(const model_real *cells, const model_real bg[MODEL_NF], const int64_t *idx, int n,
+           int k, const double l[3], double inv, double *sums, float *v_los, float *T,
+           float *n_co) {
+  const int nk = n * k, kk = k * k;
+#if SAMPLER_AVX512
+  const __m512d one = _mm512_set1_pd(1);
+  const __m512i lane0 = _mm512_setzero_si512();
+  for (int iz = 0; iz < n; iz++) {
+    __m512d sw = _mm512_setzero_pd();
+    for (int L = 0; L < kk; L++)
+      for (int i = 0; i < k; i++) {
+        const model_real *f = sub_sample(cells, bg, idx[L * nk + iz * k + i]);
+        __m512d a = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(0x1f, f));
+        __m512d wn = _mm512_mask_permutexvar_pd(one, 0x1e, lane0, a); /* (1, n, n, n, n, 1..) */
+        sw = _mm512_fmadd_pd(a, wn, sw);
       }
-      add_cell(sum, cells + idx[j] * MODEL_NF, l);
+    _mm512_storeu_pd(sums + 8 * iz, sw);
+  }
+#else
+  for (int iz = 0; iz < n; iz++) {
+    double *w = sums + 8 * iz;
+    for (int d = 0; d < 5; d++) w[d] = 0;
+    for (int L = 0; L < kk; L++)
+      for (int i = 0; i < k; i++) {
+        const model_real *f = sub_sample(cells, bg, idx[L * nk + iz * k + i]);
+        double nn = f[MODEL_N];
+        w[0] += nn;
+        for (int d = 1; d < 5; d++) w[d] += nn * f[d];
+      }
+  }
+#endif
+  for (int iz = 0; iz < n; iz++) {
+    const double *w = sums + 8 * iz;
+    n_co[iz] = (float)(w[0] * inv);
+    if (w[0] > 0) { /* both quotients by one (two-lane) division */
+      typedef double pair __attribute__((vector_size(16)));
+      pair q = (pair){w[1], l[0] * w[2] + l[1] * w[3] + l[2] * w[4]} / (pair){w[0], w[0]};
+      T[iz] = (float)q[0];
+      v_los[iz] = (float)q[1];
+    } else {
+      double p[5] = {0, 0, 0, 0, 0};
+      for (int L = 0; L < kk; L++)
+        for (int i = 0; i < k; i++) {
+          const model_real *f = sub_sample(cells, bg, idx[L * nk + iz * k + i]);
+          for (int d = 1; d < 5; d++) p[d] += f[d];
+        }
+      T[iz] = (float)(p[MODEL_T] * inv);
+      v_los[iz] = (float)((l[0] * p[MODEL_VX] + l[1] * p[MODEL_VY] + l[2] * p[MODEL_VZ]) * inv);
     }
-    for (int v = 0; v < 5; v++) acc[5 * cur + v] += sum[v];
   }
 }
 
 /* The voxels of one (ix, iy) column are filled by k^2 sub-lines along z,
- * each stepping through n*k points: consecutive points are close, so the
- * locator's last-leaf cache almost always hits. Positions are evaluated
- * directly (not accumulated) in units of the finest cells. */
+ * each stepping through n*k points in runs of points in one leaf (the
+ * leaves mostly those of the previous sub-line, leaf_trail); the cell
+ * indices of all k^2 sub-lines first, then the sums per voxel
+ * (sum_column). Positions are evaluated directly (not accumulated) in
+ * units of the finest cells. */
 int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, float *v_los,
                 float *T, float *n_co) {
   CE_TRY(sampler_check(m, o));
@@ -128,34 +240,36 @@ int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, flo
   model_centre(m, c);
   const int n = o->n, k = o->k, nk = n * k;
   const double l[3] = {R[2], R[5], R[8]};
-  double *acc = malloc(sizeof(double) * 5 * (size_t)n), *uz = malloc(sizeof(double) * (size_t)nk);
-  int *jz = malloc(sizeof(int) * (size_t)nk);
-  int64_t *idx = malloc(sizeof(int64_t) * (size_t)nk);
-  if (!acc || !uz || !jz || !idx) {
-    free(acc);
+  double *uz = malloc(sizeof(double) * (size_t)nk);
+  int64_t *idx = malloc(sizeof(int64_t) * (size_t)nk * k * k);
+  double *sums = malloc(sizeof(double) * 8 * (size_t)n);
+  leaf_trail trail = {malloc(sizeof(model_cache) * (size_t)nk),
+                      malloc(sizeof(model_cache) * (size_t)nk), 0, 0, 0};
+  if (!uz || !idx || !sums || !trail.prev || !trail.cur) {
     free(uz);
-    free(jz);
+    free(sums);
     free(idx);
+    free(trail.prev);
+    free(trail.cur);
     CE_FAIL("sampler: out of memory");
   }
-  for (int j = 0; j < nk; j++) {
-    uz[j] = ((j / k + (j % k + 0.5) / k) / n - 0.5) * o->edge;
-    jz[j] = j / k;
-  }
+  for (int j = 0; j < nk; j++) uz[j] = ((j / k + (j % k + 0.5) / k) / n - 0.5) * o->edge;
   const int fill = o->fill_background;
   const double r2 = o->ball_radius > 0 ? o->ball_radius * o->ball_radius : INFINITY;
-  const double bn = fill ? o->bg_n : 0, bT = fill ? o->bg_T : 0;
+  /* what a sub-sample outside the ball or the domain takes (zeros without a
+   * fill: only round-off at a face reaches there) */
+  const model_real bg[MODEL_NF] = {fill ? (model_real)o->bg_n : 0, fill ? (model_real)o->bg_T : 0,
+                                   0, 0, 0};
   const double inv = 1.0 / (k * k * k);
   model_cache cache = {0};
-  const model_real *cells = m->cells;
   for (int ix = 0; ix < n; ix++)
     for (int iy = 0; iy < n; iy++) {
-      for (int i = 0; i < 5 * n; i++) acc[i] = 0;
       for (int a = 0; a < k; a++)
         for (int b = 0; b < k; b++) {
           double ux = ((ix + (a + 0.5) / k) / n - 0.5) * o->edge;
           double uy = ((iy + (b + 0.5) / k) / n - 0.5) * o->edge;
           double lb[3], A[3], B[3];
+          int64_t *line = idx + (size_t)(a * k + b) * nk;
           for (int d = 0; d < 3; d++) {
             lb[d] = c[d] + R[3 * d] * ux + R[3 * d + 1] * uy;
             A[d] = (lb[d] - m->xmin[d]) * m->inv_dxf[d];
@@ -165,34 +279,22 @@ int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, flo
             for (int j = 0; j < nk; j++) {
               double x[3] = {lb[0] + R[2] * uz[j], lb[1] + R[5] * uz[j], lb[2] + R[8] * uz[j]};
               double d0 = x[0] - c[0], d1 = x[1] - c[1], d2 = x[2] - c[2];
-              int64_t cell = d0 * d0 + d1 * d1 + d2 * d2 <= r2 ? model_locate(m, x, &cache) : -1;
-              double *sum = acc + 5 * jz[j];
-              if (cell < 0) {
-                sum[0] += bn; sum[1] += bn * bT; sum[3] += bT;
-              } else {
-                add_cell(sum, cells + cell * MODEL_NF, l);
-              }
+              line[j] = d0 * d0 + d1 * d1 + d2 * d2 <= r2 ? model_locate(m, x, &cache) : -1;
             }
           } else {
-            walk_line(m, A, B, uz, jz, nk, o->edge / nk, l, acc, idx, &cache);
+            walk_line(m, A, B, uz, nk, nk / o->edge, line, &trail);
           }
         }
-      for (int iz = 0; iz < n; iz++) {
-        const double *s = acc + 5 * iz;
-        size_t at = ((size_t)ix * n + iy) * n + iz;
-        n_co[at] = (float)(s[0] * inv);
-        if (s[0] > 0) {
-          T[at] = (float)(s[1] / s[0]);
-          v_los[at] = (float)(s[2] / s[0]);
-        } else {
-          T[at] = (float)(s[3] * inv);
-          v_los[at] = (float)(s[4] * inv);
-        }
-      }
+      size_t at = ((size_t)ix * n + iy) * n;
+      if (k == 2)
+        sum_column(m->cells, bg, idx, n, 2, l, inv, sums, v_los + at, T + at, n_co + at);
+      else
+        sum_column(m->cells, bg, idx, n, k, l, inv, sums, v_los + at, T + at, n_co + at);
     }
-  free(acc);
   free(uz);
-  free(jz);
   free(idx);
+  free(sums);
+  free(trail.prev);
+  free(trail.cur);
   return 0;
 }
