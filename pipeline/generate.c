@@ -104,7 +104,7 @@ static int64_t do_shard(const job *j, const shard_layout *lay, const char *out, 
     }
     workplan_serve(wp, i + 1);
   }
-  if (shard_close(w, 1, NULL) < 0) fatal(ce_err_msg());
+  if (shard_close_async(w, NULL) < 0) fatal(ce_err_msg()); /* fsync + rename in the background */
   *made = 1;
   return count;
 }
@@ -195,6 +195,7 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
     last = do_shard(&j, &lay, out, s, &p, msplit, in, tg, &wp, &made);
     counts[made ? 0 : 1]++;
   }
+  if (shard_commits_wait() < 0) fatal(ce_err_msg());
   workplan_drain(&wp);
   int64_t total[2];
   MPI_Reduce(counts, total, 2, MPI_INT64_T, MPI_SUM, 0, MPI_COMM_WORLD);

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <hdf5.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -150,7 +151,9 @@ static int write_meta(shard_writer *w, int set, hid_t ftype, hid_t mtype, int ra
   return rc < 0 ? -1 : 0;
 }
 
-int shard_close(shard_writer *w, int commit, shard_sums *sums) {
+static int commit_enqueue(const char *tmp, const char *path);
+
+static int shard_close_impl(shard_writer *w, int commit, shard_sums *sums, int async) {
   int rc = 0;
   if (commit && w->next != w->count) CE_BUG("shard %s closed after %lld of %lld samples",
                                             w->path, (long long)w->next, (long long)w->count);
@@ -192,10 +195,104 @@ int shard_close(shard_writer *w, int commit, shard_sums *sums) {
   if (w->targets >= 0) H5Dclose(w->targets);
   errno = 0;
   if (H5Fclose(w->file) < 0 && commit && rc == 0) rc = h5fail(w->path, "closing the file");
-  if (commit && rc == 0) rc = fs_rename_durable(w->tmp, w->path);
+  if (commit && rc == 0) {
+    if (async)
+      rc = commit_enqueue(w->tmp, w->path);
+    else
+      rc = fs_rename_durable(w->tmp, w->path);
+  }
   if (!commit || rc < 0) unlink(w->tmp);
   free_writer(w);
   return rc;
+}
+
+int shard_close(shard_writer *w, int commit, shard_sums *sums) {
+  return shard_close_impl(w, commit, sums, 0);
+}
+
+int shard_close_async(shard_writer *w, shard_sums *sums) {
+  return shard_close_impl(w, 1, sums, 1);
+}
+
+/* The committer: one background thread per process doing fsync + rename of
+ * finished shards in order; it touches no HDF5 (not thread-safe). */
+typedef struct commit_job {
+  char *tmp, *path;
+  struct commit_job *next;
+} commit_job;
+
+static pthread_mutex_t commit_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t commit_cv = PTHREAD_COND_INITIALIZER;
+static commit_job *commit_head, *commit_tail;
+static int commit_busy, commit_started, commit_failed;
+static char commit_err[1024];
+static pthread_t commit_thread;
+
+static void *commit_loop(void *arg) {
+  (void)arg;
+  pthread_mutex_lock(&commit_mu);
+  for (;;) {
+    while (!commit_head) pthread_cond_wait(&commit_cv, &commit_mu);
+    commit_job *j = commit_head;
+    commit_head = j->next;
+    if (!commit_head) commit_tail = NULL;
+    commit_busy = 1;
+    pthread_mutex_unlock(&commit_mu);
+    int rc = fs_rename_durable(j->tmp, j->path);
+    if (rc < 0) unlink(j->tmp);
+    pthread_mutex_lock(&commit_mu);
+    if (rc < 0 && !commit_failed) {
+      commit_failed = 1;
+      snprintf(commit_err, sizeof commit_err, "%s", ce_err_msg());
+    }
+    commit_busy = 0;
+    free(j->tmp);
+    free(j->path);
+    free(j);
+    pthread_cond_broadcast(&commit_cv);
+  }
+  return NULL;
+}
+
+static int commit_enqueue(const char *tmp, const char *path) {
+  commit_job *j = calloc(1, sizeof *j);
+  if (!j || !(j->tmp = strdup(tmp)) || !(j->path = strdup(path))) {
+    if (j) free(j->tmp);
+    free(j);
+    return fs_rename_durable(tmp, path); /* no memory: commit here */
+  }
+  pthread_mutex_lock(&commit_mu);
+  if (!commit_started) {
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    commit_started = pthread_create(&commit_thread, &at, commit_loop, NULL) == 0;
+    pthread_attr_destroy(&at);
+    if (!commit_started) {
+      pthread_mutex_unlock(&commit_mu);
+      free(j->tmp);
+      free(j->path);
+      free(j);
+      return fs_rename_durable(tmp, path);
+    }
+  }
+  if (commit_tail)
+    commit_tail->next = j;
+  else
+    commit_head = j;
+  commit_tail = j;
+  pthread_cond_broadcast(&commit_cv);
+  pthread_mutex_unlock(&commit_mu);
+  return 0;
+}
+
+int shard_commits_wait(void) {
+  pthread_mutex_lock(&commit_mu);
+  while (commit_head || commit_busy) pthread_cond_wait(&commit_cv, &commit_mu);
+  int failed = commit_failed;
+  if (failed) ce_err("%s", commit_err);
+  pthread_mutex_unlock(&commit_mu);
+  return failed ? -1 : 0;
 }
 
 int shard_read_sums(const char *path, shard_sums *sums) {

@@ -56,6 +56,17 @@ int shard_put(shard_writer *w, const float *inputs, const float *targets, int64_
  * the temporary file. Frees w in all cases. */
 int shard_close(shard_writer *w, int commit, shard_sums *sums);
 
+/* The same, but the final fsync and rename of a committed shard happen on a
+ * background thread, so the caller can go on computing the next shard while
+ * the disk catches up. Until shard_commits_wait() returns, the shard may
+ * still be under its temporary name (a crash then remakes it on resume).
+ * Returns -1 only for errors found before the hand-over. */
+int shard_close_async(shard_writer *w, shard_sums *sums);
+
+/* Wait for every shard handed to shard_close_async(); -1 with the first
+ * error (naming the shard) if any of their fsync/rename failed. */
+int shard_commits_wait(void);
+
 /* Check a finished shard: its layout and job fingerprint match `lay`, and
  * the CRC-32 recomputed from every dataset's data equals the stored one.
  * Fills sums. Errors name the file and the dataset. */
