@@ -38,16 +38,9 @@ output: {{samples_per_shard: {S}, gzip: 1}}
 splits: {{train: 0.5, validation: 0.25, test: 0.25, seed: 2}}
 """
 
-passed = failed = 0
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from pycheck import check, report  # noqa: E402
 
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print('FAIL', what, file=sys.stderr)
 
 
 def mpi(n, args, env=None, **kw):
@@ -84,8 +77,7 @@ def main():
         run_tests(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f'{passed} passed, {failed} failed')
-    return 1 if failed else 0
+    report()
 
 
 def run_tests(tmp):

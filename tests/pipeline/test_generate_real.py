@@ -15,16 +15,9 @@ COEMU = os.environ.get("COEMU", "build/pipeline/coemu")
 ROOT = os.environ.get("COEMU_SOURCE_ROOT", ".")
 LAMDA = os.path.join(ROOT, "tests", "data", "lamda", "co.dat")
 MPI = [os.environ.get("COEMU_MPIEXEC", "mpirun"), "--allow-run-as-root", "--oversubscribe"]
-passed = failed = 0
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from pycheck import check, report  # noqa: E402
 
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print("FAIL:", what, file=sys.stderr)
 
 
 JOB = f"""name: e2e
@@ -115,5 +108,4 @@ with tempfile.TemporaryDirectory() as tmp:
     r = run(MPI + ["-n", "1", COEMU, "generate", job, "--out", os.path.join(tmp, "bad")])
     check(r.returncode != 0 and "nomodels" in r.stderr, f"no models: {r.stderr[-500:]}")
 
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+report()

@@ -10,16 +10,9 @@ import numpy as np
 
 COEMU = os.environ.get("COEMU", "build/pipeline/coemu")
 DATA = os.path.join(os.environ.get("COEMU_TEST_DATA", "tests/data"), "amrvac")
-passed = failed = 0
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from pycheck import check, report  # noqa: E402
 
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print("FAIL:", what, file=sys.stderr)
 
 
 def run(*args):
@@ -152,5 +145,4 @@ with tempfile.TemporaryDirectory() as tmp:
     rc, out, err = run("sample", AGB)
     check(rc == 2, "sample without --out")
 
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+report()

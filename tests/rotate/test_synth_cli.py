@@ -12,16 +12,9 @@ import tempfile
 import numpy as np
 
 COEMU = os.environ.get("COEMU", "build/pipeline/coemu")
-passed = failed = 0
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from pycheck import check, report  # noqa: E402
 
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print("FAIL:", what, file=sys.stderr)
 
 
 def run(*args):
@@ -118,5 +111,4 @@ with tempfile.TemporaryDirectory() as tmp:
     r = run("--help")
     check(r.returncode == 0 and "--preview" in r.stdout, "--help")
 
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+report()

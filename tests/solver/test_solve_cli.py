@@ -13,16 +13,9 @@ import numpy as np
 COEMU = os.environ["COEMU"]
 DATA = os.environ.get("COEMU_TEST_DATA", "tests/data")
 CO = os.path.join(DATA, "lamda", "co.dat")
-passed = failed = 0
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from pycheck import check, report  # noqa: E402
 
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print("FAIL:", what, file=sys.stderr)
 
 
 def solve(*args):
@@ -167,5 +160,4 @@ with tempfile.TemporaryDirectory() as d:
     expect_error([*npy32, *base, "--channels", "1:2", "--out", j("x.npy")], "--channels '1:2'")
     check(not os.path.exists(j("x.npy")), "no output after errors")
 
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+report()

@@ -12,16 +12,9 @@ import h5py
 import numpy as np
 
 COEMU = os.environ["COEMU"]
-passed = failed = 0
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from pycheck import check, report  # noqa: E402
 
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print("FAIL:", what, file=sys.stderr)
 
 
 def close(a, b, rtol, what):
@@ -226,8 +219,7 @@ def main():
             p = run([bad], k)
             check(p.returncode != 0 and msg in p.stderr, f"expected '{msg}': {p.stderr}")
 
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    report()
 
 
 if __name__ == "__main__":

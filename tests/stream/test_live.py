@@ -23,16 +23,9 @@ import coemu_stream as cs  # noqa: E402
 COEMU = os.environ.get("COEMU", "build/pipeline/coemu")
 MPI = [os.environ.get("COEMU_MPIEXEC", "mpirun"), "--allow-run-as-root", "--oversubscribe"]
 LAMDA = os.path.join(ROOT, "tests", "data", "lamda", "co.dat")
-passed = failed = 0
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from pycheck import check, report  # noqa: E402
 
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print("FAIL:", what, file=sys.stderr)
 
 
 with tempfile.TemporaryDirectory() as tmp:
@@ -143,5 +136,4 @@ stream: {{endpoint: "{ep}", ranks: 1, batch: 2, epochs: 1, split: all}}
     r = subprocess.run([COEMU, "serve", tmp, "--live"], capture_output=True, text=True)
     check(r.returncode != 0 and "no sample plan" in r.stderr, f"no plan: {r.stderr}")
 
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+report()

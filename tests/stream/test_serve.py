@@ -18,16 +18,9 @@ sys.path.insert(0, os.path.join(ROOT, "pipeline"))
 import coemu_stream as cs  # noqa: E402
 
 COEMU = os.environ.get("COEMU", "build/pipeline/coemu")
-passed = failed = 0
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from pycheck import check, report  # noqa: E402
 
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print("FAIL:", what, file=sys.stderr)
 
 
 def make_dataset(d, n_samples=26, n=4, nf=3):
@@ -157,5 +150,4 @@ with tempfile.TemporaryDirectory() as tmp:
     r = subprocess.run([COEMU, "serve", d, "--ranks", "50", "--batch", "4"], capture_output=True, text=True)
     check(r.returncode != 0 and "not one batch" in r.stderr, f"too many ranks: {r.stderr}")
 
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+report()
