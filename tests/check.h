@@ -13,6 +13,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "error.h"
@@ -79,6 +80,28 @@ static const char *check_current_ = "";
       fprintf(stderr, "ok   %s\n", #fn);                                       \
     }                                                                          \
   } while (0)
+
+/* A fresh scratch directory for the test program, $TMPDIR (or /tmp)
+ * /coemu_<name>_XXXXXX; the program exits with status 2 if it cannot be
+ * made. check_scratch_remove() deletes it and everything in it. */
+static char check_scratch_[1024];
+
+static inline const char *check_scratch(const char *name) {
+  const char *base = getenv("TMPDIR");
+  snprintf(check_scratch_, sizeof check_scratch_, "%s/coemu_%s_XXXXXX", base ? base : "/tmp", name);
+  if (!mkdtemp(check_scratch_)) {
+    perror(check_scratch_);
+    exit(2);
+  }
+  return check_scratch_;
+}
+
+static inline void check_scratch_remove(void) {
+  char cmd[1100];
+  if (!check_scratch_[0]) return;
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", check_scratch_);
+  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", check_scratch_);
+}
 
 static inline int check_report(void) {
   printf("%d passed, %d failed\n", check_passed_, check_failed_);

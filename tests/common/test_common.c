@@ -13,7 +13,7 @@
 #include "npy.h"
 #include "rng.h"
 
-static char tmpdir[256];
+static const char *tmpdir;
 
 static void path_in_tmp(char *buf, size_t n, const char *name) {
   snprintf(buf, n, "%s/%s", tmpdir, name);
@@ -186,8 +186,7 @@ static void test_png(void) {
 }
 
 int main(void) {
-  snprintf(tmpdir, sizeof tmpdir, "/tmp/coemu_test_common_XXXXXX");
-  if (!mkdtemp(tmpdir)) return 2;
+  tmpdir = check_scratch("test_common");
   RUN(test_alloc_limits);
   RUN(test_err_prefix);
   RUN(test_npy_roundtrip);
@@ -196,8 +195,6 @@ int main(void) {
   RUN(test_xxh64);
   RUN(test_cli);
   RUN(test_png);
-  char cmd[300];
-  snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
-  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
+  check_scratch_remove();
   return check_report();
 }

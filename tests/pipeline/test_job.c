@@ -138,9 +138,8 @@ static void test_schema_doc(void) {
 }
 
 static void test_shard_roundtrip(void) {
-  char dir[] = "/tmp/coemu-test-shard-XXXXXX";
-  CHECK(mkdtemp(dir) != NULL);
-  char path[256];
+  const char *dir = check_scratch("test_shard");
+  char path[1100];
   snprintf(path, sizeof path, "%s/s.h5", dir);
   shard_layout lay = {.n = 4, .nf = 3, .store_inputs = 1, .gzip = 1, .job_fingerprint = 0xabcd};
   shard_writer *w;
@@ -201,9 +200,7 @@ static void test_shard_roundtrip(void) {
   CHECK_OK(shard_open(&w, path, &lay, 0, 2));
   CHECK_OK(shard_close(w, 0, NULL));
   CHECK(access(path, F_OK) != 0);
-  char cmd[300];
-  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-  CHECK(system(cmd) == 0);
+  check_scratch_remove();
 }
 
 static void test_ranges(void) {

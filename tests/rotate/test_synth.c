@@ -21,7 +21,7 @@
 
 #define PI 3.14159265358979323846
 
-static char tmpdir[256];
+static const char *tmpdir;
 
 /* ---- an independent parser of 3-D v5 files ---------------------------- */
 
@@ -645,11 +645,7 @@ static void test_writer_errors(void) {
 }
 
 int main(void) {
-  snprintf(tmpdir, sizeof tmpdir, "/tmp/coemu_test_synth.%ld", (long)getpid());
-  if (fs_mkdir_p(tmpdir) < 0) {
-    fprintf(stderr, "%s\n", ce_err_msg());
-    return 1;
-  }
+  tmpdir = check_scratch("test_synth");
   RUN(test_eval_smooth_wind);
   RUN(test_eval_mass_flux);
   RUN(test_eval_arm_spacing);
@@ -659,8 +655,6 @@ int main(void) {
   RUN(test_file_mass_flux);
   RUN(test_reproducible);
   RUN(test_writer_errors);
-  char cmd[400];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
+  check_scratch_remove();
   return check_report();
 }

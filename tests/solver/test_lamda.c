@@ -9,7 +9,7 @@
 #include "lamda.h"
 
 static const char *data_dir;
-static char tmpdir[256];
+static const char *tmpdir;
 
 static void path_of(char *buf, size_t n, const char *name) {
   snprintf(buf, n, "%s/lamda/%s", data_dir, name);
@@ -131,11 +131,10 @@ static void test_bad_files(void) {
 int main(void) {
   data_dir = getenv("COEMU_TEST_DATA");
   if (!data_dir) data_dir = "tests/data";
-  snprintf(tmpdir, sizeof tmpdir, "/tmp/coemu-test-lamda-%d", (int)getpid());
-  fs_mkdir_p(tmpdir);
+  tmpdir = check_scratch("test_lamda");
   RUN(test_all_files_parse);
   RUN(test_co_values);
   RUN(test_bad_files);
-  rmdir(tmpdir);
+  check_scratch_remove(); /* rmdir alone left bad.dat behind */
   return check_report();
 }

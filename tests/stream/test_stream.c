@@ -18,7 +18,7 @@
 #define NF 2
 #define SAMPLES 40
 
-static char tmpdir[256];
+static const char *tmpdir;
 
 /* Source: sample s of epoch e for rank r of W is id = e*1000 + r + s*W; its
  * inputs are filled with the id so the consumer can check them. */
@@ -324,16 +324,13 @@ static void test_curve(void) {
 }
 
 int main(void) {
-  snprintf(tmpdir, sizeof tmpdir, "/tmp/coemu_test_stream_XXXXXX");
-  if (!mkdtemp(tmpdir)) return 2;
+  tmpdir = check_scratch("test_stream");
   RUN(test_header_codec);
   RUN(test_epochs_and_credit);
   RUN(test_ranks_and_resume);
   RUN(test_malformed_dropped);
   RUN(test_producer_restart);
   RUN(test_curve);
-  char cmd[300];
-  snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
-  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
+  check_scratch_remove();
   return check_report();
 }

@@ -21,7 +21,7 @@
 #include "rng.h"
 #include "train.h"
 
-static char tmpdir[256];
+static const char *tmpdir;
 
 /* ---- the paper's models ------------------------------------------------- */
 
@@ -477,12 +477,7 @@ static void test_checkpoint_errors(void) {
 }
 
 int main(void) {
-  const char *base = getenv("TMPDIR");
-  snprintf(tmpdir, sizeof tmpdir, "%s/coemu_trainer_XXXXXX", base ? base : "/tmp");
-  if (!mkdtemp(tmpdir)) {
-    perror("mkdtemp");
-    return 1;
-  }
+  tmpdir = check_scratch("trainer");
   RUN(test_parameter_counts);
   RUN(test_loss_closed_forms);
   RUN(test_loss_naive_dft_and_gradient);
@@ -491,8 +486,6 @@ int main(void) {
   RUN(test_training_lowers_validation_loss);
   RUN(test_checkpoint_resume);
   RUN(test_checkpoint_errors);
-  char cmd[600];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
+  check_scratch_remove();
   return check_report();
 }
