@@ -14,6 +14,7 @@
 #include "commands.h"
 #include "cubes.h"
 #include "error.h"
+#include "h5util.h"
 #include "freqgrid.h"
 #include "fsutil.h"
 #include "image.h"
@@ -124,27 +125,9 @@ typedef struct {
   double dx, vturb, mass, background;
 } provenance;
 
-static int h5_attr_str(hid_t loc, const char *name, const char *value) {
-  /* variable-length UTF-8: h5py reads it as str */
-  hid_t t = H5Tcopy(H5T_C_S1);
-  H5Tset_size(t, H5T_VARIABLE);
-  H5Tset_cset(t, H5T_CSET_UTF8);
-  hid_t s = H5Screate(H5S_SCALAR);
-  hid_t a = H5Acreate2(loc, name, t, s, H5P_DEFAULT, H5P_DEFAULT);
-  int ok = a >= 0 && H5Awrite(a, t, &value) >= 0;
-  if (a >= 0) H5Aclose(a);
-  H5Sclose(s);
-  H5Tclose(t);
-  return ok ? 0 : -1;
-}
-
-static int h5_attr_num(hid_t loc, const char *name, double value) {
-  hid_t s = H5Screate(H5S_SCALAR);
-  hid_t a = H5Acreate2(loc, name, H5T_NATIVE_DOUBLE, s, H5P_DEFAULT, H5P_DEFAULT);
-  int ok = a >= 0 && H5Awrite(a, H5T_NATIVE_DOUBLE, &value) >= 0;
-  if (a >= 0) H5Aclose(a);
-  H5Sclose(s);
-  return ok ? 0 : -1;
+/* A scalar float64 attribute. */
+static int put_num(hid_t loc, const char *name, double value) {
+  return h5_put_attr(loc, name, H5T_NATIVE_DOUBLE, &value);
 }
 
 static int h5_dataset(hid_t f, const char *name, int rank, const hsize_t *dims, const double *data) {
@@ -166,22 +149,22 @@ static int write_h5(const char *path, const double *img, int nx, int ny, int nf,
   hsize_t di[3] = {(hsize_t)nx, (hsize_t)ny, (hsize_t)nf}, df[1] = {(hsize_t)nf};
   int bad = h5_dataset(f, "image", 3, di, img) < 0 || h5_dataset(f, "frequencies", 1, df, freqs) < 0;
   hid_t g = H5Gopen2(f, "/", H5P_DEFAULT);
-  bad |= h5_attr_str(g, "coemu_version", COEMU_VERSION) < 0;
-  bad |= h5_attr_str(g, "git_revision", COEMU_GIT_REVISION) < 0;
-  bad |= h5_attr_str(g, "command_line", p->cmdline) < 0;
-  bad |= h5_attr_str(g, "input", p->input) < 0;
-  bad |= h5_attr_str(g, "lamda_file", p->lamda) < 0;
-  bad |= h5_attr_str(g, "channels", p->channels) < 0;
-  bad |= h5_attr_str(g, "image_axes", "x, y, frequency; I_nu [W m-2 Hz-1 sr-1]") < 0;
-  bad |= h5_attr_num(g, "transition", p->transition) < 0;
-  bad |= h5_attr_num(g, "upper_level", p->upper) < 0;
-  bad |= h5_attr_num(g, "lower_level", p->lower) < 0;
-  bad |= h5_attr_num(g, "dx_m", p->dx) < 0;
-  bad |= h5_attr_num(g, "vturb_m_per_s", p->vturb) < 0;
-  bad |= h5_attr_num(g, "mass_amu", p->mass) < 0;
-  bad |= h5_attr_num(g, "background", p->background) < 0;
-  bad |= h5_attr_num(g, "abs", p->take_abs) < 0;
-  bad |= h5_attr_num(g, "corrected_taylor", p->corrected) < 0;
+  bad |= h5_put_str_attr(g, "coemu_version", COEMU_VERSION) < 0;
+  bad |= h5_put_str_attr(g, "git_revision", COEMU_GIT_REVISION) < 0;
+  bad |= h5_put_str_attr(g, "command_line", p->cmdline) < 0;
+  bad |= h5_put_str_attr(g, "input", p->input) < 0;
+  bad |= h5_put_str_attr(g, "lamda_file", p->lamda) < 0;
+  bad |= h5_put_str_attr(g, "channels", p->channels) < 0;
+  bad |= h5_put_str_attr(g, "image_axes", "x, y, frequency; I_nu [W m-2 Hz-1 sr-1]") < 0;
+  bad |= put_num(g, "transition", p->transition) < 0;
+  bad |= put_num(g, "upper_level", p->upper) < 0;
+  bad |= put_num(g, "lower_level", p->lower) < 0;
+  bad |= put_num(g, "dx_m", p->dx) < 0;
+  bad |= put_num(g, "vturb_m_per_s", p->vturb) < 0;
+  bad |= put_num(g, "mass_amu", p->mass) < 0;
+  bad |= put_num(g, "background", p->background) < 0;
+  bad |= put_num(g, "abs", p->take_abs) < 0;
+  bad |= put_num(g, "corrected_taylor", p->corrected) < 0;
   H5Gclose(g);
   bad |= H5Fclose(f) < 0;
   if (bad) {

@@ -7,22 +7,22 @@
 
 #include "error.h"
 
-static int put_f64(hid_t loc, const char *name, double v) {
+/* One scalar attribute: file type ftype, memory type mtype. */
+static int put_scalar(hid_t loc, const char *name, hid_t ftype, hid_t mtype, const void *v) {
   hid_t sp = H5Screate(H5S_SCALAR);
-  hid_t a = H5Acreate2(loc, name, H5T_IEEE_F64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
-  herr_t e = a < 0 ? -1 : H5Awrite(a, H5T_NATIVE_DOUBLE, &v);
+  hid_t a = H5Acreate2(loc, name, ftype, sp, H5P_DEFAULT, H5P_DEFAULT);
+  herr_t e = a < 0 ? -1 : H5Awrite(a, mtype, v);
   if (a >= 0) H5Aclose(a);
   H5Sclose(sp);
   return e < 0 ? ce_err("attribute %s: cannot write", name) : 0;
 }
 
+static int put_f64(hid_t loc, const char *name, double v) {
+  return put_scalar(loc, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &v);
+}
+
 static int put_i64(hid_t loc, const char *name, int64_t v) {
-  hid_t sp = H5Screate(H5S_SCALAR);
-  hid_t a = H5Acreate2(loc, name, H5T_STD_I64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
-  herr_t e = a < 0 ? -1 : H5Awrite(a, H5T_NATIVE_INT64, &v);
-  if (a >= 0) H5Aclose(a);
-  H5Sclose(sp);
-  return e < 0 ? ce_err("attribute %s: cannot write", name) : 0;
+  return put_scalar(loc, name, H5T_STD_I64LE, H5T_NATIVE_INT64, &v);
 }
 
 static int put_str(hid_t loc, const char *name, const char *v) {
@@ -37,20 +37,22 @@ static int put_str(hid_t loc, const char *name, const char *v) {
   return e < 0 ? ce_err("attribute %s: cannot write", name) : 0;
 }
 
-static int get_f64(hid_t loc, const char *where, const char *name, double *v) {
+/* One scalar attribute read as memory type mtype; `kind` names it in errors. */
+static int get_scalar(hid_t loc, const char *where, const char *name, hid_t mtype,
+                      const char *kind, void *v) {
   if (H5Aexists(loc, name) <= 0) CE_FAIL("%s: attribute %s missing", where, name);
   hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
-  herr_t e = a < 0 ? -1 : H5Aread(a, H5T_NATIVE_DOUBLE, v);
+  herr_t e = a < 0 ? -1 : H5Aread(a, mtype, v);
   if (a >= 0) H5Aclose(a);
-  return e < 0 ? ce_err("%s: attribute %s: cannot read as a number", where, name) : 0;
+  return e < 0 ? ce_err("%s: attribute %s: cannot read as %s", where, name, kind) : 0;
+}
+
+static int get_f64(hid_t loc, const char *where, const char *name, double *v) {
+  return get_scalar(loc, where, name, H5T_NATIVE_DOUBLE, "a number", v);
 }
 
 static int get_i64(hid_t loc, const char *where, const char *name, int64_t *v) {
-  if (H5Aexists(loc, name) <= 0) CE_FAIL("%s: attribute %s missing", where, name);
-  hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
-  herr_t e = a < 0 ? -1 : H5Aread(a, H5T_NATIVE_INT64, v);
-  if (a >= 0) H5Aclose(a);
-  return e < 0 ? ce_err("%s: attribute %s: cannot read as an integer", where, name) : 0;
+  return get_scalar(loc, where, name, H5T_NATIVE_INT64, "an integer", v);
 }
 
 static int get_str(hid_t loc, const char *where, const char *name, char *buf, size_t len) {
