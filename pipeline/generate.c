@@ -13,6 +13,7 @@
 #include "dataset_stats.h"
 #include "error.h"
 #include "live.h"
+#include "mpi_fatal.h"
 #include "preview.h"
 #include "progress.h"
 #include "shard.h"
@@ -21,24 +22,7 @@
 static const char *g_cmd = "generate";
 static int g_rank = 0;
 
-/* An error on any rank: name the rank, then take every rank down (a rank
- * that merely returned would leave the others waiting for it forever). */
-_Noreturn static void fatal(const char *msg) {
-  fprintf(stderr, "coemu %s: rank %d: error: %s\n", g_cmd, g_rank, msg);
-  fflush(stderr);
-  MPI_Abort(MPI_COMM_WORLD, 1);
-  exit(1); /* not reached */
-}
-
-static void mpi_error_handler(MPI_Comm *comm, int *code, ...) {
-  char s[MPI_MAX_ERROR_STRING];
-  int len = 0;
-  MPI_Error_string(*code, s, &len);
-  char msg[MPI_MAX_ERROR_STRING + 32];
-  snprintf(msg, sizeof msg, "MPI: %s", s);
-  (void)comm;
-  fatal(msg);
-}
+_Noreturn static void fatal(const char *msg) { mpi_fatal(msg); }
 
 static int check_only(const job *j) {
   int64_t N = job_samples(j);
@@ -155,12 +139,10 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   }
 
   MPI_Init(&argc, &argv);
-  MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
+  mpi_fatal_init(cmd);
+  g_rank = mpi_fatal_rank();
   int size;
   MPI_Comm_size(MPI_COMM_WORLD, &size);
-  MPI_Errhandler eh;
-  MPI_Comm_create_errhandler(mpi_error_handler, &eh);
-  MPI_Comm_set_errhandler(MPI_COMM_WORLD, eh);
   /* Over a file-size limit, write() must fail with EFBIG (a clean error
    * naming the shard) instead of the process dying of SIGXFSZ. */
   signal(SIGXFSZ, SIG_IGN);
@@ -246,7 +228,6 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   free(in);
   free(tg);
   job_free(&j);
-  MPI_Errhandler_free(&eh);
   MPI_Finalize();
   return stats_rc < 0 ? 1 : 0;
 }

@@ -1,6 +1,8 @@
 /* h5util.c - shared HDF5 idioms of the dataset files. */
 #include "h5util.h"
 
+#include <pthread.h>
+
 #include <stdio.h>
 
 int h5_put_attr(hid_t obj, const char *name, hid_t type, const void *value) {
@@ -92,3 +94,7 @@ int h5_read_sample_f32(hid_t d, hsize_t index, float *buf) {
   H5Sclose(fs);
   return e < 0 ? -1 : 0;
 }
+
+static pthread_mutex_t h5_mutex = PTHREAD_MUTEX_INITIALIZER;
+void h5_lock(void) { pthread_mutex_lock(&h5_mutex); }
+void h5_unlock(void) { pthread_mutex_unlock(&h5_mutex); }

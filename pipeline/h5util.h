@@ -35,4 +35,11 @@ hid_t h5_create(hid_t loc, const char *name, hid_t type, int rank, const hsize_t
  * caller names the file and dataset). */
 int h5_read_sample_f32(hid_t d, hsize_t index, float *buf);
 
+/* HDF5 as Debian builds it is not thread-safe: every thread of a process
+ * that calls HDF5 while another thread may do so (a serve_source's reader
+ * thread, the trainer's validation reads) holds this process-wide lock
+ * around its calls. */
+void h5_lock(void);
+void h5_unlock(void);
+
 #endif

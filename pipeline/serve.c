@@ -251,16 +251,17 @@ static int read_chunk(serve_source *s, const int64_t *idx, int n, int normalised
     hid_t ds[2] = {-1, -1};
     hsize_t at = 0;
     float *dst[2] = {m->inputs + k * s->in_vals, m->targets + k * s->out_vals};
-    if (sample_source(s, idx[k], ds, &at) < 0) {
+    h5_lock();
+    int rc = sample_source(s, idx[k], ds, &at), bad = -1;
+    for (int a = 0; a < 2 && rc == 0 && bad < 0; a++)
+      if (h5_read_sample_f32(ds[a], at, dst[a]) < 0) bad = a;
+    h5_unlock();
+    if (rc < 0 || bad >= 0) {
       chunk_free(m);
-      return -1;
+      if (rc < 0) return -1;
+      CE_FAIL("%s: reading sample %lld of /%s failed", s->h5path, (long long)idx[k],
+              bad == 0 ? "inputs" : "targets");
     }
-    for (int a = 0; a < 2; a++)
-      if (h5_read_sample_f32(ds[a], at, dst[a]) < 0) {
-        chunk_free(m);
-        CE_FAIL("%s: reading sample %lld of /%s failed", s->h5path, (long long)idx[k],
-                a == 0 ? "inputs" : "targets");
-      }
     if (normalised) {
       stats_norm_inputs(&s->norm, dst[0], s->in_vals / 3, dst[0]);
       stats_norm_targets(&s->norm, dst[1], s->out_vals, dst[1]);
@@ -545,8 +546,11 @@ int serve_open(const serve_opts *o, serve_source **out) {
     CE_FAIL("serve: ranks must be 1..65535 and the batch 1..4096");
   }
   snprintf(s->h5path, sizeof s->h5path, "%s/dataset.h5", o->dataset_dir);
+  h5_lock();
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-  if ((o->live ? open_live(s) : open_finished(s)) < 0) {
+  int opened = o->live ? open_live(s) : open_finished(s);
+  h5_unlock();
+  if (opened < 0) {
     serve_close(s);
     return -1;
   }
@@ -559,13 +563,15 @@ int serve_open(const serve_opts *o, serve_source **out) {
     serve_close(s);
     return -1;
   }
-  if (!o->live && H5Lexists(s->file, "stats", H5P_DEFAULT) > 0) {
-    if (stats_file_read_norm(s->h5path, &s->norm) < 0) {
-      serve_close(s);
-      return -1;
-    }
-    s->have_norm = 1;
+  h5_lock();
+  int has_stats = !o->live && H5Lexists(s->file, "stats", H5P_DEFAULT) > 0;
+  int norm_rc = has_stats ? stats_file_read_norm(s->h5path, &s->norm) : 0;
+  h5_unlock();
+  if (norm_rc < 0) {
+    serve_close(s);
+    return -1;
   }
+  s->have_norm = has_stats;
   s->nslots = s->o.world * (s->o.prefetch + 1) + 2;
   s->slots = calloc((size_t)s->nslots, sizeof *s->slots);
   s->cursors = calloc((size_t)s->o.world, sizeof *s->cursors);
@@ -592,10 +598,12 @@ void serve_close(serve_source *s) {
   free(s->cursors);
   for (int i = 0; i < PERM_CACHE; i++) free(s->perm[i]);
   free(s->split_idx);
+  h5_lock();
   shard_close_current(s);
   if (s->d_in >= 0) H5Dclose(s->d_in);
   if (s->d_out >= 0) H5Dclose(s->d_out);
   if (s->file >= 0) H5Fclose(s->file);
+  h5_unlock();
   pthread_mutex_destroy(&s->mu);
   pthread_cond_destroy(&s->cv_reader);
   pthread_cond_destroy(&s->cv_ready);
@@ -605,3 +613,42 @@ void serve_close(serve_source *s) {
 uint64_t serve_dataset_id(const serve_source *s) { return s->dataset_id; }
 uint64_t serve_samples_per_rank(const serve_source *s) { return s->per_rank; }
 uint64_t serve_split_size(const serve_source *s) { return (uint64_t)s->nsplit; }
+
+int64_t serve_split_sample(const serve_source *s, int64_t k) {
+  return k >= 0 && k < s->nsplit ? s->split_idx[k] : -1;
+}
+
+void serve_shapes(const serve_source *s, uint32_t in_shape[4], uint32_t out_shape[3]) {
+  memcpy(in_shape, s->in_shape, sizeof s->in_shape);
+  memcpy(out_shape, s->out_shape, sizeof s->out_shape);
+}
+
+const stats_norm *serve_norm(const serve_source *s) { return s->have_norm ? &s->norm : NULL; }
+
+int serve_read(serve_source *s, const int64_t *idx, int n, int normalised, float *inputs,
+               float *targets) {
+  if (normalised && !s->have_norm)
+    CE_FAIL("%s has no /stats group: run `coemu stats` on it first", s->h5path);
+  for (int k = 0; k < n; k++) {
+    if (idx[k] < 0 || idx[k] >= s->nsamples_total)
+      CE_FAIL("%s: sample %lld out of range (%lld samples)", s->h5path, (long long)idx[k],
+              (long long)s->nsamples_total);
+    float *dst[2] = {inputs + (size_t)k * s->in_vals, targets + (size_t)k * s->out_vals};
+    hid_t ds[2];
+    hsize_t at;
+    h5_lock();
+    int rc = sample_source(s, idx[k], ds, &at), bad = -1;
+    for (int a = 0; a < 2 && rc == 0 && bad < 0; a++)
+      if (h5_read_sample_f32(ds[a], at, dst[a]) < 0) bad = a;
+    h5_unlock();
+    if (rc < 0) return -1;
+    if (bad >= 0)
+      CE_FAIL("%s: reading sample %lld of /%s failed", s->h5path, (long long)idx[k],
+              bad == 0 ? "inputs" : "targets");
+    if (normalised) {
+      stats_norm_inputs(&s->norm, dst[0], s->in_vals / 3, dst[0]);
+      stats_norm_targets(&s->norm, dst[1], s->out_vals, dst[1]);
+    }
+  }
+  return 0;
+}

@@ -28,6 +28,7 @@
 #include <stdint.h>
 
 #include "stream_server.h"
+#include "transforms.h"
 
 typedef struct {
   const char *dataset_dir;
@@ -55,6 +56,22 @@ uint64_t serve_dataset_id(const serve_source *s);
 uint64_t serve_samples_per_rank(const serve_source *s);
 /* Samples of the split. */
 uint64_t serve_split_size(const serve_source *s);
+
+/* In-process use (the trainer reads through a serve_source instead of a
+ * socket: the same split, order and normalisation as a stream). */
+
+/* The dataset index of the k-th sample of the split (ascending order), or
+ * -1 when k is out of range. */
+int64_t serve_split_sample(const serve_source *s, int64_t k);
+/* Per-sample shapes: inputs (3, n, n, n), targets (F, n, n). */
+void serve_shapes(const serve_source *s, uint32_t in_shape[4], uint32_t out_shape[3]);
+/* The dataset's normalisation (/stats), or NULL when it has none. */
+const stats_norm *serve_norm(const serve_source *s);
+/* Read dataset samples idx[0..n) now, in the calling thread (normalised on
+ * request), into inputs (n x 3 n^3) and targets (n x F n^2). Safe alongside
+ * the reader thread (h5_lock). */
+int serve_read(serve_source *s, const int64_t *idx, int n, int normalised, float *inputs,
+               float *targets);
 
 /* The dataset sample index at `position` of `rank`'s order in `epoch`
  * (exposed for tests and the Python client's checks). */

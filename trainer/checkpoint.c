@@ -74,7 +74,7 @@ static void arch_of(const coemunet_config *c, uint32_t a[9]) {
 static uint8_t flags_of(const nn_net *net, const adam *o, int i) {
   const nn_param *p = &net->params[i];
   return (uint8_t)((p->trainable ? FLAG_TRAINABLE : 0) | (p->used ? FLAG_USED : 0) |
-                   (adam_has_state(o, i) ? FLAG_ADAM : 0));
+                   (o && adam_has_state(o, i) ? FLAG_ADAM : 0));
 }
 
 /* ---- writing ------------------------------------------------------------ */
@@ -203,6 +203,52 @@ static int verify_crc(reader *r) {
   return 0;
 }
 
+/* The magic, version, header size and fixed header of an open checkpoint. */
+static int read_header(reader *r, header *h) {
+  char magic[8];
+  uint32_t version, hbytes;
+  unsigned char hb[CHECKPOINT_HEADER_BYTES];
+  CE_TRY(rd(r, magic, 8, "magic"));
+  if (memcmp(magic, MAGIC, 8) != 0)
+    return ce_err("%s: byte 0: magic: not a coemu checkpoint (expected \"COEMUCKP\")", r->path);
+  CE_TRY(rd(r, &version, 4, "version"));
+  if (version != CHECKPOINT_VERSION)
+    return ce_err("%s: byte 8: version: %u, this build reads version %d", r->path, version,
+                  CHECKPOINT_VERSION);
+  CE_TRY(rd(r, &hbytes, 4, "header size"));
+  if (hbytes != CHECKPOINT_HEADER_BYTES)
+    return ce_err("%s: byte 12: header size: %u, expected %d for version %d", r->path, hbytes,
+                  CHECKPOINT_HEADER_BYTES, CHECKPOINT_VERSION);
+  CE_TRY(rd(r, hb, sizeof hb, "header"));
+  header_unpack(h, hb);
+  if (h->ntensors > 1000000)
+    return ce_err("%s: byte %d: header: tensor count %u, expected at most 1000000", r->path,
+                  16 + 128, h->ntensors);
+  return 0;
+}
+
+int checkpoint_read_config(const char *path, coemunet_config *cfg, train_state *st) {
+  reader r = {NULL, path, 0, fs_file_size(path)};
+  if (r.size < 0) return -1;
+  r.f = fopen(path, "rb");
+  if (!r.f) return ce_err("%s: cannot open", path);
+  header h;
+  int rc = read_header(&r, &h);
+  fclose(r.f);
+  CE_TRY(rc);
+  coemunet_config c = {(int)h.arch[0], (int)h.arch[1], (int)h.arch[2],
+                       {(int)h.arch[3], (int)h.arch[4], (int)h.arch[5]},
+                       (int)h.arch[6], (int)h.arch[7], (int)h.arch[8]};
+  if (coemunet_check_config(&c) < 0)
+    return ce_err_prefix("%s: bytes 16-51: architecture", path);
+  *cfg = c;
+  if (st) {
+    st->seed = h.seed; st->step = h.step; st->epoch = h.epoch;
+    st->sched.lr0 = h.sched_lr0; st->sched.gamma = h.sched_gamma; st->sched.step_size = h.sched_step;
+  }
+  return 0;
+}
+
 int checkpoint_load(const char *path, coemunet *m, adam *o, train_state *st) {
   nn_net *net = &m->net;
   reader r = {NULL, path, 0, fs_file_size(path)};
@@ -211,32 +257,8 @@ int checkpoint_load(const char *path, coemunet *m, adam *o, train_state *st) {
   if (!r.f) return ce_err("%s: cannot open", path);
   table_entry *tab = NULL;
   int rc = -1;
-  char magic[8];
-  uint32_t version, hbytes;
-  unsigned char hb[CHECKPOINT_HEADER_BYTES];
   header h;
-  if (rd(&r, magic, 8, "magic") < 0) goto out;
-  if (memcmp(magic, MAGIC, 8) != 0) {
-    ce_err("%s: byte 0: magic: not a coemu checkpoint (expected \"COEMUCKP\")", path);
-    goto out;
-  }
-  if (rd(&r, &version, 4, "version") < 0) goto out;
-  if (version != CHECKPOINT_VERSION) {
-    ce_err("%s: byte 8: version: %u, this build reads version %d", path, version, CHECKPOINT_VERSION);
-    goto out;
-  }
-  if (rd(&r, &hbytes, 4, "header size") < 0) goto out;
-  if (hbytes != CHECKPOINT_HEADER_BYTES) {
-    ce_err("%s: byte 12: header size: %u, expected %d for version %d", path, hbytes,
-           CHECKPOINT_HEADER_BYTES, CHECKPOINT_VERSION);
-    goto out;
-  }
-  if (rd(&r, hb, sizeof hb, "header") < 0) goto out;
-  header_unpack(&h, hb);
-  if (h.ntensors > 1000000) {
-    ce_err("%s: byte %d: header: tensor count %u, expected at most 1000000", path, 16 + 128, h.ntensors);
-    goto out;
-  }
+  if (read_header(&r, &h) < 0) goto out;
   /* tensor table, and the file size it implies */
   tab = calloc(h.ntensors ? h.ntensors : 1, sizeof *tab);
   if (!tab) {
@@ -320,9 +342,10 @@ int checkpoint_load(const char *path, coemunet *m, adam *o, train_state *st) {
       ce_err("%s: byte %lld: tensor '%s': shape (%s), the network has (%s)", path, e->offset, e->name, a, b);
       goto out;
     }
-    if (e->flags != flags_of(net, o, i)) {
-      ce_err("%s: byte %lld: tensor '%s': flags 0x%x, the network and optimiser expect 0x%x", path,
-             e->offset, e->name, e->flags, flags_of(net, o, i));
+    uint8_t want = flags_of(net, o, i), got = o ? e->flags : (uint8_t)(e->flags & ~FLAG_ADAM);
+    if (got != want) {
+      ce_err("%s: byte %lld: tensor '%s': flags 0x%x, the network%s expect%s 0x%x", path,
+             e->offset, e->name, e->flags, o ? " and optimiser" : "", o ? "" : "s", want);
       goto out;
     }
   }
@@ -335,16 +358,29 @@ int checkpoint_load(const char *path, coemunet *m, adam *o, train_state *st) {
   for (int i = 0; i < net->nparams; i++) {
     nn_param *p = &net->params[i];
     if (rd(&r, p->w, sizeof(float) * (size_t)p->n, p->name) < 0) goto out;
-    if (adam_has_state(o, i) && (rd(&r, o->m[i], sizeof(float) * (size_t)p->n, p->name) < 0 ||
+    if (!o && (tab[i].flags & FLAG_ADAM)) { /* weights only: skip the moments */
+      long long skip = 2 * (long long)sizeof(float) * p->n;
+      if (fseek(r.f, skip, SEEK_CUR) != 0) {
+        ce_err("%s: cannot seek past the optimiser state of '%s'", path, p->name);
+        goto out;
+      }
+      r.pos += skip;
+      continue;
+    }
+    if (o && adam_has_state(o, i) && (rd(&r, o->m[i], sizeof(float) * (size_t)p->n, p->name) < 0 ||
                                  rd(&r, o->v[i], sizeof(float) * (size_t)p->n, p->name) < 0))
       goto out;
   }
-  o->cfg.kind = (adam_kind)h.adam_kind;
-  o->cfg.lr = h.lr; o->cfg.beta1 = h.beta1; o->cfg.beta2 = h.beta2; o->cfg.eps = h.eps;
-  o->cfg.weight_decay = h.wd;
-  o->t = (int64_t)h.adam_t;
-  st->seed = h.seed; st->step = h.step; st->epoch = h.epoch;
-  st->sched.lr0 = h.sched_lr0; st->sched.gamma = h.sched_gamma; st->sched.step_size = h.sched_step;
+  if (o) {
+    o->cfg.kind = (adam_kind)h.adam_kind;
+    o->cfg.lr = h.lr; o->cfg.beta1 = h.beta1; o->cfg.beta2 = h.beta2; o->cfg.eps = h.eps;
+    o->cfg.weight_decay = h.wd;
+    o->t = (int64_t)h.adam_t;
+  }
+  if (st) {
+    st->seed = h.seed; st->step = h.step; st->epoch = h.epoch;
+    st->sched.lr0 = h.sched_lr0; st->sched.gamma = h.sched_gamma; st->sched.step_size = h.sched_step;
+  }
   rc = 0;
 out:
   free(tab);

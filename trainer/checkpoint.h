@@ -35,7 +35,14 @@ int checkpoint_save(const char *path, const coemunet *m, const adam *o, const tr
 
 /* Load into a network built with the same configuration and an optimiser
  * made for it by adam_init(); the optimiser's settings and step count and
- * the training state are replaced by the file's. */
+ * the training state are replaced by the file's. o == NULL loads the
+ * weights and buffers only (inference, weight transfer): the file's
+ * optimiser state is skipped. st may be NULL. */
 int checkpoint_load(const char *path, coemunet *m, adam *o, train_state *st);
+
+/* The architecture (and, st != NULL, the training state) a checkpoint
+ * records, from its fixed header only, so a caller can build the network
+ * before loading it. The full checks happen in checkpoint_load(). */
+int checkpoint_read_config(const char *path, coemunet_config *cfg, train_state *st);
 
 #endif

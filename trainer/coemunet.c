@@ -182,3 +182,42 @@ int coemunet_build(coemunet *m, const coemunet_config *cfg, uint64_t seed) {
 }
 
 void coemunet_free(coemunet *m) { nn_free(&m->net); }
+
+static int transferred(const char *name) {
+  return !strncmp(name, "encoder", 7) || !strncmp(name, "to_lat.", 7);
+}
+
+int coemunet_transfer_encoder(coemunet *dst, const coemunet *src, int *ntensors, int64_t *nvalues) {
+  const coemunet_config *a = &dst->cfg, *b = &src->cfg;
+  static const char *field[] = {"grid", "stem", "encoder[0]", "encoder[1]", "encoder[2]", "latent",
+                                "shortcut"};
+  const int va[] = {a->grid, a->stem, a->enc[0], a->enc[1], a->enc[2], a->latent, a->shortcut};
+  const int vb[] = {b->grid, b->stem, b->enc[0], b->enc[1], b->enc[2], b->latent, b->shortcut};
+  for (int i = 0; i < 7; i++)
+    if (va[i] != vb[i])
+      return ce_err("encoder transfer: %s is %d in the source model and %d in the target", field[i],
+                    vb[i], va[i]);
+  /* check every tensor first, so that a failure leaves dst untouched */
+  int n = 0;
+  int64_t values = 0;
+  for (int pass = 0; pass < 2; pass++)
+    for (int i = 0; i < src->net.nparams; i++) {
+      const nn_param *p = &src->net.params[i];
+      if (!transferred(p->name)) continue;
+      int j = nn_find_param(&dst->net, p->name);
+      if (j < 0) return ce_err("encoder transfer: the target model has no tensor '%s'", p->name);
+      nn_param *q = &dst->net.params[j];
+      if (q->n != p->n || q->ndim != p->ndim)
+        return ce_err("encoder transfer: tensor '%s' has %lld values in the source, %lld in the target",
+                      p->name, (long long)p->n, (long long)q->n);
+      if (pass == 1) {
+        memcpy(q->w, p->w, sizeof(float) * (size_t)p->n);
+        n++;
+        values += p->n;
+      }
+    }
+  if (n == 0) return ce_err("encoder transfer: the source model has no encoder tensors");
+  if (ntensors) *ntensors = n;
+  if (nvalues) *nvalues = values;
+  return 0;
+}

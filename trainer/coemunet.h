@@ -66,6 +66,16 @@ void coemunet_free(coemunet *m);
  * parameters and FLOPs and checking shapes. Free with coemunet_free(). */
 int coemunet_describe(coemunet *m, const coemunet_config *cfg);
 
+/* Encoder transfer (pretraining -> fine-tuning): copy every parameter and
+ * buffer of the three encoder branches and of the latent layer (names
+ * "encoder*" and "to_lat.*") from src into dst, which must agree on grid,
+ * stem, encoder widths, latent width and shortcut variant (their decoders
+ * differ: nfreq 1 vs F). Everything else in dst is left as it is. The
+ * counts of tensors and values copied go to *ntensors / *nvalues (NULL to
+ * skip). A mismatch is an error naming the field or tensor; dst is then
+ * untouched. */
+int coemunet_transfer_encoder(coemunet *dst, const coemunet *src, int *ntensors, int64_t *nvalues);
+
 /* Check a configuration; the error names the field. */
 int coemunet_check_config(const coemunet_config *cfg);
 

@@ -476,6 +476,72 @@ static void test_checkpoint_errors(void) {
   run_close(&a);
 }
 
+/* Pretraining -> fine-tuning: the encoder and latent tensors of a trained
+ * single-channel model, loaded weights-only from its checkpoint, are copied
+ * into a multi-frequency model; nothing else is touched. */
+static void test_encoder_transfer(void) {
+  char path[512];
+  snprintf(path, sizeof path, "%s/pre.ckpt", tmpdir);
+  run a;
+  run_open(&a, 1, COEMUNET_SHORTCUT_REFERENCE, 21);
+  run_step(&a, 0);
+  run_step(&a, 1);
+  train_state st = {21, 2, 0, {2e-3, 0.5, 2}};
+  CHECK_OK(checkpoint_save(path, &a.m, &a.o, &st));
+  /* the header alone gives the architecture */
+  coemunet_config cfg;
+  train_state st2;
+  CHECK_OK(checkpoint_read_config(path, &cfg, &st2));
+  CHECK(cfg.nfreq == 1 && cfg.grid == a.m.cfg.grid && cfg.latent == a.m.cfg.latent && st2.step == 2);
+  /* weights only, without an optimiser: the file's Adam state is skipped */
+  coemunet src;
+  CHECK_OK(coemunet_build(&src, &cfg, 99));
+  CHECK_OK(checkpoint_load(path, &src, NULL, NULL));
+  for (int i = 0; i < src.net.nparams; i++)
+    CHECK(memcmp(src.net.params[i].w, a.m.net.params[i].w, sizeof(float) * src.net.params[i].n) == 0);
+  /* into a 3-channel model */
+  coemunet_config c3 = cfg;
+  c3.nfreq = 3;
+  coemunet dst, ref;
+  CHECK_OK(coemunet_build(&dst, &c3, 5));
+  CHECK_OK(coemunet_build(&ref, &c3, 5));
+  int n = 0;
+  int64_t values = 0, expect = 0, copied = 0;
+  CHECK_OK(coemunet_transfer_encoder(&dst, &src, &n, &values));
+  for (int i = 0; i < dst.net.nparams; i++) {
+    const nn_param *p = &dst.net.params[i];
+    int j = nn_find_param(&src.net, p->name);
+    int enc = !strncmp(p->name, "encoder", 7) || !strncmp(p->name, "to_lat.", 7);
+    if (enc) {
+      CHECK_MSG(j >= 0 && memcmp(p->w, src.net.params[j].w, sizeof(float) * p->n) == 0,
+                "tensor %s not transferred", p->name);
+      expect += p->n;
+      copied++;
+    } else
+      CHECK_MSG(memcmp(p->w, ref.net.params[i].w, sizeof(float) * p->n) == 0,
+                "tensor %s changed by the transfer", p->name);
+  }
+  CHECK(n == copied && values == expect && n > 100);
+  /* mismatches are refused and leave the target as it was */
+  coemunet other;
+  coemunet_config wide = c3;
+  wide.enc[2] = 6;
+  CHECK_OK(coemunet_build(&other, &wide, 5));
+  CHECK_ERR(coemunet_transfer_encoder(&other, &src, NULL, NULL), "encoder[2] is 4 in the source model and 6");
+  coemunet_free(&other);
+  coemunet_config sc = c3;
+  sc.shortcut = COEMUNET_SHORTCUT_INPUT;
+  CHECK_OK(coemunet_build(&other, &sc, 5));
+  CHECK_ERR(coemunet_transfer_encoder(&other, &src, NULL, NULL), "shortcut");
+  coemunet_free(&other);
+  /* a weights-only load still checks the architecture */
+  CHECK_ERR(checkpoint_load(path, &ref, NULL, NULL), "architecture field nfreq = 1, the network has 3");
+  coemunet_free(&src);
+  coemunet_free(&dst);
+  coemunet_free(&ref);
+  run_close(&a);
+}
+
 int main(void) {
   tmpdir = check_scratch("trainer");
   RUN(test_parameter_counts);
@@ -486,6 +552,7 @@ int main(void) {
   RUN(test_training_lowers_validation_loss);
   RUN(test_checkpoint_resume);
   RUN(test_checkpoint_errors);
+  RUN(test_encoder_transfer);
   check_scratch_remove();
   return check_report();
 }
