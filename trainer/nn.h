@@ -72,7 +72,7 @@ typedef struct {
   int64_t shape[5];
   int64_t n;       /* element count */
   float *w;        /* values */
-  float *g;        /* gradient (NULL for buffers) */
+  float *g;        /* gradient (NULL for buffers): a slice of nn_net.grad_block */
   int trainable;   /* 1: weight/bias updated by the optimiser; 0: buffer */
   int used;        /* 0: part of the model's state but on no forward path (gets no
                       gradient; the optimiser skips it, as PyTorch skips grad None) */
@@ -106,24 +106,28 @@ typedef struct {
  * sum_f64 / sum_f32 replace buf[0..n) in place by its elementwise sum over
  * all replicas (an MPI_Allreduce with MPI_SUM, MPI_IN_PLACE). Every replica
  * must call them in the same order with the same n (they are collectives),
- * and every replica must get bit-identical results (a fixed summation order,
- * which MPI_Allreduce gives for a fixed communicator and count); they return
- * 0, or -1 with an error set (common/error.h). world is the replica count
- * (1: the sums are the identity, and results are bit-identical to no reducer).
+ * and every replica must get bit-identical results, or the replicas' weights
+ * drift apart (MPI_Allreduce gives that in the common implementations; the
+ * MPI standard recommends it). They return 0, or -1 with an error set
+ * (common/error.h). world is the replica count (1: the sums are the
+ * identity, and results are bit-identical to no reducer).
  *
  * With a reducer installed (see docs/trainer.md, "Data-parallel training"):
  *  - BatchNorm in training mode normalises with the statistics of the GLOBAL
  *    batch (synchronised BatchNorm). Per BN layer and forward: one sum_f64 of
  *    C+1 doubles (per-channel sums and the value count), one of C doubles
- *    (squared deviations from the global mean); per backward: one of 2C
- *    doubles (sums of dy and dy*xhat). Running statistics are updated with
- *    the global mean and unbiased variance, identically everywhere.
- *    Evaluation mode needs no sums.
+ *    (squared deviations from the global mean); per backward: one of 2C+1
+ *    doubles (sums of dy and dy*xhat, the count). Running statistics are
+ *    updated with the global mean and unbiased variance, identically
+ *    everywhere. Evaluation mode needs no sums. (The backend does this: the
+ *    CPU one in layers_cpu.c; a device backend must call the same sums.)
  *  - nn_reduce_grads() sums the parameter gradients across replicas and
  *    divides by world: called between backward and the optimiser step.
  *  - the dL/dy seeds of the replicas must be the gradients of (local batch /
  *    mean local batch) x the local mean loss, so that averaging by world gives
- *    the global-mean gradient; trainer_step() does this scaling itself.
+ *    the global-mean gradient; trainer_step() does this scaling itself (one
+ *    more sum_f64, of the batch size).
+ * chunk bounds a single sum_f32 (MPI counts are int: keep it <= INT_MAX).
  */
 typedef struct {
   int world;     /* number of replicas, >= 1 */
