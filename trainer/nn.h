@@ -203,7 +203,8 @@ void nn_init_params(nn_net *net, uint64_t seed);
 /* (Re)allocate activations and scratch for batch size n (>= 1). */
 int nn_set_batch(nn_net *net, int n);
 
-/* Install a reducer (copied) or, with NULL, remove it (single replica).
+/* Install a reducer (copied; its ctx must outlive it) or, with NULL, remove
+ * it (single replica).
  * Fails if world < 1 or a sum is missing. */
 int nn_set_reducer(nn_net *net, const nn_reducer *r);
 /* The installed reducer, or NULL. */

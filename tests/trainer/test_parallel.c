@@ -372,12 +372,24 @@ static int count_batchnorms(const nn_net *net) {
   return n;
 }
 
+/* The mismatch of a setup run with a broken reducer mode. */
+static mismatch broken_variant(const setup *base, int mode, const run *ref, const char *what) {
+  setup s = *base;
+  s.mode = mode;
+  run bad;
+  run_train(&bad, &s);
+  mismatch m = compare(&bad, ref);
+  print_mismatch(what, m);
+  run_free(&bad);
+  return m;
+}
+
 /* Replicas 2 + 2 and 3 + 1 against one net on the batch of 4, after steps. */
 static void check_parallel(int nfreq, int steps) {
   coemunet_config cfg = {nfreq, 24, 2, {2, 3, 4}, 8, 8, COEMUNET_SHORTCUT_REFERENCE};
   const tolerance tol = steps == 1 ? TOL_STEP1 : TOL_STEP3;
   setup whole = {cfg, 1, {4}, 0, SYNC, 0, steps};
-  run ref, par, odd, chunked, bad;
+  run ref, par, odd, chunked;
   run_train(&ref, &whole);
   fprintf(stderr, "nfreq %d, %d step(s), batch 4 on one net vs replicas:\n", nfreq, steps);
 
@@ -424,26 +436,15 @@ static void check_parallel(int nfreq, int steps) {
   run_free(&chunked);
 
   /* broken schemes must miss by far */
-  setup local = two;
-  local.mode = LOCAL_BN;
-  run_train(&bad, &local);
-  m = compare(&bad, &ref);
-  print_mismatch("2 + 2, BatchNorm on local batches", m);
+  m = broken_variant(&two, LOCAL_BN, &ref, "2 + 2, BatchNorm on local batches");
   CHECK(m.loss > 100 * tol.loss);
   CHECK(m.grad > 100 * tol.grad);
   CHECK(m.update > 100 * tol.update);
   CHECK(m.stats > 100 * tol.stats);
-  run_free(&bad);
-
-  setup summed = two;
-  summed.mode = NOT_AVERAGED;
-  run_train(&bad, &summed);
-  m = compare(&bad, &ref);
-  print_mismatch("2 + 2, gradients summed, not averaged", m);
+  m = broken_variant(&two, NOT_AVERAGED, &ref, "2 + 2, gradients summed, not averaged");
   CHECK(m.grad > 100 * tol.grad);
   CHECK(m.update > 100 * tol.update);
   if (steps == 1) CHECK_CLOSE(m.grad, 1.0, 1e-4, 0); /* exactly twice the gradient */
-  run_free(&bad);
 
   run_free(&odd);
   run_free(&par);
