@@ -6,6 +6,7 @@
 #include <math.h>
 #include <omp.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "error.h"
@@ -219,37 +220,81 @@ void conv3d_backward(const conv_shape *s, const float *x, const float *w, const 
 
 /* ---- batch normalisation ------------------------------------------------ */
 
+/* Per-channel pieces, shared by the single-replica kernels (one fused loop
+ * per channel) and the synchronised ones (a loop per piece, with sums across
+ * replicas in between), so that both do the same arithmetic. */
+
+static double bn_channel_sum(int n, int c, long s, const float *x, int ch) {
+  double sum = 0;
+  for (int i = 0; i < n; i++) {
+    const float *xi = x + ((long)i * c + ch) * s;
+    for (long j = 0; j < s; j++) sum += xi[j];
+  }
+  return sum;
+}
+
+static double bn_channel_sqdev(int n, int c, long s, const float *x, int ch, double mean) {
+  double sq = 0;
+  for (int i = 0; i < n; i++) {
+    const float *xi = x + ((long)i * c + ch) * s;
+    for (long j = 0; j < s; j++) {
+      double dv = xi[j] - mean;
+      sq += dv * dv;
+    }
+  }
+  return sq;
+}
+
+/* Normalise channel ch with the mean and the squared deviations sq of m
+ * values; move the running statistics; save (mean, invstd). */
+static void bn_channel_apply(int n, int c, long s, const float *x, const float *gamma,
+                             const float *beta, float *rmean, float *rvar, float momentum,
+                             float eps, float *y, float *save, int ch, double mean, double sq,
+                             double m) {
+  double var = sq / m, invstd = 1.0 / sqrt(var + eps);
+  float scale = (float)(gamma[ch] * invstd), shift = (float)(beta[ch] - mean * gamma[ch] * invstd);
+  for (int i = 0; i < n; i++) {
+    const float *xi = x + ((long)i * c + ch) * s;
+    float *yi = y + ((long)i * c + ch) * s;
+    for (long j = 0; j < s; j++) yi[j] = xi[j] * scale + shift;
+  }
+  rmean[ch] = (float)((1 - momentum) * rmean[ch] + momentum * mean);
+  rvar[ch] = (float)((1 - momentum) * rvar[ch] + momentum * var * m / (m - 1));
+  save[ch] = (float)mean;
+  save[c + ch] = (float)invstd;
+}
+
 void batchnorm_forward_train(int n, int c, long s, const float *x, const float *gamma,
                              const float *beta, float *rmean, float *rvar, float momentum,
                              float eps, float *y, float *save) {
   const double m = (double)n * s;
 #pragma omp parallel for schedule(static)
   for (int ch = 0; ch < c; ch++) {
-    double sum = 0, sq = 0;
-    for (int i = 0; i < n; i++) {
-      const float *xi = x + ((long)i * c + ch) * s;
-      for (long j = 0; j < s; j++) sum += xi[j];
-    }
-    double mean = sum / m;
-    for (int i = 0; i < n; i++) {
-      const float *xi = x + ((long)i * c + ch) * s;
-      for (long j = 0; j < s; j++) {
-        double dv = xi[j] - mean;
-        sq += dv * dv;
-      }
-    }
-    double var = sq / m, invstd = 1.0 / sqrt(var + eps);
-    float scale = (float)(gamma[ch] * invstd), shift = (float)(beta[ch] - mean * gamma[ch] * invstd);
-    for (int i = 0; i < n; i++) {
-      const float *xi = x + ((long)i * c + ch) * s;
-      float *yi = y + ((long)i * c + ch) * s;
-      for (long j = 0; j < s; j++) yi[j] = xi[j] * scale + shift;
-    }
-    rmean[ch] = (float)((1 - momentum) * rmean[ch] + momentum * mean);
-    rvar[ch] = (float)((1 - momentum) * rvar[ch] + momentum * var * m / (m - 1));
-    save[ch] = (float)mean;
-    save[c + ch] = (float)invstd;
+    double mean = bn_channel_sum(n, c, s, x, ch) / m;
+    double sq = bn_channel_sqdev(n, c, s, x, ch, mean);
+    bn_channel_apply(n, c, s, x, gamma, beta, rmean, rvar, momentum, eps, y, save, ch, mean, sq,
+                     m);
   }
+}
+
+void batchnorm_sums(int n, int c, long s, const float *x, double *sum) {
+#pragma omp parallel for schedule(static)
+  for (int ch = 0; ch < c; ch++) sum[ch] = bn_channel_sum(n, c, s, x, ch);
+}
+
+void batchnorm_sqdev(int n, int c, long s, const float *x, const double *mean, double *sq) {
+#pragma omp parallel for schedule(static)
+  for (int ch = 0; ch < c; ch++) sq[ch] = bn_channel_sqdev(n, c, s, x, ch, mean[ch]);
+}
+
+void batchnorm_normalise(int n, int c, long s, const float *x, const float *gamma,
+                         const float *beta, const double *mean, const double *sq, double m,
+                         float *rmean, float *rvar, float momentum, float eps, float *y,
+                         float *save) {
+#pragma omp parallel for schedule(static)
+  for (int ch = 0; ch < c; ch++)
+    bn_channel_apply(n, c, s, x, gamma, beta, rmean, rvar, momentum, eps, y, save, ch, mean[ch],
+                     sq[ch], m);
 }
 
 void batchnorm_forward_eval(int n, int c, long s, const float *x, const float *gamma,
@@ -266,6 +311,36 @@ void batchnorm_forward_eval(int n, int c, long s, const float *x, const float *g
     }
 }
 
+/* sum dy and sum dy * xhat of channel ch */
+static void bn_channel_grad_sums(int n, int c, long s, const float *x, const float *dy, int ch,
+                                 double mean, double invstd, double *sdy, double *sdyx) {
+  double a = 0, b = 0;
+  for (int i = 0; i < n; i++) {
+    const float *xi = x + ((long)i * c + ch) * s, *gi = dy + ((long)i * c + ch) * s;
+    for (long j = 0; j < s; j++) {
+      a += gi[j];
+      b += gi[j] * ((xi[j] - mean) * invstd);
+    }
+  }
+  *sdy = a;
+  *sdyx = b;
+}
+
+/* dx += g*invstd*(dy - mdy - xhat*mdyx) on channel ch (mdy = mdyx = 0: evaluation mode) */
+static void bn_channel_dx(int n, int c, long s, const float *x, const float *gamma,
+                          const float *dy, float *dx, int ch, double mean, double invstd,
+                          double mdy, double mdyx) {
+  double a = gamma[ch] * invstd;
+  for (int i = 0; i < n; i++) {
+    const float *xi = x + ((long)i * c + ch) * s, *gi = dy + ((long)i * c + ch) * s;
+    float *di = dx + ((long)i * c + ch) * s;
+    for (long j = 0; j < s; j++) {
+      double xhat = (xi[j] - mean) * invstd;
+      di[j] += (float)(a * (gi[j] - mdy - xhat * mdyx));
+    }
+  }
+}
+
 void batchnorm_backward(int n, int c, long s, int train, const float *x, const float *gamma,
                         const float *rmean, const float *rvar, float eps, const float *save,
                         const float *dy, float *dx, float *dgamma, float *dbeta) {
@@ -274,28 +349,34 @@ void batchnorm_backward(int n, int c, long s, int train, const float *x, const f
   for (int ch = 0; ch < c; ch++) {
     double mean = train ? save[ch] : rmean[ch];
     double invstd = train ? save[c + ch] : 1.0 / sqrt((double)rvar[ch] + eps);
-    double sdy = 0, sdyx = 0; /* sum dy, sum dy * xhat */
-    for (int i = 0; i < n; i++) {
-      const float *xi = x + ((long)i * c + ch) * s, *gi = dy + ((long)i * c + ch) * s;
-      for (long j = 0; j < s; j++) {
-        sdy += gi[j];
-        sdyx += gi[j] * ((xi[j] - mean) * invstd);
-      }
-    }
+    double sdy, sdyx; /* sum dy, sum dy * xhat */
+    bn_channel_grad_sums(n, c, s, x, dy, ch, mean, invstd, &sdy, &sdyx);
     dgamma[ch] += (float)sdyx;
     dbeta[ch] += (float)sdy;
     if (!dx) continue;
     /* train: dx = g*invstd*(dy - mean(dy) - xhat*mean(dy*xhat)); eval: g*invstd*dy */
-    double a = gamma[ch] * invstd, mdy = train ? sdy / m : 0, mdyx = train ? sdyx / m : 0;
-    for (int i = 0; i < n; i++) {
-      const float *xi = x + ((long)i * c + ch) * s, *gi = dy + ((long)i * c + ch) * s;
-      float *di = dx + ((long)i * c + ch) * s;
-      for (long j = 0; j < s; j++) {
-        double xhat = (xi[j] - mean) * invstd;
-        di[j] += (float)(a * (gi[j] - mdy - xhat * mdyx));
-      }
-    }
+    bn_channel_dx(n, c, s, x, gamma, dy, dx, ch, mean, invstd, train ? sdy / m : 0,
+                  train ? sdyx / m : 0);
   }
+}
+
+void batchnorm_backward_sums(int n, int c, long s, const float *x, const float *save,
+                             const float *dy, double *sums, float *dgamma, float *dbeta) {
+#pragma omp parallel for schedule(static)
+  for (int ch = 0; ch < c; ch++) {
+    bn_channel_grad_sums(n, c, s, x, dy, ch, save[ch], save[c + ch], &sums[ch], &sums[c + ch]);
+    dgamma[ch] += (float)sums[c + ch];
+    dbeta[ch] += (float)sums[ch];
+  }
+}
+
+void batchnorm_backward_dx(int n, int c, long s, const float *x, const float *gamma,
+                           const float *save, const float *dy, const double *sums, double m,
+                           float *dx) {
+#pragma omp parallel for schedule(static)
+  for (int ch = 0; ch < c; ch++)
+    bn_channel_dx(n, c, s, x, gamma, dy, dx, ch, save[ch], save[c + ch], sums[ch] / m,
+                  sums[c + ch] / m);
 }
 
 /* ---- linear ------------------------------------------------------------- */
@@ -431,6 +512,73 @@ static size_t cpu_workspace(const nn_net *net, const nn_node *nd) {
   return conv3d_workspace(&s);
 }
 
+/* Synchronised BatchNorm (nn.h, nn_reducer): the statistics of the global
+ * batch from two sums across replicas, (per-channel sums, value count), then
+ * squared deviations from the global mean. */
+static int bn_forward_sync(nn_net *net, nn_node *nd) {
+  const nn_reducer *r = nn_get_reducer(net);
+  const int N = net->batch, C = nd->c;
+  const long S = (long)nd->d * nd->h * nd->w;
+  const float *x = net->nodes[nd->in[0]].out;
+  nn_param *P = net->params;
+  double *buf = ce_malloc_array((size_t)2 * C + 1, sizeof(double), "BatchNorm sums");
+  if (!buf) return -1;
+  double *mean = buf, *sq = buf + C + 1;
+  batchnorm_sums(N, C, S, x, mean);
+  mean[C] = (double)N * S;
+  int rc = -1;
+  if (r->sum_f64(r->ctx, buf, (size_t)C + 1) < 0) {
+    ce_err_prefix("summing BatchNorm statistics over %d replicas", r->world);
+    goto done;
+  }
+  const double m = mean[C];
+  if (m < 2) {
+    ce_err("batch statistics need more than 1 value per channel (%.0f over %d replicas)", m,
+           r->world);
+    goto done;
+  }
+  for (int ch = 0; ch < C; ch++) mean[ch] /= m;
+  batchnorm_sqdev(N, C, S, x, mean, sq);
+  if (r->sum_f64(r->ctx, sq, (size_t)C) < 0) {
+    ce_err_prefix("summing BatchNorm deviations over %d replicas", r->world);
+    goto done;
+  }
+  batchnorm_normalise(N, C, S, x, P[nd->param[0]].w, P[nd->param[1]].w, mean, sq, m,
+                      P[nd->param[2]].w, P[nd->param[3]].w, nd->momentum, nd->eps, nd->out,
+                      nd->save);
+  rc = 0;
+done:
+  free(buf);
+  return rc;
+}
+
+/* Its backward: the sums of dy and dy*xhat (and the value count) summed across
+ * replicas before dx; dgamma and dbeta keep the local sums (nn_reduce_grads()
+ * sums them with the other gradients). */
+static int bn_backward_sync(nn_net *net, nn_node *nd, float *dx) {
+  const nn_reducer *r = nn_get_reducer(net);
+  const int N = net->batch, C = nd->c;
+  const long S = (long)nd->d * nd->h * nd->w;
+  const float *x = net->nodes[nd->in[0]].out;
+  nn_param *P = net->params;
+  double *sums = ce_malloc_array((size_t)2 * C + 1, sizeof(double), "BatchNorm gradient sums");
+  if (!sums) return -1;
+  batchnorm_backward_sums(N, C, S, x, nd->save, nd->grad, sums, P[nd->param[0]].g,
+                          P[nd->param[1]].g);
+  int rc = 0;
+  if (dx) { /* the same graph everywhere: every replica skips or calls alike */
+    sums[2 * C] = (double)N * S;
+    rc = r->sum_f64(r->ctx, sums, (size_t)2 * C + 1);
+    if (rc < 0)
+      ce_err_prefix("summing BatchNorm gradients over %d replicas", r->world);
+    else
+      batchnorm_backward_dx(N, C, S, x, P[nd->param[0]].w, nd->save, nd->grad, sums,
+                            sums[2 * C], dx);
+  }
+  free(sums);
+  return rc;
+}
+
 static int cpu_forward(nn_net *net, nn_node *nd, int train) {
   const int N = net->batch;
   const nn_node *in = &net->nodes[nd->in[0]];
@@ -447,6 +595,7 @@ static int cpu_forward(nn_net *net, nn_node *nd, int train) {
   }
   case NN_BATCHNORM: {
     long S = (long)nd->d * nd->h * nd->w;
+    if (train && nn_get_reducer(net)) return bn_forward_sync(net, nd);
     if (train) {
       if ((long)N * S < 2)
         return ce_err("batch statistics need more than 1 value per channel (batch %d x %ld)", N, S);
@@ -522,6 +671,7 @@ static int cpu_backward(nn_net *net, nn_node *nd) {
     return 0;
   }
   case NN_BATCHNORM:
+    if (net->train && nn_get_reducer(net)) return bn_backward_sync(net, nd, dx);
     batchnorm_backward(N, nd->c, (long)nd->d * nd->h * nd->w, net->train, x, P[nd->param[0]].w,
                        P[nd->param[2]].w, P[nd->param[3]].w, nd->eps, nd->save, g, dx,
                        P[nd->param[0]].g, P[nd->param[1]].g);

@@ -50,6 +50,18 @@ void col2vol(const conv_shape *s, const float *col, float *x);
 void batchnorm_forward_train(int n, int c, long s, const float *x, const float *gamma,
                              const float *beta, float *rmean, float *rvar, float momentum,
                              float eps, float *y, float *save);
+/* The same in pieces, for synchronised BatchNorm over replicas (nn.h,
+ * nn_reducer), the caller summing across replicas in between:
+ * sum[ch] = sum of x over (N, S); sq[ch] = sum of (x - mean[ch])^2; then
+ * normalise with mean and the population variance sq/m of m values in all
+ * (running statistics and save as above). With the local sums and m = N*S
+ * these are batchnorm_forward_train() bit for bit. */
+void batchnorm_sums(int n, int c, long s, const float *x, double *sum);
+void batchnorm_sqdev(int n, int c, long s, const float *x, const double *mean, double *sq);
+void batchnorm_normalise(int n, int c, long s, const float *x, const float *gamma,
+                         const float *beta, const double *mean, const double *sq, double m,
+                         float *rmean, float *rvar, float momentum, float eps, float *y,
+                         float *save);
 /* Evaluation mode: normalise with the running statistics. */
 void batchnorm_forward_eval(int n, int c, long s, const float *x, const float *gamma,
                             const float *beta, const float *rmean, const float *rvar, float eps,
@@ -58,6 +70,15 @@ void batchnorm_forward_eval(int n, int c, long s, const float *x, const float *g
 void batchnorm_backward(int n, int c, long s, int train, const float *x, const float *gamma,
                         const float *rmean, const float *rvar, float eps, const float *save,
                         const float *dy, float *dx, float *dgamma, float *dbeta);
+/* The training-mode backward in pieces (synchronised BatchNorm): sums gets
+ * (sum dy [C], sum dy*xhat [C]) and dgamma, dbeta get the local sums added;
+ * then dx += gamma*invstd*(dy - sum dy/m - xhat*sum(dy xhat)/m) with the
+ * sums and the value count m over all replicas. */
+void batchnorm_backward_sums(int n, int c, long s, const float *x, const float *save,
+                             const float *dy, double *sums, float *dgamma, float *dbeta);
+void batchnorm_backward_dx(int n, int c, long s, const float *x, const float *gamma,
+                           const float *save, const float *dy, const double *sums, double m,
+                           float *dx);
 
 /* y = x W^T + b, x (n, in), W (out, in). */
 void linear_forward(int n, int in, int out, const float *x, const float *w, const float *b,

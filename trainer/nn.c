@@ -34,10 +34,8 @@ static void free_activations(nn_net *net) {
 void nn_free(nn_net *net) {
   free_activations(net);
   for (int i = 0; i < net->nnodes; i++) free(net->nodes[i].save);
-  for (int i = 0; i < net->nparams; i++) {
-    free(net->params[i].w);
-    free(net->params[i].g);
-  }
+  for (int i = 0; i < net->nparams; i++) free(net->params[i].w);
+  free(net->grad_block);
   free(net->nodes);
   free(net->params);
   memset(net, 0, sizeof *net);
@@ -270,17 +268,43 @@ void nn_param_set_unused(nn_net *net, int param) { net->params[param].used = 0; 
 
 /* ---- parameters --------------------------------------------------------- */
 
+#define GRAD_ALIGN 16 /* floats: 64 bytes */
+
+static size_t aligned_len(int64_t n) {
+  return ((size_t)n + GRAD_ALIGN - 1) / GRAD_ALIGN * GRAD_ALIGN;
+}
+
+/* All trainable gradients in one block, the used parameters first, so that
+ * nn_reduce_grads() can hand the block to the reducer as it is. */
+static int alloc_grads(nn_net *net) {
+  size_t total = 0;
+  for (int i = 0; i < net->nparams; i++)
+    if (net->params[i].trainable) total += aligned_len(net->params[i].n);
+  if (!total) return 0;
+  net->grad_block = aligned_alloc(64, sizeof(float) * total);
+  if (!net->grad_block)
+    return ce_err("out of memory for %zu floats of parameter gradients", total);
+  memset(net->grad_block, 0, sizeof(float) * total);
+  size_t off = 0;
+  for (int pass = 1; pass >= 0; pass--) /* used, then unused */
+    for (int i = 0; i < net->nparams; i++) {
+      nn_param *p = &net->params[i];
+      if (!p->trainable || (p->used != 0) != pass) continue;
+      p->g = net->grad_block + off;
+      off += aligned_len(p->n);
+      if (pass) net->grad_used_n = off;
+    }
+  return 0;
+}
+
 int nn_finalize(nn_net *net, uint64_t seed) {
   if (net->finalized) return ce_err("nn_finalize: the net is already finalised");
   for (int i = 0; i < net->nparams; i++) {
     nn_param *p = &net->params[i];
     p->w = ce_malloc_array((size_t)p->n, sizeof(float), p->name);
     if (!p->w) return -1;
-    if (p->trainable) {
-      p->g = ce_calloc_array((size_t)p->n, sizeof(float), p->name);
-      if (!p->g) return -1;
-    }
   }
+  CE_TRY(alloc_grads(net));
   net->finalized = 1;
   nn_init_params(net, seed);
   /* nodes' saved state (BatchNorm: batch mean and 1/std per channel) */
@@ -405,6 +429,42 @@ int nn_backward(nn_net *net) {
     if (nd->kind == NN_INPUT || nd->kind == NN_VIEW || !nd->needs_grad) continue;
     if (net->be->backward(net, nd) < 0)
       return ce_err_prefix("backward of layer '%s'", nd->name);
+  }
+  return 0;
+}
+
+/* ---- data parallelism --------------------------------------------------- */
+
+int nn_set_reducer(nn_net *net, const nn_reducer *r) {
+  if (!r) {
+    memset(&net->reducer, 0, sizeof net->reducer);
+    return 0;
+  }
+  if (r->world < 1) return ce_err("reducer: world = %d replicas, expected >= 1", r->world);
+  if (!r->sum_f64 || !r->sum_f32)
+    return ce_err("reducer: sum_f64 and sum_f32 are both needed (%s is NULL)",
+                  r->sum_f64 ? "sum_f32" : "sum_f64");
+  net->reducer = *r;
+  return 0;
+}
+
+int nn_reduce_grads(nn_net *net) {
+  const nn_reducer *r = nn_get_reducer(net);
+  if (!r) return 0;
+  const size_t chunk = r->chunk ? r->chunk : NN_REDUCE_CHUNK;
+  /* the padding between parameters is zero everywhere and stays zero */
+  for (size_t off = 0; off < net->grad_used_n; off += chunk) {
+    size_t n = net->grad_used_n - off < chunk ? net->grad_used_n - off : chunk;
+    if (r->sum_f32(r->ctx, net->grad_block + off, n) < 0)
+      return ce_err_prefix("summing parameter gradients [%zu, %zu) over %d replicas", off,
+                           off + n, r->world);
+  }
+  if (r->world > 1) {
+    const float world = (float)r->world;
+    const long n = (long)net->grad_used_n;
+    float *g = net->grad_block;
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < n; i++) g[i] /= world;
   }
   return 0;
 }

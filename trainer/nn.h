@@ -72,7 +72,7 @@ typedef struct {
   int64_t shape[5];
   int64_t n;       /* element count */
   float *w;        /* values */
-  float *g;        /* gradient (NULL for buffers) */
+  float *g;        /* gradient (NULL for buffers): a slice of nn_net.grad_block */
   int trainable;   /* 1: weight/bias updated by the optimiser; 0: buffer */
   int used;        /* 0: part of the model's state but on no forward path (gets no
                       gradient; the optimiser skips it, as PyTorch skips grad None) */
@@ -98,6 +98,46 @@ typedef struct {
   int nparam;
   float *save;           /* forward -> backward scratch (bn: batch mean, 1/std per channel) */
 } nn_node;
+
+/* Data parallelism: several replicas of one net (MPI ranks, threads), each
+ * running a share of the global batch, kept identical by sums across them.
+ * trainer/ knows no MPI: the caller installs the sums as callbacks.
+ *
+ * sum_f64 / sum_f32 replace buf[0..n) in place by its elementwise sum over
+ * all replicas (an MPI_Allreduce with MPI_SUM, MPI_IN_PLACE). Every replica
+ * must call them in the same order with the same n (they are collectives),
+ * and every replica must get bit-identical results, or the replicas' weights
+ * drift apart (MPI_Allreduce gives that in the common implementations; the
+ * MPI standard recommends it). They return 0, or -1 with an error set
+ * (common/error.h). world is the replica count (1: the sums are the
+ * identity, and results are bit-identical to no reducer).
+ *
+ * With a reducer installed (see docs/trainer.md, "Data-parallel training"):
+ *  - BatchNorm in training mode normalises with the statistics of the GLOBAL
+ *    batch (synchronised BatchNorm). Per BN layer and forward: one sum_f64 of
+ *    C+1 doubles (per-channel sums and the value count), one of C doubles
+ *    (squared deviations from the global mean); per backward: one of 2C+1
+ *    doubles (sums of dy and dy*xhat, the count). Running statistics are
+ *    updated with the global mean and unbiased variance, identically
+ *    everywhere. Evaluation mode needs no sums. (The backend does this: the
+ *    CPU one in layers_cpu.c; a device backend must call the same sums.)
+ *  - nn_reduce_grads() sums the parameter gradients across replicas and
+ *    divides by world: called between backward and the optimiser step.
+ *  - the dL/dy seeds of the replicas must be the gradients of (local batch /
+ *    mean local batch) x the local mean loss, so that averaging by world gives
+ *    the global-mean gradient; trainer_step() does this scaling itself (one
+ *    more sum_f64, of the batch size).
+ * chunk bounds a single sum_f32 (MPI counts are int: keep it <= INT_MAX).
+ */
+typedef struct {
+  int world;     /* number of replicas, >= 1 */
+  int (*sum_f64)(void *ctx, double *buf, size_t n);
+  int (*sum_f32)(void *ctx, float *buf, size_t n);
+  void *ctx;     /* passed to the sums */
+  size_t chunk;  /* most floats per sum_f32 call in nn_reduce_grads (0: NN_REDUCE_CHUNK) */
+} nn_reducer;
+
+#define NN_REDUCE_CHUNK ((size_t)1 << 24) /* 16 Mi floats = 64 MiB per call */
 
 struct nn_net;
 typedef struct nn_backend {
@@ -125,6 +165,10 @@ typedef struct nn_net {
   float *work;           /* backend scratch (vol2col columns) */
   size_t work_n;
   const nn_backend *be;
+  float *grad_block;     /* every trainable parameter's gradient, one allocation: the used
+                            ones first, each 64-byte aligned (zero padding between) */
+  size_t grad_used_n;    /* floats of grad_block up to the end of the last used one */
+  nn_reducer reducer;    /* world 0: none installed */
 } nn_net;
 
 void nn_init(nn_net *net);
@@ -158,6 +202,19 @@ void nn_init_params(nn_net *net, uint64_t seed);
 
 /* (Re)allocate activations and scratch for batch size n (>= 1). */
 int nn_set_batch(nn_net *net, int n);
+
+/* Install a reducer (copied; its ctx must outlive it) or, with NULL, remove
+ * it (single replica).
+ * Fails if world < 1 or a sum is missing. */
+int nn_set_reducer(nn_net *net, const nn_reducer *r);
+/* The installed reducer, or NULL. */
+static inline const nn_reducer *nn_get_reducer(const nn_net *net) {
+  return net->reducer.world ? &net->reducer : NULL;
+}
+/* Sum the gradients of the used trainable parameters over the replicas and
+ * divide them by world, in place: ceil(floats / chunk) sum_f32 calls on
+ * grad_block directly (no copies). Without a reducer: nothing. */
+int nn_reduce_grads(nn_net *net);
 
 int nn_forward(nn_net *net, int train);
 void nn_seed_grad(nn_net *net, int node);

@@ -30,11 +30,34 @@ static int forward_loss(trainer *t, const float *x, const float *target, int tra
   return loss_eval(t->loss, nn_out(net, t->model->output), target, images(t->model), out, grad);
 }
 
+/* Replicas (nn.h, nn_reducer): the global-batch loss is sum_r (n_r / n) L_r
+ * with L_r the mean over replica r's n_r samples and n = sum n_r. Backprop is
+ * linear in the seed, synchronised BatchNorm included, so seeding replica r
+ * with (n_r world / n) dL_r/dy and averaging the summed parameter gradients
+ * by world (nn_reduce_grads) gives dL/dw. Equal batches: the factor is 1. */
+static int scale_seed(trainer *t) {
+  nn_net *net = &t->model->net;
+  const nn_reducer *r = nn_get_reducer(net);
+  double n = net->batch;
+  if (r->sum_f64(r->ctx, &n, 1) < 0)
+    return ce_err_prefix("summing the batch size over %d replicas", r->world);
+  const float f = (float)((double)net->batch * r->world / n);
+  if (f != 1.0f) {
+    float *g = nn_grad(net, t->model->output);
+    const long len = (long)net->batch * net->nodes[t->model->output].size;
+    for (long i = 0; i < len; i++) g[i] *= f;
+  }
+  return 0;
+}
+
 int trainer_step(trainer *t, const float *x, const float *target, double lr, loss_value *out) {
   nn_net *net = &t->model->net;
+  const int parallel = nn_get_reducer(net) != NULL;
   CE_TRY(forward_loss(t, x, target, 1, out, nn_grad(net, t->model->output)));
+  if (parallel) CE_TRY(scale_seed(t));
   nn_zero_grad(net);
   CE_TRY(nn_backward(net));
+  if (parallel) CE_TRY(nn_reduce_grads(net));
   adam_step(t->opt, net, lr);
   return 0;
 }

@@ -21,7 +21,14 @@ typedef struct {
 int trainer_init(trainer *t, coemunet *model, adam *opt);
 void trainer_free(trainer *t);
 
-/* forward (train mode) + loss + backward + Adam update with rate lr. */
+/* forward (train mode) + loss + backward + Adam update with rate lr.
+ * With a reducer on the net (nn_set_reducer, data parallelism): BatchNorm
+ * uses the global batch's statistics, the loss gradient is weighted by this
+ * replica's share of the global batch, and the parameter gradients are
+ * averaged across replicas (nn_reduce_grads) before the update, so every
+ * replica takes the step of the global-batch mean loss; each replica calls
+ * it in lockstep. *out stays the loss of the local batch: the caller
+ * combines the replicas' values (weighted by their batch sizes). */
 int trainer_step(trainer *t, const float *x, const float *target, double lr, loss_value *out);
 
 /* forward in evaluation mode (running BatchNorm statistics) + loss; the
