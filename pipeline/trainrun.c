@@ -319,8 +319,9 @@ static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
               s->state.epoch, (unsigned long long)s->state.step);
   } else if (s->id == TRAIN_STAGE_FINETUNE && st->transfer)
     CE_TRY(transfer_encoder(s));
-  nn_reducer red = {s->world, sum_f64, sum_f32, &s->comm};
-  if (s->world > 1) nn_set_reducer(&s->model.net, &red, j->sync_batchnorm);
+  nn_reducer red = {.world = s->world, .sum_f64 = sum_f64, .sum_f32 = sum_f32, .ctx = &s->comm,
+                    .local_batchnorm = !j->sync_batchnorm};
+  if (s->world > 1) CE_TRY(nn_set_reducer(&s->model.net, &red));
   trainer tr;
   CE_TRY(trainer_init(&tr, &s->model, &s->opt));
 

@@ -595,7 +595,7 @@ static int cpu_forward(nn_net *net, nn_node *nd, int train) {
   }
   case NN_BATCHNORM: {
     long S = (long)nd->d * nd->h * nd->w;
-    if (train && nn_get_reducer(net)) return bn_forward_sync(net, nd);
+    if (train && nn_get_reducer(net) && !net->reducer.local_batchnorm) return bn_forward_sync(net, nd);
     if (train) {
       if ((long)N * S < 2)
         return ce_err("batch statistics need more than 1 value per channel (batch %d x %ld)", N, S);
@@ -671,7 +671,8 @@ static int cpu_backward(nn_net *net, nn_node *nd) {
     return 0;
   }
   case NN_BATCHNORM:
-    if (net->train && nn_get_reducer(net)) return bn_backward_sync(net, nd, dx);
+    if (net->train && nn_get_reducer(net) && !net->reducer.local_batchnorm)
+      return bn_backward_sync(net, nd, dx);
     batchnorm_backward(N, nd->c, (long)nd->d * nd->h * nd->w, net->train, x, P[nd->param[0]].w,
                        P[nd->param[2]].w, P[nd->param[3]].w, nd->eps, nd->save, g, dx,
                        P[nd->param[0]].g, P[nd->param[1]].g);

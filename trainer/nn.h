@@ -135,6 +135,8 @@ typedef struct {
   int (*sum_f32)(void *ctx, float *buf, size_t n);
   void *ctx;     /* passed to the sums */
   size_t chunk;  /* most floats per sum_f32 call in nn_reduce_grads (0: NN_REDUCE_CHUNK) */
+  int local_batchnorm; /* 1: BatchNorm keeps each replica's own batch statistics (PyTorch
+                          DDP without SyncBatchNorm); gradients are still reduced */
 } nn_reducer;
 
 #define NN_REDUCE_CHUNK ((size_t)1 << 24) /* 16 Mi floats = 64 MiB per call */
