@@ -280,8 +280,15 @@ static int linear_ticks(double lo, double hi, int max_ticks, double *ticks, int 
     step = k < 0 ? m / p : m * p;
     if (step >= step0 * (1 - 1e-9)) break;
   }
+  if (m == 10) m = 1, k++, p = pow(10, abs(k)), step = k < 0 ? m / p : m * p;
   if (!(step > 0) || !isfinite(step)) return 0;
   double first = ceil(lo / step - 1e-9), last = floor(hi / step + 1e-9);
+  while (last - first < 1 && m > 0) { /* fewer than two ticks: the next finer step */
+    m = m == 1 ? 5 : m == 5 ? 2 : 1;
+    if (m == 5) k--, p = pow(10, abs(k));
+    step = k < 0 ? m / p : m * p;
+    first = ceil(lo / step - 1e-9), last = floor(hi / step + 1e-9);
+  }
   if (!(last - first < cap)) return 0;
   int n = 0;
   for (double i = first; i <= last; i++)
@@ -417,6 +424,8 @@ static void axis_range(double lo, double hi, int log, double pad, double *r0, do
     d = log ? 0.5 : a != 0 ? fabs(a) * 0.1 : 1;
   else
     d = (b - a) * pad;
+  if (log) /* stay within the doubles' normal range */
+    a = fmax(a - d, -300), b = fmin(b + d, 300), d = 0;
   *r0 = axis_data(log, a - d), *r1 = axis_data(log, b + d);
 }
 
@@ -643,6 +652,7 @@ static void draw_legend(chart *ch, const legend_entry *e, int n) {
 int ce_plot_lines(const char *what, const ce_chart *c, const ce_series *s, int nseries,
                   ce_image *img, ce_plot_frame *frame) {
   if (!what) what = "plot";
+  img->rgb = NULL;
   if (nseries < 0 || nseries > MAX_SERIES || (nseries > 0 && !s))
     CE_FAIL("%s: %d series, expected 0..%d", what, nseries, MAX_SERIES);
   int lx = c && c->log_x, ly = c && c->log_y;
@@ -711,6 +721,7 @@ int ce_plot_histogram(const char *what, const ce_chart *c, const double *values,
                       int nvlines, ce_image *img, ce_plot_frame *frame, int *counts) {
   static const uint32_t vline_colors[4] = {COL_VLINE, 0x2ca02c, 0x9467bd, 0xff7f0e};
   if (!what) what = "histogram";
+  img->rgb = NULL;
   if (n < 0 || (n > 0 && !values)) CE_FAIL("%s: %d values, expected n >= 0 and values", what, n);
   if (bins < 0 || bins > MAX_BINS) CE_FAIL("%s: %d bins, expected 1..%d (0 = automatic)", what,
                                            bins, MAX_BINS);

@@ -70,7 +70,8 @@ typedef struct {
 } ce_image;
 
 /* Line/scatter chart of `nseries` series (nseries 0..16) into *img
- * (img->rgb malloc'd, free() it) and, if frame is not NULL, its frame.
+ * (img->rgb malloc'd, free() it; NULL on failure) and, if frame is not
+ * NULL, its frame.
  * `what` names the output in error messages. */
 int ce_plot_lines(const char *what, const ce_chart *c, const ce_series *s, int nseries,
                   ce_image *img, ce_plot_frame *frame);
@@ -89,9 +90,10 @@ int ce_plot_histogram_png(const char *path, const ce_chart *c, const double *val
                           int bins, const double *vlines, const char *const *vline_labels,
                           int nvlines);
 
-/* Tick positions for the axis range [lo, hi] (lo < hi; for log, lo > 0)
- * with about max_ticks of them: writes at most cap values in increasing
- * order and returns their number. */
+/* Tick positions for the axis range [lo, hi] (lo < hi; for log, lo > 0):
+ * the coarsest 1-2-5 steps giving at most max_ticks ticks, or the next finer
+ * step where that leaves fewer than two. Writes at most cap values in
+ * increasing order and returns their number (0 for a bad range). */
 int ce_plot_ticks(double lo, double hi, int log, int max_ticks, double *ticks, int cap);
 
 /* Labels of an axis' ticks (as from ce_plot_ticks): linear axes all in one
