@@ -596,6 +596,9 @@ typedef struct {
 } legend_entry;
 
 static double line_half_width(int ts) { return 0.6 * ts; }
+static int line_style(int style) { /* 0 = a line; dashed implies a line */
+  return style == 0 ? CE_PLOT_LINE : style & CE_PLOT_DASHED ? style | CE_PLOT_LINE : style;
+}
 static double marker_radius(int ts) { return 1.8 * ts; }
 
 /* Pixels in the box that data were drawn on (neither background nor grid). */
@@ -637,7 +640,7 @@ static void draw_legend(chart *ch, const legend_entry *e, int n) {
   for (int i = 0; i < n; i++) {
     int y = by + pad + i * (th + 3 * ts);
     double yc = y + 3.5 * ts, x0 = bx + pad, x1 = x0 + swatch;
-    int style = e[i].style ? e[i].style : CE_PLOT_LINE;
+    int style = line_style(e[i].style);
     if (style & CE_PLOT_LINE)
       mask_segment(m, x0, yc, x1, yc, line_half_width(ts), style & CE_PLOT_DASHED ? 4 * ts : 0,
                    2 * ts, 0);
@@ -676,7 +679,7 @@ int ce_plot_lines(const char *what, const ce_chart *c, const ce_series *s, int n
   legend_entry leg[MAX_SERIES];
   for (int k = 0; k < nseries; k++) {
     uint32_t color = s[k].color ? s[k].color & 0xffffff : palette[k % 10];
-    int style = s[k].style ? s[k].style : CE_PLOT_LINE;
+    int style = line_style(s[k].style);
     double hw = line_half_width(ts), dash_on = style & CE_PLOT_DASHED ? 7 * ts : 0;
     double px = 0, py = 0, arc = 0;
     int run = 0; /* valid points in the current unbroken run */
@@ -684,7 +687,7 @@ int ce_plot_lines(const char *what, const ce_chart *c, const ce_series *s, int n
       double x = i < s[k].n ? (s[k].x ? s[k].x[i] : i) : NAN, y = i < s[k].n ? s[k].y[i] : NAN;
       if (!usable(x, lx) || !usable(y, ly)) { /* a break: a lone point becomes a dot */
         if (run == 1 && (style & CE_PLOT_LINE) && !(style & CE_PLOT_MARKERS))
-          mask_disc(&ch.m, px, py, hw + 0.5);
+          mask_disc(&ch.m, px, py, marker_radius(ts));
         run = 0;
         continue;
       }

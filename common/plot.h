@@ -30,7 +30,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Series styles (bit flags; 0 means CE_PLOT_LINE). */
+/* Series styles (bit flags; 0 means CE_PLOT_LINE; dashed implies a line). */
 enum { CE_PLOT_LINE = 1, CE_PLOT_MARKERS = 2, CE_PLOT_DASHED = 4 };
 
 typedef struct {

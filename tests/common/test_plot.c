@@ -339,6 +339,15 @@ static void test_edge_cases(void) {
     CHECK(ink_in_plot(&img, &f) > 50);
     free(img.rgb);
   }
+  /* a dashed series (no line flag given): dashes along its row, with gaps */
+  ce_series sd = {.y = eq, .n = 5, .style = CE_PLOT_DASHED, .color = 0x00aa00};
+  CHECK_OK(ce_plot_lines("mem", &c, &sd, 1, &img, &f));
+  if (img.rgb) {
+    int on = count_row(&img, &f, (int)floor(ce_plot_py(&f, 7)), 0x00aa00);
+    int len = (int)(ce_plot_px(&f, 4) - ce_plot_px(&f, 0));
+    CHECK_MSG(on > len / 2 && on < len * 0.8, "dashed: %d of %d pixels", on, len);
+    free(img.rgb);
+  }
   path_in(p, sizeof p, "equal.png");
   CHECK_OK(ce_plot_lines_png(p, &c, &se, 1));
   /* log axis: non-positive values skipped */
