@@ -325,6 +325,14 @@ int ce_plot_ticks(double lo, double hi, int log, int max_ticks, double *ticks, i
 /* v with the digits a tick spacing of `step` needs, fixed-point or as
  * mantissa "e" exponent (no "+", no leading zeros: 2.5e4, 1e-3). */
 static void format_number(double v, double step, int exp_form, char *buf, size_t len) {
+  if (!isfinite(v)) {
+    snprintf(buf, len, "%s", v != v ? "nan" : v > 0 ? "inf" : "-inf");
+    return;
+  }
+  if (!(fabs(step) > 0) || !isfinite(step)) { /* no spacing to go by */
+    snprintf(buf, len, "%.6g", v);
+    return;
+  }
   if (v == 0 || fabs(v) < fabs(step) * 1e-9) {
     snprintf(buf, len, "0");
     return;
@@ -502,7 +510,8 @@ static int chart_begin(chart *ch, const char *what, const ce_chart *cin, double 
   if (tw > W - 2 * pad) tts = ts;
   f->top = pad + (c.title && *c.title ? GLYPH_H * tts + pad : th / 2);
   f->bottom = H - (tick + pad / 2 + th + (c.xlabel && *c.xlabel ? pad + th : 0) + pad);
-  if (f->bottom - f->top < 4 * th)
+  int min_area = 2 * th > 32 ? 2 * th : 32; /* the plot area's least width and height */
+  if (f->bottom - f->top < min_area)
     CE_FAIL("%s: chart %dx%d too small for text scale %d", what, W, H, ts);
   axis_ticks ax, ay;
   int ymax_ticks = clampi((f->bottom - f->top) / (3 * th), 2, 10);
@@ -515,7 +524,7 @@ static int chart_begin(chart *ch, const char *what, const ce_chart *cin, double 
   }
   f->left = pad + (c.ylabel && *c.ylabel ? th + pad : 0) + lw + tick + pad / 2 + 1;
   f->right = W - 4 * pad;
-  if (f->right - f->left < 8 * th)
+  if (f->right - f->left < min_area)
     CE_FAIL("%s: chart %dx%d too small for text scale %d", what, W, H, ts);
   fit_ticks(&ax, f->x0, f->x1, f->log_x, f->right - f->left, ts, 0,
             clampi((f->right - f->left) / (6 * ADVANCE * ts), 2, 12));
@@ -782,7 +791,7 @@ int ce_plot_histogram(const char *what, const ce_chart *c, const double *values,
   legend_entry leg[MAX_VLINES];
   for (int k = 0; k < nvlines; k++) {
     if (!usable(vlines[k], lx)) continue;
-    double x = ce_plot_px(f, vlines[k]);
+    double x = fmax(-1e12, fmin(1e12, ce_plot_px(f, vlines[k])));
     uint32_t color = vline_colors[k % 4];
     mask_segment(&ch.m, x, f->top, x, f->bottom, line_half_width(ts), 7 * ts, 4 * ts, 0);
     mask_composite(&ch.m, &ch.img, color);

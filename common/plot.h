@@ -105,7 +105,8 @@ void ce_plot_tick_labels(const double *ticks, int n, int log, char (*labels)[CE_
 
 /* Compact label of tick value v on an axis whose tick spacing is `step`
  * (the digits shown are those the spacing needs): "0", "0.2", "15", "1e-3",
- * "2.5e4"; mantissa-exponent below 0.01 and from 1e4 up. */
+ * "2.5e4"; mantissa-exponent below 0.01 and from 1e4 up (a step that is not
+ * positive and finite: printf's %.6g). */
 void ce_plot_format(double v, double step, char *buf, size_t len);
 
 /* Text in the built-in font: its size in pixels at `scale` (each character

@@ -394,6 +394,10 @@ static void test_edge_cases(void) {
   free(img.rgb);
   CHECK_OK(ce_plot_lines("mem", &(ce_chart){.log_y = 1}, &sw, 1, &img, &f));
   free(img.rgb);
+  CHECK_OK(ce_plot_histogram("mem", &(ce_chart){.xmin = 1, .xmax = 1 + 1e-12}, wild, 4, 3, wild,
+                              NULL, 4, &img, &f, NULL));
+  free(img.rgb);
+  CHECK(format_is(INFINITY, 1, "inf") && format_is(3, 0, "3") && format_is(0.25, NAN, "0.25"));
   CHECK_OK(ce_plot_histogram("mem", NULL, wild, 4, 0, NULL, NULL, 0, &img, &f, NULL));
   free(img.rgb);
 }
