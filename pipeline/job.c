@@ -193,15 +193,11 @@ int job_parse(const char *name, const char *text, size_t len, const char *dir, j
   return rc;
 }
 
-int job_load(const char *path, job *j) {
-  char *text, *dir;
-  size_t len;
-  CE_TRY(schema_read_file(path, &text, &len, &dir));
-  int rc = job_parse(path, text, len, dir, j);
-  free(dir);
-  free(text);
-  return rc;
+static int parse_any(const char *name, const char *text, size_t len, const char *dir, void *j) {
+  return job_parse(name, text, len, dir, j);
 }
+
+int job_load(const char *path, job *j) { return schema_load_file(path, parse_any, j); }
 
 int64_t job_samples(const job *j) { return j->n_models * j->directions; }
 

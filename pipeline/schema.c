@@ -298,19 +298,22 @@ yt_node *schema_load(const char *name, const char *text, size_t len, const char 
   return doc;
 }
 
-int schema_read_file(const char *path, char **text, size_t *len, char **dir) {
-  CE_TRY(fs_read_all(path, text, len));
-  char *d = strdup(path);
-  if (!d) {
-    free(*text);
-    *text = NULL;
+int schema_load_file(const char *path, schema_parse_fn parse, void *out) {
+  char *text;
+  size_t len;
+  CE_TRY(fs_read_all(path, &text, &len));
+  char *dir = strdup(path);
+  if (!dir) {
+    free(text);
     CE_FAIL("out of memory");
   }
-  char *slash = strrchr(d, '/');
+  char *slash = strrchr(dir, '/');
   if (slash) *slash = 0;
-  else strcpy(d, ".");
-  *dir = d;
-  return 0;
+  else strcpy(dir, ".");
+  int rc = parse(path, text, len, dir, out);
+  free(dir);
+  free(text);
+  return rc;
 }
 
 int schema_keep_source(const char *name, const char *text, size_t len, const char *dir,

@@ -44,9 +44,12 @@ int schema_validate(const char *name, yt_node *doc, const yt_node *schema);
 yt_node *schema_load(const char *name, const char *text, size_t len, const char *schema_name,
                      const char *schema_text);
 
-/* Read a document file: its text (NUL-terminated) and length, and the folder
- * its relative paths are resolved against ("." for a bare file name). */
-int schema_read_file(const char *path, char **text, size_t *len, char **dir);
+/* Read a document file and hand it to parse(path, text, len, dir, out), dir
+ * being the folder its relative paths are resolved against ("." for a bare
+ * file name); parse's status is returned. */
+typedef int (*schema_parse_fn)(const char *name, const char *text, size_t len, const char *dir,
+                               void *out);
+int schema_load_file(const char *path, schema_parse_fn parse, void *out);
 
 /* Keep a copy of a document's name, folder ("" for NULL) and text, for the
  * job structures (provenance); on failure nothing is left allocated. */

@@ -2,7 +2,6 @@
  * schemas/train.yaml (schema.c) and the checks that span keys. */
 #include "trainjob.h"
 
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,7 +42,7 @@ typedef struct {
   const char *dir;   /* folder relative paths resolve against */
 } stage_reader;
 
-/* "<stage>.<sub>" into a static-lifetime buffer of the caller. */
+/* "<stage>.<sub>" in the caller's buffer. */
 static const char *sp(const stage_reader *s, const char *sub, char *buf, size_t len) {
   snprintf(buf, len, "%s.%s", s->key, sub);
   return buf;
@@ -251,14 +250,10 @@ int train_job_parse(const char *name, const char *text, size_t len, const char *
   return rc;
 }
 
-int train_job_load(const char *path, train_job *j) {
-  char *text, *dir;
-  size_t len;
-  CE_TRY(schema_read_file(path, &text, &len, &dir));
-  int rc = train_job_parse(path, text, len, dir, j);
-  free(dir);
-  free(text);
-  return rc;
+static int parse_any(const char *name, const char *text, size_t len, const char *dir, void *j) {
+  return train_job_parse(name, text, len, dir, j);
 }
+
+int train_job_load(const char *path, train_job *j) { return schema_load_file(path, parse_any, j); }
 
 int train_job_schema_markdown(FILE *out) { return schema_markdown(out, SCHEMA_NAME, train_schema_text); }
