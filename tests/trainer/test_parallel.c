@@ -204,7 +204,7 @@ static void run_train(run *R, const setup *s) {
     CHECK_OK(trainer_init(&p->tr, &p->m, &p->o));
     p->me = (member){&R->g, r, 0, 0, 0, 0};
     if (s->reducer) {
-      nn_reducer red = {s->world, sum_f64, sum_f32, &p->me, s->chunk};
+      nn_reducer red = {s->world, sum_f64, sum_f32, &p->me, s->chunk, 0};
       CHECK_OK(nn_set_reducer(&p->m.net, &red));
     }
     p->x = R->x;
@@ -490,7 +490,7 @@ static void test_reducer_errors(void) {
   coemunet_config cfg = {1, 16, 2, {2, 3, 4}, 8, 8, COEMUNET_SHORTCUT_REFERENCE};
   CHECK_OK(coemunet_build(&m, &cfg, 1));
   CHECK_OK(nn_set_batch(&m.net, 2));
-  nn_reducer r = {0, failing_sum_f64, identity_f32, NULL, 0};
+  nn_reducer r = {0, failing_sum_f64, identity_f32, NULL, 0, 0};
   CHECK_ERR(nn_set_reducer(&m.net, &r), "world = 0");
   r.world = 2;
   r.sum_f32 = NULL;
