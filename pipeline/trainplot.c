@@ -58,8 +58,8 @@ int trainplot_loss_png(const char *png, const char *train_csv, const char *val_c
   double *ts = NULL, *tl = NULL, *vs = NULL, *vl = NULL, *mean = NULL;
   int nt = 0, nv = 0, rc = read_columns(train_csv, 0, 3, &ts, &tl, &nt);
   if (rc == 0 && access(val_csv, F_OK) == 0) rc = read_columns(val_csv, 0, 2, &vs, &vl, &nv);
-  if (rc == 0 && nt > 0) { /* running mean over a window of about 2% of the steps */
-    int w = nt / 50 > 1 ? nt / 50 : 1;
+  if (rc == 0 && nt > 0) { /* running mean over 2% of the steps, at least 5 */
+    int w = nt / 50 > 5 ? nt / 50 : 5;
     mean = malloc(sizeof(double) * (size_t)nt);
     if (!mean) rc = ce_err("%s: out of memory", png);
     double acc = 0;
@@ -70,12 +70,13 @@ int trainplot_loss_png(const char *png, const char *train_csv, const char *val_c
   }
   if (rc == 0) {
     char t[256];
-    snprintf(t, sizeof t, "%s: loss (0.8 MSE + 0.2 spectral L1)", title);
+    snprintf(t, sizeof t, "%s: loss", title);
     ce_series s[3] = {
         {.label = "training (per step)", .x = ts, .y = tl, .n = nt, .color = 0xb0c4de},
         {.label = "training (running mean)", .x = ts, .y = mean, .n = mean ? nt : 0},
         {.label = "validation", .x = vs, .y = vl, .n = nv, .style = CE_PLOT_LINE | CE_PLOT_MARKERS}};
-    ce_chart c = {.title = t, .xlabel = "optimiser step", .ylabel = "loss", .log_y = 1};
+    ce_chart c = {.title = t, .xlabel = "optimiser step", .ylabel = "0.8 MSE + 0.2 spectral L1",
+                  .log_y = 1};
     rc = ce_plot_lines_png(png, &c, s, 3);
   }
   free(ts);
