@@ -32,6 +32,8 @@ static yt_node *expand_ref(const char *name, const yt_node *ref, const yt_node *
   const yt_node *def = yt_get(defs, target);
   if (!def || def->kind != YT_MAP)
     CE_BUG("%s:%d:%d: schema: ref '%s' is not a map in defs", name, ref->line, ref->col, target);
+  if (sfield(def, "ref"))
+    CE_BUG("%s:%d:%d: schema: defs.%s is itself a ref", name, def->line, def->col, target);
   if (depth > 16) CE_BUG("%s:%d:%d: schema: refs nest too deep (a cycle?)", name, ref->line, ref->col);
   yt_node *out = yt_clone(def);
   if (!out || expand_refs(name, out, defs, depth + 1) < 0) goto oom;
