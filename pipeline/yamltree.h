@@ -3,7 +3,7 @@
  * file.
  *
  * Parsed with libyaml. Scalars keep their text; the consumer (the schema
- * validator in job.c) decides what type a scalar is. Anchors and aliases are
+ * validator, pipeline/schema.c) decides what type a scalar is. Anchors and aliases are
  * refused: job files and schemas do not need them, and refusing them rules out
  * "billion laughs" expansion.
  */
