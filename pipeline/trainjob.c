@@ -227,9 +227,12 @@ static int fill(const char *name, const yt_node *r, train_job *j) {
   }
   j->sync_batchnorm = schema_bool(r, "model.sync_batchnorm");
 
-  if (!yt_get(r, "pretrain") && !yt_get(r, "finetune"))
+  if (!yt_get(r, "pretrain") && !yt_get(r, "finetune")) {
+    if (r->line < 1) /* an empty document has no position */
+      CE_FAIL("%s: the job is empty: expected at least one of 'pretrain' or 'finetune'", name);
     CE_FAIL("%s:%d:%d: (top level): expected at least one of 'pretrain' or 'finetune', got "
             "neither", name, r->line, r->col);
+  }
   for (int i = 0; i < TRAIN_STAGES; i++) {
     if (!yt_get(r, stage_key[i])) continue;
     stage_reader s = {name, r, stage_key[i], j->dir};

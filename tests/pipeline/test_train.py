@@ -190,8 +190,10 @@ with tempfile.TemporaryDirectory() as tmp:
     l2 = losses(os.path.join(c, "finetune", "train.csv"), 3)
     lt = losses(os.path.join(one_thread, "finetune", "train.csv"), 3)
 
-    def reldiff(x, y, n):
-        return float(np.max(np.abs(x[:n] - y[:n]) / np.abs(y[:n]))) if x.shape == y.shape else 1.0
+    def reldiff(x, y, n):  # over the first n steps (1.0: fewer steps than that)
+        if len(x) < n or len(y) < n:
+            return 1.0
+        return float(np.max(np.abs(x[:n] - y[:n]) / np.abs(y[:n])))
     d1, d3, dt = reldiff(l2, l1, 1), reldiff(l2, l1, 3), reldiff(lt, l1, 3)
     check(d1 < 1e-6, f"step 1 (same weights, global BatchNorm statistics): 2 ranks vs 1 differ by {d1:.2e}")
     check(d3 < max(1e-4, 10 * dt), f"steps 1-3: 2 ranks vs 1 rank {d3:.2e}, 1 vs 2 threads {dt:.2e}")
@@ -221,6 +223,41 @@ with tempfile.TemporaryDirectory() as tmp:
     check(ls.shape == l1.shape and np.array_equal(ls, l1),
           "stream and dataset directory give the same losses, bit for bit")
 
+    # ---- 2 trainer ranks fed by one producer ----
+    ep2 = "ipc://" + os.path.join(tmp, "serve2.sock")
+    srv = subprocess.Popen([COEMU, "serve", ft, "--endpoint", ep2, "--batch", "4", "--seed", "9",
+                            "--ranks", "2", "--idle-exit", "20"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=ENV)
+    text = open(sj).read().replace(ep, ep2)
+    open(sj, "w").write(text)
+    r = run(MPI + ["-n", "2", COEMU, "train", sj, "--out", os.path.join(tmp, "s2"), "--quiet", "--max-steps", "1"])
+    srv.terminate()
+    srv.wait(timeout=30)
+    check(r.returncode == 3, f"2 ranks from a stream: status {r.returncode}: {r.stderr[-2000:]}")
+    ls2 = losses(os.path.join(tmp, "s2", "finetune", "train.csv"))
+    check(ls2.shape == (1, 3) and reldiff(ls2, l1, 1) < 1e-6,
+          "2 ranks from a stream: step 1 equals 1 rank from the dataset")
+
+    # ---- SIGTERM stops cleanly at a step boundary; the run resumes ----
+    long = os.path.join(tmp, "long.yaml")
+    open(long, "w").write(f"name: long\nseed: 9\n{MODEL}\nfinetune:\n{stage(ft, 200)}")
+    lo = os.path.join(tmp, "long")
+    p = subprocess.Popen([COEMU, "train", long, "--out", lo], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=ENV)
+    tcsv = os.path.join(lo, "finetune", "train.csv")
+    t0 = time.time()
+    while time.time() - t0 < 120 and (not os.path.exists(tcsv) or len(open(tcsv).read().splitlines()) < 4):
+        time.sleep(0.05)
+    p.send_signal(15)
+    _, err = p.communicate(timeout=120)
+    check(p.returncode == 3 and "interrupted" in err, f"SIGTERM: status {p.returncode}: {err[-500:]}")
+    done = len(rows(tcsv))
+    r = run([COEMU, "train", long, "--out", lo, "--max-steps", "2"])
+    check(r.returncode == 3 and "resuming" in r.stderr and len(rows(tcsv)) == done + 2,
+          f"resumed after SIGTERM at step {done}: {r.stderr[-500:]}")
+    r = run([COEMU, "train", long, "--out", lo, "--time-limit", "0.5"])
+    check(r.returncode == 3 and "time limit" in r.stderr, f"--time-limit: {r.returncode} {r.stderr[-300:]}")
+
     # ---- coemu eval ----
     ck = os.path.join(out, "finetune", "best.ckpt")
     e1, e2 = os.path.join(tmp, "e1"), os.path.join(tmp, "e2")
@@ -240,6 +277,12 @@ with tempfile.TemporaryDirectory() as tmp:
     check(len(m2) == 12 and all(abs(float(x[k]) - float(y[k])) <= 1e-6 * max(1, abs(float(x[k])))
                                for x, y in zip(m1, m2) for k in x),
           "1 and 2 ranks give the same per-sample metrics")
+
+    r = run([COEMU, "eval", ck, ft, "--split", "test", "--max-samples", "5", "--out", os.path.join(tmp, "e5"), "--quiet"])
+    m5 = rows(os.path.join(tmp, "e5", "maxrel.csv")) if r.returncode == 0 else []
+    # evenly spaced: sample j of 5 is split sample floor(12 j / 5)
+    check(len(m5) == 5 and [x["sample"] for x in m5] == [m1[12 * j // 5]["sample"] for j in range(5)],
+          "--max-samples 5 takes samples evenly spaced over the split")
 
     # ---- bad input ----
     bad = os.path.join(tmp, "bad.ckpt")
