@@ -9,6 +9,7 @@
 
 #include "error.h"
 #include "fsutil.h"
+#include "plot.h"
 
 /* Colour maps sampled at 9 points from matplotlib's tables, linearly
  * interpolated: enough for previews. */
@@ -94,25 +95,41 @@ int ce_write_panels_png(const char *path, const ce_map2d *maps, int n,
   int cols = st.columns > 0 && st.columns < n ? st.columns : n;
   int rows = (n + cols - 1) / cols;
   int gap = 4;
-  int W = cols * pw * scale + (cols + 1) * gap, H = rows * ph * scale + (rows + 1) * gap;
-  uint8_t *rgb = ce_malloc_array((size_t)W * H, 3, path);
-  if (!rgb) return -1;
-  memset(rgb, 255, (size_t)W * H * 3);
+  /* text: scale 2 when panels are wide enough for it, strips for the title,
+   * the labels above each row and the colour bar */
+  const int ts = pw * scale >= 160 ? 2 : 1, th = 9 * ts;
+  const int title_h = st.title ? th + 2 * gap : 0, label_h = st.labels ? th + gap : 0;
   double glo = INFINITY, ghi = -INFINITY;
   if (st.vmin < st.vmax) {
     glo = st.log_scale ? log10(st.vmin > 0 ? st.vmin : 1e-300) : st.vmin;
     ghi = st.log_scale ? log10(st.vmax > 0 ? st.vmax : 1e-300) : st.vmax;
   } else if (st.shared_range)
     for (int i = 0; i < n; i++) map_range(&maps[i], st.log_scale, &glo, &ghi);
+  const int one_range = st.vmin < st.vmax || st.shared_range;
+  const int bar_h = st.colorbar && one_range ? 12 * ts + th + 3 * gap : 0;
+  int W = cols * pw * scale + (cols + 1) * gap;
+  int H = title_h + rows * (ph * scale + label_h) + (rows + 1) * gap + bar_h;
+  uint8_t *rgb = ce_malloc_array((size_t)W * H, 3, path);
+  if (!rgb) return -1;
+  memset(rgb, 255, (size_t)W * H * 3);
+  ce_image img = {rgb, W, H};
+  if (st.title) ce_plot_text(&img, gap, gap, st.title, ts, 0x202020);
   for (int i = 0; i < n; i++) {
     double lo = glo, hi = ghi;
-    if (!(st.vmin < st.vmax) && !st.shared_range) {
+    if (!one_range) {
       lo = INFINITY;
       hi = -INFINITY;
       map_range(&maps[i], st.log_scale, &lo, &hi);
     }
     double span = hi > lo ? hi - lo : 1.0;
-    int ox = gap + (i % cols) * (pw * scale + gap), oy = gap + (i / cols) * (ph * scale + gap);
+    int ox = gap + (i % cols) * (pw * scale + gap);
+    int oy = title_h + gap + (i / cols) * (ph * scale + label_h + gap) + label_h;
+    if (st.labels && st.labels[i]) { /* cut to the panel's width: labels never overlap */
+      char cut[256];
+      size_t fit = (size_t)(pw * scale) / (size_t)(6 * ts);
+      snprintf(cut, sizeof cut, "%.*s", (int)(fit < sizeof cut ? fit : sizeof cut - 1), st.labels[i]);
+      ce_plot_text(&img, ox, oy - label_h, cut, ts, 0x202020);
+    }
     for (int y = 0; y < maps[i].ny; y++)
       for (int x = 0; x < maps[i].nx; x++) {
         double v = map_value(&maps[i], x, y, st.log_scale);
@@ -127,6 +144,24 @@ int ce_write_panels_png(const char *path, const ce_map2d *maps, int n,
           for (int sx = 0; sx < scale; sx++) memcpy(row + 3 * sx, c, 3);
         }
       }
+  }
+  if (bar_h && isfinite(glo) && isfinite(ghi)) { /* the colour bar and its end values */
+    int by = H - bar_h + gap, bw = W - 2 * gap, bh = 12 * ts;
+    for (int x = 0; x < bw; x++) {
+      uint8_t c[3];
+      ce_cmap_rgb(st.cmap, bw > 1 ? (double)x / (bw - 1) : 0, c);
+      for (int y = 0; y < bh; y++) memcpy(rgb + ((size_t)(by + y) * W + gap + x) * 3, c, 3);
+    }
+    char a[48], b[48], l[64], r[64];
+    double vlo = st.log_scale ? pow(10, glo) : glo, vhi = st.log_scale ? pow(10, ghi) : ghi;
+    snprintf(a, sizeof a, "%.3g", vlo);
+    snprintf(b, sizeof b, "%.3g", vhi);
+    snprintf(l, sizeof l, "%s%s", a, st.log_scale ? " (log scale)" : "");
+    snprintf(r, sizeof r, "%s", b);
+    int rw, rh;
+    ce_plot_text_size(r, ts, &rw, &rh);
+    ce_plot_text(&img, gap, by + bh + gap, l, ts, 0x202020);
+    ce_plot_text(&img, W - gap - rw, by + bh + gap, r, ts, 0x202020);
   }
   int rc = ce_write_rgb_png(path, rgb, W, H);
   free(rgb);

@@ -28,9 +28,14 @@ typedef struct {
   int scale;          /* pixels per value (>= 1), 0 = choose so panels are ~256 px */
   int columns;        /* panels per row, 0 = all in one row */
   double vmin, vmax;  /* if vmin < vmax, use this range instead of the data's */
+  const char *title;  /* drawn above the panels (NULL: none) */
+  const char *const *labels; /* n labels, one above each panel, cut to its width (NULL: none) */
+  int colorbar;       /* 1: a colour bar with its range under the panels (one range:
+                         shared_range or vmin < vmax; ignored otherwise) */
 } ce_panel_style;
 
-/* Draw `n` maps side by side into a PNG (x to the right, y upwards). */
+/* Draw `n` maps side by side into a PNG (x to the right, y upwards), with
+ * the title, labels and colour bar of the style (text in plot.h's font). */
 int ce_write_panels_png(const char *path, const ce_map2d *maps, int n,
                         const ce_panel_style *style);
 

@@ -3,6 +3,7 @@
  * predicted-vs-target channel maps, and the inference time per sample. The
  * work is evaluate.c; under mpirun the evaluation batches are spread over the
  * ranks (the figures do not depend on the number of ranks). */
+#include <hdf5.h>
 #include <math.h>
 #include <mpi.h>
 #include <omp.h>
@@ -16,6 +17,7 @@
 #include "error.h"
 #include "evaluate.h"
 #include "fsutil.h"
+#include "h5util.h"
 #include "image.h"
 #include "mpi_fatal.h"
 #include "serve.h"
@@ -58,38 +60,81 @@ static int write_csv(const char *path, const eval_result *r) {
   return fs_commit_tmp(f, tmp, path, ok);
 }
 
+/* The channel velocities [m/s] of a dataset (/velocities), or NaN where
+ * it has none (labels then give the channel number). */
+static void channel_velocities(const char *dataset, int F, double *v) {
+  for (int c = 0; c < F; c++) v[c] = NAN;
+  char p[4200];
+  snprintf(p, sizeof p, "%s/dataset.h5", dataset);
+  h5_lock();
+  hid_t f = H5Fopen(p, H5F_ACC_RDONLY, H5P_DEFAULT);
+  hid_t d = f >= 0 && H5Lexists(f, "velocities", H5P_DEFAULT) > 0 ? H5Dopen2(f, "velocities", H5P_DEFAULT) : -1;
+  hid_t sp = d >= 0 ? H5Dget_space(d) : -1;
+  if (sp >= 0 && H5Sget_simple_extent_npoints(sp) == F)
+    H5Dread(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, v);
+  if (sp >= 0) H5Sclose(sp);
+  if (d >= 0) H5Dclose(d);
+  if (f >= 0) H5Fclose(f);
+  h5_unlock();
+}
+
 /* OUT/maps-SAMPLE.png: target (top row) and prediction (bottom row) of every
  * channel on one log10 intensity scale; OUT/error-SAMPLE.png: the relative
  * error |I_p - I_t| / max_f I_t per channel (MaxRel's per-pixel term). */
-static int write_maps(const char *out, const eval_result *r, const stats_norm *norm, int F, int G) {
+static int write_maps(const char *out, const char *dataset, const eval_result *r,
+                      const stats_norm *norm, int F, int G) {
   const size_t img = (size_t)G * G, ns = (size_t)F * img;
   double *t = ce_malloc_array(3 * ns, sizeof(double), "map buffers");
   ce_map2d *pan = ce_malloc_array(2 * (size_t)F, sizeof *pan, "map panels");
-  int rc = t && pan ? 0 : -1;
+  char (*lab)[48] = ce_malloc_array(3 * (size_t)F, sizeof *lab, "map labels");
+  const char **labp = ce_malloc_array(3 * (size_t)F, sizeof *labp, "map labels");
+  double *vel = ce_malloc_array((size_t)F, sizeof *vel, "channel velocities");
+  int rc = t && pan && lab && labp && vel ? 0 : -1;
+  if (rc == 0) channel_velocities(dataset, F, vel);
   for (int s = 0; rc == 0 && s < r->kept; s++) {
     double *p = t + ns, *e = t + 2 * ns;
     stats_denorm_targets_f64(norm, r->kept_target + (size_t)s * ns, ns, t);
     stats_denorm_targets_f64(norm, r->kept_pred + (size_t)s * ns, ns, p);
+    double acc = 0;
     for (size_t px = 0; px < img; px++) {
       double mx = 0;
       for (int c = 0; c < F; c++) mx = fmax(mx, t[c * img + px]);
-      for (int c = 0; c < F; c++) e[c * img + px] = mx > 0 ? fabs(p[c * img + px] - t[c * img + px]) / mx : NAN;
+      for (int c = 0; c < F; c++) {
+        e[c * img + px] = mx > 0 ? fabs(p[c * img + px] - t[c * img + px]) / mx : NAN;
+        acc += e[c * img + px];
+      }
     }
     for (int c = 0; c < F; c++) {
       pan[c] = (ce_map2d){t + c * img, G, G, G, 1};
       pan[F + c] = (ce_map2d){p + c * img, G, G, G, 1};
+      char ch[24];
+      if (isnan(vel[c])) snprintf(ch, sizeof ch, "channel %d", c);
+      else snprintf(ch, sizeof ch, "%+.0f m/s", vel[c]);
+      snprintf(lab[c], sizeof lab[c], "target %s", ch);
+      snprintf(lab[F + c], sizeof lab[F + c], "predicted %s", ch);
+      snprintf(lab[2 * F + c], sizeof lab[2 * F + c], "error %s", ch);
+      for (int k = 0; k < 3; k++) labp[k * F + c] = lab[k * F + c];
     }
-    char path[4400];
+    char path[4400], title[160];
     snprintf(path, sizeof path, "%s/maps-%06lld.png", out, (long long)r->index[s]);
-    ce_panel_style st = {.cmap = CE_CMAP_INFERNO, .log_scale = 1, .shared_range = 1, .columns = F};
+    snprintf(title, sizeof title, "sample %lld: intensity [W m^-2 Hz^-1 sr^-1]; MaxRel %.3g%%",
+             (long long)r->index[s], r->maxrel_ps[s]);
+    ce_panel_style st = {.cmap = CE_CMAP_INFERNO, .log_scale = 1, .shared_range = 1, .columns = F,
+                         .title = title, .labels = labp, .colorbar = 1};
     rc = ce_write_panels_png(path, pan, 2 * F, &st);
     for (int c = 0; rc == 0 && c < F; c++) pan[c] = (ce_map2d){e + c * img, G, G, G, 1};
     snprintf(path, sizeof path, "%s/error-%06lld.png", out, (long long)r->index[s]);
-    ce_panel_style se = {.cmap = CE_CMAP_VIRIDIS, .shared_range = 1, .columns = F};
+    snprintf(title, sizeof title, "sample %lld: |I_p - I_t| / max_f I_t (mean %.3g%% = MaxRel)",
+             (long long)r->index[s], 100 * acc / (double)ns);
+    ce_panel_style se = {.cmap = CE_CMAP_VIRIDIS, .shared_range = 1, .columns = F, .title = title,
+                         .labels = labp + 2 * F, .colorbar = 1};
     if (rc == 0) rc = ce_write_panels_png(path, pan, F, &se);
   }
   free(t);
   free(pan);
+  free(lab);
+  free(labp);
+  free(vel);
   return rc;
 }
 
@@ -169,7 +214,8 @@ int cmd_eval(int argc, char **argv) {
     if (write_csv(p, &res) < 0) mpi_fatal(ce_err_msg());
     snprintf(p, sizeof p, "%s/maxrel.png", out);
     if (trainplot_maxrel_png(p, res.maxrel_ps, res.n, &res.maxrel, split) < 0) mpi_fatal(ce_err_msg());
-    if (write_maps(out, &res, serve_norm(src), m.cfg.nfreq, m.cfg.grid) < 0) mpi_fatal(ce_err_msg());
+    if (write_maps(out, dataset, &res, serve_norm(src), m.cfg.nfreq, m.cfg.grid) < 0)
+      mpi_fatal(ce_err_msg());
     if (!quiet) {
       print_table(stdout, ckpt, dataset, split, &m, &res, (int)batch, nthreads, world);
       printf("\nwritten: %s/metrics.txt, maxrel.csv, maxrel.png, %d maps-*.png and error-*.png\n",

@@ -77,9 +77,30 @@ int dataset_preview(const char *dir, int nsamples, const char *png_path) {
     for (int c = 0; c < cols; c++)
       pan[s * cols + c] = (ce_map2d){row + (size_t)c * n * n, n, n, n, 1};
   }
-  /* per-panel colour ranges: each map keeps its own contrast */
-  ce_panel_style st = {.cmap = CE_CMAP_INFERNO, .columns = cols, .scale = 2};
+  /* the columns named on the first row; per-panel colour ranges: each map
+   * keeps its own contrast */
+  const char **labels = calloc((size_t)ns * cols, sizeof *labels);
+  char (*names)[32] = calloc((size_t)cols, sizeof *names);
+  if (!labels || !names) {
+    free(labels);
+    free(names);
+    rc = ce_err("out of memory for the preview labels");
+    goto freeall;
+  }
+  static const char *inames[3] = {"v_z (z mid)", "log10 T", "log10 n_CO"};
+  for (int c = 0; c < cols; c++) {
+    if (c < nin) snprintf(names[c], sizeof names[c], "%s", inames[c]);
+    else snprintf(names[c], sizeof names[c], "log10 I, ch %d", c - nin);
+    labels[c] = names[c];
+  }
+  char title[4200];
+  snprintf(title, sizeof title, "%s: %d of %llu samples", dir, ns, (unsigned long long)dt[0]);
+  ce_panel_style st = {.cmap = CE_CMAP_INFERNO, .columns = cols, .scale = n >= 48 ? 2 : (96 + n - 1) / n,
+                       .title = title,
+                       .labels = labels};
   rc = ce_write_panels_png(png_path, pan, ns * cols, &st);
+  free(labels);
+  free(names);
 freeall:
   free(maps);
   free(buf);

@@ -501,7 +501,7 @@ int synth_preview_png(const char *path, const synth_params *p, const amrvac_snap
     }
   free(keys);
   ce_map2d m = {img, npix, npix, 1, npix};
-  ce_panel_style st = {CE_CMAP_INFERNO, 1, 0, 1, 0, 0, 0};
+  ce_panel_style st = {.cmap = CE_CMAP_INFERNO, .log_scale = 1, .scale = 1};
   int rc = ce_write_panels_png(path, &m, 1, &st);
   free(img);
   return rc;

@@ -8,6 +8,7 @@
 
 #include "check.h"
 #include "fsutil.h"
+#include "image.h"
 #include "plot.h"
 
 static const char *dir;
@@ -429,6 +430,51 @@ static void test_errors(void) {
   if (f) fclose(f);
 }
 
+/* ce_write_panels_png's title, labels and colour bar (image.h): the panels
+ * move down by the strips' heights and are otherwise the same pixels; the
+ * strips hold ink; the colour bar runs from the colour map's 0 to its 1. */
+static void test_panel_annotations(void) {
+  char plain[512], annot[512];
+  snprintf(plain, sizeof plain, "%s/panels-plain.png", dir);
+  snprintf(annot, sizeof annot, "%s/panels-annotated.png", dir);
+  double a[16 * 8];
+  for (int i = 0; i < 16 * 8; i++) a[i] = 1 + i;
+  ce_map2d maps[2] = {{a, 16, 8, 8, 1}, {a, 16, 8, 8, 1}};
+  const char *labels[2] = {"target", "predicted"};
+  ce_panel_style st = {.cmap = CE_CMAP_INFERNO, .shared_range = 1, .log_scale = 1};
+  CHECK_OK(ce_write_panels_png(plain, maps, 2, &st));
+  st.title = "sample 7";
+  st.labels = labels;
+  st.colorbar = 1;
+  CHECK_OK(ce_write_panels_png(annot, maps, 2, &st));
+  int w0, h0, w1, h1;
+  uint8_t *p0 = read_png(plain, &w0, &h0), *p1 = read_png(annot, &w1, &h1);
+  CHECK(p0 && p1);
+  if (!p0 || !p1) return;
+  /* 16 px panels scaled to 256: text scale 2 (18 px), gap 4: title 26, label 22, bar 54 */
+  CHECK_MSG(w0 == 524 && h0 == 136 && w1 == 524 && h1 == 136 + 26 + 22 + 54,
+            "sizes %dx%d and %dx%d", w0, h0, w1, h1);
+  int same = 1;
+  for (int y = 0; y < 128; y++)
+    same &= !memcmp(p0 + ((size_t)(4 + y) * w0 + 4) * 3, p1 + ((size_t)(52 + y) * w1 + 4) * 3, 3 * 516);
+  CHECK_MSG(same, "the panels are the same pixels, 48 rows lower");
+  int ink_title = 0, ink_label = 0;
+  for (int y = 4; y < 22; y++)
+    for (int x = 0; x < w1; x++) ink_title += p1[((size_t)y * w1 + x) * 3] < 128;
+  for (int y = 30; y < 48; y++)
+    for (int x = 264; x < w1; x++) ink_label += p1[((size_t)y * w1 + x) * 3] < 128;
+  CHECK_MSG(ink_title > 20 && ink_label > 20, "ink in the title (%d) and the second label (%d)",
+            ink_title, ink_label);
+  uint8_t c0[3], c1[3];
+  ce_cmap_rgb(CE_CMAP_INFERNO, 0, c0);
+  ce_cmap_rgb(CE_CMAP_INFERNO, 1, c1);
+  int by = h1 - 54 + 4 + 6;
+  CHECK(!memcmp(p1 + ((size_t)by * w1 + 4) * 3, c0, 3));
+  CHECK(!memcmp(p1 + ((size_t)by * w1 + w1 - 5) * 3, c1, 3));
+  free(p0);
+  free(p1);
+}
+
 int main(void) {
   dir = check_scratch("plot");
   RUN(test_ticks_known);
@@ -440,6 +486,7 @@ int main(void) {
   RUN(test_png_files);
   RUN(test_edge_cases);
   RUN(test_errors);
+  RUN(test_panel_annotations);
   check_scratch_remove();
   return check_report();
 }
