@@ -8,6 +8,8 @@
 #include "error.h"
 #include "serve.h"
 #include "stream_client.h"
+#include "statsfile.h"
+#include "transforms.h"
 
 struct train_data {
   train_data_opts o;
@@ -27,6 +29,8 @@ struct train_data {
   uint32_t view_used;       /* its samples already copied */
   int view_valid;
   float *bin, *bout;        /* the batch assembled from chunks */
+  int self_norm;            /* the trainer normalises (data.stream.stats) */
+  stats_norm norm;
 };
 
 static void release_held(train_data *d) {
@@ -68,8 +72,18 @@ static int open_stream(train_data *d) {
                            .credit = (uint32_t)s->credit, .flags = 1, .timeout_s = s->timeout_s,
                            .curve_server_key = s->server_key && *s->server_key ? s->server_key : NULL,
                            .curve_client_key = s->client_key && *s->client_key ? s->client_key : NULL};
+  if (s->stream_stats && *s->stream_stats) { /* raw samples, normalised here */
+    char h5[4200];
+    snprintf(h5, sizeof h5, "%s/dataset.h5", s->stream_stats);
+    if (stats_file_read_norm(h5, &d->norm) < 0)
+      return ce_err_prefix("data.stream.stats: the normalisation for the stream");
+    d->self_norm = 1;
+    so.flags = 0;
+  }
   CE_TRY(stream_client_open(&so, &d->cli));
-  snprintf(d->desc, sizeof d->desc, "stream %s (rank %d of %d)", s->endpoint, d->o.rank, d->o.world);
+  snprintf(d->desc, sizeof d->desc, "stream %s (rank %d of %d%s%s)", s->endpoint, d->o.rank,
+           d->o.world, d->self_norm ? ", normalised with the /stats of " : "",
+           d->self_norm ? s->stream_stats : "");
   return 0;
 }
 
@@ -120,9 +134,13 @@ static int next_chunk(train_data *d) {
 
 static int check_chunk(train_data *d) {
   const stream_header *h = &d->view.h;
-  if (!(h->flags & 1))
-    CE_FAIL("%s: the producer sent data that are not normalised (serve a dataset with /stats)",
+  const int normalised = (h->flags & 1) != 0;
+  if (normalised && d->self_norm)
+    CE_FAIL("%s: the producer sent normalised data, but data.stream.stats asks for raw ones",
             d->desc);
+  if (!normalised && !d->self_norm)
+    CE_FAIL("%s: the producer sent data that are not normalised (a live stream, or a dataset "
+            "without /stats): give data.stream.stats", d->desc);
   if (!d->have_shapes) {
     if (h->in_shape[0] != 3 || h->in_shape[1] != h->in_shape[2] || h->in_shape[2] != h->in_shape[3] ||
         h->out_shape[1] != h->in_shape[1] || h->out_shape[2] != h->in_shape[1])
@@ -190,6 +208,13 @@ static int next_stream(train_data *d, const float **in, const float **out) {
            sizeof(float) * take * d->in_vals);
     memcpy(d->bout + (size_t)filled * d->out_vals,
            d->view.targets + (size_t)d->view_used * d->out_vals, sizeof(float) * take * d->out_vals);
+    if (d->self_norm)
+      for (uint32_t k = filled; k < filled + take; k++) {
+        stats_norm_inputs(&d->norm, d->bin + (size_t)k * d->in_vals, d->in_vals / 3,
+                          d->bin + (size_t)k * d->in_vals);
+        stats_norm_targets(&d->norm, d->bout + (size_t)k * d->out_vals, d->out_vals,
+                           d->bout + (size_t)k * d->out_vals);
+      }
     d->view_used += take;
     filled += take;
   }

@@ -20,6 +20,7 @@ static void stage_free(train_stage *s) {
   free(s->endpoint);
   free(s->server_key);
   free(s->client_key);
+  free(s->stream_stats);
   free(s->val_dataset);
   free(s->init);
 }
@@ -96,6 +97,7 @@ static int fill_data(const stage_reader *s, train_stage *t) {
     CE_TRY(resolved(s->dir, ds->text, &t->dataset));
     CE_TRY(resolved(s->dir, "", &t->endpoint));
     CE_TRY(resolved(s->dir, "", &t->server_key));
+    CE_TRY(resolved(s->dir, "", &t->stream_stats));
     return resolved(s->dir, "", &t->client_key);
   }
   t->source = TRAIN_SRC_STREAM;
@@ -120,7 +122,7 @@ static int fill_data(const stage_reader *s, train_stage *t) {
             s->name, ep->line, ep->col, s->key, ep->text);
   CE_TRY(resolved(s->dir, sk, &t->server_key));
   CE_TRY(resolved(s->dir, ck, &t->client_key));
-  return 0;
+  return resolved(s->dir, s_str(s, "data.stream.stats"), &t->stream_stats);
 }
 
 static int fill_validation(const stage_reader *s, train_stage *t) {

@@ -35,6 +35,8 @@ typedef struct {
   double timeout_s;          /* data.stream.timeout (default 30 s) */
   char *server_key;          /* data.stream.server_key: producer's public key file, "" = no CURVE */
   char *client_key;          /* data.stream.client_key: this trainer's key pair file */
+  char *stream_stats;        /* data.stream.stats: dataset whose /stats the trainer normalises
+                                a raw (live) stream with ("" = the producer normalises) */
   /* validation (validation:) */
   char *val_dataset;         /* validation.dataset (resolved); default: data.dataset; "" = none */
   char val_split[16];        /* validation.split: validation | test | train | all | none (default validation) */

@@ -238,6 +238,38 @@ with tempfile.TemporaryDirectory() as tmp:
     check(ls2.shape == (1, 3) and reldiff(ls2, l1, 1) < 1e-6,
           "2 ranks from a stream: step 1 equals 1 rank from the dataset")
 
+    # ---- a live trainer: coemu generate streams shards as they finish ----
+    # the stream is raw (no /stats yet); the trainer normalises with the
+    # /stats of a pilot dataset (here: the same job, already made)
+    epl = "ipc://" + os.path.join(tmp, "live.sock")
+    livejob = os.path.join(tmp, "livegen.yaml")
+    open(livejob, "w").write(gen_job("haar", "{mode: grid, vmin: -600, vmax: 600, count: 3}") +
+                             f'stream: {{endpoint: "{epl}", ranks: 1, batch: 4, epochs: 1, split: train}}\n')
+    gen = subprocess.Popen(MPI + ["-n", "2", COEMU, "generate", livejob, "--out", os.path.join(tmp, "live"),
+                                  "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    lj = os.path.join(tmp, "livetrain.yaml")
+    open(lj, "w").write(f"name: live\nseed: 9\n{MODEL}\nfinetune:\n"
+                        f"  data: {{stream: {{endpoint: '{epl}', stats: {ft}, timeout: 60}}}}\n"
+                        f"  validation: {{dataset: {ft}, split: validation, batch: 4}}\n"
+                        f"  epochs: 1\n  batch: 8\n  optimizer: {{lr: 3.0e-3}}\n")
+    r = run([COEMU, "train", lj, "--out", os.path.join(tmp, "livetrain")])
+    _, gerr = gen.communicate(timeout=300)
+    check(gen.returncode == 0, f"live generate: {gerr[-1500:]}")
+    check(r.returncode == 0, f"training from a live stream: {r.returncode}: {r.stderr[-2000:]}")
+    lt = rows(os.path.join(tmp, "livetrain", "finetune", "train.csv")) if r.returncode == 0 else []
+    check(len(lt) == 9 and all(np.isfinite(float(x["loss"])) for x in lt),
+          f"one epoch of 9 steps from the live stream ({len(lt)} rows)")
+    check("normalised with the /stats of" in r.stderr, "the trainer says it normalises the stream")
+    # a raw stream without data.stream.stats is refused with a clear message
+    srv = subprocess.Popen([COEMU, "serve", nostats, "--endpoint", ep, "--batch", "4", "--seed", "9",
+                            "--idle-exit", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, env=ENV)
+    open(sj, "w").write(text.replace(ep2, ep))
+    r = run([COEMU, "train", sj, "--out", os.path.join(tmp, "raw"), "--quiet", "--max-steps", "1"])
+    srv.terminate()
+    srv.wait(timeout=30)
+    check(r.returncode != 0 and "/stats" in r.stderr, f"a stream without normalisation: {r.stderr[-400:]}")
+
     # ---- SIGTERM stops cleanly at a step boundary; the run resumes ----
     long = os.path.join(tmp, "long.yaml")
     open(long, "w").write(f"name: long\nseed: 9\n{MODEL}\nfinetune:\n{stage(ft, 200)}")
