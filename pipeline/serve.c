@@ -242,31 +242,11 @@ static int read_chunk(serve_source *s, const int64_t *idx, int n, int normalised
   m->ids = ce_malloc_array((size_t)n, 8, "chunk ids");
   m->inputs = ce_malloc_array((size_t)n * s->in_vals, 4, "chunk inputs");
   m->targets = ce_malloc_array((size_t)n * s->out_vals, 4, "chunk targets");
-  if (!m->ids || !m->inputs || !m->targets) {
+  if (!m->ids || !m->inputs || !m->targets || serve_read(s, idx, n, normalised, m->inputs, m->targets) < 0) {
     chunk_free(m);
     return -1;
   }
-  for (int k = 0; k < n; k++) {
-    m->ids[k] = (uint64_t)idx[k];
-    hid_t ds[2] = {-1, -1};
-    hsize_t at = 0;
-    float *dst[2] = {m->inputs + k * s->in_vals, m->targets + k * s->out_vals};
-    h5_lock();
-    int rc = sample_source(s, idx[k], ds, &at), bad = -1;
-    for (int a = 0; a < 2 && rc == 0 && bad < 0; a++)
-      if (h5_read_sample_f32(ds[a], at, dst[a]) < 0) bad = a;
-    h5_unlock();
-    if (rc < 0 || bad >= 0) {
-      chunk_free(m);
-      if (rc < 0) return -1;
-      CE_FAIL("%s: reading sample %lld of /%s failed", s->h5path, (long long)idx[k],
-              bad == 0 ? "inputs" : "targets");
-    }
-    if (normalised) {
-      stats_norm_inputs(&s->norm, dst[0], s->in_vals / 3, dst[0]);
-      stats_norm_targets(&s->norm, dst[1], s->out_vals, dst[1]);
-    }
-  }
+  for (int k = 0; k < n; k++) m->ids[k] = (uint64_t)idx[k];
   *out = m;
   return 0;
 }

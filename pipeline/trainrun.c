@@ -218,7 +218,9 @@ static int validate(stage_run *s, uint32_t epoch, int *improved) {
             (unsigned long long)s->state.step, epoch, r.loss, r.mse, r.fft, r.maxrel.median,
             r.maxrel.mean, r.maxrel.p90, r.zncc, r.ssim_interior, r.ssim_reflect, (long long)r.n,
             r.seconds);
-    *improved = r.maxrel.median < s->best_maxrel;
+    /* the untrained baseline (epoch 0) is never "best": predicting ~0 bounds
+       MaxRel by 100 %, which early, overshooting models can exceed */
+    *improved = epoch > 0 && r.maxrel.median < s->best_maxrel;
     if (*improved) s->best_maxrel = r.maxrel.median;
     if (!s->o->quiet)
       fprintf(stderr, "coemu train: %s: epoch %u validation on %lld samples: loss %.5g, MaxRel "
@@ -243,7 +245,8 @@ static double best_logged(const char *vcsv) {
     unsigned long long step;
     unsigned e;
     double l, m, f, mr;
-    if (sscanf(line, "%llu,%u,%lf,%lf,%lf,%lf", &step, &e, &l, &m, &f, &mr) == 6 && mr < best) best = mr;
+    if (sscanf(line, "%llu,%u,%lf,%lf,%lf,%lf", &step, &e, &l, &m, &f, &mr) == 6 && e > 0 && mr < best)
+      best = mr;
     line = strchr(line, '\n');
   }
   free(text);
@@ -357,7 +360,6 @@ static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
     int improved;
     rc = validate(s, 0, &improved);
     if (rc == 0) rc = nn_set_batch(&s->model.net, b);
-    if (rc == 0 && improved) rc = save_checkpoint(s, s->best);
     if (rc < 0) {
       trainer_free(&tr);
       return -1;

@@ -18,12 +18,10 @@ three-channel set for fine-tuning, with a scaled-down COEmuNet.
 """
 import csv
 import os
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-import zlib
 
 import numpy as np
 
@@ -33,6 +31,7 @@ LAMDA = os.path.join(os.path.abspath(ROOT), "tests", "data", "lamda", "co.dat")
 MPI = [os.environ.get("COEMU_MPIEXEC", "mpirun"), "--allow-run-as-root", "--oversubscribe"]
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from pycheck import check, report  # noqa: E402
+from ckptfile import read_ckpt  # noqa: E402
 
 ENV = dict(os.environ, OMP_NUM_THREADS="2")
 if ENV.get("COEMU_SANITIZE"):  # coemu train/eval are MPI programs: see tests/mpirun.sh
@@ -62,28 +61,6 @@ def rows(path):
 def losses(path, n=None):
     r = rows(path)[:n]
     return np.array([[float(x[k]) for k in ("loss", "mse", "fft")] for x in r])
-
-
-def read_ckpt(path):
-    """The tensors of a checkpoint (format: docs/trainer.md), checking its CRC."""
-    b = open(path, "rb").read()
-    assert b[:8] == b"COEMUCKP"
-    assert struct.unpack_from("<I", b, len(b) - 4)[0] == zlib.crc32(b[:-4])
-    ntens = struct.unpack_from("<I", b, 16 + 128)[0]
-    pos, table = 16 + 132, []
-    for _ in range(ntens):
-        ln = struct.unpack_from("<H", b, pos)[0]
-        name = b[pos + 2:pos + 2 + ln].decode()
-        nd, fl = b[pos + 2 + ln], b[pos + 3 + ln]
-        shape = struct.unpack_from("<%dQ" % nd, b, pos + 4 + ln)
-        pos += 4 + ln + 8 * nd
-        table.append((name, shape, fl))
-    out = {}
-    for name, shape, fl in table:
-        n = int(np.prod(shape))
-        out[name] = np.frombuffer(b, "<f4", n, pos).reshape(shape)
-        pos += 4 * n * (3 if fl & 4 else 1)
-    return out
 
 
 MODEL = "model: {stem: 2, encoder: [4, 4, 8], latent: 32, decoder: 16}"
@@ -145,13 +122,12 @@ with tempfile.TemporaryDirectory() as tmp:
                          f"  init: {os.path.join(out, 'pretrain', 'last.ckpt')}\n")
     r = run([COEMU, "train", one, "--out", os.path.join(tmp, "one"), "--max-steps", "1"])
     check(r.returncode == 3, f"--max-steps 1 stops with status 3: {r.returncode} {r.stderr[-1500:]}")
-    p = read_ckpt(os.path.join(out, "pretrain", "last.ckpt"))
-    f1 = read_ckpt(os.path.join(tmp, "one", "finetune", "last.ckpt"))
+    _, p = read_ckpt(os.path.join(out, "pretrain", "last.ckpt"))
+    _, f1 = read_ckpt(os.path.join(tmp, "one", "finetune", "last.ckpt"))
     enc = [k for k in p if k.startswith("encoder") or k.startswith("to_lat")]
     check(len(enc) > 50 and all(k in f1 for k in enc), f"{len(enc)} encoder tensors in both")
     moved = max(float(np.abs(f1[k] - p[k]).max()) for k in enc if "running" not in k and "num_batches" not in k)
     check(moved < 1e-2, f"transferred weights moved {moved:.3g} in one step (expected < 1e-2)")
-    fresh = read_ckpt(os.path.join(out, "finetune", "last.ckpt"))
     dec = [k for k in f1 if k.startswith("decoder")]
     check(len(dec) > 0 and "decoder3d.layers.0.weight" in f1, "a 3-D decoder in the fine-tuned model")
 

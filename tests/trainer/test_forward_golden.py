@@ -12,40 +12,16 @@ accuracy. The BatchNorm running statistics the training-mode pass leaves
 
 Usage: test_forward_golden.py DUMP_FORWARD_EXE"""
 import os
-import struct
 import subprocess
 import sys
 import tempfile
-import zlib
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from pycheck import check, report  # noqa: E402
-
-
-def read_ckpt(path):
-    b = open(path, "rb").read()
-    assert b[:8] == b"COEMUCKP", "magic"
-    assert struct.unpack_from("<I", b, len(b) - 4)[0] == zlib.crc32(b[:-4]), "CRC-32"
-    arch = struct.unpack_from("<9I", b, 16)
-    ntens = struct.unpack_from("<I", b, 16 + 128)[0]
-    pos, table = 16 + 132, []
-    for _ in range(ntens):
-        ln = struct.unpack_from("<H", b, pos)[0]
-        name = b[pos + 2:pos + 2 + ln].decode()
-        nd, fl = b[pos + 2 + ln], b[pos + 3 + ln]
-        shape = struct.unpack_from("<%dQ" % nd, b, pos + 4 + ln)
-        pos += 4 + ln + 8 * nd
-        table.append((name, shape, fl))
-    w = {}
-    for name, shape, fl in table:
-        n = int(np.prod(shape))
-        w[name] = np.frombuffer(b, "<f4", n, pos).reshape(shape).astype(np.float64)
-        pos += 4 * n * (3 if fl & 4 else 1)
-    assert pos == len(b) - 4, "tensor table and file size"
-    return arch, w
+from ckptfile import read_ckpt  # noqa: E402
 
 
 class Net:
