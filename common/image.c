@@ -152,16 +152,15 @@ int ce_write_panels_png(const char *path, const ce_map2d *maps, int n,
       ce_cmap_rgb(st.cmap, bw > 1 ? (double)x / (bw - 1) : 0, c);
       for (int y = 0; y < bh; y++) memcpy(rgb + ((size_t)(by + y) * W + gap + x) * 3, c, 3);
     }
-    char a[48], b[48], l[64], r[64];
+    char a[48], b[48], l[64];
     double vlo = st.log_scale ? pow(10, glo) : glo, vhi = st.log_scale ? pow(10, ghi) : ghi;
     snprintf(a, sizeof a, "%.3g", vlo);
     snprintf(b, sizeof b, "%.3g", vhi);
     snprintf(l, sizeof l, "%s%s", a, st.log_scale ? " (log scale)" : "");
-    snprintf(r, sizeof r, "%s", b);
     int rw, rh;
-    ce_plot_text_size(r, ts, &rw, &rh);
+    ce_plot_text_size(b, ts, &rw, &rh);
     ce_plot_text(&img, gap, by + bh + gap, l, ts, 0x202020);
-    ce_plot_text(&img, W - gap - rw, by + bh + gap, r, ts, 0x202020);
+    ce_plot_text(&img, W - gap - rw, by + bh + gap, b, ts, 0x202020);
   }
   int rc = ce_write_rgb_png(path, rgb, W, H);
   free(rgb);

@@ -10,8 +10,7 @@
 #include "fsutil.h"
 #include "plot.h"
 
-/* Columns (x_col, y_col) of a CSV with a header line, as doubles. */
-static int read_columns(const char *path, int xc, int yc, double **x, double **y, int *n) {
+int trainplot_read_columns(const char *path, int xc, int yc, double **x, double **y, int *n) {
   *x = *y = NULL;
   *n = 0;
   char *text;
@@ -56,8 +55,8 @@ static int read_columns(const char *path, int xc, int yc, double **x, double **y
 int trainplot_loss_png(const char *png, const char *train_csv, const char *val_csv,
                        const char *title) {
   double *ts = NULL, *tl = NULL, *vs = NULL, *vl = NULL, *mean = NULL;
-  int nt = 0, nv = 0, rc = read_columns(train_csv, 0, 3, &ts, &tl, &nt);
-  if (rc == 0 && access(val_csv, F_OK) == 0) rc = read_columns(val_csv, 0, 2, &vs, &vl, &nv);
+  int nt = 0, nv = 0, rc = trainplot_read_columns(train_csv, 0, 3, &ts, &tl, &nt);
+  if (rc == 0 && access(val_csv, F_OK) == 0) rc = trainplot_read_columns(val_csv, 0, 2, &vs, &vl, &nv);
   if (rc == 0 && nt > 0) { /* running mean over 2% of the steps, at least 5 */
     int w = nt / 50 > 5 ? nt / 50 : 5;
     mean = malloc(sizeof(double) * (size_t)nt);

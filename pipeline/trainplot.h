@@ -10,6 +10,11 @@
 
 #include "metrics.h"
 
+/* Columns xc and yc (0-based) of a log CSV with a header line (train.csv,
+ * validation.csv) as doubles, rows with both present: *x, *y malloc'd (free
+ * them), *n rows. The one reader of the logs' numbers. */
+int trainplot_read_columns(const char *path, int xc, int yc, double **x, double **y, int *n);
+
 /* From a stage's train.csv and validation.csv (trainrun.h). */
 int trainplot_loss_png(const char *png, const char *train_csv, const char *val_csv,
                        const char *title);

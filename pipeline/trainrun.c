@@ -76,9 +76,11 @@ static int prepare_out(const char *out, const train_job *j) {
   return fs_commit_tmp(f, tmp, p, ok);
 }
 
-/* Keep the first rows of a CSV (header + rows whose first column <= max_step). */
+/* Keep the first rows of a CSV (header + rows whose first column <= max_step);
+ * rows_in_epoch (NULL to skip) counts the kept rows of `epoch`. */
 static int csv_cut(const char *path, uint64_t max_step, uint32_t epoch, uint64_t *rows_in_epoch) {
-  *rows_in_epoch = 0;
+  uint64_t count = 0;
+  if (rows_in_epoch) *rows_in_epoch = 0;
   if (!path_exists(path)) return 0;
   char *text;
   size_t len;
@@ -97,10 +99,11 @@ static int csv_cut(const char *path, uint64_t max_step, uint32_t epoch, uint64_t
     unsigned e = 0;
     int keep = first || (sscanf(line, "%llu,%u", &step, &e) == 2 && step <= max_step);
     if (keep) ok = fwrite(line, 1, (size_t)(nl - line + 1), f) == (size_t)(nl - line + 1);
-    if (!first && keep && e == epoch) (*rows_in_epoch)++;
+    if (!first && keep && e == epoch) count++;
     first = 0;
   }
   free(text);
+  if (rows_in_epoch) *rows_in_epoch = count;
   return fs_commit_tmp(f, tmp, path, ok);
 }
 
@@ -233,23 +236,16 @@ static int validate(stage_run *s, uint32_t epoch, int *improved) {
   return 0;
 }
 
-/* Lowest validation MaxRel logged so far (a resumed run keeps its best). */
+/* Lowest validation MaxRel logged after a training epoch (a resumed run
+ * keeps its best): validation.csv columns epoch (1) and maxrel_median (5). */
 static double best_logged(const char *vcsv) {
-  double best = INFINITY;
-  char *text;
-  size_t len;
-  if (!path_exists(vcsv) || fs_read_all(vcsv, &text, &len) < 0) return best;
-  char *line = strchr(text, '\n');
-  while (line && line[1]) {
-    line++;
-    unsigned long long step;
-    unsigned e;
-    double l, m, f, mr;
-    if (sscanf(line, "%llu,%u,%lf,%lf,%lf,%lf", &step, &e, &l, &m, &f, &mr) == 6 && e > 0 && mr < best)
-      best = mr;
-    line = strchr(line, '\n');
-  }
-  free(text);
+  double best = INFINITY, *epoch = NULL, *maxrel = NULL;
+  int n = 0;
+  if (path_exists(vcsv) && trainplot_read_columns(vcsv, 1, 5, &epoch, &maxrel, &n) == 0)
+    for (int i = 0; i < n; i++)
+      if (epoch[i] > 0 && maxrel[i] < best) best = maxrel[i];
+  free(epoch);
+  free(maxrel);
   return best;
 }
 
@@ -296,8 +292,7 @@ static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
   uint64_t in_epoch = 0;
   if (s->rank == 0 && resume) {
     CE_TRY(csv_cut(s->tcsv, prev.step, prev.epoch, &in_epoch));
-    uint64_t dummy;
-    CE_TRY(csv_cut(s->vcsv, prev.step, UINT32_MAX, &dummy));
+    CE_TRY(csv_cut(s->vcsv, prev.step, 0, NULL));
   }
   MPI_Bcast(&in_epoch, 1, MPI_UINT64_T, 0, s->comm);
   train_data_opts dop = {st, j->seed, s->rank, s->world, b, prev.epoch, in_epoch};
