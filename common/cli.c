@@ -1,5 +1,5 @@
 /* cli.c - option parsing shared by all subcommands. */
-#include "cli.h"
+#include "common/cli.h"
 
 #include <errno.h>
 #include <math.h>
@@ -7,7 +7,28 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "error.h"
+#include "common/error.h"
+
+static int g_rank = -1; /* -1: not set */
+
+void cli_set_rank(int rank) { g_rank = rank; }
+
+void cli_print_error(const char *cmd, const char *msg) {
+  const char *env = getenv("OMPI_COMM_WORLD_RANK");
+  if (!env) env = getenv("PMI_RANK");
+  if (g_rank >= 0)
+    fprintf(stderr, "coemu %s: rank %d: error: %s\n", cmd, g_rank, msg);
+  else if (env)
+    fprintf(stderr, "coemu %s: rank %s: error: %s\n", cmd, env, msg);
+  else
+    fprintf(stderr, "coemu %s: error: %s\n", cmd, msg);
+  fflush(stderr);
+}
+
+int cli_fail(const char *cmd) {
+  cli_print_error(cmd, ce_err_msg());
+  return 1;
+}
 
 int cli_parse_double(const char *s, double *out) {
   if (!s || !*s) return -1;

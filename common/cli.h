@@ -41,6 +41,18 @@ int cli_parse(const char *cmd, const char *usage, const char *summary, cli_opt *
 void cli_print_help(const char *cmd, const char *usage, const char *summary,
                     const cli_opt *opts);
 
+/* Reporting a failed command: one printer for every command and rank.
+ * cli_fail() prints the current error message (common/error.h) as
+ *   coemu CMD: error: MSG            (one process)
+ *   coemu CMD: rank R: error: MSG    (under MPI)
+ * and returns 1, the exit status of a failed command. The rank is the one
+ * given to cli_set_rank() (pipeline/mpi/mpi_fatal.c sets it after MPI_Init),
+ * else the launcher's environment (OMPI_COMM_WORLD_RANK, PMI_RANK), else
+ * none. cli_print_error() prints a given message the same way. */
+int cli_fail(const char *cmd);
+void cli_print_error(const char *cmd, const char *msg);
+void cli_set_rank(int rank);
+
 /* Strict number parsing: the whole string must be a number. */
 int cli_parse_double(const char *s, double *out);
 int cli_parse_int(const char *s, int64_t *out);

@@ -1,6 +1,6 @@
 /* fsutil.c - atomic writes and small file-system helpers. */
 #define _POSIX_C_SOURCE 200809L
-#include "fsutil.h"
+#include "common/fsutil.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -9,7 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "error.h"
+#include "common/error.h"
 
 long long fs_file_size(const char *path) {
   struct stat st;

@@ -7,14 +7,14 @@
  * reproduce the stored level/ig arrays; block records must sit back to back
  * and the last must end at the end of the file.
  */
-#include "amrvac.h"
+#include "rotate/amrvac.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "error.h"
+#include "common/error.h"
 
 #define MAX_GHOST 64     /* ghost layers per face; AMRVAC uses 1..4 */
 #define MAX_NODE_BITS 24 /* Morton cube of the roots: at most 2^24 codes */

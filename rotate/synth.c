@@ -1,16 +1,16 @@
 /* synth.c - synthetic AGB binary-wind models as AMRVAC snapshots (synth.h). */
-#include "synth.h"
+#include "rotate/synth.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "amrvac_write.h"
-#include "error.h"
-#include "fsutil.h"
-#include "image.h"
-#include "rng.h"
+#include "common/error.h"
+#include "common/fsutil.h"
+#include "common/image.h"
+#include "common/rng.h"
+#include "rotate/amrvac_write.h"
 
 #define PI 3.14159265358979323846
 #define KMS 1.0e3

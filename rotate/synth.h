@@ -31,8 +31,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "amrvac.h"
-#include "units.h"
+#include "rotate/amrvac.h"
+#include "rotate/units.h"
 
 /* Physical constants and the code units of the written files (SI). */
 #define SYNTH_AU 1.495978707e11               /* m */

@@ -1,5 +1,5 @@
 /* lamda.c - LAMDA molecular data files, parsed by position (see lamda.h). */
-#include "lamda.h"
+#include "solver/lamda.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -7,8 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "error.h"
-#include "fsutil.h"
+#include "common/error.h"
+#include "common/fsutil.h"
 
 /* A cursor over the data lines of the file (titles and blank lines skipped). */
 typedef struct {

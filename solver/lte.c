@@ -14,7 +14,7 @@
  * running sum tau (scalar: it is a recurrence; the frequencies interleave);
  * exp(-tau); the formal solution per segment, summed.
  */
-#include "lte.h"
+#include "solver/lte.h"
 
 #include <float.h>
 #include <math.h>
@@ -23,7 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "error.h"
+#include "common/error.h"
 
 #define SQRT_PI 1.7724538509055159 /* np.sqrt(np.pi) */
 #define INV_SQRT_PI (1.0 / SQRT_PI)

@@ -28,7 +28,7 @@
 
 #include <stddef.h>
 
-#include "lamda.h"
+#include "solver/lamda.h"
 
 /* Physical constants (CODATA 2018, the values astropy uses). */
 #define LTE_C 299792458.0        /* speed of light [m/s] */

@@ -1,10 +1,10 @@
 /* moments.c - exact mergeable moments (see moments.h). */
-#include "moments.h"
+#include "stats/moments.h"
 
 #include <math.h>
 #include <string.h>
 
-#include "error.h"
+#include "common/error.h"
 
 /* Fold the bins every this many values: a bin of squares holds at most
  * 2^16 significands squared (< 2^48 each), so it cannot overflow 64 bits. */

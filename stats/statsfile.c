@@ -1,11 +1,11 @@
 /* statsfile.c - write and read the /stats group (see statsfile.h). */
-#include "statsfile.h"
+#include "stats/statsfile.h"
 
 #include <hdf5.h>
 #include <math.h>
 #include <string.h>
 
-#include "error.h"
+#include "common/error.h"
 
 /* One scalar attribute: file type ftype, memory type mtype. */
 static int put_scalar(hid_t loc, const char *name, hid_t ftype, hid_t mtype, const void *v) {

@@ -12,9 +12,9 @@
 
 #include <stdint.h>
 
-#include "moments.h"
-#include "quantile.h"
-#include "transforms.h"
+#include "stats/moments.h"
+#include "stats/quantile.h"
+#include "stats/transforms.h"
 
 typedef struct {
   char name[40];          /* subgroup name, e.g. "ln_T", "ln_I_ch3" */

@@ -1,13 +1,13 @@
 /* checkpoint.c - versioned, checksummed checkpoints (see checkpoint.h). */
-#include "checkpoint.h"
+#include "trainer/checkpoint.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
 
-#include "error.h"
-#include "fsutil.h"
+#include "common/error.h"
+#include "common/fsutil.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "checkpoint.c writes tensors as raw little-endian floats"

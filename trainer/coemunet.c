@@ -1,10 +1,10 @@
 /* coemunet.c - COEmuNet built from nn.h layers (see coemunet.h). */
-#include "coemunet.h"
+#include "trainer/coemunet.h"
 
 #include <stdio.h>
 #include <string.h>
 
-#include "error.h"
+#include "common/error.h"
 
 coemunet_config coemunet_default(int nfreq) {
   coemunet_config c = {nfreq, 64, 4, {8, 16, 32}, 4096, 64, COEMUNET_SHORTCUT_REFERENCE};

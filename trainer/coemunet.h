@@ -33,7 +33,7 @@
 
 #include <stdint.h>
 
-#include "nn.h"
+#include "trainer/nn.h"
 
 enum { COEMUNET_SHORTCUT_REFERENCE = 0, COEMUNET_SHORTCUT_INPUT = 1 };
 

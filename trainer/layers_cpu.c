@@ -1,6 +1,6 @@
 /* layers_cpu.c - CPU reference kernels (vol2col + OpenBLAS sgemm, OpenMP) and
  * the CPU backend of nn.h. */
-#include "layers_cpu.h"
+#include "trainer/layers_cpu.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -9,8 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "error.h"
-#include "nn.h"
+#include "common/error.h"
+#include "trainer/nn.h"
 
 /* ---- convolution -------------------------------------------------------- */
 

@@ -1,11 +1,11 @@
 /* loss.c - MSE + spectral L1 loss with FFTW (see loss.h). */
-#include "loss.h"
+#include "trainer/loss.h"
 
 #include <fftw3.h>
 #include <math.h>
 #include <stdlib.h>
 
-#include "error.h"
+#include "common/error.h"
 
 struct coemu_loss {
   int h, w, wc, max_images; /* wc = w/2 + 1 stored frequency columns */

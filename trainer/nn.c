@@ -1,15 +1,15 @@
 /* nn.c - the network graph: builders with shape checks, parameters and their
  * initialisation, activation storage, and the forward/backward drivers. The
  * arithmetic is in the backend (layers_cpu.c). */
-#include "nn.h"
+#include "trainer/nn.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "error.h"
-#include "rng.h"
+#include "common/error.h"
+#include "common/rng.h"
 
 void nn_init(nn_net *net) {
   memset(net, 0, sizeof *net);

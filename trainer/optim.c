@@ -1,11 +1,11 @@
 /* optim.c - Adam / Adam+L2 / AdamW and StepLR (see optim.h). */
-#include "optim.h"
+#include "trainer/optim.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "error.h"
+#include "common/error.h"
 
 adam_config adam_default(void) {
   adam_config c = {ADAM, 4e-4, 0.9, 0.999, 1e-8, 0.0};

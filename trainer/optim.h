@@ -14,7 +14,7 @@
 
 #include <stdint.h>
 
-#include "nn.h"
+#include "trainer/nn.h"
 
 typedef enum {
   ADAM = 0,    /* no weight decay */

@@ -1,9 +1,9 @@
 /* train.c - a training step and an evaluation pass (see train.h). */
-#include "train.h"
+#include "trainer/train.h"
 
 #include <string.h>
 
-#include "error.h"
+#include "common/error.h"
 
 static int images(const coemunet *m) { return m->net.batch * m->cfg.nfreq; }
 

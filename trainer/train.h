@@ -7,9 +7,9 @@
 #ifndef COEMU_TRAIN_H
 #define COEMU_TRAIN_H
 
-#include "coemunet.h"
-#include "loss.h"
-#include "optim.h"
+#include "trainer/coemunet.h"
+#include "trainer/loss.h"
+#include "trainer/optim.h"
 
 typedef struct {
   coemunet *model;

@@ -5,13 +5,13 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "checksum.h"
-#include "cli.h"
-#include "error.h"
-#include "fsutil.h"
-#include "image.h"
-#include "npy.h"
-#include "rng.h"
+#include "common/checksum.h"
+#include "common/cli.h"
+#include "common/error.h"
+#include "common/fsutil.h"
+#include "common/image.h"
+#include "common/npy.h"
+#include "common/rng.h"
 
 static const char *tmpdir;
 

@@ -6,11 +6,11 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "dataset.h"
-#include "job.h"
-#include "shard.h"
-#include "workplan.h"
-#include "generate.h"
+#include "pipeline/dataset/dataset.h"
+#include "pipeline/dataset/shard.h"
+#include "pipeline/generate/generate.h"
+#include "pipeline/generate/workplan.h"
+#include "pipeline/job/job.h"
 
 static const char *base =
     "inputs:\n"
@@ -205,10 +205,10 @@ static void test_shard_roundtrip(void) {
 
 static void test_ranges(void) {
   int64_t first, count;
-  CHECK(workplan_shards(24, 4) == 6 && workplan_shards(25, 4) == 7 && workplan_shards(3, 64) == 1);
-  workplan_shard_range(6, 25, 4, &first, &count);
+  CHECK(dataset_shards(24, 4) == 6 && dataset_shards(25, 4) == 7 && dataset_shards(3, 64) == 1);
+  dataset_shard_range(6, 25, 4, &first, &count);
   CHECK(first == 24 && count == 1);
-  workplan_shard_range(2, 25, 4, &first, &count);
+  dataset_shard_range(2, 25, 4, &first, &count);
   CHECK(first == 8 && count == 4);
 }
 

@@ -8,9 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "amrvac.h"
+#include "rotate/amrvac.h"
 #include "check.h"
-#include "units.h"
+#include "rotate/units.h"
 
 static const char *data_dir;
 

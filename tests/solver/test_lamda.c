@@ -5,8 +5,8 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "fsutil.h"
-#include "lamda.h"
+#include "common/fsutil.h"
+#include "solver/lamda.h"
 
 static const char *data_dir;
 static const char *tmpdir;

@@ -7,10 +7,10 @@
 #include <stdlib.h>
 
 #include "check.h"
-#include "freqgrid.h"
-#include "lamda.h"
-#include "lte.h"
-#include "npy.h"
+#include "common/npy.h"
+#include "solver/freqgrid.h"
+#include "solver/lamda.h"
+#include "solver/lte.h"
 #include "ref_lte.h"
 
 static const char *dir;

@@ -7,11 +7,11 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "moments.h"
-#include "rng.h"
-#include "select.h"
-#include "statsfile.h"
-#include "transforms.h"
+#include "common/rng.h"
+#include "stats/moments.h"
+#include "stats/select.h"
+#include "stats/statsfile.h"
+#include "stats/transforms.h"
 
 /* Reference: two passes in long double over the finite values. */
 static void reference(const float *x, size_t n, long double *mean, long double *m2,

@@ -8,11 +8,11 @@
 #include <zmq.h>
 
 #include "check.h"
-#include "progress.h"
-#include "stream_client.h"
-#include "stream_proto.h"
-#include "stream_security.h"
-#include "stream_server.h"
+#include "common/progress.h"
+#include "pipeline/stream/stream_client.h"
+#include "pipeline/stream/stream_proto.h"
+#include "pipeline/stream/stream_security.h"
+#include "pipeline/stream/stream_server.h"
 
 #define N 4
 #define NF 2

@@ -14,12 +14,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "checkpoint.h"
-#include "coemunet.h"
-#include "error.h"
-#include "npy.h"
-#include "rng.h"
-#include "train.h"
+#include "common/error.h"
+#include "common/npy.h"
+#include "common/rng.h"
+#include "trainer/checkpoint.h"
+#include "trainer/coemunet.h"
+#include "trainer/train.h"
 
 static void fill(float *a, size_t n, uint32_t s, double lo, double hi) {
   ce_rng r = ce_rng_make(77, s, 0, 0);

@@ -21,8 +21,8 @@
 #include <string.h>
 
 #include "check.h"
-#include "nn.h"
-#include "rng.h"
+#include "common/rng.h"
+#include "trainer/nn.h"
 
 /* objective: runs forward, returns L and (if grad) writes dL/dy into grad */
 typedef double (*gc_objective)(nn_net *net, int out, const float *r, float *grad, void *user);

@@ -9,9 +9,9 @@
 
 #include "check.h"
 #include "gradcheck.h"
-#include "layers_cpu.h"
-#include "nn.h"
-#include "rng.h"
+#include "common/rng.h"
+#include "trainer/layers_cpu.h"
+#include "trainer/nn.h"
 
 /* ---- convolution against direct summation ------------------------------- */
 

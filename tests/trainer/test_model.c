@@ -13,13 +13,13 @@
 #include <zlib.h>
 
 #include "check.h"
-#include "checkpoint.h"
-#include "coemunet.h"
+#include "trainer/checkpoint.h"
+#include "trainer/coemunet.h"
 #include "gradcheck.h"
-#include "loss.h"
-#include "optim.h"
-#include "rng.h"
-#include "train.h"
+#include "common/rng.h"
+#include "trainer/loss.h"
+#include "trainer/optim.h"
+#include "trainer/train.h"
 
 static const char *tmpdir;
 

@@ -19,9 +19,9 @@
 #include <string.h>
 
 #include "check.h"
-#include "coemunet.h"
-#include "rng.h"
-#include "train.h"
+#include "common/rng.h"
+#include "trainer/coemunet.h"
+#include "trainer/train.h"
 
 #define MAXW 4
 #define MAXSTEPS 3
