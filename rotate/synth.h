@@ -131,6 +131,10 @@ typedef struct {
   int64_t ncells, bytes;        /* leaf cells and .dat size */
 } synth_info;
 
+/* The path of model `index` in DIR: "DIR/synth_NNNNN" + ext (".dat",
+ * ".units.yaml", ".png"); -1 with a message if it does not fit in buf. */
+int synth_model_path(char *buf, size_t len, const char *dir, int64_t index, const char *ext);
+
 /* Draw model `index` of `seed`, build it and write DIR/synth_%05d.dat and
  * DIR/synth_%05d.units.yaml (atomically). The .dat path goes to dat_path. */
 int synth_write_model(const char *dir, uint64_t seed, int64_t index, const synth_grid *g,

@@ -60,10 +60,8 @@ int bench_synth(int argc, char **argv) {
   if (own) {
     char path[1100];
     for (int64_t i = 0; i < n; i++) {
-      snprintf(path, sizeof path, "%s/synth_%05lld.dat", dir, (long long)i);
-      unlink(path);
-      snprintf(path, sizeof path, "%s/synth_%05lld.units.yaml", dir, (long long)i);
-      unlink(path);
+      if (synth_model_path(path, sizeof path, dir, i, ".dat") == 0) unlink(path);
+      if (synth_model_path(path, sizeof path, dir, i, ".units.yaml") == 0) unlink(path);
     }
     rmdir(dir);
   }

@@ -99,13 +99,15 @@ static int write_synth_models(producer_ctx *c, const char *out_dir) {
   g.levels = j->synth_levels;
   rc = 0;
   for (int64_t i = 0; i < j->n_models; i++) {
-    char path[4200];
-    snprintf(path, sizeof path, "%s/synth_%05lld.dat", dir, (long long)i);
+    char path[4200], side[4300];
+    if (synth_model_path(path, sizeof path, dir, i, ".dat") < 0 ||
+        synth_model_path(side, sizeof side, dir, i, ".units.yaml") < 0) {
+      rc = -1;
+      break;
+    }
     c->paths[i] = strdup(path);
     if (!c->paths[i]) rc = ce_err("out of memory");
     if (rc < 0 || i % size != rank) continue;
-    char side[4300];
-    snprintf(side, sizeof side, "%s/synth_%05lld.units.yaml", dir, (long long)i);
     struct stat st;
     if (stat(path, &st) == 0 && stat(side, &st) == 0) continue; /* from an earlier run */
     char made[4300];
