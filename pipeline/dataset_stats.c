@@ -26,6 +26,7 @@
 #include "h5util.h"
 #include "job.h"
 #include "moments.h"
+#include "moments_mpi.h"
 #include "quantile.h"
 #include "select.h"
 #include "statsfile.h"

@@ -9,6 +9,7 @@
 
 #include "check.h"
 #include "moments.h"
+#include "moments_mpi.h"
 #include "quantile.h"
 #include "rng.h"
 #include "select.h"
