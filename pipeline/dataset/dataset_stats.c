@@ -26,6 +26,7 @@
 #include "pipeline/dataset/h5util.h"
 #include "pipeline/job/job.h"
 #include "stats/moments.h"
+#include "stats/moments_mpi.h"
 #include "stats/quantile.h"
 #include "stats/select.h"
 #include "stats/statsfile.h"

@@ -10,6 +10,7 @@
 #include "check.h"
 #include "common/rng.h"
 #include "stats/moments.h"
+#include "stats/moments_mpi.h"
 #include "stats/quantile.h"
 #include "stats/select.h"
 
