@@ -75,17 +75,13 @@ int bench_sample(int argc, char **argv) {
       {"model", CLI_STR, &model, "FILE", "2-level model (default $COEMU_TEST_DATA or tests/data: amrvac/agbwind3d_0000.dat)", 0, 0},
       {"reps", CLI_INT, &reps, "N", "cubes per model (default 20)", 0, 0},
       {0}};
-  int npos;
-  char **pos;
-  int r = cli_parse("bench sample", "[--model FILE] [--reps N]",
-                    "Milliseconds per 64^3 cube (k = 2) from a 2-level and a 4-level model.", opts,
-                    argc, argv, &npos, &pos);
-  if (r != 0) return r < 0 ? (fprintf(stderr, "coemu bench sample: error: %s\n", ce_err_msg()), 2) : 0;
-  free(pos);
-  if (reps < 1 || reps > 10000) {
-    fprintf(stderr, "coemu bench sample: error: --reps %lld, expected 1..10000\n", (long long)reps);
-    return 2;
-  }
+  const cli_command spec = {
+      "bench sample", "[--model FILE] [--reps N]",
+      "Milliseconds per 64^3 cube (k = 2) from a 2-level and a 4-level model.", opts, 0, 0};
+  cli_status r = cli_run_parse(&spec, argc, argv, NULL, NULL);
+  if (r != CLI_OK) return cli_exit(r);
+  if (reps < 1 || reps > 10000)
+    return cli_usage_fail("bench sample", "--reps %lld, expected 1..10000", (long long)reps);
   char path[2048];
   if (!model) {
     const char *dd = getenv("COEMU_TEST_DATA");

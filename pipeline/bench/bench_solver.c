@@ -67,16 +67,12 @@ int bench_solver(int argc, char **argv) {
       {"size", CLI_INT, &size, "N", "cube edge (default 64)", 0, 0},
       {"lamda", CLI_STR, &lamda, "FILE", "LAMDA file (default: the built-in co.dat path)", 0, 0},
       {0}};
-  int npos;
-  char **pos;
-  int r = cli_parse("bench solver", "[options]", "Time the LTE imager on random 64^3 cubes.", opts,
-                    argc, argv, &npos, &pos);
-  if (r != 0) return r < 0 ? cli_fail("bench solver") + 1 : 0;
-  free(pos);
-  if (reps < 1 || batch < 1 || size < 2 || size > 512) {
-    ce_err("--reps and --batch must be >= 1, --size 2..512");
-    return cli_fail("bench solver");
-  }
+  const cli_command spec = {"bench solver", "[options]",
+                            "Time the LTE imager on random 64^3 cubes.", opts, 0, 0};
+  cli_status r = cli_run_parse(&spec, argc, argv, NULL, NULL);
+  if (r != CLI_OK) return cli_exit(r);
+  if (reps < 1 || batch < 1 || size < 2 || size > 512)
+    return cli_usage_fail("bench solver", "--reps and --batch must be >= 1, --size 2..512");
   if (threads <= 0) threads = omp_get_num_procs();
   lamda_molecule m;
   lte_line L;

@@ -47,17 +47,13 @@ int bench_stats(int argc, char **argv) {
       {"n-moments", CLI_DOUBLE, &nmom, "N", "values for the moments throughput (one rank)", 0, 0},
       {"n-median", CLI_DOUBLE, &nmed, "N", "values for the exact median, over all ranks", 0, 0},
       {0}};
-  int npos;
-  char **pos;
-  int r = cli_parse("bench stats", "[options]",
-                    "Exact moments throughput and exact distributed median time.", opts, argc,
-                    argv, &npos, &pos);
-  if (r != 0) return r < 0 ? cli_fail("bench stats") + 1 : 0;  /* usage error: exit 2 */
-  free(pos);
-  if (!(nmom >= 1 && nmed >= 1)) {
-    ce_err("--n-moments and --n-median must be >= 1");
-    return cli_fail("bench stats") + 1;
-  }
+  const cli_command spec = {"bench stats", "[options]",
+                            "Exact moments throughput and exact distributed median time.", opts, 0,
+                            0};
+  cli_status r = cli_run_parse(&spec, argc, argv, NULL, NULL);
+  if (r != CLI_OK) return cli_exit(r);
+  if (!(nmom >= 1 && nmed >= 1))
+    return cli_usage_fail("bench stats", "--n-moments and --n-median must be >= 1");
   MPI_Init(NULL, NULL);
   int rank, size;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);

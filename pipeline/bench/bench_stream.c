@@ -108,17 +108,14 @@ int bench_stream(int argc, char **argv) {
       {"channels", CLI_INT, &nf, "F", "image channels (default 7)", 0, 0},
       {"transport", CLI_STR, &transport, "tcp|ipc|all", "which transports (default all)", 0, 0},
       {0}};
-  char **pos;
-  int np;
-  int r = cli_parse("bench stream", "[options]",
-                    "Producer -> consumer throughput of the coemu stream protocol.", opts, argc,
-                    argv, &np, &pos);
-  if (r) return r < 0 ? (cli_fail("bench stream"), 2) : 0;
-  free(pos);
-  if (samples < 16 || credit < 1 || credit > 1024 || n < 1 || n > 512 || nf < 1 || nf > 1024) {
-    ce_err("--samples >= 16, --credit 1..1024, --n 1..512, --channels 1..1024");
-    return cli_fail("bench stream");
-  }
+  const cli_command spec = {"bench stream", "[options]",
+                            "Producer -> consumer throughput of the coemu stream protocol.", opts,
+                            0, 0};
+  cli_status r = cli_run_parse(&spec, argc, argv, NULL, NULL);
+  if (r != CLI_OK) return cli_exit(r);
+  if (samples < 16 || credit < 1 || credit > 1024 || n < 1 || n > 512 || nf < 1 || nf > 1024)
+    return cli_usage_fail("bench stream",
+                          "--samples >= 16, --credit 1..1024, --n 1..512, --channels 1..1024");
   bench_src src = {.n = (int)n, .nf = (int)nf, .samples = (uint64_t)samples};
   size_t nin = 3 * (size_t)n * n * n, nout = (size_t)nf * n * n;
   src.inputs = malloc(nin * 4);

@@ -23,13 +23,13 @@ int bench_synth(int argc, char **argv) {
       {"base-nx", CLI_INT, &base, "NX", "level-1 cells per edge (default 32)", 0, 0},
       {"dir", CLI_STR, &dir, "DIR", "where to write (default /tmp/coemu_bench_synth.PID, removed after)", 0, 0},
       {0}};
-  int r = cli_parse("bench synth", "[options]", "Models per second of coemu synth.", opts, argc, argv, NULL, NULL);
-  if (r != 0) return r < 0 ? cli_fail("bench synth") : 0;
+  const cli_command spec = {"bench synth", "[options]", "Models per second of coemu synth.", opts,
+                            0, 0};
+  cli_status r = cli_run_parse(&spec, argc, argv, NULL, NULL);
+  if (r != CLI_OK) return cli_exit(r);
   synth_grid g = {(int)levels, (int)block, (int)base};
-  if (n < 1 || synth_grid_check(&g) < 0) {
-    if (n < 1) ce_err("-n %lld: expected >= 1", (long long)n);
-    return cli_fail("bench synth");
-  }
+  if (n < 1) return cli_usage_fail("bench synth", "-n %lld: expected >= 1", (long long)n);
+  if (synth_grid_check(&g) < 0) return cli_usage_fail("bench synth", "%s", ce_err_msg());
   char tmp[256];
   int own = dir == NULL;
   if (own) {

@@ -46,19 +46,15 @@ int bench_train(int argc, char **argv) {
       {"flops-per-cycle", CLI_DOUBLE, &fpc, "X", "peak float32 FLOP per cycle per core (Zen 4: 32)", 0, 0},
       {"seed", CLI_INT, &seed, "S", "initialisation seed", 0, 0},
       {0}};
-  int npos = 0;
-  int r = cli_parse("bench train", "[options]", "Time COEmuNet training and inference on the CPU.",
-                    opts, argc, argv, &npos, NULL);
-  if (r != 0) return r < 0 ? cli_fail("bench train") : 0;
-  if (npos > 0) {
-    ce_err("unexpected argument (bench train takes options only)");
-    return cli_fail("bench train");
-  }
-  if (batch < 2 || batch > 4096 || iters < 1 || iters > 1000 || nfreq < 1 || nfreq > 64) {
-    ce_err("--batch %lld (2..4096), --iters %lld (1..1000), --nfreq %lld (1..64): out of range",
-           (long long)batch, (long long)iters, (long long)nfreq);
-    return cli_fail("bench train");
-  }
+  const cli_command spec = {"bench train", "[options]",
+                            "Time COEmuNet training and inference on the CPU.", opts, 0, 0};
+  cli_status r = cli_run_parse(&spec, argc, argv, NULL, NULL);
+  if (r != CLI_OK) return cli_exit(r);
+  if (batch < 2 || batch > 4096 || iters < 1 || iters > 1000 || nfreq < 1 || nfreq > 64)
+    return cli_usage_fail("bench train",
+                          "--batch %lld (2..4096), --iters %lld (1..1000), --nfreq %lld (1..64): "
+                          "out of range",
+                          (long long)batch, (long long)iters, (long long)nfreq);
   coemunet m;
   coemunet_config cfg = coemunet_default((int)nfreq);
   adam opt;

@@ -151,19 +151,19 @@ int cmd_eval(int argc, char **argv) {
       {"out", CLI_STR, &out, "DIR", "where the tables and pictures go (default: CHECKPOINT's folder/eval-SPLIT)", 0, 0},
       {"quiet", CLI_FLAG, &quiet, NULL, "do not print the table", 0, 0},
       {0}};
+  const cli_command spec = {
+      "eval", "CHECKPOINT DATASET_DIR [options]   (mpirun for several ranks)",
+      "Evaluate a trained COEmuNet checkpoint on a dataset split: loss, MaxRel (median and "
+      "distribution), ZNCC, SSIM in both conventions, inference time; writes metrics.txt, "
+      "maxrel.csv, maxrel.png and channel maps.",
+      opts, 2, 2};
   int npos = 0;
   char **pos = NULL;
-  int r = cli_parse("eval", "CHECKPOINT DATASET_DIR [options]   (mpirun for several ranks)",
-                    "Evaluate a trained COEmuNet checkpoint on a dataset split: loss, MaxRel "
-                    "(median and distribution), ZNCC, SSIM in both conventions, inference time; "
-                    "writes metrics.txt, maxrel.csv, maxrel.png and channel maps.",
-                    opts, argc, argv, &npos, &pos);
-  if (r != 0) return r < 0 ? cli_fail("eval") + 1 : 0;
-  if (npos != 2 || batch < 1 || batch > 4096 || maps < 0 || max_samples < 0 || threads < 0) {
+  cli_status r = cli_run_parse(&spec, argc, argv, &npos, &pos);
+  if (r != CLI_OK) return cli_exit(r);
+  if (batch < 1 || batch > 4096 || maps < 0 || max_samples < 0 || threads < 0) {
     free(pos);
-    if (npos != 2) ce_err("expected CHECKPOINT and DATASET_DIR, got %d arguments", npos);
-    else ce_err("--batch must be 1..4096, --maps, --max-samples and --threads >= 0");
-    return cli_fail("eval") + 1;
+    return cli_usage_fail("eval", "--batch must be 1..4096, --maps, --max-samples and --threads >= 0");
   }
   const char *ckpt = pos[0], *dataset = pos[1];
   char outbuf[4200];

@@ -65,20 +65,15 @@ int cmd_inspect(int argc, char **argv) {
   cli_opt opts[] = {
       {"units", CLI_STR, &units_path, "FILE", "units sidecar (default: looked up beside MODEL)", 0, 0},
       {0}};
+  const cli_command spec = {
+      "inspect", "MODEL.dat [--units FILE] | DATASET-DIR",
+      "Print a snapshot's header, leaves per level, variables and their ranges (and physical "
+      "fields with a units sidecar),\nor summarise a dataset directory made by coemu generate.",
+      opts, 1, 1};
   int npos;
   char **pos;
-  int r = cli_parse("inspect", "MODEL.dat [--units FILE] | DATASET-DIR",
-                    "Print a snapshot's header, leaves per level, variables and their ranges "
-                    "(and physical fields with a units sidecar),\nor summarise a dataset directory "
-                    "made by coemu generate.",
-                    opts, argc, argv, &npos, &pos);
-  if (r != 0) return r < 0 ? (fprintf(stderr, "coemu inspect: error: %s\n", ce_err_msg()), 2) : 0;
-  if (npos != 1) {
-    free(pos);
-    fprintf(stderr, "coemu inspect: error: expected one snapshot, got %d (coemu inspect --help)\n",
-            npos);
-    return 2;
-  }
+  cli_status r = cli_run_parse(&spec, argc, argv, &npos, &pos);
+  if (r != CLI_OK) return cli_exit(r);
   const char *path = pos[0];
   struct stat st;
   if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {

@@ -8,20 +8,15 @@
 #include "pipeline/stream/stream_security.h"
 
 int cmd_keygen(int argc, char **argv) {
-  cli_opt opts[] = {{0}};
+  const cli_command spec = {
+      "keygen", "NAME",
+      "Write a CURVE key pair for authenticated streams: NAME.key (public; give it\n"
+      "to the other side) and NAME.key_secret (secret, mode 0600).",
+      NULL, 1, 1};
   int np;
   char **pos;
-  int r = cli_parse("keygen", "NAME",
-                    "Write a CURVE key pair for authenticated streams: NAME.key (public; give it\n"
-                    "to the other side) and NAME.key_secret (secret, mode 0600).",
-                    opts, argc, argv, &np, &pos);
-  if (r) return r < 0 ? (cli_fail("keygen"), 2) : 0;
-  if (np != 1) {
-    free(pos);
-    ce_err("expected one NAME (see coemu keygen --help)");
-    cli_fail("keygen");
-    return 2;
-  }
+  cli_status r = cli_run_parse(&spec, argc, argv, &np, &pos);
+  if (r != CLI_OK) return cli_exit(r);
   int rc = stream_keygen(pos[0]);
   if (rc == 0) printf("wrote %s.key and %s.key_secret\n", pos[0], pos[0]);
   free(pos);

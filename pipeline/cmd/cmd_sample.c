@@ -138,25 +138,23 @@ int cmd_sample(int argc, char **argv) {
       {"preview", CLI_STR, &preview, "FILE.png", "central slices and CO column of direction 0", 0, 0},
       {"out", CLI_STR, &out, "DIR", "output directory", 1, 0},
       {0}};
+  const cli_command spec = {
+      "sample", "MODEL.dat --out DIR [options]",
+      "Sample rotated, trimmed cubes of (v_z, T, n_CO) from an AMRVAC snapshot.", opts, 1, 1};
   int npos;
   char **pos;
-  int r = cli_parse("sample", "MODEL.dat --out DIR [options]",
-                    "Sample rotated, trimmed cubes of (v_z, T, n_CO) from an AMRVAC snapshot.", opts,
-                    argc, argv, &npos, &pos);
-  if (r != 0) return r < 0 ? (fprintf(stderr, "coemu sample: error: %s\n", ce_err_msg()), 2) : 0;
-  if (npos != 1) {
-    free(pos);
-    fprintf(stderr, "coemu sample: error: expected one snapshot, got %d\n", npos);
-    return 2;
-  }
+  cli_status r = cli_run_parse(&spec, argc, argv, &npos, &pos);
+  if (r != CLI_OK) return cli_exit(r);
   dir_sampler smp;
-  if (dir_parse(sampler_name, &smp) < 0 || ndir < 1 || ndir > 1000000 || n < 1 || n > 4096 ||
-      k < 1 || k > 16 || seed < 0 || model_id < 0 || model_id > UINT32_MAX) {
-    if (!ce_err_msg()[0] || !strstr(ce_err_msg(), "sampler"))
-      ce_err("--directions 1..1000000, --n 1..4096, --k 1..16, --seed >= 0, --model-id 0..2^32-1");
+  if (dir_parse(sampler_name, &smp) < 0) {
     free(pos);
-    fprintf(stderr, "coemu sample: error: %s\n", ce_err_msg());
-    return 2;
+    return cli_usage_fail("sample", "%s", ce_err_msg());
+  }
+  if (ndir < 1 || ndir > 1000000 || n < 1 || n > 4096 || k < 1 || k > 16 || seed < 0 ||
+      model_id < 0 || model_id > UINT32_MAX) {
+    free(pos);
+    return cli_usage_fail(
+        "sample", "--directions 1..1000000, --n 1..4096, --k 1..16, --seed >= 0, --model-id 0..2^32-1");
   }
   ce_model *m;
   if (model_load(pos[0], units_path, &m) < 0) {

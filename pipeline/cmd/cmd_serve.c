@@ -41,33 +41,29 @@ int cmd_serve(int argc, char **argv) {
       {"curve-secret", CLI_STR, &curve_secret, "FILE", "producer key pair (coemu keygen); required off loopback", 0, 0},
       {"curve-authorized", CLI_STR, &curve_auth, "DIR", "directory of authorised consumer public keys (*.key)", 0, 0},
       {0}};
+  const cli_command spec = {
+      "serve", "DATASET [options]",
+      "Stream a dataset's split to W trainer ranks over ZeroMQ (docs/stream-protocol.md):\n"
+      "a deterministic shuffle per (seed, epoch), disjoint samples per rank, equal batch\n"
+      "counts, credit-based flow control, resume from (epoch, position), normalisation\n"
+      "with the dataset's /stats on request.",
+      opts, 1, 1};
   int np;
   char **pos;
-  int r = cli_parse("serve", "DATASET [options]",
-                    "Stream a dataset's split to W trainer ranks over ZeroMQ (docs/stream-protocol.md):\n"
-                    "a deterministic shuffle per (seed, epoch), disjoint samples per rank, equal batch\n"
-                    "counts, credit-based flow control, resume from (epoch, position), normalisation\n"
-                    "with the dataset's /stats on request.",
-                    opts, argc, argv, &np, &pos);
-  if (r) return r < 0 ? (cli_fail("serve"), 2) : 0;
-  if (np != 1) {
-    free(pos);
-    ce_err("expected one DATASET directory (see coemu serve --help)");
-    cli_fail("serve");
-    return 2;
-  }
+  cli_status r = cli_run_parse(&spec, argc, argv, &np, &pos);
+  if (r != CLI_OK) return cli_exit(r);
   if (!stream_endpoint_is_local(endpoint) && !curve_secret) {
     free(pos);
-    ce_err("endpoint %s is reachable from other machines: give --curve-secret and "
-           "--curve-authorized (coemu keygen), or use tcp://127.0.0.1:PORT or ipc://", endpoint);
-    return cli_fail("serve");
+    return cli_usage_fail("serve",
+                          "endpoint %s is reachable from other machines: give --curve-secret and "
+                          "--curve-authorized (coemu keygen), or use tcp://127.0.0.1:PORT or ipc://",
+                          endpoint);
   }
   if (ranks < 1 || ranks > 65535 || batch < 1 || batch > 4096 || epochs < 0 || prefetch < 1 ||
       prefetch > 64 || credit < 1 || credit > 1024) {
     free(pos);
-    ce_err("out of range: --ranks 1..65535, --batch 1..4096, --epochs >= 0, --prefetch 1..64, "
-           "--max-credit 1..1024");
-    return cli_fail("serve");
+    return cli_usage_fail("serve", "out of range: --ranks 1..65535, --batch 1..4096, --epochs >= 0, "
+                                   "--prefetch 1..64, --max-credit 1..1024");
   }
   serve_opts so = {.dataset_dir = pos[0], .split = split, .seed = (uint64_t)seed,
                    .world = (int)ranks, .batch = (int)batch, .drop_last = !pad,

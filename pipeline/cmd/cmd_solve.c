@@ -258,7 +258,7 @@ static int write_preview(const char *path, const double *img, int nx, int ny, in
 #define DEFAULT_EXAMPLE_N 64
 
 int cmd_solve(int argc, char **argv) {
-  /* --example takes an optional size: pull it out before cli_parse */
+  /* --example takes an optional size: pull it out before cli_run_parse */
   int64_t example_n = 0;
   char **args = ce_malloc_array((size_t)argc + 1, sizeof *args, "arguments");
   if (!args) return cli_fail("solve");
@@ -273,8 +273,7 @@ int cmd_solve(int argc, char **argv) {
       example = 1;
       if (cli_parse_int(argv[i] + 10, &example_n) < 0) {
         free(args);
-        ce_err("--example=%s: expected a cube size N", argv[i] + 10);
-        return cli_fail("solve");
+        return cli_usage_fail("solve", "--example=%s: expected a cube size N", argv[i] + 10);
       }
       continue;
     }
@@ -310,15 +309,13 @@ int cmd_solve(int argc, char **argv) {
       {"fits", CLI_STR, &fits, "FILE", "also write a FITS cube (x, y, FREQ)", 0, 0},
       {"preview", CLI_STR, &preview, "FILE", "also write the channel maps as a PNG", 0, 0},
       {0}};
-  int npos = 0;
-  char **pos = NULL;
-  int r = cli_parse("solve", "(--vz F --T F --n F | --in F.h5 | --example [N]) --out F [options]",
-                    "Ray-trace a cube (v_z, T, n) along z with the exact LTE line imager.", opts,
-                    nargs, args, &npos, &pos);
-  if (r != 0) {
+  const cli_command spec = {
+      "solve", "(--vz F --T F --n F | --in F.h5 | --example [N]) --out F [options]",
+      "Ray-trace a cube (v_z, T, n) along z with the exact LTE line imager.", opts, 0, 0};
+  cli_status r = cli_run_parse(&spec, nargs, args, NULL, NULL);
+  if (r != CLI_OK) {
     free(args);
-    if (r < 0) return cli_fail("solve") + 1;
-    return 0;
+    return cli_exit(r);
   }
   /* the whole command line, for provenance */
   size_t cl_len = 16;
@@ -334,10 +331,6 @@ int cmd_solve(int argc, char **argv) {
   double *freqs = NULL, *img = NULL;
   int nf = 0;
   char input_desc[4096];
-  if (npos > 0) {
-    ce_err("unexpected argument '%s'", pos[0]);
-    goto usage;
-  }
   int nsrc = example + (in != NULL) + (vz || Tp || np);
   if (nsrc != 1) {
     ce_err("give exactly one input: --vz/--T/--n, --in FILE.h5 or --example");
@@ -378,14 +371,6 @@ int cmd_solve(int argc, char **argv) {
     if (!lamda) lamda = lamda_default_co_path();
     snprintf(input_desc, sizeof input_desc, "example AGB spiral wind, %d^3", N);
   } else {
-    if (in) {
-      if (read_h5_cube(in, &c) < 0) goto fail;
-      snprintf(input_desc, sizeof input_desc, "%s", in);
-    } else {
-      const char *paths[3] = {vz, Tp, np};
-      if (read_npy_cube(paths, &c) < 0) goto fail;
-      snprintf(input_desc, sizeof input_desc, "v_z=%s T=%s n=%s", vz, Tp, np);
-    }
     if (!opts[5].seen) {
       ce_err("--dx is required with input files (cell spacing along z in metres)");
       goto usage;
@@ -393,6 +378,14 @@ int cmd_solve(int argc, char **argv) {
     if (!lamda) {
       ce_err("--lamda is required with input files");
       goto usage;
+    }
+    if (in) {
+      if (read_h5_cube(in, &c) < 0) goto fail;
+      snprintf(input_desc, sizeof input_desc, "%s", in);
+    } else {
+      const char *paths[3] = {vz, Tp, np};
+      if (read_npy_cube(paths, &c) < 0) goto fail;
+      snprintf(input_desc, sizeof input_desc, "v_z=%s T=%s n=%s", vz, Tp, np);
     }
   }
   if (lamda_read(lamda, &mol) < 0) goto fail;
@@ -442,13 +435,11 @@ int cmd_solve(int argc, char **argv) {
   rc = 0;
   goto done;
 usage:
-  rc = 2;
-  fprintf(stderr, "coemu solve: error: %s (coemu solve --help)\n", ce_err_msg());
+  rc = cli_usage_fail("solve", "%s", ce_err_msg());
   goto done;
 fail:
   rc = cli_fail("solve");
 done:
-  free(pos);
   free(args);
   free(cmdline);
   free(freqs);

@@ -20,23 +20,19 @@ int cmd_stats(int argc, char **argv) {
        "drop samples with max(v_z) - min(v_z) > 1e5 m/s (the paper's rule)", 0, 0},
       {"quiet", CLI_FLAG, &quiet, NULL, "print nothing on success", 0, 0},
       {0}};
+  const cli_command spec = {
+      "stats", "DATASET_DIR [options]",
+      "Recompute the statistics and normalisation parameters of a dataset over a split and write "
+      "them to DATASET_DIR/dataset.h5:/stats (run under mpirun for parallel).",
+      opts, 1, 1};
   int npos;
   char **pos;
-  int r = cli_parse("stats", "DATASET_DIR [options]",
-                    "Recompute the statistics and normalisation parameters of a dataset over a "
-                    "split and write them to DATASET_DIR/dataset.h5:/stats (run under mpirun for "
-                    "parallel).", opts, argc, argv, &npos, &pos);
-  if (r != 0) return r < 0 ? cli_fail("stats") + 1 : 0;  /* usage error: exit 2 */
-  if (npos != 1) {
-    free(pos);
-    ce_err("expected one dataset directory, got %d arguments", npos);
-    return cli_fail("stats") + 1;
-  }
+  cli_status r = cli_run_parse(&spec, argc, argv, &npos, &pos);
+  if (r != CLI_OK) return cli_exit(r);
   int want;
   if (job_split_parse(split_name, &want) < 0) {
     free(pos);
-    ce_err_prefix("--split");
-    return cli_fail("stats") + 1;
+    return cli_usage_fail("stats", "--split: %s", ce_err_msg());
   }
   int inited = 0;
   MPI_Initialized(&inited);

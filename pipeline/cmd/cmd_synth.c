@@ -28,41 +28,27 @@ int cmd_synth(int argc, char **argv) {
       {"preview", CLI_FLAG, &preview, NULL, "also write DIR/synth_%05d.png: log n_H2 in the orbital plane", 0, 0},
       {"quiet", CLI_FLAG, &quiet, NULL, "no progress lines", 0, 0},
       {0}};
-  int npos = 0;
-  char **pos = NULL;
-  int r = cli_parse("synth", "-n N --seed S --out DIR [options]",
-                    "Write synthetic AGB binary-wind models as AMRVAC .dat v5 snapshots\n"
-                    "(DIR/synth_%05d.dat + .units.yaml) and DIR/catalogue.csv of their parameters.",
-                    opts, argc, argv, &npos, &pos);
-  if (r != 0) return r < 0 ? cli_fail("synth") : 0;
-  if (npos > 0) {
-    ce_err("unexpected argument '%s' (options only; see coemu synth --help)", pos[0]);
-    free(pos);
-    return cli_fail("synth");
-  }
-  free(pos);
-  if (n < 1 || n > 100000000) {
-    ce_err("-n %lld: expected 1..1e8 models", (long long)n);
-    return cli_fail("synth");
-  }
-  if (seed < 0) {
-    ce_err("--seed %lld: expected a non-negative integer", (long long)seed);
-    return cli_fail("synth");
-  }
-  if (first < 0 || first > INT64_MAX - n) {
-    ce_err("--first %lld: expected a non-negative index", (long long)first);
-    return cli_fail("synth");
-  }
-  if (block != 8 && block != 16) {
-    ce_err("--block %lld: expected 8 or 16", (long long)block);
-    return cli_fail("synth");
-  }
-  if (levels < 1 || levels > 6 || base < 1 || base > 4096) {
-    ce_err("--levels %lld / --base-nx %lld: expected 1..6 and 1..4096", (long long)levels, (long long)base);
-    return cli_fail("synth");
-  }
+  const cli_command spec = {
+      "synth", "-n N --seed S --out DIR [options]",
+      "Write synthetic AGB binary-wind models as AMRVAC .dat v5 snapshots\n"
+      "(DIR/synth_%05d.dat + .units.yaml) and DIR/catalogue.csv of their parameters.",
+      opts, 0, 0};
+  cli_status r = cli_run_parse(&spec, argc, argv, NULL, NULL);
+  if (r != CLI_OK) return cli_exit(r);
+  if (n < 1 || n > 100000000)
+    return cli_usage_fail("synth", "-n %lld: expected 1..1e8 models", (long long)n);
+  if (seed < 0)
+    return cli_usage_fail("synth", "--seed %lld: expected a non-negative integer", (long long)seed);
+  if (first < 0 || first > INT64_MAX - n)
+    return cli_usage_fail("synth", "--first %lld: expected a non-negative index", (long long)first);
+  if (block != 8 && block != 16)
+    return cli_usage_fail("synth", "--block %lld: expected 8 or 16", (long long)block);
+  if (levels < 1 || levels > 6 || base < 1 || base > 4096)
+    return cli_usage_fail("synth", "--levels %lld / --base-nx %lld: expected 1..6 and 1..4096",
+                          (long long)levels, (long long)base);
   synth_grid g = {(int)levels, (int)block, (int)base};
-  if (synth_grid_check(&g) < 0 || fs_mkdir_p(out) < 0) return cli_fail("synth");
+  if (synth_grid_check(&g) < 0) return cli_usage_fail("synth", "%s", ce_err_msg());
+  if (fs_mkdir_p(out) < 0) return cli_fail("synth");
 
   /* Models are made in chunks (in parallel within a chunk) and their
    * catalogue rows appended in index order to a temporary catalogue that is

@@ -44,28 +44,29 @@ int cmd_train(int argc, char **argv) {
       {"schema-doc", CLI_FLAG, &schema_doc, NULL,
        "print the training-job key table (Markdown) and exit", 0, 0},
       {0}};
+  /* --schema-doc needs no job file: the count is checked below */
+  const cli_command spec = {
+      "train", "JOB.yaml [options]   (under mpirun for data-parallel training)",
+      "Train COEmuNet as a training job says (pretraining on single-channel data, then "
+      "fine-tuning with the encoder transferred), from dataset directories or streams, over all "
+      "MPI ranks. Rerun the same command to resume; exit status 3 means it stopped early and can "
+      "be resumed.",
+      opts, 0, 1};
   int npos = 0;
   char **pos = NULL;
-  int r = cli_parse("train", "JOB.yaml [options]   (under mpirun for data-parallel training)",
-                    "Train COEmuNet as a training job says (pretraining on single-channel data, "
-                    "then fine-tuning with the encoder transferred), from dataset directories or "
-                    "streams, over all MPI ranks. Rerun the same command to resume; exit status 3 "
-                    "means it stopped early and can be resumed.",
-                    opts, argc, argv, &npos, &pos);
-  if (r != 0) return r < 0 ? cli_fail("train") + 1 : 0;
+  cli_status r = cli_run_parse(&spec, argc, argv, &npos, &pos);
+  if (r != CLI_OK) return cli_exit(r);
   if (schema_doc) {
     free(pos);
     return train_job_schema_markdown(stdout) < 0 ? 1 : 0;
   }
   if (npos != 1) {
     free(pos);
-    ce_err("expected one training job file, got %d arguments", npos);
-    return cli_fail("train") + 1;
+    return cli_usage_fail("train", "expected one training job file, got %d arguments", npos);
   }
   if (max_steps < 0 || time_limit < 0) {
     free(pos);
-    ce_err("--max-steps and --time-limit must not be negative");
-    return cli_fail("train") + 1;
+    return cli_usage_fail("train", "--max-steps and --time-limit must not be negative");
   }
   train_job j;
   int loaded = train_job_load(pos[0], &j);

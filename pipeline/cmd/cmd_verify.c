@@ -11,18 +11,14 @@
 int cmd_verify(int argc, char **argv) {
   int quiet = 0;
   cli_opt opts[] = {{"quiet", CLI_FLAG, &quiet, NULL, "print problems only", 0, 0}, {0}};
+  const cli_command spec = {"verify", "DATASET",
+                            "Check a dataset directory against its manifest: every shard present, "
+                            "complete and with the recorded checksums.",
+                            opts, 1, 1};
   int npos = 0;
   char **pos = NULL;
-  int r = cli_parse("verify", "DATASET", "Check a dataset directory against its manifest: "
-                    "every shard present, complete and with the recorded checksums.",
-                    opts, argc, argv, &npos, &pos);
-  if (r != 0) return r < 0 ? (cli_fail("verify"), 2) : 0;
-  if (npos != 1) {
-    free(pos);
-    ce_err("expected one dataset directory, got %d arguments", npos);
-    cli_fail("verify");
-    return 2;
-  }
+  cli_status r = cli_run_parse(&spec, argc, argv, &npos, &pos);
+  if (r != CLI_OK) return cli_exit(r);
   const char *dir = pos[0];
   int problems = dataset_verify(dir, stderr);
   free(pos);

@@ -103,23 +103,15 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
       {"quiet", CLI_FLAG, &quiet, NULL, "no progress lines", 0, 0},
       {"schema-doc", CLI_FLAG, &schema_doc, NULL, "print the job-file key table (Markdown) and exit", 0, 0},
       {0}};
+  const cli_command spec = {
+      cmd, "[JOB.yaml] [options]   (under mpirun for several ranks)",
+      "Make a dataset: run a job file (default: the embedded demo job) over all MPI ranks into a "
+      "directory of HDF5 shards, a manifest and dataset.h5; rerun the same command to resume.",
+      opts, 0, 1};
   int npos = 0;
   char **pos = NULL;
-  int r = cli_parse(cmd, "[JOB.yaml] [options]   (under mpirun for several ranks)",
-                    "Make a dataset: run a job file (default: the embedded demo job) over all MPI "
-                    "ranks into a directory of HDF5 shards, a manifest and dataset.h5; rerun the "
-                    "same command to resume.",
-                    opts, argc, argv, &npos, &pos);
-  if (r != 0) {
-    if (r == 1) return 0;
-    fprintf(stderr, "coemu %s: error: %s\n", cmd, ce_err_msg());
-    return 2;
-  }
-  if (npos > 1) {
-    fprintf(stderr, "coemu %s: error: expected one job file, got %d arguments\n", cmd, npos);
-    free(pos);
-    return 2;
-  }
+  cli_status r = cli_run_parse(&spec, argc, argv, &npos, &pos);
+  if (r != CLI_OK) return cli_exit(r);
   const char *job_path = npos ? pos[0] : NULL;
   free(pos);
   if (schema_doc) return job_schema_markdown(stdout) < 0 ? 1 : 0;
@@ -129,10 +121,7 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
                         : job_parse("<embedded jobs/demo.yaml>", job_demo_text,
                                     strlen(job_demo_text), "jobs", &j);
   if (check) {
-    if (loaded < 0) {
-      fprintf(stderr, "coemu %s: error: %s\n", cmd, ce_err_msg());
-      return 1;
-    }
+    if (loaded < 0) return cli_fail(cmd);
     check_only(&j);
     job_free(&j);
     return 0;

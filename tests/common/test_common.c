@@ -1,12 +1,11 @@
 /* test_common.c - the foundation: errors, checked allocation, .npy, the
- * counter-based generator, option parsing and PNG output. */
+ * counter-based generator and PNG output (option parsing: test_cli.c). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <unistd.h>
 
 #include "check.h"
 #include "common/checksum.h"
-#include "common/cli.h"
 #include "common/error.h"
 #include "common/fsutil.h"
 #include "common/image.h"
@@ -138,34 +137,6 @@ static void test_xxh64(void) {
   }
 }
 
-static void test_cli(void) {
-  double dx = 0;
-  const char *out = NULL;
-  int flag = 0;
-  int64_t n = 0;
-  cli_opt opts[] = {{"dx", CLI_DOUBLE, &dx, "M", "spacing", 1, 0},
-                    {"out", CLI_STR, &out, "FILE", "output", 0, 0},
-                    {"abs", CLI_FLAG, &flag, NULL, "abs", 0, 0},
-                    {"n", CLI_INT, &n, "N", "count", 0, 0},
-                    {0}};
-  char *argv1[] = {"--dx", "1.5e3", "pos1", "--out=x.npy", "--abs", "--n", "12", "pos2"};
-  int np;
-  char **pos;
-  CHECK(cli_parse("t", "", "", opts, 8, argv1, &np, &pos) == 0);
-  CHECK(dx == 1500 && !strcmp(out, "x.npy") && flag == 1 && n == 12 && np == 2);
-  CHECK(np == 2 && !strcmp(pos[0], "pos1") && !strcmp(pos[1], "pos2"));
-  free(pos);
-  for (cli_opt *o = opts; o->name; o++) o->seen = 0;
-  char *argv2[] = {"--dx", "abc"};
-  CHECK_ERR(cli_parse("t", "", "", opts, 2, argv2, &np, &pos), "--dx: 'abc' is not a finite number");
-  for (cli_opt *o = opts; o->name; o++) o->seen = 0;
-  char *argv3[] = {"--out", "y"};
-  CHECK_ERR(cli_parse("t", "", "", opts, 2, argv3, &np, &pos), "--dx is required");
-  for (cli_opt *o = opts; o->name; o++) o->seen = 0;
-  char *argv4[] = {"--dx", "1", "--bogus"};
-  CHECK_ERR(cli_parse("t", "", "", opts, 3, argv4, &np, &pos), "unknown option '--bogus'");
-}
-
 static void test_png(void) {
   char p[512];
   path_in_tmp(p, sizeof p, "panels.png");
@@ -193,7 +164,6 @@ int main(void) {
   RUN(test_npy_bad);
   RUN(test_rng);
   RUN(test_xxh64);
-  RUN(test_cli);
   RUN(test_png);
   check_scratch_remove();
   return check_report();
