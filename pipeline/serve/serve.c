@@ -363,6 +363,7 @@ int serve_chunk(void *ctx, const stream_consumer *c, uint32_t epoch, uint64_t po
     if (q->rank == c->rank && q->state == SLOT_READY &&
         (q->epoch != epoch || q->position < position || q->normalised != norm)) {
       chunk_free(q->buf);
+      q->buf = NULL; /* serve_close frees what the slots still hold */
       q->state = SLOT_FREE;
     }
   }
