@@ -95,3 +95,5 @@ int loss_eval(coemu_loss *l, const float *p, const float *t, int m, loss_value *
     grad[i] = (float)((LOSS_W_MSE * 2 * ((double)p[i] - t[i]) + LOSS_W_FFT * l->e[i]) / N);
   return 0;
 }
+
+size_t loss_image_pixels(const coemu_loss *l) { return (size_t)l->h * (size_t)l->w; }

@@ -59,11 +59,17 @@ int bench_train(int argc, char **argv) {
   coemunet_config cfg = coemunet_default((int)nfreq);
   adam opt;
   trainer tr;
-  if (coemunet_build(&m, &cfg, (uint64_t)seed) < 0) return cli_fail("bench train");
+  /* OpenMP's default thread count (OMP_NUM_THREADS), OpenBLAS to 1 */
+  if (nn_backend_init(&nn_backend_cpu, 0) < 0) return cli_fail("bench train");
+  if (coemunet_build(&m, &cfg, (uint64_t)seed) < 0) {
+    nn_backend_finish(&nn_backend_cpu);
+    return cli_fail("bench train");
+  }
   adam_config ac = adam_default();
   if (nn_set_batch(&m.net, (int)batch) < 0 || adam_init(&opt, &m.net, &ac) < 0 ||
       trainer_init(&tr, &m, &opt) < 0) {
     coemunet_free(&m);
+    nn_backend_finish(&nn_backend_cpu);
     return cli_fail("bench train");
   }
   const size_t nx = (size_t)batch * 3 * cfg.grid * cfg.grid * cfg.grid;
@@ -112,5 +118,6 @@ int bench_train(int argc, char **argv) {
   trainer_free(&tr);
   adam_free(&opt);
   coemunet_free(&m);
+  nn_backend_finish(&nn_backend_cpu);
   return rc < 0 ? cli_fail("bench train") : 0;
 }

@@ -179,12 +179,14 @@ int cmd_eval(int argc, char **argv) {
   int rank, world;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &world);
-  if (threads > 0) omp_set_num_threads((int)threads);
   coemunet m;
   serve_source *src = NULL;
   coemunet_config cfg;
   eval_result res;
-  int rc = checkpoint_read_config(ckpt, &cfg, NULL);
+  /* the one place the thread settings are made (OpenMP to --threads, 0 =
+     OpenMP's default; OpenBLAS to 1) */
+  int rc = nn_backend_init(&nn_backend_cpu, (int)threads);
+  if (rc == 0) rc = checkpoint_read_config(ckpt, &cfg, NULL);
   if (rc == 0) rc = coemunet_build(&m, &cfg, 0);
   if (rc == 0 && (rc = checkpoint_load(ckpt, &m, NULL, NULL)) < 0) coemunet_free(&m);
   if (rc == 0) {
@@ -194,6 +196,7 @@ int cmd_eval(int argc, char **argv) {
   }
   if (rc < 0) { /* the same on every rank: no collective was entered */
     if (rank == 0) fprintf(stderr, "coemu eval: error: %s\n", ce_err_msg());
+    nn_backend_finish(&nn_backend_cpu);
     MPI_Finalize();
     free(pos);
     return 1;
@@ -225,6 +228,7 @@ int cmd_eval(int argc, char **argv) {
   eval_result_free(&res);
   serve_close(src);
   coemunet_free(&m);
+  nn_backend_finish(&nn_backend_cpu);
   free(pos);
   MPI_Finalize();
   return 0;

@@ -1,7 +1,6 @@
 /* cmd_train.c - `coemu train JOB.yaml`: train COEmuNet from a training job
  * (trainjob.h) over all MPI ranks; the loop is trainrun.c. */
 #include <mpi.h>
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -11,6 +10,7 @@
 #include "pipeline/job/trainjob.h"
 #include "pipeline/mpi/mpi_fatal.h"
 #include "pipeline/train/trainrun.h"
+#include "trainer/nn.h"
 
 static void print_check(const train_job *j) {
   printf("%s: ok: training job '%s', output %s, seed %llu\n", j->path, j->name, j->out_dir,
@@ -81,13 +81,16 @@ int cmd_train(int argc, char **argv) {
   mpi_fatal_init("train");
   int world;
   MPI_Comm_size(MPI_COMM_WORLD, &world);
-  if (j.threads > 0) omp_set_num_threads(j.threads);
+  /* the one place the thread settings are made: the CPU backend's init
+     (OpenMP to the job's count, 0 = OpenMP's default; OpenBLAS to 1) */
+  int rc = nn_backend_init(&nn_backend_cpu, j.threads);
   train_run_opts o = {out, max_steps, time_limit, quiet, MPI_COMM_WORLD};
-  int rc = train_run(&j, &o);
+  if (rc == 0) rc = train_run(&j, &o);
   if (rc < 0) {
     if (world > 1) mpi_fatal(ce_err_msg());
     fprintf(stderr, "coemu train: error: %s\n", ce_err_msg());
   }
+  nn_backend_finish(&nn_backend_cpu);
   train_job_free(&j);
   MPI_Finalize();
   return rc < 0 ? 1 : rc;

@@ -7,7 +7,7 @@
 
 #include "common/error.h"
 #include "common/progress.h"
-#include "trainer/loss.h"
+#include "trainer/train.h"
 
 enum { PS_INDEX, PS_MAXREL, PS_ZNCC, PS_SSIM_I, PS_SSIM_R, PS_FIELDS }; /* gathered per sample */
 
@@ -28,20 +28,20 @@ static int64_t eval_sample(const serve_source *src, int64_t j, int64_t n, int64_
   return serve_split_sample(src, k);
 }
 
-/* One batch: forward, loss, metrics into ps[PS_FIELDS * real]. */
-static int eval_batch(coemunet *m, coemu_loss *loss, const stats_norm *norm, const float *in,
+/* One batch: forward, loss (the model's backend), the prediction copied out
+ * to pred, metrics (host) into ps[PS_FIELDS * real]. */
+static int eval_batch(coemunet *m, trainer *tr, const stats_norm *norm, const float *in,
                       const float *tg, int real, double *ps, double sums[4], double *fwd_s,
-                      double *tmp) {
+                      double *tmp, float *pred) {
   nn_net *net = &m->net;
   const int F = m->cfg.nfreq, G = m->cfg.grid;
-  const nn_node *inode = &net->nodes[m->input];
-  memcpy(inode->out, in, sizeof(float) * (size_t)net->batch * (size_t)inode->size);
+  CE_TRY(nn_input_upload(net, m->input, in));
   double t0 = ce_now();
   CE_TRY(nn_forward(net, 0));
   *fwd_s += ce_now() - t0;
-  const float *pred = nn_out(net, m->output);
   loss_value lv;
-  CE_TRY(loss_eval(loss, pred, tg, real * F, &lv, NULL));
+  CE_TRY(trainer_loss(tr, tg, real, &lv));
+  CE_TRY(nn_out_download(net, m->output, pred));
   double images = (double)real * F;
   sums[0] += lv.total * images;
   sums[1] += lv.mse * images;
@@ -88,16 +88,18 @@ int evaluate_split(coemunet *m, serve_source *src, const eval_opts *o, eval_resu
   const size_t iv = (size_t)ins[0] * ins[1] * ins[2] * ins[3], ov = (size_t)outs[0] * outs[1] * outs[2];
   double t_start = ce_now();
   CE_TRY(nn_set_batch(&m->net, B));
-  coemu_loss *loss = loss_create(m->cfg.grid, m->cfg.grid, B * m->cfg.nfreq);
+  trainer tr; /* the loss, on the model's backend */
+  const int tr_ok = trainer_init(&tr, m, NULL) == 0;
   float *in = ce_malloc_array((size_t)B * iv, sizeof(float), "evaluation inputs");
   float *tg = ce_malloc_array((size_t)B * ov, sizeof(float), "evaluation targets");
+  float *pred = ce_malloc_array((size_t)B * ov, sizeof(float), "evaluation predictions");
   int64_t mine = 0;
   for (int64_t b = rank; b < nb; b += world) mine += (b + 1) * B <= n ? B : n - b * B;
   double *ps = ce_malloc_array((size_t)(mine ? mine : 1) * PS_FIELDS, sizeof(double), "per-sample metrics");
   double *tmp = ce_malloc_array(4 * (size_t)B, sizeof(double), "metric buffers");
   int64_t idx[4096];
   double sums[4] = {0, 0, 0, 0}, fwd_s = 0;
-  int rc = loss && in && tg && ps && tmp && B <= 4096 ? 0 : -1;
+  int rc = tr_ok && in && tg && pred && ps && tmp && B <= 4096 ? 0 : -1;
   if (B > 4096) ce_err("evaluation batch %d, expected at most 4096", B);
   int64_t at = 0;
   for (int64_t b = rank; rc == 0 && b < nb; b += world) {
@@ -105,7 +107,7 @@ int evaluate_split(coemunet *m, serve_source *src, const eval_opts *o, eval_resu
     for (int s = 0; s < B; s++) idx[s] = eval_sample(src, b * B + (s < real ? s : 0), n, N);
     rc = serve_read(src, idx, B, 1, in, tg);
     if (rc == 0)
-      rc = eval_batch(m, loss, norm, in, tg, real, ps + at * PS_FIELDS, sums, &fwd_s, tmp);
+      rc = eval_batch(m, &tr, norm, in, tg, real, ps + at * PS_FIELDS, sums, &fwd_s, tmp, pred);
     for (int s = 0; rc == 0 && s < real; s++) ps[(at + s) * PS_FIELDS + PS_INDEX] = (double)(b * B + s);
     if (rc == 0 && b == 0 && o->keep > 0) { /* rank 0 holds batch 0 */
       r->kept = o->keep < real ? o->keep : real;
@@ -113,15 +115,16 @@ int evaluate_split(coemunet *m, serve_source *src, const eval_opts *o, eval_resu
       r->kept_target = malloc(sizeof(float) * ov * (size_t)r->kept);
       if (!r->kept_pred || !r->kept_target) rc = ce_err("out of memory for the kept samples");
       else {
-        memcpy(r->kept_pred, nn_out(&m->net, m->output), sizeof(float) * ov * (size_t)r->kept);
+        memcpy(r->kept_pred, pred, sizeof(float) * ov * (size_t)r->kept);
         memcpy(r->kept_target, tg, sizeof(float) * ov * (size_t)r->kept);
       }
     }
     at += real;
   }
-  loss_destroy(loss);
+  trainer_free(&tr);
   free(in);
   free(tg);
+  free(pred);
   free(tmp);
   /* every rank learns whether all succeeded before the collectives below */
   int bad = rc < 0, any_bad = 0;

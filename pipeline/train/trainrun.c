@@ -157,14 +157,33 @@ static int save_checkpoint(stage_run *s, const char *path) {
   return checkpoint_save(path, &s->model, &s->opt, &s->state);
 }
 
+static int hash_chunk(void *ctx, float *chunk, size_t off, size_t n) {
+  (void)off;
+  ce_xxh64_update(ctx, chunk, sizeof(float) * n);
+  return 0;
+}
+
+static int bcast_chunk(void *ctx, float *chunk, size_t off, size_t n) {
+  (void)off;
+  MPI_Bcast(chunk, (int)n, MPI_FLOAT, 0, *(MPI_Comm *)ctx); /* n <= NN_STAGE_FLOATS */
+  return 0;
+}
+
+/* Rank 0's copy of a tensor (backend memory) onto every rank, piece by piece
+ * through the host. */
+static int bcast_tensor(stage_run *s, float *t, int64_t n) {
+  if (s->rank == 0) return nn_download_chunks(&s->model.net, t, (size_t)n, bcast_chunk, &s->comm);
+  return nn_upload_chunks(&s->model.net, t, (size_t)n, bcast_chunk, &s->comm);
+}
+
 /* Weights identical on every rank? Otherwise take rank 0's. */
 static int weights_agree(stage_run *s) {
   if (s->world == 1) return 0;
   ce_xxh64_state h;
   ce_xxh64_init(&h, 0);
   nn_net *net = &s->model.net;
-  for (int i = 0; i < net->nparams; i++)
-    ce_xxh64_update(&h, net->params[i].w, sizeof(float) * (size_t)net->params[i].n);
+  for (int i = 0; i < net->nparams; i++) /* host memory: cannot fail but for the staging buffer */
+    CE_TRY(nn_download_chunks(net, net->params[i].w, (size_t)net->params[i].n, hash_chunk, &h));
   uint64_t mine = ce_xxh64_digest(&h), root = mine;
   MPI_Bcast(&root, 1, MPI_UINT64_T, 0, s->comm);
   int differ = mine != root, any = 0;
@@ -175,13 +194,10 @@ static int weights_agree(stage_run *s) {
                     "rank 0's weights and optimiser state are broadcast\n", STAGE_NAME[s->id]);
   for (int i = 0; i < net->nparams; i++) {
     nn_param *p = &net->params[i];
-    for (int64_t off = 0; off < p->n; off += INT_MAX / 2) {
-      int c = (int)(p->n - off < INT_MAX / 2 ? p->n - off : INT_MAX / 2);
-      MPI_Bcast(p->w + off, c, MPI_FLOAT, 0, s->comm);
-      if (adam_has_state(&s->opt, i)) {
-        MPI_Bcast(s->opt.m[i] + off, c, MPI_FLOAT, 0, s->comm);
-        MPI_Bcast(s->opt.v[i] + off, c, MPI_FLOAT, 0, s->comm);
-      }
+    CE_TRY(bcast_tensor(s, p->w, p->n));
+    if (adam_has_state(&s->opt, i)) {
+      CE_TRY(bcast_tensor(s, s->opt.m[i], p->n));
+      CE_TRY(bcast_tensor(s, s->opt.v[i], p->n));
     }
   }
   return 0;

@@ -28,6 +28,7 @@
 #include "pipeline/train/evaluate.h"
 #include "trainer/coemunet.h"
 #include "trainer/metrics.h"
+#include "trainer/nn.h"
 
 /* 12 models x 4 directions: 3 validation models = 12 samples */
 static const fixture_spec SPEC = {.models = 12, .directions = 4, .n = 16, .nf = 3,
@@ -55,10 +56,15 @@ static coemunet_config tiny(int grid) {
  * batch n, evaluation mode) into pred (n x OV); targets into tg. */
 static int forward(const int64_t *idx, int n, float *pred, float *tg) {
   CE_TRY(nn_set_batch(&g_model.net, n));
-  CE_TRY(serve_read(g_val, idx, n, 1, nn_out(&g_model.net, g_model.input), tg));
-  CE_TRY(nn_forward(&g_model.net, 0));
-  memcpy(pred, nn_out(&g_model.net, g_model.output), sizeof(float) * OV * (size_t)n);
-  return 0;
+  float *x = malloc(sizeof(float) * IV * (size_t)n);
+  int rc = x ? 0 : ce_err("out of memory");
+  /* the net's tensors are backend memory: in and out through upload/download */
+  if (rc == 0) rc = serve_read(g_val, idx, n, 1, x, tg);
+  if (rc == 0) rc = nn_input_upload(&g_model.net, g_model.input, x);
+  if (rc == 0) rc = nn_forward(&g_model.net, 0);
+  if (rc == 0) rc = nn_out_download(&g_model.net, g_model.output, pred);
+  free(x);
+  return rc;
 }
 
 static void reference(void) {
@@ -273,8 +279,8 @@ int main(int argc, char **argv) {
   coemunet_config cfg = tiny(16);
   serve_opts so = {.dataset_dir = g_dir, .split = "validation", .world = 1, .batch = 4,
                    .drop_last = 0, .prefetch = 1};
-  if (fixture_make(g_dir, &SPEC) < 0 || fixture_make(g_nostats, &SPEC_NOSTATS) < 0 ||
-      coemunet_build(&g_model, &cfg, 17) < 0 || serve_open(&so, &g_val) < 0) {
+  if (nn_backend_init(&nn_backend_cpu, 1) < 0 || fixture_make(g_dir, &SPEC) < 0 ||
+      fixture_make(g_nostats, &SPEC_NOSTATS) < 0 || coemunet_build(&g_model, &cfg, 17) < 0 || serve_open(&so, &g_val) < 0) {
     fprintf(stderr, "test_evaluate: rank %d: %s\n", g_rank, ce_err_msg());
     MPI_Abort(MPI_COMM_WORLD, 2);
   }
@@ -294,6 +300,7 @@ int main(int argc, char **argv) {
   free(g_pred);
   serve_close(g_val);
   coemunet_free(&g_model);
+  nn_backend_finish(&nn_backend_cpu);
   MPI_Barrier(MPI_COMM_WORLD);
   if (g_rank == 0) check_scratch_remove();
   int failed = check_report(), any = 0;

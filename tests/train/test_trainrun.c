@@ -27,6 +27,7 @@
 #include "pipeline/job/trainjob.h"
 #include "pipeline/train/trainrun.h"
 #include "trainer/checkpoint.h"
+#include "trainer/nn.h"
 
 /* 12 models x 2 directions: 6 training models = 12 samples (6 steps of 2
  * per epoch), 3 validation models = 6 samples */
@@ -233,7 +234,7 @@ int main(int argc, char **argv) {
   if (g_rank == 0) snprintf(g_tmp, sizeof g_tmp, "%s", check_scratch("trainrun"));
   MPI_Bcast(g_tmp, sizeof g_tmp, MPI_CHAR, 0, MPI_COMM_WORLD);
   snprintf(g_dir, sizeof g_dir, "%s/ds", g_tmp);
-  if (fixture_make(g_dir, &SPEC) < 0) {
+  if (nn_backend_init(&nn_backend_cpu, 1) < 0 || fixture_make(g_dir, &SPEC) < 0) {
     fprintf(stderr, "test_trainrun: rank %d: %s\n", g_rank, ce_err_msg());
     MPI_Abort(MPI_COMM_WORLD, 2);
   }
@@ -241,6 +242,7 @@ int main(int argc, char **argv) {
   RUN(test_resume_mid_epoch);
   RUN(test_resume_at_epoch_end);
   RUN(test_refusals);
+  nn_backend_finish(&nn_backend_cpu);
   MPI_Barrier(MPI_COMM_WORLD);
   if (g_rank == 0) check_scratch_remove();
   int failed = check_report(), any = 0;

@@ -510,7 +510,7 @@ static void test_reducer_errors(void) {
 }
 
 int main(void) {
-  omp_set_num_threads(1);
+  if (nn_backend_init(&nn_backend_cpu, 1) < 0) return 1; /* OpenMP and OpenBLAS: 1 thread */
   RUN(test_replicas_single_channel);
   RUN(test_replicas_multi_frequency);
   RUN(test_world_one_is_identity);
