@@ -17,6 +17,7 @@
 #include "common/progress.h"
 #include "pipeline/serve/serve.h"
 #include "pipeline/train/evaluate.h"
+#include "pipeline/train/reducer_mpi.h"
 #include "pipeline/train/train_data.h"
 #include "pipeline/train/trainplot.h"
 #include "trainer/checkpoint.h"
@@ -28,26 +29,6 @@ static const char *STAGE_NAME[TRAIN_STAGES] = {"pretrain", "finetune"};
 
 static volatile sig_atomic_t g_stop_signal = 0;
 static void on_signal(int sig) { g_stop_signal = sig; }
-
-/* ---- MPI as the trainer's reducer (trainer/ knows no MPI) ---------------- */
-
-static int mpi_sum(MPI_Comm comm, void *buf, size_t n, MPI_Datatype t, size_t size) {
-  char *p = buf;
-  while (n > 0) { /* MPI counts are ints */
-    int c = n > (size_t)INT_MAX / 2 ? INT_MAX / 2 : (int)n;
-    if (MPI_Allreduce(MPI_IN_PLACE, p, c, t, MPI_SUM, comm) != MPI_SUCCESS)
-      CE_FAIL("MPI_Allreduce of %d values failed", c);
-    p += (size_t)c * size;
-    n -= (size_t)c;
-  }
-  return 0;
-}
-static int sum_f64(void *ctx, double *buf, size_t n) {
-  return mpi_sum(*(MPI_Comm *)ctx, buf, n, MPI_DOUBLE, sizeof(double));
-}
-static int sum_f32(void *ctx, float *buf, size_t n) {
-  return mpi_sum(*(MPI_Comm *)ctx, buf, n, MPI_FLOAT, sizeof(float));
-}
 
 /* ---- small file helpers --------------------------------------------------- */
 
@@ -333,8 +314,7 @@ static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
               s->state.epoch, (unsigned long long)s->state.step);
   } else if (s->id == TRAIN_STAGE_FINETUNE && st->transfer)
     CE_TRY(transfer_encoder(s));
-  nn_reducer red = {.world = s->world, .sum_f64 = sum_f64, .sum_f32 = sum_f32, .ctx = &s->comm,
-                    .local_batchnorm = !j->sync_batchnorm};
+  nn_reducer red = reducer_mpi(&s->comm, !j->sync_batchnorm);
   if (s->world > 1) CE_TRY(nn_set_reducer(&s->model.net, &red));
   trainer tr;
   CE_TRY(trainer_init(&tr, &s->model, &s->opt));
