@@ -242,6 +242,32 @@ with tempfile.TemporaryDirectory() as tmp:
               p.poll())
         finish(p, "idle exit")
 
+        # ---- connections are capped (--max-consumers); a full server says so -----------
+        p, ep = serve(d, "--ranks", "2", "--batch", "8", "--max-consumers", "3")
+        raws = []
+        for k in range(3):
+            r = Raw(ctx, ep)
+            r.send(cs.HELLO, value=2, nsamples=2, rank=1)
+            raws.append(r)
+        time.sleep(0.5)
+        extra = Raw(ctx, ep)
+        extra.send(cs.HELLO, value=2, nsamples=2, rank=0)
+        h, fr = extra.recv(2)
+        while h is not None and h.type == cs.HEARTBEAT:
+            h, fr = extra.recv(2)
+        check(h is not None and h.type == cs.ERROR and b"busy" in fr[1],
+              "max-consumers: a 4th connection gets an ERROR saying the producer is busy",
+              h and h.type, fr and fr[-1][:200])
+        extra.close()
+        raws[0].send(cs.BYE)  # one leaves: room for rank 0
+        time.sleep(0.3)
+        n, c = read_epoch(ep, 0, 2)
+        c.close()
+        check(n == 32, "max-consumers: after one left, rank 0 is admitted and reads its epoch", n)
+        for r in raws:
+            r.close()
+        finish(p, "max-consumers")
+
         # ---- 3: non-reading peers: bounded memory, a fair share for the good rank ---
         BATCH, CREDIT, PREFETCH, BAD, EPOCHS = 8, 8, 2, 5, 200
         CHUNK = BATCH * SAMPLE_BYTES
