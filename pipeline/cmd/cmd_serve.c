@@ -92,12 +92,18 @@ int cmd_serve(int argc, char **argv) {
     free(pos);
     return cli_fail("serve");
   }
+  char idle_buf[64];
+  if (idle_exit > 0)
+    snprintf(idle_buf, sizeof idle_buf, "after %g s without consumers", idle_exit);
+  else
+    snprintf(idle_buf, sizeof idle_buf, "never");
   fprintf(stderr,
           "serve: %s%s split '%s': %llu samples, %llu per rank per epoch for %lld ranks, batch %lld, "
-          "dataset id %016llx, listening on %s%s\n",
+          "dataset id %016llx, listening on %s%s; idle exit %s\n",
           pos[0], live ? " (live)" : "", split, (unsigned long long)serve_split_size(src),
           (unsigned long long)serve_samples_per_rank(src), (long long)ranks, (long long)batch,
-          (unsigned long long)serve_dataset_id(src), endpoint, curve_secret ? " (CURVE)" : "");
+          (unsigned long long)serve_dataset_id(src), endpoint, curve_secret ? " (CURVE)" : "",
+          idle_buf);
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_signal; /* no SA_RESTART: a wait is interrupted; the loop sees the flag */

@@ -230,7 +230,14 @@ with tempfile.TemporaryDirectory() as tmp:
               p.poll())
         finish(p, "item 6b")
 
-        # consumer gone mid-epoch: --epochs without --idle-exit still ends (idle exit)
+        # consumer gone mid-epoch: --epochs alone implies an idle exit (600 s) ...
+        p, ep = serve(d, "--ranks", "1", "--epochs", "1")
+        err = finish(p, "default idle exit")
+        check("idle exit after 600 s" in err, "users: --epochs implies --idle-exit 600", err[:400])
+        p, ep = serve(d, "--ranks", "1")
+        err = finish(p, "no idle exit")
+        check("idle exit never" in err, "users: without --epochs no idle exit", err[:400])
+        # ... which ends the server once the consumer that stopped mid-epoch is gone
         p, ep = serve(d, "--ranks", "1", "--epochs", "1", "--idle-exit", "1")
         n, c = read_epoch(ep, 0, 1, limit=8)
         c.close()
