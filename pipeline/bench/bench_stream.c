@@ -55,7 +55,7 @@ static void *run_server(void *arg) {
 static int run_one(const char *endpoint, bench_src *src, int credit, double *gbs, double *sps,
                    uint64_t *realigned) {
   stream_server_opts so = {.endpoint = endpoint, .dataset_id = 1, .samples_per_epoch = src->samples,
-                           .max_epochs = 1, .max_credit = (uint32_t)credit};
+                           .max_epochs = 1, .max_credit = (uint32_t)credit, .world = 1};
   server_thread t = {0};
   CE_TRY(stream_server_create(&so, bench_source, src, &t.srv));
   pthread_t th;

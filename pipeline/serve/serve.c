@@ -268,6 +268,42 @@ static slot *free_slot(serve_source *s) {
   return NULL;
 }
 
+/* Is slot q one a consumer still wants: in the read-ahead window of its
+ * rank's cursor? (mutex held) */
+static int slot_wanted(const serve_source *s, const slot *q) {
+  if (q->rank < 0 || q->rank >= s->o.world) return 0;
+  const cursor *cu = &s->cursors[q->rank];
+  return cu->active && q->epoch == cu->epoch && q->normalised == cu->normalised &&
+         q->position >= cu->next &&
+         q->position < cu->next + (uint64_t)s->o.prefetch * (uint64_t)s->o.batch;
+}
+
+static void slot_release(slot *q) {
+  chunk_free(q->buf);
+  q->buf = NULL; /* serve_close frees what the slots still hold */
+  q->state = SLOT_FREE;
+}
+
+/* Free every slot read (or asked) for a place no cursor wants any more: its
+ * consumer left, or resumed elsewhere. A slot being read is left to the
+ * reader; it is evicted once read. (mutex held) */
+static void evict_stale(serve_source *s, const slot *keep) {
+  for (int i = 0; i < s->nslots; i++) {
+    slot *q = &s->slots[i];
+    if (q != keep && (q->state == SLOT_READY || q->state == SLOT_WANTED) && !slot_wanted(s, q))
+      slot_release(q);
+  }
+}
+
+void serve_leave(void *ctx, const stream_consumer *c) {
+  serve_source *s = ctx;
+  if (c->rank >= s->o.world) return;
+  pthread_mutex_lock(&s->mu);
+  s->cursors[c->rank].active = 0;
+  evict_stale(s, NULL);
+  pthread_mutex_unlock(&s->mu);
+}
+
 /* The reader's next job (mutex held): an explicit request first, then
  * prefetch for each active consumer. */
 /* Live mode: are all samples of this chunk in finished shards? (mutex held) */
@@ -301,6 +337,14 @@ static slot *next_job(serve_source *s) {
     }
   }
   return NULL;
+}
+
+static void timed_wait(pthread_cond_t *cv, pthread_mutex_t *mu, long ms) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_nsec += ms * 1000000L;
+  while (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+  pthread_cond_timedwait(cv, mu, &ts);
 }
 
 static void *reader_loop(void *arg) {
@@ -345,8 +389,9 @@ static void *reader_loop(void *arg) {
 int serve_chunk(void *ctx, const stream_consumer *c, uint32_t epoch, uint64_t position,
                 stream_chunk *out) {
   serve_source *s = ctx;
-  if (c->world != s->o.world)
-    CE_FAIL("consumer says there are %u ranks, the producer serves %d", c->world, s->o.world);
+  if (c->world != s->o.world || c->rank >= s->o.world)
+    CE_FAIL("consumer says it is rank %u of %u ranks, the producer serves %d", c->rank, c->world,
+            s->o.world);
   int norm = c->flags & 1;
   if (norm && !s->have_norm)
     CE_FAIL("%s has no /stats group: %s", s->h5path,
@@ -357,26 +402,26 @@ int serve_chunk(void *ctx, const stream_consumer *c, uint32_t epoch, uint64_t po
     CE_FAIL("position %llu is not a multiple of the batch (%d)", (unsigned long long)position,
             s->o.batch);
   pthread_mutex_lock(&s->mu);
-  /* forget what this rank no longer needs (e.g. after a reconnect) */
-  for (int i = 0; i < s->nslots; i++) {
-    slot *q = &s->slots[i];
-    if (q->rank == c->rank && q->state == SLOT_READY &&
-        (q->epoch != epoch || q->position < position || q->normalised != norm)) {
-      chunk_free(q->buf);
-      q->buf = NULL; /* serve_close frees what the slots still hold */
-      q->state = SLOT_FREE;
-    }
-  }
   cursor *cu = &s->cursors[c->rank];
   cu->active = 1;
   cu->epoch = epoch;
   cu->normalised = norm;
   cu->next = position + (uint64_t)s->o.batch;
   slot *q = find_slot(s, c->rank, epoch, position, norm);
+  /* forget what no consumer needs any more (this rank resumed elsewhere,
+   * another rank's consumer left): slots never fill with stale chunks */
+  evict_stale(s, q);
   if (!q) {
+    /* the cursors' windows hold at most W x prefetch slots, so a slot is
+     * free, or one being read out of every window frees up once read */
     q = free_slot(s);
-    while (!q) { /* all slots busy with reads in progress: wait for one */
-      pthread_cond_wait(&s->cv_ready, &s->mu);
+    while (!q) {
+      if (s->o.live) { /* the producer asks again, and serves others meanwhile */
+        pthread_mutex_unlock(&s->mu);
+        return STREAM_SOURCE_WAIT;
+      }
+      timed_wait(&s->cv_ready, &s->mu, 100);
+      evict_stale(s, NULL);
       q = free_slot(s);
     }
     *q = (slot){.state = SLOT_WANTED, .rank = c->rank, .epoch = epoch, .position = position,
@@ -387,7 +432,7 @@ int serve_chunk(void *ctx, const stream_consumer *c, uint32_t epoch, uint64_t po
     pthread_mutex_unlock(&s->mu);
     return STREAM_SOURCE_WAIT;
   }
-  while (q->state != SLOT_READY) pthread_cond_wait(&s->cv_ready, &s->mu);
+  while (q->state != SLOT_READY) timed_wait(&s->cv_ready, &s->mu, 100); /* a read in progress */
   chunk_mem *m = q->buf;
   int failed = q->failed;
   char err[512];

@@ -50,6 +50,10 @@ void serve_close(serve_source *s);
 int serve_chunk(void *s, const stream_consumer *c, uint32_t epoch, uint64_t position,
                 stream_chunk *out);
 
+/* The stream_server_opts.leave callback: the last consumer of c->rank left,
+ * so what was read ahead for it is freed (and no more is read). */
+void serve_leave(void *s, const stream_consumer *c);
+
 /* XXH64 of the dataset's manifest: the dataset id announced to consumers. */
 uint64_t serve_dataset_id(const serve_source *s);
 /* Samples per epoch for each rank (a multiple of the batch). */

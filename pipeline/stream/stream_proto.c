@@ -74,6 +74,12 @@ int stream_header_decode(const void *buf, size_t len, stream_header *h) {
   for (int i = 0; i < 4; i++) h->in_shape[i] = get32(p + 52 + 4 * i);
   for (int i = 0; i < 3; i++) h->out_shape[i] = get32(p + 68 + 4 * i);
   h->payload_xxh64 = get64(p + 80);
+  if (h->type == STREAM_HELLO) { /* a peer's claims, checked before anything uses them */
+    if (h->nsamples == 0 || h->nsamples > 65535)
+      CE_FAIL("HELLO with world %u, expected 1..65535 ranks", h->nsamples);
+    if (h->rank >= h->nsamples) CE_FAIL("HELLO with rank %u of %u ranks", h->rank, h->nsamples);
+    if (h->value == 0) CE_FAIL("HELLO with no credit");
+  }
   if (h->type == STREAM_CHUNK) {
     if (h->dtype != STREAM_DTYPE_F32) CE_FAIL("CHUNK dtype %u, expected 1 (float32)", h->dtype);
     if (!stream_input_bytes(h) || !stream_target_bytes(h)) CE_FAIL("CHUNK with absurd shapes");

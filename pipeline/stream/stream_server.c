@@ -15,13 +15,24 @@
 
 #define MAX_ID 256
 
+/* What ZeroMQ still holds of the chunks sent on one connection: updated by
+ * frame_done (ZeroMQ's I/O thread) when a chunk's frames have been written
+ * out, so it outlives the consumer entry while chunks are queued. */
+typedef struct {
+  atomic_int refs;    /* the consumer (or the zombie list) + one per queued chunk */
+  atomic_int chunks;  /* chunks queued, not yet written to the socket */
+  atomic_ullong released; /* chunks written so far */
+} peer_acct;
+
 typedef struct {
   uint8_t id[MAX_ID];
   size_t idlen;
   stream_consumer c;
   uint32_t epoch, credit;
   uint64_t position, chunk_id;
-  double last_seen, last_sent;
+  double last_seen, last_sent, last_progress;
+  uint64_t released_seen;
+  peer_acct *acct;
   int done; /* all epochs sent */
 } consumer_state;
 
@@ -32,8 +43,12 @@ struct stream_server {
   void *zctx, *sock;
   consumer_state *cons;
   int ncons, capcons;
-  uint8_t *rank_done; /* per rank of the world: all epochs sent and BYE received */
+  uint8_t *rank_done;  /* per rank of the world: all epochs sent and BYE received */
+  uint8_t *final_sent; /* per rank: the last epoch's EPOCH_END was sent to it */
   int world, ranks_done;
+  peer_acct **zombies; /* dropped connections whose chunks ZeroMQ still holds */
+  int nzombies;
+  atomic_ullong queued_bytes;
   stream_server_stats st;
   stream_security *sec;
 };
@@ -42,13 +57,24 @@ typedef struct {
   atomic_int refs;
   void (*release)(void *);
   void *token;
+  peer_acct *acct;
+  atomic_ullong *queued;
+  uint64_t bytes;
 } chunk_ref;
+
+static void acct_unref(peer_acct *a) {
+  if (a && atomic_fetch_sub(&a->refs, 1) == 1) free(a);
+}
 
 static void frame_done(void *data, void *hint) {
   (void)data;
   chunk_ref *r = hint;
   if (atomic_fetch_sub(&r->refs, 1) == 1) {
     if (r->release) r->release(r->token);
+    atomic_fetch_sub(r->queued, r->bytes);
+    atomic_fetch_sub(&r->acct->chunks, 1);
+    atomic_fetch_add(&r->acct->released, 1);
+    acct_unref(r->acct);
     free(r);
   }
 }
@@ -59,6 +85,22 @@ int stream_server_create(const stream_server_opts *o, stream_source_fn source, v
   if (!s) CE_FAIL("stream server: out of memory");
   s->o = *o;
   if (!s->o.max_credit) s->o.max_credit = 8;
+  if (s->o.world > 65535) {
+    free(s);
+    CE_FAIL("stream server: %u ranks, at most 65535", o->world);
+  }
+  if (!s->o.max_consumers) s->o.max_consumers = s->o.world ? 2 * s->o.world + 8 : 64;
+  atomic_init(&s->queued_bytes, 0);
+  s->world = (int)s->o.world;
+  if (s->world) {
+    s->rank_done = calloc((size_t)s->world, 1);
+    s->final_sent = calloc((size_t)s->world, 1);
+  }
+  s->zombies = calloc(s->o.max_consumers, sizeof *s->zombies);
+  if ((s->world && (!s->rank_done || !s->final_sent)) || !s->zombies) {
+    stream_server_destroy(s);
+    CE_FAIL("stream server: out of memory");
+  }
   if (s->o.heartbeat_s <= 0) s->o.heartbeat_s = 1.0;
   if (s->o.timeout_s <= 0) s->o.timeout_s = 10.0;
   s->source = source;
@@ -92,23 +134,32 @@ int stream_server_create(const stream_server_opts *o, stream_source_fn source, v
 void stream_server_destroy(stream_server *s) {
   if (!s) return;
   if (s->sock) zmq_close(s->sock);
-  if (s->zctx) zmq_ctx_term(s->zctx);
+  if (s->zctx) zmq_ctx_term(s->zctx); /* every queued chunk is released by now */
   stream_security_free(s->sec);
+  for (int i = 0; i < s->ncons; i++) acct_unref(s->cons[i].acct);
+  for (int i = 0; i < s->nzombies; i++) acct_unref(s->zombies[i]);
+  free(s->zombies);
   free(s->cons);
   free(s->rank_done);
+  free(s->final_sent);
   free(s);
 }
 
-void stream_server_get_stats(const stream_server *s, stream_server_stats *st) { *st = s->st; }
+void stream_server_get_stats(const stream_server *s, stream_server_stats *st) {
+  *st = s->st;
+  st->queued_bytes = atomic_load(&((stream_server *)s)->queued_bytes);
+}
 
+/* Never blocks: a peer whose queue is full (EAGAIN) or gone (EHOSTUNREACH)
+ * makes it fail, and the caller drops that peer. */
 static int send_frames(stream_server *s, consumer_state *c, const stream_header *h,
                        zmq_msg_t *extra, int nextra) {
   uint8_t hb[STREAM_HEADER_SIZE];
   stream_header_encode(h, hb);
-  if (zmq_send(s->sock, c->id, c->idlen, ZMQ_SNDMORE) < 0) goto fail;
-  if (zmq_send(s->sock, hb, sizeof hb, nextra ? ZMQ_SNDMORE : 0) < 0) goto fail;
+  if (zmq_send(s->sock, c->id, c->idlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) goto fail;
+  if (zmq_send(s->sock, hb, sizeof hb, (nextra ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) < 0) goto fail;
   for (int i = 0; i < nextra; i++)
-    if (zmq_msg_send(&extra[i], s->sock, i + 1 < nextra ? ZMQ_SNDMORE : 0) < 0) {
+    if (zmq_msg_send(&extra[i], s->sock, (i + 1 < nextra ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) < 0) {
       for (int j = i; j < nextra; j++) zmq_msg_close(&extra[j]);
       goto fail;
     }
@@ -120,7 +171,27 @@ fail:
 }
 
 static void drop_consumer(stream_server *s, int i) {
+  consumer_state *c = &s->cons[i];
+  if (atomic_load(&c->acct->chunks) > 0 && s->nzombies < (int)s->o.max_consumers)
+    s->zombies[s->nzombies++] = c->acct; /* still counts against max_consumers */
+  else
+    acct_unref(c->acct);
+  stream_consumer gone = c->c;
   s->cons[i] = s->cons[--s->ncons];
+  if (s->o.leave) {
+    for (int k = 0; k < s->ncons; k++)
+      if (s->cons[k].c.rank == gone.rank) return; /* another session serves this rank */
+    s->o.leave(s->ctx, &gone);
+  }
+}
+
+/* Forget dropped connections whose queued chunks ZeroMQ has released. */
+static void prune_zombies(stream_server *s) {
+  for (int i = 0; i < s->nzombies; i++)
+    if (atomic_load(&s->zombies[i]->chunks) == 0) {
+      acct_unref(s->zombies[i]);
+      s->zombies[i--] = s->zombies[--s->nzombies];
+    }
 }
 
 static consumer_state *find(stream_server *s, const uint8_t *id, size_t len) {
@@ -129,12 +200,12 @@ static consumer_state *find(stream_server *s, const uint8_t *id, size_t len) {
   return NULL;
 }
 
-static void send_simple(stream_server *s, consumer_state *c, int type, uint32_t value) {
+static int send_simple(stream_server *s, consumer_state *c, int type, uint32_t value) {
   stream_header h = {.type = (uint16_t)type, .value = value, .dataset_id = s->o.dataset_id,
                      .epoch = c->epoch, .position = c->position};
   if (type == STREAM_WELCOME)
     h.nsamples = (uint32_t)(s->o.samples_per_epoch > UINT32_MAX ? UINT32_MAX : s->o.samples_per_epoch);
-  send_frames(s, c, &h, NULL, 0);
+  return send_frames(s, c, &h, NULL, 0);
 }
 
 static void send_error(stream_server *s, consumer_state *c, const char *text) {
@@ -174,26 +245,68 @@ static void handle_incoming(stream_server *s) {
   size_t idlen = zmq_msg_size(&part[0]);
   consumer_state *c = find(s, id, idlen);
   double now = ce_now();
-  if (h.type == STREAM_HELLO) {
-    if (h.value == 0 || h.nsamples == 0 || h.rank >= h.nsamples) { /* credit > 0, rank < world */
-      s->st.malformed++;
+  if (h.type == STREAM_HELLO) { /* world 1..65535, rank < world, credit > 0: checked by decode */
+    if (s->world && h.nsamples != (uint32_t)s->world) {
+      consumer_state tmp = {.idlen = idlen, .epoch = h.epoch, .position = h.position};
+      memcpy(tmp.id, id, idlen);
+      char msg[160];
+      snprintf(msg, sizeof msg, "consumer says there are %u ranks, the producer serves %d ranks",
+               h.nsamples, s->world);
+      send_error(s, &tmp, msg);
+      s->st.refused++;
+      if (c) { /* a known consumer changing its world: it leaves */
+        s->st.consumers_dropped++;
+        drop_consumer(s, (int)(c - s->cons));
+      }
       goto done;
     }
     if (!c) {
+      prune_zombies(s);
+      if (s->ncons + s->nzombies >= (int)s->o.max_consumers) {
+        /* full: a new session of a rank supersedes its least recently seen one */
+        int old = -1;
+        for (int i = 0; i < s->ncons; i++)
+          if (s->cons[i].c.rank == h.rank && (old < 0 || s->cons[i].last_seen < s->cons[old].last_seen))
+            old = i;
+        if (old >= 0) {
+          s->st.consumers_dropped++;
+          drop_consumer(s, old);
+        }
+      }
+      if (s->ncons + s->nzombies >= (int)s->o.max_consumers) {
+        consumer_state tmp = {.idlen = idlen, .epoch = h.epoch, .position = h.position};
+        memcpy(tmp.id, id, idlen);
+        char msg[160];
+        snprintf(msg, sizeof msg, "producer busy: %d connections, at most %u", s->ncons + s->nzombies,
+                 s->o.max_consumers);
+        send_error(s, &tmp, msg);
+        s->st.refused++;
+        goto done;
+      }
+      peer_acct *a = calloc(1, sizeof *a);
+      if (!a) goto done;
       if (s->ncons == s->capcons) {
         int cap = s->capcons ? 2 * s->capcons : 8;
         consumer_state *nc = realloc(s->cons, (size_t)cap * sizeof *nc);
-        if (!nc) goto done;
+        if (!nc) {
+          free(a);
+          goto done;
+        }
         s->cons = nc;
         s->capcons = cap;
       }
+      atomic_init(&a->refs, 1);
+      atomic_init(&a->chunks, 0);
+      atomic_init(&a->released, 0);
       c = &s->cons[s->ncons++];
       memset(c, 0, sizeof *c);
       memcpy(c->id, id, idlen);
       c->idlen = idlen;
+      c->acct = a;
+      c->last_progress = now;
     }
     c->c.rank = h.rank;
-    c->c.world = (uint16_t)(h.nsamples ? h.nsamples : 1);
+    c->c.world = (uint16_t)h.nsamples; /* 1..65535: checked by stream_header_decode */
     c->c.flags = h.flags;
     c->epoch = h.epoch;
     c->position = h.position;
@@ -202,10 +315,6 @@ static void handle_incoming(stream_server *s) {
     c->done = s->o.max_epochs && c->epoch >= s->o.max_epochs;
     c->last_seen = now;
     s->st.hellos++;
-    if (!s->rank_done) {
-      s->rank_done = calloc(c->c.world, 1);
-      s->world = c->c.world;
-    }
     if (h.dataset_id && h.dataset_id != s->o.dataset_id) {
       send_error(s, c, "dataset id mismatch: the consumer expects another dataset");
       drop_consumer(s, (int)(c - s->cons));
@@ -229,9 +338,11 @@ static void handle_incoming(stream_server *s) {
     break;
   case STREAM_BYE:
     /* the BYE carries the consumer's own state: it is finished only if it
-     * consumed every epoch, not merely because they were all sent */
-    if (s->o.max_epochs && h.epoch >= s->o.max_epochs && s->rank_done &&
-        c->c.rank < s->world && !s->rank_done[c->c.rank]) {
+     * consumed every epoch, not merely because they were all sent; and only
+     * if this server did send that rank its last epoch's end (a peer's claim
+     * alone decides nothing) */
+    if (s->o.max_epochs && h.epoch >= s->o.max_epochs && s->world && c->c.rank < s->world &&
+        s->final_sent[c->c.rank] && !s->rank_done[c->c.rank]) {
       s->rank_done[c->c.rank] = 1;
       s->ranks_done++;
     }
@@ -249,6 +360,9 @@ done:
 static int feed(stream_server *s, int i) {
   consumer_state *c = &s->cons[i];
   if (c->done || c->credit == 0) return 0;
+  /* whatever credit the peer grants, ZeroMQ holds at most max_credit of its
+   * chunks: a peer that does not read gets nothing more */
+  if (atomic_load(&c->acct->chunks) >= (int)s->o.max_credit) return 0;
   stream_chunk ch;
   memset(&ch, 0, sizeof ch);
   ce_err_clear();
@@ -260,11 +374,22 @@ static int feed(stream_server *s, int i) {
   }
   if (r == STREAM_SOURCE_WAIT) return 0;
   if (r == 0) {
-    send_simple(s, c, STREAM_EPOCH_END, 0);
+    if (send_simple(s, c, STREAM_EPOCH_END, 0) < 0) {
+      s->st.consumers_dropped++;
+      drop_consumer(s, i);
+      return -1;
+    }
+    if (c->epoch == UINT32_MAX) { /* no epoch after the last one a header can name */
+      c->done = 1;
+      return 1;
+    }
     c->epoch++;
     c->position = 0;
     c->chunk_id = 0;
-    if (s->o.max_epochs && c->epoch >= s->o.max_epochs) c->done = 1;
+    if (s->o.max_epochs && c->epoch >= s->o.max_epochs) {
+      c->done = 1;
+      if (s->world && c->c.rank < s->world) s->final_sent[c->c.rank] = 1;
+    }
     return 1;
   }
   stream_header h = {.type = STREAM_CHUNK, .flags = ch.flags, .dataset_id = s->o.dataset_id,
@@ -288,12 +413,19 @@ static int feed(stream_server *s, int i) {
   atomic_init(&ref->refs, 3);
   ref->release = ch.release;
   ref->token = ch.token;
+  ref->acct = c->acct;
+  ref->queued = &s->queued_bytes;
+  ref->bytes = nid + nin + nout;
+  atomic_fetch_add(&c->acct->refs, 1);
+  atomic_fetch_add(&c->acct->chunks, 1);
+  atomic_fetch_add(&s->queued_bytes, ref->bytes);
   zmq_msg_t m[3];
   zmq_msg_init_data(&m[0], (void *)ch.ids, nid, frame_done, ref);
   zmq_msg_init_data(&m[1], (void *)ch.inputs, nin, frame_done, ref);
   zmq_msg_init_data(&m[2], (void *)ch.targets, nout, frame_done, ref);
   if (send_frames(s, c, &h, m, 3) < 0) {
-    /* EHOSTUNREACH: the peer is gone (ROUTER_MANDATORY). */
+    /* EHOSTUNREACH: the peer is gone (ROUTER_MANDATORY); EAGAIN: its queue
+     * is full. The frames not sent were closed: frame_done released them. */
     s->st.consumers_dropped++;
     drop_consumer(s, i);
     return -1;
@@ -314,35 +446,51 @@ int stream_server_run(stream_server *s, volatile int *stop) {
     if (s->o.idle_exit_s > 0 && ce_now() - last_busy > s->o.idle_exit_s) break;
     zmq_pollitem_t it = {s->sock, 0, ZMQ_POLLIN, 0};
     int sent = 0;
-    for (int i = 0; i < s->ncons; i++) {
+    for (int i = 0; i < s->ncons && !(stop && *stop); i++) {
       int r = feed(s, i);
       if (r < 0)
         i--;
       else
         sent += r;
     }
-    int rc = zmq_poll(&it, 1, sent ? 0 : (long)(s->o.heartbeat_s * 250));
+    long wait_ms = (long)(s->o.heartbeat_s * 250);
+    if (wait_ms > 250) wait_ms = 250;
+    int rc = zmq_poll(&it, 1, sent ? 0 : (wait_ms > 1 ? wait_ms : 1));
     if (rc < 0 && errno != EINTR) CE_FAIL("stream server: poll failed: %s", zmq_strerror(errno));
-    while (rc > 0) {
+    /* a bounded batch of incoming messages, so sends and signals get their turn */
+    for (int k = 0; rc > 0 && k < 1024; k++) {
       handle_incoming(s);
       rc = zmq_poll(&it, 1, 0);
     }
     double now = ce_now();
-    int active = 0;
+    prune_zombies(s);
     for (int i = 0; i < s->ncons; i++) {
       consumer_state *c = &s->cons[i];
+      uint64_t rel = atomic_load(&c->acct->released);
+      if (rel != c->released_seen || atomic_load(&c->acct->chunks) == 0) {
+        c->released_seen = rel;
+        c->last_progress = now;
+      }
       if (now - c->last_seen > s->o.timeout_s) {
         s->st.consumers_dropped++;
         drop_consumer(s, i--);
         continue;
       }
-      if (now - c->last_sent > s->o.heartbeat_s) send_simple(s, c, STREAM_HEARTBEAT, 0);
-      if (!c->done) active++;
+      if (now - c->last_progress > s->o.timeout_s) { /* queued chunks not read for timeout_s */
+        s->st.consumers_dropped++;
+        s->st.stalled++;
+        drop_consumer(s, i--);
+        continue;
+      }
+      if (now - c->last_sent > s->o.heartbeat_s && send_simple(s, c, STREAM_HEARTBEAT, 0) < 0) {
+        s->st.consumers_dropped++; /* gone, or its queue is full */
+        drop_consumer(s, i--);
+        continue;
+      }
     }
     /* With a bounded number of epochs: done once every rank of the world
      * has been sent all epochs and has said BYE. */
     if (s->o.max_epochs && s->world && s->ranks_done == s->world) break;
-    (void)active;
   }
   return 0;
 }

@@ -54,6 +54,13 @@ typedef struct {
   double heartbeat_s;          /* send a heartbeat after this much silence (default 1) */
   double timeout_s;            /* drop a consumer silent for this long (default 10) */
   double idle_exit_s;          /* > 0: return when no consumer has been connected for this long */
+  uint32_t world;              /* ranks served (> 0: a HELLO with another world is refused with
+                                  an ERROR, and max_epochs ends the run once every one of these
+                                  ranks is done); 0: any world, and max_epochs never ends it */
+  uint32_t max_consumers;      /* connections served at once, counting dropped ones whose chunks
+                                  ZeroMQ still holds (default 2 x world + 8, or 64) */
+  void (*leave)(void *ctx, const stream_consumer *c); /* optional: the last consumer of a rank
+                                  left (BYE, dropped): the source may forget what it read ahead */
   const char *curve_secret_key_file; /* CURVE server key (NULL: no authentication) */
   const char *curve_authorized_dir;  /* client public keys allowed (with CURVE) */
 } stream_server_opts;
@@ -61,15 +68,25 @@ typedef struct {
 typedef struct {
   uint64_t chunks_sent, samples_sent, bytes_sent;
   uint64_t malformed, unexpected, consumers_dropped, hellos;
+  uint64_t refused;      /* HELLOs refused: wrong world, or too many consumers */
+  uint64_t stalled;      /* consumers dropped because they stopped reading */
+  uint64_t queued_bytes; /* chunk bytes ZeroMQ holds now (not yet written to a socket) */
 } stream_server_stats;
 
 typedef struct stream_server stream_server;
 
 int stream_server_create(const stream_server_opts *o, stream_source_fn source, void *ctx,
                          stream_server **out);
-/* Serve until *stop becomes non-zero (checked at least every heartbeat) or,
- * with max_epochs, until every rank of the world (as the first HELLO said)
- * has consumed all epochs and said so in its BYE. Returns 0 or -1. */
+/* Serve until *stop becomes non-zero (checked at least every quarter
+ * heartbeat; the loop never blocks on a peer: every send is non-blocking),
+ * or, with max_epochs and world, until every rank of the server's world has
+ * been sent its last epoch and has said BYE after it. A peer never decides
+ * the rank set or the end. Bounds against hostile or broken peers
+ * (docs/stream-protocol.md): at most max_credit chunks queued in ZeroMQ per
+ * connection whatever credit it grants; a connection whose queue does not
+ * drain for timeout_s is dropped; at most max_consumers connections, so
+ * the server holds at most max_consumers x max_credit chunks. Returns 0 or
+ * -1. */
 int stream_server_run(stream_server *s, volatile int *stop);
 void stream_server_get_stats(const stream_server *s, stream_server_stats *st);
 void stream_server_destroy(stream_server *s);

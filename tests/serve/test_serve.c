@@ -16,7 +16,9 @@
  *     transforms of them, as stats/transforms.h documents them;
  *   - errors name the dataset: missing directory, no dataset.h5, no /stats
  *     when normalised data are asked for, a split too small for one batch,
- *     bad options.
+ *     bad options;
+ *   - stale read-ahead (a rank resumed elsewhere, or left) is evicted: no
+ *     request waits for ever on slots nobody will take.
  * No MPI in this process (the fixture is made in a child), so
  * LeakSanitizer checks the reader thread's buffers. */
 #include <stdint.h>
@@ -375,6 +377,30 @@ static void test_errors(void) {
   serve_close(s);
 }
 
+/* Sessions of one rank resuming at ever earlier positions (24, 18, 12, 6,
+ * 0), each leaving chunks read ahead for it: those are stale once the rank
+ * resumed elsewhere and must be evicted, or every slot ends up holding one
+ * and the next request waits for ever (issue 13, item 1). With batch 1 and
+ * prefetch 2 there are 1 x 3 + 2 = 5 slots. A rank whose last consumer left
+ * (serve_leave) keeps nothing read ahead. */
+static void test_stale_slots(void) {
+  serve_source *s = open_src("all", 7, 1, 1, 1), *ref = open_src("all", 7, 1, 1, 1);
+  if (!s || !ref) {
+    serve_close(s);
+    serve_close(ref);
+    return;
+  }
+  for (int pos = 24; pos >= 0; pos -= 6) {
+    check_chunk(s, ref, 0, 1, 0, (uint64_t)pos, 1, 1);
+    usleep(150000); /* the reader fills the read-ahead window meanwhile */
+  }
+  stream_consumer c0 = {.rank = 0, .world = 1};
+  serve_leave(s, &c0);
+  check_chunk(s, ref, 0, 1, 0, 3, 1, 1);
+  serve_close(s);
+  serve_close(ref);
+}
+
 int main(void) {
   const char *tmp = check_scratch("serve");
   snprintf(g_dir, sizeof g_dir, "%s/ds", tmp);
@@ -389,6 +415,7 @@ int main(void) {
   RUN(test_epoch_order);
   RUN(test_rank_shares);
   RUN(test_chunks);
+  RUN(test_stale_slots);
   RUN(test_normalisation);
   RUN(test_errors);
   check_scratch_remove();
