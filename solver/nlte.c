@@ -2,7 +2,6 @@
  * (nlte.h, docs/nlte.md). */
 #include "solver/nlte.h"
 
-#include <ctype.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,7 +57,7 @@ double nlte_beta(nlte_geometry geom, double tau, double *dbeta) {
       b = 0.75 / t;
       d = -0.75 / (t * t);
     } else {
-      double e = exp(-2.0 * t), it = 1.0 / t, it2 = it * it;
+      double e = exp(fmin(-2.0 * t, 700.0)), it = 1.0 / t, it2 = it * it;
       double gg = 1.0 - 0.5 * it2 + (it + 0.5 * it2) * e;
       double gp = it2 * it - e * (2.0 * it + 2.0 * it2 + it2 * it);
       b = 0.75 * it * gg;
@@ -71,8 +70,10 @@ double nlte_beta(nlte_geometry geom, double tau, double *dbeta) {
     if (fabs(t) < 0.01) {
       b = 1.0;
       d = 0.0;
-    } else if (fabs(t) < 7.0) {
-      double a = 2.34, e = exp(-a * t);
+    } else if (fabs(t) < 7.0 || t < 0) {
+      /* masing (t <= -7, where RADEX's log(t / sqrt(pi)) is undefined): the
+       * same expression continued, its exponent capped at 700 */
+      double a = 2.34, e = exp(fmin(-a * t, 700.0));
       b = (1.0 - e) / (a * t);
       d = (a * t * e - (1.0 - e)) / (a * t * t);
     } else {
@@ -90,7 +91,7 @@ double nlte_beta(nlte_geometry geom, double tau, double *dbeta) {
       b = 1.0 / (3.0 * tau);
       d = -1.0 / (3.0 * tau * tau);
     } else {
-      double e = exp(-3.0 * tau);
+      double e = exp(fmin(-3.0 * tau, 700.0));
       b = (1.0 - e) / (3.0 * tau);
       d = (3.0 * tau * e - (1.0 - e)) / (3.0 * tau * tau);
     }
@@ -323,123 +324,182 @@ static void line_taus(const nlte_model *M, const double *x, double cddv, double 
   }
 }
 
+typedef struct {
+  const nlte_model *M;
+  const double *C, *occ;
+  double cddv;
+  nlte_geometry geom;
+} nlte_sys;
+
+/* The rate matrix Lm at populations x (beta = 1 when thin, else beta(tau(x)),
+ * taus and betas into tau/beta), the residual f = Lm x and, unless NULL, the
+ * merit sum_i (f_i / s_i)^2 where s_i is the total flux through level i. */
+static void rate_matrix(const nlte_sys *S, const double *x, int thin, double *tau, double *beta,
+                        double *Lm, double *f, double *merit) {
+  const nlte_model *M = S->M;
+  int n = M->nlev, L = M->nline;
+  if (!thin) line_taus(M, x, S->cddv, tau);
+  memset(Lm, 0, sizeof(double) * (size_t)n * n);
+  for (int i = 0; i < n; i++)
+    for (int j = 0; j < n; j++) {
+      double k = S->C[(size_t)i * n + j];
+      if (i == j || k == 0) continue;
+      Lm[(size_t)j * n + i] += k;
+      Lm[(size_t)i * n + i] -= k;
+    }
+  for (int l = 0; l < L; l++) {
+    double A = M->mol->lines[l].A, b = S->occ[l], gr = M->gu_gl[l];
+    double bt = thin ? 1.0 : nlte_beta(S->geom, tau[l], NULL);
+    beta[l] = bt;
+    int u = M->up[l], lo = M->lo[l];
+    double down = A * bt * (1.0 + b), upr = A * bt * gr * b;
+    Lm[(size_t)lo * n + u] += down;
+    Lm[(size_t)u * n + u] -= down;
+    Lm[(size_t)u * n + lo] += upr;
+    Lm[(size_t)lo * n + lo] -= upr;
+  }
+  if (!f) return;
+  double m = 0;
+  for (int i = 0; i < n; i++) {
+    double s = 0, flux = 0;
+    for (int j = 0; j < n; j++) {
+      double t = Lm[(size_t)i * n + j] * x[j];
+      s += t;
+      flux += fabs(t);
+    }
+    f[i] = s;
+    if (merit && flux > 0) m += (s / flux) * (s / flux);
+  }
+  if (merit) *merit = m;
+}
+
 int nlte_solve(const nlte_model *M, const nlte_conditions *c, const nlte_options *o,
                nlte_result *r) {
   if (r->nlev != M->nlev || r->nline != M->nline || !r->work)
     CE_FAIL("nlte: result not initialised for this model");
   double tol = o && o->tol > 0 ? o->tol : 1e-10;
-  int max_iter = o && o->max_iter > 0 ? o->max_iter : 100;
+  int max_iter = o && o->max_iter > 0 ? o->max_iter : 1000;
   double dens[NLTE_NPARTNER];
   CE_TRY(check_conditions(M, c, dens));
   memcpy(r->density_used, dens, sizeof dens);
   const int n = M->nlev, L = M->nline;
   const char *mol = M->mol->name;
   double *C = r->work, *J = C + (size_t)n * n, *Lm = J + (size_t)n * n;
-  double *x = Lm + (size_t)n * n, *f = x + n, *bg = f + n, *out = bg + n;
-  (void)out;
+  double *x = Lm + (size_t)n * n, *f = x + n, *dx = f + n, *xt = dx + n;
   double *occ = r->t_r; /* background photon occupation per line (scratch until the end) */
+  double *dbeta = r->flux_kkms; /* scratch too */
   double T = c->t_kin;
   build_coll(M, T, dens, C);
   for (int l = 0; l < L; l++) {
     double h = c->t_bg > 0 ? NLTE_FK * M->xnu[l] / c->t_bg : INFINITY;
     occ[l] = h >= 160.0 ? 0.0 : 1.0 / expm1(h);
   }
-  (void)bg;
   double cddv = c->column / (c->fwhm_kms * 1e5);
+  nlte_sys S = {M, C, occ, cddv, c->geometry};
 
-  /* Iteration 0: optically thin (beta = 1), a linear system; then Newton. */
-  int it;
-  double rel = INFINITY;
-  memset(r->beta, 0, sizeof(double) * (size_t)L);
-  for (it = 0; it <= max_iter; it++) {
-    int thin = it == 0;
-    if (!thin) line_taus(M, x, cddv, r->tau);
-    /* Lm: the rate matrix at fixed beta, f_i = sum_j Lm[i][j] x_j */
-    memset(Lm, 0, sizeof(double) * (size_t)n * n);
-    for (int i = 0; i < n; i++)
-      for (int j = 0; j < n; j++) {
-        double k = C[(size_t)i * n + j];
-        if (i == j || k == 0) continue;
-        Lm[(size_t)j * n + i] += k;
-        Lm[(size_t)i * n + i] -= k;
-      }
-    double *dbet = f; /* scratch: d beta / d tau per line would need L slots; recompute below */
-    (void)dbet;
-    for (int l = 0; l < L; l++) {
-      double A = M->mol->lines[l].A, b = occ[l], gr = M->gu_gl[l];
-      double beta = thin ? 1.0 : nlte_beta(c->geometry, r->tau[l], NULL);
-      r->beta[l] = beta;
-      int u = M->up[l], lo = M->lo[l];
-      double down = A * beta * (1.0 + b), upr = A * beta * gr * b;
-      Lm[(size_t)lo * n + u] += down;
-      Lm[(size_t)u * n + u] -= down;
-      Lm[(size_t)u * n + lo] += upr;
-      Lm[(size_t)lo * n + lo] -= upr;
-    }
+  /* Iteration 0: optically thin (beta = 1), a linear system. */
+  rate_matrix(&S, NULL, 1, r->tau, r->beta, Lm, NULL, NULL);
+  for (int i = 0; i < n; i++) f[i] = 0;
+  for (int j = 0; j < n; j++) Lm[j] = 1.0;
+  f[0] = 1.0;
+  if (lu_solve(Lm, f, r->ipiv, n) < 0)
+    CE_FAIL("nlte: %s: T_kin %g K: the optically thin rate matrix is singular", mol, T);
+  double sum = 0;
+  for (int i = 0; i < n; i++) sum += x[i] = f[i] > 0 ? f[i] : 0.0;
+  if (!(sum > 0)) CE_FAIL("nlte: %s: T_kin %g K: no optically thin solution", mol, T);
+  for (int i = 0; i < n; i++) x[i] /= sum;
+
+  /* RADEX-style steps first (populations of the rate matrix at the betas
+   * of the current populations, under-relaxed 0.3 old + 0.7 new) until they
+   * change the populations by < 10 % or for 30 steps, then Newton on
+   * f(x) = 0, sum x = 1, in log populations (steps of at most a factor e per
+   * population, halved until the merit falls); a Newton step that cannot
+   * lower the merit is replaced by a RADEX-style step. Converged: the full
+   * Newton step changes no population > 1e-20 by more than tol. */
+  int it, relax_phase = 1;
+  double rel = INFINITY, merit;
+  const double K0 = cddv / (NLTE_FGAUS_FAC * 8.0 * M_PI);
+  rate_matrix(&S, x, 0, r->tau, r->beta, Lm, f, &merit);
+  for (it = 1; it <= max_iter; it++) {
     int rrow = 0;
-    if (!thin)
-      for (int i = 1; i < n; i++)
-        if (x[i] > x[rrow]) rrow = i;
-    if (thin) {
+    for (int i = 1; i < n; i++)
+      if (x[i] > x[rrow]) rrow = i;
+    double mt = INFINITY, s = 0;
+    int accepted = 0;
+    if (!relax_phase) {
       memcpy(J, Lm, sizeof(double) * (size_t)n * n);
-      for (int i = 0; i < n; i++) f[i] = 0;
-      for (int j = 0; j < n; j++) J[(size_t)rrow * n + j] = 1.0;
-      f[rrow] = 1.0;
-      if (lu_solve(J, f, r->ipiv, n) < 0)
-        CE_FAIL("nlte: %s: T_kin %g K: the optically thin rate matrix is singular", mol, T);
-      for (int i = 0; i < n; i++) x[i] = f[i] > 0 ? f[i] : 0.0;
-      double s = 0;
-      for (int i = 0; i < n; i++) s += x[i];
-      for (int i = 0; i < n; i++) x[i] /= s;
-      continue;
-    }
-    /* residual and Jacobian */
-    for (int i = 0; i < n; i++) {
-      double s = 0;
-      for (int j = 0; j < n; j++) s += Lm[(size_t)i * n + j] * x[j];
-      f[i] = -s;
-    }
-    memcpy(J, Lm, sizeof(double) * (size_t)n * n);
-    double K0 = cddv / (NLTE_FGAUS_FAC * 8.0 * M_PI);
-    for (int l = 0; l < L; l++) {
-      double A = M->mol->lines[l].A, b = occ[l], gr = M->gu_gl[l];
-      int u = M->up[l], lo = M->lo[l];
-      double db;
-      nlte_beta(c->geometry, r->tau[l], &db);
-      if (db == 0) continue;
-      double K = K0 * A / (M->xnu[l] * M->xnu[l] * M->xnu[l]);
-      double G = A * db * ((1.0 + b) * x[u] - gr * b * x[lo]); /* dF/dtau */
-      double dFu = G * (-K), dFl = G * (K * gr);
-      J[(size_t)u * n + u] -= dFu;
-      J[(size_t)u * n + lo] -= dFl;
-      J[(size_t)lo * n + u] += dFu;
-      J[(size_t)lo * n + lo] += dFl;
-    }
-    double s = 0;
-    for (int j = 0; j < n; j++) {
-      J[(size_t)rrow * n + j] = 1.0;
-      s += x[j];
-    }
-    f[rrow] = 1.0 - s;
-    if (lu_solve(J, f, r->ipiv, n) < 0)
-      CE_FAIL("nlte: %s: T_kin %g K: singular Jacobian at Newton iteration %d", mol, T, it);
-    rel = 0;
-    double sum = 0;
-    for (int i = 0; i < n; i++) {
-      double xn = x[i] + f[i];
-      if (!isfinite(xn))
-        CE_FAIL("nlte: %s: T_kin %g K: population of level %d is not finite at Newton iteration %d",
-                mol, T, i + 1, it);
-      if (xn <= 0) xn = 0.1 * x[i]; /* keep populations positive */
-      if (xn > NLTE_MINPOP) {
-        double d = fabs(xn - x[i]) / xn;
-        if (d > rel) rel = d;
+      for (int l = 0; l < L; l++) {
+        nlte_beta(c->geometry, r->tau[l], &dbeta[l]);
+        if (dbeta[l] == 0) continue;
+        double A = M->mol->lines[l].A, b = occ[l], gr = M->gu_gl[l];
+        int u = M->up[l], lo = M->lo[l];
+        double K = K0 * A / (M->xnu[l] * M->xnu[l] * M->xnu[l]);
+        double G = A * dbeta[l] * ((1.0 + b) * x[u] - gr * b * x[lo]); /* dF/dtau */
+        double dFu = G * (-K), dFl = G * (K * gr);
+        J[(size_t)u * n + u] -= dFu;
+        J[(size_t)u * n + lo] -= dFl;
+        J[(size_t)lo * n + u] += dFu;
+        J[(size_t)lo * n + lo] += dFl;
       }
-      x[i] = xn;
-      sum += xn;
+      for (int i = 0; i < n; i++) dx[i] = -f[i];
+      for (int j = 0; j < n; j++) {
+        J[(size_t)rrow * n + j] = 1.0;
+        s += x[j];
+      }
+      dx[rrow] = 1.0 - s;
+      if (lu_solve(J, dx, r->ipiv, n) < 0)
+        CE_FAIL("nlte: %s: T_kin %g K: singular Jacobian at iteration %d", mol, T, it);
+      rel = 0;
+      for (int i = 0; i < n; i++) {
+        if (!isfinite(dx[i]))
+          CE_FAIL("nlte: %s: T_kin %g K: Newton step of level %d is not finite at iteration %d",
+                  mol, T, i + 1, it);
+        dx[i] = x[i] > 0 ? dx[i] / x[i] : 0.0; /* now d ln x */
+        if (x[i] > NLTE_MINPOP && fabs(dx[i]) > rel) rel = fabs(dx[i]);
+      }
+      double lam = rel > 1.0 ? 1.0 / rel : 1.0;
+      for (int k = 0; k < 8 && !accepted; k++, lam *= 0.5) {
+        double st = 0;
+        for (int i = 0; i < n; i++) {
+          double d = lam * dx[i];
+          d = d > 1.0 ? 1.0 : d < -5.0 ? -5.0 : d; /* levels below 1e-20 follow, bounded */
+          xt[i] = dx[i] > -1.0 && lam == 1.0 ? x[i] * (1.0 + dx[i]) : x[i] * exp(d);
+          st += xt[i];
+        }
+        for (int i = 0; i < n; i++) xt[i] /= st;
+        rate_matrix(&S, xt, 0, r->tau, r->beta, J, f, &mt);
+        accepted = mt < merit || rel < tol;
+      }
+      if (accepted && rel < tol) {
+        memcpy(x, xt, sizeof(double) * (size_t)n);
+        memcpy(Lm, J, sizeof(double) * (size_t)n * n);
+        break;
+      }
     }
-    for (int i = 0; i < n; i++) x[i] /= sum;
-    if (rel < tol) break;
+    if (!accepted) {
+      rate_matrix(&S, x, 0, r->tau, r->beta, J, NULL, NULL);
+      for (int i = 0; i < n; i++) dx[i] = 0;
+      for (int j = 0; j < n; j++) J[(size_t)rrow * n + j] = 1.0;
+      dx[rrow] = 1.0;
+      if (lu_solve(J, dx, r->ipiv, n) < 0)
+        CE_FAIL("nlte: %s: T_kin %g K: singular rate matrix at iteration %d", mol, T, it);
+      double st = 0, rr = 0;
+      for (int i = 0; i < n; i++) {
+        double v = dx[i] > 0 ? dx[i] : 0.0;
+        if (x[i] > NLTE_MINPOP && fabs(v - x[i]) / x[i] > rr) rr = fabs(v - x[i]) / x[i];
+        xt[i] = 0.3 * x[i] + 0.7 * v;
+        st += xt[i];
+      }
+      if (!(st > 0) || !isfinite(st))
+        CE_FAIL("nlte: %s: T_kin %g K: populations not finite at iteration %d", mol, T, it);
+      for (int i = 0; i < n; i++) xt[i] /= st;
+      rate_matrix(&S, xt, 0, r->tau, r->beta, J, f, &mt);
+      if (relax_phase && (rr < 0.1 || it >= 30)) relax_phase = 0;
+      rel = INFINITY; /* a relaxation step never ends the iteration */
+    }
+    memcpy(Lm, J, sizeof(double) * (size_t)n * n);
+    memcpy(x, xt, sizeof(double) * (size_t)n);
+    merit = mt;
   }
   r->iterations = it > max_iter ? max_iter : it;
   r->max_rel_change = rel;
@@ -453,20 +513,20 @@ int nlte_solve(const nlte_model *M, const nlte_conditions *c, const nlte_options
   line_taus(M, x, cddv, r->tau);
   for (int l = 0; l < L; l++) {
     int u = M->up[l], lo = M->lo[l];
-    double xnu = M->xnu[l], xt = xnu * xnu * xnu;
+    double xnu = M->xnu[l], x3 = xnu * xnu * xnu;
     r->beta[l] = nlte_beta(c->geometry, r->tau[l], NULL);
     double ratio = x[lo] * M->gu_gl[l] / x[u];
     double tex = x[u] > 0 && x[lo] > 0 ? NLTE_FK * xnu / log(ratio) : 0.0;
     r->tex[l] = tex;
-    double backi = occ[l] * NLTE_THC * xt;
+    double backi = occ[l] * NLTE_THC * x3;
     double hnu = tex != 0 ? NLTE_FK * xnu / tex : INFINITY;
-    double bnutex = hnu >= 160.0 ? 0.0 : NLTE_THC * xt / expm1(hnu);
+    double bnutex = hnu >= 160.0 ? 0.0 : NLTE_THC * x3 / expm1(hnu);
     double ftau = fabs(r->tau[l]) <= 300.0 ? exp(-r->tau[l]) : 0.0;
     double toti = backi * ftau + bnutex * (1.0 - ftau);
     double ta = (toti - backi) / (NLTE_THC * xnu * xnu / NLTE_FK);
     r->t_r[l] = ta;
     r->flux_kkms[l] = NLTE_FGAUS_FAC * c->fwhm_kms * ta;
-    r->flux_erg[l] = NLTE_FGAUS_FAC * 8.0 * M_PI * NLTE_KB_CGS * c->fwhm_kms * 1e5 * ta * xt;
+    r->flux_erg[l] = NLTE_FGAUS_FAC * 8.0 * M_PI * NLTE_KB_CGS * c->fwhm_kms * 1e5 * ta * x3;
     if (!isfinite(r->tau[l]) || !isfinite(ta))
       CE_FAIL("nlte: %s: line %d: tau = %g, T_R = %g: not finite", mol, M->mol->lines[l].index,
               r->tau[l], ta);

@@ -56,7 +56,7 @@ void nlte_conditions_default(nlte_conditions *c);
 
 typedef struct {
   double tol;    /* relative change of every population > 1e-20 (default 1e-10) */
-  int max_iter;  /* Newton iterations (default 100) */
+  int max_iter;  /* iterations (default 1000) */
 } nlte_options;
 
 /* The molecule's constants, prepared once (borrows the molecule, which must

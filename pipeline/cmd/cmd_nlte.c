@@ -1,6 +1,7 @@
 /* cmd_nlte.c - `coemu nlte`: one-zone non-LTE line intensities (RADEX's
  * problem, solver/nlte.h, docs/nlte.md): one model printed as RADEX prints
  * it, or a grid of models (--grid FILE, OpenMP over models) written to CSV. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -159,7 +160,8 @@ int cmd_nlte(int argc, char **argv) {
   double t_kin = 0, column = 0, fwhm = 1.0, t_bg = NLTE_T_CMB, tol = 1e-10;
   double nd[NLTE_NPARTNER] = {0};
   const char *nspec = NULL, *geom = "sphere", *grid = NULL, *out = NULL;
-  int64_t max_iter = 100;
+  int64_t max_iter = 1000;
+  int keep_going = 0;
   cli_opt opts[] = {
       {"t-kin", CLI_DOUBLE, &t_kin, "K", "kinetic temperature, 0.1..1e4 K", 0, 0},
       {"n", CLI_STR, &nspec, "P=N[,P=N]", "partner densities [cm^-3]: H2, pH2, oH2, e, H, He, H+", 0, 0},
@@ -175,9 +177,11 @@ int cmd_nlte(int argc, char **argv) {
       {"geometry", CLI_STR, &geom, "G", "sphere (default), lvg (expanding sphere) or slab", 0, 0},
       {"t-bg", CLI_DOUBLE, &t_bg, "K", "background black body [K] (default 2.725, 0: none)", 0, 0},
       {"tol", CLI_DOUBLE, &tol, "R", "relative tolerance on the populations (default 1e-10)", 0, 0},
-      {"max-iter", CLI_INT, &max_iter, "N", "Newton iterations before giving up (default 100)", 0, 0},
+      {"max-iter", CLI_INT, &max_iter, "N", "iterations before giving up (default 1000)", 0, 0},
       {"grid", CLI_STR, &grid, "FILE", "CSV of models: header t_kin,n_H2,...,column,fwhm,geometry,t_bg "
        "(any subset; the rest from the options)", 0, 0},
+      {"keep-going", CLI_FLAG, &keep_going, NULL, "with --grid: a model that fails is reported on stderr "
+       "and written with converged = 0 and NaN values, instead of failing the command", 0, 0},
       {"out", CLI_STR, &out, "FILE", "with --grid: the CSV to write (one row per model and line)", 0, 0},
       {0}};
   const cli_command spec = {
@@ -247,6 +251,14 @@ int cmd_nlte(int argc, char **argv) {
           if (!ok || !res) continue;
           double *q = res + (size_t)i * stride;
           if (nlte_solve(&M, &g[i], &o, &r) < 0) {
+            if (keep_going) {
+#pragma omp critical(nlte_grid_err)
+              fprintf(stderr, "coemu nlte: model %d (row %d of the grid) failed: %s\n", i, i + 1,
+                      ce_err_msg());
+              for (size_t k = 0; k < stride - 1; k++) q[k] = NAN;
+              q[stride - 1] = -1;
+              continue;
+            }
 #pragma omp critical(nlte_grid_err)
             if (failed < 0 || i < failed) {
               failed = i;
@@ -281,17 +293,18 @@ int cmd_nlte(int argc, char **argv) {
           rc = cli_fail(CMD);
         } else {
           int okw = fprintf(f, "model,line,upper,lower,t_kin,column,geometry,E_up,freq_GHz,T_ex,tau,"
-                               "T_R,pop_up,pop_low,flux_Kkms,flux_erg,iterations\n") > 0;
+                               "T_R,pop_up,pop_low,flux_Kkms,flux_erg,iterations,converged\n") > 0;
           for (int i = 0; okw && i < ng; i++) {
             const double *q = res + (size_t)i * stride;
             for (size_t l = 0; okw && l < L; l++) {
               const lamda_line *ln = &mol.lines[l];
               okw = fprintf(f, "%d,%d,%d,%d,%.10g,%.10g,%s,%.10g,%.10g,%.12g,%.12g,%.12g,%.12g,%.12g,"
-                               "%.12g,%.12g,%d\n",
+                               "%.12g,%.12g,%d,%d\n",
                             i, ln->index, ln->upper, ln->lower, g[i].t_kin, g[i].column,
                             nlte_geometry_name(g[i].geometry), ln->eu_k, ln->freq_ghz, q[nl + l],
                             q[nl + L + l], q[nl + 2 * L + l], q[ln->upper - 1], q[ln->lower - 1],
-                            q[nl + 3 * L + l], q[nl + 4 * L + l], (int)q[stride - 1]) > 0;
+                            q[nl + 3 * L + l], q[nl + 4 * L + l], (int)q[stride - 1],
+                            q[stride - 1] >= 0) > 0;
             }
           }
           if (fs_commit_tmp(f, tmp, out, okw) < 0) rc = cli_fail(CMD);
