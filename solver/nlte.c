@@ -503,10 +503,13 @@ int nlte_solve(const nlte_model *M, const nlte_conditions *c, const nlte_options
   }
   r->iterations = it > max_iter ? max_iter : it;
   r->max_rel_change = rel;
-  if (it > max_iter)
-    CE_FAIL("nlte: %s: T_kin %g K, column %g cm^-2: no convergence after %d Newton iterations "
-            "(largest relative population change %.3g, tolerance %.3g)",
-            mol, T, c->column, max_iter, rel, tol);
+  if (it > max_iter) {
+    if (isinf(rel))
+      CE_FAIL("nlte: %s: T_kin %g K, column %g cm^-2: no convergence after %d iterations (the last "
+              "was a relaxation step: Newton could not lower the residual)", mol, T, c->column, max_iter);
+    CE_FAIL("nlte: %s: T_kin %g K, column %g cm^-2: no convergence after %d iterations (largest "
+            "relative population change %.3g, tolerance %.3g)", mol, T, c->column, max_iter, rel, tol);
+  }
 
   /* outputs, as RADEX prints them */
   memcpy(r->pop, x, sizeof(double) * (size_t)n);

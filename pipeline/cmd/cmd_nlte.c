@@ -142,7 +142,7 @@ static void print_model(const lamda_molecule *mol, const nlte_conditions *c, con
   printf("* Column [cm^-2]    : %.6g\n", c->column);
   printf("* Line width [km/s] : %.6g (FWHM)\n", c->fwhm_kms);
   printf("* Geometry          : %s\n", nlte_geometry_name(c->geometry));
-  printf("* Iterations        : %d (Newton, largest relative change %.2g)\n", r->iterations,
+  printf("* Iterations        : %d (largest relative change of the last Newton step %.2g)\n", r->iterations,
          r->max_rel_change);
   printf("%-11s %9s %14s %12s %10s %11s %11s %11s %11s %12s %12s\n", "LINE", "E_UP(K)", "FREQ(GHz)",
          "WAVEL(um)", "T_EX(K)", "TAU", "T_R(K)", "POP_UP", "POP_LOW", "FLUX(Kkm/s)", "FLUX(erg/cm2/s)");
