@@ -45,35 +45,34 @@ void nlte_conditions_default(nlte_conditions *c) {
 
 /* ---- escape probabilities (RADEX's escprob, with its branches) ---- */
 
-double nlte_beta(nlte_geometry geom, double tau, double *dbeta) {
-  double b, d; /* beta and d beta / d tau */
-  if (geom == NLTE_SPHERE) {
-    /* uniform sphere (Osterbrock), in taur = tau/2 */
+/* Branch k of geometry g at tau: beta and d beta / d tau. RADEX picks the
+ * branch by |x| (x = tau/2 for the spheres, 3 tau for the slab) against the
+ * bounds below. */
+static double beta_branch(nlte_geometry geom, int k, double tau, double *dbeta) {
+  double b, d;
+  if (geom == NLTE_SPHERE) { /* uniform sphere (Osterbrock), t = tau/2 */
     double t = 0.5 * tau;
-    if (fabs(t) < 0.1) {
+    if (k == 0) {
       b = 1.0 - 0.75 * t + t * t / 2.5 - t * t * t / 6.0 + t * t * t * t / 17.5;
       d = -0.75 + 2.0 * t / 2.5 - t * t / 2.0 + 4.0 * t * t * t / 17.5;
-    } else if (fabs(t) > 50.0) {
-      b = 0.75 / t;
-      d = -0.75 / (t * t);
-    } else {
+    } else if (k == 1) {
       double e = exp(fmin(-2.0 * t, 700.0)), it = 1.0 / t, it2 = it * it;
       double gg = 1.0 - 0.5 * it2 + (it + 0.5 * it2) * e;
       double gp = it2 * it - e * (2.0 * it + 2.0 * it2 + it2 * it);
       b = 0.75 * it * gg;
       d = 0.75 * (gp * it - gg * it2);
+    } else {
+      b = 0.75 / t;
+      d = -0.75 / (t * t);
     }
     d *= 0.5;
-  } else if (geom == NLTE_LVG) {
-    /* expanding sphere (de Jong, Boland & Dalgarno 1980, x2 so beta(0) = 1) */
+  } else if (geom == NLTE_LVG) { /* expanding sphere (de Jong et al. 1980, x2), t = tau/2 */
     double t = 0.5 * tau;
-    if (fabs(t) < 0.01) {
+    if (k == 0) {
       b = 1.0;
       d = 0.0;
-    } else if (fabs(t) < 7.0 || t < 0) {
-      /* masing (t <= -7, where RADEX's log(t / sqrt(pi)) is undefined): the
-       * same expression continued, its exponent capped at 700 */
-      double a = 2.34, e = exp(fmin(-a * t, 700.0));
+    } else if (k == 1) {
+      double a = 2.34, e = exp(fmin(-a * t, 50.0));
       b = (1.0 - e) / (a * t);
       d = (a * t * e - (1.0 - e)) / (a * t * t);
     } else {
@@ -82,19 +81,44 @@ double nlte_beta(nlte_geometry geom, double tau, double *dbeta) {
       d = -b / t * (1.0 + 0.5 / L);
     }
     d *= 0.5;
-  } else {
-    /* slab (de Jong, Dalgarno & Chu 1975); the thin branch is RADEX's */
-    if (fabs(3.0 * tau) < 0.1) {
+  } else { /* slab (de Jong, Dalgarno & Chu 1975); the thin branch is RADEX's */
+    if (k == 0) {
       b = 1.0 - 1.5 * (tau + tau * tau);
       d = -1.5 * (1.0 + 2.0 * tau);
-    } else if (fabs(3.0 * tau) > 50.0) {
-      b = 1.0 / (3.0 * tau);
-      d = -1.0 / (3.0 * tau * tau);
-    } else {
+    } else if (k == 1) {
       double e = exp(fmin(-3.0 * tau, 700.0));
       b = (1.0 - e) / (3.0 * tau);
       d = (3.0 * tau * e - (1.0 - e)) / (3.0 * tau * tau);
+    } else {
+      b = 1.0 / (3.0 * tau);
+      d = -1.0 / (3.0 * tau * tau);
     }
+  }
+  *dbeta = d;
+  return b;
+}
+
+/* RADEX's branches jump at some bounds (LVG: 1.2 % at |tau/2| = 0.01). A
+ * jump can leave the equations without a root, so within a relative width
+ * NLTE_RAMP below each bound beta goes linearly from one branch to the next. */
+#define NLTE_RAMP 1e-3
+
+double nlte_beta(nlte_geometry geom, double tau, double *dbeta) {
+  double x, dxdt, b0, b1;
+  if (geom == NLTE_SPHERE) x = 0.5 * tau, dxdt = 0.5, b0 = 0.1, b1 = 50.0;
+  else if (geom == NLTE_LVG) x = 0.5 * tau, dxdt = 0.5, b0 = 0.01, b1 = tau < 0 ? INFINITY : 7.0;
+  else x = 3.0 * tau, dxdt = 3.0, b0 = 0.1, b1 = 50.0;
+  double ax = fabs(x), sg = x < 0 ? -1.0 : 1.0;
+  int k = ax < b0 ? 0 : ax < b1 ? 1 : 2;
+  double d, b = beta_branch(geom, k, tau, &d);
+  double bound = k == 0 ? b0 : b1;
+  int ramp = k < 2 && !(geom == NLTE_SPHERE && k == 0) && ax > bound * (1.0 - NLTE_RAMP);
+  if (ramp) { /* blend into the next branch */
+    double d2, b2 = beta_branch(geom, k + 1, tau, &d2);
+    double w = (ax - bound * (1.0 - NLTE_RAMP)) / (bound * NLTE_RAMP);
+    double dw = sg * dxdt / (bound * NLTE_RAMP);
+    d = (1.0 - w) * d + w * d2 + (b2 - b) * dw;
+    b = (1.0 - w) * b + w * b2;
   }
   if (dbeta) *dbeta = d;
   return b;
@@ -410,13 +434,15 @@ int nlte_solve(const nlte_model *M, const nlte_conditions *c, const nlte_options
   for (int i = 0; i < n; i++) x[i] /= sum;
 
   /* RADEX-style steps first (populations of the rate matrix at the betas
-   * of the current populations, under-relaxed 0.3 old + 0.7 new) until they
+   * of the current populations, under-relaxed 0.3 old + 0.7 new, the new
+   * weight halved after a step that raised the merit) until they
    * change the populations by < 10 % or for 30 steps, then Newton on
    * f(x) = 0, sum x = 1, in log populations (steps of at most a factor e per
    * population, halved until the merit falls); a Newton step that cannot
    * lower the merit is replaced by a RADEX-style step. Converged: the full
    * Newton step changes no population > 1e-20 by more than tol. */
   int it, relax_phase = 1;
+  double wrelax = 0.7; /* weight of the new populations in a relaxation step */
   double rel = INFINITY, merit;
   const double K0 = cddv / (NLTE_FGAUS_FAC * 8.0 * M_PI);
   rate_matrix(&S, x, 0, r->tau, r->beta, Lm, f, &merit);
@@ -447,18 +473,17 @@ int nlte_solve(const nlte_model *M, const nlte_conditions *c, const nlte_options
         s += x[j];
       }
       dx[rrow] = 1.0 - s;
-      if (lu_solve(J, dx, r->ipiv, n) < 0)
-        CE_FAIL("nlte: %s: T_kin %g K: singular Jacobian at iteration %d", mol, T, it);
+      /* a singular Jacobian or a non-finite step: a relaxation step instead */
+      int usable = lu_solve(J, dx, r->ipiv, n) == 0;
       rel = 0;
-      for (int i = 0; i < n; i++) {
-        if (!isfinite(dx[i]))
-          CE_FAIL("nlte: %s: T_kin %g K: Newton step of level %d is not finite at iteration %d",
-                  mol, T, i + 1, it);
+      for (int i = 0; usable && i < n; i++) {
+        if (!isfinite(dx[i])) usable = 0;
         dx[i] = x[i] > 0 ? dx[i] / x[i] : 0.0; /* now d ln x */
         if (x[i] > NLTE_MINPOP && fabs(dx[i]) > rel) rel = fabs(dx[i]);
       }
+      if (!usable) rel = INFINITY;
       double lam = rel > 1.0 ? 1.0 / rel : 1.0;
-      for (int k = 0; k < 8 && !accepted; k++, lam *= 0.5) {
+      for (int k = 0; usable && k < 8 && !accepted; k++, lam *= 0.5) {
         double st = 0;
         for (int i = 0; i < n; i++) {
           double d = lam * dx[i];
@@ -487,7 +512,7 @@ int nlte_solve(const nlte_model *M, const nlte_conditions *c, const nlte_options
       for (int i = 0; i < n; i++) {
         double v = dx[i] > 0 ? dx[i] : 0.0;
         if (x[i] > NLTE_MINPOP && fabs(v - x[i]) / x[i] > rr) rr = fabs(v - x[i]) / x[i];
-        xt[i] = 0.3 * x[i] + 0.7 * v;
+        xt[i] = (1.0 - wrelax) * x[i] + wrelax * v;
         st += xt[i];
       }
       if (!(st > 0) || !isfinite(st))
@@ -495,6 +520,7 @@ int nlte_solve(const nlte_model *M, const nlte_conditions *c, const nlte_options
       for (int i = 0; i < n; i++) xt[i] /= st;
       rate_matrix(&S, xt, 0, r->tau, r->beta, J, f, &mt);
       if (relax_phase && (rr < 0.1 || it >= 30)) relax_phase = 0;
+      if (!relax_phase) wrelax = mt > merit ? fmax(0.05, 0.5 * wrelax) : fmin(0.7, 1.25 * wrelax);
       rel = INFINITY; /* a relaxation step never ends the iteration */
     }
     memcpy(Lm, J, sizeof(double) * (size_t)n * n);
