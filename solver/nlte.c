@@ -200,7 +200,7 @@ int nlte_result_init(nlte_result *r, const nlte_model *M) {
   r->nline = M->nline;
   size_t n = (size_t)M->nlev, L = (size_t)M->nline;
   r->pop = ce_calloc_array(n + 6 * L, sizeof(double), "nlte result");
-  r->work = ce_calloc_array(3 * n * n + 4 * n, sizeof(double), "nlte work");
+  r->work = ce_calloc_array(4 * n * n + 4 * n, sizeof(double), "nlte work");
   r->ipiv = ce_calloc_array(n, sizeof(int), "nlte work");
   if (!r->pop || !r->work || !r->ipiv) {
     nlte_result_free(r);
@@ -329,13 +329,18 @@ static void build_coll(const nlte_model *M, double T, const double *dens, double
       C[(size_t)u * n + l] += dens[id] * nlte_coll_rate(p, k, T);
     }
   }
-  /* the file's "upper" may be either level: go by energy, as RADEX */
+  /* the file's "upper" may be either level: go by energy, as RADEX;
+   * exp(-x_ij) = e_i / e_j from one exponential per level where that is
+   * exact enough (e_j not near underflow) */
+  double *e = C + (size_t)n * n; /* n scratch doubles after C (J's space) */
+  for (int i = 0; i < n; i++) e[i] = exp(-NLTE_FK * M->ecm[i] / T);
   for (int i = 0; i < n; i++)
     for (int j = 0; j < n; j++) {
       double de = M->ecm[i] - M->ecm[j];
-      if (!(de > 0)) continue;
+      if (!(de > 0) || C[(size_t)i * n + j] == 0) continue;
       double x = NLTE_FK * de / T;
-      C[(size_t)j * n + i] = x >= 160.0 ? 0.0 : M->g[i] / M->g[j] * exp(-x) * C[(size_t)i * n + j];
+      double bz = e[j] > 1e-280 && e[i] > 1e-280 ? e[i] / e[j] : exp(-x);
+      C[(size_t)j * n + i] = x >= 160.0 ? 0.0 : M->g[i] / M->g[j] * bz * C[(size_t)i * n + j];
     }
 }
 
@@ -350,7 +355,7 @@ static void line_taus(const nlte_model *M, const double *x, double cddv, double 
 
 typedef struct {
   const nlte_model *M;
-  const double *C, *occ;
+  const double *Lc, *occ; /* collisional part of the rate matrix; background occupation */
   double cddv;
   nlte_geometry geom;
 } nlte_sys;
@@ -363,14 +368,7 @@ static void rate_matrix(const nlte_sys *S, const double *x, int thin, double *ta
   const nlte_model *M = S->M;
   int n = M->nlev, L = M->nline;
   if (!thin) line_taus(M, x, S->cddv, tau);
-  memset(Lm, 0, sizeof(double) * (size_t)n * n);
-  for (int i = 0; i < n; i++)
-    for (int j = 0; j < n; j++) {
-      double k = S->C[(size_t)i * n + j];
-      if (i == j || k == 0) continue;
-      Lm[(size_t)j * n + i] += k;
-      Lm[(size_t)i * n + i] -= k;
-    }
+  memcpy(Lm, S->Lc, sizeof(double) * (size_t)n * n);
   for (int l = 0; l < L; l++) {
     double A = M->mol->lines[l].A, b = S->occ[l], gr = M->gu_gl[l];
     double bt = thin ? 1.0 : nlte_beta(S->geom, tau[l], NULL);
@@ -414,12 +412,22 @@ int nlte_solve(const nlte_model *M, const nlte_conditions *c, const nlte_options
   double *dbeta = r->flux_kkms; /* scratch too */
   double T = c->t_kin;
   build_coll(M, T, dens, C);
+  /* the collisional part of the rate matrix, once: Lc[i][j] = C[j][i], Lc[i][i] = -sum_j C[i][j] */
+  double *Lc = xt + n;
+  memset(Lc, 0, sizeof(double) * (size_t)n * n);
+  for (int i = 0; i < n; i++)
+    for (int j = 0; j < n; j++) {
+      double k = C[(size_t)i * n + j];
+      if (i == j || k == 0) continue;
+      Lc[(size_t)j * n + i] += k;
+      Lc[(size_t)i * n + i] -= k;
+    }
   for (int l = 0; l < L; l++) {
     double h = c->t_bg > 0 ? NLTE_FK * M->xnu[l] / c->t_bg : INFINITY;
     occ[l] = h >= 160.0 ? 0.0 : 1.0 / expm1(h);
   }
   double cddv = c->column / (c->fwhm_kms * 1e5);
-  nlte_sys S = {M, C, occ, cddv, c->geometry};
+  nlte_sys S = {M, Lc, occ, cddv, c->geometry};
 
   /* Iteration 0: optically thin (beta = 1), a linear system. */
   rate_matrix(&S, NULL, 1, r->tau, r->beta, Lm, NULL, NULL);
