@@ -124,15 +124,34 @@ double nlte_beta(nlte_geometry geom, double tau, double *dbeta) {
   return b;
 }
 
-double nlte_coll_rate(const lamda_partner *p, int k, double t) {
-  const double *row = p->rates + (size_t)k * p->ntemp;
-  int n = p->ntemp;
-  if (n <= 1 || t <= p->temps[0]) return row[0];
-  if (t >= p->temps[n - 1]) return row[n - 1];
-  int i = 0;
+/* The table column i and weight f of T: rate = row[i] + f (row[i+1] - row[i])
+ * (f = 0 and i the first or last column outside the table). */
+static void coll_interval(const lamda_partner *p, double t, int *ci, double *cf) {
+  int n = p->ntemp, i = 0;
+  *cf = 0;
+  if (n <= 1 || t <= p->temps[0]) {
+    *ci = 0;
+    return;
+  }
+  if (t >= p->temps[n - 1]) {
+    *ci = n - 1;
+    return;
+  }
   while (i < n - 2 && t > p->temps[i + 1]) i++;
-  double f = (t - p->temps[i]) / (p->temps[i + 1] - p->temps[i]);
-  return row[i] + f * (row[i + 1] - row[i]);
+  *ci = i;
+  *cf = (t - p->temps[i]) / (p->temps[i + 1] - p->temps[i]);
+}
+
+static double coll_at(const lamda_partner *p, int k, int i, double f) {
+  const double *row = p->rates + (size_t)k * p->ntemp;
+  return f == 0 ? row[i] : row[i] + f * (row[i + 1] - row[i]);
+}
+
+double nlte_coll_rate(const lamda_partner *p, int k, double t) {
+  int i;
+  double f;
+  coll_interval(p, t, &i, &f);
+  return coll_at(p, k, i, f);
 }
 
 /* ---- model and result ---- */
@@ -250,7 +269,9 @@ static int lu_solve(double *a, double *b, int *piv, int n) {
     for (int i = k + 1; i < n; i++) {
       double f = a[(size_t)i * n + k] * inv;
       if (f == 0) continue;
-      for (int j = k + 1; j < n; j++) a[(size_t)i * n + j] -= f * a[(size_t)k * n + j];
+      double *restrict ri = a + (size_t)i * n;
+      const double *restrict rk = a + (size_t)k * n;
+      for (int j = k + 1; j < n; j++) ri[j] -= f * rk[j];
       b[i] -= f * b[k];
     }
   }
@@ -323,10 +344,13 @@ static void build_coll(const nlte_model *M, double T, const double *dens, double
   for (int id = 1; id < NLTE_NPARTNER; id++) {
     if (!(dens[id] > 0) || !M->has[id]) continue;
     const lamda_partner *p = &M->mol->partners[M->has[id] - 1];
+    int ci;
+    double cf;
+    coll_interval(p, T, &ci, &cf);
     for (int k = 0; k < p->ntrans; k++) {
       int u = p->upper[k] - 1, l = p->lower[k] - 1;
       if (u < 0 || u >= n || l < 0 || l >= n || u == l) continue;
-      C[(size_t)u * n + l] += dens[id] * nlte_coll_rate(p, k, T);
+      C[(size_t)u * n + l] += dens[id] * coll_at(p, k, ci, cf);
     }
   }
   /* the file's "upper" may be either level: go by energy, as RADEX;
