@@ -6,10 +6,11 @@
  * the file's table (the first/last column outside it, as RADEX), upward
  * rates follow by detailed balance; radiative rates use the escape
  * probability beta(tau) of one of RADEX's three geometries and a black-body
- * background (the CMB by default). The populations are solved by Newton's
+ * background (the CMB by default). The populations are solved from the
+ * optically thin solution by RADEX-style relaxation steps, then Newton's
  * method on the full non-linear system (beta depends on the populations
- * through tau), started from the optically thin solution, to a stated
- * relative tolerance; non-convergence is an error, never a silent result.
+ * through tau), to a stated relative tolerance; the iterations are reported
+ * and non-convergence is an error, never a silent result.
  *
  *   lamda_molecule mol;  lamda_read("co.dat", &mol);
  *   nlte_model M;        nlte_model_init(&M, &mol);    // borrows mol
@@ -86,7 +87,7 @@ typedef struct {
   double *flux_kkms;  /* [nline] 1.0645 T_R FWHM [K km/s] */
   double *flux_erg;   /* [nline] [erg cm^-2 s^-1] as RADEX */
   double density_used[NLTE_NPARTNER]; /* densities as applied (o/p-H2 split) */
-  int iterations;     /* Newton iterations taken */
+  int iterations;     /* iterations taken (relaxation and Newton steps) */
   double max_rel_change; /* of the last iteration */
   double *work;
   int *ipiv;
