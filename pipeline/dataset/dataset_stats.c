@@ -24,6 +24,7 @@
 #include "common/error.h"
 #include "pipeline/dataset/dataset_stats.h"
 #include "pipeline/dataset/h5util.h"
+#include "pipeline/dataset/integrity.h"
 #include "pipeline/job/job.h"
 #include "stats/moments.h"
 #include "stats/moments_mpi.h"
@@ -38,6 +39,8 @@ typedef struct {
   hid_t file, inputs, targets;
   hsize_t N, n, F;
   uint8_t *split;  /* N entries, or NULL */
+  integrity integ; /* shard presence, per-sample checksums */
+  int integ_open;
 } dataset;
 
 typedef struct {
@@ -124,6 +127,8 @@ static int open_dataset(const char *path, dataset *ds) {
              (unsigned long long)di[2], (unsigned long long)di[2], MAX_FIELDS - 4);
       goto done;
     }
+    if (integrity_open(&ds->integ, path, ds->file) < 0) goto done;
+    ds->integ_open = 1;
     ds->N = di[0];
     ds->n = di[2];
     ds->F = dt[1];
@@ -159,6 +164,8 @@ static int open_dataset(const char *path, dataset *ds) {
 }
 
 static void close_dataset(dataset *ds) {
+  if (ds->integ_open) integrity_close(&ds->integ);
+  ds->integ_open = 0;
   if (ds->inputs >= 0) H5Dclose(ds->inputs);
   if (ds->targets >= 0) H5Dclose(ds->targets);
   if (ds->file >= 0) H5Fclose(ds->file);
@@ -217,6 +224,9 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
   int nf = 0;
   stats_norm norm = {0};
   if (any_failed(open_dataset(path, &ds), "stats")) goto out;
+  if (rank == 0 && !quiet && !integrity_checked(&ds.integ))
+    fprintf(stderr, "coemu stats: note: %s has no per-sample /checksums (made before dataset "
+                    "format 2): samples are not checked (coemu verify checks its shards)\n", path);
   if (want >= 0 && !ds.split && want != 0) {
     if (rank == 0) {
       ce_err("%s: no /split, so --split %s selects nothing (use --split all)", path, split_name);
@@ -251,7 +261,8 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
     for (hsize_t i = lo; i < hi && lrc == 0; i++) {
       if (want >= 0 && ds.split && ds.split[i] != want) continue;
       if ((lrc = read_sample(ds.inputs, 5, i, 3 * nvox, in, path, "/inputs")) < 0 ||
-          (lrc = read_sample(ds.targets, 4, i, F * npix, tg, path, "/targets")) < 0)
+          (lrc = read_sample(ds.targets, 4, i, F * npix, tg, path, "/targets")) < 0 ||
+          (lrc = integrity_check(&ds.integ, (int64_t)i, in, 3 * nvox, tg, F * npix)) < 0)
         break;
       if (stats_is_outlier(&norm, in, nvox)) {
         outliers += pass == 0;

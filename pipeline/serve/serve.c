@@ -15,6 +15,7 @@
 #include "common/fsutil.h"
 #include "common/rng.h"
 #include "pipeline/dataset/h5util.h"
+#include "pipeline/dataset/integrity.h"
 #include "pipeline/dataset/layout.h"
 #include "pipeline/job/job.h"
 #include "pipeline/job/yamltree.h"
@@ -54,6 +55,8 @@ struct serve_source {
   int64_t shard_idx;
   hid_t shard_d[2];
   hid_t file, d_in, d_out;
+  integrity integ;            /* finished mode: shard presence, per-sample checksums */
+  int integ_open;
   int64_t nsamples_total, nsplit;
   int64_t *split_idx;         /* dataset indices of the split, ascending */
   uint32_t in_shape[4], out_shape[3];
@@ -439,6 +442,8 @@ static int open_finished(serve_source *s) {
            (unsigned long long)di[0], (unsigned long long)di[1], (unsigned long long)dt[0]);
     return -1;
   }
+  if (integrity_open(&s->integ, s->h5path, s->file) < 0) return -1;
+  s->integ_open = 1;
   s->nsamples_total = (int64_t)di[0];
   for (int d = 0; d < 4; d++) s->in_shape[d] = (uint32_t)di[d + 1];
   for (int d = 0; d < 3; d++) s->out_shape[d] = (uint32_t)dt[d + 1];
@@ -582,6 +587,7 @@ void serve_close(serve_source *s) {
   free(s->split_idx);
   h5_lock();
   shard_close_current(s);
+  if (s->integ_open) integrity_close(&s->integ);
   if (s->d_in >= 0) H5Dclose(s->d_in);
   if (s->d_out >= 0) H5Dclose(s->d_out);
   if (s->file >= 0) H5Fclose(s->file);
@@ -622,6 +628,8 @@ int serve_read(serve_source *s, const int64_t *idx, int n, int normalised, float
     int rc = sample_source(s, idx[k], ds, &at), bad = -1;
     for (int a = 0; a < 2 && rc == 0 && bad < 0; a++)
       if (h5_read_sample_f32(ds[a], at, dst[a]) < 0) bad = a;
+    if (rc == 0 && bad < 0 && s->integ_open)
+      rc = integrity_check(&s->integ, idx[k], dst[0], s->in_vals, dst[1], s->out_vals);
     h5_unlock();
     if (rc < 0) return -1;
     if (bad >= 0)

@@ -228,3 +228,34 @@ class StreamClient:
 
     def __exit__(self, *a):
         self.close()
+
+
+def xxh64(data, seed: int = 0) -> int:
+    """XXH64 of bytes: the `xxhash` module when installed, else pure Python
+    (correct but slow: about 1 s per few MB)."""
+    if _xxhash is not None:
+        return _xxhash.xxh64(data, seed=seed).intdigest()
+    return xxh64_small(bytes(data), seed)
+
+
+def check_dataset_sample(h5, i, inputs=None, targets=None):
+    """For h5py users of a coemu dataset.h5 (format 2, docs/dataset-format.md):
+    raise ValueError unless sample i matches its recorded /checksums row.
+    h5 is an open h5py.File; inputs/targets are the rows already read (read
+    here when None). HDF5 reads a missing shard as zeros, so check the
+    samples you use (or run `coemu verify DIR` once)."""
+    if "checksums" not in h5:
+        raise ValueError("dataset.h5 has no /checksums (dataset format 1): run `coemu verify`")
+    want = h5["checksums"][i]
+    if targets is None:
+        targets = h5["targets"][i]
+    got_t = xxh64(np.ascontiguousarray(targets, dtype="<f4").tobytes())
+    if got_t != int(want[1]):
+        raise ValueError(f"sample {i}: /targets does not match its checksum (damaged or "
+                         f"missing shard)")
+    if "inputs" in h5:
+        if inputs is None:
+            inputs = h5["inputs"][i]
+        if xxh64(np.ascontiguousarray(inputs, dtype="<f4").tobytes()) != int(want[0]):
+            raise ValueError(f"sample {i}: /inputs does not match its checksum (damaged or "
+                             f"missing shard)")
