@@ -17,6 +17,57 @@ long long fs_file_size(const char *path) {
   return (long long)st.st_size;
 }
 
+/* fsync the directory holding `path`, so that a rename into it survives a
+ * crash of the machine. */
+int fs_fsync_dir(const char *path) {
+  char dir[4096];
+  const char *slash = strrchr(path, '/');
+  if (!slash) snprintf(dir, sizeof dir, ".");
+  else if (slash == path) snprintf(dir, sizeof dir, "/");
+  else snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+  int fd = open(dir, O_RDONLY | O_DIRECTORY);
+  if (fd < 0) CE_FAIL("%s: cannot open the directory: %s", dir, strerror(errno));
+  int rc = fsync(fd);
+  int e = errno;
+  close(fd);
+  /* some file systems cannot fsync a directory (EINVAL): nothing to make durable there */
+  if (rc != 0 && e != EINVAL && e != EROFS) CE_FAIL("%s: directory fsync failed: %s", dir, strerror(e));
+  return 0;
+}
+
+int fs_copy_file(const char *src, const char *dst) {
+  int in = open(src, O_RDONLY);
+  if (in < 0) CE_FAIL("%s: cannot open: %s", src, strerror(errno));
+  int out = open(dst, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (out < 0) {
+    int e = errno;
+    close(in);
+    CE_FAIL("%s: cannot create: %s", dst, strerror(e));
+  }
+  char buf[1 << 16];
+  int rc = 0;
+  for (;;) {
+    ssize_t n = read(in, buf, sizeof buf);
+    if (n == 0) break;
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      rc = ce_err("%s: read failed: %s", src, strerror(errno));
+      break;
+    }
+    for (ssize_t off = 0; off < n && rc == 0;) {
+      ssize_t w = write(out, buf + off, (size_t)(n - off));
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) rc = ce_err("%s: write failed: %s", dst, strerror(w < 0 ? errno : EIO));
+      else off += w;
+    }
+    if (rc) break;
+  }
+  close(in);
+  if (close(out) != 0 && rc == 0) rc = ce_err("%s: close failed: %s", dst, strerror(errno));
+  if (rc) unlink(dst);
+  return rc;
+}
+
 int fs_open_tmp(const char *path, char *tmp, size_t tmp_len, FILE **f) {
   if ((size_t)snprintf(tmp, tmp_len, "%s.tmp.%ld", path, (long)getpid()) >= tmp_len)
     CE_FAIL("%s: path too long", path);
@@ -47,7 +98,7 @@ int fs_commit_tmp(FILE *f, const char *tmp, const char *path, int ok) {
     unlink(tmp);
     CE_FAIL("%s: cannot rename from %s: %s", path, tmp, strerror(e));
   }
-  return 0;
+  return fs_fsync_dir(path);
 }
 
 int fs_rename_durable(const char *tmp, const char *path) {
@@ -60,7 +111,7 @@ int fs_rename_durable(const char *tmp, const char *path) {
   }
   close(fd);
   if (rename(tmp, path) != 0) CE_FAIL("%s: cannot rename from %s: %s", path, tmp, strerror(errno));
-  return 0;
+  return fs_fsync_dir(path);
 }
 
 int fs_mkdir_p(const char *dir) {

@@ -124,6 +124,49 @@ def main():
     report()
 
 
+def stats_split(d):
+    """The split of dataset.h5's /stats; the file must open (else the check fails)."""
+    try:
+        with h5py.File(os.path.join(d, 'dataset.h5'), 'r') as h:
+            v = h['stats'].attrs['split']
+            return v.decode() if isinstance(v, bytes) else str(v)
+    except Exception as e:  # noqa: BLE001
+        return f'unreadable: {e}'
+
+
+def stats_faults(base, tmp):
+    """coemu stats killed at every step of writing /stats, and a full disk:
+    dataset.h5 keeps the old /stats (or has the new one), always readable."""
+    for point, expect in (('copied', 'all'), ('written', 'all'), ('closed', 'all'),
+                          ('renamed', 'train')):
+        d = fresh(base, tmp, 'kill-' + point)
+        check(stats_split(d) == 'all', 'the old /stats is over split all')
+        r = subprocess.run([MPIEXEC, '--allow-run-as-root', '--oversubscribe', '-n', '2', COEMU,
+                            'stats', d, '--quiet'], capture_output=True, text=True, timeout=90,
+                           env=dict(os.environ, COEMU_FAULT_STATS=point))
+        counts['faults'] += 1
+        got = stats_split(d)
+        check(r.returncode != 0 and got == expect,
+              f'stats killed after "{point}": /stats {got!r}, expected {expect!r}: {r.stderr[-300:]}')
+        got, failed, err = serve_all(d, tmp)
+        check(not failed and len(got) == M * D, f'serve reads it after a kill at {point}: {err}')
+        r = stats(d)
+        check(r.returncode == 0 and stats_split(d) == 'all', f'stats reruns there: {r.stderr}')
+    # a full disk: while copying dataset.h5, and while writing the new one
+    size = os.path.getsize(os.path.join(base, 'dataset.h5'))
+    for limit in (size // 2, size + 100):
+        d = fresh(base, tmp, f'full-{limit}')
+        r = subprocess.run([MPIEXEC, '--allow-run-as-root', '--oversubscribe', '-n', '1', COEMU,
+                            'stats', d, '--quiet'], capture_output=True, text=True, timeout=90,
+                           env=dict(os.environ, COEMU_FAULT_STATS_FSIZE=str(limit)))
+        counts['faults'] += 1
+        check(r.returncode == 1 and 'File too large' in r.stderr and 'Segmentation' not in
+              r.stderr and 'signal' not in r.stderr.lower(),
+              f'full disk ({limit} bytes): a clean error, no crash: {r.stderr[-600:]}')
+        check(stats_split(d) == 'all' and
+              not [f for f in os.listdir(d) if '.tmp.' in f], 'the old /stats kept, no temporary file')
+
+
 def fresh(base, tmp, name):
     d = os.path.join(tmp, name)
     shutil.copytree(base, d)
@@ -207,6 +250,7 @@ def run(tmp):
     r = stats(d)
     check(r.returncode == 1 and 'shard-000001.h5' in r.stderr and 'missing' in r.stderr,
           f'format 1: a missing shard is still an error: {r.stderr}')
+    stats_faults(base, tmp)
     check(counts['silently_changed'] == 0 and counts['samples_lost'] == 0,
           f'no reader used damaged data silently: {counts}')
 
