@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -171,4 +172,78 @@ int fs_read_all(const char *path, char **buf, size_t *len) {
   *buf = b;
   if (len) *len = n;
   return 0;
+}
+
+/* Directory locks held by this process: a nested lock of the same directory
+ * (coemu generate computing /stats) only counts. */
+static struct {
+  dev_t dev;
+  ino_t ino;
+  pid_t pid; /* a forked child does not hold its parent's locks */
+  int fd, refs;
+} held[8];
+
+int fs_lock_dir(const char *dir, const char *what) {
+  char p[4200];
+  if ((size_t)snprintf(p, sizeof p, "%s/.lock", dir) >= sizeof p) CE_FAIL("%s: path too long", dir);
+  int fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) CE_FAIL("%s: cannot create the lock file: %s", p, strerror(errno));
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    int e = errno;
+    close(fd);
+    CE_FAIL("%s: cannot stat: %s", p, strerror(e));
+  }
+  int free_slot = -1;
+  for (int i = 0; i < 8; i++) {
+    if (held[i].refs > 0 && held[i].pid != getpid()) held[i].refs = 0; /* fork */
+    if (held[i].refs > 0 && held[i].dev == st.st_dev && held[i].ino == st.st_ino) {
+      close(fd);
+      held[i].refs++;
+      return 0;
+    }
+    if (held[i].refs == 0 && free_slot < 0) free_slot = i;
+  }
+  if (free_slot < 0) {
+    close(fd);
+    CE_FAIL("%s: too many directory locks in one process", dir);
+  }
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int e = errno;
+    char who[256] = "";
+    ssize_t n = pread(fd, who, sizeof who - 1, 0);
+    close(fd);
+    if (n > 0) {
+      who[n] = 0;
+      who[strcspn(who, "\n")] = 0;
+    }
+    if (e == EWOULDBLOCK)
+      CE_FAIL("%s is in use by another coemu (%s); wait for it to finish or stop it, then rerun",
+              dir, n > 0 && who[0] ? who : "unknown pid");
+    CE_FAIL("%s: cannot lock: %s", p, strerror(e));
+  }
+  char line[256];
+  int len = snprintf(line, sizeof line, "pid %ld: coemu %s\n", (long)getpid(), what);
+  if (ftruncate(fd, 0) != 0 || pwrite(fd, line, (size_t)len, 0) != len) {
+    /* the lock holds anyway; only the holder's name for others is lost */
+  }
+  held[free_slot].dev = st.st_dev;
+  held[free_slot].ino = st.st_ino;
+  held[free_slot].fd = fd;
+  held[free_slot].pid = getpid();
+  held[free_slot].refs = 1;
+  return 0;
+}
+
+void fs_unlock_dir(const char *dir) {
+  char p[4200];
+  struct stat st;
+  snprintf(p, sizeof p, "%s/.lock", dir);
+  if (stat(p, &st) != 0) return;
+  for (int i = 0; i < 8; i++)
+    if (held[i].refs > 0 && held[i].pid == getpid() && held[i].dev == st.st_dev &&
+        held[i].ino == st.st_ino) {
+      if (--held[i].refs == 0) close(held[i].fd); /* the lock file stays: removing it races */
+      return;
+    }
 }

@@ -33,6 +33,15 @@ int fs_fsync_dir(const char *path);
  * failure. No fsync (fs_rename_durable() does it). */
 int fs_copy_file(const char *src, const char *dst);
 
+/* An exclusive lock on DIR for one run of a command that writes there
+ * (`what`: "generate", "stats", "train"): flock on DIR/.lock, which records
+ * "pid N: coemu WHAT" for others. Fails at once, naming the holder, when
+ * another process holds it; a nested lock of the same directory by this
+ * process only counts. The lock goes with the process (kill included) or
+ * with fs_unlock_dir(). DIR must exist. */
+int fs_lock_dir(const char *dir, const char *what);
+void fs_unlock_dir(const char *dir);
+
 /* mkdir -p. */
 int fs_mkdir_p(const char *dir);
 

@@ -48,6 +48,7 @@ int dataset_prepare(const char *dir, const job *j) {
   char p[4096];
   snprintf(p, sizeof p, "%s/shards", dir);
   CE_TRY(fs_mkdir_p(p));
+  CE_TRY(fs_lock_dir(dir, "generate")); /* held until the process ends */
   CE_TRY(remove_tmp_files(p));
   CE_TRY(remove_tmp_files(dir));
   snprintf(p, sizeof p, "%s/job.yaml", dir);

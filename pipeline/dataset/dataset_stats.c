@@ -13,7 +13,9 @@
  * when there are several; ln I after the zero replacement (and the -40 clip
  * with several channels) of stats/transforms.h. Rank 0 writes /stats
  * (stats/statsfile.h) after the reductions. Layout: docs/dataset-format.md. */
+#include <dirent.h>
 #include <hdf5.h>
+#include <unistd.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +24,7 @@
 #include <mpi.h>
 
 #include "common/error.h"
+#include "common/fsutil.h"
 #include "pipeline/dataset/dataset_stats.h"
 #include "pipeline/dataset/h5util.h"
 #include "pipeline/dataset/integrity.h"
@@ -209,6 +212,20 @@ static int any_failed(int local_rc, const char *cmd) {
   return any;
 }
 
+/* Rank 0, holding the lock: remove dataset.h5.tmp.* left by a killed stats. */
+static void remove_stale_copies(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d) return;
+  struct dirent *e;
+  while ((e = readdir(d)))
+    if (!strncmp(e->d_name, "dataset.h5.tmp.", 15)) {
+      char p[4400];
+      snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+      unlink(p);
+    }
+  closedir(d);
+}
+
 int dataset_stats(const char *dir, const char *split_name, int drop_outliers, int quiet) {
   int want;
   CE_TRY(job_split_parse(split_name, &want));
@@ -223,6 +240,11 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
   float *in = NULL, *tg = NULL, *work = NULL, *scratch = NULL;
   int nf = 0;
   stats_norm norm = {0};
+  /* rank 0 locks DIR (a missing DIR: the open below says so) */
+  int want_lock = rank == 0 && access(dir, F_OK) == 0;
+  int locked = want_lock && fs_lock_dir(dir, "stats") == 0;
+  if (any_failed(want_lock && !locked ? -1 : 0, "stats")) goto out;
+  if (locked) remove_stale_copies(dir);
   if (any_failed(open_dataset(path, &ds), "stats")) goto out;
   if (rank == 0 && !quiet && !integrity_checked(&ds.integ))
     fprintf(stderr, "coemu stats: note: %s has no per-sample /checksums (made before dataset "
@@ -374,6 +396,7 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
   status = lrc < 0 ? 1 : 0;
 out:
   close_dataset(&ds);
+  if (locked) fs_unlock_dir(dir);
   for (int f = 0; acc && f < nf; f++) {
     stats_qsel_free(&acc[f].q);
     free(acc[f].medians);

@@ -56,6 +56,7 @@ static int path_exists(const char *p) { return access(p, F_OK) == 0; }
 /* OUT/train.yaml: the job a directory belongs to. */
 static int prepare_out(const char *out, const train_job *j) {
   CE_TRY(fs_mkdir_p(out));
+  CE_TRY(fs_lock_dir(out, "train")); /* held until the process ends */
   char p[4200];
   snprintf(p, sizeof p, "%s/train.yaml", out);
   if (path_exists(p)) {

@@ -36,7 +36,8 @@ line: {{lamda: co.dat}}
 output: {{samples_per_shard: {S}}}
 splits: {{train: 0.5, validation: 0.25, test: 0.25, seed: 2}}
 """
-counts = {'faults': 0, 'detected': 0, 'silently_changed': 0, 'samples_lost': 0}
+counts = {'faults': 0, 'detected': 0, 'silently_changed': 0, 'samples_lost': 0, 'stats_kept': 0,
+          'refused': 0}
 
 
 def mpi(n, exe, args, env=None):
@@ -119,8 +120,10 @@ def main():
         run(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print('faults injected {faults}, detected {detected}, samples silently changed '
-          '{silently_changed}, samples lost silently {samples_lost}'.format(**counts))
+    print('faults injected {faults}: damaged/missing shards detected naming the shard {detected}, '
+          'samples silently changed {silently_changed}, samples lost silently {samples_lost}; '
+          'stats killed or out of space with a readable old/new /stats {stats_kept}; concurrent '
+          'generate refused {refused}'.format(**counts))
     report()
 
 
@@ -146,6 +149,7 @@ def stats_faults(base, tmp):
                            env=dict(os.environ, COEMU_FAULT_STATS=point))
         counts['faults'] += 1
         got = stats_split(d)
+        counts['stats_kept'] += got == expect
         check(r.returncode != 0 and got == expect,
               f'stats killed after "{point}": /stats {got!r}, expected {expect!r}: {r.stderr[-300:]}')
         got, failed, err = serve_all(d, tmp)
@@ -163,8 +167,37 @@ def stats_faults(base, tmp):
         check(r.returncode == 1 and 'File too large' in r.stderr and 'Segmentation' not in
               r.stderr and 'signal' not in r.stderr.lower(),
               f'full disk ({limit} bytes): a clean error, no crash: {r.stderr[-600:]}')
+        counts['stats_kept'] += stats_split(d) == 'all'
         check(stats_split(d) == 'all' and
               not [f for f in os.listdir(d) if '.tmp.' in f], 'the old /stats kept, no temporary file')
+
+
+def two_runs(tmp):
+    """A second generate (or stats) on a folder a generate is writing is
+    refused at once, naming the holder; the first run finishes intact."""
+    out = os.path.join(tmp, 'two')
+    cmd = [MPIEXEC, '--allow-run-as-root', '--oversubscribe', '-n', '1', TESTGEN,
+           os.path.join(tmp, 'job.yaml'), '--out', out, '--quiet']
+    p = subprocess.Popen(cmd, env=dict(os.environ, COEMU_TEST_DELAY_MS='150'),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock = os.path.join(out, '.lock')
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (os.path.exists(lock) and
+                                               open(lock).read().startswith('pid ')):
+        time.sleep(0.05)
+    holder = open(lock).read().split(':')[0] if os.path.exists(lock) else '?'
+    r = mpi(1, TESTGEN, [os.path.join(tmp, 'job.yaml'), '--out', out, '--quiet'])
+    counts['faults'] += 1
+    counts['refused'] += r.returncode != 0 and 'in use by another coemu' in r.stderr
+    check(r.returncode != 0 and 'in use by another coemu' in r.stderr and holder in r.stderr,
+          f'a second generate is refused naming {holder}: {r.stderr[-400:]}')
+    r = mpi(1, COEMU, ['stats', out, '--quiet'])
+    check(r.returncode != 0 and 'in use by another coemu' in r.stderr,
+          f'stats on a folder being generated is refused: {r.stderr[-400:]}')
+    _, err = p.communicate(timeout=90)
+    check(p.returncode == 0, f'the first generate finishes: {err[-400:]}')
+    r = subprocess.run([COEMU, 'verify', out], capture_output=True, text=True)
+    check(r.returncode == 0, f'its dataset verifies: {r.stderr}')
 
 
 def fresh(base, tmp, name):
@@ -251,6 +284,7 @@ def run(tmp):
     check(r.returncode == 1 and 'shard-000001.h5' in r.stderr and 'missing' in r.stderr,
           f'format 1: a missing shard is still an error: {r.stderr}')
     stats_faults(base, tmp)
+    two_runs(tmp)
     check(counts['silently_changed'] == 0 and counts['samples_lost'] == 0,
           f'no reader used damaged data silently: {counts}')
 
