@@ -2,6 +2,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "common/fsutil.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -246,4 +247,19 @@ void fs_unlock_dir(const char *dir) {
       if (--held[i].refs == 0) close(held[i].fd); /* the lock file stays: removing it races */
       return;
     }
+}
+
+int fs_remove_tmp(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d) CE_FAIL("%s: cannot list: %s", dir, strerror(errno));
+  struct dirent *e;
+  int rc = 0;
+  while ((e = readdir(d))) {
+    if (!strstr(e->d_name, ".tmp.")) continue;
+    char p[4400];
+    snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+    if (unlink(p) < 0 && errno != ENOENT) rc = ce_err("%s: cannot remove: %s", p, strerror(errno));
+  }
+  closedir(d);
+  return rc;
 }

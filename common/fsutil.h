@@ -42,6 +42,10 @@ int fs_copy_file(const char *src, const char *dst);
 int fs_lock_dir(const char *dir, const char *what);
 void fs_unlock_dir(const char *dir);
 
+/* Remove the "*.tmp.*" files of DIR (left by a killed run); call it holding
+ * DIR's lock. */
+int fs_remove_tmp(const char *dir);
+
 /* mkdir -p. */
 int fs_mkdir_p(const char *dir);
 

@@ -159,12 +159,14 @@ static int write_dataset_h5(const char *dir, const dataset_provenance *pv, const
     rc = ce_err("%s: cannot write /frequencies", tmp);
   if (rc == 0) {
     hid_t d = H5Dopen2(f, "frequencies", H5P_DEFAULT);
-    h5_put_str_attr(d, "units", "Hz");
-    h5_put_attr(d, "nu0", H5T_NATIVE_DOUBLE, &pv->nu0);
-    H5Dclose(d);
-    d = H5Dopen2(f, "velocities", H5P_DEFAULT);
-    h5_put_str_attr(d, "units", "m/s");
-    H5Dclose(d);
+    if (d < 0 || h5_put_str_attr(d, "units", "Hz") < 0 ||
+        h5_put_attr(d, "nu0", H5T_NATIVE_DOUBLE, &pv->nu0) < 0)
+      rc = ce_err("%s: cannot write the attributes of /frequencies", tmp);
+    if (d >= 0) H5Dclose(d);
+    d = rc == 0 ? H5Dopen2(f, "velocities", H5P_DEFAULT) : -1;
+    if (rc == 0 && (d < 0 || h5_put_str_attr(d, "units", "m/s") < 0))
+      rc = ce_err("%s: cannot write the attributes of /velocities", tmp);
+    if (d >= 0) H5Dclose(d);
   }
   /* /models: the catalogue */
   hid_t g = rc == 0 ? H5Gcreate2(f, "models", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT) : -1;
@@ -183,7 +185,8 @@ static int write_dataset_h5(const char *dir, const dataset_provenance *pv, const
       rc = ce_err("%s: cannot write /models", tmp);
     free(ids);
     H5Tclose(st);
-    h5_put_str_attr(g, "source", j->input == JOB_INPUT_AMRVAC ? "amrvac" : "synth");
+    if (rc == 0 && h5_put_str_attr(g, "source", j->input == JOB_INPUT_AMRVAC ? "amrvac" : "synth") < 0)
+      rc = ce_err("%s: cannot write /models attributes", tmp);
   }
   if (g >= 0) H5Gclose(g);
   /* /provenance */

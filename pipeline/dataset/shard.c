@@ -39,9 +39,13 @@ uint64_t shard_row_hash(const float *row, size_t count) {
  * when set, says why (ENOSPC, EFBIG, EIO). */
 static int h5fail(const char *path, const char *what) {
   int e = errno;
-  if (e == ENOSPC || e == EFBIG || e == EDQUOT)
+  if (e == ENOSPC || e == EDQUOT)
     return ce_err("%s: %s failed: %s (free space, then rerun the same command: finished shards "
                   "are kept)", path, what, strerror(e));
+  if (e == EFBIG)
+    return ce_err("%s: %s failed: %s (a file-size limit: raise it (ulimit -f) or use smaller "
+                  "shards (output.samples_per_shard), then rerun the same command: finished "
+                  "shards are kept)", path, what, strerror(e));
   if (e) return ce_err("%s: %s failed: %s", path, what, strerror(e));
   return ce_err("%s: %s failed (HDF5 error)", path, what);
 }

@@ -189,6 +189,18 @@ static void test_lock_dir(void) {
   close(pipefd[0]);
   close(pipefd[1]);
   char p[128];
+  /* fs_remove_tmp: a killed run's temporary files go, finished files stay */
+  snprintf(p, sizeof p, "%s/last.ckpt.tmp.123", dir);
+  FILE *f = fopen(p, "w");
+  if (f) fclose(f);
+  snprintf(p, sizeof p, "%s/last.ckpt", dir);
+  f = fopen(p, "w");
+  if (f) fclose(f);
+  CHECK(fs_remove_tmp(dir) == 0);
+  CHECK(access(p, F_OK) == 0);
+  unlink(p);
+  snprintf(p, sizeof p, "%s/last.ckpt.tmp.123", dir);
+  CHECK(access(p, F_OK) != 0);
   snprintf(p, sizeof p, "%s/.lock", dir);
   unlink(p);
   rmdir(dir);
