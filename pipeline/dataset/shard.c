@@ -410,9 +410,20 @@ int shard_verify(const char *path, const shard_layout *lay, shard_sums *sums) {
   hid_t mtypes[SHARD_NSETS] = {H5T_NATIVE_FLOAT, H5T_NATIVE_FLOAT,  H5T_NATIVE_INT64,
                                H5T_NATIVE_INT64, H5T_NATIVE_DOUBLE, H5T_NATIVE_UINT8,
                                H5T_NATIVE_UINT8, H5T_NATIVE_UINT64};
-  for (int s = 0; rc == 0 && s < SHARD_NSETS; s++) {
+  /* every bad dataset is reported, not only the first: "PATH: /a: ...; /b: ..." */
+  char all[2048] = "";
+  size_t used = 0;
+  int layout_bad = rc < 0;
+  for (int s = 0; !layout_bad && s < SHARD_NSETS; s++) {
     if (s == SHARD_INPUTS && !lay->store_inputs) continue;
     if (s == SHARD_CHECKSUMS && !sums->has_checksums) continue; /* format 1 */
+    if (rc < 0 && used < sizeof all) {
+      const char *m = ce_err_msg();
+      size_t pl = strlen(path);
+      if (used && !strncmp(m, path, pl) && !strncmp(m + pl, ": ", 2)) m += pl + 2;
+      used += (size_t)snprintf(all + used, sizeof all - used, "%s%s", used ? "; " : "", m);
+      rc = 0;
+    }
     hid_t d = H5Dopen2(f, shard_set_names[s], H5P_DEFAULT);
     if (d < 0) {
       rc = ce_err("%s: /%s: missing", path, shard_set_names[s]);
@@ -432,6 +443,17 @@ int shard_verify(const char *path, const shard_layout *lay, shard_sums *sums) {
       rc = ce_err("%s: /%s: checksum mismatch (stored crc32 %08x, data %08x)", path,
                   shard_set_names[s], sums->crc[s], c);
     H5Dclose(d);
+  }
+  if (used && used < sizeof all) {
+    if (rc < 0) {
+      const char *m = ce_err_msg();
+      size_t pl = strlen(path);
+      if (!strncmp(m, path, pl) && !strncmp(m + pl, ": ", 2)) m += pl + 2;
+      snprintf(all + used, sizeof all - used, "; %s", m);
+    }
+    rc = ce_err("%s", all);
+  } else if (used) {
+    rc = ce_err("%s", all);
   }
   H5Fclose(f);
   return rc;

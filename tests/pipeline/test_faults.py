@@ -250,6 +250,14 @@ def run(tmp):
         r = subprocess.run([COEMU, 'verify', d], capture_output=True, text=True)
         check(r.returncode == 1 and shard in r.stderr, f'verify: {r.stderr}')
 
+    # verify names every damaged dataset of a shard, not only the first
+    d = fresh(base, tmp, 'flip-both')
+    flip(os.path.join(d, 'shards', 'shard-000003.h5'), 'inputs', 0)
+    flip(os.path.join(d, 'shards', 'shard-000003.h5'), 'targets', 3)
+    r = subprocess.run([COEMU, 'verify', d], capture_output=True, text=True)
+    check(r.returncode == 1 and 'shard-000003.h5' in r.stderr and '/inputs' in r.stderr and
+          '/targets' in r.stderr, f'verify names /inputs and /targets: {r.stderr}')
+
     # a removed shard: no reader sees zeros or a shorter split
     d = fresh(base, tmp, 'removed')
     os.unlink(os.path.join(d, 'shards', 'shard-000002.h5'))
