@@ -63,6 +63,11 @@ static void test_errors(void) {
             "no file matches");
   CHECK_ERR(parse("inputs: {synth: {count: 1}}\n", &j), "missing required key 'line'");
   CHECK_ERR(parse("inputs: {synth: {count: 1}\n", &j), "t.yaml:");
+  /* limits the tools enforce are the schema's, found before any work */
+  CHECK_ERR(parse("inputs: {synth: {count: 1, levels: 7}}\nline: {lamda: a}\n", &j),
+            "inputs.synth.levels: expected an integer in 1..6, got '7'");
+  CHECK_ERR(parse("inputs: {synth: {count: 1}}\nline: {lamda: a, transition: 2147483648}\n", &j),
+            "got '2147483648'");
 }
 
 static void test_channels(void) {
