@@ -68,6 +68,9 @@ static void test_errors(void) {
             "inputs.synth.levels: expected an integer in 1..6, got '7'");
   CHECK_ERR(parse("inputs: {synth: {count: 1}}\nline: {lamda: a, transition: 2147483648}\n", &j),
             "got '2147483648'");
+  CHECK_ERR(parse("inputs: {synth: {count: 100000000}}\nsampling: {directions: 1000000}\n"
+                  "line: {lamda: a}\n", &j),
+            "inputs.synth.count x sampling.directions = 100000000 x 1000000 = 1e+14 samples");
 }
 
 static void test_channels(void) {
