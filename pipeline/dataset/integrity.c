@@ -145,6 +145,30 @@ int integrity_check(integrity *c, int64_t idx, const float *inputs, size_t nin,
                 (unsigned long long)want[bad]);
 }
 
+int integrity_check_row(hid_t sums, hsize_t row, const char *file, int64_t idx,
+                        const float *inputs, size_t nin, const float *targets, size_t nout) {
+  uint64_t want[2] = {0, 0};
+  hid_t fs = H5Dget_space(sums);
+  hsize_t start[2] = {row, 0}, cnt[2] = {1, 2};
+  hid_t ms = H5Screate_simple(2, cnt, NULL);
+  herr_t e = -1;
+  H5E_BEGIN_TRY {
+    e = H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, cnt, NULL);
+    if (e >= 0) e = H5Dread(sums, H5T_NATIVE_UINT64, ms, fs, H5P_DEFAULT, want);
+  } H5E_END_TRY;
+  H5Sclose(ms);
+  H5Sclose(fs);
+  if (e < 0) return ce_err("%s: sample %lld: cannot read its /checksums row", file, (long long)idx);
+  uint64_t got[2] = {inputs && nin ? shard_row_hash(inputs, nin) : want[0],
+                     shard_row_hash(targets, nout)};
+  int bad = got[0] != want[0] ? 0 : got[1] != want[1] ? 1 : -1;
+  if (bad < 0) return 0;
+  return ce_err("%s: sample %lld (row %llu of the shard): /%s does not match its checksum "
+                "(xxh64 %016llx, recorded %016llx): the shard is damaged", file, (long long)idx,
+                (unsigned long long)row, bad == 0 ? "inputs" : "targets",
+                (unsigned long long)got[bad], (unsigned long long)want[bad]);
+}
+
 void integrity_close(integrity *c) {
   if (c->sums >= 0) H5Dclose(c->sums);
   c->sums = -1;

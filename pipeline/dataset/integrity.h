@@ -49,6 +49,12 @@ int integrity_checked(const integrity *c);
 int integrity_check(integrity *c, int64_t idx, const float *inputs, size_t nin,
                     const float *targets, size_t nout);
 
+/* The same check against row `row` of a shard's own /checksums dataset
+ * (`sums`, of the shard file `file`): for readers of the shard files
+ * themselves (serve --live). */
+int integrity_check_row(hid_t sums, hsize_t row, const char *file, int64_t idx,
+                        const float *inputs, size_t nin, const float *targets, size_t nout);
+
 void integrity_close(integrity *c);
 
 #endif

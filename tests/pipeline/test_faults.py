@@ -63,11 +63,12 @@ def flip(path, dataset, row, at=100):
     counts['faults'] += 1
 
 
-def serve_all(d, tmp):
+def serve_all(d, tmp, live=False):
     """Stream split 'all' once through coemu serve; (samples, failed, error text)."""
     ep = f'ipc://{tmp}/serve-{time.monotonic_ns()}.sock'
     p = subprocess.Popen([COEMU, 'serve', d, '--endpoint', ep, '--split', 'all', '--batch', '2',
-                          '--epochs', '1', '--heartbeat', '0.2'], stderr=subprocess.PIPE, text=True)
+                          '--epochs', '1', '--heartbeat', '0.2'] + (['--live'] if live else []),
+                         stderr=subprocess.PIPE, text=True)
     got, err, failed = {}, '', False
     try:
         time.sleep(0.3)
@@ -178,7 +179,7 @@ def two_runs(tmp):
     out = os.path.join(tmp, 'two')
     cmd = [MPIEXEC, '--allow-run-as-root', '--oversubscribe', '-n', '1', TESTGEN,
            os.path.join(tmp, 'job.yaml'), '--out', out, '--quiet']
-    p = subprocess.Popen(cmd, env=dict(os.environ, COEMU_TEST_DELAY_MS='150'),
+    p = subprocess.Popen(cmd, env=dict(os.environ, COEMU_TEST_DELAY_MS='500'),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lock = os.path.join(out, '.lock')
     deadline = time.monotonic() + 30
@@ -240,6 +241,8 @@ def run(tmp):
         got, failed, err = serve_all(d, tmp)
         judge(f'serve, /{dset} flipped', int(failed), err, shard, sample, got, ref)
         counts['faults'] += 1  # the second flip above
+        got, failed, err = serve_all(d, tmp, live=True)
+        judge(f'serve --live, /{dset} flipped', int(failed), err, shard, sample, got, ref)
         with h5py.File(os.path.join(d, 'dataset.h5'), 'r') as h:
             try:
                 cs.check_dataset_sample(h, sample)
