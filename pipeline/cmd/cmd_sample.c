@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/cli.h"
 #include "common/error.h"
@@ -53,14 +54,15 @@ static int write_npy_dir(const char *dir, float *const cube[3], int n, int f64, 
   char tmp[4200];
   FILE *fp;
   CE_TRY(fs_open_tmp(p, tmp, sizeof tmp, &fp));
-  fprintf(fp, "dx %.17g\nquaternion %.17g %.17g %.17g %.17g\n%s", dx, q[0], q[1], q[2], q[3], meta);
-  return fs_commit_tmp(fp, tmp, p, 1);
+  int ok = fprintf(fp, "dx %.17g\nquaternion %.17g %.17g %.17g %.17g\n%s", dx, q[0], q[1], q[2],
+                   q[3], meta) > 0;
+  return fs_commit_tmp(fp, tmp, p, ok);
 }
 
 static int write_h5(const char *path, float *const cube[3], int n, int f64, const double q[4],
                     double dx) {
   char tmp[4200];
-  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()); /* two runs never share it */
   hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
   if (file < 0) CE_FAIL("%s: cannot create the HDF5 file", tmp);
   hsize_t dims[3] = {(hsize_t)n, (hsize_t)n, (hsize_t)n}, four = 4, one = 1;
@@ -87,7 +89,11 @@ static int write_h5(const char *path, float *const cube[3], int n, int f64, cons
     remove(tmp);
     CE_FAIL("%s: writing the HDF5 file failed", path);
   }
-  return fs_rename_durable(tmp, path);
+  if (fs_rename_durable(tmp, path) < 0) {
+    remove(tmp);
+    return -1;
+  }
+  return 0;
 }
 
 /* Central x-y slices of n (log10), T and v_z, and the CO column (log10). */

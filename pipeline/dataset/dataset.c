@@ -48,6 +48,7 @@ int dataset_prepare(const char *dir, const job *j) {
   char p[4096];
   snprintf(p, sizeof p, "%s/shards", dir);
   CE_TRY(fs_mkdir_p(p));
+  CE_TRY(fs_lock_dir(dir, "generate")); /* held until the process ends */
   CE_TRY(remove_tmp_files(p));
   CE_TRY(remove_tmp_files(dir));
   snprintf(p, sizeof p, "%s/job.yaml", dir);
@@ -106,7 +107,8 @@ static hid_t virtual_set(hid_t file, const char *name, hid_t ftype, int rank,
   return d;
 }
 
-static int write_dataset_h5(const char *dir, const dataset_provenance *pv, const uint8_t *msplit) {
+static int write_dataset_h5(const char *dir, const dataset_provenance *pv, const uint8_t *msplit,
+                            int checksums) {
   const job *j = pv->job;
   char path[4096], tmp[4200];
   snprintf(path, sizeof path, "%s/dataset.h5", dir);
@@ -136,9 +138,13 @@ static int write_dataset_h5(const char *dir, const dataset_provenance *pv, const
       {"direction", H5T_IEEE_F64LE, 2, {4}, "", "rotation quaternion (w, x, y, z) applied to the model"},
       {"split", H5T_STD_U8LE, 1, {0}, "", "0 train, 1 validation, 2 test"},
       {"valid", H5T_STD_U8LE, 1, {0}, "", "1: sample made; 0: model skipped, sample is zeros"},
+      {"checksums", H5T_STD_U64LE, 2, {2}, "",
+       "XXH64 (seed 0) of each sample's inputs row and targets row as little-endian float32 in C "
+       "order (0: inputs not stored); every reader checks them"},
   };
   for (size_t i = 0; rc == 0 && i < sizeof sets / sizeof sets[0]; i++) {
     if (i == 0 && !j->store_inputs) continue;
+    if (!strcmp(sets[i].name, "checksums") && !checksums) continue; /* shards of format 1 */
     hid_t d = virtual_set(f, sets[i].name, sets[i].type, sets[i].rank, sets[i].rest, N, S, K);
     if (d < 0 || h5_put_str_attr(d, "units", sets[i].units) < 0 || h5_put_str_attr(d, "description", sets[i].doc) < 0)
       rc = ce_err("%s: cannot create the virtual dataset /%s", tmp, sets[i].name);
@@ -153,12 +159,14 @@ static int write_dataset_h5(const char *dir, const dataset_provenance *pv, const
     rc = ce_err("%s: cannot write /frequencies", tmp);
   if (rc == 0) {
     hid_t d = H5Dopen2(f, "frequencies", H5P_DEFAULT);
-    h5_put_str_attr(d, "units", "Hz");
-    h5_put_attr(d, "nu0", H5T_NATIVE_DOUBLE, &pv->nu0);
-    H5Dclose(d);
-    d = H5Dopen2(f, "velocities", H5P_DEFAULT);
-    h5_put_str_attr(d, "units", "m/s");
-    H5Dclose(d);
+    if (d < 0 || h5_put_str_attr(d, "units", "Hz") < 0 ||
+        h5_put_attr(d, "nu0", H5T_NATIVE_DOUBLE, &pv->nu0) < 0)
+      rc = ce_err("%s: cannot write the attributes of /frequencies", tmp);
+    if (d >= 0) H5Dclose(d);
+    d = rc == 0 ? H5Dopen2(f, "velocities", H5P_DEFAULT) : -1;
+    if (rc == 0 && (d < 0 || h5_put_str_attr(d, "units", "m/s") < 0))
+      rc = ce_err("%s: cannot write the attributes of /velocities", tmp);
+    if (d >= 0) H5Dclose(d);
   }
   /* /models: the catalogue */
   hid_t g = rc == 0 ? H5Gcreate2(f, "models", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT) : -1;
@@ -177,7 +185,8 @@ static int write_dataset_h5(const char *dir, const dataset_provenance *pv, const
       rc = ce_err("%s: cannot write /models", tmp);
     free(ids);
     H5Tclose(st);
-    h5_put_str_attr(g, "source", j->input == JOB_INPUT_AMRVAC ? "amrvac" : "synth");
+    if (rc == 0 && h5_put_str_attr(g, "source", j->input == JOB_INPUT_AMRVAC ? "amrvac" : "synth") < 0)
+      rc = ce_err("%s: cannot write /models attributes", tmp);
   }
   if (g >= 0) H5Gclose(g);
   /* /provenance */
@@ -226,7 +235,7 @@ int dataset_finish(const char *dir, const dataset_provenance *pv) {
   uint8_t *skipped = ce_calloc_array((size_t)j->n_models, 1, "skipped models");
   uint8_t *msplit = ce_calloc_array((size_t)j->n_models, 1, "model splits");
   uint8_t *valid = ce_calloc_array((size_t)S, 1, "valid flags");
-  int rc = (sums && bytes && skipped && msplit && valid) ? 0 : -1;
+  int rc = (sums && bytes && skipped && msplit && valid) ? 0 : -1, all_sums = 1;
   if (rc == 0) rc = job_model_splits(j, msplit);
   char path[4096];
   for (int64_t s = 0; rc == 0 && s < K; s++) {
@@ -237,6 +246,7 @@ int dataset_finish(const char *dir, const dataset_provenance *pv) {
       rc = ce_err_prefix("shard %lld", (long long)s);
       break;
     }
+    all_sums &= sums[s].has_checksums;
     if (sums[s].first != first || sums[s].count != count) {
       rc = ce_err("%s: holds samples %lld+%lld, expected %lld+%lld", path, (long long)sums[s].first,
                   (long long)sums[s].count, (long long)first, (long long)count);
@@ -257,14 +267,16 @@ int dataset_finish(const char *dir, const dataset_provenance *pv) {
     snprintf(mpath, sizeof mpath, "%s/manifest.json", dir);
     rc = fs_open_tmp(mpath, tmp, sizeof tmp, &f);
     if (rc == 0) {
-      fprintf(f, "{\n  \"format\": \"coemu-dataset\",\n  \"format_version\": 1,\n");
+      fprintf(f, "{\n  \"format\": \"coemu-dataset\",\n  \"format_version\": %d,\n",
+              all_sums ? 2 : 1);
       fprintf(f, "  \"job_fingerprint\": \"%08x\",\n  \"samples\": %lld,\n  \"models\": %lld,\n",
               j->fingerprint, (long long)N, (long long)j->n_models);
       fprintf(f, "  \"directions\": %lld,\n  \"n\": %d,\n  \"channels\": %d,\n",
               (long long)j->directions, j->n, j->nf);
       fprintf(f, "  \"store_inputs\": %s,\n  \"samples_per_shard\": %lld,\n",
               j->store_inputs ? "true" : "false", (long long)S);
-      fprintf(f, "  \"checksum\": \"crc32\",\n  \"skipped_models\": [");
+      fprintf(f, "  \"checksum\": \"crc32\",\n%s  \"skipped_models\": [",
+              all_sums ? "  \"sample_checksum\": \"xxh64\",\n" : "");
       int first_skip = 1;
       for (int64_t m = 0; m < j->n_models; m++)
         if (skipped[m]) {
@@ -282,6 +294,7 @@ int dataset_finish(const char *dir, const dataset_provenance *pv) {
         int firstset = 1;
         for (int k = 0; k < SHARD_NSETS; k++) {
           if (k == SHARD_INPUTS && !j->store_inputs) continue;
+          if (k == SHARD_CHECKSUMS && !sums[s].has_checksums) continue;
           fprintf(f, "%s\"%s\": \"%08x\"", firstset ? "" : ", ", shard_set_names[k], sums[s].crc[k]);
           firstset = 0;
         }
@@ -291,7 +304,7 @@ int dataset_finish(const char *dir, const dataset_provenance *pv) {
       rc = fs_commit_tmp(f, tmp, mpath, !ferror(f));
     }
   }
-  if (rc == 0) rc = write_dataset_h5(dir, pv, msplit);
+  if (rc == 0) rc = write_dataset_h5(dir, pv, msplit, all_sums);
   free(sums);
   free(bytes);
   free(skipped);
@@ -381,6 +394,7 @@ int dataset_verify(const char *dir, FILE *report) {
     for (int k = 0; k < SHARD_NSETS; k++) {
       if (k == SHARD_INPUTS && !lay.store_inputs) continue;
       const yt_node *c = yt_get(crc, shard_set_names[k]);
+      if (k == SHARD_CHECKSUMS && !s.has_checksums && !c) continue; /* format 1 */
       if (!c || c->kind != YT_SCALAR || (uint32_t)strtoul(c->text, NULL, 16) != s.crc[k]) {
         fprintf(report, "%s: shard %s: /%s: checksum %08x, manifest says %s\n", dir, file->text,
                 shard_set_names[k], s.crc[k], c && c->kind == YT_SCALAR ? c->text : "nothing");

@@ -32,7 +32,9 @@ int dataset_write_plan(const char *dir, const job *j, const uint8_t *model_split
 /* The shard layout a job asks for. */
 void dataset_layout(const job *j, shard_layout *lay);
 
-/* Rank 0, before any shard: create DIR and DIR/shards; record the job text in
+/* Rank 0, before any shard: create DIR and DIR/shards; lock DIR for this
+ * process (fs_lock_dir: a second generate, stats or a run on DIR is refused,
+ * naming this one); record the job text in
  * DIR/job.yaml, or refuse if DIR holds a different job's dataset; remove
  * temporary files left by an interrupted run. */
 int dataset_prepare(const char *dir, const job *j);

@@ -13,7 +13,9 @@
  * when there are several; ln I after the zero replacement (and the -40 clip
  * with several channels) of stats/transforms.h. Rank 0 writes /stats
  * (stats/statsfile.h) after the reductions. Layout: docs/dataset-format.md. */
+#include <dirent.h>
 #include <hdf5.h>
+#include <unistd.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,8 +24,10 @@
 #include <mpi.h>
 
 #include "common/error.h"
+#include "common/fsutil.h"
 #include "pipeline/dataset/dataset_stats.h"
 #include "pipeline/dataset/h5util.h"
+#include "pipeline/dataset/integrity.h"
 #include "pipeline/job/job.h"
 #include "stats/moments.h"
 #include "stats/moments_mpi.h"
@@ -38,6 +42,8 @@ typedef struct {
   hid_t file, inputs, targets;
   hsize_t N, n, F;
   uint8_t *split;  /* N entries, or NULL */
+  integrity integ; /* shard presence, per-sample checksums */
+  int integ_open;
 } dataset;
 
 typedef struct {
@@ -124,6 +130,8 @@ static int open_dataset(const char *path, dataset *ds) {
              (unsigned long long)di[2], (unsigned long long)di[2], MAX_FIELDS - 4);
       goto done;
     }
+    if (integrity_open(&ds->integ, path, ds->file) < 0) goto done;
+    ds->integ_open = 1;
     ds->N = di[0];
     ds->n = di[2];
     ds->F = dt[1];
@@ -159,6 +167,8 @@ static int open_dataset(const char *path, dataset *ds) {
 }
 
 static void close_dataset(dataset *ds) {
+  if (ds->integ_open) integrity_close(&ds->integ);
+  ds->integ_open = 0;
   if (ds->inputs >= 0) H5Dclose(ds->inputs);
   if (ds->targets >= 0) H5Dclose(ds->targets);
   if (ds->file >= 0) H5Fclose(ds->file);
@@ -202,6 +212,20 @@ static int any_failed(int local_rc, const char *cmd) {
   return any;
 }
 
+/* Rank 0, holding the lock: remove dataset.h5.tmp.* left by a killed stats. */
+static void remove_stale_copies(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d) return;
+  struct dirent *e;
+  while ((e = readdir(d)))
+    if (!strncmp(e->d_name, "dataset.h5.tmp.", 15)) {
+      char p[4400];
+      snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+      unlink(p);
+    }
+  closedir(d);
+}
+
 int dataset_stats(const char *dir, const char *split_name, int drop_outliers, int quiet) {
   int want;
   CE_TRY(job_split_parse(split_name, &want));
@@ -216,7 +240,15 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
   float *in = NULL, *tg = NULL, *work = NULL, *scratch = NULL;
   int nf = 0;
   stats_norm norm = {0};
+  /* rank 0 locks DIR (a missing DIR: the open below says so) */
+  int want_lock = rank == 0 && access(dir, F_OK) == 0;
+  int locked = want_lock && fs_lock_dir(dir, "stats") == 0;
+  if (any_failed(want_lock && !locked ? -1 : 0, "stats")) goto out;
+  if (locked) remove_stale_copies(dir);
   if (any_failed(open_dataset(path, &ds), "stats")) goto out;
+  if (rank == 0 && !quiet && !integrity_checked(&ds.integ))
+    fprintf(stderr, "coemu stats: note: %s has no per-sample /checksums (made before dataset "
+                    "format 2): samples are not checked (coemu verify checks its shards)\n", path);
   if (want >= 0 && !ds.split && want != 0) {
     if (rank == 0) {
       ce_err("%s: no /split, so --split %s selects nothing (use --split all)", path, split_name);
@@ -251,7 +283,8 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
     for (hsize_t i = lo; i < hi && lrc == 0; i++) {
       if (want >= 0 && ds.split && ds.split[i] != want) continue;
       if ((lrc = read_sample(ds.inputs, 5, i, 3 * nvox, in, path, "/inputs")) < 0 ||
-          (lrc = read_sample(ds.targets, 4, i, F * npix, tg, path, "/targets")) < 0)
+          (lrc = read_sample(ds.targets, 4, i, F * npix, tg, path, "/targets")) < 0 ||
+          (lrc = integrity_check(&ds.integ, (int64_t)i, in, 3 * nvox, tg, F * npix)) < 0)
         break;
       if (stats_is_outlier(&norm, in, nvox)) {
         outliers += pass == 0;
@@ -363,6 +396,7 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
   status = lrc < 0 ? 1 : 0;
 out:
   close_dataset(&ds);
+  if (locked) fs_unlock_dir(dir);
   for (int f = 0; acc && f < nf; f++) {
     stats_qsel_free(&acc[f].q);
     free(acc[f].medians);

@@ -10,13 +10,14 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "common/checksum.h"
 #include "common/error.h"
 #include "common/fsutil.h"
 #include "pipeline/dataset/h5util.h"
 
 const char *const shard_set_names[SHARD_NSETS] = {"inputs", "targets", "model_id",
                                                   "direction_index", "direction", "split",
-                                                  "valid"};
+                                                  "valid", "checksums"};
 
 struct shard_writer {
   char path[4096], tmp[4200];
@@ -27,15 +28,24 @@ struct shard_writer {
   int64_t *model, *dirix;
   double *quat;
   uint8_t *split, *valid;
+  uint64_t *rowsum; /* [count][2]: XXH64 of each sample's input and target rows */
 };
+
+uint64_t shard_row_hash(const float *row, size_t count) {
+  return ce_xxh64(row, count * sizeof *row, 0); /* float32 in memory: little-endian on our hosts */
+}
 
 /* "PATH: WHAT failed: strerror" - HDF5's own stack is switched off; errno,
  * when set, says why (ENOSPC, EFBIG, EIO). */
 static int h5fail(const char *path, const char *what) {
   int e = errno;
-  if (e == ENOSPC || e == EFBIG || e == EDQUOT)
+  if (e == ENOSPC || e == EDQUOT)
     return ce_err("%s: %s failed: %s (free space, then rerun the same command: finished shards "
                   "are kept)", path, what, strerror(e));
+  if (e == EFBIG)
+    return ce_err("%s: %s failed: %s (a file-size limit: raise it (ulimit -f) or use smaller "
+                  "shards (output.samples_per_shard), then rerun the same command: finished "
+                  "shards are kept)", path, what, strerror(e));
   if (e) return ce_err("%s: %s failed: %s", path, what, strerror(e));
   return ce_err("%s: %s failed (HDF5 error)", path, what);
 }
@@ -46,6 +56,7 @@ static void free_writer(shard_writer *w) {
   free(w->quat);
   free(w->split);
   free(w->valid);
+  free(w->rowsum);
   free(w);
 }
 
@@ -70,7 +81,8 @@ int shard_open(shard_writer **out, const char *path, const shard_layout *lay, in
   w->quat = ce_malloc_array(c, 4 * sizeof *w->quat, "shard directions");
   w->split = ce_malloc_array(c, 1, "shard splits");
   w->valid = ce_malloc_array(c, 1, "shard valid flags");
-  if (!w->model || !w->dirix || !w->quat || !w->split || !w->valid) {
+  w->rowsum = ce_malloc_array(c, 2 * sizeof *w->rowsum, "shard sample checksums");
+  if (!w->model || !w->dirix || !w->quat || !w->split || !w->valid || !w->rowsum) {
     free_writer(w);
     return -1;
   }
@@ -130,6 +142,8 @@ int shard_put(shard_writer *w, const float *inputs, const float *targets, int64_
   if (write_row(w->targets, i, targets) < 0) return h5fail(w->path, "writing /targets");
   w->crc[SHARD_TARGETS] = (uint32_t)crc32_z(w->crc[SHARD_TARGETS], (const Bytef *)targets,
                                             (size_t)w->lay.nf * n * n * sizeof(float));
+  w->rowsum[2 * i] = w->lay.store_inputs ? shard_row_hash(inputs, 3 * n * n * n) : 0;
+  w->rowsum[2 * i + 1] = shard_row_hash(targets, (size_t)w->lay.nf * n * n);
   w->model[i] = model;
   w->dirix[i] = direction_index;
   memcpy(w->quat + 4 * i, quat, 4 * sizeof *quat);
@@ -141,7 +155,7 @@ int shard_put(shard_writer *w, const float *inputs, const float *targets, int64_
 
 static int write_meta(shard_writer *w, int set, hid_t ftype, hid_t mtype, int rank,
                       const void *buf, size_t bytes) {
-  hsize_t dims[2] = {(hsize_t)w->count, 4};
+  hsize_t dims[2] = {(hsize_t)w->count, set == SHARD_CHECKSUMS ? 2 : 4};
   hid_t d = h5_create(w->file, shard_set_names[set], ftype, rank, dims, NULL, 0);
   if (d < 0) return -1;
   herr_t rc = H5Dwrite(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);
@@ -170,7 +184,8 @@ static int shard_close_impl(shard_writer *w, int commit, shard_sums *sums, int a
          write_meta(w, SHARD_DIRECTION_INDEX, H5T_STD_I64LE, H5T_NATIVE_INT64, 1, w->dirix, c * 8) < 0 ||
          write_meta(w, SHARD_DIRECTION, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 2, w->quat, c * 32) < 0 ||
          write_meta(w, SHARD_SPLIT, H5T_STD_U8LE, H5T_NATIVE_UINT8, 1, w->split, c) < 0 ||
-         write_meta(w, SHARD_VALID, H5T_STD_U8LE, H5T_NATIVE_UINT8, 1, w->valid, c) < 0))
+         write_meta(w, SHARD_VALID, H5T_STD_U8LE, H5T_NATIVE_UINT8, 1, w->valid, c) < 0 ||
+         write_meta(w, SHARD_CHECKSUMS, H5T_STD_U64LE, H5T_NATIVE_UINT64, 2, w->rowsum, c * 16) < 0))
       rc = -1;
     int n = w->lay.n, nf = w->lay.nf, si = w->lay.store_inputs;
     uint32_t fp = w->lay.job_fingerprint;
@@ -188,6 +203,7 @@ static int shard_close_impl(shard_writer *w, int commit, shard_sums *sums, int a
       sums->first = w->first;
       sums->count = w->count;
       sums->invalid = invalid;
+      sums->has_checksums = 1;
       memcpy(sums->crc, w->crc, sizeof sums->crc);
     }
   }
@@ -307,7 +323,7 @@ int shard_read_sums(const char *path, shard_sums *sums) {
     rc = ce_err("%s: missing shard attributes (first, count, invalid)", path);
   for (int s = 0; rc == 0 && s < SHARD_NSETS; s++) {
     if (H5Lexists(f, shard_set_names[s], H5P_DEFAULT) <= 0) {
-      if (s == SHARD_INPUTS) continue;
+      if (s == SHARD_INPUTS || s == SHARD_CHECKSUMS) continue; /* not stored; format 1 */
       rc = ce_err("%s: /%s: missing", path, shard_set_names[s]);
       break;
     }
@@ -315,6 +331,7 @@ int shard_read_sums(const char *path, shard_sums *sums) {
     if (d < 0 || h5_get_attr(d, "crc32", H5T_NATIVE_UINT32, &sums->crc[s]) < 0)
       rc = ce_err("%s: /%s: no crc32 attribute", path, shard_set_names[s]);
     if (d >= 0) H5Dclose(d);
+    if (s == SHARD_CHECKSUMS) sums->has_checksums = 1;
   }
   H5Fclose(f);
   return rc;
@@ -389,12 +406,24 @@ int shard_verify(const char *path, const shard_layout *lay, shard_sums *sums) {
   else if (fp != lay->job_fingerprint)
     rc = ce_err("%s: made by a different job (fingerprint %08x, expected %08x)", path, fp,
                 lay->job_fingerprint);
-  static const int elem[SHARD_NSETS] = {4, 4, 8, 8, 8, 1, 1};
+  static const int elem[SHARD_NSETS] = {4, 4, 8, 8, 8, 1, 1, 8};
   hid_t mtypes[SHARD_NSETS] = {H5T_NATIVE_FLOAT, H5T_NATIVE_FLOAT,  H5T_NATIVE_INT64,
                                H5T_NATIVE_INT64, H5T_NATIVE_DOUBLE, H5T_NATIVE_UINT8,
-                               H5T_NATIVE_UINT8};
-  for (int s = 0; rc == 0 && s < SHARD_NSETS; s++) {
+                               H5T_NATIVE_UINT8, H5T_NATIVE_UINT64};
+  /* every bad dataset is reported, not only the first: "PATH: /a: ...; /b: ..." */
+  char all[2048] = "";
+  size_t used = 0;
+  int layout_bad = rc < 0;
+  for (int s = 0; !layout_bad && s < SHARD_NSETS; s++) {
     if (s == SHARD_INPUTS && !lay->store_inputs) continue;
+    if (s == SHARD_CHECKSUMS && !sums->has_checksums) continue; /* format 1 */
+    if (rc < 0 && used < sizeof all) {
+      const char *m = ce_err_msg();
+      size_t pl = strlen(path);
+      if (used && !strncmp(m, path, pl) && !strncmp(m + pl, ": ", 2)) m += pl + 2;
+      used += (size_t)snprintf(all + used, sizeof all - used, "%s%s", used ? "; " : "", m);
+      rc = 0;
+    }
     hid_t d = H5Dopen2(f, shard_set_names[s], H5P_DEFAULT);
     if (d < 0) {
       rc = ce_err("%s: /%s: missing", path, shard_set_names[s]);
@@ -414,6 +443,17 @@ int shard_verify(const char *path, const shard_layout *lay, shard_sums *sums) {
       rc = ce_err("%s: /%s: checksum mismatch (stored crc32 %08x, data %08x)", path,
                   shard_set_names[s], sums->crc[s], c);
     H5Dclose(d);
+  }
+  if (used && used < sizeof all) {
+    if (rc < 0) {
+      const char *m = ce_err_msg();
+      size_t pl = strlen(path);
+      if (!strncmp(m, path, pl) && !strncmp(m + pl, ": ", 2)) m += pl + 2;
+      snprintf(all + used, sizeof all - used, "; %s", m);
+    }
+    rc = ce_err("%s", all);
+  } else if (used) {
+    rc = ce_err("%s", all);
   }
   H5Fclose(f);
   return rc;

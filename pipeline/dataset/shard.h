@@ -5,7 +5,9 @@
  * not stored), /targets [count,F,n,n], /model_id [count] int64,
  * /direction_index [count] int64, /direction [count,4] float64 (the rotation
  * quaternion), /split [count] uint8, /valid [count] uint8 (0: the model was
- * skipped and the sample is zeros). Sample arrays are chunked by sample and
+ * skipped and the sample is zeros), /checksums [count,2] uint64: the XXH64
+ * (seed 0) of each sample's input row and target row as little-endian
+ * float32 in C order (0 for inputs that are not stored; shard_row_hash). Sample arrays are chunked by sample and
  * written one sample at a time (hyperslabs), so a rank holds one sample in
  * memory, not a shard. Attributes: first, count, job_fingerprint and, on
  * every dataset, crc32 - the CRC-32 of its raw bytes in C order, computed from
@@ -18,6 +20,7 @@
 #ifndef COEMU_SHARD_H
 #define COEMU_SHARD_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct {
@@ -29,7 +32,7 @@ typedef struct {
 } shard_layout;
 
 enum { SHARD_INPUTS, SHARD_TARGETS, SHARD_MODEL_ID, SHARD_DIRECTION_INDEX, SHARD_DIRECTION,
-       SHARD_SPLIT, SHARD_VALID, SHARD_NSETS };
+       SHARD_SPLIT, SHARD_VALID, SHARD_CHECKSUMS, SHARD_NSETS };
 
 /* Dataset names, indexed by the enum above. */
 extern const char *const shard_set_names[SHARD_NSETS];
@@ -37,10 +40,15 @@ extern const char *const shard_set_names[SHARD_NSETS];
 typedef struct {
   int64_t first, count;
   uint32_t crc[SHARD_NSETS]; /* crc[SHARD_INPUTS] is 0 when inputs are not stored */
+  int has_checksums;         /* 0: a shard made before /checksums (format 1) */
   int64_t invalid;           /* samples with valid = 0 */
 } shard_sums;
 
 typedef struct shard_writer shard_writer;
+
+/* The per-sample checksum of a row of `count` float32 values (what
+ * /checksums holds): XXH64, seed 0, of their little-endian bytes. */
+uint64_t shard_row_hash(const float *row, size_t count);
 
 /* Start a shard of `count` samples beginning at global sample `first`. */
 int shard_open(shard_writer **w, const char *path, const shard_layout *lay, int64_t first,

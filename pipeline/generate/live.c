@@ -6,10 +6,12 @@
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "common/error.h"
+#include "common/fsutil.h"
 
 extern char **environ;
 
@@ -64,10 +66,13 @@ int live_serve_spawn(const char *out_dir, const job *j) {
   posix_spawn_file_actions_destroy(&fa);
   posix_spawnattr_destroy(&at);
   if (rc != 0) CE_FAIL("live stream: cannot start %s serve: %s", exe, strerror(rc));
-  FILE *f = fopen(pidf, "w");
-  if (f) {
-    fprintf(f, "%d\n", (int)pid);
-    fclose(f);
+  /* the pid file is how a user stops it: without one, stop it now and say so */
+  char tmp[4400];
+  FILE *f;
+  if (fs_open_tmp(pidf, tmp, sizeof tmp, &f) < 0 ||
+      fs_commit_tmp(f, tmp, pidf, fprintf(f, "%d\n", (int)pid) > 0) < 0) {
+    kill(pid, SIGTERM);
+    return ce_err_prefix("live stream: cannot record the pid of coemu serve (stopped it)");
   }
   fprintf(stderr, "coemu generate: live stream on %s (coemu serve pid %d, log %s)\n",
           j->stream_endpoint, (int)pid, log);

@@ -78,6 +78,16 @@ static int fill(const char *name, const yt_node *r, job *j) {
     j->synth_seed = schema_int(r, "inputs.synth.seed");
     j->synth_levels = (int)schema_int(r, "inputs.synth.levels");
     j->n_models = j->synth_count;
+    /* refuse a dataset too large to plan, with the numbers, before the
+     * model list is built (10^8 names alone take gigabytes) */
+    int64_t dirs = schema_int(r, "sampling.directions");
+    if ((double)j->n_models * (double)dirs > (double)JOB_MAX_SAMPLES) {
+      const yt_node *cn = schema_at(r, "inputs.synth.count");
+      CE_FAIL("%s:%d:%d: inputs.synth.count x sampling.directions = %lld x %lld = %.4g samples, "
+              "more than the %lld a dataset may hold", name, cn->line, cn->col,
+              (long long)j->n_models, (long long)dirs, (double)j->n_models * (double)dirs,
+              (long long)JOB_MAX_SAMPLES);
+    }
     j->model_names = ce_calloc_array((size_t)j->n_models, sizeof *j->model_names, "model list");
     if (!j->model_names) return -1;
     for (int64_t i = 0; i < j->n_models; i++)
@@ -88,6 +98,13 @@ static int fill(const char *name, const yt_node *r, job *j) {
   }
 
   j->directions = schema_int(r, "sampling.directions");
+  if ((double)j->n_models * (double)j->directions > (double)JOB_MAX_SAMPLES) {
+    const yt_node *dn = schema_at(r, "sampling.directions");
+    CE_FAIL("%s:%d:%d: %lld models x sampling.directions = %lld is %.4g samples, more than the "
+            "%lld a dataset may hold", name, dn->line, dn->col, (long long)j->n_models,
+            (long long)j->directions, (double)j->n_models * (double)j->directions,
+            (long long)JOB_MAX_SAMPLES);
+  }
   snprintf(j->sampler, sizeof j->sampler, "%s", schema_str(r, "sampling.sampler"));
   j->n = (int)schema_int(r, "sampling.n");
   const char *edge = schema_str(r, "sampling.edge");

@@ -101,6 +101,10 @@ void job_free(job *j);
 /* Samples in the job: n_models * directions. */
 int64_t job_samples(const job *j);
 
+/* The most samples (models x directions) a job may ask for: 2^32, checked
+ * when the job is read, before anything is allocated for it. */
+#define JOB_MAX_SAMPLES ((int64_t)1 << 32)
+
 /* The observed frequencies [Hz] of the channels for a line of rest frequency
  * nu0 [Hz], into out[nf]. coemunet mode reproduces the reference grid bit for
  * bit (docs/physics.md, "Frequency grids"); grid and list use

@@ -15,6 +15,7 @@
 #include "common/fsutil.h"
 #include "common/rng.h"
 #include "pipeline/dataset/h5util.h"
+#include "pipeline/dataset/integrity.h"
 #include "pipeline/dataset/layout.h"
 #include "pipeline/job/job.h"
 #include "pipeline/job/yamltree.h"
@@ -53,7 +54,10 @@ struct serve_source {
   hid_t shard;                /* the shard file open now, or -1 */
   int64_t shard_idx;
   hid_t shard_d[2];
+  hid_t shard_sums;           /* its /checksums, or -1 */
   hid_t file, d_in, d_out;
+  integrity integ;            /* finished mode: shard presence, per-sample checksums */
+  int integ_open;
   int64_t nsamples_total, nsplit;
   int64_t *split_idx;         /* dataset indices of the split, ascending */
   uint32_t in_shape[4], out_shape[3];
@@ -203,8 +207,9 @@ static int sample_ready(const serve_source *s, int64_t idx) {
 static void shard_close_current(serve_source *s) {
   for (int a = 0; a < 2; a++)
     if (s->shard_d[a] >= 0) H5Dclose(s->shard_d[a]);
+  if (s->shard_sums >= 0) H5Dclose(s->shard_sums);
   if (s->shard >= 0) H5Fclose(s->shard);
-  s->shard = s->shard_d[0] = s->shard_d[1] = -1;
+  s->shard = s->shard_d[0] = s->shard_d[1] = s->shard_sums = -1;
 }
 
 /* The datasets to read sample idx from, and its index in them. */
@@ -224,6 +229,8 @@ static int sample_source(serve_source *s, int64_t idx, hid_t ds[2], hsize_t *at)
     if (s->shard < 0) CE_FAIL("%s: cannot open as HDF5", p);
     s->shard_d[0] = H5Dopen2(s->shard, "inputs", H5P_DEFAULT);
     s->shard_d[1] = H5Dopen2(s->shard, "targets", H5P_DEFAULT);
+    s->shard_sums = H5Lexists(s->shard, "checksums", H5P_DEFAULT) > 0
+                        ? H5Dopen2(s->shard, "checksums", H5P_DEFAULT) : -1;
     s->shard_idx = sh;
     if (s->shard_d[0] < 0 || s->shard_d[1] < 0) {
       shard_close_current(s);
@@ -484,6 +491,8 @@ static int open_finished(serve_source *s) {
            (unsigned long long)di[0], (unsigned long long)di[1], (unsigned long long)dt[0]);
     return -1;
   }
+  if (integrity_open(&s->integ, s->h5path, s->file) < 0) return -1;
+  s->integ_open = 1;
   s->nsamples_total = (int64_t)di[0];
   for (int d = 0; d < 4; d++) s->in_shape[d] = (uint32_t)di[d + 1];
   for (int d = 0; d < 3; d++) s->out_shape[d] = (uint32_t)dt[d + 1];
@@ -561,7 +570,7 @@ int serve_open(const serve_opts *o, serve_source **out) {
   if (!s) CE_FAIL("out of memory");
   s->o = *o;
   s->file = s->d_in = s->d_out = -1;
-  s->shard = s->shard_d[0] = s->shard_d[1] = -1;
+  s->shard = s->shard_d[0] = s->shard_d[1] = s->shard_sums = -1;
   s->shard_idx = -1;
   if (s->o.batch <= 0) s->o.batch = 16;
   if (s->o.prefetch <= 0) s->o.prefetch = 4;
@@ -627,6 +636,7 @@ void serve_close(serve_source *s) {
   free(s->split_idx);
   h5_lock();
   shard_close_current(s);
+  if (s->integ_open) integrity_close(&s->integ);
   if (s->d_in >= 0) H5Dclose(s->d_in);
   if (s->d_out >= 0) H5Dclose(s->d_out);
   if (s->file >= 0) H5Fclose(s->file);
@@ -662,11 +672,19 @@ int serve_read(serve_source *s, const int64_t *idx, int n, int normalised, float
               (long long)s->nsamples_total);
     float *dst[2] = {inputs + (size_t)k * s->in_vals, targets + (size_t)k * s->out_vals};
     hid_t ds[2];
-    hsize_t at;
+    hsize_t at = 0;
     h5_lock();
     int rc = sample_source(s, idx[k], ds, &at), bad = -1;
     for (int a = 0; a < 2 && rc == 0 && bad < 0; a++)
       if (h5_read_sample_f32(ds[a], at, dst[a]) < 0) bad = a;
+    if (rc == 0 && bad < 0 && s->integ_open)
+      rc = integrity_check(&s->integ, idx[k], dst[0], s->in_vals, dst[1], s->out_vals);
+    if (rc == 0 && bad < 0 && s->o.live && s->shard_sums >= 0) { /* live: the shard's own sums */
+      char p[4200];
+      shard_path(s, s->shard_idx, p, sizeof p);
+      rc = integrity_check_row(s->shard_sums, at, p, idx[k], dst[0], s->in_vals, dst[1],
+                               s->out_vals);
+    }
     h5_unlock();
     if (rc < 0) return -1;
     if (bad >= 0)

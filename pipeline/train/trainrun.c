@@ -37,6 +37,8 @@ static int path_exists(const char *p) { return access(p, F_OK) == 0; }
 /* OUT/train.yaml: the job a directory belongs to. */
 static int prepare_out(const char *out, const train_job *j) {
   CE_TRY(fs_mkdir_p(out));
+  CE_TRY(fs_lock_dir(out, "train")); /* held until the process ends */
+  CE_TRY(fs_remove_tmp(out));
   char p[4200];
   snprintf(p, sizeof p, "%s/train.yaml", out);
   if (path_exists(p)) {
@@ -265,7 +267,10 @@ static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
   snprintf(s->tcsv, sizeof s->tcsv, "%s/train.csv", s->dir);
   snprintf(s->vcsv, sizeof s->vcsv, "%s/validation.csv", s->dir);
   snprintf(s->png, sizeof s->png, "%s/loss.png", s->dir);
-  if (s->rank == 0) CE_TRY(fs_mkdir_p(s->dir));
+  if (s->rank == 0) {
+    CE_TRY(fs_mkdir_p(s->dir));
+    CE_TRY(fs_remove_tmp(s->dir)); /* checkpoints of a killed run (rank 0 holds the lock) */
+  }
   MPI_Barrier(s->comm);
 
   /* where to start: a complete stage is skipped, a started one resumed */

@@ -2,6 +2,7 @@
  * counter-based generator and PNG output (option parsing: test_cli.c). */
 #include <stdint.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -156,6 +157,55 @@ static void test_png(void) {
   CHECK(lo[0] == 68 && hi[1] == 231);
 }
 
+/* fs_lock_dir: a nested lock in one process counts; another process is
+ * refused at once, with the holder's pid; the lock goes with its holder. */
+static void test_lock_dir(void) {
+  char dir[] = "/tmp/coemu-lock-XXXXXX";
+  CHECK(mkdtemp(dir) != NULL);
+  CHECK(fs_lock_dir(dir, "generate") == 0);
+  CHECK(fs_lock_dir(dir, "stats") == 0); /* nested: generate computing /stats */
+  fs_unlock_dir(dir);
+  int pipefd[2];
+  CHECK(pipe(pipefd) == 0);
+  pid_t child = fork();
+  if (child == 0) {
+    char msg[512] = "";
+    if (fs_lock_dir(dir, "stats") < 0) snprintf(msg, sizeof msg, "%s", ce_err_msg());
+    if (write(pipefd[1], msg, strlen(msg) + 1) < 0) _exit(2);
+    _exit(0);
+  }
+  char msg[512] = "";
+  CHECK(read(pipefd[0], msg, sizeof msg) > 0);
+  waitpid(child, NULL, 0);
+  char want[64];
+  snprintf(want, sizeof want, "(pid %ld: coemu generate)", (long)getpid());
+  CHECK(strstr(msg, "in use by another coemu") != NULL && strstr(msg, want) != NULL);
+  fs_unlock_dir(dir);
+  child = fork();
+  if (child == 0) _exit(fs_lock_dir(dir, "stats") == 0 ? 0 : 1);
+  int st = -1;
+  waitpid(child, &st, 0);
+  CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0); /* released */
+  close(pipefd[0]);
+  close(pipefd[1]);
+  char p[128];
+  /* fs_remove_tmp: a killed run's temporary files go, finished files stay */
+  snprintf(p, sizeof p, "%s/last.ckpt.tmp.123", dir);
+  FILE *f = fopen(p, "w");
+  if (f) fclose(f);
+  snprintf(p, sizeof p, "%s/last.ckpt", dir);
+  f = fopen(p, "w");
+  if (f) fclose(f);
+  CHECK(fs_remove_tmp(dir) == 0);
+  CHECK(access(p, F_OK) == 0);
+  unlink(p);
+  snprintf(p, sizeof p, "%s/last.ckpt.tmp.123", dir);
+  CHECK(access(p, F_OK) != 0);
+  snprintf(p, sizeof p, "%s/.lock", dir);
+  unlink(p);
+  rmdir(dir);
+}
+
 int main(void) {
   tmpdir = check_scratch("test_common");
   RUN(test_alloc_limits);
@@ -165,6 +215,7 @@ int main(void) {
   RUN(test_rng);
   RUN(test_xxh64);
   RUN(test_png);
+  RUN(test_lock_dir);
   check_scratch_remove();
   return check_report();
 }

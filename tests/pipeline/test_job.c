@@ -63,6 +63,14 @@ static void test_errors(void) {
             "no file matches");
   CHECK_ERR(parse("inputs: {synth: {count: 1}}\n", &j), "missing required key 'line'");
   CHECK_ERR(parse("inputs: {synth: {count: 1}\n", &j), "t.yaml:");
+  /* limits the tools enforce are the schema's, found before any work */
+  CHECK_ERR(parse("inputs: {synth: {count: 1, levels: 7}}\nline: {lamda: a}\n", &j),
+            "inputs.synth.levels: expected an integer in 1..6, got '7'");
+  CHECK_ERR(parse("inputs: {synth: {count: 1}}\nline: {lamda: a, transition: 2147483648}\n", &j),
+            "got '2147483648'");
+  CHECK_ERR(parse("inputs: {synth: {count: 100000000}}\nsampling: {directions: 1000000}\n"
+                  "line: {lamda: a}\n", &j),
+            "inputs.synth.count x sampling.directions = 100000000 x 1000000 = 1e+14 samples");
 }
 
 static void test_channels(void) {
