@@ -2,6 +2,7 @@
 #include "moments.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "error.h"
