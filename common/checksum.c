@@ -1,6 +1,6 @@
 /* checksum.c - XXH64, written from the published algorithm description
  * (Yann Collet, xxHash specification, XXH64). */
-#include "checksum.h"
+#include "common/checksum.h"
 
 #include <string.h>
 

@@ -1,13 +1,36 @@
-/* cli.c - option parsing shared by all subcommands. */
-#include "cli.h"
+/* cli.c - option parsing, usage errors and the error printer of every
+ * command (see cli.h). */
+#include "common/cli.h"
 
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "error.h"
+#include "common/error.h"
+
+static int g_rank = -1; /* -1: not set */
+
+void cli_set_rank(int rank) { g_rank = rank; }
+
+void cli_print_error(const char *cmd, const char *msg) {
+  const char *env = getenv("OMPI_COMM_WORLD_RANK");
+  if (!env) env = getenv("PMI_RANK");
+  if (g_rank >= 0)
+    fprintf(stderr, "coemu %s: rank %d: error: %s\n", cmd, g_rank, msg);
+  else if (env)
+    fprintf(stderr, "coemu %s: rank %s: error: %s\n", cmd, env, msg);
+  else
+    fprintf(stderr, "coemu %s: error: %s\n", cmd, msg);
+  fflush(stderr);
+}
+
+int cli_fail(const char *cmd) {
+  cli_print_error(cmd, ce_err_msg());
+  return CLI_EXIT_FAILURE;
+}
 
 int cli_parse_double(const char *s, double *out) {
   if (!s || !*s) return -1;
@@ -29,10 +52,10 @@ int cli_parse_int(const char *s, int64_t *out) {
   return 0;
 }
 
-void cli_print_help(const char *cmd, const char *usage, const char *summary,
-                    const cli_opt *opts) {
-  printf("usage: coemu %s %s\n\n%s\n", cmd, usage ? usage : "[options]",
-         summary ? summary : "");
+static void print_help(const cli_command *c) {
+  printf("usage: coemu %s %s\n\n%s\n", c->name, c->usage ? c->usage : "[options]",
+         c->summary ? c->summary : "");
+  const cli_opt *opts = c->opts;
   if (opts && opts[0].name) printf("\noptions:\n");
   for (const cli_opt *o = opts; o && o->name; o++) {
     char left[64];
@@ -44,6 +67,7 @@ void cli_print_help(const char *cmd, const char *usage, const char *summary,
            o->required ? " (required)" : "");
   }
   printf("  %-26s %s\n", "--help", "show this help");
+  fflush(stdout);
 }
 
 static int set_value(cli_opt *o, const char *val) {
@@ -67,8 +91,30 @@ static int set_value(cli_opt *o, const char *val) {
   }
 }
 
-int cli_parse(const char *cmd, const char *usage, const char *summary, cli_opt *opts,
-              int argc, char **argv, int *npos, char ***pos) {
+static const char *plural(int n) { return n == 1 ? "" : "s"; }
+
+/* The positional count against [min_pos, max_pos]: 0, or -1 and a message. */
+static int check_count(const cli_command *c, int np, char **p) {
+  int lo = c->min_pos < 0 ? 0 : c->min_pos, hi = c->max_pos;
+  if (hi >= 0 && np > hi) {
+    if (hi == 0) CE_FAIL("unexpected argument '%s' (the command takes options only)", p[0]);
+    if (lo == hi)
+      CE_FAIL("unexpected argument '%s' (expected %d argument%s, got %d)", p[hi], hi, plural(hi), np);
+    CE_FAIL("unexpected argument '%s' (expected at most %d argument%s, got %d)", p[hi], hi,
+            plural(hi), np);
+  }
+  if (np < lo) {
+    if (lo == hi) CE_FAIL("expected %d argument%s, got %d", lo, plural(lo), np);
+    CE_FAIL("expected at least %d argument%s, got %d", lo, plural(lo), np);
+  }
+  return 0;
+}
+
+/* Options and positional arguments; no printing. 1: --help was asked for,
+ * 0: parsed (*pos is the caller's), -1: a usage error (message set). */
+static int parse(const cli_command *c, int argc, char **argv, int *npos, char ***pos) {
+  cli_opt *opts = c->opts;
+  for (cli_opt *q = opts; q && q->name; q++) q->seen = 0;
   char **p = malloc(sizeof(char *) * (size_t)(argc + 1));
   if (!p) CE_FAIL("out of memory");
   int np = 0, only_pos = 0;
@@ -83,7 +129,6 @@ int cli_parse(const char *cmd, const char *usage, const char *summary, cli_opt *
       continue;
     }
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-      cli_print_help(cmd, usage, summary, opts);
       free(p);
       return 1;
     }
@@ -95,13 +140,13 @@ int cli_parse(const char *cmd, const char *usage, const char *summary, cli_opt *
       if (strlen(q->name) == nlen && !strncmp(q->name, name, nlen)) o = q;
     if (!o) {
       free(p);
-      CE_FAIL("coemu %s: unknown option '%s' (see coemu %s --help)", cmd, a, cmd);
+      CE_FAIL("unknown option '%s'", a);
     }
     o->seen = 1;
     if (o->kind == CLI_FLAG) {
       if (eq) {
         free(p);
-        CE_FAIL("coemu %s: option --%s takes no value", cmd, o->name);
+        CE_FAIL("option --%s takes no value", o->name);
       }
       *(int *)o->dest = 1;
       continue;
@@ -110,21 +155,24 @@ int cli_parse(const char *cmd, const char *usage, const char *summary, cli_opt *
     if (!val) {
       if (i + 1 >= argc) {
         free(p);
-        CE_FAIL("coemu %s: option --%s needs a value (%s)", cmd, o->name,
-                o->meta ? o->meta : "VALUE");
+        CE_FAIL("option --%s needs a value (%s)", o->name, o->meta ? o->meta : "VALUE");
       }
       val = argv[++i];
     }
     if (set_value(o, val) < 0) {
       free(p);
-      return ce_err_prefix("coemu %s", cmd);
+      return -1;
     }
   }
   for (cli_opt *q = opts; q && q->name; q++)
     if (q->required && !q->seen) {
       free(p);
-      CE_FAIL("coemu %s: option --%s is required (see coemu %s --help)", cmd, q->name, cmd);
+      CE_FAIL("option --%s is required", q->name);
     }
+  if (check_count(c, np, p) < 0) {
+    free(p);
+    return -1;
+  }
   if (npos) *npos = np;
   p[np] = NULL;
   if (pos)
@@ -132,4 +180,38 @@ int cli_parse(const char *cmd, const char *usage, const char *summary, cli_opt *
   else
     free(p);
   return 0;
+}
+
+static void print_usage_error(const char *cmd, const char *msg) {
+  cli_print_error(cmd, msg);
+  fprintf(stderr, "(coemu %s --help for usage)\n", cmd);
+  fflush(stderr);
+}
+
+cli_status cli_run_parse(const cli_command *c, int argc, char **argv, int *npos, char ***pos) {
+  if (npos) *npos = 0;
+  if (pos) *pos = NULL;
+  int r = parse(c, argc, argv, npos, pos);
+  if (r == 1) {
+    print_help(c);
+    return CLI_HELP;
+  }
+  if (r < 0) {
+    print_usage_error(c->name, ce_err_msg());
+    return CLI_USAGE;
+  }
+  return CLI_OK;
+}
+
+int cli_exit(cli_status s) { return s == CLI_USAGE ? CLI_EXIT_USAGE : CLI_EXIT_OK; }
+
+int cli_usage_fail(const char *cmd, const char *fmt, ...) {
+  char msg[2048];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap); /* before ce_err: fmt may print ce_err_msg() */
+  va_end(ap);
+  ce_err("%s", msg);
+  print_usage_error(cmd, msg);
+  return CLI_EXIT_USAGE;
 }

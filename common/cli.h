@@ -1,8 +1,10 @@
-/* cli.h - declarative command-line options for coemu's subcommands.
+/* cli.h - the command-line layer shared by every coemu command and benchmark:
+ * declarative options, one parse-and-report call, one error printer and the
+ * exit statuses.
  *
- * Each subcommand lists its options in a table; cli_parse() fills the
- * destinations, rejects unknown options and malformed numbers with a
- * message naming the option, and prints uniform --help text.
+ * A command describes itself in a cli_command and hands it to
+ * cli_run_parse(), which fills the option destinations, prints --help and
+ * reports every usage error itself:
  *
  *   double dx = 0; const char *out = NULL; int abs_i = 0;
  *   cli_opt opts[] = {
@@ -10,17 +12,37 @@
  *     {"out", CLI_STR, &out, "FILE", "output image (.npy or .h5)", 0},
  *     {"abs", CLI_FLAG, &abs_i, NULL, "take |I|", 0},
  *     {0}};
- *   int r = cli_parse("solve", "[options]", "Ray-trace a cube.", opts, argc, argv, &npos, &pos);
- *   if (r != 0) return r < 0 ? 2 : 0;   // r == 1: help was printed
+ *   const cli_command spec = {"solve", "CUBE.h5 [options]", "Ray-trace a cube.", opts, 1, 1};
+ *   int npos; char **pos;
+ *   int r = cli_run_parse(&spec, argc, argv, &npos, &pos);
+ *   if (r != CLI_OK) return cli_exit(r);      // help printed (0) or usage error (2)
+ *   if (dx <= 0) { free(pos); return cli_usage_fail("solve", "--dx %g: expected > 0", dx); }
+ *   if (solve(pos[0], ...) < 0) { free(pos); return cli_fail("solve"); }   // exit 1
  *
- * Options are written --name VALUE or --name=VALUE. Positional arguments are
- * returned in order in a NULL-terminated array that the caller free()s (on
- * success only). "--" ends option parsing.
+ * Options are written --name VALUE, --name=VALUE or -name VALUE. Positional
+ * arguments are returned in order in a NULL-terminated array that the caller
+ * free()s (on CLI_OK only; pass pos = NULL to have none). "--" ends option
+ * parsing; "--help" or "-h" prints the help on stdout.
+ *
+ * A usage error is printed as
+ *   coemu CMD: error: MSG
+ *   (coemu CMD --help for usage)
+ * on stderr, and the command exits with status 2 (CLI_EXIT_USAGE).
  */
 #ifndef COEMU_CLI_H
 #define COEMU_CLI_H
 
 #include <stdint.h>
+
+#include "common/error.h"
+
+/* The exit statuses of every coemu command (docs/architecture.md, Errors). */
+enum {
+  CLI_EXIT_OK = 0,      /* done */
+  CLI_EXIT_FAILURE = 1, /* failed at run time: bad input file, I/O, ... (cli_fail) */
+  CLI_EXIT_USAGE = 2,   /* bad command line (cli_run_parse, cli_usage_fail) */
+  CLI_EXIT_STOPPED = 3  /* stopped cleanly by a signal or a limit; rerun to resume */
+};
 
 typedef enum { CLI_END = 0, CLI_FLAG, CLI_STR, CLI_INT, CLI_DOUBLE } cli_kind;
 
@@ -31,15 +53,56 @@ typedef struct {
   const char *meta;  /* value placeholder in help, e.g. "FILE" */
   const char *help;
   int required;
-  int seen;          /* set by cli_parse */
+  int seen;          /* set by cli_run_parse: the option was given */
 } cli_opt;
 
-/* Returns 0 on success, 1 if help was printed, -1 on error (message set). */
-int cli_parse(const char *cmd, const char *usage, const char *summary, cli_opt *opts,
-              int argc, char **argv, int *npos, char ***pos);
+#define CLI_ANY (-1) /* cli_command.max_pos: no limit */
 
-void cli_print_help(const char *cmd, const char *usage, const char *summary,
-                    const cli_opt *opts);
+/* A command (or benchmark) as the user sees it. */
+typedef struct {
+  const char *name;    /* the words after "coemu": "synth", "bench synth" */
+  const char *usage;   /* the synopsis after the name, e.g. "DATASET [options]" */
+  const char *summary; /* the paragraph --help prints under the synopsis */
+  cli_opt *opts;       /* the option table, ending in {0}; NULL: none */
+  int min_pos;         /* positional arguments: at least min_pos ... */
+  int max_pos;         /* ... and at most max_pos (CLI_ANY: no limit) */
+} cli_command;
+
+/* What cli_run_parse() found. */
+typedef enum {
+  CLI_OK = 0, /* parsed: the destinations are set, *pos is the caller's */
+  CLI_HELP,   /* --help was printed on stdout: exit 0 */
+  CLI_USAGE   /* a usage error was printed on stderr (the message stays in
+                 ce_err_msg()): exit 2 */
+} cli_status;
+
+/* Parses argv[0..argc) (the arguments after the command's name) as `c`
+ * describes: options (unknown option, option without its value, malformed
+ * number, value given to a flag, missing required option) and the number of
+ * positional arguments. Prints the help or the usage error itself. */
+cli_status cli_run_parse(const cli_command *c, int argc, char **argv, int *npos, char ***pos);
+
+/* The exit status for a cli_run_parse() result: 0 for CLI_OK and CLI_HELP,
+ * 2 for CLI_USAGE. */
+int cli_exit(cli_status s);
+
+/* A value the command itself rejects as a usage error (out of range, options
+ * that do not go together, ...): prints "coemu CMD: error: MSG" and the
+ * --help hint, records MSG (ce_err_msg()) and returns 2, the exit status.
+ * fmt may print ce_err_msg() ("%s"). */
+int cli_usage_fail(const char *cmd, const char *fmt, ...) CE_PRINTF(2, 3);
+
+/* Reporting a failed command: one printer for every command and rank.
+ * cli_fail() prints the current error message (common/error.h) as
+ *   coemu CMD: error: MSG            (one process)
+ *   coemu CMD: rank R: error: MSG    (under MPI)
+ * and returns 1, the exit status of a failed command. The rank is the one
+ * given to cli_set_rank() (pipeline/mpi/mpi_fatal.c sets it after MPI_Init),
+ * else the launcher's environment (OMPI_COMM_WORLD_RANK, PMI_RANK), else
+ * none. cli_print_error() prints a given message the same way. */
+int cli_fail(const char *cmd);
+void cli_print_error(const char *cmd, const char *msg);
+void cli_set_rank(int rank);
 
 /* Strict number parsing: the whole string must be a number. */
 int cli_parse_double(const char *s, double *out);

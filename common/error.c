@@ -1,5 +1,5 @@
 /* error.c - thread-local error messages and checked allocation. */
-#include "error.h"
+#include "common/error.h"
 
 #include <stdarg.h>
 #include <stdint.h>

@@ -1,20 +1,73 @@
 /* fsutil.c - atomic writes and small file-system helpers. */
 #define _POSIX_C_SOURCE 200809L
-#include "fsutil.h"
+#include "common/fsutil.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "error.h"
+#include "common/error.h"
 
 long long fs_file_size(const char *path) {
   struct stat st;
   if (stat(path, &st) != 0) return ce_err("%s: cannot stat: %s", path, strerror(errno));
   return (long long)st.st_size;
+}
+
+/* fsync the directory holding `path`, so that a rename into it survives a
+ * crash of the machine. */
+int fs_fsync_dir(const char *path) {
+  char dir[4096];
+  const char *slash = strrchr(path, '/');
+  if (!slash) snprintf(dir, sizeof dir, ".");
+  else if (slash == path) snprintf(dir, sizeof dir, "/");
+  else snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+  int fd = open(dir, O_RDONLY | O_DIRECTORY);
+  if (fd < 0) CE_FAIL("%s: cannot open the directory: %s", dir, strerror(errno));
+  int rc = fsync(fd);
+  int e = errno;
+  close(fd);
+  /* some file systems cannot fsync a directory (EINVAL): nothing to make durable there */
+  if (rc != 0 && e != EINVAL && e != EROFS) CE_FAIL("%s: directory fsync failed: %s", dir, strerror(e));
+  return 0;
+}
+
+int fs_copy_file(const char *src, const char *dst) {
+  int in = open(src, O_RDONLY);
+  if (in < 0) CE_FAIL("%s: cannot open: %s", src, strerror(errno));
+  int out = open(dst, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (out < 0) {
+    int e = errno;
+    close(in);
+    CE_FAIL("%s: cannot create: %s", dst, strerror(e));
+  }
+  char buf[1 << 16];
+  int rc = 0;
+  for (;;) {
+    ssize_t n = read(in, buf, sizeof buf);
+    if (n == 0) break;
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      rc = ce_err("%s: read failed: %s", src, strerror(errno));
+      break;
+    }
+    for (ssize_t off = 0; off < n && rc == 0;) {
+      ssize_t w = write(out, buf + off, (size_t)(n - off));
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) rc = ce_err("%s: write failed: %s", dst, strerror(w < 0 ? errno : EIO));
+      else off += w;
+    }
+    if (rc) break;
+  }
+  close(in);
+  if (close(out) != 0 && rc == 0) rc = ce_err("%s: close failed: %s", dst, strerror(errno));
+  if (rc) unlink(dst);
+  return rc;
 }
 
 int fs_open_tmp(const char *path, char *tmp, size_t tmp_len, FILE **f) {
@@ -47,7 +100,7 @@ int fs_commit_tmp(FILE *f, const char *tmp, const char *path, int ok) {
     unlink(tmp);
     CE_FAIL("%s: cannot rename from %s: %s", path, tmp, strerror(e));
   }
-  return 0;
+  return fs_fsync_dir(path);
 }
 
 int fs_rename_durable(const char *tmp, const char *path) {
@@ -60,7 +113,7 @@ int fs_rename_durable(const char *tmp, const char *path) {
   }
   close(fd);
   if (rename(tmp, path) != 0) CE_FAIL("%s: cannot rename from %s: %s", path, tmp, strerror(errno));
-  return 0;
+  return fs_fsync_dir(path);
 }
 
 int fs_mkdir_p(const char *dir) {
@@ -120,4 +173,93 @@ int fs_read_all(const char *path, char **buf, size_t *len) {
   *buf = b;
   if (len) *len = n;
   return 0;
+}
+
+/* Directory locks held by this process: a nested lock of the same directory
+ * (coemu generate computing /stats) only counts. */
+static struct {
+  dev_t dev;
+  ino_t ino;
+  pid_t pid; /* a forked child does not hold its parent's locks */
+  int fd, refs;
+} held[8];
+
+int fs_lock_dir(const char *dir, const char *what) {
+  char p[4200];
+  if ((size_t)snprintf(p, sizeof p, "%s/.lock", dir) >= sizeof p) CE_FAIL("%s: path too long", dir);
+  int fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) CE_FAIL("%s: cannot create the lock file: %s", p, strerror(errno));
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    int e = errno;
+    close(fd);
+    CE_FAIL("%s: cannot stat: %s", p, strerror(e));
+  }
+  int free_slot = -1;
+  for (int i = 0; i < 8; i++) {
+    if (held[i].refs > 0 && held[i].pid != getpid()) held[i].refs = 0; /* fork */
+    if (held[i].refs > 0 && held[i].dev == st.st_dev && held[i].ino == st.st_ino) {
+      close(fd);
+      held[i].refs++;
+      return 0;
+    }
+    if (held[i].refs == 0 && free_slot < 0) free_slot = i;
+  }
+  if (free_slot < 0) {
+    close(fd);
+    CE_FAIL("%s: too many directory locks in one process", dir);
+  }
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int e = errno;
+    char who[256] = "";
+    ssize_t n = pread(fd, who, sizeof who - 1, 0);
+    close(fd);
+    if (n > 0) {
+      who[n] = 0;
+      who[strcspn(who, "\n")] = 0;
+    }
+    if (e == EWOULDBLOCK)
+      CE_FAIL("%s is in use by another coemu (%s); wait for it to finish or stop it, then rerun",
+              dir, n > 0 && who[0] ? who : "unknown pid");
+    CE_FAIL("%s: cannot lock: %s", p, strerror(e));
+  }
+  char line[256];
+  int len = snprintf(line, sizeof line, "pid %ld: coemu %s\n", (long)getpid(), what);
+  if (ftruncate(fd, 0) != 0 || pwrite(fd, line, (size_t)len, 0) != len) {
+    /* the lock holds anyway; only the holder's name for others is lost */
+  }
+  held[free_slot].dev = st.st_dev;
+  held[free_slot].ino = st.st_ino;
+  held[free_slot].fd = fd;
+  held[free_slot].pid = getpid();
+  held[free_slot].refs = 1;
+  return 0;
+}
+
+void fs_unlock_dir(const char *dir) {
+  char p[4200];
+  struct stat st;
+  snprintf(p, sizeof p, "%s/.lock", dir);
+  if (stat(p, &st) != 0) return;
+  for (int i = 0; i < 8; i++)
+    if (held[i].refs > 0 && held[i].pid == getpid() && held[i].dev == st.st_dev &&
+        held[i].ino == st.st_ino) {
+      if (--held[i].refs == 0) close(held[i].fd); /* the lock file stays: removing it races */
+      return;
+    }
+}
+
+int fs_remove_tmp(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d) CE_FAIL("%s: cannot list: %s", dir, strerror(errno));
+  struct dirent *e;
+  int rc = 0;
+  while ((e = readdir(d))) {
+    if (!strstr(e->d_name, ".tmp.")) continue;
+    char p[4400];
+    snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+    if (unlink(p) < 0 && errno != ENOENT) rc = ce_err("%s: cannot remove: %s", p, strerror(errno));
+  }
+  closedir(d);
+  return rc;
 }

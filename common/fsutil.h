@@ -17,13 +17,34 @@ long long fs_file_size(const char *path);
 int fs_open_tmp(const char *path, char *tmp, size_t tmp_len, FILE **f);
 
 /* Finish a temporary file: if ok, flush, fsync, close and rename it over
- * path; otherwise (or if any of that fails) close and remove it. Returns 0
+ * path, then fsync the directory; otherwise (or if any of that fails) close and remove it. Returns 0
  * on success, -1 with an error message otherwise. */
 int fs_commit_tmp(FILE *f, const char *tmp, const char *path, int ok);
 
 /* Rename with fsync of the file first (for files written by other
  * libraries, e.g. HDF5, to a temporary name). */
 int fs_rename_durable(const char *tmp, const char *path);
+
+/* fsync the directory that holds `path` (after a rename into it);
+ * fs_commit_tmp() and fs_rename_durable() do it themselves. */
+int fs_fsync_dir(const char *path);
+
+/* Copy a file's bytes to dst (created or truncated); dst is removed on
+ * failure. No fsync (fs_rename_durable() does it). */
+int fs_copy_file(const char *src, const char *dst);
+
+/* An exclusive lock on DIR for one run of a command that writes there
+ * (`what`: "generate", "stats", "train"): flock on DIR/.lock, which records
+ * "pid N: coemu WHAT" for others. Fails at once, naming the holder, when
+ * another process holds it; a nested lock of the same directory by this
+ * process only counts. The lock goes with the process (kill included) or
+ * with fs_unlock_dir(). DIR must exist. */
+int fs_lock_dir(const char *dir, const char *what);
+void fs_unlock_dir(const char *dir);
+
+/* Remove the "*.tmp.*" files of DIR (left by a killed run); call it holding
+ * DIR's lock. */
+int fs_remove_tmp(const char *dir);
 
 /* mkdir -p. */
 int fs_mkdir_p(const char *dir);

@@ -1,5 +1,5 @@
 /* image.c - colour maps and PNG panels (libpng). */
-#include "image.h"
+#include "common/image.h"
 
 #include <math.h>
 #include <png.h>
@@ -7,9 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "error.h"
-#include "fsutil.h"
-#include "plot.h"
+#include "common/error.h"
+#include "common/fsutil.h"
+#include "common/plot.h"
 
 /* Colour maps sampled at 9 points from matplotlib's tables, linearly
  * interpolated: enough for previews. */

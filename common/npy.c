@@ -1,5 +1,5 @@
 /* npy.c - minimal, strict .npy reader and writer. */
-#include "npy.h"
+#include "common/npy.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -7,8 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "error.h"
-#include "fsutil.h"
+#include "common/error.h"
+#include "common/fsutil.h"
 
 /* Find `key` in the header dict and return a pointer just past the colon. */
 static const char *dict_value(const char *hdr, const char *key) {

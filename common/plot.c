@@ -2,15 +2,15 @@
  * PNG (see plot.h). Lines and markers are anti-aliased through a coverage
  * mask: each pixel takes the largest coverage any piece of one series gives
  * it, so joints and overlapping segments of a series are not darkened. */
-#include "plot.h"
+#include "common/plot.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "error.h"
-#include "image.h"
+#include "common/error.h"
+#include "common/image.h"
 
 /* The font: 5x9 glyphs for ASCII 32..126, drawn for coemu and placed in the
  * public domain. Nine rows top to bottom, bit 4 = the leftmost column;

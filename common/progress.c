@@ -1,6 +1,6 @@
 /* progress.c - timing and rate/ETA reporting. */
 #define _POSIX_C_SOURCE 200809L
-#include "progress.h"
+#include "common/progress.h"
 
 #include <stdio.h>
 #include <time.h>

@@ -7,14 +7,14 @@
  * reproduce the stored level/ig arrays; block records must sit back to back
  * and the last must end at the end of the file.
  */
-#include "amrvac.h"
+#include "rotate/amrvac.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "error.h"
+#include "common/error.h"
 
 #define MAX_GHOST 64     /* ghost layers per face; AMRVAC uses 1..4 */
 #define MAX_NODE_BITS 24 /* Morton cube of the roots: at most 2^24 codes */
@@ -237,14 +237,15 @@ static int read_tree(rd *r, amrvac_snapshot *s) {
   int maxng = 1;
   for (int d = 0; d < nd; d++) {
     ng[d] = h->domain_nx[d] / h->block_nx[d];
-    nroots *= ng[d];
     if (ng[d] > maxng) maxng = ng[d];
+    /* capped at 2^40: more roots than any tree of this file can hold, and no overflow */
+    nroots = nroots > ((int64_t)1 << 40) / ng[d] ? ((int64_t)1 << 40) + 1 : nroots * ng[d];
   }
   int bits = 0;
   while ((1 << bits) < maxng) bits++;
   if (bits * nd > MAX_NODE_BITS || nroots > nbits)
-    CE_FAIL("%s: header: %lld level-1 blocks, but the tree holds %lld nodes", r->name,
-            (long long)nroots, (long long)nbits);
+    CE_FAIL("%s: header: %.17g level-1 blocks, but the tree holds %lld nodes", r->name,
+            (double)ng[0] * ng[1] * ng[2], (long long)nbits);
   CE_TRY(rd_seek(r, h->offset_tree, "tree section"));
   s->node_bits = ce_malloc_array((size_t)nbits, sizeof *s->node_bits, "tree leaf flags");
   int32_t *lev = ce_malloc_array((size_t)h->nleafs, 4, "tree levels");

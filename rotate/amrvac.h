@@ -13,7 +13,7 @@
 
 #include <stdint.h>
 
-#include "amrvac_forest.h"
+#include "rotate/amrvac_forest.h"
 
 #define AMRVAC_NAME_LEN 16 /* character(len=16) in the file, space padded */
 

@@ -1,9 +1,9 @@
 /* amrvac_forest.c - Morton-ordered roots and the depth-first node walk. */
-#include "amrvac_forest.h"
+#include "rotate/amrvac_forest.h"
 
 #include <stdlib.h>
 
-#include "error.h"
+#include "common/error.h"
 
 int amrvac_roots(int ndim, const int ng[3], amrvac_block_id **roots, int64_t *nroots) {
   if (ndim < 1 || ndim > 3) CE_FAIL("ndim = %d, expected 1, 2 or 3", ndim);

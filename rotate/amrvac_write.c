@@ -1,13 +1,13 @@
 /* amrvac_write.c - MPI-AMRVAC .dat version 5 writer (see amrvac_write.h). */
-#include "amrvac_write.h"
+#include "rotate/amrvac_write.h"
 
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "error.h"
-#include "fsutil.h"
+#include "common/error.h"
+#include "common/fsutil.h"
 
 int64_t amrvac_v5_header_bytes(const amrvac_header *h) {
   int64_t n = 4 * 10;                       /* version .. it */

@@ -16,7 +16,7 @@
 
 #include <stdint.h>
 
-#include "amrvac.h"
+#include "rotate/amrvac.h"
 
 /* Bytes of the version-5 header of `h` (= offset_tree of the written file):
  * 288 for 3-D hd with 5 variables and one parameter. */

@@ -1,12 +1,12 @@
 /* compat.c - ball trim, rotation, 128^3 cell-mean binning with parent fill. */
-#include "compat.h"
+#include "rotate/compat.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "directions.h"
-#include "error.h"
+#include "common/error.h"
+#include "rotate/directions.h"
 
 /* Calls fn for every leaf cell centre within the ball; returns the count. */
 typedef void (*cell_fn)(const double u[3], const model_real *f, const double l[3], void *user);

@@ -22,7 +22,7 @@
 #ifndef COEMU_COMPAT_H
 #define COEMU_COMPAT_H
 
-#include "model.h"
+#include "rotate/model.h"
 
 #define COMPAT_PAPER_RADIUS 2.8984584112701441e13 /* [m] */
 #define COMPAT_BINS 128

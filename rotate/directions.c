@@ -1,11 +1,11 @@
 /* directions.c - the four direction samplers. */
-#include "directions.h"
+#include "rotate/directions.h"
 
 #include <math.h>
 #include <string.h>
 
-#include "error.h"
-#include "rng.h"
+#include "common/error.h"
+#include "common/rng.h"
 
 static const char *names[] = {"haar", "faceon", "lowdisc", "coemunet"};
 

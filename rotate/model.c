@@ -1,5 +1,5 @@
 /* model.c - building a model from a snapshot and locating points in it. */
-#include "model.h"
+#include "rotate/model.h"
 
 #include <ctype.h>
 #include <math.h>
@@ -8,7 +8,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "error.h"
+#include "common/error.h"
 
 int model_check_usable(const amrvac_header *h, const units *u, const char *name) {
   if (h->ndim != 3)

@@ -19,8 +19,8 @@
 
 #include <stdint.h>
 
-#include "amrvac.h"
-#include "units.h"
+#include "rotate/amrvac.h"
+#include "rotate/units.h"
 
 /* Cell fields are stored in single precision: the cubes are float32, and
  * half the memory traffic makes sampling faster (docs/sampling.md). */

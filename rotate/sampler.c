@@ -1,5 +1,5 @@
 /* sampler.c - voxel averages of k^3 sub-samples along rotated cube lines. */
-#include "sampler.h"
+#include "rotate/sampler.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -8,8 +8,8 @@
 #define SAMPLER_AVX512 1 /* the hot loops in AVX-512; the portable ones give the same bits */
 #endif
 
-#include "directions.h"
-#include "error.h"
+#include "common/error.h"
+#include "rotate/directions.h"
 
 void sampler_defaults(sampler_opts *o) {
   o->n = 64;

@@ -23,7 +23,7 @@
 #ifndef COEMU_SAMPLER_H
 #define COEMU_SAMPLER_H
 
-#include "model.h"
+#include "rotate/model.h"
 
 typedef struct {
   int n;              /* voxels per edge */

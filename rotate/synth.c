@@ -1,16 +1,16 @@
 /* synth.c - synthetic AGB binary-wind models as AMRVAC snapshots (synth.h). */
-#include "synth.h"
+#include "rotate/synth.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "amrvac_write.h"
-#include "error.h"
-#include "fsutil.h"
-#include "image.h"
-#include "rng.h"
+#include "common/error.h"
+#include "common/fsutil.h"
+#include "common/image.h"
+#include "common/rng.h"
+#include "rotate/amrvac_write.h"
 
 #define PI 3.14159265358979323846
 #define KMS 1.0e3
@@ -374,7 +374,7 @@ int synth_write_sidecar(const char *path, const synth_params *p, uint64_t seed, 
   return fs_commit_tmp(f, tmp, path, ok);
 }
 
-static int model_path(char *buf, size_t len, const char *dir, int64_t index, const char *ext) {
+int synth_model_path(char *buf, size_t len, const char *dir, int64_t index, const char *ext) {
   if ((size_t)snprintf(buf, len, "%s/synth_%05lld%s", dir, (long long)index, ext) >= len)
     CE_FAIL("%s: output path too long", dir);
   return 0;
@@ -384,9 +384,9 @@ int synth_write_params(const char *dir, uint64_t seed, int64_t index, const synt
                        const synth_grid *g, int preview_npix, char *dat_path, size_t dat_len,
                        synth_info *info) {
   char path[1024], side[1024], png[1024];
-  CE_TRY(model_path(path, sizeof path, dir, index, ".dat"));
-  CE_TRY(model_path(side, sizeof side, dir, index, ".units.yaml"));
-  CE_TRY(model_path(png, sizeof png, dir, index, ".png"));
+  CE_TRY(synth_model_path(path, sizeof path, dir, index, ".dat"));
+  CE_TRY(synth_model_path(side, sizeof side, dir, index, ".units.yaml"));
+  CE_TRY(synth_model_path(png, sizeof png, dir, index, ".png"));
   amrvac_snapshot s;
   if (synth_build(p, g, &s) < 0) return ce_err_prefix("%s", path);
   int rc = amrvac_write(path, &s);

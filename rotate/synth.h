@@ -31,8 +31,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "amrvac.h"
-#include "units.h"
+#include "rotate/amrvac.h"
+#include "rotate/units.h"
 
 /* Physical constants and the code units of the written files (SI). */
 #define SYNTH_AU 1.495978707e11               /* m */
@@ -130,6 +130,10 @@ typedef struct {
   int nleafs, nparents, levmax; /* levmax: highest level present */
   int64_t ncells, bytes;        /* leaf cells and .dat size */
 } synth_info;
+
+/* The path of model `index` in DIR: "DIR/synth_NNNNN" + ext (".dat",
+ * ".units.yaml", ".png"); -1 with a message if it does not fit in buf. */
+int synth_model_path(char *buf, size_t len, const char *dir, int64_t index, const char *ext);
 
 /* Draw model `index` of `seed`, build it and write DIR/synth_%05d.dat and
  * DIR/synth_%05d.units.yaml (atomically). The .dat path goes to dat_path. */

@@ -1,5 +1,5 @@
 /* units.c - sidecar YAML parsing (libyaml events) and unit conversion. */
-#include "units.h"
+#include "rotate/units.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -8,9 +8,9 @@
 #include <sys/stat.h>
 #include <yaml.h>
 
-#include "cli.h"
-#include "error.h"
-#include "fsutil.h"
+#include "common/cli.h"
+#include "common/error.h"
+#include "common/fsutil.h"
 
 enum { K_NUM, K_BOOL, K_STR, K_SYSTEM, K_INT };
 

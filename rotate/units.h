@@ -11,7 +11,7 @@
 
 #include <stddef.h>
 
-#include "amrvac.h"
+#include "rotate/amrvac.h"
 
 /* Constants, SI. m_H is AMRVAC's proton mass (mp_cgs = 1.672621777e-24 g),
  * used as "m_H" in both directions so that unit_density derived by AMRVAC

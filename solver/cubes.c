@@ -1,10 +1,10 @@
 /* cubes.c - example and random input cubes (see cubes.h). */
-#include "cubes.h"
+#include "solver/cubes.h"
 
 #include <math.h>
 #include <stddef.h>
 
-#include "rng.h"
+#include "common/rng.h"
 
 void cubes_agb_spiral(int N, double H, double *v, double *T, double *n) {
   const double msun = 1.98841e30, year = 3.15576e7, amu = 1.66053906660e-27;

@@ -1,14 +1,14 @@
 /* freqgrid.c - frequency grids (see freqgrid.h). */
-#include "freqgrid.h"
+#include "solver/freqgrid.h"
 
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli.h"
-#include "error.h"
-#include "lte.h"
+#include "common/cli.h"
+#include "common/error.h"
+#include "solver/lte.h"
 
 void freqgrid_linspace(double start, double end, int n, double *out) {
   if (n == 1) {

@@ -1,14 +1,15 @@
 /* lamda.c - LAMDA molecular data files, parsed by position (see lamda.h). */
-#include "lamda.h"
+#include "solver/lamda.h"
 
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
-#include "error.h"
-#include "fsutil.h"
+#include "common/error.h"
+#include "common/fsutil.h"
 
 /* A cursor over the data lines of the file (titles and blank lines skipped). */
 typedef struct {
@@ -197,6 +198,13 @@ static int parse(cursor *c, lamda_molecule *m) {
     CE_TRY(read_count(c, what, 1, MAX_LINES, &P->ntrans));
     snprintf(what, sizeof what, "collision partner %d: number of temperatures", k + 1);
     CE_TRY(read_count(c, what, 1, MAX_TEMPS, &P->ntemp));
+    /* every rate takes at least 2 bytes of the file ("1 "): refuse counts the
+     * file cannot hold before allocating for them */
+    if ((double)P->ntrans * P->ntemp > (double)(c->len - c->pos) / 2)
+      return ce_err("%s:%d: collision partner %d: %d transitions x %d temperatures = %.0f rates, "
+                    "but only %zu bytes of the file are left (at least 2 per rate)", c->path,
+                    c->lineno, k + 1, P->ntrans, P->ntemp, (double)P->ntrans * P->ntemp,
+                    c->len - c->pos);
     P->temps = ce_malloc_array((size_t)P->ntemp, sizeof *P->temps, "LAMDA temperatures");
     P->upper = ce_malloc_array((size_t)P->ntrans, sizeof *P->upper, "LAMDA collision levels");
     P->lower = ce_malloc_array((size_t)P->ntrans, sizeof *P->lower, "LAMDA collision levels");
@@ -239,9 +247,19 @@ static int parse(cursor *c, lamda_molecule *m) {
   return 0;
 }
 
+/* The largest LAMDA file is a few MB: refuse anything else before reading it
+ * (a device such as /dev/zero, a wrong path to a huge file). */
+#define LAMDA_MAX_BYTES (64LL << 20)
+
 int lamda_read(const char *path, lamda_molecule *m) {
   memset(m, 0, sizeof *m);
   cursor c = {.path = path};
+  struct stat st;
+  if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+    CE_FAIL("%s: not a regular file (a LAMDA molecule file is expected)", path);
+  if (stat(path, &st) == 0 && (long long)st.st_size > LAMDA_MAX_BYTES)
+    CE_FAIL("%s: %lld bytes, larger than any LAMDA file (at most %lld)", path,
+            (long long)st.st_size, LAMDA_MAX_BYTES);
   if (fs_read_all(path, &c.buf, &c.len) < 0) return -1;
   int rc = parse(&c, m);
   free(c.buf);

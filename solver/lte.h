@@ -14,9 +14,13 @@
  * The observer sits at z index 0 looking towards +z; the background enters
  * at z = nz-1. Output: I_nu [W m^-2 Hz^-1 sr^-1].
  *
- * The kernel is vectorised 8 cells wide (AVX-512 exp/erf from glibc's libmvec
- * when built with AVX-512; otherwise a portable build with scalar libm
- * calls, same arithmetic) and runs OpenMP threads over rays.
+ * Three parts: the line model (lte_line.h: constants, partition function,
+ * populations), this driver (lte.c: argument checks, the kernel's constants,
+ * dispatch) and the kernels behind one interface (lte_kernel.h: a batch of
+ * rays in, images out). The CPU kernel (lte_kernel_cpu.c) is vectorised 8
+ * cells wide (AVX-512 exp/erf from glibc's libmvec when built with AVX-512;
+ * otherwise a portable build with scalar libm calls, same arithmetic) and
+ * runs OpenMP threads over rays; lte_options.backend picks another.
  *
  *   lte_line L;  lte_line_init(&L, &mol, 2, 28.0);
  *   lte_options o = {.dx = 1e11};
@@ -28,38 +32,9 @@
 
 #include <stddef.h>
 
-#include "lamda.h"
-
-/* Physical constants (CODATA 2018, the values astropy uses). */
-#define LTE_C 299792458.0        /* speed of light [m/s] */
-#define LTE_H 6.62607015e-34     /* Planck [J s] */
-#define LTE_KB 1.380649e-23      /* Boltzmann [J/K] */
-#define LTE_AMU 1.66053906660e-27 /* atomic mass unit [kg] */
-
-/* Derived constants of one transition. */
-typedef struct {
-  int transition, upper, lower; /* 1-based LAMDA numbers */
-  int nlev;
-  double *neg_e_over_k;  /* -E_i/k_B [K], ascending energy order */
-  double *g;             /* statistical weights, same order */
-  double *ztab;          /* partition function Z(T) as Chebyshev pieces, see lte.c */
-  unsigned char *zdirect; /* pieces that failed their accuracy check: direct sum */
-  int any_zdirect;
-  int zpieces;           /* number of table pieces (zdirect has as many) */
-  double g_u, g_l;       /* weights of the upper and lower level */
-  double neg_e_over_k_u, neg_e_over_k_l;
-  double nu0;            /* rest frequency [Hz] */
-  double A, B_ul, B_lu;  /* Einstein coefficients (B per unit intensity, SI) */
-  double fac;            /* h nu0 / (4 pi) */
-  double mass_amu;       /* molecular mass [u] */
-  double nu0_over_c;     /* nu0 / c */
-  double two_k_over_m;   /* 2 k_B / (m u) */
-} lte_line;
-
-/* Derive the constants of `transition` (1-based LAMDA number) of m. A mass
- * <= 0 takes the file's molecular weight. -1 with a message on bad input. */
-int lte_line_init(lte_line *L, const lamda_molecule *m, int transition, double mass_amu);
-void lte_line_free(lte_line *L);
+#include "solver/lamda.h"
+#include "solver/lte_kernel.h"
+#include "solver/lte_line.h"
 
 typedef struct {
   double dx;          /* spacing of cell centres along z [m] */
@@ -73,6 +48,8 @@ typedef struct {
   int libm;           /* literal arithmetic: per-lane libm exp/erf instead of the
                          vector routines and the direct partition sum instead
                          of its table; slower, for comparisons */
+  lte_backend backend; /* the kernel (lte_kernel.h); LTE_BACKEND_CPU (0) is the
+                          default, one not built gives -1 and a message */
 } lte_options;
 
 /* Ray-trace one cube. v [m/s], T [K], n [m^-3] are [(x*ny + y)*nz + z];
@@ -92,19 +69,12 @@ int lte_solve_batch(const lte_line *L, const double *freqs, int nf, int ncube, i
                     int nz, const double *const *v, const double *const *T,
                     const double *const *n, const lte_options *opt, double *const *image);
 
-/* Per-cell quantities, exposed for tests: populations of the lower and upper
- * level, partition function Z, source function S, inverse width iw [1/Hz]. */
-typedef struct {
-  double Z, p_l, p_u, eta, chi, S, iw;
-} lte_cell;
-void lte_cell_eval(const lte_line *L, double T, double vturb, lte_cell *out);
+/* The constants a kernel computes with, for line L and options o: what the
+ * calls above hand the backend (for tests that call a kernel directly). */
+void lte_kernel_model_init(lte_kernel_model *m, const lte_line *L, const lte_options *o);
 
-/* The partition function as the kernel evaluates it: from the table for
- * 1 K <= T < 32768 K (within 5e-14 relative of the direct sum, checked when
- * the table is built), else the direct sum over all levels. */
-double lte_partition(const lte_line *L, double T);
-
-/* Which vector path this build uses ("avx512-libmvec" or "portable"). */
+/* Which vector path this build's CPU kernel uses ("avx512-libmvec" or
+ * "portable"). */
 const char *lte_kernel_name(void);
 
 #endif

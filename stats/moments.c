@@ -1,11 +1,11 @@
 /* moments.c - exact mergeable moments (see moments.h). */
-#include "moments.h"
+#include "stats/moments.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "error.h"
+#include "common/error.h"
 
 /* Fold the bins every this many values: a bin of squares holds at most
  * 2^16 significands squared (< 2^48 each), so it cannot overflow 64 bits. */
@@ -134,41 +134,27 @@ void stats_moments_merge(stats_moments *a, stats_moments *b) {
   if (b->max > a->max) a->max = b->max;
 }
 
-/* What travels between ranks: the folded state without the bins. */
-typedef struct {
-  int64_t count, nan_count, inf_count;
-  float min, max;
-  uint64_t S[STATS_S_LIMBS], Q[STATS_Q_LIMBS];
-} wire;
-
-int stats_moments_allreduce(stats_moments *m, MPI_Comm comm) {
-  int size, rank;
-  if (MPI_Comm_size(comm, &size) != MPI_SUCCESS || MPI_Comm_rank(comm, &rank) != MPI_SUCCESS)
-    CE_FAIL("stats_moments_allreduce: MPI_Comm_size/rank failed");
+void stats_moments_pack(stats_moments *m, stats_moments_packed *p) {
   fold(m);
-  wire w = {m->count, m->nan_count, m->inf_count, m->min, m->max, {0}, {0}};
-  memcpy(w.S, m->S, sizeof w.S);
-  memcpy(w.Q, m->Q, sizeof w.Q);
-  wire *all = ce_malloc_array((size_t)size, sizeof(wire), "moments of all ranks");
-  if (!all) return -1;
-  if (MPI_Allgather(&w, (int)sizeof w, MPI_BYTE, all, (int)sizeof w, MPI_BYTE, comm) !=
-      MPI_SUCCESS) {
-    free(all);
-    CE_FAIL("stats_moments_allreduce: MPI_Allgather of %zu bytes failed", sizeof w);
-  }
-  /* Integer sums: the order does not matter; rank order anyway. */
-  stats_moments_init(m);
-  for (int r = 0; r < size; r++) {
-    big_add(m->S, all[r].S, STATS_S_LIMBS);
-    big_add(m->Q, all[r].Q, STATS_Q_LIMBS);
-    m->count += all[r].count;
-    m->nan_count += all[r].nan_count;
-    m->inf_count += all[r].inf_count;
-    if (all[r].min < m->min) m->min = all[r].min;
-    if (all[r].max > m->max) m->max = all[r].max;
-  }
-  free(all);
-  return 0;
+  memset(p, 0, sizeof *p);
+  p->count = m->count;
+  p->nan_count = m->nan_count;
+  p->inf_count = m->inf_count;
+  p->min = m->min;
+  p->max = m->max;
+  memcpy(p->S, m->S, sizeof p->S);
+  memcpy(p->Q, m->Q, sizeof p->Q);
+}
+
+/* a's bins need no fold first: integer addition is associative. */
+void stats_moments_merge_packed(stats_moments *a, const stats_moments_packed *p) {
+  big_add(a->S, p->S, STATS_S_LIMBS);
+  big_add(a->Q, p->Q, STATS_Q_LIMBS);
+  a->count += p->count;
+  a->nan_count += p->nan_count;
+  a->inf_count += p->inf_count;
+  if (p->min < a->min) a->min = p->min;
+  if (p->max > a->max) a->max = p->max;
 }
 
 /* Unsigned big integer -> nearest double times 2^scale: the top 64 bits with

@@ -18,8 +18,12 @@
  *   stats_moments m; stats_moments_init(&m);
  *   stats_moments_add_f32(&m, data, n);        // any number of times
  *   stats_moments_merge(&m, &other);           // any order
- *   stats_moments_allreduce(&m, MPI_COMM_WORLD);
+ *   stats_moments_allreduce(&m, MPI_COMM_WORLD);   // moments_mpi.h
  *   stats_summary s; stats_moments_summary(&m, &s);   // s.mean, s.m2, s.std ...
+ *
+ * This module uses neither MPI nor HDF5 (the stats core library, which the
+ * trainer links); the MPI reduction is moments_mpi.h, which moves packed
+ * states (stats_moments_pack) between ranks and merges them here.
  *
  * NaN and +-Inf are counted (nan_count, inf_count) and otherwise ignored.
  * stats_summary also merges by Chan et al.'s parallel formula
@@ -30,8 +34,6 @@
 
 #include <stddef.h>
 #include <stdint.h>
-
-#include <mpi.h>
 
 #define STATS_S_LIMBS 6   /* 384-bit signed sum, LSB 2^-149 */
 #define STATS_Q_LIMBS 10  /* 640-bit sum of squares, LSB 2^-298 */
@@ -60,9 +62,19 @@ void stats_moments_init(stats_moments *m);
 void stats_moments_add_f32(stats_moments *m, const float *x, size_t n);
 /* a += b (b is folded first, hence not const). */
 void stats_moments_merge(stats_moments *a, stats_moments *b);
-/* Sum the states of all ranks of comm; every rank gets the total. Returns
- * 0, or -1 with a message if MPI fails. */
-int stats_moments_allreduce(stats_moments *m, MPI_Comm comm);
+
+/* The folded state without the bins: what travels between ranks (plain
+ * bytes, no pointers; moments_mpi.h). */
+typedef struct {
+  int64_t count, nan_count, inf_count;
+  float min, max;
+  uint64_t S[STATS_S_LIMBS], Q[STATS_Q_LIMBS];
+} stats_moments_packed;
+
+/* Fold m's bins and copy its state into *p. */
+void stats_moments_pack(stats_moments *m, stats_moments_packed *p);
+/* a += p: the same exact sum as stats_moments_merge. */
+void stats_moments_merge_packed(stats_moments *a, const stats_moments_packed *p);
 void stats_moments_summary(stats_moments *m, stats_summary *s);
 
 /* Chan, Golub & LeVeque (1979) pairwise combination of two summaries:

@@ -1,12 +1,12 @@
 /* quantile.c - exact distributed quantiles by histogram refinement on
  * order-preserving keys (see quantile.h). */
-#include "quantile.h"
+#include "stats/quantile.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "error.h"
+#include "common/error.h"
 
 int stats_qsel_init(stats_qsel *s, MPI_Comm comm, stats_key_width width, int nq,
                     const double *q) {

@@ -1,9 +1,9 @@
 /* select.c - introselect with a BFPRT fallback (see select.h). */
-#include "select.h"
+#include "stats/select.h"
 
 #include <math.h>
 
-#include "error.h"
+#include "common/error.h"
 
 static inline void swapf(float *a, size_t i, size_t j) {
   float t = a[i];

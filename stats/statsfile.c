@@ -1,11 +1,18 @@
 /* statsfile.c - write and read the /stats group (see statsfile.h). */
-#include "statsfile.h"
+#include "stats/statsfile.h"
 
+#include <errno.h>
 #include <hdf5.h>
 #include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
-#include "error.h"
+#include "common/error.h"
+#include "common/fsutil.h"
 
 /* One scalar attribute: file type ftype, memory type mtype. */
 static int put_scalar(hid_t loc, const char *name, hid_t ftype, hid_t mtype, const void *v) {
@@ -110,14 +117,54 @@ static int write_norm(hid_t g, const stats_norm *p) {
   return rc ? -1 : 0;
 }
 
-int stats_file_write(const char *h5path, const stats_field *fields, int nfields,
-                     const stats_norm *norm, const stats_provenance *prov) {
+/* Fault hooks for tests/pipeline/test_faults.py: COEMU_FAULT_STATS=NAME
+ * ends this process at once (_exit, as a kill would) at the step of that
+ * name; COEMU_FAULT_STATS_FSIZE=BYTES sets a file-size limit (a full disk)
+ * before the file is written. */
+static void fault_point(const char *name) {
+  const char *f = getenv("COEMU_FAULT_STATS");
+  if (f && !strcmp(f, name)) _exit(137);
+}
+
+static void fault_fsize(void) {
+  const char *v = getenv("COEMU_FAULT_STATS_FSIZE");
+  if (!v || !*v) return;
+  signal(SIGXFSZ, SIG_IGN);
+  struct rlimit rl = {(rlim_t)strtoull(v, NULL, 10), (rlim_t)strtoull(v, NULL, 10)};
+  setrlimit(RLIMIT_FSIZE, &rl);
+}
+
+/* HDF5's metadata checksum (exported by libhdf5, not in its public headers). */
+uint32_t H5_checksum_metadata(const void *data, size_t len, uint32_t initval);
+
+/* An image of a file open for writing, from HDF5 1.10's H5Fget_file_image,
+ * has the superblock's "open for writing" flags cleared but the checksum of
+ * the superblock with them set: make it whole (superblock versions 2, 3). */
+static void fix_superblock(unsigned char *img, size_t len) {
+  if (len < 16 || memcmp(img, "\211HDF\r\n\032\n", 8) != 0 || img[8] < 2) return;
+  size_t so = img[9], end = 12 + 4 * so;
+  if (end + 4 > len) return;
+  img[11] = 0;
+  uint32_t c = H5_checksum_metadata(img, end, 0);
+  for (int k = 0; k < 4; k++) img[end + (size_t)k] = (unsigned char)(c >> (8 * k));
+}
+
+/* Replace /stats in the file `path` (the temporary copy). HDF5 edits it in
+ * memory (the core driver, no backing store) and the image is written out
+ * here: HDF5 never meets a disk error, which it does not survive (a failed
+ * H5Fclose leaves a file that crashes its shutdown in MPI_Finalize). */
+static int replace_stats(const char *h5path, const char *path, const stats_field *fields,
+                         int nfields, const stats_norm *norm, const stats_provenance *prov) {
   int rc = -1;
-  hid_t f = -1, g = -1;
+  hid_t f = -1, g = -1, fapl = H5Pcreate(H5P_FILE_ACCESS);
+  void *image = NULL;
+  ssize_t isize = -1;
+  H5Pset_fapl_core(fapl, 1 << 16, 0);
   H5E_BEGIN_TRY {
-    f = H5Fopen(h5path, H5F_ACC_RDWR, H5P_DEFAULT);
+    errno = 0;
+    f = H5Fopen(path, H5F_ACC_RDWR, fapl);
     if (f < 0) {
-      ce_err("%s: cannot open for writing /stats", h5path);
+      ce_err("%s: cannot open for writing /stats", path);
       goto done;
     }
     if (H5Lexists(f, "/stats.tmp", H5P_DEFAULT) > 0) H5Ldelete(f, "/stats.tmp", H5P_DEFAULT);
@@ -150,16 +197,57 @@ int stats_file_write(const char *h5path, const stats_field *fields, int nfields,
       ce_err("%s: cannot rename /stats.tmp to /stats", h5path);
       goto done;
     }
-    if (H5Fflush(f, H5F_SCOPE_GLOBAL) < 0) {
-      ce_err("%s: cannot flush", h5path);
+    if (H5Fflush(f, H5F_SCOPE_GLOBAL) < 0 || (isize = H5Fget_file_image(f, NULL, 0)) <= 0 ||
+        !(image = malloc((size_t)isize)) || H5Fget_file_image(f, image, (size_t)isize) != isize) {
+      ce_err("%s: cannot build the new file in memory", path);
       goto done;
     }
     rc = 0;
   done:
     if (g >= 0) H5Gclose(g);
-    if (f >= 0 && H5Fclose(f) < 0 && rc == 0) rc = ce_err("%s: cannot close", h5path);
+    if (f >= 0 && H5Fclose(f) < 0 && rc == 0) rc = ce_err("%s: cannot close", path);
   } H5E_END_TRY;
+  H5Pclose(fapl);
+  (void)h5path;
+  if (rc == 0) {
+    fix_superblock(image, (size_t)isize);
+    fault_point("written");
+    FILE *out = fopen(path, "wb");
+    if (!out) rc = ce_err("%s: cannot open: %s", path, strerror(errno));
+    else {
+      errno = 0;
+      int ok = fwrite(image, 1, (size_t)isize, out) == (size_t)isize && fflush(out) == 0;
+      int e = errno;
+      if (fclose(out) != 0 && ok) ok = 0, e = errno;
+      if (!ok) rc = ce_err("%s: write failed: %s", path, strerror(e ? e : EIO));
+    }
+  }
+  free(image);
   return rc;
+}
+
+/* /stats is never written in place: dataset.h5 is copied to
+ * dataset.h5.tmp.PID, /stats is replaced in the copy, and the copy is
+ * fsynced and renamed over dataset.h5. A kill or a full disk at any point
+ * leaves the old file (old /stats) or the new one (new /stats), never a
+ * file HDF5 cannot open; readers that have the old file open keep reading it. */
+int stats_file_write(const char *h5path, const stats_field *fields, int nfields,
+                     const stats_norm *norm, const stats_provenance *prov) {
+  char tmp[4200];
+  if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp.%ld", h5path, (long)getpid()) >= sizeof tmp)
+    CE_FAIL("%s: path too long", h5path);
+  fault_fsize();
+  if (fs_copy_file(h5path, tmp) < 0) return ce_err_prefix("writing /stats");
+  fault_point("copied");
+  int rc = replace_stats(h5path, tmp, fields, nfields, norm, prov);
+  fault_point("closed");
+  if (rc == 0) rc = fs_rename_durable(tmp, h5path);
+  if (rc < 0) {
+    unlink(tmp);
+    return ce_err_prefix("%s: /stats not written, the file is unchanged", h5path);
+  }
+  fault_point("renamed");
+  return 0;
 }
 
 static hid_t open_stats(const char *h5path, hid_t *f) {

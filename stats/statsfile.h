@@ -2,19 +2,21 @@
  * statistics and the normalisation parameters (layout: docs/dataset-format.md,
  * section /stats).
  *
- * stats_file_write() replaces /stats as a whole: the new group is built
- * under /stats.tmp and moved over /stats only when complete, so a reader
- * never sees a half-written group. Called by one process (rank 0) with no
- * other handle open on the file.
+ * stats_file_write() replaces /stats as a whole and atomically: the file
+ * is copied to PATH.tmp.PID, /stats is replaced in the copy (built under
+ * /stats.tmp, then moved), and the copy is fsynced and renamed over PATH.
+ * A kill or a full disk at any point leaves the old file or the new one,
+ * never a half-written one; readers holding the old file open keep it.
+ * Called by one process (rank 0) with no other handle open on the file.
  */
 #ifndef COEMU_STATS_STATSFILE_H
 #define COEMU_STATS_STATSFILE_H
 
 #include <stdint.h>
 
-#include "moments.h"
-#include "quantile.h"
-#include "transforms.h"
+#include "stats/moments.h"
+#include "stats/quantile.h"
+#include "stats/transforms.h"
 
 typedef struct {
   char name[40];          /* subgroup name, e.g. "ln_T", "ln_I_ch3" */

@@ -1,5 +1,5 @@
 /* transforms.c - normalisation transforms (see transforms.h). */
-#include "transforms.h"
+#include "stats/transforms.h"
 
 #include <math.h>
 

@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "error.h"
+#include "common/error.h"
 
 static int check_failed_, check_passed_, check_test_failed_;
 static const char *check_current_ = "";

@@ -1,13 +1,15 @@
-/* checkpoint.c - versioned, checksummed checkpoints (see checkpoint.h). */
-#include "checkpoint.h"
+/* checkpoint.c - versioned, checksummed checkpoints (see checkpoint.h). The
+ * tensors are backend memory: they are written and read through a bounded
+ * host buffer (nn_download_chunks / nn_upload_chunks). */
+#include "trainer/checkpoint.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
 
-#include "error.h"
-#include "fsutil.h"
+#include "common/error.h"
+#include "common/fsutil.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "checkpoint.c writes tensors as raw little-endian floats"
@@ -83,6 +85,7 @@ typedef struct {
   FILE *f;
   uLong crc;
   int ok;
+  int backend_failed; /* a download failed (its message is set), not the disk */
 } writer;
 
 static void wr(writer *w, const void *data, size_t n) {
@@ -97,6 +100,20 @@ static void wr(writer *w, const void *data, size_t n) {
     }
     p += chunk;
     n -= chunk;
+  }
+}
+
+/* A tensor of backend memory into the file, piece by piece through the host. */
+static int wr_chunk(void *ctx, float *chunk, size_t off, size_t n) {
+  (void)off;
+  wr(ctx, chunk, sizeof(float) * n);
+  return 0;
+}
+
+static void wr_tensor(writer *w, const nn_net *net, const float *t, int64_t n) {
+  if (w->ok && nn_download_chunks(net, t, (size_t)n, wr_chunk, w) < 0) {
+    w->ok = 0;
+    w->backend_failed = 1;
   }
 }
 
@@ -117,7 +134,7 @@ int checkpoint_save(const char *path, const coemunet *m, const adam *o, const tr
   char tmp[4096];
   FILE *f;
   if (fs_open_tmp(path, tmp, sizeof tmp, &f) < 0) return -1;
-  writer w = {f, crc32(0L, Z_NULL, 0), 1};
+  writer w = {f, crc32(0L, Z_NULL, 0), 1, 0};
   uint32_t version = CHECKPOINT_VERSION, hbytes = CHECKPOINT_HEADER_BYTES;
   wr(&w, MAGIC, 8);
   wr(&w, &version, 4);
@@ -138,15 +155,21 @@ int checkpoint_save(const char *path, const coemunet *m, const adam *o, const tr
   }
   for (int i = 0; i < net->nparams; i++) {
     const nn_param *p = &net->params[i];
-    wr(&w, p->w, sizeof(float) * (size_t)p->n);
+    wr_tensor(&w, net, p->w, p->n);
     if (adam_has_state(o, i)) {
-      wr(&w, o->m[i], sizeof(float) * (size_t)p->n);
-      wr(&w, o->v[i], sizeof(float) * (size_t)p->n);
+      wr_tensor(&w, net, o->m[i], p->n);
+      wr_tensor(&w, net, o->v[i], p->n);
     }
   }
   uint32_t crc = (uint32_t)w.crc;
   if (w.ok && fwrite(&crc, 4, 1, f) != 1) w.ok = 0;
   if (!w.ok) {
+    if (w.backend_failed) { /* keep the backend's message past the cleanup */
+      char msg[1024];
+      snprintf(msg, sizeof msg, "%s", ce_err_msg());
+      fs_commit_tmp(f, tmp, path, 0);
+      return ce_err("%s: %s", path, msg);
+    }
     fs_commit_tmp(f, tmp, path, 0);
     return ce_err("%s: write failed (disk full?)", path);
   }
@@ -247,6 +270,23 @@ int checkpoint_read_config(const char *path, coemunet_config *cfg, train_state *
     st->sched.lr0 = h.sched_lr0; st->sched.gamma = h.sched_gamma; st->sched.step_size = h.sched_step;
   }
   return 0;
+}
+
+/* A tensor from the file into backend memory, piece by piece through the host. */
+typedef struct {
+  reader *r;
+  const char *name;
+} rd_ctx;
+
+static int rd_chunk(void *ctx, float *chunk, size_t off, size_t n) {
+  (void)off;
+  rd_ctx *c = ctx;
+  return rd(c->r, chunk, sizeof(float) * n, c->name);
+}
+
+static int rd_tensor(reader *r, const nn_net *net, float *t, int64_t n, const char *name) {
+  rd_ctx c = {r, name};
+  return nn_upload_chunks(net, t, (size_t)n, rd_chunk, &c);
 }
 
 int checkpoint_load(const char *path, coemunet *m, adam *o, train_state *st) {
@@ -357,7 +397,7 @@ int checkpoint_load(const char *path, coemunet *m, adam *o, train_state *st) {
   r.pos = data_pos;
   for (int i = 0; i < net->nparams; i++) {
     nn_param *p = &net->params[i];
-    if (rd(&r, p->w, sizeof(float) * (size_t)p->n, p->name) < 0) goto out;
+    if (rd_tensor(&r, net, p->w, p->n, p->name) < 0) goto out;
     if (!o && (tab[i].flags & FLAG_ADAM)) { /* weights only: skip the moments */
       long long skip = 2 * (long long)sizeof(float) * p->n;
       if (fseek(r.f, skip, SEEK_CUR) != 0) {
@@ -367,8 +407,8 @@ int checkpoint_load(const char *path, coemunet *m, adam *o, train_state *st) {
       r.pos += skip;
       continue;
     }
-    if (o && adam_has_state(o, i) && (rd(&r, o->m[i], sizeof(float) * (size_t)p->n, p->name) < 0 ||
-                                 rd(&r, o->v[i], sizeof(float) * (size_t)p->n, p->name) < 0))
+    if (o && adam_has_state(o, i) && (rd_tensor(&r, net, o->m[i], p->n, p->name) < 0 ||
+                                      rd_tensor(&r, net, o->v[i], p->n, p->name) < 0))
       goto out;
   }
   if (o) {

@@ -18,8 +18,8 @@
 
 #include <stdint.h>
 
-#include "coemunet.h"
-#include "optim.h"
+#include "trainer/coemunet.h"
+#include "trainer/optim.h"
 
 #define CHECKPOINT_VERSION 1
 #define CHECKPOINT_HEADER_BYTES 132

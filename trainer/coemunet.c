@@ -1,10 +1,10 @@
 /* coemunet.c - COEmuNet built from nn.h layers (see coemunet.h). */
-#include "coemunet.h"
+#include "trainer/coemunet.h"
 
 #include <stdio.h>
 #include <string.h>
 
-#include "error.h"
+#include "common/error.h"
 
 coemunet_config coemunet_default(int nfreq) {
   coemunet_config c = {nfreq, 64, 4, {8, 16, 32}, 4096, 64, COEMUNET_SHORTCUT_REFERENCE};
@@ -157,11 +157,12 @@ static int build_graph(coemunet *m) {
   return 0;
 }
 
-int coemunet_describe(coemunet *m, const coemunet_config *cfg) {
+static int describe_on(coemunet *m, const coemunet_config *cfg, const nn_backend *be) {
   memset(m, 0, sizeof *m);
   CE_TRY(coemunet_check_config(cfg));
   m->cfg = *cfg;
   nn_init(&m->net);
+  if (be) CE_TRY(nn_set_backend(&m->net, be));
   if (build_graph(m) < 0) {
     ce_err_prefix("building COEmuNet");
     nn_free(&m->net);
@@ -170,8 +171,15 @@ int coemunet_describe(coemunet *m, const coemunet_config *cfg) {
   return 0;
 }
 
+int coemunet_describe(coemunet *m, const coemunet_config *cfg) { return describe_on(m, cfg, NULL); }
+
 int coemunet_build(coemunet *m, const coemunet_config *cfg, uint64_t seed) {
-  CE_TRY(coemunet_describe(m, cfg));
+  return coemunet_build_on(m, cfg, seed, &nn_backend_cpu);
+}
+
+int coemunet_build_on(coemunet *m, const coemunet_config *cfg, uint64_t seed,
+                      const nn_backend *be) {
+  CE_TRY(describe_on(m, cfg, be));
   if (nn_finalize(&m->net, seed) < 0) {
     ce_err_prefix("building COEmuNet");
     nn_free(&m->net);
@@ -211,7 +219,7 @@ int coemunet_transfer_encoder(coemunet *dst, const coemunet *src, int *ntensors,
         return ce_err("encoder transfer: tensor '%s' has %lld values in the source, %lld in the target",
                       p->name, (long long)p->n, (long long)q->n);
       if (pass == 1) {
-        memcpy(q->w, p->w, sizeof(float) * (size_t)p->n);
+        CE_TRY(nn_transfer(&dst->net, q->w, &src->net, p->w, (size_t)p->n));
         n++;
         values += p->n;
       }

@@ -33,7 +33,7 @@
 
 #include <stdint.h>
 
-#include "nn.h"
+#include "trainer/nn.h"
 
 enum { COEMUNET_SHORTCUT_REFERENCE = 0, COEMUNET_SHORTCUT_INPUT = 1 };
 
@@ -57,9 +57,12 @@ typedef struct {
   int output;  /* node of the (1, F, G, G) output */
 } coemunet;
 
-/* Build, allocate and initialise the network (nn_finalize with seed). The
- * caller then calls nn_set_batch(&m->net, n). */
+/* Build, allocate and initialise the network (nn_finalize with seed) on the
+ * CPU backend, or on backend be (initialised: nn_backend_init). The caller
+ * then calls nn_set_batch(&m->net, n). */
 int coemunet_build(coemunet *m, const coemunet_config *cfg, uint64_t seed);
+int coemunet_build_on(coemunet *m, const coemunet_config *cfg, uint64_t seed,
+                      const nn_backend *be);
 void coemunet_free(coemunet *m);
 
 /* The graph and parameter list only, nothing allocated: for counting
@@ -70,7 +73,8 @@ int coemunet_describe(coemunet *m, const coemunet_config *cfg);
  * buffer of the three encoder branches and of the latent layer (names
  * "encoder*" and "to_lat.*") from src into dst, which must agree on grid,
  * stem, encoder widths, latent width and shortcut variant (their decoders
- * differ: nfreq 1 vs F). Everything else in dst is left as it is. The
+ * differ: nfreq 1 vs F), backend to backend (nn_transfer). Everything else
+ * in dst is left as it is. The
  * counts of tensors and values copied go to *ntensors / *nvalues (NULL to
  * skip). A mismatch is an error naming the field or tensor; dst is then
  * untouched. */

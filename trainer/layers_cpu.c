@@ -1,20 +1,15 @@
-/* layers_cpu.c - CPU reference kernels (vol2col + OpenBLAS sgemm, OpenMP) and
- * the CPU backend of nn.h. */
-#include "layers_cpu.h"
+/* layers_cpu.c - CPU reference kernels (vol2col + OpenBLAS sgemm, OpenMP); the
+ * CPU backend (backend_cpu.c) runs the layers of nn.h on them. */
+#include "trainer/layers_cpu.h"
 
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "error.h"
-#include "nn.h"
 
 /* ---- convolution -------------------------------------------------------- */
-
-static void blas_set_single(void) { openblas_set_num_threads(1); }
 
 static int pointwise(const conv_shape *s) {
   return s->kd == 1 && s->kh == 1 && s->kw == 1 && s->sd == 1 && s->sh == 1 && s->sw == 1 &&
@@ -25,13 +20,6 @@ static int pointwise(const conv_shape *s) {
 static int sample_threads(int n) {
   int t = omp_get_max_threads();
   return t < n ? t : n;
-}
-
-/* The matrix products run inside OpenMP loops over samples or output slices,
- * one thread each: OpenBLAS's own threads would oversubscribe the cores. */
-static void blas_single_thread(void) {
-  static pthread_once_t once = PTHREAD_ONCE_INIT;
-  pthread_once(&once, blas_set_single);
 }
 
 static size_t conv_cols(const conv_shape *s) {
@@ -145,7 +133,6 @@ static void direct_forward(const conv_shape *s, const float *x, const float *w, 
 
 void conv3d_forward(const conv_shape *s, const float *x, const float *w, const float *b,
                     float *y, float *work) {
-  blas_single_thread();
   const int K = s->cin * s->kd * s->kh * s->kw;
   const long P = (long)s->od * s->oh * s->ow, S = (long)s->d * s->h * s->w;
   const size_t per = 2 * conv_cols(s) + (size_t)K * s->cout + s->cout;
@@ -172,7 +159,6 @@ void conv3d_forward(const conv_shape *s, const float *x, const float *w, const f
 
 void conv3d_backward(const conv_shape *s, const float *x, const float *w, const float *dy,
                      float *dw, float *db, float *dx, float *work) {
-  blas_single_thread();
   const int K = s->cin * s->kd * s->kh * s->kw, nt = sample_threads(s->n);
   const long P = (long)s->od * s->oh * s->ow, S = (long)s->d * s->h * s->w;
   const size_t cols = conv_cols(s), per = 2 * cols + (size_t)K * s->cout + s->cout;
@@ -389,7 +375,6 @@ static void slice_of(int len, int t, int nt, int *lo, int *hi) {
 
 void linear_forward(int n, int in, int out, const float *x, const float *w, const float *b,
                     float *y) {
-  blas_single_thread();
   for (int i = 0; i < n; i++) memcpy(y + (long)i * out, b, sizeof(float) * out);
   /* each thread a slice of the outputs: y[:, lo:hi] += x W[lo:hi]^T */
 #pragma omp parallel
@@ -404,7 +389,6 @@ void linear_forward(int n, int in, int out, const float *x, const float *w, cons
 
 void linear_backward(int n, int in, int out, const float *x, const float *w, const float *dy,
                      float *dw, float *db, float *dx) {
-  blas_single_thread();
 #pragma omp parallel
   {
     int lo, hi, nt = omp_get_num_threads(), t = omp_get_thread_num();
@@ -486,247 +470,3 @@ void upsample_backward(int nc, int d, int h, int w, int fd, int fh, int fw, cons
         for (long xx = 0; xx < OW; xx++) dst[xx / fw] += src[xx];
       }
 }
-
-/* ---- the backend -------------------------------------------------------- */
-
-static conv_shape node_conv_shape(const nn_net *net, const nn_node *nd) {
-  const nn_node *in = &net->nodes[nd->in[0]];
-  conv_shape s = {net->batch, in->c, in->d, in->h, in->w, nd->c, nd->d, nd->h, nd->w,
-                  nd->k.v[0], nd->k.v[1], nd->k.v[2], nd->s.v[0], nd->s.v[1], nd->s.v[2],
-                  nd->p.v[0], nd->p.v[1], nd->p.v[2]};
-  return s;
-}
-
-/* The scratch was sized at nn_set_batch() for the thread count of then. */
-static int check_work(const nn_net *net, const conv_shape *s) {
-  size_t need = conv3d_workspace(s);
-  if (need > net->work_n)
-    return ce_err("scratch of %zu floats, %zu needed: the OpenMP thread count grew since "
-                  "nn_set_batch()", net->work_n, need);
-  return 0;
-}
-
-static size_t cpu_workspace(const nn_net *net, const nn_node *nd) {
-  if (nd->kind != NN_CONV) return 0;
-  conv_shape s = node_conv_shape(net, nd);
-  return conv3d_workspace(&s);
-}
-
-/* Synchronised BatchNorm (nn.h, nn_reducer): the statistics of the global
- * batch from two sums across replicas, (per-channel sums, value count), then
- * squared deviations from the global mean. */
-static int bn_forward_sync(nn_net *net, nn_node *nd) {
-  const nn_reducer *r = nn_get_reducer(net);
-  const int N = net->batch, C = nd->c;
-  const long S = (long)nd->d * nd->h * nd->w;
-  const float *x = net->nodes[nd->in[0]].out;
-  nn_param *P = net->params;
-  double *buf = ce_malloc_array((size_t)2 * C + 1, sizeof(double), "BatchNorm sums");
-  if (!buf) return -1;
-  double *mean = buf, *sq = buf + C + 1;
-  batchnorm_sums(N, C, S, x, mean);
-  mean[C] = (double)N * S;
-  int rc = -1;
-  if (r->sum_f64(r->ctx, buf, (size_t)C + 1) < 0) {
-    ce_err_prefix("summing BatchNorm statistics over %d replicas", r->world);
-    goto done;
-  }
-  const double m = mean[C];
-  if (m < 2) {
-    ce_err("batch statistics need more than 1 value per channel (%.0f over %d replicas)", m,
-           r->world);
-    goto done;
-  }
-  for (int ch = 0; ch < C; ch++) mean[ch] /= m;
-  batchnorm_sqdev(N, C, S, x, mean, sq);
-  if (r->sum_f64(r->ctx, sq, (size_t)C) < 0) {
-    ce_err_prefix("summing BatchNorm deviations over %d replicas", r->world);
-    goto done;
-  }
-  batchnorm_normalise(N, C, S, x, P[nd->param[0]].w, P[nd->param[1]].w, mean, sq, m,
-                      P[nd->param[2]].w, P[nd->param[3]].w, nd->momentum, nd->eps, nd->out,
-                      nd->save);
-  rc = 0;
-done:
-  free(buf);
-  return rc;
-}
-
-/* Its backward: the sums of dy and dy*xhat (and the value count) summed across
- * replicas before dx; dgamma and dbeta keep the local sums (nn_reduce_grads()
- * sums them with the other gradients). */
-static int bn_backward_sync(nn_net *net, nn_node *nd, float *dx) {
-  const nn_reducer *r = nn_get_reducer(net);
-  const int N = net->batch, C = nd->c;
-  const long S = (long)nd->d * nd->h * nd->w;
-  const float *x = net->nodes[nd->in[0]].out;
-  nn_param *P = net->params;
-  double *sums = ce_malloc_array((size_t)2 * C + 1, sizeof(double), "BatchNorm gradient sums");
-  if (!sums) return -1;
-  batchnorm_backward_sums(N, C, S, x, nd->save, nd->grad, sums, P[nd->param[0]].g,
-                          P[nd->param[1]].g);
-  int rc = 0;
-  if (dx) { /* the same graph everywhere: every replica skips or calls alike */
-    sums[2 * C] = (double)N * S;
-    rc = r->sum_f64(r->ctx, sums, (size_t)2 * C + 1);
-    if (rc < 0)
-      ce_err_prefix("summing BatchNorm gradients over %d replicas", r->world);
-    else
-      batchnorm_backward_dx(N, C, S, x, P[nd->param[0]].w, nd->save, nd->grad, sums,
-                            sums[2 * C], dx);
-  }
-  free(sums);
-  return rc;
-}
-
-static int cpu_forward(nn_net *net, nn_node *nd, int train) {
-  const int N = net->batch;
-  const nn_node *in = &net->nodes[nd->in[0]];
-  const float *x = in->out;
-  float *y = nd->out;
-  const long total = (long)N * nd->size;
-  nn_param *P = net->params;
-  switch (nd->kind) {
-  case NN_CONV: {
-    conv_shape s = node_conv_shape(net, nd);
-    CE_TRY(check_work(net, &s));
-    conv3d_forward(&s, x, P[nd->param[0]].w, P[nd->param[1]].w, y, net->work);
-    return 0;
-  }
-  case NN_BATCHNORM: {
-    long S = (long)nd->d * nd->h * nd->w;
-    if (train && nn_get_reducer(net) && !net->reducer.local_batchnorm) return bn_forward_sync(net, nd);
-    if (train) {
-      if ((long)N * S < 2)
-        return ce_err("batch statistics need more than 1 value per channel (batch %d x %ld)", N, S);
-      batchnorm_forward_train(N, nd->c, S, x, P[nd->param[0]].w, P[nd->param[1]].w,
-                              P[nd->param[2]].w, P[nd->param[3]].w, nd->momentum, nd->eps, y,
-                              nd->save);
-    } else {
-      batchnorm_forward_eval(N, nd->c, S, x, P[nd->param[0]].w, P[nd->param[1]].w,
-                             P[nd->param[2]].w, P[nd->param[3]].w, nd->eps, y);
-    }
-    return 0;
-  }
-  case NN_RELU:
-#pragma omp parallel for schedule(static)
-    for (long i = 0; i < total; i++) y[i] = x[i] > 0 ? x[i] : 0;
-    return 0;
-  case NN_TANH:
-#pragma omp parallel for schedule(static)
-    for (long i = 0; i < total; i++) y[i] = tanhf(x[i]);
-    return 0;
-  case NN_MAXPOOL:
-    maxpool3d_forward(N * in->c, in->d, in->h, in->w, nd->k.v[0], x, y);
-    return 0;
-  case NN_LINEAR:
-    linear_forward(N, (int)in->size, nd->c, x, P[nd->param[0]].w, P[nd->param[1]].w, y);
-    return 0;
-  case NN_UPSAMPLE:
-    upsample_forward(N * in->c, in->d, in->h, in->w, nd->s.v[0], nd->s.v[1], nd->s.v[2], x, y);
-    return 0;
-  case NN_ADD: {
-    const float *b = net->nodes[nd->in[1]].out;
-#pragma omp parallel for schedule(static)
-    for (long i = 0; i < total; i++) y[i] = x[i] + b[i];
-    return 0;
-  }
-  case NN_CONCAT:
-  case NN_SLICE: {
-    /* per sample: the output's channel block [off, off + part) <-> an input */
-    for (int n = 0; n < N; n++) {
-      long off = 0;
-      for (int j = 0; j < nd->nin; j++) {
-        const nn_node *src = &net->nodes[nd->in[j]];
-        if (nd->kind == NN_CONCAT) {
-          memcpy(y + n * nd->size + off, src->out + n * src->size, sizeof(float) * src->size);
-          off += src->size;
-        } else {
-          long S = (long)nd->d * nd->h * nd->w;
-          memcpy(y + n * nd->size, src->out + n * src->size + nd->slice0 * S,
-                 sizeof(float) * nd->size);
-        }
-      }
-    }
-    return 0;
-  }
-  default:
-    return ce_err("layer kind %d has no CPU forward", (int)nd->kind);
-  }
-}
-
-static int cpu_backward(nn_net *net, nn_node *nd) {
-  const int N = net->batch;
-  nn_node *in = &net->nodes[nd->in[0]];
-  const float *x = in->out, *y = nd->out, *g = nd->grad;
-  float *dx = in->needs_grad ? in->grad : NULL;
-  const long total = (long)N * nd->size;
-  nn_param *P = net->params;
-  switch (nd->kind) {
-  case NN_CONV: {
-    conv_shape s = node_conv_shape(net, nd);
-    CE_TRY(check_work(net, &s));
-    conv3d_backward(&s, x, P[nd->param[0]].w, g, P[nd->param[0]].g, P[nd->param[1]].g, dx,
-                    net->work);
-    return 0;
-  }
-  case NN_BATCHNORM:
-    if (net->train && nn_get_reducer(net) && !net->reducer.local_batchnorm)
-      return bn_backward_sync(net, nd, dx);
-    batchnorm_backward(N, nd->c, (long)nd->d * nd->h * nd->w, net->train, x, P[nd->param[0]].w,
-                       P[nd->param[2]].w, P[nd->param[3]].w, nd->eps, nd->save, g, dx,
-                       P[nd->param[0]].g, P[nd->param[1]].g);
-    return 0;
-  case NN_RELU:
-    if (dx)
-#pragma omp parallel for schedule(static)
-      for (long i = 0; i < total; i++) dx[i] += y[i] > 0 ? g[i] : 0;
-    return 0;
-  case NN_TANH:
-    if (dx)
-#pragma omp parallel for schedule(static)
-      for (long i = 0; i < total; i++) dx[i] += g[i] * (1 - y[i] * y[i]);
-    return 0;
-  case NN_MAXPOOL:
-    if (dx) maxpool3d_backward(N * in->c, in->d, in->h, in->w, nd->k.v[0], x, g, dx);
-    return 0;
-  case NN_LINEAR:
-    linear_backward(N, (int)in->size, nd->c, x, P[nd->param[0]].w, g, P[nd->param[0]].g,
-                    P[nd->param[1]].g, dx);
-    return 0;
-  case NN_UPSAMPLE:
-    if (dx)
-      upsample_backward(N * in->c, in->d, in->h, in->w, nd->s.v[0], nd->s.v[1], nd->s.v[2], g, dx);
-    return 0;
-  case NN_ADD:
-    for (int j = 0; j < 2; j++) {
-      nn_node *src = &net->nodes[nd->in[j]];
-      if (!src->needs_grad) continue;
-      float *d = src->grad;
-#pragma omp parallel for schedule(static)
-      for (long i = 0; i < total; i++) d[i] += g[i];
-    }
-    return 0;
-  case NN_CONCAT:
-  case NN_SLICE:
-    for (int n = 0; n < N; n++) {
-      long off = 0;
-      for (int j = 0; j < nd->nin; j++) {
-        nn_node *src = &net->nodes[nd->in[j]];
-        long len = nd->kind == NN_CONCAT ? src->size : nd->size;
-        long soff = nd->kind == NN_CONCAT ? 0 : nd->slice0 * (long)nd->d * nd->h * nd->w;
-        if (src->needs_grad) {
-          float *d = src->grad + n * src->size + soff;
-          const float *gg = g + n * nd->size + off;
-          for (long i = 0; i < len; i++) d[i] += gg[i];
-        }
-        off += len;
-      }
-    }
-    return 0;
-  default:
-    return ce_err("layer kind %d has no CPU backward", (int)nd->kind);
-  }
-}
-
-const nn_backend nn_backend_cpu = {"cpu", cpu_forward, cpu_backward, cpu_workspace};

@@ -1,6 +1,6 @@
 /* layers_cpu.h - the CPU reference kernels of the layers, on plain float32
- * arrays in NCDHW order, and the CPU backend (nn_backend_cpu in nn.h) built
- * on them.
+ * arrays in NCDHW order; the CPU backend (nn_backend_cpu, backend_cpu.c)
+ * runs the layers of nn.h on them.
  *
  * Convolutions and linear layers are matrix products: a convolution unrolls
  * each sample's input into columns (vol2col: K = Cin*kd*kh*kw rows of
@@ -9,7 +9,8 @@
  * column gradient back (col2vol). Threads: convolutions run one OpenMP
  * thread per sample (own columns, partial dW/db summed in thread order),
  * linear layers one per slice of features, BatchNorm one per channel, the
- * rest plain parallel loops; OpenBLAS itself is set to one thread. Every
+ * rest plain parallel loops; OpenBLAS itself must run one thread (the CPU
+ * backend's init sets it: nn_backend_init(&nn_backend_cpu, ...)). Every
  * backward ADDS into dx, dw, db (see nn.h). Sums of BatchNorm statistics
  * run in double. The work buffer of a convolution is conv3d_workspace()
  * floats for the current OpenMP thread count.

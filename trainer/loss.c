@@ -1,11 +1,11 @@
 /* loss.c - MSE + spectral L1 loss with FFTW (see loss.h). */
-#include "loss.h"
+#include "trainer/loss.h"
 
 #include <fftw3.h>
 #include <math.h>
 #include <stdlib.h>
 
-#include "error.h"
+#include "common/error.h"
 
 struct coemu_loss {
   int h, w, wc, max_images; /* wc = w/2 + 1 stored frequency columns */
@@ -95,3 +95,5 @@ int loss_eval(coemu_loss *l, const float *p, const float *t, int m, loss_value *
     grad[i] = (float)((LOSS_W_MSE * 2 * ((double)p[i] - t[i]) + LOSS_W_FFT * l->e[i]) / N);
   return 0;
 }
+
+size_t loss_image_pixels(const coemu_loss *l) { return (size_t)l->h * (size_t)l->w; }

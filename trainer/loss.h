@@ -13,13 +13,15 @@
  * with E/|E| taken as 0 where |E| = 0. The transforms are FFTW double
  * precision real-to-complex / complex-to-real (the half spectrum, counted
  * twice where its mirror image is not stored); the loss sums in double.
+ * This is the CPU backend's loss (backend_cpu.c, on host arrays); the
+ * trainer reaches it through nn_backend.loss_eval.
  */
 #ifndef COEMU_LOSS_H
 #define COEMU_LOSS_H
 
 #include <stddef.h>
 
-typedef struct {
+typedef struct loss_value {
   double total, mse, fft; /* total = w_mse*mse + w_fft*fft */
 } loss_value;
 
@@ -37,5 +39,8 @@ void loss_destroy(coemu_loss *l);
  * grad (NULL to skip) receives dL/dp (overwritten, not added). */
 int loss_eval(coemu_loss *l, const float *p, const float *t, int m, loss_value *out,
               float *grad);
+
+/* Pixels per image, h * w. */
+size_t loss_image_pixels(const coemu_loss *l);
 
 #endif

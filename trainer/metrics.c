@@ -1,12 +1,12 @@
 /* metrics.c - MaxRel, ZNCC, SSIM (see metrics.h). */
-#include "metrics.h"
+#include "trainer/metrics.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "error.h"
-#include "transforms.h"
+#include "common/error.h"
+#include "stats/transforms.h"
 
 int metrics_stats_inverse(const void *params, const float *norm, double *phys, size_t n) {
   stats_denorm_targets_f64(params, norm, n, phys);

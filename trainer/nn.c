@@ -1,41 +1,232 @@
 /* nn.c - the network graph: builders with shape checks, parameters and their
  * initialisation, activation storage, and the forward/backward drivers. The
- * arithmetic is in the backend (layers_cpu.c). */
-#include "nn.h"
+ * memory and the arithmetic are the backend's (backend.h; backend_cpu.c). */
+#include "trainer/nn.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "error.h"
-#include "rng.h"
+#include "common/error.h"
+#include "common/rng.h"
 
 void nn_init(nn_net *net) {
   memset(net, 0, sizeof *net);
   net->be = &nn_backend_cpu;
 }
 
+/* ---- backends ----------------------------------------------------------- */
+
+/* The backends whose init has run, with the count of inits not yet
+ * finished (process-wide, like the settings init makes; used from the
+ * thread that runs the nets). */
+#define NN_MAX_BACKENDS 8
+static struct {
+  const nn_backend *be;
+  int count;
+} ready_backends[NN_MAX_BACKENDS];
+static int nready_backends;
+
+static int ready_slot(const nn_backend *be) {
+  for (int i = 0; i < nready_backends; i++)
+    if (ready_backends[i].be == be) return i;
+  return -1;
+}
+
+int nn_backend_ready(const nn_backend *be) { return ready_slot(be) >= 0; }
+
+int nn_backend_init(const nn_backend *be, int threads) {
+  if (threads < 0) return ce_err("backend '%s': %d threads, expected >= 0", be->name, threads);
+  int i = ready_slot(be);
+  if (i < 0 && nready_backends == NN_MAX_BACKENDS)
+    return ce_err("backend '%s': more than %d backends initialised", be->name, NN_MAX_BACKENDS);
+  if (be->init(threads) < 0) return ce_err_prefix("initialising backend '%s'", be->name);
+  if (i < 0) {
+    i = nready_backends++;
+    ready_backends[i].be = be;
+    ready_backends[i].count = 0;
+  }
+  ready_backends[i].count++;
+  return 0;
+}
+
+void nn_backend_finish(const nn_backend *be) {
+  int i = ready_slot(be);
+  if (i < 0) return;
+  be->finish();
+  if (--ready_backends[i].count == 0) ready_backends[i] = ready_backends[--nready_backends];
+}
+
+int nn_set_backend(nn_net *net, const nn_backend *be) {
+  if (net->finalized || net->nparams || net->nnodes)
+    return ce_err("nn_set_backend: choose the backend before building the net");
+  net->be = be;
+  return 0;
+}
+
+float *nn_alloc(const nn_net *net, size_t n, const char *what) {
+  size_t bytes;
+  if (ce_mul_size(n, sizeof(float), &bytes) < 0 || bytes > ce_alloc_limit()) {
+    ce_err("%s: %zu floats exceed the allocation limit of %zu bytes", what, n, ce_alloc_limit());
+    return NULL;
+  }
+  float *p = net->be->alloc(bytes ? bytes : sizeof(float));
+  if (!p) ce_err_prefix("%s: %zu floats on backend '%s'", what, n, net->be->name);
+  return p;
+}
+
+void nn_release(const nn_net *net, void *p) {
+  if (p) net->be->free(p);
+}
+
+/* ---- host <-> backend copies -------------------------------------------- */
+
+int nn_upload(const nn_net *net, float *dst, const float *src, size_t n) {
+  if (net->be->upload(dst, src, sizeof(float) * n) < 0)
+    return ce_err_prefix("copying %zu floats to backend '%s'", n, net->be->name);
+  return 0;
+}
+
+int nn_download(const nn_net *net, float *dst, const float *src, size_t n) {
+  if (net->be->download(dst, src, sizeof(float) * n) < 0)
+    return ce_err_prefix("copying %zu floats from backend '%s'", n, net->be->name);
+  return 0;
+}
+
+/* A node's output (grad 0) or gradient buffer, with the float count of the
+ * batch; NULL with an error when there is none. */
+static float *node_buffer(const nn_net *net, int node, int grad, size_t *n, const char *what) {
+  if (node < 0 || node >= net->nnodes) {
+    ce_err("%s: node %d does not exist (net has %d nodes)", what, node, net->nnodes);
+    return NULL;
+  }
+  const nn_node *nd = &net->nodes[node];
+  float *buf = grad ? nd->grad : nd->out;
+  if (!buf)
+    ce_err("%s: layer '%s' has no %s buffer (nn_set_batch; a gradient needs needs_grad)", what,
+           nd->name, grad ? "gradient" : "output");
+  *n = (size_t)net->batch * (size_t)nd->size;
+  return buf;
+}
+
+int nn_input_upload(nn_net *net, int node, const float *x) {
+  size_t n;
+  float *buf = node_buffer(net, node, 0, &n, "nn_input_upload");
+  return buf ? nn_upload(net, buf, x, n) : -1;
+}
+
+int nn_out_download(const nn_net *net, int node, float *y) {
+  size_t n;
+  const float *buf = node_buffer(net, node, 0, &n, "nn_out_download");
+  return buf ? nn_download(net, y, buf, n) : -1;
+}
+
+int nn_grad_upload(nn_net *net, int node, const float *g) {
+  size_t n;
+  float *buf = node_buffer(net, node, 1, &n, "nn_grad_upload");
+  return buf ? nn_upload(net, buf, g, n) : -1;
+}
+
+int nn_grad_download(const nn_net *net, int node, float *g) {
+  size_t n;
+  const float *buf = node_buffer(net, node, 1, &n, "nn_grad_download");
+  return buf ? nn_download(net, g, buf, n) : -1;
+}
+
+static int check_param(const nn_net *net, int i, int grad, const char *what) {
+  if (i < 0 || i >= net->nparams)
+    return ce_err("%s: parameter %d does not exist (net has %d)", what, i, net->nparams);
+  if (!net->params[i].w || (grad && !net->params[i].g))
+    return ce_err("%s: parameter '%s' has no %s (nn_finalize; buffers have no gradient)", what,
+                  net->params[i].name, grad ? "gradient" : "values");
+  return 0;
+}
+
+int nn_param_upload(nn_net *net, int i, const float *w) {
+  CE_TRY(check_param(net, i, 0, "nn_param_upload"));
+  return nn_upload(net, net->params[i].w, w, (size_t)net->params[i].n);
+}
+
+int nn_param_download(const nn_net *net, int i, float *w) {
+  CE_TRY(check_param(net, i, 0, "nn_param_download"));
+  return nn_download(net, w, net->params[i].w, (size_t)net->params[i].n);
+}
+
+int nn_param_grad_download(const nn_net *net, int i, float *g) {
+  CE_TRY(check_param(net, i, 1, "nn_param_grad_download"));
+  return nn_download(net, g, net->params[i].g, (size_t)net->params[i].n);
+}
+
+static int chunks(const nn_net *net, float *dev, size_t n, nn_chunk_fn fn, void *ctx, int up) {
+  const size_t cap = n < NN_STAGE_FLOATS ? n : NN_STAGE_FLOATS;
+  float *buf = ce_malloc_array(cap ? cap : 1, sizeof(float), "host staging buffer");
+  if (!buf) return -1;
+  int rc = 0;
+  for (size_t off = 0; off < n && rc == 0; off += cap) {
+    size_t k = n - off < cap ? n - off : cap;
+    if (up) {
+      if ((rc = fn(ctx, buf, off, k)) == 0) rc = nn_upload(net, dev + off, buf, k);
+    } else if ((rc = nn_download(net, buf, dev + off, k)) == 0) {
+      rc = fn(ctx, buf, off, k);
+    }
+  }
+  free(buf);
+  return rc;
+}
+
+int nn_download_chunks(const nn_net *net, const float *src, size_t n, nn_chunk_fn fn, void *ctx) {
+  return chunks(net, (float *)src, n, fn, ctx, 0);
+}
+
+int nn_upload_chunks(const nn_net *net, float *dst, size_t n, nn_chunk_fn fn, void *ctx) {
+  return chunks(net, dst, n, fn, ctx, 1);
+}
+
+typedef struct {
+  const nn_net *to;
+  float *dst;
+} transfer_ctx;
+
+static int transfer_chunk(void *ctx, float *chunk, size_t off, size_t n) {
+  transfer_ctx *t = ctx;
+  return nn_upload(t->to, t->dst + off, chunk, n);
+}
+
+int nn_transfer(const nn_net *to, float *dst, const nn_net *from, const float *src, size_t n) {
+  if (to->be == from->be) {
+    if (to->be->copy(dst, src, sizeof(float) * n) < 0)
+      return ce_err_prefix("copying %zu floats on backend '%s'", n, to->be->name);
+    return 0;
+  }
+  transfer_ctx t = {to, dst};
+  return nn_download_chunks(from, src, n, transfer_chunk, &t);
+}
+
+/* ---- freeing ------------------------------------------------------------ */
+
 static void free_activations(nn_net *net) {
   for (int i = 0; i < net->nnodes; i++) {
     nn_node *nd = &net->nodes[i];
     if (nd->kind != NN_VIEW) {
-      free(nd->out);
-      free(nd->grad);
+      nn_release(net, nd->out);
+      nn_release(net, nd->grad);
     }
     nd->out = nd->grad = NULL;
   }
-  free(net->work);
+  nn_release(net, net->work);
   net->work = NULL;
   net->work_n = 0;
   net->batch = 0;
 }
 
 void nn_free(nn_net *net) {
-  free_activations(net);
-  for (int i = 0; i < net->nnodes; i++) free(net->nodes[i].save);
-  for (int i = 0; i < net->nparams; i++) free(net->params[i].w);
-  free(net->grad_block);
+  if (net->be) {
+    free_activations(net);
+    for (int i = 0; i < net->nnodes; i++) nn_release(net, net->nodes[i].save);
+    for (int i = 0; i < net->nparams; i++) nn_release(net, net->params[i].w);
+    nn_release(net, net->grad_block);
+  }
   free(net->nodes);
   free(net->params);
   memset(net, 0, sizeof *net);
@@ -281,10 +472,8 @@ static int alloc_grads(nn_net *net) {
   for (int i = 0; i < net->nparams; i++)
     if (net->params[i].trainable) total += aligned_len(net->params[i].n);
   if (!total) return 0;
-  net->grad_block = aligned_alloc(64, sizeof(float) * total);
-  if (!net->grad_block)
-    return ce_err("out of memory for %zu floats of parameter gradients", total);
-  memset(net->grad_block, 0, sizeof(float) * total);
+  net->grad_block = nn_alloc(net, total, "parameter gradients"); /* zero-filled, 64-byte aligned */
+  if (!net->grad_block) return -1;
   size_t off = 0;
   for (int pass = 1; pass >= 0; pass--) /* used, then unused */
     for (int i = 0; i < net->nparams; i++) {
@@ -299,40 +488,61 @@ static int alloc_grads(nn_net *net) {
 
 int nn_finalize(nn_net *net, uint64_t seed) {
   if (net->finalized) return ce_err("nn_finalize: the net is already finalised");
+  if (!nn_backend_ready(net->be))
+    return ce_err("nn_finalize: backend '%s' is not initialised (nn_backend_init)", net->be->name);
   for (int i = 0; i < net->nparams; i++) {
     nn_param *p = &net->params[i];
-    p->w = ce_malloc_array((size_t)p->n, sizeof(float), p->name);
+    p->w = nn_alloc(net, (size_t)p->n, p->name);
     if (!p->w) return -1;
   }
   CE_TRY(alloc_grads(net));
   net->finalized = 1;
-  nn_init_params(net, seed);
+  CE_TRY(nn_init_params(net, seed));
   /* nodes' saved state (BatchNorm: batch mean and 1/std per channel) */
   for (int i = 0; i < net->nnodes; i++) {
     nn_node *nd = &net->nodes[i];
     if (nd->kind == NN_BATCHNORM) {
-      nd->save = ce_calloc_array((size_t)2 * nd->c, sizeof(float), nd->name);
+      nd->save = nn_alloc(net, (size_t)2 * nd->c, nd->name);
       if (!nd->save) return -1;
     }
   }
   return 0;
 }
 
-void nn_init_params(nn_net *net, uint64_t seed) {
+/* One parameter's initial values, drawn on the host piece by piece. */
+typedef struct {
+  float fill; /* >= 0: every value (BatchNorm); else U(-bound, bound) from rng */
+  double bound;
+  ce_rng rng;
+} init_draw;
+
+static int draw_chunk(void *ctx, float *chunk, size_t off, size_t n) {
+  init_draw *d = ctx;
+  (void)off;
+  if (d->fill >= 0)
+    for (size_t j = 0; j < n; j++) chunk[j] = d->fill;
+  else
+    for (size_t j = 0; j < n; j++) chunk[j] = (float)((2 * ce_rng_uniform(&d->rng) - 1) * d->bound);
+  return 0;
+}
+
+int nn_init_params(nn_net *net, uint64_t seed) {
   for (int i = 0; i < net->nparams; i++) {
     nn_param *p = &net->params[i];
     const char *what = strrchr(p->name, '.') + 1;
-    float fill = -1;
+    init_draw d;
+    memset(&d, 0, sizeof d);
+    d.fill = -1;
     if (p->fan_in == 0) /* BatchNorm */
-      fill = (!strcmp(what, "weight") || !strcmp(what, "running_var")) ? 1.0f : 0.0f;
-    if (fill >= 0) {
-      for (int64_t j = 0; j < p->n; j++) p->w[j] = fill;
-    } else {
-      ce_rng r = ce_rng_make(seed, (uint32_t)i, 0, 7);
-      double bound = 1.0 / sqrt((double)p->fan_in);
-      for (int64_t j = 0; j < p->n; j++) p->w[j] = (float)((2 * ce_rng_uniform(&r) - 1) * bound);
+      d.fill = (!strcmp(what, "weight") || !strcmp(what, "running_var")) ? 1.0f : 0.0f;
+    else {
+      d.rng = ce_rng_make(seed, (uint32_t)i, 0, 7);
+      d.bound = 1.0 / sqrt((double)p->fan_in);
     }
+    if (nn_upload_chunks(net, p->w, (size_t)p->n, draw_chunk, &d) < 0)
+      return ce_err_prefix("initialising '%s'", p->name);
   }
+  return 0;
 }
 
 int64_t nn_param_count(const nn_net *net) {
@@ -362,10 +572,10 @@ int nn_set_batch(nn_net *net, int n) {
     if (ce_mul_size((size_t)n, (size_t)nd->size, &count) < 0)
       return ce_err("layer '%s': batch %d x %lld elements overflows", nd->name, n,
                     (long long)nd->size);
-    nd->out = ce_calloc_array(count, sizeof(float), nd->name);
+    nd->out = nn_alloc(net, count, nd->name);
     if (!nd->out) return -1;
     if (nd->needs_grad) {
-      nd->grad = ce_calloc_array(count, sizeof(float), nd->name);
+      nd->grad = nn_alloc(net, count, nd->name);
       if (!nd->grad) return -1;
     }
   }
@@ -383,7 +593,7 @@ int nn_set_batch(nn_net *net, int n) {
     if (w > work) work = w;
   }
   if (work) {
-    net->work = ce_malloc_array(work, sizeof(float), "layer scratch");
+    net->work = nn_alloc(net, work, "layer scratch");
     if (!net->work) return -1;
     net->work_n = work;
   }
@@ -412,14 +622,18 @@ void nn_seed_grad(nn_net *net, int node) {
   }
 }
 
-void nn_zero_grad(nn_net *net) {
+int nn_zero_grad(nn_net *net) {
+  const nn_backend *be = net->be;
   for (int i = 0; i < net->nparams; i++)
-    if (net->params[i].g) memset(net->params[i].g, 0, sizeof(float) * (size_t)net->params[i].n);
+    if (net->params[i].g && be->zero(net->params[i].g, sizeof(float) * (size_t)net->params[i].n) < 0)
+      return ce_err_prefix("clearing the gradient of '%s'", net->params[i].name);
   for (int i = 0; i < net->nnodes; i++) {
     nn_node *nd = &net->nodes[i];
-    if (nd->grad && !nd->seed_grad && nd->kind != NN_VIEW)
-      memset(nd->grad, 0, sizeof(float) * (size_t)net->batch * (size_t)nd->size);
+    if (nd->grad && !nd->seed_grad && nd->kind != NN_VIEW &&
+        be->zero(nd->grad, sizeof(float) * (size_t)net->batch * (size_t)nd->size) < 0)
+      return ce_err_prefix("clearing the gradient of layer '%s'", nd->name);
   }
+  return 0;
 }
 
 int nn_backward(nn_net *net) {
@@ -449,24 +663,8 @@ int nn_set_reducer(nn_net *net, const nn_reducer *r) {
 }
 
 int nn_reduce_grads(nn_net *net) {
-  const nn_reducer *r = nn_get_reducer(net);
-  if (!r) return 0;
-  const size_t chunk = r->chunk ? r->chunk : NN_REDUCE_CHUNK;
-  /* the padding between parameters is zero everywhere and stays zero */
-  for (size_t off = 0; off < net->grad_used_n; off += chunk) {
-    size_t n = net->grad_used_n - off < chunk ? net->grad_used_n - off : chunk;
-    if (r->sum_f32(r->ctx, net->grad_block + off, n) < 0)
-      return ce_err_prefix("summing parameter gradients [%zu, %zu) over %d replicas", off,
-                           off + n, r->world);
-  }
-  if (r->world > 1) {
-    const float world = (float)r->world;
-    const long n = (long)net->grad_used_n;
-    float *g = net->grad_block;
-#pragma omp parallel for schedule(static)
-    for (long i = 0; i < n; i++) g[i] /= world;
-  }
-  return 0;
+  if (!nn_get_reducer(net)) return 0;
+  return net->be->reduce_grads(net);
 }
 
 /* ---- cost --------------------------------------------------------------- */

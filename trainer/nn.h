@@ -14,10 +14,11 @@
  *   int x = nn_input(&net, "x", 1, 8, 8, 8);
  *   int c = nn_conv(&net, "conv", x, 4, NN_K3(3, 3, 3), NN_K3(1, 1, 1), NN_PAD_SAME3);
  *   int b = nn_batchnorm(&net, "bn", c);  int r = nn_relu(&net, "relu", b);
+ *   nn_backend_init(&nn_backend_cpu, threads); // once per process (backend.h)
  *   nn_finalize(&net, seed);   // allocate and initialise parameters
  *   nn_set_batch(&net, 16);    // allocate activations
- *   copy input into nn_out(&net, x); nn_forward(&net, 1);
- *   write dL/dy into nn_grad(&net, r); nn_zero_grad(&net); ...; nn_backward(&net);
+ *   nn_input_upload(&net, x, host_x); nn_forward(&net, 1);
+ *   nn_grad_upload(&net, r, dL/dy); nn_zero_grad(&net); ...; nn_backward(&net);
  *
  * An input's gradient is computed only if its needs_grad is set to 1 right
  * after nn_input() (before layers that read it are added): gradient checks.
@@ -29,17 +30,22 @@
  * except those of nodes marked as seeds with nn_seed_grad() (the caller writes
  * dL/d(output) there).
  *
- * Backends. The arithmetic of each layer kind lives behind nn_backend: a
- * table of forward/backward functions taking a node. The CPU reference
- * (nn_backend_cpu, trainer/layers_cpu.c: vol2col + OpenBLAS sgemm, OpenMP)
- * is the default; a cuDNN backend provides the same table and keeps
- * activations and parameters on the device (see docs/trainer.md).
+ * Backends (backend.h). Every tensor buffer of the net (parameters, their
+ * gradients, activations and their gradients, saved state, scratch) is
+ * allocated by the net's backend and may live on a device; the arithmetic
+ * of each layer kind, the optimiser step, the loss and the gradient
+ * reduction run in it too. Host code reads and writes tensors through the
+ * upload/download functions below. The CPU reference (nn_backend_cpu,
+ * backend_cpu.c: layers_cpu.c's vol2col + OpenBLAS sgemm, OpenMP) is the
+ * default (see docs/trainer.md).
  */
 #ifndef COEMU_NN_H
 #define COEMU_NN_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "trainer/backend.h"
 
 typedef enum {
   NN_INPUT = 0,  /* data written by the caller */
@@ -71,7 +77,7 @@ typedef struct {
   int ndim;
   int64_t shape[5];
   int64_t n;       /* element count */
-  float *w;        /* values */
+  float *w;        /* values (backend memory) */
   float *g;        /* gradient (NULL for buffers): a slice of nn_net.grad_block */
   int trainable;   /* 1: weight/bias updated by the optimiser; 0: buffer */
   int used;        /* 0: part of the model's state but on no forward path (gets no
@@ -79,14 +85,14 @@ typedef struct {
   int64_t fan_in;  /* for initialisation */
 } nn_param;
 
-typedef struct {
+typedef struct nn_node {
   nn_kind kind;
   char name[NN_NAME];
   int in[NN_MAX_IN];
   int nin;
   int c, d, h, w;        /* per-sample output shape */
   int64_t size;          /* c*d*h*w */
-  float *out, *grad;     /* N*size each; a VIEW aliases its input's buffers */
+  float *out, *grad;     /* N*size each (backend memory); a VIEW aliases its input's */
   int needs_grad;        /* 1: dL/d(out) is needed: the node has parameters or an
                             ancestor has (0 for input data and slices of it) */
   int seed_grad;         /* 1: the caller writes this node's gradient (nn_zero_grad keeps it) */
@@ -96,7 +102,8 @@ typedef struct {
   int slice0;            /* slice: first channel */
   int param[4];          /* indices into net->params: conv/linear W,b; bn gamma,beta,mean,var */
   int nparam;
-  float *save;           /* forward -> backward scratch (bn: batch mean, 1/std per channel) */
+  float *save;           /* forward -> backward scratch (bn: batch mean, 1/std per channel;
+                            backend memory) */
 } nn_node;
 
 /* Data parallelism: several replicas of one net (MPI ranks, threads), each
@@ -120,7 +127,8 @@ typedef struct {
  *    doubles (sums of dy and dy*xhat, the count). Running statistics are
  *    updated with the global mean and unbiased variance, identically
  *    everywhere. Evaluation mode needs no sums. (The backend does this: the
- *    CPU one in layers_cpu.c; a device backend must call the same sums.)
+ *    CPU one in backend_cpu.c; backend.h lists the calls a device backend
+ *    must make, in order.)
  *  - nn_reduce_grads() sums the parameter gradients across replicas and
  *    divides by world: called between backward and the optimiser step.
  *  - the dL/dy seeds of the replicas must be the gradients of (local batch /
@@ -141,21 +149,6 @@ typedef struct {
 
 #define NN_REDUCE_CHUNK ((size_t)1 << 24) /* 16 Mi floats = 64 MiB per call */
 
-struct nn_net;
-typedef struct nn_backend {
-  const char *name;
-  /* Compute node->out from its inputs' out (train: BatchNorm uses batch
-   * statistics and updates the running ones; otherwise the running ones). */
-  int (*forward)(struct nn_net *net, nn_node *node, int train);
-  /* Add this node's contributions to its inputs' grad (where needs_grad) and
-   * to its parameters' gradients, given node->grad and the forward state. */
-  int (*backward)(struct nn_net *net, nn_node *node);
-  /* Scratch floats the node needs at the current batch size (net->work). */
-  size_t (*workspace)(const struct nn_net *net, const nn_node *node);
-} nn_backend;
-
-extern const nn_backend nn_backend_cpu;
-
 typedef struct nn_net {
   nn_node *nodes;
   int nnodes, node_cap;
@@ -164,17 +157,31 @@ typedef struct nn_net {
   int batch;             /* current N (0 until nn_set_batch) */
   int train;             /* mode of the last forward */
   int finalized;
-  float *work;           /* backend scratch (vol2col columns) */
+  float *work;           /* backend scratch (vol2col columns; backend memory) */
   size_t work_n;
-  const nn_backend *be;
-  float *grad_block;     /* every trainable parameter's gradient, one allocation: the used
+  const nn_backend *be;  /* where the tensors live and the arithmetic runs (backend.h) */
+  float *grad_block;     /* every trainable parameter's gradient, one allocation (backend
+                            memory): the used
                             ones first, each 64-byte aligned (zero padding between) */
   size_t grad_used_n;    /* floats of grad_block up to the end of the last used one */
   nn_reducer reducer;    /* world 0: none installed */
 } nn_net;
 
+/* An empty net on the CPU backend. */
 void nn_init(nn_net *net);
 void nn_free(nn_net *net);
+
+/* Process setup of a backend (backend.h, init / finish): before the first
+ * nn_finalize() on it, from the thread that runs the nets; threads > 0 is
+ * the compute-thread count the command asked for, 0 keeps the caller's.
+ * Each init is paired with a nn_backend_finish(); the last one undoes what
+ * init changed (thread settings). nn_finalize() refuses a backend that is
+ * not initialised. */
+int nn_backend_init(const nn_backend *be, int threads);
+void nn_backend_finish(const nn_backend *be);
+int nn_backend_ready(const nn_backend *be);
+/* Run the net on another backend: right after nn_init(), before nn_finalize(). */
+int nn_set_backend(nn_net *net, const nn_backend *be);
 
 /* Builders: return the node index, or -1 with an error message. */
 int nn_input(nn_net *net, const char *name, int c, int d, int h, int w);
@@ -198,9 +205,10 @@ void nn_param_set_unused(nn_net *net, int param);
  * b = 1/sqrt(fan_in); biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)); BatchNorm
  * gamma 1, beta 0, running mean 0, var 1. Parameter i draws from
  * ce_rng_make(seed, i, 0, 7), so each tensor is independent of the others. */
-int nn_finalize(nn_net *net, uint64_t seed);
-/* Re-draw every parameter as nn_finalize() does (a fresh model). */
-void nn_init_params(nn_net *net, uint64_t seed);
+int nn_finalize(nn_net *net, uint64_t seed); /* the backend must be initialised */
+/* Re-draw every parameter as nn_finalize() does (a fresh model): drawn on the
+ * host, uploaded piece by piece. */
+int nn_init_params(nn_net *net, uint64_t seed);
 
 /* (Re)allocate activations and scratch for batch size n (>= 1). */
 int nn_set_batch(nn_net *net, int n);
@@ -214,17 +222,53 @@ static inline const nn_reducer *nn_get_reducer(const nn_net *net) {
   return net->reducer.world ? &net->reducer : NULL;
 }
 /* Sum the gradients of the used trainable parameters over the replicas and
- * divide them by world, in place: ceil(floats / chunk) sum_f32 calls on
- * grad_block directly (no copies). Without a reducer: nothing. */
+ * divide them by world, in place, through the backend's reduce_grads: the
+ * CPU backend makes ceil(floats / chunk) sum_f32 calls on grad_block directly
+ * (no copies). Without a reducer: nothing. */
 int nn_reduce_grads(nn_net *net);
 
 int nn_forward(nn_net *net, int train);
 void nn_seed_grad(nn_net *net, int node);
-void nn_zero_grad(nn_net *net);
+int nn_zero_grad(nn_net *net);
 int nn_backward(nn_net *net);
 
+/* A node's activation and gradient buffers: backend memory (backend.h), for
+ * passing to the backend; host code copies through the functions below. */
 static inline float *nn_out(nn_net *net, int node) { return net->nodes[node].out; }
 static inline float *nn_grad(nn_net *net, int node) { return net->nodes[node].grad; }
+
+/* Host <-> backend copies (the CPU backend: memcpy). n counts floats; the
+ * node forms copy the whole batch, net->batch * size floats; the param forms
+ * nn_param.n floats. All return 0, or -1 with an error. */
+int nn_upload(const nn_net *net, float *dst, const float *src, size_t n);
+int nn_download(const nn_net *net, float *dst, const float *src, size_t n);
+int nn_input_upload(nn_net *net, int node, const float *x);
+int nn_out_download(const nn_net *net, int node, float *y);
+int nn_grad_upload(nn_net *net, int node, const float *g);
+int nn_grad_download(const nn_net *net, int node, float *g);
+int nn_param_upload(nn_net *net, int param, const float *w);
+int nn_param_download(const nn_net *net, int param, float *w);
+int nn_param_grad_download(const nn_net *net, int param, float *g);
+
+/* Large tensors in pieces through a bounded host buffer (NN_STAGE_FLOATS):
+ * nn_download_chunks hands n floats of backend memory src to fn, piece by
+ * piece in order; nn_upload_chunks has fn fill each piece, which then goes
+ * to dst. off is the piece's offset in floats. A negative return of fn stops
+ * the copy and is returned. (Checkpoints, initialisation, hashes.) */
+#define NN_STAGE_FLOATS ((size_t)1 << 20)
+typedef int (*nn_chunk_fn)(void *ctx, float *chunk, size_t off, size_t n);
+int nn_download_chunks(const nn_net *net, const float *src, size_t n, nn_chunk_fn fn, void *ctx);
+int nn_upload_chunks(const nn_net *net, float *dst, size_t n, nn_chunk_fn fn, void *ctx);
+
+/* n floats from the backend memory src of net `from` to dst of net `to`: the
+ * backend's copy when both nets are on one backend, else through the host. */
+int nn_transfer(const nn_net *to, float *dst, const nn_net *from, const float *src, size_t n);
+
+/* n floats of backend memory: allocated (zero-filled) and freed through the
+ * net's backend, for buffers beside the net's own (optimiser moments,
+ * targets). what names the buffer in the error message. */
+float *nn_alloc(const nn_net *net, size_t n, const char *what);
+void nn_release(const nn_net *net, void *p);
 
 /* Trainable parameter count (PyTorch's sum(p.numel() for p in parameters())),
  * unused ones included as PyTorch counts them. */

@@ -8,13 +8,17 @@
  *
  * Parameters that are not trainable (BatchNorm running statistics) or not
  * used (nn_param.used = 0: PyTorch's grad None) are left alone.
+ *
+ * The moments are backend memory (backend.h) of the net's backend, which
+ * also runs the update (nn_backend.adam_update); the step count, the bias
+ * corrections and the learning rate are the host's.
  */
 #ifndef COEMU_OPTIM_H
 #define COEMU_OPTIM_H
 
 #include <stdint.h>
 
-#include "nn.h"
+#include "trainer/nn.h"
 
 typedef enum {
   ADAM = 0,    /* no weight decay */
@@ -35,13 +39,16 @@ typedef struct {
   adam_config cfg;
   int64_t t;     /* steps taken */
   int nparams;
-  float **m, **v; /* per parameter (NULL for those the optimiser skips) */
+  float **m, **v; /* per parameter (NULL for those the optimiser skips); backend memory */
+  const nn_backend *be; /* the net's, which holds m and v */
 } adam;
 
 int adam_init(adam *o, const nn_net *net, const adam_config *cfg);
 void adam_free(adam *o);
 /* One update of every trainable, used parameter with learning rate lr. */
-void adam_step(adam *o, nn_net *net, double lr);
+int adam_step(adam *o, nn_net *net, double lr);
+/* The coefficients of the update after t steps at learning rate lr. */
+nn_adam_coef adam_coef(const adam_config *cfg, int64_t t, double lr);
 /* 1 if the optimiser keeps state for parameter i. */
 int adam_has_state(const adam *o, int i);
 

@@ -1,67 +1,105 @@
 /* train.c - a training step and an evaluation pass (see train.h). */
-#include "train.h"
+#include "trainer/train.h"
 
 #include <string.h>
 
-#include "error.h"
+#include "common/error.h"
 
 static int images(const coemunet *m) { return m->net.batch * m->cfg.nfreq; }
+
+static size_t target_floats(const coemunet *m, int samples) {
+  return (size_t)samples * (size_t)m->net.nodes[m->output].size;
+}
 
 int trainer_init(trainer *t, coemunet *model, adam *opt) {
   memset(t, 0, sizeof *t);
   if (!model->net.batch) return ce_err("trainer: set the model's batch size first");
+  if (opt && opt->be != model->net.be)
+    return ce_err("trainer: the optimiser runs on backend '%s', the model on '%s'", opt->be->name,
+                  model->net.be->name);
   t->model = model;
   t->opt = opt;
-  t->loss = loss_create(model->cfg.grid, model->cfg.grid, images(model));
-  return t->loss ? 0 : -1;
+  t->be = model->net.be;
+  t->cap = model->net.batch;
+  t->loss = t->be->loss_create(model->cfg.grid, model->cfg.grid, images(model));
+  if (!t->loss) return -1;
+  t->target = nn_alloc(&model->net, target_floats(model, t->cap), "trainer targets");
+  if (!t->target) {
+    trainer_free(t);
+    return -1;
+  }
+  return 0;
 }
 
 void trainer_free(trainer *t) {
-  loss_destroy(t->loss);
+  if (t->be) {
+    if (t->loss) t->be->loss_destroy(t->loss);
+    if (t->target) t->be->free(t->target);
+  }
   memset(t, 0, sizeof *t);
 }
 
-static int forward_loss(trainer *t, const float *x, const float *target, int train,
-                        loss_value *out, float *grad) {
+static int check_batch(const trainer *t) {
+  if (t->model->net.batch > t->cap)
+    return ce_err("trainer: batch %d, the trainer was made for at most %d", t->model->net.batch,
+                  t->cap);
+  return 0;
+}
+
+/* The targets into backend memory, then the backend's loss of the output
+ * over the first `samples` samples (grad: the output's gradient, the seed). */
+static int loss_of(trainer *t, const float *target, int samples, float seed_scale,
+                   loss_value *out, int grad) {
   nn_net *net = &t->model->net;
-  const nn_node *in = &net->nodes[t->model->input];
-  memcpy(in->out, x, sizeof(float) * (size_t)net->batch * (size_t)in->size);
-  CE_TRY(nn_forward(net, train));
-  return loss_eval(t->loss, nn_out(net, t->model->output), target, images(t->model), out, grad);
+  CE_TRY(nn_upload(net, t->target, target, target_floats(t->model, net->batch)));
+  return t->be->loss_eval(t->loss, nn_out(net, t->model->output), t->target,
+                          samples * t->model->cfg.nfreq, seed_scale, out,
+                          grad ? nn_grad(net, t->model->output) : NULL);
 }
 
 /* Replicas (nn.h, nn_reducer): the global-batch loss is sum_r (n_r / n) L_r
  * with L_r the mean over replica r's n_r samples and n = sum n_r. Backprop is
  * linear in the seed, synchronised BatchNorm included, so seeding replica r
  * with (n_r world / n) dL_r/dy and averaging the summed parameter gradients
- * by world (nn_reduce_grads) gives dL/dw. Equal batches: the factor is 1. */
-static int scale_seed(trainer *t) {
+ * by world (nn_reduce_grads) gives dL/dw. Equal batches: the factor is 1.
+ * The sum comes after the forward's and before the backward's, in the same
+ * place on every replica (backend.h lists the order). */
+static int seed_scale(trainer *t, float *f) {
   nn_net *net = &t->model->net;
   const nn_reducer *r = nn_get_reducer(net);
   double n = net->batch;
   if (r->sum_f64(r->ctx, &n, 1) < 0)
     return ce_err_prefix("summing the batch size over %d replicas", r->world);
-  const float f = (float)((double)net->batch * r->world / n);
-  if (f != 1.0f) {
-    float *g = nn_grad(net, t->model->output);
-    const long len = (long)net->batch * net->nodes[t->model->output].size;
-    for (long i = 0; i < len; i++) g[i] *= f;
-  }
+  *f = (float)((double)net->batch * r->world / n);
   return 0;
 }
 
 int trainer_step(trainer *t, const float *x, const float *target, double lr, loss_value *out) {
   nn_net *net = &t->model->net;
-  const int parallel = nn_get_reducer(net) != NULL;
-  CE_TRY(forward_loss(t, x, target, 1, out, nn_grad(net, t->model->output)));
-  if (parallel) CE_TRY(scale_seed(t));
-  nn_zero_grad(net);
+  if (!t->opt) return ce_err("trainer_step: this trainer has no optimiser (evaluation only)");
+  CE_TRY(check_batch(t));
+  float f = 1.0f;
+  CE_TRY(nn_input_upload(net, t->model->input, x));
+  CE_TRY(nn_forward(net, 1));
+  if (nn_get_reducer(net)) CE_TRY(seed_scale(t, &f));
+  CE_TRY(loss_of(t, target, net->batch, f, out, 1));
+  CE_TRY(nn_zero_grad(net));
   CE_TRY(nn_backward(net));
-  if (parallel) CE_TRY(nn_reduce_grads(net));
-  adam_step(t->opt, net, lr);
-  return 0;
+  CE_TRY(nn_reduce_grads(net));
+  return adam_step(t->opt, net, lr);
 }
 
 int trainer_eval(trainer *t, const float *x, const float *target, loss_value *out) {
-  return forward_loss(t, x, target, 0, out, NULL);
+  nn_net *net = &t->model->net;
+  CE_TRY(check_batch(t));
+  CE_TRY(nn_input_upload(net, t->model->input, x));
+  CE_TRY(nn_forward(net, 0));
+  return loss_of(t, target, net->batch, 1.0f, out, 0);
+}
+
+int trainer_loss(trainer *t, const float *target, int samples, loss_value *out) {
+  CE_TRY(check_batch(t));
+  if (samples < 1 || samples > t->model->net.batch)
+    return ce_err("trainer_loss: %d samples, the batch has %d", samples, t->model->net.batch);
+  return loss_of(t, target, samples, 1.0f, out, 0);
 }

@@ -2,22 +2,29 @@
  * training loop (coemu train, later) and the benchmark are made of.
  *
  * Inputs are (N, 3, G, G, G) and targets (N, 1, F, G, G) float32 in
- * normalised units, N = the batch size set on the net (nn_set_batch).
+ * normalised units, host memory, N = the batch size set on the net
+ * (nn_set_batch). Each step uploads them to the model's backend (two
+ * uploads, no download: the loss value comes back as loss_value).
  */
 #ifndef COEMU_TRAIN_H
 #define COEMU_TRAIN_H
 
-#include "coemunet.h"
-#include "loss.h"
-#include "optim.h"
+#include "trainer/coemunet.h"
+#include "trainer/loss.h"
+#include "trainer/optim.h"
 
 typedef struct {
   coemunet *model;
   adam *opt;
-  coemu_loss *loss;
+  const nn_backend *be; /* the model's: it runs the loss and holds the targets */
+  void *loss;           /* the backend's loss (nn_backend.loss_create) */
+  float *target;        /* backend memory for `cap` samples' targets */
+  int cap;              /* the batch size at trainer_init: the most samples per call */
 } trainer;
 
-/* A trainer for the model at its current batch size (makes the loss). */
+/* A trainer for the model at its current batch size (makes the loss and the
+ * target buffer; later batches may be smaller, not larger). opt may be NULL
+ * for evaluation only (no trainer_step). */
 int trainer_init(trainer *t, coemunet *model, adam *opt);
 void trainer_free(trainer *t);
 
@@ -32,7 +39,14 @@ void trainer_free(trainer *t);
 int trainer_step(trainer *t, const float *x, const float *target, double lr, loss_value *out);
 
 /* forward in evaluation mode (running BatchNorm statistics) + loss; the
- * prediction stays in nn_out(&model->net, model->output). */
+ * prediction stays in nn_out(&model->net, model->output) (backend memory:
+ * nn_out_download copies it out). */
 int trainer_eval(trainer *t, const float *x, const float *target, loss_value *out);
+
+/* The loss of the prediction now in the model's output against target (host
+ * memory, net->batch samples), over its first `samples` samples
+ * (1..batch); no gradient. For evaluation passes that time the forward
+ * apart (pipeline/train/evaluate.c). */
+int trainer_loss(trainer *t, const float *target, int samples, loss_value *out);
 
 #endif

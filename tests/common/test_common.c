@@ -1,20 +1,20 @@
 /* test_common.c - the foundation: errors, checked allocation, .npy, the
- * counter-based generator, option parsing and PNG output.
+ * counter-based generator and PNG output (option parsing: test_cli.c).
  * Tolerances: the generator is integer arithmetic (Philox), the same draws
  * on every host; the mean of 1e5 uniforms is within 0.005 of 1/2 (5.5
  * standard deviations) for these fixed draws, exactly reproducible. */
 #include <stdint.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "check.h"
-#include "checksum.h"
-#include "cli.h"
-#include "error.h"
-#include "fsutil.h"
-#include "image.h"
-#include "npy.h"
-#include "rng.h"
+#include "common/checksum.h"
+#include "common/error.h"
+#include "common/fsutil.h"
+#include "common/image.h"
+#include "common/npy.h"
+#include "common/rng.h"
 
 static const char *tmpdir;
 
@@ -141,34 +141,6 @@ static void test_xxh64(void) {
   }
 }
 
-static void test_cli(void) {
-  double dx = 0;
-  const char *out = NULL;
-  int flag = 0;
-  int64_t n = 0;
-  cli_opt opts[] = {{"dx", CLI_DOUBLE, &dx, "M", "spacing", 1, 0},
-                    {"out", CLI_STR, &out, "FILE", "output", 0, 0},
-                    {"abs", CLI_FLAG, &flag, NULL, "abs", 0, 0},
-                    {"n", CLI_INT, &n, "N", "count", 0, 0},
-                    {0}};
-  char *argv1[] = {"--dx", "1.5e3", "pos1", "--out=x.npy", "--abs", "--n", "12", "pos2"};
-  int np;
-  char **pos;
-  CHECK(cli_parse("t", "", "", opts, 8, argv1, &np, &pos) == 0);
-  CHECK(dx == 1500 && !strcmp(out, "x.npy") && flag == 1 && n == 12 && np == 2);
-  CHECK(np == 2 && !strcmp(pos[0], "pos1") && !strcmp(pos[1], "pos2"));
-  free(pos);
-  for (cli_opt *o = opts; o->name; o++) o->seen = 0;
-  char *argv2[] = {"--dx", "abc"};
-  CHECK_ERR(cli_parse("t", "", "", opts, 2, argv2, &np, &pos), "--dx: 'abc' is not a finite number");
-  for (cli_opt *o = opts; o->name; o++) o->seen = 0;
-  char *argv3[] = {"--out", "y"};
-  CHECK_ERR(cli_parse("t", "", "", opts, 2, argv3, &np, &pos), "--dx is required");
-  for (cli_opt *o = opts; o->name; o++) o->seen = 0;
-  char *argv4[] = {"--dx", "1", "--bogus"};
-  CHECK_ERR(cli_parse("t", "", "", opts, 3, argv4, &np, &pos), "unknown option '--bogus'");
-}
-
 static void test_png(void) {
   char p[512];
   path_in_tmp(p, sizeof p, "panels.png");
@@ -188,6 +160,55 @@ static void test_png(void) {
   CHECK(lo[0] == 68 && hi[1] == 231);
 }
 
+/* fs_lock_dir: a nested lock in one process counts; another process is
+ * refused at once, with the holder's pid; the lock goes with its holder. */
+static void test_lock_dir(void) {
+  char dir[] = "/tmp/coemu-lock-XXXXXX";
+  CHECK(mkdtemp(dir) != NULL);
+  CHECK(fs_lock_dir(dir, "generate") == 0);
+  CHECK(fs_lock_dir(dir, "stats") == 0); /* nested: generate computing /stats */
+  fs_unlock_dir(dir);
+  int pipefd[2];
+  CHECK(pipe(pipefd) == 0);
+  pid_t child = fork();
+  if (child == 0) {
+    char msg[512] = "";
+    if (fs_lock_dir(dir, "stats") < 0) snprintf(msg, sizeof msg, "%s", ce_err_msg());
+    if (write(pipefd[1], msg, strlen(msg) + 1) < 0) _exit(2);
+    _exit(0);
+  }
+  char msg[512] = "";
+  CHECK(read(pipefd[0], msg, sizeof msg) > 0);
+  waitpid(child, NULL, 0);
+  char want[64];
+  snprintf(want, sizeof want, "(pid %ld: coemu generate)", (long)getpid());
+  CHECK(strstr(msg, "in use by another coemu") != NULL && strstr(msg, want) != NULL);
+  fs_unlock_dir(dir);
+  child = fork();
+  if (child == 0) _exit(fs_lock_dir(dir, "stats") == 0 ? 0 : 1);
+  int st = -1;
+  waitpid(child, &st, 0);
+  CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0); /* released */
+  close(pipefd[0]);
+  close(pipefd[1]);
+  char p[128];
+  /* fs_remove_tmp: a killed run's temporary files go, finished files stay */
+  snprintf(p, sizeof p, "%s/last.ckpt.tmp.123", dir);
+  FILE *f = fopen(p, "w");
+  if (f) fclose(f);
+  snprintf(p, sizeof p, "%s/last.ckpt", dir);
+  f = fopen(p, "w");
+  if (f) fclose(f);
+  CHECK(fs_remove_tmp(dir) == 0);
+  CHECK(access(p, F_OK) == 0);
+  unlink(p);
+  snprintf(p, sizeof p, "%s/last.ckpt.tmp.123", dir);
+  CHECK(access(p, F_OK) != 0);
+  snprintf(p, sizeof p, "%s/.lock", dir);
+  unlink(p);
+  rmdir(dir);
+}
+
 int main(void) {
   tmpdir = check_scratch("test_common");
   RUN(test_alloc_limits);
@@ -196,8 +217,8 @@ int main(void) {
   RUN(test_npy_bad);
   RUN(test_rng);
   RUN(test_xxh64);
-  RUN(test_cli);
   RUN(test_png);
+  RUN(test_lock_dir);
   check_scratch_remove();
   return check_report();
 }

@@ -10,9 +10,9 @@
 #include <stdint.h>
 
 #include "check.h"
-#include "fsutil.h"
-#include "image.h"
-#include "plot.h"
+#include "common/fsutil.h"
+#include "common/image.h"
+#include "common/plot.h"
 
 static const char *dir;
 

@@ -261,6 +261,8 @@ def run_tests(tmp):
     r = mpi(1, [job, '--out', out, '--quiet'], env={'COEMU_TEST_FSIZE': str(lim)})
     check(r.returncode != 0 and 'File too large' in r.stderr and 'shard-' in r.stderr,
           f'file-size limit fails cleanly: {r.stderr}')
+    check('file-size limit' in r.stderr and 'free space' not in r.stderr,
+          f'EFBIG is called a file-size limit, not a full disk: {r.stderr}')
     check(not os.path.exists(os.path.join(out, 'manifest.json')) and
           not [f for f in os.listdir(os.path.join(out, 'shards'))], 'nothing partial left')
     r = mpi(1, [job, '--out', out, '--quiet'])

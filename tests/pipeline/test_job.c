@@ -8,11 +8,11 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "dataset.h"
-#include "job.h"
-#include "shard.h"
-#include "workplan.h"
-#include "generate.h"
+#include "pipeline/dataset/dataset.h"
+#include "pipeline/dataset/shard.h"
+#include "pipeline/generate/generate.h"
+#include "pipeline/generate/workplan.h"
+#include "pipeline/job/job.h"
 
 static const char *base =
     "inputs:\n"
@@ -65,6 +65,14 @@ static void test_errors(void) {
             "no file matches");
   CHECK_ERR(parse("inputs: {synth: {count: 1}}\n", &j), "missing required key 'line'");
   CHECK_ERR(parse("inputs: {synth: {count: 1}\n", &j), "t.yaml:");
+  /* limits the tools enforce are the schema's, found before any work */
+  CHECK_ERR(parse("inputs: {synth: {count: 1, levels: 7}}\nline: {lamda: a}\n", &j),
+            "inputs.synth.levels: expected an integer in 1..6, got '7'");
+  CHECK_ERR(parse("inputs: {synth: {count: 1}}\nline: {lamda: a, transition: 2147483648}\n", &j),
+            "got '2147483648'");
+  CHECK_ERR(parse("inputs: {synth: {count: 100000000}}\nsampling: {directions: 1000000}\n"
+                  "line: {lamda: a}\n", &j),
+            "inputs.synth.count x sampling.directions = 100000000 x 1000000 = 1e+14 samples");
 }
 
 static void test_channels(void) {
@@ -207,10 +215,10 @@ static void test_shard_roundtrip(void) {
 
 static void test_ranges(void) {
   int64_t first, count;
-  CHECK(workplan_shards(24, 4) == 6 && workplan_shards(25, 4) == 7 && workplan_shards(3, 64) == 1);
-  workplan_shard_range(6, 25, 4, &first, &count);
+  CHECK(dataset_shards(24, 4) == 6 && dataset_shards(25, 4) == 7 && dataset_shards(3, 64) == 1);
+  dataset_shard_range(6, 25, 4, &first, &count);
   CHECK(first == 24 && count == 1);
-  workplan_shard_range(2, 25, 4, &first, &count);
+  dataset_shard_range(2, 25, 4, &first, &count);
   CHECK(first == 8 && count == 4);
 }
 

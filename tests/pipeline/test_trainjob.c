@@ -10,11 +10,11 @@
 #include <string.h>
 
 #include "check.h"
-#include "coemunet.h"
-#include "fsutil.h"
-#include "optim.h"
-#include "schema.h"
-#include "trainjob.h"
+#include "common/fsutil.h"
+#include "pipeline/job/schema.h"
+#include "pipeline/job/trainjob.h"
+#include "trainer/coemunet.h"
+#include "trainer/optim.h"
 
 /* A minimal job: one finetune stage on a dataset. */
 static const char *base =

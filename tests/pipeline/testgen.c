@@ -18,10 +18,10 @@
 #include <sys/resource.h>
 #include <time.h>
 
-#include "dataset.h"
-#include "error.h"
-#include "generate.h"
-#include "rng.h"
+#include "common/error.h"
+#include "common/rng.h"
+#include "pipeline/dataset/dataset.h"
+#include "pipeline/generate/generate.h"
 
 typedef struct {
   int n, nf;

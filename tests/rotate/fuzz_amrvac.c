@@ -12,8 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "amrvac.h"
-#include "error.h"
+#include "common/error.h"
+#include "rotate/amrvac.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

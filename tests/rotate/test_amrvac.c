@@ -12,9 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "amrvac.h"
+#include "rotate/amrvac.h"
 #include "check.h"
-#include "units.h"
+#include "rotate/units.h"
 
 static const char *data_dir;
 
@@ -251,6 +251,10 @@ static void test_hostile(void) {
   MUTATE(put_i32(b, 96, 0), "domain_nx");                  /* domain_nx1 */
   MUTATE(put_i32(b, 108, 0), "block_nx");                   /* block_nx1 */
   MUTATE(put_i32(b, 108, 3), "domain_nx");
+  /* 2^30 level-1 blocks per dimension: the root count (2^90) must not overflow */
+  MUTATE((put_i32(b, 24, 1), put_i32(b, 96, 1 << 30), put_i32(b, 100, 1 << 30),
+          put_i32(b, 104, 1 << 30), put_i32(b, 108, 1), put_i32(b, 112, 1), put_i32(b, 116, 1)),
+         "level-1 blocks");
   MUTATE(put_i32(b, 76, 0x7ff00000), "finite");            /* xprobmax1 = inf */
   MUTATE(put_i32(b, 288 + 4 * 128, 3), "level");          /* level[1] */
   MUTATE(put_i32(b, 288 + 4 * 128, 2), "forest walk");

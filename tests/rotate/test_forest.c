@@ -3,7 +3,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#include "amrvac_forest.h"
+#include "rotate/amrvac_forest.h"
 #include "check.h"
 
 static const char *data_dir;

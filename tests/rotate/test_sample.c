@@ -16,10 +16,10 @@
 #include <string.h>
 
 #include "check.h"
-#include "compat.h"
-#include "directions.h"
-#include "model.h"
-#include "sampler.h"
+#include "rotate/compat.h"
+#include "rotate/directions.h"
+#include "rotate/model.h"
+#include "rotate/sampler.h"
 
 static const char *data_dir;
 static const double AU = 1.495978707e11;

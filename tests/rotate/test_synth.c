@@ -20,11 +20,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "amrvac_write.h"
+#include "rotate/amrvac_write.h"
 #include "check.h"
-#include "model.h"
-#include "fsutil.h"
-#include "synth.h"
+#include "common/fsutil.h"
+#include "rotate/model.h"
+#include "rotate/synth.h"
 
 #define PI 3.14159265358979323846
 

@@ -84,22 +84,24 @@ with tempfile.TemporaryDirectory() as tmp:
         v = float(row["v_inf_m_s"]) / 1e3
         check(1e-8 <= mdot <= 1e-5 and 5 <= v <= 25, "Mdot and v_inf in the documented ranges")
 
-    # bad input: clear message, non-zero exit, nothing written
+    # bad input: clear message, exit status 2 for a bad command line and 1 for
+    # a failure at run time, nothing written
     bad = [
-        (["-n", "2", "--seed", "1", "--out", c, "--block", "12"], "--block"),
-        (["-n", "0", "--seed", "1", "--out", c], "-n"),
-        (["-n", "2", "--seed", "1"], "--out"),
-        (["-n", "2", "--seed", "1", "--out", c, "--base-nx", "36"], "base_nx"),
-        (["-n", "2", "--seed", "1", "--out", c, "--levels", "9"], "levels"),
-        (["-n", "2", "--seed", "-3", "--out", c], "--seed"),
-        (["-n", "2", "--seed", "1", "--out", c, "extra"], "extra"),
-        (["-n", "x", "--seed", "1", "--out", c], "n"),
-        (["-n", "1", "--seed", "1", "--out", "/proc/no_such_dir"], "no_such_dir"),
+        (["-n", "2", "--seed", "1", "--out", c, "--block", "12"], "--block", 2),
+        (["-n", "0", "--seed", "1", "--out", c], "-n", 2),
+        (["-n", "2", "--seed", "1"], "--out", 2),
+        (["-n", "2", "--seed", "1", "--out", c, "--base-nx", "36"], "base_nx", 2),
+        (["-n", "2", "--seed", "1", "--out", c, "--levels", "9"], "levels", 2),
+        (["-n", "2", "--seed", "-3", "--out", c], "--seed", 2),
+        (["-n", "2", "--seed", "1", "--out", c, "extra"], "extra", 2),
+        (["-n", "x", "--seed", "1", "--out", c], "n", 2),
+        (["-n", "1", "--seed", "1", "--out", "/proc/no_such_dir"], "no_such_dir", 1),
     ]
-    for args, word in bad:
+    for args, word, code in bad:
         r = run(*args)
-        check(r.returncode != 0 and "error" in r.stderr and word in r.stderr,
-              f"synth {' '.join(args)}: rc {r.returncode}, stderr {r.stderr.strip()!r}, expected '{word}'")
+        check(r.returncode == code and "error" in r.stderr and word in r.stderr,
+              f"synth {' '.join(args)}: rc {r.returncode}, stderr {r.stderr.strip()!r}, "
+              f"expected {code} and '{word}'")
     # a model that cannot be written fails the run, names the model, leaves no catalogue
     d = os.path.join(tmp, "d")
     os.makedirs(os.path.join(d, "synth_00001.dat"))

@@ -1,7 +1,7 @@
 /* ref_lte.h - slow, literal scalar reference of docs/physics.md for tests. */
 #ifndef COEMU_REF_LTE_H
 #define COEMU_REF_LTE_H
-#include "lamda.h"
+#include "solver/lamda.h"
 /* How many segments took each branch (summed over calls). */
 typedef struct { long b10_small, b10_exact, taylor, exact; } ref_lte_branch_counts;
 extern ref_lte_branch_counts ref_lte_counts;

@@ -5,8 +5,8 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "fsutil.h"
-#include "lamda.h"
+#include "common/fsutil.h"
+#include "solver/lamda.h"
 
 static const char *data_dir;
 static const char *tmpdir;
@@ -124,8 +124,11 @@ static void test_bad_files(void) {
   expect_bad(4, "28.0x", "bad.dat:4: molecular weight: expected a finite number, found '28.0x'");
   expect_bad(101, "2.0 5.0", "collision partner 1: temperature 3 of 25");
   expect_bad(103, "    1     2     1  1e-11", "collision partner 1: rate row 1: rate 2 of 25");
+  /* counts the file cannot hold are refused, with the numbers, before any allocation */
+  expect_bad(97, "9999999", "collision partner 1: 9999999 transitions x 25 temperatures");
   lamda_molecule m;
   CHECK_ERR(lamda_read("/nonexistent/co.dat", &m), "/nonexistent/co.dat: cannot open");
+  CHECK_ERR(lamda_read("/dev/zero", &m), "/dev/zero: not a regular file");
 }
 
 int main(void) {

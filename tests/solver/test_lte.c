@@ -14,10 +14,10 @@
 #include <stdlib.h>
 
 #include "check.h"
-#include "cubes.h"
-#include "freqgrid.h"
-#include "lamda.h"
-#include "lte.h"
+#include "solver/cubes.h"
+#include "solver/freqgrid.h"
+#include "solver/lamda.h"
+#include "solver/lte.h"
 #include "ref_lte.h"
 
 static lamda_molecule co;

@@ -3,14 +3,15 @@
  * tests/data/solver/README.md): relative difference <= 1e-7 on every pixel
  * that is neither round-off (|I| <= 1e-12 max|I|) nor ill-conditioned (the
  * reference's noise estimate above 1e-8 |I|: there Pomme's own value moves
- * by more than that with ~1-ulp changes of exp/erf, see ref_lte.h). */
+ * by more than that with ~1-ulp changes of exp/erf, see ref_lte.h). Every
+ * kernel backend built into this coemu (lte_kernel.h) is checked. */
 #include <stdlib.h>
 
 #include "check.h"
-#include "freqgrid.h"
-#include "lamda.h"
-#include "lte.h"
-#include "npy.h"
+#include "common/npy.h"
+#include "solver/freqgrid.h"
+#include "solver/lamda.h"
+#include "solver/lte.h"
 #include "ref_lte.h"
 
 static const char *dir;
@@ -25,7 +26,8 @@ static double *load(int k, const char *name, npy_info *info) {
   return a;
 }
 
-static void golden(int k, int *ill, int *total, double *worst_fast, double *worst_ref) {
+static void golden(int k, lte_backend be, int *ill, int *total, double *worst_fast,
+                   double *worst_ref) {
   npy_info iv, iT, in, iff, ip, ii;
   double *v = load(k, "vz", &iv), *T = load(k, "T", &iT), *n = load(k, "n", &in);
   double *f = load(k, "freqs", &iff), *par = load(k, "params", &ip), *want = load(k, "image", &ii);
@@ -40,7 +42,7 @@ static void golden(int k, int *ill, int *total, double *worst_fast, double *wors
   }
   size_t np = (size_t)nx * ny * nf;
   double *fast = malloc(np * 8), *ref = malloc(np * 8), *noise = malloc(np * 8);
-  lte_options o = {.dx = par[0], .vturb = par[1], .background = par[2]};
+  lte_options o = {.dx = par[0], .vturb = par[1], .background = par[2], .backend = be};
   CHECK_OK(lte_solve_cube(&L, f, nf, nx, ny, nz, v, T, n, &o, fast));
   ref_lte_image(&co, 2, 28.0, f, nf, nx, ny, nz, v, T, n, o.dx, o.vturb, o.background, 0, ref, noise);
   double mx = 0;
@@ -57,18 +59,23 @@ static void golden(int k, int *ill, int *total, double *worst_fast, double *wors
     *worst_fast = fmax(*worst_fast, rf);
     *worst_ref = fmax(*worst_ref, rr);
     if (!(rf <= 1e-7) && bad++ < 5)
-      CHECK_FAIL_("case %d pixel %zu: coemu %.17g pomme %.17g rel %.3g", k, i, fast[i], want[i], rf);
+      CHECK_FAIL_("%s: case %d pixel %zu: coemu %.17g pomme %.17g rel %.3g", lte_backend_name(be),
+                  k, i, fast[i], want[i], rf);
   }
   free(v), free(T), free(n), free(f), free(par), free(want), free(fast), free(ref), free(noise);
 }
 
 static void test_pomme_golden(void) {
-  int ill = 0, total = 0;
-  double wf = 0, wr = 0;
-  for (int k = 1; k <= 3; k++) golden(k, &ill, &total, &wf, &wr);
-  fprintf(stderr, "  vs Pomme 0.2.1: worst relative difference %.3g (fast), %.3g (literal reference); "
-          "%d of %d pixels ill-conditioned\n", wf, wr, ill, total);
-  CHECK(total > 1000 && ill < total / 4);
+  for (int b = 0; b < LTE_BACKEND_COUNT; b++) {
+    if (!lte_kernel_get((lte_backend)b)) continue;
+    int ill = 0, total = 0;
+    double wf = 0, wr = 0;
+    for (int k = 1; k <= 3; k++) golden(k, (lte_backend)b, &ill, &total, &wf, &wr);
+    fprintf(stderr, "  %s backend vs Pomme 0.2.1: worst relative difference %.3g (fast), %.3g "
+            "(literal reference); %d of %d pixels ill-conditioned\n",
+            lte_backend_name((lte_backend)b), wf, wr, ill, total);
+    CHECK(total > 1000 && ill < total / 4);
+  }
 }
 
 int main(void) {

@@ -14,11 +14,11 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "moments.h"
-#include "rng.h"
-#include "select.h"
-#include "statsfile.h"
-#include "transforms.h"
+#include "common/rng.h"
+#include "stats/moments.h"
+#include "stats/select.h"
+#include "stats/statsfile.h"
+#include "stats/transforms.h"
 
 /* Reference: two passes in long double over the finite values. */
 static void reference(const float *x, size_t n, long double *mean, long double *m2,
@@ -151,12 +151,32 @@ static void test_moments_split_independent(void) {
       stats_moments_add_f32(&parts[ce_rng_u32(&r) % NC], x + i, len);
       i += len;
     }
+    /* Through packed states (what moments_mpi.c sends between ranks), into
+     * an accumulator whose bins are not folded yet. */
+    stats_moments *viapack = malloc(sizeof *viapack);
+    stats_moments_init(viapack);
+    stats_moments_add_f32(viapack, x, 1000);
+    stats_moments *rest = malloc(sizeof *rest);
+    stats_moments_init(rest);
+    stats_moments_add_f32(rest, x + 1000, n - 1000);
+    stats_moments_packed pk;
+    stats_moments_pack(rest, &pk);
+    stats_moments_merge_packed(viapack, &pk);
     for (int c = NC - 1; c > 0; c--) stats_moments_merge(&parts[c - 1], &parts[c]);
-    stats_summary s;
+    stats_summary s, sp;
     stats_moments_summary(&parts[0], &s);
+    stats_moments_summary(viapack, &sp);
     CHECK(s.count == whole.count && s.nan_count == whole.nan_count);
     CHECK(memcmp(&s.mean, &whole.mean, 8) == 0 && memcmp(&s.m2, &whole.m2, 8) == 0);
     CHECK(s.min == whole.min && s.max == whole.max);
+    CHECK(sp.count == whole.count && sp.nan_count == whole.nan_count &&
+          sp.inf_count == whole.inf_count);
+    CHECK(memcmp(&sp.mean, &whole.mean, 8) == 0 && memcmp(&sp.m2, &whole.m2, 8) == 0);
+    CHECK(sp.min == whole.min && sp.max == whole.max);
+    CHECK(memcmp(viapack->S, parts[0].S, sizeof viapack->S) == 0 &&
+          memcmp(viapack->Q, parts[0].Q, sizeof viapack->Q) == 0);
+    free(rest);
+    free(viapack);
     free(parts);
     free(x);
   }

@@ -8,10 +8,11 @@
 #include <stdlib.h>
 
 #include "check.h"
-#include "moments.h"
-#include "quantile.h"
-#include "rng.h"
-#include "select.h"
+#include "common/rng.h"
+#include "stats/moments.h"
+#include "stats/moments_mpi.h"
+#include "stats/quantile.h"
+#include "stats/select.h"
 
 static int rank_, size_;
 

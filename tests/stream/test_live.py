@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 ROOT = os.environ.get("COEMU_SOURCE_ROOT", ".")
-sys.path.insert(0, os.path.join(ROOT, "pipeline"))
+sys.path.insert(0, os.path.join(ROOT, "pipeline", "stream"))
 import coemu_stream as cs  # noqa: E402
 
 COEMU = os.environ.get("COEMU", "build/pipeline/coemu")

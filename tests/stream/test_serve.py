@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""coemu serve + the Python client (pipeline/coemu_stream.py): whole epochs
+"""coemu serve + the Python client (pipeline/stream/coemu_stream.py): whole epochs
 read from Python match the dataset; ranks get disjoint, equal shares; the
 shuffle changes per epoch and is reproducible; a consumer that stops
 mid-epoch resumes without loss or repetition; bad requests get clear errors."""
@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 
 ROOT = os.environ.get("COEMU_SOURCE_ROOT", os.path.join(os.path.dirname(__file__), "..", ".."))
-sys.path.insert(0, os.path.join(ROOT, "pipeline"))
+sys.path.insert(0, os.path.join(ROOT, "pipeline", "stream"))
 import coemu_stream as cs  # noqa: E402
 
 COEMU = os.environ.get("COEMU", "build/pipeline/coemu")

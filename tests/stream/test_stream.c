@@ -11,11 +11,11 @@
 #include <zmq.h>
 
 #include "check.h"
-#include "progress.h"
-#include "stream_client.h"
-#include "stream_proto.h"
-#include "stream_security.h"
-#include "stream_server.h"
+#include "common/progress.h"
+#include "pipeline/stream/stream_client.h"
+#include "pipeline/stream/stream_proto.h"
+#include "pipeline/stream/stream_security.h"
+#include "pipeline/stream/stream_server.h"
 
 #define N 4
 #define NF 2
@@ -123,6 +123,26 @@ static void test_header_codec(void) {
   stream_header_encode(&h, b);
   b[4] = 2;
   CHECK_ERR(stream_header_decode(b, sizeof b, &d), "checksum");
+  /* HELLO: world, rank and credit range-checked before anything uses them
+   * (issue 13: world 65536 + W truncated to 16 bits) */
+  stream_header hh = {.type = STREAM_HELLO, .value = 4, .nsamples = 65536 + 2, .rank = 1};
+  stream_header_encode(&hh, b);
+  CHECK_ERR(stream_header_decode(b, sizeof b, &d), "world 65538");
+  hh.nsamples = 0;
+  stream_header_encode(&hh, b);
+  CHECK_ERR(stream_header_decode(b, sizeof b, &d), "world 0");
+  hh.nsamples = 2;
+  hh.rank = 2;
+  stream_header_encode(&hh, b);
+  CHECK_ERR(stream_header_decode(b, sizeof b, &d), "rank 2 of 2");
+  hh.rank = 1;
+  hh.value = 0;
+  stream_header_encode(&hh, b);
+  CHECK_ERR(stream_header_decode(b, sizeof b, &d), "no credit");
+  hh.value = 1;
+  stream_header_encode(&hh, b);
+  CHECK_OK(stream_header_decode(b, sizeof b, &d));
+  CHECK(d.nsamples == 2 && d.rank == 1);
 }
 
 /* One rank reads two whole epochs; the credit bound is never exceeded. */

@@ -14,12 +14,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "checkpoint.h"
-#include "coemunet.h"
-#include "error.h"
-#include "npy.h"
-#include "rng.h"
-#include "train.h"
+#include "common/error.h"
+#include "common/npy.h"
+#include "common/rng.h"
+#include "trainer/checkpoint.h"
+#include "trainer/coemunet.h"
+#include "trainer/train.h"
 
 static void fill(float *a, size_t n, uint32_t s, double lo, double hi) {
   ce_rng r = ce_rng_make(77, s, 0, 0);
@@ -55,13 +55,15 @@ static int one(const char *dir, const char *name, int nfreq, int shortcut) {
   size_t xs[5] = {N, 3, G, G, G}, ys[5] = {N, 1, (size_t)nfreq, G, G};
   snprintf(p, sizeof p, "%s/%s-x.npy", dir, name);
   CE_TRY(npy_write(p, x, NPY_F32, 5, xs));
-  memcpy(nn_out(&m.net, m.input), x, sizeof(float) * nin);
+  CE_TRY(nn_input_upload(&m.net, m.input, x));
   CE_TRY(nn_forward(&m.net, 0));
   snprintf(p, sizeof p, "%s/%s-eval.npy", dir, name);
-  CE_TRY(npy_write(p, nn_out(&m.net, m.output), NPY_F32, 5, ys));
+  CE_TRY(nn_out_download(&m.net, m.output, t)); /* t holds N outputs */
+  CE_TRY(npy_write(p, t, NPY_F32, 5, ys));
   CE_TRY(nn_forward(&m.net, 1));
   snprintf(p, sizeof p, "%s/%s-train.npy", dir, name);
-  CE_TRY(npy_write(p, nn_out(&m.net, m.output), NPY_F32, 5, ys));
+  CE_TRY(nn_out_download(&m.net, m.output, t));
+  CE_TRY(npy_write(p, t, NPY_F32, 5, ys));
   snprintf(p, sizeof p, "%s/%s-after.ckpt", dir, name);
   CE_TRY(checkpoint_save(p, &m, &o, &st));
   free(x);
@@ -76,6 +78,10 @@ int main(int argc, char **argv) {
   if (argc != 2) {
     fprintf(stderr, "usage: dump_forward DIR\n");
     return 2;
+  }
+  if (nn_backend_init(&nn_backend_cpu, 0) < 0) {
+    fprintf(stderr, "dump_forward: %s\n", ce_err_msg());
+    return 1;
   }
   static const struct { const char *name; int nfreq, shortcut; } cases[] = {
       {"f1-reference", 1, COEMUNET_SHORTCUT_REFERENCE}, {"f3-reference", 3, COEMUNET_SHORTCUT_REFERENCE},

@@ -22,6 +22,9 @@
  *
  * The objective is either sum_i r_i y_i with fixed random r (the output's
  * gradient is r), or a caller's loss function.
+ *
+ * Tensors are backend memory (backend.h): the checks read and write them
+ * through nn_download / nn_upload only, so they run on any backend.
  */
 #ifndef COEMU_TEST_GRADCHECK_H
 #define COEMU_TEST_GRADCHECK_H
@@ -31,8 +34,8 @@
 #include <string.h>
 
 #include "check.h"
-#include "nn.h"
-#include "rng.h"
+#include "common/rng.h"
+#include "trainer/nn.h"
 
 /* the largest error / tolerance, and rounding term / gradient size, of the
  * checks since gc_net began */
@@ -61,17 +64,32 @@ static inline float gc_ulp(float v, ce_rng *r) {
   return nextafterf(v, ce_rng_u32(r) & 1 ? INFINITY : -INFINITY);
 }
 
-/* objective: runs forward, returns L and (if grad) writes dL/dy into grad */
+/* objective: runs forward, returns L and (if grad) writes dL/dy into grad
+ * (host memory, batch x output size floats) */
 typedef double (*gc_objective)(nn_net *net, int out, const float *r, float *grad, void *user);
+
+/* Host copies of a node's output (batch x size floats) and of a parameter's
+ * values; free() them. */
+static inline float *gc_host_out(const nn_net *net, int node) {
+  float *y = malloc(sizeof(float) * (size_t)net->batch * (size_t)net->nodes[node].size);
+  CHECK_OK(nn_out_download(net, node, y));
+  return y;
+}
+static inline float *gc_host_param(const nn_net *net, int i) {
+  float *w = malloc(sizeof(float) * (size_t)net->params[i].n);
+  CHECK_OK(nn_param_download(net, i, w));
+  return w;
+}
 
 /* sum r_i y_i; user NULL: training-mode forward, else an int* giving the mode */
 static inline double gc_dot_objective(nn_net *net, int out, const float *r, float *grad, void *user) {
   nn_forward(net, user ? *(const int *)user : 1);
-  const float *y = nn_out(net, out);
+  float *y = gc_host_out(net, out);
   size_t n = (size_t)net->batch * net->nodes[out].size;
   double L = 0;
   for (size_t i = 0; i < n; i++) L += (double)r[i] * y[i];
   if (grad) memcpy(grad, r, sizeof(float) * n);
+  free(y);
   return L;
 }
 
@@ -79,32 +97,47 @@ static inline void gc_fill(float *a, size_t n, ce_rng *rng, double lo, double hi
   for (size_t i = 0; i < n; i++) a[i] = (float)(lo + (hi - lo) * ce_rng_uniform(rng));
 }
 
-/* Directional check of one tensor w (n floats) with analytic gradient g;
- * returns the measured rounding term |L_ulp - L| / h. */
+/* An input node filled with U(lo, hi) (drawn on the host, uploaded); the
+ * host copy is returned (free() it). */
+static inline float *gc_fill_input(nn_net *net, int x, ce_rng *rng, double lo, double hi) {
+  size_t n = (size_t)net->batch * net->nodes[x].size;
+  float *v = malloc(sizeof(float) * n);
+  gc_fill(v, n, rng, lo, hi);
+  CHECK_OK(nn_input_upload(net, x, v));
+  return v;
+}
+
+/* Directional check of one tensor w (backend memory, n floats) with analytic
+ * gradient g (host); returns the measured rounding term |L_ulp - L| / h. */
 static inline double gc_tensor(nn_net *net, int out, const float *r, gc_objective obj, void *user,
                       float *w, const float *g, size_t n, double h, double rtol, const char *what,
                       uint32_t salt) {
   ce_rng rng = ce_rng_make(99, salt, 0, 3);
-  float *d = malloc(sizeof(float) * n), *w0 = malloc(sizeof(float) * n);
-  memcpy(w0, w, sizeof(float) * n);
+  float *d = malloc(sizeof(float) * n), *w0 = malloc(sizeof(float) * n),
+        *wt = malloc(sizeof(float) * n);
+  CHECK_OK(nn_download(net, w0, w, n));
   double gd = 0, gn = 0;
   for (size_t i = 0; i < n; i++) {
     d[i] = ce_rng_u32(&rng) & 1 ? 1.0f : -1.0f;
     gd += (double)g[i] * d[i];
     gn += (double)g[i] * g[i];
   }
-  for (size_t i = 0; i < n; i++) w[i] = (float)(w0[i] + h * d[i]);
+  for (size_t i = 0; i < n; i++) wt[i] = (float)(w0[i] + h * d[i]);
+  CHECK_OK(nn_upload(net, w, wt, n));
   double lp = obj(net, out, r, NULL, user);
-  for (size_t i = 0; i < n; i++) w[i] = (float)(w0[i] - h * d[i]);
+  for (size_t i = 0; i < n; i++) wt[i] = (float)(w0[i] - h * d[i]);
+  CHECK_OK(nn_upload(net, w, wt, n));
   double lm = obj(net, out, r, NULL, user);
-  memcpy(w, w0, sizeof(float) * n);
+  CHECK_OK(nn_upload(net, w, w0, n));
   double l0 = obj(net, out, r, NULL, user);
-  for (size_t i = 0; i < n; i++) w[i] = gc_ulp(w0[i], &rng);
+  for (size_t i = 0; i < n; i++) wt[i] = gc_ulp(w0[i], &rng);
+  CHECK_OK(nn_upload(net, w, wt, n));
   double lu = obj(net, out, r, NULL, user);
-  memcpy(w, w0, sizeof(float) * n);
+  CHECK_OK(nn_upload(net, w, w0, n));
   gc_judge((lp - lm) / (2 * h), gd, gn, rtol, fabs(lu - l0) / h, what, "");
   free(d);
   free(w0);
+  free(wt);
   return fabs(lu - l0) / h;
 }
 
@@ -119,8 +152,7 @@ static inline void gc_group(nn_net *net, int out, const float *r, gc_objective o
     nn_param *p = &net->params[i];
     if (!g[i] || !p->used || strncmp(p->name, prefix, strlen(prefix)) != 0) continue;
     any = 1;
-    w0[i] = malloc(sizeof(float) * p->n);
-    memcpy(w0[i], p->w, sizeof(float) * p->n);
+    w0[i] = gc_host_param(net, i);
   }
   /* passes: w + h d, w - h d, w, every value one ulp up or down */
   for (int pass = 0; pass < 4 && any; pass++) {
@@ -128,15 +160,18 @@ static inline void gc_group(nn_net *net, int out, const float *r, gc_objective o
       nn_param *p = &net->params[i];
       if (!w0[i]) continue;
       ce_rng ri = ce_rng_make(98, (uint32_t)i, 0, 3), ru = ce_rng_make(97, (uint32_t)i, 0, 3);
+      float *w = malloc(sizeof(float) * p->n);
       for (int64_t j = 0; j < p->n; j++) {
         float d = ce_rng_u32(&ri) & 1 ? 1.0f : -1.0f;
         if (pass == 0) {
           gd += (double)g[i][j] * d;
           gn += (double)g[i][j] * g[i][j];
         }
-        p->w[j] = pass == 0 ? (float)(w0[i][j] + h * d) : pass == 1 ? (float)(w0[i][j] - h * d)
-                : pass == 2 ? w0[i][j] : gc_ulp(w0[i][j], &ru);
+        w[j] = pass == 0 ? (float)(w0[i][j] + h * d) : pass == 1 ? (float)(w0[i][j] - h * d)
+             : pass == 2 ? w0[i][j] : gc_ulp(w0[i][j], &ru);
       }
+      CHECK_OK(nn_param_upload(net, i, w));
+      free(w);
     }
     double l = obj(net, out, r, NULL, user);
     if (pass == 0) lp = l;
@@ -146,7 +181,7 @@ static inline void gc_group(nn_net *net, int out, const float *r, gc_objective o
   }
   for (int i = 0; i < net->nparams; i++) {
     if (!w0[i]) continue;
-    memcpy(net->params[i].w, w0[i], sizeof(float) * net->params[i].n);
+    CHECK_OK(nn_param_upload(net, i, w0[i]));
     free(w0[i]);
   }
   free(w0);
@@ -163,25 +198,26 @@ static inline void gc_net(nn_net *net, int x, int out, gc_objective obj, void *u
                    double rtol, const char *what, const char *const *groups) {
   gc_worst_ = gc_round_worst_ = 0;
   size_t nout = (size_t)net->batch * net->nodes[out].size;
-  float *r = malloc(sizeof(float) * nout);
+  float *r = malloc(sizeof(float) * nout), *seed = malloc(sizeof(float) * nout);
   ce_rng rng = ce_rng_make(7, 1, 2, 3);
   gc_fill(r, nout, &rng, -1, 1);
   nn_seed_grad(net, out);
-  obj(net, out, r, nn_grad(net, out), user);
-  nn_zero_grad(net);
+  obj(net, out, r, seed, user);
+  CHECK_OK(nn_grad_upload(net, out, seed));
+  CHECK_OK(nn_zero_grad(net));
   CHECK_OK(nn_backward(net));
   /* copy the analytic gradients before the probes overwrite activations */
   float **g = calloc((size_t)net->nparams + 1, sizeof *g);
   for (int i = 0; i < net->nparams; i++)
     if (net->params[i].trainable) {
       g[i] = malloc(sizeof(float) * net->params[i].n);
-      memcpy(g[i], net->params[i].g, sizeof(float) * net->params[i].n);
+      CHECK_OK(nn_param_grad_download(net, i, g[i]));
     }
   size_t nx = (size_t)net->batch * net->nodes[x].size;
   float *gx = NULL;
   if (net->nodes[x].needs_grad) {
     gx = malloc(sizeof(float) * nx);
-    memcpy(gx, nn_grad(net, x), sizeof(float) * nx);
+    CHECK_OK(nn_grad_download(net, x, gx));
   }
   char label[256];
   for (int k = 0; groups && groups[k]; k++) gc_group(net, out, r, obj, user, g, groups[k], h, rtol, what);
@@ -193,25 +229,30 @@ static inline void gc_net(nn_net *net, int x, int out, gc_objective obj, void *u
   }
   if (gx) {
     snprintf(label, sizeof label, "%s: input", what);
-    float *xv = nn_out(net, x);
-    const double round = gc_tensor(net, out, r, obj, user, xv, gx, nx, h, rtol, label, 1000);
+    const double round =
+        gc_tensor(net, out, r, obj, user, nn_out(net, x), gx, nx, h, rtol, label, 1000);
     /* a few entries one by one */
+    float *xv = gc_host_out(net, x);
     double gmax = 0;
     for (size_t i = 0; i < nx; i++) gmax = fmax(gmax, fabs(gx[i]));
     for (size_t k = 0; k < 6 && k < nx; k++) {
       size_t i = (k * 7919) % nx;
       float v0 = xv[i];
       xv[i] = (float)(v0 + h);
+      CHECK_OK(nn_input_upload(net, x, xv));
       double lp = obj(net, out, r, NULL, user);
       xv[i] = (float)(v0 - h);
+      CHECK_OK(nn_input_upload(net, x, xv));
       double lm = obj(net, out, r, NULL, user);
       xv[i] = v0;
+      CHECK_OK(nn_input_upload(net, x, xv));
       double num = (lp - lm) / (2 * h);
       const double tol = 3 * rtol * (fabs(gx[i]) + gmax) + GC_ROUND_FACTOR * round + 1e-6;
       gc_worst_ = fmax(gc_worst_, fabs(num - gx[i]) / tol);
       CHECK_MSG(fabs(num - gx[i]) <= tol, "%s: dL/dx[%zu] = %.8g by differences, %.8g analytic",
                 what, i, num, gx[i]);
     }
+    free(xv);
   }
   fprintf(stderr, "  %s: worst error %.2g of the tolerance; rounding terms up to %.2g of |g|\n",
           what, gc_worst_, gc_round_worst_);
@@ -219,6 +260,7 @@ static inline void gc_net(nn_net *net, int x, int out, gc_objective obj, void *u
   free(g);
   free(gx);
   free(r);
+  free(seed);
 }
 
 #endif

@@ -1,5 +1,5 @@
-"""`coemu bench train` refuses bad options with a message and a non-zero
-exit (the benchmark itself is too long for the test suite)."""
+"""`coemu bench train` refuses bad options with a message and exit status 2
+(a usage error; the benchmark itself is too long for the test suite)."""
 import os
 import subprocess
 import sys
@@ -16,8 +16,8 @@ def case(name, args, code, text):
 
 
 case("help", ["--help"], 0, "--batch")
-case("batch too small", ["--batch", "1"], 1, "--batch 1")
-case("not a number", ["--iters", "x"], 1, "iters")
-case("unknown option", ["--bogus"], 1, "bogus")
-case("positional argument", ["extra"], 1, "unexpected argument")
+case("batch too small", ["--batch", "1"], 2, "--batch 1")
+case("not a number", ["--iters", "x"], 2, "iters")
+case("unknown option", ["--bogus"], 2, "bogus")
+case("positional argument", ["extra"], 2, "unexpected argument")
 report()

@@ -1,7 +1,8 @@
 /* test_layers.c - the layers of trainer/nn.h on the CPU backend: convolution
  * against a naive direct implementation, closed forms for BatchNorm, pooling
  * and upsampling, PyTorch-style initialisation, finite-difference gradient
- * checks of every layer kind, and shape errors. */
+ * checks of every layer kind, and shape errors. Tensors are read and written
+ * through the backend's upload/download (nn.h), as on any backend. */
 #include <float.h>
 #include <math.h>
 #include <omp.h>
@@ -10,9 +11,9 @@
 
 #include "check.h"
 #include "gradcheck.h"
-#include "layers_cpu.h"
-#include "nn.h"
-#include "rng.h"
+#include "common/rng.h"
+#include "trainer/layers_cpu.h"
+#include "trainer/nn.h"
 
 /* ---- convolution against direct summation ------------------------------- */
 
@@ -57,23 +58,28 @@ static void check_conv_case(int cin, int cout, int d, int h, int w, nn_int3 k, n
   CHECK_OK(nn_finalize(&net, 5));
   CHECK_OK(nn_set_batch(&net, 2));
   ce_rng rng = ce_rng_make(1, 2, 3, 4);
-  gc_fill(nn_out(&net, x), (size_t)2 * net.nodes[x].size, &rng, -1, 1);
+  float *xv = gc_fill_input(&net, x, &rng, -1, 1);
   CHECK_OK(nn_forward(&net, 1));
   const nn_node *nd = &net.nodes[c];
   conv_shape s = {2, cin, d, h, w, cout, nd->d, nd->h, nd->w, k.v[0], k.v[1], k.v[2],
                   st.v[0], st.v[1], st.v[2], nd->p.v[0], nd->p.v[1], nd->p.v[2]};
   size_t ny = (size_t)2 * nd->size;
   double *ref = malloc(sizeof(double) * ny), *mag = malloc(sizeof(double) * ny), worst = 0;
-  naive_conv(&s, nn_out(&net, x), net.params[0].w, net.params[1].w, ref, mag);
+  float *wt = gc_host_param(&net, 0), *b = gc_host_param(&net, 1), *y = gc_host_out(&net, c);
+  naive_conv(&s, xv, wt, b, ref, mag);
   /* each output: K products and the bias, summed in float32 in whatever
      order the kernel (BLAS, the direct loop) takes: within gamma_{K+1} x the
      sum of magnitudes of its terms (the products are exact in double) */
   const double g = gamma32(cin * k.v[0] * k.v[1] * k.v[2] + 1);
-  for (size_t i = 0; i < ny; i++) worst = fmax(worst, fabs(nn_out(&net, c)[i] - ref[i]) / (g * mag[i]));
+  for (size_t i = 0; i < ny; i++) worst = fmax(worst, fabs(y[i] - ref[i]) / (g * mag[i]));
   CHECK_MSG(worst <= 1, "conv %dx%dx%d stride %d pad %d: error %.3g x the float32 bound", k.v[0],
             k.v[1], k.v[2], st.v[0], nd->p.v[0], worst);
   free(ref);
   free(mag);
+  free(xv);
+  free(wt);
+  free(b);
+  free(y);
   nn_free(&net);
 }
 
@@ -97,9 +103,10 @@ static void test_batchnorm_statistics(void) {
   int b = nn_batchnorm(&net, "bn", x);
   CHECK_OK(nn_finalize(&net, 1));
   CHECK_OK(nn_set_batch(&net, 3));
-  float *xv = nn_out(&net, x);
+  float xv[3 * 24];
   ce_rng rng = ce_rng_make(3, 0, 0, 0);
   for (int i = 0; i < 3 * 24; i++) xv[i] = (float)(5 * ce_rng_uniform(&rng) + (i / 12 % 2) * 10);
+  CHECK_OK(nn_input_upload(&net, x, xv));
   double mean[2] = {0}, var[2] = {0};
   for (int ch = 0; ch < 2; ch++) {
     for (int n = 0; n < 3; n++)
@@ -114,6 +121,7 @@ static void test_batchnorm_statistics(void) {
      e = gamma_3 (|x s| + |t|) of the exact normalised value (any order,
      FMA or not). The test's own double sums add < 64 DBL_EPSILON. */
   const double dbl = 64 * DBL_EPSILON;
+  float *y = gc_host_out(&net, b), *rmean = gc_host_param(&net, 2), *rvar = gc_host_param(&net, 3);
   for (int ch = 0; ch < 2; ch++) {
     const double sc = 1 / sqrt(var[ch] + 1e-5), t = -mean[ch] * sc;
     double m = 0, v = 0, emean = 0, emax = 0, ymean = 0;
@@ -125,9 +133,9 @@ static void test_batchnorm_statistics(void) {
         ymean += fabs(xv[(n * 2 + ch) * 12 + j] * sc + t) / 36;
       }
     for (int n = 0; n < 3; n++)
-      for (int j = 0; j < 12; j++) m += nn_out(&net, b)[(n * 2 + ch) * 12 + j] / 36.0;
+      for (int j = 0; j < 12; j++) m += y[(n * 2 + ch) * 12 + j] / 36.0;
     for (int n = 0; n < 3; n++)
-      for (int j = 0; j < 12; j++) v += pow(nn_out(&net, b)[(n * 2 + ch) * 12 + j] - m, 2) / 36.0;
+      for (int j = 0; j < 12; j++) v += pow(y[(n * 2 + ch) * 12 + j] - m, 2) / 36.0;
     CHECK_CLOSE(m, 0, 0, emean + dbl);
     /* population variance, eps 1e-5: v = mean((y - m)^2) moves by at most
        2 mean|y| (2 emax) + (2 emax)^2 */
@@ -135,13 +143,18 @@ static void test_batchnorm_statistics(void) {
     /* running statistics: momentum 0.1, unbiased variance, rounded to float32
        (U32), the float momentum 0.1f and 1 - 0.1f off 0.1 and 0.9 by `rep` */
     const double rep = fabs((double)0.1f - 0.1) / 0.1 + fabs((double)(1.0f - 0.1f) - 0.9) / 0.9;
-    CHECK_CLOSE(net.params[2].w[ch], 0.1 * mean[ch], U32 + rep + dbl, 0);
-    CHECK_CLOSE(net.params[3].w[ch], 0.9 + 0.1 * var[ch] * 36 / 35, U32 + rep + dbl, 0);
+    CHECK_CLOSE(rmean[ch], 0.1 * mean[ch], U32 + rep + dbl, 0);
+    CHECK_CLOSE(rvar[ch], 0.9 + 0.1 * var[ch] * 36 / 35, U32 + rep + dbl, 0);
   }
+  free(y);
   /* evaluation mode uses the running statistics */
   CHECK_OK(nn_forward(&net, 0));
-  double rm = net.params[2].w[1], rv = net.params[3].w[1], sc = 1 / sqrt(rv + 1e-5);
-  CHECK_CLOSE(nn_out(&net, b)[12], (xv[12] - rm) * sc, dbl, gamma32(3) * (fabs(xv[12] * sc) + fabs(rm * sc)));
+  double rm = rmean[1], rv = rvar[1], sc = 1 / sqrt(rv + 1e-5);
+  y = gc_host_out(&net, b);
+  CHECK_CLOSE(y[12], (xv[12] - rm) * sc, dbl, gamma32(3) * (fabs(xv[12] * sc) + fabs(rm * sc)));
+  free(y);
+  free(rmean);
+  free(rvar);
   /* one value per channel cannot be normalised in training mode */
   CHECK_OK(nn_set_batch(&net, 1));
   nn_net one;
@@ -200,27 +213,34 @@ static void test_init_pytorch_defaults(void) {
     nn_linear(net, "fc", f, 10);
     CHECK_OK(nn_finalize(net, k ? 43 : 42));
   }
+  float *pa[7];
+  for (int i = 0; i < 7; i++) pa[i] = gc_host_param(&a, i);
   const nn_param *w = &a.params[0];
   double bound = 1 / sqrt(8.0 * 27), sum = 0, sq = 0, mx = 0;
   for (int64_t i = 0; i < w->n; i++) {
-    sum += w->w[i];
-    sq += (double)w->w[i] * w->w[i];
-    mx = fmax(mx, fabs(w->w[i]));
+    sum += pa[0][i];
+    sq += (double)pa[0][i] * pa[0][i];
+    mx = fmax(mx, fabs(pa[0][i]));
   }
   CHECK(mx <= bound && mx > 0.95 * bound);
   CHECK_CLOSE(sum / w->n, 0, 0, 0.05 * bound);
   CHECK_CLOSE(sq / w->n, bound * bound / 3, 0.05, 0); /* uniform(-b, b) variance b^2/3 */
-  for (int64_t i = 0; i < a.params[1].n; i++) CHECK(fabs(a.params[1].w[i]) <= bound);
+  for (int64_t i = 0; i < a.params[1].n; i++) CHECK(fabs(pa[1][i]) <= bound);
   for (int i = 0; i < 16; i++)
-    CHECK(a.params[2].w[i] == 1 && a.params[3].w[i] == 0 && a.params[4].w[i] == 0 && a.params[5].w[i] == 1);
+    CHECK(pa[2][i] == 1 && pa[3][i] == 0 && pa[4][i] == 0 && pa[5][i] == 1);
   double lb = 1 / sqrt(1024.0);
-  for (int64_t i = 0; i < a.params[6].n; i++) CHECK(fabs(a.params[6].w[i]) <= lb);
+  for (int64_t i = 0; i < a.params[6].n; i++) CHECK(fabs(pa[6][i]) <= lb);
   CHECK(!strcmp(a.params[6].name, "fc.weight") && a.params[6].shape[0] == 10 && a.params[6].shape[1] == 1024);
   CHECK(nn_param_count(&a) == 16 * 8 * 27 + 16 + 2 * 16 + 10 * 1024 + 10);
   /* another seed draws other weights; the same seed the same ones */
-  CHECK(memcmp(a.params[0].w, b.params[0].w, sizeof(float) * a.params[0].n) != 0);
-  nn_init_params(&b, 42);
-  CHECK(memcmp(a.params[0].w, b.params[0].w, sizeof(float) * a.params[0].n) == 0);
+  float *pb = gc_host_param(&b, 0);
+  CHECK(memcmp(pa[0], pb, sizeof(float) * a.params[0].n) != 0);
+  free(pb);
+  CHECK_OK(nn_init_params(&b, 42));
+  pb = gc_host_param(&b, 0);
+  CHECK(memcmp(pa[0], pb, sizeof(float) * a.params[0].n) == 0);
+  free(pb);
+  for (int i = 0; i < 7; i++) free(pa[i]);
   nn_free(&a);
   nn_free(&b);
 }
@@ -243,13 +263,15 @@ static void gradcheck_layer(const char *what, int c, int d, int h, int w, int ba
   CHECK_OK(nn_set_batch(&net, batch));
   ce_rng rng = ce_rng_make(5, 6, 7, 8);
   size_t nx = (size_t)batch * net.nodes[x].size;
-  float *xv = nn_out(&net, x);
+  float *xv = malloc(sizeof(float) * nx);
   gc_fill(xv, nx, &rng, lo, hi);
   /* keep values away from ReLU's and max-pooling's kinks: |x| >= 0.1 and
      distinct values within windows (a shuffled ladder) */
   if (lo < 0)
     for (size_t i = 0; i < nx; i++)
       if (fabsf(xv[i]) < 0.1f) xv[i] = xv[i] < 0 ? -0.1f - xv[i] : 0.1f + xv[i];
+  CHECK_OK(nn_input_upload(&net, x, xv));
+  free(xv);
   (void)train;
   gc_net(&net, x, out, gc_dot_objective, NULL, 1e-2, 1e-2, what, NULL);
   nn_free(&net);
@@ -310,9 +332,10 @@ static void test_gradients(void) {
     int p = nn_maxpool(&net, "pool", x, 2);
     CHECK_OK(nn_finalize(&net, 1));
     CHECK_OK(nn_set_batch(&net, 2));
-    float *xv = nn_out(&net, x);
+    float xv[2 * 2 * 80];
     int n = 2 * 2 * 80;
     for (int i = 0; i < n; i++) xv[i] = (float)(((i * 131) % n) * 0.1 - 10);
+    CHECK_OK(nn_input_upload(&net, x, xv));
     gc_net(&net, x, p, gc_dot_objective, NULL, 1e-2, 1e-2, "maxpool", NULL);
     nn_free(&net);
   }
@@ -324,10 +347,13 @@ static void test_gradients(void) {
     net.nodes[x].needs_grad = 1;
     int b = nn_batchnorm(&net, "bn", x);
     CHECK_OK(nn_finalize(&net, 1));
-    net.params[2].w[0] = 0.3f; net.params[3].w[0] = 2.0f; net.params[0].w[1] = 1.7f;
+    const float rm = 0.3f, rv = 2.0f, gamma1 = 1.7f;
+    CHECK_OK(nn_upload(&net, net.params[2].w, &rm, 1));
+    CHECK_OK(nn_upload(&net, net.params[3].w, &rv, 1));
+    CHECK_OK(nn_upload(&net, net.params[0].w + 1, &gamma1, 1));
     CHECK_OK(nn_set_batch(&net, 2));
     ce_rng rng = ce_rng_make(1, 1, 1, 1);
-    gc_fill(nn_out(&net, x), 32, &rng, -1, 1);
+    free(gc_fill_input(&net, x, &rng, -1, 1));
     int eval = 0;
     gc_net(&net, x, b, gc_dot_objective, &eval, 1e-2, 1e-2, "batchnorm eval", NULL);
     nn_free(&net);
@@ -344,15 +370,16 @@ static void test_gradcheck_detects_errors(void) {
   CHECK_OK(nn_finalize(&net, 3));
   CHECK_OK(nn_set_batch(&net, 2));
   ce_rng rng = ce_rng_make(1, 1, 1, 2);
-  gc_fill(nn_out(&net, x), 108, &rng, -1, 1);
-  float r[2 * 3 * 27];
+  free(gc_fill_input(&net, x, &rng, -1, 1));
+  float r[2 * 3 * 27], seed[2 * 3 * 27];
   gc_fill(r, 162, &rng, -1, 1);
-  gc_dot_objective(&net, c, r, nn_grad(&net, c), NULL);
+  gc_dot_objective(&net, c, r, seed, NULL);
+  CHECK_OK(nn_grad_upload(&net, c, seed));
   nn_seed_grad(&net, c);
-  nn_zero_grad(&net);
+  CHECK_OK(nn_zero_grad(&net));
   CHECK_OK(nn_backward(&net));
   float *g = malloc(sizeof(float) * net.params[0].n);
-  memcpy(g, net.params[0].g, sizeof(float) * net.params[0].n);
+  CHECK_OK(nn_param_grad_download(&net, 0, g));
   g[5] += 0.5f * fabsf(g[5]) + 0.5f; /* one wrong entry */
   int failed_before = check_test_failed_;
   gc_tensor(&net, c, r, gc_dot_objective, NULL, net.params[0].w, g, (size_t)net.params[0].n, 1e-2,
@@ -401,6 +428,10 @@ static void test_thread_count_change(void) {
 }
 
 int main(void) {
+  if (nn_backend_init(&nn_backend_cpu, 0) < 0) { /* OpenBLAS to 1 thread */
+    fprintf(stderr, "%s\n", ce_err_msg());
+    return 1;
+  }
   RUN(test_conv_forward_naive);
   RUN(test_batchnorm_statistics);
   RUN(test_pool_upsample_exact);
@@ -409,5 +440,6 @@ int main(void) {
   RUN(test_gradcheck_detects_errors);
   RUN(test_shape_errors);
   RUN(test_thread_count_change);
+  nn_backend_finish(&nn_backend_cpu);
   return check_report();
 }

@@ -16,10 +16,10 @@
 #include <string.h>
 
 #include "check.h"
-#include "metrics.h"
-#include "transforms.h"
-#include "npy.h"
-#include "rng.h"
+#include "common/npy.h"
+#include "common/rng.h"
+#include "stats/transforms.h"
+#include "trainer/metrics.h"
 
 static void fill(float *a, size_t n, uint32_t s) {
   ce_rng r = ce_rng_make(31, s, 0, 0);

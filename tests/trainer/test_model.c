@@ -14,18 +14,28 @@
 #include <zlib.h>
 
 #include "check.h"
-#include "checkpoint.h"
-#include "coemunet.h"
+#include "trainer/checkpoint.h"
+#include "trainer/coemunet.h"
 #include "gradcheck.h"
-#include "loss.h"
-#include "optim.h"
-#include "rng.h"
-#include "train.h"
+#include "common/rng.h"
+#include "trainer/loss.h"
+#include "trainer/optim.h"
+#include "trainer/train.h"
 
 static const char *tmpdir;
 
 /* float32 unit roundoff */
 static const double U32 = FLT_EPSILON / 2;
+
+/* Parameter i of net a and parameter j of net b hold the same bits. */
+static int same_param(const nn_net *a, const nn_net *b, int i, int j) {
+  if (a->params[i].n != b->params[j].n) return 0;
+  float *x = gc_host_param(a, i), *y = gc_host_param(b, j);
+  int same = memcmp(x, y, sizeof(float) * (size_t)a->params[i].n) == 0;
+  free(x);
+  free(y);
+  return same;
+}
 
 /* ---- the paper's models ------------------------------------------------- */
 
@@ -179,12 +189,15 @@ typedef struct {
   int images;
 } loss_ctx;
 
+/* the CPU loss (loss.c) on the output copied to the host */
 static double loss_objective(nn_net *net, int out, const float *r, float *grad, void *user) {
   (void)r;
   loss_ctx *c = user;
   nn_forward(net, 1);
+  float *y = gc_host_out(net, out);
   loss_value v;
-  loss_eval(c->loss, nn_out(net, out), c->target, c->images, &v, grad);
+  loss_eval(c->loss, y, c->target, c->images, &v, grad);
+  free(y);
   return v.total;
 }
 
@@ -197,10 +210,10 @@ static void gradcheck_model(int nfreq, int shortcut) {
   const int B = 4;
   CHECK_OK(coemunet_build(&m, &cfg, 21));
   CHECK_OK(nn_set_batch(&m.net, B));
-  size_t nx = B * m.net.nodes[m.input].size, nt = B * m.net.nodes[m.output].size;
+  size_t nt = B * m.net.nodes[m.output].size;
   float *t = malloc(sizeof(float) * nt);
   ce_rng rng = ce_rng_make(8, 8, 8, 8);
-  gc_fill(nn_out(&m.net, m.input), nx, &rng, -1, 1);
+  free(gc_fill_input(&m.net, m.input, &rng, -1, 1));
   gc_fill(t, nt, &rng, -0.5, 0.5);
   loss_ctx c = {loss_create(24, 24, B * nfreq), t, B * nfreq};
   char what[64];
@@ -210,8 +223,12 @@ static void gradcheck_model(int nfreq, int shortcut) {
   gc_net(&m.net, m.input, m.output, loss_objective, &c, 1e-5, 0.1, what, groups);
   /* the unused shortcut parameters get no gradient */
   int q = nn_find_param(&m.net, "encoder0.layers.3.short_CBR0.layers.0.weight");
-  if (q >= 0)
-    for (int64_t i = 0; i < m.net.params[q].n; i++) CHECK(m.net.params[q].g[i] == 0);
+  if (q >= 0) {
+    float *g = malloc(sizeof(float) * m.net.params[q].n);
+    CHECK_OK(nn_param_grad_download(&m.net, q, g));
+    for (int64_t i = 0; i < m.net.params[q].n; i++) CHECK(g[i] == 0);
+    free(g);
+  }
   loss_destroy(c.loss);
   free(t);
   coemunet_free(&m);
@@ -238,12 +255,15 @@ static void test_adam_update_rule(void) {
     adam_config ac = {(adam_kind)kind, 0.1, 0.9, 0.999, 1e-8, 0.05};
     CHECK_OK(adam_init(&o, &net, &ac));
     double w = 0.7, m = 0, v = 0, err = 0;
-    net.params[0].w[0] = (float)w;
+    float wf = (float)w, gf[2];
+    CHECK_OK(nn_param_upload(&net, 0, &wf));
     for (int t = 1; t <= 5; t++) {
       double g = 2 * w;
-      net.params[0].g[0] = (float)g;
-      net.params[1].g[0] = 0;
-      adam_step(&o, &net, 0.1);
+      gf[0] = (float)g;
+      gf[1] = 0;
+      CHECK_OK(nn_upload(&net, net.params[0].g, &gf[0], 1));
+      CHECK_OK(nn_upload(&net, net.params[1].g, &gf[1], 1));
+      CHECK_OK(adam_step(&o, &net, 0.1));
       if (kind == ADAM_L2) g += 0.05 * w;
       m = 0.9 * m + 0.1 * g;
       v = 0.999 * v + 0.001 * g * g;
@@ -256,7 +276,8 @@ static void test_adam_update_rule(void) {
          the step is within (6 t + 10) U32 <= 40 U32 relative; the decay
          factor and the update's rounding move w by <= 3 U32 |w| */
       err += 40 * U32 * fabs(step) + 3 * U32 * fabs(w);
-      CHECK_CLOSE(net.params[0].w[0], w, 0, err);
+      CHECK_OK(nn_param_download(&net, 0, &wf));
+      CHECK_CLOSE(wf, w, 0, err);
     }
     CHECK(!strcmp(adam_kind_name((adam_kind)kind), kind == 0 ? "Adam" : kind == 1 ? "Adam+L2" : "AdamW"));
     adam_free(&o);
@@ -412,8 +433,7 @@ static void test_checkpoint_resume(void) {
      on the same data in this process */
   for (int k = 3; k < 6; k++)
     CHECK_MSG(la[k] == lb[k], "step %d: loss %.17g without stopping, %.17g resumed", k, la[k], lb[k]);
-  for (int i = 0; i < a.m.net.nparams; i++)
-    CHECK(memcmp(a.m.net.params[i].w, b.m.net.params[i].w, sizeof(float) * a.m.net.params[i].n) == 0);
+  for (int i = 0; i < a.m.net.nparams; i++) CHECK(same_param(&a.m.net, &b.m.net, i, i));
   /* the loss went down meanwhile, and nothing temporary was left behind */
   CHECK(la[5] < la[0]);
   DIR *d = opendir(tmpdir);
@@ -534,8 +554,7 @@ static void test_encoder_transfer(void) {
   coemunet src;
   CHECK_OK(coemunet_build(&src, &cfg, 99));
   CHECK_OK(checkpoint_load(path, &src, NULL, NULL));
-  for (int i = 0; i < src.net.nparams; i++)
-    CHECK(memcmp(src.net.params[i].w, a.m.net.params[i].w, sizeof(float) * src.net.params[i].n) == 0);
+  for (int i = 0; i < src.net.nparams; i++) CHECK(same_param(&src.net, &a.m.net, i, i));
   /* into a 3-channel model */
   coemunet_config c3 = cfg;
   c3.nfreq = 3;
@@ -550,13 +569,11 @@ static void test_encoder_transfer(void) {
     int j = nn_find_param(&src.net, p->name);
     int enc = !strncmp(p->name, "encoder", 7) || !strncmp(p->name, "to_lat.", 7);
     if (enc) {
-      CHECK_MSG(j >= 0 && memcmp(p->w, src.net.params[j].w, sizeof(float) * p->n) == 0,
-                "tensor %s not transferred", p->name);
+      CHECK_MSG(j >= 0 && same_param(&dst.net, &src.net, i, j), "tensor %s not transferred", p->name);
       expect += p->n;
       copied++;
     } else
-      CHECK_MSG(memcmp(p->w, ref.net.params[i].w, sizeof(float) * p->n) == 0,
-                "tensor %s changed by the transfer", p->name);
+      CHECK_MSG(same_param(&dst.net, &ref.net, i, i), "tensor %s changed by the transfer", p->name);
   }
   CHECK(n == copied && values == expect && n > 100);
   /* mismatches are refused and leave the target as it was */
@@ -580,6 +597,10 @@ static void test_encoder_transfer(void) {
 }
 
 int main(void) {
+  if (nn_backend_init(&nn_backend_cpu, 0) < 0) { /* OpenBLAS to 1 thread */
+    fprintf(stderr, "%s\n", ce_err_msg());
+    return 1;
+  }
   tmpdir = check_scratch("trainer");
   RUN(test_parameter_counts);
   RUN(test_loss_closed_forms);
@@ -591,5 +612,6 @@ int main(void) {
   RUN(test_checkpoint_errors);
   RUN(test_encoder_transfer);
   check_scratch_remove();
+  nn_backend_finish(&nn_backend_cpu);
   return check_report();
 }

@@ -27,9 +27,9 @@
 #include <string.h>
 
 #include "check.h"
-#include "coemunet.h"
-#include "rng.h"
-#include "train.h"
+#include "common/rng.h"
+#include "trainer/coemunet.h"
+#include "trainer/train.h"
 
 #define MAXW 4
 #define MAXSTEPS 3
@@ -137,10 +137,21 @@ typedef struct {
   int64_t t;
 } snapshot;
 
-static float *dup_floats(const float *a, int64_t n) {
+/* A host copy of n floats of the net's backend memory (backend.h). */
+static float *dup_backend(const nn_net *net, const float *a, int64_t n) {
   float *b = xmalloc(sizeof(float) * (size_t)n);
-  memcpy(b, a, sizeof(float) * (size_t)n);
+  CHECK_OK(nn_download(net, b, a, (size_t)n));
   return b;
+}
+
+/* 1 if n floats at x (net a's backend memory) and at y (net b's) hold the
+ * same bits. */
+static int same_floats(const nn_net *a, const float *x, const nn_net *b, const float *y, int64_t n) {
+  float *u = dup_backend(a, x, n), *v = dup_backend(b, y, n);
+  int same = memcmp(u, v, sizeof(float) * (size_t)n) == 0;
+  free(u);
+  free(v);
+  return same;
 }
 
 static void snap_take(snapshot *s, const coemunet *m, const adam *o) {
@@ -151,9 +162,9 @@ static void snap_take(snapshot *s, const coemunet *m, const adam *o) {
   s->v = xmalloc(sizeof(float *) * net->nparams);
   for (int i = 0; i < net->nparams; i++) {
     const nn_param *p = &net->params[i];
-    s->w[i] = dup_floats(p->w, p->n);
-    s->m[i] = adam_has_state(o, i) ? dup_floats(o->m[i], p->n) : NULL;
-    s->v[i] = adam_has_state(o, i) ? dup_floats(o->v[i], p->n) : NULL;
+    s->w[i] = dup_backend(net, p->w, p->n);
+    s->m[i] = adam_has_state(o, i) ? dup_backend(net, o->m[i], p->n) : NULL;
+    s->v[i] = adam_has_state(o, i) ? dup_backend(net, o->v[i], p->n) : NULL;
   }
   s->t = o->t;
 }
@@ -162,10 +173,10 @@ static void snap_load(const snapshot *s, coemunet *m, adam *o) {
   nn_net *net = &m->net;
   for (int i = 0; i < net->nparams; i++) {
     const nn_param *p = &net->params[i];
-    memcpy(p->w, s->w[i], sizeof(float) * (size_t)p->n);
+    CHECK_OK(nn_param_upload(net, i, s->w[i]));
     if (adam_has_state(o, i)) {
-      memcpy(o->m[i], s->m[i], sizeof(float) * (size_t)p->n);
-      memcpy(o->v[i], s->v[i], sizeof(float) * (size_t)p->n);
+      CHECK_OK(nn_upload(net, o->m[i], s->m[i], (size_t)p->n));
+      CHECK_OK(nn_upload(net, o->v[i], s->v[i], (size_t)p->n));
     }
   }
   o->t = s->t;
@@ -228,7 +239,7 @@ static void *replica_run(void *arg) {
     if (r->me.rank == 0) {
       rec->g = xmalloc(sizeof(float *) * net->nparams);
       for (int i = 0; i < net->nparams; i++)
-        rec->g[i] = net->params[i].trainable ? dup_floats(net->params[i].g, net->params[i].n) : NULL;
+        rec->g[i] = net->params[i].trainable ? dup_backend(net, net->params[i].g, net->params[i].n) : NULL;
       snap_take(&rec->after, &r->m, &r->o);
     }
   }
@@ -298,9 +309,15 @@ static void run_train(run *R, const setup *s) {
   for (int r = 0; r < s->world; r++) {
     replica *p = &R->rep[r];
     CHECK_OK(coemunet_build(&p->m, c, 4242)); /* the same seed: identical replicas */
-    omp_set_num_threads(threads); /* the layer scratch is sized for the thread count */
+    /* the layer scratch is sized at nn_set_batch for this thread's OpenMP
+       count: the replica's. The backend init in main set OpenBLAS to one
+       thread for the process and this thread's OpenMP count to 1; the
+       replica threads set their own (replica_run), as test_backend.c sets
+       OpenMP's count directly. */
+    const int omp_before = omp_get_max_threads();
+    omp_set_num_threads(threads);
     CHECK_OK(nn_set_batch(&p->m.net, s->batch[r]));
-    omp_set_num_threads(1);
+    omp_set_num_threads(omp_before);
     /* eps 1e-3 rather than 1e-8: a convolution bias right before a
        BatchNorm has dL/db = 0 exactly (the mean is subtracted), so its
        computed gradient is float32 rounding noise (~1e-9), which Adam with
@@ -447,9 +464,10 @@ static void check_replicas_identical(const run *R, int world) {
     const adam *oa = &R->rep[0].o, *ob = &R->rep[r].o;
     int same = oa->t == ob->t;
     for (int i = 0; i < a->nparams; i++) {
-      size_t n = sizeof(float) * a->params[i].n;
-      if (memcmp(a->params[i].w, b->params[i].w, n)) same = 0;
-      if (adam_has_state(oa, i) && (memcmp(oa->m[i], ob->m[i], n) || memcmp(oa->v[i], ob->v[i], n)))
+      const int64_t n = a->params[i].n;
+      if (!same_floats(a, a->params[i].w, b, b->params[i].w, n)) same = 0;
+      if (adam_has_state(oa, i) &&
+          (!same_floats(a, oa->m[i], b, ob->m[i], n) || !same_floats(a, oa->v[i], b, ob->v[i], n)))
         same = 0;
     }
     CHECK_MSG(same, "replica %d's weights, running statistics or Adam state differ from replica 0's", r);
@@ -461,8 +479,8 @@ static int bit_identical(const run *A, const run *B) {
   for (int k = 0; k < A->steps; k++)
     if (A->rep[0].rec[k].loss != B->rep[0].rec[k].loss) return 0;
   for (int i = 0; i < a->nparams; i++) {
-    if (memcmp(a->params[i].w, b->params[i].w, sizeof(float) * a->params[i].n)) return 0;
-    if (a->params[i].g && memcmp(a->params[i].g, b->params[i].g, sizeof(float) * a->params[i].n))
+    if (!same_floats(a, a->params[i].w, b, b->params[i].w, a->params[i].n)) return 0;
+    if (a->params[i].g && !same_floats(a, a->params[i].g, b, b->params[i].g, a->params[i].n))
       return 0;
   }
   return 1;
@@ -706,7 +724,7 @@ static void test_snapshot_resumes(void) {
   const nn_net *a = &whole.rep[0].m.net, *b = &tail.rep[0].m.net;
   int same = whole.rep[0].o.t == tail.rep[0].o.t;
   for (int i = 0; i < a->nparams; i++)
-    if (memcmp(a->params[i].w, b->params[i].w, sizeof(float) * a->params[i].n)) same = 0;
+    if (!same_floats(a, a->params[i].w, b, b->params[i].w, a->params[i].n)) same = 0;
   CHECK(same);
   run_free(&whole);
   run_free(&tail);
@@ -746,12 +764,16 @@ static void test_reducer_errors(void) {
 }
 
 int main(void) {
-  omp_set_num_threads(1);
+  if (nn_backend_init(&nn_backend_cpu, 1) < 0) { /* OpenMP and OpenBLAS: 1 thread */
+    fprintf(stderr, "%s\n", ce_err_msg());
+    return 1;
+  }
   RUN(test_replicas_single_channel);
   RUN(test_replicas_multi_frequency);
   RUN(test_world_one_is_identity);
   RUN(test_snapshot_resumes);
   RUN(test_reducer_errors);
   if (check_failed_) blas_kernel_note(); /* which kernel a CI log's failure ran on */
+  nn_backend_finish(&nn_backend_cpu);
   return check_report();
 }

@@ -1,0 +1,116 @@
+/* bench_solver.c - `coemu bench solver`: milliseconds per 64^3 cube x 7
+ * COEmuNet channels of the exact LTE imager, on one thread and on all
+ * threads, for a random cube with realistic ranges (T 10..3000 K,
+ * n 1e4..1e13 m^-3, v_z within +-10 km/s). Each figure is the median of
+ * --reps timed runs after one warm-up. */
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "common/cli.h"
+#include "common/error.h"
+#include "pipeline/bench/benches.h"
+#include "solver/cubes.h"
+#include "solver/freqgrid.h"
+#include "solver/lamda.h"
+#include "solver/lte.h"
+
+static double clock_ms(clockid_t id) {
+  struct timespec t;
+  clock_gettime(id, &t);
+  return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
+}
+
+static int cmp_d(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+/* Median wall-clock ms per cube over reps runs of a batch of ncube cubes;
+ * *cpu gets the median CPU time of the process per cube (on a machine
+ * shared with other work, CPU time / threads is the better speed figure). */
+static double time_solve(double *cpu, double *best, const lte_line *L, const double *f, int N, int ncube,
+                         const double *const *v, const double *const *T, const double *const *n,
+                         double *const *img, int threads, int reps) {
+  lte_options o = {.dx = 2 * CUBES_AGB_HALF_WIDTH / N, .take_abs = 1, .threads = threads};
+  double *ms = malloc(sizeof(double) * reps), *cms = malloc(sizeof(double) * reps);
+  lte_solve_batch(L, f, 7, ncube, N, N, N, v, T, n, &o, img); /* warm-up */
+  for (int r = 0; r < reps; r++) {
+    double t0 = clock_ms(CLOCK_MONOTONIC), c0 = clock_ms(CLOCK_PROCESS_CPUTIME_ID);
+    if (lte_solve_batch(L, f, 7, ncube, N, N, N, v, T, n, &o, img) < 0) {
+      free(ms);
+      free(cms);
+      return -1;
+    }
+    ms[r] = (clock_ms(CLOCK_MONOTONIC) - t0) / ncube;
+    cms[r] = (clock_ms(CLOCK_PROCESS_CPUTIME_ID) - c0) / ncube;
+  }
+  qsort(ms, reps, sizeof *ms, cmp_d);
+  qsort(cms, reps, sizeof *cms, cmp_d);
+  double med = ms[reps / 2];
+  *cpu = cms[reps / 2];
+  *best = ms[0];
+  free(ms);
+  free(cms);
+  return med;
+}
+
+int bench_solver(int argc, char **argv) {
+  int64_t reps = 9, threads = 0, batch = 4, size = 64;
+  const char *lamda = NULL;
+  cli_opt opts[] = {
+      {"reps", CLI_INT, &reps, "N", "timed repetitions per figure (median; default 9)", 0, 0},
+      {"threads", CLI_INT, &threads, "N", "threads for the parallel figure (default: all)", 0, 0},
+      {"batch", CLI_INT, &batch, "N", "cubes per call in the batch figure (default 4)", 0, 0},
+      {"size", CLI_INT, &size, "N", "cube edge (default 64)", 0, 0},
+      {"lamda", CLI_STR, &lamda, "FILE", "LAMDA file (default: the built-in co.dat path)", 0, 0},
+      {0}};
+  const cli_command spec = {"bench solver", "[options]",
+                            "Time the LTE imager on random 64^3 cubes.", opts, 0, 0};
+  cli_status r = cli_run_parse(&spec, argc, argv, NULL, NULL);
+  if (r != CLI_OK) return cli_exit(r);
+  if (reps < 1 || batch < 1 || size < 2 || size > 512)
+    return cli_usage_fail("bench solver", "--reps and --batch must be >= 1, --size 2..512");
+  if (threads <= 0) threads = omp_get_num_procs();
+  lamda_molecule m;
+  lte_line L;
+  if (lamda_read(lamda ? lamda : lamda_default_co_path(), &m) < 0) return cli_fail("bench solver");
+  if (lte_line_init(&L, &m, 2, 28.0) < 0) {
+    lamda_free(&m);
+    return cli_fail("bench solver");
+  }
+  int N = (int)size, nb = (int)batch;
+  size_t nc = (size_t)N * N * N;
+  double **v = malloc(sizeof(double *) * nb), **T = malloc(sizeof(double *) * nb),
+         **n = malloc(sizeof(double *) * nb), **img = malloc(sizeof(double *) * nb);
+  for (int c = 0; c < nb; c++) {
+    v[c] = malloc(nc * sizeof(double));
+    T[c] = malloc(nc * sizeof(double));
+    n[c] = malloc(nc * sizeof(double));
+    img[c] = malloc((size_t)N * N * 7 * sizeof(double));
+    cubes_random(1000 + c, N, N, N, v[c], T[c], n[c]);
+  }
+  double f[7];
+  freqgrid_coemunet(L.nu0, f);
+  const double *const *cv = (const double *const *)v, *const *cT = (const double *const *)T,
+                      *const *cn = (const double *const *)n;
+  printf("solver kernel %s\n", lte_kernel_name());
+  /* median wall time, its speedup over 1 thread, the best (least disturbed)
+   * run and the speedup of best over best, median CPU time */
+  double c1, cn_, cb, b1, bn, bb;
+  double t1 = time_solve(&c1, &b1, &L, f, N, 1, cv, cT, cn, img, 1, (int)reps);
+  printf("solver lte%d threads=1 ms_per_cube %.2f best %.2f cpu_ms_per_cube %.2f\n", N, t1, b1, c1);
+  double tn = time_solve(&cn_, &bn, &L, f, N, 1, cv, cT, cn, img, (int)threads, (int)reps);
+  printf("solver lte%d threads=%d ms_per_cube %.2f speedup %.2f best %.2f best_speedup %.2f "
+         "cpu_ms_per_cube %.2f\n", N, (int)threads, tn, t1 / tn, bn, b1 / bn, cn_);
+  double tb = time_solve(&cb, &bb, &L, f, N, nb, cv, cT, cn, img, (int)threads, (int)reps);
+  printf("solver lte%d batch=%d threads=%d ms_per_cube %.2f speedup %.2f best %.2f best_speedup "
+         "%.2f cpu_ms_per_cube %.2f\n", N, nb, (int)threads, tb, t1 / tb, bb, b1 / bb, cb);
+  for (int c = 0; c < nb; c++) free(v[c]), free(T[c]), free(n[c]), free(img[c]);
+  free(v), free(T), free(n), free(img);
+  lte_line_free(&L);
+  lamda_free(&m);
+  return 0;
+}

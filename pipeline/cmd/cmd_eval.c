@@ -1,0 +1,235 @@
+/* cmd_eval.c - `coemu eval CHECKPOINT DATASET`: a trained model on a dataset
+ * split: the metrics table, the per-sample MaxRel distribution (CSV and PNG),
+ * predicted-vs-target channel maps, and the inference time per sample. The
+ * work is evaluate.c; under mpirun the evaluation batches are spread over the
+ * ranks (the figures do not depend on the number of ranks). */
+#include <hdf5.h>
+#include <math.h>
+#include <mpi.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/cli.h"
+#include "common/error.h"
+#include "common/fsutil.h"
+#include "common/image.h"
+#include "pipeline/cmd/commands.h"
+#include "pipeline/dataset/h5util.h"
+#include "pipeline/mpi/mpi_fatal.h"
+#include "pipeline/serve/serve.h"
+#include "pipeline/train/evaluate.h"
+#include "pipeline/train/trainplot.h"
+#include "stats/transforms.h"
+#include "trainer/checkpoint.h"
+
+/* The metrics table, to a stream (stdout and OUT/metrics.txt). */
+static void print_table(FILE *f, const char *ckpt, const char *dataset, const char *split,
+                        const coemunet *m, const eval_result *r, int batch, int threads, int ranks) {
+  fprintf(f, "checkpoint  %s\ndataset     %s (split %s, %lld samples)\n", ckpt, dataset, split,
+          (long long)r->n);
+  fprintf(f, "model       COEmuNet nfreq %d, grid %d, %lld parameters, %s shortcut\n\n",
+          m->cfg.nfreq, m->cfg.grid, (long long)nn_param_count(&m->net),
+          m->cfg.shortcut == COEMUNET_SHORTCUT_REFERENCE ? "reference" : "input");
+  fprintf(f, "%-40s %s\n", "metric", "value");
+  fprintf(f, "%-40s %.6g\n", "loss (0.8 MSE + 0.2 spectral L1)", r->loss);
+  fprintf(f, "%-40s %.6g\n", "  MSE", r->mse);
+  fprintf(f, "%-40s %.6g\n", "  mean |FFT2(t) - FFT2(p)|", r->fft);
+  fprintf(f, "%-40s %.4f\n", "MaxRel median (%)", r->maxrel.median);
+  fprintf(f, "%-40s %.4f\n", "MaxRel mean (%)", r->maxrel.mean);
+  fprintf(f, "%-40s %.4f / %.4f / %.4f / %.4f\n", "MaxRel p10 / p25 / p75 / p90 (%)", r->maxrel.p10,
+          r->maxrel.p25, r->maxrel.p75, r->maxrel.p90);
+  fprintf(f, "%-40s %.4f / %.4f\n", "MaxRel min / max (%)", r->maxrel.min, r->maxrel.max);
+  fprintf(f, "%-40s %.4f\n", "fraction of samples with MaxRel < 10%", r->maxrel.frac_below_10);
+  fprintf(f, "%-40s %.6f\n", "ZNCC", r->zncc);
+  fprintf(f, "%-40s %.6f\n", "SSIM (interior: 5 px border cropped)", r->ssim_interior);
+  fprintf(f, "%-40s %.6f\n", "SSIM (reflect padding, torchmetrics>=1.5)", r->ssim_reflect);
+  fprintf(f, "%-40s %.3f (batch %d, %d threads x %d ranks)\n", "inference ms per sample", r->infer_ms,
+          batch, threads, ranks);
+}
+
+static int write_csv(const char *path, const eval_result *r) {
+  FILE *f;
+  char tmp[4300];
+  CE_TRY(fs_open_tmp(path, tmp, sizeof tmp, &f));
+  int ok = fprintf(f, "position,sample,maxrel_percent,zncc,ssim_interior,ssim_reflect\n") > 0;
+  for (int64_t k = 0; ok && k < r->n; k++)
+    ok = fprintf(f, "%lld,%lld,%.9g,%.9g,%.9g,%.9g\n", (long long)k, (long long)r->index[k],
+                 r->maxrel_ps[k], r->zncc_ps[k], r->ssim_interior_ps[k], r->ssim_reflect_ps[k]) > 0;
+  return fs_commit_tmp(f, tmp, path, ok);
+}
+
+/* The channel velocities [m/s] of a dataset (/velocities), or NaN where
+ * it has none (labels then give the channel number). */
+static void channel_velocities(const char *dataset, int F, double *v) {
+  for (int c = 0; c < F; c++) v[c] = NAN;
+  char p[4200];
+  snprintf(p, sizeof p, "%s/dataset.h5", dataset);
+  h5_lock();
+  hid_t f = H5Fopen(p, H5F_ACC_RDONLY, H5P_DEFAULT);
+  hid_t d = f >= 0 && H5Lexists(f, "velocities", H5P_DEFAULT) > 0 ? H5Dopen2(f, "velocities", H5P_DEFAULT) : -1;
+  hid_t sp = d >= 0 ? H5Dget_space(d) : -1;
+  if (sp >= 0 && H5Sget_simple_extent_npoints(sp) == F)
+    H5Dread(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, v);
+  if (sp >= 0) H5Sclose(sp);
+  if (d >= 0) H5Dclose(d);
+  if (f >= 0) H5Fclose(f);
+  h5_unlock();
+}
+
+/* OUT/maps-SAMPLE.png: target (top row) and prediction (bottom row) of every
+ * channel on one log10 intensity scale; OUT/error-SAMPLE.png: the relative
+ * error |I_p - I_t| / max_f I_t per channel (MaxRel's per-pixel term). */
+static int write_maps(const char *out, const char *dataset, const eval_result *r,
+                      const stats_norm *norm, int F, int G) {
+  const size_t img = (size_t)G * G, ns = (size_t)F * img;
+  double *t = ce_malloc_array(3 * ns, sizeof(double), "map buffers");
+  ce_map2d *pan = ce_malloc_array(2 * (size_t)F, sizeof *pan, "map panels");
+  char (*lab)[48] = ce_malloc_array(3 * (size_t)F, sizeof *lab, "map labels");
+  const char **labp = ce_malloc_array(3 * (size_t)F, sizeof *labp, "map labels");
+  double *vel = ce_malloc_array((size_t)F, sizeof *vel, "channel velocities");
+  int rc = t && pan && lab && labp && vel ? 0 : -1;
+  if (rc == 0) channel_velocities(dataset, F, vel);
+  for (int s = 0; rc == 0 && s < r->kept; s++) {
+    double *p = t + ns, *e = t + 2 * ns;
+    stats_denorm_targets_f64(norm, r->kept_target + (size_t)s * ns, ns, t);
+    stats_denorm_targets_f64(norm, r->kept_pred + (size_t)s * ns, ns, p);
+    double acc = 0;
+    for (size_t px = 0; px < img; px++) {
+      double mx = 0;
+      for (int c = 0; c < F; c++) mx = fmax(mx, t[c * img + px]);
+      for (int c = 0; c < F; c++) {
+        e[c * img + px] = mx > 0 ? fabs(p[c * img + px] - t[c * img + px]) / mx : NAN;
+        acc += e[c * img + px];
+      }
+    }
+    for (int c = 0; c < F; c++) {
+      pan[c] = (ce_map2d){t + c * img, G, G, G, 1};
+      pan[F + c] = (ce_map2d){p + c * img, G, G, G, 1};
+      char ch[24];
+      if (isnan(vel[c])) snprintf(ch, sizeof ch, "channel %d", c);
+      else snprintf(ch, sizeof ch, "%+.0f m/s", vel[c]);
+      snprintf(lab[c], sizeof lab[c], "target %s", ch);
+      snprintf(lab[F + c], sizeof lab[F + c], "predicted %s", ch);
+      snprintf(lab[2 * F + c], sizeof lab[2 * F + c], "error %s", ch);
+      for (int k = 0; k < 3; k++) labp[k * F + c] = lab[k * F + c];
+    }
+    char path[4400], title[160];
+    snprintf(path, sizeof path, "%s/maps-%06lld.png", out, (long long)r->index[s]);
+    snprintf(title, sizeof title, "sample %lld: intensity [W m^-2 Hz^-1 sr^-1]; MaxRel %.3g%%",
+             (long long)r->index[s], r->maxrel_ps[s]);
+    ce_panel_style st = {.cmap = CE_CMAP_INFERNO, .log_scale = 1, .shared_range = 1, .columns = F,
+                         .title = title, .labels = labp, .colorbar = 1};
+    rc = ce_write_panels_png(path, pan, 2 * F, &st);
+    for (int c = 0; rc == 0 && c < F; c++) pan[c] = (ce_map2d){e + c * img, G, G, G, 1};
+    snprintf(path, sizeof path, "%s/error-%06lld.png", out, (long long)r->index[s]);
+    snprintf(title, sizeof title, "sample %lld: |I_p - I_t| / max_f I_t (mean %.3g%% = MaxRel)",
+             (long long)r->index[s], 100 * acc / (double)ns);
+    ce_panel_style se = {.cmap = CE_CMAP_VIRIDIS, .shared_range = 1, .columns = F, .title = title,
+                         .labels = labp + 2 * F, .colorbar = 1};
+    if (rc == 0) rc = ce_write_panels_png(path, pan, F, &se);
+  }
+  free(t);
+  free(pan);
+  free(lab);
+  free(labp);
+  free(vel);
+  return rc;
+}
+
+int cmd_eval(int argc, char **argv) {
+  const char *split = "test", *out = NULL;
+  int64_t max_samples = 0, batch = 16, maps = 4, threads = 0;
+  int quiet = 0;
+  cli_opt opts[] = {
+      {"split", CLI_STR, &split, "NAME", "test (default), validation, train or all", 0, 0},
+      {"max-samples", CLI_INT, &max_samples, "N", "evaluate N samples evenly spaced over the split (default: all)", 0, 0},
+      {"batch", CLI_INT, &batch, "N", "samples per forward pass (default 16)", 0, 0},
+      {"maps", CLI_INT, &maps, "K", "channel-map PNGs for the first K samples (default 4, at most the batch)", 0, 0},
+      {"threads", CLI_INT, &threads, "N", "threads per rank (default: OpenMP's)", 0, 0},
+      {"out", CLI_STR, &out, "DIR", "where the tables and pictures go (default: CHECKPOINT's folder/eval-SPLIT)", 0, 0},
+      {"quiet", CLI_FLAG, &quiet, NULL, "do not print the table", 0, 0},
+      {0}};
+  const cli_command spec = {
+      "eval", "CHECKPOINT DATASET_DIR [options]   (mpirun for several ranks)",
+      "Evaluate a trained COEmuNet checkpoint on a dataset split: loss, MaxRel (median and "
+      "distribution), ZNCC, SSIM in both conventions, inference time; writes metrics.txt, "
+      "maxrel.csv, maxrel.png and channel maps.",
+      opts, 2, 2};
+  int npos = 0;
+  char **pos = NULL;
+  cli_status r = cli_run_parse(&spec, argc, argv, &npos, &pos);
+  if (r != CLI_OK) return cli_exit(r);
+  if (batch < 1 || batch > 4096 || maps < 0 || max_samples < 0 || threads < 0) {
+    free(pos);
+    return cli_usage_fail("eval", "--batch must be 1..4096, --maps, --max-samples and --threads >= 0");
+  }
+  const char *ckpt = pos[0], *dataset = pos[1];
+  char outbuf[4200];
+  if (!out) {
+    const char *slash = strrchr(ckpt, '/');
+    snprintf(outbuf, sizeof outbuf, "%.*s%seval-%s", slash ? (int)(slash - ckpt) : 0, ckpt,
+             slash ? "/" : "", split);
+    out = outbuf;
+  }
+  if (maps > batch) maps = batch;
+  MPI_Init(&argc, &argv);
+  mpi_fatal_init("eval");
+  int rank, world;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  coemunet m;
+  serve_source *src = NULL;
+  coemunet_config cfg;
+  eval_result res;
+  /* the one place the thread settings are made (OpenMP to --threads, 0 =
+     OpenMP's default; OpenBLAS to 1) */
+  int rc = nn_backend_init(&nn_backend_cpu, (int)threads);
+  if (rc == 0) rc = checkpoint_read_config(ckpt, &cfg, NULL);
+  if (rc == 0) rc = coemunet_build(&m, &cfg, 0);
+  if (rc == 0 && (rc = checkpoint_load(ckpt, &m, NULL, NULL)) < 0) coemunet_free(&m);
+  if (rc == 0) {
+    serve_opts so = {.dataset_dir = dataset, .split = split, .world = 1, .batch = (int)batch,
+                     .drop_last = 0, .prefetch = 1};
+    if ((rc = serve_open(&so, &src)) < 0) coemunet_free(&m);
+  }
+  if (rc < 0) { /* the same on every rank: no collective was entered */
+    if (rank == 0) fprintf(stderr, "coemu eval: error: %s\n", ce_err_msg());
+    nn_backend_finish(&nn_backend_cpu);
+    MPI_Finalize();
+    free(pos);
+    return 1;
+  }
+  eval_opts eo = {MPI_COMM_WORLD, (int)batch, max_samples, rank == 0 ? (int)maps : 0};
+  if (evaluate_split(&m, src, &eo, &res) < 0) mpi_fatal(ce_err_msg());
+  if (rank == 0) {
+    char p[4400];
+    int nthreads = omp_get_max_threads();
+    if (fs_mkdir_p(out) < 0) mpi_fatal(ce_err_msg());
+    snprintf(p, sizeof p, "%s/metrics.txt", out);
+    FILE *f;
+    char tmp[4500];
+    if (fs_open_tmp(p, tmp, sizeof tmp, &f) < 0) mpi_fatal(ce_err_msg());
+    print_table(f, ckpt, dataset, split, &m, &res, (int)batch, nthreads, world);
+    if (fs_commit_tmp(f, tmp, p, !ferror(f)) < 0) mpi_fatal(ce_err_msg());
+    snprintf(p, sizeof p, "%s/maxrel.csv", out);
+    if (write_csv(p, &res) < 0) mpi_fatal(ce_err_msg());
+    snprintf(p, sizeof p, "%s/maxrel.png", out);
+    if (trainplot_maxrel_png(p, res.maxrel_ps, res.n, &res.maxrel, split) < 0) mpi_fatal(ce_err_msg());
+    if (write_maps(out, dataset, &res, serve_norm(src), m.cfg.nfreq, m.cfg.grid) < 0)
+      mpi_fatal(ce_err_msg());
+    if (!quiet) {
+      print_table(stdout, ckpt, dataset, split, &m, &res, (int)batch, nthreads, world);
+      printf("\nwritten: %s/metrics.txt, maxrel.csv, maxrel.png, %d maps-*.png and error-*.png\n",
+             out, res.kept);
+    }
+  }
+  eval_result_free(&res);
+  serve_close(src);
+  coemunet_free(&m);
+  nn_backend_finish(&nn_backend_cpu);
+  free(pos);
+  MPI_Finalize();
+  return 0;
+}

@@ -1,0 +1,131 @@
+/* cmd_serve.c - `coemu serve DATASET`: stream a dataset to trainer ranks. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/cli.h"
+#include "common/error.h"
+#include "common/progress.h"
+#include "pipeline/cmd/commands.h"
+#include "pipeline/serve/serve.h"
+#include "pipeline/stream/stream_security.h"
+#include "pipeline/stream/stream_server.h"
+
+static volatile sig_atomic_t serve_stop_sig;
+static volatile int serve_stop;
+static void on_signal(int sig) {
+  (void)sig;
+  serve_stop_sig = 1;
+  serve_stop = 1;
+}
+
+int cmd_serve(int argc, char **argv) {
+  const char *endpoint = "tcp://127.0.0.1:5555", *split = "train", *curve_secret = NULL,
+             *curve_auth = NULL;
+  int64_t ranks = 1, batch = 16, epochs = 0, seed = 1234, prefetch = 4, credit = 8, maxcons = 0;
+  int pad = 0, live = 0;
+  double heartbeat = 1.0, timeout = 10.0, idle_exit = -1;
+  cli_opt opts[] = {
+      {"endpoint", CLI_STR, &endpoint, "URL", "where to listen (default tcp://127.0.0.1:5555; ipc://PATH)", 0, 0},
+      {"ranks", CLI_INT, &ranks, "W", "number of trainer ranks (default 1)", 0, 0},
+      {"split", CLI_STR, &split, "NAME", "train (default), validation, test or all", 0, 0},
+      {"batch", CLI_INT, &batch, "B", "samples per chunk (default 16)", 0, 0},
+      {"epochs", CLI_INT, &epochs, "E", "stop after E epochs for every rank (default: serve until stopped)", 0, 0},
+      {"seed", CLI_INT, &seed, "S", "shuffle seed (default 1234)", 0, 0},
+      {"pad", CLI_FLAG, &pad, NULL, "pad the last batch by wrapping around (default: drop the remainder)", 0, 0},
+      {"live", CLI_FLAG, &live, NULL, "serve a dataset coemu generate is still making (shards as they finish)", 0, 0},
+      {"prefetch", CLI_INT, &prefetch, "K", "chunks read ahead per rank (default 4)", 0, 0},
+      {"max-credit", CLI_INT, &credit, "K", "most chunks in flight per rank (default 8)", 0, 0},
+      {"heartbeat", CLI_DOUBLE, &heartbeat, "S", "heartbeat interval [s] (default 1)", 0, 0},
+      {"timeout", CLI_DOUBLE, &timeout, "S", "drop a rank silent this long [s] (default 10)", 0, 0},
+      {"idle-exit", CLI_DOUBLE, &idle_exit, "S", "exit after S seconds without any consumer (default: never; 600 with --epochs; 0: never)", 0, 0},
+      {"max-consumers", CLI_INT, &maxcons, "N", "connections served at once (default 2 x ranks + 8)", 0, 0},
+      {"curve-secret", CLI_STR, &curve_secret, "FILE", "producer key pair (coemu keygen); required off loopback", 0, 0},
+      {"curve-authorized", CLI_STR, &curve_auth, "DIR", "directory of authorised consumer public keys (*.key)", 0, 0},
+      {0}};
+  const cli_command spec = {
+      "serve", "DATASET [options]",
+      "Stream a dataset's split to W trainer ranks over ZeroMQ (docs/stream-protocol.md):\n"
+      "a deterministic shuffle per (seed, epoch), disjoint samples per rank, equal batch\n"
+      "counts, credit-based flow control, resume from (epoch, position), normalisation\n"
+      "with the dataset's /stats on request.",
+      opts, 1, 1};
+  int np;
+  char **pos;
+  cli_status r = cli_run_parse(&spec, argc, argv, &np, &pos);
+  if (r != CLI_OK) return cli_exit(r);
+  if (!stream_endpoint_is_local(endpoint) && !curve_secret) {
+    free(pos);
+    return cli_usage_fail("serve",
+                          "endpoint %s is reachable from other machines: give --curve-secret and "
+                          "--curve-authorized (coemu keygen), or use tcp://127.0.0.1:PORT or ipc://",
+                          endpoint);
+  }
+  if (ranks < 1 || ranks > 65535 || batch < 1 || batch > 4096 || epochs < 0 || prefetch < 1 ||
+      prefetch > 64 || credit < 1 || credit > 1024 || maxcons < 0 || maxcons > 1000000 ||
+      epochs > UINT32_MAX) {
+    free(pos);
+    return cli_usage_fail("serve", "out of range: --ranks 1..65535, --batch 1..4096, --epochs >= 0, "
+                                   "--prefetch 1..64, --max-credit 1..1024, --max-consumers 1..1000000");
+  }
+  /* a consumer that stops mid-epoch must not keep an --epochs server for ever */
+  if (idle_exit < 0) idle_exit = epochs > 0 ? 600 : 0;
+  serve_opts so = {.dataset_dir = pos[0], .split = split, .seed = (uint64_t)seed,
+                   .world = (int)ranks, .batch = (int)batch, .drop_last = !pad,
+                   .prefetch = (int)prefetch, .live = live};
+  serve_source *src;
+  if (serve_open(&so, &src) < 0) {
+    free(pos);
+    return cli_fail("serve");
+  }
+  stream_server_opts o = {.endpoint = endpoint, .dataset_id = serve_dataset_id(src),
+                          .samples_per_epoch = serve_samples_per_rank(src),
+                          .max_epochs = (uint32_t)epochs, .max_credit = (uint32_t)credit,
+                          .heartbeat_s = heartbeat, .timeout_s = timeout, .idle_exit_s = idle_exit,
+                          .world = (uint32_t)ranks, .max_consumers = (uint32_t)maxcons,
+                          .leave = serve_leave,
+                          .curve_secret_key_file = curve_secret, .curve_authorized_dir = curve_auth};
+  stream_server *srv;
+  if (stream_server_create(&o, serve_chunk, src, &srv) < 0) {
+    serve_close(src);
+    free(pos);
+    return cli_fail("serve");
+  }
+  char idle_buf[64];
+  if (idle_exit > 0)
+    snprintf(idle_buf, sizeof idle_buf, "after %g s without consumers", idle_exit);
+  else
+    snprintf(idle_buf, sizeof idle_buf, "never");
+  fprintf(stderr,
+          "serve: %s%s split '%s': %llu samples, %llu per rank per epoch for %lld ranks, batch %lld, "
+          "dataset id %016llx, listening on %s%s; idle exit %s\n",
+          pos[0], live ? " (live)" : "", split, (unsigned long long)serve_split_size(src),
+          (unsigned long long)serve_samples_per_rank(src), (long long)ranks, (long long)batch,
+          (unsigned long long)serve_dataset_id(src), endpoint, curve_secret ? " (CURVE)" : "",
+          idle_buf);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_signal; /* no SA_RESTART: a wait is interrupted; the loop sees the flag */
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+  double t0 = ce_now();
+  int rc = stream_server_run(srv, &serve_stop);
+  stream_server_stats st;
+  stream_server_get_stats(srv, &st);
+  double el = ce_now() - t0;
+  fprintf(stderr,
+          "serve: sent %llu samples in %llu chunks (%.2f GB, %.2f GB/s over %.1f s); %llu hellos, "
+          "%llu malformed and %llu unexpected messages dropped, %llu consumers dropped (%llu stalled), "
+          "%llu hellos refused\n",
+          (unsigned long long)st.samples_sent, (unsigned long long)st.chunks_sent,
+          (double)st.bytes_sent / 1e9, el > 0 ? (double)st.bytes_sent / 1e9 / el : 0, el,
+          (unsigned long long)st.hellos, (unsigned long long)st.malformed,
+          (unsigned long long)st.unexpected, (unsigned long long)st.consumers_dropped,
+          (unsigned long long)st.stalled, (unsigned long long)st.refused);
+  stream_server_destroy(srv);
+  serve_close(src);
+  free(pos);
+  return rc < 0 ? cli_fail("serve") : 0;
+}

@@ -1,0 +1,97 @@
+/* cmd_train.c - `coemu train JOB.yaml`: train COEmuNet from a training job
+ * (trainjob.h) over all MPI ranks; the loop is trainrun.c. */
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "common/cli.h"
+#include "common/error.h"
+#include "pipeline/cmd/commands.h"
+#include "pipeline/job/trainjob.h"
+#include "pipeline/mpi/mpi_fatal.h"
+#include "pipeline/train/trainrun.h"
+#include "trainer/nn.h"
+
+static void print_check(const train_job *j) {
+  printf("%s: ok: training job '%s', output %s, seed %llu\n", j->path, j->name, j->out_dir,
+         (unsigned long long)j->seed);
+  static const char *names[TRAIN_STAGES] = {"pretrain", "finetune"};
+  for (int i = 0; i < TRAIN_STAGES; i++) {
+    const train_stage *s = &j->stage[i];
+    if (!s->enabled) continue;
+    printf("  %s: %s %s (split %s), %lld epochs, batch %lld, lr %g, validation %s%s%s\n", names[i],
+           s->source == TRAIN_SRC_DATASET ? "dataset" : "stream",
+           s->source == TRAIN_SRC_DATASET ? s->dataset : s->endpoint, s->split,
+           (long long)s->epochs, (long long)s->batch, s->lr,
+           *s->val_dataset ? s->val_dataset : "none", *s->val_dataset ? " split " : "",
+           *s->val_dataset ? s->val_split : "");
+  }
+}
+
+int cmd_train(int argc, char **argv) {
+  const char *out = NULL;
+  int check = 0, quiet = 0, schema_doc = 0;
+  int64_t max_steps = 0;
+  double time_limit = 0;
+  cli_opt opts[] = {
+      {"out", CLI_STR, &out, "DIR", "output directory (default: the job's output.directory)", 0, 0},
+      {"max-steps", CLI_INT, &max_steps, "N",
+       "stop cleanly after N optimiser steps in this run (rerun to resume)", 0, 0},
+      {"time-limit", CLI_DOUBLE, &time_limit, "SECONDS",
+       "stop cleanly once this much wall time has passed (for batch-system slots)", 0, 0},
+      {"check", CLI_FLAG, &check, NULL, "validate the job file and exit", 0, 0},
+      {"quiet", CLI_FLAG, &quiet, NULL, "no progress lines", 0, 0},
+      {"schema-doc", CLI_FLAG, &schema_doc, NULL,
+       "print the training-job key table (Markdown) and exit", 0, 0},
+      {0}};
+  /* --schema-doc needs no job file: the count is checked below */
+  const cli_command spec = {
+      "train", "JOB.yaml [options]   (under mpirun for data-parallel training)",
+      "Train COEmuNet as a training job says (pretraining on single-channel data, then "
+      "fine-tuning with the encoder transferred), from dataset directories or streams, over all "
+      "MPI ranks. Rerun the same command to resume; exit status 3 means it stopped early and can "
+      "be resumed.",
+      opts, 0, 1};
+  int npos = 0;
+  char **pos = NULL;
+  cli_status r = cli_run_parse(&spec, argc, argv, &npos, &pos);
+  if (r != CLI_OK) return cli_exit(r);
+  if (schema_doc) {
+    free(pos);
+    return train_job_schema_markdown(stdout) < 0 ? 1 : 0;
+  }
+  if (npos != 1) {
+    free(pos);
+    return cli_usage_fail("train", "expected one training job file, got %d arguments", npos);
+  }
+  if (max_steps < 0 || time_limit < 0) {
+    free(pos);
+    return cli_usage_fail("train", "--max-steps and --time-limit must not be negative");
+  }
+  train_job j;
+  int loaded = train_job_load(pos[0], &j);
+  free(pos);
+  if (loaded < 0) return cli_fail("train");
+  if (check) {
+    print_check(&j);
+    train_job_free(&j);
+    return 0;
+  }
+  MPI_Init(&argc, &argv);
+  mpi_fatal_init("train");
+  int world;
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  /* the one place the thread settings are made: the CPU backend's init
+     (OpenMP to the job's count, 0 = OpenMP's default; OpenBLAS to 1) */
+  int rc = nn_backend_init(&nn_backend_cpu, j.threads);
+  train_run_opts o = {out, max_steps, time_limit, quiet, MPI_COMM_WORLD};
+  if (rc == 0) rc = train_run(&j, &o);
+  if (rc < 0) {
+    if (world > 1) mpi_fatal(ce_err_msg());
+    fprintf(stderr, "coemu train: error: %s\n", ce_err_msg());
+  }
+  nn_backend_finish(&nn_backend_cpu);
+  train_job_free(&j);
+  MPI_Finalize();
+  return rc < 0 ? 1 : rc;
+}

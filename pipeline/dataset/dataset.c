@@ -1,0 +1,447 @@
+/* dataset.c - dataset directories: preparation, manifest, virtual datasets,
+ * verification. */
+#include "pipeline/dataset/dataset.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <hdf5.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <yaml.h>
+#include <zmq.h>
+
+#include "common/error.h"
+#include "common/fsutil.h"
+#include "common/version.h"
+#include "pipeline/dataset/h5util.h"
+#include "pipeline/job/yamltree.h"
+
+void dataset_layout(const job *j, shard_layout *lay) {
+  lay->n = j->n;
+  lay->nf = j->nf;
+  lay->store_inputs = j->store_inputs;
+  lay->inputs_f64 = j->inputs_f64;
+  lay->targets_f64 = j->targets_f64;
+  lay->gzip = j->gzip;
+  lay->job_fingerprint = j->fingerprint;
+}
+
+/* Remove "*.tmp.*" files in `dir` (left by a killed run). */
+static int remove_tmp_files(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d) CE_FAIL("%s: cannot list: %s", dir, strerror(errno));
+  struct dirent *e;
+  int rc = 0;
+  while ((e = readdir(d))) {
+    if (!strstr(e->d_name, ".tmp.")) continue;
+    char p[4096];
+    snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+    if (unlink(p) < 0 && errno != ENOENT) rc = ce_err("%s: cannot remove: %s", p, strerror(errno));
+  }
+  closedir(d);
+  return rc;
+}
+
+int dataset_prepare(const char *dir, const job *j) {
+  char p[4096];
+  snprintf(p, sizeof p, "%s/shards", dir);
+  CE_TRY(fs_mkdir_p(p));
+  CE_TRY(fs_lock_dir(dir, "generate")); /* held until the process ends */
+  CE_TRY(remove_tmp_files(p));
+  CE_TRY(remove_tmp_files(dir));
+  snprintf(p, sizeof p, "%s/job.yaml", dir);
+  if (access(p, F_OK) == 0) {
+    char *old;
+    size_t len;
+    CE_TRY(fs_read_all(p, &old, &len));
+    int same = len == j->text_len && !memcmp(old, j->text, len);
+    free(old);
+    if (!same)
+      CE_FAIL("%s: holds the dataset of a different job (its job.yaml differs from %s); "
+              "use another --out or remove it", dir, j->path);
+    return 0;
+  }
+  char tmp[4200];
+  FILE *f;
+  CE_TRY(fs_open_tmp(p, tmp, sizeof tmp, &f));
+  int ok = fwrite(j->text, 1, j->text_len, f) == j->text_len;
+  return fs_commit_tmp(f, tmp, p, ok);
+}
+
+/* ---- dataset.h5 ---- */
+
+static int write_array(hid_t loc, const char *name, hid_t ftype, hid_t mtype, int rank,
+                       const hsize_t *dims, const void *buf) {
+  hid_t d = h5_create(loc, name, ftype, rank, dims, NULL, 0);
+  herr_t rc = d >= 0 ? H5Dwrite(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) : -1;
+  if (d >= 0) H5Dclose(d);
+  return rc < 0 ? -1 : 0;
+}
+
+/* A virtual dataset /name [N, rest...] over the shards' /name. */
+static hid_t virtual_set(hid_t file, const char *name, hid_t ftype, int rank,
+                         const hsize_t *rest, int64_t samples, int64_t per_shard,
+                         int64_t nshards) {
+  hsize_t dims[8] = {(hsize_t)samples};
+  for (int k = 1; k < rank; k++) dims[k] = rest[k - 1];
+  hid_t vspace = H5Screate_simple(rank, dims, NULL);
+  hid_t dcpl = h5_dcpl(0, NULL, 0);
+  for (int64_t s = 0; s < nshards; s++) {
+    int64_t first, count;
+    dataset_shard_range(s, samples, per_shard, &first, &count);
+    hsize_t start[8] = {(hsize_t)first}, cnt[8] = {(hsize_t)count};
+    for (int k = 1; k < rank; k++) cnt[k] = rest[k - 1];
+    hid_t src = H5Screate_simple(rank, cnt, NULL);
+    H5Sselect_hyperslab(vspace, H5S_SELECT_SET, start, NULL, cnt, NULL);
+    char file_name[64];
+    dataset_shard_name(s, file_name, sizeof file_name);
+    H5Pset_virtual(dcpl, vspace, file_name, name, src);
+    H5Sclose(src);
+  }
+  H5Sselect_all(vspace);
+  hid_t d = H5Dcreate2(file, name, ftype, vspace, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+  H5Pclose(dcpl);
+  H5Sclose(vspace);
+  return d;
+}
+
+static int write_dataset_h5(const char *dir, const dataset_provenance *pv, const uint8_t *msplit,
+                            int checksums) {
+  const job *j = pv->job;
+  char path[4096], tmp[4200];
+  snprintf(path, sizeof path, "%s/dataset.h5", dir);
+  snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_LATEST); /* VDS needs 1.10 */
+  errno = 0;
+  hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+  H5Pclose(fapl);
+  if (f < 0) CE_FAIL("%s: cannot create: %s", tmp, errno ? strerror(errno) : "HDF5 error");
+  int64_t N = job_samples(j), S = j->samples_per_shard, K = dataset_shards(N, S);
+  hsize_t n = (hsize_t)j->n, nf = (hsize_t)j->nf;
+  int rc = 0;
+  struct {
+    const char *name;
+    hid_t type;
+    int rank;
+    hsize_t rest[4];
+    const char *units, *doc;
+  } sets[] = {
+      {"inputs", j->inputs_f64 ? H5T_IEEE_F64LE : H5T_IEEE_F32LE, 5, {3, n, n, n},
+       "m/s, K, m^-3", "input cubes: channel 0 v_z (line of sight, > 0 away from the observer), 1 T, 2 n_CO; axes (sample, field, x, y, z)"},
+      {"targets", j->targets_f64 ? H5T_IEEE_F64LE : H5T_IEEE_F32LE, 4, {nf, n, n},
+       "W m^-2 Hz^-1 sr^-1", "specific intensity I_nu; axes (sample, channel, x, y)"},
+      {"model_id", H5T_STD_I64LE, 1, {0}, "", "index into /models"},
+      {"direction_index", H5T_STD_I64LE, 1, {0}, "", "direction number within the model"},
+      {"direction", H5T_IEEE_F64LE, 2, {4}, "", "rotation quaternion (w, x, y, z) applied to the model"},
+      {"split", H5T_STD_U8LE, 1, {0}, "", "0 train, 1 validation, 2 test"},
+      {"valid", H5T_STD_U8LE, 1, {0}, "", "1: sample made; 0: model skipped, sample is zeros"},
+      {"checksums", H5T_STD_U64LE, 2, {2}, "",
+       "XXH64 (seed 0) of each sample's inputs row and targets row as little-endian float32 in C "
+       "order (0: inputs not stored); every reader checks them"},
+  };
+  for (size_t i = 0; rc == 0 && i < sizeof sets / sizeof sets[0]; i++) {
+    if (i == 0 && !j->store_inputs) continue;
+    if (!strcmp(sets[i].name, "checksums") && !checksums) continue; /* shards of format 1 */
+    hid_t d = virtual_set(f, sets[i].name, sets[i].type, sets[i].rank, sets[i].rest, N, S, K);
+    if (d < 0 || h5_put_str_attr(d, "units", sets[i].units) < 0 || h5_put_str_attr(d, "description", sets[i].doc) < 0)
+      rc = ce_err("%s: cannot create the virtual dataset /%s", tmp, sets[i].name);
+    if (d >= 0 && i == 0 && rc == 0) {
+      if (h5_put_str_attr(d, "fields", "v_z, T, n_CO") < 0) rc = ce_err("%s: /inputs attributes", tmp);
+    }
+    if (d >= 0) H5Dclose(d);
+  }
+  hsize_t fd[1] = {nf};
+  if (rc == 0 && (write_array(f, "frequencies", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 1, fd, pv->frequencies) < 0 ||
+                  write_array(f, "velocities", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 1, fd, j->velocities) < 0))
+    rc = ce_err("%s: cannot write /frequencies", tmp);
+  if (rc == 0) {
+    hid_t d = H5Dopen2(f, "frequencies", H5P_DEFAULT);
+    if (d < 0 || h5_put_str_attr(d, "units", "Hz") < 0 ||
+        h5_put_attr(d, "nu0", H5T_NATIVE_DOUBLE, &pv->nu0) < 0)
+      rc = ce_err("%s: cannot write the attributes of /frequencies", tmp);
+    if (d >= 0) H5Dclose(d);
+    d = rc == 0 ? H5Dopen2(f, "velocities", H5P_DEFAULT) : -1;
+    if (rc == 0 && (d < 0 || h5_put_str_attr(d, "units", "m/s") < 0))
+      rc = ce_err("%s: cannot write the attributes of /velocities", tmp);
+    if (d >= 0) H5Dclose(d);
+  }
+  /* /models: the catalogue */
+  hid_t g = rc == 0 ? H5Gcreate2(f, "models", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT) : -1;
+  if (rc == 0 && g < 0) rc = ce_err("%s: cannot create /models", tmp);
+  if (rc == 0) {
+    hsize_t md[1] = {(hsize_t)j->n_models};
+    hid_t st = H5Tcopy(H5T_C_S1);
+    H5Tset_size(st, H5T_VARIABLE);
+    H5Tset_cset(st, H5T_CSET_UTF8);
+    int64_t *ids = ce_malloc_array((size_t)j->n_models, sizeof *ids, "model ids");
+    if (!ids) rc = -1;
+    for (int64_t m = 0; ids && m < j->n_models; m++) ids[m] = m;
+    if (rc == 0 && (write_array(g, "name", st, st, 1, md, j->model_names) < 0 ||
+                    write_array(g, "id", H5T_STD_I64LE, H5T_NATIVE_INT64, 1, md, ids) < 0 ||
+                    write_array(g, "split", H5T_STD_U8LE, H5T_NATIVE_UINT8, 1, md, msplit) < 0))
+      rc = ce_err("%s: cannot write /models", tmp);
+    free(ids);
+    H5Tclose(st);
+    if (rc == 0 && h5_put_str_attr(g, "source", j->input == JOB_INPUT_AMRVAC ? "amrvac" : "synth") < 0)
+      rc = ce_err("%s: cannot write /models attributes", tmp);
+  }
+  if (g >= 0) H5Gclose(g);
+  /* /provenance */
+  g = rc == 0 ? H5Gcreate2(f, "provenance", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT) : -1;
+  if (rc == 0 && g < 0) rc = ce_err("%s: cannot create /provenance", tmp);
+  if (rc == 0) {
+    unsigned a, b, c;
+    char h5v[64], zv[64], fp[16];
+    H5get_libversion(&a, &b, &c);
+    snprintf(h5v, sizeof h5v, "%u.%u.%u", a, b, c);
+    int za, zb, zc;
+    zmq_version(&za, &zb, &zc);
+    snprintf(zv, sizeof zv, "%d.%d.%d", za, zb, zc);
+    snprintf(fp, sizeof fp, "%08x", j->fingerprint);
+    int compat = j->coemunet_compat;
+    if (h5_put_str_attr(g, "job", j->text) < 0 || h5_put_str_attr(g, "job_file", j->path) < 0 ||
+        h5_put_str_attr(g, "job_fingerprint", fp) < 0 || h5_put_str_attr(g, "coemu_version", COEMU_VERSION) < 0 ||
+        h5_put_str_attr(g, "git_revision", COEMU_GIT_REVISION) < 0 || h5_put_str_attr(g, "hdf5_version", h5v) < 0 ||
+        h5_put_str_attr(g, "mpi_version", pv->mpi_version ? pv->mpi_version : "") < 0 ||
+        h5_put_str_attr(g, "libyaml_version", yaml_get_version_string()) < 0 ||
+        h5_put_str_attr(g, "zmq_version", zv) < 0 || h5_put_str_attr(g, "producer", pv->producer) < 0 ||
+        h5_put_attr(g, "seed", H5T_NATIVE_UINT64, &j->seed) < 0 ||
+        h5_put_attr(g, "split_seed", H5T_NATIVE_UINT64, &j->split_seed) < 0 ||
+        h5_put_attr(g, "coemunet_compat", H5T_NATIVE_INT, &compat) < 0 ||
+        h5_put_attr(g, "ranks", H5T_NATIVE_INT, &pv->ranks) < 0 ||
+        h5_put_str_attr(g, "units", "inputs: v_z m/s, T K, n_CO m^-3; targets: I_nu W m^-2 Hz^-1 sr^-1; "
+                             "frequencies Hz; velocities m/s; direction: unit quaternion (w, x, y, z)") < 0)
+      rc = ce_err("%s: cannot write /provenance", tmp);
+  }
+  if (g >= 0) H5Gclose(g);
+  errno = 0;
+  if (H5Fclose(f) < 0 && rc == 0) rc = ce_err("%s: cannot close: %s", tmp, errno ? strerror(errno) : "HDF5 error");
+  if (rc == 0) rc = fs_rename_durable(tmp, path);
+  if (rc < 0) unlink(tmp);
+  return rc;
+}
+
+/* ---- manifest.json ---- */
+
+int dataset_finish(const char *dir, const dataset_provenance *pv) {
+  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+  const job *j = pv->job;
+  int64_t N = job_samples(j), S = j->samples_per_shard, K = dataset_shards(N, S);
+  shard_sums *sums = ce_calloc_array((size_t)K, sizeof *sums, "shard sums");
+  long long *bytes = ce_calloc_array((size_t)K, sizeof *bytes, "shard sizes");
+  uint8_t *skipped = ce_calloc_array((size_t)j->n_models, 1, "skipped models");
+  uint8_t *msplit = ce_calloc_array((size_t)j->n_models, 1, "model splits");
+  uint8_t *valid = ce_calloc_array((size_t)S, 1, "valid flags");
+  int rc = (sums && bytes && skipped && msplit && valid) ? 0 : -1, all_sums = 1;
+  if (rc == 0) rc = job_model_splits(j, msplit);
+  char path[4096];
+  for (int64_t s = 0; rc == 0 && s < K; s++) {
+    int64_t first, count;
+    dataset_shard_range(s, N, S, &first, &count);
+    if (dataset_shard_path(dir, s, path, sizeof path) < 0 || shard_read_sums(path, &sums[s]) < 0 ||
+        (bytes[s] = fs_file_size(path)) < 0) {
+      rc = ce_err_prefix("shard %lld", (long long)s);
+      break;
+    }
+    all_sums &= sums[s].has_checksums;
+    if (sums[s].first != first || sums[s].count != count) {
+      rc = ce_err("%s: holds samples %lld+%lld, expected %lld+%lld", path, (long long)sums[s].first,
+                  (long long)sums[s].count, (long long)first, (long long)count);
+      break;
+    }
+    if (sums[s].invalid > 0) {
+      if (shard_read_valid(path, count, valid) < 0) {
+        rc = -1;
+        break;
+      }
+      for (int64_t i = 0; i < count; i++)
+        if (!valid[i]) skipped[(first + i) / j->directions] = 1;
+    }
+  }
+  if (rc == 0) {
+    char mpath[4096], tmp[4200];
+    FILE *f;
+    snprintf(mpath, sizeof mpath, "%s/manifest.json", dir);
+    rc = fs_open_tmp(mpath, tmp, sizeof tmp, &f);
+    if (rc == 0) {
+      fprintf(f, "{\n  \"format\": \"coemu-dataset\",\n  \"format_version\": %d,\n",
+              all_sums ? 2 : 1);
+      fprintf(f, "  \"job_fingerprint\": \"%08x\",\n  \"samples\": %lld,\n  \"models\": %lld,\n",
+              j->fingerprint, (long long)N, (long long)j->n_models);
+      fprintf(f, "  \"directions\": %lld,\n  \"n\": %d,\n  \"channels\": %d,\n",
+              (long long)j->directions, j->n, j->nf);
+      fprintf(f, "  \"store_inputs\": %s,\n  \"samples_per_shard\": %lld,\n",
+              j->store_inputs ? "true" : "false", (long long)S);
+      fprintf(f, "  \"checksum\": \"crc32\",\n%s  \"skipped_models\": [",
+              all_sums ? "  \"sample_checksum\": \"xxh64\",\n" : "");
+      int first_skip = 1;
+      for (int64_t m = 0; m < j->n_models; m++)
+        if (skipped[m]) {
+          fprintf(f, "%s%lld", first_skip ? "" : ", ", (long long)m);
+          first_skip = 0;
+        }
+      fprintf(f, "],\n  \"shards\": [\n");
+      for (int64_t s = 0; s < K; s++) {
+        char name[64];
+        dataset_shard_name(s, name, sizeof name);
+        fprintf(f, "    {\"file\": \"%s\", \"first\": %lld, \"count\": %lld, "
+                   "\"bytes\": %lld, \"invalid\": %lld, \"crc32\": {",
+                name, (long long)sums[s].first, (long long)sums[s].count, bytes[s],
+                (long long)sums[s].invalid);
+        int firstset = 1;
+        for (int k = 0; k < SHARD_NSETS; k++) {
+          if (k == SHARD_INPUTS && !j->store_inputs) continue;
+          if (k == SHARD_CHECKSUMS && !sums[s].has_checksums) continue;
+          fprintf(f, "%s\"%s\": \"%08x\"", firstset ? "" : ", ", shard_set_names[k], sums[s].crc[k]);
+          firstset = 0;
+        }
+        fprintf(f, "}}%s\n", s + 1 < K ? "," : "");
+      }
+      fprintf(f, "  ]\n}\n");
+      rc = fs_commit_tmp(f, tmp, mpath, !ferror(f));
+    }
+  }
+  if (rc == 0) rc = write_dataset_h5(dir, pv, msplit, all_sums);
+  free(sums);
+  free(bytes);
+  free(skipped);
+  free(msplit);
+  free(valid);
+  return rc;
+}
+
+/* ---- verification ---- */
+
+static int num_of(const yt_node *m, const char *key, long long *out) {
+  const yt_node *v = yt_get(m, key);
+  if (!v || v->kind != YT_SCALAR) return -1;
+  char *end;
+  errno = 0;
+  *out = strtoll(v->text, &end, 10);
+  return (*end || errno || end == v->text) ? -1 : 0;
+}
+
+int dataset_verify(const char *dir, FILE *report) {
+  char mpath[4096];
+  snprintf(mpath, sizeof mpath, "%s/manifest.json", dir);
+  char *text;
+  size_t len;
+  CE_TRY(fs_read_all(mpath, &text, &len));
+  yt_node *m = yt_parse(mpath, text, len);
+  free(text);
+  if (!m) return -1;
+  long long samples, n, nf;
+  const yt_node *shards = yt_get(m, "shards"), *fpn = yt_get(m, "job_fingerprint"),
+                *si = yt_get(m, "store_inputs");
+  if (num_of(m, "samples", &samples) < 0 || num_of(m, "n", &n) < 0 ||
+      num_of(m, "channels", &nf) < 0 || !shards || shards->kind != YT_SEQ || !fpn ||
+      fpn->kind != YT_SCALAR || !si || si->kind != YT_SCALAR) {
+    yt_free(m);
+    CE_FAIL("%s: not a coemu manifest (expected samples, n, channels, job_fingerprint, "
+            "store_inputs, shards)", mpath);
+  }
+  shard_layout lay = {0};
+  lay.n = (int)n;
+  lay.nf = (int)nf;
+  lay.store_inputs = !strcmp(si->text, "true");
+  lay.job_fingerprint = (uint32_t)strtoul(fpn->text, NULL, 16);
+  int problems = 0;
+  long long expect_first = 0;
+  for (size_t i = 0; i < shards->n; i++) {
+    const yt_node *e = shards->items[i];
+    const yt_node *file = yt_get(e, "file"), *crc = yt_get(e, "crc32");
+    long long first, count, bytes;
+    if (!file || file->kind != YT_SCALAR || !crc || crc->kind != YT_MAP ||
+        num_of(e, "first", &first) < 0 || num_of(e, "count", &count) < 0 ||
+        num_of(e, "bytes", &bytes) < 0) {
+      fprintf(report, "%s:%d:%d: shards[%zu]: expected file, first, count, bytes, crc32\n", mpath,
+              e->line, e->col, i);
+      problems++;
+      continue;
+    }
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, file->text);
+    if (first != expect_first) {
+      fprintf(report, "%s: shard %s: starts at sample %lld, expected %lld (gap or overlap)\n", dir,
+              file->text, first, expect_first);
+      problems++;
+    }
+    expect_first = first + count;
+    long long size = fs_file_size(path);
+    if (size < 0) {
+      fprintf(report, "%s: shard %s: %s\n", dir, file->text, ce_err_msg());
+      problems++;
+      continue;
+    }
+    if (size != bytes) {
+      fprintf(report, "%s: shard %s: %lld bytes, manifest says %lld\n", dir, file->text, size, bytes);
+      problems++;
+    }
+    shard_sums s;
+    if (shard_verify(path, &lay, &s) < 0) {
+      fprintf(report, "%s: shard %s: %s\n", dir, file->text, ce_err_msg());
+      problems++;
+      continue;
+    }
+    if (s.first != first || s.count != count) {
+      fprintf(report, "%s: shard %s: holds samples %lld+%lld, manifest says %lld+%lld\n", dir,
+              file->text, (long long)s.first, (long long)s.count, first, count);
+      problems++;
+    }
+    for (int k = 0; k < SHARD_NSETS; k++) {
+      if (k == SHARD_INPUTS && !lay.store_inputs) continue;
+      const yt_node *c = yt_get(crc, shard_set_names[k]);
+      if (k == SHARD_CHECKSUMS && !s.has_checksums && !c) continue; /* format 1 */
+      if (!c || c->kind != YT_SCALAR || (uint32_t)strtoul(c->text, NULL, 16) != s.crc[k]) {
+        fprintf(report, "%s: shard %s: /%s: checksum %08x, manifest says %s\n", dir, file->text,
+                shard_set_names[k], s.crc[k], c && c->kind == YT_SCALAR ? c->text : "nothing");
+        problems++;
+      }
+    }
+  }
+  if (expect_first != samples) {
+    fprintf(report, "%s: shards cover samples 0..%lld, the manifest says %lld samples\n", dir,
+            expect_first, samples);
+    problems++;
+  }
+  yt_free(m);
+  char dpath[4096];
+  snprintf(dpath, sizeof dpath, "%s/dataset.h5", dir);
+  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+  hid_t f = H5Fopen(dpath, H5F_ACC_RDONLY, H5P_DEFAULT);
+  hid_t d = f >= 0 ? H5Dopen2(f, "targets", H5P_DEFAULT) : -1;
+  hsize_t dims[4] = {0};
+  if (d >= 0) {
+    hid_t sp = H5Dget_space(d);
+    H5Sget_simple_extent_dims(sp, dims, NULL);
+    H5Sclose(sp);
+    H5Dclose(d);
+  }
+  if (f >= 0) H5Fclose(f);
+  if (d < 0 || (long long)dims[0] != samples) {
+    fprintf(report, "%s: dataset.h5: missing, unreadable or /targets does not hold %lld samples\n",
+            dir, samples);
+    problems++;
+  }
+  return problems;
+}
+
+int dataset_write_plan(const char *dir, const job *j, const uint8_t *model_split) {
+  char path[4200], tmp[4400];
+  snprintf(path, sizeof path, "%s/plan.json", dir);
+  FILE *f;
+  CE_TRY(fs_open_tmp(path, tmp, sizeof tmp, &f));
+  int ok = fprintf(f,
+                   "{\"samples\": %lld, \"samples_per_shard\": %lld, \"directions\": %lld, "
+                   "\"n\": %d, \"channels\": %d, \"store_inputs\": %d, \"skip_bad_models\": %d,\n"
+                   " \"model_split\": [",
+                   (long long)job_samples(j), (long long)j->samples_per_shard,
+                   (long long)j->directions, j->n, j->nf, j->store_inputs, j->skip_bad_models) > 0;
+  for (int64_t m = 0; ok && m < j->n_models; m++)
+    ok = fprintf(f, "%s%d", m ? ", " : "", model_split[m]) > 0;
+  ok = ok && fprintf(f, "]}\n") > 0;
+  return fs_commit_tmp(f, tmp, path, ok);
+}

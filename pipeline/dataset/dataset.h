@@ -1,0 +1,67 @@
+/* dataset.h - a dataset directory: shards, manifest, virtual datasets.
+ *
+ *   DIR/job.yaml           the job text (a resume must use the same job)
+ *   DIR/shards/shard-NNNNNN.h5   samples [s*S, ...), see layout.h and shard.h
+ *   DIR/manifest.json      every shard: file, sample range, bytes, CRC-32 of
+ *                          each dataset; the layout; skipped models
+ *   DIR/dataset.h5         /inputs, /targets, /model_id, /direction_index,
+ *                          /direction, /split, /valid as HDF5 virtual
+ *                          datasets over the shards; /frequencies,
+ *                          /velocities, /models catalogue, /provenance
+ *
+ * The manifest and dataset.h5 are written by rank 0 after every shard is
+ * finished, each atomically, so a manifest never lists a partial shard.
+ * schemas/dataset.yaml and docs/dataset-format.md describe the layout.
+ */
+#ifndef COEMU_DATASET_H
+#define COEMU_DATASET_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "pipeline/dataset/layout.h"
+#include "pipeline/dataset/shard.h"
+#include "pipeline/job/job.h"
+
+/* Rank 0, before any shard: DIR/plan.json, the sample plan a live stream
+ * needs before the dataset exists (samples, samples per shard, directions,
+ * cube side, channels, whether inputs are stored, the split of every model),
+ * written atomically. */
+int dataset_write_plan(const char *dir, const job *j, const uint8_t *model_split);
+
+/* The shard layout a job asks for. */
+void dataset_layout(const job *j, shard_layout *lay);
+
+/* Rank 0, before any shard: create DIR and DIR/shards; lock DIR for this
+ * process (fs_lock_dir: a second generate, stats or a run on DIR is refused,
+ * naming this one); record the job text in
+ * DIR/job.yaml, or refuse if DIR holds a different job's dataset; remove
+ * temporary files left by an interrupted run. */
+int dataset_prepare(const char *dir, const job *j);
+
+typedef struct {
+  const job *job;
+  const double *frequencies; /* [nf] Hz */
+  double nu0;                /* rest frequency of the line [Hz] */
+  const char *producer;      /* what made the samples, e.g. "sampler+lte" */
+  const char *mpi_version;   /* MPI_Get_library_version */
+  int ranks;
+} dataset_provenance;
+
+/* Rank 0, after every shard is finished: write manifest.json and
+ * dataset.h5. Fails (naming the shard) if a shard is missing. */
+int dataset_finish(const char *dir, const dataset_provenance *prov);
+
+/* Check a dataset against its manifest: every listed shard exists, has the
+ * listed size, range and layout, and every dataset's CRC-32 recomputed from
+ * the data matches the manifest; the shards cover all samples; dataset.h5
+ * opens. Each problem is printed to `report` as "DIR: shard FILE: /SET: ...".
+ * Returns the number of problems (0: all good), or -1 if the manifest itself
+ * cannot be read (error message set). */
+int dataset_verify(const char *dir, FILE *report);
+
+/* Print a summary of a dataset (samples, layout, splits, channels, shards,
+ * provenance) to stdout. */
+int dataset_inspect(const char *dir);
+
+#endif

@@ -1,0 +1,86 @@
+/* dataset_inspect.c - `coemu inspect DATASET`: a summary of a dataset
+ * directory, read from dataset.h5 (layout, splits, channels, provenance). */
+#include <hdf5.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "pipeline/dataset/dataset.h"
+#include "pipeline/dataset/h5util.h"
+
+static int dims_of(hid_t f, const char *name, hsize_t *dims) {
+  hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+  if (d < 0) return -1;
+  hid_t s = H5Dget_space(d);
+  int r = H5Sget_simple_extent_ndims(s);
+  H5Sget_simple_extent_dims(s, dims, NULL);
+  H5Sclose(s);
+  H5Dclose(d);
+  return r;
+}
+
+int dataset_inspect(const char *dir) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/dataset.h5", dir);
+  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+  hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+  if (f < 0) CE_FAIL("%s: not a readable HDF5 file (is %s a finished dataset?)", path, dir);
+  hsize_t td[4] = {0}, id[5] = {0}, md[1] = {0}, fd[1] = {0};
+  int rc = 0;
+  if (dims_of(f, "targets", td) != 4 || dims_of(f, "models/id", md) != 1 ||
+      dims_of(f, "frequencies", fd) != 1) {
+    H5Fclose(f);
+    CE_FAIL("%s: missing /targets, /models/id or /frequencies", path);
+  }
+  int has_inputs = dims_of(f, "inputs", id) == 5;
+  int64_t N = (int64_t)td[0];
+  uint8_t *split = malloc(N ? (size_t)N : 1), *valid = malloc(N ? (size_t)N : 1);
+  double *freq = malloc(fd[0] * sizeof *freq);
+  hid_t ds = H5Dopen2(f, "split", H5P_DEFAULT), dv = H5Dopen2(f, "valid", H5P_DEFAULT),
+        dfq = H5Dopen2(f, "frequencies", H5P_DEFAULT);
+  if (!split || !valid || !freq || ds < 0 || dv < 0 || dfq < 0 ||
+      H5Dread(ds, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, split) < 0 ||
+      H5Dread(dv, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, valid) < 0 ||
+      H5Dread(dfq, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, freq) < 0)
+    rc = ce_err("%s: cannot read /split, /valid or /frequencies (shards missing?)", path);
+  if (rc == 0) {
+    int64_t count[3] = {0}, invalid = 0;
+    for (int64_t i = 0; i < N; i++) {
+      if (split[i] < 3) count[split[i]]++;
+      invalid += !valid[i];
+    }
+    char ver[256], rev[256], name[256], prod[256];
+    hid_t g = H5Gopen2(f, "provenance", H5P_DEFAULT);
+    h5_get_str_attr(g, "coemu_version", ver, sizeof ver);
+    h5_get_str_attr(g, "git_revision", rev, sizeof rev);
+    h5_get_str_attr(g, "job_file", name, sizeof name);
+    h5_get_str_attr(g, "producer", prod, sizeof prod);
+    H5Gclose(g);
+    printf("dataset   %s\n", dir);
+    printf("samples   %lld (%lld models; train %lld, validation %lld, test %lld; %lld skipped)\n",
+           (long long)N, (long long)md[0], (long long)count[0], (long long)count[1],
+           (long long)count[2], (long long)invalid);
+    if (has_inputs)
+      printf("inputs    [%llu, 3, %llu, %llu, %llu] (v_z m/s, T K, n_CO m^-3)\n",
+             (unsigned long long)id[0], (unsigned long long)id[2], (unsigned long long)id[3],
+             (unsigned long long)id[4]);
+    else
+      printf("inputs    not stored\n");
+    printf("targets   [%llu, %llu, %llu, %llu] (I_nu W m^-2 Hz^-1 sr^-1)\n",
+           (unsigned long long)td[0], (unsigned long long)td[1], (unsigned long long)td[2],
+           (unsigned long long)td[3]);
+    printf("channels  %llu:", (unsigned long long)fd[0]);
+    for (hsize_t k = 0; k < fd[0]; k++) printf(" %.17g", freq[k]);
+    printf(" Hz\njob       %s\nmade by   coemu %s (git %s), producer %s\n", name, ver, rev, prod);
+  }
+  if (ds >= 0) H5Dclose(ds);
+  if (dv >= 0) H5Dclose(dv);
+  if (dfq >= 0) H5Dclose(dfq);
+  free(split);
+  free(valid);
+  free(freq);
+  H5Fclose(f);
+  return rc;
+}

@@ -1,0 +1,410 @@
+/* dataset_stats.c - the /stats group of a dataset (DIR/dataset.h5),
+ * computed in parallel over MPI_COMM_WORLD (coemu stats, coemu generate).
+ *
+ * Samples are split into contiguous blocks over the ranks; each rank reads
+ * its samples (parallel HDF5, MPI-IO driver, independent reads, /inputs and
+ * /targets may be virtual datasets over shards) twice:
+ *   read 1: exact moments (stats/moments.h), the first histogram pass of the
+ *           exact quantiles, and each sample's lower median per field
+ *           (stats/select.h);
+ *   read 2: the second histogram pass, and the counts around the median of
+ *           medians (its true rank).
+ * Fields: v_z, ln_T, ln_n_CO, ln_I (all channels) and ln_I_chK per channel
+ * when there are several; ln I after the zero replacement (and the -40 clip
+ * with several channels) of stats/transforms.h. Rank 0 writes /stats
+ * (stats/statsfile.h) after the reductions. Layout: docs/dataset-format.md. */
+#include <dirent.h>
+#include <hdf5.h>
+#include <unistd.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <mpi.h>
+
+#include "common/error.h"
+#include "common/fsutil.h"
+#include "pipeline/dataset/dataset_stats.h"
+#include "pipeline/dataset/h5util.h"
+#include "pipeline/dataset/integrity.h"
+#include "pipeline/job/job.h"
+#include "stats/moments.h"
+#include "stats/moments_mpi.h"
+#include "stats/quantile.h"
+#include "stats/select.h"
+#include "stats/statsfile.h"
+#include "stats/transforms.h"
+
+#define MAX_FIELDS 68  /* 4 + up to 64 channels */
+
+typedef struct {
+  hid_t file, inputs, targets;
+  hsize_t N, n, F;
+  uint8_t *split;  /* N entries, or NULL */
+  integrity integ; /* shard presence, per-sample checksums */
+  int integ_open;
+} dataset;
+
+typedef struct {
+  stats_moments mom;
+  stats_qsel q;
+  float *medians;  /* this rank's chunk medians */
+  size_t nmed, capmed;
+  uint64_t lt, le, nloc;
+  double mom_value;
+  stats_field out;
+} field_acc;
+
+static int check_dims(hid_t d, const char *path, const char *name, int rank, hsize_t *dims) {
+  hid_t sp = H5Dget_space(d), t = H5Dget_type(d);
+  int r = sp >= 0 ? H5Sget_simple_extent_ndims(sp) : -1;
+  int ok = r == rank && H5Sget_simple_extent_dims(sp, dims, NULL) == rank;  /* r checked first */
+  int f32 = t >= 0 && H5Tget_class(t) == H5T_FLOAT && H5Tget_size(t) == 4;
+  if (sp >= 0) H5Sclose(sp);
+  if (t >= 0) H5Tclose(t);
+  if (!ok) CE_FAIL("%s: %s has %d dimensions, expected %d", path, name, r, rank);
+  if (!f32) CE_FAIL("%s: %s is not float32", path, name);
+  return 0;
+}
+
+static int is_virtual(hid_t d) {
+  hid_t dcpl = H5Dget_create_plist(d);
+  int v = dcpl >= 0 && H5Pget_layout(dcpl) == H5D_VIRTUAL;
+  if (dcpl >= 0) H5Pclose(dcpl);
+  return v;
+}
+
+/* Open with the MPI-IO driver. HDF5 before 1.14 refuses to read virtual
+ * datasets through MPI-IO ("parallel reads not supported on virtual
+ * datasets"); there every rank opens the file on its own, read-only, with
+ * the default driver instead: the reads are independent either way. */
+static int open_dataset(const char *path, dataset *ds) {
+  memset(ds, 0, sizeof *ds);
+  ds->file = ds->inputs = ds->targets = -1;
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  H5Pset_fapl_mpio(fapl, MPI_COMM_WORLD, MPI_INFO_NULL);
+  int rc = -1;
+#if !H5_VERSION_GE(1, 14, 0)
+  H5E_BEGIN_TRY {
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, fapl);
+    hid_t a = f >= 0 ? H5Dopen2(f, "/inputs", H5P_DEFAULT) : -1;
+    hid_t b = f >= 0 ? H5Dopen2(f, "/targets", H5P_DEFAULT) : -1;
+    int virt = (a >= 0 && is_virtual(a)) || (b >= 0 && is_virtual(b));
+    if (a >= 0) H5Dclose(a);
+    if (b >= 0) H5Dclose(b);
+    if (f >= 0) H5Fclose(f);
+    if (virt) {
+      H5Pclose(fapl);
+      fapl = H5Pcreate(H5P_FILE_ACCESS);
+    }
+  } H5E_END_TRY;
+#endif
+  H5E_BEGIN_TRY {
+    ds->file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
+    if (ds->file < 0) {
+      ce_err("%s: cannot open as HDF5", path);
+      goto done;
+    }
+    ds->inputs = H5Dopen2(ds->file, "/inputs", H5P_DEFAULT);
+    ds->targets = H5Dopen2(ds->file, "/targets", H5P_DEFAULT);
+    if (ds->inputs < 0 || ds->targets < 0) {
+      ce_err("%s: missing dataset %s", path, ds->inputs < 0 ? "/inputs" : "/targets");
+      goto done;
+    }
+    hsize_t di[5], dt[4];
+    if (check_dims(ds->inputs, path, "/inputs", 5, di) < 0 ||
+        check_dims(ds->targets, path, "/targets", 4, dt) < 0)
+      goto done;
+    if (di[1] != 3 || di[2] != di[3] || di[3] != di[4]) {
+      ce_err("%s: /inputs shape [%llu,%llu,%llu,%llu,%llu], expected [N,3,n,n,n]", path,
+             (unsigned long long)di[0], (unsigned long long)di[1], (unsigned long long)di[2],
+             (unsigned long long)di[3], (unsigned long long)di[4]);
+      goto done;
+    }
+    if (dt[0] != di[0] || dt[2] != di[2] || dt[3] != di[2] || dt[1] < 1 ||
+        dt[1] > MAX_FIELDS - 4) {
+      ce_err("%s: /targets shape [%llu,%llu,%llu,%llu], expected [%llu,F,%llu,%llu] with "
+             "F = 1..%d", path, (unsigned long long)dt[0], (unsigned long long)dt[1],
+             (unsigned long long)dt[2], (unsigned long long)dt[3], (unsigned long long)di[0],
+             (unsigned long long)di[2], (unsigned long long)di[2], MAX_FIELDS - 4);
+      goto done;
+    }
+    if (integrity_open(&ds->integ, path, ds->file) < 0) goto done;
+    ds->integ_open = 1;
+    ds->N = di[0];
+    ds->n = di[2];
+    ds->F = dt[1];
+    if (H5Lexists(ds->file, "/split", H5P_DEFAULT) > 0) {
+      hid_t s = H5Dopen2(ds->file, "/split", H5P_DEFAULT);
+      hid_t sp = s >= 0 ? H5Dget_space(s) : -1;
+      hsize_t ns = 0;
+      int ok = sp >= 0 && H5Sget_simple_extent_ndims(sp) == 1 &&
+               H5Sget_simple_extent_dims(sp, &ns, NULL) == 1 && ns == ds->N;
+      if (ok) {
+        ds->split = ce_malloc_array(ds->N ? ds->N : 1, 1, "/split");
+        ok = ds->split && H5Dread(s, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT,
+                                  ds->split) >= 0;
+      }
+      if (sp >= 0) H5Sclose(sp);
+      if (s >= 0) H5Dclose(s);
+      if (!ok) {
+        ce_err("%s: /split: expected uint8 [%llu] readable", path, (unsigned long long)ds->N);
+        goto done;
+      }
+      for (hsize_t i = 0; i < ds->N; i++)
+        if (ds->split[i] > 2) {
+          ce_err("%s: /split[%llu] = %d, expected 0 (train), 1 (validation) or 2 (test)", path,
+                 (unsigned long long)i, ds->split[i]);
+          goto done;
+        }
+    }
+    rc = 0;
+  done:;
+  } H5E_END_TRY;
+  H5Pclose(fapl);
+  return rc;
+}
+
+static void close_dataset(dataset *ds) {
+  if (ds->integ_open) integrity_close(&ds->integ);
+  ds->integ_open = 0;
+  if (ds->inputs >= 0) H5Dclose(ds->inputs);
+  if (ds->targets >= 0) H5Dclose(ds->targets);
+  if (ds->file >= 0) H5Fclose(ds->file);
+  free(ds->split);
+}
+
+/* Read sample i of a [N, ...] dataset (rank-1 trailing dims of total count). */
+static int read_sample(hid_t d, int rank, hsize_t i, size_t count, float *buf, const char *path,
+                       const char *name) {
+  (void)rank;
+  (void)count;
+  return h5_read_sample_f32(d, i, buf) < 0
+             ? ce_err("%s: %s: cannot read sample %llu", path, name, (unsigned long long)i)
+             : 0;
+}
+
+static int push_median(field_acc *a, float v) {
+  if (a->nmed == a->capmed) {
+    size_t cap = a->capmed ? 2 * a->capmed : 256;
+    float *p = realloc(a->medians, cap * sizeof *p);
+    if (!p) CE_FAIL("out of memory for %zu chunk medians", cap);
+    a->medians = p;
+    a->capmed = cap;
+  }
+  a->medians[a->nmed++] = v;
+  return 0;
+}
+
+/* A collective "did any rank fail?"; prints this rank's message if it did. */
+/* Print this rank's error the way the command layer does. */
+static void report(const char *cmd) {
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  fprintf(stderr, "coemu %s: rank %d: error: %s\n", cmd, rank, ce_err_msg());
+}
+
+static int any_failed(int local_rc, const char *cmd) {
+  int bad = local_rc < 0, any = 0;
+  MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  if (bad) report(cmd);
+  return any;
+}
+
+/* Rank 0, holding the lock: remove dataset.h5.tmp.* left by a killed stats. */
+static void remove_stale_copies(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d) return;
+  struct dirent *e;
+  while ((e = readdir(d)))
+    if (!strncmp(e->d_name, "dataset.h5.tmp.", 15)) {
+      char p[4400];
+      snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+      unlink(p);
+    }
+  closedir(d);
+}
+
+int dataset_stats(const char *dir, const char *split_name, int drop_outliers, int quiet) {
+  int want;
+  CE_TRY(job_split_parse(split_name, &want));
+  char path[4096];
+  snprintf(path, sizeof path, "%s/dataset.h5", dir);
+  int rank, size;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  int status = 1;
+  dataset ds;
+  field_acc *acc = NULL;
+  float *in = NULL, *tg = NULL, *work = NULL, *scratch = NULL;
+  int nf = 0;
+  stats_norm norm = {0};
+  /* rank 0 locks DIR (a missing DIR: the open below says so) */
+  int want_lock = rank == 0 && access(dir, F_OK) == 0;
+  int locked = want_lock && fs_lock_dir(dir, "stats") == 0;
+  if (any_failed(want_lock && !locked ? -1 : 0, "stats")) goto out;
+  if (locked) remove_stale_copies(dir);
+  if (any_failed(open_dataset(path, &ds), "stats")) goto out;
+  if (rank == 0 && !quiet && !integrity_checked(&ds.integ))
+    fprintf(stderr, "coemu stats: note: %s has no per-sample /checksums (made before dataset "
+                    "format 2): samples are not checked (coemu verify checks its shards)\n", path);
+  if (want >= 0 && !ds.split && want != 0) {
+    if (rank == 0) {
+      ce_err("%s: no /split, so --split %s selects nothing (use --split all)", path, split_name);
+      report("stats");
+    }
+    goto out;
+  }
+  /* Without /split every sample counts as training. */
+  size_t nvox = (size_t)(ds.n * ds.n * ds.n), npix = (size_t)(ds.n * ds.n), F = (size_t)ds.F;
+  nf = 4 + (F > 1 ? (int)F : 0);
+  acc = calloc((size_t)nf, sizeof *acc);
+  in = ce_malloc_array(3 * nvox, sizeof(float), "inputs of one sample");
+  tg = ce_malloc_array(F * npix, sizeof(float), "targets of one sample");
+  work = ce_malloc_array(3 * nvox > F * npix ? 3 * nvox : F * npix, sizeof(float), "ln fields");
+  scratch = ce_malloc_array(nvox > F * npix ? nvox : F * npix, sizeof(float), "median scratch");
+  int lrc = (acc && in && tg && work && scratch) ? 0 : ce_err("out of memory");
+  for (int f = 0; f < nf && lrc == 0; f++) {
+    stats_moments_init(&acc[f].mom);
+    lrc = stats_qsel_init(&acc[f].q, MPI_COMM_WORLD, STATS_KEY32, 1, (double[]){0.5});
+    const char *names[4] = {"v_z", "ln_T", "ln_n_CO", "ln_I"};
+    if (f < 4) snprintf(acc[f].out.name, sizeof acc[f].out.name, "%s", names[f]);
+    else snprintf(acc[f].out.name, sizeof acc[f].out.name, "ln_I_ch%d", f - 4);
+  }
+  if (any_failed(lrc, "stats")) goto out;
+  norm.outlier_vz_range = drop_outliers ? STATS_OUTLIER_VZ_RANGE : 0;
+  norm.i_mode = F > 1 ? STATS_I_MINMAX : STATS_I_MEDIAN;
+  norm.lnI_clip = F > 1 ? STATS_LNI_CLIP : -INFINITY;
+
+  hsize_t lo = ds.N * (hsize_t)rank / (hsize_t)size, hi = ds.N * (hsize_t)(rank + 1) / (hsize_t)size;
+  int64_t used = 0, outliers = 0;
+  for (int pass = 0; pass < 2; pass++) {
+    for (hsize_t i = lo; i < hi && lrc == 0; i++) {
+      if (want >= 0 && ds.split && ds.split[i] != want) continue;
+      if ((lrc = read_sample(ds.inputs, 5, i, 3 * nvox, in, path, "/inputs")) < 0 ||
+          (lrc = read_sample(ds.targets, 4, i, F * npix, tg, path, "/targets")) < 0 ||
+          (lrc = integrity_check(&ds.integ, (int64_t)i, in, 3 * nvox, tg, F * npix)) < 0)
+        break;
+      if (stats_is_outlier(&norm, in, nvox)) {
+        outliers += pass == 0;
+        continue;
+      }
+      used += pass == 0;
+      memcpy(work, in, nvox * sizeof *in);
+      stats_ln_f32(in + nvox, 2 * nvox, work + nvox);
+      for (int f = 0; f < nf; f++) {
+        const float *x;
+        size_t cnt;
+        if (f < 3) { x = work + (size_t)f * nvox; cnt = nvox; }
+        else if (f == 3) {
+          /* ln I over all channels (the zero replacement is per sample). */
+          stats_ln_intensity(tg, F * npix, norm.lnI_clip, scratch);
+          memcpy(tg, scratch, F * npix * sizeof *tg);
+          x = tg; cnt = F * npix;
+        } else { x = tg + (size_t)(f - 4) * npix; cnt = npix; }
+        field_acc *a = &acc[f];
+        if (pass == 0) {
+          stats_moments_add_f32(&a->mom, x, cnt);
+          stats_qsel_feed_f32(&a->q, x, cnt);
+          memcpy(scratch, x, cnt * sizeof *x);
+          size_t m = stats_drop_nonfinite_f32(scratch, cnt);
+          if (m > 0 && push_median(a, stats_lower_median_f32(scratch, m)) < 0) {
+            lrc = -1;
+            break;
+          }
+        } else {
+          stats_qsel_feed_f32(&a->q, x, cnt);
+          size_t m = 0;
+          for (size_t k = 0; k < cnt; k++) m += isfinite(x[k]) != 0;
+          stats_rank_count_f32(x, cnt, a->mom_value, &a->lt, &a->le);
+          a->nloc += m;
+        }
+      }
+    }
+    if (any_failed(lrc, "stats")) goto out;
+    for (int f = 0; f < nf; f++) {
+      field_acc *a = &acc[f];
+      if (pass == 0) {
+        lrc = stats_moments_allreduce(&a->mom, MPI_COMM_WORLD);
+        if (lrc == 0) lrc = stats_mom_value(MPI_COMM_WORLD, a->medians, a->nmed, &a->mom_value);
+        int64_t c = (int64_t)a->nmed;
+        MPI_Allreduce(&c, &a->out.chunks, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+      }
+      if (lrc == 0) lrc = stats_qsel_end_pass(&a->q);
+      if (lrc < 0) break;
+    }
+    if (any_failed(lrc, "stats")) goto out;
+  }
+  int64_t totals[2] = {used, outliers};
+  MPI_Allreduce(MPI_IN_PLACE, totals, 2, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+  for (int f = 0; f < nf && lrc == 0; f++) {
+    field_acc *a = &acc[f];
+    if (!stats_qsel_done(&a->q)) CE_BUG("stats: selection not done after 2 passes");
+    stats_qsel_result(&a->q, &a->out.median);
+    stats_moments_summary(&a->mom, &a->out.s);
+    lrc = stats_mom_finish(MPI_COMM_WORLD, a->mom_value, a->lt, a->le, a->nloc, &a->out.mom);
+  }
+  if (any_failed(lrc, "stats")) goto out;
+  close_dataset(&ds);
+  ds.file = ds.inputs = ds.targets = -1;
+  ds.split = NULL;
+  MPI_Barrier(MPI_COMM_WORLD);  /* every rank has closed the file before rank 0 writes */
+
+  if (rank == 0) {
+    for (int f = 0; f < nf && lrc == 0; f++)
+      if (acc[f].out.s.count == 0)
+        lrc = ce_err("%s: field %s has no finite values in split '%s' (%lld samples used)", path,
+                     acc[f].out.name, split_name, (long long)totals[0]);
+    if (lrc == 0) {
+      norm.vz_mean = acc[0].out.s.mean;
+      norm.vz_std = acc[0].out.s.std;
+      norm.lnT_min = acc[1].out.s.min;
+      norm.lnT_scale = acc[1].out.median - acc[1].out.s.min;
+      norm.lnn_min = acc[2].out.s.min;
+      norm.lnn_scale = acc[2].out.median - acc[2].out.s.min;
+      norm.lnI_min = acc[3].out.s.min;
+      norm.lnI_scale = norm.i_mode == STATS_I_MINMAX ? acc[3].out.s.max - acc[3].out.s.min
+                                                     : acc[3].out.median - acc[3].out.s.min;
+      const char *bad = !(norm.vz_std > 0) ? "v_z std" : !(norm.lnT_scale > 0) ? "ln_T median - min"
+                       : !(norm.lnn_scale > 0) ? "ln_n_CO median - min"
+                       : !(norm.lnI_scale > 0) ? "ln_I scale" : NULL;
+      if (bad) lrc = ce_err("%s: %s is not > 0 (constant data cannot be normalised)", path, bad);
+    }
+    stats_provenance prov = {split_name, (int64_t)ds.N, totals[0], totals[1], size};
+    if (lrc == 0) {
+      stats_field *fl = malloc((size_t)nf * sizeof *fl);
+      if (!fl) lrc = ce_err("out of memory");
+      for (int f = 0; f < nf && lrc == 0; f++) fl[f] = acc[f].out;
+      if (lrc == 0) lrc = stats_file_write(path, fl, nf, &norm, &prov);
+      free(fl);
+    }
+    if (lrc < 0) report("stats");
+    else if (!quiet) {
+      printf("stats: %s: split %s, %lld samples used, %lld outliers dropped, %d ranks\n", path,
+             split_name, (long long)totals[0], (long long)totals[1], size);
+      for (int f = 0; f < nf; f++) {
+        const stats_field *o = &acc[f].out;
+        printf("  %-10s n=%lld mean=%.9g std=%.9g min=%.9g max=%.9g median=%.9g mom=%.9g "
+               "(rank error %+.4f) nan=%lld inf=%lld\n", o->name, (long long)o->s.count,
+               o->s.mean, o->s.std, o->s.min, o->s.max, o->median, o->mom.mom,
+               o->mom.rank_error, (long long)o->s.nan_count, (long long)o->s.inf_count);
+      }
+    }
+  }
+  MPI_Bcast(&lrc, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  status = lrc < 0 ? 1 : 0;
+out:
+  close_dataset(&ds);
+  if (locked) fs_unlock_dir(dir);
+  for (int f = 0; acc && f < nf; f++) {
+    stats_qsel_free(&acc[f].q);
+    free(acc[f].medians);
+  }
+  free(acc);
+  free(in);
+  free(tg);
+  free(work);
+  free(scratch);
+  return status ? -1 : 0;
+}

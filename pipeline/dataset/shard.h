@@ -1,0 +1,89 @@
+/* shard.h - one shard of a dataset: an HDF5 file holding a contiguous range
+ * of samples, written by one rank, finished atomically, checksummed.
+ *
+ * Layout (schemas/dataset.yaml): /inputs [count,3,n,n,n] (unless inputs are
+ * not stored), /targets [count,F,n,n], /model_id [count] int64,
+ * /direction_index [count] int64, /direction [count,4] float64 (the rotation
+ * quaternion), /split [count] uint8, /valid [count] uint8 (0: the model was
+ * skipped and the sample is zeros), /checksums [count,2] uint64: the XXH64
+ * (seed 0) of each sample's input row and target row as little-endian
+ * float32 in C order (0 for inputs that are not stored; shard_row_hash). Sample arrays are chunked by sample and
+ * written one sample at a time (hyperslabs), so a rank holds one sample in
+ * memory, not a shard. Attributes: first, count, job_fingerprint and, on
+ * every dataset, crc32 - the CRC-32 of its raw bytes in C order, computed from
+ * the in-memory data as they are produced. A shard's bytes depend only on the
+ * job and its sample range, never on which rank wrote it.
+ *
+ * The file is written as PATH.tmp.<pid> and renamed to PATH after a flush,
+ * so a file named PATH is always complete.
+ */
+#ifndef COEMU_SHARD_H
+#define COEMU_SHARD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+  int n, nf;             /* cube side, channels */
+  int store_inputs;
+  int inputs_f64, targets_f64; /* stored as float64 (memory is always float32) */
+  int gzip;              /* deflate level with byte shuffle; 0 = none */
+  uint32_t job_fingerprint;
+} shard_layout;
+
+enum { SHARD_INPUTS, SHARD_TARGETS, SHARD_MODEL_ID, SHARD_DIRECTION_INDEX, SHARD_DIRECTION,
+       SHARD_SPLIT, SHARD_VALID, SHARD_CHECKSUMS, SHARD_NSETS };
+
+/* Dataset names, indexed by the enum above. */
+extern const char *const shard_set_names[SHARD_NSETS];
+
+typedef struct {
+  int64_t first, count;
+  uint32_t crc[SHARD_NSETS]; /* crc[SHARD_INPUTS] is 0 when inputs are not stored */
+  int has_checksums;         /* 0: a shard made before /checksums (format 1) */
+  int64_t invalid;           /* samples with valid = 0 */
+} shard_sums;
+
+typedef struct shard_writer shard_writer;
+
+/* The per-sample checksum of a row of `count` float32 values (what
+ * /checksums holds): XXH64, seed 0, of their little-endian bytes. */
+uint64_t shard_row_hash(const float *row, size_t count);
+
+/* Start a shard of `count` samples beginning at global sample `first`. */
+int shard_open(shard_writer **w, const char *path, const shard_layout *lay, int64_t first,
+               int64_t count);
+
+/* Append the next sample (calls must come in sample order). inputs: 3*n^3
+ * floats (ignored when not stored), targets: nf*n^2 floats. */
+int shard_put(shard_writer *w, const float *inputs, const float *targets, int64_t model,
+              int64_t direction_index, const double quat[4], uint8_t split, uint8_t valid);
+
+/* Finish: if commit, write the metadata and checksums, flush, close and
+ * rename into place (sums receives the checksums); otherwise close and remove
+ * the temporary file. Frees w in all cases. */
+int shard_close(shard_writer *w, int commit, shard_sums *sums);
+
+/* The same, but the final fsync and rename of a committed shard happen on a
+ * background thread, so the caller can go on computing the next shard while
+ * the disk catches up. Until shard_commits_wait() returns, the shard may
+ * still be under its temporary name (a crash then remakes it on resume).
+ * Returns -1 only for errors found before the hand-over. */
+int shard_close_async(shard_writer *w, shard_sums *sums);
+
+/* Wait for every shard handed to shard_close_async(); -1 with the first
+ * error (naming the shard) if any of their fsync/rename failed. */
+int shard_commits_wait(void);
+
+/* Check a finished shard: its layout and job fingerprint match `lay`, and
+ * the CRC-32 recomputed from every dataset's data equals the stored one.
+ * Fills sums. Errors name the file and the dataset. */
+int shard_verify(const char *path, const shard_layout *lay, shard_sums *sums);
+
+/* The checksums a shard claims (its attributes), without reading the data. */
+int shard_read_sums(const char *path, shard_sums *sums);
+
+/* Read /valid of a shard into valid[count] (the caller knows count). */
+int shard_read_valid(const char *path, int64_t count, uint8_t *valid);
+
+#endif

@@ -1,0 +1,48 @@
+/* generate.h - `coemu generate`: run a job over all MPI ranks into a dataset
+ * directory, resuming what an earlier run left.
+ *
+ * The samples come from a producer behind a narrow seam: a function that
+ * makes sample (model, direction) of the job - input cubes and target
+ * images - as a pure function of the job and those two numbers. The command
+ * line, the work distribution, the shards, manifest, virtual datasets,
+ * provenance, resume and error handling are all here; the producer is the
+ * sampler plus the solver in the real command.
+ */
+#ifndef COEMU_GENERATE_H
+#define COEMU_GENERATE_H
+
+#include <stdint.h>
+
+#include "pipeline/job/job.h"
+
+/* Make one sample. inputs[3*n^3]: v_z [m/s], T [K], n_CO [m^-3], each in
+ * (x, y, z) C order; targets[nf*n^2]: I_nu per channel, (f, x, y) C order;
+ * quat: the rotation (w, x, y, z). Returns 0, or -1 with an error message
+ * (e.g. the model cannot be read). */
+typedef int (*sample_fn)(void *ctx, int64_t model, int64_t direction, float *inputs,
+                         float *targets, double quat[4]);
+
+typedef struct {
+  sample_fn sample;
+  void *ctx;
+  double nu0;            /* the line's rest frequency [Hz] (-> /frequencies) */
+  const char *name;      /* recorded in the provenance */
+  void (*close)(void *ctx);
+} generate_producer;
+
+/* Build the producer for a job on this rank (load the line data, etc.),
+ * called on every rank after MPI is up and `out_dir` exists (a producer may
+ * keep files there, e.g. synthetic models under out_dir/models, and may use
+ * collectives on MPI_COMM_WORLD, e.g. to agree on the ball radius). Returns 0
+ * or -1 with an error message. */
+typedef int (*producer_open_fn)(const job *j, const char *out_dir, generate_producer *p);
+
+/* The whole command: argv after "generate". Initialises and finalises MPI
+ * itself (except for --check and --schema-doc, which need no MPI). Any error
+ * on any rank prints "coemu CMD: rank R: error: ..." and aborts every rank. */
+int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open);
+
+/* The default job (jobs/demo.yaml), embedded at build time. */
+extern const char job_demo_text[];
+
+#endif

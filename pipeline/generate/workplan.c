@@ -1,0 +1,62 @@
+/* workplan.c - dynamic shard distribution: rank 0 answers requests. */
+#include "pipeline/generate/workplan.h"
+
+enum { TAG_REQUEST = 7301, TAG_SHARD = 7302 };
+
+void workplan_init(workplan *w, MPI_Comm comm, int64_t nshards, ce_progress *progress) {
+  w->comm = comm;
+  MPI_Comm_rank(comm, &w->rank);
+  MPI_Comm_size(comm, &w->size);
+  w->nshards = nshards;
+  w->next = 0;
+  w->finished = 0;
+  w->done = 0;
+  w->progress = progress;
+}
+
+static int64_t take(workplan *w) { return w->next < w->nshards ? w->next++ : -1; }
+
+/* Answer one request from `src`, whose report is `count`. */
+static void answer(workplan *w, int src, int64_t count) {
+  w->done += count;
+  int64_t s = take(w);
+  if (s < 0) w->finished++;
+  MPI_Send(&s, 1, MPI_INT64_T, src, TAG_SHARD, w->comm);
+}
+
+void workplan_serve(workplan *w, int64_t own_done) {
+  if (w->rank != 0) return;
+  for (;;) {
+    int flag = 0;
+    MPI_Status st;
+    MPI_Iprobe(MPI_ANY_SOURCE, TAG_REQUEST, w->comm, &flag, &st);
+    if (!flag) break;
+    int64_t count;
+    MPI_Recv(&count, 1, MPI_INT64_T, st.MPI_SOURCE, TAG_REQUEST, w->comm, MPI_STATUS_IGNORE);
+    answer(w, st.MPI_SOURCE, count);
+  }
+  if (w->progress) ce_progress_update(w->progress, w->done + own_done);
+}
+
+int64_t workplan_next(workplan *w, int64_t last_count) {
+  if (w->rank == 0) {
+    w->done += last_count;
+    workplan_serve(w, 0);
+    return take(w);
+  }
+  int64_t s;
+  MPI_Send(&last_count, 1, MPI_INT64_T, 0, TAG_REQUEST, w->comm);
+  MPI_Recv(&s, 1, MPI_INT64_T, 0, TAG_SHARD, w->comm, MPI_STATUS_IGNORE);
+  return s;
+}
+
+void workplan_drain(workplan *w) {
+  if (w->rank != 0) return;
+  while (w->finished < w->size - 1) {
+    MPI_Status st;
+    int64_t count;
+    MPI_Recv(&count, 1, MPI_INT64_T, MPI_ANY_SOURCE, TAG_REQUEST, w->comm, &st);
+    answer(w, st.MPI_SOURCE, count);
+    if (w->progress) ce_progress_update(w->progress, w->done);
+  }
+}

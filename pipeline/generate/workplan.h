@@ -1,0 +1,46 @@
+/* workplan.h - which rank makes which shard.
+ *
+ * Shards (pipeline/dataset/layout.h) are handed out dynamically: rank 0 keeps
+ * the next-shard counter and answers requests from the other ranks, which
+ * ask for a new shard when they finish one (reporting how many samples it
+ * held, for the progress line). Rank 0 works too and answers requests between
+ * its own samples (workplan_serve), so a request waits at most one sample.
+ * Dynamic assignment keeps every rank busy when models differ in cost (AMR
+ * depth, cube size), which a static interleave cannot; the shard is the unit
+ * because it is also the unit of writing and of resume. Which rank makes a
+ * shard never changes its bytes.
+ */
+#ifndef COEMU_WORKPLAN_H
+#define COEMU_WORKPLAN_H
+
+#include <mpi.h>
+#include <stdint.h>
+
+#include "common/progress.h"
+
+typedef struct {
+  MPI_Comm comm;
+  int rank, size;
+  int64_t nshards;
+  int64_t next;          /* rank 0: next shard to hand out */
+  int finished;          /* rank 0: ranks told there is no more work */
+  int64_t done;          /* rank 0: samples reported done, all ranks */
+  ce_progress *progress; /* rank 0: updated as reports come in (may be NULL) */
+} workplan;
+
+void workplan_init(workplan *w, MPI_Comm comm, int64_t nshards, ce_progress *progress);
+
+/* The next shard for this rank, or -1 when there is none. `last_count` is
+ * the number of samples in the shard this rank just finished (0 at first). */
+int64_t workplan_next(workplan *w, int64_t last_count);
+
+/* Rank 0: answer pending requests without blocking (other ranks: no-op).
+ * `own_done` is rank 0's count of samples done in its current shard (for the
+ * progress line). */
+void workplan_serve(workplan *w, int64_t own_done);
+
+/* Rank 0: after its own last shard, answer until every rank has been told
+ * there is no more work. */
+void workplan_drain(workplan *w);
+
+#endif

@@ -1,0 +1,122 @@
+/* job.h - job files: what `coemu generate` makes, read from YAML and checked
+ * against the schema schemas/job.yaml.
+ *
+ * The schema is data: it is embedded in the binary at build time
+ * (job_schema_text) and drives the validator, so the installed binary needs no
+ * source tree. Validation rejects unknown keys, wrong types and out-of-range
+ * values with "FILE:LINE:COL: key.path: expected ..., got ..." and fills in
+ * every default, so the rest of coemu reads a complete job.
+ *
+ * A job defines a fixed global order of samples: sample i is model i / D,
+ * direction i % D (D directions per model). Everything random about a sample
+ * is a function of (job seed, model, direction), see rng.h.
+ */
+#ifndef COEMU_JOB_H
+#define COEMU_JOB_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+typedef enum { JOB_INPUT_AMRVAC, JOB_INPUT_SYNTH } job_input_kind;
+typedef enum { JOB_CH_COEMUNET, JOB_CH_GRID, JOB_CH_LIST } job_channel_mode;
+typedef enum { SPLIT_TRAIN = 0, SPLIT_VALIDATION = 1, SPLIT_TEST = 2 } job_split;
+#define SPLIT_ALL (-1)
+
+/* A split by name: "train", "validation", "test" (job_split values) or "all"
+ * (SPLIT_ALL) into *out; -1 with a message otherwise. */
+int job_split_parse(const char *name, int *out);
+
+typedef struct {
+  char *path;      /* job file as given ("<embedded>" etc. for text jobs) */
+  char *dir;       /* folder relative paths in the job are resolved against */
+  char *text;      /* the job text, verbatim (stored in the provenance) */
+  size_t text_len;
+  uint32_t fingerprint; /* CRC-32 of the text: a dataset belongs to one job */
+  char *name;
+
+  /* inputs */
+  job_input_kind input;
+  char *amrvac_glob, *amrvac_units; /* resolved against dir */
+  int64_t synth_count, synth_seed;
+  int synth_levels;
+  int skip_bad_models;   /* inputs.on_bad_model == skip */
+  int64_t n_models;
+  char **model_names;    /* AMRVAC: the sorted glob matches; synth: "synth-<seed>-<index>" */
+
+  /* sampling */
+  int64_t directions;
+  char sampler[16];      /* haar | faceon | lowdisc | coemunet */
+  int n;
+  double edge;           /* metres; 0 = auto (the ball radius) */
+  int k;
+  uint64_t seed;
+  int coemunet_compat, fill_background;
+  double background_n, background_T;
+
+  /* line */
+  char *lamda;           /* resolved against dir */
+  int transition;
+  job_channel_mode channel_mode;
+  int nf;                /* number of channels */
+  double *velocities;    /* [nf] channel velocities [m/s] (grid and list) */
+
+  /* solver */
+  double vturb, background, mass;
+  int take_abs, corrected_taylor;
+
+  /* output */
+  char *out_dir;
+  int64_t samples_per_shard;
+  int inputs_f64, targets_f64, gzip, store_inputs;
+
+  /* splits */
+  double split_fraction[3];
+  uint64_t split_seed;
+
+  /* statistics */
+  int stats_compute, stats_drop_outliers;
+  char stats_split[16];  /* train | validation | test | all */
+
+  /* stream (optional) */
+  int has_stream;
+  char *stream_endpoint;
+  int64_t stream_credits, stream_ranks, stream_batch, stream_epochs;
+  char stream_split[16];
+} job;
+
+/* The schema text (schemas/job.yaml), embedded at build time. */
+extern const char job_schema_text[];
+
+/* Read, validate and resolve a job file (the AMRVAC glob is expanded here;
+ * no match is an error). On failure *j is left empty and an error message is
+ * set. */
+int job_load(const char *path, job *j);
+
+/* The same from text; `name` is used in messages, `dir` resolves relative
+ * paths. */
+int job_parse(const char *name, const char *text, size_t len, const char *dir, job *j);
+
+void job_free(job *j);
+
+/* Samples in the job: n_models * directions. */
+int64_t job_samples(const job *j);
+
+/* The most samples (models x directions) a job may ask for: 2^32, checked
+ * when the job is read, before anything is allocated for it. */
+#define JOB_MAX_SAMPLES ((int64_t)1 << 32)
+
+/* The observed frequencies [Hz] of the channels for a line of rest frequency
+ * nu0 [Hz], into out[nf]. coemunet mode reproduces the reference grid bit for
+ * bit (docs/physics.md, "Frequency grids"); grid and list use
+ * nu = nu0 * (1 - v/c), v > 0 away from the observer (redshift). */
+void job_frequencies(const job *j, double nu0, double *out);
+
+/* The split of every model (job_split values) into out[n_models]: a seeded
+ * permutation of the models, the first round(train*M) to training, the next
+ * round(validation*M) to validation, the rest to test. */
+int job_model_splits(const job *j, uint8_t *out);
+
+/* docs/jobs.md's key table, generated from the schema. */
+int job_schema_markdown(FILE *out);
+
+#endif

@@ -1,0 +1,89 @@
+/* trainjob.h - training jobs: what `coemu train` runs, read from YAML and
+ * checked against the schema schemas/train.yaml (embedded in the binary, as
+ * schemas/job.yaml is for generate jobs; the validator is pipeline/job/schema.h).
+ *
+ * A training job has up to two stages, run in this order:
+ *   pretrain  - the single-channel model (a dataset of 1 channel, face-on in
+ *               the paper) trained from scratch;
+ *   finetune  - the multi-channel model; with `transfer: true` its encoder
+ *               branches and latent layer start from the pretrained weights
+ *               (the last checkpoint of the pretrain stage, or `init`).
+ * At least one stage is given. Each stage reads training batches from a
+ * dataset directory (the same per-epoch shuffle as `coemu serve`) or from a
+ * stream endpoint (`coemu serve`), and validates on a dataset split.
+ *
+ * Errors are "FILE:LINE:COL: key.path: expected ..., got ..."; every default
+ * is filled in, relative paths are resolved against the job file's folder.
+ */
+#ifndef COEMU_TRAINJOB_H
+#define COEMU_TRAINJOB_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+typedef enum { TRAIN_STAGE_PRETRAIN = 0, TRAIN_STAGE_FINETUNE = 1, TRAIN_STAGES = 2 } train_stage_id;
+typedef enum { TRAIN_SRC_DATASET = 0, TRAIN_SRC_STREAM = 1 } train_source_kind;
+
+typedef struct {
+  int enabled;               /* the stage is in the job */
+  /* training data (data:) */
+  train_source_kind source;  /* exactly one of data.dataset / data.stream */
+  char *dataset;             /* data.dataset: dataset directory (resolved) */
+  char split[16];            /* data.split: train | validation | test | all (default train) */
+  char *endpoint;            /* data.stream.endpoint */
+  int64_t credit;            /* data.stream.credit (default 4) */
+  double timeout_s;          /* data.stream.timeout (default 30 s) */
+  char *server_key;          /* data.stream.server_key: producer's public key file, "" = no CURVE */
+  char *client_key;          /* data.stream.client_key: this trainer's key pair file */
+  char *stream_stats;        /* data.stream.stats: dataset whose /stats the trainer normalises
+                                a raw (live) stream with ("" = the producer normalises) */
+  /* validation (validation:) */
+  char *val_dataset;         /* validation.dataset (resolved); default: data.dataset; "" = none */
+  char val_split[16];        /* validation.split: validation | test | train | all | none (default validation) */
+  int64_t val_max_samples;   /* validation.max_samples: 0 = the whole split */
+  int64_t val_batch;         /* validation.batch (default 16) */
+  int64_t validate_every;    /* validation.every: epochs between validations (default 1) */
+  /* optimisation */
+  int64_t epochs;            /* epochs (required) */
+  int64_t batch;             /* batch: global batch, divided evenly over the ranks (default 16) */
+  int optimizer;             /* optimizer.kind: adam | adam_l2 | adamw -> adam_kind (optim.h) */
+  double lr, weight_decay;   /* optimizer.lr (default 4e-4), optimizer.weight_decay (0) */
+  double beta1, beta2, eps;  /* optimizer.betas [0.9, 0.999], optimizer.eps 1e-8 */
+  int64_t lr_step;           /* schedule.step_size: epochs (0 = constant rate, default) */
+  double lr_gamma;           /* schedule.gamma (default 0.1) */
+  int64_t checkpoint_every;  /* steps between checkpoints (0 = at the end of each epoch only) */
+  int transfer;              /* finetune only: transfer the encoder (default true when pretrain exists) */
+  char *init;                /* a checkpoint to take the transferred weights from ("" = the pretrain stage's) */
+} train_stage;
+
+typedef struct {
+  char *path;       /* job file as given */
+  char *dir;        /* folder relative paths are resolved against */
+  char *text;       /* the job text, verbatim (provenance) */
+  size_t text_len;
+  char *name;       /* name (default "train") */
+  char *out_dir;    /* output.directory (default "train", relative to the cwd; --out overrides) */
+  uint64_t seed;    /* seed (default 1234): initialisation and data order */
+  int threads;      /* threads per rank (0 = OpenMP's default) */
+  /* model: */
+  int shortcut;     /* model.shortcut: reference | input -> COEMUNET_SHORTCUT_* */
+  int stem;         /* model.stem (4) */
+  int enc[3];       /* model.encoder [8, 16, 32] */
+  int latent;       /* model.latent (4096) */
+  int dec;          /* model.decoder (64) */
+  int sync_batchnorm; /* model.sync_batchnorm (true): BatchNorm statistics over the global batch */
+  train_stage stage[TRAIN_STAGES];
+} train_job;
+
+/* The schema text (schemas/train.yaml), embedded at build time. */
+extern const char train_schema_text[];
+
+int train_job_load(const char *path, train_job *j);
+int train_job_parse(const char *name, const char *text, size_t len, const char *dir,
+                    train_job *j);
+void train_job_free(train_job *j);
+
+/* docs/training-jobs.md's key table, generated from the schema. */
+int train_job_schema_markdown(FILE *out);
+
+#endif

@@ -1,0 +1,699 @@
+/* serve.c - dataset source for the stream: shuffles, rank slices, a
+ * prefetching HDF5 reader thread. */
+#include "pipeline/serve/serve.h"
+
+#include <hdf5.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/checksum.h"
+#include "common/cli.h"
+#include "common/error.h"
+#include "common/fsutil.h"
+#include "common/rng.h"
+#include "pipeline/dataset/h5util.h"
+#include "pipeline/dataset/integrity.h"
+#include "pipeline/dataset/layout.h"
+#include "pipeline/job/job.h"
+#include "pipeline/job/yamltree.h"
+#include "stats/statsfile.h"
+#include "stats/transforms.h"
+
+#define RNG_STREAM_SHUFFLE 7u /* rng.h stream reserved for epoch shuffles */
+#define PERM_CACHE 3
+
+enum { SLOT_FREE = 0, SLOT_WANTED, SLOT_READING, SLOT_READY };
+
+typedef struct {
+  int state, rank, normalised, failed;
+  uint32_t epoch;
+  uint64_t position;
+  void *buf; /* chunk_mem */
+  char err[512];
+} slot;
+
+typedef struct {
+  uint64_t *ids;
+  float *inputs, *targets;
+} chunk_mem;
+
+typedef struct {
+  int active, normalised;
+  uint32_t epoch;
+  uint64_t next; /* position after the last one asked for */
+} cursor;
+
+struct serve_source {
+  serve_opts o;
+  char h5path[4096];
+  /* live mode: samples come from the shard files */
+  int64_t spp;                /* samples per shard */
+  hid_t shard;                /* the shard file open now, or -1 */
+  int64_t shard_idx;
+  hid_t shard_d[2];
+  hid_t shard_sums;           /* its /checksums, or -1 */
+  hid_t file, d_in, d_out;
+  integrity integ;            /* finished mode: shard presence, per-sample checksums */
+  int integ_open;
+  int64_t nsamples_total, nsplit;
+  int64_t *split_idx;         /* dataset indices of the split, ascending */
+  uint32_t in_shape[4], out_shape[3];
+  size_t in_vals, out_vals;   /* floats per sample */
+  uint64_t per_rank;          /* samples per epoch per rank */
+  uint64_t dataset_id;
+  int have_norm;
+  stats_norm norm;
+  /* epoch permutations */
+  int64_t *perm[PERM_CACHE];
+  uint32_t perm_epoch[PERM_CACHE];
+  int perm_next;
+  /* reader thread */
+  pthread_t thread;
+  pthread_mutex_t mu;
+  pthread_cond_t cv_reader, cv_ready;
+  int stop, started;
+  slot *slots;
+  int nslots;
+  cursor *cursors;
+};
+
+static void chunk_free(void *p) {
+  chunk_mem *m = p;
+  if (!m) return;
+  free(m->ids);
+  free(m->inputs);
+  free(m->targets);
+  free(m);
+}
+
+static int read_split(serve_source *s) {
+  const char *sp = s->o.split ? s->o.split : "train";
+  int want;
+  CE_TRY(job_split_parse(sp, &want));
+  uint8_t *split = NULL, *valid = NULL;
+  int64_t n = s->nsamples_total;
+  if (want >= 0 || H5Lexists(s->file, "valid", H5P_DEFAULT) > 0) {
+    split = ce_malloc_array((size_t)n, 1, "/split");
+    valid = ce_malloc_array((size_t)n, 1, "/valid");
+    if (!split || !valid) goto fail;
+    memset(split, 0, (size_t)n);
+    memset(valid, 1, (size_t)n);
+    const char *names[2] = {"split", "valid"};
+    uint8_t *dst[2] = {split, valid};
+    for (int k = 0; k < 2; k++) {
+      if (H5Lexists(s->file, names[k], H5P_DEFAULT) <= 0) {
+        if (k == 0 && want >= 0) {
+          ce_err("%s: no /split dataset, but split '%s' was asked for", s->h5path, sp);
+          goto fail;
+        }
+        continue;
+      }
+      hid_t d = H5Dopen2(s->file, names[k], H5P_DEFAULT);
+      hid_t sp_ = d >= 0 ? H5Dget_space(d) : -1;
+      hsize_t dim = 0;
+      int ok = sp_ >= 0 && H5Sget_simple_extent_ndims(sp_) == 1 &&
+               H5Sget_simple_extent_dims(sp_, &dim, NULL) == 1 && (int64_t)dim == n &&
+               H5Dread(d, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, dst[k]) >= 0;
+      if (sp_ >= 0) H5Sclose(sp_);
+      if (d >= 0) H5Dclose(d);
+      if (!ok) {
+        ce_err("%s: /%s: expected a uint8 vector of %lld samples", s->h5path, names[k], (long long)n);
+        goto fail;
+      }
+    }
+  }
+  s->split_idx = ce_malloc_array((size_t)(n ? n : 1), sizeof(int64_t), "split index");
+  if (!s->split_idx) goto fail;
+  s->nsplit = 0;
+  for (int64_t i = 0; i < n; i++)
+    if ((!valid || valid[i]) && (want < 0 || split[i] == want)) s->split_idx[s->nsplit++] = i;
+  free(split);
+  free(valid);
+  if (s->nsplit == 0) CE_FAIL("%s: split '%s' has no samples", s->h5path, sp);
+  return 0;
+fail:
+  free(split);
+  free(valid);
+  return -1;
+}
+
+static int open_array(serve_source *s, const char *name, int rank, hid_t *d, hsize_t *dims) {
+  *d = H5Dopen2(s->file, name, H5P_DEFAULT);
+  if (*d < 0) CE_FAIL("%s: no /%s dataset", s->h5path, name);
+  hid_t sp = H5Dget_space(*d);
+  int nd = H5Sget_simple_extent_ndims(sp);
+  if (nd != rank) {
+    H5Sclose(sp);
+    CE_FAIL("%s: /%s has %d dimensions, expected %d", s->h5path, name, nd, rank);
+  }
+  H5Sget_simple_extent_dims(sp, dims, NULL);
+  H5Sclose(sp);
+  hid_t t = H5Dget_type(*d);
+  int isf = H5Tget_class(t) == H5T_FLOAT;
+  H5Tclose(t);
+  if (!isf) CE_FAIL("%s: /%s is not a floating-point array", s->h5path, name);
+  return 0;
+}
+
+static const int64_t *epoch_perm(serve_source *s, uint32_t epoch) {
+  for (int i = 0; i < PERM_CACHE; i++)
+    if (s->perm[i] && s->perm_epoch[i] == epoch) return s->perm[i];
+  int k = s->perm_next;
+  s->perm_next = (k + 1) % PERM_CACHE;
+  int64_t *p = s->perm[k];
+  if (!p) p = s->perm[k] = malloc(sizeof(int64_t) * (size_t)s->nsplit);
+  if (!p) return NULL;
+  memcpy(p, s->split_idx, sizeof(int64_t) * (size_t)s->nsplit);
+  s->perm_epoch[k] = epoch;
+  if (s->o.live && epoch == 0) return p; /* live: the first epoch in generation order */
+  ce_rng r = ce_rng_make(s->o.seed, epoch, 0, RNG_STREAM_SHUFFLE);
+  for (int64_t i = s->nsplit - 1; i > 0; i--) { /* Fisher-Yates, unbiased bounded draws */
+    uint64_t bound = (uint64_t)i + 1, lim = UINT64_MAX - UINT64_MAX % bound, x;
+    do x = ce_rng_u64(&r);
+    while (x >= lim);
+    int64_t j = (int64_t)(x % bound), t = p[i];
+    p[i] = p[j];
+    p[j] = t;
+  }
+  s->perm_epoch[k] = epoch;
+  return p;
+}
+
+int64_t serve_sample_at(const serve_source *cs, uint32_t epoch, int rank, uint64_t position) {
+  serve_source *s = (serve_source *)cs;
+  pthread_mutex_lock(&s->mu);
+  const int64_t *p = epoch_perm(s, epoch);
+  int64_t v = p ? p[((uint64_t)rank + position * (uint64_t)s->o.world) % (uint64_t)s->nsplit] : -1;
+  pthread_mutex_unlock(&s->mu);
+  return v;
+}
+
+static void shard_path(const serve_source *s, int64_t shard, char *buf, size_t len) {
+  if (dataset_shard_path(s->o.dataset_dir, shard, buf, len) < 0) snprintf(buf, len, "?");
+}
+
+/* Live mode: is the shard holding dataset sample idx finished (renamed into
+ * place)? */
+static int sample_ready(const serve_source *s, int64_t idx) {
+  if (!s->o.live) return 1;
+  char p[4200];
+  shard_path(s, idx / s->spp, p, sizeof p);
+  return access(p, F_OK) == 0;
+}
+
+static void shard_close_current(serve_source *s) {
+  for (int a = 0; a < 2; a++)
+    if (s->shard_d[a] >= 0) H5Dclose(s->shard_d[a]);
+  if (s->shard_sums >= 0) H5Dclose(s->shard_sums);
+  if (s->shard >= 0) H5Fclose(s->shard);
+  s->shard = s->shard_d[0] = s->shard_d[1] = s->shard_sums = -1;
+}
+
+/* The datasets to read sample idx from, and its index in them. */
+static int sample_source(serve_source *s, int64_t idx, hid_t ds[2], hsize_t *at) {
+  if (!s->o.live) {
+    ds[0] = s->d_in;
+    ds[1] = s->d_out;
+    *at = (hsize_t)idx;
+    return 0;
+  }
+  int64_t sh = idx / s->spp;
+  if (sh != s->shard_idx || s->shard < 0) {
+    shard_close_current(s);
+    char p[4200];
+    shard_path(s, sh, p, sizeof p);
+    s->shard = H5Fopen(p, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (s->shard < 0) CE_FAIL("%s: cannot open as HDF5", p);
+    s->shard_d[0] = H5Dopen2(s->shard, "inputs", H5P_DEFAULT);
+    s->shard_d[1] = H5Dopen2(s->shard, "targets", H5P_DEFAULT);
+    s->shard_sums = H5Lexists(s->shard, "checksums", H5P_DEFAULT) > 0
+                        ? H5Dopen2(s->shard, "checksums", H5P_DEFAULT) : -1;
+    s->shard_idx = sh;
+    if (s->shard_d[0] < 0 || s->shard_d[1] < 0) {
+      shard_close_current(s);
+      CE_FAIL("%s: no /inputs and /targets", p);
+    }
+  }
+  ds[0] = s->shard_d[0];
+  ds[1] = s->shard_d[1];
+  *at = (hsize_t)(idx - sh * s->spp);
+  return 0;
+}
+
+/* Read (and normalise) one chunk; called by the reader thread, mutex NOT held. */
+static int read_chunk(serve_source *s, const int64_t *idx, int n, int normalised, chunk_mem **out) {
+  chunk_mem *m = calloc(1, sizeof *m);
+  if (!m) CE_FAIL("out of memory");
+  m->ids = ce_malloc_array((size_t)n, 8, "chunk ids");
+  m->inputs = ce_malloc_array((size_t)n * s->in_vals, 4, "chunk inputs");
+  m->targets = ce_malloc_array((size_t)n * s->out_vals, 4, "chunk targets");
+  if (!m->ids || !m->inputs || !m->targets || serve_read(s, idx, n, normalised, m->inputs, m->targets) < 0) {
+    chunk_free(m);
+    return -1;
+  }
+  for (int k = 0; k < n; k++) m->ids[k] = (uint64_t)idx[k];
+  *out = m;
+  return 0;
+}
+
+static slot *find_slot(serve_source *s, int rank, uint32_t epoch, uint64_t pos, int norm) {
+  for (int i = 0; i < s->nslots; i++) {
+    slot *q = &s->slots[i];
+    if (q->state != SLOT_FREE && q->rank == rank && q->epoch == epoch && q->position == pos &&
+        q->normalised == norm)
+      return q;
+  }
+  return NULL;
+}
+
+static slot *free_slot(serve_source *s) {
+  for (int i = 0; i < s->nslots; i++)
+    if (s->slots[i].state == SLOT_FREE) return &s->slots[i];
+  return NULL;
+}
+
+/* Is slot q one a consumer still wants: in the read-ahead window of its
+ * rank's cursor? (mutex held) */
+static int slot_wanted(const serve_source *s, const slot *q) {
+  if (q->rank < 0 || q->rank >= s->o.world) return 0;
+  const cursor *cu = &s->cursors[q->rank];
+  return cu->active && q->epoch == cu->epoch && q->normalised == cu->normalised &&
+         q->position >= cu->next &&
+         q->position < cu->next + (uint64_t)s->o.prefetch * (uint64_t)s->o.batch;
+}
+
+static void slot_release(slot *q) {
+  chunk_free(q->buf);
+  q->buf = NULL; /* serve_close frees what the slots still hold */
+  q->state = SLOT_FREE;
+}
+
+/* Free every slot read (or asked) for a place no cursor wants any more: its
+ * consumer left, or resumed elsewhere. A slot being read is left to the
+ * reader; it is evicted once read. (mutex held) */
+static void evict_stale(serve_source *s, const slot *keep) {
+  for (int i = 0; i < s->nslots; i++) {
+    slot *q = &s->slots[i];
+    if (q != keep && (q->state == SLOT_READY || q->state == SLOT_WANTED) && !slot_wanted(s, q))
+      slot_release(q);
+  }
+}
+
+void serve_leave(void *ctx, const stream_consumer *c) {
+  serve_source *s = ctx;
+  if (c->rank >= s->o.world) return;
+  pthread_mutex_lock(&s->mu);
+  s->cursors[c->rank].active = 0;
+  evict_stale(s, NULL);
+  pthread_mutex_unlock(&s->mu);
+}
+
+/* The reader's next job (mutex held): an explicit request first, then
+ * prefetch for each active consumer. */
+/* Live mode: are all samples of this chunk in finished shards? (mutex held) */
+static int chunk_ready(serve_source *s, const slot *q) {
+  if (!s->o.live) return 1;
+  const int64_t *p = epoch_perm(s, q->epoch);
+  if (!p) return 1; /* the read reports the error */
+  for (int k = 0; k < s->o.batch; k++)
+    if (!sample_ready(s, p[((uint64_t)q->rank + (q->position + (uint64_t)k) * (uint64_t)s->o.world) %
+                         (uint64_t)s->nsplit]))
+      return 0;
+  return 1;
+}
+
+static slot *next_job(serve_source *s) {
+  for (int i = 0; i < s->nslots; i++)
+    if (s->slots[i].state == SLOT_WANTED && chunk_ready(s, &s->slots[i])) return &s->slots[i];
+  uint64_t batch = (uint64_t)s->o.batch;
+  for (int r = 0; r < s->o.world; r++) {
+    cursor *c = &s->cursors[r];
+    if (!c->active) continue;
+    for (int k = 0; k < s->o.prefetch; k++) {
+      uint64_t pos = c->next + k * batch;
+      if (pos >= s->per_rank) break;
+      if (find_slot(s, r, c->epoch, pos, c->normalised)) continue;
+      slot *q = free_slot(s);
+      if (!q) return NULL;
+      *q = (slot){.state = SLOT_WANTED, .rank = r, .epoch = c->epoch, .position = pos,
+                  .normalised = c->normalised};
+      if (chunk_ready(s, q)) return q;
+    }
+  }
+  return NULL;
+}
+
+static void timed_wait(pthread_cond_t *cv, pthread_mutex_t *mu, long ms) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_nsec += ms * 1000000L;
+  while (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+  pthread_cond_timedwait(cv, mu, &ts);
+}
+
+static void *reader_loop(void *arg) {
+  serve_source *s = arg;
+  pthread_mutex_lock(&s->mu);
+  while (!s->stop) {
+    slot *q = next_job(s);
+    if (!q) {
+      if (s->o.live) { /* shards appear on disk: look again shortly */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 200000000;
+        if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+        pthread_cond_timedwait(&s->cv_reader, &s->mu, &ts);
+      } else
+        pthread_cond_wait(&s->cv_reader, &s->mu);
+      continue;
+    }
+    q->state = SLOT_READING;
+    int n = s->o.batch;
+    int64_t idx[4096];
+    const int64_t *p = epoch_perm(s, q->epoch);
+    for (int k = 0; k < n && p; k++)
+      idx[k] = p[((uint64_t)q->rank + (q->position + (uint64_t)k) * (uint64_t)s->o.world) %
+                 (uint64_t)s->nsplit];
+    int norm = q->normalised;
+    pthread_mutex_unlock(&s->mu);
+    chunk_mem *m = NULL;
+    ce_err_clear();
+    int rc = p ? read_chunk(s, idx, n, norm, &m) : ce_err("out of memory for the shuffle");
+    pthread_mutex_lock(&s->mu);
+    q->buf = m;
+    q->failed = rc < 0;
+    if (rc < 0) snprintf(q->err, sizeof q->err, "%s", ce_err_msg());
+    q->state = SLOT_READY;
+    pthread_cond_broadcast(&s->cv_ready);
+  }
+  pthread_mutex_unlock(&s->mu);
+  return NULL;
+}
+
+int serve_chunk(void *ctx, const stream_consumer *c, uint32_t epoch, uint64_t position,
+                stream_chunk *out) {
+  serve_source *s = ctx;
+  if (c->world != s->o.world || c->rank >= s->o.world)
+    CE_FAIL("consumer says it is rank %u of %u ranks, the producer serves %d", c->rank, c->world,
+            s->o.world);
+  int norm = c->flags & 1;
+  if (norm && !s->have_norm)
+    CE_FAIL("%s has no /stats group: %s", s->h5path,
+            s->o.live ? "normalised data are not available while the dataset is being made"
+                      : "run `coemu stats` on it before asking for normalised data");
+  if (position >= s->per_rank) return 0;
+  if (position % (uint64_t)s->o.batch)
+    CE_FAIL("position %llu is not a multiple of the batch (%d)", (unsigned long long)position,
+            s->o.batch);
+  pthread_mutex_lock(&s->mu);
+  cursor *cu = &s->cursors[c->rank];
+  cu->active = 1;
+  cu->epoch = epoch;
+  cu->normalised = norm;
+  cu->next = position + (uint64_t)s->o.batch;
+  slot *q = find_slot(s, c->rank, epoch, position, norm);
+  /* forget what no consumer needs any more (this rank resumed elsewhere,
+   * another rank's consumer left): slots never fill with stale chunks */
+  evict_stale(s, q);
+  if (!q) {
+    /* the cursors' windows hold at most W x prefetch slots, so a slot is
+     * free, or one being read out of every window frees up once read */
+    q = free_slot(s);
+    while (!q) {
+      if (s->o.live) { /* the producer asks again, and serves others meanwhile */
+        pthread_mutex_unlock(&s->mu);
+        return STREAM_SOURCE_WAIT;
+      }
+      timed_wait(&s->cv_ready, &s->mu, 100);
+      evict_stale(s, NULL);
+      q = free_slot(s);
+    }
+    *q = (slot){.state = SLOT_WANTED, .rank = c->rank, .epoch = epoch, .position = position,
+                .normalised = norm};
+  }
+  pthread_cond_signal(&s->cv_reader);
+  if (s->o.live && q->state != SLOT_READY) { /* not made yet: the producer asks again */
+    pthread_mutex_unlock(&s->mu);
+    return STREAM_SOURCE_WAIT;
+  }
+  while (q->state != SLOT_READY) timed_wait(&s->cv_ready, &s->mu, 100); /* a read in progress */
+  chunk_mem *m = q->buf;
+  int failed = q->failed;
+  char err[512];
+  memcpy(err, q->err, sizeof err);
+  q->state = SLOT_FREE;
+  q->buf = NULL;
+  pthread_cond_signal(&s->cv_reader); /* a slot is free: prefetch on */
+  pthread_mutex_unlock(&s->mu);
+  if (failed) CE_FAIL("%s", err);
+  out->nsamples = (uint32_t)s->o.batch;
+  out->ids = m->ids;
+  out->inputs = m->inputs;
+  out->targets = m->targets;
+  memcpy(out->in_shape, s->in_shape, sizeof s->in_shape);
+  memcpy(out->out_shape, s->out_shape, sizeof s->out_shape);
+  out->flags = (uint32_t)norm;
+  out->release = chunk_free;
+  out->token = m;
+  return 1;
+}
+
+/* A finished dataset: DIR/manifest.json and DIR/dataset.h5. */
+static int open_finished(serve_source *s) {
+  char mpath[4096], *mtext;
+  size_t mlen;
+  snprintf(mpath, sizeof mpath, "%s/manifest.json", s->o.dataset_dir);
+  if (fs_read_all(mpath, &mtext, &mlen) < 0)
+    return ce_err_prefix("%s is not a finished dataset (serve a running job with --live)",
+                         s->o.dataset_dir);
+  s->dataset_id = ce_xxh64(mtext, mlen, 0);
+  free(mtext);
+  char jpath[4200];
+  snprintf(jpath, sizeof jpath, "%s/job.yaml", s->o.dataset_dir);
+  if (access(jpath, F_OK) == 0 && fs_read_all(jpath, &mtext, &mlen) == 0) {
+    s->dataset_id = ce_xxh64(mtext, mlen, 0); /* the job identifies its data (live or finished) */
+    free(mtext);
+  }
+  s->file = H5Fopen(s->h5path, H5F_ACC_RDONLY, H5P_DEFAULT);
+  if (s->file < 0) {
+    ce_err("%s: cannot open as HDF5", s->h5path);
+    return -1;
+  }
+  hsize_t di[5], dt[4];
+  if (open_array(s, "inputs", 5, &s->d_in, di) < 0 || open_array(s, "targets", 4, &s->d_out, dt) < 0) {
+    return -1;
+  }
+  if (di[0] != dt[0] || di[1] != 3) {
+    ce_err("%s: /inputs [%llu,%llu,...] and /targets [%llu,...] disagree", s->h5path,
+           (unsigned long long)di[0], (unsigned long long)di[1], (unsigned long long)dt[0]);
+    return -1;
+  }
+  if (integrity_open(&s->integ, s->h5path, s->file) < 0) return -1;
+  s->integ_open = 1;
+  s->nsamples_total = (int64_t)di[0];
+  for (int d = 0; d < 4; d++) s->in_shape[d] = (uint32_t)di[d + 1];
+  for (int d = 0; d < 3; d++) s->out_shape[d] = (uint32_t)dt[d + 1];
+  s->in_vals = (size_t)di[1] * di[2] * di[3] * di[4];
+  s->out_vals = (size_t)dt[1] * dt[2] * dt[3];
+  if (read_split(s) < 0) {
+    return -1;
+  }
+  return 0;
+}
+
+/* Live: the plan of a dataset being generated (DIR/plan.json). */
+static int open_live(serve_source *s) {
+  char path[4200], *text;
+  size_t len;
+  snprintf(path, sizeof path, "%s/plan.json", s->o.dataset_dir);
+  if (fs_read_all(path, &text, &len) < 0)
+    return ce_err_prefix("%s: no sample plan: is coemu generate running there?", s->o.dataset_dir);
+  yt_node *root = yt_parse(path, text, len);
+  free(text);
+  if (!root) return -1;
+  const char *keys[7] = {"samples", "samples_per_shard", "directions", "n", "channels",
+                         "store_inputs", "skip_bad_models"};
+  int64_t v[7];
+  int rc = 0;
+  for (int i = 0; i < 7 && rc == 0; i++) {
+    const yt_node *x = yt_get(root, keys[i]);
+    if (!x || x->kind != YT_SCALAR || cli_parse_int(x->text, &v[i]) < 0 || v[i] < 0)
+      rc = ce_err("%s: '%s' missing or not a whole number", path, keys[i]);
+  }
+  const yt_node *ms = yt_get(root, "model_split");
+  if (rc == 0 && (!ms || ms->kind != YT_SEQ || v[1] < 1 || v[2] < 1 || v[3] < 1 || v[4] < 1 ||
+                  (int64_t)ms->n * v[2] != v[0]))
+    rc = ce_err("%s: inconsistent plan", path);
+  if (rc == 0 && !v[5]) rc = ce_err("%s: the job does not store inputs: nothing to stream", path);
+  if (rc == 0 && v[6])
+    rc = ce_err("%s: the job skips bad models (on_bad_model: skip); a live stream cannot know "
+                "in advance which samples will be missing", path);
+  if (rc == 0) {
+    s->nsamples_total = v[0];
+    s->spp = v[1];
+    s->in_shape[0] = 3;
+    s->in_shape[1] = s->in_shape[2] = s->in_shape[3] = (uint32_t)v[3];
+    s->out_shape[0] = (uint32_t)v[4];
+    s->out_shape[1] = s->out_shape[2] = (uint32_t)v[3];
+    s->in_vals = 3 * (size_t)v[3] * v[3] * v[3];
+    s->out_vals = (size_t)v[4] * v[3] * v[3];
+    const char *sp = s->o.split ? s->o.split : "train";
+    int want = SPLIT_ALL;
+    rc = job_split_parse(sp, &want);
+    s->split_idx = rc ? NULL : ce_malloc_array((size_t)(v[0] ? v[0] : 1), sizeof(int64_t), "split index");
+    if (!rc && !s->split_idx) rc = -1;
+    for (int64_t i = 0; rc == 0 && i < v[0]; i++) {
+      int64_t split;
+      const yt_node *x = ms->items[i / v[2]];
+      if (x->kind != YT_SCALAR || cli_parse_int(x->text, &split) < 0)
+        rc = ce_err("%s: model_split[%lld] is not a number", path, (long long)(i / v[2]));
+      else if (want < 0 || split == want)
+        s->split_idx[s->nsplit++] = i;
+    }
+    if (rc == 0 && s->nsplit == 0) rc = ce_err("%s: split '%s' has no samples", path, sp);
+  }
+  yt_free(root);
+  CE_TRY(rc);
+  /* the dataset id: the job's text, the same the finished dataset announces */
+  snprintf(path, sizeof path, "%s/job.yaml", s->o.dataset_dir);
+  if (fs_read_all(path, &text, &len) < 0) return -1;
+  s->dataset_id = ce_xxh64(text, len, 0);
+  free(text);
+  return 0;
+}
+
+int serve_open(const serve_opts *o, serve_source **out) {
+  serve_source *s = calloc(1, sizeof *s);
+  if (!s) CE_FAIL("out of memory");
+  s->o = *o;
+  s->file = s->d_in = s->d_out = -1;
+  s->shard = s->shard_d[0] = s->shard_d[1] = s->shard_sums = -1;
+  s->shard_idx = -1;
+  if (s->o.batch <= 0) s->o.batch = 16;
+  if (s->o.prefetch <= 0) s->o.prefetch = 4;
+  pthread_mutex_init(&s->mu, NULL);
+  pthread_cond_init(&s->cv_reader, NULL);
+  pthread_cond_init(&s->cv_ready, NULL);
+  if (s->o.world < 1 || s->o.world > 65535 || s->o.batch > 4096) {
+    serve_close(s);
+    CE_FAIL("serve: ranks must be 1..65535 and the batch 1..4096");
+  }
+  snprintf(s->h5path, sizeof s->h5path, "%s/dataset.h5", o->dataset_dir);
+  h5_lock();
+  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+  int opened = o->live ? open_live(s) : open_finished(s);
+  h5_unlock();
+  if (opened < 0) {
+    serve_close(s);
+    return -1;
+  }
+  uint64_t m = (uint64_t)s->nsplit, w = (uint64_t)s->o.world, b = (uint64_t)s->o.batch;
+  uint64_t pr = s->o.drop_last ? m / w : (m + w - 1) / w;
+  s->per_rank = s->o.drop_last ? pr / b * b : (pr + b - 1) / b * b;
+  if (s->per_rank == 0) {
+    ce_err("%s: split '%s' has %llu samples: not one batch of %d for each of %d ranks", s->h5path,
+           o->split ? o->split : "train", (unsigned long long)m, s->o.batch, o->world);
+    serve_close(s);
+    return -1;
+  }
+  h5_lock();
+  int has_stats = !o->live && H5Lexists(s->file, "stats", H5P_DEFAULT) > 0;
+  int norm_rc = has_stats ? stats_file_read_norm(s->h5path, &s->norm) : 0;
+  h5_unlock();
+  if (norm_rc < 0) {
+    serve_close(s);
+    return -1;
+  }
+  s->have_norm = has_stats;
+  s->nslots = s->o.world * (s->o.prefetch + 1) + 2;
+  s->slots = calloc((size_t)s->nslots, sizeof *s->slots);
+  s->cursors = calloc((size_t)s->o.world, sizeof *s->cursors);
+  if (!s->slots || !s->cursors || pthread_create(&s->thread, NULL, reader_loop, s) != 0) {
+    serve_close(s);
+    CE_FAIL("serve: cannot start the reader thread");
+  }
+  s->started = 1;
+  *out = s;
+  return 0;
+}
+
+void serve_close(serve_source *s) {
+  if (!s) return;
+  if (s->started) {
+    pthread_mutex_lock(&s->mu);
+    s->stop = 1;
+    pthread_cond_broadcast(&s->cv_reader);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->thread, NULL);
+  }
+  for (int i = 0; i < s->nslots; i++) chunk_free(s->slots[i].buf);
+  free(s->slots);
+  free(s->cursors);
+  for (int i = 0; i < PERM_CACHE; i++) free(s->perm[i]);
+  free(s->split_idx);
+  h5_lock();
+  shard_close_current(s);
+  if (s->integ_open) integrity_close(&s->integ);
+  if (s->d_in >= 0) H5Dclose(s->d_in);
+  if (s->d_out >= 0) H5Dclose(s->d_out);
+  if (s->file >= 0) H5Fclose(s->file);
+  h5_unlock();
+  pthread_mutex_destroy(&s->mu);
+  pthread_cond_destroy(&s->cv_reader);
+  pthread_cond_destroy(&s->cv_ready);
+  free(s);
+}
+
+uint64_t serve_dataset_id(const serve_source *s) { return s->dataset_id; }
+uint64_t serve_samples_per_rank(const serve_source *s) { return s->per_rank; }
+uint64_t serve_split_size(const serve_source *s) { return (uint64_t)s->nsplit; }
+
+int64_t serve_split_sample(const serve_source *s, int64_t k) {
+  return k >= 0 && k < s->nsplit ? s->split_idx[k] : -1;
+}
+
+void serve_shapes(const serve_source *s, uint32_t in_shape[4], uint32_t out_shape[3]) {
+  memcpy(in_shape, s->in_shape, sizeof s->in_shape);
+  memcpy(out_shape, s->out_shape, sizeof s->out_shape);
+}
+
+const stats_norm *serve_norm(const serve_source *s) { return s->have_norm ? &s->norm : NULL; }
+
+int serve_read(serve_source *s, const int64_t *idx, int n, int normalised, float *inputs,
+               float *targets) {
+  if (normalised && !s->have_norm)
+    CE_FAIL("%s has no /stats group: run `coemu stats` on it first", s->h5path);
+  for (int k = 0; k < n; k++) {
+    if (idx[k] < 0 || idx[k] >= s->nsamples_total)
+      CE_FAIL("%s: sample %lld out of range (%lld samples)", s->h5path, (long long)idx[k],
+              (long long)s->nsamples_total);
+    float *dst[2] = {inputs + (size_t)k * s->in_vals, targets + (size_t)k * s->out_vals};
+    hid_t ds[2];
+    hsize_t at = 0;
+    h5_lock();
+    int rc = sample_source(s, idx[k], ds, &at), bad = -1;
+    for (int a = 0; a < 2 && rc == 0 && bad < 0; a++)
+      if (h5_read_sample_f32(ds[a], at, dst[a]) < 0) bad = a;
+    if (rc == 0 && bad < 0 && s->integ_open)
+      rc = integrity_check(&s->integ, idx[k], dst[0], s->in_vals, dst[1], s->out_vals);
+    if (rc == 0 && bad < 0 && s->o.live && s->shard_sums >= 0) { /* live: the shard's own sums */
+      char p[4200];
+      shard_path(s, s->shard_idx, p, sizeof p);
+      rc = integrity_check_row(s->shard_sums, at, p, idx[k], dst[0], s->in_vals, dst[1],
+                               s->out_vals);
+    }
+    h5_unlock();
+    if (rc < 0) return -1;
+    if (bad >= 0)
+      CE_FAIL("%s: reading sample %lld of /%s failed", s->h5path, (long long)idx[k],
+              bad == 0 ? "inputs" : "targets");
+    if (normalised) {
+      stats_norm_inputs(&s->norm, dst[0], s->in_vals / 3, dst[0]);
+      stats_norm_targets(&s->norm, dst[1], s->out_vals, dst[1]);
+    }
+  }
+  return 0;
+}

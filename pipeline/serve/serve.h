@@ -1,0 +1,84 @@
+/* serve.h - a dataset as a stream source (`coemu serve`).
+ *
+ * Serves one split of a finished dataset (DIR/dataset.h5) to W trainer
+ * ranks. For each epoch e the split's samples are put in a deterministic
+ * order, a Fisher-Yates shuffle driven by rng.h keyed by (seed, e), and rank
+ * r takes the samples at positions r, r+W, r+2W, ... of that order: disjoint
+ * across ranks. Every rank gets the same number of samples and of batches:
+ * with drop_last the last M mod W samples and the incomplete last batch are
+ * left out of the epoch; without it the order wraps around to pad them.
+ * A chunk is one batch. A reader thread prefetches the next chunks of each
+ * consumer from HDF5 (the only thread that calls HDF5), so the producer's
+ * socket thread never waits on the disk when the trainer is slower than it.
+ * Normalisation (stats/transforms.h, parameters from the dataset's /stats)
+ * is applied when the consumer asks for it.
+ *
+ * Live mode serves a dataset that `coemu generate` is still making: the
+ * sample plan comes from DIR/plan.json (written before any shard), samples
+ * are read from DIR/shards/ as soon as their shard has been renamed into
+ * place, and a chunk whose shard is not finished yet is answered with
+ * STREAM_SOURCE_WAIT (the producer keeps heart-beating meanwhile). Epoch 0
+ * is in generation order, so training starts with the first shards; later
+ * epochs use the shuffled order. Normalisation is not available live (no
+ * /stats yet).
+ */
+#ifndef COEMU_SERVE_H
+#define COEMU_SERVE_H
+
+#include <stdint.h>
+
+#include "pipeline/stream/stream_server.h"
+#include "stats/transforms.h"
+
+typedef struct {
+  const char *dataset_dir;
+  const char *split;      /* "train" (default), "validation", "test", "all" */
+  uint64_t seed;
+  int world;              /* trainer ranks */
+  int batch;              /* samples per chunk (default 16) */
+  int drop_last;          /* 1: drop the remainder (default); 0: pad by wrapping */
+  int prefetch;           /* chunks read ahead per consumer (default 4) */
+  int live;               /* serve a dataset while it is being generated (below) */
+} serve_opts;
+
+typedef struct serve_source serve_source;
+
+int serve_open(const serve_opts *o, serve_source **out);
+void serve_close(serve_source *s);
+
+/* The stream_source_fn to give stream_server_create() with ctx = s. */
+int serve_chunk(void *s, const stream_consumer *c, uint32_t epoch, uint64_t position,
+                stream_chunk *out);
+
+/* The stream_server_opts.leave callback: the last consumer of c->rank left,
+ * so what was read ahead for it is freed (and no more is read). */
+void serve_leave(void *s, const stream_consumer *c);
+
+/* XXH64 of the dataset's manifest: the dataset id announced to consumers. */
+uint64_t serve_dataset_id(const serve_source *s);
+/* Samples per epoch for each rank (a multiple of the batch). */
+uint64_t serve_samples_per_rank(const serve_source *s);
+/* Samples of the split. */
+uint64_t serve_split_size(const serve_source *s);
+
+/* In-process use (the trainer reads through a serve_source instead of a
+ * socket: the same split, order and normalisation as a stream). */
+
+/* The dataset index of the k-th sample of the split (ascending order), or
+ * -1 when k is out of range. */
+int64_t serve_split_sample(const serve_source *s, int64_t k);
+/* Per-sample shapes: inputs (3, n, n, n), targets (F, n, n). */
+void serve_shapes(const serve_source *s, uint32_t in_shape[4], uint32_t out_shape[3]);
+/* The dataset's normalisation (/stats), or NULL when it has none. */
+const stats_norm *serve_norm(const serve_source *s);
+/* Read dataset samples idx[0..n) now, in the calling thread (normalised on
+ * request), into inputs (n x 3 n^3) and targets (n x F n^2). Safe alongside
+ * the reader thread (h5_lock). */
+int serve_read(serve_source *s, const int64_t *idx, int n, int normalised, float *inputs,
+               float *targets);
+
+/* The dataset sample index at `position` of `rank`'s order in `epoch`
+ * (exposed for tests and the Python client's checks). */
+int64_t serve_sample_at(const serve_source *s, uint32_t epoch, int rank, uint64_t position);
+
+#endif

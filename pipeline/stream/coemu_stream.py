@@ -1,0 +1,272 @@
+"""coemu_stream: a small Python consumer of the coemu stream protocol v1.
+
+Needs pyzmq and numpy. Mirrors pipeline/stream/stream_client.c: it says HELLO with
+its rank, the number of ranks, the (epoch, position) to resume from and a
+credit, checks every message (header checksum, shapes, frame sizes, payload
+XXH64: fast with the `xxhash` module, else in pure Python, about 3 MB/s, with a
+warning when the client starts) and grants one credit per chunk consumed. See docs/stream-protocol.md.
+
+    from coemu_stream import StreamClient
+    with StreamClient("tcp://127.0.0.1:5555", rank=0, world=1) as c:
+        for chunk in c.iter_epoch():     # one epoch
+            x, y, ids = chunk.inputs, chunk.targets, chunk.ids
+"""
+import struct
+import time
+import warnings
+
+import numpy as np
+import zmq
+
+MAGIC = 0x534D4543
+VERSION = 1
+HEADER_SIZE = 96
+HELLO, WELCOME, CREDIT, CHUNK, EPOCH_END, HEARTBEAT, ERROR, BYE = range(1, 9)
+_FMT = "<IHHIIQIIQQHH4I3IQ"  # bytes 0..87
+assert struct.calcsize(_FMT) == 88
+
+_P1, _P2, _P3, _P4, _P5 = (0x9E3779B185EBCA87, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9,
+                           0x85EBCA77C2B2AE63, 0x27D4EB2F165667C5)
+_M = (1 << 64) - 1
+
+
+def _rotl(x, r):
+    return ((x << r) | (x >> (64 - r))) & _M
+
+
+def _round(acc, v):
+    acc = (acc + v * _P2) & _M
+    return (_rotl(acc, 31) * _P1) & _M
+
+
+def xxh64_small(data: bytes, seed: int = 0) -> int:
+    """XXH64 in pure Python (for the 88-byte headers)."""
+    n = len(data)
+    p = 0
+    if n >= 32:
+        v = [(seed + _P1 + _P2) & _M, (seed + _P2) & _M, seed, (seed - _P1) & _M]
+        while p + 32 <= n:
+            for i in range(4):
+                v[i] = _round(v[i], struct.unpack_from("<Q", data, p + 8 * i)[0])
+            p += 32
+        h = (_rotl(v[0], 1) + _rotl(v[1], 7) + _rotl(v[2], 12) + _rotl(v[3], 18)) & _M
+        for i in range(4):
+            h = ((h ^ _round(0, v[i])) * _P1 + _P4) & _M
+    else:
+        h = (seed + _P5) & _M
+    h = (h + n) & _M
+    while p + 8 <= n:
+        h ^= _round(0, struct.unpack_from("<Q", data, p)[0])
+        h = (_rotl(h, 27) * _P1 + _P4) & _M
+        p += 8
+    if p + 4 <= n:
+        h ^= (struct.unpack_from("<I", data, p)[0] * _P1) & _M
+        h = (_rotl(h, 23) * _P2 + _P3) & _M
+        p += 4
+    while p < n:
+        h ^= (data[p] * _P5) & _M
+        h = (_rotl(h, 11) * _P1) & _M
+        p += 1
+    h ^= h >> 33
+    h = (h * _P2) & _M
+    h ^= h >> 29
+    h = (h * _P3) & _M
+    h ^= h >> 32
+    return h
+
+
+try:  # fast payload checks when available
+    import xxhash as _xxhash
+except ImportError:  # pragma: no cover
+    _xxhash = None
+
+
+class ProtocolError(Exception):
+    pass
+
+
+class ProducerSilent(Exception):
+    pass
+
+
+class Header:
+    __slots__ = ("type", "flags", "value", "dataset_id", "epoch", "nsamples", "chunk_id",
+                 "position", "dtype", "rank", "in_shape", "out_shape", "payload_xxh64")
+
+    @classmethod
+    def decode(cls, buf: bytes) -> "Header":
+        if len(buf) != HEADER_SIZE:
+            raise ProtocolError(f"header frame of {len(buf)} bytes, expected {HEADER_SIZE}")
+        f = struct.unpack_from(_FMT, buf)
+        if f[0] != MAGIC:
+            raise ProtocolError("bad magic")
+        if struct.unpack_from("<Q", buf, 88)[0] != xxh64_small(buf[:88]):
+            raise ProtocolError("header checksum mismatch")
+        if f[1] != VERSION:
+            raise ProtocolError(f"protocol version {f[1]}, expected {VERSION}")
+        h = cls()
+        (h.type, h.flags, h.value, h.dataset_id, h.epoch, h.nsamples, h.chunk_id, h.position,
+         h.dtype, h.rank) = f[2:12]
+        h.in_shape, h.out_shape, h.payload_xxh64 = f[12:16], f[16:19], f[19]
+        return h
+
+    @staticmethod
+    def encode(type_, value=0, flags=0, dataset_id=0, epoch=0, nsamples=0, position=0, rank=0):
+        b = struct.pack(_FMT, MAGIC, VERSION, type_, flags, value, dataset_id, epoch, nsamples, 0,
+                        position, 0, rank, 0, 0, 0, 0, 0, 0, 0, 0)
+        return b + struct.pack("<Q", xxh64_small(b))
+
+
+class Chunk:
+    def __init__(self, header, ids, inputs, targets):
+        self.header, self.ids, self.inputs, self.targets = header, ids, inputs, targets
+        self.epoch, self.position = header.epoch, header.position
+        self.normalised = bool(header.flags & 1)
+
+
+class StreamClient:
+    _warned = False
+
+    def __init__(self, endpoint, rank=0, world=1, epoch=0, position=0, credit=4,
+                 normalised=False, dataset_id=0, heartbeat_s=1.0, timeout_s=10.0):
+        self.endpoint, self.rank, self.world = endpoint, rank, world
+        self.epoch, self.position, self.credit = epoch, position, credit
+        self.flags = 1 if normalised else 0
+        self.dataset_id, self.heartbeat_s, self.timeout_s = dataset_id, heartbeat_s, timeout_s
+        self.malformed = 0
+        if _xxhash is None and not StreamClient._warned:
+            StreamClient._warned = True
+            warnings.warn("coemu_stream: the xxhash module is missing: payloads are checked in "
+                          "pure Python (slow for large chunks); pip install xxhash",
+                          RuntimeWarning, stacklevel=2)
+        self.samples_per_epoch = None
+        self._ctx = zmq.Context()
+        self._pending = 0
+        self._connect()
+
+    def _connect(self):
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 200)
+        self._sock.connect(self.endpoint)
+        self._last_recv = time.monotonic()
+        self._send(HELLO, self.credit)
+
+    def _send(self, type_, value=0):
+        self._sock.send(Header.encode(type_, value, self.flags, self.dataset_id, self.epoch,
+                                      self.world, self.position, self.rank))
+        self._last_sent = time.monotonic()
+
+    def reconnect(self):
+        self._sock.close(0)
+        self._pending = 0
+        self._connect()
+
+    def next(self):
+        """The next Chunk, or None at the end of an epoch."""
+        if self._pending:
+            self._send(CREDIT, self._pending)
+            self._pending = 0
+        while True:
+            now = time.monotonic()
+            if now - self._last_sent > self.heartbeat_s:
+                self._send(HEARTBEAT)
+            left = self.timeout_s - (now - self._last_recv)
+            if left <= 0:
+                raise ProducerSilent(f"producer at {self.endpoint} silent for {now - self._last_recv:.1f} s")
+            if not self._sock.poll(int(min(left, self.heartbeat_s) * 1000) + 1):
+                continue
+            frames = self._sock.recv_multipart(copy=False)
+            self._last_recv = time.monotonic()
+            try:
+                h = Header.decode(frames[0].bytes)
+            except ProtocolError:
+                self.malformed += 1
+                continue
+            if h.type == CHUNK:
+                n = h.nsamples
+                ins = (n,) + tuple(h.in_shape)
+                outs = (n,) + tuple(h.out_shape)
+                sizes = (8 * n, 4 * int(np.prod(ins)), 4 * int(np.prod(outs)))
+                ok = len(frames) == 4 and all(len(frames[i + 1]) == sizes[i] for i in range(3))
+                if ok and _xxhash is not None:
+                    x = _xxhash.xxh64(seed=0)
+                    for fr in frames[1:]:
+                        x.update(fr.buffer)
+                    ok = x.intdigest() == h.payload_xxh64
+                elif ok:  # no xxhash module: pure Python, never skipped
+                    ok = xxh64_small(b"".join(bytes(fr.buffer) for fr in frames[1:])) == \
+                        h.payload_xxh64
+                if not ok:
+                    self.malformed += 1
+                    self._send(CREDIT, 1)
+                    continue
+                if h.epoch != self.epoch or h.position != self.position:
+                    continue  # in flight from before a reconnect
+                ids = np.frombuffer(frames[1].buffer, dtype="<u8").copy()
+                inputs = np.frombuffer(frames[2].buffer, dtype="<f4").reshape(ins).copy()
+                targets = np.frombuffer(frames[3].buffer, dtype="<f4").reshape(outs).copy()
+                self.position += n
+                self._pending += 1
+                return Chunk(h, ids, inputs, targets)
+            if h.type == WELCOME:
+                self.samples_per_epoch = h.nsamples
+                self.dataset_id_seen = h.dataset_id
+            elif h.type == EPOCH_END and h.epoch == self.epoch:
+                self.epoch += 1
+                self.position = 0
+                return None
+            elif h.type == ERROR:
+                text = frames[1].bytes.decode("utf-8", "replace") if len(frames) > 1 else ""
+                raise ProtocolError(f"producer error: {text}")
+
+    def iter_epoch(self):
+        """Iterate over the chunks of the current epoch."""
+        while True:
+            c = self.next()
+            if c is None:
+                return
+            yield c
+
+    def close(self):
+        try:
+            self._send(BYE)
+        finally:
+            self._sock.close()
+            self._ctx.term()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+
+def xxh64(data, seed: int = 0) -> int:
+    """XXH64 of bytes: the `xxhash` module when installed, else pure Python
+    (correct but slow: about 1 s per few MB)."""
+    if _xxhash is not None:
+        return _xxhash.xxh64(data, seed=seed).intdigest()
+    return xxh64_small(bytes(data), seed)
+
+
+def check_dataset_sample(h5, i, inputs=None, targets=None):
+    """For h5py users of a coemu dataset.h5 (format 2, docs/dataset-format.md):
+    raise ValueError unless sample i matches its recorded /checksums row.
+    h5 is an open h5py.File; inputs/targets are the rows already read (read
+    here when None). HDF5 reads a missing shard as zeros, so check the
+    samples you use (or run `coemu verify DIR` once)."""
+    if "checksums" not in h5:
+        raise ValueError("dataset.h5 has no /checksums (dataset format 1): run `coemu verify`")
+    want = h5["checksums"][i]
+    if targets is None:
+        targets = h5["targets"][i]
+    got_t = xxh64(np.ascontiguousarray(targets, dtype="<f4").tobytes())
+    if got_t != int(want[1]):
+        raise ValueError(f"sample {i}: /targets does not match its checksum (damaged or "
+                         f"missing shard)")
+    if "inputs" in h5:
+        if inputs is None:
+            inputs = h5["inputs"][i]
+        if xxh64(np.ascontiguousarray(inputs, dtype="<f4").tobytes()) != int(want[0]):
+            raise ValueError(f"sample {i}: /inputs does not match its checksum (damaged or "
+                             f"missing shard)")

@@ -1,0 +1,263 @@
+/* stream_client.c - credit-granting DEALER consumer. */
+#include "pipeline/stream/stream_client.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "common/checksum.h"
+#include "common/error.h"
+#include "common/progress.h"
+#include "pipeline/stream/stream_security.h"
+
+struct stream_client {
+  stream_client_opts o;
+  char endpoint[1024];
+  void *zctx, *sock;
+  uint32_t epoch;
+  uint64_t position;
+  int welcomed, pending_credit;
+  uint64_t dataset_id, samples_per_epoch;
+  double last_recv, last_sent;
+  zmq_msg_t held[3];
+  int nheld;
+  /* ZeroMQ may deliver frames at any byte offset inside its receive buffer:
+   * misaligned payloads are copied here so callers get aligned arrays. */
+  void *aligned[3];
+  size_t aligned_cap[3];
+  stream_client_stats st;
+};
+
+static int send_ctl(stream_client *c, int type, uint32_t value) {
+  stream_header h = {.type = (uint16_t)type, .value = value, .flags = c->o.flags,
+                     .dataset_id = c->o.dataset_id, .epoch = c->epoch, .position = c->position,
+                     .rank = c->o.rank, .nsamples = c->o.world};
+  uint8_t b[STREAM_HEADER_SIZE];
+  stream_header_encode(&h, b);
+  if (zmq_send(c->sock, b, sizeof b, ZMQ_DONTWAIT) < 0 && errno != EAGAIN)
+    CE_FAIL("stream client: send to %s failed: %s", c->endpoint, zmq_strerror(errno));
+  c->last_sent = ce_now();
+  return 0;
+}
+
+static void release_held(stream_client *c) {
+  for (int i = 0; i < c->nheld; i++) zmq_msg_close(&c->held[i]);
+  c->nheld = 0;
+}
+
+static int connect_socket(stream_client *c) {
+  c->sock = zmq_socket(c->zctx, ZMQ_DEALER);
+  if (!c->sock) CE_FAIL("stream client: cannot create a DEALER socket: %s", zmq_strerror(errno));
+  int zero = 0, hwm = (int)(c->o.credit * 4 + 16);
+  zmq_setsockopt(c->sock, ZMQ_LINGER, &zero, sizeof zero);
+  zmq_setsockopt(c->sock, ZMQ_RCVHWM, &hwm, sizeof hwm);
+  CE_TRY(stream_security_client(c->sock, c->o.curve_server_key, c->o.curve_client_key));
+  if (zmq_connect(c->sock, c->endpoint) != 0)
+    CE_FAIL("stream client: cannot connect to %s: %s", c->endpoint, zmq_strerror(errno));
+  c->welcomed = 0;
+  c->pending_credit = 0;
+  c->last_recv = ce_now();
+  return send_ctl(c, STREAM_HELLO, c->o.credit);
+}
+
+int stream_client_open(const stream_client_opts *o, stream_client **out) {
+  if (!o->endpoint) CE_FAIL("stream client: no endpoint");
+  if (o->world == 0 || o->rank >= o->world)
+    CE_FAIL("stream client: rank %u of %u ranks is not valid", o->rank, o->world);
+  stream_client *c = calloc(1, sizeof *c);
+  if (!c) CE_FAIL("stream client: out of memory");
+  c->o = *o;
+  snprintf(c->endpoint, sizeof c->endpoint, "%s", o->endpoint);
+  c->o.endpoint = c->endpoint;
+  if (!c->o.credit) c->o.credit = 4;
+  if (c->o.heartbeat_s <= 0) c->o.heartbeat_s = 1.0;
+  if (c->o.timeout_s <= 0) c->o.timeout_s = 10.0;
+  c->epoch = o->epoch;
+  c->position = o->position;
+  c->zctx = zmq_ctx_new();
+  if (!c->zctx || connect_socket(c) < 0) {
+    stream_client_close(c);
+    return -1;
+  }
+  *out = c;
+  return 0;
+}
+
+int stream_client_reconnect(stream_client *c) {
+  release_held(c);
+  if (c->sock) zmq_close(c->sock);
+  c->sock = NULL;
+  return connect_socket(c);
+}
+
+/* Receive one whole message: up to 4 frames kept, the rest counted as malformed. */
+static int recv_message(stream_client *c, zmq_msg_t *f, int *n) {
+  *n = 0;
+  int more = 1, extra = 0;
+  while (more) {
+    zmq_msg_t m;
+    zmq_msg_init(&m);
+    if (zmq_msg_recv(&m, c->sock, 0) < 0) {
+      zmq_msg_close(&m);
+      for (int i = 0; i < *n; i++) zmq_msg_close(&f[i]);
+      CE_FAIL("stream client: receive from %s failed: %s", c->endpoint, zmq_strerror(errno));
+    }
+    more = zmq_msg_more(&m);
+    if (*n < 4)
+      f[(*n)++] = m;
+    else
+      zmq_msg_close(&m), extra = 1;
+  }
+  return extra;
+}
+
+int stream_client_next(stream_client *c, stream_chunk_view *v) {
+  release_held(c);
+  if (c->pending_credit) { /* the previous chunk has been consumed */
+    CE_TRY(send_ctl(c, STREAM_CREDIT, (uint32_t)c->pending_credit));
+    c->pending_credit = 0;
+  }
+  for (;;) {
+    double now = ce_now();
+    if (now - c->last_sent > c->o.heartbeat_s) CE_TRY(send_ctl(c, STREAM_HEARTBEAT, 0));
+    double left = c->o.timeout_s - (now - c->last_recv);
+    if (left <= 0) {
+      ce_err("stream client: producer at %s silent for %.1f s (timeout)", c->endpoint,
+             now - c->last_recv);
+      return STREAM_E_SILENT;
+    }
+    double wait = left < c->o.heartbeat_s ? left : c->o.heartbeat_s;
+    zmq_pollitem_t it = {c->sock, 0, ZMQ_POLLIN, 0};
+    int rc = zmq_poll(&it, 1, (long)(wait * 1000) + 1);
+    if (rc < 0) {
+      if (errno == EINTR) continue;
+      CE_FAIL("stream client: poll failed: %s", zmq_strerror(errno));
+    }
+    if (rc == 0) continue;
+    zmq_msg_t f[4];
+    int n;
+    int extra = recv_message(c, f, &n);
+    if (extra < 0) return -1;
+    c->last_recv = ce_now();
+    stream_header h;
+    if (extra || n < 1 || stream_header_decode(zmq_msg_data(&f[0]), zmq_msg_size(&f[0]), &h) < 0) {
+      c->st.malformed++;
+      for (int i = 0; i < n; i++) zmq_msg_close(&f[i]);
+      continue;
+    }
+    if (h.type == STREAM_CHUNK) {
+      size_t nid = (size_t)h.nsamples * 8, nin = h.nsamples * stream_input_bytes(&h),
+             nout = h.nsamples * stream_target_bytes(&h);
+      int ok = n == 4 && zmq_msg_size(&f[1]) == nid && zmq_msg_size(&f[2]) == nin &&
+               zmq_msg_size(&f[3]) == nout;
+      if (ok) {
+        ce_xxh64_state xs;
+        ce_xxh64_init(&xs, 0);
+        for (int i = 1; i < 4; i++) ce_xxh64_update(&xs, zmq_msg_data(&f[i]), zmq_msg_size(&f[i]));
+        ok = ce_xxh64_digest(&xs) == h.payload_xxh64;
+      }
+      if (!ok) {
+        c->st.malformed++;
+        for (int i = 0; i < n; i++) zmq_msg_close(&f[i]);
+        /* the credit of a dropped chunk is returned, or the stream would stall */
+        CE_TRY(send_ctl(c, STREAM_CREDIT, 1));
+        continue;
+      }
+      if (h.epoch != c->epoch || h.position != c->position) {
+        /* e.g. chunks still in flight from before a reconnect */
+        c->st.dropped_out_of_order++;
+        for (int i = 0; i < n; i++) zmq_msg_close(&f[i]);
+        continue;
+      }
+      zmq_msg_close(&f[0]);
+      const void *data[3];
+      for (int i = 0; i < 3; i++) {
+        c->held[i] = f[i + 1];
+        data[i] = zmq_msg_data(&c->held[i]);
+        size_t len = zmq_msg_size(&c->held[i]);
+        if ((uintptr_t)data[i] % 8 != 0 && len > 0) {
+          if (c->aligned_cap[i] < len) {
+            free(c->aligned[i]);
+            c->aligned[i] = aligned_alloc(64, (len + 63) / 64 * 64);
+            c->aligned_cap[i] = c->aligned[i] ? len : 0;
+            if (!c->aligned[i]) {
+              c->nheld = i + 1;
+              for (int j = i + 1; j < 3; j++) zmq_msg_close(&f[j + 1]);
+              CE_FAIL("stream client: out of memory for a %zu-byte frame", len);
+            }
+          }
+          memcpy(c->aligned[i], data[i], len);
+          c->st.realigned++;
+          data[i] = c->aligned[i];
+        }
+      }
+      c->nheld = 3;
+      v->h = h;
+      v->ids = data[0];
+      v->inputs = data[1];
+      v->targets = data[2];
+      c->position += h.nsamples;
+      c->pending_credit++;
+      c->st.chunks++;
+      c->st.samples += h.nsamples;
+      c->st.bytes += nid + nin + nout + STREAM_HEADER_SIZE;
+      return 1;
+    }
+    for (int i = 1; i < n; i++) {
+      if (h.type == STREAM_ERROR && i == 1) {
+        size_t len = zmq_msg_size(&f[1]);
+        ce_err("stream client: producer error: %.*s", (int)(len > 1000 ? 1000 : len),
+               (const char *)zmq_msg_data(&f[1]));
+      }
+      zmq_msg_close(&f[i]);
+    }
+    zmq_msg_close(&f[0]);
+    switch (h.type) {
+    case STREAM_WELCOME:
+      c->welcomed = 1;
+      c->dataset_id = h.dataset_id;
+      c->samples_per_epoch = h.nsamples;
+      break;
+    case STREAM_HEARTBEAT:
+      c->st.heartbeats++;
+      break;
+    case STREAM_EPOCH_END:
+      if (h.epoch != c->epoch) {
+        c->st.dropped_out_of_order++;
+        break;
+      }
+      memset(v, 0, sizeof *v);
+      v->h = h;
+      c->epoch++;
+      c->position = 0;
+      return 0;
+    case STREAM_ERROR:
+      return STREAM_E_REMOTE;
+    default:
+      c->st.malformed++;
+    }
+  }
+}
+
+void stream_client_state(const stream_client *c, uint32_t *epoch, uint64_t *position) {
+  *epoch = c->epoch;
+  *position = c->position;
+}
+void stream_client_get_stats(const stream_client *c, stream_client_stats *st) { *st = c->st; }
+uint64_t stream_client_dataset_id(const stream_client *c) { return c->dataset_id; }
+uint64_t stream_client_samples_per_epoch(const stream_client *c) { return c->samples_per_epoch; }
+
+void stream_client_close(stream_client *c) {
+  if (!c) return;
+  release_held(c);
+  if (c->sock) {
+    int linger = 200; /* ms: give the BYE a chance to leave */
+    zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger);
+    send_ctl(c, STREAM_BYE, 0);
+    zmq_close(c->sock);
+  }
+  if (c->zctx) zmq_ctx_term(c->zctx);
+  for (int i = 0; i < 3; i++) free(c->aligned[i]);
+  free(c);
+}

@@ -1,0 +1,496 @@
+/* stream_server.c - credit-based ROUTER producer. */
+#include "pipeline/stream/stream_server.h"
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "common/checksum.h"
+#include "common/error.h"
+#include "common/progress.h"
+#include "pipeline/stream/stream_proto.h"
+#include "pipeline/stream/stream_security.h"
+
+#define MAX_ID 256
+
+/* What ZeroMQ still holds of the chunks sent on one connection: updated by
+ * frame_done (ZeroMQ's I/O thread) when a chunk's frames have been written
+ * out, so it outlives the consumer entry while chunks are queued. */
+typedef struct {
+  atomic_int refs;    /* the consumer (or the zombie list) + one per queued chunk */
+  atomic_int chunks;  /* chunks queued, not yet written to the socket */
+  atomic_ullong released; /* chunks written so far */
+} peer_acct;
+
+typedef struct {
+  uint8_t id[MAX_ID];
+  size_t idlen;
+  stream_consumer c;
+  uint32_t epoch, credit;
+  uint64_t position, chunk_id;
+  double last_seen, last_sent, last_progress;
+  uint64_t released_seen;
+  peer_acct *acct;
+  int done; /* all epochs sent */
+} consumer_state;
+
+struct stream_server {
+  stream_server_opts o;
+  stream_source_fn source;
+  void *ctx;
+  void *zctx, *sock;
+  consumer_state *cons;
+  int ncons, capcons;
+  uint8_t *rank_done;  /* per rank of the world: all epochs sent and BYE received */
+  uint8_t *final_sent; /* per rank: the last epoch's EPOCH_END was sent to it */
+  int world, ranks_done;
+  peer_acct **zombies; /* dropped connections whose chunks ZeroMQ still holds */
+  int nzombies;
+  atomic_ullong queued_bytes;
+  stream_server_stats st;
+  stream_security *sec;
+};
+
+typedef struct {
+  atomic_int refs;
+  void (*release)(void *);
+  void *token;
+  peer_acct *acct;
+  atomic_ullong *queued;
+  uint64_t bytes;
+} chunk_ref;
+
+static void acct_unref(peer_acct *a) {
+  if (a && atomic_fetch_sub(&a->refs, 1) == 1) free(a);
+}
+
+static void frame_done(void *data, void *hint) {
+  (void)data;
+  chunk_ref *r = hint;
+  if (atomic_fetch_sub(&r->refs, 1) == 1) {
+    if (r->release) r->release(r->token);
+    atomic_fetch_sub(r->queued, r->bytes);
+    atomic_fetch_sub(&r->acct->chunks, 1);
+    atomic_fetch_add(&r->acct->released, 1);
+    acct_unref(r->acct);
+    free(r);
+  }
+}
+
+int stream_server_create(const stream_server_opts *o, stream_source_fn source, void *ctx,
+                         stream_server **out) {
+  stream_server *s = calloc(1, sizeof *s);
+  if (!s) CE_FAIL("stream server: out of memory");
+  s->o = *o;
+  if (!s->o.max_credit) s->o.max_credit = 8;
+  if (s->o.world > 65535) {
+    free(s);
+    CE_FAIL("stream server: %u ranks, at most 65535", o->world);
+  }
+  if (!s->o.max_consumers) s->o.max_consumers = s->o.world ? 2 * s->o.world + 8 : 64;
+  atomic_init(&s->queued_bytes, 0);
+  s->world = (int)s->o.world;
+  if (s->world) {
+    s->rank_done = calloc((size_t)s->world, 1);
+    s->final_sent = calloc((size_t)s->world, 1);
+  }
+  s->zombies = calloc(s->o.max_consumers, sizeof *s->zombies);
+  if ((s->world && (!s->rank_done || !s->final_sent)) || !s->zombies) {
+    stream_server_destroy(s);
+    CE_FAIL("stream server: out of memory");
+  }
+  if (s->o.heartbeat_s <= 0) s->o.heartbeat_s = 1.0;
+  if (s->o.timeout_s <= 0) s->o.timeout_s = 10.0;
+  s->source = source;
+  s->ctx = ctx;
+  s->zctx = zmq_ctx_new();
+  s->sock = s->zctx ? zmq_socket(s->zctx, ZMQ_ROUTER) : NULL;
+  if (!s->sock) {
+    stream_server_destroy(s);
+    CE_FAIL("stream server: cannot create a ZeroMQ ROUTER socket: %s", zmq_strerror(errno));
+  }
+  int one = 1, zero = 0, hwm = (int)(4 * s->o.max_credit * 4 + 64);
+  zmq_setsockopt(s->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
+  zmq_setsockopt(s->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
+  zmq_setsockopt(s->sock, ZMQ_LINGER, &zero, sizeof zero);
+  int64_t maxmsg = (int64_t)1 << 20; /* consumers only send small control messages */
+  zmq_setsockopt(s->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+  if (stream_security_server(s->zctx, s->sock, s->o.curve_secret_key_file,
+                             s->o.curve_authorized_dir, &s->sec) < 0) {
+    stream_server_destroy(s);
+    return -1;
+  }
+  if (zmq_bind(s->sock, o->endpoint) != 0) {
+    int e = errno;
+    stream_server_destroy(s);
+    CE_FAIL("stream server: cannot bind %s: %s", o->endpoint, zmq_strerror(e));
+  }
+  *out = s;
+  return 0;
+}
+
+void stream_server_destroy(stream_server *s) {
+  if (!s) return;
+  if (s->sock) zmq_close(s->sock);
+  if (s->zctx) zmq_ctx_term(s->zctx); /* every queued chunk is released by now */
+  stream_security_free(s->sec);
+  for (int i = 0; i < s->ncons; i++) acct_unref(s->cons[i].acct);
+  for (int i = 0; i < s->nzombies; i++) acct_unref(s->zombies[i]);
+  free(s->zombies);
+  free(s->cons);
+  free(s->rank_done);
+  free(s->final_sent);
+  free(s);
+}
+
+void stream_server_get_stats(const stream_server *s, stream_server_stats *st) {
+  *st = s->st;
+  st->queued_bytes = atomic_load(&((stream_server *)s)->queued_bytes);
+}
+
+/* Never blocks: a peer whose queue is full (EAGAIN) or gone (EHOSTUNREACH)
+ * makes it fail, and the caller drops that peer. */
+static int send_frames(stream_server *s, consumer_state *c, const stream_header *h,
+                       zmq_msg_t *extra, int nextra) {
+  uint8_t hb[STREAM_HEADER_SIZE];
+  stream_header_encode(h, hb);
+  if (zmq_send(s->sock, c->id, c->idlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) goto fail;
+  if (zmq_send(s->sock, hb, sizeof hb, (nextra ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) < 0) goto fail;
+  for (int i = 0; i < nextra; i++)
+    if (zmq_msg_send(&extra[i], s->sock, (i + 1 < nextra ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) < 0) {
+      for (int j = i; j < nextra; j++) zmq_msg_close(&extra[j]);
+      goto fail;
+    }
+  c->last_sent = ce_now();
+  return 0;
+fail:
+  for (int j = 0; j < nextra; j++) zmq_msg_close(&extra[j]); /* no-op on sent msgs */
+  return -1;
+}
+
+static void drop_consumer(stream_server *s, int i) {
+  consumer_state *c = &s->cons[i];
+  if (atomic_load(&c->acct->chunks) > 0 && s->nzombies < (int)s->o.max_consumers)
+    s->zombies[s->nzombies++] = c->acct; /* still counts against max_consumers */
+  else
+    acct_unref(c->acct);
+  stream_consumer gone = c->c;
+  s->cons[i] = s->cons[--s->ncons];
+  if (s->o.leave) {
+    for (int k = 0; k < s->ncons; k++)
+      if (s->cons[k].c.rank == gone.rank) return; /* another session serves this rank */
+    s->o.leave(s->ctx, &gone);
+  }
+}
+
+/* Forget dropped connections whose queued chunks ZeroMQ has released. */
+static void prune_zombies(stream_server *s) {
+  for (int i = 0; i < s->nzombies; i++)
+    if (atomic_load(&s->zombies[i]->chunks) == 0) {
+      acct_unref(s->zombies[i]);
+      s->zombies[i--] = s->zombies[--s->nzombies];
+    }
+}
+
+static consumer_state *find(stream_server *s, const uint8_t *id, size_t len) {
+  for (int i = 0; i < s->ncons; i++)
+    if (s->cons[i].idlen == len && !memcmp(s->cons[i].id, id, len)) return &s->cons[i];
+  return NULL;
+}
+
+static int send_simple(stream_server *s, consumer_state *c, int type, uint32_t value) {
+  stream_header h = {.type = (uint16_t)type, .value = value, .dataset_id = s->o.dataset_id,
+                     .epoch = c->epoch, .position = c->position};
+  if (type == STREAM_WELCOME)
+    h.nsamples = (uint32_t)(s->o.samples_per_epoch > UINT32_MAX ? UINT32_MAX : s->o.samples_per_epoch);
+  return send_frames(s, c, &h, NULL, 0);
+}
+
+static void send_error(stream_server *s, consumer_state *c, const char *text) {
+  stream_header h = {.type = STREAM_ERROR, .dataset_id = s->o.dataset_id, .epoch = c->epoch,
+                     .position = c->position};
+  zmq_msg_t m;
+  zmq_msg_init_size(&m, strlen(text));
+  memcpy(zmq_msg_data(&m), text, strlen(text));
+  h.payload_xxh64 = ce_xxh64(text, strlen(text), 0);
+  send_frames(s, c, &h, &m, 1);
+}
+
+/* Receive and handle one message (all its frames). */
+static void handle_incoming(stream_server *s) {
+  zmq_msg_t part[4];
+  int n = 0, more = 1;
+  while (more) {
+    zmq_msg_t m;
+    zmq_msg_init(&m);
+    if (zmq_msg_recv(&m, s->sock, 0) < 0) {
+      zmq_msg_close(&m);
+      break;
+    }
+    more = zmq_msg_more(&m);
+    if (n < 4)
+      part[n++] = m;
+    else
+      zmq_msg_close(&m), n = 5; /* too many frames: malformed */
+  }
+  stream_header h;
+  if (n < 2 || n > 2 || zmq_msg_size(&part[0]) > MAX_ID ||
+      stream_header_decode(zmq_msg_data(&part[1]), zmq_msg_size(&part[1]), &h) < 0) {
+    s->st.malformed++;
+    goto done;
+  }
+  const uint8_t *id = zmq_msg_data(&part[0]);
+  size_t idlen = zmq_msg_size(&part[0]);
+  consumer_state *c = find(s, id, idlen);
+  double now = ce_now();
+  if (h.type == STREAM_HELLO) { /* world 1..65535, rank < world, credit > 0: checked by decode */
+    if (s->world && h.nsamples != (uint32_t)s->world) {
+      consumer_state tmp = {.idlen = idlen, .epoch = h.epoch, .position = h.position};
+      memcpy(tmp.id, id, idlen);
+      char msg[160];
+      snprintf(msg, sizeof msg, "consumer says there are %u ranks, the producer serves %d ranks",
+               h.nsamples, s->world);
+      send_error(s, &tmp, msg);
+      s->st.refused++;
+      if (c) { /* a known consumer changing its world: it leaves */
+        s->st.consumers_dropped++;
+        drop_consumer(s, (int)(c - s->cons));
+      }
+      goto done;
+    }
+    if (!c) {
+      prune_zombies(s);
+      if (s->ncons + s->nzombies >= (int)s->o.max_consumers) {
+        /* full: a new session of a rank supersedes its least recently seen one */
+        int old = -1;
+        for (int i = 0; i < s->ncons; i++)
+          if (s->cons[i].c.rank == h.rank && (old < 0 || s->cons[i].last_seen < s->cons[old].last_seen))
+            old = i;
+        if (old >= 0) {
+          s->st.consumers_dropped++;
+          drop_consumer(s, old);
+        }
+      }
+      if (s->ncons + s->nzombies >= (int)s->o.max_consumers) {
+        consumer_state tmp = {.idlen = idlen, .epoch = h.epoch, .position = h.position};
+        memcpy(tmp.id, id, idlen);
+        char msg[160];
+        snprintf(msg, sizeof msg, "producer busy: %d connections, at most %u", s->ncons + s->nzombies,
+                 s->o.max_consumers);
+        send_error(s, &tmp, msg);
+        s->st.refused++;
+        goto done;
+      }
+      peer_acct *a = calloc(1, sizeof *a);
+      if (!a) goto done;
+      if (s->ncons == s->capcons) {
+        int cap = s->capcons ? 2 * s->capcons : 8;
+        consumer_state *nc = realloc(s->cons, (size_t)cap * sizeof *nc);
+        if (!nc) {
+          free(a);
+          goto done;
+        }
+        s->cons = nc;
+        s->capcons = cap;
+      }
+      atomic_init(&a->refs, 1);
+      atomic_init(&a->chunks, 0);
+      atomic_init(&a->released, 0);
+      c = &s->cons[s->ncons++];
+      memset(c, 0, sizeof *c);
+      memcpy(c->id, id, idlen);
+      c->idlen = idlen;
+      c->acct = a;
+      c->last_progress = now;
+    }
+    c->c.rank = h.rank;
+    c->c.world = (uint16_t)h.nsamples; /* 1..65535: checked by stream_header_decode */
+    c->c.flags = h.flags;
+    c->epoch = h.epoch;
+    c->position = h.position;
+    c->chunk_id = 0;
+    c->credit = h.value < s->o.max_credit ? h.value : s->o.max_credit;
+    c->done = s->o.max_epochs && c->epoch >= s->o.max_epochs;
+    c->last_seen = now;
+    s->st.hellos++;
+    if (h.dataset_id && h.dataset_id != s->o.dataset_id) {
+      send_error(s, c, "dataset id mismatch: the consumer expects another dataset");
+      drop_consumer(s, (int)(c - s->cons));
+      goto done;
+    }
+    send_simple(s, c, STREAM_WELCOME, c->credit);
+    goto done;
+  }
+  if (!c) { /* a message from a consumer that never said HELLO (or was dropped) */
+    s->st.unexpected++;
+    goto done;
+  }
+  c->last_seen = now;
+  switch (h.type) {
+  case STREAM_CREDIT: {
+    uint64_t cr = (uint64_t)c->credit + h.value;
+    c->credit = cr > s->o.max_credit ? s->o.max_credit : (uint32_t)cr;
+    break;
+  }
+  case STREAM_HEARTBEAT:
+    break;
+  case STREAM_BYE:
+    /* the BYE carries the consumer's own state: it is finished only if it
+     * consumed every epoch, not merely because they were all sent; and only
+     * if this server did send that rank its last epoch's end (a peer's claim
+     * alone decides nothing) */
+    if (s->o.max_epochs && h.epoch >= s->o.max_epochs && s->world && c->c.rank < s->world &&
+        s->final_sent[c->c.rank] && !s->rank_done[c->c.rank]) {
+      s->rank_done[c->c.rank] = 1;
+      s->ranks_done++;
+    }
+    drop_consumer(s, (int)(c - s->cons));
+    break;
+  default:
+    s->st.unexpected++;
+  }
+done:
+  for (int i = 0; i < n && i < 4; i++) zmq_msg_close(&part[i]);
+}
+
+/* Send one chunk (or the epoch end) to consumer i if it has credit.
+ * Returns 1 if something was sent, 0 if not, -1 if the consumer was dropped. */
+static int feed(stream_server *s, int i) {
+  consumer_state *c = &s->cons[i];
+  if (c->done || c->credit == 0) return 0;
+  /* whatever credit the peer grants, ZeroMQ holds at most max_credit of its
+   * chunks: a peer that does not read gets nothing more */
+  if (atomic_load(&c->acct->chunks) >= (int)s->o.max_credit) return 0;
+  stream_chunk ch;
+  memset(&ch, 0, sizeof ch);
+  ce_err_clear();
+  int r = s->source(s->ctx, &c->c, c->epoch, c->position, &ch);
+  if (r < 0) {
+    send_error(s, c, ce_err_msg());
+    c->done = 1;
+    return 1;
+  }
+  if (r == STREAM_SOURCE_WAIT) return 0;
+  if (r == 0) {
+    if (send_simple(s, c, STREAM_EPOCH_END, 0) < 0) {
+      s->st.consumers_dropped++;
+      drop_consumer(s, i);
+      return -1;
+    }
+    if (c->epoch == UINT32_MAX) { /* no epoch after the last one a header can name */
+      c->done = 1;
+      return 1;
+    }
+    c->epoch++;
+    c->position = 0;
+    c->chunk_id = 0;
+    if (s->o.max_epochs && c->epoch >= s->o.max_epochs) {
+      c->done = 1;
+      if (s->world && c->c.rank < s->world) s->final_sent[c->c.rank] = 1;
+    }
+    return 1;
+  }
+  stream_header h = {.type = STREAM_CHUNK, .flags = ch.flags, .dataset_id = s->o.dataset_id,
+                     .epoch = c->epoch, .nsamples = ch.nsamples, .chunk_id = c->chunk_id,
+                     .position = c->position, .dtype = STREAM_DTYPE_F32};
+  memcpy(h.in_shape, ch.in_shape, sizeof h.in_shape);
+  memcpy(h.out_shape, ch.out_shape, sizeof h.out_shape);
+  size_t nid = ch.nsamples * sizeof(uint64_t);
+  size_t nin = ch.nsamples * stream_input_bytes(&h), nout = ch.nsamples * stream_target_bytes(&h);
+  ce_xxh64_state xs;
+  ce_xxh64_init(&xs, 0);
+  ce_xxh64_update(&xs, ch.ids, nid);
+  ce_xxh64_update(&xs, ch.inputs, nin);
+  ce_xxh64_update(&xs, ch.targets, nout);
+  h.payload_xxh64 = ce_xxh64_digest(&xs);
+  chunk_ref *ref = malloc(sizeof *ref);
+  if (!ref) {
+    if (ch.release) ch.release(ch.token);
+    return 0;
+  }
+  atomic_init(&ref->refs, 3);
+  ref->release = ch.release;
+  ref->token = ch.token;
+  ref->acct = c->acct;
+  ref->queued = &s->queued_bytes;
+  ref->bytes = nid + nin + nout;
+  atomic_fetch_add(&c->acct->refs, 1);
+  atomic_fetch_add(&c->acct->chunks, 1);
+  atomic_fetch_add(&s->queued_bytes, ref->bytes);
+  zmq_msg_t m[3];
+  zmq_msg_init_data(&m[0], (void *)ch.ids, nid, frame_done, ref);
+  zmq_msg_init_data(&m[1], (void *)ch.inputs, nin, frame_done, ref);
+  zmq_msg_init_data(&m[2], (void *)ch.targets, nout, frame_done, ref);
+  if (send_frames(s, c, &h, m, 3) < 0) {
+    /* EHOSTUNREACH: the peer is gone (ROUTER_MANDATORY); EAGAIN: its queue
+     * is full. The frames not sent were closed: frame_done released them. */
+    s->st.consumers_dropped++;
+    drop_consumer(s, i);
+    return -1;
+  }
+  c->credit--;
+  c->position += ch.nsamples;
+  c->chunk_id++;
+  s->st.chunks_sent++;
+  s->st.samples_sent += ch.nsamples;
+  s->st.bytes_sent += nid + nin + nout + STREAM_HEADER_SIZE;
+  return 1;
+}
+
+int stream_server_run(stream_server *s, volatile int *stop) {
+  double last_busy = ce_now();
+  while (!(stop && *stop)) {
+    if (s->ncons > 0) last_busy = ce_now();
+    if (s->o.idle_exit_s > 0 && ce_now() - last_busy > s->o.idle_exit_s) break;
+    zmq_pollitem_t it = {s->sock, 0, ZMQ_POLLIN, 0};
+    int sent = 0;
+    for (int i = 0; i < s->ncons && !(stop && *stop); i++) {
+      int r = feed(s, i);
+      if (r < 0)
+        i--;
+      else
+        sent += r;
+    }
+    long wait_ms = (long)(s->o.heartbeat_s * 250);
+    if (wait_ms > 250) wait_ms = 250;
+    int rc = zmq_poll(&it, 1, sent ? 0 : (wait_ms > 1 ? wait_ms : 1));
+    if (rc < 0 && errno != EINTR) CE_FAIL("stream server: poll failed: %s", zmq_strerror(errno));
+    /* a bounded batch of incoming messages, so sends and signals get their turn */
+    for (int k = 0; rc > 0 && k < 1024; k++) {
+      handle_incoming(s);
+      rc = zmq_poll(&it, 1, 0);
+    }
+    double now = ce_now();
+    prune_zombies(s);
+    for (int i = 0; i < s->ncons; i++) {
+      consumer_state *c = &s->cons[i];
+      uint64_t rel = atomic_load(&c->acct->released);
+      if (rel != c->released_seen || atomic_load(&c->acct->chunks) == 0) {
+        c->released_seen = rel;
+        c->last_progress = now;
+      }
+      if (now - c->last_seen > s->o.timeout_s) {
+        s->st.consumers_dropped++;
+        drop_consumer(s, i--);
+        continue;
+      }
+      if (now - c->last_progress > s->o.timeout_s) { /* queued chunks not read for timeout_s */
+        s->st.consumers_dropped++;
+        s->st.stalled++;
+        drop_consumer(s, i--);
+        continue;
+      }
+      if (now - c->last_sent > s->o.heartbeat_s && send_simple(s, c, STREAM_HEARTBEAT, 0) < 0) {
+        s->st.consumers_dropped++; /* gone, or its queue is full */
+        drop_consumer(s, i--);
+        continue;
+      }
+    }
+    /* With a bounded number of epochs: done once every rank of the world
+     * has been sent all epochs and has said BYE. */
+    if (s->o.max_epochs && s->world && s->ranks_done == s->world) break;
+  }
+  return 0;
+}

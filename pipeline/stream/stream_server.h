@@ -1,0 +1,94 @@
+/* stream_server.h - the producer side of the coemu stream (ZeroMQ ROUTER).
+ *
+ * Consumers (DEALER sockets, see stream_client.h) connect and say HELLO with
+ * their rank, the number of ranks, the epoch and position to start from and
+ * an initial credit. The server answers WELCOME and then sends CHUNK
+ * messages, never more unacknowledged chunks to a consumer than the credit
+ * it granted; each consumed chunk returns one credit. Chunks come from a
+ * source callback, which decides what sample goes to which rank (e.g. a
+ * deterministic per-epoch shuffle of a dataset split). Malformed, oversized
+ * or unexpected messages are counted and dropped. Silent consumers are
+ * dropped after the heartbeat timeout; ROUTER_MANDATORY makes a send to a
+ * vanished peer fail instead of vanishing silently.
+ */
+#ifndef COEMU_STREAM_SERVER_H
+#define COEMU_STREAM_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* What a consumer asked for in its HELLO. */
+typedef struct {
+  uint16_t rank, world;
+  uint32_t flags; /* bit 0: normalised data requested */
+} stream_consumer;
+
+/* One chunk handed from the source to the server. The server sends the
+ * three buffers without copying and calls release(token) once ZeroMQ has
+ * finished with them (possibly from ZeroMQ's I/O thread). */
+typedef struct {
+  uint32_t nsamples;
+  const uint64_t *ids;
+  const void *inputs, *targets;
+  uint32_t in_shape[4], out_shape[3];
+  uint32_t flags;
+  void (*release)(void *token);
+  void *token;
+} stream_chunk;
+
+/* Fill *out with the chunk that starts at `position` of `epoch` for this
+ * consumer. Returns 1 (chunk filled), 0 (the epoch has no samples left at
+ * this position), STREAM_SOURCE_WAIT (the chunk is not made yet: ask again
+ * later; the server keeps serving others and heartbeats meanwhile) or -1
+ * (error, message set: sent to the consumer as ERROR). */
+#define STREAM_SOURCE_WAIT 2
+typedef int (*stream_source_fn)(void *ctx, const stream_consumer *c, uint32_t epoch,
+                                uint64_t position, stream_chunk *out);
+
+typedef struct {
+  const char *endpoint;        /* e.g. "tcp://127.0.0.1:5555", "ipc:///tmp/coemu.sock" */
+  uint64_t dataset_id;
+  uint64_t samples_per_epoch;  /* per consumer, announced in WELCOME (0 = unknown) */
+  uint32_t max_epochs;         /* stop sending after this many epochs (0 = unbounded) */
+  uint32_t max_credit;         /* cap on a consumer's credit (default 8) */
+  double heartbeat_s;          /* send a heartbeat after this much silence (default 1) */
+  double timeout_s;            /* drop a consumer silent for this long (default 10) */
+  double idle_exit_s;          /* > 0: return when no consumer has been connected for this long */
+  uint32_t world;              /* ranks served (> 0: a HELLO with another world is refused with
+                                  an ERROR, and max_epochs ends the run once every one of these
+                                  ranks is done); 0: any world, and max_epochs never ends it */
+  uint32_t max_consumers;      /* connections served at once, counting dropped ones whose chunks
+                                  ZeroMQ still holds (default 2 x world + 8, or 64) */
+  void (*leave)(void *ctx, const stream_consumer *c); /* optional: the last consumer of a rank
+                                  left (BYE, dropped): the source may forget what it read ahead */
+  const char *curve_secret_key_file; /* CURVE server key (NULL: no authentication) */
+  const char *curve_authorized_dir;  /* client public keys allowed (with CURVE) */
+} stream_server_opts;
+
+typedef struct {
+  uint64_t chunks_sent, samples_sent, bytes_sent;
+  uint64_t malformed, unexpected, consumers_dropped, hellos;
+  uint64_t refused;      /* HELLOs refused: wrong world, or too many consumers */
+  uint64_t stalled;      /* consumers dropped because they stopped reading */
+  uint64_t queued_bytes; /* chunk bytes ZeroMQ holds now (not yet written to a socket) */
+} stream_server_stats;
+
+typedef struct stream_server stream_server;
+
+int stream_server_create(const stream_server_opts *o, stream_source_fn source, void *ctx,
+                         stream_server **out);
+/* Serve until *stop becomes non-zero (checked at least every quarter
+ * heartbeat; the loop never blocks on a peer: every send is non-blocking),
+ * or, with max_epochs and world, until every rank of the server's world has
+ * been sent its last epoch and has said BYE after it. A peer never decides
+ * the rank set or the end. Bounds against hostile or broken peers
+ * (docs/stream-protocol.md): at most max_credit chunks queued in ZeroMQ per
+ * connection whatever credit it grants; a connection whose queue does not
+ * drain for timeout_s is dropped; at most max_consumers connections, so
+ * the server holds at most max_consumers x max_credit chunks. Returns 0 or
+ * -1. */
+int stream_server_run(stream_server *s, volatile int *stop);
+void stream_server_get_stats(const stream_server *s, stream_server_stats *st);
+void stream_server_destroy(stream_server *s);
+
+#endif

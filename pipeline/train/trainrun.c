@@ -1,0 +1,483 @@
+/* trainrun.c - the training loop of `coemu train` (trainrun.h). */
+#include "pipeline/train/trainrun.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/checksum.h"
+#include "common/error.h"
+#include "common/fsutil.h"
+#include "common/progress.h"
+#include "pipeline/serve/serve.h"
+#include "pipeline/train/evaluate.h"
+#include "pipeline/train/reducer_mpi.h"
+#include "pipeline/train/train_data.h"
+#include "pipeline/train/trainplot.h"
+#include "trainer/checkpoint.h"
+#include "trainer/coemunet.h"
+#include "trainer/optim.h"
+#include "trainer/train.h"
+
+static const char *STAGE_NAME[TRAIN_STAGES] = {"pretrain", "finetune"};
+
+static volatile sig_atomic_t g_stop_signal = 0;
+static void on_signal(int sig) { g_stop_signal = sig; }
+
+/* ---- small file helpers --------------------------------------------------- */
+
+static int path_exists(const char *p) { return access(p, F_OK) == 0; }
+
+/* OUT/train.yaml: the job a directory belongs to. */
+static int prepare_out(const char *out, const train_job *j) {
+  CE_TRY(fs_mkdir_p(out));
+  CE_TRY(fs_lock_dir(out, "train")); /* held until the process ends */
+  CE_TRY(fs_remove_tmp(out));
+  char p[4200];
+  snprintf(p, sizeof p, "%s/train.yaml", out);
+  if (path_exists(p)) {
+    char *text;
+    size_t len;
+    CE_TRY(fs_read_all(p, &text, &len));
+    int same = len == j->text_len && memcmp(text, j->text, len) == 0;
+    free(text);
+    if (!same)
+      CE_FAIL("%s holds a run of another training job (%s differs from %s): use another output "
+              "directory", out, p, j->path);
+    return 0;
+  }
+  FILE *f;
+  char tmp[4300];
+  CE_TRY(fs_open_tmp(p, tmp, sizeof tmp, &f));
+  int ok = fwrite(j->text, 1, j->text_len, f) == j->text_len;
+  return fs_commit_tmp(f, tmp, p, ok);
+}
+
+/* Keep the first rows of a CSV (header + rows whose first column <= max_step);
+ * rows_in_epoch (NULL to skip) counts the kept rows of `epoch`. */
+static int csv_cut(const char *path, uint64_t max_step, uint32_t epoch, uint64_t *rows_in_epoch) {
+  uint64_t count = 0;
+  if (rows_in_epoch) *rows_in_epoch = 0;
+  if (!path_exists(path)) return 0;
+  char *text;
+  size_t len;
+  CE_TRY(fs_read_all(path, &text, &len));
+  char tmp[4300];
+  FILE *f;
+  if (fs_open_tmp(path, tmp, sizeof tmp, &f) < 0) {
+    free(text);
+    return -1;
+  }
+  int ok = 1, first = 1;
+  for (char *line = text, *nl; ok && *line; line = nl + 1) {
+    nl = strchr(line, '\n');
+    if (!nl) break; /* a partial last line: dropped */
+    unsigned long long step = 0;
+    unsigned e = 0;
+    int keep = first || (sscanf(line, "%llu,%u", &step, &e) == 2 && step <= max_step);
+    if (keep) ok = fwrite(line, 1, (size_t)(nl - line + 1), f) == (size_t)(nl - line + 1);
+    if (!first && keep && e == epoch) count++;
+    first = 0;
+  }
+  free(text);
+  if (rows_in_epoch) *rows_in_epoch = count;
+  return fs_commit_tmp(f, tmp, path, ok);
+}
+
+static FILE *csv_open(const char *path, const char *header) {
+  int fresh = !path_exists(path);
+  FILE *f = fopen(path, "a");
+  if (!f) {
+    ce_err("%s: cannot open for appending: %s", path, strerror(errno));
+    return NULL;
+  }
+  if (fresh) fprintf(f, "%s\n", header);
+  return f;
+}
+
+static int csv_sync(FILE *f, const char *path) {
+  if (fflush(f) != 0 || fsync(fileno(f)) != 0) CE_FAIL("%s: write failed: %s", path, strerror(errno));
+  return 0;
+}
+
+/* ---- one stage ------------------------------------------------------------ */
+
+typedef struct {
+  const train_job *job;
+  const train_stage *st;
+  int id;
+  const train_run_opts *o;
+  MPI_Comm comm;
+  int rank, world;
+  char dir[4200], last[4300], best[4300], tcsv[4300], vcsv[4300], png[4300];
+  coemunet model;
+  int have_model;
+  adam opt;
+  int have_opt;
+  train_state state;
+  train_data *data;
+  serve_source *val;
+  double best_maxrel;
+  FILE *ftrain, *fval;
+} stage_run;
+
+static coemunet_config model_config(const train_job *j, int nfreq, int grid) {
+  coemunet_config c = {nfreq, grid, j->stem, {j->enc[0], j->enc[1], j->enc[2]}, j->latent, j->dec,
+                       j->shortcut};
+  return c;
+}
+
+static int save_checkpoint(stage_run *s, const char *path) {
+  if (s->rank != 0) return 0;
+  if (s->ftrain) CE_TRY(csv_sync(s->ftrain, s->tcsv));
+  if (s->fval) CE_TRY(csv_sync(s->fval, s->vcsv));
+  return checkpoint_save(path, &s->model, &s->opt, &s->state);
+}
+
+static int hash_chunk(void *ctx, float *chunk, size_t off, size_t n) {
+  (void)off;
+  ce_xxh64_update(ctx, chunk, sizeof(float) * n);
+  return 0;
+}
+
+static int bcast_chunk(void *ctx, float *chunk, size_t off, size_t n) {
+  (void)off;
+  MPI_Bcast(chunk, (int)n, MPI_FLOAT, 0, *(MPI_Comm *)ctx); /* n <= NN_STAGE_FLOATS */
+  return 0;
+}
+
+/* Rank 0's copy of a tensor (backend memory) onto every rank, piece by piece
+ * through the host. */
+static int bcast_tensor(stage_run *s, float *t, int64_t n) {
+  if (s->rank == 0) return nn_download_chunks(&s->model.net, t, (size_t)n, bcast_chunk, &s->comm);
+  return nn_upload_chunks(&s->model.net, t, (size_t)n, bcast_chunk, &s->comm);
+}
+
+/* Weights identical on every rank? Otherwise take rank 0's. */
+static int weights_agree(stage_run *s) {
+  if (s->world == 1) return 0;
+  ce_xxh64_state h;
+  ce_xxh64_init(&h, 0);
+  nn_net *net = &s->model.net;
+  for (int i = 0; i < net->nparams; i++) /* host memory: cannot fail but for the staging buffer */
+    CE_TRY(nn_download_chunks(net, net->params[i].w, (size_t)net->params[i].n, hash_chunk, &h));
+  uint64_t mine = ce_xxh64_digest(&h), root = mine;
+  MPI_Bcast(&root, 1, MPI_UINT64_T, 0, s->comm);
+  int differ = mine != root, any = 0;
+  MPI_Allreduce(&differ, &any, 1, MPI_INT, MPI_MAX, s->comm);
+  if (!any) return 0;
+  if (s->rank == 0 && !s->o->quiet)
+    fprintf(stderr, "coemu train: %s: the ranks' weights drifted apart by rounding; "
+                    "rank 0's weights and optimiser state are broadcast\n", STAGE_NAME[s->id]);
+  for (int i = 0; i < net->nparams; i++) {
+    nn_param *p = &net->params[i];
+    CE_TRY(bcast_tensor(s, p->w, p->n));
+    if (adam_has_state(&s->opt, i)) {
+      CE_TRY(bcast_tensor(s, s->opt.m[i], p->n));
+      CE_TRY(bcast_tensor(s, s->opt.v[i], p->n));
+    }
+  }
+  return 0;
+}
+
+/* The pretrained encoder into the fine-tuning model. */
+static int transfer_encoder(stage_run *s) {
+  const char *src = s->st->init && *s->st->init ? s->st->init : NULL;
+  char pre[4300];
+  if (!src) {
+    snprintf(pre, sizeof pre, "%s/../pretrain/last.ckpt", s->dir);
+    src = pre;
+  }
+  coemunet_config c;
+  CE_TRY(checkpoint_read_config(src, &c, NULL));
+  coemunet from;
+  CE_TRY(coemunet_build(&from, &c, 0));
+  int n = 0;
+  int64_t values = 0;
+  int rc = checkpoint_load(src, &from, NULL, NULL);
+  if (rc == 0) rc = coemunet_transfer_encoder(&s->model, &from, &n, &values);
+  coemunet_free(&from);
+  if (rc < 0) return ce_err_prefix("%s: transferring the encoder from %s", STAGE_NAME[s->id], src);
+  if (s->rank == 0 && !s->o->quiet)
+    fprintf(stderr, "coemu train: %s: encoder transferred from %s: %d tensors, %lld values\n",
+            STAGE_NAME[s->id], src, n, (long long)values);
+  return 0;
+}
+
+static int validate(stage_run *s, uint32_t epoch, int *improved) {
+  *improved = 0;
+  eval_opts eo = {s->comm, (int)s->st->val_batch, s->st->val_max_samples, 0};
+  eval_result r;
+  CE_TRY(evaluate_split(&s->model, s->val, &eo, &r));
+  if (s->rank == 0) {
+    fprintf(s->fval, "%llu,%u,%.9g,%.9g,%.9g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%lld,%.3f\n",
+            (unsigned long long)s->state.step, epoch, r.loss, r.mse, r.fft, r.maxrel.median,
+            r.maxrel.mean, r.maxrel.p90, r.zncc, r.ssim_interior, r.ssim_reflect, (long long)r.n,
+            r.seconds);
+    /* the untrained baseline (epoch 0) is never "best": predicting ~0 bounds
+       MaxRel by 100 %, which early, overshooting models can exceed */
+    *improved = epoch > 0 && r.maxrel.median < s->best_maxrel;
+    if (*improved) s->best_maxrel = r.maxrel.median;
+    if (!s->o->quiet)
+      fprintf(stderr, "coemu train: %s: epoch %u validation on %lld samples: loss %.5g, MaxRel "
+                      "median %.3g%%, ZNCC %.4f, SSIM %.4f (interior) %.4f (reflect)%s\n",
+              STAGE_NAME[s->id], epoch, (long long)r.n, r.loss, r.maxrel.median, r.zncc,
+              r.ssim_interior, r.ssim_reflect, *improved ? "  [best]" : "");
+  }
+  MPI_Bcast(improved, 1, MPI_INT, 0, s->comm);
+  eval_result_free(&r);
+  return 0;
+}
+
+/* Lowest validation MaxRel logged after a training epoch (a resumed run
+ * keeps its best): validation.csv columns epoch (1) and maxrel_median (5). */
+static double best_logged(const char *vcsv) {
+  double best = INFINITY, *epoch = NULL, *maxrel = NULL;
+  int n = 0;
+  if (path_exists(vcsv) && trainplot_read_columns(vcsv, 1, 5, &epoch, &maxrel, &n) == 0)
+    for (int i = 0; i < n; i++)
+      if (epoch[i] > 0 && maxrel[i] < best) best = maxrel[i];
+  free(epoch);
+  free(maxrel);
+  return best;
+}
+
+static void stage_free(stage_run *s) {
+  if (s->ftrain) fclose(s->ftrain);
+  if (s->fval) fclose(s->fval);
+  train_data_close(s->data);
+  serve_close(s->val);
+  if (s->have_opt) adam_free(&s->opt);
+  if (s->have_model) coemunet_free(&s->model);
+}
+
+static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
+  const train_stage *st = s->st;
+  const train_job *j = s->job;
+  const char *name = STAGE_NAME[s->id];
+  snprintf(s->dir, sizeof s->dir, "%s/%s", s->o->out_dir, name);
+  snprintf(s->last, sizeof s->last, "%s/last.ckpt", s->dir);
+  snprintf(s->best, sizeof s->best, "%s/best.ckpt", s->dir);
+  snprintf(s->tcsv, sizeof s->tcsv, "%s/train.csv", s->dir);
+  snprintf(s->vcsv, sizeof s->vcsv, "%s/validation.csv", s->dir);
+  snprintf(s->png, sizeof s->png, "%s/loss.png", s->dir);
+  if (s->rank == 0) {
+    CE_TRY(fs_mkdir_p(s->dir));
+    CE_TRY(fs_remove_tmp(s->dir)); /* checkpoints of a killed run (rank 0 holds the lock) */
+  }
+  MPI_Barrier(s->comm);
+
+  /* where to start: a complete stage is skipped, a started one resumed */
+  int resume = path_exists(s->last);
+  train_state prev = {0};
+  coemunet_config ck;
+  if (resume) {
+    CE_TRY(checkpoint_read_config(s->last, &ck, &prev));
+    if (prev.epoch >= (uint32_t)st->epochs) {
+      if (s->rank == 0 && !s->o->quiet)
+        fprintf(stderr, "coemu train: %s: complete (%u epochs, %llu steps in %s)\n", name,
+                prev.epoch, (unsigned long long)prev.step, s->last);
+      return 0;
+    }
+  }
+  if (st->batch % s->world)
+    CE_FAIL("%s: batch %lld is not divisible by the %d ranks", name, (long long)st->batch, s->world);
+  const int b = (int)(st->batch / s->world);
+
+  /* the position within the epoch: train.csv holds one row per step */
+  uint64_t in_epoch = 0;
+  if (s->rank == 0 && resume) {
+    CE_TRY(csv_cut(s->tcsv, prev.step, prev.epoch, &in_epoch));
+    CE_TRY(csv_cut(s->vcsv, prev.step, 0, NULL));
+  }
+  MPI_Bcast(&in_epoch, 1, MPI_UINT64_T, 0, s->comm);
+  train_data_opts dop = {st, j->seed, s->rank, s->world, b, prev.epoch, in_epoch};
+  CE_TRY(train_data_open(&dop, &s->data));
+  uint32_t ins[4], outs[3];
+  CE_TRY(train_data_shapes(s->data, ins, outs));
+  if (s->id == TRAIN_STAGE_PRETRAIN && outs[0] != 1)
+    CE_FAIL("%s: %s has %u channels; pretraining is for the single-channel model (a dataset of "
+            "1 channel)", name, train_data_describe(s->data), outs[0]);
+  coemunet_config cfg = model_config(j, (int)outs[0], (int)ins[1]);
+  CE_TRY(coemunet_build(&s->model, &cfg, j->seed + (uint64_t)s->id));
+  s->have_model = 1;
+  CE_TRY(nn_set_batch(&s->model.net, b));
+  adam_config ac = {(adam_kind)st->optimizer, st->lr, st->beta1, st->beta2, st->eps, st->weight_decay};
+  CE_TRY(adam_init(&s->opt, &s->model.net, &ac));
+  s->have_opt = 1;
+  s->state = (train_state){j->seed, 0, 0, {st->lr, st->lr_gamma, (int)(st->lr_step ? st->lr_step : INT_MAX)}};
+  if (resume) {
+    CE_TRY(checkpoint_load(s->last, &s->model, &s->opt, &s->state));
+    if (s->rank == 0 && !s->o->quiet)
+      fprintf(stderr, "coemu train: %s: resuming from %s (epoch %u, step %llu)\n", name, s->last,
+              s->state.epoch, (unsigned long long)s->state.step);
+  } else if (s->id == TRAIN_STAGE_FINETUNE && st->transfer)
+    CE_TRY(transfer_encoder(s));
+  nn_reducer red = reducer_mpi(&s->comm, !j->sync_batchnorm);
+  if (s->world > 1) CE_TRY(nn_set_reducer(&s->model.net, &red));
+  trainer tr;
+  CE_TRY(trainer_init(&tr, &s->model, &s->opt));
+
+  if (st->val_dataset && *st->val_dataset) {
+    serve_opts vo = {.dataset_dir = st->val_dataset, .split = st->val_split, .seed = 0, .world = 1,
+                     .batch = (int)st->val_batch, .drop_last = 0, .prefetch = 1};
+    if (serve_open(&vo, &s->val) < 0) {
+      trainer_free(&tr);
+      return ce_err_prefix("%s: validation data", name);
+    }
+  }
+  if (s->rank == 0) {
+    s->ftrain = csv_open(s->tcsv, "step,epoch,lr,loss,mse,fft,samples_per_s");
+    s->fval = csv_open(s->vcsv, "step,epoch,loss,mse,fft,maxrel_median,maxrel_mean,maxrel_p90,"
+                                "zncc,ssim_interior,ssim_reflect,samples,seconds");
+    if (!s->ftrain || !s->fval) {
+      trainer_free(&tr);
+      return -1;
+    }
+  }
+  s->best_maxrel = s->rank == 0 ? best_logged(s->vcsv) : INFINITY;
+  uint64_t per_epoch = train_data_batches_per_epoch(s->data);
+  if (s->rank == 0 && !s->o->quiet) {
+    fprintf(stderr, "coemu train: %s: %s; model nfreq %d grid %d, %lld parameters; batch %lld "
+                    "(%d per rank on %d ranks), %llu steps per epoch, %lld epochs\n",
+            name, train_data_describe(s->data), cfg.nfreq, cfg.grid,
+            (long long)nn_param_count(&s->model.net), (long long)st->batch, b, s->world,
+            (unsigned long long)per_epoch, (long long)st->epochs);
+  }
+
+  int rc = 0, stopped = 0;
+  if (!resume && s->val) { /* the untrained model's figures: the baseline of the curves */
+    int improved;
+    rc = validate(s, 0, &improved);
+    if (rc == 0) rc = nn_set_batch(&s->model.net, b);
+    if (rc < 0) {
+      trainer_free(&tr);
+      return -1;
+    }
+  }
+  ce_progress prog;
+  int64_t total = per_epoch ? (int64_t)(per_epoch * (uint64_t)st->epochs) : 0;
+  ce_progress_init(&prog, name, "steps", total, s->o->quiet || s->rank != 0);
+  for (uint32_t epoch = s->state.epoch; rc == 0 && !stopped && epoch < (uint32_t)st->epochs; epoch++) {
+    double lr = steplr_lr(&s->state.sched, (int)epoch);
+    for (;;) {
+      const float *x, *y;
+      double t0 = ce_now();
+      int got = train_data_next(s->data, epoch, &x, &y);
+      /* every rank must know before the step's collectives whether all have a batch */
+      int gmin = got, gmax = got;
+      if (s->world > 1) {
+        int g[2] = {-got, got};
+        MPI_Allreduce(MPI_IN_PLACE, g, 2, MPI_INT, MPI_MAX, s->comm);
+        gmin = -g[0], gmax = g[1];
+      }
+      if (gmin < 0 || gmin != gmax) {
+        trainer_free(&tr);
+        if (got < 0) return -1;
+        CE_FAIL("%s: epoch %u: %s", name, epoch,
+                gmin < 0 ? "another rank failed to read its batch"
+                         : "the ranks disagree on where the epoch ends");
+      }
+      if (got == 0) break;
+      loss_value lv = {0, 0, 0};
+      rc = trainer_step(&tr, x, y, lr, &lv);
+      double sums[5] = {lv.total, lv.mse, lv.fft, rc < 0 ? 1 : 0, g_stop_signal ? 1 : 0};
+      if (s->world > 1) MPI_Allreduce(MPI_IN_PLACE, sums, 5, MPI_DOUBLE, MPI_SUM, s->comm);
+      if (rc < 0) break;
+      if (sums[3] > 0) {
+        trainer_free(&tr);
+        CE_FAIL("%s: another rank failed its training step", name);
+      }
+      s->state.step++;
+      double dt = ce_now() - t0;
+      if (s->rank == 0) {
+        fprintf(s->ftrain, "%llu,%u,%.9g,%.9g,%.9g,%.9g,%.1f\n", (unsigned long long)s->state.step,
+                epoch, lr, sums[0] / s->world, sums[1] / s->world, sums[2] / s->world,
+                dt > 0 ? (double)st->batch / dt : 0);
+        ce_progress_update(&prog, (int64_t)s->state.step);
+      }
+      (*steps_left)--;
+      int stop = sums[4] > 0 || *steps_left == 0 ||
+                 (s->o->time_limit_s > 0 && ce_now() - t_run0 > s->o->time_limit_s);
+      if (s->world > 1) MPI_Allreduce(MPI_IN_PLACE, &stop, 1, MPI_INT, MPI_MAX, s->comm);
+      if (stop) {
+        stopped = 1;
+        break;
+      }
+      if (st->checkpoint_every > 0 && s->state.step % (uint64_t)st->checkpoint_every == 0 &&
+          (rc = save_checkpoint(s, s->last)) < 0)
+        break;
+    }
+    if (rc < 0 || stopped) break;
+    /* the epoch is done: agree, validate, keep the best, checkpoint */
+    s->state.epoch = epoch + 1;
+    if ((rc = weights_agree(s)) < 0) break;
+    int improved = 0;
+    if (s->val && ((epoch + 1) % (uint32_t)st->validate_every == 0 || epoch + 1 == (uint32_t)st->epochs)) {
+      if ((rc = validate(s, epoch + 1, &improved)) < 0) break;
+      if ((rc = nn_set_batch(&s->model.net, b)) < 0) break;
+      if (improved && (rc = save_checkpoint(s, s->best)) < 0) break;
+    }
+    if ((rc = save_checkpoint(s, s->last)) < 0) break;
+    if (s->rank == 0 && trainplot_loss_png(s->png, s->tcsv, s->vcsv, name) < 0 && !s->o->quiet)
+      fprintf(stderr, "coemu train: %s: warning: %s\n", name, ce_err_msg());
+  }
+  if (rc == 0 && stopped) { /* a clean stop: everything up to here is kept */
+    rc = save_checkpoint(s, s->last);
+    if (rc == 0 && s->rank == 0 && !s->o->quiet)
+      fprintf(stderr, "coemu train: %s: stopped at step %llu (epoch %u); %s; rerun the same "
+                      "command to resume\n", name, (unsigned long long)s->state.step,
+              s->state.epoch, g_stop_signal ? "interrupted" : "step or time limit reached");
+  }
+  if (rc == 0 && !stopped && s->rank == 0) {
+    ce_progress_done(&prog, (int64_t)s->state.step);
+    if (!s->o->quiet)
+      fprintf(stderr, "coemu train: %s: done: %u epochs, %llu steps; %s%s\n", name,
+              s->state.epoch, (unsigned long long)s->state.step, s->last,
+              s->val ? " and best.ckpt" : "");
+  }
+  trainer_free(&tr);
+  if (rc < 0) return -1;
+  return stopped ? TRAIN_RUN_STOPPED : 0;
+}
+
+int train_run(const train_job *j, const train_run_opts *o) {
+  train_run_opts opts = *o;
+  if (!opts.out_dir) opts.out_dir = j->out_dir;
+  int rank, world;
+  MPI_Comm_rank(o->comm, &rank);
+  MPI_Comm_size(o->comm, &world);
+  int prep = rank == 0 ? prepare_out(opts.out_dir, j) : 0, prep_all = 0;
+  MPI_Allreduce(&prep, &prep_all, 1, MPI_INT, MPI_MIN, o->comm);
+  if (prep_all < 0) return prep < 0 ? -1 : ce_err("rank 0 could not prepare %s", opts.out_dir);
+  struct sigaction sa = {0}, old_int, old_term;
+  sa.sa_handler = on_signal;
+  sigaction(SIGINT, &sa, &old_int);
+  sigaction(SIGTERM, &sa, &old_term);
+  int64_t steps_left = opts.max_steps > 0 ? opts.max_steps : -1;
+  double t0 = ce_now();
+  int rc = 0;
+  for (int id = 0; id < TRAIN_STAGES && rc == 0; id++) {
+    if (!j->stage[id].enabled) continue;
+    stage_run s;
+    memset(&s, 0, sizeof s);
+    s.job = j;
+    s.st = &j->stage[id];
+    s.id = id;
+    s.o = &opts;
+    s.comm = o->comm;
+    s.rank = rank;
+    s.world = world;
+    rc = run_stage(&s, &steps_left, t0);
+    stage_free(&s);
+  }
+  sigaction(SIGINT, &old_int, NULL);
+  sigaction(SIGTERM, &old_term, NULL);
+  return rc;
+}

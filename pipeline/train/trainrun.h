@@ -1,0 +1,59 @@
+/* trainrun.h - `coemu train`: run a training job's stages over MPI ranks.
+ *
+ * Output directory OUT (the job's output.directory or --out):
+ *   OUT/train.yaml            the job text; a rerun with the same job resumes,
+ *                             a different job is refused
+ *   OUT/<stage>/last.ckpt     the newest checkpoint (every checkpoint_every
+ *                             steps, at each epoch's end, on a clean stop)
+ *   OUT/<stage>/best.ckpt     the checkpoint with the lowest validation MaxRel
+ *   OUT/<stage>/train.csv     one row per optimiser step: step, epoch, lr,
+ *                             loss, mse, fft (means over the global batch), samples/s
+ *   OUT/<stage>/validation.csv one row per validation (before the first step:
+ *                             the untrained baseline, then every validation.every
+ *                             epochs and after the last): step, epoch, loss, MaxRel
+ *                             median/mean/p90, ZNCC, SSIM (both conventions)
+ *   OUT/<stage>/loss.png      training and validation loss curves
+ * with <stage> = pretrain, finetune. A stage whose last checkpoint has all its
+ * epochs is complete and skipped; otherwise it resumes from last.ckpt at the
+ * step it records (train.csv is cut back to that step), so a run stopped and
+ * resumed gives the same loss curve as one that was not stopped.
+ *
+ * Data order: the dataset source shuffles with the job's seed, exactly as
+ * `coemu serve --seed SEED --batch B/W --ranks W` would, so training from
+ * such a stream and from the dataset directory gives the same batches. The
+ * model of stage k (0 pretrain, 1 finetune) is initialised from seed + k.
+ *
+ * Data parallelism: every rank holds the whole model; the global batch is
+ * split evenly over the ranks (train_data.h), BatchNorm statistics are
+ * computed over the global batch when model.sync_batchnorm is set, and the
+ * gradients are summed over the ranks (MPI_Allreduce) before each update, so
+ * W ranks with batch B/W follow 1 rank with batch B up to summation order.
+ * Only rank 0 writes files. At each epoch's end the ranks compare a hash of
+ * their weights; a difference (possible with more than two ranks, where the
+ * allreduce may round differently on different ranks) is repaired by
+ * broadcasting rank 0's weights and optimiser state, and reported.
+ */
+#ifndef COEMU_TRAINRUN_H
+#define COEMU_TRAINRUN_H
+
+#include <mpi.h>
+#include <stdint.h>
+
+#include "pipeline/job/trainjob.h"
+
+typedef struct {
+  const char *out_dir;   /* NULL: the job's output.directory */
+  int64_t max_steps;     /* > 0: stop cleanly (checkpointed) after this many steps in this run */
+  double time_limit_s;   /* > 0: stop cleanly once this much wall time has passed */
+  int quiet;
+  MPI_Comm comm;
+} train_run_opts;
+
+#define TRAIN_RUN_STOPPED 3 /* train_run's return when it stopped early (resumable) */
+
+/* Run the job: 0 when every stage is complete, TRAIN_RUN_STOPPED after a
+ * clean early stop (--max-steps, --time-limit, SIGINT/SIGTERM), -1 on error
+ * (message set; collective errors are agreed so no rank hangs). */
+int train_run(const train_job *j, const train_run_opts *o);
+
+#endif

@@ -1,0 +1,215 @@
+/* test_cli.c - common/cli: cli_run_parse() on every path (options, values,
+ * positional counts, --help, each usage error), cli_usage_fail(), cli_exit()
+ * and the error printer (cli_fail, with and without a rank). What the
+ * helpers print is captured from stdout and stderr. */
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "common/cli.h"
+
+static char tmpl_out[64], tmpl_err[64];
+
+typedef struct {
+  char out[8192], err[8192];
+} captured;
+
+static int redirect(int fd, const char *path) {
+  int saved = dup(fd);
+  int f = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  dup2(f, fd);
+  close(f);
+  return saved;
+}
+
+static void restore(int fd, int saved, const char *path, char *buf, size_t n) {
+  dup2(saved, fd);
+  close(saved);
+  FILE *f = fopen(path, "r");
+  size_t got = f ? fread(buf, 1, n - 1, f) : 0;
+  buf[got] = 0;
+  if (f) fclose(f);
+}
+
+static int64_t n;
+static double dx;
+static const char *out;
+static int flag;
+
+/* The test command's option table; cli_run_parse resets `seen` itself. */
+static cli_opt opts[] = {{"dx", CLI_DOUBLE, &dx, "M", "spacing", 1, 0},
+                         {"out", CLI_STR, &out, "FILE", "output", 0, 0},
+                         {"abs", CLI_FLAG, &flag, NULL, "take |I|", 0, 0},
+                         {"n", CLI_INT, &n, "N", "count", 0, 0},
+                         {0}};
+
+/* cli_run_parse on a copy of argv, stdout and stderr captured. */
+static cli_status run(const cli_command *c, int argc, char **argv, int *np, char ***pos,
+                      captured *cap) {
+  n = 0, dx = 0, out = NULL, flag = 0;
+  fflush(stdout);
+  fflush(stderr);
+  int so = redirect(1, tmpl_out), se = redirect(2, tmpl_err);
+  cli_status r = cli_run_parse(c, argc, argv, np, pos);
+  fflush(stdout);
+  fflush(stderr);
+  restore(1, so, tmpl_out, cap->out, sizeof cap->out);
+  restore(2, se, tmpl_err, cap->err, sizeof cap->err);
+  return r;
+}
+
+static const cli_command cmd = {"t", "A [B] [options]", "A test command.", opts, 1, 2};
+
+static void test_parsed(void) {
+  char *argv[] = {"--dx", "1.5e3", "pos1", "--out=x.npy", "--abs", "-n", "12", "--", "--pos2"};
+  int np = -1;
+  char **pos = NULL;
+  captured cap;
+  CHECK(run(&cmd, 9, argv, &np, &pos, &cap) == CLI_OK);
+  CHECK(dx == 1500 && !strcmp(out, "x.npy") && flag == 1 && n == 12);
+  CHECK(np == 2 && pos && !strcmp(pos[0], "pos1") && !strcmp(pos[1], "--pos2") && !pos[2]);
+  CHECK(opts[0].seen && opts[1].seen && opts[2].seen && opts[3].seen);
+  CHECK(cap.out[0] == 0 && cap.err[0] == 0);
+  free(pos);
+  /* seen is reset on every call; pos may be NULL */
+  char *argv2[] = {"--dx=2", "a"};
+  CHECK(run(&cmd, 2, argv2, &np, NULL, &cap) == CLI_OK);
+  CHECK(np == 1 && dx == 2 && opts[0].seen && !opts[1].seen && !opts[2].seen && !opts[3].seen);
+  CHECK(cli_exit(CLI_OK) == 0);
+}
+
+static void test_help(void) {
+  char *argv[] = {"--dx", "1", "--help", "--bogus"};
+  int np;
+  char **pos = (char **)1;
+  captured cap;
+  CHECK(run(&cmd, 4, argv, &np, &pos, &cap) == CLI_HELP);
+  CHECK(pos == NULL);
+  CHECK(strstr(cap.out, "usage: coemu t A [B] [options]\n\nA test command.\n") == cap.out);
+  CHECK(strstr(cap.out, "--dx M") && strstr(cap.out, "spacing (required)"));
+  CHECK(strstr(cap.out, "--abs  ") && strstr(cap.out, "--help"));
+  CHECK(cap.err[0] == 0);
+  CHECK(cli_exit(CLI_HELP) == 0);
+  char *argv2[] = {"-h"};
+  CHECK(run(&cmd, 1, argv2, &np, &pos, &cap) == CLI_HELP && strstr(cap.out, "usage: coemu t"));
+}
+
+/* A usage error: CLI_USAGE, nothing on stdout, the message and the hint on
+ * stderr, the message in ce_err_msg(), exit status 2. */
+static void expect_usage(const cli_command *c, int argc, char **argv, const char *msg) {
+  int np;
+  char **pos = (char **)1;
+  captured cap;
+  cli_status r = run(c, argc, argv, &np, &pos, &cap);
+  CHECK_MSG(r == CLI_USAGE, "%s: status %d, expected CLI_USAGE", msg, (int)r);
+  CHECK(pos == NULL && cap.out[0] == 0);
+  char want[512];
+  snprintf(want, sizeof want, "coemu %s: error: %s\n(coemu %s --help for usage)\n", c->name, msg,
+           c->name);
+  CHECK_MSG(!strcmp(cap.err, want), "stderr '%s', expected '%s'", cap.err, want);
+  CHECK_MSG(!strcmp(ce_err_msg(), msg), "ce_err_msg() '%s', expected '%s'", ce_err_msg(), msg);
+  CHECK(cli_exit(r) == 2);
+}
+
+static void test_usage_errors(void) {
+  char *unknown[] = {"--dx", "1", "a", "--bogus"};
+  expect_usage(&cmd, 4, unknown, "unknown option '--bogus'");
+  char *unknown_eq[] = {"--dx", "1", "a", "-bogus=3"};
+  expect_usage(&cmd, 4, unknown_eq, "unknown option '-bogus=3'");
+  char *bad_double[] = {"--dx", "abc", "a"};
+  expect_usage(&cmd, 3, bad_double, "option --dx: 'abc' is not a finite number");
+  char *inf_double[] = {"--dx=inf", "a"};
+  expect_usage(&cmd, 2, inf_double, "option --dx: 'inf' is not a finite number");
+  char *bad_int[] = {"--dx", "1", "-n", "1.5", "a"};
+  expect_usage(&cmd, 5, bad_int, "option --n: '1.5' is not an integer");
+  char *flag_value[] = {"--dx", "1", "--abs=1", "a"};
+  expect_usage(&cmd, 4, flag_value, "option --abs takes no value");
+  char *no_value[] = {"a", "--dx"};
+  expect_usage(&cmd, 2, no_value, "option --dx needs a value (M)");
+  char *missing[] = {"a", "--out", "y"};
+  expect_usage(&cmd, 3, missing, "option --dx is required");
+}
+
+static void test_positional_counts(void) {
+  char *none[] = {"--dx", "1"};
+  expect_usage(&cmd, 2, none, "expected at least 1 argument, got 0");
+  char *three[] = {"--dx", "1", "a", "b", "c"};
+  expect_usage(&cmd, 5, three, "unexpected argument 'c' (expected at most 2 arguments, got 3)");
+  const cli_command one = {"one", "FILE", "", opts, 1, 1};
+  expect_usage(&one, 2, none, "expected 1 argument, got 0");
+  expect_usage(&one, 4, three, "unexpected argument 'b' (expected 1 argument, got 2)");
+  const cli_command two = {"two", "A B", "", opts, 2, 2};
+  char *a[] = {"--dx", "1", "a"};
+  expect_usage(&two, 3, a, "expected 2 arguments, got 1");
+  const cli_command bench = {"bench x", "[options]", "", NULL, 0, 0};
+  char *extra[] = {"extra"};
+  expect_usage(&bench, 1, extra, "unexpected argument 'extra' (the command takes options only)");
+  char *opt[] = {"--dx"};
+  expect_usage(&bench, 1, opt, "unknown option '--dx'");
+  int np;
+  captured cap;
+  CHECK(run(&bench, 0, NULL, &np, NULL, &cap) == CLI_OK && np == 0);
+  const cli_command any = {"any", "FILE...", "", opts, 0, CLI_ANY};
+  char *many[] = {"--dx", "1", "a", "b", "c", "d"};
+  char **pos;
+  CHECK(run(&any, 6, many, &np, &pos, &cap) == CLI_OK && np == 4 && !strcmp(pos[3], "d"));
+  free(pos);
+}
+
+static void test_usage_fail(void) {
+  fflush(stderr);
+  int se = redirect(2, tmpl_err);
+  ce_err("synth grid: levels = 9, expected 1..6");
+  int a = cli_usage_fail("synth", "%s", ce_err_msg()); /* the current message, unclobbered */
+  int b = cli_usage_fail("bench synth", "-n %d: expected >= 1", -2);
+  fflush(stderr);
+  captured cap;
+  restore(2, se, tmpl_err, cap.err, sizeof cap.err);
+  CHECK(a == 2 && b == 2 && a == CLI_EXIT_USAGE);
+  CHECK_MSG(!strcmp(cap.err, "coemu synth: error: synth grid: levels = 9, expected 1..6\n"
+                             "(coemu synth --help for usage)\n"
+                             "coemu bench synth: error: -n -2: expected >= 1\n"
+                             "(coemu bench synth --help for usage)\n"),
+            "stderr '%s'", cap.err);
+  CHECK(!strcmp(ce_err_msg(), "-n -2: expected >= 1"));
+}
+
+static void test_fail_and_rank(void) {
+  fflush(stderr);
+  int se = redirect(2, tmpl_err);
+  ce_err("x.dat: cannot open");
+  int a = cli_fail("verify");
+  cli_set_rank(3);
+  int b = cli_fail("train");
+  cli_print_error("eval", "MPI: gone");
+  cli_set_rank(-1);
+  fflush(stderr);
+  captured cap;
+  restore(2, se, tmpl_err, cap.err, sizeof cap.err);
+  CHECK(a == 1 && b == 1 && a == CLI_EXIT_FAILURE);
+  CHECK_MSG(!strcmp(cap.err, "coemu verify: error: x.dat: cannot open\n"
+                             "coemu train: rank 3: error: x.dat: cannot open\n"
+                             "coemu eval: rank 3: error: MPI: gone\n"),
+            "stderr '%s'", cap.err);
+  CHECK(CLI_EXIT_OK == 0 && CLI_EXIT_STOPPED == 3);
+}
+
+int main(void) {
+  /* a launcher's rank would change the printed prefix */
+  unsetenv("OMPI_COMM_WORLD_RANK");
+  unsetenv("PMI_RANK");
+  const char *t = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+  snprintf(tmpl_out, sizeof tmpl_out, "%.40s/test_cli_out.%d", t, (int)getpid());
+  snprintf(tmpl_err, sizeof tmpl_err, "%.40s/test_cli_err.%d", t, (int)getpid());
+  RUN(test_parsed);
+  RUN(test_help);
+  RUN(test_usage_errors);
+  RUN(test_positional_counts);
+  RUN(test_usage_fail);
+  RUN(test_fail_and_rank);
+  unlink(tmpl_out);
+  unlink(tmpl_err);
+  return check_report();
+}

@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Exit statuses of every coemu command and benchmark (docs/architecture.md,
+Errors): 0 done (and --help), 1 a failure at run time, 2 a usage error
+printed as "coemu NAME: error: MSG" and "(coemu NAME --help for usage)".
+The commands and benchmarks are read from pipeline/cmd/commands.def and
+pipeline/bench/benches.def, so a new one is covered without editing this
+file. Env: COEMU (binary), COEMU_SOURCE_ROOT."""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+COEMU = os.environ.get("COEMU", "build/pipeline/coemu")
+ROOT = os.environ.get("COEMU_SOURCE_ROOT", ".")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from pycheck import check, report  # noqa: E402
+
+CRASH = ("Traceback", "Sanitizer", "runtime error:", "Segmentation fault", "core dumped", "Abort")
+
+
+def names(path, macro):
+    text = open(os.path.join(ROOT, path)).read()
+    return re.findall(r"^%s\((\w+)," % macro, text, re.M)
+
+
+COMMANDS = names("pipeline/cmd/commands.def", "COEMU_CMD")
+BENCHES = ["bench " + b for b in names("pipeline/bench/benches.def", "COEMU_BENCH")]
+check(len(COMMANDS) >= 10 and "verify" in COMMANDS and len(BENCHES) >= 5,
+      f"commands {COMMANDS}, benchmarks {BENCHES} read from the .def files")
+
+
+def run(name, *args):
+    p = subprocess.run([COEMU, *name.split(), *map(str, args)], capture_output=True, text=True,
+                       timeout=60)
+    return p.returncode, p.stdout, p.stderr
+
+
+def sane(what, rc, err):
+    check(rc >= 0 and not any(c in err for c in CRASH), f"{what}: no crash (rc {rc}): {err[-500:]!r}")
+
+
+def usage_error(name, args, *needles):
+    """`coemu NAME ARGS` is a usage error: status 2, the message and the hint."""
+    what = f"coemu {name} {' '.join(map(str, args))}"
+    rc, out, err = run(name, *args)
+    sane(what, rc, err)
+    ok = (rc == 2 and err.startswith(f"coemu {name}: error: ")
+          and f"\n(coemu {name} --help for usage)\n" in err and out == ""
+          and all(n in err for n in needles))
+    check(ok, f"{what}: status {rc} (expected 2), stdout {out[:200]!r}, stderr {err!r}, "
+              f"expected {needles}")
+
+
+def failure(name, args, *needles):
+    """`coemu NAME ARGS` fails at run time: status 1, the message, no usage hint."""
+    what = f"coemu {name} {' '.join(map(str, args))}"
+    rc, out, err = run(name, *args)
+    sane(what, rc, err)
+    check(rc == 1 and f"coemu {name}: error: " in err and "--help for usage" not in err
+          and all(n in err for n in needles),
+          f"{what}: status {rc} (expected 1), stderr {err!r}, expected {needles}")
+
+
+# Every command and benchmark: --help, an unknown option, too many arguments.
+for name in COMMANDS + BENCHES:
+    rc, out, err = run(name, "--help")
+    sane(f"{name} --help", rc, err)
+    check(rc == 0 and out.startswith(f"usage: coemu {name}") and err == "",
+          f"coemu {name} --help: status {rc}, stdout {out[:200]!r}, stderr {err[:300]!r}")
+    usage_error(name, ["--no-such-option"], "unknown option '--no-such-option'")
+    usage_error(name, ["--no-such-option=1"], "unknown option '--no-such-option=1'")
+    if name != "bench":  # its first argument is the target
+        usage_error(name, [f"arg{i}" for i in range(9)])
+
+# Commands with a fixed number of arguments: one too few and one too many
+# (required options given, so that the count is what is wrong).
+tmp = tempfile.mkdtemp(prefix="coemu_cli_exit.")
+FIXED = {  # name: (number of arguments, required options)
+    "keygen": (1, []), "serve": (1, []), "verify": (1, []), "inspect": (1, []),
+    "sample": (1, ["--out", tmp]), "stats": (1, []), "train": (1, []), "eval": (2, []),
+}
+for name, (count, req) in FIXED.items():
+    check(name in COMMANDS, f"{name} is a command")
+    usage_error(name, [*req, *[f"a{i}" for i in range(count - 1)]], "expected ", f"got {count - 1}")
+    usage_error(name, [*req, *[f"a{i}" for i in range(count + 1)]], f"unexpected argument 'a{count}'",
+                f"got {count + 1}")
+usage_error("generate", ["a.yaml", "b.yaml"], "unexpected argument 'b.yaml'")
+usage_error("synth", ["-n", 1, "--seed", 1, "--out", tmp, "extra"], "unexpected argument 'extra'")
+
+# Missing required options, malformed values, values the command rejects.
+usage_error("synth", ["--seed", 1, "--out", tmp], "option --n is required")
+usage_error("synth", ["-n", "x", "--seed", 1, "--out", tmp], "--n: 'x' is not an integer")
+usage_error("synth", ["-n", 0, "--seed", 1, "--out", tmp], "-n 0")
+usage_error("sample", ["m.dat"], "option --out is required")
+usage_error("sample", ["m.dat", "--out", tmp, "--sampler", "nope"], "haar")
+usage_error("solve", ["--example=abc", "--out", os.path.join(tmp, "x.npy")], "--example=abc")
+usage_error("solve", ["--example", 8], "nothing to write")
+usage_error("serve", ["d", "--ranks", 0], "--ranks")
+usage_error("serve", ["d", "--timeout", "soon"], "'soon' is not a finite number")
+usage_error("stats", ["d", "--split", "bogus"], "--split")
+usage_error("train", ["job.yaml", "--max-steps", -1], "must not be negative")
+usage_error("train", ["job.yaml", "--quiet=yes"], "option --quiet takes no value")
+usage_error("eval", ["c", "d", "--batch", 0], "--batch")
+usage_error("eval", ["c", "d", "--batch"], "option --batch needs a value")
+usage_error("bench", [], "expected a TARGET")
+usage_error("bench", ["no-such-target"], "unknown target 'no-such-target'")
+usage_error("bench synth", ["-n", 0], "-n 0")
+usage_error("bench train", ["--batch", 1], "--batch 1")
+
+# Failures at run time: status 1.
+missing = os.path.join(tmp, "nonexistent")
+failure("verify", [missing], missing)
+failure("inspect", [missing + ".dat"], missing)
+failure("generate", [missing + ".yaml", "--check"], missing)
+failure("train", [missing + ".yaml", "--check"], missing)
+failure("bench sample", ["--model", missing + ".dat", "--reps", 1], missing)
+
+# The dispatcher: no command and an unknown command are usage errors.
+for args in ([], ["no-such-command"]):
+    p = subprocess.run([COEMU, *args], capture_output=True, text=True, timeout=60)
+    check(p.returncode == 2 and "usage: coemu COMMAND" in p.stderr,
+          f"coemu {' '.join(args)}: status {p.returncode}")
+p = subprocess.run([COEMU, "--help"], capture_output=True, text=True, timeout=60)
+check(p.returncode == 0 and all(c in p.stdout for c in COMMANDS), "coemu --help lists every command")
+os.rmdir(tmp)
+report()

@@ -1,0 +1,423 @@
+/* test_serve.c - pipeline/serve linked directly: a serve_source over a small
+ * dataset made with the dataset room (tests/dataset_fixture.h).
+ *   - the split index: ascending, exactly the samples of the split;
+ *   - the per-(seed, epoch) order: a permutation of the split, the same for
+ *     the same (seed, epoch) (also after the permutation cache has turned
+ *     over), different for another epoch or seed; rank r of W takes positions
+ *     r, r+W, ... of it;
+ *   - rank shares: equal sizes; drop_last: floor(floor(M/W)/B)*B samples
+ *     each, disjoint, together the first W*share positions of the order;
+ *     padded: ceil(ceil(M/W)/B)*B each, together the whole split;
+ *   - chunks from the reader thread (serve_chunk) hold the samples of that
+ *     order, bit for bit what serve_read reads in the calling thread; the
+ *     end of a rank's epoch, a reconnect at an earlier position and a fresh
+ *     source started at a position continue the same order;
+ *   - raw samples are the producer's values; normalised ones are the /stats
+ *     transforms of them, as stats/transforms.h documents them;
+ *   - errors name the dataset: missing directory, no dataset.h5, no /stats
+ *     when normalised data are asked for, a split too small for one batch,
+ *     bad options;
+ *   - stale read-ahead (a rank resumed elsewhere, or left) is evicted: no
+ *     request waits for ever on slots nobody will take.
+ * No MPI in this process (the fixture is made in a child), so
+ * LeakSanitizer checks the reader thread's buffers. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "dataset_fixture.h"
+#include "pipeline/serve/serve.h"
+#include "stats/statsfile.h"
+#include "stats/transforms.h"
+
+/* 10 models x 3 directions = 30 samples, split by model as job_model_splits
+ * decides (g_split); 16^3 cubes, 3 channels. */
+static const fixture_spec SPEC = {.models = 10, .directions = 3, .n = 16, .nf = 3,
+                                  .samples_per_shard = 8, .stats = 1};
+static const fixture_spec SPEC_NOSTATS = {.models = 4, .directions = 2, .n = 16, .nf = 1,
+                                          .samples_per_shard = 4, .stats = 0};
+static char g_dir[1100], g_nostats[1100];
+static uint8_t g_split[64];
+
+static serve_source *open_src(const char *split, uint64_t seed, int world, int batch, int drop_last) {
+  serve_opts o = {.dataset_dir = g_dir, .split = split, .seed = seed, .world = world,
+                  .batch = batch, .drop_last = drop_last, .prefetch = 2};
+  serve_source *s = NULL;
+  CHECK_OK(serve_open(&o, &s));
+  return s;
+}
+
+static int cmp_i64(const void *a, const void *b) {
+  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return (x > y) - (x < y);
+}
+
+static void test_split_index(void) {
+  const char *names[4] = {"train", "validation", "test", "all"};
+  int64_t total = 0;
+  for (int k = 0; k < 4; k++) {
+    serve_source *s = open_src(names[k], 1, 1, 1, 1);
+    if (!s) return;
+    int64_t expect[64], m = 0;
+    for (int64_t i = 0; i < fixture_samples(&SPEC); i++)
+      if (k == 3 || g_split[i] == k) expect[m++] = i;
+    CHECK(m > 0);
+    CHECK(serve_split_size(s) == (uint64_t)m);
+    for (int64_t j = 0; j < m; j++)
+      CHECK_MSG(serve_split_sample(s, j) == expect[j], "%s: split sample %lld is %lld, expected %lld",
+                names[k], (long long)j, (long long)serve_split_sample(s, j), (long long)expect[j]);
+    CHECK(serve_split_sample(s, m) == -1 && serve_split_sample(s, -1) == -1);
+    if (k < 3) total += m;
+    uint32_t in[4], out[3];
+    serve_shapes(s, in, out);
+    CHECK(in[0] == 3 && in[1] == 16 && in[2] == 16 && in[3] == 16);
+    CHECK(out[0] == 3 && out[1] == 16 && out[2] == 16);
+    serve_close(s);
+  }
+  CHECK(total == fixture_samples(&SPEC));
+}
+
+/* The order of `epoch` for one rank: positions 0..M-1. */
+static void order(serve_source *s, uint32_t epoch, int64_t *o, int64_t m) {
+  for (int64_t p = 0; p < m; p++) o[p] = serve_sample_at(s, epoch, 0, (uint64_t)p);
+}
+
+static void test_epoch_order(void) {
+  serve_source *a = open_src("train", 42, 1, 1, 1), *b = open_src("train", 42, 1, 1, 1),
+               *c = open_src("train", 43, 1, 1, 1);
+  if (!a || !b || !c) return;
+  const int64_t m = (int64_t)serve_split_size(a);
+  int64_t o[6][64], ob[64], oc[64], sorted[64], split[64];
+  for (int64_t j = 0; j < m; j++) split[j] = serve_split_sample(a, j);
+  for (uint32_t e = 0; e < 6; e++) { /* more epochs than the source caches */
+    order(a, e, o[e], m);
+    memcpy(sorted, o[e], sizeof(int64_t) * (size_t)m);
+    qsort(sorted, (size_t)m, sizeof(int64_t), cmp_i64);
+    CHECK_MSG(!memcmp(sorted, split, sizeof(int64_t) * (size_t)m),
+              "epoch %u: the order is not a permutation of the split", e);
+    order(b, e, ob, m);
+    CHECK_MSG(!memcmp(ob, o[e], sizeof(int64_t) * (size_t)m),
+              "epoch %u: another source with the same seed gives another order", e);
+    order(c, e, oc, m);
+    CHECK_MSG(memcmp(oc, o[e], sizeof(int64_t) * (size_t)m), "epoch %u: seeds 42 and 43 agree", e);
+    CHECK_MSG(memcmp(o[e], split, sizeof(int64_t) * (size_t)m), "epoch %u: not shuffled", e);
+  }
+  for (uint32_t e = 1; e < 6; e++)
+    CHECK_MSG(memcmp(o[e], o[0], sizeof(int64_t) * (size_t)m), "epochs 0 and %u in the same order", e);
+  for (int e = 5; e >= 0; e--) { /* asked again, in another order: the same */
+    order(a, (uint32_t)e, ob, m);
+    CHECK_MSG(!memcmp(ob, o[e], sizeof(int64_t) * (size_t)m), "epoch %d asked again differs", e);
+  }
+  /* W ranks: rank r, position p is position r + W p of the epoch's order */
+  serve_source *w3 = open_src("train", 42, 3, 1, 0);
+  if (w3) {
+    for (uint32_t e = 0; e < 3; e++)
+      for (int r = 0; r < 3; r++)
+        for (uint64_t p = 0; p < serve_samples_per_rank(w3); p++)
+          CHECK(serve_sample_at(w3, e, r, p) == o[e][((uint64_t)r + 3 * p) % (uint64_t)m]);
+    serve_close(w3);
+  }
+  serve_close(a);
+  serve_close(b);
+  serve_close(c);
+}
+
+static void test_rank_shares(void) {
+  for (int world = 1; world <= 4; world++)
+    for (int batch = 1; batch <= 3; batch++)
+      for (int drop = 0; drop <= 1; drop++) {
+        serve_opts o = {.dataset_dir = g_dir, .split = "all", .seed = 7, .world = world,
+                        .batch = batch, .drop_last = drop, .prefetch = 1};
+        serve_source *s = NULL;
+        CHECK_OK(serve_open(&o, &s));
+        if (!s) continue;
+        const uint64_t m = serve_split_size(s), w = (uint64_t)world, b = (uint64_t)batch;
+        const uint64_t share = serve_samples_per_rank(s);
+        uint64_t expect = drop ? m / w / b * b : ((m + w - 1) / w + b - 1) / b * b;
+        CHECK_MSG(share == expect, "W %d B %d drop %d: %llu samples per rank, expected %llu",
+                  world, batch, drop, (unsigned long long)share, (unsigned long long)expect);
+        CHECK(share % b == 0);
+        int seen[64] = {0};
+        int64_t ord[64];
+        serve_source *one = NULL;
+        serve_opts o1 = o;
+        o1.world = 1;
+        o1.batch = 1;
+        CHECK_OK(serve_open(&o1, &one));
+        if (!one) {
+          serve_close(s);
+          continue;
+        }
+        order(one, 3, ord, (int64_t)m);
+        int dup = 0;
+        for (int r = 0; r < world; r++)
+          for (uint64_t p = 0; p < share; p++) {
+            int64_t id = serve_sample_at(s, 3, r, p);
+            CHECK(id >= 0 && id < 64);
+            if (id < 0 || id >= 64) continue;
+            dup += seen[id]++ > 0;
+          }
+        if (drop) {
+          /* disjoint, and together the first W * share positions of the order */
+          CHECK_MSG(dup == 0, "W %d B %d: %d samples served twice", world, batch, dup);
+          for (uint64_t p = 0; p < m; p++)
+            CHECK_MSG(seen[ord[p]] == (p < w * share), "W %d B %d: position %llu served %d times",
+                      world, batch, (unsigned long long)p, seen[ord[p]]);
+        } else {
+          /* every sample at least once; the padding repeats the order's first samples */
+          for (uint64_t p = 0; p < m; p++)
+            CHECK_MSG(seen[ord[p]] == 1 + (p < w * share - m), "W %d B %d pad: position %llu "
+                      "served %d times", world, batch, (unsigned long long)p, seen[ord[p]]);
+        }
+        serve_close(one);
+        serve_close(s);
+      }
+}
+
+/* The bytes serve_read gives for dataset samples idx[0..n). */
+static int read_ref(serve_source *s, const int64_t *idx, int n, int norm, float **in, float **out) {
+  *in = malloc(sizeof(float) * fixture_in_vals(&SPEC) * (size_t)n);
+  *out = malloc(sizeof(float) * fixture_out_vals(&SPEC) * (size_t)n);
+  if (!*in || !*out) return -1;
+  return serve_read(s, idx, n, norm, *in, *out);
+}
+
+/* Chunk at (epoch, position) for rank/world equals the expected samples. */
+static void check_chunk(serve_source *s, serve_source *ref, int rank, int world, uint32_t epoch,
+                        uint64_t pos, int norm, int batch) {
+  stream_consumer c = {(uint16_t)rank, (uint16_t)world, (uint32_t)norm};
+  stream_chunk ch;
+  memset(&ch, 0, sizeof ch);
+  int rc = serve_chunk(s, &c, epoch, pos, &ch);
+  CHECK_MSG(rc == 1, "rank %d epoch %u position %llu: serve_chunk gave %d (%s)", rank, epoch,
+            (unsigned long long)pos, rc, ce_err_msg());
+  if (rc != 1) return;
+  CHECK(ch.nsamples == (uint32_t)batch && ch.flags == (uint32_t)norm);
+  CHECK(ch.in_shape[0] == 3 && ch.in_shape[1] == 16 && ch.out_shape[0] == 3 && ch.out_shape[2] == 16);
+  int64_t idx[16];
+  for (int k = 0; k < batch; k++) {
+    idx[k] = serve_sample_at(ref, epoch, rank, pos + (uint64_t)k);
+    CHECK_MSG(ch.ids[k] == (uint64_t)idx[k], "rank %d epoch %u position %llu: id %llu, expected %lld",
+              rank, epoch, (unsigned long long)(pos + (uint64_t)k), (unsigned long long)ch.ids[k],
+              (long long)idx[k]);
+  }
+  float *in = NULL, *out = NULL;
+  CHECK_OK(read_ref(ref, idx, batch, norm, &in, &out));
+  if (in && out) {
+    CHECK(!memcmp(ch.inputs, in, sizeof(float) * fixture_in_vals(&SPEC) * (size_t)batch));
+    CHECK(!memcmp(ch.targets, out, sizeof(float) * fixture_out_vals(&SPEC) * (size_t)batch));
+  }
+  free(in);
+  free(out);
+  ch.release(ch.token);
+}
+
+static void test_chunks(void) {
+  const int W = 2, B = 3;
+  serve_source *s = open_src("all", 5, W, B, 1), *ref = open_src("all", 5, W, B, 1);
+  if (!s || !ref) return;
+  const uint64_t share = serve_samples_per_rank(s);
+  CHECK(share == 15); /* 30 samples, 2 ranks: 15 each, 5 batches of 3 */
+  for (uint32_t e = 0; e < 2; e++)
+    for (uint64_t pos = 0; pos < share; pos += B)
+      for (int r = 0; r < W; r++) check_chunk(s, ref, r, W, e, pos, (int)(pos / B + e) % 2, B);
+  /* the end of a rank's epoch */
+  stream_consumer c0 = {0, (uint16_t)W, 1};
+  stream_chunk ch;
+  CHECK(serve_chunk(s, &c0, 1, share, &ch) == 0);
+  CHECK(serve_chunk(s, &c0, 1, share + B, &ch) == 0);
+  /* not a batch boundary, wrong world */
+  CHECK_ERR(serve_chunk(s, &c0, 1, 1, &ch), "not a multiple of the batch");
+  stream_consumer bad = {0, 3, 1};
+  CHECK_ERR(serve_chunk(s, &bad, 1, 0, &ch), "the producer serves 2");
+  /* resume: a reconnect asks for an earlier position again; a fresh source
+     starts in the middle of an epoch: the same samples either way */
+  check_chunk(s, ref, 1, W, 4, 0, 1, B);
+  check_chunk(s, ref, 1, W, 4, 3, 1, B);
+  check_chunk(s, ref, 1, W, 4, 6, 1, B);
+  check_chunk(s, ref, 1, W, 4, 3, 1, B);
+  check_chunk(s, ref, 1, W, 4, 6, 1, B);
+  serve_close(s);
+  serve_source *fresh = open_src("all", 5, W, B, 1);
+  if (fresh) {
+    check_chunk(fresh, ref, 0, W, 4, 9, 1, B);
+    check_chunk(fresh, ref, 1, W, 4, 12, 0, B);
+    serve_close(fresh);
+  }
+  /* a consumer that jumps past chunks prefetched for it (a reconnect at a
+     later position): the skipped chunks are freed at once, and serve_close
+     must not free them again (it did: a double free) */
+  serve_source *busy = open_src("all", 5, W, B, 1);
+  if (busy) {
+    stream_chunk c2;
+    if (serve_chunk(busy, &c0, 0, 0, &c2) == 1) c2.release(c2.token);
+    usleep(200000); /* the reader prefetches positions 3 and 6 meanwhile */
+    check_chunk(busy, ref, 0, W, 0, 12, 1, B);
+    serve_close(busy);
+  }
+  serve_close(ref);
+}
+
+static void test_normalisation(void) {
+  serve_source *s = open_src("all", 1, 1, 1, 1);
+  if (!s) return;
+  const stats_norm *p = serve_norm(s);
+  CHECK(p != NULL);
+  if (!p) {
+    serve_close(s);
+    return;
+  }
+  char h5[1200];
+  snprintf(h5, sizeof h5, "%s/dataset.h5", g_dir);
+  stats_norm file;
+  CHECK_OK(stats_file_read_norm(h5, &file));
+  CHECK(!memcmp(&file, p, sizeof file));
+  CHECK(p->i_mode == STATS_I_MINMAX && p->lnI_clip == STATS_LNI_CLIP); /* 3 channels */
+  CHECK(p->vz_std > 0 && p->lnT_scale > 0 && p->lnn_scale > 0 && p->lnI_scale > 0);
+  const size_t iv = fixture_in_vals(&SPEC), ov = fixture_out_vals(&SPEC), nvox = iv / 3;
+  float *raw_in = malloc(iv * 4), *raw_out = malloc(ov * 4), *nin = malloc(iv * 4),
+        *nout = malloc(ov * 4), *ein = malloc(iv * 4), *eout = malloc(ov * 4),
+        *back = malloc(iv * 4);
+  double *lnI = malloc(ov * 8);
+  for (int64_t idx = 0; idx < fixture_samples(&SPEC); idx += 7) {
+    CHECK_OK(serve_read(s, &idx, 1, 0, raw_in, raw_out));
+    CHECK_OK(serve_read(s, &idx, 1, 1, nin, nout));
+    fixture_sample(&SPEC, idx, ein, eout);
+    CHECK_MSG(!memcmp(raw_in, ein, iv * 4) && !memcmp(raw_out, eout, ov * 4),
+              "sample %lld: raw data differ from the producer's", (long long)idx);
+    /* the transforms as stats/transforms.h documents them, written out here */
+    int bad = 0;
+    for (size_t v = 0; v < nvox; v++) {
+      bad += nin[v] != (float)(((double)raw_in[v] - p->vz_mean) / p->vz_std);
+      bad += nin[nvox + v] !=
+             (float)(((double)(float)log((double)raw_in[nvox + v]) - p->lnT_min) / p->lnT_scale);
+      bad += nin[2 * nvox + v] !=
+             (float)(((double)(float)log((double)raw_in[2 * nvox + v]) - p->lnn_min) / p->lnn_scale);
+    }
+    for (size_t v = 0; v < ov; v++) { /* minmax: clip at -40, then (t - min) / (max - min) */
+      double t = log((double)raw_out[v]);
+      float tf = (float)(t < STATS_LNI_CLIP ? STATS_LNI_CLIP : t);
+      bad += nout[v] != (float)(((double)tf - p->lnI_min) / p->lnI_scale);
+    }
+    CHECK_MSG(bad == 0, "sample %lld: %d normalised values differ from the documented transforms",
+              (long long)idx, bad);
+    /* and the inverse gives the raw values back (to float rounding) */
+    stats_denorm_inputs(p, nin, nvox, back);
+    stats_denorm_targets_f64(p, nout, ov, lnI);
+    double worst = 0;
+    for (size_t v = nvox; v < iv; v++) worst = fmax(worst, fabs(back[v] / raw_in[v] - 1));
+    for (size_t v = 0; v < nvox; v++) worst = fmax(worst, fabs(back[v] - raw_in[v]) / p->vz_std);
+    for (size_t v = 0; v < ov; v++) worst = fmax(worst, fabs(lnI[v] / raw_out[v] - 1));
+    CHECK_MSG(worst < 1e-4, "sample %lld: the inverse is off by %.3g", (long long)idx, worst);
+  }
+  free(raw_in);
+  free(raw_out);
+  free(nin);
+  free(nout);
+  free(ein);
+  free(eout);
+  free(back);
+  free(lnI);
+  serve_close(s);
+}
+
+static void test_errors(void) {
+  serve_source *s = NULL;
+  char missing[1200], empty[1200];
+  snprintf(missing, sizeof missing, "%s/no-such-dataset", g_dir);
+  serve_opts o = {.dataset_dir = missing, .split = "train", .world = 1, .batch = 1, .drop_last = 1};
+  CHECK_ERR(serve_open(&o, &s), "no-such-dataset");
+  CHECK_ERR(serve_open(&o, &s), "not a finished dataset");
+  /* a manifest but no dataset.h5 */
+  snprintf(empty, sizeof empty, "%s/empty", check_scratch_);
+  char man[1300];
+  snprintf(man, sizeof man, "%s/manifest.json", empty);
+  CHECK(mkdir(empty, 0755) == 0);
+  FILE *f = fopen(man, "w");
+  if (f) {
+    fputs("{}\n", f);
+    fclose(f);
+  }
+  o.dataset_dir = empty;
+  CHECK_ERR(serve_open(&o, &s), "empty/dataset.h5: cannot open as HDF5");
+  /* bad options and splits */
+  o.dataset_dir = g_dir;
+  o.world = 0;
+  CHECK_ERR(serve_open(&o, &s), "ranks must be 1..65535");
+  o.world = 1;
+  o.split = "training";
+  CHECK_ERR(serve_open(&o, &s), "training");
+  o.split = "test";
+  o.batch = 1000;
+  CHECK_ERR(serve_open(&o, &s), "dataset.h5: split 'test' has");
+  /* no /stats: raw data are served, normalised ones refused naming the file */
+  serve_opts on = {.dataset_dir = g_nostats, .split = "all", .world = 1, .batch = 2, .drop_last = 1};
+  s = NULL;
+  CHECK_OK(serve_open(&on, &s));
+  if (!s) return;
+  CHECK(serve_norm(s) == NULL);
+  char h5[1200];
+  snprintf(h5, sizeof h5, "%s/dataset.h5 has no /stats group", g_nostats);
+  stream_consumer c = {0, 1, 1};
+  stream_chunk ch;
+  CHECK_ERR(serve_chunk(s, &c, 0, 0, &ch), h5);
+  CHECK_ERR(serve_chunk(s, &c, 0, 0, &ch), "coemu stats");
+  float in[3 * 4096], out[256];
+  int64_t idx = 1;
+  CHECK_ERR(serve_read(s, &idx, 1, 1, in, out), h5);
+  CHECK_OK(serve_read(s, &idx, 1, 0, in, out));
+  idx = 8;
+  CHECK_ERR(serve_read(s, &idx, 1, 0, in, out), "sample 8 out of range");
+  c.flags = 0;
+  CHECK(serve_chunk(s, &c, 0, 0, &ch) == 1);
+  if (ch.release) ch.release(ch.token);
+  serve_close(s);
+}
+
+/* Sessions of one rank resuming at ever earlier positions (24, 18, 12, 6,
+ * 0), each leaving chunks read ahead for it: those are stale once the rank
+ * resumed elsewhere and must be evicted, or every slot ends up holding one
+ * and the next request waits for ever (issue 13, item 1). With batch 1 and
+ * prefetch 2 there are 1 x 3 + 2 = 5 slots. A rank whose last consumer left
+ * (serve_leave) keeps nothing read ahead. */
+static void test_stale_slots(void) {
+  serve_source *s = open_src("all", 7, 1, 1, 1), *ref = open_src("all", 7, 1, 1, 1);
+  if (!s || !ref) {
+    serve_close(s);
+    serve_close(ref);
+    return;
+  }
+  for (int pos = 24; pos >= 0; pos -= 6) {
+    check_chunk(s, ref, 0, 1, 0, (uint64_t)pos, 1, 1);
+    usleep(150000); /* the reader fills the read-ahead window meanwhile */
+  }
+  stream_consumer c0 = {.rank = 0, .world = 1};
+  serve_leave(s, &c0);
+  check_chunk(s, ref, 0, 1, 0, 3, 1, 1);
+  serve_close(s);
+  serve_close(ref);
+}
+
+int main(void) {
+  const char *tmp = check_scratch("serve");
+  snprintf(g_dir, sizeof g_dir, "%s/ds", tmp);
+  snprintf(g_nostats, sizeof g_nostats, "%s/nostats", tmp);
+  if (fixture_make_forked(g_dir, &SPEC) < 0 || fixture_make_forked(g_nostats, &SPEC_NOSTATS) < 0 ||
+      fixture_splits(&SPEC, g_split) < 0) {
+    fprintf(stderr, "test_serve: %s\n", ce_err_msg());
+    check_scratch_remove();
+    return 2;
+  }
+  RUN(test_split_index);
+  RUN(test_epoch_order);
+  RUN(test_rank_shares);
+  RUN(test_chunks);
+  RUN(test_stale_slots);
+  RUN(test_normalisation);
+  RUN(test_errors);
+  check_scratch_remove();
+  return check_report();
+}

@@ -1,0 +1,334 @@
+/* test_lte_backends.c - every kernel backend built into this coemu, called
+ * through the kernel interface (lte_kernel.h) with the driver's constants,
+ * against the literal reference tests/solver/ref_lte.c: batches of several
+ * cubes, float32 and float64 cells, nz = 1 and nz not a multiple of 8, a
+ * background map, |I|, both Taylor branches, literal (libm) mode; cold
+ * cells; bad cells; results independent of the batch and the thread count;
+ * the driver's dispatch. A backend that is not built gives a clear error.
+ *
+ * The criterion for every backend is the one of docs/physics.md: 1e-7
+ * relative on every pixel that is neither round-off (|I| <= 1e-12 max|I|)
+ * nor ill-conditioned (the reference's noise estimate above 1e-8 |I|). The
+ * CPU kernel in literal mode computes with glibc's exp and erf, as the
+ * reference does, and must match it on every pixel to 1e-13. */
+#include <float.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "check.h"
+#include "solver/cubes.h"
+#include "solver/freqgrid.h"
+#include "solver/lamda.h"
+#include "solver/lte.h"
+#include "ref_lte.h"
+
+static lamda_molecule co;
+static lte_line L;
+
+typedef struct {
+  const char *grid;
+  int ncube, nx, ny, nz;
+  double dx, vturb, background;
+  int corrected, f32, bgmap, take_abs;
+  uint64_t seed;
+} batch_case;
+
+static const batch_case cases[] = {
+    {"coemunet", 3, 9, 7, 64, 2e11, 0, 0, 0, 0, 0, 0, 1},
+    {"-9000:1500:13", 2, 5, 6, 37, 2e11, 150, 0, 0, 1, 0, 0, 2}, /* float32 cells */
+    {"-9000:1500:13", 1, 4, 4, 9, 2e11, 0, 1e-16, 0, 0, 0, 0, 3},
+    {"-6000:1000:11", 2, 6, 5, 64, 2e11, 50, 0, 1, 0, 0, 0, 4}, /* corrected Taylor */
+    {"-3000:500:9", 2, 3, 3, 1, 2e11, 0, 2e-15, 0, 0, 0, 0, 5},  /* no segment */
+    {"coemunet", 2, 5, 4, 33, 3e11, 0, 0, 0, 1, 1, 1, 6},       /* map, |I|, float32 */
+};
+
+#define BG_STEP 1e-16 /* background map: BG_STEP * (i % 5) at image index i */
+
+typedef struct {
+  int nf, np;
+  double *fr;
+  size_t nc;
+  double **v, **T, **n, **img;
+  float **v32, **T32, **n32;
+  double **ref, **noise;
+} batch_data;
+
+static double *dalloc(size_t n) { return calloc(n, sizeof(double)); }
+
+static void batch_make(const batch_case *k, batch_data *d) {
+  CHECK_OK(freqgrid_parse(k->grid, L.nu0, &d->fr, &d->nf));
+  d->nc = (size_t)k->nx * k->ny * k->nz;
+  d->np = k->nx * k->ny * d->nf;
+  double ***dd[] = {&d->v, &d->T, &d->n, &d->img, &d->ref, &d->noise};
+  for (int i = 0; i < 6; i++) *dd[i] = calloc(k->ncube, sizeof(double *));
+  float ***ff[] = {&d->v32, &d->T32, &d->n32};
+  for (int i = 0; i < 3; i++) *ff[i] = calloc(k->ncube, sizeof(float *));
+  for (int c = 0; c < k->ncube; c++) {
+    d->v[c] = dalloc(d->nc), d->T[c] = dalloc(d->nc), d->n[c] = dalloc(d->nc);
+    d->img[c] = dalloc(d->np), d->ref[c] = dalloc(d->np), d->noise[c] = dalloc(d->np);
+    cubes_random(k->seed * 100 + c, k->nx, k->ny, k->nz, d->v[c], d->T[c], d->n[c]);
+    d->v32[c] = malloc(d->nc * sizeof(float));
+    d->T32[c] = malloc(d->nc * sizeof(float));
+    d->n32[c] = malloc(d->nc * sizeof(float));
+    for (size_t i = 0; i < d->nc; i++) {
+      d->v32[c][i] = (float)d->v[c][i], d->T32[c][i] = (float)d->T[c][i];
+      d->n32[c][i] = (float)d->n[c][i];
+      if (k->f32) /* the reference sees the widened cells */
+        d->v[c][i] = d->v32[c][i], d->T[c][i] = d->T32[c][i], d->n[c][i] = d->n32[c][i];
+    }
+    if (!k->bgmap) {
+      ref_lte_image(&co, 2, 28.0, d->fr, d->nf, k->nx, k->ny, k->nz, d->v[c], d->T[c], d->n[c],
+                    k->dx, k->vturb, k->background, k->corrected, d->ref[c], d->noise[c]);
+    } else { /* one reference per background value, each pixel from its own */
+      double *r = dalloc(d->np);
+      for (int b = 0; b < 5; b++) {
+        ref_lte_image(&co, 2, 28.0, d->fr, d->nf, k->nx, k->ny, k->nz, d->v[c], d->T[c],
+                      d->n[c], k->dx, k->vturb, BG_STEP * b, k->corrected, r, d->noise[c]);
+        for (int i = b; i < d->np; i += 5) d->ref[c][i] = r[i];
+      }
+      free(r);
+    }
+    if (k->take_abs)
+      for (int i = 0; i < d->np; i++) d->ref[c][i] = fabs(d->ref[c][i]);
+  }
+}
+
+static void batch_free(const batch_case *k, batch_data *d) {
+  for (int c = 0; c < k->ncube; c++) {
+    free(d->v[c]), free(d->T[c]), free(d->n[c]), free(d->img[c]), free(d->ref[c]);
+    free(d->noise[c]), free(d->v32[c]), free(d->T32[c]), free(d->n32[c]);
+  }
+  free(d->v), free(d->T), free(d->n), free(d->img), free(d->ref), free(d->noise);
+  free(d->v32), free(d->T32), free(d->n32), free(d->fr);
+}
+
+static lte_options case_options(const batch_case *k, const double *bg, int libm, int threads) {
+  return (lte_options){.dx = k->dx, .vturb = k->vturb, .background = k->background,
+                       .take_abs = k->take_abs, .corrected_taylor = k->corrected,
+                       .background_map = k->bgmap ? bg : NULL, .threads = threads,
+                       .libm = libm};
+}
+
+/* The batch of cubes [c0, c0 + ncube) of d as the kernel takes it. */
+static lte_kernel_batch kernel_batch(const batch_case *k, batch_data *d, const lte_options *o,
+                                     int c0, int ncube) {
+  return (lte_kernel_batch){
+      .ncube = ncube, .nx = k->nx, .ny = k->ny, .nz = k->nz,
+      .dtype = k->f32 ? LTE_KERNEL_F32 : LTE_KERNEL_F64,
+      .v = k->f32 ? (const void *const *)(d->v32 + c0) : (const void *const *)(d->v + c0),
+      .T = k->f32 ? (const void *const *)(d->T32 + c0) : (const void *const *)(d->T + c0),
+      .n = k->f32 ? (const void *const *)(d->n32 + c0) : (const void *const *)(d->n + c0),
+      .nf = d->nf, .freqs = d->fr, .background = o->background,
+      .background_map = o->background_map, .image = d->img + c0, .threads = o->threads};
+}
+
+typedef struct {
+  double worst;
+  int ill, counted, total;
+} tally;
+
+static void compare(lte_backend be, const batch_case *k, int ci, batch_data *d, int libm, tally *t) {
+  const double *img = d->img[ci], *ref = d->ref[ci], *noise = d->noise[ci];
+  double mx = 0;
+  for (int i = 0; i < d->np; i++) mx = fmax(mx, fabs(ref[i]));
+  int bad = 0;
+  for (int i = 0; i < d->np; i++) {
+    if (be == LTE_BACKEND_CPU && libm) {
+      double rel = ref[i] != 0 ? fabs(img[i] - ref[i]) / fabs(ref[i]) : fabs(img[i]);
+      if (!(rel <= 1e-13) && bad++ < 5)
+        CHECK_FAIL_("cpu, literal mode, %s seed %llu cube %d pixel %d: %.17g vs %.17g", k->grid,
+                    (unsigned long long)k->seed, ci, i, img[i], ref[i]);
+    }
+    t->total++;
+    if (fabs(ref[i]) <= 1e-12 * mx) continue;
+    if (noise[i] > 1e-8 * fabs(ref[i])) {
+      t->ill++;
+      continue;
+    }
+    t->counted++;
+    double rel = fabs(img[i] - ref[i]) / fabs(ref[i]);
+    t->worst = fmax(t->worst, rel);
+    if (!(rel <= 1e-7) && bad++ < 5)
+      CHECK_FAIL_("%s, libm %d, %s seed %llu cube %d pixel %d: %.17g vs reference %.17g (rel %.3g)",
+                  lte_backend_name(be), libm, k->grid, (unsigned long long)k->seed, ci, i, img[i],
+                  ref[i], rel);
+  }
+}
+
+/* One backend, every case, both arithmetic modes. */
+static void backend_against_reference(lte_backend be, const lte_kernel *kern) {
+  for (int libm = 0; libm < 2; libm++) {
+    tally t = {0};
+    for (size_t ki = 0; ki < sizeof cases / sizeof *cases; ki++) {
+      const batch_case *k = &cases[ki];
+      batch_data d;
+      batch_make(k, &d);
+      double *bg = dalloc(d.np);
+      for (int i = 0; i < d.np; i++) bg[i] = BG_STEP * (i % 5);
+      lte_options o = case_options(k, bg, libm, 2);
+      o.backend = be;
+      lte_kernel_model m;
+      lte_kernel_model_init(&m, &L, &o);
+      /* the whole batch in one call */
+      lte_kernel_batch b = kernel_batch(k, &d, &o, 0, k->ncube);
+      CHECK_MSG(kern->solve(&m, &b) == 0, "%s: %s", lte_backend_name(be), ce_err_msg());
+      for (int c = 0; c < k->ncube; c++) compare(be, k, c, &d, libm, &t);
+      /* each cube alone, on one thread: the same bits */
+      double *alone = dalloc(d.np);
+      for (int c = 0; c < k->ncube; c++) {
+        lte_options o1 = case_options(k, bg, libm, 1);
+        lte_kernel_batch b1 = kernel_batch(k, &d, &o1, c, 1);
+        b1.image = &alone;
+        CHECK(kern->solve(&m, &b1) == 0);
+        CHECK_MSG(!memcmp(alone, d.img[c], d.np * sizeof(double)),
+                  "%s: cube %d alone differs from the batch", lte_backend_name(be), c);
+      }
+      /* the driver hands the same batch to this backend: the same bits */
+      double **drv = calloc(k->ncube, sizeof(double *));
+      for (int c = 0; c < k->ncube; c++) drv[c] = dalloc(d.np);
+      if (k->f32)
+        for (int c = 0; c < k->ncube; c++)
+          CHECK_OK(lte_solve_cube_f32(&L, d.fr, d.nf, k->nx, k->ny, k->nz, d.v32[c], d.T32[c],
+                                      d.n32[c], &o, drv[c]));
+      else
+        CHECK_OK(lte_solve_batch(&L, d.fr, d.nf, k->ncube, k->nx, k->ny, k->nz,
+                                 (const double *const *)d.v, (const double *const *)d.T,
+                                 (const double *const *)d.n, &o, drv));
+      for (int c = 0; c < k->ncube; c++)
+        CHECK_MSG(!memcmp(drv[c], d.img[c], d.np * sizeof(double)),
+                  "%s: the driver's image of cube %d differs", lte_backend_name(be), c);
+      for (int c = 0; c < k->ncube; c++) free(drv[c]);
+      free(drv), free(alone), free(bg);
+      batch_free(k, &d);
+    }
+    fprintf(stderr, "  %s (%s), %s: worst relative difference %.3g on %d pixels; %d ill-conditioned of %d\n",
+            lte_backend_name(be), kern->variant, libm ? "literal mode" : "fast", t.worst, t.counted,
+            t.ill, t.total);
+    CHECK(t.counted > 1000 && t.ill < t.total / 4);
+  }
+}
+
+/* Cells so cold that both populations underflow neither emit nor absorb:
+ * the image is that of the same ray with those cells emptied, never NaN. */
+static void backend_cold_cells(lte_backend be, const lte_kernel *kern) {
+  enum { NZ = 40 };
+  double v[NZ], T[NZ], n[NZ], n0[NZ], f[FREQGRID_COEMUNET_N], a[7], b[7];
+  freqgrid_coemunet(L.nu0, f);
+  for (int z = 0; z < NZ; z++) {
+    v[z] = 300.0 * (z - 20);
+    T[z] = z % 7 == 3 ? 0.002 : 40 + 10 * z;
+    n[z] = n0[z] = 1e8;
+    if (T[z] < 1) n0[z] = 0;
+  }
+  for (int libm = 0; libm < 2; libm++) {
+    lte_options o = {.dx = 3e10, .libm = libm};
+    lte_kernel_model m;
+    lte_kernel_model_init(&m, &L, &o);
+    const void *pv = v, *pT = T, *pn = n, *pn0 = n0;
+    double *pa = a, *pb = b;
+    lte_kernel_batch k = {.ncube = 1, .nx = 1, .ny = 1, .nz = NZ, .v = &pv, .T = &pT, .n = &pn,
+                          .nf = 7, .freqs = f, .image = &pa, .threads = 1};
+    CHECK(kern->solve(&m, &k) == 0);
+    k.n = &pn0, k.image = &pb;
+    CHECK(kern->solve(&m, &k) == 0);
+    for (int i = 0; i < 7; i++)
+      CHECK_MSG(!isnan(a[i]) && a[i] == b[i] && a[i] > 0, "%s, libm %d, channel %d: %g vs %g",
+                lte_backend_name(be), libm, i, a[i], b[i]);
+  }
+}
+
+/* A bad cell: the kernel says so, the driver names the first one. */
+static void backend_bad_cells(lte_backend be, const lte_kernel *kern) {
+  enum { NX = 2, NY = 3, NZ = 5, NC = NX * NY * NZ };
+  double v[2][NC], T[2][NC], n[2][NC], img[2][NX * NY], f = L.nu0;
+  for (int c = 0; c < 2; c++)
+    for (int i = 0; i < NC; i++) v[c][i] = 100, T[c][i] = 50, n[c][i] = 1e8;
+  const double *pv[2] = {v[0], v[1]}, *pT[2] = {T[0], T[1]}, *pn[2] = {n[0], n[1]};
+  double *pi[2] = {img[0], img[1]};
+  lte_options o = {.dx = 1e11, .backend = be};
+  lte_kernel_model m;
+  lte_kernel_model_init(&m, &L, &o);
+  lte_kernel_batch b = {.ncube = 2, .nx = NX, .ny = NY, .nz = NZ,
+                        .v = (const void *const *)pv, .T = (const void *const *)pT,
+                        .n = (const void *const *)pn, .nf = 1, .freqs = &f, .image = pi};
+  CHECK(kern->solve(&m, &b) == 0);
+  /* cube 1, cell (1, 2, 4) = (1*3 + 2)*5 + 4 = 29, and a later one */
+  T[1][29] = NAN;
+  v[1][29] = -LTE_C;
+  CHECK(kern->solve(&m, &b) == LTE_KERNEL_BAD_INPUT);
+  CHECK_ERR(lte_solve_batch(&L, &f, 1, 2, NX, NY, NZ, pv, pT, pn, &o, pi),
+            "cube 1: v_z[1, 2, 4] = -2.99792e+08, expected finite with |v| < c");
+  v[1][29] = 100;
+  n[1][7] = -1; /* (0, 1, 2): first in memory order */
+  CHECK_ERR(lte_solve_batch(&L, &f, 1, 2, NX, NY, NZ, pv, pT, pn, &o, pi),
+            "cube 1: n[0, 1, 2] = -1, expected finite and >= 0");
+  n[1][7] = 1e8;
+  T[1][29] = 50;
+  v[0][0] = INFINITY;
+  CHECK(kern->solve(&m, &b) == LTE_KERNEL_BAD_INPUT);
+  CHECK_ERR(lte_solve_cube(&L, &f, 1, NX, NY, NZ, v[0], T[0], n[0], &o, img[0]),
+            "v_z[0, 0, 0] = inf");
+}
+
+static void test_backends(void) {
+  int built = 0;
+  for (int i = 0; i < LTE_BACKEND_COUNT; i++) {
+    lte_backend be = (lte_backend)i;
+    const lte_kernel *k = lte_kernel_get(be);
+    if (!k) continue;
+    built++;
+    CHECK(k->name && !strcmp(k->name, lte_backend_name(be)) && k->variant && k->solve);
+    backend_against_reference(be, k);
+    backend_cold_cells(be, k);
+    backend_bad_cells(be, k);
+  }
+  CHECK(built >= 1 && lte_kernel_get(LTE_BACKEND_CPU) == &lte_kernel_cpu);
+  CHECK(!strcmp(lte_kernel_cpu.variant, lte_kernel_name()));
+}
+
+/* Asking for a backend that is not built (or does not exist) is an error. */
+static void test_backend_not_built(void) {
+  double v[4] = {0}, T[4] = {50, 50, 50, 50}, n[4] = {1e8, 1e8, 1e8, 1e8}, f = L.nu0, img[1];
+  lte_options o = {.dx = 1e11};
+  CHECK(!strcmp(lte_backend_name(LTE_BACKEND_CPU), "cpu"));
+  CHECK(!strcmp(lte_backend_name(LTE_BACKEND_CUDA), "cuda"));
+  CHECK(lte_backend_name(LTE_BACKEND_COUNT) == NULL && lte_kernel_get(LTE_BACKEND_COUNT) == NULL);
+  int missing = 0;
+  for (int i = 0; i < LTE_BACKEND_COUNT; i++) {
+    o.backend = (lte_backend)i;
+    if (lte_kernel_get(o.backend)) {
+      CHECK_OK(lte_solve_cube(&L, &f, 1, 1, 1, 4, v, T, n, &o, img));
+      continue;
+    }
+    missing++;
+    char want[128];
+    snprintf(want, sizeof want, "solver backend '%s' is not built into this coemu (built: cpu",
+             lte_backend_name(o.backend));
+    CHECK_ERR(lte_solve_cube(&L, &f, 1, 1, 1, 4, v, T, n, &o, img), want);
+    const float v32[4] = {0}, T32[4] = {50, 50, 50, 50}, n32[4] = {1e8, 1e8, 1e8, 1e8};
+    CHECK_ERR(lte_solve_cube_f32(&L, &f, 1, 1, 1, 4, v32, T32, n32, &o, img), want);
+  }
+  fprintf(stderr, "  %d of %d backends not built into this coemu\n", missing, LTE_BACKEND_COUNT);
+#ifndef COEMU_HAVE_CUDA
+  CHECK(missing >= 1 && lte_kernel_get(LTE_BACKEND_CUDA) == NULL);
+#endif
+  o.backend = LTE_BACKEND_COUNT;
+  char want[64];
+  snprintf(want, sizeof want, "LTE solver: backend %d does not exist", LTE_BACKEND_COUNT);
+  CHECK_ERR(lte_solve_cube(&L, &f, 1, 1, 1, 4, v, T, n, &o, img), want);
+}
+
+int main(void) {
+  const char *dir = getenv("COEMU_TEST_DATA");
+  char path[512];
+  snprintf(path, sizeof path, "%s/lamda/co.dat", dir ? dir : "tests/data");
+  if (lamda_read(path, &co) < 0 || lte_line_init(&L, &co, 2, 28.0) < 0) {
+    fprintf(stderr, "%s\n", ce_err_msg());
+    return 1;
+  }
+  RUN(test_backends);
+  RUN(test_backend_not_built);
+  lte_line_free(&L);
+  lamda_free(&co);
+  return check_report();
+}

@@ -1,0 +1,298 @@
+/* test_nlte.c - the one-zone non-LTE solver (solver/nlte.h) against closed
+ * forms and limits: a two-level molecule (optically thin and thick), the
+ * high-density limit (Boltzmann at T_kin), thermodynamic equilibrium
+ * (T_bg = T_kin: Boltzmann at any density, column and geometry: detailed
+ * balance), the escape probabilities and their derivatives, the rate
+ * interpolation, and bad inputs, each a clear error. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "solver/lamda.h"
+#include "solver/nlte.h"
+
+static const char *data_dir;
+
+/* A two-level molecule: E1 = 10 cm^-1 (14.39 K), g = 1, 3, A = 1e-4 s^-1,
+ * H2 rate k10 = 2e-11 cm^3/s (a two-column table, the same value). */
+static double temps2[2] = {10.0, 1000.0};
+static int up2[1] = {2}, lo2[1] = {1};
+static double rates2[2] = {2e-11, 2e-11};
+static lamda_level lev2[2] = {{1, 0.0, 1.0, "0"}, {2, 10.0, 3.0, "1"}};
+static lamda_line line2[1] = {{1, 2, 1, 1e-4, 299.792458, 14.39}};
+static lamda_partner part2[1];
+static lamda_molecule two_level(void) {
+  lamda_molecule m;
+  memset(&m, 0, sizeof m);
+  snprintf(m.name, sizeof m.name, "TWO");
+  m.weight = 28;
+  m.nlev = 2;
+  m.nline = 1;
+  m.npart = 1;
+  m.levels = lev2;
+  m.lines = line2;
+  part2[0] = (lamda_partner){.id = NLTE_H2, .ntrans = 1, .ntemp = 2, .temps = temps2, .upper = up2,
+                             .lower = lo2, .rates = rates2};
+  m.partners = part2;
+  return m;
+}
+
+/* n1/n0 of the two-level atom at escape probability beta */
+static double two_level_ratio(double T, double nh2, double Tbg, double beta) {
+  double fk = NLTE_FK, e = 10.0, A = 1e-4, gr = 3.0;
+  double c10 = nh2 * 2e-11, c01 = c10 * gr * exp(-fk * e / T);
+  double b = Tbg > 0 ? 1.0 / expm1(fk * e / Tbg) : 0.0;
+  return (c01 + beta * A * gr * b) / (c10 + beta * A * (1.0 + b));
+}
+
+static void test_two_level_thin(void) {
+  lamda_molecule m = two_level();
+  nlte_model M;
+  nlte_result r;
+  CHECK_OK(nlte_model_init(&M, &m));
+  CHECK_OK(nlte_result_init(&r, &M));
+  nlte_conditions c;
+  nlte_conditions_default(&c);
+  c.column = 1e2; /* tau ~ 1e-12: beta = 1 to 1e-12 */
+  c.fwhm_kms = 1.0;
+  double Ts[] = {5.0, 40.0, 300.0}, ns[] = {1e2, 1e5, 1e9};
+  for (int g = 1; g <= 3; g++)
+    for (int i = 0; i < 3; i++)
+      for (int j = 0; j < 3; j++) {
+        c.geometry = (nlte_geometry)g;
+        c.t_kin = Ts[i];
+        c.density[NLTE_H2] = ns[j];
+        CHECK_OK(nlte_solve(&M, &c, NULL, &r));
+        double ratio = two_level_ratio(Ts[i], ns[j], NLTE_T_CMB, 1.0);
+        CHECK_CLOSE(r.pop[1] / r.pop[0], ratio, 1e-9, 0);
+        CHECK_CLOSE(r.pop[0] + r.pop[1], 1.0, 1e-14, 0);
+        CHECK(fabs(r.tau[0]) < 1e-9);
+        /* T_ex from the ratio, the closed form */
+        CHECK_CLOSE(r.tex[0], NLTE_FK * 10.0 / log(3.0 / ratio), 1e-9, 0);
+      }
+  nlte_result_free(&r);
+  nlte_model_free(&M);
+}
+
+static void test_two_level_thick(void) {
+  /* thick: the solution satisfies the closed form at its own beta(tau), and
+   * tau is the closed form of its populations */
+  lamda_molecule m = two_level();
+  nlte_model M;
+  nlte_result r;
+  CHECK_OK(nlte_model_init(&M, &m));
+  CHECK_OK(nlte_result_init(&r, &M));
+  nlte_conditions c;
+  nlte_conditions_default(&c);
+  c.fwhm_kms = 2.0;
+  double cols[] = {1e13, 1e15, 1e17};
+  for (int g = 1; g <= 3; g++)
+    for (int k = 0; k < 3; k++) {
+      c.geometry = (nlte_geometry)g;
+      c.t_kin = 60.0;
+      c.density[NLTE_H2] = 1e4;
+      c.column = cols[k];
+      CHECK_OK(nlte_solve(&M, &c, NULL, &r));
+      double beta = nlte_beta(c.geometry, r.tau[0], NULL);
+      CHECK_CLOSE(r.beta[0], beta, 1e-15, 0);
+      CHECK_CLOSE(r.pop[1] / r.pop[0], two_level_ratio(60.0, 1e4, NLTE_T_CMB, beta), 1e-9, 0);
+      double xnu = 10.0;
+      double tau = c.column / (c.fwhm_kms * 1e5) * (r.pop[0] * 3.0 - r.pop[1]) * 1e-4 /
+                   (NLTE_FGAUS_FAC * 8.0 * M_PI * xnu * xnu * xnu);
+      CHECK_CLOSE(r.tau[0], tau, 1e-12, 0);
+      CHECK(r.iterations >= 1);
+    }
+  nlte_result_free(&r);
+  nlte_model_free(&M);
+}
+
+static int load(const char *name, lamda_molecule *m) {
+  char p[600];
+  snprintf(p, sizeof p, "%s/lamda/%s", data_dir, name);
+  return lamda_read(p, m);
+}
+
+/* Boltzmann populations at T */
+static void boltzmann(const nlte_model *M, double T, double *p) {
+  double z = 0;
+  for (int i = 0; i < M->nlev; i++) z += p[i] = M->g[i] * exp(-NLTE_FK * M->ecm[i] / T);
+  for (int i = 0; i < M->nlev; i++) p[i] /= z;
+}
+
+static void test_high_density_limit(void) {
+  lamda_molecule m;
+  CHECK_OK(load("co.dat", &m));
+  nlte_model M;
+  nlte_result r;
+  CHECK_OK(nlte_model_init(&M, &m));
+  CHECK_OK(nlte_result_init(&r, &M));
+  nlte_conditions c;
+  nlte_conditions_default(&c);
+  c.column = 1e14;
+  c.fwhm_kms = 1;
+  double p[64];
+  double Ts[] = {20.0, 100.0, 500.0};
+  for (int i = 0; i < 3; i++) {
+    c.t_kin = Ts[i];
+    c.density[NLTE_H2] = 1e16;
+    CHECK_OK(nlte_solve(&M, &c, NULL, &r));
+    boltzmann(&M, Ts[i], p);
+    double worst = 0;
+    for (int k = 0; k < M.nlev; k++)
+      if (p[k] > 1e-10) worst = fmax(worst, fabs(r.pop[k] / p[k] - 1));
+    CHECK_MSG(worst < 1e-6, "T %g: populations differ from Boltzmann by %.3g", Ts[i], worst);
+  }
+  nlte_result_free(&r);
+  nlte_model_free(&M);
+  lamda_free(&m);
+}
+
+static void test_detailed_balance(void) {
+  /* T_bg = T_kin: thermodynamic equilibrium whatever the density, column
+   * and geometry; this needs every upward rate (collisional and radiative)
+   * to be the detailed balance of its downward rate. */
+  const char *files[] = {"co.dat", "hcn.dat"};
+  for (int f = 0; f < 2; f++) {
+    lamda_molecule m;
+    CHECK_OK(load(files[f], &m));
+    nlte_model M;
+    nlte_result r;
+    CHECK_OK(nlte_model_init(&M, &m));
+    CHECK_OK(nlte_result_init(&r, &M));
+    nlte_conditions c;
+    nlte_conditions_default(&c);
+    c.fwhm_kms = 1;
+    double p[64];
+    for (int g = 1; g <= 3; g++)
+      for (int k = 0; k < 3; k++) {
+        c.geometry = (nlte_geometry)g;
+        c.t_kin = c.t_bg = 40.0;
+        c.density[NLTE_H2] = k == 0 ? 1e2 : k == 1 ? 1e5 : 1e8;
+        c.column = k == 0 ? 1e12 : k == 1 ? 1e16 : 1e18;
+        CHECK_OK(nlte_solve(&M, &c, NULL, &r));
+        boltzmann(&M, 40.0, p);
+        double worst = 0;
+        for (int i = 0; i < M.nlev; i++)
+          if (p[i] > 1e-12) worst = fmax(worst, fabs(r.pop[i] / p[i] - 1));
+        CHECK_MSG(worst < 1e-8, "%s geometry %d case %d: %.3g from Boltzmann", files[f], g, k, worst);
+        CHECK_CLOSE(r.tex[0], 40.0, 1e-8, 0);
+        CHECK(fabs(r.t_r[0]) < 1e-6);
+      }
+    nlte_result_free(&r);
+    nlte_model_free(&M);
+    lamda_free(&m);
+  }
+}
+
+static void test_beta(void) {
+  for (int g = 1; g <= 3; g++) {
+    CHECK_CLOSE(nlte_beta((nlte_geometry)g, 0.0, NULL), 1.0, 1e-15, 0);
+    double taus[] = {-0.5, 0.05, 0.15, 0.5, 1.0, 3.0, 10.0, 40.0, 300.0};
+    for (size_t i = 0; i < sizeof taus / sizeof taus[0]; i++) {
+      double t = taus[i], d, h = 1e-6 * fmax(1.0, fabs(t));
+      double b = nlte_beta((nlte_geometry)g, t, &d);
+      double fd = (nlte_beta((nlte_geometry)g, t + h, NULL) - nlte_beta((nlte_geometry)g, t - h, NULL)) /
+                  (2 * h);
+      CHECK_MSG(fabs(d - fd) <= 1e-6 * fabs(fd) + 1e-9, "geometry %d tau %g: dbeta %.9g, finite difference %.9g",
+                g, t, d, fd);
+      if (t > 0) CHECK(b > 0 && b < 1);
+    }
+  }
+  /* the closed forms away from RADEX's branches */
+  CHECK_CLOSE(nlte_beta(NLTE_SLAB, 1.0, NULL), (1 - exp(-3.0)) / 3.0, 1e-15, 0);
+  CHECK_CLOSE(nlte_beta(NLTE_LVG, 2.0, NULL), (1 - exp(-2.34)) / 2.34, 1e-15, 0);
+  double t = 1.0; /* sphere, taur = 1 */
+  CHECK_CLOSE(nlte_beta(NLTE_SPHERE, 2.0, NULL), 0.75 / t * (1 - 0.5 + 1.5 * exp(-2.0)), 1e-15, 0);
+}
+
+static void test_rate_interpolation(void) {
+  lamda_molecule m;
+  CHECK_OK(load("co.dat", &m));
+  const lamda_partner *p = &m.partners[0];
+  int n = p->ntemp;
+  CHECK_CLOSE(nlte_coll_rate(p, 0, p->temps[3]), p->rates[3], 1e-15, 0);
+  double tm = 0.5 * (p->temps[3] + p->temps[4]);
+  CHECK_CLOSE(nlte_coll_rate(p, 0, tm), 0.5 * (p->rates[3] + p->rates[4]), 1e-14, 0);
+  /* outside the table: the first / last column, as RADEX */
+  CHECK_CLOSE(nlte_coll_rate(p, 5, 0.5 * p->temps[0]), p->rates[5 * n], 0, 0);
+  CHECK_CLOSE(nlte_coll_rate(p, 5, 2 * p->temps[n - 1]), p->rates[5 * n + n - 1], 0, 0);
+  lamda_free(&m);
+}
+
+static void test_bad_inputs(void) {
+  lamda_molecule m;
+  CHECK_OK(load("co.dat", &m));
+  nlte_model M;
+  nlte_result r;
+  CHECK_OK(nlte_model_init(&M, &m));
+  CHECK_OK(nlte_result_init(&r, &M));
+  nlte_conditions c0, c;
+  nlte_conditions_default(&c0);
+  c0.t_kin = 50;
+  c0.column = 1e15;
+  c0.fwhm_kms = 1;
+  c0.density[NLTE_H2] = 1e4;
+  c = c0;
+  CHECK_OK(nlte_solve(&M, &c, NULL, &r));
+  c = c0;
+  c.density[NLTE_H2] = 0;
+  CHECK_ERR(nlte_solve(&M, &c, NULL, &r), "every collision-partner density is zero");
+  c = c0;
+  c.density[NLTE_HE] = 10;
+  CHECK_ERR(nlte_solve(&M, &c, NULL, &r), "partner He has density 10");
+  CHECK_ERR(nlte_solve(&M, &c, NULL, &r), "it has: pH2, oH2");
+  c = c0;
+  c.density[NLTE_PH2] = 10;
+  CHECK_ERR(nlte_solve(&M, &c, NULL, &r), "either H2 or pH2/oH2");
+  c = c0;
+  c.t_kin = 0.05;
+  CHECK_ERR(nlte_solve(&M, &c, NULL, &r), "T_kin = 0.05 K");
+  c.t_kin = NAN;
+  CHECK_ERR(nlte_solve(&M, &c, NULL, &r), "T_kin = nan");
+  c = c0;
+  c.column = NAN;
+  CHECK_ERR(nlte_solve(&M, &c, NULL, &r), "column density = nan");
+  c = c0;
+  c.column = 0;
+  CHECK_ERR(nlte_solve(&M, &c, NULL, &r), "column density = 0");
+  c = c0;
+  c.fwhm_kms = -1;
+  CHECK_ERR(nlte_solve(&M, &c, NULL, &r), "line width = -1");
+  c = c0;
+  c.t_bg = -3;
+  CHECK_ERR(nlte_solve(&M, &c, NULL, &r), "T_bg = -3");
+  c = c0;
+  c.geometry = (nlte_geometry)7;
+  CHECK_ERR(nlte_solve(&M, &c, NULL, &r), "geometry 7");
+  c = c0;
+  c.density[NLTE_E] = -1;
+  CHECK_ERR(nlte_solve(&M, &c, NULL, &r), "density of e = -1");
+  c = c0;
+  nlte_options o = {1e-14, 1};
+  CHECK_ERR(nlte_solve(&M, &c, &o, &r), "no convergence after 1 iterations");
+  nlte_result_free(&r);
+  nlte_model_free(&M);
+  lamda_free(&m);
+  /* a molecule the model refuses */
+  lamda_molecule one = two_level();
+  one.nlev = 1;
+  CHECK_ERR(nlte_model_init(&M, &one), "expected >= 2");
+  CHECK(nlte_partner_id("o-H2") == NLTE_OH2 && nlte_partner_id("He") == NLTE_HE &&
+        nlte_partner_id("x") == -1);
+  CHECK(nlte_geometry_parse("lvg") == NLTE_LVG && nlte_geometry_parse("cube") == -1);
+}
+
+int main(void) {
+  data_dir = getenv("COEMU_TEST_DATA");
+  if (!data_dir) data_dir = "tests/data";
+  RUN(test_two_level_thin);
+  RUN(test_two_level_thick);
+  RUN(test_high_density_limit);
+  RUN(test_detailed_balance);
+  RUN(test_beta);
+  RUN(test_rate_interpolation);
+  RUN(test_bad_inputs);
+  return check_report();
+}

@@ -1,0 +1,651 @@
+/* test_backend.c - the backend seam (trainer/backend.h) exercised through its
+ * table.
+ *
+ * A checking backend, "guard", wraps the CPU one function by function and
+ * behaves like a device: its memory is one arena that is PROT_NONE except
+ * while a backend function runs, so host code that reads or writes a tensor
+ * without going through upload / download faults (the SIGSEGV handler names
+ * it). It records every allocation, and before each layer, optimiser, loss
+ * and reduction call checks that every buffer the call touches lies inside
+ * a live allocation of its own; it counts uploads and downloads. On it:
+ *   - a host access to backend memory outside a backend call is caught
+ *     (forked children), and so is a foreign (malloc'ed) buffer in the net;
+ *   - a scaled-down COEmuNet trains, evaluates, checkpoints, resumes and
+ *     transfers its encoder, and gives the CPU backend's results bit for bit;
+ *   - a training step makes exactly two uploads (input, targets) and no
+ *     download; a checkpoint downloads exactly its tensors;
+ *   - with a reducer the sums come in the documented order and count, the
+ *     gradient reduction going through the table;
+ *   - everything allocated is freed.
+ * And the CPU backend's init/finish thread settings: set only what the
+ * caller asked for, restored by the last finish. */
+#include <cblas.h>
+#include <omp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "trainer/checkpoint.h"
+#include "trainer/coemunet.h"
+#include "gradcheck.h"
+#include "common/rng.h"
+#include "trainer/train.h"
+
+/* ---- the guard backend -------------------------------------------------- */
+
+#define ARENA_BYTES ((size_t)1 << 30) /* reserved, not committed */
+#define MAX_ALLOCS 65536
+#define GUARD_EXIT 42 /* exit status of a process that touched the arena from host code */
+
+static struct {
+  char *arena;
+  size_t used, page;
+  struct { size_t off, bytes; int live; } a[MAX_ALLOCS];
+  int nallocs, live;
+  int depth;                /* backend calls in progress */
+  long uploads, downloads, copies, zeros, layer_calls, adam_calls, loss_calls, reduce_calls;
+  double bytes_up, bytes_down;
+  long checked;             /* buffers checked to be backend memory */
+  long violations;          /* buffers that were not, or bad frees */
+  char first_violation[256];
+} G;
+
+static void violation(const char *fmt, const char *what, long long v) {
+  if (!G.violations++) snprintf(G.first_violation, sizeof G.first_violation, fmt, what, v);
+}
+
+static void guard_open(void) {
+  if (G.depth++ == 0 && G.used) {
+    size_t n = (G.used + G.page - 1) / G.page * G.page;
+    if (mprotect(G.arena, n, PROT_READ | PROT_WRITE) != 0) abort();
+  }
+}
+
+static void guard_close(void) {
+  if (--G.depth == 0 && G.used) {
+    size_t n = (G.used + G.page - 1) / G.page * G.page;
+    if (mprotect(G.arena, n, PROT_NONE) != 0) abort();
+  }
+}
+
+static int in_arena(const void *p) {
+  return (const char *)p >= G.arena && (const char *)p < G.arena + ARENA_BYTES;
+}
+
+/* Index of the live allocation holding [p, p + bytes), or -1. */
+static int owner(const void *p, size_t bytes) {
+  if (!p || !in_arena(p)) return -1;
+  size_t off = (size_t)((const char *)p - G.arena);
+  int lo = 0, hi = G.nallocs - 1; /* offsets increase with the index */
+  while (lo <= hi) {
+    int mid = (lo + hi) / 2;
+    if (G.a[mid].off > off) hi = mid - 1;
+    else if (off >= G.a[mid].off + G.a[mid].bytes) lo = mid + 1;
+    else return G.a[mid].live && off + bytes <= G.a[mid].off + G.a[mid].bytes ? mid : -1;
+  }
+  return -1;
+}
+
+/* A buffer the call is about to touch must be backend memory. */
+static int owned(const void *p, size_t bytes, const char *what) {
+  G.checked++;
+  if (owner(p, bytes) >= 0) return 1;
+  violation("%s: %lld bytes that are not backend memory", what, (long long)bytes);
+  return 0;
+}
+
+static int guard_init(int threads) { return nn_backend_cpu.init(threads); }
+static void guard_finish(void) { nn_backend_cpu.finish(); }
+
+static void *guard_alloc(size_t bytes) {
+  size_t off = (G.used + 63) & ~(size_t)63;
+  if (G.nallocs == MAX_ALLOCS || bytes > ARENA_BYTES - off) {
+    ce_err("guard backend: arena full (%zu of %zu bytes, %d allocations)", G.used, ARENA_BYTES,
+           G.nallocs);
+    return NULL;
+  }
+  G.a[G.nallocs].off = off; /* never reused, so untouched pages: zero-filled */
+  G.a[G.nallocs].bytes = bytes;
+  G.a[G.nallocs].live = 1;
+  G.nallocs++;
+  G.live++;
+  G.used = off + bytes;
+  return G.arena + off;
+}
+
+static void guard_free(void *p) {
+  if (!p) return;
+  int i = owner(p, 1);
+  if (i < 0 || G.arena + G.a[i].off != (char *)p) {
+    violation("%s %lld: free of memory the backend did not allocate (or freed twice)", "offset",
+              in_arena(p) ? (long long)((char *)p - G.arena) : -1);
+    return;
+  }
+  G.a[i].live = 0;
+  G.live--;
+}
+
+static int guard_upload(void *dst, const void *src, size_t bytes) {
+  G.uploads++;
+  G.bytes_up += (double)bytes;
+  if (!owned(dst, bytes, "upload destination")) return ce_err("guard: upload to host memory");
+  if (in_arena(src)) violation("%s: %lld bytes from backend memory", "upload source", (long long)bytes);
+  guard_open();
+  int rc = nn_backend_cpu.upload(dst, src, bytes);
+  guard_close();
+  return rc;
+}
+
+static int guard_download(void *dst, const void *src, size_t bytes) {
+  G.downloads++;
+  G.bytes_down += (double)bytes;
+  if (!owned(src, bytes, "download source")) return ce_err("guard: download from host memory");
+  if (in_arena(dst)) violation("%s: %lld bytes into backend memory", "download destination", (long long)bytes);
+  guard_open();
+  int rc = nn_backend_cpu.download(dst, src, bytes);
+  guard_close();
+  return rc;
+}
+
+static int guard_copy(void *dst, const void *src, size_t bytes) {
+  G.copies++;
+  if (!owned(dst, bytes, "copy destination") || !owned(src, bytes, "copy source"))
+    return ce_err("guard: copy outside backend memory");
+  guard_open();
+  int rc = nn_backend_cpu.copy(dst, src, bytes);
+  guard_close();
+  return rc;
+}
+
+static int guard_zero(void *p, size_t bytes) {
+  G.zeros++;
+  if (!owned(p, bytes, "zero")) return ce_err("guard: zeroing host memory");
+  guard_open();
+  int rc = nn_backend_cpu.zero(p, bytes);
+  guard_close();
+  return rc;
+}
+
+/* Every buffer a layer call reads or writes. */
+static int node_buffers_owned(const nn_net *net, const nn_node *nd, int backward) {
+  const size_t N = (size_t)net->batch;
+  int ok = owned(nd->out, sizeof(float) * N * (size_t)nd->size, "layer output");
+  if (backward) ok &= owned(nd->grad, sizeof(float) * N * (size_t)nd->size, "layer gradient");
+  for (int j = 0; j < nd->nin; j++) {
+    const nn_node *in = &net->nodes[nd->in[j]];
+    ok &= owned(in->out, sizeof(float) * N * (size_t)in->size, "layer input");
+    if (backward && in->needs_grad)
+      ok &= owned(in->grad, sizeof(float) * N * (size_t)in->size, "layer input gradient");
+  }
+  for (int k = 0; k < nd->nparam; k++) {
+    const nn_param *p = &net->params[nd->param[k]];
+    ok &= owned(p->w, sizeof(float) * (size_t)p->n, "parameter");
+    if (p->g) ok &= owned(p->g, sizeof(float) * (size_t)p->n, "parameter gradient");
+  }
+  if (nd->kind == NN_BATCHNORM) ok &= owned(nd->save, sizeof(float) * 2 * (size_t)nd->c, "saved state");
+  if (nd->kind == NN_CONV && net->work_n) ok &= owned(net->work, sizeof(float) * net->work_n, "scratch");
+  return ok;
+}
+
+static int guard_forward(nn_net *net, nn_node *nd, int train) {
+  G.layer_calls++;
+  if (!node_buffers_owned(net, nd, 0))
+    return ce_err("guard: layer '%s' touches memory the backend did not allocate", nd->name);
+  guard_open();
+  int rc = nn_backend_cpu.forward(net, nd, train);
+  guard_close();
+  return rc;
+}
+
+static int guard_backward(nn_net *net, nn_node *nd) {
+  G.layer_calls++;
+  if (!node_buffers_owned(net, nd, 1))
+    return ce_err("guard: layer '%s' touches memory the backend did not allocate", nd->name);
+  guard_open();
+  int rc = nn_backend_cpu.backward(net, nd);
+  guard_close();
+  return rc;
+}
+
+static size_t guard_workspace(const nn_net *net, const nn_node *nd) {
+  return nn_backend_cpu.workspace(net, nd);
+}
+
+static int guard_adam_update(nn_net *net, float *const *m, float *const *v, const nn_adam_coef *c) {
+  G.adam_calls++;
+  int ok = 1;
+  for (int i = 0; i < net->nparams; i++) {
+    if (!m[i]) continue;
+    size_t b = sizeof(float) * (size_t)net->params[i].n;
+    ok &= owned(net->params[i].w, b, "adam weights") & owned(net->params[i].g, b, "adam gradient") &
+          owned(m[i], b, "adam first moment") & owned(v[i], b, "adam second moment");
+  }
+  if (!ok) return ce_err("guard: adam touches memory the backend did not allocate");
+  guard_open();
+  int rc = nn_backend_cpu.adam_update(net, m, v, c);
+  guard_close();
+  return rc;
+}
+
+typedef struct {
+  void *cpu;
+  size_t pixels;
+} guard_loss;
+
+static void *guard_loss_create(int h, int w, int max_images) {
+  guard_loss *l = malloc(sizeof *l);
+  if (!l) return NULL;
+  l->cpu = nn_backend_cpu.loss_create(h, w, max_images);
+  l->pixels = (size_t)h * w;
+  if (!l->cpu) {
+    free(l);
+    return NULL;
+  }
+  return l;
+}
+
+static void guard_loss_destroy(void *p) {
+  guard_loss *l = p;
+  if (!l) return;
+  nn_backend_cpu.loss_destroy(l->cpu);
+  free(l);
+}
+
+static int guard_loss_eval(void *p, const float *pred, const float *t, int m, float seed_scale,
+                           struct loss_value *out, float *grad) {
+  guard_loss *l = p;
+  G.loss_calls++;
+  size_t b = sizeof(float) * (size_t)m * l->pixels;
+  int ok = owned(pred, b, "loss prediction") & owned(t, b, "loss target");
+  if (grad) ok &= owned(grad, b, "loss gradient");
+  if (!ok) return ce_err("guard: the loss touches memory the backend did not allocate");
+  guard_open();
+  int rc = nn_backend_cpu.loss_eval(l->cpu, pred, t, m, seed_scale, out, grad);
+  guard_close();
+  return rc;
+}
+
+static int guard_reduce_grads(nn_net *net) {
+  G.reduce_calls++;
+  if (!owned(net->grad_block, sizeof(float) * net->grad_used_n, "gradient block"))
+    return ce_err("guard: reduction outside backend memory");
+  guard_open();
+  int rc = nn_backend_cpu.reduce_grads(net);
+  guard_close();
+  return rc;
+}
+
+static const nn_backend guard_backend = {
+    .name = "guard",
+    .init = guard_init,
+    .finish = guard_finish,
+    .alloc = guard_alloc,
+    .free = guard_free,
+    .upload = guard_upload,
+    .download = guard_download,
+    .copy = guard_copy,
+    .zero = guard_zero,
+    .forward = guard_forward,
+    .backward = guard_backward,
+    .workspace = guard_workspace,
+    .adam_update = guard_adam_update,
+    .loss_create = guard_loss_create,
+    .loss_destroy = guard_loss_destroy,
+    .loss_eval = guard_loss_eval,
+    .reduce_grads = guard_reduce_grads,
+};
+
+static void on_segv(int sig, siginfo_t *si, void *uc) {
+  (void)uc;
+  if (in_arena(si->si_addr)) {
+    static const char msg[] = "test_backend: host code touched backend memory outside a backend "
+                              "call (it must go through upload/download)\n";
+    if (write(2, msg, sizeof msg - 1) < 0) _exit(GUARD_EXIT);
+    _exit(GUARD_EXIT);
+  }
+  signal(sig, SIG_DFL); /* any other fault: the default action when it repeats */
+}
+
+static void guard_setup(void) {
+  G.page = (size_t)sysconf(_SC_PAGESIZE);
+  G.arena = mmap(NULL, ARENA_BYTES, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (G.arena == MAP_FAILED) {
+    perror("mmap");
+    exit(2);
+  }
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = on_segv;
+  sa.sa_flags = SA_SIGINFO;
+  sigaction(SIGSEGV, &sa, NULL);
+}
+
+/* ---- a small COEmuNet on a backend -------------------------------------- */
+
+enum { B = 3, STEPS = 3 };
+
+typedef struct {
+  coemunet m;
+  adam o;
+  trainer tr;
+} model;
+
+static const coemunet_config CFG = {2, 16, 2, {2, 3, 4}, 8, 8, COEMUNET_SHORTCUT_REFERENCE};
+
+static size_t nx(void) { return (size_t)B * 3 * CFG.grid * CFG.grid * CFG.grid; }
+static size_t nt(void) { return (size_t)B * CFG.nfreq * CFG.grid * CFG.grid; }
+
+static void model_open(model *r, const nn_backend *be, uint64_t seed) {
+  CHECK_OK(coemunet_build_on(&r->m, &CFG, seed, be));
+  CHECK_OK(nn_set_batch(&r->m.net, B));
+  adam_config ac = {ADAMW, 2e-3, 0.9, 0.999, 1e-8, 0.01};
+  CHECK_OK(adam_init(&r->o, &r->m.net, &ac));
+  CHECK_OK(trainer_init(&r->tr, &r->m, &r->o));
+}
+
+static void model_close(model *r) {
+  trainer_free(&r->tr);
+  adam_free(&r->o);
+  coemunet_free(&r->m);
+}
+
+static void batch(int k, float *x, float *t) {
+  ce_rng r = ce_rng_make(31, (uint32_t)k, 0, 1);
+  gc_fill(x, nx(), &r, -1, 1);
+  gc_fill(t, nt(), &r, 0, 1);
+}
+
+/* The parameters of two nets (any backends) hold the same bits. */
+static int same_weights(const nn_net *a, const nn_net *b) {
+  int same = a->nparams == b->nparams;
+  for (int i = 0; same && i < a->nparams; i++) {
+    float *x = gc_host_param(a, i), *y = gc_host_param(b, i);
+    same = memcmp(x, y, sizeof(float) * (size_t)a->params[i].n) == 0;
+    free(x);
+    free(y);
+  }
+  return same;
+}
+
+static int same_files(const char *a, const char *b) {
+  FILE *f = fopen(a, "rb"), *g = fopen(b, "rb");
+  int same = f && g, ca, cb;
+  while (same && ((ca = fgetc(f)) != EOF) | ((cb = fgetc(g)) != EOF)) same = ca == cb;
+  if (f) fclose(f);
+  if (g) fclose(g);
+  return same;
+}
+
+/* Every tensor of a model on the guard lies in its arena: the census. */
+static void check_all_backend_memory(const model *r) {
+  const nn_net *net = &r->m.net;
+  long before = G.violations;
+  for (int i = 0; i < net->nparams; i++) {
+    owned(net->params[i].w, sizeof(float) * net->params[i].n, net->params[i].name);
+    if (net->params[i].g) owned(net->params[i].g, sizeof(float) * net->params[i].n, net->params[i].name);
+    if (adam_has_state(&r->o, i)) {
+      owned(r->o.m[i], sizeof(float) * net->params[i].n, "adam m");
+      owned(r->o.v[i], sizeof(float) * net->params[i].n, "adam v");
+    }
+  }
+  for (int i = 0; i < net->nnodes; i++) {
+    const nn_node *nd = &net->nodes[i];
+    size_t b = sizeof(float) * (size_t)net->batch * (size_t)nd->size;
+    owned(nd->out, b, nd->name);
+    if (nd->needs_grad) owned(nd->grad, b, nd->name);
+    if (nd->save) owned(nd->save, sizeof(float) * 2 * nd->c, nd->name);
+  }
+  owned(net->work, sizeof(float) * net->work_n, "scratch");
+  owned(net->grad_block, sizeof(float) * net->grad_used_n, "gradient block");
+  owned(r->tr.target, sizeof(float) * nt(), "trainer targets");
+  CHECK_MSG(G.violations == before, "%ld buffers are not backend memory: %s", G.violations - before,
+            G.first_violation);
+}
+
+/* ---- tests -------------------------------------------------------------- */
+
+/* The CPU backend's init sets OpenBLAS to 1 thread and OpenMP only when
+ * asked; the last finish restores both. Runs before anything initialised it. */
+static void test_cpu_thread_settings(void) {
+  nn_net net;
+  nn_init(&net);
+  int x = nn_input(&net, "x", 1, 2, 2, 2);
+  nn_relu(&net, "r", x);
+  CHECK_ERR(nn_finalize(&net, 1), "backend 'cpu' is not initialised");
+  nn_free(&net);
+
+  omp_set_num_threads(3);
+  openblas_set_num_threads(2);
+  CHECK_OK(nn_backend_init(&nn_backend_cpu, 0));
+  CHECK(omp_get_max_threads() == 3); /* not asked for: left alone */
+  CHECK(openblas_get_num_threads() == 1);
+  CHECK_OK(nn_backend_init(&nn_backend_cpu, 2)); /* a second user asks for 2 */
+  CHECK(omp_get_max_threads() == 2 && openblas_get_num_threads() == 1);
+  nn_backend_finish(&nn_backend_cpu);
+  CHECK(nn_backend_ready(&nn_backend_cpu) && openblas_get_num_threads() == 1);
+  nn_backend_finish(&nn_backend_cpu); /* the last one: the caller's settings */
+  CHECK(!nn_backend_ready(&nn_backend_cpu));
+  CHECK(omp_get_max_threads() == 3 && openblas_get_num_threads() == 2);
+  CHECK_ERR(nn_backend_init(&nn_backend_cpu, -1), "threads");
+  omp_set_num_threads(1);
+  openblas_set_num_threads(1);
+}
+
+/* Touching backend memory from host code faults, in a child process. */
+static void test_guard_catches_host_access(void) {
+  model r;
+  model_open(&r, &guard_backend, 7);
+  fprintf(stderr, "a host write and a host read of backend memory, each in a child process: "
+                  "two messages expected\n");
+  float *out = nn_out(&r.m.net, r.m.input), *w = r.m.net.params[0].w;
+  for (int k = 0; k < 2; k++) {
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) { /* no OpenMP here: only the access */
+      volatile float *p = k ? w : out;
+      if (k) {
+        float v = p[0];
+        (void)v;
+      } else
+        p[0] = 1.0f;
+      _exit(0); /* not reached when the guard works */
+    }
+    int st = 0;
+    CHECK(pid > 0 && waitpid(pid, &st, 0) == pid);
+    CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == GUARD_EXIT,
+              "a host %s of backend memory was not caught (status 0x%x)", k ? "read" : "write", st);
+  }
+  /* through the table it works, and a malloc'ed buffer in the net is refused */
+  float *host = calloc(nx(), sizeof(float));
+  CHECK_OK(nn_input_upload(&r.m.net, r.m.input, host));
+  long before = G.violations;
+  r.m.net.nodes[r.m.input].out = host;
+  CHECK_ERR(nn_forward(&r.m.net, 0), "touches memory the backend did not allocate");
+  CHECK(G.violations > before);
+  G.violations = before;
+  r.m.net.nodes[r.m.input].out = out;
+  CHECK_OK(nn_forward(&r.m.net, 0));
+  free(host);
+  model_close(&r);
+}
+
+/* Training, evaluation, checkpoints, resume and encoder transfer on the
+ * guard give the CPU backend's results bit for bit. */
+static void test_guard_matches_cpu(void) {
+  model g, c;
+  model_open(&g, &guard_backend, 11);
+  model_open(&c, &nn_backend_cpu, 11);
+  check_all_backend_memory(&g);
+  CHECK(same_weights(&g.m.net, &c.m.net));
+  float *x = malloc(sizeof(float) * nx()), *t = malloc(sizeof(float) * nt());
+  for (int k = 0; k < STEPS; k++) {
+    batch(k, x, t);
+    loss_value lg, lc;
+    long up = G.uploads, down = G.downloads, layers = G.layer_calls, loss = G.loss_calls;
+    double bytes = G.bytes_up;
+    CHECK_OK(trainer_step(&g.tr, x, t, 2e-3, &lg));
+    /* a step: the input and the targets in, nothing out but the loss value */
+    CHECK_MSG(G.uploads - up == 2 && G.downloads == down, "step %d: %ld uploads, %ld downloads", k,
+              G.uploads - up, G.downloads - down);
+    CHECK(G.bytes_up - bytes == (double)sizeof(float) * (nx() + nt()));
+    CHECK(G.layer_calls > layers && G.loss_calls == loss + 1);
+    CHECK_OK(trainer_step(&c.tr, x, t, 2e-3, &lc));
+    CHECK_MSG(lg.total == lc.total && lg.mse == lc.mse && lg.fft == lc.fft,
+              "step %d: loss %.17g on the guard, %.17g on the CPU", k, lg.total, lc.total);
+  }
+  CHECK(same_weights(&g.m.net, &c.m.net));
+  /* gradients and the output too */
+  for (int i = 0; i < g.m.net.nparams; i++)
+    if (g.m.net.params[i].g) {
+      size_t n = (size_t)g.m.net.params[i].n;
+      float *a = malloc(sizeof(float) * n), *b = malloc(sizeof(float) * n);
+      CHECK_OK(nn_param_grad_download(&g.m.net, i, a));
+      CHECK_OK(nn_param_grad_download(&c.m.net, i, b));
+      CHECK_MSG(!memcmp(a, b, sizeof(float) * n), "gradient of %s differs", g.m.net.params[i].name);
+      free(a);
+      free(b);
+    }
+  loss_value eg, ec;
+  CHECK_OK(trainer_eval(&g.tr, x, t, &eg));
+  CHECK_OK(trainer_eval(&c.tr, x, t, &ec));
+  CHECK(eg.total == ec.total);
+  float *yg = gc_host_out(&g.m.net, g.m.output), *yc = gc_host_out(&c.m.net, c.m.output);
+  CHECK(!memcmp(yg, yc, sizeof(float) * nt()));
+  free(yg);
+  free(yc);
+
+  /* checkpoints: the same bytes; saving downloads exactly the tensors */
+  const char *dir = check_scratch("backend");
+  char pg[1100], pc[1100];
+  snprintf(pg, sizeof pg, "%s/guard.ckpt", dir);
+  snprintf(pc, sizeof pc, "%s/cpu.ckpt", dir);
+  train_state st = {11, STEPS, 1, {2e-3, 0.5, 2}};
+  double expect = 0, down = G.bytes_down;
+  for (int i = 0; i < g.m.net.nparams; i++)
+    expect += sizeof(float) * (double)g.m.net.params[i].n * (adam_has_state(&g.o, i) ? 3 : 1);
+  CHECK_OK(checkpoint_save(pg, &g.m, &g.o, &st));
+  CHECK_MSG(G.bytes_down - down == expect, "checkpoint: %.0f bytes downloaded, %.0f expected",
+            G.bytes_down - down, expect);
+  CHECK_OK(checkpoint_save(pc, &c.m, &c.o, &st));
+  CHECK(same_files(pg, pc));
+
+  /* resume on the guard from the CPU's checkpoint: the same next steps */
+  model h;
+  model_open(&h, &guard_backend, 99);
+  train_state st2;
+  CHECK_OK(checkpoint_load(pc, &h.m, &h.o, &st2));
+  CHECK(same_weights(&h.m.net, &c.m.net) && h.o.t == c.o.t);
+  for (int k = STEPS; k < STEPS + 2; k++) {
+    batch(k, x, t);
+    loss_value lh, lc;
+    CHECK_OK(trainer_step(&h.tr, x, t, 1e-3, &lh));
+    CHECK_OK(trainer_step(&c.tr, x, t, 1e-3, &lc));
+    CHECK(lh.total == lc.total);
+  }
+  CHECK(same_weights(&h.m.net, &c.m.net));
+
+  /* encoder transfer: guard -> guard (the backend's copy), guard -> CPU
+     (through the host) */
+  coemunet_config c1 = CFG;
+  c1.nfreq = 1;
+  coemunet d1, d2;
+  CHECK_OK(coemunet_build_on(&d1, &c1, 5, &guard_backend));
+  CHECK_OK(coemunet_build_on(&d2, &c1, 5, &nn_backend_cpu));
+  long copies = G.copies;
+  CHECK_OK(coemunet_transfer_encoder(&d1, &g.m, NULL, NULL));
+  CHECK(G.copies > copies);
+  CHECK_OK(coemunet_transfer_encoder(&d2, &g.m, NULL, NULL));
+  CHECK(same_weights(&d1.net, &d2.net));
+  coemunet_free(&d1);
+  coemunet_free(&d2);
+
+  free(x);
+  free(t);
+  model_close(&h);
+  model_close(&g);
+  model_close(&c);
+  check_scratch_remove();
+}
+
+/* With a reducer: synchronised BatchNorm sums in the forward and backward,
+ * the batch-size sum, and the gradient reduction through the table. */
+typedef struct {
+  long f64, f32;
+  double f32_floats;
+} sums;
+
+static int count_f64(void *ctx, double *buf, size_t n) {
+  (void)buf; (void)n;
+  ((sums *)ctx)->f64++;
+  return 0;
+}
+
+static int count_f32(void *ctx, float *buf, size_t n) {
+  (void)buf;
+  ((sums *)ctx)->f32++;
+  ((sums *)ctx)->f32_floats += (double)n;
+  return 0;
+}
+
+static void test_guard_reducer(void) {
+  model g, c;
+  model_open(&g, &guard_backend, 3);
+  model_open(&c, &nn_backend_cpu, 3);
+  sums sg = {0, 0, 0}, sc = {0, 0, 0};
+  nn_reducer rg = {1, count_f64, count_f32, &sg, 1000, 0}, rc = {1, count_f64, count_f32, &sc, 1000, 0};
+  CHECK_OK(nn_set_reducer(&g.m.net, &rg));
+  CHECK_OK(nn_set_reducer(&c.m.net, &rc));
+  int nbn = 0;
+  for (int i = 0; i < g.m.net.nnodes; i++) nbn += g.m.net.nodes[i].kind == NN_BATCHNORM;
+  float *x = malloc(sizeof(float) * nx()), *t = malloc(sizeof(float) * nt());
+  long reduces = G.reduce_calls;
+  for (int k = 0; k < 2; k++) {
+    batch(k, x, t);
+    loss_value lg, lc;
+    CHECK_OK(trainer_step(&g.tr, x, t, 2e-3, &lg));
+    CHECK_OK(trainer_step(&c.tr, x, t, 2e-3, &lc));
+    CHECK(lg.total == lc.total);
+  }
+  CHECK(G.reduce_calls - reduces == 2);
+  CHECK(sg.f64 == 2 * (3 * nbn + 1) && sg.f64 == sc.f64);
+  CHECK(sg.f32 == 2 * (long)((g.m.net.grad_used_n + 999) / 1000) && sg.f32 == sc.f32);
+  CHECK(sg.f32_floats == 2.0 * (double)g.m.net.grad_used_n);
+  CHECK(same_weights(&g.m.net, &c.m.net));
+  free(x);
+  free(t);
+  model_close(&g);
+  model_close(&c);
+}
+
+/* Everything the nets allocated went back to the backend, and no buffer any
+ * call touched was foreign. */
+static void test_guard_accounts(void) {
+  CHECK_MSG(G.live == 0, "%d backend allocations not freed", G.live);
+  CHECK_MSG(G.violations == 0, "%ld violations, the first: %s", G.violations, G.first_violation);
+  CHECK(G.checked > 1000 && G.layer_calls > 100 && G.adam_calls > 0 && G.zeros > 0);
+  fprintf(stderr, "guard: %d allocations, %ld buffers checked, %ld layer calls, %ld uploads "
+          "(%.0f bytes), %ld downloads (%.0f bytes)\n", G.nallocs, G.checked, G.layer_calls,
+          G.uploads, G.bytes_up, G.downloads, G.bytes_down);
+}
+
+int main(void) {
+  RUN(test_cpu_thread_settings);
+  guard_setup();
+  if (nn_backend_init(&nn_backend_cpu, 1) < 0 || nn_backend_init(&guard_backend, 1) < 0) {
+    fprintf(stderr, "%s\n", ce_err_msg());
+    return 1;
+  }
+  RUN(test_guard_catches_host_access);
+  RUN(test_guard_matches_cpu);
+  RUN(test_guard_reducer);
+  RUN(test_guard_accounts);
+  nn_backend_finish(&guard_backend);
+  nn_backend_finish(&nn_backend_cpu);
+  return check_report();
+}

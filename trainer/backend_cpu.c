@@ -1,0 +1,421 @@
+/* backend_cpu.c - the CPU reference backend (backend.h): host memory, the
+ * layers on layers_cpu.c's kernels (vol2col + OpenBLAS sgemm, OpenMP),
+ * synchronised BatchNorm, Adam, the loss of loss.c (FFTW) and the gradient
+ * reduction, with the process's thread settings made in one place (init). */
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "trainer/backend.h"
+#include "trainer/layers_cpu.h"
+#include "trainer/loss.h"
+#include "trainer/nn.h"
+
+/* ---- process setup ------------------------------------------------------ */
+
+/* The matrix products run inside the backend's OpenMP loops over samples or
+ * output slices, one thread each: OpenBLAS's own threads would oversubscribe
+ * the cores, so it runs one thread while the backend is initialised. OpenMP's
+ * count is set only when the caller asks (threads > 0). The last finish()
+ * puts back what the first init found, and only what an init changed. */
+static struct {
+  int users;        /* inits not yet finished: the settings go back at the last finish */
+  int blas_threads; /* OpenBLAS's count before the first init */
+  int omp_threads;  /* OpenMP's (this thread's nthreads-var) before the first init */
+  int omp_changed;  /* an init set OpenMP's count */
+} cpu_state;
+
+static int cpu_init(int threads) {
+  const int omp_before = omp_get_max_threads();
+  if (cpu_state.users++ == 0) {
+    cpu_state.blas_threads = openblas_get_num_threads();
+    cpu_state.omp_threads = omp_before;
+    cpu_state.omp_changed = 0;
+  }
+  openblas_set_num_threads(1);
+  /* an OpenMP build of OpenBLAS sets OpenMP's count too: keep the caller's */
+  if (threads > 0) {
+    omp_set_num_threads(threads);
+    cpu_state.omp_changed = 1;
+  } else if (omp_get_max_threads() != omp_before) {
+    omp_set_num_threads(omp_before);
+  }
+  return 0;
+}
+
+static void cpu_finish(void) {
+  if (cpu_state.users == 0 || --cpu_state.users > 0) return;
+  const int omp_now = omp_get_max_threads();
+  openblas_set_num_threads(cpu_state.blas_threads);
+  if (cpu_state.omp_changed)
+    omp_set_num_threads(cpu_state.omp_threads);
+  else if (omp_get_max_threads() != omp_now) /* an OpenMP build of OpenBLAS */
+    omp_set_num_threads(omp_now);
+}
+
+/* ---- memory ------------------------------------------------------------- */
+
+/* calloc (large blocks come zeroed from the kernel and stay untouched until
+ * used), aligned to 64 bytes by hand: the pointer calloc gave sits just
+ * below the block. */
+#define CPU_ALIGN 64
+
+static void *cpu_alloc(size_t bytes) {
+  const size_t extra = CPU_ALIGN + sizeof(void *);
+  if (bytes > SIZE_MAX - extra) {
+    ce_err("%zu bytes: too large", bytes);
+    return NULL;
+  }
+  char *raw = calloc(1, bytes + extra);
+  if (!raw) {
+    ce_err("out of memory allocating %zu bytes", bytes);
+    return NULL;
+  }
+  uintptr_t a = ((uintptr_t)raw + sizeof(void *) + CPU_ALIGN - 1) & ~(uintptr_t)(CPU_ALIGN - 1);
+  ((void **)a)[-1] = raw;
+  return (void *)a;
+}
+
+static void cpu_free(void *p) {
+  if (p) free(((void **)p)[-1]);
+}
+
+static int cpu_copy(void *dst, const void *src, size_t bytes) {
+  if (bytes) memcpy(dst, src, bytes);
+  return 0;
+}
+
+static int cpu_zero(void *p, size_t bytes) {
+  if (bytes) memset(p, 0, bytes);
+  return 0;
+}
+
+/* ---- layers ------------------------------------------------------------- */
+
+static conv_shape node_conv_shape(const nn_net *net, const nn_node *nd) {
+  const nn_node *in = &net->nodes[nd->in[0]];
+  conv_shape s = {net->batch, in->c, in->d, in->h, in->w, nd->c, nd->d, nd->h, nd->w,
+                  nd->k.v[0], nd->k.v[1], nd->k.v[2], nd->s.v[0], nd->s.v[1], nd->s.v[2],
+                  nd->p.v[0], nd->p.v[1], nd->p.v[2]};
+  return s;
+}
+
+/* The scratch was sized at nn_set_batch() for the thread count of then. */
+static int check_work(const nn_net *net, const conv_shape *s) {
+  size_t need = conv3d_workspace(s);
+  if (need > net->work_n)
+    return ce_err("scratch of %zu floats, %zu needed: the OpenMP thread count grew since "
+                  "nn_set_batch()", net->work_n, need);
+  return 0;
+}
+
+static size_t cpu_workspace(const nn_net *net, const nn_node *nd) {
+  if (nd->kind != NN_CONV) return 0;
+  conv_shape s = node_conv_shape(net, nd);
+  return conv3d_workspace(&s);
+}
+
+/* Synchronised BatchNorm (nn.h, nn_reducer): the statistics of the global
+ * batch from two sums across replicas, (per-channel sums, value count), then
+ * squared deviations from the global mean. */
+static int bn_forward_sync(nn_net *net, nn_node *nd) {
+  const nn_reducer *r = nn_get_reducer(net);
+  const int N = net->batch, C = nd->c;
+  const long S = (long)nd->d * nd->h * nd->w;
+  const float *x = net->nodes[nd->in[0]].out;
+  nn_param *P = net->params;
+  double *buf = ce_malloc_array((size_t)2 * C + 1, sizeof(double), "BatchNorm sums");
+  if (!buf) return -1;
+  double *mean = buf, *sq = buf + C + 1;
+  batchnorm_sums(N, C, S, x, mean);
+  mean[C] = (double)N * S;
+  int rc = -1;
+  if (r->sum_f64(r->ctx, buf, (size_t)C + 1) < 0) {
+    ce_err_prefix("summing BatchNorm statistics over %d replicas", r->world);
+    goto done;
+  }
+  const double m = mean[C];
+  if (m < 2) {
+    ce_err("batch statistics need more than 1 value per channel (%.0f over %d replicas)", m,
+           r->world);
+    goto done;
+  }
+  for (int ch = 0; ch < C; ch++) mean[ch] /= m;
+  batchnorm_sqdev(N, C, S, x, mean, sq);
+  if (r->sum_f64(r->ctx, sq, (size_t)C) < 0) {
+    ce_err_prefix("summing BatchNorm deviations over %d replicas", r->world);
+    goto done;
+  }
+  batchnorm_normalise(N, C, S, x, P[nd->param[0]].w, P[nd->param[1]].w, mean, sq, m,
+                      P[nd->param[2]].w, P[nd->param[3]].w, nd->momentum, nd->eps, nd->out,
+                      nd->save);
+  rc = 0;
+done:
+  free(buf);
+  return rc;
+}
+
+/* Its backward: the sums of dy and dy*xhat (and the value count) summed across
+ * replicas before dx; dgamma and dbeta keep the local sums (nn_reduce_grads()
+ * sums them with the other gradients). */
+static int bn_backward_sync(nn_net *net, nn_node *nd, float *dx) {
+  const nn_reducer *r = nn_get_reducer(net);
+  const int N = net->batch, C = nd->c;
+  const long S = (long)nd->d * nd->h * nd->w;
+  const float *x = net->nodes[nd->in[0]].out;
+  nn_param *P = net->params;
+  double *sums = ce_malloc_array((size_t)2 * C + 1, sizeof(double), "BatchNorm gradient sums");
+  if (!sums) return -1;
+  batchnorm_backward_sums(N, C, S, x, nd->save, nd->grad, sums, P[nd->param[0]].g,
+                          P[nd->param[1]].g);
+  int rc = 0;
+  if (dx) { /* the same graph everywhere: every replica skips or calls alike */
+    sums[2 * C] = (double)N * S;
+    rc = r->sum_f64(r->ctx, sums, (size_t)2 * C + 1);
+    if (rc < 0)
+      ce_err_prefix("summing BatchNorm gradients over %d replicas", r->world);
+    else
+      batchnorm_backward_dx(N, C, S, x, P[nd->param[0]].w, nd->save, nd->grad, sums,
+                            sums[2 * C], dx);
+  }
+  free(sums);
+  return rc;
+}
+
+static int cpu_forward(nn_net *net, nn_node *nd, int train) {
+  const int N = net->batch;
+  const nn_node *in = &net->nodes[nd->in[0]];
+  const float *x = in->out;
+  float *y = nd->out;
+  const long total = (long)N * nd->size;
+  nn_param *P = net->params;
+  switch (nd->kind) {
+  case NN_CONV: {
+    conv_shape s = node_conv_shape(net, nd);
+    CE_TRY(check_work(net, &s));
+    conv3d_forward(&s, x, P[nd->param[0]].w, P[nd->param[1]].w, y, net->work);
+    return 0;
+  }
+  case NN_BATCHNORM: {
+    long S = (long)nd->d * nd->h * nd->w;
+    if (train && nn_get_reducer(net) && !net->reducer.local_batchnorm) return bn_forward_sync(net, nd);
+    if (train) {
+      if ((long)N * S < 2)
+        return ce_err("batch statistics need more than 1 value per channel (batch %d x %ld)", N, S);
+      batchnorm_forward_train(N, nd->c, S, x, P[nd->param[0]].w, P[nd->param[1]].w,
+                              P[nd->param[2]].w, P[nd->param[3]].w, nd->momentum, nd->eps, y,
+                              nd->save);
+    } else {
+      batchnorm_forward_eval(N, nd->c, S, x, P[nd->param[0]].w, P[nd->param[1]].w,
+                             P[nd->param[2]].w, P[nd->param[3]].w, nd->eps, y);
+    }
+    return 0;
+  }
+  case NN_RELU:
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < total; i++) y[i] = x[i] > 0 ? x[i] : 0;
+    return 0;
+  case NN_TANH:
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < total; i++) y[i] = tanhf(x[i]);
+    return 0;
+  case NN_MAXPOOL:
+    maxpool3d_forward(N * in->c, in->d, in->h, in->w, nd->k.v[0], x, y);
+    return 0;
+  case NN_LINEAR:
+    linear_forward(N, (int)in->size, nd->c, x, P[nd->param[0]].w, P[nd->param[1]].w, y);
+    return 0;
+  case NN_UPSAMPLE:
+    upsample_forward(N * in->c, in->d, in->h, in->w, nd->s.v[0], nd->s.v[1], nd->s.v[2], x, y);
+    return 0;
+  case NN_ADD: {
+    const float *b = net->nodes[nd->in[1]].out;
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < total; i++) y[i] = x[i] + b[i];
+    return 0;
+  }
+  case NN_CONCAT:
+  case NN_SLICE: {
+    /* per sample: the output's channel block [off, off + part) <-> an input */
+    for (int n = 0; n < N; n++) {
+      long off = 0;
+      for (int j = 0; j < nd->nin; j++) {
+        const nn_node *src = &net->nodes[nd->in[j]];
+        if (nd->kind == NN_CONCAT) {
+          memcpy(y + n * nd->size + off, src->out + n * src->size, sizeof(float) * src->size);
+          off += src->size;
+        } else {
+          long S = (long)nd->d * nd->h * nd->w;
+          memcpy(y + n * nd->size, src->out + n * src->size + nd->slice0 * S,
+                 sizeof(float) * nd->size);
+        }
+      }
+    }
+    return 0;
+  }
+  default:
+    return ce_err("layer kind %d has no CPU forward", (int)nd->kind);
+  }
+}
+
+static int cpu_backward(nn_net *net, nn_node *nd) {
+  const int N = net->batch;
+  nn_node *in = &net->nodes[nd->in[0]];
+  const float *x = in->out, *y = nd->out, *g = nd->grad;
+  float *dx = in->needs_grad ? in->grad : NULL;
+  const long total = (long)N * nd->size;
+  nn_param *P = net->params;
+  switch (nd->kind) {
+  case NN_CONV: {
+    conv_shape s = node_conv_shape(net, nd);
+    CE_TRY(check_work(net, &s));
+    conv3d_backward(&s, x, P[nd->param[0]].w, g, P[nd->param[0]].g, P[nd->param[1]].g, dx,
+                    net->work);
+    return 0;
+  }
+  case NN_BATCHNORM:
+    if (net->train && nn_get_reducer(net) && !net->reducer.local_batchnorm)
+      return bn_backward_sync(net, nd, dx);
+    batchnorm_backward(N, nd->c, (long)nd->d * nd->h * nd->w, net->train, x, P[nd->param[0]].w,
+                       P[nd->param[2]].w, P[nd->param[3]].w, nd->eps, nd->save, g, dx,
+                       P[nd->param[0]].g, P[nd->param[1]].g);
+    return 0;
+  case NN_RELU:
+    if (dx)
+#pragma omp parallel for schedule(static)
+      for (long i = 0; i < total; i++) dx[i] += y[i] > 0 ? g[i] : 0;
+    return 0;
+  case NN_TANH:
+    if (dx)
+#pragma omp parallel for schedule(static)
+      for (long i = 0; i < total; i++) dx[i] += g[i] * (1 - y[i] * y[i]);
+    return 0;
+  case NN_MAXPOOL:
+    if (dx) maxpool3d_backward(N * in->c, in->d, in->h, in->w, nd->k.v[0], x, g, dx);
+    return 0;
+  case NN_LINEAR:
+    linear_backward(N, (int)in->size, nd->c, x, P[nd->param[0]].w, g, P[nd->param[0]].g,
+                    P[nd->param[1]].g, dx);
+    return 0;
+  case NN_UPSAMPLE:
+    if (dx)
+      upsample_backward(N * in->c, in->d, in->h, in->w, nd->s.v[0], nd->s.v[1], nd->s.v[2], g, dx);
+    return 0;
+  case NN_ADD:
+    for (int j = 0; j < 2; j++) {
+      nn_node *src = &net->nodes[nd->in[j]];
+      if (!src->needs_grad) continue;
+      float *d = src->grad;
+#pragma omp parallel for schedule(static)
+      for (long i = 0; i < total; i++) d[i] += g[i];
+    }
+    return 0;
+  case NN_CONCAT:
+  case NN_SLICE:
+    for (int n = 0; n < N; n++) {
+      long off = 0;
+      for (int j = 0; j < nd->nin; j++) {
+        nn_node *src = &net->nodes[nd->in[j]];
+        long len = nd->kind == NN_CONCAT ? src->size : nd->size;
+        long soff = nd->kind == NN_CONCAT ? 0 : nd->slice0 * (long)nd->d * nd->h * nd->w;
+        if (src->needs_grad) {
+          float *d = src->grad + n * src->size + soff;
+          const float *gg = g + n * nd->size + off;
+          for (long i = 0; i < len; i++) d[i] += gg[i];
+        }
+        off += len;
+      }
+    }
+    return 0;
+  default:
+    return ce_err("layer kind %d has no CPU backward", (int)nd->kind);
+  }
+}
+
+/* ---- optimiser ---------------------------------------------------------- */
+
+static int cpu_adam_update(nn_net *net, float *const *m, float *const *v, const nn_adam_coef *c) {
+  /* locals, so that the stores below cannot alias them and the loop vectorises */
+  const float step = c->step, rbc2 = c->rbc2, fb1 = c->b1, fb2 = c->b2, omb1 = c->omb1,
+              omb2 = c->omb2, feps = c->eps, l2 = c->l2, decay = c->decay;
+  for (int i = 0; i < net->nparams; i++) {
+    nn_param *p = &net->params[i];
+    if (!m[i]) continue;
+    float *w = p->w, *mi = m[i], *vi = v[i];
+    const float *g = p->g;
+#pragma omp parallel for schedule(static)
+    for (int64_t j = 0; j < p->n; j++) {
+      float gj = g[j] + l2 * w[j];
+      mi[j] = fb1 * mi[j] + omb1 * gj;
+      vi[j] = fb2 * vi[j] + omb2 * gj * gj;
+      w[j] = w[j] * decay - step * mi[j] / (sqrtf(vi[j]) * rbc2 + feps);
+    }
+  }
+  return 0;
+}
+
+/* ---- loss --------------------------------------------------------------- */
+
+static void *cpu_loss_create(int h, int w, int max_images) { return loss_create(h, w, max_images); }
+
+static void cpu_loss_destroy(void *l) { loss_destroy(l); }
+
+static int cpu_loss_eval(void *l, const float *p, const float *t, int m, float seed_scale,
+                         loss_value *out, float *grad) {
+  CE_TRY(loss_eval(l, p, t, m, out, grad));
+  if (grad && seed_scale != 1.0f) {
+    const long len = (long)m * (long)loss_image_pixels(l);
+    for (long i = 0; i < len; i++) grad[i] *= seed_scale;
+  }
+  return 0;
+}
+
+/* ---- data parallelism --------------------------------------------------- */
+
+static int cpu_reduce_grads(nn_net *net) {
+  const nn_reducer *r = nn_get_reducer(net);
+  if (!r) return 0;
+  const size_t chunk = r->chunk ? r->chunk : NN_REDUCE_CHUNK;
+  /* host memory: the block goes to the sums as it is. The padding between
+     parameters is zero everywhere and stays zero. */
+  for (size_t off = 0; off < net->grad_used_n; off += chunk) {
+    size_t n = net->grad_used_n - off < chunk ? net->grad_used_n - off : chunk;
+    if (r->sum_f32(r->ctx, net->grad_block + off, n) < 0)
+      return ce_err_prefix("summing parameter gradients [%zu, %zu) over %d replicas", off,
+                           off + n, r->world);
+  }
+  if (r->world > 1) {
+    const float world = (float)r->world;
+    const long n = (long)net->grad_used_n;
+    float *g = net->grad_block;
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < n; i++) g[i] /= world;
+  }
+  return 0;
+}
+
+/* ---- the table ---------------------------------------------------------- */
+
+const nn_backend nn_backend_cpu = {
+    .name = "cpu",
+    .init = cpu_init,
+    .finish = cpu_finish,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .copy = cpu_copy,
+    .zero = cpu_zero,
+    .forward = cpu_forward,
+    .backward = cpu_backward,
+    .workspace = cpu_workspace,
+    .adam_update = cpu_adam_update,
+    .loss_create = cpu_loss_create,
+    .loss_destroy = cpu_loss_destroy,
+    .loss_eval = cpu_loss_eval,
+    .reduce_grads = cpu_reduce_grads,
+};
