@@ -2,7 +2,12 @@
 # Install what is missing, build and run the whole test suite.
 #   scripts/test.sh              normal (release, -O2) build in build/
 #   scripts/test.sh --sanitize   AddressSanitizer + UndefinedBehaviorSanitizer build in build-san/
+#   scripts/test.sh --portable   portable build (-Dnative=false: no -march=native, the
+#                                solver's portable kernel) in build-portable/
 # Prints "N passed, N failed" (one line per test executable and a total).
+# The environment passes through: OPENBLAS_CORETYPE=Haswell bash scripts/test.sh
+# runs the suite on OpenBLAS's Haswell kernels (any AVX2 host); the BLAS
+# kernel that ran is printed before the closing line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -15,6 +20,13 @@ if [ "${1:-}" = "--sanitize" ]; then
   export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
   export COEMU_SANITIZE=1   # tests/mpirun.sh: no leak checks inside MPI processes
   mult=4
+elif [ "${1:-}" = "--portable" ]; then
+  builddir=build-portable
+  bash scripts/build.sh "$builddir" -Dnative=false
+  mult=1
+elif [ -n "${1:-}" ]; then
+  echo "usage: scripts/test.sh [--sanitize | --portable]" >&2
+  exit 2
 else
   builddir=build
   bash scripts/build.sh "$builddir"
@@ -29,10 +41,12 @@ if [ ! -f "$builddir/meson-logs/testlog.json" ]; then
   echo "0 passed, 1 failed"
   exit 1
 fi
-python3 scripts/test_summary.py "$builddir/meson-logs/testlog.json" || rc=1
 if [ $rc -ne 0 ]; then
   echo "--- failing test output ($builddir/meson-logs/testlog.txt) ---"
   sed -n '/^Summary of Failures/,$p' "$builddir/test-output.txt" | head -50
   python3 scripts/test_summary.py --failures "$builddir/meson-logs/testlog.json" | tail -200
 fi
+echo "configuration: $builddir, BLAS kernel $(python3 scripts/blas_core.py "$builddir")"
+# the closing line: "N passed, N failed"
+python3 scripts/test_summary.py "$builddir/meson-logs/testlog.json" || rc=1
 exit $rc

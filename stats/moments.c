@@ -2,6 +2,7 @@
 #include "stats/moments.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/error.h"

@@ -1,5 +1,8 @@
 /* test_common.c - the foundation: errors, checked allocation, .npy, the
- * counter-based generator and PNG output (option parsing: test_cli.c). */
+ * counter-based generator and PNG output (option parsing: test_cli.c).
+ * Tolerances: the generator is integer arithmetic (Philox), the same draws
+ * on every host; the mean of 1e5 uniforms is within 0.005 of 1/2 (5.5
+ * standard deviations) for these fixed draws, exactly reproducible. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/wait.h>

@@ -115,7 +115,7 @@ def run_tests(tmp):
         ok &= np.array_equal(ref['inputs'][i], inp) and np.array_equal(ref['targets'][i], tg)
         ok &= ref['model_id'][i] == m and ref['direction_index'][i] == d
     check(ok, 'values equal the analytic producer')
-    check(np.allclose(np.linalg.norm(ref['direction'], axis=1), 1), 'unit quaternions')
+    check(np.allclose(np.linalg.norm(ref['direction'], axis=1), 1), 'unit quaternions')  # double: ~1e-16
     check(same(ref, arrays(outs[2])) and same(ref, arrays(outs[3])), '1, 2, 3 ranks identical')
     with h5py.File(os.path.join(outs[2], 'dataset.h5'), 'r') as h:
         msplit = h['models/split'][()]
@@ -163,7 +163,8 @@ def run_tests(tmp):
         bad = conforms(h, lay['shard'])
         check(not bad, f'shard as schemas/dataset.yaml says: {bad}')
 
-    # dataset.h5 opens from any working directory
+    # dataset.h5 opens from any working directory (the same numpy sum of the
+    # same float32 values in both processes: equal; 1e-6 is float32 room)
     r = subprocess.run([sys.executable, '-c',
                         'import h5py,sys; print(h5py.File(sys.argv[1])["targets"][5].sum())',
                         os.path.join(outs[1], 'dataset.h5')], capture_output=True, text=True,

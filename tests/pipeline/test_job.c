@@ -1,5 +1,7 @@
 /* test_job.c - job files against the schema, channel frequencies, splits,
- * shard round trip and corruption detection, work ranges. */
+ * shard round trip and corruption detection, work ranges.
+ * Tolerances: the frequency grid's 1e-15 bounds two double roundings;
+ * everything else is exact (parsed values, copied bytes). */
 #include <hdf5.h>
 #include <stdlib.h>
 #include <string.h>

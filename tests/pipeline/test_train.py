@@ -18,6 +18,7 @@ three-channel set for fine-tuning, with a scaled-down COEmuNet.
 """
 import csv
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,8 @@ MPI = [os.environ.get("COEMU_MPIEXEC", "mpirun"), "--allow-run-as-root", "--over
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from pycheck import check, report  # noqa: E402
 from ckptfile import read_ckpt  # noqa: E402
+
+U32 = float(np.finfo(np.float32).eps) / 2  # float32 unit roundoff
 
 ENV = dict(os.environ, OMP_NUM_THREADS="2")
 if ENV.get("COEMU_SANITIZE"):  # coemu train/eval are MPI programs: see tests/mpirun.sh
@@ -105,17 +108,24 @@ with tempfile.TemporaryDirectory() as tmp:
             check(os.path.exists(os.path.join(d, f)), f"{st}/{f} written")
         tr = rows(os.path.join(d, "train.csv"))
         check(len(tr) == epochs * 9, f"{st}: {len(tr)} training rows, expected {epochs * 9}")
+        # learning criteria, not rounding tolerances: where 54 float32 steps
+        # end depends on the host's summation orders (and the dataset on the
+        # solver kernel); the thresholds leave room over the spread measured
+        # across OpenBLAS kernels and native/portable builds (printed below)
         first_step, last_epoch = float(tr[0]["loss"]), np.mean([float(x["loss"]) for x in tr[-9:]])
         check(last_epoch < 0.5 * first_step,
               f"{st}: training loss {first_step:.4g} -> {last_epoch:.4g} (last epoch's mean)")
         va = rows(os.path.join(d, "validation.csv"))
         check(len(va) == epochs + 1 and va[0]["epoch"] == "0", f"{st}: a baseline and one row per epoch")
         first, best = float(va[0]["loss"]), min(float(x["loss"]) for x in va)
-        check(best < 0.75 * first, f"{st}: validation loss {first:.4g} -> best {best:.4g}: a clear drop")
+        check(best < 0.8 * first, f"{st}: validation loss {first:.4g} -> best {best:.4g}: a clear drop")
+        print(f"{st}: training loss x {last_epoch / first_step:.3f} (< 0.5), validation loss x "
+              f"{best / first:.3f} (< 0.8)")
         print(f"{st}: validation loss {first:.4g} -> best {best:.4g}, MaxRel median "
               f"{float(va[0]['maxrel_median']):.3g}% -> {float(va[-1]['maxrel_median']):.3g}%")
     # the encoder really came from the pretrained model: after 1 Adam step at
-    # lr 3e-3 a transferred weight is within ~lr of its pretrained value,
+    # lr 3e-3 a transferred weight is within lr of its pretrained value (a
+    # bound on any host: Adam's first step is lr g / (|g| + eps) per weight),
     # while an independently initialised one is not
     one = os.path.join(tmp, "one.yaml")
     open(one, "w").write(f"name: one\nseed: 5\n{MODEL}\nfinetune:\n{stage(ft, 1)}  transfer: true\n"
@@ -149,38 +159,78 @@ with tempfile.TemporaryDirectory() as tmp:
     va, vb = rows(os.path.join(a, "finetune", "validation.csv")), rows(os.path.join(b, "finetune", "validation.csv"))
     check(len(va) == len(vb) and all(x["loss"] == y["loss"] and x["maxrel_median"] == y["maxrel_median"]
                                      for x, y in zip(va, vb)), "the same validation rows")
+    # value for value, exact by construction: the checkpoint holds the whole
+    # state losslessly, and the resumed process runs the same build, kernels
+    # and thread count on the same batches (the data order is seeded)
     r = run([COEMU, "train", solo, "--out", b])
     check(r.returncode == 0 and "complete" in r.stderr, "a finished run is not trained again")
 
     # ---- 2 ranks x batch 4 == 1 rank x batch 8, up to summation order ----
-    # The reference for "summation order": the same run on 1 thread instead
-    # of 2 (other partial sums in the convolutions). This tiny net amplifies
-    # such differences about tenfold per step, so the first steps are compared.
-    c, one_thread = os.path.join(tmp, "c"), os.path.join(tmp, "t1")
-    r = run(MPI + ["-n", "2", COEMU, "train", solo, "--out", c, "--quiet", "--max-steps", "3"])
+    # Each comparison is of steps from the same state: step 1 from the same
+    # initial weights; steps 3-4 from the state 2 ranks reached after 2 steps
+    # (the run stopped, copied, resumed on 2 ranks, on 1 rank, and on 1 rank
+    # with 1 thread): step 3's loss is the same forward, step 4's shows step
+    # 3's update. Losses of whole trajectories would compare the net's chaos
+    # instead: this tiny net amplifies rounding differences ~10x per step,
+    # and a max-pooling choice flipped by one rounding moves a later loss by
+    # 1e-2 (seen here between 1 and 2 threads after 3 steps).
+    c, c1, c1t, c3t = (os.path.join(tmp, x) for x in ("c", "c1", "c1t", "c3t"))
+    one_thread = os.path.join(tmp, "t1")
+    env1 = dict(ENV, OMP_NUM_THREADS="1")
+    r = run(MPI + ["-n", "2", COEMU, "train", solo, "--out", c, "--quiet", "--max-steps", "2"])
     check(r.returncode == 3, f"2 ranks: status {r.returncode}: {r.stderr[-2000:]}")
-    r = subprocess.run([COEMU, "train", solo, "--out", one_thread, "--quiet", "--max-steps", "3"],
-                       capture_output=True, text=True, env=dict(ENV, OMP_NUM_THREADS="1"))
+    for x in (c1, c1t, c3t):
+        shutil.copytree(c, x)
+    r = run(MPI + ["-n", "2", COEMU, "train", solo, "--out", c, "--quiet", "--max-steps", "4"])
+    check(r.returncode == 3, f"2 ranks, resumed: status {r.returncode}: {r.stderr[-2000:]}")
+    r = run([COEMU, "train", solo, "--out", c1, "--quiet", "--max-steps", "4"])
+    check(r.returncode == 3, f"1 rank from the 2 ranks' state: status {r.returncode}: {r.stderr[-2000:]}")
+    r = subprocess.run([COEMU, "train", solo, "--out", c1t, "--quiet", "--max-steps", "4"],
+                       capture_output=True, text=True, env=env1)
+    check(r.returncode == 3, f"1 rank, 1 thread from the 2 ranks' state: status {r.returncode}")
+    r = subprocess.run([COEMU, "train", solo, "--out", c3t, "--quiet", "--max-steps", "4"],
+                       capture_output=True, text=True, env=dict(ENV, OMP_NUM_THREADS="3"))
+    check(r.returncode == 3, f"1 rank, 3 threads from the 2 ranks' state: status {r.returncode}")
+    r = subprocess.run([COEMU, "train", solo, "--out", one_thread, "--quiet", "--max-steps", "1"],
+                       capture_output=True, text=True, env=env1)
     check(r.returncode == 3, f"1 thread: status {r.returncode}")
     l1 = losses(os.path.join(a, "finetune", "train.csv"), 3)
-    l2 = losses(os.path.join(c, "finetune", "train.csv"), 3)
-    lt = losses(os.path.join(one_thread, "finetune", "train.csv"), 3)
+    l2 = losses(os.path.join(c, "finetune", "train.csv"), 4)
+    l21 = losses(os.path.join(c1, "finetune", "train.csv"), 4)
+    l21t = losses(os.path.join(c1t, "finetune", "train.csv"), 4)
+    l23t = losses(os.path.join(c3t, "finetune", "train.csv"), 4)
+    lt = losses(os.path.join(one_thread, "finetune", "train.csv"), 1)
 
-    def reldiff(x, y, n):  # over the first n steps (1.0: fewer steps than that)
+    def reldiff(x, y, n, first=0):  # over steps first+1..n (1.0: fewer steps than that)
         if len(x) < n or len(y) < n:
             return 1.0
-        return float(np.max(np.abs(x[:n] - y[:n]) / np.abs(y[:n])))
-    d1, d3, dt = reldiff(l2, l1, 1), reldiff(l2, l1, 3), reldiff(lt, l1, 3)
-    check(d1 < 1e-6, f"step 1 (same weights, global BatchNorm statistics): 2 ranks vs 1 differ by {d1:.2e}")
-    check(d3 < max(1e-4, 10 * dt), f"steps 1-3: 2 ranks vs 1 rank {d3:.2e}, 1 vs 2 threads {dt:.2e}")
-    print(f"2 ranks vs 1 rank: step 1 {d1:.1e}, steps 1-3 {d3:.1e} (1 vs 2 threads: {dt:.1e})")
+        return float(np.max(np.abs(x[first:n] - y[first:n]) / np.abs(y[first:n])))
+    d1, dt1 = reldiff(l2, l1, 1), reldiff(lt, l1, 1)
+    d3, d4 = reldiff(l21, l2, 3, 2), reldiff(l21, l2, 4, 3)
+    dt4 = max(reldiff(l21t, l21, 4, 3), reldiff(l23t, l21, 4, 3))
+    # The losses differ only by float32 summation orders (the linear layers'
+    # products split by rank, BatchNorm's double sums, the gradients' sums):
+    # a few U32 relative (measured <= 3 U32 on 12 OpenBLAS kernels in
+    # trainer_parallel, which derives its tolerances from a noise floor), or
+    # 10 x what 1, 2 (and for step 4 also 3) threads differ by in the same
+    # comparison if more (other partial sums of the convolution gradients).
+    tol1, tol4 = max(16 * U32, 10 * dt1), max(16 * U32, 10 * dt4)
+    check(d1 < tol1, f"step 1 (same weights, global BatchNorm statistics): 2 ranks vs 1 differ by "
+          f"{d1:.2e} (tolerance {tol1:.1e})")
+    check(len(l21) == 4 and np.array_equal(l21[:2], l2[:2]), "the resumed 1-rank run kept steps 1-2")
+    check(d3 < tol1, f"step 3 from the same state: 2 ranks vs 1 differ by {d3:.2e} (tolerance {tol1:.1e})")
+    check(d4 < tol4, f"step 4 after step 3 from the same state: 2 ranks vs 1 differ by {d4:.2e} "
+          f"(tolerance {tol4:.1e})")
+    print(f"2 ranks vs 1 rank: step 1 {d1:.1e}, steps 3 and 4 from the same state {d3:.1e} {d4:.1e}; "
+          f"1 (or 3) vs 2 threads: step 1 {dt1:.1e}, step 4 {dt4:.1e}; the whole 3 steps "
+          f"{reldiff(l2, l1, 3):.1e} apart")
     local = os.path.join(tmp, "local.yaml")
     open(local, "w").write(open(solo).read().replace("decoder: 16}", "decoder: 16, sync_batchnorm: false}"))
     r = run(MPI + ["-n", "2", COEMU, "train", local, "--out", os.path.join(tmp, "loc"), "--quiet", "--max-steps", "1"])
     check(r.returncode == 3, f"2 ranks, local BatchNorm: status {r.returncode}: {r.stderr[-1500:]}")
     ll = losses(os.path.join(tmp, "loc", "finetune", "train.csv"), 1)
     dl = reldiff(ll, l1, 1)
-    check(dl > 1e-3, f"without synchronised BatchNorm step 1 differs clearly ({dl:.2e})")
+    check(dl > 100 * tol1, f"without synchronised BatchNorm step 1 differs clearly ({dl:.2e})")
 
     # ---- the same batches from a stream ----
     ep = "ipc://" + os.path.join(tmp, "serve.sock")
@@ -196,6 +246,8 @@ with tempfile.TemporaryDirectory() as tmp:
     srv.wait(timeout=30)
     check(r.returncode == 3, f"training from a stream: status {r.returncode}: {r.stderr[-2000:]}")
     ls = losses(os.path.join(tmp, "s", "finetune", "train.csv"))
+    # exact by construction: the same float32 batches in the same order (the
+    # server reads them with the trainer's reader), the same kernels and threads
     check(ls.shape == l1.shape and np.array_equal(ls, l1),
           "stream and dataset directory give the same losses, bit for bit")
 
@@ -211,8 +263,8 @@ with tempfile.TemporaryDirectory() as tmp:
     srv.wait(timeout=30)
     check(r.returncode == 3, f"2 ranks from a stream: status {r.returncode}: {r.stderr[-2000:]}")
     ls2 = losses(os.path.join(tmp, "s2", "finetune", "train.csv"))
-    check(ls2.shape == (1, 3) and reldiff(ls2, l1, 1) < 1e-6,
-          "2 ranks from a stream: step 1 equals 1 rank from the dataset")
+    check(ls2.shape == (1, 3) and reldiff(ls2, l1, 1) < tol1,
+          "2 ranks from a stream: step 1 equals 1 rank from the dataset (as 2 ranks do above)")
 
     # ---- a live trainer: coemu generate streams shards as they finish ----
     # the stream is raw (no /stats yet); the trainer normalises with the
@@ -282,9 +334,11 @@ with tempfile.TemporaryDirectory() as tmp:
     r = run(MPI + ["-n", "2", COEMU, "eval", ck, ft, "--split", "test", "--batch", "4", "--out", e2, "--quiet"])
     check(r.returncode == 0, f"eval on 2 ranks: {r.stderr[-2000:]}")
     m2 = rows(os.path.join(e2, "maxrel.csv")) if r.returncode == 0 else []
-    check(len(m2) == 12 and all(abs(float(x[k]) - float(y[k])) <= 1e-6 * max(1, abs(float(x[k])))
-                               for x, y in zip(m1, m2) for k in x),
-          "1 and 2 ranks give the same per-sample metrics")
+    # exact by construction: ranks take whole batches round robin (the same
+    # composition, padded alike), so every sample's forward is the same
+    # computation on 1 rank and on 2
+    check(len(m2) == 12 and all(x == y for x, y in zip(m1, m2)),
+          "1 and 2 ranks give the same per-sample metrics, value for value")
 
     r = run([COEMU, "eval", ck, ft, "--split", "test", "--max-samples", "5", "--out", os.path.join(tmp, "e5"), "--quiet"])
     m5 = rows(os.path.join(tmp, "e5", "maxrel.csv")) if r.returncode == 0 else []

@@ -1,7 +1,11 @@
 /* test_amrvac.c - the AMRVAC reader on real snapshots (geometry, values,
  * ghost layers, the analytic t=0 wind) and on hostile variants of them
  * (truncated at many lengths, wrong versions, bad offsets and counts); the
- * units sidecar parser. */
+ * units sidecar parser.
+ *
+ * Tolerances: values read from files are compared exactly or against
+ * closed forms in double (1e-15..1e-12: a few roundings of unit products,
+ * 1e-10: the 11 digits the README gives); no BLAS or thread-order sums. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>

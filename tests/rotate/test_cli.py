@@ -117,6 +117,8 @@ with tempfile.TemporaryDirectory() as tmp:
         check(f["n"].shape == (8, 8, 8) and f["n"].dtype == np.float64, "h5 shape/dtype")
         check(np.allclose(f.attrs["quaternion"], [1, 0, 0, 0]), "faceon quaternion")
         half = 16 * 1.495978707e11
+        # dx is a fixed double formula (a few roundings, far below 1e-6), the
+        # same on every host
         check(abs(f.attrs["dx"] - 2 * half / np.sqrt(3) / 8) < 1e-6 * half, "dx = edge / n")
 
     # compat: 64^3 and dx = twice the voxel

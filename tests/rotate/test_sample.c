@@ -1,7 +1,15 @@
 /* test_sample.c - the model, the sampler, the direction samplers and the
  * compat gridding: the analytic t=0 wind cube to round-off, exact
  * permutations under 90-degree rotations, mass invariance of a spherical
- * model, the statistics of the rotation samplers. */
+ * model, the statistics of the rotation samplers.
+ *
+ * Tolerances: sampling is scalar double arithmetic in fixed orders (no BLAS,
+ * no sums across threads, no FMA contraction in ISO C), the same on every
+ * host up to the last bit of libm; each tolerance bounds a known error:
+ * 1.2e-7 (2^-23) one float32 rounding of the stored fields, 1e-14/1e-15 a
+ * few double roundings, 0.003 and the ball check the resampling error of
+ * these fixed grids (docs/sampling.md), exact where the result is a
+ * permutation or a copy. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>

@@ -1,6 +1,13 @@
 /* test_stats.c - stats/ on one process: exact moments against long-double
  * two-pass references and closed forms, split independence (bit-identical),
- * selection against sorting, the transforms and the /stats group. */
+ * selection against sorting, the transforms and the /stats group.
+ *
+ * Tolerances: the moments are exact (integer bins, rounded once), so they
+ * are the same on every host and thread split; the tolerances bound the
+ * long-double reference's own error, Chan's merge in double (a few
+ * roundings of positive terms), and the transforms' float32 rounding (2^-24
+ * of |ln x| <= 40, see there). Merges and splits are compared bit for bit:
+ * exact by construction. */
 #include <float.h>
 #include <hdf5.h>
 #include <stdlib.h>

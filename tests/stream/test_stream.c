@@ -1,8 +1,11 @@
 /* test_stream.c - the stream protocol: header codec, credit bound, resume
  * without loss or repetition, malformed messages dropped, a vanished
  * producer detected and reconnected, CURVE authentication. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/socket.h>
 #include <stdlib.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -301,6 +304,21 @@ static void test_producer_restart(void) {
 }
 
 /* CURVE: an authorised consumer is served, an unknown key is refused. */
+/* A TCP port on 127.0.0.1 that nothing listens on now (the kernel's choice). */
+static int free_tcp_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0), port = 0;
+  struct sockaddr_in a = {0};
+  socklen_t len = sizeof a;
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+      getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+    port = ntohs(a.sin_port);
+  if (fd >= 0) close(fd);
+  CHECK_MSG(port > 0, "no free TCP port on 127.0.0.1");
+  return port > 0 ? port : 27893;
+}
+
 static void test_curve(void) {
   char srvkey[300], good[300], bad[300], auth[300], cmd[1400];
   snprintf(srvkey, sizeof srvkey, "%s/server", tmpdir);
@@ -320,7 +338,10 @@ static void test_curve(void) {
   src_ctx ctx = {.credit = 4, .chunk = 4};
   srv_thread t;
   pthread_t th;
-  const char *ep = "tcp://127.0.0.1:27893";
+  /* a port free now, not a fixed one: other test runs on a shared host
+     (CI's configurations, other checkouts) may hold any fixed port */
+  char ep[64];
+  snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", free_tcp_port());
   start(&t, &th, ep, &ctx, 1, sec, auth);
   stream_client_opts o = {.endpoint = ep, .rank = 0, .world = 1, .credit = 2, .heartbeat_s = 0.1,
                           .timeout_s = 1.0, .curve_server_key = spub, .curve_client_key = bsec};

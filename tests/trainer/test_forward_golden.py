@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """COEmuNet's forward pass against an independent numpy implementation.
 
-dump_forward (C) trains small fixed-seed nets two steps and writes their
+dump_forward (C) trains small fixed-seed nets 20 steps and writes their
 checkpoints, an input batch and the outputs in evaluation and training
 mode. Here the architecture of docs/trainer.md / the reference code is
 written again in numpy (float64, direct sums), the weights are taken from the
@@ -9,6 +9,18 @@ checkpoint by their PyTorch state_dict names (so the names, shapes and the
 file format are checked too), and the outputs must agree to float32
 accuracy. The BatchNorm running statistics the training-mode pass leaves
 (momentum 0.1, unbiased variance) are checked as well.
+
+"float32 accuracy" is measured here, not assumed: how far a float32
+forward lies from the float64 one depends on the net's conditioning (in
+training mode the last encoder stage normalises 3 values per channel) and on
+the BLAS kernel (its summation order), so no constant holds on every host
+(2e-5 of the largest output, measured on one, fails with
+OPENBLAS_CORETYPE=Prescott). The same forward is run in float32 by numpy
+(its own BLAS, the same per-layer roundings), in three legitimate variants
+(as is, batch reversed, inputs one ulp up or down), and the C outputs must
+lie within FLOOR_FACTOR x the largest of those float32 errors (measured on
+12 OpenBLAS kernels: within 3.1x for the outputs, 1.8x for the running
+statistics).
 
 Usage: test_forward_golden.py DUMP_FORWARD_EXE"""
 import os
@@ -27,10 +39,11 @@ from ckptfile import read_ckpt  # noqa: E402
 class Net:
     """The COEmuNet forward pass in numpy, float64, NCDHW."""
 
-    def __init__(self, arch, w, train):
+    def __init__(self, arch, w, train, dtype=np.float64):
         self.nfreq, self.grid, self.stem = arch[0], arch[1], arch[2]
         self.enc, self.latent, self.dec, self.shortcut = arch[3:6], arch[6], arch[7], arch[8]
-        self.w, self.train, self.stats = w, train, {}
+        self.w = {k: v.astype(dtype) for k, v in w.items()}
+        self.train, self.stats, self.dtype = train, {}, dtype
 
     def conv(self, x, name, stride=(1, 1, 1), pad=(0, 0, 0)):
         W, b = self.w[name + ".weight"], self.w[name + ".bias"]
@@ -48,7 +61,7 @@ class Net:
             self.stats[name] = (mean, var * m / (m - 1))
         else:
             mean, var = self.w[name + ".running_mean"], self.w[name + ".running_var"]
-        s = (g / np.sqrt(var + 1e-5))[None, :, None, None, None]
+        s = (g / np.sqrt(var + self.dtype(1e-5)))[None, :, None, None, None]
         return (x - mean[None, :, None, None, None]) * s + be[None, :, None, None, None]
 
     def cbr(self, x, p, stride=(1, 1, 1), pad=(0, 0, 0)):
@@ -93,6 +106,39 @@ class Net:
         return np.tanh(h) if F > 1 else h
 
 
+FLOOR_FACTOR = 10
+F32_EPS = float(np.finfo(np.float32).eps)  # the floor of any float32 output
+
+
+def float32_runs(arch, w, x, train):
+    """The same forward in float32, in legitimate variants: (outputs, BatchNorm
+    statistics) of each, outputs in the original sample order."""
+    x32 = x.astype(np.float32)
+    rng = np.random.default_rng(5)
+    up = rng.random(x32.shape) < 0.5
+    moved = np.where(up, np.nextafter(x32, np.float32(np.inf)), np.nextafter(x32, np.float32(-np.inf)))
+    for xv, back in ((x32, slice(None)), (x32[::-1], slice(None, None, -1)), (moved, slice(None))):
+        n = Net(arch, w, train, np.float32)
+        yield n(xv)[back].astype(np.float64), n.stats
+
+
+def rel_err(a, ref):
+    return float(np.max(np.abs(a - ref)) / max(1e-30, np.max(np.abs(ref))))
+
+
+def want_stats(stats, w):
+    """The running statistics a training-mode pass with these batch statistics
+    leaves (momentum 0.1; the variances unbiased)."""
+    return {f"{name}.{key}": 0.9 * w[f"{name}.{key}"] + 0.1 * np.asarray(batch, np.float64)
+            for name, (mean, var) in stats.items()
+            for key, batch in (("running_mean", mean), ("running_var", var))}
+
+
+def stats_err(got, want):
+    """Largest relative difference between two sets of running statistics."""
+    return max(float(np.max(np.abs(got[k] - v) / (np.abs(v) + 1e-3))) for k, v in want.items())
+
+
 exe = sys.argv[1]
 with tempfile.TemporaryDirectory() as d:
     r = subprocess.run([exe, d], capture_output=True, text=True)
@@ -107,17 +153,22 @@ with tempfile.TemporaryDirectory() as d:
             check(got.shape == ref.shape, f"{case} {mode}: shape {got.shape} vs {ref.shape}")
             if got.shape != ref.shape:
                 continue
-            err = float(np.max(np.abs(got - ref)) / max(1e-30, np.max(np.abs(ref))))
-            check(err < 2e-5, f"{case} {mode}: largest difference {err:.2e} of the largest value")
+            runs = list(float32_runs(arch, w, x, mode == "train"))
+            floor = max([F32_EPS] + [rel_err(y, ref) for y, _ in runs])
+            err = rel_err(got, ref)
+            check(err <= FLOOR_FACTOR * floor,
+                  f"{case} {mode}: largest difference {err:.2e} of the largest value, more than "
+                  f"{FLOOR_FACTOR} x numpy's float32 error {floor:.2e}")
             check(np.std(ref) > 1e-3, f"{case} {mode}: a non-trivial output")
-            print(f"{case} {mode}: output {ref.shape} (std {np.std(ref):.2g}), largest difference {err:.1e}")
-        # running statistics after the training-mode pass
+            print(f"{case} {mode}: output {ref.shape} (std {np.std(ref):.2g}), largest difference "
+                  f"{err:.1e}, float32 floor {floor:.1e}")
+        # running statistics after the training-mode pass (the last `net`, `runs`)
         _, after = read_ckpt(os.path.join(d, case + "-after.ckpt"))
-        worst = 0.0
-        for name, (mean, var) in net.stats.items():
-            for key, batch in (("running_mean", mean), ("running_var", var)):
-                want = 0.9 * w[f"{name}.{key}"] + 0.1 * batch
-                worst = max(worst, float(np.max(np.abs(after[f"{name}.{key}"] - want) / (np.abs(want) + 1e-3))))
-        check(len(net.stats) > 20 and worst < 1e-4,
-              f"{case}: running statistics of {len(net.stats)} BatchNorms, worst {worst:.1e}")
+        want = want_stats(net.stats, w)
+        worst = stats_err(after, want)
+        sfloor = max([F32_EPS] + [stats_err(want_stats(st, w), want) for _, st in runs])
+        check(len(net.stats) > 20 and worst <= FLOOR_FACTOR * sfloor,
+              f"{case}: running statistics of {len(net.stats)} BatchNorms, worst {worst:.1e}, "
+              f"float32 floor {sfloor:.1e}")
+        print(f"{case}: running statistics worst {worst:.1e}, float32 floor {sfloor:.1e}")
 report()

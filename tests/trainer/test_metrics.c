@@ -1,6 +1,16 @@
 /* test_metrics.c - MaxRel, ZNCC, SSIM and summaries against closed forms.
  * With --dump DIR it also writes random pred/target arrays and the C
- * results for test_metrics_golden.py, which recomputes them with numpy. */
+ * results for test_metrics_golden.py, which recomputes them with numpy.
+ *
+ * Tolerances: the metrics are double precision in fixed loop orders, no
+ * BLAS, no FMA contraction (ISO C mode), so they are the same on every host
+ * but for the last bit of libm's exp (the SSIM window, MaxRel). Each
+ * tolerance is a bound on the gap to the closed form, far above that bit:
+ * ZNCC of an affine image (1e-6): the affine map rounded to float32 moves
+ * the correlation by O(U32^2); constant SSIM images (1e-6): the map is the
+ * luminance term up to the windows' double rounding (~1e-15); identical
+ * images (1e-12) and the summaries (1e-15, 1e-12): a few double roundings;
+ * MaxRel (1e-9): exp's arguments of size 40 carry 40 ulps (1e-14). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>

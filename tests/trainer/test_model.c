@@ -4,6 +4,7 @@
  * decoders, both shortcut variants), a short training run, Adam, and
  * checkpoints (round trip, resume, corrupted and mismatched files). */
 #include <dirent.h>
+#include <float.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -22,6 +23,9 @@
 #include "trainer/train.h"
 
 static const char *tmpdir;
+
+/* float32 unit roundoff */
+static const double U32 = FLT_EPSILON / 2;
 
 /* Parameter i of net a and parameter j of net b hold the same bits. */
 static int same_param(const nn_net *a, const nn_net *b, int i, int j) {
@@ -93,17 +97,25 @@ static void test_loss_closed_forms(void) {
     p[i] = t[i] + 0.5f;
   }
   CHECK_OK(loss_eval(l, p, t, M, &v, g));
-  CHECK_CLOSE(v.mse, 0.25, 1e-12, 0);
-  CHECK_CLOSE(v.fft, 0.5, 1e-12, 0);
-  CHECK_CLOSE(v.total, 0.8 * 0.25 + 0.2 * 0.5, 1e-12, 0);
+  /* Tolerances: the loss is double precision. An FFT of n points is within
+     ~log2(n) DBL_EPSILON x the norm of its input per coefficient (any
+     algorithm FFTW picks on any host); summed over the n coefficients
+     against a sum of n moduli: fft_tol below is that bound with room. */
+  const double fft_tol = 8.0 * H * W * log2((double)H * W) * DBL_EPSILON;
+  CHECK(v.mse == 0.25); /* dyadic values: exact by construction */
+  CHECK_CLOSE(v.fft, 0.5, fft_tol, 0);
+  CHECK_CLOSE(v.total, 0.8 * 0.25 + 0.2 * 0.5, fft_tol, 0);
   /* e = cos(2 pi x / W): two coefficients of modulus H W / 2 */
   for (int i = 0; i < M * H * W; i++) {
     t[i] = 0;
     p[i] = (float)cos(2 * M_PI * (i % W) / W);
   }
   CHECK_OK(loss_eval(l, p, t, M, &v, NULL));
-  CHECK_CLOSE(v.fft, 1.0, 1e-6, 0);
-  CHECK_CLOSE(v.mse, 0.5, 1e-6, 0);
+  /* p is cos rounded to float32 (relative error <= U32): mse = mean p^2 moves
+     by <= 2 U32 relative; each of the H W coefficients by <= H W U32, against
+     a sum of moduli H W per image */
+  CHECK_CLOSE(v.fft, 1.0, H * W * U32 + fft_tol, 0);
+  CHECK_CLOSE(v.mse, 0.5, 2 * U32 + fft_tol, 0);
   /* identical images: zero loss and zero gradient (E/|E| := 0 at |E| = 0) */
   CHECK_OK(loss_eval(l, t, t, M, &v, g));
   CHECK(v.total == 0);
@@ -122,8 +134,14 @@ static void test_loss_naive_dft_and_gradient(void) {
     gc_fill(t, N, &rng, -1, 1);
     loss_value v;
     CHECK_OK(loss_eval(l, p, t, M, &v, g));
-    double sabs = 0;
-    for (int m = 0; m < M; m++)
+    double sabs = 0, bound = 0;
+    for (int m = 0; m < M; m++) {
+      /* a naive DFT coefficient: H W products summed (gamma_HW) with cos/sin
+         of phases |ph| < 4 pi, rounded (<= 16 DBL_EPSILON each, absolute);
+         the FFT's error is smaller. Bound on the sum of moduli: */
+      double e1 = 0;
+      for (int i = 0; i < H * W; i++) e1 += fabs((double)t[m * H * W + i] - p[m * H * W + i]);
+      bound += H * W * ((H * W + 16.0) * DBL_EPSILON) * e1 * 2;
       for (int ky = 0; ky < H; ky++)
         for (int kx = 0; kx < W; kx++) {
           double re = 0, im = 0;
@@ -136,8 +154,12 @@ static void test_loss_naive_dft_and_gradient(void) {
             }
           sabs += hypot(re, im);
         }
-    CHECK_CLOSE(v.fft, sabs / N, 1e-12, 0);
-    /* central differences entry by entry: the loss is double, p float */
+    }
+    CHECK_CLOSE(v.fft, sabs / N, bound / sabs, 0);
+    /* central differences entry by entry: the loss is double, p float. The
+       tolerance is for the O(h^2) truncation, a property of the loss at these
+       fixed data, the same on every host; the rounding, ~DBL_EPSILON L / h
+       ~ 1e-13, is far below it on any host (FFTW's codelets included). */
     for (int i = 0; i < N; i += 3) {
       float p0 = p[i];
       loss_value a, b;
@@ -232,7 +254,7 @@ static void test_adam_update_rule(void) {
     adam o;
     adam_config ac = {(adam_kind)kind, 0.1, 0.9, 0.999, 1e-8, 0.05};
     CHECK_OK(adam_init(&o, &net, &ac));
-    double w = 0.7, m = 0, v = 0;
+    double w = 0.7, m = 0, v = 0, err = 0;
     float wf = (float)w, gf[2];
     CHECK_OK(nn_param_upload(&net, 0, &wf));
     for (int t = 1; t <= 5; t++) {
@@ -246,19 +268,27 @@ static void test_adam_update_rule(void) {
       m = 0.9 * m + 0.1 * g;
       v = 0.999 * v + 0.001 * g * g;
       if (kind == ADAMW) w *= 1 - 0.1 * 0.05;
-      w -= 0.1 / (1 - pow(0.9, t)) * m / (sqrt(v) / sqrt(1 - pow(0.999, t)) + 1e-8);
+      const double step = 0.1 / (1 - pow(0.9, t)) * m / (sqrt(v) / sqrt(1 - pow(0.999, t)) + 1e-8);
+      w -= step;
+      /* error budget of the float32 update against this double one (a bound,
+         any host): m and v carry <= 3 U32 relative per step each (summed
+         over t steps), the step's own ~10 float32 operations add 10 U32, so
+         the step is within (6 t + 10) U32 <= 40 U32 relative; the decay
+         factor and the update's rounding move w by <= 3 U32 |w| */
+      err += 40 * U32 * fabs(step) + 3 * U32 * fabs(w);
       CHECK_OK(nn_param_download(&net, 0, &wf));
-      CHECK_CLOSE(wf, w, 1e-5, 1e-7);
+      CHECK_CLOSE(wf, w, 0, err);
     }
     CHECK(!strcmp(adam_kind_name((adam_kind)kind), kind == 0 ? "Adam" : kind == 1 ? "Adam+L2" : "AdamW"));
     adam_free(&o);
     nn_free(&net);
   }
+  /* lr0 gamma^k: pow within 1 ulp, the product and the literals 1/2 ulp
+     each, 0.1's representation error raised to the k-th power k/2 ulp */
   steplr s = {4e-3, 0.1, 200};
-  CHECK_CLOSE(steplr_lr(&s, 0), 4e-3, 1e-15, 0);
-  CHECK_CLOSE(steplr_lr(&s, 199), 4e-3, 1e-15, 0);
-  CHECK_CLOSE(steplr_lr(&s, 200), 4e-4, 1e-12, 0);
-  CHECK_CLOSE(steplr_lr(&s, 650), 4e-6, 1e-12, 0);
+  CHECK(steplr_lr(&s, 0) == 4e-3 && steplr_lr(&s, 199) == 4e-3); /* gamma^0 = 1: exact */
+  CHECK_CLOSE(steplr_lr(&s, 200), 4e-4, 3 * DBL_EPSILON, 0);
+  CHECK_CLOSE(steplr_lr(&s, 650), 4e-6, 4 * DBL_EPSILON, 0);
   adam o;
   nn_net net;
   nn_init(&net);
@@ -326,10 +356,13 @@ static void test_training_lowers_validation_loss(void) {
   CHECK_OK(trainer_eval(&tr, vx, vt, &v1));
   fprintf(stderr, "training loss %.5f -> %.5f, validation loss (evaluation mode) %.5f -> %.5f\n",
           first.total, lv.total, v0.total, v1.total);
-  /* measured: training 0.65 -> 0.04, validation 0.176 -> 0.071..0.088 (the
-     evaluation-mode figure moves with float rounding: running statistics
-     lag the weights); a mean-image predictor stays near 0.125 */
-  CHECK_MSG(v1.total < 0.6 * v0.total, "validation loss %.5f -> %.5f: expected a drop of 40%% or more",
+  /* Learning criteria, not rounding tolerances: 120 steps of float32
+     training end wherever the host's summation orders lead. Measured on 10
+     OpenBLAS kernels (native and portable builds alike): training 0.65 ->
+     0.034..0.042 (11..19x), validation 0.176 -> 0.068..0.092 (0.39..0.52 x)
+     in evaluation mode, whose running statistics lag the weights. The
+     thresholds leave 1.35x (validation) and 3x (training) over the worst. */
+  CHECK_MSG(v1.total < 0.7 * v0.total, "validation loss %.5f -> %.5f: expected a drop of 30%% or more",
             v0.total, v1.total);
   CHECK_MSG(lv.total < 0.2 * first.total, "training loss %.5f -> %.5f: expected a 5x drop", first.total, lv.total);
   free(x); free(t); free(vx); free(vt);
@@ -394,6 +427,10 @@ static void test_checkpoint_resume(void) {
   CHECK(st2.seed == 77 && st2.step == 3 && st2.epoch == 1 && st2.sched.step_size == 2 && st2.sched.gamma == 0.5);
   CHECK(b.o.t == 3 && b.o.cfg.kind == ADAMW && b.o.cfg.weight_decay == 0.01);
   for (int k = 3; k < 6; k++) lb[k] = run_step(&b, (uint64_t)k);
+  /* bit for bit, exact by construction: the checkpoint holds the whole state
+     (float32 weights, running statistics, Adam moments and step) losslessly,
+     and the resumed steps run the same kernels with the same thread count
+     on the same data in this process */
   for (int k = 3; k < 6; k++)
     CHECK_MSG(la[k] == lb[k], "step %d: loss %.17g without stopping, %.17g resumed", k, la[k], lb[k]);
   for (int i = 0; i < a.m.net.nparams; i++) CHECK(same_param(&a.m.net, &b.m.net, i, i));
