@@ -2,7 +2,6 @@
  * verification. */
 #include "pipeline/dataset/dataset.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <hdf5.h>
 #include <inttypes.h>
@@ -28,29 +27,13 @@ void dataset_layout(const job *j, shard_layout *lay) {
   lay->job_fingerprint = j->fingerprint;
 }
 
-/* Remove "*.tmp.*" files in `dir` (left by a killed run). */
-static int remove_tmp_files(const char *dir) {
-  DIR *d = opendir(dir);
-  if (!d) CE_FAIL("%s: cannot list: %s", dir, strerror(errno));
-  struct dirent *e;
-  int rc = 0;
-  while ((e = readdir(d))) {
-    if (!strstr(e->d_name, ".tmp.")) continue;
-    char p[4096];
-    snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-    if (unlink(p) < 0 && errno != ENOENT) rc = ce_err("%s: cannot remove: %s", p, strerror(errno));
-  }
-  closedir(d);
-  return rc;
-}
-
 int dataset_prepare(const char *dir, const job *j) {
   char p[4096];
   snprintf(p, sizeof p, "%s/shards", dir);
   CE_TRY(fs_mkdir_p(p));
   CE_TRY(fs_lock_dir(dir, "generate")); /* held until the process ends */
-  CE_TRY(remove_tmp_files(p));
-  CE_TRY(remove_tmp_files(dir));
+  CE_TRY(fs_remove_tmp(p)); /* left by a killed run */
+  CE_TRY(fs_remove_tmp(dir));
   snprintf(p, sizeof p, "%s/job.yaml", dir);
   if (access(p, F_OK) == 0) {
     char *old;
