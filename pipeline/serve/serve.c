@@ -191,8 +191,11 @@ int64_t serve_sample_at(const serve_source *cs, uint32_t epoch, int rank, uint64
   return v;
 }
 
+/* Cannot fail: serve_open checked that DIR/dataset.h5 fits in 4096 bytes, and
+ * DIR/shards/shard-N.h5 is at most 25 bytes longer (N has at most 19 digits);
+ * callers pass 4200-byte buffers. */
 static void shard_path(const serve_source *s, int64_t shard, char *buf, size_t len) {
-  if (dataset_shard_path(s->o.dataset_dir, shard, buf, len) < 0) snprintf(buf, len, "?");
+  (void)dataset_shard_path(s->o.dataset_dir, shard, buf, len);
 }
 
 /* Live mode: is the shard holding dataset sample idx finished (renamed into
@@ -581,7 +584,12 @@ int serve_open(const serve_opts *o, serve_source **out) {
     serve_close(s);
     CE_FAIL("serve: ranks must be 1..65535 and the batch 1..4096");
   }
-  snprintf(s->h5path, sizeof s->h5path, "%s/dataset.h5", o->dataset_dir);
+  /* the shard paths (shard_path) fit their 4200-byte buffers once this fits */
+  if ((size_t)snprintf(s->h5path, sizeof s->h5path, "%s/dataset.h5", o->dataset_dir) >=
+      sizeof s->h5path) {
+    serve_close(s);
+    CE_FAIL("%.64s...: dataset path too long", o->dataset_dir);
+  }
   h5_lock();
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
   int opened = o->live ? open_live(s) : open_finished(s);
