@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <stdatomic.h>
+#include <sys/socket.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
@@ -34,6 +35,11 @@ typedef struct {
   uint64_t released_seen;
   peer_acct *acct;
   int done; /* all epochs sent */
+  /* the TCP connection the HELLO came on (ZMQ_SRCFD) and its peer address,
+   * so that a dropped peer's connection can be shut down (see drop_consumer) */
+  int fd;
+  struct sockaddr_storage peer;
+  socklen_t peerlen;
 } consumer_state;
 
 struct stream_server {
@@ -170,10 +176,44 @@ fail:
   return -1;
 }
 
+/* Where the connection a HELLO came on is TCP, remember its descriptor and
+ * peer address (fd -1 otherwise: inproc, ipc). */
+static void note_connection(consumer_state *c, zmq_msg_t *m) {
+  c->fd = -1;
+  int fd = zmq_msg_get(m, ZMQ_SRCFD);
+  if (fd < 0) return;
+  c->peerlen = sizeof c->peer;
+  if (getpeername(fd, (struct sockaddr *)&c->peer, &c->peerlen) != 0) return;
+  if (c->peer.ss_family != AF_INET && c->peer.ss_family != AF_INET6) return;
+  c->fd = fd;
+}
+
+/* ZeroMQ's ROUTER cannot close one peer's connection, and a dropped peer that
+ * neither reads nor disconnects would keep its queued chunks (and its place
+ * under max_consumers) for ever. So the server shuts the TCP connection down
+ * itself: ZeroMQ's I/O thread then sees the connection fail, closes it and
+ * releases the queued chunks. The descriptor is ZeroMQ's: it is only shut
+ * down, never closed here, and only while it still is the same connection
+ * (same peer address and port: a descriptor reused for another connection
+ * has another peer). */
+static void shut_connection(const consumer_state *c) {
+  if (c->fd < 0) return;
+  struct sockaddr_storage now;
+  socklen_t len = sizeof now;
+  if (getpeername(c->fd, (struct sockaddr *)&now, &len) != 0 || len != c->peerlen ||
+      memcmp(&now, &c->peer, len) != 0)
+    return;
+  shutdown(c->fd, SHUT_RDWR);
+}
+
 static void drop_consumer(stream_server *s, int i) {
   consumer_state *c = &s->cons[i];
+  if (atomic_load(&c->acct->chunks) > 0) {
+    s->st.connections_shut += c->fd >= 0;
+    shut_connection(c); /* its chunks are released once ZeroMQ notices */
+  }
   if (atomic_load(&c->acct->chunks) > 0 && s->nzombies < (int)s->o.max_consumers)
-    s->zombies[s->nzombies++] = c->acct; /* still counts against max_consumers */
+    s->zombies[s->nzombies++] = c->acct; /* counts against max_consumers until released */
   else
     acct_unref(c->acct);
   stream_consumer gone = c->c;
@@ -304,6 +344,7 @@ static void handle_incoming(stream_server *s) {
       c->idlen = idlen;
       c->acct = a;
       c->last_progress = now;
+      note_connection(c, &part[1]); /* the body frame carries the source fd */
     }
     c->c.rank = h.rank;
     c->c.world = (uint16_t)h.nsamples; /* 1..65535: checked by stream_header_decode */

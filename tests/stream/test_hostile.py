@@ -105,10 +105,10 @@ def vmrss_kb(pid):
 class Raw:
     """A raw DEALER peer."""
 
-    def __init__(self, ctx, ep):
+    def __init__(self, ctx, ep, rcvhwm=4):
         self.s = ctx.socket(zmq.DEALER)
         self.s.setsockopt(zmq.LINGER, 0)
-        self.s.setsockopt(zmq.RCVHWM, 4)  # a non-reader holds little on its side
+        self.s.setsockopt(zmq.RCVHWM, rcvhwm)  # a non-reader holds little on its side
         self.s.connect(ep)
 
     def send(self, type_, **kw):
@@ -274,6 +274,38 @@ with tempfile.TemporaryDirectory() as tmp:
         for r in raws:
             r.close()
         finish(p, "max-consumers")
+
+        # ---- dropped peers that neither read nor disconnect lose their place --------
+        # Two peers fill --max-consumers 2, grant credit (so they are heard) and
+        # never read: chunks of 3.3 MB, 8 of them per peer, stay queued in the
+        # server beyond what the peer's pipe (1 message) and the loopback TCP
+        # buffers hold. They are dropped as stalled after --timeout 1; the server
+        # shuts their connections down, ZeroMQ releases the chunks, and a good
+        # rank is admitted (before: "producer busy" for as long as they stay).
+        p, ep = serve(d, "--ranks", "1", "--batch", "64", "--max-credit", "8",
+                      "--max-consumers", "2", "--timeout", "1")
+        zs = [Raw(ctx, ep, rcvhwm=1) for _ in range(2)]
+        for z in zs:
+            z.send(cs.HELLO, value=8, nsamples=1, rank=0)
+        t = time.time()
+        while time.time() - t < 3.0:
+            for z in zs:
+                try:
+                    z.send(cs.CREDIT, value=8)
+                except zmq.Again:
+                    pass
+            time.sleep(0.1)
+        try:
+            n, c = read_epoch(ep, 0, 1)
+            c.close()
+        except Exception as e:  # the producer said it is busy
+            n = repr(e)
+        check(n == 64, "zombies: after two non-reading peers were dropped, a good rank reads its epoch", n)
+        for z in zs:
+            z.close()
+        err = finish(p, "zombies")
+        check("2 connections shut" in err, "zombies: the server says it shut 2 connections",
+              err[-400:])
 
         # ---- 3: non-reading peers: bounded memory, a fair share for the good rank ---
         BATCH, CREDIT, PREFETCH, BAD, EPOCHS = 8, 8, 2, 5, 200
