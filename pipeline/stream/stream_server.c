@@ -258,6 +258,49 @@ static void send_error(stream_server *s, consumer_state *c, const char *text) {
   send_frames(s, c, &h, &m, 1);
 }
 
+/* The session a HELLO of `rank` may take the place of when every place is
+ * taken, or -1 (the HELLO is then refused: "producer busy"). Places belong
+ * to readers, and every rank of the world has a right to one:
+ *  - a session of the same rank that does not read (never had a chunk taken,
+ *    or none for timeout/2 while chunks wait) gives way: that is a consumer
+ *    resuming elsewhere, or a dead one not yet noticed; a session that reads
+ *    is never displaced by a newcomer of its rank;
+ *  - a rank with no session takes the place of a session of the rank holding
+ *    the most places (at least 2), one that does not read if there is one,
+ *    else the one with the oldest progress.
+ * So a crowd of peers claiming some ranks cannot lock out another rank, nor
+ * a reading consumer of their own rank. */
+static int place_for(stream_server *s, uint16_t rank, double now) {
+  int same = -1, nsame = 0;
+  for (int i = 0; i < s->ncons; i++) {
+    const consumer_state *c = &s->cons[i];
+    if (c->c.rank != rank) continue;
+    nsame++;
+    int idle = atomic_load(&c->acct->released) == 0 ||
+               (atomic_load(&c->acct->chunks) > 0 && now - c->last_progress > s->o.timeout_s / 2);
+    if (idle && (same < 0 || c->last_progress < s->cons[same].last_progress)) same = i;
+  }
+  if (nsame > 0) return same;
+  /* the rank holding the most places */
+  int best = -1, most = 1;
+  for (int i = 0; i < s->ncons; i++) {
+    int n = 0;
+    for (int k = 0; k < s->ncons; k++) n += s->cons[k].c.rank == s->cons[i].c.rank;
+    if (n > most) most = n, best = i;
+  }
+  if (best < 0) return -1;
+  int victim = -1, victim_idle = 0;
+  for (int i = 0; i < s->ncons; i++) {
+    const consumer_state *c = &s->cons[i];
+    if (c->c.rank != s->cons[best].c.rank) continue;
+    int idle = atomic_load(&c->acct->released) == 0;
+    if (victim < 0 || idle > victim_idle ||
+        (idle == victim_idle && c->last_progress < s->cons[victim].last_progress))
+      victim = i, victim_idle = idle;
+  }
+  return victim;
+}
+
 /* Receive and handle one message (all its frames). */
 static void handle_incoming(stream_server *s) {
   zmq_msg_t part[4];
@@ -303,13 +346,20 @@ static void handle_incoming(stream_server *s) {
     if (!c) {
       prune_zombies(s);
       if (s->ncons + s->nzombies >= (int)s->o.max_consumers) {
-        /* full: a new session of a rank supersedes its least recently seen one */
-        int old = -1;
+        /* full: first forget sessions whose peer is gone (a heartbeat to it
+         * fails: ROUTER_MANDATORY), then see whose place this HELLO may take */
         for (int i = 0; i < s->ncons; i++)
-          if (s->cons[i].c.rank == h.rank && (old < 0 || s->cons[i].last_seen < s->cons[old].last_seen))
-            old = i;
+          if (send_simple(s, &s->cons[i], STREAM_HEARTBEAT, 0) < 0) {
+            s->st.consumers_dropped++;
+            drop_consumer(s, i--);
+          }
+        prune_zombies(s);
+      }
+      if (s->ncons + s->nzombies >= (int)s->o.max_consumers) {
+        int old = place_for(s, h.rank, now);
         if (old >= 0) {
           s->st.consumers_dropped++;
+          s->st.superseded++;
           drop_consumer(s, old);
         }
       }

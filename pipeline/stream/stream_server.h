@@ -70,6 +70,7 @@ typedef struct {
   uint64_t malformed, unexpected, consumers_dropped, hellos;
   uint64_t refused;      /* HELLOs refused: wrong world, or too many consumers */
   uint64_t stalled;      /* consumers dropped because they stopped reading */
+  uint64_t superseded;   /* sessions that gave their place to a HELLO (see place_for) */
   uint64_t connections_shut; /* dropped peers' TCP connections shut down by the server, so that
                                 ZeroMQ releases the chunks it held for them */
   uint64_t queued_bytes; /* chunk bytes ZeroMQ holds now (not yet written to a socket) */

@@ -150,8 +150,17 @@ with tempfile.TemporaryDirectory() as tmp:
     r = run([COEMU, "train", solo, "--out", b, "--quiet", "--max-steps", "13"])
     check(r.returncode == 3, f"stopped run: status {r.returncode}: {r.stderr[-1500:]}")
     check(len(rows(os.path.join(b, "finetune", "train.csv"))) == 13, "13 steps before the stop (mid-epoch)")
+    # what a run killed while writing leaves: temporaries next to the real files
+    # (garbage, as a kill mid-write leaves them); the resumed run removes them
+    # and is not misled by them (its curve is checked below)
+    stale = [os.path.join(b, "train.yaml.tmp.4242"), os.path.join(b, "finetune", "last.ckpt.tmp.4242"),
+             os.path.join(b, "finetune", "train.csv.tmp.77")]
+    for f in stale:
+        open(f, "wb").write(b"\x00garbage from a killed run")
     r = run([COEMU, "train", solo, "--out", b, "--quiet"])
     check(r.returncode == 0, f"resumed run: {r.stderr[-1500:]}")
+    left = [f for f in stale if os.path.exists(f)]
+    check(not left, f"a killed run's temporaries are removed on resume (left: {left})")
     ta, tb = rows(os.path.join(a, "finetune", "train.csv")), rows(os.path.join(b, "finetune", "train.csv"))
     same = len(ta) == len(tb) == 27 and all(
         x[k] == y[k] for x, y in zip(ta, tb) for k in ("step", "epoch", "lr", "loss", "mse", "fft"))

@@ -127,6 +127,40 @@ stream: {{endpoint: "{ep}", ranks: 1, batch: 2, epochs: 1, split: all}}
     srv.wait(timeout=20)
     check(srv.returncode == 0, "partial: server exit status")
 
+    # the pid file cannot be written (OUT/serve.pid is a directory): the job
+    # fails saying so, and stops the server it started (no orphan holding the
+    # endpoint for the idle-exit hour)
+    bad = os.path.join(tmp, "nopid")
+    os.makedirs(os.path.join(bad, "serve.pid"))
+    job3 = os.path.join(tmp, "job3.yaml")
+    open(job3, "w").write(open(job).read().replace(ep, f"ipc://{tmp}/nopid.sock"))
+    with open(os.path.join(tmp, "nopid.err"), "w+") as errf:  # a file: an orphan holding a
+        r = subprocess.run([COEMU, "generate", job3, "--out", bad, "--quiet"],  # pipe can't hang us
+                           stdout=subprocess.DEVNULL, stderr=errf, timeout=300)
+        errf.seek(0)
+        err3 = errf.read()
+    check(r.returncode != 0 and "cannot record the pid of coemu serve" in err3,
+          f"unwritable serve.pid: rc {r.returncode}: {err3[-600:]}")
+
+    def live_servers(path):
+        found = []
+        for pid in os.listdir("/proc"):
+            try:
+                argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            except OSError:
+                continue
+            if b"serve" in argv and os.fsencode(path) in argv:
+                found.append(int(pid))
+        return found
+
+    t0 = time.time()
+    while live_servers(bad) and time.time() - t0 < 10:
+        time.sleep(0.1)
+    left = live_servers(bad)
+    check(not left, f"unwritable serve.pid: the live server was stopped (left: {left})")
+    for pid in left:
+        os.kill(pid, 9)
+
     # a live stream refuses endpoints reachable from other machines
     text = open(job).read().replace(ep, "tcp://0.0.0.0:5999")
     open(job, "w").write(text)
