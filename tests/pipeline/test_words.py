@@ -4,7 +4,8 @@
     frequencies in GHz (with the line's rest frequency), to 1 m/s and 1 kHz,
     not as 17-digit Hz;
   - a model without a units sidecar names the job key that gives one,
-    inputs.amrvac.units.
+    inputs.amrvac.units;
+  - `coemu --help` says inspect reads datasets as well as AMRVAC snapshots.
 (`coemu solve`'s J=2-1 is in tests/solver/test_solve_cli.py, `eval --maps`
 above the batch in test_train.py, help against docs in test_cli_docs.py.)
 Env: COEMU (binary), COEMU_SOURCE_ROOT."""
@@ -33,6 +34,10 @@ splits: {{train: 1.0, validation: 0.0, test: 0.0, seed: 2}}
 def run(*args):
     return subprocess.run([COEMU, *map(str, args)], capture_output=True, text=True, timeout=300)
 
+
+r = subprocess.run([COEMU, "--help"], capture_output=True, text=True, timeout=60)
+line = next((x for x in r.stdout.split("\n") if x.strip().startswith("inspect ")), "")
+check("AMRVAC snapshot" in line and "dataset" in line, f"coemu --help: {line!r}")
 
 with tempfile.TemporaryDirectory() as tmp:
     m = os.path.join(tmp, "m")
