@@ -4,6 +4,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -17,6 +18,7 @@ typedef struct {
   char *buf;    /* whole file, modified in place: lines are NUL-terminated */
   size_t len, pos;
   int lineno;   /* line number of the line last returned */
+  char title[96]; /* the last title line ('!') passed, trimmed */
 } cursor;
 
 static int is_blank(const char *s) {
@@ -37,6 +39,13 @@ static char *next_line(cursor *c) {
     c->lineno++;
     const char *p = line;
     while (isspace((unsigned char)*p)) p++;
+    if (*p == '!') {
+      size_t k = strlen(p);
+      while (k > 0 && isspace((unsigned char)p[k - 1])) k--;
+      if (k >= sizeof c->title) k = sizeof c->title - 1;
+      memcpy(c->title, p, k);
+      c->title[k] = '\0';
+    }
     if (*p == '!' || is_blank(p)) continue;
     return line;
   }
@@ -119,6 +128,23 @@ static int read_count(cursor *c, const char *what, int lo, int hi, int *out) {
  * absurd allocations. */
 enum { MAX_LEVELS = 100000, MAX_LINES = 10000000, MAX_PARTNERS = 64, MAX_TEMPS = 10000 };
 
+/* The quantum numbers' name in the levels' title, "!LEVEL + ENERGIES(cm^-1)
+ * + WEIGHT + J (or other quantum numbers)": the first word after "WEIGHT +"
+ * if it is a name (letters, digits, '_'), else "". */
+static void qnum_name_of(const char *title, char *out, size_t n) {
+  out[0] = '\0';
+  const char *p = strstr(title, "WEIGHT");
+  if (!p) return;
+  p += 6;
+  while (isspace((unsigned char)*p) || *p == '+') p++;
+  size_t k = 0;
+  while (isalnum((unsigned char)p[k]) || p[k] == '_') k++;
+  if (k == 0 || k >= n || !isalpha((unsigned char)p[0])) return;
+  if (p[k] && !isspace((unsigned char)p[k])) return; /* "J(...)" or "J,K": not a plain name */
+  memcpy(out, p, k);
+  out[k] = '\0';
+}
+
 static int parse(cursor *c, lamda_molecule *m) {
   char *line;
   char what[96];
@@ -147,6 +173,7 @@ static int parse(cursor *c, lamda_molecule *m) {
     if (!(L->weight > 0))
       return ce_err("%s:%d: %s = %g, expected > 0", c->path, c->lineno, what, L->weight);
     copy_trimmed(L->qnum, sizeof L->qnum, line);
+    if (i == 0) qnum_name_of(c->title, m->qnum_name, sizeof m->qnum_name);
   }
 
   CE_TRY(read_count(c, "number of radiative transitions", 1, MAX_LINES, &m->nline));
@@ -302,4 +329,37 @@ int lamda_check_transition(const lamda_molecule *m, int transition) {
 const char *lamda_default_co_path(void) {
   const char *env = getenv("COEMU_LAMDA_CO");
   return env && *env ? env : COEMU_DEFAULT_LAMDA_CO;
+}
+
+/* A level's quantum numbers without quotes and blanks, and without leading
+ * zeros in a plain number ("01" -> "1"). */
+static void qnum_clean(const char *q, char *out, size_t n) {
+  size_t k = 0;
+  for (; *q && k + 1 < n; q++)
+    if (*q != '"' && *q != '\'' && !isspace((unsigned char)*q)) out[k++] = *q;
+  out[k] = '\0';
+  size_t digits = strspn(out, "0123456789");
+  if (k > 1 && digits == k) {
+    size_t z = 0;
+    while (z + 1 < k && out[z] == '0') z++;
+    memmove(out, out + z, k - z + 1);
+  }
+}
+
+const char *lamda_transition_label(const lamda_molecule *m, int t, char *buf, size_t len) {
+  if (t < 1 || t > m->nline) {
+    snprintf(buf, len, "transition %d", t);
+    return buf;
+  }
+  const lamda_line *R = &m->lines[t - 1];
+  char u[48], l[48];
+  qnum_clean(m->levels[R->upper - 1].qnum, u, sizeof u);
+  qnum_clean(m->levels[R->lower - 1].qnum, l, sizeof l);
+  if (!*u || !*l)
+    snprintf(buf, len, "levels %d-%d", R->upper, R->lower);
+  else if (*m->qnum_name)
+    snprintf(buf, len, "%s=%s-%s", m->qnum_name, u, l);
+  else
+    snprintf(buf, len, "%s-%s", u, l);
+  return buf;
 }

@@ -20,6 +20,8 @@
 #ifndef COEMU_LAMDA_H
 #define COEMU_LAMDA_H
 
+#include <stddef.h>
+
 typedef struct {
   int index;         /* 1-based, as in the file */
   double energy_cm;  /* E [cm^-1] */
@@ -51,6 +53,8 @@ typedef struct {
   lamda_level *levels;
   lamda_line *lines;
   lamda_partner *partners;
+  char qnum_name[32]; /* the quantum numbers' name from the levels' title line
+                         ("!LEVEL + ENERGIES(cm^-1) + WEIGHT + J" -> "J", "N_J"); "" if none */
 } lamda_molecule;
 
 /* Read a LAMDA file. On failure: -1, nothing to free, and a message
@@ -65,6 +69,10 @@ int lamda_find_transition(const lamda_molecule *m, int upper, int lower);
  * --example): $COEMU_LAMDA_CO if set, else the path compiled in by the
  * build (the source tree's tests/data/lamda/co.dat, COEMU_DEFAULT_LAMDA_CO). */
 const char *lamda_default_co_path(void);
+/* The transition's name as astronomers write it, from the file's quantum
+ * numbers: "J=2-1" for CO's transition 2, "N_J=2_3-1_2"; the level numbers
+ * ("levels 3-2") when the file gives no quantum numbers. Returns buf. */
+const char *lamda_transition_label(const lamda_molecule *m, int transition, char *buf, size_t len);
 /* Check a 1-based transition number: 0, or -1 with a message. */
 int lamda_check_transition(const lamda_molecule *m, int transition);
 

@@ -146,7 +146,7 @@ int cmd_eval(int argc, char **argv) {
       {"split", CLI_STR, &split, "NAME", "test (default), validation, train or all", 0, 0},
       {"max-samples", CLI_INT, &max_samples, "N", "evaluate N samples evenly spaced over the split (default: all)", 0, 0},
       {"batch", CLI_INT, &batch, "N", "samples per forward pass (default 16)", 0, 0},
-      {"maps", CLI_INT, &maps, "K", "channel-map PNGs for the first K samples (default 4, at most the batch)", 0, 0},
+      {"maps", CLI_INT, &maps, "K", "channel-map PNGs for the first K samples (default 4; at most --batch, with a warning)", 0, 0},
       {"threads", CLI_INT, &threads, "N", "threads per rank (default: OpenMP's)", 0, 0},
       {"out", CLI_STR, &out, "DIR", "where the tables and pictures go (default: CHECKPOINT's folder/eval-SPLIT)", 0, 0},
       {"quiet", CLI_FLAG, &quiet, NULL, "do not print the table", 0, 0},
@@ -173,7 +173,8 @@ int cmd_eval(int argc, char **argv) {
              slash ? "/" : "", split);
     out = outbuf;
   }
-  if (maps > batch) maps = batch;
+  int64_t maps_asked = maps;
+  if (maps > batch) maps = batch; /* the maps come from the first evaluation batch */
   MPI_Init(&argc, &argv);
   mpi_fatal_init("eval");
   int rank, world;
@@ -219,6 +220,12 @@ int cmd_eval(int argc, char **argv) {
     if (trainplot_maxrel_png(p, res.maxrel_ps, res.n, &res.maxrel, split) < 0) mpi_fatal(ce_err_msg());
     if (write_maps(out, dataset, &res, serve_norm(src), m.cfg.nfreq, m.cfg.grid) < 0)
       mpi_fatal(ce_err_msg());
+    if (res.kept < maps_asked)
+      fprintf(stderr, "coemu eval: warning: --maps %lld: %d maps written: %s\n",
+              (long long)maps_asked, res.kept,
+              res.kept < maps ? "the split has no more samples"
+                              : "the maps come from the first evaluation batch (raise --batch "
+                                "for more)");
     if (!quiet) {
       print_table(stdout, ckpt, dataset, split, &m, &res, (int)batch, nthreads, world);
       printf("\nwritten: %s/metrics.txt, maxrel.csv, maxrel.png, %d maps-*.png and error-*.png\n",

@@ -310,8 +310,9 @@ int cmd_solve(int argc, char **argv) {
       {"preview", CLI_STR, &preview, "FILE", "also write the channel maps as a PNG", 0, 0},
       {0}};
   const cli_command spec = {
-      "solve", "(--vz F --T F --n F | --in F.h5 | --example [N]) --out F [options]",
-      "Ray-trace a cube (v_z, T, n) along z with the exact LTE line imager.", opts, 0, 0};
+      "solve", "(--vz F --T F --n F | --in F.h5 | --example [N]) (--out F | --fits F | --preview F)... [options]",
+      "Ray-trace a cube (v_z, T, n) along z with the exact LTE line imager; at least one of\n"
+      "--out, --fits and --preview says where the image goes.", opts, 0, 0};
   cli_status r = cli_run_parse(&spec, nargs, args, NULL, NULL);
   if (r != CLI_OK) {
     free(args);
@@ -429,9 +430,11 @@ int cmd_solve(int argc, char **argv) {
   if (preview && write_preview(preview, img, c.nx, c.ny, nf) < 0) goto fail;
   double mx = 0;
   for (size_t i = 0; i < (size_t)c.nx * c.ny * nf; i++) mx = fmax(mx, fabs(img[i]));
-  fprintf(stderr, "coemu solve: %s, %s transition %lld (%d -> %d, %.7f GHz), %d x %d x %d cells, %d channels, max |I| = %.4g W m-2 Hz-1 sr-1\n",
-          input_desc, mol.name, (long long)transition, L.upper, L.lower, L.nu0 * 1e-9, c.nx,
-          c.ny, c.nz, nf, mx);
+  char label[160];
+  lamda_transition_label(&mol, (int)transition, label, sizeof label);
+  fprintf(stderr, "coemu solve: %s, %s %s (%.7f GHz; LAMDA transition %lld, levels %d -> %d), %d x %d x %d cells, %d channels, max |I| = %.4g W m-2 Hz-1 sr-1\n",
+          input_desc, mol.name, label, L.nu0 * 1e-9, (long long)transition, L.upper, L.lower,
+          c.nx, c.ny, c.nz, nf, mx);
   rc = 0;
   goto done;
 usage:

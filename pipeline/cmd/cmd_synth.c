@@ -29,7 +29,7 @@ int cmd_synth(int argc, char **argv) {
       {"quiet", CLI_FLAG, &quiet, NULL, "no progress lines", 0, 0},
       {0}};
   const cli_command spec = {
-      "synth", "-n N --seed S --out DIR [options]",
+      "synth", "--n N --seed S --out DIR [options]",
       "Write synthetic AGB binary-wind models as AMRVAC .dat v5 snapshots\n"
       "(DIR/synth_%05d.dat + .units.yaml) and DIR/catalogue.csv of their parameters.",
       opts, 0, 0};

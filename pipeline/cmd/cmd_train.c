@@ -30,7 +30,7 @@ static void print_check(const train_job *j) {
 
 int cmd_train(int argc, char **argv) {
   const char *out = NULL;
-  int check = 0, quiet = 0, schema_doc = 0;
+  int check = 0, quiet = 0, schema_doc = 0, extend = 0;
   int64_t max_steps = 0;
   double time_limit = 0;
   cli_opt opts[] = {
@@ -39,6 +39,10 @@ int cmd_train(int argc, char **argv) {
        "stop cleanly after N optimiser steps in this run (rerun to resume)", 0, 0},
       {"time-limit", CLI_DOUBLE, &time_limit, "SECONDS",
        "stop cleanly once this much wall time has passed (for batch-system slots)", 0, 0},
+      {"extend", CLI_FLAG, &extend, NULL,
+       "continue the run in the output directory under a changed job: more epochs, a new "
+       "learning rate or schedule (other changes are refused; the change is logged in "
+       "OUT/train.log)", 0, 0},
       {"check", CLI_FLAG, &check, NULL, "validate the job file and exit", 0, 0},
       {"quiet", CLI_FLAG, &quiet, NULL, "no progress lines", 0, 0},
       {"schema-doc", CLI_FLAG, &schema_doc, NULL,
@@ -50,7 +54,8 @@ int cmd_train(int argc, char **argv) {
       "Train COEmuNet as a training job says (pretraining on single-channel data, then "
       "fine-tuning with the encoder transferred), from dataset directories or streams, over all "
       "MPI ranks. Rerun the same command to resume; exit status 3 means it stopped early and can "
-      "be resumed.",
+      "be resumed. With --extend, a finished or stopped run continues from its last checkpoints "
+      "under an edited job (more epochs, a new schedule).",
       opts, 0, 1};
   int npos = 0;
   char **pos = NULL;
@@ -84,7 +89,7 @@ int cmd_train(int argc, char **argv) {
   /* the one place the thread settings are made: the CPU backend's init
      (OpenMP to the job's count, 0 = OpenMP's default; OpenBLAS to 1) */
   int rc = nn_backend_init(&nn_backend_cpu, j.threads);
-  train_run_opts o = {out, max_steps, time_limit, quiet, MPI_COMM_WORLD};
+  train_run_opts o = {out, max_steps, time_limit, quiet, extend, MPI_COMM_WORLD};
   if (rc == 0) rc = train_run(&j, &o);
   if (rc < 0) {
     if (world > 1) mpi_fatal(ce_err_msg());

@@ -71,9 +71,25 @@ int dataset_inspect(const char *dir) {
     printf("targets   [%llu, %llu, %llu, %llu] (I_nu W m^-2 Hz^-1 sr^-1)\n",
            (unsigned long long)td[0], (unsigned long long)td[1], (unsigned long long)td[2],
            (unsigned long long)td[3]);
-    printf("channels  %llu:", (unsigned long long)fd[0]);
-    for (hsize_t k = 0; k < fd[0]; k++) printf(" %.17g", freq[k]);
-    printf(" Hz\njob       %s\nmade by   coemu %s (git %s), producer %s\n", name, ver, rev, prod);
+    /* velocities to 1 m/s and frequencies to 1 kHz (a channel of 1 m/s is
+       0.77 kHz at CO J=2-1): the full values are /velocities, /frequencies */
+    double nu0 = 0, *vel = malloc(fd[0] * sizeof *vel);
+    hid_t dvel = H5Dopen2(f, "velocities", H5P_DEFAULT);
+    int have_v = vel && dvel >= 0 &&
+                 H5Dread(dvel, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, vel) >= 0;
+    if (dvel >= 0) H5Dclose(dvel);
+    printf("channels  %llu", (unsigned long long)fd[0]);
+    if (have_v) {
+      printf(", velocity (km/s):");
+      for (hsize_t k = 0; k < fd[0]; k++) printf(" %.3f", vel[k] * 1e-3);
+      printf("\n         ");
+    }
+    printf(" frequency (GHz):");
+    for (hsize_t k = 0; k < fd[0]; k++) printf(" %.6f", freq[k] * 1e-9);
+    if (h5_get_attr(dfq, "nu0", H5T_NATIVE_DOUBLE, &nu0) == 0 && nu0 > 0)
+      printf(" (line rest frequency %.6f GHz)", nu0 * 1e-9);
+    free(vel);
+    printf("\njob       %s\nmade by   coemu %s (git %s), producer %s\n", name, ver, rev, prod);
   }
   if (ds >= 0) H5Dclose(ds);
   if (dv >= 0) H5Dclose(dv);

@@ -135,7 +135,7 @@ static int ball_radius(producer_ctx *c, double *r) {
     if (!upath && units_find(c->paths[i], side, sizeof side) == 1) upath = side;
     if (!upath) {
       rc = ce_err("%s: no units sidecar (MODEL.units.yaml or units.yaml beside it, or "
-                  "inputs.units in the job)", c->paths[i]);
+                  "inputs.amrvac.units in the job)", c->paths[i]);
       break;
     }
     if (amrvac_open(c->paths[i], &s) < 0 || units_read(upath, &u) < 0) {

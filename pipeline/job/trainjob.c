@@ -262,3 +262,138 @@ static int parse_any(const char *name, const char *text, size_t len, const char 
 int train_job_load(const char *path, train_job *j) { return schema_load_file(path, parse_any, j); }
 
 int train_job_schema_markdown(FILE *out) { return schema_markdown(out, SCHEMA_NAME, train_schema_text); }
+
+/* ---- differences between two jobs (coemu train --extend) ------------------ */
+
+typedef struct {
+  train_job_change *ch;
+  int max, n;
+} diff_acc;
+
+static void diff_add(diff_acc *d, int stage, const char *key, int ext, const char *a,
+                     const char *b) {
+  if (d->ch && d->n < d->max) {
+    train_job_change *c = &d->ch[d->n];
+    if (stage >= 0)
+      snprintf(c->key, sizeof c->key, "%s.%s", stage_key[stage], key);
+    else
+      snprintf(c->key, sizeof c->key, "%s", key);
+    snprintf(c->before, sizeof c->before, "%s", a);
+    snprintf(c->after, sizeof c->after, "%s", b);
+    c->stage = stage;
+    c->extendable = ext;
+  }
+  d->n++;
+}
+
+static void diff_str(diff_acc *d, int stage, const char *key, int ext, const char *a,
+                     const char *b) {
+  a = a ? a : "";
+  b = b ? b : "";
+  if (strcmp(a, b)) diff_add(d, stage, key, ext, *a ? a : "''", *b ? b : "''");
+}
+
+static void diff_int(diff_acc *d, int stage, const char *key, int ext, int64_t a, int64_t b) {
+  char x[32], y[32];
+  snprintf(x, sizeof x, "%lld", (long long)a);
+  snprintf(y, sizeof y, "%lld", (long long)b);
+  if (a != b) diff_add(d, stage, key, ext, x, y);
+}
+
+/* The shortest %g text that reads back as v. */
+static void num_text(double v, char *buf, size_t len) {
+  for (int p = 1; p <= 17; p++) {
+    snprintf(buf, len, "%.*g", p, v);
+    if (strtod(buf, NULL) == v) return;
+  }
+}
+
+static void diff_num(diff_acc *d, int stage, const char *key, int ext, double a, double b) {
+  char x[40], y[40];
+  num_text(a, x, sizeof x);
+  num_text(b, y, sizeof y);
+  if (a != b) diff_add(d, stage, key, ext, x, y);
+}
+
+static void diff_bool(diff_acc *d, int stage, const char *key, int ext, int a, int b) {
+  if (!a != !b) diff_add(d, stage, key, ext, a ? "true" : "false", b ? "true" : "false");
+}
+
+static const char *optimizer_name(int k) {
+  return k == ADAMW ? "adamw" : k == ADAM_L2 ? "adam_l2" : "adam";
+}
+
+static void diff_stage(diff_acc *d, int i, const train_stage *a, const train_stage *b) {
+  /* what the samples are, and how they are normalised: not extendable */
+  diff_str(d, i, "data.dataset", 0, a->dataset, b->dataset);
+  diff_str(d, i, "data.stream.endpoint", 0, a->endpoint, b->endpoint);
+  diff_int(d, i, "data.stream.credit", 1, a->credit, b->credit);
+  diff_num(d, i, "data.stream.timeout", 1, a->timeout_s, b->timeout_s);
+  diff_str(d, i, "data.stream.server_key", 0, a->server_key, b->server_key);
+  diff_str(d, i, "data.stream.client_key", 0, a->client_key, b->client_key);
+  diff_str(d, i, "data.stream.stats", 0, a->stream_stats, b->stream_stats);
+  diff_str(d, i, "data.split", 0, a->split, b->split);
+  /* validation: the figures best.ckpt is chosen by stay comparable; only how
+     often they are taken may change */
+  diff_str(d, i, "validation.dataset", 0, a->val_dataset, b->val_dataset);
+  diff_str(d, i, "validation.split", 0, a->val_split, b->val_split);
+  diff_int(d, i, "validation.max_samples", 0, a->val_max_samples, b->val_max_samples);
+  diff_int(d, i, "validation.batch", 0, a->val_batch, b->val_batch);
+  diff_int(d, i, "validation.every", 1, a->validate_every, b->validate_every);
+  diff_int(d, i, "epochs", 1, a->epochs, b->epochs);
+  diff_int(d, i, "batch", 0, a->batch, b->batch);
+  if (a->optimizer != b->optimizer)
+    diff_add(d, i, "optimizer.kind", 0, optimizer_name(a->optimizer), optimizer_name(b->optimizer));
+  diff_num(d, i, "optimizer.lr", 1, a->lr, b->lr);
+  diff_num(d, i, "optimizer.weight_decay", 0, a->weight_decay, b->weight_decay);
+  if (a->beta1 != b->beta1 || a->beta2 != b->beta2) {
+    char x[4][40], p[96], q[96];
+    num_text(a->beta1, x[0], sizeof x[0]);
+    num_text(a->beta2, x[1], sizeof x[1]);
+    num_text(b->beta1, x[2], sizeof x[2]);
+    num_text(b->beta2, x[3], sizeof x[3]);
+    snprintf(p, sizeof p, "[%s, %s]", x[0], x[1]);
+    snprintf(q, sizeof q, "[%s, %s]", x[2], x[3]);
+    diff_add(d, i, "optimizer.betas", 0, p, q);
+  }
+  diff_num(d, i, "optimizer.eps", 0, a->eps, b->eps);
+  diff_int(d, i, "schedule.step_size", 1, a->lr_step, b->lr_step);
+  diff_num(d, i, "schedule.gamma", 1, a->lr_gamma, b->lr_gamma);
+  diff_int(d, i, "checkpoint_every", 1, a->checkpoint_every, b->checkpoint_every);
+  if (i == TRAIN_STAGE_FINETUNE) {
+    diff_bool(d, i, "transfer", 0, a->transfer, b->transfer);
+    diff_str(d, i, "init", 0, a->init, b->init);
+  }
+}
+
+int train_job_diff(const train_job *a, const train_job *b, train_job_change *ch, int max) {
+  diff_acc d = {ch, max, 0};
+  diff_str(&d, -1, "name", 1, a->name, b->name);
+  diff_int(&d, -1, "seed", 0, (int64_t)a->seed, (int64_t)b->seed);
+  diff_int(&d, -1, "threads", 1, a->threads, b->threads);
+  diff_str(&d, -1, "output.directory", 1, a->out_dir, b->out_dir);
+  if (a->shortcut != b->shortcut)
+    diff_add(&d, -1, "model.shortcut", 0,
+             a->shortcut == COEMUNET_SHORTCUT_INPUT ? "input" : "reference",
+             b->shortcut == COEMUNET_SHORTCUT_INPUT ? "input" : "reference");
+  diff_int(&d, -1, "model.stem", 0, a->stem, b->stem);
+  if (memcmp(a->enc, b->enc, sizeof a->enc)) {
+    char x[64], y[64];
+    snprintf(x, sizeof x, "[%d, %d, %d]", a->enc[0], a->enc[1], a->enc[2]);
+    snprintf(y, sizeof y, "[%d, %d, %d]", b->enc[0], b->enc[1], b->enc[2]);
+    diff_add(&d, -1, "model.encoder", 0, x, y);
+  }
+  diff_int(&d, -1, "model.latent", 0, a->latent, b->latent);
+  diff_int(&d, -1, "model.decoder", 0, a->dec, b->dec);
+  diff_bool(&d, -1, "model.sync_batchnorm", 0, a->sync_batchnorm, b->sync_batchnorm);
+  for (int i = 0; i < TRAIN_STAGES; i++) {
+    const train_stage *x = &a->stage[i], *y = &b->stage[i];
+    if (x->enabled != y->enabled) {
+      diff_add(&d, -1, stage_key[i], 0, x->enabled ? "present" : "absent",
+               y->enabled ? "present" : "absent");
+      continue;
+    }
+    if (x->enabled) diff_stage(&d, i, x, y);
+  }
+  return d.n;
+}

@@ -83,6 +83,22 @@ int train_job_parse(const char *name, const char *text, size_t len, const char *
                     train_job *j);
 void train_job_free(train_job *j);
 
+/* One key whose value differs between two jobs (train_job_diff). */
+typedef struct {
+  char key[48];           /* the key path: "seed", "model.encoder", "finetune.epochs"; a whole
+                             stage added or removed: "pretrain" / "finetune" */
+  char before[128], after[128]; /* the values as text ("absent" for a missing stage) */
+  int stage;              /* TRAIN_STAGE_* of a stage key, -1 for a job-wide key */
+  int extendable;         /* 1: `coemu train --extend` may change it on a started run: it only
+                             shapes what is still to come (epochs, the learning-rate schedule,
+                             checkpoint and validation cadence, transport and naming) */
+} train_job_change;
+
+/* The keys (after defaults and path resolution) whose values differ between
+ * two jobs, in schema order: the first `max` go to ch (which may be NULL);
+ * returns how many differ. */
+int train_job_diff(const train_job *before, const train_job *after, train_job_change *ch, int max);
+
 /* docs/training-jobs.md's key table, generated from the schema. */
 int train_job_schema_markdown(FILE *out);
 

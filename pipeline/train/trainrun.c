@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/checksum.h"
@@ -34,8 +35,133 @@ static void on_signal(int sig) { g_stop_signal = sig; }
 
 static int path_exists(const char *p) { return access(p, F_OK) == 0; }
 
+/* Write `len` bytes to `path` atomically. */
+static int write_file(const char *path, const char *text, size_t len) {
+  FILE *f;
+  char tmp[4300];
+  CE_TRY(fs_open_tmp(path, tmp, sizeof tmp, &f));
+  int ok = fwrite(text, 1, len, f) == len;
+  return fs_commit_tmp(f, tmp, path, ok);
+}
+
+/* The epochs OUT/<stage>/last.ckpt has trained (-1: the stage has not started). */
+static int stage_epochs_done(const char *out, int id, int64_t *done) {
+  char p[4300];
+  snprintf(p, sizeof p, "%s/%s/last.ckpt", out, STAGE_NAME[id]);
+  *done = -1;
+  if (!path_exists(p)) return 0;
+  coemunet_config c;
+  train_state st;
+  CE_TRY(checkpoint_read_config(p, &c, &st));
+  *done = st.epoch;
+  return 0;
+}
+
+#define MAX_CHANGES 64
+
+/* "key before -> after, ..." of the changes (only the refused ones if `refused`). */
+static void change_list(const train_job_change *ch, int n, int refused, char *buf, size_t len) {
+  size_t k = 0;
+  buf[0] = 0;
+  for (int i = 0; i < n && k + 1 < len; i++) {
+    if (refused && ch[i].extendable) continue;
+    int w = snprintf(buf + k, len - k, "%s%s %s -> %s", k ? ", " : "", ch[i].key, ch[i].before,
+                     ch[i].after);
+    if (w < 0) break;
+    k += (size_t)w;
+  }
+  if (k >= len && len > 4) strcpy(buf + len - 4, "...");
+}
+
+/* OUT/train.yaml holds another job's text: refused, or with --extend
+ * checked key by key against the run so far and recorded (trainrun.h). */
+static int job_changed(const char *out, const char *p, const char *text, size_t len,
+                       const train_job *j, const train_run_opts *o) {
+  train_job old;
+  if (train_job_parse(p, text, len, j->dir, &old) < 0)
+    return ce_err_prefix("%s holds a run of another training job (%s differs from %s), and "
+                         "%s does not read as a training job", out, p, j->path, p);
+  train_job_change ch[MAX_CHANGES];
+  int n = train_job_diff(&old, j, ch, MAX_CHANGES), shown = n < MAX_CHANGES ? n : MAX_CHANGES;
+  int all_ext = n <= MAX_CHANGES;
+  for (int i = 0; i < shown; i++) all_ext &= ch[i].extendable;
+  char list[2048];
+  change_list(ch, shown, 0, list, sizeof list);
+  if (!o->extend) {
+    train_job_free(&old);
+    CE_FAIL("%s holds a run of another training job (%s differs from %s: %s): %s", out, p,
+            j->path, n ? list : "comments or layout only",
+            all_ext ? "rerun with --extend to continue the run under the new job, or use "
+                      "another output directory"
+                    : "use another output directory");
+  }
+  if (!all_ext) {
+    change_list(ch, shown, 1, list, sizeof list);
+    train_job_free(&old);
+    CE_FAIL("%s: --extend cannot change %s: the run so far was made with the old value%s; use "
+            "another output directory", out, list, n > MAX_CHANGES ? " (and more keys differ)" : "");
+  }
+  /* against the checkpoints: no epochs taken back, no pretrain stage grown
+     under a finetune stage that already started from its weights */
+  int64_t done[TRAIN_STAGES];
+  int rc = 0;
+  for (int id = 0; id < TRAIN_STAGES && rc == 0; id++) rc = stage_epochs_done(out, id, &done[id]);
+  for (int id = 0; id < TRAIN_STAGES && rc == 0; id++) {
+    const train_stage *st = &j->stage[id];
+    if (st->enabled && done[id] > st->epochs)
+      rc = ce_err("%s: --extend cannot change %s.epochs to %lld: the %s stage has already trained "
+                  "%lld epochs; use another output directory", out, STAGE_NAME[id],
+                  (long long)st->epochs, STAGE_NAME[id], (long long)done[id]);
+  }
+  const train_stage *pre = &j->stage[TRAIN_STAGE_PRETRAIN], *fin = &j->stage[TRAIN_STAGE_FINETUNE];
+  if (rc == 0 && pre->enabled && fin->enabled && fin->transfer && !*fin->init &&
+      done[TRAIN_STAGE_FINETUNE] >= 0 && pre->epochs > done[TRAIN_STAGE_PRETRAIN])
+    rc = ce_err("%s: --extend cannot change pretrain.epochs to %lld: the finetune stage has "
+                "already started from the pretrain stage's weights after %lld epochs; extend "
+                "the finetune stage only, or use another output directory", out,
+                (long long)pre->epochs, (long long)done[TRAIN_STAGE_PRETRAIN]);
+  train_job_free(&old);
+  if (rc < 0) return -1;
+
+  /* the record: the previous text kept as OUT/train.N.yaml, the change in
+     OUT/train.log, the new text in OUT/train.yaml */
+  char prev[4300], logp[4300];
+  int k = 1;
+  for (;; k++) {
+    snprintf(prev, sizeof prev, "%s/train.%d.yaml", out, k);
+    if (!path_exists(prev)) break;
+  }
+  CE_TRY(write_file(prev, text, len));
+  snprintf(logp, sizeof logp, "%s/train.log", out);
+  FILE *f = fopen(logp, "a");
+  if (!f) CE_FAIL("%s: cannot open for appending: %s", logp, strerror(errno));
+  char when[32];
+  time_t now = time(NULL);
+  struct tm tmv;
+  strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&now, &tmv));
+  fprintf(f, "%s extend: %s replaces the job (the previous one is kept as train.%d.yaml)\n", when,
+          j->path, k);
+  if (n == 0) fprintf(f, "%s extend:   no key changed (comments or layout only)\n", when);
+  for (int i = 0; i < n; i++) {
+    const train_job_change *c = &ch[i];
+    char from[64] = "";
+    if (c->stage >= 0 && done[c->stage] >= 0 &&
+        (strstr(c->key, ".schedule.") || strstr(c->key, ".optimizer.lr")))
+      snprintf(from, sizeof from, " (from epoch %lld on)", (long long)done[c->stage]);
+    fprintf(f, "%s extend:   %s: %s -> %s%s\n", when, c->key, c->before, c->after, from);
+  }
+  int ok = fflush(f) == 0 && fsync(fileno(f)) == 0;
+  ok &= fclose(f) == 0;
+  if (!ok) CE_FAIL("%s: write failed: %s", logp, strerror(errno));
+  CE_TRY(write_file(p, j->text, j->text_len));
+  if (!o->quiet)
+    fprintf(stderr, "coemu train: extending the run in %s: %s (recorded in %s)\n", out,
+            n ? list : "no key changed", logp);
+  return 0;
+}
+
 /* OUT/train.yaml: the job a directory belongs to. */
-static int prepare_out(const char *out, const train_job *j) {
+static int prepare_out(const char *out, const train_job *j, const train_run_opts *o) {
   CE_TRY(fs_mkdir_p(out));
   CE_TRY(fs_lock_dir(out, "train")); /* held until the process ends */
   CE_TRY(fs_remove_tmp(out));
@@ -46,17 +172,11 @@ static int prepare_out(const char *out, const train_job *j) {
     size_t len;
     CE_TRY(fs_read_all(p, &text, &len));
     int same = len == j->text_len && memcmp(text, j->text, len) == 0;
+    int rc = same ? 0 : job_changed(out, p, text, len, j, o);
     free(text);
-    if (!same)
-      CE_FAIL("%s holds a run of another training job (%s differs from %s): use another output "
-              "directory", out, p, j->path);
-    return 0;
+    return rc;
   }
-  FILE *f;
-  char tmp[4300];
-  CE_TRY(fs_open_tmp(p, tmp, sizeof tmp, &f));
-  int ok = fwrite(j->text, 1, j->text_len, f) == j->text_len;
-  return fs_commit_tmp(f, tmp, p, ok);
+  return write_file(p, j->text, j->text_len);
 }
 
 /* Keep the first rows of a CSV (header + rows whose first column <= max_step);
@@ -314,6 +434,10 @@ static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
   s->state = (train_state){j->seed, 0, 0, {st->lr, st->lr_gamma, (int)(st->lr_step ? st->lr_step : INT_MAX)}};
   if (resume) {
     CE_TRY(checkpoint_load(s->last, &s->model, &s->opt, &s->state));
+    /* the job's rate and schedule: the checkpoint's own unless the run was
+       extended with new ones (--extend), which then hold from this epoch on */
+    s->state.sched = (steplr){st->lr, st->lr_gamma, (int)(st->lr_step ? st->lr_step : INT_MAX)};
+    s->opt.cfg.lr = st->lr;
     if (s->rank == 0 && !s->o->quiet)
       fprintf(stderr, "coemu train: %s: resuming from %s (epoch %u, step %llu)\n", name, s->last,
               s->state.epoch, (unsigned long long)s->state.step);
@@ -453,7 +577,7 @@ int train_run(const train_job *j, const train_run_opts *o) {
   int rank, world;
   MPI_Comm_rank(o->comm, &rank);
   MPI_Comm_size(o->comm, &world);
-  int prep = rank == 0 ? prepare_out(opts.out_dir, j) : 0, prep_all = 0;
+  int prep = rank == 0 ? prepare_out(opts.out_dir, j, &opts) : 0, prep_all = 0;
   MPI_Allreduce(&prep, &prep_all, 1, MPI_INT, MPI_MIN, o->comm);
   if (prep_all < 0) return prep < 0 ? -1 : ce_err("rank 0 could not prepare %s", opts.out_dir);
   struct sigaction sa = {0}, old_int, old_term;

@@ -2,7 +2,10 @@
  *
  * Output directory OUT (the job's output.directory or --out):
  *   OUT/train.yaml            the job text; a rerun with the same job resumes,
- *                             a different job is refused
+ *                             a different job is refused, naming the keys that
+ *                             differ, unless extend is set (below)
+ *   OUT/train.N.yaml          with extend: the job text before the N-th extension
+ *   OUT/train.log             with extend: one entry per extension, key: old -> new
  *   OUT/<stage>/last.ckpt     the newest checkpoint (every checkpoint_every
  *                             steps, at each epoch's end, on a clean stop)
  *   OUT/<stage>/best.ckpt     the checkpoint with the lowest validation MaxRel
@@ -17,6 +20,19 @@
  * epochs is complete and skipped; otherwise it resumes from last.ckpt at the
  * step it records (train.csv is cut back to that step), so a run stopped and
  * resumed gives the same loss curve as one that was not stopped.
+ *
+ * Extending a run (extend, `coemu train --extend`): a job that differs from
+ * OUT/train.yaml only in extendable keys (train_job_change.extendable: the
+ * stages' epochs, optimizer.lr, schedule, checkpoint_every, validation.every,
+ * data.stream.credit/timeout, and name, threads, output.directory) takes the
+ * run over: each stage resumes from its last.ckpt with the new epochs, and the
+ * new rate and schedule (a function of the epoch number, as always) from the
+ * next epoch on. Refused, naming the key: any other key; epochs below what a
+ * stage has already trained; a pretrain stage that would train further under
+ * a finetune stage that has already taken its weights. Since the data order
+ * and the schedule are functions of (seed, epoch), a run extended with more
+ * epochs and an unchanged schedule (or one that changes only epochs not yet
+ * trained) ends bit-identical to an uninterrupted run of the final job.
  *
  * Data order: the dataset source shuffles with the job's seed, exactly as
  * `coemu serve --seed SEED --batch B/W --ranks W` would, so training from
@@ -46,6 +62,8 @@ typedef struct {
   int64_t max_steps;     /* > 0: stop cleanly (checkpointed) after this many steps in this run */
   double time_limit_s;   /* > 0: stop cleanly once this much wall time has passed */
   int quiet;
+  int extend;            /* OUT holds a run of a job that differs: continue it under this job
+                            when only extendable keys differ (see above) */
   MPI_Comm comm;
 } train_run_opts;
 

@@ -176,7 +176,7 @@ def run_tests(tmp):
     r = subprocess.run([COEMU, 'verify', outs[2]], capture_output=True, text=True)
     check(r.returncode == 0 and 'ok' in r.stdout, f'verify: {r.stderr}')
     r = subprocess.run([TESTGEN, 'inspect', outs[2]], capture_output=True, text=True)
-    check(r.returncode == 0 and 'samples   24 (6 models' in r.stdout and '230538000000' in r.stdout,
+    check(r.returncode == 0 and 'samples   24 (6 models' in r.stdout and 'rest frequency 230.538000 GHz' in r.stdout,
           f'inspect: {r.stdout} {r.stderr}')
     shard = os.path.join(outs[3], 'shards', 'shard-000002.h5')
     with h5py.File(shard, 'r+') as h:

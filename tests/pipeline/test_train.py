@@ -7,6 +7,8 @@ three-channel set for fine-tuning, with a scaled-down COEmuNet.
   - the encoder is really transferred (checkpoint tensors compared);
   - a run stopped (--max-steps) and resumed gives the same loss curve,
     value for value, as one that was not stopped;
+  - a finished run extended with --extend trains the added epoch, records
+    the change, and refuses a changed batch with exit status 1 naming it;
   - 2 MPI ranks with batch B/2 each follow 1 rank with batch B up to
     summation order;
   - training from a `coemu serve` stream gives the same losses as from the
@@ -173,6 +175,31 @@ with tempfile.TemporaryDirectory() as tmp:
     # and thread count on the same batches (the data order is seeded)
     r = run([COEMU, "train", solo, "--out", b])
     check(r.returncode == 0 and "complete" in r.stderr, "a finished run is not trained again")
+
+    # ---- a finished run extended by an epoch (--extend) ----
+    # (tests/train/test_trainrun.c checks that an extended run ends
+    # byte-identical to an uninterrupted run of the final job)
+    solo4 = os.path.join(tmp, "solo4.yaml")
+    open(solo4, "w").write(f"name: solo\nseed: 9\n{MODEL}\nfinetune:\n{stage(ft, 4, eps='1.0e-3')}")
+    r = run([COEMU, "train", solo4, "--out", b, "--quiet"])
+    check(r.returncode == 1 and "coemu train: error: " in r.stderr and "finetune.epochs 3 -> 4" in r.stderr
+          and "rerun with --extend" in r.stderr, f"a changed job without --extend: {r.returncode} {r.stderr[-600:]}")
+    r = run([COEMU, "train", solo4, "--out", b, "--extend"])
+    check(r.returncode == 0 and "extending the run in" in r.stderr and "resuming from" in r.stderr,
+          f"--extend: {r.returncode} {r.stderr[-1500:]}")
+    tb = rows(os.path.join(b, "finetune", "train.csv"))
+    check(len(tb) == 36 and all(x[k] == y[k] for x, y in zip(ta, tb) for k in ("step", "loss")),
+          f"the extended run keeps its 27 steps and adds 9 ({len(tb)} rows)")
+    log = open(os.path.join(b, "train.log")).read() if os.path.exists(os.path.join(b, "train.log")) else ""
+    check("finetune.epochs: 3 -> 4" in log and open(os.path.join(b, "train.yaml")).read() == open(solo4).read()
+          and open(os.path.join(b, "train.1.yaml")).read() == open(solo).read(),
+          f"the change is in train.log, the new job in train.yaml, the old in train.1.yaml: {log!r}")
+    solo_b4 = os.path.join(tmp, "solo_b4.yaml")
+    open(solo_b4, "w").write(open(solo4).read().replace("batch: 8", "batch: 4").replace("epochs: 4", "epochs: 5"))
+    r = run([COEMU, "train", solo_b4, "--out", b, "--extend"])
+    check(r.returncode == 1 and "coemu train: error: " in r.stderr
+          and "--extend cannot change finetune.batch 8 -> 4" in r.stderr,
+          f"--extend refuses another batch, naming the key: {r.returncode} {r.stderr[-600:]}")
 
     # ---- 2 ranks x batch 4 == 1 rank x batch 8, up to summation order ----
     # Each comparison is of steps from the same state: step 1 from the same
@@ -349,8 +376,13 @@ with tempfile.TemporaryDirectory() as tmp:
     check(len(m2) == 12 and all(x == y for x, y in zip(m1, m2)),
           "1 and 2 ranks give the same per-sample metrics, value for value")
 
-    r = run([COEMU, "eval", ck, ft, "--split", "test", "--max-samples", "5", "--out", os.path.join(tmp, "e5"), "--quiet"])
+    r = run([COEMU, "eval", ck, ft, "--split", "test", "--max-samples", "5", "--out", os.path.join(tmp, "e5"), "--quiet",
+             "--batch", "4", "--maps", "6"])
     m5 = rows(os.path.join(tmp, "e5", "maxrel.csv")) if r.returncode == 0 else []
+    maps5 = [f for f in os.listdir(os.path.join(tmp, "e5")) if f.startswith("maps-")] if r.returncode == 0 else []
+    check(len(maps5) == 4 and "warning: --maps 6: 4 maps written: the maps come from the first "
+          "evaluation batch (raise --batch for more)" in r.stderr,
+          f"--maps above --batch is capped with a warning: {len(maps5)} maps, {r.stderr[-400:]!r}")
     # evenly spaced: sample j of 5 is split sample floor(12 j / 5)
     check(len(m5) == 5 and [x["sample"] for x in m5] == [m1[12 * j // 5]["sample"] for j in range(5)],
           "--max-samples 5 takes samples evenly spaced over the split")

@@ -509,6 +509,57 @@ static void test_schema_language(void) {
   free(r);
 }
 
+/* train_job_diff: every changed key named with its values, in schema order,
+ * and marked extendable or not; defaults and resolved paths compared, not
+ * the text (a comment or an explicit default is no change). */
+static void test_diff(void) {
+  train_job a, b;
+  CHECK_OK(parse(base, &a));
+  CHECK_OK(parse("# a comment\nseed: 1234\nfinetune:\n  data: {dataset: ds}\n  epochs: 2\n"
+                 "  batch: 16\n", &b));
+  CHECK_MSG(train_job_diff(&a, &b, NULL, 0) == 0, "no change: %d", train_job_diff(&a, &b, NULL, 0));
+  train_job_free(&b);
+  CHECK_OK(parse("seed: 7\nthreads: 2\nmodel: {encoder: [8, 16, 64]}\n"
+                 "finetune:\n  data: {dataset: ds2}\n  epochs: 5\n  batch: 8\n"
+                 "  optimizer: {lr: 1e-3, betas: [0.8, 0.999]}\n"
+                 "  schedule: {step_size: 3, gamma: 0.5}\n  validation: {every: 2}\n", &b));
+  struct { const char *key, *before, *after; int ext; } want[] = {
+      {"seed", "1234", "7", 0},
+      {"threads", "0", "2", 1},
+      {"model.encoder", "[8, 16, 32]", "[8, 16, 64]", 0},
+      {"finetune.data.dataset", "d/ds", "d/ds2", 0},
+      {"finetune.validation.dataset", "d/ds", "d/ds2", 0},
+      {"finetune.validation.every", "1", "2", 1},
+      {"finetune.epochs", "2", "5", 1},
+      {"finetune.batch", "16", "8", 0},
+      {"finetune.optimizer.lr", "0.0004", "0.001", 1},
+      {"finetune.optimizer.betas", "[0.9, 0.999]", "[0.8, 0.999]", 0},
+      {"finetune.schedule.step_size", "0", "3", 1},
+      {"finetune.schedule.gamma", "0.1", "0.5", 1}};
+  const int nw = (int)(sizeof want / sizeof want[0]);
+  train_job_change ch[32];
+  int n = train_job_diff(&a, &b, ch, 32);
+  CHECK_MSG(n == nw, "%d changes, expected %d", n, nw);
+  for (int i = 0; i < n && i < nw; i++)
+    CHECK_MSG(!strcmp(ch[i].key, want[i].key) && !strcmp(ch[i].before, want[i].before) &&
+                  !strcmp(ch[i].after, want[i].after) && ch[i].extendable == want[i].ext &&
+                  ch[i].stage == (strncmp(want[i].key, "finetune.", 9) ? -1 : TRAIN_STAGE_FINETUNE),
+              "change %d: %s %s -> %s (%d), expected %s %s -> %s (%d)", i, ch[i].key, ch[i].before,
+              ch[i].after, ch[i].extendable, want[i].key, want[i].before, want[i].after, want[i].ext);
+  /* max bounds what is written, not the count */
+  CHECK(train_job_diff(&a, &b, ch, 2) == nw && !strcmp(ch[1].key, "threads"));
+  train_job_free(&b);
+  /* a stage added: one change, the stage, not extendable */
+  CHECK_OK(parse("pretrain: {data: {dataset: ds}, epochs: 1}\nfinetune:\n  data: {dataset: ds}\n"
+                 "  epochs: 2\n", &b));
+  n = train_job_diff(&a, &b, ch, 32);
+  CHECK_MSG(n >= 1 && !strcmp(ch[0].key, "pretrain") && !strcmp(ch[0].before, "absent") &&
+                !strcmp(ch[0].after, "present") && !ch[0].extendable,
+            "%d: %s %s -> %s", n, n ? ch[0].key : "", n ? ch[0].before : "", n ? ch[0].after : "");
+  train_job_free(&b);
+  train_job_free(&a);
+}
+
 int main(int argc, char **argv) {
   if (argc > 1 && !strcmp(argv[1], "--schema-doc")) return train_job_schema_markdown(stdout) < 0;
   RUN(test_defaults);
@@ -521,5 +572,6 @@ int main(int argc, char **argv) {
   RUN(test_shipped_jobs);
   RUN(test_schema_language);
   RUN(test_docs);
+  RUN(test_diff);
   return check_report();
 }

@@ -2,6 +2,7 @@
  * values of the file; bad files are refused with file:line and the field. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -131,6 +132,43 @@ static void test_bad_files(void) {
   CHECK_ERR(lamda_read("/dev/zero", &m), "/dev/zero: not a regular file");
 }
 
+/* Transition names from the files' quantum numbers (coemu solve prints
+ * them): the levels' title names them (J, N_J); HCN's and SiO's are quoted
+ * or zero-padded ("\" 01 \"", "01"). */
+static void test_labels(void) {
+  struct { const char *file; int t; const char *label; } want[] = {
+      {"co.dat", 2, "J=2-1"},   {"co.dat", 1, "J=1-0"},     {"13co.dat", 3, "J=3-2"},
+      {"hcn.dat", 1, "J=1-0"},  {"sio-h2.dat", 2, "J=2-1"}, {"cs@lique.dat", 7, "J=7-6"},
+      {"so@lique.dat", 1, "N_J=0_1-1_0"}};
+  for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+    char p[512], buf[96];
+    path_of(p, sizeof p, want[i].file);
+    lamda_molecule m;
+    CHECK_OK(lamda_read(p, &m));
+    lamda_transition_label(&m, want[i].t, buf, sizeof buf);
+    CHECK_MSG(!strcmp(buf, want[i].label), "%s transition %d: '%s', expected '%s'", want[i].file,
+              want[i].t, buf, want[i].label);
+    lamda_free(&m);
+  }
+  /* no quantum-number column: the level numbers */
+  char p[512];
+  snprintf(p, sizeof p, "%s/noq.dat", tmpdir);
+  FILE *f = fopen(p, "w");
+  CHECK(f != NULL);
+  if (!f) return;
+  fputs("!MOLECULE\nX\n!MOLECULAR WEIGHT\n28.0\n!NUMBER OF ENERGY LEVELS\n2\n"
+        "!LEVEL + ENERGIES(cm^-1) + WEIGHT\n1 0.0 1.0\n2 3.8 3.0\n"
+        "!NUMBER OF RADIATIVE TRANSITIONS\n1\n!TRANS\n1 2 1 7.2e-08 115.27 5.53\n"
+        "!NUMBER OF COLL PARTNERS\n0\n", f);
+  fclose(f);
+  lamda_molecule m;
+  CHECK_OK(lamda_read(p, &m));
+  char buf[96];
+  CHECK_MSG(!strcmp(lamda_transition_label(&m, 1, buf, sizeof buf), "levels 2-1"), "'%s'", buf);
+  lamda_free(&m);
+  unlink(p);
+}
+
 int main(void) {
   data_dir = getenv("COEMU_TEST_DATA");
   if (!data_dir) data_dir = "tests/data";
@@ -138,6 +176,7 @@ int main(void) {
   RUN(test_all_files_parse);
   RUN(test_co_values);
   RUN(test_bad_files);
+  RUN(test_labels);
   check_scratch_remove(); /* rmdir alone left bad.dat behind */
   return check_report();
 }

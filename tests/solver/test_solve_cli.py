@@ -107,6 +107,12 @@ with tempfile.TemporaryDirectory() as d:
     rc, err = solve("--example", 12, "--abs", "--out", j("e.npy"), "--preview", j("e.png"))
     e = np.load(j("e.npy")) if rc == 0 else None
     check(rc == 0 and e.shape == (12, 12, 7) and e.max() > 0, f"example run: {err}")
+    # the line named as astronomers do, from the LAMDA file's quantum numbers
+    check("CO J=2-1 (230.5380000 GHz; LAMDA transition 2, levels 3 -> 2)" in err,
+          f"the transition is named J=2-1: {err}")
+    rc, err = solve("--example", 8, "--transition", 3, "--preview", j("e3.png"))
+    check(rc == 0 and "CO J=3-2 (" in err, f"--transition 3 is J=3-2: {err}")
+    expect_error(["--example", 8], "nothing to write: give --out, --fits or --preview", code=2)
     # the example is optically thick in places: a background shows through as exp(-tau)
     rc, err = solve("--example", 32, "--background", "1e-12", "--out", j("e1.npy"))
     rc2, err = solve("--example", 32, "--out", j("e0.npy"))

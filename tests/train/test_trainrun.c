@@ -12,8 +12,13 @@
  *     columns): the data order, the model and the optimiser state are all
  *     restored and the arithmetic is deterministic;
  *   - a complete stage is skipped on a rerun (nothing appended);
- *   - another job in the same directory is refused, naming the directory;
- *     a batch the ranks cannot share is refused.
+ *   - another job in the same directory is refused, naming the directory
+ *     and the keys that differ; a batch the ranks cannot share is refused;
+ *   - a finished run extended (--extend) by an epoch and a schedule that
+ *     starts there ends byte-identical to an uninterrupted run of the final
+ *     job (checkpoints) and value-identical in its logs; the change is
+ *     recorded (train.N.yaml, train.log); other keys, epochs taken back and a
+ *     pretrain stage grown under a started finetune stage are refused.
  */
 #include <mpi.h>
 #include <stdint.h>
@@ -36,6 +41,24 @@ static const fixture_spec SPEC = {.models = 12, .directions = 2, .n = 16, .nf = 
 static int g_rank, g_world;
 static char g_tmp[1024], g_dir[1100];
 
+/* The unit job with `epochs` and `extra` lines added to the finetune stage. */
+static int make_job_ex(train_job *j, uint64_t seed, int batch, int epochs, const char *extra) {
+  char text[2048];
+  snprintf(text, sizeof text,
+           "name: unit\n"
+           "seed: %llu\n"
+           "model: {stem: 2, encoder: [4, 4, 8], latent: 32, decoder: 16}\n"
+           "finetune:\n"
+           "  data: {dataset: %s}\n"
+           "  validation: {split: validation, batch: 4, max_samples: 5}\n"
+           "  epochs: %d\n"
+           "  batch: %d\n"
+           "  optimizer: {lr: 3.0e-3, eps: 1.0e-3}\n"
+           "  checkpoint_every: 4\n%s",
+           (unsigned long long)seed, g_dir, epochs, batch, extra);
+  return train_job_parse("<unit job>", text, strlen(text), g_tmp, j);
+}
+
 static int make_job(train_job *j, uint64_t seed, int batch) {
   char text[2048];
   snprintf(text, sizeof text,
@@ -53,10 +76,15 @@ static int make_job(train_job *j, uint64_t seed, int batch) {
   return train_job_parse("<unit job>", text, strlen(text), g_tmp, j);
 }
 
-static int run(const train_job *j, const char *out, int64_t max_steps) {
-  train_run_opts o = {.out_dir = out, .max_steps = max_steps, .quiet = 1, .comm = MPI_COMM_WORLD};
+static int run_ex(const train_job *j, const char *out, int64_t max_steps, int extend) {
+  train_run_opts o = {.out_dir = out, .max_steps = max_steps, .quiet = 1, .extend = extend,
+                      .comm = MPI_COMM_WORLD};
   ce_err_clear();
   return train_run(j, &o);
+}
+
+static int run(const train_job *j, const char *out, int64_t max_steps) {
+  return run_ex(j, out, max_steps, 0);
 }
 
 static char *slurp(const char *dir, const char *file) {
@@ -210,7 +238,8 @@ static void test_refusals(void) {
   CHECK_MSG(rc < 0, "another job in a used directory: %d", rc);
   if (g_rank == 0) {
     CHECK_MSG(strstr(ce_err_msg(), "holds a run of another training job") &&
-                  strstr(ce_err_msg(), out),
+                  strstr(ce_err_msg(), out) && strstr(ce_err_msg(), "seed 9 -> 10") &&
+                  !strstr(ce_err_msg(), "--extend"),
               "message: %s", ce_err_msg());
     char *t = slurp(out, "finetune/train.csv"), rows[32][256];
     CHECK(t && rows_without(t, 1, rows, 32) == 13); /* untouched */
@@ -225,6 +254,148 @@ static void test_refusals(void) {
     CHECK_ERR(run(&odd, out, 0), "batch 3 is not divisible by the 2 ranks");
     train_job_free(&odd);
   }
+}
+
+/* The bytes of a file (NULL if unreadable); *len its size. */
+static char *slurp_len(const char *dir, const char *file, size_t *len) {
+  char p[1400], *text = NULL;
+  snprintf(p, sizeof p, "%s/%s", dir, file);
+  if (fs_read_all(p, &text, len) < 0) return NULL;
+  return text;
+}
+
+static int same_file(const char *a, const char *b, const char *file) {
+  size_t la = 0, lb = 0;
+  char *x = slurp_len(a, file, &la), *y = slurp_len(b, file, &lb);
+  int same = x && y && la == lb && memcmp(x, y, la) == 0;
+  free(x);
+  free(y);
+  return same;
+}
+
+/* A finished run extended (--extend) by one epoch and a step schedule that
+ * starts at the new epoch, against an uninterrupted run of the final job:
+ * the same by construction (the data order and the rate are functions of
+ * (seed, epoch); the epoch-1 checkpoint holds the whole state), so the
+ * checkpoints are compared byte for byte and the logs value for value. */
+static void test_extend(void) {
+  const char *sched = "  schedule: {step_size: 1, gamma: 0.5}\n";
+  train_job first, final;
+  CHECK_OK(make_job_ex(&first, 9, 2, 1, ""));
+  CHECK_OK(make_job_ex(&final, 9, 2, 2, sched));
+  char ref[1200], ext[1200], rst[1300], est[1300];
+  snprintf(ref, sizeof ref, "%s/ext_ref", g_tmp);
+  snprintf(ext, sizeof ext, "%s/ext", g_tmp);
+  snprintf(rst, sizeof rst, "%s/finetune", ref);
+  snprintf(est, sizeof est, "%s/finetune", ext);
+  CHECK_MSG(run(&final, ref, 0) == 0, "uninterrupted: %s", ce_err_msg());
+  CHECK_MSG(run(&first, ext, 0) == 0, "first run: %s", ce_err_msg());
+  /* without --extend: refused, naming the keys and the flag */
+  CHECK(run(&final, ext, 0) < 0);
+  if (g_rank == 0)
+    CHECK_MSG(strstr(ce_err_msg(), "finetune.epochs 1 -> 2") &&
+                  strstr(ce_err_msg(), "finetune.schedule.step_size 0 -> 1") &&
+                  strstr(ce_err_msg(), "finetune.schedule.gamma 0.1 -> 0.5") &&
+                  strstr(ce_err_msg(), "rerun with --extend"),
+              "message: %s", ce_err_msg());
+  int rc = run_ex(&final, ext, 0, 1);
+  CHECK_MSG(rc == 0, "extended: %d (%s)", rc, ce_err_msg());
+  if (g_rank == 0) {
+    CHECK_MSG(same_file(rst, est, "last.ckpt"), "extended last.ckpt differs from the uninterrupted one");
+    CHECK_MSG(same_file(rst, est, "best.ckpt"), "extended best.ckpt differs from the uninterrupted one");
+    char *t = slurp(est, "train.csv"), *v = slurp(est, "validation.csv");
+    char *t0 = slurp(rst, "train.csv"), *v0 = slurp(rst, "validation.csv");
+    char a[32][256], b[32][256], c[8][256], d[8][256];
+    int na = t ? rows_without(t, 1, a, 32) : 0, nb = t0 ? rows_without(t0, 1, b, 32) : 0;
+    int nc = v ? rows_without(v, 1, c, 8) : 0, nd = v0 ? rows_without(v0, 1, d, 8) : 0;
+    CHECK_MSG(na == 13 && na == nb && nc == 4 && nc == nd, "rows: %d %d %d %d", na, nb, nc, nd);
+    for (int r = 0; r < na && r < nb; r++)
+      CHECK_MSG(!strcmp(a[r], b[r]), "train.csv row %d: '%s', uninterrupted '%s'", r, a[r], b[r]);
+    for (int r = 0; r < nc && r < nd; r++)
+      CHECK_MSG(!strcmp(c[r], d[r]), "validation.csv row %d: '%s', uninterrupted '%s'", r, c[r], d[r]);
+    /* the new rate holds from epoch 1: 3e-3 * 0.5 */
+    CHECK_MSG(na == 13 && !strncmp(a[7], "7,1,0.0015,", 11), "step 7: %s", na == 13 ? a[7] : "");
+    /* the record: the old text kept, the new one in train.yaml, the change logged */
+    char *y1 = slurp(ext, "train.1.yaml"), *y = slurp(ext, "train.yaml"), *log = slurp(ext, "train.log");
+    CHECK(y1 && strlen(y1) == first.text_len && !memcmp(y1, first.text, first.text_len));
+    CHECK(y && strlen(y) == final.text_len && !memcmp(y, final.text, final.text_len));
+    CHECK_MSG(log && strstr(log, "extend: <unit job> replaces the job (the previous one is kept as "
+                                 "train.1.yaml)") &&
+                  strstr(log, "extend:   finetune.epochs: 1 -> 2\n") &&
+                  strstr(log, "extend:   finetune.schedule.step_size: 0 -> 1 (from epoch 1 on)\n") &&
+                  strstr(log, "extend:   finetune.schedule.gamma: 0.1 -> 0.5 (from epoch 1 on)\n"),
+              "train.log: %s", log ? log : "(missing)");
+    free(t), free(v), free(t0), free(v0), free(y1), free(y), free(log);
+  }
+  /* the final job now resumes there without --extend (complete: skipped) */
+  CHECK_MSG(run(&final, ext, 0) == 0, "rerun of the final job: %s", ce_err_msg());
+
+  /* refused, naming the key, with nothing recorded */
+  train_job bigger, fewer, reseed;
+  CHECK_OK(make_job_ex(&bigger, 9, 4, 3, sched));
+  CHECK_OK(make_job_ex(&fewer, 9, 2, 1, sched));
+  CHECK_OK(make_job_ex(&reseed, 10, 2, 3, sched));
+  CHECK(run_ex(&bigger, ext, 0, 1) < 0);
+  if (g_rank == 0)
+    CHECK_MSG(strstr(ce_err_msg(), "--extend cannot change finetune.batch 2 -> 4") &&
+                  !strstr(ce_err_msg(), "epochs"), "message: %s", ce_err_msg());
+  CHECK(run_ex(&reseed, ext, 0, 1) < 0);
+  if (g_rank == 0)
+    CHECK_MSG(strstr(ce_err_msg(), "--extend cannot change seed 9 -> 10"), "message: %s", ce_err_msg());
+  CHECK(run_ex(&fewer, ext, 0, 1) < 0);
+  if (g_rank == 0) {
+    CHECK_MSG(strstr(ce_err_msg(), "--extend cannot change finetune.epochs to 1: the finetune "
+                                   "stage has already trained 2 epochs"), "message: %s", ce_err_msg());
+    CHECK(!exists(ext, "train.2.yaml"));
+    char *y = slurp(ext, "train.yaml"), *log = slurp(ext, "train.log");
+    CHECK(y && strlen(y) == final.text_len && !memcmp(y, final.text, final.text_len));
+    CHECK(log && !strstr(log, "train.2.yaml"));
+    free(y), free(log);
+  }
+  train_job_free(&bigger), train_job_free(&fewer), train_job_free(&reseed);
+  train_job_free(&first), train_job_free(&final);
+}
+
+/* A pretrain stage may not grow under a finetune stage that already took its
+ * weights: a run folder with both stages' checkpoints (any checkpoint after
+ * 2 epochs serves: the check reads the epoch counts before anything runs). */
+static void test_extend_pretrain_refused(void) {
+  char out[1200], text[4096], src[1300];
+  snprintf(out, sizeof out, "%s/twostage", g_tmp);
+  snprintf(src, sizeof src, "%s/ext_ref/finetune/last.ckpt", g_tmp);
+  const char *fmt = "seed: 9\n"
+                    "pretrain: {data: {dataset: %s}, epochs: %d}\n"
+                    "finetune: {data: {dataset: %s}, epochs: 2}\n";
+  snprintf(text, sizeof text, fmt, g_dir, 2, g_dir);
+  if (g_rank == 0) {
+    char *ck;
+    size_t len;
+    CHECK_OK(fs_mkdir_p(out));
+    CHECK_OK(fs_read_all(src, &ck, &len));
+    const char *stages[2] = {"pretrain", "finetune"};
+    for (int k = 0; k < 2; k++) {
+      char d[1400], p[1500];
+      snprintf(d, sizeof d, "%s/%s", out, stages[k]);
+      snprintf(p, sizeof p, "%s/last.ckpt", d);
+      CHECK_OK(fs_mkdir_p(d));
+      FILE *f = fopen(p, "wb");
+      CHECK(f && fwrite(ck, 1, len, f) == len && fclose(f) == 0);
+    }
+    snprintf(src, sizeof src, "%s/train.yaml", out);
+    FILE *f = fopen(src, "wb");
+    CHECK(f && fwrite(text, 1, strlen(text), f) == strlen(text) && fclose(f) == 0);
+    free(ck);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  snprintf(text, sizeof text, fmt, g_dir, 3, g_dir);
+  train_job j;
+  CHECK_OK(train_job_parse("<two-stage job>", text, strlen(text), g_tmp, &j));
+  CHECK(run_ex(&j, out, 0, 1) < 0);
+  if (g_rank == 0)
+    CHECK_MSG(strstr(ce_err_msg(), "--extend cannot change pretrain.epochs to 3: the finetune "
+                                   "stage has already started from the pretrain stage's weights"),
+              "message: %s", ce_err_msg());
+  train_job_free(&j);
 }
 
 int main(int argc, char **argv) {
@@ -242,6 +413,8 @@ int main(int argc, char **argv) {
   RUN(test_resume_mid_epoch);
   RUN(test_resume_at_epoch_end);
   RUN(test_refusals);
+  RUN(test_extend);
+  RUN(test_extend_pretrain_refused);
   nn_backend_finish(&nn_backend_cpu);
   MPI_Barrier(MPI_COMM_WORLD);
   if (g_rank == 0) check_scratch_remove();
