@@ -54,6 +54,7 @@ static void *run_server(void *arg) {
 
 static int run_one(const char *endpoint, bench_src *src, int credit, double *gbs, double *sps,
                    uint64_t *realigned) {
+  if (src->samples < 16) return ce_err("bench stream: at least 16 samples");
   stream_server_opts so = {.endpoint = endpoint, .dataset_id = 1, .samples_per_epoch = src->samples,
                            .max_epochs = 1, .max_credit = (uint32_t)credit, .world = 1};
   server_thread t = {0};
@@ -98,6 +99,39 @@ static int run_one(const char *endpoint, bench_src *src, int credit, double *gbs
   return rc;
 }
 
+/* Fill a source with samples of 3 x n^3 + nf x n^2 float32. */
+static int src_make(bench_src *src, int n, int nf, uint64_t samples) {
+  *src = (bench_src){.n = n, .nf = nf, .samples = samples};
+  size_t nin = 3 * (size_t)n * n * n, nout = (size_t)nf * n * n;
+  src->inputs = malloc(nin * 4);
+  src->targets = malloc(nout * 4);
+  src->ids = malloc(64 * 8);
+  if (!src->inputs || !src->targets || !src->ids) {
+    free(src->inputs), free(src->targets), free(src->ids);
+    CE_FAIL("out of memory");
+  }
+  for (size_t i = 0; i < nin; i++) src->inputs[i] = (float)(i % 1000) * 0.001f;
+  for (size_t i = 0; i < nout; i++) src->targets[i] = (float)(i % 777) * 0.01f;
+  for (int i = 0; i < 64; i++) src->ids[i] = (uint64_t)i;
+  return 0;
+}
+
+static void src_free(bench_src *src) {
+  free(src->inputs);
+  free(src->targets);
+  free(src->ids);
+}
+
+int bench_stream_rate(const char *endpoint, int n, int nf, uint64_t samples, int credit,
+                      double *gbs, double *sps) {
+  bench_src src;
+  CE_TRY(src_make(&src, n, nf, samples));
+  uint64_t realigned;
+  int rc = run_one(endpoint, &src, credit, gbs, sps, &realigned);
+  src_free(&src);
+  return rc;
+}
+
 int bench_stream(int argc, char **argv) {
   int64_t samples = 1500, credit = 8, n = 64, nf = 7;
   const char *transport = "all";
@@ -116,15 +150,9 @@ int bench_stream(int argc, char **argv) {
   if (samples < 16 || credit < 1 || credit > 1024 || n < 1 || n > 512 || nf < 1 || nf > 1024)
     return cli_usage_fail("bench stream",
                           "--samples >= 16, --credit 1..1024, --n 1..512, --channels 1..1024");
-  bench_src src = {.n = (int)n, .nf = (int)nf, .samples = (uint64_t)samples};
+  bench_src src;
+  if (src_make(&src, (int)n, (int)nf, (uint64_t)samples) < 0) return cli_fail("bench stream");
   size_t nin = 3 * (size_t)n * n * n, nout = (size_t)nf * n * n;
-  src.inputs = malloc(nin * 4);
-  src.targets = malloc(nout * 4);
-  src.ids = malloc(64 * 8);
-  if (!src.inputs || !src.targets || !src.ids) return ce_err("out of memory"), cli_fail("bench stream");
-  for (size_t i = 0; i < nin; i++) src.inputs[i] = (float)(i % 1000) * 0.001f;
-  for (size_t i = 0; i < nout; i++) src.targets[i] = (float)(i % 777) * 0.01f;
-  for (int i = 0; i < 64; i++) src.ids[i] = (uint64_t)i;
   double mb = (double)(nin + nout) * 4 / 1e6;
   int rc = 0;
   char ipc[256];
@@ -145,8 +173,6 @@ int bench_stream(int argc, char **argv) {
              (unsigned long long)realigned);
     if (i == 1) unlink(ipc + 6);
   }
-  free(src.inputs);
-  free(src.targets);
-  free(src.ids);
+  src_free(&src);
   return rc ? cli_fail("bench stream") : 0;
 }

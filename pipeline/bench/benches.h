@@ -8,4 +8,12 @@
 #include "pipeline/bench/benches.def"
 #undef COEMU_BENCH
 
+#include <stdint.h>
+
+/* The in-memory stream protocol (bench stream's core), for comparisons in
+ * other benchmarks: `samples` samples of 3 x n^3 + nf x n^2 float32 from a
+ * producer to one consumer on `endpoint`; GB/s and samples/s after warm-up. */
+int bench_stream_rate(const char *endpoint, int n, int nf, uint64_t samples, int credit,
+                      double *gbs, double *sps);
+
 #endif

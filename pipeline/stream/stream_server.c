@@ -37,6 +37,7 @@ typedef struct {
   int done; /* all epochs sent */
   /* the TCP connection the HELLO came on (ZMQ_SRCFD) and its peer address,
    * so that a dropped peer's connection can be shut down (see drop_consumer) */
+  double admitted; /* when its HELLO was accepted */
   int fd;
   struct sockaddr_storage peer;
   socklen_t peerlen;
@@ -261,10 +262,11 @@ static void send_error(stream_server *s, consumer_state *c, const char *text) {
 /* The session a HELLO of `rank` may take the place of when every place is
  * taken, or -1 (the HELLO is then refused: "producer busy"). Places belong
  * to readers, and every rank of the world has a right to one:
- *  - a session of the same rank that does not read (never had a chunk taken,
- *    or none for timeout/2 while chunks wait) gives way: that is a consumer
- *    resuming elsewhere, or a dead one not yet noticed; a session that reads
- *    is never displaced by a newcomer of its rank;
+ *  - a session of the same rank that does not read (past a grace of
+ *    timeout/4 after its HELLO: never had a chunk taken, or none for
+ *    timeout/2 while chunks wait) gives way: that is a consumer resuming
+ *    elsewhere, or a dead one not yet noticed; a session that reads, or has
+ *    just arrived, is never displaced by a newcomer of its rank;
  *  - a rank with no session takes the place of a session of the rank holding
  *    the most places (at least 2), one that does not read if there is one,
  *    else the one with the oldest progress.
@@ -276,8 +278,9 @@ static int place_for(stream_server *s, uint16_t rank, double now) {
     const consumer_state *c = &s->cons[i];
     if (c->c.rank != rank) continue;
     nsame++;
-    int idle = atomic_load(&c->acct->released) == 0 ||
-               (atomic_load(&c->acct->chunks) > 0 && now - c->last_progress > s->o.timeout_s / 2);
+    int idle = now - c->admitted > s->o.timeout_s / 4 &&
+               (atomic_load(&c->acct->released) == 0 ||
+                (atomic_load(&c->acct->chunks) > 0 && now - c->last_progress > s->o.timeout_s / 2));
     if (idle && (same < 0 || c->last_progress < s->cons[same].last_progress)) same = i;
   }
   if (nsame > 0) return same;
@@ -358,6 +361,10 @@ static void handle_incoming(stream_server *s) {
       if (s->ncons + s->nzombies >= (int)s->o.max_consumers) {
         int old = place_for(s, h.rank, now);
         if (old >= 0) {
+          char msg[160];
+          snprintf(msg, sizeof msg, "superseded: a session of rank %u took this place (at most %u "
+                   "connections); say HELLO again to resume", (unsigned)h.rank, s->o.max_consumers);
+          send_error(s, &s->cons[old], msg); /* best effort: it may be gone */
           s->st.consumers_dropped++;
           s->st.superseded++;
           drop_consumer(s, old);
@@ -394,6 +401,7 @@ static void handle_incoming(stream_server *s) {
       c->idlen = idlen;
       c->acct = a;
       c->last_progress = now;
+      c->admitted = now;
       note_connection(c, &part[1]); /* the body frame carries the source fd */
     }
     c->c.rank = h.rank;

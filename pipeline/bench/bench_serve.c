@@ -1,0 +1,218 @@
+/* bench_serve.c - `coemu bench serve DATASET`: what `coemu serve` delivers
+ * from a finished dataset, to the C consumer (and to the Python client with
+ * --python), beside the in-memory stream protocol of `coemu bench stream`
+ * with samples of the same size, in the same run.
+ *
+ * The first epoch warms the page cache and the connection and is not timed;
+ * the figures are over the following epochs, so they measure the serve path
+ * (shard reads, checksums, the wire), not the disk. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/cli.h"
+#include "common/error.h"
+#include "common/progress.h"
+#include "pipeline/bench/benches.h"
+#include "pipeline/serve/serve.h"
+#include "pipeline/stream/stream_client.h"
+#include "pipeline/stream/stream_server.h"
+
+typedef struct {
+  stream_server *srv;
+  volatile int stop;
+  int rc;
+} server_thread;
+
+static void *run_server(void *arg) {
+  server_thread *t = arg;
+  t->rc = stream_server_run(t->srv, &t->stop);
+  return NULL;
+}
+
+typedef struct {
+  const char *dir, *split, *python;
+  int batch, credit, prefetch, epochs;
+} serve_bench;
+
+static int start(const serve_bench *b, const char *ep, serve_source **src, server_thread *t,
+                 pthread_t *th) {
+  serve_opts so = {.dataset_dir = b->dir, .split = b->split, .seed = 1, .world = 1,
+                   .batch = b->batch, .drop_last = 1, .prefetch = b->prefetch};
+  CE_TRY(serve_open(&so, src));
+  stream_server_opts o = {.endpoint = ep, .dataset_id = serve_dataset_id(*src),
+                          .samples_per_epoch = serve_samples_per_rank(*src),
+                          .max_epochs = (uint32_t)b->epochs, .max_credit = (uint32_t)b->credit,
+                          .world = 1, .leave = serve_leave};
+  if (stream_server_create(&o, serve_chunk, *src, &t->srv) < 0) {
+    serve_close(*src);
+    return -1;
+  }
+  pthread_create(th, NULL, run_server, t);
+  return 0;
+}
+
+static void stop(serve_source *src, server_thread *t, pthread_t th) {
+  t->stop = 1;
+  pthread_join(th, NULL);
+  stream_server_destroy(t->srv);
+  serve_close(src);
+}
+
+/* The C consumer: GB/s and samples/s over epochs 1.. (epoch 0 warms up). */
+static int run_c(const serve_bench *b, const char *ep, double *gbs, double *sps) {
+  serve_source *src;
+  server_thread t = {0};
+  pthread_t th;
+  CE_TRY(start(b, ep, &src, &t, &th));
+  stream_client_opts co = {.endpoint = ep, .rank = 0, .world = 1, .credit = (uint32_t)b->credit};
+  stream_client *c;
+  if (stream_client_open(&co, &c) < 0) {
+    stop(src, &t, th);
+    return -1;
+  }
+  stream_chunk_view v;
+  int r, ends = 0, rc = 0;
+  double t0 = 0;
+  uint64_t bytes0 = 0, samples0 = 0;
+  while (ends < b->epochs && (r = stream_client_next(c, &v)) >= 0) {
+    if (r == 0 && ++ends == 1) { /* epoch 0 done: the timed part starts */
+      stream_client_stats st;
+      stream_client_get_stats(c, &st);
+      bytes0 = st.bytes;
+      samples0 = st.samples;
+      t0 = ce_now();
+    }
+  }
+  if (ends < b->epochs) rc = ce_err_prefix("bench serve: the C consumer");
+  double t1 = ce_now();
+  stream_client_stats st;
+  stream_client_get_stats(c, &st);
+  stream_client_close(c);
+  stop(src, &t, th);
+  *gbs = (double)(st.bytes - bytes0) / (t1 - t0) / 1e9;
+  *sps = (double)(st.samples - samples0) / (t1 - t0);
+  return rc;
+}
+
+/* The Python client (coemu_stream from b->python) in a child process. */
+static int run_python(const serve_bench *b, const char *ep, double *gbs, double *sps) {
+  serve_source *src;
+  server_thread t = {0};
+  pthread_t th;
+  CE_TRY(start(b, ep, &src, &t, &th));
+  char cmd[8192];
+  snprintf(cmd, sizeof cmd,
+           "python3 -W ignore -c '\n"
+           "import sys, time\n"
+           "sys.path.insert(0, \"%s\")\n"
+           "import coemu_stream as cs\n"
+           "c = cs.StreamClient(\"%s\", rank=0, world=1, credit=%d, timeout_s=60)\n"
+           "ends, nb, ns, t0 = 0, 0, 0, 0.0\n"
+           "while ends < %d:\n"
+           "    ch = c.next()\n"
+           "    if ch is None:\n"
+           "        ends += 1\n"
+           "        if ends == 1:\n"
+           "            t0 = time.perf_counter()\n"
+           "    elif ends >= 1:\n"
+           "        nb += ch.ids.nbytes + ch.inputs.nbytes + ch.targets.nbytes\n"
+           "        ns += len(ch.ids)\n"
+           "dt = time.perf_counter() - t0\n"
+           "c.close()\n"
+           "print(nb / dt / 1e9, ns / dt)\n'",
+           b->python, ep, b->credit, b->epochs);
+  FILE *p = popen(cmd, "r");
+  int rc = -1;
+  if (!p)
+    ce_err("bench serve: cannot run python3");
+  else {
+    if (fscanf(p, "%lf %lf", gbs, sps) == 2) rc = 0;
+    int st = pclose(p);
+    if (rc == 0 && st != 0) rc = -1;
+    if (rc < 0) ce_err("bench serve: the Python client (coemu_stream from %s) failed", b->python);
+  }
+  stop(src, &t, th);
+  return rc;
+}
+
+int bench_serve(int argc, char **argv) {
+  serve_bench b = {.split = "all", .batch = 1, .credit = 8, .prefetch = 4, .epochs = 3};
+  int64_t batch = 1, credit = 8, prefetch = 4, epochs = 3;
+  const char *transport = "tcp";
+  cli_opt opts[] = {
+      {"split", CLI_STR, &b.split, "NAME", "split to serve (default all)", 0, 0},
+      {"batch", CLI_INT, &batch, "B", "samples per chunk (default 1)", 0, 0},
+      {"credit", CLI_INT, &credit, "K", "consumer credit, chunks in flight (default 8)", 0, 0},
+      {"prefetch", CLI_INT, &prefetch, "P", "chunks read ahead (default 4)", 0, 0},
+      {"epochs", CLI_INT, &epochs, "E", "epochs; the first warms up, untimed (default 3)", 0, 0},
+      {"transport", CLI_STR, &transport, "tcp|ipc", "endpoint kind (default tcp)", 0, 0},
+      {"python", CLI_STR, &b.python, "DIR",
+       "also time the Python client, coemu_stream.py from DIR (e.g. pipeline/stream)", 0, 0},
+      {0}};
+  int npos = 0;
+  char **pos = NULL;
+  const cli_command spec = {"bench serve", "DATASET [options]",
+                            "What coemu serve delivers from a dataset (page cache), to the C "
+                            "consumer and the Python client, beside bench stream in the same run.",
+                            opts, 1, 1};
+  cli_status r = cli_run_parse(&spec, argc, argv, &npos, &pos);
+  if (r != CLI_OK) return cli_exit(r);
+  b.dir = pos[0];
+  free(pos); /* the strings are argv's */
+  if (batch < 1 || batch > 4096 || credit < 1 || credit > 1024 || prefetch < 1 ||
+      prefetch > 1024 || epochs < 2 || epochs > 1000 ||
+      (strcmp(transport, "tcp") && strcmp(transport, "ipc")))
+    return cli_usage_fail("bench serve", "--batch 1..4096, --credit 1..1024, --prefetch 1..1024, "
+                                         "--epochs 2..1000, --transport tcp|ipc");
+  b.batch = (int)batch;
+  b.credit = (int)credit;
+  b.prefetch = (int)prefetch;
+  b.epochs = (int)epochs;
+  char ep[256];
+  if (!strcmp(transport, "tcp"))
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", 20000 + (int)(getpid() % 20000));
+  else
+    snprintf(ep, sizeof ep, "ipc:///tmp/coemu-bench-serve-%d.sock", (int)getpid());
+
+  /* the sample shape, for the in-memory comparison */
+  serve_opts so = {.dataset_dir = b.dir, .split = b.split, .seed = 1, .world = 1,
+                   .batch = b.batch, .prefetch = 1, .drop_last = 1};
+  serve_source *probe;
+  if (serve_open(&so, &probe) < 0) return cli_fail("bench serve");
+  uint32_t in_shape[4], out_shape[3];
+  serve_shapes(probe, in_shape, out_shape);
+  uint64_t per_epoch = serve_samples_per_rank(probe);
+  serve_close(probe);
+  if (per_epoch == 0) {
+    ce_err("bench serve: %s: split %s has no full batch of %d samples", b.dir, b.split, b.batch);
+    return cli_fail("bench serve");
+  }
+  double mb = 4.0 * ((double)in_shape[0] * in_shape[1] * in_shape[2] * in_shape[3] +
+                     (double)out_shape[0] * out_shape[1] * out_shape[2]) / 1e6;
+
+  double gbs, sps, mem_gbs, mem_sps;
+  if (run_c(&b, ep, &gbs, &sps) < 0) return cli_fail("bench serve");
+  printf("serve c %s sample_MB %.2f samples_per_epoch %llu batch %d GB/s %.2f samples/s %.0f\n",
+         transport, mb, (unsigned long long)per_epoch, b.batch, gbs, sps);
+  fflush(stdout);
+  uint64_t mem_samples = per_epoch * (uint64_t)(b.epochs - 1);
+  if (mem_samples < 64) mem_samples = 64;
+  if (bench_stream_rate(ep, (int)in_shape[1], (int)out_shape[0], mem_samples, b.credit, &mem_gbs,
+                        &mem_sps) < 0)
+    return cli_fail("bench serve");
+  printf("serve stream_in_memory %s sample_MB %.2f GB/s %.2f samples/s %.0f (serve c / in memory "
+         "%.0f%%)\n",
+         transport, mb, mem_gbs, mem_sps, 100 * gbs / mem_gbs);
+  fflush(stdout);
+  if (b.python) {
+    double pg, ps;
+    if (run_python(&b, ep, &pg, &ps) < 0) return cli_fail("bench serve");
+    printf("serve python %s sample_MB %.2f batch %d GB/s %.2f samples/s %.0f\n", transport, mb,
+           b.batch, pg, ps);
+  }
+  if (!strcmp(transport, "ipc")) unlink(ep + 6);
+  return 0;
+}
