@@ -89,6 +89,7 @@ int export_fits_read_info(const char *dir, int64_t sample, double edge_m, int nf
   if (rc == 0) { /* the model's name (variable-length string) */
     hid_t st = H5Tcopy(H5T_C_S1);
     H5Tset_size(st, H5T_VARIABLE);
+    H5Tset_cset(st, H5T_CSET_UTF8); /* as written: HDF5 converts no character sets */
     char *name = NULL;
     if (read_1d(f, "models/name", st, (hsize_t)info->model_id, &name) == 0 && name) {
       snprintf(info->model, sizeof info->model, "%s", name);
