@@ -136,19 +136,27 @@ static int write_maps(const char *out, const char *dataset, const eval_result *r
       snprintf(lab[2 * F + c], sizeof lab[2 * F + c], "error %s", ch);
       for (int k = 0; k < 3; k++) labp[k * F + c] = lab[k * F + c];
     }
-    char path[4400], title[160];
+    char path[4400], title[800], who[640];
+    export_fits_info in; /* the title names the sample, its model and direction */
+    if (export_fits_read_info(dataset, r->index[s], -1, 0, G, NULL, &in) == 0)
+      snprintf(who, sizeof who, "sample %lld (model %s, direction %lld)", (long long)r->index[s],
+               in.model, (long long)in.direction_index);
+    else
+      snprintf(who, sizeof who, "sample %lld", (long long)r->index[s]);
     snprintf(path, sizeof path, "%s/maps-%06lld.png", out, (long long)r->index[s]);
-    snprintf(title, sizeof title, "sample %lld: intensity [W m^-2 Hz^-1 sr^-1]; MaxRel %.3g%%",
-             (long long)r->index[s], r->maxrel_ps[s]);
+    snprintf(title, sizeof title, "%s: target (top), predicted (bottom); MaxRel %.3g%%", who,
+             r->maxrel_ps[s]);
     ce_panel_style st = {.cmap = CE_CMAP_INFERNO, .log_scale = 1, .shared_range = 1, .columns = F,
-                         .title = title, .labels = labp, .colorbar = 1};
+                         .title = title, .labels = labp, .colorbar = 1,
+                         .bar_label = "I_nu [W m^-2 Hz^-1 sr^-1] (log scale)"};
     rc = ce_write_panels_png(path, pan, 2 * F, &st);
     for (int c = 0; rc == 0 && c < F; c++) pan[c] = (ce_map2d){e + c * img, G, G, G, 1};
     snprintf(path, sizeof path, "%s/error-%06lld.png", out, (long long)r->index[s]);
-    snprintf(title, sizeof title, "sample %lld: |I_p - I_t| / max_f I_t (mean %.3g%% = MaxRel)",
-             (long long)r->index[s], 100 * acc / (double)ns);
+    snprintf(title, sizeof title, "%s: relative error (mean %.3g%% = MaxRel)", who,
+             100 * acc / (double)ns);
     ce_panel_style se = {.cmap = CE_CMAP_VIRIDIS, .shared_range = 1, .columns = F, .title = title,
-                         .labels = labp + 2 * F, .colorbar = 1};
+                         .labels = labp + 2 * F, .colorbar = 1,
+                         .bar_label = "|I_p - I_t| / max over channels of I_t"};
     if (rc == 0) rc = ce_write_panels_png(path, pan, F, &se);
     if (rc == 0 && fits) rc = write_maps_fits(out, dataset, r->index[s], t, p, vel, F, G);
   }

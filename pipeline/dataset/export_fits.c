@@ -70,7 +70,7 @@ int export_fits_read_info(const char *dir, int64_t sample, double edge_m, int nf
   memset(info, 0, sizeof *info);
   info->sample = sample;
   double edge = edge_m;
-  if (!(edge > 0)) CE_TRY(job_edge(dir, &edge));
+  if (edge == 0) CE_TRY(job_edge(dir, &edge));
   info->pixel_m = edge > 0 ? edge / n : 0;
   char p[4200];
   snprintf(p, sizeof p, "%s/dataset.h5", dir);
@@ -98,7 +98,7 @@ int export_fits_read_info(const char *dir, int64_t sample, double edge_m, int nf
       snprintf(info->model, sizeof info->model, "model %lld", (long long)info->model_id);
     H5Tclose(st);
   }
-  if (rc == 0) { /* velocities and the rest frequency */
+  if (rc == 0 && nf > 0) { /* velocities and the rest frequency */
     hid_t d = H5Dopen2(f, "velocities", H5P_DEFAULT);
     hid_t sp = d >= 0 ? H5Dget_space(d) : -1;
     if (vel && (sp < 0 || H5Sget_simple_extent_npoints(sp) != nf ||

@@ -46,8 +46,10 @@ typedef struct {
   double pixel_m;      /* edge / n, 0: unknown */
 } export_fits_info;
 
-/* The sample's catalogue entry and the pixel size (edge_m, else the job's
- * edge; 0 if that is auto). vel (nf values, may be NULL) gets /velocities. */
+/* The sample's catalogue entry and the pixel size (edge_m > 0, else with
+ * edge_m = 0 the job's edge, 0 if that is auto; edge_m < 0: not wanted, 0).
+ * vel (nf values, may be NULL) gets /velocities; nf = 0 reads neither them
+ * nor the rest frequency. Also for picture titles (preview.c, coemu eval). */
 int export_fits_read_info(const char *dir, int64_t sample, double edge_m, int nf, int n,
                           double *vel, export_fits_info *info);
 
