@@ -312,7 +312,7 @@ int export_fits_sample(const char *dir, const export_fits_opts *o, const char *p
     char tmp[4300];
     fitsfile *ff = NULL;
     int st = 0;
-    float *t = ce_malloc_array(ncube > nimg ? ncube / 3 : nimg, sizeof *t, "FITS buffer");
+    float *t = ce_malloc_array(ncube / 3 > nimg ? ncube / 3 : nimg, sizeof *t, "FITS buffer");
     if (!t) rc = -1;
     else if ((rc = open_tmp(path, tmp, sizeof tmp, &ff)) == 0) {
       export_fits_cube c = {"TARGET", "W m-2 Hz-1 sr-1", "Intensity", tg};

@@ -123,7 +123,10 @@ def check_wcs(what, h, n, pixel_m, dist, vel):
 with tempfile.TemporaryDirectory() as d:
     edge = 3.0e13
     even = generate(d, "even", edge, "{mode: grid, vmin: -600, vmax: 600, count: 3}")
-    uneven = generate(d, "uneven", "auto", "{mode: list, velocities: [-500, 0, 200]}")
+    # 20 uneven channels: more channels than the cube side (F n^2 > n^3, the
+    # buffer a FITS cube and an input cube share)
+    uvel = [-2000 + 150 * c + 7 * c * c for c in range(20)]
+    uneven = generate(d, "uneven", "auto", "{mode: list, velocities: [%s]}" % ", ".join(map(str, uvel)))
     with h5py.File(os.path.join(even, "dataset.h5"), "r") as f:
         ds = {k: f[k][()] for k in ("targets", "inputs", "velocities", "model_id", "direction",
                                     "direction_index", "split")}
@@ -164,12 +167,16 @@ with tempfile.TemporaryDirectory() as d:
     r = export(uneven, "--format", "fits", "--sample", 1, "--out", out)
     check(r.returncode == 1 and "sampling.edge is auto" in r.stderr and "--edge" in r.stderr
           and not os.path.exists(out), f"edge auto without --edge: {r.returncode} {r.stderr}")
-    r = export(uneven, "--format", "fits", "--sample", 1, "--out", out, "--edge", 2e13)
+    r = export(uneven, "--format", "fits", "--sample", 1, "--out", out, "--edge", 2e13, "--inputs")
     check(r.returncode == 0, f"edge auto with --edge: {r.stderr}")
     with h5py.File(os.path.join(uneven, "dataset.h5"), "r") as f:
-        ut, uv = f["targets"][1], f["velocities"][()]
-    h, data = read_fits(out)[0]
-    check(np.array_equal(data.transpose(0, 2, 1), ut), "uneven: data")
+        ut, uv, ui = f["targets"][1], f["velocities"][()], f["inputs"][1]
+    hdus = read_fits(out)
+    h, data = hdus[0]
+    check(np.array_equal(data.transpose(0, 2, 1), ut) and len(hdus) == 4
+          and all(np.array_equal(hdus[1 + c][1].transpose(2, 1, 0), ui[c]) for c in range(3)),
+          "uneven (20 channels, 16^3 inputs): data")
+    check(list(uv) == uvel, f"uneven: the job's velocities {uv}")
     check_wcs("uneven", h, n, 2e13 / n, 0, uv)
     r = export(even, "--format", "fits", "--sample", N, "--out", out + "2")
     check(r.returncode == 1 and f"samples 0..{N - 1}" in r.stderr and not os.path.exists(out + "2"),
