@@ -15,7 +15,9 @@ unknown, sample out of range); eval's maps-SAMPLE.fits (target within the
 normalisation's rounding of the dataset, WCS as above).
 
 Usage: test_export_fits.py DUMP_FORWARD_EXE   ($COEMU: coemu)"""
+import json
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -185,6 +187,22 @@ with tempfile.TemporaryDirectory() as d:
     # coemu eval --fits: a 3-channel net on the even dataset
     r = subprocess.run([DUMP, d], capture_output=True, text=True)
     check(r.returncode == 0, f"dump_forward: {r.stderr}")
+    # (and export --format safetensors --dataset: the normalisation in the metadata, exactly)
+    st = os.path.join(d, "w.safetensors")
+    r = export(os.path.join(d, "f3-reference.ckpt"), "--format", "safetensors", "--dataset", even,
+               "--out", st)
+    check(r.returncode == 0, f"export --dataset: {r.stderr}")
+    raw = open(st, "rb").read()
+    meta = json.loads(raw[8:8 + struct.unpack_from("<Q", raw)[0]])["__metadata__"]
+    with h5py.File(os.path.join(even, "dataset.h5"), "r") as f:
+        a = f["stats"].attrs
+        for key in ("vz_mean", "vz_std", "lnT_min", "lnT_scale", "lnn_min", "lnn_scale", "lnI_min",
+                    "lnI_scale", "lnI_clip"):
+            check(float(meta.get("norm." + key, "nan")) == float(a[key]),
+                  f"norm.{key} = {meta.get('norm.' + key)} vs /stats {a[key]}")
+        mode = a["I_mode"]
+        check(meta.get("norm.i_mode") == (mode.decode() if isinstance(mode, bytes) else str(mode)),
+              f"norm.i_mode {meta.get('norm.i_mode')} vs I_mode {a['I_mode']}")
     ev = os.path.join(d, "eval")
     r = subprocess.run([COEMU, "eval", os.path.join(d, "f3-reference.ckpt"), even, "--split", "all",
                         "--maps", "2", "--fits", "--out", ev, "--quiet"],
