@@ -296,8 +296,8 @@ static char *describe(int n, const ce_panel_style *st,
   for (int r = 0; st->row_titles && r < rows; r++)
     cap += (st->row_titles[r] ? strlen(st->row_titles[r]) : 0) + 32;
   for (int i = 0; st->labels && i < n; i++) cap += (st->labels[i] ? strlen(st->labels[i]) : 0) + 32;
-  for (int g = 0; st->group_labels && g < CE_PANEL_GROUPS; g++)
-    cap += (st->group_labels[g] ? strlen(st->group_labels[g]) : 0) + 96;
+  for (int c = 0; st->groups && st->group_labels && c < cols; c++) /* only the groups in use */
+    cap += (st->group_labels[st->groups[c]] ? strlen(st->group_labels[st->groups[c]]) : 0) + 96;
   cap += (st->bar_label ? strlen(st->bar_label) : 0) + 96 * CE_PANEL_GROUPS;
   char *d = malloc(cap);
   if (!d) return NULL;

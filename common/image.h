@@ -44,7 +44,8 @@ typedef struct {
   const int *groups;  /* NULL, or one range group 0..CE_PANEL_GROUPS-1 per column: the
                          panels of a group's columns (every row) share a range, and its
                          colour bar spans those columns (give a group adjacent columns) */
-  const char *const *group_labels; /* the groups' bar labels (NULL entries: none) */
+  const char *const *group_labels; /* the groups' bar labels, indexed by group (entries for
+                                      the groups in use; NULL entries: none) */
   const char *const *row_titles;   /* one line above each row of panels (NULL: none) */
 } ce_panel_style;
 
