@@ -238,4 +238,9 @@ with tempfile.TemporaryDirectory() as d:
     img, text = picture("eval errors", os.path.join(ev, f"error-{k:06d}.png"), "viridis",
                         ["|I_p - I_t| / max over channels of I_t"])
     check(text.get("Title", "").startswith(who), f"eval errors: title {text.get('Title')!r}")
+    # the MaxRel chart (trainplot.c): its title and axis with units, in pixels and words
+    img, text = read_png(os.path.join(ev, "maxrel.png"))
+    check(text.get("Title", "").startswith("MaxRel per sample (all, 4 samples)")
+          and "x: MaxRel (%)" in text.get("Description", ""), f"maxrel.png: {text}")
+    check(int(np.sum(np.all(img[:40] == INK, axis=2))) > 50, "maxrel.png: the title is drawn")
 report()
