@@ -718,10 +718,21 @@ int ce_plot_lines(const char *what, const ce_chart *c, const ce_series *s, int n
   return chart_end(&ch, 0, img, frame);
 }
 
+/* A chart's PNG with its words as text chunks (image.h): Title, and the
+ * axes' labels as Description. */
+static int chart_png(const char *path, const ce_chart *c, const ce_image *img) {
+  char desc[1024];
+  snprintf(desc, sizeof desc, "x: %s\ny: %s\n", c && c->xlabel ? c->xlabel : "",
+           c && c->ylabel ? c->ylabel : "");
+  const char *keys[3] = {"Title", "Description", "Software"},
+             *vals[3] = {c ? c->title : NULL, desc, "coemu " COEMU_VERSION};
+  return ce_write_rgb_png_text(path, img->rgb, img->width, img->height, keys, vals, 3);
+}
+
 int ce_plot_lines_png(const char *path, const ce_chart *c, const ce_series *s, int nseries) {
   ce_image img;
   CE_TRY(ce_plot_lines(path, c, s, nseries, &img, NULL));
-  int rc = ce_write_rgb_png(path, img.rgb, img.width, img.height);
+  int rc = chart_png(path, c, &img);
   free(img.rgb);
   return rc;
 }
@@ -811,7 +822,7 @@ int ce_plot_histogram_png(const char *path, const ce_chart *c, const double *val
   ce_image img;
   CE_TRY(ce_plot_histogram(path, c, values, n, bins, vlines, vline_labels, nvlines, &img, NULL,
                            NULL));
-  int rc = ce_write_rgb_png(path, img.rgb, img.width, img.height);
+  int rc = chart_png(path, c, &img);
   free(img.rgb);
   return rc;
 }

@@ -501,7 +501,14 @@ int synth_preview_png(const char *path, const synth_params *p, const amrvac_snap
     }
   free(keys);
   ce_map2d m = {img, npix, npix, 1, npix};
-  ce_panel_style st = {.cmap = CE_CMAP_INFERNO, .log_scale = 1, .scale = 1};
+  char title[512]; /* the model's name: the file's, without ".png" */
+  const char *base = strrchr(path, '/'), *dot = strrchr(path, '.');
+  base = base ? base + 1 : path;
+  snprintf(title, sizeof title, "%.*s: n_H2 in the orbital plane, %.0f au across",
+           (int)(dot && dot > base ? dot - base : (ptrdiff_t)strlen(base)), base,
+           2 * p->half_width / 149597870700.0);
+  ce_panel_style st = {.cmap = CE_CMAP_INFERNO, .log_scale = 1, .scale = 1, .shared_range = 1,
+                       .title = title, .colorbar = 1, .bar_label = "n_H2 [m^-3] (log scale)"};
   int rc = ce_write_panels_png(path, &m, 1, &st);
   free(img);
   return rc;

@@ -16,6 +16,7 @@
 #include "common/fsutil.h"
 #include "common/image.h"
 #include "pipeline/cmd/commands.h"
+#include "pipeline/dataset/export_fits.h"
 #include "pipeline/dataset/h5util.h"
 #include "pipeline/mpi/mpi_fatal.h"
 #include "pipeline/serve/serve.h"
@@ -78,11 +79,31 @@ static void channel_velocities(const char *dataset, int F, double *v) {
   h5_unlock();
 }
 
+/* OUT/maps-SAMPLE.fits (fits != 0): the target and predicted cubes, I_nu
+ * denormalised, with the WCS of export_fits.h (linear au axes; pixels where
+ * the job's sampling.edge is auto). */
+static int write_maps_fits(const char *out, const char *dataset, int64_t sample, const double *t,
+                           const double *p, const double *vel, int F, int G) {
+  const size_t ns = (size_t)F * G * G;
+  export_fits_info info;
+  CE_TRY(export_fits_read_info(dataset, sample, 0, F, G, NULL, &info));
+  float *c = ce_malloc_array(2 * ns, sizeof *c, "FITS maps");
+  if (!c) return -1;
+  for (size_t i = 0; i < ns; i++) c[i] = (float)t[i], c[ns + i] = (float)p[i];
+  const export_fits_cube cubes[2] = {{"TARGET", "W m-2 Hz-1 sr-1", "Intensity", c},
+                                     {"PREDICTED", "W m-2 Hz-1 sr-1", "Intensity", c + ns}};
+  char path[4400];
+  snprintf(path, sizeof path, "%s/maps-%06lld.fits", out, (long long)sample);
+  int rc = export_fits_write(path, cubes, 2, F, G, isnan(vel[0]) ? NULL : vel, &info, 0);
+  free(c);
+  return rc;
+}
+
 /* OUT/maps-SAMPLE.png: target (top row) and prediction (bottom row) of every
  * channel on one log10 intensity scale; OUT/error-SAMPLE.png: the relative
  * error |I_p - I_t| / max_f I_t per channel (MaxRel's per-pixel term). */
 static int write_maps(const char *out, const char *dataset, const eval_result *r,
-                      const stats_norm *norm, int F, int G) {
+                      const stats_norm *norm, int F, int G, int fits) {
   const size_t img = (size_t)G * G, ns = (size_t)F * img;
   double *t = ce_malloc_array(3 * ns, sizeof(double), "map buffers");
   ce_map2d *pan = ce_malloc_array(2 * (size_t)F, sizeof *pan, "map panels");
@@ -115,20 +136,29 @@ static int write_maps(const char *out, const char *dataset, const eval_result *r
       snprintf(lab[2 * F + c], sizeof lab[2 * F + c], "error %s", ch);
       for (int k = 0; k < 3; k++) labp[k * F + c] = lab[k * F + c];
     }
-    char path[4400], title[160];
+    char path[4400], title[800], who[640];
+    export_fits_info in; /* the title names the sample, its model and direction */
+    if (export_fits_read_info(dataset, r->index[s], -1, 0, G, NULL, &in) == 0)
+      snprintf(who, sizeof who, "sample %lld (model %s, direction %lld)", (long long)r->index[s],
+               in.model, (long long)in.direction_index);
+    else
+      snprintf(who, sizeof who, "sample %lld", (long long)r->index[s]);
     snprintf(path, sizeof path, "%s/maps-%06lld.png", out, (long long)r->index[s]);
-    snprintf(title, sizeof title, "sample %lld: intensity [W m^-2 Hz^-1 sr^-1]; MaxRel %.3g%%",
-             (long long)r->index[s], r->maxrel_ps[s]);
+    snprintf(title, sizeof title, "%s: target (top), predicted (bottom); MaxRel %.3g%%", who,
+             r->maxrel_ps[s]);
     ce_panel_style st = {.cmap = CE_CMAP_INFERNO, .log_scale = 1, .shared_range = 1, .columns = F,
-                         .title = title, .labels = labp, .colorbar = 1};
+                         .title = title, .labels = labp, .colorbar = 1,
+                         .bar_label = "I_nu [W m^-2 Hz^-1 sr^-1] (log scale)"};
     rc = ce_write_panels_png(path, pan, 2 * F, &st);
     for (int c = 0; rc == 0 && c < F; c++) pan[c] = (ce_map2d){e + c * img, G, G, G, 1};
     snprintf(path, sizeof path, "%s/error-%06lld.png", out, (long long)r->index[s]);
-    snprintf(title, sizeof title, "sample %lld: |I_p - I_t| / max_f I_t (mean %.3g%% = MaxRel)",
-             (long long)r->index[s], 100 * acc / (double)ns);
+    snprintf(title, sizeof title, "%s: relative error (mean %.3g%% = MaxRel)", who,
+             100 * acc / (double)ns);
     ce_panel_style se = {.cmap = CE_CMAP_VIRIDIS, .shared_range = 1, .columns = F, .title = title,
-                         .labels = labp + 2 * F, .colorbar = 1};
+                         .labels = labp + 2 * F, .colorbar = 1,
+                         .bar_label = "|I_p - I_t| / max over channels of I_t"};
     if (rc == 0) rc = ce_write_panels_png(path, pan, F, &se);
+    if (rc == 0 && fits) rc = write_maps_fits(out, dataset, r->index[s], t, p, vel, F, G);
   }
   free(t);
   free(pan);
@@ -141,7 +171,7 @@ static int write_maps(const char *out, const char *dataset, const eval_result *r
 int cmd_eval(int argc, char **argv) {
   const char *split = "test", *out = NULL;
   int64_t max_samples = 0, batch = 16, maps = 4, threads = 0;
-  int quiet = 0;
+  int quiet = 0, fits = 0;
   cli_opt opts[] = {
       {"split", CLI_STR, &split, "NAME", "test (default), validation, train or all", 0, 0},
       {"max-samples", CLI_INT, &max_samples, "N", "evaluate N samples evenly spaced over the split (default: all)", 0, 0},
@@ -149,6 +179,7 @@ int cmd_eval(int argc, char **argv) {
       {"maps", CLI_INT, &maps, "K", "channel-map PNGs for the first K samples (default 4; at most --batch, with a warning)", 0, 0},
       {"threads", CLI_INT, &threads, "N", "threads per rank (default: OpenMP's)", 0, 0},
       {"out", CLI_STR, &out, "DIR", "where the tables and pictures go (default: CHECKPOINT's folder/eval-SPLIT)", 0, 0},
+      {"fits", CLI_FLAG, &fits, NULL, "also write the maps as FITS cubes (maps-SAMPLE.fits: TARGET, PREDICTED; docs/export.md)", 0, 0},
       {"quiet", CLI_FLAG, &quiet, NULL, "do not print the table", 0, 0},
       {0}};
   const cli_command spec = {
@@ -218,7 +249,7 @@ int cmd_eval(int argc, char **argv) {
     if (write_csv(p, &res) < 0) mpi_fatal(ce_err_msg());
     snprintf(p, sizeof p, "%s/maxrel.png", out);
     if (trainplot_maxrel_png(p, res.maxrel_ps, res.n, &res.maxrel, split) < 0) mpi_fatal(ce_err_msg());
-    if (write_maps(out, dataset, &res, serve_norm(src), m.cfg.nfreq, m.cfg.grid) < 0)
+    if (write_maps(out, dataset, &res, serve_norm(src), m.cfg.nfreq, m.cfg.grid, fits) < 0)
       mpi_fatal(ce_err_msg());
     if (res.kept < maps_asked)
       fprintf(stderr, "coemu eval: warning: --maps %lld: %d maps written: %s\n",

@@ -97,7 +97,8 @@ static int write_h5(const char *path, float *const cube[3], int n, int f64, cons
 }
 
 /* Central x-y slices of n (log10), T and v_z, and the CO column (log10). */
-static int write_preview(const char *path, float *const cube[3], int n, double h) {
+static int write_preview(const char *path, float *const cube[3], int n, double h,
+                         const char *title) {
   size_t nn = (size_t)n * n;
   double *p = ce_malloc_array(4 * nn, sizeof *p, "preview");
   if (!p) return -1;
@@ -113,7 +114,11 @@ static int write_preview(const char *path, float *const cube[3], int n, double h
     }
   ce_map2d maps[4];
   for (int i = 0; i < 4; i++) maps[i] = (ce_map2d){p + i * nn, n, n, n, 1};
-  ce_panel_style st = {.cmap = CE_CMAP_VIRIDIS};
+  static const int groups[4] = {0, 1, 2, 3}; /* each panel its own range and bar */
+  static const char *labels[4] = {"n_CO, z mid", "T, z mid", "v_z, z mid", "CO column"};
+  static const char *bars[4] = {"log n_CO [m^-3]", "T [K]", "v_z [m/s]", "log N_CO [m^-2]"};
+  ce_panel_style st = {.cmap = CE_CMAP_VIRIDIS, .title = title, .labels = labels, .colorbar = 1,
+                       .groups = groups, .group_labels = bars};
   int rc = ce_write_panels_png(path, maps, 4, &st);
   free(p);
   return rc;
@@ -163,6 +168,7 @@ int cmd_sample(int argc, char **argv) {
         "sample", "--directions 1..1000000, --n 1..4096, --k 1..16, --seed >= 0, --model-id 0..2^32-1");
   }
   ce_model *m;
+  const char *model_path = pos[0]; /* argv's string: outlives pos */
   if (model_load(pos[0], units_path, &m) < 0) {
     free(pos);
     return cli_fail("sample");
@@ -207,7 +213,12 @@ int cmd_sample(int argc, char **argv) {
       snprintf(p, sizeof p, "%s/dir_%04lld", out, (long long)d);
       rc = write_npy_dir(p, cube, cn, f64, q, dx, meta);
     }
-    if (rc == 0 && d == 0 && preview) rc = write_preview(preview, cube, cn, voxel);
+    if (rc == 0 && d == 0 && preview) {
+      char title[4400];
+      snprintf(title, sizeof title, "%s: direction 0 (%s, q = %.3f %.3f %.3f %.3f), voxel %.3g au",
+               model_path, dir_name(smp), q[0], q[1], q[2], q[3], voxel / 149597870700.0);
+      rc = write_preview(preview, cube, cn, voxel, title);
+    }
   }
   for (int f = 0; f < 3; f++) free(cube[f]);
   model_free(m);

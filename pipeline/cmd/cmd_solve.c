@@ -242,14 +242,28 @@ static int write_fits(const char *path, const double *img, int nx, int ny, int n
   return fs_rename_durable(tmp + 1, path);
 }
 
-static int write_preview(const char *path, const double *img, int nx, int ny, int nf) {
+/* The channel maps on one log scale, each labelled with its radio velocity
+ * v = c (1 - nu/nu0); the title names the input and the line. */
+static int write_preview(const char *path, const double *img, int nx, int ny, int nf,
+                         const double *freqs, double nu0, const char *title) {
   ce_map2d *maps = ce_malloc_array((size_t)nf, sizeof *maps, "preview panels");
-  if (!maps) return -1;
-  for (int f = 0; f < nf; f++)
-    maps[f] = (ce_map2d){img + f, nx, ny, (ptrdiff_t)ny * nf, nf};
-  ce_panel_style st = {.cmap = CE_CMAP_INFERNO, .shared_range = 1, .columns = nf > 8 ? 8 : 0};
-  int rc = ce_write_panels_png(path, maps, nf, &st);
+  char (*lab)[32] = ce_malloc_array((size_t)nf, sizeof *lab, "preview labels");
+  const char **labp = ce_malloc_array((size_t)nf, sizeof *labp, "preview labels");
+  int rc = -1;
+  if (maps && lab && labp) {
+    for (int f = 0; f < nf; f++) {
+      maps[f] = (ce_map2d){img + f, nx, ny, (ptrdiff_t)ny * nf, nf};
+      snprintf(lab[f], sizeof lab[f], "%+.2f km/s", 299792.458 * (1 - freqs[f] / nu0));
+      labp[f] = lab[f];
+    }
+    ce_panel_style st = {.cmap = CE_CMAP_INFERNO, .log_scale = 1, .shared_range = 1,
+                         .columns = nf > 8 ? 8 : 0, .title = title, .labels = labp, .colorbar = 1,
+                         .bar_label = "I_nu [W m^-2 Hz^-1 sr^-1] (log scale)"};
+    rc = ce_write_panels_png(path, maps, nf, &st);
+  }
   free(maps);
+  free(lab);
+  free(labp);
   return rc;
 }
 
@@ -427,7 +441,12 @@ int cmd_solve(int argc, char **argv) {
     }
   }
   if (fits && write_fits(fits, img, c.nx, c.ny, nf, freqs, dx, &p, L.nu0) < 0) goto fail;
-  if (preview && write_preview(preview, img, c.nx, c.ny, nf) < 0) goto fail;
+  if (preview) {
+    char title[4400];
+    snprintf(title, sizeof title, "%s: %s %.7f GHz (transition %lld), %d x %d x %d cells", input_desc,
+             mol.name, L.nu0 * 1e-9, (long long)transition, c.nx, c.ny, c.nz);
+    if (write_preview(preview, img, c.nx, c.ny, nf, freqs, L.nu0, title) < 0) goto fail;
+  }
   double mx = 0;
   for (size_t i = 0; i < (size_t)c.nx * c.ny * nf; i++) mx = fmax(mx, fabs(img[i]));
   char label[160];

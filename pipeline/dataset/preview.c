@@ -9,6 +9,7 @@
 
 #include "common/error.h"
 #include "common/image.h"
+#include "pipeline/dataset/export_fits.h"
 #include "pipeline/dataset/h5util.h"
 
 int dataset_preview(const char *dir, int nsamples, const char *png_path) {
@@ -65,7 +66,7 @@ int dataset_preview(const char *dir, int nsamples, const char *png_path) {
         for (int x = 0; x < n && x < ni; x++)
           for (int y = 0; y < n && y < ni; y++) {
             float v = buf[(((size_t)c * ni + x) * ni + y) * ni + ni / 2];
-            row[((size_t)c * n + x) * n + y] = c == 0 ? v : (v > 0 ? log10(v) : NAN);
+            row[((size_t)c * n + x) * n + y] = c == 0 ? v / 1000 : (v > 0 ? log10(v) : NAN);
           }
     }
     if (h5_read_sample_f32(dtg, idx, buf) < 0) {
@@ -77,30 +78,61 @@ int dataset_preview(const char *dir, int nsamples, const char *png_path) {
     for (int c = 0; c < cols; c++)
       pan[s * cols + c] = (ce_map2d){row + (size_t)c * n * n, n, n, n, 1};
   }
-  /* the columns named on the first row; per-panel colour ranges: each map
-   * keeps its own contrast */
+  /* one row a sample, titled with where it came from; the columns named on
+   * the first row (the channels by their velocity); one colour range and bar
+   * (with units) per input field and one for all channels, over every row */
   const char **labels = calloc((size_t)ns * cols, sizeof *labels);
-  char (*names)[32] = calloc((size_t)cols, sizeof *names);
-  if (!labels || !names) {
-    free(labels);
-    free(names);
+  char (*names)[48] = calloc((size_t)cols, sizeof *names);
+  char (*rtitle)[600] = calloc((size_t)ns, sizeof *rtitle);
+  const char **rtp = calloc((size_t)ns, sizeof *rtp);
+  int *groups = calloc((size_t)cols, sizeof *groups);
+  double *vel = calloc((size_t)nf, sizeof *vel);
+  if (!labels || !names || !rtitle || !rtp || !groups || !vel) {
     rc = ce_err("out of memory for the preview labels");
-    goto freeall;
+    goto freelabels;
   }
-  static const char *inames[3] = {"v_z (z mid)", "log10 T", "log10 n_CO"};
+  for (int s = 0; s < ns; s++) {
+    hsize_t idx = ns > 1 ? (hsize_t)((double)s * (double)(dt[0] - 1) / (ns - 1) + 0.5) : 0;
+    export_fits_info in;
+    static const char *splits[3] = {"train", "validation", "test"};
+    if (export_fits_read_info(dir, (int64_t)idx, -1, s == 0 ? nf : 0, n, vel, &in) == 0)
+      snprintf(rtitle[s], sizeof rtitle[s], "sample %llu: model %s (id %lld), direction %lld, %s split",
+               (unsigned long long)idx, in.model, (long long)in.model_id,
+               (long long)in.direction_index, in.split < 3 ? splits[in.split] : "?");
+    else { /* a dataset without the catalogue (format 1): the index only */
+      snprintf(rtitle[s], sizeof rtitle[s], "sample %llu", (unsigned long long)idx);
+      for (int c = 0; s == 0 && c < nf; c++) vel[c] = NAN;
+    }
+    rtp[s] = rtitle[s];
+  }
+  static const char *inames[3] = {"v_z, z mid", "T, z mid", "n_CO, z mid"};
+  static const char *units[4] = {"v_z [km/s]", "log T [K]", "log n_CO [m^-3]",
+                                 "log I_nu [W m^-2 Hz^-1 sr^-1]"};
   for (int c = 0; c < cols; c++) {
     if (c < nin) snprintf(names[c], sizeof names[c], "%s", inames[c]);
-    else snprintf(names[c], sizeof names[c], "log10 I, ch %d", c - nin);
+    else if (isnan(vel[c - nin])) snprintf(names[c], sizeof names[c], "channel %d", c - nin);
+    else snprintf(names[c], sizeof names[c], "%+.2f km/s", vel[c - nin] / 1000);
     labels[c] = names[c];
+    groups[c] = c < nin ? c : 3;
   }
   char title[4200];
-  snprintf(title, sizeof title, "%s: %d of %llu samples", dir, ns, (unsigned long long)dt[0]);
+  snprintf(title, sizeof title, "%s: %d of %llu samples; inputs at the middle of the line of sight, "
+           "channel maps by velocity; log = log10", dir, ns, (unsigned long long)dt[0]);
   ce_panel_style st = {.cmap = CE_CMAP_INFERNO, .columns = cols, .scale = n >= 48 ? 2 : (96 + n - 1) / n,
-                       .title = title,
-                       .labels = labels};
+                       .title = title, .labels = labels, .row_titles = rtp, .colorbar = 1,
+                       .groups = groups, .group_labels = units};
+  if (!nin) { /* no inputs: the channels are group 0 */
+    for (int c = 0; c < cols; c++) groups[c] = 0;
+    st.group_labels = units + 3;
+  }
   rc = ce_write_panels_png(png_path, pan, ns * cols, &st);
+freelabels:
   free(labels);
   free(names);
+  free(rtitle);
+  free(rtp);
+  free(groups);
+  free(vel);
 freeall:
   free(maps);
   free(buf);

@@ -478,6 +478,95 @@ static void test_panel_annotations(void) {
   free(p1);
 }
 
+
+/* Colour bars per range group, ticks and labels (ce_render_panels): two rows
+ * of three columns in groups {0, 0, 1}; each group's bar spans its columns,
+ * runs the colour map from 0 to 1 pixel for pixel, carries the group's range
+ * (its panels over both rows), tick marks at round values and its label;
+ * row titles and a title wider than the panels widen the image; the bars add
+ * exactly their band to the height. */
+static void test_panel_groups(void) {
+  double a[8 * 8], b[8 * 8], c[8 * 8];
+  for (int i = 0; i < 64; i++) a[i] = i, b[i] = 100 + i, c[i] = -5 + 0.1 * i;
+  ce_map2d maps[6] = {{a, 8, 8, 8, 1}, {b, 8, 8, 8, 1}, {c, 8, 8, 8, 1},
+                      {b, 8, 8, 8, 1}, {a, 8, 8, 8, 1}, {c, 8, 8, 8, 1}};
+  const int groups[3] = {0, 0, 1};
+  const char *gl[2] = {"v_z [km/s]", "log T [K]"}, *rt[2] = {"sample 1", "sample 2"};
+  const char *title = "a title much wider than the six panels of this picture, so the picture widens";
+  ce_panel_style st = {.cmap = CE_CMAP_VIRIDIS, .columns = 3, .scale = 20, .title = title,
+                       .groups = groups, .group_labels = gl, .row_titles = rt};
+  ce_image plain, img;
+  ce_panel_layout l0, lay;
+  CHECK_OK(ce_render_panels("groups", maps, 6, &st, &plain, &l0));
+  st.colorbar = 1;
+  CHECK_OK(ce_render_panels("groups", maps, 6, &st, &img, &lay));
+  if (!plain.rgb || !img.rgb) return;
+  int tw, th;
+  ce_plot_text_size(title, 2, &tw, &th);
+  const int cellw = 8 * 20 + 4;
+  CHECK_MSG(img.width == tw + 8 && img.width > 3 * cellw + 4, "width %d: the title's %d + 8",
+            img.width, tw);
+  CHECK_MSG(l0.nbars == 0 && lay.nbars == 2, "bars: %d without colorbar, %d with", l0.nbars, lay.nbars);
+  CHECK_MSG(img.height - plain.height == 4 + ce_colorbar_height(20, 2, 1) + 4,
+            "the bars add their band: %d", img.height - plain.height);
+  CHECK(lay.bar[0].x == 4 && lay.bar[0].w == 2 * cellw - 4 && lay.bar[1].x == 4 + 2 * cellw &&
+        lay.bar[1].w == cellw - 4 && lay.bar[0].group == 0 && lay.bar[1].group == 1);
+  CHECK_MSG(lay.bar[0].lo == 0 && lay.bar[0].hi == 163 && fabs(lay.bar[1].lo + 5) < 1e-12 &&
+                fabs(lay.bar[1].hi - (-5 + 6.3)) < 1e-12,
+            "ranges [%g, %g] and [%g, %g]", lay.bar[0].lo, lay.bar[0].hi, lay.bar[1].lo, lay.bar[1].hi);
+  for (int k = 0; k < 2; k++) {
+    int ramp = 1, y = lay.bar[k].y + lay.bar[k].h / 2;
+    for (int i = 0; i < lay.bar[k].w; i++) {
+      uint8_t want[3];
+      ce_cmap_rgb(CE_CMAP_VIRIDIS, (double)i / (lay.bar[k].w - 1), want);
+      ramp &= !memcmp(img.rgb + ((size_t)y * img.width + lay.bar[k].x + i) * 3, want, 3);
+    }
+    CHECK_MSG(ramp, "bar %d is the colour map's ramp", k);
+    /* a tick under a round value: 100 on bar 0 ([0, 163]), 0 on bar 1 ([-5, 1.3]) */
+    double v = k == 0 ? 100 : 0;
+    int px = lay.bar[k].x + (int)lrint((v - lay.bar[k].lo) / (lay.bar[k].hi - lay.bar[k].lo) * (lay.bar[k].w - 1));
+    const uint8_t *t = img.rgb + ((size_t)(lay.bar[k].y + lay.bar[k].h + 1) * img.width + px) * 3;
+    CHECK_MSG(t[0] == 0x20 && t[1] == 0x20 && t[2] == 0x20, "bar %d: tick mark at %g (x %d)", k, v, px);
+    int ink = 0; /* tick labels and the bar's label under it */
+    for (int yy = lay.bar[k].y + lay.bar[k].h + 3; yy < img.height; yy++)
+      for (int x = lay.bar[k].x; x < lay.bar[k].x + lay.bar[k].w; x++)
+        ink += img.rgb[((size_t)yy * img.width + x) * 3] == 0x20;
+    CHECK_MSG(ink > 100, "bar %d: text under it (%d ink pixels)", k, ink);
+  }
+  /* row titles: ink in the strip above each row's panels */
+  for (int r = 0; r < 2; r++) {
+    int y0 = lay.title_h + 4 + r * (9 * 2 + 4 + 8 * 20 + 4), ink = 0;
+    for (int y = y0; y < y0 + 18; y++)
+      for (int x = 0; x < 200; x++) ink += img.rgb[((size_t)y * img.width + x) * 3] == 0x20;
+    CHECK_MSG(ink > 30, "row %d title: %d ink pixels", r, ink);
+  }
+  /* the panels: the first panel's top-left pixel has the colour of a's
+     top row start (y upwards) in group 0's range */
+  uint8_t want[3];
+  ce_cmap_rgb(CE_CMAP_VIRIDIS, a[7] / 163.0, want);
+  CHECK(!memcmp(img.rgb + ((size_t)lay.panel_y * img.width + lay.panel_x) * 3, want, 3));
+  /* log-scale ticks at decades: 1e-17 on a bar over [10^-17.5, 10^-14.2] */
+  double e[4] = {pow(10, -17.5), pow(10, -16), pow(10, -15), pow(10, -14.2)};
+  ce_map2d m1 = {e, 2, 2, 2, 1};
+  ce_panel_style sl = {.cmap = CE_CMAP_INFERNO, .log_scale = 1, .shared_range = 1, .scale = 100,
+                       .colorbar = 1, .bar_label = "I_nu [W m^-2 Hz^-1 sr^-1]"};
+  ce_image li;
+  ce_panel_layout ll;
+  CHECK_OK(ce_render_panels("log", &m1, 1, &sl, &li, &ll));
+  if (li.rgb && ll.nbars == 1) {
+    int px = ll.bar[0].x + (int)lrint((-17 - ll.bar[0].lo) / (ll.bar[0].hi - ll.bar[0].lo) * (ll.bar[0].w - 1));
+    const uint8_t *t = li.rgb + ((size_t)(ll.bar[0].y + ll.bar[0].h + 1) * li.width + px) * 3;
+    CHECK_MSG(fabs(ll.bar[0].lo + 17.5) < 1e-9 && t[0] == 0x20, "log bar: a tick at 1e-17 (x %d)", px);
+  }
+  free(li.rgb);
+  const int bad[3] = {0, 9, 1};
+  st.groups = bad;
+  ce_image none;
+  CHECK_ERR(ce_render_panels("bad", maps, 6, &st, &none, NULL), "bad: column 1: range group 9");
+  free(plain.rgb);
+  free(img.rgb);
+}
+
 int main(void) {
   dir = check_scratch("plot");
   RUN(test_ticks_known);
@@ -490,6 +579,7 @@ int main(void) {
   RUN(test_edge_cases);
   RUN(test_errors);
   RUN(test_panel_annotations);
+  RUN(test_panel_groups);
   check_scratch_remove();
   return check_report();
 }

@@ -79,6 +79,7 @@ tmp = tempfile.mkdtemp(prefix="coemu_cli_exit.")
 FIXED = {  # name: (number of arguments, required options)
     "keygen": (1, []), "serve": (1, []), "verify": (1, []), "inspect": (1, []),
     "sample": (1, ["--out", tmp]), "stats": (1, []), "train": (1, []), "eval": (2, []),
+    "export": (1, ["--format", "ckpt"]),
 }
 for name, (count, req) in FIXED.items():
     check(name in COMMANDS, f"{name} is a command")
@@ -103,6 +104,13 @@ usage_error("train", ["job.yaml", "--max-steps", -1], "must not be negative")
 usage_error("train", ["job.yaml", "--quiet=yes"], "option --quiet takes no value")
 usage_error("eval", ["c", "d", "--batch", 0], "--batch")
 usage_error("eval", ["c", "d", "--batch"], "option --batch needs a value")
+usage_error("export", ["m.ckpt"], "option --format is required")
+usage_error("export", ["m.ckpt", "--format", "onnx"], "--format must be safetensors, ckpt or fits")
+usage_error("export", ["m.ckpt", "--format", "safetensors", "--sample", 1], "go with --format fits")
+usage_error("export", ["d", "--format", "fits"], "needs --sample")
+usage_error("export", ["d", "--format", "fits", "--sample", 0, "--distance", -1], "--distance")
+usage_error("export", ["d", "--format", "ckpt", "--dataset", "d"], "--dataset goes with")
+usage_error("export", ["a.ckpt", "--format", "safetensors", "--out", "a.ckpt"], "overwrite SOURCE")
 usage_error("bench", [], "expected a TARGET")
 usage_error("bench", ["no-such-target"], "unknown target 'no-such-target'")
 usage_error("bench synth", ["-n", 0], "-n 0")
@@ -114,6 +122,9 @@ failure("verify", [missing], missing)
 failure("inspect", [missing + ".dat"], missing)
 failure("generate", [missing + ".yaml", "--check"], missing)
 failure("train", [missing + ".yaml", "--check"], missing)
+failure("export", [missing + ".ckpt", "--format", "safetensors"], missing)
+failure("export", [missing + ".safetensors", "--format", "ckpt"], missing)
+failure("export", [missing, "--format", "fits", "--sample", 0], missing)
 failure("bench sample", ["--model", missing + ".dat", "--reps", 1], missing)
 
 # The dispatcher: no command and an unknown command are usage errors.
