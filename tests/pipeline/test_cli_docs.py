@@ -36,7 +36,7 @@ TOPIC = {
     "bench": "benchmarks.md", "generate": "jobs.md", "synth": "synth.md",
     "keygen": "stream-protocol.md", "serve": "stream-protocol.md", "verify": "dataset-format.md",
     "inspect": "amrvac.md", "sample": "sampling.md", "nlte": "nlte.md", "solve": "physics.md",
-    "stats": "statistics.md", "train": "training.md", "eval": "training.md",
+    "stats": "statistics.md", "train": "training.md", "eval": "training.md", "export": "export.md",
 }
 
 
