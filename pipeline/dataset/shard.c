@@ -87,7 +87,13 @@ int shard_open(shard_writer **out, const char *path, const shard_layout *lay, in
     return -1;
   }
   errno = 0;
-  w->file = H5Fcreate(w->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  /* HDF5 1.10's file format: every piece of metadata (superblock, object
+   * headers, chunk indexes) carries a checksum, so damaged metadata is an
+   * error when a reader opens the shard, not a crash inside HDF5 */
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_LATEST);
+  w->file = H5Fcreate(w->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+  H5Pclose(fapl);
   if (w->file < 0) {
     h5fail(w->path, "creating the file");
     free_writer(w);

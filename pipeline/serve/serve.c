@@ -695,9 +695,13 @@ int serve_read(serve_source *s, const int64_t *idx, int n, int normalised, float
     }
     h5_unlock();
     if (rc < 0) return -1;
-    if (bad >= 0)
-      CE_FAIL("%s: reading sample %lld of /%s failed", s->h5path, (long long)idx[k],
-              bad == 0 ? "inputs" : "targets");
+    if (bad >= 0) { /* name the shard that holds it: that is the file to look at */
+      char p[4200];
+      shard_path(s, idx[k] / s->spp, p, sizeof p);
+      CE_FAIL("%s: sample %lld (row %lld of the shard): reading /%s failed: the shard is "
+              "damaged (coemu verify tells more; rerunning the same generate job remakes it)",
+              p, (long long)idx[k], (long long)(idx[k] % s->spp), bad == 0 ? "inputs" : "targets");
+    }
     if (normalised) {
       stats_norm_inputs(&s->norm, dst[0], s->in_vals / 3, dst[0]);
       stats_norm_targets(&s->norm, dst[1], s->out_vals, dst[1]);

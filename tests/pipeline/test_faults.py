@@ -283,6 +283,32 @@ def run(tmp):
     counts['samples_lost'] += 0 if failed else M * D - len(got)
     judge('serve, shard truncated', int(failed), err, 'shard-000003.h5', None, got, ref)
 
+    # damaged metadata: bytes flipped inside the object header of /inputs and of
+    # /targets. Shards use HDF5 1.10's format, whose metadata carry checksums,
+    # so HDF5 refuses them (the earliest format has none: damaged headers were
+    # misread, and one flip crashed serve inside HDF5). Fail naming the shard.
+    for dset in ('inputs', 'targets'):
+        d = fresh(base, tmp, 'meta-' + dset)
+        p = os.path.join(d, 'shards', 'shard-000001.h5')
+        with h5py.File(p, 'r') as h:
+            addr = h5py.h5o.get_info(h[dset].id).addr
+        sb = open(p, 'rb').read(9)[8]  # superblock version: 2 and 3 checksum the metadata
+        check(sb >= 2, f'shards are written in a format with metadata checksums: superblock v{sb}')
+        with open(p, 'r+b') as f:
+            f.seek(addr + 24)
+            b = bytearray(f.read(2))
+            f.seek(addr + 24)
+            f.write(bytes([b[0] ^ 0x10, b[1] ^ 0x01]))
+        counts['faults'] += 1
+        r = stats(d)
+        check(r.returncode == 1 and 'Segmentation' not in r.stderr,
+              f'stats, /{dset} header damaged: a clean error: rc {r.returncode}: {r.stderr[-300:]}')
+        judge(f'stats, /{dset} header damaged', r.returncode, r.stderr, 'shard-000001.h5')
+        got, failed, err = serve_all(d, tmp)
+        judge(f'serve, /{dset} header damaged', int(failed), err, 'shard-000001.h5', None, got, ref)
+        r = subprocess.run([COEMU, 'verify', d], capture_output=True, text=True)
+        check(r.returncode == 1 and 'shard-000001.h5' in r.stderr, f'verify: {r.stderr[-300:]}')
+
     # a dataset of format 1 (no /checksums): read with the documented fallback
     d = fresh(base, tmp, 'format1')
     with h5py.File(os.path.join(d, 'dataset.h5'), 'r+') as h:
