@@ -6,8 +6,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <zlib.h>
+
 #include "common/error.h"
+#include "common/fsutil.h"
 #include "pipeline/dataset/shard.h"
+#include "pipeline/job/yamltree.h"
 
 /* Resolve a virtual source name the way HDF5 does: relative to the directory
  * of the virtual dataset's file. */
@@ -176,4 +180,50 @@ void integrity_close(integrity *c) {
   free(c->src);
   c->src = NULL;
   c->nsrc = 0;
+}
+
+/* A whole number from a manifest entry, or -1. */
+static int64_t manifest_int(const yt_node *e, const char *key) {
+  const yt_node *v = yt_get(e, key);
+  if (!v || v->kind != YT_SCALAR) return -1;
+  char *end;
+  long long x = strtoll(v->text, &end, 10);
+  return (*end || end == v->text || x < 0) ? -1 : (int64_t)x;
+}
+
+int integrity_check_labels(const char *dir, const char *name, const uint8_t *values, int64_t n) {
+  char mpath[4200], *text;
+  size_t len;
+  if ((size_t)snprintf(mpath, sizeof mpath, "%s/manifest.json", dir) >= sizeof mpath)
+    CE_FAIL("%s: path too long", dir);
+  CE_TRY(fs_read_all(mpath, &text, &len));
+  yt_node *m = yt_parse(mpath, text, len);
+  free(text);
+  if (!m) return -1;
+  const yt_node *shards = yt_get(m, "shards");
+  int rc = 0;
+  /* a dataset.h5 of plain arrays (no shards, written by other tools or
+   * tests) has nothing to check against, as a format-1 dataset has no
+   * per-sample checksums */
+  for (size_t i = 0; shards && shards->kind == YT_SEQ && rc == 0 && i < shards->n; i++) {
+    const yt_node *e = shards->items[i], *file = yt_get(e, "file"), *crc = yt_get(e, "crc32");
+    const yt_node *c = crc ? yt_get(crc, name) : NULL;
+    int64_t first = manifest_int(e, "first"), count = manifest_int(e, "count");
+    if (!file || file->kind != YT_SCALAR || !c || c->kind != YT_SCALAR || first < 0 ||
+        count < 0 || first + count > n) {
+      rc = ce_err("%s:%d:%d: shards[%zu]: expected file, first, count and crc32.%s within %lld "
+                  "samples", mpath, e->line, e->col, i, name, (long long)n);
+      break;
+    }
+    uint32_t want = (uint32_t)strtoul(c->text, NULL, 16);
+    uint32_t got = (uint32_t)crc32_z(0, (const Bytef *)(values + first), (size_t)count);
+    if (got != want)
+      rc = ce_err("%s/%s: samples %lld..%lld: /%s does not match its checksum (crc32 %08x, the "
+                  "manifest records %08x): the shard is damaged (coemu verify tells more; "
+                  "rerunning the same generate job remakes it)",
+                  dir, file->text, (long long)first, (long long)(first + count - 1), name, got,
+                  want);
+  }
+  yt_free(m);
+  return rc;
 }

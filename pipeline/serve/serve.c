@@ -123,6 +123,8 @@ static int read_split(serve_source *s) {
         ce_err("%s: /%s: expected a uint8 vector of %lld samples", s->h5path, names[k], (long long)n);
         goto fail;
       }
+      /* the labels decide which samples are served: checked as the samples are */
+      if (integrity_check_labels(s->o.dataset_dir, names[k], dst[k], n) < 0) goto fail;
     }
   }
   s->split_idx = ce_malloc_array((size_t)(n ? n : 1), sizeof(int64_t), "split index");

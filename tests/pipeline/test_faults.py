@@ -309,6 +309,21 @@ def run(tmp):
         r = subprocess.run([COEMU, 'verify', d], capture_output=True, text=True)
         check(r.returncode == 1 and 'shard-000001.h5' in r.stderr, f'verify: {r.stderr[-300:]}')
 
+    # damaged labels: /valid and /split decide which samples a reader uses;
+    # a flipped byte there would drop or move samples without a word. Readers
+    # check each shard's slice against the CRC-32 in manifest.json.
+    for dset, value in (('valid', 0), ('split', 2)):
+        d = fresh(base, tmp, 'label-' + dset)
+        with h5py.File(os.path.join(d, 'shards', 'shard-000002.h5'), 'r+') as h:
+            v = h[dset][()]
+            v[1] = value if v[1] != value else 1
+            h[dset][...] = v
+        counts['faults'] += 1
+        got, failed, err = serve_all(d, tmp)
+        counts['samples_lost'] += 0 if failed else M * D - len(got)
+        judge(f'serve, /{dset} damaged', int(failed), err, 'shard-000002.h5', None, got, ref)
+        check(f'/{dset}' in err, f'serve names /{dset}: {err[-300:]}')
+
     # a dataset of format 1 (no /checksums): read with the documented fallback
     d = fresh(base, tmp, 'format1')
     with h5py.File(os.path.join(d, 'dataset.h5'), 'r+') as h:
