@@ -383,6 +383,7 @@ typedef struct {
   double cddv;
   nlte_geometry geom;
   const nlte_dirs *dirs; /* NULL: the one-zone beta of geom */
+  double *dbeta;         /* dirs: d beta / d tau of the last rate_matrix call, per line */
 } nlte_sys;
 
 /* beta of the system at line-centre tau (one-zone: nlte_beta of the
@@ -390,7 +391,12 @@ typedef struct {
 static double sys_beta(const nlte_sys *S, double tau, double *dbeta) {
   const nlte_dirs *d = S->dirs;
   if (!d) return nlte_beta(S->geom, tau, dbeta);
-  double b = 0, db = 0;
+  double b = 0, db = 0, x = fabs(tau);
+  if (x * d->wmax < d->thin_x) { /* every direction thin: the moments */
+    const double *c = d->c, *m = d->m;
+    if (dbeta) *dbeta = (tau < 0 ? -1.0 : 1.0) * (c[1] * m[1] + x * (2.0 * c[2] * m[2] + x * (3.0 * c[3] * m[3])));
+    return 1.0 + x * (c[1] * m[1] + x * (c[2] * m[2] + x * (c[3] * m[3])));
+  }
   if (d->q) {
     for (int k = 0; k < d->ndir; k++) {
       double dk, bk = d->esc(tau * d->w[k], dbeta ? &dk : NULL);
@@ -420,7 +426,7 @@ static void rate_matrix(const nlte_sys *S, const double *x, int thin, double *ta
   memcpy(Lm, S->Lc, sizeof(double) * (size_t)n * n);
   for (int l = 0; l < L; l++) {
     double A = M->mol->lines[l].A, b = S->occ[l], gr = M->gu_gl[l];
-    double bt = thin ? 1.0 : sys_beta(S, tau[l], NULL);
+    double bt = thin ? 1.0 : sys_beta(S, tau[l], S->dirs ? &S->dbeta[l] : NULL);
     beta[l] = bt;
     int u = M->up[l], lo = M->lo[l];
     double down = A * bt * (1.0 + b), upr = A * bt * gr * b;
@@ -466,25 +472,28 @@ int nlte_solve_dirs(const nlte_model *M, const nlte_conditions *c, const nlte_op
   double *C = r->work, *J = C + (size_t)n * n, *Lm = J + (size_t)n * n;
   double *x = Lm + (size_t)n * n, *f = x + n, *dx = f + n, *xt = dx + n;
   double *occ = r->t_r; /* background photon occupation per line (scratch until the end) */
-  double *dbeta = r->flux_kkms; /* scratch too */
   double T = c->t_kin;
   build_coll(M, T, dens, C);
   /* the collisional part of the rate matrix, once: Lc[i][j] = C[j][i], Lc[i][i] = -sum_j C[i][j] */
   double *Lc = xt + n;
   memset(Lc, 0, sizeof(double) * (size_t)n * n);
-  for (int i = 0; i < n; i++)
+  for (int i = 0; i < n; i++) {
+    double diag = 0; /* the same sums, in the same order, as Lc[i][i] -= k */
     for (int j = 0; j < n; j++) {
       double k = C[(size_t)i * n + j];
       if (i == j || k == 0) continue;
       Lc[(size_t)j * n + i] += k;
-      Lc[(size_t)i * n + i] -= k;
+      diag -= k;
     }
+    Lc[(size_t)i * n + i] = diag;
+  }
   for (int l = 0; l < L; l++) {
     double h = c->t_bg > 0 ? NLTE_FK * M->xnu[l] / c->t_bg : INFINITY;
     occ[l] = h >= 160.0 ? 0.0 : 1.0 / expm1(h);
   }
   double cddv = dirs ? dirs->cddv : c->column / (c->fwhm_kms * 1e5);
-  nlte_sys S = {M, Lc, occ, cddv, c->geometry, dirs};
+  double *dbeta = r->flux_kkms; /* scratch too */
+  nlte_sys S = {M, Lc, occ, cddv, c->geometry, dirs, dbeta};
   int it, relax_phase = 1;
   if (dirs && dirs->x0) { /* warm start: Newton from the given populations */
     double sum = 0;
@@ -517,7 +526,7 @@ iterate:;
    * lower the merit is replaced by a RADEX-style step. Converged: the full
    * Newton step changes no population > 1e-20 by more than tol. */
   double wrelax = 0.7; /* weight of the new populations in a relaxation step */
-  double rel = INFINITY, merit;
+  double rel = INFINITY, merit, rel_prev = INFINITY;
   const double K0 = cddv / (NLTE_FGAUS_FAC * 8.0 * M_PI);
   rate_matrix(&S, x, 0, r->tau, r->beta, Lm, f, &merit);
   for (it = 1; it <= max_iter; it++) {
@@ -529,7 +538,7 @@ iterate:;
     if (!relax_phase) {
       memcpy(J, Lm, sizeof(double) * (size_t)n * n);
       for (int l = 0; l < L; l++) {
-        sys_beta(&S, r->tau[l], &dbeta[l]);
+        if (!dirs) sys_beta(&S, r->tau[l], &dbeta[l]); /* dirs: rate_matrix set it */
         if (dbeta[l] == 0) continue;
         double A = M->mol->lines[l].A, b = occ[l], gr = M->gu_gl[l];
         int u = M->up[l], lo = M->lo[l];
@@ -556,7 +565,13 @@ iterate:;
         if (x[i] > NLTE_MINPOP && fabs(dx[i]) > rel) rel = fabs(dx[i]);
       }
       if (!usable) rel = INFINITY;
-      double lam = rel > 1.0 ? 1.0 / rel : 1.0;
+      /* converged: the step is below tol; for the 3-D cells also when the
+       * error left after it, estimated from the contraction rate of the
+       * last two full steps (rho = rel / rel_prev: rel rho / (1 - rho)),
+       * is (docs/nlte.md) */
+      double rho = rel / rel_prev;
+      int conv = rel < tol || (dirs && isfinite(rel_prev) && rho < 0.5 && rel * rho / (1.0 - rho) < tol);
+      double lam = rel > 1.0 ? 1.0 / rel : 1.0, lam_acc = 0;
       for (int k = 0; usable && k < 8 && !accepted; k++, lam *= 0.5) {
         double st = 0;
         for (int i = 0; i < n; i++) {
@@ -567,9 +582,11 @@ iterate:;
         }
         for (int i = 0; i < n; i++) xt[i] /= st;
         rate_matrix(&S, xt, 0, r->tau, r->beta, J, f, &mt);
-        accepted = mt < merit || rel < tol;
+        accepted = mt < merit || conv;
+        lam_acc = lam;
       }
-      if (accepted && rel < tol) {
+      rel_prev = accepted && lam_acc == 1.0 ? rel : INFINITY;
+      if (accepted && conv) {
         memcpy(x, xt, sizeof(double) * (size_t)n);
         memcpy(Lm, J, sizeof(double) * (size_t)n * n);
         break;
@@ -595,7 +612,7 @@ iterate:;
       rate_matrix(&S, xt, 0, r->tau, r->beta, J, f, &mt);
       if (relax_phase && (rr < 0.1 || it >= 30)) relax_phase = 0;
       if (!relax_phase) wrelax = mt > merit ? fmax(0.05, 0.5 * wrelax) : fmin(0.7, 1.25 * wrelax);
-      rel = INFINITY; /* a relaxation step never ends the iteration */
+      rel = rel_prev = INFINITY; /* a relaxation step never ends the iteration */
     }
     memcpy(Lm, J, sizeof(double) * (size_t)n * n);
     memcpy(x, xt, sizeof(double) * (size_t)n);

@@ -118,6 +118,11 @@ typedef struct {
   double (*esc)(double tau, double *dbeta); /* per-direction escape probability */
   double cddv;                            /* [cm^-2 (cm/s)^-1], >= 0 */
   const double *x0;                       /* [nlev] or NULL */
+  /* Optional thin-line shortcut (thin_x > 0): where |tau| wmax < thin_x,
+   * esc(a) is the polynomial 1 + c[1] a + c[2] a^2 + c[3] a^3 in a = |tau| w
+   * (d/d tau with the sign of tau), so the weighted mean over directions is
+   * 1 + sum_k c[k] |tau|^k m[k] with the moments m[k] = sum_d q_d w_d^k. */
+  double thin_x, wmax, c[4], m[4];
 } nlte_dirs;
 
 int nlte_solve_dirs(const nlte_model *M, const nlte_conditions *c, const nlte_options *o,

@@ -40,7 +40,7 @@ double nlte_esc_sobolev(double tau, double *dbeta) {
     b = 1.0 - x * (0.5 - x * (1.0 / 6.0 - x / 24.0));
     d = -0.5 + x * (1.0 / 3.0 - x * (0.125 - x / 30.0));
   } else {
-    double e = exp(-x), om = -expm1(-x);
+    double e = exp(-x), om = x < 0.5 ? -expm1(-x) : 1.0 - e; /* 1 - e exact enough from 0.5 on */
     b = om / x;
     d = (x * e - om) / (x * x);
   }
@@ -175,6 +175,13 @@ int nlte_lvg_solve(const nlte_model *M, const nlte_lvg_cells *C, const nlte_lvg_
   const double two_k_m = 2.0 * NLTE_KB_CGS / (M->mol->weight * LVG_AMU_G); /* [cm^2 s^-2 K^-1] */
   const double vt2 = (o->vturb_kms * 1e5) * (o->vturb_kms * 1e5);
   double (*esc)(double, double *) = o->escape == NLTE_ESC_RADEX ? nlte_esc_radex_lvg : nlte_esc_sobolev;
+  /* the thin-line shortcut (nlte_dirs): Sobolev's series below 1e-4 (as
+   * nlte_esc_sobolev), RADEX's constant 1 below |tau/2| = 0.01 (less its
+   * ramp) */
+  const double thin_x = o->escape == NLTE_ESC_RADEX ? 0.02 * (1.0 - 1e-3) : 1e-4;
+  const double ser[4] = {1.0, o->escape == NLTE_ESC_RADEX ? 0.0 : -0.5,
+                         o->escape == NLTE_ESC_RADEX ? 0.0 : 1.0 / 6.0,
+                         o->escape == NLTE_ESC_RADEX ? 0.0 : -1.0 / 24.0};
   const nlte_options nopt_cold = {o->tol, o->max_iter};
   const nlte_options nopt_warm = {o->tol, o->max_iter < NLTE_LVG_WARM_ITER ? o->max_iter : NLTE_LVG_WARM_ITER};
   int nt = 1;
@@ -217,7 +224,13 @@ int nlte_lvg_solve(const nlte_model *M, const nlte_lvg_cells *C, const nlte_lvg_
         cond.t_kin = T;
         cond.density[NLTE_H2] = C->n_h2[c];
         cond.t_bg = o->t_bg;
-        nlte_dirs D = {o->ndir, w, qw, esc, NLTE_FGAUS_FAC * C->n_mol[c], have_prev ? prev : NULL};
+        nlte_dirs D = {o->ndir, w, qw, esc, NLTE_FGAUS_FAC * C->n_mol[c], have_prev ? prev : NULL,
+                       .thin_x = thin_x, .c = {1.0, ser[1], ser[2], ser[3]}};
+        for (int d = 0; d < o->ndir; d++) {
+          double wd = w[d];
+          D.wmax = wd > D.wmax ? wd : D.wmax;
+          D.m[1] += qw[d] * wd, D.m[2] += qw[d] * (wd * wd), D.m[3] += qw[d] * (wd * wd * wd);
+        }
         int rc = -1;
         if (have_prev) {
           rc = nlte_solve_dirs(M, &cond, &nopt_warm, &D, &r);
