@@ -118,10 +118,11 @@ static void test_gradient_stencil(void) {
   char name[256];
   model_cell_name(m, 5, name, sizeof name);
   CHECK(strstr(name, "leaf 0 (level") && strstr(name, "cell (5, 0, 0)"));
+  model_lvg_inputs_free(&in);
   CHECK_ERR(model_lvg_inputs_make(m, 0, X_CO, &in), "CO abundance");
+  CHECK_ERR(model_lvg_inputs_make(m, X_CO, 2.0, &in), "molecule abundance n_mol/n_H2 = 2");
   free(seen);
   free(G);
-  model_lvg_inputs_free(&in);
   model_free(m);
 }
 
