@@ -39,7 +39,7 @@ static const double GEN[9] = {0.3, -0.2, 0.05, 0.1, 0.7, -0.4, 0.25, 0.15, -0.5}
 
 static void state(const double x[3], double w[5], void *user) {
   const box_state *b = user;
-  double rho = 1.0, v[3];
+  double rho = b->linear == 2 ? 1.0 + 0.5 * sin(0.7 * x[0] + 0.3 * x[1] - 0.2 * x[2]) : 1.0, v[3];
   for (int a = 0; a < 3; a++)
     v[a] = b->linear == 1 ? H_CODE * x[a] : GEN[3 * a] * x[0] + GEN[3 * a + 1] * x[1] + GEN[3 * a + 2] * x[2];
   /* T = mu m_H p / (rho k), all SI */
@@ -114,11 +114,42 @@ static void test_gradient_stencil(void) {
     }
   }
   CHECK(!bad);
-  CHECK_CLOSE(in.n_h2[0], 0.5e12 * 1e-6, 1e-6, 0); /* n_H2 = n_H / 2 [cm^-3] (float n_CO) */
+  {
+    double x0[3]; /* n_H2 = n_H / 2 [cm^-3] (n_CO stored as float) */
+    model_cell_centre(m, 0, x0);
+    double rho = 1.0 + 0.5 * sin((0.7 * x0[0] + 0.3 * x0[1] - 0.2 * x0[2]) / 1e13);
+    CHECK_CLOSE(in.n_h2[0], 0.5e12 * 1e-6 * rho, 1e-6, 0);
+    CHECK_CLOSE(in.n_mol[0], X_CO * in.n_h2[0], 1e-15, 0);
+  }
   char name[256];
   model_cell_name(m, 5, name, sizeof name);
   CHECK(strstr(name, "leaf 0 (level") && strstr(name, "cell (5, 0, 0)"));
   model_lvg_inputs_free(&in);
+  /* an extra field is sampled as T and v_los are (n-weighted): the model's
+   * own v_z as the field gives the v_los cube at identity, bit for bit, on
+   * this model of varying density */
+  {
+    const int n = 16;
+    size_t nv = (size_t)n * n * n;
+    float *vz = malloc(sizeof(float) * N), *v = malloc(nv * 4), *T = malloc(nv * 4),
+          *nc = malloc(nv * 4), *ex = malloc(nv * 4);
+    for (int64_t c = 0; c < N; c++) vz[c] = m->cells[c * MODEL_NF + MODEL_VZ];
+    sampler_opts so;
+    sampler_defaults(&so);
+    so.n = n;
+    so.edge = 16.0e13;
+    so.ball_radius = 16e13;
+    const double q[4] = {1, 0, 0, 0};
+    const float *fields[1] = {vz};
+    float *outs[1] = {ex};
+    CHECK_OK(sample_cube_fields(m, q, &so, v, T, nc, 1, fields, NULL, outs));
+    CHECK(memcmp(v, ex, nv * 4) == 0);
+    double nmin = INFINITY, nmax = 0;
+    for (size_t i = 0; i < nv; i++) nmin = fmin(nmin, nc[i]), nmax = fmax(nmax, nc[i]);
+    CHECK(nmax > 2 * nmin); /* the weighting matters here */
+    CHECK_ERR(sample_cube_fields(m, q, &so, v, T, nc, 1, NULL, NULL, outs), "1 extra fields");
+    free(vz), free(v), free(T), free(nc), free(ex);
+  }
   CHECK_ERR(model_lvg_inputs_make(m, 0, X_CO, &in), "CO abundance");
   CHECK_ERR(model_lvg_inputs_make(m, X_CO, 2.0, &in), "molecule abundance n_mol/n_H2 = 2");
   free(seen);
