@@ -87,14 +87,14 @@ static nlte_lvg_cells view(const cells_t *c) {
  * ulp) and of the mean over ndir equal terms (ndir ulp), so populations
  * > 1e-10 must agree to 1e-9, well above both and far below any modelling
  * difference (the escape functions differ by 10 % at tau ~ 1). */
-static void test_hubble_vs_one_zone(void) {
+static void hubble_vs_one_zone(const char *file, const double xs[3]) {
   lamda_molecule m;
-  CHECK_OK(load("co.dat", &m));
+  CHECK_OK(load(file, &m));
   nlte_model M;
   CHECK_OK(nlte_model_init(&M, &m));
   nlte_result r;
   CHECK_OK(nlte_result_init(&r, &M));
-  const double Ts[] = {15, 60, 300, 1500}, ns[] = {1e3, 1e5, 1e8}, xs[] = {1e-8, 1e-4, 1e-2};
+  const double Ts[] = {15, 60, 300, 1500}, ns[] = {1e3, 1e5, 1e8};
   const int nc = 4 * 3 * 3;
   const double h = 1e-9; /* s^-1: 10 km/s over 1e15 cm */
   cells_t c;
@@ -136,8 +136,8 @@ static void test_hubble_vs_one_zone(void) {
       double tex = NLTE_FK * M.xnu[0] / log(xl * M.gu_gl[0] / xu);
       worst_tex = fmax(worst_tex, fabs(tex / r.tex[0] - 1));
     }
-    fprintf(stderr, "  Hubble flow, %d directions: populations within %.2g, T_ex(1-0) within %.2g "
-                    "of the one-zone LVG\n", o.ndir, worst, worst_tex);
+    fprintf(stderr, "  %s, Hubble flow, %d directions: populations within %.2g, T_ex(line 1) within "
+                    "%.2g of the one-zone LVG\n", file, o.ndir, worst, worst_tex);
     CHECK_MSG(worst < 1e-9, "ndir %d: populations differ from one-zone LVG by %.3g", o.ndir, worst);
   }
   free(pop);
@@ -145,6 +145,14 @@ static void test_hubble_vs_one_zone(void) {
   nlte_result_free(&r);
   nlte_model_free(&M);
   lamda_free(&m);
+}
+
+static void test_hubble_vs_one_zone(void) {
+  /* CO: o/p-H2 rates (the thermal split); HCN: H2 rates, abundances below
+   * the thick masing conditions where the one-zone solver itself does not
+   * converge (docs/nlte.md, Known limits) */
+  hubble_vs_one_zone("co.dat", (const double[3]){1e-8, 1e-4, 1e-2});
+  hubble_vs_one_zone("hcn.dat", (const double[3]){1e-10, 1e-8, 1e-6});
 }
 
 /* The two-level molecule in an anisotropic flow (a radial wind: dv/dr = a
