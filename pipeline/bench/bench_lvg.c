@@ -112,9 +112,10 @@ int bench_lvg(int argc, char **argv) {
     return cli_fail(BN);
   }
   if (line < 1 || line > M.nline) {
+    int nline = M.nline;
     nlte_model_free(&M);
     lamda_free(&lm);
-    return cli_usage_fail(BN, "--line %lld: expected 1..%d", (long long)line, M.nline);
+    return cli_usage_fail(BN, "--line %lld: expected 1..%d", (long long)line, nline);
   }
   /* the model, as coemu synth writes it and coemu generate reads it */
   char dir[] = "/tmp/coemu-bench-lvg-XXXXXX", dat[2048], side[2048];
