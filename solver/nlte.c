@@ -397,6 +397,7 @@ static double sys_beta(const nlte_sys *S, double tau, double *dbeta) {
     if (dbeta) *dbeta = (tau < 0 ? -1.0 : 1.0) * (c[1] * m[1] + x * (2.0 * c[2] * m[2] + x * (3.0 * c[3] * m[3])));
     return 1.0 + x * (c[1] * m[1] + x * (c[2] * m[2] + x * (c[3] * m[3])));
   }
+  if (d->mean) return d->mean(d, tau, dbeta);
   if (d->q) {
     for (int k = 0; k < d->ndir; k++) {
       double dk, bk = d->esc(tau * d->w[k], dbeta ? &dk : NULL);

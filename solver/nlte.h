@@ -111,7 +111,7 @@ int nlte_solve(const nlte_model *M, const nlte_conditions *c, const nlte_options
  * start (Newton from these populations, no optically thin start and no
  * relaxation phase), or NULL. nlte_solve(M, c, o, r) is
  * nlte_solve_dirs(M, c, o, NULL, r). */
-typedef struct {
+typedef struct nlte_dirs_ {
   int ndir;
   const double *w;                        /* [ndir] >= 0 */
   const double *q;                        /* [ndir] weights summing to 1, or NULL: 1/ndir each */
@@ -123,6 +123,10 @@ typedef struct {
    * (d/d tau with the sign of tau), so the weighted mean over directions is
    * 1 + sum_k c[k] |tau|^k m[k] with the moments m[k] = sum_d q_d w_d^k. */
   double thin_x, wmax, c[4], m[4];
+  /* Optional: the whole weighted mean in one call (a vectorised esc), used
+   * instead of the loop over esc when set; w and q then hold a multiple of
+   * 8 entries, the ones past ndir with q = 0 and w = 1. */
+  double (*mean)(const struct nlte_dirs_ *d, double tau, double *dbeta);
 } nlte_dirs;
 
 int nlte_solve_dirs(const nlte_model *M, const nlte_conditions *c, const nlte_options *o,

@@ -48,6 +48,48 @@ double nlte_esc_sobolev(double tau, double *dbeta) {
   return b;
 }
 
+/* The direction mean of the Sobolev escape probability, 8 directions at a
+ * time (nlte_dirs.mean): the same formulas as nlte_esc_sobolev, with
+ * e^-x = 1 - (1 - e^-x) from one expm1 (libmvec's AVX-512 expm1 when built
+ * with it). w, q padded to a multiple of 8 (q = 0, w = 1). */
+typedef double v8d __attribute__((vector_size(64)));
+typedef long long v8l __attribute__((vector_size(64)));
+#if defined(__AVX512F__) && defined(COEMU_HAVE_LIBMVEC)
+#include <immintrin.h>
+__m512d _ZGVeN8v_expm1(__m512d);
+static inline v8d v_expm1(v8d x) { return (v8d)_ZGVeN8v_expm1((__m512d)x); }
+#else
+static inline v8d v_expm1(v8d x) {
+  for (int i = 0; i < 8; i++) x[i] = expm1(x[i]);
+  return x;
+}
+#endif
+
+static double sobolev_mean(const nlte_dirs *d, double tau, double *dbeta) {
+  const double x0 = fabs(tau);
+  v8d sb = {0}, sd = {0};
+  for (int k = 0; k < d->ndir; k += 8) {
+    v8d w, q;
+    memcpy(&w, d->w + k, sizeof w);
+    memcpy(&q, d->q + k, sizeof q);
+    v8d x = x0 * w;
+    v8l small = x < 1e-4;
+    v8d om = -v_expm1(-x), e = 1.0 - om;
+    v8d xs = (v8d)((v8l)x | (small & (v8l)(x - x + 1.0))); /* x, or 1 where small (no 0/0) */
+    v8d b = om / xs, dd = (xs * e - om) / (xs * xs);
+    v8d bs = 1.0 - x * (0.5 - x * (1.0 / 6.0 - x / 24.0));
+    v8d ds = -0.5 + x * (1.0 / 3.0 - x * (0.125 - x / 30.0));
+    b = (v8d)((small & (v8l)bs) | (~small & (v8l)b));
+    dd = (v8d)((small & (v8l)ds) | (~small & (v8l)dd));
+    sb += q * b;
+    sd += q * (w * dd);
+  }
+  double b = 0, db = 0;
+  for (int i = 0; i < 8; i++) b += sb[i], db += sd[i];
+  if (dbeta) *dbeta = tau < 0 ? -db : db;
+  return b;
+}
+
 double nlte_esc_radex_lvg(double tau, double *dbeta) { return nlte_beta(NLTE_LVG, tau, dbeta); }
 
 /* Gauss-Legendre nodes and weights on (0, 1), m points (Newton on P_m). */
@@ -150,8 +192,9 @@ int nlte_lvg_solve(const nlte_model *M, const nlte_lvg_cells *C, const nlte_lvg_
   if (!(M->mol->weight > 0))
     CE_FAIL("nlte lvg: %s: molecular weight %g, expected > 0 (the thermal width)", M->mol->name,
             M->mol->weight);
-  double dirs[3 * NLTE_LVG_MAX_DIR], qw[NLTE_LVG_MAX_DIR];
+  double dirs[3 * NLTE_LVG_MAX_DIR], qw[NLTE_LVG_MAX_DIR + 8];
   CE_TRY(nlte_lvg_directions(o->ndir, dirs, qw));
+  for (int d = o->ndir; d < NLTE_LVG_MAX_DIR + 8; d++) qw[d] = 0; /* sobolev_mean's padding */
   if (C->order) { /* a permutation: every index once */
     unsigned char *seen = calloc((size_t)N + 1, 1);
     if (!seen) CE_FAIL("nlte lvg: out of memory");
@@ -195,7 +238,8 @@ int nlte_lvg_solve(const nlte_model *M, const nlte_lvg_cells *C, const nlte_lvg_
   {
     nlte_result r;
     double *prev = malloc(sizeof(double) * (size_t)nlev);
-    double w[NLTE_LVG_MAX_DIR];
+    double w[NLTE_LVG_MAX_DIR + 8];
+    for (int d = 0; d < NLTE_LVG_MAX_DIR + 8; d++) w[d] = 1.0; /* padding: q = 0 there */
     int ok = nlte_result_init(&r, M) == 0 && prev;
     if (!ok) {
 #pragma omp atomic write
@@ -225,7 +269,8 @@ int nlte_lvg_solve(const nlte_model *M, const nlte_lvg_cells *C, const nlte_lvg_
         cond.density[NLTE_H2] = C->n_h2[c];
         cond.t_bg = o->t_bg;
         nlte_dirs D = {o->ndir, w, qw, esc, NLTE_FGAUS_FAC * C->n_mol[c], have_prev ? prev : NULL,
-                       .thin_x = thin_x, .c = {1.0, ser[1], ser[2], ser[3]}};
+                       .thin_x = thin_x, .c = {1.0, ser[1], ser[2], ser[3]},
+                       .mean = o->escape == NLTE_ESC_SOBOLEV ? sobolev_mean : NULL};
         for (int d = 0; d < o->ndir; d++) {
           double wd = w[d];
           D.wmax = wd > D.wmax ? wd : D.wmax;
