@@ -226,14 +226,38 @@ sum_column(const model_real *cells, const model_real bg[MODEL_NF], const int64_t
   }
 }
 
+/* Extra per-cell fields of one column (sample_cube_fields): field e of a
+ * voxel is the n-weighted mean of its k^3 sub-samples, sum(n x) / sum(n) in
+ * double in sub-sample order, or their plain mean where sum(n) = 0. */
+static void extra_column(const model_real *cells, const model_real bg[MODEL_NF], const int64_t *idx,
+                         int n, int k, double inv, int nextra, const float *const *fields,
+                         const float *bgx, float *const *out, size_t at) {
+  const int nk = n * k, kk = k * k;
+  for (int e = 0; e < nextra; e++)
+    for (int iz = 0; iz < n; iz++) {
+      double w = 0, s = 0, p = 0;
+      for (int L = 0; L < kk; L++)
+        for (int i = 0; i < k; i++) {
+          int64_t c = idx[L * nk + iz * k + i];
+          double nn = c >= 0 ? cells[c * MODEL_NF + MODEL_N] : bg[MODEL_N];
+          double x = c >= 0 ? fields[e][c] : bgx ? bgx[e] : 0.0;
+          w += nn;
+          s += nn * x;
+          p += x;
+        }
+      out[e][at + iz] = (float)(w > 0 ? s / w : p * inv);
+    }
+}
+
 /* The voxels of one (ix, iy) column are filled by k^2 sub-lines along z,
  * each stepping through n*k points in runs of points in one leaf (the
  * leaves mostly those of the previous sub-line, leaf_trail); the cell
  * indices of all k^2 sub-lines first, then the sums per voxel
  * (sum_column). Positions are evaluated directly (not accumulated) in
  * units of the finest cells. */
-int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, float *v_los,
-                float *T, float *n_co) {
+static int sample(const ce_model *m, const double q[4], const sampler_opts *o, float *v_los,
+                  float *T, float *n_co, int nextra, const float *const *fields, const float *bgx,
+                  float *const *out) {
   CE_TRY(sampler_check(m, o));
   double R[9], c[3];
   dir_matrix(q, R);
@@ -290,6 +314,7 @@ int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, flo
         sum_column(m->cells, bg, idx, n, 2, l, inv, sums, v_los + at, T + at, n_co + at);
       else
         sum_column(m->cells, bg, idx, n, k, l, inv, sums, v_los + at, T + at, n_co + at);
+      if (nextra) extra_column(m->cells, bg, idx, n, k, inv, nextra, fields, bgx, out, at);
     }
   free(uz);
   free(idx);
@@ -297,4 +322,19 @@ int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, flo
   free(trail.prev);
   free(trail.cur);
   return 0;
+}
+
+int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, float *v_los,
+                float *T, float *n_co) {
+  return sample(m, q, o, v_los, T, n_co, 0, NULL, NULL, NULL);
+}
+
+int sample_cube_fields(const ce_model *m, const double q[4], const sampler_opts *o, float *v_los,
+                       float *T, float *n_co, int nextra, const float *const *fields,
+                       const float *bg_fields, float *const *out) {
+  if (nextra < 0 || nextra > SAMPLER_MAX_EXTRA || (nextra && (!fields || !out)))
+    CE_FAIL("sampler: %d extra fields, expected 0..%d with their arrays", nextra, SAMPLER_MAX_EXTRA);
+  for (int e = 0; e < nextra; e++)
+    if (!fields[e] || !out[e]) CE_FAIL("sampler: extra field %d has no array", e);
+  return sample(m, q, o, v_los, T, n_co, nextra, fields, bg_fields, out);
 }

@@ -45,4 +45,18 @@ int sampler_check(const ce_model *m, const sampler_opts *o);
 int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, float *v_los,
                 float *T, float *n_co);
 
+/* The same cubes, plus nextra per-cell fields of the model (fields[e] is
+ * a float per leaf cell, indexed like m->cells: leaf * ncell + local cell;
+ * e.g. the level populations of solver/nlte_lvg.h) sampled as T is: the
+ * n_CO-weighted mean of the k^3 sub-samples (plain mean where they hold no
+ * CO), into out[e] ([(x*n + y)*n + z]). Weighting by n keeps the column of
+ * molecules in each level: n_voxel * x_voxel is the volume mean of n x, so
+ * the imager's emissivity and opacity (linear in n x) are the sub-samples'
+ * means. A background sub-sample takes bg_fields[e] (NULL: 0). v_los, T
+ * and n_co are the bits sample_cube gives. */
+#define SAMPLER_MAX_EXTRA 8
+int sample_cube_fields(const ce_model *m, const double q[4], const sampler_opts *o, float *v_los,
+                       float *T, float *n_co, int nextra, const float *const *fields,
+                       const float *bg_fields, float *const *out);
+
 #endif

@@ -105,19 +105,24 @@ static int check_args(const lte_line *L, const double *freqs, int nf, int nx, in
 /* The kernel found a bad cell: name the first in memory order (cube by
  * cube; in a cell v, then T, then n). */
 static int report_bad(const lte_kernel_batch *b, const char *backend) {
-  static const char *names[3] = {"v_z", "T", "n"};
-  static const char *expect[3] = {"finite with |v| < c", "finite and > 0 K", "finite and >= 0"};
+  static const char *names[5] = {"v_z", "T", "n", "x_l", "x_u"};
+  static const char *expect[5] = {"finite with |v| < c", "finite and > 0 K", "finite and >= 0",
+                                  "a population in [0, 1]", "a population in [0, 1]"};
   const size_t ncell = (size_t)b->nx * b->ny * b->nz;
+  const int na = b->pop_l ? 5 : 3;
   for (int c = 0; c < b->ncube; c++) {
-    const void *a[3] = {b->v[c], b->T[c], b->n[c]};
+    const void *a[5] = {b->v[c], b->T[c], b->n[c], b->pop_l ? b->pop_l[c] : NULL,
+                        b->pop_u ? b->pop_u[c] : NULL};
     for (size_t i = 0; i < ncell; i++) {
-      double x[3];
-      for (int k = 0; k < 3; k++)
+      double x[5] = {0, 0, 0, 0, 0};
+      for (int k = 0; k < na; k++)
         x[k] = b->dtype == LTE_KERNEL_F32 ? (double)((const float *)a[k])[i]
                                           : ((const double *)a[k])[i];
       int which = !(fabs(x[0]) < LTE_C)                ? 0
                   : !(x[1] > 0 && x[1] <= DBL_MAX) ? 1
                   : !(x[2] >= 0 && x[2] <= DBL_MAX) ? 2
+                  : na == 5 && !(x[3] >= 0 && x[3] <= 1) ? 3
+                  : na == 5 && !(x[4] >= 0 && x[4] <= 1) ? 4
                                                     : -1;
       if (which < 0) continue;
       size_t pix = i / b->nz;
@@ -137,7 +142,8 @@ static int report_bad(const lte_kernel_batch *b, const char *backend) {
 
 static int solve(const lte_line *L, const double *freqs, int nf, int ncube, int nx, int ny,
                  int nz, lte_kernel_dtype dtype, const void *const *v, const void *const *T,
-                 const void *const *n, const lte_options *o, double *const *image) {
+                 const void *const *n, const void *const *pop_l, const void *const *pop_u,
+                 const lte_options *o, double *const *image) {
   CE_TRY(check_args(L, freqs, nf, nx, ny, nz, o));
   const lte_kernel *k;
   CE_TRY(find_kernel(o->backend, &k));
@@ -146,7 +152,7 @@ static int solve(const lte_line *L, const double *freqs, int nf, int ncube, int 
   lte_kernel_batch b = {.ncube = ncube, .nx = nx, .ny = ny, .nz = nz, .dtype = dtype,
                         .v = v, .T = T, .n = n, .nf = nf, .freqs = freqs,
                         .background = o->background, .background_map = o->background_map,
-                        .image = image, .threads = o->threads};
+                        .image = image, .threads = o->threads, .pop_l = pop_l, .pop_u = pop_u};
   int rc = k->solve(&m, &b);
   if (rc == LTE_KERNEL_BAD_INPUT) return report_bad(&b, k->name);
   return rc < 0 ? -1 : 0;
@@ -156,14 +162,14 @@ int lte_solve_cube(const lte_line *L, const double *freqs, int nf, int nx, int n
                    const double *v, const double *T, const double *n, const lte_options *opt,
                    double *image) {
   const void *pv = v, *pT = T, *pn = n;
-  return solve(L, freqs, nf, 1, nx, ny, nz, LTE_KERNEL_F64, &pv, &pT, &pn, opt, &image);
+  return solve(L, freqs, nf, 1, nx, ny, nz, LTE_KERNEL_F64, &pv, &pT, &pn, NULL, NULL, opt, &image);
 }
 
 int lte_solve_cube_f32(const lte_line *L, const double *freqs, int nf, int nx, int ny, int nz,
                        const float *v, const float *T, const float *n, const lte_options *opt,
                        double *image) {
   const void *pv = v, *pT = T, *pn = n;
-  return solve(L, freqs, nf, 1, nx, ny, nz, LTE_KERNEL_F32, &pv, &pT, &pn, opt, &image);
+  return solve(L, freqs, nf, 1, nx, ny, nz, LTE_KERNEL_F32, &pv, &pT, &pn, NULL, NULL, opt, &image);
 }
 
 int lte_solve_batch(const lte_line *L, const double *freqs, int nf, int ncube, int nx, int ny,
@@ -171,5 +177,21 @@ int lte_solve_batch(const lte_line *L, const double *freqs, int nf, int ncube, i
                     const double *const *n, const lte_options *opt, double *const *image) {
   if (ncube < 1) CE_FAIL("LTE solver: %d cubes, expected >= 1", ncube);
   return solve(L, freqs, nf, ncube, nx, ny, nz, LTE_KERNEL_F64, (const void *const *)v,
-               (const void *const *)T, (const void *const *)n, opt, image);
+               (const void *const *)T, (const void *const *)n, NULL, NULL, opt, image);
+}
+
+int lte_solve_cube_pops(const lte_line *L, const double *freqs, int nf, int nx, int ny, int nz,
+                        const double *v, const double *T, const double *n, const double *x_l,
+                        const double *x_u, const lte_options *opt, double *image) {
+  if (!x_l || !x_u) CE_FAIL("LTE solver: no level populations given (x_l, x_u)");
+  const void *pv = v, *pT = T, *pn = n, *pl = x_l, *pu = x_u;
+  return solve(L, freqs, nf, 1, nx, ny, nz, LTE_KERNEL_F64, &pv, &pT, &pn, &pl, &pu, opt, &image);
+}
+
+int lte_solve_cube_pops_f32(const lte_line *L, const double *freqs, int nf, int nx, int ny, int nz,
+                            const float *v, const float *T, const float *n, const float *x_l,
+                            const float *x_u, const lte_options *opt, double *image) {
+  if (!x_l || !x_u) CE_FAIL("LTE solver: no level populations given (x_l, x_u)");
+  const void *pv = v, *pT = T, *pn = n, *pl = x_l, *pu = x_u;
+  return solve(L, freqs, nf, 1, nx, ny, nz, LTE_KERNEL_F32, &pv, &pT, &pn, &pl, &pu, opt, &image);
 }

@@ -69,6 +69,19 @@ int lte_solve_batch(const lte_line *L, const double *freqs, int nf, int ncube, i
                     int nz, const double *const *v, const double *const *T,
                     const double *const *n, const lte_options *opt, double *const *image);
 
+/* Non-LTE images: the same, with the fractional populations of the line's
+ * lower and upper level per cell (x_l, x_u, same layout; e.g. from
+ * solver/nlte_lvg.h, sampled into the cube like T) in place of the
+ * Boltzmann populations at T: eta and chi follow from them, T still sets
+ * the thermal width (lte_kernel.h). A population outside [0, 1] or NaN is
+ * an error naming the array (x_l, x_u) and the cell. */
+int lte_solve_cube_pops(const lte_line *L, const double *freqs, int nf, int nx, int ny, int nz,
+                        const double *v, const double *T, const double *n, const double *x_l,
+                        const double *x_u, const lte_options *opt, double *image);
+int lte_solve_cube_pops_f32(const lte_line *L, const double *freqs, int nf, int nx, int ny, int nz,
+                            const float *v, const float *T, const float *n, const float *x_l,
+                            const float *x_u, const lte_options *opt, double *image);
+
 /* The constants a kernel computes with, for line L and options o: what the
  * calls above hand the backend (for tests that call a kernel directly). */
 void lte_kernel_model_init(lte_kernel_model *m, const lte_line *L, const lte_options *o);

@@ -143,6 +143,13 @@ typedef struct lte_kernel_batch {
   const double *background_map; /* NULL or [(x*ny + y)*nf + f], shared by all cubes */
   double *const *image;         /* [ncube] images of [(x*ny + y)*nf + f], I_nu [W m^-2 Hz^-1 sr^-1] */
   int threads;                  /* host threads (CPU: OpenMP); <= 0: the default */
+  /* Non-LTE (solver/nlte_lvg.h): NULL (LTE: Boltzmann populations at T),
+   * or [ncube] cubes of the fractional populations of the line's lower
+   * and upper level per cell, same layout and dtype as T. Then per cell
+   * pl = pop_l, pu = pop_u replace the Boltzmann ones above (Z is not
+   * computed) and everything else is unchanged (T still sets the width).
+   * A valid cell then also has 0 <= pop_l, pop_u <= 1 (lte_kernel_pop_ok). */
+  const void *const *pop_l, *const *pop_u;
 } lte_kernel_batch;
 
 /* solve(): 0 when every image is written; LTE_KERNEL_BAD_INPUT when some
@@ -170,6 +177,10 @@ const char *lte_backend_name(lte_backend b);
  * and the CPU kernel. Compile with -ffp-contract=off (solver/meson.build). */
 static inline int lte_kernel_cell_ok(double v, double T, double n, double c) {
   return (fabs(v) < c) & (T > 0) & (T <= DBL_MAX) & (n >= 0) & (n <= DBL_MAX);
+}
+
+static inline int lte_kernel_pop_ok(double pl, double pu) {
+  return (pl >= 0) & (pl <= 1) & (pu >= 0) & (pu <= 1);
 }
 
 static inline double lte_z_direct(int nlev, const double *neg_e_over_k, const double *g,

@@ -181,6 +181,8 @@ typedef struct {
   int nzp;  /* nz rounded up to W */
   const double *T, *n, *v;        /* ray inputs, float64: the caller's, or: */
   double *T_buf, *n_buf, *v_buf;  /* copies (float32 inputs, or padding to nzp) */
+  const double *pl, *pu;          /* non-LTE populations (NULL: LTE), or: */
+  double *pl_buf, *pu_buf;        /* their copies */
   double *S, *adx, *iw, *shift;   /* per cell */
   double *b, *eb, *er;            /* per cell, W frequencies */
   double *pe, *pr;                /* packed exp / erf arguments and results */
@@ -191,12 +193,13 @@ static int ws_alloc(workspace *w, int nz) {
   memset(w, 0, sizeof *w);
   w->nzp = (nz + W - 1) / W * W;
   size_t len = (size_t)w->nzp + W; /* one spare vector: segment loads read k+1 */
-  double *all = calloc((7 + 8 * W) * len, sizeof(double));
+  double *all = calloc((9 + 8 * W) * len, sizeof(double));
   if (!all) return -1;
-  double **p[] = {&w->T_buf, &w->n_buf, &w->v_buf, &w->S, &w->adx, &w->iw, &w->shift};
-  for (int i = 0; i < 7; i++) *p[i] = all + (size_t)i * len;
+  double **p[] = {&w->T_buf, &w->n_buf, &w->v_buf, &w->S, &w->adx, &w->iw, &w->shift,
+                  &w->pl_buf, &w->pu_buf};
+  for (int i = 0; i < 9; i++) *p[i] = all + (size_t)i * len;
   double **q[] = {&w->b, &w->eb, &w->er, &w->pe, &w->pr, &w->dtau, &w->tau, &w->em};
-  for (int i = 0; i < 8; i++) *q[i] = all + 7 * len + (size_t)i * W * len;
+  for (int i = 0; i < 8; i++) *q[i] = all + 9 * len + (size_t)i * W * len;
   return 0;
 }
 static void ws_free(workspace *w) { free(w->T_buf); }
@@ -209,15 +212,21 @@ static void cells(const lte_kernel_model *M, workspace *w) {
   const double inv_c = M->inv_c;
   for (int z = 0; z < w->nzp; z += W) {
     v8d T = ld(w->T + z);
-    v8d invT = 1.0 / T;
-    v8d Z;
-    if (M->libm)
-      for (int i = 0; i < W; i++) Z[i] = lte_z_direct(M->nlev, M->neg_e_over_k, M->g, T[i]);
-    else
-      Z = z_vec(M, T);
-    v8d r = 1.0 / Z;
-    v8d pl = (M->g_l * vexp(M->neg_e_over_k_l * invT, M->libm)) * r;
-    v8d pu = (M->g_u * vexp(M->neg_e_over_k_u * invT, M->libm)) * r;
+    v8d pl, pu;
+    if (w->pl) { /* non-LTE: the given populations */
+      pl = ld(w->pl + z);
+      pu = ld(w->pu + z);
+    } else {
+      v8d invT = 1.0 / T;
+      v8d Z;
+      if (M->libm)
+        for (int i = 0; i < W; i++) Z[i] = lte_z_direct(M->nlev, M->neg_e_over_k, M->g, T[i]);
+      else
+        Z = z_vec(M, T);
+      v8d r = 1.0 / Z;
+      pl = (M->g_l * vexp(M->neg_e_over_k_l * invT, M->libm)) * r;
+      pu = (M->g_u * vexp(M->neg_e_over_k_u * invT, M->libm)) * r;
+    }
     v8d eta = eta_c * pu;
     v8d chi = M->fac * (M->B_lu * pl - M->B_ul * pu);
     /* chi == 0 (populations underflow, T < ~0.05 K): S = 0, see lte_cell_eval */
@@ -393,6 +402,21 @@ static int load_ray(const lte_kernel_batch *B, double c_light, int c, size_t off
     w->v_buf[z] = w->v[nz - 1];
     w->T_buf[z] = w->T[nz - 1];
     w->n_buf[z] = w->n[nz - 1];
+  }
+  w->pl = w->pu = NULL;
+  if (B->pop_l) { /* non-LTE populations: always copied (and padded) */
+    for (int z = 0; z < nz; z++) {
+      if (B->dtype == LTE_KERNEL_F32)
+        w->pl_buf[z] = ((const float *)B->pop_l[c])[off + z],
+        w->pu_buf[z] = ((const float *)B->pop_u[c])[off + z];
+      else
+        w->pl_buf[z] = ((const double *)B->pop_l[c])[off + z],
+        w->pu_buf[z] = ((const double *)B->pop_u[c])[off + z];
+      ok &= lte_kernel_pop_ok(w->pl_buf[z], w->pu_buf[z]);
+    }
+    if (!ok) return 0;
+    for (int z = nz; z < w->nzp; z++) w->pl_buf[z] = w->pl_buf[nz - 1], w->pu_buf[z] = w->pu_buf[nz - 1];
+    w->pl = w->pl_buf, w->pu = w->pu_buf;
   }
   return 1;
 }

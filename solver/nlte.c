@@ -283,17 +283,17 @@ static int lu_solve(double *a, double *b, int *piv, int n) {
   return 0;
 }
 
-static int check_conditions(const nlte_model *M, const nlte_conditions *c, double *dens) {
+static int check_conditions(const nlte_model *M, const nlte_conditions *c, double *dens, int lvg3d) {
   const char *mol = M->mol->name;
   if (!(c->t_kin >= 0.1 && c->t_kin <= 1e4))
     CE_FAIL("nlte: %s: T_kin = %g K, expected 0.1 .. 1e4 K (RADEX's range)", mol, c->t_kin);
-  if (!(c->column > 0 && isfinite(c->column)))
+  if (!lvg3d && !(c->column > 0 && isfinite(c->column)))
     CE_FAIL("nlte: %s: column density = %g cm^-2, expected > 0", mol, c->column);
-  if (!(c->fwhm_kms > 0 && isfinite(c->fwhm_kms)))
+  if (!lvg3d && !(c->fwhm_kms > 0 && isfinite(c->fwhm_kms)))
     CE_FAIL("nlte: %s: line width = %g km/s, expected > 0", mol, c->fwhm_kms);
   if (!(c->t_bg >= 0 && isfinite(c->t_bg)))
     CE_FAIL("nlte: %s: T_bg = %g K, expected >= 0", mol, c->t_bg);
-  if (c->geometry != NLTE_SPHERE && c->geometry != NLTE_LVG && c->geometry != NLTE_SLAB)
+  if (!lvg3d && c->geometry != NLTE_SPHERE && c->geometry != NLTE_LVG && c->geometry != NLTE_SLAB)
     CE_FAIL("nlte: geometry %d, expected 1 (sphere), 2 (lvg) or 3 (slab)", (int)c->geometry);
   double any = 0;
   for (int id = 1; id < NLTE_NPARTNER; id++) {
@@ -382,7 +382,39 @@ typedef struct {
   const double *Lc, *occ; /* collisional part of the rate matrix; background occupation */
   double cddv;
   nlte_geometry geom;
+  const nlte_dirs *dirs; /* NULL: the one-zone beta of geom */
+  double *dbeta;         /* dirs: d beta / d tau of the last rate_matrix call, per line */
 } nlte_sys;
+
+/* beta of the system at line-centre tau (one-zone: nlte_beta of the
+ * geometry; 3-D LVG cell: the mean over directions of esc(tau w_d)) */
+static double sys_beta(const nlte_sys *S, double tau, double *dbeta) {
+  const nlte_dirs *d = S->dirs;
+  if (!d) return nlte_beta(S->geom, tau, dbeta);
+  double b = 0, db = 0, x = fabs(tau);
+  if (x * d->wmax < d->thin_x) { /* every direction thin: the moments */
+    const double *c = d->c, *m = d->m;
+    if (dbeta) *dbeta = (tau < 0 ? -1.0 : 1.0) * (c[1] * m[1] + x * (2.0 * c[2] * m[2] + x * (3.0 * c[3] * m[3])));
+    return 1.0 + x * (c[1] * m[1] + x * (c[2] * m[2] + x * (c[3] * m[3])));
+  }
+  if (d->mean) return d->mean(d, tau, dbeta);
+  if (d->q) {
+    for (int k = 0; k < d->ndir; k++) {
+      double dk, bk = d->esc(tau * d->w[k], dbeta ? &dk : NULL);
+      b += d->q[k] * bk;
+      if (dbeta) db += d->q[k] * (d->w[k] * dk);
+    }
+    if (dbeta) *dbeta = db;
+    return b;
+  }
+  for (int k = 0; k < d->ndir; k++) {
+    double dk, bk = d->esc(tau * d->w[k], dbeta ? &dk : NULL);
+    b += bk;
+    if (dbeta) db += d->w[k] * dk;
+  }
+  if (dbeta) *dbeta = db / d->ndir;
+  return b / d->ndir;
+}
 
 /* The rate matrix Lm at populations x (beta = 1 when thin, else beta(tau(x)),
  * taus and betas into tau/beta), the residual f = Lm x and, unless NULL, the
@@ -395,7 +427,7 @@ static void rate_matrix(const nlte_sys *S, const double *x, int thin, double *ta
   memcpy(Lm, S->Lc, sizeof(double) * (size_t)n * n);
   for (int l = 0; l < L; l++) {
     double A = M->mol->lines[l].A, b = S->occ[l], gr = M->gu_gl[l];
-    double bt = thin ? 1.0 : nlte_beta(S->geom, tau[l], NULL);
+    double bt = thin ? 1.0 : sys_beta(S, tau[l], S->dirs ? &S->dbeta[l] : NULL);
     beta[l] = bt;
     int u = M->up[l], lo = M->lo[l];
     double down = A * bt * (1.0 + b), upr = A * bt * gr * b;
@@ -421,37 +453,57 @@ static void rate_matrix(const nlte_sys *S, const double *x, int thin, double *ta
 
 int nlte_solve(const nlte_model *M, const nlte_conditions *c, const nlte_options *o,
                nlte_result *r) {
+  return nlte_solve_dirs(M, c, o, NULL, r);
+}
+
+int nlte_solve_dirs(const nlte_model *M, const nlte_conditions *c, const nlte_options *o,
+                    const nlte_dirs *dirs, nlte_result *r) {
   if (r->nlev != M->nlev || r->nline != M->nline || !r->work)
     CE_FAIL("nlte: result not initialised for this model");
   double tol = o && o->tol > 0 ? o->tol : 1e-10;
   int max_iter = o && o->max_iter > 0 ? o->max_iter : 1000;
   double dens[NLTE_NPARTNER];
-  CE_TRY(check_conditions(M, c, dens));
+  if (dirs && !(dirs->ndir >= 1 && dirs->w && dirs->esc && dirs->cddv >= 0 && isfinite(dirs->cddv)))
+    CE_FAIL("nlte: direction set: %d directions, scale %g, expected >= 1 and >= 0", dirs->ndir,
+            dirs->cddv);
+  CE_TRY(check_conditions(M, c, dens, dirs != NULL));
   memcpy(r->density_used, dens, sizeof dens);
   const int n = M->nlev, L = M->nline;
   const char *mol = M->mol->name;
   double *C = r->work, *J = C + (size_t)n * n, *Lm = J + (size_t)n * n;
   double *x = Lm + (size_t)n * n, *f = x + n, *dx = f + n, *xt = dx + n;
   double *occ = r->t_r; /* background photon occupation per line (scratch until the end) */
-  double *dbeta = r->flux_kkms; /* scratch too */
   double T = c->t_kin;
   build_coll(M, T, dens, C);
   /* the collisional part of the rate matrix, once: Lc[i][j] = C[j][i], Lc[i][i] = -sum_j C[i][j] */
   double *Lc = xt + n;
   memset(Lc, 0, sizeof(double) * (size_t)n * n);
-  for (int i = 0; i < n; i++)
+  for (int i = 0; i < n; i++) {
+    double diag = 0; /* the same sums, in the same order, as Lc[i][i] -= k */
     for (int j = 0; j < n; j++) {
       double k = C[(size_t)i * n + j];
       if (i == j || k == 0) continue;
       Lc[(size_t)j * n + i] += k;
-      Lc[(size_t)i * n + i] -= k;
+      diag -= k;
     }
+    Lc[(size_t)i * n + i] = diag;
+  }
   for (int l = 0; l < L; l++) {
     double h = c->t_bg > 0 ? NLTE_FK * M->xnu[l] / c->t_bg : INFINITY;
     occ[l] = h >= 160.0 ? 0.0 : 1.0 / expm1(h);
   }
-  double cddv = c->column / (c->fwhm_kms * 1e5);
-  nlte_sys S = {M, Lc, occ, cddv, c->geometry};
+  double cddv = dirs ? dirs->cddv : c->column / (c->fwhm_kms * 1e5);
+  double *dbeta = r->flux_kkms; /* scratch too */
+  nlte_sys S = {M, Lc, occ, cddv, c->geometry, dirs, dbeta};
+  int it, relax_phase = 1;
+  if (dirs && dirs->x0) { /* warm start: Newton from the given populations */
+    double sum = 0;
+    for (int i = 0; i < n; i++) sum += x[i] = dirs->x0[i] > 0 ? dirs->x0[i] : 0.0;
+    if (!(sum > 0) || !isfinite(sum)) CE_FAIL("nlte: %s: warm-start populations sum to %g", mol, sum);
+    for (int i = 0; i < n; i++) x[i] /= sum;
+    relax_phase = 0;
+    goto iterate;
+  }
 
   /* Iteration 0: optically thin (beta = 1), a linear system. */
   rate_matrix(&S, NULL, 1, r->tau, r->beta, Lm, NULL, NULL);
@@ -465,6 +517,7 @@ int nlte_solve(const nlte_model *M, const nlte_conditions *c, const nlte_options
   if (!(sum > 0)) CE_FAIL("nlte: %s: T_kin %g K: no optically thin solution", mol, T);
   for (int i = 0; i < n; i++) x[i] /= sum;
 
+iterate:;
   /* RADEX-style steps first (populations of the rate matrix at the betas
    * of the current populations, under-relaxed 0.3 old + 0.7 new, the new
    * weight halved after a step that raised the merit) until they
@@ -473,9 +526,8 @@ int nlte_solve(const nlte_model *M, const nlte_conditions *c, const nlte_options
    * population, halved until the merit falls); a Newton step that cannot
    * lower the merit is replaced by a RADEX-style step. Converged: the full
    * Newton step changes no population > 1e-20 by more than tol. */
-  int it, relax_phase = 1;
   double wrelax = 0.7; /* weight of the new populations in a relaxation step */
-  double rel = INFINITY, merit;
+  double rel = INFINITY, merit, rel_prev = INFINITY;
   const double K0 = cddv / (NLTE_FGAUS_FAC * 8.0 * M_PI);
   rate_matrix(&S, x, 0, r->tau, r->beta, Lm, f, &merit);
   for (it = 1; it <= max_iter; it++) {
@@ -487,7 +539,7 @@ int nlte_solve(const nlte_model *M, const nlte_conditions *c, const nlte_options
     if (!relax_phase) {
       memcpy(J, Lm, sizeof(double) * (size_t)n * n);
       for (int l = 0; l < L; l++) {
-        nlte_beta(c->geometry, r->tau[l], &dbeta[l]);
+        if (!dirs) sys_beta(&S, r->tau[l], &dbeta[l]); /* dirs: rate_matrix set it */
         if (dbeta[l] == 0) continue;
         double A = M->mol->lines[l].A, b = occ[l], gr = M->gu_gl[l];
         int u = M->up[l], lo = M->lo[l];
@@ -514,7 +566,13 @@ int nlte_solve(const nlte_model *M, const nlte_conditions *c, const nlte_options
         if (x[i] > NLTE_MINPOP && fabs(dx[i]) > rel) rel = fabs(dx[i]);
       }
       if (!usable) rel = INFINITY;
-      double lam = rel > 1.0 ? 1.0 / rel : 1.0;
+      /* converged: the step is below tol; for the 3-D cells also when the
+       * error left after it, estimated from the contraction rate of the
+       * last two full steps (rho = rel / rel_prev: rel rho / (1 - rho)),
+       * is (docs/nlte.md) */
+      double rho = rel / rel_prev;
+      int conv = rel < tol || (dirs && isfinite(rel_prev) && rho < 0.5 && rel * rho / (1.0 - rho) < tol);
+      double lam = rel > 1.0 ? 1.0 / rel : 1.0, lam_acc = 0;
       for (int k = 0; usable && k < 8 && !accepted; k++, lam *= 0.5) {
         double st = 0;
         for (int i = 0; i < n; i++) {
@@ -525,9 +583,11 @@ int nlte_solve(const nlte_model *M, const nlte_conditions *c, const nlte_options
         }
         for (int i = 0; i < n; i++) xt[i] /= st;
         rate_matrix(&S, xt, 0, r->tau, r->beta, J, f, &mt);
-        accepted = mt < merit || rel < tol;
+        accepted = mt < merit || conv;
+        lam_acc = lam;
       }
-      if (accepted && rel < tol) {
+      rel_prev = accepted && lam_acc == 1.0 ? rel : INFINITY;
+      if (accepted && conv) {
         memcpy(x, xt, sizeof(double) * (size_t)n);
         memcpy(Lm, J, sizeof(double) * (size_t)n * n);
         break;
@@ -553,7 +613,7 @@ int nlte_solve(const nlte_model *M, const nlte_conditions *c, const nlte_options
       rate_matrix(&S, xt, 0, r->tau, r->beta, J, f, &mt);
       if (relax_phase && (rr < 0.1 || it >= 30)) relax_phase = 0;
       if (!relax_phase) wrelax = mt > merit ? fmax(0.05, 0.5 * wrelax) : fmin(0.7, 1.25 * wrelax);
-      rel = INFINITY; /* a relaxation step never ends the iteration */
+      rel = rel_prev = INFINITY; /* a relaxation step never ends the iteration */
     }
     memcpy(Lm, J, sizeof(double) * (size_t)n * n);
     memcpy(x, xt, sizeof(double) * (size_t)n);
@@ -575,7 +635,7 @@ int nlte_solve(const nlte_model *M, const nlte_conditions *c, const nlte_options
   for (int l = 0; l < L; l++) {
     int u = M->up[l], lo = M->lo[l];
     double xnu = M->xnu[l], x3 = xnu * xnu * xnu;
-    r->beta[l] = nlte_beta(c->geometry, r->tau[l], NULL);
+    r->beta[l] = sys_beta(&S, r->tau[l], NULL);
     double ratio = x[lo] * M->gu_gl[l] / x[u];
     double tex = x[u] > 0 && x[lo] > 0 ? NLTE_FK * xnu / log(ratio) : 0.0;
     r->tex[l] = tex;

@@ -103,6 +103,35 @@ void nlte_result_free(nlte_result *r);
 int nlte_solve(const nlte_model *M, const nlte_conditions *c, const nlte_options *o,
                nlte_result *r);
 
+/* The 3-D LVG cell (solver/nlte_lvg.h): beta is the weighted mean over
+ * ndir directions of esc(tau * w[d]), where tau is the line-centre optical depth
+ * the one-zone formula gives with cddv in place of column / FWHM (so w[d] is
+ * the direction's Sobolev length factor, docs/nlte.md). c->column, fwhm_kms
+ * and geometry are then not used (the fluxes are meaningless). x0: warm
+ * start (Newton from these populations, no optically thin start and no
+ * relaxation phase), or NULL. nlte_solve(M, c, o, r) is
+ * nlte_solve_dirs(M, c, o, NULL, r). */
+typedef struct nlte_dirs_ {
+  int ndir;
+  const double *w;                        /* [ndir] >= 0 */
+  const double *q;                        /* [ndir] weights summing to 1, or NULL: 1/ndir each */
+  double (*esc)(double tau, double *dbeta); /* per-direction escape probability */
+  double cddv;                            /* [cm^-2 (cm/s)^-1], >= 0 */
+  const double *x0;                       /* [nlev] or NULL */
+  /* Optional thin-line shortcut (thin_x > 0): where |tau| wmax < thin_x,
+   * esc(a) is the polynomial 1 + c[1] a + c[2] a^2 + c[3] a^3 in a = |tau| w
+   * (d/d tau with the sign of tau), so the weighted mean over directions is
+   * 1 + sum_k c[k] |tau|^k m[k] with the moments m[k] = sum_d q_d w_d^k. */
+  double thin_x, wmax, c[4], m[4];
+  /* Optional: the whole weighted mean in one call (a vectorised esc), used
+   * instead of the loop over esc when set; w and q then hold a multiple of
+   * 8 entries, the ones past ndir with q = 0 and w = 1. */
+  double (*mean)(const struct nlte_dirs_ *d, double tau, double *dbeta);
+} nlte_dirs;
+
+int nlte_solve_dirs(const nlte_model *M, const nlte_conditions *c, const nlte_options *o,
+                    const nlte_dirs *dirs, nlte_result *r);
+
 /* Escape probability of one geometry (RADEX's formulas, docs/nlte.md), and
  * its derivative d beta / d tau when dbeta != NULL. */
 double nlte_beta(nlte_geometry geom, double tau, double *dbeta);

@@ -1,0 +1,188 @@
+/* bench_lvg.c - `coemu bench lvg`: seconds per model of the per-cell 3-D
+ * LVG populations (solver/nlte_lvg.h) on a synthetic binary-wind model of
+ * the demo's size (coemu synth, seed 1, 3 levels: ~1.9e5 leaf cells), CO
+ * with every level of its LAMDA file; velocity gradients and inputs
+ * (rotate/model_lvg.h) timed apart; 1 thread, then 2, 4, ... up to all.
+ *
+ * lvg_populations() below is the whole wiring a producer needs: model +
+ * molecule + options -> per-cell float populations of the imaged line's two
+ * levels, which sample_cube_fields samples into the cubes and
+ * lte_solve_cube_pops_f32 images (docs/nlte.md, "Wiring"). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/cli.h"
+#include "common/error.h"
+#include "common/progress.h"
+#include "pipeline/bench/benches.h"
+#include "rotate/model.h"
+#include "rotate/model_lvg.h"
+#include "rotate/synth.h"
+#include "rotate/units.h"
+#include "solver/lamda.h"
+#include "solver/nlte.h"
+#include "solver/nlte_lvg.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define BN "bench lvg"
+
+static double cpu_now(void) { /* this process's CPU time [s]: all threads */
+  struct timespec t;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+/* model + molecule -> x_l, x_u (float, per leaf cell, indexed as m->cells)
+ * of LAMDA line `line`. x_co: the model's n_CO/n_H2 (sidecar), x_mol: the
+ * molecule's n/n_H2. On a solver error the message names the cell's leaf
+ * and position. */
+static int lvg_populations(const ce_model *m, double x_co, double x_mol, const nlte_model *M,
+                           const nlte_lvg_options *o, int line, float *x_l, float *x_u,
+                           nlte_lvg_out *stats, double *t_inputs) {
+  double t0 = ce_now();
+  model_lvg_inputs in;
+  CE_TRY(model_lvg_inputs_make(m, x_co, x_mol, &in));
+  *t_inputs = ce_now() - t0;
+  double *xl = malloc(sizeof(double) * (size_t)in.ncell), *xu = malloc(sizeof(double) * (size_t)in.ncell);
+  if (!xl || !xu) {
+    free(xl), free(xu);
+    model_lvg_inputs_free(&in);
+    CE_FAIL("out of memory for %lld populations", (long long)in.ncell);
+  }
+  nlte_lvg_cells C = {in.ncell, in.t_kin, in.n_h2, in.n_mol, in.grad_v, in.length, in.order, in.chunk};
+  nlte_lvg_out out = {.line = line, .x_l = xl, .x_u = xu};
+  int rc = nlte_lvg_solve(M, &C, o, &out);
+  if (rc < 0 && out.bad_cell >= 0) {
+    char name[256];
+    model_cell_name(m, out.bad_cell, name, sizeof name);
+    ce_err_prefix("%s", name);
+  }
+  for (int64_t c = 0; rc == 0 && c < in.ncell; c++) x_l[c] = (float)xl[c], x_u[c] = (float)xu[c];
+  *stats = out;
+  free(xl), free(xu);
+  model_lvg_inputs_free(&in);
+  return rc;
+}
+
+int bench_lvg(int argc, char **argv) {
+  const char *mol = NULL, *esc = "sobolev";
+  int64_t seed = 1, index = 0, levels = 3, ndir = NLTE_LVG_DEFAULT_DIR, line = 2, maxthreads = 0;
+  double vturb = 0.15, tol = 1e-8;
+  cli_opt opts[] = {
+      {"mol", CLI_STR, &mol, "FILE", "LAMDA file (default: co.dat of the source tree)", 0, 0},
+      {"line", CLI_INT, &line, "K", "LAMDA line whose level populations are kept (default 2)", 0, 0},
+      {"seed", CLI_INT, &seed, "S", "coemu synth seed (default 1, the demo's)", 0, 0},
+      {"index", CLI_INT, &index, "I", "model index (default 0)", 0, 0},
+      {"levels", CLI_INT, &levels, "L", "AMR levels (default 3, the demo's)", 0, 0},
+      {"ndir", CLI_INT, &ndir, "N", "directions: 3 or 2 m^2 (default 18)", 0, 0},
+      {"escape", CLI_STR, &esc, "E", "sobolev (default) or radex", 0, 0},
+      {"vturb", CLI_DOUBLE, &vturb, "KM/S", "microturbulence in the clamp (default 0.15, the demo's)", 0, 0},
+      {"tol", CLI_DOUBLE, &tol, "T", "relative tolerance per population (default 1e-8)", 0, 0},
+      {"max-threads", CLI_INT, &maxthreads, "N", "largest thread count (default: all)", 0, 0},
+      {0}};
+  const cli_command spec = {BN, "[options]",
+                            "Seconds per model of the per-cell 3-D LVG populations (docs/nlte.md) on a\n"
+                            "synthetic model of the demo's size (~1.9e5 cells), CO with all levels;\n"
+                            "1 thread, then 2, 4, ... threads (results checked equal bit for bit).",
+                            opts, 0, 0};
+  cli_status st = cli_run_parse(&spec, argc, argv, NULL, NULL);
+  if (st != CLI_OK) return cli_exit(st);
+  int e = nlte_lvg_escape_parse(esc);
+  if (e < 0) return cli_usage_fail(BN, "--escape %s: expected sobolev or radex", esc);
+  if (levels < 1 || levels > 6) return cli_usage_fail(BN, "--levels %lld: expected 1..6", (long long)levels);
+  if (seed < 0 || index < 0) return cli_usage_fail(BN, "--seed and --index: expected >= 0");
+  if (!(vturb >= 0)) return cli_usage_fail(BN, "--vturb %g: expected >= 0", vturb);
+  if (!(tol > 0 && tol < 1)) return cli_usage_fail(BN, "--tol %g: expected in (0, 1)", tol);
+  double dirs[3 * NLTE_LVG_MAX_DIR], qw[NLTE_LVG_MAX_DIR];
+  if (ndir < 1 || ndir > NLTE_LVG_MAX_DIR || nlte_lvg_directions((int)ndir, dirs, qw) < 0)
+    return cli_usage_fail(BN, "--ndir %lld: expected 3 or 2 m^2 (8, 18, 32, ...)", (long long)ndir);
+  if (!mol) mol = lamda_default_co_path();
+  lamda_molecule lm;
+  if (lamda_read(mol, &lm) < 0) return cli_fail(BN);
+  nlte_model M;
+  if (nlte_model_init(&M, &lm) < 0) {
+    lamda_free(&lm);
+    return cli_fail(BN);
+  }
+  if (line < 1 || line > M.nline) {
+    int nline = M.nline;
+    nlte_model_free(&M);
+    lamda_free(&lm);
+    return cli_usage_fail(BN, "--line %lld: expected 1..%d", (long long)line, nline);
+  }
+  /* the model, as coemu synth writes it and coemu generate reads it */
+  char dir[] = "/tmp/coemu-bench-lvg-XXXXXX", dat[2048], side[2048];
+  int rc = 0;
+  ce_model *m = NULL;
+  units u;
+  synth_grid g = synth_grid_default();
+  g.levels = (int)levels;
+  if (!mkdtemp(dir)) {
+    ce_err("cannot make a temporary folder %s", dir);
+    rc = -1;
+  }
+  if (rc == 0) rc = synth_write_model(dir, (uint64_t)seed, index, &g, dat, sizeof dat);
+  if (rc == 0) rc = synth_model_path(side, sizeof side, dir, index, ".units.yaml");
+  if (rc == 0) rc = units_read(side, &u);
+  if (rc == 0) rc = model_load(dat, side, &m);
+  unlink(dat);
+  unlink(side);
+  rmdir(dir);
+  if (rc < 0) {
+    nlte_model_free(&M);
+    lamda_free(&lm);
+    return cli_fail(BN);
+  }
+  int64_t N = m->nleaves * m->ncell;
+  float *xl1 = malloc(sizeof(float) * N), *xu1 = malloc(sizeof(float) * N);
+  float *xl = malloc(sizeof(float) * N), *xu = malloc(sizeof(float) * N);
+  nlte_lvg_options o;
+  nlte_lvg_options_default(&o);
+  o.ndir = (int)ndir;
+  o.escape = (nlte_lvg_escape)e;
+  o.vturb_kms = vturb;
+  o.tol = tol;
+  int nmax = 1;
+#ifdef _OPENMP
+  nmax = omp_get_max_threads();
+#endif
+  if (maxthreads > 0 && maxthreads < nmax) nmax = (int)maxthreads;
+  printf("lvg model: synth seed %lld index %lld, %d levels: %lld leaves x %lld cells = %lld cells\n",
+         (long long)seed, (long long)index, (int)levels, (long long)m->nleaves, (long long)m->ncell,
+         (long long)N);
+  printf("lvg molecule: %s (%d levels, %d lines), %d directions, %s escape, vturb %g km/s, tol %g\n",
+         lm.name, M.nlev, M.nline, o.ndir, nlte_lvg_escape_name(o.escape), vturb, tol);
+  for (int nt = 1; rc == 0 && nt <= nmax; nt = nt * 2 > nmax && nt < nmax ? nmax : nt * 2) {
+    o.threads = nt;
+    nlte_lvg_out s = {0};
+    double tin = 0, t0 = ce_now(), c0 = cpu_now();
+    rc = lvg_populations(m, u.co_abundance, u.co_abundance, &M, &o, (int)line, nt == 1 ? xl1 : xl,
+                         nt == 1 ? xu1 : xu, &s, &tin);
+    double t = ce_now() - t0, cpu = cpu_now() - c0;
+    if (rc < 0) break;
+    if (nt == 1) {
+      printf("lvg inputs (gradients, densities, order): %.3f s\n", tin);
+      printf("lvg iterations: %.2f per cell (max %d), %lld cold starts (%lld warm starts redone)\n",
+             (double)s.iterations / N, s.max_iterations, (long long)s.cold_starts,
+             (long long)s.warm_redone);
+    } else if (memcmp(xl, xl1, sizeof(float) * N) || memcmp(xu, xu1, sizeof(float) * N)) {
+      ce_err("%d threads gave other populations than 1 thread", nt);
+      rc = -1;
+      break;
+    }
+    printf("lvg %d thread%s: %.2f s per model wall, %.2f s CPU (%.1f us CPU per cell; inputs %.3f s)\n",
+           nt, nt > 1 ? "s" : "", t, cpu, cpu / N * 1e6, tin);
+  }
+  free(xl1), free(xu1), free(xl), free(xu);
+  model_free(m);
+  nlte_model_free(&M);
+  lamda_free(&lm);
+  return rc < 0 ? cli_fail(BN) : 0;
+}
