@@ -1,0 +1,397 @@
+"""coemu.stream: a Python consumer of the coemu stream protocol v1.
+
+Needs pyzmq and numpy. Mirrors pipeline/stream/stream_client.c: it says HELLO with
+its rank, the number of ranks, the (epoch, position) to resume from and a
+credit, checks every message (header checksum, shapes, frame sizes, payload
+XXH64) and grants one credit per chunk consumed. See docs/stream-protocol.md.
+
+XXH64 of the payloads: the `xxhash` module when installed, else the system's
+libxxhash (ctypes; Debian's libxxhash0), else pure Python (about 3 MB/s, with a
+warning when the first client starts). Header checks are always made.
+
+    from coemu.stream import StreamClient, server_info
+    info = server_info("tcp://127.0.0.1:5555")   # world, shapes, normalisation...
+    with StreamClient("tcp://127.0.0.1:5555", rank=0, world=info["world"]) as c:
+        for chunk in c.iter_epoch():     # one epoch
+            x, y, ids = chunk.inputs, chunk.targets, chunk.ids
+"""
+import ctypes
+import ctypes.util
+import json
+import struct
+import time
+import warnings
+
+import numpy as np
+import zmq
+
+MAGIC = 0x534D4543
+VERSION = 1
+HEADER_SIZE = 96
+HELLO, WELCOME, CREDIT, CHUNK, EPOCH_END, HEARTBEAT, ERROR, BYE, INFO = range(1, 10)
+_FMT = "<IHHIIQIIQQHH4I3IQ"  # bytes 0..87
+assert struct.calcsize(_FMT) == 88
+
+_P1, _P2, _P3, _P4, _P5 = (0x9E3779B185EBCA87, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9,
+                           0x85EBCA77C2B2AE63, 0x27D4EB2F165667C5)
+_M = (1 << 64) - 1
+
+
+def _rotl(x, r):
+    return ((x << r) | (x >> (64 - r))) & _M
+
+
+def _round(acc, v):
+    acc = (acc + v * _P2) & _M
+    return (_rotl(acc, 31) * _P1) & _M
+
+
+def xxh64_small(data: bytes, seed: int = 0) -> int:
+    """XXH64 in pure Python (for the 88-byte headers)."""
+    n = len(data)
+    p = 0
+    if n >= 32:
+        v = [(seed + _P1 + _P2) & _M, (seed + _P2) & _M, seed, (seed - _P1) & _M]
+        while p + 32 <= n:
+            for i in range(4):
+                v[i] = _round(v[i], struct.unpack_from("<Q", data, p + 8 * i)[0])
+            p += 32
+        h = (_rotl(v[0], 1) + _rotl(v[1], 7) + _rotl(v[2], 12) + _rotl(v[3], 18)) & _M
+        for i in range(4):
+            h = ((h ^ _round(0, v[i])) * _P1 + _P4) & _M
+    else:
+        h = (seed + _P5) & _M
+    h = (h + n) & _M
+    while p + 8 <= n:
+        h ^= _round(0, struct.unpack_from("<Q", data, p)[0])
+        h = (_rotl(h, 27) * _P1 + _P4) & _M
+        p += 8
+    if p + 4 <= n:
+        h ^= (struct.unpack_from("<I", data, p)[0] * _P1) & _M
+        h = (_rotl(h, 23) * _P2 + _P3) & _M
+        p += 4
+    while p < n:
+        h ^= (data[p] * _P5) & _M
+        h = (_rotl(h, 11) * _P1) & _M
+        p += 1
+    h ^= h >> 33
+    h = (h * _P2) & _M
+    h ^= h >> 29
+    h = (h * _P3) & _M
+    h ^= h >> 32
+    return h
+
+
+try:  # fast payload checks when available
+    import xxhash as _xxhash
+except ImportError:  # pragma: no cover
+    _xxhash = None
+
+
+def _load_libxxhash():
+    """The system's libxxhash through ctypes, or None."""
+    for name in ("libxxhash.so.0", ctypes.util.find_library("xxhash")):
+        if not name:
+            continue
+        try:
+            lib = ctypes.CDLL(name)
+            lib.XXH64.restype = ctypes.c_ulonglong
+            lib.XXH64.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_ulonglong)
+            lib.XXH64_createState.restype = ctypes.c_void_p
+            lib.XXH64_freeState.argtypes = (ctypes.c_void_p,)
+            lib.XXH64_reset.argtypes = (ctypes.c_void_p, ctypes.c_ulonglong)
+            lib.XXH64_update.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+            lib.XXH64_digest.restype = ctypes.c_ulonglong
+            lib.XXH64_digest.argtypes = (ctypes.c_void_p,)
+            if lib.XXH64(b"abc", 3, 0) != xxh64_small(b"abc"):
+                continue
+            return lib
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+_libxxh = None if _xxhash is not None else _load_libxxhash()
+
+#: which XXH64 implementation checks payloads: "xxhash", "libxxhash" or "python"
+XXH64_BACKEND = "xxhash" if _xxhash is not None else ("libxxhash" if _libxxh else "python")
+
+
+def _addr(buf):
+    """(address, length) of any contiguous buffer, read-only ones included."""
+    a = np.frombuffer(buf, dtype=np.uint8)
+    return a.ctypes.data, a.size
+
+
+def xxh64_frames(bufs, seed: int = 0) -> int:
+    """XXH64 over the concatenation of several buffers (bytes, memoryviews,
+    numpy arrays), without joining them where a fast backend exists."""
+    if _xxhash is not None:
+        x = _xxhash.xxh64(seed=seed)
+        for b in bufs:
+            x.update(b)
+        return x.intdigest()
+    if _libxxh is not None:
+        st = _libxxh.XXH64_createState()
+        try:
+            _libxxh.XXH64_reset(st, seed)
+            for b in bufs:
+                a = np.ascontiguousarray(np.frombuffer(memoryview(b).cast("B"), dtype=np.uint8))
+                _libxxh.XXH64_update(st, a.ctypes.data, a.size)
+            return int(_libxxh.XXH64_digest(st))
+        finally:
+            _libxxh.XXH64_freeState(st)
+    return xxh64_small(b"".join(bytes(memoryview(b).cast("B")) for b in bufs), seed)
+
+
+def xxh64(data, seed: int = 0) -> int:
+    """XXH64 of a buffer: the `xxhash` module, else libxxhash, else pure Python
+    (correct but slow: about 1 s per few MB)."""
+    return xxh64_frames([data], seed)
+
+
+class ProtocolError(Exception):
+    pass
+
+
+class ProducerSilent(Exception):
+    pass
+
+
+class Header:
+    __slots__ = ("type", "flags", "value", "dataset_id", "epoch", "nsamples", "chunk_id",
+                 "position", "dtype", "rank", "in_shape", "out_shape", "payload_xxh64")
+
+    @classmethod
+    def decode(cls, buf: bytes) -> "Header":
+        if len(buf) != HEADER_SIZE:
+            raise ProtocolError(f"header frame of {len(buf)} bytes, expected {HEADER_SIZE}")
+        f = struct.unpack_from(_FMT, buf)
+        if f[0] != MAGIC:
+            raise ProtocolError("bad magic")
+        if struct.unpack_from("<Q", buf, 88)[0] != xxh64_small(buf[:88]):
+            raise ProtocolError("header checksum mismatch")
+        if f[1] != VERSION:
+            raise ProtocolError(f"protocol version {f[1]}, expected {VERSION}")
+        h = cls()
+        (h.type, h.flags, h.value, h.dataset_id, h.epoch, h.nsamples, h.chunk_id, h.position,
+         h.dtype, h.rank) = f[2:12]
+        h.in_shape, h.out_shape, h.payload_xxh64 = f[12:16], f[16:19], f[19]
+        return h
+
+    @staticmethod
+    def encode(type_, value=0, flags=0, dataset_id=0, epoch=0, nsamples=0, position=0, rank=0):
+        b = struct.pack(_FMT, MAGIC, VERSION, type_, flags, value, dataset_id, epoch, nsamples, 0,
+                        position, 0, rank, 0, 0, 0, 0, 0, 0, 0, 0)
+        return b + struct.pack("<Q", xxh64_small(b))
+
+
+class Chunk:
+    def __init__(self, header, ids, inputs, targets):
+        self.header, self.ids, self.inputs, self.targets = header, ids, inputs, targets
+        self.epoch, self.position = header.epoch, header.position
+        self.normalised = bool(header.flags & 1)
+
+
+def _warn_slow_hash():
+    if XXH64_BACKEND == "python" and not StreamClient._warned:
+        StreamClient._warned = True
+        warnings.warn("coemu.stream: neither the xxhash module nor libxxhash is available: "
+                      "payloads are checked in pure Python (slow for large chunks); "
+                      "pip install xxhash (or apt-get install libxxhash0)",
+                      RuntimeWarning, stacklevel=3)
+
+
+def server_info(endpoint, timeout_s=5.0, context=None):
+    """Ask the producer at `endpoint` what it serves (the INFO message,
+    docs/stream-protocol.md): a dict with at least "world" (the ranks it
+    serves: its --ranks), "samples_per_rank" (per epoch), "epochs" (0:
+    unbounded), "dataset_id", and from `coemu serve`: "batch", "split",
+    "seed", "in_shape", "out_shape", "dtype" and "normalisation" (the
+    /stats parameters, or None), "timeout_s" and "heartbeat_s" (the
+    producer drops a consumer silent for timeout_s). Raises ProducerSilent when nothing answers
+    within timeout_s (nothing listening there, or a coemu older than the
+    INFO message: then give the world yourself)."""
+    ctx = context or zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(endpoint)
+        sock.send(Header.encode(INFO))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sock.poll(int(left * 1000) + 1):
+                raise ProducerSilent(
+                    f"no INFO reply from {endpoint} within {timeout_s:g} s: is `coemu serve` "
+                    f"running there? (a coemu without the INFO message does not answer: then "
+                    f"pass the server's --ranks as world=)")
+            frames = sock.recv_multipart()
+            try:
+                h = Header.decode(frames[0])
+            except ProtocolError:
+                continue
+            if h.type == ERROR:
+                text = frames[1].decode("utf-8", "replace") if len(frames) > 1 else ""
+                raise ProtocolError(f"producer error: {text}")
+            if h.type != INFO:
+                continue
+            if len(frames) != 2 or xxh64_small(frames[1]) != h.payload_xxh64:
+                raise ProtocolError(f"{endpoint}: damaged INFO reply")
+            info = json.loads(frames[1].decode("utf-8")) if frames[1] else {}
+            info["world"] = h.value
+            info["samples_per_rank"] = h.nsamples
+            info["epochs"] = h.epoch
+            info["dataset_id"] = h.dataset_id
+            info["timeout_s"] = h.position / 1000.0
+            info["heartbeat_s"] = h.chunk_id / 1000.0
+            return info
+    finally:
+        sock.close(0)
+
+
+class StreamClient:
+    _warned = False
+
+    def __init__(self, endpoint, rank=0, world=1, epoch=0, position=0, credit=4,
+                 normalised=False, dataset_id=0, heartbeat_s=1.0, timeout_s=10.0, context=None,
+                 resume_after_s=None):
+        """resume_after_s: when next() is called after this many seconds
+        without a message to the producer (a training step longer than the
+        producer's --timeout would have it drop this consumer), reconnect
+        first and resume at (epoch, position): nothing lost or repeated."""
+        self.endpoint, self.rank, self.world = endpoint, rank, world
+        self.epoch, self.position, self.credit = epoch, position, credit
+        self.flags = 1 if normalised else 0
+        self.dataset_id, self.heartbeat_s, self.timeout_s = dataset_id, heartbeat_s, timeout_s
+        self.malformed = 0
+        self.resume_after_s, self.resumes = resume_after_s, 0
+        _warn_slow_hash()
+        self.samples_per_epoch = None
+        self._own_ctx = context is None
+        self._ctx = zmq.Context() if context is None else context
+        self._pending = 0
+        self._sock = None
+        self._connect()
+
+    def _connect(self):
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 200)
+        self._sock.connect(self.endpoint)
+        self._last_recv = time.monotonic()
+        self._send(HELLO, self.credit)
+
+    def _send(self, type_, value=0):
+        self._sock.send(Header.encode(type_, value, self.flags, self.dataset_id, self.epoch,
+                                      self.world, self.position, self.rank))
+        self._last_sent = time.monotonic()
+
+    def reconnect(self):
+        self._sock.close(0)
+        self._pending = 0
+        self._connect()
+
+    def next(self):
+        """The next Chunk, or None at the end of an epoch."""
+        if self.resume_after_s and time.monotonic() - self._last_sent > self.resume_after_s:
+            self.resumes += 1
+            self.reconnect()
+        if self._pending:
+            self._send(CREDIT, self._pending)
+            self._pending = 0
+        while True:
+            now = time.monotonic()
+            if now - self._last_sent > self.heartbeat_s:
+                self._send(HEARTBEAT)
+            left = self.timeout_s - (now - self._last_recv)
+            if left <= 0:
+                raise ProducerSilent(f"producer at {self.endpoint} silent for {now - self._last_recv:.1f} s")
+            if not self._sock.poll(int(min(left, self.heartbeat_s) * 1000) + 1):
+                continue
+            frames = self._sock.recv_multipart(copy=False)
+            self._last_recv = time.monotonic()
+            try:
+                h = Header.decode(frames[0].bytes)
+            except ProtocolError:
+                self.malformed += 1
+                continue
+            if h.type == CHUNK:
+                n = h.nsamples
+                ins = (n,) + tuple(h.in_shape)
+                outs = (n,) + tuple(h.out_shape)
+                sizes = (8 * n, 4 * int(np.prod(ins)), 4 * int(np.prod(outs)))
+                ok = len(frames) == 4 and all(len(frames[i + 1]) == sizes[i] for i in range(3))
+                if ok:  # never skipped: the fastest XXH64 available
+                    ok = xxh64_frames([fr.buffer for fr in frames[1:]]) == h.payload_xxh64
+                if not ok:
+                    self.malformed += 1
+                    self._send(CREDIT, 1)
+                    continue
+                if h.epoch != self.epoch or h.position != self.position:
+                    continue  # in flight from before a reconnect
+                ids = np.frombuffer(frames[1].buffer, dtype="<u8").copy()
+                inputs = np.frombuffer(frames[2].buffer, dtype="<f4").reshape(ins).copy()
+                targets = np.frombuffer(frames[3].buffer, dtype="<f4").reshape(outs).copy()
+                self.position += n
+                self._pending += 1
+                return Chunk(h, ids, inputs, targets)
+            if h.type == WELCOME:
+                self.samples_per_epoch = h.nsamples
+                self.dataset_id_seen = h.dataset_id
+            elif h.type == EPOCH_END and h.epoch == self.epoch:
+                self.epoch += 1
+                self.position = 0
+                return None
+            elif h.type == ERROR:
+                text = frames[1].bytes.decode("utf-8", "replace") if len(frames) > 1 else ""
+                raise ProtocolError(f"producer error: {text}")
+
+    def iter_epoch(self):
+        """Iterate over the chunks of the current epoch."""
+        while True:
+            c = self.next()
+            if c is None:
+                return
+            yield c
+
+    def close(self):
+        """Say BYE (with this consumer's epoch and position: the producer
+        frees the connection at once) and close. Safe to call twice."""
+        if self._sock is None:
+            return
+        try:
+            self._send(BYE)
+        finally:
+            self._sock.close()
+            self._sock = None
+            if self._own_ctx:
+                self._ctx.term()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+
+def check_dataset_sample(h5, i, inputs=None, targets=None):
+    """For h5py users of a coemu dataset.h5 (format 2, docs/dataset-format.md):
+    raise ValueError unless sample i matches its recorded /checksums row.
+    h5 is an open h5py.File; inputs/targets are the rows already read (read
+    here when None). HDF5 reads a missing shard as zeros, so check the
+    samples you use (or run `coemu verify DIR` once)."""
+    if "checksums" not in h5:
+        raise ValueError("dataset.h5 has no /checksums (dataset format 1): run `coemu verify`")
+    want = h5["checksums"][i]
+    if targets is None:
+        targets = h5["targets"][i]
+    got_t = xxh64(np.ascontiguousarray(targets, dtype="<f4"))
+    if got_t != int(want[1]):
+        raise ValueError(f"sample {i}: /targets does not match its checksum (damaged or "
+                         f"missing shard)")
+    if "inputs" in h5:
+        if inputs is None:
+            inputs = h5["inputs"][i]
+        if xxh64(np.ascontiguousarray(inputs, dtype="<f4")) != int(want[0]):
+            raise ValueError(f"sample {i}: /inputs does not match its checksum (damaged or "
+                             f"missing shard)")
