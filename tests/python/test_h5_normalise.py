@@ -83,7 +83,9 @@ with tempfile.TemporaryDirectory() as tmp:
     p = fixture.serve(d, ep, "--ranks", "3", "--batch", "2")
     info = server_info(ep)
     p.terminate()
-    fixture.finish(p)
+    _, err = fixture.finish(p)
+    check(" 0 hellos," in err and " 0 consumers dropped" in err,
+          f"INFO opens no session: {err[-300:]}")
     check(info["world"] == 3 and info["in_shape"] == [3, 8, 8, 8] and info["out_shape"] == [3, 8, 8]
           and info["batch"] == 2 and info["split"] == "train" and info["epochs"] == 0,
           f"INFO: {info}")
