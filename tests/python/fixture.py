@@ -2,6 +2,7 @@
 dataset made by `coemu generate` (12 synthetic models x 4 directions, n = 8,
 3 channels, /checksums and /stats), `coemu serve` started on it, and the
 package put on sys.path from this checkout."""
+import atexit
 import os
 import subprocess
 import sys
@@ -54,11 +55,22 @@ statistics: {{compute: true}}
     return d
 
 
+_servers = []
+
+
+@atexit.register
+def _kill_servers():  # a test that fails half-way leaves no server behind
+    for p in _servers:
+        if p.poll() is None:
+            p.kill()
+
+
 def serve(d, ep, *args):
     """coemu serve D on ep; returns the process once it answers INFO."""
     from coemu.stream import ProducerSilent, server_info
     p = subprocess.Popen([COEMU, "serve", d, "--endpoint", ep, "--heartbeat", "0.2", *args],
-                         stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _servers.append(p)
     for _ in range(50):
         try:
             server_info(ep, timeout_s=0.2)

@@ -14,7 +14,9 @@
 - early break: a DataLoader (2 workers) left after one batch says BYE on
   every connection: the server counts no dropped consumer, serves the next
   reader at once, and `serve --epochs 1` exits once that reader is done;
-  the same without workers.
+  the same without workers;
+- a training step longer than the server's --timeout: the consumer
+  reconnects and resumes, the epoch is read exactly once.
 """
 import json
 import os
@@ -203,5 +205,18 @@ with tempfile.TemporaryDirectory() as tmp:
     rc, err = fixture.finish(p)
     check(ok and rc == 0 and " 0 consumers dropped" in err,
           f"no workers: BYE on break, serve exits: {rc} {err[-400:]}")
+
+    # ---- a step longer than the server's --timeout: reconnect and resume ----
+    p = fixture.serve(d, ep, "--ranks", "1", "--batch", "2", "--epochs", "1", "--timeout", "1.5")
+    ds = StreamDataset(ep, with_ids=True)
+    check(ds.resume_after_s == 0.75, f"resume after half the server's timeout: {ds.resume_after_s}")
+    got = []
+    for n, (x, y, i) in enumerate(torch.utils.data.DataLoader(ds, batch_size=2)):
+        got += i.tolist()
+        if n == 1:
+            time.sleep(2.5)  # the server drops this silent consumer after 1.5 s
+    check(sorted(got) == sorted(train), f"slow steps: the epoch exactly once ({len(got)} samples)")
+    rc, err = fixture.finish(p)
+    check(rc == 0, f"serve exits after the slow reader: {rc} {err[-400:]}")
 
 report()
