@@ -150,6 +150,38 @@ def xxh64(data, seed: int = 0) -> int:
     return xxh64_frames([data], seed)
 
 
+def read_key_file(path):
+    """(public, secret) Z85 keys of a `coemu keygen` file (secret None in a
+    NAME.key public file)."""
+    keys = {}
+    with open(path, encoding="ascii") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            k, sep, v = line.partition("=")
+            v = v.strip().strip('"')
+            if not sep or k.strip() not in ("public-key", "secret-key") or len(v) != 40:
+                raise ValueError(f"{path}:{n}: expected public-key = \"<40 Z85 characters>\" "
+                                 f"or secret-key = ...")
+            keys[k.strip()] = v.encode("ascii")
+    if "public-key" not in keys:
+        raise ValueError(f"{path}: no public-key")
+    return keys["public-key"], keys.get("secret-key")
+
+
+def _secure(sock, curve):
+    """curve = (producer's NAME.key, this consumer's NAME.key_secret), or None."""
+    if curve is None:
+        return
+    server_file, client_file = curve
+    server_pub, _ = read_key_file(server_file)
+    pub, sec = read_key_file(client_file)
+    if sec is None:
+        raise ValueError(f"{client_file}: no secret-key (give the consumer's NAME.key_secret)")
+    sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server_pub, pub, sec
+
+
 class ProtocolError(Exception):
     pass
 
@@ -202,7 +234,7 @@ def _warn_slow_hash():
                       RuntimeWarning, stacklevel=3)
 
 
-def server_info(endpoint, timeout_s=5.0, context=None):
+def server_info(endpoint, timeout_s=5.0, context=None, curve=None):
     """Ask the producer at `endpoint` what it serves (the INFO message,
     docs/stream-protocol.md): a dict with at least "world" (the ranks it
     serves: its --ranks), "samples_per_rank" (per epoch), "epochs" (0:
@@ -211,11 +243,13 @@ def server_info(endpoint, timeout_s=5.0, context=None):
     /stats parameters, or None), "timeout_s" and "heartbeat_s" (the
     producer drops a consumer silent for timeout_s). Raises ProducerSilent when nothing answers
     within timeout_s (nothing listening there, or a coemu older than the
-    INFO message: then give the world yourself)."""
+    INFO message: then give the world yourself; or a CURVE server that does
+    not accept this consumer's key). curve: as for StreamClient."""
     ctx = context or zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     try:
+        _secure(sock, curve)
         sock.connect(endpoint)
         sock.send(Header.encode(INFO))
         deadline = time.monotonic() + timeout_s
@@ -255,16 +289,20 @@ class StreamClient:
 
     def __init__(self, endpoint, rank=0, world=1, epoch=0, position=0, credit=4,
                  normalised=False, dataset_id=0, heartbeat_s=1.0, timeout_s=10.0, context=None,
-                 resume_after_s=None):
+                 resume_after_s=None, curve=None):
         """resume_after_s: when next() is called after this many seconds
         without a message to the producer (a training step longer than the
         producer's --timeout would have it drop this consumer), reconnect
-        first and resume at (epoch, position): nothing lost or repeated."""
+        first and resume at (epoch, position): nothing lost or repeated.
+        curve: (the producer's public key file NAME.key, this consumer's
+        key pair NAME.key_secret), both from `coemu keygen`, for a producer
+        started with --curve-secret (required off loopback)."""
         self.endpoint, self.rank, self.world = endpoint, rank, world
         self.epoch, self.position, self.credit = epoch, position, credit
         self.flags = 1 if normalised else 0
         self.dataset_id, self.heartbeat_s, self.timeout_s = dataset_id, heartbeat_s, timeout_s
         self.malformed = 0
+        self.curve = curve
         self.resume_after_s, self.resumes = resume_after_s, 0
         _warn_slow_hash()
         self.samples_per_epoch = None
@@ -277,6 +315,7 @@ class StreamClient:
     def _connect(self):
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 200)
+        _secure(self._sock, self.curve)
         self._sock.connect(self.endpoint)
         self._last_recv = time.monotonic()
         self._send(HELLO, self.credit)

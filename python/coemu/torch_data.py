@@ -57,16 +57,18 @@ class StreamDataset(IterableDataset):
     rank / world_size default to torch.distributed's (read when the dataset
     is made: make it after init_process_group), 1 process otherwise; pass
     them to override. world: the server's ranks when it cannot be asked (a
-    coemu without the INFO message)."""
+    coemu without the INFO message). curve: (the producer's NAME.key, this
+    consumer's NAME.key_secret) for a CURVE producer (coemu keygen)."""
 
     def __init__(self, endpoint, normalised=False, batched=False, with_ids=False, epoch=0,
                  rank=None, world_size=None, world=None, credit=4, timeout_s=None,
-                 info_timeout_s=10.0):
+                 info_timeout_s=10.0, curve=None):
         super().__init__()
         self.endpoint, self.normalised = endpoint, normalised
         self.batched, self.with_ids, self.credit = batched, with_ids, credit
+        self.curve = curve
         if world is None:
-            self.info = server_info(endpoint, timeout_s=info_timeout_s)
+            self.info = server_info(endpoint, timeout_s=info_timeout_s, curve=curve)
         else:
             self.info = {"world": int(world), "samples_per_rank": 0, "epochs": 0}
         self.world = int(self.info["world"])
@@ -159,7 +161,8 @@ class StreamDataset(IterableDataset):
                 clients.append(StreamClient(self.endpoint, rank=r, world=self.world, epoch=epoch,
                                             credit=self.credit, normalised=self.normalised,
                                             heartbeat_s=self.heartbeat_s, timeout_s=self.timeout_s,
-                                            resume_after_s=self.resume_after_s))
+                                            resume_after_s=self.resume_after_s,
+                                            curve=self.curve))
             active = list(clients)
             while active:
                 for c in list(active):

@@ -65,15 +65,16 @@ def _kill_servers():  # a test that fails half-way leaves no server behind
             p.kill()
 
 
-def serve(d, ep, *args):
-    """coemu serve D on ep; returns the process once it answers INFO."""
+def serve(d, ep, *args, curve=None):
+    """coemu serve D on ep; returns the process once it answers INFO (asked
+    with the CURVE keys `curve` when given)."""
     from coemu.stream import ProducerSilent, server_info
     p = subprocess.Popen([COEMU, "serve", d, "--endpoint", ep, "--heartbeat", "0.2", *args],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _servers.append(p)
     for _ in range(50):
         try:
-            server_info(ep, timeout_s=0.2)
+            server_info(ep, timeout_s=0.2, curve=curve)
             return p
         except ProducerSilent:
             if p.poll() is not None:

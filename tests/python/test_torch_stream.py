@@ -16,7 +16,9 @@
   reader at once, and `serve --epochs 1` exits once that reader is done;
   the same without workers;
 - a training step longer than the server's --timeout: the consumer
-  reconnects and resumes, the epoch is read exactly once.
+  reconnects and resumes, the epoch is read exactly once;
+- CURVE (tcp, coemu keygen keys): an authorised consumer reads the epoch,
+  a stranger's key gets not even the INFO reply.
 """
 import json
 import os
@@ -218,5 +220,34 @@ with tempfile.TemporaryDirectory() as tmp:
     check(sorted(got) == sorted(train), f"slow steps: the epoch exactly once ({len(got)} samples)")
     rc, err = fixture.finish(p)
     check(rc == 0, f"serve exits after the slow reader: {rc} {err[-400:]}")
+
+    # ---- CURVE: keys from coemu keygen; a stranger's key gets nothing ----
+    import socket
+    from coemu.stream import ProducerSilent, server_info
+    for name in ("srv", "cli", "stranger"):
+        subprocess.run([fixture.COEMU, "keygen", os.path.join(tmp, name)], check=True,
+                       capture_output=True)
+    auth = os.path.join(tmp, "authorized")
+    os.makedirs(auth)
+    os.rename(os.path.join(tmp, "cli.key"), os.path.join(auth, "cli.key"))
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        port = so.getsockname()[1]
+    tep = f"tcp://127.0.0.1:{port}"
+    keys = (os.path.join(tmp, "srv.key"), os.path.join(tmp, "cli.key_secret"))
+    p = fixture.serve(d, tep, "--ranks", "2", "--batch", "2", "--epochs", "1",
+                      "--curve-secret", os.path.join(tmp, "srv.key_secret"),
+                      "--curve-authorized", auth, curve=keys)
+    try:
+        server_info(tep, timeout_s=1.0, curve=(keys[0], os.path.join(tmp, "stranger.key_secret")))
+        check(False, "a stranger's key gets no INFO")
+    except ProducerSilent:
+        check(True, "a stranger's key gets no INFO")
+    ds = StreamDataset(tep, with_ids=True, curve=keys)
+    got = [i for _, _, b in torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2)
+           for i in b.tolist()]
+    check(sorted(got) == sorted(train), "CURVE: 2 workers read the epoch exactly once")
+    rc, err = fixture.finish(p)
+    check(rc == 0, f"CURVE serve exits: {rc} {err[-400:]}")
 
 report()
