@@ -218,6 +218,13 @@ class Header:
         return b + struct.pack("<Q", xxh64_small(b))
 
 
+def _array(frame, dtype, shape):
+    """A writable array over a received frame's own memory (it keeps the
+    frame alive), copied only when ZeroMQ left it misaligned for dtype."""
+    a = np.frombuffer(frame, dtype=dtype).reshape(shape)
+    return a if a.flags.aligned and a.flags.writeable else a.copy()
+
+
 class Chunk:
     def __init__(self, header, ids, inputs, targets):
         self.header, self.ids, self.inputs, self.targets = header, ids, inputs, targets
@@ -368,9 +375,9 @@ class StreamClient:
                     continue
                 if h.epoch != self.epoch or h.position != self.position:
                     continue  # in flight from before a reconnect
-                ids = np.frombuffer(frames[1].buffer, dtype="<u8").copy()
-                inputs = np.frombuffer(frames[2].buffer, dtype="<f4").reshape(ins).copy()
-                targets = np.frombuffer(frames[3].buffer, dtype="<f4").reshape(outs).copy()
+                ids = _array(frames[1], "<u8", (n,))
+                inputs = _array(frames[2], "<f4", ins)
+                targets = _array(frames[3], "<f4", outs)
                 self.position += n
                 self._pending += 1
                 return Chunk(h, ids, inputs, targets)
