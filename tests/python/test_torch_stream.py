@@ -143,6 +143,18 @@ with tempfile.TemporaryDirectory() as tmp:
         ids += i.tolist()
     check(sorted(ids) == sorted(train), "3 workers over 4 ranks: the whole epoch once")
 
+    # without INFO (a server older than the message): the world given by hand
+    ids = [i for _, _, b in torch.utils.data.DataLoader(StreamDataset(ep, world=4, with_ids=True),
+                                                        batch_size=2, num_workers=2)
+           for i in b.tolist()]
+    check(sorted(ids) == sorted(train), "world=4 given by hand: the whole epoch once")
+    from coemu.stream import ProducerSilent
+    try:
+        StreamDataset(f"ipc://{tmp}/nobody.sock", info_timeout_s=0.5)
+        check(False, "no server: an error")
+    except ProducerSilent as e:
+        check("no INFO reply" in str(e) and "world=" in str(e), f"no server: {e}")
+
     # ---- normalised stream == coemu.normalise of the raw samples ----
     norm_h5 = Normalisation.from_h5(h5)
     ns = StreamDataset(ep, normalised=True, with_ids=True)
@@ -223,7 +235,7 @@ with tempfile.TemporaryDirectory() as tmp:
 
     # ---- CURVE: keys from coemu keygen; a stranger's key gets nothing ----
     import socket
-    from coemu.stream import ProducerSilent, server_info
+    from coemu.stream import server_info
     for name in ("srv", "cli", "stranger"):
         subprocess.run([fixture.COEMU, "keygen", os.path.join(tmp, name)], check=True,
                        capture_output=True)
