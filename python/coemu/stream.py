@@ -19,6 +19,7 @@ import ctypes
 import ctypes.util
 import json
 import struct
+import threading
 import time
 import warnings
 
@@ -296,11 +297,15 @@ class StreamClient:
 
     def __init__(self, endpoint, rank=0, world=1, epoch=0, position=0, credit=4,
                  normalised=False, dataset_id=0, heartbeat_s=1.0, timeout_s=10.0, context=None,
-                 resume_after_s=None, curve=None):
-        """resume_after_s: when next() is called after this many seconds
-        without a message to the producer (a training step longer than the
-        producer's --timeout would have it drop this consumer), reconnect
-        first and resume at (epoch, position): nothing lost or repeated.
+                 resume_after_s=None, curve=None, keepalive=True):
+        """keepalive: a background thread sends HEARTBEAT every heartbeat_s
+        while the consumer is not inside next() (a training step longer than
+        the producer's --timeout would otherwise have it drop this consumer);
+        the socket is only ever used under a lock.
+        resume_after_s: when next() is called after this many seconds
+        without a message to the producer (no keepalive, or a process that
+        was stopped), reconnect first and resume at (epoch, position):
+        nothing lost or repeated.
         curve: (the producer's public key file NAME.key, this consumer's
         key pair NAME.key_secret), both from `coemu keygen`, for a producer
         started with --curve-secret (required off loopback)."""
@@ -317,7 +322,26 @@ class StreamClient:
         self._ctx = zmq.Context() if context is None else context
         self._pending = 0
         self._sock = None
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
         self._connect()
+        self._keepalive = None
+        if keepalive:
+            self._keepalive = threading.Thread(target=self._keepalive_loop, daemon=True,
+                                               name=f"coemu-stream-keepalive-{rank}")
+            self._keepalive.start()
+
+    def _keepalive_loop(self):
+        while not self._stop.wait(self.heartbeat_s / 2):
+            if not self._lock.acquire(blocking=False):
+                continue  # next() is running: it heart-beats itself
+            try:
+                if self._sock is not None and time.monotonic() - self._last_sent > self.heartbeat_s:
+                    self._send(HEARTBEAT)
+            except zmq.ZMQError:
+                pass
+            finally:
+                self._lock.release()
 
     def _connect(self):
         self._sock = self._ctx.socket(zmq.DEALER)
@@ -333,12 +357,18 @@ class StreamClient:
         self._last_sent = time.monotonic()
 
     def reconnect(self):
-        self._sock.close(0)
-        self._pending = 0
-        self._connect()
+        """A new connection that resumes at (epoch, position)."""
+        with self._lock:
+            self._sock.close(0)
+            self._pending = 0
+            self._connect()
 
     def next(self):
         """The next Chunk, or None at the end of an epoch."""
+        with self._lock:
+            return self._next()
+
+    def _next(self):
         if self.resume_after_s and time.monotonic() - self._last_sent > self.resume_after_s:
             self.resumes += 1
             self.reconnect()
@@ -349,10 +379,13 @@ class StreamClient:
             now = time.monotonic()
             if now - self._last_sent > self.heartbeat_s:
                 self._send(HEARTBEAT)
-            left = self.timeout_s - (now - self._last_recv)
-            if left <= 0:
-                raise ProducerSilent(f"producer at {self.endpoint} silent for {now - self._last_recv:.1f} s")
-            if not self._sock.poll(int(min(left, self.heartbeat_s) * 1000) + 1):
+            # silence is judged after a poll: messages that came while the
+            # consumer was busy elsewhere are not silence
+            wait = max(0.0, min(self.timeout_s - (now - self._last_recv), self.heartbeat_s))
+            if not self._sock.poll(int(wait * 1000) + 1):
+                quiet = time.monotonic() - self._last_recv
+                if quiet >= self.timeout_s:
+                    raise ProducerSilent(f"producer at {self.endpoint} silent for {quiet:.1f} s")
                 continue
             frames = self._sock.recv_multipart(copy=False)
             self._last_recv = time.monotonic()
@@ -403,15 +436,19 @@ class StreamClient:
     def close(self):
         """Say BYE (with this consumer's epoch and position: the producer
         frees the connection at once) and close. Safe to call twice."""
-        if self._sock is None:
-            return
-        try:
-            self._send(BYE)
-        finally:
-            self._sock.close()
-            self._sock = None
-            if self._own_ctx:
-                self._ctx.term()
+        self._stop.set()
+        with self._lock:
+            if self._sock is None:
+                return
+            try:
+                self._send(BYE)
+            finally:
+                self._sock.close()
+                self._sock = None
+        if self._keepalive is not None and self._keepalive is not threading.current_thread():
+            self._keepalive.join()
+        if self._own_ctx:
+            self._ctx.term()
 
     def __enter__(self):
         return self

@@ -15,8 +15,10 @@
   every connection: the server counts no dropped consumer, serves the next
   reader at once, and `serve --epochs 1` exits once that reader is done;
   the same without workers;
-- a training step longer than the server's --timeout: the consumer
-  reconnects and resumes, the epoch is read exactly once;
+- training steps longer than the server's --timeout: the keepalive thread
+  keeps the session (no reconnect, nothing dropped, and the consumer's own
+  absence is not taken for the producer's silence); without it the consumer
+  reconnects and resumes; the epoch is read exactly once either way;
 - CURVE (tcp, coemu keygen keys): an authorised consumer reads the epoch,
   a stranger's key gets not even the INFO reply.
 """
@@ -220,18 +222,46 @@ with tempfile.TemporaryDirectory() as tmp:
     check(ok and rc == 0 and " 0 consumers dropped" in err,
           f"no workers: BYE on break, serve exits: {rc} {err[-400:]}")
 
-    # ---- a step longer than the server's --timeout: reconnect and resume ----
-    p = fixture.serve(d, ep, "--ranks", "1", "--batch", "2", "--epochs", "1", "--timeout", "1.5")
+    # ---- steps longer than the server's --timeout (1.5 s) ----
+    from coemu.stream import StreamClient
+
+    def slow(p, what, **kw):
+        """Sleep 2.5 s after the second chunk; the epoch must come exactly once."""
+        got, c = [], StreamClient(ep, rank=0, world=1, heartbeat_s=0.2, **kw)
+        try:
+            for n, ch in enumerate(c.iter_epoch()):
+                got += ch.ids.tolist()
+                if n == 1:
+                    time.sleep(2.5)
+        except Exception as e:  # noqa: BLE001
+            check(False, f"{what}: {e!r}")
+        c.close()
+        check(sorted(got) == sorted(train), f"{what}: the epoch exactly once ({len(got)} samples)")
+        rc, err = fixture.finish(p)
+        check(rc == 0, f"{what}: serve exits: {rc} {err[-300:]}")
+        return c, err
+
+    args = ("--ranks", "1", "--batch", "2", "--epochs", "1", "--timeout", "1.5")
+    # keepalive (the default): heartbeats while the consumer sleeps, no reconnect;
+    # and 2.5 s of the consumer's own absence is not the producer's silence (1 s)
+    c, err = slow(fixture.serve(d, ep, *args), "keepalive", timeout_s=1.0)
+    check(c.resumes == 0 and " 1 hellos" in err and " 0 consumers dropped" in err,
+          f"keepalive: one session, never dropped: {c.resumes} resumes; {err[-300:]}")
+    # no keepalive: the producer drops the consumer; it reconnects and resumes
+    c, err = slow(fixture.serve(d, ep, *args), "resume", keepalive=False, resume_after_s=0.75)
+    check(c.resumes == 1 and " 2 hellos" in err, f"resume: {c.resumes} resumes; {err[-300:]}")
+    # the dataset: keepalive in its workers, the resume as a fallback
+    p = fixture.serve(d, ep, *args)
     ds = StreamDataset(ep, with_ids=True)
     check(ds.resume_after_s == 0.75, f"resume after half the server's timeout: {ds.resume_after_s}")
     got = []
-    for n, (x, y, i) in enumerate(torch.utils.data.DataLoader(ds, batch_size=2)):
+    for n, (x, y, i) in enumerate(torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1)):
         got += i.tolist()
         if n == 1:
-            time.sleep(2.5)  # the server drops this silent consumer after 1.5 s
+            time.sleep(2.5)
     check(sorted(got) == sorted(train), f"slow steps: the epoch exactly once ({len(got)} samples)")
     rc, err = fixture.finish(p)
-    check(rc == 0, f"serve exits after the slow reader: {rc} {err[-400:]}")
+    check(rc == 0 and " 0 consumers dropped" in err, f"slow steps, workers: {rc} {err[-400:]}")
 
     # ---- CURVE: keys from coemu keygen; a stranger's key gets nothing ----
     import socket
