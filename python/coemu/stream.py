@@ -320,7 +320,8 @@ class StreamClient:
         self.samples_per_epoch = None
         self._own_ctx = context is None
         self._ctx = zmq.Context() if context is None else context
-        self._pending = 0
+        self._batch = 0
+        self._said_bye = False
         self._sock = None
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -349,6 +350,8 @@ class StreamClient:
         _secure(self._sock, self.curve)
         self._sock.connect(self.endpoint)
         self._last_recv = time.monotonic()
+        self._granted = self.credit  # the WELCOME says what the producer granted
+        self._est = self.credit      # credit the producer holds + chunks on their way
         self._send(HELLO, self.credit)
 
     def _send(self, type_, value=0):
@@ -360,8 +363,22 @@ class StreamClient:
         """A new connection that resumes at (epoch, position)."""
         with self._lock:
             self._sock.close(0)
-            self._pending = 0
+            self._said_bye = False
             self._connect()
+
+    def _grant(self):
+        """Top the producer's credit up to what it granted, one per chunk
+        consumed; but near an epoch's end only to the chunks left in it (at
+        least 1, for the EPOCH_END): the producer starts the next epoch on
+        this connection at once, and chunks of it sent to a consumer that
+        then leaves would be sent twice."""
+        target = self._granted
+        if self.samples_per_epoch and self._batch and self.position <= self.samples_per_epoch:
+            left = -(-(self.samples_per_epoch - self.position) // self._batch)
+            target = min(target, max(left, 1))
+        if target > self._est:
+            self._send(CREDIT, target - self._est)
+            self._est = target
 
     def next(self):
         """The next Chunk, or None at the end of an epoch."""
@@ -372,9 +389,7 @@ class StreamClient:
         if self.resume_after_s and time.monotonic() - self._last_sent > self.resume_after_s:
             self.resumes += 1
             self.reconnect()
-        if self._pending:
-            self._send(CREDIT, self._pending)
-            self._pending = 0
+        self._grant()
         while True:
             now = time.monotonic()
             if now - self._last_sent > self.heartbeat_s:
@@ -395,6 +410,7 @@ class StreamClient:
                 self.malformed += 1
                 continue
             if h.type == CHUNK:
+                self._est -= 1  # each chunk took one credit, whatever becomes of it
                 n = h.nsamples
                 ins = (n,) + tuple(h.in_shape)
                 outs = (n,) + tuple(h.out_shape)
@@ -405,6 +421,7 @@ class StreamClient:
                 if not ok:
                     self.malformed += 1
                     self._send(CREDIT, 1)
+                    self._est += 1
                     continue
                 if h.epoch != self.epoch or h.position != self.position:
                     continue  # in flight from before a reconnect
@@ -412,10 +429,11 @@ class StreamClient:
                 inputs = _array(frames[2], "<f4", ins)
                 targets = _array(frames[3], "<f4", outs)
                 self.position += n
-                self._pending += 1
+                self._batch = n
                 return Chunk(h, ids, inputs, targets)
             if h.type == WELCOME:
                 self.samples_per_epoch = h.nsamples
+                self._granted = self._est = max(1, h.value)
                 self.dataset_id_seen = h.dataset_id
             elif h.type == EPOCH_END and h.epoch == self.epoch:
                 self.epoch += 1
@@ -433,22 +451,55 @@ class StreamClient:
                 return
             yield c
 
-    def close(self):
-        """Say BYE (with this consumer's epoch and position: the producer
-        frees the connection at once) and close. Safe to call twice."""
+    def say_bye(self):
+        """Send BYE now, and an INFO request behind it: the producer answers
+        in order, so its INFO reply says that it has read the BYE (see
+        wait_bye). close() then closes without sending another. Lets a
+        consumer with several connections say BYE on all of them first."""
         self._stop.set()
         with self._lock:
-            if self._sock is None:
-                return
-            try:
+            if self._sock is not None and not self._said_bye:
+                self._said_bye = True
                 self._send(BYE)
-            finally:
-                self._sock.close()
-                self._sock = None
-        if self._keepalive is not None and self._keepalive is not threading.current_thread():
-            self._keepalive.join()
-        if self._own_ctx:
-            self._ctx.term()
+                self._sock.send(Header.encode(INFO))
+
+    def wait_bye(self, timeout_s):
+        """Wait (at most timeout_s) until the producer has read the BYE: a
+        connection that goes before that may be dropped as vanished, its
+        BYE then ignored (and with --epochs its rank never counted done).
+        True when confirmed; a producer older than INFO never confirms."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while self._sock is not None and self._said_bye:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._sock.poll(int(left * 1000) + 1):
+                    return False
+                frames = self._sock.recv_multipart(copy=False)
+                try:
+                    if Header.decode(frames[0].bytes).type == INFO:
+                        return True
+                except ProtocolError:
+                    continue
+        return False
+
+    def close(self, grace_s=1.0):
+        """Say BYE (with this consumer's epoch and position: the producer
+        frees the connection at once), wait at most grace_s until the
+        producer has read it (wait_bye), and close. Safe to call twice."""
+        self._stop.set()
+        try:
+            if not self._said_bye and self._sock is not None:
+                self.say_bye()
+                self.wait_bye(grace_s)
+        finally:
+            with self._lock:
+                if self._sock is not None:
+                    self._sock.close()
+                    self._sock = None
+            if self._keepalive is not None and self._keepalive is not threading.current_thread():
+                self._keepalive.join()
+            if self._own_ctx and not self._ctx.closed:
+                self._ctx.term()
 
     def __enter__(self):
         return self

@@ -28,6 +28,7 @@ out of the loop closes every connection with a BYE: the server frees them at
 once and serves the next consumer (or the next epoch) without waiting.
 """
 import math
+import time
 
 import numpy as np
 import torch
@@ -176,6 +177,17 @@ class StreamDataset(IterableDataset):
         finally:  # also on break (GeneratorExit): BYE frees the server's connections now
             for c in clients:
                 try:
-                    c.close()
-                except Exception:  # noqa: BLE001 - closing must reach every connection
+                    c.say_bye()
+                except Exception:  # noqa: BLE001 - every connection must be reached
+                    pass
+            end = time.monotonic() + 1.0  # the server confirms it read each BYE
+            for c in clients:
+                try:
+                    c.wait_bye(max(0.0, end - time.monotonic()))
+                except Exception:  # noqa: BLE001
+                    pass
+            for c in clients:
+                try:
+                    c.close(grace_s=0)
+                except Exception:  # noqa: BLE001
                     pass

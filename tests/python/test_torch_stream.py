@@ -92,6 +92,14 @@ with tempfile.TemporaryDirectory() as tmp:
         check(k.returncode == 0, f"DDP rank {r}: exit {k.returncode}: {err[-2000:]}")
     rc, err = fixture.finish(p)
     check(rc == 0, f"serve --epochs 2 exits by itself after the last epoch: {rc} {err[-1000:]}")
+    # at the end of epoch 0 each of the 4 connections may have been sent one
+    # chunk (2 samples) of epoch 1 before it left, no more (credit is kept to
+    # the chunks left in an epoch); after the last epoch nothing
+    import re
+    m = re.search(r"sent (\d+) samples", err)
+    sent = int(m.group(1)) if m else -1
+    check(2 * len(train) <= sent <= 2 * len(train) + 4 * 2,
+          f"samples sent {sent}: at most one chunk per connection sent twice")
     res = []
     for r in range(2):
         try:
