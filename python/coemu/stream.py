@@ -297,7 +297,7 @@ class StreamClient:
 
     def __init__(self, endpoint, rank=0, world=1, epoch=0, position=0, credit=4,
                  normalised=False, dataset_id=0, heartbeat_s=1.0, timeout_s=10.0, context=None,
-                 resume_after_s=None, curve=None, keepalive=True):
+                 resume_after_s=None, curve=None, keepalive=True, taper=False):
         """keepalive: a background thread sends HEARTBEAT every heartbeat_s
         while the consumer is not inside next() (a training step longer than
         the producer's --timeout would otherwise have it drop this consumer);
@@ -306,6 +306,9 @@ class StreamClient:
         without a message to the producer (no keepalive, or a process that
         was stopped), reconnect first and resume at (epoch, position):
         nothing lost or repeated.
+        taper: near an epoch's end, grant credit only for the chunks left in
+        it (see _grant): a consumer that leaves at the end of an epoch is
+        then sent at most one chunk of the next one.
         curve: (the producer's public key file NAME.key, this consumer's
         key pair NAME.key_secret), both from `coemu keygen`, for a producer
         started with --curve-secret (required off loopback)."""
@@ -314,7 +317,7 @@ class StreamClient:
         self.flags = 1 if normalised else 0
         self.dataset_id, self.heartbeat_s, self.timeout_s = dataset_id, heartbeat_s, timeout_s
         self.malformed = 0
-        self.curve = curve
+        self.curve, self.taper = curve, taper
         self.resume_after_s, self.resumes = resume_after_s, 0
         _warn_slow_hash()
         self.samples_per_epoch = None
@@ -368,12 +371,13 @@ class StreamClient:
 
     def _grant(self):
         """Top the producer's credit up to what it granted, one per chunk
-        consumed; but near an epoch's end only to the chunks left in it (at
-        least 1, for the EPOCH_END): the producer starts the next epoch on
-        this connection at once, and chunks of it sent to a consumer that
-        then leaves would be sent twice."""
+        consumed; with taper, near an epoch's end only to the chunks left in
+        it (at least 1, for the EPOCH_END): the producer starts the next
+        epoch on this connection at once, and chunks of it sent to a
+        consumer that then leaves would be sent twice."""
         target = self._granted
-        if self.samples_per_epoch and self._batch and self.position <= self.samples_per_epoch:
+        if self.taper and self.samples_per_epoch and self._batch and \
+                self.position <= self.samples_per_epoch:
             left = -(-(self.samples_per_epoch - self.position) // self._batch)
             target = min(target, max(left, 1))
         if target > self._est:
@@ -451,17 +455,19 @@ class StreamClient:
                 return
             yield c
 
-    def say_bye(self):
-        """Send BYE now, and an INFO request behind it: the producer answers
-        in order, so its INFO reply says that it has read the BYE (see
-        wait_bye). close() then closes without sending another. Lets a
-        consumer with several connections say BYE on all of them first."""
+    def say_bye(self, receipt=True):
+        """Send BYE now, with an INFO request behind it when receipt: the
+        producer answers in order, so its INFO reply says that it has read
+        the BYE (see wait_bye). close() then closes without sending another.
+        Lets a consumer with several connections say BYE on all of them
+        first."""
         self._stop.set()
         with self._lock:
             if self._sock is not None and not self._said_bye:
                 self._said_bye = True
                 self._send(BYE)
-                self._sock.send(Header.encode(INFO))
+                if receipt:
+                    self._sock.send(Header.encode(INFO))
 
     def wait_bye(self, timeout_s):
         """Wait (at most timeout_s) until the producer has read the BYE: a
@@ -482,15 +488,22 @@ class StreamClient:
                     continue
         return False
 
-    def close(self, grace_s=1.0):
+    def close(self, grace_s=0.0):
         """Say BYE (with this consumer's epoch and position: the producer
-        frees the connection at once), wait at most grace_s until the
-        producer has read it (wait_bye), and close. Safe to call twice."""
+        frees the connection at once) and close. grace_s > 0: first wait at
+        most that long until the producer confirms it has read the BYE
+        (wait_bye); a producer that sees the disconnect before the BYE drops
+        the consumer as vanished and ignores the BYE (after the last epoch
+        of `serve --epochs`: that rank is then never counted done). The
+        producer shuts a connection that says BYE while chunks to it are
+        still queued, and then cannot confirm: the wait runs out. Safe to
+        call twice."""
         self._stop.set()
         try:
             if not self._said_bye and self._sock is not None:
-                self.say_bye()
-                self.wait_bye(grace_s)
+                self.say_bye(receipt=grace_s > 0)
+                if grace_s > 0:
+                    self.wait_bye(grace_s)
         finally:
             with self._lock:
                 if self._sock is not None:

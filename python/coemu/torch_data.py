@@ -163,7 +163,7 @@ class StreamDataset(IterableDataset):
                                             credit=self.credit, normalised=self.normalised,
                                             heartbeat_s=self.heartbeat_s, timeout_s=self.timeout_s,
                                             resume_after_s=self.resume_after_s,
-                                            curve=self.curve))
+                                            curve=self.curve, taper=True))
             active = list(clients)
             while active:
                 for c in list(active):
@@ -180,7 +180,7 @@ class StreamDataset(IterableDataset):
                     c.say_bye()
                 except Exception:  # noqa: BLE001 - every connection must be reached
                     pass
-            end = time.monotonic() + 1.0  # the server confirms it read each BYE
+            end = time.monotonic() + 0.5  # the server confirms it read each BYE
             for c in clients:
                 try:
                     c.wait_bye(max(0.0, end - time.monotonic()))
