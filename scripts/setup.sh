@@ -2,14 +2,17 @@
 # Install what coemu needs on Debian 12 (as root), skipping what is present.
 # Debian packages: compiler, meson/ninja, OpenMPI, parallel HDF5 (openmpi
 # flavour), ZeroMQ, FFTW, libyaml, OpenBLAS, libpng, cfitsio. Python
-# packages used by the interoperability tests: numpy, h5py, pyzmq.
+# packages used by the interoperability tests: numpy, h5py, pyzmq; torch
+# (python3-torch), wheel and libxxhash for the Python package's tests
+# (tests/python: they run with Debian's python3 when the python3 first on
+# PATH has no torch).
 set -euo pipefail
 
 pkgs=(build-essential pkg-config meson ninja-build git
       openmpi-bin libopenmpi-dev libhdf5-openmpi-dev hdf5-tools
       libzmq3-dev libfftw3-dev libyaml-dev libopenblas-dev libpng-dev
       libcfitsio-dev zlib1g-dev python3 python3-pip python3-numpy python3-h5py
-      python3-zmq)
+      python3-zmq python3-torch python3-wheel libxxhash0)
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -79,7 +79,13 @@ int cmd_serve(int argc, char **argv) {
     free(pos);
     return cli_fail("serve");
   }
-  stream_server_opts o = {.endpoint = endpoint, .dataset_id = serve_dataset_id(src),
+  char info[STREAM_INFO_MAX + 1];
+  if (serve_info_json(src, (uint32_t)epochs, info, sizeof info) < 0) {
+    serve_close(src);
+    free(pos);
+    return cli_fail("serve");
+  }
+  stream_server_opts o = {.info = info, .endpoint = endpoint, .dataset_id = serve_dataset_id(src),
                           .samples_per_epoch = serve_samples_per_rank(src),
                           .max_epochs = (uint32_t)epochs, .max_credit = (uint32_t)credit,
                           .heartbeat_s = heartbeat, .timeout_s = timeout, .idle_exit_s = idle_exit,

@@ -3,6 +3,7 @@
 #include "pipeline/serve/serve.h"
 
 #include <hdf5.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,7 @@
 #include "pipeline/dataset/layout.h"
 #include "pipeline/job/job.h"
 #include "pipeline/job/yamltree.h"
+#include "pipeline/stream/stream_proto.h"
 #include "stats/statsfile.h"
 #include "stats/transforms.h"
 
@@ -710,4 +712,46 @@ int serve_read(serve_source *s, const int64_t *idx, int n, int normalised, float
     }
   }
   return 0;
+}
+
+/* A double as JSON: %.17g round-trips; infinities and NaN are null. */
+static const char *json_num(double v, char *buf, size_t len) {
+  if (isfinite(v))
+    snprintf(buf, len, "%.17g", v);
+  else
+    snprintf(buf, len, "null");
+  return buf;
+}
+
+int serve_info_json(const serve_source *s, uint32_t epochs, char *buf, size_t len) {
+  char norm[1024] = "null";
+  if (s->have_norm) {
+    const stats_norm *p = &s->norm;
+    char b[10][32];
+    snprintf(norm, sizeof norm,
+             "{\"vz_mean\": %s, \"vz_std\": %s, \"lnT_min\": %s, \"lnT_scale\": %s, "
+             "\"lnn_min\": %s, \"lnn_scale\": %s, \"I_mode\": \"%s\", \"lnI_clip\": %s, "
+             "\"lnI_min\": %s, \"lnI_scale\": %s, \"outlier_vz_range\": %s}",
+             json_num(p->vz_mean, b[0], 32), json_num(p->vz_std, b[1], 32),
+             json_num(p->lnT_min, b[2], 32), json_num(p->lnT_scale, b[3], 32),
+             json_num(p->lnn_min, b[4], 32), json_num(p->lnn_scale, b[5], 32),
+             p->i_mode == STATS_I_MEDIAN ? "median" : "minmax", json_num(p->lnI_clip, b[6], 32),
+             json_num(p->lnI_min, b[7], 32), json_num(p->lnI_scale, b[8], 32),
+             json_num(p->outlier_vz_range, b[9], 32));
+  }
+  int n = snprintf(buf, len,
+                   "{\"protocol\": %d, \"world\": %d, \"split\": \"%s\", \"batch\": %d, "
+                   "\"seed\": %llu, \"drop_last\": %s, \"live\": %s, \"epochs\": %u, "
+                   "\"samples_per_rank\": %llu, \"split_size\": %lld, "
+                   "\"dataset_id\": \"%016llx\", \"dtype\": \"float32\", "
+                   "\"in_shape\": [%u, %u, %u, %u], \"out_shape\": [%u, %u, %u], "
+                   "\"normalisation\": %s}",
+                   STREAM_VERSION, s->o.world, s->o.split ? s->o.split : "train", s->o.batch,
+                   (unsigned long long)s->o.seed, s->o.drop_last ? "true" : "false",
+                   s->o.live ? "true" : "false", epochs, (unsigned long long)s->per_rank,
+                   (long long)s->nsplit, (unsigned long long)s->dataset_id, s->in_shape[0],
+                   s->in_shape[1], s->in_shape[2], s->in_shape[3], s->out_shape[0],
+                   s->out_shape[1], s->out_shape[2], norm);
+  if (n < 0 || (size_t)n >= len) CE_FAIL("serve: the INFO text needs %d bytes, %zu given", n, len);
+  return n;
 }

@@ -61,6 +61,15 @@ uint64_t serve_samples_per_rank(const serve_source *s);
 /* Samples of the split. */
 uint64_t serve_split_size(const serve_source *s);
 
+/* The text of the stream's INFO reply (docs/stream-protocol.md, "INFO"): a
+ * JSON object with the ranks served, the split, batch, seed, epochs (0:
+ * unbounded), samples per rank and of the split, the per-sample shapes and
+ * dtype, and the /stats normalisation parameters (null without /stats), so
+ * a consumer can adopt the server's world and denormalise without opening
+ * the dataset. Writes at most len bytes (NUL included); returns the length,
+ * or -1 with the message set when len is too small. */
+int serve_info_json(const serve_source *s, uint32_t epochs, char *buf, size_t len);
+
 /* In-process use (the trainer reads through a serve_source instead of a
  * socket: the same split, order and normalisation as a stream). */
 

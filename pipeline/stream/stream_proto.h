@@ -12,7 +12,7 @@
  *    4    2 version          1
  *    6    2 type             stream_msg_type
  *    8    4 flags            bit 0: payload normalised
- *   12    4 value            type-specific: credits (HELLO, CREDIT), world (HELLO)...
+ *   12    4 value            type-specific: credits (HELLO, CREDIT), world (INFO reply)...
  *   16    8 dataset_id       XXH64 of the dataset's manifest (0 = any)
  *   24    4 epoch
  *   28    4 nsamples         samples in this chunk / per epoch for this rank (WELCOME)
@@ -45,6 +45,11 @@ typedef enum {
   STREAM_HEARTBEAT = 6, /* both ways, when otherwise silent */
   STREAM_ERROR = 7,     /* producer -> consumer: + one frame of UTF-8 text */
   STREAM_BYE = 8,       /* consumer -> producer: leaving */
+  STREAM_INFO = 9,      /* any peer -> producer, before (or without) a HELLO: what do you serve?
+                           producer -> peer: value = ranks served (world), nsamples = samples
+                           per epoch per rank, epoch = epochs served (0: unbounded), position
+                           = silence timeout [ms], chunk_id = heartbeat [ms], + one
+                           frame of UTF-8 JSON (docs/stream-protocol.md, "INFO") */
 } stream_msg_type;
 
 typedef struct {

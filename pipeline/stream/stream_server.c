@@ -124,6 +124,10 @@ int stream_server_create(const stream_server_opts *o, stream_source_fn source, v
   zmq_setsockopt(s->sock, ZMQ_LINGER, &zero, sizeof zero);
   int64_t maxmsg = (int64_t)1 << 20; /* consumers only send small control messages */
   zmq_setsockopt(s->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+  if (s->o.info && strlen(s->o.info) > STREAM_INFO_MAX) {
+    stream_server_destroy(s);
+    CE_FAIL("stream server: INFO text of %zu bytes, at most %d", strlen(o->info), STREAM_INFO_MAX);
+  }
   if (stream_security_server(s->zctx, s->sock, s->o.curve_secret_key_file,
                              s->o.curve_authorized_dir, &s->sec) < 0) {
     stream_server_destroy(s);
@@ -304,6 +308,27 @@ static int place_for(stream_server *s, uint16_t rank, double now) {
   return victim;
 }
 
+/* The INFO reply (docs/stream-protocol.md): asked before a HELLO, so it
+ * needs no session; the world, the samples per epoch per rank, the epochs,
+ * the silence timeout and the heartbeat (ms) in the header, the source's own
+ * description as one text frame. */
+static void send_info(stream_server *s, const uint8_t *id, size_t idlen) {
+  consumer_state tmp = {.idlen = idlen};
+  memcpy(tmp.id, id, idlen);
+  const char *text = s->o.info ? s->o.info : "{}";
+  size_t len = strlen(text);
+  stream_header h = {.type = STREAM_INFO, .value = (uint32_t)s->world,
+                     .dataset_id = s->o.dataset_id, .epoch = s->o.max_epochs,
+                     .position = (uint64_t)(s->o.timeout_s * 1000), /* ms */
+                     .chunk_id = (uint64_t)(s->o.heartbeat_s * 1000),
+                     .payload_xxh64 = ce_xxh64(text, len, 0)};
+  h.nsamples = (uint32_t)(s->o.samples_per_epoch > UINT32_MAX ? UINT32_MAX : s->o.samples_per_epoch);
+  zmq_msg_t m;
+  zmq_msg_init_size(&m, len);
+  memcpy(zmq_msg_data(&m), text, len);
+  send_frames(s, &tmp, &h, &m, 1); /* a peer that is gone or not reading misses it */
+}
+
 /* Receive and handle one message (all its frames). */
 static void handle_incoming(stream_server *s) {
   zmq_msg_t part[4];
@@ -331,6 +356,10 @@ static void handle_incoming(stream_server *s) {
   size_t idlen = zmq_msg_size(&part[0]);
   consumer_state *c = find(s, id, idlen);
   double now = ce_now();
+  if (h.type == STREAM_INFO) {
+    send_info(s, id, idlen);
+    goto done;
+  }
   if (h.type == STREAM_HELLO) { /* world 1..65535, rank < world, credit > 0: checked by decode */
     if (s->world && h.nsamples != (uint32_t)s->world) {
       consumer_state tmp = {.idlen = idlen, .epoch = h.epoch, .position = h.position};

@@ -61,6 +61,9 @@ typedef struct {
                                   ZeroMQ still holds (default 2 x world + 8, or 64) */
   void (*leave)(void *ctx, const stream_consumer *c); /* optional: the last consumer of a rank
                                   left (BYE, dropped): the source may forget what it read ahead */
+  const char *info;            /* optional: the text of the INFO reply (UTF-8 JSON, at most
+                                  STREAM_INFO_MAX bytes, docs/stream-protocol.md "INFO"); any
+                                  peer may ask for it, before or without a HELLO */
   const char *curve_secret_key_file; /* CURVE server key (NULL: no authentication) */
   const char *curve_authorized_dir;  /* client public keys allowed (with CURVE) */
 } stream_server_opts;
@@ -75,6 +78,8 @@ typedef struct {
                                 ZeroMQ releases the chunks it held for them */
   uint64_t queued_bytes; /* chunk bytes ZeroMQ holds now (not yet written to a socket) */
 } stream_server_stats;
+
+#define STREAM_INFO_MAX 4096 /* bytes of an INFO reply's text */
 
 typedef struct stream_server stream_server;
 

@@ -1,0 +1,544 @@
+"""coemu.stream: a Python consumer of the coemu stream protocol v1.
+
+Needs pyzmq and numpy. Mirrors pipeline/stream/stream_client.c: it says HELLO with
+its rank, the number of ranks, the (epoch, position) to resume from and a
+credit, checks every message (header checksum, shapes, frame sizes, payload
+XXH64) and grants one credit per chunk consumed. See docs/stream-protocol.md.
+
+XXH64 of the payloads: the `xxhash` module when installed, else the system's
+libxxhash (ctypes; Debian's libxxhash0), else pure Python (about 3 MB/s, with a
+warning when the first client starts). Header checks are always made.
+
+    from coemu.stream import StreamClient, server_info
+    info = server_info("tcp://127.0.0.1:5555")   # world, shapes, normalisation...
+    with StreamClient("tcp://127.0.0.1:5555", rank=0, world=info["world"]) as c:
+        for chunk in c.iter_epoch():     # one epoch
+            x, y, ids = chunk.inputs, chunk.targets, chunk.ids
+"""
+import ctypes
+import ctypes.util
+import json
+import struct
+import threading
+import time
+import warnings
+
+import numpy as np
+import zmq
+
+MAGIC = 0x534D4543
+VERSION = 1
+HEADER_SIZE = 96
+HELLO, WELCOME, CREDIT, CHUNK, EPOCH_END, HEARTBEAT, ERROR, BYE, INFO = range(1, 10)
+_FMT = "<IHHIIQIIQQHH4I3IQ"  # bytes 0..87
+assert struct.calcsize(_FMT) == 88
+
+_P1, _P2, _P3, _P4, _P5 = (0x9E3779B185EBCA87, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9,
+                           0x85EBCA77C2B2AE63, 0x27D4EB2F165667C5)
+_M = (1 << 64) - 1
+
+
+def _rotl(x, r):
+    return ((x << r) | (x >> (64 - r))) & _M
+
+
+def _round(acc, v):
+    acc = (acc + v * _P2) & _M
+    return (_rotl(acc, 31) * _P1) & _M
+
+
+def xxh64_small(data: bytes, seed: int = 0) -> int:
+    """XXH64 in pure Python (for the 88-byte headers)."""
+    n = len(data)
+    p = 0
+    if n >= 32:
+        v = [(seed + _P1 + _P2) & _M, (seed + _P2) & _M, seed, (seed - _P1) & _M]
+        while p + 32 <= n:
+            for i in range(4):
+                v[i] = _round(v[i], struct.unpack_from("<Q", data, p + 8 * i)[0])
+            p += 32
+        h = (_rotl(v[0], 1) + _rotl(v[1], 7) + _rotl(v[2], 12) + _rotl(v[3], 18)) & _M
+        for i in range(4):
+            h = ((h ^ _round(0, v[i])) * _P1 + _P4) & _M
+    else:
+        h = (seed + _P5) & _M
+    h = (h + n) & _M
+    while p + 8 <= n:
+        h ^= _round(0, struct.unpack_from("<Q", data, p)[0])
+        h = (_rotl(h, 27) * _P1 + _P4) & _M
+        p += 8
+    if p + 4 <= n:
+        h ^= (struct.unpack_from("<I", data, p)[0] * _P1) & _M
+        h = (_rotl(h, 23) * _P2 + _P3) & _M
+        p += 4
+    while p < n:
+        h ^= (data[p] * _P5) & _M
+        h = (_rotl(h, 11) * _P1) & _M
+        p += 1
+    h ^= h >> 33
+    h = (h * _P2) & _M
+    h ^= h >> 29
+    h = (h * _P3) & _M
+    h ^= h >> 32
+    return h
+
+
+try:  # fast payload checks when available
+    import xxhash as _xxhash
+except ImportError:  # pragma: no cover
+    _xxhash = None
+
+
+def _load_libxxhash():
+    """The system's libxxhash through ctypes, or None."""
+    for name in ("libxxhash.so.0", ctypes.util.find_library("xxhash")):
+        if not name:
+            continue
+        try:
+            lib = ctypes.CDLL(name)
+            lib.XXH64.restype = ctypes.c_ulonglong
+            lib.XXH64.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_ulonglong)
+            lib.XXH64_createState.restype = ctypes.c_void_p
+            lib.XXH64_freeState.argtypes = (ctypes.c_void_p,)
+            lib.XXH64_reset.argtypes = (ctypes.c_void_p, ctypes.c_ulonglong)
+            lib.XXH64_update.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+            lib.XXH64_digest.restype = ctypes.c_ulonglong
+            lib.XXH64_digest.argtypes = (ctypes.c_void_p,)
+            if lib.XXH64(b"abc", 3, 0) != xxh64_small(b"abc"):
+                continue
+            return lib
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+_libxxh = None if _xxhash is not None else _load_libxxhash()
+
+#: which XXH64 implementation checks payloads: "xxhash", "libxxhash" or "python"
+XXH64_BACKEND = "xxhash" if _xxhash is not None else ("libxxhash" if _libxxh else "python")
+
+
+def _addr(buf):
+    """(address, length) of any contiguous buffer, read-only ones included."""
+    a = np.frombuffer(buf, dtype=np.uint8)
+    return a.ctypes.data, a.size
+
+
+def xxh64_frames(bufs, seed: int = 0) -> int:
+    """XXH64 over the concatenation of several buffers (bytes, memoryviews,
+    numpy arrays), without joining them where a fast backend exists."""
+    if _xxhash is not None:
+        x = _xxhash.xxh64(seed=seed)
+        for b in bufs:
+            x.update(b)
+        return x.intdigest()
+    if _libxxh is not None:
+        st = _libxxh.XXH64_createState()
+        try:
+            _libxxh.XXH64_reset(st, seed)
+            for b in bufs:
+                a = np.ascontiguousarray(np.frombuffer(memoryview(b).cast("B"), dtype=np.uint8))
+                _libxxh.XXH64_update(st, a.ctypes.data, a.size)
+            return int(_libxxh.XXH64_digest(st))
+        finally:
+            _libxxh.XXH64_freeState(st)
+    return xxh64_small(b"".join(bytes(memoryview(b).cast("B")) for b in bufs), seed)
+
+
+def xxh64(data, seed: int = 0) -> int:
+    """XXH64 of a buffer: the `xxhash` module, else libxxhash, else pure Python
+    (correct but slow: about 1 s per few MB)."""
+    return xxh64_frames([data], seed)
+
+
+def read_key_file(path):
+    """(public, secret) Z85 keys of a `coemu keygen` file (secret None in a
+    NAME.key public file)."""
+    keys = {}
+    with open(path, encoding="ascii") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            k, sep, v = line.partition("=")
+            v = v.strip().strip('"')
+            if not sep or k.strip() not in ("public-key", "secret-key") or len(v) != 40:
+                raise ValueError(f"{path}:{n}: expected public-key = \"<40 Z85 characters>\" "
+                                 f"or secret-key = ...")
+            keys[k.strip()] = v.encode("ascii")
+    if "public-key" not in keys:
+        raise ValueError(f"{path}: no public-key")
+    return keys["public-key"], keys.get("secret-key")
+
+
+def _secure(sock, curve):
+    """curve = (producer's NAME.key, this consumer's NAME.key_secret), or None."""
+    if curve is None:
+        return
+    server_file, client_file = curve
+    server_pub, _ = read_key_file(server_file)
+    pub, sec = read_key_file(client_file)
+    if sec is None:
+        raise ValueError(f"{client_file}: no secret-key (give the consumer's NAME.key_secret)")
+    sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server_pub, pub, sec
+
+
+class ProtocolError(Exception):
+    pass
+
+
+class ProducerSilent(Exception):
+    pass
+
+
+class Header:
+    __slots__ = ("type", "flags", "value", "dataset_id", "epoch", "nsamples", "chunk_id",
+                 "position", "dtype", "rank", "in_shape", "out_shape", "payload_xxh64")
+
+    @classmethod
+    def decode(cls, buf: bytes) -> "Header":
+        if len(buf) != HEADER_SIZE:
+            raise ProtocolError(f"header frame of {len(buf)} bytes, expected {HEADER_SIZE}")
+        f = struct.unpack_from(_FMT, buf)
+        if f[0] != MAGIC:
+            raise ProtocolError("bad magic")
+        if struct.unpack_from("<Q", buf, 88)[0] != xxh64_small(buf[:88]):
+            raise ProtocolError("header checksum mismatch")
+        if f[1] != VERSION:
+            raise ProtocolError(f"protocol version {f[1]}, expected {VERSION}")
+        h = cls()
+        (h.type, h.flags, h.value, h.dataset_id, h.epoch, h.nsamples, h.chunk_id, h.position,
+         h.dtype, h.rank) = f[2:12]
+        h.in_shape, h.out_shape, h.payload_xxh64 = f[12:16], f[16:19], f[19]
+        return h
+
+    @staticmethod
+    def encode(type_, value=0, flags=0, dataset_id=0, epoch=0, nsamples=0, position=0, rank=0):
+        b = struct.pack(_FMT, MAGIC, VERSION, type_, flags, value, dataset_id, epoch, nsamples, 0,
+                        position, 0, rank, 0, 0, 0, 0, 0, 0, 0, 0)
+        return b + struct.pack("<Q", xxh64_small(b))
+
+
+def _array(frame, dtype, shape):
+    """A writable array over a received frame's own memory (it keeps the
+    frame alive), copied only when ZeroMQ left it misaligned for dtype."""
+    a = np.frombuffer(frame, dtype=dtype).reshape(shape)
+    return a if a.flags.aligned and a.flags.writeable else a.copy()
+
+
+class Chunk:
+    def __init__(self, header, ids, inputs, targets):
+        self.header, self.ids, self.inputs, self.targets = header, ids, inputs, targets
+        self.epoch, self.position = header.epoch, header.position
+        self.normalised = bool(header.flags & 1)
+
+
+def _warn_slow_hash():
+    if XXH64_BACKEND == "python" and not StreamClient._warned:
+        StreamClient._warned = True
+        warnings.warn("coemu.stream: neither the xxhash module nor libxxhash is available: "
+                      "payloads are checked in pure Python (slow for large chunks); "
+                      "pip install xxhash (or apt-get install libxxhash0)",
+                      RuntimeWarning, stacklevel=3)
+
+
+def server_info(endpoint, timeout_s=5.0, context=None, curve=None):
+    """Ask the producer at `endpoint` what it serves (the INFO message,
+    docs/stream-protocol.md): a dict with at least "world" (the ranks it
+    serves: its --ranks), "samples_per_rank" (per epoch), "epochs" (0:
+    unbounded), "dataset_id", and from `coemu serve`: "batch", "split",
+    "seed", "in_shape", "out_shape", "dtype" and "normalisation" (the
+    /stats parameters, or None), "timeout_s" and "heartbeat_s" (the
+    producer drops a consumer silent for timeout_s). Raises ProducerSilent when nothing answers
+    within timeout_s (nothing listening there, or a coemu older than the
+    INFO message: then give the world yourself; or a CURVE server that does
+    not accept this consumer's key). curve: as for StreamClient."""
+    ctx = context or zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        _secure(sock, curve)
+        sock.connect(endpoint)
+        sock.send(Header.encode(INFO))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sock.poll(int(left * 1000) + 1):
+                raise ProducerSilent(
+                    f"no INFO reply from {endpoint} within {timeout_s:g} s: is `coemu serve` "
+                    f"running there? (a coemu without the INFO message does not answer: then "
+                    f"pass the server's --ranks as world=)")
+            frames = sock.recv_multipart()
+            try:
+                h = Header.decode(frames[0])
+            except ProtocolError:
+                continue
+            if h.type == ERROR:
+                text = frames[1].decode("utf-8", "replace") if len(frames) > 1 else ""
+                raise ProtocolError(f"producer error: {text}")
+            if h.type != INFO:
+                continue
+            if len(frames) != 2 or xxh64_small(frames[1]) != h.payload_xxh64:
+                raise ProtocolError(f"{endpoint}: damaged INFO reply")
+            info = json.loads(frames[1].decode("utf-8")) if frames[1] else {}
+            info["world"] = h.value
+            info["samples_per_rank"] = h.nsamples
+            info["epochs"] = h.epoch
+            info["dataset_id"] = h.dataset_id
+            info["timeout_s"] = h.position / 1000.0
+            info["heartbeat_s"] = h.chunk_id / 1000.0
+            return info
+    finally:
+        sock.close(0)
+
+
+class StreamClient:
+    _warned = False
+
+    def __init__(self, endpoint, rank=0, world=1, epoch=0, position=0, credit=4,
+                 normalised=False, dataset_id=0, heartbeat_s=1.0, timeout_s=10.0, context=None,
+                 resume_after_s=None, curve=None, keepalive=True, taper=False):
+        """keepalive: a background thread sends HEARTBEAT every heartbeat_s
+        while the consumer is not inside next() (a training step longer than
+        the producer's --timeout would otherwise have it drop this consumer);
+        the socket is only ever used under a lock.
+        resume_after_s: when next() is called after this many seconds
+        without a message to the producer (no keepalive, or a process that
+        was stopped), reconnect first and resume at (epoch, position):
+        nothing lost or repeated.
+        taper: near an epoch's end, grant credit only for the chunks left in
+        it (see _grant): a consumer that leaves at the end of an epoch is
+        then sent at most one chunk of the next one.
+        curve: (the producer's public key file NAME.key, this consumer's
+        key pair NAME.key_secret), both from `coemu keygen`, for a producer
+        started with --curve-secret (required off loopback)."""
+        self.endpoint, self.rank, self.world = endpoint, rank, world
+        self.epoch, self.position, self.credit = epoch, position, credit
+        self.flags = 1 if normalised else 0
+        self.dataset_id, self.heartbeat_s, self.timeout_s = dataset_id, heartbeat_s, timeout_s
+        self.malformed = 0
+        self.curve, self.taper = curve, taper
+        self.resume_after_s, self.resumes = resume_after_s, 0
+        _warn_slow_hash()
+        self.samples_per_epoch = None
+        self._own_ctx = context is None
+        self._ctx = zmq.Context() if context is None else context
+        self._batch = 0
+        self._said_bye = False
+        self._sock = None
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._connect()
+        self._keepalive = None
+        if keepalive:
+            self._keepalive = threading.Thread(target=self._keepalive_loop, daemon=True,
+                                               name=f"coemu-stream-keepalive-{rank}")
+            self._keepalive.start()
+
+    def _keepalive_loop(self):
+        while not self._stop.wait(self.heartbeat_s / 2):
+            if not self._lock.acquire(blocking=False):
+                continue  # next() is running: it heart-beats itself
+            try:
+                if self._sock is not None and time.monotonic() - self._last_sent > self.heartbeat_s:
+                    self._send(HEARTBEAT)
+            except zmq.ZMQError:
+                pass
+            finally:
+                self._lock.release()
+
+    def _connect(self):
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 200)
+        _secure(self._sock, self.curve)
+        self._sock.connect(self.endpoint)
+        self._last_recv = time.monotonic()
+        self._granted = self.credit  # the WELCOME says what the producer granted
+        self._est = self.credit      # credit the producer holds + chunks on their way
+        self._send(HELLO, self.credit)
+
+    def _send(self, type_, value=0):
+        self._sock.send(Header.encode(type_, value, self.flags, self.dataset_id, self.epoch,
+                                      self.world, self.position, self.rank))
+        self._last_sent = time.monotonic()
+
+    def reconnect(self):
+        """A new connection that resumes at (epoch, position)."""
+        with self._lock:
+            self._sock.close(0)
+            self._said_bye = False
+            self._connect()
+
+    def _grant(self):
+        """Top the producer's credit up to what it granted, one per chunk
+        consumed; with taper, near an epoch's end only to the chunks left in
+        it (at least 1, for the EPOCH_END): the producer starts the next
+        epoch on this connection at once, and chunks of it sent to a
+        consumer that then leaves would be sent twice."""
+        target = self._granted
+        if self.taper and self.samples_per_epoch and self._batch and \
+                self.position <= self.samples_per_epoch:
+            left = -(-(self.samples_per_epoch - self.position) // self._batch)
+            target = min(target, max(left, 1))
+        if target > self._est:
+            self._send(CREDIT, target - self._est)
+            self._est = target
+
+    def next(self):
+        """The next Chunk, or None at the end of an epoch."""
+        with self._lock:
+            return self._next()
+
+    def _next(self):
+        if self.resume_after_s and time.monotonic() - self._last_sent > self.resume_after_s:
+            self.resumes += 1
+            self.reconnect()
+        self._grant()
+        while True:
+            now = time.monotonic()
+            if now - self._last_sent > self.heartbeat_s:
+                self._send(HEARTBEAT)
+            # silence is judged after a poll: messages that came while the
+            # consumer was busy elsewhere are not silence
+            wait = max(0.0, min(self.timeout_s - (now - self._last_recv), self.heartbeat_s))
+            if not self._sock.poll(int(wait * 1000) + 1):
+                quiet = time.monotonic() - self._last_recv
+                if quiet >= self.timeout_s:
+                    raise ProducerSilent(f"producer at {self.endpoint} silent for {quiet:.1f} s")
+                continue
+            frames = self._sock.recv_multipart(copy=False)
+            self._last_recv = time.monotonic()
+            try:
+                h = Header.decode(frames[0].bytes)
+            except ProtocolError:
+                self.malformed += 1
+                continue
+            if h.type == CHUNK:
+                self._est -= 1  # each chunk took one credit, whatever becomes of it
+                n = h.nsamples
+                ins = (n,) + tuple(h.in_shape)
+                outs = (n,) + tuple(h.out_shape)
+                sizes = (8 * n, 4 * int(np.prod(ins)), 4 * int(np.prod(outs)))
+                ok = len(frames) == 4 and all(len(frames[i + 1]) == sizes[i] for i in range(3))
+                if ok:  # never skipped: the fastest XXH64 available
+                    ok = xxh64_frames([fr.buffer for fr in frames[1:]]) == h.payload_xxh64
+                if not ok:
+                    self.malformed += 1
+                    self._send(CREDIT, 1)
+                    self._est += 1
+                    continue
+                if h.epoch != self.epoch or h.position != self.position:
+                    continue  # in flight from before a reconnect
+                ids = _array(frames[1], "<u8", (n,))
+                inputs = _array(frames[2], "<f4", ins)
+                targets = _array(frames[3], "<f4", outs)
+                self.position += n
+                self._batch = n
+                return Chunk(h, ids, inputs, targets)
+            if h.type == WELCOME:
+                self.samples_per_epoch = h.nsamples
+                self._granted = self._est = max(1, h.value)
+                self.dataset_id_seen = h.dataset_id
+            elif h.type == EPOCH_END and h.epoch == self.epoch:
+                self.epoch += 1
+                self.position = 0
+                return None
+            elif h.type == ERROR:
+                text = frames[1].bytes.decode("utf-8", "replace") if len(frames) > 1 else ""
+                raise ProtocolError(f"producer error: {text}")
+
+    def iter_epoch(self):
+        """Iterate over the chunks of the current epoch."""
+        while True:
+            c = self.next()
+            if c is None:
+                return
+            yield c
+
+    def say_bye(self, receipt=True):
+        """Send BYE now, with an INFO request behind it when receipt: the
+        producer answers in order, so its INFO reply says that it has read
+        the BYE (see wait_bye). close() then closes without sending another.
+        Lets a consumer with several connections say BYE on all of them
+        first."""
+        self._stop.set()
+        with self._lock:
+            if self._sock is not None and not self._said_bye:
+                self._said_bye = True
+                self._send(BYE)
+                if receipt:
+                    self._sock.send(Header.encode(INFO))
+
+    def wait_bye(self, timeout_s):
+        """Wait (at most timeout_s) until the producer has read the BYE: a
+        connection that goes before that may be dropped as vanished, its
+        BYE then ignored (and with --epochs its rank never counted done).
+        True when confirmed; a producer older than INFO never confirms."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while self._sock is not None and self._said_bye:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._sock.poll(int(left * 1000) + 1):
+                    return False
+                frames = self._sock.recv_multipart(copy=False)
+                try:
+                    if Header.decode(frames[0].bytes).type == INFO:
+                        return True
+                except ProtocolError:
+                    continue
+        return False
+
+    def close(self, grace_s=0.0):
+        """Say BYE (with this consumer's epoch and position: the producer
+        frees the connection at once) and close. grace_s > 0: first wait at
+        most that long until the producer confirms it has read the BYE
+        (wait_bye); a producer that sees the disconnect before the BYE drops
+        the consumer as vanished and ignores the BYE (after the last epoch
+        of `serve --epochs`: that rank is then never counted done). The
+        producer shuts a connection that says BYE while chunks to it are
+        still queued, and then cannot confirm: the wait runs out. Safe to
+        call twice."""
+        self._stop.set()
+        try:
+            if not self._said_bye and self._sock is not None:
+                self.say_bye(receipt=grace_s > 0)
+                if grace_s > 0:
+                    self.wait_bye(grace_s)
+        finally:
+            with self._lock:
+                if self._sock is not None:
+                    self._sock.close()
+                    self._sock = None
+            if self._keepalive is not None and self._keepalive is not threading.current_thread():
+                self._keepalive.join()
+            if self._own_ctx and not self._ctx.closed:
+                self._ctx.term()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+
+def check_dataset_sample(h5, i, inputs=None, targets=None):
+    """For h5py users of a coemu dataset.h5 (format 2, docs/dataset-format.md):
+    raise ValueError unless sample i matches its recorded /checksums row.
+    h5 is an open h5py.File; inputs/targets are the rows already read (read
+    here when None). HDF5 reads a missing shard as zeros, so check the
+    samples you use (or run `coemu verify DIR` once)."""
+    if "checksums" not in h5:
+        raise ValueError("dataset.h5 has no /checksums (dataset format 1): run `coemu verify`")
+    want = h5["checksums"][i]
+    if targets is None:
+        targets = h5["targets"][i]
+    got_t = xxh64(np.ascontiguousarray(targets, dtype="<f4"))
+    if got_t != int(want[1]):
+        raise ValueError(f"sample {i}: /targets does not match its checksum (damaged or "
+                         f"missing shard)")
+    if "inputs" in h5:
+        if inputs is None:
+            inputs = h5["inputs"][i]
+        if xxh64(np.ascontiguousarray(inputs, dtype="<f4")) != int(want[0]):
+            raise ValueError(f"sample {i}: /inputs does not match its checksum (damaged or "
+                             f"missing shard)")
