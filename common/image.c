@@ -40,12 +40,24 @@ void ce_cmap_rgb(ce_cmap map, double t, uint8_t rgb[3]) {
     rgb[c] = (uint8_t)lrint(tab[i][c] + f * (tab[i + 1][c] - tab[i][c]));
 }
 
+/* libpng's default handlers print "libpng error: ..." on stderr; the write's
+ * own error (fs_commit_tmp: the file, errno) is the one to show. */
+static void png_quiet_error(png_structp png, png_const_charp msg) {
+  (void)msg;
+  png_longjmp(png, 1);
+}
+static void png_quiet_warning(png_structp png, png_const_charp msg) {
+  (void)png;
+  (void)msg;
+}
+
 int ce_write_rgb_png_text(const char *path, const uint8_t *rgb, int width, int height,
                           const char *const *keys, const char *const *values, int ntext) {
   FILE *f;
   char tmp[4096];
   CE_TRY(fs_open_tmp(path, tmp, sizeof tmp, &f));
-  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, png_quiet_error,
+                                            png_quiet_warning);
   png_infop info = png ? png_create_info_struct(png) : NULL;
   png_text *txt = ntext > 0 ? calloc((size_t)ntext, sizeof *txt) : NULL;
   if (!png || !info || (ntext > 0 && !txt)) {

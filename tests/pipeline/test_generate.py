@@ -256,7 +256,7 @@ def run_tests(tmp):
 
     # a file-size limit (a full disk) fails cleanly; the same command resumes
     out = os.path.join(tmp, 'fsize')
-    lim = 20_000
+    lim = 8_000  # below one shard (about 15 KB: gzip, HDF5 1.10's compact metadata)
 
     r = mpi(1, [job, '--out', out, '--quiet'], env={'COEMU_TEST_FSIZE': str(lim)})
     check(r.returncode != 0 and 'File too large' in r.stderr and 'shard-' in r.stderr,
