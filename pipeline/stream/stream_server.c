@@ -35,6 +35,10 @@ typedef struct {
   uint64_t released_seen;
   peer_acct *acct;
   int done; /* all epochs sent */
+  /* a send to it failed (gone, or its queue is full): dropped after the next
+   * read of incoming messages, so a BYE it sent just before leaving still
+   * counts (a peer that says BYE and disconnects at once is no vanished one) */
+  int gone;
   /* the TCP connection the HELLO came on (ZMQ_SRCFD) and its peer address,
    * so that a dropped peer's connection can be shut down (see drop_consumer) */
   double admitted; /* when its HELLO was accepted */
@@ -484,10 +488,10 @@ done:
 }
 
 /* Send one chunk (or the epoch end) to consumer i if it has credit.
- * Returns 1 if something was sent, 0 if not, -1 if the consumer was dropped. */
+ * Returns 1 if something was sent, else 0 (a failed send marks it gone). */
 static int feed(stream_server *s, int i) {
   consumer_state *c = &s->cons[i];
-  if (c->done || c->credit == 0) return 0;
+  if (c->gone || c->done || c->credit == 0) return 0;
   /* whatever credit the peer grants, ZeroMQ holds at most max_credit of its
    * chunks: a peer that does not read gets nothing more */
   if (atomic_load(&c->acct->chunks) >= (int)s->o.max_credit) return 0;
@@ -503,9 +507,8 @@ static int feed(stream_server *s, int i) {
   if (r == STREAM_SOURCE_WAIT) return 0;
   if (r == 0) {
     if (send_simple(s, c, STREAM_EPOCH_END, 0) < 0) {
-      s->st.consumers_dropped++;
-      drop_consumer(s, i);
-      return -1;
+      c->gone = 1;
+      return 0;
     }
     if (c->epoch == UINT32_MAX) { /* no epoch after the last one a header can name */
       c->done = 1;
@@ -554,9 +557,8 @@ static int feed(stream_server *s, int i) {
   if (send_frames(s, c, &h, m, 3) < 0) {
     /* EHOSTUNREACH: the peer is gone (ROUTER_MANDATORY); EAGAIN: its queue
      * is full. The frames not sent were closed: frame_done released them. */
-    s->st.consumers_dropped++;
-    drop_consumer(s, i);
-    return -1;
+    c->gone = 1;
+    return 0;
   }
   c->credit--;
   c->position += ch.nsamples;
@@ -575,11 +577,7 @@ int stream_server_run(stream_server *s, volatile int *stop) {
     zmq_pollitem_t it = {s->sock, 0, ZMQ_POLLIN, 0};
     int sent = 0;
     for (int i = 0; i < s->ncons && !(stop && *stop); i++) {
-      int r = feed(s, i);
-      if (r < 0)
-        i--;
-      else
-        sent += r;
+      sent += feed(s, i);
     }
     long wait_ms = (long)(s->o.heartbeat_s * 250);
     if (wait_ms > 250) wait_ms = 250;
@@ -590,6 +588,11 @@ int stream_server_run(stream_server *s, volatile int *stop) {
       handle_incoming(s);
       rc = zmq_poll(&it, 1, 0);
     }
+    for (int i = 0; i < s->ncons; i++) /* sends failed: their messages are read by now */
+      if (s->cons[i].gone) {
+        s->st.consumers_dropped++;
+        drop_consumer(s, i--);
+      }
     double now = ce_now();
     prune_zombies(s);
     for (int i = 0; i < s->ncons; i++) {
@@ -610,11 +613,9 @@ int stream_server_run(stream_server *s, volatile int *stop) {
         drop_consumer(s, i--);
         continue;
       }
-      if (now - c->last_sent > s->o.heartbeat_s && send_simple(s, c, STREAM_HEARTBEAT, 0) < 0) {
-        s->st.consumers_dropped++; /* gone, or its queue is full */
-        drop_consumer(s, i--);
-        continue;
-      }
+      if (!c->gone && now - c->last_sent > s->o.heartbeat_s &&
+          send_simple(s, c, STREAM_HEARTBEAT, 0) < 0)
+        c->gone = 1; /* gone, or its queue is full: dropped after the next read */
     }
     /* With a bounded number of epochs: done once every rank of the world
      * has been sent all epochs and has said BYE. */
