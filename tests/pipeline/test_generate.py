@@ -33,7 +33,7 @@ JOB = f"""name: pipeline-test
 inputs:
   synth: {{count: {M}, seed: 3}}
 sampling: {{directions: {D}, n: {N}, seed: 99}}
-line: {{lamda: co.dat}}
+line: {{lamda: builtin:co.dat}}
 output: {{samples_per_shard: {S}, gzip: 1}}
 splits: {{train: 0.5, validation: 0.25, test: 0.25, seed: 2}}
 """
