@@ -35,7 +35,8 @@ static void human_bytes(double b, char *out, size_t len) {
 }
 
 static void human_time(double s, char *out, size_t len) {
-  if (s < 120) snprintf(out, len, "%.0f s", s);
+  if (s < 10) snprintf(out, len, "%.2g s", s);
+  else if (s < 120) snprintf(out, len, "%.0f s", s);
   else if (s < 7200) snprintf(out, len, "%.0f min", s / 60);
   else if (s < 3 * 86400) snprintf(out, len, "%.1f h", s / 3600);
   else snprintf(out, len, "%.1f days", s / 86400);
@@ -67,10 +68,10 @@ static int check_only(const job *j) {
   if (j->input == JOB_INPUT_SYNTH)
     printf(" + %s of synthetic models", e.models_bytes > 0 ? models : "(not measured at this "
                                                                        "inputs.synth.levels)");
-  printf("\n  time: ~%s of producer time on one core, divided by the ranks (64 ranks: ~%s); "
-         "cost model: (%.0f + %.1f x channels) ns per cube voxel per sample, measured on "
-         "3-level synthetic models (docs/jobs.md); deeper AMR trees cost more\n", one, r64,
-         JOB_COST_NS_VOXEL, JOB_COST_NS_VOXEL_CHANNEL);
+  printf("\n  time: ~%s on one rank, divided by the ranks (64 ranks: ~%s), + /stats; cost "
+         "model: (%.0f + %.1f x channels) ns per cube voxel per sample, measured on 3-level "
+         "synthetic models (docs/jobs.md); deeper AMR trees and larger k cost more\n", one,
+         r64, JOB_COST_NS_VOXEL, JOB_COST_NS_VOXEL_CHANNEL);
   return 0;
 }
 

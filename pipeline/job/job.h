@@ -147,23 +147,26 @@ int job_check_inputs(const job *j);
 int job_check_inputs_part(const job *j, int part, int parts);
 
 /* A job's size before it runs: samples, shards, bytes on disk (dataset.h5
- * and the shards; synthetic models add models_bytes), and the producer's
- * time on one core, from the measured cost model below. */
+ * and the shards; synthetic models add models_bytes), and the time on one
+ * rank, from the measured cost model below. */
 typedef struct {
   int64_t samples, shards;
   double sample_bytes, dataset_bytes, models_bytes;
-  double core_seconds;   /* producer time, one core, all samples */
+  double core_seconds;   /* time on one rank, all samples (cost model below) */
 } job_estimate;
 void job_estimate_of(const job *j, job_estimate *e);
 
-/* The producer's cost per sample (one core) as a function of the cube side n
- * and the channel count nf: (JOB_COST_NS_VOXEL + nf JOB_COST_NS_VOXEL_CHANNEL)
- * n^3 ns. Measured with `coemu generate` on synthetic 3-level models,
- * n = 64, k = 2, 7 and 21 channels, OMP_NUM_THREADS=1 (docs/benchmarks.md,
- * "generate --check: the cost model"); AMRVAC models with deeper trees and
- * larger k cost more, so it is a lower bound to scale by measurement. */
-#define JOB_COST_NS_VOXEL 75.0
-#define JOB_COST_NS_VOXEL_CHANNEL 8.7
+/* The cost of one sample on one rank (sampling, solving, writing) as a
+ * function of the cube side n and the channel count nf:
+ * (JOB_COST_NS_VOXEL + nf JOB_COST_NS_VOXEL_CHANNEL) n^3 ns. From the demo
+ * job on one rank on a quiet machine, docs/benchmarks.md "End to end: coemu
+ * generate": 40.7 samples/s = 24.6 ms at n = 64, nf = 7, of which solving
+ * ~13 ms (proportional to nf: 7.1 ns per voxel and channel) and sampling,
+ * writing and overhead ~11.5 ms (44 ns per voxel); 7 against 21 channels
+ * (docs/benchmarks.md, "generate --check: the cost model") confirm the
+ * channel term. Deeper AMR trees and larger k cost more. */
+#define JOB_COST_NS_VOXEL 44.0
+#define JOB_COST_NS_VOXEL_CHANNEL 7.1
 
 /* docs/jobs.md's key table, generated from the schema. */
 int job_schema_markdown(FILE *out);
