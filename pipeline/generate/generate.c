@@ -85,6 +85,10 @@ typedef struct {
   const char *dir;
   int created;  /* rank 0: this run made the folder */
   int active;   /* the start is not over yet (no shard made) */
+  /* what mpi_agree's exit frees on every rank */
+  job *job;
+  generate_producer *producer;
+  void *buffers[3];
 } start_state;
 
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
@@ -94,11 +98,15 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
 
 static void undo_start(void *vctx) {
   start_state *s = vctx;
-  if (g_rank != 0 || !s->active || !s->created) return;
-  fs_unlock_dir(s->dir);
-  if (nftw(s->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS) < 0)
-    fprintf(stderr, "coemu %s: warning: could not remove %s, which this failed start "
-                    "created\n", g_cmd, s->dir);
+  if (g_rank == 0 && s->active && s->created) {
+    fs_unlock_dir(s->dir);
+    if (nftw(s->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS) < 0)
+      fprintf(stderr, "coemu %s: warning: could not remove %s, which this failed start "
+                      "created\n", g_cmd, s->dir);
+  }
+  if (s->producer && s->producer->close) s->producer->close(s->producer->ctx);
+  for (int k = 0; k < 3; k++) free(s->buffers[k]);
+  if (s->job) job_free(s->job);
 }
 
 static int has_finished_shard(const char *dir) {
@@ -255,16 +263,15 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   mpi_agree(loaded);
   if (!out) out = j.out_dir;
 
+  /* from here on an agreed failure frees the job (and, below, undoes the
+   * start) before it exits */
+  start_state start = {out, 0, 0, &j, NULL, {NULL, NULL, NULL}};
+  mpi_set_cleanup(undo_start, &start);
   /* The input files, before anything is created: every rank reads the
    * LAMDA file (all nodes must see it) and its share of the AMRVAC headers
    * and sidecars. */
-  {
-    int rc = job_check_inputs_part(&j, g_rank, size);
-    mpi_agree(rc);
-  }
-
-  start_state start = {out, 0, 1};
-  mpi_set_cleanup(undo_start, &start);
+  mpi_agree(job_check_inputs_part(&j, g_rank, size));
+  start.active = 1;
   shard_layout lay;
   dataset_layout(&j, &lay);
   if (g_rank == 0) {
@@ -279,9 +286,11 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
 
   generate_producer p = {0};
   mpi_agree(open(&j, out, &p));
+  start.producer = &p;
   uint8_t *msplit = ce_malloc_array((size_t)j.n_models, 1, "model splits");
   float *in = ce_malloc_array(3 * (size_t)j.n * j.n * j.n, sizeof(float), "input cube");
   float *tg = ce_malloc_array((size_t)j.nf * j.n * j.n, sizeof(float), "target image");
+  start.buffers[0] = msplit, start.buffers[1] = in, start.buffers[2] = tg;
   mpi_agree((!msplit || !in || !tg || job_model_splits(&j, msplit) < 0) ? -1 : 0);
   {
     int rc = 0;
@@ -292,7 +301,6 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   /* from here on the folder holds this job's work: a failure keeps it for
    * the resume */
   start.active = 0;
-  mpi_set_cleanup(NULL, NULL);
 
   int64_t N = job_samples(&j), K = dataset_shards(N, j.samples_per_shard);
   ce_progress prog;
@@ -372,6 +380,7 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   if (p.close) p.close(p.ctx);
   p.close = NULL;
   mpi_agree(frc);
+  mpi_set_cleanup(NULL, NULL);
   /* Every rank: the /stats group over the finished dataset (recomputed from
    * the shards, so a resumed job gets the same numbers as an uninterrupted
    * one). dataset_stats prints a failing rank's error itself. */
