@@ -221,7 +221,7 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   int check = 0, quiet = 0, schema_doc = 0;
   cli_opt opts[] = {
       {"out", CLI_STR, &out, "DIR", "dataset directory (default: the job's output.directory)", 0, 0},
-      {"check", CLI_FLAG, &check, NULL, "validate the job file and exit", 0, 0},
+      {"check", CLI_FLAG, &check, NULL, "validate the job and read its input files (LAMDA, AMRVAC headers, units sidecars), print the samples, disk and time it will take, and exit", 0, 0},
       {"quiet", CLI_FLAG, &quiet, NULL, "no progress lines", 0, 0},
       {"schema-doc", CLI_FLAG, &schema_doc, NULL, "print the job-file key table (Markdown) and exit", 0, 0},
       {0}};

@@ -345,7 +345,7 @@ int job_check_inputs_part(const job *j, int part, int parts) {
     units u;
     if (units_find(j->model_names[i], side, sizeof side) != 1)
       return ce_err("%s: model %lld, %s: no units sidecar (MODEL.units.yaml or units.yaml "
-                    "beside it; or name one for all files with inputs.amrvac.units)",
+                    "beside it, or inputs.amrvac.units in the job for all files)",
                     gat, (long long)i, j->model_names[i]);
     if (units_read(side, &u) < 0)
       return ce_err_prefix("%s: model %lld, units sidecar", gat, (long long)i);
