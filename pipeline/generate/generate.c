@@ -1,6 +1,7 @@
 /* generate.c - the generate driver: job -> shards -> manifest + dataset.h5. */
 #include "pipeline/generate/generate.h"
 
+#include <hdf5.h>
 #include <mpi.h>
 #include <signal.h>
 #include <stdio.h>
@@ -10,6 +11,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <ftw.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 
 #include "common/cli.h"
@@ -26,6 +28,18 @@
 
 static const char *g_cmd = "generate";
 static int g_rank = 0;
+
+/* HDF5 1.10 does not survive a failed H5Fclose (a full disk, a file-size
+ * limit): the file stays half closed in its ID table, and the library's
+ * shutdown, which MPI_Finalize runs (HDF5 hangs it on MPI_COMM_SELF), crashes
+ * in H5F__close_cb. A rank whose shard failed therefore marks the library
+ * as shut down before MPI_Finalize. H5_libinit_g is exported by libhdf5 but
+ * not in its public headers (as H5_checksum_metadata, which
+ * stats/statsfile.c uses). Nothing of that rank's is left to flush: its
+ * failed shard is a temporary file the next run removes, its finished
+ * shards are closed. */
+extern hbool_t H5_libinit_g;
+static void hdf5_skip_shutdown(void) { H5_libinit_g = 0; }
 
 static void human_bytes(double b, char *out, size_t len) {
   const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
@@ -107,6 +121,10 @@ static void undo_start(void *vctx) {
   if (s->producer && s->producer->close) s->producer->close(s->producer->ctx);
   for (int k = 0; k < 3; k++) free(s->buffers[k]);
   if (s->job) job_free(s->job);
+  /* an agreed failure may be an HDF5 file that could not be closed (rank 0
+   * writing dataset.h5 on a full disk); every file of this process is closed
+   * otherwise, so there is nothing for the library's shutdown to do */
+  hdf5_skip_shutdown();
 }
 
 static int has_finished_shard(const char *dir) {
@@ -250,6 +268,14 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   }
 
   MPI_Init(&argc, &argv);
+  /* Under a launcher, a rank dies with it: ranks that outlived a killed
+   * mpirun would go on writing and hold the folder's lock, so that the
+   * rerun is refused ("in use by another coemu"). A rank without a launcher
+   * (a singleton) keeps running when its shell goes (nohup). */
+  if (getenv("OMPI_COMM_WORLD_RANK") || getenv("PMIX_RANK") || getenv("PMI_RANK")) {
+    pid_t parent = getppid();
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) == 0 && getppid() != parent) raise(SIGKILL);
+  }
   mpi_fatal_init(cmd);
   g_rank = mpi_fatal_rank();
   int size;
@@ -340,6 +366,7 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
     free(in);
     free(tg);
     job_free(&j);
+    if (failed) hdf5_skip_shutdown();
     MPI_Finalize();
     return 1;
   }
