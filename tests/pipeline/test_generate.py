@@ -256,7 +256,9 @@ def run_tests(tmp):
 
     # a file-size limit (a full disk) fails cleanly; the same command resumes
     out = os.path.join(tmp, 'fsize')
-    lim = 20_000
+    # below one shard (~15.7 KB in HDF5 1.10's format, since shards carry
+    # checksummed metadata) and above job.yaml and plan.json (< 300 B)
+    lim = 10_000
 
     r = mpi(1, [job, '--out', out, '--quiet'], env={'COEMU_TEST_FSIZE': str(lim)})
     check(r.returncode != 0 and 'File too large' in r.stderr and 'shard-' in r.stderr,
