@@ -12,6 +12,8 @@ ranks=${1:-2}
 out=${2:-demo-dataset}
 mpi=(--oversubscribe)
 [ "$(id -u)" -eq 0 ] && mpi+=(--allow-run-as-root)
+# the job, its LAMDA file and an estimate of samples, disk and time
+./build/pipeline/coemu generate jobs/demo.yaml --check
 mpirun "${mpi[@]}" -n "$ranks" ./build/pipeline/coemu generate jobs/demo.yaml --out "$out"
 ./build/pipeline/coemu verify "$out"
 echo "demo: dataset in $out/ (open $out/dataset.h5 with h5py or any HDF5 reader), preview $out/preview.png"

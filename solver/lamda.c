@@ -294,6 +294,22 @@ int lamda_read(const char *path, lamda_molecule *m) {
   return rc;
 }
 
+int lamda_parse(const char *name, const char *text, size_t len, lamda_molecule *m) {
+  memset(m, 0, sizeof *m);
+  if ((long long)len > LAMDA_MAX_BYTES)
+    CE_FAIL("%s: %lld bytes, larger than any LAMDA file (at most %lld)", name, (long long)len,
+            LAMDA_MAX_BYTES);
+  cursor c = {.path = name, .len = len};
+  c.buf = malloc(len + 1);
+  if (!c.buf) CE_FAIL("%s: out of memory", name);
+  memcpy(c.buf, text, len);
+  c.buf[len] = 0;
+  int rc = parse(&c, m);
+  free(c.buf);
+  if (rc < 0) lamda_free(m);
+  return rc;
+}
+
 void lamda_free(lamda_molecule *m) {
   if (!m) return;
   free(m->levels);

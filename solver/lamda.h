@@ -60,6 +60,9 @@ typedef struct {
 /* Read a LAMDA file. On failure: -1, nothing to free, and a message
  * "PATH:LINE: FIELD: expected ..., found '...'". */
 int lamda_read(const char *path, lamda_molecule *m);
+/* The same from `len` bytes of text (e.g. a file embedded in the binary);
+ * `name` labels the messages. */
+int lamda_parse(const char *name, const char *text, size_t len, lamda_molecule *m);
 /* Release what lamda_read allocated (safe on a zeroed struct). */
 void lamda_free(lamda_molecule *m);
 /* The 1-based LAMDA number of the radiative transition upper -> lower, or

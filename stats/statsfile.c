@@ -153,8 +153,11 @@ static void fix_superblock(unsigned char *img, size_t len) {
  * memory (the core driver, no backing store) and the image is written out
  * here: HDF5 never meets a disk error, which it does not survive (a failed
  * H5Fclose leaves a file that crashes its shutdown in MPI_Finalize). */
-static int replace_stats(const char *h5path, const char *path, const stats_field *fields,
-                         int nfields, const stats_norm *norm, const stats_provenance *prov) {
+static int replace_stats(const char *h5path, const char *path, const char *group,
+                         const stats_field *fields, int nfields, const stats_norm *norm,
+                         const stats_provenance *prov) {
+  char tmpgroup[80];
+  snprintf(tmpgroup, sizeof tmpgroup, "%s.tmp", group);
   int rc = -1;
   hid_t f = -1, g = -1, fapl = H5Pcreate(H5P_FILE_ACCESS);
   void *image = NULL;
@@ -167,10 +170,10 @@ static int replace_stats(const char *h5path, const char *path, const stats_field
       ce_err("%s: cannot open for writing /stats", path);
       goto done;
     }
-    if (H5Lexists(f, "/stats.tmp", H5P_DEFAULT) > 0) H5Ldelete(f, "/stats.tmp", H5P_DEFAULT);
-    g = H5Gcreate2(f, "/stats.tmp", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    if (H5Lexists(f, tmpgroup, H5P_DEFAULT) > 0) H5Ldelete(f, tmpgroup, H5P_DEFAULT);
+    g = H5Gcreate2(f, tmpgroup, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     if (g < 0) {
-      ce_err("%s: cannot create group /stats.tmp", h5path);
+      ce_err("%s: cannot create group %s", h5path, tmpgroup);
       goto done;
     }
     if (put_i64(g, "format_version", 1) < 0 || write_norm(g, norm) < 0 ||
@@ -178,8 +181,11 @@ static int replace_stats(const char *h5path, const char *path, const stats_field
         put_i64(g, "samples_total", prov->samples_total) < 0 ||
         put_i64(g, "samples_used", prov->samples_used) < 0 ||
         put_i64(g, "samples_outliers", prov->samples_outliers) < 0 ||
-        put_i64(g, "ranks", prov->ranks) < 0) {
-      ce_err_prefix("%s: /stats", h5path);
+        put_i64(g, "ranks", prov->ranks) < 0 ||
+        put_i64(g, "empty_targets", prov->empty_targets) < 0 ||
+        put_f64(g, "empty_ln_level", prov->empty_ln_level) < 0 ||
+        put_f64(g, "empty_fraction", prov->empty_fraction) < 0) {
+      ce_err_prefix("%s: %s", h5path, group);
       goto done;
     }
     for (int i = 0; i < nfields; i++)
@@ -189,12 +195,12 @@ static int replace_stats(const char *h5path, const char *path, const stats_field
       }
     H5Gclose(g);
     g = -1;
-    if (H5Lexists(f, "/stats", H5P_DEFAULT) > 0 && H5Ldelete(f, "/stats", H5P_DEFAULT) < 0) {
-      ce_err("%s: cannot remove the old /stats", h5path);
+    if (H5Lexists(f, group, H5P_DEFAULT) > 0 && H5Ldelete(f, group, H5P_DEFAULT) < 0) {
+      ce_err("%s: cannot remove the old %s", h5path, group);
       goto done;
     }
-    if (H5Lmove(f, "/stats.tmp", f, "/stats", H5P_DEFAULT, H5P_DEFAULT) < 0) {
-      ce_err("%s: cannot rename /stats.tmp to /stats", h5path);
+    if (H5Lmove(f, tmpgroup, f, group, H5P_DEFAULT, H5P_DEFAULT) < 0) {
+      ce_err("%s: cannot rename %s to %s", h5path, tmpgroup, group);
       goto done;
     }
     if (H5Fflush(f, H5F_SCOPE_GLOBAL) < 0 || (isize = H5Fget_file_image(f, NULL, 0)) <= 0 ||
@@ -233,18 +239,24 @@ static int replace_stats(const char *h5path, const char *path, const stats_field
  * file HDF5 cannot open; readers that have the old file open keep reading it. */
 int stats_file_write(const char *h5path, const stats_field *fields, int nfields,
                      const stats_norm *norm, const stats_provenance *prov) {
+  return stats_file_write_group(h5path, "/stats", fields, nfields, norm, prov);
+}
+
+int stats_file_write_group(const char *h5path, const char *group, const stats_field *fields,
+                           int nfields, const stats_norm *norm, const stats_provenance *prov) {
+  if (group[0] != '/' || strlen(group) > 64) CE_FAIL("stats group '%s': expected /NAME", group);
   char tmp[4200];
   if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp.%ld", h5path, (long)getpid()) >= sizeof tmp)
     CE_FAIL("%s: path too long", h5path);
   fault_fsize();
   if (fs_copy_file(h5path, tmp) < 0) return ce_err_prefix("writing /stats");
   fault_point("copied");
-  int rc = replace_stats(h5path, tmp, fields, nfields, norm, prov);
+  int rc = replace_stats(h5path, tmp, group, fields, nfields, norm, prov);
   fault_point("closed");
   if (rc == 0) rc = fs_rename_durable(tmp, h5path);
   if (rc < 0) {
     unlink(tmp);
-    return ce_err_prefix("%s: /stats not written, the file is unchanged", h5path);
+    return ce_err_prefix("%s: %s not written, the file is unchanged", h5path, group);
   }
   fault_point("renamed");
   return 0;

@@ -32,10 +32,20 @@ typedef struct {
   int64_t samples_used;       /* in the split and not dropped */
   int64_t samples_outliers;   /* dropped by the outlier rule */
   int ranks;                  /* MPI ranks that computed the statistics */
+  /* mostly empty targets: samples with more than empty_fraction of their
+   * pixels (all channels) below I = exp(empty_ln_level) (0 when not counted) */
+  int64_t empty_targets;
+  double empty_ln_level, empty_fraction;
 } stats_provenance;
 
 int stats_file_write(const char *h5path, const stats_field *fields, int nfields,
                      const stats_norm *norm, const stats_provenance *prov);
+
+/* The same into another group of the file ("/stats_validation", ...), so
+ * the statistics of another split never replace the /stats that
+ * normalisation reads; every other group is left as it was. */
+int stats_file_write_group(const char *h5path, const char *group, const stats_field *fields,
+                           int nfields, const stats_norm *norm, const stats_provenance *prov);
 
 /* Read the normalisation parameters of /stats (the trainer and the stream). */
 int stats_file_read_norm(const char *h5path, stats_norm *norm);

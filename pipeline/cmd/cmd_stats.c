@@ -1,4 +1,5 @@
-/* cmd_stats.c - `coemu stats DIR`: recompute the /stats group of a dataset
+/* cmd_stats.c - `coemu stats DIR`: recompute the /stats group (or
+ * /stats_SPLIT for a split other than the normalisation split) of a dataset
  * (DIR/dataset.h5) in parallel: mpirun -n K coemu stats DIR. The work is
  * pipeline/dataset/dataset_stats.c. */
 #include <mpi.h>
@@ -23,7 +24,10 @@ int cmd_stats(int argc, char **argv) {
   const cli_command spec = {
       "stats", "DATASET_DIR [options]",
       "Recompute the statistics and normalisation parameters of a dataset over a split and write "
-      "them to DATASET_DIR/dataset.h5:/stats (run under mpirun for parallel).",
+      "them to DATASET_DIR/dataset.h5: /stats for the job's statistics.split (train by default: "
+      "what serve and train normalise with), /stats_SPLIT for any other split, which leaves "
+      "/stats as it was. Also counts mostly empty targets (> 90% of pixels below I = e^-40). "
+      "Run under mpirun for parallel.",
       opts, 1, 1};
   int npos;
   char **pos;

@@ -21,6 +21,57 @@ static int dims_of(hid_t f, const char *name, hsize_t *dims) {
   return r;
 }
 
+/* A fixed-length string attribute (as stats/statsfile.c writes them). */
+static int fixed_str_attr(hid_t obj, const char *name, char *buf, size_t len) {
+  buf[0] = 0;
+  if (H5Aexists(obj, name) <= 0) return -1;
+  hid_t a = H5Aopen(obj, name, H5P_DEFAULT), t = a >= 0 ? H5Aget_type(a) : -1;
+  int ok = t >= 0 && H5Tget_class(t) == H5T_STRING && !H5Tis_variable_str(t) &&
+           H5Tget_size(t) < len;
+  if (ok) {
+    hid_t mt = H5Tcopy(H5T_C_S1);
+    H5Tset_size(mt, H5Tget_size(t));
+    memset(buf, 0, len);
+    ok = H5Aread(a, mt, buf) >= 0;
+    H5Tclose(mt);
+  }
+  if (t >= 0) H5Tclose(t);
+  if (a >= 0) H5Aclose(a);
+  return ok ? 0 : -1;
+}
+
+/* One line per statistics group (/stats, /stats_validation, ...): its split
+ * and the mostly-empty targets `coemu stats` counted there. */
+static void print_stats_groups(hid_t f) {
+  static const char *const groups[] = {"stats", "stats_train", "stats_validation", "stats_test",
+                                       "stats_all"};
+  int any = 0;
+  for (size_t k = 0; k < sizeof groups / sizeof *groups; k++) {
+    if (H5Lexists(f, groups[k], H5P_DEFAULT) <= 0) continue;
+    hid_t g = H5Gopen2(f, groups[k], H5P_DEFAULT);
+    if (g < 0) continue;
+    char split[32];
+    int64_t used = 0, empty = 0;
+    double level = 0, frac = 0;
+    int has_split = fixed_str_attr(g, "split", split, sizeof split) == 0;
+    int has_used = h5_get_attr(g, "samples_used", H5T_NATIVE_INT64, &used) == 0;
+    int counted = h5_get_attr(g, "empty_targets", H5T_NATIVE_INT64, &empty) == 0 &&
+                  h5_get_attr(g, "empty_ln_level", H5T_NATIVE_DOUBLE, &level) == 0 &&
+                  h5_get_attr(g, "empty_fraction", H5T_NATIVE_DOUBLE, &frac) == 0;
+    H5Gclose(g);
+    printf("%-9s /%s: split %s, %lld samples%s", any ? "" : "stats", groups[k],
+           has_split ? split : "?", (long long)(has_used ? used : 0),
+           strcmp(groups[k], "stats") ? "" : " (the normalisation serve and train use)");
+    if (counted)
+      printf("; %lld mostly empty (> %.0f%% of pixels below I = e^%.0f W m^-2 Hz^-1 sr^-1)\n",
+             (long long)empty, 100 * frac, level);
+    else
+      printf("; mostly empty targets not counted (rerun coemu stats)\n");
+    any = 1;
+  }
+  if (!any) printf("stats     none (coemu stats DIR computes them)\n");
+}
+
 int dataset_inspect(const char *dir) {
   char path[4096];
   snprintf(path, sizeof path, "%s/dataset.h5", dir);
@@ -90,6 +141,7 @@ int dataset_inspect(const char *dir) {
       printf(" (line rest frequency %.6f GHz)", nu0 * 1e-9);
     free(vel);
     printf("\njob       %s\nmade by   coemu %s (git %s), producer %s\n", name, ver, rev, prod);
+    print_stats_groups(f);
   }
   if (ds >= 0) H5Dclose(ds);
   if (dv >= 0) H5Dclose(dv);

@@ -41,6 +41,7 @@
 typedef struct {
   hid_t file, inputs, targets;
   hsize_t N, n, F;
+  int has_inputs;  /* 0: made with output.store_inputs false (targets only) */
   uint8_t *split;  /* N entries, or NULL */
   integrity integ; /* shard presence, per-sample checksums */
   int integ_open;
@@ -60,11 +61,13 @@ static int check_dims(hid_t d, const char *path, const char *name, int rank, hsi
   hid_t sp = H5Dget_space(d), t = H5Dget_type(d);
   int r = sp >= 0 ? H5Sget_simple_extent_ndims(sp) : -1;
   int ok = r == rank && H5Sget_simple_extent_dims(sp, dims, NULL) == rank;  /* r checked first */
-  int f32 = t >= 0 && H5Tget_class(t) == H5T_FLOAT && H5Tget_size(t) == 4;
+  /* float32 or float64 on file (output.inputs_dtype / targets_dtype);
+   * read as float32 either way, as every reader does */
+  int fl = t >= 0 && H5Tget_class(t) == H5T_FLOAT && (H5Tget_size(t) == 4 || H5Tget_size(t) == 8);
   if (sp >= 0) H5Sclose(sp);
   if (t >= 0) H5Tclose(t);
   if (!ok) CE_FAIL("%s: %s has %d dimensions, expected %d", path, name, r, rank);
-  if (!f32) CE_FAIL("%s: %s is not float32", path, name);
+  if (!fl) CE_FAIL("%s: %s is not float32 or float64", path, name);
   return 0;
 }
 
@@ -106,16 +109,23 @@ static int open_dataset(const char *path, dataset *ds) {
       ce_err("%s: cannot open as HDF5", path);
       goto done;
     }
-    ds->inputs = H5Dopen2(ds->file, "/inputs", H5P_DEFAULT);
+    /* no /inputs: a dataset made with output.store_inputs false; its
+     * statistics are those of the targets only */
+    ds->has_inputs = H5Lexists(ds->file, "/inputs", H5P_DEFAULT) > 0;
+    if (ds->has_inputs) ds->inputs = H5Dopen2(ds->file, "/inputs", H5P_DEFAULT);
     ds->targets = H5Dopen2(ds->file, "/targets", H5P_DEFAULT);
-    if (ds->inputs < 0 || ds->targets < 0) {
-      ce_err("%s: missing dataset %s", path, ds->inputs < 0 ? "/inputs" : "/targets");
+    if ((ds->has_inputs && ds->inputs < 0) || ds->targets < 0) {
+      ce_err("%s: cannot open dataset %s", path, ds->targets < 0 ? "/targets" : "/inputs");
       goto done;
     }
     hsize_t di[5], dt[4];
-    if (check_dims(ds->inputs, path, "/inputs", 5, di) < 0 ||
-        check_dims(ds->targets, path, "/targets", 4, dt) < 0)
-      goto done;
+    if (check_dims(ds->targets, path, "/targets", 4, dt) < 0) goto done;
+    if (ds->has_inputs && check_dims(ds->inputs, path, "/inputs", 5, di) < 0) goto done;
+    if (!ds->has_inputs) {
+      di[0] = dt[0];
+      di[1] = 3;
+      di[2] = di[3] = di[4] = dt[2];
+    }
     if (di[1] != 3 || di[2] != di[3] || di[3] != di[4]) {
       ce_err("%s: /inputs shape [%llu,%llu,%llu,%llu,%llu], expected [N,3,n,n,n]", path,
              (unsigned long long)di[0], (unsigned long long)di[1], (unsigned long long)di[2],
@@ -197,19 +207,26 @@ static int push_median(field_acc *a, float v) {
   return 0;
 }
 
-/* A collective "did any rank fail?"; prints this rank's message if it did. */
-/* Print this rank's error the way the command layer does. */
+/* Print this rank's error the way the command layer does (no rank when
+ * there is only one). */
 static void report(const char *cmd) {
-  int rank = 0;
+  int rank = 0, size = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  fprintf(stderr, "coemu %s: rank %d: error: %s\n", cmd, rank, ce_err_msg());
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  if (size > 1) fprintf(stderr, "coemu %s: rank %d: error: %s\n", cmd, rank, ce_err_msg());
+  else fprintf(stderr, "coemu %s: error: %s\n", cmd, ce_err_msg());
 }
 
+/* A collective "did any rank fail?". The lowest failing rank prints its
+ * message: an error every rank meets (a missing file) is printed once. */
 static int any_failed(int local_rc, const char *cmd) {
-  int bad = local_rc < 0, any = 0;
-  MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  if (bad) report(cmd);
-  return any;
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  int mine = local_rc < 0 ? rank : size, first = size;
+  MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  if (first == rank) report(cmd);
+  return first < size;
 }
 
 /* Rank 0, holding the lock: remove dataset.h5.tmp.* left by a killed stats. */
@@ -226,10 +243,19 @@ static void remove_stale_copies(const char *dir) {
   closedir(d);
 }
 
+int dataset_stats_group(const char *dir, const char *split_name, char *group, size_t len) {
+  char norm[16] = "train", jp[4200];
+  snprintf(jp, sizeof jp, "%s/job.yaml", dir);
+  if (access(jp, F_OK) == 0 && job_stats_split(jp, norm) < 0) return -1;
+  if (!strcmp(split_name, norm)) snprintf(group, len, "/stats");
+  else snprintf(group, len, "/stats_%s", split_name);
+  return 0;
+}
+
 int dataset_stats(const char *dir, const char *split_name, int drop_outliers, int quiet) {
   int want;
   CE_TRY(job_split_parse(split_name, &want));
-  char path[4096];
+  char path[4096], group[64];
   snprintf(path, sizeof path, "%s/dataset.h5", dir);
   int rank, size;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -246,6 +272,16 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
   if (any_failed(want_lock && !locked ? -1 : 0, "stats")) goto out;
   if (locked) remove_stale_copies(dir);
   if (any_failed(open_dataset(path, &ds), "stats")) goto out;
+  /* every rank reads DIR/job.yaml: the same file, the same answer */
+  if (any_failed(dataset_stats_group(dir, split_name, group, sizeof group), "stats")) goto out;
+  if (drop_outliers && !ds.has_inputs) {
+    if (rank == 0) {
+      ce_err("%s: --drop-outliers (statistics.drop_outliers) needs v_z from /inputs, and this "
+             "dataset has none (made with output.store_inputs: false)", path);
+      report("stats");
+    }
+    goto out;
+  }
   if (rank == 0 && !quiet && !integrity_checked(&ds.integ))
     fprintf(stderr, "coemu stats: note: %s has no per-sample /checksums (made before dataset "
                     "format 2): samples are not checked (coemu verify checks its shards)\n", path);
@@ -259,6 +295,8 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
   /* Without /split every sample counts as training. */
   size_t nvox = (size_t)(ds.n * ds.n * ds.n), npix = (size_t)(ds.n * ds.n), F = (size_t)ds.F;
   nf = 4 + (F > 1 ? (int)F : 0);
+  /* fields f0..nf-1: without /inputs only ln_I and its channels */
+  const int f0 = ds.has_inputs ? 0 : 3;
   acc = calloc((size_t)nf, sizeof *acc);
   in = ce_malloc_array(3 * nvox, sizeof(float), "inputs of one sample");
   tg = ce_malloc_array(F * npix, sizeof(float), "targets of one sample");
@@ -278,22 +316,32 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
   norm.lnI_clip = F > 1 ? STATS_LNI_CLIP : -INFINITY;
 
   hsize_t lo = ds.N * (hsize_t)rank / (hsize_t)size, hi = ds.N * (hsize_t)(rank + 1) / (hsize_t)size;
-  int64_t used = 0, outliers = 0;
+  int64_t used = 0, outliers = 0, empty = 0;
+  const double empty_level = exp(DATASET_EMPTY_LN_LEVEL);
   for (int pass = 0; pass < 2; pass++) {
     for (hsize_t i = lo; i < hi && lrc == 0; i++) {
       if (want >= 0 && ds.split && ds.split[i] != want) continue;
-      if ((lrc = read_sample(ds.inputs, 5, i, 3 * nvox, in, path, "/inputs")) < 0 ||
+      if ((ds.has_inputs &&
+           (lrc = read_sample(ds.inputs, 5, i, 3 * nvox, in, path, "/inputs")) < 0) ||
           (lrc = read_sample(ds.targets, 4, i, F * npix, tg, path, "/targets")) < 0 ||
-          (lrc = integrity_check(&ds.integ, (int64_t)i, in, 3 * nvox, tg, F * npix)) < 0)
+          (lrc = integrity_check(&ds.integ, (int64_t)i, ds.has_inputs ? in : NULL,
+                                 ds.has_inputs ? 3 * nvox : 0, tg, F * npix)) < 0)
         break;
-      if (stats_is_outlier(&norm, in, nvox)) {
+      if (ds.has_inputs && stats_is_outlier(&norm, in, nvox)) {
         outliers += pass == 0;
         continue;
       }
       used += pass == 0;
-      memcpy(work, in, nvox * sizeof *in);
-      stats_ln_f32(in + nvox, 2 * nvox, work + nvox);
-      for (int f = 0; f < nf; f++) {
+      if (pass == 0) {
+        size_t below = 0;
+        for (size_t k = 0; k < F * npix; k++) below += (double)tg[k] < empty_level;
+        empty += (double)below > DATASET_EMPTY_FRACTION * (double)(F * npix);
+      }
+      if (ds.has_inputs) {
+        memcpy(work, in, nvox * sizeof *in);
+        stats_ln_f32(in + nvox, 2 * nvox, work + nvox);
+      }
+      for (int f = f0; f < nf; f++) {
         const float *x;
         size_t cnt;
         if (f < 3) { x = work + (size_t)f * nvox; cnt = nvox; }
@@ -323,7 +371,7 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
       }
     }
     if (any_failed(lrc, "stats")) goto out;
-    for (int f = 0; f < nf; f++) {
+    for (int f = f0; f < nf; f++) {
       field_acc *a = &acc[f];
       if (pass == 0) {
         lrc = stats_moments_allreduce(&a->mom, MPI_COMM_WORLD);
@@ -336,9 +384,9 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
     }
     if (any_failed(lrc, "stats")) goto out;
   }
-  int64_t totals[2] = {used, outliers};
-  MPI_Allreduce(MPI_IN_PLACE, totals, 2, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
-  for (int f = 0; f < nf && lrc == 0; f++) {
+  int64_t totals[3] = {used, outliers, empty};
+  MPI_Allreduce(MPI_IN_PLACE, totals, 3, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+  for (int f = f0; f < nf && lrc == 0; f++) {
     field_acc *a = &acc[f];
     if (!stats_qsel_done(&a->q)) CE_BUG("stats: selection not done after 2 passes");
     stats_qsel_result(&a->q, &a->out.median);
@@ -352,11 +400,21 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
   MPI_Barrier(MPI_COMM_WORLD);  /* every rank has closed the file before rank 0 writes */
 
   if (rank == 0) {
-    for (int f = 0; f < nf && lrc == 0; f++)
+    for (int f = f0; f < nf && lrc == 0; f++)
       if (acc[f].out.s.count == 0)
         lrc = ce_err("%s: field %s has no finite values in split '%s' (%lld samples used)", path,
                      acc[f].out.name, split_name, (long long)totals[0]);
-    if (lrc == 0) {
+    if (lrc == 0 && !ds.has_inputs) {
+      /* targets only: the inputs' parameters are NaN (readers that
+       * normalise inputs need /inputs anyway, and refuse such a dataset) */
+      norm.vz_mean = norm.vz_std = norm.lnT_min = norm.lnT_scale = NAN;
+      norm.lnn_min = norm.lnn_scale = NAN;
+      norm.lnI_min = acc[3].out.s.min;
+      norm.lnI_scale = norm.i_mode == STATS_I_MINMAX ? acc[3].out.s.max - acc[3].out.s.min
+                                                     : acc[3].out.median - acc[3].out.s.min;
+      if (!(norm.lnI_scale > 0))
+        lrc = ce_err("%s: ln_I scale is not > 0 (constant data cannot be normalised)", path);
+    } else if (lrc == 0) {
       norm.vz_mean = acc[0].out.s.mean;
       norm.vz_std = acc[0].out.s.std;
       norm.lnT_min = acc[1].out.s.min;
@@ -371,24 +429,37 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
                        : !(norm.lnI_scale > 0) ? "ln_I scale" : NULL;
       if (bad) lrc = ce_err("%s: %s is not > 0 (constant data cannot be normalised)", path, bad);
     }
-    stats_provenance prov = {split_name, (int64_t)ds.N, totals[0], totals[1], size};
+    stats_provenance prov = {split_name, (int64_t)ds.N, totals[0], totals[1], size,
+                             totals[2], DATASET_EMPTY_LN_LEVEL, DATASET_EMPTY_FRACTION};
     if (lrc == 0) {
       stats_field *fl = malloc((size_t)nf * sizeof *fl);
       if (!fl) lrc = ce_err("out of memory");
-      for (int f = 0; f < nf && lrc == 0; f++) fl[f] = acc[f].out;
-      if (lrc == 0) lrc = stats_file_write(path, fl, nf, &norm, &prov);
+      for (int f = f0; f < nf && lrc == 0; f++) fl[f - f0] = acc[f].out;
+      if (lrc == 0) lrc = stats_file_write_group(path, group, fl, nf - f0, &norm, &prov);
       free(fl);
     }
     if (lrc < 0) report("stats");
     else if (!quiet) {
-      printf("stats: %s: split %s, %lld samples used, %lld outliers dropped, %d ranks\n", path,
-             split_name, (long long)totals[0], (long long)totals[1], size);
-      for (int f = 0; f < nf; f++) {
+      printf("stats: %s:%s: split %s, %lld samples used, %lld outliers dropped, %d ranks%s\n",
+             path, group, split_name, (long long)totals[0], (long long)totals[1], size,
+             strcmp(group, "/stats") ? " (not the normalisation: /stats is left as it was)"
+                                     : " (the normalisation that serve and train read)");
+      if (!ds.has_inputs)
+        printf("  no /inputs (output.store_inputs: false): statistics of the targets only\n");
+      printf("  mostly empty targets: %lld of %lld samples have more than %.0f%% of their "
+             "pixels below I = e^%.0f W m^-2 Hz^-1 sr^-1\n",
+             (long long)totals[2], (long long)totals[0], 100 * DATASET_EMPTY_FRACTION,
+             DATASET_EMPTY_LN_LEVEL);
+      printf("  per field: n values, mean, std, min, max, exact median; med-of-med = the median "
+             "of the per-sample medians (the paper's estimate) and its true quantile in the "
+             "field (0.5 = exact median)\n");
+      for (int f = f0; f < nf; f++) {
         const stats_field *o = &acc[f].out;
-        printf("  %-10s n=%lld mean=%.9g std=%.9g min=%.9g max=%.9g median=%.9g mom=%.9g "
-               "(rank error %+.4f) nan=%lld inf=%lld\n", o->name, (long long)o->s.count,
-               o->s.mean, o->s.std, o->s.min, o->s.max, o->median, o->mom.mom,
-               o->mom.rank_error, (long long)o->s.nan_count, (long long)o->s.inf_count);
+        printf("  %-10s n=%lld mean=%.9g std=%.9g min=%.9g max=%.9g median=%.9g "
+               "med-of-med=%.9g (quantile %.4f..%.4f) nan=%lld inf=%lld\n", o->name,
+               (long long)o->s.count, o->s.mean, o->s.std, o->s.min, o->s.max, o->median,
+               o->mom.mom, o->mom.q_lo, o->mom.q_hi, (long long)o->s.nan_count,
+               (long long)o->s.inf_count);
       }
     }
   }

@@ -1,15 +1,22 @@
 /* generate.c - the generate driver: job -> shards -> manifest + dataset.h5. */
 #include "pipeline/generate/generate.h"
 
+#include <hdf5.h>
 #include <mpi.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <dirent.h>
+#include <errno.h>
+#include <ftw.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
 
 #include "common/cli.h"
 #include "common/error.h"
+#include "common/fsutil.h"
 #include "common/progress.h"
 #include "pipeline/dataset/dataset.h"
 #include "pipeline/dataset/dataset_stats.h"
@@ -22,14 +29,146 @@
 static const char *g_cmd = "generate";
 static int g_rank = 0;
 
-_Noreturn static void fatal(const char *msg) { mpi_fatal(msg); }
+/* HDF5 1.10 does not survive a failed H5Fclose (a full disk, a file-size
+ * limit): the file stays half closed in its ID table, and the library's
+ * shutdown, which MPI_Finalize runs (HDF5 hangs it on MPI_COMM_SELF), crashes
+ * in H5F__close_cb. A rank whose shard failed therefore marks the library
+ * as shut down before MPI_Finalize. H5_libinit_g is exported by libhdf5 but
+ * not in its public headers (as H5_checksum_metadata, which
+ * stats/statsfile.c uses). Nothing of that rank's is left to flush: its
+ * failed shard is a temporary file the next run removes, its finished
+ * shards are closed. */
+extern hbool_t H5_libinit_g;
+static void hdf5_skip_shutdown(void) { H5_libinit_g = 0; }
 
+static void human_bytes(double b, char *out, size_t len) {
+  const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  int k = 0;
+  while (b >= 1024 && k < 5) b /= 1024, k++;
+  snprintf(out, len, k ? "%.3g %s" : "%.0f %s", b, u[k]);
+}
+
+static void human_time(double s, char *out, size_t len) {
+  if (s < 10) snprintf(out, len, "%.2g s", s);
+  else if (s < 120) snprintf(out, len, "%.0f s", s);
+  else if (s < 7200) snprintf(out, len, "%.0f min", s / 60);
+  else if (s < 3 * 86400) snprintf(out, len, "%.1f h", s / 3600);
+  else snprintf(out, len, "%.1f days", s / 86400);
+}
+
+/* --check: the job, its input files, and what it will cost. */
 static int check_only(const job *j) {
-  int64_t N = job_samples(j);
+  if (job_check_inputs(j) < 0) return -1;
+  job_estimate e;
+  job_estimate_of(j, &e);
+  char per[32], all[32], models[32], one[32], r64[32];
+  human_bytes(e.sample_bytes, per, sizeof per);
+  human_bytes(e.dataset_bytes, all, sizeof all);
+  human_bytes(e.models_bytes, models, sizeof models);
+  human_time(e.core_seconds, one, sizeof one);
+  human_time(e.core_seconds / 64, r64, sizeof r64);
   printf("%s: ok: %lld models x %lld directions = %lld samples, %d^3 cubes, %d channels, "
          "%lld shards of %lld\n",
-         j->path, (long long)j->n_models, (long long)j->directions, (long long)N, j->n, j->nf,
-         (long long)dataset_shards(N, j->samples_per_shard), (long long)j->samples_per_shard);
+         j->path, (long long)j->n_models, (long long)j->directions, (long long)e.samples, j->n,
+         j->nf, (long long)e.shards, (long long)j->samples_per_shard);
+  printf("  inputs: %s\n", j->input == JOB_INPUT_SYNTH
+                               ? "synthetic (written to OUT/models when the job runs)"
+                               : "every AMRVAC file's header and units sidecar read");
+  printf("  line: %s, transition %d (parsed)\n", j->lamda, j->transition);
+  printf("  disk: %s per sample (%s), %s for the dataset%s", per,
+         j->store_inputs ? (j->inputs_f64 ? "inputs float64" : "inputs float32")
+                         : "targets only: output.store_inputs false",
+         all, j->gzip > 0 ? " before gzip" : "");
+  if (j->input == JOB_INPUT_SYNTH)
+    printf(" + %s of synthetic models", e.models_bytes > 0 ? models : "(not measured at this "
+                                                                       "inputs.synth.levels)");
+  printf("\n  time: ~%s on one rank, divided by the ranks (64 ranks: ~%s), + /stats; cost "
+         "model: (%.0f + %.1f x channels) ns per cube voxel per sample, measured on 3-level "
+         "synthetic models (docs/jobs.md); deeper AMR trees and larger k cost more\n", one,
+         r64, JOB_COST_NS_VOXEL, JOB_COST_NS_VOXEL_CHANNEL);
+  return 0;
+}
+
+/* ---- the output folder on a failed start ----
+ * Rank 0 remembers whether this run created the folder; when the start fails
+ * (before any shard), mpi_agree's cleanup removes the folder again, so a
+ * corrected job can use it. A folder that exists already is never removed;
+ * one holding only what a failed start of another job left (no finished
+ * shard, no manifest) is taken over by the next job (take_over_failed_start). */
+typedef struct {
+  const char *dir;
+  int created;  /* rank 0: this run made the folder */
+  int active;   /* the start is not over yet (no shard made) */
+  /* what mpi_agree's exit frees on every rank */
+  job *job;
+  generate_producer *producer;
+  void *buffers[3];
+} start_state;
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+  (void)st, (void)flag, (void)ftw;
+  return remove(path) < 0 ? -1 : 0;
+}
+
+static void undo_start(void *vctx) {
+  start_state *s = vctx;
+  if (g_rank == 0 && s->active && s->created) {
+    fs_unlock_dir(s->dir);
+    if (nftw(s->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS) < 0)
+      fprintf(stderr, "coemu %s: warning: could not remove %s, which this failed start "
+                      "created\n", g_cmd, s->dir);
+  }
+  if (s->producer && s->producer->close) s->producer->close(s->producer->ctx);
+  for (int k = 0; k < 3; k++) free(s->buffers[k]);
+  if (s->job) job_free(s->job);
+  /* an agreed failure may be an HDF5 file that could not be closed (rank 0
+   * writing dataset.h5 on a full disk); every file of this process is closed
+   * otherwise, so there is nothing for the library's shutdown to do */
+  hdf5_skip_shutdown();
+}
+
+static int has_finished_shard(const char *dir) {
+  char p[4200];
+  snprintf(p, sizeof p, "%s/shards", dir);
+  DIR *d = opendir(p);
+  if (!d) return 0;
+  int found = 0;
+  struct dirent *e;
+  while (!found && (e = readdir(d)))
+    found = !strncmp(e->d_name, "shard-", 6) && !strstr(e->d_name, ".tmp");
+  closedir(d);
+  return found;
+}
+
+/* Rank 0, before dataset_prepare: DIR holds another job's job.yaml but no
+ * finished shard and no manifest (a start that failed, e.g. a LAMDA file
+ * that was missing): clear it for this job. Anything else is left for
+ * dataset_prepare to judge (the same job resumes; a dataset is refused). */
+static int take_over_failed_start(const char *dir, const job *j) {
+  char p[4200];
+  snprintf(p, sizeof p, "%s/job.yaml", dir);
+  if (access(p, F_OK) != 0) return 0;
+  char *old = NULL;
+  size_t len = 0;
+  CE_TRY(fs_lock_dir(dir, "generate"));
+  CE_TRY(fs_read_all(p, &old, &len));
+  int same = len == j->text_len && !memcmp(old, j->text, len);
+  free(old);
+  char man[4200], h5[4200];
+  snprintf(man, sizeof man, "%s/manifest.json", dir);
+  snprintf(h5, sizeof h5, "%s/dataset.h5", dir);
+  if (same || has_finished_shard(dir) || access(man, F_OK) == 0 || access(h5, F_OK) == 0)
+    return 0;
+  /* the synthetic models of another job must not be taken for this one's */
+  char models[4200];
+  snprintf(models, sizeof models, "%s/models", dir);
+  if (access(models, F_OK) == 0 && nftw(models, rm_entry, 16, FTW_DEPTH | FTW_PHYS) < 0)
+    CE_FAIL("%s: cannot remove the models another job's failed start left", models);
+  snprintf(man, sizeof man, "%s/plan.json", dir);
+  if ((access(man, F_OK) == 0 && unlink(man) < 0) || unlink(p) < 0)
+    CE_FAIL("%s: cannot remove what another job's failed start left", dir);
+  fprintf(stderr, "coemu %s: note: %s held only what a failed start of another job left (no "
+                  "finished shard): it is used for this job\n", g_cmd, dir);
   return 0;
 }
 
@@ -37,14 +176,15 @@ static int check_only(const job *j) {
  * overhead: I/O, checksums, coordination). */
 static double g_produce_s;
 
-/* Make (or keep) shard s. Returns the samples it holds; sets *made. */
+/* Make (or keep) shard s. Returns the samples it holds, or -1 with the
+ * message; sets *made. */
 static int64_t do_shard(const job *j, const shard_layout *lay, const char *out, int64_t s,
                         const generate_producer *p, const uint8_t *msplit, float *in, float *tg,
                         workplan *wp, int *made) {
   int64_t N = job_samples(j), first, count;
   dataset_shard_range(s, N, j->samples_per_shard, &first, &count);
   char path[4096];
-  if (dataset_shard_path(out, s, path, sizeof path) < 0) fatal(ce_err_msg());
+  CE_TRY(dataset_shard_path(out, s, path, sizeof path));
   *made = 0;
   if (access(path, F_OK) == 0) {
     shard_sums sums;
@@ -52,10 +192,10 @@ static int64_t do_shard(const job *j, const shard_layout *lay, const char *out, 
       return count; /* finished by an earlier run and intact: keep it */
     fprintf(stderr, "coemu %s: rank %d: warning: %s; making the shard again\n", g_cmd, g_rank,
             ce_err_msg());
-    if (unlink(path) < 0) fatal("cannot remove a damaged shard");
+    if (unlink(path) < 0) CE_FAIL("%s: cannot remove a damaged shard: %s", path, strerror(errno));
   }
   shard_writer *w;
-  if (shard_open(&w, path, lay, first, count) < 0) fatal(ce_err_msg());
+  CE_TRY(shard_open(&w, path, lay, first, count));
   size_t nin = 3 * (size_t)j->n * j->n * j->n, ntg = (size_t)j->nf * j->n * j->n;
   for (int64_t i = 0; i < count; i++) {
     int64_t sample = first + i, model = sample / j->directions, dir = sample % j->directions;
@@ -71,7 +211,7 @@ static int64_t do_shard(const job *j, const shard_layout *lay, const char *out, 
                j->model_names[model], (long long)dir, ce_err_msg());
       if (!j->skip_bad_models) {
         shard_close(w, 0, NULL);
-        fatal(msg);
+        CE_FAIL("%s (inputs.on_bad_model: skip makes such samples invalid instead)", msg);
       }
       fprintf(stderr, "coemu %s: rank %d: warning: %s; sample skipped (valid = 0)\n", g_cmd,
               g_rank, msg);
@@ -84,11 +224,11 @@ static int64_t do_shard(const job *j, const shard_layout *lay, const char *out, 
       char msg[1100];
       snprintf(msg, sizeof msg, "%s", ce_err_msg());
       shard_close(w, 0, NULL);
-      fatal(msg);
+      CE_FAIL("%s", msg);
     }
     workplan_serve(wp, i + 1);
   }
-  if (shard_close_async(w, NULL) < 0) fatal(ce_err_msg()); /* fsync + rename in the background */
+  CE_TRY(shard_close_async(w, NULL)); /* fsync + rename in the background */
   *made = 1;
   return count;
 }
@@ -99,7 +239,7 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   int check = 0, quiet = 0, schema_doc = 0;
   cli_opt opts[] = {
       {"out", CLI_STR, &out, "DIR", "dataset directory (default: the job's output.directory)", 0, 0},
-      {"check", CLI_FLAG, &check, NULL, "validate the job file and exit", 0, 0},
+      {"check", CLI_FLAG, &check, NULL, "validate the job and read its input files (LAMDA, AMRVAC headers, units sidecars), print the samples, disk and time it will take, and exit", 0, 0},
       {"quiet", CLI_FLAG, &quiet, NULL, "no progress lines", 0, 0},
       {"schema-doc", CLI_FLAG, &schema_doc, NULL, "print the job-file key table (Markdown) and exit", 0, 0},
       {0}};
@@ -122,12 +262,20 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
                                     strlen(job_demo_text), "jobs", &j);
   if (check) {
     if (loaded < 0) return cli_fail(cmd);
-    check_only(&j);
+    int rc = check_only(&j);
     job_free(&j);
-    return 0;
+    return rc < 0 ? cli_fail(cmd) : 0;
   }
 
   MPI_Init(&argc, &argv);
+  /* Under a launcher, a rank dies with it: ranks that outlived a killed
+   * mpirun would go on writing and hold the folder's lock, so that the
+   * rerun is refused ("in use by another coemu"). A rank without a launcher
+   * (a singleton) keeps running when its shell goes (nohup). */
+  if (getenv("OMPI_COMM_WORLD_RANK") || getenv("PMIX_RANK") || getenv("PMI_RANK")) {
+    pid_t parent = getppid();
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) == 0 && getppid() != parent) raise(SIGKILL);
+  }
   mpi_fatal_init(cmd);
   g_rank = mpi_fatal_rank();
   int size;
@@ -135,22 +283,50 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   /* Over a file-size limit, write() must fail with EFBIG (a clean error
    * naming the shard) instead of the process dying of SIGXFSZ. */
   signal(SIGXFSZ, SIG_IGN);
-  if (loaded < 0) fatal(ce_err_msg());
+  /* Every error up to the shard loop is found by all ranks in step: one
+   * message, MPI_Finalize, exit 1 (mpi_agree). A bad job is found by every
+   * rank alike. */
+  mpi_agree(loaded);
   if (!out) out = j.out_dir;
 
+  /* from here on an agreed failure frees the job (and, below, undoes the
+   * start) before it exits */
+  start_state start = {out, 0, 0, &j, NULL, {NULL, NULL, NULL}};
+  mpi_set_cleanup(undo_start, &start);
+  /* The input files, before anything is created: every rank reads the
+   * LAMDA file (all nodes must see it) and its share of the AMRVAC headers
+   * and sidecars. */
+  mpi_agree(job_check_inputs_part(&j, g_rank, size));
+  start.active = 1;
   shard_layout lay;
   dataset_layout(&j, &lay);
-  if (g_rank == 0 && dataset_prepare(out, &j) < 0) fatal(ce_err_msg());
-  MPI_Barrier(MPI_COMM_WORLD);
+  if (g_rank == 0) {
+    int rc = 0;
+    start.created = access(out, F_OK) != 0;
+    if (!start.created) rc = take_over_failed_start(out, &j);
+    if (rc == 0) rc = dataset_prepare(out, &j);
+    mpi_agree(rc);
+  } else {
+    mpi_agree(0);
+  }
 
   generate_producer p = {0};
-  if (open(&j, out, &p) < 0) fatal(ce_err_msg());
+  mpi_agree(open(&j, out, &p));
+  start.producer = &p;
   uint8_t *msplit = ce_malloc_array((size_t)j.n_models, 1, "model splits");
   float *in = ce_malloc_array(3 * (size_t)j.n * j.n * j.n, sizeof(float), "input cube");
   float *tg = ce_malloc_array((size_t)j.nf * j.n * j.n, sizeof(float), "target image");
-  if (!msplit || !in || !tg || job_model_splits(&j, msplit) < 0) fatal(ce_err_msg());
-  if (g_rank == 0 && dataset_write_plan(out, &j, msplit) < 0) fatal(ce_err_msg());
-  if (g_rank == 0 && j.has_stream && live_serve_spawn(out, &j) < 0) fatal(ce_err_msg());
+  start.buffers[0] = msplit, start.buffers[1] = in, start.buffers[2] = tg;
+  mpi_agree((!msplit || !in || !tg || job_model_splits(&j, msplit) < 0) ? -1 : 0);
+  {
+    int rc = 0;
+    if (g_rank == 0) rc = dataset_write_plan(out, &j, msplit);
+    if (g_rank == 0 && rc == 0 && j.has_stream) rc = live_serve_spawn(out, &j);
+    mpi_agree(rc);
+  }
+  /* from here on the folder holds this job's work: a failure keeps it for
+   * the resume */
+  start.active = 0;
 
   int64_t N = job_samples(&j), K = dataset_shards(N, j.samples_per_shard);
   ce_progress prog;
@@ -159,19 +335,46 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   workplan_init(&wp, MPI_COMM_WORLD, K, g_rank == 0 ? &prog : NULL);
   int64_t last = 0, counts[2] = {0, 0}; /* shards made, shards kept */
   double t_start = ce_now();
+  int failed = 0;
+  char failure[2048] = "";
   for (;;) {
-    int64_t s = workplan_next(&wp, last);
+    int64_t s = workplan_next(&wp, last, failed);
     if (s < 0) break;
     int made = 0;
     last = do_shard(&j, &lay, out, s, &p, msplit, in, tg, &wp, &made);
+    if (last < 0) {
+      /* tell rank 0 (no more shards for anyone) and meet the others below */
+      snprintf(failure, sizeof failure, "%s", ce_err_msg());
+      failed = 1;
+      last = 0;
+      continue;
+    }
     counts[made ? 0 : 1]++;
   }
-  if (shard_commits_wait() < 0) fatal(ce_err_msg());
+  if (shard_commits_wait() < 0 && !failed) {
+    snprintf(failure, sizeof failure, "%s", ce_err_msg());
+    failed = 1;
+  }
   workplan_drain(&wp);
+  if (failed) ce_err("%s", failure);
+  if (mpi_any_failed(failed ? -1 : 0)) {
+    if (g_rank == 0)
+      fprintf(stderr, "coemu %s: the shards finished so far are kept in %s: fix the cause and "
+                      "rerun the same command to resume\n", cmd, out);
+    if (p.close) p.close(p.ctx);
+    free(msplit);
+    free(in);
+    free(tg);
+    job_free(&j);
+    if (failed) hdf5_skip_shutdown();
+    MPI_Finalize();
+    return 1;
+  }
   int64_t total[2];
   MPI_Reduce(counts, total, 2, MPI_INT64_T, MPI_SUM, 0, MPI_COMM_WORLD);
   double busy[2] = {g_produce_s, ce_now() - t_start}, busy_sum[2];
   MPI_Reduce(busy, busy_sum, 2, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
+  int frc = 0;
   if (g_rank == 0) {
     ce_progress_done(&prog, N);
     char mpiv[MPI_MAX_LIBRARY_VERSION_STRING];
@@ -180,31 +383,34 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
     char *nl = strchr(mpiv, '\n');
     if (nl) *nl = 0;
     double *freq = ce_malloc_array((size_t)j.nf, sizeof *freq, "frequencies");
-    if (!freq) fatal(ce_err_msg());
-    job_frequencies(&j, p.nu0, freq);
-    dataset_provenance pv = {&j, freq, p.nu0, p.name, mpiv, size};
-    if (dataset_finish(out, &pv) < 0) fatal(ce_err_msg());
     char png[4200];
     snprintf(png, sizeof png, "%s/preview.png", out);
-    if (dataset_preview(out, 4, png) < 0) fatal(ce_err_msg());
+    if (!freq) frc = -1;
+    if (frc == 0) {
+      job_frequencies(&j, p.nu0, freq);
+      dataset_provenance pv = {&j, freq, p.nu0, p.name, mpiv, size};
+      frc = dataset_finish(out, &pv);
+    }
+    if (frc == 0) frc = dataset_preview(out, 4, png);
     free(freq);
-    if (!quiet)
+    if (frc == 0 && !quiet) {
       fprintf(stderr, "coemu %s: %s: %lld samples in %lld shards (%lld made now, %lld kept from "
                       "an earlier run)\n",
               cmd, out, (long long)N, (long long)K, (long long)total[0], (long long)total[1]);
-    if (!quiet)
       fprintf(stderr, "coemu %s: dataset %s/dataset.h5, preview %s\n", cmd, out, png);
-  if (g_rank == 0 && !quiet && busy_sum[1] > 0)
-    fprintf(stderr, "coemu %s: producer %.2f s of %.2f s rank time (%.1f%% outside: I/O, "
-                    "checksums, coordination)\n",
-            cmd, busy_sum[0], busy_sum[1], 100 * (1 - busy_sum[0] / busy_sum[1]));
+      if (busy_sum[1] > 0)
+        fprintf(stderr, "coemu %s: producer %.2f s of %.2f s rank time (%.1f%% outside: I/O, "
+                        "checksums, coordination)\n",
+                cmd, busy_sum[0], busy_sum[1], 100 * (1 - busy_sum[0] / busy_sum[1]));
+    }
   }
   if (p.close) p.close(p.ctx);
   p.close = NULL;
+  mpi_agree(frc);
+  mpi_set_cleanup(NULL, NULL);
   /* Every rank: the /stats group over the finished dataset (recomputed from
    * the shards, so a resumed job gets the same numbers as an uninterrupted
    * one). dataset_stats prints a failing rank's error itself. */
-  MPI_Barrier(MPI_COMM_WORLD);
   int stats_rc = 0;
   if (j.stats_compute) {
     double ts = ce_now();

@@ -38,8 +38,15 @@ typedef struct {
 typedef int (*producer_open_fn)(const job *j, const char *out_dir, generate_producer *p);
 
 /* The whole command: argv after "generate". Initialises and finalises MPI
- * itself (except for --check and --schema-doc, which need no MPI). Any error
- * on any rank prints "coemu CMD: rank R: error: ..." and aborts every rank. */
+ * itself (except for --check and --schema-doc, which need no MPI). --check
+ * also reads the job's input files (job_check_inputs) and prints an estimate
+ * of samples, disk and time. Before creating anything every rank checks the
+ * inputs; an error then, or anywhere later, is printed once ("coemu CMD:
+ * rank R: error: ...", by the lowest rank that met it) and every rank exits
+ * with 1 after MPI_Finalize (mpi_agree; a failure while making a shard stops
+ * every rank after its current shard, see workplan.h). A start that fails
+ * removes the folder it created; a folder holding only another job's failed
+ * start (no finished shard, no manifest) is taken over. */
 int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open);
 
 /* The default job (jobs/demo.yaml), embedded at build time. */

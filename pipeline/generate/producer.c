@@ -10,6 +10,7 @@
 
 #include "common/error.h"
 #include "common/fsutil.h"
+#include "pipeline/mpi/mpi_fatal.h"
 #include "rotate/amrvac.h"
 #include "rotate/compat.h"
 #include "rotate/directions.h"
@@ -94,7 +95,11 @@ static int write_synth_models(producer_ctx *c, const char *out_dir) {
   snprintf(dir, sizeof dir, "%s/models", out_dir);
   int rc = rank == 0 ? fs_mkdir_p(dir) : 0, all;
   MPI_Allreduce(&rc, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-  if (all < 0) return rank == 0 ? -1 : ce_err("%s: cannot create the models directory", dir);
+  if (all < 0) {
+    if (rank == 0) return -1;
+    ce_err("%s: cannot create the models directory", dir);
+    return MPI_AGREE_PEER;
+  }
   synth_grid g = synth_grid_default();
   g.levels = j->synth_levels;
   rc = 0;
@@ -115,8 +120,11 @@ static int write_synth_models(producer_ctx *c, const char *out_dir) {
       rc = ce_err_prefix("synthetic model %lld", (long long)i);
   }
   MPI_Allreduce(&rc, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-  if (all < 0 && rc == 0) return ce_err("another rank failed to write its synthetic models");
-  return all;
+  if (all < 0 && rc == 0) {
+    ce_err("another rank failed to write its synthetic models");
+    return MPI_AGREE_PEER;
+  }
+  return all < 0 ? -1 : 0;
 }
 
 /* The smallest half-extent over all models [m]; each rank reads the headers
@@ -153,7 +161,11 @@ static int ball_radius(producer_ctx *c, double *r) {
   }
   int all;
   MPI_Allreduce(&rc, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-  if (all < 0) return rc < 0 ? -1 : ce_err("another rank could not read a model header");
+  if (all < 0) {
+    if (rc < 0) return -1;
+    ce_err("another rank could not read a model header");
+    return MPI_AGREE_PEER;
+  }
   MPI_Allreduce(&mine, r, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
   return 0;
 }
@@ -168,15 +180,22 @@ int producer_open(const job *j, const char *out_dir, generate_producer *p) {
     CE_FAIL("%s: sampling.coemunet_compat grids %d^3 cubes as the paper did, but sampling.n = %d",
             j->path, COMPAT_OUT, j->n);
   }
-  int rc = lamda_read(j->lamda, &c->mol);
+  int rc = job_lamda_read(j, &c->mol);
   if (rc == 0) rc = lte_line_init(&c->line, &c->mol, j->transition, j->mass);
   if (rc == 0 && dir_parse(j->sampler, &c->sampler) < 0) rc = -1;
   c->freqs = ce_malloc_array((size_t)j->nf, sizeof *c->freqs, "frequencies");
   c->image = ce_malloc_array((size_t)j->n * j->n * j->nf, sizeof *c->image, "image");
   c->paths = calloc((size_t)j->n_models, sizeof *c->paths);
-  if (rc < 0 || !c->freqs || !c->image || !c->paths) {
+  if (rc == 0 && (!c->freqs || !c->image || !c->paths)) rc = ce_err("out of memory");
+  /* every rank meets here before the collectives below, so a failure on
+   * one rank cannot leave the others waiting in them */
+  int all = 0;
+  MPI_Allreduce(&rc, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  if (all < 0) {
     producer_close(c);
-    return -1;
+    if (rc < 0) return -1;
+    ce_err("another rank could not set up its producer");
+    return MPI_AGREE_PEER;
   }
   job_frequencies(j, c->line.nu0, c->freqs);
   if (j->input == JOB_INPUT_SYNTH) {
@@ -209,7 +228,7 @@ int producer_open(const job *j, const char *out_dir, generate_producer *p) {
   c->opt.corrected_taylor = j->corrected_taylor;
   if (rc < 0) {
     producer_close(c);
-    return -1;
+    return rc;
   }
   p->sample = produce;
   p->ctx = c;

@@ -11,14 +11,16 @@ void workplan_init(workplan *w, MPI_Comm comm, int64_t nshards, ce_progress *pro
   w->next = 0;
   w->finished = 0;
   w->done = 0;
+  w->stop = 0;
   w->progress = progress;
 }
 
-static int64_t take(workplan *w) { return w->next < w->nshards ? w->next++ : -1; }
+static int64_t take(workplan *w) { return !w->stop && w->next < w->nshards ? w->next++ : -1; }
 
-/* Answer one request from `src`, whose report is `count`. */
-static void answer(workplan *w, int src, int64_t count) {
-  w->done += count;
+/* Answer one request from `src`, whose report is msg = {count, failed}. */
+static void answer(workplan *w, int src, const int64_t msg[2]) {
+  w->done += msg[0];
+  if (msg[1]) w->stop = 1; /* a rank failed: hand out no more shards */
   int64_t s = take(w);
   if (s < 0) w->finished++;
   MPI_Send(&s, 1, MPI_INT64_T, src, TAG_SHARD, w->comm);
@@ -31,21 +33,22 @@ void workplan_serve(workplan *w, int64_t own_done) {
     MPI_Status st;
     MPI_Iprobe(MPI_ANY_SOURCE, TAG_REQUEST, w->comm, &flag, &st);
     if (!flag) break;
-    int64_t count;
-    MPI_Recv(&count, 1, MPI_INT64_T, st.MPI_SOURCE, TAG_REQUEST, w->comm, MPI_STATUS_IGNORE);
-    answer(w, st.MPI_SOURCE, count);
+    int64_t msg[2];
+    MPI_Recv(msg, 2, MPI_INT64_T, st.MPI_SOURCE, TAG_REQUEST, w->comm, MPI_STATUS_IGNORE);
+    answer(w, st.MPI_SOURCE, msg);
   }
   if (w->progress) ce_progress_update(w->progress, w->done + own_done);
 }
 
-int64_t workplan_next(workplan *w, int64_t last_count) {
+int64_t workplan_next(workplan *w, int64_t last_count, int failed) {
   if (w->rank == 0) {
     w->done += last_count;
+    if (failed) w->stop = 1;
     workplan_serve(w, 0);
     return take(w);
   }
-  int64_t s;
-  MPI_Send(&last_count, 1, MPI_INT64_T, 0, TAG_REQUEST, w->comm);
+  int64_t s, msg[2] = {last_count, failed != 0};
+  MPI_Send(msg, 2, MPI_INT64_T, 0, TAG_REQUEST, w->comm);
   MPI_Recv(&s, 1, MPI_INT64_T, 0, TAG_SHARD, w->comm, MPI_STATUS_IGNORE);
   return s;
 }
@@ -54,9 +57,9 @@ void workplan_drain(workplan *w) {
   if (w->rank != 0) return;
   while (w->finished < w->size - 1) {
     MPI_Status st;
-    int64_t count;
-    MPI_Recv(&count, 1, MPI_INT64_T, MPI_ANY_SOURCE, TAG_REQUEST, w->comm, &st);
-    answer(w, st.MPI_SOURCE, count);
+    int64_t msg[2];
+    MPI_Recv(msg, 2, MPI_INT64_T, MPI_ANY_SOURCE, TAG_REQUEST, w->comm, &st);
+    answer(w, st.MPI_SOURCE, msg);
     if (w->progress) ce_progress_update(w->progress, w->done);
   }
 }

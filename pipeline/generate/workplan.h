@@ -24,6 +24,7 @@ typedef struct {
   int64_t nshards;
   int64_t next;          /* rank 0: next shard to hand out */
   int finished;          /* rank 0: ranks told there is no more work */
+  int stop;              /* rank 0: a rank failed, no more shards are handed out */
   int64_t done;          /* rank 0: samples reported done, all ranks */
   ce_progress *progress; /* rank 0: updated as reports come in (may be NULL) */
 } workplan;
@@ -31,8 +32,12 @@ typedef struct {
 void workplan_init(workplan *w, MPI_Comm comm, int64_t nshards, ce_progress *progress);
 
 /* The next shard for this rank, or -1 when there is none. `last_count` is
- * the number of samples in the shard this rank just finished (0 at first). */
-int64_t workplan_next(workplan *w, int64_t last_count);
+ * the number of samples in the shard this rank just finished (0 at first).
+ * failed != 0: this rank failed and stops; rank 0 then hands out no more
+ * shards, so every rank stops after the shard it is making (finished shards
+ * are kept for the resume) and the ranks meet again in workplan_drain and
+ * the collective after it: a failure never leaves a peer waiting. */
+int64_t workplan_next(workplan *w, int64_t last_count, int failed);
 
 /* Rank 0: answer pending requests without blocking (other ranks: no-op).
  * `own_done` is rank 0's count of samples done in its current shard (for the

@@ -17,6 +17,9 @@
 #include "pipeline/stream/stream_security.h"
 #include "solver/freqgrid.h"
 #include "solver/lte.h"
+#include "rotate/amrvac.h"
+#include "rotate/compat.h"
+#include "rotate/units.h"
 
 void job_free(job *j) {
   free(j->path);
@@ -51,6 +54,9 @@ static int fill(const char *name, const yt_node *r, job *j) {
     j->input = JOB_INPUT_AMRVAC;
     DUP(j->amrvac_glob, schema_resolve(j->dir, schema_str(r, "inputs.amrvac.glob")));
     const char *u = schema_str(r, "inputs.amrvac.units");
+    const yt_node *gpos = schema_at(r, "inputs.amrvac.glob"), *upos = schema_at(r, "inputs.amrvac.units");
+    j->glob_line = gpos->line, j->glob_col = gpos->col;
+    j->units_line = upos->line, j->units_col = upos->col;
     DUP(j->amrvac_units, *u ? schema_resolve(j->dir, u) : strdup(""));
     glob_t g;
     int rc = glob(j->amrvac_glob, GLOB_ERR, NULL, &g);
@@ -117,11 +123,26 @@ static int fill(const char *name, const yt_node *r, job *j) {
   j->k = (int)schema_int(r, "sampling.k");
   j->seed = (uint64_t)schema_int(r, "sampling.seed");
   j->coemunet_compat = schema_bool(r, "sampling.coemunet_compat");
+  if (j->coemunet_compat && j->n != COMPAT_OUT) {
+    const yt_node *nn = schema_at(r, "sampling.n");
+    CE_FAIL("%s:%d:%d: sampling.n: sampling.coemunet_compat grids %d^3 cubes as the paper did, "
+            "but sampling.n = %d", name, nn->line, nn->col, COMPAT_OUT, j->n);
+  }
   j->fill_background = schema_bool(r, "sampling.fill_background");
   j->background_n = schema_num(r, "sampling.background_n");
   j->background_T = schema_num(r, "sampling.background_T");
 
-  DUP(j->lamda, schema_resolve(j->dir, schema_str(r, "line.lamda")));
+  const char *lam = schema_str(r, "line.lamda");
+  const yt_node *lpos = schema_at(r, "line.lamda");
+  j->lamda_line = lpos->line, j->lamda_col = lpos->col;
+  if (!strncmp(lam, JOB_LAMDA_BUILTIN_PREFIX, strlen(JOB_LAMDA_BUILTIN_PREFIX))) {
+    if (strcmp(lam + strlen(JOB_LAMDA_BUILTIN_PREFIX), "co.dat"))
+      CE_FAIL("%s:%d:%d: line.lamda: no built-in LAMDA file '%s' (built in: builtin:co.dat)",
+              name, lpos->line, lpos->col, lam);
+    DUP(j->lamda, strdup(lam));
+  } else {
+    DUP(j->lamda, schema_resolve(j->dir, lam));
+  }
   j->transition = (int)schema_int(r, "line.transition");
   const char *mode = schema_str(r, "line.channels.mode");
   const yt_node *ch = schema_at(r, "line.channels");
@@ -180,6 +201,12 @@ static int fill(const char *name, const yt_node *r, job *j) {
   j->stats_compute = schema_bool(r, "statistics.compute");
   j->stats_drop_outliers = schema_bool(r, "statistics.drop_outliers");
   snprintf(j->stats_split, sizeof j->stats_split, "%s", schema_str(r, "statistics.split"));
+  if (j->stats_compute && j->stats_drop_outliers && !j->store_inputs) {
+    const yt_node *dn = schema_at(r, "statistics.drop_outliers");
+    CE_FAIL("%s:%d:%d: statistics.drop_outliers: the outlier rule reads v_z from the inputs, "
+            "and output.store_inputs is false (drop the rule, or store the inputs)", name,
+            dn->line, dn->col);
+  }
 
   if (schema_at(r, "stream")) {
     j->has_stream = 1;
@@ -249,6 +276,103 @@ int job_model_splits(const job *j, uint8_t *out) {
 
 int job_schema_markdown(FILE *out) {
   return schema_markdown(out, "schemas/job.yaml", job_schema_text);
+}
+
+static int stats_split_of(const char *name, const char *text, size_t len, const char *dir,
+                          void *out) {
+  (void)dir;
+  yt_node *doc = schema_load(name, text, len, "schemas/job.yaml", job_schema_text);
+  if (!doc) return -1;
+  snprintf((char *)out, 16, "%s", schema_str(doc, "statistics.split"));
+  yt_free(doc);
+  return 0;
+}
+
+int job_stats_split(const char *path, char out[16]) {
+  return schema_load_file(path, stats_split_of, out);
+}
+
+/* "JOB:LINE:COL: KEY" (or "JOB: KEY (default)" for a key filled in). */
+static void key_at(const job *j, int line, int col, const char *key, char *out, size_t len) {
+  if (line > 0) snprintf(out, len, "%s:%d:%d: %s", j->path, line, col, key);
+  else snprintf(out, len, "%s: %s (default)", j->path, key);
+}
+
+int job_lamda_read(const job *j, lamda_molecule *m) {
+  int rc;
+  if (!strcmp(j->lamda, JOB_LAMDA_BUILTIN_PREFIX "co.dat"))
+    rc = lamda_parse(j->lamda, job_lamda_co_text, strlen(job_lamda_co_text), m);
+  else
+    rc = lamda_read(j->lamda, m);
+  if (rc < 0) {
+    char at[1200];
+    key_at(j, j->lamda_line, j->lamda_col, "line.lamda", at, sizeof at);
+    return ce_err_prefix("%s", at);
+  }
+  return 0;
+}
+
+int job_check_inputs(const job *j) { return job_check_inputs_part(j, 0, 1); }
+
+int job_check_inputs_part(const job *j, int part, int parts) {
+  lamda_molecule mol;
+  CE_TRY(job_lamda_read(j, &mol));
+  lte_line line;
+  int rc = lte_line_init(&line, &mol, j->transition, j->mass);
+  int nlines = mol.nline;
+  lamda_free(&mol);
+  if (rc < 0) {
+    char at[1200];
+    key_at(j, j->lamda_line, j->lamda_col, "line.lamda", at, sizeof at);
+    return ce_err_prefix("%s: line.transition %d (the file has %d)", at, j->transition, nlines);
+  }
+  lte_line_free(&line);
+  if (j->input != JOB_INPUT_AMRVAC) return 0;
+  char gat[1200], uat[1200];
+  key_at(j, j->glob_line, j->glob_col, "inputs.amrvac.glob", gat, sizeof gat);
+  key_at(j, j->units_line, j->units_col, "inputs.amrvac.units", uat, sizeof uat);
+  if (j->amrvac_units && j->amrvac_units[0]) {
+    units u;
+    if (units_read(j->amrvac_units, &u) < 0) return ce_err_prefix("%s", uat);
+  }
+  for (int64_t i = part; i < j->n_models; i += parts) {
+    amrvac_snapshot snap;
+    if (amrvac_open(j->model_names[i], &snap) < 0)
+      return ce_err_prefix("%s: model %lld of %lld", gat, (long long)i, (long long)j->n_models);
+    amrvac_free(&snap);
+    if (j->amrvac_units && j->amrvac_units[0]) continue;
+    char side[4096];
+    units u;
+    if (units_find(j->model_names[i], side, sizeof side) != 1)
+      return ce_err("%s: model %lld, %s: no units sidecar (MODEL.units.yaml or units.yaml "
+                    "beside it, or inputs.amrvac.units in the job for all files)",
+                    gat, (long long)i, j->model_names[i]);
+    if (units_read(side, &u) < 0)
+      return ce_err_prefix("%s: model %lld, units sidecar", gat, (long long)i);
+  }
+  return 0;
+}
+
+void job_estimate_of(const job *j, job_estimate *e) {
+  memset(e, 0, sizeof *e);
+  double n = j->n, n3 = n * n * n, n2 = n * n;
+  e->samples = job_samples(j);
+  e->shards = (e->samples + j->samples_per_shard - 1) / j->samples_per_shard;
+  /* per sample: inputs, targets, and the small arrays (model id, direction
+   * index: int64; quaternion: 4 float64; split, valid: uint8; checksums:
+   * 2 uint64) */
+  e->sample_bytes = (j->store_inputs ? 3 * n3 * (j->inputs_f64 ? 8 : 4) : 0) +
+                    (double)j->nf * n2 * (j->targets_f64 ? 8 : 4) + 8 + 8 + 32 + 1 + 1 + 16;
+  e->dataset_bytes = e->sample_bytes * (double)e->samples;
+  if (j->input == JOB_INPUT_SYNTH) {
+    /* bytes of one synthetic model .dat by inputs.synth.levels, measured
+     * with `coemu synth --n 2 --seed 1 --levels L` (the refinement follows
+     * the model's density, so other seeds differ by some 10%) */
+    static const double per_model[7] = {0, 1.31e6, 1.02e7, 1.14e7, 6.79e7, 0, 0};
+    e->models_bytes = (double)j->n_models * per_model[j->synth_levels];
+  }
+  e->core_seconds = (double)e->samples * n3 *
+                    (JOB_COST_NS_VOXEL + JOB_COST_NS_VOXEL_CHANNEL * j->nf) * 1e-9;
 }
 
 int job_split_parse(const char *name, int *out) {

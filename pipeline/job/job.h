@@ -17,6 +17,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "solver/lamda.h"
+
 typedef enum { JOB_INPUT_AMRVAC, JOB_INPUT_SYNTH } job_input_kind;
 typedef enum { JOB_CH_COEMUNET, JOB_CH_GRID, JOB_CH_LIST } job_channel_mode;
 typedef enum { SPLIT_TRAIN = 0, SPLIT_VALIDATION = 1, SPLIT_TEST = 2 } job_split;
@@ -54,7 +56,10 @@ typedef struct {
   double background_n, background_T;
 
   /* line */
-  char *lamda;           /* resolved against dir */
+  char *lamda;           /* resolved against dir, or "builtin:co.dat" */
+  /* where the input keys are in the job file (line 0: filled in by default),
+   * for messages about the files they name */
+  int lamda_line, lamda_col, glob_line, glob_col, units_line, units_col;
   int transition;
   job_channel_mode channel_mode;
   int nf;                /* number of channels */
@@ -115,6 +120,53 @@ void job_frequencies(const job *j, double nu0, double *out);
  * permutation of the models, the first round(train*M) to training, the next
  * round(validation*M) to validation, the rest to test. */
 int job_model_splits(const job *j, uint8_t *out);
+
+/* The job file's statistics.split (the normalisation split: its statistics
+ * are a dataset's /stats) into out, without resolving the job's inputs (a
+ * dataset's DIR/job.yaml names paths relative to where it was run). */
+int job_stats_split(const char *path, char out[16]);
+
+/* The LAMDA file `line.lamda: builtin:co.dat` names: LAMDA's CO file
+ * (tests/data/lamda/co.dat, origin in tests/data/lamda/README.md), embedded
+ * at build time so the default job runs from any folder. */
+#define JOB_LAMDA_BUILTIN_PREFIX "builtin:"
+extern const char job_lamda_co_text[];
+
+/* Read the job's LAMDA file (or the built-in one) into m. A failure names
+ * the job file, the line and column of line.lamda, and the LAMDA problem. */
+int job_lamda_read(const job *j, lamda_molecule *m);
+
+/* What --check (and generate, before it creates anything) checks of the
+ * files a job names: the LAMDA file parses and has line.transition; every
+ * AMRVAC file's header and tree read, and its units sidecar (inputs.amrvac.
+ * units, or the lookup beside it) parses. Messages name the job file and the
+ * key's line:column. Synthetic inputs have no files to check. */
+int job_check_inputs(const job *j);
+/* The same with the AMRVAC files shared out: part p of `parts` checks models
+ * p, p + parts, ... (the LAMDA file and a common sidecar in every part). */
+int job_check_inputs_part(const job *j, int part, int parts);
+
+/* A job's size before it runs: samples, shards, bytes on disk (dataset.h5
+ * and the shards; synthetic models add models_bytes), and the time on one
+ * rank, from the measured cost model below. */
+typedef struct {
+  int64_t samples, shards;
+  double sample_bytes, dataset_bytes, models_bytes;
+  double core_seconds;   /* time on one rank, all samples (cost model below) */
+} job_estimate;
+void job_estimate_of(const job *j, job_estimate *e);
+
+/* The cost of one sample on one rank (sampling, solving, writing) as a
+ * function of the cube side n and the channel count nf:
+ * (JOB_COST_NS_VOXEL + nf JOB_COST_NS_VOXEL_CHANNEL) n^3 ns. From the demo
+ * job on one rank on a quiet machine, docs/benchmarks.md "End to end: coemu
+ * generate": 40.7 samples/s = 24.6 ms at n = 64, nf = 7, of which solving
+ * ~13 ms (proportional to nf: 7.1 ns per voxel and channel) and sampling,
+ * writing and overhead ~11.5 ms (44 ns per voxel); 7 against 21 channels
+ * (docs/benchmarks.md, "generate --check: the cost model") confirm the
+ * channel term. Deeper AMR trees and larger k cost more. */
+#define JOB_COST_NS_VOXEL 44.0
+#define JOB_COST_NS_VOXEL_CHANNEL 7.1
 
 /* docs/jobs.md's key table, generated from the schema. */
 int job_schema_markdown(FILE *out);

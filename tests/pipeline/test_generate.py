@@ -33,7 +33,7 @@ JOB = f"""name: pipeline-test
 inputs:
   synth: {{count: {M}, seed: 3}}
 sampling: {{directions: {D}, n: {N}, seed: 99}}
-line: {{lamda: co.dat}}
+line: {{lamda: builtin:co.dat}}
 output: {{samples_per_shard: {S}, gzip: 1}}
 splits: {{train: 0.5, validation: 0.25, test: 0.25, seed: 2}}
 """
@@ -256,7 +256,9 @@ def run_tests(tmp):
 
     # a file-size limit (a full disk) fails cleanly; the same command resumes
     out = os.path.join(tmp, 'fsize')
-    lim = 8_000  # below one shard (about 15 KB: gzip, HDF5 1.10's compact metadata)
+    # below one shard (~15.7 KB in HDF5 1.10's format, since shards carry
+    # checksummed metadata) and above job.yaml and plan.json (< 300 B)
+    lim = 10_000
 
     r = mpi(1, [job, '--out', out, '--quiet'], env={'COEMU_TEST_FSIZE': str(lim)})
     check(r.returncode != 0 and 'File too large' in r.stderr and 'shard-' in r.stderr,

@@ -6,12 +6,14 @@
  * the Python test recomputes it exactly with numpy. Environment:
  *   COEMU_TEST_DELAY_MS   sleep this long per sample (to kill runs mid-way)
  *   COEMU_TEST_FAIL_MODEL a model id whose samples fail ("cannot read")
+ *   COEMU_TEST_FAIL_OPEN  a rank whose producer cannot start ("cannot set up")
  *   COEMU_TEST_FSIZE      a file-size limit (RLIMIT_FSIZE, bytes) set once MPI
  *                         is up (MPI's own start-up writes files), to act as a
  *                         full disk
  * `testgen inspect DIR` runs dataset_inspect(DIR).
  */
 #include <math.h>
+#include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,6 +74,10 @@ static int analytic_open(const job *j, const char *out_dir, generate_producer *p
   const char *d = getenv("COEMU_TEST_DELAY_MS"), *f = getenv("COEMU_TEST_FAIL_MODEL");
   g_an.delay_ms = d ? atol(d) : 0;
   g_an.fail_model = f ? atol(f) : -1;
+  const char *fo = getenv("COEMU_TEST_FAIL_OPEN");
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  if (fo && atoi(fo) == rank) CE_FAIL("rank %d: cannot set up (test producer)", rank);
   const char *lim = getenv("COEMU_TEST_FSIZE");
   if (lim) {
     struct rlimit rl = {(rlim_t)atoll(lim), (rlim_t)atoll(lim)};

@@ -72,10 +72,10 @@ def run(args, nranks=1, cwd=None):
     return subprocess.run(cmd + args, capture_output=True, text=True, cwd=cwd, timeout=120)
 
 
-def read_stats(path):
+def read_stats(path, group="stats"):
     out = {}
     with h5py.File(path, "r") as f:
-        g = f["stats"]
+        g = f[group]
         out["/"] = {k: g.attrs[k] for k in g.attrs}
         for name in g:
             out[name] = {k: g[name].attrs[k] for k in g[name].attrs}
@@ -198,12 +198,19 @@ def main():
             # The outlier rule drops sample 3 (train).
             p = run([sub, "--drop-outliers", "--split", "all"], 3 if F > 1 else 1)
             check(p.returncode == 0, f"drop-outliers: {p.stderr}")
-            st2 = read_stats(path)
+            # not the normalisation split (train): its own group, /stats kept
+            now, last = read_stats(path), results[-1]
+            check(now.keys() == last.keys() and all(
+                now[g].keys() == last[g].keys() and all(
+                    now[g][a] == last[g][a] if isinstance(now[g][a], bytes)
+                    else np.array_equal(now[g][a], last[g][a], equal_nan=True) for a in now[g])
+                for g in now), "/stats left as it was by --split all")
+            st2 = read_stats(path, "stats_all")
             allsel = [i for i in range(len(split)) if i != 3]
             check(st2["/"]["samples_outliers"] == 1 and st2["/"]["samples_used"] == 9, "outliers")
             compare(st2, references(inputs, targets, allsel, F), f"F={F} all -outlier")
             with h5py.File(path, "r") as f:
-                check("stats.tmp" not in f, "no /stats.tmp left")
+                check("stats.tmp" not in f and "stats_all.tmp" not in f, "no /stats.tmp left")
 
         # Bad input: a clear message and a non-zero exit, never a hang.
         p = run([os.path.join(d, "nope")], 2)
@@ -218,7 +225,9 @@ def main():
             (np.ones((2, 3, 4, 4, 4), f32), np.ones((2, 1, 4, 4), f32), np.array([0, 7], np.uint8), 2,
              "/split[1] = 7"),
             (np.ones((2, 3, 4, 4, 4), f32), np.ones((2, 1, 4, 4), f32), None, 1, "not > 0"),
-            (np.ones((2, 3, 4, 4, 4)), np.ones((2, 1, 4, 4), f32), None, 1, "/inputs is not float32"),
+            # float64 is read (output.inputs_dtype); integers are not
+            (np.ones((2, 3, 4, 4, 4), np.int32), np.ones((2, 1, 4, 4), f32), None, 1,
+             "/inputs is not float32 or float64"),
         ]
         for inputs, targets, split, k, msg in cases:
             with h5py.File(os.path.join(bad, "dataset.h5"), "w") as f:

@@ -353,7 +353,7 @@ static void test_statsfile(void) {
   snprintf(fl[1].name, sizeof fl[1].name, "ln_T");
   fl[0].s.count = 10; fl[0].s.mean = 1.5; fl[0].s.std = 2; fl[0].median = 1.25;
   fl[0].mom.mom = 1; fl[0].mom.rank_error = -0.125; fl[0].chunks = 3;
-  stats_provenance prov = {"train", 20, 10, 1, 2};
+  stats_provenance prov = {"train", 20, 10, 1, 2, 0, 0, 0};
   CHECK_OK(stats_file_write(path, fl, 2, &p, &prov));
   CHECK_OK(stats_file_write(path, fl, 2, &p, &prov));  /* replaces */
   CHECK_OK(stats_file_read_norm(path, &q));
