@@ -426,12 +426,15 @@ def peers_phase(a, tmp, rnd, rounds, base, ref, seconds):
             port = free_port()
             ep = f"tcp://127.0.0.1:{port}"
             batch, credit, prefetch, maxc = 2, 4, 2, 12
+            env = dict(os.environ)
+            if os.environ.get("COEMU_SANITIZE") == "1":  # freed chunks in ASan's quarantine count as RSS
+                env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":quarantine_size_mb=0"
             p = subprocess.Popen([a.coemu, "serve", base, "--endpoint", ep, "--ranks", "2",
                                   "--split", "all", "--batch", str(batch), "--max-credit",
                                   str(credit), "--prefetch", str(prefetch), "--max-consumers",
                                   str(maxc), "--heartbeat", "0.2", "--timeout", "2",
                                   "--seed", str(rd)],
-                                 stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+                                 stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
             time.sleep(0.4)
             rss0 = vmrss_kb(p.pid)
             stop = threading.Event()

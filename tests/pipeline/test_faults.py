@@ -331,6 +331,9 @@ def run(tmp):
         counts['samples_lost'] += 0 if failed else M * D - len(got)
         judge(f'serve, /{dset} damaged', int(failed), err, 'shard-000002.h5', None, got, ref)
         check(f'/{dset}' in err, f'serve names /{dset}: {err[-300:]}')
+        if dset == 'split':  # stats uses the split (the training split's statistics)
+            r = mpi(1, COEMU, ['stats', d, '--quiet'])
+            judge('stats, /split damaged', r.returncode, r.stderr, 'shard-000002.h5')
 
     # a dataset of format 1 (no /checksums): read with the documented fallback
     d = fresh(base, tmp, 'format1')
