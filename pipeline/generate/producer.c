@@ -46,6 +46,8 @@ typedef struct {
   float *xl, *xu;    /* the cached model's populations, per leaf cell */
   float *cl, *cu;    /* sampled into the cube, n^3 */
   float *nmol;       /* (X_mol / X_CO) n_CO, n^3 (line.abundance > 0) */
+  int64_t failed;    /* a model whose populations failed (-1: none): its message, */
+  char fail_msg[2048]; /* so that its other directions do not solve it again */
 } producer_ctx;
 
 int producer_lvg_populations(const ce_model *m, double x_co, double x_mol, const nlte_model *M,
@@ -94,6 +96,7 @@ static void producer_close(void *vctx) {
 
 static int load_model(producer_ctx *c, int64_t model) {
   if (c->cached == model) return 0;
+  if (c->failed == model) return ce_err("%s", c->fail_msg);
   model_free(c->model);
   c->model = NULL;
   c->cached = -1;
@@ -115,8 +118,12 @@ static int load_model(producer_ctx *c, int64_t model) {
     if (!c->xl || !c->xu) return -1;
     double x_mol = c->j->abundance > 0 ? c->j->abundance : c->x_co;
     if (producer_lvg_populations(m, c->x_co, x_mol, &c->M, &c->lo, c->j->transition, c->xl, c->xu,
-                                 NULL, NULL) < 0)
-      return ce_err_prefix("line.mode lvg");
+                                 NULL, NULL) < 0) {
+      ce_err_prefix("line.mode lvg");
+      c->failed = model;
+      snprintf(c->fail_msg, sizeof c->fail_msg, "%s", ce_err_msg());
+      return -1;
+    }
   }
   c->cached = model;
   return 0;
@@ -285,6 +292,7 @@ int producer_open(const job *j, const char *out_dir, generate_producer *p) {
   if (!c) CE_FAIL("out of memory");
   c->j = j;
   c->cached = -1;
+  c->failed = -1;
   if (j->coemunet_compat && j->n != COMPAT_OUT) {
     free(c);
     CE_FAIL("%s: sampling.coemunet_compat grids %d^3 cubes as the paper did, but sampling.n = %d",

@@ -206,6 +206,28 @@ def hcn(tmp):
             check("abundance=2e-08" in f["provenance"].attrs["line_populations"], "hcn: abundance recorded")
 
 
+def cell_error(tmp):
+    """HCN at X = 2e-7 has a cell of synth model 1 (seed 3) where the solver
+    does not converge (docs/nlte.md, "Known limits"): the job stops with the
+    model and the cell named; with on_bad_model: skip that model's samples
+    are invalid and the other model's are made."""
+    extra = ", transition: 3, abundance: 2.0e-7, lvg: {directions: 8}"
+    hcn = os.path.join(LAMDA, "hcn.dat")
+    path = os.path.join(tmp, "cell.yaml")
+    open(path, "w").write(job("cell", "lvg", lamda=hcn, extra=extra))
+    r = run([COEMU, "generate", path, "--out", os.path.join(tmp, "cell")])
+    want = r"model 1 \(synth-3-000001\), direction 0: line\.mode lvg: leaf \d+ \(level \d, block [\d ]+\), cell \([\d, ]+\) at \(.*\) m: cell \d+ \(T_kin"
+    check(r.returncode == 1 and re.search(want, r.stderr), f"a failing cell is named: {r.stderr[-600:]}")
+    check(not os.path.exists(os.path.join(tmp, "cell", "dataset.h5")), "a failing cell: no dataset")
+    d = os.path.join(tmp, "cellskip")
+    text = job("cell", "lvg", inputs=INPUTS + "\n  on_bad_model: skip", lamda=hcn, extra=extra)
+    text += "statistics: {split: all}\n"  # the training split is model 1 alone
+    if generate(tmp, "cellskip", text, d):
+        a = arrays(d)
+        check(np.array_equal(a["valid"], (a["model_id"] == 0).astype(a["valid"].dtype)),
+              f"on_bad_model skip: model 1 invalid, model 0 valid ({a['valid']}, {a['model_id']})")
+
+
 def bad(tmp):
     cases = [
         ("mode", job("b", "foo"), r":5:\d+: line\.mode: expected one of lte, lvg, got 'foo'"),
@@ -236,6 +258,7 @@ def main():
         end_to_end(tmp)
         high_density(tmp)
         hcn(tmp)
+        cell_error(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report()
