@@ -3,7 +3,7 @@
 coemu generate (1 and 2 ranks give identical data; the dataset records the
 mode), coemu stats and coemu serve (one epoch read with coemu_stream.py); the
 high-density limit, where the LVG targets must approach the LTE job's as
-1/n_H2; an HCN job (another molecule, line.abundance); bad keys and a
+1/n_H2; the shipped non-LTE jobs validate; an HCN job (another molecule, line.abundance); bad keys and a
 molecule without H2 rates fail with FILE:LINE:COL messages.  Prints
 "N passed, N failed"."""
 import json
@@ -251,9 +251,16 @@ def bad(tmp):
         check(not os.path.exists(os.path.join(tmp, f"bad-{name}", "dataset.h5")), f"bad job {name}: no dataset")
 
 
+def shipped():
+    for name in ("demo-lvg", "hcn-lvg"):
+        r = run([COEMU, "generate", os.path.join(ROOT, "jobs", name + ".yaml"), "--check"])
+        check(r.returncode == 0 and ": ok: " in r.stdout, f"--check jobs/{name}.yaml: {r.stderr}")
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="coemu-lvg-")
     try:
+        shipped()
         bad(tmp)
         end_to_end(tmp)
         high_density(tmp)
