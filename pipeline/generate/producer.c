@@ -257,23 +257,10 @@ static int ball_radius(producer_ctx *c, double *r) {
  * line.abundance, is an error at line.lamda. */
 static int lvg_open(producer_ctx *c) {
   const job *j = c->j;
-  int is_co = !strcmp(c->mol.name, "CO");
-  if (j->abundance == 0 && !is_co && (j->line_mode == JOB_LINE_LVG))
-    CE_FAIL("%s:%d:%d: line.lamda: %s is %s, not CO: line.mode lvg needs its abundance "
-            "(line.abundance, n_mol/n_H2)", j->path, j->lamda_line, j->lamda_col, j->lamda, c->mol.name);
+  CE_TRY(job_check_line_mode(j, &c->mol));
   if (j->line_mode != JOB_LINE_LVG) return 0;
   CE_TRY(nlte_model_init(&c->M, &c->mol));
   c->lvg = 1;
-  if (!c->M.has[NLTE_H2] && !c->M.has[NLTE_PH2] && !c->M.has[NLTE_OH2]) {
-    char list[256] = "";
-    for (int i = 0; i < c->mol.npart; i++) {
-      size_t l = strlen(list);
-      snprintf(list + l, sizeof list - l, "%s%s", i ? ", " : "", nlte_partner_name(c->mol.partners[i].id));
-    }
-    CE_FAIL("%s:%d:%d: line.lamda: %s has no collision rates with H2 (H2, pH2 or oH2), which "
-            "line.mode lvg needs (the file's partners: %s)", j->path, j->lamda_line, j->lamda_col,
-            j->lamda, *list ? list : "none");
-  }
   nlte_lvg_options_default(&c->lo);
   c->lo.ndir = j->lvg.directions;
   c->lo.escape = (nlte_lvg_escape)nlte_lvg_escape_parse(j->lvg.escape);

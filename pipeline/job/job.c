@@ -20,6 +20,7 @@
 #include "rotate/amrvac.h"
 #include "rotate/compat.h"
 #include "rotate/units.h"
+#include "solver/nlte.h"
 #include "solver/nlte_lvg.h"
 
 void job_free(job *j) {
@@ -48,11 +49,31 @@ void job_line_describe(const job_lvg *l, int mode, double abundance, char *buf, 
              l->escape, l->t_bg, l->tol, l->max_iter, l->vturb);
 }
 
+static void key_at(const job *j, int line, int col, const char *key, char *out, size_t len);
+
+int job_check_line_mode(const job *j, const lamda_molecule *mol) {
+  char at[1200];
+  key_at(j, j->lamda_line, j->lamda_col, "line.lamda", at, sizeof at);
+  if (j->line_mode != JOB_LINE_LVG) return 0;
+  if (j->abundance == 0 && strcmp(mol->name, "CO"))
+    CE_FAIL("%s: %s is %s, not CO: line.mode lvg needs its abundance (line.abundance, n_mol/n_H2)",
+            at, j->lamda, mol->name);
+  char list[256] = "";
+  int h2 = 0;
+  for (int i = 0; i < mol->npart; i++) {
+    int id = mol->partners[i].id;
+    h2 |= id == NLTE_H2 || id == NLTE_PH2 || id == NLTE_OH2;
+    size_t l = strlen(list);
+    snprintf(list + l, sizeof list - l, "%s%s", i ? ", " : "", nlte_partner_name(id));
+  }
+  if (!h2)
+    CE_FAIL("%s: %s has no collision rates with H2 (H2, pH2 or oH2), which line.mode lvg needs "
+            "(the file's partners: %s)", at, j->lamda, *list ? list : "none");
+  return 0;
+}
+
 /* line.mode, line.abundance and line.lvg (docs/nlte.md, "Jobs"). */
 static int fill_line_mode(const char *name, const yt_node *r, job *j) {
-  const yt_node *ln = schema_at(r, "line.lamda");
-  j->lamda_line = ln->line;
-  j->lamda_col = ln->col;
   j->line_mode = !strcmp(schema_str(r, "line.mode"), "lvg") ? JOB_LINE_LVG : JOB_LINE_LTE;
   j->abundance = schema_num(r, "line.abundance");
   job_lvg *l = &j->lvg;
@@ -361,6 +382,11 @@ int job_check_inputs_part(const job *j, int part, int parts) {
   lte_line line;
   int rc = lte_line_init(&line, &mol, j->transition, j->mass);
   int nlines = mol.nline;
+  if (rc == 0 && job_check_line_mode(j, &mol) < 0) {
+    lte_line_free(&line);
+    lamda_free(&mol);
+    return -1;
+  }
   lamda_free(&mol);
   if (rc < 0) {
     char at[1200];

@@ -84,7 +84,6 @@ typedef struct {
   double *velocities;    /* [nf] channel velocities [m/s] (grid and list) */
   int line_mode;         /* JOB_LINE_LTE | JOB_LINE_LVG (line.mode) */
   double abundance;      /* X_mol = n_mol/n_H2; 0: the sidecar's co_abundance (CO) */
-  int lamda_line, lamda_col; /* where line.lamda is, for messages about the file */
   job_lvg lvg;           /* line.lvg (used when line_mode is JOB_LINE_LVG) */
 
   /* solver */
@@ -157,6 +156,12 @@ extern const char job_lamda_co_text[];
 /* Read the job's LAMDA file (or the built-in one) into m. A failure names
  * the job file, the line and column of line.lamda, and the LAMDA problem. */
 int job_lamda_read(const job *j, lamda_molecule *m);
+
+/* line.mode lvg's needs of the LAMDA file: collision rates with H2 (H2, pH2
+ * or oH2), and line.abundance for a molecule other than CO; -1 with a
+ * message at line.lamda's FILE:LINE:COL otherwise (0 for line.mode lte).
+ * The producer and --check (job_check_inputs) call it. */
+int job_check_line_mode(const job *j, const lamda_molecule *mol);
 
 /* What --check (and generate, before it creates anything) checks of the
  * files a job names: the LAMDA file parses and has line.transition; every

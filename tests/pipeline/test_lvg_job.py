@@ -249,6 +249,9 @@ def bad(tmp):
         check(r.returncode != 0 and re.search(re.escape(path) + want, r.stderr),
               f"bad job {name}: exit {r.returncode}, {r.stderr.strip()[-400:]}")
         check(not os.path.exists(os.path.join(tmp, f"bad-{name}", "dataset.h5")), f"bad job {name}: no dataset")
+        r = run([COEMU, "generate", path, "--check"])
+        check(r.returncode != 0 and re.search(re.escape(path) + want, r.stderr),
+              f"bad job {name}, --check: exit {r.returncode}, {r.stderr.strip()[-400:]}")
 
 
 def shipped():
