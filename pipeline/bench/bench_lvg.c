@@ -4,10 +4,10 @@
  * with every level of its LAMDA file; velocity gradients and inputs
  * (rotate/model_lvg.h) timed apart; 1 thread, then 2, 4, ... up to all.
  *
- * lvg_populations() below is the whole wiring a producer needs: model +
- * molecule + options -> per-cell float populations of the imaged line's two
- * levels, which sample_cube_fields samples into the cubes and
- * lte_solve_cube_pops_f32 images (docs/nlte.md, "Wiring"). */
+ * It times producer_lvg_populations() (pipeline/generate/producer.h), the
+ * wiring `coemu generate` uses for line.mode lvg: model + molecule +
+ * options -> per-cell float populations of the imaged line's two levels
+ * (docs/nlte.md, "Wiring"). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,8 +19,8 @@
 #include "common/error.h"
 #include "common/progress.h"
 #include "pipeline/bench/benches.h"
+#include "pipeline/generate/producer.h"
 #include "rotate/model.h"
-#include "rotate/model_lvg.h"
 #include "rotate/synth.h"
 #include "rotate/units.h"
 #include "solver/lamda.h"
@@ -37,38 +37,6 @@ static double cpu_now(void) { /* this process's CPU time [s]: all threads */
   struct timespec t;
   clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
   return t.tv_sec + 1e-9 * t.tv_nsec;
-}
-
-/* model + molecule -> x_l, x_u (float, per leaf cell, indexed as m->cells)
- * of LAMDA line `line`. x_co: the model's n_CO/n_H2 (sidecar), x_mol: the
- * molecule's n/n_H2. On a solver error the message names the cell's leaf
- * and position. */
-static int lvg_populations(const ce_model *m, double x_co, double x_mol, const nlte_model *M,
-                           const nlte_lvg_options *o, int line, float *x_l, float *x_u,
-                           nlte_lvg_out *stats, double *t_inputs) {
-  double t0 = ce_now();
-  model_lvg_inputs in;
-  CE_TRY(model_lvg_inputs_make(m, x_co, x_mol, &in));
-  *t_inputs = ce_now() - t0;
-  double *xl = malloc(sizeof(double) * (size_t)in.ncell), *xu = malloc(sizeof(double) * (size_t)in.ncell);
-  if (!xl || !xu) {
-    free(xl), free(xu);
-    model_lvg_inputs_free(&in);
-    CE_FAIL("out of memory for %lld populations", (long long)in.ncell);
-  }
-  nlte_lvg_cells C = {in.ncell, in.t_kin, in.n_h2, in.n_mol, in.grad_v, in.length, in.order, in.chunk};
-  nlte_lvg_out out = {.line = line, .x_l = xl, .x_u = xu};
-  int rc = nlte_lvg_solve(M, &C, o, &out);
-  if (rc < 0 && out.bad_cell >= 0) {
-    char name[256];
-    model_cell_name(m, out.bad_cell, name, sizeof name);
-    ce_err_prefix("%s", name);
-  }
-  for (int64_t c = 0; rc == 0 && c < in.ncell; c++) x_l[c] = (float)xl[c], x_u[c] = (float)xu[c];
-  *stats = out;
-  free(xl), free(xu);
-  model_lvg_inputs_free(&in);
-  return rc;
 }
 
 int bench_lvg(int argc, char **argv) {
@@ -163,8 +131,8 @@ int bench_lvg(int argc, char **argv) {
     o.threads = nt;
     nlte_lvg_out s = {0};
     double tin = 0, t0 = ce_now(), c0 = cpu_now();
-    rc = lvg_populations(m, u.co_abundance, u.co_abundance, &M, &o, (int)line, nt == 1 ? xl1 : xl,
-                         nt == 1 ? xu1 : xu, &s, &tin);
+    rc = producer_lvg_populations(m, u.co_abundance, u.co_abundance, &M, &o, (int)line,
+                                  nt == 1 ? xl1 : xl, nt == 1 ? xu1 : xu, &s, &tin);
     double t = ce_now() - t0, cpu = cpu_now() - c0;
     if (rc < 0) break;
     if (nt == 1) {

@@ -199,6 +199,13 @@ static int write_dataset_h5(const char *dir, const dataset_provenance *pv, const
                              "frequencies Hz; velocities m/s; direction: unit quaternion (w, x, y, z)") < 0)
       rc = ce_err("%s: cannot write /provenance", tmp);
   }
+  if (rc == 0) { /* the line mode and its parameters (docs/nlte.md, "Jobs") */
+    char lm[512];
+    job_line_describe(&j->lvg, j->line_mode, j->abundance, lm, sizeof lm);
+    if (h5_put_str_attr(g, "line_mode", job_line_mode_name(j->line_mode)) < 0 ||
+        h5_put_str_attr(g, "line_populations", lm) < 0)
+      rc = ce_err("%s: cannot write /provenance line_mode", tmp);
+  }
   if (g >= 0) H5Gclose(g);
   errno = 0;
   if (H5Fclose(f) < 0 && rc == 0) rc = ce_err("%s: cannot close: %s", tmp, errno ? strerror(errno) : "HDF5 error");
@@ -258,6 +265,12 @@ int dataset_finish(const char *dir, const dataset_provenance *pv) {
               (long long)j->directions, j->n, j->nf);
       fprintf(f, "  \"store_inputs\": %s,\n  \"samples_per_shard\": %lld,\n",
               j->store_inputs ? "true" : "false", (long long)S);
+      if (j->line_mode != JOB_LINE_LTE) { /* lte manifests stay as they were */
+        char lm[512];
+        job_line_describe(&j->lvg, j->line_mode, j->abundance, lm, sizeof lm);
+        fprintf(f, "  \"line_mode\": \"%s\",\n  \"line_populations\": \"%s\",\n",
+                job_line_mode_name(j->line_mode), lm);
+      }
       fprintf(f, "  \"checksum\": \"crc32\",\n%s  \"skipped_models\": [",
               all_sums ? "  \"sample_checksum\": \"xxh64\",\n" : "");
       int first_skip = 1;

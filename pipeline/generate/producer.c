@@ -11,15 +11,19 @@
 #include "common/error.h"
 #include "common/fsutil.h"
 #include "pipeline/mpi/mpi_fatal.h"
+#include "common/progress.h"
 #include "rotate/amrvac.h"
 #include "rotate/compat.h"
 #include "rotate/directions.h"
 #include "rotate/model.h"
+#include "rotate/model_lvg.h"
 #include "rotate/sampler.h"
 #include "rotate/synth.h"
 #include "rotate/units.h"
 #include "solver/lamda.h"
 #include "solver/lte.h"
+#include "solver/nlte.h"
+#include "solver/nlte_lvg.h"
 
 typedef struct {
   const job *j;
@@ -34,12 +38,52 @@ typedef struct {
   int64_t cached;    /* model held in `model` (-1: none) */
   ce_model *model;
   double *image;     /* n*n*nf, (x, y, f) */
+  /* line.mode lvg and line.abundance (NULL / 0 when not used) */
+  int lvg;
+  nlte_model M;
+  nlte_lvg_options lo;
+  double x_co;       /* the cached model's co_abundance */
+  float *xl, *xu;    /* the cached model's populations, per leaf cell */
+  float *cl, *cu;    /* sampled into the cube, n^3 */
+  float *nmol;       /* (X_mol / X_CO) n_CO, n^3 (line.abundance > 0) */
+  int64_t failed;    /* a model whose populations failed (-1: none): its message, */
+  char fail_msg[2048]; /* so that its other directions do not solve it again */
 } producer_ctx;
+
+int producer_lvg_populations(const ce_model *m, double x_co, double x_mol, const nlte_model *M,
+                             const nlte_lvg_options *o, int line, float *x_l, float *x_u,
+                             nlte_lvg_out *stats, double *t_inputs) {
+  double t0 = ce_now();
+  model_lvg_inputs in;
+  CE_TRY(model_lvg_inputs_make(m, x_co, x_mol, &in));
+  if (t_inputs) *t_inputs = ce_now() - t0;
+  double *xl = malloc(sizeof(double) * (size_t)in.ncell), *xu = malloc(sizeof(double) * (size_t)in.ncell);
+  if (!xl || !xu) {
+    free(xl), free(xu);
+    model_lvg_inputs_free(&in);
+    CE_FAIL("out of memory for %lld populations", (long long)in.ncell);
+  }
+  nlte_lvg_cells C = {in.ncell, in.t_kin, in.n_h2, in.n_mol, in.grad_v, in.length, in.order, in.chunk};
+  nlte_lvg_out out = {.line = line, .x_l = xl, .x_u = xu};
+  int rc = nlte_lvg_solve(M, &C, o, &out);
+  if (rc < 0 && out.bad_cell >= 0) {
+    char name[256];
+    model_cell_name(m, out.bad_cell, name, sizeof name);
+    ce_err_prefix("%s", name);
+  }
+  for (int64_t c = 0; rc == 0 && c < in.ncell; c++) x_l[c] = (float)xl[c], x_u[c] = (float)xu[c];
+  if (stats) *stats = out;
+  free(xl), free(xu);
+  model_lvg_inputs_free(&in);
+  return rc;
+}
 
 static void producer_close(void *vctx) {
   producer_ctx *c = vctx;
   if (!c) return;
   model_free(c->model);
+  if (c->lvg) nlte_model_free(&c->M);
+  free(c->xl), free(c->xu), free(c->cl), free(c->cu), free(c->nmol);
   lte_line_free(&c->line);
   lamda_free(&c->mol);
   if (c->paths)
@@ -52,10 +96,35 @@ static void producer_close(void *vctx) {
 
 static int load_model(producer_ctx *c, int64_t model) {
   if (c->cached == model) return 0;
+  if (c->failed == model) return ce_err("%s", c->fail_msg);
   model_free(c->model);
   c->model = NULL;
   c->cached = -1;
   CE_TRY(model_load(c->paths[model], c->units, &c->model));
+  if (c->lvg || c->j->abundance > 0) {
+    char side[4096];
+    const char *upath = c->units;
+    units u;
+    if (!upath && units_find(c->paths[model], side, sizeof side) == 1) upath = side;
+    if (!upath || units_read(upath, &u) < 0) return upath ? -1 : ce_err("%s: no units sidecar", c->paths[model]);
+    c->x_co = u.co_abundance;
+  }
+  if (c->lvg) {
+    const ce_model *m = c->model;
+    size_t N = (size_t)(m->nleaves * m->ncell);
+    free(c->xl), free(c->xu);
+    c->xl = ce_malloc_array(N, sizeof *c->xl, "populations");
+    c->xu = ce_malloc_array(N, sizeof *c->xu, "populations");
+    if (!c->xl || !c->xu) return -1;
+    double x_mol = c->j->abundance > 0 ? c->j->abundance : c->x_co;
+    if (producer_lvg_populations(m, c->x_co, x_mol, &c->M, &c->lo, c->j->transition, c->xl, c->xu,
+                                 NULL, NULL) < 0) {
+      ce_err_prefix("line.mode lvg");
+      c->failed = model;
+      snprintf(c->fail_msg, sizeof c->fail_msg, "%s", ce_err_msg());
+      return -1;
+    }
+  }
   c->cached = model;
   return 0;
 }
@@ -74,10 +143,23 @@ static int produce(void *vctx, int64_t model, int64_t direction, float *inputs, 
     double dx, voxel;
     CE_TRY(compat_grid(c->model, quat, c->so.ball_radius, v, T, nco, &dx, &voxel));
     opt.dx = dx; /* the paper's dx: twice the voxel, reproduced on purpose */
+  } else if (c->lvg) {
+    CE_TRY(sample_cube_fields(c->model, quat, &c->so, v, T, nco, 2, (const float *const[]){c->xl, c->xu},
+                              NULL, (float *const[]){c->cl, c->cu}));
   } else {
     CE_TRY(sample_cube(c->model, quat, &c->so, v, T, nco));
   }
-  CE_TRY(lte_solve_cube_f32(&c->line, c->freqs, nf, n, n, n, v, T, nco, &opt, c->image));
+  const float *dens = nco;
+  if (j->abundance > 0 && j->abundance != c->x_co) { /* another molecule than the sidecar's CO */
+    double ratio = j->abundance / c->x_co;
+    for (size_t i = 0; i < nvox; i++) c->nmol[i] = (float)((double)nco[i] * ratio);
+    dens = c->nmol;
+  }
+  if (c->lvg)
+    CE_TRY(lte_solve_cube_pops_f32(&c->line, c->freqs, nf, n, n, n, v, T, dens, c->cl, c->cu, &opt,
+                                   c->image));
+  else
+    CE_TRY(lte_solve_cube_f32(&c->line, c->freqs, nf, n, n, n, v, T, dens, &opt, c->image));
   for (int x = 0; x < n; x++)
     for (int y = 0; y < n; y++)
       for (int f = 0; f < nf; f++)
@@ -170,11 +252,34 @@ static int ball_radius(producer_ctx *c, double *r) {
   return 0;
 }
 
+/* line.mode lvg: the molecule's model, the solver options, the cubes; a
+ * file without H2 rates, or a molecule other than CO without
+ * line.abundance, is an error at line.lamda. */
+static int lvg_open(producer_ctx *c) {
+  const job *j = c->j;
+  CE_TRY(job_check_line_mode(j, &c->mol));
+  if (j->line_mode != JOB_LINE_LVG) return 0;
+  CE_TRY(nlte_model_init(&c->M, &c->mol));
+  c->lvg = 1;
+  nlte_lvg_options_default(&c->lo);
+  c->lo.ndir = j->lvg.directions;
+  c->lo.escape = (nlte_lvg_escape)nlte_lvg_escape_parse(j->lvg.escape);
+  c->lo.t_bg = j->lvg.t_bg;
+  c->lo.tol = j->lvg.tol;
+  c->lo.max_iter = j->lvg.max_iter;
+  c->lo.vturb_kms = j->lvg.vturb * 1e-3;
+  size_t n3 = (size_t)j->n * j->n * j->n;
+  c->cl = ce_malloc_array(n3, sizeof *c->cl, "population cube");
+  c->cu = ce_malloc_array(n3, sizeof *c->cu, "population cube");
+  return c->cl && c->cu ? 0 : -1;
+}
+
 int producer_open(const job *j, const char *out_dir, generate_producer *p) {
   producer_ctx *c = calloc(1, sizeof *c);
   if (!c) CE_FAIL("out of memory");
   c->j = j;
   c->cached = -1;
+  c->failed = -1;
   if (j->coemunet_compat && j->n != COMPAT_OUT) {
     free(c);
     CE_FAIL("%s: sampling.coemunet_compat grids %d^3 cubes as the paper did, but sampling.n = %d",
@@ -182,6 +287,9 @@ int producer_open(const job *j, const char *out_dir, generate_producer *p) {
   }
   int rc = job_lamda_read(j, &c->mol);
   if (rc == 0) rc = lte_line_init(&c->line, &c->mol, j->transition, j->mass);
+  if (rc == 0) rc = lvg_open(c);
+  if (rc == 0 && j->abundance > 0)
+    c->nmol = ce_malloc_array((size_t)j->n * j->n * j->n, sizeof *c->nmol, "density cube"), rc = c->nmol ? 0 : -1;
   if (rc == 0 && dir_parse(j->sampler, &c->sampler) < 0) rc = -1;
   c->freqs = ce_malloc_array((size_t)j->nf, sizeof *c->freqs, "frequencies");
   c->image = ce_malloc_array((size_t)j->n * j->n * j->nf, sizeof *c->image, "image");
@@ -233,7 +341,9 @@ int producer_open(const job *j, const char *out_dir, generate_producer *p) {
   p->sample = produce;
   p->ctx = c;
   p->nu0 = c->line.nu0;
-  p->name = j->coemunet_compat ? "coemunet-compat gridding + LTE solver" : "sampler + LTE solver";
+  p->name = j->coemunet_compat ? "coemunet-compat gridding + LTE solver"
+            : c->lvg            ? "sampler + per-cell LVG populations + solver"
+                                : "sampler + LTE solver";
   p->close = producer_close;
   return 0;
 }

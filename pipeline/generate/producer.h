@@ -17,7 +17,25 @@
 
 #include "pipeline/generate/generate.h"
 
-/* generate.h's producer_open_fn for the sampler + solver. */
+#include "rotate/model.h"
+#include "solver/nlte_lvg.h"
+
+/* The non-LTE wiring (docs/nlte.md, "Wiring"): model + molecule + options ->
+ * x_l, x_u (float, per leaf cell, indexed as m->cells) of LAMDA line `line`,
+ * by the per-cell 3-D LVG. x_co: the model's n_CO/n_H2 (sidecar), x_mol:
+ * the molecule's n/n_H2. On a solver error the message names the cell (its
+ * leaf and position). stats (may be NULL) gets the solver's counters,
+ * t_inputs (may be NULL) the seconds spent on gradients and densities. */
+int producer_lvg_populations(const ce_model *m, double x_co, double x_mol, const nlte_model *M,
+                             const nlte_lvg_options *o, int line, float *x_l, float *x_u,
+                             nlte_lvg_out *stats, double *t_inputs);
+
+/* generate.h's producer_open_fn for the sampler + solver. With line.mode
+ * lvg, the populations of each model are solved once when the model is
+ * loaded (producer_lvg_populations), sampled into the cube with every
+ * direction (sample_cube_fields) and imaged with lte_solve_cube_pops_f32;
+ * with line.abundance > 0 the imaged density is (X_mol / X_CO) n_CO (the
+ * stored input cube stays n_CO). */
 int producer_open(const job *j, const char *out_dir, generate_producer *p);
 
 #endif

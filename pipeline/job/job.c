@@ -20,6 +20,8 @@
 #include "rotate/amrvac.h"
 #include "rotate/compat.h"
 #include "rotate/units.h"
+#include "solver/nlte.h"
+#include "solver/nlte_lvg.h"
 
 void job_free(job *j) {
   free(j->path);
@@ -35,6 +37,64 @@ void job_free(job *j) {
   free(j->out_dir);
   free(j->stream_endpoint);
   memset(j, 0, sizeof *j);
+}
+
+const char *job_line_mode_name(int mode) { return mode == JOB_LINE_LVG ? "lvg" : "lte"; }
+
+void job_line_describe(const job_lvg *l, int mode, double abundance, char *buf, size_t len) {
+  int k = snprintf(buf, len, "%s abundance=%.15g", job_line_mode_name(mode), abundance);
+  if (mode == JOB_LINE_LVG && k >= 0 && (size_t)k < len)
+    snprintf(buf + k, len - (size_t)k,
+             " directions=%d escape=%s t_bg=%.15g tol=%.15g max_iter=%d vturb=%.15g", l->directions,
+             l->escape, l->t_bg, l->tol, l->max_iter, l->vturb);
+}
+
+static void key_at(const job *j, int line, int col, const char *key, char *out, size_t len);
+
+int job_check_line_mode(const job *j, const lamda_molecule *mol) {
+  char at[1200];
+  key_at(j, j->lamda_line, j->lamda_col, "line.lamda", at, sizeof at);
+  if (j->line_mode != JOB_LINE_LVG) return 0;
+  if (j->abundance == 0 && strcmp(mol->name, "CO"))
+    CE_FAIL("%s: %s is %s, not CO: line.mode lvg needs its abundance (line.abundance, n_mol/n_H2)",
+            at, j->lamda, mol->name);
+  char list[256] = "";
+  int h2 = 0;
+  for (int i = 0; i < mol->npart; i++) {
+    int id = mol->partners[i].id;
+    h2 |= id == NLTE_H2 || id == NLTE_PH2 || id == NLTE_OH2;
+    size_t l = strlen(list);
+    snprintf(list + l, sizeof list - l, "%s%s", i ? ", " : "", nlte_partner_name(id));
+  }
+  if (!h2)
+    CE_FAIL("%s: %s has no collision rates with H2 (H2, pH2 or oH2), which line.mode lvg needs "
+            "(the file's partners: %s)", at, j->lamda, *list ? list : "none");
+  return 0;
+}
+
+/* line.mode, line.abundance and line.lvg (docs/nlte.md, "Jobs"). */
+static int fill_line_mode(const char *name, const yt_node *r, job *j) {
+  j->line_mode = !strcmp(schema_str(r, "line.mode"), "lvg") ? JOB_LINE_LVG : JOB_LINE_LTE;
+  j->abundance = schema_num(r, "line.abundance");
+  job_lvg *l = &j->lvg;
+  l->directions = (int)schema_int(r, "line.lvg.directions");
+  snprintf(l->escape, sizeof l->escape, "%s", schema_str(r, "line.lvg.escape"));
+  l->t_bg = schema_num(r, "line.lvg.t_bg");
+  l->tol = schema_num(r, "line.lvg.tol");
+  l->max_iter = (int)schema_int(r, "line.lvg.max_iter");
+  l->vturb = schema_num(r, "line.lvg.vturb");
+  double dirs[3 * NLTE_LVG_MAX_DIR], q[NLTE_LVG_MAX_DIR];
+  if (nlte_lvg_directions(l->directions, dirs, q) < 0) {
+    const yt_node *dn = schema_at(r, "line.lvg.directions");
+    CE_FAIL("%s:%d:%d: line.lvg.directions: expected 3 or 2 m^2 (8, 18, 32, ...), got %d", name,
+            dn->line, dn->col, l->directions);
+  }
+  if (j->line_mode == JOB_LINE_LVG && j->coemunet_compat) {
+    const yt_node *mn = schema_at(r, "line.mode");
+    CE_FAIL("%s:%d:%d: line.mode: lvg needs the sampler's cubes, not sampling.coemunet_compat's "
+            "gridding", name, mn->line, mn->col);
+  }
+  return 0;
 }
 
 static int fill(const char *name, const yt_node *r, job *j) {
@@ -174,6 +234,8 @@ static int fill(const char *name, const yt_node *r, job *j) {
     for (int f = 0; f < 7; f++) j->velocities[f] = 300.0 * (f - 3);
   }
 
+  CE_TRY(fill_line_mode(name, r, j));
+
   j->vturb = schema_num(r, "solver.vturb");
   j->background = schema_num(r, "solver.background");
   j->take_abs = schema_bool(r, "solver.abs");
@@ -193,7 +255,7 @@ static int fill(const char *name, const yt_node *r, job *j) {
   double sum = j->split_fraction[0] + j->split_fraction[1] + j->split_fraction[2];
   if (fabs(sum - 1) > 1e-9) {
     const yt_node *sp = schema_at(r, "splits");
-    CE_FAIL("%s:%d:%d: splits: expected train + validation + test = 1, got %.17g", name,
+    CE_FAIL("%s:%d:%d: splits: expected train + validation + test = 1, got %.15g", name,
             sp->line, sp->col, sum);
   }
   j->split_seed = (uint64_t)schema_int(r, "splits.seed");
@@ -320,6 +382,11 @@ int job_check_inputs_part(const job *j, int part, int parts) {
   lte_line line;
   int rc = lte_line_init(&line, &mol, j->transition, j->mass);
   int nlines = mol.nline;
+  if (rc == 0 && job_check_line_mode(j, &mol) < 0) {
+    lte_line_free(&line);
+    lamda_free(&mol);
+    return -1;
+  }
   lamda_free(&mol);
   if (rc < 0) {
     char at[1200];

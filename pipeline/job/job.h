@@ -28,6 +28,24 @@ typedef enum { SPLIT_TRAIN = 0, SPLIT_VALIDATION = 1, SPLIT_TEST = 2 } job_split
  * (SPLIT_ALL) into *out; -1 with a message otherwise. */
 int job_split_parse(const char *name, int *out);
 
+typedef enum { JOB_LINE_LTE = 0, JOB_LINE_LVG = 1 } job_line_mode;
+
+/* line.lvg: the per-cell LVG solve (solver/nlte_lvg.h's options). */
+typedef struct {
+  int directions;        /* 3 or 2 m^2 */
+  char escape[16];       /* sobolev | radex */
+  double t_bg, tol;      /* K; relative */
+  int max_iter;
+  double vturb;          /* m/s */
+} job_lvg;
+
+/* "lte" / "lvg" */
+const char *job_line_mode_name(int mode);
+
+/* The line mode and its parameters as one line of text (the dataset's
+ * provenance): "lte" or "lvg directions=18 escape=sobolev ...". */
+void job_line_describe(const job_lvg *l, int mode, double abundance, char *buf, size_t len);
+
 typedef struct {
   char *path;      /* job file as given ("<embedded>" etc. for text jobs) */
   char *dir;       /* folder relative paths in the job are resolved against */
@@ -64,6 +82,9 @@ typedef struct {
   job_channel_mode channel_mode;
   int nf;                /* number of channels */
   double *velocities;    /* [nf] channel velocities [m/s] (grid and list) */
+  int line_mode;         /* JOB_LINE_LTE | JOB_LINE_LVG (line.mode) */
+  double abundance;      /* X_mol = n_mol/n_H2; 0: the sidecar's co_abundance (CO) */
+  job_lvg lvg;           /* line.lvg (used when line_mode is JOB_LINE_LVG) */
 
   /* solver */
   double vturb, background, mass;
@@ -135,6 +156,12 @@ extern const char job_lamda_co_text[];
 /* Read the job's LAMDA file (or the built-in one) into m. A failure names
  * the job file, the line and column of line.lamda, and the LAMDA problem. */
 int job_lamda_read(const job *j, lamda_molecule *m);
+
+/* line.mode lvg's needs of the LAMDA file: collision rates with H2 (H2, pH2
+ * or oH2), and line.abundance for a molecule other than CO; -1 with a
+ * message at line.lamda's FILE:LINE:COL otherwise (0 for line.mode lte).
+ * The producer and --check (job_check_inputs) call it. */
+int job_check_line_mode(const job *j, const lamda_molecule *mol);
 
 /* What --check (and generate, before it creates anything) checks of the
  * files a job names: the LAMDA file parses and has line.transition; every
