@@ -251,11 +251,15 @@ def stats_phase(a, tmp, rnd, rounds, base):
 
 # ---- corruption: random bit flips -------------------------------------------------------
 
-def serve_all(a, d, tmp):
-    """Stream split 'all' once; (samples {id: (in, tg)}, failed, text)."""
-    ep = f"ipc://{tmp}/s{time.monotonic_ns()}.sock"
-    p = subprocess.Popen([a.coemu, "serve", d, "--endpoint", ep, "--split", "all", "--batch", "2",
-                          "--epochs", "1", "--heartbeat", "0.2"], stderr=subprocess.PIPE, text=True)
+def serve_all(coemu, d, tmp, live=False):
+    """Stream split 'all' of dataset d once through `coemu serve` (--live if
+    asked) to the Python client; (samples {id: (inputs, targets)}, failed,
+    the client's error and the server's stderr). Also used by
+    tests/pipeline/test_faults.py."""
+    ep = f"ipc://{tmp}/serve-{time.monotonic_ns()}.sock"
+    p = subprocess.Popen([coemu, "serve", d, "--endpoint", ep, "--split", "all", "--batch", "2",
+                          "--epochs", "1", "--heartbeat", "0.2"] + (["--live"] if live else []),
+                         stderr=subprocess.PIPE, text=True)
     got, err, failed = {}, "", False
     try:
         time.sleep(0.3)
@@ -307,7 +311,7 @@ def corruption_phase(a, tmp, rnd, rounds, base, ref):
         counts["faults"] += 1
         # each reader fails naming the shard, or reads exactly the reference
         r = run(MPIEXEC + ["-n", "1", a.coemu, "stats", d, "--split", "all", "--quiet"])
-        got, failed, err = serve_all(a, d, tmp)
+        got, failed, err = serve_all(a.coemu, d, tmp)
         v = run([a.coemu, "verify", d])
         n["readers"] += 3
         for what, rc, text in (("stats", r.returncode, r.stderr), ("serve", int(failed), err),

@@ -62,7 +62,8 @@ static int get_i64(hid_t loc, const char *where, const char *name, int64_t *v) {
   return get_scalar(loc, where, name, H5T_NATIVE_INT64, "an integer", v);
 }
 
-static int get_str(hid_t loc, const char *where, const char *name, char *buf, size_t len) {
+int stats_attr_str(hid_t loc, const char *where, const char *name, char *buf, size_t len) {
+  buf[0] = 0;
   if (H5Aexists(loc, name) <= 0) CE_FAIL("%s: attribute %s missing", where, name);
   hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
   hid_t t = a < 0 ? -1 : H5Aget_type(a);
@@ -294,7 +295,7 @@ int stats_file_read_norm(const char *h5path, stats_norm *p) {
            get_f64(g, where, "lnT_scale", &p->lnT_scale) |
            get_f64(g, where, "lnn_min", &p->lnn_min) |
            get_f64(g, where, "lnn_scale", &p->lnn_scale) |
-           get_str(g, where, "I_mode", mode, sizeof mode) |
+           stats_attr_str(g, where, "I_mode", mode, sizeof mode) |
            get_f64(g, where, "lnI_clip", &p->lnI_clip) |
            get_f64(g, where, "lnI_min", &p->lnI_min) |
            get_f64(g, where, "lnI_scale", &p->lnI_scale) |

@@ -12,6 +12,8 @@
 #ifndef COEMU_STATS_STATSFILE_H
 #define COEMU_STATS_STATSFILE_H
 
+#include <hdf5.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "stats/moments.h"
@@ -49,6 +51,11 @@ int stats_file_write_group(const char *h5path, const char *group, const stats_fi
 
 /* Read the normalisation parameters of /stats (the trainer and the stream). */
 int stats_file_read_norm(const char *h5path, stats_norm *norm);
+
+/* A fixed-length string attribute `name` of `loc` (as this file writes them)
+ * into buf (len bytes). -1 with a message naming `where` when it is missing
+ * or not a fixed-length string shorter than len. */
+int stats_attr_str(hid_t loc, const char *where, const char *name, char *buf, size_t len);
 
 /* Read one field's statistics (name as written, e.g. "v_z"). */
 int stats_file_read_field(const char *h5path, const char *name, stats_field *field);

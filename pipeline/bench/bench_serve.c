@@ -21,24 +21,11 @@
 #include "pipeline/stream/stream_server.h"
 
 typedef struct {
-  stream_server *srv;
-  volatile int stop;
-  int rc;
-} server_thread;
-
-static void *run_server(void *arg) {
-  server_thread *t = arg;
-  t->rc = stream_server_run(t->srv, &t->stop);
-  return NULL;
-}
-
-typedef struct {
   const char *dir, *split, *python;
   int batch, credit, prefetch, epochs;
 } serve_bench;
 
-static int start(const serve_bench *b, const char *ep, serve_source **src, server_thread *t,
-                 pthread_t *th) {
+static int start(const serve_bench *b, const char *ep, serve_source **src, bench_server *t) {
   serve_opts so = {.dataset_dir = b->dir, .split = b->split, .seed = 1, .world = 1,
                    .batch = b->batch, .drop_last = 1, .prefetch = b->prefetch};
   CE_TRY(serve_open(&so, src));
@@ -46,31 +33,29 @@ static int start(const serve_bench *b, const char *ep, serve_source **src, serve
                           .samples_per_epoch = serve_samples_per_rank(*src),
                           .max_epochs = (uint32_t)b->epochs, .max_credit = (uint32_t)b->credit,
                           .world = 1, .leave = serve_leave};
-  if (stream_server_create(&o, serve_chunk, *src, &t->srv) < 0) {
+  stream_server *srv;
+  if (stream_server_create(&o, serve_chunk, *src, &srv) < 0) {
     serve_close(*src);
     return -1;
   }
-  pthread_create(th, NULL, run_server, t);
+  bench_server_start(t, srv);
   return 0;
 }
 
-static void stop(serve_source *src, server_thread *t, pthread_t th) {
-  t->stop = 1;
-  pthread_join(th, NULL);
-  stream_server_destroy(t->srv);
+static void stop(serve_source *src, bench_server *t) {
+  bench_server_stop(t);
   serve_close(src);
 }
 
 /* The C consumer: GB/s and samples/s over epochs 1.. (epoch 0 warms up). */
 static int run_c(const serve_bench *b, const char *ep, double *gbs, double *sps) {
   serve_source *src;
-  server_thread t = {0};
-  pthread_t th;
-  CE_TRY(start(b, ep, &src, &t, &th));
+  bench_server t;
+  CE_TRY(start(b, ep, &src, &t));
   stream_client_opts co = {.endpoint = ep, .rank = 0, .world = 1, .credit = (uint32_t)b->credit};
   stream_client *c;
   if (stream_client_open(&co, &c) < 0) {
-    stop(src, &t, th);
+    stop(src, &t);
     return -1;
   }
   stream_chunk_view v;
@@ -91,7 +76,7 @@ static int run_c(const serve_bench *b, const char *ep, double *gbs, double *sps)
   stream_client_stats st;
   stream_client_get_stats(c, &st);
   stream_client_close(c);
-  stop(src, &t, th);
+  stop(src, &t);
   *gbs = (double)(st.bytes - bytes0) / (t1 - t0) / 1e9;
   *sps = (double)(st.samples - samples0) / (t1 - t0);
   return rc;
@@ -100,9 +85,8 @@ static int run_c(const serve_bench *b, const char *ep, double *gbs, double *sps)
 /* The Python client (coemu_stream from b->python) in a child process. */
 static int run_python(const serve_bench *b, const char *ep, double *gbs, double *sps) {
   serve_source *src;
-  server_thread t = {0};
-  pthread_t th;
-  CE_TRY(start(b, ep, &src, &t, &th));
+  bench_server t;
+  CE_TRY(start(b, ep, &src, &t));
   char cmd[8192];
   snprintf(cmd, sizeof cmd,
            "python3 -W ignore -c '\n"
@@ -134,7 +118,7 @@ static int run_python(const serve_bench *b, const char *ep, double *gbs, double 
     if (rc == 0 && st != 0) rc = -1;
     if (rc < 0) ce_err("bench serve: the Python client (coemu_stream from %s) failed", b->python);
   }
-  stop(src, &t, th);
+  stop(src, &t);
   return rc;
 }
 

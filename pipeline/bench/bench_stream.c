@@ -40,16 +40,23 @@ static int bench_source(void *ctx, const stream_consumer *c, uint32_t epoch, uin
   return 1;
 }
 
-typedef struct {
-  stream_server *srv;
-  volatile int stop;
-  int rc;
-} server_thread;
-
 static void *run_server(void *arg) {
-  server_thread *t = arg;
-  t->rc = stream_server_run(t->srv, &t->stop);
+  bench_server *b = arg;
+  b->rc = stream_server_run(b->srv, &b->stop);
   return NULL;
+}
+
+void bench_server_start(bench_server *b, stream_server *srv) {
+  b->srv = srv;
+  b->stop = 0;
+  b->rc = 0;
+  pthread_create(&b->th, NULL, run_server, b);
+}
+
+void bench_server_stop(bench_server *b) {
+  b->stop = 1;
+  pthread_join(b->th, NULL);
+  stream_server_destroy(b->srv);
 }
 
 static int run_one(const char *endpoint, bench_src *src, int credit, double *gbs, double *sps,
@@ -57,16 +64,14 @@ static int run_one(const char *endpoint, bench_src *src, int credit, double *gbs
   if (src->samples < 16) return ce_err("bench stream: at least 16 samples");
   stream_server_opts so = {.endpoint = endpoint, .dataset_id = 1, .samples_per_epoch = src->samples,
                            .max_epochs = 1, .max_credit = (uint32_t)credit, .world = 1};
-  server_thread t = {0};
-  CE_TRY(stream_server_create(&so, bench_source, src, &t.srv));
-  pthread_t th;
-  pthread_create(&th, NULL, run_server, &t);
+  stream_server *srv;
+  CE_TRY(stream_server_create(&so, bench_source, src, &srv));
+  bench_server t;
+  bench_server_start(&t, srv);
   stream_client_opts co = {.endpoint = endpoint, .rank = 0, .world = 1, .credit = (uint32_t)credit};
   stream_client *c;
   if (stream_client_open(&co, &c) < 0) {
-    t.stop = 1;
-    pthread_join(th, NULL);
-    stream_server_destroy(t.srv);
+    bench_server_stop(&t);
     return -1;
   }
   stream_chunk_view v;
@@ -87,9 +92,7 @@ static int run_one(const char *endpoint, bench_src *src, int credit, double *gbs
   stream_client_stats st;
   stream_client_get_stats(c, &st);
   stream_client_close(c);
-  t.stop = 1;
-  pthread_join(th, NULL);
-  stream_server_destroy(t.srv);
+  bench_server_stop(&t);
   if (rc == 0 && got != src->samples)
     rc = ce_err("bench stream: received %llu samples, expected %llu", (unsigned long long)got,
                 (unsigned long long)src->samples);

@@ -8,7 +8,23 @@
 #include "pipeline/bench/benches.def"
 #undef COEMU_BENCH
 
+#include <pthread.h>
 #include <stdint.h>
+
+#include "pipeline/stream/stream_server.h"
+
+/* A stream server run on its own thread for the length of a benchmark. */
+typedef struct {
+  stream_server *srv;
+  volatile int stop;
+  int rc;
+  pthread_t th;
+} bench_server;
+
+/* Run srv (created by the caller) on a new thread. */
+void bench_server_start(bench_server *b, stream_server *srv);
+/* Stop it, join the thread and destroy the server. */
+void bench_server_stop(bench_server *b);
 
 /* The in-memory stream protocol (bench stream's core), for comparisons in
  * other benchmarks: `samples` samples of 3 x n^3 + nf x n^2 float32 from a

@@ -9,6 +9,7 @@
 #include "common/error.h"
 #include "pipeline/dataset/dataset.h"
 #include "pipeline/dataset/h5util.h"
+#include "stats/statsfile.h"
 
 static int dims_of(hid_t f, const char *name, hsize_t *dims) {
   hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
@@ -19,25 +20,6 @@ static int dims_of(hid_t f, const char *name, hsize_t *dims) {
   H5Sclose(s);
   H5Dclose(d);
   return r;
-}
-
-/* A fixed-length string attribute (as stats/statsfile.c writes them). */
-static int fixed_str_attr(hid_t obj, const char *name, char *buf, size_t len) {
-  buf[0] = 0;
-  if (H5Aexists(obj, name) <= 0) return -1;
-  hid_t a = H5Aopen(obj, name, H5P_DEFAULT), t = a >= 0 ? H5Aget_type(a) : -1;
-  int ok = t >= 0 && H5Tget_class(t) == H5T_STRING && !H5Tis_variable_str(t) &&
-           H5Tget_size(t) < len;
-  if (ok) {
-    hid_t mt = H5Tcopy(H5T_C_S1);
-    H5Tset_size(mt, H5Tget_size(t));
-    memset(buf, 0, len);
-    ok = H5Aread(a, mt, buf) >= 0;
-    H5Tclose(mt);
-  }
-  if (t >= 0) H5Tclose(t);
-  if (a >= 0) H5Aclose(a);
-  return ok ? 0 : -1;
 }
 
 /* One line per statistics group (/stats, /stats_validation, ...): its split
@@ -53,7 +35,8 @@ static void print_stats_groups(hid_t f) {
     char split[32];
     int64_t used = 0, empty = 0;
     double level = 0, frac = 0;
-    int has_split = fixed_str_attr(g, "split", split, sizeof split) == 0;
+    int has_split = stats_attr_str(g, "/stats", "split", split, sizeof split) == 0;
+    if (!has_split) ce_err_clear(); /* a /stats of an older coemu: no split named */
     int has_used = h5_get_attr(g, "samples_used", H5T_NATIVE_INT64, &used) == 0;
     int counted = h5_get_attr(g, "empty_targets", H5T_NATIVE_INT64, &empty) == 0 &&
                   h5_get_attr(g, "empty_ln_level", H5T_NATIVE_DOUBLE, &level) == 0 &&

@@ -164,11 +164,7 @@ static int open_dataset(const char *path, dataset *ds) {
       }
       /* the split decides which samples count: checked per shard against
        * the manifest's CRC-32, as the samples are against /checksums */
-      char dir[4200];
-      snprintf(dir, sizeof dir, "%s", path);
-      char *slash = strrchr(dir, '/');
-      if (slash) *slash = 0; else snprintf(dir, sizeof dir, ".");
-      if (integrity_check_labels(dir, "split", ds->split, (int64_t)ds->N) < 0) goto done;
+      if (integrity_check_labels(&ds->integ, "split", ds->split, (int64_t)ds->N) < 0) goto done;
       for (hsize_t i = 0; i < ds->N; i++)
         if (ds->split[i] > 2) {
           ce_err("%s: /split[%llu] = %d, expected 0 (train), 1 (validation) or 2 (test)", path,

@@ -60,9 +60,10 @@ int integrity_check_row(hid_t sums, hsize_t row, const char *file, int64_t idx,
  * order) against the CRC-32 that DIR/manifest.json records for each shard's
  * slice of it. /checksums covers the sample rows only; the labels decide
  * which samples a reader uses, so a damaged byte there would silently move
- * or drop samples. 0 (also when the manifest lists no shards: a dataset.h5
- * of plain arrays), or -1 naming the shard and the array. */
-int integrity_check_labels(const char *dir, const char *name, const uint8_t *values, int64_t n);
+ * or drop samples. 0 (also for a dataset.h5 of plain arrays, with no shards
+ * behind it, or one without manifest.json: nothing to check against), or -1
+ * naming the shard and the array. */
+int integrity_check_labels(const integrity *c, const char *name, const uint8_t *values, int64_t n);
 
 void integrity_close(integrity *c);
 

@@ -126,7 +126,7 @@ static int read_split(serve_source *s) {
         goto fail;
       }
       /* the labels decide which samples are served: checked as the samples are */
-      if (integrity_check_labels(s->o.dataset_dir, names[k], dst[k], n) < 0) goto fail;
+      if (integrity_check_labels(&s->integ, names[k], dst[k], n) < 0) goto fail;
     }
   }
   s->split_idx = ce_malloc_array((size_t)(n ? n : 1), sizeof(int64_t), "split index");

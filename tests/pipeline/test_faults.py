@@ -26,6 +26,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 sys.path.insert(0, os.path.join(ROOT, 'pipeline', 'stream'))
 from pycheck import check, report  # noqa: E402
 import coemu_stream as cs  # noqa: E402
+sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+from fault_campaign import serve_all as campaign_serve_all  # noqa: E402
 
 M, D, N, S = 4, 4, 8, 4  # 16 samples in 4 shards
 JOB = f"""name: faults
@@ -65,35 +67,7 @@ def flip(path, dataset, row, at=100):
 
 def serve_all(d, tmp, live=False):
     """Stream split 'all' once through coemu serve; (samples, failed, error text)."""
-    ep = f'ipc://{tmp}/serve-{time.monotonic_ns()}.sock'
-    p = subprocess.Popen([COEMU, 'serve', d, '--endpoint', ep, '--split', 'all', '--batch', '2',
-                          '--epochs', '1', '--heartbeat', '0.2'] + (['--live'] if live else []),
-                         stderr=subprocess.PIPE, text=True)
-    got, err, failed = {}, '', False
-    try:
-        time.sleep(0.3)
-        if p.poll() is not None:
-            return got, True, p.communicate()[1]
-        c = cs.StreamClient(ep, rank=0, world=1, timeout_s=10, heartbeat_s=0.2)
-        try:
-            while True:
-                ch = c.next()
-                if ch is None:
-                    break
-                for k, i in enumerate(ch.ids):
-                    got[int(i)] = (ch.inputs[k].copy(), ch.targets[k].copy())
-        except (cs.ProtocolError, cs.ProducerSilent) as e:
-            err, failed = str(e), True
-        finally:
-            c.close()
-    finally:
-        p.terminate()
-        try:
-            err += p.communicate(timeout=20)[1]
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.communicate()
-    return got, failed, err
+    return campaign_serve_all(COEMU, d, tmp, live)
 
 
 def reference(d):
