@@ -25,6 +25,13 @@
 
 #include "rotate/model.h"
 
+/* Recorded with every dataset (/geometry): the version of sample_cube's
+ * arithmetic (bump it when the same options give other bits) and how a
+ * sub-sample takes its value from the AMR leaves (piecewise constant: the
+ * value of the leaf cell that contains it). */
+#define SAMPLER_VERSION 1
+#define SAMPLER_RECONSTRUCTION "constant"
+
 typedef struct {
   int n;              /* voxels per edge */
   double edge;        /* cube edge [m] */

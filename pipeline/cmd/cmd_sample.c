@@ -136,9 +136,13 @@ int cmd_sample(int argc, char **argv) {
       {"seed", CLI_INT, &seed, "S", "job seed (default 0)", 0, 0},
       {"model-id", CLI_INT, &model_id, "I", "model id in the job (default 0)", 0, 0},
       {"n", CLI_INT, &n, "N", "voxels per cube edge (default 64)", 0, 0},
-      {"edge", CLI_DOUBLE, &edge, "M", "cube edge [m] (default: the largest cube in the ball)", 0, 0},
+      {"edge", CLI_DOUBLE, &edge, "M",
+       "cube edge [m] (default: the ball radius, as generate's sampling.edge: auto; a dataset's "
+       "/geometry edge remakes its cubes)", 0, 0},
       {"ball", CLI_DOUBLE, &ball, "M",
-       "ball radius [m] (default: the model's smallest half-extent; --compat: the paper's R)", 0, 0},
+       "ball radius [m] (default: this model's smallest half-extent, where generate takes the "
+       "smallest over all the job's models: pass a dataset's /geometry ball_radius; --compat: "
+       "the paper's R)", 0, 0},
       {"k", CLI_INT, &k, "K", "sub-samples per voxel edge (default 2)", 0, 0},
       {"fill", CLI_FLAG, &fill, NULL, "fill what lies outside the ball with the background", 0, 0},
       {"bg-n", CLI_DOUBLE, &bg_n, "N", "background n_CO [m^-3] with --fill (default 0)", 0, 0},
@@ -189,7 +193,7 @@ int cmd_sample(int argc, char **argv) {
     o.ball_radius = ball > 0 ? ball : COMPAT_PAPER_RADIUS;
   } else {
     o.ball_radius = ball > 0 ? ball : model_half_extent(m);
-    o.edge = edge > 0 ? edge : 2 * o.ball_radius / sqrt(3.0);
+    o.edge = edge > 0 ? edge : o.ball_radius; /* generate's edge: auto (producer.c) */
   }
   int rc = cube[0] && cube[1] && cube[2] && fs_mkdir_p(out) == 0 ? 0 : -1;
   for (int64_t d = 0; d < ndir && rc == 0; d++) {

@@ -330,6 +330,10 @@ int producer_open(const job *j, const char *out_dir, generate_producer *p) {
     }
   }
   c->opt.dx = c->so.edge / j->n;
+  p->has_geometry = 1; /* what the job alone does not say, for /geometry */
+  p->geometry = (dataset_geometry){j->coemunet_compat, c->so.ball_radius,
+                                   j->coemunet_compat ? NAN : c->so.edge,
+                                   j->coemunet_compat ? NAN : c->opt.dx};
   c->opt.vturb = j->vturb;
   c->opt.background = j->background;
   c->opt.take_abs = j->take_abs;

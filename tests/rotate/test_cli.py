@@ -119,7 +119,8 @@ with tempfile.TemporaryDirectory() as tmp:
         half = 16 * 1.495978707e11
         # dx is a fixed double formula (a few roundings, far below 1e-6), the
         # same on every host
-        check(abs(f.attrs["dx"] - 2 * half / np.sqrt(3) / 8) < 1e-6 * half, "dx = edge / n")
+        # the default edge is the ball radius, as generate's edge: auto
+        check(abs(f.attrs["dx"] - half / 8) < 1e-6 * half, "dx = edge / n, edge = r")
 
     # compat: 64^3 and dx = twice the voxel
     cdir = os.path.join(tmp, "compat")
