@@ -18,6 +18,7 @@ Nothing is taken from the job text: the jobs differ in edge (auto and
 explicit), k, direction sampler, background fill, LAMDA source (a file and
 builtin:co.dat) and solver options, so a value the file does not record (or
 records wrongly) makes a check fail."""
+import json
 import os
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import tempfile
 
 import h5py
 import numpy as np
+import yaml
 
 COEMU = os.environ.get("COEMU", "build/pipeline/coemu")
 ROOT = os.environ.get("COEMU_SOURCE_ROOT", ".")
@@ -100,7 +102,17 @@ def reproduce(tmp, mode):
         if not check("geometry" in f and "solver" in f and "file" in f["models"],
                      f"{mode}: dataset.h5 records /geometry, /solver, /models/file: {list(f)}"):
             return
-        check(f.attrs.get("format_minor") == 1, f"{mode}: format_minor 1")
+        lay = yaml.safe_load(open(os.path.join(ROOT, "schemas", "dataset.yaml")))
+        check(f.attrs.get("format_minor") == lay["format_minor"] == 1, f"{mode}: format_minor 1")
+        spec = lay["dataset.h5"]
+        missing = [f"{g}.{a}" for g, gd in spec["groups"].items() for a in gd["attrs"] if a not in f[g].attrs]
+        missing += [x for x in spec["datasets"] if x not in f] + [a for a in spec["attrs"] if a not in f.attrs]
+        check(not missing, f"{mode}: every group, attribute and dataset schemas/dataset.yaml names: {missing}")
+        man = json.load(open(os.path.join(d, "manifest.json")))
+        mg = man.get("geometry", {})
+        check(man.get("format_minor") == 1 and mg.get("edge_m") == f["geometry"].attrs["edge"] and
+              mg.get("dx_m") == f["geometry"].attrs["dx"] and mg.get("ball_radius_m") == f["geometry"].attrs["ball_radius"]
+              and mg.get("k") == f["geometry"].attrs["k"], f"{mode}: manifest.json geometry = /geometry: {mg}")
         geo, sol = attrs(f["geometry"]), attrs(f["solver"])
         lamda_text = f["solver/lamda"][()]
         files = [x.decode() for x in f["models/file"][()]]
