@@ -99,6 +99,9 @@ def reproduce(tmp, mode):
     if r.returncode != 0:
         return
     with h5py.File(os.path.join(d, "dataset.h5"), "r") as f:
+        freq, vel = f["frequencies"][()], f["velocities"][()]
+        nu0 = f["frequencies"].attrs["nu0"]
+        check_channels(mode, vel, freq, nu0)
         if not check("geometry" in f and "solver" in f and "file" in f["models"],
                      f"{mode}: dataset.h5 records /geometry, /solver, /models/file: {list(f)}"):
             return
@@ -116,10 +119,7 @@ def reproduce(tmp, mode):
         geo, sol = attrs(f["geometry"]), attrs(f["solver"])
         lamda_text = f["solver/lamda"][()]
         files = [x.decode() for x in f["models/file"][()]]
-        freq, vel = f["frequencies"][()], f["velocities"][()]
-        nu0 = f["frequencies"].attrs["nu0"]
         ds = {k: f[k][()] for k in ("inputs", "targets", "model_id", "direction_index", "direction")}
-    check_channels(mode, vel, freq, nu0)
     check(sol["nu0"] == nu0, f"{mode}: /solver nu0 = /frequencies nu0")
     n = int(geo["n"])
     check(geo["gridding"] == "sampler" and geo["dx"] == geo["edge"] / n,
