@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Reproducibility from the file alone (docs/dataset-format.md, "Geometry"):
 for small real-producer datasets (synthetic models -> sampler -> LTE solver)
-in each channel mode (coemunet, grid, list),
+in each channel mode (coemunet, grid, list) and with the paper's gridding
+(compat, on the AGB wind snapshots),
 
 - every stored target is remade bit for bit by `coemu solve` on the stored
   inputs with only what dataset.h5 records: the cell size /geometry dx, the
@@ -9,7 +10,9 @@ in each channel mode (coemunet, grid, list),
   abs and corrected_taylor of /solver, the channels /frequencies;
 - every stored input cube is remade bit for bit by `coemu sample` on the
   model file /models/file with /geometry's ball_radius, edge, n, k,
-  direction sampler, seed and background;
+  direction sampler, seed and background (compat: `coemu sample --compat`
+  with the ball radius, sampler and seed, whose per-sample dx the targets
+  are then solved with);
 - /velocities and /frequencies satisfy nu = nu0 (1 - v/c) to rounding, in
   the documented order: coemunet frequency rising (velocity +900..-900 m/s),
   grid velocity rising from vmin to vmax, list as the job gives them.
@@ -38,8 +41,7 @@ from pycheck import check, report  # noqa: E402
 C = 299792458.0
 
 JOB = """name: repro-{name}
-inputs:
-  synth: {{count: 3, seed: 7, levels: 2}}
+inputs: {inputs}
 sampling: {sampling}
 line: {{lamda: {lamda}, transition: 2, channels: {channels}}}
 solver: {solver}
@@ -47,20 +49,29 @@ output: {{directory: unused, samples_per_shard: 4}}
 splits: {{train: 0.34, validation: 0.33, test: 0.33, seed: 3}}
 """
 
+SYNTH = "{synth: {count: 3, seed: 7, levels: 2}}"
+AMRVAC = os.path.abspath(os.path.join(ROOT, "tests", "data", "amrvac"))
 JOBS = {
     # the pipeline tests' demo size, edge auto (= the ball radius the producer finds)
-    "coemunet": dict(sampling="{directions: 2, sampler: haar, n: 16, edge: auto, k: 2, seed: 99}",
+    "coemunet": dict(inputs=SYNTH, sampling="{directions: 2, sampler: haar, n: 16, edge: auto, k: 2, seed: 99}",
                      lamda=LAMDA, channels="{mode: coemunet}",
                      solver="{vturb: 150.0, background: 0.0, abs: true, mass: 28.0, corrected_taylor: false}"),
     # an explicit edge whose corners leave the ball (filled with the background),
     # k = 3, low-discrepancy directions, the built-in LAMDA file, other solver options
-    "grid": dict(sampling="{directions: 2, sampler: lowdisc, n: 12, edge: 6.0e13, k: 3, seed: 5, "
+    "grid": dict(inputs=SYNTH, sampling="{directions: 2, sampler: lowdisc, n: 12, edge: 6.0e13, k: 3, seed: 5, "
                           "fill_background: true, background_n: 1000.0, background_T: 12.5}",
                  lamda="builtin:co.dat", channels="{mode: grid, vmin: -1500, vmax: 1200, count: 5}",
                  solver="{vturb: 0.0, background: 1.0e-21, abs: false, mass: 28.0101, corrected_taylor: true}"),
-    "list": dict(sampling="{directions: 2, sampler: coemunet, n: 8, edge: auto, k: 1, seed: 11}",
+    "list": dict(inputs=SYNTH, sampling="{directions: 2, sampler: coemunet, n: 8, edge: auto, k: 1, seed: 11}",
                  lamda=LAMDA, channels="{mode: list, velocities: [250.5, -3000.0, 0.0, 7000.0]}",
                  solver="{vturb: 50.0, background: 0.0, abs: true, mass: 28.0, corrected_taylor: false}"),
+    # the paper's gridding on the real AGB wind snapshots: dx is per sample (the
+    # box spans the rotated points), remade with coemu sample --compat
+    "compat": dict(inputs="{amrvac: {glob: %s/agbwind3d_*.dat}}" % AMRVAC,
+                   sampling="{directions: 1, sampler: coemunet, n: 64, edge: auto, k: 1, seed: 1234, "
+                            "coemunet_compat: true}",
+                   lamda="builtin:co.dat", channels="{mode: coemunet}",
+                   solver="{vturb: 0.0, background: 0.0, abs: true, mass: 28.0, corrected_taylor: false}"),
 }
 
 
@@ -101,7 +112,7 @@ def reproduce(tmp, mode):
     with h5py.File(os.path.join(d, "dataset.h5"), "r") as f:
         freq, vel = f["frequencies"][()], f["velocities"][()]
         nu0 = f["frequencies"].attrs["nu0"]
-        check_channels(mode, vel, freq, nu0)
+        check_channels("coemunet" if mode == "compat" else mode, vel, freq, nu0)
         if not check("geometry" in f and "solver" in f and "file" in f["models"],
                      f"{mode}: dataset.h5 records /geometry, /solver, /models/file: {list(f)}"):
             return
@@ -113,29 +124,59 @@ def reproduce(tmp, mode):
         check(not missing, f"{mode}: every group, attribute and dataset schemas/dataset.yaml names: {missing}")
         man = json.load(open(os.path.join(d, "manifest.json")))
         mg = man.get("geometry", {})
-        check(man.get("format_minor") == 1 and mg.get("edge_m") == f["geometry"].attrs["edge"] and
-              mg.get("dx_m") == f["geometry"].attrs["dx"] and mg.get("ball_radius_m") == f["geometry"].attrs["ball_radius"]
+        g = f["geometry"].attrs
+        nan_null = (lambda v: None if np.isnan(v) else v)
+        check(man.get("format_minor") == 1 and mg.get("edge_m") == nan_null(g["edge"]) and
+              mg.get("dx_m") == nan_null(g["dx"]) and mg.get("ball_radius_m") == f["geometry"].attrs["ball_radius"]
               and mg.get("k") == f["geometry"].attrs["k"], f"{mode}: manifest.json geometry = /geometry: {mg}")
         geo, sol = attrs(f["geometry"]), attrs(f["solver"])
         lamda_text = f["solver/lamda"][()]
         files = [x.decode() for x in f["models/file"][()]]
         ds = {k: f[k][()] for k in ("inputs", "targets", "model_id", "direction_index", "direction")}
     check(sol["nu0"] == nu0, f"{mode}: /solver nu0 = /frequencies nu0")
-    n = int(geo["n"])
-    check(geo["gridding"] == "sampler" and geo["dx"] == geo["edge"] / n,
-          f"{mode}: /geometry dx = edge / n: {geo}")
+    n, compat = int(geo["n"]), mode == "compat"
+    if compat:
+        check(geo["gridding"] == "coemunet-compat" and np.isnan(geo["dx"]) and np.isnan(geo["edge"]) and
+              0 < geo["ball_radius"] <= 2.8984584112701441e13 and n == 64, f"compat: /geometry {geo}")
+    else:
+        check(geo["gridding"] == "sampler" and geo["dx"] == geo["edge"] / n,
+              f"{mode}: /geometry dx = edge / n: {geo}")
     lam = os.path.join(tmp, f"{mode}-lamda.dat")
     open(lam, "wb").write(lamda_text)
     channels = "list:" + ",".join(repr(float(x)) for x in freq)  # repr round-trips each double
     N = ds["targets"].shape[0]
     same_t = same_i = 0
     for s in range(N):
+        # inputs: coemu sample on the model file with the recorded geometry
+        m, k = int(ds["model_id"][s]), int(ds["direction_index"][s])
+        sd = os.path.join(tmp, f"{mode}-sample-{s}")
+        args = [COEMU, "sample", os.path.join(d, files[m]), "--ball", repr(float(geo["ball_radius"])),
+                "--sampler", geo["direction_sampler"], "--seed", int(geo["direction_seed"]),
+                "--model-id", m, "--directions", k + 1, "--out", sd]
+        if compat:
+            args += ["--compat"]
+        else:
+            args += ["--edge", repr(float(geo["edge"])), "--n", n, "--k", int(geo["k"])]
+        if geo["fill_background"]:
+            args += ["--fill", "--bg-n", repr(float(geo["background_n"])), "--bg-T", repr(float(geo["background_T"]))]
+        r = run(args)
+        dx = float(geo["dx"])
+        if check(r.returncode == 0, f"{mode}: sample: {r.stderr}"):
+            cube = np.stack([np.load(os.path.join(sd, f"dir_{k:04d}", f"{x}.npy")) for x in ("v_z", "T", "n")])
+            # exact: the same sampler, options and direction
+            same_i += check(np.array_equal(cube, ds["inputs"][s]), f"{mode} sample {s}: inputs == coemu sample "
+                            f"with /geometry")
+            meta = dict(x.split(" ", 1) for x in open(os.path.join(sd, f"dir_{k:04d}", "meta.txt")).read().splitlines())
+            q = np.array([float(x) for x in meta["quaternion"].split()])
+            check(np.array_equal(q, ds["direction"][s]), f"{mode} sample {s}: the stored quaternion")
+            if compat:
+                dx = float(meta["dx"])  # per sample, %.17g: the same double
         # targets: coemu solve on the stored inputs with the recorded line, dx and options
         for c, name in enumerate(("vz", "T", "n")):
             np.save(os.path.join(tmp, f"{name}.npy"), ds["inputs"][s, c])
         out = os.path.join(tmp, "img.npy")
         args = [COEMU, "solve", "--vz", os.path.join(tmp, "vz.npy"), "--T", os.path.join(tmp, "T.npy"),
-                "--n", os.path.join(tmp, "n.npy"), "--dx", repr(float(geo["dx"])), "--lamda", lam,
+                "--n", os.path.join(tmp, "n.npy"), "--dx", repr(dx), "--lamda", lam,
                 "--transition", int(sol["transition"]), "--channels", channels,
                 "--vturb", repr(float(sol["vturb"])), "--mass", repr(float(sol["mass"])),
                 "--background", repr(float(sol["background"])), "--out", out]
@@ -146,24 +187,6 @@ def reproduce(tmp, mode):
             # exact: the same float64 solver on the same float32 cells, then one rounding to float32
             same_t += check(np.array_equal(img, ds["targets"][s]), f"{mode} sample {s}: target == coemu solve "
                             f"with what dataset.h5 records (max diff {np.abs(img - ds['targets'][s]).max()})")
-        # inputs: coemu sample on the model file with the recorded geometry
-        m, k = int(ds["model_id"][s]), int(ds["direction_index"][s])
-        sd = os.path.join(tmp, f"{mode}-sample-{s}")
-        args = [COEMU, "sample", os.path.join(d, files[m]), "--ball", repr(float(geo["ball_radius"])),
-                "--edge", repr(float(geo["edge"])), "--n", n, "--k", int(geo["k"]),
-                "--sampler", geo["direction_sampler"], "--seed", int(geo["direction_seed"]),
-                "--model-id", m, "--directions", k + 1, "--out", sd]
-        if geo["fill_background"]:
-            args += ["--fill", "--bg-n", repr(float(geo["background_n"])), "--bg-T", repr(float(geo["background_T"]))]
-        r = run(args)
-        if check(r.returncode == 0, f"{mode}: sample: {r.stderr}"):
-            cube = np.stack([np.load(os.path.join(sd, f"dir_{k:04d}", f"{x}.npy")) for x in ("v_z", "T", "n")])
-            # exact: the same sampler, options and direction
-            same_i += check(np.array_equal(cube, ds["inputs"][s]), f"{mode} sample {s}: inputs == coemu sample "
-                            f"with /geometry")
-            meta = dict(x.split(" ", 1) for x in open(os.path.join(sd, f"dir_{k:04d}", "meta.txt")).read().splitlines())
-            q = np.array([float(x) for x in meta["quaternion"].split()])
-            check(np.array_equal(q, ds["direction"][s]), f"{mode} sample {s}: the stored quaternion")
     print(f"{mode}: {N} samples, targets remade {same_t}, inputs remade {same_i}")
     r = run([COEMU, "inspect", d])
     check(r.returncode == 0 and "geometry" in r.stdout and "ball radius" in r.stdout,
