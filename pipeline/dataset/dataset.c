@@ -16,7 +16,6 @@
 #include "common/version.h"
 #include "pipeline/dataset/h5util.h"
 #include "pipeline/job/yamltree.h"
-#include "rotate/compat.h"
 #include "rotate/directions.h"
 #include "rotate/sampler.h"
 #include "rotate/synth.h"
