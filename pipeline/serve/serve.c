@@ -441,6 +441,9 @@ int serve_chunk(void *ctx, const stream_consumer *c, uint32_t epoch, uint64_t po
             s->o.world);
   int norm = c->flags & 1;
   uint32_t want = (c->flags & SERVE_FLAG_ORDER_MASK) >> SERVE_FLAG_ORDER_SHIFT;
+  if (want > ORDER_SHARDS + 1)
+    CE_FAIL("the consumer asks for order %u (HELLO flags bits 1-2): expected 0 (any), 1 (exact) "
+            "or 2 (shards)", want);
   if (want && (int)want - 1 != s->plan.mode)
     CE_FAIL("the consumer asks for order %s, the producer serves order %s (coemu serve --order %s)",
             order_mode_name((int)want - 1), order_mode_name(s->plan.mode),

@@ -564,6 +564,8 @@ static void test_order_request(void) {
               "the consumer asks for order exact, the producer serves order shards (coemu serve "
               "--order exact)");
     CHECK_ERR(serve_chunk(ex, &want_shards, 0, 0, &ch), "asks for order shards, the producer serves order exact");
+    stream_consumer bad = {0, 1, 3u << SERVE_FLAG_ORDER_SHIFT};
+    CHECK_ERR(serve_chunk(ex, &bad, 0, 0, &ch), "asks for order 3 (HELLO flags bits 1-2)");
     serve_source *ok[3] = {sh, sh, ex};
     stream_consumer *cs[3] = {&want_shards, &any, &want_exact};
     for (int i = 0; i < 3; i++) {
