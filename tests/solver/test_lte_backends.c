@@ -193,7 +193,7 @@ static void backend_against_reference(lte_backend be, const lte_kernel *kern) {
                   "%s: cube %d alone differs from the batch", lte_backend_name(be), c);
       }
       /* the driver hands the same batch to this backend: the same bits */
-      double **drv = calloc(k->ncube, sizeof(double *));
+      double **drv = calloc((size_t)k->ncube, sizeof(double *));
       for (int c = 0; c < k->ncube; c++) drv[c] = dalloc(d.np);
       if (k->f32)
         for (int c = 0; c < k->ncube; c++)
@@ -294,6 +294,8 @@ static void test_backends(void) {
       char msg[512];
       snprintf(msg, sizeof msg, "%s", ce_err_msg());
       fprintf(stderr, "  %s: built, cannot run here: %s\n", k->name, msg);
+      /* scripts/gpu-check.sh: on the GPU machine the device must run */
+      CHECK_MSG(!getenv("COEMU_REQUIRE_DEVICE"), "COEMU_REQUIRE_DEVICE is set: %s", msg);
       CHECK_MSG(be != LTE_BACKEND_CPU && strstr(msg, k->name) && strstr(msg, "device"), "%s", msg);
       double v[4] = {0}, T[4] = {50, 50, 50, 50}, n[4] = {1e8, 1e8, 1e8, 1e8}, f = L.nu0, img[1];
       lte_options o = {.dx = 1e11, .backend = be};
