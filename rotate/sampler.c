@@ -2,7 +2,9 @@
 #include "rotate/sampler.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
 #include <immintrin.h>
 #define SAMPLER_AVX512 1 /* the hot loops in AVX-512; the portable ones give the same bits */
@@ -321,6 +323,38 @@ static int sample(const ce_model *m, const double q[4], const sampler_opts *o, f
   free(sums);
   free(trail.prev);
   free(trail.cur);
+  return 0;
+}
+
+int sampler_flatten(const ce_model *m, sampler_flat *F, int32_t **leaf_geo) {
+  if (m->nleaves > INT32_MAX / 8 || m->nnodes > INT32_MAX)
+    CE_FAIL("sampler: %lld leaves, too many for the flat model", (long long)m->nleaves);
+  int32_t *g = ce_malloc_array((size_t)m->nleaves, 4 * sizeof(int32_t), "leaf geometry");
+  if (!g) return -1;
+  for (int64_t i = 0; i < m->nleaves; i++) {
+    g[4 * i] = m->ids[i].level;
+    for (int d = 0; d < 3; d++) g[4 * i + 1 + d] = m->ids[i].ig[d];
+  }
+  *F = (sampler_flat){.levmax = m->levmax, .bshift = m->bshift, .ncell = m->ncell,
+                      .cells = m->cells, .root = m->root, .nodes = m->nodes, .leaf_geo = g};
+  for (int d = 0; d < 3; d++) {
+    F->ng[d] = m->ng[d], F->bnx[d] = m->bnx[d], F->xmin[d] = m->xmin[d];
+    F->inv_dxf[d] = m->inv_dxf[d], F->nfine[d] = m->nfine[d];
+  }
+  *leaf_geo = g;
+  return 0;
+}
+
+int sampler_geometry(const ce_model *m, const double q[4], const sampler_opts *o, sampler_geo *G) {
+  CE_TRY(sampler_check(m, o));
+  memset(G, 0, sizeof *G);
+  G->n = o->n, G->k = o->k, G->fill = o->fill_background, G->edge = o->edge;
+  G->r2 = o->ball_radius > 0 ? o->ball_radius * o->ball_radius : INFINITY;
+  dir_matrix(q, G->R);
+  model_centre(m, G->c);
+  G->bg[MODEL_N] = o->fill_background ? (model_real)o->bg_n : 0;
+  G->bg[MODEL_T] = o->fill_background ? (model_real)o->bg_T : 0;
+  G->inv = 1.0 / (o->k * o->k * o->k);
   return 0;
 }
 

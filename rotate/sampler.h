@@ -24,6 +24,7 @@
 #define COEMU_SAMPLER_H
 
 #include "rotate/model.h"
+#include "rotate/sampler_body.h"
 
 typedef struct {
   int n;              /* voxels per edge */
@@ -55,6 +56,14 @@ int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, flo
  * means. A background sub-sample takes bg_fields[e] (NULL: 0). v_los, T
  * and n_co are the bits sample_cube gives. */
 #define SAMPLER_MAX_EXTRA 8
+
+/* The sampler as per-thread bodies (rotate/sampler_body.h: what a device
+ * runs): the model as plain arrays, and one cube's geometry. sampler_flatten
+ * points F at m's arrays and at *leaf_geo, which it allocates (nleaves*4
+ * int32: level, ig; the caller frees it). sampler_geometry checks the
+ * options (sampler_check) and fills G for direction q. */
+int sampler_flatten(const ce_model *m, sampler_flat *F, int32_t **leaf_geo);
+int sampler_geometry(const ce_model *m, const double q[4], const sampler_opts *o, sampler_geo *G);
 int sample_cube_fields(const ce_model *m, const double q[4], const sampler_opts *o, float *v_los,
                        float *T, float *n_co, int nextra, const float *const *fields,
                        const float *bg_fields, float *const *out);
