@@ -64,6 +64,20 @@ int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, flo
  * options (sampler_check) and fills G for direction q. */
 int sampler_flatten(const ce_model *m, sampler_flat *F, int32_t **leaf_geo);
 int sampler_geometry(const ce_model *m, const double q[4], const sampler_opts *o, sampler_geo *G);
+
+/* The sampler on a CUDA device (rotate/sampler_cuda.cu, with CUDA built):
+ * open uploads m once (device `ordinal` modulo the devices present; desc
+ * may be NULL); sample gives ncube cubes at directions q[c] with the same
+ * bits as sample_cube (v_los, T, n_co only: no extra fields). Without a
+ * CUDA build or a device, open fails with a message saying which. m must
+ * outlive the handle. */
+typedef struct sampler_device sampler_device;
+int sampler_device_open(const ce_model *m, int ordinal, sampler_device **out, char *desc,
+                        size_t ndesc);
+int sampler_device_sample(sampler_device *s, int ncube, const double (*q)[4],
+                          const sampler_opts *o, float *const *v_los, float *const *T,
+                          float *const *n_co);
+void sampler_device_close(sampler_device *s);
 int sample_cube_fields(const ce_model *m, const double q[4], const sampler_opts *o, float *v_los,
                        float *T, float *n_co, int nextra, const float *const *fields,
                        const float *bg_fields, float *const *out);

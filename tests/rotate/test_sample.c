@@ -567,6 +567,57 @@ static void test_bodies(void) {
   CHECK(cases == 3 * 3 * 2 * 4 && same == cases);
 }
 
+/* The sampler on a CUDA device: the bits of sample_cube for a batch of
+ * directions where a device runs; elsewhere (CI) a clear error. With
+ * COEMU_REQUIRE_DEVICE set (scripts/gpu-check.sh) the device must run. */
+static void test_device_sampler(void) {
+  ce_model *m = load_agb();
+  if (!m) return;
+  sampler_device *d = NULL;
+  char desc[320] = "";
+  if (sampler_device_open(m, 0, &d, desc, sizeof desc) < 0) {
+    const char *e = ce_err_msg();
+    fprintf(stderr, "  device sampler: %s\n", e);
+    CHECK_MSG(strstr(e, "sampler device 'cuda'") &&
+                  (strstr(e, "no CUDA device") || strstr(e, "is not built into this coemu")),
+              "%s", e);
+    CHECK_MSG(!getenv("COEMU_REQUIRE_DEVICE"), "COEMU_REQUIRE_DEVICE is set: %s", e);
+    model_free(m);
+    return;
+  }
+  fprintf(stderr, "  device sampler: %s\n", desc);
+  enum { NB = 5 };
+  int cases = 0, same = 0;
+  for (int k = 1; k <= 3; k++)
+    for (int fill = 0; fill < 2; fill++) {
+      sampler_opts o;
+      sampler_defaults(&o);
+      double half = model_half_extent(m);
+      o.n = 24, o.k = k, o.ball_radius = half, o.edge = fill ? 1.9 * half : 1.1 * half;
+      o.fill_background = fill, o.bg_n = fill ? 3.0 : 0, o.bg_T = fill ? 20.0 : 0;
+      size_t N = (size_t)o.n * o.n * o.n;
+      double q[NB][4];
+      float *dv[NB], *dT[NB], *dn[NB], *cv = malloc(N * 4), *cT = malloc(N * 4), *cn = malloc(N * 4);
+      for (int c = 0; c < NB; c++) {
+        dir_quaternion(DIR_HAAR, 5, (uint32_t)k, (uint32_t)c, q[c]);
+        dv[c] = malloc(N * 4), dT[c] = malloc(N * 4), dn[c] = malloc(N * 4);
+      }
+      CHECK_OK(sampler_device_sample(d, NB, (const double(*)[4])q, &o, dv, dT, dn));
+      for (int c = 0; c < NB; c++) {
+        CHECK_OK(sample_cube(m, q[c], &o, cv, cT, cn));
+        int ok = !memcmp(cv, dv[c], N * 4) && !memcmp(cT, dT[c], N * 4) && !memcmp(cn, dn[c], N * 4);
+        CHECK_MSG(ok, "device sampler, k %d fill %d direction %d: differs from sample_cube", k,
+                  fill, c);
+        cases++, same += ok;
+        free(dv[c]), free(dT[c]), free(dn[c]);
+      }
+      free(cv), free(cT), free(cn);
+    }
+  fprintf(stderr, "  device sampler: %d of %d cubes bit-identical to sample_cube\n", same, cases);
+  sampler_device_close(d);
+  model_free(m);
+}
+
 int main(void) {
   data_dir = getenv("COEMU_TEST_DATA");
   if (!data_dir) data_dir = "tests/data";
@@ -578,5 +629,6 @@ int main(void) {
   RUN(test_compat_parent_fill);
   RUN(test_refusals);
   RUN(test_bodies);
+  RUN(test_device_sampler);
   return check_report();
 }
