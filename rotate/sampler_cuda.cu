@@ -97,6 +97,9 @@ static int open_dev(const sampler_flat *F, int64_t nleaves, int64_t nnodes, int6
   if (nodes)
     CU(cudaMemcpy(b + o2, F->nodes, nodes, cudaMemcpyHostToDevice), "cudaMemcpy (the model's tree)");
   CU(cudaMemcpy(b + o3, F->leaf_geo, geo, cudaMemcpyHostToDevice), "cudaMemcpy (the model's leaves)");
+  /* the copies above go through the legacy stream; the sampler's stream does
+   * not wait for them by itself */
+  CU(cudaDeviceSynchronize(), "cudaDeviceSynchronize (the model)");
   d->F = *F;
   d->F.cells = (const float *)b;
   d->F.root = (const int32_t *)(b + o1);

@@ -66,6 +66,7 @@ typedef struct {
 static struct {
   pthread_mutex_t lock;
   int device, count;    /* -1: not opened */
+  int ordinal;          /* what open was asked for: reopened with it after an error */
   char desc[320];
   slot s[NSLOT];
   /* the line's tables on the device, and the host copy they came from */
@@ -77,7 +78,7 @@ static struct {
   /* channels and background map of the current call */
   double *d_freqs;
   size_t freqs_cap;
-} st = {PTHREAD_MUTEX_INITIALIZER, -1, 0, "", {}, 0, NULL, NULL, NULL, NULL, NULL, 0};
+} st = {PTHREAD_MUTEX_INITIALIZER, -1, 0, 0, "", {}, 0, NULL, NULL, NULL, NULL, NULL, 0};
 
 static int cu_fail(const char *what, cudaError_t e) {
   return ce_err("solver backend 'cuda': %s: %s (%s)", what, cudaGetErrorString(e),
@@ -120,6 +121,7 @@ static int open_locked(int ordinal) {
                   cudaGetErrorString(e), cudaGetErrorName(e));
   if (count < 1)
     return ce_err("solver backend 'cuda' was asked for, but this host has no CUDA device");
+  st.ordinal = ordinal;
   int dev = (ordinal < 0 ? 0 : ordinal) % count;
   if (st.device == dev) return 0;
   drop_state();
@@ -306,7 +308,7 @@ static int slot_launch(slot *s, const sizes *z, const lte_kernel_model *Md,
 }
 
 static int solve_locked(const lte_kernel_model *M, const lte_kernel_batch *B) {
-  if (st.device < 0) CE_TRY(open_locked(0));
+  if (st.device < 0) CE_TRY(open_locked(st.ordinal));
   CU(cudaSetDevice(st.device), "cudaSetDevice");
   CE_TRY(upload_tables(M));
   /* channels, then the background map, in one small buffer */
@@ -324,6 +326,9 @@ static int solve_locked(const lte_kernel_model *M, const lte_kernel_batch *B) {
     CU(cudaMemcpy(st.d_freqs + B->nf, B->background_map, npix * B->nf * sizeof(double),
                   cudaMemcpyHostToDevice),
        "cudaMemcpy (background map)");
+  /* the copies above may still be in flight (pageable memory, the legacy
+   * stream): the streams below do not wait for them by themselves */
+  CU(cudaDeviceSynchronize(), "cudaDeviceSynchronize (tables and channels)");
   lte_kernel_model Md = *M;
   Md.neg_e_over_k = st.d_tab;
   Md.g = st.d_tab + M->nlev;

@@ -279,6 +279,22 @@ static void backend_bad_cells(lte_backend be, const lte_kernel *kern) {
             "v_z[0, 0, 0] = inf");
 }
 
+/* A device backend: a cube larger than the device's memory is refused with
+ * a message before any cell is read (the cells here are never touched). */
+static void backend_too_large(lte_backend be, const lte_kernel *kern) {
+  double dummy[1] = {0}, f = L.nu0, img[1];
+  const void *p = dummy;
+  double *pi = img;
+  lte_options o = {.dx = 1e11, .backend = be};
+  lte_kernel_model m;
+  lte_kernel_model_init(&m, &L, &o);
+  lte_kernel_batch b = {.ncube = 1, .nx = 1 << 16, .ny = 1 << 16, .nz = 1 << 12, .v = &p,
+                        .T = &p, .n = &p, .nf = 1, .freqs = &f, .image = &pi};
+  CHECK(kern->solve(&m, &b) == -1);
+  CHECK_MSG(strstr(ce_err_msg(), "on the device") && strstr(ce_err_msg(), "free"), "%s",
+            ce_err_msg());
+}
+
 static void test_backends(void) {
   int built = 0;
   for (int i = 0; i < LTE_BACKEND_COUNT; i++) {
@@ -306,6 +322,7 @@ static void test_backends(void) {
     backend_against_reference(be, k);
     backend_cold_cells(be, k);
     backend_bad_cells(be, k);
+    if (be != LTE_BACKEND_CPU) backend_too_large(be, k);
   }
   CHECK(built >= 1 && lte_kernel_get(LTE_BACKEND_CPU) == &lte_kernel_cpu);
   CHECK(!strcmp(lte_kernel_cpu.variant, lte_kernel_name()));
