@@ -244,6 +244,7 @@ static int fill(const char *name, const yt_node *r, job *j) {
   j->take_abs = schema_bool(r, "solver.abs");
   j->mass = schema_num(r, "solver.mass");
   j->corrected_taylor = schema_bool(r, "solver.corrected_taylor");
+  j->solver_device = !strcmp(schema_str(r, "solver.device"), "cuda") ? LTE_BACKEND_CUDA : LTE_BACKEND_CPU;
 
   DUP(j->out_dir, strdup(schema_str(r, "output.directory")));
   j->samples_per_shard = schema_int(r, "output.samples_per_shard");

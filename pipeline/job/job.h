@@ -91,6 +91,7 @@ typedef struct {
   /* solver */
   double vturb, background, mass;
   int take_abs, corrected_taylor;
+  int solver_device;     /* solver.device: an lte_backend (LTE_BACKEND_CPU, LTE_BACKEND_CUDA) */
 
   /* output */
   char *out_dir;
