@@ -17,6 +17,7 @@
 #include "common/checksum.h"
 #include "common/error.h"
 #include "common/fsutil.h"
+#include "common/progress.h"
 #include "pipeline/dataset/h5util.h"
 
 const char *const shard_set_names[SHARD_NSETS] = {"inputs", "targets", "model_id",
@@ -129,6 +130,17 @@ uint32_t shard_crc32(uint32_t crc, const void *data, size_t len) {
   return (uint32_t)crc32_z(crc, p, len);
 }
 
+/* seconds spent by this process's writers (shard_times_get); fsync_s is
+ * also written by the committer thread, under commit_mu */
+static shard_times g_times;
+static pthread_mutex_t times_mu = PTHREAD_MUTEX_INITIALIZER;
+
+void shard_times_get(shard_times *t) {
+  pthread_mutex_lock(&times_mu);
+  *t = g_times;
+  pthread_mutex_unlock(&times_mu);
+}
+
 uint64_t shard_row_hash(const float *row, size_t count) {
   return ce_xxh64(row, count * sizeof *row, 0); /* float32 in memory: little-endian on our hosts */
 }
@@ -158,8 +170,19 @@ static void free_writer(shard_writer *w) {
   free(w);
 }
 
+static int shard_open_impl(shard_writer **out, const char *path, const shard_layout *lay,
+                           int64_t first, int64_t count);
+
 int shard_open(shard_writer **out, const char *path, const shard_layout *lay, int64_t first,
                int64_t count) {
+  double t0 = ce_now();
+  int rc = shard_open_impl(out, path, lay, first, count);
+  g_times.write_s += ce_now() - t0;
+  return rc;
+}
+
+static int shard_open_impl(shard_writer **out, const char *path, const shard_layout *lay,
+                           int64_t first, int64_t count) {
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
   *out = NULL;
   shard_writer *w = calloc(1, sizeof *w);
@@ -190,7 +213,12 @@ int shard_open(shard_writer **out, const char *path, const shard_layout *lay, in
    * error when a reader opens the shard, not a crash inside HDF5 */
   hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
   H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_LATEST);
-  w->file = H5Fcreate(w->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+  /* no timestamps in the root group's header either (the datasets have
+   * none, h5_dcpl): a shard's bytes depend on the job and its range only */
+  hid_t fcpl = H5Pcreate(H5P_FILE_CREATE);
+  H5Pset_obj_track_times(fcpl, 0);
+  w->file = H5Fcreate(w->tmp, H5F_ACC_TRUNC, fcpl, fapl);
+  H5Pclose(fcpl);
   H5Pclose(fapl);
   if (w->file < 0) {
     h5fail(w->path, "creating the file");
@@ -236,17 +264,26 @@ int shard_put(shard_writer *w, const float *inputs, const float *targets, int64_
               int64_t direction_index, const double quat[4], uint8_t split, uint8_t valid) {
   if (w->next >= w->count) CE_BUG("shard_put past the end of %s", w->path);
   int64_t i = w->next;
-  size_t n = (size_t)w->lay.n;
-  errno = 0;
+  size_t n = (size_t)w->lay.n, nin = 3 * n * n * n, ntg = (size_t)w->lay.nf * n * n;
+  double t0 = ce_now();
   if (w->lay.store_inputs) {
-    if (write_row(w->inputs, i, inputs) < 0) return h5fail(w->path, "writing /inputs");
-    w->crc[SHARD_INPUTS] = shard_crc32(w->crc[SHARD_INPUTS], inputs, 3 * n * n * n * sizeof(float));
+    w->crc[SHARD_INPUTS] = shard_crc32(w->crc[SHARD_INPUTS], inputs, nin * sizeof(float));
+    w->rowsum[2 * i] = shard_row_hash(inputs, nin);
+  } else {
+    w->rowsum[2 * i] = 0;
   }
-  if (write_row(w->targets, i, targets) < 0) return h5fail(w->path, "writing /targets");
-  w->crc[SHARD_TARGETS] = shard_crc32(w->crc[SHARD_TARGETS], targets,
-                                      (size_t)w->lay.nf * n * n * sizeof(float));
-  w->rowsum[2 * i] = w->lay.store_inputs ? shard_row_hash(inputs, 3 * n * n * n) : 0;
-  w->rowsum[2 * i + 1] = shard_row_hash(targets, (size_t)w->lay.nf * n * n);
+  w->crc[SHARD_TARGETS] = shard_crc32(w->crc[SHARD_TARGETS], targets, ntg * sizeof(float));
+  w->rowsum[2 * i + 1] = shard_row_hash(targets, ntg);
+  double t1 = ce_now();
+  g_times.hash_s += t1 - t0;
+  errno = 0;
+  int rc = 0;
+  if (w->lay.store_inputs && write_row(w->inputs, i, inputs) < 0)
+    rc = h5fail(w->path, "writing /inputs");
+  else if (write_row(w->targets, i, targets) < 0)
+    rc = h5fail(w->path, "writing /targets");
+  g_times.write_s += ce_now() - t1;
+  if (rc < 0) return rc;
   w->model[i] = model;
   w->dirix[i] = direction_index;
   memcpy(w->quat + 4 * i, quat, 4 * sizeof *quat);
@@ -326,11 +363,17 @@ static int shard_close_impl(shard_writer *w, int commit, shard_sums *sums, int a
 }
 
 int shard_close(shard_writer *w, int commit, shard_sums *sums) {
-  return shard_close_impl(w, commit, sums, 0);
+  double t0 = ce_now();
+  int rc = shard_close_impl(w, commit, sums, 0);
+  g_times.write_s += ce_now() - t0; /* the fsync too, here */
+  return rc;
 }
 
 int shard_close_async(shard_writer *w, shard_sums *sums) {
-  return shard_close_impl(w, 1, sums, 1);
+  double t0 = ce_now();
+  int rc = shard_close_impl(w, 1, sums, 1);
+  g_times.write_s += ce_now() - t0;
+  return rc;
 }
 
 /* The committer: one background thread per process doing fsync + rename of
@@ -357,8 +400,12 @@ static void *commit_loop(void *arg) {
     if (!commit_head) commit_tail = NULL;
     commit_busy = 1;
     pthread_mutex_unlock(&commit_mu);
+    double t0 = ce_now();
     int rc = fs_rename_durable(j->tmp, j->path);
     if (rc < 0) unlink(j->tmp);
+    pthread_mutex_lock(&times_mu);
+    g_times.fsync_s += ce_now() - t0;
+    pthread_mutex_unlock(&times_mu);
     pthread_mutex_lock(&commit_mu);
     if (rc < 0 && !commit_failed) {
       commit_failed = 1;

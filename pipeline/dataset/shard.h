@@ -80,6 +80,17 @@ int shard_close_async(shard_writer *w, shard_sums *sums);
  * error (naming the shard) if any of their fsync/rename failed. */
 int shard_commits_wait(void);
 
+/* Seconds this process has spent writing shards: hash_s hashing the
+ * sample rows (CRC-32 and XXH64, in shard_put), write_s in HDF5 (creating,
+ * writing rows and metadata, closing; with shard_close also its fsync), and
+ * fsync_s in the committer thread's fsync + rename (overlapped with the
+ * caller's work; shard_commits_wait's wait is the caller's). */
+typedef struct {
+  double hash_s, write_s, fsync_s;
+} shard_times;
+
+void shard_times_get(shard_times *t);
+
 /* Check a finished shard: its layout and job fingerprint match `lay`, and
  * the CRC-32 recomputed from every dataset's data equals the stored one.
  * Fills sums. Errors name the file and the dataset. */
