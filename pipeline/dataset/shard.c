@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <zlib.h>
 #if defined(__PCLMUL__) && defined(__SSE4_1__)
@@ -135,6 +136,14 @@ uint32_t shard_crc32(uint32_t crc, const void *data, size_t len) {
 static shard_times g_times;
 static pthread_mutex_t times_mu = PTHREAD_MUTEX_INITIALIZER;
 
+/* CPU seconds of the calling thread (user + system: a write's copy into
+ * the page cache counts) */
+static double thread_cpu(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
 void shard_times_get(shard_times *t) {
   pthread_mutex_lock(&times_mu);
   *t = g_times;
@@ -175,9 +184,10 @@ static int shard_open_impl(shard_writer **out, const char *path, const shard_lay
 
 int shard_open(shard_writer **out, const char *path, const shard_layout *lay, int64_t first,
                int64_t count) {
-  double t0 = ce_now();
+  double t0 = ce_now(), c0 = thread_cpu();
   int rc = shard_open_impl(out, path, lay, first, count);
   g_times.write_s += ce_now() - t0;
+  g_times.write_cpu_s += thread_cpu() - c0;
   return rc;
 }
 
@@ -265,7 +275,7 @@ int shard_put(shard_writer *w, const float *inputs, const float *targets, int64_
   if (w->next >= w->count) CE_BUG("shard_put past the end of %s", w->path);
   int64_t i = w->next;
   size_t n = (size_t)w->lay.n, nin = 3 * n * n * n, ntg = (size_t)w->lay.nf * n * n;
-  double t0 = ce_now();
+  double t0 = ce_now(), c0 = thread_cpu();
   if (w->lay.store_inputs) {
     w->crc[SHARD_INPUTS] = shard_crc32(w->crc[SHARD_INPUTS], inputs, nin * sizeof(float));
     w->rowsum[2 * i] = shard_row_hash(inputs, nin);
@@ -274,8 +284,9 @@ int shard_put(shard_writer *w, const float *inputs, const float *targets, int64_
   }
   w->crc[SHARD_TARGETS] = shard_crc32(w->crc[SHARD_TARGETS], targets, ntg * sizeof(float));
   w->rowsum[2 * i + 1] = shard_row_hash(targets, ntg);
-  double t1 = ce_now();
+  double t1 = ce_now(), c1 = thread_cpu();
   g_times.hash_s += t1 - t0;
+  g_times.hash_cpu_s += c1 - c0;
   errno = 0;
   int rc = 0;
   if (w->lay.store_inputs && write_row(w->inputs, i, inputs) < 0)
@@ -283,6 +294,7 @@ int shard_put(shard_writer *w, const float *inputs, const float *targets, int64_
   else if (write_row(w->targets, i, targets) < 0)
     rc = h5fail(w->path, "writing /targets");
   g_times.write_s += ce_now() - t1;
+  g_times.write_cpu_s += thread_cpu() - c1;
   if (rc < 0) return rc;
   w->model[i] = model;
   w->dirix[i] = direction_index;
@@ -363,16 +375,18 @@ static int shard_close_impl(shard_writer *w, int commit, shard_sums *sums, int a
 }
 
 int shard_close(shard_writer *w, int commit, shard_sums *sums) {
-  double t0 = ce_now();
+  double t0 = ce_now(), c0 = thread_cpu();
   int rc = shard_close_impl(w, commit, sums, 0);
-  g_times.write_s += ce_now() - t0; /* the fsync too, here */
+  g_times.write_s += ce_now() - t0;
+  g_times.write_cpu_s += thread_cpu() - c0; /* the fsync too, here */
   return rc;
 }
 
 int shard_close_async(shard_writer *w, shard_sums *sums) {
-  double t0 = ce_now();
+  double t0 = ce_now(), c0 = thread_cpu();
   int rc = shard_close_impl(w, 1, sums, 1);
   g_times.write_s += ce_now() - t0;
+  g_times.write_cpu_s += thread_cpu() - c0;
   return rc;
 }
 

@@ -84,9 +84,12 @@ int shard_commits_wait(void);
  * sample rows (CRC-32 and XXH64, in shard_put), write_s in HDF5 (creating,
  * writing rows and metadata, closing; with shard_close also its fsync), and
  * fsync_s in the committer thread's fsync + rename (overlapped with the
- * caller's work; shard_commits_wait's wait is the caller's). */
+ * caller's work; shard_commits_wait's wait is the caller's). hash_cpu_s and
+ * write_cpu_s are the CPU seconds (user + system) of the same steps, which
+ * a loaded machine does not inflate. */
 typedef struct {
   double hash_s, write_s, fsync_s;
+  double hash_cpu_s, write_cpu_s;
 } shard_times;
 
 void shard_times_get(shard_times *t);

@@ -13,6 +13,7 @@
 #include <ftw.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "common/cli.h"
 #include "common/error.h"
@@ -176,7 +177,14 @@ static int take_over_failed_start(const char *dir, const job *j) {
  * inside the producer, checking shards an earlier run left, and asking for
  * work / waiting for the other ranks; shard.c counts hashing, HDF5 writes
  * and fsync (shard_times). */
-static double g_produce_s, g_resume_s, g_coord_s;
+static double g_produce_s, g_resume_s, g_coord_s, g_produce_cpu_s;
+
+/* CPU seconds of the whole process (the producer's OpenMP threads too) */
+static double process_cpu(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
 
 /* ---- wall-time limits: SIGTERM / SIGINT / SIGUSR1 ----
  * SIGUSR1 asks to finish the shard being made and stop; SIGTERM and SIGINT
@@ -238,9 +246,10 @@ static int64_t do_shard(const job *j, const shard_layout *lay, const char *out, 
     double q[4] = {1, 0, 0, 0};
     uint8_t valid = 1;
     ce_err_clear();
-    double t0 = ce_now();
+    double t0 = ce_now(), c0 = process_cpu();
     int prc = p->sample(p->ctx, model, dir, in, tg, q);
     g_produce_s += ce_now() - t0;
+    g_produce_cpu_s += process_cpu() - c0;
     if (prc < 0) {
       char msg[1400];
       snprintf(msg, sizeof msg, "model %lld (%s), direction %lld: %s", (long long)model,
@@ -271,7 +280,8 @@ static int64_t do_shard(const job *j, const shard_layout *lay, const char *out, 
 
 /* The end-of-run breakdown of rank time, summed over the ranks (docs/jobs.md,
  * "Where the time goes"): b = {rank, produce, hash, write, commit wait,
- * resume checks, coordination, background fsync}. */
+ * resume checks, coordination, background fsync} in wall seconds, then
+ * {produce, hash, write} in CPU seconds. */
 static void print_breakdown(const char *cmd, const double *b, int ranks, int64_t samples) {
   double T = b[0] > 0 ? b[0] : 1, other = b[0];
   for (int k = 1; k < 7; k++) other -= b[k];
@@ -284,6 +294,12 @@ static void print_breakdown(const char *cmd, const double *b, int ranks, int64_t
           cmd, b[0], ranks, b[0] > 0 ? samples * ranks / b[0] : 0.0, b[1], 100 * b[1] / T, b[2],
           100 * b[2] / T, b[3], 100 * b[3] / T, b[4], 100 * b[4] / T, b[5], 100 * b[5] / T, b[6],
           100 * b[6] / T, other, 100 * other / T, 100 * (1 - b[1] / T), b[7]);
+  double cpu = b[8] + b[9] + b[10];
+  if (cpu > 0)
+    fprintf(stderr, "coemu %s: CPU time: produce %.2f s, hash %.2f s, write %.2f s: %.1f%% of "
+                    "the CPU outside the producer (what waiting for a loaded machine's cores "
+                    "does not inflate)\n",
+            cmd, b[8], b[9], b[10], 100 * (b[9] + b[10]) / cpu);
 }
 
 int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open) {
@@ -468,10 +484,10 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   shard_times_get(&st);
   /* rank time = produce + hash + write + commit wait + resume checks +
    * coordination + other (the loop's own bookkeeping) */
-  double bd[8] = {t_rank, g_produce_s, st.hash_s, st.write_s, t_commit, g_resume_s, g_coord_s,
-                  st.fsync_s},
-         bd_sum[8];
-  MPI_Reduce(bd, bd_sum, 8, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
+  double bd[11] = {t_rank, g_produce_s, st.hash_s, st.write_s, t_commit, g_resume_s, g_coord_s,
+                   st.fsync_s, g_produce_cpu_s, st.hash_cpu_s, st.write_cpu_s},
+         bd_sum[11];
+  MPI_Reduce(bd, bd_sum, 11, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
   int frc = 0;
   if (g_rank == 0) {
     ce_progress_done(&prog, N);
