@@ -15,7 +15,10 @@
  * job and its sample range, never on which rank wrote it.
  *
  * The file is written as PATH.tmp.<pid> and renamed to PATH after a flush,
- * so a file named PATH is always complete.
+ * so a file named PATH is always complete. Stored as float32 without gzip,
+ * /inputs' chunks are allocated when the shard is created (4 KiB-aligned)
+ * and its rows written into them by a background thread (shard_row_buffer);
+ * shard_close waits for them before it flushes.
  */
 #ifndef COEMU_SHARD_H
 #define COEMU_SHARD_H
@@ -59,6 +62,16 @@ uint64_t shard_row_hash(const float *row, size_t count);
 int shard_open(shard_writer **w, const char *path, const shard_layout *lay, int64_t first,
                int64_t count);
 
+/* A buffer for the next sample's inputs (3 n^3 floats when nfloats = 3 n^3),
+ * aligned for direct I/O, from a small pool of this process: shard_put
+ * hands a row in such a buffer to a background writer, which writes it
+ * straight into its chunk of /inputs (O_DIRECT where the file system takes
+ * it) while the caller produces the next sample; the buffer is reused once
+ * written. Blocks while every buffer is still being written. NULL with the
+ * message when out of memory. Use the returned buffer for one shard_put;
+ * rows in other memory are written synchronously. */
+float *shard_row_buffer(size_t nfloats);
+
 /* Append the next sample (calls must come in sample order). inputs: 3*n^3
  * floats (ignored when not stored), targets: nf*n^2 floats. */
 int shard_put(shard_writer *w, const float *inputs, const float *targets, int64_t model,
@@ -90,6 +103,7 @@ int shard_commits_wait(void);
 typedef struct {
   double hash_s, write_s, fsync_s;
   double hash_cpu_s, write_cpu_s;
+  double rows_s, rows_cpu_s; /* the row writer thread writing /inputs rows (overlapped) */
 } shard_times;
 
 void shard_times_get(shard_times *t);

@@ -246,8 +246,17 @@ static int64_t do_shard(const job *j, const shard_layout *lay, const char *out, 
     double q[4] = {1, 0, 0, 0};
     uint8_t valid = 1;
     ce_err_clear();
+    /* with stored inputs, the sample is made in a buffer of the shard row
+     * writer's, which writes it while the next one is made */
+    float *row = j->store_inputs ? shard_row_buffer(nin) : in;
+    if (!row) {
+      char msg[1100];
+      snprintf(msg, sizeof msg, "%s", ce_err_msg());
+      shard_close(w, 0, NULL);
+      CE_FAIL("%s", msg);
+    }
     double t0 = ce_now(), c0 = process_cpu();
-    int prc = p->sample(p->ctx, model, dir, in, tg, q);
+    int prc = p->sample(p->ctx, model, dir, row, tg, q);
     g_produce_s += ce_now() - t0;
     g_produce_cpu_s += process_cpu() - c0;
     if (prc < 0) {
@@ -260,12 +269,12 @@ static int64_t do_shard(const job *j, const shard_layout *lay, const char *out, 
       }
       fprintf(stderr, "coemu %s: rank %d: warning: %s; sample skipped (valid = 0)\n", g_cmd,
               g_rank, msg);
-      memset(in, 0, nin * sizeof *in);
+      memset(row, 0, nin * sizeof *row);
       memset(tg, 0, ntg * sizeof *tg);
       memset(q, 0, sizeof q);
       valid = 0;
     }
-    if (shard_put(w, in, tg, model, dir, q, msplit[model], valid) < 0) {
+    if (shard_put(w, row, tg, model, dir, q, msplit[model], valid) < 0) {
       char msg[1100];
       snprintf(msg, sizeof msg, "%s", ce_err_msg());
       shard_close(w, 0, NULL);
@@ -281,7 +290,8 @@ static int64_t do_shard(const job *j, const shard_layout *lay, const char *out, 
 /* The end-of-run breakdown of rank time, summed over the ranks (docs/jobs.md,
  * "Where the time goes"): b = {rank, produce, hash, write, commit wait,
  * resume checks, coordination, background fsync} in wall seconds, then
- * {produce, hash, write} in CPU seconds. */
+ * {produce, hash, write} in CPU seconds, then the row writer's wall and CPU
+ * seconds. */
 static void print_breakdown(const char *cmd, const double *b, int ranks, int64_t samples) {
   double T = b[0] > 0 ? b[0] : 1, other = b[0];
   for (int k = 1; k < 7; k++) other -= b[k];
@@ -289,17 +299,17 @@ static void print_breakdown(const char *cmd, const double *b, int ranks, int64_t
   fprintf(stderr, "coemu %s: rank time %.2f s (%d ranks, %.1f samples/s): produce %.2f s "
                   "(%.1f%%), hash %.2f s (%.1f%%), write %.2f s (%.1f%%), fsync wait %.2f s "
                   "(%.1f%%), resume checks %.2f s (%.1f%%), coordination %.2f s (%.1f%%), "
-                  "other %.2f s (%.1f%%); %.1f%% outside the producer; fsync in the "
-                  "background %.2f s\n",
+                  "other %.2f s (%.1f%%); %.1f%% outside the producer; in the background: "
+                  "input rows written %.2f s, fsync %.2f s\n",
           cmd, b[0], ranks, b[0] > 0 ? samples * ranks / b[0] : 0.0, b[1], 100 * b[1] / T, b[2],
           100 * b[2] / T, b[3], 100 * b[3] / T, b[4], 100 * b[4] / T, b[5], 100 * b[5] / T, b[6],
-          100 * b[6] / T, other, 100 * other / T, 100 * (1 - b[1] / T), b[7]);
-  double cpu = b[8] + b[9] + b[10];
+          100 * b[6] / T, other, 100 * other / T, 100 * (1 - b[1] / T), b[11], b[7]);
+  double cpu = b[8] + b[9] + b[10] + b[12];
   if (cpu > 0)
-    fprintf(stderr, "coemu %s: CPU time: produce %.2f s, hash %.2f s, write %.2f s: %.1f%% of "
-                    "the CPU outside the producer (what waiting for a loaded machine's cores "
-                    "does not inflate)\n",
-            cmd, b[8], b[9], b[10], 100 * (b[9] + b[10]) / cpu);
+    fprintf(stderr, "coemu %s: CPU time: produce %.2f s, hash %.2f s, write %.2f s, input rows "
+                    "%.2f s: %.1f%% of the CPU outside the producer (what waiting for a loaded "
+                    "machine's cores does not inflate)\n",
+            cmd, b[8], b[9], b[10], b[12], 100 * (b[9] + b[10] + b[12]) / cpu);
 }
 
 int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open) {
@@ -315,7 +325,10 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   const cli_command spec = {
       cmd, "[JOB.yaml] [options]   (under mpirun for several ranks)",
       "Make a dataset: run a job file (default: the embedded demo job) over all MPI ranks into a "
-      "directory of HDF5 shards, a manifest and dataset.h5; rerun the same command to resume.",
+      "directory of HDF5 shards, a manifest and dataset.h5; rerun the same command to resume. "
+      "SIGUSR1 finishes the shards being made and stops, SIGTERM/SIGINT abandon them and stop: "
+      "exit status 3, rerun to resume (docs/jobs.md, \"Wall-time limits\"). Prints where the "
+      "ranks' time went at the end.",
       opts, 0, 1};
   int npos = 0;
   char **pos = NULL;
@@ -484,10 +497,11 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   shard_times_get(&st);
   /* rank time = produce + hash + write + commit wait + resume checks +
    * coordination + other (the loop's own bookkeeping) */
-  double bd[11] = {t_rank, g_produce_s, st.hash_s, st.write_s, t_commit, g_resume_s, g_coord_s,
-                   st.fsync_s, g_produce_cpu_s, st.hash_cpu_s, st.write_cpu_s},
-         bd_sum[11];
-  MPI_Reduce(bd, bd_sum, 11, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
+  double bd[13] = {t_rank, g_produce_s, st.hash_s, st.write_s, t_commit, g_resume_s, g_coord_s,
+                   st.fsync_s, g_produce_cpu_s, st.hash_cpu_s, st.write_cpu_s, st.rows_s,
+                   st.rows_cpu_s},
+         bd_sum[13];
+  MPI_Reduce(bd, bd_sum, 13, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
   int frc = 0;
   if (g_rank == 0) {
     ce_progress_done(&prog, N);
