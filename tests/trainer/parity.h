@@ -47,6 +47,7 @@
 
 #include "common/error.h"
 #include "common/rng.h"
+#include "trainer/checkpoint.h"
 #include "trainer/coemunet.h"
 #include "trainer/nn.h"
 #include "trainer/optim.h"
@@ -1085,6 +1086,81 @@ static int par_step(const nn_backend *be, const par_step_ref *R, par_mismatch *m
     if (!(*par_metric(mm, q) <= PAR_FLOOR_FACTOR * *par_metric(&f, q))) *within = 0;
   par_rec_free(&s);
   return 0;
+}
+
+/* ---- checkpoints across backends --------------------------------------- */
+
+/* A model trained one step on backend `from` and saved to path, loaded into a
+ * model on backend `to` (built from another seed): every parameter, buffer,
+ * Adam moment and the step count arrive bit for bit (checkpoints go through
+ * downloads and uploads only, backend.h), and the checkpoint `to` saves back
+ * is the same file, byte for byte (path2). Returns the differing values
+ * (0: interchangeable), or -1 with an error. control: the negative control,
+ * no load (b keeps its own weights): the comparison must then find them. */
+static long par_checkpoint(const nn_backend *from, const nn_backend *to, const char *path,
+                           const char *path2, int control) {
+  coemunet a, b;
+  adam oa, ob;
+  trainer tr;
+  memset(&oa, 0, sizeof oa);
+  memset(&ob, 0, sizeof ob);
+  memset(&tr, 0, sizeof tr);
+  const size_t nx = (size_t)PAR_B * 3 * PAR_CFG.grid * PAR_CFG.grid * PAR_CFG.grid;
+  const size_t nt = (size_t)PAR_B * PAR_CFG.nfreq * PAR_CFG.grid * PAR_CFG.grid;
+  float *x = (float *)malloc(sizeof(float) * nx), *t = (float *)malloc(sizeof(float) * nt);
+  par_batch(&PAR_CFG, PAR_B, 1, x, t);
+  adam_config ac = {ADAMW, 2e-3, 0.9, 0.999, 1e-8, 0.01};
+  train_state st = {11, 1, 0, {2e-3, 0.5, 2}}, st2;
+  loss_value lv;
+  long diff = -1;
+  int built_b = 0;
+  int rc = coemunet_build_on(&a, &PAR_CFG, 11, from);
+  if (rc == 0) rc = nn_set_batch(&a.net, PAR_B);
+  if (rc == 0) rc = adam_init(&oa, &a.net, &ac);
+  if (rc == 0) rc = trainer_init(&tr, &a, &oa);
+  if (rc == 0) rc = trainer_step(&tr, x, t, 2e-3, &lv);
+  if (rc == 0) rc = checkpoint_save(path, &a, &oa, &st);
+  if (rc == 0) rc = coemunet_build_on(&b, &PAR_CFG, 99, to);
+  if (rc == 0) built_b = 1;
+  if (rc == 0) rc = adam_init(&ob, &b.net, &ac);
+  st2 = st;
+  if (rc == 0 && !control) rc = checkpoint_load(path, &b, &ob, &st2);
+  if (rc == 0) rc = checkpoint_save(path2, &b, &ob, &st2);
+  if (rc == 0) {
+    diff = oa.t != ob.t;
+    for (int i = 0; i < a.net.nparams; i++) {
+      const size_t n = (size_t)a.net.params[i].n;
+      const float *pa[3] = {a.net.params[i].w, adam_has_state(&oa, i) ? oa.m[i] : NULL,
+                            adam_has_state(&oa, i) ? oa.v[i] : NULL};
+      const float *pb[3] = {b.net.params[i].w, adam_has_state(&ob, i) ? ob.m[i] : NULL,
+                            adam_has_state(&ob, i) ? ob.v[i] : NULL};
+      for (int k = 0; k < 3; k++) {
+        if (!pa[k] || !pb[k]) {
+          diff += pa[k] != pb[k];
+          continue;
+        }
+        float *u = par_down(&a.net, pa[k], n), *v = par_down(&b.net, pb[k], n);
+        for (size_t j = 0; j < n; j++) diff += memcmp(&u[j], &v[j], sizeof(float)) != 0;
+        free(u);
+        free(v);
+      }
+    }
+    FILE *f = fopen(path, "rb"), *g = fopen(path2, "rb");
+    int ca = 0, cb = 0;
+    while (f && g && (ca = fgetc(f)) == (cb = fgetc(g)) && ca != EOF) {
+    }
+    if (!f || !g || ca != cb) diff++;
+    if (f) fclose(f);
+    if (g) fclose(g);
+  }
+  trainer_free(&tr);
+  adam_free(&oa);
+  adam_free(&ob);
+  coemunet_free(&a);
+  if (built_b) coemunet_free(&b);
+  free(x);
+  free(t);
+  return rc < 0 ? -1 : diff;
 }
 
 #endif

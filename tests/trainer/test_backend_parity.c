@@ -114,6 +114,25 @@ static void test_broken_step_fails(void) {
   broken_mode = 0;
 }
 
+/* Checkpoints through the table: saved on one backend, loaded on another,
+ * bit for bit (here the CPU backend and the guard-free copy of its table,
+ * "broken" with no fault: two tables, one arithmetic). */
+static void test_checkpoint_between_tables(void) {
+  const char *dir = check_scratch("parity");
+  char p1[1100], p2[1100];
+  snprintf(p1, sizeof p1, "%s/a.ckpt", dir);
+  snprintf(p2, sizeof p2, "%s/b.ckpt", dir);
+  broken_mode = 0;
+  long d = par_checkpoint(&nn_backend_cpu, &broken_backend, p1, p2, 0);
+  CHECK_MSG(d == 0, "cpu -> second table: %ld values differ (%s)", d, d < 0 ? ce_err_msg() : "");
+  d = par_checkpoint(&broken_backend, &nn_backend_cpu, p1, p2, 0);
+  CHECK_MSG(d == 0, "second table -> cpu: %ld values differ (%s)", d, d < 0 ? ce_err_msg() : "");
+  /* the comparison can fail: without the load it finds the other weights */
+  d = par_checkpoint(&nn_backend_cpu, &broken_backend, p1, p2, 1);
+  CHECK_MSG(d > 1000, "the negative control (no load) found only %ld differing values", d);
+  check_scratch_remove();
+}
+
 static void test_cuda(void) {
   const nn_backend *be = nn_backend_by_name("cuda");
   if (!be) {
@@ -142,6 +161,16 @@ static void test_cuda(void) {
             PAR_FLOOR_FACTOR * REF.floor.update, PAR_FLOOR_FACTOR * REF.floor.stats);
     CHECK_MSG(within, "the CUDA training step lies outside %g x the noise floor", PAR_FLOOR_FACTOR);
   }
+  /* checkpoints: trained on the GPU, read on the CPU, and back */
+  const char *dir = check_scratch("parity_cuda");
+  char p1[1100], p2[1100];
+  snprintf(p1, sizeof p1, "%s/a.ckpt", dir);
+  snprintf(p2, sizeof p2, "%s/b.ckpt", dir);
+  long d = par_checkpoint(be, &nn_backend_cpu, p1, p2, 0);
+  CHECK_MSG(d == 0, "cuda -> cpu checkpoint: %ld values differ (%s)", d, d < 0 ? ce_err_msg() : "");
+  d = par_checkpoint(&nn_backend_cpu, be, p1, p2, 0);
+  CHECK_MSG(d == 0, "cpu -> cuda checkpoint: %ld values differ (%s)", d, d < 0 ? ce_err_msg() : "");
+  check_scratch_remove();
   nn_backend_finish(be);
 }
 
@@ -159,6 +188,7 @@ int main(void) {
   RUN(test_broken_layers_fail);
   RUN(test_cpu_step);
   RUN(test_broken_step_fails);
+  RUN(test_checkpoint_between_tables);
   RUN(test_cuda);
   par_step_reference_free(&REF);
   nn_backend_finish(&broken_backend);

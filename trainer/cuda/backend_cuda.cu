@@ -135,6 +135,8 @@ static unsigned grid_for(long n) {
 extern "C" int nn_cuda_set_tf32(int on) {
   if (on != 0 && on != 1) return ce_err("cuda backend: tf32 = %d, expected 0 or 1", on);
   S.tf32 = on;
+  if (S.blas) /* convolutions pick it up in their plans (keyed by the mode) */
+    CUBLAS_CHECK(cublasSetMathMode(S.blas, on ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
   return 0;
 }
 
@@ -233,7 +235,7 @@ static int open_device(void) {
   CUBLAS_CHECK(cublasSetStream(S.blas, S.stream));
   CUBLAS_CHECK(cublasSetPointerMode(S.blas, CUBLAS_POINTER_MODE_HOST));
   CUBLAS_CHECK(cublasSetMathMode(S.blas, S.tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
-                                                : CUBLAS_PEDANTIC_MATH));
+                                                : CUBLAS_DEFAULT_MATH));
   const char *algos = getenv("COEMU_CUDNN_ALGOS");
   if (algos && *algos && strcmp(algos, "any") && strcmp(algos, "sums"))
     return ce_err("COEMU_CUDNN_ALGOS = '%s': expected any or sums", algos);
