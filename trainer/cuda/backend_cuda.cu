@@ -212,6 +212,8 @@ static int open_device(void) {
   if (e != cudaSuccess)
     return ce_err("no usable CUDA device: cudaGetDeviceCount: %s", cudaGetErrorString(e));
   if (count < 1) return ce_err("no CUDA device on this machine");
+  /* one GPU per rank: COEMU_CUDA_DEVICE, else the node-local rank the MPI
+     launcher exports (Open MPI, MPICH, Slurm) modulo the devices */
   int dev = 0;
   const char *env = getenv("COEMU_CUDA_DEVICE");
   if (env && *env) {
@@ -220,6 +222,18 @@ static int open_device(void) {
     if (*end || v < 0 || v >= count)
       return ce_err("COEMU_CUDA_DEVICE = '%s': expected a device index 0..%d", env, count - 1);
     dev = (int)v;
+  } else {
+    static const char *const local[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID",
+                                        "SLURM_LOCALID", "PMI_LOCAL_RANK"};
+    for (int i = 0; i < 4; i++) {
+      const char *v = getenv(local[i]);
+      char *end;
+      long r = v && *v ? strtol(v, &end, 10) : -1;
+      if (r >= 0 && v && !*end) {
+        dev = (int)(r % count);
+        break;
+      }
+    }
   }
   CUDA_CHECK(cudaSetDevice(dev));
   cudaDeviceProp prop;
