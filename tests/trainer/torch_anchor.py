@@ -14,7 +14,9 @@ one GPU, in the same run as coemu's CUDA backend:
     fixed batch per step in each precision, and its largest relative
     distance from the float32 curve (the measured effect of TF32 / bf16).
 
-Each figure is the mean of --iters timed iterations after 3 warm-ups, with
+Each step copies its batch from host memory to the GPU, as coemu's
+trainer_step uploads input and targets. Each figure is the mean of --iters
+timed iterations after 3 warm-ups, with
 torch.backends.cudnn.benchmark on (cuDNN's algorithms found once per shape,
 as coemu's backend does). Output: one line per figure,
   anchor: train torch fp32 batch=32 samples/s 1234.5
@@ -56,11 +58,13 @@ def set_precision(prec):
     torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
-def batch(nfreq, grid, n, step, dev):
+def batch(nfreq, grid, n, step):
+    """A batch in host memory: each step copies it to the GPU, as coemu's
+    trainer_step uploads its input and targets (pageable memory, both)."""
     g = torch.Generator(device="cpu").manual_seed(1000 + step)
     x = torch.rand(n, 3, grid, grid, grid, generator=g) * 2 - 1
     t = torch.rand(n, 1, nfreq, grid, grid, generator=g)
-    return x.to(dev), t.to(dev)
+    return x, t
 
 
 def model_for(nfreq, dev):
@@ -72,9 +76,10 @@ def train_rate(args, prec, dev):
     set_precision(prec)
     m = model_for(args.nfreq, dev).train()
     opt = torch.optim.Adam(m.parameters(), lr=4e-4)
-    x, t = batch(args.nfreq, 64, args.batch, 0, dev)
+    xh, th = batch(args.nfreq, 64, args.batch, 0)
 
     def step():
+        x, t = xh.to(dev), th.to(dev)
         opt.zero_grad(set_to_none=True)
         with autocast(prec):
             y = m(x)
@@ -96,14 +101,14 @@ def train_rate(args, prec, dev):
 def infer_rate(args, prec, dev):
     set_precision(prec)
     m = model_for(args.nfreq, dev).eval()
-    x, _ = batch(args.nfreq, 64, args.infer_batch, 0, dev)
+    xh, _ = batch(args.nfreq, 64, args.infer_batch, 0)
     with torch.no_grad(), autocast(prec):
         for _ in range(3):
-            m(x)
+            m(xh.to(dev))
         sync(dev)
         t0 = time.perf_counter()
         for _ in range(args.iters):
-            m(x)
+            m(xh.to(dev))
         sync(dev)
     return args.infer_batch * args.iters / (time.perf_counter() - t0)
 
@@ -114,7 +119,8 @@ def curve(args, prec, dev):
     opt = torch.optim.Adam(m.parameters(), lr=4e-4)
     out = []
     for k in range(args.curve_steps):
-        x, t = batch(args.nfreq, 64, args.curve_batch, k, dev)
+        x, t = batch(args.nfreq, 64, args.curve_batch, k)
+        x, t = x.to(dev), t.to(dev)
         opt.zero_grad(set_to_none=True)
         with autocast(prec):
             y = m(x)
