@@ -108,7 +108,8 @@ static int run_curve(const nn_backend *be, const curve_opts *c, uint32_t ulp_sal
   return rc;
 }
 
-static void check_curves(const nn_backend *gpu, const curve_opts *c) {
+/* The curves; the device's float32 curve stays in dev_out (c->steps). */
+static void check_curves(const nn_backend *gpu, const curve_opts *c, double *dev_out) {
   double *ref = (double *)calloc((size_t)c->steps, sizeof(double)),
          *ulp = (double *)calloc((size_t)c->steps, sizeof(double)),
          *dev = (double *)calloc((size_t)c->steps, sizeof(double));
@@ -135,6 +136,7 @@ static void check_curves(const nn_backend *gpu, const curve_opts *c) {
            "(tolerance %g x); %.1f s on the CPU, %.2f s on the GPU\n", c->steps, c->cfg.nfreq,
            c->batch, worst, PAR_FLOOR_FACTOR, s_ref, s_dev);
     verdict("loss curves, device vs cpu", ok);
+    memcpy(dev_out, dev, sizeof(double) * (size_t)c->steps);
   }
   free(ref);
   free(ulp);
@@ -343,7 +345,31 @@ int main(int argc, char **argv) {
   if (do_curves) {
     curve_opts c = {steps, curve_batch, coemunet_default(7)};
     c.cfg.grid = grid;
-    check_curves(gpu, &c);
+    double *f32 = (double *)calloc((size_t)steps, sizeof(double));
+    check_curves(gpu, &c, f32);
+#ifdef COEMU_HAVE_CUDA_TRAINER
+    /* TF32's effect on the loss curve: the same steps, against float32 */
+    if (tf32 && gpu == &nn_backend_cuda && f32[0] != 0) {
+      double *t = (double *)calloc((size_t)steps, sizeof(double)), secs, worst = 0;
+      nn_cuda_set_tf32(1);
+      if (run_curve(gpu, &c, 0, t, &secs) == 0) {
+        for (int k = 0; k < steps; k++) {
+          double d = fabs(t[k] - f32[k]) / fabs(f32[k]);
+          if (d > worst) worst = d;
+          printf("trainer-check: curve tf32 %-2d %.15f (fp32 %.15f, relative %.3e)\n", k + 1, t[k],
+                 f32[k], d);
+        }
+        printf("trainer-check: curve tf32 vs fp32: largest relative loss difference %.3g over %d "
+               "steps (%.2f s)\n", worst, steps, secs);
+      } else {
+        printf("trainer-check: curve tf32: error: %s\n", ce_err_msg());
+        failures++;
+      }
+      nn_cuda_set_tf32(0);
+      free(t);
+    }
+#endif
+    free(f32);
   }
   if (do_bench) {
     bench(gpu, "fp32", batch, infer_batch, iters, grid);

@@ -755,16 +755,18 @@ static int plain_sum(cudnnConvolutionBwdFilterAlgo_t a) {
          a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3;
 }
 
-/* The fastest result within the workspace limit, deterministic ones first
- * (repeatable runs), then the others; -1 if none fits. */
+/* The fastest result within the workspace limit: deterministic ones first
+ * (repeatable runs), then the others; in float32 mode only those cuDNN
+ * reports as FMA math (DEFAULT_MATH may use TF32 on Ampere and later), and
+ * only where none is, DEFAULT_MATH ones; -1 if none fits. */
 template <typename Perf>
 static int pick(const Perf *r, int n, size_t limit, int tf32) {
-  for (int pass = 0; pass < 2; pass++)
+  for (int pass = 0; pass < 3; pass++)
     for (int i = 0; i < n; i++) {
       if (r[i].status != CUDNN_STATUS_SUCCESS || r[i].memory > limit) continue;
       if (S.sums_only && !plain_sum(r[i].algo)) continue;
-      if (!tf32 && (r[i].mathType == CUDNN_TENSOR_OP_MATH ||
-                    r[i].mathType == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION))
+      if (!tf32 && r[i].mathType != CUDNN_FMA_MATH &&
+          (pass < 2 || r[i].mathType != CUDNN_DEFAULT_MATH))
         continue;
       if (pass == 0 && r[i].determinism != CUDNN_DETERMINISTIC) continue;
       return i;
