@@ -16,7 +16,8 @@
 #   gpu_sample_bench   sample (on the device) + solve (on the device) of a
 #                      loaded AMRVAC model: cubes/s, samples/s, bus GB/s
 # then runs them, parity first, and prints one line per figure. Under 5
-# minutes on one GPU (each step has a time limit).
+# minutes on one GPU (each step has a time limit), then the trainer's part
+# (scripts/gpu-check-trainer.sh; GPU_CHECK_SKIP_TRAINER=1 leaves it out).
 #
 #   bash scripts/gpu-check.sh               build, parity tests, benchmarks
 #   bash scripts/gpu-check.sh --build-only  build only (CI: nvcc, no GPU; the
@@ -128,5 +129,11 @@ step parity_pomme 60 "$out/test_pomme"
 # shellcheck disable=SC2086
 step bench_solver 120 "$out/gpu_bench" ${GPU_BENCH_ARGS:-}
 [ "$have_yaml" = 1 ] && step bench_sample_solve 60 "$out/gpu_sample_bench"
+# the trainer's part: its own build (gcc + nvcc), parity, curves, speed and
+# the PyTorch anchor (set TRAINER_CHECK_DEPS where the machine lacks OpenBLAS
+# and FFTW: scripts/gpu-check-trainer.sh --pack-deps)
+if [ "${GPU_CHECK_SKIP_TRAINER:-0}" != 1 ]; then
+  bash "$root/scripts/gpu-check-trainer.sh" || rc=1
+fi
 echo "gpu-check: $([ $rc = 0 ] && echo ok || echo FAILED) ($SECONDS s)"
 exit $rc

@@ -10,6 +10,9 @@
 
 #include "common/error.h"
 #include "common/rng.h"
+#ifdef COEMU_HAVE_CUDA_TRAINER
+#include "trainer/cuda/backend_cuda.h"
+#endif
 
 void nn_init(nn_net *net) {
   memset(net, 0, sizeof *net);
@@ -17,6 +20,34 @@ void nn_init(nn_net *net) {
 }
 
 /* ---- backends ----------------------------------------------------------- */
+
+static const nn_backend *const built_backends[] = {
+    &nn_backend_cpu,
+#ifdef COEMU_HAVE_CUDA_TRAINER
+    &nn_backend_cuda,
+#endif
+};
+#define NN_NBUILT ((int)(sizeof built_backends / sizeof built_backends[0]))
+
+const char *nn_backends_built(void) {
+#ifdef COEMU_HAVE_CUDA_TRAINER
+  return "cpu, cuda";
+#else
+  return "cpu";
+#endif
+}
+
+const nn_backend *nn_backend_by_name(const char *name) {
+  for (int i = 0; i < NN_NBUILT; i++)
+    if (!strcmp(built_backends[i]->name, name)) return built_backends[i];
+  if (!strcmp(name, "cuda"))
+    ce_err("trainer backend 'cuda' is not built into this coemu (built: %s; it needs nvcc, "
+           "cuDNN, cuBLAS and cuFFT at build time: meson setup -Dcuda=enabled)",
+           nn_backends_built());
+  else
+    ce_err("trainer backend '%s': unknown (built: %s)", name, nn_backends_built());
+  return NULL;
+}
 
 /* The backends whose init has run, with the count of inits not yet
  * finished (process-wide, like the settings init makes; used from the

@@ -180,6 +180,15 @@ void nn_free(nn_net *net);
 int nn_backend_init(const nn_backend *be, int threads);
 void nn_backend_finish(const nn_backend *be);
 int nn_backend_ready(const nn_backend *be);
+/* The backend called name ("cpu", "cuda"), or NULL with an error naming
+ * the backends this build has ("trainer backend 'cuda' is not built into
+ * this coemu (built: cpu)"): the way commands and jobs choose one
+ * (train.device, --device). The CUDA backend (trainer/cuda/) is built when
+ * meson finds nvcc, cuDNN, cuBLAS and cuFFT. */
+const nn_backend *nn_backend_by_name(const char *name);
+/* The built backends' names, comma-separated ("cpu, cuda"). */
+const char *nn_backends_built(void);
+
 /* Run the net on another backend: right after nn_init(), before nn_finalize(). */
 int nn_set_backend(nn_net *net, const nn_backend *be);
 

@@ -1,4 +1,5 @@
-/* bench_train.c - `coemu bench train`: COEmuNet on the CPU.
+/* bench_train.c - `coemu bench train`: COEmuNet on the CPU (or, with
+ * --device cuda, on the CUDA backend: samples/s and GFLOP/s, no CPU peak).
  *
  *   train coemunet7 batch=B samples/s X   (forward + loss + backward + Adam)
  *   infer coemunet7 ms/sample Y           (evaluation-mode forward)
@@ -39,15 +40,19 @@ static double cpu_mhz(void) { /* first "cpu MHz" line of /proc/cpuinfo, 0 if non
 int bench_train(int argc, char **argv) {
   int64_t batch = 8, iters = 3, nfreq = 7, seed = 1234;
   double fpc = 32;
+  const char *device = "cpu";
   cli_opt opts[] = {
       {"batch", CLI_INT, &batch, "B", "training batch size (default 8)", 0, 0},
       {"iters", CLI_INT, &iters, "K", "timed iterations of each (default 3)", 0, 0},
       {"nfreq", CLI_INT, &nfreq, "F", "output channels: 7 (default) or 1", 0, 0},
       {"flops-per-cycle", CLI_DOUBLE, &fpc, "X", "peak float32 FLOP per cycle per core (Zen 4: 32)", 0, 0},
       {"seed", CLI_INT, &seed, "S", "initialisation seed", 0, 0},
+      {"device", CLI_STR, &device, "NAME", "trainer backend: cpu (default) or cuda (a CUDA build "
+       "and a GPU)", 0, 0},
       {0}};
   const cli_command spec = {"bench train", "[options]",
-                            "Time COEmuNet training and inference on the CPU.", opts, 0, 0};
+                            "Time COEmuNet training and inference on the CPU (or the GPU: "
+                            "--device cuda).", opts, 0, 0};
   cli_status r = cli_run_parse(&spec, argc, argv, NULL, NULL);
   if (r != CLI_OK) return cli_exit(r);
   if (batch < 2 || batch > 4096 || iters < 1 || iters > 1000 || nfreq < 1 || nfreq > 64)
@@ -55,21 +60,26 @@ int bench_train(int argc, char **argv) {
                           "--batch %lld (2..4096), --iters %lld (1..1000), --nfreq %lld (1..64): "
                           "out of range",
                           (long long)batch, (long long)iters, (long long)nfreq);
+  if (strcmp(device, "cpu") && strcmp(device, "cuda"))
+    return cli_usage_fail("bench train", "--device %s: expected cpu or cuda", device);
+  const nn_backend *be = nn_backend_by_name(device); /* cuda not built: a clear error */
+  if (!be) return cli_fail("bench train");
   coemunet m;
   coemunet_config cfg = coemunet_default((int)nfreq);
   adam opt;
   trainer tr;
-  /* OpenMP's default thread count (OMP_NUM_THREADS), OpenBLAS to 1 */
-  if (nn_backend_init(&nn_backend_cpu, 0) < 0) return cli_fail("bench train");
-  if (coemunet_build(&m, &cfg, (uint64_t)seed) < 0) {
-    nn_backend_finish(&nn_backend_cpu);
+  /* OpenMP's default thread count (OMP_NUM_THREADS), OpenBLAS to 1; the
+     device's backend (no device: a clear error) */
+  if (nn_backend_init(be, 0) < 0) return cli_fail("bench train");
+  if (coemunet_build_on(&m, &cfg, (uint64_t)seed, be) < 0) {
+    nn_backend_finish(be);
     return cli_fail("bench train");
   }
   adam_config ac = adam_default();
   if (nn_set_batch(&m.net, (int)batch) < 0 || adam_init(&opt, &m.net, &ac) < 0 ||
       trainer_init(&tr, &m, &opt) < 0) {
     coemunet_free(&m);
-    nn_backend_finish(&nn_backend_cpu);
+    nn_backend_finish(be);
     return cli_fail("bench train");
   }
   const size_t nx = (size_t)batch * 3 * cfg.grid * cfg.grid * cfg.grid;
@@ -91,6 +101,8 @@ int bench_train(int argc, char **argv) {
   double t0 = now();
   for (int i = 0; i < iters && rc == 0; i++)
     if (trainer_step(&tr, x, t, ac.lr, &lv) < 0) rc = -1;
+  float one; /* a device backend may still run the last update: wait for it */
+  if (rc == 0 && nn_download(&m.net, &one, m.net.params[0].w, 1) < 0) rc = -1;
   double train_s = (now() - t0) / iters;
   /* inference at the same batch size */
   if (rc == 0 && trainer_eval(&tr, x, t, &lv) < 0) rc = -1;
@@ -103,21 +115,30 @@ int bench_train(int argc, char **argv) {
     int threads = omp_get_max_threads();
     double mhz = cpu_mhz(), peak = threads * mhz * 1e-3 * fpc;
     double train_gf = batch * (ff + bf) / train_s * 1e-9, infer_gf = batch * ff / infer_s * 1e-9;
-    printf("train %s batch=%lld samples/s %.2f\n", name, (long long)batch, batch / train_s);
-    printf("infer %s ms/sample %.1f\n", name, 1e3 * infer_s / batch);
-    printf("train %s GFLOP/s %.1f (%.2f GFLOP/sample fwd+bwd, %.0f%% of peak)\n", name, train_gf,
-           (ff + bf) * 1e-9, 100 * train_gf / peak);
-    printf("infer %s GFLOP/s %.1f (%.2f GFLOP/sample, %.0f%% of peak)\n", name, infer_gf, ff * 1e-9,
-           100 * infer_gf / peak);
-    printf("train peak GFLOP/s %.1f (%d threads x %.0f MHz x %.0f FLOP/cycle)\n", peak, threads, mhz,
-           fpc);
-    printf("train params %lld\n", (long long)nn_param_count(&m.net));
+    if (be != &nn_backend_cpu) { /* no CPU peak to compare with */
+      printf("train %s %s batch=%lld samples/s %.2f\n", name, be->name, (long long)batch,
+             batch / train_s);
+      printf("infer %s %s batch=%lld samples/s %.1f (ms/sample %.3f)\n", name, be->name,
+             (long long)batch, batch / infer_s, 1e3 * infer_s / batch);
+      printf("train %s %s GFLOP/s %.1f, infer GFLOP/s %.1f\n", name, be->name, train_gf, infer_gf);
+      printf("train params %lld\n", (long long)nn_param_count(&m.net));
+    } else {
+      printf("train %s batch=%lld samples/s %.2f\n", name, (long long)batch, batch / train_s);
+      printf("infer %s ms/sample %.1f\n", name, 1e3 * infer_s / batch);
+      printf("train %s GFLOP/s %.1f (%.2f GFLOP/sample fwd+bwd, %.0f%% of peak)\n", name, train_gf,
+             (ff + bf) * 1e-9, 100 * train_gf / peak);
+      printf("infer %s GFLOP/s %.1f (%.2f GFLOP/sample, %.0f%% of peak)\n", name, infer_gf, ff * 1e-9,
+             100 * infer_gf / peak);
+      printf("train peak GFLOP/s %.1f (%d threads x %.0f MHz x %.0f FLOP/cycle)\n", peak, threads, mhz,
+             fpc);
+      printf("train params %lld\n", (long long)nn_param_count(&m.net));
+    }
   }
   free(x);
   free(t);
   trainer_free(&tr);
   adam_free(&opt);
   coemunet_free(&m);
-  nn_backend_finish(&nn_backend_cpu);
+  nn_backend_finish(be);
   return rc < 0 ? cli_fail("bench train") : 0;
 }

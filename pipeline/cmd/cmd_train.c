@@ -13,8 +13,8 @@
 #include "trainer/nn.h"
 
 static void print_check(const train_job *j) {
-  printf("%s: ok: training job '%s', output %s, seed %llu\n", j->path, j->name, j->out_dir,
-         (unsigned long long)j->seed);
+  printf("%s: ok: training job '%s', output %s, seed %llu, device %s\n", j->path, j->name,
+         j->out_dir, (unsigned long long)j->seed, j->device);
   static const char *names[TRAIN_STAGES] = {"pretrain", "finetune"};
   for (int i = 0; i < TRAIN_STAGES; i++) {
     const train_stage *s = &j->stage[i];
@@ -82,19 +82,34 @@ int cmd_train(int argc, char **argv) {
     train_job_free(&j);
     return 0;
   }
+  /* device: a backend this coemu was not built with is an error before MPI */
+  const nn_backend *be = nn_backend_by_name(j.device);
+  if (!be) {
+    ce_err_prefix("%s: device", j.path);
+    train_job_free(&j);
+    return cli_fail("train");
+  }
   MPI_Init(&argc, &argv);
   mpi_fatal_init("train");
   int world;
   MPI_Comm_size(MPI_COMM_WORLD, &world);
   /* the one place the thread settings are made: the CPU backend's init
-     (OpenMP to the job's count, 0 = OpenMP's default; OpenBLAS to 1) */
-  int rc = nn_backend_init(&nn_backend_cpu, j.threads);
-  train_run_opts o = {out, max_steps, time_limit, quiet, extend, MPI_COMM_WORLD};
+     (OpenMP to the job's count, 0 = OpenMP's default; OpenBLAS to 1); the
+     CPU backend also reads checkpoints for the encoder transfer. The
+     device's backend: its init fails clearly without a device. */
+  int rc = nn_backend_init(&nn_backend_cpu, j.threads), be_ready = 0;
+  if (rc == 0 && be != &nn_backend_cpu) {
+    rc = nn_backend_init(be, j.threads);
+    if (rc < 0) ce_err_prefix("%s: device %s", j.path, j.device);
+    be_ready = rc == 0;
+  }
+  train_run_opts o = {out, max_steps, time_limit, quiet, extend, MPI_COMM_WORLD, be};
   if (rc == 0) rc = train_run(&j, &o);
   if (rc < 0) {
     if (world > 1) mpi_fatal(ce_err_msg());
     fprintf(stderr, "coemu train: error: %s\n", ce_err_msg());
   }
+  if (be_ready) nn_backend_finish(be);
   nn_backend_finish(&nn_backend_cpu);
   train_job_free(&j);
   MPI_Finalize();

@@ -30,6 +30,7 @@ void train_job_free(train_job *j) {
   free(j->dir);
   free(j->text);
   free(j->name);
+  free(j->device);
   free(j->out_dir);
   for (int i = 0; i < TRAIN_STAGES; i++) stage_free(&j->stage[i]);
   memset(j, 0, sizeof *j);
@@ -223,7 +224,7 @@ static int fill_stage(const stage_reader *s, const train_job *j, train_stage *t)
 }
 
 static int fill(const char *name, const yt_node *r, train_job *j) {
-  if (!(j->name = strdup(schema_str(r, "name"))) ||
+  if (!(j->name = strdup(schema_str(r, "name"))) || !(j->device = strdup(schema_str(r, "device"))) ||
       !(j->out_dir = strdup(schema_str(r, "output.directory"))))
     CE_FAIL("out of memory");
   j->seed = (uint64_t)schema_int(r, "seed");
@@ -394,6 +395,7 @@ int train_job_diff(const train_job *a, const train_job *b, train_job_change *ch,
   diff_str(&d, -1, "name", 1, a->name, b->name);
   diff_int(&d, -1, "seed", 0, (int64_t)a->seed, (int64_t)b->seed);
   diff_int(&d, -1, "threads", 1, a->threads, b->threads);
+  diff_str(&d, -1, "device", 1, a->device, b->device); /* checkpoints are backend-independent */
   diff_str(&d, -1, "output.directory", 1, a->out_dir, b->out_dir);
   if (a->shortcut != b->shortcut)
     diff_add(&d, -1, "model.shortcut", 0,

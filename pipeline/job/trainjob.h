@@ -69,6 +69,7 @@ typedef struct {
   char *out_dir;    /* output.directory (default "train", relative to the cwd; --out overrides) */
   uint64_t seed;    /* seed (default 1234): initialisation and data order */
   int threads;      /* threads per rank (0 = OpenMP's default) */
+  char *device;     /* device (cpu | cuda): the trainer backend each rank runs on (nn_backend_by_name) */
   /* model: */
   int shortcut;     /* model.shortcut: reference | input -> COEMUNET_SHORTCUT_* */
   int stem;         /* model.stem (4) */

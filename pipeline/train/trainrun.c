@@ -425,7 +425,8 @@ static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
     CE_FAIL("%s: %s has %u channels; pretraining is for the single-channel model (a dataset of "
             "1 channel)", name, train_data_describe(s->data), outs[0]);
   coemunet_config cfg = model_config(j, (int)outs[0], (int)ins[1]);
-  CE_TRY(coemunet_build(&s->model, &cfg, j->seed + (uint64_t)s->id));
+  CE_TRY(coemunet_build_on(&s->model, &cfg, j->seed + (uint64_t)s->id,
+                           s->o->be ? s->o->be : &nn_backend_cpu));
   s->have_model = 1;
   CE_TRY(nn_set_batch(&s->model.net, b));
   adam_config ac = {(adam_kind)st->optimizer, st->lr, st->beta1, st->beta2, st->eps, st->weight_decay};

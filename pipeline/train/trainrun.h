@@ -56,6 +56,7 @@
 #include <stdint.h>
 
 #include "pipeline/job/trainjob.h"
+#include "trainer/backend.h"
 
 typedef struct {
   const char *out_dir;   /* NULL: the job's output.directory */
@@ -65,6 +66,7 @@ typedef struct {
   int extend;            /* OUT holds a run of a job that differs: continue it under this job
                             when only extendable keys differ (see above) */
   MPI_Comm comm;
+  const nn_backend *be;  /* the backend the models train on (initialised; NULL: the CPU's) */
 } train_run_opts;
 
 #define TRAIN_RUN_STOPPED 3 /* train_run's return when it stopped early (resumable) */

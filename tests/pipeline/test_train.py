@@ -448,5 +448,16 @@ with tempfile.TemporaryDirectory() as tmp:
     open(pj, "w").write(f"name: pj\n{MODEL}\npretrain:\n{stage(ft, 1)}")
     r = run([COEMU, "train", pj, "--out", os.path.join(tmp, "pj")])
     check(r.returncode != 0 and "single-channel" in r.stderr, f"3-channel data for pretraining: {r.stderr[-300:]}")
+    # device: cuda without a CUDA build or without a device: exit 1 naming the
+    # job, the key and why; with both (a GPU host) it trains one step
+    dj = os.path.join(tmp, "dj.yaml")
+    open(dj, "w").write(f"name: dj\ndevice: cuda\n{MODEL}\nfinetune:\n{stage(ft, 1)}")
+    r = run([COEMU, "train", dj, "--out", os.path.join(tmp, "dj"), "--quiet", "--max-steps", "1"])
+    why = ("trainer backend 'cuda' is not built into this coemu", "no usable CUDA device",
+           "no CUDA device")
+    check(r.returncode in (0, 3) or (r.returncode == 1 and f"{dj}: device" in r.stderr
+                                and any(w in r.stderr for w in why)
+                                and "Traceback" not in r.stderr and "Segmentation" not in r.stderr),
+          f"device: cuda: status {r.returncode}: {r.stderr[-400:]}")
 
 report()

@@ -46,6 +46,7 @@ static void test_defaults(void) {
   CHECK(!strcmp(j.path, "t.yaml") && !strcmp(j.dir, "d") && j.text_len == strlen(base));
   CHECK(!strcmp(j.text, base));
   CHECK(!strcmp(j.name, "train") && !strcmp(j.out_dir, "train") && j.seed == 1234 && j.threads == 0);
+  CHECK(!strcmp(j.device, "cpu"));
   CHECK(j.shortcut == COEMUNET_SHORTCUT_REFERENCE && j.stem == 4);
   CHECK(j.enc[0] == 8 && j.enc[1] == 16 && j.enc[2] == 32 && j.latent == 4096 && j.dec == 64);
   CHECK(j.sync_batchnorm == 1);
@@ -69,6 +70,7 @@ static void test_full_job(void) {
       "name: full\n"
       "seed: 7\n"
       "threads: 3\n"
+      "device: cuda\n"
       "output: {directory: out/run}\n"
       "model: {shortcut: input, stem: 2, encoder: [3, 5, 7], latent: 100, decoder: 16, sync_batchnorm: false}\n"
       "pretrain:\n"
@@ -89,6 +91,7 @@ static void test_full_job(void) {
   train_job j;
   CHECK_OK(parse(text, &j));
   CHECK(!strcmp(j.name, "full") && !strcmp(j.out_dir, "out/run") && j.seed == 7 && j.threads == 3);
+  CHECK(!strcmp(j.device, "cuda"));
   CHECK(j.shortcut == COEMUNET_SHORTCUT_INPUT && j.stem == 2 && j.enc[0] == 3 && j.enc[1] == 5);
   CHECK(j.enc[2] == 7 && j.latent == 100 && j.dec == 16 && j.sync_batchnorm == 0);
   const train_stage *p = &j.stage[TRAIN_STAGE_PRETRAIN], *f = &j.stage[TRAIN_STAGE_FINETUNE];
@@ -265,6 +268,7 @@ static void test_schema_errors(void) {
   check_err("  optimizer: {betas: [0.9]}\n", "finetune.optimizer.betas: expected 2..2 items, got 1");
   check_err("  optimizer: {kind: sgd}\n", "t.yaml:4:21: finetune.optimizer.kind: expected one of adam, adam_l2, adamw, got 'sgd'");
   check_err("model: {shortcut: both}\n", "model.shortcut: expected one of reference, input");
+  check_err("device: gpu\n", "t.yaml:4:9: device: expected one of cpu, cuda, got 'gpu'");
   check_err("  validation: {split: dev}\n", "expected one of validation, test, train, all, none, got 'dev'");
   check_err("  data2: 1\n", "unknown key");
   check_text_err("finetune: 3\n", "t.yaml:1:11: finetune: expected a mapping, got '3'");
@@ -588,6 +592,13 @@ static void test_diff(void) {
                 !strcmp(ch[0].after, "shards") && !ch[0].extendable &&
                 !strcmp(ch[1].key, "finetune.data.order_shards") && !ch[1].extendable,
             "%d changes: %s %s -> %s", n, n ? ch[0].key : "", n ? ch[0].before : "", n ? ch[0].after : "");
+  train_job_free(&b);
+  /* the device: extendable (checkpoints are the same on every backend) */
+  CHECK_OK(parse("device: cuda\nfinetune:\n  data: {dataset: ds}\n  epochs: 2\n  batch: 16\n", &b));
+  n = train_job_diff(&a, &b, ch, 32);
+  CHECK_MSG(n == 1 && !strcmp(ch[0].key, "device") && !strcmp(ch[0].before, "cpu") &&
+                !strcmp(ch[0].after, "cuda") && ch[0].extendable,
+            "%d: %s %s -> %s", n, n ? ch[0].key : "", n ? ch[0].before : "", n ? ch[0].after : "");
   train_job_free(&b);
   /* a stage added: one change, the stage, not extendable */
   CHECK_OK(parse("pretrain: {data: {dataset: ds}, epochs: 1}\nfinetune:\n  data: {dataset: ds}\n"

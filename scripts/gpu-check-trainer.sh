@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# The trainer's device check (docs/benchmarks.md, "Trainer on the GPU"): one
+# prepared script for a machine with an NVIDIA GPU, called by
+# scripts/gpu-check.sh (or alone). No meson, MPI, HDF5, ZeroMQ, libyaml or
+# libpng: it compiles one standalone binary, tests/trainer/trainer_gpu_check,
+# from trainer/ (the CPU reference and the CUDA backend), common/error,
+# fsutil and checksum, with gcc + nvcc, against OpenBLAS, FFTW, zlib, cuDNN,
+# cuBLAS and cuFFT, then runs, with a time limit each:
+#   parity   layer parity CPU and CUDA against the literal references, one
+#            whole step CUDA vs CPU, checkpoints both ways, 20 steps of the
+#            7-channel COEmuNet CPU vs GPU from the same weights and data,
+#            then training and inference samples/s on the GPU (fp32, TF32)
+#   anchor   PyTorch + cuDNN on the same GPU, same model, loss, optimiser and
+#            batch (tests/trainer/torch_anchor.py): fp32, TF32, bf16
+# and prints one line per figure.
+#
+#   bash scripts/gpu-check-trainer.sh               build, parity, curves, speed, anchor
+#   bash scripts/gpu-check-trainer.sh --build-only  build only (CI: nvcc + cuDNN, no GPU)
+#   bash scripts/gpu-check-trainer.sh --pack-deps DIR
+#        copy OpenBLAS, FFTW and zlib (headers and libraries) from this host
+#        into DIR, for a GPU machine that has none of them: carry DIR there
+#        and set TRAINER_CHECK_DEPS=DIR (the GPU image has nvcc, cuDNN and
+#        PyTorch, but no OpenBLAS or FFTW)
+# Environment: NVCC (nvcc), CC (gcc), GPU_ARCH (90; comma-separated),
+# TRAINER_CHECK_DIR (build folder, default build-gpu-check-trainer),
+# TRAINER_CHECK_DEPS (a --pack-deps folder), CUDNN_HOME (cuDNN's prefix, if
+# not beside nvcc or in the Python package nvidia-cudnn), TRAINER_CHECK_ARGS
+# (extra trainer_gpu_check options, e.g. "--batch 64"), PYTHON (python3).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+mode=run
+case "${1:-}" in
+  --build-only) mode=build ;;
+  --pack-deps)
+    [ $# -eq 2 ] || { echo "usage: scripts/gpu-check-trainer.sh --pack-deps DIR" >&2; exit 2; }
+    mode=pack ;;
+  "") ;;
+  *) echo "usage: scripts/gpu-check-trainer.sh [--build-only | --pack-deps DIR]" >&2; exit 2 ;;
+esac
+
+# --- --pack-deps: the CPU libraries, for a machine without them --------------
+if [ "$mode" = pack ]; then
+  d=$2
+  mkdir -p "$d/include" "$d/lib"
+  hdr() { # the first of the candidate headers that exists
+    for f in "$@"; do [ -f "$f" ] && { cp -L "$f" "$d/include/"; return 0; }; done
+    echo "gpu-check-trainer: --pack-deps: none of $* here" >&2; exit 1
+  }
+  hdr /usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h /usr/include/cblas.h /usr/include/openblas/cblas.h
+  hdr /usr/include/x86_64-linux-gnu/openblas-pthread/openblas_config.h /usr/include/openblas_config.h /usr/include/openblas/openblas_config.h
+  hdr /usr/include/fftw3.h
+  hdr /usr/include/zlib.h
+  hdr /usr/include/zconf.h /usr/include/x86_64-linux-gnu/zconf.h
+  for lib in libopenblas.so.0 libfftw3.so.3 libgfortran.so.5 libquadmath.so.0 libz.so.1; do
+    p=$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ && !n++ {print $NF}')
+    [ -n "$p" ] || { echo "gpu-check-trainer: --pack-deps: $lib not found by ldconfig" >&2; exit 1; }
+    cp -L "$p" "$d/lib/$lib"
+  done
+  ln -sf libopenblas.so.0 "$d/lib/libopenblas.so"
+  ln -sf libfftw3.so.3 "$d/lib/libfftw3.so"
+  ln -sf libz.so.1 "$d/lib/libz.so"
+  echo "gpu-check-trainer: packed into $d ($(du -sh "$d" | cut -f1)): carry it and set TRAINER_CHECK_DEPS=$d"
+  exit 0
+fi
+
+NVCC=${NVCC:-nvcc}
+CC=${CC:-gcc}
+PYTHON=${PYTHON:-python3}
+ARCH=${GPU_ARCH:-90}
+out=${TRAINER_CHECK_DIR:-build-gpu-check-trainer}
+if ! command -v "$NVCC" >/dev/null 2>&1; then
+  echo "gpu-check-trainer: no CUDA compiler ($NVCC) on PATH" >&2
+  exit 1
+fi
+cuda_home=$(dirname "$(dirname "$(command -v "$NVCC")")")
+
+# --- where the libraries are ---------------------------------------------------
+inc=(-I"$root" -I"$root/tests")
+ldirs=()
+add_dir() { # a library folder: searched at link time and at run time
+  ldirs+=(-L"$1" "-Xlinker=-rpath=$1")
+}
+for d in "$cuda_home/include" /usr/include/x86_64-linux-gnu/openblas-pthread /usr/include/openblas; do
+  [ -d "$d" ] && inc+=(-I"$d")
+done
+[ -d "$cuda_home/lib64" ] && add_dir "$cuda_home/lib64"
+[ -d "$cuda_home/lib" ] && add_dir "$cuda_home/lib"
+if [ -n "${TRAINER_CHECK_DEPS:-}" ]; then
+  deps=$(cd "$TRAINER_CHECK_DEPS" && pwd)
+  inc+=(-I"$deps/include")
+  add_dir "$deps/lib"
+fi
+# cuDNN (and cuBLAS / cuFFT when the toolkit lacks them): CUDNN_HOME, beside
+# nvcc, or the Python packages nvidia-cudnn / nvidia-cublas / nvidia-cufft
+if [ -n "${CUDNN_HOME:-}" ]; then
+  inc+=(-I"$CUDNN_HOME/include")
+  for l in lib64 lib; do [ -d "$CUDNN_HOME/$l" ] && add_dir "$CUDNN_HOME/$l"; done
+fi
+if command -v "$PYTHON" >/dev/null 2>&1; then
+  pyn=$("$PYTHON" -c 'import nvidia, os; print(" ".join(nvidia.__path__))' 2>/dev/null || true)
+  for top in $pyn; do
+    for f in $(find "$top" -maxdepth 4 \( -name 'cudnn.h' -o -name 'cublas_v2.h' -o -name 'cufft.h' \) 2>/dev/null); do
+      inc+=(-I"$(dirname "$f")")
+    done
+    for f in $(find "$top" -maxdepth 4 \( -name 'libcudnn.so*' -o -name 'libcublas.so*' -o -name 'libcufft.so*' \) 2>/dev/null); do
+      add_dir "$(dirname "$f")"
+    done
+  done
+fi
+probe() { # a header the build needs
+  echo "#include <$1>" | "$CC" -x c -E "${inc[@]}" - >/dev/null 2>&1 || {
+    echo "gpu-check-trainer: $1 not found (${2}); searched: ${inc[*]}" >&2
+    exit 1
+  }
+}
+probe cblas.h "OpenBLAS: install it, or --pack-deps on a host that has it"
+probe fftw3.h "FFTW: install it, or --pack-deps"
+probe zlib.h "zlib: install it, or --pack-deps"
+probe cudnn.h "cuDNN: set CUDNN_HOME"
+# one link flag per library, pointing at an unversioned name where the
+# folder only has a versioned one (pip's nvidia packages)
+mkdir -p "$out/obj" "$out/lib"
+libs=()
+for l in openblas fftw3 z cudnn cublas cufft; do
+  found=
+  for a in "${ldirs[@]}" -L/usr/lib/x86_64-linux-gnu -L/usr/lib64 -L/usr/lib; do
+    case "$a" in -L*) d=${a#-L} ;; *) continue ;; esac
+    if [ -e "$d/lib$l.so" ]; then found=1; break; fi
+    v=$(ls "$d"/lib"$l".so.* 2>/dev/null | head -1 || true)
+    if [ -n "$v" ]; then ln -sf "$v" "$out/lib/lib$l.so"; found=1; break; fi
+  done
+  [ -n "$found" ] || { echo "gpu-check-trainer: lib$l.so not found (searched ${ldirs[*]} and the system)" >&2; exit 1; }
+  libs+=(-l"$l")
+done
+ldirs+=(-L"$out/lib")
+
+# --- build -----------------------------------------------------------------------
+gencode=()
+IFS=',' read -ra archs <<<"$ARCH"
+for a in "${archs[@]}"; do gencode+=("-gencode=arch=compute_${a},code=[sm_${a},compute_${a}]"); done
+defs=(-D_GNU_SOURCE -DCOEMU_HAVE_CUDA -DCOEMU_HAVE_CUDA_TRAINER "-DCOEMU_VERSION=\"gpu-check-trainer\"")
+cflags=(-std=c17 -O2 -g -fopenmp -fno-math-errno -march=native "${inc[@]}" "${defs[@]}")
+src=(trainer/nn.c trainer/backend_cpu.c trainer/layers_cpu.c trainer/coemunet.c trainer/loss.c
+     trainer/optim.c trainer/checkpoint.c trainer/train.c common/error.c common/fsutil.c
+     common/checksum.c tests/trainer/trainer_gpu_check.c)
+t0=$SECONDS
+pids=()
+objs=()
+for s in "${src[@]}"; do
+  o="$out/obj/$(echo "$s" | tr / _).o"
+  objs+=("$o")
+  "$CC" "${cflags[@]}" -c "$s" -o "$o" &
+  pids+=($!)
+done
+"$NVCC" -O3 -std=c++17 "${gencode[@]}" "${inc[@]}" "${defs[@]}" -Xcompiler=-fPIC \
+  -c trainer/cuda/backend_cuda.cu -o "$out/obj/backend_cuda.o"
+for p in "${pids[@]}"; do wait "$p"; done
+"$NVCC" -o "$out/trainer_gpu_check" "${objs[@]}" "$out/obj/backend_cuda.o" -Xcompiler=-fopenmp \
+  "${ldirs[@]}" "${libs[@]}" -lm -lpthread
+echo "gpu-check-trainer: built $out/trainer_gpu_check ($((SECONDS - t0)) s)"
+[ "$mode" = build ] && exit 0
+
+# --- on the GPU machine ------------------------------------------------------------
+rc=0
+if command -v nvidia-smi >/dev/null 2>&1; then
+  echo "gpu-check-trainer gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1)"
+fi
+echo "gpu-check-trainer host: $(nproc) cores"
+export COEMU_REQUIRE_DEVICE=1 # a CUDA backend that cannot run is a failure here
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
+step() { # name limit command...: its result lines, then ok or FAIL
+  local name=$1 limit=$2
+  shift 2
+  local log="$out/$name.log" s=$SECONDS st=0
+  timeout "$limit" "$@" >"$log" 2>&1 || st=$?
+  grep -E '^(trainer-check|anchor):' "$log" | sed "s/^/gpu-check-trainer $name: /" || true
+  if [ "$st" = 0 ]; then
+    echo "gpu-check-trainer $name: ok ($((SECONDS - s)) s)"
+  else
+    echo "gpu-check-trainer $name: FAIL (status $st, log $log)"
+    tail -20 "$log" | sed "s/^/  /"
+    rc=1
+  fi
+}
+# shellcheck disable=SC2086
+step trainer 150 "$out/trainer_gpu_check" --tf32 ${TRAINER_CHECK_ARGS:-}
+if "$PYTHON" -c 'import torch' >/dev/null 2>&1; then
+  step anchor 120 "$PYTHON" tests/trainer/torch_anchor.py
+else
+  echo "gpu-check-trainer anchor: SKIP: $PYTHON has no torch"
+fi
+# coemu against the anchor, same precision, same batch
+for p in fp32 tf32; do
+  for k in train infer; do
+    c=$(grep -hE "^trainer-check: $k cuda $p batch=" "$out/trainer.log" 2>/dev/null | awk '{print $NF}' | head -1)
+    a=$(grep -hE "^anchor: $k torch $p batch=" "$out/anchor.log" 2>/dev/null | awk '{print $NF}' | head -1)
+    if [ -n "$c" ] && [ -n "$a" ]; then
+      echo "gpu-check-trainer: $k $p samples/s: coemu $c, torch $a ($(awk -v c="$c" -v a="$a" 'BEGIN {printf "%.2f", c / a}') x)"
+    fi
+  done
+done
+echo "gpu-check-trainer: $([ $rc = 0 ] && echo ok || echo FAILED) ($SECONDS s)"
+exit $rc

@@ -1,0 +1,391 @@
+/* trainer_gpu_check.c - the trainer's device check (scripts/gpu-check-trainer.sh):
+ * one standalone binary, no MPI, HDF5, ZeroMQ, libyaml or libpng (the data
+ * is generated in memory), linked from trainer/ and the few common/ files it
+ * needs, OpenBLAS, FFTW, zlib and the CUDA libraries. In order:
+ *
+ *   1. layer parity (tests/trainer/parity.h): every layer kind, the loss,
+ *      Adam and the reducer paths, on the CPU backend and on the CUDA one
+ *      (cuDNN restricted to its plain-sum algorithms, COEMU_CUDNN_ALGOS=sums,
+ *      for which the elementwise bounds hold), against the literal
+ *      references;
+ *   2. one whole COEmuNet training step, CUDA against the CPU reference,
+ *      within PAR_FLOOR_FACTOR x the noise floor measured on this host;
+ *   3. checkpoints GPU -> CPU and CPU -> GPU, bit for bit;
+ *   4. --steps (20) training steps of the full 7-channel COEmuNet on the CPU
+ *      and on the GPU from the same weights and data (cuDNN's fastest
+ *      algorithms): the loss curves, and at each step the GPU's relative
+ *      distance from the CPU curve within PAR_FLOOR_FACTOR x the floor of
+ *      that step (the CPU curve with every input one ulp off; the running
+ *      largest, since rounding differences grow along a trajectory);
+ *   5. speed: training samples/s at --batch and inference samples/s at
+ *      --infer-batch on the GPU, float32 and (--tf32) TF32.
+ *
+ * Prints one line per result ("trainer-check: ..."). Exit status: 0 when
+ * every check passed, 1 when one failed, 77 when there is no CUDA backend or
+ * no device (1 instead with COEMU_REQUIRE_DEVICE=1).
+ *
+ * Usage: trainer_gpu_check [--steps N] [--curve-batch B] [--batch B]
+ *                          [--infer-batch B] [--iters K] [--tf32] [--no-bench]
+ *                          [--no-curves] [--grid G] [--backend NAME]
+ * --grid scales the model of 4-5 down (default 64, the paper's); --backend
+ * runs the checks on another backend than cuda: the meson test
+ * trainer_gpu_check_cpu runs the whole binary on the CPU backend in CI.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "parity.h"
+#ifdef COEMU_HAVE_CUDA_TRAINER
+#include "trainer/cuda/backend_cuda.h"
+#endif
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+
+static int failures;
+
+static void verdict(const char *what, int ok) {
+  printf("trainer-check: %s: %s\n", what, ok ? "PASS" : "FAIL");
+  fflush(stdout);
+  if (!ok) failures++;
+}
+
+static void print_report(const char *backend, const par_report *r) {
+  printf("trainer-check: layers %s: %ld values, %ld out of tolerance, %d failed calls, worst %.3g x "
+         "tolerance%s%s\n", backend, r->checks, r->failures, r->errors, r->worst,
+         r->first[0] ? "; first: " : "", r->first);
+}
+
+/* ---- loss curves -------------------------------------------------------- */
+
+typedef struct {
+  int steps, batch;
+  coemunet_config cfg;
+} curve_opts;
+
+/* --steps steps of a fresh model (seed 1234) on backend be, batch k from
+ * par_batch(k); ulp_salt > 0: every input one ulp off. losses[k]. */
+static int run_curve(const nn_backend *be, const curve_opts *c, uint32_t ulp_salt, double *losses,
+                     double *secs) {
+  coemunet m;
+  adam o;
+  trainer tr;
+  memset(&o, 0, sizeof o);
+  memset(&tr, 0, sizeof tr);
+  const size_t nx = (size_t)c->batch * 3 * c->cfg.grid * c->cfg.grid * c->cfg.grid;
+  const size_t nt = (size_t)c->batch * c->cfg.nfreq * c->cfg.grid * c->cfg.grid;
+  float *x = (float *)malloc(sizeof(float) * nx), *t = (float *)malloc(sizeof(float) * nt);
+  adam_config ac = adam_default();
+  int rc = x && t ? coemunet_build_on(&m, &c->cfg, 1234, be) : ce_err("out of memory");
+  int built = rc == 0;
+  if (rc == 0) rc = nn_set_batch(&m.net, c->batch);
+  if (rc == 0) rc = adam_init(&o, &m.net, &ac);
+  if (rc == 0) rc = trainer_init(&tr, &m, &o);
+  double t0 = now();
+  for (int k = 0; k < c->steps && rc == 0; k++) {
+    par_batch(&c->cfg, c->batch, k, x, t);
+    if (ulp_salt) {
+      ce_rng g = ce_rng_make(99, ulp_salt, (uint32_t)k, 5);
+      for (size_t i = 0; i < nx; i++)
+        x[i] = nextafterf(x[i], ce_rng_u32(&g) & 1 ? INFINITY : -INFINITY);
+    }
+    loss_value lv;
+    rc = trainer_step(&tr, x, t, ac.lr, &lv);
+    losses[k] = lv.total;
+  }
+  *secs = now() - t0;
+  trainer_free(&tr);
+  adam_free(&o);
+  if (built) coemunet_free(&m);
+  free(x);
+  free(t);
+  return rc;
+}
+
+/* The curves; the device's float32 curve stays in dev_out (c->steps). */
+static void check_curves(const nn_backend *gpu, const curve_opts *c, double *dev_out) {
+  double *ref = (double *)calloc((size_t)c->steps, sizeof(double)),
+         *ulp = (double *)calloc((size_t)c->steps, sizeof(double)),
+         *dev = (double *)calloc((size_t)c->steps, sizeof(double));
+  double s_ref, s_ulp, s_dev;
+  if (run_curve(&nn_backend_cpu, c, 0, ref, &s_ref) < 0 ||
+      run_curve(&nn_backend_cpu, c, 23, ulp, &s_ulp) < 0 || run_curve(gpu, c, 0, dev, &s_dev) < 0) {
+    printf("trainer-check: curves: error: %s\n", ce_err_msg());
+    verdict("loss curves", 0);
+  } else {
+    int ok = 1;
+    double floor = PAR_FLOOR_MIN, worst = 0;
+    printf("trainer-check: curve k  cpu                  cpu(inputs+-1ulp)    %-20s "
+           "|dev-cpu|/cpu   floor\n", gpu->name);
+    for (int k = 0; k < c->steps; k++) {
+      double f = fabs(ulp[k] - ref[k]) / fabs(ref[k]);
+      if (f > floor) floor = f;
+      double d = fabs(dev[k] - ref[k]) / fabs(ref[k]);
+      if (d / floor > worst) worst = d / floor;
+      if (!(d <= PAR_FLOOR_FACTOR * floor)) ok = 0;
+      printf("trainer-check: curve %-2d %.15f %.15f %.15f %.3e      %.3e\n", k + 1, ref[k], ulp[k],
+             dev[k], d, floor);
+    }
+    printf("trainer-check: curves: %d steps of coemunet%d at batch %d: the device within %.3g x the floor "
+           "(tolerance %g x); %.1f s on the CPU, %.2f s on the GPU\n", c->steps, c->cfg.nfreq,
+           c->batch, worst, PAR_FLOOR_FACTOR, s_ref, s_dev);
+    verdict("loss curves, device vs cpu", ok);
+    memcpy(dev_out, dev, sizeof(double) * (size_t)c->steps);
+  }
+  free(ref);
+  free(ulp);
+  free(dev);
+}
+
+/* ---- speed -------------------------------------------------------------- */
+
+static int sync_backend(const nn_net *net) {
+  float v;
+  return nn_download(net, &v, net->params[0].w, 1); /* waits for the queued work */
+}
+
+static void bench(const nn_backend *be, const char *prec, int batch, int infer_batch, int iters,
+                  int grid) {
+  coemunet_config cfg = coemunet_default(7);
+  cfg.grid = grid;
+  const int sizes[2] = {batch, infer_batch};
+  for (int pass = 0; pass < 2; pass++) {
+    const int B = sizes[pass];
+    coemunet m;
+    adam o;
+    trainer tr;
+    memset(&o, 0, sizeof o);
+    memset(&tr, 0, sizeof tr);
+    const size_t nx = (size_t)B * 3 * cfg.grid * cfg.grid * cfg.grid;
+    const size_t nt = (size_t)B * cfg.nfreq * cfg.grid * cfg.grid;
+    float *x = (float *)malloc(sizeof(float) * nx), *t = (float *)malloc(sizeof(float) * nt);
+    ce_rng g = ce_rng_make(1234, 0, 0, 1);
+    for (size_t i = 0; x && i < nx; i++) x[i] = (float)(2 * ce_rng_uniform(&g) - 1);
+    for (size_t i = 0; t && i < nt; i++) t[i] = (float)ce_rng_uniform(&g);
+    adam_config ac = adam_default();
+    int rc = x && t ? coemunet_build_on(&m, &cfg, 1234, be) : ce_err("out of memory");
+    int built = rc == 0;
+    if (rc == 0) rc = nn_set_batch(&m.net, B);
+    if (rc == 0 && pass == 0) rc = adam_init(&o, &m.net, &ac);
+    if (rc == 0) rc = trainer_init(&tr, &m, pass == 0 ? &o : NULL);
+    loss_value lv;
+    double secs = 0;
+    if (pass == 0) {
+      for (int i = 0; i < 3 && rc == 0; i++) rc = trainer_step(&tr, x, t, ac.lr, &lv);
+      if (rc == 0) rc = sync_backend(&m.net);
+      double t0 = now();
+      for (int i = 0; i < iters && rc == 0; i++) rc = trainer_step(&tr, x, t, ac.lr, &lv);
+      if (rc == 0) rc = sync_backend(&m.net);
+      secs = now() - t0;
+    } else { /* inference: input in, forward (evaluation mode), nothing out but a sync */
+      for (int i = 0; i < 3 && rc == 0; i++) {
+        rc = nn_input_upload(&m.net, m.input, x);
+        if (rc == 0) rc = nn_forward(&m.net, 0);
+      }
+      if (rc == 0) rc = sync_backend(&m.net);
+      double t0 = now();
+      for (int i = 0; i < iters && rc == 0; i++) {
+        rc = nn_input_upload(&m.net, m.input, x);
+        if (rc == 0) rc = nn_forward(&m.net, 0);
+      }
+      if (rc == 0) rc = sync_backend(&m.net);
+      secs = now() - t0;
+    }
+    if (rc < 0)
+      printf("trainer-check: %s %s %s batch=%d: error: %s\n", pass ? "infer" : "train", be->name,
+             prec, B, ce_err_msg());
+    else
+      printf("trainer-check: %s %s %s batch=%d samples/s %.1f\n", pass ? "infer" : "train",
+             be->name, prec, B, (double)B * iters / secs);
+    fflush(stdout);
+    if (rc < 0) failures++;
+    trainer_free(&tr);
+    if (pass == 0) adam_free(&o);
+    if (built) coemunet_free(&m);
+    free(x);
+    free(t);
+  }
+}
+
+/* ---- main --------------------------------------------------------------- */
+
+static int arg_int(int argc, char **argv, int *i, int lo, int hi) {
+  if (*i + 1 >= argc) {
+    fprintf(stderr, "trainer_gpu_check: error: %s needs a value\n", argv[*i]);
+    exit(2);
+  }
+  char *end;
+  long v = strtol(argv[++*i], &end, 10);
+  if (*end || v < lo || v > hi) {
+    fprintf(stderr, "trainer_gpu_check: error: %s %s: expected an integer in %d..%d\n",
+            argv[*i - 1], argv[*i], lo, hi);
+    exit(2);
+  }
+  return (int)v;
+}
+
+int main(int argc, char **argv) {
+  int steps = 20, curve_batch = 4, batch = 32, infer_batch = 64, iters = 10, tf32 = 0;
+  int do_bench = 1, do_curves = 1, grid = 64;
+  const char *backend = "cuda";
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--steps")) steps = arg_int(argc, argv, &i, 1, 1000);
+    else if (!strcmp(argv[i], "--curve-batch")) curve_batch = arg_int(argc, argv, &i, 2, 1024);
+    else if (!strcmp(argv[i], "--batch")) batch = arg_int(argc, argv, &i, 2, 4096);
+    else if (!strcmp(argv[i], "--infer-batch")) infer_batch = arg_int(argc, argv, &i, 1, 4096);
+    else if (!strcmp(argv[i], "--iters")) iters = arg_int(argc, argv, &i, 1, 10000);
+    else if (!strcmp(argv[i], "--tf32")) tf32 = 1;
+    else if (!strcmp(argv[i], "--no-bench")) do_bench = 0;
+    else if (!strcmp(argv[i], "--no-curves")) do_curves = 0;
+    else if (!strcmp(argv[i], "--grid")) grid = arg_int(argc, argv, &i, 16, 1024);
+    else if (!strcmp(argv[i], "--backend") && i + 1 < argc) backend = argv[++i];
+    else if (!strcmp(argv[i], "--help")) {
+      printf("usage: trainer_gpu_check [--steps N] [--curve-batch B] [--batch B] [--infer-batch B] "
+             "[--iters K] [--tf32] [--no-bench] [--no-curves] [--grid G] [--backend NAME]\n");
+      return 0;
+    } else {
+      fprintf(stderr, "trainer_gpu_check: error: unknown option '%s' (--help)\n", argv[i]);
+      return 2;
+    }
+  }
+  const char *req = getenv("COEMU_REQUIRE_DEVICE");
+  const int skip_status = req && !strcmp(req, "1") ? 1 : 77;
+  if (nn_backend_init(&nn_backend_cpu, 0) < 0) {
+    fprintf(stderr, "trainer_gpu_check: %s\n", ce_err_msg());
+    return 1;
+  }
+  printf("trainer-check: host: %d OpenMP threads, %ld cores online\n", omp_get_max_threads(),
+         sysconf(_SC_NPROCESSORS_ONLN));
+  if (grid % 8) {
+    fprintf(stderr, "trainer_gpu_check: error: --grid %d: expected a multiple of 8\n", grid);
+    return 2;
+  }
+  const nn_backend *gpu = nn_backend_by_name(backend);
+  if (!gpu) {
+    printf("trainer-check: SKIP: %s\n", ce_err_msg());
+    nn_backend_finish(&nn_backend_cpu);
+    return skip_status;
+  }
+  setenv("COEMU_CUDNN_ALGOS", "sums", 1);
+  if (nn_backend_init(gpu, 0) < 0) {
+    printf("trainer-check: SKIP: %s\n", ce_err_msg());
+    nn_backend_finish(&nn_backend_cpu);
+    return skip_status;
+  }
+#ifdef COEMU_HAVE_CUDA_TRAINER
+  if (gpu == &nn_backend_cuda) printf("trainer-check: device: %s\n", nn_cuda_device_name());
+#endif
+  fflush(stdout);
+  double t0 = now();
+
+  /* 1. layers */
+  par_report rc_, rg;
+  memset(&rc_, 0, sizeof rc_);
+  memset(&rg, 0, sizeof rg);
+  par_layers(&nn_backend_cpu, &rc_);
+  print_report("cpu", &rc_);
+  verdict("layer parity, cpu", rc_.failures == 0 && rc_.errors == 0);
+  par_layers(gpu, &rg);
+  print_report(gpu->name, &rg);
+  verdict("layer parity, device", rg.failures == 0 && rg.errors == 0);
+
+  /* 2. one whole step */
+  par_step_ref R;
+  if (par_step_reference(&R, 0) < 0) {
+    printf("trainer-check: step reference: error: %s\n", ce_err_msg());
+    verdict("training step, device vs cpu", 0);
+  } else {
+    par_mismatch m;
+    int exact = 0, within = 0;
+    if (par_step(gpu, &R, &m, &exact, &within) < 0) {
+      printf("trainer-check: step: error: %s\n", ce_err_msg());
+      within = 0;
+    } else {
+      printf("trainer-check: step %s vs cpu: loss %.2e grad %.2e update %.2e BN stats %.2e; "
+             "floor x %g: %.2e %.2e %.2e %.2e\n", gpu->name, m.loss, m.grad, m.update, m.stats,
+             PAR_FLOOR_FACTOR, PAR_FLOOR_FACTOR * R.floor.loss, PAR_FLOOR_FACTOR * R.floor.grad,
+             PAR_FLOOR_FACTOR * R.floor.update, PAR_FLOOR_FACTOR * R.floor.stats);
+    }
+    verdict("training step, device vs cpu", within);
+    par_step_reference_free(&R);
+  }
+
+  /* 3. checkpoints */
+  char dir[] = "/tmp/coemu_trainer_check_XXXXXX";
+  if (mkdtemp(dir)) {
+    char p1[128], p2[128];
+    snprintf(p1, sizeof p1, "%s/a.ckpt", dir);
+    snprintf(p2, sizeof p2, "%s/b.ckpt", dir);
+    long d1 = par_checkpoint(gpu, &nn_backend_cpu, p1, p2, 0);
+    long d2 = par_checkpoint(&nn_backend_cpu, gpu, p1, p2, 0);
+    if (d1 < 0 || d2 < 0) printf("trainer-check: checkpoints: error: %s\n", ce_err_msg());
+    printf("trainer-check: checkpoints: %s -> cpu %ld, cpu -> %s %ld differing values\n", gpu->name,
+           d1, gpu->name, d2);
+    verdict("checkpoints between cpu and the device", d1 == 0 && d2 == 0);
+    unlink(p1);
+    unlink(p2);
+    rmdir(dir);
+  }
+  printf("trainer-check: parity took %.1f s\n", now() - t0);
+
+  /* 4-5: cuDNN's fastest algorithms from here on */
+  nn_backend_finish(gpu);
+  setenv("COEMU_CUDNN_ALGOS", "any", 1);
+  if (nn_backend_init(gpu, 0) < 0) {
+    printf("trainer-check: error: %s\n", ce_err_msg());
+    nn_backend_finish(&nn_backend_cpu);
+    return 1;
+  }
+  if (do_curves) {
+    curve_opts c = {steps, curve_batch, coemunet_default(7)};
+    c.cfg.grid = grid;
+    double *f32 = (double *)calloc((size_t)steps, sizeof(double));
+    check_curves(gpu, &c, f32);
+#ifdef COEMU_HAVE_CUDA_TRAINER
+    /* TF32's effect on the loss curve: the same steps, against float32 */
+    if (tf32 && gpu == &nn_backend_cuda && f32[0] != 0) {
+      double *t = (double *)calloc((size_t)steps, sizeof(double)), secs, worst = 0;
+      nn_cuda_set_tf32(1);
+      if (run_curve(gpu, &c, 0, t, &secs) == 0) {
+        for (int k = 0; k < steps; k++) {
+          double d = fabs(t[k] - f32[k]) / fabs(f32[k]);
+          if (d > worst) worst = d;
+          printf("trainer-check: curve tf32 %-2d %.15f (fp32 %.15f, relative %.3e)\n", k + 1, t[k],
+                 f32[k], d);
+        }
+        printf("trainer-check: curve tf32 vs fp32: largest relative loss difference %.3g over %d "
+               "steps (%.2f s)\n", worst, steps, secs);
+      } else {
+        printf("trainer-check: curve tf32: error: %s\n", ce_err_msg());
+        failures++;
+      }
+      nn_cuda_set_tf32(0);
+      free(t);
+    }
+#endif
+    free(f32);
+  }
+  if (do_bench) {
+    bench(gpu, "fp32", batch, infer_batch, iters, grid);
+#ifdef COEMU_HAVE_CUDA_TRAINER
+    if (tf32 && gpu == &nn_backend_cuda) {
+      nn_cuda_set_tf32(1);
+      bench(gpu, "tf32", batch, infer_batch, iters, grid);
+      nn_cuda_set_tf32(0);
+    }
+#else
+    (void)tf32;
+#endif
+    printf("trainer-check: bf16: not implemented in the CUDA backend (the anchor measures PyTorch's)\n");
+  }
+  nn_backend_finish(gpu);
+  nn_backend_finish(&nn_backend_cpu);
+  printf("trainer-check: %s (%d failed)\n", failures ? "FAILED" : "all passed", failures);
+  return failures ? 1 : 0;
+}

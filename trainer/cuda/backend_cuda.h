@@ -1,0 +1,50 @@
+/* backend_cuda.h - the CUDA backend of the trainer (backend.h's table on one
+ * GPU): every tensor in device memory; convolutions on cuDNN (forward,
+ * backward data, backward filter; the algorithms chosen once per shape by
+ * cudnnFind* under a workspace limit), linear layers on cuBLAS, the loss's
+ * spectral term on cuFFT (double precision, as the CPU's FFTW), BatchNorm
+ * (training, evaluation, synchronised through the nn_reducer sums), ReLU,
+ * Tanh, max pooling, upsampling, concatenation and slices, Adam and the
+ * gradient reduction in kernels of its own, with the arithmetic of
+ * layers_cpu.c (docs/trainer.md, "The CUDA backend").
+ *
+ * Built only when meson finds nvcc, cuDNN, cuBLAS and cuFFT (the top-level
+ * `cuda` option; COEMU_HAVE_CUDA is then defined); nn_backend_by_name("cuda")
+ * (nn.h) is the way in that works in every build. Plain C interface: this
+ * header is included from C and from the .cu file.
+ */
+#ifndef COEMU_BACKEND_CUDA_H
+#define COEMU_BACKEND_CUDA_H
+
+#include "trainer/backend.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The table. Its init(threads) selects the device (COEMU_CUDA_DEVICE, else
+ * 0), creates the stream and the cuDNN / cuBLAS handles, and fails with a
+ * clear message when there is no usable device. threads is ignored. */
+extern const nn_backend nn_backend_cuda;
+
+/* Arithmetic of convolutions and linear layers: 0 (default) float32 on the
+ * FMA units, no tensor cores (the reference: parity with the CPU);
+ * 1: TF32 tensor cores (10-bit mantissa products, float32 sums). Set before
+ * the first net is built; 0, or -1 with an error for another value. */
+int nn_cuda_set_tf32(int on);
+int nn_cuda_tf32(void);
+
+/* Bytes of cuDNN workspace one convolution may use (the algorithm search
+ * skips algorithms that need more). Default 512 MiB, or the environment's
+ * COEMU_CUDNN_WORKSPACE_MB. */
+void nn_cuda_set_workspace_limit(size_t bytes);
+
+/* One line naming the device in use ("NVIDIA H200, sm_90, 139.8 GiB"), or
+ * "" before init. */
+const char *nn_cuda_device_name(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
