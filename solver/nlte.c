@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
 #include <strings.h>
 
 #include "common/error.h"
@@ -456,12 +457,14 @@ int nlte_solve(const nlte_model *M, const nlte_conditions *c, const nlte_options
   return nlte_solve_dirs(M, c, o, NULL, r);
 }
 
-int nlte_solve_dirs(const nlte_model *M, const nlte_conditions *c, const nlte_options *o,
-                    const nlte_dirs *dirs, nlte_result *r) {
-  if (r->nlev != M->nlev || r->nline != M->nline || !r->work)
-    CE_FAIL("nlte: result not initialised for this model");
-  double tol = o && o->tol > 0 ? o->tol : 1e-10;
-  int max_iter = o && o->max_iter > 0 ? o->max_iter : 1000;
+/* One solve at cddv scaled by `scale` (1: the problem as posed), from x0
+ * (warm start, Newton) or NULL (optically thin start and relaxation). -1 on
+ * error; *no_conv = 1 if the error is that max_iter iterations did not
+ * converge (or a singular / non-finite step), which the caller may retry. */
+static int solve_once(const nlte_model *M, const nlte_conditions *c, double tol, int max_iter,
+                      const nlte_dirs *dirs, const double *x0, double scale, nlte_result *r,
+                      int *no_conv) {
+  *no_conv = 0;
   double dens[NLTE_NPARTNER];
   if (dirs && !(dirs->ndir >= 1 && dirs->w && dirs->esc && dirs->cddv >= 0 && isfinite(dirs->cddv)))
     CE_FAIL("nlte: direction set: %d directions, scale %g, expected >= 1 and >= 0", dirs->ndir,
@@ -492,13 +495,13 @@ int nlte_solve_dirs(const nlte_model *M, const nlte_conditions *c, const nlte_op
     double h = c->t_bg > 0 ? NLTE_FK * M->xnu[l] / c->t_bg : INFINITY;
     occ[l] = h >= 160.0 ? 0.0 : 1.0 / expm1(h);
   }
-  double cddv = dirs ? dirs->cddv : c->column / (c->fwhm_kms * 1e5);
+  double cddv = scale * (dirs ? dirs->cddv : c->column / (c->fwhm_kms * 1e5));
   double *dbeta = r->flux_kkms; /* scratch too */
   nlte_sys S = {M, Lc, occ, cddv, c->geometry, dirs, dbeta};
   int it, relax_phase = 1;
-  if (dirs && dirs->x0) { /* warm start: Newton from the given populations */
+  if (x0) { /* warm start: Newton from the given populations */
     double sum = 0;
-    for (int i = 0; i < n; i++) sum += x[i] = dirs->x0[i] > 0 ? dirs->x0[i] : 0.0;
+    for (int i = 0; i < n; i++) sum += x[i] = x0[i] > 0 ? x0[i] : 0.0;
     if (!(sum > 0) || !isfinite(sum)) CE_FAIL("nlte: %s: warm-start populations sum to %g", mol, sum);
     for (int i = 0; i < n; i++) x[i] /= sum;
     relax_phase = 0;
@@ -598,8 +601,10 @@ iterate:;
       for (int i = 0; i < n; i++) dx[i] = 0;
       for (int j = 0; j < n; j++) J[(size_t)rrow * n + j] = 1.0;
       dx[rrow] = 1.0;
-      if (lu_solve(J, dx, r->ipiv, n) < 0)
+      if (lu_solve(J, dx, r->ipiv, n) < 0) {
+        *no_conv = 1;
         CE_FAIL("nlte: %s: T_kin %g K: singular rate matrix at iteration %d", mol, T, it);
+      }
       double st = 0, rr = 0;
       for (int i = 0; i < n; i++) {
         double v = dx[i] > 0 ? dx[i] : 0.0;
@@ -607,8 +612,10 @@ iterate:;
         xt[i] = (1.0 - wrelax) * x[i] + wrelax * v;
         st += xt[i];
       }
-      if (!(st > 0) || !isfinite(st))
+      if (!(st > 0) || !isfinite(st)) {
+        *no_conv = 1;
         CE_FAIL("nlte: %s: T_kin %g K: populations not finite at iteration %d", mol, T, it);
+      }
       for (int i = 0; i < n; i++) xt[i] /= st;
       rate_matrix(&S, xt, 0, r->tau, r->beta, J, f, &mt);
       if (relax_phase && (rr < 0.1 || it >= 30)) relax_phase = 0;
@@ -622,6 +629,7 @@ iterate:;
   r->iterations = it > max_iter ? max_iter : it;
   r->max_rel_change = rel;
   if (it > max_iter) {
+    *no_conv = 1;
     if (isinf(rel))
       CE_FAIL("nlte: %s: T_kin %g K, column %g cm^-2: no convergence after %d iterations (the last "
               "was a relaxation step: Newton could not lower the residual)", mol, T, c->column, max_iter);
@@ -653,4 +661,78 @@ iterate:;
               r->tau[l], ta);
   }
   return 0;
+}
+
+/* Iterations of the direct solve before the continuation fallback takes
+ * over (converging models take 5-15; the slowest that converged directly on
+ * the RADEX grids took 599, and converge by continuation as well). */
+#define NLTE_DIRECT_ITER 200
+/* Continuation: the first scale of cddv (optically thin for every line of
+ * the LAMDA files here), the first factor between scales, Newton iterations
+ * allowed per scale, and the smallest factor before giving up. */
+#define NLTE_CONT_S0 1e-6
+#define NLTE_CONT_Q0 10.0
+#define NLTE_CONT_ITER 30
+#define NLTE_CONT_QMIN 1.0005
+
+int nlte_solve_dirs(const nlte_model *M, const nlte_conditions *c, const nlte_options *o,
+                    const nlte_dirs *dirs, nlte_result *r) {
+  if (r->nlev != M->nlev || r->nline != M->nline || !r->work)
+    CE_FAIL("nlte: result not initialised for this model");
+  double tol = o && o->tol > 0 ? o->tol : 1e-10;
+  int max_iter = o && o->max_iter > 0 ? o->max_iter : 1000;
+  const double *x0 = dirs ? dirs->x0 : NULL;
+  int no_conv;
+  /* A warm start is the caller's guess (the 3-D cells redo a failed one
+   * cold): no fallback. */
+  int direct = x0 ? max_iter : max_iter < NLTE_DIRECT_ITER ? max_iter : NLTE_DIRECT_ITER;
+  if (solve_once(M, c, tol, direct, dirs, x0, 1.0, r, &no_conv) == 0) return 0;
+  if (!no_conv || x0 || direct >= max_iter) return -1;
+  /* The direct iteration did not converge (strongly masing, very thick
+   * lines, where it can cycle between branches): follow the solution from
+   * the optically thin limit, cddv s = 1e-6 .. 1, by Newton from the
+   * populations at the previous s, the step in log s halved when Newton
+   * does not converge within NLTE_CONT_ITER iterations (and doubled after a
+   * success). This tracks the branch connected to the thin solution, which
+   * is the one RADEX's iteration from the thin start ends on where it
+   * converges (docs/nlte.md). */
+  char first[512];
+  snprintf(first, sizeof first, "%s", ce_err_msg());
+  int total = direct, n = M->nlev;
+  double *xs = malloc(sizeof(double) * (size_t)n);
+  if (!xs) CE_FAIL("nlte: out of memory (%d levels)", n);
+  double s = NLTE_CONT_S0, q = NLTE_CONT_Q0;
+  int rc = solve_once(M, c, tol, max_iter - total, dirs, NULL, s, r, &no_conv);
+  total += rc == 0 ? r->iterations : max_iter - total;
+  if (rc == 0) memcpy(xs, r->pop, sizeof(double) * (size_t)n);
+  while (rc == 0 && s < 1.0) {
+    if (total >= max_iter) {
+      rc = -1;
+      break;
+    }
+    double sn = s * q < 1.0 ? s * q : 1.0;
+    int lim = max_iter - total < NLTE_CONT_ITER ? max_iter - total : NLTE_CONT_ITER;
+    int ok = solve_once(M, c, tol, lim, dirs, xs, sn, r, &no_conv) == 0;
+    total += ok ? r->iterations : lim;
+    if (!ok && !no_conv) { /* not a convergence failure: report it */
+      free(xs);
+      return -1;
+    }
+    if (ok) {
+      s = sn;
+      memcpy(xs, r->pop, sizeof(double) * (size_t)n);
+      q = q * q < NLTE_CONT_Q0 ? q * q : NLTE_CONT_Q0;
+    } else {
+      q = sqrt(q);
+      if (q < NLTE_CONT_QMIN) {
+        rc = -1;
+        break;
+      }
+    }
+  }
+  free(xs);
+  r->iterations = total < max_iter ? total : max_iter;
+  if (rc == 0 && s >= 1.0) return 0;
+  CE_FAIL("%s; the continuation from the optically thin limit stopped at %.3g of the column "
+          "(%d iterations in all)", first, s, total);
 }
