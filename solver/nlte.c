@@ -498,13 +498,12 @@ static int solve_once(const nlte_model *M, const nlte_conditions *c, double tol,
   double cddv = scale * (dirs ? dirs->cddv : c->column / (c->fwhm_kms * 1e5));
   double *dbeta = r->flux_kkms; /* scratch too */
   nlte_sys S = {M, Lc, occ, cddv, c->geometry, dirs, dbeta};
-  int it, relax_phase = 1;
+  int it;
   if (x0) { /* warm start: Newton from the given populations */
     double sum = 0;
     for (int i = 0; i < n; i++) sum += x[i] = x0[i] > 0 ? x0[i] : 0.0;
     if (!(sum > 0) || !isfinite(sum)) CE_FAIL("nlte: %s: warm-start populations sum to %g", mol, sum);
     for (int i = 0; i < n; i++) x[i] /= sum;
-    relax_phase = 0;
     goto iterate;
   }
 
@@ -521,14 +520,18 @@ static int solve_once(const nlte_model *M, const nlte_conditions *c, double tol,
   for (int i = 0; i < n; i++) x[i] /= sum;
 
 iterate:;
-  /* RADEX-style steps first (populations of the rate matrix at the betas
-   * of the current populations, under-relaxed 0.3 old + 0.7 new, the new
-   * weight halved after a step that raised the merit) until they
-   * change the populations by < 10 % or for 30 steps, then Newton on
-   * f(x) = 0, sum x = 1, in log populations (steps of at most a factor e per
+  /* Newton on f(x) = 0, sum x = 1, from the optically thin solution (or
+   * the warm start), in log populations (steps of at most a factor e per
    * population, halved until the merit falls); a Newton step that cannot
-   * lower the merit is replaced by a RADEX-style step. Converged: the full
-   * Newton step changes no population > 1e-20 by more than tol. */
+   * lower the merit is replaced by a RADEX-style step (the populations of
+   * the rate matrix at the betas of the current populations, under-relaxed:
+   * weight 0.7 on the new ones, halved after a step that raised the merit
+   * down to 0.05, raised by 1.25 after one that lowered it). Converged: the
+   * full Newton step changes no population > 1e-20 by more than tol, or the
+   * error left after it, estimated from the contraction of the last two
+   * full steps, is below tol. (Until issue 16's speed-up the iteration began
+   * with RADEX-style steps until they changed the populations by < 10 %:
+   * 3-4 extra LU solves per model that did not shorten Newton, docs/nlte.md.) */
   double wrelax = 0.7; /* weight of the new populations in a relaxation step */
   double rel = INFINITY, merit, rel_prev = INFINITY;
   const double K0 = cddv / (NLTE_FGAUS_FAC * 8.0 * M_PI);
@@ -539,7 +542,7 @@ iterate:;
       if (x[i] > x[rrow]) rrow = i;
     double mt = INFINITY, s = 0;
     int accepted = 0;
-    if (!relax_phase) {
+    {
       memcpy(J, Lm, sizeof(double) * (size_t)n * n);
       for (int l = 0; l < L; l++) {
         if (!dirs) sys_beta(&S, r->tau[l], &dbeta[l]); /* dirs: rate_matrix set it */
@@ -569,12 +572,11 @@ iterate:;
         if (x[i] > NLTE_MINPOP && fabs(dx[i]) > rel) rel = fabs(dx[i]);
       }
       if (!usable) rel = INFINITY;
-      /* converged: the step is below tol; for the 3-D cells also when the
-       * error left after it, estimated from the contraction rate of the
-       * last two full steps (rho = rel / rel_prev: rel rho / (1 - rho)),
-       * is (docs/nlte.md) */
+      /* converged: the step is below tol, or the error left after it,
+       * estimated from the contraction rate of the last two full steps
+       * (rho = rel / rel_prev: rel rho / (1 - rho)), is (docs/nlte.md) */
       double rho = rel / rel_prev;
-      int conv = rel < tol || (dirs && isfinite(rel_prev) && rho < 0.5 && rel * rho / (1.0 - rho) < tol);
+      int conv = rel < tol || (isfinite(rel_prev) && rho < 0.5 && rel * rho / (1.0 - rho) < tol);
       double lam = rel > 1.0 ? 1.0 / rel : 1.0, lam_acc = 0;
       for (int k = 0; usable && k < 8 && !accepted; k++, lam *= 0.5) {
         double st = 0;
@@ -597,7 +599,7 @@ iterate:;
       }
     }
     if (!accepted) {
-      rate_matrix(&S, x, 0, r->tau, r->beta, J, NULL, NULL);
+      memcpy(J, Lm, sizeof(double) * (size_t)n * n); /* the rate matrix at x */
       for (int i = 0; i < n; i++) dx[i] = 0;
       for (int j = 0; j < n; j++) J[(size_t)rrow * n + j] = 1.0;
       dx[rrow] = 1.0;
@@ -605,10 +607,9 @@ iterate:;
         *no_conv = 1;
         CE_FAIL("nlte: %s: T_kin %g K: singular rate matrix at iteration %d", mol, T, it);
       }
-      double st = 0, rr = 0;
+      double st = 0;
       for (int i = 0; i < n; i++) {
         double v = dx[i] > 0 ? dx[i] : 0.0;
-        if (x[i] > NLTE_MINPOP && fabs(v - x[i]) / x[i] > rr) rr = fabs(v - x[i]) / x[i];
         xt[i] = (1.0 - wrelax) * x[i] + wrelax * v;
         st += xt[i];
       }
@@ -618,8 +619,7 @@ iterate:;
       }
       for (int i = 0; i < n; i++) xt[i] /= st;
       rate_matrix(&S, xt, 0, r->tau, r->beta, J, f, &mt);
-      if (relax_phase && (rr < 0.1 || it >= 30)) relax_phase = 0;
-      if (!relax_phase) wrelax = mt > merit ? fmax(0.05, 0.5 * wrelax) : fmin(0.7, 1.25 * wrelax);
+      wrelax = mt > merit ? fmax(0.05, 0.5 * wrelax) : fmin(0.7, 1.25 * wrelax);
       rel = rel_prev = INFINITY; /* a relaxation step never ends the iteration */
     }
     memcpy(Lm, J, sizeof(double) * (size_t)n * n);
