@@ -3,6 +3,7 @@
 #include "solver/nlte.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
@@ -214,13 +215,18 @@ void nlte_model_free(nlte_model *M) {
   memset(M, 0, sizeof *M);
 }
 
+/* Row stride of the LU's augmented matrix [a | b]: n + 1 rounded up to 8
+ * doubles (one AVX-512 vector, two AVX ones), rows 64-byte aligned. */
+static int lu_ld(int n) { return (n + 1 + 7) & ~7; }
+
 int nlte_result_init(nlte_result *r, const nlte_model *M) {
   memset(r, 0, sizeof *r);
   r->nlev = M->nlev;
   r->nline = M->nline;
   size_t n = (size_t)M->nlev, L = (size_t)M->nline;
   r->pop = ce_calloc_array(n + 6 * L, sizeof(double), "nlte result");
-  r->work = ce_calloc_array(4 * n * n + 4 * n, sizeof(double), "nlte work");
+  /* C, J, Lm, Lc (n x n), x, f, dx, xt (n), the LU's augmented matrix (64-byte aligned) */
+  r->work = ce_calloc_array(4 * n * n + 4 * n + n * (size_t)lu_ld((int)n) + 8, sizeof(double), "nlte work");
   r->ipiv = ce_calloc_array(n, sizeof(int), "nlte work");
   if (!r->pop || !r->work || !r->ipiv) {
     nlte_result_free(r);
@@ -246,40 +252,55 @@ void nlte_result_free(nlte_result *r) {
 
 /* LU with partial pivoting of the n x n row-major a, then solve a x = b in
  * place. -1 if singular. */
-static int lu_solve(double *a, double *b, int *piv, int n) {
+/* Solve a x = b (a: n x n, row-major, not modified) into b, by Gaussian
+ * elimination with partial pivoting on the augmented matrix [a | b] in w
+ * (n lu_ld(n) doubles, 64-byte aligned). Every row update runs over whole
+ * vectors, from column (k + 1) rounded down to 8 up to the padded width: the
+ * extra columns on the left are those already eliminated (set to 0 after each
+ * update, as elimination makes them), the ones on the right zeros, so the
+ * arithmetic on the live entries (and the result) is the same as the
+ * textbook loop's, bit for bit. -1 if a pivot is 0. */
+static int lu_solve(const double *a, double *b, int *piv, int n, double *w) {
+  const int ld = lu_ld(n);
+  double *m = __builtin_assume_aligned(w, 64);
+  for (int i = 0; i < n; i++) {
+    double *mi = m + (size_t)i * ld;
+    memcpy(mi, a + (size_t)i * n, sizeof(double) * (size_t)n);
+    mi[n] = b[i];
+    for (int j = n + 1; j < ld; j++) mi[j] = 0.0;
+  }
   for (int k = 0; k < n; k++) {
     int p = k;
-    double amax = fabs(a[(size_t)k * n + k]);
+    double amax = fabs(m[(size_t)k * ld + k]);
     for (int i = k + 1; i < n; i++) {
-      double v = fabs(a[(size_t)i * n + k]);
+      double v = fabs(m[(size_t)i * ld + k]);
       if (v > amax) amax = v, p = i;
     }
     if (!(amax > 0)) return -1;
     piv[k] = p;
-    if (p != k) {
-      for (int j = 0; j < n; j++) {
-        double t = a[(size_t)k * n + j];
-        a[(size_t)k * n + j] = a[(size_t)p * n + j];
-        a[(size_t)p * n + j] = t;
+    if (p != k)
+      for (int j = 0; j < ld; j++) {
+        double t = m[(size_t)k * ld + j];
+        m[(size_t)k * ld + j] = m[(size_t)p * ld + j];
+        m[(size_t)p * ld + j] = t;
       }
-      double t = b[k];
-      b[k] = b[p];
-      b[p] = t;
-    }
-    double inv = 1.0 / a[(size_t)k * n + k];
+    const double *rk = __builtin_assume_aligned(m + (size_t)k * ld, 64);
+    double inv = 1.0 / rk[k];
+    int j0 = (k + 1) & ~7;
     for (int i = k + 1; i < n; i++) {
-      double f = a[(size_t)i * n + k] * inv;
+      double *ri = __builtin_assume_aligned(m + (size_t)i * ld, 64);
+      double f = ri[k] * inv;
       if (f == 0) continue;
-      double *restrict ri = a + (size_t)i * n;
-      const double *restrict rk = a + (size_t)k * n;
-      for (int j = k + 1; j < n; j++) ri[j] -= f * rk[j];
-      b[i] -= f * b[k];
+      for (int j = j0; j < ld; j += 8)
+        for (int q = 0; q < 8; q++) ri[j + q] -= f * rk[j + q];
+      ri[k] = 0.0;
     }
   }
   for (int i = n - 1; i >= 0; i--) {
-    double s = b[i];
-    for (int j = i + 1; j < n; j++) s -= a[(size_t)i * n + j] * b[j];
-    b[i] = s / a[(size_t)i * n + i];
+    const double *mi = m + (size_t)i * ld;
+    double s = mi[n];
+    for (int j = i + 1; j < n; j++) s -= mi[j] * b[j];
+    b[i] = s / mi[i];
   }
   return 0;
 }
@@ -480,6 +501,8 @@ static int solve_once(const nlte_model *M, const nlte_conditions *c, double tol,
   build_coll(M, T, dens, C);
   /* the collisional part of the rate matrix, once: Lc[i][j] = C[j][i], Lc[i][i] = -sum_j C[i][j] */
   double *Lc = xt + n;
+  double *lu_w = Lc + (size_t)n * n; /* the LU's matrix, 64-byte aligned */
+  lu_w += (8 - ((uintptr_t)lu_w / sizeof(double)) % 8) % 8;
   memset(Lc, 0, sizeof(double) * (size_t)n * n);
   for (int i = 0; i < n; i++) {
     double diag = 0; /* the same sums, in the same order, as Lc[i][i] -= k */
@@ -512,7 +535,7 @@ static int solve_once(const nlte_model *M, const nlte_conditions *c, double tol,
   for (int i = 0; i < n; i++) f[i] = 0;
   for (int j = 0; j < n; j++) Lm[j] = 1.0;
   f[0] = 1.0;
-  if (lu_solve(Lm, f, r->ipiv, n) < 0)
+  if (lu_solve(Lm, f, r->ipiv, n, lu_w) < 0)
     CE_FAIL("nlte: %s: T_kin %g K: the optically thin rate matrix is singular", mol, T);
   double sum = 0;
   for (int i = 0; i < n; i++) sum += x[i] = f[i] > 0 ? f[i] : 0.0;
@@ -564,7 +587,7 @@ iterate:;
       }
       dx[rrow] = 1.0 - s;
       /* a singular Jacobian or a non-finite step: a relaxation step instead */
-      int usable = lu_solve(J, dx, r->ipiv, n) == 0;
+      int usable = lu_solve(J, dx, r->ipiv, n, lu_w) == 0;
       rel = 0;
       for (int i = 0; usable && i < n; i++) {
         if (!isfinite(dx[i])) usable = 0;
@@ -603,7 +626,7 @@ iterate:;
       for (int i = 0; i < n; i++) dx[i] = 0;
       for (int j = 0; j < n; j++) J[(size_t)rrow * n + j] = 1.0;
       dx[rrow] = 1.0;
-      if (lu_solve(J, dx, r->ipiv, n) < 0) {
+      if (lu_solve(J, dx, r->ipiv, n, lu_w) < 0) {
         *no_conv = 1;
         CE_FAIL("nlte: %s: T_kin %g K: singular rate matrix at iteration %d", mol, T, it);
       }
