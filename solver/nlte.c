@@ -376,18 +376,28 @@ static void build_coll(const nlte_model *M, double T, const double *dens, double
     }
   }
   /* the file's "upper" may be either level: go by energy, as RADEX;
-   * exp(-x_ij) = e_i / e_j from one exponential per level where that is
-   * exact enough (e_j not near underflow) */
-  double *e = C + (size_t)n * n; /* n scratch doubles after C (J's space) */
-  for (int i = 0; i < n; i++) e[i] = exp(-NLTE_FK * M->ecm[i] / T);
-  for (int i = 0; i < n; i++)
+   * g_i/g_j exp(-x_ij) = (g_i e_i) (1 / (g_j e_j)) from one exponential and
+   * one division per level where that is exact enough (e not near
+   * underflow; a few ulp), no division per pair */
+  double *e = C + (size_t)n * n, *w = e + n; /* 2n scratch doubles after C (J's space) */
+  const double fkt = NLTE_FK / T;
+  for (int i = 0; i < n; i++) {
+    e[i] = exp(-NLTE_FK * M->ecm[i] / T);
+    w[i] = e[i] > 1e-280 ? 1.0 / (M->g[i] * e[i]) : 0.0;
+  }
+  for (int i = 0; i < n; i++) {
+    const double gei = e[i] > 1e-280 ? M->g[i] * e[i] : 0.0;
+    const double *ci = C + (size_t)i * n;
     for (int j = 0; j < n; j++) {
       double de = M->ecm[i] - M->ecm[j];
-      if (!(de > 0) || C[(size_t)i * n + j] == 0) continue;
-      double x = NLTE_FK * de / T;
-      double bz = e[j] > 1e-280 && e[i] > 1e-280 ? e[i] / e[j] : exp(-x);
-      C[(size_t)j * n + i] = x >= 160.0 ? 0.0 : M->g[i] / M->g[j] * bz * C[(size_t)i * n + j];
+      if (!(de > 0) || ci[j] == 0) continue;
+      double x = de * fkt, up;
+      if (x >= 160.0) up = 0.0;
+      else if (gei > 0 && w[j] > 0) up = gei * w[j] * ci[j];
+      else up = M->g[i] / M->g[j] * exp(-x) * ci[j];
+      C[(size_t)j * n + i] = up;
     }
+  }
 }
 
 /* tau of every line from populations x */
@@ -503,15 +513,15 @@ static int solve_once(const nlte_model *M, const nlte_conditions *c, double tol,
   double *Lc = xt + n;
   double *lu_w = Lc + (size_t)n * n; /* the LU's matrix, 64-byte aligned */
   lu_w += (8 - ((uintptr_t)lu_w / sizeof(double)) % 8) % 8;
-  memset(Lc, 0, sizeof(double) * (size_t)n * n);
+  /* a plain transpose and row sums, no branches (the same bits as summing
+   * the non-zero rates only: adding 0 changes nothing) */
+  for (int i = 0; i < n; i++)
+    for (int j = 0; j < n; j++) Lc[(size_t)j * n + i] = C[(size_t)i * n + j];
   for (int i = 0; i < n; i++) {
-    double diag = 0; /* the same sums, in the same order, as Lc[i][i] -= k */
-    for (int j = 0; j < n; j++) {
-      double k = C[(size_t)i * n + j];
-      if (i == j || k == 0) continue;
-      Lc[(size_t)j * n + i] += k;
-      diag -= k;
-    }
+    double diag = 0;
+    const double *ci = C + (size_t)i * n;
+    for (int j = 0; j < i; j++) diag -= ci[j];
+    for (int j = i + 1; j < n; j++) diag -= ci[j];
     Lc[(size_t)i * n + i] = diag;
   }
   for (int l = 0; l < L; l++) {
