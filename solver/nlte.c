@@ -3,8 +3,10 @@
 #include "solver/nlte.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
 #include <strings.h>
 
 #include "common/error.h"
@@ -213,13 +215,18 @@ void nlte_model_free(nlte_model *M) {
   memset(M, 0, sizeof *M);
 }
 
+/* Row stride of the LU's augmented matrix [a | b]: n + 1 rounded up to 8
+ * doubles (one AVX-512 vector, two AVX ones), rows 64-byte aligned. */
+static int lu_ld(int n) { return (n + 1 + 7) & ~7; }
+
 int nlte_result_init(nlte_result *r, const nlte_model *M) {
   memset(r, 0, sizeof *r);
   r->nlev = M->nlev;
   r->nline = M->nline;
   size_t n = (size_t)M->nlev, L = (size_t)M->nline;
   r->pop = ce_calloc_array(n + 6 * L, sizeof(double), "nlte result");
-  r->work = ce_calloc_array(4 * n * n + 4 * n, sizeof(double), "nlte work");
+  /* C, J, Lm, Lc (n x n), x, f, dx, xt (n), the LU's augmented matrix (64-byte aligned) */
+  r->work = ce_calloc_array(4 * n * n + 4 * n + n * (size_t)lu_ld((int)n) + 8, sizeof(double), "nlte work");
   r->ipiv = ce_calloc_array(n, sizeof(int), "nlte work");
   if (!r->pop || !r->work || !r->ipiv) {
     nlte_result_free(r);
@@ -245,40 +252,55 @@ void nlte_result_free(nlte_result *r) {
 
 /* LU with partial pivoting of the n x n row-major a, then solve a x = b in
  * place. -1 if singular. */
-static int lu_solve(double *a, double *b, int *piv, int n) {
+/* Solve a x = b (a: n x n, row-major, not modified) into b, by Gaussian
+ * elimination with partial pivoting on the augmented matrix [a | b] in w
+ * (n lu_ld(n) doubles, 64-byte aligned). Every row update runs over whole
+ * vectors, from column (k + 1) rounded down to 8 up to the padded width: the
+ * extra columns on the left are those already eliminated (set to 0 after each
+ * update, as elimination makes them), the ones on the right zeros, so the
+ * arithmetic on the live entries (and the result) is the same as the
+ * textbook loop's, bit for bit. -1 if a pivot is 0. */
+static int lu_solve(const double *a, double *b, int *piv, int n, double *w) {
+  const int ld = lu_ld(n);
+  double *m = __builtin_assume_aligned(w, 64);
+  for (int i = 0; i < n; i++) {
+    double *mi = m + (size_t)i * ld;
+    memcpy(mi, a + (size_t)i * n, sizeof(double) * (size_t)n);
+    mi[n] = b[i];
+    for (int j = n + 1; j < ld; j++) mi[j] = 0.0;
+  }
   for (int k = 0; k < n; k++) {
     int p = k;
-    double amax = fabs(a[(size_t)k * n + k]);
+    double amax = fabs(m[(size_t)k * ld + k]);
     for (int i = k + 1; i < n; i++) {
-      double v = fabs(a[(size_t)i * n + k]);
+      double v = fabs(m[(size_t)i * ld + k]);
       if (v > amax) amax = v, p = i;
     }
     if (!(amax > 0)) return -1;
     piv[k] = p;
-    if (p != k) {
-      for (int j = 0; j < n; j++) {
-        double t = a[(size_t)k * n + j];
-        a[(size_t)k * n + j] = a[(size_t)p * n + j];
-        a[(size_t)p * n + j] = t;
+    if (p != k)
+      for (int j = 0; j < ld; j++) {
+        double t = m[(size_t)k * ld + j];
+        m[(size_t)k * ld + j] = m[(size_t)p * ld + j];
+        m[(size_t)p * ld + j] = t;
       }
-      double t = b[k];
-      b[k] = b[p];
-      b[p] = t;
-    }
-    double inv = 1.0 / a[(size_t)k * n + k];
+    const double *rk = __builtin_assume_aligned(m + (size_t)k * ld, 64);
+    double inv = 1.0 / rk[k];
+    int j0 = (k + 1) & ~7;
     for (int i = k + 1; i < n; i++) {
-      double f = a[(size_t)i * n + k] * inv;
+      double *ri = __builtin_assume_aligned(m + (size_t)i * ld, 64);
+      double f = ri[k] * inv;
       if (f == 0) continue;
-      double *restrict ri = a + (size_t)i * n;
-      const double *restrict rk = a + (size_t)k * n;
-      for (int j = k + 1; j < n; j++) ri[j] -= f * rk[j];
-      b[i] -= f * b[k];
+      for (int j = j0; j < ld; j += 8)
+        for (int q = 0; q < 8; q++) ri[j + q] -= f * rk[j + q];
+      ri[k] = 0.0;
     }
   }
   for (int i = n - 1; i >= 0; i--) {
-    double s = b[i];
-    for (int j = i + 1; j < n; j++) s -= a[(size_t)i * n + j] * b[j];
-    b[i] = s / a[(size_t)i * n + i];
+    const double *mi = m + (size_t)i * ld;
+    double s = mi[n];
+    for (int j = i + 1; j < n; j++) s -= mi[j] * b[j];
+    b[i] = s / mi[i];
   }
   return 0;
 }
@@ -354,18 +376,28 @@ static void build_coll(const nlte_model *M, double T, const double *dens, double
     }
   }
   /* the file's "upper" may be either level: go by energy, as RADEX;
-   * exp(-x_ij) = e_i / e_j from one exponential per level where that is
-   * exact enough (e_j not near underflow) */
-  double *e = C + (size_t)n * n; /* n scratch doubles after C (J's space) */
-  for (int i = 0; i < n; i++) e[i] = exp(-NLTE_FK * M->ecm[i] / T);
-  for (int i = 0; i < n; i++)
+   * g_i/g_j exp(-x_ij) = (g_i e_i) (1 / (g_j e_j)) from one exponential and
+   * one division per level where that is exact enough (e not near
+   * underflow; a few ulp), no division per pair */
+  double *e = C + (size_t)n * n, *w = e + n; /* 2n scratch doubles after C (J's space) */
+  const double fkt = NLTE_FK / T;
+  for (int i = 0; i < n; i++) {
+    e[i] = exp(-NLTE_FK * M->ecm[i] / T);
+    w[i] = e[i] > 1e-280 ? 1.0 / (M->g[i] * e[i]) : 0.0;
+  }
+  for (int i = 0; i < n; i++) {
+    const double gei = e[i] > 1e-280 ? M->g[i] * e[i] : 0.0;
+    const double *ci = C + (size_t)i * n;
     for (int j = 0; j < n; j++) {
       double de = M->ecm[i] - M->ecm[j];
-      if (!(de > 0) || C[(size_t)i * n + j] == 0) continue;
-      double x = NLTE_FK * de / T;
-      double bz = e[j] > 1e-280 && e[i] > 1e-280 ? e[i] / e[j] : exp(-x);
-      C[(size_t)j * n + i] = x >= 160.0 ? 0.0 : M->g[i] / M->g[j] * bz * C[(size_t)i * n + j];
+      if (!(de > 0) || ci[j] == 0) continue;
+      double x = de * fkt, up;
+      if (x >= 160.0) up = 0.0;
+      else if (gei > 0 && w[j] > 0) up = gei * w[j] * ci[j];
+      else up = M->g[i] / M->g[j] * exp(-x) * ci[j];
+      C[(size_t)j * n + i] = up;
     }
+  }
 }
 
 /* tau of every line from populations x */
@@ -456,12 +488,14 @@ int nlte_solve(const nlte_model *M, const nlte_conditions *c, const nlte_options
   return nlte_solve_dirs(M, c, o, NULL, r);
 }
 
-int nlte_solve_dirs(const nlte_model *M, const nlte_conditions *c, const nlte_options *o,
-                    const nlte_dirs *dirs, nlte_result *r) {
-  if (r->nlev != M->nlev || r->nline != M->nline || !r->work)
-    CE_FAIL("nlte: result not initialised for this model");
-  double tol = o && o->tol > 0 ? o->tol : 1e-10;
-  int max_iter = o && o->max_iter > 0 ? o->max_iter : 1000;
+/* One solve at cddv scaled by `scale` (1: the problem as posed), from x0
+ * (warm start, Newton) or NULL (optically thin start and relaxation). -1 on
+ * error; *no_conv = 1 if the error is that max_iter iterations did not
+ * converge (or a singular / non-finite step), which the caller may retry. */
+static int solve_once(const nlte_model *M, const nlte_conditions *c, double tol, int max_iter,
+                      const nlte_dirs *dirs, const double *x0, double scale, nlte_result *r,
+                      int *no_conv) {
+  *no_conv = 0;
   double dens[NLTE_NPARTNER];
   if (dirs && !(dirs->ndir >= 1 && dirs->w && dirs->esc && dirs->cddv >= 0 && isfinite(dirs->cddv)))
     CE_FAIL("nlte: direction set: %d directions, scale %g, expected >= 1 and >= 0", dirs->ndir,
@@ -477,31 +511,32 @@ int nlte_solve_dirs(const nlte_model *M, const nlte_conditions *c, const nlte_op
   build_coll(M, T, dens, C);
   /* the collisional part of the rate matrix, once: Lc[i][j] = C[j][i], Lc[i][i] = -sum_j C[i][j] */
   double *Lc = xt + n;
-  memset(Lc, 0, sizeof(double) * (size_t)n * n);
+  double *lu_w = Lc + (size_t)n * n; /* the LU's matrix, 64-byte aligned */
+  lu_w += (8 - ((uintptr_t)lu_w / sizeof(double)) % 8) % 8;
+  /* a plain transpose and row sums, no branches (the same bits as summing
+   * the non-zero rates only: adding 0 changes nothing) */
+  for (int i = 0; i < n; i++)
+    for (int j = 0; j < n; j++) Lc[(size_t)j * n + i] = C[(size_t)i * n + j];
   for (int i = 0; i < n; i++) {
-    double diag = 0; /* the same sums, in the same order, as Lc[i][i] -= k */
-    for (int j = 0; j < n; j++) {
-      double k = C[(size_t)i * n + j];
-      if (i == j || k == 0) continue;
-      Lc[(size_t)j * n + i] += k;
-      diag -= k;
-    }
+    double diag = 0;
+    const double *ci = C + (size_t)i * n;
+    for (int j = 0; j < i; j++) diag -= ci[j];
+    for (int j = i + 1; j < n; j++) diag -= ci[j];
     Lc[(size_t)i * n + i] = diag;
   }
   for (int l = 0; l < L; l++) {
     double h = c->t_bg > 0 ? NLTE_FK * M->xnu[l] / c->t_bg : INFINITY;
     occ[l] = h >= 160.0 ? 0.0 : 1.0 / expm1(h);
   }
-  double cddv = dirs ? dirs->cddv : c->column / (c->fwhm_kms * 1e5);
+  double cddv = scale * (dirs ? dirs->cddv : c->column / (c->fwhm_kms * 1e5));
   double *dbeta = r->flux_kkms; /* scratch too */
   nlte_sys S = {M, Lc, occ, cddv, c->geometry, dirs, dbeta};
-  int it, relax_phase = 1;
-  if (dirs && dirs->x0) { /* warm start: Newton from the given populations */
+  int it;
+  if (x0) { /* warm start: Newton from the given populations */
     double sum = 0;
-    for (int i = 0; i < n; i++) sum += x[i] = dirs->x0[i] > 0 ? dirs->x0[i] : 0.0;
+    for (int i = 0; i < n; i++) sum += x[i] = x0[i] > 0 ? x0[i] : 0.0;
     if (!(sum > 0) || !isfinite(sum)) CE_FAIL("nlte: %s: warm-start populations sum to %g", mol, sum);
     for (int i = 0; i < n; i++) x[i] /= sum;
-    relax_phase = 0;
     goto iterate;
   }
 
@@ -510,7 +545,7 @@ int nlte_solve_dirs(const nlte_model *M, const nlte_conditions *c, const nlte_op
   for (int i = 0; i < n; i++) f[i] = 0;
   for (int j = 0; j < n; j++) Lm[j] = 1.0;
   f[0] = 1.0;
-  if (lu_solve(Lm, f, r->ipiv, n) < 0)
+  if (lu_solve(Lm, f, r->ipiv, n, lu_w) < 0)
     CE_FAIL("nlte: %s: T_kin %g K: the optically thin rate matrix is singular", mol, T);
   double sum = 0;
   for (int i = 0; i < n; i++) sum += x[i] = f[i] > 0 ? f[i] : 0.0;
@@ -518,14 +553,18 @@ int nlte_solve_dirs(const nlte_model *M, const nlte_conditions *c, const nlte_op
   for (int i = 0; i < n; i++) x[i] /= sum;
 
 iterate:;
-  /* RADEX-style steps first (populations of the rate matrix at the betas
-   * of the current populations, under-relaxed 0.3 old + 0.7 new, the new
-   * weight halved after a step that raised the merit) until they
-   * change the populations by < 10 % or for 30 steps, then Newton on
-   * f(x) = 0, sum x = 1, in log populations (steps of at most a factor e per
+  /* Newton on f(x) = 0, sum x = 1, from the optically thin solution (or
+   * the warm start), in log populations (steps of at most a factor e per
    * population, halved until the merit falls); a Newton step that cannot
-   * lower the merit is replaced by a RADEX-style step. Converged: the full
-   * Newton step changes no population > 1e-20 by more than tol. */
+   * lower the merit is replaced by a RADEX-style step (the populations of
+   * the rate matrix at the betas of the current populations, under-relaxed:
+   * weight 0.7 on the new ones, halved after a step that raised the merit
+   * down to 0.05, raised by 1.25 after one that lowered it). Converged: the
+   * full Newton step changes no population > 1e-20 by more than tol, or the
+   * error left after it, estimated from the contraction of the last two
+   * full steps, is below tol. (Until issue 16's speed-up the iteration began
+   * with RADEX-style steps until they changed the populations by < 10 %:
+   * 3-4 extra LU solves per model that did not shorten Newton, docs/nlte.md.) */
   double wrelax = 0.7; /* weight of the new populations in a relaxation step */
   double rel = INFINITY, merit, rel_prev = INFINITY;
   const double K0 = cddv / (NLTE_FGAUS_FAC * 8.0 * M_PI);
@@ -536,7 +575,7 @@ iterate:;
       if (x[i] > x[rrow]) rrow = i;
     double mt = INFINITY, s = 0;
     int accepted = 0;
-    if (!relax_phase) {
+    {
       memcpy(J, Lm, sizeof(double) * (size_t)n * n);
       for (int l = 0; l < L; l++) {
         if (!dirs) sys_beta(&S, r->tau[l], &dbeta[l]); /* dirs: rate_matrix set it */
@@ -558,7 +597,7 @@ iterate:;
       }
       dx[rrow] = 1.0 - s;
       /* a singular Jacobian or a non-finite step: a relaxation step instead */
-      int usable = lu_solve(J, dx, r->ipiv, n) == 0;
+      int usable = lu_solve(J, dx, r->ipiv, n, lu_w) == 0;
       rel = 0;
       for (int i = 0; usable && i < n; i++) {
         if (!isfinite(dx[i])) usable = 0;
@@ -566,12 +605,11 @@ iterate:;
         if (x[i] > NLTE_MINPOP && fabs(dx[i]) > rel) rel = fabs(dx[i]);
       }
       if (!usable) rel = INFINITY;
-      /* converged: the step is below tol; for the 3-D cells also when the
-       * error left after it, estimated from the contraction rate of the
-       * last two full steps (rho = rel / rel_prev: rel rho / (1 - rho)),
-       * is (docs/nlte.md) */
+      /* converged: the step is below tol, or the error left after it,
+       * estimated from the contraction rate of the last two full steps
+       * (rho = rel / rel_prev: rel rho / (1 - rho)), is (docs/nlte.md) */
       double rho = rel / rel_prev;
-      int conv = rel < tol || (dirs && isfinite(rel_prev) && rho < 0.5 && rel * rho / (1.0 - rho) < tol);
+      int conv = rel < tol || (isfinite(rel_prev) && rho < 0.5 && rel * rho / (1.0 - rho) < tol);
       double lam = rel > 1.0 ? 1.0 / rel : 1.0, lam_acc = 0;
       for (int k = 0; usable && k < 8 && !accepted; k++, lam *= 0.5) {
         double st = 0;
@@ -594,25 +632,27 @@ iterate:;
       }
     }
     if (!accepted) {
-      rate_matrix(&S, x, 0, r->tau, r->beta, J, NULL, NULL);
+      memcpy(J, Lm, sizeof(double) * (size_t)n * n); /* the rate matrix at x */
       for (int i = 0; i < n; i++) dx[i] = 0;
       for (int j = 0; j < n; j++) J[(size_t)rrow * n + j] = 1.0;
       dx[rrow] = 1.0;
-      if (lu_solve(J, dx, r->ipiv, n) < 0)
+      if (lu_solve(J, dx, r->ipiv, n, lu_w) < 0) {
+        *no_conv = 1;
         CE_FAIL("nlte: %s: T_kin %g K: singular rate matrix at iteration %d", mol, T, it);
-      double st = 0, rr = 0;
+      }
+      double st = 0;
       for (int i = 0; i < n; i++) {
         double v = dx[i] > 0 ? dx[i] : 0.0;
-        if (x[i] > NLTE_MINPOP && fabs(v - x[i]) / x[i] > rr) rr = fabs(v - x[i]) / x[i];
         xt[i] = (1.0 - wrelax) * x[i] + wrelax * v;
         st += xt[i];
       }
-      if (!(st > 0) || !isfinite(st))
+      if (!(st > 0) || !isfinite(st)) {
+        *no_conv = 1;
         CE_FAIL("nlte: %s: T_kin %g K: populations not finite at iteration %d", mol, T, it);
+      }
       for (int i = 0; i < n; i++) xt[i] /= st;
       rate_matrix(&S, xt, 0, r->tau, r->beta, J, f, &mt);
-      if (relax_phase && (rr < 0.1 || it >= 30)) relax_phase = 0;
-      if (!relax_phase) wrelax = mt > merit ? fmax(0.05, 0.5 * wrelax) : fmin(0.7, 1.25 * wrelax);
+      wrelax = mt > merit ? fmax(0.05, 0.5 * wrelax) : fmin(0.7, 1.25 * wrelax);
       rel = rel_prev = INFINITY; /* a relaxation step never ends the iteration */
     }
     memcpy(Lm, J, sizeof(double) * (size_t)n * n);
@@ -622,6 +662,7 @@ iterate:;
   r->iterations = it > max_iter ? max_iter : it;
   r->max_rel_change = rel;
   if (it > max_iter) {
+    *no_conv = 1;
     if (isinf(rel))
       CE_FAIL("nlte: %s: T_kin %g K, column %g cm^-2: no convergence after %d iterations (the last "
               "was a relaxation step: Newton could not lower the residual)", mol, T, c->column, max_iter);
@@ -653,4 +694,78 @@ iterate:;
               r->tau[l], ta);
   }
   return 0;
+}
+
+/* Iterations of the direct solve before the continuation fallback takes
+ * over (converging models take 5-15; the slowest that converged directly on
+ * the RADEX grids took 599, and converge by continuation as well). */
+#define NLTE_DIRECT_ITER 200
+/* Continuation: the first scale of cddv (optically thin for every line of
+ * the LAMDA files here), the first factor between scales, Newton iterations
+ * allowed per scale, and the smallest factor before giving up. */
+#define NLTE_CONT_S0 1e-6
+#define NLTE_CONT_Q0 10.0
+#define NLTE_CONT_ITER 30
+#define NLTE_CONT_QMIN 1.0005
+
+int nlte_solve_dirs(const nlte_model *M, const nlte_conditions *c, const nlte_options *o,
+                    const nlte_dirs *dirs, nlte_result *r) {
+  if (r->nlev != M->nlev || r->nline != M->nline || !r->work)
+    CE_FAIL("nlte: result not initialised for this model");
+  double tol = o && o->tol > 0 ? o->tol : 1e-10;
+  int max_iter = o && o->max_iter > 0 ? o->max_iter : 1000;
+  const double *x0 = dirs ? dirs->x0 : NULL;
+  int no_conv;
+  /* A warm start is the caller's guess (the 3-D cells redo a failed one
+   * cold): no fallback. */
+  int direct = x0 ? max_iter : max_iter < NLTE_DIRECT_ITER ? max_iter : NLTE_DIRECT_ITER;
+  if (solve_once(M, c, tol, direct, dirs, x0, 1.0, r, &no_conv) == 0) return 0;
+  if (!no_conv || x0 || direct >= max_iter) return -1;
+  /* The direct iteration did not converge (strongly masing, very thick
+   * lines, where it can cycle between branches): follow the solution from
+   * the optically thin limit, cddv s = 1e-6 .. 1, by Newton from the
+   * populations at the previous s, the step in log s halved when Newton
+   * does not converge within NLTE_CONT_ITER iterations (and doubled after a
+   * success). This tracks the branch connected to the thin solution, which
+   * is the one RADEX's iteration from the thin start ends on where it
+   * converges (docs/nlte.md). */
+  char first[512];
+  snprintf(first, sizeof first, "%s", ce_err_msg());
+  int total = direct, n = M->nlev;
+  double *xs = malloc(sizeof(double) * (size_t)n);
+  if (!xs) CE_FAIL("nlte: out of memory (%d levels)", n);
+  double s = NLTE_CONT_S0, q = NLTE_CONT_Q0;
+  int rc = solve_once(M, c, tol, max_iter - total, dirs, NULL, s, r, &no_conv);
+  total += rc == 0 ? r->iterations : max_iter - total;
+  if (rc == 0) memcpy(xs, r->pop, sizeof(double) * (size_t)n);
+  while (rc == 0 && s < 1.0) {
+    if (total >= max_iter) {
+      rc = -1;
+      break;
+    }
+    double sn = s * q < 1.0 ? s * q : 1.0;
+    int lim = max_iter - total < NLTE_CONT_ITER ? max_iter - total : NLTE_CONT_ITER;
+    int ok = solve_once(M, c, tol, lim, dirs, xs, sn, r, &no_conv) == 0;
+    total += ok ? r->iterations : lim;
+    if (!ok && !no_conv) { /* not a convergence failure: report it */
+      free(xs);
+      return -1;
+    }
+    if (ok) {
+      s = sn;
+      memcpy(xs, r->pop, sizeof(double) * (size_t)n);
+      q = q * q < NLTE_CONT_Q0 ? q * q : NLTE_CONT_Q0;
+    } else {
+      q = sqrt(q);
+      if (q < NLTE_CONT_QMIN) {
+        rc = -1;
+        break;
+      }
+    }
+  }
+  free(xs);
+  r->iterations = total < max_iter ? total : max_iter;
+  if (rc == 0 && s >= 1.0) return 0;
+  CE_FAIL("%s; the continuation from the optically thin limit stopped at %.3g of the column "
+          "(%d iterations in all)", first, s, total);
 }

@@ -7,10 +7,12 @@
  * rates follow by detailed balance; radiative rates use the escape
  * probability beta(tau) of one of RADEX's three geometries and a black-body
  * background (the CMB by default). The populations are solved from the
- * optically thin solution by RADEX-style relaxation steps, then Newton's
- * method on the full non-linear system (beta depends on the populations
- * through tau), to a stated relative tolerance; the iterations are reported
- * and non-convergence is an error, never a silent result.
+ * optically thin solution by Newton's method on the full non-linear system
+ * (beta depends on the populations through tau; RADEX-style relaxation
+ * steps where a Newton step fails), and where that does not converge
+ * within 200 iterations by continuation from the optically thin limit, to
+ * a stated relative tolerance; the iterations are reported and
+ * non-convergence is an error, never a silent result.
  *
  *   lamda_molecule mol;  lamda_read("co.dat", &mol);
  *   nlte_model M;        nlte_model_init(&M, &mol);    // borrows mol
@@ -57,7 +59,7 @@ void nlte_conditions_default(nlte_conditions *c);
 
 typedef struct {
   double tol;    /* relative change of every population > 1e-20 (default 1e-10) */
-  int max_iter;  /* iterations (default 1000) */
+  int max_iter;  /* iterations in all, continuation included (default 1000) */
 } nlte_options;
 
 /* The molecule's constants, prepared once (borrows the molecule, which must
@@ -108,8 +110,8 @@ int nlte_solve(const nlte_model *M, const nlte_conditions *c, const nlte_options
  * the one-zone formula gives with cddv in place of column / FWHM (so w[d] is
  * the direction's Sobolev length factor, docs/nlte.md). c->column, fwhm_kms
  * and geometry are then not used (the fluxes are meaningless). x0: warm
- * start (Newton from these populations, no optically thin start and no
- * relaxation phase), or NULL. nlte_solve(M, c, o, r) is
+ * start (Newton from these populations instead of the optically thin
+ * start, and no continuation fallback: the caller retries cold), or NULL. nlte_solve(M, c, o, r) is
  * nlte_solve_dirs(M, c, o, NULL, r). */
 typedef struct nlte_dirs_ {
   int ndir;
