@@ -19,6 +19,7 @@
 #include "solver/lte.h"
 #include "rotate/amrvac.h"
 #include "rotate/compat.h"
+#include "rotate/sampler.h"
 #include "rotate/units.h"
 #include "solver/nlte.h"
 #include "solver/nlte_lvg.h"
@@ -187,6 +188,19 @@ static int fill(const char *name, const yt_node *r, job *j) {
     const yt_node *nn = schema_at(r, "sampling.n");
     CE_FAIL("%s:%d:%d: sampling.n: sampling.coemunet_compat grids %d^3 cubes as the paper did, "
             "but sampling.n = %d", name, nn->line, nn->col, COMPAT_OUT, j->n);
+  }
+  {
+    const char *rec = schema_str(r, "sampling.reconstruction");
+    const yt_node *rn = schema_at(r, "sampling.reconstruction");
+    int automatic = !strcmp(rec, "auto");
+    j->reconstruction = automatic ? SAMPLER_LINEAR : sampler_recon_parse(rec);
+    if (j->coemunet_compat) { /* the paper's binning: cell values, nothing to reconstruct */
+      if (!automatic && j->reconstruction != SAMPLER_CONSTANT)
+        CE_FAIL("%s:%d:%d: sampling.reconstruction: %s does not apply with "
+                "sampling.coemunet_compat, which bins cell values as the paper did (use constant)",
+                name, rn->line, rn->col, rec);
+      j->reconstruction = SAMPLER_CONSTANT;
+    }
   }
   j->fill_background = schema_bool(r, "sampling.fill_background");
   j->background_n = schema_num(r, "sampling.background_n");

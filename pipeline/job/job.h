@@ -71,6 +71,7 @@ typedef struct {
   int k;
   uint64_t seed;
   int coemunet_compat, fill_background;
+  int reconstruction;    /* sampler_recon (rotate/sampler.h); constant with coemunet_compat */
   double background_n, background_T;
 
   /* line */
