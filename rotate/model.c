@@ -271,6 +271,31 @@ int model_nodal_build(ce_model *m) {
   return 0;
 }
 
+double model_coarse_fraction(const ce_model *m, double r, double voxel, int npts,
+                             double *level_frac) {
+  double c[3], dxf = 0;
+  model_centre(m, c);
+  for (int d = 0; d < 3; d++) dxf = fmax(dxf, 1.0 / m->inv_dxf[d]);
+  int64_t in = 0, coarse = 0, *lev = calloc((size_t)m->levmax, sizeof *lev);
+  model_cache cache = {0};
+  for (int i = 0; i < npts; i++)
+    for (int j = 0; j < npts; j++)
+      for (int k = 0; k < npts; k++) {
+        double u[3] = {((i + 0.5) / npts * 2 - 1) * r, ((j + 0.5) / npts * 2 - 1) * r,
+                       ((k + 0.5) / npts * 2 - 1) * r};
+        if (u[0] * u[0] + u[1] * u[1] + u[2] * u[2] > r * r) continue;
+        double x[3] = {c[0] + u[0], c[1] + u[1], c[2] + u[2]};
+        if (model_locate(m, x, &cache) < 0) continue;
+        in++;
+        if (dxf * (double)((int64_t)1 << cache.shift) > voxel) coarse++;
+        if (lev) lev[m->levmax - 1 - cache.shift]++;
+      }
+  if (level_frac)
+    for (int L = 0; L < m->levmax; L++) level_frac[L] = in && lev ? (double)lev[L] / in : 0;
+  free(lev);
+  return in ? (double)coarse / in : 0;
+}
+
 static void fill_leaf(ce_model *m, const units_map *map, int64_t leaf, const double *w) {
   size_t nc = (size_t)m->ncell;
   for (size_t c = 0; c < nc; c++) {

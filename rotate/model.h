@@ -87,6 +87,15 @@ int model_nodal_build(ce_model *m);
 void model_centre(const ce_model *m, double c[3]);
 double model_half_extent(const ce_model *m);
 
+/* Resolution against a cube (docs/sampling.md): the fraction of the ball of
+ * radius r about the centre where the leaf cells are coarser than a voxel
+ * (cell edge > voxel, the largest edge of the cell), measured on a regular
+ * lattice of npts^3 points over the ball's bounding cube (those in the
+ * ball), and per level the fraction of the ball it covers (level_frac[L-1],
+ * L = 1..levmax; NULL: not wanted). */
+double model_coarse_fraction(const ce_model *m, double r, double voxel, int npts,
+                             double *level_frac);
+
 /* Why a snapshot cannot feed the CO path (ndim, geometry, staggered,
  * stretched): 0 if it can, else -1 with the reason. */
 int model_check_usable(const amrvac_header *h, const units *u, const char *name);

@@ -25,6 +25,9 @@
 #include "pipeline/generate/live.h"
 #include "pipeline/generate/workplan.h"
 #include "pipeline/mpi/mpi_fatal.h"
+#include "rotate/model.h"
+#include "rotate/sampler.h"
+#include "rotate/synth.h"
 
 static const char *g_cmd = "generate";
 static int g_rank = 0;
@@ -54,6 +57,36 @@ static void human_time(double s, char *out, size_t len) {
   else if (s < 7200) snprintf(out, len, "%.0f min", s / 60);
   else if (s < 3 * 86400) snprintf(out, len, "%.1f h", s / 3600);
   else snprintf(out, len, "%.1f days", s / 86400);
+}
+
+/* --check's resolution line: how the first model's cells compare with the
+ * job's voxels (model_coarse_fraction, in the ball of that model's smallest
+ * half-extent; the job's ball may be smaller). Synthetic models are built
+ * in memory for it. */
+static int check_resolution(const job *j) {
+  ce_model *m = NULL;
+  if (j->input == JOB_INPUT_SYNTH) {
+    synth_params p;
+    synth_draw((uint64_t)j->synth_seed, 0, &p);
+    synth_grid g = synth_grid_default();
+    g.levels = j->synth_levels;
+    amrvac_snapshot s;
+    units u;
+    CE_TRY(synth_build(&p, &g, &s));
+    int rc = synth_units(&p, (uint64_t)j->synth_seed, 0, &u) < 0 ||
+             model_from_snapshot(&s, &u, &m) < 0;
+    synth_snapshot_free(&s);
+    if (rc) return -1;
+  } else {
+    CE_TRY(model_load(j->model_names[0], j->amrvac_units && j->amrvac_units[0] ? j->amrvac_units : NULL, &m));
+  }
+  double r = model_half_extent(m), edge = j->edge > 0 ? j->edge : r;
+  double f = model_coarse_fraction(m, r, edge / j->n, 64, NULL);
+  printf("  resolution: model 0's cells are coarser than a voxel (%.4g m) in %.1f%% of its ball; "
+         "sampling.reconstruction %s (docs/sampling.md)\n",
+         edge / j->n, 100 * f, j->coemunet_compat ? "constant (coemunet_compat)" : sampler_recon_name(j->reconstruction));
+  model_free(m);
+  return 0;
 }
 
 /* --check: the job, its input files, and what it will cost. */
@@ -86,7 +119,7 @@ static int check_only(const job *j) {
          "model: (%.0f + %.1f x channels) ns per cube voxel per sample, measured on 3-level "
          "synthetic models (docs/jobs.md); deeper AMR trees and larger k cost more\n", one,
          r64, JOB_COST_NS_VOXEL, JOB_COST_NS_VOXEL_CHANNEL);
-  return 0;
+  return check_resolution(j);
 }
 
 /* ---- the output folder on a failed start ----
