@@ -116,9 +116,10 @@ static int check_only(const job *j) {
     printf(" + %s of synthetic models", e.models_bytes > 0 ? models : "(not measured at this "
                                                                        "inputs.synth.levels)");
   printf("\n  time: ~%s on one rank, divided by the ranks (64 ranks: ~%s), + /stats; cost "
-         "model: (%.0f + %.1f x channels) ns per cube voxel per sample, measured on 3-level "
+         "model: (%.0f + %.1f x channels) ns per cube voxel per sample (+ %.0f ns per "
+         "sub-sample with sampling.reconstruction linear), measured on 3-level "
          "synthetic models (docs/jobs.md); deeper AMR trees and larger k cost more\n", one,
-         r64, JOB_COST_NS_VOXEL, JOB_COST_NS_VOXEL_CHANNEL);
+         r64, JOB_COST_NS_VOXEL, JOB_COST_NS_VOXEL_CHANNEL, JOB_COST_NS_SUBSAMPLE_LINEAR);
   return check_resolution(j);
 }
 

@@ -453,7 +453,9 @@ void job_estimate_of(const job *j, job_estimate *e) {
     e->models_bytes = (double)j->n_models * per_model[j->synth_levels];
   }
   e->core_seconds = (double)e->samples * n3 *
-                    (JOB_COST_NS_VOXEL + JOB_COST_NS_VOXEL_CHANNEL * j->nf) * 1e-9;
+                    (JOB_COST_NS_VOXEL + JOB_COST_NS_VOXEL_CHANNEL * j->nf +
+                     (j->reconstruction == SAMPLER_LINEAR && !j->coemunet_compat
+                          ? JOB_COST_NS_SUBSAMPLE_LINEAR * j->k * j->k * j->k : 0)) * 1e-9;
 }
 
 int job_split_parse(const char *name, int *out) {

@@ -195,6 +195,10 @@ void job_estimate_of(const job *j, job_estimate *e);
  * channel term. Deeper AMR trees and larger k cost more. */
 #define JOB_COST_NS_VOXEL 44.0
 #define JOB_COST_NS_VOXEL_CHANNEL 7.1
+/* sampling.reconstruction linear on top, per sub-sample (k^3 per voxel):
+ * `coemu bench sample` and `bench isotropy`, linear minus constant, ~19 ms
+ * per 64^3 cube at k = 2 (docs/benchmarks.md, "Reconstructions") */
+#define JOB_COST_NS_SUBSAMPLE_LINEAR 9.0
 
 /* docs/jobs.md's key table, generated from the schema. */
 int job_schema_markdown(FILE *out);
