@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "rotate/sampler.h"
 #include "pipeline/dataset/dataset.h"
 #include "pipeline/dataset/shard.h"
 #include "pipeline/generate/generate.h"
@@ -40,6 +41,31 @@ static void check_err(const char *extra, const char *msg) {
   snprintf(text, sizeof text, "%s%s", base, extra);
   job j;
   CHECK_ERR(parse(text, &j), msg);
+}
+
+/* sampling.reconstruction: auto, constant, linear; linear is refused with
+ * coemunet_compat (which bins cell values), naming the key's place. */
+static void test_reconstruction(void) {
+  job j;
+  CHECK_OK(parse(base, &j));
+  CHECK(j.reconstruction == SAMPLER_LINEAR);
+  job_free(&j);
+  char text[1024];
+  snprintf(text, sizeof text, "%ssampling: {reconstruction: constant}\n", base);
+  CHECK_OK(parse(text, &j));
+  CHECK(j.reconstruction == SAMPLER_CONSTANT);
+  job_free(&j);
+  check_err("sampling: {reconstruction: cubic}\n", "sampling.reconstruction");
+  const char *compat = "inputs: {synth: {count: 2}}\nline: {lamda: co.dat}\n"
+                       "sampling: {coemunet_compat: true, reconstruction: %s}\n";
+  snprintf(text, sizeof text, compat, "auto");
+  CHECK_OK(parse(text, &j));
+  CHECK(j.reconstruction == SAMPLER_CONSTANT);
+  job_free(&j);
+  snprintf(text, sizeof text, compat, "linear");
+  CHECK_ERR(parse(text, &j), "t.yaml:3:");
+  CHECK_ERR(parse(text, &j), "sampling.reconstruction: linear does not apply with "
+                             "sampling.coemunet_compat");
 }
 
 static void test_errors(void) {
@@ -128,6 +154,8 @@ static void test_job_files(void) {
     if (i == 0) CHECK(j.n_models == 16 && j.directions == 32 && j.n == 64 && j.nf == 7);
     if (i == 1) CHECK(j.n_models == 10903 && j.directions == 200);
     if (i == 2) CHECK(j.n_models == 3 && j.coemunet_compat && !strcmp(j.sampler, "coemunet"));
+    /* sampling.reconstruction auto: linear for new jobs, constant for compat */
+    CHECK(j.reconstruction == (i == 2 ? SAMPLER_CONSTANT : SAMPLER_LINEAR));
     if (j.path) job_free(&j);
   }
   job j;
@@ -224,6 +252,7 @@ static void test_ranges(void) {
 
 int main(void) {
   RUN(test_defaults);
+  RUN(test_reconstruction);
   RUN(test_errors);
   RUN(test_channels);
   RUN(test_splits);

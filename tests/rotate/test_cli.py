@@ -147,4 +147,23 @@ with tempfile.TemporaryDirectory() as tmp:
     rc, out, err = run("sample", AGB)
     check(rc == 2, "sample without --out")
 
+# --reconstruction: linear by default (recorded in meta.txt), constant on
+# request; unknown names and linear with --compat are usage errors
+with tempfile.TemporaryDirectory() as tmp:
+    rc, out, err = run("sample", AGB, "--out", os.path.join(tmp, "l"), "--n", "16")
+    meta = open(os.path.join(tmp, "l", "dir_0000", "meta.txt")).read() if rc == 0 else ""
+    check(rc == 0 and "reconstruction linear" in meta, f"default linear: {err} {meta}")
+    rc, out, err = run("sample", AGB, "--out", os.path.join(tmp, "c"), "--n", "16",
+                       "--reconstruction", "constant")
+    meta = open(os.path.join(tmp, "c", "dir_0000", "meta.txt")).read() if rc == 0 else ""
+    check(rc == 0 and "reconstruction constant" in meta, f"constant: {err} {meta}")
+    if rc == 0:
+        a = np.load(os.path.join(tmp, "l", "dir_0000", "n.npy"))
+        b = np.load(os.path.join(tmp, "c", "dir_0000", "n.npy"))
+        check(a.shape == b.shape and not np.array_equal(a, b), "linear and constant differ")
+    rc, out, err = run("sample", AGB, "--out", tmp, "--reconstruction", "cubic")
+    check(rc == 2 and "--reconstruction 'cubic'" in err, f"unknown: {rc} {err}")
+    rc, out, err = run("sample", AGB, "--out", tmp, "--compat", "--reconstruction", "linear")
+    check(rc == 2 and "constant with --compat" in err, f"linear with --compat: {rc} {err}")
+
 report()
