@@ -98,6 +98,29 @@ static int fill_line_mode(const char *name, const yt_node *r, job *j) {
   return 0;
 }
 
+/* sampling.reconstruction: auto is linear, except where the samples are
+ * built from cell values: the coemunet_compat gridding (the paper's binning)
+ * and line.mode lvg (per-cell level populations, sampled as cell values);
+ * there an explicit linear is refused. */
+static int fill_reconstruction(const char *name, const yt_node *r, job *j) {
+  const char *rec = schema_str(r, "sampling.reconstruction");
+  const yt_node *rn = schema_at(r, "sampling.reconstruction");
+  int automatic = !strcmp(rec, "auto");
+  j->reconstruction = automatic ? SAMPLER_LINEAR : sampler_recon_parse(rec);
+  const char *why = j->coemunet_compat ? "sampling.coemunet_compat, which bins cell values as "
+                                         "the paper did"
+                    : j->line_mode == JOB_LINE_LVG ? "line.mode: lvg, whose level populations "
+                                                     "are cell values"
+                                                   : NULL;
+  if (why) {
+    if (!automatic && j->reconstruction != SAMPLER_CONSTANT)
+      CE_FAIL("%s:%d:%d: sampling.reconstruction: %s does not apply with %s (use constant)", name,
+              rn->line, rn->col, rec, why);
+    j->reconstruction = SAMPLER_CONSTANT;
+  }
+  return 0;
+}
+
 static int fill(const char *name, const yt_node *r, job *j) {
 #define DUP(dst, src)                                                          \
   do {                                                                         \
@@ -189,19 +212,6 @@ static int fill(const char *name, const yt_node *r, job *j) {
     CE_FAIL("%s:%d:%d: sampling.n: sampling.coemunet_compat grids %d^3 cubes as the paper did, "
             "but sampling.n = %d", name, nn->line, nn->col, COMPAT_OUT, j->n);
   }
-  {
-    const char *rec = schema_str(r, "sampling.reconstruction");
-    const yt_node *rn = schema_at(r, "sampling.reconstruction");
-    int automatic = !strcmp(rec, "auto");
-    j->reconstruction = automatic ? SAMPLER_LINEAR : sampler_recon_parse(rec);
-    if (j->coemunet_compat) { /* the paper's binning: cell values, nothing to reconstruct */
-      if (!automatic && j->reconstruction != SAMPLER_CONSTANT)
-        CE_FAIL("%s:%d:%d: sampling.reconstruction: %s does not apply with "
-                "sampling.coemunet_compat, which bins cell values as the paper did (use constant)",
-                name, rn->line, rn->col, rec);
-      j->reconstruction = SAMPLER_CONSTANT;
-    }
-  }
   j->fill_background = schema_bool(r, "sampling.fill_background");
   j->background_n = schema_num(r, "sampling.background_n");
   j->background_T = schema_num(r, "sampling.background_T");
@@ -249,6 +259,7 @@ static int fill(const char *name, const yt_node *r, job *j) {
   }
 
   CE_TRY(fill_line_mode(name, r, j));
+  CE_TRY(fill_reconstruction(name, r, j));
 
   j->vturb = schema_num(r, "solver.vturb");
   j->background = schema_num(r, "solver.background");
@@ -310,6 +321,13 @@ int job_parse(const char *name, const char *text, size_t len, const char *dir, j
   int rc = doc ? fill(name, doc, j) : -1;
   yt_free(doc);
   if (rc < 0) job_free(j);
+  /* the reconstruction that sampling.reconstruction: auto (or an absent key)
+   * resolves to belongs to the job: a dataset that coemu made with cell
+   * values before `linear` existed is not resumed with it */
+  if (rc == 0 && j->reconstruction == SAMPLER_LINEAR) {
+    static const char tag[] = "\n# sampling.reconstruction resolved: linear\n";
+    j->fingerprint = (uint32_t)crc32(j->fingerprint, (const Bytef *)tag, (uInt)(sizeof tag - 1));
+  }
   return rc;
 }
 

@@ -51,7 +51,8 @@ typedef struct {
   char *dir;       /* folder relative paths in the job are resolved against */
   char *text;      /* the job text, verbatim (stored in the provenance) */
   size_t text_len;
-  uint32_t fingerprint; /* CRC-32 of the text: a dataset belongs to one job */
+  uint32_t fingerprint; /* CRC-32 of the text (continued over a tag when the
+                           reconstruction resolves to linear): a dataset belongs to one job */
   char *name;
 
   /* inputs */
@@ -71,7 +72,8 @@ typedef struct {
   int k;
   uint64_t seed;
   int coemunet_compat, fill_background;
-  int reconstruction;    /* sampler_recon (rotate/sampler.h); constant with coemunet_compat */
+  int reconstruction;    /* sampler_recon (rotate/sampler.h); constant with coemunet_compat
+                            and line.mode lvg */
   double background_n, background_T;
 
   /* line */

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "check.h"
 #include "rotate/sampler.h"
@@ -49,11 +50,15 @@ static void test_reconstruction(void) {
   job j;
   CHECK_OK(parse(base, &j));
   CHECK(j.reconstruction == SAMPLER_LINEAR);
+  /* the resolved linear is part of the fingerprint (an old dataset of the
+   * same text, made with cell values, is not resumed with it) */
+  CHECK(j.fingerprint != (uint32_t)crc32(0L, (const Bytef *)base, (uInt)strlen(base)));
   job_free(&j);
   char text[1024];
   snprintf(text, sizeof text, "%ssampling: {reconstruction: constant}\n", base);
   CHECK_OK(parse(text, &j));
   CHECK(j.reconstruction == SAMPLER_CONSTANT);
+  CHECK(j.fingerprint == (uint32_t)crc32(0L, (const Bytef *)text, (uInt)strlen(text)));
   job_free(&j);
   check_err("sampling: {reconstruction: cubic}\n", "sampling.reconstruction");
   const char *compat = "inputs: {synth: {count: 2}}\nline: {lamda: co.dat}\n"
@@ -66,6 +71,15 @@ static void test_reconstruction(void) {
   CHECK_ERR(parse(text, &j), "t.yaml:3:");
   CHECK_ERR(parse(text, &j), "sampling.reconstruction: linear does not apply with "
                              "sampling.coemunet_compat");
+  /* line.mode lvg: per-cell populations, so cell values too */
+  const char *lvg = "inputs: {synth: {count: 2}}\nline: {lamda: co.dat, mode: lvg}\n"
+                    "sampling: {reconstruction: %s}\n";
+  snprintf(text, sizeof text, lvg, "auto");
+  CHECK_OK(parse(text, &j));
+  CHECK(j.reconstruction == SAMPLER_CONSTANT);
+  job_free(&j);
+  snprintf(text, sizeof text, lvg, "linear");
+  CHECK_ERR(parse(text, &j), "linear does not apply with line.mode: lvg");
 }
 
 static void test_errors(void) {
