@@ -275,6 +275,15 @@ static void test_options(void) {
   CHECK(sampler_recon_parse("linear") == SAMPLER_LINEAR);
   CHECK(sampler_recon_parse("constant") == SAMPLER_CONSTANT);
   CHECK(sampler_recon_parse("cubic") == -1);
+  /* the per-thread bodies and the device sampler have constant only */
+  sampler_geo G;
+  o.reconstruction = SAMPLER_LINEAR;
+  CHECK_ERR(sampler_geometry(m, (double[4]){1, 0, 0, 0}, &o, &G), "constant reconstruction only");
+  sampler_device *dev = NULL;
+  float *outs[1] = {v};
+  CHECK_ERR(sampler_device_sample(dev, 1, (const double(*)[4]) & (double[4]){1, 0, 0, 0}, &o, outs,
+                                  outs, outs),
+            "runs on the CPU only");
   CHECK(m->nodal == NULL);
   CHECK_OK(model_nodal_build(m));
   model_real *first = m->nodal;
