@@ -29,6 +29,8 @@ int model_check_usable(const amrvac_header *h, const units *u, const char *name)
 
 void model_free(ce_model *m) {
   if (!m) return;
+  pthread_mutex_destroy(&m->nodal_lock);
+  free(m->nodal);
   free(m->ids);
   free(m->cells);
   free(m->root);
@@ -51,6 +53,7 @@ static int model_geometry(const amrvac_header *h, const amrvac_leaf *leaves, dou
                           ce_model **out) {
   ce_model *m = calloc(1, sizeof *m);
   if (!m) CE_FAIL("model: out of memory");
+  pthread_mutex_init(&m->nodal_lock, NULL);
   m->levmax = h->levmax;
   m->nleaves = h->nleafs;
   m->ncell = amrvac_block_cells(h);
@@ -166,6 +169,131 @@ int64_t model_find(const ce_model *m, const int64_t f[3], model_cache *c) {
   int s = c->shift;
   return c->base + ((((f[2] - c->lo[2]) >> s) * m->bnx[1] + ((f[1] - c->lo[1]) >> s)) * m->bnx[0] +
                     ((f[0] - c->lo[0]) >> s));
+}
+
+/* The value at the lattice node P (integer coordinates on the finest level,
+ * 0..nfine): see model_nodal_build. */
+static void node_value(const ce_model *m, const int64_t P[3], double out[MODEL_NF]) {
+  double acc[MODEL_NF] = {0}, wsum = 0;
+  int hang = -1; /* shift of the largest leaf cell P hangs on */
+  model_cache hc = {0};
+  int64_t hf[3] = {0, 0, 0};
+  for (int s = 0; s < 8; s++) {
+    int64_t f[3];
+    int in = 1;
+    for (int d = 0; d < 3; d++) {
+      f[d] = P[d] - 1 + ((s >> d) & 1);
+      if (f[d] < 0 || f[d] >= m->nfine[d]) in = 0;
+    }
+    if (!in) continue;
+    model_cache c = {0};
+    int64_t cell = model_find(m, f, &c);
+    int64_t mask = ((int64_t)1 << c.shift) - 1;
+    if (((P[0] - c.lo[0]) & mask) || ((P[1] - c.lo[1]) & mask) || ((P[2] - c.lo[2]) & mask)) {
+      if (c.shift > hang) {
+        hang = c.shift;
+        hc = c;
+        for (int d = 0; d < 3; d++) hf[d] = f[d];
+      }
+      continue;
+    }
+    double w = 1.0 / (double)((int64_t)1 << c.shift);
+    const model_real *v = m->cells + cell * MODEL_NF;
+    acc[MODEL_N] += w * model_nodal_ln(v[MODEL_N]);
+    acc[MODEL_T] += w * model_nodal_ln(v[MODEL_T]);
+    for (int q = MODEL_VX; q < MODEL_NF; q++) acc[q] += w * v[q];
+    wsum += w;
+  }
+  if (hang >= 0) { /* the trilinear value of that cell's corners at P */
+    int64_t i[3];
+    double fr[3];
+    for (int d = 0; d < 3; d++) {
+      i[d] = (hf[d] - hc.lo[d]) >> hang;
+      fr[d] = (double)(P[d] - hc.lo[d] - (i[d] << hang)) / (double)((int64_t)1 << hang);
+    }
+    for (int q = 0; q < MODEL_NF; q++) out[q] = 0;
+    for (int e = 0; e < 8; e++) {
+      double w = 1;
+      int64_t Q[3];
+      for (int d = 0; d < 3; d++) {
+        int b = (e >> d) & 1;
+        w *= b ? fr[d] : 1 - fr[d];
+        Q[d] = hc.lo[d] + ((i[d] + b) << hang);
+      }
+      if (w == 0) continue;
+      double v[MODEL_NF];
+      node_value(m, Q, v);
+      for (int q = 0; q < MODEL_NF; q++) out[q] += w * v[q];
+    }
+    return;
+  }
+  for (int q = 0; q < MODEL_NF; q++) out[q] = wsum > 0 ? acc[q] / wsum : 0;
+}
+
+int model_nodal_build(ce_model *m) {
+  pthread_mutex_lock(&m->nodal_lock);
+  if (m->nodal) {
+    pthread_mutex_unlock(&m->nodal_lock);
+    return 0;
+  }
+  const int64_t b0 = m->bnx[0] + 1, b1 = m->bnx[1] + 1, b2 = m->bnx[2] + 1;
+  int64_t per = b0 * b1 * b2;
+  size_t bytes;
+  if (__builtin_mul_overflow((size_t)(m->nleaves * per), MODEL_NODAL_STRIDE * sizeof(model_real),
+                             &bytes)) {
+    pthread_mutex_unlock(&m->nodal_lock);
+    CE_FAIL("model: %lld corner values are too many", (long long)(m->nleaves * per));
+  }
+  model_real *nv = aligned_alloc(32, (bytes + 31) / 32 * 32);
+  if (!nv) {
+    ce_err("model: out of memory for %zu bytes of corner values", bytes);
+    pthread_mutex_unlock(&m->nodal_lock);
+    return -1;
+  }
+  for (int64_t l = 0; l < m->nleaves; l++) {
+    const amrvac_block_id *id = &m->ids[l];
+    int sh = m->levmax - id->level;
+    int64_t lo[3];
+    for (int d = 0; d < 3; d++) lo[d] = (int64_t)(id->ig[d] - 1) * ((int64_t)m->bnx[d] << sh);
+    for (int64_t k = 0; k < b2; k++)
+      for (int64_t j = 0; j < b1; j++)
+        for (int64_t i = 0; i < b0; i++) {
+          int64_t P[3] = {lo[0] + (i << sh), lo[1] + (j << sh), lo[2] + (k << sh)};
+          double v[MODEL_NF];
+          node_value(m, P, v);
+          model_real *o = nv + ((l * per) + (k * b1 + j) * b0 + i) * MODEL_NODAL_STRIDE;
+          for (int q = 0; q < MODEL_NODAL_STRIDE; q++) o[q] = q < MODEL_NF ? (model_real)v[q] : 0;
+        }
+  }
+  m->nnodal = per;
+  m->nodal = nv;
+  pthread_mutex_unlock(&m->nodal_lock);
+  return 0;
+}
+
+double model_coarse_fraction(const ce_model *m, double r, double voxel, int npts,
+                             double *level_frac) {
+  double c[3], dxf = 0;
+  model_centre(m, c);
+  for (int d = 0; d < 3; d++) dxf = fmax(dxf, 1.0 / m->inv_dxf[d]);
+  int64_t in = 0, coarse = 0, *lev = calloc((size_t)m->levmax, sizeof *lev);
+  model_cache cache = {0};
+  for (int i = 0; i < npts; i++)
+    for (int j = 0; j < npts; j++)
+      for (int k = 0; k < npts; k++) {
+        double u[3] = {((i + 0.5) / npts * 2 - 1) * r, ((j + 0.5) / npts * 2 - 1) * r,
+                       ((k + 0.5) / npts * 2 - 1) * r};
+        if (u[0] * u[0] + u[1] * u[1] + u[2] * u[2] > r * r) continue;
+        double x[3] = {c[0] + u[0], c[1] + u[1], c[2] + u[2]};
+        if (model_locate(m, x, &cache) < 0) continue;
+        in++;
+        if (dxf * (double)((int64_t)1 << cache.shift) > voxel) coarse++;
+        if (lev) lev[m->levmax - 1 - cache.shift]++;
+      }
+  if (level_frac)
+    for (int L = 0; L < m->levmax; L++) level_frac[L] = in && lev ? (double)lev[L] / in : 0;
+  free(lev);
+  return in ? (double)coarse / in : 0;
 }
 
 static void fill_leaf(ce_model *m, const units_map *map, int64_t leaf, const double *w) {

@@ -17,6 +17,8 @@
 #ifndef COEMU_MODEL_H
 #define COEMU_MODEL_H
 
+#include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 
 #include "rotate/amrvac.h"
@@ -26,6 +28,7 @@
  * half the memory traffic makes sampling faster (docs/sampling.md). */
 typedef float model_real;
 
+#define MODEL_NODAL_STRIDE 8
 enum { MODEL_N = 0, MODEL_T = 1, MODEL_VX = 2, MODEL_VY = 3, MODEL_VZ = 4, MODEL_NF = 5 };
 
 typedef struct ce_model {
@@ -42,6 +45,13 @@ typedef struct ce_model {
   int32_t *root;  /* ng0*ng1*ng2 node codes, x fastest */
   int32_t *nodes; /* 8 children per refined node; code >= 0: first child, < 0: leaf -(code+1) */
   int64_t nnodes;
+  /* Corner (nodal) values for the linear reconstruction (model_nodal_build):
+   * per leaf (bnx0+1)(bnx1+1)(bnx2+1) nodes, x fastest, MODEL_NODAL_STRIDE
+   * floats each (the MODEL_NF fields, then zeros: one aligned 32-byte
+   * record); NULL until built. */
+  model_real *nodal;
+  int64_t nnodal; /* nodes per leaf */
+  pthread_mutex_t nodal_lock;
 } ce_model;
 
 /* Read MODEL.dat and its units sidecar (units_path NULL: MODEL.units.yaml,
@@ -53,8 +63,38 @@ int model_load(const char *dat_path, const char *units_path, ce_model **out);
 int model_from_snapshot(const amrvac_snapshot *s, const units *u, ce_model **out);
 
 void model_free(ce_model *m);
+
+/* The linear reconstruction interpolates ln n_CO, ln T and v (docs/sampling.md):
+ * ln of a value clamped to MODEL_NODAL_TINY (so that n = 0 gives a finite
+ * ln), in double. */
+#define MODEL_NODAL_TINY 1e-37
+static inline double model_nodal_ln(double x) { return x > MODEL_NODAL_TINY ? log(x) : log(MODEL_NODAL_TINY); }
+
+/* The linear reconstruction's corner values (docs/sampling.md): for every
+ * corner of every leaf cell, the value of (ln n_CO, ln T, v) there, so that the
+ * trilinear interpolation of a cell's 8 corners is continuous across all cell
+ * faces, coarse-fine ones included, and exact on fields linear in x:
+ *  - a node that is a corner of each of the (up to 8) leaf cells meeting at
+ *    it takes their mean weighted by 1/h (h the cell size): exact on linear
+ *    fields, because the cell centres lie at p + s h/2 (s = +-1 per axis) and
+ *    sum_s (1/h_s)(s h_s/2) = 0;
+ *  - a hanging node (inside a face or an edge of a larger leaf cell) takes
+ *    that cell's trilinear value there (the largest such cell), so both
+ *    sides of a coarse-fine face interpolate the same bilinear function.
+ * Octants outside the domain are left out (nodes on the domain's faces are
+ * not linear-exact). Idempotent and thread-safe; 0, or -1 (out of memory). */
+int model_nodal_build(ce_model *m);
 void model_centre(const ce_model *m, double c[3]);
 double model_half_extent(const ce_model *m);
+
+/* Resolution against a cube (docs/sampling.md): the fraction of the ball of
+ * radius r about the centre where the leaf cells are coarser than a voxel
+ * (cell edge > voxel, the largest edge of the cell), measured on a regular
+ * lattice of npts^3 points over the ball's bounding cube (those in the
+ * ball), and per level the fraction of the ball it covers (level_frac[L-1],
+ * L = 1..levmax; NULL: not wanted). */
+double model_coarse_fraction(const ce_model *m, double r, double voxel, int npts,
+                             double *level_frac);
 
 /* Why a snapshot cannot feed the CO path (ndim, geometry, staggered,
  * stretched): 0 if it can, else -1 with the reason. */

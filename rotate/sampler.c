@@ -16,7 +16,18 @@
 #include "rotate/sampler_cuda.h"
 #endif
 
+const char *sampler_recon_name(int r) {
+  return r == SAMPLER_CONSTANT ? "constant" : r == SAMPLER_LINEAR ? "linear" : NULL;
+}
+
+int sampler_recon_parse(const char *name) {
+  if (!strcmp(name, "constant")) return SAMPLER_CONSTANT;
+  if (!strcmp(name, "linear")) return SAMPLER_LINEAR;
+  return -1;
+}
+
 void sampler_defaults(sampler_opts *o) {
+  o->reconstruction = SAMPLER_LINEAR;
   o->n = 64;
   o->edge = 0;
   o->k = 2;
@@ -29,6 +40,8 @@ void sampler_defaults(sampler_opts *o) {
 int sampler_check(const ce_model *m, const sampler_opts *o) {
   if (o->n < 1 || o->n > 4096) CE_FAIL("sampler: n = %d, expected 1..4096", o->n);
   if (o->k < 1 || o->k > 16) CE_FAIL("sampler: k = %d, expected 1..16", o->k);
+  if (!sampler_recon_name(o->reconstruction))
+    CE_FAIL("sampler: reconstruction %d, expected %s", o->reconstruction, SAMPLER_RECON_NAMES);
   if (!(o->edge > 0) || !isfinite(o->edge))
     CE_FAIL("sampler: cube edge = %g m, expected a positive length", o->edge);
   if (o->fill_background) {
@@ -161,6 +174,240 @@ static void walk_line(const ce_model *m, const double A[3], const double B[3], c
   tr->ncur = tr->at = 0;
 }
 
+/* exp in float for the linear reconstruction's ln n and ln T (Cephes'
+ * expf: x = n ln 2 + r, |r| <= ln 2 / 2, a degree-6 polynomial for e^r,
+ * then the exponent; relative error ~1e-7), every step one rounded float
+ * operation in the same order in the scalar and the vector form, so both
+ * give the same bits. Arguments below ln MODEL_NODAL_TINY + 1 give 0 (the
+ * clamp of n = 0, model.h); above 88 they are clamped. */
+#define EXPF_LO ((float)(-85.195648)) /* ln(1e-37) + 0.1: a clamped zero stays 0 */
+#define EXPF_HI 88.0f
+static inline float expf_poly(float x) {
+  if (x < EXPF_LO) return 0;
+  x = x > EXPF_HI ? EXPF_HI : x;
+  float n = nearbyintf(x * 1.44269504088896341f);
+  float r = fmaf(n, -0.693359375f, x);
+  r = fmaf(n, 2.12194440e-4f, r);
+  float p = 1.9875691500e-4f;
+  p = fmaf(p, r, 1.3981999507e-3f);
+  p = fmaf(p, r, 8.3334519073e-3f);
+  p = fmaf(p, r, 4.1665795894e-2f);
+  p = fmaf(p, r, 1.6666665459e-1f);
+  p = fmaf(p, r, 5.0000001201e-1f);
+  p = fmaf(p, r * r, r);
+  p = p + 1.0f;
+  return ldexpf(p, (int)n);
+}
+#if SAMPLER_AVX512
+static inline __m512 expf_poly16(__m512 x) {
+  __mmask16 zero = _mm512_cmp_ps_mask(x, _mm512_set1_ps(EXPF_LO), _CMP_LT_OQ);
+  x = _mm512_min_ps(x, _mm512_set1_ps(EXPF_HI));
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), 0x08);
+  __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693359375f), x);
+  r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
+  p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
+  return _mm512_maskz_mov_ps((__mmask16)~zero, _mm512_scalef_ps(p, n));
+}
+#endif
+
+/* n and T of points 0..np-1 of pts (MODEL_NF floats each) from their
+ * logarithms, in place (16 floats at a time with AVX-512, masked to the n
+ * and T lanes: the pattern repeats every 80 floats). */
+static void exp_points(model_real *pts, int np) {
+#if SAMPLER_AVX512
+  static const __mmask16 lanes[5] = {0x8c63, 0xc631, 0x6318, 0x318c, 0x18c6};
+  const int nv = np * MODEL_NF;
+  for (int i = 0, r = 0; i < nv; i += 16, r = r == 4 ? 0 : r + 1) {
+    __mmask16 in = nv - i >= 16 ? 0xffff : (__mmask16)((1u << (nv - i)) - 1);
+    __m512 x = _mm512_maskz_loadu_ps(in, pts + i);
+    _mm512_mask_storeu_ps(pts + i, in & lanes[r], expf_poly16(x));
+  }
+#else
+  for (int j = 0; j < np; j++) {
+    pts[j * MODEL_NF + MODEL_N] = expf_poly(pts[j * MODEL_NF + MODEL_N]);
+    pts[j * MODEL_NF + MODEL_T] = expf_poly(pts[j * MODEL_NF + MODEL_T]);
+  }
+#endif
+}
+
+/* The trilinear function of one cell in monomial form: from its 8 corner
+ * records (nd, MODEL_NODAL_STRIDE floats each, strides sy, sz between rows
+ * and planes) the coefficients of 1, x, y, z, xy, xz, yz, xyz, so that a
+ * cell's coefficients serve all the points of a line in it; evaluated as
+ *   v = (c0 + x cx) + y (cy + x cxy) + z ((cz + x cxz) + y (cyz + x cxyz))
+ * with one fused multiply-add per term, in float. The AVX-512 and the
+ * portable forms do the same operations in the same order (same bits). */
+typedef struct {
+  float c[8][MODEL_NODAL_STRIDE]; /* c0, cx, cy, cz, cxy, cxz, cyz, cxyz */
+} cell_poly;
+
+static inline void poly_make(const model_real *nd, int64_t sy, int64_t sz, cell_poly *P) {
+  const int S = MODEL_NODAL_STRIDE;
+  for (int d = 0; d < MODEL_NODAL_STRIDE; d++) {
+    float c000 = nd[d], c100 = nd[S + d], c010 = nd[sy + d], c110 = nd[sy + S + d];
+    float c001 = nd[sz + d], c101 = nd[sz + S + d], c011 = nd[sz + sy + d],
+          c111 = nd[sz + sy + S + d];
+    float ex = c100 - c000, ey = c010 - c000, ez = c001 - c000;
+    P->c[0][d] = c000;
+    P->c[1][d] = ex;
+    P->c[2][d] = ey;
+    P->c[3][d] = ez;
+    P->c[4][d] = (c110 - c010) - ex;
+    P->c[5][d] = (c101 - c001) - ex;
+    P->c[6][d] = (c011 - c001) - ey;
+    P->c[7][d] = ((c111 - c011) - (c101 - c001)) - ((c110 - c010) - ex);
+  }
+}
+
+static inline void poly_eval(const cell_poly *P, float x, float y, float z, model_real *out) {
+#if SAMPLER_AVX512
+  const __m256 vx = _mm256_set1_ps(x), vy = _mm256_set1_ps(y), vz = _mm256_set1_ps(z);
+  __m256 a = _mm256_fmadd_ps(vx, _mm256_loadu_ps(P->c[7]), _mm256_loadu_ps(P->c[6]));
+  __m256 b = _mm256_fmadd_ps(vx, _mm256_loadu_ps(P->c[5]), _mm256_loadu_ps(P->c[3]));
+  __m256 c = _mm256_fmadd_ps(vx, _mm256_loadu_ps(P->c[4]), _mm256_loadu_ps(P->c[2]));
+  __m256 d = _mm256_fmadd_ps(vx, _mm256_loadu_ps(P->c[1]), _mm256_loadu_ps(P->c[0]));
+  __m256 e = _mm256_fmadd_ps(vy, a, b);
+  __m256 g = _mm256_fmadd_ps(vy, c, d);
+  _mm256_mask_storeu_ps(out, 0x1f, _mm256_fmadd_ps(vz, e, g));
+#else
+  for (int q = 0; q < MODEL_NF; q++) {
+    float a = fmaf(x, P->c[7][q], P->c[6][q]), b = fmaf(x, P->c[5][q], P->c[3][q]);
+    float c = fmaf(x, P->c[4][q], P->c[2][q]), d = fmaf(x, P->c[1][q], P->c[0][q]);
+    out[q] = fmaf(z, fmaf(y, a, b), fmaf(y, c, d));
+  }
+#endif
+}
+
+/* One sub-line for the linear reconstruction: the value of every point
+ * (trilinear in its cell's corners, poly_make and poly_eval) into pts[j * MODEL_NF ..],
+ * idx[j] = first + j (the record sum_column reads) and cidx[j] its leaf
+ * cell (for the extra fields); -1 in both outside the domain. The runs of
+ * points in one leaf are found as in walk_line; each point's place in its
+ * cell is computed in double: s = (t - lo) / span, i = floor(s) clamped to
+ * the block, f = s - i clamped to [0, 1] (8 points at a time with AVX-512,
+ * the same operations, so the same bits). */
+static void walk_line_linear(const ce_model *m, const double A[3], const double B[3],
+                             const double *uz, int nk, double inv_du, int64_t first, int64_t *idx,
+                             int64_t *cidx, model_real *pts, leaf_trail *tr) {
+  const double inv_b[3] = {B[0] != 0 ? 1 / B[0] : 0, B[1] != 0 ? 1 / B[1] : 0,
+                           B[2] != 0 ? 1 / B[2] : 0};
+  const double nf[3] = {(double)m->nfine[0], (double)m->nfine[1], (double)m->nfine[2]};
+  const int64_t b0 = m->bnx[0], b1 = m->bnx[1], b2 = m->bnx[2];
+  const int64_t n0 = b0 + 1, n1 = b1 + 1;
+  const int64_t sy = n0 * MODEL_NODAL_STRIDE, sz = n1 * n0 * MODEL_NODAL_STRIDE;
+  const double bmax[3] = {(double)(b0 - 1), (double)(b1 - 1), (double)(b2 - 1)};
+  int j = 0;
+  while (j < nk) {
+    double t0 = A[0] + B[0] * uz[j], t1 = A[1] + B[1] * uz[j], t2 = A[2] + B[2] * uz[j];
+    if (!(t0 >= 0 && t0 < nf[0] && t1 >= 0 && t1 < nf[1] && t2 >= 0 && t2 < nf[2])) {
+      idx[j] = cidx[j] = -1; /* outside the domain: only on round-off at a face */
+      j++;
+      continue;
+    }
+    const int64_t f[3] = {(int64_t)t0, (int64_t)t1, (int64_t)t2};
+    model_cache *c = &tr->cur[tr->ncur++];
+    if (tr->at < tr->nprev && leaf_has(&tr->prev[tr->at], f))
+      *c = tr->prev[tr->at];
+    else if (tr->at + 1 < tr->nprev && leaf_has(&tr->prev[tr->at + 1], f))
+      *c = tr->prev[++tr->at];
+    else
+      model_find(m, f, c);
+    double uhi = INFINITY;
+    for (int d = 0; d < 3; d++) {
+      double e = B[d] > 0 ? ((double)c->hi[d] - A[d]) * inv_b[d]
+                 : B[d] < 0 ? ((double)c->lo[d] - A[d]) * inv_b[d] : INFINITY;
+      uhi = e < uhi ? e : uhi;
+    }
+    double est = (uhi - uz[0]) * inv_du;
+    int je = !(est < nk) ? nk : est <= j + 1 ? j + 1 : (int)est;
+    while (je < nk && uz[je] < uhi) je++;
+    while (je > j + 1 && uz[je - 1] >= uhi) je--;
+    const double inv_span = 1.0 / (double)((int64_t)1 << c->shift);
+    const double lo[3] = {(double)c->lo[0], (double)c->lo[1], (double)c->lo[2]};
+    const model_real *nbase = m->nodal + c->base / m->ncell * m->nnodal * MODEL_NODAL_STRIDE;
+    const int64_t base = c->base;
+    cell_poly P;
+    int64_t last = -1; /* the corner record P was made from, in this leaf */
+#if SAMPLER_AVX512
+    const __m512d vA0 = _mm512_set1_pd(A[0]), vA1 = _mm512_set1_pd(A[1]),
+                  vA2 = _mm512_set1_pd(A[2]), vB0 = _mm512_set1_pd(B[0]),
+                  vB1 = _mm512_set1_pd(B[1]), vB2 = _mm512_set1_pd(B[2]),
+                  vlo0 = _mm512_set1_pd(lo[0]), vlo1 = _mm512_set1_pd(lo[1]),
+                  vlo2 = _mm512_set1_pd(lo[2]), vis = _mm512_set1_pd(inv_span),
+                  zero = _mm512_setzero_pd(), one = _mm512_set1_pd(1),
+                  top0 = _mm512_set1_pd(bmax[0]), top1 = _mm512_set1_pd(bmax[1]),
+                  top2 = _mm512_set1_pd(bmax[2]);
+    const __m512i vn0 = _mm512_set1_epi64(n0), vn1 = _mm512_set1_epi64(n1),
+                  vb0 = _mm512_set1_epi64(b0), vb1 = _mm512_set1_epi64(b1),
+                  vbase = _mm512_set1_epi64(base),
+                  lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+    for (; j < je; j += 8) {
+      __mmask8 mk = je - j >= 8 ? 0xff : (__mmask8)((1u << (je - j)) - 1);
+      __m512d u = _mm512_maskz_loadu_pd(mk, uz + j);
+      __m512d s0 = _mm512_mul_pd(_mm512_sub_pd(_mm512_add_pd(vA0, _mm512_mul_pd(vB0, u)), vlo0), vis);
+      __m512d s1 = _mm512_mul_pd(_mm512_sub_pd(_mm512_add_pd(vA1, _mm512_mul_pd(vB1, u)), vlo1), vis);
+      __m512d s2 = _mm512_mul_pd(_mm512_sub_pd(_mm512_add_pd(vA2, _mm512_mul_pd(vB2, u)), vlo2), vis);
+      __m512d i0 = _mm512_min_pd(_mm512_max_pd(_mm512_roundscale_pd(s0, 0x09), zero), top0);
+      __m512d i1 = _mm512_min_pd(_mm512_max_pd(_mm512_roundscale_pd(s1, 0x09), zero), top1);
+      __m512d i2 = _mm512_min_pd(_mm512_max_pd(_mm512_roundscale_pd(s2, 0x09), zero), top2);
+      float fx[8], fy[8], fz[8];
+      int64_t nd[8];
+      _mm256_storeu_ps(fx, _mm512_cvtpd_ps(_mm512_min_pd(_mm512_max_pd(_mm512_sub_pd(s0, i0), zero), one)));
+      _mm256_storeu_ps(fy, _mm512_cvtpd_ps(_mm512_min_pd(_mm512_max_pd(_mm512_sub_pd(s1, i1), zero), one)));
+      _mm256_storeu_ps(fz, _mm512_cvtpd_ps(_mm512_min_pd(_mm512_max_pd(_mm512_sub_pd(s2, i2), zero), one)));
+      __m512i k0 = _mm512_cvttpd_epi64(i0), k1 = _mm512_cvttpd_epi64(i1),
+              k2 = _mm512_cvttpd_epi64(i2);
+      _mm512_storeu_si512(
+          nd, _mm512_add_epi64(_mm512_mullo_epi64(_mm512_add_epi64(_mm512_mullo_epi64(k2, vn1), k1), vn0), k0));
+      _mm512_mask_storeu_epi64(
+          cidx + j, mk,
+          _mm512_add_epi64(vbase, _mm512_add_epi64(
+                                      _mm512_mullo_epi64(_mm512_add_epi64(_mm512_mullo_epi64(k2, vb1), k1), vb0), k0)));
+      _mm512_mask_storeu_epi64(idx + j, mk, _mm512_add_epi64(_mm512_set1_epi64(first + j), lane));
+      const int nl = je - j >= 8 ? 8 : je - j;
+      for (int q = 0; q < nl; q++) {
+        if (nd[q] != last) poly_make(nbase + (last = nd[q]) * MODEL_NODAL_STRIDE, sy, sz, &P);
+        poly_eval(&P, fx[q], fy[q], fz[q], pts + (size_t)(j + q) * MODEL_NF);
+      }
+    }
+    j = je;
+#else
+    for (; j < je; j++) {
+      const double s[3] = {(A[0] + B[0] * uz[j] - lo[0]) * inv_span,
+                           (A[1] + B[1] * uz[j] - lo[1]) * inv_span,
+                           (A[2] + B[2] * uz[j] - lo[2]) * inv_span};
+      double id[3];
+      float fd[3];
+      for (int d = 0; d < 3; d++) {
+        id[d] = floor(s[d]);
+        id[d] = id[d] < 0 ? 0 : id[d] > bmax[d] ? bmax[d] : id[d];
+        double x = s[d] - id[d];
+        fd[d] = (float)(x < 0 ? 0 : x > 1 ? 1 : x);
+      }
+      const int64_t i0 = (int64_t)id[0], i1 = (int64_t)id[1], i2 = (int64_t)id[2];
+      cidx[j] = base + (i2 * b1 + i1) * b0 + i0;
+      idx[j] = first + j;
+      const int64_t ndq = (i2 * n1 + i1) * n0 + i0;
+      if (ndq != last) poly_make(nbase + (last = ndq) * MODEL_NODAL_STRIDE, sy, sz, &P);
+      poly_eval(&P, fd[0], fd[1], fd[2], pts + (size_t)j * MODEL_NF);
+    }
+#endif
+  }
+  exp_points(pts, nk);
+  model_cache *tmp = tr->prev;
+  tr->prev = tr->cur;
+  tr->cur = tmp;
+  tr->nprev = tr->ncur;
+  tr->ncur = tr->at = 0;
+}
+
 /* The fields of a sub-sample in cell c (-1: the background record bg). */
 static inline const model_real *sub_sample(const model_real *cells, const model_real *bg,
                                            int64_t c) {
@@ -264,6 +511,8 @@ static int sample(const ce_model *m, const double q[4], const sampler_opts *o, f
                   float *T, float *n_co, int nextra, const float *const *fields, const float *bgx,
                   float *const *out) {
   CE_TRY(sampler_check(m, o));
+  const int linear = o->reconstruction == SAMPLER_LINEAR;
+  if (linear) CE_TRY(model_nodal_build((ce_model *)m)); /* once per model, under its lock */
   double R[9], c[3];
   dir_matrix(q, R);
   model_centre(m, c);
@@ -272,9 +521,15 @@ static int sample(const ce_model *m, const double q[4], const sampler_opts *o, f
   double *uz = malloc(sizeof(double) * (size_t)nk);
   int64_t *idx = malloc(sizeof(int64_t) * (size_t)nk * k * k);
   double *sums = malloc(sizeof(double) * 8 * (size_t)n);
+  /* linear: the points' values (read by sum_column as cells, + 3 floats of
+   * slack for its 8-lane loads) and their leaf cells */
+  int64_t *nidx = linear ? malloc(sizeof(int64_t) * (size_t)nk * k * k) : NULL;
+  model_real *fr = linear ? calloc((size_t)nk * k * k * MODEL_NF + 8, sizeof(model_real)) : NULL;
   leaf_trail trail = {malloc(sizeof(model_cache) * (size_t)nk),
                       malloc(sizeof(model_cache) * (size_t)nk), 0, 0, 0};
-  if (!uz || !idx || !sums || !trail.prev || !trail.cur) {
+  if (!uz || !idx || !sums || !trail.prev || !trail.cur || (linear && (!nidx || !fr))) {
+    free(nidx);
+    free(fr);
     free(uz);
     free(sums);
     free(idx);
@@ -299,12 +554,23 @@ static int sample(const ce_model *m, const double q[4], const sampler_opts *o, f
           double uy = ((iy + (b + 0.5) / k) / n - 0.5) * o->edge;
           double lb[3], A[3], B[3];
           int64_t *line = idx + (size_t)(a * k + b) * nk;
+          int64_t *nline = linear ? nidx + (size_t)(a * k + b) * nk : NULL;
+          model_real *fline = linear ? fr + (size_t)(a * k + b) * nk * MODEL_NF : NULL;
           for (int d = 0; d < 3; d++) {
             lb[d] = c[d] + R[3 * d] * ux + R[3 * d + 1] * uy;
             A[d] = (lb[d] - m->xmin[d]) * m->inv_dxf[d];
             B[d] = R[3 * d + 2] * m->inv_dxf[d];
           }
-          if (fill) { /* rare: per point, with the ball and the domain checked */
+          if (linear) {
+            walk_line_linear(m, A, B, uz, nk, nk / o->edge, (int64_t)(a * k + b) * nk, line,
+                             nline, fline, &trail);
+            if (fill) /* the ball: background beyond r */
+              for (int j = 0; j < nk; j++) {
+                double x[3] = {lb[0] + R[2] * uz[j], lb[1] + R[5] * uz[j], lb[2] + R[8] * uz[j]};
+                double d0 = x[0] - c[0], d1 = x[1] - c[1], d2 = x[2] - c[2];
+                if (!(d0 * d0 + d1 * d1 + d2 * d2 <= r2)) line[j] = nline[j] = -1;
+              }
+          } else if (fill) { /* rare: per point, with the ball and the domain checked */
             for (int j = 0; j < nk; j++) {
               double x[3] = {lb[0] + R[2] * uz[j], lb[1] + R[5] * uz[j], lb[2] + R[8] * uz[j]};
               double d0 = x[0] - c[0], d1 = x[1] - c[1], d2 = x[2] - c[2];
@@ -315,14 +581,19 @@ static int sample(const ce_model *m, const double q[4], const sampler_opts *o, f
           }
         }
       size_t at = ((size_t)ix * n + iy) * n;
+      /* linear: the points' values stand in for the cells */
+      const model_real *src = linear ? fr : m->cells;
       if (k == 2)
-        sum_column(m->cells, bg, idx, n, 2, l, inv, sums, v_los + at, T + at, n_co + at);
+        sum_column(src, bg, idx, n, 2, l, inv, sums, v_los + at, T + at, n_co + at);
       else
-        sum_column(m->cells, bg, idx, n, k, l, inv, sums, v_los + at, T + at, n_co + at);
-      if (nextra) extra_column(m->cells, bg, idx, n, k, inv, nextra, fields, bgx, out, at);
+        sum_column(src, bg, idx, n, k, l, inv, sums, v_los + at, T + at, n_co + at);
+      if (nextra)
+        extra_column(m->cells, bg, linear ? nidx : idx, n, k, inv, nextra, fields, bgx, out, at);
     }
   free(uz);
   free(idx);
+  free(nidx);
+  free(fr);
   free(sums);
   free(trail.prev);
   free(trail.cur);
@@ -350,6 +621,9 @@ int sampler_flatten(const ce_model *m, sampler_flat *F, int32_t **leaf_geo) {
 
 int sampler_geometry(const ce_model *m, const double q[4], const sampler_opts *o, sampler_geo *G) {
   CE_TRY(sampler_check(m, o));
+  if (o->reconstruction != SAMPLER_CONSTANT)
+    CE_FAIL("sampler: the per-thread bodies (and the device sampler) have the constant "
+            "reconstruction only, not %s", sampler_recon_name(o->reconstruction));
   memset(G, 0, sizeof *G);
   G->n = o->n, G->k = o->k, G->fill = o->fill_background, G->edge = o->edge;
   G->r2 = o->ball_radius > 0 ? o->ball_radius * o->ball_radius : INFINITY;
@@ -413,6 +687,9 @@ int sampler_device_open(const ce_model *m, int ordinal, sampler_device **out, ch
 int sampler_device_sample(sampler_device *s, int ncube, const double (*q)[4],
                           const sampler_opts *o, float *const *v_los, float *const *T,
                           float *const *n_co) {
+  if (o->reconstruction != SAMPLER_CONSTANT) /* before anything else: without CUDA too */
+    CE_FAIL("sampler device: the %s reconstruction runs on the CPU only (the device samples "
+            "cell values: reconstruction constant)", sampler_recon_name(o->reconstruction));
 #ifdef COEMU_HAVE_CUDA
   if (ncube < 1) return 0;
   sampler_geo *G = ce_malloc_array((size_t)ncube, sizeof *G, "sampler geometries");

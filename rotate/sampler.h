@@ -8,8 +8,8 @@
  * R) and v_los = l . v = (R^T v)_z: positive away from the observer.
  *
  * Each voxel is the average of k^3 sub-samples on a regular k x k x k
- * lattice inside it (each sub-sample takes the value of the leaf cell that
- * contains it): n_CO is the plain mean (volume average); T and v_los are
+ * lattice inside it (each sub-sample takes the value of the model there, as
+ * the reconstruction defines it: sampler_recon): n_CO is the plain mean (volume average); T and v_los are
  * n_CO-weighted means (so the cube keeps the CO column and momentum of the
  * sub-samples; plain means where the sub-samples hold no CO).
  *
@@ -27,11 +27,22 @@
 #include "rotate/sampler_body.h"
 
 /* Recorded with every dataset (/geometry): the version of sample_cube's
- * arithmetic (bump it when the same options give other bits) and how a
- * sub-sample takes its value from the AMR leaves (piecewise constant: the
- * value of the leaf cell that contains it). */
+ * arithmetic (bump it when the same options give other bits; the
+ * reconstruction, sampler_recon_name, is recorded beside it). */
 #define SAMPLER_VERSION 1
-#define SAMPLER_RECONSTRUCTION "constant"
+
+/* How a sub-sample takes its values from the model (docs/sampling.md):
+ * CONSTANT: the leaf cell's value (cell averages, piecewise constant; the
+ *   COEmuNet-compat reference);
+ * LINEAR: the trilinear interpolation of (n_CO, T, v) between the corners of
+ *   the leaf cell holding it (model_nodal_build): continuous across all
+ *   faces, coarse-fine ones included, exact on linear fields. */
+typedef enum { SAMPLER_CONSTANT = 0, SAMPLER_LINEAR = 1 } sampler_recon;
+#define SAMPLER_RECON_NAMES "constant | linear"
+/* "constant" / "linear"; NULL for an unknown value */
+const char *sampler_recon_name(int r);
+/* the value for a name, or -1 */
+int sampler_recon_parse(const char *name);
 
 typedef struct {
   int n;              /* voxels per edge */
@@ -40,9 +51,11 @@ typedef struct {
   double ball_radius; /* [m]; <= 0: no ball */
   int fill_background;
   double bg_n, bg_T;  /* background n_CO [m^-3] and T [K] */
+  int reconstruction; /* sampler_recon */
 } sampler_opts;
 
-/* Defaults: n = 64, k = 2, no fill, background 0. edge and ball_radius 0. */
+/* Defaults: n = 64, k = 2, no fill, background 0, reconstruction linear.
+ * edge and ball_radius 0. */
 void sampler_defaults(sampler_opts *o);
 
 /* Check the options against the model (cube inside the ball and the ball
@@ -60,14 +73,16 @@ int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, flo
  * CO), into out[e] ([(x*n + y)*n + z]). Weighting by n keeps the column of
  * molecules in each level: n_voxel * x_voxel is the volume mean of n x, so
  * the imager's emissivity and opacity (linear in n x) are the sub-samples'
- * means. A background sub-sample takes bg_fields[e] (NULL: 0). v_los, T
+ * means. The extra fields are cell values under either reconstruction
+ * (weighted by the cell's n_CO). A background sub-sample takes bg_fields[e] (NULL: 0). v_los, T
  * and n_co are the bits sample_cube gives. */
 #define SAMPLER_MAX_EXTRA 8
 
 /* The sampler as per-thread bodies (rotate/sampler_body.h: what a device
  * runs): the model as plain arrays, and one cube's geometry. sampler_flatten
  * points F at m's arrays and at *leaf_geo, which it allocates (nleaves*4
- * int32: level, ig; the caller frees it). sampler_geometry checks the
+ * int32: level, ig; the caller frees it). The bodies have the constant
+ * reconstruction only (linear is refused). sampler_geometry checks the
  * options (sampler_check) and fills G for direction q. */
 int sampler_flatten(const ce_model *m, sampler_flat *F, int32_t **leaf_geo);
 int sampler_geometry(const ce_model *m, const double q[4], const sampler_opts *o, sampler_geo *G);
@@ -75,7 +90,8 @@ int sampler_geometry(const ce_model *m, const double q[4], const sampler_opts *o
 /* The sampler on a CUDA device (rotate/sampler_cuda.cu, with CUDA built):
  * open uploads m once (device `ordinal` modulo the devices present; desc
  * may be NULL); sample gives ncube cubes at directions q[c] with the same
- * bits as sample_cube (v_los, T, n_co only: no extra fields). Without a
+ * bits as sample_cube (v_los, T, n_co only: no extra fields; the constant
+ * reconstruction only: o->reconstruction linear is refused). Without a
  * CUDA build or a device, open fails with a message saying which. m must
  * outlive the handle. */
 typedef struct sampler_device sampler_device;

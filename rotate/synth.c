@@ -351,11 +351,10 @@ int synth_build(const synth_params *p, const synth_grid *g, amrvac_snapshot *s) 
 
 /* ---- files ----------------------------------------------------------- */
 
-int synth_write_sidecar(const char *path, const synth_params *p, uint64_t seed, int64_t index) {
-  char tmp[1100];
-  FILE *f;
-  CE_TRY(fs_open_tmp(path, tmp, sizeof tmp, &f));
-  int ok = fprintf(f,
+/* The sidecar's text (docs/sidecar.md) of a synth model. */
+static int sidecar_text(char *buf, size_t len, const synth_params *p, uint64_t seed,
+                        int64_t index) {
+  int w = snprintf(buf, len,
                    "# coemu units sidecar, version 1 (docs/sidecar.md)\n"
                    "# written by coemu synth: seed %llu, model %lld (docs/synth.md)\n"
                    "version: 1\n"
@@ -370,8 +369,24 @@ int synth_write_sidecar(const char *path, const synth_params *p, uint64_t seed, 
                    "gamma: %.17g\n",
                    (unsigned long long)seed, (long long)index, SYNTH_UNIT_LENGTH,
                    SYNTH_UNIT_NUMBERDENSITY, SYNTH_HE, SYNTH_UNIT_VELOCITY, SYNTH_MU,
-                   p->co_abundance, SYNTH_GAMMA) > 0;
+                   p->co_abundance, SYNTH_GAMMA);
+  if (w < 0 || (size_t)w >= len) CE_FAIL("synth: the sidecar text does not fit");
+  return 0;
+}
+
+int synth_write_sidecar(const char *path, const synth_params *p, uint64_t seed, int64_t index) {
+  char tmp[1100], text[1024];
+  if (sidecar_text(text, sizeof text, p, seed, index) < 0) return -1;
+  FILE *f;
+  CE_TRY(fs_open_tmp(path, tmp, sizeof tmp, &f));
+  int ok = fputs(text, f) >= 0;
   return fs_commit_tmp(f, tmp, path, ok);
+}
+
+int synth_units(const synth_params *p, uint64_t seed, int64_t index, units *u) {
+  char text[1024];
+  CE_TRY(sidecar_text(text, sizeof text, p, seed, index));
+  return units_parse(text, strlen(text), "(synth units)", u);
 }
 
 int synth_model_path(char *buf, size_t len, const char *dir, int64_t index, const char *ext) {

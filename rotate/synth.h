@@ -122,6 +122,9 @@ int synth_grid_check(const synth_grid *g);
 int synth_build(const synth_params *p, const synth_grid *g, amrvac_snapshot *s);
 void synth_snapshot_free(amrvac_snapshot *s);
 
+/* The units of a synth model in memory (what synth_write_sidecar writes). */
+int synth_units(const synth_params *p, uint64_t seed, int64_t index, units *u);
+
 /* Write the units sidecar (docs/sidecar.md) of a synth model. */
 int synth_write_sidecar(const char *path, const synth_params *p, uint64_t seed, int64_t index);
 

@@ -185,7 +185,8 @@ static int replace_stats(const char *h5path, const char *path, const char *group
         put_i64(g, "ranks", prov->ranks) < 0 ||
         put_i64(g, "empty_targets", prov->empty_targets) < 0 ||
         put_f64(g, "empty_ln_level", prov->empty_ln_level) < 0 ||
-        put_f64(g, "empty_fraction", prov->empty_fraction) < 0) {
+        put_f64(g, "empty_fraction", prov->empty_fraction) < 0 ||
+        put_f64(g, "pixels_below_clip", prov->pixels_below_clip) < 0) {
       ce_err_prefix("%s: %s", h5path, group);
       goto done;
     }

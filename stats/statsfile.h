@@ -38,6 +38,10 @@ typedef struct {
    * pixels (all channels) below I = exp(empty_ln_level) (0 when not counted) */
   int64_t empty_targets;
   double empty_ln_level, empty_fraction;
+  /* the fraction of all target values (pixels x channels of the samples
+   * used) below I = exp(empty_ln_level), i.e. below the ln I clip (0 when
+   * not counted); attribute pixels_below_clip */
+  double pixels_below_clip;
 } stats_provenance;
 
 int stats_file_write(const char *h5path, const stats_field *fields, int nfields,

@@ -1,6 +1,7 @@
 /* cmd_inspect.c - `coemu inspect MODEL.dat [--units FILE]`: what a snapshot
  * holds (header, leaves per level, variables and their ranges), and its
- * physical fields when a units sidecar is found or given. Reads 1-D and 2-D
+ * physical fields and how its cells compare with a cube's voxels (the
+ * resolution report) when a units sidecar is found or given. Reads 1-D and 2-D
  * snapshots too (the physical part needs the CO path: 3-D Cartesian). */
 #include <math.h>
 #include <stdio.h>
@@ -39,6 +40,23 @@ static int var_ranges(amrvac_snapshot *s, double *lo, double *hi) {
   return rc;
 }
 
+/* How the cells compare with the voxels of a cube of n^3 and edge `edge`
+ * (0: the job's auto edge, the ball radius) in the ball of the model's
+ * smallest half-extent. */
+static void resolution(const ce_model *m, int n, double edge) {
+  double r = model_half_extent(m), *lf = calloc((size_t)m->levmax, sizeof *lf);
+  if (!(edge > 0)) edge = r;
+  double voxel = edge / n, f = model_coarse_fraction(m, r, voxel, 96, lf);
+  printf("resolution  cube %d^3, edge %.6g m (voxel %.6g m): cells coarser than a voxel in %.1f%% "
+         "of the ball (radius %.6g m)\n  ball by level", n, edge, voxel, 100 * f, r);
+  for (int L = 0; lf && L < m->levmax; L++)
+    printf(" %d:%.1f%%(cell %.3g voxels)", L + 1, 100 * lf[L],
+           (m->xmax[0] - m->xmin[0]) / (double)m->nfine[0] * (double)(1 << (m->levmax - 1 - L)) /
+               voxel);
+  printf("\n");
+  free(lf);
+}
+
 static void physical(const ce_model *m) {
   const char *names[MODEL_NF] = {"n_CO [m^-3]", "T [K]", "v_x [m/s]", "v_y [m/s]", "v_z [m/s]"};
   double lo[MODEL_NF], hi[MODEL_NF];
@@ -62,11 +80,17 @@ static void physical(const ce_model *m) {
 
 int cmd_inspect(int argc, char **argv) {
   const char *units_path = NULL;
+  int64_t cube_n = 64;
+  double cube_edge = 0;
   cli_opt opts[] = {
       {"units", CLI_STR, &units_path, "FILE", "units sidecar (default: looked up beside MODEL)", 0, 0},
+      {"n", CLI_INT, &cube_n, "N",
+       "voxels per cube edge for the resolution report (default 64; needs units)", 0, 0},
+      {"edge", CLI_DOUBLE, &cube_edge, "M",
+       "cube edge [m] for the resolution report (default: the job's auto edge, the ball radius)", 0, 0},
       {0}};
   const cli_command spec = {
-      "inspect", "MODEL.dat [--units FILE] | DATASET-DIR",
+      "inspect", "MODEL.dat [--units FILE] [--n N] [--edge M] | DATASET-DIR",
       "Print a snapshot's header, leaves per level, variables and their ranges (and physical "
       "fields with a units sidecar),\nor summarise a dataset directory made by coemu generate.",
       opts, 1, 1};
@@ -75,6 +99,11 @@ int cmd_inspect(int argc, char **argv) {
   cli_status r = cli_run_parse(&spec, argc, argv, &npos, &pos);
   if (r != CLI_OK) return cli_exit(r);
   const char *path = pos[0];
+  if (cube_n < 1 || cube_n > 4096 || cube_edge < 0 || !isfinite(cube_edge)) {
+    free(pos);
+    return cli_usage_fail("inspect", "--n %lld, --edge %g: expected n 1..4096, edge >= 0",
+                          (long long)cube_n, cube_edge);
+  }
   struct stat st;
   if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
     int rc = dataset_inspect(path);
@@ -140,6 +169,7 @@ int cmd_inspect(int argc, char **argv) {
       rc = cli_fail("inspect");
     } else {
       physical(m);
+      resolution(m, (int)cube_n, cube_edge);
       model_free(m);
     }
   } else {

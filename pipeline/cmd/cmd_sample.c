@@ -126,7 +126,7 @@ static int write_preview(const char *path, float *const cube[3], int n, double h
 
 int cmd_sample(int argc, char **argv) {
   const char *units_path = NULL, *sampler_name = "haar", *out = NULL, *preview = NULL,
-             *device = "cpu";
+             *recon_name = NULL, *device = "cpu";
   int64_t ndir = 1, seed = 0, model_id = 0, n = 64, k = 2;
   double edge = 0, ball = 0, bg_n = 0, bg_T = 0;
   int compat = 0, f64 = 0, h5 = 0, fill = 0;
@@ -145,6 +145,9 @@ int cmd_sample(int argc, char **argv) {
        "smallest over all the job's models: pass a dataset's /geometry ball_radius; --compat: "
        "the paper's R)", 0, 0},
       {"k", CLI_INT, &k, "K", "sub-samples per voxel edge (default 2)", 0, 0},
+      {"reconstruction", CLI_STR, &recon_name, "NAME",
+       "linear (default: ln n, ln T, v trilinear between cell corners) or constant (cell values; "
+       "the default with --device cuda, which has no other)", 0, 0},
       {"fill", CLI_FLAG, &fill, NULL, "fill what lies outside the ball with the background", 0, 0},
       {"bg-n", CLI_DOUBLE, &bg_n, "N", "background n_CO [m^-3] with --fill (default 0)", 0, 0},
       {"bg-T", CLI_DOUBLE, &bg_T, "K", "background T [K] with --fill (default 0)", 0, 0},
@@ -167,6 +170,12 @@ int cmd_sample(int argc, char **argv) {
     free(pos);
     return cli_usage_fail("sample", "%s", ce_err_msg());
   }
+  int recon = recon_name ? sampler_recon_parse(recon_name) : SAMPLER_LINEAR;
+  if (recon < 0 || (compat && recon_name && recon != SAMPLER_CONSTANT)) {
+    free(pos);
+    return cli_usage_fail("sample", "--reconstruction '%s': expected %s%s", recon_name,
+                          SAMPLER_RECON_NAMES, compat ? " (constant with --compat)" : "");
+  }
   if (ndir < 1 || ndir > 1000000 || n < 1 || n > 4096 || k < 1 || k > 16 || seed < 0 ||
       model_id < 0 || model_id > UINT32_MAX) {
     free(pos);
@@ -177,6 +186,14 @@ int cmd_sample(int argc, char **argv) {
   if (!on_device && strcmp(device, "cpu")) {
     free(pos);
     return cli_usage_fail("sample", "--device '%s', expected cpu or cuda", device);
+  }
+  if (on_device && recon != SAMPLER_CONSTANT) {
+    if (recon_name) {
+      free(pos);
+      return cli_usage_fail("sample", "--device cuda samples the constant reconstruction only, "
+                                      "not --reconstruction %s", recon_name);
+    }
+    recon = SAMPLER_CONSTANT;
   }
   if (on_device && compat) {
     free(pos);
@@ -197,6 +214,7 @@ int cmd_sample(int argc, char **argv) {
   sampler_defaults(&o);
   o.n = (int)n;
   o.k = (int)k;
+  o.reconstruction = recon;
   o.fill_background = fill;
   o.bg_n = bg_n;
   o.bg_T = bg_T;
@@ -225,9 +243,11 @@ int cmd_sample(int argc, char **argv) {
     }
     if (rc < 0) break;
     char p[4096], meta[512];
-    snprintf(meta, sizeof meta, "voxel %.17g\nsampler %s\nseed %lld\nmodel_id %lld\ndirection %lld\n%s",
+    snprintf(meta, sizeof meta,
+             "voxel %.17g\nsampler %s\nseed %lld\nmodel_id %lld\ndirection %lld\n%s%s%s",
              voxel, dir_name(smp), (long long)seed, (long long)model_id, (long long)d,
-             compat ? "compat 1\n" : "");
+             compat ? "compat 1\n" : "reconstruction ", compat ? "" : sampler_recon_name(recon),
+             compat ? "" : "\n");
     if (h5) {
       snprintf(p, sizeof p, "%s/dir_%04lld.h5", out, (long long)d);
       rc = write_h5(p, cube, cn, f64, q, dx);

@@ -319,7 +319,7 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
   norm.lnI_clip = F > 1 ? STATS_LNI_CLIP : -INFINITY;
 
   hsize_t lo = ds.N * (hsize_t)rank / (hsize_t)size, hi = ds.N * (hsize_t)(rank + 1) / (hsize_t)size;
-  int64_t used = 0, outliers = 0, empty = 0;
+  int64_t used = 0, outliers = 0, empty = 0, below_all = 0;
   const double empty_level = exp(DATASET_EMPTY_LN_LEVEL);
   for (int pass = 0; pass < 2; pass++) {
     for (hsize_t i = lo; i < hi && lrc == 0; i++) {
@@ -339,6 +339,7 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
         size_t below = 0;
         for (size_t k = 0; k < F * npix; k++) below += (double)tg[k] < empty_level;
         empty += (double)below > DATASET_EMPTY_FRACTION * (double)(F * npix);
+        below_all += (int64_t)below;
       }
       if (ds.has_inputs) {
         memcpy(work, in, nvox * sizeof *in);
@@ -387,8 +388,10 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
     }
     if (any_failed(lrc, "stats")) goto out;
   }
-  int64_t totals[3] = {used, outliers, empty};
-  MPI_Allreduce(MPI_IN_PLACE, totals, 3, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+  int64_t totals[4] = {used, outliers, empty, below_all};
+  MPI_Allreduce(MPI_IN_PLACE, totals, 4, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+  const double below_frac =
+      totals[0] > 0 ? (double)totals[3] / ((double)totals[0] * (double)(F * npix)) : 0;
   for (int f = f0; f < nf && lrc == 0; f++) {
     field_acc *a = &acc[f];
     if (!stats_qsel_done(&a->q)) CE_BUG("stats: selection not done after 2 passes");
@@ -433,7 +436,8 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
       if (bad) lrc = ce_err("%s: %s is not > 0 (constant data cannot be normalised)", path, bad);
     }
     stats_provenance prov = {split_name, (int64_t)ds.N, totals[0], totals[1], size,
-                             totals[2], DATASET_EMPTY_LN_LEVEL, DATASET_EMPTY_FRACTION};
+                             totals[2], DATASET_EMPTY_LN_LEVEL, DATASET_EMPTY_FRACTION,
+                             below_frac};
     if (lrc == 0) {
       stats_field *fl = malloc((size_t)nf * sizeof *fl);
       if (!fl) lrc = ce_err("out of memory");
@@ -453,6 +457,8 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
              "pixels below I = e^%.0f W m^-2 Hz^-1 sr^-1\n",
              (long long)totals[2], (long long)totals[0], 100 * DATASET_EMPTY_FRACTION,
              DATASET_EMPTY_LN_LEVEL);
+      printf("  pixels below the clip: %.1f%% of all pixels x channels of the samples used "
+             "(I < e^%.0f)\n", 100 * below_frac, DATASET_EMPTY_LN_LEVEL);
       printf("  per field: n values, mean, std, min, max, exact median; med-of-med = the median "
              "of the per-sample medians (the paper's estimate) and its true quantile in the "
              "field (0.5 = exact median)\n");

@@ -9,6 +9,7 @@
 
 #include "common/error.h"
 #include "common/image.h"
+#include "pipeline/dataset/dataset_stats.h"
 #include "pipeline/dataset/export_fits.h"
 #include "pipeline/dataset/h5util.h"
 
@@ -50,7 +51,8 @@ int dataset_preview(const char *dir, int nsamples, const char *png_path) {
   double *maps = ce_malloc_array((size_t)ns * cols * n * n, sizeof(double), "preview");
   float *buf = ce_malloc_array(cube > img ? cube : img, sizeof(float), "preview sample");
   ce_map2d *pan = ce_malloc_array((size_t)ns * cols, sizeof *pan, "preview panels");
-  if (!maps || !buf || !pan) {
+  double *below = ce_malloc_array((size_t)ns, sizeof *below, "preview marks");
+  if (!maps || !buf || !pan || !below) {
     rc = -1;
     goto freeall;
   }
@@ -73,8 +75,16 @@ int dataset_preview(const char *dir, int nsamples, const char *png_path) {
       rc = ce_err("%s: reading /targets sample %llu failed", path, (unsigned long long)idx);
       goto freeall;
     }
-    for (size_t i = 0; i < img; i++)
-      row[(size_t)nin * n * n + i] = buf[i] > 0 ? log10(buf[i]) : NAN;
+    /* pixels below the ln I clip (I < e^-40, DATASET_EMPTY_LN_LEVEL) are
+     * marked: NaN, drawn grey, and counted for the row's title */
+    const double clip = exp(DATASET_EMPTY_LN_LEVEL);
+    size_t nb = 0;
+    for (size_t i = 0; i < img; i++) {
+      int low = !((double)buf[i] >= clip);
+      nb += low;
+      row[(size_t)nin * n * n + i] = low ? NAN : log10(buf[i]);
+    }
+    below[s] = (double)nb / (double)img;
     for (int c = 0; c < cols; c++)
       pan[s * cols + c] = (ce_map2d){row + (size_t)c * n * n, n, n, n, 1};
   }
@@ -103,6 +113,9 @@ int dataset_preview(const char *dir, int nsamples, const char *png_path) {
       snprintf(rtitle[s], sizeof rtitle[s], "sample %llu", (unsigned long long)idx);
       for (int c = 0; s == 0 && c < nf; c++) vel[c] = NAN;
     }
+    size_t used = strlen(rtitle[s]);
+    snprintf(rtitle[s] + used, sizeof rtitle[s] - used, "; %.1f%% of pixels below the clip%s",
+             100 * below[s], below[s] > DATASET_EMPTY_FRACTION ? " - NEARLY EMPTY" : "");
     rtp[s] = rtitle[s];
   }
   static const char *inames[3] = {"v_z, z mid", "T, z mid", "n_CO, z mid"};
@@ -117,7 +130,7 @@ int dataset_preview(const char *dir, int nsamples, const char *png_path) {
   }
   char title[4200];
   snprintf(title, sizeof title, "%s: %d of %llu samples; inputs at the middle of the line of sight, "
-           "channel maps by velocity; log = log10", dir, ns, (unsigned long long)dt[0]);
+           "channel maps by velocity; log = log10; grey: I below the clip e^-40", dir, ns, (unsigned long long)dt[0]);
   ce_panel_style st = {.cmap = CE_CMAP_INFERNO, .columns = cols, .scale = n >= 48 ? 2 : (96 + n - 1) / n,
                        .title = title, .labels = labels, .row_titles = rtp, .colorbar = 1,
                        .groups = groups, .group_labels = units};
@@ -137,6 +150,7 @@ freeall:
   free(maps);
   free(buf);
   free(pan);
+  free(below);
 done:
   if (din >= 0) H5Dclose(din);
   H5Dclose(dtg);

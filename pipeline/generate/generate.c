@@ -26,6 +26,9 @@
 #include "pipeline/generate/live.h"
 #include "pipeline/generate/workplan.h"
 #include "pipeline/mpi/mpi_fatal.h"
+#include "rotate/model.h"
+#include "rotate/sampler.h"
+#include "rotate/synth.h"
 
 static const char *g_cmd = "generate";
 static int g_rank = 0;
@@ -57,6 +60,36 @@ static void human_time(double s, char *out, size_t len) {
   else snprintf(out, len, "%.1f days", s / 86400);
 }
 
+/* --check's resolution line: how the first model's cells compare with the
+ * job's voxels (model_coarse_fraction, in the ball of that model's smallest
+ * half-extent; the job's ball may be smaller). Synthetic models are built
+ * in memory for it. */
+static int check_resolution(const job *j) {
+  ce_model *m = NULL;
+  if (j->input == JOB_INPUT_SYNTH) {
+    synth_params p;
+    synth_draw((uint64_t)j->synth_seed, 0, &p);
+    synth_grid g = synth_grid_default();
+    g.levels = j->synth_levels;
+    amrvac_snapshot s;
+    units u;
+    CE_TRY(synth_build(&p, &g, &s));
+    int rc = synth_units(&p, (uint64_t)j->synth_seed, 0, &u) < 0 ||
+             model_from_snapshot(&s, &u, &m) < 0;
+    synth_snapshot_free(&s);
+    if (rc) return -1;
+  } else {
+    CE_TRY(model_load(j->model_names[0], j->amrvac_units && j->amrvac_units[0] ? j->amrvac_units : NULL, &m));
+  }
+  double r = model_half_extent(m), edge = j->edge > 0 ? j->edge : r;
+  double f = model_coarse_fraction(m, r, edge / j->n, 64, NULL);
+  printf("  resolution: model 0's cells are coarser than a voxel (%.4g m) in %.1f%% of its ball; "
+         "sampling.reconstruction %s (docs/sampling.md)\n",
+         edge / j->n, 100 * f, j->coemunet_compat ? "constant (coemunet_compat)" : sampler_recon_name(j->reconstruction));
+  model_free(m);
+  return 0;
+}
+
 /* --check: the job, its input files, and what it will cost. */
 static int check_only(const job *j) {
   if (job_check_inputs(j) < 0) return -1;
@@ -84,10 +117,11 @@ static int check_only(const job *j) {
     printf(" + %s of synthetic models", e.models_bytes > 0 ? models : "(not measured at this "
                                                                        "inputs.synth.levels)");
   printf("\n  time: ~%s on one rank, divided by the ranks (64 ranks: ~%s), + /stats; cost "
-         "model: (%.0f + %.1f x channels) ns per cube voxel per sample, measured on 3-level "
+         "model: (%.0f + %.1f x channels) ns per cube voxel per sample (+ %.0f ns per "
+         "sub-sample with sampling.reconstruction linear), measured on 3-level "
          "synthetic models (docs/jobs.md); deeper AMR trees and larger k cost more\n", one,
-         r64, JOB_COST_NS_VOXEL, JOB_COST_NS_VOXEL_CHANNEL);
-  return 0;
+         r64, JOB_COST_NS_VOXEL, JOB_COST_NS_VOXEL_CHANNEL, JOB_COST_NS_SUBSAMPLE_LINEAR);
+  return check_resolution(j);
 }
 
 /* ---- the output folder on a failed start ----

@@ -330,6 +330,7 @@ int producer_open(const job *j, const char *out_dir, generate_producer *p) {
   c->so.n = j->n;
   c->so.k = j->k;
   c->so.fill_background = j->fill_background;
+  c->so.reconstruction = j->reconstruction;
   c->so.bg_n = j->background_n;
   c->so.bg_T = j->background_T;
   double r = 0;

@@ -19,6 +19,7 @@
 #include "solver/lte.h"
 #include "rotate/amrvac.h"
 #include "rotate/compat.h"
+#include "rotate/sampler.h"
 #include "rotate/units.h"
 #include "solver/nlte.h"
 #include "solver/nlte_lvg.h"
@@ -93,6 +94,29 @@ static int fill_line_mode(const char *name, const yt_node *r, job *j) {
     const yt_node *mn = schema_at(r, "line.mode");
     CE_FAIL("%s:%d:%d: line.mode: lvg needs the sampler's cubes, not sampling.coemunet_compat's "
             "gridding", name, mn->line, mn->col);
+  }
+  return 0;
+}
+
+/* sampling.reconstruction: auto is linear, except where the samples are
+ * built from cell values: the coemunet_compat gridding (the paper's binning)
+ * and line.mode lvg (per-cell level populations, sampled as cell values);
+ * there an explicit linear is refused. */
+static int fill_reconstruction(const char *name, const yt_node *r, job *j) {
+  const char *rec = schema_str(r, "sampling.reconstruction");
+  const yt_node *rn = schema_at(r, "sampling.reconstruction");
+  int automatic = !strcmp(rec, "auto");
+  j->reconstruction = automatic ? SAMPLER_LINEAR : sampler_recon_parse(rec);
+  const char *why = j->coemunet_compat ? "sampling.coemunet_compat, which bins cell values as "
+                                         "the paper did"
+                    : j->line_mode == JOB_LINE_LVG ? "line.mode: lvg, whose level populations "
+                                                     "are cell values"
+                                                   : NULL;
+  if (why) {
+    if (!automatic && j->reconstruction != SAMPLER_CONSTANT)
+      CE_FAIL("%s:%d:%d: sampling.reconstruction: %s does not apply with %s (use constant)", name,
+              rn->line, rn->col, rec, why);
+    j->reconstruction = SAMPLER_CONSTANT;
   }
   return 0;
 }
@@ -238,6 +262,7 @@ static int fill(const char *name, const yt_node *r, job *j) {
   }
 
   CE_TRY(fill_line_mode(name, r, j));
+  CE_TRY(fill_reconstruction(name, r, j));
 
   j->vturb = schema_num(r, "solver.vturb");
   j->background = schema_num(r, "solver.background");
@@ -300,6 +325,13 @@ int job_parse(const char *name, const char *text, size_t len, const char *dir, j
   int rc = doc ? fill(name, doc, j) : -1;
   yt_free(doc);
   if (rc < 0) job_free(j);
+  /* the reconstruction that sampling.reconstruction: auto (or an absent key)
+   * resolves to belongs to the job: a dataset that coemu made with cell
+   * values before `linear` existed is not resumed with it */
+  if (rc == 0 && j->reconstruction == SAMPLER_LINEAR) {
+    static const char tag[] = "\n# sampling.reconstruction resolved: linear\n";
+    j->fingerprint = (uint32_t)crc32(j->fingerprint, (const Bytef *)tag, (uInt)(sizeof tag - 1));
+  }
   return rc;
 }
 
@@ -443,7 +475,9 @@ void job_estimate_of(const job *j, job_estimate *e) {
     e->models_bytes = (double)j->n_models * per_model[j->synth_levels];
   }
   e->core_seconds = (double)e->samples * n3 *
-                    (JOB_COST_NS_VOXEL + JOB_COST_NS_VOXEL_CHANNEL * j->nf) * 1e-9;
+                    (JOB_COST_NS_VOXEL + JOB_COST_NS_VOXEL_CHANNEL * j->nf +
+                     (j->reconstruction == SAMPLER_LINEAR && !j->coemunet_compat
+                          ? JOB_COST_NS_SUBSAMPLE_LINEAR * j->k * j->k * j->k : 0)) * 1e-9;
 }
 
 int job_split_parse(const char *name, int *out) {

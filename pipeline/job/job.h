@@ -51,7 +51,8 @@ typedef struct {
   char *dir;       /* folder relative paths in the job are resolved against */
   char *text;      /* the job text, verbatim (stored in the provenance) */
   size_t text_len;
-  uint32_t fingerprint; /* CRC-32 of the text: a dataset belongs to one job */
+  uint32_t fingerprint; /* CRC-32 of the text (continued over a tag when the
+                           reconstruction resolves to linear): a dataset belongs to one job */
   char *name;
 
   /* inputs */
@@ -71,6 +72,8 @@ typedef struct {
   int k;
   uint64_t seed;
   int coemunet_compat, fill_background;
+  int reconstruction;    /* sampler_recon (rotate/sampler.h); constant with coemunet_compat
+                            and line.mode lvg */
   double background_n, background_T;
 
   /* line */
@@ -198,6 +201,10 @@ void job_estimate_of(const job *j, job_estimate *e);
  * channel term. Deeper AMR trees and larger k cost more. */
 #define JOB_COST_NS_VOXEL 44.0
 #define JOB_COST_NS_VOXEL_CHANNEL 7.1
+/* sampling.reconstruction linear on top, per sub-sample (k^3 per voxel):
+ * `coemu bench sample` and `bench isotropy`, linear minus constant, ~19 ms
+ * per 64^3 cube at k = 2 (docs/benchmarks.md, "Reconstructions") */
+#define JOB_COST_NS_SUBSAMPLE_LINEAR 9.0
 
 /* docs/jobs.md's key table, generated from the schema. */
 int job_schema_markdown(FILE *out);

@@ -412,6 +412,14 @@ def test_stats_splits(tmp, f32):
           f'stats counts mostly empty targets ({want[1]}): {r.stdout}')
     check(v['empty_targets'] == want[1] and before['empty_targets'] == want[0] and
           v['empty_fraction'] == 0.9 and v['empty_ln_level'] == -40, 'counts in the groups')
+    # the share of all pixels x channels below the clip (a ratio of integer counts: exact)
+    below = {s: sum(np.count_nonzero(tg[i].astype(np.float64) < math.exp(-40))
+                    for i in range(len(tg)) if split[i] == s) /
+                (sum(1 for i in range(len(tg)) if split[i] == s) * tg[0].size) for s in (0, 1)}
+    check(abs(v['pixels_below_clip'] - below[1]) <= 1e-15 and
+          abs(before['pixels_below_clip'] - below[0]) <= 1e-15,
+          f'pixels_below_clip {v["pixels_below_clip"]}, {before["pixels_below_clip"]}: {below}')
+    check(f'pixels below the clip: {100 * below[1]:.1f}%' in r.stdout, f'printed: {r.stdout}')
     r = run(['inspect', f32], tmp)
     check(r.returncode == 0 and f'/stats: split train, 3 samples' in r.stdout and
           f'{want[0]} mostly empty (> 90% of pixels below I = e^-40' in r.stdout and

@@ -7,8 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "check.h"
+#include "rotate/sampler.h"
 #include "pipeline/dataset/dataset.h"
 #include "pipeline/dataset/shard.h"
 #include "pipeline/generate/generate.h"
@@ -41,6 +43,44 @@ static void check_err(const char *extra, const char *msg) {
   snprintf(text, sizeof text, "%s%s", base, extra);
   job j;
   CHECK_ERR(parse(text, &j), msg);
+}
+
+/* sampling.reconstruction: auto, constant, linear; linear is refused with
+ * coemunet_compat (which bins cell values), naming the key's place. */
+static void test_reconstruction(void) {
+  job j;
+  CHECK_OK(parse(base, &j));
+  CHECK(j.reconstruction == SAMPLER_LINEAR);
+  /* the resolved linear is part of the fingerprint (an old dataset of the
+   * same text, made with cell values, is not resumed with it) */
+  CHECK(j.fingerprint != (uint32_t)crc32(0L, (const Bytef *)base, (uInt)strlen(base)));
+  job_free(&j);
+  char text[1024];
+  snprintf(text, sizeof text, "%ssampling: {reconstruction: constant}\n", base);
+  CHECK_OK(parse(text, &j));
+  CHECK(j.reconstruction == SAMPLER_CONSTANT);
+  CHECK(j.fingerprint == (uint32_t)crc32(0L, (const Bytef *)text, (uInt)strlen(text)));
+  job_free(&j);
+  check_err("sampling: {reconstruction: cubic}\n", "sampling.reconstruction");
+  const char *compat = "inputs: {synth: {count: 2}}\nline: {lamda: co.dat}\n"
+                       "sampling: {coemunet_compat: true, reconstruction: %s}\n";
+  snprintf(text, sizeof text, compat, "auto");
+  CHECK_OK(parse(text, &j));
+  CHECK(j.reconstruction == SAMPLER_CONSTANT);
+  job_free(&j);
+  snprintf(text, sizeof text, compat, "linear");
+  CHECK_ERR(parse(text, &j), "t.yaml:3:");
+  CHECK_ERR(parse(text, &j), "sampling.reconstruction: linear does not apply with "
+                             "sampling.coemunet_compat");
+  /* line.mode lvg: per-cell populations, so cell values too */
+  const char *lvg = "inputs: {synth: {count: 2}}\nline: {lamda: co.dat, mode: lvg}\n"
+                    "sampling: {reconstruction: %s}\n";
+  snprintf(text, sizeof text, lvg, "auto");
+  CHECK_OK(parse(text, &j));
+  CHECK(j.reconstruction == SAMPLER_CONSTANT);
+  job_free(&j);
+  snprintf(text, sizeof text, lvg, "linear");
+  CHECK_ERR(parse(text, &j), "linear does not apply with line.mode: lvg");
 }
 
 static void test_errors(void) {
@@ -166,6 +206,8 @@ static void test_job_files(void) {
     if (i == 0) CHECK(j.n_models == 16 && j.directions == 32 && j.n == 64 && j.nf == 7);
     if (i == 1) CHECK(j.n_models == 10903 && j.directions == 200);
     if (i == 2) CHECK(j.n_models == 3 && j.coemunet_compat && !strcmp(j.sampler, "coemunet"));
+    /* sampling.reconstruction auto: linear for new jobs, constant for compat */
+    CHECK(j.reconstruction == (i == 2 ? SAMPLER_CONSTANT : SAMPLER_LINEAR));
     if (j.path) job_free(&j);
   }
   job j;
@@ -262,6 +304,7 @@ static void test_ranges(void) {
 
 int main(void) {
   RUN(test_defaults);
+  RUN(test_reconstruction);
   RUN(test_errors);
   RUN(test_channels);
   RUN(test_channel_convention);

@@ -35,7 +35,9 @@ for var in ('ASAN_OPTIONS', 'LSAN_OPTIONS'):
 # ~1.5 s of CPU per model (docs/benchmarks.md: ~45 us per cell), so the whole
 # test fits the 2 shared cores of the CI host; levels 2 would be ~16 s a model.
 INPUTS = "synth: {count: 2, seed: 3, levels: 1}"
-COMMON = """sampling: {{directions: 2, n: 16, seed: 99{sampling}}}
+# reconstruction constant: lvg jobs sample cell values (auto resolves to
+# constant there), and the LTE jobs compared with them must cut the same cubes
+COMMON = """sampling: {{directions: 2, n: 16, seed: 99, reconstruction: constant{sampling}}}
 line: {{lamda: {lamda}, mode: {mode}{extra}}}
 output: {{samples_per_shard: 2}}
 splits: {{train: 0.5, validation: 0.5, test: 0.0, seed: 2}}

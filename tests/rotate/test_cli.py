@@ -154,18 +154,43 @@ with tempfile.TemporaryDirectory() as tmp:
     check(rc == 2 and "expected cpu or cuda" in err, f"--device gpu: {err!r}")
     rc, out, err = run("sample", AGB, "--device", "cuda", "--compat", "--out", os.path.join(tmp, "x"))
     check(rc == 2 and "--compat" in err, f"--device cuda --compat: {err!r}")
-    ddir = os.path.join(tmp, "dev")
+    ddir, cdir = os.path.join(tmp, "dev"), os.path.join(tmp, "cpu-constant")
     rc, out, err = run("sample", AGB, "--directions", "2", "--n", "16", "--seed", "3",
                        "--model-id", "5", "--device", "cuda", "--out", ddir)
-    if rc == 0:  # a GPU here: the same bits as the CPU (exact: the same arithmetic)
+    rc2, _, err2 = run("sample", AGB, "--directions", "2", "--n", "16", "--seed", "3",
+                       "--model-id", "5", "--reconstruction", "constant", "--out", cdir)
+    check(rc2 == 0, f"the CPU's constant cubes: {err2}")
+    rc3, _, err3 = run("sample", AGB, "--device", "cuda", "--reconstruction", "linear",
+                       "--out", os.path.join(tmp, "x"))
+    check(rc3 == 2 and "constant reconstruction only" in err3, f"--device cuda linear: {err3!r}")
+    if rc == 0:  # a GPU here: the same bits as the CPU's constant reconstruction (the device's)
         for f in ("v_z", "T", "n"):
             check(np.array_equal(np.load(os.path.join(ddir, "dir_0000", f + ".npy")),
-                                 np.load(os.path.join(out_dir, "dir_0000", f + ".npy"))),
+                                 np.load(os.path.join(cdir, "dir_0000", f + ".npy"))),
                   f"--device cuda: {f} as on the CPU")
     else:
         check(rc == 1 and "--device cuda" in err and
               ("no CUDA device" in err or "is not built into this coemu" in err),
               f"--device cuda without a device: {rc} {err!r}")
         check(not os.path.exists(ddir), "--device cuda without a device: nothing written")
+
+# --reconstruction: linear by default (recorded in meta.txt), constant on
+# request; unknown names and linear with --compat are usage errors
+with tempfile.TemporaryDirectory() as tmp:
+    rc, out, err = run("sample", AGB, "--out", os.path.join(tmp, "l"), "--n", "16")
+    meta = open(os.path.join(tmp, "l", "dir_0000", "meta.txt")).read() if rc == 0 else ""
+    check(rc == 0 and "reconstruction linear" in meta, f"default linear: {err} {meta}")
+    rc, out, err = run("sample", AGB, "--out", os.path.join(tmp, "c"), "--n", "16",
+                       "--reconstruction", "constant")
+    meta = open(os.path.join(tmp, "c", "dir_0000", "meta.txt")).read() if rc == 0 else ""
+    check(rc == 0 and "reconstruction constant" in meta, f"constant: {err} {meta}")
+    if rc == 0:
+        a = np.load(os.path.join(tmp, "l", "dir_0000", "n.npy"))
+        b = np.load(os.path.join(tmp, "c", "dir_0000", "n.npy"))
+        check(a.shape == b.shape and not np.array_equal(a, b), "linear and constant differ")
+    rc, out, err = run("sample", AGB, "--out", tmp, "--reconstruction", "cubic")
+    check(rc == 2 and "--reconstruction 'cubic'" in err, f"unknown: {rc} {err}")
+    rc, out, err = run("sample", AGB, "--out", tmp, "--compat", "--reconstruction", "linear")
+    check(rc == 2 and "constant with --compat" in err, f"linear with --compat: {rc} {err}")
 
 report()

@@ -82,6 +82,7 @@ static void test_agb_cube_exact(void) {
   expected_grid(rho, mom);
   sampler_opts o;
   sampler_defaults(&o);
+  o.reconstruction = SAMPLER_CONSTANT; /* the cells themselves (test_recon.c: linear) */
   o.edge = 32 * AU;
   o.k = 1;
   o.fill_background = 1;
@@ -138,6 +139,7 @@ static void test_permutation(void) {
   }
   sampler_opts o;
   sampler_defaults(&o);
+  o.reconstruction = SAMPLER_CONSTANT; /* cell values: exact permutations, leaf values */
   o.n = n;
   o.edge = 16 * AU;
   o.ball_radius = 16 * AU;
@@ -234,6 +236,7 @@ static void test_mass_invariance(void) {
   float *v = malloc(N * 4), *T = malloc(N * 4), *nc = malloc(N * 4);
   sampler_opts o;
   sampler_defaults(&o);
+  o.reconstruction = SAMPLER_CONSTANT; /* linear: test_recon.c */
   o.n = n;
   o.ball_radius = 8;
   o.edge = 9;
@@ -545,6 +548,7 @@ static void test_bodies(void) {
       for (int fill = 0; fill < 2; fill++) {
         sampler_opts o;
         sampler_defaults(&o);
+        o.reconstruction = SAMPLER_CONSTANT; /* the bodies' (and the device's) only one */
         o.n = k == 3 ? 12 : 20;
         o.k = k;
         o.ball_radius = half;
@@ -592,6 +596,7 @@ static void test_device_sampler(void) {
     for (int fill = 0; fill < 2; fill++) {
       sampler_opts o;
       sampler_defaults(&o);
+      o.reconstruction = SAMPLER_CONSTANT; /* the device's only one */
       double half = model_half_extent(m);
       o.n = 24, o.k = k, o.ball_radius = half, o.edge = fill ? 1.9 * half : 1.1 * half;
       o.fill_background = fill, o.bg_n = fill ? 3.0 : 0, o.bg_T = fill ? 20.0 : 0;

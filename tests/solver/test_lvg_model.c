@@ -136,6 +136,7 @@ static void test_gradient_stencil(void) {
     for (int64_t c = 0; c < N; c++) vz[c] = m->cells[c * MODEL_NF + MODEL_VZ];
     sampler_opts so;
     sampler_defaults(&so);
+    so.reconstruction = SAMPLER_CONSTANT; /* cell values, as the extra field */
     so.n = n;
     so.edge = 16.0e13;
     so.ball_radius = 16e13;

@@ -353,9 +353,18 @@ static void test_statsfile(void) {
   snprintf(fl[1].name, sizeof fl[1].name, "ln_T");
   fl[0].s.count = 10; fl[0].s.mean = 1.5; fl[0].s.std = 2; fl[0].median = 1.25;
   fl[0].mom.mom = 1; fl[0].mom.rank_error = -0.125; fl[0].chunks = 3;
-  stats_provenance prov = {"train", 20, 10, 1, 2, 0, 0, 0};
+  stats_provenance prov = {"train", 20, 10, 1, 2, 0, 0, 0, 0.25};
   CHECK_OK(stats_file_write(path, fl, 2, &p, &prov));
   CHECK_OK(stats_file_write(path, fl, 2, &p, &prov));  /* replaces */
+  { /* the share of pixels below the clip, as an attribute of the group */
+    hid_t hf = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT), g = H5Gopen2(hf, "/stats", H5P_DEFAULT);
+    hid_t a = H5Aopen(g, "pixels_below_clip", H5P_DEFAULT);
+    double frac = -1;
+    CHECK(a >= 0 && H5Aread(a, H5T_NATIVE_DOUBLE, &frac) >= 0 && frac == 0.25);
+    if (a >= 0) H5Aclose(a);
+    H5Gclose(g);
+    H5Fclose(hf);
+  }
   CHECK_OK(stats_file_read_norm(path, &q));
   CHECK(memcmp(&p.vz_mean, &q.vz_mean, 6 * sizeof(double)) == 0);
   CHECK(q.i_mode == p.i_mode && q.lnI_clip == p.lnI_clip && q.lnI_min == p.lnI_min &&

@@ -188,11 +188,16 @@ with tempfile.TemporaryDirectory() as d:
         check(want in desc, f"preview: row title '{want}' in {desc[:300]!r}")
     for v in vel:
         check(f"{v / 1000:+.2f} km/s" in desc, f"preview: channel velocity {v} labelled")
+    # each row says its share of pixels below the clip (grey in the panels)
+    for k in range(len(tg)):
+        frac = np.count_nonzero(tg[k].astype(np.float64) < np.exp(-40)) / tg[k].size
+        check(f"direction {did[k]}, " in desc and f"{100 * frac:.1f}% of pixels below the clip" in desc,
+              f"preview: row {k} marks {100 * frac:.1f}% below the clip in {desc[:600]!r}")
     bars = bars_of(text)
     if len(bars) == 4:
         n = inp.shape[2]
         vz = inp[:, 0, :, :, n // 2] / 1000
-        pos = tg[tg > 0]
+        pos = tg[tg.astype(np.float64) >= np.exp(-40)]  # below the ln I clip: grey, not on the bar
         check(near(bars[0][1], float(vz.min())) and near(bars[0][2], float(vz.max())),
               f"preview: v_z bar range {bars[0][1:]} vs the slices' {vz.min()}..{vz.max()}")
         check(near(bars[3][1], float(np.log10(pos.min()))) and near(bars[3][2], float(np.log10(pos.max()))),

@@ -1,0 +1,301 @@
+/* test_recon.c - the sampler's linear reconstruction (docs/sampling.md):
+ * exact on fields whose interpolated variables (ln n, ln T, v) are linear,
+ * across AMR levels; continuous across a coarse-fine face (where the
+ * constant reconstruction jumps: the check can fail); the CO mass of a
+ * cloud within the derived bound of the constant reconstruction's.
+ *
+ * Tolerances: the reconstruction works in float32: corner values rounded
+ * once, the cell's monomial coefficients (sums of up to 8 corner values,
+ * each operation one rounding of a value below 2^2: 2^-22 = 2.4e-7) and
+ * three fused multiply-adds per point, then expf (relative error ~1e-7);
+ * about 20 roundings of 2.4e-7 in ln n or ln T, so 5e-6 relative, checked
+ * at 1e-5; velocities the same relative to their largest magnitude. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "rotate/directions.h"
+#include "rotate/model.h"
+#include "rotate/sampler.h"
+
+static units test_units(void) {
+  units u;
+  const char *y = "version: 1\nunit_system: si\nunit_length: 1\nunit_numberdensity: 1\n"
+                  "unit_velocity: 1\nmu: 2.3\nco_abundance: 1\nstretched: false\n";
+  CHECK_OK(units_parse(y, strlen(y), "t.yaml", &u));
+  return u;
+}
+
+/* conserved hd variables of rho, v, p (gamma 5/3) */
+static void conserved(double rho, const double v[3], double p, double w[5]) {
+  w[0] = rho;
+  for (int d = 0; d < 3; d++) w[d + 1] = rho * v[d];
+  w[4] = p / (2.0 / 3.0) + 0.5 * rho * (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]);
+}
+
+/* ln rho, ln(p / rho) and v linear in x */
+static void linear_state(const double x[3], double w[5], void *user) {
+  double rho = exp(0.1 + 0.2 * x[0] - 0.15 * x[1] + 0.1 * x[2]);
+  double v[3] = {1000 + 300 * x[0], -200 + 100 * x[1] - 200 * x[2], 500 + 50 * x[0] + 100 * x[2]};
+  double p = rho * exp(0.5 + 0.05 * x[0] + 0.08 * x[1] - 0.1 * x[2]);
+  conserved(rho, v, p, w);
+}
+
+/* level-1 blocks of 4 cells in [-8, 8]^3 (16 cells): refine those within 4 of 0 */
+static int refine_centre(const amrvac_block_id *id, void *user) {
+  double h = 16.0 / 4 / (1 << (id->level - 1));
+  for (int d = 0; d < 3; d++) {
+    double lo = -8 + (id->ig[d] - 1) * h, hi = lo + h;
+    if (hi < -4 || lo > 4) return 0;
+  }
+  return 1;
+}
+
+static ce_model *build(const int nx, const double half, int levmax, amrvac_refine_fn refine,
+                       model_state_fn state, units_map *map) {
+  amrvac_snapshot s;
+  if (model_synthetic_snapshot((int[3]){nx, nx, nx}, (int[3]){4, 4, 4},
+                               (double[3]){-half, -half, -half}, (double[3]){half, half, half},
+                               levmax, 5.0 / 3, refine, NULL, state, NULL, &s) < 0) {
+    CHECK_MSG(0, "snapshot: %s", ce_err_msg());
+    return NULL;
+  }
+  units u = test_units();
+  ce_model *m = NULL;
+  CHECK_OK(model_from_snapshot(&s, &u, &m));
+  if (map) CHECK_OK(units_map_make(&u, &s.h, map));
+  amrvac_free(&s);
+  return m;
+}
+
+/* The voxels of the exact fields: the sub-samples as the sampler places
+ * them, n their plain mean, T and v_los n-weighted means. */
+static void expected_voxel(const units_map *map, model_state_fn state, const double R[9], int n,
+                           int k, double edge, int ix, int iy, int iz, double out[3]) {
+  double w = 0, wT = 0, wv = 0;
+  for (int a = 0; a < k; a++)
+    for (int b = 0; b < k; b++)
+      for (int c = 0; c < k; c++) {
+        double u[3] = {((ix + (a + 0.5) / k) / n - 0.5) * edge,
+                       ((iy + (b + 0.5) / k) / n - 0.5) * edge,
+                       ((iz + (c + 0.5) / k) / n - 0.5) * edge};
+        double x[3], st[5], nn, T, v[3];
+        for (int d = 0; d < 3; d++) x[d] = R[3 * d] * u[0] + R[3 * d + 1] * u[1] + R[3 * d + 2] * u[2];
+        state(x, st, NULL);
+        units_cell(map, st, 1, &nn, &T, v);
+        w += nn;
+        wT += nn * T;
+        wv += nn * (R[2] * v[0] + R[5] * v[1] + R[8] * v[2]);
+      }
+  out[0] = wv / w;
+  out[1] = wT / w;
+  out[2] = w / (k * k * k);
+}
+
+static void test_linear_exact(void) {
+  units_map map;
+  ce_model *m = build(16, 8, 3, refine_centre, linear_state, &map);
+  if (!m) return;
+  CHECK(m->levmax == 3);
+  const int n = 20;
+  size_t N = (size_t)n * n * n;
+  float *c[3];
+  for (int f = 0; f < 3; f++) c[f] = malloc(N * 4);
+  sampler_opts o;
+  sampler_defaults(&o);
+  CHECK(o.reconstruction == SAMPLER_LINEAR); /* the default */
+  o.n = n;
+  o.edge = 7; /* corners 6.06 from the centre: no cell touching the domain's faces */
+  o.ball_radius = 8;
+  for (int t = 0; t < 4; t++)
+    for (int k = 1; k <= 2; k++) {
+      double q[4], R[9];
+      dir_quaternion(DIR_HAAR, 3, 0, (uint32_t)t, q);
+      dir_matrix(q, R);
+      o.k = k;
+      CHECK_OK(sample_cube(m, q, &o, c[0], c[1], c[2]));
+      double worst[3] = {0, 0, 0};
+      for (int ix = 0; ix < n; ix++)
+        for (int iy = 0; iy < n; iy++)
+          for (int iz = 0; iz < n; iz++) {
+            double e[3];
+            expected_voxel(&map, linear_state, R, n, k, o.edge, ix, iy, iz, e);
+            size_t at = ((size_t)ix * n + iy) * n + iz;
+            worst[0] = fmax(worst[0], fabs(c[0][at] - e[0]) / 3000);
+            worst[1] = fmax(worst[1], fabs(c[1][at] - e[1]) / e[1]);
+            worst[2] = fmax(worst[2], fabs(c[2][at] - e[2]) / e[2]);
+          }
+      CHECK_MSG(worst[0] < 1e-5 && worst[1] < 1e-5 && worst[2] < 1e-5,
+                "direction %d, k = %d: relative errors v %g, T %g, n %g", t, k, worst[0],
+                worst[1], worst[2]);
+    }
+  /* the constant reconstruction is not exact here (the check can fail) */
+  o.reconstruction = SAMPLER_CONSTANT;
+  o.k = 1;
+  double q[4] = {1, 0, 0, 0}, R[9];
+  dir_matrix(q, R);
+  CHECK_OK(sample_cube(m, q, &o, c[0], c[1], c[2]));
+  double worst = 0;
+  for (int ix = 0; ix < n; ix++) {
+    double e[3];
+    expected_voxel(&map, linear_state, R, n, 1, o.edge, ix, 3, 5, e);
+    worst = fmax(worst, fabs(c[2][((size_t)ix * n + 3) * n + 5] - e[2]) / e[2]);
+  }
+  CHECK_MSG(worst > 1e-3, "constant: %g", worst);
+  for (int f = 0; f < 3; f++) free(c[f]);
+  model_free(m);
+}
+
+/* smooth, not linear in any of the interpolated variables */
+static void curved_state(const double x[3], double w[5], void *user) {
+  double a = x[0] - 0.3, b = x[1] + 0.2;
+  double rho = exp(-(a * a + 0.5 * b * b + 0.7 * x[2] * x[2]) / 2);
+  double v[3] = {1000 * sin(x[0]), 500 * cos(x[1] + x[0]), 300 * x[2] * x[2]};
+  double p = rho * (1 + 0.3 * x[0] * x[0] + 0.1 * x[1]);
+  conserved(rho, v, p, w);
+}
+
+/* [-4, 4]^3 of 2 x 2 x 2 level-1 blocks of 4 cells; the x < 0 half refined */
+static int refine_low_x(const amrvac_block_id *id, void *user) { return id->ig[0] == 1; }
+
+/* Steps between neighbouring voxels along x (k = 1: point values) across the
+ * coarse-fine face x = 0, which lies between voxels n/2 - 1 and n/2: the
+ * step across it is at most twice the larger of its neighbouring steps plus
+ * the float32 noise (a continuous function with bounded slopes); the number
+ * of columns where it is not. */
+static int seams(const float *f, int n, int logf_, double noise) {
+  int bad = 0;
+  for (int iy = 0; iy < n; iy++)
+    for (int iz = 0; iz < n; iz++) {
+      double s[3];
+      for (int j = 0; j < 3; j++) {
+        int ix = n / 2 - 2 + j;
+        double a = f[((size_t)ix * n + iy) * n + iz], b = f[((size_t)(ix + 1) * n + iy) * n + iz];
+        s[j] = logf_ ? fabs(log(b) - log(a)) : fabs(b - a);
+      }
+      if (s[1] > 2 * fmax(s[0], s[2]) + noise) bad++;
+    }
+  return bad;
+}
+
+static void test_seam(void) {
+  ce_model *m = build(8, 4, 2, refine_low_x, curved_state, NULL);
+  if (!m) return;
+  CHECK(m->levmax == 2);
+  const int n = 48;
+  size_t N = (size_t)n * n * n;
+  float *c[3];
+  for (int f = 0; f < 3; f++) c[f] = malloc(N * 4);
+  sampler_opts o;
+  sampler_defaults(&o);
+  o.n = n;
+  o.k = 1;
+  o.edge = 2.5; /* voxels of 0.052: 10 per fine cell (0.5), 19 per coarse one */
+  o.ball_radius = 4;
+  double q[4] = {1, 0, 0, 0};
+  CHECK_OK(sample_cube(m, q, &o, c[0], c[1], c[2]));
+  int bv = seams(c[0], n, 0, 1e-5 * 1000), bT = seams(c[1], n, 1, 1e-5), bn = seams(c[2], n, 1, 1e-5);
+  CHECK_MSG(bv == 0 && bT == 0 && bn == 0, "linear: seams in %d, %d, %d of %d columns (v, T, n)",
+            bv, bT, bn, n * n);
+  /* the constant reconstruction jumps there (the check can fail) */
+  o.reconstruction = SAMPLER_CONSTANT;
+  CHECK_OK(sample_cube(m, q, &o, c[0], c[1], c[2]));
+  bn = seams(c[2], n, 1, 1e-5);
+  CHECK_MSG(bn > n * n / 2, "constant: seams in only %d of %d columns", bn, n * n);
+  for (int f = 0; f < 3; f++) free(c[f]);
+  model_free(m);
+}
+
+/* a Gaussian cloud (test_sample.c's mass test) */
+static void cloud(const double x[3], double w[5], void *user) {
+  double r2 = x[0] * x[0] + x[1] * x[1] + x[2] * x[2];
+  double v[3] = {0, 0, 0};
+  conserved(exp(-r2 / 4.0), v, exp(-r2 / 4.0), w);
+}
+
+/* The CO mass of the linear reconstruction against the constant one. ln n =
+ * -r^2/4 + c has second derivative c2 = -1/2 along each axis. The corner
+ * value, the mean of the 8 cells at +-h/2, is off by c2 (h/2)^2 / 2 = c2 h^2/8
+ * per axis; the chord between corners by c2 t (h - t) / 2 at t in the cell,
+ * c2 h^2 / 12 on average over it. Summed over 3 axes the cell-mean bias of
+ * ln n is 3 c2 (h^2/8 + h^2/12) = -5 h^2 / 16 (pointwise -3h^2/16 .. -6h^2/16),
+ * in general (5 h^2 / 24) times the Laplacian of ln n. The cloud lies in
+ * cells of h = 0.25: the mass ratio is exp(-0.0195) - 1 = -1.9%, checked
+ * within the pointwise range, widened by the constant's own 0.3%
+ * resampling error (test_sample.c). */
+static void test_mass(void) {
+  ce_model *m = build(16, 8, 3, refine_centre, cloud, NULL);
+  if (!m) return;
+  int n = 36;
+  size_t N = (size_t)n * n * n;
+  float *v = malloc(N * 4), *T = malloc(N * 4), *nc = malloc(N * 4);
+  sampler_opts o;
+  sampler_defaults(&o);
+  o.n = n;
+  o.ball_radius = 8;
+  o.edge = 9;
+  double h3 = pow(o.edge / n, 3), lo = -6 * 0.25 * 0.25 / 16, hi = -3 * 0.25 * 0.25 / 16;
+  for (int t = 0; t < 5; t++) {
+    double q[4], mass[2];
+    dir_quaternion(DIR_HAAR, 7, 0, (uint32_t)t, q);
+    for (int r = 0; r < 2; r++) {
+      o.reconstruction = r ? SAMPLER_LINEAR : SAMPLER_CONSTANT;
+      CHECK_OK(sample_cube(m, q, &o, v, T, nc));
+      double sum = 0;
+      for (size_t i = 0; i < N; i++) sum += nc[i];
+      mass[r] = sum * h3;
+    }
+    double rel = mass[1] / mass[0] - 1;
+    fprintf(stderr, "direction %d: mass constant %.6f linear %.6f (%+.4f%%)\n", t, mass[0],
+            mass[1], 100 * rel);
+    CHECK_MSG(rel > expm1(lo) - 0.003 && rel < expm1(hi) + 0.003,
+              "direction %d: linear/constant - 1 = %g, expected %g .. %g", t, rel, expm1(lo),
+              expm1(hi));
+  }
+  free(v);
+  free(T);
+  free(nc);
+  model_free(m);
+}
+
+/* The corner values are built once; both reconstructions read the same
+ * model, and an unknown reconstruction is refused. */
+static void test_options(void) {
+  ce_model *m = build(8, 4, 2, refine_low_x, curved_state, NULL);
+  if (!m) return;
+  sampler_opts o;
+  sampler_defaults(&o);
+  o.n = 4;
+  o.edge = 2;
+  float v[64], T[64], n[64];
+  o.reconstruction = 7;
+  CHECK_ERR(sample_cube(m, (double[4]){1, 0, 0, 0}, &o, v, T, n), "reconstruction 7");
+  CHECK(sampler_recon_parse("linear") == SAMPLER_LINEAR);
+  CHECK(sampler_recon_parse("constant") == SAMPLER_CONSTANT);
+  CHECK(sampler_recon_parse("cubic") == -1);
+  /* the per-thread bodies and the device sampler have constant only */
+  sampler_geo G;
+  o.reconstruction = SAMPLER_LINEAR;
+  CHECK_ERR(sampler_geometry(m, (double[4]){1, 0, 0, 0}, &o, &G), "constant reconstruction only");
+  sampler_device *dev = NULL;
+  float *outs[1] = {v};
+  CHECK_ERR(sampler_device_sample(dev, 1, (const double(*)[4]) & (double[4]){1, 0, 0, 0}, &o, outs,
+                                  outs, outs),
+            "runs on the CPU only");
+  CHECK(m->nodal == NULL);
+  CHECK_OK(model_nodal_build(m));
+  model_real *first = m->nodal;
+  CHECK_OK(model_nodal_build(m));
+  CHECK(m->nodal == first);
+  model_free(m);
+}
+
+int main(void) {
+  RUN(test_linear_exact);
+  RUN(test_seam);
+  RUN(test_mass);
+  RUN(test_options);
+  return check_report();
+}
