@@ -10,6 +10,10 @@
  * A chunk is one batch. A reader thread prefetches the next chunks of each
  * consumer from HDF5 (the only thread that calls HDF5), so the producer's
  * socket thread never waits on the disk when the trainer is slower than it.
+ * Samples are read from the shard files (pipeline/dataset/shard_reader.h:
+ * the manifest's sample -> shard map, a cache of at most max_open open
+ * shards, consecutive rows in one read, every sample checked), never
+ * through dataset.h5's virtual datasets.
  * Normalisation (stats/transforms.h, parameters from the dataset's /stats)
  * is applied when the consumer asks for it.
  *
@@ -39,6 +43,7 @@ typedef struct {
   int drop_last;          /* 1: drop the remainder (default); 0: pad by wrapping */
   int prefetch;           /* chunks read ahead per consumer (default 4) */
   int live;               /* serve a dataset while it is being generated (below) */
+  int max_open;           /* shard files kept open at once (LRU; 0: SHARD_READER_MAX_OPEN) */
 } serve_opts;
 
 typedef struct serve_source serve_source;
