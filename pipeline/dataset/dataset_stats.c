@@ -2,8 +2,9 @@
  * computed in parallel over MPI_COMM_WORLD (coemu stats, coemu generate).
  *
  * Samples are split into contiguous blocks over the ranks; each rank reads
- * its samples (parallel HDF5, MPI-IO driver, independent reads, /inputs and
- * /targets may be virtual datasets over shards) twice:
+ * its samples from the shard files (shard_reader.h: the manifest's map, a
+ * cache of open shards, consecutive samples of a shard in one read, each
+ * sample checked; never through dataset.h5's virtual datasets) twice:
  *   read 1: exact moments (stats/moments.h), the first histogram pass of the
  *           exact quantiles, and each sample's lower median per field
  *           (stats/select.h);
@@ -27,7 +28,7 @@
 #include "common/fsutil.h"
 #include "pipeline/dataset/dataset_stats.h"
 #include "pipeline/dataset/h5util.h"
-#include "pipeline/dataset/integrity.h"
+#include "pipeline/dataset/shard_reader.h"
 #include "pipeline/job/job.h"
 #include "stats/moments.h"
 #include "stats/moments_mpi.h"
@@ -39,12 +40,10 @@
 #define MAX_FIELDS 68  /* 4 + up to 64 channels */
 
 typedef struct {
-  hid_t file, inputs, targets;
+  shard_reader *rd;
   hsize_t N, n, F;
   int has_inputs;  /* 0: made with output.store_inputs false (targets only) */
-  uint8_t *split;  /* N entries, or NULL */
-  integrity integ; /* shard presence, per-sample checksums */
-  int integ_open;
+  uint8_t *split;  /* N entries (this rank's block filled), or NULL */
 } dataset;
 
 typedef struct {
@@ -57,145 +56,43 @@ typedef struct {
   stats_field out;
 } field_acc;
 
-static int check_dims(hid_t d, const char *path, const char *name, int rank, hsize_t *dims) {
-  hid_t sp = H5Dget_space(d), t = H5Dget_type(d);
-  int r = sp >= 0 ? H5Sget_simple_extent_ndims(sp) : -1;
-  int ok = r == rank && H5Sget_simple_extent_dims(sp, dims, NULL) == rank;  /* r checked first */
-  /* float32 or float64 on file (output.inputs_dtype / targets_dtype);
-   * read as float32 either way, as every reader does */
-  int fl = t >= 0 && H5Tget_class(t) == H5T_FLOAT && (H5Tget_size(t) == 4 || H5Tget_size(t) == 8);
-  if (sp >= 0) H5Sclose(sp);
-  if (t >= 0) H5Tclose(t);
-  if (!ok) CE_FAIL("%s: %s has %d dimensions, expected %d", path, name, r, rank);
-  if (!fl) CE_FAIL("%s: %s is not float32 or float64", path, name);
+/* Open DIR's samples for this rank: the shards (each rank on its own, reads
+ * are independent), and the labels of the rank's block [lo, hi), checked. */
+static int open_dataset(const char *dir, const char *path, dataset *ds, int rank, int size) {
+  memset(ds, 0, sizeof *ds);
+  CE_TRY(shard_reader_open(dir, 0, &ds->rd));
+  ds->has_inputs = shard_reader_has_inputs(ds->rd);
+  ds->N = (hsize_t)shard_reader_samples(ds->rd);
+  ds->n = (hsize_t)shard_reader_n(ds->rd);
+  ds->F = (hsize_t)shard_reader_channels(ds->rd);
+  if (ds->F < 1 || ds->F > MAX_FIELDS - 4)
+    CE_FAIL("%s: /targets has %llu channels, expected 1..%d", path, (unsigned long long)ds->F,
+            MAX_FIELDS - 4);
+  hsize_t lo = ds->N * (hsize_t)rank / (hsize_t)size, hi = ds->N * (hsize_t)(rank + 1) / (hsize_t)size;
+  ds->split = ce_malloc_array(ds->N ? ds->N : 1, 1, "/split");
+  if (!ds->split) return -1;
+  int has_split = 0;
+  /* the split decides which samples count: checked per shard against the
+   * manifest's CRC-32, as the samples are against /checksums */
+  CE_TRY(shard_reader_labels(ds->rd, (int64_t)lo, (int64_t)(hi - lo), ds->split, NULL,
+                             &has_split, NULL));
+  if (!has_split) {
+    free(ds->split);
+    ds->split = NULL;
+    return 0;
+  }
+  for (hsize_t i = lo; i < hi; i++)
+    if (ds->split[i] > 2)
+      CE_FAIL("%s: /split[%llu] = %d, expected 0 (train), 1 (validation) or 2 (test)", path,
+              (unsigned long long)i, ds->split[i]);
   return 0;
 }
 
-static int is_virtual(hid_t d) {
-  hid_t dcpl = H5Dget_create_plist(d);
-  int v = dcpl >= 0 && H5Pget_layout(dcpl) == H5D_VIRTUAL;
-  if (dcpl >= 0) H5Pclose(dcpl);
-  return v;
-}
-
-/* Open with the MPI-IO driver. HDF5 before 1.14 refuses to read virtual
- * datasets through MPI-IO ("parallel reads not supported on virtual
- * datasets"); there every rank opens the file on its own, read-only, with
- * the default driver instead: the reads are independent either way. */
-static int open_dataset(const char *path, dataset *ds) {
-  memset(ds, 0, sizeof *ds);
-  ds->file = ds->inputs = ds->targets = -1;
-  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-  H5Pset_fapl_mpio(fapl, MPI_COMM_WORLD, MPI_INFO_NULL);
-  int rc = -1;
-#if !H5_VERSION_GE(1, 14, 0)
-  H5E_BEGIN_TRY {
-    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, fapl);
-    hid_t a = f >= 0 ? H5Dopen2(f, "/inputs", H5P_DEFAULT) : -1;
-    hid_t b = f >= 0 ? H5Dopen2(f, "/targets", H5P_DEFAULT) : -1;
-    int virt = (a >= 0 && is_virtual(a)) || (b >= 0 && is_virtual(b));
-    if (a >= 0) H5Dclose(a);
-    if (b >= 0) H5Dclose(b);
-    if (f >= 0) H5Fclose(f);
-    if (virt) {
-      H5Pclose(fapl);
-      fapl = H5Pcreate(H5P_FILE_ACCESS);
-    }
-  } H5E_END_TRY;
-#endif
-  H5E_BEGIN_TRY {
-    ds->file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
-    if (ds->file < 0) {
-      ce_err("%s: cannot open as HDF5", path);
-      goto done;
-    }
-    /* no /inputs: a dataset made with output.store_inputs false; its
-     * statistics are those of the targets only */
-    ds->has_inputs = H5Lexists(ds->file, "/inputs", H5P_DEFAULT) > 0;
-    if (ds->has_inputs) ds->inputs = H5Dopen2(ds->file, "/inputs", H5P_DEFAULT);
-    ds->targets = H5Dopen2(ds->file, "/targets", H5P_DEFAULT);
-    if ((ds->has_inputs && ds->inputs < 0) || ds->targets < 0) {
-      ce_err("%s: cannot open dataset %s", path, ds->targets < 0 ? "/targets" : "/inputs");
-      goto done;
-    }
-    hsize_t di[5], dt[4];
-    if (check_dims(ds->targets, path, "/targets", 4, dt) < 0) goto done;
-    if (ds->has_inputs && check_dims(ds->inputs, path, "/inputs", 5, di) < 0) goto done;
-    if (!ds->has_inputs) {
-      di[0] = dt[0];
-      di[1] = 3;
-      di[2] = di[3] = di[4] = dt[2];
-    }
-    if (di[1] != 3 || di[2] != di[3] || di[3] != di[4]) {
-      ce_err("%s: /inputs shape [%llu,%llu,%llu,%llu,%llu], expected [N,3,n,n,n]", path,
-             (unsigned long long)di[0], (unsigned long long)di[1], (unsigned long long)di[2],
-             (unsigned long long)di[3], (unsigned long long)di[4]);
-      goto done;
-    }
-    if (dt[0] != di[0] || dt[2] != di[2] || dt[3] != di[2] || dt[1] < 1 ||
-        dt[1] > MAX_FIELDS - 4) {
-      ce_err("%s: /targets shape [%llu,%llu,%llu,%llu], expected [%llu,F,%llu,%llu] with "
-             "F = 1..%d", path, (unsigned long long)dt[0], (unsigned long long)dt[1],
-             (unsigned long long)dt[2], (unsigned long long)dt[3], (unsigned long long)di[0],
-             (unsigned long long)di[2], (unsigned long long)di[2], MAX_FIELDS - 4);
-      goto done;
-    }
-    if (integrity_open(&ds->integ, path, ds->file) < 0) goto done;
-    ds->integ_open = 1;
-    ds->N = di[0];
-    ds->n = di[2];
-    ds->F = dt[1];
-    if (H5Lexists(ds->file, "/split", H5P_DEFAULT) > 0) {
-      hid_t s = H5Dopen2(ds->file, "/split", H5P_DEFAULT);
-      hid_t sp = s >= 0 ? H5Dget_space(s) : -1;
-      hsize_t ns = 0;
-      int ok = sp >= 0 && H5Sget_simple_extent_ndims(sp) == 1 &&
-               H5Sget_simple_extent_dims(sp, &ns, NULL) == 1 && ns == ds->N;
-      if (ok) {
-        ds->split = ce_malloc_array(ds->N ? ds->N : 1, 1, "/split");
-        ok = ds->split && H5Dread(s, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT,
-                                  ds->split) >= 0;
-      }
-      if (sp >= 0) H5Sclose(sp);
-      if (s >= 0) H5Dclose(s);
-      if (!ok) {
-        ce_err("%s: /split: expected uint8 [%llu] readable", path, (unsigned long long)ds->N);
-        goto done;
-      }
-      /* the split decides which samples count: checked per shard against
-       * the manifest's CRC-32, as the samples are against /checksums */
-      if (integrity_check_labels(&ds->integ, "split", ds->split, (int64_t)ds->N) < 0) goto done;
-      for (hsize_t i = 0; i < ds->N; i++)
-        if (ds->split[i] > 2) {
-          ce_err("%s: /split[%llu] = %d, expected 0 (train), 1 (validation) or 2 (test)", path,
-                 (unsigned long long)i, ds->split[i]);
-          goto done;
-        }
-    }
-    rc = 0;
-  done:;
-  } H5E_END_TRY;
-  H5Pclose(fapl);
-  return rc;
-}
-
 static void close_dataset(dataset *ds) {
-  if (ds->integ_open) integrity_close(&ds->integ);
-  ds->integ_open = 0;
-  if (ds->inputs >= 0) H5Dclose(ds->inputs);
-  if (ds->targets >= 0) H5Dclose(ds->targets);
-  if (ds->file >= 0) H5Fclose(ds->file);
+  shard_reader_close(ds->rd);
+  ds->rd = NULL;
   free(ds->split);
-}
-
-/* Read sample i of a [N, ...] dataset (rank-1 trailing dims of total count). */
-static int read_sample(hid_t d, int rank, hsize_t i, size_t count, float *buf, const char *path,
-                       const char *name) {
-  (void)rank;
-  (void)count;
-  return h5_read_sample_f32(d, i, buf) < 0
-             ? ce_err("%s: %s: cannot read sample %llu", path, name, (unsigned long long)i)
-             : 0;
+  ds->split = NULL;
 }
 
 static int push_median(field_acc *a, float v) {
@@ -264,9 +161,9 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   int status = 1;
-  dataset ds;
+  dataset ds = {0};
   field_acc *acc = NULL;
-  float *in = NULL, *tg = NULL, *work = NULL, *scratch = NULL;
+  float *in = NULL, *tg = NULL, *inb = NULL, *tgb = NULL, *work = NULL, *scratch = NULL;
   int nf = 0;
   stats_norm norm = {0};
   /* rank 0 locks DIR (a missing DIR: the open below says so) */
@@ -274,7 +171,7 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
   int locked = want_lock && fs_lock_dir(dir, "stats") == 0;
   if (any_failed(want_lock && !locked ? -1 : 0, "stats")) goto out;
   if (locked) remove_stale_copies(dir);
-  if (any_failed(open_dataset(path, &ds), "stats")) goto out;
+  if (any_failed(open_dataset(dir, path, &ds, rank, size), "stats")) goto out;
   /* every rank reads DIR/job.yaml: the same file, the same answer */
   if (any_failed(dataset_stats_group(dir, split_name, group, sizeof group), "stats")) goto out;
   if (drop_outliers && !ds.has_inputs) {
@@ -285,7 +182,7 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
     }
     goto out;
   }
-  if (rank == 0 && !quiet && !integrity_checked(&ds.integ))
+  if (rank == 0 && !quiet && !shard_reader_checked(ds.rd))
     fprintf(stderr, "coemu stats: note: %s has no per-sample /checksums (made before dataset "
                     "format 2): samples are not checked (coemu verify checks its shards)\n", path);
   if (want >= 0 && !ds.split && want != 0) {
@@ -301,8 +198,14 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
   /* fields f0..nf-1: without /inputs only ln_I and its channels */
   const int f0 = ds.has_inputs ? 0 : 3;
   acc = calloc((size_t)nf, sizeof *acc);
-  in = ce_malloc_array(3 * nvox, sizeof(float), "inputs of one sample");
-  tg = ce_malloc_array(F * npix, sizeof(float), "targets of one sample");
+  /* runs of up to B consecutive samples are read at once (one read per
+   * shard they touch): about 8 MB, at least one sample */
+  const size_t sample_bytes = sizeof(float) * (3 * nvox + F * npix);
+  const hsize_t B = sample_bytes < ((size_t)8 << 20) ? ((size_t)8 << 20) / sample_bytes : 1;
+  inb = ce_malloc_array((size_t)B, 3 * nvox * sizeof(float), "inputs of a run");
+  tgb = ce_malloc_array((size_t)B, F * npix * sizeof(float), "targets of a run");
+  in = inb;
+  tg = tgb;
   work = ce_malloc_array(3 * nvox > F * npix ? 3 * nvox : F * npix, sizeof(float), "ln fields");
   scratch = ce_malloc_array(nvox > F * npix ? nvox : F * npix, sizeof(float), "median scratch");
   int lrc = (acc && in && tg && work && scratch) ? 0 : ce_err("out of memory");
@@ -322,14 +225,19 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
   int64_t used = 0, outliers = 0, empty = 0;
   const double empty_level = exp(DATASET_EMPTY_LN_LEVEL);
   for (int pass = 0; pass < 2; pass++) {
-    for (hsize_t i = lo; i < hi && lrc == 0; i++) {
-      if (want >= 0 && ds.split && ds.split[i] != want) continue;
-      if ((ds.has_inputs &&
-           (lrc = read_sample(ds.inputs, 5, i, 3 * nvox, in, path, "/inputs")) < 0) ||
-          (lrc = read_sample(ds.targets, 4, i, F * npix, tg, path, "/targets")) < 0 ||
-          (lrc = integrity_check(&ds.integ, (int64_t)i, ds.has_inputs ? in : NULL,
-                                 ds.has_inputs ? 3 * nvox : 0, tg, F * npix)) < 0)
+#define IN_SPLIT(i) (want < 0 || !ds.split || ds.split[(i)] == want)
+    for (hsize_t i0 = lo, run = 0; i0 < hi && lrc == 0; i0 += run) {
+      if (!IN_SPLIT(i0)) {
+        run = 1;
+        continue;
+      }
+      for (run = 1; run < B && i0 + run < hi && IN_SPLIT(i0 + run); run++) {}
+      if ((lrc = shard_reader_read(ds.rd, (int64_t)i0, (int64_t)run, ds.has_inputs ? inb : NULL,
+                                   tgb)) < 0)
         break;
+    for (hsize_t j = 0; j < run && lrc == 0; j++) {
+      in = inb + (size_t)j * 3 * nvox;
+      tg = tgb + (size_t)j * F * npix;
       if (ds.has_inputs && stats_is_outlier(&norm, in, nvox)) {
         outliers += pass == 0;
         continue;
@@ -373,6 +281,8 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
         }
       }
     }
+    }
+#undef IN_SPLIT
     if (any_failed(lrc, "stats")) goto out;
     for (int f = f0; f < nf; f++) {
       field_acc *a = &acc[f];
@@ -398,8 +308,6 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
   }
   if (any_failed(lrc, "stats")) goto out;
   close_dataset(&ds);
-  ds.file = ds.inputs = ds.targets = -1;
-  ds.split = NULL;
   MPI_Barrier(MPI_COMM_WORLD);  /* every rank has closed the file before rank 0 writes */
 
   if (rank == 0) {
@@ -476,8 +384,8 @@ out:
     free(acc[f].medians);
   }
   free(acc);
-  free(in);
-  free(tg);
+  free(inb);
+  free(tgb);
   free(work);
   free(scratch);
   return status ? -1 : 0;

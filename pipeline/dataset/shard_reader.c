@@ -222,7 +222,7 @@ static int open_arrays(shard_reader *r) {
   r->n = (int)dt[2];
   r->nf = (int)dt[1];
   if (dt[2] != dt[3] || (r->has_inputs && di[2] != dt[2]))
-    CE_FAIL("%s: /targets [%llu,%llu,%llu,%llu]: expected [N,F,n,n] with the cubes' n",
+    CE_FAIL("%s: /targets shape [%llu,%llu,%llu,%llu], expected [N,F,n,n] with the cubes' n",
             r->h5path, (unsigned long long)dt[0], (unsigned long long)dt[1],
             (unsigned long long)dt[2], (unsigned long long)dt[3]);
   CE_TRY(integrity_open(&r->integ, r->h5path, r->file));
@@ -354,25 +354,31 @@ static open_slot *shard_get(shard_reader *r, int64_t s) {
   r->nopen++;
   if (r->nopen > r->peak) r->peak = r->nopen;
   q->used = ++r->tick;
+  return q;
+}
+
+/* Array a of an open shard, opened on first use (its shape checked). */
+static hid_t slot_dset(shard_reader *r, open_slot *q, int a) {
+  if (q->d[a] >= 0) return q->d[a];
+  const shard_entry *e = &r->sh[q->shard];
   hsize_t c = (hsize_t)e->count, n = (hsize_t)r->n;
   const hsize_t shp_in[5] = {c, 3, n, n, n}, shp_out[4] = {c, (hsize_t)r->nf, n, n},
                 shp_sums[2] = {c, 2};
   const hsize_t *shp[A_N] = {shp_in, shp_out, shp_sums};
   const int rank[A_N] = {5, 4, 2};
-  for (int a = 0; a < A_N; a++) {
-    if ((a == A_IN && !r->has_inputs) || (a == A_SUMS && !r->checked)) continue;
-    H5E_BEGIN_TRY { q->d[a] = H5Dopen2(q->file, arr_name[a], H5P_DEFAULT); } H5E_END_TRY;
-    if (q->d[a] < 0 || check_shape(q->d[a], rank[a], shp[a]) < 0) {
-      ce_err("%s: shard %s (samples %lld..%lld): /%s %s; %s", r->h5path, p, (long long)e->first,
-             (long long)(e->first + e->count - 1), arr_name[a],
-             q->d[a] < 0 ? "cannot be opened (missing or its header is damaged)"
-                         : "does not have the shape the manifest says",
-             damaged_hint);
-      slot_close(r, q);
-      return NULL;
-    }
+  H5E_BEGIN_TRY { q->d[a] = H5Dopen2(q->file, arr_name[a], H5P_DEFAULT); } H5E_END_TRY;
+  if (q->d[a] < 0 || check_shape(q->d[a], rank[a], shp[a]) < 0) {
+    char p[4400];
+    shard_path(r, q->shard, p, sizeof p);
+    ce_err("%s: shard %s (samples %lld..%lld): /%s %s; %s", r->h5path, p, (long long)e->first,
+           (long long)(e->first + e->count - 1), arr_name[a],
+           q->d[a] < 0 ? "cannot be opened (missing or its header is damaged)"
+                       : "does not have the shape the manifest says",
+           damaged_hint);
+    slot_close(r, q); /* a damaged shard is not kept */
+    return -1;
   }
-  return q;
+  return q->d[a];
 }
 
 /* The shard holding sample idx (binary search over the manifest's ranges). */
@@ -417,6 +423,7 @@ static int read_run(shard_reader *r, int64_t s, int64_t row, int64_t cnt, float 
   size_t vals[2] = {r->in_vals, r->out_vals};
   for (int a = 0; a < 2; a++) {
     if (!dst[a]) continue;
+    if (slot_dset(r, q, a) < 0) return -1;
     if (read_rows(q->d[a], (hsize_t)row, (hsize_t)cnt, H5T_NATIVE_FLOAT, dst[a]) == 0) continue;
     /* which sample: read row by row to name it */
     int64_t bad = row;
@@ -437,6 +444,7 @@ static int read_run(shard_reader *r, int64_t s, int64_t row, int64_t cnt, float 
     r->sums = m;
     r->sums_cap = (size_t)cnt * 2;
   }
+  if (slot_dset(r, q, A_SUMS) < 0) return -1;
   if (read_rows(q->d[A_SUMS], (hsize_t)row, (hsize_t)cnt, H5T_NATIVE_UINT64, r->sums) < 0) {
     shard_path(r, s, p, sizeof p);
     CE_FAIL("%s: samples %lld..%lld: cannot read their /checksums rows: the shard is damaged "
@@ -530,8 +538,8 @@ static int read_label_array(shard_reader *r, int k, uint8_t *dst) {
   return integrity_check_labels(&r->integ, lab[k], dst, r->samples);
 }
 
-int shard_reader_labels(shard_reader *r, uint8_t *split, uint8_t *valid, int *has_split,
-                        int *has_valid) {
+int shard_reader_labels(shard_reader *r, int64_t first, int64_t count, uint8_t *split,
+                        uint8_t *valid, int *has_split, int *has_valid) {
   static const char *const lab[2] = {"split", "valid"};
   uint8_t *dst[2] = {split, valid};
   if (has_split) *has_split = r->has_label[0];
@@ -541,7 +549,12 @@ int shard_reader_labels(shard_reader *r, uint8_t *split, uint8_t *valid, int *ha
       if (dst[k] && r->has_label[k]) CE_TRY(read_label_array(r, k, dst[k]));
     return 0;
   }
-  for (int64_t s = 0; s < r->nshards; s++) {
+  if (first < 0 || count < 0 || first + count > r->samples)
+    CE_FAIL("%s: samples %lld..%lld out of range (%lld samples)", r->h5path, (long long)first,
+            (long long)(first + count - 1), (long long)r->samples);
+  int64_t s0 = count ? shard_of(r, first) : r->nshards,
+          s1 = count ? shard_of(r, first + count - 1) : -1;
+  for (int64_t s = s0; s <= s1; s++) {
     const shard_entry *e = &r->sh[s];
     int want = 0;
     for (int k = 0; k < 2; k++) want |= dst[k] && r->has_label[k];

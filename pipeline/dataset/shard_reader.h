@@ -61,11 +61,14 @@ int shard_reader_checked(const shard_reader *r);
 /* Shards behind the dataset (0: dataset.h5 read as it is). */
 int64_t shard_reader_shards(const shard_reader *r);
 
-/* The per-sample labels, checked (above): split[N] and valid[N] (either may
- * be NULL). *has_split / *has_valid (may be NULL) say whether the dataset
- * has them; a missing one is left as it was in the caller's array. */
-int shard_reader_labels(shard_reader *r, uint8_t *split, uint8_t *valid, int *has_split,
-                        int *has_valid);
+/* The per-sample labels of samples [first, first + count), checked
+ * (above), into split[first..] and valid[first..] (arrays of all N samples;
+ * either may be NULL; values just outside the range, of the same shards, may
+ * be filled too). Only the shards overlapping the range are opened.
+ * *has_split / *has_valid (may be NULL) say whether the dataset has them; a
+ * missing one is left as it was in the caller's array. */
+int shard_reader_labels(shard_reader *r, int64_t first, int64_t count, uint8_t *split,
+                        uint8_t *valid, int *has_split, int *has_valid);
 
 /* Read samples [first, first + count) as float32: inputs (count x 3 n^3,
  * NULL: not read; must be NULL when inputs are not stored) and targets

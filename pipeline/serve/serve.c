@@ -102,7 +102,7 @@ static int read_split(serve_source *s) {
   memset(split, 0, (size_t)n);
   memset(valid, 1, (size_t)n);
   /* the labels decide which samples are served: checked as the samples are */
-  if (shard_reader_labels(s->rd, want >= 0 ? split : NULL, valid, &has_split, NULL) < 0) goto fail;
+  if (shard_reader_labels(s->rd, 0, n, split, valid, &has_split, NULL) < 0) goto fail;
   if (want >= 0 && !has_split) {
     ce_err("%s: no /split dataset, but split '%s' was asked for", s->h5path, sp);
     goto fail;
