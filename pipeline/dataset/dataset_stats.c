@@ -56,9 +56,10 @@ typedef struct {
   stats_field out;
 } field_acc;
 
-/* Open DIR's samples for this rank: the shards (each rank on its own, reads
- * are independent), and the labels of the rank's block [lo, hi), checked. */
-static int open_dataset(const char *dir, const char *path, dataset *ds, int rank, int size) {
+/* Open DIR's samples for this rank: the shards, each rank on its own (the
+ * reads are independent). The labels are read as the samples are, shard by
+ * shard (load_split), so a shard is opened once for both. */
+static int open_dataset(const char *dir, const char *path, dataset *ds) {
   memset(ds, 0, sizeof *ds);
   CE_TRY(shard_reader_open(dir, 0, &ds->rd));
   ds->has_inputs = shard_reader_has_inputs(ds->rd);
@@ -68,24 +69,25 @@ static int open_dataset(const char *dir, const char *path, dataset *ds, int rank
   if (ds->F < 1 || ds->F > MAX_FIELDS - 4)
     CE_FAIL("%s: /targets has %llu channels, expected 1..%d", path, (unsigned long long)ds->F,
             MAX_FIELDS - 4);
-  hsize_t lo = ds->N * (hsize_t)rank / (hsize_t)size, hi = ds->N * (hsize_t)(rank + 1) / (hsize_t)size;
-  ds->split = ce_malloc_array(ds->N ? ds->N : 1, 1, "/split");
-  if (!ds->split) return -1;
   int has_split = 0;
-  /* the split decides which samples count: checked per shard against the
-   * manifest's CRC-32, as the samples are against /checksums */
-  CE_TRY(shard_reader_labels(ds->rd, (int64_t)lo, (int64_t)(hi - lo), ds->split, NULL,
-                             &has_split, NULL));
-  if (!has_split) {
-    free(ds->split);
-    ds->split = NULL;
-    return 0;
-  }
-  for (hsize_t i = lo; i < hi; i++)
-    if (ds->split[i] > 2)
-      CE_FAIL("%s: /split[%llu] = %d, expected 0 (train), 1 (validation) or 2 (test)", path,
-              (unsigned long long)i, ds->split[i]);
+  CE_TRY(shard_reader_labels(ds->rd, 0, 0, NULL, NULL, &has_split, NULL));
+  if (has_split && !(ds->split = ce_malloc_array(ds->N ? ds->N : 1, 1, "/split"))) return -1;
   return 0;
+}
+
+/* The split of samples [i, end) with end the end of i's shard (at most hi),
+ * checked: the split decides which samples count, so each shard's slice is
+ * checked against the manifest's CRC-32, as the samples are against
+ * /checksums. Returns end, or -1. */
+static int64_t load_split(dataset *ds, const char *path, hsize_t i, hsize_t hi) {
+  int64_t end = shard_reader_shard_end(ds->rd, (int64_t)i);
+  if ((hsize_t)end > hi) end = (int64_t)hi;
+  CE_TRY(shard_reader_labels(ds->rd, (int64_t)i, end - (int64_t)i, ds->split, NULL, NULL, NULL));
+  for (hsize_t k = i; k < (hsize_t)end; k++)
+    if (ds->split[k] > 2)
+      CE_FAIL("%s: /split[%llu] = %d, expected 0 (train), 1 (validation) or 2 (test)", path,
+              (unsigned long long)k, ds->split[k]);
+  return end;
 }
 
 static void close_dataset(dataset *ds) {
@@ -171,7 +173,7 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
   int locked = want_lock && fs_lock_dir(dir, "stats") == 0;
   if (any_failed(want_lock && !locked ? -1 : 0, "stats")) goto out;
   if (locked) remove_stale_copies(dir);
-  if (any_failed(open_dataset(dir, path, &ds, rank, size), "stats")) goto out;
+  if (any_failed(open_dataset(dir, path, &ds), "stats")) goto out;
   /* every rank reads DIR/job.yaml: the same file, the same answer */
   if (any_failed(dataset_stats_group(dir, split_name, group, sizeof group), "stats")) goto out;
   if (drop_outliers && !ds.has_inputs) {
@@ -226,12 +228,22 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
   const double empty_level = exp(DATASET_EMPTY_LN_LEVEL);
   for (int pass = 0; pass < 2; pass++) {
 #define IN_SPLIT(i) (want < 0 || !ds.split || ds.split[(i)] == want)
+    hsize_t known = lo; /* the split is loaded for [lo, known) */
     for (hsize_t i0 = lo, run = 0; i0 < hi && lrc == 0; i0 += run) {
+      if (ds.split && i0 >= known) {
+        int64_t end = load_split(&ds, path, i0, hi);
+        if (end < 0) {
+          lrc = -1;
+          break;
+        }
+        known = (hsize_t)end;
+      }
       if (!IN_SPLIT(i0)) {
         run = 1;
         continue;
       }
-      for (run = 1; run < B && i0 + run < hi && IN_SPLIT(i0 + run); run++) {}
+      for (run = 1; run < B && i0 + run < hi && (!ds.split || i0 + run < known) && IN_SPLIT(i0 + run);
+           run++) {}
       if ((lrc = shard_reader_read(ds.rd, (int64_t)i0, (int64_t)run, ds.has_inputs ? inb : NULL,
                                    tgb)) < 0)
         break;

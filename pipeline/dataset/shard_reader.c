@@ -392,6 +392,12 @@ static int64_t shard_of(const shard_reader *r, int64_t idx) {
   return lo;
 }
 
+int64_t shard_reader_shard_end(const shard_reader *r, int64_t idx) {
+  if (!r->sh || idx < 0 || idx >= r->samples) return r->samples;
+  const shard_entry *e = &r->sh[shard_of(r, idx)];
+  return e->first + e->count;
+}
+
 /* Read rows [row, row + cnt) of array a of an open shard into buf. */
 static int read_rows(hid_t d, hsize_t row, hsize_t cnt, hid_t mtype, void *buf) {
   hid_t fs = H5Dget_space(d);

@@ -70,6 +70,11 @@ int64_t shard_reader_shards(const shard_reader *r);
 int shard_reader_labels(shard_reader *r, int64_t first, int64_t count, uint8_t *split,
                         uint8_t *valid, int *has_split, int *has_valid);
 
+/* The end (one past the last sample) of the shard holding sample idx: a
+ * reader that walks the samples in order reads a shard's labels and rows
+ * while it is open (N for a dataset read through dataset.h5). */
+int64_t shard_reader_shard_end(const shard_reader *r, int64_t idx);
+
 /* Read samples [first, first + count) as float32: inputs (count x 3 n^3,
  * NULL: not read; must be NULL when inputs are not stored) and targets
  * (count x F n^2, NULL: not read), each sample checked. 0, or -1 with a
