@@ -40,6 +40,9 @@ struct shard_reader {
   int n, nf, has_inputs, checked, has_label[2];
   size_t in_vals, out_vals; /* floats per sample */
   /* shards mode */
+  int64_t directions;   /* manifest: directions per model, or 0 */
+  int64_t *skipped;     /* manifest: skipped models */
+  size_t nskipped;
   int64_t nshards;
   shard_entry *sh;
   int32_t *slot_of;     /* [nshards]: slot holding the shard open, or -1 */
@@ -148,6 +151,23 @@ static int load_manifest(shard_reader *r) {
         s->crc[k] = (uint32_t)strtoul(c->text, NULL, 16);
         s->has_crc[k] = 1;
       }
+    }
+  }
+  const yt_node *dn = yt_get(m, "directions"), *sk = yt_get(m, "skipped_models");
+  if (rc == 0 && dn && num_of(m, "directions", &r->directions) < 0) r->directions = 0;
+  if (rc == 0 && sk && sk->kind == YT_SEQ && sk->n) {
+    r->skipped = ce_malloc_array(sk->n, sizeof *r->skipped, "skipped models");
+    if (!r->skipped) rc = -1;
+    for (size_t i = 0; rc == 0 && i < sk->n; i++) {
+      char *end;
+      const yt_node *v = sk->items[i];
+      long long x = v->kind == YT_SCALAR ? strtoll(v->text, &end, 10) : -1;
+      if (x < 0 || *end) {
+        rc = ce_err("%s:%d:%d: skipped_models[%zu]: expected a model number", mpath, v->line,
+                    v->col, i);
+        break;
+      }
+      r->skipped[r->nskipped++] = (int64_t)x;
     }
   }
   if (rc == 0 && expect != r->samples)
@@ -299,6 +319,7 @@ void shard_reader_close(shard_reader *r) {
   free(r->slot_of);
   free(r->slots);
   free(r->sums);
+  free(r->skipped);
   if (r->integ_open) integrity_close(&r->integ);
   if (r->d_in >= 0) H5Dclose(r->d_in);
   if (r->d_out >= 0) H5Dclose(r->d_out);
@@ -591,4 +612,28 @@ int shard_reader_labels(shard_reader *r, int64_t first, int64_t count, uint8_t *
     }
   }
   return 0;
+}
+
+int shard_reader_labels_planned(const shard_reader *r, const uint8_t *model_split,
+                                int64_t models, uint8_t *split, uint8_t *valid) {
+  if (!r->sh || r->directions < 1 || models < 1 || models > INT64_MAX / r->directions ||
+      models * r->directions != r->samples)
+    return 0;
+  for (int64_t i = 0; i < r->samples; i++) {
+    split[i] = model_split[i / r->directions];
+    valid[i] = 1;
+  }
+  for (size_t k = 0; k < r->nskipped; k++) {
+    int64_t m = r->skipped[k];
+    if (m < 0 || m >= models) return 0;
+    memset(valid + m * r->directions, 0, (size_t)r->directions);
+  }
+  for (int64_t s = 0; s < r->nshards; s++) {
+    const shard_entry *e = &r->sh[s];
+    const uint8_t *v[2] = {split + e->first, valid + e->first};
+    for (int k = 0; k < 2; k++)
+      if (!e->has_crc[k] || (uint32_t)crc32_z(0, (const Bytef *)v[k], (size_t)e->count) != e->crc[k])
+        return 0;
+  }
+  return 1;
 }

@@ -70,6 +70,17 @@ int64_t shard_reader_shards(const shard_reader *r);
 int shard_reader_labels(shard_reader *r, int64_t first, int64_t count, uint8_t *split,
                         uint8_t *valid, int *has_split, int *has_valid);
 
+/* The labels as the job planned them, without opening a shard: split[i] =
+ * model_split[i / directions] (dataset.h5's /models/split), valid[i] = 0
+ * for the manifest's skipped_models; each shard's slices are then checked
+ * against the CRC-32s the manifest records for that shard's /split and
+ * /valid. 1: filled and every shard agrees; 0: not derivable (no shard
+ * list, no directions, sizes differ) or some shard disagrees: read them with
+ * shard_reader_labels, which names the shard. For summaries (inspect) of
+ * many shards: a reader that uses samples reads the shards' own labels. */
+int shard_reader_labels_planned(const shard_reader *r, const uint8_t *model_split,
+                                int64_t models, uint8_t *split, uint8_t *valid);
+
 /* The end (one past the last sample) of the shard holding sample idx: a
  * reader that walks the samples in order reads a shard's labels and rows
  * while it is open (N for a dataset read through dataset.h5). */
