@@ -617,6 +617,14 @@ void serve_shapes(const serve_source *s, uint32_t in_shape[4], uint32_t out_shap
   memcpy(out_shape, s->out_shape, sizeof s->out_shape);
 }
 
+void serve_open_shards(const serve_source *s, int *now, int *peak) {
+  serve_source *m = (serve_source *)s;
+  h5_lock(); /* the reader thread changes them */
+  *now = m->rd ? shard_reader_open_now(m->rd) : 0;
+  *peak = m->rd ? shard_reader_open_peak(m->rd) : 0;
+  h5_unlock();
+}
+
 const stats_norm *serve_norm(const serve_source *s) { return s->have_norm ? &s->norm : NULL; }
 
 int serve_read(serve_source *s, const int64_t *idx, int n, int normalised, float *inputs,

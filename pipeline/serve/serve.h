@@ -91,6 +91,10 @@ const stats_norm *serve_norm(const serve_source *s);
 int serve_read(serve_source *s, const int64_t *idx, int n, int normalised, float *inputs,
                float *targets);
 
+/* Shard files the reader holds open now, and the most it held at once
+ * (never more than opts.max_open); 0 in live mode. */
+void serve_open_shards(const serve_source *s, int *now, int *peak);
+
 /* The dataset sample index at `position` of `rank`'s order in `epoch`
  * (exposed for tests and the Python client's checks). */
 int64_t serve_sample_at(const serve_source *s, uint32_t epoch, int rank, uint64_t position);
