@@ -52,6 +52,8 @@ struct shard_reader {
   int64_t opens;
   uint64_t *sums;       /* scratch: /checksums rows of a run */
   size_t sums_cap;
+  uint64_t *sums_all;   /* [samples][2]: /checksums rows read with the labels, or NULL */
+  uint8_t *sums_have;   /* [nshards]: 1 when sums_all holds the shard's rows */
   /* arrays mode (no shard list): dataset.h5 as it is */
   hid_t file, d_in, d_out;
   integrity integ;
@@ -320,6 +322,8 @@ void shard_reader_close(shard_reader *r) {
   free(r->slots);
   free(r->sums);
   free(r->skipped);
+  free(r->sums_all);
+  free(r->sums_have);
   if (r->integ_open) integrity_close(&r->integ);
   if (r->d_in >= 0) H5Dclose(r->d_in);
   if (r->d_out >= 0) H5Dclose(r->d_out);
@@ -465,6 +469,11 @@ static int read_run(shard_reader *r, int64_t s, int64_t row, int64_t cnt, float 
             p, (long long)(e->first + bad), (long long)bad, arr_name[a]);
   }
   if (!r->checked) return 0;
+  const uint64_t *sums = r->sums;
+  if (r->sums_have && r->sums_have[s]) {
+    sums = r->sums_all + 2 * (size_t)(e->first + row); /* read with the labels */
+    goto compare;
+  }
   if ((size_t)cnt * 2 > r->sums_cap) {
     uint64_t *m = realloc(r->sums, (size_t)cnt * 2 * sizeof *m);
     if (!m) CE_FAIL("out of memory");
@@ -478,11 +487,13 @@ static int read_run(shard_reader *r, int64_t s, int64_t row, int64_t cnt, float 
             "(coemu verify tells more; rerunning the same generate job remakes it)", p,
             (long long)(e->first + row), (long long)(e->first + row + cnt - 1));
   }
+  sums = r->sums;
+compare:
   for (int64_t k = 0; k < cnt; k++) {
     for (int a = 0; a < 2; a++) {
       if (!dst[a]) continue;
       uint64_t got = shard_row_hash(dst[a] + (size_t)k * vals[a], vals[a]),
-               want = r->sums[2 * k + (size_t)a];
+               want = sums[2 * k + (size_t)a];
       if (got == want) continue;
       shard_path(r, s, p, sizeof p);
       CE_FAIL("%s: sample %lld (row %lld of the shard): /%s does not match its checksum "
@@ -581,6 +592,15 @@ int shard_reader_labels(shard_reader *r, int64_t first, int64_t count, uint8_t *
             (long long)(first + count - 1), (long long)r->samples);
   int64_t s0 = count ? shard_of(r, first) : r->nshards,
           s1 = count ? shard_of(r, first + count - 1) : -1;
+  /* every label of the dataset (serve): the /checksums rows come with them
+   * (16 bytes a sample, up to 2^24 samples), so a sample read later opens
+   * only /inputs and /targets of its shard */
+  if (r->checked && first == 0 && count == r->samples && count > 0 && count <= ((int64_t)1 << 24) &&
+      !r->sums_all) {
+    r->sums_all = ce_malloc_array((size_t)count, 2 * sizeof *r->sums_all, "sample checksums");
+    r->sums_have = ce_calloc_array((size_t)r->nshards, 1, "sample checksums");
+    if (!r->sums_all || !r->sums_have) return -1;
+  }
   for (int64_t s = s0; s <= s1; s++) {
     const shard_entry *e = &r->sh[s];
     int want = 0;
@@ -609,6 +629,15 @@ int shard_reader_labels(shard_reader *r, int64_t first, int64_t count, uint8_t *
                 "rerunning the same generate job remakes it)",
                 p, (long long)e->first, (long long)(e->first + e->count - 1), lab[k], got,
                 e->crc[k]);
+    }
+    if (r->sums_have && !r->sums_have[s]) {
+      shard_path(r, s, p, sizeof p);
+      if (slot_dset(r, q, A_SUMS) < 0) return -1;
+      if (read_rows(q->d[A_SUMS], 0, (hsize_t)e->count, H5T_NATIVE_UINT64,
+                    r->sums_all + 2 * (size_t)e->first) < 0)
+        CE_FAIL("%s: samples %lld..%lld: cannot read their /checksums rows: %s", p,
+                (long long)e->first, (long long)(e->first + e->count - 1), damaged_hint);
+      r->sums_have[s] = 1;
     }
   }
   return 0;
