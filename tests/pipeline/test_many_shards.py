@@ -44,9 +44,16 @@ for var in ('ASAN_OPTIONS', 'LSAN_OPTIONS'):
         os.environ[var] += ':fast_unwind_on_malloc=0'
 
 
+SANITIZE = bool(os.environ.get('COEMU_SANITIZE'))
+SLOW = 4 if SANITIZE else 1  # subprocess time limits under the sanitizers
+
+
 def mpi(n, exe, args):
     cmd = [MPIEXEC, '--allow-run-as-root', '--oversubscribe', '-n', str(n), exe] + args
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    env = dict(os.environ)
+    if SANITIZE:  # MPI processes: no leak checks (tests/mpirun.sh says why)
+        env['ASAN_OPTIONS'] = env.get('ASAN_OPTIONS', '') + ':detect_leaks=0'
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300 * SLOW, env=env)
 
 
 def group(h5, name):
@@ -94,10 +101,10 @@ def serve_epoch(d, tmp, split='all', fds=None):
             time.sleep(0.005)
     t = threading.Thread(target=sample) if fds is not None else None
     try:
-        time.sleep(0.3)
+        time.sleep(0.3 * SLOW)
         if t:
             t.start()
-        c = cs.StreamClient(ep, rank=0, world=1, timeout_s=30, heartbeat_s=0.2)
+        c = cs.StreamClient(ep, rank=0, world=1, timeout_s=30 * SLOW, heartbeat_s=0.2)
         try:
             while True:
                 ch = c.next()
@@ -161,11 +168,11 @@ def run(tmp):
 
     # verify and inspect
     for name, d in dirs.items():
-        r = subprocess.run([COEMU, 'verify', d], capture_output=True, text=True, timeout=300)
+        r = subprocess.run([COEMU, 'verify', d], capture_output=True, text=True, timeout=300 * SLOW)
         check(r.returncode == 0 and 'ok' in r.stdout, f'verify {name}: {r.stdout} {r.stderr}')
     ins = {}
     for name, d in dirs.items():
-        r = subprocess.run([COEMU, 'inspect', d], capture_output=True, text=True, timeout=120)
+        r = subprocess.run([COEMU, 'inspect', d], capture_output=True, text=True, timeout=120 * SLOW)
         check(r.returncode == 0, f'inspect {name}: {r.stderr}')
         ins[name] = [ln for ln in r.stdout.splitlines() if ln.split()[0] in
                      ('samples', 'inputs', 'targets', 'channels', 'stats')]
@@ -199,13 +206,13 @@ def run(tmp):
           f'stats names the damaged shard and sample: {r.stderr[-400:]}')
     got, err = serve_epoch(many, tmp)
     check(shard in err and 'sample 1234' in err, f'serve names it: {err[-400:]}')
-    r = subprocess.run([COEMU, 'verify', many], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([COEMU, 'verify', many], capture_output=True, text=True, timeout=300 * SLOW)
     check(r.returncode == 1 and shard in r.stderr, f'verify names it: {r.stderr[-400:]}')
     os.unlink(os.path.join(many, 'shards', 'shard-000777.h5'))
     r = mpi(1, COEMU, ['stats', many, '--quiet'])
     check(r.returncode == 1 and 'shard-000777.h5' in r.stderr and 'missing' in r.stderr,
           f'stats: a missing shard among 2,000 is named at open: {r.stderr[-400:]}')
-    r = subprocess.run([COEMU, 'inspect', many], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([COEMU, 'inspect', many], capture_output=True, text=True, timeout=120 * SLOW)
     check(r.returncode == 1 and 'shard-000777.h5' in r.stderr, f'inspect: {r.stderr[-400:]}')
 
 
