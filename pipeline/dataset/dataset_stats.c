@@ -9,7 +9,9 @@
  *           exact quantiles, and each sample's lower median per field
  *           (stats/select.h);
  *   read 2: the second histogram pass, and the counts around the median of
- *           medians (its true rank).
+ *           medians (its true rank); from memory when the rank's block of
+ *           samples read 1 read fits in 256 MB (small samples: each shard
+ *           is then opened once).
  * Fields: v_z, ln_T, ln_n_CO, ln_I (all channels) and ln_I_chK per channel
  * when there are several; ln I after the zero replacement (and the -40 clip
  * with several channels) of stats/transforms.h. Rank 0 writes /stats
@@ -166,6 +168,7 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
   dataset ds = {0};
   field_acc *acc = NULL;
   float *in = NULL, *tg = NULL, *inb = NULL, *tgb = NULL, *work = NULL, *scratch = NULL;
+  float *keep_in = NULL, *keep_tg = NULL; /* pass 0's samples for pass 1 (small samples) */
   int nf = 0;
   stats_norm norm = {0};
   /* rank 0 locks DIR (a missing DIR: the open below says so) */
@@ -226,9 +229,20 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
   hsize_t lo = ds.N * (hsize_t)rank / (hsize_t)size, hi = ds.N * (hsize_t)(rank + 1) / (hsize_t)size;
   int64_t used = 0, outliers = 0, empty = 0;
   const double empty_level = exp(DATASET_EMPTY_LN_LEVEL);
+  /* small samples: the rank's block read in the first pass is kept for the
+   * second (up to 256 MB), so every shard is opened once, not twice */
+  if (hi > lo && (size_t)(hi - lo) <= ((size_t)256 << 20) / sample_bytes) {
+    keep_tg = malloc((size_t)(hi - lo) * F * npix * sizeof(float));
+    keep_in = ds.has_inputs ? malloc((size_t)(hi - lo) * 3 * nvox * sizeof(float)) : NULL;
+    if (!keep_tg || (ds.has_inputs && !keep_in)) { /* not kept: read twice */
+      free(keep_tg);
+      free(keep_in);
+      keep_tg = keep_in = NULL;
+    }
+  }
   for (int pass = 0; pass < 2; pass++) {
 #define IN_SPLIT(i) (want < 0 || !ds.split || ds.split[(i)] == want)
-    hsize_t known = lo; /* the split is loaded for [lo, known) */
+    hsize_t known = pass == 1 && keep_tg ? hi : lo; /* the split is loaded for [lo, known) */
     for (hsize_t i0 = lo, run = 0; i0 < hi && lrc == 0; i0 += run) {
       if (ds.split && i0 >= known) {
         int64_t end = load_split(&ds, path, i0, hi);
@@ -244,9 +258,18 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
       }
       for (run = 1; run < B && i0 + run < hi && (!ds.split || i0 + run < known) && IN_SPLIT(i0 + run);
            run++) {}
-      if ((lrc = shard_reader_read(ds.rd, (int64_t)i0, (int64_t)run, ds.has_inputs ? inb : NULL,
-                                   tgb)) < 0)
+      if (pass == 1 && keep_tg) { /* what pass 0 read and checked */
+        memcpy(tgb, keep_tg + (size_t)(i0 - lo) * F * npix, (size_t)run * F * npix * sizeof(float));
+        if (keep_in)
+          memcpy(inb, keep_in + (size_t)(i0 - lo) * 3 * nvox, (size_t)run * 3 * nvox * sizeof(float));
+      } else if ((lrc = shard_reader_read(ds.rd, (int64_t)i0, (int64_t)run,
+                                          ds.has_inputs ? inb : NULL, tgb)) < 0) {
         break;
+      } else if (keep_tg) {
+        memcpy(keep_tg + (size_t)(i0 - lo) * F * npix, tgb, (size_t)run * F * npix * sizeof(float));
+        if (keep_in)
+          memcpy(keep_in + (size_t)(i0 - lo) * 3 * nvox, inb, (size_t)run * 3 * nvox * sizeof(float));
+      }
     for (hsize_t j = 0; j < run && lrc == 0; j++) {
       in = inb + (size_t)j * 3 * nvox;
       tg = tgb + (size_t)j * F * npix;
@@ -398,6 +421,8 @@ out:
   free(acc);
   free(inb);
   free(tgb);
+  free(keep_in);
+  free(keep_tg);
   free(work);
   free(scratch);
   return status ? -1 : 0;
