@@ -2,7 +2,9 @@
 #include "rotate/sampler.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
 #include <immintrin.h>
 #define SAMPLER_AVX512 1 /* the hot loops in AVX-512; the portable ones give the same bits */
@@ -10,6 +12,9 @@
 
 #include "common/error.h"
 #include "rotate/directions.h"
+#ifdef COEMU_HAVE_CUDA
+#include "rotate/sampler_cuda.h"
+#endif
 
 void sampler_defaults(sampler_opts *o) {
   o->n = 64;
@@ -324,6 +329,38 @@ static int sample(const ce_model *m, const double q[4], const sampler_opts *o, f
   return 0;
 }
 
+int sampler_flatten(const ce_model *m, sampler_flat *F, int32_t **leaf_geo) {
+  if (m->nleaves > INT32_MAX / 8 || m->nnodes > INT32_MAX)
+    CE_FAIL("sampler: %lld leaves, too many for the flat model", (long long)m->nleaves);
+  int32_t *g = ce_malloc_array((size_t)m->nleaves, 4 * sizeof(int32_t), "leaf geometry");
+  if (!g) return -1;
+  for (int64_t i = 0; i < m->nleaves; i++) {
+    g[4 * i] = m->ids[i].level;
+    for (int d = 0; d < 3; d++) g[4 * i + 1 + d] = m->ids[i].ig[d];
+  }
+  *F = (sampler_flat){.levmax = m->levmax, .bshift = m->bshift, .ncell = m->ncell,
+                      .cells = m->cells, .root = m->root, .nodes = m->nodes, .leaf_geo = g};
+  for (int d = 0; d < 3; d++) {
+    F->ng[d] = m->ng[d], F->bnx[d] = m->bnx[d], F->xmin[d] = m->xmin[d];
+    F->inv_dxf[d] = m->inv_dxf[d], F->nfine[d] = m->nfine[d];
+  }
+  *leaf_geo = g;
+  return 0;
+}
+
+int sampler_geometry(const ce_model *m, const double q[4], const sampler_opts *o, sampler_geo *G) {
+  CE_TRY(sampler_check(m, o));
+  memset(G, 0, sizeof *G);
+  G->n = o->n, G->k = o->k, G->fill = o->fill_background, G->edge = o->edge;
+  G->r2 = o->ball_radius > 0 ? o->ball_radius * o->ball_radius : INFINITY;
+  dir_matrix(q, G->R);
+  model_centre(m, G->c);
+  G->bg[MODEL_N] = o->fill_background ? (model_real)o->bg_n : 0;
+  G->bg[MODEL_T] = o->fill_background ? (model_real)o->bg_T : 0;
+  G->inv = 1.0 / (o->k * o->k * o->k);
+  return 0;
+}
+
 int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, float *v_los,
                 float *T, float *n_co) {
   return sample(m, q, o, v_los, T, n_co, 0, NULL, NULL, NULL);
@@ -337,4 +374,65 @@ int sample_cube_fields(const ce_model *m, const double q[4], const sampler_opts 
   for (int e = 0; e < nextra; e++)
     if (!fields[e] || !out[e]) CE_FAIL("sampler: extra field %d has no array", e);
   return sample(m, q, o, v_los, T, n_co, nextra, fields, bg_fields, out);
+}
+
+/* ---------------------------------------------------------------------- */
+/* The device sampler (sampler_cuda.h) for a ce_model */
+
+struct sampler_device {
+  const ce_model *m;
+  int32_t *geo;
+#ifdef COEMU_HAVE_CUDA
+  sampler_cuda *d;
+#endif
+};
+
+int sampler_device_open(const ce_model *m, int ordinal, sampler_device **out, char *desc,
+                        size_t ndesc) {
+  *out = NULL;
+#ifdef COEMU_HAVE_CUDA
+  sampler_device *s = calloc(1, sizeof *s);
+  if (!s) CE_FAIL("sampler: out of memory");
+  s->m = m;
+  sampler_flat F;
+  if (sampler_flatten(m, &F, &s->geo) < 0 ||
+      sampler_cuda_open(&F, m->nleaves, m->nnodes, (int64_t)m->ng[0] * m->ng[1] * m->ng[2],
+                        ordinal, &s->d, desc, ndesc) < 0) {
+    free(s->geo);
+    free(s);
+    return -1;
+  }
+  *out = s;
+  return 0;
+#else
+  (void)m, (void)ordinal, (void)desc, (void)ndesc;
+  CE_FAIL("sampler device 'cuda' is not built into this coemu (built: cpu)");
+#endif
+}
+
+int sampler_device_sample(sampler_device *s, int ncube, const double (*q)[4],
+                          const sampler_opts *o, float *const *v_los, float *const *T,
+                          float *const *n_co) {
+#ifdef COEMU_HAVE_CUDA
+  if (ncube < 1) return 0;
+  sampler_geo *G = ce_malloc_array((size_t)ncube, sizeof *G, "sampler geometries");
+  if (!G) return -1;
+  int rc = 0;
+  for (int c = 0; c < ncube && rc == 0; c++) rc = sampler_geometry(s->m, q[c], o, &G[c]);
+  if (rc == 0) rc = sampler_cuda_sample(s->d, ncube, G, v_los, T, n_co);
+  free(G);
+  return rc;
+#else
+  (void)s, (void)ncube, (void)q, (void)o, (void)v_los, (void)T, (void)n_co;
+  CE_FAIL("sampler device 'cuda' is not built into this coemu (built: cpu)");
+#endif
+}
+
+void sampler_device_close(sampler_device *s) {
+  if (!s) return;
+#ifdef COEMU_HAVE_CUDA
+  sampler_cuda_close(s->d);
+#endif
+  free(s->geo);
+  free(s);
 }

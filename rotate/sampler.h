@@ -24,6 +24,14 @@
 #define COEMU_SAMPLER_H
 
 #include "rotate/model.h"
+#include "rotate/sampler_body.h"
+
+/* Recorded with every dataset (/geometry): the version of sample_cube's
+ * arithmetic (bump it when the same options give other bits) and how a
+ * sub-sample takes its value from the AMR leaves (piecewise constant: the
+ * value of the leaf cell that contains it). */
+#define SAMPLER_VERSION 1
+#define SAMPLER_RECONSTRUCTION "constant"
 
 typedef struct {
   int n;              /* voxels per edge */
@@ -55,6 +63,28 @@ int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, flo
  * means. A background sub-sample takes bg_fields[e] (NULL: 0). v_los, T
  * and n_co are the bits sample_cube gives. */
 #define SAMPLER_MAX_EXTRA 8
+
+/* The sampler as per-thread bodies (rotate/sampler_body.h: what a device
+ * runs): the model as plain arrays, and one cube's geometry. sampler_flatten
+ * points F at m's arrays and at *leaf_geo, which it allocates (nleaves*4
+ * int32: level, ig; the caller frees it). sampler_geometry checks the
+ * options (sampler_check) and fills G for direction q. */
+int sampler_flatten(const ce_model *m, sampler_flat *F, int32_t **leaf_geo);
+int sampler_geometry(const ce_model *m, const double q[4], const sampler_opts *o, sampler_geo *G);
+
+/* The sampler on a CUDA device (rotate/sampler_cuda.cu, with CUDA built):
+ * open uploads m once (device `ordinal` modulo the devices present; desc
+ * may be NULL); sample gives ncube cubes at directions q[c] with the same
+ * bits as sample_cube (v_los, T, n_co only: no extra fields). Without a
+ * CUDA build or a device, open fails with a message saying which. m must
+ * outlive the handle. */
+typedef struct sampler_device sampler_device;
+int sampler_device_open(const ce_model *m, int ordinal, sampler_device **out, char *desc,
+                        size_t ndesc);
+int sampler_device_sample(sampler_device *s, int ncube, const double (*q)[4],
+                          const sampler_opts *o, float *const *v_los, float *const *T,
+                          float *const *n_co);
+void sampler_device_close(sampler_device *s);
 int sample_cube_fields(const ce_model *m, const double q[4], const sampler_opts *o, float *v_los,
                        float *T, float *n_co, int nextra, const float *const *fields,
                        const float *bg_fields, float *const *out);

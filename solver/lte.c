@@ -53,6 +53,28 @@ static int find_kernel(lte_backend b, const lte_kernel **k) {
   return 0;
 }
 
+int lte_backend_parse(const char *s, lte_backend *b) {
+  for (int i = 0; i < LTE_BACKEND_COUNT; i++)
+    if (s && !strcmp(s, backend_names[i])) {
+      *b = (lte_backend)i;
+      return 0;
+    }
+  CE_FAIL("solver device '%s', expected cpu or cuda", s ? s : "(null)");
+}
+
+int lte_backend_open(lte_backend b, int ordinal, char *desc, size_t ndesc) {
+  const lte_kernel *k;
+  CE_TRY(find_kernel(b, &k));
+  char buf[256];
+  if (k->open) {
+    if (k->open(ordinal, buf, sizeof buf) < 0) return -1;
+  } else {
+    snprintf(buf, sizeof buf, "%s (%s)", k->name, k->variant);
+  }
+  if (desc && ndesc) snprintf(desc, ndesc, "%s", buf);
+  return 0;
+}
+
 /* ---------------------------------------------------------------------- */
 /* Arguments */
 

@@ -86,6 +86,16 @@ int lte_solve_cube_pops_f32(const lte_line *L, const double *freqs, int nf, int 
  * calls above hand the backend (for tests that call a kernel directly). */
 void lte_kernel_model_init(lte_kernel_model *m, const lte_line *L, const lte_options *o);
 
+/* The backend named s ("cpu", "cuda"): 0, or -1 with a message listing the
+ * names. Whether it is built is lte_backend_open's question. */
+int lte_backend_parse(const char *s, lte_backend *b);
+/* Make backend b ready in this process (lte_kernel.h, open): -1 with a
+ * message when it is not built ("solver backend 'cuda' is not built into
+ * this coemu (built: cpu)") or cannot run here ("... no CUDA device ...");
+ * ordinal picks the device (modulo the devices present; the node-local MPI
+ * rank). desc (may be NULL) gets a line describing what will compute. */
+int lte_backend_open(lte_backend b, int ordinal, char *desc, size_t ndesc);
+
 /* Which vector path this build's CPU kernel uses ("avx512-libmvec" or
  * "portable"). */
 const char *lte_kernel_name(void);

@@ -3,9 +3,11 @@
  *
  * One interface, one file per implementation: solver/lte_kernel_cpu.c (the
  * AVX-512 and portable kernels, OpenMP over rays) is built always; a device
- * kernel (solver/lte_kernel_cuda.cu, not written yet) provides the same
- * table under the same name and is checked against the same reference
- * (tests/solver/test_lte_backends.c runs every built backend).
+ * kernel (solver/lte_kernel_cuda.cu, with COEMU_HAVE_CUDA) provides the same
+ * table under its own name, computes each ray with the functions of
+ * solver/lte_kernel_body.h (compiled for the host too, so CI runs them) and
+ * is checked against the same reference (tests/solver/test_lte_backends.c
+ * runs every built backend, and the host-compiled bodies).
  *
  * Division of work. The driver (lte_solve_cube, lte_solve_cube_f32,
  * lte_solve_batch) checks the arguments (shape >= 1, nz <= 2^24, dx > 0,
@@ -81,10 +83,22 @@
 #include <stdint.h>
 #include <string.h>
 
+/* The scalar functions below are compiled for the host and, by nvcc, for the
+ * device as well (solver/lte_kernel_body.h). */
+#if defined(__CUDACC__)
+#define LTE_HD __host__ __device__
+#else
+#define LTE_HD
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* The backends. lte_options.backend picks one; 0 is the default. */
 typedef enum {
   LTE_BACKEND_CPU = 0, /* lte_kernel_cpu.c, always built */
-  LTE_BACKEND_CUDA,    /* lte_kernel_cuda.cu, with COEMU_HAVE_CUDA (not written yet) */
+  LTE_BACKEND_CUDA,    /* lte_kernel_cuda.cu, with COEMU_HAVE_CUDA */
   LTE_BACKEND_COUNT
 } lte_backend;
 
@@ -161,6 +175,12 @@ typedef struct lte_kernel {
   const char *name;    /* the backend's name, as lte_backend_name gives it */
   const char *variant; /* how this build computes, e.g. "avx512-libmvec", "portable" */
   int (*solve)(const lte_kernel_model *m, const lte_kernel_batch *b);
+  /* NULL (nothing to prepare), or: make the backend ready in this process
+   * on device `ordinal` modulo the devices present (one GPU per MPI rank:
+   * the node-local rank) and describe it into desc[ndesc]; -1 with a message
+   * when it cannot run here (no device, no driver). solve() opens device 0
+   * itself when open was not called. */
+  int (*open)(int ordinal, char *desc, size_t ndesc);
 } lte_kernel;
 
 extern const lte_kernel lte_kernel_cpu; /* lte_kernel_cpu.c */
@@ -175,22 +195,22 @@ const char *lte_backend_name(lte_backend b);
 
 /* The scalar forms of the contract, shared by the line model (lte_line.c)
  * and the CPU kernel. Compile with -ffp-contract=off (solver/meson.build). */
-static inline int lte_kernel_cell_ok(double v, double T, double n, double c) {
+static inline LTE_HD int lte_kernel_cell_ok(double v, double T, double n, double c) {
   return (fabs(v) < c) & (T > 0) & (T <= DBL_MAX) & (n >= 0) & (n <= DBL_MAX);
 }
 
-static inline int lte_kernel_pop_ok(double pl, double pu) {
+static inline LTE_HD int lte_kernel_pop_ok(double pl, double pu) {
   return (pl >= 0) & (pl <= 1) & (pu >= 0) & (pu <= 1);
 }
 
-static inline double lte_z_direct(int nlev, const double *neg_e_over_k, const double *g,
+static inline LTE_HD double lte_z_direct(int nlev, const double *neg_e_over_k, const double *g,
                                   double T) {
   double invT = 1.0 / T, Z = 0;
   for (int i = 0; i < nlev; i++) Z += g[i] * exp(neg_e_over_k[i] * invT);
   return Z;
 }
 
-static inline double lte_z_cheb(const double *c, double s) {
+static inline LTE_HD double lte_z_cheb(const double *c, double s) {
   double b1 = 0, b2 = 0, s2 = 2 * s;
   for (int k = LTE_ZT_NC - 1; k >= 1; k--) {
     double b0 = c[k] + s2 * b1 - b2;
@@ -201,7 +221,7 @@ static inline double lte_z_cheb(const double *c, double s) {
 }
 
 /* Piece index and local coordinate s in [-1, 1] of T, or -1 outside. */
-static inline int lte_z_piece(double T, double *s) {
+static inline LTE_HD int lte_z_piece(double T, double *s) {
   if (!(T >= 1.0 && T < (double)(1 << LTE_ZT_OCT))) return -1;
   uint64_t bits;
   memcpy(&bits, &T, 8);
@@ -217,12 +237,16 @@ static inline int lte_z_piece(double T, double *s) {
 }
 
 /* Z(T) as every kernel evaluates it: the table, or the direct sum. */
-static inline double lte_z_partition(int nlev, const double *neg_e_over_k, const double *g,
+static inline LTE_HD double lte_z_partition(int nlev, const double *neg_e_over_k, const double *g,
                                      const double *ztab, const unsigned char *zdirect, double T) {
   double s;
   int p = lte_z_piece(T, &s);
   if (p < 0 || zdirect[p]) return lte_z_direct(nlev, neg_e_over_k, g, T);
   return lte_z_cheb(ztab + (size_t)p * LTE_ZT_NC, s);
 }
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

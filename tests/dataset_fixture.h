@@ -142,7 +142,7 @@ static inline int fixture_write(const char *dir, const fixture_spec *f) {
   }
   if (rc == 0) {
     job_frequencies(&j, 230.538e9, freq);
-    dataset_provenance pv = {&j, freq, 230.538e9, "tests/dataset_fixture.h", "none", 1};
+    dataset_provenance pv = {&j, freq, 230.538e9, "tests/dataset_fixture.h", "none", 1, NULL};
     rc = dataset_finish(dir, &pv);
   }
   free(ms);

@@ -1,7 +1,10 @@
 /* bench_sample.c - `coemu bench sample`: milliseconds per 64^3 cube (k = 2,
  * one thread, Haar rotations) from a 2-level model (agbwind3d_0000.dat with
  * its sidecar) and a 4-level model built in memory (an analytic wind on a
- * forest refined towards the centre). */
+ * forest refined towards the centre). With --device cuda: cubes per second
+ * of batches of --batch directions sampled on the GPU (copies to the host
+ * included), and samples per second of sample + LTE solve (7 COEmuNet
+ * channels) on the GPU, the cubes crossing the bus to the host and back. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +17,9 @@
 #include "rotate/directions.h"
 #include "rotate/model.h"
 #include "rotate/sampler.h"
+#include "solver/freqgrid.h"
+#include "solver/lamda.h"
+#include "solver/lte.h"
 
 /* thread CPU time: the figure stays meaningful on a loaded machine */
 static double now(void) {
@@ -68,46 +74,134 @@ static int run(const char *label, const ce_model *m, int reps) {
   return 0;
 }
 
+static int cmp_d(const void *x, const void *y) {
+  double a = *(const double *)x, b = *(const double *)y;
+  return (a > b) - (a < b);
+}
+
+static double wall(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+/* the device figures of one model: median of reps batches */
+static int run_device(const char *label, const ce_model *m, int reps, int nb, const lte_line *L) {
+  sampler_device *d;
+  char desc[320];
+  CE_TRY(sampler_device_open(m, 0, &d, desc, sizeof desc));
+  printf("sample %s device %s\n", label, desc);
+  sampler_opts o;
+  sampler_defaults(&o);
+  o.ball_radius = model_half_extent(m);
+  o.edge = 2 * o.ball_radius / sqrt(3.0);
+  const size_t N = 64 * 64 * 64, np = 64 * 64 * 7;
+  float **a = calloc(nb, sizeof *a), **b = calloc(nb, sizeof *b), **c = calloc(nb, sizeof *c);
+  double **img = calloc(nb, sizeof *img), (*q)[4] = calloc(nb, sizeof *q);
+  double *t = calloc(2 * reps, sizeof *t);
+  int rc = a && b && c && img && q && t ? 0 : ce_err("bench sample: out of memory");
+  for (int i = 0; i < nb && rc == 0; i++) {
+    a[i] = malloc(N * 4), b[i] = malloc(N * 4), c[i] = malloc(N * 4), img[i] = malloc(np * 8);
+    if (!a[i] || !b[i] || !c[i] || !img[i]) rc = ce_err("bench sample: out of memory");
+    dir_quaternion(DIR_HAAR, 1, 0, (uint32_t)i, q[i]);
+  }
+  double f[7];
+  freqgrid_coemunet(L->nu0, f);
+  lte_options lo = {.dx = o.edge / 64, .take_abs = 1, .backend = LTE_BACKEND_CUDA};
+  lte_kernel_model km;
+  lte_kernel_model_init(&km, L, &lo);
+  const lte_kernel *k = lte_kernel_get(LTE_BACKEND_CUDA);
+  lte_kernel_batch kb = {.ncube = nb, .nx = 64, .ny = 64, .nz = 64, .dtype = LTE_KERNEL_F32,
+                         .v = (const void *const *)a, .T = (const void *const *)b,
+                         .n = (const void *const *)c, .nf = 7, .freqs = f, .image = img};
+  if (rc == 0 && !k) rc = ce_err("solver backend 'cuda' is not built into this coemu");
+  /* warm-up, then reps batches sampled, and reps sampled and solved */
+  if (rc == 0) rc = sampler_device_sample(d, nb, (const double(*)[4])q, &o, a, b, c);
+  if (rc == 0 && k->solve(&km, &kb) != 0) rc = -1;
+  for (int r = 0; r < reps && rc == 0; r++) {
+    double t0 = wall();
+    rc = sampler_device_sample(d, nb, (const double(*)[4])q, &o, a, b, c);
+    double t1 = wall();
+    if (rc == 0 && k->solve(&km, &kb) != 0) rc = -1;
+    t[r] = t1 - t0, t[reps + r] = wall() - t0;
+  }
+  if (rc == 0) {
+    qsort(t, reps, sizeof *t, cmp_d);
+    qsort(t + reps, reps, sizeof *t, cmp_d);
+    printf("sample %s device=cuda batch=%d cubes_per_s %.1f (64^3, k=2, cubes copied to the host)\n",
+           label, nb, nb / t[reps / 2]);
+    printf("sample+solve %s device=cuda batch=%d samples_per_s %.1f (7 channels; cubes cross the "
+           "bus to the host and back)\n", label, nb, nb / t[reps + reps / 2]);
+  }
+  for (int i = 0; i < nb && a && b && c && img; i++) free(a[i]), free(b[i]), free(c[i]), free(img[i]);
+  free(a), free(b), free(c), free(img), free(q), free(t);
+  sampler_device_close(d);
+  return rc;
+}
+
 int bench_sample(int argc, char **argv) {
   const char *model = NULL;
-  int64_t reps = 20;
+  int64_t reps = 20, batch = 64;
+  const char *device = "cpu";
   cli_opt opts[] = {
       {"model", CLI_STR, &model, "FILE", "2-level model (default $COEMU_TEST_DATA or tests/data: amrvac/agbwind3d_0000.dat)", 0, 0},
-      {"reps", CLI_INT, &reps, "N", "cubes per model (default 20)", 0, 0},
+      {"reps", CLI_INT, &reps, "N", "cubes per model (default 20); --device cuda: batches", 0, 0},
+      {"device", CLI_STR, &device, "cpu|cuda", "where the cubes are sampled (default cpu; cuda: the first GPU, with sample + solve)", 0, 0},
+      {"batch", CLI_INT, &batch, "N", "--device cuda: directions per batch (default 64)", 0, 0},
       {0}};
   const cli_command spec = {
-      "bench sample", "[--model FILE] [--reps N]",
+      "bench sample", "[--model FILE] [--reps N] [--device cpu|cuda] [--batch N]",
       "Milliseconds per 64^3 cube (k = 2) from a 2-level and a 4-level model.", opts, 0, 0};
   cli_status r = cli_run_parse(&spec, argc, argv, NULL, NULL);
   if (r != CLI_OK) return cli_exit(r);
   if (reps < 1 || reps > 10000)
     return cli_usage_fail("bench sample", "--reps %lld, expected 1..10000", (long long)reps);
+  int on_device = !strcmp(device, "cuda");
+  if (!on_device && strcmp(device, "cpu"))
+    return cli_usage_fail("bench sample", "--device '%s', expected cpu or cuda", device);
+  if (batch < 1 || batch > 4096)
+    return cli_usage_fail("bench sample", "--batch %lld, expected 1..4096", (long long)batch);
   char path[2048];
   if (!model) {
     const char *dd = getenv("COEMU_TEST_DATA");
     snprintf(path, sizeof path, "%s/amrvac/agbwind3d_0000.dat", dd ? dd : "tests/data");
     model = path;
   }
-  ce_model *m;
-  if (model_load(model, NULL, &m) < 0) return cli_fail("bench sample");
-  int rc = run("2-level", m, (int)reps);
-  model_free(m);
-  if (rc < 0) return cli_fail("bench sample");
-  amrvac_snapshot s;
-  if (model_synthetic_snapshot((int[3]){32, 32, 32}, (int[3]){8, 8, 8}, (double[3]){-32, -32, -32},
-                               (double[3]){32, 32, 32}, 4, 5.0 / 3, refine, NULL, wind, NULL,
-                               &s) < 0)
-    return cli_fail("bench sample");
-  units u;
-  const char *y = "version: 1\nunit_system: cgs\nunit_length: 1.495978707e13\n"
-                  "unit_numberdensity: 1.0e9\nunit_velocity: 1.0e5\nmu: 2.3\n"
-                  "co_abundance: 1.0e-4\nstretched: false\n";
-  if (units_parse(y, strlen(y), "(bench units)", &u) < 0 || model_from_snapshot(&s, &u, &m) < 0) {
-    amrvac_free(&s);
-    return cli_fail("bench sample");
+  lamda_molecule mol;
+  lte_line L;
+  if (on_device) {
+    if (lamda_read(lamda_default_co_path(), &mol) < 0) return cli_fail("bench sample");
+    if (lte_line_init(&L, &mol, 2, 28.0) < 0) {
+      lamda_free(&mol);
+      return cli_fail("bench sample");
+    }
   }
-  amrvac_free(&s);
-  rc = run("4-level", m, (int)reps);
-  model_free(m);
+#define RUN_MODEL(label, m) (on_device ? run_device(label, m, (int)reps, (int)batch, &L) \
+                                       : run(label, m, (int)reps))
+  ce_model *m;
+  int rc = model_load(model, NULL, &m);
+  if (rc == 0) {
+    rc = RUN_MODEL("2-level", m);
+    model_free(m);
+  }
+  amrvac_snapshot s;
+  if (rc == 0)
+    rc = model_synthetic_snapshot((int[3]){32, 32, 32}, (int[3]){8, 8, 8},
+                                  (double[3]){-32, -32, -32}, (double[3]){32, 32, 32}, 4, 5.0 / 3,
+                                  refine, NULL, wind, NULL, &s);
+  if (rc == 0) {
+    units u;
+    const char *y = "version: 1\nunit_system: cgs\nunit_length: 1.495978707e13\n"
+                    "unit_numberdensity: 1.0e9\nunit_velocity: 1.0e5\nmu: 2.3\n"
+                    "co_abundance: 1.0e-4\nstretched: false\n";
+    rc = units_parse(y, strlen(y), "(bench units)", &u);
+    if (rc == 0) rc = model_from_snapshot(&s, &u, &m);
+    amrvac_free(&s);
+    if (rc == 0) {
+      rc = RUN_MODEL("4-level", m);
+      model_free(m);
+    }
+  }
+  if (on_device) lte_line_free(&L), lamda_free(&mol);
   return rc < 0 ? cli_fail("bench sample") : 0;
 }

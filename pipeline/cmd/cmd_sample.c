@@ -125,7 +125,8 @@ static int write_preview(const char *path, float *const cube[3], int n, double h
 }
 
 int cmd_sample(int argc, char **argv) {
-  const char *units_path = NULL, *sampler_name = "haar", *out = NULL, *preview = NULL;
+  const char *units_path = NULL, *sampler_name = "haar", *out = NULL, *preview = NULL,
+             *device = "cpu";
   int64_t ndir = 1, seed = 0, model_id = 0, n = 64, k = 2;
   double edge = 0, ball = 0, bg_n = 0, bg_T = 0;
   int compat = 0, f64 = 0, h5 = 0, fill = 0;
@@ -136,9 +137,13 @@ int cmd_sample(int argc, char **argv) {
       {"seed", CLI_INT, &seed, "S", "job seed (default 0)", 0, 0},
       {"model-id", CLI_INT, &model_id, "I", "model id in the job (default 0)", 0, 0},
       {"n", CLI_INT, &n, "N", "voxels per cube edge (default 64)", 0, 0},
-      {"edge", CLI_DOUBLE, &edge, "M", "cube edge [m] (default: the largest cube in the ball)", 0, 0},
+      {"edge", CLI_DOUBLE, &edge, "M",
+       "cube edge [m] (default: the ball radius, as generate's sampling.edge: auto; a dataset's "
+       "/geometry edge remakes its cubes)", 0, 0},
       {"ball", CLI_DOUBLE, &ball, "M",
-       "ball radius [m] (default: the model's smallest half-extent; --compat: the paper's R)", 0, 0},
+       "ball radius [m] (default: this model's smallest half-extent, where generate takes the "
+       "smallest over all the job's models: pass a dataset's /geometry ball_radius; --compat: "
+       "the paper's R)", 0, 0},
       {"k", CLI_INT, &k, "K", "sub-samples per voxel edge (default 2)", 0, 0},
       {"fill", CLI_FLAG, &fill, NULL, "fill what lies outside the ball with the background", 0, 0},
       {"bg-n", CLI_DOUBLE, &bg_n, "N", "background n_CO [m^-3] with --fill (default 0)", 0, 0},
@@ -147,6 +152,7 @@ int cmd_sample(int argc, char **argv) {
       {"float64", CLI_FLAG, &f64, NULL, "write float64 cubes (default float32)", 0, 0},
       {"h5", CLI_FLAG, &h5, NULL, "one HDF5 file per direction instead of .npy files", 0, 0},
       {"preview", CLI_STR, &preview, "FILE.png", "central slices and CO column of direction 0", 0, 0},
+      {"device", CLI_STR, &device, "cpu|cuda", "where the cubes are sampled (default cpu; cuda: the first GPU, same bits; not with --compat)", 0, 0},
       {"out", CLI_STR, &out, "DIR", "output directory", 1, 0},
       {0}};
   const cli_command spec = {
@@ -166,6 +172,15 @@ int cmd_sample(int argc, char **argv) {
     free(pos);
     return cli_usage_fail(
         "sample", "--directions 1..1000000, --n 1..4096, --k 1..16, --seed >= 0, --model-id 0..2^32-1");
+  }
+  int on_device = !strcmp(device, "cuda");
+  if (!on_device && strcmp(device, "cpu")) {
+    free(pos);
+    return cli_usage_fail("sample", "--device '%s', expected cpu or cuda", device);
+  }
+  if (on_device && compat) {
+    free(pos);
+    return cli_usage_fail("sample", "--device cuda samples the cubes of sampler.c, not --compat's gridding");
   }
   ce_model *m;
   const char *model_path = pos[0]; /* argv's string: outlives pos */
@@ -189,16 +204,23 @@ int cmd_sample(int argc, char **argv) {
     o.ball_radius = ball > 0 ? ball : COMPAT_PAPER_RADIUS;
   } else {
     o.ball_radius = ball > 0 ? ball : model_half_extent(m);
-    o.edge = edge > 0 ? edge : 2 * o.ball_radius / sqrt(3.0);
+    o.edge = edge > 0 ? edge : o.ball_radius; /* generate's edge: auto (producer.c) */
   }
-  int rc = cube[0] && cube[1] && cube[2] && fs_mkdir_p(out) == 0 ? 0 : -1;
+  int rc = cube[0] && cube[1] && cube[2] ? 0 : -1;
+  sampler_device *dev = NULL;
+  if (rc == 0 && on_device && sampler_device_open(m, 0, &dev, NULL, 0) < 0) {
+    ce_err_prefix("--device cuda");
+    rc = -1;
+  }
+  if (rc == 0) rc = fs_mkdir_p(out);
   for (int64_t d = 0; d < ndir && rc == 0; d++) {
     double q[4], dx, voxel;
     dir_quaternion(smp, (uint64_t)seed, (uint32_t)model_id, (uint32_t)d, q);
     if (compat)
       rc = compat_grid(m, q, o.ball_radius, cube[0], cube[1], cube[2], &dx, &voxel);
     else {
-      rc = sample_cube(m, q, &o, cube[0], cube[1], cube[2]);
+      rc = dev ? sampler_device_sample(dev, 1, (const double(*)[4])q, &o, &cube[0], &cube[1], &cube[2])
+               : sample_cube(m, q, &o, cube[0], cube[1], cube[2]);
       dx = voxel = o.edge / o.n;
     }
     if (rc < 0) break;
@@ -221,6 +243,7 @@ int cmd_sample(int argc, char **argv) {
     }
   }
   for (int f = 0; f < 3; f++) free(cube[f]);
+  sampler_device_close(dev);
   model_free(m);
   if (rc < 0) return cli_fail("sample");
   printf("coemu sample: %lld direction(s) of %d^3 written to %s\n", (long long)ndir, cn, out);

@@ -22,8 +22,9 @@ static void on_signal(int sig) {
 
 int cmd_serve(int argc, char **argv) {
   const char *endpoint = "tcp://127.0.0.1:5555", *split = "train", *curve_secret = NULL,
-             *curve_auth = NULL;
-  int64_t ranks = 1, batch = 16, epochs = 0, seed = 1234, prefetch = 4, credit = 8, maxcons = 0;
+             *curve_auth = NULL, *order = "exact";
+  int64_t ranks = 1, batch = 16, epochs = 0, seed = 1234, prefetch = 4, credit = 8, maxcons = 0,
+          order_shards = 0, order_buffer = 0;
   int pad = 0, live = 0;
   double heartbeat = 1.0, timeout = 10.0, idle_exit = -1;
   cli_opt opts[] = {
@@ -33,6 +34,9 @@ int cmd_serve(int argc, char **argv) {
       {"batch", CLI_INT, &batch, "B", "samples per chunk (default 16)", 0, 0},
       {"epochs", CLI_INT, &epochs, "E", "stop after E epochs for every rank (default: serve until stopped)", 0, 0},
       {"seed", CLI_INT, &seed, "S", "shuffle seed (default 1234)", 0, 0},
+      {"order", CLI_STR, &order, "MODE", "epoch order: exact (default: a uniform shuffle) or shards (shard-aware, for parallel file systems)", 0, 0},
+      {"order-shards", CLI_INT, &order_shards, "K", "order shards: shards read at once (default 8)", 0, 0},
+      {"order-buffer", CLI_INT, &order_buffer, "B", "order shards: samples shuffled together (default 4 x samples per shard)", 0, 0},
       {"pad", CLI_FLAG, &pad, NULL, "pad the last batch by wrapping around (default: drop the remainder)", 0, 0},
       {"live", CLI_FLAG, &live, NULL, "serve a dataset coemu generate is still making (shards as they finish)", 0, 0},
       {"prefetch", CLI_INT, &prefetch, "K", "chunks read ahead per rank (default 4)", 0, 0},
@@ -47,9 +51,10 @@ int cmd_serve(int argc, char **argv) {
   const cli_command spec = {
       "serve", "DATASET [options]",
       "Stream a dataset's split to W trainer ranks over ZeroMQ (docs/stream-protocol.md):\n"
-      "a deterministic shuffle per (seed, epoch), disjoint samples per rank, equal batch\n"
-      "counts, credit-based flow control, resume from (epoch, position), normalisation\n"
-      "with the dataset's /stats on request.",
+      "a deterministic order per (seed, epoch) (--order exact: a uniform shuffle; shards:\n"
+      "shard-aware), disjoint samples per rank, equal batch counts, credit-based flow\n"
+      "control, resume from (epoch, position), normalisation with the dataset's /stats on\n"
+      "request.",
       opts, 1, 1};
   int np;
   char **pos;
@@ -69,11 +74,26 @@ int cmd_serve(int argc, char **argv) {
     return cli_usage_fail("serve", "out of range: --ranks 1..65535, --batch 1..4096, --epochs >= 0, "
                                    "--prefetch 1..64, --max-credit 1..1024, --max-consumers 1..1000000");
   }
+  int omode;
+  if (order_mode_parse(order, &omode) < 0) {
+    free(pos);
+    return cli_usage_fail("serve", "--order: %s", ce_err_msg());
+  }
+  if (order_shards < 0 || order_shards > ORDER_MAX_SHARDS || order_buffer < 0) {
+    free(pos);
+    return cli_usage_fail("serve", "out of range: --order-shards 1..%d, --order-buffer >= 1",
+                          ORDER_MAX_SHARDS);
+  }
+  if ((order_shards || order_buffer) && omode != ORDER_SHARDS) {
+    free(pos);
+    return cli_usage_fail("serve", "--order-shards and --order-buffer go with --order shards");
+  }
   /* a consumer that stops mid-epoch must not keep an --epochs server for ever */
   if (idle_exit < 0) idle_exit = epochs > 0 ? 600 : 0;
   serve_opts so = {.dataset_dir = pos[0], .split = split, .seed = (uint64_t)seed,
                    .world = (int)ranks, .batch = (int)batch, .drop_last = !pad,
-                   .prefetch = (int)prefetch, .live = live};
+                   .prefetch = (int)prefetch, .live = live,
+                   .order = {.mode = omode, .shards = order_shards, .buffer = order_buffer}};
   serve_source *src;
   if (serve_open(&so, &src) < 0) {
     free(pos);
@@ -103,11 +123,16 @@ int cmd_serve(int argc, char **argv) {
     snprintf(idle_buf, sizeof idle_buf, "after %g s without consumers", idle_exit);
   else
     snprintf(idle_buf, sizeof idle_buf, "never");
+  const order_plan *op = serve_order(src);
+  char order_buf[96] = "order exact";
+  if (op->mode == ORDER_SHARDS)
+    snprintf(order_buf, sizeof order_buf, "order shards (K %lld, buffer %lld, %lld shards)",
+             (long long)op->shards, (long long)op->buffer, (long long)op->ngroups);
   fprintf(stderr,
           "serve: %s%s split '%s': %llu samples, %llu per rank per epoch for %lld ranks, batch %lld, "
-          "dataset id %016llx, listening on %s%s; idle exit %s\n",
+          "%s, dataset id %016llx, listening on %s%s; idle exit %s\n",
           pos[0], live ? " (live)" : "", split, (unsigned long long)serve_split_size(src),
-          (unsigned long long)serve_samples_per_rank(src), (long long)ranks, (long long)batch,
+          (unsigned long long)serve_samples_per_rank(src), (long long)ranks, (long long)batch, order_buf,
           (unsigned long long)serve_dataset_id(src), endpoint, curve_secret ? " (CURVE)" : "",
           idle_buf);
   struct sigaction sa;

@@ -296,7 +296,7 @@ int cmd_solve(int argc, char **argv) {
   args[nargs] = NULL;
 
   const char *vz = NULL, *Tp = NULL, *np = NULL, *in = NULL, *lamda = NULL, *channels = "coemunet",
-             *out = NULL, *fits = NULL, *preview = NULL;
+             *out = NULL, *fits = NULL, *preview = NULL, *device = "cpu";
   double dx = 0, vturb = 0, mass = 0, background = 0;
   int64_t transition = 0, upper = 0, lower = 0, threads = 0;
   int take_abs = 0, corrected = 0, dummy_example = 0;
@@ -319,6 +319,7 @@ int cmd_solve(int argc, char **argv) {
       {"abs", CLI_FLAG, &take_abs, NULL, "write |I| (as COEmuNet did)", 0, 0},
       {"corrected-taylor", CLI_FLAG, &corrected, NULL, "correct small-dtau expansion instead of Pomme's", 0, 0},
       {"threads", CLI_INT, &threads, "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)", 0, 0},
+      {"device", CLI_STR, &device, "cpu|cuda", "where the solver runs (default cpu; cuda: the first GPU, an error without one)", 0, 0},
       {"out", CLI_STR, &out, "FILE", "image (x, y, frequency) as .npy or .h5 (with frequencies and provenance)", 0, 0},
       {"fits", CLI_STR, &fits, "FILE", "also write a FITS cube (x, y, FREQ)", 0, 0},
       {"preview", CLI_STR, &preview, "FILE", "also write the channel maps as a PNG", 0, 0},
@@ -346,6 +347,11 @@ int cmd_solve(int argc, char **argv) {
   double *freqs = NULL, *img = NULL;
   int nf = 0;
   char input_desc[4096];
+  lte_backend backend = LTE_BACKEND_CPU;
+  if (lte_backend_parse(device, &backend) < 0) {
+    ce_err_prefix("--device");
+    goto usage;
+  }
   int nsrc = example + (in != NULL) + (vz || Tp || np);
   if (nsrc != 1) {
     ce_err("give exactly one input: --vz/--T/--n, --in FILE.h5 or --example");
@@ -422,7 +428,11 @@ int cmd_solve(int argc, char **argv) {
   img = ce_malloc_array((size_t)c.nx * c.ny * nf, sizeof *img, "image");
   if (!img) goto fail;
   lte_options o = {.dx = dx, .vturb = vturb, .background = background, .take_abs = take_abs,
-                   .corrected_taylor = corrected, .threads = (int)threads};
+                   .corrected_taylor = corrected, .threads = (int)threads, .backend = backend};
+  if (backend != LTE_BACKEND_CPU && lte_backend_open(backend, 0, NULL, 0) < 0) {
+    ce_err_prefix("--device %s", device);
+    goto fail;
+  }
   if (lte_solve_cube(&L, freqs, nf, c.nx, c.ny, c.nz, c.v, c.T, c.n, &o, img) < 0) {
     /* the message starts with the array's name: add its file */
     const char *m = ce_err_msg();

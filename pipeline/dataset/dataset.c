@@ -16,6 +16,9 @@
 #include "common/version.h"
 #include "pipeline/dataset/h5util.h"
 #include "pipeline/job/yamltree.h"
+#include "rotate/directions.h"
+#include "rotate/sampler.h"
+#include "rotate/synth.h"
 
 void dataset_layout(const job *j, shard_layout *lay) {
   lay->n = j->n;
@@ -61,6 +64,121 @@ static int write_array(hid_t loc, const char *name, hid_t ftype, hid_t mtype, in
   herr_t rc = d >= 0 ? H5Dwrite(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) : -1;
   if (d >= 0) H5Dclose(d);
   return rc < 0 ? -1 : 0;
+}
+
+static int put_f64(hid_t g, const char *name, double v) {
+  return h5_put_attr(g, name, H5T_NATIVE_DOUBLE, &v);
+}
+
+static int put_i64(hid_t g, const char *name, int64_t v) {
+  return h5_put_attr(g, name, H5T_NATIVE_INT64, &v);
+}
+
+/* /models/file: each model's AMRVAC file, the job's path (inputs.amrvac) or
+ * relative to the dataset directory (synthetic models, written under
+ * DIR/models; /models attributes synth_seed and synth_levels remake them
+ * with coemu synth). */
+static int write_model_files(hid_t g, const job *j) {
+  char **files = ce_calloc_array((size_t)j->n_models, sizeof *files, "model files");
+  if (!files) return -1;
+  int rc = 0;
+  for (int64_t m = 0; rc == 0 && m < j->n_models; m++) {
+    char p[4096];
+    if (j->input == JOB_INPUT_AMRVAC) snprintf(p, sizeof p, "%s", j->model_names[m]);
+    else rc = synth_model_path(p, sizeof p, "models", m, ".dat");
+    if (rc == 0 && !(files[m] = strdup(p))) rc = ce_err("out of memory");
+  }
+  hsize_t md[1] = {(hsize_t)j->n_models};
+  hid_t st = H5Tcopy(H5T_C_S1);
+  H5Tset_size(st, H5T_VARIABLE);
+  H5Tset_cset(st, H5T_CSET_UTF8);
+  if (rc == 0 && write_array(g, "file", st, st, 1, md, files) < 0) rc = ce_err("HDF5 error");
+  if (rc == 0 && j->input == JOB_INPUT_SYNTH &&
+      (put_i64(g, "synth_seed", j->synth_seed) < 0 || put_i64(g, "synth_levels", j->synth_levels) < 0))
+    rc = ce_err("HDF5 error (attributes)");
+  H5Tclose(st);
+  for (int64_t m = 0; m < j->n_models; m++) free(files[m]);
+  free(files);
+  return rc;
+}
+
+/* /geometry: how the input cubes were made, with every size in SI units
+ * (docs/dataset-format.md, "Geometry"). */
+static int write_geometry(hid_t f, const job *j, const dataset_geometry *g) {
+  hid_t gr = H5Gcreate2(f, "geometry", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  if (gr < 0) return -1;
+  char key[96];
+  snprintf(key, sizeof key, "Philox4x32-10 key = seed (64 bits), counter = (model_id, "
+                            "direction_index, stream %u, draw)", (unsigned)DIR_STREAM);
+  int rc = h5_put_str_attr(gr, "gridding", g->compat ? "coemunet-compat" : "sampler") < 0 ||
+           put_i64(gr, "n", j->n) < 0 || put_f64(gr, "edge", g->edge) < 0 ||
+           put_i64(gr, "edge_auto", j->edge > 0 ? 0 : 1) < 0 || put_f64(gr, "dx", g->dx) < 0 ||
+           put_f64(gr, "ball_radius", g->ball_radius) < 0 ||
+           put_i64(gr, "k", g->compat ? 0 : j->k) < 0 ||
+           h5_put_str_attr(gr, "sampler", g->compat ? "rotate/compat_grid" : "rotate/sample_cube") < 0 ||
+           put_i64(gr, "sampler_version", g->compat ? 1 : SAMPLER_VERSION) < 0 ||
+           h5_put_str_attr(gr, "reconstruction", g->compat ? "bin mean" : SAMPLER_RECONSTRUCTION) < 0 ||
+           put_i64(gr, "fill_background", j->fill_background) < 0 ||
+           put_f64(gr, "background_n", j->background_n) < 0 ||
+           put_f64(gr, "background_T", j->background_T) < 0 ||
+           h5_put_str_attr(gr, "centre", "the model's domain centre (bounding-box centre)") < 0 ||
+           h5_put_str_attr(gr, "line_of_sight", "+z, cube index z = 0 nearest the observer; "
+                                                "v_z > 0 away from the observer") < 0 ||
+           h5_put_str_attr(gr, "direction_sampler", j->sampler) < 0 ||
+           h5_put_attr(gr, "direction_seed", H5T_NATIVE_UINT64, &j->seed) < 0 ||
+           h5_put_str_attr(gr, "direction_generator", key) < 0 ||
+           put_i64(gr, "direction_stream", DIR_STREAM) < 0 ||
+           h5_put_str_attr(gr, "units", "edge m, dx m, ball_radius m, background_n m^-3, background_T K") < 0 ||
+           h5_put_str_attr(gr, "note", g->compat ? "coemunet-compat: the box spans each sample's rotated points, "
+                                                   "so edge and dx (2 x the voxel, the paper's value) are per "
+                                                   "sample (NaN here); remake a sample with coemu sample --compat"
+                                                 : "dx = edge / n; remake a sample with coemu sample --edge "
+                                                   "--ball --n --k --sampler --seed --model-id") < 0
+               ? -1
+               : 0;
+  H5Gclose(gr);
+  return rc;
+}
+
+/* /solver: the line and the imager's options (the LAMDA file's text is the
+ * scalar string dataset /solver/lamda). */
+static int write_solver(hid_t f, const job *j, double nu0) {
+  char *text = NULL;
+  size_t len = 0;
+  int builtin = !strncmp(j->lamda, JOB_LAMDA_BUILTIN_PREFIX, strlen(JOB_LAMDA_BUILTIN_PREFIX));
+  if (!builtin && fs_read_all(j->lamda, &text, &len) < 0) return -1;
+  const char *lam = builtin ? job_lamda_co_text : text;
+  hid_t gr = H5Gcreate2(f, "solver", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  int rc = gr < 0 ? -1 : 0;
+  if (rc == 0) {
+    hid_t st = H5Tcopy(H5T_C_S1);
+    H5Tset_size(st, H5T_VARIABLE);
+    H5Tset_cset(st, H5T_CSET_UTF8);
+    hid_t sp = H5Screate(H5S_SCALAR);
+    hid_t d = H5Dcreate2(gr, "lamda", st, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    rc = d < 0 || H5Dwrite(d, st, H5S_ALL, H5S_ALL, H5P_DEFAULT, &lam) < 0 ||
+                 h5_put_str_attr(d, "file", j->lamda) < 0
+             ? -1
+             : 0;
+    if (d >= 0) H5Dclose(d);
+    H5Sclose(sp);
+    H5Tclose(st);
+  }
+  if (rc == 0 &&
+      (h5_put_str_attr(gr, "imager", "LTE, Pomme-equivalent (docs/physics.md), float64") < 0 ||
+       put_i64(gr, "transition", j->transition) < 0 || put_f64(gr, "nu0", nu0) < 0 ||
+       put_f64(gr, "mass", j->mass) < 0 || put_f64(gr, "vturb", j->vturb) < 0 ||
+       put_f64(gr, "background", j->background) < 0 || put_i64(gr, "abs", j->take_abs) < 0 ||
+       put_i64(gr, "corrected_taylor", j->corrected_taylor) < 0 ||
+       h5_put_str_attr(gr, "channels", j->channel_mode == JOB_CH_COEMUNET ? "coemunet"
+                                       : j->channel_mode == JOB_CH_GRID   ? "grid"
+                                                                          : "list") < 0 ||
+       h5_put_str_attr(gr, "units", "nu0 Hz, mass u (atomic mass units), vturb m/s, "
+                                    "background W m^-2 Hz^-1 sr^-1; dx is /geometry's") < 0))
+    rc = -1;
+  if (gr >= 0) H5Gclose(gr);
+  free(text);
+  return rc < 0 ? ce_err("HDF5 error") : 0;
 }
 
 /* A virtual dataset /name [N, rest...] over the shards' /name. */
@@ -170,6 +288,7 @@ static int write_dataset_h5(const char *dir, const dataset_provenance *pv, const
     H5Tclose(st);
     if (rc == 0 && h5_put_str_attr(g, "source", j->input == JOB_INPUT_AMRVAC ? "amrvac" : "synth") < 0)
       rc = ce_err("%s: cannot write /models attributes", tmp);
+    if (rc == 0 && write_model_files(g, j) < 0) rc = ce_err_prefix("%s: /models/file", tmp);
   }
   if (g >= 0) H5Gclose(g);
   /* /provenance */
@@ -207,6 +326,12 @@ static int write_dataset_h5(const char *dir, const dataset_provenance *pv, const
       rc = ce_err("%s: cannot write /provenance line_mode", tmp);
   }
   if (g >= 0) H5Gclose(g);
+  if (rc == 0 && put_i64(f, "format_minor", DATASET_FORMAT_MINOR) < 0)
+    rc = ce_err("%s: cannot write the format_minor attribute", tmp);
+  if (rc == 0 && pv->geometry && write_geometry(f, j, pv->geometry) < 0)
+    rc = ce_err("%s: cannot write /geometry", tmp);
+  if (rc == 0 && pv->geometry && write_solver(f, j, pv->nu0) < 0)
+    rc = ce_err_prefix("%s: cannot write /solver", tmp);
   errno = 0;
   if (H5Fclose(f) < 0 && rc == 0) rc = ce_err("%s: cannot close: %s", tmp, errno ? strerror(errno) : "HDF5 error");
   if (rc == 0) rc = fs_rename_durable(tmp, path);
@@ -257,14 +382,25 @@ int dataset_finish(const char *dir, const dataset_provenance *pv) {
     snprintf(mpath, sizeof mpath, "%s/manifest.json", dir);
     rc = fs_open_tmp(mpath, tmp, sizeof tmp, &f);
     if (rc == 0) {
-      fprintf(f, "{\n  \"format\": \"coemu-dataset\",\n  \"format_version\": %d,\n",
-              all_sums ? 2 : 1);
+      fprintf(f, "{\n  \"format\": \"coemu-dataset\",\n  \"format_version\": %d,\n"
+                 "  \"format_minor\": %d,\n",
+              all_sums ? 2 : 1, DATASET_FORMAT_MINOR);
       fprintf(f, "  \"job_fingerprint\": \"%08x\",\n  \"samples\": %lld,\n  \"models\": %lld,\n",
               j->fingerprint, (long long)N, (long long)j->n_models);
       fprintf(f, "  \"directions\": %lld,\n  \"n\": %d,\n  \"channels\": %d,\n",
               (long long)j->directions, j->n, j->nf);
       fprintf(f, "  \"store_inputs\": %s,\n  \"samples_per_shard\": %lld,\n",
               j->store_inputs ? "true" : "false", (long long)S);
+      if (pv->geometry) { /* dataset.h5 /geometry's sizes (docs/dataset-format.md) */
+        const dataset_geometry *g = pv->geometry;
+        char e[32] = "null", dx[32] = "null";
+        if (!g->compat) snprintf(e, sizeof e, "%.17g", g->edge), snprintf(dx, sizeof dx, "%.17g", g->dx);
+        fprintf(f, "  \"geometry\": {\"gridding\": \"%s\", \"n\": %d, \"edge_m\": %s, \"dx_m\": %s, "
+                   "\"ball_radius_m\": %.17g, \"k\": %d, \"direction_sampler\": \"%s\", "
+                   "\"direction_seed\": %llu},\n",
+                g->compat ? "coemunet-compat" : "sampler", j->n, e, dx, g->ball_radius,
+                g->compat ? 0 : j->k, j->sampler, (unsigned long long)j->seed);
+      }
       if (j->line_mode != JOB_LINE_LTE) { /* lte manifests stay as they were */
         char lm[512];
         job_line_describe(&j->lvg, j->line_mode, j->abundance, lm, sizeof lm);

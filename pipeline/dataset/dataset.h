@@ -7,7 +7,8 @@
  *   DIR/dataset.h5         /inputs, /targets, /model_id, /direction_index,
  *                          /direction, /split, /valid as HDF5 virtual
  *                          datasets over the shards; /frequencies,
- *                          /velocities, /models catalogue, /provenance
+ *                          /velocities, /models catalogue, /provenance,
+ *                          /geometry and /solver (what remakes a sample)
  *
  * The manifest and dataset.h5 are written by rank 0 after every shard is
  * finished, each atomically, so a manifest never lists a partial shard.
@@ -39,6 +40,24 @@ void dataset_layout(const job *j, shard_layout *lay);
  * temporary files left by an interrupted run. */
 int dataset_prepare(const char *dir, const job *j);
 
+/* The format's minor version (manifest.json "format_minor", dataset.h5's root
+ * attribute format_minor): changes readers of the major format_version need
+ * not know about. 0 (absent): before /geometry and /solver, and coemunet
+ * /velocities with the wrong sign (-900..+900 m/s; docs/dataset-format.md,
+ * "Changes"); 1: /geometry, /solver, /velocities = c (1 - nu/nu0) to rounding. */
+#define DATASET_FORMAT_MINOR 1
+
+/* What the producer chose that the job alone does not say: the sizes a sample
+ * was made with (docs/dataset-format.md, "Geometry"). Written to dataset.h5's
+ * /geometry and manifest.json's "geometry". */
+typedef struct {
+  int compat;            /* 1: sampling.coemunet_compat's gridding (dx per sample) */
+  double ball_radius;    /* [m] the trimming ball (the smallest half-extent over the models,
+                            or with compat the paper's R if smaller) */
+  double edge;           /* [m] the cube edge (NaN with compat: the box spans the points) */
+  double dx;             /* [m] the solver's cell size, edge / n (NaN with compat: per sample) */
+} dataset_geometry;
+
 typedef struct {
   const job *job;
   const double *frequencies; /* [nf] Hz */
@@ -46,6 +65,7 @@ typedef struct {
   const char *producer;      /* what made the samples, e.g. "sampler+lte" */
   const char *mpi_version;   /* MPI_Get_library_version */
   int ranks;
+  const dataset_geometry *geometry; /* NULL: none recorded (producers without a sampler) */
 } dataset_provenance;
 
 /* Rank 0, after every shard is finished: write manifest.json and

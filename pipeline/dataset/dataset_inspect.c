@@ -59,6 +59,64 @@ static void print_stats_groups(hid_t f) {
   if (!any) printf("stats     none (coemu stats DIR computes them)\n");
 }
 
+#define AU_M 149597870700.0 /* the astronomical unit [m] */
+
+/* /geometry and /solver (docs/dataset-format.md, "Geometry"): what remakes a
+ * sample; the exact values are the groups' attributes, in SI units. */
+static void print_geometry(hid_t f) {
+  if (H5Lexists(f, "geometry", H5P_DEFAULT) <= 0) {
+    printf("geometry  not recorded (a dataset made before format_minor 1)\n");
+    return;
+  }
+  hid_t g = H5Gopen2(f, "geometry", H5P_DEFAULT);
+  if (g < 0) return;
+  char grid[64] = "", smp[64] = "", dsmp[32] = "", rec[32] = "";
+  double edge = 0, dx = 0, r = 0, bn = 0, bT = 0;
+  int64_t n = 0, k = 0, ver = 0, fill = 0, autoe = 0;
+  uint64_t seed = 0;
+  h5_get_str_attr(g, "gridding", grid, sizeof grid);
+  h5_get_str_attr(g, "sampler", smp, sizeof smp);
+  h5_get_str_attr(g, "direction_sampler", dsmp, sizeof dsmp);
+  h5_get_str_attr(g, "reconstruction", rec, sizeof rec);
+  h5_get_attr(g, "edge", H5T_NATIVE_DOUBLE, &edge);
+  h5_get_attr(g, "dx", H5T_NATIVE_DOUBLE, &dx);
+  h5_get_attr(g, "ball_radius", H5T_NATIVE_DOUBLE, &r);
+  h5_get_attr(g, "background_n", H5T_NATIVE_DOUBLE, &bn);
+  h5_get_attr(g, "background_T", H5T_NATIVE_DOUBLE, &bT);
+  h5_get_attr(g, "n", H5T_NATIVE_INT64, &n);
+  h5_get_attr(g, "k", H5T_NATIVE_INT64, &k);
+  h5_get_attr(g, "sampler_version", H5T_NATIVE_INT64, &ver);
+  h5_get_attr(g, "fill_background", H5T_NATIVE_INT64, &fill);
+  h5_get_attr(g, "edge_auto", H5T_NATIVE_INT64, &autoe);
+  h5_get_attr(g, "direction_seed", H5T_NATIVE_UINT64, &seed);
+  H5Gclose(g);
+  if (!strcmp(grid, "coemunet-compat"))
+    printf("geometry  coemunet-compat gridding, %lld^3 (edge and dx per sample), ball radius %.6g m "
+           "(%.4g au)\n", (long long)n, r, r / AU_M);
+  else
+    printf("geometry  %lld^3, edge %.6g m (%.4g au)%s, dx %.6g m, ball radius %.6g m (%.4g au), k %lld\n",
+           (long long)n, edge, edge / AU_M, autoe ? ", auto" : "", dx, r, r / AU_M, (long long)k);
+  printf("          sampler %s v%lld (%s), directions %s seed %llu", smp, (long long)ver, rec, dsmp,
+         (unsigned long long)seed);
+  if (fill) printf(", background n_CO %g m^-3, T %g K", bn, bT);
+  printf("\n");
+  if (H5Lexists(f, "solver", H5P_DEFAULT) <= 0) return;
+  g = H5Gopen2(f, "solver", H5P_DEFAULT);
+  if (g < 0) return;
+  double mass = 0, vt = 0, bg = 0;
+  int64_t tr = 0, ab = 0, ct = 0;
+  h5_get_attr(g, "transition", H5T_NATIVE_INT64, &tr);
+  h5_get_attr(g, "mass", H5T_NATIVE_DOUBLE, &mass);
+  h5_get_attr(g, "vturb", H5T_NATIVE_DOUBLE, &vt);
+  h5_get_attr(g, "background", H5T_NATIVE_DOUBLE, &bg);
+  h5_get_attr(g, "abs", H5T_NATIVE_INT64, &ab);
+  h5_get_attr(g, "corrected_taylor", H5T_NATIVE_INT64, &ct);
+  H5Gclose(g);
+  printf("solver    LAMDA transition %lld (file text in /solver/lamda), mass %g u, vturb %g m/s, "
+         "background %g W m^-2 Hz^-1 sr^-1%s%s\n", (long long)tr, mass, vt, bg, ab ? ", |I|" : "",
+         ct ? ", corrected Taylor" : "");
+}
+
 /* The labels from /models/split and the manifest, checked against each
  * shard's recorded CRC-32s (shard_reader_labels_planned): 1, or 0 when they
  * cannot be had that way (the shards are read then). */
@@ -154,7 +212,9 @@ int dataset_inspect(const char *dir) {
     if (h5_get_attr(dfq, "nu0", H5T_NATIVE_DOUBLE, &nu0) == 0 && nu0 > 0)
       printf(" (line rest frequency %.6f GHz)", nu0 * 1e-9);
     free(vel);
-    printf("\njob       %s\nmade by   coemu %s (git %s), producer %s\n", name, ver, rev, prod);
+    printf("\n");
+    print_geometry(f);
+    printf("job       %s\nmade by   coemu %s (git %s), producer %s\n", name, ver, rev, prod);
     print_stats_groups(f);
   }
   if (dfq >= 0) H5Dclose(dfq);

@@ -2,17 +2,24 @@
 #include "pipeline/dataset/shard.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <hdf5.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <zlib.h>
+#if defined(__PCLMUL__) && defined(__SSE4_1__)
+#include <immintrin.h>
+#define SHARD_CRC_CLMUL 1
+#endif
 
 #include "common/checksum.h"
 #include "common/error.h"
 #include "common/fsutil.h"
+#include "common/progress.h"
 #include "pipeline/dataset/h5util.h"
 
 const char *const shard_set_names[SHARD_NSETS] = {"inputs", "targets", "model_id",
@@ -29,7 +36,125 @@ struct shard_writer {
   double *quat;
   uint8_t *split, *valid;
   uint64_t *rowsum; /* [count][2]: XXH64 of each sample's input and target rows */
+  /* /inputs rows written by the row writer (raw chunk writes, below):
+   * the file offset of every row's chunk, and the files' descriptors */
+  int64_t *row_off;
+  size_t row_bytes;
+  int fd_direct, fd_plain;
 };
+
+#ifdef SHARD_CRC_CLMUL
+/* CRC-32 (zlib's: reflected 0x04C11DB7) of len >= 64 bytes, len % 16 == 0,
+ * by carry-less multiplication: four 128-bit lanes folded over 64-byte
+ * blocks, then folded to 128 bits and Barrett-reduced (V. Gopal et al.,
+ * "Fast CRC Computation for Generic Polynomials Using PCLMULQDQ
+ * Instruction", Intel, 2009; the constants are the paper's bit-reflected
+ * k1..k5, P(x) and mu for this polynomial, as in zlib-ng and Chromium's
+ * zlib). `crc` is the register (pre-inverted), as is the result. */
+static uint32_t crc32_clmul(const unsigned char *buf, size_t len, uint32_t crc) {
+  static const uint64_t k1k2[2] __attribute__((aligned(16))) = {0x0154442bd4, 0x01c6e41596};
+  static const uint64_t k3k4[2] __attribute__((aligned(16))) = {0x01751997d0, 0x00ccaa009e};
+  static const uint64_t k5k0[2] __attribute__((aligned(16))) = {0x0163cd6124, 0x0000000000};
+  static const uint64_t poly[2] __attribute__((aligned(16))) = {0x01db710641, 0x01f7011641};
+  __m128i x0, x1, x2, x3, x4, x5, x6, x7, x8, y5, y6, y7, y8;
+  x1 = _mm_loadu_si128((const __m128i *)(buf + 0x00));
+  x2 = _mm_loadu_si128((const __m128i *)(buf + 0x10));
+  x3 = _mm_loadu_si128((const __m128i *)(buf + 0x20));
+  x4 = _mm_loadu_si128((const __m128i *)(buf + 0x30));
+  x1 = _mm_xor_si128(x1, _mm_cvtsi32_si128((int)crc));
+  x0 = _mm_load_si128((const __m128i *)k1k2);
+  buf += 64;
+  len -= 64;
+  while (len >= 64) {
+    x5 = _mm_clmulepi64_si128(x1, x0, 0x00);
+    x6 = _mm_clmulepi64_si128(x2, x0, 0x00);
+    x7 = _mm_clmulepi64_si128(x3, x0, 0x00);
+    x8 = _mm_clmulepi64_si128(x4, x0, 0x00);
+    x1 = _mm_clmulepi64_si128(x1, x0, 0x11);
+    x2 = _mm_clmulepi64_si128(x2, x0, 0x11);
+    x3 = _mm_clmulepi64_si128(x3, x0, 0x11);
+    x4 = _mm_clmulepi64_si128(x4, x0, 0x11);
+    y5 = _mm_loadu_si128((const __m128i *)(buf + 0x00));
+    y6 = _mm_loadu_si128((const __m128i *)(buf + 0x10));
+    y7 = _mm_loadu_si128((const __m128i *)(buf + 0x20));
+    y8 = _mm_loadu_si128((const __m128i *)(buf + 0x30));
+    x1 = _mm_xor_si128(_mm_xor_si128(x1, x5), y5);
+    x2 = _mm_xor_si128(_mm_xor_si128(x2, x6), y6);
+    x3 = _mm_xor_si128(_mm_xor_si128(x3, x7), y7);
+    x4 = _mm_xor_si128(_mm_xor_si128(x4, x8), y8);
+    buf += 64;
+    len -= 64;
+  }
+  x0 = _mm_load_si128((const __m128i *)k3k4);
+  x5 = _mm_clmulepi64_si128(x1, x0, 0x00);
+  x1 = _mm_clmulepi64_si128(x1, x0, 0x11);
+  x1 = _mm_xor_si128(_mm_xor_si128(x1, x2), x5);
+  x5 = _mm_clmulepi64_si128(x1, x0, 0x00);
+  x1 = _mm_clmulepi64_si128(x1, x0, 0x11);
+  x1 = _mm_xor_si128(_mm_xor_si128(x1, x3), x5);
+  x5 = _mm_clmulepi64_si128(x1, x0, 0x00);
+  x1 = _mm_clmulepi64_si128(x1, x0, 0x11);
+  x1 = _mm_xor_si128(_mm_xor_si128(x1, x4), x5);
+  while (len >= 16) {
+    x2 = _mm_loadu_si128((const __m128i *)buf);
+    x5 = _mm_clmulepi64_si128(x1, x0, 0x00);
+    x1 = _mm_clmulepi64_si128(x1, x0, 0x11);
+    x1 = _mm_xor_si128(_mm_xor_si128(x1, x2), x5);
+    buf += 16;
+    len -= 16;
+  }
+  /* 128 -> 64 bits */
+  x2 = _mm_clmulepi64_si128(x1, x0, 0x10);
+  x3 = _mm_setr_epi32(~0, 0, ~0, 0);
+  x1 = _mm_srli_si128(x1, 8);
+  x1 = _mm_xor_si128(x1, x2);
+  x0 = _mm_loadl_epi64((const __m128i *)k5k0);
+  x2 = _mm_srli_si128(x1, 4);
+  x1 = _mm_and_si128(x1, x3);
+  x1 = _mm_clmulepi64_si128(x1, x0, 0x00);
+  x1 = _mm_xor_si128(x1, x2);
+  /* Barrett reduction to 32 bits */
+  x0 = _mm_load_si128((const __m128i *)poly);
+  x2 = _mm_and_si128(x1, x3);
+  x2 = _mm_clmulepi64_si128(x2, x0, 0x10);
+  x2 = _mm_and_si128(x2, x3);
+  x2 = _mm_clmulepi64_si128(x2, x0, 0x00);
+  x1 = _mm_xor_si128(x1, x2);
+  return (uint32_t)_mm_extract_epi32(x1, 1);
+}
+#endif
+
+uint32_t shard_crc32(uint32_t crc, const void *data, size_t len) {
+  const unsigned char *p = data;
+#ifdef SHARD_CRC_CLMUL
+  if (len >= 64) {
+    size_t body = len & ~(size_t)15;
+    crc = ~crc32_clmul(p, body, ~crc);
+    p += body;
+    len -= body;
+  }
+#endif
+  return (uint32_t)crc32_z(crc, p, len);
+}
+
+/* seconds spent by this process's writers (shard_times_get); fsync_s is
+ * also written by the committer thread, under commit_mu */
+static shard_times g_times;
+static pthread_mutex_t times_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* CPU seconds of the calling thread (user + system: a write's copy into
+ * the page cache counts) */
+static double thread_cpu(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+void shard_times_get(shard_times *t) {
+  pthread_mutex_lock(&times_mu);
+  *t = g_times;
+  pthread_mutex_unlock(&times_mu);
+}
 
 uint64_t shard_row_hash(const float *row, size_t count) {
   return ce_xxh64(row, count * sizeof *row, 0); /* float32 in memory: little-endian on our hosts */
@@ -51,6 +176,7 @@ static int h5fail(const char *path, const char *what) {
 }
 
 static void free_writer(shard_writer *w) {
+  free(w->row_off);
   free(w->model);
   free(w->dirix);
   free(w->quat);
@@ -60,8 +186,225 @@ static void free_writer(shard_writer *w) {
   free(w);
 }
 
+/* ---- the row writer ----
+ * /inputs rows (3 n^3 float32, nearly all of a shard's bytes) are written by
+ * one background thread per process, straight into the chunks HDF5
+ * allocated for them when the dataset was created, while the caller
+ * produces the next sample: the chunks are allocated early, never filled,
+ * 4 KiB-aligned, and written with O_DIRECT where the file system takes it
+ * (no copy into the page cache, which cost more CPU than hashing), with
+ * ordinary writes otherwise. Rows come from the ROW_SLOTS buffers of
+ * shard_row_buffer(); a row in any other memory is written by HDF5 at once.
+ * shard_close waits for its rows before it flushes, so commit, fsync and
+ * rename see every byte; HDF5 never touches those chunks (not thread-safe,
+ * and it is only ever called by the caller's thread). */
+enum { ROW_SLOTS = 3, ROW_ALIGN = 4096 };
+
+typedef struct {
+  int fd, fd_plain, slot;
+  int64_t off;
+  size_t len;
+  const char *path;
+  int64_t row;
+} row_job;
+
+static struct {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int started, failed, no_direct;
+  float *slot[ROW_SLOTS];
+  size_t cap;             /* bytes per slot */
+  int busy[ROW_SLOTS];    /* queued or being written */
+  row_job q[ROW_SLOTS];   /* FIFO; at most one job per slot */
+  int qh, qn;
+  char err[1024];
+} rows = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+static int pwrite_all(int fd, const void *buf, size_t len, int64_t off) {
+  const char *p = buf;
+  while (len > 0) {
+    ssize_t k = pwrite(fd, p, len, (off_t)off);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) return -1;
+    p += k, len -= (size_t)k, off += k;
+  }
+  return 0;
+}
+
+static void *row_loop(void *arg) {
+  (void)arg;
+  pthread_mutex_lock(&rows.mu);
+  for (;;) {
+    while (rows.qn == 0) pthread_cond_wait(&rows.cv, &rows.mu);
+    row_job j = rows.q[rows.qh];
+    int direct_ok = !rows.no_direct;
+    pthread_mutex_unlock(&rows.mu);
+    double t0 = ce_now(), c0 = thread_cpu();
+    errno = 0;
+    int rc = -1, e = 0, fell_back = 0;
+    if (j.fd >= 0 && direct_ok) {
+      rc = pwrite_all(j.fd, rows.slot[j.slot], j.len, j.off);
+      /* a file system that wants another alignment: ordinary writes */
+      if (rc < 0 && errno == EINVAL) fell_back = 1, rc = -1;
+    }
+    if (rc < 0 && (j.fd < 0 || !direct_ok || fell_back)) {
+      errno = 0;
+      rc = pwrite_all(j.fd_plain, rows.slot[j.slot], j.len, j.off);
+    }
+    e = errno;
+    double dt = ce_now() - t0, dc = thread_cpu() - c0;
+    pthread_mutex_lock(&times_mu);
+    g_times.rows_s += dt;
+    g_times.rows_cpu_s += dc;
+    pthread_mutex_unlock(&times_mu);
+    pthread_mutex_lock(&rows.mu);
+    if (fell_back) rows.no_direct = 1;
+    if (rc < 0 && !rows.failed) {
+      rows.failed = 1;
+      snprintf(rows.err, sizeof rows.err, "%s: writing /inputs row %lld failed: %s%s", j.path,
+               (long long)j.row, e ? strerror(e) : "short write",
+               e == ENOSPC || e == EDQUOT
+                   ? " (free space, then rerun the same command: finished shards are kept)"
+               : e == EFBIG ? " (a file-size limit: raise it (ulimit -f) or use smaller shards "
+                              "(output.samples_per_shard), then rerun the same command: "
+                              "finished shards are kept)"
+                            : "");
+    }
+    rows.busy[j.slot] = 0;
+    rows.qh = (rows.qh + 1) % ROW_SLOTS;
+    rows.qn--;
+    pthread_cond_broadcast(&rows.cv);
+  }
+  return NULL;
+}
+
+float *shard_row_buffer(size_t nfloats) {
+  size_t need = (nfloats * sizeof(float) + ROW_ALIGN - 1) / ROW_ALIGN * ROW_ALIGN;
+  double t0 = ce_now();
+  pthread_mutex_lock(&rows.mu);
+  if (!rows.started) {
+    pthread_attr_t at;
+    pthread_t th;
+    pthread_attr_init(&at);
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    rows.started = pthread_create(&th, &at, row_loop, NULL) == 0;
+    pthread_attr_destroy(&at);
+    if (!rows.started) {
+      pthread_mutex_unlock(&rows.mu);
+      ce_err("cannot start the shard row writer thread");
+      return NULL;
+    }
+  }
+  if (need > rows.cap) { /* (re)size the slots once every row is written */
+    while (rows.qn > 0) pthread_cond_wait(&rows.cv, &rows.mu);
+    for (int k = 0; k < ROW_SLOTS; k++) {
+      free(rows.slot[k]);
+      rows.slot[k] = NULL;
+      if (posix_memalign((void **)&rows.slot[k], ROW_ALIGN, need) != 0) rows.slot[k] = NULL;
+    }
+    rows.cap = need;
+    for (int k = 0; k < ROW_SLOTS; k++)
+      if (!rows.slot[k]) rows.cap = 0;
+    if (!rows.cap) {
+      pthread_mutex_unlock(&rows.mu);
+      ce_err("out of memory for %d sample buffers of %zu bytes", ROW_SLOTS, need);
+      return NULL;
+    }
+  }
+  int k;
+  for (;;) {
+    for (k = 0; k < ROW_SLOTS && rows.busy[k]; k++) {}
+    if (k < ROW_SLOTS) break;
+    pthread_cond_wait(&rows.cv, &rows.mu);
+  }
+  float *b = rows.slot[k];
+  pthread_mutex_unlock(&rows.mu);
+  g_times.write_s += ce_now() - t0; /* waiting for the disk */
+  return b;
+}
+
+/* The slot that holds `p`, or -1 */
+static int row_slot_of(const float *p) {
+  for (int k = 0; k < ROW_SLOTS; k++)
+    if (rows.slot[k] && rows.slot[k] == p) return k;
+  return -1;
+}
+
+/* Wait until every row of w is written; -1 with the first error. */
+static int rows_drain(shard_writer *w) {
+  if (!w->row_off) return 0;
+  pthread_mutex_lock(&rows.mu);
+  for (;;) {
+    int mine = 0;
+    for (int i = 0, k = rows.qh; i < rows.qn; i++, k = (k + 1) % ROW_SLOTS)
+      if (rows.q[k].fd_plain == w->fd_plain) mine = 1;
+    if (!mine) break;
+    pthread_cond_wait(&rows.cv, &rows.mu);
+  }
+  int failed = rows.failed;
+  if (failed) ce_err("%s", rows.err);
+  pthread_mutex_unlock(&rows.mu);
+  return failed ? -1 : 0;
+}
+
+/* After /inputs is created (early allocation): where each row's chunk is,
+ * and the descriptors to write it with. Returns 0 (rows then go to the row
+ * writer) or 1 (not possible here: HDF5 writes them). */
+static int rows_setup(shard_writer *w) {
+  size_t c = (size_t)w->count, n = (size_t)w->lay.n;
+  w->row_bytes = 3 * n * n * n * sizeof(float);
+  w->row_off = ce_malloc_array(c, sizeof *w->row_off, "shard row offsets");
+  if (!w->row_off) return ce_err_clear(), 1;
+  hid_t fs = H5Dget_space(w->inputs);
+  int aligned = w->row_bytes % ROW_ALIGN == 0;
+  for (size_t i = 0; i < c; i++) {
+    hsize_t off[5];
+    unsigned mask = 0;
+    haddr_t addr = HADDR_UNDEF;
+    hsize_t size = 0;
+    if (H5Dget_chunk_info(w->inputs, fs, i, off, &mask, &addr, &size) < 0 || addr == HADDR_UNDEF ||
+        size != w->row_bytes || off[0] != i) {
+      H5Sclose(fs);
+      free(w->row_off);
+      w->row_off = NULL;
+      return 1;
+    }
+    w->row_off[i] = (int64_t)addr;
+    if (addr % ROW_ALIGN) aligned = 0;
+  }
+  H5Sclose(fs);
+  w->fd_plain = open(w->tmp, O_WRONLY | O_CLOEXEC);
+  w->fd_direct = aligned ? open(w->tmp, O_WRONLY | O_CLOEXEC | O_DIRECT) : -1;
+  if (w->fd_plain < 0) {
+    if (w->fd_direct >= 0) close(w->fd_direct);
+    w->fd_direct = -1;
+    free(w->row_off);
+    w->row_off = NULL;
+    return 1;
+  }
+  return 0;
+}
+
+static void rows_close_fds(shard_writer *w) {
+  if (w->fd_direct >= 0) close(w->fd_direct);
+  if (w->fd_plain >= 0) close(w->fd_plain);
+  w->fd_direct = w->fd_plain = -1;
+}
+
+static int shard_open_impl(shard_writer **out, const char *path, const shard_layout *lay,
+                           int64_t first, int64_t count);
+
 int shard_open(shard_writer **out, const char *path, const shard_layout *lay, int64_t first,
                int64_t count) {
+  double t0 = ce_now(), c0 = thread_cpu();
+  int rc = shard_open_impl(out, path, lay, first, count);
+  g_times.write_s += ce_now() - t0;
+  g_times.write_cpu_s += thread_cpu() - c0;
+  return rc;
+}
+
+static int shard_open_impl(shard_writer **out, const char *path, const shard_layout *lay,
+                           int64_t first, int64_t count) {
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
   *out = NULL;
   shard_writer *w = calloc(1, sizeof *w);
@@ -75,6 +418,7 @@ int shard_open(shard_writer **out, const char *path, const shard_layout *lay, in
   w->first = first;
   w->count = count;
   w->inputs = w->targets = -1;
+  w->fd_direct = w->fd_plain = -1;
   size_t c = (size_t)count;
   w->model = ce_malloc_array(c, sizeof *w->model, "shard model ids");
   w->dirix = ce_malloc_array(c, sizeof *w->dirix, "shard direction indices");
@@ -92,7 +436,14 @@ int shard_open(shard_writer **out, const char *path, const shard_layout *lay, in
    * error when a reader opens the shard, not a crash inside HDF5 */
   hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
   H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_LATEST);
-  w->file = H5Fcreate(w->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+  /* large blocks (the /inputs rows) at 4 KiB boundaries, for direct I/O */
+  H5Pset_alignment(fapl, 1 << 20, ROW_ALIGN);
+  /* no timestamps in the root group's header either (the datasets have
+   * none, h5_dcpl): a shard's bytes depend on the job and its range only */
+  hid_t fcpl = H5Pcreate(H5P_FILE_CREATE);
+  H5Pset_obj_track_times(fcpl, 0);
+  w->file = H5Fcreate(w->tmp, H5F_ACC_TRUNC, fcpl, fapl);
+  H5Pclose(fcpl);
   H5Pclose(fapl);
   if (w->file < 0) {
     h5fail(w->path, "creating the file");
@@ -100,7 +451,19 @@ int shard_open(shard_writer **out, const char *path, const shard_layout *lay, in
     return -1;
   }
   hsize_t n = (hsize_t)lay->n, cnt = (hsize_t)count;
-  if (lay->store_inputs) {
+  int raw_rows = lay->store_inputs && !lay->inputs_f64 && lay->gzip <= 0;
+  if (lay->store_inputs && raw_rows) {
+    /* float32, no filter: every chunk allocated now, never filled, so the
+     * row writer can write the rows into place (above) */
+    hsize_t dims[5] = {cnt, 3, n, n, n}, chunk[5] = {1, 3, n, n, n};
+    hid_t space = H5Screate_simple(5, dims, NULL), dcpl = h5_dcpl(5, chunk, 0);
+    H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY);
+    H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
+    w->inputs = H5Dcreate2(w->file, "inputs", H5T_IEEE_F32LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    H5Pclose(dcpl);
+    H5Sclose(space);
+    if (w->inputs >= 0 && rows_setup(w) != 0) raw_rows = 0;
+  } else if (lay->store_inputs) {
     hsize_t dims[5] = {cnt, 3, n, n, n}, chunk[5] = {1, 3, n, n, n};
     w->inputs = h5_create(w->file, "inputs", lay->inputs_f64 ? H5T_IEEE_F64LE : H5T_IEEE_F32LE,
                            5, dims, chunk, lay->gzip);
@@ -138,18 +501,44 @@ int shard_put(shard_writer *w, const float *inputs, const float *targets, int64_
               int64_t direction_index, const double quat[4], uint8_t split, uint8_t valid) {
   if (w->next >= w->count) CE_BUG("shard_put past the end of %s", w->path);
   int64_t i = w->next;
-  size_t n = (size_t)w->lay.n;
-  errno = 0;
+  size_t n = (size_t)w->lay.n, nin = 3 * n * n * n, ntg = (size_t)w->lay.nf * n * n;
+  double t0 = ce_now(), c0 = thread_cpu();
   if (w->lay.store_inputs) {
-    if (write_row(w->inputs, i, inputs) < 0) return h5fail(w->path, "writing /inputs");
-    w->crc[SHARD_INPUTS] = (uint32_t)crc32_z(w->crc[SHARD_INPUTS], (const Bytef *)inputs,
-                                             3 * n * n * n * sizeof(float));
+    w->crc[SHARD_INPUTS] = shard_crc32(w->crc[SHARD_INPUTS], inputs, nin * sizeof(float));
+    w->rowsum[2 * i] = shard_row_hash(inputs, nin);
+  } else {
+    w->rowsum[2 * i] = 0;
   }
-  if (write_row(w->targets, i, targets) < 0) return h5fail(w->path, "writing /targets");
-  w->crc[SHARD_TARGETS] = (uint32_t)crc32_z(w->crc[SHARD_TARGETS], (const Bytef *)targets,
-                                            (size_t)w->lay.nf * n * n * sizeof(float));
-  w->rowsum[2 * i] = w->lay.store_inputs ? shard_row_hash(inputs, 3 * n * n * n) : 0;
-  w->rowsum[2 * i + 1] = shard_row_hash(targets, (size_t)w->lay.nf * n * n);
+  w->crc[SHARD_TARGETS] = shard_crc32(w->crc[SHARD_TARGETS], targets, ntg * sizeof(float));
+  w->rowsum[2 * i + 1] = shard_row_hash(targets, ntg);
+  double t1 = ce_now(), c1 = thread_cpu();
+  g_times.hash_s += t1 - t0;
+  g_times.hash_cpu_s += c1 - c0;
+  errno = 0;
+  int rc = 0, slot = w->lay.store_inputs && w->row_off ? row_slot_of(inputs) : -1;
+  if (slot >= 0) { /* to the row writer; the slot is its own until written */
+    pthread_mutex_lock(&rows.mu);
+    if (rows.failed) {
+      rc = ce_err("%s", rows.err);
+    } else {
+      row_job j = {w->fd_direct, w->fd_plain, slot, w->row_off[i], w->row_bytes, w->path, i};
+      rows.q[(rows.qh + rows.qn) % ROW_SLOTS] = j;
+      rows.qn++;
+      rows.busy[slot] = 1;
+      pthread_cond_broadcast(&rows.cv);
+    }
+    pthread_mutex_unlock(&rows.mu);
+  } else if (w->lay.store_inputs && w->row_off) {
+    /* a row in the caller's own memory: written here, into its chunk */
+    if (pwrite_all(w->fd_plain, inputs, w->row_bytes, w->row_off[i]) < 0)
+      rc = h5fail(w->path, "writing /inputs");
+  } else if (w->lay.store_inputs && write_row(w->inputs, i, inputs) < 0) {
+    rc = h5fail(w->path, "writing /inputs");
+  }
+  if (rc == 0 && write_row(w->targets, i, targets) < 0) rc = h5fail(w->path, "writing /targets");
+  g_times.write_s += ce_now() - t1;
+  g_times.write_cpu_s += thread_cpu() - c1;
+  if (rc < 0) return rc;
   w->model[i] = model;
   w->dirix[i] = direction_index;
   memcpy(w->quat + 4 * i, quat, 4 * sizeof *quat);
@@ -165,7 +554,7 @@ static int write_meta(shard_writer *w, int set, hid_t ftype, hid_t mtype, int ra
   hid_t d = h5_create(w->file, shard_set_names[set], ftype, rank, dims, NULL, 0);
   if (d < 0) return -1;
   herr_t rc = H5Dwrite(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);
-  w->crc[set] = (uint32_t)crc32_z(0, (const Bytef *)buf, bytes);
+  w->crc[set] = shard_crc32(0, buf, bytes);
   if (rc >= 0) rc = h5_put_attr(d, "crc32", H5T_NATIVE_UINT32, &w->crc[set]);
   H5Dclose(d);
   return rc < 0 ? -1 : 0;
@@ -177,8 +566,11 @@ static int shard_close_impl(shard_writer *w, int commit, shard_sums *sums, int a
   int rc = 0;
   if (commit && w->next != w->count) CE_BUG("shard %s closed after %lld of %lld samples",
                                             w->path, (long long)w->next, (long long)w->count);
+  /* every row the row writer holds for this shard, before the flush */
+  if (rows_drain(w) < 0 && commit) rc = -1;
+  rows_close_fds(w);
   errno = 0;
-  if (commit) {
+  if (commit && rc == 0) {
     size_t c = (size_t)w->count;
     int64_t invalid = 0;
     for (size_t i = 0; i < c; i++) invalid += !w->valid[i];
@@ -229,11 +621,19 @@ static int shard_close_impl(shard_writer *w, int commit, shard_sums *sums, int a
 }
 
 int shard_close(shard_writer *w, int commit, shard_sums *sums) {
-  return shard_close_impl(w, commit, sums, 0);
+  double t0 = ce_now(), c0 = thread_cpu();
+  int rc = shard_close_impl(w, commit, sums, 0);
+  g_times.write_s += ce_now() - t0;
+  g_times.write_cpu_s += thread_cpu() - c0; /* the fsync too, here */
+  return rc;
 }
 
 int shard_close_async(shard_writer *w, shard_sums *sums) {
-  return shard_close_impl(w, 1, sums, 1);
+  double t0 = ce_now(), c0 = thread_cpu();
+  int rc = shard_close_impl(w, 1, sums, 1);
+  g_times.write_s += ce_now() - t0;
+  g_times.write_cpu_s += thread_cpu() - c0;
+  return rc;
 }
 
 /* The committer: one background thread per process doing fsync + rename of
@@ -260,8 +660,12 @@ static void *commit_loop(void *arg) {
     if (!commit_head) commit_tail = NULL;
     commit_busy = 1;
     pthread_mutex_unlock(&commit_mu);
+    double t0 = ce_now();
     int rc = fs_rename_durable(j->tmp, j->path);
     if (rc < 0) unlink(j->tmp);
+    pthread_mutex_lock(&times_mu);
+    g_times.fsync_s += ce_now() - t0;
+    pthread_mutex_unlock(&times_mu);
     pthread_mutex_lock(&commit_mu);
     if (rc < 0 && !commit_failed) {
       commit_failed = 1;
@@ -393,7 +797,7 @@ static int crc_of_set(const char *path, hid_t d, hid_t mtype, size_t elem, uint3
       rc = ce_err("%s: row %llu cannot be read (corrupt file?)", path, (unsigned long long)i);
       break;
     }
-    c = (uint32_t)crc32_z(c, buf, row);
+    c = shard_crc32(c, buf, row);
   }
   H5Sclose(ms);
   H5Sclose(fs);

@@ -15,7 +15,10 @@
  * job and its sample range, never on which rank wrote it.
  *
  * The file is written as PATH.tmp.<pid> and renamed to PATH after a flush,
- * so a file named PATH is always complete.
+ * so a file named PATH is always complete. Stored as float32 without gzip,
+ * /inputs' chunks are allocated when the shard is created (4 KiB-aligned)
+ * and its rows written into them by a background thread (shard_row_buffer);
+ * shard_close waits for them before it flushes.
  */
 #ifndef COEMU_SHARD_H
 #define COEMU_SHARD_H
@@ -46,6 +49,11 @@ typedef struct {
 
 typedef struct shard_writer shard_writer;
 
+/* CRC-32 as zlib's crc32_z(crc, data, len) (the shards' crc32 attributes),
+ * by carry-less multiplication where the build targets PCLMULQDQ (several
+ * times zlib's speed), zlib's otherwise; equal results either way. */
+uint32_t shard_crc32(uint32_t crc, const void *data, size_t len);
+
 /* The per-sample checksum of a row of `count` float32 values (what
  * /checksums holds): XXH64, seed 0, of their little-endian bytes. */
 uint64_t shard_row_hash(const float *row, size_t count);
@@ -53,6 +61,16 @@ uint64_t shard_row_hash(const float *row, size_t count);
 /* Start a shard of `count` samples beginning at global sample `first`. */
 int shard_open(shard_writer **w, const char *path, const shard_layout *lay, int64_t first,
                int64_t count);
+
+/* A buffer for the next sample's inputs (3 n^3 floats when nfloats = 3 n^3),
+ * aligned for direct I/O, from a small pool of this process: shard_put
+ * hands a row in such a buffer to a background writer, which writes it
+ * straight into its chunk of /inputs (O_DIRECT where the file system takes
+ * it) while the caller produces the next sample; the buffer is reused once
+ * written. Blocks while every buffer is still being written. NULL with the
+ * message when out of memory. Use the returned buffer for one shard_put;
+ * rows in other memory are written synchronously. */
+float *shard_row_buffer(size_t nfloats);
 
 /* Append the next sample (calls must come in sample order). inputs: 3*n^3
  * floats (ignored when not stored), targets: nf*n^2 floats. */
@@ -74,6 +92,21 @@ int shard_close_async(shard_writer *w, shard_sums *sums);
 /* Wait for every shard handed to shard_close_async(); -1 with the first
  * error (naming the shard) if any of their fsync/rename failed. */
 int shard_commits_wait(void);
+
+/* Seconds this process has spent writing shards: hash_s hashing the
+ * sample rows (CRC-32 and XXH64, in shard_put), write_s in HDF5 (creating,
+ * writing rows and metadata, closing; with shard_close also its fsync), and
+ * fsync_s in the committer thread's fsync + rename (overlapped with the
+ * caller's work; shard_commits_wait's wait is the caller's). hash_cpu_s and
+ * write_cpu_s are the CPU seconds (user + system) of the same steps, which
+ * a loaded machine does not inflate. */
+typedef struct {
+  double hash_s, write_s, fsync_s;
+  double hash_cpu_s, write_cpu_s;
+  double rows_s, rows_cpu_s; /* the row writer thread writing /inputs rows (overlapped) */
+} shard_times;
+
+void shard_times_get(shard_times *t);
 
 /* Check a finished shard: its layout and job fingerprint match `lay`, and
  * the CRC-32 recomputed from every dataset's data equals the stored one.

@@ -72,7 +72,9 @@ int shard_reader_has_inputs(const shard_reader *r) { return r->has_inputs; }
 int shard_reader_checked(const shard_reader *r) {
   return r->sh ? r->checked : integrity_checked(&r->integ);
 }
-int64_t shard_reader_shards(const shard_reader *r) { return r->nshards; }
+int64_t shard_reader_shards(const shard_reader *r) {
+  return r->sh ? r->nshards : r->integ_open ? r->integ.nsrc : 0;
+}
 int shard_reader_open_now(const shard_reader *r) { return r->nopen; }
 int shard_reader_open_peak(const shard_reader *r) { return r->peak; }
 int64_t shard_reader_opens(const shard_reader *r) { return r->opens; }
@@ -415,6 +417,27 @@ static int64_t shard_of(const shard_reader *r, int64_t idx) {
     else hi = mid - 1;
   }
   return lo;
+}
+
+int shard_reader_shard_range(const shard_reader *r, int64_t idx, int64_t *shard,
+                             int64_t *first, int64_t *count) {
+  if (idx < 0 || idx >= r->samples) return -1;
+  if (r->sh) {
+    *shard = shard_of(r, idx);
+    *first = r->sh[*shard].first;
+    *count = r->sh[*shard].count;
+    return 0;
+  }
+  for (int i = 0; r->integ_open && i < r->integ.nsrc; i++) {
+    const integrity_source *q = &r->integ.src[i];
+    if (idx >= q->first && idx < q->first + q->count) {
+      *shard = i;
+      *first = q->first;
+      *count = q->count;
+      return 0;
+    }
+  }
+  return -1;
 }
 
 int64_t shard_reader_shard_end(const shard_reader *r, int64_t idx) {

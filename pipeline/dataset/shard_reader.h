@@ -58,7 +58,8 @@ int shard_reader_channels(const shard_reader *r);
 int shard_reader_has_inputs(const shard_reader *r);
 /* 1 when every sample read is checked against /checksums (format 2). */
 int shard_reader_checked(const shard_reader *r);
-/* Shards behind the dataset (0: dataset.h5 read as it is). */
+/* Shards behind the dataset (for dataset.h5 read as it is: the source
+ * files of its virtual /targets, 0 for plain arrays). */
 int64_t shard_reader_shards(const shard_reader *r);
 
 /* The per-sample labels of samples [first, first + count), checked
@@ -80,6 +81,12 @@ int shard_reader_labels(shard_reader *r, int64_t first, int64_t count, uint8_t *
  * many shards: a reader that uses samples reads the shards' own labels. */
 int shard_reader_labels_planned(const shard_reader *r, const uint8_t *model_split,
                                 int64_t models, uint8_t *split, uint8_t *valid);
+
+/* The shard holding sample idx: its number and sample range (for a
+ * dataset.h5 read as it is: the source file of its virtual /targets).
+ * 0, or -1 when idx is in no shard (no shards behind the dataset). */
+int shard_reader_shard_range(const shard_reader *r, int64_t idx, int64_t *shard,
+                             int64_t *first, int64_t *count);
 
 /* The end (one past the last sample) of the shard holding sample idx: a
  * reader that walks the samples in order reads a shard's labels and rows

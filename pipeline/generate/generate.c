@@ -13,6 +13,7 @@
 #include <ftw.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "common/cli.h"
 #include "common/error.h"
@@ -172,12 +173,49 @@ static int take_over_failed_start(const char *dir, const job *j) {
   return 0;
 }
 
-/* Seconds this rank spent inside the producer (the rest is pipeline
- * overhead: I/O, checksums, coordination). */
-static double g_produce_s;
+/* Where this rank's time goes (the breakdown printed at the end): seconds
+ * inside the producer, checking shards an earlier run left, and asking for
+ * work / waiting for the other ranks; shard.c counts hashing, HDF5 writes
+ * and fsync (shard_times). */
+static double g_produce_s, g_resume_s, g_coord_s, g_produce_cpu_s;
 
-/* Make (or keep) shard s. Returns the samples it holds, or -1 with the
- * message; sets *made. */
+/* CPU seconds of the whole process (the producer's OpenMP threads too) */
+static double process_cpu(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* ---- wall-time limits: SIGTERM / SIGINT / SIGUSR1 ----
+ * SIGUSR1 asks to finish the shard being made and stop; SIGTERM and SIGINT
+ * ask to stop at once: no further sample is started, and the shard being
+ * made is abandoned (its temporary file removed) unless its last sample was
+ * already under way. Every rank then stops (rank 0 hands out no more
+ * shards), finished shards are committed, and the command exits with 3
+ * (CLI_EXIT_STOPPED): rerunning it resumes. */
+enum { STOP_NONE = 0, STOP_FINISH_SHARD = 1, STOP_NOW = 2 };
+static volatile sig_atomic_t g_stop, g_stop_sig;
+
+static void on_stop_signal(int sig) {
+  int level = sig == SIGUSR1 ? STOP_FINISH_SHARD : STOP_NOW;
+  if (level > g_stop) g_stop = level;
+  if (!g_stop_sig || level == STOP_NOW) g_stop_sig = sig;
+}
+
+static void stop_signals(int install) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = install ? on_stop_signal : SIG_DFL;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGUSR1, &sa, NULL);
+}
+
+/* Make (or keep) shard s. Returns the samples it holds, -1 with the
+ * message, or -2 when a stop signal abandoned it (its temporary file
+ * removed); sets *made. */
 static int64_t do_shard(const job *j, const shard_layout *lay, const char *out, int64_t s,
                         const generate_producer *p, const uint8_t *msplit, float *in, float *tg,
                         workplan *wp, int *made) {
@@ -188,8 +226,10 @@ static int64_t do_shard(const job *j, const shard_layout *lay, const char *out, 
   *made = 0;
   if (access(path, F_OK) == 0) {
     shard_sums sums;
-    if (shard_verify(path, lay, &sums) == 0 && sums.first == first && sums.count == count)
-      return count; /* finished by an earlier run and intact: keep it */
+    double t0 = ce_now();
+    int ok = shard_verify(path, lay, &sums) == 0 && sums.first == first && sums.count == count;
+    g_resume_s += ce_now() - t0;
+    if (ok) return count; /* finished by an earlier run and intact: keep it */
     fprintf(stderr, "coemu %s: rank %d: warning: %s; making the shard again\n", g_cmd, g_rank,
             ce_err_msg());
     if (unlink(path) < 0) CE_FAIL("%s: cannot remove a damaged shard: %s", path, strerror(errno));
@@ -198,13 +238,27 @@ static int64_t do_shard(const job *j, const shard_layout *lay, const char *out, 
   CE_TRY(shard_open(&w, path, lay, first, count));
   size_t nin = 3 * (size_t)j->n * j->n * j->n, ntg = (size_t)j->nf * j->n * j->n;
   for (int64_t i = 0; i < count; i++) {
+    if (g_stop == STOP_NOW) { /* SIGTERM/SIGINT: start no other sample */
+      shard_close(w, 0, NULL);
+      return -2;
+    }
     int64_t sample = first + i, model = sample / j->directions, dir = sample % j->directions;
     double q[4] = {1, 0, 0, 0};
     uint8_t valid = 1;
     ce_err_clear();
-    double t0 = ce_now();
-    int prc = p->sample(p->ctx, model, dir, in, tg, q);
+    /* with stored inputs, the sample is made in a buffer of the shard row
+     * writer's, which writes it while the next one is made */
+    float *row = j->store_inputs ? shard_row_buffer(nin) : in;
+    if (!row) {
+      char msg[1100];
+      snprintf(msg, sizeof msg, "%s", ce_err_msg());
+      shard_close(w, 0, NULL);
+      CE_FAIL("%s", msg);
+    }
+    double t0 = ce_now(), c0 = process_cpu();
+    int prc = p->sample(p->ctx, model, dir, row, tg, q);
     g_produce_s += ce_now() - t0;
+    g_produce_cpu_s += process_cpu() - c0;
     if (prc < 0) {
       char msg[1400];
       snprintf(msg, sizeof msg, "model %lld (%s), direction %lld: %s", (long long)model,
@@ -215,12 +269,12 @@ static int64_t do_shard(const job *j, const shard_layout *lay, const char *out, 
       }
       fprintf(stderr, "coemu %s: rank %d: warning: %s; sample skipped (valid = 0)\n", g_cmd,
               g_rank, msg);
-      memset(in, 0, nin * sizeof *in);
+      memset(row, 0, nin * sizeof *row);
       memset(tg, 0, ntg * sizeof *tg);
       memset(q, 0, sizeof q);
       valid = 0;
     }
-    if (shard_put(w, in, tg, model, dir, q, msplit[model], valid) < 0) {
+    if (shard_put(w, row, tg, model, dir, q, msplit[model], valid) < 0) {
       char msg[1100];
       snprintf(msg, sizeof msg, "%s", ce_err_msg());
       shard_close(w, 0, NULL);
@@ -231,6 +285,31 @@ static int64_t do_shard(const job *j, const shard_layout *lay, const char *out, 
   CE_TRY(shard_close_async(w, NULL)); /* fsync + rename in the background */
   *made = 1;
   return count;
+}
+
+/* The end-of-run breakdown of rank time, summed over the ranks (docs/jobs.md,
+ * "Where the time goes"): b = {rank, produce, hash, write, commit wait,
+ * resume checks, coordination, background fsync} in wall seconds, then
+ * {produce, hash, write} in CPU seconds, then the row writer's wall and CPU
+ * seconds. */
+static void print_breakdown(const char *cmd, const double *b, int ranks, int64_t samples) {
+  double T = b[0] > 0 ? b[0] : 1, other = b[0];
+  for (int k = 1; k < 7; k++) other -= b[k];
+  if (other < 0) other = 0;
+  fprintf(stderr, "coemu %s: rank time %.2f s (%d ranks, %.1f samples/s): produce %.2f s "
+                  "(%.1f%%), hash %.2f s (%.1f%%), write %.2f s (%.1f%%), fsync wait %.2f s "
+                  "(%.1f%%), resume checks %.2f s (%.1f%%), coordination %.2f s (%.1f%%), "
+                  "other %.2f s (%.1f%%); %.1f%% outside the producer; in the background: "
+                  "input rows written %.2f s, fsync %.2f s\n",
+          cmd, b[0], ranks, b[0] > 0 ? samples * ranks / b[0] : 0.0, b[1], 100 * b[1] / T, b[2],
+          100 * b[2] / T, b[3], 100 * b[3] / T, b[4], 100 * b[4] / T, b[5], 100 * b[5] / T, b[6],
+          100 * b[6] / T, other, 100 * other / T, 100 * (1 - b[1] / T), b[11], b[7]);
+  double cpu = b[8] + b[9] + b[10] + b[12];
+  if (cpu > 0)
+    fprintf(stderr, "coemu %s: CPU time: produce %.2f s, hash %.2f s, write %.2f s, input rows "
+                    "%.2f s: %.1f%% of the CPU outside the producer (what waiting for a loaded "
+                    "machine's cores does not inflate)\n",
+            cmd, b[8], b[9], b[10], b[12], 100 * (b[9] + b[10] + b[12]) / cpu);
 }
 
 int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open) {
@@ -246,7 +325,10 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   const cli_command spec = {
       cmd, "[JOB.yaml] [options]   (under mpirun for several ranks)",
       "Make a dataset: run a job file (default: the embedded demo job) over all MPI ranks into a "
-      "directory of HDF5 shards, a manifest and dataset.h5; rerun the same command to resume.",
+      "directory of HDF5 shards, a manifest and dataset.h5; rerun the same command to resume. "
+      "SIGUSR1 finishes the shards being made and stops, SIGTERM/SIGINT abandon them and stop: "
+      "exit status 3, rerun to resume (docs/jobs.md, \"Wall-time limits\"). Prints where the "
+      "ranks' time went at the end.",
       opts, 0, 1};
   int npos = 0;
   char **pos = NULL;
@@ -278,6 +360,9 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   }
   mpi_fatal_init(cmd);
   g_rank = mpi_fatal_rank();
+  /* from here a stop signal is noted and acted on at the next sample (see
+   * on_stop_signal); before the first shard it stops the run there */
+  stop_signals(1);
   int size;
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   /* Over a file-size limit, write() must fail with EFBIG (a clean error
@@ -335,13 +420,27 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   workplan_init(&wp, MPI_COMM_WORLD, K, g_rank == 0 ? &prog : NULL);
   int64_t last = 0, counts[2] = {0, 0}; /* shards made, shards kept */
   double t_start = ce_now();
-  int failed = 0;
+  int failed = 0, stopped = 0;
   char failure[2048] = "";
   for (;;) {
-    int64_t s = workplan_next(&wp, last, failed);
+    /* a stop signal: ask for no more work (rank 0 then hands out no more
+     * shards, so every rank stops after its current shard) */
+    if (g_stop) stopped = 1;
+    double tc = ce_now();
+    int64_t s = workplan_next(&wp, last, failed || stopped);
+    g_coord_s += ce_now() - tc;
     if (s < 0) break;
+    if (g_stop == STOP_NOW) { /* arrived while asking: leave shard s to the resume */
+      stopped = 1;
+      continue;
+    }
     int made = 0;
     last = do_shard(&j, &lay, out, s, &p, msplit, in, tg, &wp, &made);
+    if (last == -2) { /* abandoned by SIGTERM/SIGINT */
+      stopped = 1;
+      last = 0;
+      continue;
+    }
     if (last < 0) {
       /* tell rank 0 (no more shards for anyone) and meet the others below */
       snprintf(failure, sizeof failure, "%s", ce_err_msg());
@@ -351,16 +450,38 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
     }
     counts[made ? 0 : 1]++;
   }
+  double tw = ce_now();
   if (shard_commits_wait() < 0 && !failed) {
     snprintf(failure, sizeof failure, "%s", ce_err_msg());
     failed = 1;
   }
+  double t_commit = ce_now() - tw;
+  tw = ce_now();
   workplan_drain(&wp);
   if (failed) ce_err("%s", failure);
-  if (mpi_any_failed(failed ? -1 : 0)) {
-    if (g_rank == 0)
+  int any_failed = mpi_any_failed(failed ? -1 : 0);
+  /* after the shards: the finishing steps (manifest, dataset.h5, /stats)
+   * are each atomic, and a signal ends the process as by default */
+  stop_signals(0);
+  if (g_stop) stopped = 1;
+  g_coord_s += ce_now() - tw;
+  double t_rank = ce_now() - t_start;
+  int any_stopped = 0;
+  if (!any_failed) MPI_Allreduce(&stopped, &any_stopped, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  if (any_failed || any_stopped) {
+    int64_t made_sum = 0;
+    MPI_Reduce(&counts[0], &made_sum, 1, MPI_INT64_T, MPI_SUM, 0, MPI_COMM_WORLD);
+    if (g_rank == 0 && any_failed)
       fprintf(stderr, "coemu %s: the shards finished so far are kept in %s: fix the cause and "
                       "rerun the same command to resume\n", cmd, out);
+    if (g_rank == 0 && !any_failed)
+      fprintf(stderr, "coemu %s: stopped by a signal (SIGTERM/SIGINT: the shards being made were "
+                      "abandoned; SIGUSR1: they were finished); %lld shards made now, every "
+                      "finished shard is kept in %s: rerun the same command to resume\n",
+              cmd, (long long)made_sum, out);
+    if (!any_failed && stopped && g_stop_sig)
+      fprintf(stderr, "coemu %s: rank %d: stopped by %s\n", cmd, g_rank,
+              g_stop_sig == SIGUSR1 ? "SIGUSR1" : g_stop_sig == SIGINT ? "SIGINT" : "SIGTERM");
     if (p.close) p.close(p.ctx);
     free(msplit);
     free(in);
@@ -368,12 +489,19 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
     job_free(&j);
     if (failed) hdf5_skip_shutdown();
     MPI_Finalize();
-    return 1;
+    return any_failed ? CLI_EXIT_FAILURE : CLI_EXIT_STOPPED;
   }
   int64_t total[2];
   MPI_Reduce(counts, total, 2, MPI_INT64_T, MPI_SUM, 0, MPI_COMM_WORLD);
-  double busy[2] = {g_produce_s, ce_now() - t_start}, busy_sum[2];
-  MPI_Reduce(busy, busy_sum, 2, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
+  shard_times st;
+  shard_times_get(&st);
+  /* rank time = produce + hash + write + commit wait + resume checks +
+   * coordination + other (the loop's own bookkeeping) */
+  double bd[13] = {t_rank, g_produce_s, st.hash_s, st.write_s, t_commit, g_resume_s, g_coord_s,
+                   st.fsync_s, g_produce_cpu_s, st.hash_cpu_s, st.write_cpu_s, st.rows_s,
+                   st.rows_cpu_s},
+         bd_sum[13];
+  MPI_Reduce(bd, bd_sum, 13, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
   int frc = 0;
   if (g_rank == 0) {
     ce_progress_done(&prog, N);
@@ -388,7 +516,8 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
     if (!freq) frc = -1;
     if (frc == 0) {
       job_frequencies(&j, p.nu0, freq);
-      dataset_provenance pv = {&j, freq, p.nu0, p.name, mpiv, size};
+      dataset_provenance pv = {&j, freq, p.nu0, p.name, mpiv, size,
+                               p.has_geometry ? &p.geometry : NULL};
       frc = dataset_finish(out, &pv);
     }
     if (frc == 0) frc = dataset_preview(out, 4, png);
@@ -398,10 +527,7 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
                       "an earlier run)\n",
               cmd, out, (long long)N, (long long)K, (long long)total[0], (long long)total[1]);
       fprintf(stderr, "coemu %s: dataset %s/dataset.h5, preview %s\n", cmd, out, png);
-      if (busy_sum[1] > 0)
-        fprintf(stderr, "coemu %s: producer %.2f s of %.2f s rank time (%.1f%% outside: I/O, "
-                        "checksums, coordination)\n",
-                cmd, busy_sum[0], busy_sum[1], 100 * (1 - busy_sum[0] / busy_sum[1]));
+      print_breakdown(cmd, bd_sum, size, N);
     }
   }
   if (p.close) p.close(p.ctx);

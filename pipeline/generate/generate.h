@@ -13,6 +13,7 @@
 
 #include <stdint.h>
 
+#include "pipeline/dataset/dataset.h"
 #include "pipeline/job/job.h"
 
 /* Make one sample. inputs[3*n^3]: v_z [m/s], T [K], n_CO [m^-3], each in
@@ -27,6 +28,8 @@ typedef struct {
   void *ctx;
   double nu0;            /* the line's rest frequency [Hz] (-> /frequencies) */
   const char *name;      /* recorded in the provenance */
+  int has_geometry;      /* 1: geometry holds the sizes the samples were made with */
+  dataset_geometry geometry; /* -> dataset.h5 /geometry (docs/dataset-format.md) */
   void (*close)(void *ctx);
 } generate_producer;
 

@@ -295,6 +295,19 @@ int producer_open(const job *j, const char *out_dir, generate_producer *p) {
   c->image = ce_malloc_array((size_t)j->n * j->n * j->nf, sizeof *c->image, "image");
   c->paths = calloc((size_t)j->n_models, sizeof *c->paths);
   if (rc == 0 && (!c->freqs || !c->image || !c->paths)) rc = ce_err("out of memory");
+  /* solver.device: one device per rank, by the rank's place on its node */
+  MPI_Comm node;
+  int local_rank = 0;
+  if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) ==
+      MPI_SUCCESS) {
+    MPI_Comm_rank(node, &local_rank);
+    MPI_Comm_free(&node);
+  }
+  if (rc == 0 && j->solver_device != LTE_BACKEND_CPU &&
+      lte_backend_open((lte_backend)j->solver_device, local_rank, NULL, 0) < 0) {
+    ce_err_prefix("%s: solver.device", j->path);
+    rc = -1;
+  }
   /* every rank meets here before the collectives below, so a failure on
    * one rank cannot leave the others waiting in them */
   int all = 0;
@@ -330,10 +343,15 @@ int producer_open(const job *j, const char *out_dir, generate_producer *p) {
     }
   }
   c->opt.dx = c->so.edge / j->n;
+  p->has_geometry = 1; /* what the job alone does not say, for /geometry */
+  p->geometry = (dataset_geometry){j->coemunet_compat, c->so.ball_radius,
+                                   j->coemunet_compat ? NAN : c->so.edge,
+                                   j->coemunet_compat ? NAN : c->opt.dx};
   c->opt.vturb = j->vturb;
   c->opt.background = j->background;
   c->opt.take_abs = j->take_abs;
   c->opt.corrected_taylor = j->corrected_taylor;
+  c->opt.backend = (lte_backend)j->solver_device;
   if (rc < 0) {
     producer_close(c);
     return rc;

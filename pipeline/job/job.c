@@ -231,7 +231,10 @@ static int fill(const char *name, const yt_node *r, job *j) {
               ch->col, a, b);
     for (int f = 0; f < j->nf; f++) j->velocities[f] = j->nf > 1 ? a + (b - a) * f / (j->nf - 1) : a;
   } else {
-    for (int f = 0; f < 7; f++) j->velocities[f] = 300.0 * (f - 3);
+    /* the paper's channels in its order: frequency rising from nu0 (1 - 900/c),
+     * so under nu = nu0 (1 - v/c) the velocity falls from +900 to -900 m/s
+     * (job_frequencies gives the grid itself, bit for bit the paper's) */
+    for (int f = 0; f < 7; f++) j->velocities[f] = 300.0 * (3 - f);
   }
 
   CE_TRY(fill_line_mode(name, r, j));
@@ -241,6 +244,7 @@ static int fill(const char *name, const yt_node *r, job *j) {
   j->take_abs = schema_bool(r, "solver.abs");
   j->mass = schema_num(r, "solver.mass");
   j->corrected_taylor = schema_bool(r, "solver.corrected_taylor");
+  j->solver_device = !strcmp(schema_str(r, "solver.device"), "cuda") ? LTE_BACKEND_CUDA : LTE_BACKEND_CPU;
 
   DUP(j->out_dir, strdup(schema_str(r, "output.directory")));
   j->samples_per_shard = schema_int(r, "output.samples_per_shard");

@@ -81,7 +81,9 @@ typedef struct {
   int transition;
   job_channel_mode channel_mode;
   int nf;                /* number of channels */
-  double *velocities;    /* [nf] channel velocities [m/s] (grid and list) */
+  double *velocities;    /* [nf] channel velocities [m/s], nu = nu0 (1 - v/c): coemunet
+                            +900..-900 (frequency rising, the paper's order), grid vmin..vmax
+                            (frequency falling), list as given */
   int line_mode;         /* JOB_LINE_LTE | JOB_LINE_LVG (line.mode) */
   double abundance;      /* X_mol = n_mol/n_H2; 0: the sidecar's co_abundance (CO) */
   job_lvg lvg;           /* line.lvg (used when line_mode is JOB_LINE_LVG) */
@@ -89,6 +91,7 @@ typedef struct {
   /* solver */
   double vturb, background, mass;
   int take_abs, corrected_taylor;
+  int solver_device;     /* solver.device: an lte_backend (LTE_BACKEND_CPU, LTE_BACKEND_CUDA) */
 
   /* output */
   char *out_dir;
@@ -133,8 +136,9 @@ int64_t job_samples(const job *j);
 
 /* The observed frequencies [Hz] of the channels for a line of rest frequency
  * nu0 [Hz], into out[nf]. coemunet mode reproduces the reference grid bit for
- * bit (docs/physics.md, "Frequency grids"); grid and list use
- * nu = nu0 * (1 - v/c), v > 0 away from the observer (redshift). */
+ * bit (docs/physics.md, "Frequency grids"; its values are nu0 (1 - v/c) of
+ * j->velocities to rounding); grid and list use nu = nu0 * (1 - v/c), v > 0
+ * away from the observer (redshift). */
 void job_frequencies(const job *j, double nu0, double *out);
 
 /* The split of every model (job_split values) into out[n_models]: a seeded

@@ -81,6 +81,23 @@ static int check_open(const stage_reader *s, const yt_node *v, const char *path,
           expected, v->text);
 }
 
+/* data.order, data.order_shards, data.order_buffer (values checked by the
+ * schema): K and B go with order shards of a dataset. */
+static int fill_order(const stage_reader *s, train_stage *t, int stream) {
+  const yt_node *o = s_at(s, "data.order"), *k = s_at(s, "data.order_shards"),
+                *b = s_at(s, "data.order_buffer");
+  t->order = !o ? -1 : !strcmp(o->text, "shards") ? 1 : 0;
+  t->order_shards = k ? s_int(s, "data.order_shards") : 0;
+  t->order_buffer = b ? s_int(s, "data.order_buffer") : 0;
+  const yt_node *kb = k ? k : b;
+  if (kb && (stream || t->order != 1))
+    CE_FAIL("%s:%d:%d: %s.data.%s: expected only with order: shards and a dataset (a stream's "
+            "order is the producer's: coemu serve --order-shards/--order-buffer), got it with %s",
+            s->name, kb->line, kb->col, s->key, k ? "order_shards" : "order_buffer",
+            stream ? "a stream" : t->order == 0 ? "order: exact" : "no order");
+  return 0;
+}
+
 static int fill_data(const stage_reader *s, train_stage *t) {
   const yt_node *data = s_at(s, "data"), *ds = yt_get(data, "dataset"),
                 *st = yt_get(data, "stream");
@@ -88,6 +105,7 @@ static int fill_data(const stage_reader *s, train_stage *t) {
     CE_FAIL("%s:%d:%d: %s.data: expected exactly one of 'dataset' or 'stream', got %s", s->name,
             data->line, data->col, s->key, ds ? "both" : "neither");
   snprintf(t->split, sizeof t->split, "%s", s_str(s, "data.split"));
+  CE_TRY(fill_order(s, t, !!st));
   if (ds) {
     t->source = TRAIN_SRC_DATASET;
     if (!*ds->text)
@@ -333,6 +351,11 @@ static void diff_stage(diff_acc *d, int i, const train_stage *a, const train_sta
   diff_str(d, i, "data.stream.client_key", 0, a->client_key, b->client_key);
   diff_str(d, i, "data.stream.stats", 0, a->stream_stats, b->stream_stats);
   diff_str(d, i, "data.split", 0, a->split, b->split);
+  if (a->order != b->order)
+    diff_add(d, i, "data.order", 0, a->order < 0 ? "(not given)" : a->order ? "shards" : "exact",
+             b->order < 0 ? "(not given)" : b->order ? "shards" : "exact");
+  diff_int(d, i, "data.order_shards", 0, a->order_shards, b->order_shards);
+  diff_int(d, i, "data.order_buffer", 0, a->order_buffer, b->order_buffer);
   /* validation: the figures best.ckpt is chosen by stay comparable; only how
      often they are taken may change */
   diff_str(d, i, "validation.dataset", 0, a->val_dataset, b->val_dataset);

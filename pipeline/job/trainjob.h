@@ -30,6 +30,10 @@ typedef struct {
   train_source_kind source;  /* exactly one of data.dataset / data.stream */
   char *dataset;             /* data.dataset: dataset directory (resolved) */
   char split[16];            /* data.split: train | validation | test | all (default train) */
+  int order;                 /* data.order: -1 not given (exact; a stream: the producer's),
+                                else an order_mode (pipeline/serve/order.h): 0 exact, 1 shards */
+  int64_t order_shards;      /* data.order_shards: K (0: not given, the default) */
+  int64_t order_buffer;      /* data.order_buffer: B (0: not given, the default) */
   char *endpoint;            /* data.stream.endpoint */
   int64_t credit;            /* data.stream.credit (default 4) */
   double timeout_s;          /* data.stream.timeout (default 30 s) */

@@ -14,7 +14,6 @@
 #include "common/cli.h"
 #include "common/error.h"
 #include "common/fsutil.h"
-#include "common/rng.h"
 #include "pipeline/dataset/h5util.h"
 #include "pipeline/dataset/integrity.h"
 #include "pipeline/dataset/layout.h"
@@ -25,7 +24,6 @@
 #include "stats/statsfile.h"
 #include "stats/transforms.h"
 
-#define RNG_STREAM_SHUFFLE 7u /* rng.h stream reserved for epoch shuffles */
 #define PERM_CACHE 3
 
 enum { SLOT_FREE = 0, SLOT_WANTED, SLOT_READING, SLOT_READY };
@@ -67,7 +65,9 @@ struct serve_source {
   uint64_t dataset_id;
   int have_norm;
   stats_norm norm;
-  /* epoch permutations */
+  /* epoch permutations (order.h) */
+  order_plan plan;
+  int plan_open;
   int64_t *perm[PERM_CACHE];
   uint32_t perm_epoch[PERM_CACHE];
   int perm_next;
@@ -130,20 +130,50 @@ static const int64_t *epoch_perm(serve_source *s, uint32_t epoch) {
   int64_t *p = s->perm[k];
   if (!p) p = s->perm[k] = malloc(sizeof(int64_t) * (size_t)s->nsplit);
   if (!p) return NULL;
-  memcpy(p, s->split_idx, sizeof(int64_t) * (size_t)s->nsplit);
   s->perm_epoch[k] = epoch;
-  if (s->o.live && epoch == 0) return p; /* live: the first epoch in generation order */
-  ce_rng r = ce_rng_make(s->o.seed, epoch, 0, RNG_STREAM_SHUFFLE);
-  for (int64_t i = s->nsplit - 1; i > 0; i--) { /* Fisher-Yates, unbiased bounded draws */
-    uint64_t bound = (uint64_t)i + 1, lim = UINT64_MAX - UINT64_MAX % bound, x;
-    do x = ce_rng_u64(&r);
-    while (x >= lim);
-    int64_t j = (int64_t)(x % bound), t = p[i];
-    p[i] = p[j];
-    p[j] = t;
+  if (s->o.live && epoch == 0) { /* live: the first epoch in generation order */
+    memcpy(p, s->split_idx, sizeof(int64_t) * (size_t)s->nsplit);
+    return p;
   }
-  s->perm_epoch[k] = epoch;
+  if (order_epoch(&s->plan, s->o.seed, epoch, p) < 0) {
+    free(p); /* not cached: the next call tries again */
+    s->perm[k] = NULL;
+    return NULL;
+  }
   return p;
+}
+
+/* The order of the split (order.h); shards mode needs the shard of every
+ * sample: the plan's for a live dataset, the manifest's (shard_reader.h)
+ * for a finished one. */
+static int open_order(serve_source *s) {
+  int64_t *shard = NULL, per_shard = s->spp;
+  if (s->o.order.mode == ORDER_SHARDS) {
+    if (!s->o.live && shard_reader_shards(s->rd) == 0)
+      CE_FAIL("%s: no shards behind /inputs and /targets: order shards needs a dataset made by "
+              "coemu generate (use order exact)", s->h5path);
+    shard = ce_malloc_array((size_t)s->nsplit, sizeof(int64_t), "the shard of every sample");
+    if (!shard) return -1;
+    for (int64_t k = 0; k < s->nsplit; k++) {
+      int64_t idx = s->split_idx[k], sh, first, count;
+      if (s->o.live) {
+        shard[k] = idx / s->spp;
+        continue;
+      }
+      if (shard_reader_shard_range(s->rd, idx, &sh, &first, &count) < 0) {
+        free(shard);
+        CE_FAIL("%s: sample %lld is in none of the shards behind /targets", s->h5path,
+                (long long)idx);
+      }
+      shard[k] = sh;
+      if (count > per_shard) per_shard = count;
+    }
+  }
+  int rc = order_plan_init(&s->plan, &s->o.order, s->split_idx, shard, s->nsplit, per_shard);
+  free(shard);
+  if (rc < 0) return ce_err_prefix("%s", s->o.dataset_dir);
+  s->plan_open = 1;
+  return 0;
 }
 
 int64_t serve_sample_at(const serve_source *cs, uint32_t epoch, int rank, uint64_t position) {
@@ -361,6 +391,14 @@ int serve_chunk(void *ctx, const stream_consumer *c, uint32_t epoch, uint64_t po
     CE_FAIL("consumer says it is rank %u of %u ranks, the producer serves %d", c->rank, c->world,
             s->o.world);
   int norm = c->flags & 1;
+  uint32_t want = (c->flags & SERVE_FLAG_ORDER_MASK) >> SERVE_FLAG_ORDER_SHIFT;
+  if (want > ORDER_SHARDS + 1)
+    CE_FAIL("the consumer asks for order %u (HELLO flags bits 1-2): expected 0 (any), 1 (exact) "
+            "or 2 (shards)", want);
+  if (want && (int)want - 1 != s->plan.mode)
+    CE_FAIL("the consumer asks for order %s, the producer serves order %s (coemu serve --order %s)",
+            order_mode_name((int)want - 1), order_mode_name(s->plan.mode),
+            order_mode_name((int)want - 1));
   if (norm && !s->have_norm)
     CE_FAIL("%s has no /stats group: %s", s->h5path,
             s->o.live ? "normalised data are not available while the dataset is being made"
@@ -546,7 +584,7 @@ int serve_open(const serve_opts *o, serve_source **out) {
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
   int opened = o->live ? open_live(s) : open_finished(s);
   h5_unlock();
-  if (opened < 0) {
+  if (opened < 0 || open_order(s) < 0) {
     serve_close(s);
     return -1;
   }
@@ -593,6 +631,7 @@ void serve_close(serve_source *s) {
   free(s->slots);
   free(s->cursors);
   for (int i = 0; i < PERM_CACHE; i++) free(s->perm[i]);
+  if (s->plan_open) order_plan_free(&s->plan);
   free(s->split_idx);
   h5_lock();
   shard_close_current(s);
@@ -607,6 +646,7 @@ void serve_close(serve_source *s) {
 uint64_t serve_dataset_id(const serve_source *s) { return s->dataset_id; }
 uint64_t serve_samples_per_rank(const serve_source *s) { return s->per_rank; }
 uint64_t serve_split_size(const serve_source *s) { return (uint64_t)s->nsplit; }
+const order_plan *serve_order(const serve_source *s) { return &s->plan; }
 
 int64_t serve_split_sample(const serve_source *s, int64_t k) {
   return k >= 0 && k < s->nsplit ? s->split_idx[k] : -1;
@@ -698,15 +738,19 @@ int serve_info_json(const serve_source *s, uint32_t epochs, char *buf, size_t le
              json_num(p->lnI_min, b[7], 32), json_num(p->lnI_scale, b[8], 32),
              json_num(p->outlier_vz_range, b[9], 32));
   }
+  char order[128] = "\"order\": \"exact\", \"order_shards\": null, \"order_buffer\": null";
+  if (s->plan.mode == ORDER_SHARDS)
+    snprintf(order, sizeof order, "\"order\": \"shards\", \"order_shards\": %lld, \"order_buffer\": %lld",
+             (long long)s->plan.shards, (long long)s->plan.buffer);
   int n = snprintf(buf, len,
                    "{\"protocol\": %d, \"world\": %d, \"split\": \"%s\", \"batch\": %d, "
-                   "\"seed\": %llu, \"drop_last\": %s, \"live\": %s, \"epochs\": %u, "
+                   "\"seed\": %llu, %s, \"drop_last\": %s, \"live\": %s, \"epochs\": %u, "
                    "\"samples_per_rank\": %llu, \"split_size\": %lld, "
                    "\"dataset_id\": \"%016llx\", \"dtype\": \"float32\", "
                    "\"in_shape\": [%u, %u, %u, %u], \"out_shape\": [%u, %u, %u], "
                    "\"normalisation\": %s}",
                    STREAM_VERSION, s->o.world, s->o.split ? s->o.split : "train", s->o.batch,
-                   (unsigned long long)s->o.seed, s->o.drop_last ? "true" : "false",
+                   (unsigned long long)s->o.seed, order, s->o.drop_last ? "true" : "false",
                    s->o.live ? "true" : "false", epochs, (unsigned long long)s->per_rank,
                    (long long)s->nsplit, (unsigned long long)s->dataset_id, s->in_shape[0],
                    s->in_shape[1], s->in_shape[2], s->in_shape[3], s->out_shape[0],

@@ -2,9 +2,10 @@
  *
  * Serves one split of a finished dataset (DIR/dataset.h5) to W trainer
  * ranks. For each epoch e the split's samples are put in a deterministic
- * order, a Fisher-Yates shuffle driven by rng.h keyed by (seed, e), and rank
- * r takes the samples at positions r, r+W, r+2W, ... of that order: disjoint
- * across ranks. Every rank gets the same number of samples and of batches:
+ * order keyed by (seed, e) (order.h: by default the exact Fisher-Yates
+ * permutation, or the shard-aware order), and rank r takes the samples at
+ * positions r, r+W, r+2W, ... of that order: disjoint across ranks. Every
+ * rank gets the same number of samples and of batches:
  * with drop_last the last M mod W samples and the incomplete last batch are
  * left out of the epoch; without it the order wraps around to pad them.
  * A chunk is one batch. A reader thread prefetches the next chunks of each
@@ -31,6 +32,7 @@
 
 #include <stdint.h>
 
+#include "pipeline/serve/order.h"
 #include "pipeline/stream/stream_server.h"
 #include "stats/transforms.h"
 
@@ -43,8 +45,15 @@ typedef struct {
   int drop_last;          /* 1: drop the remainder (default); 0: pad by wrapping */
   int prefetch;           /* chunks read ahead per consumer (default 4) */
   int live;               /* serve a dataset while it is being generated (below) */
+  order_opts order;       /* the epoch order (order.h; zeroed: exact) */
   int max_open;           /* shard files kept open at once (LRU; 0: SHARD_READER_MAX_OPEN) */
 } serve_opts;
+
+/* HELLO flags bits 1-2: the order a consumer asks for (0: whatever the
+ * producer serves; 1 + order_mode: that one, or an ERROR naming both). */
+#define SERVE_FLAG_ORDER_SHIFT 1
+#define SERVE_FLAG_ORDER_MASK (3u << SERVE_FLAG_ORDER_SHIFT)
+#define SERVE_FLAG_ORDER(mode) ((uint32_t)((mode) + 1) << SERVE_FLAG_ORDER_SHIFT)
 
 typedef struct serve_source serve_source;
 
@@ -65,14 +74,18 @@ uint64_t serve_dataset_id(const serve_source *s);
 uint64_t serve_samples_per_rank(const serve_source *s);
 /* Samples of the split. */
 uint64_t serve_split_size(const serve_source *s);
+/* The epoch order as resolved (mode, and K and B in shards mode). */
+const order_plan *serve_order(const serve_source *s);
 
 /* The text of the stream's INFO reply (docs/stream-protocol.md, "INFO"): a
  * JSON object with the ranks served, the split, batch, seed, epochs (0:
  * unbounded), samples per rank and of the split, the per-sample shapes and
  * dtype, and the /stats normalisation parameters (null without /stats), so
  * a consumer can adopt the server's world and denormalise without opening
- * the dataset. Writes at most len bytes (NUL included); returns the length,
- * or -1 with the message set when len is too small. */
+ * the dataset; also the order ("exact" or "shards", with order_shards and
+ * order_buffer: K and B, null in exact mode). Writes at most len bytes
+ * (NUL included); returns the length, or -1 with the message set when len
+ * is too small. */
 int serve_info_json(const serve_source *s, uint32_t epochs, char *buf, size_t len);
 
 /* In-process use (the trainer reads through a serve_source instead of a

@@ -49,7 +49,9 @@ static void set_shapes(train_data *d, const uint32_t in[4], const uint32_t out[3
 static int open_dataset(train_data *d) {
   const train_stage *s = d->o.stage;
   serve_opts so = {.dataset_dir = s->dataset, .split = s->split, .seed = d->o.seed,
-                   .world = d->o.world, .batch = d->o.batch, .drop_last = 1, .prefetch = 3};
+                   .world = d->o.world, .batch = d->o.batch, .drop_last = 1, .prefetch = 3,
+                   .order = {.mode = s->order == ORDER_SHARDS ? ORDER_SHARDS : ORDER_EXACT,
+                             .shards = s->order_shards, .buffer = s->order_buffer}};
   CE_TRY(serve_open(&so, &d->src));
   if (!serve_norm(d->src)) {
     return ce_err("%s/dataset.h5 has no /stats group: the trainer needs the normalisation (run "
@@ -58,9 +60,15 @@ static int open_dataset(train_data *d) {
   uint32_t in[4], out[3];
   serve_shapes(d->src, in, out);
   set_shapes(d, in, out);
-  snprintf(d->desc, sizeof d->desc, "dataset %s (split %s, %llu samples, %llu per rank and epoch)",
-           s->dataset, s->split, (unsigned long long)serve_split_size(d->src),
-           (unsigned long long)serve_samples_per_rank(d->src));
+  const order_plan *op = serve_order(d->src);
+  char order[96] = "order exact";
+  if (op->mode == ORDER_SHARDS)
+    snprintf(order, sizeof order, "order shards: %lld shards at once, blocks of %lld",
+             (long long)op->shards, (long long)op->buffer);
+  snprintf(d->desc, sizeof d->desc,
+           "dataset %s (split %s, %llu samples, %llu per rank and epoch, %s)", s->dataset,
+           s->split, (unsigned long long)serve_split_size(d->src),
+           (unsigned long long)serve_samples_per_rank(d->src), order);
   return 0;
 }
 
@@ -69,16 +77,18 @@ static int open_stream(train_data *d) {
   stream_client_opts so = {.endpoint = s->endpoint, .rank = (uint16_t)d->o.rank,
                            .world = (uint16_t)d->o.world, .epoch = d->o.epoch,
                            .position = d->o.step * (uint64_t)d->o.batch,
-                           .credit = (uint32_t)s->credit, .flags = 1, .timeout_s = s->timeout_s,
+                           .credit = (uint32_t)s->credit, .timeout_s = s->timeout_s,
                            .curve_server_key = s->server_key && *s->server_key ? s->server_key : NULL,
                            .curve_client_key = s->client_key && *s->client_key ? s->client_key : NULL};
+  /* normalised data; the order asked for, when data.order names one */
+  so.flags = 1u | (s->order >= 0 ? SERVE_FLAG_ORDER(s->order) : 0u);
   if (s->stream_stats && *s->stream_stats) { /* raw samples, normalised here */
     char h5[4200];
     snprintf(h5, sizeof h5, "%s/dataset.h5", s->stream_stats);
     if (stats_file_read_norm(h5, &d->norm) < 0)
       return ce_err_prefix("data.stream.stats: the normalisation for the stream");
     d->self_norm = 1;
-    so.flags = 0;
+    so.flags &= ~1u;
   }
   CE_TRY(stream_client_open(&so, &d->cli));
   snprintf(d->desc, sizeof d->desc, "stream %s (rank %d of %d%s%s)", s->endpoint, d->o.rank,

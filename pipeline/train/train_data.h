@@ -3,8 +3,11 @@
  *
  * Dataset: the rank reads through an in-process serve_source (serve.h), so
  * the order is exactly what `coemu serve` would send: for epoch e the split
- * is shuffled by (seed, e), rank r takes positions r, r+W, r+2W, ..., every
- * rank gets the same number of whole batches (the remainder is dropped) and
+ * is put in the order data.order names (pipeline/serve/order.h: exact, a
+ * shuffle by (seed, e), or shards, the shard-aware order of (seed, e); both
+ * recomputed from (seed, e) alone on resume), rank r takes positions r,
+ * r+W, r+2W, ..., every rank gets the same number of whole batches (the
+ * remainder is dropped) and
  * a prefetching reader thread overlaps the HDF5 reads with training.
  * Because rank r's batch k is positions r + W*(k*b + j), j < b, of the
  * shuffled order, the W batches of step k together are positions
@@ -15,6 +18,9 @@
  * producer's chunks are gathered into batches (the batch must be a multiple
  * of the producer's chunk size, so a resume position is a chunk boundary).
  * Epochs follow the producer's; a partial batch at an epoch's end is dropped.
+ * The order is the producer's; a data.order that names one is asked for in
+ * the HELLO (serve.h, SERVE_FLAG_ORDER), and a producer serving the other
+ * answers with an error that names both.
  *
  * Batches are normalised (stats/transforms.h with the dataset's /stats).
  */

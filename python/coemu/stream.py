@@ -30,6 +30,18 @@ MAGIC = 0x534D4543
 VERSION = 1
 HEADER_SIZE = 96
 HELLO, WELCOME, CREDIT, CHUNK, EPOCH_END, HEARTBEAT, ERROR, BYE, INFO = range(1, 10)
+# HELLO flags bits 1-2: the epoch order asked for (0: the producer's), as
+# SERVE_FLAG_ORDER in pipeline/serve/serve.h
+ORDERS = ("exact", "shards")
+
+
+def order_flags(order):
+    """HELLO flag bits for order None (the producer's), "exact" or "shards"."""
+    if order is None:
+        return 0
+    if order not in ORDERS:
+        raise ValueError(f"order {order!r}: expected None, 'exact' or 'shards'")
+    return (ORDERS.index(order) + 1) << 1
 _FMT = "<IHHIIQIIQQHH4I3IQ"  # bytes 0..87
 assert struct.calcsize(_FMT) == 88
 
@@ -247,9 +259,11 @@ def server_info(endpoint, timeout_s=5.0, context=None, curve=None):
     docs/stream-protocol.md): a dict with at least "world" (the ranks it
     serves: its --ranks), "samples_per_rank" (per epoch), "epochs" (0:
     unbounded), "dataset_id", and from `coemu serve`: "batch", "split",
-    "seed", "in_shape", "out_shape", "dtype" and "normalisation" (the
-    /stats parameters, or None), "timeout_s" and "heartbeat_s" (the
-    producer drops a consumer silent for timeout_s). Raises ProducerSilent when nothing answers
+    "seed", "order" ("exact" or "shards"), "order_shards" and "order_buffer"
+    (K and B of order shards, None for exact), "in_shape", "out_shape",
+    "dtype" and "normalisation" (the /stats parameters, or None),
+    "timeout_s" and "heartbeat_s" (the producer drops a consumer silent for
+    timeout_s). Raises ProducerSilent when nothing answers
     within timeout_s (nothing listening there, or a coemu older than the
     INFO message: then give the world yourself; or a CURVE server that does
     not accept this consumer's key). curve: as for StreamClient."""
@@ -297,8 +311,12 @@ class StreamClient:
 
     def __init__(self, endpoint, rank=0, world=1, epoch=0, position=0, credit=4,
                  normalised=False, dataset_id=0, heartbeat_s=1.0, timeout_s=10.0, context=None,
-                 resume_after_s=None, curve=None, keepalive=True, taper=False):
-        """keepalive: a background thread sends HEARTBEAT every heartbeat_s
+                 resume_after_s=None, curve=None, keepalive=True, taper=False, order=None):
+        """order: None (whatever the producer serves), "exact" or "shards":
+        the epoch order this consumer expects (docs/stream-protocol.md,
+        "Order"); a producer serving the other one answers with an error
+        (ProtocolError) naming both.
+        keepalive: a background thread sends HEARTBEAT every heartbeat_s
         while the consumer is not inside next() (a training step longer than
         the producer's --timeout would otherwise have it drop this consumer);
         the socket is only ever used under a lock.
@@ -314,7 +332,8 @@ class StreamClient:
         started with --curve-secret (required off loopback)."""
         self.endpoint, self.rank, self.world = endpoint, rank, world
         self.epoch, self.position, self.credit = epoch, position, credit
-        self.flags = 1 if normalised else 0
+        self.flags = (1 if normalised else 0) | order_flags(order)
+        self.order = order
         self.dataset_id, self.heartbeat_s, self.timeout_s = dataset_id, heartbeat_s, timeout_s
         self.malformed = 0
         self.curve, self.taper = curve, taper

@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from coemu.normalise import Normalisation
-from coemu.stream import StreamClient, server_info
+from coemu.stream import StreamClient, order_flags, server_info
 
 
 def _dist_rank_world():
@@ -59,15 +59,20 @@ class StreamDataset(IterableDataset):
     is made: make it after init_process_group), 1 process otherwise; pass
     them to override. world: the server's ranks when it cannot be asked (a
     coemu without the INFO message). curve: (the producer's NAME.key, this
-    consumer's NAME.key_secret) for a CURVE producer (coemu keygen)."""
+    consumer's NAME.key_secret) for a CURVE producer (coemu keygen).
+    order: None (the server's), "exact" or "shards": the epoch order
+    expected (docs/stream-protocol.md, "Order"); a server announcing the
+    other one is refused at once, and the HELLOs ask for it too."""
 
     def __init__(self, endpoint, normalised=False, batched=False, with_ids=False, epoch=0,
                  rank=None, world_size=None, world=None, credit=4, timeout_s=None,
-                 info_timeout_s=10.0, curve=None):
+                 info_timeout_s=10.0, curve=None, order=None):
         super().__init__()
         self.endpoint, self.normalised = endpoint, normalised
         self.batched, self.with_ids, self.credit = batched, with_ids, credit
         self.curve = curve
+        order_flags(order)  # a bad value fails here
+        self.order = order
         if world is None:
             self.info = server_info(endpoint, timeout_s=info_timeout_s, curve=curve)
         else:
@@ -83,6 +88,10 @@ class StreamDataset(IterableDataset):
             raise ValueError(f"rank {self.rank} of world size {self.world_size}")
         if self.world % self.world_size:
             raise RuntimeError(self._advice(self.world_size, 1))
+        served = self.info.get("order")
+        if order is not None and served is not None and served != order:
+            raise RuntimeError(f"{endpoint}: order {order!r} asked for, but the server serves "
+                               f"order {served!r} (start it with coemu serve --order {order})")
         self.norm = None
         if self.info.get("normalisation") is not None:
             self.norm = Normalisation.from_info(self.info)
@@ -163,7 +172,7 @@ class StreamDataset(IterableDataset):
                                             credit=self.credit, normalised=self.normalised,
                                             heartbeat_s=self.heartbeat_s, timeout_s=self.timeout_s,
                                             resume_after_s=self.resume_after_s,
-                                            curve=self.curve, taper=True))
+                                            curve=self.curve, taper=True, order=self.order))
             active = list(clients)
             while active:
                 for c in list(active):

@@ -102,6 +102,21 @@ with tempfile.TemporaryDirectory() as tmp:
         check(c["inputs"].shape == (6, 3, 64, 64, 64) and np.all(c["inputs"][:, 1] > 0), "compat inputs")
         check(np.all(c["targets"] >= 0) and c["targets"].max() > 0, "compat targets")
 
+    # solver.device: cuda: one GPU per rank; without a device (or a CUDA build) every
+    # rank stops with a message naming the job's field, and no dataset is left
+    open(job, "w").write(JOB.replace("corrected_taylor: false}", "corrected_taylor: false, device: cuda}"))
+    d = os.path.join(tmp, "cuda")
+    r = run(MPI + ["-n", "2", COEMU, "generate", job, "--out", d, "--quiet"])
+    if r.returncode == 0:  # a GPU here: the same inputs (the images' parity is scripts/gpu-check.sh's)
+        c = arrays(d)
+        check(a is not None and np.array_equal(c["inputs"], a["inputs"]), "device: cuda: same inputs")
+        check(np.all(np.isfinite(c["targets"])), "device: cuda: finite targets")
+    else:
+        check(r.returncode == 1 and "solver.device" in r.stderr and
+              ("no CUDA device" in r.stderr or "is not built into this coemu" in r.stderr),
+              f"device: cuda without a device: rc {r.returncode}, {r.stderr[-800:]}")
+        check(not os.path.exists(os.path.join(d, "dataset.h5")), "device: cuda without a device: no dataset")
+
     # a job whose models cannot be read stops with a message naming the model
     bad = JOB.replace("synth: {count: 3, seed: 7, levels: 2}",
                       f"amrvac: {{glob: {os.path.join(tmp, 'nomodels')}/*.dat}}")

@@ -3,6 +3,7 @@
  * Tolerances: the frequency grid's 1e-15 bounds two double roundings;
  * everything else is exact (parsed values, copied bytes). */
 #include <hdf5.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -99,6 +100,43 @@ static void test_channels(void) {
   CHECK_OK(parse("inputs: {synth: {count: 2}}\nline: {lamda: a, channels: {mode: list, velocities: [5, -5.5]}}\n", &j));
   CHECK(j.nf == 2 && j.velocities[1] == -5.5);
   job_free(&j);
+}
+
+/* Every channel mode: the channel velocities and the frequencies job_frequencies
+ * gives satisfy nu = nu0 (1 - v/c) (docs/physics.md), in the documented order:
+ * coemunet frequency rising (velocity +900..-900 m/s, the paper's order), grid
+ * velocity rising from vmin to vmax (frequency falling), list as given. The
+ * bound: each side is at most 8 roundings of numbers <= nu0 (1 + 1e-5)
+ * (torch.linspace's arithmetic on one side, nu0 * (1 - v/c) on the other), so
+ * they differ by less than 16 u nu0, u = 2^-53. Before the sign fix the
+ * coemunet velocities were -900..+900: off by 2 v nu0/c, some 1e6 Hz. */
+static void test_channel_convention(void) {
+  static const char *modes[3] = {
+      "{mode: coemunet}", "{mode: grid, vmin: -1200, vmax: 900, count: 8}",
+      "{mode: list, velocities: [250.5, -3000, 0, 1e5]}"};
+  const double c = 299792458.0, u = 0x1p-53;
+  for (int m = 0; m < 3; m++) {
+    char text[512];
+    snprintf(text, sizeof text, "inputs: {synth: {count: 2}}\nline: {lamda: a, channels: %s}\n", modes[m]);
+    job j;
+    CHECK_OK(parse(text, &j));
+    double nu0 = strtod("230.5380000", NULL) * 1e9, f[16];
+    CHECK(j.nf <= 16);
+    job_frequencies(&j, nu0, f);
+    for (int i = 0; i < j.nf; i++) {
+      double want = nu0 * (1 - j.velocities[i] / c);
+      CHECK_MSG(fabs(f[i] - want) <= 16 * u * nu0, "%s channel %d: nu %.17g, nu0 (1 - v/c) %.17g (v %g)",
+                modes[m], i, f[i], want, j.velocities[i]);
+    }
+    for (int i = 1; i < j.nf && m < 2; i++) {
+      if (m == 0) CHECK(f[i] > f[i - 1] && j.velocities[i] == j.velocities[i - 1] - 300);
+      else CHECK(f[i] < f[i - 1] && j.velocities[i] > j.velocities[i - 1]);
+    }
+    if (m == 0) CHECK(j.velocities[0] == 900 && j.velocities[3] == 0 && j.velocities[6] == -900);
+    if (m == 1) CHECK(j.velocities[0] == -1200 && j.velocities[7] == 900);
+    if (m == 2) CHECK(j.velocities[0] == 250.5 && j.velocities[1] == -3000 && j.velocities[3] == 1e5);
+    job_free(&j);
+  }
 }
 
 static void test_splits(void) {
@@ -226,6 +264,7 @@ int main(void) {
   RUN(test_defaults);
   RUN(test_errors);
   RUN(test_channels);
+  RUN(test_channel_convention);
   RUN(test_splits);
   RUN(test_job_files);
   RUN(test_schema_doc);

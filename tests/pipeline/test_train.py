@@ -13,6 +13,9 @@ three-channel set for fine-tuning, with a scaled-down COEmuNet.
     summation order;
   - training from a `coemu serve` stream gives the same losses as from the
     dataset directory (same order, same normalisation);
+  - with data.order: shards the same holds against `coemu serve --order
+    shards` (and the losses differ from order exact's); a trainer asking
+    for order exact from that producer is refused, naming both orders;
   - coemu eval writes its table, CSV and pictures, and 1 and 2 ranks give the
     same per-sample metrics;
   - bad input: corrupted and mismatched checkpoints, another job's output
@@ -301,6 +304,42 @@ with tempfile.TemporaryDirectory() as tmp:
     ls2 = losses(os.path.join(tmp, "s2", "finetune", "train.csv"))
     check(ls2.shape == (1, 3) and reldiff(ls2, l1, 1) < tol1,
           "2 ranks from a stream: step 1 equals 1 rank from the dataset (as 2 ranks do above)")
+
+    # ---- data.order: shards, from the dataset and from serve --order shards ----
+    oa, ob = os.path.join(tmp, "oa"), os.path.join(tmp, "ob")
+    oj = os.path.join(tmp, "order.yaml")
+    order_keys = "order: shards, order_shards: 2, order_buffer: 6"
+    open(oj, "w").write(f"name: o\nseed: 9\n{MODEL}\nfinetune:\n  data: {{dataset: {ft}, {order_keys}}}\n"
+                        f"  validation: {{dataset: {ft}, split: validation, batch: 4}}\n"
+                        f"  epochs: 3\n  batch: 8\n  optimizer: {{lr: 3.0e-3, eps: 1.0e-3}}\n")
+    r = run([COEMU, "train", oj, "--out", oa, "--quiet", "--max-steps", "3"])
+    check(r.returncode == 3, f"data.order shards: status {r.returncode}: {r.stderr[-2000:]}")
+    lo = losses(os.path.join(oa, "finetune", "train.csv"))
+    ep3 = "ipc://" + os.path.join(tmp, "serve3.sock")
+    srv = subprocess.Popen([COEMU, "serve", ft, "--endpoint", ep3, "--batch", "4", "--seed", "9",
+                            "--order", "shards", "--order-shards", "2", "--order-buffer", "6",
+                            "--idle-exit", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, env=ENV)
+    sjo = os.path.join(tmp, "stream-order.yaml")
+    open(sjo, "w").write(f"name: s\nseed: 9\n{MODEL}\nfinetune:\n"
+                         f"  data: {{stream: {{endpoint: '{ep3}'}}, order: shards}}\n"
+                         f"  validation: {{dataset: {ft}, split: validation, batch: 4}}\n"
+                         f"  epochs: 3\n  batch: 8\n  optimizer: {{lr: 3.0e-3, eps: 1.0e-3}}\n")
+    r = run([COEMU, "train", sjo, "--out", ob, "--quiet", "--max-steps", "3"])
+    check(r.returncode == 3, f"order shards from a stream: status {r.returncode}: {r.stderr[-2000:]}")
+    lso = losses(os.path.join(ob, "finetune", "train.csv"))
+    # exact by construction, as above: the same batches, kernels and threads
+    check(lo.shape == l1.shape and np.array_equal(lso, lo),
+          "order shards: stream and dataset directory give the same losses, bit for bit")
+    check(not np.array_equal(lo, l1), "order shards trains on other batches than order exact")
+    # a trainer that asks for order exact from this producer is refused, naming both
+    otext = open(sjo).read().replace("order: shards", "order: exact")
+    open(sjo, "w").write(otext)
+    r = run([COEMU, "train", sjo, "--out", os.path.join(tmp, "oc"), "--quiet", "--max-steps", "1"])
+    srv.terminate()
+    srv.wait(timeout=30)
+    check(r.returncode == 1 and "asks for order exact, the producer serves order shards" in r.stderr,
+          f"order exact asked of a shards producer: {r.returncode} {r.stderr[-800:]}")
 
     # ---- a live trainer: coemu generate streams shards as they finish ----
     # the stream is raw (no /stats yet); the trainer normalises with the

@@ -145,6 +145,38 @@ static void test_stream_defaults_and_paths(void) {
   train_job_free(&j);
 }
 
+/* data.order: not given (-1: exact for a dataset, the producer's for a
+ * stream), exact, shards with K and B; K and B only with shards of a
+ * dataset (each error names the key's position). */
+static void test_order(void) {
+  train_job j;
+  CHECK_OK(parse(base, &j));
+  CHECK(j.stage[1].order == -1 && j.stage[1].order_shards == 0 && j.stage[1].order_buffer == 0);
+  train_job_free(&j);
+  const char *t1 = "finetune:\n  data: {dataset: ds, order: shards, order_shards: 3, order_buffer: 100}\n"
+                   "  epochs: 1\n";
+  CHECK_OK(parse(t1, &j));
+  CHECK(j.stage[1].order == 1 && j.stage[1].order_shards == 3 && j.stage[1].order_buffer == 100);
+  train_job_free(&j);
+  const char *t2 = "finetune:\n  data: {stream: {endpoint: 'ipc:///x'}, order: exact}\n"
+                   "  validation: {split: none}\n  epochs: 1\n";
+  CHECK_OK(parse(t2, &j));
+  CHECK(j.stage[1].order == 0 && j.stage[1].source == TRAIN_SRC_STREAM);
+  train_job_free(&j);
+  check_text_err("finetune:\n  data: {dataset: ds, order: random}\n  epochs: 1\n", "order");
+  check_text_err("finetune:\n  data: {dataset: ds, order_shards: 4}\n  epochs: 1\n",
+                 "t.yaml:2:37: finetune.data.order_shards: expected only with order: shards and a "
+                 "dataset");
+  check_text_err("finetune:\n  data: {dataset: ds, order: exact, order_buffer: 4}\n  epochs: 1\n",
+                 "finetune.data.order_buffer: expected only with order: shards and a dataset (a "
+                 "stream's order is the producer's: coemu serve --order-shards/--order-buffer), got "
+                 "it with order: exact");
+  check_text_err("finetune:\n  data: {stream: {endpoint: 'ipc:///x'}, order: shards, order_shards: 2}\n"
+                 "  validation: {split: none}\n  epochs: 1\n", "got it with a stream");
+  check_text_err("finetune:\n  data: {dataset: ds, order: shards, order_shards: 0}\n  epochs: 1\n",
+                 "order_shards");
+}
+
 static void test_cross_field_errors(void) {
   /* exactly one of dataset / stream */
   check_text_err("finetune:\n  data: {dataset: ds, stream: {endpoint: 'ipc:///x'}}\n  epochs: 2\n",
@@ -549,6 +581,14 @@ static void test_diff(void) {
   /* max bounds what is written, not the count */
   CHECK(train_job_diff(&a, &b, ch, 2) == nw && !strcmp(ch[1].key, "threads"));
   train_job_free(&b);
+  /* the order: part of what the samples are, not extendable */
+  CHECK_OK(parse("finetune:\n  data: {dataset: ds, order: shards, order_shards: 4}\n  epochs: 2\n", &b));
+  n = train_job_diff(&a, &b, ch, 32);
+  CHECK_MSG(n == 2 && !strcmp(ch[0].key, "finetune.data.order") && !strcmp(ch[0].before, "(not given)") &&
+                !strcmp(ch[0].after, "shards") && !ch[0].extendable &&
+                !strcmp(ch[1].key, "finetune.data.order_shards") && !ch[1].extendable,
+            "%d changes: %s %s -> %s", n, n ? ch[0].key : "", n ? ch[0].before : "", n ? ch[0].after : "");
+  train_job_free(&b);
   /* a stage added: one change, the stage, not extendable */
   CHECK_OK(parse("pretrain: {data: {dataset: ds}, epochs: 1}\nfinetune:\n  data: {dataset: ds}\n"
                  "  epochs: 2\n", &b));
@@ -565,6 +605,7 @@ int main(int argc, char **argv) {
   RUN(test_defaults);
   RUN(test_full_job);
   RUN(test_stream_defaults_and_paths);
+  RUN(test_order);
   RUN(test_cross_field_errors);
   RUN(test_schema_errors);
   RUN(test_hostile);

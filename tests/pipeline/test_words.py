@@ -56,8 +56,9 @@ with tempfile.TemporaryDirectory() as tmp:
 
     r = run("inspect", d)
     check(r.returncode == 0, f"inspect: {r.stderr}")
-    # the 7 COEmuNet channels of CO J=2-1: -900..900 m/s (docs/physics.md)
-    check("channels  7, velocity (km/s): -0.900 -0.600 -0.300 0.000 0.300 0.600 0.900\n" in r.stdout,
+    # the 7 COEmuNet channels of CO J=2-1, frequency rising: +900..-900 m/s under
+    # nu = nu0 (1 - v/c) (docs/physics.md)
+    check("channels  7, velocity (km/s): 0.900 0.600 0.300 0.000 -0.300 -0.600 -0.900\n" in r.stdout,
           f"inspect gives channel velocities in km/s: {r.stdout!r}")
     check("frequency (GHz): 230.537308 230.537539 230.537769 230.538000 230.538231 230.538461 "
           "230.538692 (line rest frequency 230.538000 GHz)\n" in r.stdout,

@@ -7,6 +7,10 @@
  *   COEMU_TEST_DELAY_MS   sleep this long per sample (to kill runs mid-way)
  *   COEMU_TEST_FAIL_MODEL a model id whose samples fail ("cannot read")
  *   COEMU_TEST_FAIL_OPEN  a rank whose producer cannot start ("cannot set up")
+ *   COEMU_TEST_SIGNAL     "SIG:SAMPLE[:RANK]" (SIG: TERM, INT or USR1): the rank
+ *                         making global sample SAMPLE (only RANK, when given)
+ *                         sends itself SIG just before making it, for
+ *                         stops at known places (test_generate_signals.py)
  *   COEMU_TEST_FSIZE      a file-size limit (RLIMIT_FSIZE, bytes) set once MPI
  *                         is up (MPI's own start-up writes files), to act as a
  *                         full disk
@@ -14,6 +18,7 @@
  */
 #include <math.h>
 #include <mpi.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +35,9 @@ typedef struct {
   uint64_t seed;
   long delay_ms;
   long fail_model;
+  int signal, signal_rank;
+  long long signal_sample;
+  int64_t directions;
 } analytic;
 
 static analytic g_an;
@@ -38,6 +46,11 @@ static int analytic_sample(void *ctx, int64_t model, int64_t dir, float *in, flo
                            double q[4]) {
   const analytic *a = ctx;
   if (model == a->fail_model) CE_FAIL("model %lld: cannot read (test producer)", (long long)model);
+  if (a->signal && model * a->directions + dir == a->signal_sample) {
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    if (a->signal_rank < 0 || a->signal_rank == rank) raise(a->signal);
+  }
   if (a->delay_ms > 0) {
     struct timespec ts = {a->delay_ms / 1000, (a->delay_ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
@@ -74,6 +87,22 @@ static int analytic_open(const job *j, const char *out_dir, generate_producer *p
   const char *d = getenv("COEMU_TEST_DELAY_MS"), *f = getenv("COEMU_TEST_FAIL_MODEL");
   g_an.delay_ms = d ? atol(d) : 0;
   g_an.fail_model = f ? atol(f) : -1;
+  g_an.directions = j->directions;
+  const char *sg = getenv("COEMU_TEST_SIGNAL");
+  g_an.signal = 0;
+  g_an.signal_rank = -1;
+  if (sg) {
+    char name[8] = "";
+    long long sample = -1;
+    int rk = -1;
+    if (sscanf(sg, "%7[A-Z1]:%lld:%d", name, &sample, &rk) < 2)
+      CE_FAIL("COEMU_TEST_SIGNAL=%s: expected SIG:SAMPLE[:RANK]", sg);
+    g_an.signal = !strcmp(name, "TERM") ? SIGTERM : !strcmp(name, "INT") ? SIGINT
+                : !strcmp(name, "USR1") ? SIGUSR1 : 0;
+    if (!g_an.signal) CE_FAIL("COEMU_TEST_SIGNAL=%s: SIG is TERM, INT or USR1", sg);
+    g_an.signal_sample = sample;
+    g_an.signal_rank = rk;
+  }
   const char *fo = getenv("COEMU_TEST_FAIL_OPEN");
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);

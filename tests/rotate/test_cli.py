@@ -119,7 +119,8 @@ with tempfile.TemporaryDirectory() as tmp:
         half = 16 * 1.495978707e11
         # dx is a fixed double formula (a few roundings, far below 1e-6), the
         # same on every host
-        check(abs(f.attrs["dx"] - 2 * half / np.sqrt(3) / 8) < 1e-6 * half, "dx = edge / n")
+        # the default edge is the ball radius, as generate's edge: auto
+        check(abs(f.attrs["dx"] - half / 8) < 1e-6 * half, "dx = edge / n, edge = r")
 
     # compat: 64^3 and dx = twice the voxel
     cdir = os.path.join(tmp, "compat")
@@ -146,5 +147,25 @@ with tempfile.TemporaryDirectory() as tmp:
     check(rc == 1 and "ndim = 2" in err, f"2-D refused: {err!r}")
     rc, out, err = run("sample", AGB)
     check(rc == 2, "sample without --out")
+
+    # --device: a bad name or --compat is a usage error; cuda without a device (or a
+    # CUDA build) is a clear error and writes nothing; with one, the CPU's cubes
+    rc, out, err = run("sample", AGB, "--device", "gpu", "--out", os.path.join(tmp, "x"))
+    check(rc == 2 and "expected cpu or cuda" in err, f"--device gpu: {err!r}")
+    rc, out, err = run("sample", AGB, "--device", "cuda", "--compat", "--out", os.path.join(tmp, "x"))
+    check(rc == 2 and "--compat" in err, f"--device cuda --compat: {err!r}")
+    ddir = os.path.join(tmp, "dev")
+    rc, out, err = run("sample", AGB, "--directions", "2", "--n", "16", "--seed", "3",
+                       "--model-id", "5", "--device", "cuda", "--out", ddir)
+    if rc == 0:  # a GPU here: the same bits as the CPU (exact: the same arithmetic)
+        for f in ("v_z", "T", "n"):
+            check(np.array_equal(np.load(os.path.join(ddir, "dir_0000", f + ".npy")),
+                                 np.load(os.path.join(out_dir, "dir_0000", f + ".npy"))),
+                  f"--device cuda: {f} as on the CPU")
+    else:
+        check(rc == 1 and "--device cuda" in err and
+              ("no CUDA device" in err or "is not built into this coemu" in err),
+              f"--device cuda without a device: {rc} {err!r}")
+        check(not os.path.exists(ddir), "--device cuda without a device: nothing written")
 
 report()

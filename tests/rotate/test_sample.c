@@ -472,6 +472,152 @@ static void test_refusals(void) {
   CHECK_ERR(model_check_usable(&h, &u, "x"), "stretched");
 }
 
+/* ---------------------------------------------------------------------- */
+/* The sampler's per-thread bodies (rotate/sampler_body.h, what a device
+ * runs), driven by a plain loop over thread indices: the bits of
+ * sample_cube, exact by construction (the same arithmetic in the same
+ * order), on models with power-of-two and other block sizes, 2 and 3
+ * levels, k = 1, 2, 3, with and without a ball and a background fill, at
+ * the identity and at Philox-drawn Haar directions. */
+
+static int bodies_case(const ce_model *m, const sampler_opts *o, const double q[4],
+                       const char *what) {
+  const size_t n = (size_t)o->n, N = n * n * n, nidx = n * n * o->k * o->k * n * o->k;
+  float *a[3], *b[3];
+  for (int i = 0; i < 3; i++) a[i] = malloc(N * 4), b[i] = malloc(N * 4);
+  int64_t *idx = malloc(nidx * sizeof(int64_t));
+  int32_t *geo = NULL;
+  sampler_flat F;
+  sampler_geo G;
+  int same = -1;
+  CHECK_OK(sample_cube(m, q, o, a[0], a[1], a[2]));
+  if (sampler_flatten(m, &F, &geo) == 0 && sampler_geometry(m, q, o, &G) == 0) {
+    sampler_body_run_host(&F, &G, idx, b[0], b[1], b[2]);
+    same = 1;
+    for (int i = 0; i < 3; i++) {
+      if (memcmp(a[i], b[i], N * 4)) {
+        size_t j = 0;
+        while (!memcmp(&a[i][j], &b[i][j], 4)) j++;
+        CHECK_FAIL_("%s (n %d, k %d, fill %d): bodies differ from sample_cube in array %d at %zu: "
+                    "%.9g vs %.9g", what, o->n, o->k, o->fill_background, i, j, b[i][j], a[i][j]);
+        same = 0;
+      }
+    }
+  }
+  for (int i = 0; i < 3; i++) free(a[i]), free(b[i]);
+  free(idx), free(geo);
+  return same;
+}
+
+static int refine_centre6(const amrvac_block_id *id, void *user) {
+  /* blocks of 6 cells in a [-9, 9]^3 box of 18 cells: refine those within 4 of 0 */
+  double h = 18.0 / 3 / (1 << (id->level - 1));
+  for (int d = 0; d < 3; d++) {
+    double lo = -9 + (id->ig[d] - 1) * h, hi = lo + h;
+    if (hi < -4 || lo > 4) return 0;
+  }
+  return 1;
+}
+
+static void test_bodies(void) {
+  ce_model *models[3] = {load_agb(), NULL, NULL};
+  amrvac_snapshot s;
+  units u = test_units();
+  CHECK_OK(model_synthetic_snapshot((int[3]){16, 16, 16}, (int[3]){4, 4, 4},
+                                    (double[3]){-8, -8, -8}, (double[3]){8, 8, 8}, 3, 5.0 / 3,
+                                    refine_centre, NULL, cloud, NULL, &s));
+  CHECK_OK(model_from_snapshot(&s, &u, &models[1]));
+  amrvac_free(&s);
+  CHECK_OK(model_synthetic_snapshot((int[3]){18, 18, 18}, (int[3]){6, 6, 6},
+                                    (double[3]){-9, -9, -9}, (double[3]){9, 9, 9}, 2, 5.0 / 3,
+                                    refine_centre6, NULL, cloud, NULL, &s));
+  CHECK_OK(model_from_snapshot(&s, &u, &models[2]));
+  amrvac_free(&s);
+  const char *names[3] = {"agbwind3d_0000 (blocks 2^k)", "cloud, 3 levels, blocks of 4",
+                          "cloud, blocks of 6"};
+  int cases = 0, same = 0;
+  for (int mi = 0; mi < 3; mi++) {
+    ce_model *m = models[mi];
+    if (!m) continue;
+    CHECK(mi != 2 || m->bshift < 0); /* the general (division) path of the locator */
+    double half = model_half_extent(m);
+    for (int k = 1; k <= 3; k++)
+      for (int fill = 0; fill < 2; fill++) {
+        sampler_opts o;
+        sampler_defaults(&o);
+        o.n = k == 3 ? 12 : 20;
+        o.k = k;
+        o.ball_radius = half;
+        /* inside the ball, or (fill) reaching past it and past the domain */
+        o.edge = fill ? 1.9 * half : 1.1 * half;
+        o.fill_background = fill;
+        o.bg_n = fill ? 3.0 : 0, o.bg_T = fill ? 20.0 : 0;
+        for (int t = 0; t < 4; t++) {
+          double q[4] = {1, 0, 0, 0};
+          if (t) dir_quaternion(DIR_HAAR, 11, (uint32_t)mi, (uint32_t)t, q);
+          int r = bodies_case(m, &o, q, names[mi]);
+          cases++;
+          same += r == 1;
+        }
+      }
+    model_free(m);
+  }
+  fprintf(stderr, "  sampler bodies on the host: %d of %d cubes bit-identical to sample_cube\n",
+          same, cases);
+  CHECK(cases == 3 * 3 * 2 * 4 && same == cases);
+}
+
+/* The sampler on a CUDA device: the bits of sample_cube for a batch of
+ * directions where a device runs; elsewhere (CI) a clear error. With
+ * COEMU_REQUIRE_DEVICE set (scripts/gpu-check.sh) the device must run. */
+static void test_device_sampler(void) {
+  ce_model *m = load_agb();
+  if (!m) return;
+  sampler_device *d = NULL;
+  char desc[320] = "";
+  if (sampler_device_open(m, 0, &d, desc, sizeof desc) < 0) {
+    const char *e = ce_err_msg();
+    fprintf(stderr, "  device sampler: %s\n", e);
+    CHECK_MSG(strstr(e, "sampler device 'cuda'") &&
+                  (strstr(e, "no CUDA device") || strstr(e, "is not built into this coemu")),
+              "%s", e);
+    CHECK_MSG(!getenv("COEMU_REQUIRE_DEVICE"), "COEMU_REQUIRE_DEVICE is set: %s", e);
+    model_free(m);
+    return;
+  }
+  fprintf(stderr, "  device sampler: %s\n", desc);
+  enum { NB = 5 };
+  int cases = 0, same = 0;
+  for (int k = 1; k <= 3; k++)
+    for (int fill = 0; fill < 2; fill++) {
+      sampler_opts o;
+      sampler_defaults(&o);
+      double half = model_half_extent(m);
+      o.n = 24, o.k = k, o.ball_radius = half, o.edge = fill ? 1.9 * half : 1.1 * half;
+      o.fill_background = fill, o.bg_n = fill ? 3.0 : 0, o.bg_T = fill ? 20.0 : 0;
+      size_t N = (size_t)o.n * o.n * o.n;
+      double q[NB][4];
+      float *dv[NB], *dT[NB], *dn[NB], *cv = malloc(N * 4), *cT = malloc(N * 4), *cn = malloc(N * 4);
+      for (int c = 0; c < NB; c++) {
+        dir_quaternion(DIR_HAAR, 5, (uint32_t)k, (uint32_t)c, q[c]);
+        dv[c] = malloc(N * 4), dT[c] = malloc(N * 4), dn[c] = malloc(N * 4);
+      }
+      CHECK_OK(sampler_device_sample(d, NB, (const double(*)[4])q, &o, dv, dT, dn));
+      for (int c = 0; c < NB; c++) {
+        CHECK_OK(sample_cube(m, q[c], &o, cv, cT, cn));
+        int ok = !memcmp(cv, dv[c], N * 4) && !memcmp(cT, dT[c], N * 4) && !memcmp(cn, dn[c], N * 4);
+        CHECK_MSG(ok, "device sampler, k %d fill %d direction %d: differs from sample_cube", k,
+                  fill, c);
+        cases++, same += ok;
+        free(dv[c]), free(dT[c]), free(dn[c]);
+      }
+      free(cv), free(cT), free(cn);
+    }
+  fprintf(stderr, "  device sampler: %d of %d cubes bit-identical to sample_cube\n", same, cases);
+  sampler_device_close(d);
+  model_free(m);
+}
+
 int main(void) {
   data_dir = getenv("COEMU_TEST_DATA");
   if (!data_dir) data_dir = "tests/data";
@@ -482,5 +628,7 @@ int main(void) {
   RUN(test_compat);
   RUN(test_compat_parent_fill);
   RUN(test_refusals);
+  RUN(test_bodies);
+  RUN(test_device_sampler);
   return check_report();
 }

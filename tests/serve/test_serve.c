@@ -18,7 +18,13 @@
  *     when normalised data are asked for, a split too small for one batch,
  *     bad options;
  *   - stale read-ahead (a rank resumed elsewhere, or left) is evicted: no
- *     request waits for ever on slots nobody will take.
+ *     request waits for ever on slots nobody will take;
+ *   - the default order (exact) is bit for bit main's before order.c
+ *     (goldens printed by this fixture at d17d44a); order shards
+ *     (order.h) is order_epoch over the dataset's shards, announced in
+ *     INFO, and a fresh source resumed at every position of every rank
+ *     sends the rest of the uninterrupted epoch; a consumer asking for the
+ *     other order gets an error naming both.
  * No MPI in this process (the fixture is made in a child), so
  * LeakSanitizer checks the reader thread's buffers. */
 #include <stdint.h>
@@ -29,6 +35,7 @@
 
 #include "check.h"
 #include "dataset_fixture.h"
+#include "pipeline/serve/order.h"
 #include "pipeline/serve/serve.h"
 #include "stats/statsfile.h"
 #include "stats/transforms.h"
@@ -401,6 +408,177 @@ static void test_stale_slots(void) {
   serve_close(ref);
 }
 
+/* serve_sample_at for world 1 on this fixture at d17d44a (before order.c):
+ * {split, seed, epoch, the order}. */
+static const struct {
+  const char *split;
+  uint64_t seed;
+  uint32_t epoch;
+  int64_t order[30];
+} SERVE_GOLDEN[] = {
+    {"all", 1234, 0, {7, 6, 8, 5, 28, 12, 4, 25, 2, 3, 26, 29, 1, 13, 27, 22, 17, 14, 15, 10, 11, 18, 24, 20, 19, 21, 23, 16, 0, 9}},
+    {"all", 1234, 1, {11, 14, 4, 27, 15, 23, 7, 10, 0, 13, 18, 8, 21, 5, 29, 24, 20, 6, 16, 19, 12, 3, 2, 9, 26, 25, 22, 17, 1, 28}},
+    {"all", 1234, 5, {8, 14, 16, 27, 17, 29, 20, 18, 15, 13, 24, 28, 25, 19, 22, 11, 23, 21, 12, 3, 26, 9, 4, 5, 6, 7, 0, 2, 10, 1}},
+    {"all", 42, 0, {21, 0, 10, 27, 1, 3, 7, 19, 25, 15, 16, 9, 22, 11, 8, 18, 26, 5, 17, 28, 12, 6, 4, 20, 13, 23, 2, 29, 14, 24}},
+    {"all", 42, 1, {28, 19, 11, 13, 15, 12, 4, 21, 23, 8, 0, 27, 9, 7, 26, 3, 14, 16, 20, 5, 18, 1, 2, 17, 25, 22, 6, 29, 24, 10}},
+    {"all", 42, 5, {11, 0, 17, 20, 13, 8, 21, 22, 9, 26, 2, 15, 18, 4, 3, 1, 10, 6, 24, 25, 29, 19, 16, 14, 27, 28, 23, 5, 7, 12}},
+    {"train", 1234, 0, {6, 12, 13, 29, 3, 22, 4, 14, 23, 7, 8, 27, 5, 28, 21}},
+    {"train", 1234, 1, {22, 4, 27, 21, 23, 3, 14, 29, 12, 13, 5, 7, 8, 6, 28}},
+    {"train", 1234, 5, {23, 27, 7, 12, 28, 3, 22, 6, 8, 29, 14, 21, 5, 13, 4}},
+    {"train", 42, 0, {28, 6, 27, 12, 22, 3, 4, 29, 5, 23, 7, 14, 13, 8, 21}},
+    {"train", 42, 1, {8, 7, 29, 14, 12, 28, 3, 6, 23, 5, 4, 21, 27, 13, 22}},
+    {"train", 42, 5, {13, 7, 12, 4, 22, 21, 14, 6, 29, 3, 5, 23, 28, 8, 27}},
+};
+
+static void test_exact_golden(void) {
+  for (size_t g = 0; g < sizeof SERVE_GOLDEN / sizeof SERVE_GOLDEN[0]; g++) {
+    serve_source *s = open_src(SERVE_GOLDEN[g].split, SERVE_GOLDEN[g].seed, 1, 1, 1);
+    if (!s) return;
+    CHECK(serve_order(s)->mode == ORDER_EXACT);
+    for (uint64_t p = 0; p < serve_split_size(s); p++)
+      CHECK_MSG(serve_sample_at(s, SERVE_GOLDEN[g].epoch, 0, p) == SERVE_GOLDEN[g].order[p],
+                "%s seed %llu epoch %u position %llu: %lld, main gave %lld", SERVE_GOLDEN[g].split,
+                (unsigned long long)SERVE_GOLDEN[g].seed, SERVE_GOLDEN[g].epoch,
+                (unsigned long long)p, (long long)serve_sample_at(s, SERVE_GOLDEN[g].epoch, 0, p),
+                (long long)SERVE_GOLDEN[g].order[p]);
+    serve_close(s);
+  }
+}
+
+static serve_source *open_shards(const char *split, int world, int batch, int64_t K, int64_t B) {
+  serve_opts o = {.dataset_dir = g_dir, .split = split, .seed = 9, .world = world, .batch = batch,
+                  .drop_last = 1, .prefetch = 2,
+                  .order = {.mode = ORDER_SHARDS, .shards = K, .buffer = B}};
+  serve_source *s = NULL;
+  CHECK_OK(serve_open(&o, &s));
+  return s;
+}
+
+/* Order shards through serve: order_epoch over the split with the shards
+ * of the fixture's layout (8 samples per shard), announced in INFO. */
+static void test_shards_order(void) {
+  const char *splits[2] = {"all", "train"};
+  for (int k = 0; k < 2; k++) {
+    serve_source *s = open_shards(splits[k], 1, 1, 2, 5);
+    if (!s) return;
+    const int64_t m = (int64_t)serve_split_size(s);
+    int64_t split[64], shard[64], want[64];
+    for (int64_t j = 0; j < m; j++) {
+      split[j] = serve_split_sample(s, j);
+      shard[j] = split[j] / SPEC.samples_per_shard;
+    }
+    order_opts oo = {.mode = ORDER_SHARDS, .shards = 2, .buffer = 5};
+    order_plan p;
+    CHECK_OK(order_plan_init(&p, &oo, split, shard, m, SPEC.samples_per_shard));
+    for (uint32_t e = 0; e < 3; e++) {
+      CHECK_OK(order_epoch(&p, 9, e, want));
+      for (int64_t j = 0; j < m; j++)
+        CHECK_MSG(serve_sample_at(s, e, 0, (uint64_t)j) == want[j],
+                  "%s epoch %u position %lld: %lld, order_epoch gives %lld", splits[k], e,
+                  (long long)j, (long long)serve_sample_at(s, e, 0, (uint64_t)j), (long long)want[j]);
+    }
+    order_plan_free(&p);
+    char info[4096];
+    CHECK(serve_info_json(s, 0, info, sizeof info) > 0);
+    CHECK_MSG(strstr(info, "\"order\": \"shards\", \"order_shards\": 2, \"order_buffer\": 5"),
+              "INFO: %s", info);
+    serve_close(s);
+  }
+  /* defaults: K = 8, B = 4 x 8 samples per shard */
+  serve_source *d = open_shards("all", 1, 1, 0, 0);
+  if (d) {
+    CHECK(serve_order(d)->shards == 8 && serve_order(d)->buffer == 32);
+    serve_close(d);
+  }
+  serve_source *x = open_src("all", 9, 1, 1, 1);
+  if (x) {
+    char info[4096];
+    CHECK(serve_info_json(x, 0, info, sizeof info) > 0);
+    CHECK_MSG(strstr(info, "\"order\": \"exact\", \"order_shards\": null, \"order_buffer\": null"),
+              "INFO: %s", info);
+    serve_close(x);
+  }
+  serve_opts bad = {.dataset_dir = g_dir, .split = "all", .world = 1, .batch = 1,
+                    .order = {.mode = ORDER_SHARDS, .shards = 70000}};
+  serve_source *b = NULL;
+  CHECK_ERR(serve_open(&bad, &b), "order shards: 70000 shards interleaved: expected 1..65536");
+}
+
+/* Resume in shards mode: a fresh source (a restarted producer) asked for
+ * rank r's chunks from position k on, for every k and r, sends exactly the
+ * rest of what an uninterrupted source sent; with read-ahead and batch 1. */
+static void test_shards_resume(void) {
+  const int W = 2;
+  serve_source *s = open_shards("all", W, 1, 2, 5);
+  if (!s) return;
+  const uint64_t share = serve_samples_per_rank(s);
+  CHECK(share == 15);
+  uint64_t full[2][15];
+  for (int r = 0; r < W; r++)
+    for (uint64_t p = 0; p < share; p++) {
+      stream_consumer c = {(uint16_t)r, (uint16_t)W, 0};
+      stream_chunk ch;
+      memset(&ch, 0, sizeof ch);
+      int rc = serve_chunk(s, &c, 1, p, &ch);
+      CHECK_MSG(rc == 1, "rank %d position %llu: %d (%s)", r, (unsigned long long)p, rc, ce_err_msg());
+      full[r][p] = rc == 1 ? ch.ids[0] : UINT64_MAX;
+      if (rc == 1) ch.release(ch.token);
+    }
+  serve_close(s);
+  for (uint64_t k = 0; k < share; k++) {
+    serve_source *f = open_shards("all", W, 1, 2, 5);
+    if (!f) return;
+    for (int r = 0; r < W; r++)
+      for (uint64_t p = k; p < share; p++) {
+        stream_consumer c = {(uint16_t)r, (uint16_t)W, SERVE_FLAG_ORDER(ORDER_SHARDS)};
+        stream_chunk ch;
+        memset(&ch, 0, sizeof ch);
+        int rc = serve_chunk(f, &c, 1, p, &ch);
+        CHECK_MSG(rc == 1 && ch.ids[0] == full[r][p],
+                  "resumed at %llu: rank %d position %llu: rc %d, id %llu, uninterrupted %llu",
+                  (unsigned long long)k, r, (unsigned long long)p, rc,
+                  rc == 1 ? (unsigned long long)ch.ids[0] : 0ull, (unsigned long long)full[r][p]);
+        if (rc == 1) ch.release(ch.token);
+      }
+    stream_consumer c = {0, (uint16_t)W, 0};
+    stream_chunk ch;
+    CHECK(serve_chunk(f, &c, 1, share, &ch) == 0); /* and the epoch ends there */
+    serve_close(f);
+  }
+  /* the data are the samples named, bit for bit */
+  serve_source *a = open_shards("all", W, 3, 2, 5), *ref = open_shards("all", W, 3, 2, 5);
+  if (a && ref)
+    for (uint64_t p = 0; p < share; p += 3) check_chunk(a, ref, 1, W, 2, p, 0, 3);
+  serve_close(a);
+  serve_close(ref);
+}
+
+/* A consumer names the order it expects (HELLO flags bits 1-2). */
+static void test_order_request(void) {
+  serve_source *sh = open_shards("all", 1, 1, 2, 5), *ex = open_src("all", 9, 1, 1, 1);
+  if (sh && ex) {
+    stream_chunk ch;
+    stream_consumer want_exact = {0, 1, SERVE_FLAG_ORDER(ORDER_EXACT)},
+                    want_shards = {0, 1, SERVE_FLAG_ORDER(ORDER_SHARDS)}, any = {0, 1, 0};
+    CHECK_ERR(serve_chunk(sh, &want_exact, 0, 0, &ch),
+              "the consumer asks for order exact, the producer serves order shards (coemu serve "
+              "--order exact)");
+    CHECK_ERR(serve_chunk(ex, &want_shards, 0, 0, &ch), "asks for order shards, the producer serves order exact");
+    stream_consumer bad = {0, 1, 3u << SERVE_FLAG_ORDER_SHIFT};
+    CHECK_ERR(serve_chunk(ex, &bad, 0, 0, &ch), "asks for order 3 (HELLO flags bits 1-2)");
+    serve_source *ok[3] = {sh, sh, ex};
+    stream_consumer *cs[3] = {&want_shards, &any, &want_exact};
+    for (int i = 0; i < 3; i++) {
+      memset(&ch, 0, sizeof ch);
+      int rc = serve_chunk(ok[i], cs[i], 0, 0, &ch);
+      CHECK_MSG(rc == 1, "case %d: %d (%s)", i, rc, ce_err_msg());
+      if (rc == 1) ch.release(ch.token);
+    }
+  }
+  serve_close(sh);
+  serve_close(ex);
+}
+
 int main(void) {
   const char *tmp = check_scratch("serve");
   snprintf(g_dir, sizeof g_dir, "%s/ds", tmp);
@@ -416,6 +594,10 @@ int main(void) {
   RUN(test_rank_shares);
   RUN(test_chunks);
   RUN(test_stale_slots);
+  RUN(test_exact_golden);
+  RUN(test_shards_order);
+  RUN(test_shards_resume);
+  RUN(test_order_request);
   RUN(test_normalisation);
   RUN(test_errors);
   check_scratch_remove();

@@ -20,6 +20,7 @@
 #include "solver/freqgrid.h"
 #include "solver/lamda.h"
 #include "solver/lte.h"
+#include "solver/lte_kernel_body.h"
 #include "ref_lte.h"
 
 static lamda_molecule co;
@@ -127,17 +128,25 @@ typedef struct {
   int ill, counted, total;
 } tally;
 
+static void compare_named(const char *name, int exact, const batch_case *k, int ci,
+                          batch_data *d, int libm, tally *t);
 static void compare(lte_backend be, const batch_case *k, int ci, batch_data *d, int libm, tally *t) {
+  compare_named(lte_backend_name(be), be == LTE_BACKEND_CPU && libm, k, ci, d, libm, t);
+}
+
+/* exact: literal mode, glibc's exp and erf as the reference: 1e-13 on every pixel */
+static void compare_named(const char *name, int exact, const batch_case *k, int ci,
+                          batch_data *d, int libm, tally *t) {
   const double *img = d->img[ci], *ref = d->ref[ci], *noise = d->noise[ci];
   double mx = 0;
   for (int i = 0; i < d->np; i++) mx = fmax(mx, fabs(ref[i]));
   int bad = 0;
   for (int i = 0; i < d->np; i++) {
-    if (be == LTE_BACKEND_CPU && libm) {
+    if (exact) {
       double rel = ref[i] != 0 ? fabs(img[i] - ref[i]) / fabs(ref[i]) : fabs(img[i]);
       if (!(rel <= 1e-13) && bad++ < 5)
-        CHECK_FAIL_("cpu, literal mode, %s seed %llu cube %d pixel %d: %.17g vs %.17g", k->grid,
-                    (unsigned long long)k->seed, ci, i, img[i], ref[i]);
+        CHECK_FAIL_("%s, literal mode, %s seed %llu cube %d pixel %d: %.17g vs %.17g", name,
+                    k->grid, (unsigned long long)k->seed, ci, i, img[i], ref[i]);
     }
     t->total++;
     if (fabs(ref[i]) <= 1e-12 * mx) continue;
@@ -150,7 +159,7 @@ static void compare(lte_backend be, const batch_case *k, int ci, batch_data *d, 
     t->worst = fmax(t->worst, rel);
     if (!(rel <= 1e-7) && bad++ < 5)
       CHECK_FAIL_("%s, libm %d, %s seed %llu cube %d pixel %d: %.17g vs reference %.17g (rel %.3g)",
-                  lte_backend_name(be), libm, k->grid, (unsigned long long)k->seed, ci, i, img[i],
+                  name, libm, k->grid, (unsigned long long)k->seed, ci, i, img[i],
                   ref[i], rel);
   }
 }
@@ -184,7 +193,7 @@ static void backend_against_reference(lte_backend be, const lte_kernel *kern) {
                   "%s: cube %d alone differs from the batch", lte_backend_name(be), c);
       }
       /* the driver hands the same batch to this backend: the same bits */
-      double **drv = calloc(k->ncube, sizeof(double *));
+      double **drv = calloc((size_t)k->ncube, sizeof(double *));
       for (int c = 0; c < k->ncube; c++) drv[c] = dalloc(d.np);
       if (k->f32)
         for (int c = 0; c < k->ncube; c++)
@@ -270,6 +279,22 @@ static void backend_bad_cells(lte_backend be, const lte_kernel *kern) {
             "v_z[0, 0, 0] = inf");
 }
 
+/* A device backend: a cube larger than the device's memory is refused with
+ * a message before any cell is read (the cells here are never touched). */
+static void backend_too_large(lte_backend be, const lte_kernel *kern) {
+  double dummy[1] = {0}, f = L.nu0, img[1];
+  const void *p = dummy;
+  double *pi = img;
+  lte_options o = {.dx = 1e11, .backend = be};
+  lte_kernel_model m;
+  lte_kernel_model_init(&m, &L, &o);
+  lte_kernel_batch b = {.ncube = 1, .nx = 1 << 16, .ny = 1 << 16, .nz = 1 << 12, .v = &p,
+                        .T = &p, .n = &p, .nf = 1, .freqs = &f, .image = &pi};
+  CHECK(kern->solve(&m, &b) == -1);
+  CHECK_MSG(strstr(ce_err_msg(), "on the device") && strstr(ce_err_msg(), "free"), "%s",
+            ce_err_msg());
+}
+
 static void test_backends(void) {
   int built = 0;
   for (int i = 0; i < LTE_BACKEND_COUNT; i++) {
@@ -278,12 +303,159 @@ static void test_backends(void) {
     if (!k) continue;
     built++;
     CHECK(k->name && !strcmp(k->name, lte_backend_name(be)) && k->variant && k->solve);
+    char desc[256] = "";
+    if (lte_backend_open(be, 0, desc, sizeof desc) < 0) {
+      /* a device backend on a host without the device (CI): a clear error,
+       * from the driver's calls too; its code runs in test_bodies instead */
+      char msg[512];
+      snprintf(msg, sizeof msg, "%s", ce_err_msg());
+      fprintf(stderr, "  %s: built, cannot run here: %s\n", k->name, msg);
+      /* scripts/gpu-check.sh: on the GPU machine the device must run */
+      CHECK_MSG(!getenv("COEMU_REQUIRE_DEVICE"), "COEMU_REQUIRE_DEVICE is set: %s", msg);
+      CHECK_MSG(be != LTE_BACKEND_CPU && strstr(msg, k->name) && strstr(msg, "device"), "%s", msg);
+      double v[4] = {0}, T[4] = {50, 50, 50, 50}, n[4] = {1e8, 1e8, 1e8, 1e8}, f = L.nu0, img[1];
+      lte_options o = {.dx = 1e11, .backend = be};
+      CHECK_ERR(lte_solve_cube(&L, &f, 1, 1, 1, 4, v, T, n, &o, img), "no CUDA device");
+      continue;
+    }
+    fprintf(stderr, "  %s: %s\n", k->name, desc);
     backend_against_reference(be, k);
     backend_cold_cells(be, k);
     backend_bad_cells(be, k);
+    if (be != LTE_BACKEND_CPU) backend_too_large(be, k);
   }
   CHECK(built >= 1 && lte_kernel_get(LTE_BACKEND_CPU) == &lte_kernel_cpu);
   CHECK(!strcmp(lte_kernel_cpu.variant, lte_kernel_name()));
+}
+
+/* ---------------------------------------------------------------------- */
+/* The CUDA kernel's per-thread bodies (solver/lte_kernel_body.h), compiled
+ * for the host and run by a plain loop over the thread indices, as a kernel
+ * table: the device's code without the device. */
+
+static int body_solve(const lte_kernel_model *M, const lte_kernel_batch *B) {
+  const size_t npix = (size_t)B->nx * B->ny, ncell = npix * B->nz, nray = npix * B->ncube;
+  const size_t esz = B->dtype == LTE_KERNEL_F32 ? 4 : 8, narr = B->pop_l ? 5 : 3;
+  const void *const *src[5] = {B->v, B->T, B->n, B->pop_l, B->pop_u};
+  unsigned char *cells[5] = {NULL};
+  for (size_t a = 0; a < narr; a++) { /* gathered, as the device copies them */
+    cells[a] = malloc(ncell * B->ncube * esz);
+    for (int c = 0; c < B->ncube; c++)
+      memcpy(cells[a] + c * ncell * esz, src[a][c], ncell * esz);
+  }
+  double *scratch = malloc(4 * ncell * B->ncube * sizeof(double));
+  double *image = malloc(nray * B->nf * sizeof(double));
+  int *bad = calloc(nray, sizeof(int));
+  lte_body_view V = {.nray = (long long)nray, .npix = (long long)npix, .nz = B->nz, .nf = B->nf,
+                     .dtype = B->dtype, .v = cells[0], .T = cells[1], .n = cells[2],
+                     .pl = cells[3], .pu = cells[4], .freqs = B->freqs,
+                     .background = B->background, .background_map = B->background_map,
+                     .S = scratch, .adx = scratch + ncell * B->ncube,
+                     .iw = scratch + 2 * ncell * B->ncube, .shift = scratch + 3 * ncell * B->ncube,
+                     .bad = bad, .image = image};
+  lte_body_run_host(M, &V);
+  int any = 0;
+  for (size_t r = 0; r < nray; r++) any |= bad[r];
+  for (int c = 0; c < B->ncube; c++)
+    memcpy(B->image[c], image + c * npix * B->nf, npix * B->nf * sizeof(double));
+  for (size_t a = 0; a < narr; a++) free(cells[a]);
+  free(scratch), free(image), free(bad);
+  return any ? LTE_KERNEL_BAD_INPUT : 0;
+}
+
+static const lte_kernel body_kernel = {"cuda bodies on the host", "host", body_solve, NULL};
+
+/* The bodies against the CPU kernel and the literal reference, every case,
+ * both arithmetic modes. Same bits as the CPU kernel where the arithmetic is
+ * the same: in literal mode (both call glibc's exp and erf and take the
+ * direct Z sum) always, in fast mode when the CPU kernel is the portable one
+ * (libm per lane, the same Z table); otherwise (AVX-512 libmvec exp/erf)
+ * within docs/physics.md's rule of the reference, as every backend. */
+static void test_bodies(void) {
+  const int same_fast = !strcmp(lte_kernel_cpu.variant, "portable");
+  for (int libm = 0; libm < 2; libm++) {
+    tally t = {0};
+    long long differ = 0, pixels = 0;
+    for (size_t ki = 0; ki < sizeof cases / sizeof *cases; ki++) {
+      const batch_case *k = &cases[ki];
+      batch_data d;
+      batch_make(k, &d);
+      double *bg = dalloc(d.np);
+      for (int i = 0; i < d.np; i++) bg[i] = BG_STEP * (i % 5);
+      lte_options o = case_options(k, bg, libm, 2);
+      lte_kernel_model m;
+      lte_kernel_model_init(&m, &L, &o);
+      lte_kernel_batch b = kernel_batch(k, &d, &o, 0, k->ncube);
+      CHECK(lte_kernel_cpu.solve(&m, &b) == 0);
+      double **cpu = calloc(k->ncube, sizeof(double *));
+      for (int c = 0; c < k->ncube; c++) {
+        cpu[c] = dalloc(d.np);
+        memcpy(cpu[c], d.img[c], d.np * sizeof(double));
+      }
+      CHECK(body_solve(&m, &b) == 0);
+      for (int c = 0; c < k->ncube; c++) {
+        compare_named(body_kernel.name, libm, k, c, &d, libm, &t);
+        for (int i = 0; i < d.np; i++, pixels++) {
+          if (!memcmp(&cpu[c][i], &d.img[c][i], sizeof(double))) continue;
+          if ((libm || same_fast) && differ < 5)
+            CHECK_FAIL_("bodies vs cpu (%s), libm %d, %s seed %llu cube %d pixel %d: %.17g vs %.17g",
+                        lte_kernel_cpu.variant, libm, k->grid, (unsigned long long)k->seed, c, i,
+                        d.img[c][i], cpu[c][i]);
+          differ++;
+        }
+        free(cpu[c]);
+      }
+      free(cpu), free(bg);
+      batch_free(k, &d);
+    }
+    fprintf(stderr, "  bodies on the host, %s: worst relative difference %.3g on %d pixels; %d "
+            "ill-conditioned of %d; %lld of %lld pixels differ from the cpu kernel (%s) in any bit\n",
+            libm ? "literal mode" : "fast", t.worst, t.counted, t.ill, t.total, differ, pixels,
+            lte_kernel_cpu.variant);
+    CHECK(t.counted > 1000 && t.ill < t.total / 4);
+    if (libm || same_fast) CHECK(differ == 0);
+  }
+  /* cold cells: never NaN; bad cells: flagged (the driver's messages are the CPU's) */
+  backend_cold_cells(LTE_BACKEND_CPU, &body_kernel);
+  backend_bad_cells(LTE_BACKEND_CPU, &body_kernel);
+}
+
+/* The bodies with non-LTE populations (lte_kernel_batch.pop_l/pop_u) and
+ * float32 cells: the CPU kernel's bits in literal mode; a bad population
+ * is flagged. */
+static void test_bodies_pops(void) {
+  enum { NX = 4, NY = 3, NZ = 21, NC = NX * NY * NZ };
+  static double v[NC], T[NC], n[NC], pl[NC], pu[NC];
+  static float v32[NC], T32[NC], n32[NC], pl32[NC], pu32[NC];
+  cubes_random(77, NX, NY, NZ, v, T, n);
+  for (int i = 0; i < NC; i++) {
+    pl[i] = 0.3 + 0.2 * sin(i * 0.7), pu[i] = 0.2 + 0.15 * cos(i * 1.3);
+    v32[i] = (float)v[i], T32[i] = (float)T[i], n32[i] = (float)n[i];
+    pl32[i] = (float)pl[i], pu32[i] = (float)pu[i];
+  }
+  double f[FREQGRID_COEMUNET_N], a[NX * NY * 7], b[NX * NY * 7];
+  freqgrid_coemunet(L.nu0, f);
+  for (int f32 = 0; f32 < 2; f32++) {
+    lte_options o = {.dx = 2e11, .libm = 1};
+    lte_kernel_model m;
+    lte_kernel_model_init(&m, &L, &o);
+    const void *pv = f32 ? (const void *)v32 : v, *pT = f32 ? (const void *)T32 : T,
+               *pn = f32 ? (const void *)n32 : n, *ppl = f32 ? (const void *)pl32 : pl,
+               *ppu = f32 ? (const void *)pu32 : pu;
+    double *pa = a, *pb = b;
+    lte_kernel_batch k = {.ncube = 1, .nx = NX, .ny = NY, .nz = NZ,
+                          .dtype = f32 ? LTE_KERNEL_F32 : LTE_KERNEL_F64, .v = &pv, .T = &pT,
+                          .n = &pn, .nf = 7, .freqs = f, .image = &pa, .threads = 1,
+                          .pop_l = &ppl, .pop_u = &ppu};
+    CHECK(lte_kernel_cpu.solve(&m, &k) == 0);
+    k.image = &pb;
+    CHECK(body_solve(&m, &k) == 0);
+    CHECK_MSG(!memcmp(a, b, sizeof a), "non-LTE populations, float32 %d: bodies differ from the cpu", f32);
+    pu[NZ + 3] = 1.5, pu32[NZ + 3] = 1.5f; /* ray 1 */
+    CHECK(body_solve(&m, &k) == LTE_KERNEL_BAD_INPUT);
+    CHECK(isnan(b[7]) && !isnan(b[0]) && b[0] == a[0] && b[14] == a[14]);
+    pu[NZ + 3] = pu32[NZ + 3] = 0.25;
+  }
 }
 
 /* Asking for a backend that is not built (or does not exist) is an error. */
@@ -297,7 +469,10 @@ static void test_backend_not_built(void) {
   for (int i = 0; i < LTE_BACKEND_COUNT; i++) {
     o.backend = (lte_backend)i;
     if (lte_kernel_get(o.backend)) {
-      CHECK_OK(lte_solve_cube(&L, &f, 1, 1, 1, 4, v, T, n, &o, img));
+      if (lte_backend_open(o.backend, 0, NULL, 0) == 0)
+        CHECK_OK(lte_solve_cube(&L, &f, 1, 1, 1, 4, v, T, n, &o, img));
+      else /* built, but no device here */
+        CHECK_ERR(lte_solve_cube(&L, &f, 1, 1, 1, 4, v, T, n, &o, img), "no CUDA device");
       continue;
     }
     missing++;
@@ -327,6 +502,8 @@ int main(void) {
     return 1;
   }
   RUN(test_backends);
+  RUN(test_bodies);
+  RUN(test_bodies_pops);
   RUN(test_backend_not_built);
   lte_line_free(&L);
   lamda_free(&co);

@@ -164,6 +164,19 @@ with tempfile.TemporaryDirectory() as d:
     expect_error([*npy32, *base, "--out", j("x.txt")], "expected a name ending in .npy or .h5", code=2)
     expect_error(["--example", "--lamda", j("nope.dat"), "--out", j("x.npy")], "nope.dat: cannot open")
     expect_error([*npy32, *base, "--channels", "1:2", "--out", j("x.npy")], "--channels '1:2'")
+    # --device: a name that is no device is a usage error; cuda on a host without
+    # a device (or a coemu without CUDA) is a clear run-time error and no output
+    expect_error(["--example", "8", "--device", "gpu", "--out", j("x.npy")], "--device",
+                 "expected cpu or cuda", code=2)
+    rc, err = solve("--example", "12", "--device", "cuda", "--out", j("g.npy"))
+    if rc == 0:  # a GPU here: the image (parity is scripts/gpu-check.sh's, with the reference's rule)
+        g = np.load(j("g.npy"))
+        check(g.shape == (12, 12, 7) and np.all(np.isfinite(g)), "--device cuda: image shape")
+    else:
+        check(rc == 1 and "--device cuda" in err and
+              ("no CUDA device" in err or "is not built into this coemu" in err),
+              f"--device cuda without a device: rc {rc}, {err.strip()!r}")
+        check(not os.path.exists(j("g.npy")), "--device cuda without a device: no output")
     check(not os.path.exists(j("x.npy")), "no output after errors")
 
 report()

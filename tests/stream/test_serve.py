@@ -149,5 +149,9 @@ with tempfile.TemporaryDirectory() as tmp:
     check(r.returncode != 0 and "no samples" in r.stderr, f"empty split: {r.stderr}")
     r = subprocess.run([COEMU, "serve", d, "--ranks", "50", "--batch", "4"], capture_output=True, text=True)
     check(r.returncode != 0 and "not one batch" in r.stderr, f"too many ranks: {r.stderr}")
+    # order shards needs the shards behind dataset.h5 (this one is plain arrays)
+    r = subprocess.run([COEMU, "serve", d, "--order", "shards"], capture_output=True, text=True)
+    check(r.returncode == 1 and "no shards behind /inputs and /targets" in r.stderr,
+          f"order shards without shards: {r.returncode} {r.stderr}")
 
 report()

@@ -12,6 +12,9 @@
  *     samples single-rank training sees;
  *   - a reader opened at (epoch, step) - a resume - continues with the
  *     batches an uninterrupted reader gives there;
+ *   - data.order shards: the batches follow serve's shard-aware order of
+ *     (seed, epoch) on every rank, and a reader opened at every step of an
+ *     epoch continues as the uninterrupted one;
  *   - the same job with one sample per shard (48 shards): every batch of
  *     every rank and epoch is the same bytes as from 16 samples per shard,
  *     and a reader capped at 4 open shards never holds more;
@@ -175,6 +178,63 @@ static void test_resume(void) {
   free(keep);
 }
 
+static void test_order_shards(void) {
+  train_stage st = stage_for(g_dir);
+  st.order = 1; /* ORDER_SHARDS */
+  st.order_shards = 2;
+  st.order_buffer = 5;
+  const int W = 2, b = 2; /* 24 samples: 12 per rank, 6 batches */
+  serve_opts so = {.dataset_dir = g_dir, .split = "train", .seed = 3, .world = W, .batch = b,
+                   .drop_last = 1, .prefetch = 1,
+                   .order = {.mode = ORDER_SHARDS, .shards = 2, .buffer = 5}};
+  serve_source *ref = NULL;
+  CHECK_OK(serve_open(&so, &ref));
+  if (!ref) return;
+  float *bin = malloc(sizeof(float) * IV * b), *bout = malloc(sizeof(float) * OV * b);
+  float *keep = malloc(sizeof(float) * (IV + OV) * b * 6);
+  for (int r = 0; r < W; r++) {
+    train_data *d = open_td(&st, 3, r, W, b, 0, 0);
+    if (!d) continue;
+    CHECK_MSG(strstr(train_data_describe(d), "order shards: 2 shards at once, blocks of 5"), "%s",
+              train_data_describe(d));
+    const float *x, *y;
+    for (uint32_t e = 0; e < 2; e++) {
+      uint64_t k = 0;
+      while (train_data_next(d, e, &x, &y) == 1) {
+        CHECK_MSG(batch_is(ref, e, r, k * b, b, x, y, bin, bout),
+                  "rank %d epoch %u batch %llu: not the samples of the shards order", r, e,
+                  (unsigned long long)k);
+        if (e == 1 && k < 6) {
+          memcpy(keep + k * (IV + OV) * b, x, sizeof(float) * IV * b);
+          memcpy(keep + k * (IV + OV) * b + IV * b, y, sizeof(float) * OV * b);
+        }
+        k++;
+      }
+      CHECK(k == 6);
+    }
+    train_data_close(d);
+    for (uint64_t k0 = 0; k0 <= 6; k0++) { /* resumed at (1, k0) */
+      train_data *rd = open_td(&st, 3, r, W, b, 1, k0);
+      if (!rd) continue;
+      uint64_t k = k0;
+      while (train_data_next(rd, 1, &x, &y) == 1) {
+        const float *want = keep + k * (IV + OV) * b;
+        CHECK_MSG(k < 6 && !memcmp(x, want, sizeof(float) * IV * b) &&
+                      !memcmp(y, want + IV * b, sizeof(float) * OV * b),
+                  "rank %d resumed at (1, %llu): batch %llu differs", r, (unsigned long long)k0,
+                  (unsigned long long)k);
+        k++;
+      }
+      CHECK(k == 6);
+      train_data_close(rd);
+    }
+  }
+  free(keep);
+  free(bin);
+  free(bout);
+  serve_close(ref);
+}
+
 static void test_many_shards(void) {
   train_stage sa = stage_for(g_dir), sb = stage_for(g_many);
   for (int world = 1; world <= 2; world++)
@@ -270,6 +330,7 @@ int main(void) {
   RUN(test_epochs_per_rank);
   RUN(test_ranks_make_the_global_batch);
   RUN(test_resume);
+  RUN(test_order_shards);
   RUN(test_many_shards);
   RUN(test_errors);
   check_scratch_remove();

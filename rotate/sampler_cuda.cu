@@ -1,0 +1,216 @@
+/* sampler_cuda.cu - the sampler on a CUDA device (sampler_cuda.h): the
+ * per-thread work is rotate/sampler_body.h (the same code the tests run on
+ * the host against sample_cube); this file holds the device, the model's
+ * arrays in device memory (uploaded once per model), the launches over a
+ * chunk of cubes at a time (one geometry per cube, in device memory) and
+ * the copies back through a pinned buffer. Built with --fmad=false, as the
+ * CPU sampler's ISO C has no contraction. */
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef _Noreturn
+#define _Noreturn __attribute__((noreturn))
+#endif
+extern "C" {
+#include "common/error.h"
+}
+#include "rotate/sampler_cuda.h"
+
+#define BLOCK 256
+
+struct sampler_cuda {
+  int dev;
+  sampler_flat F;          /* device pointers */
+  void *d_model;           /* one allocation: cells, root, nodes, leaf_geo */
+  sampler_geo *d_geo;      /* [cap] */
+  int64_t *d_idx;          /* [cap * idx per cube] */
+  float *d_out;            /* [cap * 3 * n^3] */
+  float *h_out;            /* pinned, same size */
+  size_t cap_idx, cap_out; /* bytes */
+  int cap_geo;
+  cudaStream_t stream;
+};
+
+static int cu_fail(const char *what, cudaError_t e) {
+  return ce_err("sampler device 'cuda': %s: %s (%s)", what, cudaGetErrorString(e),
+                cudaGetErrorName(e));
+}
+#define CU(call, what)                                  \
+  do {                                                  \
+    cudaError_t e_ = (call);                            \
+    if (e_ != cudaSuccess) return cu_fail((what), e_);  \
+  } while (0)
+
+static unsigned grid_for(long long n) {
+  long long g = (n + BLOCK - 1) / BLOCK;
+  return (unsigned)(g < 1 ? 1 : g > (1 << 20) ? (1 << 20) : g);
+}
+
+/* sub-line threads of nc cubes: cube t / per, its own geometry and idx */
+__global__ void sb_lines_kernel(sampler_flat F, const sampler_geo *G, int nc, long long per,
+                                long long idx_per, int64_t *idx) {
+  const long long n = per * nc;
+  for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < n;
+       t += (long long)gridDim.x * blockDim.x) {
+    long long c = t / per;
+    sb_line_thread(&F, &G[c], t % per, idx + c * idx_per);
+  }
+}
+
+__global__ void sb_voxels_kernel(sampler_flat F, const sampler_geo *G, int nc, long long per,
+                                 long long idx_per, const int64_t *idx, float *out) {
+  const long long n = per * nc;
+  for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < n;
+       t += (long long)gridDim.x * blockDim.x) {
+    long long c = t / per;
+    float *o = out + c * 3 * per; /* v_los, T, n_co of cube c */
+    sb_voxel_thread(&F, &G[c], idx + c * idx_per, t % per, o, o + per, o + 2 * per);
+  }
+}
+
+static void release(sampler_cuda *d) {
+  cudaSetDevice(d->dev);
+  cudaFree(d->d_model);
+  cudaFree(d->d_geo);
+  cudaFree(d->d_idx);
+  cudaFree(d->d_out);
+  cudaFreeHost(d->h_out);
+  if (d->stream) cudaStreamDestroy(d->stream);
+  free(d);
+  cudaGetLastError();
+}
+
+static int open_dev(const sampler_flat *F, int64_t nleaves, int64_t nnodes, int64_t nroot,
+                    sampler_cuda *d, char *desc, size_t ndesc) {
+  CU(cudaSetDevice(d->dev), "cudaSetDevice");
+  CU(cudaStreamCreateWithFlags(&d->stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  const size_t cells = (size_t)nleaves * F->ncell * 5 * sizeof(float);
+  const size_t root = (size_t)nroot * 4, nodes = (size_t)nnodes * 4, geo = (size_t)nleaves * 16;
+  const size_t o1 = (cells + 255) / 256 * 256, o2 = o1 + (root + 255) / 256 * 256,
+               o3 = o2 + (nodes + 255) / 256 * 256, total = o3 + geo + 256;
+  CU(cudaMalloc(&d->d_model, total), "cudaMalloc (the model)");
+  unsigned char *b = (unsigned char *)d->d_model;
+  CU(cudaMemcpy(b, F->cells, cells, cudaMemcpyHostToDevice), "cudaMemcpy (the model's cells)");
+  CU(cudaMemcpy(b + o1, F->root, root, cudaMemcpyHostToDevice), "cudaMemcpy (the model's tree)");
+  if (nodes)
+    CU(cudaMemcpy(b + o2, F->nodes, nodes, cudaMemcpyHostToDevice), "cudaMemcpy (the model's tree)");
+  CU(cudaMemcpy(b + o3, F->leaf_geo, geo, cudaMemcpyHostToDevice), "cudaMemcpy (the model's leaves)");
+  /* the copies above go through the legacy stream; the sampler's stream does
+   * not wait for them by itself */
+  CU(cudaDeviceSynchronize(), "cudaDeviceSynchronize (the model)");
+  d->F = *F;
+  d->F.cells = (const float *)b;
+  d->F.root = (const int32_t *)(b + o1);
+  d->F.nodes = (const int32_t *)(b + o2);
+  d->F.leaf_geo = (const int32_t *)(b + o3);
+  if (desc && ndesc) {
+    cudaDeviceProp p;
+    CU(cudaGetDeviceProperties(&p, d->dev), "cudaGetDeviceProperties");
+    snprintf(desc, ndesc, "cuda device %d: %.200s, model %.3g GiB", d->dev, p.name,
+             total / 1073741824.0);
+  }
+  return 0;
+}
+
+extern "C" int sampler_cuda_open(const sampler_flat *F, int64_t nleaves, int64_t nnodes,
+                                 int64_t nroot, int ordinal, sampler_cuda **out, char *desc,
+                                 size_t ndesc) {
+  *out = NULL;
+  int count = 0;
+  cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess)
+    return ce_err("sampler device 'cuda' was asked for, but no CUDA device can be used here: "
+                  "cudaGetDeviceCount: %s (%s)", cudaGetErrorString(e), cudaGetErrorName(e));
+  if (count < 1)
+    return ce_err("sampler device 'cuda' was asked for, but this host has no CUDA device");
+  sampler_cuda *d = (sampler_cuda *)calloc(1, sizeof *d);
+  if (!d) CE_FAIL("sampler device 'cuda': out of host memory");
+  d->dev = (ordinal < 0 ? 0 : ordinal) % count;
+  if (open_dev(F, nleaves, nnodes, nroot, d, desc, ndesc) < 0) {
+    release(d);
+    return -1;
+  }
+  *out = d;
+  return 0;
+}
+
+static int sample_chunk(sampler_cuda *d, int nc, const sampler_geo *G, float *const *v,
+                        float *const *T, float *const *n) {
+  const long long N = G[0].n, k = G[0].k;
+  const long long lines = N * N * k * k, idx_per = lines * N * k, vox = N * N * N;
+  CU(cudaMemcpyAsync(d->d_geo, G, nc * sizeof *G, cudaMemcpyHostToDevice, d->stream),
+     "cudaMemcpyAsync (geometries)");
+  sb_lines_kernel<<<grid_for(lines * nc), BLOCK, 0, d->stream>>>(d->F, d->d_geo, nc, lines,
+                                                                 idx_per, d->d_idx);
+  CU(cudaGetLastError(), "launching the sub-line kernel");
+  sb_voxels_kernel<<<grid_for(vox * nc), BLOCK, 0, d->stream>>>(d->F, d->d_geo, nc, vox, idx_per,
+                                                                d->d_idx, d->d_out);
+  CU(cudaGetLastError(), "launching the voxel kernel");
+  CU(cudaMemcpyAsync(d->h_out, d->d_out, (size_t)nc * 3 * vox * sizeof(float),
+                     cudaMemcpyDeviceToHost, d->stream),
+     "cudaMemcpyAsync (cubes to the host)");
+  CU(cudaStreamSynchronize(d->stream), "the sampler's kernels (cudaStreamSynchronize)");
+  for (int c = 0; c < nc; c++) {
+    const float *o = d->h_out + (size_t)c * 3 * vox;
+    memcpy(v[c], o, vox * sizeof(float));
+    memcpy(T[c], o + vox, vox * sizeof(float));
+    memcpy(n[c], o + 2 * vox, vox * sizeof(float));
+  }
+  return 0;
+}
+
+extern "C" int sampler_cuda_sample(sampler_cuda *d, int ncube, const sampler_geo *G,
+                                   float *const *v_los, float *const *T, float *const *n_co) {
+  if (ncube < 1) return 0;
+  for (int c = 1; c < ncube; c++)
+    if (G[c].n != G[0].n || G[c].k != G[0].k)
+      CE_FAIL("sampler device 'cuda': cubes of one batch must share n and k");
+  CU(cudaSetDevice(d->dev), "cudaSetDevice");
+  const size_t N = G[0].n, k = G[0].k;
+  const size_t idx_bytes = N * N * k * k * N * k * sizeof(int64_t);
+  const size_t out_bytes = 3 * N * N * N * sizeof(float);
+  size_t fre = 0, tot = 0;
+  CU(cudaMemGetInfo(&fre, &tot), "cudaMemGetInfo");
+  const size_t have = fre + d->cap_idx + d->cap_out;
+  const size_t per = idx_bytes + out_bytes + sizeof(sampler_geo);
+  if (per > have * 0.8)
+    CE_FAIL("sampler device 'cuda': a %zu^3 cube with k = %zu needs %.3g GiB on the device, "
+            "%.3g GiB of %.3g GiB are free", N, k, per / 1073741824.0, have / 1073741824.0,
+            tot / 1073741824.0);
+  size_t chunk = (size_t)ncube;
+  const size_t budget = (size_t)1 << 30; /* ~1 GiB of scratch per launch */
+  if (chunk * per > budget) chunk = budget / per > 0 ? budget / per : 1;
+  if (chunk * per > have * 0.8) chunk = (size_t)(have * 0.8 / per);
+  if (chunk < 1) chunk = 1;
+  if (d->cap_idx < chunk * idx_bytes) {
+    cudaFree(d->d_idx);
+    d->d_idx = NULL, d->cap_idx = 0;
+    CU(cudaMalloc(&d->d_idx, chunk * idx_bytes), "cudaMalloc (sub-sample cells)");
+    d->cap_idx = chunk * idx_bytes;
+  }
+  if (d->cap_out < chunk * out_bytes) {
+    cudaFree(d->d_out);
+    cudaFreeHost(d->h_out);
+    d->d_out = NULL, d->h_out = NULL, d->cap_out = 0;
+    CU(cudaMalloc(&d->d_out, chunk * out_bytes), "cudaMalloc (cubes)");
+    CU(cudaHostAlloc(&d->h_out, chunk * out_bytes, cudaHostAllocDefault), "cudaHostAlloc (cubes)");
+    d->cap_out = chunk * out_bytes;
+  }
+  if ((size_t)d->cap_geo < chunk) {
+    cudaFree(d->d_geo);
+    d->d_geo = NULL, d->cap_geo = 0;
+    CU(cudaMalloc(&d->d_geo, chunk * sizeof(sampler_geo)), "cudaMalloc (geometries)");
+    d->cap_geo = (int)chunk;
+  }
+  for (size_t c0 = 0; c0 < (size_t)ncube; c0 += chunk) {
+    int nc = (int)((size_t)ncube - c0 < chunk ? (size_t)ncube - c0 : chunk);
+    CE_TRY(sample_chunk(d, nc, G + c0, v_los + c0, T + c0, n_co + c0));
+  }
+  return 0;
+}
+
+extern "C" void sampler_cuda_close(sampler_cuda *d) {
+  if (d) release(d);
+}

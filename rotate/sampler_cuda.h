@@ -1,0 +1,39 @@
+/* sampler_cuda.h - the sampler on a CUDA device (sampler_cuda.cu, built
+ * with COEMU_HAVE_CUDA): the flat model (sampler_body.h) uploaded once, then
+ * batches of cubes, each one direction's geometry, sampled by the bodies of
+ * sampler_body.h and copied back as float32 cubes. Plain C types only, so
+ * that nvcc and a C compiler read it alike; sampler.h's sampler_device_*
+ * wrap it for callers that hold a ce_model.
+ *
+ * Errors: -1 with a message (common/error.h) naming the CUDA call and its
+ * reason; no device: "sampler device 'cuda' was asked for, but no CUDA
+ * device can be used here: cudaGetDeviceCount: ...". */
+#ifndef COEMU_SAMPLER_CUDA_H
+#define COEMU_SAMPLER_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rotate/sampler_body.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct sampler_cuda sampler_cuda;
+
+/* Upload F's arrays (nleaves leaves of F->ncell cells, nnodes node codes,
+ * nroot root codes) to device `ordinal` modulo the devices present. */
+int sampler_cuda_open(const sampler_flat *F, int64_t nleaves, int64_t nnodes, int64_t nroot,
+                      int ordinal, sampler_cuda **out, char *desc, size_t ndesc);
+/* ncube cubes, G[c] their geometries (same n and k), into v_los[c], T[c],
+ * n_co[c] ([(x*n + y)*n + z], host memory). */
+int sampler_cuda_sample(sampler_cuda *d, int ncube, const sampler_geo *G, float *const *v_los,
+                        float *const *T, float *const *n_co);
+void sampler_cuda_close(sampler_cuda *d);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# The device check: one prepared script for a machine with an NVIDIA GPU
+# (docs/benchmarks.md, "Device figures"). It needs nvcc, gcc with OpenMP and
+# glibc, nothing else: no meson, MPI, HDF5, ZeroMQ, libyaml or libpng (the
+# GPU machine has none of them); it compiles three standalone binaries from
+# the sources they need (common/error, fsutil, cli, npy; solver/; the CUDA kernel):
+#   test_lte_backends  every backend, the CUDA one on the device included,
+#                      against the literal reference (docs/physics.md's rules),
+#                      the CPU kernel and the host-compiled kernel bodies
+#   test_pomme         every backend against Pomme 0.2.1's golden images
+#   gpu_bench          cubes/s of the LTE solver, 64^3 x 7 channels, float64
+#                      and float32 cells, on the device and on the CPU
+# and, where libyaml's header is found (the units sidecar of a model):
+#   test_sample        the sampler: the device's cubes bit for bit against
+#                      the CPU's, the host-compiled bodies too
+#   gpu_sample_bench   sample (on the device) + solve (on the device) of a
+#                      loaded AMRVAC model: cubes/s, samples/s, bus GB/s
+# then runs them, parity first, and prints one line per figure. Under 5
+# minutes on one GPU (each step has a time limit).
+#
+#   bash scripts/gpu-check.sh               build, parity tests, benchmarks
+#   bash scripts/gpu-check.sh --build-only  build only (CI: nvcc, no GPU; the
+#                                           meson test gpu_check_build)
+# Environment: NVCC (default nvcc), CC (gcc), GPU_ARCH (90: H100/H200; a
+# comma-separated list), GPU_CHECK_DIR (build folder, default build-gpu-check),
+# GPU_BENCH_ARGS (extra gpu_bench options, e.g. "--batch 128").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build_only=0
+case "${1:-}" in
+  --build-only) build_only=1 ;;
+  "") ;;
+  *) echo "usage: scripts/gpu-check.sh [--build-only]" >&2; exit 2 ;;
+esac
+NVCC=${NVCC:-nvcc}
+CC=${CC:-gcc}
+ARCH=${GPU_ARCH:-90}
+out=${GPU_CHECK_DIR:-build-gpu-check}
+if ! command -v "$NVCC" >/dev/null 2>&1; then
+  echo "gpu-check: no CUDA compiler ($NVCC) on PATH" >&2
+  exit 1
+fi
+mkdir -p "$out/obj"
+root=$PWD
+gencode=()
+IFS=',' read -ra archs <<<"$ARCH"
+for a in "${archs[@]}"; do gencode+=("-gencode=arch=compute_${a},code=[sm_${a},compute_${a}]"); done
+defs=(-D_GNU_SOURCE -DCOEMU_HAVE_CUDA "-DCOEMU_VERSION=\"gpu-check\""
+      "-DCOEMU_DEFAULT_LAMDA_CO=\"$root/tests/data/lamda/co.dat\"")
+# the solver's flags (solver/meson.build): no FMA contraction; the host's
+# vector units, and glibc's libmvec where it links
+cflags=(-std=c17 -O2 -g -fopenmp -ffp-contract=off -march=native -I"$root" -I"$root/tests" "${defs[@]}")
+libs=(-lm)
+if echo 'int main(void){return 0;}' | "$CC" -x c - -o "$out/obj/mvec-probe" -lmvec 2>/dev/null; then
+  cflags+=(-DCOEMU_HAVE_LIBMVEC)
+  libs=(-lmvec -lm)
+fi
+have_yaml=0
+if echo '#include <yaml.h>
+int main(void){return 0;}' | "$CC" -x c - -o "$out/obj/yaml-probe" -lyaml 2>/dev/null; then
+  have_yaml=1
+fi
+t0=$SECONDS
+lib=(common/error.c common/fsutil.c common/cli.c common/npy.c solver/lamda.c solver/lte_line.c solver/lte.c
+     solver/lte_kernel_cpu.c solver/freqgrid.c solver/cubes.c tests/solver/ref_lte.c)
+objs=()
+pids=()
+rot=(rotate/amrvac_forest.c rotate/amrvac.c rotate/units.c rotate/model.c rotate/directions.c
+     rotate/sampler.c rotate/compat.c)
+extra=()
+[ "$have_yaml" = 1 ] && extra=("${rot[@]}" tests/rotate/test_sample.c tests/rotate/gpu_sample_bench.c)
+for s in "${lib[@]}" tests/solver/test_lte_backends.c tests/solver/test_pomme.c tests/solver/gpu_bench.c "${extra[@]}"; do
+  o="$out/obj/$(echo "$s" | tr / _).o"
+  "$CC" "${cflags[@]}" -c "$s" -o "$o" &
+  pids+=($!)
+done
+"$NVCC" -O3 --fmad=false -std=c++17 "${gencode[@]}" -I"$root" "${defs[@]}" \
+  -Xcompiler=-fPIC -c solver/lte_kernel_cuda.cu -o "$out/obj/lte_kernel_cuda.o"
+"$NVCC" -O3 --fmad=false -std=c++17 "${gencode[@]}" -I"$root" "${defs[@]}" \
+  -Xcompiler=-fPIC -c rotate/sampler_cuda.cu -o "$out/obj/sampler_cuda.o"
+for p in "${pids[@]}"; do wait "$p"; done
+for s in "${lib[@]}"; do objs+=("$out/obj/$(echo "$s" | tr / _).o"); done
+objs+=("$out/obj/lte_kernel_cuda.o")
+for b in test_lte_backends test_pomme gpu_bench; do
+  "$NVCC" -o "$out/$b" "$out/obj/tests_solver_$b.c.o" "${objs[@]}" -Xcompiler=-fopenmp \
+    "${libs[@]}" -lpthread
+done
+built="test_lte_backends, test_pomme, gpu_bench"
+if [ "$have_yaml" = 1 ]; then
+  robjs=()
+  for s in "${rot[@]}"; do robjs+=("$out/obj/$(echo "$s" | tr / _).o"); done
+  for b in test_sample gpu_sample_bench; do
+    "$NVCC" -o "$out/$b" "$out/obj/tests_rotate_$b.c.o" "${robjs[@]}" "$out/obj/sampler_cuda.o" \
+      "${objs[@]}" -Xcompiler=-fopenmp "${libs[@]}" -lyaml -lpthread
+  done
+  built="$built, test_sample, gpu_sample_bench"
+else
+  echo "gpu-check: no libyaml header here: the sampler's test and sample + solve bench are not built"
+fi
+echo "gpu-check: built $built in $out ($((SECONDS - t0)) s)"
+[ "$build_only" = 1 ] && exit 0
+
+# --- on the GPU machine -------------------------------------------------------
+rc=0
+if command -v nvidia-smi >/dev/null 2>&1; then
+  echo "gpu-check gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1)"
+fi
+echo "gpu-check host: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
+export COEMU_TEST_DATA="$root/tests/data"
+export COEMU_REQUIRE_DEVICE=1 # a device backend that cannot run fails the parity tests
+step() { # name limit command...: the command's figure lines, then "ok" or "FAIL"
+  local name=$1 limit=$2
+  shift 2
+  local log="$out/$name.log" s=$SECONDS st=0
+  timeout "$limit" "$@" >"$log" 2>&1 || st=$?
+  grep -E '^  (cpu|cuda|bodies|device sampler|sampler bodies)|backend vs Pomme|^gpu_(sample_)?bench' "$log" | sed "s/^ */gpu-check $name: /" || true
+  if [ "$st" = 0 ]; then
+    echo "gpu-check $name: ok ($((SECONDS - s)) s)"
+  else
+    echo "gpu-check $name: FAIL (status $st, log $log)"
+    tail -20 "$log" | sed "s/^/  /"
+    rc=1
+  fi
+}
+step parity_lte_backends 120 "$out/test_lte_backends"
+step parity_pomme 60 "$out/test_pomme"
+[ "$have_yaml" = 1 ] && step parity_sampler 60 "$out/test_sample"
+# shellcheck disable=SC2086
+step bench_solver 120 "$out/gpu_bench" ${GPU_BENCH_ARGS:-}
+[ "$have_yaml" = 1 ] && step bench_sample_solve 60 "$out/gpu_sample_bench"
+echo "gpu-check: $([ $rc = 0 ] && echo ok || echo FAILED) ($SECONDS s)"
+exit $rc

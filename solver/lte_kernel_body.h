@@ -1,0 +1,217 @@
+/* lte_kernel_body.h - the per-thread bodies of the device kernel
+ * (solver/lte_kernel_cuda.cu), as functions that nvcc compiles for the
+ * device and any C compiler for the host (LTE_HD, lte_kernel.h): CI runs
+ * exactly this code, driven by a plain loop over the thread indices
+ * (lte_body_run_host below; tests/solver/test_lte_backends.c), against the
+ * CPU kernel and the literal reference. Only the launches, the copies and
+ * the streams are left for the device.
+ *
+ * The arithmetic is the CPU kernel's (lte_kernel.h, lte_kernel_cpu.c),
+ * scalar: every expression in the same order and parenthesisation, no FMA
+ * contraction (-ffp-contract=off for C, --fmad=false for nvcc), the same
+ * exact shortcuts in the wings (exp(-x) = 0 from x = 746, erf = +-1 from
+ * b^2 = 36) and the same order of the sums: tau over segments in order; the
+ * formal solution's segment terms in 8 partial sums (segment k into sum
+ * k mod 8, each in order of k), then the 8 summed in order, as the CPU's
+ * 8-lane accumulator does. Compiled for the host with libm this gives the
+ * CPU portable kernel's bits and, in literal mode, the CPU kernel's bits
+ * in every build (libm exp and erf, direct Z); on a device only exp and
+ * erf differ (CUDA's, within 2 ulp), so the device images obey the
+ * comparison rules of docs/physics.md.
+ *
+ * Layout of the work (one batch, rays r = c*nx*ny + x*ny + y):
+ *   1. cell threads, t in [0, nray*nz): ray t / nz, cell t % nz: check the
+ *      cell, derive its constants (S, a*dx, 1/width, 1 + v/c) into the
+ *      scratch arrays at z*nray + ray (so that the ray threads of a warp
+ *      read neighbouring addresses); a bad cell sets bad[ray].
+ *   2. ray threads, t in [0, nray*nf): ray t % nray, channel t / nray:
+ *      the optical depth and the formal solution along the ray, streaming
+ *      over its cells, into image[ray*nf + f]; NaN where bad[ray].
+ */
+#ifndef COEMU_LTE_KERNEL_BODY_H
+#define COEMU_LTE_KERNEL_BODY_H
+
+#include "solver/lte_kernel.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LTE_BODY_SQRT_PI 1.7724538509055159 /* as lte_kernel_cpu.c */
+#define LTE_BODY_INV_SQRT_PI (1.0 / LTE_BODY_SQRT_PI)
+#define LTE_BODY_EXP_ZERO 746.0 /* exp(-x) = 0 from here on (lte_kernel_cpu.c) */
+#define LTE_BODY_LANES 8        /* the CPU's partial sums of the formal solution */
+#if defined(__CUDA_ARCH__)
+#define LTE_UNROLL _Pragma("unroll")
+#else
+#define LTE_UNROLL
+#endif
+
+/* A batch as the threads see it: the cubes gathered into one array each.
+ * Every pointer is device memory on a device, host memory on the host. */
+typedef struct lte_body_view {
+  long long nray;  /* ncube * nx * ny */
+  long long npix;  /* nx * ny: background_map[(ray % npix)*nf + f] */
+  int nz, nf;
+  lte_kernel_dtype dtype;
+  const void *v, *T, *n;   /* [nray * nz]: ray r's cells at r*nz .. */
+  const void *pl, *pu;     /* NULL (LTE), or the populations, same layout */
+  const double *freqs;     /* [nf] */
+  double background;
+  const double *background_map; /* NULL or [npix * nf] */
+  double *S, *adx, *iw, *shift; /* scratch [nz * nray]: cell z of ray r at z*nray + r */
+  int *bad;                     /* [nray], zero before the cell threads */
+  double *image;                /* [nray * nf] */
+} lte_body_view;
+
+static inline LTE_HD double lte_body_load(const void *a, lte_kernel_dtype dt, long long i) {
+  return dt == LTE_KERNEL_F32 ? (double)((const float *)a)[i] : ((const double *)a)[i];
+}
+
+/* exp(-x) as the CPU kernel computes it (x >= 0 or -0) */
+static inline LTE_HD double lte_body_expneg(double x) {
+  return x >= LTE_BODY_EXP_ZERO ? 0.0 : exp(-x);
+}
+
+/* 1. one cell */
+static inline LTE_HD void lte_body_cell_thread(const lte_kernel_model *M, const lte_body_view *V,
+                                               long long t) {
+  const long long ray = t / V->nz;
+  const int z = (int)(t % V->nz);
+  double v = lte_body_load(V->v, V->dtype, t), T = lte_body_load(V->T, V->dtype, t),
+         n = lte_body_load(V->n, V->dtype, t);
+  int ok = lte_kernel_cell_ok(v, T, n, M->c);
+  double pl, pu;
+  if (V->pl) { /* non-LTE: the given populations */
+    pl = lte_body_load(V->pl, V->dtype, t);
+    pu = lte_body_load(V->pu, V->dtype, t);
+    ok &= lte_kernel_pop_ok(pl, pu);
+  }
+  if (!ok) {
+    V->bad[ray] = 1;
+    return;
+  }
+  if (!V->pl) {
+    double invT = 1.0 / T;
+    double Z = M->libm ? lte_z_direct(M->nlev, M->neg_e_over_k, M->g, T)
+                       : lte_z_partition(M->nlev, M->neg_e_over_k, M->g, M->ztab, M->zdirect, T);
+    double r = 1.0 / Z;
+    pl = (M->g_l * exp(M->neg_e_over_k_l * invT)) * r;
+    pu = (M->g_u * exp(M->neg_e_over_k_u * invT)) * r;
+  }
+  double eta = M->eta_c * pu;
+  double chi = M->fac * (M->B_lu * pl - M->B_ul * pu);
+  double S = chi != 0.0 ? eta / chi : 0.0; /* chi == 0: populations underflow */
+  double iw = 1.0 / (M->nu0_over_c * sqrt(M->two_k_over_m * T + M->vt2));
+  const long long o = (long long)z * V->nray + ray;
+  V->S[o] = S;
+  V->iw[o] = iw;
+  V->adx[o] = (((LTE_BODY_INV_SQRT_PI * iw) * chi) * n) * M->dx;
+  V->shift[o] = 1.0 + v * M->inv_c;
+}
+
+/* b, exp(-b^2), erf(b) of a cell at frequency nu */
+static inline LTE_HD void lte_body_profile(const lte_kernel_model *M, double iw, double shift,
+                                           double nu, double *b, double *eb, double *er) {
+  double x = iw * (shift * nu - M->nu0);
+  double bb = x * x;
+  *b = x;
+  *eb = bb >= LTE_BODY_EXP_ZERO ? 0.0 : exp(-bb);
+  *er = bb >= 36.0 ? copysign(1.0, x) : erf(x);
+}
+
+/* the optical depth of one segment (cells 0 and 1) */
+static inline LTE_HD double lte_body_dtau(double a0, double a1, double b0, double b1, double eb0,
+                                          double eb1, double er0, double er1) {
+  double b10 = b1 - b0, a01 = a0 + a1;
+  double sp_a1b0 = (LTE_BODY_SQRT_PI * a1) * b0;
+  double sp_a0b1 = (LTE_BODY_SQRT_PI * a0) * b1;
+  double d = (a1 - a0) * (eb0 - eb1);
+  d = d + (sp_a1b0 - sp_a0b1) * (er0 - er1);
+  d = d * (0.5 / (b10 * b10 + 1.0e-30));
+  double near = (0.5 * a01) * eb0 - ((1.0 / 3.0) * (a01 + a1)) * ((eb0 * b0) * b10);
+  return fabs(b10) < 1.0e-4 ? near : d;
+}
+
+/* one segment's term of the formal solution, S linear in tau */
+static inline LTE_HD double lte_body_formal(double D, double S0, double S1, double em0, double em1,
+                                            int corrected) {
+  if (D < 1.0e-4) {
+    double c = 0.5 * D, f0 = c, f1 = c;
+    c = c * ((1.0 / 3.0) * D);
+    if (corrected) {
+      f0 = f0 - c;
+      f1 = f1 + c;
+      c = c * ((1.0 / 4.0) * D);
+      f0 = f0 + c;
+      f1 = f1 + c;
+    } else { /* Pomme: D^2 and D^3 signs swapped */
+      f0 = f0 + c;
+      f1 = f1 - c;
+      c = c * ((1.0 / 4.0) * D);
+      f0 = f0 + c;
+      f1 = f1 - c;
+    }
+    return S0 * (em0 * f0) + S1 * (em1 * f1);
+  }
+  double r = S0 * (em1 - em0 * (1.0 - D));
+  r = r + S1 * (em0 - em1 * (1.0 + D));
+  return r / (D + 1.0e-30);
+}
+
+/* 2. one ray at one channel */
+static inline LTE_HD void lte_body_ray_thread(const lte_kernel_model *M, const lte_body_view *V,
+                                              long long t) {
+  const long long R = V->nray, ray = t % R;
+  const int f = (int)(t / R), nf = V->nf, nz = V->nz;
+  double *out = V->image + ray * nf + f;
+  if (V->bad[ray]) {
+    *out = NAN;
+    return;
+  }
+  const double nu = V->freqs[f];
+  const double bdy =
+      V->background_map ? V->background_map[(ray % V->npix) * nf + f] : V->background;
+  double acc[LTE_BODY_LANES];
+  for (int i = 0; i < LTE_BODY_LANES; i++) acc[i] = 0.0;
+  double a0 = V->adx[ray], S0 = V->S[ray], b0, eb0, er0;
+  lte_body_profile(M, V->iw[ray], V->shift[ray], nu, &b0, &eb0, &er0);
+  double tau = 0.0, em0 = lte_body_expneg(tau);
+  /* segment k = k0 + j goes into acc[j]; unrolled on the device, so that
+   * acc stays in registers */
+  for (int k0 = 0; k0 + 1 < nz; k0 += LTE_BODY_LANES) {
+    LTE_UNROLL
+    for (int j = 0; j < LTE_BODY_LANES; j++) {
+      const int k = k0 + j;
+      if (k + 1 >= nz) break;
+      const long long o = (long long)(k + 1) * R + ray;
+      double a1 = V->adx[o], S1 = V->S[o], b1, eb1, er1;
+      lte_body_profile(M, V->iw[o], V->shift[o], nu, &b1, &eb1, &er1);
+      double D = lte_body_dtau(a0, a1, b0, b1, eb0, eb1, er0, er1);
+      tau = tau + D;
+      double em1 = lte_body_expneg(tau);
+      /* behind an opaque layer every term is exactly 0 */
+      if (!(em0 == 0.0 && em1 == 0.0))
+        acc[j] = acc[j] + lte_body_formal(D, S0, S1, em0, em1, M->corrected_taylor);
+      a0 = a1, S0 = S1, b0 = b1, eb0 = eb1, er0 = er1, em0 = em1;
+    }
+  }
+  double sum = 0.0;
+  for (int i = 0; i < LTE_BODY_LANES; i++) sum += acc[i];
+  double I = bdy * em0 + sum;
+  *out = M->take_abs ? fabs(I) : I;
+}
+
+#ifndef __CUDACC__
+/* The host: the same bodies, one plain loop per launch, in thread order. */
+static inline void lte_body_run_host(const lte_kernel_model *M, const lte_body_view *V) {
+  for (long long t = 0; t < V->nray * V->nz; t++) lte_body_cell_thread(M, V, t);
+  for (long long t = 0; t < V->nray * V->nf; t++) lte_body_ray_thread(M, V, t);
+}
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

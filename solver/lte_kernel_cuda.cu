@@ -1,0 +1,380 @@
+/* lte_kernel_cuda.cu - the CUDA backend of lte_kernel.h (LTE_BACKEND_CUDA).
+ *
+ * The per-thread work is solver/lte_kernel_body.h, compiled here for the
+ * device (and, in the tests, for the host): one thread per cell, then one
+ * thread per (ray, channel). This file holds only what a device needs
+ * beyond it: the device, the line's tables in device memory (uploaded once
+ * per line: kept while the next call's tables are the same), two streams
+ * with pinned host buffers, and the batch cut into chunks of cubes: while
+ * the device solves one chunk the host gathers the cells of the next and
+ * scatters the images of the last. Build with --fmad=false (solver/meson.build):
+ * no contraction, as on the CPU.
+ *
+ * Errors: every CUDA call is checked; a failure is a message naming the
+ * call and CUDA's reason ("solver backend 'cuda': cudaMalloc (device
+ * buffers, 3.2 GiB): out of memory"), never a crash; after one the state is
+ * dropped and the next call starts afresh. No device (or no driver) is the
+ * message of lte_backend_open. A cube that does not fit in the device's
+ * free memory is refused before anything is copied.
+ */
+#include <cuda_runtime.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef _Noreturn
+#define _Noreturn __attribute__((noreturn))
+#endif
+extern "C" {
+#include "common/error.h"
+}
+#include "solver/lte_kernel_body.h"
+
+#define NSLOT 2    /* streams (and buffer sets) in flight */
+#define BLOCK 256  /* threads per block */
+
+__global__ void lte_cells_kernel(lte_kernel_model m, lte_body_view v) {
+  const long long n = v.nray * v.nz;
+  for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < n;
+       t += (long long)gridDim.x * blockDim.x)
+    lte_body_cell_thread(&m, &v, t);
+}
+
+__global__ void lte_rays_kernel(lte_kernel_model m, lte_body_view v) {
+  const long long n = v.nray * v.nf;
+  for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < n;
+       t += (long long)gridDim.x * blockDim.x)
+    lte_body_ray_thread(&m, &v, t);
+}
+
+static unsigned grid_for(long long n) {
+  long long g = (n + BLOCK - 1) / BLOCK;
+  return (unsigned)(g < 1 ? 1 : g > (1 << 20) ? (1 << 20) : g);
+}
+
+/* one stream and its buffers, sized for `cap` cubes of `cube_bytes` */
+typedef struct {
+  cudaStream_t stream;
+  size_t cap_bytes;     /* device bytes allocated */
+  size_t pin_bytes;     /* pinned host bytes allocated */
+  unsigned char *dev;   /* one device allocation, cut below */
+  unsigned char *pin;   /* one pinned host allocation: cells in, images and flags out */
+  int busy, c0, nc;     /* a chunk in flight: cubes [c0, c0 + nc) */
+} slot;
+
+static struct {
+  pthread_mutex_t lock;
+  int device, count;    /* -1: not opened */
+  int ordinal;          /* what open was asked for: reopened with it after an error */
+  char desc[320];
+  slot s[NSLOT];
+  /* the line's tables on the device, and the host copy they came from */
+  int nlev;
+  double *d_tab;        /* neg_e_over_k [nlev], g [nlev], ztab */
+  unsigned char *d_zdirect;
+  double *h_tab;
+  unsigned char *h_zdirect;
+  /* channels and background map of the current call */
+  double *d_freqs;
+  size_t freqs_cap;
+} st = {PTHREAD_MUTEX_INITIALIZER, -1, 0, 0, "", {}, 0, NULL, NULL, NULL, NULL, NULL, 0};
+
+static int cu_fail(const char *what, cudaError_t e) {
+  return ce_err("solver backend 'cuda': %s: %s (%s)", what, cudaGetErrorString(e),
+                cudaGetErrorName(e));
+}
+#define CU(call, what)                                  \
+  do {                                                  \
+    cudaError_t e_ = (call);                            \
+    if (e_ != cudaSuccess) return cu_fail((what), e_);  \
+  } while (0)
+
+/* Drop everything (after an error, or to reopen): the next call starts afresh. */
+static void drop_state(void) {
+  if (st.device >= 0) {
+    cudaSetDevice(st.device);
+    for (int i = 0; i < NSLOT; i++) {
+      if (st.s[i].stream) cudaStreamDestroy(st.s[i].stream);
+      cudaFree(st.s[i].dev);
+      cudaFreeHost(st.s[i].pin);
+    }
+    cudaFree(st.d_tab);
+    cudaFree(st.d_zdirect);
+    cudaFree(st.d_freqs);
+  }
+  free(st.h_tab);
+  free(st.h_zdirect);
+  memset(st.s, 0, sizeof st.s);
+  st.d_tab = NULL, st.d_zdirect = NULL, st.h_tab = NULL, st.h_zdirect = NULL;
+  st.d_freqs = NULL, st.freqs_cap = 0, st.nlev = 0;
+  st.device = -1;
+  cudaGetLastError(); /* clear a non-sticky error */
+}
+
+static int open_locked(int ordinal) {
+  int count = 0;
+  cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess)
+    return ce_err("solver backend 'cuda' was asked for, but no CUDA device can be used here: "
+                  "cudaGetDeviceCount: %s (%s)",
+                  cudaGetErrorString(e), cudaGetErrorName(e));
+  if (count < 1)
+    return ce_err("solver backend 'cuda' was asked for, but this host has no CUDA device");
+  st.ordinal = ordinal;
+  int dev = (ordinal < 0 ? 0 : ordinal) % count;
+  if (st.device == dev) return 0;
+  drop_state();
+  CU(cudaSetDevice(dev), "cudaSetDevice");
+  st.device = dev, st.count = count;
+  for (int i = 0; i < NSLOT; i++) {
+    e = cudaStreamCreateWithFlags(&st.s[i].stream, cudaStreamNonBlocking);
+    if (e != cudaSuccess) {
+      drop_state();
+      return cu_fail("cudaStreamCreate", e);
+    }
+  }
+  cudaDeviceProp p;
+  e = cudaGetDeviceProperties(&p, dev);
+  if (e != cudaSuccess) {
+    drop_state();
+    return cu_fail("cudaGetDeviceProperties", e);
+  }
+  snprintf(st.desc, sizeof st.desc, "cuda device %d of %d: %.200s (compute capability %d.%d, %.0f GiB)",
+           dev, count, p.name, p.major, p.minor, p.totalGlobalMem / 1073741824.0);
+  return 0;
+}
+
+static int cuda_open(int ordinal, char *desc, size_t ndesc) {
+  pthread_mutex_lock(&st.lock);
+  int rc = open_locked(ordinal);
+  if (rc == 0 && desc && ndesc) snprintf(desc, ndesc, "%s", st.desc);
+  pthread_mutex_unlock(&st.lock);
+  return rc;
+}
+
+/* The line's tables on the device (uploaded when they differ from the last). */
+static int upload_tables(const lte_kernel_model *M) {
+  const size_t ntab = (size_t)2 * M->nlev + (size_t)LTE_ZT_PIECES * LTE_ZT_NC;
+  if (st.h_tab && st.nlev == M->nlev &&
+      !memcmp(st.h_tab, M->neg_e_over_k, M->nlev * sizeof(double)) &&
+      !memcmp(st.h_tab + M->nlev, M->g, M->nlev * sizeof(double)) &&
+      !memcmp(st.h_tab + 2 * M->nlev, M->ztab, (size_t)LTE_ZT_PIECES * LTE_ZT_NC * sizeof(double)) &&
+      !memcmp(st.h_zdirect, M->zdirect, LTE_ZT_PIECES))
+    return 0;
+  cudaFree(st.d_tab), cudaFree(st.d_zdirect);
+  free(st.h_tab), free(st.h_zdirect);
+  st.d_tab = NULL, st.d_zdirect = NULL, st.nlev = 0;
+  st.h_tab = (double *)malloc(ntab * sizeof(double));
+  st.h_zdirect = (unsigned char *)malloc(LTE_ZT_PIECES);
+  if (!st.h_tab || !st.h_zdirect) CE_FAIL("solver backend 'cuda': out of host memory");
+  memcpy(st.h_tab, M->neg_e_over_k, M->nlev * sizeof(double));
+  memcpy(st.h_tab + M->nlev, M->g, M->nlev * sizeof(double));
+  memcpy(st.h_tab + 2 * M->nlev, M->ztab, (size_t)LTE_ZT_PIECES * LTE_ZT_NC * sizeof(double));
+  memcpy(st.h_zdirect, M->zdirect, LTE_ZT_PIECES);
+  CU(cudaMalloc(&st.d_tab, ntab * sizeof(double)), "cudaMalloc (line tables)");
+  CU(cudaMalloc(&st.d_zdirect, LTE_ZT_PIECES), "cudaMalloc (line tables)");
+  CU(cudaMemcpy(st.d_tab, st.h_tab, ntab * sizeof(double), cudaMemcpyHostToDevice),
+     "cudaMemcpy (line tables)");
+  CU(cudaMemcpy(st.d_zdirect, st.h_zdirect, LTE_ZT_PIECES, cudaMemcpyHostToDevice),
+     "cudaMemcpy (line tables)");
+  st.nlev = M->nlev;
+  return 0;
+}
+
+/* Bytes per cube: device (cells, scratch, flags, image) and pinned host
+ * (cells, flags, image), each part rounded to 256 bytes. */
+typedef struct {
+  size_t ncell, npix, esz, narr;
+  size_t cells, scratch, flags, image; /* per cube, rounded */
+  size_t dev, pin;
+} sizes;
+
+static size_t r256(size_t x) { return (x + 255) / 256 * 256; }
+
+static sizes sizes_of(const lte_kernel_batch *B) {
+  sizes z;
+  z.ncell = (size_t)B->nx * B->ny * B->nz;
+  z.npix = (size_t)B->nx * B->ny;
+  z.esz = B->dtype == LTE_KERNEL_F32 ? 4 : 8;
+  z.narr = B->pop_l ? 5 : 3;
+  z.cells = r256(z.ncell * z.esz);
+  z.scratch = r256(z.ncell * sizeof(double));
+  z.flags = r256(z.npix * sizeof(int));
+  z.image = r256(z.npix * B->nf * sizeof(double));
+  z.dev = z.narr * z.cells + 4 * z.scratch + z.flags + z.image;
+  z.pin = z.narr * z.cells + z.flags + z.image;
+  return z;
+}
+
+/* Make slot i hold at least nc cubes. */
+static int slot_reserve(slot *s, const sizes *z, int nc) {
+  size_t dev = z->dev * nc, pin = z->pin * nc;
+  if (s->cap_bytes < dev) {
+    cudaFree(s->dev);
+    s->dev = NULL, s->cap_bytes = 0;
+    CU(cudaMalloc(&s->dev, dev), "cudaMalloc (device buffers)");
+    s->cap_bytes = dev;
+  }
+  if (s->pin_bytes < pin) {
+    cudaFreeHost(s->pin);
+    s->pin = NULL, s->pin_bytes = 0;
+    CU(cudaHostAlloc(&s->pin, pin, cudaHostAllocDefault), "cudaHostAlloc (pinned buffers)");
+    s->pin_bytes = pin;
+  }
+  return 0;
+}
+
+/* The pinned buffer of a slot: narr cell arrays of nc cubes, flags, images. */
+typedef struct {
+  unsigned char *cells[5];
+  int *flags;
+  double *image;
+} pinned;
+
+static pinned pinned_of(slot *s, const sizes *z, int nc) {
+  pinned p;
+  unsigned char *q = s->pin;
+  for (size_t a = 0; a < z->narr; a++, q += z->cells * nc) p.cells[a] = q;
+  p.flags = (int *)q;
+  q += z->flags * nc;
+  p.image = (double *)q;
+  return p;
+}
+
+/* Wait for slot s's chunk; copy its images out; count its bad rays. */
+static int slot_finish(slot *s, const sizes *z, const lte_kernel_batch *B, int *bad) {
+  if (!s->busy) return 0;
+  s->busy = 0;
+  CU(cudaStreamSynchronize(s->stream), "the kernels (cudaStreamSynchronize)");
+  pinned p = pinned_of(s, z, s->nc);
+  const size_t nimg = z->npix * B->nf;
+  for (int c = 0; c < s->nc; c++)
+    memcpy(B->image[s->c0 + c], p.image + c * nimg, nimg * sizeof(double));
+  for (size_t r = 0; r < z->npix * s->nc; r++)
+    if (p.flags[r]) *bad = 1;
+  return 0;
+}
+
+/* Gather cubes [c0, c0 + nc) into slot s, copy them over, launch, copy back. */
+static int slot_launch(slot *s, const sizes *z, const lte_kernel_model *Md,
+                       const lte_kernel_batch *B, int c0, int nc) {
+  pinned p = pinned_of(s, z, nc);
+  const void *const *src[5] = {B->v, B->T, B->n, B->pop_l, B->pop_u};
+  const size_t cbytes = z->ncell * z->esz;
+  for (size_t a = 0; a < z->narr; a++)
+    for (int c = 0; c < nc; c++) memcpy(p.cells[a] + c * cbytes, src[a][c0 + c], cbytes);
+  /* device layout: the same order as the pinned buffer, then the scratch */
+  unsigned char *d = s->dev;
+  unsigned char *dcells[5];
+  for (size_t a = 0; a < z->narr; a++, d += z->cells * nc) dcells[a] = d;
+  int *dflags = (int *)d;
+  d += z->flags * nc;
+  double *dimage = (double *)d;
+  d += z->image * nc;
+  double *scratch[4];
+  for (int i = 0; i < 4; i++, d += z->scratch * nc) scratch[i] = (double *)d;
+  /* every cell array in one copy: the device buffer starts with the same layout */
+  const size_t in_bytes = z->narr * z->cells * nc;
+  CU(cudaMemcpyAsync(s->dev, s->pin, in_bytes, cudaMemcpyHostToDevice, s->stream),
+     "cudaMemcpyAsync (cells to the device)");
+  CU(cudaMemsetAsync(dflags, 0, z->flags * nc, s->stream), "cudaMemsetAsync");
+  /* the cubes of a chunk lie back to back in each array: rays c*npix + pix */
+  lte_body_view v;
+  memset(&v, 0, sizeof v);
+  v.nray = (long long)z->npix * nc;
+  v.npix = (long long)z->npix;
+  v.nz = B->nz, v.nf = B->nf, v.dtype = B->dtype;
+  v.v = dcells[0], v.T = dcells[1], v.n = dcells[2];
+  v.pl = z->narr == 5 ? dcells[3] : NULL;
+  v.pu = z->narr == 5 ? dcells[4] : NULL;
+  v.freqs = st.d_freqs;
+  v.background = B->background;
+  v.background_map = B->background_map ? st.d_freqs + B->nf : NULL;
+  v.S = scratch[0], v.adx = scratch[1], v.iw = scratch[2], v.shift = scratch[3];
+  v.bad = dflags;
+  v.image = dimage;
+  lte_cells_kernel<<<grid_for(v.nray * v.nz), BLOCK, 0, s->stream>>>(*Md, v);
+  CU(cudaGetLastError(), "launching the cell kernel");
+  lte_rays_kernel<<<grid_for(v.nray * v.nf), BLOCK, 0, s->stream>>>(*Md, v);
+  CU(cudaGetLastError(), "launching the ray kernel");
+  CU(cudaMemcpyAsync(p.flags, dflags, z->flags * nc, cudaMemcpyDeviceToHost, s->stream),
+     "cudaMemcpyAsync (flags to the host)");
+  CU(cudaMemcpyAsync(p.image, dimage, z->npix * B->nf * sizeof(double) * nc,
+                     cudaMemcpyDeviceToHost, s->stream),
+     "cudaMemcpyAsync (images to the host)");
+  s->busy = 1, s->c0 = c0, s->nc = nc;
+  return 0;
+}
+
+static int solve_locked(const lte_kernel_model *M, const lte_kernel_batch *B) {
+  if (st.device < 0) CE_TRY(open_locked(st.ordinal));
+  CU(cudaSetDevice(st.device), "cudaSetDevice");
+  CE_TRY(upload_tables(M));
+  /* channels, then the background map, in one small buffer */
+  const size_t npix = (size_t)B->nx * B->ny;
+  size_t nfr = B->nf + (B->background_map ? npix * B->nf : 0);
+  if (st.freqs_cap < nfr) {
+    cudaFree(st.d_freqs);
+    st.d_freqs = NULL, st.freqs_cap = 0;
+    CU(cudaMalloc(&st.d_freqs, nfr * sizeof(double)), "cudaMalloc (channels)");
+    st.freqs_cap = nfr;
+  }
+  CU(cudaMemcpy(st.d_freqs, B->freqs, B->nf * sizeof(double), cudaMemcpyHostToDevice),
+     "cudaMemcpy (channels)");
+  if (B->background_map)
+    CU(cudaMemcpy(st.d_freqs + B->nf, B->background_map, npix * B->nf * sizeof(double),
+                  cudaMemcpyHostToDevice),
+       "cudaMemcpy (background map)");
+  /* the copies above may still be in flight (pageable memory, the legacy
+   * stream): the streams below do not wait for them by themselves */
+  CU(cudaDeviceSynchronize(), "cudaDeviceSynchronize (tables and channels)");
+  lte_kernel_model Md = *M;
+  Md.neg_e_over_k = st.d_tab;
+  Md.g = st.d_tab + M->nlev;
+  Md.ztab = st.d_tab + 2 * M->nlev;
+  Md.zdirect = st.d_zdirect;
+
+  /* chunk size: half the batch per stream, within the free device memory */
+  sizes z = sizes_of(B);
+  size_t fre = 0, tot = 0;
+  CU(cudaMemGetInfo(&fre, &tot), "cudaMemGetInfo");
+  size_t have = fre;
+  for (int i = 0; i < NSLOT; i++) have += st.s[i].cap_bytes;
+  const size_t budget = (size_t)(0.8 * (double)have) / NSLOT;
+  if (z.dev > budget)
+    CE_FAIL("solver backend 'cuda': a cube of %d x %d x %d cells at %d channels needs %.3g GiB "
+            "on the device (twice, for two streams), %.3g GiB of %.3g GiB are free",
+            B->nx, B->ny, B->nz, B->nf, z.dev / 1073741824.0, have / 1073741824.0,
+            tot / 1073741824.0);
+  int chunk = (B->ncube + NSLOT - 1) / NSLOT;
+  if ((size_t)chunk > budget / z.dev) chunk = (int)(budget / z.dev);
+  const size_t target = (size_t)1 << 30; /* at most ~1 GiB per chunk: keep both streams busy */
+  if ((size_t)chunk * z.dev > target && target / z.dev >= 1) chunk = (int)(target / z.dev);
+  if (chunk < 1) chunk = 1;
+  for (int i = 0; i < NSLOT; i++) CE_TRY(slot_reserve(&st.s[i], &z, chunk));
+
+  int bad = 0, k = 0;
+  for (int c0 = 0; c0 < B->ncube; c0 += chunk, k++) {
+    slot *s = &st.s[k % NSLOT];
+    CE_TRY(slot_finish(s, &z, B, &bad));
+    int nc = B->ncube - c0 < chunk ? B->ncube - c0 : chunk;
+    CE_TRY(slot_launch(s, &z, &Md, B, c0, nc));
+  }
+  for (int i = 0; i < NSLOT; i++) CE_TRY(slot_finish(&st.s[(k + i) % NSLOT], &z, B, &bad));
+  return bad ? LTE_KERNEL_BAD_INPUT : 0;
+}
+
+static int cuda_solve(const lte_kernel_model *M, const lte_kernel_batch *B) {
+  pthread_mutex_lock(&st.lock);
+  int rc = solve_locked(M, B);
+  if (rc < 0) {
+    /* keep the message; a failed launch leaves the context unusable */
+    for (int i = 0; i < NSLOT; i++) st.s[i].busy = 0;
+    if (st.device >= 0) drop_state();
+  }
+  pthread_mutex_unlock(&st.lock);
+  return rc;
+}
+
+extern "C" const lte_kernel lte_kernel_cuda = {"cuda", "cuda-f64", cuda_solve, cuda_open};

@@ -1,0 +1,230 @@
+"""test_generate_signals.py - wall-time limits of `coemu generate`
+(docs/jobs.md, "Wall-time limits"): SIGTERM/SIGINT stop at once (the shard
+being made is abandoned, its temporary file removed, unless its last sample
+was already under way), SIGUSR1 finishes the shard being made; every rank
+stops, the command exits with 3, nothing partial is left, and rerunning the
+same command resumes to a dataset byte-identical to an uninterrupted run
+(every shard and manifest.json; dataset.h5's datasets and attributes, its
+group headers holding HDF5 timestamps).  The analytic producer of
+tests/pipeline/testgen.c sends the signal itself at a chosen sample
+(COEMU_TEST_SIGNAL) for stops at known places: at a shard boundary and
+mid-shard; a last case signals every rank from outside mid-run, as Slurm
+does at the time limit.  Prints "N passed, N failed"."""
+import filecmp
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import h5py
+import numpy as np
+
+TESTGEN = os.environ['COEMU_TESTGEN']
+MPIEXEC = os.environ.get('COEMU_MPIEXEC', 'mpiexec')
+M, D, N, S = 6, 4, 16, 4          # 24 samples, 6 shards of 4
+# samples slow enough (30 ms) that the rank not signalled cannot make every
+# other shard (>= 360 ms) before the signalled one has told rank 0 (one sample)
+SLOW = {'COEMU_TEST_DELAY_MS': '30'}
+JOB = f"""name: signal-test
+inputs:
+  synth: {{count: {M}, seed: 3}}
+sampling: {{directions: {D}, n: {N}, seed: 99}}
+line: {{lamda: builtin:co.dat}}
+output: {{samples_per_shard: {S}}}
+splits: {{train: 0.5, validation: 0.25, test: 0.25, seed: 2}}
+"""
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from pycheck import check, report  # noqa: E402
+
+
+def cmd(ranks, job, out):
+    return [MPIEXEC, '--allow-run-as-root', '--oversubscribe', '-n', str(ranks), TESTGEN, job,
+            '--out', out]
+
+
+def run(ranks, job, out, env=None):
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run(cmd(ranks, job, out), capture_output=True, text=True, env=e, timeout=120)
+
+
+def shard_files(out):
+    d = os.path.join(out, 'shards')
+    return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+
+def finished(out):
+    return [f for f in shard_files(out) if f.endswith('.h5')]
+
+
+def temporaries(out):
+    return [f for f in shard_files(out) if '.tmp' in f]
+
+
+def h5_content(path):
+    """Every dataset's values and every attribute of dataset.h5, by name
+    (its group headers carry HDF5 timestamps, so its bytes differ by those)."""
+    items = {}
+    with h5py.File(path, 'r') as h:
+        def visit(name, obj):
+            items[name + '@attrs'] = {k: repr(v) for k, v in obj.attrs.items()}
+            if isinstance(obj, h5py.Dataset):
+                items[name] = obj[()].tobytes() if obj.dtype.kind != 'O' else repr(obj[()])
+        visit('/', h)
+        h.visititems(visit)
+    return items
+
+
+def identical(ref, out):
+    """Every shard and manifest.json byte for byte, dataset.h5's content."""
+    names = ['manifest.json'] + ['shards/' + f for f in finished(ref)]
+    bad = [n for n in names if not os.path.exists(os.path.join(out, n)) or
+           not filecmp.cmp(os.path.join(ref, n), os.path.join(out, n), shallow=False)]
+    if not os.path.exists(os.path.join(out, 'dataset.h5')) or \
+            h5_content(os.path.join(ref, 'dataset.h5')) != h5_content(os.path.join(out, 'dataset.h5')):
+        bad.append('dataset.h5 (content)')
+    return bad + [f for f in finished(out) if f not in finished(ref)]
+
+
+def stopped_cleanly(r, out, what):
+    """Exit 3, said so, nothing partial: no temporary, no manifest, no dataset.h5."""
+    check(r.returncode == 3, f'{what}: exit status {r.returncode}, expected 3: {r.stderr[-1500:]}')
+    check('stopped by SIG' in r.stderr and 'rerun the same command to resume' in r.stderr,
+          f'{what}: says it stopped and how to resume: {r.stderr[-1500:]}')
+    check(not temporaries(out), f'{what}: no temporary shard left: {temporaries(out)}')
+    check(not os.path.exists(os.path.join(out, 'manifest.json')) and
+          not os.path.exists(os.path.join(out, 'dataset.h5')),
+          f'{what}: no manifest or dataset.h5 for an unfinished dataset')
+
+
+def resumes(ranks, job, out, ref, what):
+    made_before = len(finished(out))
+    r = run(ranks, job, out)
+    check(r.returncode == 0, f'{what}: resume: {r.stderr[-1500:]}')
+    check(f'({M * D // S - made_before} made now, {made_before} kept from an earlier run)'
+          in r.stderr, f'{what}: the resume kept the {made_before} finished shards: '
+                       f'{r.stderr[-800:]}')
+    bad = identical(ref, out)
+    check(not bad, f'{what}: byte-identical to the uninterrupted run (differs: {bad})')
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix='coemu-sig-')
+    try:
+        run_tests(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    report()
+
+
+def run_tests(tmp):
+    job = os.path.join(tmp, 'job.yaml')
+    open(job, 'w').write(JOB)
+    ref = os.path.join(tmp, 'ref')
+    r = run(2, job, ref)
+    check(r.returncode == 0 and len(finished(ref)) == M * D // S,
+          f'uninterrupted run: {r.stderr[-1500:]}')
+
+    # At a shard boundary: SIGTERM arrives while the last sample of shard 1
+    # (samples 4..7) is being made: that shard is finished and kept; the
+    # other rank finishes its shard; nobody starts another.
+    out = os.path.join(tmp, 'boundary')
+    r = run(2, job, out, {'COEMU_TEST_SIGNAL': f'TERM:{2 * S - 1}', **SLOW})
+    stopped_cleanly(r, out, 'SIGTERM at a shard boundary')
+    check('shard-000001.h5' in finished(out) and len(finished(out)) < M * D // S,
+          f'SIGTERM at a shard boundary: shard 1 kept, not all made: {finished(out)}')
+    resumes(2, job, out, ref, 'SIGTERM at a shard boundary')
+
+    # Mid-shard, SIGTERM: shard 2 (samples 8..11) is abandoned at its second
+    # sample, its temporary file removed; on one rank only, the other stops
+    # after its own shard.
+    out = os.path.join(tmp, 'mid-term')
+    r = run(2, job, out, {'COEMU_TEST_SIGNAL': f'TERM:{2 * S + 1}', **SLOW})
+    stopped_cleanly(r, out, 'SIGTERM mid-shard')
+    check('shard-000002.h5' not in finished(out),
+          f'SIGTERM mid-shard: the shard being made is abandoned: {finished(out)}')
+    resumes(2, job, out, ref, 'SIGTERM mid-shard')
+
+    # Mid-shard, SIGINT on one rank: as SIGTERM
+    out = os.path.join(tmp, 'mid-int')
+    r = run(1, job, out, {'COEMU_TEST_SIGNAL': f'INT:{3 * S + 2}'})
+    stopped_cleanly(r, out, 'SIGINT mid-shard')
+    check(finished(out) == [f'shard-{k:06d}.h5' for k in range(3)],
+          f'SIGINT mid-shard on 1 rank: shards 0-2 kept, 3 abandoned: {finished(out)}')
+    resumes(2, job, out, ref, 'SIGINT mid-shard (resumed on 2 ranks)')
+
+    # Mid-shard, SIGUSR1: the shard being made is finished, then every rank stops
+    out = os.path.join(tmp, 'mid-usr1')
+    r = run(2, job, out, {'COEMU_TEST_SIGNAL': f'USR1:{2 * S + 1}', **SLOW})
+    stopped_cleanly(r, out, 'SIGUSR1 mid-shard')
+    check('shard-000002.h5' in finished(out) and len(finished(out)) < M * D // S,
+          f'SIGUSR1 mid-shard: the shard being made is finished: {finished(out)}')
+    resumes(2, job, out, ref, 'SIGUSR1 mid-shard')
+
+    # From outside, as Slurm at the time limit: SIGTERM to every rank while
+    # shards are being made (slow samples), once at least one is finished;
+    # then the same again, and the resume.
+    out = os.path.join(tmp, 'outside')
+    for attempt in range(2):
+        env = dict(os.environ, COEMU_TEST_DELAY_MS='60')
+        p = subprocess.Popen(cmd(2, job, out), env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+        t0 = time.time()
+        target = len(finished(out)) + 1
+        while time.time() - t0 < 60 and not (len(finished(out)) >= target and temporaries(out)):
+            time.sleep(0.02)
+        check(temporaries(out), f'outside attempt {attempt}: caught a shard being made')
+        ranks = [int(x) for x in subprocess.run(['ps', '-o', 'pid=', '--ppid', str(p.pid)],
+                                                capture_output=True, text=True).stdout.split()]
+        for pid in ranks:
+            os.kill(pid, signal.SIGTERM)
+        try:
+            _, err = p.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            _, err = p.communicate()
+            check(False, 'a signalled run hung')
+        stopped_cleanly(subprocess.CompletedProcess(p.args, p.returncode, '', err), out,
+                        f'SIGTERM to every rank from outside, attempt {attempt}')
+    resumes(2, job, out, ref, 'SIGTERM to every rank from outside')
+
+    # The row writer: float32 inputs without gzip are written by a background
+    # thread into chunks HDF5 allocated (4 KiB-aligned, O_DIRECT where the
+    # file system takes it: 32^3 rows, 1.5 MiB per shard, are aligned);
+    # their values equal what HDF5 itself writes (gzip: 1 takes that path),
+    # and verify's CRC-32 of every dataset holds.
+    big = JOB.replace(f'n: {N},', 'n: 32,').replace(f'count: {M},', 'count: 2,')
+    outs = {}
+    for name, text in (('rows', big), ('hdf5', big.replace('samples_per_shard: 4',
+                                                          'samples_per_shard: 4, gzip: 1'))):
+        jp = os.path.join(tmp, name + '.yaml')
+        open(jp, 'w').write(text)
+        outs[name] = os.path.join(tmp, name)
+        r = run(2, jp, outs[name])
+        check(r.returncode == 0, f'{name}: {r.stderr[-1000:]}')
+        r = subprocess.run([os.environ['COEMU'], 'verify', outs[name]], capture_output=True,
+                           text=True)
+        check(r.returncode == 0, f'{name}: verify: {r.stdout} {r.stderr}')
+    with h5py.File(os.path.join(outs['rows'], 'dataset.h5'), 'r') as a, \
+            h5py.File(os.path.join(outs['hdf5'], 'dataset.h5'), 'r') as b:
+        check(a['inputs'].shape == (8, 3, 32, 32, 32) and
+              np.array_equal(a['inputs'][()], b['inputs'][()]) and
+              np.array_equal(a['targets'][()], b['targets'][()]),
+              'rows from the row writer equal rows written by HDF5')
+    with h5py.File(os.path.join(outs['rows'], 'shards', 'shard-000000.h5'), 'r') as h:
+        check(h['inputs'].chunks == (1, 3, 32, 32, 32), 'chunked by sample, as before')
+
+    r = run(2, job, ref)
+    check(r.returncode == 0 and f'(0 made now, {M * D // S} kept' in r.stderr,
+          f'a finished dataset reruns to itself: {r.stderr[-800:]}')
+    man = json.load(open(os.path.join(ref, 'manifest.json')))
+    check(len(man['shards']) == M * D // S, 'manifest lists every shard')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,179 @@
+/* gpu_bench.c - the benchmark of scripts/gpu-check.sh, built without meson,
+ * MPI, HDF5 or ZeroMQ (solver/ and common/error, fsutil, cli only): the LTE
+ * solver on random 64^3 cubes (solver/cubes.c, as `coemu bench solver`) at
+ * the 7 COEmuNet channels, in batches, on every backend this binary has
+ * that can run here. One line per figure:
+ *   gpu_bench device cuda: cuda device 0 of 1: NVIDIA H200 (...)
+ *   gpu_bench lte64x7 backend=cuda cells=f64 batch=64 cubes_per_s 21234 ms_per_batch 3.01
+ *   gpu_bench lte64x7 backend=cuda cells=f32 batch=64 cubes_per_s ...
+ *   gpu_bench lte64x7 backend=cpu cells=f64 batch=8 threads=16 cubes_per_s ...
+ *   gpu_bench lte64x7 cuda_vs_cpu max_rel 3.1e-12 pixels 28672 (informational; the
+ *     pass/fail parity is test_lte_backends')
+ * cells=f32 is float32 input cells (widened exactly; float64 arithmetic),
+ * the layout of a dataset's stored inputs: half the bytes over the bus.
+ * Each figure: the median of --reps timed calls after one warm-up call.
+ *
+ *   gpu_bench [--batch B] [--reps R] [--size N] [--cpu-batch B] [--lamda FILE]
+ */
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/error.h"
+#include "solver/cubes.h"
+#include "solver/freqgrid.h"
+#include "solver/lamda.h"
+#include "solver/lte.h"
+
+static double now_s(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+static int cmp_d(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+typedef struct {
+  int N, nb;
+  double **v, **T, **n, **img;
+  float **v32, **T32, **n32;
+} cubes;
+
+/* median seconds per call of reps calls on nb cubes; -1 on error */
+static double timed(const lte_line *L, const double *f, const cubes *c, int nb, int f32,
+                    lte_backend be, int reps) {
+  lte_options o = {.dx = 2 * CUBES_AGB_HALF_WIDTH / c->N, .take_abs = 1, .backend = be};
+  lte_kernel_model m;
+  lte_kernel_model_init(&m, L, &o);
+  const lte_kernel *k = lte_kernel_get(be);
+  lte_kernel_batch b = {.ncube = nb, .nx = c->N, .ny = c->N, .nz = c->N,
+                        .dtype = f32 ? LTE_KERNEL_F32 : LTE_KERNEL_F64,
+                        .v = f32 ? (const void *const *)c->v32 : (const void *const *)c->v,
+                        .T = f32 ? (const void *const *)c->T32 : (const void *const *)c->T,
+                        .n = f32 ? (const void *const *)c->n32 : (const void *const *)c->n,
+                        .nf = 7, .freqs = f, .image = c->img};
+  double *t = malloc(sizeof(double) * reps);
+  if (k->solve(&m, &b) != 0) { /* warm-up: buffers, tables */
+    free(t);
+    return -1;
+  }
+  for (int r = 0; r < reps; r++) {
+    double t0 = now_s();
+    if (k->solve(&m, &b) != 0) {
+      free(t);
+      return -1;
+    }
+    t[r] = now_s() - t0;
+  }
+  qsort(t, reps, sizeof *t, cmp_d);
+  double med = t[reps / 2];
+  free(t);
+  return med;
+}
+
+int main(int argc, char **argv) {
+  int nb = 64, reps = 5, N = 64, cpu_nb = 8;
+  const char *lamda = COEMU_DEFAULT_LAMDA_CO;
+  for (int i = 1; i < argc; i++) {
+    if (i + 1 < argc && !strcmp(argv[i], "--batch")) nb = atoi(argv[++i]);
+    else if (i + 1 < argc && !strcmp(argv[i], "--reps")) reps = atoi(argv[++i]);
+    else if (i + 1 < argc && !strcmp(argv[i], "--size")) N = atoi(argv[++i]);
+    else if (i + 1 < argc && !strcmp(argv[i], "--cpu-batch")) cpu_nb = atoi(argv[++i]);
+    else if (i + 1 < argc && !strcmp(argv[i], "--lamda")) lamda = argv[++i];
+    else {
+      fprintf(stderr, "usage: gpu_bench [--batch B] [--reps R] [--size N] [--cpu-batch B] "
+                      "[--lamda FILE]\n");
+      return 2;
+    }
+  }
+  if (nb < 1 || reps < 1 || N < 2 || N > 512 || cpu_nb < 1) {
+    fprintf(stderr, "gpu_bench: --batch, --reps, --cpu-batch >= 1, --size 2..512\n");
+    return 2;
+  }
+  if (cpu_nb > nb) cpu_nb = nb;
+  lamda_molecule mol;
+  lte_line L;
+  if (lamda_read(lamda, &mol) < 0 || lte_line_init(&L, &mol, 2, 28.0) < 0) {
+    fprintf(stderr, "gpu_bench: %s\n", ce_err_msg());
+    return 1;
+  }
+  double f[7];
+  freqgrid_coemunet(L.nu0, f);
+  cubes c = {.N = N, .nb = nb};
+  size_t nc = (size_t)N * N * N, np = (size_t)N * N * 7;
+  double ***dd[] = {&c.v, &c.T, &c.n, &c.img};
+  for (int i = 0; i < 4; i++) *dd[i] = calloc(nb, sizeof(double *));
+  float ***ff[] = {&c.v32, &c.T32, &c.n32};
+  for (int i = 0; i < 3; i++) *ff[i] = calloc(nb, sizeof(float *));
+  for (int b = 0; b < nb; b++) {
+    c.v[b] = malloc(nc * 8), c.T[b] = malloc(nc * 8), c.n[b] = malloc(nc * 8);
+    c.img[b] = malloc(np * 8);
+    c.v32[b] = malloc(nc * 4), c.T32[b] = malloc(nc * 4), c.n32[b] = malloc(nc * 4);
+    if (!c.v[b] || !c.T[b] || !c.n[b] || !c.img[b] || !c.v32[b] || !c.T32[b] || !c.n32[b]) {
+      fprintf(stderr, "gpu_bench: out of host memory for %d cubes\n", nb);
+      return 1;
+    }
+    cubes_random(1000 + b, N, N, N, c.v[b], c.T[b], c.n[b]);
+    for (size_t i = 0; i < nc; i++)
+      c.v32[b][i] = (float)c.v[b][i], c.T32[b][i] = (float)c.T[b][i], c.n32[b][i] = (float)c.n[b][i];
+  }
+  int rc = 0, ran_device = 0;
+  double *cpu_img = malloc(np * 8);
+  for (int i = LTE_BACKEND_COUNT - 1; i >= 0; i--) {
+    lte_backend be = (lte_backend)i;
+    const lte_kernel *k = lte_kernel_get(be);
+    if (!k) continue;
+    char desc[320];
+    if (lte_backend_open(be, 0, desc, sizeof desc) < 0) {
+      printf("gpu_bench device %s: cannot run here: %s\n", k->name, ce_err_msg());
+      rc = 1;
+      continue;
+    }
+    printf("gpu_bench device %s: %s\n", k->name, desc);
+    int batch = be == LTE_BACKEND_CPU ? cpu_nb : nb;
+    for (int f32 = 0; f32 < 2; f32++) {
+      double s = timed(&L, f, &c, batch, f32, be, reps);
+      if (s < 0) {
+        printf("gpu_bench lte%dx7 backend=%s failed: %s\n", N, k->name, ce_err_msg());
+        rc = 1;
+        break;
+      }
+      printf("gpu_bench lte%dx7 backend=%s cells=%s batch=%d", N, k->name, f32 ? "f32" : "f64",
+             batch);
+      if (be == LTE_BACKEND_CPU) printf(" threads=%d", omp_get_max_threads());
+      printf(" cubes_per_s %.1f ms_per_batch %.3f\n", batch / s, s * 1e3);
+      fflush(stdout);
+    }
+    if (be != LTE_BACKEND_CPU) {
+      ran_device = 1;
+      memcpy(cpu_img, c.img[0], np * 8); /* keep the device's image of cube 0 (f32 cells) */
+    } else if (ran_device) {
+      double worst = 0, mx = 0;
+      for (size_t i = 0; i < np; i++) mx = fmax(mx, fabs(c.img[0][i]));
+      size_t counted = 0;
+      for (size_t i = 0; i < np; i++) {
+        if (fabs(c.img[0][i]) <= 1e-12 * mx) continue;
+        counted++;
+        worst = fmax(worst, fabs(cpu_img[i] - c.img[0][i]) / fabs(c.img[0][i]));
+      }
+      printf("gpu_bench lte%dx7 cuda_vs_cpu max_rel %.3g pixels %zu (informational: every pixel "
+             "above round-off, ill-conditioned ones included; the pass/fail parity is "
+             "test_lte_backends')\n", N, worst, counted);
+    }
+  }
+  for (int b = 0; b < nb; b++) {
+    free(c.v[b]), free(c.T[b]), free(c.n[b]), free(c.img[b]);
+    free(c.v32[b]), free(c.T32[b]), free(c.n32[b]);
+  }
+  free(c.v), free(c.T), free(c.n), free(c.img), free(c.v32), free(c.T32), free(c.n32);
+  free(cpu_img);
+  lte_line_free(&L);
+  lamda_free(&mol);
+  return rc;
+}
