@@ -1,5 +1,8 @@
 /* dataset_inspect.c - `coemu inspect DATASET`: a summary of a dataset
- * directory, read from dataset.h5 (layout, splits, channels, provenance). */
+ * directory: the layout and labels from the manifest and the shards
+ * (shard_reader.h; never dataset.h5's virtual datasets, whose open costs
+ * grow with the number of shards), channels, provenance and /stats from
+ * dataset.h5. */
 #include <hdf5.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -9,6 +12,7 @@
 #include "common/error.h"
 #include "pipeline/dataset/dataset.h"
 #include "pipeline/dataset/h5util.h"
+#include "pipeline/dataset/shard_reader.h"
 #include "stats/statsfile.h"
 
 static int dims_of(hid_t f, const char *name, hsize_t *dims) {
@@ -113,30 +117,59 @@ static void print_geometry(hid_t f) {
          ct ? ", corrected Taylor" : "");
 }
 
+/* The labels from /models/split and the manifest, checked against each
+ * shard's recorded CRC-32s (shard_reader_labels_planned): 1, or 0 when they
+ * cannot be had that way (the shards are read then). */
+static int planned_labels(hid_t f, const shard_reader *rd, int64_t models, uint8_t *split,
+                          uint8_t *valid) {
+  uint8_t *ms = malloc(models > 0 ? (size_t)models : 1);
+  hid_t d = H5Dopen2(f, "models/split", H5P_DEFAULT);
+  int ok = ms && d >= 0 && models > 0 &&
+           H5Dread(d, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, ms) >= 0 &&
+           shard_reader_labels_planned(rd, ms, models, split, valid) == 1;
+  if (d >= 0) H5Dclose(d);
+  free(ms);
+  return ok;
+}
+
 int dataset_inspect(const char *dir) {
   char path[4096];
   snprintf(path, sizeof path, "%s/dataset.h5", dir);
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
   hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
   if (f < 0) CE_FAIL("%s: not a readable HDF5 file (is %s a finished dataset?)", path, dir);
-  hsize_t td[4] = {0}, id[5] = {0}, md[1] = {0}, fd[1] = {0};
+  hsize_t md[1] = {0}, fd[1] = {0};
   int rc = 0;
-  if (dims_of(f, "targets", td) != 4 || dims_of(f, "models/id", md) != 1 ||
-      dims_of(f, "frequencies", fd) != 1) {
+  if (dims_of(f, "models/id", md) != 1 || dims_of(f, "frequencies", fd) != 1) {
     H5Fclose(f);
-    CE_FAIL("%s: missing /targets, /models/id or /frequencies", path);
+    CE_FAIL("%s: missing /models/id or /frequencies", path);
   }
-  int has_inputs = dims_of(f, "inputs", id) == 5;
-  int64_t N = (int64_t)td[0];
+  shard_reader *rd;
+  if (shard_reader_open(dir, 0, &rd) < 0) {
+    H5Fclose(f);
+    return -1;
+  }
+  int has_inputs = shard_reader_has_inputs(rd);
+  int64_t N = shard_reader_samples(rd);
+  unsigned long long n = (unsigned long long)shard_reader_n(rd);
+  unsigned long long nf = (unsigned long long)shard_reader_channels(rd);
   uint8_t *split = malloc(N ? (size_t)N : 1), *valid = malloc(N ? (size_t)N : 1);
   double *freq = malloc(fd[0] * sizeof *freq);
-  hid_t ds = H5Dopen2(f, "split", H5P_DEFAULT), dv = H5Dopen2(f, "valid", H5P_DEFAULT),
-        dfq = H5Dopen2(f, "frequencies", H5P_DEFAULT);
-  if (!split || !valid || !freq || ds < 0 || dv < 0 || dfq < 0 ||
-      H5Dread(ds, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, split) < 0 ||
-      H5Dread(dv, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, valid) < 0 ||
-      H5Dread(dfq, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, freq) < 0)
-    rc = ce_err("%s: cannot read /split, /valid or /frequencies (shards missing?)", path);
+  hid_t dfq = H5Dopen2(f, "frequencies", H5P_DEFAULT);
+  int has_split = 0, has_valid = 0;
+  if (split) memset(split, 0, N ? (size_t)N : 1);
+  if (valid) memset(valid, 1, N ? (size_t)N : 1);
+  if (!split || !valid || !freq)
+    rc = ce_err("out of memory");
+  else if (planned_labels(f, rd, (int64_t)md[0], split, valid) == 1)
+    ; /* as planned, every shard's CRC-32s agree: no shard opened */
+  else if (shard_reader_labels(rd, 0, N, split, valid, &has_split, &has_valid) < 0)
+    rc = -1;
+  else if (!has_split || !has_valid)
+    rc = ce_err("%s: no /split or /valid", path);
+  if (rc == 0 && (dfq < 0 || H5Dread(dfq, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, freq) < 0))
+    rc = ce_err("%s: cannot read /frequencies", path);
+  shard_reader_close(rd);
   if (rc == 0) {
     int64_t count[3] = {0}, invalid = 0;
     for (int64_t i = 0; i < N; i++) {
@@ -155,14 +188,12 @@ int dataset_inspect(const char *dir) {
            (long long)N, (long long)md[0], (long long)count[0], (long long)count[1],
            (long long)count[2], (long long)invalid);
     if (has_inputs)
-      printf("inputs    [%llu, 3, %llu, %llu, %llu] (v_z m/s, T K, n_CO m^-3)\n",
-             (unsigned long long)id[0], (unsigned long long)id[2], (unsigned long long)id[3],
-             (unsigned long long)id[4]);
+      printf("inputs    [%lld, 3, %llu, %llu, %llu] (v_z m/s, T K, n_CO m^-3)\n", (long long)N,
+             n, n, n);
     else
       printf("inputs    not stored\n");
-    printf("targets   [%llu, %llu, %llu, %llu] (I_nu W m^-2 Hz^-1 sr^-1)\n",
-           (unsigned long long)td[0], (unsigned long long)td[1], (unsigned long long)td[2],
-           (unsigned long long)td[3]);
+    printf("targets   [%lld, %llu, %llu, %llu] (I_nu W m^-2 Hz^-1 sr^-1)\n", (long long)N, nf,
+           n, n);
     /* velocities to 1 m/s and frequencies to 1 kHz (a channel of 1 m/s is
        0.77 kHz at CO J=2-1): the full values are /velocities, /frequencies */
     double nu0 = 0, *vel = malloc(fd[0] * sizeof *vel);
@@ -186,8 +217,6 @@ int dataset_inspect(const char *dir) {
     printf("job       %s\nmade by   coemu %s (git %s), producer %s\n", name, ver, rev, prod);
     print_stats_groups(f);
   }
-  if (ds >= 0) H5Dclose(ds);
-  if (dv >= 0) H5Dclose(dv);
   if (dfq >= 0) H5Dclose(dfq);
   free(split);
   free(valid);

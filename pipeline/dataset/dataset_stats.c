@@ -2,13 +2,16 @@
  * computed in parallel over MPI_COMM_WORLD (coemu stats, coemu generate).
  *
  * Samples are split into contiguous blocks over the ranks; each rank reads
- * its samples (parallel HDF5, MPI-IO driver, independent reads, /inputs and
- * /targets may be virtual datasets over shards) twice:
+ * its samples from the shard files (shard_reader.h: the manifest's map, a
+ * cache of open shards, consecutive samples of a shard in one read, each
+ * sample checked; never through dataset.h5's virtual datasets) twice:
  *   read 1: exact moments (stats/moments.h), the first histogram pass of the
  *           exact quantiles, and each sample's lower median per field
  *           (stats/select.h);
  *   read 2: the second histogram pass, and the counts around the median of
- *           medians (its true rank).
+ *           medians (its true rank); from memory when the rank's block of
+ *           samples read 1 read fits in 256 MB (small samples: each shard
+ *           is then opened once).
  * Fields: v_z, ln_T, ln_n_CO, ln_I (all channels) and ln_I_chK per channel
  * when there are several; ln I after the zero replacement (and the -40 clip
  * with several channels) of stats/transforms.h. Rank 0 writes /stats
@@ -27,7 +30,7 @@
 #include "common/fsutil.h"
 #include "pipeline/dataset/dataset_stats.h"
 #include "pipeline/dataset/h5util.h"
-#include "pipeline/dataset/integrity.h"
+#include "pipeline/dataset/shard_reader.h"
 #include "pipeline/job/job.h"
 #include "stats/moments.h"
 #include "stats/moments_mpi.h"
@@ -39,12 +42,10 @@
 #define MAX_FIELDS 68  /* 4 + up to 64 channels */
 
 typedef struct {
-  hid_t file, inputs, targets;
+  shard_reader *rd;
   hsize_t N, n, F;
   int has_inputs;  /* 0: made with output.store_inputs false (targets only) */
-  uint8_t *split;  /* N entries, or NULL */
-  integrity integ; /* shard presence, per-sample checksums */
-  int integ_open;
+  uint8_t *split;  /* N entries (this rank's block filled), or NULL */
 } dataset;
 
 typedef struct {
@@ -57,145 +58,45 @@ typedef struct {
   stats_field out;
 } field_acc;
 
-static int check_dims(hid_t d, const char *path, const char *name, int rank, hsize_t *dims) {
-  hid_t sp = H5Dget_space(d), t = H5Dget_type(d);
-  int r = sp >= 0 ? H5Sget_simple_extent_ndims(sp) : -1;
-  int ok = r == rank && H5Sget_simple_extent_dims(sp, dims, NULL) == rank;  /* r checked first */
-  /* float32 or float64 on file (output.inputs_dtype / targets_dtype);
-   * read as float32 either way, as every reader does */
-  int fl = t >= 0 && H5Tget_class(t) == H5T_FLOAT && (H5Tget_size(t) == 4 || H5Tget_size(t) == 8);
-  if (sp >= 0) H5Sclose(sp);
-  if (t >= 0) H5Tclose(t);
-  if (!ok) CE_FAIL("%s: %s has %d dimensions, expected %d", path, name, r, rank);
-  if (!fl) CE_FAIL("%s: %s is not float32 or float64", path, name);
+/* Open DIR's samples for this rank: the shards, each rank on its own (the
+ * reads are independent). The labels are read as the samples are, shard by
+ * shard (load_split), so a shard is opened once for both. */
+static int open_dataset(const char *dir, const char *path, dataset *ds) {
+  memset(ds, 0, sizeof *ds);
+  CE_TRY(shard_reader_open(dir, 0, &ds->rd));
+  ds->has_inputs = shard_reader_has_inputs(ds->rd);
+  ds->N = (hsize_t)shard_reader_samples(ds->rd);
+  ds->n = (hsize_t)shard_reader_n(ds->rd);
+  ds->F = (hsize_t)shard_reader_channels(ds->rd);
+  if (ds->F < 1 || ds->F > MAX_FIELDS - 4)
+    CE_FAIL("%s: /targets has %llu channels, expected 1..%d", path, (unsigned long long)ds->F,
+            MAX_FIELDS - 4);
+  int has_split = 0;
+  CE_TRY(shard_reader_labels(ds->rd, 0, 0, NULL, NULL, &has_split, NULL));
+  if (has_split && !(ds->split = ce_malloc_array(ds->N ? ds->N : 1, 1, "/split"))) return -1;
   return 0;
 }
 
-static int is_virtual(hid_t d) {
-  hid_t dcpl = H5Dget_create_plist(d);
-  int v = dcpl >= 0 && H5Pget_layout(dcpl) == H5D_VIRTUAL;
-  if (dcpl >= 0) H5Pclose(dcpl);
-  return v;
-}
-
-/* Open with the MPI-IO driver. HDF5 before 1.14 refuses to read virtual
- * datasets through MPI-IO ("parallel reads not supported on virtual
- * datasets"); there every rank opens the file on its own, read-only, with
- * the default driver instead: the reads are independent either way. */
-static int open_dataset(const char *path, dataset *ds) {
-  memset(ds, 0, sizeof *ds);
-  ds->file = ds->inputs = ds->targets = -1;
-  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-  H5Pset_fapl_mpio(fapl, MPI_COMM_WORLD, MPI_INFO_NULL);
-  int rc = -1;
-#if !H5_VERSION_GE(1, 14, 0)
-  H5E_BEGIN_TRY {
-    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, fapl);
-    hid_t a = f >= 0 ? H5Dopen2(f, "/inputs", H5P_DEFAULT) : -1;
-    hid_t b = f >= 0 ? H5Dopen2(f, "/targets", H5P_DEFAULT) : -1;
-    int virt = (a >= 0 && is_virtual(a)) || (b >= 0 && is_virtual(b));
-    if (a >= 0) H5Dclose(a);
-    if (b >= 0) H5Dclose(b);
-    if (f >= 0) H5Fclose(f);
-    if (virt) {
-      H5Pclose(fapl);
-      fapl = H5Pcreate(H5P_FILE_ACCESS);
-    }
-  } H5E_END_TRY;
-#endif
-  H5E_BEGIN_TRY {
-    ds->file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
-    if (ds->file < 0) {
-      ce_err("%s: cannot open as HDF5", path);
-      goto done;
-    }
-    /* no /inputs: a dataset made with output.store_inputs false; its
-     * statistics are those of the targets only */
-    ds->has_inputs = H5Lexists(ds->file, "/inputs", H5P_DEFAULT) > 0;
-    if (ds->has_inputs) ds->inputs = H5Dopen2(ds->file, "/inputs", H5P_DEFAULT);
-    ds->targets = H5Dopen2(ds->file, "/targets", H5P_DEFAULT);
-    if ((ds->has_inputs && ds->inputs < 0) || ds->targets < 0) {
-      ce_err("%s: cannot open dataset %s", path, ds->targets < 0 ? "/targets" : "/inputs");
-      goto done;
-    }
-    hsize_t di[5], dt[4];
-    if (check_dims(ds->targets, path, "/targets", 4, dt) < 0) goto done;
-    if (ds->has_inputs && check_dims(ds->inputs, path, "/inputs", 5, di) < 0) goto done;
-    if (!ds->has_inputs) {
-      di[0] = dt[0];
-      di[1] = 3;
-      di[2] = di[3] = di[4] = dt[2];
-    }
-    if (di[1] != 3 || di[2] != di[3] || di[3] != di[4]) {
-      ce_err("%s: /inputs shape [%llu,%llu,%llu,%llu,%llu], expected [N,3,n,n,n]", path,
-             (unsigned long long)di[0], (unsigned long long)di[1], (unsigned long long)di[2],
-             (unsigned long long)di[3], (unsigned long long)di[4]);
-      goto done;
-    }
-    if (dt[0] != di[0] || dt[2] != di[2] || dt[3] != di[2] || dt[1] < 1 ||
-        dt[1] > MAX_FIELDS - 4) {
-      ce_err("%s: /targets shape [%llu,%llu,%llu,%llu], expected [%llu,F,%llu,%llu] with "
-             "F = 1..%d", path, (unsigned long long)dt[0], (unsigned long long)dt[1],
-             (unsigned long long)dt[2], (unsigned long long)dt[3], (unsigned long long)di[0],
-             (unsigned long long)di[2], (unsigned long long)di[2], MAX_FIELDS - 4);
-      goto done;
-    }
-    if (integrity_open(&ds->integ, path, ds->file) < 0) goto done;
-    ds->integ_open = 1;
-    ds->N = di[0];
-    ds->n = di[2];
-    ds->F = dt[1];
-    if (H5Lexists(ds->file, "/split", H5P_DEFAULT) > 0) {
-      hid_t s = H5Dopen2(ds->file, "/split", H5P_DEFAULT);
-      hid_t sp = s >= 0 ? H5Dget_space(s) : -1;
-      hsize_t ns = 0;
-      int ok = sp >= 0 && H5Sget_simple_extent_ndims(sp) == 1 &&
-               H5Sget_simple_extent_dims(sp, &ns, NULL) == 1 && ns == ds->N;
-      if (ok) {
-        ds->split = ce_malloc_array(ds->N ? ds->N : 1, 1, "/split");
-        ok = ds->split && H5Dread(s, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT,
-                                  ds->split) >= 0;
-      }
-      if (sp >= 0) H5Sclose(sp);
-      if (s >= 0) H5Dclose(s);
-      if (!ok) {
-        ce_err("%s: /split: expected uint8 [%llu] readable", path, (unsigned long long)ds->N);
-        goto done;
-      }
-      /* the split decides which samples count: checked per shard against
-       * the manifest's CRC-32, as the samples are against /checksums */
-      if (integrity_check_labels(&ds->integ, "split", ds->split, (int64_t)ds->N) < 0) goto done;
-      for (hsize_t i = 0; i < ds->N; i++)
-        if (ds->split[i] > 2) {
-          ce_err("%s: /split[%llu] = %d, expected 0 (train), 1 (validation) or 2 (test)", path,
-                 (unsigned long long)i, ds->split[i]);
-          goto done;
-        }
-    }
-    rc = 0;
-  done:;
-  } H5E_END_TRY;
-  H5Pclose(fapl);
-  return rc;
+/* The split of samples [i, end) with end the end of i's shard (at most hi),
+ * checked: the split decides which samples count, so each shard's slice is
+ * checked against the manifest's CRC-32, as the samples are against
+ * /checksums. Returns end, or -1. */
+static int64_t load_split(dataset *ds, const char *path, hsize_t i, hsize_t hi) {
+  int64_t end = shard_reader_shard_end(ds->rd, (int64_t)i);
+  if ((hsize_t)end > hi) end = (int64_t)hi;
+  CE_TRY(shard_reader_labels(ds->rd, (int64_t)i, end - (int64_t)i, ds->split, NULL, NULL, NULL));
+  for (hsize_t k = i; k < (hsize_t)end; k++)
+    if (ds->split[k] > 2)
+      CE_FAIL("%s: /split[%llu] = %d, expected 0 (train), 1 (validation) or 2 (test)", path,
+              (unsigned long long)k, ds->split[k]);
+  return end;
 }
 
 static void close_dataset(dataset *ds) {
-  if (ds->integ_open) integrity_close(&ds->integ);
-  ds->integ_open = 0;
-  if (ds->inputs >= 0) H5Dclose(ds->inputs);
-  if (ds->targets >= 0) H5Dclose(ds->targets);
-  if (ds->file >= 0) H5Fclose(ds->file);
+  shard_reader_close(ds->rd);
+  ds->rd = NULL;
   free(ds->split);
-}
-
-/* Read sample i of a [N, ...] dataset (rank-1 trailing dims of total count). */
-static int read_sample(hid_t d, int rank, hsize_t i, size_t count, float *buf, const char *path,
-                       const char *name) {
-  (void)rank;
-  (void)count;
-  return h5_read_sample_f32(d, i, buf) < 0
-             ? ce_err("%s: %s: cannot read sample %llu", path, name, (unsigned long long)i)
-             : 0;
+  ds->split = NULL;
 }
 
 static int push_median(field_acc *a, float v) {
@@ -264,9 +165,10 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   int status = 1;
-  dataset ds;
+  dataset ds = {0};
   field_acc *acc = NULL;
-  float *in = NULL, *tg = NULL, *work = NULL, *scratch = NULL;
+  float *in = NULL, *tg = NULL, *inb = NULL, *tgb = NULL, *work = NULL, *scratch = NULL;
+  float *keep_in = NULL, *keep_tg = NULL; /* pass 0's samples for pass 1 (small samples) */
   int nf = 0;
   stats_norm norm = {0};
   /* rank 0 locks DIR (a missing DIR: the open below says so) */
@@ -274,7 +176,7 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
   int locked = want_lock && fs_lock_dir(dir, "stats") == 0;
   if (any_failed(want_lock && !locked ? -1 : 0, "stats")) goto out;
   if (locked) remove_stale_copies(dir);
-  if (any_failed(open_dataset(path, &ds), "stats")) goto out;
+  if (any_failed(open_dataset(dir, path, &ds), "stats")) goto out;
   /* every rank reads DIR/job.yaml: the same file, the same answer */
   if (any_failed(dataset_stats_group(dir, split_name, group, sizeof group), "stats")) goto out;
   if (drop_outliers && !ds.has_inputs) {
@@ -285,7 +187,7 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
     }
     goto out;
   }
-  if (rank == 0 && !quiet && !integrity_checked(&ds.integ))
+  if (rank == 0 && !quiet && !shard_reader_checked(ds.rd))
     fprintf(stderr, "coemu stats: note: %s has no per-sample /checksums (made before dataset "
                     "format 2): samples are not checked (coemu verify checks its shards)\n", path);
   if (want >= 0 && !ds.split && want != 0) {
@@ -301,8 +203,14 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
   /* fields f0..nf-1: without /inputs only ln_I and its channels */
   const int f0 = ds.has_inputs ? 0 : 3;
   acc = calloc((size_t)nf, sizeof *acc);
-  in = ce_malloc_array(3 * nvox, sizeof(float), "inputs of one sample");
-  tg = ce_malloc_array(F * npix, sizeof(float), "targets of one sample");
+  /* runs of up to B consecutive samples are read at once (one read per
+   * shard they touch): about 8 MB, at least one sample */
+  const size_t sample_bytes = sizeof(float) * (3 * nvox + F * npix);
+  const hsize_t B = sample_bytes < ((size_t)8 << 20) ? ((size_t)8 << 20) / sample_bytes : 1;
+  inb = ce_malloc_array((size_t)B, 3 * nvox * sizeof(float), "inputs of a run");
+  tgb = ce_malloc_array((size_t)B, F * npix * sizeof(float), "targets of a run");
+  in = inb;
+  tg = tgb;
   work = ce_malloc_array(3 * nvox > F * npix ? 3 * nvox : F * npix, sizeof(float), "ln fields");
   scratch = ce_malloc_array(nvox > F * npix ? nvox : F * npix, sizeof(float), "median scratch");
   int lrc = (acc && in && tg && work && scratch) ? 0 : ce_err("out of memory");
@@ -321,15 +229,50 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
   hsize_t lo = ds.N * (hsize_t)rank / (hsize_t)size, hi = ds.N * (hsize_t)(rank + 1) / (hsize_t)size;
   int64_t used = 0, outliers = 0, empty = 0, below_all = 0;
   const double empty_level = exp(DATASET_EMPTY_LN_LEVEL);
+  /* small samples: the rank's block read in the first pass is kept for the
+   * second (up to 256 MB), so every shard is opened once, not twice */
+  if (hi > lo && (size_t)(hi - lo) <= ((size_t)256 << 20) / sample_bytes) {
+    keep_tg = malloc((size_t)(hi - lo) * F * npix * sizeof(float));
+    keep_in = ds.has_inputs ? malloc((size_t)(hi - lo) * 3 * nvox * sizeof(float)) : NULL;
+    if (!keep_tg || (ds.has_inputs && !keep_in)) { /* not kept: read twice */
+      free(keep_tg);
+      free(keep_in);
+      keep_tg = keep_in = NULL;
+    }
+  }
   for (int pass = 0; pass < 2; pass++) {
-    for (hsize_t i = lo; i < hi && lrc == 0; i++) {
-      if (want >= 0 && ds.split && ds.split[i] != want) continue;
-      if ((ds.has_inputs &&
-           (lrc = read_sample(ds.inputs, 5, i, 3 * nvox, in, path, "/inputs")) < 0) ||
-          (lrc = read_sample(ds.targets, 4, i, F * npix, tg, path, "/targets")) < 0 ||
-          (lrc = integrity_check(&ds.integ, (int64_t)i, ds.has_inputs ? in : NULL,
-                                 ds.has_inputs ? 3 * nvox : 0, tg, F * npix)) < 0)
+#define IN_SPLIT(i) (want < 0 || !ds.split || ds.split[(i)] == want)
+    hsize_t known = pass == 1 && keep_tg ? hi : lo; /* the split is loaded for [lo, known) */
+    for (hsize_t i0 = lo, run = 0; i0 < hi && lrc == 0; i0 += run) {
+      if (ds.split && i0 >= known) {
+        int64_t end = load_split(&ds, path, i0, hi);
+        if (end < 0) {
+          lrc = -1;
+          break;
+        }
+        known = (hsize_t)end;
+      }
+      if (!IN_SPLIT(i0)) {
+        run = 1;
+        continue;
+      }
+      for (run = 1; run < B && i0 + run < hi && (!ds.split || i0 + run < known) && IN_SPLIT(i0 + run);
+           run++) {}
+      if (pass == 1 && keep_tg) { /* what pass 0 read and checked */
+        memcpy(tgb, keep_tg + (size_t)(i0 - lo) * F * npix, (size_t)run * F * npix * sizeof(float));
+        if (keep_in)
+          memcpy(inb, keep_in + (size_t)(i0 - lo) * 3 * nvox, (size_t)run * 3 * nvox * sizeof(float));
+      } else if ((lrc = shard_reader_read(ds.rd, (int64_t)i0, (int64_t)run,
+                                          ds.has_inputs ? inb : NULL, tgb)) < 0) {
         break;
+      } else if (keep_tg) {
+        memcpy(keep_tg + (size_t)(i0 - lo) * F * npix, tgb, (size_t)run * F * npix * sizeof(float));
+        if (keep_in)
+          memcpy(keep_in + (size_t)(i0 - lo) * 3 * nvox, inb, (size_t)run * 3 * nvox * sizeof(float));
+      }
+    for (hsize_t j = 0; j < run && lrc == 0; j++) {
+      in = inb + (size_t)j * 3 * nvox;
+      tg = tgb + (size_t)j * F * npix;
       if (ds.has_inputs && stats_is_outlier(&norm, in, nvox)) {
         outliers += pass == 0;
         continue;
@@ -374,6 +317,8 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
         }
       }
     }
+    }
+#undef IN_SPLIT
     if (any_failed(lrc, "stats")) goto out;
     for (int f = f0; f < nf; f++) {
       field_acc *a = &acc[f];
@@ -401,8 +346,6 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
   }
   if (any_failed(lrc, "stats")) goto out;
   close_dataset(&ds);
-  ds.file = ds.inputs = ds.targets = -1;
-  ds.split = NULL;
   MPI_Barrier(MPI_COMM_WORLD);  /* every rank has closed the file before rank 0 writes */
 
   if (rank == 0) {
@@ -482,8 +425,10 @@ out:
     free(acc[f].medians);
   }
   free(acc);
-  free(in);
-  free(tg);
+  free(inb);
+  free(tgb);
+  free(keep_in);
+  free(keep_tg);
   free(work);
   free(scratch);
   return status ? -1 : 0;

@@ -1,5 +1,7 @@
-/* integrity.h - what every reader of a finished dataset checks before it
- * uses a sample (serve, the trainer through serve, stats).
+/* integrity.h - the checks of a reader that reads dataset.h5 as it is (a
+ * dataset.h5 with no shard list beside it, e.g. virtual datasets made by
+ * hand) and of serve --live (integrity_check_row). coemu datasets are read
+ * from their shards by shard_reader.h, which makes the same checks.
  *
  * dataset.h5's /inputs and /targets are virtual datasets over the shard
  * files, and HDF5 reads a missing or unreadable source file as fill values

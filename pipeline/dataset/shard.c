@@ -721,11 +721,9 @@ int shard_commits_wait(void) {
   return failed ? -1 : 0;
 }
 
-int shard_read_sums(const char *path, shard_sums *sums) {
-  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+/* The checksums of the open shard f (path for messages). */
+static int read_sums(hid_t f, const char *path, shard_sums *sums) {
   memset(sums, 0, sizeof *sums);
-  hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-  if (f < 0) CE_FAIL("%s: not a readable HDF5 file", path);
   int rc = 0;
   if (h5_get_attr(f, "first", H5T_NATIVE_INT64, &sums->first) < 0 ||
       h5_get_attr(f, "count", H5T_NATIVE_INT64, &sums->count) < 0 ||
@@ -743,6 +741,15 @@ int shard_read_sums(const char *path, shard_sums *sums) {
     if (d >= 0) H5Dclose(d);
     if (s == SHARD_CHECKSUMS) sums->has_checksums = 1;
   }
+  return rc;
+}
+
+int shard_read_sums(const char *path, shard_sums *sums) {
+  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+  memset(sums, 0, sizeof *sums);
+  hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+  if (f < 0) CE_FAIL("%s: not a readable HDF5 file", path);
+  int rc = read_sums(f, path, sums);
   H5Fclose(f);
   return rc;
 }
@@ -800,10 +807,14 @@ static int crc_of_set(const char *path, hid_t d, hid_t mtype, size_t elem, uint3
 }
 
 int shard_verify(const char *path, const shard_layout *lay, shard_sums *sums) {
-  CE_TRY(shard_read_sums(path, sums));
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-  hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+  memset(sums, 0, sizeof *sums);
+  hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT); /* once: sums, layout and data */
   if (f < 0) CE_FAIL("%s: not a readable HDF5 file", path);
+  if (read_sums(f, path, sums) < 0) {
+    H5Fclose(f);
+    return -1;
+  }
   int n = 0, nf = 0, si = 0, rc = 0;
   uint32_t fp = 0;
   if (h5_get_attr(f, "n", H5T_NATIVE_INT, &n) < 0 || h5_get_attr(f, "channels", H5T_NATIVE_INT, &nf) < 0 ||

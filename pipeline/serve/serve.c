@@ -17,6 +17,7 @@
 #include "pipeline/dataset/h5util.h"
 #include "pipeline/dataset/integrity.h"
 #include "pipeline/dataset/layout.h"
+#include "pipeline/dataset/shard_reader.h"
 #include "pipeline/job/job.h"
 #include "pipeline/job/yamltree.h"
 #include "pipeline/stream/stream_proto.h"
@@ -55,9 +56,7 @@ struct serve_source {
   int64_t shard_idx;
   hid_t shard_d[2];
   hid_t shard_sums;           /* its /checksums, or -1 */
-  hid_t file, d_in, d_out;
-  integrity integ;            /* finished mode: shard presence, per-sample checksums */
-  int integ_open;
+  shard_reader *rd;           /* finished mode: the shards (checked reads, open-shard cache) */
   int64_t nsamples_total, nsplit;
   int64_t *split_idx;         /* dataset indices of the split, ascending */
   uint32_t in_shape[4], out_shape[3];
@@ -95,45 +94,24 @@ static int read_split(serve_source *s) {
   const char *sp = s->o.split ? s->o.split : "train";
   int want;
   CE_TRY(job_split_parse(sp, &want));
-  uint8_t *split = NULL, *valid = NULL;
   int64_t n = s->nsamples_total;
-  if (want >= 0 || H5Lexists(s->file, "valid", H5P_DEFAULT) > 0) {
-    split = ce_malloc_array((size_t)n, 1, "/split");
-    valid = ce_malloc_array((size_t)n, 1, "/valid");
-    if (!split || !valid) goto fail;
-    memset(split, 0, (size_t)n);
-    memset(valid, 1, (size_t)n);
-    const char *names[2] = {"split", "valid"};
-    uint8_t *dst[2] = {split, valid};
-    for (int k = 0; k < 2; k++) {
-      if (H5Lexists(s->file, names[k], H5P_DEFAULT) <= 0) {
-        if (k == 0 && want >= 0) {
-          ce_err("%s: no /split dataset, but split '%s' was asked for", s->h5path, sp);
-          goto fail;
-        }
-        continue;
-      }
-      hid_t d = H5Dopen2(s->file, names[k], H5P_DEFAULT);
-      hid_t sp_ = d >= 0 ? H5Dget_space(d) : -1;
-      hsize_t dim = 0;
-      int ok = sp_ >= 0 && H5Sget_simple_extent_ndims(sp_) == 1 &&
-               H5Sget_simple_extent_dims(sp_, &dim, NULL) == 1 && (int64_t)dim == n &&
-               H5Dread(d, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, dst[k]) >= 0;
-      if (sp_ >= 0) H5Sclose(sp_);
-      if (d >= 0) H5Dclose(d);
-      if (!ok) {
-        ce_err("%s: /%s: expected a uint8 vector of %lld samples", s->h5path, names[k], (long long)n);
-        goto fail;
-      }
-      /* the labels decide which samples are served: checked as the samples are */
-      if (integrity_check_labels(&s->integ, names[k], dst[k], n) < 0) goto fail;
-    }
+  uint8_t *split = ce_malloc_array((size_t)(n ? n : 1), 1, "/split");
+  uint8_t *valid = ce_malloc_array((size_t)(n ? n : 1), 1, "/valid");
+  int has_split = 0;
+  if (!split || !valid) goto fail;
+  memset(split, 0, (size_t)n);
+  memset(valid, 1, (size_t)n);
+  /* the labels decide which samples are served: checked as the samples are */
+  if (shard_reader_labels(s->rd, 0, n, split, valid, &has_split, NULL) < 0) goto fail;
+  if (want >= 0 && !has_split) {
+    ce_err("%s: no /split dataset, but split '%s' was asked for", s->h5path, sp);
+    goto fail;
   }
   s->split_idx = ce_malloc_array((size_t)(n ? n : 1), sizeof(int64_t), "split index");
   if (!s->split_idx) goto fail;
   s->nsplit = 0;
   for (int64_t i = 0; i < n; i++)
-    if ((!valid || valid[i]) && (want < 0 || split[i] == want)) s->split_idx[s->nsplit++] = i;
+    if (valid[i] && (want < 0 || split[i] == want)) s->split_idx[s->nsplit++] = i;
   free(split);
   free(valid);
   if (s->nsplit == 0) CE_FAIL("%s: split '%s' has no samples", s->h5path, sp);
@@ -142,24 +120,6 @@ fail:
   free(split);
   free(valid);
   return -1;
-}
-
-static int open_array(serve_source *s, const char *name, int rank, hid_t *d, hsize_t *dims) {
-  *d = H5Dopen2(s->file, name, H5P_DEFAULT);
-  if (*d < 0) CE_FAIL("%s: no /%s dataset", s->h5path, name);
-  hid_t sp = H5Dget_space(*d);
-  int nd = H5Sget_simple_extent_ndims(sp);
-  if (nd != rank) {
-    H5Sclose(sp);
-    CE_FAIL("%s: /%s has %d dimensions, expected %d", s->h5path, name, nd, rank);
-  }
-  H5Sget_simple_extent_dims(sp, dims, NULL);
-  H5Sclose(sp);
-  hid_t t = H5Dget_type(*d);
-  int isf = H5Tget_class(t) == H5T_FLOAT;
-  H5Tclose(t);
-  if (!isf) CE_FAIL("%s: /%s is not a floating-point array", s->h5path, name);
-  return 0;
 }
 
 static const int64_t *epoch_perm(serve_source *s, uint32_t epoch) {
@@ -184,32 +144,29 @@ static const int64_t *epoch_perm(serve_source *s, uint32_t epoch) {
 }
 
 /* The order of the split (order.h); shards mode needs the shard of every
- * sample: the plan's for a live dataset, the virtual datasets' sources for
- * a finished one. */
+ * sample: the plan's for a live dataset, the manifest's (shard_reader.h)
+ * for a finished one. */
 static int open_order(serve_source *s) {
   int64_t *shard = NULL, per_shard = s->spp;
   if (s->o.order.mode == ORDER_SHARDS) {
-    if (!s->o.live && (!s->integ_open || s->integ.nsrc == 0))
+    if (!s->o.live && shard_reader_shards(s->rd) == 0)
       CE_FAIL("%s: no shards behind /inputs and /targets: order shards needs a dataset made by "
               "coemu generate (use order exact)", s->h5path);
     shard = ce_malloc_array((size_t)s->nsplit, sizeof(int64_t), "the shard of every sample");
     if (!shard) return -1;
-    for (int64_t k = 0, src = 0; k < s->nsplit; k++) {
-      int64_t idx = s->split_idx[k];
+    for (int64_t k = 0; k < s->nsplit; k++) {
+      int64_t idx = s->split_idx[k], sh, first, count;
       if (s->o.live) {
         shard[k] = idx / s->spp;
         continue;
       }
-      while (src < s->integ.nsrc &&
-             idx >= s->integ.src[src].first + s->integ.src[src].count)
-        src++;
-      if (src == s->integ.nsrc || idx < s->integ.src[src].first) {
+      if (shard_reader_shard_range(s->rd, idx, &sh, &first, &count) < 0) {
         free(shard);
         CE_FAIL("%s: sample %lld is in none of the shards behind /targets", s->h5path,
                 (long long)idx);
       }
-      shard[k] = src;
-      if (s->integ.src[src].count > per_shard) per_shard = s->integ.src[src].count;
+      shard[k] = sh;
+      if (count > per_shard) per_shard = count;
     }
   }
   int rc = order_plan_init(&s->plan, &s->o.order, s->split_idx, shard, s->nsplit, per_shard);
@@ -252,14 +209,8 @@ static void shard_close_current(serve_source *s) {
   s->shard = s->shard_d[0] = s->shard_d[1] = s->shard_sums = -1;
 }
 
-/* The datasets to read sample idx from, and its index in them. */
+/* Live mode: the datasets of the shard holding sample idx, and its row there. */
 static int sample_source(serve_source *s, int64_t idx, hid_t ds[2], hsize_t *at) {
-  if (!s->o.live) {
-    ds[0] = s->d_in;
-    ds[1] = s->d_out;
-    *at = (hsize_t)idx;
-    return 0;
-  }
   int64_t sh = idx / s->spp;
   if (sh != s->shard_idx || s->shard < 0) {
     shard_close_current(s);
@@ -525,30 +476,25 @@ static int open_finished(serve_source *s) {
     s->dataset_id = ce_xxh64(mtext, mlen, 0); /* the job identifies its data (live or finished) */
     free(mtext);
   }
-  s->file = H5Fopen(s->h5path, H5F_ACC_RDONLY, H5P_DEFAULT);
-  if (s->file < 0) {
-    ce_err("%s: cannot open as HDF5", s->h5path);
-    return -1;
-  }
-  hsize_t di[5], dt[4];
-  if (open_array(s, "inputs", 5, &s->d_in, di) < 0 || open_array(s, "targets", 4, &s->d_out, dt) < 0) {
-    return -1;
-  }
-  if (di[0] != dt[0] || di[1] != 3) {
-    ce_err("%s: /inputs [%llu,%llu,...] and /targets [%llu,...] disagree", s->h5path,
-           (unsigned long long)di[0], (unsigned long long)di[1], (unsigned long long)dt[0]);
-    return -1;
-  }
-  if (integrity_open(&s->integ, s->h5path, s->file) < 0) return -1;
-  s->integ_open = 1;
-  s->nsamples_total = (int64_t)di[0];
-  for (int d = 0; d < 4; d++) s->in_shape[d] = (uint32_t)di[d + 1];
-  for (int d = 0; d < 3; d++) s->out_shape[d] = (uint32_t)dt[d + 1];
-  s->in_vals = (size_t)di[1] * di[2] * di[3] * di[4];
-  s->out_vals = (size_t)dt[1] * dt[2] * dt[3];
-  if (read_split(s) < 0) {
-    return -1;
-  }
+  /* samples come from the shards themselves (shard_reader.h), never
+   * through dataset.h5's virtual datasets */
+  CE_TRY(shard_reader_open(s->o.dataset_dir, s->o.max_open, &s->rd));
+  if (!shard_reader_has_inputs(s->rd))
+    CE_FAIL("%s: no /inputs dataset (the job does not store inputs: nothing to stream)",
+            s->h5path);
+  uint32_t n = (uint32_t)shard_reader_n(s->rd), nf = (uint32_t)shard_reader_channels(s->rd);
+  s->nsamples_total = shard_reader_samples(s->rd);
+  s->in_shape[0] = 3;
+  s->in_shape[1] = s->in_shape[2] = s->in_shape[3] = n;
+  s->out_shape[0] = nf;
+  s->out_shape[1] = s->out_shape[2] = n;
+  s->in_vals = 3 * (size_t)n * n * n;
+  s->out_vals = (size_t)nf * n * n;
+  CE_TRY(read_split(s));
+  hid_t f = H5Fopen(s->h5path, H5F_ACC_RDONLY, H5P_DEFAULT); /* /stats: no virtual dataset opened */
+  if (f < 0) CE_FAIL("%s: cannot open as HDF5", s->h5path);
+  s->have_norm = H5Lexists(f, "stats", H5P_DEFAULT) > 0;
+  H5Fclose(f);
   return 0;
 }
 
@@ -617,7 +563,6 @@ int serve_open(const serve_opts *o, serve_source **out) {
   serve_source *s = calloc(1, sizeof *s);
   if (!s) CE_FAIL("out of memory");
   s->o = *o;
-  s->file = s->d_in = s->d_out = -1;
   s->shard = s->shard_d[0] = s->shard_d[1] = s->shard_sums = -1;
   s->shard_idx = -1;
   if (s->o.batch <= 0) s->o.batch = 16;
@@ -653,7 +598,7 @@ int serve_open(const serve_opts *o, serve_source **out) {
     return -1;
   }
   h5_lock();
-  int has_stats = !o->live && H5Lexists(s->file, "stats", H5P_DEFAULT) > 0;
+  int has_stats = !o->live && s->have_norm;
   int norm_rc = has_stats ? stats_file_read_norm(s->h5path, &s->norm) : 0;
   h5_unlock();
   if (norm_rc < 0) {
@@ -690,10 +635,7 @@ void serve_close(serve_source *s) {
   free(s->split_idx);
   h5_lock();
   shard_close_current(s);
-  if (s->integ_open) integrity_close(&s->integ);
-  if (s->d_in >= 0) H5Dclose(s->d_in);
-  if (s->d_out >= 0) H5Dclose(s->d_out);
-  if (s->file >= 0) H5Fclose(s->file);
+  shard_reader_close(s->rd);
   h5_unlock();
   pthread_mutex_destroy(&s->mu);
   pthread_cond_destroy(&s->cv_reader);
@@ -715,16 +657,31 @@ void serve_shapes(const serve_source *s, uint32_t in_shape[4], uint32_t out_shap
   memcpy(out_shape, s->out_shape, sizeof s->out_shape);
 }
 
+void serve_open_shards(const serve_source *s, int *now, int *peak) {
+  serve_source *m = (serve_source *)s;
+  h5_lock(); /* the reader thread changes them */
+  *now = m->rd ? shard_reader_open_now(m->rd) : 0;
+  *peak = m->rd ? shard_reader_open_peak(m->rd) : 0;
+  h5_unlock();
+}
+
 const stats_norm *serve_norm(const serve_source *s) { return s->have_norm ? &s->norm : NULL; }
 
 int serve_read(serve_source *s, const int64_t *idx, int n, int normalised, float *inputs,
                float *targets) {
   if (normalised && !s->have_norm)
     CE_FAIL("%s has no /stats group: run `coemu stats` on it first", s->h5path);
-  for (int k = 0; k < n; k++) {
+  for (int k = 0; k < n; k++)
     if (idx[k] < 0 || idx[k] >= s->nsamples_total)
       CE_FAIL("%s: sample %lld out of range (%lld samples)", s->h5path, (long long)idx[k],
               (long long)s->nsamples_total);
+  if (!s->o.live) { /* the shards, runs of consecutive rows in one read, each sample checked */
+    h5_lock();
+    int rc = shard_reader_read_list(s->rd, idx, n, inputs, targets);
+    h5_unlock();
+    CE_TRY(rc);
+  }
+  for (int k = 0; s->o.live && k < n; k++) {
     float *dst[2] = {inputs + (size_t)k * s->in_vals, targets + (size_t)k * s->out_vals};
     hid_t ds[2];
     hsize_t at = 0;
@@ -732,9 +689,7 @@ int serve_read(serve_source *s, const int64_t *idx, int n, int normalised, float
     int rc = sample_source(s, idx[k], ds, &at), bad = -1;
     for (int a = 0; a < 2 && rc == 0 && bad < 0; a++)
       if (h5_read_sample_f32(ds[a], at, dst[a]) < 0) bad = a;
-    if (rc == 0 && bad < 0 && s->integ_open)
-      rc = integrity_check(&s->integ, idx[k], dst[0], s->in_vals, dst[1], s->out_vals);
-    if (rc == 0 && bad < 0 && s->o.live && s->shard_sums >= 0) { /* live: the shard's own sums */
+    if (rc == 0 && bad < 0 && s->shard_sums >= 0) { /* live: the shard's own sums */
       char p[4200];
       shard_path(s, s->shard_idx, p, sizeof p);
       rc = integrity_check_row(s->shard_sums, at, p, idx[k], dst[0], s->in_vals, dst[1],
@@ -749,10 +704,11 @@ int serve_read(serve_source *s, const int64_t *idx, int n, int normalised, float
               "damaged (coemu verify tells more; rerunning the same generate job remakes it)",
               p, (long long)idx[k], (long long)(idx[k] % s->spp), bad == 0 ? "inputs" : "targets");
     }
-    if (normalised) {
-      stats_norm_inputs(&s->norm, dst[0], s->in_vals / 3, dst[0]);
-      stats_norm_targets(&s->norm, dst[1], s->out_vals, dst[1]);
-    }
+  }
+  for (int k = 0; normalised && k < n; k++) {
+    float *in = inputs + (size_t)k * s->in_vals, *tg = targets + (size_t)k * s->out_vals;
+    stats_norm_inputs(&s->norm, in, s->in_vals / 3, in);
+    stats_norm_targets(&s->norm, tg, s->out_vals, tg);
   }
   return 0;
 }

@@ -11,6 +11,10 @@
  * A chunk is one batch. A reader thread prefetches the next chunks of each
  * consumer from HDF5 (the only thread that calls HDF5), so the producer's
  * socket thread never waits on the disk when the trainer is slower than it.
+ * Samples are read from the shard files (pipeline/dataset/shard_reader.h:
+ * the manifest's sample -> shard map, a cache of at most max_open open
+ * shards, consecutive rows in one read, every sample checked), never
+ * through dataset.h5's virtual datasets.
  * Normalisation (stats/transforms.h, parameters from the dataset's /stats)
  * is applied when the consumer asks for it.
  *
@@ -42,6 +46,7 @@ typedef struct {
   int prefetch;           /* chunks read ahead per consumer (default 4) */
   int live;               /* serve a dataset while it is being generated (below) */
   order_opts order;       /* the epoch order (order.h; zeroed: exact) */
+  int max_open;           /* shard files kept open at once (LRU; 0: SHARD_READER_MAX_OPEN) */
 } serve_opts;
 
 /* HELLO flags bits 1-2: the order a consumer asks for (0: whatever the
@@ -98,6 +103,10 @@ const stats_norm *serve_norm(const serve_source *s);
  * the reader thread (h5_lock). */
 int serve_read(serve_source *s, const int64_t *idx, int n, int normalised, float *inputs,
                float *targets);
+
+/* Shard files the reader holds open now, and the most it held at once
+ * (never more than opts.max_open); 0 in live mode. */
+void serve_open_shards(const serve_source *s, int *now, int *peak);
 
 /* The dataset sample index at `position` of `rank`'s order in `epoch`
  * (exposed for tests and the Python client's checks). */

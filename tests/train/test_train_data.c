@@ -15,6 +15,9 @@
  *   - data.order shards: the batches follow serve's shard-aware order of
  *     (seed, epoch) on every rank, and a reader opened at every step of an
  *     epoch continues as the uninterrupted one;
+ *   - the same job with one sample per shard (48 shards): every batch of
+ *     every rank and epoch is the same bytes as from 16 samples per shard,
+ *     and a reader capped at 4 open shards never holds more;
  *   - errors: a dataset without /stats (named, with the command that makes
  *     it), a missing dataset, bad rank/batch.
  * No MPI in this process (see dataset_fixture.h). */
@@ -32,7 +35,10 @@ static const fixture_spec SPEC = {.models = 12, .directions = 4, .n = 16, .nf = 
                                   .samples_per_shard = 16, .stats = 1};
 static const fixture_spec SPEC_NOSTATS = {.models = 4, .directions = 2, .n = 16, .nf = 1,
                                           .samples_per_shard = 4, .stats = 0};
-static char g_dir[1100], g_nostats[1100];
+/* SPEC with one sample per shard: 48 shards, the same samples and /stats */
+static const fixture_spec SPEC_MANY = {.models = 12, .directions = 4, .n = 16, .nf = 2,
+                                       .samples_per_shard = 1, .stats = 1};
+static char g_dir[1100], g_nostats[1100], g_many[1100];
 static size_t IV, OV;
 
 static train_stage stage_for(char *dir) {
@@ -229,6 +235,61 @@ static void test_order_shards(void) {
   serve_close(ref);
 }
 
+static void test_many_shards(void) {
+  train_stage sa = stage_for(g_dir), sb = stage_for(g_many);
+  for (int world = 1; world <= 2; world++)
+    for (int rank = 0; rank < world; rank++) {
+      train_data *a = open_td(&sa, 5, rank, world, 3, 0, 0), *b = open_td(&sb, 5, rank, world, 3, 0, 0);
+      if (!a || !b) {
+        train_data_close(a);
+        train_data_close(b);
+        return;
+      }
+      CHECK(train_data_batches_per_epoch(a) == train_data_batches_per_epoch(b));
+      int same = 1, batches = 0;
+      for (uint32_t e = 0; e < 2; e++)
+        for (;;) {
+          const float *ia, *ta, *ib, *tb;
+          int ra = train_data_next(a, e, &ia, &ta), rb = train_data_next(b, e, &ib, &tb);
+          CHECK(ra == rb);
+          if (ra != 1 || rb != 1) break;
+          batches++;
+          same &= !memcmp(ia, ib, sizeof(float) * IV * 3) && !memcmp(ta, tb, sizeof(float) * OV * 3);
+        }
+      CHECK(batches > 0);
+      CHECK(same); /* exact: the same samples, normalised with the same /stats */
+      train_data_close(a);
+      train_data_close(b);
+    }
+  /* the cap on open shards: every training sample read through a reader
+   * that may hold 4 of the 48 shards */
+  serve_opts so = {.dataset_dir = g_many, .split = "all", .seed = 1, .world = 1, .batch = 4,
+                   .drop_last = 1, .max_open = 4};
+  serve_source *src = NULL;
+  CHECK_OK(serve_open(&so, &src));
+  if (!src) return;
+  float *in = malloc(sizeof(float) * IV * 8), *tg = malloc(sizeof(float) * OV * 8);
+  int64_t n = (int64_t)serve_split_size(src), idx[8];
+  int ok = in && tg, now = 0, peak = 0;
+  for (int64_t k = 0; ok && k < n; k += 8) { /* every sample, 8 at a time, shuffled order */
+    int m = n - k < 8 ? (int)(n - k) : 8;
+    for (int j = 0; j < m; j++) idx[j] = serve_sample_at(src, 0, 0, (uint64_t)(k + j)) ;
+    ok = serve_read(src, idx, m, 0, in, tg) == 0;
+    for (int j = 0; ok && j < m; j++) {
+      float ein[16 * 16 * 16 * 3], etg[2 * 16 * 16];
+      fixture_sample(&SPEC_MANY, idx[j], ein, etg);
+      ok = !memcmp(ein, in + (size_t)j * IV, sizeof ein) && !memcmp(etg, tg + (size_t)j * OV, sizeof etg);
+    }
+  }
+  CHECK(ok);
+  serve_open_shards(src, &now, &peak);
+  CHECK(peak == 4); /* 48 shards visited, at most 4 open */
+  CHECK(now <= 4);
+  free(in);
+  free(tg);
+  serve_close(src);
+}
+
 static void test_errors(void) {
   train_stage st = stage_for(g_nostats);
   train_data_opts o = {&st, 1, 0, 1, 2, 0, 0};
@@ -257,9 +318,11 @@ int main(void) {
   const char *tmp = check_scratch("train_data");
   snprintf(g_dir, sizeof g_dir, "%s/ds", tmp);
   snprintf(g_nostats, sizeof g_nostats, "%s/nostats", tmp);
+  snprintf(g_many, sizeof g_many, "%s/many", tmp);
   IV = fixture_in_vals(&SPEC);
   OV = fixture_out_vals(&SPEC);
-  if (fixture_make_forked(g_dir, &SPEC) < 0 || fixture_make_forked(g_nostats, &SPEC_NOSTATS) < 0) {
+  if (fixture_make_forked(g_dir, &SPEC) < 0 || fixture_make_forked(g_nostats, &SPEC_NOSTATS) < 0 ||
+      fixture_make_forked(g_many, &SPEC_MANY) < 0) {
     fprintf(stderr, "test_train_data: %s\n", ce_err_msg());
     check_scratch_remove();
     return 2;
@@ -268,6 +331,7 @@ int main(void) {
   RUN(test_ranks_make_the_global_batch);
   RUN(test_resume);
   RUN(test_order_shards);
+  RUN(test_many_shards);
   RUN(test_errors);
   check_scratch_remove();
   return check_report();

@@ -1,0 +1,691 @@
+/* shard_reader.c - samples from the shard files: manifest map, LRU of open
+ * shards, hyperslab runs, per-sample checks (shard_reader.h). */
+#include "pipeline/dataset/shard_reader.h"
+
+#include <errno.h>
+#include <hdf5.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "common/error.h"
+#include "common/fsutil.h"
+#include "pipeline/dataset/h5util.h"
+#include "pipeline/dataset/integrity.h"
+#include "pipeline/dataset/shard.h"
+#include "pipeline/job/yamltree.h"
+
+enum { A_IN, A_OUT, A_SUMS, A_N };
+static const char *const arr_name[A_N] = {"inputs", "targets", "checksums"};
+
+typedef struct {
+  int64_t shard; /* -1: free */
+  hid_t file, d[A_N];
+  uint64_t used;
+} open_slot;
+
+typedef struct {
+  int64_t first, count, bytes;
+  char *file;            /* as the manifest names it, relative to DIR */
+  uint32_t crc[2];       /* split, valid (manifest) */
+  int has_crc[2];
+} shard_entry;
+
+struct shard_reader {
+  char dir[4096], h5path[4200];
+  int64_t samples;
+  int n, nf, has_inputs, checked, has_label[2];
+  size_t in_vals, out_vals; /* floats per sample */
+  /* shards mode */
+  int64_t directions;   /* manifest: directions per model, or 0 */
+  int64_t *skipped;     /* manifest: skipped models */
+  size_t nskipped;
+  int64_t nshards;
+  shard_entry *sh;
+  int32_t *slot_of;     /* [nshards]: slot holding the shard open, or -1 */
+  open_slot *slots;
+  int cap, nopen, peak;
+  uint64_t tick;
+  int64_t opens;
+  uint64_t *sums;       /* scratch: /checksums rows of a run */
+  size_t sums_cap;
+  uint64_t *sums_all;   /* [samples][2]: /checksums rows read with the labels, or NULL */
+  uint8_t *sums_have;   /* [nshards]: 1 when sums_all holds the shard's rows */
+  /* arrays mode (no shard list): dataset.h5 as it is */
+  hid_t file, d_in, d_out;
+  integrity integ;
+  int integ_open;
+};
+
+static const char *const damaged_hint =
+    "the dataset is damaged (coemu verify tells more; rerunning the same generate job remakes "
+    "the shard)";
+
+const char *shard_reader_h5path(const shard_reader *r) { return r->h5path; }
+int64_t shard_reader_samples(const shard_reader *r) { return r->samples; }
+int shard_reader_n(const shard_reader *r) { return r->n; }
+int shard_reader_channels(const shard_reader *r) { return r->nf; }
+int shard_reader_has_inputs(const shard_reader *r) { return r->has_inputs; }
+int shard_reader_checked(const shard_reader *r) {
+  return r->sh ? r->checked : integrity_checked(&r->integ);
+}
+int64_t shard_reader_shards(const shard_reader *r) {
+  return r->sh ? r->nshards : r->integ_open ? r->integ.nsrc : 0;
+}
+int shard_reader_open_now(const shard_reader *r) { return r->nopen; }
+int shard_reader_open_peak(const shard_reader *r) { return r->peak; }
+int64_t shard_reader_opens(const shard_reader *r) { return r->opens; }
+
+/* ---- the manifest ---- */
+
+static int num_of(const yt_node *m, const char *key, int64_t *out) {
+  const yt_node *v = yt_get(m, key);
+  if (!v || v->kind != YT_SCALAR) return -1;
+  char *end;
+  errno = 0;
+  long long x = strtoll(v->text, &end, 10);
+  if (*end || errno || end == v->text || x < 0) return -1;
+  *out = (int64_t)x;
+  return 0;
+}
+
+static int shard_path(const shard_reader *r, int64_t s, char *buf, size_t len) {
+  if ((size_t)snprintf(buf, len, "%s/%s", r->dir, r->sh[s].file) >= len)
+    CE_FAIL("%s/%s: path too long", r->dir, r->sh[s].file);
+  return 0;
+}
+
+/* The manifest's shard list; 1 when there is one, 0 when the manifest has
+ * none (a dataset.h5 made by hand), -1 on error. */
+static int load_manifest(shard_reader *r) {
+  char mpath[4200], *text;
+  size_t len;
+  snprintf(mpath, sizeof mpath, "%s/manifest.json", r->dir);
+  if (access(mpath, F_OK) != 0 && errno == ENOENT) return 0;
+  CE_TRY(fs_read_all(mpath, &text, &len));
+  yt_node *m = yt_parse(mpath, text, len);
+  free(text);
+  if (!m) return -1;
+  const yt_node *shards = yt_get(m, "shards"), *si = yt_get(m, "store_inputs");
+  if (!shards) {
+    yt_free(m);
+    return 0;
+  }
+  int64_t samples = 0, n = 0, nf = 0;
+  int rc = 0;
+  if (shards->kind != YT_SEQ || num_of(m, "samples", &samples) < 0 || num_of(m, "n", &n) < 0 ||
+      num_of(m, "channels", &nf) < 0 || n < 1 || nf < 1 || n > 4096 || nf > 65536 || !si ||
+      si->kind != YT_SCALAR)
+    rc = ce_err("%s: not a coemu manifest (expected samples, n, channels, store_inputs, shards)",
+                mpath);
+  if (rc == 0) {
+    r->samples = samples;
+    r->n = (int)n;
+    r->nf = (int)nf;
+    r->has_inputs = !strcmp(si->text, "true");
+    r->nshards = (int64_t)shards->n;
+    r->sh = ce_calloc_array(shards->n ? shards->n : 1, sizeof *r->sh, "shard list");
+    if (!r->sh) rc = -1;
+  }
+  int64_t expect = 0;
+  for (size_t i = 0; rc == 0 && i < shards->n; i++) {
+    const yt_node *e = shards->items[i], *file = yt_get(e, "file"), *crc = yt_get(e, "crc32");
+    shard_entry *s = &r->sh[i];
+    if (!file || file->kind != YT_SCALAR || num_of(e, "first", &s->first) < 0 ||
+        num_of(e, "count", &s->count) < 0 || num_of(e, "bytes", &s->bytes) < 0) {
+      rc = ce_err("%s:%d:%d: shards[%zu]: expected file, first, count, bytes", mpath, e->line,
+                  e->col, i);
+      break;
+    }
+    if (s->first != expect || s->count < 1) {
+      rc = ce_err("%s:%d:%d: shards[%zu] (%s): samples %lld+%lld, expected to start at %lld "
+                  "(gap or overlap)", mpath, e->line, e->col, i, file->text,
+                  (long long)s->first, (long long)s->count, (long long)expect);
+      break;
+    }
+    expect = s->first + s->count;
+    if (!(s->file = strdup(file->text))) rc = ce_err("out of memory");
+    static const char *const lab[2] = {"split", "valid"};
+    for (int k = 0; k < 2 && crc && crc->kind == YT_MAP; k++) {
+      const yt_node *c = yt_get(crc, lab[k]);
+      if (c && c->kind == YT_SCALAR) {
+        s->crc[k] = (uint32_t)strtoul(c->text, NULL, 16);
+        s->has_crc[k] = 1;
+      }
+    }
+  }
+  const yt_node *dn = yt_get(m, "directions"), *sk = yt_get(m, "skipped_models");
+  if (rc == 0 && dn && num_of(m, "directions", &r->directions) < 0) r->directions = 0;
+  if (rc == 0 && sk && sk->kind == YT_SEQ && sk->n) {
+    r->skipped = ce_malloc_array(sk->n, sizeof *r->skipped, "skipped models");
+    if (!r->skipped) rc = -1;
+    for (size_t i = 0; rc == 0 && i < sk->n; i++) {
+      char *end;
+      const yt_node *v = sk->items[i];
+      long long x = v->kind == YT_SCALAR ? strtoll(v->text, &end, 10) : -1;
+      if (x < 0 || *end) {
+        rc = ce_err("%s:%d:%d: skipped_models[%zu]: expected a model number", mpath, v->line,
+                    v->col, i);
+        break;
+      }
+      r->skipped[r->nskipped++] = (int64_t)x;
+    }
+  }
+  if (rc == 0 && expect != r->samples)
+    rc = ce_err("%s: the shards cover samples 0..%lld, the manifest says %lld samples", mpath,
+                (long long)expect - 1, (long long)r->samples);
+  yt_free(m);
+  return rc < 0 ? -1 : 1;
+}
+
+/* Every shard there, readable and not shorter than the manifest says. */
+static int check_presence(const shard_reader *r) {
+  for (int64_t s = 0; s < r->nshards; s++) {
+    char p[4400];
+    CE_TRY(shard_path(r, s, p, sizeof p));
+    struct stat st;
+    const char *why = NULL;
+    char buf[128];
+    if (stat(p, &st) != 0)
+      why = errno == ENOENT ? "missing" : strerror(errno);
+    else if (access(p, R_OK) != 0)
+      why = "not readable";
+    else if ((int64_t)st.st_size < r->sh[s].bytes) {
+      snprintf(buf, sizeof buf, "truncated (%lld bytes, the manifest records %lld)",
+               (long long)st.st_size, (long long)r->sh[s].bytes);
+      why = buf;
+    }
+    if (why)
+      CE_FAIL("%s: shard %s (samples %lld..%lld): %s; %s", r->h5path, p,
+              (long long)r->sh[s].first, (long long)(r->sh[s].first + r->sh[s].count - 1), why,
+              damaged_hint);
+  }
+  return 0;
+}
+
+/* ---- open / close ---- */
+
+static int open_arrays(shard_reader *r) {
+  r->file = H5Fopen(r->h5path, H5F_ACC_RDONLY, H5P_DEFAULT);
+  if (r->file < 0) CE_FAIL("%s: cannot open as HDF5", r->h5path);
+  hsize_t dt[4] = {0}, di[5] = {0};
+  r->d_out = H5Dopen2(r->file, "targets", H5P_DEFAULT);
+  if (r->d_out < 0) CE_FAIL("%s: no /targets dataset", r->h5path);
+  hid_t sp = H5Dget_space(r->d_out);
+  int nd = H5Sget_simple_extent_ndims(sp);
+  if (nd == 4) H5Sget_simple_extent_dims(sp, dt, NULL);
+  H5Sclose(sp);
+  if (nd != 4) CE_FAIL("%s: /targets has %d dimensions, expected 4", r->h5path, nd);
+  r->has_inputs = H5Lexists(r->file, "inputs", H5P_DEFAULT) > 0;
+  if (r->has_inputs) {
+    r->d_in = H5Dopen2(r->file, "inputs", H5P_DEFAULT);
+    if (r->d_in < 0) CE_FAIL("%s: cannot open /inputs", r->h5path);
+    sp = H5Dget_space(r->d_in);
+    nd = H5Sget_simple_extent_ndims(sp);
+    if (nd == 5) H5Sget_simple_extent_dims(sp, di, NULL);
+    H5Sclose(sp);
+    if (nd != 5) CE_FAIL("%s: /inputs has %d dimensions, expected 5", r->h5path, nd);
+    if (di[0] != dt[0] || di[1] != 3 || di[2] != di[3] || di[3] != di[4])
+      CE_FAIL("%s: /inputs [%llu,%llu,%llu,%llu,%llu] and /targets [%llu,...] disagree "
+              "(expected [N,3,n,n,n] and [N,F,n,n])", r->h5path, (unsigned long long)di[0],
+              (unsigned long long)di[1], (unsigned long long)di[2], (unsigned long long)di[3],
+              (unsigned long long)di[4], (unsigned long long)dt[0]);
+  }
+  hid_t ds[2] = {r->d_in, r->d_out};
+  for (int a = 0; a < 2; a++) {
+    if (ds[a] < 0) continue;
+    hid_t t = H5Dget_type(ds[a]);
+    int fl = t >= 0 && H5Tget_class(t) == H5T_FLOAT && (H5Tget_size(t) == 4 || H5Tget_size(t) == 8);
+    if (t >= 0) H5Tclose(t);
+    if (!fl) CE_FAIL("%s: /%s is not float32 or float64", r->h5path, arr_name[a]);
+  }
+  r->samples = (int64_t)dt[0];
+  r->n = (int)dt[2];
+  r->nf = (int)dt[1];
+  if (dt[2] != dt[3] || (r->has_inputs && di[2] != dt[2]))
+    CE_FAIL("%s: /targets shape [%llu,%llu,%llu,%llu], expected [N,F,n,n] with the cubes' n",
+            r->h5path, (unsigned long long)dt[0], (unsigned long long)dt[1],
+            (unsigned long long)dt[2], (unsigned long long)dt[3]);
+  CE_TRY(integrity_open(&r->integ, r->h5path, r->file));
+  r->integ_open = 1;
+  return 0;
+}
+
+int shard_reader_open(const char *dir, int max_open, shard_reader **out) {
+  *out = NULL;
+  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+  shard_reader *r = calloc(1, sizeof *r);
+  if (!r) CE_FAIL("out of memory");
+  r->file = r->d_in = r->d_out = -1;
+  r->cap = max_open > 0 ? max_open : SHARD_READER_MAX_OPEN;
+  int rc = 0;
+  if ((size_t)snprintf(r->dir, sizeof r->dir, "%s", dir) >= sizeof r->dir)
+    rc = ce_err("%.64s...: dataset path too long", dir);
+  snprintf(r->h5path, sizeof r->h5path, "%s/dataset.h5", r->dir);
+  int has_shards = rc == 0 ? load_manifest(r) : -1;
+  if (has_shards < 0) rc = -1;
+  if (rc == 0 && has_shards) {
+    /* dataset.h5 says which labels and per-sample checksums the dataset has
+     * (a link test: its virtual datasets are not opened) */
+    hid_t f = H5Fopen(r->h5path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) {
+      rc = ce_err("%s: not a readable HDF5 file (is %s a finished dataset?)", r->h5path, dir);
+    } else {
+      r->checked = H5Lexists(f, "checksums", H5P_DEFAULT) > 0;
+      r->has_label[0] = H5Lexists(f, "split", H5P_DEFAULT) > 0;
+      r->has_label[1] = H5Lexists(f, "valid", H5P_DEFAULT) > 0;
+      H5Fclose(f);
+    }
+    if (rc == 0) rc = check_presence(r);
+    if (rc == 0) {
+      r->slot_of = ce_malloc_array((size_t)(r->nshards ? r->nshards : 1), sizeof *r->slot_of,
+                                   "shard slots");
+      r->slots = ce_calloc_array((size_t)r->cap, sizeof *r->slots, "open shards");
+      if (!r->slot_of || !r->slots) rc = -1;
+      for (int64_t s = 0; rc == 0 && s < r->nshards; s++) r->slot_of[s] = -1;
+      for (int i = 0; rc == 0 && i < r->cap; i++) r->slots[i].shard = -1;
+    }
+  } else if (rc == 0) {
+    rc = open_arrays(r);
+    if (rc == 0) {
+      r->has_label[0] = H5Lexists(r->file, "split", H5P_DEFAULT) > 0;
+      r->has_label[1] = H5Lexists(r->file, "valid", H5P_DEFAULT) > 0;
+    }
+  }
+  r->in_vals = 3 * (size_t)r->n * r->n * r->n;
+  r->out_vals = (size_t)r->nf * r->n * r->n;
+  if (rc < 0) {
+    shard_reader_close(r);
+    return -1;
+  }
+  *out = r;
+  return 0;
+}
+
+static void slot_close(shard_reader *r, open_slot *q) {
+  if (q->shard < 0) return;
+  for (int a = 0; a < A_N; a++)
+    if (q->d[a] >= 0) H5Dclose(q->d[a]);
+  if (q->file >= 0) H5Fclose(q->file);
+  r->slot_of[q->shard] = -1;
+  q->shard = -1;
+  r->nopen--;
+}
+
+void shard_reader_close(shard_reader *r) {
+  if (!r) return;
+  for (int i = 0; r->slots && i < r->cap; i++) slot_close(r, &r->slots[i]);
+  for (int64_t s = 0; r->sh && s < r->nshards; s++) free(r->sh[s].file);
+  free(r->sh);
+  free(r->slot_of);
+  free(r->slots);
+  free(r->sums);
+  free(r->skipped);
+  free(r->sums_all);
+  free(r->sums_have);
+  if (r->integ_open) integrity_close(&r->integ);
+  if (r->d_in >= 0) H5Dclose(r->d_in);
+  if (r->d_out >= 0) H5Dclose(r->d_out);
+  if (r->file >= 0) H5Fclose(r->file);
+  free(r);
+}
+
+/* ---- the cache of open shards ---- */
+
+/* Rows of a dataset of a shard: its first dimension (and the rest checked). */
+static int check_shape(hid_t d, int rank, const hsize_t *want) {
+  hid_t sp = H5Dget_space(d);
+  if (sp < 0) return -1;
+  hsize_t dims[8];
+  int nd = H5Sget_simple_extent_ndims(sp);
+  int ok = nd == rank && H5Sget_simple_extent_dims(sp, dims, NULL) == rank;
+  for (int k = 0; ok && k < rank; k++) ok = dims[k] == want[k];
+  H5Sclose(sp);
+  return ok ? 0 : -1;
+}
+
+/* The slot holding shard s open (opening it, and closing the least recently
+ * used one when all max_open are taken). */
+static open_slot *shard_get(shard_reader *r, int64_t s) {
+  int32_t k = r->slot_of[s];
+  if (k >= 0) {
+    r->slots[k].used = ++r->tick;
+    return &r->slots[k];
+  }
+  open_slot *q = NULL;
+  for (int i = 0; i < r->cap && !q; i++)
+    if (r->slots[i].shard < 0) q = &r->slots[i];
+  if (!q) {
+    q = &r->slots[0];
+    for (int i = 1; i < r->cap; i++)
+      if (r->slots[i].used < q->used) q = &r->slots[i];
+    slot_close(r, q);
+  }
+  char p[4400];
+  if (shard_path(r, s, p, sizeof p) < 0) return NULL;
+  const shard_entry *e = &r->sh[s];
+  q->file = H5Fopen(p, H5F_ACC_RDONLY, H5P_DEFAULT);
+  r->opens++;
+  for (int a = 0; a < A_N; a++) q->d[a] = -1;
+  if (q->file < 0) {
+    ce_err("%s: shard %s (samples %lld..%lld): not a readable HDF5 file (truncated or damaged); "
+           "%s", r->h5path, p, (long long)e->first, (long long)(e->first + e->count - 1),
+           damaged_hint);
+    return NULL;
+  }
+  q->shard = s;
+  r->slot_of[s] = (int32_t)(q - r->slots);
+  r->nopen++;
+  if (r->nopen > r->peak) r->peak = r->nopen;
+  q->used = ++r->tick;
+  return q;
+}
+
+/* Array a of an open shard, opened on first use (its shape checked). */
+static hid_t slot_dset(shard_reader *r, open_slot *q, int a) {
+  if (q->d[a] >= 0) return q->d[a];
+  const shard_entry *e = &r->sh[q->shard];
+  hsize_t c = (hsize_t)e->count, n = (hsize_t)r->n;
+  const hsize_t shp_in[5] = {c, 3, n, n, n}, shp_out[4] = {c, (hsize_t)r->nf, n, n},
+                shp_sums[2] = {c, 2};
+  const hsize_t *shp[A_N] = {shp_in, shp_out, shp_sums};
+  const int rank[A_N] = {5, 4, 2};
+  H5E_BEGIN_TRY { q->d[a] = H5Dopen2(q->file, arr_name[a], H5P_DEFAULT); } H5E_END_TRY;
+  if (q->d[a] < 0 || check_shape(q->d[a], rank[a], shp[a]) < 0) {
+    char p[4400];
+    shard_path(r, q->shard, p, sizeof p);
+    ce_err("%s: shard %s (samples %lld..%lld): /%s %s; %s", r->h5path, p, (long long)e->first,
+           (long long)(e->first + e->count - 1), arr_name[a],
+           q->d[a] < 0 ? "cannot be opened (missing or its header is damaged)"
+                       : "does not have the shape the manifest says",
+           damaged_hint);
+    slot_close(r, q); /* a damaged shard is not kept */
+    return -1;
+  }
+  return q->d[a];
+}
+
+/* The shard holding sample idx (binary search over the manifest's ranges). */
+static int64_t shard_of(const shard_reader *r, int64_t idx) {
+  int64_t lo = 0, hi = r->nshards - 1;
+  while (lo < hi) {
+    int64_t mid = lo + (hi - lo + 1) / 2;
+    if (r->sh[mid].first <= idx) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
+int shard_reader_shard_range(const shard_reader *r, int64_t idx, int64_t *shard,
+                             int64_t *first, int64_t *count) {
+  if (idx < 0 || idx >= r->samples) return -1;
+  if (r->sh) {
+    *shard = shard_of(r, idx);
+    *first = r->sh[*shard].first;
+    *count = r->sh[*shard].count;
+    return 0;
+  }
+  for (int i = 0; r->integ_open && i < r->integ.nsrc; i++) {
+    const integrity_source *q = &r->integ.src[i];
+    if (idx >= q->first && idx < q->first + q->count) {
+      *shard = i;
+      *first = q->first;
+      *count = q->count;
+      return 0;
+    }
+  }
+  return -1;
+}
+
+int64_t shard_reader_shard_end(const shard_reader *r, int64_t idx) {
+  if (!r->sh || idx < 0 || idx >= r->samples) return r->samples;
+  const shard_entry *e = &r->sh[shard_of(r, idx)];
+  return e->first + e->count;
+}
+
+/* Read rows [row, row + cnt) of array a of an open shard into buf. */
+static int read_rows(hid_t d, hsize_t row, hsize_t cnt, hid_t mtype, void *buf) {
+  hid_t fs = H5Dget_space(d);
+  if (fs < 0) return -1;
+  int rank = H5Sget_simple_extent_ndims(fs);
+  hsize_t start[8] = {0}, count[8];
+  H5Sget_simple_extent_dims(fs, count, NULL);
+  start[0] = row;
+  count[0] = cnt;
+  hid_t ms = H5Screate_simple(rank, count, NULL);
+  herr_t e = -1;
+  H5E_BEGIN_TRY {
+    e = H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL);
+    if (e >= 0) e = H5Dread(d, mtype, ms, fs, H5P_DEFAULT, buf);
+  } H5E_END_TRY;
+  H5Sclose(ms);
+  H5Sclose(fs);
+  return e < 0 ? -1 : 0;
+}
+
+/* Rows [row, row + cnt) of shard s (samples first + row ...) into in / out
+ * (cnt rows each, either may be NULL), checked. */
+static int read_run(shard_reader *r, int64_t s, int64_t row, int64_t cnt, float *in, float *out) {
+  open_slot *q = shard_get(r, s);
+  if (!q) return -1;
+  const shard_entry *e = &r->sh[s];
+  char p[4400];
+  float *dst[2] = {in, out};
+  size_t vals[2] = {r->in_vals, r->out_vals};
+  for (int a = 0; a < 2; a++) {
+    if (!dst[a]) continue;
+    if (slot_dset(r, q, a) < 0) return -1;
+    if (read_rows(q->d[a], (hsize_t)row, (hsize_t)cnt, H5T_NATIVE_FLOAT, dst[a]) == 0) continue;
+    /* which sample: read row by row to name it */
+    int64_t bad = row;
+    for (int64_t k = 0; k < cnt; k++)
+      if (read_rows(q->d[a], (hsize_t)(row + k), 1, H5T_NATIVE_FLOAT, dst[a] + (size_t)k * vals[a]) < 0) {
+        bad = row + k;
+        break;
+      }
+    shard_path(r, s, p, sizeof p);
+    CE_FAIL("%s: sample %lld (row %lld of the shard): reading /%s failed: the shard is damaged "
+            "(coemu verify tells more; rerunning the same generate job remakes it)",
+            p, (long long)(e->first + bad), (long long)bad, arr_name[a]);
+  }
+  if (!r->checked) return 0;
+  const uint64_t *sums = r->sums;
+  if (r->sums_have && r->sums_have[s]) {
+    sums = r->sums_all + 2 * (size_t)(e->first + row); /* read with the labels */
+    goto compare;
+  }
+  if ((size_t)cnt * 2 > r->sums_cap) {
+    uint64_t *m = realloc(r->sums, (size_t)cnt * 2 * sizeof *m);
+    if (!m) CE_FAIL("out of memory");
+    r->sums = m;
+    r->sums_cap = (size_t)cnt * 2;
+  }
+  if (slot_dset(r, q, A_SUMS) < 0) return -1;
+  if (read_rows(q->d[A_SUMS], (hsize_t)row, (hsize_t)cnt, H5T_NATIVE_UINT64, r->sums) < 0) {
+    shard_path(r, s, p, sizeof p);
+    CE_FAIL("%s: samples %lld..%lld: cannot read their /checksums rows: the shard is damaged "
+            "(coemu verify tells more; rerunning the same generate job remakes it)", p,
+            (long long)(e->first + row), (long long)(e->first + row + cnt - 1));
+  }
+  sums = r->sums;
+compare:
+  for (int64_t k = 0; k < cnt; k++) {
+    for (int a = 0; a < 2; a++) {
+      if (!dst[a]) continue;
+      uint64_t got = shard_row_hash(dst[a] + (size_t)k * vals[a], vals[a]),
+               want = sums[2 * k + (size_t)a];
+      if (got == want) continue;
+      shard_path(r, s, p, sizeof p);
+      CE_FAIL("%s: sample %lld (row %lld of the shard): /%s does not match its checksum "
+              "(xxh64 %016llx, recorded %016llx): the shard is damaged (coemu verify tells "
+              "more; rerunning the same generate job remakes it)",
+              p, (long long)(e->first + row + k), (long long)(row + k), arr_name[a],
+              (unsigned long long)got, (unsigned long long)want);
+    }
+  }
+  return 0;
+}
+
+/* ---- reading ---- */
+
+static int read_arrays(shard_reader *r, int64_t idx, float *in, float *out) {
+  float *dst[2] = {in, out};
+  hid_t ds[2] = {r->d_in, r->d_out};
+  for (int a = 0; a < 2; a++)
+    if (dst[a] && h5_read_sample_f32(ds[a], (hsize_t)idx, dst[a]) < 0)
+      CE_FAIL("%s: /%s: cannot read sample %lld", r->h5path, arr_name[a], (long long)idx);
+  return integrity_check(&r->integ, idx, in, in ? r->in_vals : 0, out, r->out_vals);
+}
+
+int shard_reader_read(shard_reader *r, int64_t first, int64_t count, float *inputs,
+                      float *targets) {
+  if (first < 0 || count < 0 || first + count > r->samples)
+    CE_FAIL("%s: samples %lld..%lld out of range (%lld samples)", r->h5path, (long long)first,
+            (long long)(first + count - 1), (long long)r->samples);
+  if (inputs && !r->has_inputs) CE_FAIL("%s: the dataset stores no /inputs", r->h5path);
+  if (!targets) CE_BUG("shard_reader_read without targets");
+  if (!r->sh) {
+    for (int64_t k = 0; k < count; k++)
+      CE_TRY(read_arrays(r, first + k, inputs ? inputs + (size_t)k * r->in_vals : NULL,
+                         targets ? targets + (size_t)k * r->out_vals : NULL));
+    return 0;
+  }
+  int64_t done = 0;
+  while (done < count) {
+    int64_t i = first + done, s = shard_of(r, i);
+    int64_t row = i - r->sh[s].first, cnt = r->sh[s].count - row;
+    if (cnt > count - done) cnt = count - done;
+    CE_TRY(read_run(r, s, row, cnt, inputs ? inputs + (size_t)done * r->in_vals : NULL,
+                    targets ? targets + (size_t)done * r->out_vals : NULL));
+    done += cnt;
+  }
+  return 0;
+}
+
+int shard_reader_read_list(shard_reader *r, const int64_t *idx, int n, float *inputs,
+                           float *targets) {
+  for (int k = 0; k < n;) {
+    int m = 1; /* a run: consecutive samples of one shard */
+    if (r->sh && idx[k] >= 0 && idx[k] < r->samples) {
+      int64_t s = shard_of(r, idx[k]), end = r->sh[s].first + r->sh[s].count;
+      while (k + m < n && idx[k + m] == idx[k] + m && idx[k + m] < end) m++;
+    }
+    CE_TRY(shard_reader_read(r, idx[k], m, inputs ? inputs + (size_t)k * r->in_vals : NULL,
+                             targets ? targets + (size_t)k * r->out_vals : NULL));
+    k += m;
+  }
+  return 0;
+}
+
+/* ---- labels ---- */
+
+static int read_label_array(shard_reader *r, int k, uint8_t *dst) {
+  static const char *const lab[2] = {"split", "valid"};
+  hid_t d = H5Dopen2(r->file, lab[k], H5P_DEFAULT);
+  hid_t sp = d >= 0 ? H5Dget_space(d) : -1;
+  hsize_t dim = 0;
+  int ok = sp >= 0 && H5Sget_simple_extent_ndims(sp) == 1 &&
+           H5Sget_simple_extent_dims(sp, &dim, NULL) == 1 && (int64_t)dim == r->samples &&
+           H5Dread(d, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, dst) >= 0;
+  if (sp >= 0) H5Sclose(sp);
+  if (d >= 0) H5Dclose(d);
+  if (!ok)
+    CE_FAIL("%s: /%s: expected a uint8 vector of %lld samples", r->h5path, lab[k],
+            (long long)r->samples);
+  /* the labels decide which samples are used: checked as the samples are */
+  return integrity_check_labels(&r->integ, lab[k], dst, r->samples);
+}
+
+int shard_reader_labels(shard_reader *r, int64_t first, int64_t count, uint8_t *split,
+                        uint8_t *valid, int *has_split, int *has_valid) {
+  static const char *const lab[2] = {"split", "valid"};
+  uint8_t *dst[2] = {split, valid};
+  if (has_split) *has_split = r->has_label[0];
+  if (has_valid) *has_valid = r->has_label[1];
+  if (!r->sh) {
+    for (int k = 0; k < 2; k++)
+      if (dst[k] && r->has_label[k]) CE_TRY(read_label_array(r, k, dst[k]));
+    return 0;
+  }
+  if (first < 0 || count < 0 || first + count > r->samples)
+    CE_FAIL("%s: samples %lld..%lld out of range (%lld samples)", r->h5path, (long long)first,
+            (long long)(first + count - 1), (long long)r->samples);
+  int64_t s0 = count ? shard_of(r, first) : r->nshards,
+          s1 = count ? shard_of(r, first + count - 1) : -1;
+  /* every label of the dataset (serve): the /checksums rows come with them
+   * (16 bytes a sample, up to 2^24 samples), so a sample read later opens
+   * only /inputs and /targets of its shard */
+  if (r->checked && first == 0 && count == r->samples && count > 0 && count <= ((int64_t)1 << 24) &&
+      !r->sums_all) {
+    r->sums_all = ce_malloc_array((size_t)count, 2 * sizeof *r->sums_all, "sample checksums");
+    r->sums_have = ce_calloc_array((size_t)r->nshards, 1, "sample checksums");
+    if (!r->sums_all || !r->sums_have) return -1;
+  }
+  for (int64_t s = s0; s <= s1; s++) {
+    const shard_entry *e = &r->sh[s];
+    int want = 0;
+    for (int k = 0; k < 2; k++) want |= dst[k] && r->has_label[k];
+    if (!want) break;
+    open_slot *q = shard_get(r, s);
+    if (!q) return -1;
+    char p[4400];
+    for (int k = 0; k < 2; k++) {
+      if (!dst[k] || !r->has_label[k]) continue;
+      uint8_t *v = dst[k] + e->first;
+      hid_t d = -1;
+      H5E_BEGIN_TRY { d = H5Dopen2(q->file, lab[k], H5P_DEFAULT); } H5E_END_TRY;
+      int ok = d >= 0 && check_shape(d, 1, (hsize_t[]){(hsize_t)e->count}) == 0 &&
+               read_rows(d, 0, (hsize_t)e->count, H5T_NATIVE_UINT8, v) == 0;
+      if (d >= 0) H5Dclose(d);
+      shard_path(r, s, p, sizeof p);
+      if (!ok)
+        CE_FAIL("%s: samples %lld..%lld: /%s cannot be read: %s", p, (long long)e->first,
+                (long long)(e->first + e->count - 1), lab[k], damaged_hint);
+      if (!e->has_crc[k]) continue; /* a manifest without label checksums */
+      uint32_t got = (uint32_t)crc32_z(0, (const Bytef *)v, (size_t)e->count);
+      if (got != e->crc[k])
+        CE_FAIL("%s: samples %lld..%lld: /%s does not match its checksum (crc32 %08x, the "
+                "manifest records %08x): the shard is damaged (coemu verify tells more; "
+                "rerunning the same generate job remakes it)",
+                p, (long long)e->first, (long long)(e->first + e->count - 1), lab[k], got,
+                e->crc[k]);
+    }
+    if (r->sums_have && !r->sums_have[s]) {
+      shard_path(r, s, p, sizeof p);
+      if (slot_dset(r, q, A_SUMS) < 0) return -1;
+      if (read_rows(q->d[A_SUMS], 0, (hsize_t)e->count, H5T_NATIVE_UINT64,
+                    r->sums_all + 2 * (size_t)e->first) < 0)
+        CE_FAIL("%s: samples %lld..%lld: cannot read their /checksums rows: %s", p,
+                (long long)e->first, (long long)(e->first + e->count - 1), damaged_hint);
+      r->sums_have[s] = 1;
+    }
+  }
+  return 0;
+}
+
+int shard_reader_labels_planned(const shard_reader *r, const uint8_t *model_split,
+                                int64_t models, uint8_t *split, uint8_t *valid) {
+  if (!r->sh || r->directions < 1 || models < 1 || models > INT64_MAX / r->directions ||
+      models * r->directions != r->samples)
+    return 0;
+  for (int64_t i = 0; i < r->samples; i++) {
+    split[i] = model_split[i / r->directions];
+    valid[i] = 1;
+  }
+  for (size_t k = 0; k < r->nskipped; k++) {
+    int64_t m = r->skipped[k];
+    if (m < 0 || m >= models) return 0;
+    memset(valid + m * r->directions, 0, (size_t)r->directions);
+  }
+  for (int64_t s = 0; s < r->nshards; s++) {
+    const shard_entry *e = &r->sh[s];
+    const uint8_t *v[2] = {split + e->first, valid + e->first};
+    for (int k = 0; k < 2; k++)
+      if (!e->has_crc[k] || (uint32_t)crc32_z(0, (const Bytef *)v[k], (size_t)e->count) != e->crc[k])
+        return 0;
+  }
+  return 1;
+}

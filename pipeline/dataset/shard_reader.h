@@ -1,0 +1,114 @@
+/* shard_reader.h - the reading side of a finished dataset: samples read
+ * from the shard files themselves, never through dataset.h5's virtual
+ * datasets (serve, the trainer through serve, stats, inspect).
+ *
+ * A coemu dataset (DIR/manifest.json lists its shards): the manifest maps
+ * sample -> (shard, row); each shard file is opened when a sample of it is
+ * first read and kept in a least-recently-used cache of at most `max_open`
+ * open shards (file + its /inputs, /targets, /checksums), so a reader pays
+ * one open per shard it visits, not one per sample, and never holds more
+ * than max_open files. Consecutive samples of one shard are read as one
+ * hyperslab (one HDF5 read per array per shard-run, their /checksums rows
+ * too). Why: a virtual dataset re-resolves its mapping (thousands of source
+ * files) on every read; at 5,000 shards of one small sample that cost
+ * 7-30 ms per sample (docs/benchmarks.md, "Readers at 5,000 shards").
+ *
+ * What a reader checks (docs/faults.md, "Reading a dataset"):
+ *   - at open: every shard the manifest lists exists, is readable and has
+ *     the size the manifest records (a truncated shard is refused); the
+ *     shards cover the samples in order. Errors name the shard file and its
+ *     sample range;
+ *   - per sample: the XXH64 of its rows as read (float32) against the
+ *     shard's /checksums row (shard.h); a mismatch names the shard file, the
+ *     sample, its row in the shard and the array;
+ *   - labels: each shard's /split and /valid against the CRC-32 the manifest
+ *     records for them.
+ * Samples are checked when dataset.h5 has /checksums (format 2); a dataset
+ * of format 1 has none: shards are still checked at open, values are not
+ * (shard_reader_checked() says which).
+ *
+ * A dataset.h5 without a shard list beside it (plain arrays, or virtual
+ * datasets made by hand, e.g. in tests) is read through dataset.h5 as it
+ * is, with the checks of integrity.h.
+ *
+ * Not thread-safe, and it calls HDF5: a caller whose threads share HDF5
+ * holds h5_lock() around every call (h5util.h). */
+#ifndef COEMU_SHARD_READER_H
+#define COEMU_SHARD_READER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SHARD_READER_MAX_OPEN 64 /* default cap on open shard files */
+
+typedef struct shard_reader shard_reader;
+
+/* Open DIR for reading (DIR/manifest.json and DIR/dataset.h5). max_open:
+ * the cap on shard files open at once (0: SHARD_READER_MAX_OPEN). */
+int shard_reader_open(const char *dir, int max_open, shard_reader **out);
+void shard_reader_close(shard_reader *r);
+
+/* "DIR/dataset.h5", for messages and /stats. */
+const char *shard_reader_h5path(const shard_reader *r);
+
+/* Samples; cube side n; channels F; 1 when inputs are stored. */
+int64_t shard_reader_samples(const shard_reader *r);
+int shard_reader_n(const shard_reader *r);
+int shard_reader_channels(const shard_reader *r);
+int shard_reader_has_inputs(const shard_reader *r);
+/* 1 when every sample read is checked against /checksums (format 2). */
+int shard_reader_checked(const shard_reader *r);
+/* Shards behind the dataset (for dataset.h5 read as it is: the source
+ * files of its virtual /targets, 0 for plain arrays). */
+int64_t shard_reader_shards(const shard_reader *r);
+
+/* The per-sample labels of samples [first, first + count), checked
+ * (above), into split[first..] and valid[first..] (arrays of all N samples;
+ * either may be NULL; values just outside the range, of the same shards, may
+ * be filled too). Only the shards overlapping the range are opened.
+ * *has_split / *has_valid (may be NULL) say whether the dataset has them; a
+ * missing one is left as it was in the caller's array. */
+int shard_reader_labels(shard_reader *r, int64_t first, int64_t count, uint8_t *split,
+                        uint8_t *valid, int *has_split, int *has_valid);
+
+/* The labels as the job planned them, without opening a shard: split[i] =
+ * model_split[i / directions] (dataset.h5's /models/split), valid[i] = 0
+ * for the manifest's skipped_models; each shard's slices are then checked
+ * against the CRC-32s the manifest records for that shard's /split and
+ * /valid. 1: filled and every shard agrees; 0: not derivable (no shard
+ * list, no directions, sizes differ) or some shard disagrees: read them with
+ * shard_reader_labels, which names the shard. For summaries (inspect) of
+ * many shards: a reader that uses samples reads the shards' own labels. */
+int shard_reader_labels_planned(const shard_reader *r, const uint8_t *model_split,
+                                int64_t models, uint8_t *split, uint8_t *valid);
+
+/* The shard holding sample idx: its number and sample range (for a
+ * dataset.h5 read as it is: the source file of its virtual /targets).
+ * 0, or -1 when idx is in no shard (no shards behind the dataset). */
+int shard_reader_shard_range(const shard_reader *r, int64_t idx, int64_t *shard,
+                             int64_t *first, int64_t *count);
+
+/* The end (one past the last sample) of the shard holding sample idx: a
+ * reader that walks the samples in order reads a shard's labels and rows
+ * while it is open (N for a dataset read through dataset.h5). */
+int64_t shard_reader_shard_end(const shard_reader *r, int64_t idx);
+
+/* Read samples [first, first + count) as float32: inputs (count x 3 n^3,
+ * NULL: not read; must be NULL when inputs are not stored) and targets
+ * (count x F n^2, NULL: not read), each sample checked. 0, or -1 with a
+ * message naming the shard, the sample and the array. */
+int shard_reader_read(shard_reader *r, int64_t first, int64_t count, float *inputs,
+                      float *targets);
+
+/* Read samples idx[0..n) (any order) into rows 0..n-1 of inputs / targets;
+ * runs of consecutive samples of one shard are read as one hyperslab. */
+int shard_reader_read_list(shard_reader *r, const int64_t *idx, int n, float *inputs,
+                           float *targets);
+
+/* Shard files open now, the most ever open at once, and the opens so far
+ * (each a file open; for tests and benches). */
+int shard_reader_open_now(const shard_reader *r);
+int shard_reader_open_peak(const shard_reader *r);
+int64_t shard_reader_opens(const shard_reader *r);
+
+#endif

@@ -1,0 +1,229 @@
+"""test_many_shards.py - the readers at many shards (docs/dataset-format.md,
+"Reading"): one job made twice, with 2,000 shards of one sample and with 4
+shards of 500 (only output.samples_per_shard differs), with the analytic
+producer of tests/pipeline/testgen.c. Every reader must give the same bytes
+from both: `coemu stats` (/stats, on 2 ranks and on 1), `coemu serve` (the
+streamed ids and arrays, to the Python client), `coemu verify`, `coemu
+inspect`; the serve process never holds more shard files open than its cap;
+a damaged shard among the 2,000 is named by stats, serve and verify.
+Functional, not timed. Prints "N passed, N failed"."""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import h5py
+import numpy as np
+
+TESTGEN = os.environ['COEMU_TESTGEN']
+COEMU = os.environ['COEMU']
+MPIEXEC = os.environ.get('COEMU_MPIEXEC', 'mpiexec')
+ROOT = os.environ['COEMU_SOURCE_ROOT']
+M, D, N = 500, 4, 4  # 2,000 samples of 4^3 cubes
+CAP = 64  # SHARD_READER_MAX_OPEN (pipeline/dataset/shard_reader.h)
+
+JOB = f"""name: many-shards
+inputs:
+  synth: {{count: {M}, seed: 3}}
+sampling: {{directions: {D}, n: {N}, seed: 99}}
+line: {{lamda: builtin:co.dat}}
+output: {{samples_per_shard: SPS}}
+splits: {{train: 0.5, validation: 0.25, test: 0.25, seed: 2}}
+"""
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.join(ROOT, 'pipeline', 'stream'))
+sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+from pycheck import check, report  # noqa: E402
+import coemu_stream as cs  # noqa: E402
+for var in ('ASAN_OPTIONS', 'LSAN_OPTIONS'):
+    if var in os.environ:
+        os.environ[var] += ':fast_unwind_on_malloc=0'
+
+
+SANITIZE = bool(os.environ.get('COEMU_SANITIZE'))
+SLOW = 4 if SANITIZE else 1  # subprocess time limits under the sanitizers
+
+
+def mpi(n, exe, args):
+    cmd = [MPIEXEC, '--allow-run-as-root', '--oversubscribe', '-n', str(n), exe] + args
+    env = dict(os.environ)
+    if SANITIZE:  # MPI processes: no leak checks (tests/mpirun.sh says why)
+        env['ASAN_OPTIONS'] = env.get('ASAN_OPTIONS', '') + ':detect_leaks=0'
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300 * SLOW, env=env)
+
+
+def group(h5, name):
+    """Every dataset and attribute under /name, as bytes."""
+    out = {}
+    g = h5[name]
+    for k, v in g.attrs.items():
+        out['@' + k] = np.asarray(v).tobytes()
+
+    def visit(path, obj):
+        for k, v in obj.attrs.items():
+            out[path + '@' + k] = np.asarray(v).tobytes()
+        if isinstance(obj, h5py.Dataset):
+            out[path] = obj[()].tobytes()
+    g.visititems(visit)
+    return out
+
+
+def stats_of(d):
+    with h5py.File(os.path.join(d, 'dataset.h5'), 'r') as h:
+        return group(h, 'stats')
+
+
+def open_fds(pid):
+    try:
+        return len(os.listdir(f'/proc/{pid}/fd'))
+    except OSError:
+        return 0
+
+
+def serve_epoch(d, tmp, split='all', fds=None):
+    """One epoch of `split` through coemu serve to the Python client:
+    [(id, inputs bytes, targets bytes)], the server's stderr. fds: a list
+    that receives the server's open file count, sampled while it serves."""
+    ep = f"ipc://{tmp}/serve-{time.monotonic_ns()}.sock"
+    p = subprocess.Popen([COEMU, 'serve', d, '--endpoint', ep, '--split', split, '--batch', '8',
+                          '--epochs', '1', '--seed', '11', '--heartbeat', '0.2'],
+                         stderr=subprocess.PIPE, text=True)
+    got, err = [], ''
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            fds.append(open_fds(p.pid))
+            time.sleep(0.005)
+    t = threading.Thread(target=sample) if fds is not None else None
+    try:
+        time.sleep(0.3 * SLOW)
+        if t:
+            t.start()
+        c = cs.StreamClient(ep, rank=0, world=1, timeout_s=30 * SLOW, heartbeat_s=0.2)
+        try:
+            while True:
+                ch = c.next()
+                if ch is None:
+                    break
+                for k, i in enumerate(ch.ids):
+                    got.append((int(i), ch.inputs[k].tobytes(), ch.targets[k].tobytes()))
+        except (cs.ProtocolError, cs.ProducerSilent) as e:
+            err = str(e)
+        finally:
+            c.close()
+    finally:
+        stop.set()
+        if t:
+            t.join()
+        p.terminate()
+        try:
+            err += p.communicate(timeout=30)[1]
+        except subprocess.TimeoutExpired:
+            p.kill()
+            err += p.communicate()[1]
+    return got, err
+
+
+def flip_sample(path, dset, row):
+    """Flip two bytes inside row `row` of an uncompressed, chunked /dset."""
+    with h5py.File(path, 'r') as h:
+        d = h[dset]
+        off = d.id.get_chunk_info_by_coord((row,) + (0,) * (d.ndim - 1)).byte_offset
+    with open(path, 'r+b') as f:
+        f.seek(off + 40)
+        b = bytearray(f.read(2))
+        f.seek(off + 40)
+        f.write(bytes([b[0] ^ 0x40, b[1] ^ 0x01]))
+
+
+def run(tmp):
+    dirs = {}
+    for name, sps in (('many', 1), ('few', 500)):
+        job = os.path.join(tmp, f'{name}.yaml')
+        open(job, 'w').write(JOB.replace('SPS', str(sps)))
+        out = os.path.join(tmp, name)
+        r = mpi(2, TESTGEN, [job, '--out', out, '--quiet'])
+        check(r.returncode == 0, f'generate {name}: {r.stderr[-600:]}')
+        dirs[name] = out
+    many, few = dirs['many'], dirs['few']
+    check(len(os.listdir(os.path.join(many, 'shards'))) == M * D, f'{M * D} shards')
+    check(len(os.listdir(os.path.join(few, 'shards'))) == M * D // 500, 'few shards')
+
+    # stats: generate's /stats (2 ranks), then `coemu stats` on 2 ranks and on 1
+    ref = stats_of(few)
+    check(len(ref) > 10, f'/stats has content: {len(ref)} entries')
+    check(stats_of(many) == ref, 'generate: /stats of 2,000 shards == /stats of 4 shards')
+    for ranks in (2, 1):
+        for name, d in dirs.items():
+            r = mpi(ranks, COEMU, ['stats', d, '--quiet'])
+            check(r.returncode == 0, f'stats {name} on {ranks} ranks: {r.stderr[-600:]}')
+        a, b = stats_of(many), stats_of(few)
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        check(not diff, f'coemu stats on {ranks} ranks: /stats byte-identical: differ {diff[:8]}')
+
+    # verify and inspect
+    for name, d in dirs.items():
+        r = subprocess.run([COEMU, 'verify', d], capture_output=True, text=True, timeout=300 * SLOW)
+        check(r.returncode == 0 and 'ok' in r.stdout, f'verify {name}: {r.stdout} {r.stderr}')
+    ins = {}
+    for name, d in dirs.items():
+        r = subprocess.run([COEMU, 'inspect', d], capture_output=True, text=True, timeout=120 * SLOW)
+        check(r.returncode == 0, f'inspect {name}: {r.stderr}')
+        ins[name] = [ln for ln in r.stdout.splitlines() if ln.split()[0] in
+                     ('samples', 'inputs', 'targets', 'channels', 'stats')]
+    check(ins['many'] == ins['few'] and len(ins['many']) >= 4,
+          f'inspect: the same summary: {ins}')
+
+    # serve: the same samples in the same order, the same bytes; the server
+    # holds at most CAP shard files open (sampled while it serves 2,000)
+    fds = []
+    a, err_a = serve_epoch(many, tmp, fds=fds)
+    b, err_b = serve_epoch(few, tmp)
+    check(len(a) == M * D and not err_a.count('error'), f'serve many: {len(a)} samples: {err_a[-400:]}')
+    check(a == b, f'serve: 2,000 shards and 4 shards stream the same bytes ({len(a)}, {len(b)})')
+    check(sorted(i for i, _, _ in a) == list(range(M * D)), 'serve: every sample once')
+    with h5py.File(os.path.join(few, 'dataset.h5'), 'r') as h:
+        same = all(h['inputs'][i].tobytes() == x and h['targets'][i].tobytes() == y
+                   for i, x, y in a[::97])
+    check(same, 'serve: the streamed bytes are the dataset\'s')
+    check(len(fds) > 5 and max(fds) < CAP + 40,
+          f'serve: open files stay under the cap of {CAP} shards (+ sockets, libraries): '
+          f'max {max(fds) if fds else None} over {len(fds)} samples')
+    t, err_t = serve_epoch(many, tmp, split='train')
+    u, _ = serve_epoch(few, tmp, split='train')
+    check(t == u and len(t) > 0, f'serve --split train: the same bytes: {err_t[-300:]}')
+
+    # a damaged sample among 2,000 shards: every reader names its shard
+    shard = 'shard-001234.h5'
+    flip_sample(os.path.join(many, 'shards', shard), 'targets', 0)
+    r = mpi(2, COEMU, ['stats', many, '--split', 'all', '--quiet'])
+    check(r.returncode == 1 and shard in r.stderr and 'sample 1234' in r.stderr,
+          f'stats names the damaged shard and sample: {r.stderr[-400:]}')
+    got, err = serve_epoch(many, tmp)
+    check(shard in err and 'sample 1234' in err, f'serve names it: {err[-400:]}')
+    r = subprocess.run([COEMU, 'verify', many], capture_output=True, text=True, timeout=300 * SLOW)
+    check(r.returncode == 1 and shard in r.stderr, f'verify names it: {r.stderr[-400:]}')
+    os.unlink(os.path.join(many, 'shards', 'shard-000777.h5'))
+    r = mpi(1, COEMU, ['stats', many, '--quiet'])
+    check(r.returncode == 1 and 'shard-000777.h5' in r.stderr and 'missing' in r.stderr,
+          f'stats: a missing shard among 2,000 is named at open: {r.stderr[-400:]}')
+    r = subprocess.run([COEMU, 'inspect', many], capture_output=True, text=True, timeout=120 * SLOW)
+    check(r.returncode == 1 and 'shard-000777.h5' in r.stderr, f'inspect: {r.stderr[-400:]}')
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix='coemu-many-')
+    try:
+        run(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    report()
+
+
+if __name__ == '__main__':
+    main()
