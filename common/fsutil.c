@@ -221,6 +221,9 @@ int fs_lock_dir(const char *dir, const char *what) {
     if (e == EWOULDBLOCK)
       CE_FAIL("%s is in use by another coemu (%s); wait for it to finish or stop it, then rerun",
               dir, n > 0 && who[0] ? who : "unknown pid");
+    if (e == ENOSYS || e == EOPNOTSUPP || e == ENOLCK)
+      CE_FAIL("%s: cannot lock: %s (this file system does not take flock locks; on Lustre "
+              "mount with -o flock, docs/scaling.md)", p, strerror(e));
     CE_FAIL("%s: cannot lock: %s", p, strerror(e));
   }
   char line[256];
