@@ -1,6 +1,7 @@
 /* live.c - start the live stream server for a generate job. */
 #include "pipeline/generate/live.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <spawn.h>
@@ -17,6 +18,28 @@
 #include "common/progress.h"
 
 extern char **environ;
+
+static int close_inherited(posix_spawn_file_actions_t *fa) {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+  int rc = posix_spawn_file_actions_addclosefrom_np(fa, 3);
+  if (rc != 0) CE_FAIL("live stream: cannot prepare the server's descriptors: %s", strerror(rc));
+  return 0;
+#else
+  DIR *d = opendir("/proc/self/fd");
+  if (!d) CE_FAIL("live stream: cannot list /proc/self/fd: %s", strerror(errno));
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    int fd = atoi(e->d_name);
+    int rc = fd > 2 && fd != dirfd(d) ? posix_spawn_file_actions_addclose(fa, fd) : 0;
+    if (rc != 0) {
+      closedir(d);
+      CE_FAIL("live stream: cannot prepare the server's descriptors: %s", strerror(rc));
+    }
+  }
+  closedir(d);
+  return 0;
+#endif
+}
 
 /* The last non-empty line of a log, for an error message. */
 static void last_line(const char *text, char *out, size_t len) {
@@ -119,6 +142,14 @@ int live_serve_spawn(const char *out_dir, const job *j) {
   posix_spawn_file_actions_addopen(&fa, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
   posix_spawn_file_actions_adddup2(&fa, 1, 2);
   posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  /* nothing else of the job's: an inherited descriptor (the launcher's
+   * copies of the job's stdout/stderr pipes) would hold `coemu generate |
+   * tee`, or a script waiting for the job's output, open until the server
+   * exits, an hour after its last consumer */
+  if (close_inherited(&fa) < 0) {
+    posix_spawn_file_actions_destroy(&fa);
+    return -1;
+  }
   posix_spawnattr_init(&at);
   /* its own session: it is not killed with the job's process group and
    * outlives the job until its consumers are done */

@@ -15,7 +15,9 @@ And the rules of `coemu serve`: a routable endpoint without keys is refused,
 keys come together, key files are checked by --check, and a server that
 cannot start (an address this host does not have) fails the job's start with
 serve's own message instead of a job that makes shards nobody can read."""
+import atexit
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -113,10 +115,22 @@ with tempfile.TemporaryDirectory() as tmp:
     d = os.path.join(tmp, "ds")
     gen = subprocess.Popen([COEMU, "generate", job, "--out", d, "--quiet"],
                            stderr=subprocess.PIPE, text=True)
+
+    server = []
+
+    @atexit.register
+    def no_orphans():  # a failed check must not leave the live server for its idle hour
+        gen.kill()
+        for pid in server:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
     t0 = time.time()
     while not os.path.exists(os.path.join(d, "serve.pid")) and time.time() - t0 < 60:
         time.sleep(0.05)
     check(os.path.exists(os.path.join(d, "serve.pid")), "the live server started")
+    server.append(int(open(os.path.join(d, "serve.pid")).read()))
     good = (os.path.join(keys, "srv.key"), os.path.join(keys, "cli.key_secret"))
     wrong = (os.path.join(keys, "srv.key"), os.path.join(keys, "stranger.key_secret"))
 
@@ -163,6 +177,17 @@ with tempfile.TemporaryDirectory() as tmp:
     got = []
     c = StreamClient(ep, rank=0, world=1, timeout_s=60, heartbeat_s=0.2, curve=good)
     try:
+        got.append(c.next())
+        err = gen.communicate(timeout=300)[1]
+        check(gen.returncode == 0, f"generate: {err[-1500:]}")
+        check("live stream on " + ep + " (CURVE)" in err,
+              f"generate names the CURVE stream: {err[-400:]}")
+        # the same command again (as a resume does) while the server still
+        # serves: it keeps that server (a second one could not bind the port)
+        r = subprocess.run([COEMU, "generate", job, "--out", d, "--quiet"], capture_output=True,
+                           text=True, timeout=300)
+        check(r.returncode == 0 and "the server an earlier run started still serves" in r.stderr,
+              f"rerun with the live server still serving: {r.returncode} {r.stderr[-800:]}")
         while True:
             ch = c.next()
             if ch is None:
@@ -170,9 +195,6 @@ with tempfile.TemporaryDirectory() as tmp:
             got.append(ch)
     finally:
         c.close()
-    err = gen.communicate(timeout=300)[1]
-    check(gen.returncode == 0, f"generate: {err[-1500:]}")
-    check("live stream on " + ep + " (CURVE)" in err, f"generate names the CURVE stream: {err[-400:]}")
     ids = [int(i) for ch in got for i in ch.ids]
     check(ids == list(range(16)), f"epoch 0 in generation order: {ids}")
     with h5py.File(os.path.join(d, "dataset.h5"), "r") as f:
