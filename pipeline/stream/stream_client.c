@@ -191,11 +191,13 @@ int stream_client_next(stream_client *c, stream_chunk_view *v) {
       CE_FAIL("stream client: poll failed: %s", zmq_strerror(errno));
     }
     unsigned status;
-    if (rc == 0 && !c->welcomed && handshake_refused(c, &status))
-      CE_FAIL("stream client: the producer at %s refused this consumer's CURVE key (ZAP status "
-              "%u): its public key must be among the producer's authorised keys "
-              "(coemu serve --curve-authorized, stream.curve_authorized)",
-              c->endpoint, status);
+    if (rc == 0 && !c->welcomed && handshake_refused(c, &status)) {
+      ce_err("stream client: the producer at %s refused this consumer's CURVE key (ZAP status "
+             "%u): its public key must be among the producer's authorised keys "
+             "(coemu serve --curve-authorized, stream.curve_authorized)",
+             c->endpoint, status);
+      return STREAM_E_REFUSED;
+    }
     if (rc == 0) continue;
     zmq_msg_t f[4];
     int n;
