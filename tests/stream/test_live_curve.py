@@ -33,6 +33,12 @@ from coemu.stream import CurveRefused, ProducerSilent, StreamClient, server_info
 
 COEMU = os.environ.get("COEMU", "build/pipeline/coemu")
 LAMDA = os.path.join(ROOT, "tests", "data", "lamda", "co.dat")
+
+# coemu generate and train are MPI programs (singletons here): under the
+# sanitizer no leak checks in them, as tests/mpirun.sh says why
+MPI_ENV = dict(os.environ)
+if os.environ.get("COEMU_SANITIZE"):
+    MPI_ENV["ASAN_OPTIONS"] = MPI_ENV.get("ASAN_OPTIONS", "") + ":detect_leaks=0"
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from pycheck import check, report  # noqa: E402
 
@@ -77,7 +83,8 @@ with tempfile.TemporaryDirectory() as tmp:
 
     def gen_check(endpoint, cv):
         open(job, "w").write(job_text(endpoint, cv))
-        return subprocess.run([COEMU, "generate", "--check", job], capture_output=True, text=True)
+        return subprocess.run([COEMU, "generate", "--check", job], capture_output=True, text=True,
+                              env=MPI_ENV)
 
     # ---- the rules of coemu serve ----
     r = gen_check("tcp://0.0.0.0:5999", "")
@@ -104,7 +111,7 @@ with tempfile.TemporaryDirectory() as tmp:
     open(job, "w").write(job_text(f"tcp://192.0.2.1:{free_port()}", curve))
     bad = os.path.join(tmp, "badbind")
     r = subprocess.run([COEMU, "generate", job, "--out", bad, "--quiet"], capture_output=True,
-                       text=True, timeout=120)
+                       text=True, timeout=120, env=MPI_ENV)
     check(r.returncode != 0 and "coemu serve exited at its start" in r.stderr and
           "cannot bind tcp://192.0.2.1" in r.stderr, f"unbindable address: {r.stderr[-800:]}")
     check(not os.path.exists(bad), "unbindable address: the folder this start made is removed")
@@ -114,7 +121,7 @@ with tempfile.TemporaryDirectory() as tmp:
     open(job, "w").write(job_text(ep, curve))
     d = os.path.join(tmp, "ds")
     gen = subprocess.Popen([COEMU, "generate", job, "--out", d, "--quiet"],
-                           stderr=subprocess.PIPE, text=True)
+                           stderr=subprocess.PIPE, text=True, env=MPI_ENV)
 
     server = []
 
@@ -168,7 +175,7 @@ with tempfile.TemporaryDirectory() as tmp:
         "  validation: {split: none}\n  epochs: 1\n  batch: 2\n")
     t1 = time.time()
     r = subprocess.run([COEMU, "train", tj, "--out", os.path.join(tmp, "train"), "--quiet"],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120, env=MPI_ENV)
     check(r.returncode == 1 and "refused this consumer's CURVE key" in r.stderr and
           time.time() - t1 < 15, f"coemu train with a stranger's key: {r.returncode} "
           f"in {time.time() - t1:.1f} s: {r.stderr[-600:]}")
@@ -185,7 +192,7 @@ with tempfile.TemporaryDirectory() as tmp:
         # the same command again (as a resume does) while the server still
         # serves: it keeps that server (a second one could not bind the port)
         r = subprocess.run([COEMU, "generate", job, "--out", d, "--quiet"], capture_output=True,
-                           text=True, timeout=300)
+                           text=True, timeout=300, env=MPI_ENV)
         check(r.returncode == 0 and "the server an earlier run started still serves" in r.stderr,
               f"rerun with the live server still serving: {r.returncode} {r.stderr[-800:]}")
         while True:
