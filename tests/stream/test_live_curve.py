@@ -10,7 +10,10 @@ the job's folder) starts `coemu serve --live` with CURVE:
     consumer without CURVE gets nothing; serve.log names each refused peer
     (address and public key) and counts them at the end;
   - the authorised consumer reads the whole epoch while the job runs, every
-    sample byte-identical to the finished dataset.
+    sample byte-identical to the finished dataset; meanwhile the same
+    generate command run again (a resume) keeps the server that still
+    serves, and the job's stderr pipe reaches EOF when the job ends (the
+    server holds no descriptor of the job's).
 And the rules of `coemu serve`: a routable endpoint without keys is refused,
 keys come together, key files are checked by --check, and a server that
 cannot start (an address this host does not have) fails the job's start with
