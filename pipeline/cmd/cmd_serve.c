@@ -1,5 +1,6 @@
 /* cmd_serve.c - `coemu serve DATASET`: stream a dataset to trainer ranks. */
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,20 @@
 #include "pipeline/serve/serve.h"
 #include "pipeline/stream/stream_security.h"
 #include "pipeline/stream/stream_server.h"
+
+/* A refused CURVE handshake, from the authentication thread: the first
+ * REFUSED_LOGGED are named in the log (a hostile peer cannot fill the disk),
+ * the rest counted in the last line. */
+#define REFUSED_LOGGED 100
+static _Atomic unsigned refused_seen;
+static void on_refused(void *ctx, const char *address, const char *public_key) {
+  const char *dir = ctx;
+  unsigned k = atomic_fetch_add(&refused_seen, 1) + 1;
+  if (k <= REFUSED_LOGGED)
+    fprintf(stderr, "serve: refused a CURVE handshake from %s: public key %s is not in %s%s\n",
+            address, public_key, dir,
+            k == REFUSED_LOGGED ? " (later refusals are only counted)" : "");
+}
 
 static volatile sig_atomic_t serve_stop_sig;
 static volatile int serve_stop;
@@ -111,7 +126,8 @@ int cmd_serve(int argc, char **argv) {
                           .heartbeat_s = heartbeat, .timeout_s = timeout, .idle_exit_s = idle_exit,
                           .world = (uint32_t)ranks, .max_consumers = (uint32_t)maxcons,
                           .leave = serve_leave,
-                          .curve_secret_key_file = curve_secret, .curve_authorized_dir = curve_auth};
+                          .curve_secret_key_file = curve_secret, .curve_authorized_dir = curve_auth,
+                          .curve_refused = on_refused, .curve_refused_ctx = (void *)curve_auth};
   stream_server *srv;
   if (stream_server_create(&o, serve_chunk, src, &srv) < 0) {
     serve_close(src);
@@ -149,14 +165,14 @@ int cmd_serve(int argc, char **argv) {
   fprintf(stderr,
           "serve: sent %llu samples in %llu chunks (%.2f GB, %.2f GB/s over %.1f s); %llu hellos, "
           "%llu malformed and %llu unexpected messages dropped, %llu consumers dropped (%llu stalled, "
-          "%llu superseded, %llu connections shut), %llu hellos refused\n",
+          "%llu superseded, %llu connections shut), %llu hellos refused, %llu CURVE handshakes refused\n",
           (unsigned long long)st.samples_sent, (unsigned long long)st.chunks_sent,
           (double)st.bytes_sent / 1e9, el > 0 ? (double)st.bytes_sent / 1e9 / el : 0, el,
           (unsigned long long)st.hellos, (unsigned long long)st.malformed,
           (unsigned long long)st.unexpected, (unsigned long long)st.consumers_dropped,
           (unsigned long long)st.stalled, (unsigned long long)st.superseded,
           (unsigned long long)st.connections_shut,
-          (unsigned long long)st.refused);
+          (unsigned long long)st.refused, (unsigned long long)st.curve_refused);
   stream_server_destroy(srv);
   serve_close(src);
   free(pos);

@@ -37,6 +37,8 @@ void job_free(job *j) {
   free(j->velocities);
   free(j->out_dir);
   free(j->stream_endpoint);
+  free(j->stream_curve_secret);
+  free(j->stream_curve_authorized);
   memset(j, 0, sizeof *j);
 }
 
@@ -307,10 +309,25 @@ static int fill(const char *name, const yt_node *r, job *j) {
     j->stream_batch = schema_int(r, "stream.batch");
     j->stream_epochs = schema_int(r, "stream.epochs");
     snprintf(j->stream_split, sizeof j->stream_split, "%s", schema_str(r, "stream.split"));
-    if (!stream_endpoint_is_local(j->stream_endpoint))
-      CE_FAIL("%s: stream.endpoint %s is reachable from other machines: live streams bind to "
-              "loopback or ipc only (serve a finished dataset with CURVE keys instead)",
-              j->path, j->stream_endpoint);
+    /* the rules of coemu serve: CURVE keys together, and required off this machine */
+    const char *cs = schema_str(r, "stream.curve_secret"), *ca = schema_str(r, "stream.curve_authorized");
+    const yt_node *csn = schema_at(r, "stream.curve_secret"), *can = schema_at(r, "stream.curve_authorized");
+    if (csn) j->curve_secret_line = csn->line, j->curve_secret_col = csn->col;
+    if (can) j->curve_auth_line = can->line, j->curve_auth_col = can->col;
+    if (!*cs != !*ca) {
+      const yt_node *given = *cs ? csn : can;
+      CE_FAIL("%s:%d:%d: stream: expected both curve_secret and curve_authorized (CURVE) or "
+              "neither, got only %s", name, given->line, given->col,
+              *cs ? "curve_secret" : "curve_authorized");
+    }
+    if (!*cs && !stream_endpoint_is_local(j->stream_endpoint)) {
+      const yt_node *ep = schema_at(r, "stream.endpoint");
+      CE_FAIL("%s:%d:%d: stream.endpoint %s is reachable from other machines: give "
+              "stream.curve_secret and stream.curve_authorized (coemu keygen), or use "
+              "tcp://127.0.0.1:PORT or ipc://", name, ep->line, ep->col, j->stream_endpoint);
+    }
+    DUP(j->stream_curve_secret, *cs ? schema_resolve(j->dir, cs) : strdup(""));
+    DUP(j->stream_curve_authorized, *ca ? schema_resolve(j->dir, ca) : strdup(""));
   }
 #undef DUP
   return 0;
@@ -413,6 +430,13 @@ int job_lamda_read(const job *j, lamda_molecule *m) {
 int job_check_inputs(const job *j) { return job_check_inputs_part(j, 0, 1); }
 
 int job_check_inputs_part(const job *j, int part, int parts) {
+  if (part == 0 && j->has_stream && *j->stream_curve_secret) { /* the live server's keys */
+    char at[1200];
+    key_at(j, j->curve_secret_line, j->curve_secret_col,
+           "stream.curve_secret, stream.curve_authorized", at, sizeof at);
+    if (stream_security_check(j->stream_curve_secret, j->stream_curve_authorized) < 0)
+      return ce_err_prefix("%s", at);
+  }
   lamda_molecule mol;
   CE_TRY(job_lamda_read(j, &mol));
   lte_line line;

@@ -114,6 +114,11 @@ typedef struct {
   char *stream_endpoint;
   int64_t stream_credits, stream_ranks, stream_batch, stream_epochs;
   char stream_split[16];
+  /* CURVE of the live server (stream.curve_secret, stream.curve_authorized,
+   * resolved against the job's folder; "" = no CURVE) and where they are in
+   * the job file (line 0: not given) */
+  char *stream_curve_secret, *stream_curve_authorized;
+  int curve_secret_line, curve_secret_col, curve_auth_line, curve_auth_col;
 } job;
 
 /* The schema text (schemas/job.yaml), embedded at build time. */

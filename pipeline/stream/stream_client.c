@@ -15,6 +15,8 @@ struct stream_client {
   stream_client_opts o;
   char endpoint[1024];
   void *zctx, *sock;
+  void *mon;      /* with CURVE: the socket's handshake-failure events (PAIR) */
+  unsigned nmon;  /* monitors made, for their inproc names */
   uint32_t epoch;
   uint64_t position;
   int welcomed, pending_credit;
@@ -46,6 +48,60 @@ static void release_held(stream_client *c) {
   c->nheld = 0;
 }
 
+/* With CURVE, a producer that refuses this consumer's key sends nothing at
+ * all; ZeroMQ tells the socket's monitor (ZMQ_EVENT_HANDSHAKE_FAILED_AUTH,
+ * with the ZAP status), so the consumer can say so instead of timing out. */
+static int watch_handshakes(stream_client *c) {
+  char name[64];
+  snprintf(name, sizeof name, "inproc://coemu-client-monitor-%u", c->nmon++);
+  if (zmq_socket_monitor(c->sock, name, ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) != 0 ||
+      !(c->mon = zmq_socket(c->zctx, ZMQ_PAIR)) || zmq_connect(c->mon, name) != 0)
+    CE_FAIL("stream client: cannot watch the CURVE handshake: %s", zmq_strerror(errno));
+  int zero = 0;
+  zmq_setsockopt(c->mon, ZMQ_LINGER, &zero, sizeof zero);
+  return 0;
+}
+
+/* 1 and the ZAP status when the producer refused this consumer's key, else 0. */
+static int handshake_refused(stream_client *c, unsigned *status) {
+  if (!c->mon) return 0;
+  for (;;) {
+    zmq_msg_t ev, addr;
+    zmq_msg_init(&ev);
+    if (zmq_msg_recv(&ev, c->mon, ZMQ_DONTWAIT) < 0) {
+      zmq_msg_close(&ev);
+      return 0;
+    }
+    int more = zmq_msg_more(&ev);
+    uint16_t id = 0;
+    uint32_t value = 0;
+    if (zmq_msg_size(&ev) >= 6) {
+      memcpy(&id, zmq_msg_data(&ev), 2);
+      memcpy(&value, (char *)zmq_msg_data(&ev) + 2, 4);
+    }
+    zmq_msg_close(&ev);
+    if (more) { /* the endpoint frame */
+      zmq_msg_init(&addr);
+      zmq_msg_recv(&addr, c->mon, 0);
+      zmq_msg_close(&addr);
+    }
+    if (id == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
+      *status = value;
+      return 1;
+    }
+  }
+}
+
+static void close_socket(stream_client *c) {
+  if (c->mon) {
+    zmq_socket_monitor(c->sock, NULL, 0);
+    zmq_close(c->mon);
+    c->mon = NULL;
+  }
+  zmq_close(c->sock);
+  c->sock = NULL;
+}
+
 static int connect_socket(stream_client *c) {
   c->sock = zmq_socket(c->zctx, ZMQ_DEALER);
   if (!c->sock) CE_FAIL("stream client: cannot create a DEALER socket: %s", zmq_strerror(errno));
@@ -53,6 +109,7 @@ static int connect_socket(stream_client *c) {
   zmq_setsockopt(c->sock, ZMQ_LINGER, &zero, sizeof zero);
   zmq_setsockopt(c->sock, ZMQ_RCVHWM, &hwm, sizeof hwm);
   CE_TRY(stream_security_client(c->sock, c->o.curve_server_key, c->o.curve_client_key));
+  if (c->o.curve_server_key) CE_TRY(watch_handshakes(c));
   if (zmq_connect(c->sock, c->endpoint) != 0)
     CE_FAIL("stream client: cannot connect to %s: %s", c->endpoint, zmq_strerror(errno));
   c->welcomed = 0;
@@ -86,8 +143,7 @@ int stream_client_open(const stream_client_opts *o, stream_client **out) {
 
 int stream_client_reconnect(stream_client *c) {
   release_held(c);
-  if (c->sock) zmq_close(c->sock);
-  c->sock = NULL;
+  if (c->sock) close_socket(c);
   return connect_socket(c);
 }
 
@@ -133,6 +189,14 @@ int stream_client_next(stream_client *c, stream_chunk_view *v) {
     if (rc < 0) {
       if (errno == EINTR) continue;
       CE_FAIL("stream client: poll failed: %s", zmq_strerror(errno));
+    }
+    unsigned status;
+    if (rc == 0 && !c->welcomed && handshake_refused(c, &status)) {
+      ce_err("stream client: the producer at %s refused this consumer's CURVE key (ZAP status "
+             "%u): its public key must be among the producer's authorised keys "
+             "(coemu serve --curve-authorized, stream.curve_authorized)",
+             c->endpoint, status);
+      return STREAM_E_REFUSED;
     }
     if (rc == 0) continue;
     zmq_msg_t f[4];
@@ -255,7 +319,7 @@ void stream_client_close(stream_client *c) {
     int linger = 200; /* ms: give the BYE a chance to leave */
     zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger);
     send_ctl(c, STREAM_BYE, 0);
-    zmq_close(c->sock);
+    close_socket(c);
   }
   if (c->zctx) zmq_ctx_term(c->zctx);
   for (int i = 0; i < 3; i++) free(c->aligned[i]);

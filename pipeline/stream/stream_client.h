@@ -21,6 +21,8 @@
 
 #define STREAM_E_SILENT (-2) /* producer silent past the timeout */
 #define STREAM_E_REMOTE (-3) /* producer sent an ERROR message */
+#define STREAM_E_REFUSED (-4) /* the producer refused this consumer's CURVE key (it sends
+                                 nothing to such a consumer; ZeroMQ's socket monitor says so) */
 
 typedef struct {
   const char *endpoint;
@@ -53,7 +55,8 @@ int stream_client_open(const stream_client_opts *o, stream_client **out);
 
 /* Next chunk: returns 1 and fills *v (valid until the next call), 0 at the
  * end of an epoch (the client moves to the next one; *v->h says which ended),
- * or a negative status (-1 error, STREAM_E_SILENT, STREAM_E_REMOTE). */
+ * or a negative status (-1 error, STREAM_E_SILENT, STREAM_E_REMOTE,
+ * STREAM_E_REFUSED). */
 int stream_client_next(stream_client *c, stream_chunk_view *v);
 
 /* Reconnect (new socket, HELLO from the last consumed position). */

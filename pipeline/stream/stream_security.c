@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,9 @@ struct stream_security {
   int running;
   char (*keys)[41];
   int nkeys;
+  stream_refused_fn refused;
+  void *refused_ctx;
+  _Atomic unsigned long long nrefused;
 };
 
 static int find_key(const char *text, const char *name, char *out) {
@@ -127,6 +131,19 @@ static void *zap_loop(void *arg) {
       for (int i = 0; i < s->nkeys; i++)
         if (!strcmp(z85, s->keys[i])) ok = 1;
     }
+    if (!ok) {
+      atomic_fetch_add(&s->nrefused, 1);
+      if (s->refused) {
+        char addr[64] = "?", key[41] = "(not CURVE)";
+        if (n >= 4 && zmq_msg_size(&f[3]) > 0) {
+          size_t k = zmq_msg_size(&f[3]) < sizeof addr - 1 ? zmq_msg_size(&f[3]) : sizeof addr - 1;
+          memcpy(addr, zmq_msg_data(&f[3]), k);
+          addr[k] = 0;
+        }
+        if (n >= 7 && zmq_msg_size(&f[6]) == 32) zmq_z85_encode(key, zmq_msg_data(&f[6]), 32);
+        s->refused(s->refused_ctx, addr, key);
+      }
+    }
     const char *code = ok ? "200" : "400";
     zmq_send(s->zap, "1.0", 3, ZMQ_SNDMORE);
     if (n >= 2)
@@ -142,7 +159,8 @@ static void *zap_loop(void *arg) {
 }
 
 int stream_security_server(void *zctx, void *sock, const char *secret_key_file,
-                           const char *authorized_dir, stream_security **out) {
+                           const char *authorized_dir, stream_refused_fn refused,
+                           void *refused_ctx, stream_security **out) {
   *out = NULL;
   if (!secret_key_file) return 0;
   if (!authorized_dir)
@@ -151,6 +169,9 @@ int stream_security_server(void *zctx, void *sock, const char *secret_key_file,
   CE_TRY(stream_read_key_file(secret_key_file, pub, sec));
   stream_security *s = calloc(1, sizeof *s);
   if (!s) CE_FAIL("out of memory");
+  s->refused = refused;
+  s->refused_ctx = refused_ctx;
+  atomic_init(&s->nrefused, 0);
   if (load_authorized(s, authorized_dir) < 0) {
     stream_security_free(s);
     return -1;
@@ -173,6 +194,21 @@ int stream_security_server(void *zctx, void *sock, const char *secret_key_file,
   }
   *out = s;
   return 0;
+}
+
+unsigned long long stream_security_refused(const stream_security *s) {
+  return s ? atomic_load(&((stream_security *)s)->nrefused) : 0;
+}
+
+int stream_security_check(const char *secret_key_file, const char *authorized_dir) {
+  if (!secret_key_file || !authorized_dir)
+    CE_FAIL("CURVE: expected both a key pair file and a directory of authorised consumer keys");
+  char pub[41], sec[41];
+  CE_TRY(stream_read_key_file(secret_key_file, pub, sec));
+  stream_security s = {0};
+  int rc = load_authorized(&s, authorized_dir);
+  free(s.keys);
+  return rc;
 }
 
 /* Call after zmq_ctx_term() of the socket's context: termination makes the

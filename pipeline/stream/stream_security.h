@@ -15,11 +15,24 @@
 
 typedef struct stream_security stream_security;
 
+/* Called from the ZAP handler thread for each CURVE handshake it refuses:
+ * the peer's address as ZeroMQ gives it (an IP address for tcp) and the
+ * public key it offered (Z85, 40 characters). A peer that does not speak
+ * CURVE at all fails before ZAP and is not reported. */
+typedef void (*stream_refused_fn)(void *ctx, const char *address, const char *public_key);
+
 /* Configure a server socket (before bind). With secret_key_file NULL: no
  * security, and *sec = NULL. Otherwise CURVE server + a ZAP handler thread
- * allowing the public keys in authorized_dir (*.key files). */
+ * allowing the public keys in authorized_dir (*.key files); refused (may be
+ * NULL) hears of every handshake refused. */
 int stream_security_server(void *zctx, void *sock, const char *secret_key_file,
-                           const char *authorized_dir, stream_security **sec);
+                           const char *authorized_dir, stream_refused_fn refused,
+                           void *refused_ctx, stream_security **sec);
+/* Handshakes refused so far (0 for NULL). */
+unsigned long long stream_security_refused(const stream_security *sec);
+/* Check what stream_security_server would read, without starting anything:
+ * the key pair file and at least one valid *.key in authorized_dir. */
+int stream_security_check(const char *secret_key_file, const char *authorized_dir);
 /* Release, after zmq_ctx_term() of the context given above (joins the
  * handler thread). */
 void stream_security_free(stream_security *sec);

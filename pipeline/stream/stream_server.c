@@ -133,7 +133,8 @@ int stream_server_create(const stream_server_opts *o, stream_source_fn source, v
     CE_FAIL("stream server: INFO text of %zu bytes, at most %d", strlen(o->info), STREAM_INFO_MAX);
   }
   if (stream_security_server(s->zctx, s->sock, s->o.curve_secret_key_file,
-                             s->o.curve_authorized_dir, &s->sec) < 0) {
+                             s->o.curve_authorized_dir, s->o.curve_refused,
+                             s->o.curve_refused_ctx, &s->sec) < 0) {
     stream_server_destroy(s);
     return -1;
   }
@@ -163,6 +164,7 @@ void stream_server_destroy(stream_server *s) {
 void stream_server_get_stats(const stream_server *s, stream_server_stats *st) {
   *st = s->st;
   st->queued_bytes = atomic_load(&((stream_server *)s)->queued_bytes);
+  st->curve_refused = stream_security_refused(s->sec);
 }
 
 /* Never blocks: a peer whose queue is full (EAGAIN) or gone (EHOSTUNREACH)

@@ -66,6 +66,10 @@ typedef struct {
                                   peer may ask for it, before or without a HELLO */
   const char *curve_secret_key_file; /* CURVE server key (NULL: no authentication) */
   const char *curve_authorized_dir;  /* client public keys allowed (with CURVE) */
+  void (*curve_refused)(void *ctx, const char *address, const char *public_key);
+                               /* optional: called from the authentication thread for each
+                                  CURVE handshake refused (stream_security.h) */
+  void *curve_refused_ctx;
 } stream_server_opts;
 
 typedef struct {
@@ -77,6 +81,7 @@ typedef struct {
   uint64_t connections_shut; /* dropped peers' TCP connections shut down by the server, so that
                                 ZeroMQ releases the chunks it held for them */
   uint64_t queued_bytes; /* chunk bytes ZeroMQ holds now (not yet written to a socket) */
+  uint64_t curve_refused; /* CURVE handshakes refused: a key not among the authorised ones */
 } stream_server_stats;
 
 #define STREAM_INFO_MAX 4096 /* bytes of an INFO reply's text */

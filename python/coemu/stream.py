@@ -203,6 +203,34 @@ class ProducerSilent(Exception):
     pass
 
 
+class CurveRefused(ProducerSilent):
+    """The producer refused this consumer's CURVE key: it sends nothing to
+    such a consumer, and ZeroMQ reports the refused handshake."""
+
+
+def _watch(sock, curve):
+    """With CURVE: a monitor socket that hears of refused handshakes, else None."""
+    return None if curve is None else sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+
+
+def _unwatch(sock, mon):
+    if mon is not None:
+        sock.disable_monitor()
+        mon.close(0)
+
+
+def _check_refused(mon, endpoint):
+    """Raise CurveRefused if the monitor heard the producer refuse the key."""
+    from zmq.utils.monitor import recv_monitor_message
+    while mon is not None and mon.poll(0):
+        ev = recv_monitor_message(mon)
+        if ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            raise CurveRefused(
+                f"the producer at {endpoint} refused this consumer's CURVE key (ZAP status "
+                f"{ev['value']}): its public key must be among the producer's authorised keys "
+                f"(coemu serve --curve-authorized, stream.curve_authorized of a live job)")
+
+
 class Header:
     __slots__ = ("type", "flags", "value", "dataset_id", "epoch", "nsamples", "chunk_id",
                  "position", "dtype", "rank", "in_shape", "out_shape", "payload_xxh64")
@@ -270,14 +298,17 @@ def server_info(endpoint, timeout_s=5.0, context=None, curve=None):
     ctx = context or zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    mon = None
     try:
         _secure(sock, curve)
+        mon = _watch(sock, curve)
         sock.connect(endpoint)
         sock.send(Header.encode(INFO))
         deadline = time.monotonic() + timeout_s
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not sock.poll(int(left * 1000) + 1):
+                _check_refused(mon, endpoint)
                 raise ProducerSilent(
                     f"no INFO reply from {endpoint} within {timeout_s:g} s: is `coemu serve` "
                     f"running there? (a coemu without the INFO message does not answer: then "
@@ -303,6 +334,7 @@ def server_info(endpoint, timeout_s=5.0, context=None, curve=None):
             info["heartbeat_s"] = h.chunk_id / 1000.0
             return info
     finally:
+        _unwatch(sock, mon)
         sock.close(0)
 
 
@@ -344,6 +376,7 @@ class StreamClient:
         self._ctx = zmq.Context() if context is None else context
         self._batch = 0
         self._said_bye = False
+        self._mon = None
         self._sock = None
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -370,6 +403,7 @@ class StreamClient:
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 200)
         _secure(self._sock, self.curve)
+        self._mon = _watch(self._sock, self.curve)
         self._sock.connect(self.endpoint)
         self._last_recv = time.monotonic()
         self._granted = self.credit  # the WELCOME says what the producer granted
@@ -377,13 +411,22 @@ class StreamClient:
         self._send(HELLO, self.credit)
 
     def _send(self, type_, value=0):
-        self._sock.send(Header.encode(type_, value, self.flags, self.dataset_id, self.epoch,
-                                      self.world, self.position, self.rank))
+        # never blocks (as the C client): a DEALER whose handshake failed (a
+        # CURVE producer refusing this consumer, or one without CURVE at all)
+        # has no peer, and a blocking send would wait for ever instead of
+        # ending in ProducerSilent; control messages are tiny, far below the
+        # high-water mark of a connected peer
+        try:
+            self._sock.send(Header.encode(type_, value, self.flags, self.dataset_id, self.epoch,
+                                          self.world, self.position, self.rank), zmq.NOBLOCK)
+        except zmq.Again:
+            pass
         self._last_sent = time.monotonic()
 
     def reconnect(self):
         """A new connection that resumes at (epoch, position)."""
         with self._lock:
+            _unwatch(self._sock, self._mon)
             self._sock.close(0)
             self._said_bye = False
             self._connect()
@@ -422,6 +465,7 @@ class StreamClient:
             wait = max(0.0, min(self.timeout_s - (now - self._last_recv), self.heartbeat_s))
             if not self._sock.poll(int(wait * 1000) + 1):
                 quiet = time.monotonic() - self._last_recv
+                _check_refused(self._mon, self.endpoint)
                 if quiet >= self.timeout_s:
                     raise ProducerSilent(f"producer at {self.endpoint} silent for {quiet:.1f} s")
                 continue
@@ -486,7 +530,10 @@ class StreamClient:
                 self._said_bye = True
                 self._send(BYE)
                 if receipt:
-                    self._sock.send(Header.encode(INFO))
+                    try:
+                        self._sock.send(Header.encode(INFO), zmq.NOBLOCK)
+                    except zmq.Again:  # no peer: wait_bye runs out
+                        pass
 
     def wait_bye(self, timeout_s):
         """Wait (at most timeout_s) until the producer has read the BYE: a
@@ -526,6 +573,7 @@ class StreamClient:
         finally:
             with self._lock:
                 if self._sock is not None:
+                    _unwatch(self._sock, self._mon)
                     self._sock.close()
                     self._sock = None
             if self._keepalive is not None and self._keepalive is not threading.current_thread():

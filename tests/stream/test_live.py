@@ -165,7 +165,8 @@ stream: {{endpoint: "{ep}", ranks: 1, batch: 2, epochs: 1, split: all}}
     text = open(job).read().replace(ep, "tcp://0.0.0.0:5999")
     open(job, "w").write(text)
     r = subprocess.run([COEMU, "generate", "--check", job], capture_output=True, text=True)
-    check(r.returncode != 0 and "loopback or ipc" in r.stderr, f"non-local live endpoint: {r.stderr}")
+    check(r.returncode != 0 and "reachable from other machines: give stream.curve_secret" in r.stderr,
+          f"non-local live endpoint without CURVE keys: {r.returncode} {r.stderr}")
     # --live on a directory without a plan
     r = subprocess.run([COEMU, "serve", tmp, "--live"], capture_output=True, text=True)
     check(r.returncode != 0 and "no sample plan" in r.stderr, f"no plan: {r.stderr}")

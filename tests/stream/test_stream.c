@@ -7,6 +7,7 @@
 #include <stdatomic.h>
 #include <sys/socket.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -344,11 +345,14 @@ static void test_curve(void) {
   snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", free_tcp_port());
   start(&t, &th, ep, &ctx, 1, sec, auth);
   stream_client_opts o = {.endpoint = ep, .rank = 0, .world = 1, .credit = 2, .heartbeat_s = 0.1,
-                          .timeout_s = 1.0, .curve_server_key = spub, .curve_client_key = bsec};
+                          .timeout_s = 5.0, .curve_server_key = spub, .curve_client_key = bsec};
   stream_client *c;
   stream_chunk_view v;
   CHECK_OK(stream_client_open(&o, &c));
-  CHECK(c && stream_client_next(c, &v) == STREAM_E_SILENT); /* refused: nothing arrives */
+  /* refused: nothing arrives, and the client is told so before its timeout */
+  double t0 = ce_now();
+  CHECK(c && stream_client_next(c, &v) == STREAM_E_REFUSED);
+  CHECK(strstr(ce_err_msg(), "refused this consumer's CURVE key") && ce_now() - t0 < 4.5);
   stream_client_close(c);
   o.curve_client_key = gsec;
   o.timeout_s = 5;
