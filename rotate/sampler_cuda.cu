@@ -10,12 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifndef _Noreturn
-#define _Noreturn __attribute__((noreturn))
-#endif
-extern "C" {
-#include "common/error.h"
-}
+#include "common/cuda_check.h"
 #include "rotate/sampler_cuda.h"
 
 #define BLOCK 256
@@ -33,15 +28,9 @@ struct sampler_cuda {
   cudaStream_t stream;
 };
 
-static int cu_fail(const char *what, cudaError_t e) {
-  return ce_err("sampler device 'cuda': %s: %s (%s)", what, cudaGetErrorString(e),
-                cudaGetErrorName(e));
-}
-#define CU(call, what)                                  \
-  do {                                                  \
-    cudaError_t e_ = (call);                            \
-    if (e_ != cudaSuccess) return cu_fail((what), e_);  \
-  } while (0)
+/* a failed CUDA call: the message names this backend and the step */
+#define WHO "sampler device 'cuda'"
+#define CU(call, what) CE_CUDA_TRY(WHO, call, what)
 
 static unsigned grid_for(long long n) {
   long long g = (n + BLOCK - 1) / BLOCK;

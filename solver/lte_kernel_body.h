@@ -38,6 +38,51 @@ extern "C" {
 #endif
 
 #define LTE_BODY_SQRT_PI 1.7724538509055159 /* as lte_kernel_cpu.c */
+
+/* The segment arithmetic, written once for any type T with C's arithmetic
+ * operators: double here (host and device) and the CPU kernel's 8-lane
+ * vectors (GCC vector extensions, lte_kernel_cpu.c). One text gives the same
+ * operations in the same order in every kernel. They declare the named
+ * results in the caller's scope. */
+
+/* the optical depth of segment (cells 0, 1): d in general, near where
+ * |b1 - b0| < 1e-4 (the caller selects by b10) */
+#define LTE_SEG_DTAU(T, a0, a1, b0, b1, eb0, eb1, er0, er1, b10, d, near)              \
+  T b10 = (b1) - (b0), a01_##d = (a0) + (a1);                                           \
+  T sp_a1b0_##d = (LTE_BODY_SQRT_PI * (a1)) * (b0);                                     \
+  T sp_a0b1_##d = (LTE_BODY_SQRT_PI * (a0)) * (b1);                                     \
+  T d = ((a1) - (a0)) * ((eb0) - (eb1));                                                \
+  d = d + (sp_a1b0_##d - sp_a0b1_##d) * ((er0) - (er1));                                \
+  d = d * (0.5 / (b10 * b10 + 1.0e-30));                                                \
+  T near = (0.5 * a01_##d) * (eb0) - ((1.0 / 3.0) * (a01_##d + (a1))) * (((eb0) * (b0)) * b10)
+
+/* one segment's term of the formal solution, S linear in tau: r in general,
+ * taylor where D < 1e-4 (the caller selects by D). corrected: the exact
+ * series f0 = D/2 - D^2/6 + D^3/24, f1 = D/2 + D^2/6 + D^3/24; else Pomme's,
+ * with the D^2 and D^3 signs swapped. */
+#define LTE_SEG_FORMAL(T, D, S0, S1, em0, em1, corrected, r, taylor)                  \
+  T r = (S0) * ((em1) - (em0) * (1.0 - (D)));                                           \
+  r = r + (S1) * ((em0) - (em1) * (1.0 + (D)));                                         \
+  r = r / ((D) + 1.0e-30);                                                              \
+  T taylor;                                                                             \
+  {                                                                                     \
+    T c_ = 0.5 * (D), f0_ = c_, f1_ = c_;                                               \
+    c_ = c_ * ((1.0 / 3.0) * (D));                                                      \
+    if (corrected) {                                                                    \
+      f0_ = f0_ - c_;                                                                   \
+      f1_ = f1_ + c_;                                                                   \
+      c_ = c_ * ((1.0 / 4.0) * (D));                                                    \
+      f0_ = f0_ + c_;                                                                   \
+      f1_ = f1_ + c_;                                                                   \
+    } else {                                                                            \
+      f0_ = f0_ + c_;                                                                   \
+      f1_ = f1_ - c_;                                                                   \
+      c_ = c_ * ((1.0 / 4.0) * (D));                                                    \
+      f0_ = f0_ + c_;                                                                   \
+      f1_ = f1_ - c_;                                                                   \
+    }                                                                                   \
+    taylor = (S0) * ((em0) * f0_) + (S1) * ((em1) * f1_);                               \
+  }
 #define LTE_BODY_INV_SQRT_PI (1.0 / LTE_BODY_SQRT_PI)
 #define LTE_BODY_EXP_ZERO 746.0 /* exp(-x) = 0 from here on (lte_kernel_cpu.c) */
 #define LTE_BODY_LANES 8        /* the CPU's partial sums of the formal solution */
@@ -123,40 +168,15 @@ static inline LTE_HD void lte_body_profile(const lte_kernel_model *M, double iw,
 /* the optical depth of one segment (cells 0 and 1) */
 static inline LTE_HD double lte_body_dtau(double a0, double a1, double b0, double b1, double eb0,
                                           double eb1, double er0, double er1) {
-  double b10 = b1 - b0, a01 = a0 + a1;
-  double sp_a1b0 = (LTE_BODY_SQRT_PI * a1) * b0;
-  double sp_a0b1 = (LTE_BODY_SQRT_PI * a0) * b1;
-  double d = (a1 - a0) * (eb0 - eb1);
-  d = d + (sp_a1b0 - sp_a0b1) * (er0 - er1);
-  d = d * (0.5 / (b10 * b10 + 1.0e-30));
-  double near = (0.5 * a01) * eb0 - ((1.0 / 3.0) * (a01 + a1)) * ((eb0 * b0) * b10);
+  LTE_SEG_DTAU(double, a0, a1, b0, b1, eb0, eb1, er0, er1, b10, d, near);
   return fabs(b10) < 1.0e-4 ? near : d;
 }
 
 /* one segment's term of the formal solution, S linear in tau */
 static inline LTE_HD double lte_body_formal(double D, double S0, double S1, double em0, double em1,
                                             int corrected) {
-  if (D < 1.0e-4) {
-    double c = 0.5 * D, f0 = c, f1 = c;
-    c = c * ((1.0 / 3.0) * D);
-    if (corrected) {
-      f0 = f0 - c;
-      f1 = f1 + c;
-      c = c * ((1.0 / 4.0) * D);
-      f0 = f0 + c;
-      f1 = f1 + c;
-    } else { /* Pomme: D^2 and D^3 signs swapped */
-      f0 = f0 + c;
-      f1 = f1 - c;
-      c = c * ((1.0 / 4.0) * D);
-      f0 = f0 + c;
-      f1 = f1 - c;
-    }
-    return S0 * (em0 * f0) + S1 * (em1 * f1);
-  }
-  double r = S0 * (em1 - em0 * (1.0 - D));
-  r = r + S1 * (em0 - em1 * (1.0 + D));
-  return r / (D + 1.0e-30);
+  LTE_SEG_FORMAL(double, D, S0, S1, em0, em1, corrected, r, taylor);
+  return D < 1.0e-4 ? taylor : r;
 }
 
 /* 2. one ray at one channel */

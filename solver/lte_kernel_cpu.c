@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "solver/lte_kernel_body.h" /* the segment arithmetic, shared with the device */
 
 #define SQRT_PI 1.7724538509055159 /* np.sqrt(np.pi) */
 #define INV_SQRT_PI (1.0 / SQRT_PI)
@@ -288,13 +289,7 @@ static void segments(workspace *w, int nz, const double *bf, const double *ebf, 
     v8d b0 = ld(bf + k), b1 = ld(bf + k + 1);
     v8d eb0 = ld(ebf + k), eb1 = ld(ebf + k + 1);
     v8d er0 = ld(erf_ + k), er1 = ld(erf_ + k + 1);
-    v8d b10 = b1 - b0, a01 = a0 + a1;
-    v8d sp_a1b0 = (SQRT_PI * a1) * b0;
-    v8d sp_a0b1 = (SQRT_PI * a0) * b1;
-    v8d d = (a1 - a0) * (eb0 - eb1);
-    d = d + (sp_a1b0 - sp_a0b1) * (er0 - er1);
-    d = d * (0.5 / (b10 * b10 + 1.0e-30));
-    v8d near = (0.5 * a01) * eb0 - ((1.0 / 3.0) * (a01 + a1)) * ((eb0 * b0) * b10);
+    LTE_SEG_DTAU(v8d, a0, a1, b0, b1, eb0, eb1, er0, er1, b10, d, near);
     st(dtau + k, blend((v8l)(vabs(b10) < 1.0e-4), near, d));
   }
 }
@@ -316,25 +311,7 @@ static double formal(const lte_kernel_model *M, workspace *w, int nz, const doub
     v8d em0 = ld(em + k), em1 = ld(em + k + 1);
     /* behind an opaque layer every term is exactly 0 */
     if (all_set((v8l)(em0 == 0.0)) && all_set((v8l)(em1 == 0.0))) continue;
-    v8d r = S0 * (em1 - em0 * (1.0 - D));
-    r = r + S1 * (em0 - em1 * (1.0 + D));
-    r = r / (D + 1.0e-30);
-    v8d c = 0.5 * D, f0 = c, f1 = c;
-    c = c * ((1.0 / 3.0) * D);
-    if (corrected) { /* exact: f0 = D/2 - D^2/6 + D^3/24, f1 = D/2 + D^2/6 + D^3/24 */
-      f0 = f0 - c;
-      f1 = f1 + c;
-      c = c * ((1.0 / 4.0) * D);
-      f0 = f0 + c;
-      f1 = f1 + c;
-    } else { /* Pomme: D^2 and D^3 signs swapped */
-      f0 = f0 + c;
-      f1 = f1 - c;
-      c = c * ((1.0 / 4.0) * D);
-      f0 = f0 + c;
-      f1 = f1 - c;
-    }
-    v8d taylor = S0 * (em0 * f0) + S1 * (em1 * f1);
+    LTE_SEG_FORMAL(v8d, D, S0, S1, em0, em1, corrected, r, taylor);
     r = blend((v8l)(D < 1.0e-4), taylor, r);
     if (k + W > nseg) { /* lanes past the last segment */
       v8l live;

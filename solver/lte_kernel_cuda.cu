@@ -23,12 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifndef _Noreturn
-#define _Noreturn __attribute__((noreturn))
-#endif
-extern "C" {
-#include "common/error.h"
-}
+#include "common/cuda_check.h"
 #include "solver/lte_kernel_body.h"
 
 #define NSLOT 2    /* streams (and buffer sets) in flight */
@@ -80,15 +75,10 @@ static struct {
   size_t freqs_cap;
 } st = {PTHREAD_MUTEX_INITIALIZER, -1, 0, 0, "", {}, 0, NULL, NULL, NULL, NULL, NULL, 0};
 
-static int cu_fail(const char *what, cudaError_t e) {
-  return ce_err("solver backend 'cuda': %s: %s (%s)", what, cudaGetErrorString(e),
-                cudaGetErrorName(e));
-}
-#define CU(call, what)                                  \
-  do {                                                  \
-    cudaError_t e_ = (call);                            \
-    if (e_ != cudaSuccess) return cu_fail((what), e_);  \
-  } while (0)
+/* a failed CUDA call: the message names this backend and the step */
+#define WHO "solver backend 'cuda'"
+static int cu_fail(const char *what, cudaError_t e) { return ce_cuda_fail(WHO, what, e); }
+#define CU(call, what) CE_CUDA_TRY(WHO, call, what)
 
 /* Drop everything (after an error, or to reopen): the next call starts afresh. */
 static void drop_state(void) {

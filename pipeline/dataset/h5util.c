@@ -73,26 +73,31 @@ hid_t h5_create(hid_t loc, const char *name, hid_t type, int rank, const hsize_t
   return d;
 }
 
-int h5_read_sample_f32(hid_t d, hsize_t index, float *buf) {
+int h5_read_rows(hid_t d, hsize_t row, hsize_t cnt, hid_t mtype, void *buf) {
   hid_t fs = H5Dget_space(d);
   if (fs < 0) return -1;
   int rank = H5Sget_simple_extent_ndims(fs);
   hsize_t start[8] = {0}, count[8];
-  if (rank < 1 || rank > 8 || H5Sget_simple_extent_dims(fs, count, NULL) < 0 || index >= count[0]) {
+  if (rank < 1 || rank > 8 || H5Sget_simple_extent_dims(fs, count, NULL) < 0 || cnt == 0 ||
+      row >= count[0] || cnt > count[0] - row) {
     H5Sclose(fs);
     return -1;
   }
-  start[0] = index;
-  count[0] = 1;
+  start[0] = row;
+  count[0] = cnt;
   hid_t ms = H5Screate_simple(rank, count, NULL);
   herr_t e = -1;
   H5E_BEGIN_TRY {
     e = H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL);
-    if (e >= 0) e = H5Dread(d, H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, buf);
+    if (e >= 0) e = H5Dread(d, mtype, ms, fs, H5P_DEFAULT, buf);
   } H5E_END_TRY;
   H5Sclose(ms);
   H5Sclose(fs);
   return e < 0 ? -1 : 0;
+}
+
+int h5_read_sample_f32(hid_t d, hsize_t index, float *buf) {
+  return h5_read_rows(d, index, 1, H5T_NATIVE_FLOAT, buf);
 }
 
 static pthread_mutex_t h5_mutex = PTHREAD_MUTEX_INITIALIZER;

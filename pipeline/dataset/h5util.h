@@ -35,6 +35,12 @@ hid_t h5_create(hid_t loc, const char *name, hid_t type, int rank, const hsize_t
  * caller names the file and dataset). */
 int h5_read_sample_f32(hid_t d, hsize_t index, float *buf);
 
+/* Read rows [row, row + cnt) along the first dimension (everything else
+ * whole) of a dataset of rank <= 8 into buf as memory type mtype, in one
+ * hyperslab read. Returns 0, or -1 without a message (also for rows out of
+ * range). */
+int h5_read_rows(hid_t d, hsize_t row, hsize_t cnt, hid_t mtype, void *buf);
+
 /* HDF5 as Debian builds it is not thread-safe: every thread of a process
  * that calls HDF5 while another thread may do so (a serve_source's reader
  * thread, the trainer's validation reads) holds this process-wide lock

@@ -446,28 +446,6 @@ int64_t shard_reader_shard_end(const shard_reader *r, int64_t idx) {
   return e->first + e->count;
 }
 
-/* Read rows [row, row + cnt) of array a of an open shard into buf. */
-static int read_rows(hid_t d, hsize_t row, hsize_t cnt, hid_t mtype, void *buf) {
-  hid_t fs = H5Dget_space(d);
-  if (fs < 0) return -1;
-  int rank = H5Sget_simple_extent_ndims(fs);
-  hsize_t start[8] = {0}, count[8];
-  H5Sget_simple_extent_dims(fs, count, NULL);
-  start[0] = row;
-  count[0] = cnt;
-  hid_t ms = H5Screate_simple(rank, count, NULL);
-  herr_t e = -1;
-  H5E_BEGIN_TRY {
-    e = H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL);
-    if (e >= 0) e = H5Dread(d, mtype, ms, fs, H5P_DEFAULT, buf);
-  } H5E_END_TRY;
-  H5Sclose(ms);
-  H5Sclose(fs);
-  return e < 0 ? -1 : 0;
-}
-
-/* Rows [row, row + cnt) of shard s (samples first + row ...) into in / out
- * (cnt rows each, either may be NULL), checked. */
 static int read_run(shard_reader *r, int64_t s, int64_t row, int64_t cnt, float *in, float *out) {
   open_slot *q = shard_get(r, s);
   if (!q) return -1;
@@ -478,11 +456,11 @@ static int read_run(shard_reader *r, int64_t s, int64_t row, int64_t cnt, float 
   for (int a = 0; a < 2; a++) {
     if (!dst[a]) continue;
     if (slot_dset(r, q, a) < 0) return -1;
-    if (read_rows(q->d[a], (hsize_t)row, (hsize_t)cnt, H5T_NATIVE_FLOAT, dst[a]) == 0) continue;
+    if (h5_read_rows(q->d[a], (hsize_t)row, (hsize_t)cnt, H5T_NATIVE_FLOAT, dst[a]) == 0) continue;
     /* which sample: read row by row to name it */
     int64_t bad = row;
     for (int64_t k = 0; k < cnt; k++)
-      if (read_rows(q->d[a], (hsize_t)(row + k), 1, H5T_NATIVE_FLOAT, dst[a] + (size_t)k * vals[a]) < 0) {
+      if (h5_read_rows(q->d[a], (hsize_t)(row + k), 1, H5T_NATIVE_FLOAT, dst[a] + (size_t)k * vals[a]) < 0) {
         bad = row + k;
         break;
       }
@@ -504,7 +482,7 @@ static int read_run(shard_reader *r, int64_t s, int64_t row, int64_t cnt, float 
     r->sums_cap = (size_t)cnt * 2;
   }
   if (slot_dset(r, q, A_SUMS) < 0) return -1;
-  if (read_rows(q->d[A_SUMS], (hsize_t)row, (hsize_t)cnt, H5T_NATIVE_UINT64, r->sums) < 0) {
+  if (h5_read_rows(q->d[A_SUMS], (hsize_t)row, (hsize_t)cnt, H5T_NATIVE_UINT64, r->sums) < 0) {
     shard_path(r, s, p, sizeof p);
     CE_FAIL("%s: samples %lld..%lld: cannot read their /checksums rows: the shard is damaged "
             "(coemu verify tells more; rerunning the same generate job remakes it)", p,
@@ -638,7 +616,7 @@ int shard_reader_labels(shard_reader *r, int64_t first, int64_t count, uint8_t *
       hid_t d = -1;
       H5E_BEGIN_TRY { d = H5Dopen2(q->file, lab[k], H5P_DEFAULT); } H5E_END_TRY;
       int ok = d >= 0 && check_shape(d, 1, (hsize_t[]){(hsize_t)e->count}) == 0 &&
-               read_rows(d, 0, (hsize_t)e->count, H5T_NATIVE_UINT8, v) == 0;
+               h5_read_rows(d, 0, (hsize_t)e->count, H5T_NATIVE_UINT8, v) == 0;
       if (d >= 0) H5Dclose(d);
       shard_path(r, s, p, sizeof p);
       if (!ok)
@@ -656,7 +634,7 @@ int shard_reader_labels(shard_reader *r, int64_t first, int64_t count, uint8_t *
     if (r->sums_have && !r->sums_have[s]) {
       shard_path(r, s, p, sizeof p);
       if (slot_dset(r, q, A_SUMS) < 0) return -1;
-      if (read_rows(q->d[A_SUMS], 0, (hsize_t)e->count, H5T_NATIVE_UINT64,
+      if (h5_read_rows(q->d[A_SUMS], 0, (hsize_t)e->count, H5T_NATIVE_UINT64,
                     r->sums_all + 2 * (size_t)e->first) < 0)
         CE_FAIL("%s: samples %lld..%lld: cannot read their /checksums rows: %s", p,
                 (long long)e->first, (long long)(e->first + e->count - 1), damaged_hint);

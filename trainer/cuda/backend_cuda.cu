@@ -22,13 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* common/error.h declares ce_bug with C11's _Noreturn, which C++ spells
- * [[noreturn]] */
-#ifndef _Noreturn
-#define _Noreturn [[noreturn]]
-#endif
+#include "common/cuda_check.h"
 extern "C" {
-#include "common/error.h"
 #include "trainer/cuda/backend_cuda.h"
 #include "trainer/layers_cpu.h"
 #include "trainer/loss.h"
