@@ -18,3 +18,16 @@ def check(cond, what):
 def report():
     print(f"{_counts['passed']} passed, {_counts['failed']} failed")
     sys.exit(1 if _counts["failed"] else 0)
+
+
+def run_in_tmpdir(prefix, run):
+    """The tests' main: run(tmp) in a fresh temporary folder, removed
+    afterwards whatever happens, then report()."""
+    import shutil
+    import tempfile
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    try:
+        run(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    report()

@@ -6,11 +6,9 @@ cleanly and the job resumes after it.  Prints "N passed, N failed"."""
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import h5py
@@ -39,7 +37,7 @@ splits: {{train: 0.5, validation: 0.25, test: 0.25, seed: 2}}
 """
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from pycheck import check, report  # noqa: E402
+from pycheck import check, run_in_tmpdir  # noqa: E402
 
 
 
@@ -72,12 +70,7 @@ def same(a, b):
 
 
 def main():
-    tmp = tempfile.mkdtemp(prefix='coemu-gen-')
-    try:
-        run_tests(tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    report()
+    run_in_tmpdir('coemu-gen-', run_tests)
 
 
 def run_tests(tmp):

@@ -13,11 +13,9 @@ does at the time limit.  Prints "N passed, N failed"."""
 import filecmp
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import h5py
@@ -39,7 +37,7 @@ splits: {{train: 0.5, validation: 0.25, test: 0.25, seed: 2}}
 """
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from pycheck import check, report  # noqa: E402
+from pycheck import check, run_in_tmpdir  # noqa: E402
 
 
 def cmd(ranks, job, out):
@@ -114,12 +112,7 @@ def resumes(ranks, job, out, ref, what):
 
 
 def main():
-    tmp = tempfile.mkdtemp(prefix='coemu-sig-')
-    try:
-        run_tests(tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    report()
+    run_in_tmpdir('coemu-sig-', run_tests)
 
 
 def run_tests(tmp):

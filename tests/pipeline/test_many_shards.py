@@ -8,10 +8,8 @@ inspect`; the serve process never holds more shard files open than its cap;
 a damaged shard among the 2,000 is named by stats, serve and verify.
 Functional, not timed. Prints "N passed, N failed"."""
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -37,7 +35,7 @@ splits: {{train: 0.5, validation: 0.25, test: 0.25, seed: 2}}
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.join(ROOT, 'pipeline', 'stream'))
 sys.path.insert(0, os.path.join(ROOT, 'scripts'))
-from pycheck import check, report  # noqa: E402
+from pycheck import check, run_in_tmpdir  # noqa: E402
 import coemu_stream as cs  # noqa: E402
 for var in ('ASAN_OPTIONS', 'LSAN_OPTIONS'):
     if var in os.environ:
@@ -217,12 +215,7 @@ def run(tmp):
 
 
 def main():
-    tmp = tempfile.mkdtemp(prefix='coemu-many-')
-    try:
-        run(tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    report()
+    run_in_tmpdir('coemu-many-', run)
 
 
 if __name__ == '__main__':
