@@ -242,8 +242,9 @@ static void exp_points(model_real *pts, int np) {
  * and planes) the coefficients of 1, x, y, z, xy, xz, yz, xyz, so that a
  * cell's coefficients serve all the points of a line in it; evaluated as
  *   v = (c0 + x cx) + y (cy + x cxy) + z ((cz + x cxz) + y (cyz + x cxyz))
- * with one fused multiply-add per term, in float. The AVX-512 and the
- * portable forms do the same operations in the same order (same bits). */
+ * with one fused multiply-add per term, in float. The AVX-512 loop of
+ * walk_line_linear does these operations in the same order on 8 lanes,
+ * with the coefficients in registers (same bits). */
 typedef struct {
   float c[8][MODEL_NODAL_STRIDE]; /* c0, cx, cy, cz, cxy, cxz, cyz, cxyz */
 } cell_poly;
@@ -267,28 +268,17 @@ static inline void poly_make(const model_real *nd, int64_t sy, int64_t sz, cell_
 }
 
 static inline void poly_eval(const cell_poly *P, float x, float y, float z, model_real *out) {
-#if SAMPLER_AVX512
-  const __m256 vx = _mm256_set1_ps(x), vy = _mm256_set1_ps(y), vz = _mm256_set1_ps(z);
-  __m256 a = _mm256_fmadd_ps(vx, _mm256_loadu_ps(P->c[7]), _mm256_loadu_ps(P->c[6]));
-  __m256 b = _mm256_fmadd_ps(vx, _mm256_loadu_ps(P->c[5]), _mm256_loadu_ps(P->c[3]));
-  __m256 c = _mm256_fmadd_ps(vx, _mm256_loadu_ps(P->c[4]), _mm256_loadu_ps(P->c[2]));
-  __m256 d = _mm256_fmadd_ps(vx, _mm256_loadu_ps(P->c[1]), _mm256_loadu_ps(P->c[0]));
-  __m256 e = _mm256_fmadd_ps(vy, a, b);
-  __m256 g = _mm256_fmadd_ps(vy, c, d);
-  _mm256_mask_storeu_ps(out, 0x1f, _mm256_fmadd_ps(vz, e, g));
-#else
   for (int q = 0; q < MODEL_NF; q++) {
     float a = fmaf(x, P->c[7][q], P->c[6][q]), b = fmaf(x, P->c[5][q], P->c[3][q]);
     float c = fmaf(x, P->c[4][q], P->c[2][q]), d = fmaf(x, P->c[1][q], P->c[0][q]);
     out[q] = fmaf(z, fmaf(y, a, b), fmaf(y, c, d));
   }
-#endif
 }
 
 /* One sub-line for the linear reconstruction: the value of every point
  * (trilinear in its cell's corners, poly_make and poly_eval) into pts[j * MODEL_NF ..],
  * idx[j] = first + j (the record sum_column reads) and cidx[j] its leaf
- * cell (for the extra fields); -1 in both outside the domain. The runs of
+ * cell (for the extra fields; cidx NULL: none wanted); -1 in both outside the domain. The runs of
  * points in one leaf are found as in walk_line; each point's place in its
  * cell is computed in double: s = (t - lo) / span, i = floor(s) clamped to
  * the block, f = s - i clamped to [0, 1] (8 points at a time with AVX-512,
@@ -307,7 +297,8 @@ static void walk_line_linear(const ce_model *m, const double A[3], const double 
   while (j < nk) {
     double t0 = A[0] + B[0] * uz[j], t1 = A[1] + B[1] * uz[j], t2 = A[2] + B[2] * uz[j];
     if (!(t0 >= 0 && t0 < nf[0] && t1 >= 0 && t1 < nf[1] && t2 >= 0 && t2 < nf[2])) {
-      idx[j] = cidx[j] = -1; /* outside the domain: only on round-off at a face */
+      idx[j] = -1; /* outside the domain: only on round-off at a face */
+      if (cidx) cidx[j] = -1;
       j++;
       continue;
     }
@@ -333,9 +324,10 @@ static void walk_line_linear(const ce_model *m, const double A[3], const double 
     const double lo[3] = {(double)c->lo[0], (double)c->lo[1], (double)c->lo[2]};
     const model_real *nbase = m->nodal + c->base / m->ncell * m->nnodal * MODEL_NODAL_STRIDE;
     const int64_t base = c->base;
-    cell_poly P;
-    int64_t last = -1; /* the corner record P was made from, in this leaf */
+    int64_t last = -1; /* the corner record the coefficients were made from, in this leaf */
 #if SAMPLER_AVX512
+    __m256 q0 = _mm256_setzero_ps(), q1 = q0, q2 = q0, q3 = q0, q4 = q0, q5 = q0, q6 = q0,
+           q7 = q0; /* c0, cx, cy, cz, cxy, cxz, cyz, cxyz (cell_poly) */
     const __m512d vA0 = _mm512_set1_pd(A[0]), vA1 = _mm512_set1_pd(A[1]),
                   vA2 = _mm512_set1_pd(A[2]), vB0 = _mm512_set1_pd(B[0]),
                   vB1 = _mm512_set1_pd(B[1]), vB2 = _mm512_set1_pd(B[2]),
@@ -344,9 +336,9 @@ static void walk_line_linear(const ce_model *m, const double A[3], const double 
                   zero = _mm512_setzero_pd(), one = _mm512_set1_pd(1),
                   top0 = _mm512_set1_pd(bmax[0]), top1 = _mm512_set1_pd(bmax[1]),
                   top2 = _mm512_set1_pd(bmax[2]);
-    const __m512i vn0 = _mm512_set1_epi64(n0), vn1 = _mm512_set1_epi64(n1),
-                  vb0 = _mm512_set1_epi64(b0), vb1 = _mm512_set1_epi64(b1),
-                  vbase = _mm512_set1_epi64(base),
+    const __m512d dn0 = _mm512_set1_pd((double)n0), dn1 = _mm512_set1_pd((double)n1),
+                  db0 = _mm512_set1_pd((double)b0), db1 = _mm512_set1_pd((double)b1);
+    const __m512i vbase = _mm512_set1_epi64(base),
                   lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
     for (; j < je; j += 8) {
       __mmask8 mk = je - j >= 8 ? 0xff : (__mmask8)((1u << (je - j)) - 1);
@@ -362,23 +354,63 @@ static void walk_line_linear(const ce_model *m, const double A[3], const double 
       _mm256_storeu_ps(fx, _mm512_cvtpd_ps(_mm512_min_pd(_mm512_max_pd(_mm512_sub_pd(s0, i0), zero), one)));
       _mm256_storeu_ps(fy, _mm512_cvtpd_ps(_mm512_min_pd(_mm512_max_pd(_mm512_sub_pd(s1, i1), zero), one)));
       _mm256_storeu_ps(fz, _mm512_cvtpd_ps(_mm512_min_pd(_mm512_max_pd(_mm512_sub_pd(s2, i2), zero), one)));
-      __m512i k0 = _mm512_cvttpd_epi64(i0), k1 = _mm512_cvttpd_epi64(i1),
-              k2 = _mm512_cvttpd_epi64(i2);
+      /* the node and cell numbers in double: integers far below 2^53, so
+       * exact, and cheaper than 64-bit integer multiplies */
       _mm512_storeu_si512(
-          nd, _mm512_add_epi64(_mm512_mullo_epi64(_mm512_add_epi64(_mm512_mullo_epi64(k2, vn1), k1), vn0), k0));
-      _mm512_mask_storeu_epi64(
-          cidx + j, mk,
-          _mm512_add_epi64(vbase, _mm512_add_epi64(
-                                      _mm512_mullo_epi64(_mm512_add_epi64(_mm512_mullo_epi64(k2, vb1), k1), vb0), k0)));
+          nd, _mm512_cvttpd_epi64(_mm512_fmadd_pd(_mm512_fmadd_pd(i2, dn1, i1), dn0, i0)));
+      if (cidx)
+        _mm512_mask_storeu_epi64(
+            cidx + j, mk,
+            _mm512_add_epi64(vbase, _mm512_cvttpd_epi64(
+                                        _mm512_fmadd_pd(_mm512_fmadd_pd(i2, db1, i1), db0, i0))));
       _mm512_mask_storeu_epi64(idx + j, mk, _mm512_add_epi64(_mm512_set1_epi64(first + j), lane));
       const int nl = je - j >= 8 ? 8 : je - j;
+      /* the corners of the cells still to come in these 8 points: start
+       * their loads now (no effect on the values) */
+      for (int q = 0; q < nl; q++)
+        if (q == 0 ? nd[0] != last : nd[q] != nd[q - 1]) {
+          const model_real *c0 = nbase + nd[q] * MODEL_NODAL_STRIDE;
+          _mm_prefetch((const char *)c0, _MM_HINT_T0);
+          _mm_prefetch((const char *)(c0 + sy), _MM_HINT_T0);
+          _mm_prefetch((const char *)(c0 + sz), _MM_HINT_T0);
+          _mm_prefetch((const char *)(c0 + sy + sz), _MM_HINT_T0);
+        }
+      /* poly_make and poly_eval with the coefficients kept in registers
+       * (the same operations in the same order: the same bits) */
       for (int q = 0; q < nl; q++) {
-        if (nd[q] != last) poly_make(nbase + (last = nd[q]) * MODEL_NODAL_STRIDE, sy, sz, &P);
-        poly_eval(&P, fx[q], fy[q], fz[q], pts + (size_t)(j + q) * MODEL_NF);
+        if (nd[q] != last) {
+          const model_real *cr = nbase + (last = nd[q]) * MODEL_NODAL_STRIDE;
+          const int S = MODEL_NODAL_STRIDE;
+          const __m256 c000 = _mm256_loadu_ps(cr), c100 = _mm256_loadu_ps(cr + S),
+                       c010 = _mm256_loadu_ps(cr + sy), c110 = _mm256_loadu_ps(cr + sy + S),
+                       c001 = _mm256_loadu_ps(cr + sz), c101 = _mm256_loadu_ps(cr + sz + S),
+                       c011 = _mm256_loadu_ps(cr + sz + sy),
+                       c111 = _mm256_loadu_ps(cr + sz + sy + S);
+          const __m256 ex = _mm256_sub_ps(c100, c000);
+          q0 = c000;
+          q1 = ex;
+          q2 = _mm256_sub_ps(c010, c000);
+          q3 = _mm256_sub_ps(c001, c000);
+          q4 = _mm256_sub_ps(_mm256_sub_ps(c110, c010), ex);
+          q5 = _mm256_sub_ps(_mm256_sub_ps(c101, c001), ex);
+          q6 = _mm256_sub_ps(_mm256_sub_ps(c011, c001), q2);
+          q7 = _mm256_sub_ps(_mm256_sub_ps(_mm256_sub_ps(c111, c011), _mm256_sub_ps(c101, c001)),
+                             q4);
+        }
+        const __m256 vx = _mm256_set1_ps(fx[q]), vy = _mm256_set1_ps(fy[q]),
+                     vz = _mm256_set1_ps(fz[q]);
+        __m256 a = _mm256_fmadd_ps(vx, q7, q6);
+        __m256 b = _mm256_fmadd_ps(vx, q5, q3);
+        __m256 cc = _mm256_fmadd_ps(vx, q4, q2);
+        __m256 d = _mm256_fmadd_ps(vx, q1, q0);
+        __m256 e = _mm256_fmadd_ps(vy, a, b);
+        __m256 g = _mm256_fmadd_ps(vy, cc, d);
+        _mm256_mask_storeu_ps(pts + (size_t)(j + q) * MODEL_NF, 0x1f, _mm256_fmadd_ps(vz, e, g));
       }
     }
     j = je;
 #else
+    cell_poly P;
     for (; j < je; j++) {
       const double s[3] = {(A[0] + B[0] * uz[j] - lo[0]) * inv_span,
                            (A[1] + B[1] * uz[j] - lo[1]) * inv_span,
@@ -392,7 +424,7 @@ static void walk_line_linear(const ce_model *m, const double A[3], const double 
         fd[d] = (float)(x < 0 ? 0 : x > 1 ? 1 : x);
       }
       const int64_t i0 = (int64_t)id[0], i1 = (int64_t)id[1], i2 = (int64_t)id[2];
-      cidx[j] = base + (i2 * b1 + i1) * b0 + i0;
+      if (cidx) cidx[j] = base + (i2 * b1 + i1) * b0 + i0;
       idx[j] = first + j;
       const int64_t ndq = (i2 * n1 + i1) * n0 + i0;
       if (ndq != last) poly_make(nbase + (last = ndq) * MODEL_NODAL_STRIDE, sy, sz, &P);
@@ -523,11 +555,11 @@ static int sample(const ce_model *m, const double q[4], const sampler_opts *o, f
   double *sums = malloc(sizeof(double) * 8 * (size_t)n);
   /* linear: the points' values (read by sum_column as cells, + 3 floats of
    * slack for its 8-lane loads) and their leaf cells */
-  int64_t *nidx = linear ? malloc(sizeof(int64_t) * (size_t)nk * k * k) : NULL;
+  int64_t *nidx = linear && nextra ? malloc(sizeof(int64_t) * (size_t)nk * k * k) : NULL;
   model_real *fr = linear ? calloc((size_t)nk * k * k * MODEL_NF + 8, sizeof(model_real)) : NULL;
   leaf_trail trail = {malloc(sizeof(model_cache) * (size_t)nk),
                       malloc(sizeof(model_cache) * (size_t)nk), 0, 0, 0};
-  if (!uz || !idx || !sums || !trail.prev || !trail.cur || (linear && (!nidx || !fr))) {
+  if (!uz || !idx || !sums || !trail.prev || !trail.cur || (linear && ((nextra && !nidx) || !fr))) {
     free(nidx);
     free(fr);
     free(uz);
@@ -554,7 +586,7 @@ static int sample(const ce_model *m, const double q[4], const sampler_opts *o, f
           double uy = ((iy + (b + 0.5) / k) / n - 0.5) * o->edge;
           double lb[3], A[3], B[3];
           int64_t *line = idx + (size_t)(a * k + b) * nk;
-          int64_t *nline = linear ? nidx + (size_t)(a * k + b) * nk : NULL;
+          int64_t *nline = nidx ? nidx + (size_t)(a * k + b) * nk : NULL;
           model_real *fline = linear ? fr + (size_t)(a * k + b) * nk * MODEL_NF : NULL;
           for (int d = 0; d < 3; d++) {
             lb[d] = c[d] + R[3 * d] * ux + R[3 * d + 1] * uy;
@@ -568,7 +600,10 @@ static int sample(const ce_model *m, const double q[4], const sampler_opts *o, f
               for (int j = 0; j < nk; j++) {
                 double x[3] = {lb[0] + R[2] * uz[j], lb[1] + R[5] * uz[j], lb[2] + R[8] * uz[j]};
                 double d0 = x[0] - c[0], d1 = x[1] - c[1], d2 = x[2] - c[2];
-                if (!(d0 * d0 + d1 * d1 + d2 * d2 <= r2)) line[j] = nline[j] = -1;
+                if (!(d0 * d0 + d1 * d1 + d2 * d2 <= r2)) {
+                  line[j] = -1;
+                  if (nline) nline[j] = -1;
+                }
               }
           } else if (fill) { /* rare: per point, with the ball and the domain checked */
             for (int j = 0; j < nk; j++) {
