@@ -80,6 +80,36 @@ static inline int leaf_has(const model_cache *c, const int64_t f[3]) {
          f[2] >= c->lo[2] && f[2] < c->hi[2];
 }
 
+/* The leaf of the point t (fine-cell coordinates) of a sub-line A + B u,
+ * from the trail or the tree, appended to tr->cur; and the points j..je-1
+ * of the line that lie in it (je the first with uz >= the leaf's exit, at
+ * least j + 1: estimated from the spacing 1/inv_du, then corrected). */
+static inline const model_cache *trail_leaf(const ce_model *m, const double A[3],
+                                            const double B[3], const double inv_b[3],
+                                            const double t[3], const double *uz, int nk, int j,
+                                            double inv_du, leaf_trail *tr, int *je_out) {
+  const int64_t f[3] = {(int64_t)t[0], (int64_t)t[1], (int64_t)t[2]};
+  model_cache *c = &tr->cur[tr->ncur++];
+  if (tr->at < tr->nprev && leaf_has(&tr->prev[tr->at], f))
+    *c = tr->prev[tr->at];
+  else if (tr->at + 1 < tr->nprev && leaf_has(&tr->prev[tr->at + 1], f))
+    *c = tr->prev[++tr->at];
+  else
+    model_find(m, f, c);
+  double uhi = INFINITY;
+  for (int d = 0; d < 3; d++) {
+    double e = B[d] > 0 ? ((double)c->hi[d] - A[d]) * inv_b[d]
+               : B[d] < 0 ? ((double)c->lo[d] - A[d]) * inv_b[d] : INFINITY;
+    uhi = e < uhi ? e : uhi;
+  }
+  double est = (uhi - uz[0]) * inv_du;
+  int je = !(est < nk) ? nk : est <= j + 1 ? j + 1 : (int)est;
+  while (je < nk && uz[je] < uhi) je++;
+  while (je > j + 1 && uz[je - 1] >= uhi) je--;
+  *je_out = je;
+  return c;
+}
+
 /* One sub-line without background fill: cell indices idx[0..nk-1] of its
  * points (-1: none). Find the leaf of the first point, then take every
  * following point whose uz stays below the leaf's exit (one comparison per
@@ -100,28 +130,11 @@ static void walk_line(const ce_model *m, const double A[3], const double B[3], c
       idx[j++] = -1; /* outside the domain: only on round-off at a face (sampler_check) */
       continue;
     }
-    const int64_t f[3] = {(int64_t)t0, (int64_t)t1, (int64_t)t2};
-    model_cache *c = &tr->cur[tr->ncur++];
-    if (tr->at < tr->nprev && leaf_has(&tr->prev[tr->at], f))
-      *c = tr->prev[tr->at];
-    else if (tr->at + 1 < tr->nprev && leaf_has(&tr->prev[tr->at + 1], f))
-      *c = tr->prev[++tr->at];
-    else
-      model_find(m, f, c);
-    double uhi = INFINITY;
-    for (int d = 0; d < 3; d++) {
-      double e = B[d] > 0 ? ((double)c->hi[d] - A[d]) * inv_b[d]
-                 : B[d] < 0 ? ((double)c->lo[d] - A[d]) * inv_b[d] : INFINITY;
-      uhi = e < uhi ? e : uhi;
-    }
+    const double t[3] = {t0, t1, t2};
+    int je; /* the points of this leaf: j .. je-1 */
+    const model_cache *c = trail_leaf(m, A, B, inv_b, t, uz, nk, j, inv_du, tr, &je);
     const int64_t lo0 = c->lo[0], lo1 = c->lo[1], lo2 = c->lo[2], base = c->base;
     const int sh = c->shift;
-    /* the points of this leaf: j .. je-1, je the first index with uz >= uhi
-     * (at least one point): estimated from the spacing, then corrected */
-    double est = (uhi - uz[0]) * inv_du;
-    int je = !(est < nk) ? nk : est <= j + 1 ? j + 1 : (int)est;
-    while (je < nk && uz[je] < uhi) je++;
-    while (je > j + 1 && uz[je - 1] >= uhi) je--;
 #if SAMPLER_AVX512
     /* 8 points at a time, the last ones masked (no scalar remainder):
      * the loop below in vectors, multiply and add unfused like it */
@@ -302,24 +315,9 @@ static void walk_line_linear(const ce_model *m, const double A[3], const double 
       j++;
       continue;
     }
-    const int64_t f[3] = {(int64_t)t0, (int64_t)t1, (int64_t)t2};
-    model_cache *c = &tr->cur[tr->ncur++];
-    if (tr->at < tr->nprev && leaf_has(&tr->prev[tr->at], f))
-      *c = tr->prev[tr->at];
-    else if (tr->at + 1 < tr->nprev && leaf_has(&tr->prev[tr->at + 1], f))
-      *c = tr->prev[++tr->at];
-    else
-      model_find(m, f, c);
-    double uhi = INFINITY;
-    for (int d = 0; d < 3; d++) {
-      double e = B[d] > 0 ? ((double)c->hi[d] - A[d]) * inv_b[d]
-                 : B[d] < 0 ? ((double)c->lo[d] - A[d]) * inv_b[d] : INFINITY;
-      uhi = e < uhi ? e : uhi;
-    }
-    double est = (uhi - uz[0]) * inv_du;
-    int je = !(est < nk) ? nk : est <= j + 1 ? j + 1 : (int)est;
-    while (je < nk && uz[je] < uhi) je++;
-    while (je > j + 1 && uz[je - 1] >= uhi) je--;
+    const double t[3] = {t0, t1, t2};
+    int je; /* the points of this leaf: j .. je-1 */
+    const model_cache *c = trail_leaf(m, A, B, inv_b, t, uz, nk, j, inv_du, tr, &je);
     const double inv_span = 1.0 / (double)((int64_t)1 << c->shift);
     const double lo[3] = {(double)c->lo[0], (double)c->lo[1], (double)c->lo[2]};
     const model_real *nbase = m->nodal + c->base / m->ncell * m->nnodal * MODEL_NODAL_STRIDE;
