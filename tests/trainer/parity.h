@@ -45,6 +45,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "step_batch.h"
 #include "common/error.h"
 #include "common/rng.h"
 #include "trainer/checkpoint.h"
@@ -897,23 +898,6 @@ static void par_rec_free(par_step_rec *s) {
 static const coemunet_config PAR_CFG = {2, 16, 2, {2, 3, 4}, 8, 8, COEMUNET_SHORTCUT_REFERENCE};
 #define PAR_B 3
 
-static void par_batch(const coemunet_config *c, int B, int k, float *x, float *t) {
-  const int G = c->grid;
-  const size_t v = (size_t)G * G * G, img = (size_t)G * G;
-  for (int s = 0; s < B; s++) {
-    ce_rng r = ce_rng_make(77, (uint32_t)k, (uint32_t)s, 3);
-    double a = ce_rng_uniform(&r), b = ce_rng_uniform(&r);
-    float *xs = x + (size_t)s * 3 * v, *ts = t + (size_t)s * c->nfreq * img;
-    for (size_t i = 0; i < v; i++) {
-      double z = (double)(i / img) / G;
-      xs[i] = (float)(2 * a - 1 + 0.3 * z + 0.1 * ce_rng_uniform(&r));
-      xs[v + i] = (float)(b - 0.5 * z + 0.1 * ce_rng_uniform(&r));
-      xs[2 * v + i] = (float)(a * b + 0.2 * ce_rng_uniform(&r));
-    }
-    for (size_t i = 0; i < (size_t)c->nfreq * img; i++)
-      ts[i] = (float)(0.5 * a * sin(0.3 * (double)(i % img)) + 0.2 * b + 0.05 * ce_rng_uniform(&r));
-  }
-}
 
 /* One training step of a fresh model (seed 11) on backend be; ulp_salt > 0
  * moves every input value one ulp up or down (a noise-floor variant). */
@@ -927,7 +911,7 @@ static int par_one_step(const nn_backend *be, uint32_t ulp_salt, par_step_rec *o
   const size_t nx = (size_t)PAR_B * 3 * PAR_CFG.grid * PAR_CFG.grid * PAR_CFG.grid;
   const size_t nt = (size_t)PAR_B * PAR_CFG.nfreq * PAR_CFG.grid * PAR_CFG.grid;
   float *x = (float *)malloc(sizeof(float) * nx), *t = (float *)malloc(sizeof(float) * nt);
-  par_batch(&PAR_CFG, PAR_B, 0, x, t);
+  test_step_batch(&PAR_CFG, PAR_B, 0, x, t);
   if (ulp_salt) {
     ce_rng g = ce_rng_make(99, ulp_salt, 0, 5);
     for (size_t i = 0; i < nx; i++) x[i] = nextafterf(x[i], ce_rng_u32(&g) & 1 ? INFINITY : -INFINITY);
@@ -1108,7 +1092,7 @@ static long par_checkpoint(const nn_backend *from, const nn_backend *to, const c
   const size_t nx = (size_t)PAR_B * 3 * PAR_CFG.grid * PAR_CFG.grid * PAR_CFG.grid;
   const size_t nt = (size_t)PAR_B * PAR_CFG.nfreq * PAR_CFG.grid * PAR_CFG.grid;
   float *x = (float *)malloc(sizeof(float) * nx), *t = (float *)malloc(sizeof(float) * nt);
-  par_batch(&PAR_CFG, PAR_B, 1, x, t);
+  test_step_batch(&PAR_CFG, PAR_B, 1, x, t);
   adam_config ac = {ADAMW, 2e-3, 0.9, 0.999, 1e-8, 0.01};
   train_state st = {11, 1, 0, {2e-3, 0.5, 2}}, st2;
   loss_value lv;

@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "step_batch.h"
 #include "common/rng.h"
 #include "trainer/coemunet.h"
 #include "trainer/train.h"
@@ -108,24 +109,6 @@ static int sum_f32(void *ctx, float *buf, size_t n) {
 
 /* ---- data --------------------------------------------------------------- */
 
-/* Step k's global batch: B samples of smooth random fields plus noise. */
-static void make_step_batch(const coemunet_config *c, int k, int B, float *x, float *t) {
-  const int G = c->grid;
-  const size_t v = (size_t)G * G * G, img = (size_t)G * G;
-  for (int s = 0; s < B; s++) {
-    ce_rng r = ce_rng_make(77, (uint32_t)k, (uint32_t)s, 3);
-    double a = ce_rng_uniform(&r), b = ce_rng_uniform(&r);
-    float *xs = x + (size_t)s * 3 * v, *ts = t + (size_t)s * c->nfreq * img;
-    for (size_t i = 0; i < v; i++) {
-      double z = (double)(i / img) / G;
-      xs[i] = (float)(2 * a - 1 + 0.3 * z + 0.1 * ce_rng_uniform(&r));
-      xs[v + i] = (float)(b - 0.5 * z + 0.1 * ce_rng_uniform(&r));
-      xs[2 * v + i] = (float)(a * b + 0.2 * ce_rng_uniform(&r));
-    }
-    for (size_t i = 0; i < (size_t)c->nfreq * img; i++)
-      ts[i] = (float)(0.5 * a * sin(0.3 * (double)(i % img)) + 0.2 * b + 0.05 * ce_rng_uniform(&r));
-  }
-}
 
 /* ---- state ------------------------------------------------------------- */
 
@@ -290,7 +273,7 @@ static void run_train(run *R, const setup *s) {
   R->t = xmalloc(sizeof(float) * nt * B * R->steps);
   for (int k = 0; k < R->steps; k++) {
     float *x = R->x + (size_t)k * B * nx, *t = R->t + (size_t)k * B * nt;
-    make_step_batch(c, s->first_step + k, B, x, t);
+    test_step_batch(c, B, s->first_step + k, x, t);
     for (int i = 0; s->reverse && i < B - 1 - i; i++) {
       swap_samples(x, nx, i, B - 1 - i);
       swap_samples(t, nt, i, B - 1 - i);

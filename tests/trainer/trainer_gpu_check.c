@@ -70,7 +70,7 @@ typedef struct {
 } curve_opts;
 
 /* --steps steps of a fresh model (seed 1234) on backend be, batch k from
- * par_batch(k); ulp_salt > 0: every input one ulp off. losses[k]. */
+ * test_step_batch(k); ulp_salt > 0: every input one ulp off. losses[k]. */
 static int run_curve(const nn_backend *be, const curve_opts *c, uint32_t ulp_salt, double *losses,
                      double *secs) {
   coemunet m;
@@ -89,7 +89,7 @@ static int run_curve(const nn_backend *be, const curve_opts *c, uint32_t ulp_sal
   if (rc == 0) rc = trainer_init(&tr, &m, &o);
   double t0 = now();
   for (int k = 0; k < c->steps && rc == 0; k++) {
-    par_batch(&c->cfg, c->batch, k, x, t);
+    test_step_batch(&c->cfg, c->batch, k, x, t);
     if (ulp_salt) {
       ce_rng g = ce_rng_make(99, ulp_salt, (uint32_t)k, 5);
       for (size_t i = 0; i < nx; i++)
