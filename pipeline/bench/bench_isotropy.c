@@ -140,6 +140,11 @@ static int measure(const iso_setup *s, int recon, float *v, float *T, float *nc,
     CE_TRY(model_nodal_build((ce_model *)s->m));
     printf("isotropy linear: corner values built in %.3f s (once per model)\n", cpu_now() - t0);
   }
+  if (recon == SAMPLER_LIMITED) {
+    double t0 = cpu_now();
+    CE_TRY(sampler_limited_build((ce_model *)s->m));
+    printf("isotropy limited: slopes built in %.3f s (once per model)\n", cpu_now() - t0);
+  }
   lte_options lo = {.dx = s->edge / s->n, .vturb = 150.0, .take_abs = 1, .threads = 0};
   double cpu = 0;
   double *im = malloc(sizeof(double) * npix);
@@ -268,6 +273,7 @@ int bench_isotropy(int argc, char **argv) {
   if (rc == 0) rc = measure(&s, -1, v, T, nc, img, scratch, mean_img);
   if (rc == 0) rc = measure(&s, SAMPLER_CONSTANT, v, T, nc, img, scratch, mean_img);
   if (rc == 0) rc = measure(&s, SAMPLER_LINEAR, v, T, nc, img, scratch, mean_img);
+  if (rc == 0) rc = measure(&s, SAMPLER_LIMITED, v, T, nc, img, scratch, mean_img);
   free(v);
   free(T);
   free(nc);
