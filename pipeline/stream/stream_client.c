@@ -120,6 +120,7 @@ static int connect_socket(stream_client *c) {
 
 int stream_client_open(const stream_client_opts *o, stream_client **out) {
   if (!o->endpoint) CE_FAIL("stream client: no endpoint");
+  stream_tune_malloc();
   if (o->world == 0 || o->rank >= o->world)
     CE_FAIL("stream client: rank %u of %u ranks is not valid", o->rank, o->world);
   stream_client *c = calloc(1, sizeof *c);

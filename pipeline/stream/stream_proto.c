@@ -1,7 +1,12 @@
 /* stream_proto.c - header encoding, decoding and validation. */
 #include "pipeline/stream/stream_proto.h"
 
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include "common/checksum.h"
 #include "common/error.h"
@@ -109,4 +114,17 @@ int64_t stream_rows_check(const void *inputs, size_t in_bytes, const void *targe
       return k;
   }
   return -1;
+}
+
+static void tune_malloc_once(void) {
+#if defined(__GLIBC__)
+  if (getenv("MALLOC_MMAP_THRESHOLD_") || getenv("MALLOC_TRIM_THRESHOLD_")) return;
+  mallopt(M_MMAP_THRESHOLD, 32 << 20); /* glibc's maximum (half its 64 MiB arena heaps) */
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
+#endif
+}
+
+void stream_tune_malloc(void) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, tune_malloc_once);
 }

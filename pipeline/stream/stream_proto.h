@@ -100,4 +100,15 @@ size_t stream_target_bytes(const stream_header *h);
 
 const char *stream_type_name(int type);
 
+/* Large frames without page faults: a chunk's frames are megabytes, and
+ * glibc's default policy returns such blocks to the kernel when freed (by
+ * munmap or by trimming the heap) so every new one is faulted in and
+ * zeroed by the kernel again: measured as a third of the CPU time of a
+ * stream (docs/benchmarks.md, "Serve at 3.26 MB samples"). So the first
+ * stream client or server of a process keeps blocks below 32 MiB on the
+ * heap and at most 256 MiB of free heap unreturned (mallopt, once per
+ * process; glibc only), unless the user set MALLOC_MMAP_THRESHOLD_ or
+ * MALLOC_TRIM_THRESHOLD_ (their choice is kept). */
+void stream_tune_malloc(void);
+
 #endif

@@ -95,6 +95,7 @@ int stream_server_create(const stream_server_opts *o, stream_source_fn source, v
                          stream_server **out) {
   stream_server *s = calloc(1, sizeof *s);
   if (!s) CE_FAIL("stream server: out of memory");
+  stream_tune_malloc();
   s->o = *o;
   if (!s->o.max_credit) s->o.max_credit = 8;
   if (s->o.world > 65535) {

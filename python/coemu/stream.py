@@ -294,6 +294,34 @@ class Chunk:
         self.normalised = bool(header.flags & 1)
 
 
+_malloc_tuned = False
+
+
+def _tune_malloc():
+    """As the C stream library does (stream_proto.h, stream_tune_malloc):
+    keep chunk-sized blocks (below 32 MiB) on the heap and up to 256 MiB of
+    free heap, so ZeroMQ's receive buffers are not faulted in and zeroed by
+    the kernel again for every chunk (a third of a stream's CPU time,
+    docs/benchmarks.md). Once per process, glibc only, and not when the
+    user set MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_."""
+    global _malloc_tuned
+    if _malloc_tuned:
+        return
+    _malloc_tuned = True
+    import os
+    import platform
+    if platform.libc_ver()[0] != "glibc" or "MALLOC_MMAP_THRESHOLD_" in os.environ or \
+            "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+        libc.mallopt(-3, 32 << 20)   # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # pragma: no cover
+        pass
+
+
 def _warn_slow_hash():
     if XXH64_BACKEND == "python" and not StreamClient._warned:
         StreamClient._warned = True
@@ -392,6 +420,7 @@ class StreamClient:
         self.curve, self.taper = curve, taper
         self.resume_after_s, self.resumes = resume_after_s, 0
         _warn_slow_hash()
+        _tune_malloc()
         self.samples_per_epoch = None
         self._own_ctx = context is None
         self._ctx = zmq.Context() if context is None else context
@@ -541,6 +570,11 @@ class StreamClient:
             if c is None:
                 return
             yield c
+
+    def drain(self):
+        """The rest of the current epoch: its chunks as a list, read up to its
+        EPOCH_END (the client then stands at the next epoch's start)."""
+        return list(self.iter_epoch())
 
     def say_bye(self, receipt=True):
         """Send BYE now, with an INFO request behind it when receipt: the
