@@ -39,7 +39,7 @@ int cmd_serve(int argc, char **argv) {
   const char *endpoint = "tcp://127.0.0.1:5555", *split = "train", *curve_secret = NULL,
              *curve_auth = NULL, *order = "exact";
   int64_t ranks = 1, batch = 16, epochs = 0, seed = 1234, prefetch = 4, credit = 8, maxcons = 0,
-          order_shards = 0, order_buffer = 0;
+          order_shards = 0, order_buffer = 0, read_threads = 0;
   int pad = 0, live = 0;
   double heartbeat = 1.0, timeout = 10.0, idle_exit = -1;
   cli_opt opts[] = {
@@ -55,6 +55,7 @@ int cmd_serve(int argc, char **argv) {
       {"pad", CLI_FLAG, &pad, NULL, "pad the last batch by wrapping around (default: drop the remainder)", 0, 0},
       {"live", CLI_FLAG, &live, NULL, "serve a dataset coemu generate is still making (shards as they finish)", 0, 0},
       {"prefetch", CLI_INT, &prefetch, "K", "chunks read ahead per rank (default 4)", 0, 0},
+      {"read-threads", CLI_INT, &read_threads, "N", "threads reading and checking samples (default min(4, cores); --live: 1)", 0, 0},
       {"max-credit", CLI_INT, &credit, "K", "most chunks in flight per rank (default 8)", 0, 0},
       {"heartbeat", CLI_DOUBLE, &heartbeat, "S", "heartbeat interval [s] (default 1)", 0, 0},
       {"timeout", CLI_DOUBLE, &timeout, "S", "drop a rank silent this long [s] (default 10)", 0, 0},
@@ -84,10 +85,11 @@ int cmd_serve(int argc, char **argv) {
   }
   if (ranks < 1 || ranks > 65535 || batch < 1 || batch > 4096 || epochs < 0 || prefetch < 1 ||
       prefetch > 64 || credit < 1 || credit > 1024 || maxcons < 0 || maxcons > 1000000 ||
-      epochs > UINT32_MAX) {
+      epochs > UINT32_MAX || read_threads < 0 || read_threads > SERVE_MAX_READ_THREADS) {
     free(pos);
     return cli_usage_fail("serve", "out of range: --ranks 1..65535, --batch 1..4096, --epochs >= 0, "
-                                   "--prefetch 1..64, --max-credit 1..1024, --max-consumers 1..1000000");
+                                   "--prefetch 1..64, --max-credit 1..1024, --max-consumers 1..1000000, "
+                                   "--read-threads 1..%d", SERVE_MAX_READ_THREADS);
   }
   int omode;
   if (order_mode_parse(order, &omode) < 0) {
@@ -107,7 +109,7 @@ int cmd_serve(int argc, char **argv) {
   if (idle_exit < 0) idle_exit = epochs > 0 ? 600 : 0;
   serve_opts so = {.dataset_dir = pos[0], .split = split, .seed = (uint64_t)seed,
                    .world = (int)ranks, .batch = (int)batch, .drop_last = !pad,
-                   .prefetch = (int)prefetch, .live = live,
+                   .prefetch = (int)prefetch, .live = live, .read_threads = (int)read_threads,
                    .order = {.mode = omode, .shards = order_shards, .buffer = order_buffer}};
   serve_source *src;
   if (serve_open(&so, &src) < 0) {
