@@ -417,7 +417,7 @@ static hid_t slot_dset(shard_reader *r, open_slot *q, int a) {
            q->d[a] < 0 ? "cannot be opened (missing or its header is damaged)"
                        : "does not have the shape the manifest says",
            damaged_hint);
-    slot_close(r, q); /* a damaged shard is not kept */
+    if (!q->pins) slot_close(r, q); /* a damaged shard is not kept (once no plan reads it) */
     return -1;
   }
   return q->d[a];
@@ -809,7 +809,10 @@ int shard_reader_direct_plan(shard_reader *r, const int64_t *idx, int n, shard_d
     }
     open_slot *q = shard_get(r, s);
     if (!q || (q->direct == 0 && direct_setup(r, q) < 0)) {
-      shard_reader_direct_end(r, rows, m);
+      if (m > 0) { /* the rows before it first: errors come in the order of the samples */
+        ce_err_clear();
+        break;
+      }
       return -1;
     }
     if (q->direct < 0) break;
