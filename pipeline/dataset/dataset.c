@@ -15,6 +15,7 @@
 #include "common/fsutil.h"
 #include "common/version.h"
 #include "pipeline/dataset/h5util.h"
+#include "pipeline/dataset/shard_reader.h"
 #include "pipeline/job/yamltree.h"
 #include "rotate/directions.h"
 #include "rotate/sampler.h"
@@ -468,6 +469,29 @@ static int num_of(const yt_node *m, const char *key, long long *out) {
   return (*end || errno || end == v->text) ? -1 : 0;
 }
 
+/* Images-only: read every sample through shard_reader, whose inputs are
+ * rebuilt and checked (shard_reader.h); the first problem is reported. */
+static int verify_rebuilt(const char *dir, FILE *report) {
+  shard_reader *rd;
+  if (shard_reader_open(dir, 0, &rd) < 0) {
+    fprintf(report, "%s: %s\n", dir, ce_err_msg());
+    return -1;
+  }
+  int64_t N = shard_reader_samples(rd), B = 64;
+  size_t nin = 3 * (size_t)shard_reader_n(rd) * shard_reader_n(rd) * shard_reader_n(rd),
+         ntg = (size_t)shard_reader_channels(rd) * shard_reader_n(rd) * shard_reader_n(rd);
+  float *in = ce_malloc_array((size_t)B, nin * sizeof *in, "rebuilt inputs"),
+        *tg = ce_malloc_array((size_t)B, ntg * sizeof *tg, "targets");
+  int rc = in && tg ? 0 : -1;
+  for (int64_t i = 0; rc == 0 && i < N; i += B)
+    rc = shard_reader_read(rd, i, i + B <= N ? B : N - i, in, tg);
+  if (rc < 0) fprintf(report, "%s: %s\n", dir, ce_err_msg());
+  free(in);
+  free(tg);
+  shard_reader_close(rd);
+  return rc;
+}
+
 int dataset_verify(const char *dir, FILE *report) {
   char mpath[4096];
   snprintf(mpath, sizeof mpath, "%s/manifest.json", dir);
@@ -551,7 +575,13 @@ int dataset_verify(const char *dir, FILE *report) {
             expect_first, samples);
     problems++;
   }
+  const yt_node *how = yt_get(m, "inputs");
+  int images_only = !lay.store_inputs && how && how->kind == YT_SCALAR && !strcmp(how->text, "rebuilt");
   yt_free(m);
+  /* images-only: every input cube rebuilt from its model and checked against
+   * its recorded checksum (a sampling pass: the models must be there and be
+   * the ones the dataset was made with) */
+  if (images_only && problems == 0 && verify_rebuilt(dir, report) < 0) problems++;
   char dpath[4096];
   snprintf(dpath, sizeof dpath, "%s/dataset.h5", dir);
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
