@@ -20,6 +20,7 @@ coemu: a tiny job generated twice, with and without its input cubes, and
 Prints "N passed, N failed"."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -133,6 +134,22 @@ def main(tmp):
     expect = (fb - rows) / fb
     print(f'size ratio images-only / full: {ib / fb:.4f} (expected from the layout {expect:.4f}: '
           f'({fb} - {rows}) / {fb}; at 64^3 x 7 channels the demo measures 1/28)')
+
+    # the demo geometry (64^3, 7 channels): generate --check's per-sample bytes
+    # (the layout's arithmetic, what the demo measures: docs/benchmarks.md)
+    demo = open(os.path.join(ROOT, 'jobs', 'demo.yaml')).read()
+    open(os.path.join(tmp, 'demo-img.yaml'), 'w').write(
+        demo.replace('  samples_per_shard: 32\n', '  samples_per_shard: 32\n  store_inputs: false\n'))
+    per = {}
+    for name, path in (('full', os.path.join(ROOT, 'jobs', 'demo.yaml')), ('img', 'demo-img.yaml')):
+        r = run(['generate', path, '--check'], tmp)
+        m = re.search(r'disk: ([0-9.]+) (KiB|MiB) per sample', r.stdout)
+        per[name] = float(m.group(1)) * (1024 if m.group(2) == 'KiB' else 1024**2) if m else None
+    want_full = 3 * 64**3 * 4 + 7 * 64**2 * 4 + 66
+    check(per['full'] and per['img'] and abs(per['full'] - want_full) <= 0.005 * want_full and
+          abs(per['img'] - (want_full - 3 * 64**3 * 4)) <= 0.5 * 1024 and per['img'] / per['full'] <= 1 / 20,
+          f'demo geometry: images-only / full per sample = {per} (<= 1/20; 1/{per["full"] / per["img"]:.1f})'
+          if per['full'] and per['img'] else f'generate --check: {per}')
 
     # /stats: coemu stats reads the rebuilt cubes, so the twins agree exactly
     same = fstats.keys() == istats.keys() and all(
