@@ -29,7 +29,7 @@ a = ap.parse_args()
 ep = f'ipc:///tmp/bench-images-only-{os.getpid()}.sock'
 p = subprocess.Popen([a.coemu, 'serve', a.dir, '--endpoint', ep, '--split', 'all', '--batch', str(a.batch),
                       '--epochs', str(a.epochs)], stderr=subprocess.PIPE, text=True)
-rates = []
+rates, used = [], []
 TICK = os.sysconf('SC_CLK_TCK')
 
 
@@ -47,6 +47,7 @@ try:
             n += len(ch.ids)
         dt = time.monotonic() - t0
         rates.append(n / dt)
+        used.append((serve_cpu() - s0) / dt)
         print(f'epoch {e}: {n} samples in {dt:.2f} s = {n / dt:.1f} samples/s; serve used '
               f'{(serve_cpu() - s0) / dt:.2f} cores, the consumer {(time.process_time() - c0) / dt:.2f}',
               flush=True)
@@ -63,6 +64,11 @@ if m:
     print(f'rebuild: {m.group(1)} cubes, {ms:.2f} ms CPU each; producer bound {a.cores} cores / '
           f'{ms:.2f} ms = {bound:.1f} samples/s; served {100 * med / bound:.0f}% of it (median); '
           f'{m.group(3)} model loads, {m.group(4)} s')
+    # what the machine gave serve: samples/s per core it actually ran on,
+    # against 1 / (seconds per cube) (a shared machine gives less than cores)
+    eff = [r * ms / 1e3 / u for r, u in zip(rates, used) if u > 0]
+    print('per epoch, samples/s x seconds per cube / cores serve ran on: ' +
+          ' '.join(f'{100 * e:.0f}%' for e in eff))
 else:
     print('serve reported no rebuilt cubes (a dataset with stored inputs)')
     print(err[-800:])
