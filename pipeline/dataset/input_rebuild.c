@@ -360,8 +360,10 @@ int input_rebuild_cubes(input_rebuild *rb, const int64_t *idx, int count, float 
     CE_TRY(get_model(rb, rb->distinct[i]));
     CE_TRY(make_cubes(rb, idx, count, rb->distinct[i], inputs, hash));
   }
-  /* samples of skipped models (zeros) */
+  /* samples of skipped models (zeros: no model needed) */
+  const size_t nin = 3 * (size_t)rb->n * rb->n * rb->n;
   for (int k = 0; k < count; k++)
-    if (rb->skipped[idx[k] / rb->directions]) CE_TRY(make_cubes(rb, idx + k, 1, -1, inputs + (size_t)k * 3 * rb->n * rb->n * rb->n, hash + k));
+    if (rb->skipped[idx[k] / rb->directions])
+      CE_TRY(make_cubes(rb, idx + k, 1, -1, inputs + (size_t)k * nin, hash + k));
   return 0;
 }
