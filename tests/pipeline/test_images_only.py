@@ -10,6 +10,7 @@ coemu: a tiny job generated twice, with and without its input cubes, and
   client and to the C consumer (the trainer's stream reader), and equal to
   the stored /inputs and /targets;
 - the trainer's dataset reader (train_data) gets identical batches;
+- the same with the paper's gridding (coemunet_compat) on the AMRVAC files;
 - verify and inspect pass on both;
 - a model file that is not the one the dataset was made with, a truncated
   model file and a damaged target are errors naming the shard, the sample,
@@ -222,6 +223,23 @@ def main(tmp):
     got, cerr, err = stream_all(dmg, tmp)
     check(len(got) < S and 'sample 5 (row 1 of the shard): /targets does not match its checksum' in cerr + err,
           f'serve: the damaged target is an error naming shard, row and array: {cerr} {err[-600:]}')
+
+    # the paper's gridding (sampling.coemunet_compat, rotate/compat_grid) on the
+    # AMRVAC snapshots: the rebuilt cubes are the stored ones too
+    amr = os.path.join(ROOT, 'tests', 'data', 'amrvac')
+    cj = (f"name: compat\ninputs: {{amrvac: {{glob: {amr}/agbwind3d_*.dat}}}}\n"
+          "sampling: {directions: 2, sampler: coemunet, n: 64, edge: auto, k: 1, seed: 1234, coemunet_compat: true}\n"
+          "line: {lamda: builtin:co.dat, transition: 2}\n"
+          "output: {directory: OUT, samples_per_shard: 2EXTRA}\n"
+          "splits: {train: 0.34, validation: 0.33, test: 0.33, seed: 3}\n")
+    cd = {}
+    for name, extra in (('cfull', ''), ('cimg', ', store_inputs: false')):
+        open(os.path.join(tmp, f'{name}.yaml'), 'w').write(cj.replace('OUT', name).replace('EXTRA', extra))
+        r = run(['generate', f'{name}.yaml', '--quiet'], tmp)
+        check(r.returncode == 0, f'{name}: generate: {r.stderr}')
+        cd[name] = stream_all(os.path.join(tmp, name), tmp)[0]
+    check(len(cd['cfull']) == 6 and cd['cfull'] == cd['cimg'],
+          f'coemunet_compat: the same samples from both ({len(cd["cfull"])}, {len(cd["cimg"])})')
 
     # a targets-only manifest (format_minor 1's store_inputs false): refused by serve
     old = os.path.join(tmp, 'targets-only')
