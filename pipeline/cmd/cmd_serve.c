@@ -173,6 +173,12 @@ int cmd_serve(int argc, char **argv) {
           (unsigned long long)st.stalled, (unsigned long long)st.superseded,
           (unsigned long long)st.connections_shut,
           (unsigned long long)st.refused, (unsigned long long)st.curve_refused);
+  int64_t cubes = 0, loads = 0;
+  double cube_s = 0, load_s = 0;
+  if (serve_rebuild_counters(src, &cubes, &cube_s, &load_s, &loads) == 0 && cubes > 0)
+    fprintf(stderr, "serve: images-only: %lld input cubes rebuilt, %.2f ms CPU each (sampling; the "
+                    "producer bound is cores / that); %lld model loads, %.1f s\n", (long long)cubes,
+            1e3 * cube_s / (double)cubes, (long long)loads, load_s);
   stream_server_destroy(srv);
   serve_close(src);
   free(pos);

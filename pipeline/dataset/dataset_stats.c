@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include <mpi.h>
+#include <omp.h>
 
 #include "common/error.h"
 #include "common/fsutil.h"
@@ -65,6 +66,20 @@ static int open_dataset(const char *dir, const char *path, dataset *ds) {
   memset(ds, 0, sizeof *ds);
   CE_TRY(shard_reader_open(dir, 0, &ds->rd));
   ds->has_inputs = shard_reader_has_inputs(ds->rd);
+  if (shard_reader_images_only(ds->rd)) {
+    /* the rebuilt cubes are made by OpenMP threads: this node's cores
+     * shared among its ranks, so ranks do not oversubscribe them (idle
+     * OpenMP threads spin) */
+    MPI_Comm node;
+    int local = 1;
+    if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) ==
+        MPI_SUCCESS) {
+      MPI_Comm_size(node, &local);
+      MPI_Comm_free(&node);
+    }
+    int t = omp_get_num_procs() / (local > 0 ? local : 1);
+    omp_set_num_threads(t > 0 ? t : 1);
+  }
   ds->N = (hsize_t)shard_reader_samples(ds->rd);
   ds->n = (hsize_t)shard_reader_n(ds->rd);
   ds->F = (hsize_t)shard_reader_channels(ds->rd);

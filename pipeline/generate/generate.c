@@ -111,7 +111,7 @@ static int check_only(const job *j) {
   printf("  line: %s, transition %d (parsed)\n", j->lamda, j->transition);
   printf("  disk: %s per sample (%s), %s for the dataset%s", per,
          j->store_inputs ? (j->inputs_f64 ? "inputs float64" : "inputs float32")
-                         : "targets only: output.store_inputs false",
+                         : "images-only: output.store_inputs false, readers rebuild the inputs",
          all, j->gzip > 0 ? " before gzip" : "");
   if (j->input == JOB_INPUT_SYNTH)
     printf(" + %s of synthetic models", e.models_bytes > 0 ? models : "(not measured at this "

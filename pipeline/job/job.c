@@ -294,12 +294,8 @@ static int fill(const char *name, const yt_node *r, job *j) {
   j->stats_compute = schema_bool(r, "statistics.compute");
   j->stats_drop_outliers = schema_bool(r, "statistics.drop_outliers");
   snprintf(j->stats_split, sizeof j->stats_split, "%s", schema_str(r, "statistics.split"));
-  if (j->stats_compute && j->stats_drop_outliers && !j->store_inputs) {
-    const yt_node *dn = schema_at(r, "statistics.drop_outliers");
-    CE_FAIL("%s:%d:%d: statistics.drop_outliers: the outlier rule reads v_z from the inputs, "
-            "and output.store_inputs is false (drop the rule, or store the inputs)", name,
-            dn->line, dn->col);
-  }
+  /* images-only (store_inputs false): statistics.drop_outliers reads v_z from
+   * the rebuilt input cubes, as every reader does (docs/dataset-format.md) */
 
   if (schema_at(r, "stream")) {
     j->has_stream = 1;

@@ -678,6 +678,15 @@ void serve_open_shards(const serve_source *s, int *now, int *peak) {
 
 const stats_norm *serve_norm(const serve_source *s) { return s->have_norm ? &s->norm : NULL; }
 
+int serve_rebuild_counters(const serve_source *s, int64_t *cubes, double *cpu_s, double *load_s,
+                           int64_t *loads) {
+  if (s->o.live || !s->rd) return -1;
+  h5_lock(); /* the reader thread changes them */
+  int rc = shard_reader_rebuild_counters(s->rd, cubes, cpu_s, load_s, loads);
+  h5_unlock();
+  return rc;
+}
+
 int serve_read(serve_source *s, const int64_t *idx, int n, int normalised, float *inputs,
                float *targets) {
   return read_samples(s, idx, n, normalised, inputs, targets, NULL);

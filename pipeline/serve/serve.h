@@ -98,6 +98,13 @@ int64_t serve_split_sample(const serve_source *s, int64_t k);
 void serve_shapes(const serve_source *s, uint32_t in_shape[4], uint32_t out_shape[3]);
 /* The dataset's normalisation (/stats), or NULL when it has none. */
 const stats_norm *serve_norm(const serve_source *s);
+
+/* An images-only dataset (shard_reader_images_only): input cubes rebuilt so
+ * far, the thread CPU seconds their sampling took, the model loads and their
+ * seconds (docs/benchmarks.md,
+ * the producer bound); -1 for a dataset that stores its inputs, or live. */
+int serve_rebuild_counters(const serve_source *s, int64_t *cubes, double *cpu_s, double *load_s,
+                           int64_t *loads);
 /* Read dataset samples idx[0..n) now, in the calling thread (normalised on
  * request), into inputs (n x 3 n^3) and targets (n x F n^2). Safe alongside
  * the reader thread (h5_lock). */
