@@ -120,7 +120,7 @@ static int sample_fn_adapter(void *ctx, int64_t model, int64_t view, float *inpu
 }
 
 /* `coemu serve --generate JOB`: every rank makes samples, rank 0 serves. */
-static int serve_generate(const char *job_path, serve_opts *so, const server_args *a, int fresh,
+static int serve_generate(const job *jp, serve_opts *so, const server_args *a, int fresh,
                           const char *pilot, double cache_mb, double ptimeout, const char *out) {
   int provided = 0;
   MPI_Init_thread(NULL, NULL, MPI_THREAD_SERIALIZED, &provided);
@@ -128,23 +128,27 @@ static int serve_generate(const char *job_path, serve_opts *so, const server_arg
   int rank, size;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
-  job j;
-  memset(&j, 0, sizeof j);
+  const job *j = jp;
+  const char *job_path = j->path;
   int rc = provided < MPI_THREAD_SERIALIZED
                ? ce_err("the MPI library gives thread level %d, serve --generate needs "
                         "MPI_THREAD_SERIALIZED (%d)", provided, MPI_THREAD_SERIALIZED)
-               : job_load(job_path, &j);
+               : 0;
   mpi_agree(rc);
   /* the producer of coemu generate; synthetic models under OUT/models */
   producer_set_model_cache((size_t)(cache_mb * 1048576.0));
   generate_producer p;
   memset(&p, 0, sizeof p);
-  mpi_agree(producer_open(&j, out ? out : j.out_dir, &p));
-  gensrc_opts go = {.j = &j, .split = so->split, .fresh_views = fresh, .stats_dataset = pilot,
+  mpi_agree(producer_open(j, out ? out : j->out_dir, &p));
+  gensrc_opts go = {.j = j, .split = so->split, .fresh_views = fresh, .stats_dataset = pilot,
                     .timeout_s = ptimeout, .sample = sample_fn_adapter,
                     .counters = producer_counters, .ctx = &p, .comm = MPI_COMM_WORLD};
   int ret = 0;
   if (rank > 0) {
+    /* mpirun forwards SIGINT / SIGTERM to every rank: rank 0 stops serving
+     * and then tells the workers to stop, so they wait for that */
+    signal(SIGINT, SIG_IGN);
+    signal(SIGTERM, SIG_IGN);
     if (gensrc_worker(&go) < 0) ret = 1; /* the error went to rank 0, and on to the consumer */
   } else {
     gensrc *g = NULL;
@@ -173,19 +177,29 @@ static int serve_generate(const char *job_path, serve_opts *so, const server_arg
               (long long)st.loads, (long long)st.hits, (double)st.peak_bytes / 1048576.0, cache_mb);
   }
   if (p.close) p.close(p.ctx);
-  job_free(&j);
   MPI_Finalize();
   return ret;
 }
 
+static int cmd_serve_run(char **pos, job *jp, const char *endpoint, const char *split,
+                         const char *curve_secret, const char *curve_auth, const char *order,
+                         int64_t ranks, int64_t batch, int64_t epochs, int64_t seed,
+                         int64_t prefetch, int64_t credit, int64_t maxcons, int64_t order_shards,
+                         int64_t order_buffer, int pad, int live, int generate, int fresh,
+                         const char *pilot, const char *gen_out, double model_cache_mb,
+                         int cache_given, double producer_timeout, double heartbeat,
+                         double timeout, double idle_exit);
+
 int cmd_serve(int argc, char **argv) {
-  const char *endpoint = "tcp://127.0.0.1:5555", *split = "train", *curve_secret = NULL,
-             *curve_auth = NULL, *order = "exact";
-  int64_t ranks = 1, batch = 16, epochs = 0, seed = 1234, prefetch = 4, credit = 8, maxcons = 0,
+  /* NULL / -1: not given (with --generate, the job's stream section with
+   * mode generate gives them; then the defaults below) */
+  const char *endpoint = NULL, *split = NULL, *curve_secret = NULL, *curve_auth = NULL,
+             *order = "exact";
+  int64_t ranks = -1, batch = -1, epochs = -1, seed = -1, prefetch = 4, credit = -1, maxcons = 0,
           order_shards = 0, order_buffer = 0;
   int pad = 0, live = 0, generate = 0, fresh = 0;
   const char *pilot = NULL, *gen_out = NULL;
-  double model_cache_mb = 1024, producer_timeout = 600;
+  double model_cache_mb = -1, producer_timeout = 600;
   double heartbeat = 1.0, timeout = 10.0, idle_exit = -1;
   cli_opt opts[] = {
       {"endpoint", CLI_STR, &endpoint, "URL", "where to listen (default tcp://127.0.0.1:5555; ipc://PATH)", 0, 0},
@@ -228,8 +242,52 @@ int cmd_serve(int argc, char **argv) {
   char **pos;
   cli_status r = cli_run_parse(&spec, argc, argv, &np, &pos);
   if (r != CLI_OK) return cli_exit(r);
-  if (!stream_endpoint_is_local(endpoint) && !curve_secret) {
+  job j;
+  memset(&j, 0, sizeof j);
+  if (generate && job_load(pos[0], &j) < 0) {
     free(pos);
+    return cli_fail("serve");
+  }
+  if (generate && j.has_stream && j.stream_generate) { /* the job's stream section */
+    if (!endpoint) endpoint = j.stream_endpoint;
+    if (!split) split = j.stream_split;
+    if (ranks < 0) ranks = j.stream_ranks;
+    if (batch < 0) batch = j.stream_batch;
+    if (epochs < 0) epochs = j.stream_epochs;
+    if (credit < 0) credit = j.stream_credits;
+    if (seed < 0) seed = (int64_t)j.seed; /* as the live server of the job */
+    if (!curve_secret && *j.stream_curve_secret) curve_secret = j.stream_curve_secret;
+    if (!curve_auth && *j.stream_curve_authorized) curve_auth = j.stream_curve_authorized;
+    if (j.stream_fresh_views) fresh = 1;
+    if (model_cache_mb < 0) model_cache_mb = (double)j.stream_model_cache_mb;
+  }
+  if (!endpoint) endpoint = "tcp://127.0.0.1:5555";
+  if (!split) split = "train";
+  if (ranks < 0) ranks = 1;
+  if (batch < 0) batch = 16;
+  if (epochs < 0) epochs = 0;
+  if (credit < 0) credit = 8;
+  if (seed < 0) seed = 1234;
+  int cache_given = model_cache_mb >= 0 || (generate && j.has_stream && j.stream_generate);
+  if (model_cache_mb < 0) model_cache_mb = 1024;
+  int rc = cmd_serve_run(pos, &j, endpoint, split, curve_secret, curve_auth, order, ranks, batch,
+                         epochs, seed, prefetch, credit, maxcons, order_shards, order_buffer, pad,
+                         live, generate, fresh, pilot, gen_out, model_cache_mb, cache_given,
+                         producer_timeout, heartbeat, timeout, idle_exit);
+  job_free(&j);
+  free(pos);
+  return rc;
+}
+
+static int cmd_serve_run(char **pos, job *jp, const char *endpoint, const char *split,
+                         const char *curve_secret, const char *curve_auth, const char *order,
+                         int64_t ranks, int64_t batch, int64_t epochs, int64_t seed,
+                         int64_t prefetch, int64_t credit, int64_t maxcons, int64_t order_shards,
+                         int64_t order_buffer, int pad, int live, int generate, int fresh,
+                         const char *pilot, const char *gen_out, double model_cache_mb,
+                         int cache_given, double producer_timeout, double heartbeat,
+                         double timeout, double idle_exit) {
+  if (!stream_endpoint_is_local(endpoint) && !curve_secret) {
     return cli_usage_fail("serve",
                           "endpoint %s is reachable from other machines: give --curve-secret and "
                           "--curve-authorized (coemu keygen), or use tcp://127.0.0.1:PORT or ipc://",
@@ -238,35 +296,28 @@ int cmd_serve(int argc, char **argv) {
   if (ranks < 1 || ranks > 65535 || batch < 1 || batch > 4096 || epochs < 0 || prefetch < 1 ||
       prefetch > 64 || credit < 1 || credit > 1024 || maxcons < 0 || maxcons > 1000000 ||
       epochs > UINT32_MAX) {
-    free(pos);
     return cli_usage_fail("serve", "out of range: --ranks 1..65535, --batch 1..4096, --epochs >= 0, "
                                    "--prefetch 1..64, --max-credit 1..1024, --max-consumers 1..1000000");
   }
   int omode;
   if (order_mode_parse(order, &omode) < 0) {
-    free(pos);
     return cli_usage_fail("serve", "--order: %s", ce_err_msg());
   }
   if (order_shards < 0 || order_shards > ORDER_MAX_SHARDS || order_buffer < 0) {
-    free(pos);
     return cli_usage_fail("serve", "out of range: --order-shards 1..%d, --order-buffer >= 1",
                           ORDER_MAX_SHARDS);
   }
   if ((order_shards || order_buffer) && omode != ORDER_SHARDS) {
-    free(pos);
     return cli_usage_fail("serve", "--order-shards and --order-buffer go with --order shards");
   }
-  if (!generate && (fresh || pilot || gen_out || model_cache_mb != 1024 || producer_timeout != 600)) {
-    free(pos);
+  if (!generate && (fresh || pilot || gen_out || cache_given || producer_timeout != 600)) {
     return cli_usage_fail("serve", "--fresh-views, --stats, --model-cache, --producer-timeout and "
                                    "--out go with --generate");
   }
   if (generate && live) {
-    free(pos);
     return cli_usage_fail("serve", "--live serves a dataset being made; --generate makes the samples itself: not both");
   }
   if (!(model_cache_mb > 0) || !(producer_timeout > 0)) {
-    free(pos);
     return cli_usage_fail("serve", "out of range: --model-cache > 0 MB, --producer-timeout > 0 s");
   }
   /* a consumer that stops mid-epoch must not keep an --epochs server for ever */
@@ -278,17 +329,13 @@ int cmd_serve(int argc, char **argv) {
   server_args a = {endpoint, split, curve_secret, curve_auth, ranks, batch, epochs, credit, maxcons,
                    heartbeat, timeout, idle_exit, live};
   if (generate) {
-    int rc = serve_generate(pos[0], &so, &a, fresh, pilot, model_cache_mb, producer_timeout, gen_out);
-    free(pos);
-    return rc;
+    return serve_generate(jp, &so, &a, fresh, pilot, model_cache_mb, producer_timeout, gen_out);
   }
   serve_source *src;
   if (serve_open(&so, &src) < 0) {
-    free(pos);
     return cli_fail("serve");
   }
   int rc = run_server(pos[0], src, &a);
   serve_close(src);
-  free(pos);
   return rc < 0 ? cli_fail("serve") : 0;
 }
