@@ -229,7 +229,7 @@ int cmd_serve(int argc, char **argv) {
       {"curve-authorized", CLI_STR, &curve_auth, "DIR", "directory of authorised consumer public keys (*.key)", 0, 0},
       {0}};
   const cli_command spec = {
-      "serve", "DATASET | --generate JOB [options]",
+      "serve", "(DATASET | --generate JOB) [options]",
       "Stream a dataset's split to W trainer ranks over ZeroMQ (docs/stream-protocol.md):\n"
       "a deterministic order per (seed, epoch) (--order exact: a uniform shuffle; shards:\n"
       "shard-aware), disjoint samples per rank, equal batch counts, credit-based flow\n"

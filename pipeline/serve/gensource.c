@@ -262,7 +262,17 @@ int gensrc_worker(const gensrc_opts *o) {
   for (;;) {
     MPI_Status st;
     int count = 0;
-    MPI_Probe(0, TAG_TASK, o->comm, &st);
+    /* wait for work without spinning a core (MPI_Probe busy-polls in
+     * Open MPI): a waiting rank would take CPU from the producing ones */
+    int flag = 0;
+    long nap = 50;
+    while (!flag) {
+      MPI_Iprobe(0, TAG_TASK, o->comm, &flag, &st);
+      if (!flag) {
+        pause_us(nap);
+        if (nap < 2000) nap *= 2;
+      }
+    }
     MPI_Get_count(&st, MPI_INT64_T, &count);
     if (count < 1 || count > 2 + 4096 || !task) {
       MPI_Recv(NULL, 0, MPI_INT64_T, 0, TAG_TASK, o->comm, MPI_STATUS_IGNORE);

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """On-the-fly streaming (`coemu serve --generate JOB`, docs/onthefly.md).
 
-A tiny job (4 synthetic models x 4 directions, 8^3 cubes, 3 channels) is
+A tiny job (4 synthetic models x 4 directions, 16^3 cubes, 3 channels) is
 generated and stored once; then, under mpirun -n 2:
 - every sample streamed on the fly equals the stored sample byte for byte,
   and the per-epoch order (ids) of two epochs of the train split, and of
@@ -93,11 +93,12 @@ with tempfile.TemporaryDirectory() as tmp:
     open(job, "w").write(f"""name: onfly
 inputs:
   synth: {{count: 4, seed: 11, levels: 2}}
-sampling: {{directions: 4, sampler: haar, n: 8, edge: 3.0e13, k: 2, seed: 5}}
+sampling: {{directions: 4, sampler: haar, n: 16, edge: 3.0e13, k: 2, seed: 5}}
 line: {{lamda: {LAMDA}, transition: 2, channels: {{mode: grid, vmin: -600, vmax: 600, count: 3}}}}
 output: {{directory: {ds}, samples_per_shard: 3}}
 splits: {{train: 0.5, validation: 0.25, test: 0.25, seed: 2}}
 statistics: {{compute: true}}
+stream: {{mode: generate, endpoint: "ipc://{tmp}/jobmode.sock", batch: 2, epochs: 1, split: validation}}
 """)
     g = subprocess.run(MPI + ["-n", "2", COEMU, "generate", job, "--quiet"], capture_output=True,
                        text=True, timeout=300)
@@ -109,7 +110,9 @@ statistics: {{compute: true}}
         return all(np.array_equal(ch.inputs[k], X[i]) and np.array_equal(ch.targets[k], Y[i])
                    for ch in chunks for k, i in enumerate(ch.ids))
 
-    common = ["--batch", "2", "--heartbeat", "0.2"]
+    check(not os.path.exists(os.path.join(ds, "serve.pid")),
+          "stream.mode generate: coemu generate starts no live server")
+    common = ["--batch", "2", "--heartbeat", "0.2", "--seed", "1234", "--split", "train"]
     # -- the stored dataset's stream: the reference order
     ref = {}
     for name, extra in [("exact", []), ("shards", ["--order", "shards"])]:
@@ -120,6 +123,16 @@ statistics: {{compute: true}}
         finish(p, f"serve {name}")
     check(len(ref["exact"]) == 2 and all(len(e) == 4 for e in ref["exact"]),
           f"reference: 2 epochs of 4 chunks: {[len(e) for e in ref['exact']]}")
+
+    # -- the job's stream section (mode generate) gives the settings
+    ep = f"ipc://{tmp}/jobmode.sock"
+    p = start(["--generate", job])
+    info = wait_up(ep, p)
+    check(info is not None and info.get("batch") == 2 and info.get("split") == "validation"
+          and info.get("seed") == 5 and info.get("epochs") == 1, f"settings from the job: {info}")
+    got = consume(ep)[0]
+    finish(p, "serve --generate JOB (settings from the job)")
+    check(len(ids_of(got)) == 4 and same_as_stored(got), "the job's validation split, stored bytes")
 
     # -- on the fly, exact and shards orders, two epochs
     for name, extra in [("exact", []), ("shards", ["--order", "shards"])]:
@@ -168,8 +181,8 @@ statistics: {{compute: true}}
     runs = []
     for r in range(2):
         ep = f"ipc://{tmp}/fresh{r}.sock"
-        p = start(["--generate", job, "--endpoint", ep, "--epochs", "2", "--fresh-views",
-                   "--split", "all"] + common)
+        p = start(["--generate", job, "--endpoint", ep, "--epochs", "2", "--fresh-views"] + common
+                  + ["--split", "all"])
         info = wait_up(ep, p)
         check(info is not None and info.get("fresh_views") is True, f"fresh views INFO: {info}")
         runs.append(consume(ep, epochs=2))
@@ -274,8 +287,8 @@ statistics: {{compute: true}}
     # normalised with the pilot dataset's /stats; the losses are finite and the
     # server sent every batch of both epochs
     ep = f"ipc://{tmp}/train.sock"
-    p = start(["--generate", job, "--endpoint", ep, "--epochs", "2", "--stats", ds, "--seed", "9"]
-              + common)
+    p = start(["--generate", job, "--endpoint", ep, "--epochs", "2", "--stats", ds,
+               "--idle-exit", "20"] + common)
     check(wait_up(ep, p) is not None, "serve --generate (training) up")
     tj = os.path.join(tmp, "train.yaml")
     open(tj, "w").write("name: onfly\nseed: 9\n"
