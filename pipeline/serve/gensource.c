@@ -27,7 +27,6 @@ struct gensrc {
   size_t in_vals, out_vals;
   float **rbuf;   /* per rank: its results */
   size_t *rcap;   /* bytes */
-  int64_t **task; /* per rank: [len, epoch, idx...] */
   int64_t *order; /* scratch: positions sorted by model */
   int broken;     /* a rank failed to answer: every later read fails */
   char broken_msg[GENSRC_ERR_MAX];
@@ -100,16 +99,10 @@ int gensrc_open(const gensrc_opts *o, gensrc **out) {
   g->order = ce_malloc_array(4096, sizeof(int64_t), "chunk order");
   g->rbuf = calloc((size_t)g->P, sizeof *g->rbuf);
   g->rcap = calloc((size_t)g->P, sizeof *g->rcap);
-  g->task = calloc((size_t)g->P, sizeof *g->task);
-  if (!g->split || !g->order || !g->rbuf || !g->rcap || !g->task) {
+  if (!g->split || !g->order || !g->rbuf || !g->rcap) {
     ce_err("out of memory");
     goto fail;
   }
-  for (int r = 0; r < g->P; r++)
-    if (!(g->task[r] = malloc(sizeof(int64_t) * (2 + 4096)))) {
-      ce_err("out of memory");
-      goto fail;
-    }
   int64_t ns = 0;
   for (int64_t i = 0; i < M; i++)
     if (want < 0 || g->msplit[i / j->directions] == want) g->split[ns++] = i;
@@ -164,88 +157,121 @@ static void pause_us(long us) {
   nanosleep(&ts, NULL);
 }
 
+/* The next sorted position rank r makes (-1: none left): from the front of
+ * its own region [lo, hi) of the sorted chunk, else from the back of the
+ * region with the most left (work stealing at the end of a chunk). */
+static int take(int64_t *lo, int64_t *hi, int P, int r) {
+  if (lo[r] < hi[r]) return (int)lo[r]++;
+  int best = -1;
+  for (int q = 0; q < P; q++)
+    if (hi[q] - lo[q] > 0 && (best < 0 || hi[q] - lo[q] > hi[best] - lo[best])) best = q;
+  if (best < 0) return -1;
+  return (int)--hi[best];
+}
+
+#define GENSRC_DEPTH 2 /* samples sent ahead to each rank */
+
 int gensrc_read(void *vg, uint32_t epoch, const int64_t *idx, int n, float *inputs,
                 float *targets) {
   gensrc *g = vg;
   if (g->broken) CE_FAIL("%s", g->broken_msg);
   if (n > 4096) CE_FAIL("gensource: %d samples in one chunk (at most 4096)", n);
+  const int P = g->P;
   const size_t per = (g->in_vals + g->out_vals) * sizeof(float);
-  /* positions sorted by model, cut into P runs */
+  /* positions sorted by model; rank r's region is the r-th of P nearly
+   * equal runs, so a rank makes a model's directions together */
   for (int k = 0; k < n; k++) g->order[k] = k;
   g_sort_job = g->o.j, g_sort_idx = idx;
   qsort(g->order, (size_t)n, sizeof *g->order, by_model);
-  MPI_Request *req = calloc((size_t)g->P, sizeof *req);
-  if (!req) CE_FAIL("out of memory");
-  for (int r = 0; r < g->P; r++) req[r] = MPI_REQUEST_NULL;
-  int rc = 0;
-  for (int r = 1; r < g->P && rc == 0; r++) {
-    int lo = (int)((int64_t)n * r / g->P), hi = (int)((int64_t)n * (r + 1) / g->P);
-    if (hi <= lo) continue;
-    size_t need = (size_t)(hi - lo) * per;
-    if (need < GENSRC_ERR_MAX) need = GENSRC_ERR_MAX;
+  int64_t *lo = calloc((size_t)P, sizeof *lo), *hi = calloc((size_t)P, sizeof *hi);
+  MPI_Request *req = calloc((size_t)P * GENSRC_DEPTH, sizeof *req);
+  int *pos = calloc((size_t)P * GENSRC_DEPTH, sizeof *pos);
+  double *since = calloc((size_t)P * GENSRC_DEPTH, sizeof *since);
+  if (!lo || !hi || !req || !pos || !since) {
+    free(lo), free(hi), free(req), free(pos), free(since);
+    CE_FAIL("out of memory");
+  }
+  for (int r = 0; r < P; r++) lo[r] = (int64_t)n * r / P, hi[r] = (int64_t)n * (r + 1) / P;
+  for (int q = 0; q < P * GENSRC_DEPTH; q++) req[q] = MPI_REQUEST_NULL, pos[q] = -1;
+  int rc = 0, busy = 0;
+  for (int r = 1; r < P && rc == 0; r++) {
+    size_t need = GENSRC_DEPTH * (per > GENSRC_ERR_MAX ? per : GENSRC_ERR_MAX);
     if (need > g->rcap[r]) {
       free(g->rbuf[r]);
       g->rbuf[r] = malloc(need);
       g->rcap[r] = g->rbuf[r] ? need : 0;
-      if (!g->rbuf[r]) {
-        rc = ce_err("out of memory for rank %d's samples", r);
-        break;
+      if (!g->rbuf[r]) rc = ce_err("out of memory for rank %d's samples", r);
+    }
+  }
+  const size_t slot_bytes = per > GENSRC_ERR_MAX ? per : GENSRC_ERR_MAX;
+  for (;;) {
+    /* keep every other rank GENSRC_DEPTH samples ahead */
+    for (int r = 1; r < P && rc == 0; r++)
+      for (int d = 0; d < GENSRC_DEPTH; d++) {
+        int q = r * GENSRC_DEPTH + d;
+        if (pos[q] >= 0) continue;
+        int k = take(lo, hi, P, r);
+        if (k < 0) break;
+        int64_t msg[3] = {1, epoch, idx[g->order[k]]};
+        char *buf = (char *)g->rbuf[r] + (size_t)d * slot_bytes;
+        if (MPI_Irecv(buf, (int)slot_bytes, MPI_BYTE, r, MPI_ANY_TAG, g->o.comm, &req[q]) !=
+                MPI_SUCCESS ||
+            MPI_Send(msg, 3, MPI_INT64_T, r, TAG_TASK, g->o.comm) != MPI_SUCCESS) {
+          rc = ce_err("cannot send work to producer rank %d", r);
+          break;
+        }
+        pos[q] = k, since[q] = ce_now(), busy++;
       }
+    /* collect what came back */
+    for (int q = GENSRC_DEPTH; q < P * GENSRC_DEPTH && busy > 0; q++) {
+      if (pos[q] < 0) continue;
+      int r = q / GENSRC_DEPTH, done = 0;
+      MPI_Status st;
+      MPI_Test(&req[q], &done, &st);
+      if (!done) {
+        if (ce_now() - since[q] > g->o.timeout_s) {
+          MPI_Cancel(&req[q]);
+          g->broken = 1;
+          snprintf(g->broken_msg, sizeof g->broken_msg,
+                   "producer rank %d of %d did not return its sample within %g s (has it died?): "
+                   "the stream cannot go on without it",
+                   r, P, g->o.timeout_s);
+          if (rc == 0) rc = ce_err("%s", g->broken_msg);
+          pos[q] = -1, busy--;
+        }
+        continue;
+      }
+      const char *buf = (const char *)g->rbuf[r] + (size_t)(q % GENSRC_DEPTH) * slot_bytes;
+      if (st.MPI_TAG == TAG_ERROR) {
+        char msg[GENSRC_ERR_MAX];
+        int len = 0;
+        MPI_Get_count(&st, MPI_BYTE, &len);
+        if (len < 1) len = 1;
+        if (len > GENSRC_ERR_MAX) len = GENSRC_ERR_MAX;
+        memcpy(msg, buf, (size_t)len);
+        msg[len - 1] = 0;
+        if (rc == 0) rc = ce_err("producer rank %d: %s", r, msg);
+      } else if (rc == 0) {
+        int at = (int)g->order[pos[q]];
+        const float *src = (const float *)buf;
+        memcpy(inputs + (size_t)at * g->in_vals, src, g->in_vals * sizeof(float));
+        memcpy(targets + (size_t)at * g->out_vals, src + g->in_vals, g->out_vals * sizeof(float));
+      }
+      pos[q] = -1, busy--;
     }
-    int64_t *t = g->task[r];
-    t[0] = hi - lo, t[1] = epoch;
-    for (int k = lo; k < hi; k++) t[2 + k - lo] = idx[g->order[k]];
-    if (MPI_Irecv(g->rbuf[r], (int)need, MPI_BYTE, r, MPI_ANY_TAG, g->o.comm, &req[r]) !=
-            MPI_SUCCESS ||
-        MPI_Send(t, 2 + hi - lo, MPI_INT64_T, r, TAG_TASK, g->o.comm) != MPI_SUCCESS)
-      rc = ce_err("cannot send work to producer rank %d", r);
-  }
-  /* rank 0's own run, meanwhile */
-  int hi0 = (int)((int64_t)n / g->P);
-  for (int k = 0; k < hi0 && rc == 0; k++) {
-    int at = (int)g->order[k];
-    rc = make_one(&g->o, g->msplit, epoch, idx[at], inputs + (size_t)at * g->in_vals,
-                  targets + (size_t)at * g->out_vals, &g->made, &g->secs);
-  }
-  double t0 = ce_now();
-  for (int r = 1; r < g->P; r++) {
-    if (req[r] == MPI_REQUEST_NULL) continue;
-    MPI_Status st;
-    int done = 0;
-    while (!done) {
-      MPI_Test(&req[r], &done, &st);
-      if (done) break;
-      if (ce_now() - t0 > g->o.timeout_s) break;
-      pause_us(200);
-    }
-    if (!done) {
-      MPI_Cancel(&req[r]);
-      g->broken = 1;
-      snprintf(g->broken_msg, sizeof g->broken_msg,
-               "producer rank %d of %d did not return its samples within %g s (has it died?): "
-               "the stream cannot go on without it",
-               r, g->P, g->o.timeout_s);
-      if (rc == 0) rc = ce_err("%s", g->broken_msg);
-      continue;
-    }
-    if (st.MPI_TAG == TAG_ERROR) {
-      char *msg = (char *)g->rbuf[r];
-      int len = 0;
-      MPI_Get_count(&st, MPI_BYTE, &len);
-      msg[len > 0 && len < GENSRC_ERR_MAX ? len - 1 : GENSRC_ERR_MAX - 1] = 0;
-      if (rc == 0) rc = ce_err("producer rank %d: %s", r, msg);
-      continue;
-    }
-    if (rc < 0) continue;
-    int lo = (int)((int64_t)n * r / g->P), hi = (int)((int64_t)n * (r + 1) / g->P);
-    for (int k = lo; k < hi; k++) {
+    if (g->broken) break; /* a rank that does not answer: stop here */
+    /* one sample of rank 0's own, then look again */
+    int k = rc == 0 ? take(lo, hi, P, 0) : -1;
+    if (k >= 0) {
       int at = (int)g->order[k];
-      const float *src = g->rbuf[r] + (size_t)(k - lo) * (g->in_vals + g->out_vals);
-      memcpy(inputs + (size_t)at * g->in_vals, src, g->in_vals * sizeof(float));
-      memcpy(targets + (size_t)at * g->out_vals, src + g->in_vals, g->out_vals * sizeof(float));
+      rc = make_one(&g->o, g->msplit, epoch, idx[at], inputs + (size_t)at * g->in_vals,
+                    targets + (size_t)at * g->out_vals, &g->made, &g->secs);
+      continue;
     }
+    if (busy == 0) break; /* nothing left to make (take steals from every region) */
+    pause_us(100);
   }
-  free(req);
+  free(lo), free(hi), free(req), free(pos), free(since);
   return rc;
 }
 
@@ -337,10 +363,8 @@ void gensrc_close(gensrc *g, gensrc_stats *st) {
     *st = (gensrc_stats){g->P, isum[0], secs, isum[1], isum[2], (size_t)pmax};
 done:
   for (int r = 0; g->rbuf && r < g->P; r++) free(g->rbuf[r]);
-  for (int r = 0; g->task && r < g->P; r++) free(g->task[r]);
   free(g->rbuf);
   free(g->rcap);
-  free(g->task);
   free(g->order);
   free(g->split);
   free(g->msplit);

@@ -14,12 +14,15 @@
  * every sample is byte for byte the stored one.
  *
  * Work: serve's reader thread asks for one chunk (a batch) at a time; its
- * samples are sorted by model and cut into P contiguous runs of nearly equal
- * length, one per rank, so that a rank makes the directions of a model
- * together (its model cache then loads a model once per chunk at most, and
- * once per epoch where the order keeps a model's samples together, e.g.
- * --order shards). Rank 0 makes its run in the reader thread while the others
- * make theirs; results come back by MPI (one message per rank and chunk).
+ * samples are sorted by model and cut into P nearly equal regions, one per
+ * rank, so that a rank makes the directions of a model together (its model
+ * cache then loads a model once per chunk at most, and once per epoch where
+ * the order keeps a model's samples together, e.g. --order shards). Each
+ * rank takes from the front of its own region and, once it is empty, steals
+ * from the back of the fullest one, so no rank idles while the chunk has
+ * work. Rank 0 makes its samples one at a time in the reader thread and, in
+ * between, keeps every other rank GENSRC_DEPTH (2) samples ahead: one sample
+ * per MPI message each way.
  * MPI must be initialised with at least MPI_THREAD_SERIALIZED: on rank 0
  * only the reader thread talks MPI while serving.
  *
