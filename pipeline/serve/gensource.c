@@ -210,6 +210,14 @@ int gensrc_read(void *vg, uint32_t epoch, const int64_t *idx, int n, float *inpu
       for (int d = 0; d < GENSRC_DEPTH; d++) {
         int q = r * GENSRC_DEPTH + d;
         if (pos[q] >= 0) continue;
+        int mine = 0;
+        for (int e = 0; e < GENSRC_DEPTH; e++) mine += pos[r * GENSRC_DEPTH + e] >= 0;
+        if (mine > 0) { /* a sample queued behind the one being made: only while there is
+                        enough left for every rank, so the chunk's end is not held up */
+          int64_t left = 0;
+          for (int x = 0; x < P; x++) left += hi[x] - lo[x];
+          if (left < P) break;
+        }
         int k = take(lo, hi, P, r);
         if (k < 0) break;
         int64_t msg[3] = {1, epoch, idx[g->order[k]]};
@@ -275,24 +283,38 @@ int gensrc_read(void *vg, uint32_t epoch, const int64_t *idx, int n, float *inpu
   return rc;
 }
 
+/* Wait for a request without spinning a core (MPI_Wait busy-polls in Open
+ * MPI): a waiting rank would take CPU from the producing ones. */
+static void wait_quietly(MPI_Request *r) {
+  int done = 0;
+  long nap = 50;
+  while (*r != MPI_REQUEST_NULL) {
+    MPI_Test(r, &done, MPI_STATUS_IGNORE);
+    if (done) break;
+    pause_us(nap);
+    if (nap < 2000) nap *= 2;
+  }
+}
+
 int gensrc_worker(const gensrc_opts *o) {
   const job *j = o->j;
   const size_t in_vals = 3 * (size_t)j->n * j->n * j->n, out_vals = (size_t)j->nf * j->n * j->n;
   uint8_t *msplit = model_splits(j);
   int64_t *task = malloc(sizeof(int64_t) * (2 + 4096));
-  float *buf = NULL;
-  size_t cap = 0;
+  /* two result buffers: a result is sent (MPI_Isend) while the next sample
+   * is made, since a large message moves only when rank 0 next calls MPI */
+  float *buf[2] = {NULL, NULL};
+  size_t cap[2] = {0, 0};
+  MPI_Request sent[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
+  int cur = 0;
   int64_t made = 0;
   double secs = 0;
   int rc = msplit && task ? 0 : -1, failed = rc;
   for (;;) {
     MPI_Status st;
-    int count = 0;
-    /* wait for work without spinning a core (MPI_Probe busy-polls in
-     * Open MPI): a waiting rank would take CPU from the producing ones */
-    int flag = 0;
+    int count = 0, flag = 0;
     long nap = 50;
-    while (!flag) {
+    while (!flag) { /* as wait_quietly */
       MPI_Iprobe(0, TAG_TASK, o->comm, &flag, &st);
       if (!flag) {
         pause_us(nap);
@@ -307,15 +329,16 @@ int gensrc_worker(const gensrc_opts *o) {
     MPI_Recv(task, count, MPI_INT64_T, 0, TAG_TASK, o->comm, MPI_STATUS_IGNORE);
     int64_t n = task[0];
     if (n < 0) break; /* stop */
+    wait_quietly(&sent[cur]); /* this buffer's last result has gone */
     size_t need = (size_t)n * (in_vals + out_vals) * sizeof(float);
-    if (need > cap) {
-      free(buf);
-      buf = malloc(need);
-      cap = buf ? need : 0;
+    if (need > cap[cur]) {
+      free(buf[cur]);
+      buf[cur] = malloc(need);
+      cap[cur] = buf[cur] ? need : 0;
     }
-    rc = buf && msplit ? 0 : ce_err("producer rank: out of memory");
+    rc = buf[cur] && msplit ? 0 : ce_err("producer rank: out of memory");
     for (int64_t k = 0; k < n && rc == 0; k++) {
-      float *in = buf + (size_t)k * (in_vals + out_vals);
+      float *in = buf[cur] + (size_t)k * (in_vals + out_vals);
       rc = make_one(o, msplit, (uint32_t)task[1], task[2 + k], in, in + in_vals, &made, &secs);
     }
     if (rc < 0) {
@@ -324,9 +347,12 @@ int gensrc_worker(const gensrc_opts *o) {
       MPI_Send(msg, (int)strlen(msg) + 1, MPI_BYTE, 0, TAG_ERROR, o->comm);
       failed = -1;
     } else {
-      MPI_Send(buf, (int)need, MPI_BYTE, 0, TAG_RESULT, o->comm);
+      MPI_Isend(buf[cur], (int)need, MPI_BYTE, 0, TAG_RESULT, o->comm, &sent[cur]);
+      cur ^= 1;
     }
   }
+  wait_quietly(&sent[0]);
+  wait_quietly(&sent[1]);
   /* the final counters (gensrc_close) */
   int64_t loads = 0, hits = 0;
   size_t peak = 0;
@@ -336,7 +362,8 @@ int gensrc_worker(const gensrc_opts *o) {
   MPI_Reduce(iv, isum, 3, MPI_INT64_T, MPI_SUM, 0, o->comm);
   MPI_Reduce(&secs, NULL, 1, MPI_DOUBLE, MPI_SUM, 0, o->comm);
   MPI_Reduce(&pk, &pmax, 1, MPI_UINT64_T, MPI_MAX, 0, o->comm);
-  free(buf);
+  free(buf[0]);
+  free(buf[1]);
   free(task);
   free(msplit);
   return failed;
