@@ -3,7 +3,7 @@
 docs/benchmarks.md "On-the-fly streaming").
 
     python3 scripts/bench_onfly.py [--job jobs/demo.yaml] [--ranks 2] [--epochs 1]
-                                   [--batch 16] [--order exact|shards]
+                                   [--batch 16] [--order exact|shards] [--model-cache MB]
 
 Starts `mpirun -n RANKS coemu serve --generate JOB` and one consumer (the
 Python client) that reads EPOCHS epochs of the train split. The producer
@@ -33,6 +33,7 @@ ap.add_argument("--ranks", type=int, default=2)
 ap.add_argument("--epochs", type=int, default=1)
 ap.add_argument("--batch", type=int, default=16)
 ap.add_argument("--order", default="exact")
+ap.add_argument("--model-cache", default="1024", help="MB per producer rank (coemu serve --model-cache)")
 ap.add_argument("--out", default=None, help="where synthetic models go (default: a temporary folder)")
 a = ap.parse_args()
 
@@ -40,7 +41,7 @@ with tempfile.TemporaryDirectory() as tmp:
     ep = f"ipc://{tmp}/bench.sock"
     cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", str(a.ranks), a.coemu, "serve",
            "--generate", a.job, "--endpoint", ep, "--epochs", str(a.epochs), "--batch",
-           str(a.batch), "--order", a.order, "--out", a.out or tmp]
+           str(a.batch), "--order", a.order, "--out", a.out or tmp, "--model-cache", a.model_cache]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     p = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     info = None

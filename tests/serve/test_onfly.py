@@ -35,7 +35,7 @@ from pycheck import check, report  # noqa: E402
 
 COEMU = os.environ.get("COEMU", "build/pipeline/coemu")
 MPI = [os.environ.get("COEMU_MPIEXEC", "mpirun"), "--allow-run-as-root", "--oversubscribe"]
-LAMDA = os.path.join(ROOT, "tests", "data", "lamda", "co.dat")
+LAMDA = os.path.join(os.path.abspath(ROOT), "tests", "data", "lamda", "co.dat")
 
 
 def start(args, mpi=True):
