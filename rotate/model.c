@@ -31,6 +31,7 @@ void model_free(ce_model *m) {
   if (!m) return;
   pthread_mutex_destroy(&m->nodal_lock);
   free(m->nodal);
+  free(m->limited);
   free(m->ids);
   free(m->cells);
   free(m->root);

@@ -52,6 +52,9 @@ typedef struct ce_model {
   model_real *nodal;
   int64_t nnodal; /* nodes per leaf */
   pthread_mutex_t nodal_lock;
+  /* The limited reconstruction's per-cell records (sampler_limited_build,
+   * rotate/sampler.c; built under nodal_lock); NULL until built. */
+  model_real *limited;
 } ce_model;
 
 /* Read MODEL.dat and its units sidecar (units_path NULL: MODEL.units.yaml,

@@ -17,13 +17,114 @@
 #endif
 
 const char *sampler_recon_name(int r) {
-  return r == SAMPLER_CONSTANT ? "constant" : r == SAMPLER_LINEAR ? "linear" : NULL;
+  return r == SAMPLER_CONSTANT ? "constant"
+         : r == SAMPLER_LINEAR ? "linear"
+         : r == SAMPLER_LIMITED ? "limited"
+                                : NULL;
 }
 
 int sampler_recon_parse(const char *name) {
   if (!strcmp(name, "constant")) return SAMPLER_CONSTANT;
   if (!strcmp(name, "linear")) return SAMPLER_LINEAR;
+  if (!strcmp(name, "limited")) return SAMPLER_LIMITED;
   return -1;
+}
+
+static inline double minmod(double a, double b) {
+  return a > 0 && b > 0 ? fmin(a, b) : a < 0 && b < 0 ? fmax(a, b) : 0;
+}
+
+/* sampler.h. Slopes in double from the float cells, stored as float. */
+int sampler_limited_build(ce_model *m) {
+  pthread_mutex_lock(&m->nodal_lock);
+  if (m->limited) {
+    pthread_mutex_unlock(&m->nodal_lock);
+    return 0;
+  }
+  const int64_t nc = m->ncell, S = SAMPLER_LIMITED_STRIDE;
+  model_real *rec = ce_malloc_array((size_t)(m->nleaves * nc), S * sizeof(model_real),
+                                    "limited reconstruction");
+  if (!rec) {
+    pthread_mutex_unlock(&m->nodal_lock);
+    return -1;
+  }
+  model_cache cache = {0};
+  for (int64_t L = 0; L < m->nleaves; L++) {
+    const int sh = m->levmax - m->ids[L].level;
+    const int64_t span = (int64_t)1 << sh;
+    for (int64_t c = 0; c < nc; c++) {
+      const int64_t ic[3] = {c % m->bnx[0], (c / m->bnx[0]) % m->bnx[1],
+                             c / ((int64_t)m->bnx[0] * m->bnx[1])};
+      double ctr[3]; /* the centre in finest-cell units */
+      for (int d = 0; d < 3; d++)
+        ctr[d] = (double)(((int64_t)(m->ids[L].ig[d] - 1) * m->bnx[d] + ic[d]) * span) +
+                 0.5 * (double)span;
+      const model_real *v = m->cells + (L * nc + c) * MODEL_NF;
+      model_real *r = rec + (L * nc + c) * S;
+      double lo[MODEL_NF], hi[MODEL_NF], sl[3][MODEL_NF];
+      for (int f = 0; f < MODEL_NF; f++) lo[f] = hi[f] = v[f];
+      for (int d = 0; d < 3; d++) {
+        double dv[2][MODEL_NF];
+        int have[2] = {0, 0};
+        for (int side = 0; side < 2; side++) {
+          /* the point just past the face centre (half a finest cell) */
+          double t[3] = {ctr[0], ctr[1], ctr[2]};
+          t[d] += (side ? 1 : -1) * 0.5 * (double)(span + 1);
+          if (!(t[d] >= 0 && t[d] < (double)m->nfine[d])) continue;
+          const int64_t fi[3] = {(int64_t)t[0], (int64_t)t[1], (int64_t)t[2]};
+          int64_t nb = model_find(m, fi, &cache);
+          int64_t nloc = nb - cache.base, span_nb = (int64_t)1 << cache.shift;
+          int64_t id = d == 0   ? nloc % m->bnx[0]
+                       : d == 1 ? (nloc / m->bnx[0]) % m->bnx[1]
+                                : nloc / ((int64_t)m->bnx[0] * m->bnx[1]);
+          double cnb = (double)(cache.lo[d] + id * span_nb) + 0.5 * (double)span_nb;
+          double dist = fabs(cnb - ctr[d]);
+          const model_real *w = m->cells + nb * MODEL_NF;
+          for (int f = 0; f < MODEL_NF; f++) {
+            dv[side][f] = ((double)w[f] - (double)v[f]) / dist * (side ? 1 : -1);
+            lo[f] = fmin(lo[f], w[f]);
+            hi[f] = fmax(hi[f], w[f]);
+          }
+          have[side] = 1;
+        }
+        for (int f = 0; f < MODEL_NF; f++)
+          sl[d][f] = have[0] && have[1]
+                         ? minmod(0.5 * (dv[0][f] + dv[1][f]),
+                                  minmod(2 * dv[0][f], 2 * dv[1][f]))
+                         : 0;
+      }
+      for (int f = 0; f < MODEL_NF; f++) {
+        double ext = 0, room = fmin(hi[f] - v[f], v[f] - lo[f]);
+        for (int d = 0; d < 3; d++) ext += fabs(sl[d][f]) * 0.5 * (double)span;
+        double phi = ext > room ? room / ext : 1;
+        for (int d = 0; d < 3; d++) r[8 + 3 * f + d] = (model_real)(sl[d][f] * phi);
+        r[3 + f] = v[f];
+      }
+      for (int d = 0; d < 3; d++) r[d] = (model_real)ctr[d];
+      r[23] = 0;
+    }
+  }
+  m->limited = rec;
+  pthread_mutex_unlock(&m->nodal_lock);
+  return 0;
+}
+
+/* The values of points j (fine-cell coordinates t = A + B uz[j]) in leaf
+ * cells idx[j] (-1: none) under the limited reconstruction, into
+ * pts[j * MODEL_NF ..]; in double, n and T kept >= 0 against round-off. */
+static void limited_points(const ce_model *m, const double A[3], const double B[3],
+                           const double *uz, int nk, const int64_t *idx, model_real *pts) {
+  for (int j = 0; j < nk; j++) {
+    if (idx[j] < 0) continue;
+    const model_real *r = m->limited + idx[j] * SAMPLER_LIMITED_STRIDE;
+    const double d0 = A[0] + B[0] * uz[j] - r[0], d1 = A[1] + B[1] * uz[j] - r[1],
+                 d2 = A[2] + B[2] * uz[j] - r[2];
+    for (int f = 0; f < MODEL_NF; f++) {
+      const model_real *s = r + 8 + 3 * f;
+      double x = (double)r[3 + f] + (double)s[0] * d0 + (double)s[1] * d1 + (double)s[2] * d2;
+      pts[j * MODEL_NF + f] = (model_real)(f <= MODEL_T && x < 0 ? 0 : x);
+    }
+  }
 }
 
 void sampler_defaults(sampler_opts *o) {
@@ -541,8 +642,10 @@ static int sample(const ce_model *m, const double q[4], const sampler_opts *o, f
                   float *T, float *n_co, int nextra, const float *const *fields, const float *bgx,
                   float *const *out) {
   CE_TRY(sampler_check(m, o));
-  const int linear = o->reconstruction == SAMPLER_LINEAR;
+  const int linear = o->reconstruction == SAMPLER_LINEAR,
+            limited = o->reconstruction == SAMPLER_LIMITED, pointwise = linear || limited;
   if (linear) CE_TRY(model_nodal_build((ce_model *)m)); /* once per model, under its lock */
+  if (limited) CE_TRY(sampler_limited_build((ce_model *)m));
   double R[9], c[3];
   dir_matrix(q, R);
   model_centre(m, c);
@@ -553,11 +656,12 @@ static int sample(const ce_model *m, const double q[4], const sampler_opts *o, f
   double *sums = malloc(sizeof(double) * 8 * (size_t)n);
   /* linear: the points' values (read by sum_column as cells, + 3 floats of
    * slack for its 8-lane loads) and their leaf cells */
-  int64_t *nidx = linear && nextra ? malloc(sizeof(int64_t) * (size_t)nk * k * k) : NULL;
-  model_real *fr = linear ? calloc((size_t)nk * k * k * MODEL_NF + 8, sizeof(model_real)) : NULL;
+  int64_t *nidx = pointwise && nextra ? malloc(sizeof(int64_t) * (size_t)nk * k * k) : NULL;
+  model_real *fr =
+      pointwise ? calloc((size_t)nk * k * k * MODEL_NF + 8, sizeof(model_real)) : NULL;
   leaf_trail trail = {malloc(sizeof(model_cache) * (size_t)nk),
                       malloc(sizeof(model_cache) * (size_t)nk), 0, 0, 0};
-  if (!uz || !idx || !sums || !trail.prev || !trail.cur || (linear && ((nextra && !nidx) || !fr))) {
+  if (!uz || !idx || !sums || !trail.prev || !trail.cur || (pointwise && ((nextra && !nidx) || !fr))) {
     free(nidx);
     free(fr);
     free(uz);
@@ -585,7 +689,7 @@ static int sample(const ce_model *m, const double q[4], const sampler_opts *o, f
           double lb[3], A[3], B[3];
           int64_t *line = idx + (size_t)(a * k + b) * nk;
           int64_t *nline = nidx ? nidx + (size_t)(a * k + b) * nk : NULL;
-          model_real *fline = linear ? fr + (size_t)(a * k + b) * nk * MODEL_NF : NULL;
+          model_real *fline = pointwise ? fr + (size_t)(a * k + b) * nk * MODEL_NF : NULL;
           for (int d = 0; d < 3; d++) {
             lb[d] = c[d] + R[3 * d] * ux + R[3 * d + 1] * uy;
             A[d] = (lb[d] - m->xmin[d]) * m->inv_dxf[d];
@@ -612,16 +716,24 @@ static int sample(const ce_model *m, const double q[4], const sampler_opts *o, f
           } else {
             walk_line(m, A, B, uz, nk, nk / o->edge, line, &trail);
           }
+          if (limited) { /* the cells' slopes at the points; idx then as linear's */
+            limited_points(m, A, B, uz, nk, line, fline);
+            const int64_t first = (int64_t)(a * k + b) * nk;
+            for (int j = 0; j < nk; j++) {
+              if (nline) nline[j] = line[j];
+              line[j] = line[j] >= 0 ? first + j : -1;
+            }
+          }
         }
       size_t at = ((size_t)ix * n + iy) * n;
       /* linear: the points' values stand in for the cells */
-      const model_real *src = linear ? fr : m->cells;
+      const model_real *src = pointwise ? fr : m->cells;
       if (k == 2)
         sum_column(src, bg, idx, n, 2, l, inv, sums, v_los + at, T + at, n_co + at);
       else
         sum_column(src, bg, idx, n, k, l, inv, sums, v_los + at, T + at, n_co + at);
       if (nextra)
-        extra_column(m->cells, bg, linear ? nidx : idx, n, k, inv, nextra, fields, bgx, out, at);
+        extra_column(m->cells, bg, pointwise ? nidx : idx, n, k, inv, nextra, fields, bgx, out, at);
     }
   free(uz);
   free(idx);

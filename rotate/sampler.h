@@ -36,10 +36,14 @@
  *   COEmuNet-compat reference);
  * LINEAR: the trilinear interpolation of (n_CO, T, v) between the corners of
  *   the leaf cell holding it (model_nodal_build): continuous across all
- *   faces, coarse-fine ones included, exact on linear fields. */
-typedef enum { SAMPLER_CONSTANT = 0, SAMPLER_LINEAR = 1 } sampler_recon;
-#define SAMPLER_RECON_NAMES "constant | linear"
-/* "constant" / "linear"; NULL for an unknown value */
+ *   faces, coarse-fine ones included, exact on linear fields;
+ * LIMITED: the leaf cell's value plus limited slopes of (n_CO, T, v) times
+ *   the offset from the cell's centre (sampler_limited_build): each cell's
+ *   average kept, no value outside the range of the cell and its face
+ *   neighbours (monotone), discontinuous at faces. */
+typedef enum { SAMPLER_CONSTANT = 0, SAMPLER_LINEAR = 1, SAMPLER_LIMITED = 2 } sampler_recon;
+#define SAMPLER_RECON_NAMES "constant | linear | limited"
+/* "constant" / "linear" / "limited"; NULL for an unknown value */
 const char *sampler_recon_name(int r);
 /* the value for a name, or -1 */
 int sampler_recon_parse(const char *name);
@@ -53,6 +57,20 @@ typedef struct {
   double bg_n, bg_T;  /* background n_CO [m^-3] and T [K] */
   int reconstruction; /* sampler_recon */
 } sampler_opts;
+
+/* The limited reconstruction's records (docs/sampling.md), once per model
+ * and thread-safe (under m->nodal_lock), SAMPLER_LIMITED_STRIDE floats per
+ * leaf cell: the centre in finest-cell units (3), the cell's (n, T, vx, vy,
+ * vz) (5), and per field the slopes along x, y, z per finest cell (15).
+ * Along each axis the slope is minmod of the differences to the face
+ * neighbours (the leaf cell holding the point just past the face centre:
+ * one of the finer cells there, or the coarser cell) divided by the
+ * distance between the centres, 0 on the domain's faces; then all three are
+ * scaled down together where their largest excursion, the sum over axes of
+ * |slope| * half the cell, would leave the range of the cell and its face
+ * neighbours. 0, or -1 (out of memory). sample_cube builds them itself. */
+#define SAMPLER_LIMITED_STRIDE 24
+int sampler_limited_build(ce_model *m);
 
 /* Defaults: n = 64, k = 2, no fill, background 0, reconstruction linear.
  * edge and ball_radius 0. */

@@ -2,8 +2,8 @@
  * one thread, Haar rotations) from a 2-level model (agbwind3d_0000.dat with
  * its sidecar) and a 4-level model built in memory (an analytic wind on a
  * forest refined towards the centre), on the CPU for each reconstruction
- * (the corner values of `linear` are built before the clock starts: once per
- * model). With --device cuda (the constant reconstruction, the only one the
+ * (the corner values of `linear` and the slopes of `limited` are built before
+ * the clock starts: once per model). With --device cuda (the constant reconstruction, the only one the
  * device sampler has): cubes per second
  * of batches of --batch directions sampled on the GPU (copies to the host
  * included), and samples per second of sample + LTE solve (7 COEmuNet
@@ -55,6 +55,7 @@ static int run(const char *label, const ce_model *m, int reps, int recon) {
   sampler_defaults(&o);
   o.reconstruction = recon;
   if (recon == SAMPLER_LINEAR && model_nodal_build((ce_model *)m) < 0) return -1;
+  if (recon == SAMPLER_LIMITED && sampler_limited_build((ce_model *)m) < 0) return -1;
   o.ball_radius = model_half_extent(m);
   o.edge = 2 * o.ball_radius / sqrt(3.0);
   size_t N = 64 * 64 * 64;
@@ -80,10 +81,11 @@ static int run(const char *label, const ce_model *m, int reps, int recon) {
   return 0;
 }
 
-/* both reconstructions on the CPU */
+/* the reconstructions on the CPU */
 static int run_cpu(const char *label, const ce_model *m, int reps) {
   CE_TRY(run(label, m, reps, SAMPLER_CONSTANT));
-  return run(label, m, reps, SAMPLER_LINEAR);
+  CE_TRY(run(label, m, reps, SAMPLER_LINEAR));
+  return run(label, m, reps, SAMPLER_LIMITED);
 }
 
 static int cmp_d(const void *x, const void *y) {

@@ -48,7 +48,7 @@ static void stop(serve_source *src, bench_server *t) {
 }
 
 /* The C consumer: GB/s and samples/s over epochs 1.. (epoch 0 warms up). */
-static int run_c(const serve_bench *b, const char *ep, double *gbs, double *sps) {
+static int run_c(const serve_bench *b, const char *ep, double *gbs, double *sps, double *cpu_gb) {
   serve_source *src;
   bench_server t;
   CE_TRY(start(b, ep, &src, &t));
@@ -60,7 +60,7 @@ static int run_c(const serve_bench *b, const char *ep, double *gbs, double *sps)
   }
   stream_chunk_view v;
   int r, ends = 0, rc = 0;
-  double t0 = 0;
+  double t0 = 0, cpu0 = 0;
   uint64_t bytes0 = 0, samples0 = 0;
   while (ends < b->epochs && (r = stream_client_next(c, &v)) >= 0) {
     if (r == 0 && ++ends == 1) { /* epoch 0 done: the timed part starts */
@@ -69,21 +69,24 @@ static int run_c(const serve_bench *b, const char *ep, double *gbs, double *sps)
       bytes0 = st.bytes;
       samples0 = st.samples;
       t0 = ce_now();
+      cpu0 = bench_cpu_s();
     }
   }
   if (ends < b->epochs) rc = ce_err_prefix("bench serve: the C consumer");
-  double t1 = ce_now();
+  double t1 = ce_now(), cpu1 = bench_cpu_s();
   stream_client_stats st;
   stream_client_get_stats(c, &st);
   stream_client_close(c);
   stop(src, &t);
   *gbs = (double)(st.bytes - bytes0) / (t1 - t0) / 1e9;
   *sps = (double)(st.samples - samples0) / (t1 - t0);
+  *cpu_gb = (cpu1 - cpu0) / ((double)(st.bytes - bytes0) / 1e9);
   return rc;
 }
 
 /* The Python client (coemu_stream from b->python) in a child process. */
-static int run_python(const serve_bench *b, const char *ep, double *gbs, double *sps) {
+static int run_python(const serve_bench *b, const char *ep, double *gbs, double *sps,
+                      double *py_cpu_gb) {
   serve_source *src;
   bench_server t;
   CE_TRY(start(b, ep, &src, &t));
@@ -94,26 +97,26 @@ static int run_python(const serve_bench *b, const char *ep, double *gbs, double 
            "sys.path.insert(0, \"%s\")\n"
            "import coemu_stream as cs\n"
            "c = cs.StreamClient(\"%s\", rank=0, world=1, credit=%d, timeout_s=60)\n"
-           "ends, nb, ns, t0 = 0, 0, 0, 0.0\n"
+           "ends, nb, ns, t0, c0 = 0, 0, 0, 0.0, 0.0\n"
            "while ends < %d:\n"
            "    ch = c.next()\n"
            "    if ch is None:\n"
            "        ends += 1\n"
            "        if ends == 1:\n"
-           "            t0 = time.perf_counter()\n"
+           "            t0, c0 = time.perf_counter(), time.process_time()\n"
            "    elif ends >= 1:\n"
            "        nb += ch.ids.nbytes + ch.inputs.nbytes + ch.targets.nbytes\n"
            "        ns += len(ch.ids)\n"
-           "dt = time.perf_counter() - t0\n"
+           "dt, dc = time.perf_counter() - t0, time.process_time() - c0\n"
            "c.close()\n"
-           "print(nb / dt / 1e9, ns / dt)\n'",
+           "print(nb / dt / 1e9, ns / dt, dc / (nb / 1e9))\n'",
            b->python, ep, b->credit, b->epochs);
   FILE *p = popen(cmd, "r");
   int rc = -1;
   if (!p)
     ce_err("bench serve: cannot run python3");
   else {
-    if (fscanf(p, "%lf %lf", gbs, sps) == 2) rc = 0;
+    if (fscanf(p, "%lf %lf %lf", gbs, sps, py_cpu_gb) == 3) rc = 0;
     int st = pclose(p);
     if (rc == 0 && st != 0) rc = -1;
     if (rc < 0) ce_err("bench serve: the Python client (coemu_stream from %s) failed", b->python);
@@ -177,25 +180,27 @@ int bench_serve(int argc, char **argv) {
   double mb = 4.0 * ((double)in_shape[0] * in_shape[1] * in_shape[2] * in_shape[3] +
                      (double)out_shape[0] * out_shape[1] * out_shape[2]) / 1e6;
 
-  double gbs, sps, mem_gbs, mem_sps;
-  if (run_c(&b, ep, &gbs, &sps) < 0) return cli_fail("bench serve");
-  printf("serve c %s sample_MB %.2f samples_per_epoch %llu batch %d GB/s %.2f samples/s %.0f\n",
-         transport, mb, (unsigned long long)per_epoch, b.batch, gbs, sps);
+  double gbs, sps, mem_gbs, mem_sps, cpu_gb, mem_cpu_gb;
+  if (run_c(&b, ep, &gbs, &sps, &cpu_gb) < 0) return cli_fail("bench serve");
+  printf("serve c %s sample_MB %.2f samples_per_epoch %llu batch %d GB/s %.2f samples/s %.0f "
+         "cpu_s_per_GB %.2f\n",
+         transport, mb, (unsigned long long)per_epoch, b.batch, gbs, sps, cpu_gb);
   fflush(stdout);
   uint64_t mem_samples = per_epoch * (uint64_t)(b.epochs - 1);
   if (mem_samples < 64) mem_samples = 64;
   if (bench_stream_rate(ep, (int)in_shape[1], (int)out_shape[0], mem_samples, b.credit, &mem_gbs,
-                        &mem_sps) < 0)
+                        &mem_sps, &mem_cpu_gb) < 0)
     return cli_fail("bench serve");
-  printf("serve stream_in_memory %s sample_MB %.2f GB/s %.2f samples/s %.0f (serve c / in memory "
-         "%.0f%%)\n",
-         transport, mb, mem_gbs, mem_sps, 100 * gbs / mem_gbs);
+  printf("serve stream_in_memory %s sample_MB %.2f GB/s %.2f samples/s %.0f cpu_s_per_GB %.2f "
+         "(serve c / in memory %.0f%%, CPU per byte in memory / serve c %.0f%%)\n",
+         transport, mb, mem_gbs, mem_sps, mem_cpu_gb, 100 * gbs / mem_gbs,
+         100 * mem_cpu_gb / cpu_gb);
   fflush(stdout);
   if (b.python) {
-    double pg, ps;
-    if (run_python(&b, ep, &pg, &ps) < 0) return cli_fail("bench serve");
-    printf("serve python %s sample_MB %.2f batch %d GB/s %.2f samples/s %.0f\n", transport, mb,
-           b.batch, pg, ps);
+    double pg, ps, pcpu;
+    if (run_python(&b, ep, &pg, &ps, &pcpu) < 0) return cli_fail("bench serve");
+    printf("serve python %s sample_MB %.2f batch %d GB/s %.2f samples/s %.0f "
+           "client_cpu_s_per_GB %.2f\n", transport, mb, b.batch, pg, ps, pcpu);
   }
   if (!strcmp(transport, "ipc")) unlink(ep + 6);
   return 0;

@@ -3,6 +3,7 @@
  * on both sides) with COEmuNet-sized samples (3 x 64^3 inputs + 7 x 64^2
  * targets, float32: 3.26 MB), over tcp loopback and ipc. */
 #include <pthread.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,8 +60,15 @@ void bench_server_stop(bench_server *b) {
   stream_server_destroy(b->srv);
 }
 
+double bench_cpu_s(void) {
+  struct rusage u;
+  getrusage(RUSAGE_SELF, &u);
+  return (double)u.ru_utime.tv_sec + 1e-6 * (double)u.ru_utime.tv_usec +
+         (double)u.ru_stime.tv_sec + 1e-6 * (double)u.ru_stime.tv_usec;
+}
+
 static int run_one(const char *endpoint, bench_src *src, int credit, double *gbs, double *sps,
-                   uint64_t *realigned) {
+                   uint64_t *realigned, double *cpu_gb) {
   if (src->samples < 16) return ce_err("bench stream: at least 16 samples");
   stream_server_opts so = {.endpoint = endpoint, .dataset_id = 1, .samples_per_epoch = src->samples,
                            .max_epochs = 1, .max_credit = (uint32_t)credit, .world = 1};
@@ -75,7 +83,7 @@ static int run_one(const char *endpoint, bench_src *src, int credit, double *gbs
     return -1;
   }
   stream_chunk_view v;
-  double t0 = 0;
+  double t0 = 0, cpu0 = 0;
   uint64_t got = 0, bytes0 = 0;
   int r, rc = 0;
   while ((r = stream_client_next(c, &v)) == 1) {
@@ -84,10 +92,11 @@ static int run_one(const char *endpoint, bench_src *src, int credit, double *gbs
       stream_client_get_stats(c, &st);
       bytes0 = st.bytes;
       t0 = ce_now();
+      cpu0 = bench_cpu_s();
     }
     got++;
   }
-  double t1 = ce_now();
+  double t1 = ce_now(), cpu1 = bench_cpu_s();
   if (r < 0) rc = -1;
   stream_client_stats st;
   stream_client_get_stats(c, &st);
@@ -98,6 +107,7 @@ static int run_one(const char *endpoint, bench_src *src, int credit, double *gbs
                 (unsigned long long)src->samples);
   *gbs = (double)(st.bytes - bytes0) / (t1 - t0) / 1e9;
   *sps = (double)(got - 8) / (t1 - t0);
+  *cpu_gb = (cpu1 - cpu0) / ((double)(st.bytes - bytes0) / 1e9);
   *realigned = st.realigned;
   return rc;
 }
@@ -126,11 +136,11 @@ static void src_free(bench_src *src) {
 }
 
 int bench_stream_rate(const char *endpoint, int n, int nf, uint64_t samples, int credit,
-                      double *gbs, double *sps) {
+                      double *gbs, double *sps, double *cpu_s_per_gb) {
   bench_src src;
   CE_TRY(src_make(&src, n, nf, samples));
   uint64_t realigned;
-  int rc = run_one(endpoint, &src, credit, gbs, sps, &realigned);
+  int rc = run_one(endpoint, &src, credit, gbs, sps, &realigned, cpu_s_per_gb);
   src_free(&src);
   return rc;
 }
@@ -166,14 +176,14 @@ int bench_stream(int argc, char **argv) {
     char ep[256];
     snprintf(ep, sizeof ep, "%s", eps[i][1]);
     if (i == 0) snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", 20000 + (int)(getpid() % 20000));
-    double gbs, sps;
+    double gbs, sps, cpu_gb;
     uint64_t realigned;
-    rc = run_one(ep, &src, (int)credit, &gbs, &sps, &realigned);
+    rc = run_one(ep, &src, (int)credit, &gbs, &sps, &realigned, &cpu_gb);
     if (rc == 0)
       printf("stream %s sample_MB %.2f samples %lld credit %lld GB/s %.2f samples/s %.0f "
-             "realigned_frames %llu\n",
+             "realigned_frames %llu cpu_s_per_GB %.2f\n",
              eps[i][0], mb, (long long)samples, (long long)credit, gbs, sps,
-             (unsigned long long)realigned);
+             (unsigned long long)realigned, cpu_gb);
     if (i == 1) unlink(ipc + 6);
   }
   src_free(&src);

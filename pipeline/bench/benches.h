@@ -30,6 +30,11 @@ void bench_server_stop(bench_server *b);
  * other benchmarks: `samples` samples of 3 x n^3 + nf x n^2 float32 from a
  * producer to one consumer on `endpoint`; GB/s and samples/s after warm-up. */
 int bench_stream_rate(const char *endpoint, int n, int nf, uint64_t samples, int credit,
-                      double *gbs, double *sps);
+                      double *gbs, double *sps, double *cpu_s_per_gb);
+
+/* CPU seconds (user + system, all threads) this process has used so far:
+ * CPU time per byte moved is what a loaded, shared machine does not
+ * inflate, unlike wall-clock rates. */
+double bench_cpu_s(void);
 
 #endif

@@ -146,8 +146,9 @@ int cmd_sample(int argc, char **argv) {
        "the paper's R)", 0, 0},
       {"k", CLI_INT, &k, "K", "sub-samples per voxel edge (default 2)", 0, 0},
       {"reconstruction", CLI_STR, &recon_name, "NAME",
-       "linear (default: ln n, ln T, v trilinear between cell corners) or constant (cell values; "
-       "the default with --device cuda, which has no other)", 0, 0},
+       "linear (default: ln n, ln T, v trilinear between cell corners), limited (cell values plus "
+       "monotone slopes, cell averages kept) or constant (cell values; the default with --device "
+       "cuda, which has no other)", 0, 0},
       {"fill", CLI_FLAG, &fill, NULL, "fill what lies outside the ball with the background", 0, 0},
       {"bg-n", CLI_DOUBLE, &bg_n, "N", "background n_CO [m^-3] with --fill (default 0)", 0, 0},
       {"bg-T", CLI_DOUBLE, &bg_T, "K", "background T [K] with --fill (default 0)", 0, 0},

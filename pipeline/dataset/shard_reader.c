@@ -446,7 +446,10 @@ int64_t shard_reader_shard_end(const shard_reader *r, int64_t idx) {
   return e->first + e->count;
 }
 
-static int read_run(shard_reader *r, int64_t s, int64_t row, int64_t cnt, float *in, float *out) {
+/* sums_out (may be NULL): the rows' XXH64s, 2 per sample (inputs, targets;
+ * 0 for an array not read), as checked against /checksums. */
+static int read_run(shard_reader *r, int64_t s, int64_t row, int64_t cnt, float *in, float *out,
+                    uint64_t *sums_out) {
   open_slot *q = shard_get(r, s);
   if (!q) return -1;
   const shard_entry *e = &r->sh[s];
@@ -469,7 +472,12 @@ static int read_run(shard_reader *r, int64_t s, int64_t row, int64_t cnt, float 
             "(coemu verify tells more; rerunning the same generate job remakes it)",
             p, (long long)(e->first + bad), (long long)bad, arr_name[a]);
   }
-  if (!r->checked) return 0;
+  if (!r->checked) {
+    for (int64_t k = 0; sums_out && k < cnt; k++)
+      for (int a = 0; a < 2; a++)
+        sums_out[2 * k + a] = dst[a] ? shard_row_hash(dst[a] + (size_t)k * vals[a], vals[a]) : 0;
+    return 0;
+  }
   const uint64_t *sums = r->sums;
   if (r->sums_have && r->sums_have[s]) {
     sums = r->sums_all + 2 * (size_t)(e->first + row); /* read with the labels */
@@ -492,9 +500,13 @@ static int read_run(shard_reader *r, int64_t s, int64_t row, int64_t cnt, float 
 compare:
   for (int64_t k = 0; k < cnt; k++) {
     for (int a = 0; a < 2; a++) {
-      if (!dst[a]) continue;
+      if (!dst[a]) {
+        if (sums_out) sums_out[2 * k + a] = 0;
+        continue;
+      }
       uint64_t got = shard_row_hash(dst[a] + (size_t)k * vals[a], vals[a]),
                want = sums[2 * k + (size_t)a];
+      if (sums_out) sums_out[2 * k + a] = got;
       if (got == want) continue;
       shard_path(r, s, p, sizeof p);
       CE_FAIL("%s: sample %lld (row %lld of the shard): /%s does not match its checksum "
@@ -518,17 +530,23 @@ static int read_arrays(shard_reader *r, int64_t idx, float *in, float *out) {
   return integrity_check(&r->integ, idx, in, in ? r->in_vals : 0, out, r->out_vals);
 }
 
-int shard_reader_read(shard_reader *r, int64_t first, int64_t count, float *inputs,
-                      float *targets) {
+static int read_range(shard_reader *r, int64_t first, int64_t count, float *inputs,
+                      float *targets, uint64_t *sums) {
   if (first < 0 || count < 0 || first + count > r->samples)
     CE_FAIL("%s: samples %lld..%lld out of range (%lld samples)", r->h5path, (long long)first,
             (long long)(first + count - 1), (long long)r->samples);
   if (inputs && !r->has_inputs) CE_FAIL("%s: the dataset stores no /inputs", r->h5path);
   if (!targets) CE_BUG("shard_reader_read without targets");
   if (!r->sh) {
-    for (int64_t k = 0; k < count; k++)
-      CE_TRY(read_arrays(r, first + k, inputs ? inputs + (size_t)k * r->in_vals : NULL,
-                         targets ? targets + (size_t)k * r->out_vals : NULL));
+    for (int64_t k = 0; k < count; k++) {
+      float *in = inputs ? inputs + (size_t)k * r->in_vals : NULL,
+            *out = targets + (size_t)k * r->out_vals;
+      CE_TRY(read_arrays(r, first + k, in, out));
+      if (sums) {
+        sums[2 * k] = in ? shard_row_hash(in, r->in_vals) : 0;
+        sums[2 * k + 1] = shard_row_hash(out, r->out_vals);
+      }
+    }
     return 0;
   }
   int64_t done = 0;
@@ -537,22 +555,34 @@ int shard_reader_read(shard_reader *r, int64_t first, int64_t count, float *inpu
     int64_t row = i - r->sh[s].first, cnt = r->sh[s].count - row;
     if (cnt > count - done) cnt = count - done;
     CE_TRY(read_run(r, s, row, cnt, inputs ? inputs + (size_t)done * r->in_vals : NULL,
-                    targets ? targets + (size_t)done * r->out_vals : NULL));
+                    targets ? targets + (size_t)done * r->out_vals : NULL,
+                    sums ? sums + 2 * (size_t)done : NULL));
     done += cnt;
   }
   return 0;
 }
 
+int shard_reader_read(shard_reader *r, int64_t first, int64_t count, float *inputs,
+                      float *targets) {
+  return read_range(r, first, count, inputs, targets, NULL);
+}
+
 int shard_reader_read_list(shard_reader *r, const int64_t *idx, int n, float *inputs,
                            float *targets) {
+  return shard_reader_read_list_sums(r, idx, n, inputs, targets, NULL);
+}
+
+int shard_reader_read_list_sums(shard_reader *r, const int64_t *idx, int n, float *inputs,
+                                float *targets, uint64_t *sums) {
   for (int k = 0; k < n;) {
     int m = 1; /* a run: consecutive samples of one shard */
     if (r->sh && idx[k] >= 0 && idx[k] < r->samples) {
       int64_t s = shard_of(r, idx[k]), end = r->sh[s].first + r->sh[s].count;
       while (k + m < n && idx[k + m] == idx[k] + m && idx[k + m] < end) m++;
     }
-    CE_TRY(shard_reader_read(r, idx[k], m, inputs ? inputs + (size_t)k * r->in_vals : NULL,
-                             targets ? targets + (size_t)k * r->out_vals : NULL));
+    CE_TRY(read_range(r, idx[k], m, inputs ? inputs + (size_t)k * r->in_vals : NULL,
+                      targets ? targets + (size_t)k * r->out_vals : NULL,
+                      sums ? sums + 2 * (size_t)k : NULL));
     k += m;
   }
   return 0;

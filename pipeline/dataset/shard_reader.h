@@ -104,6 +104,13 @@ int shard_reader_read(shard_reader *r, int64_t first, int64_t count, float *inpu
  * runs of consecutive samples of one shard are read as one hyperslab. */
 int shard_reader_read_list(shard_reader *r, const int64_t *idx, int n, float *inputs,
                            float *targets);
+/* The same, also giving each sample's row checksums in sums[2k] (inputs;
+ * 0 when inputs is NULL) and sums[2k+1] (targets): the XXH64 (seed 0) of
+ * the rows as read, the values they were checked against (so a stream
+ * forwards them instead of hashing again: stream_proto.h); computed from
+ * the rows for a dataset without /checksums. */
+int shard_reader_read_list_sums(shard_reader *r, const int64_t *idx, int n, float *inputs,
+                                float *targets, uint64_t *sums);
 
 /* Shard files open now, the most ever open at once, and the opens so far
  * (each a file open; for tests and benches). */

@@ -503,7 +503,7 @@ void job_estimate_of(const job *j, job_estimate *e) {
   }
   e->core_seconds = (double)e->samples * n3 *
                     (JOB_COST_NS_VOXEL + JOB_COST_NS_VOXEL_CHANNEL * j->nf +
-                     (j->reconstruction == SAMPLER_LINEAR && !j->coemunet_compat
+                     (j->reconstruction != SAMPLER_CONSTANT && !j->coemunet_compat
                           ? JOB_COST_NS_SUBSAMPLE_LINEAR * j->k * j->k * j->k : 0)) * 1e-9;
 }
 

@@ -38,6 +38,7 @@ typedef struct {
 
 typedef struct {
   uint64_t *ids;
+  uint64_t *sums; /* the rows' checksums as verified by the reader, or NULL (stream_chunk) */
   float *inputs, *targets;
 } chunk_mem;
 
@@ -85,6 +86,7 @@ static void chunk_free(void *p) {
   chunk_mem *m = p;
   if (!m) return;
   free(m->ids);
+  free(m->sums);
   free(m->inputs);
   free(m->targets);
   free(m);
@@ -234,9 +236,10 @@ static int sample_source(serve_source *s, int64_t idx, hid_t ds[2], hsize_t *at)
   return 0;
 }
 
+static int read_samples(serve_source *s, uint32_t epoch, const int64_t *idx, int n, int normalised,
+                        float *inputs, float *targets, uint64_t *sums);
+
 /* Read (and normalise) one chunk; called by the reader thread, mutex NOT held. */
-static int serve_read_epoch(serve_source *s, uint32_t epoch, const int64_t *idx, int n,
-                            int normalised, float *inputs, float *targets);
 static int read_chunk(serve_source *s, uint32_t epoch, const int64_t *idx, int n, int normalised,
                       chunk_mem **out) {
   chunk_mem *m = calloc(1, sizeof *m);
@@ -244,8 +247,12 @@ static int read_chunk(serve_source *s, uint32_t epoch, const int64_t *idx, int n
   m->ids = ce_malloc_array((size_t)n, 8, "chunk ids");
   m->inputs = ce_malloc_array((size_t)n * s->in_vals, 4, "chunk inputs");
   m->targets = ce_malloc_array((size_t)n * s->out_vals, 4, "chunk targets");
-  if (!m->ids || !m->inputs || !m->targets ||
-      serve_read_epoch(s, epoch, idx, n, normalised, m->inputs, m->targets) < 0) {
+  /* the reader's verified row checksums go on the wire as they are; live,
+   * external or normalised rows are hashed by the stream server */
+  int forward = !s->o.live && !s->o.external && !normalised;
+  if (forward) m->sums = ce_malloc_array((size_t)n, 2 * sizeof(uint64_t), "chunk checksums");
+  if (!m->ids || !m->inputs || !m->targets || (forward && !m->sums) ||
+      read_samples(s, epoch, idx, n, normalised, m->inputs, m->targets, m->sums) < 0) {
     chunk_free(m);
     return -1;
   }
@@ -455,6 +462,7 @@ int serve_chunk(void *ctx, const stream_consumer *c, uint32_t epoch, uint64_t po
   if (failed) CE_FAIL("%s", err);
   out->nsamples = (uint32_t)s->o.batch;
   out->ids = m->ids;
+  out->sums = m->sums;
   out->inputs = m->inputs;
   out->targets = m->targets;
   memcpy(out->in_shape, s->in_shape, sizeof s->in_shape);
@@ -694,11 +702,14 @@ const stats_norm *serve_norm(const serve_source *s) { return s->have_norm ? &s->
 
 int serve_read(serve_source *s, const int64_t *idx, int n, int normalised, float *inputs,
                float *targets) {
-  return serve_read_epoch(s, 0, idx, n, normalised, inputs, targets);
+  return read_samples(s, 0, idx, n, normalised, inputs, targets, NULL);
 }
 
-static int serve_read_epoch(serve_source *s, uint32_t epoch, const int64_t *idx, int n,
-                            int normalised, float *inputs, float *targets) {
+/* serve_read of epoch (an external source's samples may depend on it), also
+ * giving the rows' checksums (sums: finished datasets only, not normalised:
+ * shard_reader_read_list_sums). */
+static int read_samples(serve_source *s, uint32_t epoch, const int64_t *idx, int n, int normalised,
+                        float *inputs, float *targets, uint64_t *sums) {
   if (normalised && !s->have_norm)
     CE_FAIL("%s has no /stats group: run `coemu stats` on it first", s->h5path);
   for (int k = 0; k < n; k++)
@@ -709,7 +720,7 @@ static int serve_read_epoch(serve_source *s, uint32_t epoch, const int64_t *idx,
     CE_TRY(s->o.external->read(s->o.external->ctx, epoch, idx, n, inputs, targets));
   } else if (!s->o.live) { /* the shards, runs of consecutive rows in one read, each sample checked */
     h5_lock();
-    int rc = shard_reader_read_list(s->rd, idx, n, inputs, targets);
+    int rc = shard_reader_read_list_sums(s->rd, idx, n, inputs, targets, sums);
     h5_unlock();
     CE_TRY(rc);
   }

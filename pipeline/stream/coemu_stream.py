@@ -17,4 +17,4 @@ from coemu.stream import *  # noqa: E402,F401,F403
 from coemu.stream import (  # noqa: E402,F401
     BYE, CHUNK, CREDIT, EPOCH_END, ERROR, HEADER_SIZE, HEARTBEAT, HELLO, INFO, MAGIC, VERSION,
     WELCOME, XXH64_BACKEND, Chunk, Header, ProducerSilent, ProtocolError, StreamClient,
-    check_dataset_sample, server_info, xxh64, xxh64_frames, xxh64_small)
+    check_dataset_sample, rows_ok, server_info, xxh64, xxh64_frames, xxh64_small)

@@ -22,7 +22,7 @@ struct stream_client {
   int welcomed, pending_credit;
   uint64_t dataset_id, samples_per_epoch;
   double last_recv, last_sent;
-  zmq_msg_t held[3];
+  zmq_msg_t held[4]; /* ids, row checksums, inputs, targets of the chunk returned */
   int nheld;
   /* ZeroMQ may deliver frames at any byte offset inside its receive buffer:
    * misaligned payloads are copied here so callers get aligned arrays. */
@@ -120,6 +120,7 @@ static int connect_socket(stream_client *c) {
 
 int stream_client_open(const stream_client_opts *o, stream_client **out) {
   if (!o->endpoint) CE_FAIL("stream client: no endpoint");
+  stream_tune_malloc();
   if (o->world == 0 || o->rank >= o->world)
     CE_FAIL("stream client: rank %u of %u ranks is not valid", o->rank, o->world);
   stream_client *c = calloc(1, sizeof *c);
@@ -147,7 +148,7 @@ int stream_client_reconnect(stream_client *c) {
   return connect_socket(c);
 }
 
-/* Receive one whole message: up to 4 frames kept, the rest counted as malformed. */
+/* Receive one whole message: up to 5 frames kept, the rest counted as malformed. */
 static int recv_message(stream_client *c, zmq_msg_t *f, int *n) {
   *n = 0;
   int more = 1, extra = 0;
@@ -160,7 +161,7 @@ static int recv_message(stream_client *c, zmq_msg_t *f, int *n) {
       CE_FAIL("stream client: receive from %s failed: %s", c->endpoint, zmq_strerror(errno));
     }
     more = zmq_msg_more(&m);
-    if (*n < 4)
+    if (*n < 5)
       f[(*n)++] = m;
     else
       zmq_msg_close(&m), extra = 1;
@@ -199,7 +200,7 @@ int stream_client_next(stream_client *c, stream_chunk_view *v) {
       return STREAM_E_REFUSED;
     }
     if (rc == 0) continue;
-    zmq_msg_t f[4];
+    zmq_msg_t f[5];
     int n;
     int extra = recv_message(c, f, &n);
     if (extra < 0) return -1;
@@ -211,15 +212,17 @@ int stream_client_next(stream_client *c, stream_chunk_view *v) {
       continue;
     }
     if (h.type == STREAM_CHUNK) {
-      size_t nid = (size_t)h.nsamples * 8, nin = h.nsamples * stream_input_bytes(&h),
-             nout = h.nsamples * stream_target_bytes(&h);
-      int ok = n == 4 && zmq_msg_size(&f[1]) == nid && zmq_msg_size(&f[2]) == nin &&
-               zmq_msg_size(&f[3]) == nout;
-      if (ok) {
+      size_t inb = stream_input_bytes(&h), outb = stream_target_bytes(&h);
+      size_t nid = (size_t)h.nsamples * 8, nin = h.nsamples * inb, nout = h.nsamples * outb;
+      int ok = n == 5 && zmq_msg_size(&f[1]) == nid && zmq_msg_size(&f[2]) == 2 * nid &&
+               zmq_msg_size(&f[3]) == nin && zmq_msg_size(&f[4]) == nout;
+      if (ok) { /* the ids and row checksums, then every row against its checksum */
         ce_xxh64_state xs;
         ce_xxh64_init(&xs, 0);
-        for (int i = 1; i < 4; i++) ce_xxh64_update(&xs, zmq_msg_data(&f[i]), zmq_msg_size(&f[i]));
-        ok = ce_xxh64_digest(&xs) == h.payload_xxh64;
+        for (int i = 1; i < 3; i++) ce_xxh64_update(&xs, zmq_msg_data(&f[i]), zmq_msg_size(&f[i]));
+        ok = ce_xxh64_digest(&xs) == h.payload_xxh64 &&
+             stream_rows_check(zmq_msg_data(&f[3]), inb, zmq_msg_data(&f[4]), outb, h.nsamples,
+                               zmq_msg_data(&f[2])) < 0;
       }
       if (!ok) {
         c->st.malformed++;
@@ -235,19 +238,19 @@ int stream_client_next(stream_client *c, stream_chunk_view *v) {
         continue;
       }
       zmq_msg_close(&f[0]);
+      for (int i = 0; i < 4; i++) c->held[i] = f[i + 1];
+      c->nheld = 4;
       const void *data[3];
+      static const int frame_of[3] = {0, 2, 3}; /* ids, inputs, targets among held */
       for (int i = 0; i < 3; i++) {
-        c->held[i] = f[i + 1];
-        data[i] = zmq_msg_data(&c->held[i]);
-        size_t len = zmq_msg_size(&c->held[i]);
+        data[i] = zmq_msg_data(&c->held[frame_of[i]]);
+        size_t len = zmq_msg_size(&c->held[frame_of[i]]);
         if ((uintptr_t)data[i] % 8 != 0 && len > 0) {
           if (c->aligned_cap[i] < len) {
             free(c->aligned[i]);
             c->aligned[i] = aligned_alloc(64, (len + 63) / 64 * 64);
             c->aligned_cap[i] = c->aligned[i] ? len : 0;
             if (!c->aligned[i]) {
-              c->nheld = i + 1;
-              for (int j = i + 1; j < 3; j++) zmq_msg_close(&f[j + 1]);
               CE_FAIL("stream client: out of memory for a %zu-byte frame", len);
             }
           }
@@ -256,7 +259,6 @@ int stream_client_next(stream_client *c, stream_chunk_view *v) {
           data[i] = c->aligned[i];
         }
       }
-      c->nheld = 3;
       v->h = h;
       v->ids = data[0];
       v->inputs = data[1];
@@ -265,7 +267,7 @@ int stream_client_next(stream_client *c, stream_chunk_view *v) {
       c->pending_credit++;
       c->st.chunks++;
       c->st.samples += h.nsamples;
-      c->st.bytes += nid + nin + nout + STREAM_HEADER_SIZE;
+      c->st.bytes += 3 * nid + nin + nout + STREAM_HEADER_SIZE;
       return 1;
     }
     for (int i = 1; i < n; i++) {

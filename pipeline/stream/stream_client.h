@@ -4,7 +4,8 @@
  * (epoch, position) to start from, and calls stream_client_next() for each
  * chunk. The client grants credit as it consumes: at most `credit` chunks
  * are ever in flight or queued for it, which bounds its memory. Each chunk
- * is checked (header checksum, shapes, frame sizes, payload XXH64, that its
+ * is checked (header checksum, shapes, frame sizes, the XXH64 of the ids and
+ * row checksums, every row against its row checksum (protocol 2), that its
  * position is the one expected) before it is returned; anything else is
  * counted and dropped. If the producer is silent for longer than the
  * timeout, next() fails with STREAM_E_SILENT; stream_client_reconnect() then

@@ -1,7 +1,12 @@
 /* stream_proto.c - header encoding, decoding and validation. */
 #include "pipeline/stream/stream_proto.h"
 
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include "common/checksum.h"
 #include "common/error.h"
@@ -16,7 +21,7 @@ static uint64_t get64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v
 void stream_header_encode(const stream_header *h, uint8_t out[STREAM_HEADER_SIZE]) {
   memset(out, 0, STREAM_HEADER_SIZE);
   put32(out + 0, STREAM_MAGIC);
-  put16(out + 4, STREAM_VERSION);
+  put16(out + 4, h->version ? h->version : STREAM_VERSION);
   put16(out + 6, h->type);
   put32(out + 8, h->flags);
   put32(out + 12, h->value);
@@ -58,9 +63,11 @@ int stream_header_decode(const void *buf, size_t len, stream_header *h) {
   if (get32(p) != STREAM_MAGIC) CE_FAIL("bad magic 0x%08x, expected \"CEMS\"", get32(p));
   if (get64(p + 88) != ce_xxh64(p, 88, 0)) CE_FAIL("header checksum mismatch");
   h->version = get16(p + 4);
-  if (h->version != STREAM_VERSION)
-    CE_FAIL("protocol version %u, expected %d", h->version, STREAM_VERSION);
   h->type = get16(p + 6);
+  if (h->version != STREAM_VERSION) {
+    ce_err("protocol version %u, expected %d", h->version, STREAM_VERSION);
+    return STREAM_E_VERSION;
+  }
   if (h->type < STREAM_HELLO || h->type > STREAM_INFO) CE_FAIL("unknown message type %u", h->type);
   h->flags = get32(p + 8);
   h->value = get32(p + 12);
@@ -87,4 +94,37 @@ int stream_header_decode(const void *buf, size_t len, stream_header *h) {
       CE_FAIL("CHUNK with %u samples, expected 1..65536", h->nsamples);
   }
   return 0;
+}
+
+void stream_row_sums(const void *inputs, size_t in_bytes, const void *targets, size_t out_bytes,
+                     uint32_t nsamples, uint64_t *sums) {
+  for (uint32_t k = 0; k < nsamples; k++) {
+    sums[2 * (size_t)k] = ce_xxh64((const uint8_t *)inputs + k * in_bytes, in_bytes, 0);
+    sums[2 * (size_t)k + 1] = ce_xxh64((const uint8_t *)targets + k * out_bytes, out_bytes, 0);
+  }
+}
+
+int64_t stream_rows_check(const void *inputs, size_t in_bytes, const void *targets,
+                          size_t out_bytes, uint32_t nsamples, const void *sums) {
+  for (uint32_t k = 0; k < nsamples; k++) {
+    uint64_t want[2];
+    memcpy(want, (const uint8_t *)sums + 16 * (size_t)k, 16);
+    if (ce_xxh64((const uint8_t *)inputs + k * in_bytes, in_bytes, 0) != want[0] ||
+        ce_xxh64((const uint8_t *)targets + k * out_bytes, out_bytes, 0) != want[1])
+      return k;
+  }
+  return -1;
+}
+
+static void tune_malloc_once(void) {
+#if defined(__GLIBC__)
+  if (getenv("MALLOC_MMAP_THRESHOLD_") || getenv("MALLOC_TRIM_THRESHOLD_")) return;
+  mallopt(M_MMAP_THRESHOLD, 32 << 20); /* glibc's maximum (half its 64 MiB arena heaps) */
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
+#endif
+}
+
+void stream_tune_malloc(void) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, tune_malloc_once);
 }

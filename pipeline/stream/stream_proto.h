@@ -1,11 +1,19 @@
-/* stream_proto.h - the coemu stream wire format (version 1).
+/* stream_proto.h - the coemu stream wire format (version 2).
  *
  * Every message is a ZeroMQ multi-part message whose first frame is a fixed
- * 96-byte little-endian header; CHUNK messages carry three more frames:
- * sample ids (uint64 x nsamples), inputs and targets (raw arrays). The
- * header carries its own checksum and the XXH64 of the payload frames, so a
- * corrupted, truncated or foreign message is recognised, counted and
- * dropped, never trusted. docs/stream-protocol.md is the full description.
+ * 96-byte little-endian header; CHUNK messages carry four more frames:
+ * sample ids (uint64 x nsamples), row checksums (uint64 x 2 x nsamples: the
+ * XXH64, seed 0, of each sample's inputs row and of its targets row, as
+ * float32 bytes: the values a dataset's /checksums stores), inputs and
+ * targets (raw arrays). The header carries its own checksum and the XXH64
+ * of the ids and row-checksum frames; each sample's rows are checked
+ * against their row checksums. So a corrupted, truncated or foreign message
+ * is recognised, counted and dropped, never trusted, and a producer that
+ * already holds verified row checksums (a dataset's) forwards them instead
+ * of hashing every byte again. Version 1 (until 2026-12) carried one XXH64
+ * over all payload frames and no row checksums; a peer of another version
+ * gets an ERROR naming both (stream_header_decode returns
+ * STREAM_E_VERSION). docs/stream-protocol.md is the full description.
  *
  *  off size field
  *    0    4 magic            "CEMS"
@@ -22,7 +30,8 @@
  *   50    2 rank             consumer rank (HELLO), 0 otherwise
  *   52   16 in_shape[4]      per-sample input shape  (uint32; e.g. 3, 64, 64, 64)
  *   68   12 out_shape[3]     per-sample target shape (uint32; e.g. 7, 64, 64)
- *   80    8 payload_xxh64    XXH64 (seed 0) over the payload frames, in order
+ *   80    8 payload_xxh64    XXH64 (seed 0) over the payload frames, in order; for
+ *                            CHUNK over the ids and row-checksum frames only
  *   88    8 header_xxh64     XXH64 (seed 0) over bytes 0..87
  */
 #ifndef COEMU_STREAM_PROTO_H
@@ -32,7 +41,7 @@
 #include <stdint.h>
 
 #define STREAM_MAGIC 0x534d4543u /* "CEMS" little-endian */
-#define STREAM_VERSION 1
+#define STREAM_VERSION 2
 #define STREAM_HEADER_SIZE 96
 #define STREAM_DTYPE_F32 1
 
@@ -63,18 +72,43 @@ typedef struct {
   uint64_t payload_xxh64;
 } stream_header;
 
-/* Serialise (computes the header checksum). */
+/* Serialise (computes the header checksum). The version written is
+ * h->version when set (to answer a peer of another version in its own
+ * version: the header layout is the same), else STREAM_VERSION. */
 void stream_header_encode(const stream_header *h, uint8_t out[STREAM_HEADER_SIZE]);
 
 /* Parse and validate a received header frame: size, magic, version, type,
  * header checksum, and for CHUNK: dtype, shapes and nsamples in range.
- * Returns 0 or -1 with a message saying what was wrong. */
+ * Returns 0, or -1 with a message saying what was wrong, or
+ * STREAM_E_VERSION when the header is sound (magic, checksum) but of
+ * another protocol version: h->version and h->type are then set. */
+#define STREAM_E_VERSION (-5)
 int stream_header_decode(const void *buf, size_t len, stream_header *h);
+
+/* The row checksums of nsamples samples (sums[2k]: inputs row k, sums[2k+1]:
+ * targets row k; in_bytes / out_bytes per row). */
+void stream_row_sums(const void *inputs, size_t in_bytes, const void *targets, size_t out_bytes,
+                     uint32_t nsamples, uint64_t *sums);
+/* Check each row against sums (read with memcpy: any alignment). Returns
+ * -1 when all match, else the first sample whose rows do not. */
+int64_t stream_rows_check(const void *inputs, size_t in_bytes, const void *targets,
+                          size_t out_bytes, uint32_t nsamples, const void *sums);
 
 /* Bytes per sample of inputs and targets for the shapes in h (0 if absurd). */
 size_t stream_input_bytes(const stream_header *h);
 size_t stream_target_bytes(const stream_header *h);
 
 const char *stream_type_name(int type);
+
+/* Large frames without page faults: a chunk's frames are megabytes, and
+ * glibc's default policy returns such blocks to the kernel when freed (by
+ * munmap or by trimming the heap) so every new one is faulted in and
+ * zeroed by the kernel again: measured as a third of the CPU time of a
+ * stream (docs/benchmarks.md, "Serve at 3.26 MB samples"). So the first
+ * stream client or server of a process keeps blocks below 32 MiB on the
+ * heap and at most 256 MiB of free heap unreturned (mallopt, once per
+ * process; glibc only), unless the user set MALLOC_MMAP_THRESHOLD_ or
+ * MALLOC_TRIM_THRESHOLD_ (their choice is kept). */
+void stream_tune_malloc(void);
 
 #endif

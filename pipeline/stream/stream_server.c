@@ -71,6 +71,7 @@ typedef struct {
   peer_acct *acct;
   atomic_ullong *queued;
   uint64_t bytes;
+  uint64_t sums[]; /* the row checksums, when made here (the source had none) */
 } chunk_ref;
 
 static void acct_unref(peer_acct *a) {
@@ -94,6 +95,7 @@ int stream_server_create(const stream_server_opts *o, stream_source_fn source, v
                          stream_server **out) {
   stream_server *s = calloc(1, sizeof *s);
   if (!s) CE_FAIL("stream server: out of memory");
+  stream_tune_malloc();
   s->o = *o;
   if (!s->o.max_credit) s->o.max_credit = 8;
   if (s->o.world > 65535) {
@@ -259,14 +261,19 @@ static int send_simple(stream_server *s, consumer_state *c, int type, uint32_t v
   return send_frames(s, c, &h, NULL, 0);
 }
 
-static void send_error(stream_server *s, consumer_state *c, const char *text) {
-  stream_header h = {.type = STREAM_ERROR, .dataset_id = s->o.dataset_id, .epoch = c->epoch,
-                     .position = c->position};
+static void send_error_version(stream_server *s, consumer_state *c, const char *text,
+                               uint16_t version) {
+  stream_header h = {.version = version, .type = STREAM_ERROR, .dataset_id = s->o.dataset_id,
+                     .epoch = c->epoch, .position = c->position};
   zmq_msg_t m;
   zmq_msg_init_size(&m, strlen(text));
   memcpy(zmq_msg_data(&m), text, strlen(text));
   h.payload_xxh64 = ce_xxh64(text, strlen(text), 0);
   send_frames(s, c, &h, &m, 1);
+}
+
+static void send_error(stream_server *s, consumer_state *c, const char *text) {
+  send_error_version(s, c, text, 0);
 }
 
 /* The session a HELLO of `rank` may take the place of when every place is
@@ -353,8 +360,23 @@ static void handle_incoming(stream_server *s) {
       zmq_msg_close(&m), n = 5; /* too many frames: malformed */
   }
   stream_header h;
-  if (n < 2 || n > 2 || zmq_msg_size(&part[0]) > MAX_ID ||
-      stream_header_decode(zmq_msg_data(&part[1]), zmq_msg_size(&part[1]), &h) < 0) {
+  int dec = n == 2 && zmq_msg_size(&part[0]) <= MAX_ID
+                ? stream_header_decode(zmq_msg_data(&part[1]), zmq_msg_size(&part[1]), &h) : -1;
+  if (dec == STREAM_E_VERSION && (h.type == STREAM_HELLO || h.type == STREAM_INFO)) {
+    /* a peer of another protocol version: told so in its own version (the
+     * header layout is the same), so it fails with this message, not a timeout */
+    consumer_state tmp = {.idlen = zmq_msg_size(&part[0])};
+    memcpy(tmp.id, zmq_msg_data(&part[0]), tmp.idlen);
+    char msg[256];
+    snprintf(msg, sizeof msg, "protocol version mismatch: the consumer speaks coemu stream "
+             "protocol version %u, this producer version %d (docs/stream-protocol.md): use a "
+             "client (C or python/coemu) of the same coemu release as the producer",
+             (unsigned)h.version, STREAM_VERSION);
+    send_error_version(s, &tmp, msg, h.version);
+    s->st.refused++;
+    goto done;
+  }
+  if (dec < 0) {
     s->st.malformed++;
     goto done;
   }
@@ -530,33 +552,41 @@ static int feed(stream_server *s, int i) {
                      .position = c->position, .dtype = STREAM_DTYPE_F32};
   memcpy(h.in_shape, ch.in_shape, sizeof h.in_shape);
   memcpy(h.out_shape, ch.out_shape, sizeof h.out_shape);
-  size_t nid = ch.nsamples * sizeof(uint64_t);
-  size_t nin = ch.nsamples * stream_input_bytes(&h), nout = ch.nsamples * stream_target_bytes(&h);
-  ce_xxh64_state xs;
-  ce_xxh64_init(&xs, 0);
-  ce_xxh64_update(&xs, ch.ids, nid);
-  ce_xxh64_update(&xs, ch.inputs, nin);
-  ce_xxh64_update(&xs, ch.targets, nout);
-  h.payload_xxh64 = ce_xxh64_digest(&xs);
-  chunk_ref *ref = malloc(sizeof *ref);
+  size_t nid = ch.nsamples * sizeof(uint64_t), nsum = 2 * nid;
+  size_t inb = stream_input_bytes(&h), outb = stream_target_bytes(&h);
+  size_t nin = ch.nsamples * inb, nout = ch.nsamples * outb;
+  /* the row checksums travel with the chunk (stream_proto.h): forwarded when
+   * the source has them (a dataset's, verified as read), else made here */
+  chunk_ref *ref = malloc(sizeof *ref + (ch.sums ? 0 : nsum));
   if (!ref) {
     if (ch.release) ch.release(ch.token);
     return 0;
   }
-  atomic_init(&ref->refs, 3);
+  const uint64_t *sums = ch.sums;
+  if (!sums) {
+    stream_row_sums(ch.inputs, inb, ch.targets, outb, ch.nsamples, ref->sums);
+    sums = ref->sums;
+  }
+  ce_xxh64_state xs;
+  ce_xxh64_init(&xs, 0);
+  ce_xxh64_update(&xs, ch.ids, nid);
+  ce_xxh64_update(&xs, sums, nsum);
+  h.payload_xxh64 = ce_xxh64_digest(&xs);
+  atomic_init(&ref->refs, 4);
   ref->release = ch.release;
   ref->token = ch.token;
   ref->acct = c->acct;
   ref->queued = &s->queued_bytes;
-  ref->bytes = nid + nin + nout;
+  ref->bytes = nid + nsum + nin + nout;
   atomic_fetch_add(&c->acct->refs, 1);
   atomic_fetch_add(&c->acct->chunks, 1);
   atomic_fetch_add(&s->queued_bytes, ref->bytes);
-  zmq_msg_t m[3];
+  zmq_msg_t m[4];
   zmq_msg_init_data(&m[0], (void *)ch.ids, nid, frame_done, ref);
-  zmq_msg_init_data(&m[1], (void *)ch.inputs, nin, frame_done, ref);
-  zmq_msg_init_data(&m[2], (void *)ch.targets, nout, frame_done, ref);
-  if (send_frames(s, c, &h, m, 3) < 0) {
+  zmq_msg_init_data(&m[1], (void *)sums, nsum, frame_done, ref);
+  zmq_msg_init_data(&m[2], (void *)ch.inputs, nin, frame_done, ref);
+  zmq_msg_init_data(&m[3], (void *)ch.targets, nout, frame_done, ref);
+  if (send_frames(s, c, &h, m, 4) < 0) {
     /* EHOSTUNREACH: the peer is gone (ROUTER_MANDATORY); EAGAIN: its queue
      * is full. The frames not sent were closed: frame_done released them. */
     c->gone = 1;
@@ -567,7 +597,7 @@ static int feed(stream_server *s, int i) {
   c->chunk_id++;
   s->st.chunks_sent++;
   s->st.samples_sent += ch.nsamples;
-  s->st.bytes_sent += nid + nin + nout + STREAM_HEADER_SIZE;
+  s->st.bytes_sent += nid + nsum + nin + nout + STREAM_HEADER_SIZE;
   return 1;
 }
 

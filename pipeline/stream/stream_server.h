@@ -24,11 +24,15 @@ typedef struct {
 } stream_consumer;
 
 /* One chunk handed from the source to the server. The server sends the
- * three buffers without copying and calls release(token) once ZeroMQ has
+ * buffers without copying and calls release(token) once ZeroMQ has
  * finished with them (possibly from ZeroMQ's I/O thread). */
 typedef struct {
   uint32_t nsamples;
   const uint64_t *ids;
+  /* the row checksums (stream_proto.h: 2 x nsamples, XXH64 of each inputs
+   * and targets row) when the source holds them verified, sent as they
+   * are (released with the rest); NULL: the server computes them */
+  const uint64_t *sums;
   const void *inputs, *targets;
   uint32_t in_shape[4], out_shape[3];
   uint32_t flags;

@@ -27,7 +27,7 @@ import numpy as np
 import zmq
 
 MAGIC = 0x534D4543
-VERSION = 1
+VERSION = 2
 HEADER_SIZE = 96
 HELLO, WELCOME, CREDIT, CHUNK, EPOCH_END, HEARTBEAT, ERROR, BYE, INFO = range(1, 10)
 # HELLO flags bits 1-2: the epoch order asked for (0: the producer's), as
@@ -157,6 +157,27 @@ def xxh64_frames(bufs, seed: int = 0) -> int:
     return xxh64_small(b"".join(bytes(memoryview(b).cast("B")) for b in bufs), seed)
 
 
+def rows_ok(inputs, in_bytes, targets, out_bytes, n, sums) -> bool:
+    """Protocol 2's row check (docs/stream-protocol.md): the XXH64 of each
+    sample's inputs row and targets row (bytes-like frames of n rows) equal
+    sums[2k] and sums[2k+1] (a frame of 2n little-endian uint64). Rows are
+    hashed in place (memoryview slices), by the fastest backend."""
+    want = np.frombuffer(sums, dtype="<u8")
+    mi, mo = memoryview(inputs).cast("B"), memoryview(targets).cast("B")
+    if _xxhash is not None:
+        h = _xxhash.xxh64_intdigest
+        for k in range(n):
+            if h(mi[k * in_bytes:(k + 1) * in_bytes]) != int(want[2 * k]) or \
+                    h(mo[k * out_bytes:(k + 1) * out_bytes]) != int(want[2 * k + 1]):
+                return False
+        return True
+    for k in range(n):
+        if xxh64(mi[k * in_bytes:(k + 1) * in_bytes]) != int(want[2 * k]) or \
+                xxh64(mo[k * out_bytes:(k + 1) * out_bytes]) != int(want[2 * k + 1]):
+            return False
+    return True
+
+
 def xxh64(data, seed: int = 0) -> int:
     """XXH64 of a buffer: the `xxhash` module, else libxxhash, else pure Python
     (correct but slow: about 1 s per few MB)."""
@@ -273,6 +294,34 @@ class Chunk:
         self.normalised = bool(header.flags & 1)
 
 
+_malloc_tuned = False
+
+
+def _tune_malloc():
+    """As the C stream library does (stream_proto.h, stream_tune_malloc):
+    keep chunk-sized blocks (below 32 MiB) on the heap and up to 256 MiB of
+    free heap, so ZeroMQ's receive buffers are not faulted in and zeroed by
+    the kernel again for every chunk (a third of a stream's CPU time,
+    docs/benchmarks.md). Once per process, glibc only, and not when the
+    user set MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_."""
+    global _malloc_tuned
+    if _malloc_tuned:
+        return
+    _malloc_tuned = True
+    import os
+    import platform
+    if platform.libc_ver()[0] != "glibc" or "MALLOC_MMAP_THRESHOLD_" in os.environ or \
+            "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+        libc.mallopt(-3, 32 << 20)   # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # pragma: no cover
+        pass
+
+
 def _warn_slow_hash():
     if XXH64_BACKEND == "python" and not StreamClient._warned:
         StreamClient._warned = True
@@ -371,6 +420,7 @@ class StreamClient:
         self.curve, self.taper = curve, taper
         self.resume_after_s, self.resumes = resume_after_s, 0
         _warn_slow_hash()
+        _tune_malloc()
         self.samples_per_epoch = None
         self._own_ctx = context is None
         self._ctx = zmq.Context() if context is None else context
@@ -481,10 +531,13 @@ class StreamClient:
                 n = h.nsamples
                 ins = (n,) + tuple(h.in_shape)
                 outs = (n,) + tuple(h.out_shape)
-                sizes = (8 * n, 4 * int(np.prod(ins)), 4 * int(np.prod(outs)))
-                ok = len(frames) == 4 and all(len(frames[i + 1]) == sizes[i] for i in range(3))
-                if ok:  # never skipped: the fastest XXH64 available
-                    ok = xxh64_frames([fr.buffer for fr in frames[1:]]) == h.payload_xxh64
+                inb, outb = 4 * int(np.prod(h.in_shape)), 4 * int(np.prod(h.out_shape))
+                sizes = (8 * n, 16 * n, n * inb, n * outb)
+                ok = len(frames) == 5 and all(len(frames[i + 1]) == sizes[i] for i in range(4))
+                if ok:  # never skipped: ids and row checksums, then every row (fastest XXH64)
+                    ok = xxh64_frames([frames[1].buffer, frames[2].buffer]) == h.payload_xxh64 \
+                        and rows_ok(frames[3].buffer, inb, frames[4].buffer, outb, n,
+                                    frames[2].buffer)
                 if not ok:
                     self.malformed += 1
                     self._send(CREDIT, 1)
@@ -493,8 +546,8 @@ class StreamClient:
                 if h.epoch != self.epoch or h.position != self.position:
                     continue  # in flight from before a reconnect
                 ids = _array(frames[1], "<u8", (n,))
-                inputs = _array(frames[2], "<f4", ins)
-                targets = _array(frames[3], "<f4", outs)
+                inputs = _array(frames[3], "<f4", ins)
+                targets = _array(frames[4], "<f4", outs)
                 self.position += n
                 self._batch = n
                 return Chunk(h, ids, inputs, targets)
@@ -517,6 +570,11 @@ class StreamClient:
             if c is None:
                 return
             yield c
+
+    def drain(self):
+        """The rest of the current epoch: its chunks as a list, read up to its
+        EPOCH_END (the client then stands at the next epoch's start)."""
+        return list(self.iter_epoch())
 
     def say_bye(self, receipt=True):
         """Send BYE now, with an INFO request behind it when receipt: the

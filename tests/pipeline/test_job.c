@@ -61,6 +61,10 @@ static void test_reconstruction(void) {
   CHECK(j.reconstruction == SAMPLER_CONSTANT);
   CHECK(j.fingerprint == (uint32_t)crc32(0L, (const Bytef *)text, (uInt)strlen(text)));
   job_free(&j);
+  snprintf(text, sizeof text, "%ssampling: {reconstruction: limited}\n", base);
+  CHECK_OK(parse(text, &j));
+  CHECK(j.reconstruction == SAMPLER_LIMITED);
+  job_free(&j);
   check_err("sampling: {reconstruction: cubic}\n", "sampling.reconstruction");
   const char *compat = "inputs: {synth: {count: 2}}\nline: {lamda: co.dat}\n"
                        "sampling: {coemunet_compat: true, reconstruction: %s}\n";
@@ -81,6 +85,8 @@ static void test_reconstruction(void) {
   job_free(&j);
   snprintf(text, sizeof text, lvg, "linear");
   CHECK_ERR(parse(text, &j), "linear does not apply with line.mode: lvg");
+  snprintf(text, sizeof text, lvg, "limited");
+  CHECK_ERR(parse(text, &j), "limited does not apply with line.mode: lvg");
 }
 
 static void test_errors(void) {

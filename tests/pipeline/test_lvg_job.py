@@ -123,11 +123,7 @@ def end_to_end(tmp):
     try:
         c = cs.StreamClient(ep, timeout_s=20, heartbeat_s=0.2)
         try:
-            while True:
-                ch = c.next()
-                if ch is None:
-                    break
-                got.append(ch)
+            got = c.drain()
         finally:
             c.close()
     except Exception as e:  # noqa: BLE001

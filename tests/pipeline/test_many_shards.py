@@ -104,10 +104,7 @@ def serve_epoch(d, tmp, split='all', fds=None):
             t.start()
         c = cs.StreamClient(ep, rank=0, world=1, timeout_s=30 * SLOW, heartbeat_s=0.2)
         try:
-            while True:
-                ch = c.next()
-                if ch is None:
-                    break
+            for ch in c.drain():
                 for k, i in enumerate(ch.ids):
                     got.append((int(i), ch.inputs[k].tobytes(), ch.targets[k].tobytes()))
         except (cs.ProtocolError, cs.ProducerSilent) as e:

@@ -59,6 +59,17 @@ for n in (0, 1, 3, 4, 7, 8, 31, 32, 33, 100, 4099):
           f"XXH64 ({stream.XXH64_BACKEND}) of {n} bytes in two frames")
 check(stream.xxh64_small(b"") == 0xEF46DB3751D8E999, "XXH64 of nothing (the published value)")
 
+# protocol 2's row check: every row against its row checksum, in place
+rows_in = rng.standard_normal((3, 5, 4)).astype("<f4")
+rows_out = rng.standard_normal((3, 6)).astype("<f4")
+sums = np.array([[stream.xxh64_small(rows_in[k].tobytes()), stream.xxh64_small(rows_out[k].tobytes())]
+                 for k in range(3)], dtype="<u8")
+check(stream.rows_ok(rows_in, 80, rows_out, 24, 3, sums), "row checksums of 3 samples match")
+bad = rows_out.copy()
+bad[2, 5] = np.nextafter(bad[2, 5], np.float32(10))  # one ulp of the last sample's last target
+check(not stream.rows_ok(rows_in, 80, bad, 24, 3, sums), "one ulp in one row is caught")
+check(not stream.rows_ok(rows_in, 80, rows_out, 24, 3, sums[::-1].copy()), "rows swapped are caught")
+
 with tempfile.TemporaryDirectory() as tmp:
     src = os.path.join(tmp, "src")
     shutil.copytree(os.path.join(fixture.ROOT, "python"), src,

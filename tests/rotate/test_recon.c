@@ -238,18 +238,21 @@ static void test_mass(void) {
   o.edge = 9;
   double h3 = pow(o.edge / n, 3), lo = -6 * 0.25 * 0.25 / 16, hi = -3 * 0.25 * 0.25 / 16;
   for (int t = 0; t < 5; t++) {
-    double q[4], mass[2];
+    double q[4], mass[3];
     dir_quaternion(DIR_HAAR, 7, 0, (uint32_t)t, q);
-    for (int r = 0; r < 2; r++) {
-      o.reconstruction = r ? SAMPLER_LINEAR : SAMPLER_CONSTANT;
+    for (int r = 0; r < 3; r++) {
+      o.reconstruction = r == 2 ? SAMPLER_LIMITED : r ? SAMPLER_LINEAR : SAMPLER_CONSTANT;
       CHECK_OK(sample_cube(m, q, &o, v, T, nc));
       double sum = 0;
       for (size_t i = 0; i < N; i++) sum += nc[i];
       mass[r] = sum * h3;
     }
     double rel = mass[1] / mass[0] - 1;
-    fprintf(stderr, "direction %d: mass constant %.6f linear %.6f (%+.4f%%)\n", t, mass[0],
-            mass[1], 100 * rel);
+    double rlim = mass[2] / mass[0] - 1;
+    fprintf(stderr, "direction %d: mass constant %.6f linear %.6f (%+.4f%%) limited %.6f (%+.4f%%)\n",
+            t, mass[0], mass[1], 100 * rel, mass[2], 100 * rlim);
+    /* limited keeps the cells' averages: only the resampling error (0.3%) */
+    CHECK_MSG(fabs(rlim) < 0.003, "direction %d: limited/constant - 1 = %g", t, rlim);
     CHECK_MSG(rel > expm1(lo) - 0.003 && rel < expm1(hi) + 0.003,
               "direction %d: linear/constant - 1 = %g, expected %g .. %g", t, rel, expm1(lo),
               expm1(hi));
@@ -274,6 +277,7 @@ static void test_options(void) {
   CHECK_ERR(sample_cube(m, (double[4]){1, 0, 0, 0}, &o, v, T, n), "reconstruction 7");
   CHECK(sampler_recon_parse("linear") == SAMPLER_LINEAR);
   CHECK(sampler_recon_parse("constant") == SAMPLER_CONSTANT);
+  CHECK(sampler_recon_parse("limited") == SAMPLER_LIMITED);
   CHECK(sampler_recon_parse("cubic") == -1);
   /* the per-thread bodies and the device sampler have constant only */
   sampler_geo G;
@@ -292,7 +296,116 @@ static void test_options(void) {
   model_free(m);
 }
 
+/* rho = 1, curved p and v: the voxels' T and v_los are plain means */
+static void flat_rho_state(const double x[3], double w[5], void *user) {
+  double v[3] = {1000 * sin(x[0]), 500 * cos(x[1] + x[0]), 300 * x[2] * x[2]};
+  conserved(1, v, 1 + 0.3 * x[0] * x[0] + 0.1 * x[1] + 0.2 * x[2] * x[2], w);
+}
+
+/* The limited reconstruction keeps the cell averages: an unrotated cube
+ * whose voxels are the coarse cells of [-4, 4]^3 (k = 2: the sub-samples at
+ * +-h/4 from a coarse centre, symmetric, or at the centres of the 8 fine
+ * cells of a refined voxel, where the offset is 0) has the voxels of the
+ * constant reconstruction: each of the 8 sub-sample values is rounded to
+ * float once (2^-24 relative; within the range of the cell and its
+ * neighbours, so below 2x the voxel's value on these smooth fields), the
+ * slopes' terms cancel in double: 8 * 2 * 6e-8 / 8 ~ 1.2e-7 relative, checked
+ * at 5e-7 (v_los: relative to 1000 m/s). `linear` does not keep them (the
+ * check can fail: it is run on linear too and must miss). */
+static void test_limited_averages(void) {
+  for (int model = 0; model < 2; model++) {
+    ce_model *m = build(8, 4, 2, refine_low_x, model ? flat_rho_state : curved_state, NULL);
+    if (!m) return;
+    const int n = 8;
+    float c[3][3][512];
+    sampler_opts o;
+    sampler_defaults(&o);
+    o.n = n;
+    o.k = 2;
+    o.edge = 8;
+    o.fill_background = 1;
+    const int recon[3] = {SAMPLER_CONSTANT, SAMPLER_LIMITED, SAMPLER_LINEAR};
+    for (int r = 0; r < 3; r++) {
+      o.reconstruction = recon[r];
+      CHECK_OK(sample_cube(m, (double[4]){1, 0, 0, 0}, &o, c[r][0], c[r][1], c[r][2]));
+    }
+    double worst[2] = {0, 0};
+    for (int i = 0; i < n * n * n; i++)
+      for (int r = 1; r < 3; r++) {
+        /* curved: n (field 2); flat rho: T and v_los (fields 1, 0) */
+        for (int f = 0; f < 3; f++) {
+          if (model == 0 ? f != 2 : f == 2) continue;
+          double scale = f == 0 ? 1000 : fabs(c[0][f][i]);
+          worst[r - 1] = fmax(worst[r - 1], fabs(c[r][f][i] - c[0][f][i]) / scale);
+        }
+      }
+    CHECK_MSG(worst[0] <= 5e-7, "model %d: limited voxels off the cell averages by %g", model,
+              worst[0]);
+    CHECK_MSG(worst[1] > 1e-3, "model %d: linear keeps the cell averages (%g): the check is blind",
+              model, worst[1]);
+    fprintf(stderr, "model %d: limited - constant %.3g, linear - constant %.3g (relative)\n", model,
+            worst[0], worst[1]);
+    model_free(m);
+  }
+}
+
+/* n and v_z along z only, a steep front (tanh(3z) on cells of 0.5 and 1) */
+static void front_state(const double x[3], double w[5], void *user) {
+  double t = tanh(3 * x[2]);
+  double v[3] = {0, 0, 1000 * t};
+  double rho = 1 + 0.9 * t;
+  conserved(rho, v, rho, w);
+}
+
+/* Monotone: along each z column of an unrotated cube (k = 1, 10 points per
+ * fine cell) n and v_z never decrease, across the front and on both sides
+ * of the coarse-fine face x = 0, and stay within the cells' range. An
+ * unlimited (central) slope dips below the lower cell at the front's foot:
+ * the check can fail. */
+static void test_limited_monotone(void) {
+  ce_model *m = build(8, 4, 2, refine_low_x, front_state, NULL);
+  if (!m) return;
+  const int n = 48;
+  size_t N = (size_t)n * n * n;
+  float *c[3];
+  for (int f = 0; f < 3; f++) c[f] = malloc(N * 4);
+  double lo[2] = {INFINITY, INFINITY}, hi[2] = {-INFINITY, -INFINITY};
+  for (int64_t i = 0; i < m->nleaves * m->ncell; i++) {
+    const model_real *v = m->cells + i * MODEL_NF;
+    lo[0] = fmin(lo[0], v[MODEL_N]), hi[0] = fmax(hi[0], v[MODEL_N]);
+    lo[1] = fmin(lo[1], v[MODEL_VZ]), hi[1] = fmax(hi[1], v[MODEL_VZ]);
+  }
+  sampler_opts o;
+  sampler_defaults(&o);
+  o.n = n;
+  o.k = 1;
+  o.edge = 4.6;
+  o.ball_radius = 4;
+  o.reconstruction = SAMPLER_LIMITED;
+  CHECK_OK(sample_cube(m, (double[4]){1, 0, 0, 0}, &o, c[0], c[1], c[2]));
+  int bad = 0;
+  for (size_t col = 0; col < (size_t)n * n; col++)
+    for (int iz = 0; iz < n; iz++) {
+      size_t at = col * n + iz;
+      /* float noise: the stored slopes and values, 2^-24 of the largest */
+      for (int f = 0; f < 2; f++) {
+        const float *x = f ? c[0] : c[2];
+        double noise = 4 * 6e-8 * fmax(fabs(lo[f]), fabs(hi[f]));
+        if (!(x[at] >= lo[f] - noise && x[at] <= hi[f] + noise) ||
+            (iz > 0 && x[at] < x[at - 1] - noise))
+          if (bad++ < 5)
+            fprintf(stderr, "column %zu, iz %d, field %d: %.9g after %.9g (cells %g .. %g)\n",
+                    col, iz, f, x[at], iz ? x[at - 1] : NAN, lo[f], hi[f]);
+      }
+    }
+  CHECK_MSG(bad == 0, "limited: %d values not monotone along z or outside the cells' range", bad);
+  for (int f = 0; f < 3; f++) free(c[f]);
+  model_free(m);
+}
+
 int main(void) {
+  RUN(test_limited_averages);
+  RUN(test_limited_monotone);
   RUN(test_linear_exact);
   RUN(test_seam);
   RUN(test_mass);

@@ -4,7 +4,8 @@
 runs; every sample equals the finished dataset's; epoch 0 is in generation
 order; the server exits once the consumer is done. And, deterministically,
 shards appearing one after another are served as they appear, while the
-producer keeps the consumer alive."""
+producer keeps the consumer alive; with --order shards, epochs after the
+first are the finished dataset's --order shards epochs."""
 import os
 import shutil
 import subprocess
@@ -52,11 +53,7 @@ stream: {{endpoint: "{ep}", ranks: 1, batch: 2, epochs: 1, split: all}}
     got = []
     c = cs.StreamClient(ep, rank=0, world=1, timeout_s=30, heartbeat_s=0.2)
     try:
-        while True:
-            ch = c.next()
-            if ch is None:
-                break
-            got.append(ch)
+        got = c.drain()
     finally:
         c.close()
     err = gen.communicate(timeout=300)[1]
@@ -126,6 +123,71 @@ stream: {{endpoint: "{ep}", ranks: 1, batch: 2, epochs: 1, split: all}}
           "partial: data equal the finished dataset")
     srv.wait(timeout=20)
     check(srv.returncode == 0, "partial: server exit status")
+
+    # Live with --order shards (the shard-aware order, pipeline/serve/order.c),
+    # shards appearing as generate makes them: epoch 0 is in generation order
+    # (as in exact mode: training starts with the first shards), later epochs
+    # are permutations, deterministic in (seed, epoch): the same as the
+    # finished dataset's --order shards epochs (the live plan's sample ->
+    # shard map, sample // samples_per_shard, is the manifest's).
+    part3 = os.path.join(tmp, "partial-shards")
+    os.makedirs(os.path.join(part3, "shards"))
+    for name in ("plan.json", "job.yaml"):
+        shutil.copy(os.path.join(d, name), part3)
+    shutil.copy(os.path.join(d, "shards", shards[0]), os.path.join(part3, "shards"))
+    order_args = ["--order", "shards", "--order-shards", "3", "--order-buffer", "4", "--seed", "7",
+                  "--batch", "2", "--epochs", "3", "--split", "all", "--heartbeat", "0.2"]
+
+    def epochs_of(ep_, n_epochs=3, timeout_s=5):
+        out = []
+        with cs.StreamClient(ep_, rank=0, world=1, timeout_s=timeout_s, heartbeat_s=0.2) as cl:
+            for _ in range(n_epochs):
+                out.append([(int(i), ch.inputs[k].copy()) for ch in cl.iter_epoch()
+                            for k, i in enumerate(ch.ids)])
+        return out
+
+    ep3 = f"ipc://{tmp}/partial-shards.sock"
+    srv = subprocess.Popen([COEMU, "serve", part3, "--live", "--endpoint", ep3] + order_args,
+                           stderr=subprocess.PIPE, text=True)
+
+    def finish_part3():  # as generate does: a temporary name, then rename
+        time.sleep(1.0)
+        for name in shards[1:]:
+            tmpname = os.path.join(part3, "shards", name + ".tmp")
+            shutil.copy(os.path.join(d, "shards", name), tmpname)
+            os.rename(tmpname, os.path.join(part3, "shards", name))
+
+    th = threading.Thread(target=finish_part3)
+    th.start()
+    live_eps = epochs_of(ep3)
+    th.join()
+    srv.wait(timeout=20)
+    check(srv.returncode == 0, f"live shards: server exit status {srv.returncode}")
+    ids_live = [[i for i, _ in e] for e in live_eps]
+    check(ids_live[0] == list(range(36)), f"live shards: epoch 0 in generation order: {ids_live[0]}")
+    check(all(sorted(e) == list(range(36)) for e in ids_live[1:]),
+          f"live shards: epochs 1, 2 are permutations: {ids_live[1:]}")
+    check(ids_live[1] != ids_live[2] and ids_live[1] != list(range(36)),
+          "live shards: epochs 1 and 2 shuffled, and differently")
+    check(all(np.array_equal(x, X[i]) for e in live_eps for i, x in e),
+          "live shards: data equal the finished dataset")
+    ep4 = f"ipc://{tmp}/finished-shards.sock"
+    srv = subprocess.Popen([COEMU, "serve", d, "--endpoint", ep4] + order_args,
+                           stderr=subprocess.PIPE, text=True)
+    fin_eps = epochs_of(ep4)
+    srv.wait(timeout=20)
+    ids_fin = [[i for i, _ in e] for e in fin_eps]
+    check(ids_live[1:] == ids_fin[1:],
+          f"live shards: epochs 1, 2 equal the finished dataset's --order shards epochs: "
+          f"{ids_live[1:]} vs {ids_fin[1:]}")
+    check(sorted(ids_fin[0]) == list(range(36)) and ids_fin[0] != list(range(36)),
+          "finished shards: epoch 0 shuffled (live epoch 0 alone is in generation order)")
+    # deterministic: the live server again, all shards there, gives the same epochs
+    srv = subprocess.Popen([COEMU, "serve", part3, "--live", "--endpoint", ep3] + order_args,
+                           stderr=subprocess.PIPE, text=True)
+    again = [[i for i, _ in e] for e in epochs_of(ep3)]
+    srv.wait(timeout=20)
+    check(again == ids_live, "live shards: the same (seed, epoch) gives the same order again")
 
     # the pid file cannot be written (OUT/serve.pid is a directory): the job
     # fails saying so, and stops the server it started (no orphan holding the

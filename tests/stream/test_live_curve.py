@@ -198,11 +198,7 @@ with tempfile.TemporaryDirectory() as tmp:
                            text=True, timeout=300, env=MPI_ENV)
         check(r.returncode == 0 and "the server an earlier run started still serves" in r.stderr,
               f"rerun with the live server still serving: {r.returncode} {r.stderr[-800:]}")
-        while True:
-            ch = c.next()
-            if ch is None:
-                break
-            got.append(ch)
+        got += c.drain()
     finally:
         c.close()
     ids = [int(i) for ch in got for i in ch.ids]

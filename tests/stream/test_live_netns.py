@@ -55,10 +55,7 @@ def consumer_main(argv):
         ids, xs, ys = [], [], []
         with StreamClient(ep, rank=0, world=1, timeout_s=60, heartbeat_s=0.2,
                           curve=(srv, cli)) as c:
-            while True:
-                ch = c.next()
-                if ch is None:
-                    break
+            for ch in c.drain():
                 ids += [int(i) for i in ch.ids]
                 xs.append(np.array(ch.inputs))
                 ys.append(np.array(ch.targets))

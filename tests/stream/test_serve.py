@@ -52,10 +52,7 @@ def read_epoch(ep, rank, world, epoch=0, position=0, stop_after=None, **kw):
     c = cs.StreamClient(ep, rank=rank, world=world, epoch=epoch, position=position,
                         timeout_s=10, heartbeat_s=0.2, **kw)
     try:
-        while True:
-            ch = c.next()
-            if ch is None:
-                break
+        for ch in c.iter_epoch():
             got.append(ch)
             if stop_after is not None and len(got) == stop_after:
                 return got, (c.epoch, c.position)

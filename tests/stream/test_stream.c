@@ -32,10 +32,11 @@ typedef struct {
   int credit;
   atomic_int credit_violation;
   int chunk;            /* samples per chunk */
+  int bad_sums;         /* 1: hand the server row checksums, the last sample's targets one wrong */
 } src_ctx;
 
 typedef struct {
-  uint64_t ids[8];
+  uint64_t ids[8], sums[16];
   float in[8 * 3 * N * N * N], out[8 * NF * N * N];
 } chunk_buf;
 
@@ -67,6 +68,12 @@ static int source(void *ctx, const stream_consumer *c, uint32_t epoch, uint64_t 
   out->out_shape[1] = out->out_shape[2] = N;
   out->release = release_buf;
   out->token = b;
+  if (s->bad_sums) { /* the source's own row checksums, forwarded as they are */
+    stream_row_sums(b->in, 4 * 3 * N * N * N, b->out, 4 * NF * N * N, k, b->sums);
+    for (uint32_t j = 0; j < k; j++)
+      if (pos + j == per_rank - 1) b->sums[2 * j + 1] ^= 1;
+    out->sums = b->sums;
+  }
   return 1;
 }
 
@@ -120,10 +127,15 @@ static void test_header_codec(void) {
   stream_header_encode(&h, b);
   CHECK_ERR(stream_header_decode(b, sizeof b, &d), "shapes");
   h.in_shape[1] = 4;
-  h.version = 2; /* encode always writes version 1; forge another */
-  stream_header_encode(&h, b);
-  b[4] = 2;
+  stream_header_encode(&h, b); /* a version forged without its checksum */
+  b[4] = 3;
   CHECK_ERR(stream_header_decode(b, sizeof b, &d), "checksum");
+  h.version = 1; /* a sound header of protocol version 1: told apart, with its type */
+  stream_header_encode(&h, b);
+  int dv = stream_header_decode(b, sizeof b, &d);
+  CHECK_MSG(dv == STREAM_E_VERSION && d.version == 1 && d.type == STREAM_CHUNK, "decode %d", dv);
+  CHECK(strstr(ce_err_msg(), "protocol version 1, expected 2") != NULL);
+  h.version = 0;
   /* HELLO: world, rank and credit range-checked before anything uses them
    * (issue 13: world 65536 + W truncated to 16 bits) */
   stream_header hh = {.type = STREAM_HELLO, .value = 4, .nsamples = 65536 + 2, .rank = 1};
@@ -269,6 +281,73 @@ static void test_malformed_dropped(void) {
   stop(&t, th);
 }
 
+/* Protocol 2: the row checksums a source hands over are sent as they are and
+ * every row is checked against them by the consumer: the last chunk, whose
+ * last sample carries a wrong targets checksum, is dropped (counted
+ * malformed), never returned; the chunks before it arrive. (The last one, so
+ * that the epoch's end follows: a consumer that dropped a chunk waits at its
+ * position and drops what comes after it.) */
+static void test_forwarded_row_sums(void) {
+  char ep[300];
+  snprintf(ep, sizeof ep, "ipc://%s/rows.sock", tmpdir);
+  src_ctx ctx = {.credit = 4, .chunk = 2, .bad_sums = 1};
+  srv_thread t;
+  pthread_t th;
+  start(&t, &th, ep, &ctx, 1, NULL, NULL);
+  stream_client_opts o = {.endpoint = ep, .rank = 0, .world = 1, .credit = 4, .timeout_s = 5};
+  stream_client *c;
+  CHECK_OK(stream_client_open(&o, &c));
+  stream_chunk_view v;
+  int r, n = 0, saw_bad = 0;
+  while (c && (r = stream_client_next(c, &v)) == 1) {
+    n += (int)v.h.nsamples;
+    for (uint32_t k = 0; k < v.h.nsamples; k++) saw_bad |= v.ids[k] >= SAMPLES - 2;
+    /* what is returned is what was sent: id-filled rows */
+    CHECK(v.inputs[0] == (float)v.ids[0] && v.targets[0] == (float)v.ids[0] + 0.5f);
+  }
+  stream_client_stats st;
+  stream_client_get_stats(c, &st);
+  CHECK_MSG(r == 0 && !saw_bad && st.malformed == 1 && n == SAMPLES - 2,
+            "r %d n %d malformed %llu", r, n, (unsigned long long)st.malformed);
+  stream_client_close(c);
+  stop(&t, th);
+}
+
+/* A consumer of another protocol version gets an ERROR in its own version
+ * naming both versions, not silence. */
+static void test_version_mismatch(void) {
+  char ep[300];
+  snprintf(ep, sizeof ep, "ipc://%s/ver.sock", tmpdir);
+  src_ctx ctx = {.credit = 4, .chunk = 4};
+  srv_thread t;
+  pthread_t th;
+  start(&t, &th, ep, &ctx, 1, NULL, NULL);
+  void *z = zmq_ctx_new(), *raw = zmq_socket(z, ZMQ_DEALER);
+  int zero = 0, tmo = 5000;
+  zmq_setsockopt(raw, ZMQ_LINGER, &zero, sizeof zero);
+  zmq_setsockopt(raw, ZMQ_RCVTIMEO, &tmo, sizeof tmo);
+  zmq_connect(raw, ep);
+  stream_header h = {.version = 1, .type = STREAM_HELLO, .value = 4, .nsamples = 1};
+  uint8_t b[STREAM_HEADER_SIZE], rb[STREAM_HEADER_SIZE];
+  stream_header_encode(&h, b);
+  zmq_send(raw, b, sizeof b, 0);
+  int got = zmq_recv(raw, rb, sizeof rb, 0);
+  stream_header d;
+  int dv = got == STREAM_HEADER_SIZE ? stream_header_decode(rb, sizeof rb, &d) : -1;
+  CHECK_MSG(dv == STREAM_E_VERSION && d.version == 1 && d.type == STREAM_ERROR,
+            "received %d bytes, decode %d", got, dv);
+  char text[512] = "";
+  int more = 0;
+  size_t ml = sizeof more;
+  zmq_getsockopt(raw, ZMQ_RCVMORE, &more, &ml);
+  int tl = more ? zmq_recv(raw, text, sizeof text - 1, 0) : -1;
+  if (tl > 0) text[tl < (int)sizeof text ? tl : (int)sizeof text - 1] = 0;
+  CHECK_MSG(strstr(text, "protocol version 1") && strstr(text, "version 2"), "'%s'", text);
+  zmq_close(raw);
+  zmq_ctx_term(z);
+  stop(&t, th);
+}
+
 /* A producer that vanishes is reported within the timeout; when it comes
  * back the consumer reconnects and carries on from where it was. */
 static void test_producer_restart(void) {
@@ -374,6 +453,8 @@ int main(void) {
   RUN(test_epochs_and_credit);
   RUN(test_ranks_and_resume);
   RUN(test_malformed_dropped);
+  RUN(test_forwarded_row_sums);
+  RUN(test_version_mismatch);
   RUN(test_producer_restart);
   RUN(test_curve);
   check_scratch_remove();
