@@ -88,20 +88,20 @@ void model_lru_free(model_lru *c) {
   free(c);
 }
 
-static char *make_key(const char *dat, const char *units) {
-  size_t a = strlen(dat), b = units ? strlen(units) : 0;
+static char *make_key(const char *dat, const char *units_path) {
+  size_t a = strlen(dat), b = units_path ? strlen(units_path) : 0;
   char *k = malloc(a + b + 2);
   if (!k) return NULL;
   memcpy(k, dat, a);
   k[a] = '\n';
-  if (b) memcpy(k + a + 1, units, b);
+  if (b) memcpy(k + a + 1, units_path, b);
   k[a + 1 + b] = 0;
   return k;
 }
 
-int model_lru_get(model_lru *c, const char *dat, const char *units, ce_model **m, int *loaded) {
+int model_lru_get(model_lru *c, const char *dat, const char *units_path, ce_model **m, int *loaded) {
   if (loaded) *loaded = 0;
-  char *key = make_key(dat, units);
+  char *key = make_key(dat, units_path);
   if (!key) CE_FAIL("out of memory for the model cache");
   c->tick++;
   for (int64_t i = 0; i < c->n; i++)
@@ -125,7 +125,7 @@ int model_lru_get(model_lru *c, const char *dat, const char *units, ce_model **m
     c->e = ne, c->alloc = na;
   }
   ce_model *nm = NULL;
-  if (model_load(dat, units, &nm) < 0) {
+  if (model_load(dat, units_path, &nm) < 0) {
     free(key);
     return -1;
   }

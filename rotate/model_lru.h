@@ -52,7 +52,7 @@ void model_lru_free(model_lru *c);
 /* The model of (dat, units): from memory, or loaded (model_load) and kept.
  * *m gets the model; loaded (may be NULL) gets 1 when the files were read.
  * -1 with model_load's message on an error (nothing is cached then). */
-int model_lru_get(model_lru *c, const char *dat, const char *units, ce_model **m, int *loaded);
+int model_lru_get(model_lru *c, const char *dat, const char *units_path, ce_model **m, int *loaded);
 
 /* Attach a payload to the entry of m (the model last returned by
  * model_lru_get): counted as `bytes`, freed with free_fn (may be NULL) when

@@ -440,7 +440,7 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   {
     int rc = 0;
     if (g_rank == 0) rc = dataset_write_plan(out, &j, msplit);
-    if (g_rank == 0 && rc == 0 && j.has_stream) rc = live_serve_spawn(out, &j);
+    if (g_rank == 0 && rc == 0 && j.has_stream && !j.stream_generate) rc = live_serve_spawn(out, &j);
     mpi_agree(rc);
   }
   /* from here on the folder holds this job's work: a failure keeps it for

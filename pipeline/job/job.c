@@ -305,6 +305,9 @@ static int fill(const char *name, const yt_node *r, job *j) {
     j->stream_batch = schema_int(r, "stream.batch");
     j->stream_epochs = schema_int(r, "stream.epochs");
     snprintf(j->stream_split, sizeof j->stream_split, "%s", schema_str(r, "stream.split"));
+    j->stream_generate = strcmp(schema_str(r, "stream.mode"), "generate") == 0;
+    j->stream_fresh_views = schema_bool(r, "stream.fresh_views");
+    j->stream_model_cache_mb = schema_int(r, "stream.model_cache_mb");
     /* the rules of coemu serve: CURVE keys together, and required off this machine */
     const char *cs = schema_str(r, "stream.curve_secret"), *ca = schema_str(r, "stream.curve_authorized");
     const yt_node *csn = schema_at(r, "stream.curve_secret"), *can = schema_at(r, "stream.curve_authorized");
