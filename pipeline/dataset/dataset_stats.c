@@ -33,6 +33,7 @@
 #include "pipeline/dataset/h5util.h"
 #include "pipeline/dataset/shard_reader.h"
 #include "pipeline/job/job.h"
+#include "pipeline/mpi/mpi_node.h"
 #include "stats/moments.h"
 #include "stats/moments_mpi.h"
 #include "stats/quantile.h"
@@ -70,14 +71,9 @@ static int open_dataset(const char *dir, const char *path, dataset *ds) {
     /* the rebuilt cubes are made by OpenMP threads: this node's cores
      * shared among its ranks, so ranks do not oversubscribe them (idle
      * OpenMP threads spin) */
-    MPI_Comm node;
-    int local = 1;
-    if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) ==
-        MPI_SUCCESS) {
-      MPI_Comm_size(node, &local);
-      MPI_Comm_free(&node);
-    }
-    int t = omp_get_num_procs() / (local > 0 ? local : 1);
+    int local;
+    mpi_node_place(NULL, &local);
+    int t = omp_get_num_procs() / local;
     omp_set_num_threads(t > 0 ? t : 1);
   }
   ds->N = (hsize_t)shard_reader_samples(ds->rd);

@@ -11,6 +11,7 @@
 #include "common/error.h"
 #include "common/fsutil.h"
 #include "pipeline/mpi/mpi_fatal.h"
+#include "pipeline/mpi/mpi_node.h"
 #include "common/progress.h"
 #include "rotate/amrvac.h"
 #include "rotate/compat.h"
@@ -347,13 +348,8 @@ int producer_open(const job *j, const char *out_dir, generate_producer *p) {
   c->paths = calloc((size_t)j->n_models, sizeof *c->paths);
   if (rc == 0 && (!c->freqs || !c->image || !c->paths)) rc = ce_err("out of memory");
   /* solver.device: one device per rank, by the rank's place on its node */
-  MPI_Comm node;
-  int local_rank = 0;
-  if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) ==
-      MPI_SUCCESS) {
-    MPI_Comm_rank(node, &local_rank);
-    MPI_Comm_free(&node);
-  }
+  int local_rank;
+  mpi_node_place(&local_rank, NULL);
   if (rc == 0 && j->solver_device != LTE_BACKEND_CPU &&
       lte_backend_open((lte_backend)j->solver_device, local_rank, NULL, 0) < 0) {
     ce_err_prefix("%s: solver.device", j->path);
