@@ -35,12 +35,10 @@ MPIEXEC = os.environ.get('COEMU_MPIEXEC', 'mpiexec')
 ROOT = os.environ['COEMU_SOURCE_ROOT']
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 sys.path.insert(0, os.path.join(ROOT, 'pipeline', 'stream'))
-from pycheck import check, report  # noqa: E402
+from pycheck import check, report, sanitizer_full_stacks  # noqa: E402
 import coemu_stream as cs  # noqa: E402
 
-for var in ('ASAN_OPTIONS', 'LSAN_OPTIONS'):
-    if var in os.environ:
-        os.environ[var] += ':fast_unwind_on_malloc=0'
+sanitizer_full_stacks()
 
 # 2 synthetic models (2 AMR levels) x 3 directions, 16^3 cubes, 7 channels
 JOB = """name: {name}

@@ -36,12 +36,10 @@ BATCHES = os.environ['COEMU_IMAGES_ONLY_BATCHES']
 ROOT = os.environ['COEMU_SOURCE_ROOT']
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 sys.path.insert(0, os.path.join(ROOT, 'pipeline', 'stream'))
-from pycheck import check, report  # noqa: E402
+from pycheck import check, report, sanitizer_full_stacks  # noqa: E402
 import coemu_stream as cs  # noqa: E402
 
-for var in ('ASAN_OPTIONS', 'LSAN_OPTIONS'):
-    if var in os.environ:
-        os.environ[var] += ':fast_unwind_on_malloc=0'
+sanitizer_full_stacks()
 
 N_MODELS, DIRS, N, NF, PER_SHARD = 3, 3, 16, 7, 2
 JOB = f"""name: {{name}}
