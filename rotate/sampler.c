@@ -464,16 +464,6 @@ static void walk_line_linear(const ce_model *m, const double A[3], const double 
                                         _mm512_fmadd_pd(_mm512_fmadd_pd(i2, db1, i1), db0, i0))));
       _mm512_mask_storeu_epi64(idx + j, mk, _mm512_add_epi64(_mm512_set1_epi64(first + j), lane));
       const int nl = je - j >= 8 ? 8 : je - j;
-      /* the corners of the cells still to come in these 8 points: start
-       * their loads now (no effect on the values) */
-      for (int q = 0; q < nl; q++)
-        if (q == 0 ? nd[0] != last : nd[q] != nd[q - 1]) {
-          const model_real *c0 = nbase + nd[q] * MODEL_NODAL_STRIDE;
-          _mm_prefetch((const char *)c0, _MM_HINT_T0);
-          _mm_prefetch((const char *)(c0 + sy), _MM_HINT_T0);
-          _mm_prefetch((const char *)(c0 + sz), _MM_HINT_T0);
-          _mm_prefetch((const char *)(c0 + sy + sz), _MM_HINT_T0);
-        }
       /* poly_make and poly_eval with the coefficients kept in registers
        * (the same operations in the same order: the same bits) */
       for (int q = 0; q < nl; q++) {

@@ -31,3 +31,13 @@ def run_in_tmpdir(prefix, run):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report()
+
+
+def sanitizer_full_stacks():
+    """Under the sanitizers: unwind fully in the processes this test starts,
+    so that leaks kept by Open MPI's dlopen'ed components are attributed to
+    libmpi and friends (tests/lsan.supp) instead of "<unknown module>"."""
+    import os
+    for var in ('ASAN_OPTIONS', 'LSAN_OPTIONS'):
+        if var in os.environ:
+            os.environ[var] += ':fast_unwind_on_malloc=0'

@@ -1,4 +1,7 @@
-/* cmd_serve.c - `coemu serve DATASET`: stream a dataset to trainer ranks. */
+/* cmd_serve.c - `coemu serve DATASET`: stream a dataset to trainer ranks;
+ * `coemu serve --generate JOB`: stream samples made on the fly (MPI producer
+ * ranks: the producer of coemu generate behind pipeline/serve/gensource.h). */
+#include <mpi.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -9,6 +12,10 @@
 #include "common/error.h"
 #include "common/progress.h"
 #include "pipeline/cmd/commands.h"
+#include "pipeline/generate/producer.h"
+#include "pipeline/job/job.h"
+#include "pipeline/mpi/mpi_fatal.h"
+#include "pipeline/serve/gensource.h"
 #include "pipeline/serve/serve.h"
 #include "pipeline/stream/stream_security.h"
 #include "pipeline/stream/stream_server.h"
@@ -35,110 +42,31 @@ static void on_signal(int sig) {
   serve_stop = 1;
 }
 
-int cmd_serve(int argc, char **argv) {
-  const char *endpoint = "tcp://127.0.0.1:5555", *split = "train", *curve_secret = NULL,
-             *curve_auth = NULL, *order = "exact";
-  int64_t ranks = 1, batch = 16, epochs = 0, seed = 1234, prefetch = 4, credit = 8, maxcons = 0,
-          order_shards = 0, order_buffer = 0, read_threads = 0;
-  int pad = 0, live = 0;
-  double heartbeat = 1.0, timeout = 10.0, idle_exit = -1;
-  cli_opt opts[] = {
-      {"endpoint", CLI_STR, &endpoint, "URL", "where to listen (default tcp://127.0.0.1:5555; ipc://PATH)", 0, 0},
-      {"ranks", CLI_INT, &ranks, "W", "number of trainer ranks (default 1)", 0, 0},
-      {"split", CLI_STR, &split, "NAME", "train (default), validation, test or all", 0, 0},
-      {"batch", CLI_INT, &batch, "B", "samples per chunk (default 16)", 0, 0},
-      {"epochs", CLI_INT, &epochs, "E", "stop after E epochs for every rank (default: serve until stopped)", 0, 0},
-      {"seed", CLI_INT, &seed, "S", "shuffle seed (default 1234)", 0, 0},
-      {"order", CLI_STR, &order, "MODE", "epoch order: exact (default: a uniform shuffle) or shards (shard-aware, for parallel file systems)", 0, 0},
-      {"order-shards", CLI_INT, &order_shards, "K", "order shards: shards read at once (default 8)", 0, 0},
-      {"order-buffer", CLI_INT, &order_buffer, "B", "order shards: samples shuffled together (default 4 x samples per shard)", 0, 0},
-      {"pad", CLI_FLAG, &pad, NULL, "pad the last batch by wrapping around (default: drop the remainder)", 0, 0},
-      {"live", CLI_FLAG, &live, NULL, "serve a dataset coemu generate is still making (shards as they finish)", 0, 0},
-      {"prefetch", CLI_INT, &prefetch, "K", "chunks read ahead per rank (default 4)", 0, 0},
-      {"read-threads", CLI_INT, &read_threads, "N", "threads reading and checking samples (default min(4, cores); --live: 1)", 0, 0},
-      {"max-credit", CLI_INT, &credit, "K", "most chunks in flight per rank (default 8)", 0, 0},
-      {"heartbeat", CLI_DOUBLE, &heartbeat, "S", "heartbeat interval [s] (default 1)", 0, 0},
-      {"timeout", CLI_DOUBLE, &timeout, "S", "drop a rank silent this long [s] (default 10)", 0, 0},
-      {"idle-exit", CLI_DOUBLE, &idle_exit, "S", "exit after S seconds without any consumer (default: never; 600 with --epochs; 0: never)", 0, 0},
-      {"max-consumers", CLI_INT, &maxcons, "N", "connections served at once (default 2 x ranks + 8)", 0, 0},
-      {"curve-secret", CLI_STR, &curve_secret, "FILE", "producer key pair (coemu keygen); required off loopback", 0, 0},
-      {"curve-authorized", CLI_STR, &curve_auth, "DIR", "directory of authorised consumer public keys (*.key)", 0, 0},
-      {0}};
-  const cli_command spec = {
-      "serve", "DATASET [options]",
-      "Stream a dataset's split to W trainer ranks over ZeroMQ (docs/stream-protocol.md):\n"
-      "a deterministic order per (seed, epoch) (--order exact: a uniform shuffle; shards:\n"
-      "shard-aware), disjoint samples per rank, equal batch counts, credit-based flow\n"
-      "control, resume from (epoch, position), normalisation with the dataset's /stats on\n"
-      "request.",
-      opts, 1, 1};
-  int np;
-  char **pos;
-  cli_status r = cli_run_parse(&spec, argc, argv, &np, &pos);
-  if (r != CLI_OK) return cli_exit(r);
-  if (!stream_endpoint_is_local(endpoint) && !curve_secret) {
-    free(pos);
-    return cli_usage_fail("serve",
-                          "endpoint %s is reachable from other machines: give --curve-secret and "
-                          "--curve-authorized (coemu keygen), or use tcp://127.0.0.1:PORT or ipc://",
-                          endpoint);
-  }
-  if (ranks < 1 || ranks > 65535 || batch < 1 || batch > 4096 || epochs < 0 || prefetch < 1 ||
-      prefetch > 64 || credit < 1 || credit > 1024 || maxcons < 0 || maxcons > 1000000 ||
-      epochs > UINT32_MAX || read_threads < 0 || read_threads > SERVE_MAX_READ_THREADS) {
-    free(pos);
-    return cli_usage_fail("serve", "out of range: --ranks 1..65535, --batch 1..4096, --epochs >= 0, "
-                                   "--prefetch 1..64, --max-credit 1..1024, --max-consumers 1..1000000, "
-                                   "--read-threads 1..%d", SERVE_MAX_READ_THREADS);
-  }
-  int omode;
-  if (order_mode_parse(order, &omode) < 0) {
-    free(pos);
-    return cli_usage_fail("serve", "--order: %s", ce_err_msg());
-  }
-  if (order_shards < 0 || order_shards > ORDER_MAX_SHARDS || order_buffer < 0) {
-    free(pos);
-    return cli_usage_fail("serve", "out of range: --order-shards 1..%d, --order-buffer >= 1",
-                          ORDER_MAX_SHARDS);
-  }
-  if ((order_shards || order_buffer) && omode != ORDER_SHARDS) {
-    free(pos);
-    return cli_usage_fail("serve", "--order-shards and --order-buffer go with --order shards");
-  }
-  /* a consumer that stops mid-epoch must not keep an --epochs server for ever */
-  if (idle_exit < 0) idle_exit = epochs > 0 ? 600 : 0;
-  serve_opts so = {.dataset_dir = pos[0], .split = split, .seed = (uint64_t)seed,
-                   .world = (int)ranks, .batch = (int)batch, .drop_last = !pad,
-                   .prefetch = (int)prefetch, .live = live, .read_threads = (int)read_threads,
-                   .order = {.mode = omode, .shards = order_shards, .buffer = order_buffer}};
-  serve_source *src;
-  if (serve_open(&so, &src) < 0) {
-    free(pos);
-    return cli_fail("serve");
-  }
+typedef struct {
+  const char *endpoint, *split, *curve_secret, *curve_auth;
+  int64_t ranks, batch, epochs, credit, maxcons;
+  double heartbeat, timeout, idle_exit;
+  int live;
+} server_args;
+
+/* Serve src until stopped; prints the start and end lines. 0 or -1. */
+static int run_server(const char *what, serve_source *src, const server_args *a) {
   char info[STREAM_INFO_MAX + 1];
-  if (serve_info_json(src, (uint32_t)epochs, info, sizeof info) < 0) {
-    serve_close(src);
-    free(pos);
-    return cli_fail("serve");
-  }
-  stream_server_opts o = {.info = info, .endpoint = endpoint, .dataset_id = serve_dataset_id(src),
+  if (serve_info_json(src, (uint32_t)a->epochs, info, sizeof info) < 0) return -1;
+  stream_server_opts o = {.info = info, .endpoint = a->endpoint, .dataset_id = serve_dataset_id(src),
                           .samples_per_epoch = serve_samples_per_rank(src),
-                          .max_epochs = (uint32_t)epochs, .max_credit = (uint32_t)credit,
-                          .heartbeat_s = heartbeat, .timeout_s = timeout, .idle_exit_s = idle_exit,
-                          .world = (uint32_t)ranks, .max_consumers = (uint32_t)maxcons,
-                          .leave = serve_leave,
-                          .curve_secret_key_file = curve_secret, .curve_authorized_dir = curve_auth,
-                          .curve_refused = on_refused, .curve_refused_ctx = (void *)curve_auth};
+                          .max_epochs = (uint32_t)a->epochs, .max_credit = (uint32_t)a->credit,
+                          .heartbeat_s = a->heartbeat, .timeout_s = a->timeout,
+                          .idle_exit_s = a->idle_exit, .world = (uint32_t)a->ranks,
+                          .max_consumers = (uint32_t)a->maxcons, .leave = serve_leave,
+                          .curve_secret_key_file = a->curve_secret,
+                          .curve_authorized_dir = a->curve_auth, .curve_refused = on_refused,
+                          .curve_refused_ctx = (void *)a->curve_auth};
   stream_server *srv;
-  if (stream_server_create(&o, serve_chunk, src, &srv) < 0) {
-    serve_close(src);
-    free(pos);
-    return cli_fail("serve");
-  }
+  CE_TRY(stream_server_create(&o, serve_chunk, src, &srv));
   char idle_buf[64];
-  if (idle_exit > 0)
-    snprintf(idle_buf, sizeof idle_buf, "after %g s without consumers", idle_exit);
+  if (a->idle_exit > 0)
+    snprintf(idle_buf, sizeof idle_buf, "after %g s without consumers", a->idle_exit);
   else
     snprintf(idle_buf, sizeof idle_buf, "never");
   const order_plan *op = serve_order(src);
@@ -149,10 +77,10 @@ int cmd_serve(int argc, char **argv) {
   fprintf(stderr,
           "serve: %s%s split '%s': %llu samples, %llu per rank per epoch for %lld ranks, batch %lld, "
           "%s, dataset id %016llx, listening on %s%s; idle exit %s\n",
-          pos[0], live ? " (live)" : "", split, (unsigned long long)serve_split_size(src),
-          (unsigned long long)serve_samples_per_rank(src), (long long)ranks, (long long)batch, order_buf,
-          (unsigned long long)serve_dataset_id(src), endpoint, curve_secret ? " (CURVE)" : "",
-          idle_buf);
+          what, a->live ? " (live)" : "", a->split, (unsigned long long)serve_split_size(src),
+          (unsigned long long)serve_samples_per_rank(src), (long long)a->ranks, (long long)a->batch,
+          order_buf, (unsigned long long)serve_dataset_id(src), a->endpoint,
+          a->curve_secret ? " (CURVE)" : "", idle_buf);
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_signal; /* no SA_RESTART: a wait is interrupted; the loop sees the flag */
@@ -175,8 +103,250 @@ int cmd_serve(int argc, char **argv) {
           (unsigned long long)st.stalled, (unsigned long long)st.superseded,
           (unsigned long long)st.connections_shut,
           (unsigned long long)st.refused, (unsigned long long)st.curve_refused);
+  int64_t cubes = 0, loads = 0;
+  double cube_s = 0, load_s = 0;
+  if (serve_rebuild_counters(src, &cubes, &cube_s, &load_s, &loads) == 0 && cubes > 0)
+    fprintf(stderr, "serve: images-only: %lld input cubes rebuilt, %.2f ms CPU each (sampling; the "
+                    "producer bound is cores / that); %lld model loads, %.1f s\n", (long long)cubes,
+            1e3 * cube_s / (double)cubes, (long long)loads, load_s);
   stream_server_destroy(srv);
-  serve_close(src);
+  return rc;
+}
+
+/* counters of the producer's model cache, for gensource */
+static void producer_counters(void *ctx, int64_t *loads, int64_t *hits, size_t *peak) {
+  const generate_producer *p = ctx;
+  producer_model_counters(p->ctx, loads, hits, peak);
+}
+
+static int sample_fn_adapter(void *ctx, int64_t model, int64_t view, float *inputs, float *targets) {
+  const generate_producer *p = ctx;
+  double q[4];
+  return p->sample(p->ctx, model, view, inputs, targets, q);
+}
+
+/* `coemu serve --generate JOB`: every rank makes samples, rank 0 serves. */
+static int serve_generate(const job *jp, serve_opts *so, const server_args *a, int fresh,
+                          const char *pilot, double cache_mb, double ptimeout, const char *out) {
+  int provided = 0;
+  MPI_Init_thread(NULL, NULL, MPI_THREAD_SERIALIZED, &provided);
+  mpi_fatal_init("serve");
+  int rank, size;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  const job *j = jp;
+  const char *job_path = j->path;
+  int rc = provided < MPI_THREAD_SERIALIZED
+               ? ce_err("the MPI library gives thread level %d, serve --generate needs "
+                        "MPI_THREAD_SERIALIZED (%d)", provided, MPI_THREAD_SERIALIZED)
+               : 0;
+  mpi_agree(rc);
+  /* the producer of coemu generate; synthetic models under OUT/models */
+  producer_set_model_cache((size_t)(cache_mb * 1048576.0));
+  generate_producer p;
+  memset(&p, 0, sizeof p);
+  mpi_agree(producer_open(j, out ? out : j->out_dir, &p));
+  gensrc_opts go = {.j = j, .split = so->split, .fresh_views = fresh, .stats_dataset = pilot,
+                    .timeout_s = ptimeout, .sample = sample_fn_adapter,
+                    .counters = producer_counters, .ctx = &p, .comm = MPI_COMM_WORLD};
+  int ret = 0;
+  if (rank > 0) {
+    /* mpirun forwards SIGINT / SIGTERM to every rank: rank 0 stops serving
+     * and then tells the workers to stop, so they wait for that */
+    signal(SIGINT, SIG_IGN);
+    signal(SIGTERM, SIG_IGN);
+    if (gensrc_worker(&go) < 0) ret = 1; /* the error went to rank 0, and on to the consumer */
+  } else {
+    gensrc *g = NULL;
+    serve_source *src = NULL;
+    rc = gensrc_open(&go, &g);
+    if (rc == 0) {
+      so->external = gensrc_external(g);
+      rc = serve_open(so, &src);
+    }
+    if (rc == 0) rc = run_server(job_path, src, a);
+    if (rc < 0) ret = cli_fail("serve");
+    serve_close(src);
+    gensrc_stats st = {0};
+    if (g) gensrc_close(g, &st);
+    if (g && st.ranks < 0) {
+      fprintf(stderr, "serve: a producer rank stopped answering: aborting the others\n");
+      MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    if (g && st.samples > 0)
+      fprintf(stderr,
+              "serve: on the fly: %d producer ranks made %lld samples, %.2f ms of producer time "
+              "per sample (producer bound %.1f samples/s on %d ranks); model cache: %lld loads, "
+              "%lld hits, peak %.1f MB of %.0f MB per rank\n",
+              st.ranks, (long long)st.samples, 1e3 * st.seconds / (double)st.samples,
+              st.seconds > 0 ? (double)st.ranks * (double)st.samples / st.seconds : 0, st.ranks,
+              (long long)st.loads, (long long)st.hits, (double)st.peak_bytes / 1048576.0, cache_mb);
+  }
+  if (p.close) p.close(p.ctx);
+  MPI_Finalize();
+  return ret;
+}
+
+static int cmd_serve_run(char **pos, job *jp, const char *endpoint, const char *split,
+                         const char *curve_secret, const char *curve_auth, const char *order,
+                         int64_t ranks, int64_t batch, int64_t epochs, int64_t seed,
+                         int64_t prefetch, int64_t read_threads, int64_t credit, int64_t maxcons,
+                         int64_t order_shards,
+                         int64_t order_buffer, int pad, int live, int generate, int fresh,
+                         const char *pilot, const char *gen_out, double model_cache_mb,
+                         int cache_given, double producer_timeout, double heartbeat,
+                         double timeout, double idle_exit);
+
+int cmd_serve(int argc, char **argv) {
+  /* NULL / -1: not given (with --generate, the job's stream section with
+   * mode generate gives them; then the defaults below) */
+  const char *endpoint = NULL, *split = NULL, *curve_secret = NULL, *curve_auth = NULL,
+             *order = "exact";
+  int64_t ranks = -1, batch = -1, epochs = -1, seed = -1, prefetch = 4, credit = -1, maxcons = 0,
+          order_shards = 0, order_buffer = 0, read_threads = 0;
+  int pad = 0, live = 0, generate = 0, fresh = 0;
+  const char *pilot = NULL, *gen_out = NULL;
+  double model_cache_mb = -1, producer_timeout = 600;
+  double heartbeat = 1.0, timeout = 10.0, idle_exit = -1;
+  cli_opt opts[] = {
+      {"endpoint", CLI_STR, &endpoint, "URL", "where to listen (default tcp://127.0.0.1:5555; ipc://PATH)", 0, 0},
+      {"ranks", CLI_INT, &ranks, "W", "number of trainer ranks (default 1)", 0, 0},
+      {"split", CLI_STR, &split, "NAME", "train (default), validation, test or all", 0, 0},
+      {"batch", CLI_INT, &batch, "B", "samples per chunk (default 16)", 0, 0},
+      {"epochs", CLI_INT, &epochs, "E", "stop after E epochs for every rank (default: serve until stopped)", 0, 0},
+      {"seed", CLI_INT, &seed, "S", "shuffle seed (default 1234)", 0, 0},
+      {"order", CLI_STR, &order, "MODE", "epoch order: exact (default: a uniform shuffle) or shards (shard-aware, for parallel file systems)", 0, 0},
+      {"order-shards", CLI_INT, &order_shards, "K", "order shards: shards read at once (default 8)", 0, 0},
+      {"order-buffer", CLI_INT, &order_buffer, "B", "order shards: samples shuffled together (default 4 x samples per shard)", 0, 0},
+      {"pad", CLI_FLAG, &pad, NULL, "pad the last batch by wrapping around (default: drop the remainder)", 0, 0},
+      {"live", CLI_FLAG, &live, NULL, "serve a dataset coemu generate is still making (shards as they finish)", 0, 0},
+      {"generate", CLI_FLAG, &generate, NULL, "the argument is a JOB file: make its samples on the fly on every MPI rank, store nothing (docs/onthefly.md)", 0, 0},
+      {"fresh-views", CLI_FLAG, &fresh, NULL, "generate: new directions for training models every epoch (e*D + d); validation and test fixed", 0, 0},
+      {"stats", CLI_STR, &pilot, "PILOT", "generate: normalise with the /stats of this pilot dataset (coemu generate + coemu stats)", 0, 0},
+      {"model-cache", CLI_DOUBLE, &model_cache_mb, "MB", "generate: models kept in memory per producer rank, in MB (default 1024)", 0, 0},
+      {"producer-timeout", CLI_DOUBLE, &producer_timeout, "S", "generate: a producer rank silent this long fails the stream [s] (default 600)", 0, 0},
+      {"out", CLI_STR, &gen_out, "DIR", "generate: where synthetic models are written (default: the job's output.directory)", 0, 0},
+      {"prefetch", CLI_INT, &prefetch, "K", "chunks read ahead per rank (default 4)", 0, 0},
+      {"read-threads", CLI_INT, &read_threads, "N", "threads reading and checking samples (default min(4, cores); --live: 1)", 0, 0},
+      {"max-credit", CLI_INT, &credit, "K", "most chunks in flight per rank (default 8)", 0, 0},
+      {"heartbeat", CLI_DOUBLE, &heartbeat, "S", "heartbeat interval [s] (default 1)", 0, 0},
+      {"timeout", CLI_DOUBLE, &timeout, "S", "drop a rank silent this long [s] (default 10)", 0, 0},
+      {"idle-exit", CLI_DOUBLE, &idle_exit, "S", "exit after S seconds without any consumer (default: never; 600 with --epochs; 0: never)", 0, 0},
+      {"max-consumers", CLI_INT, &maxcons, "N", "connections served at once (default 2 x ranks + 8)", 0, 0},
+      {"curve-secret", CLI_STR, &curve_secret, "FILE", "producer key pair (coemu keygen); required off loopback", 0, 0},
+      {"curve-authorized", CLI_STR, &curve_auth, "DIR", "directory of authorised consumer public keys (*.key)", 0, 0},
+      {0}};
+  const cli_command spec = {
+      "serve", "(DATASET | --generate JOB) [options]",
+      "Stream a dataset's split to W trainer ranks over ZeroMQ (docs/stream-protocol.md):\n"
+      "a deterministic order per (seed, epoch) (--order exact: a uniform shuffle; shards:\n"
+      "shard-aware), disjoint samples per rank, equal batch counts, credit-based flow\n"
+      "control, resume from (epoch, position), normalisation with the dataset's /stats on\n"
+      "request. With --generate (under mpirun: every rank makes samples, rank 0 serves)\n"
+      "the samples of JOB are made on the fly, in the order serve would use on the dataset\n"
+      "coemu generate JOB makes, byte for byte the same, and nothing is stored.",
+      opts, 1, 1};
+  int np;
+  char **pos;
+  cli_status r = cli_run_parse(&spec, argc, argv, &np, &pos);
+  if (r != CLI_OK) return cli_exit(r);
+  job j;
+  memset(&j, 0, sizeof j);
+  if (generate && job_load(pos[0], &j) < 0) {
+    free(pos);
+    return cli_fail("serve");
+  }
+  if (generate && j.has_stream && j.stream_generate) { /* the job's stream section */
+    if (!endpoint) endpoint = j.stream_endpoint;
+    if (!split) split = j.stream_split;
+    if (ranks < 0) ranks = j.stream_ranks;
+    if (batch < 0) batch = j.stream_batch;
+    if (epochs < 0) epochs = j.stream_epochs;
+    if (credit < 0) credit = j.stream_credits;
+    if (seed < 0) seed = (int64_t)j.seed; /* as the live server of the job */
+    if (!curve_secret && *j.stream_curve_secret) curve_secret = j.stream_curve_secret;
+    if (!curve_auth && *j.stream_curve_authorized) curve_auth = j.stream_curve_authorized;
+    if (j.stream_fresh_views) fresh = 1;
+    if (model_cache_mb < 0) model_cache_mb = (double)j.stream_model_cache_mb;
+  }
+  if (!endpoint) endpoint = "tcp://127.0.0.1:5555";
+  if (!split) split = "train";
+  if (ranks < 0) ranks = 1;
+  if (batch < 0) batch = 16;
+  if (epochs < 0) epochs = 0;
+  if (credit < 0) credit = 8;
+  if (seed < 0) seed = 1234;
+  int cache_given = model_cache_mb >= 0 || (generate && j.has_stream && j.stream_generate);
+  if (model_cache_mb < 0) model_cache_mb = 1024;
+  int rc = cmd_serve_run(pos, &j, endpoint, split, curve_secret, curve_auth, order, ranks, batch,
+                         epochs, seed, prefetch, read_threads, credit, maxcons, order_shards,
+                         order_buffer, pad,
+                         live, generate, fresh, pilot, gen_out, model_cache_mb, cache_given,
+                         producer_timeout, heartbeat, timeout, idle_exit);
+  job_free(&j);
   free(pos);
+  return rc;
+}
+
+static int cmd_serve_run(char **pos, job *jp, const char *endpoint, const char *split,
+                         const char *curve_secret, const char *curve_auth, const char *order,
+                         int64_t ranks, int64_t batch, int64_t epochs, int64_t seed,
+                         int64_t prefetch, int64_t read_threads, int64_t credit, int64_t maxcons,
+                         int64_t order_shards,
+                         int64_t order_buffer, int pad, int live, int generate, int fresh,
+                         const char *pilot, const char *gen_out, double model_cache_mb,
+                         int cache_given, double producer_timeout, double heartbeat,
+                         double timeout, double idle_exit) {
+  if (!stream_endpoint_is_local(endpoint) && !curve_secret) {
+    return cli_usage_fail("serve",
+                          "endpoint %s is reachable from other machines: give --curve-secret and "
+                          "--curve-authorized (coemu keygen), or use tcp://127.0.0.1:PORT or ipc://",
+                          endpoint);
+  }
+  if (ranks < 1 || ranks > 65535 || batch < 1 || batch > 4096 || epochs < 0 || prefetch < 1 ||
+      prefetch > 64 || credit < 1 || credit > 1024 || maxcons < 0 || maxcons > 1000000 ||
+      epochs > UINT32_MAX || read_threads < 0 || read_threads > SERVE_MAX_READ_THREADS) {
+    return cli_usage_fail("serve", "out of range: --ranks 1..65535, --batch 1..4096, --epochs >= 0, "
+                                   "--prefetch 1..64, --max-credit 1..1024, --max-consumers 1..1000000, "
+                                   "--read-threads 1..%d", SERVE_MAX_READ_THREADS);
+  }
+  int omode;
+  if (order_mode_parse(order, &omode) < 0) {
+    return cli_usage_fail("serve", "--order: %s", ce_err_msg());
+  }
+  if (order_shards < 0 || order_shards > ORDER_MAX_SHARDS || order_buffer < 0) {
+    return cli_usage_fail("serve", "out of range: --order-shards 1..%d, --order-buffer >= 1",
+                          ORDER_MAX_SHARDS);
+  }
+  if ((order_shards || order_buffer) && omode != ORDER_SHARDS) {
+    return cli_usage_fail("serve", "--order-shards and --order-buffer go with --order shards");
+  }
+  if (!generate && (fresh || pilot || gen_out || cache_given || producer_timeout != 600)) {
+    return cli_usage_fail("serve", "--fresh-views, --stats, --model-cache, --producer-timeout and "
+                                   "--out go with --generate");
+  }
+  if (generate && live) {
+    return cli_usage_fail("serve", "--live serves a dataset being made; --generate makes the samples itself: not both");
+  }
+  if (!(model_cache_mb > 0) || !(producer_timeout > 0)) {
+    return cli_usage_fail("serve", "out of range: --model-cache > 0 MB, --producer-timeout > 0 s");
+  }
+  /* a consumer that stops mid-epoch must not keep an --epochs server for ever */
+  if (idle_exit < 0) idle_exit = epochs > 0 ? 600 : 0;
+  serve_opts so = {.dataset_dir = pos[0], .split = split, .seed = (uint64_t)seed,
+                   .world = (int)ranks, .batch = (int)batch, .drop_last = !pad,
+                   .prefetch = (int)prefetch, .live = live, .read_threads = (int)read_threads,
+                   .order = {.mode = omode, .shards = order_shards, .buffer = order_buffer}};
+  server_args a = {endpoint, split, curve_secret, curve_auth, ranks, batch, epochs, credit, maxcons,
+                   heartbeat, timeout, idle_exit, live};
+  if (generate) {
+    return serve_generate(jp, &so, &a, fresh, pilot, model_cache_mb, producer_timeout, gen_out);
+  }
+  serve_source *src;
+  if (serve_open(&so, &src) < 0) {
+    return cli_fail("serve");
+  }
+  int rc = run_server(pos[0], src, &a);
+  serve_close(src);
   return rc < 0 ? cli_fail("serve") : 0;
 }

@@ -15,6 +15,7 @@
 #include "common/fsutil.h"
 #include "common/version.h"
 #include "pipeline/dataset/h5util.h"
+#include "pipeline/dataset/shard_reader.h"
 #include "pipeline/job/yamltree.h"
 #include "rotate/directions.h"
 #include "rotate/sampler.h"
@@ -93,6 +94,12 @@ static int write_model_files(hid_t g, const job *j) {
   H5Tset_size(st, H5T_VARIABLE);
   H5Tset_cset(st, H5T_CSET_UTF8);
   if (rc == 0 && write_array(g, "file", st, st, 1, md, files) < 0) rc = ce_err("HDF5 error");
+  /* the units sidecar the job names for every model ("": each model's own,
+   * MODEL.units.yaml or units.yaml beside it), for readers that remake an
+   * input cube (input_rebuild.h) */
+  if (rc == 0 && h5_put_str_attr(g, "units_file",
+                                 j->input == JOB_INPUT_AMRVAC && j->amrvac_units ? j->amrvac_units : "") < 0)
+    rc = ce_err("HDF5 error (attributes)");
   if (rc == 0 && j->input == JOB_INPUT_SYNTH &&
       (put_i64(g, "synth_seed", j->synth_seed) < 0 || put_i64(g, "synth_levels", j->synth_levels) < 0))
     rc = ce_err("HDF5 error (attributes)");
@@ -242,7 +249,7 @@ static int write_dataset_h5(const char *dir, const dataset_provenance *pv, const
       {"valid", H5T_STD_U8LE, 1, {0}, "", "1: sample made; 0: model skipped, sample is zeros"},
       {"checksums", H5T_STD_U64LE, 2, {2}, "",
        "XXH64 (seed 0) of each sample's inputs row and targets row as little-endian float32 in C "
-       "order (0: inputs not stored); every reader checks them"},
+       "order (images-only: the inputs row a reader rebuilds); every reader checks them"},
   };
   for (size_t i = 0; rc == 0 && i < sizeof sets / sizeof sets[0]; i++) {
     if (i == 0 && !j->store_inputs) continue;
@@ -329,6 +336,10 @@ static int write_dataset_h5(const char *dir, const dataset_provenance *pv, const
   if (g >= 0) H5Gclose(g);
   if (rc == 0 && put_i64(f, "format_minor", DATASET_FORMAT_MINOR) < 0)
     rc = ce_err("%s: cannot write the format_minor attribute", tmp);
+  /* images-only (output.store_inputs false): readers remake /inputs from the
+   * models (input_rebuild.h), checked against /checksums' inputs column */
+  if (rc == 0 && h5_put_str_attr(f, "inputs", j->store_inputs ? "stored" : "rebuilt") < 0)
+    rc = ce_err("%s: cannot write the inputs attribute", tmp);
   if (rc == 0 && pv->geometry && write_geometry(f, j, pv->geometry) < 0)
     rc = ce_err("%s: cannot write /geometry", tmp);
   if (rc == 0 && pv->geometry && write_solver(f, j, pv->nu0) < 0)
@@ -390,8 +401,9 @@ int dataset_finish(const char *dir, const dataset_provenance *pv) {
               j->fingerprint, (long long)N, (long long)j->n_models);
       fprintf(f, "  \"directions\": %lld,\n  \"n\": %d,\n  \"channels\": %d,\n",
               (long long)j->directions, j->n, j->nf);
-      fprintf(f, "  \"store_inputs\": %s,\n  \"samples_per_shard\": %lld,\n",
-              j->store_inputs ? "true" : "false", (long long)S);
+      fprintf(f, "  \"store_inputs\": %s,\n  \"inputs\": \"%s\",\n  \"samples_per_shard\": %lld,\n",
+              j->store_inputs ? "true" : "false", j->store_inputs ? "stored" : "rebuilt",
+              (long long)S);
       if (pv->geometry) { /* dataset.h5 /geometry's sizes (docs/dataset-format.md) */
         const dataset_geometry *g = pv->geometry;
         char e[32] = "null", dx[32] = "null";
@@ -455,6 +467,29 @@ static int num_of(const yt_node *m, const char *key, long long *out) {
   errno = 0;
   *out = strtoll(v->text, &end, 10);
   return (*end || errno || end == v->text) ? -1 : 0;
+}
+
+/* Images-only: read every sample through shard_reader, whose inputs are
+ * rebuilt and checked (shard_reader.h); the first problem is reported. */
+static int verify_rebuilt(const char *dir, FILE *report) {
+  shard_reader *rd;
+  if (shard_reader_open(dir, 0, &rd) < 0) {
+    fprintf(report, "%s: %s\n", dir, ce_err_msg());
+    return -1;
+  }
+  int64_t N = shard_reader_samples(rd), B = 64;
+  size_t nin = 3 * (size_t)shard_reader_n(rd) * shard_reader_n(rd) * shard_reader_n(rd),
+         ntg = (size_t)shard_reader_channels(rd) * shard_reader_n(rd) * shard_reader_n(rd);
+  float *in = ce_malloc_array((size_t)B, nin * sizeof *in, "rebuilt inputs"),
+        *tg = ce_malloc_array((size_t)B, ntg * sizeof *tg, "targets");
+  int rc = in && tg ? 0 : -1;
+  for (int64_t i = 0; rc == 0 && i < N; i += B)
+    rc = shard_reader_read(rd, i, i + B <= N ? B : N - i, in, tg);
+  if (rc < 0) fprintf(report, "%s: %s\n", dir, ce_err_msg());
+  free(in);
+  free(tg);
+  shard_reader_close(rd);
+  return rc;
 }
 
 int dataset_verify(const char *dir, FILE *report) {
@@ -540,7 +575,13 @@ int dataset_verify(const char *dir, FILE *report) {
             expect_first, samples);
     problems++;
   }
+  const yt_node *how = yt_get(m, "inputs");
+  int images_only = !lay.store_inputs && how && how->kind == YT_SCALAR && !strcmp(how->text, "rebuilt");
   yt_free(m);
+  /* images-only: every input cube rebuilt from its model and checked against
+   * its recorded checksum (a sampling pass: the models must be there and be
+   * the ones the dataset was made with) */
+  if (images_only && problems == 0 && verify_rebuilt(dir, report) < 0) problems++;
   char dpath[4096];
   snprintf(dpath, sizeof dpath, "%s/dataset.h5", dir);
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);

@@ -44,8 +44,12 @@ int dataset_prepare(const char *dir, const job *j);
  * attribute format_minor): changes readers of the major format_version need
  * not know about. 0 (absent): before /geometry and /solver, and coemunet
  * /velocities with the wrong sign (-900..+900 m/s; docs/dataset-format.md,
- * "Changes"); 1: /geometry, /solver, /velocities = c (1 - nu/nu0) to rounding. */
-#define DATASET_FORMAT_MINOR 1
+ * "Changes"); 1: /geometry, /solver, /velocities = c (1 - nu/nu0) to rounding; 2:
+ * images-only datasets (output.store_inputs false): /checksums' inputs column
+ * holds the checksum of the cube that was not stored, the root attribute
+ * `inputs` ("stored" | "rebuilt", manifest "inputs") and /models' units_file,
+ * so readers rebuild the cubes (input_rebuild.h). */
+#define DATASET_FORMAT_MINOR 2
 
 /* What the producer chose that the job alone does not say: the sizes a sample
  * was made with (docs/dataset-format.md, "Geometry"). Written to dataset.h5's

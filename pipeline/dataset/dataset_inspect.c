@@ -149,7 +149,7 @@ int dataset_inspect(const char *dir) {
     H5Fclose(f);
     return -1;
   }
-  int has_inputs = shard_reader_has_inputs(rd);
+  int has_inputs = shard_reader_has_inputs(rd), images_only = shard_reader_images_only(rd);
   int64_t N = shard_reader_samples(rd);
   unsigned long long n = (unsigned long long)shard_reader_n(rd);
   unsigned long long nf = (unsigned long long)shard_reader_channels(rd);
@@ -188,8 +188,9 @@ int dataset_inspect(const char *dir) {
            (long long)N, (long long)md[0], (long long)count[0], (long long)count[1],
            (long long)count[2], (long long)invalid);
     if (has_inputs)
-      printf("inputs    [%lld, 3, %llu, %llu, %llu] (v_z m/s, T K, n_CO m^-3)\n", (long long)N,
-             n, n, n);
+      printf("inputs    [%lld, 3, %llu, %llu, %llu] (v_z m/s, T K, n_CO m^-3)%s\n", (long long)N,
+             n, n, n, images_only ? "; images-only: not stored, rebuilt by every reader from "
+                                    "/models/file and /geometry, checked against /checksums" : "");
     else
       printf("inputs    not stored\n");
     printf("targets   [%lld, %llu, %llu, %llu] (I_nu W m^-2 Hz^-1 sr^-1)\n", (long long)N, nf,

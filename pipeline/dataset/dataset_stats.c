@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include <mpi.h>
+#include <omp.h>
 
 #include "common/error.h"
 #include "common/fsutil.h"
@@ -32,6 +33,7 @@
 #include "pipeline/dataset/h5util.h"
 #include "pipeline/dataset/shard_reader.h"
 #include "pipeline/job/job.h"
+#include "pipeline/mpi/mpi_node.h"
 #include "stats/moments.h"
 #include "stats/moments_mpi.h"
 #include "stats/quantile.h"
@@ -65,6 +67,15 @@ static int open_dataset(const char *dir, const char *path, dataset *ds) {
   memset(ds, 0, sizeof *ds);
   CE_TRY(shard_reader_open(dir, 0, &ds->rd));
   ds->has_inputs = shard_reader_has_inputs(ds->rd);
+  if (shard_reader_images_only(ds->rd)) {
+    /* the rebuilt cubes are made by OpenMP threads: this node's cores
+     * shared among its ranks, so ranks do not oversubscribe them (idle
+     * OpenMP threads spin) */
+    int local;
+    mpi_node_place(NULL, &local);
+    int t = omp_get_num_procs() / local;
+    omp_set_num_threads(t > 0 ? t : 1);
+  }
   ds->N = (hsize_t)shard_reader_samples(ds->rd);
   ds->n = (hsize_t)shard_reader_n(ds->rd);
   ds->F = (hsize_t)shard_reader_channels(ds->rd);

@@ -506,6 +506,10 @@ int shard_put(shard_writer *w, const float *inputs, const float *targets, int64_
   if (w->lay.store_inputs) {
     w->crc[SHARD_INPUTS] = shard_crc32(w->crc[SHARD_INPUTS], inputs, nin * sizeof(float));
     w->rowsum[2 * i] = shard_row_hash(inputs, nin);
+  } else if (inputs) {
+    /* images-only (docs/dataset-format.md): the checksum the row would have
+     * if stored, so a reader's rebuilt cube is checked against it */
+    w->rowsum[2 * i] = shard_row_hash(inputs, nin);
   } else {
     w->rowsum[2 * i] = 0;
   }

@@ -14,6 +14,7 @@
 #include "common/error.h"
 #include "common/fsutil.h"
 #include "pipeline/dataset/h5util.h"
+#include "pipeline/dataset/input_rebuild.h"
 #include "pipeline/dataset/integrity.h"
 #include "pipeline/dataset/shard.h"
 #include "pipeline/job/yamltree.h"
@@ -64,6 +65,12 @@ struct shard_reader {
   hid_t file, d_in, d_out;
   integrity integ;
   int integ_open;
+  /* images-only (manifest "inputs": "rebuilt"): inputs remade from the models */
+  int images_only;
+  input_rebuild *rb;
+  uint64_t *rb_want, *rb_got; /* scratch: recorded and rebuilt input checksums */
+  int64_t *rb_idx;
+  size_t rb_cap;
 };
 
 static const char *const damaged_hint =
@@ -75,6 +82,13 @@ int64_t shard_reader_samples(const shard_reader *r) { return r->samples; }
 int shard_reader_n(const shard_reader *r) { return r->n; }
 int shard_reader_channels(const shard_reader *r) { return r->nf; }
 int shard_reader_has_inputs(const shard_reader *r) { return r->has_inputs; }
+int shard_reader_images_only(const shard_reader *r) { return r->rb != NULL; }
+int shard_reader_rebuild_counters(const shard_reader *r, int64_t *cubes, double *cpu_s,
+                                  double *load_s, int64_t *loads) {
+  if (!r->rb) return -1;
+  input_rebuild_counters(r->rb, cubes, cpu_s, load_s, loads);
+  return 0;
+}
 int shard_reader_checked(const shard_reader *r) {
   return r->sh ? r->checked : integrity_checked(&r->integ);
 }
@@ -115,7 +129,8 @@ static int load_manifest(shard_reader *r) {
   yt_node *m = yt_parse(mpath, text, len);
   free(text);
   if (!m) return -1;
-  const yt_node *shards = yt_get(m, "shards"), *si = yt_get(m, "store_inputs");
+  const yt_node *shards = yt_get(m, "shards"), *si = yt_get(m, "store_inputs"),
+                *how = yt_get(m, "inputs");
   if (!shards) {
     yt_free(m);
     return 0;
@@ -132,6 +147,12 @@ static int load_manifest(shard_reader *r) {
     r->n = (int)n;
     r->nf = (int)nf;
     r->has_inputs = !strcmp(si->text, "true");
+    /* images-only (format_minor 2): readers rebuild the cubes; a manifest
+     * whose store_inputs is false without it is targets only */
+    r->images_only = !r->has_inputs && how && how->kind == YT_SCALAR && !strcmp(how->text, "rebuilt");
+    if (how && how->kind == YT_SCALAR && strcmp(how->text, "rebuilt") && strcmp(how->text, "stored"))
+      rc = ce_err("%s:%d:%d: inputs: '%s', expected stored or rebuilt (a newer coemu's dataset?)",
+                  mpath, how->line, how->col, how->text);
     r->nshards = (int64_t)shards->n;
     r->sh = ce_calloc_array(shards->n ? shards->n : 1, sizeof *r->sh, "shard list");
     if (!r->sh) rc = -1;
@@ -286,6 +307,13 @@ int shard_reader_open(const char *dir, int max_open, shard_reader **out) {
       H5Fclose(f);
     }
     if (rc == 0) rc = check_presence(r);
+    if (rc == 0 && r->images_only && !r->checked)
+      rc = ce_err("%s: an images-only dataset without /checksums: its rebuilt input cubes could "
+                  "not be checked", r->h5path);
+    if (rc == 0 && r->images_only)
+      rc = input_rebuild_open(r->dir, r->h5path, r->n, r->directions, r->skipped, r->nskipped,
+                              &r->rb);
+    if (rc == 0 && r->images_only) r->has_inputs = 1; /* read: rebuilt */
     if (rc == 0) {
       r->slot_of = ce_malloc_array((size_t)(r->nshards ? r->nshards : 1), sizeof *r->slot_of,
                                    "shard slots");
@@ -338,6 +366,10 @@ void shard_reader_close(shard_reader *r) {
   free(r->skipped);
   free(r->sums_all);
   free(r->sums_have);
+  input_rebuild_close(r->rb);
+  free(r->rb_want);
+  free(r->rb_got);
+  free(r->rb_idx);
   if (r->integ_open) integrity_close(&r->integ);
   if (r->d_in >= 0) H5Dclose(r->d_in);
   if (r->d_out >= 0) H5Dclose(r->d_out);
@@ -462,9 +494,11 @@ int64_t shard_reader_shard_end(const shard_reader *r, int64_t idx) {
 }
 
 /* sums_out (may be NULL): the rows' XXH64s, 2 per sample (inputs, targets;
- * 0 for an array not read), as checked against /checksums. */
+ * 0 for an array not read), as checked against /checksums. in_sums (may be
+ * NULL): the recorded checksums of the rows' input cubes, 1 per sample
+ * (images-only datasets: what a rebuilt cube must match). */
 static int read_run(shard_reader *r, int64_t s, int64_t row, int64_t cnt, float *in, float *out,
-                    uint64_t *sums_out) {
+                    uint64_t *sums_out, uint64_t *in_sums) {
   open_slot *q = shard_get(r, s);
   if (!q) return -1;
   const shard_entry *e = &r->sh[s];
@@ -488,6 +522,7 @@ static int read_run(shard_reader *r, int64_t s, int64_t row, int64_t cnt, float 
             p, (long long)(e->first + bad), (long long)bad, arr_name[a]);
   }
   if (!r->checked) {
+    /* (never images-only: refused at open) */
     for (int64_t k = 0; sums_out && k < cnt; k++)
       for (int a = 0; a < 2; a++)
         sums_out[2 * k + a] = dst[a] ? shard_row_hash(dst[a] + (size_t)k * vals[a], vals[a]) : 0;
@@ -513,6 +548,7 @@ static int read_run(shard_reader *r, int64_t s, int64_t row, int64_t cnt, float 
   }
   sums = r->sums;
 compare:
+  for (int64_t k = 0; in_sums && k < cnt; k++) in_sums[k] = sums[2 * k];
   for (int64_t k = 0; k < cnt; k++) {
     for (int a = 0; a < 2; a++) {
       if (!dst[a]) {
@@ -546,7 +582,72 @@ static int read_arrays(shard_reader *r, int64_t idx, float *in, float *out) {
 }
 
 static int read_range(shard_reader *r, int64_t first, int64_t count, float *inputs,
-                      float *targets, uint64_t *sums) {
+                      float *targets, uint64_t *sums, uint64_t *in_sums);
+static int read_list(shard_reader *r, const int64_t *idx, int n, float *inputs, float *targets,
+                     uint64_t *sums, uint64_t *in_sums);
+
+/* Scratch for n rebuilt samples. */
+static int rb_reserve(shard_reader *r, size_t n) {
+  if (n <= r->rb_cap) return 0;
+  free(r->rb_want), free(r->rb_got), free(r->rb_idx);
+  r->rb_want = ce_malloc_array(n, sizeof *r->rb_want, "input checksums");
+  r->rb_got = ce_malloc_array(n, sizeof *r->rb_got, "input checksums");
+  r->rb_idx = ce_malloc_array(n, sizeof *r->rb_idx, "sample list");
+  r->rb_cap = r->rb_want && r->rb_got && r->rb_idx ? n : 0;
+  return r->rb_cap ? 0 : -1;
+}
+
+/* Images-only: rebuild the cubes of idx[0..n) into inputs, each checked
+ * against its recorded checksum (r->rb_want, filled by the targets' read). */
+static int rebuild_checked(shard_reader *r, const int64_t *idx, int n, float *inputs) {
+  CE_TRY(input_rebuild_cubes(r->rb, idx, n, inputs, r->rb_got));
+  for (int k = 0; k < n; k++) {
+    if (r->rb_got[k] == r->rb_want[k]) continue;
+    int64_t s = shard_of(r, idx[k]), m = input_rebuild_model_of(r->rb, idx[k]);
+    char p[4400];
+    shard_path(r, s, p, sizeof p);
+    CE_FAIL("%s: sample %lld (row %lld of the shard): /inputs rebuilt from model %lld (%s), "
+            "direction %lld, does not match its checksum (xxh64 %016llx, recorded %016llx): the "
+            "model file is not the one the dataset was made with, or the shard's /checksums "
+            "are damaged (coemu verify tells more)",
+            p, (long long)idx[k], (long long)(idx[k] - r->sh[s].first), (long long)m,
+            input_rebuild_model_file(r->rb, m), (long long)(idx[k] % r->directions),
+            (unsigned long long)r->rb_got[k], (unsigned long long)r->rb_want[k]);
+  }
+  return 0;
+}
+
+int shard_reader_read(shard_reader *r, int64_t first, int64_t count, float *inputs,
+                      float *targets) {
+  if (!inputs || !r->rb) return read_range(r, first, count, inputs, targets, NULL, NULL);
+  if (!targets) CE_BUG("shard_reader_read without targets");
+  if (first < 0 || count < 0 || first + count > r->samples || count > INT32_MAX)
+    CE_FAIL("%s: samples %lld..%lld out of range (%lld samples)", r->h5path, (long long)first,
+            (long long)(first + count - 1), (long long)r->samples);
+  CE_TRY(rb_reserve(r, (size_t)count));
+  CE_TRY(read_range(r, first, count, NULL, targets, NULL, r->rb_want));
+  for (int64_t k = 0; k < count; k++) r->rb_idx[k] = first + k;
+  return rebuild_checked(r, r->rb_idx, (int)count, inputs);
+}
+
+int shard_reader_read_list(shard_reader *r, const int64_t *idx, int n, float *inputs,
+                           float *targets) {
+  return shard_reader_read_list_sums(r, idx, n, inputs, targets, NULL);
+}
+
+int shard_reader_read_list_sums(shard_reader *r, const int64_t *idx, int n, float *inputs,
+                                float *targets, uint64_t *sums) {
+  if (!inputs || !r->rb) return read_list(r, idx, n, inputs, targets, sums, NULL);
+  if (n < 0) CE_BUG("shard_reader_read_list of %d samples", n);
+  CE_TRY(rb_reserve(r, (size_t)n));
+  CE_TRY(read_list(r, idx, n, NULL, targets, sums, r->rb_want));
+  CE_TRY(rebuild_checked(r, idx, n, inputs));
+  for (int k = 0; sums && k < n; k++) sums[2 * (size_t)k] = r->rb_got[k]; /* = recorded */
+  return 0;
+}
+
+static int read_range(shard_reader *r, int64_t first, int64_t count, float *inputs,
+                      float *targets, uint64_t *sums, uint64_t *in_sums) {
   if (first < 0 || count < 0 || first + count > r->samples)
     CE_FAIL("%s: samples %lld..%lld out of range (%lld samples)", r->h5path, (long long)first,
             (long long)(first + count - 1), (long long)r->samples);
@@ -571,24 +672,14 @@ static int read_range(shard_reader *r, int64_t first, int64_t count, float *inpu
     if (cnt > count - done) cnt = count - done;
     CE_TRY(read_run(r, s, row, cnt, inputs ? inputs + (size_t)done * r->in_vals : NULL,
                     targets ? targets + (size_t)done * r->out_vals : NULL,
-                    sums ? sums + 2 * (size_t)done : NULL));
+                    sums ? sums + 2 * (size_t)done : NULL, in_sums ? in_sums + done : NULL));
     done += cnt;
   }
   return 0;
 }
 
-int shard_reader_read(shard_reader *r, int64_t first, int64_t count, float *inputs,
-                      float *targets) {
-  return read_range(r, first, count, inputs, targets, NULL);
-}
-
-int shard_reader_read_list(shard_reader *r, const int64_t *idx, int n, float *inputs,
-                           float *targets) {
-  return shard_reader_read_list_sums(r, idx, n, inputs, targets, NULL);
-}
-
-int shard_reader_read_list_sums(shard_reader *r, const int64_t *idx, int n, float *inputs,
-                                float *targets, uint64_t *sums) {
+static int read_list(shard_reader *r, const int64_t *idx, int n, float *inputs, float *targets,
+                     uint64_t *sums, uint64_t *in_sums) {
   for (int k = 0; k < n;) {
     int m = 1; /* a run: consecutive samples of one shard */
     if (r->sh && idx[k] >= 0 && idx[k] < r->samples) {
@@ -597,7 +688,7 @@ int shard_reader_read_list_sums(shard_reader *r, const int64_t *idx, int n, floa
     }
     CE_TRY(read_range(r, idx[k], m, inputs ? inputs + (size_t)k * r->in_vals : NULL,
                       targets ? targets + (size_t)k * r->out_vals : NULL,
-                      sums ? sums + 2 * (size_t)k : NULL));
+                      sums ? sums + 2 * (size_t)k : NULL, in_sums ? in_sums + k : NULL));
     k += m;
   }
   return 0;
@@ -795,7 +886,7 @@ static int direct_setup(shard_reader *r, open_slot *q) {
 int shard_reader_direct_plan(shard_reader *r, const int64_t *idx, int n, shard_direct_row *rows,
                              int *direct) {
   *direct = 0;
-  if (!r->sh || n < 1) return n;
+  if (!r->sh || n < 1 || r->rb) return n; /* images-only: the inputs are rebuilt */
   int m = 0;
   for (; m < n; m++) {
     int64_t i = idx[m];

@@ -51,11 +51,29 @@ void shard_reader_close(shard_reader *r);
 /* "DIR/dataset.h5", for messages and /stats. */
 const char *shard_reader_h5path(const shard_reader *r);
 
-/* Samples; cube side n; channels F; 1 when inputs are stored. */
+/* Samples; cube side n; channels F; 1 when inputs can be read: stored, or
+ * rebuilt from the models (an images-only dataset, below). */
 int64_t shard_reader_samples(const shard_reader *r);
 int shard_reader_n(const shard_reader *r);
 int shard_reader_channels(const shard_reader *r);
 int shard_reader_has_inputs(const shard_reader *r);
+
+/* 1 for an images-only dataset (output.store_inputs false, format_minor 2;
+ * docs/dataset-format.md, "Images-only datasets"): the shards hold no
+ * /inputs, and shard_reader_read / _read_list remake each input cube from
+ * its model and direction with what dataset.h5 records
+ * (pipeline/dataset/input_rebuild.h), the cubes of one call in parallel
+ * (OpenMP), each checked against the checksum /checksums records for it: a
+ * cube that differs is an error naming the shard, the sample, its row, the
+ * model file and the direction, never a served sample. Targets are read
+ * and checked as for any dataset. */
+int shard_reader_images_only(const shard_reader *r);
+
+/* Images-only: input cubes rebuilt so far, the thread CPU seconds their
+ * sampling took, the seconds spent loading models and the loads (-1 for
+ * a dataset that stores its inputs). */
+int shard_reader_rebuild_counters(const shard_reader *r, int64_t *cubes, double *cpu_s,
+                                  double *load_s, int64_t *loads);
 /* 1 when every sample read is checked against /checksums (format 2). */
 int shard_reader_checked(const shard_reader *r);
 /* Shards behind the dataset (for dataset.h5 read as it is: the source

@@ -111,7 +111,7 @@ static int check_only(const job *j) {
   printf("  line: %s, transition %d (parsed)\n", j->lamda, j->transition);
   printf("  disk: %s per sample (%s), %s for the dataset%s", per,
          j->store_inputs ? (j->inputs_f64 ? "inputs float64" : "inputs float32")
-                         : "targets only: output.store_inputs false",
+                         : "images-only: output.store_inputs false, readers rebuild the inputs",
          all, j->gzip > 0 ? " before gzip" : "");
   if (j->input == JOB_INPUT_SYNTH)
     printf(" + %s of synthetic models", e.models_bytes > 0 ? models : "(not measured at this "
@@ -440,7 +440,7 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   {
     int rc = 0;
     if (g_rank == 0) rc = dataset_write_plan(out, &j, msplit);
-    if (g_rank == 0 && rc == 0 && j.has_stream) rc = live_serve_spawn(out, &j);
+    if (g_rank == 0 && rc == 0 && j.has_stream && !j.stream_generate) rc = live_serve_spawn(out, &j);
     mpi_agree(rc);
   }
   /* from here on the folder holds this job's work: a failure keeps it for

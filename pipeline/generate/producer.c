@@ -11,11 +11,13 @@
 #include "common/error.h"
 #include "common/fsutil.h"
 #include "pipeline/mpi/mpi_fatal.h"
+#include "pipeline/mpi/mpi_node.h"
 #include "common/progress.h"
 #include "rotate/amrvac.h"
 #include "rotate/compat.h"
 #include "rotate/directions.h"
 #include "rotate/model.h"
+#include "rotate/model_lru.h"
 #include "rotate/model_lvg.h"
 #include "rotate/sampler.h"
 #include "rotate/synth.h"
@@ -36,14 +38,15 @@ typedef struct {
   char **paths;      /* .dat of each model */
   const char *units; /* sidecar for AMRVAC inputs (NULL: look beside each file) */
   int64_t cached;    /* model held in `model` (-1: none) */
-  ce_model *model;
+  ce_model *model;   /* owned by `models` */
+  model_lru *models; /* recently used models (and their populations), within a byte cap */
   double *image;     /* n*n*nf, (x, y, f) */
   /* line.mode lvg and line.abundance (NULL / 0 when not used) */
   int lvg;
   nlte_model M;
   nlte_lvg_options lo;
-  double x_co;       /* the cached model's co_abundance */
-  float *xl, *xu;    /* the cached model's populations, per leaf cell */
+  double x_co;       /* the current model's co_abundance */
+  float *xl, *xu;    /* the current model's populations, per leaf cell (owned by `models`) */
   float *cl, *cu;    /* sampled into the cube, n^3 */
   float *nmol;       /* (X_mol / X_CO) n_CO, n^3 (line.abundance > 0) */
   int64_t failed;    /* a model whose populations failed (-1: none): its message, */
@@ -81,9 +84,9 @@ int producer_lvg_populations(const ce_model *m, double x_co, double x_mol, const
 static void producer_close(void *vctx) {
   producer_ctx *c = vctx;
   if (!c) return;
-  model_free(c->model);
+  model_lru_free(c->models);
   if (c->lvg) nlte_model_free(&c->M);
-  free(c->xl), free(c->xu), free(c->cl), free(c->cu), free(c->nmol);
+  free(c->cl), free(c->cu), free(c->nmol);
   lte_line_free(&c->line);
   lamda_free(&c->mol);
   if (c->paths)
@@ -94,37 +97,81 @@ static void producer_close(void *vctx) {
   free(c);
 }
 
+/* What a model carries besides its fields: its CO abundance and, with
+ * line.mode lvg, its populations (kept with it in the model cache). */
+typedef struct {
+  double x_co;
+  float *xl, *xu;
+} model_extra;
+
+static void model_extra_free(void *p) {
+  model_extra *e = p;
+  if (!e) return;
+  free(e->xl), free(e->xu), free(e);
+}
+
+static size_t producer_cache_cap = 1; /* 1: only the model in use (generate goes model by model) */
+void producer_set_model_cache(size_t bytes) { producer_cache_cap = bytes; }
+
+void producer_model_counters(void *vctx, int64_t *loads, int64_t *hits, size_t *peak) {
+  producer_ctx *c = vctx;
+  model_lru_stats st;
+  model_lru_get_stats(c->models, &st);
+  *loads = st.loads, *hits = st.hits, *peak = st.peak;
+}
+
 static int load_model(producer_ctx *c, int64_t model) {
   if (c->cached == model) return 0;
   if (c->failed == model) return ce_err("%s", c->fail_msg);
-  model_free(c->model);
   c->model = NULL;
   c->cached = -1;
-  CE_TRY(model_load(c->paths[model], c->units, &c->model));
+  int loaded = 0;
+  CE_TRY(model_lru_get(c->models, c->paths[model], c->units, &c->model, &loaded));
+  model_extra *e = model_lru_payload(c->models, c->model);
+  if (!loaded && e) {
+    c->x_co = e->x_co, c->xl = e->xl, c->xu = e->xu;
+    c->cached = model;
+    return 0;
+  }
+  e = calloc(1, sizeof *e);
+  if (!e) return ce_err("out of memory");
   if (c->lvg || c->j->abundance > 0) {
     char side[4096];
     const char *upath = c->units;
     units u;
     if (!upath && units_find(c->paths[model], side, sizeof side) == 1) upath = side;
-    if (!upath || units_read(upath, &u) < 0) return upath ? -1 : ce_err("%s: no units sidecar", c->paths[model]);
-    c->x_co = u.co_abundance;
+    if (!upath || units_read(upath, &u) < 0) {
+      free(e);
+      return upath ? -1 : ce_err("%s: no units sidecar", c->paths[model]);
+    }
+    e->x_co = u.co_abundance;
   }
+  size_t bytes = sizeof *e;
   if (c->lvg) {
     const ce_model *m = c->model;
     size_t N = (size_t)(m->nleaves * m->ncell);
-    free(c->xl), free(c->xu);
-    c->xl = ce_malloc_array(N, sizeof *c->xl, "populations");
-    c->xu = ce_malloc_array(N, sizeof *c->xu, "populations");
-    if (!c->xl || !c->xu) return -1;
-    double x_mol = c->j->abundance > 0 ? c->j->abundance : c->x_co;
-    if (producer_lvg_populations(m, c->x_co, x_mol, &c->M, &c->lo, c->j->transition, c->xl, c->xu,
+    e->xl = ce_malloc_array(N, sizeof *e->xl, "populations");
+    e->xu = ce_malloc_array(N, sizeof *e->xu, "populations");
+    if (!e->xl || !e->xu) {
+      model_extra_free(e);
+      return -1;
+    }
+    bytes += 2 * N * sizeof(float);
+    double x_mol = c->j->abundance > 0 ? c->j->abundance : e->x_co;
+    if (producer_lvg_populations(m, e->x_co, x_mol, &c->M, &c->lo, c->j->transition, e->xl, e->xu,
                                  NULL, NULL) < 0) {
+      model_extra_free(e);
       ce_err_prefix("line.mode lvg");
       c->failed = model;
       snprintf(c->fail_msg, sizeof c->fail_msg, "%s", ce_err_msg());
       return -1;
     }
   }
+  if (model_lru_attach(c->models, c->model, e, bytes, model_extra_free) < 0) {
+    model_extra_free(e);
+    return -1;
+  }
+  c->x_co = e->x_co, c->xl = e->xl, c->xu = e->xu;
   c->cached = model;
   return 0;
 }
@@ -280,7 +327,12 @@ int producer_open(const job *j, const char *out_dir, generate_producer *p) {
   c->j = j;
   c->cached = -1;
   c->failed = -1;
+  if (model_lru_create(producer_cache_cap, &c->models) < 0) {
+    free(c);
+    return -1;
+  }
   if (j->coemunet_compat && j->n != COMPAT_OUT) {
+    model_lru_free(c->models);
     free(c);
     CE_FAIL("%s: sampling.coemunet_compat grids %d^3 cubes as the paper did, but sampling.n = %d",
             j->path, COMPAT_OUT, j->n);
@@ -296,13 +348,8 @@ int producer_open(const job *j, const char *out_dir, generate_producer *p) {
   c->paths = calloc((size_t)j->n_models, sizeof *c->paths);
   if (rc == 0 && (!c->freqs || !c->image || !c->paths)) rc = ce_err("out of memory");
   /* solver.device: one device per rank, by the rank's place on its node */
-  MPI_Comm node;
-  int local_rank = 0;
-  if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) ==
-      MPI_SUCCESS) {
-    MPI_Comm_rank(node, &local_rank);
-    MPI_Comm_free(&node);
-  }
+  int local_rank;
+  mpi_node_place(&local_rank, NULL);
   if (rc == 0 && j->solver_device != LTE_BACKEND_CPU &&
       lte_backend_open((lte_backend)j->solver_device, local_rank, NULL, 0) < 0) {
     ce_err_prefix("%s: solver.device", j->path);

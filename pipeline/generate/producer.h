@@ -15,6 +15,8 @@
 #ifndef COEMU_PRODUCER_H
 #define COEMU_PRODUCER_H
 
+#include <stddef.h>
+
 #include "pipeline/generate/generate.h"
 
 #include "rotate/model.h"
@@ -37,5 +39,14 @@ int producer_lvg_populations(const ce_model *m, double x_co, double x_mol, const
  * with line.abundance > 0 the imaged density is (X_mol / X_CO) n_CO (the
  * stored input cube stays n_CO). */
 int producer_open(const job *j, const char *out_dir, generate_producer *p);
+
+/* The byte cap of each producer's model cache (rotate/model_lru.h: the
+ * models recently used, with their per-cell populations), for producers
+ * opened after this call. Default 1 byte: only the model in use is kept, as
+ * before (generate makes a model's directions together); 0:
+ * MODEL_LRU_DEFAULT_CAP. */
+void producer_set_model_cache(size_t bytes);
+/* A producer's model cache counters (ctx: generate_producer.ctx). */
+void producer_model_counters(void *ctx, int64_t *loads, int64_t *hits, size_t *peak);
 
 #endif

@@ -294,12 +294,8 @@ static int fill(const char *name, const yt_node *r, job *j) {
   j->stats_compute = schema_bool(r, "statistics.compute");
   j->stats_drop_outliers = schema_bool(r, "statistics.drop_outliers");
   snprintf(j->stats_split, sizeof j->stats_split, "%s", schema_str(r, "statistics.split"));
-  if (j->stats_compute && j->stats_drop_outliers && !j->store_inputs) {
-    const yt_node *dn = schema_at(r, "statistics.drop_outliers");
-    CE_FAIL("%s:%d:%d: statistics.drop_outliers: the outlier rule reads v_z from the inputs, "
-            "and output.store_inputs is false (drop the rule, or store the inputs)", name,
-            dn->line, dn->col);
-  }
+  /* images-only (store_inputs false): statistics.drop_outliers reads v_z from
+   * the rebuilt input cubes, as every reader does (docs/dataset-format.md) */
 
   if (schema_at(r, "stream")) {
     j->has_stream = 1;
@@ -309,6 +305,9 @@ static int fill(const char *name, const yt_node *r, job *j) {
     j->stream_batch = schema_int(r, "stream.batch");
     j->stream_epochs = schema_int(r, "stream.epochs");
     snprintf(j->stream_split, sizeof j->stream_split, "%s", schema_str(r, "stream.split"));
+    j->stream_generate = strcmp(schema_str(r, "stream.mode"), "generate") == 0;
+    j->stream_fresh_views = schema_bool(r, "stream.fresh_views");
+    j->stream_model_cache_mb = schema_int(r, "stream.model_cache_mb");
     /* the rules of coemu serve: CURVE keys together, and required off this machine */
     const char *cs = schema_str(r, "stream.curve_secret"), *ca = schema_str(r, "stream.curve_authorized");
     const yt_node *csn = schema_at(r, "stream.curve_secret"), *can = schema_at(r, "stream.curve_authorized");

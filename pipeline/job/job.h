@@ -114,6 +114,9 @@ typedef struct {
   char *stream_endpoint;
   int64_t stream_credits, stream_ranks, stream_batch, stream_epochs;
   char stream_split[16];
+  int stream_generate;     /* stream.mode generate: coemu serve --generate streams this job */
+  int stream_fresh_views;  /* stream.fresh_views */
+  int64_t stream_model_cache_mb;
   /* CURVE of the live server (stream.curve_secret, stream.curve_authorized,
    * resolved against the job's folder; "" = no CURVE) and where they are in
    * the job file (line 0: not given) */

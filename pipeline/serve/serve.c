@@ -154,14 +154,14 @@ static const int64_t *epoch_perm(serve_source *s, uint32_t epoch) {
 static int open_order(serve_source *s) {
   int64_t *shard = NULL, per_shard = s->spp;
   if (s->o.order.mode == ORDER_SHARDS) {
-    if (!s->o.live && shard_reader_shards(s->rd) == 0)
+    if (!s->o.live && !s->o.external && shard_reader_shards(s->rd) == 0)
       CE_FAIL("%s: no shards behind /inputs and /targets: order shards needs a dataset made by "
               "coemu generate (use order exact)", s->h5path);
     shard = ce_malloc_array((size_t)s->nsplit, sizeof(int64_t), "the shard of every sample");
     if (!shard) return -1;
     for (int64_t k = 0; k < s->nsplit; k++) {
       int64_t idx = s->split_idx[k], sh, first, count;
-      if (s->o.live) {
+      if (s->o.live || s->o.external) {
         shard[k] = idx / s->spp;
         continue;
       }
@@ -176,7 +176,7 @@ static int open_order(serve_source *s) {
   }
   int rc = order_plan_init(&s->plan, &s->o.order, s->split_idx, shard, s->nsplit, per_shard);
   free(shard);
-  if (rc < 0) return ce_err_prefix("%s", s->o.dataset_dir);
+  if (rc < 0) return ce_err_prefix("%s", s->o.external ? s->o.external->name : s->o.dataset_dir);
   s->plan_open = 1;
   return 0;
 }
@@ -239,24 +239,25 @@ static int sample_source(serve_source *s, int64_t idx, hid_t ds[2], hsize_t *at)
   return 0;
 }
 
-static int read_samples(serve_source *s, const int64_t *idx, int n, int normalised, float *inputs,
-                        float *targets, uint64_t *sums);
+static int read_samples(serve_source *s, uint32_t epoch, const int64_t *idx, int n, int normalised,
+                        float *inputs, float *targets, uint64_t *sums);
 static int read_finished(serve_source *s, const int64_t *idx, int n, float *inputs,
                          float *targets, uint64_t *sums);
 
 /* Read (and normalise) one chunk; called by the reader thread, mutex NOT held. */
-static int read_chunk(serve_source *s, const int64_t *idx, int n, int normalised, chunk_mem **out) {
+static int read_chunk(serve_source *s, uint32_t epoch, const int64_t *idx, int n, int normalised,
+                      chunk_mem **out) {
   chunk_mem *m = calloc(1, sizeof *m);
   if (!m) CE_FAIL("out of memory");
   m->ids = ce_malloc_array((size_t)n, 8, "chunk ids");
   m->inputs = ce_malloc_array((size_t)n * s->in_vals, 4, "chunk inputs");
   m->targets = ce_malloc_array((size_t)n * s->out_vals, 4, "chunk targets");
-  /* the reader's verified row checksums go on the wire as they are; live or
-   * normalised rows are hashed by the stream server */
-  int forward = !s->o.live && !normalised;
+  /* the reader's verified row checksums go on the wire as they are; live,
+   * external or normalised rows are hashed by the stream server */
+  int forward = !s->o.live && !s->o.external && !normalised;
   if (forward) m->sums = ce_malloc_array((size_t)n, 2 * sizeof(uint64_t), "chunk checksums");
   if (!m->ids || !m->inputs || !m->targets || (forward && !m->sums) ||
-      read_samples(s, idx, n, normalised, m->inputs, m->targets, m->sums) < 0) {
+      read_samples(s, epoch, idx, n, normalised, m->inputs, m->targets, m->sums) < 0) {
     chunk_free(m);
     return -1;
   }
@@ -387,7 +388,8 @@ static void *reader_loop(void *arg) {
     pthread_mutex_unlock(&s->mu);
     chunk_mem *m = NULL;
     ce_err_clear();
-    int rc = p ? read_chunk(s, idx, n, norm, &m) : ce_err("out of memory for the shuffle");
+    uint32_t ep = q->epoch;
+    int rc = p ? read_chunk(s, ep, idx, n, norm, &m) : ce_err("out of memory for the shuffle");
     pthread_mutex_lock(&s->mu);
     q->buf = m;
     q->failed = rc < 0;
@@ -514,6 +516,26 @@ static int open_finished(serve_source *s) {
   return 0;
 }
 
+/* Another source (serve_external): its split, shapes, id and norm. */
+static int open_external(serve_source *s) {
+  const serve_external *x = s->o.external;
+  snprintf(s->h5path, sizeof s->h5path, "%s", x->name ? x->name : "(samples made on the fly)");
+  s->nsamples_total = x->samples;
+  s->spp = x->per_shard > 0 ? x->per_shard : 1;
+  memcpy(s->in_shape, x->in_shape, sizeof s->in_shape);
+  memcpy(s->out_shape, x->out_shape, sizeof s->out_shape);
+  s->in_vals = (size_t)x->in_shape[0] * x->in_shape[1] * x->in_shape[2] * x->in_shape[3];
+  s->out_vals = (size_t)x->out_shape[0] * x->out_shape[1] * x->out_shape[2];
+  s->dataset_id = x->dataset_id;
+  if (x->norm) s->norm = *x->norm;
+  if (x->nsplit <= 0) CE_FAIL("%s: split '%s' has no samples", s->h5path, s->o.split ? s->o.split : "train");
+  s->split_idx = ce_malloc_array((size_t)x->nsplit, sizeof(int64_t), "split index");
+  if (!s->split_idx) return -1;
+  memcpy(s->split_idx, x->split, sizeof(int64_t) * (size_t)x->nsplit);
+  s->nsplit = x->nsplit;
+  return 0;
+}
+
 /* Live: the plan of a dataset being generated (DIR/plan.json). */
 static int open_live(serve_source *s) {
   char path[4200], *text;
@@ -594,14 +616,14 @@ int serve_open(const serve_opts *o, serve_source **out) {
             SERVE_MAX_READ_THREADS);
   }
   /* the shard paths (shard_path) fit their 4200-byte buffers once this fits */
-  if ((size_t)snprintf(s->h5path, sizeof s->h5path, "%s/dataset.h5", o->dataset_dir) >=
+  if (!o->external && (size_t)snprintf(s->h5path, sizeof s->h5path, "%s/dataset.h5", o->dataset_dir) >=
       sizeof s->h5path) {
     serve_close(s);
     CE_FAIL("%.64s...: dataset path too long", o->dataset_dir);
   }
   h5_lock();
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-  int opened = o->live ? open_live(s) : open_finished(s);
+  int opened = o->external ? open_external(s) : o->live ? open_live(s) : open_finished(s);
   h5_unlock();
   if (opened < 0 || open_order(s) < 0) {
     serve_close(s);
@@ -617,19 +639,20 @@ int serve_open(const serve_opts *o, serve_source **out) {
     return -1;
   }
   h5_lock();
-  int has_stats = !o->live && s->have_norm;
+  int has_stats = !o->live && !o->external && s->have_norm;
   int norm_rc = has_stats ? stats_file_read_norm(s->h5path, &s->norm) : 0;
   h5_unlock();
   if (norm_rc < 0) {
     serve_close(s);
     return -1;
   }
-  s->have_norm = has_stats;
+  s->have_norm = has_stats || (o->external && o->external->norm);
   s->nslots = s->o.world * (s->o.prefetch + 1) + 2;
   s->slots = calloc((size_t)s->nslots, sizeof *s->slots);
   s->cursors = calloc((size_t)s->o.world, sizeof *s->cursors);
-  /* live: one reader (it reads through HDF5 row by row, one shard open) */
-  s->nthreads = o->live ? 1 : s->o.read_threads;
+  /* live: one reader (it reads through HDF5 row by row, one shard open);
+   * an external source (serve --generate) is read by one thread as before */
+  s->nthreads = o->live || o->external ? 1 : s->o.read_threads;
   s->threads = calloc((size_t)s->nthreads, sizeof *s->threads);
   if (!s->slots || !s->cursors || !s->threads) {
     serve_close(s);
@@ -710,9 +733,13 @@ void serve_read_counts(const serve_source *s, uint64_t *direct, uint64_t *hdf5) 
 
 const stats_norm *serve_norm(const serve_source *s) { return s->have_norm ? &s->norm : NULL; }
 
-int serve_read(serve_source *s, const int64_t *idx, int n, int normalised, float *inputs,
-               float *targets) {
-  return read_samples(s, idx, n, normalised, inputs, targets, NULL);
+int serve_rebuild_counters(const serve_source *s, int64_t *cubes, double *cpu_s, double *load_s,
+                           int64_t *loads) {
+  if (s->o.live || !s->rd) return -1;
+  h5_lock(); /* the reader thread changes them */
+  int rc = shard_reader_rebuild_counters(s->rd, cubes, cpu_s, load_s, loads);
+  h5_unlock();
+  return rc;
 }
 
 /* A finished dataset's samples idx[0..n), each checked: planned under the
@@ -746,18 +773,28 @@ static int read_finished(serve_source *s, const int64_t *idx, int n, float *inpu
   return rc;
 }
 
-/* serve_read, also giving the rows' checksums (sums: finished datasets only,
- * not normalised: shard_reader_read_list_sums). */
-static int read_samples(serve_source *s, const int64_t *idx, int n, int normalised, float *inputs,
-                        float *targets, uint64_t *sums) {
+int serve_read(serve_source *s, const int64_t *idx, int n, int normalised, float *inputs,
+               float *targets) {
+  return read_samples(s, 0, idx, n, normalised, inputs, targets, NULL);
+}
+
+/* serve_read of epoch (an external source's samples may depend on it), also
+ * giving the rows' checksums (sums: finished datasets only, not normalised:
+ * shard_reader_read_list_sums). */
+static int read_samples(serve_source *s, uint32_t epoch, const int64_t *idx, int n, int normalised,
+                        float *inputs, float *targets, uint64_t *sums) {
   if (normalised && !s->have_norm)
     CE_FAIL("%s has no /stats group: run `coemu stats` on it first", s->h5path);
   for (int k = 0; k < n; k++)
     if (idx[k] < 0 || idx[k] >= s->nsamples_total)
       CE_FAIL("%s: sample %lld out of range (%lld samples)", s->h5path, (long long)idx[k],
               (long long)s->nsamples_total);
-  if (!s->o.live) CE_TRY(read_finished(s, idx, n, inputs, targets, sums));
-  for (int k = 0; s->o.live && k < n; k++) {
+  if (s->o.external) {
+    CE_TRY(s->o.external->read(s->o.external->ctx, epoch, idx, n, inputs, targets));
+  } else if (!s->o.live) { /* the shards: rows read with pread where they can be (read_finished) */
+    CE_TRY(read_finished(s, idx, n, inputs, targets, sums));
+  }
+  for (int k = 0; s->o.live && !s->o.external && k < n; k++) {
     float *dst[2] = {inputs + (size_t)k * s->in_vals, targets + (size_t)k * s->out_vals};
     hid_t ds[2];
     hsize_t at = 0;
@@ -824,13 +861,14 @@ int serve_info_json(const serve_source *s, uint32_t epochs, char *buf, size_t le
                    "\"samples_per_rank\": %llu, \"split_size\": %lld, "
                    "\"dataset_id\": \"%016llx\", \"dtype\": \"float32\", "
                    "\"in_shape\": [%u, %u, %u, %u], \"out_shape\": [%u, %u, %u], "
-                   "\"normalisation\": %s}",
+                   "\"normalisation\": %s%s}",
                    STREAM_VERSION, s->o.world, s->o.split ? s->o.split : "train", s->o.batch,
                    (unsigned long long)s->o.seed, order, s->o.drop_last ? "true" : "false",
                    s->o.live ? "true" : "false", epochs, (unsigned long long)s->per_rank,
                    (long long)s->nsplit, (unsigned long long)s->dataset_id, s->in_shape[0],
                    s->in_shape[1], s->in_shape[2], s->in_shape[3], s->out_shape[0],
-                   s->out_shape[1], s->out_shape[2], norm);
+                   s->out_shape[1], s->out_shape[2], norm,
+                   s->o.external && s->o.external->info_extra ? s->o.external->info_extra : "");
   if (n < 0 || (size_t)n >= len) CE_FAIL("serve: the INFO text needs %d bytes, %zu given", n, len);
   return n;
 }

@@ -43,6 +43,26 @@
 #include "pipeline/stream/stream_server.h"
 #include "stats/transforms.h"
 
+/* A source of samples other than a dataset (serve_opts.external): e.g.
+ * samples made on the fly (gensource.h). serve.c keeps the order, the
+ * rank slices, the prefetch slots, normalisation and INFO; read() makes the
+ * samples of one chunk in the reader thread (the only thread that calls
+ * it): dataset indices idx[0..n) of `epoch` into inputs (n x 3 n^3) and
+ * targets (n x F n^2), raw (serve.c normalises). 0, or -1 with a message. */
+typedef struct {
+  int (*read)(void *ctx, uint32_t epoch, const int64_t *idx, int n, float *inputs, float *targets);
+  void *ctx;
+  const char *name;          /* in messages, e.g. the job file */
+  int64_t samples;           /* dataset indices 0..samples-1 */
+  const int64_t *split;      /* the split's dataset indices, ascending (copied) */
+  int64_t nsplit;
+  int64_t per_shard;         /* the shard of index i is i / per_shard (order shards) */
+  uint32_t in_shape[4], out_shape[3];
+  uint64_t dataset_id;
+  const stats_norm *norm;    /* normalisation parameters (copied), or NULL: none */
+  const char *info_extra;    /* appended to the INFO object (", \"key\": value, ..."), or NULL */
+} serve_external;
+
 typedef struct {
   const char *dataset_dir;
   const char *split;      /* "train" (default), "validation", "test", "all" */
@@ -55,6 +75,7 @@ typedef struct {
   order_opts order;       /* the epoch order (order.h; zeroed: exact) */
   int max_open;           /* shard files kept open at once (LRU; 0: SHARD_READER_MAX_OPEN) */
   int read_threads;       /* reader threads (0: serve_default_read_threads(); live: 1) */
+  const serve_external *external; /* non-NULL: serve its samples instead of dataset_dir's */
 } serve_opts;
 
 #define SERVE_MAX_READ_THREADS 64
@@ -117,6 +138,13 @@ void serve_shapes(const serve_source *s, uint32_t in_shape[4], uint32_t out_shap
 void serve_read_counts(const serve_source *s, uint64_t *direct, uint64_t *hdf5);
 
 const stats_norm *serve_norm(const serve_source *s);
+
+/* An images-only dataset (shard_reader_images_only): input cubes rebuilt so
+ * far, the thread CPU seconds their sampling took, the model loads and their
+ * seconds (docs/benchmarks.md,
+ * the producer bound); -1 for a dataset that stores its inputs, or live. */
+int serve_rebuild_counters(const serve_source *s, int64_t *cubes, double *cpu_s, double *load_s,
+                           int64_t *loads);
 /* Read dataset samples idx[0..n) now, in the calling thread (normalised on
  * request), into inputs (n x 3 n^3) and targets (n x F n^2). Safe alongside
  * the reader thread (h5_lock). */

@@ -19,12 +19,10 @@ TESTGEN = os.environ['COEMU_TESTGEN']
 COEMU = os.environ['COEMU']
 MPIEXEC = os.environ.get('COEMU_MPIEXEC', 'mpiexec')
 ROOT = os.environ['COEMU_SOURCE_ROOT']
-for var in ('ASAN_OPTIONS', 'LSAN_OPTIONS'):
-    if var in os.environ:
-        os.environ[var] += ':fast_unwind_on_malloc=0'
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 sys.path.insert(0, os.path.join(ROOT, 'pipeline', 'stream'))
-from pycheck import check, report  # noqa: E402
+from pycheck import check, report, sanitizer_full_stacks  # noqa: E402
+sanitizer_full_stacks()
 import coemu_stream as cs  # noqa: E402
 sys.path.insert(0, os.path.join(ROOT, 'scripts'))
 from fault_campaign import serve_all as campaign_serve_all  # noqa: E402

@@ -20,12 +20,6 @@ COEMU = os.environ['COEMU']
 MPIEXEC = os.environ.get('COEMU_MPIEXEC', 'mpiexec')
 ROOT = os.environ['COEMU_SOURCE_ROOT']
 M, D, N, F, S = 6, 4, 16, 7, 4
-# Under the sanitizers: unwind fully, so that leaks kept by Open MPI's
-# dlopen'ed components are attributed to libmpi and friends (tests/lsan.supp)
-# instead of "<unknown module>".
-for var in ('ASAN_OPTIONS', 'LSAN_OPTIONS'):
-    if var in os.environ:
-        os.environ[var] += ':fast_unwind_on_malloc=0'
 
 JOB = f"""name: pipeline-test
 inputs:
@@ -37,8 +31,8 @@ splits: {{train: 0.5, validation: 0.25, test: 0.25, seed: 2}}
 """
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from pycheck import check, run_in_tmpdir  # noqa: E402
-
+from pycheck import check, run_in_tmpdir, sanitizer_full_stacks  # noqa: E402
+sanitizer_full_stacks()
 
 
 def mpi(n, args, env=None, **kw):

@@ -1,8 +1,9 @@
 """test_generate_inputs.py - what a new user meets first with `coemu generate`
 (issue 15, "Broken"), end to end with the real coemu and small synthetic jobs:
 
-- output.store_inputs false: generate, stats (targets only), verify, inspect;
-  serve and train refuse the dataset naming /inputs;
+- output.store_inputs false (an images-only dataset): generate, stats (the
+  same /stats as with inputs: the cubes are rebuilt), verify, inspect, serve
+  (the rebuilt inputs equal the stored ones), the outlier rule;
 - output.inputs_dtype float64: generate, stats (the same /stats as float32,
   bit for bit), the stream (serve) carries the float64 values as float32;
 - --check reads the input files (LAMDA, transition, AMRVAC headers, units
@@ -34,12 +35,10 @@ MPIEXEC = os.environ.get('COEMU_MPIEXEC', 'mpiexec')
 ROOT = os.environ['COEMU_SOURCE_ROOT']
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 sys.path.insert(0, os.path.join(ROOT, 'pipeline', 'stream'))
-from pycheck import check, report  # noqa: E402
+from pycheck import check, report, sanitizer_full_stacks  # noqa: E402
 import coemu_stream as cs  # noqa: E402
 
-for var in ('ASAN_OPTIONS', 'LSAN_OPTIONS'):
-    if var in os.environ:
-        os.environ[var] += ':fast_unwind_on_malloc=0'
+sanitizer_full_stacks()
 
 # 2 synthetic models (2 AMR levels) x 3 directions, 16^3 cubes, 7 channels
 JOB = """name: {name}
@@ -193,6 +192,10 @@ def test_dtypes(tmp):
                                 np.array_equal(got[i][1], tg[i]) for i in got),
           f'serve streams the float64 inputs as float32: {len(got)} samples {err[-300:]}')
 
+    # output.store_inputs false: an images-only dataset (docs/dataset-format.md,
+    # "Images-only datasets"): no /inputs stored; readers rebuild them, so
+    # /stats, serve and the outlier rule see the same cubes as the float32 job
+    # (test_images_only.py tests the format, the faults and the stream)
     noin = job(tmp, 'noin', ', store_inputs: false')
     r = run(['generate', noin, '--quiet'], tmp)
     check(r.returncode == 0, f'store_inputs false: generate + stats succeed: {r.stderr}')
@@ -200,43 +203,24 @@ def test_dtypes(tmp):
     h5 = os.path.join(d, 'dataset.h5')
     with h5py.File(h5, 'r') as h:
         check('inputs' not in h and 'stats' in h, 'no /inputs, a /stats')
-        g = h['stats']
-        check(sorted(g.keys()) == ['ln_I'] + [f'ln_I_ch{k}' for k in range(7)],
-              f'targets-only statistics: {sorted(g.keys())}')
-        check(all(math.isnan(g.attrs[k]) for k in ('vz_mean', 'vz_std', 'lnT_min', 'lnT_scale',
-                                                    'lnn_min', 'lnn_scale')),
-              'the inputs\' normalisation parameters are NaN')
-        split, tg = h['split'][()], h['targets'][()]
-        lnI = np.concatenate([ln_intensity(tg[i]) for i in range(len(tg)) if split[i] == 0])
-        s = g['ln_I'].attrs
-        # count, min, max are exact; the mean is a double sum of these float32
-        # values in another order: |error| <= n eps sum|x| / n
-        bound = len(lnI) * np.finfo(np.float64).eps * np.abs(lnI.astype(np.float64)).mean()
-        check(s['count'] == lnI.size and s['min'] == lnI.min() and s['max'] == lnI.max() and
-              abs(s['mean'] - lnI.astype(np.float64).mean()) <= bound,
-              f'ln_I statistics equal numpy\'s: {dict(s)}')
-        check(g.attrs['lnI_min'] == lnI.min() and
-              g.attrs['lnI_scale'] == float(lnI.max()) - float(lnI.min()),
-              'ln I normalisation from the targets')
-    with h5py.File(os.path.join(f32, 'dataset.h5'), 'r') as a:
-        ga = a['stats']
-        check(all(ga[f].attrs['mean'] == g_mean for f, g_mean in
-                  ((f, stats_attrs(h5, 'stats')[f'{f}.mean']) for f in ('ln_I', 'ln_I_ch3'))),
-              'the targets\' statistics equal those of the dataset with inputs')
+    check(same_attrs(stats_attrs(os.path.join(f32, 'dataset.h5'), 'stats'), stats_attrs(h5, 'stats')),
+          'images-only: /stats (input fields from the rebuilt cubes) equal to the float32 dataset\'s')
     r = run(['verify', d], tmp)
     check(r.returncode == 0, f'verify without inputs: {r.stdout} {r.stderr}')
     r = run(['inspect', d], tmp)
-    check(r.returncode == 0 and 'not stored' in r.stdout, f'inspect: {r.stdout} {r.stderr}')
-    r = run(['serve', d, '--endpoint', f'ipc://{tmp}/x.sock', '--epochs', '1'], tmp)
-    check(r.returncode != 0 and '/inputs' in r.stderr, f'serve refuses, naming /inputs: {r.stderr}')
+    check(r.returncode == 0 and 'images-only' in r.stdout, f'inspect: {r.stdout} {r.stderr}')
+    got, err = stream_all(d, tmp)
+    with h5py.File(os.path.join(f32, 'dataset.h5'), 'r') as h:
+        inp, tg = h['inputs'][()], h['targets'][()]
+    check(len(got) == 6 and all(np.array_equal(got[i][0], inp[i]) and np.array_equal(got[i][1], tg[i])
+                                for i in got),
+          f'serve streams the rebuilt inputs, equal to the stored ones: {len(got)} samples {err[-300:]}')
     r = run(['stats', d, '--drop-outliers'], tmp)
-    check(r.returncode == 1 and 'store_inputs' in r.stderr and len(errors(r.stderr)) == 1,
-          f'--drop-outliers needs inputs: {r.stderr}')
-    bad = job(tmp, 'noin-outl', text=JOB.format(name='noin-outl', extra=', store_inputs: false') +
-              'statistics: {drop_outliers: true}\n')
-    r = run(['generate', bad, '--check'], tmp)
-    check(r.returncode == 1 and 'noin-outl.yaml:8:' in r.stderr and
-          'statistics.drop_outliers' in r.stderr, f'drop_outliers without inputs: {r.stderr}')
+    check(r.returncode == 0, f'--drop-outliers reads the rebuilt inputs: {r.stderr}')
+    ok = job(tmp, 'noin-outl', text=JOB.format(name='noin-outl', extra=', store_inputs: false') +
+             'statistics: {drop_outliers: true}\n')
+    r = run(['generate', ok, '--check'], tmp)
+    check(r.returncode == 0, f'drop_outliers with an images-only dataset is accepted: {r.stderr}')
     return f32
 
 

@@ -25,11 +25,9 @@ MPI = [os.environ.get("COEMU_MPIEXEC", "mpirun"), "--allow-run-as-root", "--over
 sys.path.insert(0, os.path.join(ROOT, "pipeline", "stream"))
 import coemu_stream as cs  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from pycheck import check, report  # noqa: E402
+from pycheck import check, report, sanitizer_full_stacks  # noqa: E402
 
-for var in ('ASAN_OPTIONS', 'LSAN_OPTIONS'):
-    if var in os.environ:
-        os.environ[var] += ':fast_unwind_on_malloc=0'
+sanitizer_full_stacks()
 
 # synth levels 1 (32^3 = 32768 leaf cells per model): the LVG solve takes
 # ~1.5 s of CPU per model (docs/benchmarks.md: ~45 us per cell), so the whole

@@ -36,11 +36,9 @@ splits: {{train: 0.5, validation: 0.25, test: 0.25, seed: 2}}
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.join(ROOT, 'pipeline', 'stream'))
 sys.path.insert(0, os.path.join(ROOT, 'scripts'))
-from pycheck import check, run_in_tmpdir  # noqa: E402
+from pycheck import check, run_in_tmpdir, sanitizer_full_stacks  # noqa: E402
 import coemu_stream as cs  # noqa: E402
-for var in ('ASAN_OPTIONS', 'LSAN_OPTIONS'):
-    if var in os.environ:
-        os.environ[var] += ':fast_unwind_on_malloc=0'
+sanitizer_full_stacks()
 
 
 SANITIZE = bool(os.environ.get('COEMU_SANITIZE'))

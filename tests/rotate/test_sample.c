@@ -20,6 +20,7 @@
 #include "rotate/directions.h"
 #include "rotate/model.h"
 #include "rotate/sampler.h"
+#include "model_fixture.h"
 
 static const char *data_dir;
 static const double AU = 1.495978707e11;
@@ -208,14 +209,6 @@ static int refine_centre(const amrvac_block_id *id, void *user) {
     if (hi < -4 || lo > 4) return 0;
   }
   return 1;
-}
-
-static units test_units(void) {
-  units u;
-  const char *y = "version: 1\nunit_system: si\nunit_length: 1\nunit_numberdensity: 1\n"
-                  "unit_velocity: 1\nmu: 2.3\nco_abundance: 1\nstretched: false\n";
-  CHECK_OK(units_parse(y, strlen(y), "t.yaml", &u));
-  return u;
 }
 
 static void test_mass_invariance(void) {

@@ -43,33 +43,11 @@
 #include "rotate/amrvac_write.h"
 #include "rotate/model.h"
 #include "rotate/sampler.h"
+#include "model_fixture.h"
 
 #define NB 24 /* box points along x and y */
 #define NZ 3  /* and z */
 #define N 32  /* the cube's voxels per edge (the fine cells of the domain) */
-
-static units test_units(void) {
-  units u;
-  const char *y = "version: 1\nunit_system: si\nunit_length: 1\nunit_numberdensity: 1\n"
-                  "unit_velocity: 1\nmu: 2.3\nco_abundance: 1\nstretched: false\n";
-  CHECK_OK(units_parse(y, strlen(y), "t.yaml", &u));
-  return u;
-}
-
-static void conserved(double rho, const double v[3], double p, double w[5]) {
-  w[0] = rho;
-  for (int d = 0; d < 3; d++) w[d + 1] = rho * v[d];
-  w[4] = p / (2.0 / 3.0) + 0.5 * rho * (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]);
-}
-
-/* ln rho, ln(p / rho) and v linear in x (test_recon.c's) */
-static void linear_state(const double x[3], double w[5], void *user) {
-  (void)user;
-  double rho = exp(0.1 + 0.2 * x[0] - 0.15 * x[1] + 0.1 * x[2]);
-  double v[3] = {1000 + 300 * x[0], -200 + 100 * x[1] - 200 * x[2], 500 + 50 * x[0] + 100 * x[2]};
-  double p = rho * exp(0.5 + 0.05 * x[0] + 0.08 * x[1] - 0.1 * x[2]);
-  conserved(rho, v, p, w);
-}
 
 /* ln rho and v_z quadratic: Laplacians -2.2 and 600 */
 static void curved_state(const double x[3], double w[5], void *user) {

@@ -1,0 +1,103 @@
+/* gensource.h - samples made on the fly as a stream source
+ * (`coemu serve --generate JOB`, docs/onthefly.md).
+ *
+ * Nothing is stored: MPI rank 0 serves the stream (serve.h with a
+ * serve_external source, so the order, rank slices, prefetch, credits,
+ * resume, normalisation, INFO and CURVE are those of a stored dataset) and
+ * every rank, rank 0 included, makes samples with the producer of
+ * `coemu generate` (behind sample_fn: this room does not know the sampler or
+ * the solver). The dataset this stands for is the one `coemu generate JOB`
+ * makes: sample i = (model i / D, direction i % D), the split of each model
+ * from job_model_splits, shards of output.samples_per_shard samples (for
+ * --order shards), the dataset id the XXH64 of the job text. So the epoch
+ * order of every split is the one `coemu serve` uses on that dataset, and
+ * every sample is byte for byte the stored one.
+ *
+ * Work: serve's reader thread asks for one chunk (a batch) at a time; its
+ * samples are sorted by model and cut into P nearly equal regions, one per
+ * rank, so that a rank makes the directions of a model together (its model
+ * cache then loads a model once per chunk at most, and once per epoch where
+ * the order keeps a model's samples together, e.g. --order shards). Each
+ * rank takes from the front of its own region and, once it is empty, steals
+ * from the back of the fullest one, so no rank idles while the chunk has
+ * work. Rank 0 makes its samples one at a time in the reader thread and, in
+ * between, keeps every other rank GENSRC_DEPTH (2) samples ahead: one sample
+ * per MPI message each way.
+ * MPI must be initialised with at least MPI_THREAD_SERIALIZED: on rank 0
+ * only the reader thread talks MPI while serving.
+ *
+ * Fresh views (optional): for samples of training models, direction d of
+ * epoch e is made with direction index e*D + d of the job's sampler (Philox
+ * stream (seed, model, e*D + d)): new orientations each epoch, reproducibly;
+ * validation and test samples (and every sample of epoch 0) are the stored
+ * ones. The dataset id then differs from the stored dataset's.
+ *
+ * A producer rank that does not answer within the timeout fails the chunk
+ * with a message naming the rank (sent to the consumer as ERROR); a rank that
+ * reports an error (e.g. an unreadable model) does the same with its message.
+ * Errors follow common/error.h.
+ */
+#ifndef COEMU_SERVE_GENSOURCE_H
+#define COEMU_SERVE_GENSOURCE_H
+
+#include <mpi.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pipeline/job/job.h"
+#include "pipeline/serve/serve.h"
+
+/* Make sample (model, view) of the job: inputs (3 n^3), targets (F n^2) as
+ * generate.h's sample_fn (view: the direction index given to the sampler). */
+typedef int (*gensrc_sample_fn)(void *ctx, int64_t model, int64_t view, float *inputs,
+                                float *targets);
+
+/* The producer's model cache counters (optional). */
+typedef void (*gensrc_counters_fn)(void *ctx, int64_t *loads, int64_t *hits, size_t *peak_bytes);
+
+typedef struct {
+  const job *j;
+  const char *split;         /* the split served (for messages; serve_opts.split decides) */
+  int fresh_views;
+  const char *stats_dataset; /* a pilot dataset whose /stats normalise (NULL: none) */
+  double timeout_s;          /* a rank silent this long fails the chunk (0: 600) */
+  gensrc_sample_fn sample;
+  gensrc_counters_fn counters;
+  void *ctx;
+  MPI_Comm comm;             /* every rank produces; rank 0 serves */
+} gensrc_opts;
+
+typedef struct gensrc gensrc;
+
+/* Rank 0: the source for serve_opts.external, for split `split` (train,
+ * validation, test, all). Collective: no (the workers wait in
+ * gensrc_worker). -1 with a message naming the job (or the pilot dataset). */
+int gensrc_open(const gensrc_opts *o, gensrc **out);
+const serve_external *gensrc_external(const gensrc *g);
+
+/* Ranks > 0: make what rank 0 asks for until it says stop; then take part
+ * in the final counters (gensrc_close). 0, or -1 with a message (the error
+ * was also sent to rank 0). */
+int gensrc_worker(const gensrc_opts *o);
+
+/* What the ranks did, summed (rank 0 after gensrc_close). */
+typedef struct {
+  int ranks;
+  int64_t samples;     /* samples made */
+  double seconds;      /* inside sample_fn, summed over ranks */
+  int64_t loads, hits; /* model cache, summed */
+  size_t peak_bytes;   /* the largest peak of one rank's model cache */
+} gensrc_stats;
+
+/* Rank 0: tell the workers to stop (after serve_close: the reader thread
+ * is gone), gather their counters into st (may be NULL), free. Every rank
+ * must reach its gensrc_worker return / this call. After a rank failed to
+ * answer nothing is gathered (st->ranks = -1): the caller must MPI_Abort. */
+void gensrc_close(gensrc *g, gensrc_stats *st);
+
+/* Make the samples idx[0..n) of epoch (rank 0's reader thread; exposed for
+ * tests). */
+int gensrc_read(void *g, uint32_t epoch, const int64_t *idx, int n, float *inputs,
+                float *targets);
+
+#endif

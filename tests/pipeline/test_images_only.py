@@ -1,0 +1,263 @@
+"""test_images_only.py - images-only datasets (output.store_inputs false;
+docs/dataset-format.md, "Images-only datasets"), end to end with the real
+coemu: a tiny job generated twice, with and without its input cubes, and
+
+- the images-only shards are smaller by exactly what the inputs take (the
+  expected size ratio is computed from the layout and stated);
+- dataset.h5 and the manifest say images-only (format_minor 2);
+- /stats of the two are equal (coemu stats reads the rebuilt cubes);
+- coemu serve streams byte-identical samples from both, to the Python
+  client and to the C consumer (the trainer's stream reader), and equal to
+  the stored /inputs and /targets;
+- the trainer's dataset reader (train_data) gets identical batches;
+- the same with the paper's gridding (coemunet_compat) on the AMRVAC files;
+- verify and inspect pass on both;
+- a model file that is not the one the dataset was made with, a truncated
+  model file and a damaged target are errors naming the shard, the sample,
+  its row and the array (verify and serve), never served;
+- a targets-only manifest (store_inputs false without "inputs": "rebuilt",
+  as format_minor 1 wrote them) is still refused by serve naming /inputs,
+  and an unknown "inputs" value is an error.
+Prints "N passed, N failed"."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import h5py
+import numpy as np
+
+COEMU = os.environ['COEMU']
+BATCHES = os.environ['COEMU_IMAGES_ONLY_BATCHES']
+ROOT = os.environ['COEMU_SOURCE_ROOT']
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+sys.path.insert(0, os.path.join(ROOT, 'pipeline', 'stream'))
+from pycheck import check, report, sanitizer_full_stacks  # noqa: E402
+import coemu_stream as cs  # noqa: E402
+
+sanitizer_full_stacks()
+
+N_MODELS, DIRS, N, NF, PER_SHARD = 3, 3, 16, 7, 2
+JOB = f"""name: {{name}}
+inputs:
+  synth: {{{{count: {N_MODELS}, seed: 1, levels: 2}}}}
+sampling: {{{{directions: {DIRS}, n: {N}, seed: 5}}}}
+line: {{{{lamda: builtin:co.dat, transition: 2}}}}
+output: {{{{directory: {{name}}-out, samples_per_shard: {PER_SHARD}{{extra}}}}}}
+splits: {{{{train: 0.34, validation: 0.33, test: 0.33, seed: 1}}}}
+"""
+
+
+def run(args, cwd, exe=COEMU):
+    return subprocess.run([exe] + args, capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def serve(d, tmp):
+    ep = f'ipc://{tmp}/s-{time.monotonic_ns()}.sock'
+    p = subprocess.Popen([COEMU, 'serve', d, '--endpoint', ep, '--split', 'all', '--batch', '3',
+                          '--epochs', '1', '--heartbeat', '0.2'], stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    return p, ep
+
+
+def stop(p):
+    p.terminate()
+    try:
+        return p.communicate(timeout=20)[1]
+    except subprocess.TimeoutExpired:
+        p.kill()
+        return p.communicate()[1]
+
+
+def stream_all(d, tmp):
+    """Split 'all' once through coemu serve to the Python client:
+    {id: (inputs bytes, targets bytes)}, the client's error, serve's stderr."""
+    p, ep = serve(d, tmp)
+    got, cerr = {}, ''
+    try:
+        c = cs.StreamClient(ep, rank=0, world=1, timeout_s=20, heartbeat_s=0.2)
+        try:
+            for ch in c.iter_epoch():
+                for k, i in enumerate(ch.ids):
+                    got[int(i)] = (ch.inputs[k].tobytes(), ch.targets[k].tobytes())
+        except Exception as e:  # noqa: BLE001 - the error the consumer sees
+            cerr = str(e)
+        finally:
+            c.close()
+    finally:
+        err = stop(p)
+    return got, cerr, err
+
+
+def shard_bytes(d):
+    return sum(os.path.getsize(os.path.join(d, 'shards', f)) for f in os.listdir(os.path.join(d, 'shards')))
+
+
+def main(tmp):
+    dirs = {}
+    for name, extra in (('full', ''), ('img', ', store_inputs: false')):
+        open(os.path.join(tmp, f'{name}.yaml'), 'w').write(JOB.format(name=name, extra=extra))
+        r = run(['generate', f'{name}.yaml', '--quiet'], tmp)
+        check(r.returncode == 0, f'{name}: generate (+ stats): {r.stderr}')
+        dirs[name] = os.path.join(tmp, f'{name}-out')
+    full, img = dirs['full'], dirs['img']
+    S = N_MODELS * DIRS
+
+    # the format says so
+    man = json.load(open(os.path.join(img, 'manifest.json')))
+    with h5py.File(os.path.join(img, 'dataset.h5'), 'r') as h:
+        check(man['store_inputs'] is False and man['inputs'] == 'rebuilt' and man['format_minor'] == 2 and
+              h.attrs['format_minor'] == 2 and h.attrs['inputs'] in (b'rebuilt', 'rebuilt') and 'inputs' not in h
+              and 'units_file' in h['models'].attrs, f'images-only in manifest and dataset.h5: {man}')
+        isums, istats = h['checksums'][()], {k: v for k, v in h['stats'].attrs.items()}
+        igroups = {g: dict(h['stats'][g].attrs) for g in h['stats']}
+    with h5py.File(os.path.join(full, 'dataset.h5'), 'r') as h:
+        check(h.attrs['inputs'] in (b'stored', 'stored'), 'the full dataset says inputs stored')
+        inputs, targets, fsums = h['inputs'][()], h['targets'][()], h['checksums'][()]
+        fstats = {k: v for k, v in h['stats'].attrs.items()}
+        fgroups = {g: dict(h['stats'][g].attrs) for g in h['stats']}
+    # per-sample integrity: the images-only dataset records the checksums of the cubes it did not store
+    check(np.array_equal(isums, fsums), 'the /checksums of the twins are equal (inputs column included)')
+
+    # size: the images-only shards lack exactly the input rows (3 n^3 float32 a
+    # sample) and /inputs' header and chunk index (at most 4 KiB a shard)
+    fb, ib = shard_bytes(full), shard_bytes(img)
+    rows = S * 3 * N**3 * 4
+    shards = -(-S // PER_SHARD)
+    check(rows <= fb - ib <= rows + 4096 * shards,
+          f'the images-only shards are smaller by the input rows: {fb} - {ib} = {fb - ib}, rows {rows}')
+    expect = (fb - rows) / fb
+    print(f'size ratio images-only / full: {ib / fb:.4f} (expected from the layout {expect:.4f}: '
+          f'({fb} - {rows}) / {fb}; at 64^3 x 7 channels the demo measures 1/28)')
+
+    # the demo geometry (64^3, 7 channels): generate --check's per-sample bytes
+    # (the layout's arithmetic, what the demo measures: docs/benchmarks.md)
+    demo = open(os.path.join(ROOT, 'jobs', 'demo.yaml')).read()
+    open(os.path.join(tmp, 'demo-img.yaml'), 'w').write(
+        demo.replace('  samples_per_shard: 32\n', '  samples_per_shard: 32\n  store_inputs: false\n'))
+    per = {}
+    for name, path in (('full', os.path.join(ROOT, 'jobs', 'demo.yaml')), ('img', 'demo-img.yaml')):
+        r = run(['generate', path, '--check'], tmp)
+        m = re.search(r'disk: ([0-9.]+) (KiB|MiB) per sample', r.stdout)
+        per[name] = float(m.group(1)) * (1024 if m.group(2) == 'KiB' else 1024**2) if m else None
+    want_full = 3 * 64**3 * 4 + 7 * 64**2 * 4 + 66
+    check(per['full'] and per['img'] and abs(per['full'] - want_full) <= 0.005 * want_full and
+          abs(per['img'] - (want_full - 3 * 64**3 * 4)) <= 0.5 * 1024 and per['img'] / per['full'] <= 1 / 20,
+          f'demo geometry: images-only / full per sample = {per} (<= 1/20; 1/{per["full"] / per["img"]:.1f})'
+          if per['full'] and per['img'] else f'generate --check: {per}')
+
+    # /stats: coemu stats reads the rebuilt cubes, so the twins agree exactly
+    same = fstats.keys() == istats.keys() and all(
+        np.array_equal(fstats[k], istats[k]) or (isinstance(fstats[k], bytes) and k in ('job_fingerprint',))
+        for k in fstats if k not in ('dataset', 'job_fingerprint'))
+    check(same and fgroups.keys() == igroups.keys() and all(
+        all(np.array_equal(fgroups[g][a], igroups[g][a], equal_nan=True) for a in fgroups[g]) for g in fgroups),
+        f'/stats of the twins equal (input fields from the rebuilt cubes): {sorted(fgroups)} vs {sorted(igroups)}')
+
+    # serve -> the Python client: byte-identical samples, equal to the stored arrays
+    a, ca, ea = stream_all(full, tmp)
+    b, cb, eb = stream_all(img, tmp)
+    check(len(a) == S and a == b, f'serve: the same {S} samples byte for byte from both ({len(a)}, {len(b)}; '
+          f'{ca} {cb} {eb[-400:]})')
+    check(all(b[i][0] == inputs[i].astype(np.float32).tobytes() and b[i][1] == targets[i].tobytes() for i in b),
+          'the rebuilt inputs equal the stored /inputs')
+
+    # the trainer's dataset reader (train_data), and the C stream consumer
+    r1 = run(['dataset', full, '3'], tmp, exe=BATCHES)
+    r2 = run(['dataset', img, '3'], tmp, exe=BATCHES)
+    check(r1.returncode == 0 and r2.returncode == 0 and r1.stdout.count('batch') == S // 3 and
+          r1.stdout == r2.stdout, f'train_data: identical batches: {r1.stdout} {r2.stdout} {r1.stderr} {r2.stderr}')
+    outs = []
+    for d in (full, img):
+        p, ep = serve(d, tmp)
+        try:
+            outs.append(run(['stream', ep, '3'], tmp, exe=BATCHES))
+        finally:
+            stop(p)
+    check(all(o.returncode == 0 for o in outs) and outs[0].stdout.count('batch') == S // 3 and
+          outs[0].stdout == outs[1].stdout,
+          f'the C consumer gets identical batches: {[o.stdout + o.stderr for o in outs]}')
+
+    for d in (full, img):
+        r = run(['verify', d], tmp)
+        check(r.returncode == 0, f'verify {os.path.basename(d)}: {r.stdout} {r.stderr}')
+    r = run(['inspect', img], tmp)
+    check(r.returncode == 0 and 'images-only' in r.stdout and 'rebuilt' in r.stdout, f'inspect: {r.stdout} {r.stderr}')
+
+    # a model file that is not the one the dataset was made with
+    bad = os.path.join(tmp, 'bad-model')
+    shutil.copytree(img, bad)
+    shutil.copy(os.path.join(bad, 'models', 'synth_00000.dat'), os.path.join(bad, 'models', 'synth_00001.dat'))
+    r = run(['verify', bad], tmp)
+    # model 1's first sample is sample 3: shard 1, row 1
+    want = ['shard-000001.h5: sample 3 (row 1 of the shard): /inputs rebuilt from model 1',
+            'synth_00001.dat', 'does not match its checksum']
+    check(r.returncode == 1 and all(w in r.stderr for w in want), f'verify: a wrong model file named: {r.stderr}')
+    got, cerr, err = stream_all(bad, tmp)
+    check(len(got) < S and all(w in cerr + err for w in ('/inputs rebuilt from model 1', 'synth_00001.dat')),
+          f'serve: the wrong model is an error to the consumer, not a sample ({len(got)} samples): {cerr} {err[-600:]}')
+    # a truncated model file
+    trunc = os.path.join(tmp, 'trunc-model')
+    shutil.copytree(img, trunc)
+    os.truncate(os.path.join(trunc, 'models', 'synth_00002.dat'), 1000)
+    r = run(['verify', trunc], tmp)
+    check(r.returncode == 1 and 'model 2' in r.stderr and 'synth_00002.dat' in r.stderr and 'truncated' in r.stderr,
+          f'verify: a truncated model file named: {r.stderr}')
+
+    # a damaged target (the shard's bytes changed in place)
+    dmg = os.path.join(tmp, 'damaged-target')
+    shutil.copytree(img, dmg)
+    with h5py.File(os.path.join(dmg, 'shards', 'shard-000002.h5'), 'r+') as h:
+        t = h['targets'][1]
+        t[3, 5, 7] *= 2
+        h['targets'][1] = t
+    r = run(['verify', dmg], tmp)
+    check(r.returncode == 1 and 'shard-000002.h5' in r.stderr and '/targets' in r.stderr,
+          f'verify: a damaged target named: {r.stderr}')
+    got, cerr, err = stream_all(dmg, tmp)
+    check(len(got) < S and 'sample 5 (row 1 of the shard): /targets does not match its checksum' in cerr + err,
+          f'serve: the damaged target is an error naming shard, row and array: {cerr} {err[-600:]}')
+
+    # the paper's gridding (sampling.coemunet_compat, rotate/compat_grid) on the
+    # AMRVAC snapshots: the rebuilt cubes are the stored ones too
+    amr = os.path.join(ROOT, 'tests', 'data', 'amrvac')
+    cj = (f"name: compat\ninputs: {{amrvac: {{glob: {amr}/agbwind3d_*.dat}}}}\n"
+          "sampling: {directions: 2, sampler: coemunet, n: 64, edge: auto, k: 1, seed: 1234, coemunet_compat: true}\n"
+          "line: {lamda: builtin:co.dat, transition: 2}\n"
+          "output: {directory: OUT, samples_per_shard: 2EXTRA}\n"
+          "splits: {train: 0.34, validation: 0.33, test: 0.33, seed: 3}\n")
+    cd = {}
+    for name, extra in (('cfull', ''), ('cimg', ', store_inputs: false')):
+        open(os.path.join(tmp, f'{name}.yaml'), 'w').write(cj.replace('OUT', name).replace('EXTRA', extra))
+        r = run(['generate', f'{name}.yaml', '--quiet'], tmp)
+        check(r.returncode == 0, f'{name}: generate: {r.stderr}')
+        cd[name] = stream_all(os.path.join(tmp, name), tmp)[0]
+    check(len(cd['cfull']) == 6 and cd['cfull'] == cd['cimg'],
+          f'coemunet_compat: the same samples from both ({len(cd["cfull"])}, {len(cd["cimg"])})')
+
+    # a targets-only manifest (format_minor 1's store_inputs false): refused by serve
+    old = os.path.join(tmp, 'targets-only')
+    shutil.copytree(img, old)
+    mp = os.path.join(old, 'manifest.json')
+    text = open(mp).read()
+    open(mp, 'w').write(text.replace('  "inputs": "rebuilt",\n', ''))
+    r = run(['serve', old, '--endpoint', f'ipc://{tmp}/old.sock', '--epochs', '1'], tmp)
+    check(r.returncode != 0 and '/inputs' in r.stderr, f'a targets-only dataset: serve refuses naming /inputs: {r.stderr}')
+    open(mp, 'w').write(text.replace('"inputs": "rebuilt"', '"inputs": "regenerated"'))
+    r = run(['verify', old], tmp)
+    r2 = run(['inspect', old], tmp)
+    check(r2.returncode == 1 and "inputs: 'regenerated', expected stored or rebuilt" in r2.stderr,
+          f'an unknown inputs value is an error: {r2.stderr}')
+
+
+with tempfile.TemporaryDirectory() as tmp:
+    try:
+        main(tmp)
+    except Exception as e:  # noqa: BLE001 - reported as a failed check
+        check(False, f'{type(e).__name__}: {e}')
+
+report()
