@@ -159,7 +159,8 @@ typedef struct {
  * shard_reader_direct_end(r, rows, m). *direct = 0: read idx[0..m) through
  * HDF5 (shard_reader_read_list_sums), nothing pinned: a shard whose rows
  * cannot be read directly (filtered or not float32, rows not allocated, not
- * a plain file), no shard list (dataset.h5 as it is), a sample out of range
+ * a plain file), no shard list (dataset.h5 as it is), an images-only dataset
+ * (inputs rebuilt), a sample out of range
  * (the HDF5 read names it), or every other open shard pinned. -1 on error
  * (a damaged shard, named). Hold h5_lock(). */
 int shard_reader_direct_plan(shard_reader *r, const int64_t *idx, int n, shard_direct_row *rows,
