@@ -22,12 +22,13 @@
 
 typedef struct {
   const char *dir, *split, *python;
-  int batch, credit, prefetch, epochs;
+  int batch, credit, prefetch, epochs, read_threads;
 } serve_bench;
 
 static int start(const serve_bench *b, const char *ep, serve_source **src, bench_server *t) {
   serve_opts so = {.dataset_dir = b->dir, .split = b->split, .seed = 1, .world = 1,
-                   .batch = b->batch, .drop_last = 1, .prefetch = b->prefetch};
+                   .batch = b->batch, .drop_last = 1, .prefetch = b->prefetch,
+                   .read_threads = b->read_threads};
   CE_TRY(serve_open(&so, src));
   stream_server_opts o = {.endpoint = ep, .dataset_id = serve_dataset_id(*src),
                           .samples_per_epoch = serve_samples_per_rank(*src),
@@ -127,13 +128,14 @@ static int run_python(const serve_bench *b, const char *ep, double *gbs, double 
 
 int bench_serve(int argc, char **argv) {
   serve_bench b = {.split = "all", .batch = 1, .credit = 8, .prefetch = 4, .epochs = 3};
-  int64_t batch = 1, credit = 8, prefetch = 4, epochs = 3;
+  int64_t batch = 1, credit = 8, prefetch = 4, epochs = 3, read_threads = 0;
   const char *transport = "tcp";
   cli_opt opts[] = {
       {"split", CLI_STR, &b.split, "NAME", "split to serve (default all)", 0, 0},
       {"batch", CLI_INT, &batch, "B", "samples per chunk (default 1)", 0, 0},
       {"credit", CLI_INT, &credit, "K", "consumer credit, chunks in flight (default 8)", 0, 0},
       {"prefetch", CLI_INT, &prefetch, "P", "chunks read ahead (default 4)", 0, 0},
+      {"read-threads", CLI_INT, &read_threads, "N", "serve's reader threads (default min(4, cores), as coemu serve)", 0, 0},
       {"epochs", CLI_INT, &epochs, "E", "epochs; the first warms up, untimed (default 3)", 0, 0},
       {"transport", CLI_STR, &transport, "tcp|ipc", "endpoint kind (default tcp)", 0, 0},
       {"python", CLI_STR, &b.python, "DIR",
@@ -150,14 +152,16 @@ int bench_serve(int argc, char **argv) {
   b.dir = pos[0];
   free(pos); /* the strings are argv's */
   if (batch < 1 || batch > 4096 || credit < 1 || credit > 1024 || prefetch < 1 ||
-      prefetch > 1024 || epochs < 2 || epochs > 1000 ||
+      prefetch > 1024 || epochs < 2 || epochs > 1000 || read_threads < 0 ||
+      read_threads > SERVE_MAX_READ_THREADS ||
       (strcmp(transport, "tcp") && strcmp(transport, "ipc")))
     return cli_usage_fail("bench serve", "--batch 1..4096, --credit 1..1024, --prefetch 1..1024, "
-                                         "--epochs 2..1000, --transport tcp|ipc");
+                                         "--epochs 2..1000, --transport tcp|ipc, --read-threads 1..64");
   b.batch = (int)batch;
   b.credit = (int)credit;
   b.prefetch = (int)prefetch;
   b.epochs = (int)epochs;
+  b.read_threads = read_threads ? (int)read_threads : serve_default_read_threads();
   char ep[256];
   if (!strcmp(transport, "tcp"))
     snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", 20000 + (int)(getpid() % 20000));
@@ -182,9 +186,9 @@ int bench_serve(int argc, char **argv) {
 
   double gbs, sps, mem_gbs, mem_sps, cpu_gb, mem_cpu_gb;
   if (run_c(&b, ep, &gbs, &sps, &cpu_gb) < 0) return cli_fail("bench serve");
-  printf("serve c %s sample_MB %.2f samples_per_epoch %llu batch %d GB/s %.2f samples/s %.0f "
-         "cpu_s_per_GB %.2f\n",
-         transport, mb, (unsigned long long)per_epoch, b.batch, gbs, sps, cpu_gb);
+  printf("serve c %s sample_MB %.2f samples_per_epoch %llu batch %d read_threads %d GB/s %.2f "
+         "samples/s %.0f cpu_s_per_GB %.2f\n",
+         transport, mb, (unsigned long long)per_epoch, b.batch, b.read_threads, gbs, sps, cpu_gb);
   fflush(stdout);
   uint64_t mem_samples = per_epoch * (uint64_t)(b.epochs - 1);
   if (mem_samples < 64) mem_samples = 64;

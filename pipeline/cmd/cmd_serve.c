@@ -190,7 +190,8 @@ static int serve_generate(const job *jp, serve_opts *so, const server_args *a, i
 static int cmd_serve_run(char **pos, job *jp, const char *endpoint, const char *split,
                          const char *curve_secret, const char *curve_auth, const char *order,
                          int64_t ranks, int64_t batch, int64_t epochs, int64_t seed,
-                         int64_t prefetch, int64_t credit, int64_t maxcons, int64_t order_shards,
+                         int64_t prefetch, int64_t read_threads, int64_t credit, int64_t maxcons,
+                         int64_t order_shards,
                          int64_t order_buffer, int pad, int live, int generate, int fresh,
                          const char *pilot, const char *gen_out, double model_cache_mb,
                          int cache_given, double producer_timeout, double heartbeat,
@@ -202,7 +203,7 @@ int cmd_serve(int argc, char **argv) {
   const char *endpoint = NULL, *split = NULL, *curve_secret = NULL, *curve_auth = NULL,
              *order = "exact";
   int64_t ranks = -1, batch = -1, epochs = -1, seed = -1, prefetch = 4, credit = -1, maxcons = 0,
-          order_shards = 0, order_buffer = 0;
+          order_shards = 0, order_buffer = 0, read_threads = 0;
   int pad = 0, live = 0, generate = 0, fresh = 0;
   const char *pilot = NULL, *gen_out = NULL;
   double model_cache_mb = -1, producer_timeout = 600;
@@ -226,6 +227,7 @@ int cmd_serve(int argc, char **argv) {
       {"producer-timeout", CLI_DOUBLE, &producer_timeout, "S", "generate: a producer rank silent this long fails the stream [s] (default 600)", 0, 0},
       {"out", CLI_STR, &gen_out, "DIR", "generate: where synthetic models are written (default: the job's output.directory)", 0, 0},
       {"prefetch", CLI_INT, &prefetch, "K", "chunks read ahead per rank (default 4)", 0, 0},
+      {"read-threads", CLI_INT, &read_threads, "N", "threads reading and checking samples (default min(4, cores); --live: 1)", 0, 0},
       {"max-credit", CLI_INT, &credit, "K", "most chunks in flight per rank (default 8)", 0, 0},
       {"heartbeat", CLI_DOUBLE, &heartbeat, "S", "heartbeat interval [s] (default 1)", 0, 0},
       {"timeout", CLI_DOUBLE, &timeout, "S", "drop a rank silent this long [s] (default 10)", 0, 0},
@@ -277,7 +279,8 @@ int cmd_serve(int argc, char **argv) {
   int cache_given = model_cache_mb >= 0 || (generate && j.has_stream && j.stream_generate);
   if (model_cache_mb < 0) model_cache_mb = 1024;
   int rc = cmd_serve_run(pos, &j, endpoint, split, curve_secret, curve_auth, order, ranks, batch,
-                         epochs, seed, prefetch, credit, maxcons, order_shards, order_buffer, pad,
+                         epochs, seed, prefetch, read_threads, credit, maxcons, order_shards,
+                         order_buffer, pad,
                          live, generate, fresh, pilot, gen_out, model_cache_mb, cache_given,
                          producer_timeout, heartbeat, timeout, idle_exit);
   job_free(&j);
@@ -288,7 +291,8 @@ int cmd_serve(int argc, char **argv) {
 static int cmd_serve_run(char **pos, job *jp, const char *endpoint, const char *split,
                          const char *curve_secret, const char *curve_auth, const char *order,
                          int64_t ranks, int64_t batch, int64_t epochs, int64_t seed,
-                         int64_t prefetch, int64_t credit, int64_t maxcons, int64_t order_shards,
+                         int64_t prefetch, int64_t read_threads, int64_t credit, int64_t maxcons,
+                         int64_t order_shards,
                          int64_t order_buffer, int pad, int live, int generate, int fresh,
                          const char *pilot, const char *gen_out, double model_cache_mb,
                          int cache_given, double producer_timeout, double heartbeat,
@@ -301,9 +305,10 @@ static int cmd_serve_run(char **pos, job *jp, const char *endpoint, const char *
   }
   if (ranks < 1 || ranks > 65535 || batch < 1 || batch > 4096 || epochs < 0 || prefetch < 1 ||
       prefetch > 64 || credit < 1 || credit > 1024 || maxcons < 0 || maxcons > 1000000 ||
-      epochs > UINT32_MAX) {
+      epochs > UINT32_MAX || read_threads < 0 || read_threads > SERVE_MAX_READ_THREADS) {
     return cli_usage_fail("serve", "out of range: --ranks 1..65535, --batch 1..4096, --epochs >= 0, "
-                                   "--prefetch 1..64, --max-credit 1..1024, --max-consumers 1..1000000");
+                                   "--prefetch 1..64, --max-credit 1..1024, --max-consumers 1..1000000, "
+                                   "--read-threads 1..%d", SERVE_MAX_READ_THREADS);
   }
   int omode;
   if (order_mode_parse(order, &omode) < 0) {
@@ -330,7 +335,7 @@ static int cmd_serve_run(char **pos, job *jp, const char *endpoint, const char *
   if (idle_exit < 0) idle_exit = epochs > 0 ? 600 : 0;
   serve_opts so = {.dataset_dir = pos[0], .split = split, .seed = (uint64_t)seed,
                    .world = (int)ranks, .batch = (int)batch, .drop_last = !pad,
-                   .prefetch = (int)prefetch, .live = live,
+                   .prefetch = (int)prefetch, .live = live, .read_threads = (int)read_threads,
                    .order = {.mode = omode, .shards = order_shards, .buffer = order_buffer}};
   server_args a = {endpoint, split, curve_secret, curve_auth, ranks, batch, epochs, credit, maxcons,
                    heartbeat, timeout, idle_exit, live};

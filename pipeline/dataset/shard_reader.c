@@ -26,6 +26,12 @@ typedef struct {
   int64_t shard; /* -1: free */
   hid_t file, d[A_N];
   uint64_t used;
+  /* direct reads (shard_reader_direct_*, at the end of this file) */
+  int pins;          /* plans reading from this shard now: never evicted while > 0 */
+  int direct;        /* 0: not looked at yet, 1: roff holds the rows, -1: HDF5 only */
+  int fd;            /* HDF5's own descriptor of the file (no extra open) */
+  int64_t *roff;     /* [count][2]: file offsets of the /inputs and /targets rows */
+  uint64_t *rsums;   /* [count][2]: its /checksums, when sums_all does not hold them */
 } open_slot;
 
 typedef struct {
@@ -338,6 +344,12 @@ static void slot_close(shard_reader *r, open_slot *q) {
   for (int a = 0; a < A_N; a++)
     if (q->d[a] >= 0) H5Dclose(q->d[a]);
   if (q->file >= 0) H5Fclose(q->file);
+  free(q->roff);
+  free(q->rsums);
+  q->roff = NULL;
+  q->rsums = NULL;
+  q->direct = 0;
+  q->pins = 0;
   r->slot_of[q->shard] = -1;
   q->shard = -1;
   r->nopen--;
@@ -390,12 +402,15 @@ static open_slot *shard_get(shard_reader *r, int64_t s) {
   open_slot *q = NULL;
   for (int i = 0; i < r->cap && !q; i++)
     if (r->slots[i].shard < 0) q = &r->slots[i];
+  int had_free = q != NULL;
+  for (int i = 0; i < r->cap && !had_free; i++) /* the least recently used one not being read */
+    if (!r->slots[i].pins && (!q || r->slots[i].used < q->used)) q = &r->slots[i];
   if (!q) {
-    q = &r->slots[0];
-    for (int i = 1; i < r->cap; i++)
-      if (r->slots[i].used < q->used) q = &r->slots[i];
-    slot_close(r, q);
+    ce_err("%s: all %d open shards are being read (direct reads pin at most %d)", r->h5path,
+           r->cap, r->cap - 1);
+    return NULL;
   }
+  slot_close(r, q);
   char p[4400];
   if (shard_path(r, s, p, sizeof p) < 0) return NULL;
   const shard_entry *e = &r->sh[s];
@@ -434,7 +449,7 @@ static hid_t slot_dset(shard_reader *r, open_slot *q, int a) {
            q->d[a] < 0 ? "cannot be opened (missing or its header is damaged)"
                        : "does not have the shape the manifest says",
            damaged_hint);
-    slot_close(r, q); /* a damaged shard is not kept */
+    if (!q->pins) slot_close(r, q); /* a damaged shard is not kept (once no plan reads it) */
     return -1;
   }
   return q->d[a];
@@ -787,4 +802,183 @@ int shard_reader_labels_planned(const shard_reader *r, const uint8_t *model_spli
         return 0;
   }
   return 1;
+}
+
+/* ---- direct reads (shard_reader.h): rows read with pread(2), no HDF5 ---- */
+
+/* Where the rows of array a lie in the file: 0 and roff[2k + a] filled, 1
+ * when they cannot be read directly, -1 on error. */
+static int direct_rows(shard_reader *r, open_slot *q, int a, int64_t count, size_t vals) {
+  hid_t d = slot_dset(r, q, a);
+  if (d < 0) return -1;
+  hid_t type = H5Dget_type(d), dcpl = H5Dget_create_plist(d), fs = H5Dget_space(d);
+  int ok = type >= 0 && dcpl >= 0 && fs >= 0 && H5Tequal(type, H5T_NATIVE_FLOAT) > 0 &&
+           H5Pget_nfilters(dcpl) == 0 && H5Pget_external_count(dcpl) == 0;
+  int rank = fs >= 0 ? H5Sget_simple_extent_ndims(fs) : -1;
+  hsize_t dims[8] = {0}, chunk[8] = {0};
+  ok = ok && rank >= 1 && rank <= 8 && H5Sget_simple_extent_dims(fs, dims, NULL) == rank;
+  hsize_t row_bytes = (hsize_t)vals * sizeof(float);
+  H5D_layout_t lay = ok ? H5Pget_layout(dcpl) : H5D_LAYOUT_ERROR;
+  if (ok && lay == H5D_CONTIGUOUS) {
+    haddr_t base = H5Dget_offset(d);
+    ok = base != HADDR_UNDEF;
+    for (int64_t k = 0; ok && k < count; k++)
+      q->roff[2 * k + a] = (int64_t)(base + (hsize_t)k * row_bytes);
+  } else if (ok && lay == H5D_CHUNKED) {
+    ok = H5Pget_chunk(dcpl, rank, chunk) == rank && chunk[0] == 1;
+    for (int j = 1; ok && j < rank; j++) ok = chunk[j] == dims[j]; /* one row a chunk */
+    for (int64_t k = 0; ok && k < count; k++) {
+      hsize_t off[8] = {(hsize_t)k}, size = 0;
+      unsigned mask = 0;
+      haddr_t addr = HADDR_UNDEF;
+      ok = H5Dget_chunk_info_by_coord(d, off, &mask, &addr, &size) >= 0 && addr != HADDR_UNDEF &&
+           size == row_bytes && mask == 0;
+      q->roff[2 * k + a] = (int64_t)addr;
+    }
+  } else
+    ok = 0;
+  if (type >= 0) H5Tclose(type);
+  if (dcpl >= 0) H5Pclose(dcpl);
+  if (fs >= 0) H5Sclose(fs);
+  return ok ? 0 : 1;
+}
+
+/* Look at an open shard once: q->direct = 1 (roff, the descriptor and the
+ * checksums ready) or -1 (HDF5 reads only). 0, or -1 on error. */
+static int direct_setup(shard_reader *r, open_slot *q) {
+  const shard_entry *e = &r->sh[q->shard];
+  int64_t s = q->shard;
+  q->direct = -1;
+  hid_t fapl = H5Fget_access_plist(q->file);
+  int sec2 = fapl >= 0 && H5Pget_driver(fapl) == H5FD_SEC2;
+  int *fh = NULL;
+  if (sec2 && (H5Fget_vfd_handle(q->file, fapl, (void **)&fh) < 0 || !fh || *fh < 0)) sec2 = 0;
+  if (fapl >= 0) H5Pclose(fapl);
+  if (!sec2) return 0;
+  q->fd = *fh;
+  q->roff = ce_malloc_array((size_t)e->count, 2 * sizeof *q->roff, "shard row offsets");
+  if (!q->roff) return -1;
+  for (int a = 0; a < 2; a++) {
+    if (a == A_IN && !r->has_inputs) continue;
+    int rc = direct_rows(r, q, a, e->count, a == A_IN ? r->in_vals : r->out_vals);
+    if (rc < 0) return -1; /* slot_dset closed the (damaged) shard */
+    if (rc > 0) {
+      free(q->roff);
+      q->roff = NULL;
+      return 0;
+    }
+  }
+  if (r->checked && !(r->sums_have && r->sums_have[s])) { /* its /checksums, once */
+    q->rsums = ce_malloc_array((size_t)e->count, 2 * sizeof *q->rsums, "shard checksums");
+    if (!q->rsums) return -1;
+    if (slot_dset(r, q, A_SUMS) < 0) return -1;
+    if (h5_read_rows(q->d[A_SUMS], 0, (hsize_t)e->count, H5T_NATIVE_UINT64, q->rsums) < 0) {
+      char p[4400];
+      shard_path(r, s, p, sizeof p);
+      CE_FAIL("%s: samples %lld..%lld: cannot read their /checksums rows: %s", p,
+              (long long)e->first, (long long)(e->first + e->count - 1), damaged_hint);
+    }
+  }
+  q->direct = 1;
+  return 0;
+}
+
+int shard_reader_direct_plan(shard_reader *r, const int64_t *idx, int n, shard_direct_row *rows,
+                             int *direct) {
+  *direct = 0;
+  if (!r->sh || n < 1 || r->rb) return n; /* images-only: the inputs are rebuilt */
+  int m = 0;
+  for (; m < n; m++) {
+    int64_t i = idx[m];
+    if (i < 0 || i >= r->samples) break;
+    int64_t s = shard_of(r, i);
+    int32_t k = r->slot_of[s];
+    if (k < 0 || !r->slots[k].pins) { /* one more shard pinned: one slot always left */
+      int pinned = 0;
+      for (int j = 0; j < r->cap; j++) pinned += r->slots[j].pins > 0;
+      if (pinned >= r->cap - 1) break;
+    }
+    open_slot *q = shard_get(r, s);
+    if (!q || (q->direct == 0 && direct_setup(r, q) < 0)) {
+      if (m > 0) { /* the rows before it first: errors come in the order of the samples */
+        ce_err_clear();
+        break;
+      }
+      return -1;
+    }
+    if (q->direct < 0) break;
+    q->pins++;
+    const shard_entry *e = &r->sh[s];
+    shard_direct_row *w = &rows[m];
+    w->shard = s;
+    w->row = i - e->first;
+    w->fd = q->fd;
+    w->off[0] = r->has_inputs ? q->roff[2 * w->row] : -1;
+    w->off[1] = q->roff[2 * w->row + 1];
+    const uint64_t *sums = !r->checked ? NULL
+                           : q->rsums  ? q->rsums + 2 * w->row
+                                       : r->sums_all + 2 * (size_t)i;
+    w->want[0] = sums ? sums[0] : 0;
+    w->want[1] = sums ? sums[1] : 0;
+  }
+  if (m > 0) {
+    *direct = 1;
+    return m;
+  }
+  /* through HDF5: this sample, and the next ones of the same shard */
+  int64_t s = idx[0] >= 0 && idx[0] < r->samples ? shard_of(r, idx[0]) : -1;
+  int64_t end = s >= 0 ? r->sh[s].first + r->sh[s].count : 0;
+  m = 1;
+  while (s >= 0 && m < n && idx[m] >= r->sh[s].first && idx[m] < end) m++;
+  return m;
+}
+
+void shard_reader_direct_end(shard_reader *r, const shard_direct_row *rows, int m) {
+  for (int k = 0; k < m; k++) {
+    int32_t j = r->slot_of[rows[k].shard];
+    if (j >= 0 && r->slots[j].pins > 0) r->slots[j].pins--;
+  }
+}
+
+int shard_reader_direct_read(const shard_reader *r, const shard_direct_row *rows, int m,
+                             float *inputs, float *targets, uint64_t *sums) {
+  float *base[2] = {inputs, targets};
+  size_t vals[2] = {r->in_vals, r->out_vals};
+  char p[4400];
+  for (int k = 0; k < m; k++) {
+    const shard_direct_row *w = &rows[k];
+    const shard_entry *e = &r->sh[w->shard];
+    for (int a = 0; a < 2; a++) {
+      float *dst = base[a] ? base[a] + (size_t)k * vals[a] : NULL;
+      if (!dst) {
+        if (sums) sums[2 * k + a] = 0;
+        continue;
+      }
+      if (a == A_IN && !r->has_inputs) CE_FAIL("%s: the dataset stores no /inputs", r->h5path);
+      size_t want = vals[a] * sizeof(float), got = 0;
+      while (got < want) {
+        ssize_t x = pread(w->fd, (char *)dst + got, want - got, (off_t)(w->off[a] + (int64_t)got));
+        if (x < 0 && errno == EINTR) continue;
+        if (x <= 0) {
+          int err = x < 0 ? errno : 0;
+          shard_path(r, w->shard, p, sizeof p);
+          CE_FAIL("%s: sample %lld (row %lld of the shard): reading /%s failed (%s): the shard "
+                  "is damaged (coemu verify tells more; rerunning the same generate job remakes "
+                  "it)", p, (long long)(e->first + w->row), (long long)w->row, arr_name[a],
+                  err ? strerror(err) : "the file ends before the row");
+        }
+        got += (size_t)x;
+      }
+      uint64_t h = shard_row_hash(dst, vals[a]);
+      if (sums) sums[2 * k + a] = h;
+      if (!r->checked || h == w->want[a]) continue;
+      shard_path(r, w->shard, p, sizeof p);
+      CE_FAIL("%s: sample %lld (row %lld of the shard): /%s does not match its checksum "
+              "(xxh64 %016llx, recorded %016llx): the shard is damaged (coemu verify tells "
+              "more; rerunning the same generate job remakes it)",
+              p, (long long)(e->first + w->row), (long long)w->row, arr_name[a],
+              (unsigned long long)h, (unsigned long long)w->want[a]);
+    }
+  }
+  return 0;
 }

@@ -136,4 +136,42 @@ int shard_reader_open_now(const shard_reader *r);
 int shard_reader_open_peak(const shard_reader *r);
 int64_t shard_reader_opens(const shard_reader *r);
 
+/* ---- direct reads: a pool of threads reading rows without HDF5 ----
+ * HDF5 is not thread-safe in this build. A pool plans its reads under
+ * h5_lock() (shard_reader_direct_plan: where each row lies in its shard
+ * file, found once per open shard: H5Dget_chunk_info_by_coord for a dataset
+ * chunked one row per chunk, H5Dget_offset for a contiguous one), reads and
+ * checks the rows with pread(2) on HDF5's own descriptor of the file and
+ * without the lock (shard_reader_direct_read), then ends the plan under the
+ * lock again (shard_reader_direct_end). A planned shard stays open (pinned:
+ * the LRU never evicts it) until its plan ends; at most max_open - 1 shards
+ * are pinned at once, so no descriptor is added to the cap and an HDF5 read
+ * always finds a slot. */
+typedef struct {
+  int64_t shard, row; /* the sample's shard and its row there */
+  int fd;             /* the shard file, open while pinned */
+  int64_t off[2];     /* file offsets of its /inputs and /targets rows */
+  uint64_t want[2];   /* their /checksums (datasets checked: shard_reader_checked) */
+} shard_direct_row;
+
+/* Plan reading samples idx[0..n) (n >= 1): m >= 1 of them, idx[0..m), into
+ * rows[0..m). *direct = 1: read them with shard_reader_direct_read, then
+ * shard_reader_direct_end(r, rows, m). *direct = 0: read idx[0..m) through
+ * HDF5 (shard_reader_read_list_sums), nothing pinned: a shard whose rows
+ * cannot be read directly (filtered or not float32, rows not allocated, not
+ * a plain file), no shard list (dataset.h5 as it is), an images-only dataset
+ * (inputs rebuilt), a sample out of range
+ * (the HDF5 read names it), or every other open shard pinned. -1 on error
+ * (a damaged shard, named). Hold h5_lock(). */
+int shard_reader_direct_plan(shard_reader *r, const int64_t *idx, int n, shard_direct_row *rows,
+                             int *direct);
+/* Read and check the m planned rows into inputs / targets (NULL: not read)
+ * and sums, as shard_reader_read_list_sums does, with the same errors
+ * (shard, sample, row, array). Calls no HDF5: any thread, no lock; reads
+ * only what does not change while the rows are pinned. */
+int shard_reader_direct_read(const shard_reader *r, const shard_direct_row *rows, int m,
+                             float *inputs, float *targets, uint64_t *sums);
+/* Unpin the shards of a plan. Hold h5_lock(). */
+void shard_reader_direct_end(shard_reader *r, const shard_direct_row *rows, int m);
+
 #endif

@@ -1,8 +1,9 @@
-/* serve.c - dataset source for the stream: shuffles, rank slices, a
- * prefetching HDF5 reader thread. */
+/* serve.c - dataset source for the stream: shuffles, rank slices, a pool
+ * of prefetching reader threads (rows read with pread, HDF5 under one lock). */
 #include "pipeline/serve/serve.h"
 
 #include <hdf5.h>
+#include <sched.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -58,6 +59,7 @@ struct serve_source {
   hid_t shard_d[2];
   hid_t shard_sums;           /* its /checksums, or -1 */
   shard_reader *rd;           /* finished mode: the shards (checked reads, open-shard cache) */
+  uint64_t rows_direct, rows_hdf5; /* samples read with pread / through HDF5 (h5_lock) */
   int64_t nsamples_total, nsplit;
   int64_t *split_idx;         /* dataset indices of the split, ascending */
   uint32_t in_shape[4], out_shape[3];
@@ -72,8 +74,9 @@ struct serve_source {
   int64_t *perm[PERM_CACHE];
   uint32_t perm_epoch[PERM_CACHE];
   int perm_next;
-  /* reader thread */
-  pthread_t thread;
+  /* reader threads */
+  pthread_t *threads;
+  int nthreads;
   pthread_mutex_t mu;
   pthread_cond_t cv_reader, cv_ready;
   int stop, started;
@@ -238,6 +241,8 @@ static int sample_source(serve_source *s, int64_t idx, hid_t ds[2], hsize_t *at)
 
 static int read_samples(serve_source *s, uint32_t epoch, const int64_t *idx, int n, int normalised,
                         float *inputs, float *targets, uint64_t *sums);
+static int read_finished(serve_source *s, const int64_t *idx, int n, float *inputs,
+                         float *targets, uint64_t *sums);
 
 /* Read (and normalise) one chunk; called by the reader thread, mutex NOT held. */
 static int read_chunk(serve_source *s, uint32_t epoch, const int64_t *idx, int n, int normalised,
@@ -600,12 +605,15 @@ int serve_open(const serve_opts *o, serve_source **out) {
   s->shard_idx = -1;
   if (s->o.batch <= 0) s->o.batch = 16;
   if (s->o.prefetch <= 0) s->o.prefetch = 4;
+  if (s->o.read_threads <= 0) s->o.read_threads = serve_default_read_threads();
   pthread_mutex_init(&s->mu, NULL);
   pthread_cond_init(&s->cv_reader, NULL);
   pthread_cond_init(&s->cv_ready, NULL);
-  if (s->o.world < 1 || s->o.world > 65535 || s->o.batch > 4096) {
+  if (s->o.world < 1 || s->o.world > 65535 || s->o.batch > 4096 ||
+      s->o.read_threads > SERVE_MAX_READ_THREADS) {
     serve_close(s);
-    CE_FAIL("serve: ranks must be 1..65535 and the batch 1..4096");
+    CE_FAIL("serve: ranks must be 1..65535, the batch 1..4096 and the reader threads 1..%d",
+            SERVE_MAX_READ_THREADS);
   }
   /* the shard paths (shard_path) fit their 4200-byte buffers once this fits */
   if (!o->external && (size_t)snprintf(s->h5path, sizeof s->h5path, "%s/dataset.h5", o->dataset_dir) >=
@@ -642,11 +650,21 @@ int serve_open(const serve_opts *o, serve_source **out) {
   s->nslots = s->o.world * (s->o.prefetch + 1) + 2;
   s->slots = calloc((size_t)s->nslots, sizeof *s->slots);
   s->cursors = calloc((size_t)s->o.world, sizeof *s->cursors);
-  if (!s->slots || !s->cursors || pthread_create(&s->thread, NULL, reader_loop, s) != 0) {
+  /* live: one reader (it reads through HDF5 row by row, one shard open);
+   * an external source (serve --generate) is read by one thread as before */
+  s->nthreads = o->live || o->external ? 1 : s->o.read_threads;
+  s->threads = calloc((size_t)s->nthreads, sizeof *s->threads);
+  if (!s->slots || !s->cursors || !s->threads) {
     serve_close(s);
-    CE_FAIL("serve: cannot start the reader thread");
+    CE_FAIL("out of memory");
   }
-  s->started = 1;
+  for (int i = 0; i < s->nthreads; i++) {
+    if (pthread_create(&s->threads[i], NULL, reader_loop, s) != 0) {
+      serve_close(s);
+      CE_FAIL("serve: cannot start reader thread %d of %d", i + 1, s->nthreads);
+    }
+    s->started = i + 1;
+  }
   *out = s;
   return 0;
 }
@@ -658,8 +676,9 @@ void serve_close(serve_source *s) {
     s->stop = 1;
     pthread_cond_broadcast(&s->cv_reader);
     pthread_mutex_unlock(&s->mu);
-    pthread_join(s->thread, NULL);
+    for (int i = 0; i < s->started; i++) pthread_join(s->threads[i], NULL);
   }
+  free(s->threads);
   for (int i = 0; i < s->nslots; i++) chunk_free(s->slots[i].buf);
   free(s->slots);
   free(s->cursors);
@@ -674,6 +693,13 @@ void serve_close(serve_source *s) {
   pthread_cond_destroy(&s->cv_reader);
   pthread_cond_destroy(&s->cv_ready);
   free(s);
+}
+
+int serve_default_read_threads(void) {
+  long c = sysconf(_SC_NPROCESSORS_ONLN);
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) c = CPU_COUNT(&set);
+  return c < 1 ? 1 : c > 4 ? 4 : (int)c;
 }
 
 uint64_t serve_dataset_id(const serve_source *s) { return s->dataset_id; }
@@ -698,6 +724,13 @@ void serve_open_shards(const serve_source *s, int *now, int *peak) {
   h5_unlock();
 }
 
+void serve_read_counts(const serve_source *s, uint64_t *direct, uint64_t *hdf5) {
+  h5_lock(); /* the readers count under it */
+  *direct = s->rows_direct;
+  *hdf5 = s->rows_hdf5;
+  h5_unlock();
+}
+
 const stats_norm *serve_norm(const serve_source *s) { return s->have_norm ? &s->norm : NULL; }
 
 int serve_rebuild_counters(const serve_source *s, int64_t *cubes, double *cpu_s, double *load_s,
@@ -706,6 +739,37 @@ int serve_rebuild_counters(const serve_source *s, int64_t *cubes, double *cpu_s,
   h5_lock(); /* the reader thread changes them */
   int rc = shard_reader_rebuild_counters(s->rd, cubes, cpu_s, load_s, loads);
   h5_unlock();
+  return rc;
+}
+
+/* A finished dataset's samples idx[0..n), each checked: planned under the
+ * HDF5 lock, read and checked without it where the shard allows
+ * (shard_reader_direct_*), else through HDF5 (runs of consecutive rows of
+ * one shard in one read). */
+static int read_finished(serve_source *s, const int64_t *idx, int n, float *inputs,
+                         float *targets, uint64_t *sums) {
+  shard_direct_row *rows = ce_malloc_array((size_t)n, sizeof *rows, "read plan");
+  if (!rows) return -1;
+  int rc = 0;
+  for (int k = 0; k < n && rc == 0;) {
+    float *in = inputs + (size_t)k * s->in_vals, *tg = targets + (size_t)k * s->out_vals;
+    uint64_t *sm = sums ? sums + 2 * (size_t)k : NULL;
+    int direct = 0;
+    h5_lock();
+    int m = shard_reader_direct_plan(s->rd, idx + k, n - k, rows, &direct);
+    if (m > 0 && !direct) rc = shard_reader_read_list_sums(s->rd, idx + k, m, in, tg, sm);
+    if (m > 0) *(direct ? &s->rows_direct : &s->rows_hdf5) += (uint64_t)m;
+    h5_unlock();
+    if (m < 0) rc = -1;
+    if (m > 0 && direct) {
+      rc = shard_reader_direct_read(s->rd, rows, m, in, tg, sm);
+      h5_lock();
+      shard_reader_direct_end(s->rd, rows, m);
+      h5_unlock();
+    }
+    k += m > 0 ? m : 0;
+  }
+  free(rows);
   return rc;
 }
 
@@ -727,11 +791,8 @@ static int read_samples(serve_source *s, uint32_t epoch, const int64_t *idx, int
               (long long)s->nsamples_total);
   if (s->o.external) {
     CE_TRY(s->o.external->read(s->o.external->ctx, epoch, idx, n, inputs, targets));
-  } else if (!s->o.live) { /* the shards, runs of consecutive rows in one read, each sample checked */
-    h5_lock();
-    int rc = shard_reader_read_list_sums(s->rd, idx, n, inputs, targets, sums);
-    h5_unlock();
-    CE_TRY(rc);
+  } else if (!s->o.live) { /* the shards: rows read with pread where they can be (read_finished) */
+    CE_TRY(read_finished(s, idx, n, inputs, targets, sums));
   }
   for (int k = 0; s->o.live && !s->o.external && k < n; k++) {
     float *dst[2] = {inputs + (size_t)k * s->in_vals, targets + (size_t)k * s->out_vals};

@@ -8,9 +8,16 @@
  * rank gets the same number of samples and of batches:
  * with drop_last the last M mod W samples and the incomplete last batch are
  * left out of the epoch; without it the order wraps around to pad them.
- * A chunk is one batch. A reader thread prefetches the next chunks of each
- * consumer from HDF5 (the only thread that calls HDF5), so the producer's
- * socket thread never waits on the disk when the trainer is slower than it.
+ * A chunk is one batch. A pool of reader threads (read_threads) prefetches
+ * the next chunks of each consumer, one chunk per thread at a time, so the
+ * producer's socket thread never waits on the disk when the trainer is
+ * slower than it. HDF5 is called by one thread at a time (h5_lock): under
+ * it a reader only plans where a chunk's rows lie in their shard files
+ * (shard_reader_direct_plan); it then reads them with pread(2) and checks
+ * each row's XXH64 against the shard's /checksums without the lock, in
+ * parallel with the other readers. Shards whose rows cannot be read that
+ * way (filtered, rebuilt inputs, ...) are read through HDF5 under the lock.
+ * The chunks are the same bytes whichever reader reads them.
  * Samples are read from the shard files (pipeline/dataset/shard_reader.h:
  * the manifest's sample -> shard map, a cache of at most max_open open
  * shards, consecutive rows in one read, every sample checked), never
@@ -67,8 +74,14 @@ typedef struct {
   int live;               /* serve a dataset while it is being generated (below) */
   order_opts order;       /* the epoch order (order.h; zeroed: exact) */
   int max_open;           /* shard files kept open at once (LRU; 0: SHARD_READER_MAX_OPEN) */
+  int read_threads;       /* reader threads (0: serve_default_read_threads(); live: 1) */
   const serve_external *external; /* non-NULL: serve its samples instead of dataset_dir's */
 } serve_opts;
+
+#define SERVE_MAX_READ_THREADS 64
+
+/* The default pool of reader threads: min(4, the cores this process may use). */
+int serve_default_read_threads(void);
 
 /* HELLO flags bits 1-2: the order a consumer asks for (0: whatever the
  * producer serves; 1 + order_mode: that one, or an ERROR naming both). */
@@ -118,6 +131,12 @@ int64_t serve_split_sample(const serve_source *s, int64_t k);
 /* Per-sample shapes: inputs (3, n, n, n), targets (F, n, n). */
 void serve_shapes(const serve_source *s, uint32_t in_shape[4], uint32_t out_shape[3]);
 /* The dataset's normalisation (/stats), or NULL when it has none. */
+/* Samples of a finished dataset read so far (every reader, serve_read too):
+ * with pread(2) (direct) and through HDF5 (shards that cannot be read
+ * directly, or every other open shard busy: shard_reader.h). For tests and
+ * benches. */
+void serve_read_counts(const serve_source *s, uint64_t *direct, uint64_t *hdf5);
+
 const stats_norm *serve_norm(const serve_source *s);
 
 /* An images-only dataset (shard_reader_images_only): input cubes rebuilt so

@@ -5,6 +5,7 @@ producer of tests/pipeline/testgen.c. Every reader must give the same bytes
 from both: `coemu stats` (/stats, on 2 ranks and on 1), `coemu serve` (the
 streamed ids and arrays, to the Python client), `coemu verify`, `coemu
 inspect`; the serve process never holds more shard files open than its cap;
+serve streams the same bytes with 1 and 4 reader threads (--read-threads);
 a damaged shard among the 2,000 is named by stats, serve and verify.
 Functional, not timed. Prints "N passed, N failed"."""
 import os
@@ -80,13 +81,13 @@ def open_fds(pid):
         return 0
 
 
-def serve_epoch(d, tmp, split='all', fds=None):
+def serve_epoch(d, tmp, split='all', fds=None, extra=()):
     """One epoch of `split` through coemu serve to the Python client:
     [(id, inputs bytes, targets bytes)], the server's stderr. fds: a list
     that receives the server's open file count, sampled while it serves."""
     ep = f"ipc://{tmp}/serve-{time.monotonic_ns()}.sock"
     p = subprocess.Popen([COEMU, 'serve', d, '--endpoint', ep, '--split', split, '--batch', '8',
-                          '--epochs', '1', '--seed', '11', '--heartbeat', '0.2'],
+                          '--epochs', '1', '--seed', '11', '--heartbeat', '0.2', *extra],
                          stderr=subprocess.PIPE, text=True)
     got, err = [], ''
     stop = threading.Event()
@@ -187,6 +188,10 @@ def run(tmp):
     check(len(fds) > 5 and max(fds) < CAP + 40,
           f'serve: open files stay under the cap of {CAP} shards (+ sockets, libraries): '
           f'max {max(fds) if fds else None} over {len(fds)} samples')
+    # the pool of readers (--read-threads): the same bytes with 1 and 4
+    for n in ('1', '4'):
+        a_n, err_n = serve_epoch(many, tmp, extra=('--read-threads', n))
+        check(a_n == a, f'serve --read-threads {n}: the same bytes ({len(a_n)}): {err_n[-300:]}')
     t, err_t = serve_epoch(many, tmp, split='train')
     u, _ = serve_epoch(few, tmp, split='train')
     check(t == u and len(t) > 0, f'serve --split train: the same bytes: {err_t[-300:]}')
@@ -197,8 +202,10 @@ def run(tmp):
     r = mpi(2, COEMU, ['stats', many, '--split', 'all', '--quiet'])
     check(r.returncode == 1 and shard in r.stderr and 'sample 1234' in r.stderr,
           f'stats names the damaged shard and sample: {r.stderr[-400:]}')
-    got, err = serve_epoch(many, tmp)
-    check(shard in err and 'sample 1234' in err, f'serve names it: {err[-400:]}')
+    for n in ('1', '4'):
+        got, err = serve_epoch(many, tmp, extra=('--read-threads', n))
+        check(shard in err and 'sample 1234' in err and '/targets does not match its checksum' in err,
+              f'serve --read-threads {n} names it: {err[-400:]}')
     r = subprocess.run([COEMU, 'verify', many], capture_output=True, text=True, timeout=300 * SLOW)
     check(r.returncode == 1 and shard in r.stderr, f'verify names it: {r.stderr[-400:]}')
     os.unlink(os.path.join(many, 'shards', 'shard-000777.h5'))

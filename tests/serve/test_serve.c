@@ -33,7 +33,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <hdf5.h>
+
 #include "check.h"
+#include "common/checksum.h"
+#include "pipeline/dataset/layout.h"
 #include "dataset_fixture.h"
 #include "pipeline/serve/order.h"
 #include "pipeline/serve/serve.h"
@@ -579,6 +583,158 @@ static void test_order_request(void) {
   serve_close(ex);
 }
 
+/* ---- reader threads (issue 14: prefetch on a thread pool) ---- */
+
+/* Every chunk of epochs 0 and 1 (W 2, B 3, all 30 samples) from a source
+ * with `threads` readers and `max_open` open shards: the ids of the order,
+ * the producer's exact values (fixture_sample) and their XXH64s. */
+static void stream_all(int threads, int max_open, int mode, uint64_t *direct, uint64_t *hdf5) {
+  const int W = 2, B = 3;
+  serve_opts o = {.dataset_dir = g_dir, .split = "all", .seed = 5, .world = W, .batch = B,
+                  .drop_last = 1, .prefetch = 3, .read_threads = threads, .max_open = max_open,
+                  .order = {.mode = mode}};
+  serve_source *s = NULL;
+  *direct = *hdf5 = 0;
+  CHECK_OK(serve_open(&o, &s));
+  if (!s) return;
+  size_t iv = fixture_in_vals(&SPEC), ov = fixture_out_vals(&SPEC);
+  float *in = malloc(sizeof(float) * iv), *tg = malloc(sizeof(float) * ov);
+  int bad = 0;
+  for (uint32_t e = 0; e < 2 && in && tg; e++)
+    for (uint64_t pos = 0; pos < serve_samples_per_rank(s); pos += B)
+      for (int r = 0; r < W; r++) {
+        stream_consumer c = {(uint16_t)r, (uint16_t)W, 0};
+        stream_chunk ch;
+        memset(&ch, 0, sizeof ch);
+        int rc = serve_chunk(s, &c, e, pos, &ch);
+        CHECK_MSG(rc == 1, "threads %d max_open %d: epoch %u rank %d position %llu: %s", threads,
+                  max_open, e, r, (unsigned long long)pos, ce_err_msg());
+        if (rc != 1) continue;
+        CHECK(ch.sums != NULL);
+        const float *cin = ch.inputs, *ctg = ch.targets;
+        for (int k = 0; k < B; k++) {
+          int64_t id = serve_sample_at(s, e, r, pos + (uint64_t)k);
+          fixture_sample(&SPEC, id, in, tg);
+          bad += ch.ids[k] != (uint64_t)id ||
+                 memcmp(cin + (size_t)k * iv, in, sizeof(float) * iv) ||
+                 memcmp(ctg + (size_t)k * ov, tg, sizeof(float) * ov) ||
+                 (ch.sums && (ch.sums[2 * k] != ce_xxh64(in, sizeof(float) * iv, 0) ||
+                              ch.sums[2 * k + 1] != ce_xxh64(tg, sizeof(float) * ov, 0)));
+        }
+        ch.release(ch.token);
+      }
+  CHECK_MSG(bad == 0, "threads %d max_open %d order %d: %d samples differ from the producer's",
+            threads, max_open, mode, bad);
+  int now, peak;
+  serve_open_shards(s, &now, &peak);
+  CHECK_MSG(peak <= (max_open ? max_open : 64), "max_open %d: %d shards were open at once",
+            max_open, peak);
+  serve_read_counts(s, direct, hdf5);
+  free(in);
+  free(tg);
+  serve_close(s);
+}
+
+static void test_read_threads(void) {
+  uint64_t d, h;
+  for (int mode = ORDER_EXACT; mode <= ORDER_SHARDS; mode++)
+    for (int t = 1; t <= 4; t += 3) {
+      /* the fixture's shards are float32 rows, unfiltered: all read with pread */
+      stream_all(t, 0, mode, &d, &h);
+      CHECK_MSG(d >= 60 && h == 0, "threads %d: %llu samples read directly, %llu through HDF5 "
+                "(expected all 60+ directly)", t, (unsigned long long)d, (unsigned long long)h);
+      /* one open shard: none may be pinned, every read goes through HDF5 */
+      stream_all(t, 1, mode, &d, &h);
+      CHECK_MSG(d == 0 && h >= 60, "max_open 1: %llu direct, %llu through HDF5", (unsigned long long)d,
+                (unsigned long long)h);
+      /* two: one pinned at a time, the other readers fall back (same bytes) */
+      stream_all(t, 2, mode, &d, &h);
+      CHECK(d + h >= 60);
+    }
+}
+
+/* A row whose bytes changed on disk is refused by every reader, naming the
+ * shard, the sample, its row and the array: a copy of the fixture with one
+ * bit flipped in /inputs of sample 13 (shard 1, row 5) and in /targets of
+ * sample 26 (shard 3, row 2). */
+static void flip_bit(const char *dir, int64_t shard, int64_t row, const char *name) {
+  char p[1400];
+  CHECK_OK(dataset_shard_path(dir, shard, p, sizeof p));
+  hid_t f = H5Fopen(p, H5F_ACC_RDONLY, H5P_DEFAULT), d = f >= 0 ? H5Dopen2(f, name, H5P_DEFAULT) : -1;
+  hsize_t off[5] = {(hsize_t)row, 0, 0, 0, 0}, size = 0;
+  unsigned mask = 0;
+  haddr_t addr = HADDR_UNDEF;
+  CHECK(d >= 0 && H5Dget_chunk_info_by_coord(d, off, &mask, &addr, &size) >= 0 &&
+        addr != HADDR_UNDEF);
+  if (d >= 0) H5Dclose(d);
+  if (f >= 0) H5Fclose(f);
+  FILE *fp = fopen(p, "r+b");
+  CHECK(fp != NULL);
+  if (!fp || addr == HADDR_UNDEF) {
+    if (fp) fclose(fp);
+    return;
+  }
+  unsigned char b = 0;
+  long at = (long)addr + 4 * 17 + 1; /* a mantissa bit of value 17 of the row */
+  CHECK(fseek(fp, at, SEEK_SET) == 0 && fread(&b, 1, 1, fp) == 1);
+  b ^= 0x10;
+  CHECK(fseek(fp, at, SEEK_SET) == 0 && fwrite(&b, 1, 1, fp) == 1);
+  fclose(fp);
+}
+
+static void test_damaged_row_threads(void) {
+  char dir[1200];
+  snprintf(dir, sizeof dir, "%s/damaged", check_scratch_);
+  if (fixture_make_forked(dir, &SPEC) < 0) {
+    CHECK_MSG(0, "fixture: %s", ce_err_msg());
+    return;
+  }
+  flip_bit(dir, 1, 5, "inputs");
+  flip_bit(dir, 3, 2, "targets");
+  char want13[1600], want26[1600], p[1400];
+  CHECK_OK(dataset_shard_path(dir, 1, p, sizeof p));
+  snprintf(want13, sizeof want13,
+           "%s: sample 13 (row 5 of the shard): /inputs does not match its checksum", p);
+  CHECK_OK(dataset_shard_path(dir, 3, p, sizeof p));
+  snprintf(want26, sizeof want26,
+           "%s: sample 26 (row 2 of the shard): /targets does not match its checksum", p);
+  const int B = 2;
+  for (int max_open = 0; max_open <= 1; max_open++) { /* pread, then HDF5 */
+    serve_opts o = {.dataset_dir = dir, .split = "all", .seed = 9, .world = 1, .batch = B,
+                    .drop_last = 1, .prefetch = 4, .read_threads = 4, .max_open = max_open};
+    serve_source *s = NULL;
+    CHECK_OK(serve_open(&o, &s));
+    if (!s) continue;
+    int fails = 0;
+    for (uint64_t pos = 0; pos < serve_samples_per_rank(s); pos += B) {
+      int has13 = 0, has26 = 0;
+      for (int k = 0; k < B; k++) {
+        int64_t id = serve_sample_at(s, 0, 0, pos + (uint64_t)k);
+        has13 |= id == 13;
+        has26 |= id == 26 && !has13; /* the first damaged row of the chunk is named */
+      }
+      stream_consumer c = {0, 1, 0};
+      stream_chunk ch;
+      memset(&ch, 0, sizeof ch);
+      if (has13 || has26) {
+        CHECK_ERR(serve_chunk(s, &c, 0, pos, &ch), has13 ? want13 : want26);
+        fails++;
+      } else {
+        int rc = serve_chunk(s, &c, 0, pos, &ch);
+        CHECK_MSG(rc == 1, "position %llu (no damaged sample): %s", (unsigned long long)pos,
+                  ce_err_msg());
+        if (rc == 1) ch.release(ch.token);
+      }
+    }
+    CHECK(fails == 2);
+    uint64_t d, h;
+    serve_read_counts(s, &d, &h);
+    CHECK_MSG(max_open ? d == 0 : h == 0, "max_open %d: %llu direct, %llu HDF5", max_open,
+              (unsigned long long)d, (unsigned long long)h);
+    serve_close(s);
+  }
+}
+
 int main(void) {
   const char *tmp = check_scratch("serve");
   snprintf(g_dir, sizeof g_dir, "%s/ds", tmp);
@@ -600,6 +756,8 @@ int main(void) {
   RUN(test_order_request);
   RUN(test_normalisation);
   RUN(test_errors);
+  RUN(test_read_threads);
+  RUN(test_damaged_row_threads);
   check_scratch_remove();
   return check_report();
 }
