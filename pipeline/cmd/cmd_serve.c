@@ -125,9 +125,19 @@ static int sample_fn_adapter(void *ctx, int64_t model, int64_t view, float *inpu
   return p->sample(p->ctx, model, view, inputs, targets, q);
 }
 
+/* serve's options as given (NULL / -1: not given; with --generate, the
+ * job's stream section with mode generate gives them, then the defaults) */
+typedef struct {
+  const char *endpoint, *split, *curve_secret, *curve_auth, *order, *pilot, *gen_out;
+  int64_t ranks, batch, epochs, seed, prefetch, read_threads, credit, maxcons, order_shards,
+      order_buffer;
+  int pad, live, generate, fresh, cache_given;
+  double model_cache_mb, producer_timeout, heartbeat, timeout, idle_exit;
+} serve_cli;
+
 /* `coemu serve --generate JOB`: every rank makes samples, rank 0 serves. */
-static int serve_generate(const job *jp, serve_opts *so, const server_args *a, int fresh,
-                          const char *pilot, double cache_mb, double ptimeout, const char *out) {
+static int serve_generate(const job *jp, serve_opts *so, const server_args *a,
+                          const serve_cli *c) {
   int provided = 0;
   MPI_Init_thread(NULL, NULL, MPI_THREAD_SERIALIZED, &provided);
   mpi_fatal_init("serve");
@@ -142,12 +152,12 @@ static int serve_generate(const job *jp, serve_opts *so, const server_args *a, i
                : 0;
   mpi_agree(rc);
   /* the producer of coemu generate; synthetic models under OUT/models */
-  producer_set_model_cache((size_t)(cache_mb * 1048576.0));
+  producer_set_model_cache((size_t)(c->model_cache_mb * 1048576.0));
   generate_producer p;
   memset(&p, 0, sizeof p);
-  mpi_agree(producer_open(j, out ? out : j->out_dir, &p));
-  gensrc_opts go = {.j = j, .split = so->split, .fresh_views = fresh, .stats_dataset = pilot,
-                    .timeout_s = ptimeout, .sample = sample_fn_adapter,
+  mpi_agree(producer_open(j, c->gen_out ? c->gen_out : j->out_dir, &p));
+  gensrc_opts go = {.j = j, .split = so->split, .fresh_views = c->fresh, .stats_dataset = c->pilot,
+                    .timeout_s = c->producer_timeout, .sample = sample_fn_adapter,
                     .counters = producer_counters, .ctx = &p, .comm = MPI_COMM_WORLD};
   int ret = 0;
   if (rank > 0) {
@@ -180,61 +190,46 @@ static int serve_generate(const job *jp, serve_opts *so, const server_args *a, i
               "%lld hits, peak %.1f MB of %.0f MB per rank\n",
               st.ranks, (long long)st.samples, 1e3 * st.seconds / (double)st.samples,
               st.seconds > 0 ? (double)st.ranks * (double)st.samples / st.seconds : 0, st.ranks,
-              (long long)st.loads, (long long)st.hits, (double)st.peak_bytes / 1048576.0, cache_mb);
+              (long long)st.loads, (long long)st.hits, (double)st.peak_bytes / 1048576.0, c->model_cache_mb);
   }
   if (p.close) p.close(p.ctx);
   MPI_Finalize();
   return ret;
 }
 
-static int cmd_serve_run(char **pos, job *jp, const char *endpoint, const char *split,
-                         const char *curve_secret, const char *curve_auth, const char *order,
-                         int64_t ranks, int64_t batch, int64_t epochs, int64_t seed,
-                         int64_t prefetch, int64_t read_threads, int64_t credit, int64_t maxcons,
-                         int64_t order_shards,
-                         int64_t order_buffer, int pad, int live, int generate, int fresh,
-                         const char *pilot, const char *gen_out, double model_cache_mb,
-                         int cache_given, double producer_timeout, double heartbeat,
-                         double timeout, double idle_exit);
+static int cmd_serve_run(char **pos, job *jp, serve_cli *c);
 
 int cmd_serve(int argc, char **argv) {
-  /* NULL / -1: not given (with --generate, the job's stream section with
-   * mode generate gives them; then the defaults below) */
-  const char *endpoint = NULL, *split = NULL, *curve_secret = NULL, *curve_auth = NULL,
-             *order = "exact";
-  int64_t ranks = -1, batch = -1, epochs = -1, seed = -1, prefetch = 4, credit = -1, maxcons = 0,
-          order_shards = 0, order_buffer = 0, read_threads = 0;
-  int pad = 0, live = 0, generate = 0, fresh = 0;
-  const char *pilot = NULL, *gen_out = NULL;
-  double model_cache_mb = -1, producer_timeout = 600;
-  double heartbeat = 1.0, timeout = 10.0, idle_exit = -1;
+  serve_cli c = {.order = "exact", .ranks = -1, .batch = -1, .epochs = -1, .seed = -1,
+                 .prefetch = 4, .credit = -1, .model_cache_mb = -1, .producer_timeout = 600,
+                 .heartbeat = 1.0, .timeout = 10.0, .idle_exit = -1};
   cli_opt opts[] = {
-      {"endpoint", CLI_STR, &endpoint, "URL", "where to listen (default tcp://127.0.0.1:5555; ipc://PATH)", 0, 0},
-      {"ranks", CLI_INT, &ranks, "W", "number of trainer ranks (default 1)", 0, 0},
-      {"split", CLI_STR, &split, "NAME", "train (default), validation, test or all", 0, 0},
-      {"batch", CLI_INT, &batch, "B", "samples per chunk (default 16)", 0, 0},
-      {"epochs", CLI_INT, &epochs, "E", "stop after E epochs for every rank (default: serve until stopped)", 0, 0},
-      {"seed", CLI_INT, &seed, "S", "shuffle seed (default 1234)", 0, 0},
-      {"order", CLI_STR, &order, "MODE", "epoch order: exact (default: a uniform shuffle) or shards (shard-aware, for parallel file systems)", 0, 0},
-      {"order-shards", CLI_INT, &order_shards, "K", "order shards: shards read at once (default 8)", 0, 0},
-      {"order-buffer", CLI_INT, &order_buffer, "B", "order shards: samples shuffled together (default 4 x samples per shard)", 0, 0},
-      {"pad", CLI_FLAG, &pad, NULL, "pad the last batch by wrapping around (default: drop the remainder)", 0, 0},
-      {"live", CLI_FLAG, &live, NULL, "serve a dataset coemu generate is still making (shards as they finish)", 0, 0},
-      {"generate", CLI_FLAG, &generate, NULL, "the argument is a JOB file: make its samples on the fly on every MPI rank, store nothing (docs/onthefly.md)", 0, 0},
-      {"fresh-views", CLI_FLAG, &fresh, NULL, "generate: new directions for training models every epoch (e*D + d); validation and test fixed", 0, 0},
-      {"stats", CLI_STR, &pilot, "PILOT", "generate: normalise with the /stats of this pilot dataset (coemu generate + coemu stats)", 0, 0},
-      {"model-cache", CLI_DOUBLE, &model_cache_mb, "MB", "generate: models kept in memory per producer rank, in MB (default 1024)", 0, 0},
-      {"producer-timeout", CLI_DOUBLE, &producer_timeout, "S", "generate: a producer rank silent this long fails the stream [s] (default 600)", 0, 0},
-      {"out", CLI_STR, &gen_out, "DIR", "generate: where synthetic models are written (default: the job's output.directory)", 0, 0},
-      {"prefetch", CLI_INT, &prefetch, "K", "chunks read ahead per rank (default 4)", 0, 0},
-      {"read-threads", CLI_INT, &read_threads, "N", "threads reading and checking samples (default min(4, cores); --live: 1)", 0, 0},
-      {"max-credit", CLI_INT, &credit, "K", "most chunks in flight per rank (default 8)", 0, 0},
-      {"heartbeat", CLI_DOUBLE, &heartbeat, "S", "heartbeat interval [s] (default 1)", 0, 0},
-      {"timeout", CLI_DOUBLE, &timeout, "S", "drop a rank silent this long [s] (default 10)", 0, 0},
-      {"idle-exit", CLI_DOUBLE, &idle_exit, "S", "exit after S seconds without any consumer (default: never; 600 with --epochs; 0: never)", 0, 0},
-      {"max-consumers", CLI_INT, &maxcons, "N", "connections served at once (default 2 x ranks + 8)", 0, 0},
-      {"curve-secret", CLI_STR, &curve_secret, "FILE", "producer key pair (coemu keygen); required off loopback", 0, 0},
-      {"curve-authorized", CLI_STR, &curve_auth, "DIR", "directory of authorised consumer public keys (*.key)", 0, 0},
+      {"endpoint", CLI_STR, &c.endpoint, "URL", "where to listen (default tcp://127.0.0.1:5555; ipc://PATH)", 0, 0},
+      {"ranks", CLI_INT, &c.ranks, "W", "number of trainer ranks (default 1)", 0, 0},
+      {"split", CLI_STR, &c.split, "NAME", "train (default), validation, test or all", 0, 0},
+      {"batch", CLI_INT, &c.batch, "B", "samples per chunk (default 16)", 0, 0},
+      {"epochs", CLI_INT, &c.epochs, "E", "stop after E epochs for every rank (default: serve until stopped)", 0, 0},
+      {"seed", CLI_INT, &c.seed, "S", "shuffle seed (default 1234)", 0, 0},
+      {"order", CLI_STR, &c.order, "MODE", "epoch order: exact (default: a uniform shuffle) or shards (shard-aware, for parallel file systems)", 0, 0},
+      {"order-shards", CLI_INT, &c.order_shards, "K", "order shards: shards read at once (default 8)", 0, 0},
+      {"order-buffer", CLI_INT, &c.order_buffer, "B", "order shards: samples shuffled together (default 4 x samples per shard)", 0, 0},
+      {"pad", CLI_FLAG, &c.pad, NULL, "pad the last batch by wrapping around (default: drop the remainder)", 0, 0},
+      {"live", CLI_FLAG, &c.live, NULL, "serve a dataset coemu generate is still making (shards as they finish)", 0, 0},
+      {"generate", CLI_FLAG, &c.generate, NULL, "the argument is a JOB file: make its samples on the fly on every MPI rank, store nothing (docs/onthefly.md)", 0, 0},
+      {"fresh-views", CLI_FLAG, &c.fresh, NULL, "generate: new directions for training models every epoch (e*D + d); validation and test fixed", 0, 0},
+      {"stats", CLI_STR, &c.pilot, "PILOT", "generate: normalise with the /stats of this pilot dataset (coemu generate + coemu stats)", 0, 0},
+      {"model-cache", CLI_DOUBLE, &c.model_cache_mb, "MB", "generate: models kept in memory per producer rank, in MB (default 1024)", 0, 0},
+      {"producer-timeout", CLI_DOUBLE, &c.producer_timeout, "S", "generate: a producer rank silent this long fails the stream [s] (default 600)", 0, 0},
+      {"out", CLI_STR, &c.gen_out, "DIR", "generate: where synthetic models are written (default: the job's output.directory)", 0, 0},
+      {"prefetch", CLI_INT, &c.prefetch, "K", "chunks read ahead per rank (default 4)", 0, 0},
+      {"read-threads", CLI_INT, &c.read_threads, "N", "threads reading and checking samples (default min(4, cores); --live: 1)", 0, 0},
+      {"max-credit", CLI_INT, &c.credit, "K", "most chunks in flight per rank (default 8)", 0, 0},
+      {"heartbeat", CLI_DOUBLE, &c.heartbeat, "S", "heartbeat interval [s] (default 1)", 0, 0},
+      {"timeout", CLI_DOUBLE, &c.timeout, "S", "drop a rank silent this long [s] (default 10)", 0, 0},
+      {"idle-exit", CLI_DOUBLE, &c.idle_exit, "S", "exit after S seconds without any consumer (default: never; 600 with --epochs; 0: never)", 0, 0},
+      {"max-consumers", CLI_INT, &c.maxcons, "N", "connections served at once (default 2 x ranks + 8)", 0, 0},
+      {"curve-secret", CLI_STR, &c.curve_secret, "FILE", "producer key pair (coemu keygen); required off loopback", 0, 0},
+      {"curve-authorized", CLI_STR, &c.curve_auth, "DIR", "directory of authorised consumer public keys (*.key)", 0, 0},
       {0}};
   const cli_command spec = {
       "serve", "(DATASET | --generate JOB) [options]",
@@ -252,95 +247,87 @@ int cmd_serve(int argc, char **argv) {
   if (r != CLI_OK) return cli_exit(r);
   job j;
   memset(&j, 0, sizeof j);
-  if (generate && job_load(pos[0], &j) < 0) {
+  if (c.generate && job_load(pos[0], &j) < 0) {
     free(pos);
     return cli_fail("serve");
   }
-  if (generate && j.has_stream && j.stream_generate) { /* the job's stream section */
-    if (!endpoint) endpoint = j.stream_endpoint;
-    if (!split) split = j.stream_split;
-    if (ranks < 0) ranks = j.stream_ranks;
-    if (batch < 0) batch = j.stream_batch;
-    if (epochs < 0) epochs = j.stream_epochs;
-    if (credit < 0) credit = j.stream_credits;
-    if (seed < 0) seed = (int64_t)j.seed; /* as the live server of the job */
-    if (!curve_secret && *j.stream_curve_secret) curve_secret = j.stream_curve_secret;
-    if (!curve_auth && *j.stream_curve_authorized) curve_auth = j.stream_curve_authorized;
-    if (j.stream_fresh_views) fresh = 1;
-    if (model_cache_mb < 0) model_cache_mb = (double)j.stream_model_cache_mb;
+  if (c.generate && j.has_stream && j.stream_generate) { /* the job's stream section */
+    if (!c.endpoint) c.endpoint = j.stream_endpoint;
+    if (!c.split) c.split = j.stream_split;
+    if (c.ranks < 0) c.ranks = j.stream_ranks;
+    if (c.batch < 0) c.batch = j.stream_batch;
+    if (c.epochs < 0) c.epochs = j.stream_epochs;
+    if (c.credit < 0) c.credit = j.stream_credits;
+    if (c.seed < 0) c.seed = (int64_t)j.seed; /* as the live server of the job */
+    if (!c.curve_secret && *j.stream_curve_secret) c.curve_secret = j.stream_curve_secret;
+    if (!c.curve_auth && *j.stream_curve_authorized) c.curve_auth = j.stream_curve_authorized;
+    if (j.stream_fresh_views) c.fresh = 1;
+    if (c.model_cache_mb < 0) c.model_cache_mb = (double)j.stream_model_cache_mb;
   }
-  if (!endpoint) endpoint = "tcp://127.0.0.1:5555";
-  if (!split) split = "train";
-  if (ranks < 0) ranks = 1;
-  if (batch < 0) batch = 16;
-  if (epochs < 0) epochs = 0;
-  if (credit < 0) credit = 8;
-  if (seed < 0) seed = 1234;
-  int cache_given = model_cache_mb >= 0 || (generate && j.has_stream && j.stream_generate);
-  if (model_cache_mb < 0) model_cache_mb = 1024;
-  int rc = cmd_serve_run(pos, &j, endpoint, split, curve_secret, curve_auth, order, ranks, batch,
-                         epochs, seed, prefetch, read_threads, credit, maxcons, order_shards,
-                         order_buffer, pad,
-                         live, generate, fresh, pilot, gen_out, model_cache_mb, cache_given,
-                         producer_timeout, heartbeat, timeout, idle_exit);
+  if (!c.endpoint) c.endpoint = "tcp://127.0.0.1:5555";
+  if (!c.split) c.split = "train";
+  if (c.ranks < 0) c.ranks = 1;
+  if (c.batch < 0) c.batch = 16;
+  if (c.epochs < 0) c.epochs = 0;
+  if (c.credit < 0) c.credit = 8;
+  if (c.seed < 0) c.seed = 1234;
+  c.cache_given = c.model_cache_mb >= 0 || (c.generate && j.has_stream && j.stream_generate);
+  if (c.model_cache_mb < 0) c.model_cache_mb = 1024;
+  int rc = cmd_serve_run(pos, &j, &c);
   job_free(&j);
   free(pos);
   return rc;
 }
 
-static int cmd_serve_run(char **pos, job *jp, const char *endpoint, const char *split,
-                         const char *curve_secret, const char *curve_auth, const char *order,
-                         int64_t ranks, int64_t batch, int64_t epochs, int64_t seed,
-                         int64_t prefetch, int64_t read_threads, int64_t credit, int64_t maxcons,
-                         int64_t order_shards,
-                         int64_t order_buffer, int pad, int live, int generate, int fresh,
-                         const char *pilot, const char *gen_out, double model_cache_mb,
-                         int cache_given, double producer_timeout, double heartbeat,
-                         double timeout, double idle_exit) {
-  if (!stream_endpoint_is_local(endpoint) && !curve_secret) {
+static int cmd_serve_run(char **pos, job *jp, serve_cli *c) {
+  if (!stream_endpoint_is_local(c->endpoint) && !c->curve_secret) {
     return cli_usage_fail("serve",
                           "endpoint %s is reachable from other machines: give --curve-secret and "
                           "--curve-authorized (coemu keygen), or use tcp://127.0.0.1:PORT or ipc://",
-                          endpoint);
+                          c->endpoint);
   }
-  if (ranks < 1 || ranks > 65535 || batch < 1 || batch > 4096 || epochs < 0 || prefetch < 1 ||
-      prefetch > 64 || credit < 1 || credit > 1024 || maxcons < 0 || maxcons > 1000000 ||
-      epochs > UINT32_MAX || read_threads < 0 || read_threads > SERVE_MAX_READ_THREADS) {
+  if (c->ranks < 1 || c->ranks > 65535 || c->batch < 1 || c->batch > 4096 || c->epochs < 0 ||
+      c->epochs > UINT32_MAX || c->prefetch < 1 || c->prefetch > 64 || c->credit < 1 ||
+      c->credit > 1024 || c->maxcons < 0 || c->maxcons > 1000000 || c->read_threads < 0 ||
+      c->read_threads > SERVE_MAX_READ_THREADS) {
     return cli_usage_fail("serve", "out of range: --ranks 1..65535, --batch 1..4096, --epochs >= 0, "
                                    "--prefetch 1..64, --max-credit 1..1024, --max-consumers 1..1000000, "
                                    "--read-threads 1..%d", SERVE_MAX_READ_THREADS);
   }
   int omode;
-  if (order_mode_parse(order, &omode) < 0) {
+  if (order_mode_parse(c->order, &omode) < 0) {
     return cli_usage_fail("serve", "--order: %s", ce_err_msg());
   }
-  if (order_shards < 0 || order_shards > ORDER_MAX_SHARDS || order_buffer < 0) {
+  if (c->order_shards < 0 || c->order_shards > ORDER_MAX_SHARDS || c->order_buffer < 0) {
     return cli_usage_fail("serve", "out of range: --order-shards 1..%d, --order-buffer >= 1",
                           ORDER_MAX_SHARDS);
   }
-  if ((order_shards || order_buffer) && omode != ORDER_SHARDS) {
+  if ((c->order_shards || c->order_buffer) && omode != ORDER_SHARDS) {
     return cli_usage_fail("serve", "--order-shards and --order-buffer go with --order shards");
   }
-  if (!generate && (fresh || pilot || gen_out || cache_given || producer_timeout != 600)) {
+  if (!c->generate &&
+      (c->fresh || c->pilot || c->gen_out || c->cache_given || c->producer_timeout != 600)) {
     return cli_usage_fail("serve", "--fresh-views, --stats, --model-cache, --producer-timeout and "
                                    "--out go with --generate");
   }
-  if (generate && live) {
+  if (c->generate && c->live) {
     return cli_usage_fail("serve", "--live serves a dataset being made; --generate makes the samples itself: not both");
   }
-  if (!(model_cache_mb > 0) || !(producer_timeout > 0)) {
+  if (!(c->model_cache_mb > 0) || !(c->producer_timeout > 0)) {
     return cli_usage_fail("serve", "out of range: --model-cache > 0 MB, --producer-timeout > 0 s");
   }
   /* a consumer that stops mid-epoch must not keep an --epochs server for ever */
-  if (idle_exit < 0) idle_exit = epochs > 0 ? 600 : 0;
-  serve_opts so = {.dataset_dir = pos[0], .split = split, .seed = (uint64_t)seed,
-                   .world = (int)ranks, .batch = (int)batch, .drop_last = !pad,
-                   .prefetch = (int)prefetch, .live = live, .read_threads = (int)read_threads,
-                   .order = {.mode = omode, .shards = order_shards, .buffer = order_buffer}};
-  server_args a = {endpoint, split, curve_secret, curve_auth, ranks, batch, epochs, credit, maxcons,
-                   heartbeat, timeout, idle_exit, live};
-  if (generate) {
-    return serve_generate(jp, &so, &a, fresh, pilot, model_cache_mb, producer_timeout, gen_out);
+  if (c->idle_exit < 0) c->idle_exit = c->epochs > 0 ? 600 : 0;
+  serve_opts so = {.dataset_dir = pos[0], .split = c->split, .seed = (uint64_t)c->seed,
+                   .world = (int)c->ranks, .batch = (int)c->batch, .drop_last = !c->pad,
+                   .prefetch = (int)c->prefetch, .live = c->live,
+                   .read_threads = (int)c->read_threads,
+                   .order = {.mode = omode, .shards = c->order_shards, .buffer = c->order_buffer}};
+  server_args a = {c->endpoint, c->split, c->curve_secret, c->curve_auth, c->ranks,
+                   c->batch, c->epochs, c->credit, c->maxcons, c->heartbeat,
+                   c->timeout, c->idle_exit, c->live};
+  if (c->generate) {
+    return serve_generate(jp, &so, &a, c);
   }
   serve_source *src;
   if (serve_open(&so, &src) < 0) {
