@@ -493,6 +493,19 @@ int64_t shard_reader_shard_end(const shard_reader *r, int64_t idx) {
   return e->first + e->count;
 }
 
+/* The error of a row whose XXH64 is not the one /checksums records (row:
+ * the row in shard s; a: A_IN or A_OUT). Returns -1. */
+static int row_mismatch(const shard_reader *r, int64_t s, int64_t row, int a, uint64_t got,
+                        uint64_t want) {
+  char p[4400];
+  shard_path(r, s, p, sizeof p);
+  CE_FAIL("%s: sample %lld (row %lld of the shard): /%s does not match its checksum "
+          "(xxh64 %016llx, recorded %016llx): the shard is damaged (coemu verify tells "
+          "more; rerunning the same generate job remakes it)",
+          p, (long long)(r->sh[s].first + row), (long long)row, arr_name[a],
+          (unsigned long long)got, (unsigned long long)want);
+}
+
 /* sums_out (may be NULL): the rows' XXH64s, 2 per sample (inputs, targets;
  * 0 for an array not read), as checked against /checksums. in_sums (may be
  * NULL): the recorded checksums of the rows' input cubes, 1 per sample
@@ -558,13 +571,7 @@ compare:
       uint64_t got = shard_row_hash(dst[a] + (size_t)k * vals[a], vals[a]),
                want = sums[2 * k + (size_t)a];
       if (sums_out) sums_out[2 * k + a] = got;
-      if (got == want) continue;
-      shard_path(r, s, p, sizeof p);
-      CE_FAIL("%s: sample %lld (row %lld of the shard): /%s does not match its checksum "
-              "(xxh64 %016llx, recorded %016llx): the shard is damaged (coemu verify tells "
-              "more; rerunning the same generate job remakes it)",
-              p, (long long)(e->first + row + k), (long long)(row + k), arr_name[a],
-              (unsigned long long)got, (unsigned long long)want);
+      if (got != want) return row_mismatch(r, s, row + k, a, got, want);
     }
   }
   return 0;
@@ -971,13 +978,7 @@ int shard_reader_direct_read(const shard_reader *r, const shard_direct_row *rows
       }
       uint64_t h = shard_row_hash(dst, vals[a]);
       if (sums) sums[2 * k + a] = h;
-      if (!r->checked || h == w->want[a]) continue;
-      shard_path(r, w->shard, p, sizeof p);
-      CE_FAIL("%s: sample %lld (row %lld of the shard): /%s does not match its checksum "
-              "(xxh64 %016llx, recorded %016llx): the shard is damaged (coemu verify tells "
-              "more; rerunning the same generate job remakes it)",
-              p, (long long)(e->first + w->row), (long long)w->row, arr_name[a],
-              (unsigned long long)h, (unsigned long long)w->want[a]);
+      if (r->checked && h != w->want[a]) return row_mismatch(r, w->shard, w->row, a, h, w->want[a]);
     }
   }
   return 0;
