@@ -622,6 +622,12 @@ static void extra_column(const model_real *cells, const model_real bg[MODEL_NF],
     }
 }
 
+int sampler_prepare(ce_model *m, const sampler_opts *o) {
+  if (o->reconstruction == SAMPLER_LINEAR) return model_nodal_build(m);
+  if (o->reconstruction == SAMPLER_LIMITED) return sampler_limited_build(m);
+  return 0;
+}
+
 /* The voxels of one (ix, iy) column are filled by k^2 sub-lines along z,
  * each stepping through n*k points in runs of points in one leaf (the
  * leaves mostly those of the previous sub-line, leaf_trail); the cell
@@ -634,8 +640,7 @@ static int sample(const ce_model *m, const double q[4], const sampler_opts *o, f
   CE_TRY(sampler_check(m, o));
   const int linear = o->reconstruction == SAMPLER_LINEAR,
             limited = o->reconstruction == SAMPLER_LIMITED, pointwise = linear || limited;
-  if (linear) CE_TRY(model_nodal_build((ce_model *)m)); /* once per model, under its lock */
-  if (limited) CE_TRY(sampler_limited_build((ce_model *)m));
+  CE_TRY(sampler_prepare((ce_model *)m, o)); /* once per model, under its lock */
   double R[9], c[3];
   dir_matrix(q, R);
   model_centre(m, c);

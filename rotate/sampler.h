@@ -80,6 +80,13 @@ void sampler_defaults(sampler_opts *o);
  * inside the domain, or fill requested). */
 int sampler_check(const ce_model *m, const sampler_opts *o);
 
+/* Build, once per model, what o->reconstruction needs beyond the cells (the
+ * corner values for linear: model_nodal_build; the slopes for limited:
+ * sampler_limited_build; nothing for constant). Thread-safe; sample_cube
+ * calls it itself, so calling it first only moves that one-time cost out
+ * of the first cube (a timer, a model cache's accounting). */
+int sampler_prepare(ce_model *m, const sampler_opts *o);
+
 /* Cubes [(x*n + y)*n + z], z = line of sight. Fails only on bad options. */
 int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, float *v_los,
                 float *T, float *n_co);

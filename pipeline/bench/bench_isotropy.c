@@ -141,15 +141,12 @@ static int measure(const iso_setup *s, int recon, float *v, float *T, float *nc,
   o.ball_radius = model_half_extent(s->m);
   if (recon >= 0) o.reconstruction = recon;
   /* the corner values are built once per model, outside the clock */
-  if (recon == SAMPLER_LINEAR) {
+  if (recon == SAMPLER_LINEAR || recon == SAMPLER_LIMITED) {
     double t0 = cpu_now();
-    CE_TRY(model_nodal_build((ce_model *)s->m));
-    printf("isotropy linear: corner values built in %.3f s (once per model)\n", cpu_now() - t0);
-  }
-  if (recon == SAMPLER_LIMITED) {
-    double t0 = cpu_now();
-    CE_TRY(sampler_limited_build((ce_model *)s->m));
-    printf("isotropy limited: slopes built in %.3f s (once per model)\n", cpu_now() - t0);
+    CE_TRY(sampler_prepare((ce_model *)s->m, &o));
+    printf("isotropy %s: %s built in %.3f s (once per model)\n",
+           recon == SAMPLER_LINEAR ? "linear" : "limited",
+           recon == SAMPLER_LINEAR ? "corner values" : "slopes", cpu_now() - t0);
   }
   lte_options lo = {.dx = s->edge / s->n, .vturb = 150.0, .take_abs = 1, .threads = 0};
   double cpu = 0;

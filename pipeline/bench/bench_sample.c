@@ -54,8 +54,7 @@ static int run(const char *label, const ce_model *m, int reps, int recon) {
   sampler_opts o;
   sampler_defaults(&o);
   o.reconstruction = recon;
-  if (recon == SAMPLER_LINEAR && model_nodal_build((ce_model *)m) < 0) return -1;
-  if (recon == SAMPLER_LIMITED && sampler_limited_build((ce_model *)m) < 0) return -1;
+  if (sampler_prepare((ce_model *)m, &o) < 0) return -1;
   o.ball_radius = model_half_extent(m);
   o.edge = 2 * o.ball_radius / sqrt(3.0);
   size_t N = 64 * 64 * 64;

@@ -269,10 +269,11 @@ static int get_model(input_rebuild *rb, int64_t m) {
                          rb->paths[m]);
   if (loaded) {
     rb->loads++;
-    /* the linear reconstruction's corner values, made once per load here
-     * rather than inside the first cube's sampling (counted as the load) */
-    if ((!rb->compat && sampler_check(rb->held[m], &rb->so) < 0) ||
-        (!rb->compat && rb->so.reconstruction == SAMPLER_LINEAR && model_nodal_build(rb->held[m]) < 0))
+    /* what the reconstruction needs (corner values, slopes), made once per
+     * load here rather than inside the first cube's sampling (counted as
+     * the load) */
+    if (!rb->compat &&
+        (sampler_check(rb->held[m], &rb->so) < 0 || sampler_prepare(rb->held[m], &rb->so) < 0))
       return ce_err_prefix("rebuilding the input cubes of model %lld (%s)", (long long)m,
                            rb->paths[m]);
     rb->load_s += ce_now() - t0;
