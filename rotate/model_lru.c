@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "rotate/sampler.h"
 
 typedef struct {
   char *key;   /* dat '\n' units ("" for NULL) */
@@ -32,6 +33,7 @@ size_t model_lru_model_bytes(const ce_model *m) {
   b += (size_t)m->ng[0] * m->ng[1] * m->ng[2] * sizeof(int32_t);
   b += (size_t)m->nnodes * 8 * sizeof(int32_t);
   if (m->nodal) b += (size_t)m->nleaves * (size_t)m->nnodal * MODEL_NODAL_STRIDE * sizeof(model_real);
+  if (m->limited) b += cells * SAMPLER_LIMITED_STRIDE * sizeof(model_real);
   return b;
 }
 

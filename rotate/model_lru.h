@@ -9,9 +9,9 @@
  * populations), counted against the same cap and freed with the model.
  *
  * Accounting (model_lru_model_bytes): the model's arrays (cells, block ids,
- * root and node codes, and the corner values once model_nodal_build has
- * made them: sizes are re-read at every call, since the sampler builds the
- * corners lazily) plus the payload's declared bytes. Eviction is least
+ * root and node codes, and the corner values or the limited slopes once
+ * sampler_prepare has made them: sizes are re-read at every call, since the
+ * sampler builds them lazily) plus the payload's declared bytes. Eviction is least
  * recently used first. Before loading, entries are evicted so that the
  * cached bytes plus the largest model seen so far fit in the cap; after
  * loading (and after model_lru_attach), entries other than the newest are
