@@ -128,9 +128,10 @@ static int sample_fn_adapter(void *ctx, int64_t model, int64_t view, float *inpu
 /* serve's options as given (NULL / -1: not given; with --generate, the
  * job's stream section with mode generate gives them, then the defaults) */
 typedef struct {
-  const char *endpoint, *split, *curve_secret, *curve_auth, *order, *pilot, *gen_out;
+  const char *endpoint, *split, *curve_secret, *curve_auth, *order, *stats_path, *gen_out,
+      *pilot_out;
   int64_t ranks, batch, epochs, seed, prefetch, read_threads, credit, maxcons, order_shards,
-      order_buffer;
+      order_buffer, pilot_n;
   int pad, live, generate, fresh, cache_given;
   double model_cache_mb, producer_timeout, heartbeat, timeout, idle_exit;
 } serve_cli;
@@ -156,10 +157,28 @@ static int serve_generate(const job *jp, serve_opts *so, const server_args *a,
   generate_producer p;
   memset(&p, 0, sizeof p);
   mpi_agree(producer_open(j, c->gen_out ? c->gen_out : j->out_dir, &p));
-  gensrc_opts go = {.j = j, .split = so->split, .fresh_views = c->fresh, .stats_dataset = c->pilot,
+  gensrc_opts go = {.j = j, .split = so->split, .fresh_views = c->fresh, .stats_dataset = c->stats_path,
                     .timeout_s = c->producer_timeout, .sample = sample_fn_adapter,
                     .counters = producer_counters, .ctx = &p, .comm = MPI_COMM_WORLD};
   int ret = 0;
+  /* the pilot pass (every rank), before any rank serves or waits for work */
+  gensrc_pilot pilot;
+  if (c->pilot_n > 0) {
+    if (gensrc_pilot_run(&go, c->pilot_n, c->pilot_out, 0, &pilot) < 0) {
+      if (p.close) p.close(p.ctx);
+      MPI_Finalize();
+      return 1; /* the failing rank printed its error */
+    }
+    go.pilot = &pilot;
+    if (rank == 0)
+      fprintf(stderr,
+              "serve: pilot pass: %s; %lld samples made on %d ranks in %.2f s (%.1f ms of rank time "
+              "per pilot sample), %lld used, %lld outliers dropped; statistics id %016llx%s%s\n",
+              pilot.subset, (long long)pilot.made, pilot.ranks, pilot.seconds,
+              1e3 * pilot.seconds * pilot.ranks / (double)pilot.samples, (long long)pilot.used,
+              (long long)pilot.outliers, (unsigned long long)gensrc_norm_id(&pilot.norm),
+              c->pilot_out ? ", written to " : "", c->pilot_out ? c->pilot_out : "");
+  }
   if (rank > 0) {
     /* mpirun forwards SIGINT / SIGTERM to every rank: rank 0 stops serving
      * and then tells the workers to stop, so they wait for that */
@@ -202,6 +221,7 @@ static int cmd_serve_run(char **pos, job *jp, serve_cli *c);
 int cmd_serve(int argc, char **argv) {
   serve_cli c = {.order = "exact", .ranks = -1, .batch = -1, .epochs = -1, .seed = -1,
                  .prefetch = 4, .credit = -1, .model_cache_mb = -1, .producer_timeout = 600,
+                 .pilot_n = -1,
                  .heartbeat = 1.0, .timeout = 10.0, .idle_exit = -1};
   cli_opt opts[] = {
       {"endpoint", CLI_STR, &c.endpoint, "URL", "where to listen (default tcp://127.0.0.1:5555; ipc://PATH)", 0, 0},
@@ -217,7 +237,9 @@ int cmd_serve(int argc, char **argv) {
       {"live", CLI_FLAG, &c.live, NULL, "serve a dataset coemu generate is still making (shards as they finish)", 0, 0},
       {"generate", CLI_FLAG, &c.generate, NULL, "the argument is a JOB file: make its samples on the fly on every MPI rank, store nothing (docs/onthefly.md)", 0, 0},
       {"fresh-views", CLI_FLAG, &c.fresh, NULL, "generate: new directions for training models every epoch (e*D + d); validation and test fixed", 0, 0},
-      {"stats", CLI_STR, &c.pilot, "PILOT", "generate: normalise with the /stats of this pilot dataset (coemu generate + coemu stats)", 0, 0},
+      {"stats", CLI_STR, &c.stats_path, "PILOT", "generate: normalise with the /stats of this pilot dataset (coemu generate + coemu stats) or of a file --pilot-out wrote", 0, 0},
+      {"pilot", CLI_INT, &c.pilot_n, "N", "generate: first run a pilot pass: exact statistics of N training samples made on the fly (directions 0, 1, ... of every training model in turn), and normalise with them (docs/onthefly.md)", 0, 0},
+      {"pilot-out", CLI_STR, &c.pilot_out, "FILE", "generate: write the pilot pass's /stats to this HDF5 file (reuse with --stats FILE)", 0, 0},
       {"model-cache", CLI_DOUBLE, &c.model_cache_mb, "MB", "generate: models kept in memory per producer rank, in MB (default 1024)", 0, 0},
       {"producer-timeout", CLI_DOUBLE, &c.producer_timeout, "S", "generate: a producer rank silent this long fails the stream [s] (default 600)", 0, 0},
       {"out", CLI_STR, &c.gen_out, "DIR", "generate: where synthetic models are written (default: the job's output.directory)", 0, 0},
@@ -263,6 +285,11 @@ int cmd_serve(int argc, char **argv) {
     if (!c.curve_auth && *j.stream_curve_authorized) c.curve_auth = j.stream_curve_authorized;
     if (j.stream_fresh_views) c.fresh = 1;
     if (c.model_cache_mb < 0) c.model_cache_mb = (double)j.stream_model_cache_mb;
+    /* stream.stats.pilot, unless the command line names the normalisation */
+    if (c.pilot_n < 0 && !c.stats_path && j.stream_pilot_samples > 0) {
+      c.pilot_n = j.stream_pilot_samples;
+      if (!c.pilot_out && *j.stream_pilot_out) c.pilot_out = j.stream_pilot_out;
+    }
   }
   if (!c.endpoint) c.endpoint = "tcp://127.0.0.1:5555";
   if (!c.split) c.split = "train";
@@ -305,11 +332,24 @@ static int cmd_serve_run(char **pos, job *jp, serve_cli *c) {
   if ((c->order_shards || c->order_buffer) && omode != ORDER_SHARDS) {
     return cli_usage_fail("serve", "--order-shards and --order-buffer go with --order shards");
   }
-  if (!c->generate &&
-      (c->fresh || c->pilot || c->gen_out || c->cache_given || c->producer_timeout != 600)) {
-    return cli_usage_fail("serve", "--fresh-views, --stats, --model-cache, --producer-timeout and "
-                                   "--out go with --generate");
+  if (!c->generate && (c->fresh || c->stats_path || c->gen_out || c->cache_given ||
+                       c->producer_timeout != 600 || c->pilot_n != -1 || c->pilot_out)) {
+    return cli_usage_fail("serve", "--fresh-views, --stats, --pilot, --pilot-out, --model-cache, "
+                                   "--producer-timeout and --out go with --generate");
   }
+  if (c->generate && c->pilot_n != -1) {
+    if (c->stats_path)
+      return cli_usage_fail("serve", "--stats and --pilot both name the normalisation: give one");
+    int64_t train = job_train_samples(jp);
+    if (train < 0) return cli_fail("serve");
+    if (c->pilot_n < 1 || c->pilot_n > train)
+      return cli_usage_fail("serve", "--pilot %lld: expected 1..%lld, the samples of %s's training "
+                                     "split (%lld training models x %lld directions)",
+                            (long long)c->pilot_n, (long long)train, jp->path,
+                            (long long)(train / jp->directions), (long long)jp->directions);
+  }
+  if (c->pilot_out && c->pilot_n == -1)
+    return cli_usage_fail("serve", "--pilot-out writes the statistics of a pilot pass: give --pilot N");
   if (c->generate && c->live) {
     return cli_usage_fail("serve", "--live serves a dataset being made; --generate makes the samples itself: not both");
   }

@@ -15,7 +15,10 @@
  * Fields: v_z, ln_T, ln_n_CO, ln_I (all channels) and ln_I_chK per channel
  * when there are several; ln I after the zero replacement (and the -40 clip
  * with several channels) of stats/transforms.h. Rank 0 writes /stats
- * (stats/statsfile.h) after the reductions. Layout: docs/dataset-format.md. */
+ * (stats/statsfile.h) after the reductions. Layout: docs/dataset-format.md.
+ * The same run (stats_run) takes samples from a callback instead of the
+ * shards (dataset_stats_source_run: the pilot pass of coemu serve
+ * --generate), so both compute the same statistics with the same code. */
 #include <dirent.h>
 #include <hdf5.h>
 #include <unistd.h>
@@ -44,7 +47,8 @@
 #define MAX_FIELDS 68  /* 4 + up to 64 channels */
 
 typedef struct {
-  shard_reader *rd;
+  shard_reader *rd;                  /* a dataset directory's samples, or */
+  const dataset_stats_source *src;   /* samples from elsewhere (no split: all count) */
   hsize_t N, n, F;
   int has_inputs;  /* 0: made with output.store_inputs false (targets only) */
   uint8_t *split;  /* N entries (this rank's block filled), or NULL */
@@ -167,21 +171,53 @@ int dataset_stats_group(const char *dir, const char *split_name, char *group, si
   return 0;
 }
 
+/* Rank 0: a new HDF5 file at path holding only /stats (and the root
+ * attribute `source` = note), written to a temporary name and renamed. */
+static int write_new_file(const char *path, const char *note, const stats_field *fl, int nfl,
+                          const stats_norm *norm, const stats_provenance *prov) {
+  char tmp[4200];
+  if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= sizeof tmp)
+    CE_FAIL("%s: path too long", path);
+  hid_t f = -1;
+  H5E_BEGIN_TRY { f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT); } H5E_END_TRY;
+  if (f < 0) CE_FAIL("%s: cannot create (is its folder there and writable?)", tmp);
+  int rc = note ? h5_put_str_attr(f, "source", note) : 0;
+  if (H5Fclose(f) < 0 && rc == 0) rc = ce_err("%s: cannot close", tmp);
+  if (rc == 0) rc = stats_file_write_group(tmp, "/stats", fl, nfl, norm, prov);
+  if (rc == 0) rc = fs_rename_durable(tmp, path);
+  if (rc < 0) {
+    unlink(tmp);
+    return ce_err_prefix("%s: not written", path);
+  }
+  return 0;
+}
+
+/* What a run writes and prints, beside the samples it reads. */
+typedef struct {
+  const char *cmd;        /* in error lines: "coemu CMD: [rank R: ]error: ..." */
+  const char *path;       /* the samples' name in messages (DIR/dataset.h5, or the source's) */
+  const char *write_path; /* where /stats goes (NULL: nowhere) */
+  const char *group;      /* the group written into write_path (an existing file) */
+  int create;             /* write_path is a new file holding only /stats (dataset_stats_source) */
+  const char *note;       /* create: the root attribute `source` */
+  FILE *out;              /* the per-field report (NULL: none) */
+  stats_norm *norm_out;   /* rank 0: the normalisation parameters (may be NULL) */
+  int64_t *used_out, *outliers_out; /* rank 0 (may be NULL) */
+  int64_t *reads_out;     /* rank 0: samples read, summed over ranks and passes (may be NULL) */
+} run_opts;
+
+static int stats_run(dataset *ds, int want, const char *split_name, int drop_outliers,
+                     const run_opts *ro);
+
 int dataset_stats(const char *dir, const char *split_name, int drop_outliers, int quiet) {
   int want;
   CE_TRY(job_split_parse(split_name, &want));
   char path[4096], group[64];
   snprintf(path, sizeof path, "%s/dataset.h5", dir);
-  int rank, size;
+  int rank;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
   int status = 1;
   dataset ds = {0};
-  field_acc *acc = NULL;
-  float *in = NULL, *tg = NULL, *inb = NULL, *tgb = NULL, *work = NULL, *scratch = NULL;
-  float *keep_in = NULL, *keep_tg = NULL; /* pass 0's samples for pass 1 (small samples) */
-  int nf = 0;
-  stats_norm norm = {0};
   /* rank 0 locks DIR (a missing DIR: the open below says so) */
   int want_lock = rank == 0 && access(dir, F_OK) == 0;
   int locked = want_lock && fs_lock_dir(dir, "stats") == 0;
@@ -208,11 +244,62 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
     }
     goto out;
   }
+  run_opts ro = {.cmd = "stats", .path = path, .write_path = path, .group = group,
+                 .out = quiet ? NULL : stdout};
+  status = stats_run(&ds, want, split_name, drop_outliers, &ro) < 0;
+out:
+  close_dataset(&ds);
+  if (locked) fs_unlock_dir(dir);
+  return status ? -1 : 0;
+}
+
+int dataset_stats_source_run(const dataset_stats_source *src, const char *cmd, const char *out_path,
+                             const char *note, int drop_outliers, FILE *report_to,
+                             stats_norm *norm, int64_t *used, int64_t *outliers, int64_t *reads) {
+  dataset ds = {.src = src, .N = (hsize_t)src->samples, .n = (hsize_t)src->n,
+                .F = (hsize_t)src->channels, .has_inputs = 1};
+  int rank;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  if (src->samples < 1 || src->n < 2 || src->channels < 1 || src->channels > MAX_FIELDS - 4) {
+    if (rank == 0) {
+      ce_err("%s: %lld samples of %d^3 cubes and %d channels: expected at least 1 sample, n >= 2, "
+             "1..%d channels", src->name, (long long)src->samples, src->n, src->channels,
+             MAX_FIELDS - 4);
+      report(cmd);
+    }
+    return -1;
+  }
+  run_opts ro = {.cmd = cmd, .path = src->name, .write_path = out_path, .group = "/stats",
+                 .create = 1, .note = note, .out = report_to, .norm_out = norm, .used_out = used,
+                 .outliers_out = outliers, .reads_out = reads};
+  return stats_run(&ds, SPLIT_TRAIN, "train", drop_outliers, &ro);
+}
+
+/* Samples [i0, i0 + run) of the source: from the shards, or the callback. */
+static int read_run(dataset *ds, hsize_t i0, hsize_t run, float *in, float *tg) {
+  if (ds->src) return ds->src->read(ds->src->ctx, (int64_t)i0, (int64_t)run, in, tg);
+  return shard_reader_read(ds->rd, (int64_t)i0, (int64_t)run, ds->has_inputs ? in : NULL, tg);
+}
+
+/* The statistics of ds's samples in split `want` (collective); rank 0 writes
+ * and prints what ro says. 0, or -1 on every rank (the failing rank printed). */
+static int stats_run(dataset *ds, int want, const char *split_name, int drop_outliers,
+                     const run_opts *ro) {
+  const char *path = ro->path, *cmd = ro->cmd;
+  int rank, size;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  int status = 1;
+  field_acc *acc = NULL;
+  float *in = NULL, *tg = NULL, *inb = NULL, *tgb = NULL, *work = NULL, *scratch = NULL;
+  float *keep_in = NULL, *keep_tg = NULL; /* pass 0's samples for pass 1 (small samples) */
+  int nf = 0;
+  stats_norm norm = {0};
   /* Without /split every sample counts as training. */
-  size_t nvox = (size_t)(ds.n * ds.n * ds.n), npix = (size_t)(ds.n * ds.n), F = (size_t)ds.F;
+  size_t nvox = (size_t)(ds->n * ds->n * ds->n), npix = (size_t)(ds->n * ds->n), F = (size_t)ds->F;
   nf = 4 + (F > 1 ? (int)F : 0);
   /* fields f0..nf-1: without /inputs only ln_I and its channels */
-  const int f0 = ds.has_inputs ? 0 : 3;
+  const int f0 = ds->has_inputs ? 0 : 3;
   acc = calloc((size_t)nf, sizeof *acc);
   /* runs of up to B consecutive samples are read at once (one read per
    * shard they touch): about 8 MB, at least one sample */
@@ -232,31 +319,31 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
     if (f < 4) snprintf(acc[f].out.name, sizeof acc[f].out.name, "%s", names[f]);
     else snprintf(acc[f].out.name, sizeof acc[f].out.name, "ln_I_ch%d", f - 4);
   }
-  if (any_failed(lrc, "stats")) goto out;
+  if (any_failed(lrc, cmd)) goto out;
   norm.outlier_vz_range = drop_outliers ? STATS_OUTLIER_VZ_RANGE : 0;
   norm.i_mode = F > 1 ? STATS_I_MINMAX : STATS_I_MEDIAN;
   norm.lnI_clip = F > 1 ? STATS_LNI_CLIP : -INFINITY;
 
-  hsize_t lo = ds.N * (hsize_t)rank / (hsize_t)size, hi = ds.N * (hsize_t)(rank + 1) / (hsize_t)size;
-  int64_t used = 0, outliers = 0, empty = 0, below_all = 0;
+  hsize_t lo = ds->N * (hsize_t)rank / (hsize_t)size, hi = ds->N * (hsize_t)(rank + 1) / (hsize_t)size;
+  int64_t used = 0, outliers = 0, empty = 0, below_all = 0, reads = 0;
   const double empty_level = exp(DATASET_EMPTY_LN_LEVEL);
   /* small samples: the rank's block read in the first pass is kept for the
    * second (up to 256 MB), so every shard is opened once, not twice */
   if (hi > lo && (size_t)(hi - lo) <= ((size_t)256 << 20) / sample_bytes) {
     keep_tg = malloc((size_t)(hi - lo) * F * npix * sizeof(float));
-    keep_in = ds.has_inputs ? malloc((size_t)(hi - lo) * 3 * nvox * sizeof(float)) : NULL;
-    if (!keep_tg || (ds.has_inputs && !keep_in)) { /* not kept: read twice */
+    keep_in = ds->has_inputs ? malloc((size_t)(hi - lo) * 3 * nvox * sizeof(float)) : NULL;
+    if (!keep_tg || (ds->has_inputs && !keep_in)) { /* not kept: read twice */
       free(keep_tg);
       free(keep_in);
       keep_tg = keep_in = NULL;
     }
   }
   for (int pass = 0; pass < 2; pass++) {
-#define IN_SPLIT(i) (want < 0 || !ds.split || ds.split[(i)] == want)
+#define IN_SPLIT(i) (want < 0 || !ds->split || ds->split[(i)] == want)
     hsize_t known = pass == 1 && keep_tg ? hi : lo; /* the split is loaded for [lo, known) */
     for (hsize_t i0 = lo, run = 0; i0 < hi && lrc == 0; i0 += run) {
-      if (ds.split && i0 >= known) {
-        int64_t end = load_split(&ds, path, i0, hi);
+      if (ds->split && i0 >= known) {
+        int64_t end = load_split(ds, path, i0, hi);
         if (end < 0) {
           lrc = -1;
           break;
@@ -267,24 +354,25 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
         run = 1;
         continue;
       }
-      for (run = 1; run < B && i0 + run < hi && (!ds.split || i0 + run < known) && IN_SPLIT(i0 + run);
+      for (run = 1; run < B && i0 + run < hi && (!ds->split || i0 + run < known) && IN_SPLIT(i0 + run);
            run++) {}
       if (pass == 1 && keep_tg) { /* what pass 0 read and checked */
         memcpy(tgb, keep_tg + (size_t)(i0 - lo) * F * npix, (size_t)run * F * npix * sizeof(float));
         if (keep_in)
           memcpy(inb, keep_in + (size_t)(i0 - lo) * 3 * nvox, (size_t)run * 3 * nvox * sizeof(float));
-      } else if ((lrc = shard_reader_read(ds.rd, (int64_t)i0, (int64_t)run,
-                                          ds.has_inputs ? inb : NULL, tgb)) < 0) {
-        break;
-      } else if (keep_tg) {
-        memcpy(keep_tg + (size_t)(i0 - lo) * F * npix, tgb, (size_t)run * F * npix * sizeof(float));
-        if (keep_in)
-          memcpy(keep_in + (size_t)(i0 - lo) * 3 * nvox, inb, (size_t)run * 3 * nvox * sizeof(float));
+      } else {
+        if ((lrc = read_run(ds, i0, (hsize_t)run, inb, tgb)) < 0) break;
+        reads += (int64_t)run;
+        if (keep_tg) {
+          memcpy(keep_tg + (size_t)(i0 - lo) * F * npix, tgb, (size_t)run * F * npix * sizeof(float));
+          if (keep_in)
+            memcpy(keep_in + (size_t)(i0 - lo) * 3 * nvox, inb, (size_t)run * 3 * nvox * sizeof(float));
+        }
       }
     for (hsize_t j = 0; j < run && lrc == 0; j++) {
       in = inb + (size_t)j * 3 * nvox;
       tg = tgb + (size_t)j * F * npix;
-      if (ds.has_inputs && stats_is_outlier(&norm, in, nvox)) {
+      if (ds->has_inputs && stats_is_outlier(&norm, in, nvox)) {
         outliers += pass == 0;
         continue;
       }
@@ -295,7 +383,7 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
         empty += (double)below > DATASET_EMPTY_FRACTION * (double)(F * npix);
         below_all += (int64_t)below;
       }
-      if (ds.has_inputs) {
+      if (ds->has_inputs) {
         memcpy(work, in, nvox * sizeof *in);
         stats_ln_f32(in + nvox, 2 * nvox, work + nvox);
       }
@@ -330,7 +418,7 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
     }
     }
 #undef IN_SPLIT
-    if (any_failed(lrc, "stats")) goto out;
+    if (any_failed(lrc, cmd)) goto out;
     for (int f = f0; f < nf; f++) {
       field_acc *a = &acc[f];
       if (pass == 0) {
@@ -342,10 +430,10 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
       if (lrc == 0) lrc = stats_qsel_end_pass(&a->q);
       if (lrc < 0) break;
     }
-    if (any_failed(lrc, "stats")) goto out;
+    if (any_failed(lrc, cmd)) goto out;
   }
-  int64_t totals[4] = {used, outliers, empty, below_all};
-  MPI_Allreduce(MPI_IN_PLACE, totals, 4, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+  int64_t totals[5] = {used, outliers, empty, below_all, reads};
+  MPI_Allreduce(MPI_IN_PLACE, totals, 5, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
   const double below_frac =
       totals[0] > 0 ? (double)totals[3] / ((double)totals[0] * (double)(F * npix)) : 0;
   for (int f = f0; f < nf && lrc == 0; f++) {
@@ -355,8 +443,8 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
     stats_moments_summary(&a->mom, &a->out.s);
     lrc = stats_mom_finish(MPI_COMM_WORLD, a->mom_value, a->lt, a->le, a->nloc, &a->out.mom);
   }
-  if (any_failed(lrc, "stats")) goto out;
-  close_dataset(&ds);
+  if (any_failed(lrc, cmd)) goto out;
+  if (ds->rd) close_dataset(ds);
   MPI_Barrier(MPI_COMM_WORLD);  /* every rank has closed the file before rank 0 writes */
 
   if (rank == 0) {
@@ -364,7 +452,7 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
       if (acc[f].out.s.count == 0)
         lrc = ce_err("%s: field %s has no finite values in split '%s' (%lld samples used)", path,
                      acc[f].out.name, split_name, (long long)totals[0]);
-    if (lrc == 0 && !ds.has_inputs) {
+    if (lrc == 0 && !ds->has_inputs) {
       /* targets only: the inputs' parameters are NaN (readers that
        * normalise inputs need /inputs anyway, and refuse such a dataset) */
       norm.vz_mean = norm.vz_std = norm.lnT_min = norm.lnT_scale = NAN;
@@ -389,48 +477,57 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
                        : !(norm.lnI_scale > 0) ? "ln_I scale" : NULL;
       if (bad) lrc = ce_err("%s: %s is not > 0 (constant data cannot be normalised)", path, bad);
     }
-    stats_provenance prov = {split_name, (int64_t)ds.N, totals[0], totals[1], size,
+    stats_provenance prov = {split_name, (int64_t)ds->N, totals[0], totals[1], size,
                              totals[2], DATASET_EMPTY_LN_LEVEL, DATASET_EMPTY_FRACTION,
                              below_frac};
     if (lrc == 0) {
       stats_field *fl = malloc((size_t)nf * sizeof *fl);
       if (!fl) lrc = ce_err("out of memory");
       for (int f = f0; f < nf && lrc == 0; f++) fl[f - f0] = acc[f].out;
-      if (lrc == 0) lrc = stats_file_write_group(path, group, fl, nf - f0, &norm, &prov);
+      if (lrc == 0 && ro->write_path)
+        lrc = ro->create ? write_new_file(ro->write_path, ro->note, fl, nf - f0, &norm, &prov)
+                         : stats_file_write_group(ro->write_path, ro->group, fl, nf - f0, &norm,
+                                                  &prov);
       free(fl);
     }
-    if (lrc < 0) report("stats");
-    else if (!quiet) {
-      printf("stats: %s:%s: split %s, %lld samples used, %lld outliers dropped, %d ranks%s\n",
-             path, group, split_name, (long long)totals[0], (long long)totals[1], size,
-             strcmp(group, "/stats") ? " (not the normalisation: /stats is left as it was)"
-                                     : " (the normalisation that serve and train read)");
-      if (!ds.has_inputs)
-        printf("  no /inputs (output.store_inputs: false): statistics of the targets only\n");
-      printf("  mostly empty targets: %lld of %lld samples have more than %.0f%% of their "
+    if (lrc == 0 && ro->norm_out) *ro->norm_out = norm;
+    if (ro->used_out) *ro->used_out = totals[0];
+    if (ro->outliers_out) *ro->outliers_out = totals[1];
+    if (ro->reads_out) *ro->reads_out = totals[4];
+    if (lrc < 0) report(cmd);
+    else if (ro->out) {
+      FILE *o = ro->out;
+      const char *group = ro->write_path ? ro->group : "";
+      fprintf(o, "%s: %s%s%s: split %s, %lld samples used, %lld outliers dropped, %d ranks%s\n",
+              cmd, ro->write_path ? ro->write_path : path, *group ? ":" : "", group, split_name,
+              (long long)totals[0], (long long)totals[1], size,
+              !ro->write_path ? " (not written)"
+              : strcmp(group, "/stats") ? " (not the normalisation: /stats is left as it was)"
+                                        : " (the normalisation that serve and train read)");
+      if (!ds->has_inputs)
+        fprintf(o, "  no /inputs (output.store_inputs: false): statistics of the targets only\n");
+      fprintf(o, "  mostly empty targets: %lld of %lld samples have more than %.0f%% of their "
              "pixels below I = e^%.0f W m^-2 Hz^-1 sr^-1\n",
              (long long)totals[2], (long long)totals[0], 100 * DATASET_EMPTY_FRACTION,
              DATASET_EMPTY_LN_LEVEL);
-      printf("  pixels below the clip: %.1f%% of all pixels x channels of the samples used "
+      fprintf(o, "  pixels below the clip: %.1f%% of all pixels x channels of the samples used "
              "(I < e^%.0f)\n", 100 * below_frac, DATASET_EMPTY_LN_LEVEL);
-      printf("  per field: n values, mean, std, min, max, exact median; med-of-med = the median "
+      fprintf(o, "  per field: n values, mean, std, min, max, exact median; med-of-med = the median "
              "of the per-sample medians (the paper's estimate) and its true quantile in the "
              "field (0.5 = exact median)\n");
       for (int f = f0; f < nf; f++) {
-        const stats_field *o = &acc[f].out;
-        printf("  %-10s n=%lld mean=%.9g std=%.9g min=%.9g max=%.9g median=%.9g "
-               "med-of-med=%.9g (quantile %.4f..%.4f) nan=%lld inf=%lld\n", o->name,
-               (long long)o->s.count, o->s.mean, o->s.std, o->s.min, o->s.max, o->median,
-               o->mom.mom, o->mom.q_lo, o->mom.q_hi, (long long)o->s.nan_count,
-               (long long)o->s.inf_count);
+        const stats_field *fd = &acc[f].out;
+        fprintf(o, "  %-10s n=%lld mean=%.9g std=%.9g min=%.9g max=%.9g median=%.9g "
+               "med-of-med=%.9g (quantile %.4f..%.4f) nan=%lld inf=%lld\n", fd->name,
+               (long long)fd->s.count, fd->s.mean, fd->s.std, fd->s.min, fd->s.max, fd->median,
+               fd->mom.mom, fd->mom.q_lo, fd->mom.q_hi, (long long)fd->s.nan_count,
+               (long long)fd->s.inf_count);
       }
     }
   }
   MPI_Bcast(&lrc, 1, MPI_INT, 0, MPI_COMM_WORLD);
   status = lrc < 0 ? 1 : 0;
 out:
-  close_dataset(&ds);
-  if (locked) fs_unlock_dir(dir);
   for (int f = 0; acc && f < nf; f++) {
     stats_qsel_free(&acc[f].q);
     free(acc[f].medians);

@@ -16,8 +16,42 @@
 #define COEMU_DATASET_STATS_H
 
 #include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "stats/transforms.h"
 
 int dataset_stats(const char *dir, const char *split, int drop_outliers, int quiet);
+
+/* Samples from elsewhere than a dataset directory (the pilot pass of
+ * `coemu serve --generate`, pipeline/serve/gensource.h): sample i of
+ * [0, samples) has inputs (3 n^3: v_z, T, n_CO) and targets (channels x n^2),
+ * float32. read() fills samples [first, first + count) (count <= 8 MB of
+ * samples, at least 1) on the calling rank; 0, or -1 with a message. */
+typedef struct {
+  const char *name;  /* what the samples are, in messages */
+  int64_t samples;
+  int n, channels;
+  int (*read)(void *ctx, int64_t first, int64_t count, float *inputs, float *targets);
+  void *ctx;
+} dataset_stats_source;
+
+/* The statistics dataset_stats computes, of every sample of src, as the
+ * split `train` (collective over MPI_COMM_WORLD, with the same code: the
+ * samples in contiguous blocks over the ranks, each read once, or twice
+ * when a rank's block is over 256 MB; exact moments and quantiles, so the
+ * result is bit for bit that of `coemu stats` on a dataset of exactly these
+ * samples, whatever the number of ranks). On rank 0: *norm (may be NULL),
+ * *used and *outliers (samples used and dropped by drop_outliers), *reads
+ * (samples read, all ranks and passes); with out_path a new HDF5 file is
+ * written there (temporary name, renamed) holding /stats as dataset.h5 has
+ * it (`coemu serve --stats FILE` reads it) and the root attribute `source`
+ * = note (may be NULL). report_to (may be NULL): dataset_stats's per-field
+ * report. A failure on any rank is printed by the lowest failing rank
+ * ("coemu CMD: rank R: error: ...") and returns -1 on every rank. */
+int dataset_stats_source_run(const dataset_stats_source *src, const char *cmd, const char *out_path,
+                             const char *note, int drop_outliers, FILE *report_to,
+                             stats_norm *norm, int64_t *used, int64_t *outliers, int64_t *reads);
 
 /* Where the statistics of a split go: /stats for the normalisation split
  * (the statistics.split of DIR/job.yaml, train when there is no job.yaml),

@@ -39,6 +39,7 @@ void job_free(job *j) {
   free(j->stream_endpoint);
   free(j->stream_curve_secret);
   free(j->stream_curve_authorized);
+  free(j->stream_pilot_out);
   memset(j, 0, sizeof *j);
 }
 
@@ -327,6 +328,24 @@ static int fill(const char *name, const yt_node *r, job *j) {
     }
     DUP(j->stream_curve_secret, *cs ? schema_resolve(j->dir, cs) : strdup(""));
     DUP(j->stream_curve_authorized, *ca ? schema_resolve(j->dir, ca) : strdup(""));
+    const yt_node *pilot = schema_at(r, "stream.stats.pilot");
+    if (pilot) {
+      if (!j->stream_generate)
+        CE_FAIL("%s:%d:%d: stream.stats.pilot: a pilot pass is run by coemu serve --generate, so it "
+                "goes with stream.mode generate, got mode %s", name, pilot->line, pilot->col,
+                schema_str(r, "stream.mode"));
+      j->stream_pilot_samples = schema_int(r, "stream.stats.pilot.samples");
+      int64_t train = job_train_samples(j);
+      if (train < 0) return -1;
+      if (j->stream_pilot_samples > train) {
+        const yt_node *sn = schema_at(r, "stream.stats.pilot.samples");
+        CE_FAIL("%s:%d:%d: stream.stats.pilot.samples: expected at most the %lld samples of the "
+                "training split (%lld training models x %lld directions), got %lld", name, sn->line,
+                sn->col, (long long)train, (long long)(train / j->directions),
+                (long long)j->directions, (long long)j->stream_pilot_samples);
+      }
+      DUP(j->stream_pilot_out, strdup(schema_str(r, "stream.stats.pilot.out")));
+    }
   }
 #undef DUP
   return 0;
@@ -365,6 +384,16 @@ void job_frequencies(const job *j, double nu0, double *out) {
     return;
   }
   for (int f = 0; f < j->nf; f++) out[f] = nu0 * (1 - j->velocities[f] / LTE_C);
+}
+
+int64_t job_train_samples(const job *j) {
+  uint8_t *m = ce_malloc_array((size_t)(j->n_models ? j->n_models : 1), 1, "model splits");
+  if (!m) return -1;
+  int64_t t = 0;
+  if (job_model_splits(j, m) < 0) t = -1;
+  for (int64_t i = 0; t >= 0 && i < j->n_models; i++) t += m[i] == SPLIT_TRAIN;
+  free(m);
+  return t < 0 ? -1 : t * j->directions;
 }
 
 int job_model_splits(const job *j, uint8_t *out) {

@@ -117,6 +117,10 @@ typedef struct {
   int stream_generate;     /* stream.mode generate: coemu serve --generate streams this job */
   int stream_fresh_views;  /* stream.fresh_views */
   int64_t stream_model_cache_mb;
+  /* stream.stats.pilot (mode generate): samples of the pilot pass (0: none)
+   * and the file its /stats are written to ("": none) */
+  int64_t stream_pilot_samples;
+  char *stream_pilot_out;
   /* CURVE of the live server (stream.curve_secret, stream.curve_authorized,
    * resolved against the job's folder; "" = no CURVE) and where they are in
    * the job file (line 0: not given) */
@@ -156,6 +160,10 @@ void job_frequencies(const job *j, double nu0, double *out);
  * permutation of the models, the first round(train*M) to training, the next
  * round(validation*M) to validation, the rest to test. */
 int job_model_splits(const job *j, uint8_t *out);
+
+/* Samples of the training split: training models x directions; -1 with a
+ * message when out of memory. */
+int64_t job_train_samples(const job *j);
 
 /* The job file's statistics.split (the normalisation split: its statistics
  * are a dataset's /stats) into out, without resolving the job's inputs (a

@@ -4,11 +4,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "common/checksum.h"
 #include "common/error.h"
 #include "common/progress.h"
+#include "pipeline/dataset/dataset_stats.h"
 #include "pipeline/dataset/h5util.h"
 #include "stats/statsfile.h"
 
@@ -77,6 +79,156 @@ static void json_str(const char *text, char *buf, size_t len) {
   buf[k] = 0;
 }
 
+uint64_t gensrc_norm_id(const stats_norm *n) {
+  double v[11] = {n->vz_mean, n->vz_std, n->lnT_min, n->lnT_scale, n->lnn_min, n->lnn_scale,
+                  (double)n->i_mode, n->lnI_clip, n->lnI_min, n->lnI_scale, n->outlier_vz_range};
+  return ce_xxh64(v, sizeof v, 0);
+}
+
+/* --stats PATH: a dataset directory (its dataset.h5) or a file a pilot pass
+ * wrote (its root attribute `source` says what the statistics are of). The
+ * parameters into *norm, INFO's normalisation_source (a JSON string) into
+ * src. */
+static int norm_from_file(const char *path, stats_norm *norm, char *src, size_t len) {
+  char h5[4200], esc[4096], note[1024] = "";
+  struct stat st;
+  int dir = stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+  if (dir) snprintf(h5, sizeof h5, "%s/dataset.h5", path);
+  else snprintf(h5, sizeof h5, "%s", path);
+  h5_lock();
+  int rc = stats_file_read_norm(h5, norm);
+  if (rc == 0 && !dir) { /* the pilot pass's description, if it is one */
+    hid_t f = -1;
+    H5E_BEGIN_TRY { f = H5Fopen(h5, H5F_ACC_RDONLY, H5P_DEFAULT); } H5E_END_TRY;
+    if (f >= 0 && H5Aexists(f, "source") > 0 && h5_get_str_attr(f, "source", note, sizeof note) < 0)
+      note[0] = 0;
+    if (f >= 0) H5Fclose(f);
+  }
+  h5_unlock();
+  if (rc < 0)
+    return ce_err_prefix("--stats %s: the pilot %s's /stats", path, dir ? "dataset" : "statistics");
+  json_str(path, esc, sizeof esc);
+  if (dir) {
+    snprintf(src, len, "\"pilot dataset %s\"", esc);
+  } else {
+    char nesc[1024];
+    json_str(note, nesc, sizeof nesc);
+    snprintf(src, len, "\"pilot statistics %s%s%s%s\"", esc, *note ? " (" : "", nesc, *note ? ")" : "");
+  }
+  return 0;
+}
+
+int gensrc_pilot_plan(const job *j, int64_t n, gensrc_pilot *p) {
+  memset(p, 0, sizeof *p);
+  int64_t train = job_train_samples(j);
+  if (train < 0) return -1;
+  if (n < 1 || n > train)
+    CE_FAIL("%s: a pilot pass of %lld samples: expected 1..%lld, the samples of the training "
+            "split (%lld training models x %lld directions)", j->path, (long long)n,
+            (long long)train, (long long)(train / j->directions), (long long)j->directions);
+  p->samples = n;
+  p->train_models = train / j->directions;
+  p->rounds = n / p->train_models;
+  p->extra = n % p->train_models;
+  char more[96] = "";
+  if (p->extra)
+    snprintf(more, sizeof more, " and direction %lld of the first %lld", (long long)p->rounds,
+             (long long)p->extra);
+  if (p->rounds > 0)
+    snprintf(p->subset, sizeof p->subset,
+             "%lld samples of split train: directions 0..%lld of all %lld training models%s",
+             (long long)n, (long long)p->rounds - 1, (long long)p->train_models, more);
+  else
+    snprintf(p->subset, sizeof p->subset,
+             "%lld samples of split train: direction 0 of the first %lld of %lld training models",
+             (long long)n, (long long)p->extra, (long long)p->train_models);
+  return 0;
+}
+
+/* The pilot pass's samples, for dataset_stats_source. */
+typedef struct {
+  const gensrc_opts *o;
+  const gensrc_pilot *p;
+  int64_t *train;          /* the training models, ascending */
+  int64_t lo, hi;          /* rank 0: its block, for the progress line */
+  int64_t made, last;
+  ce_progress prog;
+  int quiet, rank, second;
+} pilot_ctx;
+
+static int pilot_read(void *vc, int64_t first, int64_t count, float *inputs, float *targets) {
+  pilot_ctx *c = vc;
+  const job *j = c->o->j;
+  const gensrc_pilot *p = c->p;
+  const size_t in_vals = 3 * (size_t)j->n * j->n * j->n, out_vals = (size_t)j->nf * j->n * j->n;
+  if (c->rank == 0 && first < c->last && !c->second) { /* dataset_stats' second read */
+    ce_progress_done(&c->prog, c->last - c->lo);
+    ce_progress_init(&c->prog, "serve: pilot pass (second read)", "samples", c->hi - c->lo,
+                     c->quiet);
+    c->second = 1;
+  }
+  for (int64_t i = first; i < first + count; i++) {
+    /* position i of the subset in sample order: the first r training models
+     * have k + 1 directions, the others k */
+    int64_t t, d, k = p->rounds, r = p->extra;
+    if (i < r * (k + 1)) t = i / (k + 1), d = i % (k + 1);
+    else t = r + (i - r * (k + 1)) / k, d = (i - r * (k + 1)) % k;
+    int64_t model = c->train[t];
+    float *in = inputs + (size_t)(i - first) * in_vals, *tg = targets + (size_t)(i - first) * out_vals;
+    if (c->o->sample(c->o->ctx, model, d, in, tg) < 0)
+      return ce_err_prefix("pilot pass: sample %lld (model %lld, direction %lld)",
+                           (long long)(model * j->directions + d), (long long)model, (long long)d);
+    c->made++;
+  }
+  c->last = first + count;
+  if (c->rank == 0) ce_progress_update(&c->prog, c->last - c->lo);
+  return 0;
+}
+
+int gensrc_pilot_run(const gensrc_opts *o, int64_t n, const char *out_path, int quiet,
+                     gensrc_pilot *p) {
+  const job *j = o->j;
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  pilot_ctx c = {.o = o, .p = p, .quiet = quiet, .rank = rank};
+  uint8_t *msplit = NULL;
+  int rc = gensrc_pilot_plan(j, n, p);
+  if (rc == 0 && !(msplit = model_splits(j))) rc = -1;
+  if (rc == 0 && !(c.train = ce_malloc_array((size_t)p->train_models, sizeof *c.train,
+                                             "training models")))
+    rc = -1;
+  for (int64_t m = 0, t = 0; rc == 0 && m < j->n_models; m++)
+    if (msplit[m] == SPLIT_TRAIN) c.train[t++] = m;
+  /* every rank meets the same plan: one prints */
+  int any = rc < 0, all_any = 0;
+  MPI_Allreduce(&any, &all_any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  if (all_any) {
+    if (rank == 0) fprintf(stderr, "coemu serve: error: %s\n", rc < 0 ? ce_err_msg() : "pilot pass");
+    free(msplit);
+    free(c.train);
+    return -1;
+  }
+  c.lo = n * rank / size, c.hi = n * (rank + 1) / size, c.last = c.lo;
+  if (rank == 0) ce_progress_init(&c.prog, "serve: pilot pass", "samples", c.hi - c.lo, quiet);
+  char name[1200], note[1400];
+  snprintf(name, sizeof name, "%s: pilot pass", j->path);
+  snprintf(note, sizeof note, "pilot pass: %s; job %s (dataset id %016llx)", p->subset, j->path,
+           (unsigned long long)ce_xxh64(j->text, j->text_len, 0));
+  dataset_stats_source src = {.name = name, .samples = n, .n = j->n, .channels = j->nf,
+                              .read = pilot_read, .ctx = &c};
+  double t0 = ce_now();
+  rc = dataset_stats_source_run(&src, "serve", out_path && *out_path ? out_path : NULL, note,
+                                j->stats_drop_outliers, NULL, &p->norm, &p->used, &p->outliers,
+                                &p->made);
+  p->seconds = ce_now() - t0;
+  p->ranks = size;
+  if (rank == 0) ce_progress_done(&c.prog, c.last - c.lo);
+  free(msplit);
+  free(c.train);
+  return rc;
+}
+
 int gensrc_open(const gensrc_opts *o, gensrc **out) {
   const job *j = o->j;
   if (j->skip_bad_models)
@@ -107,34 +259,39 @@ int gensrc_open(const gensrc_opts *o, gensrc **out) {
   for (int64_t i = 0; i < M; i++)
     if (want < 0 || g->msplit[i / j->directions] == want) g->split[ns++] = i;
   const char *norm_src = "null";
-  char norm_buf[4200 + 32];
-  if (o->stats_dataset) {
-    char h5[4200], esc[4096];
-    snprintf(h5, sizeof h5, "%s/dataset.h5", o->stats_dataset);
-    h5_lock();
-    int rc = stats_file_read_norm(h5, &g->norm);
-    h5_unlock();
-    if (rc < 0) {
-      ce_err_prefix("--stats %s: the pilot dataset's /stats", o->stats_dataset);
-      goto fail;
-    }
-    json_str(o->stats_dataset, esc, sizeof esc);
-    snprintf(norm_buf, sizeof norm_buf, "\"pilot dataset %s\"", esc);
+  char norm_buf[4800];
+  if (o->stats_dataset && norm_from_file(o->stats_dataset, &g->norm, norm_buf, sizeof norm_buf) < 0)
+    goto fail;
+  if (o->pilot) {
+    const gensrc_pilot *pp = o->pilot;
+    g->norm = pp->norm;
+    snprintf(norm_buf, sizeof norm_buf,
+             "\"pilot pass: %s\", \"pilot\": {\"samples\": %lld, \"split\": \"train\", "
+             "\"directions\": %lld, \"extra_models\": %lld, \"training_models\": %lld, "
+             "\"used\": %lld, \"outliers\": %lld}", pp->subset, (long long)pp->samples,
+             (long long)pp->rounds, (long long)pp->extra, (long long)pp->train_models,
+             (long long)pp->used, (long long)pp->outliers);
+  }
+  int have_norm = o->stats_dataset || o->pilot;
+  char id_buf[64];
+  if (have_norm) {
+    snprintf(id_buf, sizeof id_buf, ", \"normalisation_id\": \"%016llx\"",
+             (unsigned long long)gensrc_norm_id(&g->norm));
     norm_src = norm_buf;
   }
   char jesc[1024];
   json_str(j->path, jesc, sizeof jesc);
   snprintf(g->info, sizeof g->info,
            ", \"source\": \"generate\", \"job\": \"%s\", \"fresh_views\": %s, \"producers\": %d, "
-           "\"normalisation_source\": %s",
-           jesc, o->fresh_views ? "true" : "false", g->P, norm_src);
+           "\"normalisation_source\": %s%s",
+           jesc, o->fresh_views ? "true" : "false", g->P, norm_src, have_norm ? id_buf : "");
   g->ext = (serve_external){.read = gensrc_read, .ctx = g, .name = j->path, .samples = M,
                             .split = g->split, .nsplit = ns, .per_shard = j->samples_per_shard,
                             .in_shape = {3, (uint32_t)j->n, (uint32_t)j->n, (uint32_t)j->n},
                             .out_shape = {(uint32_t)j->nf, (uint32_t)j->n, (uint32_t)j->n},
                             .dataset_id = ce_xxh64(j->text, j->text_len,
                                                    o->fresh_views ? FRESH_ID_SEED : 0),
-                            .norm = o->stats_dataset ? &g->norm : NULL, .info_extra = g->info};
+                            .norm = have_norm ? &g->norm : NULL, .info_extra = g->info};
   *out = g;
   return 0;
 fail:

@@ -32,6 +32,22 @@
  * validation and test samples (and every sample of epoch 0) are the stored
  * ones. The dataset id then differs from the stored dataset's.
  *
+ * Normalisation (optional): the /stats of a pilot dataset or file
+ * (stats_dataset), or a pilot pass run first (gensrc_pilot_run): the exact
+ * statistics of `coemu stats` (pipeline/dataset/dataset_stats.h, the same
+ * code) of a stated subset of the training split made on the fly by every
+ * rank. The subset of N samples, with T training models: directions
+ * 0..k-1 of every training model and direction k of the first r training
+ * models (model id order), k = N / T, r = N % T (direction 0 of every model
+ * first, then direction 1, ...: as spread over the models as N allows), in
+ * sample order (a model's directions together). With r = 0 it is the
+ * training split of the same job with sampling.directions k (a sample is a
+ * function of (seed, model, direction) only), so `coemu generate` + `coemu
+ * stats` of that job give the same /stats bit for bit. INFO names the
+ * source and an id of the parameters (normalisation_id: XXH64 of the
+ * stats_norm values), the same for the pilot pass and for --stats fed the
+ * file the pass wrote.
+ *
  * A producer rank that does not answer within the timeout fails the chunk
  * with a message naming the rank (sent to the consumer as ERROR); a rank that
  * reports an error (e.g. an unreadable model) does the same with its message.
@@ -46,6 +62,7 @@
 
 #include "pipeline/job/job.h"
 #include "pipeline/serve/serve.h"
+#include "stats/transforms.h"
 
 /* Make sample (model, view) of the job: inputs (3 n^3), targets (F n^2) as
  * generate.h's sample_fn (view: the direction index given to the sampler). */
@@ -55,11 +72,15 @@ typedef int (*gensrc_sample_fn)(void *ctx, int64_t model, int64_t view, float *i
 /* The producer's model cache counters (optional). */
 typedef void (*gensrc_counters_fn)(void *ctx, int64_t *loads, int64_t *hits, size_t *peak_bytes);
 
+typedef struct gensrc_pilot gensrc_pilot;
+
 typedef struct {
   const job *j;
   const char *split;         /* the split served (for messages; serve_opts.split decides) */
   int fresh_views;
-  const char *stats_dataset; /* a pilot dataset whose /stats normalise (NULL: none) */
+  const char *stats_dataset; /* a pilot dataset (DIR: DIR/dataset.h5) or a file written by a
+                                pilot pass, whose /stats normalise (NULL: none) */
+  const gensrc_pilot *pilot; /* or the result of a pilot pass (rank 0; NULL: none) */
   double timeout_s;          /* a rank silent this long fails the chunk (0: 600) */
   gensrc_sample_fn sample;
   gensrc_counters_fn counters;
@@ -68,6 +89,39 @@ typedef struct {
 } gensrc_opts;
 
 typedef struct gensrc gensrc;
+
+/* A pilot pass: its subset (see above) and, on rank 0, its result. */
+struct gensrc_pilot {
+  int64_t samples;         /* N */
+  int64_t train_models;    /* T */
+  int64_t rounds, extra;   /* k = N / T, r = N % T */
+  stats_norm norm;         /* rank 0 */
+  int64_t used, outliers;  /* samples used, dropped (statistics.drop_outliers) */
+  int64_t made;            /* samples made, all ranks (twice each when a rank's share of the
+                              pilot is over dataset_stats' 256 MB: its second read) */
+  double seconds;          /* wall clock of the pass */
+  int ranks;
+  char subset[256];        /* the subset in words */
+};
+
+/* The subset of a pilot pass of n samples of job j (every rank; no MPI):
+ * fills p's samples, train_models, rounds, extra and subset. -1 with a
+ * message when n is not 1..the training split's samples. */
+int gensrc_pilot_plan(const job *j, int64_t n, gensrc_pilot *p);
+
+/* Run the pilot pass of n samples (collective over MPI_COMM_WORLD, which
+ * o->comm must be; before gensrc_open / gensrc_worker): every rank makes its
+ * block of the subset with o->sample (the stored views: fresh views do not
+ * apply), dataset_stats_source_run computes the statistics; with out_path
+ * they are written there (an HDF5 file with /stats, for --stats FILE).
+ * Rank 0 prints a progress line (unless quiet) and gets p->norm. 0, or -1
+ * on every rank (the failing rank printed "coemu serve: rank R: error: ..."). */
+int gensrc_pilot_run(const gensrc_opts *o, int64_t n, const char *out_path, int quiet,
+                     gensrc_pilot *p);
+
+/* The id of a set of normalisation parameters (INFO's normalisation_id):
+ * XXH64 of its values. */
+uint64_t gensrc_norm_id(const stats_norm *n);
 
 /* Rank 0: the source for serve_opts.external, for split `split` (train,
  * validation, test, all). Collective: no (the workers wait in
