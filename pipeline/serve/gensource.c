@@ -134,10 +134,12 @@ int gensrc_pilot_plan(const job *j, int64_t n, gensrc_pilot *p) {
   if (p->extra)
     snprintf(more, sizeof more, " and direction %lld of the first %lld", (long long)p->rounds,
              (long long)p->extra);
+  char dirs[64];
+  if (p->rounds == 1) snprintf(dirs, sizeof dirs, "direction 0");
+  else snprintf(dirs, sizeof dirs, "directions 0..%lld", (long long)p->rounds - 1);
   if (p->rounds > 0)
-    snprintf(p->subset, sizeof p->subset,
-             "%lld samples of split train: directions 0..%lld of all %lld training models%s",
-             (long long)n, (long long)p->rounds - 1, (long long)p->train_models, more);
+    snprintf(p->subset, sizeof p->subset, "%lld samples of split train: %s of all %lld training "
+             "models%s", (long long)n, dirs, (long long)p->train_models, more);
   else
     snprintf(p->subset, sizeof p->subset,
              "%lld samples of split train: direction 0 of the first %lld of %lld training models",
@@ -151,7 +153,7 @@ typedef struct {
   const gensrc_pilot *p;
   int64_t *train;          /* the training models, ascending */
   int64_t lo, hi;          /* rank 0: its block, for the progress line */
-  int64_t made, last;
+  int64_t last;
   ce_progress prog;
   int quiet, rank, second;
 } pilot_ctx;
@@ -163,8 +165,8 @@ static int pilot_read(void *vc, int64_t first, int64_t count, float *inputs, flo
   const size_t in_vals = 3 * (size_t)j->n * j->n * j->n, out_vals = (size_t)j->nf * j->n * j->n;
   if (c->rank == 0 && first < c->last && !c->second) { /* dataset_stats' second read */
     ce_progress_done(&c->prog, c->last - c->lo);
-    ce_progress_init(&c->prog, "serve: pilot pass (second read)", "samples", c->hi - c->lo,
-                     c->quiet);
+    ce_progress_init(&c->prog, "serve: pilot pass, rank 0's share (second read)", "samples",
+                     c->hi - c->lo, c->quiet);
     c->second = 1;
   }
   for (int64_t i = first; i < first + count; i++) {
@@ -178,10 +180,10 @@ static int pilot_read(void *vc, int64_t first, int64_t count, float *inputs, flo
     if (c->o->sample(c->o->ctx, model, d, in, tg) < 0)
       return ce_err_prefix("pilot pass: sample %lld (model %lld, direction %lld)",
                            (long long)(model * j->directions + d), (long long)model, (long long)d);
-    c->made++;
   }
   c->last = first + count;
-  if (c->rank == 0) ce_progress_update(&c->prog, c->last - c->lo);
+  if (c->rank == 0 && c->last < c->hi) /* the share's end: ce_progress_done's line */
+    ce_progress_update(&c->prog, c->last - c->lo);
   return 0;
 }
 
@@ -210,7 +212,8 @@ int gensrc_pilot_run(const gensrc_opts *o, int64_t n, const char *out_path, int 
     return -1;
   }
   c.lo = n * rank / size, c.hi = n * (rank + 1) / size, c.last = c.lo;
-  if (rank == 0) ce_progress_init(&c.prog, "serve: pilot pass", "samples", c.hi - c.lo, quiet);
+  if (rank == 0)
+    ce_progress_init(&c.prog, "serve: pilot pass, rank 0's share", "samples", c.hi - c.lo, quiet);
   char name[1200], note[1400];
   snprintf(name, sizeof name, "%s: pilot pass", j->path);
   snprintf(note, sizeof note, "pilot pass: %s; job %s (dataset id %016llx)", p->subset, j->path,
