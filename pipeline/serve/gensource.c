@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/checksum.h"
 #include "common/error.h"
@@ -195,18 +196,36 @@ int gensrc_pilot_run(const gensrc_opts *o, int64_t n, const char *out_path, int 
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   pilot_ctx c = {.o = o, .p = p, .quiet = quiet, .rank = rank};
   uint8_t *msplit = NULL;
-  int rc = gensrc_pilot_plan(j, n, p);
+  int same = MPI_UNEQUAL;
+  MPI_Comm_compare(o->comm, MPI_COMM_WORLD, &same);
+  int rc = same == MPI_IDENT ? gensrc_pilot_plan(j, n, p)
+                             : ce_err("pilot pass: the producers' communicator must be MPI_COMM_WORLD "
+                                      "(the statistics' reductions are over it)");
   if (rc == 0 && !(msplit = model_splits(j))) rc = -1;
   if (rc == 0 && !(c.train = ce_malloc_array((size_t)p->train_models, sizeof *c.train,
                                              "training models")))
     rc = -1;
   for (int64_t m = 0, t = 0; rc == 0 && m < j->n_models; m++)
     if (msplit[m] == SPLIT_TRAIN) c.train[t++] = m;
-  /* every rank meets the same plan: one prints */
-  int any = rc < 0, all_any = 0;
-  MPI_Allreduce(&any, &all_any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  if (all_any) {
-    if (rank == 0) fprintf(stderr, "coemu serve: error: %s\n", rc < 0 ? ce_err_msg() : "pilot pass");
+  if (rc == 0 && rank == 0 && out_path && *out_path) { /* the writer: before the pass */
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s", out_path);
+    char *slash = strrchr(dir, '/');
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else if (slash == dir) dir[1] = 0;
+    else *slash = 0;
+    if (access(dir, W_OK | X_OK) != 0)
+      rc = ce_err("pilot pass: %s cannot be written: its folder %s is not there or not writable",
+                  out_path, dir);
+  }
+  /* the lowest failing rank prints (the plan is the same on every rank) */
+  int mine = rc < 0 ? rank : size, first = size;
+  MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  if (first < size) {
+    if (first == rank) {
+      if (size > 1) fprintf(stderr, "coemu serve: rank %d: error: %s\n", rank, ce_err_msg());
+      else fprintf(stderr, "coemu serve: error: %s\n", ce_err_msg());
+    }
     free(msplit);
     free(c.train);
     return -1;

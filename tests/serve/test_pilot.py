@@ -167,6 +167,14 @@ with tempfile.TemporaryDirectory() as tmp:
             check(r.returncode == 1 and f"{name}:9:" in r.stderr and want in r.stderr,
                   f"{cmd[0]} {name}: exit {r.returncode}: {r.stderr}")
 
+    # -- --pilot-out into a missing folder: said before the pass, exit 1
+    r = subprocess.run(MPI + ["-n", "2", COEMU, "serve", "--generate", job, "--pilot", "2",
+                              "--pilot-out", os.path.join(tmp, "none", "p.h5"), "--endpoint",
+                              f"ipc://{tmp}/none.sock"], capture_output=True, text=True, timeout=120)
+    check(r.returncode != 0 and f"{tmp}/none/p.h5 cannot be written: its folder {tmp}/none is not "
+          "there or not writable" in r.stderr and "pilot pass, rank 0's share" not in r.stderr,
+          f"--pilot-out in a missing folder: {r.returncode}: {r.stderr[-1500:]}")
+
     # -- the reference: the same job with 2 directions, generated and its /stats
     # recomputed by coemu stats on 1 rank (the pilot runs on 2: exact statistics
     # do not depend on the ranks)
