@@ -183,7 +183,11 @@ with tempfile.TemporaryDirectory() as tmp:
                        capture_output=True, text=True, timeout=300)
     check(g.returncode == 0, f"generate ref: {g.stderr[-1500:]}")
     ref = os.path.join(tmp, "ref")
-    r = subprocess.run([COEMU, "stats", ref, "--quiet"], capture_output=True, text=True, timeout=300)
+    env = dict(os.environ)
+    if env.get("COEMU_SANITIZE"):  # an MPI process outside mpirun.sh: as tests/mpirun.sh does
+        env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":detect_leaks=0"
+    r = subprocess.run([COEMU, "stats", ref, "--quiet"], capture_output=True, text=True, timeout=300,
+                       env=env)
     check(r.returncode == 0, f"coemu stats ref: {r.stderr[-1500:]}")
     with h5py.File(os.path.join(ref, "dataset.h5"), "r") as f:
         check(int((f["split"][()] == 0).sum()) == 4, "the reference's training split: 4 samples")
