@@ -437,45 +437,55 @@ static int walk_line_linear(const ce_model *m, lin_proj *P, const double A[3], c
     const float *nbase = lin_leaf(m, P, c->base / m->ncell);
     const int64_t base = c->base;
     memset(out + j, 0, (size_t)(je - j));
-    int64_t last = -1; /* the corner record the coefficients were made from, in this leaf */
+    /* the places in cells, in float from the run's first point j0: s =
+     * s0 + g (j - j0) with s0 = (t(j0) - lo) / span (in double, then
+     * rounded) and g = B du / span the step per point in cells */
+    const int j0 = j;
+    float s0[3], gs[3];
+    for (int d = 0; d < 3; d++) {
+      s0[d] = (float)((t[d] - lo[d]) * inv_span);
+      gs[d] = (float)(B[d] / inv_du * inv_span);
+    }
+    int64_t last = -1; /* the cell the coefficients were made from, in this leaf */
 #if SAMPLER_AVX512
     __m128 q0 = _mm_setzero_ps(), q1 = q0, q2 = q0, q3 = q0, q4 = q0, q5 = q0, q6 = q0,
            q7 = q0; /* c0, cx, cy, cz, cxy, cxz, cyz, cxyz (cell_poly) */
-    const __m512d vA0 = _mm512_set1_pd(A[0]), vA1 = _mm512_set1_pd(A[1]),
-                  vA2 = _mm512_set1_pd(A[2]), vB0 = _mm512_set1_pd(B[0]),
-                  vB1 = _mm512_set1_pd(B[1]), vB2 = _mm512_set1_pd(B[2]),
-                  vlo0 = _mm512_set1_pd(lo[0]), vlo1 = _mm512_set1_pd(lo[1]),
-                  vlo2 = _mm512_set1_pd(lo[2]), vis = _mm512_set1_pd(inv_span),
-                  zero = _mm512_setzero_pd(), one = _mm512_set1_pd(1),
-                  top0 = _mm512_set1_pd(bmax[0]), top1 = _mm512_set1_pd(bmax[1]),
-                  top2 = _mm512_set1_pd(bmax[2]);
-    const __m512d dn0 = _mm512_set1_pd((double)n0), dn1 = _mm512_set1_pd((double)n1),
-                  db0 = _mm512_set1_pd((double)b0), db1 = _mm512_set1_pd((double)b1);
+    const __m512 vs0 = _mm512_set1_ps(s0[0]), vs1 = _mm512_set1_ps(s0[1]),
+                 vs2 = _mm512_set1_ps(s0[2]), vg0 = _mm512_set1_ps(gs[0]),
+                 vg1 = _mm512_set1_ps(gs[1]), vg2 = _mm512_set1_ps(gs[2]),
+                 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1),
+                 top0 = _mm512_set1_ps((float)bmax[0]), top1 = _mm512_set1_ps((float)bmax[1]),
+                 top2 = _mm512_set1_ps((float)bmax[2]), fb0 = _mm512_set1_ps((float)b0),
+                 fb1 = _mm512_set1_ps((float)b1), fn0 = _mm512_set1_ps((float)n0),
+                 fn1 = _mm512_set1_ps((float)n1),
+                 lane = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     const __m512i vbase = _mm512_set1_epi64(base);
-    for (; j < je; j += 8) {
-      __mmask8 mk = je - j >= 8 ? 0xff : (__mmask8)((1u << (je - j)) - 1);
-      __m512d u = _mm512_maskz_loadu_pd(mk, uz + j);
-      __m512d s0 = _mm512_mul_pd(_mm512_sub_pd(_mm512_add_pd(vA0, _mm512_mul_pd(vB0, u)), vlo0), vis);
-      __m512d s1 = _mm512_mul_pd(_mm512_sub_pd(_mm512_add_pd(vA1, _mm512_mul_pd(vB1, u)), vlo1), vis);
-      __m512d s2 = _mm512_mul_pd(_mm512_sub_pd(_mm512_add_pd(vA2, _mm512_mul_pd(vB2, u)), vlo2), vis);
-      __m512d i0 = _mm512_min_pd(_mm512_max_pd(_mm512_roundscale_pd(s0, 0x09), zero), top0);
-      __m512d i1 = _mm512_min_pd(_mm512_max_pd(_mm512_roundscale_pd(s1, 0x09), zero), top1);
-      __m512d i2 = _mm512_min_pd(_mm512_max_pd(_mm512_roundscale_pd(s2, 0x09), zero), top2);
-      float fx[8], fy[8], fz[8];
-      int64_t nd[8];
-      _mm256_storeu_ps(fx, _mm512_cvtpd_ps(_mm512_min_pd(_mm512_max_pd(_mm512_sub_pd(s0, i0), zero), one)));
-      _mm256_storeu_ps(fy, _mm512_cvtpd_ps(_mm512_min_pd(_mm512_max_pd(_mm512_sub_pd(s1, i1), zero), one)));
-      _mm256_storeu_ps(fz, _mm512_cvtpd_ps(_mm512_min_pd(_mm512_max_pd(_mm512_sub_pd(s2, i2), zero), one)));
-      /* the node and cell numbers in double: integers far below 2^53, so
-       * exact, and cheaper than 64-bit integer multiplies */
-      _mm512_storeu_si512(
-          nd, _mm512_cvttpd_epi64(_mm512_fmadd_pd(_mm512_fmadd_pd(i2, dn1, i1), dn0, i0)));
-      if (cidx)
-        _mm512_mask_storeu_epi64(
-            cidx + j, mk,
-            _mm512_add_epi64(vbase, _mm512_cvttpd_epi64(
-                                        _mm512_fmadd_pd(_mm512_fmadd_pd(i2, db1, i1), db0, i0))));
-      const int nl = je - j >= 8 ? 8 : je - j;
+    for (; j < je; j += 16) {
+      const __m512 jj = _mm512_add_ps(_mm512_set1_ps((float)(j - j0)), lane);
+      const __m512 sx = _mm512_fmadd_ps(vg0, jj, vs0), sy_ = _mm512_fmadd_ps(vg1, jj, vs1),
+                   sz_ = _mm512_fmadd_ps(vg2, jj, vs2);
+      const __m512 i0 = _mm512_min_ps(_mm512_max_ps(_mm512_roundscale_ps(sx, 0x09), zero), top0),
+                   i1 = _mm512_min_ps(_mm512_max_ps(_mm512_roundscale_ps(sy_, 0x09), zero), top1),
+                   i2 = _mm512_min_ps(_mm512_max_ps(_mm512_roundscale_ps(sz_, 0x09), zero), top2);
+      float fx[16], fy[16], fz[16];
+      int32_t nd[16];
+      _mm512_storeu_ps(fx, _mm512_min_ps(_mm512_max_ps(_mm512_sub_ps(sx, i0), zero), one));
+      _mm512_storeu_ps(fy, _mm512_min_ps(_mm512_max_ps(_mm512_sub_ps(sy_, i1), zero), one));
+      _mm512_storeu_ps(fz, _mm512_min_ps(_mm512_max_ps(_mm512_sub_ps(sz_, i2), zero), one));
+      /* node and cell numbers in float: integers below 2^24, so exact */
+      _mm512_storeu_si512(nd, _mm512_cvttps_epi32(
+                                  _mm512_fmadd_ps(_mm512_fmadd_ps(i2, fn1, i1), fn0, i0)));
+      const int nl = je - j >= 16 ? 16 : je - j;
+      if (cidx) {
+        __m512i cc = _mm512_cvttps_epi32(_mm512_fmadd_ps(_mm512_fmadd_ps(i2, fb1, i1), fb0, i0));
+        __mmask16 mk = nl == 16 ? 0xffff : (__mmask16)((1u << nl) - 1);
+        _mm512_mask_storeu_epi64(cidx + j, (__mmask8)mk,
+                                 _mm512_add_epi64(vbase, _mm512_cvtepi32_epi64(
+                                                             _mm512_castsi512_si256(cc))));
+        _mm512_mask_storeu_epi64(cidx + j + 8, (__mmask8)(mk >> 8),
+                                 _mm512_add_epi64(vbase, _mm512_cvtepi32_epi64(
+                                                             _mm512_extracti64x4_epi64(cc, 1))));
+      }
       /* poly_make and poly_eval with the coefficients kept in registers
        * (the same operations in the same order: the same bits) */
       for (int q = 0; q < nl; q++) {
@@ -510,16 +520,17 @@ static int walk_line_linear(const ce_model *m, lin_proj *P, const double A[3], c
 #else
     cell_poly Pc;
     for (; j < je; j++) {
-      const double s[3] = {(A[0] + B[0] * uz[j] - lo[0]) * inv_span,
-                           (A[1] + B[1] * uz[j] - lo[1]) * inv_span,
-                           (A[2] + B[2] * uz[j] - lo[2]) * inv_span};
-      double id[3];
-      float fd[3];
+      const float jj = (float)(j - j0);
+      const float s[3] = {fmaf(gs[0], jj, s0[0]), fmaf(gs[1], jj, s0[1]), fmaf(gs[2], jj, s0[2])};
+      float id[3], fd[3];
       for (int d = 0; d < 3; d++) {
-        id[d] = floor(s[d]);
-        id[d] = id[d] < 0 ? 0 : id[d] > bmax[d] ? bmax[d] : id[d];
-        double x = s[d] - id[d];
-        fd[d] = (float)(x < 0 ? 0 : x > 1 ? 1 : x);
+        /* as _mm512_max_ps / _mm512_min_ps: (a > b ? a : b), (a < b ? a : b) */
+        float x = floorf(s[d]), top = (float)bmax[d];
+        x = x > 0 ? x : 0;
+        id[d] = x < top ? x : top;
+        x = s[d] - id[d];
+        x = x > 0 ? x : 0;
+        fd[d] = x < 1 ? x : 1;
       }
       const int64_t i0 = (int64_t)id[0], i1 = (int64_t)id[1], i2 = (int64_t)id[2];
       if (cidx) cidx[j] = base + (i2 * b1 + i1) * b0 + i0;
