@@ -403,11 +403,12 @@ static inline void poly_eval(const cell_poly *P, float x, float y, float z, floa
  * poly_eval on the projected corners, lin_leaf), out[j] = 1 for a point
  * outside the domain (0 else), cidx[j] its leaf cell (for the extra fields;
  * cidx NULL: none wanted; -1 outside the domain). The runs of points in one
- * leaf are found as in walk_line; each point's place in its cell is
- * computed in double: s = (t - lo) / span, i = floor(s) clamped to the
- * block, f = s - i clamped to [0, 1] (8 points at a time with AVX-512, the
- * same operations, so the same bits). Returns the number of points outside
- * the domain. */
+ * leaf are found as in walk_line; in a run, each point's place in its cell
+ * is stepped in float from the run's first point j0: s = s0 + g (j - j0)
+ * (one fused multiply-add; s0 = (t(j0) - lo) / span in double, rounded),
+ * i = floor(s) clamped to the block, f = s - i clamped to [0, 1] (16
+ * points at a time with AVX-512, the same operations, so the same bits).
+ * Returns the number of points outside the domain. */
 static int walk_line_linear(const ce_model *m, lin_proj *P, const double A[3], const double B[3],
                             const double *uz, int nk, double inv_du, unsigned char *out,
                             int64_t *cidx, float *pts, leaf_trail *tr) {
