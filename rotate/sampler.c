@@ -331,41 +331,50 @@ static inline __m512 expf_poly16(__m512 x) {
 }
 #endif
 
-/* n and T of points 0..np-1 of pts (MODEL_NF floats each) from their
- * logarithms, in place (16 floats at a time with AVX-512, masked to the n
- * and T lanes: the pattern repeats every 80 floats). */
-static void exp_points(model_real *pts, int np) {
-#if SAMPLER_AVX512
-  static const __mmask16 lanes[5] = {0x8c63, 0xc631, 0x6318, 0x318c, 0x18c6};
-  const int nv = np * MODEL_NF;
-  for (int i = 0, r = 0; i < nv; i += 16, r = r == 4 ? 0 : r + 1) {
-    __mmask16 in = nv - i >= 16 ? 0xffff : (__mmask16)((1u << (nv - i)) - 1);
-    __m512 x = _mm512_maskz_loadu_ps(in, pts + i);
-    _mm512_mask_storeu_ps(pts + i, in & lanes[r], expf_poly16(x));
+/* The linear reconstruction per cube: the corner records of the leaves a
+ * cube visits, projected once per cube onto its line of sight l: per node
+ * (ln n, ln T, v_los = l . v, 0) in float (l . v in double from the float
+ * corner values, rounded once). v enters the voxel only through v_los, and
+ * the projection is linear, so this is the same function as interpolating
+ * v and projecting after; 4 floats per node instead of 8. Made for a leaf
+ * the first time a sub-line enters it (done[leaf]). */
+typedef struct {
+  float *rec;          /* nleaves * nnodal * LIN_NF */
+  unsigned char *done; /* per leaf */
+  double l[3];
+} lin_proj;
+#define LIN_NF 4 /* ln n, ln T, v_los, 0 */
+
+static const float *lin_leaf(const ce_model *m, lin_proj *P, int64_t leaf) {
+  float *o = P->rec + leaf * m->nnodal * LIN_NF;
+  if (!P->done[leaf]) {
+    const model_real *s = m->nodal + leaf * m->nnodal * MODEL_NODAL_STRIDE;
+    for (int64_t i = 0; i < m->nnodal; i++, s += MODEL_NODAL_STRIDE) {
+      o[LIN_NF * i] = s[MODEL_N];
+      o[LIN_NF * i + 1] = s[MODEL_T];
+      o[LIN_NF * i + 2] = (float)(P->l[0] * s[MODEL_VX] + P->l[1] * s[MODEL_VY] +
+                                  P->l[2] * s[MODEL_VZ]);
+      o[LIN_NF * i + 3] = 0;
+    }
+    P->done[leaf] = 1;
   }
-#else
-  for (int j = 0; j < np; j++) {
-    pts[j * MODEL_NF + MODEL_N] = expf_poly(pts[j * MODEL_NF + MODEL_N]);
-    pts[j * MODEL_NF + MODEL_T] = expf_poly(pts[j * MODEL_NF + MODEL_T]);
-  }
-#endif
+  return o;
 }
 
-/* The trilinear function of one cell in monomial form: from its 8 corner
- * records (nd, MODEL_NODAL_STRIDE floats each, strides sy, sz between rows
- * and planes) the coefficients of 1, x, y, z, xy, xz, yz, xyz, so that a
+/* The trilinear function of one cell in monomial form, 4 lanes (ln n,
+ * ln T, v_los, 0): from its 8 corner records (strides LIN_NF, sy, sz along
+ * x, y, z) the coefficients c0, cx, cy, cz, cxy, cxz, cyz, cxyz, so that a
  * cell's coefficients serve all the points of a line in it; evaluated as
  *   v = (c0 + x cx) + y (cy + x cxy) + z ((cz + x cxz) + y (cyz + x cxyz))
- * with one fused multiply-add per term, in float. The AVX-512 loop of
- * walk_line_linear does these operations in the same order on 8 lanes,
- * with the coefficients in registers (same bits). */
+ * with one fused multiply-add per term, in float. The AVX-512 build does
+ * the same operations in the same order on 4-lane vectors (same bits). */
 typedef struct {
-  float c[8][MODEL_NODAL_STRIDE]; /* c0, cx, cy, cz, cxy, cxz, cyz, cxyz */
+  float c[8][LIN_NF];
 } cell_poly;
 
-static inline void poly_make(const model_real *nd, int64_t sy, int64_t sz, cell_poly *P) {
-  const int S = MODEL_NODAL_STRIDE;
-  for (int d = 0; d < MODEL_NODAL_STRIDE; d++) {
+static inline void poly_make(const float *nd, int64_t sy, int64_t sz, cell_poly *P) {
+  const int S = LIN_NF;
+  for (int d = 0; d < LIN_NF; d++) {
     float c000 = nd[d], c100 = nd[S + d], c010 = nd[sy + d], c110 = nd[sy + S + d];
     float c001 = nd[sz + d], c101 = nd[sz + S + d], c011 = nd[sz + sy + d],
           c111 = nd[sz + sy + S + d];
@@ -381,38 +390,43 @@ static inline void poly_make(const model_real *nd, int64_t sy, int64_t sz, cell_
   }
 }
 
-static inline void poly_eval(const cell_poly *P, float x, float y, float z, model_real *out) {
-  for (int q = 0; q < MODEL_NF; q++) {
+static inline void poly_eval(const cell_poly *P, float x, float y, float z, float *out) {
+  for (int q = 0; q < LIN_NF; q++) {
     float a = fmaf(x, P->c[7][q], P->c[6][q]), b = fmaf(x, P->c[5][q], P->c[3][q]);
     float c = fmaf(x, P->c[4][q], P->c[2][q]), d = fmaf(x, P->c[1][q], P->c[0][q]);
     out[q] = fmaf(z, fmaf(y, a, b), fmaf(y, c, d));
   }
 }
 
-/* One sub-line for the linear reconstruction: the value of every point
- * (trilinear in its cell's corners, poly_make and poly_eval) into pts[j * MODEL_NF ..],
- * idx[j] = first + j (the record sum_column reads) and cidx[j] its leaf
- * cell (for the extra fields; cidx NULL: none wanted); -1 in both outside the domain. The runs of
- * points in one leaf are found as in walk_line; each point's place in its
- * cell is computed in double: s = (t - lo) / span, i = floor(s) clamped to
- * the block, f = s - i clamped to [0, 1] (8 points at a time with AVX-512,
- * the same operations, so the same bits). */
-static void walk_line_linear(const ce_model *m, const double A[3], const double B[3],
-                             const double *uz, int nk, double inv_du, int64_t first, int64_t *idx,
-                             int64_t *cidx, model_real *pts, leaf_trail *tr) {
+/* One sub-line for the linear reconstruction: the interpolated (ln n,
+ * ln T, v_los, 0) of every point into pts[j * LIN_NF ..] (poly_make and
+ * poly_eval on the projected corners, lin_leaf), out[j] = 1 for a point
+ * outside the domain (0 else), cidx[j] its leaf cell (for the extra fields;
+ * cidx NULL: none wanted; -1 outside the domain). The runs of points in one
+ * leaf are found as in walk_line; in a run, each point's place in its cell
+ * is stepped in float from the run's first point j0: s = s0 + g (j - j0)
+ * (one fused multiply-add; s0 = (t(j0) - lo) / span in double, rounded),
+ * i = floor(s) clamped to the block, f = s - i clamped to [0, 1] (16
+ * points at a time with AVX-512, the same operations, so the same bits).
+ * Returns the number of points outside the domain. */
+static int walk_line_linear(const ce_model *m, lin_proj *P, const double A[3], const double B[3],
+                            const double *uz, int nk, double inv_du, unsigned char *out,
+                            int64_t *cidx, float *pts, leaf_trail *tr) {
   const double inv_b[3] = {B[0] != 0 ? 1 / B[0] : 0, B[1] != 0 ? 1 / B[1] : 0,
                            B[2] != 0 ? 1 / B[2] : 0};
   const double nf[3] = {(double)m->nfine[0], (double)m->nfine[1], (double)m->nfine[2]};
   const int64_t b0 = m->bnx[0], b1 = m->bnx[1], b2 = m->bnx[2];
   const int64_t n0 = b0 + 1, n1 = b1 + 1;
-  const int64_t sy = n0 * MODEL_NODAL_STRIDE, sz = n1 * n0 * MODEL_NODAL_STRIDE;
+  const int64_t sy = n0 * LIN_NF, sz = n1 * n0 * LIN_NF;
   const double bmax[3] = {(double)(b0 - 1), (double)(b1 - 1), (double)(b2 - 1)};
-  int j = 0;
+  int j = 0, nout = 0;
   while (j < nk) {
     double t0 = A[0] + B[0] * uz[j], t1 = A[1] + B[1] * uz[j], t2 = A[2] + B[2] * uz[j];
     if (!(t0 >= 0 && t0 < nf[0] && t1 >= 0 && t1 < nf[1] && t2 >= 0 && t2 < nf[2])) {
-      idx[j] = -1; /* outside the domain: only on round-off at a face */
+      out[j] = 1; /* outside the domain: only on round-off at a face */
+      for (int q = 0; q < LIN_NF; q++) pts[(size_t)j * LIN_NF + q] = 0;
       if (cidx) cidx[j] = -1;
+      nout++;
       j++;
       continue;
     }
@@ -421,112 +435,225 @@ static void walk_line_linear(const ce_model *m, const double A[3], const double 
     const model_cache *c = trail_leaf(m, A, B, inv_b, t, uz, nk, j, inv_du, tr, &je);
     const double inv_span = 1.0 / (double)((int64_t)1 << c->shift);
     const double lo[3] = {(double)c->lo[0], (double)c->lo[1], (double)c->lo[2]};
-    const model_real *nbase = m->nodal + c->base / m->ncell * m->nnodal * MODEL_NODAL_STRIDE;
+    const float *nbase = lin_leaf(m, P, c->base / m->ncell);
     const int64_t base = c->base;
-    int64_t last = -1; /* the corner record the coefficients were made from, in this leaf */
+    memset(out + j, 0, (size_t)(je - j));
+    /* the places in cells, in float from the run's first point j0: s =
+     * s0 + g (j - j0) with s0 = (t(j0) - lo) / span (in double, then
+     * rounded) and g = B du / span the step per point in cells */
+    const int j0 = j;
+    float s0[3], gs[3];
+    for (int d = 0; d < 3; d++) {
+      s0[d] = (float)((t[d] - lo[d]) * inv_span);
+      gs[d] = (float)(B[d] / inv_du * inv_span);
+    }
+    int64_t last = -1; /* the cell the coefficients were made from, in this leaf */
 #if SAMPLER_AVX512
-    __m256 q0 = _mm256_setzero_ps(), q1 = q0, q2 = q0, q3 = q0, q4 = q0, q5 = q0, q6 = q0,
+    __m128 q0 = _mm_setzero_ps(), q1 = q0, q2 = q0, q3 = q0, q4 = q0, q5 = q0, q6 = q0,
            q7 = q0; /* c0, cx, cy, cz, cxy, cxz, cyz, cxyz (cell_poly) */
-    const __m512d vA0 = _mm512_set1_pd(A[0]), vA1 = _mm512_set1_pd(A[1]),
-                  vA2 = _mm512_set1_pd(A[2]), vB0 = _mm512_set1_pd(B[0]),
-                  vB1 = _mm512_set1_pd(B[1]), vB2 = _mm512_set1_pd(B[2]),
-                  vlo0 = _mm512_set1_pd(lo[0]), vlo1 = _mm512_set1_pd(lo[1]),
-                  vlo2 = _mm512_set1_pd(lo[2]), vis = _mm512_set1_pd(inv_span),
-                  zero = _mm512_setzero_pd(), one = _mm512_set1_pd(1),
-                  top0 = _mm512_set1_pd(bmax[0]), top1 = _mm512_set1_pd(bmax[1]),
-                  top2 = _mm512_set1_pd(bmax[2]);
-    const __m512d dn0 = _mm512_set1_pd((double)n0), dn1 = _mm512_set1_pd((double)n1),
-                  db0 = _mm512_set1_pd((double)b0), db1 = _mm512_set1_pd((double)b1);
-    const __m512i vbase = _mm512_set1_epi64(base),
-                  lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
-    for (; j < je; j += 8) {
-      __mmask8 mk = je - j >= 8 ? 0xff : (__mmask8)((1u << (je - j)) - 1);
-      __m512d u = _mm512_maskz_loadu_pd(mk, uz + j);
-      __m512d s0 = _mm512_mul_pd(_mm512_sub_pd(_mm512_add_pd(vA0, _mm512_mul_pd(vB0, u)), vlo0), vis);
-      __m512d s1 = _mm512_mul_pd(_mm512_sub_pd(_mm512_add_pd(vA1, _mm512_mul_pd(vB1, u)), vlo1), vis);
-      __m512d s2 = _mm512_mul_pd(_mm512_sub_pd(_mm512_add_pd(vA2, _mm512_mul_pd(vB2, u)), vlo2), vis);
-      __m512d i0 = _mm512_min_pd(_mm512_max_pd(_mm512_roundscale_pd(s0, 0x09), zero), top0);
-      __m512d i1 = _mm512_min_pd(_mm512_max_pd(_mm512_roundscale_pd(s1, 0x09), zero), top1);
-      __m512d i2 = _mm512_min_pd(_mm512_max_pd(_mm512_roundscale_pd(s2, 0x09), zero), top2);
-      float fx[8], fy[8], fz[8];
-      int64_t nd[8];
-      _mm256_storeu_ps(fx, _mm512_cvtpd_ps(_mm512_min_pd(_mm512_max_pd(_mm512_sub_pd(s0, i0), zero), one)));
-      _mm256_storeu_ps(fy, _mm512_cvtpd_ps(_mm512_min_pd(_mm512_max_pd(_mm512_sub_pd(s1, i1), zero), one)));
-      _mm256_storeu_ps(fz, _mm512_cvtpd_ps(_mm512_min_pd(_mm512_max_pd(_mm512_sub_pd(s2, i2), zero), one)));
-      /* the node and cell numbers in double: integers far below 2^53, so
-       * exact, and cheaper than 64-bit integer multiplies */
-      _mm512_storeu_si512(
-          nd, _mm512_cvttpd_epi64(_mm512_fmadd_pd(_mm512_fmadd_pd(i2, dn1, i1), dn0, i0)));
-      if (cidx)
-        _mm512_mask_storeu_epi64(
-            cidx + j, mk,
-            _mm512_add_epi64(vbase, _mm512_cvttpd_epi64(
-                                        _mm512_fmadd_pd(_mm512_fmadd_pd(i2, db1, i1), db0, i0))));
-      _mm512_mask_storeu_epi64(idx + j, mk, _mm512_add_epi64(_mm512_set1_epi64(first + j), lane));
-      const int nl = je - j >= 8 ? 8 : je - j;
+    const __m512 vs0 = _mm512_set1_ps(s0[0]), vs1 = _mm512_set1_ps(s0[1]),
+                 vs2 = _mm512_set1_ps(s0[2]), vg0 = _mm512_set1_ps(gs[0]),
+                 vg1 = _mm512_set1_ps(gs[1]), vg2 = _mm512_set1_ps(gs[2]),
+                 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1),
+                 top0 = _mm512_set1_ps((float)bmax[0]), top1 = _mm512_set1_ps((float)bmax[1]),
+                 top2 = _mm512_set1_ps((float)bmax[2]), fb0 = _mm512_set1_ps((float)b0),
+                 fb1 = _mm512_set1_ps((float)b1), fn0 = _mm512_set1_ps((float)n0),
+                 fn1 = _mm512_set1_ps((float)n1),
+                 lane = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i vbase = _mm512_set1_epi64(base);
+    for (; j < je; j += 16) {
+      const __m512 jj = _mm512_add_ps(_mm512_set1_ps((float)(j - j0)), lane);
+      const __m512 sx = _mm512_fmadd_ps(vg0, jj, vs0), sy_ = _mm512_fmadd_ps(vg1, jj, vs1),
+                   sz_ = _mm512_fmadd_ps(vg2, jj, vs2);
+      const __m512 i0 = _mm512_min_ps(_mm512_max_ps(_mm512_roundscale_ps(sx, 0x09), zero), top0),
+                   i1 = _mm512_min_ps(_mm512_max_ps(_mm512_roundscale_ps(sy_, 0x09), zero), top1),
+                   i2 = _mm512_min_ps(_mm512_max_ps(_mm512_roundscale_ps(sz_, 0x09), zero), top2);
+      float fx[16], fy[16], fz[16];
+      int32_t nd[16];
+      _mm512_storeu_ps(fx, _mm512_min_ps(_mm512_max_ps(_mm512_sub_ps(sx, i0), zero), one));
+      _mm512_storeu_ps(fy, _mm512_min_ps(_mm512_max_ps(_mm512_sub_ps(sy_, i1), zero), one));
+      _mm512_storeu_ps(fz, _mm512_min_ps(_mm512_max_ps(_mm512_sub_ps(sz_, i2), zero), one));
+      /* node and cell numbers in float: integers below 2^24, so exact */
+      _mm512_storeu_si512(nd, _mm512_cvttps_epi32(
+                                  _mm512_fmadd_ps(_mm512_fmadd_ps(i2, fn1, i1), fn0, i0)));
+      const int nl = je - j >= 16 ? 16 : je - j;
+      if (cidx) {
+        __m512i cc = _mm512_cvttps_epi32(_mm512_fmadd_ps(_mm512_fmadd_ps(i2, fb1, i1), fb0, i0));
+        __mmask16 mk = nl == 16 ? 0xffff : (__mmask16)((1u << nl) - 1);
+        _mm512_mask_storeu_epi64(cidx + j, (__mmask8)mk,
+                                 _mm512_add_epi64(vbase, _mm512_cvtepi32_epi64(
+                                                             _mm512_castsi512_si256(cc))));
+        _mm512_mask_storeu_epi64(cidx + j + 8, (__mmask8)(mk >> 8),
+                                 _mm512_add_epi64(vbase, _mm512_cvtepi32_epi64(
+                                                             _mm512_extracti64x4_epi64(cc, 1))));
+      }
       /* poly_make and poly_eval with the coefficients kept in registers
        * (the same operations in the same order: the same bits) */
       for (int q = 0; q < nl; q++) {
         if (nd[q] != last) {
-          const model_real *cr = nbase + (last = nd[q]) * MODEL_NODAL_STRIDE;
-          const int S = MODEL_NODAL_STRIDE;
-          const __m256 c000 = _mm256_loadu_ps(cr), c100 = _mm256_loadu_ps(cr + S),
-                       c010 = _mm256_loadu_ps(cr + sy), c110 = _mm256_loadu_ps(cr + sy + S),
-                       c001 = _mm256_loadu_ps(cr + sz), c101 = _mm256_loadu_ps(cr + sz + S),
-                       c011 = _mm256_loadu_ps(cr + sz + sy),
-                       c111 = _mm256_loadu_ps(cr + sz + sy + S);
-          const __m256 ex = _mm256_sub_ps(c100, c000);
+          const float *cr = nbase + (last = nd[q]) * LIN_NF;
+          const int S = LIN_NF;
+          const __m128 c000 = _mm_loadu_ps(cr), c100 = _mm_loadu_ps(cr + S),
+                       c010 = _mm_loadu_ps(cr + sy), c110 = _mm_loadu_ps(cr + sy + S),
+                       c001 = _mm_loadu_ps(cr + sz), c101 = _mm_loadu_ps(cr + sz + S),
+                       c011 = _mm_loadu_ps(cr + sz + sy), c111 = _mm_loadu_ps(cr + sz + sy + S);
+          const __m128 ex = _mm_sub_ps(c100, c000);
           q0 = c000;
           q1 = ex;
-          q2 = _mm256_sub_ps(c010, c000);
-          q3 = _mm256_sub_ps(c001, c000);
-          q4 = _mm256_sub_ps(_mm256_sub_ps(c110, c010), ex);
-          q5 = _mm256_sub_ps(_mm256_sub_ps(c101, c001), ex);
-          q6 = _mm256_sub_ps(_mm256_sub_ps(c011, c001), q2);
-          q7 = _mm256_sub_ps(_mm256_sub_ps(_mm256_sub_ps(c111, c011), _mm256_sub_ps(c101, c001)),
-                             q4);
+          q2 = _mm_sub_ps(c010, c000);
+          q3 = _mm_sub_ps(c001, c000);
+          q4 = _mm_sub_ps(_mm_sub_ps(c110, c010), ex);
+          q5 = _mm_sub_ps(_mm_sub_ps(c101, c001), ex);
+          q6 = _mm_sub_ps(_mm_sub_ps(c011, c001), q2);
+          q7 = _mm_sub_ps(_mm_sub_ps(_mm_sub_ps(c111, c011), _mm_sub_ps(c101, c001)), q4);
         }
-        const __m256 vx = _mm256_set1_ps(fx[q]), vy = _mm256_set1_ps(fy[q]),
-                     vz = _mm256_set1_ps(fz[q]);
-        __m256 a = _mm256_fmadd_ps(vx, q7, q6);
-        __m256 b = _mm256_fmadd_ps(vx, q5, q3);
-        __m256 cc = _mm256_fmadd_ps(vx, q4, q2);
-        __m256 d = _mm256_fmadd_ps(vx, q1, q0);
-        __m256 e = _mm256_fmadd_ps(vy, a, b);
-        __m256 g = _mm256_fmadd_ps(vy, cc, d);
-        _mm256_mask_storeu_ps(pts + (size_t)(j + q) * MODEL_NF, 0x1f, _mm256_fmadd_ps(vz, e, g));
+        const __m128 vx = _mm_set1_ps(fx[q]), vy = _mm_set1_ps(fy[q]), vz = _mm_set1_ps(fz[q]);
+        __m128 a = _mm_fmadd_ps(vx, q7, q6);
+        __m128 b = _mm_fmadd_ps(vx, q5, q3);
+        __m128 cc = _mm_fmadd_ps(vx, q4, q2);
+        __m128 d = _mm_fmadd_ps(vx, q1, q0);
+        __m128 e = _mm_fmadd_ps(vy, a, b);
+        __m128 g = _mm_fmadd_ps(vy, cc, d);
+        _mm_storeu_ps(pts + (size_t)(j + q) * LIN_NF, _mm_fmadd_ps(vz, e, g));
       }
     }
     j = je;
 #else
-    cell_poly P;
+    cell_poly Pc;
     for (; j < je; j++) {
-      const double s[3] = {(A[0] + B[0] * uz[j] - lo[0]) * inv_span,
-                           (A[1] + B[1] * uz[j] - lo[1]) * inv_span,
-                           (A[2] + B[2] * uz[j] - lo[2]) * inv_span};
-      double id[3];
-      float fd[3];
+      const float jj = (float)(j - j0);
+      const float s[3] = {fmaf(gs[0], jj, s0[0]), fmaf(gs[1], jj, s0[1]), fmaf(gs[2], jj, s0[2])};
+      float id[3], fd[3];
       for (int d = 0; d < 3; d++) {
-        id[d] = floor(s[d]);
-        id[d] = id[d] < 0 ? 0 : id[d] > bmax[d] ? bmax[d] : id[d];
-        double x = s[d] - id[d];
-        fd[d] = (float)(x < 0 ? 0 : x > 1 ? 1 : x);
+        /* as _mm512_max_ps / _mm512_min_ps: (a > b ? a : b), (a < b ? a : b) */
+        float x = floorf(s[d]), top = (float)bmax[d];
+        x = x > 0 ? x : 0;
+        id[d] = x < top ? x : top;
+        x = s[d] - id[d];
+        x = x > 0 ? x : 0;
+        fd[d] = x < 1 ? x : 1;
       }
       const int64_t i0 = (int64_t)id[0], i1 = (int64_t)id[1], i2 = (int64_t)id[2];
       if (cidx) cidx[j] = base + (i2 * b1 + i1) * b0 + i0;
-      idx[j] = first + j;
       const int64_t ndq = (i2 * n1 + i1) * n0 + i0;
-      if (ndq != last) poly_make(nbase + (last = ndq) * MODEL_NODAL_STRIDE, sy, sz, &P);
-      poly_eval(&P, fd[0], fd[1], fd[2], pts + (size_t)j * MODEL_NF);
+      if (ndq != last) poly_make(nbase + (last = ndq) * LIN_NF, sy, sz, &Pc);
+      poly_eval(&Pc, fd[0], fd[1], fd[2], pts + (size_t)j * LIN_NF);
     }
 #endif
   }
-  exp_points(pts, nk);
   model_cache *tmp = tr->prev;
   tr->prev = tr->cur;
   tr->cur = tmp;
   tr->nprev = tr->ncur;
   tr->ncur = tr->at = 0;
+  return nout;
+}
+
+/* The voxels of one column under the linear reconstruction, from the
+ * interpolated records of its k^2 sub-lines (pts: line L's point j at
+ * (L n k + j) LIN_NF; out[] 1 where a point takes the background bg).
+ * First every point's n = exp(ln n), T = exp(ln T) and v_los, as three
+ * arrays (pn, pT, pv: np floats each, padded to 16); then the n-weighted
+ * sums of each voxel's k^3 points in double, in point order (line by
+ * line, then along z), and the means: n plain, T and v_los n-weighted, or
+ * plain where the points hold no n. With AVX-512: 16 points per exp, and
+ * for k = 2 eight voxels at a time, the same operations in the same order
+ * (the same bits as the portable loops). */
+static void linear_column(const float *pts, const unsigned char *out, int nout, int n, int k,
+                          const model_real bg[MODEL_NF], double inv, float *pn, float *pT,
+                          float *pv, float *v_los, float *T, float *n_co) {
+  const int nk = n * k, kk = k * k, np = nk * kk;
+#if SAMPLER_AVX512
+  const __m512i sel_a = _mm512_set_epi32(29, 25, 21, 17, 13, 9, 5, 1, 28, 24, 20, 16, 12, 8, 4, 0),
+                sel_b = _mm512_set_epi32(31, 27, 23, 19, 15, 11, 7, 3, 30, 26, 22, 18, 14, 10, 6, 2);
+  for (int j = 0; j < np; j += 16) { /* pts is padded: whole vectors */
+    const float *p = pts + (size_t)j * LIN_NF;
+    __m512 r0 = _mm512_loadu_ps(p), r1 = _mm512_loadu_ps(p + 16), r2 = _mm512_loadu_ps(p + 32),
+           r3 = _mm512_loadu_ps(p + 48);
+    /* (ln n of points 0-7 | ln T of 0-7), (v 0-7 | 0), and of points 8-15 */
+    __m512 a01 = _mm512_permutex2var_ps(r0, sel_a, r1), b01 = _mm512_permutex2var_ps(r0, sel_b, r1),
+           a23 = _mm512_permutex2var_ps(r2, sel_a, r3), b23 = _mm512_permutex2var_ps(r2, sel_b, r3);
+    _mm512_storeu_ps(pn + j, expf_poly16(_mm512_shuffle_f32x4(a01, a23, 0x44)));
+    _mm512_storeu_ps(pT + j, expf_poly16(_mm512_shuffle_f32x4(a01, a23, 0xee)));
+    _mm512_storeu_ps(pv + j, _mm512_shuffle_f32x4(b01, b23, 0x44));
+  }
+#else
+  for (int j = 0; j < np; j++) {
+    pn[j] = expf_poly(pts[(size_t)j * LIN_NF]);
+    pT[j] = expf_poly(pts[(size_t)j * LIN_NF + 1]);
+    pv[j] = pts[(size_t)j * LIN_NF + 2];
+  }
+#endif
+  if (nout)
+    for (int j = 0; j < np; j++)
+      if (out[j]) pn[j] = bg[MODEL_N], pT[j] = bg[MODEL_T], pv[j] = 0;
+  int iz = 0;
+#if SAMPLER_AVX512
+  if (k == 2) { /* 8 voxels (16 points of each line) at a time */
+    const __m512i eo = _mm512_set_epi32(15, 13, 11, 9, 7, 5, 3, 1, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512d vinv = _mm512_set1_pd(inv), dzero = _mm512_setzero_pd();
+    for (; iz + 8 <= n; iz += 8) {
+      __m512d w0 = dzero, w1 = dzero, w2 = dzero;
+      for (int L = 0; L < 4; L++) {
+        const int at = L * nk + 2 * iz;
+        __m512 fn = _mm512_permutexvar_ps(eo, _mm512_loadu_ps(pn + at)),
+               fT = _mm512_permutexvar_ps(eo, _mm512_loadu_ps(pT + at)),
+               fv = _mm512_permutexvar_ps(eo, _mm512_loadu_ps(pv + at));
+        for (int i = 0; i < 2; i++) { /* the first point of each voxel, then the second */
+          __m512d dn = _mm512_cvtps_pd(i ? _mm512_extractf32x8_ps(fn, 1) : _mm512_castps512_ps256(fn)),
+                  dT = _mm512_cvtps_pd(i ? _mm512_extractf32x8_ps(fT, 1) : _mm512_castps512_ps256(fT)),
+                  dv = _mm512_cvtps_pd(i ? _mm512_extractf32x8_ps(fv, 1) : _mm512_castps512_ps256(fv));
+          w0 = _mm512_add_pd(w0, dn);
+          w1 = _mm512_add_pd(w1, _mm512_mul_pd(dn, dT));
+          w2 = _mm512_add_pd(w2, _mm512_mul_pd(dn, dv));
+        }
+      }
+      __mmask8 pos = _mm512_cmp_pd_mask(w0, dzero, _CMP_GT_OQ);
+      _mm256_storeu_ps(n_co + iz, _mm512_cvtpd_ps(_mm512_mul_pd(w0, vinv)));
+      _mm256_storeu_ps(T + iz, _mm512_cvtpd_ps(_mm512_div_pd(w1, w0)));
+      _mm256_storeu_ps(v_los + iz, _mm512_cvtpd_ps(_mm512_div_pd(w2, w0)));
+      if (pos != 0xff) /* rare: voxels without CO take plain means */
+        for (int z = 0; z < 8; z++) {
+          if (pos >> z & 1) continue;
+          double sT = 0, sv = 0;
+          for (int L = 0; L < 4; L++)
+            for (int i = 0; i < 2; i++) {
+              const int p = L * nk + 2 * (iz + z) + i;
+              sT += pT[p];
+              sv += pv[p];
+            }
+          T[iz + z] = (float)(sT * inv);
+          v_los[iz + z] = (float)(sv * inv);
+        }
+    }
+  }
+#endif
+  for (; iz < n; iz++) {
+    double w0 = 0, w1 = 0, w2 = 0;
+    for (int L = 0; L < kk; L++)
+      for (int i = 0; i < k; i++) {
+        const int p = L * nk + iz * k + i;
+        const double nn = pn[p];
+        w0 += nn;
+        w1 += nn * pT[p];
+        w2 += nn * pv[p];
+      }
+    n_co[iz] = (float)(w0 * inv);
+    if (w0 > 0) {
+      T[iz] = (float)(w1 / w0);
+      v_los[iz] = (float)(w2 / w0);
+    } else {
+      double sT = 0, sv = 0;
+      for (int L = 0; L < kk; L++)
+        for (int i = 0; i < k; i++) {
+          const int p = L * nk + iz * k + i;
+          sT += pT[p];
+          sv += pv[p];
+        }
+      T[iz] = (float)(sT * inv);
+      v_los[iz] = (float)(sv * inv);
+    }
+  }
 }
 
 /* The fields of a sub-sample in cell c (-1: the background record bg). */
@@ -649,16 +776,32 @@ static int sample(const ce_model *m, const double q[4], const sampler_opts *o, f
   double *uz = malloc(sizeof(double) * (size_t)nk);
   int64_t *idx = malloc(sizeof(int64_t) * (size_t)nk * k * k);
   double *sums = malloc(sizeof(double) * 8 * (size_t)n);
-  /* linear: the points' values (read by sum_column as cells, + 3 floats of
-   * slack for its 8-lane loads) and their leaf cells */
-  int64_t *nidx = pointwise && nextra ? malloc(sizeof(int64_t) * (size_t)nk * k * k) : NULL;
-  model_real *fr =
-      pointwise ? calloc((size_t)nk * k * k * MODEL_NF + 8, sizeof(model_real)) : NULL;
+  /* linear and limited: the cells of the points (for the extra fields);
+   * limited: the points' values (read by sum_column as cells, + 3 floats of
+   * slack for its 8-lane loads); linear: the points' interpolated records
+   * (LIN_NF floats, padded to 16 points), whether each takes the
+   * background, their n, T, v_los (linear_column) and the corner records
+   * projected on l (lin_proj) */
+  const int np = nk * k * k, npad = (np + 15) / 16 * 16;
+  int64_t *nidx = pointwise && nextra ? malloc(sizeof(int64_t) * (size_t)np) : NULL;
+  model_real *fr = limited ? calloc((size_t)np * MODEL_NF + 8, sizeof(model_real)) : NULL;
+  float *lp = linear ? calloc((size_t)npad * LIN_NF, sizeof(float)) : NULL;
+  float *pn = linear ? malloc(sizeof(float) * 3 * (size_t)npad) : NULL;
+  unsigned char *lout = linear ? malloc((size_t)np) : NULL;
+  lin_proj proj = {linear ? malloc(sizeof(float) * LIN_NF * (size_t)(m->nleaves * m->nnodal)) : NULL,
+                   linear ? calloc((size_t)m->nleaves, 1) : NULL,
+                   {R[2], R[5], R[8]}};
   leaf_trail trail = {malloc(sizeof(model_cache) * (size_t)nk),
                       malloc(sizeof(model_cache) * (size_t)nk), 0, 0, 0};
-  if (!uz || !idx || !sums || !trail.prev || !trail.cur || (pointwise && ((nextra && !nidx) || !fr))) {
+  if (!uz || !idx || !sums || !trail.prev || !trail.cur || (pointwise && nextra && !nidx) ||
+      (limited && !fr) || (linear && (!lp || !pn || !lout || !proj.rec || !proj.done))) {
     free(nidx);
     free(fr);
+    free(lp);
+    free(pn);
+    free(lout);
+    free(proj.rec);
+    free(proj.done);
     free(uz);
     free(sums);
     free(idx);
@@ -677,6 +820,7 @@ static int sample(const ce_model *m, const double q[4], const sampler_opts *o, f
   model_cache cache = {0};
   for (int ix = 0; ix < n; ix++)
     for (int iy = 0; iy < n; iy++) {
+      int nout = 0; /* linear: points of the column that take the background */
       for (int a = 0; a < k; a++)
         for (int b = 0; b < k; b++) {
           double ux = ((ix + (a + 0.5) / k) / n - 0.5) * o->edge;
@@ -684,21 +828,23 @@ static int sample(const ce_model *m, const double q[4], const sampler_opts *o, f
           double lb[3], A[3], B[3];
           int64_t *line = idx + (size_t)(a * k + b) * nk;
           int64_t *nline = nidx ? nidx + (size_t)(a * k + b) * nk : NULL;
-          model_real *fline = pointwise ? fr + (size_t)(a * k + b) * nk * MODEL_NF : NULL;
+          model_real *fline = limited ? fr + (size_t)(a * k + b) * nk * MODEL_NF : NULL;
           for (int d = 0; d < 3; d++) {
             lb[d] = c[d] + R[3 * d] * ux + R[3 * d + 1] * uy;
             A[d] = (lb[d] - m->xmin[d]) * m->inv_dxf[d];
             B[d] = R[3 * d + 2] * m->inv_dxf[d];
           }
           if (linear) {
-            walk_line_linear(m, A, B, uz, nk, nk / o->edge, (int64_t)(a * k + b) * nk, line,
-                             nline, fline, &trail);
+            unsigned char *lo_ = lout + (size_t)(a * k + b) * nk;
+            nout += walk_line_linear(m, &proj, A, B, uz, nk, nk / o->edge, lo_, nline,
+                                     lp + (size_t)(a * k + b) * nk * LIN_NF, &trail);
             if (fill) /* the ball: background beyond r */
               for (int j = 0; j < nk; j++) {
                 double x[3] = {lb[0] + R[2] * uz[j], lb[1] + R[5] * uz[j], lb[2] + R[8] * uz[j]};
                 double d0 = x[0] - c[0], d1 = x[1] - c[1], d2 = x[2] - c[2];
                 if (!(d0 * d0 + d1 * d1 + d2 * d2 <= r2)) {
-                  line[j] = -1;
+                  nout += !lo_[j];
+                  lo_[j] = 1;
                   if (nline) nline[j] = -1;
                 }
               }
@@ -721,12 +867,17 @@ static int sample(const ce_model *m, const double q[4], const sampler_opts *o, f
           }
         }
       size_t at = ((size_t)ix * n + iy) * n;
-      /* linear: the points' values stand in for the cells */
-      const model_real *src = pointwise ? fr : m->cells;
-      if (k == 2)
-        sum_column(src, bg, idx, n, 2, l, inv, sums, v_los + at, T + at, n_co + at);
-      else
-        sum_column(src, bg, idx, n, k, l, inv, sums, v_los + at, T + at, n_co + at);
+      if (linear) {
+        linear_column(lp, lout, nout, n, k, bg, inv, pn, pn + npad, pn + 2 * (size_t)npad,
+                      v_los + at, T + at, n_co + at);
+      } else {
+        /* limited: the points' values stand in for the cells */
+        const model_real *src = limited ? fr : m->cells;
+        if (k == 2)
+          sum_column(src, bg, idx, n, 2, l, inv, sums, v_los + at, T + at, n_co + at);
+        else
+          sum_column(src, bg, idx, n, k, l, inv, sums, v_los + at, T + at, n_co + at);
+      }
       if (nextra)
         extra_column(m->cells, bg, pointwise ? nidx : idx, n, k, inv, nextra, fields, bgx, out, at);
     }
@@ -734,6 +885,11 @@ static int sample(const ce_model *m, const double q[4], const sampler_opts *o, f
   free(idx);
   free(nidx);
   free(fr);
+  free(lp);
+  free(pn);
+  free(lout);
+  free(proj.rec);
+  free(proj.done);
   free(sums);
   free(trail.prev);
   free(trail.cur);

@@ -28,8 +28,10 @@
 
 /* Recorded with every dataset (/geometry): the version of sample_cube's
  * arithmetic (bump it when the same options give other bits; the
- * reconstruction, sampler_recon_name, is recorded beside it). */
-#define SAMPLER_VERSION 1
+ * reconstruction, sampler_recon_name, is recorded beside it). 2: linear's
+ * corners projected on the line of sight and its points placed in float
+ * (docs/sampling.md); constant and limited give version 1's bits. */
+#define SAMPLER_VERSION 2
 
 /* How a sub-sample takes its values from the model (docs/sampling.md):
  * CONSTANT: the leaf cell's value (cell averages, piecewise constant; the

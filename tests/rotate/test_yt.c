@@ -23,6 +23,13 @@
  * multiply-adds (about 20 roundings of 2^-24 relative to the field's
  * largest magnitude M: 20 * 6e-8 * M, checked at 2e-6 M + 1e-6), then
  * expf and the float cube (relative 2e-7: ln n, ln T absolute 2e-7 more).
+ * The sampler's two other float steps add nothing here: v_los = l . v is
+ * projected at the corners, exact for this unrotated cube (l = e_z); a
+ * point's place in its cell is stepped in float from its leaf run's first
+ * point (s0 + g j), and on this cube's lattice s0, g and every s are
+ * multiples of 1/4 below 2^4 (cells of 1 or 0.5, points 0.5 apart at
+ * quarter offsets), so exact. Rotated cubes get at most ~1e-6 of a cell
+ * from it (test_recon.c).
  *
  * Where they differ by design, on a curved field (test_curved): at the
  * centre of a fine cell whose 8 corners all join fine cells, coemu's value
