@@ -23,6 +23,8 @@ const char *sampler_recon_name(int r) {
                                 : NULL;
 }
 
+int sampler_recon_version(int r) { return r == SAMPLER_LINEAR ? 2 : 1; }
+
 int sampler_recon_parse(const char *name) {
   if (!strcmp(name, "constant")) return SAMPLER_CONSTANT;
   if (!strcmp(name, "linear")) return SAMPLER_LINEAR;

@@ -26,12 +26,14 @@
 #include "rotate/model.h"
 #include "rotate/sampler_body.h"
 
-/* Recorded with every dataset (/geometry): the version of sample_cube's
- * arithmetic (bump it when the same options give other bits; the
- * reconstruction, sampler_recon_name, is recorded beside it). 2: linear's
- * corners projected on the line of sight and its points placed in float
- * (docs/sampling.md); constant and limited give version 1's bits. */
-#define SAMPLER_VERSION 2
+/* Recorded with every dataset (/geometry sampler_version, beside the
+ * reconstruction, sampler_recon_name): the version of sample_cube's
+ * arithmetic for reconstruction r, bumped when the same options give other
+ * bits. Per reconstruction, so that a change to one does not refuse the
+ * images-only datasets of the others: constant and limited are version 1;
+ * linear is 2 (its corners projected on the line of sight and its points
+ * placed in float, docs/sampling.md). */
+int sampler_recon_version(int r);
 
 /* How a sub-sample takes its values from the model (docs/sampling.md):
  * CONSTANT: the leaf cell's value (cell averages, piecewise constant; the

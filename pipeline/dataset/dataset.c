@@ -123,7 +123,7 @@ static int write_geometry(hid_t f, const job *j, const dataset_geometry *g) {
            put_f64(gr, "ball_radius", g->ball_radius) < 0 ||
            put_i64(gr, "k", g->compat ? 0 : j->k) < 0 ||
            h5_put_str_attr(gr, "sampler", g->compat ? "rotate/compat_grid" : "rotate/sample_cube") < 0 ||
-           put_i64(gr, "sampler_version", g->compat ? 1 : SAMPLER_VERSION) < 0 ||
+           put_i64(gr, "sampler_version", g->compat ? 1 : sampler_recon_version(j->reconstruction)) < 0 ||
            h5_put_str_attr(gr, "reconstruction",
                            g->compat ? "bin mean" : sampler_recon_name(j->reconstruction)) < 0 ||
            put_i64(gr, "fill_background", j->fill_background) < 0 ||

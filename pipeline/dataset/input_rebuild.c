@@ -138,15 +138,15 @@ static int read_geometry(input_rebuild *rb, hid_t f) {
               "remakes n = %d, version 1", rb->h5path, rb->n, (long long)version, COMPAT_OUT);
     return 0;
   }
-  if (version != SAMPLER_VERSION)
-    CE_FAIL("%s: /geometry sampler_version %lld: this coemu's sampler is version %d, whose "
-            "cubes may differ in their bits, so the input cubes cannot be rebuilt (regenerate "
-            "with this coemu, or store the inputs)", rb->h5path, (long long)version,
-            SAMPLER_VERSION);
   int r = sampler_recon_parse(recon);
   if (r < 0)
     CE_FAIL("%s: /geometry reconstruction '%s': expected %s", rb->h5path, recon,
             SAMPLER_RECON_NAMES);
+  if (version != sampler_recon_version(r))
+    CE_FAIL("%s: /geometry sampler_version %lld: this coemu's sampler is version %d for "
+            "reconstruction %s, whose cubes may differ in their bits, so the input cubes cannot "
+            "be rebuilt (regenerate with this coemu, or store the inputs)",
+            rb->h5path, (long long)version, sampler_recon_version(r), recon);
   if (!(edge > 0) || k < 1 || k > 64)
     CE_FAIL("%s: /geometry edge %g, k %lld: expected edge > 0 and 1 <= k <= 64", rb->h5path, edge,
             (long long)k);

@@ -15,8 +15,8 @@
  * directions, and a model the manifest lists as skipped gives zeros (what
  * generate stored for it). The sampler is rotate/sample_cube (or
  * rotate/compat_grid for the paper's gridding), so the bits are the ones
- * generate made when sampler_version is this coemu's SAMPLER_VERSION (other
- * versions are refused at open). The caller (shard_reader) compares each
+ * generate made when sampler_version is this coemu's sampler_recon_version
+ * of the recorded reconstruction (other versions are refused at open). The caller (shard_reader) compares each
  * cube's hash against the recorded one: a wrong rebuild is an error, never a
  * served sample.
  *

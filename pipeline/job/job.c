@@ -362,10 +362,16 @@ int job_parse(const char *name, const char *text, size_t len, const char *dir, j
   if (rc < 0) job_free(j);
   /* the reconstruction that sampling.reconstruction: auto (or an absent key)
    * resolves to belongs to the job: a dataset that coemu made with cell
-   * values before `linear` existed is not resumed with it */
+   * values before `linear` existed is not resumed with it, nor one made by
+   * an earlier version of linear's arithmetic (sampler_recon_version:
+   * version 1 keeps the tag of before, so those datasets resume as they did) */
   if (rc == 0 && j->reconstruction == SAMPLER_LINEAR) {
-    static const char tag[] = "\n# sampling.reconstruction resolved: linear\n";
-    j->fingerprint = (uint32_t)crc32(j->fingerprint, (const Bytef *)tag, (uInt)(sizeof tag - 1));
+    char tag[96];
+    int v = sampler_recon_version(SAMPLER_LINEAR);
+    int n = v == 1 ? snprintf(tag, sizeof tag, "\n# sampling.reconstruction resolved: linear\n")
+                   : snprintf(tag, sizeof tag,
+                              "\n# sampling.reconstruction resolved: linear, sampler version %d\n", v);
+    j->fingerprint = (uint32_t)crc32(j->fingerprint, (const Bytef *)tag, (uInt)n);
   }
   return rc;
 }

@@ -54,6 +54,15 @@ static void test_reconstruction(void) {
   /* the resolved linear is part of the fingerprint (an old dataset of the
    * same text, made with cell values, is not resumed with it) */
   CHECK(j.fingerprint != (uint32_t)crc32(0L, (const Bytef *)base, (uInt)strlen(base)));
+  /* nor one begun by version 1 of linear's arithmetic (its tag, before
+   * sampler_recon_version 2) */
+  {
+    static const char v1[] = "\n# sampling.reconstruction resolved: linear\n";
+    uint32_t f1 = (uint32_t)crc32(0L, (const Bytef *)base, (uInt)strlen(base));
+    f1 = (uint32_t)crc32(f1, (const Bytef *)v1, (uInt)(sizeof v1 - 1));
+    CHECK(sampler_recon_version(SAMPLER_LINEAR) == 2 && j.fingerprint != f1);
+    CHECK(sampler_recon_version(SAMPLER_CONSTANT) == 1 && sampler_recon_version(SAMPLER_LIMITED) == 1);
+  }
   job_free(&j);
   char text[1024];
   snprintf(text, sizeof text, "%ssampling: {reconstruction: constant}\n", base);
