@@ -229,7 +229,7 @@ int cmd_serve(int argc, char **argv) {
       {"out", CLI_STR, &c.gen_out, "DIR", "generate: where synthetic models are written (default: the job's output.directory)", 0, 0},
       {"prefetch", CLI_INT, &c.prefetch, "K", "chunks read ahead per rank (default 4)", 0, 0},
       {"read-threads", CLI_INT, &c.read_threads, "N", "threads reading and checking samples (default min(4, cores); --live: 1)", 0, 0},
-      {"copy-rows", CLI_FLAG, &c.copy_rows, NULL, "copy every row out of the shard files (pread) instead of sending it from the mapped file (docs/serving.md, \"Zero copy\")", 0, 0},
+      {"copy-rows", CLI_FLAG, &c.copy_rows, NULL, "copy every row out of the shard files (pread) instead of sending it from the mapped file (docs/stream-protocol.md, \"Zero copy\")", 0, 0},
       {"max-credit", CLI_INT, &c.credit, "K", "most chunks in flight per rank (default 8)", 0, 0},
       {"heartbeat", CLI_DOUBLE, &c.heartbeat, "S", "heartbeat interval [s] (default 1)", 0, 0},
       {"timeout", CLI_DOUBLE, &c.timeout, "S", "drop a rank silent this long [s] (default 10)", 0, 0},

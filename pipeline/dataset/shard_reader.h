@@ -206,7 +206,7 @@ void shard_reader_direct_end(shard_reader *r, const shard_direct_row *rows, int 
  * raises SIGBUS on reading it) is caught while it is checked and is an
  * error naming the shard, the sample and its row, never a crash. What
  * cannot be caught here: a file truncated after its rows were checked, while
- * the views are still held (docs/serving.md, "Zero copy"). Returns 1 (views
+ * the views are still held (docs/stream-protocol.md, "Zero copy"). Returns 1 (views
  * made), 0 (the rows are not one mapped run: read them with
  * shard_reader_direct_read), -1 on error. Calls no HDF5: any thread, no
  * lock, between the plan and shard_reader_direct_end. */
