@@ -22,13 +22,15 @@
 
 typedef struct {
   const char *dir, *split, *python;
-  int batch, credit, prefetch, epochs, read_threads;
+  int batch, credit, prefetch, epochs, read_threads, max_open, copy_rows;
+  uint64_t rows_mapped, rows_copied, rows_hdf5; /* the C consumer's run (serve_read_counts) */
 } serve_bench;
 
 static int start(const serve_bench *b, const char *ep, serve_source **src, bench_server *t) {
   serve_opts so = {.dataset_dir = b->dir, .split = b->split, .seed = 1, .world = 1,
                    .batch = b->batch, .drop_last = 1, .prefetch = b->prefetch,
-                   .read_threads = b->read_threads};
+                   .read_threads = b->read_threads, .max_open = b->max_open,
+                   .copy_rows = b->copy_rows};
   CE_TRY(serve_open(&so, src));
   stream_server_opts o = {.endpoint = ep, .dataset_id = serve_dataset_id(*src),
                           .samples_per_epoch = serve_samples_per_rank(*src),
@@ -49,7 +51,7 @@ static void stop(serve_source *src, bench_server *t) {
 }
 
 /* The C consumer: GB/s and samples/s over epochs 1.. (epoch 0 warms up). */
-static int run_c(const serve_bench *b, const char *ep, double *gbs, double *sps, double *cpu_gb) {
+static int run_c(serve_bench *b, const char *ep, double *gbs, double *sps, double *cpu_gb) {
   serve_source *src;
   bench_server t;
   CE_TRY(start(b, ep, &src, &t));
@@ -78,6 +80,11 @@ static int run_c(const serve_bench *b, const char *ep, double *gbs, double *sps,
   stream_client_stats st;
   stream_client_get_stats(c, &st);
   stream_client_close(c);
+  uint64_t direct, hdf5, mapped;
+  serve_read_counts(src, &direct, &hdf5, &mapped);
+  b->rows_mapped = mapped;
+  b->rows_copied = direct - mapped;
+  b->rows_hdf5 = hdf5;
   stop(src, &t);
   *gbs = (double)(st.bytes - bytes0) / (t1 - t0) / 1e9;
   *sps = (double)(st.samples - samples0) / (t1 - t0);
@@ -128,7 +135,7 @@ static int run_python(const serve_bench *b, const char *ep, double *gbs, double 
 
 int bench_serve(int argc, char **argv) {
   serve_bench b = {.split = "all", .batch = 1, .credit = 8, .prefetch = 4, .epochs = 3};
-  int64_t batch = 1, credit = 8, prefetch = 4, epochs = 3, read_threads = 0;
+  int64_t batch = 1, credit = 8, prefetch = 4, epochs = 3, read_threads = 0, max_open = 0;
   const char *transport = "tcp";
   cli_opt opts[] = {
       {"split", CLI_STR, &b.split, "NAME", "split to serve (default all)", 0, 0},
@@ -136,6 +143,8 @@ int bench_serve(int argc, char **argv) {
       {"credit", CLI_INT, &credit, "K", "consumer credit, chunks in flight (default 8)", 0, 0},
       {"prefetch", CLI_INT, &prefetch, "P", "chunks read ahead (default 4)", 0, 0},
       {"read-threads", CLI_INT, &read_threads, "N", "serve's reader threads (default min(4, cores), as coemu serve)", 0, 0},
+      {"max-open", CLI_INT, &max_open, "N", "shard files serve keeps open (and mapped) at once (default 64, as coemu serve)", 0, 0},
+      {"copy-rows", CLI_FLAG, &b.copy_rows, NULL, "copy every row with pread, never send from the mapped shard file (as coemu serve --copy-rows)", 0, 0},
       {"epochs", CLI_INT, &epochs, "E", "epochs; the first warms up, untimed (default 3)", 0, 0},
       {"transport", CLI_STR, &transport, "tcp|ipc", "endpoint kind (default tcp)", 0, 0},
       {"python", CLI_STR, &b.python, "DIR",
@@ -153,14 +162,16 @@ int bench_serve(int argc, char **argv) {
   free(pos); /* the strings are argv's */
   if (batch < 1 || batch > 4096 || credit < 1 || credit > 1024 || prefetch < 1 ||
       prefetch > 1024 || epochs < 2 || epochs > 1000 || read_threads < 0 ||
-      read_threads > SERVE_MAX_READ_THREADS ||
+      read_threads > SERVE_MAX_READ_THREADS || max_open < 0 || max_open > 100000 ||
       (strcmp(transport, "tcp") && strcmp(transport, "ipc")))
     return cli_usage_fail("bench serve", "--batch 1..4096, --credit 1..1024, --prefetch 1..1024, "
-                                         "--epochs 2..1000, --transport tcp|ipc, --read-threads 1..64");
+                                         "--epochs 2..1000, --transport tcp|ipc, --read-threads 1..64, "
+                                         "--max-open 1..100000");
   b.batch = (int)batch;
   b.credit = (int)credit;
   b.prefetch = (int)prefetch;
   b.epochs = (int)epochs;
+  b.max_open = (int)max_open;
   b.read_threads = read_threads ? (int)read_threads : serve_default_read_threads();
   char ep[256];
   if (!strcmp(transport, "tcp"))
@@ -187,8 +198,10 @@ int bench_serve(int argc, char **argv) {
   double gbs, sps, mem_gbs, mem_sps, cpu_gb, mem_cpu_gb;
   if (run_c(&b, ep, &gbs, &sps, &cpu_gb) < 0) return cli_fail("bench serve");
   printf("serve c %s sample_MB %.2f samples_per_epoch %llu batch %d read_threads %d GB/s %.2f "
-         "samples/s %.0f cpu_s_per_GB %.2f\n",
-         transport, mb, (unsigned long long)per_epoch, b.batch, b.read_threads, gbs, sps, cpu_gb);
+         "samples/s %.0f cpu_s_per_GB %.2f rows mapped %llu copied %llu hdf5 %llu\n",
+         transport, mb, (unsigned long long)per_epoch, b.batch, b.read_threads, gbs, sps, cpu_gb,
+         (unsigned long long)b.rows_mapped, (unsigned long long)b.rows_copied,
+         (unsigned long long)b.rows_hdf5);
   fflush(stdout);
   uint64_t mem_samples = per_epoch * (uint64_t)(b.epochs - 1);
   if (mem_samples < 64) mem_samples = 64;

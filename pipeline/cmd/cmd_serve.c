@@ -109,6 +109,12 @@ static int run_server(const char *what, serve_source *src, const server_args *a)
     fprintf(stderr, "serve: images-only: %lld input cubes rebuilt, %.2f ms CPU each (sampling; the "
                     "producer bound is cores / that); %lld model loads, %.1f s\n", (long long)cubes,
             1e3 * cube_s / (double)cubes, (long long)loads, load_s);
+  uint64_t direct = 0, hdf5 = 0, mapped = 0;
+  serve_read_counts(src, &direct, &hdf5, &mapped);
+  if (direct + hdf5 > 0)
+    fprintf(stderr, "serve: rows read: %llu samples sent from the mapped shard files (no copy), "
+                    "%llu copied with pread, %llu through HDF5\n", (unsigned long long)mapped,
+            (unsigned long long)(direct - mapped), (unsigned long long)hdf5);
   stream_server_destroy(srv);
   return rc;
 }
@@ -132,7 +138,7 @@ typedef struct {
       *pilot_out;
   int64_t ranks, batch, epochs, seed, prefetch, read_threads, credit, maxcons, order_shards,
       order_buffer, pilot_n;
-  int pad, live, generate, fresh, cache_given;
+  int pad, live, generate, fresh, cache_given, copy_rows;
   double model_cache_mb, producer_timeout, heartbeat, timeout, idle_exit;
 } serve_cli;
 
@@ -245,6 +251,7 @@ int cmd_serve(int argc, char **argv) {
       {"out", CLI_STR, &c.gen_out, "DIR", "generate: where synthetic models are written (default: the job's output.directory)", 0, 0},
       {"prefetch", CLI_INT, &c.prefetch, "K", "chunks read ahead per rank (default 4)", 0, 0},
       {"read-threads", CLI_INT, &c.read_threads, "N", "threads reading and checking samples (default min(4, cores); --live: 1)", 0, 0},
+      {"copy-rows", CLI_FLAG, &c.copy_rows, NULL, "copy every row out of the shard files (pread) instead of sending it from the mapped file (docs/stream-protocol.md, \"Zero copy\")", 0, 0},
       {"max-credit", CLI_INT, &c.credit, "K", "most chunks in flight per rank (default 8)", 0, 0},
       {"heartbeat", CLI_DOUBLE, &c.heartbeat, "S", "heartbeat interval [s] (default 1)", 0, 0},
       {"timeout", CLI_DOUBLE, &c.timeout, "S", "drop a rank silent this long [s] (default 10)", 0, 0},
@@ -361,7 +368,7 @@ static int cmd_serve_run(char **pos, job *jp, serve_cli *c) {
   serve_opts so = {.dataset_dir = pos[0], .split = c->split, .seed = (uint64_t)c->seed,
                    .world = (int)c->ranks, .batch = (int)c->batch, .drop_last = !c->pad,
                    .prefetch = (int)c->prefetch, .live = c->live,
-                   .read_threads = (int)c->read_threads,
+                   .read_threads = (int)c->read_threads, .copy_rows = c->copy_rows,
                    .order = {.mode = omode, .shards = c->order_shards, .buffer = c->order_buffer}};
   server_args a = {c->endpoint, c->split, c->curve_secret, c->curve_auth, c->ranks,
                    c->batch, c->epochs, c->credit, c->maxcons, c->heartbeat,

@@ -4,13 +4,19 @@
 
 #include <errno.h>
 #include <hdf5.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
+#include "common/checksum.h"
 #include "common/error.h"
 #include "common/fsutil.h"
 #include "pipeline/dataset/h5util.h"
@@ -22,6 +28,20 @@
 enum { A_IN, A_OUT, A_SUMS, A_N };
 static const char *const arr_name[A_N] = {"inputs", "targets", "checksums"};
 
+/* A shard file mapped read-only (shard_reader.h, "zero copy"). */
+struct shard_map {
+  void *base;
+  size_t len;
+  atomic_int refs; /* the open shard's + one per view handed out */
+};
+
+void shard_map_release(shard_map *m) {
+  if (m && atomic_fetch_sub(&m->refs, 1) == 1) {
+    munmap(m->base, m->len);
+    free(m);
+  }
+}
+
 typedef struct {
   int64_t shard; /* -1: free */
   hid_t file, d[A_N];
@@ -32,6 +52,7 @@ typedef struct {
   int fd;            /* HDF5's own descriptor of the file (no extra open) */
   int64_t *roff;     /* [count][2]: file offsets of the /inputs and /targets rows */
   uint64_t *rsums;   /* [count][2]: its /checksums, when sums_all does not hold them */
+  shard_map *map;    /* the file mapped (direct reads), or NULL */
 } open_slot;
 
 typedef struct {
@@ -346,6 +367,8 @@ static void slot_close(shard_reader *r, open_slot *q) {
   if (q->file >= 0) H5Fclose(q->file);
   free(q->roff);
   free(q->rsums);
+  shard_map_release(q->map); /* unmapped once no view holds it */
+  q->map = NULL;
   q->roff = NULL;
   q->rsums = NULL;
   q->direct = 0;
@@ -850,6 +873,43 @@ static int direct_rows(shard_reader *r, open_slot *q, int a, int64_t count, size
   return ok ? 0 : 1;
 }
 
+/* Map a shard planned for direct reads (shard_reader.h, "zero copy"): the
+ * file must reach the end of every row the plan found. 0 (mapped, or not
+ * mapped where mmap is refused: pread then), -1 when the file is too
+ * short. */
+static int map_slot(shard_reader *r, open_slot *q) {
+  const shard_entry *e = &r->sh[q->shard];
+  struct stat st;
+  if (fstat(q->fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size <= 0) return 0;
+  int64_t end = 0;
+  size_t bytes[2] = {r->in_vals * sizeof(float), r->out_vals * sizeof(float)};
+  for (int64_t k = 0; k < e->count; k++)
+    for (int a = 0; a < 2; a++) {
+      if (a == A_IN && !r->has_inputs) continue;
+      int64_t x = q->roff[2 * k + a] + (int64_t)bytes[a];
+      if (x > end) end = x;
+    }
+  if (end > (int64_t)st.st_size) {
+    char p[4400];
+    shard_path(r, q->shard, p, sizeof p);
+    CE_FAIL("%s: samples %lld..%lld: the file is %lld bytes, its rows reach byte %lld (truncated "
+            "while open?): %s", p, (long long)e->first, (long long)(e->first + e->count - 1),
+            (long long)st.st_size, (long long)end, damaged_hint);
+  }
+  void *base = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, q->fd, 0);
+  if (base == MAP_FAILED) return 0; /* pread instead */
+  shard_map *m = malloc(sizeof *m);
+  if (!m) {
+    munmap(base, (size_t)st.st_size);
+    return 0;
+  }
+  m->base = base;
+  m->len = (size_t)st.st_size;
+  atomic_init(&m->refs, 1);
+  q->map = m;
+  return 0;
+}
+
 /* Look at an open shard once: q->direct = 1 (roff, the descriptor and the
  * checksums ready) or -1 (HDF5 reads only). 0, or -1 on error. */
 static int direct_setup(shard_reader *r, open_slot *q) {
@@ -886,6 +946,7 @@ static int direct_setup(shard_reader *r, open_slot *q) {
               (long long)e->first, (long long)(e->first + e->count - 1), damaged_hint);
     }
   }
+  if (map_slot(r, q) < 0) return -1; /* too short: left to the HDF5 path, which names it */
   q->direct = 1;
   return 0;
 }
@@ -920,6 +981,7 @@ int shard_reader_direct_plan(shard_reader *r, const int64_t *idx, int n, shard_d
     w->shard = s;
     w->row = i - e->first;
     w->fd = q->fd;
+    w->map = q->map;
     w->off[0] = r->has_inputs ? q->roff[2 * w->row] : -1;
     w->off[1] = q->roff[2 * w->row + 1];
     const uint64_t *sums = !r->checked ? NULL
@@ -982,4 +1044,91 @@ int shard_reader_direct_read(const shard_reader *r, const shard_direct_row *rows
     }
   }
   return 0;
+}
+
+/* ---- zero copy (shard_reader.h) ---- */
+
+/* SIGBUS while a mapped row is checked: the file lost the page (truncated
+ * while mapped). The thread checking arms a jump buffer; the handler jumps
+ * back to it, and hands any other SIGBUS to the disposition it replaced. */
+static _Thread_local sigjmp_buf *volatile bus_jump;
+static struct sigaction bus_prev;
+static pthread_once_t bus_once = PTHREAD_ONCE_INIT;
+
+static void bus_handler(int sig, siginfo_t *si, void *uc) {
+  sigjmp_buf *j = bus_jump;
+  if (j) siglongjmp(*j, 1);
+  if ((bus_prev.sa_flags & SA_SIGINFO) && bus_prev.sa_sigaction) {
+    bus_prev.sa_sigaction(sig, si, uc);
+    return;
+  }
+  if (!(bus_prev.sa_flags & SA_SIGINFO) && bus_prev.sa_handler != SIG_DFL &&
+      bus_prev.sa_handler != SIG_IGN) {
+    bus_prev.sa_handler(sig);
+    return;
+  }
+  signal(SIGBUS, SIG_DFL); /* the access faults again and the default ends the process */
+}
+
+static void bus_install(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = bus_handler;
+  sa.sa_flags = SA_SIGINFO;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGBUS, &sa, &bus_prev);
+}
+
+/* XXH64 of len mapped bytes at p into *h: 0, or -1 when reading them raised
+ * SIGBUS. */
+static int hash_mapped(const void *p, size_t len, uint64_t *h) {
+  sigjmp_buf j;
+  if (sigsetjmp(j, 1)) {
+    bus_jump = NULL;
+    return -1;
+  }
+  bus_jump = &j;
+  uint64_t v = ce_xxh64(p, len, 0);
+  bus_jump = NULL;
+  *h = v;
+  return 0;
+}
+
+int shard_reader_direct_map(const shard_reader *r, const shard_direct_row *rows, int m,
+                            const void **inputs, const void **targets, uint64_t *sums,
+                            shard_map **hold) {
+  *hold = NULL;
+  shard_map *map = m > 0 ? rows[0].map : NULL;
+  if (!map || !r->has_inputs) return 0;
+  size_t bytes[2] = {r->in_vals * sizeof(float), r->out_vals * sizeof(float)};
+  for (int k = 1; k < m; k++) /* one shard, rows back to back in the file */
+    for (int a = 0; a < 2; a++)
+      if (rows[k].map != map || rows[k].off[a] != rows[0].off[a] + (int64_t)((size_t)k * bytes[a]))
+        return 0;
+  pthread_once(&bus_once, bus_install);
+  const char *base = map->base;
+  for (int k = 0; k < m; k++) {
+    const shard_direct_row *w = &rows[k];
+    for (int a = 0; a < 2; a++) {
+      uint64_t h = 0;
+      if (hash_mapped(base + w->off[a], bytes[a], &h) < 0) {
+        char p[4400];
+        struct stat st;
+        shard_path(r, w->shard, p, sizeof p);
+        long long now = stat(p, &st) == 0 ? (long long)st.st_size : -1;
+        CE_FAIL("%s: sample %lld (row %lld of the shard): /%s cannot be read from the mapped file "
+                "(SIGBUS: the file was truncated while being served; now %lld bytes, the row "
+                "ends at byte %lld): %s", p, (long long)(r->sh[w->shard].first + w->row),
+                (long long)w->row, arr_name[a], now, (long long)(w->off[a] + (int64_t)bytes[a]),
+                damaged_hint);
+      }
+      if (sums) sums[2 * k + a] = h;
+      if (r->checked && h != w->want[a]) return row_mismatch(r, w->shard, w->row, a, h, w->want[a]);
+    }
+  }
+  atomic_fetch_add(&map->refs, 1);
+  *hold = map;
+  *inputs = base + rows[0].off[0];
+  *targets = base + rows[0].off[1];
+  return 1;
 }

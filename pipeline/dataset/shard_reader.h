@@ -147,11 +147,14 @@ int64_t shard_reader_opens(const shard_reader *r);
  * the LRU never evicts it) until its plan ends; at most max_open - 1 shards
  * are pinned at once, so no descriptor is added to the cap and an HDF5 read
  * always finds a slot. */
+typedef struct shard_map shard_map; /* a shard file mapped into memory (below) */
+
 typedef struct {
   int64_t shard, row; /* the sample's shard and its row there */
   int fd;             /* the shard file, open while pinned */
   int64_t off[2];     /* file offsets of its /inputs and /targets rows */
   uint64_t want[2];   /* their /checksums (datasets checked: shard_reader_checked) */
+  shard_map *map;     /* the shard file mapped read-only, or NULL (not mapped: pread only) */
 } shard_direct_row;
 
 /* Plan reading samples idx[0..n) (n >= 1): m >= 1 of them, idx[0..m), into
@@ -173,5 +176,45 @@ int shard_reader_direct_read(const shard_reader *r, const shard_direct_row *rows
                              float *inputs, float *targets, uint64_t *sums);
 /* Unpin the shards of a plan. Hold h5_lock(). */
 void shard_reader_direct_end(shard_reader *r, const shard_direct_row *rows, int m);
+
+/* ---- zero copy: rows handed out where they lie in the mapped shard file ----
+ * When a shard is first planned for direct reads, its file is also mapped
+ * read-only (mmap(2) of the whole file, MAP_SHARED: the page cache's own
+ * pages, no copy), after checking that the file still reaches the end of
+ * every row the plan found (a file shorter than that is an error naming
+ * it). The mapping is reference counted: the open shard holds one
+ * reference, dropped when the LRU closes the shard; every view handed out
+ * by shard_reader_direct_map holds another, dropped by shard_map_release
+ * (any thread, e.g. ZeroMQ's I/O thread once it has sent the frames), and
+ * the last one unmaps. So a view stays valid after its plan ends and after
+ * its shard is evicted, for as long as the caller holds it; the mappings
+ * alive are the open shards' plus those of views still held.
+ * A mapping fails softly: where mmap is refused the shard is read with
+ * pread as before (rows[k].map NULL). */
+
+/* Views of the m planned rows (shard_reader_direct_plan with *direct = 1)
+ * when they are one run of consecutive rows of one mapped shard, in the
+ * file back to back (always for m = 1: one row of /inputs and one of
+ * /targets): *inputs (m x 3 n^3 float32) and *targets (m x F n^2) point
+ * into the mapping, every row is checked against /checksums as
+ * shard_reader_direct_read checks it (a mismatch names the shard, sample,
+ * row and array), sums gets the rows' XXH64s, and *hold a reference to the
+ * mapping that keeps the views valid until shard_map_release(*hold).
+ * The pointers are not aligned beyond what the file offsets give (HDF5
+ * places rows at any byte): read them as bytes or memcpy.
+ * A row lost from the mapping (the file truncated while mapped: the kernel
+ * raises SIGBUS on reading it) is caught while it is checked and is an
+ * error naming the shard, the sample and its row, never a crash. What
+ * cannot be caught here: a file truncated after its rows were checked, while
+ * the views are still held (docs/stream-protocol.md, "Zero copy"). Returns 1 (views
+ * made), 0 (the rows are not one mapped run: read them with
+ * shard_reader_direct_read), -1 on error. Calls no HDF5: any thread, no
+ * lock, between the plan and shard_reader_direct_end. */
+int shard_reader_direct_map(const shard_reader *r, const shard_direct_row *rows, int m,
+                            const void **inputs, const void **targets, uint64_t *sums,
+                            shard_map **hold);
+/* Drop a reference taken by shard_reader_direct_map (NULL: nothing); the
+ * last one unmaps the file. Thread-safe; no lock needed. */
+void shard_map_release(shard_map *m);
 
 #endif

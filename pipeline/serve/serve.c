@@ -40,7 +40,11 @@ typedef struct {
 typedef struct {
   uint64_t *ids;
   uint64_t *sums; /* the rows' checksums as verified by the reader, or NULL (stream_chunk) */
-  float *inputs, *targets;
+  float *inputs, *targets; /* the rows copied here, or NULL (views) */
+  /* zero copy: the rows where they lie in the mapped shard file, and the
+   * reference that keeps the mapping (shard_reader_direct_map) */
+  const void *in_view, *tg_view;
+  shard_map *hold;
 } chunk_mem;
 
 typedef struct {
@@ -60,6 +64,7 @@ struct serve_source {
   hid_t shard_sums;           /* its /checksums, or -1 */
   shard_reader *rd;           /* finished mode: the shards (checked reads, open-shard cache) */
   uint64_t rows_direct, rows_hdf5; /* samples read with pread / through HDF5 (h5_lock) */
+  uint64_t rows_mapped;       /* of rows_direct: sent from the mapped file, no copy (h5_lock) */
   int64_t nsamples_total, nsplit;
   int64_t *split_idx;         /* dataset indices of the split, ascending */
   uint32_t in_shape[4], out_shape[3];
@@ -92,6 +97,7 @@ static void chunk_free(void *p) {
   free(m->sums);
   free(m->inputs);
   free(m->targets);
+  shard_map_release(m->hold); /* may run in ZeroMQ's I/O thread: no lock needed */
   free(m);
 }
 
@@ -243,6 +249,7 @@ static int read_samples(serve_source *s, uint32_t epoch, const int64_t *idx, int
                         float *inputs, float *targets, uint64_t *sums);
 static int read_finished(serve_source *s, const int64_t *idx, int n, float *inputs,
                          float *targets, uint64_t *sums);
+static int read_mapped(serve_source *s, const int64_t *idx, int n, chunk_mem *m);
 
 /* Read (and normalise) one chunk; called by the reader thread, mutex NOT held. */
 static int read_chunk(serve_source *s, uint32_t epoch, const int64_t *idx, int n, int normalised,
@@ -250,14 +257,20 @@ static int read_chunk(serve_source *s, uint32_t epoch, const int64_t *idx, int n
   chunk_mem *m = calloc(1, sizeof *m);
   if (!m) CE_FAIL("out of memory");
   m->ids = ce_malloc_array((size_t)n, 8, "chunk ids");
-  m->inputs = ce_malloc_array((size_t)n * s->in_vals, 4, "chunk inputs");
-  m->targets = ce_malloc_array((size_t)n * s->out_vals, 4, "chunk targets");
   /* the reader's verified row checksums go on the wire as they are; live,
    * external or normalised rows are hashed by the stream server */
   int forward = !s->o.live && !s->o.external && !normalised;
   if (forward) m->sums = ce_malloc_array((size_t)n, 2 * sizeof(uint64_t), "chunk checksums");
-  if (!m->ids || !m->inputs || !m->targets || (forward && !m->sums) ||
-      read_samples(s, epoch, idx, n, normalised, m->inputs, m->targets, m->sums) < 0) {
+  /* raw rows of a finished dataset that lie back to back in one mapped
+   * shard (every chunk of one sample) are sent from the mapping itself */
+  int mapped = forward && m->sums && !s->o.copy_rows ? read_mapped(s, idx, n, m) : 0;
+  if (mapped == 0) {
+    m->inputs = ce_malloc_array((size_t)n * s->in_vals, 4, "chunk inputs");
+    m->targets = ce_malloc_array((size_t)n * s->out_vals, 4, "chunk targets");
+  }
+  if (!m->ids || mapped < 0 || (forward && !m->sums) ||
+      (!mapped && (!m->inputs || !m->targets ||
+                   read_samples(s, epoch, idx, n, normalised, m->inputs, m->targets, m->sums) < 0))) {
     chunk_free(m);
     return -1;
   }
@@ -468,8 +481,8 @@ int serve_chunk(void *ctx, const stream_consumer *c, uint32_t epoch, uint64_t po
   out->nsamples = (uint32_t)s->o.batch;
   out->ids = m->ids;
   out->sums = m->sums;
-  out->inputs = m->inputs;
-  out->targets = m->targets;
+  out->inputs = m->hold ? m->in_view : m->inputs;
+  out->targets = m->hold ? m->tg_view : m->targets;
   memcpy(out->in_shape, s->in_shape, sizeof s->in_shape);
   memcpy(out->out_shape, s->out_shape, sizeof s->out_shape);
   out->flags = (uint32_t)norm;
@@ -724,10 +737,11 @@ void serve_open_shards(const serve_source *s, int *now, int *peak) {
   h5_unlock();
 }
 
-void serve_read_counts(const serve_source *s, uint64_t *direct, uint64_t *hdf5) {
+void serve_read_counts(const serve_source *s, uint64_t *direct, uint64_t *hdf5, uint64_t *mapped) {
   h5_lock(); /* the readers count under it */
   *direct = s->rows_direct;
   *hdf5 = s->rows_hdf5;
+  if (mapped) *mapped = s->rows_mapped;
   h5_unlock();
 }
 
@@ -768,6 +782,33 @@ static int read_finished(serve_source *s, const int64_t *idx, int n, float *inpu
       h5_unlock();
     }
     k += m > 0 ? m : 0;
+  }
+  free(rows);
+  return rc;
+}
+
+/* Zero copy (shard_reader.h): the n samples of a chunk as views of their
+ * mapped shard when the plan reads them all directly and they lie back to
+ * back in one mapped shard file. 1: m->in_view, tg_view, hold and sums set,
+ * every row checked; 0: not so (the caller reads a copy); -1 on error (the
+ * damaged or truncated shard named). */
+static int read_mapped(serve_source *s, const int64_t *idx, int n, chunk_mem *m) {
+  if (!s->rd) return 0;
+  shard_direct_row *rows = ce_malloc_array((size_t)n, sizeof *rows, "read plan");
+  if (!rows) return -1;
+  int direct = 0;
+  h5_lock();
+  int k = shard_reader_direct_plan(s->rd, idx, n, rows, &direct);
+  if (k > 0 && direct && k < n) shard_reader_direct_end(s->rd, rows, k);
+  h5_unlock();
+  int rc = 0;
+  if (k < 0) rc = -1;
+  if (k == n && direct) {
+    rc = shard_reader_direct_map(s->rd, rows, n, &m->in_view, &m->tg_view, m->sums, &m->hold);
+    h5_lock();
+    shard_reader_direct_end(s->rd, rows, n);
+    if (rc > 0) s->rows_direct += (uint64_t)n, s->rows_mapped += (uint64_t)n;
+    h5_unlock();
   }
   free(rows);
   return rc;

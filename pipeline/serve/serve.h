@@ -18,6 +18,15 @@
  * parallel with the other readers. Shards whose rows cannot be read that
  * way (filtered, rebuilt inputs, ...) are read through HDF5 under the lock.
  * The chunks are the same bytes whichever reader reads them.
+ * Zero copy: a chunk of raw samples whose rows lie back to back in one
+ * shard file (every chunk of batch 1; at larger batches, consecutive rows of
+ * a shard) is not copied at all: the reader checks its rows where they lie
+ * in the shard file mapped read-only (shard_reader_direct_map) and the
+ * chunk's frames point there, so ZeroMQ sends them from the page cache; the
+ * chunk holds a reference to the mapping until ZeroMQ has sent it.
+ * Normalised chunks, chunks of scattered rows, HDF5-read shards, live mode
+ * and external sources are copied as before, and so is everything with
+ * serve_opts.copy_rows.
  * Samples are read from the shard files (pipeline/dataset/shard_reader.h:
  * the manifest's sample -> shard map, a cache of at most max_open open
  * shards, consecutive rows in one read, every sample checked), never
@@ -75,6 +84,8 @@ typedef struct {
   order_opts order;       /* the epoch order (order.h; zeroed: exact) */
   int max_open;           /* shard files kept open at once (LRU; 0: SHARD_READER_MAX_OPEN) */
   int read_threads;       /* reader threads (0: serve_default_read_threads(); live: 1) */
+  int copy_rows;          /* 1: copy every row into the chunk (pread), never send it from the
+                             mapped shard file (below, "zero copy") */
   const serve_external *external; /* non-NULL: serve its samples instead of dataset_dir's */
 } serve_opts;
 
@@ -132,10 +143,11 @@ int64_t serve_split_sample(const serve_source *s, int64_t k);
 void serve_shapes(const serve_source *s, uint32_t in_shape[4], uint32_t out_shape[3]);
 /* The dataset's normalisation (/stats), or NULL when it has none. */
 /* Samples of a finished dataset read so far (every reader, serve_read too):
- * with pread(2) (direct) and through HDF5 (shards that cannot be read
- * directly, or every other open shard busy: shard_reader.h). For tests and
- * benches. */
-void serve_read_counts(const serve_source *s, uint64_t *direct, uint64_t *hdf5);
+ * directly (direct) and through HDF5 (shards that cannot be read directly,
+ * or every other open shard busy: shard_reader.h); of the direct ones,
+ * *mapped (may be NULL) were not copied at all: sent from the mapped shard
+ * file (serve_opts.copy_rows). For tests and benches. */
+void serve_read_counts(const serve_source *s, uint64_t *direct, uint64_t *hdf5, uint64_t *mapped);
 
 const stats_norm *serve_norm(const serve_source *s);
 

@@ -629,7 +629,7 @@ static void stream_all(int threads, int max_open, int mode, uint64_t *direct, ui
   serve_open_shards(s, &now, &peak);
   CHECK_MSG(peak <= (max_open ? max_open : 64), "max_open %d: %d shards were open at once",
             max_open, peak);
-  serve_read_counts(s, direct, hdf5);
+  serve_read_counts(s, direct, hdf5, NULL);
   free(in);
   free(tg);
   serve_close(s);
@@ -698,8 +698,10 @@ static void test_damaged_row_threads(void) {
   CHECK_OK(dataset_shard_path(dir, 3, p, sizeof p));
   snprintf(want26, sizeof want26,
            "%s: sample 26 (row 2 of the shard): /targets does not match its checksum", p);
-  const int B = 2;
-  for (int max_open = 0; max_open <= 1; max_open++) { /* pread, then HDF5 */
+  /* batch 2: rows copied (pread, then HDF5 with one open shard); batch 1:
+   * every chunk one row, checked where it lies in the mapped file */
+  for (int B = 2; B >= 1; B--)
+  for (int max_open = 0; max_open <= 1; max_open++) {
     serve_opts o = {.dataset_dir = dir, .split = "all", .seed = 9, .world = 1, .batch = B,
                     .drop_last = 1, .prefetch = 4, .read_threads = 4, .max_open = max_open};
     serve_source *s = NULL;
@@ -727,12 +729,167 @@ static void test_damaged_row_threads(void) {
       }
     }
     CHECK(fails == 2);
-    uint64_t d, h;
-    serve_read_counts(s, &d, &h);
+    uint64_t d, h, mp;
+    serve_read_counts(s, &d, &h, &mp);
     CHECK_MSG(max_open ? d == 0 : h == 0, "max_open %d: %llu direct, %llu HDF5", max_open,
               (unsigned long long)d, (unsigned long long)h);
+    CHECK_MSG(B == 1 && !max_open ? mp == d && mp >= 28 : mp == 0,
+              "batch %d max_open %d: %llu of %llu direct rows sent from the mapping", B, max_open,
+              (unsigned long long)mp, (unsigned long long)d);
     serve_close(s);
   }
+}
+
+/* ---- zero copy: chunks that point into the mapped shard files ---- */
+
+/* Every chunk of epochs 0 and 1 (W 2, batch 1, both orders) with and without
+ * serve_opts.copy_rows: the producer's exact bytes and their XXH64s either
+ * way; every row mapped without copy_rows, none with it. */
+static void test_zero_copy_chunks(void) {
+  const int W = 2;
+  size_t iv = fixture_in_vals(&SPEC), ov = fixture_out_vals(&SPEC);
+  float *in = malloc(sizeof(float) * iv), *tg = malloc(sizeof(float) * ov);
+  for (int mode = ORDER_EXACT; mode <= ORDER_SHARDS && in && tg; mode++)
+    for (int copy = 0; copy <= 1; copy++) {
+      serve_opts o = {.dataset_dir = g_dir, .split = "all", .seed = 5, .world = W, .batch = 1,
+                      .drop_last = 1, .prefetch = 3, .read_threads = 2, .copy_rows = copy,
+                      .order = {.mode = mode}};
+      serve_source *s = NULL;
+      CHECK_OK(serve_open(&o, &s));
+      if (!s) continue;
+      int bad = 0, n = 0;
+      for (uint32_t e = 0; e < 2; e++)
+        for (uint64_t pos = 0; pos < serve_samples_per_rank(s); pos++)
+          for (int r = 0; r < W; r++) {
+            stream_consumer c = {(uint16_t)r, (uint16_t)W, 0};
+            stream_chunk ch;
+            memset(&ch, 0, sizeof ch);
+            int rc = serve_chunk(s, &c, e, pos, &ch);
+            CHECK_MSG(rc == 1, "copy %d: epoch %u rank %d position %llu: %s", copy, e, r,
+                      (unsigned long long)pos, ce_err_msg());
+            if (rc != 1) continue;
+            int64_t id = serve_sample_at(s, e, r, pos);
+            fixture_sample(&SPEC, id, in, tg);
+            bad += ch.ids[0] != (uint64_t)id || !ch.sums ||
+                   memcmp(ch.inputs, in, sizeof(float) * iv) ||
+                   memcmp(ch.targets, tg, sizeof(float) * ov) ||
+                   ch.sums[0] != ce_xxh64(in, sizeof(float) * iv, 0) ||
+                   ch.sums[1] != ce_xxh64(tg, sizeof(float) * ov, 0);
+            n++;
+            ch.release(ch.token);
+          }
+      CHECK_MSG(bad == 0 && n == 60, "order %d copy %d: %d of %d chunks differ from the producer's",
+                mode, copy, bad, n);
+      uint64_t d, h, mp;
+      serve_read_counts(s, &d, &h, &mp);
+      CHECK_MSG(copy ? mp == 0 && d >= 60 : mp == d && d >= 60 && h == 0,
+                "order %d copy %d: %llu rows mapped, %llu direct, %llu HDF5", mode, copy,
+                (unsigned long long)mp, (unsigned long long)d, (unsigned long long)h);
+      serve_close(s);
+    }
+  free(in);
+  free(tg);
+}
+
+/* A view outlives its plan, its shard's eviction and the source itself:
+ * one reader, two open shards at most, every chunk of an epoch held until
+ * the end (the 30 samples lie in 4 shards, so mapped shards are closed
+ * while their chunks are held), then compared byte for byte (a mapping
+ * released too early faults here, or under ASan reads freed memory). */
+static void test_zero_copy_lifetime(void) {
+  serve_opts o = {.dataset_dir = g_dir, .split = "all", .seed = 3, .world = 1, .batch = 1,
+                  .drop_last = 1, .prefetch = 2, .read_threads = 1, .max_open = 2};
+  serve_source *s = NULL;
+  CHECK_OK(serve_open(&o, &s));
+  if (!s) return;
+  enum { N = 30 };
+  stream_chunk held[N];
+  int64_t ids[N];
+  int got = 0;
+  for (uint64_t pos = 0; pos < serve_samples_per_rank(s) && got < N; pos++) {
+    stream_consumer c = {0, 1, 0};
+    memset(&held[got], 0, sizeof held[got]);
+    int rc = serve_chunk(s, &c, 0, pos, &held[got]);
+    CHECK_MSG(rc == 1, "position %llu: %s", (unsigned long long)pos, ce_err_msg());
+    if (rc == 1) ids[got++] = serve_sample_at(s, 0, 0, pos);
+  }
+  int now, peak;
+  serve_open_shards(s, &now, &peak);
+  uint64_t d, h, mp;
+  serve_read_counts(s, &d, &h, &mp);
+  CHECK_MSG(peak <= 2 && mp >= 15, "%d shards open at most, %llu of %llu rows mapped", peak,
+            (unsigned long long)mp, (unsigned long long)(d + h));
+  serve_close(s); /* the views hold their mappings, not the source */
+  size_t iv = fixture_in_vals(&SPEC), ov = fixture_out_vals(&SPEC);
+  float *in = malloc(sizeof(float) * iv), *tg = malloc(sizeof(float) * ov);
+  int bad = 0;
+  for (int k = 0; k < got && in && tg; k++) {
+    fixture_sample(&SPEC, ids[k], in, tg);
+    bad += held[k].ids[0] != (uint64_t)ids[k] || memcmp(held[k].inputs, in, sizeof(float) * iv) ||
+           memcmp(held[k].targets, tg, sizeof(float) * ov);
+  }
+  for (int k = 0; k < got; k++) held[k].release(held[k].token);
+  CHECK_MSG(got == N && bad == 0, "%d chunks held, %d differ after their shards were closed", got,
+            bad);
+  free(in);
+  free(tg);
+}
+
+/* A shard truncated while it is mapped: the rows it lost are an error
+ * naming the shard, the sample and its row (the SIGBUS of reading them is
+ * caught while they are checked), never a crash; the rows it kept are
+ * served. One reader, prefetch 1: after the first chunk at most one more is
+ * read before the cut. */
+static void test_zero_copy_truncated(void) {
+  char dir[1200];
+  snprintf(dir, sizeof dir, "%s/truncated", check_scratch_);
+  if (fixture_make_forked(dir, &SPEC) < 0) {
+    CHECK_MSG(0, "fixture: %s", ce_err_msg());
+    return;
+  }
+  serve_opts o = {.dataset_dir = dir, .split = "all", .seed = 9, .world = 1, .batch = 1,
+                  .drop_last = 1, .prefetch = 1, .read_threads = 1};
+  serve_source *s = NULL;
+  CHECK_OK(serve_open(&o, &s));
+  if (!s) return;
+  stream_consumer c = {0, 1, 0};
+  stream_chunk ch;
+  memset(&ch, 0, sizeof ch);
+  CHECK(serve_chunk(s, &c, 0, 0, &ch) == 1);
+  if (ch.release) ch.release(ch.token);
+  int64_t first = serve_sample_at(s, 0, 0, 0), shard = first / SPEC.samples_per_shard;
+  char p[1400];
+  CHECK_OK(dataset_shard_path(dir, shard, p, sizeof p));
+  struct stat st;
+  CHECK(stat(p, &st) == 0 && truncate(p, st.st_size / 2) == 0);
+  char want[1600];
+  snprintf(want, sizeof want, "%s: sample ", p);
+  int fails = 0, named = 0, served = 0;
+  for (uint64_t pos = 1; pos < serve_samples_per_rank(s); pos++) {
+    int64_t id = serve_sample_at(s, 0, 0, pos);
+    memset(&ch, 0, sizeof ch);
+    ce_err_clear();
+    int rc = serve_chunk(s, &c, 0, pos, &ch);
+    if (rc == 1) {
+      ch.release(ch.token); /* not read: it may lie in the part cut off (checked before the cut) */
+      served++;
+      continue;
+    }
+    fails++;
+    char row[64];
+    snprintf(row, sizeof row, "sample %lld (row %lld of the shard)", (long long)id,
+             (long long)(id - shard * SPEC.samples_per_shard));
+    named += id / SPEC.samples_per_shard == shard && strstr(ce_err_msg(), want) &&
+             strstr(ce_err_msg(), row) && strstr(ce_err_msg(), "SIGBUS") &&
+             strstr(ce_err_msg(), "truncated");
+    if (id / SPEC.samples_per_shard != shard || !strstr(ce_err_msg(), want))
+      CHECK_MSG(0, "position %llu (sample %lld): %s", (unsigned long long)pos, (long long)id,
+                ce_err_msg());
+  }
+  CHECK_MSG(fails >= 1 && named == fails && served >= 20,
+            "%d chunks failed (%d named with the shard, sample, row and SIGBUS), %d served",
+            fails, named, served);
+  serve_close(s);
 }
 
 int main(void) {
@@ -758,6 +915,9 @@ int main(void) {
   RUN(test_errors);
   RUN(test_read_threads);
   RUN(test_damaged_row_threads);
+  RUN(test_zero_copy_chunks);
+  RUN(test_zero_copy_lifetime);
+  RUN(test_zero_copy_truncated);
   check_scratch_remove();
   return check_report();
 }
