@@ -187,10 +187,12 @@ static int serve_generate(const job *jp, serve_opts *so, const server_args *a,
       fprintf(stderr,
               "serve: on the fly: %d producer ranks made %lld samples, %.2f ms of producer time "
               "per sample (producer bound %.1f samples/s on %d ranks); model cache: %lld loads, "
-              "%lld hits, peak %.1f MB of %.0f MB per rank\n",
+              "%lld hits, peak %.1f MB of %.0f MB per rank; %lld samples made ahead of an "
+              "unfinished chunk\n",
               st.ranks, (long long)st.samples, 1e3 * st.seconds / (double)st.samples,
               st.seconds > 0 ? (double)st.ranks * (double)st.samples / st.seconds : 0, st.ranks,
-              (long long)st.loads, (long long)st.hits, (double)st.peak_bytes / 1048576.0, c->model_cache_mb);
+              (long long)st.loads, (long long)st.hits, (double)st.peak_bytes / 1048576.0, c->model_cache_mb,
+              (long long)st.ahead);
   }
   if (p.close) p.close(p.ctx);
   MPI_Finalize();
@@ -320,8 +322,8 @@ static int cmd_serve_run(char **pos, job *jp, serve_cli *c) {
   if (c->idle_exit < 0) c->idle_exit = c->epochs > 0 ? 600 : 0;
   serve_opts so = {.dataset_dir = pos[0], .split = c->split, .seed = (uint64_t)c->seed,
                    .world = (int)c->ranks, .batch = (int)c->batch, .drop_last = !c->pad,
-                   .prefetch = (int)c->prefetch, .live = c->live,
-                   .read_threads = (int)c->read_threads,
+                   .prefetch = (int)c->prefetch, .epochs = (uint32_t)c->epochs,
+                   .live = c->live, .read_threads = (int)c->read_threads,
                    .order = {.mode = omode, .shards = c->order_shards, .buffer = c->order_buffer}};
   server_args a = {c->endpoint, c->split, c->curve_secret, c->curve_auth, c->ranks,
                    c->batch, c->epochs, c->credit, c->maxcons, c->heartbeat,
