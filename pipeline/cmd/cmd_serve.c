@@ -223,7 +223,7 @@ int cmd_serve(int argc, char **argv) {
       {"model-cache", CLI_DOUBLE, &c.model_cache_mb, "MB", "generate: models kept in memory per producer rank, in MB (default 1024)", 0, 0},
       {"producer-timeout", CLI_DOUBLE, &c.producer_timeout, "S", "generate: a producer rank silent this long fails the stream [s] (default 600)", 0, 0},
       {"out", CLI_STR, &c.gen_out, "DIR", "generate: where synthetic models are written (default: the job's output.directory)", 0, 0},
-      {"prefetch", CLI_INT, &c.prefetch, "K", "chunks read ahead per rank (default 4)", 0, 0},
+      {"prefetch", CLI_INT, &c.prefetch, "K", "chunks read ahead per rank, on into the next epoch (default 4)", 0, 0},
       {"read-threads", CLI_INT, &c.read_threads, "N", "threads reading and checking samples (default min(4, cores); --live: 1)", 0, 0},
       {"max-credit", CLI_INT, &c.credit, "K", "most chunks in flight per rank (default 8)", 0, 0},
       {"heartbeat", CLI_DOUBLE, &c.heartbeat, "S", "heartbeat interval [s] (default 1)", 0, 0},
