@@ -212,10 +212,12 @@ static int serve_generate(const job *jp, serve_opts *so, const server_args *a,
       fprintf(stderr,
               "serve: on the fly: %d producer ranks made %lld samples, %.2f ms of producer time "
               "per sample (producer bound %.1f samples/s on %d ranks); model cache: %lld loads, "
-              "%lld hits, peak %.1f MB of %.0f MB per rank\n",
+              "%lld hits, peak %.1f MB of %.0f MB per rank; %lld samples made ahead of an "
+              "unfinished chunk\n",
               st.ranks, (long long)st.samples, 1e3 * st.seconds / (double)st.samples,
               st.seconds > 0 ? (double)st.ranks * (double)st.samples / st.seconds : 0, st.ranks,
-              (long long)st.loads, (long long)st.hits, (double)st.peak_bytes / 1048576.0, c->model_cache_mb);
+              (long long)st.loads, (long long)st.hits, (double)st.peak_bytes / 1048576.0, c->model_cache_mb,
+              (long long)st.ahead);
   }
   if (p.close) p.close(p.ctx);
   MPI_Finalize();
@@ -249,7 +251,7 @@ int cmd_serve(int argc, char **argv) {
       {"model-cache", CLI_DOUBLE, &c.model_cache_mb, "MB", "generate: models kept in memory per producer rank, in MB (default 1024)", 0, 0},
       {"producer-timeout", CLI_DOUBLE, &c.producer_timeout, "S", "generate: a producer rank silent this long fails the stream [s] (default 600)", 0, 0},
       {"out", CLI_STR, &c.gen_out, "DIR", "generate: where synthetic models are written (default: the job's output.directory)", 0, 0},
-      {"prefetch", CLI_INT, &c.prefetch, "K", "chunks read ahead per rank (default 4)", 0, 0},
+      {"prefetch", CLI_INT, &c.prefetch, "K", "chunks read ahead per rank, on into the next epoch (default 4)", 0, 0},
       {"read-threads", CLI_INT, &c.read_threads, "N", "threads reading and checking samples (default min(4, cores); --live: 1)", 0, 0},
       {"copy-rows", CLI_FLAG, &c.copy_rows, NULL, "copy every row out of the shard files (pread) instead of sending it from the mapped file (docs/stream-protocol.md, \"Zero copy\")", 0, 0},
       {"max-credit", CLI_INT, &c.credit, "K", "most chunks in flight per rank (default 8)", 0, 0},
@@ -367,8 +369,8 @@ static int cmd_serve_run(char **pos, job *jp, serve_cli *c) {
   if (c->idle_exit < 0) c->idle_exit = c->epochs > 0 ? 600 : 0;
   serve_opts so = {.dataset_dir = pos[0], .split = c->split, .seed = (uint64_t)c->seed,
                    .world = (int)c->ranks, .batch = (int)c->batch, .drop_last = !c->pad,
-                   .prefetch = (int)c->prefetch, .live = c->live,
-                   .read_threads = (int)c->read_threads, .copy_rows = c->copy_rows,
+                   .prefetch = (int)c->prefetch, .epochs = (uint32_t)c->epochs,
+                   .live = c->live, .read_threads = (int)c->read_threads, .copy_rows = c->copy_rows,
                    .order = {.mode = omode, .shards = c->order_shards, .buffer = c->order_buffer}};
   server_args a = {c->endpoint, c->split, c->curve_secret, c->curve_auth, c->ranks,
                    c->batch, c->epochs, c->credit, c->maxcons, c->heartbeat,

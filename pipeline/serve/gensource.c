@@ -19,6 +19,20 @@ enum { TAG_TASK = 7301, TAG_RESULT = 7302, TAG_ERROR = 7303 };
 #define GENSRC_ERR_MAX 1024
 #define FRESH_ID_SEED 0x6672657368ull /* "fresh": the id of a fresh-views stream */
 
+/* A submitted chunk (gensrc_submit), until collected or cancelled. */
+typedef struct {
+  uint64_t ticket;
+  uint32_t epoch;
+  int n;
+  int left;          /* samples not finished: still to hand out, or being made */
+  int cancelled, rc; /* rc < 0: failed with err (its other samples are dropped) */
+  int64_t *idx;      /* copied */
+  int *order;        /* positions sorted by model */
+  int *lo, *hi;      /* rank r's region [lo[r], hi[r]) of order, still to hand out */
+  float *inputs, *targets;
+  char err[GENSRC_ERR_MAX + 64];
+} gchunk;
+
 struct gensrc {
   gensrc_opts o;
   serve_external ext;
@@ -28,14 +42,25 @@ struct gensrc {
   char info[8192];
   int rank, P;
   size_t in_vals, out_vals;
-  float **rbuf;   /* per rank: its results */
-  size_t *rcap;   /* bytes */
-  int64_t *order; /* scratch: positions sorted by model */
-  int broken;     /* a rank failed to answer: every later read fails */
+  /* the submitted chunks, oldest first */
+  gchunk **q;
+  int nq, capq;
+  /* per other rank r, GENSRC_DEPTH samples in flight: slot r * GENSRC_DEPTH + d */
+  char *rbuf;         /* their results (or error messages), slot_bytes each */
+  size_t slot_bytes;
+  MPI_Request *req;
+  gchunk **fch;       /* the chunk of the slot's sample, NULL: slot free */
+  int *fpos;          /* its position in the chunk's order */
+  double *since;
+  int busy;           /* slots in flight */
+  int broken;         /* a rank failed to answer: every later read fails */
   char broken_msg[GENSRC_ERR_MAX];
-  int64_t made;
+  int64_t made, ahead;
   double secs;
 };
+
+#define GENSRC_DEPTH 3 /* samples sent ahead to each rank */
+
 
 /* The direction index the sampler is given for dataset sample idx in epoch. */
 static int64_t view_of(const job *j, const uint8_t *msplit, int fresh, uint32_t epoch, int64_t idx) {
@@ -270,13 +295,22 @@ int gensrc_open(const gensrc_opts *o, gensrc **out) {
   g->out_vals = (size_t)j->nf * j->n * j->n;
   if (job_split_parse(sp, &want) < 0 || !(g->msplit = model_splits(j))) goto fail;
   g->split = ce_malloc_array((size_t)(M ? M : 1), sizeof(int64_t), "split index");
-  g->order = ce_malloc_array(4096, sizeof(int64_t), "chunk order");
-  g->rbuf = calloc((size_t)g->P, sizeof *g->rbuf);
-  g->rcap = calloc((size_t)g->P, sizeof *g->rcap);
-  if (!g->split || !g->order || !g->rbuf || !g->rcap) {
+  size_t per = (g->in_vals + g->out_vals) * sizeof(float), nslot = (size_t)g->P * GENSRC_DEPTH;
+  g->slot_bytes = per > GENSRC_ERR_MAX ? per : GENSRC_ERR_MAX;
+  if (g->slot_bytes > (size_t)INT32_MAX) {
+    ce_err("%s: one sample is %zu bytes, more than one MPI message carries here", j->path, per);
+    goto fail;
+  }
+  g->rbuf = g->P > 1 ? ce_malloc_array(nslot, g->slot_bytes, "the producer ranks' results") : NULL;
+  g->req = calloc(nslot, sizeof *g->req);
+  g->fch = calloc(nslot, sizeof *g->fch);
+  g->fpos = calloc(nslot, sizeof *g->fpos);
+  g->since = calloc(nslot, sizeof *g->since);
+  if (!g->split || (g->P > 1 && !g->rbuf) || !g->req || !g->fch || !g->fpos || !g->since) {
     ce_err("out of memory");
     goto fail;
   }
+  for (size_t q = 0; q < nslot; q++) g->req[q] = MPI_REQUEST_NULL;
   int64_t ns = 0;
   for (int64_t i = 0; i < M; i++)
     if (want < 0 || g->msplit[i / j->directions] == want) g->split[ns++] = i;
@@ -307,7 +341,8 @@ int gensrc_open(const gensrc_opts *o, gensrc **out) {
            ", \"source\": \"generate\", \"job\": \"%s\", \"fresh_views\": %s, \"producers\": %d, "
            "\"normalisation_source\": %s%s",
            jesc, o->fresh_views ? "true" : "false", g->P, norm_src, have_norm ? id_buf : "");
-  g->ext = (serve_external){.read = gensrc_read, .ctx = g, .name = j->path, .samples = M,
+  g->ext = (serve_external){.submit = gensrc_submit, .collect = gensrc_collect,
+                            .cancel = gensrc_cancel, .ctx = g, .name = j->path, .samples = M,
                             .split = g->split, .nsplit = ns, .per_shard = j->samples_per_shard,
                             .in_shape = {3, (uint32_t)j->n, (uint32_t)j->n, (uint32_t)j->n},
                             .out_shape = {(uint32_t)j->nf, (uint32_t)j->n, (uint32_t)j->n},
@@ -326,7 +361,7 @@ const serve_external *gensrc_external(const gensrc *g) { return &g->ext; }
 static const job *g_sort_job;
 static const int64_t *g_sort_idx;
 static int by_model(const void *a, const void *b) {
-  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  int x = *(const int *)a, y = *(const int *)b;
   int64_t mx = g_sort_idx[x] / g_sort_job->directions, my = g_sort_idx[y] / g_sort_job->directions;
   return mx < my ? -1 : mx > my ? 1 : (x > y) - (x < y);
 }
@@ -336,130 +371,232 @@ static void pause_us(long us) {
   nanosleep(&ts, NULL);
 }
 
-/* The next sorted position rank r makes (-1: none left): from the front of
- * its own region [lo, hi) of the sorted chunk, else from the back of the
- * region with the most left (work stealing at the end of a chunk). */
-static int take(int64_t *lo, int64_t *hi, int P, int r) {
-  if (lo[r] < hi[r]) return (int)lo[r]++;
-  int best = -1;
-  for (int q = 0; q < P; q++)
-    if (hi[q] - lo[q] > 0 && (best < 0 || hi[q] - lo[q] > hi[best] - lo[best])) best = q;
-  if (best < 0) return -1;
-  return (int)--hi[best];
+static void chunk_free(gchunk *c) {
+  if (!c) return;
+  free(c->idx);
+  free(c->order);
+  free(c->lo);
+  free(c->hi);
+  free(c);
 }
 
-#define GENSRC_DEPTH 2 /* samples sent ahead to each rank */
+static int chunk_at(const gensrc *g, uint64_t ticket) {
+  for (int i = 0; i < g->nq; i++)
+    if (g->q[i]->ticket == ticket) return i;
+  return -1;
+}
 
-int gensrc_read(void *vg, uint32_t epoch, const int64_t *idx, int n, float *inputs,
-                float *targets) {
-  gensrc *g = vg;
-  if (g->broken) CE_FAIL("%s", g->broken_msg);
-  if (n > 4096) CE_FAIL("gensource: %d samples in one chunk (at most 4096)", n);
+static void chunk_remove(gensrc *g, int i) {
+  chunk_free(g->q[i]);
+  memmove(g->q + i, g->q + i + 1, sizeof *g->q * (size_t)(g->nq - i - 1));
+  g->nq--;
+}
+
+/* Nothing more of chunk c is handed out (it failed or was cancelled). */
+static void chunk_drop_rest(gensrc *g, gchunk *c) {
+  for (int r = 0; r < g->P; r++) c->left -= c->hi[r] - c->lo[r], c->lo[r] = c->hi[r];
+}
+
+/* Sample k of chunk c is finished (made, failed or discarded); a cancelled
+ * chunk goes once nothing of it is in flight. */
+static void chunk_done_one(gensrc *g, gchunk *c) {
+  if (--c->left == 0 && c->cancelled) chunk_remove(g, chunk_at(g, c->ticket));
+}
+
+static void chunk_fail(gensrc *g, gchunk *c, const char *msg) {
+  if (c->rc == 0) {
+    c->rc = -1;
+    snprintf(c->err, sizeof c->err, "%s", msg);
+  }
+  chunk_drop_rest(g, c);
+}
+
+/* The next sample rank r makes: from the oldest chunk with work left to hand
+ * out, the front of r's own region of it, else the back of its fullest
+ * region (work stealing at a chunk's end). 0 (*out, *k), or -1: none.
+ * Counts the samples handed out while an earlier chunk is still being made
+ * (g->ahead: the work that a chunk barrier would have left undone). */
+static int take(gensrc *g, int r, gchunk **out, int *k) {
+  int older = 0;
+  for (int i = 0; i < g->nq; i++) {
+    gchunk *c = g->q[i];
+    int best = c->lo[r] < c->hi[r] ? r : -1;
+    for (int x = 0; x < g->P && best != r; x++) /* steal from the fullest */
+      if (c->hi[x] > c->lo[x] && (best < 0 || c->hi[x] - c->lo[x] > c->hi[best] - c->lo[best]))
+        best = x;
+    if (best >= 0) {
+      *out = c, *k = best == r ? c->lo[r]++ : --c->hi[best];
+      g->ahead += older;
+      return 0;
+    }
+    older |= c->left > 0;
+  }
+  return -1;
+}
+
+/* Samples of every submitted chunk not yet handed out. */
+static int64_t unassigned(const gensrc *g) {
+  int64_t n = 0;
+  for (int i = 0; i < g->nq; i++)
+    for (int r = 0; r < g->P; r++) n += g->q[i]->hi[r] - g->q[i]->lo[r];
+  return n;
+}
+
+/* A rank stopped answering: every chunk fails, now and later. */
+static void set_broken(gensrc *g, int r) {
+  g->broken = 1;
+  snprintf(g->broken_msg, sizeof g->broken_msg,
+           "producer rank %d of %d did not return its sample within %g s (has it died?): "
+           "the stream cannot go on without it",
+           r, g->P, g->o.timeout_s);
+}
+
+/* Take in what the other ranks sent back, then keep each of them
+ * GENSRC_DEPTH samples ahead (in this order, so a slot freed now is filled
+ * now: a rank that finished its queue waits for nothing but this call). No
+ * sample is queued behind a rank's busy one while fewer samples than ranks
+ * are left to hand out, so the last ones go to idle ranks. */
+static void dispatch_and_poll(gensrc *g) {
   const int P = g->P;
-  const size_t per = (g->in_vals + g->out_vals) * sizeof(float);
-  /* positions sorted by model; rank r's region is the r-th of P nearly
-   * equal runs, so a rank makes a model's directions together */
-  for (int k = 0; k < n; k++) g->order[k] = k;
-  g_sort_job = g->o.j, g_sort_idx = idx;
-  qsort(g->order, (size_t)n, sizeof *g->order, by_model);
-  int64_t *lo = calloc((size_t)P, sizeof *lo), *hi = calloc((size_t)P, sizeof *hi);
-  MPI_Request *req = calloc((size_t)P * GENSRC_DEPTH, sizeof *req);
-  int *pos = calloc((size_t)P * GENSRC_DEPTH, sizeof *pos);
-  double *since = calloc((size_t)P * GENSRC_DEPTH, sizeof *since);
-  if (!lo || !hi || !req || !pos || !since) {
-    free(lo), free(hi), free(req), free(pos), free(since);
-    CE_FAIL("out of memory");
-  }
-  for (int r = 0; r < P; r++) lo[r] = (int64_t)n * r / P, hi[r] = (int64_t)n * (r + 1) / P;
-  for (int q = 0; q < P * GENSRC_DEPTH; q++) req[q] = MPI_REQUEST_NULL, pos[q] = -1;
-  int rc = 0, busy = 0;
-  for (int r = 1; r < P && rc == 0; r++) {
-    size_t need = GENSRC_DEPTH * (per > GENSRC_ERR_MAX ? per : GENSRC_ERR_MAX);
-    if (need > g->rcap[r]) {
-      free(g->rbuf[r]);
-      g->rbuf[r] = malloc(need);
-      g->rcap[r] = g->rbuf[r] ? need : 0;
-      if (!g->rbuf[r]) rc = ce_err("out of memory for rank %d's samples", r);
-    }
-  }
-  const size_t slot_bytes = per > GENSRC_ERR_MAX ? per : GENSRC_ERR_MAX;
-  for (;;) {
-    /* keep every other rank GENSRC_DEPTH samples ahead */
-    for (int r = 1; r < P && rc == 0; r++)
-      for (int d = 0; d < GENSRC_DEPTH; d++) {
-        int q = r * GENSRC_DEPTH + d;
-        if (pos[q] >= 0) continue;
-        int mine = 0;
-        for (int e = 0; e < GENSRC_DEPTH; e++) mine += pos[r * GENSRC_DEPTH + e] >= 0;
-        if (mine > 0) { /* a sample queued behind the one being made: only while there is
-                        enough left for every rank, so the chunk's end is not held up */
-          int64_t left = 0;
-          for (int x = 0; x < P; x++) left += hi[x] - lo[x];
-          if (left < P) break;
-        }
-        int k = take(lo, hi, P, r);
-        if (k < 0) break;
-        int64_t msg[3] = {1, epoch, idx[g->order[k]]};
-        char *buf = (char *)g->rbuf[r] + (size_t)d * slot_bytes;
-        if (MPI_Irecv(buf, (int)slot_bytes, MPI_BYTE, r, MPI_ANY_TAG, g->o.comm, &req[q]) !=
-                MPI_SUCCESS ||
-            MPI_Send(msg, 3, MPI_INT64_T, r, TAG_TASK, g->o.comm) != MPI_SUCCESS) {
-          rc = ce_err("cannot send work to producer rank %d", r);
-          break;
-        }
-        pos[q] = k, since[q] = ce_now(), busy++;
+  for (int q = GENSRC_DEPTH; q < P * GENSRC_DEPTH && g->busy > 0; q++) {
+    gchunk *c = g->fch[q];
+    if (!c) continue;
+    int r = q / GENSRC_DEPTH, done = 0;
+    MPI_Status st;
+    MPI_Test(&g->req[q], &done, &st);
+    if (!done) {
+      if (ce_now() - g->since[q] > g->o.timeout_s) {
+        MPI_Cancel(&g->req[q]);
+        MPI_Request_free(&g->req[q]);
+        set_broken(g, r);
+        g->fch[q] = NULL, g->busy--;
+        chunk_done_one(g, c);
       }
-    /* collect what came back */
-    for (int q = GENSRC_DEPTH; q < P * GENSRC_DEPTH && busy > 0; q++) {
-      if (pos[q] < 0) continue;
-      int r = q / GENSRC_DEPTH, done = 0;
-      MPI_Status st;
-      MPI_Test(&req[q], &done, &st);
-      if (!done) {
-        if (ce_now() - since[q] > g->o.timeout_s) {
-          MPI_Cancel(&req[q]);
-          g->broken = 1;
-          snprintf(g->broken_msg, sizeof g->broken_msg,
-                   "producer rank %d of %d did not return its sample within %g s (has it died?): "
-                   "the stream cannot go on without it",
-                   r, P, g->o.timeout_s);
-          if (rc == 0) rc = ce_err("%s", g->broken_msg);
-          pos[q] = -1, busy--;
-        }
-        continue;
-      }
-      const char *buf = (const char *)g->rbuf[r] + (size_t)(q % GENSRC_DEPTH) * slot_bytes;
-      if (st.MPI_TAG == TAG_ERROR) {
-        char msg[GENSRC_ERR_MAX];
-        int len = 0;
-        MPI_Get_count(&st, MPI_BYTE, &len);
-        if (len < 1) len = 1;
-        if (len > GENSRC_ERR_MAX) len = GENSRC_ERR_MAX;
-        memcpy(msg, buf, (size_t)len);
-        msg[len - 1] = 0;
-        if (rc == 0) rc = ce_err("producer rank %d: %s", r, msg);
-      } else if (rc == 0) {
-        int at = (int)g->order[pos[q]];
-        const float *src = (const float *)buf;
-        memcpy(inputs + (size_t)at * g->in_vals, src, g->in_vals * sizeof(float));
-        memcpy(targets + (size_t)at * g->out_vals, src + g->in_vals, g->out_vals * sizeof(float));
-      }
-      pos[q] = -1, busy--;
-    }
-    if (g->broken) break; /* a rank that does not answer: stop here */
-    /* one sample of rank 0's own, then look again */
-    int k = rc == 0 ? take(lo, hi, P, 0) : -1;
-    if (k >= 0) {
-      int at = (int)g->order[k];
-      rc = make_one(&g->o, g->msplit, epoch, idx[at], inputs + (size_t)at * g->in_vals,
-                    targets + (size_t)at * g->out_vals, &g->made, &g->secs);
       continue;
     }
-    if (busy == 0) break; /* nothing left to make (take steals from every region) */
-    pause_us(100);
+    const char *buf = g->rbuf + (size_t)q * g->slot_bytes;
+    g->fch[q] = NULL, g->busy--;
+    if (st.MPI_TAG == TAG_ERROR) {
+      char msg[GENSRC_ERR_MAX], full[GENSRC_ERR_MAX + 64];
+      int len = 0;
+      MPI_Get_count(&st, MPI_BYTE, &len);
+      if (len < 1) len = 1;
+      if (len > GENSRC_ERR_MAX) len = GENSRC_ERR_MAX;
+      memcpy(msg, buf, (size_t)len);
+      msg[len - 1] = 0;
+      snprintf(full, sizeof full, "producer rank %d: %s", r, msg);
+      chunk_fail(g, c, full);
+    } else if (c->rc == 0 && !c->cancelled) {
+      int at = c->order[g->fpos[q]];
+      const float *src = (const float *)buf;
+      memcpy(c->inputs + (size_t)at * g->in_vals, src, g->in_vals * sizeof(float));
+      memcpy(c->targets + (size_t)at * g->out_vals, src + g->in_vals, g->out_vals * sizeof(float));
+    }
+    chunk_done_one(g, c);
   }
-  free(lo), free(hi), free(req), free(pos), free(since);
+  for (int r = 1; r < P && !g->broken; r++)
+    for (int d = 0; d < GENSRC_DEPTH; d++) {
+      int q = r * GENSRC_DEPTH + d, mine = 0;
+      if (g->fch[q]) continue;
+      for (int e = 0; e < GENSRC_DEPTH; e++) mine += g->fch[r * GENSRC_DEPTH + e] != NULL;
+      if (mine > 0 && unassigned(g) < P) break;
+      gchunk *c;
+      int k;
+      if (take(g, r, &c, &k) < 0) break;
+      int64_t msg[3] = {1, c->epoch, c->idx[c->order[k]]};
+      char *buf = g->rbuf + (size_t)q * g->slot_bytes;
+      if (MPI_Irecv(buf, (int)g->slot_bytes, MPI_BYTE, r, MPI_ANY_TAG, g->o.comm, &g->req[q]) !=
+              MPI_SUCCESS ||
+          MPI_Send(msg, 3, MPI_INT64_T, r, TAG_TASK, g->o.comm) != MPI_SUCCESS) {
+        char m[GENSRC_ERR_MAX];
+        snprintf(m, sizeof m, "cannot send work to producer rank %d", r);
+        chunk_fail(g, c, m);
+        chunk_done_one(g, c);
+        break;
+      }
+      g->fch[q] = c, g->fpos[q] = k, g->since[q] = ce_now(), g->busy++;
+    }
+}
+
+int gensrc_submit(void *vg, uint64_t ticket, uint32_t epoch, const int64_t *idx, int n,
+                  float *inputs, float *targets) {
+  gensrc *g = vg;
+  if (g->broken) CE_FAIL("%s", g->broken_msg);
+  if (n < 1 || n > 4096) CE_FAIL("gensource: %d samples in one chunk (1 to 4096)", n);
+  if (g->nq == g->capq) {
+    int cap = g->capq ? 2 * g->capq : 16;
+    gchunk **q = realloc(g->q, sizeof *q * (size_t)cap);
+    if (!q) CE_FAIL("out of memory");
+    g->q = q, g->capq = cap;
+  }
+  gchunk *c = calloc(1, sizeof *c);
+  if (c) {
+    c->idx = malloc(sizeof *c->idx * (size_t)n);
+    c->order = malloc(sizeof *c->order * (size_t)n);
+    c->lo = calloc((size_t)g->P, sizeof *c->lo);
+    c->hi = calloc((size_t)g->P, sizeof *c->hi);
+  }
+  if (!c || !c->idx || !c->order || !c->lo || !c->hi) {
+    chunk_free(c);
+    CE_FAIL("out of memory");
+  }
+  *c = (gchunk){.ticket = ticket, .epoch = epoch, .n = n, .left = n, .idx = c->idx,
+                .order = c->order, .lo = c->lo, .hi = c->hi, .inputs = inputs, .targets = targets};
+  memcpy(c->idx, idx, sizeof *c->idx * (size_t)n);
+  /* positions sorted by model; rank r's region is the r-th of P nearly
+   * equal runs, so a rank makes a model's directions together */
+  for (int k = 0; k < n; k++) c->order[k] = k;
+  g_sort_job = g->o.j, g_sort_idx = c->idx;
+  qsort(c->order, (size_t)n, sizeof *c->order, by_model);
+  for (int r = 0; r < g->P; r++)
+    c->lo[r] = (int)((int64_t)n * r / g->P), c->hi[r] = (int)((int64_t)n * (r + 1) / g->P);
+  g->q[g->nq++] = c;
+  dispatch_and_poll(g); /* idle ranks start on it now */
+  return 0;
+}
+
+int gensrc_collect(void *vg, uint64_t ticket) {
+  gensrc *g = vg;
+  int i = chunk_at(g, ticket);
+  if (i < 0 || g->q[i]->cancelled) CE_BUG("gensource: chunk %llu was not submitted", (unsigned long long)ticket);
+  gchunk *c = g->q[i];
+  long nap = 50;
+  while (c->left > 0 && !g->broken) {
+    dispatch_and_poll(g);
+    if (c->left == 0 || g->broken) break;
+    /* one sample of rank 0's own (of the oldest chunk with work), then look again */
+    gchunk *m;
+    int k;
+    if (take(g, 0, &m, &k) == 0) {
+      int at = m->order[k];
+      if (make_one(&g->o, g->msplit, m->epoch, m->idx[at], m->inputs + (size_t)at * g->in_vals,
+                   m->targets + (size_t)at * g->out_vals, &g->made, &g->secs) < 0)
+        chunk_fail(g, m, ce_err_msg());
+      chunk_done_one(g, m);
+      nap = 50;
+      continue;
+    }
+    pause_us(nap); /* every sample left is another rank's: wait without spinning */
+    if (nap < 1000) nap *= 2;
+  }
+  i = chunk_at(g, ticket);
+  int rc = g->broken ? ce_err("%s", g->broken_msg) : c->rc < 0 ? ce_err("%s", c->err) : 0;
+  if (g->broken) {
+    c->cancelled = 1; /* in flight samples of it are never taken in now */
+    chunk_drop_rest(g, c);
+  }
+  chunk_remove(g, i);
   return rc;
+}
+
+void gensrc_cancel(void *vg, uint64_t ticket) {
+  gensrc *g = vg;
+  int i = chunk_at(g, ticket);
+  if (i < 0) return;
+  gchunk *c = g->q[i];
+  c->cancelled = 1;
+  chunk_drop_rest(g, c);
+  if (c->left == 0) chunk_remove(g, i); /* else once its samples in flight are back */
 }
 
 /* Wait for a request without spinning a core (MPI_Wait busy-polls in Open
@@ -480,11 +617,13 @@ int gensrc_worker(const gensrc_opts *o) {
   const size_t in_vals = 3 * (size_t)j->n * j->n * j->n, out_vals = (size_t)j->nf * j->n * j->n;
   uint8_t *msplit = model_splits(j);
   int64_t *task = malloc(sizeof(int64_t) * (2 + 4096));
-  /* two result buffers: a result is sent (MPI_Isend) while the next sample
-   * is made, since a large message moves only when rank 0 next calls MPI */
-  float *buf[2] = {NULL, NULL};
-  size_t cap[2] = {0, 0};
-  MPI_Request sent[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
+  /* a result buffer per sample rank 0 keeps queued here: a result is sent
+   * (MPI_Isend) while the next ones are made, since a large message moves
+   * only when rank 0 next calls MPI (between two samples of its own) */
+  float *buf[GENSRC_DEPTH] = {NULL};
+  size_t cap[GENSRC_DEPTH] = {0};
+  MPI_Request sent[GENSRC_DEPTH];
+  for (int d = 0; d < GENSRC_DEPTH; d++) sent[d] = MPI_REQUEST_NULL;
   int cur = 0;
   int64_t made = 0;
   double secs = 0;
@@ -527,11 +666,10 @@ int gensrc_worker(const gensrc_opts *o) {
       failed = -1;
     } else {
       MPI_Isend(buf[cur], (int)need, MPI_BYTE, 0, TAG_RESULT, o->comm, &sent[cur]);
-      cur ^= 1;
+      cur = (cur + 1) % GENSRC_DEPTH;
     }
   }
-  wait_quietly(&sent[0]);
-  wait_quietly(&sent[1]);
+  for (int d = 0; d < GENSRC_DEPTH; d++) wait_quietly(&sent[d]);
   /* the final counters (gensrc_close) */
   int64_t loads = 0, hits = 0;
   size_t peak = 0;
@@ -541,8 +679,7 @@ int gensrc_worker(const gensrc_opts *o) {
   MPI_Reduce(iv, isum, 3, MPI_INT64_T, MPI_SUM, 0, o->comm);
   MPI_Reduce(&secs, NULL, 1, MPI_DOUBLE, MPI_SUM, 0, o->comm);
   MPI_Reduce(&pk, &pmax, 1, MPI_UINT64_T, MPI_MAX, 0, o->comm);
-  free(buf[0]);
-  free(buf[1]);
+  for (int d = 0; d < GENSRC_DEPTH; d++) free(buf[d]);
   free(task);
   free(msplit);
   return failed;
@@ -550,6 +687,16 @@ int gensrc_worker(const gensrc_opts *o) {
 
 void gensrc_close(gensrc *g, gensrc_stats *st) {
   if (!g) return;
+  /* what is still submitted is not wanted; the samples in flight are taken
+   * in (a rank's result waits in its MPI_Isend until it is received) */
+  for (int i = g->nq - 1; i >= 0; i--) gensrc_cancel(g, g->q[i]->ticket);
+  long nap = 50;
+  while (g->busy > 0 && !g->broken) {
+    dispatch_and_poll(g);
+    if (g->busy == 0) break;
+    pause_us(nap);
+    if (nap < 2000) nap *= 2;
+  }
   if (g->broken) { /* a rank that does not answer cannot take part in a collective */
     if (st) *st = (gensrc_stats){.ranks = -1};
     goto done;
@@ -566,12 +713,15 @@ void gensrc_close(gensrc *g, gensrc_stats *st) {
   MPI_Reduce(&g->secs, &secs, 1, MPI_DOUBLE, MPI_SUM, 0, g->o.comm);
   MPI_Reduce(&pk, &pmax, 1, MPI_UINT64_T, MPI_MAX, 0, g->o.comm);
   if (st)
-    *st = (gensrc_stats){g->P, isum[0], secs, isum[1], isum[2], (size_t)pmax};
+    *st = (gensrc_stats){g->P, isum[0], secs, isum[1], isum[2], (size_t)pmax, g->ahead};
 done:
-  for (int r = 0; g->rbuf && r < g->P; r++) free(g->rbuf[r]);
+  for (int i = 0; i < g->nq; i++) chunk_free(g->q[i]);
+  free(g->q);
   free(g->rbuf);
-  free(g->rcap);
-  free(g->order);
+  free(g->req);
+  free(g->fch);
+  free(g->fpos);
+  free(g->since);
   free(g->split);
   free(g->msplit);
   free(g);

@@ -13,16 +13,25 @@
  * order of every split is the one `coemu serve` uses on that dataset, and
  * every sample is byte for byte the stored one.
  *
- * Work: serve's reader thread asks for one chunk (a batch) at a time; its
- * samples are sorted by model and cut into P nearly equal regions, one per
- * rank, so that a rank makes the directions of a model together (its model
- * cache then loads a model once per chunk at most, and once per epoch where
- * the order keeps a model's samples together, e.g. --order shards). Each
- * rank takes from the front of its own region and, once it is empty, steals
- * from the back of the fullest one, so no rank idles while the chunk has
- * work. Rank 0 makes its samples one at a time in the reader thread and, in
- * between, keeps every other rank GENSRC_DEPTH (2) samples ahead: one sample
- * per MPI message each way.
+ * Work: serve's reader thread submits every chunk (a batch) of its
+ * read-ahead window, across chunk and epoch boundaries, and collects them in
+ * order (serve_external). Each submitted chunk's samples are sorted by model
+ * and cut into P nearly equal regions, one per rank, so that a rank makes the
+ * directions of a model together (its model cache then loads a model once
+ * per chunk at most, and once per epoch where the order keeps a model's
+ * samples together, e.g. --order shards). A rank takes from the oldest chunk
+ * that has work left: from the front of its own region and, once that is
+ * empty, from the back of the fullest one (work stealing); once the oldest
+ * chunk has nothing left to hand out, from the next one. So no rank waits at
+ * a chunk's (or an epoch's) end while the slowest makes that chunk's last
+ * sample, as long as a later chunk has been submitted; chunks still complete
+ * oldest first and serve sends them strictly in order. Rank 0 makes its
+ * samples one at a time in the reader thread and, in between, keeps every
+ * other rank GENSRC_DEPTH (2) samples ahead: one sample per MPI message each
+ * way. Memory: the submitted chunks' buffers are serve's prefetch slots (at
+ * most world x (prefetch + 1) + 2 chunks, as without pipelining); rank 0
+ * adds GENSRC_DEPTH samples per other rank for their results, and each
+ * submitted chunk its index lists (24 bytes per sample).
  * MPI must be initialised with at least MPI_THREAD_SERIALIZED: on rank 0
  * only the reader thread talks MPI while serving.
  *
@@ -141,6 +150,7 @@ typedef struct {
   double seconds;      /* inside sample_fn, summed over ranks */
   int64_t loads, hits; /* model cache, summed */
   size_t peak_bytes;   /* the largest peak of one rank's model cache */
+  int64_t ahead;       /* samples handed out while an earlier chunk was still being made */
 } gensrc_stats;
 
 /* Rank 0: tell the workers to stop (after serve_close: the reader thread
@@ -149,9 +159,12 @@ typedef struct {
  * answer nothing is gathered (st->ranks = -1): the caller must MPI_Abort. */
 void gensrc_close(gensrc *g, gensrc_stats *st);
 
-/* Make the samples idx[0..n) of epoch (rank 0's reader thread; exposed for
- * tests). */
-int gensrc_read(void *g, uint32_t epoch, const int64_t *idx, int n, float *inputs,
-                float *targets);
+/* The pipelined source (serve_external; rank 0's reader thread only, one
+ * thread at a time): submit chunk `ticket`, collect it (making samples and
+ * moving every submitted chunk on meanwhile), or cancel it. */
+int gensrc_submit(void *g, uint64_t ticket, uint32_t epoch, const int64_t *idx, int n,
+                  float *inputs, float *targets);
+int gensrc_collect(void *g, uint64_t ticket);
+void gensrc_cancel(void *g, uint64_t ticket);
 
 #endif

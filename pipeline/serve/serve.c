@@ -31,8 +31,10 @@ enum { SLOT_FREE = 0, SLOT_WANTED, SLOT_READING, SLOT_READY };
 
 typedef struct {
   int state, rank, normalised, failed;
+  int claimed;     /* a consumer waits for it (serve_chunk) */
   uint32_t epoch;
   uint64_t position;
+  uint64_t ticket; /* an external source's chunk being made (external_loop) */
   void *buf; /* chunk_mem */
   char err[512];
 } slot;
@@ -88,6 +90,7 @@ struct serve_source {
   slot *slots;
   int nslots;
   cursor *cursors;
+  uint64_t tickets; /* external source: chunks submitted so far */
 };
 
 static void chunk_free(void *p) {
@@ -245,14 +248,16 @@ static int sample_source(serve_source *s, int64_t idx, hid_t ds[2], hsize_t *at)
   return 0;
 }
 
-static int read_samples(serve_source *s, uint32_t epoch, const int64_t *idx, int n, int normalised,
+static int read_samples(serve_source *s, const int64_t *idx, int n, int normalised,
                         float *inputs, float *targets, uint64_t *sums);
 static int read_finished(serve_source *s, const int64_t *idx, int n, float *inputs,
                          float *targets, uint64_t *sums);
 static int read_mapped(serve_source *s, const int64_t *idx, int n, chunk_mem *m);
+static int slot_indices(serve_source *s, const slot *q, int64_t *idx);
+static void slot_done(serve_source *s, slot *q, chunk_mem *m, int rc);
 
 /* Read (and normalise) one chunk; called by the reader thread, mutex NOT held. */
-static int read_chunk(serve_source *s, uint32_t epoch, const int64_t *idx, int n, int normalised,
+static int read_chunk(serve_source *s, const int64_t *idx, int n, int normalised,
                       chunk_mem **out) {
   chunk_mem *m = calloc(1, sizeof *m);
   if (!m) CE_FAIL("out of memory");
@@ -270,7 +275,7 @@ static int read_chunk(serve_source *s, uint32_t epoch, const int64_t *idx, int n
   }
   if (!m->ids || mapped < 0 || (forward && !m->sums) ||
       (!mapped && (!m->inputs || !m->targets ||
-                   read_samples(s, epoch, idx, n, normalised, m->inputs, m->targets, m->sums) < 0))) {
+                   read_samples(s, idx, n, normalised, m->inputs, m->targets, m->sums) < 0))) {
     chunk_free(m);
     return -1;
   }
@@ -295,14 +300,37 @@ static slot *free_slot(serve_source *s) {
   return NULL;
 }
 
+/* The k-th chunk (0 <= k < prefetch) of the read-ahead window of cursor cu:
+ * the positions after the last one asked for, running on from the end of
+ * the epoch into the next one, where the stream goes on (stream_server:
+ * after EPOCH_END the consumer's next chunk is (epoch + 1, 0)), but not past
+ * the last epoch of the run (serve_opts.epochs) nor more than an epoch ahead.
+ * 0 (*epoch, *pos), or -1: no such chunk. */
+static int window_chunk(const serve_source *s, const cursor *cu, int k, uint32_t *epoch,
+                        uint64_t *pos) {
+  uint64_t p = cu->next + (uint64_t)k * (uint64_t)s->o.batch;
+  uint32_t e = cu->epoch;
+  if (p >= s->per_rank) {
+    p -= s->per_rank;
+    if (p >= s->per_rank || e == UINT32_MAX || (s->o.epochs && e + 1 >= s->o.epochs)) return -1;
+    e++;
+  }
+  *epoch = e;
+  *pos = p;
+  return 0;
+}
+
 /* Is slot q one a consumer still wants: in the read-ahead window of its
  * rank's cursor? (mutex held) */
 static int slot_wanted(const serve_source *s, const slot *q) {
   if (q->rank < 0 || q->rank >= s->o.world) return 0;
   const cursor *cu = &s->cursors[q->rank];
-  return cu->active && q->epoch == cu->epoch && q->normalised == cu->normalised &&
-         q->position >= cu->next &&
-         q->position < cu->next + (uint64_t)s->o.prefetch * (uint64_t)s->o.batch;
+  if (!cu->active || q->normalised != cu->normalised) return 0;
+  uint32_t e;
+  uint64_t p;
+  for (int k = 0; k < s->o.prefetch && window_chunk(s, cu, k, &e, &p) == 0; k++)
+    if (q->epoch == e && q->position == p) return 1;
+  return 0;
 }
 
 static void slot_release(slot *q) {
@@ -348,21 +376,22 @@ static int chunk_ready(serve_source *s, const slot *q) {
 static slot *next_job(serve_source *s) {
   for (int i = 0; i < s->nslots; i++)
     if (s->slots[i].state == SLOT_WANTED && chunk_ready(s, &s->slots[i])) return &s->slots[i];
-  uint64_t batch = (uint64_t)s->o.batch;
-  for (int r = 0; r < s->o.world; r++) {
-    cursor *c = &s->cursors[r];
-    if (!c->active) continue;
-    for (int k = 0; k < s->o.prefetch; k++) {
-      uint64_t pos = c->next + k * batch;
-      if (pos >= s->per_rank) break;
-      if (find_slot(s, r, c->epoch, pos, c->normalised)) continue;
+  /* nearest first across the consumers' windows (the k-th chunk of every
+   * rank before the (k+1)-th of any), so no rank's read-ahead starves the
+   * others' next chunk */
+  for (int k = 0; k < s->o.prefetch; k++)
+    for (int r = 0; r < s->o.world; r++) {
+      cursor *c = &s->cursors[r];
+      uint32_t e;
+      uint64_t pos;
+      if (!c->active || window_chunk(s, c, k, &e, &pos) < 0) continue;
+      if (find_slot(s, r, e, pos, c->normalised)) continue;
       slot *q = free_slot(s);
       if (!q) return NULL;
-      *q = (slot){.state = SLOT_WANTED, .rank = r, .epoch = c->epoch, .position = pos,
+      *q = (slot){.state = SLOT_WANTED, .rank = r, .epoch = e, .position = pos,
                   .normalised = c->normalised};
       if (chunk_ready(s, q)) return q;
     }
-  }
   return NULL;
 }
 
@@ -393,23 +422,127 @@ static void *reader_loop(void *arg) {
     q->state = SLOT_READING;
     int n = s->o.batch;
     int64_t idx[4096];
-    const int64_t *p = epoch_perm(s, q->epoch);
-    for (int k = 0; k < n && p; k++)
-      idx[k] = p[((uint64_t)q->rank + (q->position + (uint64_t)k) * (uint64_t)s->o.world) %
-                 (uint64_t)s->nsplit];
+    int have = slot_indices(s, q, idx) == 0;
     int norm = q->normalised;
     pthread_mutex_unlock(&s->mu);
     chunk_mem *m = NULL;
     ce_err_clear();
-    uint32_t ep = q->epoch;
-    int rc = p ? read_chunk(s, ep, idx, n, norm, &m) : ce_err("out of memory for the shuffle");
+    int rc = have ? read_chunk(s, idx, n, norm, &m) : ce_err("out of memory for the shuffle");
     pthread_mutex_lock(&s->mu);
-    q->buf = m;
-    q->failed = rc < 0;
-    if (rc < 0) snprintf(q->err, sizeof q->err, "%s", ce_err_msg());
-    q->state = SLOT_READY;
-    pthread_cond_broadcast(&s->cv_ready);
+    slot_done(s, q, m, rc);
   }
+  pthread_mutex_unlock(&s->mu);
+  return NULL;
+}
+
+/* The dataset indices of slot q's chunk into idx (mutex held). 0, or -1
+ * (out of memory for the epoch's order). */
+static int slot_indices(serve_source *s, const slot *q, int64_t *idx) {
+  const int64_t *p = epoch_perm(s, q->epoch);
+  if (!p) return -1;
+  for (int k = 0; k < s->o.batch; k++)
+    idx[k] = p[((uint64_t)q->rank + (q->position + (uint64_t)k) * (uint64_t)s->o.world) %
+               (uint64_t)s->nsplit];
+  return 0;
+}
+
+static void normalise_rows(const serve_source *s, int n, float *inputs, float *targets);
+
+/* An external source's chunk: its ids and room for its samples. */
+static chunk_mem *external_chunk_new(const serve_source *s, const int64_t *idx, int n) {
+  chunk_mem *m = calloc(1, sizeof *m);
+  if (!m) return NULL;
+  m->ids = ce_malloc_array((size_t)n, 8, "chunk ids");
+  m->inputs = ce_malloc_array((size_t)n * s->in_vals, 4, "chunk inputs");
+  m->targets = ce_malloc_array((size_t)n * s->out_vals, 4, "chunk targets");
+  if (!m->ids || !m->inputs || !m->targets) {
+    chunk_free(m);
+    return NULL;
+  }
+  for (int k = 0; k < n; k++) m->ids[k] = (uint64_t)idx[k];
+  return m;
+}
+
+/* A slot's read is over: its chunk, or the message that failed it
+ * (mutex held). */
+static void slot_done(serve_source *s, slot *q, chunk_mem *m, int rc) {
+  q->failed = rc < 0;
+  if (rc < 0) {
+    snprintf(q->err, sizeof q->err, "%s", ce_err_msg());
+    chunk_free(m);
+    m = NULL;
+  }
+  q->buf = m;
+  q->state = SLOT_READY;
+  pthread_cond_broadcast(&s->cv_ready);
+}
+
+/* The reader of an external source (serve --generate: one thread, the only
+ * one that calls the source). It submits every chunk of the consumers'
+ * read-ahead windows (next_job), nearest first, and collects them oldest
+ * first, so the source works on the next chunks, across chunk and epoch
+ * boundaries, while a chunk's last samples are made; chunks are still
+ * ready, and sent, in order. A chunk being made that no consumer waits for
+ * nor has in its window any more (it left, or resumed elsewhere) is
+ * cancelled. The chunks being made are the slots' memory (SLOT_READING),
+ * so the bound is that of the slots: world x (prefetch + 1) + 2 chunks. */
+static void *external_loop(void *arg) {
+  serve_source *s = arg;
+  const serve_external *x = s->o.external;
+  pthread_mutex_lock(&s->mu);
+  while (!s->stop) {
+    slot *q;
+    while (!s->stop && (q = next_job(s))) {
+      int64_t idx[4096];
+      const int n = s->o.batch;
+      int rc = slot_indices(s, q, idx);
+      q->state = SLOT_READING;
+      q->ticket = ++s->tickets;
+      uint32_t ep = q->epoch;
+      uint64_t t = q->ticket;
+      pthread_mutex_unlock(&s->mu);
+      ce_err_clear();
+      chunk_mem *m = NULL;
+      if (rc < 0)
+        rc = ce_err("out of memory for the shuffle");
+      else if (!(m = external_chunk_new(s, idx, n)))
+        rc = ce_err("out of memory for a chunk of %d samples", n);
+      else
+        rc = x->submit(x->ctx, t, ep, idx, n, m->inputs, m->targets);
+      pthread_mutex_lock(&s->mu);
+      if (rc < 0)
+        slot_done(s, q, m, rc);
+      else
+        q->buf = m; /* written by the source until collected or cancelled */
+    }
+    slot *oldest = NULL;
+    for (int i = 0; i < s->nslots; i++) {
+      slot *r = &s->slots[i];
+      if (r->state != SLOT_READING) continue;
+      if (!r->claimed && !slot_wanted(s, r)) { /* nobody will ask for it */
+        x->cancel(x->ctx, r->ticket);
+        slot_release(r);
+      } else if (!oldest || r->ticket < oldest->ticket) {
+        oldest = r;
+      }
+    }
+    if (!oldest) {
+      if (!s->stop) pthread_cond_wait(&s->cv_reader, &s->mu);
+      continue;
+    }
+    chunk_mem *m = oldest->buf;
+    uint64_t t = oldest->ticket;
+    int norm = oldest->normalised;
+    pthread_mutex_unlock(&s->mu);
+    ce_err_clear();
+    int rc = x->collect(x->ctx, t);
+    if (rc == 0 && norm) normalise_rows(s, s->o.batch, m->inputs, m->targets);
+    pthread_mutex_lock(&s->mu);
+    slot_done(s, oldest, m, rc);
+  }
+  /* the source writes into no slot after this */
+  for (int i = 0; i < s->nslots; i++)
+    if (s->slots[i].state == SLOT_READING) x->cancel(x->ctx, s->slots[i].ticket);
   pthread_mutex_unlock(&s->mu);
   return NULL;
 }
@@ -463,6 +596,7 @@ int serve_chunk(void *ctx, const stream_consumer *c, uint32_t epoch, uint64_t po
     *q = (slot){.state = SLOT_WANTED, .rank = c->rank, .epoch = epoch, .position = position,
                 .normalised = norm};
   }
+  q->claimed = 1; /* an external source's reader does not cancel it */
   pthread_cond_signal(&s->cv_reader);
   if (s->o.live && q->state != SLOT_READY) { /* not made yet: the producer asks again */
     pthread_mutex_unlock(&s->mu);
@@ -664,7 +798,7 @@ int serve_open(const serve_opts *o, serve_source **out) {
   s->slots = calloc((size_t)s->nslots, sizeof *s->slots);
   s->cursors = calloc((size_t)s->o.world, sizeof *s->cursors);
   /* live: one reader (it reads through HDF5 row by row, one shard open);
-   * an external source (serve --generate) is read by one thread as before */
+   * an external source (serve --generate): one reader, external_loop */
   s->nthreads = o->live || o->external ? 1 : s->o.read_threads;
   s->threads = calloc((size_t)s->nthreads, sizeof *s->threads);
   if (!s->slots || !s->cursors || !s->threads) {
@@ -672,7 +806,7 @@ int serve_open(const serve_opts *o, serve_source **out) {
     CE_FAIL("out of memory");
   }
   for (int i = 0; i < s->nthreads; i++) {
-    if (pthread_create(&s->threads[i], NULL, reader_loop, s) != 0) {
+    if (pthread_create(&s->threads[i], NULL, o->external ? external_loop : reader_loop, s) != 0) {
       serve_close(s);
       CE_FAIL("serve: cannot start reader thread %d of %d", i + 1, s->nthreads);
     }
@@ -816,13 +950,12 @@ static int read_mapped(serve_source *s, const int64_t *idx, int n, chunk_mem *m)
 
 int serve_read(serve_source *s, const int64_t *idx, int n, int normalised, float *inputs,
                float *targets) {
-  return read_samples(s, 0, idx, n, normalised, inputs, targets, NULL);
+  return read_samples(s, idx, n, normalised, inputs, targets, NULL);
 }
 
-/* serve_read of epoch (an external source's samples may depend on it), also
- * giving the rows' checksums (sums: finished datasets only, not normalised:
+/* serve_read, also giving the rows' checksums (sums: finished datasets only, not normalised:
  * shard_reader_read_list_sums). */
-static int read_samples(serve_source *s, uint32_t epoch, const int64_t *idx, int n, int normalised,
+static int read_samples(serve_source *s, const int64_t *idx, int n, int normalised,
                         float *inputs, float *targets, uint64_t *sums) {
   if (normalised && !s->have_norm)
     CE_FAIL("%s has no /stats group: run `coemu stats` on it first", s->h5path);
@@ -830,8 +963,9 @@ static int read_samples(serve_source *s, uint32_t epoch, const int64_t *idx, int
     if (idx[k] < 0 || idx[k] >= s->nsamples_total)
       CE_FAIL("%s: sample %lld out of range (%lld samples)", s->h5path, (long long)idx[k],
               (long long)s->nsamples_total);
-  if (s->o.external) {
-    CE_TRY(s->o.external->read(s->o.external->ctx, epoch, idx, n, inputs, targets));
+  if (s->o.external) { /* only its reader thread may call it (external_loop) */
+    CE_FAIL("%s: samples made on the fly are read by the stream's reader thread only",
+            s->h5path);
   } else if (!s->o.live) { /* the shards: rows read with pread where they can be (read_finished) */
     CE_TRY(read_finished(s, idx, n, inputs, targets, sums));
   }
@@ -859,12 +993,16 @@ static int read_samples(serve_source *s, uint32_t epoch, const int64_t *idx, int
               p, (long long)idx[k], (long long)(idx[k] % s->spp), bad == 0 ? "inputs" : "targets");
     }
   }
-  for (int k = 0; normalised && k < n; k++) {
+  if (normalised) normalise_rows(s, n, inputs, targets);
+  return 0;
+}
+
+static void normalise_rows(const serve_source *s, int n, float *inputs, float *targets) {
+  for (int k = 0; k < n; k++) {
     float *in = inputs + (size_t)k * s->in_vals, *tg = targets + (size_t)k * s->out_vals;
     stats_norm_inputs(&s->norm, in, s->in_vals / 3, in);
     stats_norm_targets(&s->norm, tg, s->out_vals, tg);
   }
-  return 0;
 }
 
 /* A double as JSON: %.17g round-trips; infinities and NaN are null. */

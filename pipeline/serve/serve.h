@@ -54,12 +54,26 @@
 
 /* A source of samples other than a dataset (serve_opts.external): e.g.
  * samples made on the fly (gensource.h). serve.c keeps the order, the
- * rank slices, the prefetch slots, normalisation and INFO; read() makes the
- * samples of one chunk in the reader thread (the only thread that calls
- * it): dataset indices idx[0..n) of `epoch` into inputs (n x 3 n^3) and
- * targets (n x F n^2), raw (serve.c normalises). 0, or -1 with a message. */
+ * rank slices, the prefetch slots, normalisation and INFO; the source makes
+ * the samples, pipelined: serve's reader thread (the only thread that calls
+ * these three) submits every chunk it means to read (its prefetch window,
+ * across chunk and epoch boundaries), in the order they will be sent, and
+ * then collects them oldest first, so the source can work on later chunks
+ * while a chunk's last samples are being made.
+ * submit: dataset indices idx[0..n) of `epoch` (copied) into inputs
+ *   (n x 3 n^3) and targets (n x F n^2), raw (serve.c normalises); the
+ *   buffers stay the caller's and must live until the ticket is collected
+ *   or cancelled. 0, or -1 with a message (nothing submitted).
+ * collect: wait until the chunk of `ticket` is made: 0, or -1 with the
+ *   message that failed it. The ticket is then forgotten.
+ * cancel: the chunk of `ticket` is no longer wanted: its samples not yet
+ *   started are dropped, nothing more is written to its buffers, and the
+ *   ticket is forgotten. */
 typedef struct {
-  int (*read)(void *ctx, uint32_t epoch, const int64_t *idx, int n, float *inputs, float *targets);
+  int (*submit)(void *ctx, uint64_t ticket, uint32_t epoch, const int64_t *idx, int n,
+                float *inputs, float *targets);
+  int (*collect)(void *ctx, uint64_t ticket);
+  void (*cancel)(void *ctx, uint64_t ticket);
   void *ctx;
   const char *name;          /* in messages, e.g. the job file */
   int64_t samples;           /* dataset indices 0..samples-1 */
@@ -79,7 +93,9 @@ typedef struct {
   int world;              /* trainer ranks */
   int batch;              /* samples per chunk (default 16) */
   int drop_last;          /* 1: drop the remainder (default); 0: pad by wrapping */
-  int prefetch;           /* chunks read ahead per consumer (default 4) */
+  int prefetch;           /* chunks read ahead per consumer (default 4), past the end of an
+                             epoch into the next one (the stream moves on to it) */
+  uint32_t epochs;        /* epochs the run serves (0: unbounded): no read-ahead past the last */
   int live;               /* serve a dataset while it is being generated (below) */
   order_opts order;       /* the epoch order (order.h; zeroed: exact) */
   int max_open;           /* shard files kept open at once (LRU; 0: SHARD_READER_MAX_OPEN) */

@@ -14,7 +14,13 @@ generated and stored once; then, under mpirun -n 2:
   with the same /stats, and INFO says where the normalisation comes from;
 - killing producer rank 1 mid-epoch is reported to the consumer as an
   error, and what it got before is an exact prefix of the epoch (nothing
-  skipped or duplicated)."""
+  skipped or duplicated);
+- read-ahead across chunks and epochs: one consumer reading three epochs on
+  one connection (a read-ahead window longer than an epoch) gets each
+  epoch's stored order and bytes, the producers made samples of later chunks
+  while a chunk's last ones were being made, and nothing past the last
+  epoch; a consumer that stops after epoch 1 of 4 finds the read-ahead
+  window made past epoch 2's end."""
 import os
 import re
 import signal
@@ -73,6 +79,32 @@ def consume(ep, epochs=1, **kw):
     return out
 
 
+def consume_one(ep, epochs, hold_s=0, **kw):
+    """`epochs` epochs on one connection (the stream goes on from an epoch's
+    end to the next epoch), then hold the connection hold_s seconds."""
+    c = cs.StreamClient(ep, rank=0, world=1, timeout_s=30, heartbeat_s=0.2, **kw)
+    out = []
+    try:
+        for _ in range(epochs):
+            got = []
+            while True:
+                ch = c.next()
+                if ch is None:
+                    break
+                got.append(ch)
+            out.append(got)
+        time.sleep(hold_s)
+    finally:
+        c.close()
+    return out
+
+
+def made_of(err):
+    m = re.search(r"(\d+) producer ranks made (\d+) samples.*; (\d+) samples made ahead of an "
+                  r"unfinished chunk", err)
+    return (int(m.group(2)), int(m.group(3))) if m else (None, None)
+
+
 def ids_of(chunks):
     return [int(i) for ch in chunks for i in ch.ids]
 
@@ -117,12 +149,12 @@ stream: {{mode: generate, endpoint: "ipc://{tmp}/jobmode.sock", batch: 2, epochs
     ref = {}
     for name, extra in [("exact", []), ("shards", ["--order", "shards"])]:
         ep = f"ipc://{tmp}/ref-{name}.sock"
-        p = start([ds, "--endpoint", ep, "--epochs", "2"] + common + extra, mpi=False)
+        p = start([ds, "--endpoint", ep, "--epochs", "3"] + common + extra, mpi=False)
         check(wait_up(ep, p) is not None, f"stored serve ({name}) up")
-        ref[name] = consume(ep, epochs=2)
+        ref[name] = consume(ep, epochs=3)
         finish(p, f"serve {name}")
-    check(len(ref["exact"]) == 2 and all(len(e) == 4 for e in ref["exact"]),
-          f"reference: 2 epochs of 4 chunks: {[len(e) for e in ref['exact']]}")
+    check(len(ref["exact"]) == 3 and all(len(e) == 4 for e in ref["exact"]),
+          f"reference: 3 epochs of 4 chunks: {[len(e) for e in ref['exact']]}")
 
     # -- the job's stream section (mode generate) gives the settings
     ep = f"ipc://{tmp}/jobmode.sock"
@@ -156,6 +188,42 @@ stream: {{mode: generate, endpoint: "ipc://{tmp}/jobmode.sock", batch: 2, epochs
         check(made and made.group(1) == "2" and int(made.group(2)) >= 16,
               f"2 ranks made the 16 samples (and what was read ahead): {err[-600:]}")
         check("model cache:" in err and "loads" in err, "model cache counters reported")
+
+    # -- read-ahead across chunks and epochs changes nothing that is sent.
+    # --prefetch 8: the window (8 chunks of 2) runs past each epoch's end (4
+    # chunks) into the next, up to a whole epoch ahead, but not past the
+    # last: exactly 3 epochs of 8 samples are made.
+    ep = f"ipc://{tmp}/ahead.sock"
+    p = start(["--generate", job, "--endpoint", ep, "--epochs", "3", "--prefetch", "8"] + common)
+    check(wait_up(ep, p) is not None, "serve --generate (read-ahead) up")
+    got = consume_one(ep, 3)
+    err = finish(p, "serve --generate --prefetch 8")
+    for e in range(3):
+        check(ids_of(got[e]) == ids_of(ref["exact"][e]) and same_as_stored(got[e]),
+              f"read-ahead, epoch {e} on one connection: {ids_of(got[e])} == stored "
+              f"{ids_of(ref['exact'][e])}, stored bytes")
+    made, ahead = made_of(err)
+    check(made == 24, f"3 epochs of 8 samples made, none past the last epoch: {err[-600:]}")
+    check(ahead is not None and ahead > 0,
+          f"samples of later chunks were made while a chunk was unfinished: {ahead}")
+    # a consumer that stops after epoch 1 of 4 (--order shards, default
+    # --prefetch 4). The tapered consumer grants one credit at the epoch's
+    # end, which takes chunk (2, 0); the producers then make the window after
+    # it, (2, 2), (2, 4), (2, 6) and (3, 0): 16 + 2 + 8 = 26 samples. Without
+    # read-ahead past an epoch's end, (3, 0) is not made: 24.
+    ep = f"ipc://{tmp}/ahead2.sock"
+    p = start(["--generate", job, "--endpoint", ep, "--epochs", "4", "--idle-exit", "1",
+               "--order", "shards"] + common)
+    check(wait_up(ep, p) is not None, "serve --generate (read-ahead past an epoch) up")
+    got = consume_one(ep, 2, hold_s=4, taper=True)
+    err = finish(p, "serve --generate (read-ahead past an epoch)")
+    for e in range(2):
+        check(ids_of(got[e]) == ids_of(ref["shards"][e]) and same_as_stored(got[e]),
+              f"read-ahead, order shards, epoch {e}: {ids_of(got[e])} == stored "
+              f"{ids_of(ref['shards'][e])}, stored bytes")
+    made, ahead = made_of(err)
+    check(made == 26, f"epochs 0 and 1 and chunk (2, 0) sent, (2, 2) to (3, 0) made ahead: 26 "
+          f"samples made: {made}")
 
     # -- resume mid-epoch: positions 4.. of epoch 1 equal the uninterrupted tail
     ep = f"ipc://{tmp}/resume.sock"
@@ -233,9 +301,11 @@ stream: {{mode: generate, endpoint: "ipc://{tmp}/jobmode.sock", batch: 2, epochs
     finish(p, "serve --generate (no stats)")
 
     # -- a producer rank killed mid-epoch: an error, never a silent gap
+    # (--prefetch 1: the producers work at most one chunk ahead of the
+    # consumer, so half the epoch is still to be made when rank 1 dies)
     ep = f"ipc://{tmp}/kill.sock"
     p = start(["--generate", job, "--endpoint", ep, "--epochs", "1", "--timeout", "3",
-               "--producer-timeout", "3"] + common)
+               "--producer-timeout", "3", "--prefetch", "1"] + common)
     check(wait_up(ep, p) is not None, "serve --generate (kill) up")
 
     def rank_pids():

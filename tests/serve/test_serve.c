@@ -24,7 +24,9 @@
  *     (order.h) is order_epoch over the dataset's shards, announced in
  *     INFO, and a fresh source resumed at every position of every rank
  *     sends the rest of the uninterrupted epoch; a consumer asking for the
- *     other order gets an error naming both.
+ *     other order gets an error naming both;
+ *   - read-ahead runs on into the next epoch (not past a bounded run's last)
+ *     and changes nothing that is sent.
  * No MPI in this process (the fixture is made in a child), so
  * LeakSanitizer checks the reader thread's buffers. */
 #include <stdint.h>
@@ -583,6 +585,56 @@ static void test_order_request(void) {
   serve_close(ex);
 }
 
+/* Samples read so far, once the reader has been idle for 0.3 s (at most
+ * 20 s): what it read ahead. */
+static uint64_t rows_read_settled(serve_source *s) {
+  uint64_t last = UINT64_MAX;
+  for (int k = 0; k < 200; k++) {
+    uint64_t d, h; /* mapped rows are counted in d */
+    serve_read_counts(s, &d, &h, NULL);
+    if (d + h == last) return last;
+    last = d + h;
+    usleep(300000);
+  }
+  return last;
+}
+
+/* Read-ahead runs on past the end of an epoch into the next one (the
+ * stream goes on there; issue 19: the first chunk of every epoch waited),
+ * but not past the last epoch of a bounded run (serve_opts.epochs), and it
+ * changes nothing that is sent: a consumer that reads three epochs gets
+ * each one's order. One rank, batch 3, prefetch 2: 30 samples = 10 chunks
+ * per epoch, so after epoch 0 exactly 30 + 2 x 3 samples have been read
+ * (exact: every chunk is read once, the reader is single). */
+static void test_readahead_epochs(void) {
+  for (uint32_t epochs = 0; epochs <= 3; epochs += 3) {
+    serve_opts o = {.dataset_dir = g_dir, .split = "all", .seed = 77, .world = 1, .batch = 3,
+                    .drop_last = 1, .prefetch = 2, .read_threads = 1, .epochs = epochs};
+    serve_source *s = NULL, *ref = open_src("all", 77, 1, 3, 1);
+    CHECK_OK(serve_open(&o, &s));
+    if (!s || !ref) {
+      serve_close(s);
+      serve_close(ref);
+      return;
+    }
+    const uint64_t per = serve_samples_per_rank(s);
+    CHECK(per == 30);
+    stream_consumer c = {0, 1, 0};
+    stream_chunk ch;
+    for (uint32_t e = 0; e < 3; e++) {
+      for (uint64_t pos = 0; pos < per; pos += 3) check_chunk(s, ref, 0, 1, e, pos, 0, 3);
+      memset(&ch, 0, sizeof ch);
+      CHECK(serve_chunk(s, &c, e, per, &ch) == 0); /* the epoch's end */
+      uint64_t got = rows_read_settled(s), want = (e + 1) * per + (e + 1 < 3 || !epochs ? 6 : 0);
+      CHECK_MSG(got == want, "epochs %u: after epoch %u, %llu samples read, expected %llu "
+                "(the next epoch's first %d chunks read ahead)", epochs, e,
+                (unsigned long long)got, (unsigned long long)want, e + 1 < 3 || !epochs ? 2 : 0);
+    }
+    serve_close(s);
+    serve_close(ref);
+  }
+}
+
 /* ---- reader threads (issue 14: prefetch on a thread pool) ---- */
 
 /* Every chunk of epochs 0 and 1 (W 2, B 3, all 30 samples) from a source
@@ -913,6 +965,7 @@ int main(void) {
   RUN(test_order_request);
   RUN(test_normalisation);
   RUN(test_errors);
+  RUN(test_readahead_epochs);
   RUN(test_read_threads);
   RUN(test_damaged_row_threads);
   RUN(test_zero_copy_chunks);
