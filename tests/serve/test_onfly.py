@@ -32,33 +32,11 @@ import time
 import h5py
 import numpy as np
 
-ROOT = os.environ.get("COEMU_SOURCE_ROOT", ".")
-sys.path.insert(0, os.path.join(ROOT, "pipeline", "stream"))
-import coemu_stream as cs  # noqa: E402
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from pycheck import check, report  # noqa: E402
 
-COEMU = os.environ.get("COEMU", "build/pipeline/coemu")
-MPI = [os.environ.get("COEMU_MPIEXEC", "mpirun"), "--allow-run-as-root", "--oversubscribe"]
-LAMDA = os.path.join(os.path.abspath(ROOT), "tests", "data", "lamda", "co.dat")
-
-
-def start(args, mpi=True):
-    cmd = (MPI + ["-n", "2"] if mpi else []) + [COEMU, "serve"] + args
-    return subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-
-
-def wait_up(ep, proc, t=60):
-    t0 = time.time()
-    while time.time() - t0 < t:
-        if proc.poll() is not None:
-            return None
-        try:
-            return cs.server_info(ep, timeout_s=0.5)
-        except Exception:
-            time.sleep(0.1)
-    return None
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from servetest import COEMU, LAMDA, MPI, ROOT, cs, start, wait_up  # noqa: E402,F401
 
 
 def consume(ep, epochs=1, **kw):

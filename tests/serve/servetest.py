@@ -1,0 +1,34 @@
+"""What the Python tests of `coemu serve --generate` share (test_onfly,
+test_pilot): the binaries, the MPI launcher, the LAMDA file, and starting a
+server and waiting until it answers INFO."""
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.environ.get("COEMU_SOURCE_ROOT", ".")
+sys.path.insert(0, os.path.join(ROOT, "pipeline", "stream"))
+import coemu_stream as cs  # noqa: E402
+
+COEMU = os.environ.get("COEMU", "build/pipeline/coemu")
+MPI = [os.environ.get("COEMU_MPIEXEC", "mpirun"), "--allow-run-as-root", "--oversubscribe"]
+LAMDA = os.path.join(os.path.abspath(ROOT), "tests", "data", "lamda", "co.dat")
+
+
+def start(args, mpi=True):
+    """`coemu serve ARGS`, on 2 MPI ranks unless mpi is False; stderr piped."""
+    cmd = (MPI + ["-n", "2"] if mpi else []) + [COEMU, "serve"] + args
+    return subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+
+
+def wait_up(ep, proc, t=120):
+    """The server's INFO once it answers at ep; None if proc exits first or t s pass."""
+    t0 = time.time()
+    while time.time() - t0 < t:
+        if proc.poll() is not None:
+            return None
+        try:
+            return cs.server_info(ep, timeout_s=0.5)
+        except Exception:
+            time.sleep(0.1)
+    return None
