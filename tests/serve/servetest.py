@@ -10,6 +10,9 @@ ROOT = os.environ.get("COEMU_SOURCE_ROOT", ".")
 sys.path.insert(0, os.path.join(ROOT, "pipeline", "stream"))
 import coemu_stream as cs  # noqa: E402
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from pycheck import check  # noqa: E402
+
 COEMU = os.environ.get("COEMU", "build/pipeline/coemu")
 MPI = [os.environ.get("COEMU_MPIEXEC", "mpirun"), "--allow-run-as-root", "--oversubscribe"]
 LAMDA = os.path.join(os.path.abspath(ROOT), "tests", "data", "lamda", "co.dat")
@@ -32,3 +35,14 @@ def wait_up(ep, proc, t=120):
         except Exception:
             time.sleep(0.1)
     return None
+
+
+def finish(p, what):
+    """stderr of a started server once it exits (killed after 60 s); checks it exited 0."""
+    try:
+        err = p.communicate(timeout=60)[1]
+    except subprocess.TimeoutExpired:
+        p.kill()
+        err = p.communicate()[1]
+    check(p.returncode == 0, f"{what}: exit {p.returncode}: {err[-2000:]}")
+    return err

@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from pycheck import check, report  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from servetest import COEMU, LAMDA, MPI, ROOT, cs, start, wait_up  # noqa: E402,F401
+from servetest import COEMU, LAMDA, MPI, ROOT, cs, finish, start, wait_up  # noqa: E402,F401
 
 
 def consume(ep, epochs=1, **kw):
@@ -85,16 +85,6 @@ def made_of(err):
 
 def ids_of(chunks):
     return [int(i) for ch in chunks for i in ch.ids]
-
-
-def finish(p, what):
-    try:
-        err = p.communicate(timeout=60)[1]
-    except subprocess.TimeoutExpired:
-        p.kill()
-        err = p.communicate()[1]
-    check(p.returncode == 0, f"{what}: exit {p.returncode}: {err[-2000:]}")
-    return err
 
 
 with tempfile.TemporaryDirectory() as tmp:

@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from pycheck import check, report  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from servetest import COEMU, LAMDA, MPI, ROOT, cs, start, wait_up  # noqa: E402,F401
+from servetest import COEMU, LAMDA, MPI, ROOT, cs, finish, start, wait_up  # noqa: E402,F401
 
 
 def consume(ep, epoch=0, position=0, **kw):
@@ -52,16 +52,6 @@ def consume(ep, epoch=0, position=0, **kw):
     finally:
         c.close()
     return got
-
-
-def finish(p, what):
-    try:
-        err = p.communicate(timeout=60)[1]
-    except subprocess.TimeoutExpired:
-        p.kill()
-        err = p.communicate()[1]
-    check(p.returncode == 0, f"{what}: exit {p.returncode}: {err[-2000:]}")
-    return err
 
 
 def same_chunks(a, b):
