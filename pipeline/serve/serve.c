@@ -928,6 +928,10 @@ static int read_finished(serve_source *s, const int64_t *idx, int n, float *inpu
  * damaged or truncated shard named). */
 static int read_mapped(serve_source *s, const int64_t *idx, int n, chunk_mem *m) {
   if (!s->rd) return 0;
+  /* rows back to back in one shard are consecutive samples: a shuffled
+   * chunk is not planned here and again by read_finished */
+  for (int k = 1; k < n; k++)
+    if (idx[k] != idx[0] + k) return 0;
   shard_direct_row *rows = ce_malloc_array((size_t)n, sizeof *rows, "read plan");
   if (!rows) return -1;
   int direct = 0;
