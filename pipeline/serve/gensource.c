@@ -10,6 +10,7 @@
 
 #include "common/checksum.h"
 #include "common/error.h"
+#include "common/fsutil.h"
 #include "common/progress.h"
 #include "pipeline/dataset/dataset_stats.h"
 #include "pipeline/dataset/h5util.h"
@@ -234,11 +235,7 @@ int gensrc_pilot_run(const gensrc_opts *o, int64_t n, const char *out_path, int 
     if (msplit[m] == SPLIT_TRAIN) c.train[t++] = m;
   if (rc == 0 && rank == 0 && out_path && *out_path) { /* the writer: before the pass */
     char dir[4200];
-    snprintf(dir, sizeof dir, "%s", out_path);
-    char *slash = strrchr(dir, '/');
-    if (!slash) snprintf(dir, sizeof dir, ".");
-    else if (slash == dir) dir[1] = 0;
-    else *slash = 0;
+    fs_parent_dir(out_path, dir, sizeof dir);
     if (access(dir, W_OK | X_OK) != 0)
       rc = ce_err("pilot pass: %s cannot be written: its folder %s is not there or not writable",
                   out_path, dir);
@@ -494,15 +491,22 @@ static void dispatch_and_poll(gensrc *g) {
     }
     chunk_done_one(g, c);
   }
+  /* samples still to hand out: counted once here (not per slot: O(chunks x
+   * P) each), one less per sample taken, counted again after a failure */
+  int64_t left = -1;
   for (int r = 1; r < P && !g->broken; r++)
     for (int d = 0; d < GENSRC_DEPTH; d++) {
       int q = r * GENSRC_DEPTH + d, mine = 0;
       if (g->fch[q]) continue;
       for (int e = 0; e < GENSRC_DEPTH; e++) mine += g->fch[r * GENSRC_DEPTH + e] != NULL;
-      if (mine > 0 && unassigned(g) < P) break;
+      if (mine > 0) {
+        if (left < 0) left = unassigned(g);
+        if (left < P) break;
+      }
       gchunk *c;
       int k;
       if (take(g, r, &c, &k) < 0) break;
+      if (left > 0) left--;
       int64_t msg[3] = {1, c->epoch, c->idx[c->order[k]]};
       char *buf = g->rbuf + (size_t)q * g->slot_bytes;
       if (MPI_Irecv(buf, (int)g->slot_bytes, MPI_BYTE, r, MPI_ANY_TAG, g->o.comm, &g->req[q]) !=
@@ -512,6 +516,7 @@ static void dispatch_and_poll(gensrc *g) {
         snprintf(m, sizeof m, "cannot send work to producer rank %d", r);
         chunk_fail(g, c, m);
         chunk_done_one(g, c);
+        left = -1;
         break;
       }
       g->fch[q] = c, g->fpos[q] = k, g->since[q] = ce_now(), g->busy++;
