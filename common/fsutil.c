@@ -19,14 +19,18 @@ long long fs_file_size(const char *path) {
   return (long long)st.st_size;
 }
 
+void fs_parent_dir(const char *path, char *dir, size_t len) {
+  const char *slash = strrchr(path, '/');
+  if (!slash) snprintf(dir, len, ".");
+  else if (slash == path) snprintf(dir, len, "/");
+  else snprintf(dir, len, "%.*s", (int)(slash - path), path);
+}
+
 /* fsync the directory holding `path`, so that a rename into it survives a
  * crash of the machine. */
 int fs_fsync_dir(const char *path) {
   char dir[4096];
-  const char *slash = strrchr(path, '/');
-  if (!slash) snprintf(dir, sizeof dir, ".");
-  else if (slash == path) snprintf(dir, sizeof dir, "/");
-  else snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+  fs_parent_dir(path, dir, sizeof dir);
   int fd = open(dir, O_RDONLY | O_DIRECTORY);
   if (fd < 0) CE_FAIL("%s: cannot open the directory: %s", dir, strerror(errno));
   int rc = fsync(fd);

@@ -25,6 +25,10 @@ int fs_commit_tmp(FILE *f, const char *tmp, const char *path, int ok);
  * libraries, e.g. HDF5, to a temporary name). */
 int fs_rename_durable(const char *tmp, const char *path);
 
+/* The directory that holds `path` into dir: "." for a bare name, "/" for
+ * a name at the root. */
+void fs_parent_dir(const char *path, char *dir, size_t len);
+
 /* fsync the directory that holds `path` (after a rename into it);
  * fs_commit_tmp() and fs_rename_durable() do it themselves. */
 int fs_fsync_dir(const char *path);

@@ -196,12 +196,7 @@ int integrity_check_labels(const integrity *ic, const char *name, const uint8_t 
   if (ic->nsrc == 0) return 0; /* plain arrays: no shards, no manifest to check against */
   char dir[4096], mpath[4200], *text;
   size_t len;
-  snprintf(dir, sizeof dir, "%s", ic->h5path);
-  char *slash = strrchr(dir, '/');
-  if (slash)
-    *slash = 0;
-  else
-    snprintf(dir, sizeof dir, ".");
+  fs_parent_dir(ic->h5path, dir, sizeof dir);
   snprintf(mpath, sizeof mpath, "%s/manifest.json", dir);
   /* virtual datasets made by hand (no manifest: not coemu's) have no
    * recorded label checksums; serve refuses them earlier (not finished) */
