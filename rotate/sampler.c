@@ -551,6 +551,22 @@ static int walk_line_linear(const ce_model *m, lin_proj *P, const double A[3], c
   return nout;
 }
 
+/* Voxel iz of a column where its k^3 points hold no n: T and v_los are the
+ * plain means of the points (in double, in point order; pT, pv as in
+ * linear_column). */
+static inline void plain_means(const float *pT, const float *pv, int nk, int k, int iz, double inv,
+                               float *T, float *v_los) {
+  double sT = 0, sv = 0;
+  for (int L = 0; L < k * k; L++)
+    for (int i = 0; i < k; i++) {
+      const int p = L * nk + iz * k + i;
+      sT += pT[p];
+      sv += pv[p];
+    }
+  T[iz] = (float)(sT * inv);
+  v_los[iz] = (float)(sv * inv);
+}
+
 /* The voxels of one column under the linear reconstruction, from the
  * interpolated records of its k^2 sub-lines (pts: line L's point j at
  * (L n k + j) LIN_NF; out[] 1 where a point takes the background bg).
@@ -615,18 +631,8 @@ static void linear_column(const float *pts, const unsigned char *out, int nout, 
       _mm256_storeu_ps(T + iz, _mm512_cvtpd_ps(_mm512_div_pd(w1, w0)));
       _mm256_storeu_ps(v_los + iz, _mm512_cvtpd_ps(_mm512_div_pd(w2, w0)));
       if (pos != 0xff) /* rare: voxels without CO take plain means */
-        for (int z = 0; z < 8; z++) {
-          if (pos >> z & 1) continue;
-          double sT = 0, sv = 0;
-          for (int L = 0; L < 4; L++)
-            for (int i = 0; i < 2; i++) {
-              const int p = L * nk + 2 * (iz + z) + i;
-              sT += pT[p];
-              sv += pv[p];
-            }
-          T[iz + z] = (float)(sT * inv);
-          v_los[iz + z] = (float)(sv * inv);
-        }
+        for (int z = 0; z < 8; z++)
+          if (!(pos >> z & 1)) plain_means(pT, pv, nk, 2, iz + z, inv, T, v_los);
     }
   }
 #endif
@@ -645,15 +651,7 @@ static void linear_column(const float *pts, const unsigned char *out, int nout, 
       T[iz] = (float)(w1 / w0);
       v_los[iz] = (float)(w2 / w0);
     } else {
-      double sT = 0, sv = 0;
-      for (int L = 0; L < kk; L++)
-        for (int i = 0; i < k; i++) {
-          const int p = L * nk + iz * k + i;
-          sT += pT[p];
-          sv += pv[p];
-        }
-      T[iz] = (float)(sT * inv);
-      v_los[iz] = (float)(sv * inv);
+      plain_means(pT, pv, nk, k, iz, inv, T, v_los);
     }
   }
 }
