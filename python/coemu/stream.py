@@ -303,9 +303,8 @@ class _BatchBuffers:
 
     def get(self, dtype, shape):
         pool = self.bufs.setdefault((dtype, shape), [])
-        for a in pool:
-            # references: the list, the loop variable, getrefcount's argument
-            if sys.getrefcount(a) <= 3:
+        for a, refs in zip(pool, _refcounts(pool)):
+            if refs <= _UNHELD:  # the pool's own reference only
                 self.reused += 1
                 return a
         a = np.empty(shape, dtype=dtype)
@@ -313,6 +312,16 @@ class _BatchBuffers:
         if len(pool) < self.keep:
             pool.append(a)
         return a
+
+
+def _refcounts(arrays):
+    """sys.getrefcount of each array, counted the same way every time."""
+    return [sys.getrefcount(a) for a in arrays]
+
+
+# the count _refcounts sees for an array that only its list refers to (measured
+# through the same code, so it holds whatever this interpreter counts)
+_UNHELD = _refcounts([np.empty(0)])[0]
 
 
 def _gather(frames, first, n, dtype, shape, out):
