@@ -47,7 +47,32 @@ typedef struct {
    * reference that keeps the mapping (shard_reader_direct_map) */
   const void *in_view, *tg_view;
   shard_map *hold;
+  /* the pool it returns to (chunk_free), and the room its arrays have */
+  struct chunk_pool *pool;
+  int cap_n;        /* samples its ids, sums, inputs and targets have room for */
+  uint64_t *sums_buf; /* the room of sums (sums is NULL when the server hashes the rows) */
 } chunk_mem;
+
+/* Chunk buffers are reused: a chunk of --batch 16 of 3.26 MB samples is
+ * 52 MB, above glibc's largest mmap threshold (32 MiB), so every new one
+ * was a fresh mmap that the kernel faulted in and zeroed page by page, and
+ * every free an munmap (docs/stream-protocol.md, "Chunk buffers"). A
+ * chunk freed (by a reader, serve_close, or ZeroMQ's I/O thread once it
+ * has written the chunk out) goes back here, and the next chunk of the
+ * same size takes it. A block is made only when none is free, so the
+ * blocks (in use and free) never outnumber the most chunks ever in use at
+ * once: the pool adds nothing to serve's memory bound (read-ahead slots +
+ * max_consumers x max_credit queued chunks); it keeps at most `cap` free
+ * ones after a burst. Reference counted: queued chunks may outlive the
+ * source (serve_close), and the pool outlives them. */
+typedef struct chunk_pool {
+  pthread_mutex_t mu;
+  int refs; /* the source's (until serve_close) + one per chunk out of the pool */
+  int open; /* the source still uses it: freed chunks are kept */
+  int nfree, cap;
+  uint64_t made, reused; /* chunks made new / taken from the pool (mu) */
+  chunk_mem **free;
+} chunk_pool;
 
 typedef struct {
   int active, normalised;
@@ -91,18 +116,81 @@ struct serve_source {
   int nslots;
   cursor *cursors;
   uint64_t tickets; /* external source: chunks submitted so far */
+  chunk_pool *pool; /* chunk buffers, reused */
 };
 
-static void chunk_free(void *p) {
-  chunk_mem *m = p;
-  if (!m) return;
+static void chunk_destroy(chunk_mem *m) {
   free(m->ids);
-  free(m->sums);
+  free(m->sums_buf);
   free(m->inputs);
   free(m->targets);
-  shard_map_release(m->hold); /* may run in ZeroMQ's I/O thread: no lock needed */
   free(m);
 }
+
+static void pool_unref(chunk_pool *p) { /* p->mu held; unlocks it */
+  int last = --p->refs == 0;
+  pthread_mutex_unlock(&p->mu);
+  if (!last) return;
+  for (int i = 0; i < p->nfree; i++) chunk_destroy(p->free[i]);
+  free(p->free);
+  pthread_mutex_destroy(&p->mu);
+  free(p);
+}
+
+/* A chunk is done with (a failed read, serve_close, or ZeroMQ has written
+ * it out: may run in ZeroMQ's I/O thread). Its mapping reference is
+ * dropped; its buffers go back to the pool while the source is open. */
+static void chunk_free(void *ptr) {
+  chunk_mem *m = ptr;
+  if (!m) return;
+  shard_map_release(m->hold); /* no lock needed */
+  m->hold = NULL;
+  chunk_pool *p = m->pool;
+  if (!p) {
+    chunk_destroy(m);
+    return;
+  }
+  pthread_mutex_lock(&p->mu);
+  if (p->open && p->nfree < p->cap) {
+    p->free[p->nfree++] = m;
+    m = NULL;
+  }
+  pool_unref(p);
+  if (m) chunk_destroy(m);
+}
+
+static chunk_pool *chunk_pool_create(int cap) {
+  chunk_pool *p = calloc(1, sizeof *p);
+  if (!p) return NULL;
+  p->free = calloc((size_t)(cap > 0 ? cap : 1), sizeof *p->free);
+  if (!p->free) {
+    free(p);
+    return NULL;
+  }
+  pthread_mutex_init(&p->mu, NULL);
+  p->refs = 1;
+  p->open = 1;
+  p->cap = cap;
+  return p;
+}
+
+/* The source is closed: free what the pool keeps; chunks still queued
+ * are freed when ZeroMQ releases them, and the last frees the pool. */
+static void chunk_pool_close(chunk_pool *p) {
+  if (!p) return;
+  pthread_mutex_lock(&p->mu);
+  p->open = 0;
+  for (int i = 0; i < p->nfree; i++) chunk_destroy(p->free[i]);
+  p->nfree = 0;
+  pool_unref(p);
+}
+
+/* A chunk of n samples: ids, and (with_sums) room for the row checksums;
+ * inputs and targets have room for n rows when rows (else whatever a
+ * reused chunk had, allocated later if needed: chunk_rows). From the pool
+ * when one of that size is free. NULL when out of memory (message set). */
+static chunk_mem *chunk_new(serve_source *s, int n, int with_sums);
+static int chunk_rows(const serve_source *s, chunk_mem *m);
 
 static int read_split(serve_source *s) {
   const char *sp = s->o.split ? s->o.split : "train";
@@ -257,24 +345,66 @@ static int slot_indices(serve_source *s, const slot *q, int64_t *idx);
 static void slot_done(serve_source *s, slot *q, chunk_mem *m, int rc);
 
 /* Read (and normalise) one chunk; called by the reader thread, mutex NOT held. */
+static chunk_mem *chunk_new(serve_source *s, int n, int with_sums) {
+  chunk_mem *m = NULL;
+  chunk_pool *p = s->pool;
+  pthread_mutex_lock(&p->mu);
+  for (int i = p->nfree - 1; i >= 0 && !m; i--) /* the most recently freed: warmest */
+    if (p->free[i]->cap_n == n) {
+      m = p->free[i];
+      p->free[i] = p->free[--p->nfree];
+    }
+  *(m ? &p->reused : &p->made) += 1;
+  p->refs++; /* the chunk's, given back by chunk_free */
+  pthread_mutex_unlock(&p->mu);
+  if (!m) {
+    m = calloc(1, sizeof *m);
+    if (m) {
+      m->pool = p;
+      m->cap_n = n;
+      m->ids = ce_malloc_array((size_t)n, 8, "chunk ids");
+    }
+    if (!m || !m->ids) {
+      if (m) free(m);
+      pthread_mutex_lock(&p->mu);
+      pool_unref(p);
+      ce_err("out of memory for a chunk of %d samples", n);
+      return NULL;
+    }
+  }
+  m->in_view = m->tg_view = NULL;
+  m->sums = NULL;
+  if (with_sums) {
+    if (!m->sums_buf)
+      m->sums_buf = ce_malloc_array((size_t)n, 2 * sizeof(uint64_t), "chunk checksums");
+    if (!m->sums_buf) {
+      chunk_free(m);
+      return NULL;
+    }
+    m->sums = m->sums_buf;
+  }
+  return m;
+}
+
+static int chunk_rows(const serve_source *s, chunk_mem *m) {
+  if (!m->inputs) m->inputs = ce_malloc_array((size_t)m->cap_n * s->in_vals, 4, "chunk inputs");
+  if (!m->targets)
+    m->targets = ce_malloc_array((size_t)m->cap_n * s->out_vals, 4, "chunk targets");
+  return m->inputs && m->targets ? 0 : -1;
+}
+
 static int read_chunk(serve_source *s, const int64_t *idx, int n, int normalised,
                       chunk_mem **out) {
-  chunk_mem *m = calloc(1, sizeof *m);
-  if (!m) CE_FAIL("out of memory");
-  m->ids = ce_malloc_array((size_t)n, 8, "chunk ids");
   /* the reader's verified row checksums go on the wire as they are; live,
    * external or normalised rows are hashed by the stream server */
   int forward = !s->o.live && !s->o.external && !normalised;
-  if (forward) m->sums = ce_malloc_array((size_t)n, 2 * sizeof(uint64_t), "chunk checksums");
+  chunk_mem *m = chunk_new(s, n, forward);
+  if (!m) return -1;
   /* raw rows of a finished dataset that lie back to back in one mapped
    * shard (every chunk of one sample) are sent from the mapping itself */
-  int mapped = forward && m->sums && !s->o.copy_rows ? read_mapped(s, idx, n, m) : 0;
-  if (mapped == 0) {
-    m->inputs = ce_malloc_array((size_t)n * s->in_vals, 4, "chunk inputs");
-    m->targets = ce_malloc_array((size_t)n * s->out_vals, 4, "chunk targets");
-  }
-  if (!m->ids || mapped < 0 || (forward && !m->sums) ||
-      (!mapped && (!m->inputs || !m->targets ||
+  int mapped = forward && !s->o.copy_rows ? read_mapped(s, idx, n, m) : 0;
+  if (mapped < 0 ||
+      (!mapped && (chunk_rows(s, m) < 0 ||
                    read_samples(s, idx, n, normalised, m->inputs, m->targets, m->sums) < 0))) {
     chunk_free(m);
     return -1;
@@ -449,13 +579,10 @@ static int slot_indices(serve_source *s, const slot *q, int64_t *idx) {
 static void normalise_rows(const serve_source *s, int n, float *inputs, float *targets);
 
 /* An external source's chunk: its ids and room for its samples. */
-static chunk_mem *external_chunk_new(const serve_source *s, const int64_t *idx, int n) {
-  chunk_mem *m = calloc(1, sizeof *m);
+static chunk_mem *external_chunk_new(serve_source *s, const int64_t *idx, int n) {
+  chunk_mem *m = chunk_new(s, n, 0);
   if (!m) return NULL;
-  m->ids = ce_malloc_array((size_t)n, 8, "chunk ids");
-  m->inputs = ce_malloc_array((size_t)n * s->in_vals, 4, "chunk inputs");
-  m->targets = ce_malloc_array((size_t)n * s->out_vals, 4, "chunk targets");
-  if (!m->ids || !m->inputs || !m->targets) {
+  if (chunk_rows(s, m) < 0) {
     chunk_free(m);
     return NULL;
   }
@@ -801,7 +928,8 @@ int serve_open(const serve_opts *o, serve_source **out) {
    * an external source (serve --generate): one reader, external_loop */
   s->nthreads = o->live || o->external ? 1 : s->o.read_threads;
   s->threads = calloc((size_t)s->nthreads, sizeof *s->threads);
-  if (!s->slots || !s->cursors || !s->threads) {
+  s->pool = chunk_pool_create(s->nslots); /* keeps at most a read-ahead's worth free */
+  if (!s->slots || !s->cursors || !s->threads || !s->pool) {
     serve_close(s);
     CE_FAIL("out of memory");
   }
@@ -827,6 +955,7 @@ void serve_close(serve_source *s) {
   }
   free(s->threads);
   for (int i = 0; i < s->nslots; i++) chunk_free(s->slots[i].buf);
+  chunk_pool_close(s->pool); /* chunks still queued in ZeroMQ free it when released */
   free(s->slots);
   free(s->cursors);
   for (int i = 0; i < PERM_CACHE; i++) free(s->perm[i]);
@@ -877,6 +1006,13 @@ void serve_read_counts(const serve_source *s, uint64_t *direct, uint64_t *hdf5, 
   *hdf5 = s->rows_hdf5;
   if (mapped) *mapped = s->rows_mapped;
   h5_unlock();
+}
+
+void serve_pool_counts(const serve_source *s, uint64_t *made, uint64_t *reused) {
+  pthread_mutex_lock(&s->pool->mu);
+  *made = s->pool->made;
+  *reused = s->pool->reused;
+  pthread_mutex_unlock(&s->pool->mu);
 }
 
 const stats_norm *serve_norm(const serve_source *s) { return s->have_norm ? &s->norm : NULL; }

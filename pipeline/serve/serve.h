@@ -164,6 +164,10 @@ void serve_shapes(const serve_source *s, uint32_t in_shape[4], uint32_t out_shap
  * *mapped (may be NULL) were not copied at all: sent from the mapped shard
  * file (serve_opts.copy_rows). For tests and benches. */
 void serve_read_counts(const serve_source *s, uint64_t *direct, uint64_t *hdf5, uint64_t *mapped);
+/* Chunk buffers (docs/stream-protocol.md, "Chunk buffers"): chunks made new and
+ * chunks that reused the buffers of one already sent; made never exceeds the most
+ * chunks in use at once (read-ahead slots + chunks queued in ZeroMQ). */
+void serve_pool_counts(const serve_source *s, uint64_t *made, uint64_t *reused);
 
 const stats_norm *serve_norm(const serve_source *s);
 

@@ -22,8 +22,11 @@ struct stream_client {
   int welcomed, pending_credit;
   uint64_t dataset_id, samples_per_epoch;
   double last_recv, last_sent;
-  zmq_msg_t held[4]; /* ids, row checksums, inputs, targets of the chunk returned */
+  zmq_msg_t held[4]; /* ids, row checksums, inputs, targets of a one-sample chunk returned
+                        (of a larger one: its ids) */
   int nheld;
+  zmq_msg_t *f;      /* the frames of the message being received */
+  size_t fcap;
   /* ZeroMQ may deliver frames at any byte offset inside its receive buffer:
    * misaligned payloads are copied here so callers get aligned arrays. */
   void *aligned[3];
@@ -148,8 +151,9 @@ int stream_client_reconnect(stream_client *c) {
   return connect_socket(c);
 }
 
-/* Receive one whole message: up to 5 frames kept, the rest counted as malformed. */
-static int recv_message(stream_client *c, zmq_msg_t *f, int *n) {
+/* Receive one whole message into c->f: up to STREAM_MAX_FRAMES frames kept
+ * (a CHUNK of the most samples), more make it malformed (returns 1). */
+static int recv_message(stream_client *c, int *n) {
   *n = 0;
   int more = 1, extra = 0;
   while (more) {
@@ -157,16 +161,54 @@ static int recv_message(stream_client *c, zmq_msg_t *f, int *n) {
     zmq_msg_init(&m);
     if (zmq_msg_recv(&m, c->sock, 0) < 0) {
       zmq_msg_close(&m);
-      for (int i = 0; i < *n; i++) zmq_msg_close(&f[i]);
+      for (int i = 0; i < *n; i++) zmq_msg_close(&c->f[i]);
       CE_FAIL("stream client: receive from %s failed: %s", c->endpoint, zmq_strerror(errno));
     }
     more = zmq_msg_more(&m);
-    if (*n < 5)
-      f[(*n)++] = m;
+    if ((size_t)*n == c->fcap && c->fcap < STREAM_MAX_FRAMES) {
+      size_t cap = c->fcap ? c->fcap * 2 : 8;
+      if (cap > STREAM_MAX_FRAMES) cap = STREAM_MAX_FRAMES;
+      zmq_msg_t *g = realloc(c->f, cap * sizeof *g);
+      if (g) c->f = g, c->fcap = cap;
+    }
+    if ((size_t)*n < c->fcap)
+      c->f[(*n)++] = m;
     else
       zmq_msg_close(&m), extra = 1;
   }
   return extra;
+}
+
+/* Room for len bytes in the client's aligned buffer i (kept: reused by
+ * the next chunk, so a batch is not a fresh block faulted in every time). */
+static void *aligned_room(stream_client *c, int i, size_t len) {
+  if (c->aligned_cap[i] < len) {
+    free(c->aligned[i]);
+    c->aligned[i] = aligned_alloc(64, (len + 63) / 64 * 64);
+    c->aligned_cap[i] = c->aligned[i] ? len : 0;
+  }
+  return c->aligned[i];
+}
+
+/* A chunk of n > 1 samples: each row checked against its row checksum in
+ * its own frame, then copied into the client's batch buffers (hashed and
+ * copied while in cache); the row frames are closed at once, so the
+ * receiver's blocks are reused. 0, 1: a row does not match (malformed),
+ * -1: out of memory. */
+static int gather_rows(stream_client *c, const stream_header *h, size_t inb, size_t outb,
+                       zmq_msg_t *f) {
+  uint32_t n = h->nsamples;
+  char *in = aligned_room(c, 1, n * inb), *tg = aligned_room(c, 2, n * outb);
+  if (!in || !tg) CE_FAIL("stream client: out of memory for a chunk of %u samples", n);
+  const char *sums = zmq_msg_data(&f[2]);
+  for (uint32_t k = 0; k < n; k++) {
+    zmq_msg_t *fi = &f[3 + k], *ft = &f[3 + n + k];
+    if (stream_rows_check(zmq_msg_data(fi), inb, zmq_msg_data(ft), outb, 1, sums + 16 * k) >= 0)
+      return 1;
+    memcpy(in + k * inb, zmq_msg_data(fi), inb);
+    memcpy(tg + k * outb, zmq_msg_data(ft), outb);
+  }
+  return 0;
 }
 
 int stream_client_next(stream_client *c, stream_chunk_view *v) {
@@ -200,10 +242,10 @@ int stream_client_next(stream_client *c, stream_chunk_view *v) {
       return STREAM_E_REFUSED;
     }
     if (rc == 0) continue;
-    zmq_msg_t f[5];
     int n;
-    int extra = recv_message(c, f, &n);
+    int extra = recv_message(c, &n);
     if (extra < 0) return -1;
+    zmq_msg_t *f = c->f;
     c->last_recv = ce_now();
     stream_header h;
     if (extra || n < 1 || stream_header_decode(zmq_msg_data(&f[0]), zmq_msg_size(&f[0]), &h) < 0) {
@@ -214,15 +256,27 @@ int stream_client_next(stream_client *c, stream_chunk_view *v) {
     if (h.type == STREAM_CHUNK) {
       size_t inb = stream_input_bytes(&h), outb = stream_target_bytes(&h);
       size_t nid = (size_t)h.nsamples * 8, nin = h.nsamples * inb, nout = h.nsamples * outb;
-      int ok = n == 5 && zmq_msg_size(&f[1]) == nid && zmq_msg_size(&f[2]) == 2 * nid &&
-               zmq_msg_size(&f[3]) == nin && zmq_msg_size(&f[4]) == nout;
+      /* protocol 3: header, ids, row checksums, then one frame per row */
+      int ok = (size_t)n == STREAM_CHUNK_FRAMES(h.nsamples) && zmq_msg_size(&f[1]) == nid &&
+               zmq_msg_size(&f[2]) == 2 * nid;
+      for (uint32_t k = 0; ok && k < h.nsamples; k++)
+        ok = zmq_msg_size(&f[3 + k]) == inb && zmq_msg_size(&f[3 + h.nsamples + k]) == outb;
       if (ok) { /* the ids and row checksums, then every row against its checksum */
         ce_xxh64_state xs;
         ce_xxh64_init(&xs, 0);
         for (int i = 1; i < 3; i++) ce_xxh64_update(&xs, zmq_msg_data(&f[i]), zmq_msg_size(&f[i]));
-        ok = ce_xxh64_digest(&xs) == h.payload_xxh64 &&
-             stream_rows_check(zmq_msg_data(&f[3]), inb, zmq_msg_data(&f[4]), outb, h.nsamples,
+        ok = ce_xxh64_digest(&xs) == h.payload_xxh64;
+      }
+      if (ok && h.nsamples == 1)
+        ok = stream_rows_check(zmq_msg_data(&f[3]), inb, zmq_msg_data(&f[4]), outb, 1,
                                zmq_msg_data(&f[2])) < 0;
+      else if (ok) {
+        int g = gather_rows(c, &h, inb, outb, f);
+        if (g < 0) {
+          for (int i = 0; i < n; i++) zmq_msg_close(&f[i]);
+          return -1;
+        }
+        ok = g == 0;
       }
       if (!ok) {
         c->st.malformed++;
@@ -238,22 +292,26 @@ int stream_client_next(stream_client *c, stream_chunk_view *v) {
         continue;
       }
       zmq_msg_close(&f[0]);
-      for (int i = 0; i < 4; i++) c->held[i] = f[i + 1];
-      c->nheld = 4;
       const void *data[3];
+      int nd = h.nsamples == 1 ? 3 : 1; /* frames handed out as they are */
+      if (h.nsamples == 1) {
+        for (int i = 0; i < 4; i++) c->held[i] = f[i + 1];
+        c->nheld = 4;
+      } else { /* its rows were gathered (gather_rows): only the ids are held */
+        c->held[0] = f[1];
+        c->nheld = 1;
+        for (int i = 2; i < n; i++) zmq_msg_close(&f[i]);
+        data[1] = c->aligned[1];
+        data[2] = c->aligned[2];
+      }
       static const int frame_of[3] = {0, 2, 3}; /* ids, inputs, targets among held */
-      for (int i = 0; i < 3; i++) {
+      for (int i = 0; i < nd; i++) {
         data[i] = zmq_msg_data(&c->held[frame_of[i]]);
         size_t len = zmq_msg_size(&c->held[frame_of[i]]);
         if ((uintptr_t)data[i] % 8 != 0 && len > 0) {
-          if (c->aligned_cap[i] < len) {
-            free(c->aligned[i]);
-            c->aligned[i] = aligned_alloc(64, (len + 63) / 64 * 64);
-            c->aligned_cap[i] = c->aligned[i] ? len : 0;
-            if (!c->aligned[i]) {
-              CE_FAIL("stream client: out of memory for a %zu-byte frame", len);
-            }
-          }
+          /* (a gathered chunk's inputs and targets are in buffers 1 and 2: ids use 0) */
+          if (!aligned_room(c, i, len))
+            CE_FAIL("stream client: out of memory for a %zu-byte frame", len);
           memcpy(c->aligned[i], data[i], len);
           c->st.realigned++;
           data[i] = c->aligned[i];
@@ -325,5 +383,6 @@ void stream_client_close(stream_client *c) {
   }
   if (c->zctx) zmq_ctx_term(c->zctx);
   for (int i = 0; i < 3; i++) free(c->aligned[i]);
+  free(c->f);
   free(c);
 }

@@ -54,7 +54,10 @@ typedef struct stream_client stream_client;
 
 int stream_client_open(const stream_client_opts *o, stream_client **out);
 
-/* Next chunk: returns 1 and fills *v (valid until the next call), 0 at the
+/* Next chunk: returns 1 and fills *v (valid until the next call: a
+ * one-sample chunk's arrays are its received frames, a larger chunk's rows,
+ * each received as a frame of its own (protocol 3), are gathered into
+ * batch buffers the client keeps and reuses), 0 at the
  * end of an epoch (the client moves to the next one; *v->h says which ended),
  * or a negative status (-1 error, STREAM_E_SILENT, STREAM_E_REMOTE,
  * STREAM_E_REFUSED). */

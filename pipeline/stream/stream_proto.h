@@ -1,23 +1,29 @@
-/* stream_proto.h - the coemu stream wire format (version 2).
+/* stream_proto.h - the coemu stream wire format (version 3).
  *
  * Every message is a ZeroMQ multi-part message whose first frame is a fixed
- * 96-byte little-endian header; CHUNK messages carry four more frames:
- * sample ids (uint64 x nsamples), row checksums (uint64 x 2 x nsamples: the
- * XXH64, seed 0, of each sample's inputs row and of its targets row, as
- * float32 bytes: the values a dataset's /checksums stores), inputs and
- * targets (raw arrays). The header carries its own checksum and the XXH64
+ * 96-byte little-endian header; CHUNK messages carry 2 + 2 x nsamples more
+ * frames: sample ids (uint64 x nsamples), row checksums (uint64 x 2 x
+ * nsamples: the XXH64, seed 0, of each sample's inputs row and of its
+ * targets row, as float32 bytes: the values a dataset's /checksums stores),
+ * then each sample's inputs row, one frame per sample, then each sample's
+ * targets row, one frame per sample (raw float32). The header carries its own checksum and the XXH64
  * of the ids and row-checksum frames; each sample's rows are checked
  * against their row checksums. So a corrupted, truncated or foreign message
  * is recognised, counted and dropped, never trusted, and a producer that
  * already holds verified row checksums (a dataset's) forwards them instead
- * of hashing every byte again. Version 1 (until 2026-12) carried one XXH64
+ * of hashing every byte again. Version 3 (2026-12) sends rows as frames of
+ * their own: a frame above glibc's largest mmap threshold (32 MiB; a batch
+ * of 16 samples of 3.26 MB is 52 MB) was a fresh mmap in every receiver,
+ * faulted in and zeroed by the kernel page by page (docs/stream-protocol.md,
+ * "Versions"); version 2 sent all inputs in one frame and all targets in
+ * another. Version 1 carried one XXH64
  * over all payload frames and no row checksums; a peer of another version
  * gets an ERROR naming both (stream_header_decode returns
  * STREAM_E_VERSION). docs/stream-protocol.md is the full description.
  *
  *  off size field
  *    0    4 magic            "CEMS"
- *    4    2 version          1
+ *    4    2 version          3
  *    6    2 type             stream_msg_type
  *    8    4 flags            bit 0: payload normalised
  *   12    4 value            type-specific: credits (HELLO, CREDIT), world (INFO reply)...
@@ -41,7 +47,10 @@
 #include <stdint.h>
 
 #define STREAM_MAGIC 0x534d4543u /* "CEMS" little-endian */
-#define STREAM_VERSION 2
+#define STREAM_VERSION 3
+/* frames of a CHUNK message: header, ids, row checksums, inputs rows, targets rows */
+#define STREAM_CHUNK_FRAMES(n) (3 + 2 * (size_t)(n))
+#define STREAM_MAX_FRAMES STREAM_CHUNK_FRAMES(65536)
 #define STREAM_HEADER_SIZE 96
 #define STREAM_DTYPE_F32 1
 
@@ -49,7 +58,7 @@ typedef enum {
   STREAM_HELLO = 1,     /* consumer -> producer: rank, world (value), epoch, position, credit */
   STREAM_WELCOME = 2,   /* producer -> consumer: dataset id, samples per epoch, shapes */
   STREAM_CREDIT = 3,    /* consumer -> producer: value = extra chunks it can take */
-  STREAM_CHUNK = 4,     /* producer -> consumer: + ids, inputs, targets frames */
+  STREAM_CHUNK = 4,     /* producer -> consumer: + ids, row checksums, rows (one frame each) */
   STREAM_EPOCH_END = 5, /* producer -> consumer: epoch finished (position = samples sent) */
   STREAM_HEARTBEAT = 6, /* both ways, when otherwise silent */
   STREAM_ERROR = 7,     /* producer -> consumer: + one frame of UTF-8 text */

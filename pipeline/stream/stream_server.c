@@ -572,7 +572,16 @@ static int feed(stream_server *s, int i) {
   ce_xxh64_update(&xs, ch.ids, nid);
   ce_xxh64_update(&xs, sums, nsum);
   h.payload_xxh64 = ce_xxh64_digest(&xs);
-  atomic_init(&ref->refs, 4);
+  /* protocol 3: every row its own frame (stream_proto.h), each sent from
+   * where the source holds it */
+  int nframes = 2 + 2 * (int)ch.nsamples;
+  zmq_msg_t *m = malloc((size_t)nframes * sizeof *m);
+  if (!m) {
+    free(ref);
+    if (ch.release) ch.release(ch.token);
+    return 0;
+  }
+  atomic_init(&ref->refs, nframes);
   ref->release = ch.release;
   ref->token = ch.token;
   ref->acct = c->acct;
@@ -581,12 +590,16 @@ static int feed(stream_server *s, int i) {
   atomic_fetch_add(&c->acct->refs, 1);
   atomic_fetch_add(&c->acct->chunks, 1);
   atomic_fetch_add(&s->queued_bytes, ref->bytes);
-  zmq_msg_t m[4];
   zmq_msg_init_data(&m[0], (void *)ch.ids, nid, frame_done, ref);
   zmq_msg_init_data(&m[1], (void *)sums, nsum, frame_done, ref);
-  zmq_msg_init_data(&m[2], (void *)ch.inputs, nin, frame_done, ref);
-  zmq_msg_init_data(&m[3], (void *)ch.targets, nout, frame_done, ref);
-  if (send_frames(s, c, &h, m, 4) < 0) {
+  for (uint32_t k = 0; k < ch.nsamples; k++) {
+    zmq_msg_init_data(&m[2 + k], (char *)ch.inputs + k * inb, inb, frame_done, ref);
+    zmq_msg_init_data(&m[2 + ch.nsamples + k], (char *)ch.targets + k * outb, outb, frame_done,
+                      ref);
+  }
+  int sent = send_frames(s, c, &h, m, nframes);
+  free(m);
+  if (sent < 0) {
     /* EHOSTUNREACH: the peer is gone (ROUTER_MANDATORY); EAGAIN: its queue
      * is full. The frames not sent were closed: frame_done released them. */
     c->gone = 1;

@@ -1,4 +1,4 @@
-"""coemu.stream: a Python consumer of the coemu stream protocol v1.
+"""coemu.stream: a Python consumer of the coemu stream protocol (version 3).
 
 Needs pyzmq and numpy. Mirrors pipeline/stream/stream_client.c: it says HELLO with
 its rank, the number of ranks, the (epoch, position) to resume from and a
@@ -19,6 +19,7 @@ import ctypes
 import ctypes.util
 import json
 import struct
+import sys
 import threading
 import time
 import warnings
@@ -27,7 +28,7 @@ import numpy as np
 import zmq
 
 MAGIC = 0x534D4543
-VERSION = 2
+VERSION = 3
 HEADER_SIZE = 96
 HELLO, WELCOME, CREDIT, CHUNK, EPOCH_END, HEARTBEAT, ERROR, BYE, INFO = range(1, 10)
 # HELLO flags bits 1-2: the epoch order asked for (0: the producer's), as
@@ -287,6 +288,50 @@ def _array(frame, dtype, shape):
     return a if a.flags.aligned and a.flags.writeable else a.copy()
 
 
+class _BatchBuffers:
+    """Protocol 3 sends each row as a frame of its own; a chunk of n > 1
+    samples is handed out as one (n, ...) array, its rows copied in. A
+    buffer of 52 MB (16 samples of 3.26 MB) fresh from the allocator is a
+    new mmap the kernel faults in and zeroes page by page, so buffers are
+    reused: only when nothing but this pool refers to it (sys.getrefcount:
+    a Chunk, a view or slice of it, torch.from_numpy, a memoryview all hold
+    a reference), so an array handed out is never overwritten while anyone
+    holds it. At most `keep` buffers of each shape are kept."""
+
+    def __init__(self, keep=4):
+        self.keep, self.bufs, self.reused, self.made = keep, {}, 0, 0
+
+    def get(self, dtype, shape):
+        pool = self.bufs.setdefault((dtype, shape), [])
+        for a, refs in zip(pool, _refcounts(pool)):
+            if refs <= _UNHELD:  # the pool's own reference only
+                self.reused += 1
+                return a
+        a = np.empty(shape, dtype=dtype)
+        self.made += 1
+        if len(pool) < self.keep:
+            pool.append(a)
+        return a
+
+
+def _refcounts(arrays):
+    """sys.getrefcount of each array, counted the same way every time."""
+    return [sys.getrefcount(a) for a in arrays]
+
+
+# the count _refcounts sees for an array that only its list refers to (measured
+# through the same code, so it holds whatever this interpreter counts)
+_UNHELD = _refcounts([np.empty(0)])[0]
+
+
+def _gather(frames, first, n, dtype, shape, out):
+    """Rows frames[first .. first + n) copied into out (n x shape)."""
+    flat = out.reshape(n, -1).view(np.uint8)
+    for k in range(n):
+        flat[k] = np.frombuffer(frames[first + k].buffer, dtype=np.uint8)
+    return out
+
+
 class Chunk:
     def __init__(self, header, ids, inputs, targets):
         self.header, self.ids, self.inputs, self.targets = header, ids, inputs, targets
@@ -425,6 +470,7 @@ class StreamClient:
         self._own_ctx = context is None
         self._ctx = zmq.Context() if context is None else context
         self._batch = 0
+        self._bufs = _BatchBuffers()
         self._said_bye = False
         self._mon = None
         self._sock = None
@@ -532,12 +578,19 @@ class StreamClient:
                 ins = (n,) + tuple(h.in_shape)
                 outs = (n,) + tuple(h.out_shape)
                 inb, outb = 4 * int(np.prod(h.in_shape)), 4 * int(np.prod(h.out_shape))
-                sizes = (8 * n, 16 * n, n * inb, n * outb)
-                ok = len(frames) == 5 and all(len(frames[i + 1]) == sizes[i] for i in range(4))
+                # protocol 3: header, ids, row checksums, then one frame per row
+                ok = len(frames) == 3 + 2 * n and len(frames[1]) == 8 * n and \
+                    len(frames[2]) == 16 * n and \
+                    all(len(frames[3 + k]) == inb for k in range(n)) and \
+                    all(len(frames[3 + n + k]) == outb for k in range(n))
                 if ok:  # never skipped: ids and row checksums, then every row (fastest XXH64)
-                    ok = xxh64_frames([frames[1].buffer, frames[2].buffer]) == h.payload_xxh64 \
-                        and rows_ok(frames[3].buffer, inb, frames[4].buffer, outb, n,
-                                    frames[2].buffer)
+                    ok = xxh64_frames([frames[1].buffer, frames[2].buffer]) == h.payload_xxh64
+                    sums = memoryview(frames[2].buffer).cast("B")
+                    for k in range(n):
+                        if not ok:
+                            break
+                        ok = rows_ok(frames[3 + k].buffer, inb, frames[3 + n + k].buffer, outb,
+                                     1, sums[16 * k:16 * k + 16])
                 if not ok:
                     self.malformed += 1
                     self._send(CREDIT, 1)
@@ -546,8 +599,14 @@ class StreamClient:
                 if h.epoch != self.epoch or h.position != self.position:
                     continue  # in flight from before a reconnect
                 ids = _array(frames[1], "<u8", (n,))
-                inputs = _array(frames[3], "<f4", ins)
-                targets = _array(frames[4], "<f4", outs)
+                if n == 1:  # the frames themselves
+                    inputs = _array(frames[3], "<f4", ins)
+                    targets = _array(frames[4], "<f4", outs)
+                else:
+                    inputs = _gather(frames, 3, n, "<f4", ins, self._bufs.get("<f4", ins))
+                    targets = _gather(frames, 3 + n, n, "<f4", outs,
+                                      self._bufs.get("<f4", outs))
+                del frames
                 self.position += n
                 self._batch = n
                 return Chunk(h, ids, inputs, targets)

@@ -944,6 +944,89 @@ static void test_zero_copy_truncated(void) {
   serve_close(s);
 }
 
+/* Chunk buffers are reused (serve.c's chunk pool): at batch 1 (raw chunks
+ * mapped, normalised ones copied) and batch 3 (scattered rows, copied),
+ * raw and normalised chunks alternating, so a buffer goes from a mapped
+ * chunk to a copied one, from one with forwarded row checksums to one
+ * without, and back: every chunk is still the producer's exact bytes, a
+ * raw chunk carries its rows' XXH64s and a normalised one none (the server
+ * hashes it). Made chunks never outnumber the most in use at once (the
+ * read-ahead slots, W x (prefetch + 1) + 2, and the one held here); before
+ * the pool every chunk was made new (30 of 30). A chunk held past
+ * serve_close is still whole (ASan: no use after free). */
+static void test_chunk_pool(void) {
+  size_t iv = fixture_in_vals(&SPEC), ov = fixture_out_vals(&SPEC);
+  for (int B = 1; B <= 3; B += 2) {
+    const int W = 1, P = 2;
+    serve_opts o = {.dataset_dir = g_dir, .split = "all", .seed = 5, .world = W, .batch = B,
+                    .drop_last = 1, .prefetch = P, .read_threads = 2};
+    serve_source *s = NULL, *ref = NULL;
+    CHECK_OK(serve_open(&o, &s));
+    CHECK_OK(serve_open(&o, &ref));
+    if (!s || !ref) {
+      serve_close(s);
+      serve_close(ref);
+      continue;
+    }
+    int bad = 0, n = 0;
+    uint64_t per = serve_samples_per_rank(s);
+    for (uint32_t e = 0; e < 3; e++)
+      for (uint64_t pos = 0; pos < per; pos += (uint64_t)B) {
+        int norm = (int)((pos / (uint64_t)B + e) % 2);
+        stream_consumer c = {0, (uint16_t)W, (uint32_t)norm};
+        stream_chunk ch;
+        memset(&ch, 0, sizeof ch);
+        int rc = serve_chunk(s, &c, e, pos, &ch);
+        CHECK_MSG(rc == 1, "batch %d epoch %u position %llu: %s", B, e, (unsigned long long)pos,
+                  ce_err_msg());
+        if (rc != 1) continue;
+        int64_t idx[3];
+        for (int k = 0; k < B; k++) idx[k] = serve_sample_at(ref, e, 0, pos + (uint64_t)k);
+        float *in = NULL, *tg = NULL;
+        CHECK_OK(read_ref(ref, idx, B, norm, &in, &tg));
+        int diff = !in || !tg || memcmp(ch.inputs, in, sizeof(float) * iv * (size_t)B) ||
+                   memcmp(ch.targets, tg, sizeof(float) * ov * (size_t)B) ||
+                   (norm ? ch.sums != NULL : ch.sums == NULL);
+        for (int k = 0; k < B && !diff; k++)
+          diff = ch.ids[k] != (uint64_t)idx[k] ||
+                 (!norm && (ch.sums[2 * k] != ce_xxh64(in + iv * (size_t)k, sizeof(float) * iv, 0) ||
+                            ch.sums[2 * k + 1] != ce_xxh64(tg + ov * (size_t)k, sizeof(float) * ov, 0)));
+        bad += diff;
+        n++;
+        free(in);
+        free(tg);
+        ch.release(ch.token);
+      }
+    CHECK_MSG(bad == 0 && n == 3 * (int)(per / (uint64_t)B),
+              "batch %d: %d of %d chunks differ from the producer's", B, bad, n);
+    uint64_t made = 0, reused = 0;
+    serve_pool_counts(s, &made, &reused);
+    const uint64_t most = (uint64_t)(W * (P + 1) + 2) + 1;
+    CHECK_MSG(made <= most && made + reused >= (uint64_t)n,
+              "batch %d: %llu chunks made new, %llu reused, for %d chunks served (at most %llu "
+              "in use at once)", B, (unsigned long long)made, (unsigned long long)reused, n,
+              (unsigned long long)most);
+    /* a (copied) chunk held past serve_close */
+    stream_consumer c = {0, (uint16_t)W, 1};
+    stream_chunk ch;
+    memset(&ch, 0, sizeof ch);
+    CHECK(serve_chunk(s, &c, 0, 0, &ch) == 1);
+    serve_close(s);
+    if (ch.release) {
+      int64_t idx[3];
+      for (int k = 0; k < B; k++) idx[k] = serve_sample_at(ref, 0, 0, (uint64_t)k);
+      float *in = NULL, *tg = NULL;
+      CHECK_OK(read_ref(ref, idx, B, 1, &in, &tg));
+      CHECK(in && tg && !memcmp(ch.inputs, in, sizeof(float) * iv * (size_t)B) &&
+            !memcmp(ch.targets, tg, sizeof(float) * ov * (size_t)B));
+      free(in);
+      free(tg);
+      ch.release(ch.token);
+    }
+    serve_close(ref);
+  }
+}
+
 int main(void) {
   const char *tmp = check_scratch("serve");
   snprintf(g_dir, sizeof g_dir, "%s/ds", tmp);
@@ -971,6 +1054,7 @@ int main(void) {
   RUN(test_zero_copy_chunks);
   RUN(test_zero_copy_lifetime);
   RUN(test_zero_copy_truncated);
+  RUN(test_chunk_pool);
   check_scratch_remove();
   return check_report();
 }

@@ -3,7 +3,8 @@
 files (docs/stream-protocol.md, "Zero copy") and the consumers get the same bytes as
 with `--copy-rows` (every row copied with pread, the path before zero copy):
 - a dataset of 3 shards (5, 5, 2 samples) made by `coemu generate`; for
-  batch 1 and 2, order exact and shards, two epochs of split 'all' to the
+  batch 1, 2 and 16 (--pad: the 12 samples wrap to 16; each row its own
+  frame, gathered into one batch by the clients), order exact and shards, two epochs of split 'all' to the
   Python client (python/coemu through coemu_stream) and to the C consumer
   (serve_dump.c): the same ids, positions and bytes with and without
   --copy-rows, equal to the dataset's arrays (read through dataset.h5 with
@@ -127,21 +128,26 @@ def run(tmp):
         inputs, targets = np.asarray(h['inputs'], dtype=np.float32), np.asarray(h['targets'])
     check(inputs.shape[0] == S and targets.dtype == np.float32, f'dataset: {inputs.shape} {targets.dtype}')
 
-    for batch in ('1', '2'):
+    # batch 16 (serve's default; protocol 3 sends each row as a frame of its own and the
+    # clients gather them into one batch) with --pad: the 12 samples wrap around to 16
+    for batch in ('1', '2', '16'):
         for order in ('exact', 'shards'):
-            args = ['--batch', batch, '--order', order]
+            pad = ['--pad'] if batch == '16' else []
+            args = ['--batch', batch, '--order', order] + pad
             what = f'batch {batch} order {order}'
             py_map, e1, s1 = python_epochs(d, tmp, args)
             py_copy, e2, s2 = python_epochs(d, tmp, args + ['--copy-rows'])
-            per_epoch = S // int(batch) * int(batch)
+            per_epoch = -(-S // int(batch)) * int(batch) if pad else S // int(batch) * int(batch)
             check(not e1 and not e2 and len(py_map) == 2 * per_epoch,
                   f'{what}: Python client: 2 epochs of {per_epoch} ({len(py_map)}): {e1} {e2} {s1[-300:]}')
             check(py_map == py_copy, f'{what}: Python client: the same ids, positions and bytes '
                   f'with and without --copy-rows')
             check(all(x == inputs[i].tobytes() and y == targets[i].tobytes() for _, _, i, x, y in py_map),
                   f'{what}: the streamed bytes are the dataset\'s')
-            check(sorted(i for e, _, i, _, _ in py_map if e == 0) == sorted(set(i for e, _, i, _, _ in py_map if e == 0)),
+            check(pad or sorted(i for e, _, i, _, _ in py_map if e == 0) == sorted(set(i for e, _, i, _, _ in py_map if e == 0)),
                   f'{what}: no sample twice in an epoch')
+            check(set(i for e, _, i, _, _ in py_map if e == 0) == set(range(S)),
+                  f'{what}: every sample in an epoch')
             n_map, n_copy = mapped_rows(s1), mapped_rows(s2)
             check(n_copy == 0, f'{what}: --copy-rows: no row sent from the mapped files ({n_copy}): {s2[-300:]}')
             if batch == '1':  # every chunk is one row: all sent from the mapping

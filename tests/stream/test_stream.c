@@ -128,13 +128,13 @@ static void test_header_codec(void) {
   CHECK_ERR(stream_header_decode(b, sizeof b, &d), "shapes");
   h.in_shape[1] = 4;
   stream_header_encode(&h, b); /* a version forged without its checksum */
-  b[4] = 3;
+  b[4] = 4;
   CHECK_ERR(stream_header_decode(b, sizeof b, &d), "checksum");
-  h.version = 1; /* a sound header of protocol version 1: told apart, with its type */
+  h.version = 2; /* a sound header of protocol version 2: told apart, with its type */
   stream_header_encode(&h, b);
   int dv = stream_header_decode(b, sizeof b, &d);
-  CHECK_MSG(dv == STREAM_E_VERSION && d.version == 1 && d.type == STREAM_CHUNK, "decode %d", dv);
-  CHECK(strstr(ce_err_msg(), "protocol version 1, expected 2") != NULL);
+  CHECK_MSG(dv == STREAM_E_VERSION && d.version == 2 && d.type == STREAM_CHUNK, "decode %d", dv);
+  CHECK(strstr(ce_err_msg(), "protocol version 2, expected 3") != NULL);
   h.version = 0;
   /* HELLO: world, rank and credit range-checked before anything uses them
    * (issue 13: world 65536 + W truncated to 16 bits) */
@@ -313,6 +313,91 @@ static void test_forwarded_row_sums(void) {
   stop(&t, th);
 }
 
+/* Protocol 3: a CHUNK of n samples is the header, the ids, the row
+ * checksums and one frame per row (n inputs rows, then n targets rows), so
+ * no frame is larger than a sample's row (version 2: 5 frames, the rows of
+ * a chunk in one inputs and one targets frame); read here frame by frame
+ * from a raw socket. The C client hands out the rows gathered into one
+ * batch, every value in place, across chunks of 3 and a last one of 1
+ * (handed out as its own frames). */
+static void test_row_frames(void) {
+  char ep[300];
+  snprintf(ep, sizeof ep, "ipc://%s/rowframes.sock", tmpdir);
+  src_ctx ctx = {.credit = 4, .chunk = 3};
+  srv_thread t;
+  pthread_t th;
+  start(&t, &th, ep, &ctx, 1, NULL, NULL);
+  void *z = zmq_ctx_new(), *raw = zmq_socket(z, ZMQ_DEALER);
+  int zero = 0, tmo = 5000;
+  zmq_setsockopt(raw, ZMQ_LINGER, &zero, sizeof zero);
+  zmq_setsockopt(raw, ZMQ_RCVTIMEO, &tmo, sizeof tmo);
+  zmq_connect(raw, ep);
+  stream_header h = {.type = STREAM_HELLO, .value = 1, .nsamples = 1};
+  uint8_t b[STREAM_HEADER_SIZE];
+  stream_header_encode(&h, b);
+  zmq_send(raw, b, sizeof b, 0);
+  const size_t inb = 4 * 3 * N * N * N, outb = 4 * NF * N * N;
+  int got_chunk = 0;
+  for (int msg = 0; msg < 10 && !got_chunk; msg++) {
+    zmq_msg_t f[16];
+    int nf = 0, more = 1;
+    while (more) {
+      zmq_msg_t m;
+      zmq_msg_init(&m);
+      if (zmq_msg_recv(&m, raw, 0) < 0) {
+        zmq_msg_close(&m);
+        break;
+      }
+      more = zmq_msg_more(&m);
+      if (nf < 16)
+        f[nf++] = m;
+      else
+        zmq_msg_close(&m);
+    }
+    stream_header d;
+    if (nf >= 1 && stream_header_decode(zmq_msg_data(&f[0]), zmq_msg_size(&f[0]), &d) == 0 &&
+        d.type == STREAM_CHUNK) {
+      got_chunk = 1;
+      CHECK_MSG(d.nsamples == 3 && nf == 9, "a CHUNK of %u samples in %d frames, expected 3 in 9",
+                d.nsamples, nf);
+      for (int k = 0; k < 3 && nf == 9; k++) {
+        const float *in = zmq_msg_data(&f[3 + k]), *tg = zmq_msg_data(&f[6 + k]);
+        uint64_t id;
+        memcpy(&id, (const char *)zmq_msg_data(&f[1]) + 8 * k, 8);
+        CHECK_MSG(zmq_msg_size(&f[3 + k]) == inb && zmq_msg_size(&f[6 + k]) == outb &&
+                      in[0] == (float)id && in[inb / 4 - 1] == (float)id &&
+                      tg[0] == (float)id + 0.5f && tg[outb / 4 - 1] == (float)id + 0.5f,
+                  "row %d: frames of %zu and %zu bytes", k, zmq_msg_size(&f[3 + k]),
+                  zmq_msg_size(&f[6 + k]));
+      }
+    }
+    for (int i = 0; i < nf; i++) zmq_msg_close(&f[i]);
+  }
+  CHECK(got_chunk);
+  zmq_close(raw);
+  zmq_ctx_term(z);
+  stop(&t, th);
+
+  start(&t, &th, ep, &ctx, 1, NULL, NULL);
+  stream_client_opts o = {.endpoint = ep, .rank = 0, .world = 1, .credit = 2, .timeout_s = 5};
+  stream_client *c;
+  CHECK_OK(stream_client_open(&o, &c));
+  stream_chunk_view v;
+  int r, n = 0, bad = 0;
+  while (c && (r = stream_client_next(c, &v)) == 1) {
+    for (uint32_t k = 0; k < v.h.nsamples; k++) {
+      bad += v.ids[k] != (uint64_t)(n + (int)k);
+      for (size_t i = 0; i < inb / 4; i++) bad += v.inputs[k * inb / 4 + i] != (float)v.ids[k];
+      for (size_t i = 0; i < outb / 4; i++)
+        bad += v.targets[k * outb / 4 + i] != (float)v.ids[k] + 0.5f;
+    }
+    n += (int)v.h.nsamples;
+  }
+  CHECK_MSG(r == 0 && n == SAMPLES && bad == 0, "r %d, %d samples, %d values wrong", r, n, bad);
+  stream_client_close(c);
+  stop(&t, th);
+}
+
 /* A consumer of another protocol version gets an ERROR in its own version
  * naming both versions, not silence. */
 static void test_version_mismatch(void) {
@@ -327,14 +412,14 @@ static void test_version_mismatch(void) {
   zmq_setsockopt(raw, ZMQ_LINGER, &zero, sizeof zero);
   zmq_setsockopt(raw, ZMQ_RCVTIMEO, &tmo, sizeof tmo);
   zmq_connect(raw, ep);
-  stream_header h = {.version = 1, .type = STREAM_HELLO, .value = 4, .nsamples = 1};
+  stream_header h = {.version = 2, .type = STREAM_HELLO, .value = 4, .nsamples = 1};
   uint8_t b[STREAM_HEADER_SIZE], rb[STREAM_HEADER_SIZE];
   stream_header_encode(&h, b);
   zmq_send(raw, b, sizeof b, 0);
   int got = zmq_recv(raw, rb, sizeof rb, 0);
   stream_header d;
   int dv = got == STREAM_HEADER_SIZE ? stream_header_decode(rb, sizeof rb, &d) : -1;
-  CHECK_MSG(dv == STREAM_E_VERSION && d.version == 1 && d.type == STREAM_ERROR,
+  CHECK_MSG(dv == STREAM_E_VERSION && d.version == 2 && d.type == STREAM_ERROR,
             "received %d bytes, decode %d", got, dv);
   char text[512] = "";
   int more = 0;
@@ -342,7 +427,7 @@ static void test_version_mismatch(void) {
   zmq_getsockopt(raw, ZMQ_RCVMORE, &more, &ml);
   int tl = more ? zmq_recv(raw, text, sizeof text - 1, 0) : -1;
   if (tl > 0) text[tl < (int)sizeof text ? tl : (int)sizeof text - 1] = 0;
-  CHECK_MSG(strstr(text, "protocol version 1") && strstr(text, "version 2"), "'%s'", text);
+  CHECK_MSG(strstr(text, "protocol version 2") && strstr(text, "version 3"), "'%s'", text);
   zmq_close(raw);
   zmq_ctx_term(z);
   stop(&t, th);
@@ -455,6 +540,7 @@ int main(void) {
   RUN(test_malformed_dropped);
   RUN(test_forwarded_row_sums);
   RUN(test_version_mismatch);
+  RUN(test_row_frames);
   RUN(test_producer_restart);
   RUN(test_curve);
   check_scratch_remove();
