@@ -23,7 +23,7 @@ const char *sampler_recon_name(int r) {
                                 : NULL;
 }
 
-int sampler_recon_version(int r) { return r == SAMPLER_LINEAR ? 2 : 1; }
+int sampler_recon_version(int r) { return r == SAMPLER_LINEAR ? 3 : 1; }
 
 int sampler_recon_parse(const char *name) {
   if (!strcmp(name, "constant")) return SAMPLER_CONSTANT;
@@ -363,46 +363,35 @@ static const float *lin_leaf(const ce_model *m, lin_proj *P, int64_t leaf) {
   return o;
 }
 
-/* The trilinear function of one cell in monomial form, 4 lanes (ln n,
- * ln T, v_los, 0): from its 8 corner records (strides LIN_NF, sy, sz along
- * x, y, z) the coefficients c0, cx, cy, cz, cxy, cxz, cyz, cxyz, so that a
- * cell's coefficients serve all the points of a line in it; evaluated as
- *   v = (c0 + x cx) + y (cy + x cxy) + z ((cz + x cxz) + y (cyz + x cxyz))
- * with one fused multiply-add per term, in float. The AVX-512 build does
- * the same operations in the same order on 4-lane vectors (same bits). */
-typedef struct {
-  float c[8][LIN_NF];
-} cell_poly;
-
-static inline void poly_make(const float *nd, int64_t sy, int64_t sz, cell_poly *P) {
+/* The trilinear function of one cell at (x, y, z) in [0, 1]^3 on 4 lanes
+ * (ln n, ln T, v_los, 0), from its 8 corner records c_xyz (strides LIN_NF,
+ * sy, sz along x, y, z): lerps along z, then x, then y, each a + f (b - a)
+ * as one subtraction and one fused multiply-add, in float:
+ *   w_xy = c_xy0 + z (c_xy1 - c_xy0)        (xy = 00, 10, 01, 11)
+ *   x_y  = w_0y + x (w_1y - w_0y)            (y = 0, 1)
+ *   v    = x_0 + y (x_1 - x_0)
+ * No per-cell set-up and no branch on a cell change: every point reads its
+ * cell's corners itself. The AVX-512 build does the same operations in the
+ * same order (the z lerps of the 4 corner pairs on one 16-lane vector, the
+ * x lerps on 8 lanes, the y lerp on 4): the same bits. */
+static inline void lerp3(const float *cr, int64_t sy, int64_t sz, float x, float y, float z,
+                         float *out) {
   const int S = LIN_NF;
-  for (int d = 0; d < LIN_NF; d++) {
-    float c000 = nd[d], c100 = nd[S + d], c010 = nd[sy + d], c110 = nd[sy + S + d];
-    float c001 = nd[sz + d], c101 = nd[sz + S + d], c011 = nd[sz + sy + d],
-          c111 = nd[sz + sy + S + d];
-    float ex = c100 - c000, ey = c010 - c000, ez = c001 - c000;
-    P->c[0][d] = c000;
-    P->c[1][d] = ex;
-    P->c[2][d] = ey;
-    P->c[3][d] = ez;
-    P->c[4][d] = (c110 - c010) - ex;
-    P->c[5][d] = (c101 - c001) - ex;
-    P->c[6][d] = (c011 - c001) - ey;
-    P->c[7][d] = ((c111 - c011) - (c101 - c001)) - ((c110 - c010) - ex);
-  }
-}
-
-static inline void poly_eval(const cell_poly *P, float x, float y, float z, float *out) {
+  const int64_t off[4] = {0, S, sy, sy + S}; /* xy = 00, 10, 01, 11 */
   for (int q = 0; q < LIN_NF; q++) {
-    float a = fmaf(x, P->c[7][q], P->c[6][q]), b = fmaf(x, P->c[5][q], P->c[3][q]);
-    float c = fmaf(x, P->c[4][q], P->c[2][q]), d = fmaf(x, P->c[1][q], P->c[0][q]);
-    out[q] = fmaf(z, fmaf(y, a, b), fmaf(y, c, d));
+    float w[4];
+    for (int c = 0; c < 4; c++) {
+      const float lo = cr[off[c] + q], hi = cr[off[c] + sz + q];
+      w[c] = fmaf(z, hi - lo, lo);
+    }
+    const float x0 = fmaf(x, w[1] - w[0], w[0]), x1 = fmaf(x, w[3] - w[2], w[2]);
+    out[q] = fmaf(y, x1 - x0, x0);
   }
 }
 
 /* One sub-line for the linear reconstruction: the interpolated (ln n,
- * ln T, v_los, 0) of every point into pts[j * LIN_NF ..] (poly_make and
- * poly_eval on the projected corners, lin_leaf), out[j] = 1 for a point
+ * ln T, v_los, 0) of every point into pts[j * LIN_NF ..] (lerp3 on the
+ * projected corners, lin_leaf), out[j] = 1 for a point
  * outside the domain (0 else), cidx[j] its leaf cell (for the extra fields;
  * cidx NULL: none wanted; -1 outside the domain). The runs of points in one
  * leaf are found as in walk_line; in a run, each point's place in its cell
@@ -449,10 +438,7 @@ static int walk_line_linear(const ce_model *m, lin_proj *P, const double A[3], c
       s0[d] = (float)((t[d] - lo[d]) * inv_span);
       gs[d] = (float)(B[d] / inv_du * inv_span);
     }
-    int64_t last = -1; /* the cell the coefficients were made from, in this leaf */
 #if SAMPLER_AVX512
-    __m128 q0 = _mm_setzero_ps(), q1 = q0, q2 = q0, q3 = q0, q4 = q0, q5 = q0, q6 = q0,
-           q7 = q0; /* c0, cx, cy, cz, cxy, cxz, cyz, cxyz (cell_poly) */
     const __m512 vs0 = _mm512_set1_ps(s0[0]), vs1 = _mm512_set1_ps(s0[1]),
                  vs2 = _mm512_set1_ps(s0[2]), vg0 = _mm512_set1_ps(gs[0]),
                  vg1 = _mm512_set1_ps(gs[1]), vg2 = _mm512_set1_ps(gs[2]),
@@ -489,39 +475,26 @@ static int walk_line_linear(const ce_model *m, lin_proj *P, const double A[3], c
                                  _mm512_add_epi64(vbase, _mm512_cvtepi32_epi64(
                                                              _mm512_extracti64x4_epi64(cc, 1))));
       }
-      /* poly_make and poly_eval with the coefficients kept in registers
-       * (the same operations in the same order: the same bits) */
+      /* lerp3 per point: corner records 00, 10 (x) and 01, 11 (y) of the
+       * faces z = 0 and z = 1 as two 16-lane vectors, lerped in z; the
+       * 4-lane groups (w00, w10, w01, w11) then lerped in x, then y */
       for (int q = 0; q < nl; q++) {
-        if (nd[q] != last) {
-          const float *cr = nbase + (last = nd[q]) * LIN_NF;
-          const int S = LIN_NF;
-          const __m128 c000 = _mm_loadu_ps(cr), c100 = _mm_loadu_ps(cr + S),
-                       c010 = _mm_loadu_ps(cr + sy), c110 = _mm_loadu_ps(cr + sy + S),
-                       c001 = _mm_loadu_ps(cr + sz), c101 = _mm_loadu_ps(cr + sz + S),
-                       c011 = _mm_loadu_ps(cr + sz + sy), c111 = _mm_loadu_ps(cr + sz + sy + S);
-          const __m128 ex = _mm_sub_ps(c100, c000);
-          q0 = c000;
-          q1 = ex;
-          q2 = _mm_sub_ps(c010, c000);
-          q3 = _mm_sub_ps(c001, c000);
-          q4 = _mm_sub_ps(_mm_sub_ps(c110, c010), ex);
-          q5 = _mm_sub_ps(_mm_sub_ps(c101, c001), ex);
-          q6 = _mm_sub_ps(_mm_sub_ps(c011, c001), q2);
-          q7 = _mm_sub_ps(_mm_sub_ps(_mm_sub_ps(c111, c011), _mm_sub_ps(c101, c001)), q4);
-        }
-        const __m128 vx = _mm_set1_ps(fx[q]), vy = _mm_set1_ps(fy[q]), vz = _mm_set1_ps(fz[q]);
-        __m128 a = _mm_fmadd_ps(vx, q7, q6);
-        __m128 b = _mm_fmadd_ps(vx, q5, q3);
-        __m128 cc = _mm_fmadd_ps(vx, q4, q2);
-        __m128 d = _mm_fmadd_ps(vx, q1, q0);
-        __m128 e = _mm_fmadd_ps(vy, a, b);
-        __m128 g = _mm_fmadd_ps(vy, cc, d);
-        _mm_storeu_ps(pts + (size_t)(j + q) * LIN_NF, _mm_fmadd_ps(vz, e, g));
+        const float *cr = nbase + (int64_t)nd[q] * LIN_NF;
+        const __m512 f0 = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(cr)),
+                                             _mm256_loadu_ps(cr + sy), 1),
+                     f1 = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(cr + sz)),
+                                             _mm256_loadu_ps(cr + sz + sy), 1);
+        const __m512 w = _mm512_fmadd_ps(_mm512_set1_ps(fz[q]), _mm512_sub_ps(f1, f0), f0);
+        const __m512 wp = _mm512_shuffle_f32x4(w, w, 0xd8); /* w00, w01, w10, w11 */
+        const __m256 w0 = _mm512_castps512_ps256(wp), w1 = _mm512_extractf32x8_ps(wp, 1);
+        const __m256 xv = _mm256_fmadd_ps(_mm256_set1_ps(fx[q]), _mm256_sub_ps(w1, w0), w0);
+        const __m128 x0 = _mm256_castps256_ps128(xv), x1 = _mm256_extractf128_ps(xv, 1);
+        _mm_storeu_ps(pts + (size_t)(j + q) * LIN_NF,
+                      _mm_fmadd_ps(_mm_set1_ps(fy[q]), _mm_sub_ps(x1, x0), x0));
       }
     }
     j = je;
 #else
-    cell_poly Pc;
     for (; j < je; j++) {
       const float jj = (float)(j - j0);
       const float s[3] = {fmaf(gs[0], jj, s0[0]), fmaf(gs[1], jj, s0[1]), fmaf(gs[2], jj, s0[2])};
@@ -537,9 +510,8 @@ static int walk_line_linear(const ce_model *m, lin_proj *P, const double A[3], c
       }
       const int64_t i0 = (int64_t)id[0], i1 = (int64_t)id[1], i2 = (int64_t)id[2];
       if (cidx) cidx[j] = base + (i2 * b1 + i1) * b0 + i0;
-      const int64_t ndq = (i2 * n1 + i1) * n0 + i0;
-      if (ndq != last) poly_make(nbase + (last = ndq) * LIN_NF, sy, sz, &Pc);
-      poly_eval(&Pc, fd[0], fd[1], fd[2], pts + (size_t)j * LIN_NF);
+      lerp3(nbase + ((i2 * n1 + i1) * n0 + i0) * LIN_NF, sy, sz, fd[0], fd[1], fd[2],
+            pts + (size_t)j * LIN_NF);
     }
 #endif
   }

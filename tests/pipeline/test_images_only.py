@@ -209,19 +209,19 @@ def main(tmp):
           f'verify: a truncated model file named: {r.stderr}')
 
     # a dataset made by another version of its reconstruction's arithmetic
-    # (sampler_recon_version: linear 2) is refused, naming both versions;
+    # (sampler_recon_version: linear 3) is refused, naming both versions;
     # the version is per reconstruction, so constant and limited keep 1
     old = os.path.join(tmp, 'old-sampler')
     shutil.copytree(img, old)
     with h5py.File(os.path.join(old, 'dataset.h5'), 'r+') as h:
         recon = h['geometry'].attrs['reconstruction']
         recon = recon.decode() if isinstance(recon, bytes) else str(recon)
-        check(recon == 'linear' and int(h['geometry'].attrs['sampler_version']) == 2,
-              f'the job samples with linear, recorded as sampler version 2: {recon}')
-        h['geometry'].attrs.modify('sampler_version', np.int64(1))
+        check(recon == 'linear' and int(h['geometry'].attrs['sampler_version']) == 3,
+              f'the job samples with linear, recorded as sampler version 3: {recon}')
+        h['geometry'].attrs.modify('sampler_version', np.int64(2))
     r = run(['verify', old], tmp)
-    check(r.returncode == 1 and 'sampler_version 1' in r.stderr and 'version 2 for reconstruction linear' in r.stderr,
-          f'verify: a linear dataset of sampler version 1 is refused: {r.stderr}')
+    check(r.returncode == 1 and 'sampler_version 2' in r.stderr and 'version 3 for reconstruction linear' in r.stderr,
+          f'verify: a linear dataset of sampler version 2 (the monomial form) is refused: {r.stderr}')
 
     # a damaged target (the shard's bytes changed in place)
     dmg = os.path.join(tmp, 'damaged-target')

@@ -55,12 +55,14 @@ static void test_reconstruction(void) {
    * same text, made with cell values, is not resumed with it) */
   CHECK(j.fingerprint != (uint32_t)crc32(0L, (const Bytef *)base, (uInt)strlen(base)));
   /* nor one begun by version 1 of linear's arithmetic (its tag, before
-   * sampler_recon_version 2) */
+   * sampler_recon_version 2), nor by version 2 (the monomial form, before 3) */
   {
-    static const char v1[] = "\n# sampling.reconstruction resolved: linear\n";
-    uint32_t f1 = (uint32_t)crc32(0L, (const Bytef *)base, (uInt)strlen(base));
+    static const char v1[] = "\n# sampling.reconstruction resolved: linear\n",
+                      v2[] = "\n# sampling.reconstruction resolved: linear, sampler version 2\n";
+    uint32_t f1 = (uint32_t)crc32(0L, (const Bytef *)base, (uInt)strlen(base)), f2 = f1;
     f1 = (uint32_t)crc32(f1, (const Bytef *)v1, (uInt)(sizeof v1 - 1));
-    CHECK(sampler_recon_version(SAMPLER_LINEAR) == 2 && j.fingerprint != f1);
+    f2 = (uint32_t)crc32(f2, (const Bytef *)v2, (uInt)(sizeof v2 - 1));
+    CHECK(sampler_recon_version(SAMPLER_LINEAR) == 3 && j.fingerprint != f1 && j.fingerprint != f2);
     CHECK(sampler_recon_version(SAMPLER_CONSTANT) == 1 && sampler_recon_version(SAMPLER_LIMITED) == 1);
   }
   job_free(&j);

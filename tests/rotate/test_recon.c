@@ -5,11 +5,16 @@
  * cloud within the derived bound of the constant reconstruction's.
  *
  * Tolerances: the reconstruction works in float32: corner values rounded
- * once, the cell's monomial coefficients (sums of up to 8 corner values,
- * each operation one rounding of a value below 2^2: 2^-22 = 2.4e-7) and
- * three fused multiply-adds per point, then expf (relative error ~1e-7);
- * about 20 roundings of 2.4e-7 in ln n or ln T, so 5e-6 relative, checked
- * at 1e-5; velocities the same relative to their largest magnitude. Two
+ * once, then 7 lerps a + f (b - a) (z, then x, then y), each a rounded
+ * difference and a rounded fused multiply-add. With f in [0, 1] a lerp's
+ * result is a convex combination, so an error in a or b is carried with
+ * weight <= 1, and each lerp adds at most 2 roundings of its own (of
+ * |b - a| and of the result, both below the field's largest magnitude):
+ * along the 3-deep tree, the corner rounding plus 6 roundings, each at
+ * most 2^-22 = 2.4e-7 for values below 2^2 (ln n, ln T; sampler version
+ * 2's monomial form had ~20), then expf (relative error ~1e-7): < 2e-6
+ * relative, checked at 1e-5 as before (room for the two terms below);
+ * velocities the same relative to their largest magnitude. Two
  * more terms: v_los is projected at the corners (l . v in double, rounded
  * once: one rounding of |v|), and a point's place in its cell is stepped
  * in float from its leaf run's first point (three roundings of values
@@ -93,6 +98,7 @@ static void test_linear_exact(void) {
   o.n = n;
   o.edge = 7; /* corners 6.06 from the centre: no cell touching the domain's faces */
   o.ball_radius = 8;
+  double all[3] = {0, 0, 0};
   for (int t = 0; t < 4; t++)
     for (int k = 1; k <= 2; k++) {
       double q[4], R[9];
@@ -114,7 +120,10 @@ static void test_linear_exact(void) {
       CHECK_MSG(worst[0] < 1e-5 && worst[1] < 1e-5 && worst[2] < 1e-5,
                 "direction %d, k = %d: relative errors v %g, T %g, n %g", t, k, worst[0],
                 worst[1], worst[2]);
+      for (int f = 0; f < 3; f++) all[f] = fmax(all[f], worst[f]);
     }
+  fprintf(stderr, "linear on a linear field: worst relative errors v %.2g, T %.2g, n %.2g\n",
+          all[0], all[1], all[2]);
   /* the constant reconstruction is not exact here (the check can fail) */
   o.reconstruction = SAMPLER_CONSTANT;
   o.k = 1;
@@ -225,6 +234,103 @@ static void curved_state(const double x[3], double w[5], void *user) {
 
 /* [-4, 4]^3 of 2 x 2 x 2 level-1 blocks of 4 cells; the x < 0 half refined */
 static int refine_low_x(const amrvac_block_id *id, void *user) { return id->ig[0] == 1; }
+
+/* linear's arithmetic bit for bit (docs/sampling.md, "Arithmetic"): an
+ * unrotated cube at k = 1 whose points lie on dyadic places (edge 4 of
+ * 16 voxels in the [-4, 4]^3 of test_seam, base cells 1 and the x < 0 half
+ * refined to 1/2: every place in a cell is exact in float, as the sampler
+ * steps it, on both levels), so each voxel's v_los is the
+ * lerp of the 8 corner v_z of its cell (l = z: the projected corner is v_z
+ * itself; v_los = (n v) / n in double is v exactly), in z, then x, then y,
+ * each a + f (b - a) in float with one fused multiply-add. Compared
+ * exactly; on this field (v_z varies along x, y and z), another form of the same
+ * trilinear function (the monomial form of sampler version 2) differs in
+ * the last bits of some voxels (the check can fail). */
+static float lerp_f(float f, float a, float b) { return fmaf(f, b - a, a); }
+
+/* curved_state with a v_z that varies along x, y and z */
+static void arith_state(const double x[3], double w[5], void *user) {
+  double a = x[0] - 0.3, b = x[1] + 0.2;
+  double rho = exp(-(a * a + 0.5 * b * b + 0.7 * x[2] * x[2]) / 2);
+  double v[3] = {0, 0, 1000 * sin(x[0] + 0.7 * x[1] * x[2]) * cos(0.9 * x[2] + 0.3)};
+  conserved(rho, v, rho * (1 + 0.3 * x[0] * x[0]), w);
+  (void)user;
+}
+
+static void test_linear_arithmetic(void) {
+  ce_model *m = build(8, 4, 2, refine_low_x, arith_state, NULL);
+  if (!m) return;
+  const int n = 16;
+  size_t N = (size_t)n * n * n;
+  float *c[3];
+  for (int f = 0; f < 3; f++) c[f] = malloc(N * 4);
+  sampler_opts o;
+  sampler_defaults(&o);
+  o.reconstruction = SAMPLER_LINEAR;
+  o.n = n;
+  o.k = 1;
+  o.edge = 4;
+  o.ball_radius = 4;
+  const double q[4] = {1, 0, 0, 0};
+  CHECK_OK(sample_cube(m, q, &o, c[0], c[1], c[2]));
+  const int64_t b0 = m->bnx[0], b1 = m->bnx[1], b2 = m->bnx[2], n0 = b0 + 1, n1 = b1 + 1;
+  int bad = 0, levels = 0, other = 0;
+  for (int ix = 0; ix < n; ix++)
+    for (int iy = 0; iy < n; iy++)
+      for (int iz = 0; iz < n; iz++) {
+        const int iv[3] = {ix, iy, iz};
+        double t[3];
+        int64_t fc[3];
+        for (int d = 0; d < 3; d++) { /* fine-cell coordinates, exact */
+          t[d] = (((iv[d] + 0.5) / n - 0.5) * o.edge - m->xmin[d]) * m->inv_dxf[d];
+          fc[d] = (int64_t)t[d];
+        }
+        model_cache mc;
+        CHECK(model_find(m, fc, &mc) >= 0);
+        levels |= 1 << mc.shift;
+        const int64_t bn[3] = {b0, b1, b2};
+        int64_t ic[3];
+        float fr[3];
+        for (int d = 0; d < 3; d++) {
+          const double s = (t[d] - (double)mc.lo[d]) / (double)((int64_t)1 << mc.shift);
+          double i = floor(s);
+          i = i < 0 ? 0 : i > (double)(bn[d] - 1) ? (double)(bn[d] - 1) : i;
+          ic[d] = (int64_t)i;
+          fr[d] = (float)fmin(fmax(s - i, 0), 1);
+        }
+        const model_real *nd = m->nodal + (mc.base / m->ncell) * m->nnodal * MODEL_NODAL_STRIDE;
+        float cv[2][2][2]; /* [z][y][x] */
+        for (int dz = 0; dz < 2; dz++)
+          for (int dy = 0; dy < 2; dy++)
+            for (int dx = 0; dx < 2; dx++)
+              cv[dz][dy][dx] = nd[((ic[2] + dz) * n1 * n0 + (ic[1] + dy) * n0 + ic[0] + dx) *
+                                      MODEL_NODAL_STRIDE + MODEL_VZ];
+        float w[2][2]; /* [y][x] */
+        for (int dy = 0; dy < 2; dy++)
+          for (int dx = 0; dx < 2; dx++) w[dy][dx] = lerp_f(fr[2], cv[0][dy][dx], cv[1][dy][dx]);
+        const float x0 = lerp_f(fr[0], w[0][0], w[0][1]), x1 = lerp_f(fr[0], w[1][0], w[1][1]);
+        const float e = lerp_f(fr[1], x0, x1);
+        { /* the monomial form of version 2 (poly_make, poly_eval), for the check below */
+          const float c000 = cv[0][0][0], ex = cv[0][0][1] - c000, ey = cv[0][1][0] - c000,
+                      ez = cv[1][0][0] - c000, exy = (cv[0][1][1] - cv[0][1][0]) - ex,
+                      exz = (cv[1][0][1] - cv[1][0][0]) - ex, eyz = (cv[1][1][0] - cv[1][0][0]) - ey,
+                      exyz = ((cv[1][1][1] - cv[1][1][0]) - (cv[1][0][1] - cv[1][0][0])) - exy;
+          const float a = fmaf(fr[0], exyz, eyz), b = fmaf(fr[0], exz, ez),
+                      cc = fmaf(fr[0], exy, ey), d = fmaf(fr[0], ex, c000);
+          other += fmaf(fr[2], fmaf(fr[1], a, b), fmaf(fr[1], cc, d)) != lerp_f(fr[1], x0, x1);
+        }
+        const float got = c[0][((size_t)ix * n + iy) * n + iz];
+        if (got != e && bad++ < 5)
+          fprintf(stderr, "voxel (%d, %d, %d): v_los %.9g, lerp of the corners %.9g\n", ix, iy,
+                  iz, got, e);
+      }
+  fprintf(stderr, "linear arithmetic: the monomial form differs in %d of %zu voxels\n", other, N);
+  CHECK_MSG(other > 0, "the monomial form gives the same bits: the check is blind");
+  CHECK_MSG(levels == 3, "the cube does not reach every level (shifts seen: mask %d)", levels);
+  CHECK_MSG(bad == 0, "linear: %d of %zu voxels differ from the lerp of their corners", bad, N);
+  for (int f = 0; f < 3; f++) free(c[f]);
+  model_free(m);
+}
 
 /* Steps between neighbouring voxels along x (k = 1: point values) across the
  * coarse-fine face x = 0, which lies between voxels n/2 - 1 and n/2: the
@@ -474,6 +580,7 @@ int main(void) {
   RUN(test_limited_monotone);
   RUN(test_linear_exact);
   RUN(test_linear_fill);
+  RUN(test_linear_arithmetic);
   RUN(test_seam);
   RUN(test_mass);
   RUN(test_options);
