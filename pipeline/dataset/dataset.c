@@ -443,7 +443,14 @@ int dataset_finish(const char *dir, const dataset_provenance *pv) {
           fprintf(f, "%s\"%s\": \"%08x\"", firstset ? "" : ", ", shard_set_names[k], sums[s].crc[k]);
           firstset = 0;
         }
-        fprintf(f, "}}%s\n", s + 1 < K ? "," : "");
+        fprintf(f, "}");
+        if (sums[s].has_layout) { /* 2.3: where readers find the rows without HDF5 */
+          const int64_t *L = sums[s].layout;
+          fprintf(f, ", \"layout\": [%lld, %lld, %lld, %lld, %lld, %lld, %lld]", (long long)L[0],
+                  (long long)L[1], (long long)L[2], (long long)L[3], (long long)L[4],
+                  (long long)L[5], (long long)L[6]);
+        }
+        fprintf(f, "}%s\n", s + 1 < K ? "," : "");
       }
       fprintf(f, "  ]\n}\n");
       rc = fs_commit_tmp(f, tmp, mpath, !ferror(f));
