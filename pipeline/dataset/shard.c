@@ -469,8 +469,21 @@ static int shard_open_impl(shard_writer **out, const char *path, const shard_lay
                            5, dims, chunk, lay->gzip);
   }
   hsize_t tdims[4] = {cnt, (hsize_t)lay->nf, n, n}, tchunk[4] = {1, (hsize_t)lay->nf, n, n};
-  w->targets = h5_create(w->file, "targets", lay->targets_f64 ? H5T_IEEE_F64LE : H5T_IEEE_F32LE,
-                          4, tdims, tchunk, lay->gzip);
+  if (!lay->targets_f64 && lay->gzip <= 0) {
+    /* float32, no filter: every chunk allocated now, back to back (HDF5
+     * allocates chunks written one by one wherever its metadata leave room),
+     * so the rows lie at one stride and the manifest can record where
+     * (shard_read_sums: readers open the shard without HDF5) */
+    hid_t space = H5Screate_simple(4, tdims, NULL), dcpl = h5_dcpl(4, tchunk, 0);
+    H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY);
+    H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
+    w->targets = H5Dcreate2(w->file, "targets", H5T_IEEE_F32LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    H5Pclose(dcpl);
+    H5Sclose(space);
+  } else {
+    w->targets = h5_create(w->file, "targets", lay->targets_f64 ? H5T_IEEE_F64LE : H5T_IEEE_F32LE,
+                           4, tdims, tchunk, lay->gzip);
+  }
   if ((lay->store_inputs && w->inputs < 0) || w->targets < 0) {
     h5fail(w->path, "creating the sample datasets");
     shard_close(w, 0, NULL);

@@ -6,6 +6,8 @@
  *     the sample that was written, with no HDF5 open of any shard, for
  *     shards of one row and of several; the same dataset without the
  *     recorded layout (a 2.2 manifest) reads the same bytes through HDF5;
+ *     a shard of 1,200 samples has its layout recorded too (its /targets
+ *     chunks allocated when it is created, at one stride);
  *   - a shard file shorter than a recorded extent (truncated after the
  *     reader opened) is an error naming the file;
  *   - a shard replaced by another shard's file (same size, same layout, its
@@ -33,6 +35,9 @@
 
 static const fixture_spec ONE = {4, 3, 4, 3, 1, 0};  /* 12 shards of one sample */
 static const fixture_spec FIVE = {4, 3, 4, 3, 5, 0}; /* 3 shards: 5, 5, 2 samples */
+/* one shard of 1,200 samples: /targets chunks written one by one would lie
+ * around HDF5's metadata (not at one stride); allocated up front they do */
+static const fixture_spec BIG = {40, 30, 4, 3, 1200, 0};
 static const char *g_tmp;
 static int g_n;
 
@@ -182,8 +187,8 @@ done:
 }
 
 static void test_layout_read(void) {
-  const fixture_spec *specs[2] = {&ONE, &FIVE};
-  for (int k = 0; k < 2; k++) {
+  const fixture_spec *specs[3] = {&ONE, &FIVE, &BIG};
+  for (int k = 0; k < 3; k++) {
     const fixture_spec *f = specs[k];
     char dir[1200], mpath[1300];
     if (make(f, dir, sizeof dir) < 0) return;
