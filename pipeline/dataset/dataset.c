@@ -566,6 +566,25 @@ int dataset_verify(const char *dir, FILE *report) {
               file->text, (long long)s.first, (long long)s.count, first, count);
       problems++;
     }
+    const yt_node *ml = yt_get(e, "layout"); /* 2.3: where readers read without HDF5 */
+    if (ml) {
+      int same = ml->kind == YT_SEQ && ml->n == SHARD_LAY_N && s.has_layout;
+      char have[200] = "none";
+      for (size_t k = 0; same && k < SHARD_LAY_N; k++)
+        same = ml->items[k]->kind == YT_SCALAR &&
+               strtoll(ml->items[k]->text, NULL, 10) == (long long)s.layout[k];
+      if (s.has_layout)
+        snprintf(have, sizeof have, "[%lld, %lld, %lld, %lld, %lld, %lld, %lld]",
+                 (long long)s.layout[0], (long long)s.layout[1], (long long)s.layout[2],
+                 (long long)s.layout[3], (long long)s.layout[4], (long long)s.layout[5],
+                 (long long)s.layout[6]);
+      if (!same) {
+        fprintf(report, "%s: shard %s: its arrays lie at %s, the manifest's layout (line %d) "
+                        "says otherwise: the file was rewritten (readers read it through HDF5)\n",
+                dir, file->text, have, ml->line);
+        problems++;
+      }
+    }
     for (int k = 0; k < SHARD_NSETS; k++) {
       if (k == SHARD_INPUTS && !lay.store_inputs) continue;
       const yt_node *c = yt_get(crc, shard_set_names[k]);

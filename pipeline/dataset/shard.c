@@ -906,6 +906,7 @@ int shard_verify(const char *path, const shard_layout *lay, shard_sums *sums) {
     H5Fclose(f);
     return -1;
   }
+  read_layout(f, sums); /* coemu verify compares it with the manifest's */
   int n = 0, nf = 0, si = 0, rc = 0;
   uint32_t fp = 0;
   if (h5_get_attr(f, "n", H5T_NATIVE_INT, &n) < 0 || h5_get_attr(f, "channels", H5T_NATIVE_INT, &nf) < 0 ||

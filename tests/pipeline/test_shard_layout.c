@@ -304,6 +304,22 @@ static void test_layout_replaced(void) {
 /* Shard 1 rewritten with the same content at other places (every dataset
  * copied behind a 5000-byte block, as h5repack moves them): read through
  * HDF5 (one fallback), the right samples. */
+static herr_t copy_attr(hid_t loc, const char *name, const H5A_info_t *ai, void *dst) {
+  (void)ai;
+  hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
+  hid_t t = a >= 0 ? H5Aget_type(a) : -1, sp = a >= 0 ? H5Aget_space(a) : -1;
+  unsigned char buf[64];
+  int ok = a >= 0 && t >= 0 && sp >= 0 && H5Aget_storage_size(a) <= sizeof buf &&
+           H5Aread(a, t, buf) >= 0;
+  hid_t b = ok ? H5Acreate2(*(hid_t *)dst, name, t, sp, H5P_DEFAULT, H5P_DEFAULT) : -1;
+  ok = ok && b >= 0 && H5Awrite(b, t, buf) >= 0;
+  if (b >= 0) H5Aclose(b);
+  if (t >= 0) H5Tclose(t);
+  if (sp >= 0) H5Sclose(sp);
+  if (a >= 0) H5Aclose(a);
+  return ok ? 0 : -1;
+}
+
 static int rewrite_moved(const char *path) {
   char tmp[1400];
   snprintf(tmp, sizeof tmp, "%s.moved", path);
@@ -326,6 +342,8 @@ static int rewrite_moved(const char *path) {
                                       "model_id", "targets", "inputs"};
   for (int k = 0; ok && k < 8; k++)
     ok = H5Ocopy(src, names[k], dst, names[k], H5P_DEFAULT, H5P_DEFAULT) >= 0;
+  /* the root's attributes (first, count, n, ...) */
+  ok = ok && H5Aiterate2(src, H5_INDEX_NAME, H5_ITER_INC, NULL, copy_attr, &dst) >= 0;
   if (src >= 0) H5Fclose(src);
   if (dst >= 0) H5Fclose(dst);
   return ok && rename(tmp, path) == 0 ? 0 : -1;
@@ -340,6 +358,16 @@ static void test_layout_rewritten(void) {
   read_everything(&FIVE, dir, &opens, &h5, &fb);
   CHECK_MSG(fb >= 1 && h5 == fb && opens > h5, "%lld opens, %lld by HDF5, %lld fallbacks",
             (long long)opens, (long long)h5, (long long)fb);
+  /* coemu verify names the rewritten shard and its layout */
+  char *rep = NULL;
+  size_t rlen = 0;
+  FILE *mem = open_memstream(&rep, &rlen);
+  int bad = mem ? dataset_verify(dir, mem) : -2;
+  if (mem) fclose(mem);
+  CHECK_MSG(bad != 0 && rep && strstr(rep, "shard-000001.h5: its arrays lie at") &&
+                !strstr(rep, "shard-000000.h5") && !strstr(rep, "shard-000002.h5"),
+            "verify: %d: %s", bad, rep ? rep : "");
+  free(rep);
 }
 
 static void test_layout_malformed(void) {
