@@ -118,7 +118,7 @@ def main():
     c.add_argument('--finish-us-per-shard', type=float, default=300.0, help='manifest + virtual datasets')
     c.add_argument('--startup-s', type=float, default=2.0, help='MPI start, job checks, line data')
     c.add_argument('--stats-ms-per-sample', type=float, default=13.0, help='moments + median of one sample, one pass')
-    c.add_argument('--read-open-ms', type=float, default=0.56, help='open a shard to read it')
+    c.add_argument('--read-open-ms', type=float, default=0.14, help='open a shard to read it')
     c.add_argument('--finish-kB-per-shard', type=float, default=44.0, help="rank 0's memory while writing dataset.h5")
     c.add_argument('--rank-base-MB', type=float, default=180.0)
     c.add_argument('--model-mem-factor', type=float, default=2.0, help='memory of a loaded model / its file size')

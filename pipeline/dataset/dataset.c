@@ -443,7 +443,14 @@ int dataset_finish(const char *dir, const dataset_provenance *pv) {
           fprintf(f, "%s\"%s\": \"%08x\"", firstset ? "" : ", ", shard_set_names[k], sums[s].crc[k]);
           firstset = 0;
         }
-        fprintf(f, "}}%s\n", s + 1 < K ? "," : "");
+        fprintf(f, "}");
+        if (sums[s].has_layout) { /* 2.3: where readers find the rows without HDF5 */
+          const int64_t *L = sums[s].layout;
+          fprintf(f, ", \"layout\": [%lld, %lld, %lld, %lld, %lld, %lld, %lld]", (long long)L[0],
+                  (long long)L[1], (long long)L[2], (long long)L[3], (long long)L[4],
+                  (long long)L[5], (long long)L[6]);
+        }
+        fprintf(f, "}%s\n", s + 1 < K ? "," : "");
       }
       fprintf(f, "  ]\n}\n");
       rc = fs_commit_tmp(f, tmp, mpath, !ferror(f));
@@ -558,6 +565,25 @@ int dataset_verify(const char *dir, FILE *report) {
       fprintf(report, "%s: shard %s: holds samples %lld+%lld, manifest says %lld+%lld\n", dir,
               file->text, (long long)s.first, (long long)s.count, first, count);
       problems++;
+    }
+    const yt_node *ml = yt_get(e, "layout"); /* 2.3: where readers read without HDF5 */
+    if (ml) {
+      int same = ml->kind == YT_SEQ && ml->n == SHARD_LAY_N && s.has_layout;
+      char have[200] = "none";
+      for (size_t k = 0; same && k < SHARD_LAY_N; k++)
+        same = ml->items[k]->kind == YT_SCALAR &&
+               strtoll(ml->items[k]->text, NULL, 10) == (long long)s.layout[k];
+      if (s.has_layout)
+        snprintf(have, sizeof have, "[%lld, %lld, %lld, %lld, %lld, %lld, %lld]",
+                 (long long)s.layout[0], (long long)s.layout[1], (long long)s.layout[2],
+                 (long long)s.layout[3], (long long)s.layout[4], (long long)s.layout[5],
+                 (long long)s.layout[6]);
+      if (!same) {
+        fprintf(report, "%s: shard %s: its arrays lie at %s, the manifest's layout (line %d) "
+                        "says otherwise: the file was rewritten (readers read it through HDF5)\n",
+                dir, file->text, have, ml->line);
+        problems++;
+      }
     }
     for (int k = 0; k < SHARD_NSETS; k++) {
       if (k == SHARD_INPUTS && !lay.store_inputs) continue;

@@ -48,8 +48,10 @@ int dataset_prepare(const char *dir, const job *j);
  * images-only datasets (output.store_inputs false): /checksums' inputs column
  * holds the checksum of the cube that was not stored, the root attribute
  * `inputs` ("stored" | "rebuilt", manifest "inputs") and /models' units_file,
- * so readers rebuild the cubes (input_rebuild.h). */
-#define DATASET_FORMAT_MINOR 2
+ * so readers rebuild the cubes (input_rebuild.h); 3: the manifest's per-shard
+ * "layout" (byte offsets of /inputs, /targets, /checksums, /split, /valid in
+ * the shard file), so readers open a shard without HDF5 (shard_reader.h). */
+#define DATASET_FORMAT_MINOR 3
 
 /* What the producer chose that the job alone does not say: the sizes a sample
  * was made with (docs/dataset-format.md, "Geometry"). Written to dataset.h5's

@@ -469,8 +469,21 @@ static int shard_open_impl(shard_writer **out, const char *path, const shard_lay
                            5, dims, chunk, lay->gzip);
   }
   hsize_t tdims[4] = {cnt, (hsize_t)lay->nf, n, n}, tchunk[4] = {1, (hsize_t)lay->nf, n, n};
-  w->targets = h5_create(w->file, "targets", lay->targets_f64 ? H5T_IEEE_F64LE : H5T_IEEE_F32LE,
-                          4, tdims, tchunk, lay->gzip);
+  if (!lay->targets_f64 && lay->gzip <= 0) {
+    /* float32, no filter: every chunk allocated now, back to back (HDF5
+     * allocates chunks written one by one wherever its metadata leave room),
+     * so the rows lie at one stride and the manifest can record where
+     * (shard_read_sums: readers open the shard without HDF5) */
+    hid_t space = H5Screate_simple(4, tdims, NULL), dcpl = h5_dcpl(4, tchunk, 0);
+    H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY);
+    H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
+    w->targets = H5Dcreate2(w->file, "targets", H5T_IEEE_F32LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    H5Pclose(dcpl);
+    H5Sclose(space);
+  } else {
+    w->targets = h5_create(w->file, "targets", lay->targets_f64 ? H5T_IEEE_F64LE : H5T_IEEE_F32LE,
+                           4, tdims, tchunk, lay->gzip);
+  }
   if ((lay->store_inputs && w->inputs < 0) || w->targets < 0) {
     h5fail(w->path, "creating the sample datasets");
     shard_close(w, 0, NULL);
@@ -725,6 +738,79 @@ int shard_commits_wait(void) {
   return failed ? -1 : 0;
 }
 
+/* Where the rows of d lie: *base and *stride with row k at base + k stride,
+ * each row_bytes long, as the file stores them (type ftype, no filter); 0,
+ * or -1 when they do not lie so (then readers use HDF5). */
+static int rows_at(hid_t d, hid_t ftype, int64_t count, hsize_t row_bytes, int64_t *base,
+                   int64_t *stride) {
+  hid_t type = H5Dget_type(d), dcpl = H5Dget_create_plist(d), fs = H5Dget_space(d);
+  int ok = type >= 0 && dcpl >= 0 && fs >= 0 && H5Tequal(type, ftype) > 0 &&
+           H5Pget_nfilters(dcpl) == 0 && H5Pget_external_count(dcpl) == 0;
+  int rank = ok ? H5Sget_simple_extent_ndims(fs) : -1;
+  hsize_t dims[8] = {0}, chunk[8] = {0}, elems = 1;
+  ok = ok && rank >= 1 && rank <= 8 && H5Sget_simple_extent_dims(fs, dims, NULL) == rank &&
+       dims[0] == (hsize_t)count;
+  for (int j = 1; ok && j < rank; j++) elems *= dims[j];
+  ok = ok && elems * H5Tget_size(type) == row_bytes;
+  H5D_layout_t lay = ok ? H5Pget_layout(dcpl) : H5D_LAYOUT_ERROR;
+  if (ok && lay == H5D_CONTIGUOUS) {
+    haddr_t a = H5Dget_offset(d);
+    ok = a != HADDR_UNDEF;
+    *base = (int64_t)a;
+    *stride = (int64_t)row_bytes;
+  } else if (ok && lay == H5D_CHUNKED) {
+    ok = H5Pget_chunk(dcpl, rank, chunk) == rank && chunk[0] == 1;
+    for (int j = 1; ok && j < rank; j++) ok = chunk[j] == dims[j]; /* one row a chunk */
+    for (int64_t k = 0; ok && k < count; k++) {
+      hsize_t off[8] = {(hsize_t)k}, size = 0;
+      unsigned mask = 0;
+      haddr_t a = HADDR_UNDEF;
+      ok = H5Dget_chunk_info_by_coord(d, off, &mask, &a, &size) >= 0 && a != HADDR_UNDEF &&
+           size == row_bytes && mask == 0;
+      if (ok && k == 0) *base = (int64_t)a, *stride = (int64_t)row_bytes;
+      if (ok && k == 1) *stride = (int64_t)a - *base;
+      ok = ok && (int64_t)a == *base + k * *stride && *stride >= (int64_t)row_bytes;
+    }
+  } else
+    ok = 0;
+  if (type >= 0) H5Tclose(type);
+  if (dcpl >= 0) H5Pclose(dcpl);
+  if (fs >= 0) H5Sclose(fs);
+  return ok ? 0 : -1;
+}
+
+/* sums->layout of the open shard f (shard.h); has_layout 0 where it cannot
+ * be given. */
+static void read_layout(hid_t f, shard_sums *sums) {
+  int64_t *L = sums->layout, c = sums->count, stride;
+  sums->has_layout = 0;
+  memset(L, 0, sizeof sums->layout);
+  if (!sums->has_checksums || c < 1) return;
+  int n = 0, nf = 0, si = 0;
+  if (h5_get_attr(f, "n", H5T_NATIVE_INT, &n) < 0 || h5_get_attr(f, "channels", H5T_NATIVE_INT, &nf) < 0 ||
+      h5_get_attr(f, "store_inputs", H5T_NATIVE_INT, &si) < 0 || n < 1 || nf < 1)
+    return;
+  hsize_t nn = (hsize_t)n * (hsize_t)n;
+  static const int set[5] = {SHARD_INPUTS, SHARD_TARGETS, SHARD_CHECKSUMS, SHARD_SPLIT, SHARD_VALID};
+  static const int at[5] = {SHARD_LAY_IN, SHARD_LAY_TG, SHARD_LAY_SUMS, SHARD_LAY_SPLIT,
+                            SHARD_LAY_VALID};
+  hid_t ftype[5] = {H5T_IEEE_F32LE, H5T_IEEE_F32LE, H5T_STD_U64LE, H5T_STD_U8LE, H5T_STD_U8LE};
+  hsize_t row[5] = {3 * nn * (hsize_t)n * 4, (hsize_t)nf * nn * 4, 16, 1, 1};
+  int ok = 1;
+  for (int k = 0; ok && k < 5; k++) {
+    if (set[k] == SHARD_INPUTS && !si) continue;
+    hid_t d = -1;
+    H5E_BEGIN_TRY { d = H5Dopen2(f, shard_set_names[set[k]], H5P_DEFAULT); } H5E_END_TRY;
+    ok = d >= 0 && rows_at(d, ftype[k], c, row[k], &L[at[k]], &stride) == 0;
+    /* the metadata arrays are read whole: their rows back to back */
+    if (ok && k >= 2) ok = stride == (int64_t)row[k];
+    if (ok && k < 2) L[at[k] + 1] = stride;
+    if (d >= 0) H5Dclose(d);
+  }
+  sums->has_layout = ok;
+  if (!ok) memset(L, 0, sizeof sums->layout);
+}
+
 /* The checksums of the open shard f (path for messages). */
 static int read_sums(hid_t f, const char *path, shard_sums *sums) {
   memset(sums, 0, sizeof *sums);
@@ -754,6 +840,7 @@ int shard_read_sums(const char *path, shard_sums *sums) {
   hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
   if (f < 0) CE_FAIL("%s: not a readable HDF5 file", path);
   int rc = read_sums(f, path, sums);
+  if (rc == 0) read_layout(f, sums);
   H5Fclose(f);
   return rc;
 }
@@ -819,6 +906,7 @@ int shard_verify(const char *path, const shard_layout *lay, shard_sums *sums) {
     H5Fclose(f);
     return -1;
   }
+  read_layout(f, sums); /* coemu verify compares it with the manifest's */
   int n = 0, nf = 0, si = 0, rc = 0;
   uint32_t fp = 0;
   if (h5_get_attr(f, "n", H5T_NATIVE_INT, &n) < 0 || h5_get_attr(f, "channels", H5T_NATIVE_INT, &nf) < 0 ||

@@ -45,7 +45,18 @@ typedef struct {
   uint32_t crc[SHARD_NSETS]; /* crc[SHARD_INPUTS] is 0 when inputs are not stored */
   int has_checksums;         /* 0: a shard made before /checksums (format 1) */
   int64_t invalid;           /* samples with valid = 0 */
+  /* where the arrays readers use lie in the file (shard_read_sums; the
+   * manifest's per-shard "layout", docs/dataset-format.md): byte offsets of
+   * row 0 and the stride between rows of /inputs and /targets (inputs 0, 0
+   * when not stored), and the offsets of /checksums, /split and /valid.
+   * has_layout 0: some array cannot be read at a fixed place (filtered,
+   * float64, rows not evenly spaced, no /checksums): readers use HDF5. */
+  int has_layout;
+  int64_t layout[7];
 } shard_sums;
+
+enum { SHARD_LAY_IN, SHARD_LAY_IN_STRIDE, SHARD_LAY_TG, SHARD_LAY_TG_STRIDE, SHARD_LAY_SUMS,
+       SHARD_LAY_SPLIT, SHARD_LAY_VALID, SHARD_LAY_N };
 
 typedef struct shard_writer shard_writer;
 
@@ -113,7 +124,8 @@ void shard_times_get(shard_times *t);
  * Fills sums. Errors name the file and the dataset. */
 int shard_verify(const char *path, const shard_layout *lay, shard_sums *sums);
 
-/* The checksums a shard claims (its attributes), without reading the data. */
+/* The checksums a shard claims (its attributes), without reading the data,
+ * and where its arrays lie (sums->has_layout, sums->layout). */
 int shard_read_sums(const char *path, shard_sums *sums);
 
 /* Read /valid of a shard into valid[count] (the caller knows count). */

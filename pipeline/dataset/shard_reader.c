@@ -3,6 +3,7 @@
 #include "pipeline/dataset/shard_reader.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <hdf5.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -53,13 +54,22 @@ typedef struct {
   int64_t *roff;     /* [count][2]: file offsets of the /inputs and /targets rows */
   uint64_t *rsums;   /* [count][2]: its /checksums, when sums_all does not hold them */
   shard_map *map;    /* the file mapped (direct reads), or NULL */
+  /* a shard with a recorded layout (manifest "layout", format 2.3) is opened
+   * with open(2) alone: HDF5 opens it only if the layout does not hold */
+  int ofd;           /* our own descriptor of the file, or -1 (opened by HDF5) */
+  int lay_tried;     /* layout_setup ran */
+  int lay_ok;        /* the layout holds: roff, rsums read from the recorded places */
+  int rsums_full;    /* rsums holds the whole /checksums, checked against the manifest's
+                        CRC-32 where it records one (slot_sums) */
 } open_slot;
 
 typedef struct {
   int64_t first, count, bytes;
   char *file;            /* as the manifest names it, relative to DIR */
-  uint32_t crc[2];       /* split, valid (manifest) */
-  int has_crc[2];
+  uint32_t crc[3];       /* split, valid, checksums (manifest) */
+  int has_crc[3];
+  int has_lay;           /* manifest "layout" (format 2.3) */
+  int64_t lay[SHARD_LAY_N];
 } shard_entry;
 
 struct shard_reader {
@@ -77,7 +87,7 @@ struct shard_reader {
   open_slot *slots;
   int cap, nopen, peak;
   uint64_t tick;
-  int64_t opens;
+  int64_t opens, h5opens, lay_fallbacks;
   uint64_t *sums;       /* scratch: /checksums rows of a run */
   size_t sums_cap;
   uint64_t *sums_all;   /* [samples][2]: /checksums rows read with the labels, or NULL */
@@ -119,6 +129,8 @@ int64_t shard_reader_shards(const shard_reader *r) {
 int shard_reader_open_now(const shard_reader *r) { return r->nopen; }
 int shard_reader_open_peak(const shard_reader *r) { return r->peak; }
 int64_t shard_reader_opens(const shard_reader *r) { return r->opens; }
+int64_t shard_reader_h5_opens(const shard_reader *r) { return r->h5opens; }
+int64_t shard_reader_layout_fallbacks(const shard_reader *r) { return r->lay_fallbacks; }
 
 /* ---- the manifest ---- */
 
@@ -196,13 +208,34 @@ static int load_manifest(shard_reader *r) {
     }
     expect = s->first + s->count;
     if (!(s->file = strdup(file->text))) rc = ce_err("out of memory");
-    static const char *const lab[2] = {"split", "valid"};
-    for (int k = 0; k < 2 && crc && crc->kind == YT_MAP; k++) {
+    static const char *const lab[3] = {"split", "valid", "checksums"};
+    for (int k = 0; k < 3 && crc && crc->kind == YT_MAP; k++) {
       const yt_node *c = yt_get(crc, lab[k]);
       if (c && c->kind == YT_SCALAR) {
         s->crc[k] = (uint32_t)strtoul(c->text, NULL, 16);
         s->has_crc[k] = 1;
       }
+    }
+    const yt_node *lay = yt_get(e, "layout");
+    if (rc == 0 && lay) {
+      int ok = lay->kind == YT_SEQ && lay->n == SHARD_LAY_N;
+      for (size_t k = 0; ok && k < SHARD_LAY_N; k++) {
+        const yt_node *v = lay->items[k];
+        char *end;
+        errno = 0;
+        long long x = v->kind == YT_SCALAR ? strtoll(v->text, &end, 10) : -1;
+        /* offsets and strides below 2^48: every extent then fits in 64 bits */
+        ok = v->kind == YT_SCALAR && !*end && end != v->text && !errno && x >= 0 &&
+             x < ((long long)1 << 48);
+        s->lay[k] = (int64_t)x;
+      }
+      if (!ok) {
+        rc = ce_err("%s:%d:%d: shards[%zu] (%s): layout: expected %d byte offsets and strides "
+                    "(non-negative integers below 2^48)", mpath, lay->line, lay->col, i,
+                    file->text, SHARD_LAY_N);
+        break;
+      }
+      s->has_lay = 1;
     }
   }
   const yt_node *dn = yt_get(m, "directions"), *sk = yt_get(m, "skipped_models");
@@ -341,7 +374,7 @@ int shard_reader_open(const char *dir, int max_open, shard_reader **out) {
       r->slots = ce_calloc_array((size_t)r->cap, sizeof *r->slots, "open shards");
       if (!r->slot_of || !r->slots) rc = -1;
       for (int64_t s = 0; rc == 0 && s < r->nshards; s++) r->slot_of[s] = -1;
-      for (int i = 0; rc == 0 && i < r->cap; i++) r->slots[i].shard = -1;
+      for (int i = 0; rc == 0 && i < r->cap; i++) r->slots[i].shard = -1, r->slots[i].ofd = -1;
     }
   } else if (rc == 0) {
     rc = open_arrays(r);
@@ -365,6 +398,9 @@ static void slot_close(shard_reader *r, open_slot *q) {
   for (int a = 0; a < A_N; a++)
     if (q->d[a] >= 0) H5Dclose(q->d[a]);
   if (q->file >= 0) H5Fclose(q->file);
+  if (q->ofd >= 0) close(q->ofd);
+  q->file = q->ofd = -1;
+  q->lay_tried = q->lay_ok = q->rsums_full = 0;
   free(q->roff);
   free(q->rsums);
   shard_map_release(q->map); /* unmapped once no view holds it */
@@ -414,6 +450,19 @@ static int check_shape(hid_t d, int rank, const hsize_t *want) {
   return ok ? 0 : -1;
 }
 
+/* Whether shard e is opened without HDF5, at the places the manifest
+ * records (format 2.3): checked datasets only (every row is checked against
+ * /checksums, itself checked against the manifest's CRC-32), on a
+ * little-endian host (the layout is of little-endian float32 / uint64). */
+static int use_layout(const shard_reader *r, const shard_entry *e) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  return e->has_lay && e->has_crc[2] && r->checked;
+#else
+  (void)r, (void)e;
+  return 0;
+#endif
+}
+
 /* The slot holding shard s open (opening it, and closing the least recently
  * used one when all max_open are taken). */
 static open_slot *shard_get(shard_reader *r, int64_t s) {
@@ -437,14 +486,26 @@ static open_slot *shard_get(shard_reader *r, int64_t s) {
   char p[4400];
   if (shard_path(r, s, p, sizeof p) < 0) return NULL;
   const shard_entry *e = &r->sh[s];
-  q->file = H5Fopen(p, H5F_ACC_RDONLY, H5P_DEFAULT);
-  r->opens++;
   for (int a = 0; a < A_N; a++) q->d[a] = -1;
-  if (q->file < 0) {
-    ce_err("%s: shard %s (samples %lld..%lld): not a readable HDF5 file (truncated or damaged); "
-           "%s", r->h5path, p, (long long)e->first, (long long)(e->first + e->count - 1),
-           damaged_hint);
-    return NULL;
+  q->file = q->ofd = -1;
+  r->opens++;
+  if (use_layout(r, e)) { /* no HDF5 unless the layout does not hold (layout_setup) */
+    q->ofd = open(p, O_RDONLY | O_CLOEXEC);
+    if (q->ofd < 0) {
+      ce_err("%s: shard %s (samples %lld..%lld): cannot be opened: %s; %s", r->h5path, p,
+             (long long)e->first, (long long)(e->first + e->count - 1), strerror(errno),
+             damaged_hint);
+      return NULL;
+    }
+  } else {
+    q->file = H5Fopen(p, H5F_ACC_RDONLY, H5P_DEFAULT);
+    r->h5opens++;
+    if (q->file < 0) {
+      ce_err("%s: shard %s (samples %lld..%lld): not a readable HDF5 file (truncated or "
+             "damaged); %s", r->h5path, p, (long long)e->first,
+             (long long)(e->first + e->count - 1), damaged_hint);
+      return NULL;
+    }
   }
   q->shard = s;
   r->slot_of[s] = (int32_t)(q - r->slots);
@@ -454,9 +515,28 @@ static open_slot *shard_get(shard_reader *r, int64_t s) {
   return q;
 }
 
+/* The HDF5 file of an open shard, opened on first use for a shard opened
+ * through its layout. -1 (the slot closed unless pinned) when HDF5 cannot
+ * open it. */
+static hid_t slot_file(shard_reader *r, open_slot *q) {
+  if (q->file >= 0) return q->file;
+  char p[4400];
+  shard_path(r, q->shard, p, sizeof p);
+  q->file = H5Fopen(p, H5F_ACC_RDONLY, H5P_DEFAULT);
+  r->h5opens++;
+  if (q->file >= 0) return q->file;
+  const shard_entry *e = &r->sh[q->shard];
+  ce_err("%s: shard %s (samples %lld..%lld): not a readable HDF5 file (truncated or damaged); "
+         "%s", r->h5path, p, (long long)e->first, (long long)(e->first + e->count - 1),
+         damaged_hint);
+  if (!q->pins) slot_close(r, q);
+  return -1;
+}
+
 /* Array a of an open shard, opened on first use (its shape checked). */
 static hid_t slot_dset(shard_reader *r, open_slot *q, int a) {
   if (q->d[a] >= 0) return q->d[a];
+  if (slot_file(r, q) < 0) return -1;
   const shard_entry *e = &r->sh[q->shard];
   hsize_t c = (hsize_t)e->count, n = (hsize_t)r->n;
   const hsize_t shp_in[5] = {c, 3, n, n, n}, shp_out[4] = {c, (hsize_t)r->nf, n, n},
@@ -516,6 +596,113 @@ int64_t shard_reader_shard_end(const shard_reader *r, int64_t idx) {
   return e->first + e->count;
 }
 
+/* len bytes at file offset off of fd into buf: 0, or -1 with errno (0: the
+ * file ends first). */
+static int pread_all(int fd, void *buf, size_t len, int64_t off) {
+  size_t got = 0;
+  while (got < len) {
+    ssize_t x = pread(fd, (char *)buf + got, len - got, (off_t)(off + (int64_t)got));
+    if (x < 0 && errno == EINTR) continue;
+    if (x <= 0) {
+      if (x == 0) errno = 0;
+      return -1;
+    }
+    got += (size_t)x;
+  }
+  return 0;
+}
+
+/* The whole /checksums of an open shard into q->rsums, read once through
+ * HDF5 and, where the manifest records their CRC-32 (format 2), checked
+ * against it: a file that is not the shard the dataset was made with (its
+ * rows consistent with its own /checksums) is named, never read. 0, or -1
+ * with the shard closed unless pinned. */
+static int slot_sums(shard_reader *r, open_slot *q) {
+  if (q->rsums_full) return 0;
+  const shard_entry *e = &r->sh[q->shard];
+  int64_t c = e->count;
+  if (!q->rsums) q->rsums = ce_malloc_array((size_t)c, 2 * sizeof *q->rsums, "shard checksums");
+  if (!q->rsums) return -1;
+  if (slot_dset(r, q, A_SUMS) < 0) return -1;
+  char p[4400];
+  shard_path(r, q->shard, p, sizeof p);
+  if (h5_read_rows(q->d[A_SUMS], 0, (hsize_t)c, H5T_NATIVE_UINT64, q->rsums) < 0)
+    CE_FAIL("%s: samples %lld..%lld: cannot read their /checksums rows: %s", p,
+            (long long)e->first, (long long)(e->first + c - 1), damaged_hint);
+  uint32_t got = (uint32_t)crc32_z(0, (const Bytef *)q->rsums, (size_t)c * 16);
+  if (e->has_crc[2] && got != e->crc[2])
+    CE_FAIL("%s: samples %lld..%lld: /checksums does not match its checksum (crc32 %08x, the "
+            "manifest records %08x): the file is not the shard the dataset was made with "
+            "(replaced by another file?): %s", p, (long long)e->first,
+            (long long)(e->first + c - 1), got, e->crc[2], damaged_hint);
+  q->rsums_full = 1;
+  return 0;
+}
+
+/* A shard opened through its recorded layout (q->ofd): check that the file
+ * reaches the end of every recorded extent (else an error naming it), read
+ * its /checksums from the recorded place and check them against the CRC-32
+ * the manifest records for /checksums. 1: the layout holds (q->lay_ok:
+ * roff, rsums and fd set); 0: it does not (the shard was rewritten with
+ * another layout, e.g. h5repack): the shard is read through HDF5 from now
+ * on, which checks it as any shard of an older dataset (counted in
+ * lay_fallbacks); -1 on error. */
+static int layout_setup(shard_reader *r, open_slot *q) {
+  const shard_entry *e = &r->sh[q->shard];
+  const int64_t *L = e->lay, c = e->count;
+  q->lay_tried = 1;
+  char p[4400];
+  shard_path(r, q->shard, p, sizeof p);
+  struct stat st;
+  if (fstat(q->ofd, &st) != 0)
+    CE_FAIL("%s: samples %lld..%lld: cannot stat the file: %s", p, (long long)e->first,
+            (long long)(e->first + c - 1), strerror(errno));
+  int stored = r->has_inputs && !r->images_only;
+  const int64_t at[5] = {L[SHARD_LAY_IN], L[SHARD_LAY_TG], L[SHARD_LAY_SUMS], L[SHARD_LAY_SPLIT],
+                         L[SHARD_LAY_VALID]},
+                step[5] = {L[SHARD_LAY_IN_STRIDE], L[SHARD_LAY_TG_STRIDE], 16, 1, 1},
+                len[5] = {(int64_t)(r->in_vals * sizeof(float)),
+                          (int64_t)(r->out_vals * sizeof(float)), 16, 1, 1};
+  static const char *const what[5] = {"inputs", "targets", "checksums", "split", "valid"};
+  for (int k = stored ? 0 : 1; k < 5; k++) {
+    if (k < 2 && step[k] < len[k])
+      CE_FAIL("%s: the manifest's layout gives /%s rows %lld bytes apart, each is %lld bytes: "
+              "the manifest is damaged", r->h5path, what[k], (long long)step[k], (long long)len[k]);
+    unsigned __int128 end = (unsigned __int128)at[k] + (unsigned __int128)(c - 1) * (uint64_t)step[k] +
+                            (uint64_t)len[k];
+    if (end > (unsigned __int128)st.st_size)
+      CE_FAIL("%s: samples %lld..%lld: the file is %lld bytes, but /%s reaches byte %lld in the "
+              "layout the manifest records (truncated or replaced after the dataset was "
+              "finished): %s", p, (long long)e->first, (long long)(e->first + c - 1),
+              (long long)st.st_size, what[k], (long long)(end > INT64_MAX ? INT64_MAX : (int64_t)end),
+              damaged_hint);
+  }
+  q->rsums = ce_malloc_array((size_t)c, 2 * sizeof *q->rsums, "shard checksums");
+  q->roff = ce_malloc_array((size_t)c, 2 * sizeof *q->roff, "shard row offsets");
+  if (!q->rsums || !q->roff) return -1;
+  if (pread_all(q->ofd, q->rsums, (size_t)c * 16, L[SHARD_LAY_SUMS]) < 0)
+    CE_FAIL("%s: samples %lld..%lld: cannot read their /checksums rows (%s): %s", p,
+            (long long)e->first, (long long)(e->first + c - 1),
+            errno ? strerror(errno) : "the file ends first", damaged_hint);
+  if ((uint32_t)crc32_z(0, (const Bytef *)q->rsums, (size_t)c * 16) != e->crc[2]) {
+    /* not the /checksums the dataset was finished with, at that place: the
+     * file was rewritten. Its /checksums through HDF5 must still be the
+     * manifest's (an h5repack'ed shard: read through HDF5 from now on, every
+     * row checked against them); otherwise it is another file */
+    free(q->roff);
+    q->roff = NULL;
+    r->lay_fallbacks++;
+    return slot_sums(r, q) < 0 ? -1 : 0;
+  }
+  for (int64_t k = 0; k < c; k++) {
+    q->roff[2 * k] = stored ? L[SHARD_LAY_IN] + k * L[SHARD_LAY_IN_STRIDE] : -1;
+    q->roff[2 * k + 1] = L[SHARD_LAY_TG] + k * L[SHARD_LAY_TG_STRIDE];
+  }
+  q->fd = q->ofd;
+  q->lay_ok = q->rsums_full = 1;
+  return 1;
+}
+
 /* The error of a row whose XXH64 is not the one /checksums records (row:
  * the row in shard s; a: A_IN or A_OUT). Returns -1. */
 static int row_mismatch(const shard_reader *r, int64_t s, int64_t row, int a, uint64_t got,
@@ -537,11 +724,25 @@ static int read_run(shard_reader *r, int64_t s, int64_t row, int64_t cnt, float 
                     uint64_t *sums_out, uint64_t *in_sums) {
   open_slot *q = shard_get(r, s);
   if (!q) return -1;
+  if (q->ofd >= 0 && !q->lay_tried && layout_setup(r, q) < 0) return -1;
   const shard_entry *e = &r->sh[s];
   char p[4400];
   float *dst[2] = {in, out};
   size_t vals[2] = {r->in_vals, r->out_vals};
-  for (int a = 0; a < 2; a++) {
+  for (int a = 0; q->lay_ok && a < 2; a++) { /* at the recorded places, no HDF5 */
+    for (int64_t k = 0; dst[a] && k < cnt; k++) {
+      if (pread_all(q->ofd, dst[a] + (size_t)k * vals[a], vals[a] * sizeof(float),
+                    q->roff[2 * (row + k) + a]) == 0)
+        continue;
+      int err = errno;
+      shard_path(r, s, p, sizeof p);
+      CE_FAIL("%s: sample %lld (row %lld of the shard): reading /%s failed (%s): the shard is "
+              "damaged (coemu verify tells more; rerunning the same generate job remakes it)", p,
+              (long long)(e->first + row + k), (long long)(row + k), arr_name[a],
+              err ? strerror(err) : "the file ends before the row");
+    }
+  }
+  for (int a = 0; !q->lay_ok && a < 2; a++) {
     if (!dst[a]) continue;
     if (slot_dset(r, q, a) < 0) return -1;
     if (h5_read_rows(q->d[a], (hsize_t)row, (hsize_t)cnt, H5T_NATIVE_FLOAT, dst[a]) == 0) continue;
@@ -567,6 +768,11 @@ static int read_run(shard_reader *r, int64_t s, int64_t row, int64_t cnt, float 
   const uint64_t *sums = r->sums;
   if (r->sums_have && r->sums_have[s]) {
     sums = r->sums_all + 2 * (size_t)(e->first + row); /* read with the labels */
+    goto compare;
+  }
+  if (!q->rsums_full && e->has_crc[2] && slot_sums(r, q) < 0) return -1;
+  if (q->rsums_full) {
+    sums = q->rsums + 2 * (size_t)row; /* read once, checked against the manifest */
     goto compare;
   }
   if ((size_t)cnt * 2 > r->sums_cap) {
@@ -775,14 +981,21 @@ int shard_reader_labels(shard_reader *r, int64_t first, int64_t count, uint8_t *
     if (!want) break;
     open_slot *q = shard_get(r, s);
     if (!q) return -1;
+    if (q->ofd >= 0 && !q->lay_tried && layout_setup(r, q) < 0) return -1;
+    if (!q->lay_ok && slot_file(r, q) < 0) return -1;
     char p[4400];
     for (int k = 0; k < 2; k++) {
       if (!dst[k] || !r->has_label[k]) continue;
       uint8_t *v = dst[k] + e->first;
       hid_t d = -1;
-      H5E_BEGIN_TRY { d = H5Dopen2(q->file, lab[k], H5P_DEFAULT); } H5E_END_TRY;
-      int ok = d >= 0 && check_shape(d, 1, (hsize_t[]){(hsize_t)e->count}) == 0 &&
-               h5_read_rows(d, 0, (hsize_t)e->count, H5T_NATIVE_UINT8, v) == 0;
+      int ok;
+      if (q->lay_ok) { /* at the recorded place; checked against the CRC-32 below */
+        ok = pread_all(q->ofd, v, (size_t)e->count, e->lay[k ? SHARD_LAY_VALID : SHARD_LAY_SPLIT]) == 0;
+      } else {
+        H5E_BEGIN_TRY { d = H5Dopen2(q->file, lab[k], H5P_DEFAULT); } H5E_END_TRY;
+        ok = d >= 0 && check_shape(d, 1, (hsize_t[]){(hsize_t)e->count}) == 0 &&
+             h5_read_rows(d, 0, (hsize_t)e->count, H5T_NATIVE_UINT8, v) == 0;
+      }
       if (d >= 0) H5Dclose(d);
       shard_path(r, s, p, sizeof p);
       if (!ok)
@@ -796,6 +1009,11 @@ int shard_reader_labels(shard_reader *r, int64_t first, int64_t count, uint8_t *
                 "rerunning the same generate job remakes it)",
                 p, (long long)e->first, (long long)(e->first + e->count - 1), lab[k], got,
                 e->crc[k]);
+    }
+    if (r->sums_have && !r->sums_have[s] && (q->rsums_full || e->has_crc[2])) {
+      if (slot_sums(r, q) < 0) return -1;
+      memcpy(r->sums_all + 2 * (size_t)e->first, q->rsums, (size_t)e->count * 16);
+      r->sums_have[s] = 1;
     }
     if (r->sums_have && !r->sums_have[s]) {
       shard_path(r, s, p, sizeof p);
@@ -915,11 +1133,19 @@ static int map_slot(shard_reader *r, open_slot *q) {
 static int direct_setup(shard_reader *r, open_slot *q) {
   const shard_entry *e = &r->sh[q->shard];
   int64_t s = q->shard;
+  if (q->ofd >= 0 && !q->lay_tried && layout_setup(r, q) < 0) return -1;
+  if (q->lay_ok) { /* opened and planned without HDF5 */
+    if (map_slot(r, q) < 0) return -1;
+    q->direct = 1;
+    return 0;
+  }
   q->direct = -1;
-  hid_t fapl = H5Fget_access_plist(q->file);
+  hid_t file = slot_file(r, q);
+  if (file < 0) return -1;
+  hid_t fapl = H5Fget_access_plist(file);
   int sec2 = fapl >= 0 && H5Pget_driver(fapl) == H5FD_SEC2;
   int *fh = NULL;
-  if (sec2 && (H5Fget_vfd_handle(q->file, fapl, (void **)&fh) < 0 || !fh || *fh < 0)) sec2 = 0;
+  if (sec2 && (H5Fget_vfd_handle(file, fapl, (void **)&fh) < 0 || !fh || *fh < 0)) sec2 = 0;
   if (fapl >= 0) H5Pclose(fapl);
   if (!sec2) return 0;
   q->fd = *fh;
@@ -935,17 +1161,8 @@ static int direct_setup(shard_reader *r, open_slot *q) {
       return 0;
     }
   }
-  if (r->checked && !(r->sums_have && r->sums_have[s])) { /* its /checksums, once */
-    q->rsums = ce_malloc_array((size_t)e->count, 2 * sizeof *q->rsums, "shard checksums");
-    if (!q->rsums) return -1;
-    if (slot_dset(r, q, A_SUMS) < 0) return -1;
-    if (h5_read_rows(q->d[A_SUMS], 0, (hsize_t)e->count, H5T_NATIVE_UINT64, q->rsums) < 0) {
-      char p[4400];
-      shard_path(r, s, p, sizeof p);
-      CE_FAIL("%s: samples %lld..%lld: cannot read their /checksums rows: %s", p,
-              (long long)e->first, (long long)(e->first + e->count - 1), damaged_hint);
-    }
-  }
+  if (r->checked && !(r->sums_have && r->sums_have[s]) && slot_sums(r, q) < 0)
+    return -1; /* its /checksums, once */
   if (map_slot(r, q) < 0) return -1; /* too short: left to the HDF5 path, which names it */
   q->direct = 1;
   return 0;

@@ -27,6 +27,21 @@
  * of format 1 has none: shards are still checked at open, values are not
  * (shard_reader_checked() says which).
  *
+ * Opening a shard without HDF5 (format 2.3): where the manifest records a
+ * shard's "layout" (the byte offsets of its /inputs and /targets rows, its
+ * /checksums, /split and /valid, taken by `coemu generate` when it finishes
+ * the dataset), a checked dataset's shard is opened with open(2) alone: no
+ * H5Fopen, whose fresh metadata cache and object lookups were most of a
+ * small shard's read cost (docs/benchmarks.md, "Opening shards without
+ * HDF5"). The file must reach the end of every recorded extent (else an
+ * error naming it); its /checksums, read at the recorded place, must match
+ * the CRC-32 the manifest records for them; then every row is checked
+ * against them as always. A shard whose /checksums are not there (rewritten
+ * with another layout: re-generated differently, h5repack'ed) is read
+ * through HDF5 from then on, with that path's checks (a different shard is
+ * then named by its row checksums); a shard without a recorded layout (a
+ * dataset before 2.3, filtered or float64 rows) is read through HDF5.
+ *
  * A dataset.h5 without a shard list beside it (plain arrays, or virtual
  * datasets made by hand, e.g. in tests) is read through dataset.h5 as it
  * is, with the checks of integrity.h.
@@ -135,6 +150,10 @@ int shard_reader_read_list_sums(shard_reader *r, const int64_t *idx, int n, floa
 int shard_reader_open_now(const shard_reader *r);
 int shard_reader_open_peak(const shard_reader *r);
 int64_t shard_reader_opens(const shard_reader *r);
+/* Of those, the shards HDF5 opened (H5Fopen), and the shards whose recorded
+ * layout did not hold (below). */
+int64_t shard_reader_h5_opens(const shard_reader *r);
+int64_t shard_reader_layout_fallbacks(const shard_reader *r);
 
 /* ---- direct reads: a pool of threads reading rows without HDF5 ----
  * HDF5 is not thread-safe in this build. A pool plans its reads under

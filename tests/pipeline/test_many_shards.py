@@ -8,6 +8,7 @@ inspect`; the serve process never holds more shard files open than its cap;
 serve streams the same bytes with 1 and 4 reader threads (--read-threads);
 a damaged shard among the 2,000 is named by stats, serve and verify.
 Functional, not timed. Prints "N passed, N failed"."""
+import json
 import os
 import subprocess
 import sys
@@ -147,6 +148,12 @@ def run(tmp):
     many, few = dirs['many'], dirs['few']
     check(len(os.listdir(os.path.join(many, 'shards'))) == M * D, f'{M * D} shards')
     check(len(os.listdir(os.path.join(few, 'shards'))) == M * D // 500, 'few shards')
+    # format 2.3: every one-sample shard's layout is recorded, so the readers
+    # below open them without HDF5 (shard_reader.h)
+    man_many = json.load(open(os.path.join(many, 'manifest.json')))
+    check(man_many['format_minor'] == 3 and
+          all(len(e.get('layout', ())) == 7 for e in man_many['shards']),
+          'manifest: the layout of every one of the 2,000 shards recorded')
 
     # stats: generate's /stats (2 ranks), then `coemu stats` on 2 ranks and on 1
     ref = stats_of(few)
@@ -188,6 +195,15 @@ def run(tmp):
     check(len(fds) > 5 and max(fds) < CAP + 40,
           f'serve: open files stay under the cap of {CAP} shards (+ sockets, libraries): '
           f'max {max(fds) if fds else None} over {len(fds)} samples')
+    # the same 2,000 shards through HDF5 (the manifest without its layouts,
+    # as a 2.2 coemu wrote it): the same bytes
+    mpath = os.path.join(many, 'manifest.json')
+    kept = open(mpath).read()
+    json.dump(dict(man_many, shards=[{k: v for k, v in e.items() if k != 'layout'}
+                                     for e in man_many['shards']]), open(mpath, 'w'))
+    a_h5, err_h5 = serve_epoch(many, tmp)
+    open(mpath, 'w').write(kept)
+    check(a_h5 == a, f'serve: the same bytes through HDF5 as through the recorded layout: {err_h5[-300:]}')
     # the pool of readers (--read-threads): the same bytes with 1 and 4
     for n in ('1', '4'):
         a_n, err_n = serve_epoch(many, tmp, extra=('--read-threads', n))
