@@ -11,7 +11,8 @@ The bounds it compares against (each per epoch):
   producer bound   C / t_c: C cores doing nothing but rebuild cubes (C: the
                    host's cores, --cores); the issue's target is >= 90 % of
                    it after epoch 0, whose bound also pays the model loads,
-                   which run one at a time: N / (load_s + N t_c / C);
+                   which run in parallel with each other and with the cubes
+                   (input_rebuild.h): N / ((load_s + N t_c) / C);
   per core obtained  samples/s x t_c / (serve's CPU seconds / wall seconds):
                    the same ratio against the cores the host actually gave
                    serve (on a shared host fewer than C), so it says what serve
@@ -21,6 +22,7 @@ meaningful when serve can get C cores."""
 import argparse
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -38,7 +40,25 @@ ap.add_argument('--coemu', default=os.path.join(ROOT, 'build', 'pipeline', 'coem
 ap.add_argument('--cores', type=int, default=os.cpu_count())
 a = ap.parse_args()
 
-ep = f'ipc:///tmp/bench-images-only-{os.getpid()}.sock'
+sock = f'/tmp/bench-images-only-{os.getpid()}.sock'
+ep = f'ipc://{sock}'
+
+
+def remove_socket():
+    """serve leaves its ipc socket file behind when it is terminated: removed
+    at every exit of this script (normal, an error, SIGTERM/SIGINT/SIGHUP)."""
+    try:
+        os.unlink(sock)
+    except FileNotFoundError:
+        pass
+
+
+def on_signal(sig, frame):
+    raise SystemExit(128 + sig)  # runs the finally below (serve stopped, socket removed)
+
+
+for sig in (signal.SIGTERM, signal.SIGHUP):
+    signal.signal(sig, on_signal)
 p = subprocess.Popen([a.coemu, 'serve', a.dir, '--endpoint', ep, '--split', 'all', '--batch', str(a.batch),
                       '--epochs', str(a.epochs)], stderr=subprocess.PIPE, text=True)
 rates, used, sizes = [], [], []
@@ -68,7 +88,12 @@ try:
     c.close()
 finally:
     p.terminate()
-    err = p.communicate(timeout=60)[1]
+    try:
+        err = p.communicate(timeout=60)[1]
+    except subprocess.TimeoutExpired:
+        p.kill()
+        err = p.communicate()[1]
+    remove_socket()
 m = re.search(r'(\d+) input cubes rebuilt, ([0-9.]+) ms CPU each.*?(\d+) model loads, ([0-9.]+) s', err)
 print('load average after: ' + ' '.join(open('/proc/loadavg').read().split()[:3]))
 steady = rates[1:] or rates
@@ -77,7 +102,7 @@ if m:
     ms, load_s = float(m.group(2)), float(m.group(4))
     tc = ms / 1e3
     bound = a.cores / tc
-    bound0 = sizes[0] / (load_s + sizes[0] * tc / a.cores)
+    bound0 = sizes[0] / ((load_s + sizes[0] * tc) / a.cores)
     print(f'rebuild: {m.group(1)} cubes, {ms:.2f} ms CPU each; {m.group(3)} model loads, {load_s:.2f} s')
     print(f'producer bound {a.cores} cores / {ms:.2f} ms = {bound:.1f} samples/s; epoch 0 with its '
           f'model loads: {bound0:.1f} samples/s')
