@@ -18,7 +18,10 @@ The bounds it compares against (each per epoch):
                    serve (on a shared host fewer than C), so it says what serve
                    did with the CPU it got.
 The load average before and after is printed: the first ratio is only
-meaningful when serve can get C cores."""
+meaningful when serve can get C cores. On a shared host, 'had work for'
+(serve's threads' running plus runnable-but-waiting seconds, from
+/proc/PID/task/*/schedstat, over the wall seconds) says how many cores serve
+kept busy or wanted: >= C means it would use all C on a quiet host."""
 import argparse
 import os
 import re
@@ -61,7 +64,7 @@ for sig in (signal.SIGTERM, signal.SIGHUP):
     signal.signal(sig, on_signal)
 p = subprocess.Popen([a.coemu, 'serve', a.dir, '--endpoint', ep, '--split', 'all', '--batch', str(a.batch),
                       '--epochs', str(a.epochs)], stderr=subprocess.PIPE, text=True)
-rates, used, sizes = [], [], []
+rates, used, sizes, demand = [], [], [], []
 TICK = os.sysconf('SC_CLK_TCK')
 
 
@@ -70,20 +73,36 @@ def serve_cpu():
     return (int(f[11]) + int(f[12])) / TICK  # utime + stime
 
 
+def serve_demand():
+    """Seconds serve's threads ran plus the seconds they were runnable but
+    waiting for a core (/proc/PID/task/*/schedstat): over wall seconds, the
+    cores serve had work for, which it would get on a quiet host."""
+    t = 0
+    for tid in os.listdir(f'/proc/{p.pid}/task'):
+        try:
+            f = open(f'/proc/{p.pid}/task/{tid}/schedstat').read().split()
+            t += int(f[0]) + int(f[1])
+        except (OSError, IndexError, ValueError):
+            pass  # a thread that ended meanwhile
+    return t / 1e9
+
+
 print('load average before: ' + ' '.join(open('/proc/loadavg').read().split()[:3]), flush=True)
 try:
     time.sleep(0.5)
     c = StreamClient(ep, rank=0, world=1, timeout_s=120)
     for e in range(a.epochs):
-        t0, n, s0, c0 = time.monotonic(), 0, serve_cpu(), time.process_time()
+        t0, n, s0, c0, d0 = time.monotonic(), 0, serve_cpu(), time.process_time(), serve_demand()
         for ch in c.iter_epoch():
             n += len(ch.ids)
         dt = time.monotonic() - t0
         rates.append(n / dt)
         sizes.append(n)
         used.append((serve_cpu() - s0) / dt)
+        demand.append((serve_demand() - d0) / dt)
         print(f'epoch {e}: {n} samples in {dt:.2f} s = {n / dt:.1f} samples/s; serve used '
-              f'{(serve_cpu() - s0) / dt:.2f} cores, the consumer {(time.process_time() - c0) / dt:.2f}',
+              f'{(serve_cpu() - s0) / dt:.2f} cores (had work for {demand[-1]:.2f}: running or '
+              f'waiting for a core), the consumer {(time.process_time() - c0) / dt:.2f}',
               flush=True)
     c.close()
 finally:
