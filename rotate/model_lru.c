@@ -14,6 +14,7 @@ typedef struct {
   size_t payload_bytes;
   void (*payload_free)(void *);
   uint64_t used; /* tick of the last get */
+  int pins;      /* model_lru_find/insert minus model_lru_release: never evicted while > 0 */
 } lru_entry;
 
 struct model_lru {
@@ -53,15 +54,15 @@ static void entry_drop(model_lru *c, int64_t i) {
   c->e[i] = c->e[--c->n];
 }
 
-/* Evict least recently used entries other than `keep` (-1: none kept) until
- * the held bytes plus `extra` fit in the cap. */
+/* Evict least recently used entries other than `keep` (NULL: none kept)
+ * and not pinned until the held bytes plus `extra` fit in the cap. */
 static void evict(model_lru *c, const ce_model *keep, size_t extra) {
   for (;;) {
     size_t b = total_bytes(c);
     if (b + extra <= c->cap) return;
     int64_t victim = -1;
     for (int64_t i = 0; i < c->n; i++)
-      if (c->e[i].m != keep && (victim < 0 || c->e[i].used < c->e[victim].used)) victim = i;
+      if (c->e[i].m != keep && c->e[i].pins == 0 && (victim < 0 || c->e[i].used < c->e[victim].used)) victim = i;
     if (victim < 0) return;
     entry_drop(c, victim);
     c->st.evictions++;
@@ -131,7 +132,7 @@ int model_lru_get(model_lru *c, const char *dat, const char *units_path, ce_mode
     free(key);
     return -1;
   }
-  c->e[c->n++] = (lru_entry){key, nm, NULL, 0, NULL, c->tick};
+  c->e[c->n++] = (lru_entry){key, nm, NULL, 0, NULL, c->tick, 0};
   c->st.loads++;
   size_t b = model_lru_model_bytes(nm);
   if (b > c->largest) c->largest = b;
@@ -140,6 +141,72 @@ int model_lru_get(model_lru *c, const char *dat, const char *units_path, ce_mode
   *m = nm;
   if (loaded) *loaded = 1;
   return 0;
+}
+
+static int64_t find_model(const model_lru *c, const ce_model *m);
+
+static int64_t find_key(const model_lru *c, const char *key) {
+  for (int64_t i = 0; i < c->n; i++)
+    if (strcmp(c->e[i].key, key) == 0) return i;
+  return -1;
+}
+
+int model_lru_find(model_lru *c, const char *dat, const char *units_path, ce_model **m) {
+  *m = NULL;
+  char *key = make_key(dat, units_path);
+  if (!key) CE_FAIL("out of memory for the model cache");
+  int64_t i = find_key(c, key);
+  free(key);
+  if (i < 0) return 0;
+  c->e[i].used = ++c->tick;
+  c->e[i].pins++;
+  c->st.hits++;
+  *m = c->e[i].m;
+  return 1;
+}
+
+void model_lru_reserve(model_lru *c, int n) {
+  evict(c, NULL, (size_t)(n > 0 ? n : 0) * c->largest);
+}
+
+int model_lru_insert(model_lru *c, const char *dat, const char *units_path, ce_model **m) {
+  char *key = make_key(dat, units_path);
+  if (!key) CE_FAIL("out of memory for the model cache");
+  int64_t i = find_key(c, key);
+  if (i >= 0) { /* the same files were loaded meanwhile: that copy is kept */
+    free(key);
+    model_free(*m);
+    c->e[i].used = ++c->tick;
+    c->e[i].pins++;
+    *m = c->e[i].m;
+    return 0;
+  }
+  if (c->n == c->alloc) {
+    int64_t na = c->alloc ? 2 * c->alloc : 8;
+    lru_entry *ne = realloc(c->e, (size_t)na * sizeof *ne);
+    if (!ne) {
+      free(key);
+      CE_FAIL("out of memory for the model cache");
+    }
+    c->e = ne, c->alloc = na;
+  }
+  c->e[c->n++] = (lru_entry){key, *m, NULL, 0, NULL, ++c->tick, 1};
+  c->st.loads++;
+  size_t b = model_lru_model_bytes(*m);
+  if (b > c->largest) c->largest = b;
+  evict(c, *m, 0);
+  measure(c);
+  return 0;
+}
+
+void model_lru_release(model_lru *c, const ce_model *m) {
+  int64_t i = find_model(c, m);
+  if (i < 0 || c->e[i].pins < 1) CE_BUG("model cache: releasing a model that is not pinned");
+  c->e[i].pins--;
+  /* models other threads inserted while this one was pinned may have held
+   * more than the cap: back within it now, this one kept (the newest use) */
+  evict(c, m, 0);
+  measure(c); /* the sampler may have built its corners meanwhile */
 }
 
 static int64_t find_model(const model_lru *c, const ce_model *m) {

@@ -20,8 +20,21 @@
  * bytes are at most max(cap, the newest entry's bytes).
  *
  * A returned model stays valid until the next model_lru_get or
- * model_lru_free on the same cache. Not thread-safe: one cache per thread
- * (a producer rank). Errors follow common/error.h.
+ * model_lru_free on the same cache, unless it is pinned (below).
+ *
+ * Several threads on one cache (images-only readers, input_rebuild.h): the
+ * cache has no lock of its own; the caller serialises every call under its
+ * mutex and loads models outside it, so loads run in parallel:
+ * model_lru_find gives a held model pinned, model_lru_reserve makes room
+ * for the models being loaded (n x the largest seen), model_lru_insert
+ * hands the cache a model loaded outside (pinned), model_lru_release
+ * unpins. A pinned entry is never evicted, so a thread's model stays valid
+ * while other threads load; the bytes held are then at most
+ * max(cap, the pinned entries' bytes + the newest entry's). With T threads
+ * that each pin one model at a time and reserve before loading, that is at
+ * most max(cap, T x the largest model).
+ *
+ * Errors follow common/error.h.
  */
 #ifndef COEMU_MODEL_LRU_H
 #define COEMU_MODEL_LRU_H
@@ -62,6 +75,25 @@ int model_lru_attach(model_lru *c, const ce_model *m, void *payload, size_t byte
                      void (*free_fn)(void *));
 /* The payload attached to m's entry, or NULL. */
 void *model_lru_payload(const model_lru *c, const ce_model *m);
+
+/* Pinned use (above; the caller's lock held). find: 1 and *m the model of
+ * (dat, units), touched, counted as a hit and pinned; 0 (*m NULL) when not
+ * held; -1 out of memory. */
+int model_lru_find(model_lru *c, const char *dat, const char *units_path, ce_model **m);
+/* Evict unpinned entries, least recently used first, until the held bytes
+ * plus n x the largest model seen fit in the cap: room for n models being
+ * loaded outside the cache. */
+void model_lru_reserve(model_lru *c, int n);
+/* *m, a model of (dat, units) loaded outside the cache (model_load, and
+ * sampler_prepare if wanted), now owned by the cache, counted as a load and
+ * pinned; unpinned entries other than it are evicted to fit the cap. When
+ * the same files are held already (another thread loaded them meanwhile),
+ * *m is freed and replaced by the held model (pinned). -1 out of memory
+ * (*m is not taken then). */
+int model_lru_insert(model_lru *c, const char *dat, const char *units_path, ce_model **m);
+/* Unpin a model found or inserted (a model not pinned is a bug); unpinned
+ * entries other than it are then evicted to fit the cap. */
+void model_lru_release(model_lru *c, const ce_model *m);
 
 void model_lru_get_stats(const model_lru *c, model_lru_stats *s);
 

@@ -11,16 +11,21 @@ The bounds it compares against (each per epoch):
   producer bound   C / t_c: C cores doing nothing but rebuild cubes (C: the
                    host's cores, --cores); the issue's target is >= 90 % of
                    it after epoch 0, whose bound also pays the model loads,
-                   which run one at a time: N / (load_s + N t_c / C);
+                   which run in parallel with each other and with the cubes
+                   (input_rebuild.h): N / ((load_s + N t_c) / C);
   per core obtained  samples/s x t_c / (serve's CPU seconds / wall seconds):
                    the same ratio against the cores the host actually gave
                    serve (on a shared host fewer than C), so it says what serve
                    did with the CPU it got.
 The load average before and after is printed: the first ratio is only
-meaningful when serve can get C cores."""
+meaningful when serve can get C cores. On a shared host, 'had work for'
+(serve's threads' running plus runnable-but-waiting seconds, from
+/proc/PID/task/*/schedstat, over the wall seconds) says how many cores serve
+kept busy or wanted: >= C means it would use all C on a quiet host."""
 import argparse
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -38,10 +43,28 @@ ap.add_argument('--coemu', default=os.path.join(ROOT, 'build', 'pipeline', 'coem
 ap.add_argument('--cores', type=int, default=os.cpu_count())
 a = ap.parse_args()
 
-ep = f'ipc:///tmp/bench-images-only-{os.getpid()}.sock'
+sock = f'/tmp/bench-images-only-{os.getpid()}.sock'
+ep = f'ipc://{sock}'
+
+
+def remove_socket():
+    """serve leaves its ipc socket file behind when it is terminated: removed
+    at every exit of this script (normal, an error, SIGTERM/SIGINT/SIGHUP)."""
+    try:
+        os.unlink(sock)
+    except FileNotFoundError:
+        pass
+
+
+def on_signal(sig, frame):
+    raise SystemExit(128 + sig)  # runs the finally below (serve stopped, socket removed)
+
+
+for sig in (signal.SIGTERM, signal.SIGHUP):
+    signal.signal(sig, on_signal)
 p = subprocess.Popen([a.coemu, 'serve', a.dir, '--endpoint', ep, '--split', 'all', '--batch', str(a.batch),
                       '--epochs', str(a.epochs)], stderr=subprocess.PIPE, text=True)
-rates, used, sizes = [], [], []
+rates, used, sizes, demand = [], [], [], []
 TICK = os.sysconf('SC_CLK_TCK')
 
 
@@ -50,25 +73,46 @@ def serve_cpu():
     return (int(f[11]) + int(f[12])) / TICK  # utime + stime
 
 
+def serve_demand():
+    """Seconds serve's threads ran plus the seconds they were runnable but
+    waiting for a core (/proc/PID/task/*/schedstat): over wall seconds, the
+    cores serve had work for, which it would get on a quiet host."""
+    t = 0
+    for tid in os.listdir(f'/proc/{p.pid}/task'):
+        try:
+            f = open(f'/proc/{p.pid}/task/{tid}/schedstat').read().split()
+            t += int(f[0]) + int(f[1])
+        except (OSError, IndexError, ValueError):
+            pass  # a thread that ended meanwhile
+    return t / 1e9
+
+
 print('load average before: ' + ' '.join(open('/proc/loadavg').read().split()[:3]), flush=True)
 try:
     time.sleep(0.5)
     c = StreamClient(ep, rank=0, world=1, timeout_s=120)
     for e in range(a.epochs):
-        t0, n, s0, c0 = time.monotonic(), 0, serve_cpu(), time.process_time()
+        t0, n, s0, c0, d0 = time.monotonic(), 0, serve_cpu(), time.process_time(), serve_demand()
         for ch in c.iter_epoch():
             n += len(ch.ids)
         dt = time.monotonic() - t0
         rates.append(n / dt)
         sizes.append(n)
         used.append((serve_cpu() - s0) / dt)
+        demand.append((serve_demand() - d0) / dt)
         print(f'epoch {e}: {n} samples in {dt:.2f} s = {n / dt:.1f} samples/s; serve used '
-              f'{(serve_cpu() - s0) / dt:.2f} cores, the consumer {(time.process_time() - c0) / dt:.2f}',
+              f'{(serve_cpu() - s0) / dt:.2f} cores (had work for {demand[-1]:.2f}: running or '
+              f'waiting for a core), the consumer {(time.process_time() - c0) / dt:.2f}',
               flush=True)
     c.close()
 finally:
     p.terminate()
-    err = p.communicate(timeout=60)[1]
+    try:
+        err = p.communicate(timeout=60)[1]
+    except subprocess.TimeoutExpired:
+        p.kill()
+        err = p.communicate()[1]
+    remove_socket()
 m = re.search(r'(\d+) input cubes rebuilt, ([0-9.]+) ms CPU each.*?(\d+) model loads, ([0-9.]+) s', err)
 print('load average after: ' + ' '.join(open('/proc/loadavg').read().split()[:3]))
 steady = rates[1:] or rates
@@ -77,7 +121,7 @@ if m:
     ms, load_s = float(m.group(2)), float(m.group(4))
     tc = ms / 1e3
     bound = a.cores / tc
-    bound0 = sizes[0] / (load_s + sizes[0] * tc / a.cores)
+    bound0 = sizes[0] / ((load_s + sizes[0] * tc) / a.cores)
     print(f'rebuild: {m.group(1)} cubes, {ms:.2f} ms CPU each; {m.group(3)} model loads, {load_s:.2f} s')
     print(f'producer bound {a.cores} cores / {ms:.2f} ms = {bound:.1f} samples/s; epoch 0 with its '
           f'model loads: {bound0:.1f} samples/s')

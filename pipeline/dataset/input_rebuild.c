@@ -4,6 +4,8 @@
 
 #include <hdf5.h>
 #include <math.h>
+#include <omp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,10 +32,12 @@ struct input_rebuild {
   char **paths;    /* [models] resolved */
   char units[4096];
   uint8_t *skipped; /* [models] */
-  model_lru *lru;   /* models kept loaded across calls */
-  ce_model **held;  /* [models]: the models of the current call (NULL: not asked) */
-  int64_t *distinct; /* scratch: the models of a call */
-  size_t distinct_cap;
+  /* under mu (every caller's threads share them): */
+  pthread_mutex_t mu;
+  pthread_cond_t loaded; /* a load ended (well or not) */
+  model_lru *lru;        /* models kept loaded across calls (pinned while used) */
+  uint8_t *loading;      /* [models]: a thread is loading it outside the lock */
+  int nloading;
   int64_t cubes, loads;
   double cpu_s, load_s;
 };
@@ -54,10 +58,35 @@ const char *input_rebuild_model_file(const input_rebuild *rb, int64_t model) {
 
 void input_rebuild_counters(const input_rebuild *rb, int64_t *cubes, double *cpu_s,
                             double *load_s, int64_t *loads) {
+  pthread_mutex_lock((pthread_mutex_t *)&rb->mu);
   if (cubes) *cubes = rb->cubes;
   if (cpu_s) *cpu_s = rb->cpu_s;
   if (load_s) *load_s = rb->load_s;
   if (loads) *loads = rb->loads;
+  pthread_mutex_unlock((pthread_mutex_t *)&rb->mu);
+}
+
+int input_rebuild_set_model_cap(input_rebuild *rb, size_t cap) {
+  model_lru *c = NULL;
+  CE_TRY(model_lru_create(cap, &c));
+  pthread_mutex_lock(&rb->mu);
+  int busy = rb->nloading > 0;
+  if (!busy) {
+    model_lru_free(rb->lru); /* no call runs (the contract): nothing is pinned */
+    rb->lru = c;
+  }
+  pthread_mutex_unlock(&rb->mu);
+  if (busy) {
+    model_lru_free(c);
+    CE_FAIL("input_rebuild_set_model_cap while models are being loaded");
+  }
+  return 0;
+}
+
+void input_rebuild_lru_stats(const input_rebuild *rb, model_lru_stats *st) {
+  pthread_mutex_lock((pthread_mutex_t *)&rb->mu);
+  model_lru_get_stats(rb->lru, st);
+  pthread_mutex_unlock((pthread_mutex_t *)&rb->mu);
 }
 
 void input_rebuild_close(input_rebuild *rb) {
@@ -68,10 +97,11 @@ void input_rebuild_close(input_rebuild *rb) {
   }
   free(rb->files);
   free(rb->paths);
-  free(rb->held);
-  free(rb->distinct);
+  free(rb->loading);
   model_lru_free(rb->lru);
   free(rb->skipped);
+  pthread_mutex_destroy(&rb->mu);
+  pthread_cond_destroy(&rb->loaded);
   free(rb);
 }
 
@@ -190,9 +220,9 @@ static int read_models(input_rebuild *rb, const char *dir, hid_t f) {
   if (rc == 0) {
     rb->files = ce_calloc_array((size_t)dim, sizeof *rb->files, "model files");
     rb->paths = ce_calloc_array((size_t)dim, sizeof *rb->paths, "model files");
-    rb->held = ce_calloc_array((size_t)dim, sizeof *rb->held, "models");
+    rb->loading = ce_calloc_array((size_t)dim, 1, "models");
     rb->skipped = ce_calloc_array((size_t)dim, 1, "skipped models");
-    if (!rb->files || !rb->paths || !rb->held || !rb->skipped) rc = -1;
+    if (!rb->files || !rb->paths || !rb->loading || !rb->skipped) rc = -1;
   }
   if (rc == 0) {
     hid_t st = H5Tcopy(H5T_C_S1);
@@ -227,6 +257,8 @@ int input_rebuild_open(const char *dir, const char *h5path, int n, int64_t direc
   *out = NULL;
   input_rebuild *rb = calloc(1, sizeof *rb);
   if (!rb) CE_FAIL("out of memory");
+  pthread_mutex_init(&rb->mu, NULL);
+  pthread_cond_init(&rb->loaded, NULL);
   snprintf(rb->h5path, sizeof rb->h5path, "%s", h5path);
   rb->n = n;
   rb->directions = directions;
@@ -258,113 +290,152 @@ int input_rebuild_open(const char *dir, const char *h5path, int n, int64_t direc
 
 /* ---- the cubes ---- */
 
-/* Model m from the LRU (loaded and checked against the geometry on a miss). */
-static int get_model(input_rebuild *rb, int64_t m) {
+/* Model m, pinned in the LRU (release_model when done): a hit, or loaded
+ * and checked against the geometry (and prepared for the sampler) outside
+ * the lock, so threads that need different models load them at once; a
+ * thread that needs a model another one is loading waits for it. 0, or -1
+ * with a message naming the model (number and file). */
+static int acquire_model(input_rebuild *rb, int64_t m, ce_model **out) {
+  const char *up = rb->units[0] ? rb->units : NULL;
+  *out = NULL;
+  pthread_mutex_lock(&rb->mu);
+  for (;;) {
+    int f = model_lru_find(rb->lru, rb->paths[m], up, out);
+    if (f != 0 || !rb->loading[m]) {
+      if (f == 0) break; /* nobody loads it: this thread does */
+      pthread_mutex_unlock(&rb->mu);
+      return f < 0 ? ce_err_prefix("rebuilding the input cubes of model %lld (%s)",
+                                   (long long)m, rb->paths[m])
+                   : 0;
+    }
+    pthread_cond_wait(&rb->loaded, &rb->mu);
+  }
+  rb->loading[m] = 1;
+  rb->nloading++;
+  model_lru_reserve(rb->lru, rb->nloading); /* room for the models being loaded */
+  pthread_mutex_unlock(&rb->mu);
   double t0 = ce_now();
-  int loaded = 0;
-  rb->held[m] = NULL;
-  if (model_lru_get(rb->lru, rb->paths[m], rb->units[0] ? rb->units : NULL, &rb->held[m],
-                    &loaded) < 0)
+  ce_model *nm = NULL;
+  int rc = model_load(rb->paths[m], up, &nm);
+  /* what the reconstruction needs (corner values, slopes), made once per
+   * load here, before other threads can see the model (counted as the load) */
+  if (rc == 0 && !rb->compat && (sampler_check(nm, &rb->so) < 0 || sampler_prepare(nm, &rb->so) < 0))
+    rc = -1;
+  double dt = ce_now() - t0;
+  pthread_mutex_lock(&rb->mu);
+  rb->loading[m] = 0;
+  rb->nloading--;
+  if (rc == 0 && model_lru_insert(rb->lru, rb->paths[m], up, &nm) < 0) rc = -1;
+  if (rc == 0) {
+    rb->loads++;
+    rb->load_s += dt;
+  }
+  pthread_cond_broadcast(&rb->loaded); /* waiters find it, or load it themselves */
+  pthread_mutex_unlock(&rb->mu);
+  if (rc < 0) {
+    model_free(nm);
     return ce_err_prefix("rebuilding the input cubes of model %lld (%s)", (long long)m,
                          rb->paths[m]);
-  if (loaded) {
-    rb->loads++;
-    /* what the reconstruction needs (corner values, slopes), made once per
-     * load here rather than inside the first cube's sampling (counted as
-     * the load) */
-    if (!rb->compat &&
-        (sampler_check(rb->held[m], &rb->so) < 0 || sampler_prepare(rb->held[m], &rb->so) < 0))
-      return ce_err_prefix("rebuilding the input cubes of model %lld (%s)", (long long)m,
-                           rb->paths[m]);
-    rb->load_s += ce_now() - t0;
   }
+  *out = nm;
   return 0;
 }
 
-/* Cubes of the samples k of idx[0..count) whose model is `only` (-1: all),
- * every model they need in rb->held; in parallel over the samples. */
-static int make_cubes(input_rebuild *rb, const int64_t *idx, int count, int64_t only,
-                      float *inputs, uint64_t *hash) {
+static void release_model(input_rebuild *rb, ce_model *mp) {
+  if (!mp) return;
+  pthread_mutex_lock(&rb->mu);
+  model_lru_release(rb->lru, mp);
+  pthread_mutex_unlock(&rb->mu);
+}
+
+/* The positions of idx[0..count) ordered by model (stable), so the samples
+ * of one model run back to back: a thread keeps its model pinned across
+ * them and a model is loaded once per call while the cap holds a model per
+ * thread. */
+static void order_by_model(const input_rebuild *rb, const int64_t *idx, int count, int *pos) {
+  for (int k = 0; k < count; k++) pos[k] = k;
+  for (int k = 1; k < count; k++) { /* insertion sort: count is a chunk */
+    int p = pos[k], j = k;
+    int64_t mp = idx[p] / rb->directions;
+    while (j > 0 && idx[pos[j - 1]] / rb->directions > mp) {
+      pos[j] = pos[j - 1];
+      j--;
+    }
+    pos[j] = p;
+  }
+}
+
+int input_rebuild_cubes(input_rebuild *rb, const int64_t *idx, int count, int threads,
+                        float *inputs, uint64_t *hash) {
+  int64_t N = rb->models * rb->directions;
+  for (int k = 0; k < count; k++)
+    if (idx[k] < 0 || idx[k] >= N)
+      CE_FAIL("%s: sample %lld: not one of the %lld x %lld samples /models and the manifest's "
+              "directions describe", rb->h5path, (long long)idx[k], (long long)rb->models,
+              (long long)rb->directions);
+  if (count < 1) return 0;
+  int *pos = ce_malloc_array((size_t)count, sizeof *pos, "sample order");
+  if (!pos) return -1;
+  order_by_model(rb, idx, count, pos);
   const size_t nvox = (size_t)rb->n * rb->n * rb->n, nin = 3 * nvox;
-  int bad = count; /* the first sample that failed, and its message */
+  int bad = count; /* the first sample (in idx order) that failed, and its message */
   char msg[2048] = "";
   double cpu = 0;
   int64_t made = 0;
-#pragma omp parallel for schedule(dynamic, 1) reduction(+ : cpu, made)
-  for (int k = 0; k < count; k++) {
-    int64_t m = idx[k] / rb->directions, d = idx[k] % rb->directions;
-    if (only >= 0 && m != only) continue;
-    double c0 = thread_cpu();
-    float *v = inputs + (size_t)k * nin, *T = v + nvox, *nco = v + 2 * nvox;
-    int rc = 0;
-    if (rb->skipped[m]) { /* generate stored zeros for a skipped model */
-      memset(v, 0, nin * sizeof *v);
-    } else {
-      double q[4], dx, voxel;
-      dir_quaternion(rb->sampler, rb->seed, (uint32_t)m, (uint32_t)d, q);
-      rc = rb->compat ? compat_grid(rb->held[m], q, rb->so.ball_radius, v, T, nco, &dx, &voxel)
-                      : sample_cube(rb->held[m], q, &rb->so, v, T, nco);
-    }
-    if (rc == 0) hash[k] = shard_row_hash(v, nin);
-    cpu += thread_cpu() - c0;
-    made++;
-    if (rc < 0) {
+  int nt = threads > 0 ? threads : omp_get_max_threads();
+  if (nt > count) nt = count;
+  /* every thread takes the next sample in model order (no barrier but the
+   * call's end); an error on any thread is kept with its sample, the first
+   * in idx order is the call's */
+#pragma omp parallel num_threads(nt) if (nt > 1) reduction(+ : cpu, made)
+  {
+    int64_t cur = -1; /* the model this thread holds pinned */
+    ce_model *held = NULL;
+#pragma omp for schedule(dynamic, 1) nowait
+    for (int j = 0; j < count; j++) {
+      int k = pos[j];
+      int64_t m = idx[k] / rb->directions, d = idx[k] % rb->directions;
+      float *v = inputs + (size_t)k * nin, *T = v + nvox, *nco = v + 2 * nvox;
+      int rc = 0;
+      if (!rb->skipped[m] && m != cur) {
+        release_model(rb, held);
+        held = NULL, cur = -1;
+        rc = acquire_model(rb, m, &held);
+        if (rc == 0) cur = m;
+      }
+      double c0 = thread_cpu();
+      if (rc == 0 && rb->skipped[m]) { /* generate stored zeros for a skipped model */
+        memset(v, 0, nin * sizeof *v);
+      } else if (rc == 0) {
+        double q[4], dx, voxel;
+        dir_quaternion(rb->sampler, rb->seed, (uint32_t)m, (uint32_t)d, q);
+        rc = rb->compat ? compat_grid(held, q, rb->so.ball_radius, v, T, nco, &dx, &voxel)
+                        : sample_cube(held, q, &rb->so, v, T, nco);
+      }
+      if (rc == 0) {
+        hash[k] = shard_row_hash(v, nin);
+        cpu += thread_cpu() - c0;
+        made++;
+      } else {
 #pragma omp critical(input_rebuild_err)
-      if (k < bad) {
-        bad = k;
-        snprintf(msg, sizeof msg, "%s", ce_err_msg());
+        if (k < bad) {
+          bad = k;
+          snprintf(msg, sizeof msg, "%s", ce_err_msg());
+        }
       }
     }
+    release_model(rb, held);
   }
+  free(pos);
+  pthread_mutex_lock(&rb->mu);
   rb->cpu_s += cpu;
   rb->cubes += made;
+  pthread_mutex_unlock(&rb->mu);
   if (bad < count) {
     int64_t m = idx[bad] / rb->directions;
     CE_FAIL("%s: sample %lld (model %lld, %s, direction %lld): rebuilding its input cube: %s",
             rb->h5path, (long long)idx[bad], (long long)m, rb->paths[m],
             (long long)(idx[bad] % rb->directions), msg);
   }
-  return 0;
-}
-
-int input_rebuild_cubes(input_rebuild *rb, const int64_t *idx, int count, float *inputs,
-                        uint64_t *hash) {
-  int64_t N = rb->models * rb->directions;
-  if ((size_t)count > rb->distinct_cap) {
-    free(rb->distinct);
-    rb->distinct = ce_malloc_array((size_t)count, sizeof *rb->distinct, "model list");
-    rb->distinct_cap = rb->distinct ? (size_t)count : 0;
-    if (!rb->distinct) return -1;
-  }
-  /* the distinct models of this call, in order of first use */
-  size_t nd = 0;
-  for (int k = 0; k < count; k++) {
-    if (idx[k] < 0 || idx[k] >= N)
-      CE_FAIL("%s: sample %lld: not one of the %lld x %lld samples /models and the manifest's "
-              "directions describe", rb->h5path, (long long)idx[k], (long long)rb->models,
-              (long long)rb->directions);
-    int64_t m = idx[k] / rb->directions;
-    if (rb->skipped[m]) continue;
-    size_t i = 0;
-    while (i < nd && rb->distinct[i] != m) i++;
-    if (i == nd) rb->distinct[nd++] = m;
-  }
-  /* all of them at once when they fit in the LRU together (no eviction
-   * while they were fetched: every pointer is still valid), so the samples
-   * of different models run in parallel; else one model at a time */
-  model_lru_stats st0, st1;
-  model_lru_get_stats(rb->lru, &st0);
-  for (size_t i = 0; i < nd; i++) CE_TRY(get_model(rb, rb->distinct[i]));
-  model_lru_get_stats(rb->lru, &st1);
-  if (st1.evictions == st0.evictions) return make_cubes(rb, idx, count, -1, inputs, hash);
-  for (size_t i = 0; i < nd; i++) {
-    CE_TRY(get_model(rb, rb->distinct[i]));
-    CE_TRY(make_cubes(rb, idx, count, rb->distinct[i], inputs, hash));
-  }
-  /* samples of skipped models (zeros: no model needed) */
-  const size_t nin = 3 * (size_t)rb->n * rb->n * rb->n;
-  for (int k = 0; k < count; k++)
-    if (rb->skipped[idx[k] / rb->directions])
-      CE_TRY(make_cubes(rb, idx + k, 1, -1, inputs + (size_t)k * nin, hash + k));
   return 0;
 }

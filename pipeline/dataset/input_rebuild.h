@@ -21,15 +21,28 @@
  * served sample.
  *
  * Models stay loaded across calls in an LRU of at most `model_cap` bytes
- * (rotate/model_cache.h). Cubes of one call are made in parallel (OpenMP
- * over the samples), so a single reader thread uses every core.
+ * (input_rebuild_set_model_cap; 2 GiB by default)
+ * (rotate/model_lru.h). Cubes of one call are made on `threads` OpenMP
+ * threads (every thread takes the next sample, in model order; no barrier
+ * but the call's end), so a single reader thread can use every core.
  *
- * Not thread-safe: one caller at a time (shard_reader's). */
+ * Thread-safe: several threads may call input_rebuild_cubes on one
+ * rebuild at once (serve's reader threads, each on its own chunk, so no
+ * core waits for another chunk's last cube). The models are shared: a
+ * model in use is pinned in the LRU, models are loaded outside its lock
+ * (several at once; a thread that needs a model another one is loading
+ * waits for that load), so the bytes held stay within
+ * max(model_cap, T x the largest model) for T threads at once. An error on
+ * any thread (a model that cannot be loaded, a cube that cannot be made)
+ * is the call's, naming the sample, its model (number and file) and
+ * direction: the first failing sample of the call in idx order. */
 #ifndef COEMU_INPUT_REBUILD_H
 #define COEMU_INPUT_REBUILD_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "rotate/model_lru.h"
 
 typedef struct input_rebuild input_rebuild;
 
@@ -39,14 +52,18 @@ typedef struct input_rebuild input_rebuild;
  * Errors name dataset.h5 and the missing or unusable field. */
 int input_rebuild_open(const char *dir, const char *h5path, int n, int64_t directions,
                        const int64_t *skipped, size_t nskipped, input_rebuild **out);
+/* The model LRU's cap in bytes (0: MODEL_LRU_DEFAULT_CAP, the default);
+ * the models held are dropped. Only while no input_rebuild_cubes runs. */
+int input_rebuild_set_model_cap(input_rebuild *rb, size_t cap);
 void input_rebuild_close(input_rebuild *rb);
 
 /* Remake the input cubes of samples idx[0..count) into rows 0..count-1 of
  * inputs (count x 3 n^3 float32, the stored layout) and their XXH64
- * (shard_row_hash) into hash[0..count). 0, or -1 with a message naming the
+ * (shard_row_hash) into hash[0..count), on `threads` threads (0: OpenMP's
+ * default; 1: the calling thread only). 0, or -1 with a message naming the
  * sample, its model (number and file) and direction. */
-int input_rebuild_cubes(input_rebuild *rb, const int64_t *idx, int count, float *inputs,
-                        uint64_t *hash);
+int input_rebuild_cubes(input_rebuild *rb, const int64_t *idx, int count, int threads,
+                        float *inputs, uint64_t *hash);
 
 /* Model number and file of sample idx, for messages. */
 int64_t input_rebuild_model_of(const input_rebuild *rb, int64_t idx);
@@ -57,5 +74,9 @@ const char *input_rebuild_model_file(const input_rebuild *rb, int64_t model);
  * bound of a reader is cores / (cpu_s / cubes) (docs/benchmarks.md). */
 void input_rebuild_counters(const input_rebuild *rb, int64_t *cubes, double *cpu_s,
                             double *load_s, int64_t *loads);
+
+/* The model LRU's figures now (rotate/model_lru.h): entries, bytes, peak,
+ * cap, loads, hits, evictions. */
+void input_rebuild_lru_stats(const input_rebuild *rb, model_lru_stats *st);
 
 #endif

@@ -833,12 +833,16 @@ static int rb_reserve(shard_reader *r, size_t n) {
   return r->rb_cap ? 0 : -1;
 }
 
-/* Images-only: rebuild the cubes of idx[0..n) into inputs, each checked
- * against its recorded checksum (r->rb_want, filled by the targets' read). */
-static int rebuild_checked(shard_reader *r, const int64_t *idx, int n, float *inputs) {
-  CE_TRY(input_rebuild_cubes(r->rb, idx, n, inputs, r->rb_got));
+/* Images-only: rebuild the cubes of idx[0..n) into inputs on `threads`
+ * threads, each checked against its recorded checksum want[k] (read with
+ * the targets); got[k] gets the rebuilt one. No HDF5 and no reader state
+ * but the manifest's shard list (read-only after open) and the rebuild
+ * (thread-safe): callers may run it on several threads at once. */
+static int rebuild_checked(const shard_reader *r, const int64_t *idx, int n, int threads,
+                           const uint64_t *want, float *inputs, uint64_t *got) {
+  CE_TRY(input_rebuild_cubes(r->rb, idx, n, threads, inputs, got));
   for (int k = 0; k < n; k++) {
-    if (r->rb_got[k] == r->rb_want[k]) continue;
+    if (got[k] == want[k]) continue;
     int64_t s = shard_of(r, idx[k]), m = input_rebuild_model_of(r->rb, idx[k]);
     char p[4400];
     shard_path(r, s, p, sizeof p);
@@ -848,9 +852,37 @@ static int rebuild_checked(shard_reader *r, const int64_t *idx, int n, float *in
             "are damaged (coemu verify tells more)",
             p, (long long)idx[k], (long long)(idx[k] - r->sh[s].first), (long long)m,
             input_rebuild_model_file(r->rb, m), (long long)(idx[k] % r->directions),
-            (unsigned long long)r->rb_got[k], (unsigned long long)r->rb_want[k]);
+            (unsigned long long)got[k], (unsigned long long)want[k]);
   }
   return 0;
+}
+
+int shard_reader_read_list_want(shard_reader *r, const int64_t *idx, int n, float *targets,
+                                uint64_t *sums, uint64_t *want) {
+  if (!r->rb) CE_BUG("shard_reader_read_list_want on a dataset that stores its inputs");
+  if (n < 0 || !targets || !want) CE_BUG("shard_reader_read_list_want of %d samples", n);
+  return read_list(r, idx, n, NULL, targets, sums, want);
+}
+
+int shard_reader_rebuild_list(const shard_reader *r, const int64_t *idx, int n, int threads,
+                              const uint64_t *want, float *inputs, uint64_t *sums) {
+  if (!r->rb) CE_BUG("shard_reader_rebuild_list on a dataset that stores its inputs");
+  if (n < 0 || !inputs || !want) CE_BUG("shard_reader_rebuild_list of %d samples", n);
+  uint64_t *got = ce_malloc_array((size_t)(n ? n : 1), sizeof *got, "input checksums");
+  if (!got) return -1;
+  int rc = rebuild_checked(r, idx, n, threads, want, inputs, got);
+  for (int k = 0; rc == 0 && sums && k < n; k++) sums[2 * (size_t)k] = got[k]; /* = recorded */
+  free(got);
+  return rc;
+}
+
+void shard_reader_rebuild_lru(const shard_reader *r, model_lru_stats *st) {
+  memset(st, 0, sizeof *st);
+  if (r->rb) input_rebuild_lru_stats(r->rb, st);
+}
+
+int shard_reader_set_model_cap(shard_reader *r, size_t cap) {
+  return r->rb ? input_rebuild_set_model_cap(r->rb, cap) : 0;
 }
 
 int shard_reader_read(shard_reader *r, int64_t first, int64_t count, float *inputs,
@@ -863,7 +895,7 @@ int shard_reader_read(shard_reader *r, int64_t first, int64_t count, float *inpu
   CE_TRY(rb_reserve(r, (size_t)count));
   CE_TRY(read_range(r, first, count, NULL, targets, NULL, r->rb_want));
   for (int64_t k = 0; k < count; k++) r->rb_idx[k] = first + k;
-  return rebuild_checked(r, r->rb_idx, (int)count, inputs);
+  return rebuild_checked(r, r->rb_idx, (int)count, 0, r->rb_want, inputs, r->rb_got);
 }
 
 int shard_reader_read_list(shard_reader *r, const int64_t *idx, int n, float *inputs,
@@ -877,7 +909,7 @@ int shard_reader_read_list_sums(shard_reader *r, const int64_t *idx, int n, floa
   if (n < 0) CE_BUG("shard_reader_read_list of %d samples", n);
   CE_TRY(rb_reserve(r, (size_t)n));
   CE_TRY(read_list(r, idx, n, NULL, targets, sums, r->rb_want));
-  CE_TRY(rebuild_checked(r, idx, n, inputs));
+  CE_TRY(rebuild_checked(r, idx, n, 0, r->rb_want, inputs, r->rb_got));
   for (int k = 0; sums && k < n; k++) sums[2 * (size_t)k] = r->rb_got[k]; /* = recorded */
   return 0;
 }

@@ -54,6 +54,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "rotate/model_lru.h"
+
 #define SHARD_READER_MAX_OPEN 64 /* default cap on open shard files */
 
 typedef struct shard_reader shard_reader;
@@ -83,6 +85,27 @@ int shard_reader_has_inputs(const shard_reader *r);
  * model file and the direction, never a served sample. Targets are read
  * and checked as for any dataset. */
 int shard_reader_images_only(const shard_reader *r);
+
+/* Images-only, in two steps, so the rebuild runs outside the caller's
+ * HDF5 lock and on several threads at once (serve's readers, each on its
+ * own chunk: no core waits for another chunk's last cube or its target
+ * read). read_list_want: the targets of idx[0..n) read and checked, as
+ * shard_reader_read_list_sums (sums may be NULL), and the input checksums
+ * /checksums records for them into want[0..n): an HDF5 call like every
+ * other (under the caller's lock). rebuild_list: the input cubes of
+ * idx[0..n) remade into inputs on `threads` threads (0: OpenMP's default,
+ * 1: the calling thread) and checked against want (a cube that differs is
+ * the error shard_reader_images_only describes); sums' even entries get
+ * their checksums. No HDF5: it may run without the lock, on several
+ * threads at once, beside any other shard_reader call on r. */
+int shard_reader_read_list_want(shard_reader *r, const int64_t *idx, int n, float *targets,
+                                uint64_t *sums, uint64_t *want);
+int shard_reader_rebuild_list(const shard_reader *r, const int64_t *idx, int n, int threads,
+                              const uint64_t *want, float *inputs, uint64_t *sums);
+/* Images-only: the model LRU now (zeros for a dataset that stores its
+ * inputs), and its cap (0: the default, 2 GiB; only while no rebuild runs). */
+void shard_reader_rebuild_lru(const shard_reader *r, model_lru_stats *st);
+int shard_reader_set_model_cap(shard_reader *r, size_t cap);
 
 /* Images-only: input cubes rebuilt so far, the thread CPU seconds their
  * sampling took, the seconds spent loading models and the loads (-1 for

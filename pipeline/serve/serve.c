@@ -109,6 +109,7 @@ struct serve_source {
   /* reader threads */
   pthread_t *threads;
   int nthreads;
+  int rebuild_threads; /* images-only: threads per reader's rebuild (cores / readers) */
   pthread_mutex_t mu;
   pthread_cond_t cv_reader, cv_ready;
   int stop, started;
@@ -342,6 +343,7 @@ static int read_finished(serve_source *s, const int64_t *idx, int n, float *inpu
                          float *targets, uint64_t *sums);
 static int read_mapped(serve_source *s, const int64_t *idx, int n, chunk_mem *m);
 static int slot_indices(serve_source *s, const slot *q, int64_t *idx);
+static int serve_cores(void);
 static void slot_done(serve_source *s, slot *q, chunk_mem *m, int rc);
 
 /* Read (and normalise) one chunk; called by the reader thread, mutex NOT held. */
@@ -927,6 +929,11 @@ int serve_open(const serve_opts *o, serve_source **out) {
   /* live: one reader (it reads through HDF5 row by row, one shard open);
    * an external source (serve --generate): one reader, external_loop */
   s->nthreads = o->live || o->external ? 1 : s->o.read_threads;
+  /* images-only: each reader rebuilds its own chunk's cubes outside the
+   * HDF5 lock (read_finished) on its share of the cores, so the readers
+   * together keep every core busy across chunk boundaries */
+  s->rebuild_threads = serve_cores() / s->nthreads;
+  if (s->rebuild_threads < 1) s->rebuild_threads = 1;
   s->threads = calloc((size_t)s->nthreads, sizeof *s->threads);
   s->pool = chunk_pool_create(s->nslots); /* keeps at most a read-ahead's worth free */
   if (!s->slots || !s->cursors || !s->threads || !s->pool) {
@@ -971,11 +978,17 @@ void serve_close(serve_source *s) {
   free(s);
 }
 
-int serve_default_read_threads(void) {
+/* The cores this process may run on. */
+static int serve_cores(void) {
   long c = sysconf(_SC_NPROCESSORS_ONLN);
   cpu_set_t set;
   if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) c = CPU_COUNT(&set);
-  return c < 1 ? 1 : c > 4 ? 4 : (int)c;
+  return c < 1 ? 1 : c > 4096 ? 4096 : (int)c;
+}
+
+int serve_default_read_threads(void) {
+  int c = serve_cores();
+  return c > 4 ? 4 : c;
 }
 
 uint64_t serve_dataset_id(const serve_source *s) { return s->dataset_id; }
@@ -1020,9 +1033,23 @@ const stats_norm *serve_norm(const serve_source *s) { return s->have_norm ? &s->
 int serve_rebuild_counters(const serve_source *s, int64_t *cubes, double *cpu_s, double *load_s,
                            int64_t *loads) {
   if (s->o.live || !s->rd) return -1;
-  h5_lock(); /* the reader thread changes them */
-  int rc = shard_reader_rebuild_counters(s->rd, cubes, cpu_s, load_s, loads);
+  return shard_reader_rebuild_counters(s->rd, cubes, cpu_s, load_s, loads); /* its own lock */
+}
+
+/* An images-only dataset's samples idx[0..n): the targets and the recorded
+ * input checksums under the HDF5 lock, then the input cubes rebuilt and
+ * checked without it, on this reader's share of the cores, while the other
+ * readers read or rebuild their own chunks. */
+static int read_rebuilt(serve_source *s, const int64_t *idx, int n, float *inputs,
+                        float *targets, uint64_t *sums) {
+  uint64_t *want = ce_malloc_array((size_t)(n ? n : 1), sizeof *want, "input checksums");
+  if (!want) return -1;
+  h5_lock();
+  int rc = shard_reader_read_list_want(s->rd, idx, n, targets, sums, want);
+  if (rc == 0) s->rows_hdf5 += (uint64_t)n;
   h5_unlock();
+  if (rc == 0) rc = shard_reader_rebuild_list(s->rd, idx, n, s->rebuild_threads, want, inputs, sums);
+  free(want);
   return rc;
 }
 
@@ -1032,6 +1059,7 @@ int serve_rebuild_counters(const serve_source *s, int64_t *cubes, double *cpu_s,
  * one shard in one read). */
 static int read_finished(serve_source *s, const int64_t *idx, int n, float *inputs,
                          float *targets, uint64_t *sums) {
+  if (shard_reader_images_only(s->rd)) return read_rebuilt(s, idx, n, inputs, targets, sums);
   shard_direct_row *rows = ce_malloc_array((size_t)n, sizeof *rows, "read plan");
   if (!rows) return -1;
   int rc = 0;
@@ -1063,7 +1091,7 @@ static int read_finished(serve_source *s, const int64_t *idx, int n, float *inpu
  * every row checked; 0: not so (the caller reads a copy); -1 on error (the
  * damaged or truncated shard named). */
 static int read_mapped(serve_source *s, const int64_t *idx, int n, chunk_mem *m) {
-  if (!s->rd) return 0;
+  if (!s->rd || shard_reader_images_only(s->rd)) return 0; /* inputs rebuilt: read_rebuilt */
   /* rows back to back in one shard are consecutive samples: a shuffled
    * chunk is not planned here and again by read_finished */
   for (int k = 1; k < n; k++)

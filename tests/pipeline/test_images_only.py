@@ -10,6 +10,13 @@ coemu: a tiny job generated twice, with and without its input cubes, and
   client and to the C consumer (the trainer's stream reader), and equal to
   the stored /inputs and /targets;
 - the trainer's dataset reader (train_data) gets identical batches;
+- serve's readers rebuild their chunks at once, outside the HDF5 lock
+  (docs/onthefly.md, "Images-only serve"): with 3 reader threads, batches of
+  2 and 2 epochs the Python client gets the full dataset's sequence (ids,
+  order, bytes), a client resumed mid-epoch gets its tail, the C consumer
+  identical batches; images_only_threads checks the rebuild from several
+  threads at once against one call, the model cache's cap, and errors raised
+  on worker threads (the sample, model and file named);
 - the same with the paper's gridding (coemunet_compat) on the AMRVAC files;
 - verify and inspect pass on both;
 - a model file that is not the one the dataset was made with, a truncated
@@ -56,10 +63,13 @@ def run(args, cwd, exe=COEMU):
     return subprocess.run([exe] + args, capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
-def serve(d, tmp):
+THREADS = os.environ['COEMU_IMAGES_ONLY_THREADS']
+
+
+def serve(d, tmp, extra=()):
     ep = f'ipc://{tmp}/s-{time.monotonic_ns()}.sock'
     p = subprocess.Popen([COEMU, 'serve', d, '--endpoint', ep, '--split', 'all', '--batch', '3',
-                          '--epochs', '1', '--heartbeat', '0.2'], stderr=subprocess.PIPE, text=True)
+                          '--epochs', '1', '--heartbeat', '0.2', *extra], stderr=subprocess.PIPE, text=True)
     time.sleep(0.3)
     return p, ep
 
@@ -91,6 +101,27 @@ def stream_all(d, tmp):
     finally:
         err = stop(p)
     return got, cerr, err
+
+
+def stream_seq(d, tmp, epoch=0, position=0):
+    """Two epochs of split 'all' at batch 2 from 3 reader threads, as the
+    Python client gets them from (epoch, position): [(epoch, position, ids,
+    inputs bytes, targets bytes)] per chunk, and serve's stderr."""
+    p, ep = serve(d, tmp, ['--batch', '2', '--epochs', '2', '--read-threads', '3', '--prefetch', '3'])
+    seq = []
+    try:
+        c = cs.StreamClient(ep, rank=0, world=1, epoch=epoch, position=position, timeout_s=20,
+                            heartbeat_s=0.2)
+        try:
+            for e in range(epoch, 2):
+                for ch in c.iter_epoch():
+                    seq.append((ch.epoch, ch.position, [int(i) for i in ch.ids], ch.inputs.tobytes(),
+                                ch.targets.tobytes()))
+        finally:
+            c.close()
+    finally:
+        err = stop(p)
+    return seq, err
 
 
 def shard_bytes(d):
@@ -166,6 +197,21 @@ def main(tmp):
     check(all(b[i][0] == inputs[i].astype(np.float32).tobytes() and b[i][1] == targets[i].tobytes() for i in b),
           'the rebuilt inputs equal the stored /inputs')
 
+    # serve's readers rebuilding at once (3 reader threads, batch 2, 2 epochs):
+    # the full dataset's sequence, in order, byte for byte; resumed mid-epoch
+    fs, fe = stream_seq(full, tmp)
+    ims, ie = stream_seq(img, tmp)
+    check(len(fs) == 2 * (S // 2) and fs == ims,  # drop_last: 4 chunks of 2 an epoch
+          f'3 readers, batch 2, 2 epochs: the images-only sequence is the full one ({len(fs)}, {len(ims)} chunks) '
+          f'{ie[-400:]}')
+    tail, te = stream_seq(img, tmp, epoch=1, position=4)
+    ref = [c for c in fs if c[0] == 1 and c[1] >= 4]
+    check(len(ref) > 0 and tail == ref,
+          f'resumed at (1, 4): the tail of the uninterrupted epoch ({len(tail)}, {len(ref)} chunks) {te[-400:]}')
+    r = run(['ok', img], tmp, exe=THREADS)
+    check(r.returncode == 0 and '2 passed, 0 failed' in r.stdout,
+          f'images_only_threads: the rebuild from several threads: {r.stdout} {r.stderr}')
+
     # the trainer's dataset reader (train_data), and the C stream consumer
     r1 = run(['dataset', full, '3'], tmp, exe=BATCHES)
     r2 = run(['dataset', img, '3'], tmp, exe=BATCHES)
@@ -173,7 +219,7 @@ def main(tmp):
           r1.stdout == r2.stdout, f'train_data: identical batches: {r1.stdout} {r2.stdout} {r1.stderr} {r2.stderr}')
     outs = []
     for d in (full, img):
-        p, ep = serve(d, tmp)
+        p, ep = serve(d, tmp, ['--read-threads', '3'])
         try:
             outs.append(run(['stream', ep, '3'], tmp, exe=BATCHES))
         finally:
@@ -200,6 +246,10 @@ def main(tmp):
     got, cerr, err = stream_all(bad, tmp)
     check(len(got) < S and all(w in cerr + err for w in ('/inputs rebuilt from model 1', 'synth_00001.dat')),
           f'serve: the wrong model is an error to the consumer, not a sample ({len(got)} samples): {cerr} {err[-600:]}')
+    r = run(['error', bad, '3', '5', '/inputs rebuilt from model 1', 'synth_00001.dat', 'does not match its checksum'],
+            tmp, exe=THREADS)
+    check(r.returncode == 0 and '1 passed, 0 failed' in r.stdout,
+          f'images_only_threads: the wrong model named from worker threads: {r.stdout} {r.stderr}')
     # a truncated model file
     trunc = os.path.join(tmp, 'trunc-model')
     shutil.copytree(img, trunc)
@@ -207,6 +257,12 @@ def main(tmp):
     r = run(['verify', trunc], tmp)
     check(r.returncode == 1 and 'model 2' in r.stderr and 'synth_00002.dat' in r.stderr and 'truncated' in r.stderr,
           f'verify: a truncated model file named: {r.stderr}')
+    r = run(['error', trunc, '6', '8', 'model 2', 'synth_00002.dat', 'truncated'], tmp, exe=THREADS)
+    check(r.returncode == 0 and '1 passed, 0 failed' in r.stdout,
+          f'images_only_threads: the truncated model named from worker threads: {r.stdout} {r.stderr}')
+    got, cerr, err = stream_all(trunc, tmp)
+    check(len(got) < S and all(w in cerr + err for w in ('model 2', 'synth_00002.dat', 'truncated')),
+          f'serve: the truncated model is an error to the consumer ({len(got)} samples): {cerr} {err[-600:]}')
 
     # a dataset made by another version of its reconstruction's arithmetic
     # (sampler_recon_version: linear 3) is refused, naming both versions;
@@ -253,6 +309,9 @@ def main(tmp):
         cd[name] = stream_all(os.path.join(tmp, name), tmp)[0]
     check(len(cd['cfull']) == 6 and cd['cfull'] == cd['cimg'],
           f'coemunet_compat: the same samples from both ({len(cd["cfull"])}, {len(cd["cimg"])})')
+    r = run(['ok', os.path.join(tmp, 'cimg')], tmp, exe=THREADS)
+    check(r.returncode == 0 and '2 passed, 0 failed' in r.stdout,
+          f'images_only_threads (coemunet_compat): {r.stdout} {r.stderr}')
 
     # a targets-only manifest (format_minor 1's store_inputs false): refused by serve
     old = os.path.join(tmp, 'targets-only')
