@@ -160,7 +160,7 @@ def two_runs(tmp):
     out = os.path.join(tmp, 'two')
     cmd = [MPIEXEC, '--allow-run-as-root', '--oversubscribe', '-n', '1', TESTGEN,
            os.path.join(tmp, 'job.yaml'), '--out', out, '--quiet']
-    p = subprocess.Popen(cmd, env=dict(os.environ, COEMU_TEST_DELAY_MS='500'),
+    p = subprocess.Popen(cmd, env=dict(os.environ, COEMU_TEST_DELAY_MS='1500'),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lock = os.path.join(out, '.lock')
     deadline = time.monotonic() + 30
@@ -174,8 +174,14 @@ def two_runs(tmp):
     check(r.returncode != 0 and 'in use by another coemu' in r.stderr and holder in r.stderr,
           f'a second generate is refused naming {holder}: {r.stderr[-400:]}')
     r = mpi(1, COEMU, ['stats', out, '--quiet'])
+    # both refusals mean something only while the first run still holds the
+    # folder: 16 samples x 1.5 s keep it busy ~24 s, far above two MPI
+    # launches even on a loaded 2-core host (at 0.5 s a sample the run once
+    # ended before stats started, and stats then rightly succeeded)
+    check(p.poll() is None, 'the first generate is still running after both checks '
+          '(else the refusals above were not tested)')
     check(r.returncode != 0 and 'in use by another coemu' in r.stderr,
-          f'stats on a folder being generated is refused: {r.stderr[-400:]}')
+          f'stats on a folder being generated is refused: rc {r.returncode}, {r.stderr[-400:]}')
     _, err = p.communicate(timeout=90)
     check(p.returncode == 0, f'the first generate finishes: {err[-400:]}')
     r = subprocess.run([COEMU, 'verify', out], capture_output=True, text=True)
