@@ -30,7 +30,7 @@ static int start(const serve_bench *b, const char *ep, serve_source **src, bench
   serve_opts so = {.dataset_dir = b->dir, .split = b->split, .seed = 1, .world = 1,
                    .batch = b->batch, .drop_last = 1, .prefetch = b->prefetch,
                    .read_threads = b->read_threads, .max_open = b->max_open,
-                   .copy_rows = b->copy_rows};
+                   .copy_rows = b->copy_rows, .row_views = 1};
   CE_TRY(serve_open(&so, src));
   stream_server_opts o = {.endpoint = ep, .dataset_id = serve_dataset_id(*src),
                           .samples_per_epoch = serve_samples_per_rank(*src),

@@ -371,6 +371,7 @@ static int cmd_serve_run(char **pos, job *jp, serve_cli *c) {
                    .world = (int)c->ranks, .batch = (int)c->batch, .drop_last = !c->pad,
                    .prefetch = (int)c->prefetch, .epochs = (uint32_t)c->epochs,
                    .live = c->live, .read_threads = (int)c->read_threads, .copy_rows = c->copy_rows,
+                   .row_views = 1,
                    .order = {.mode = omode, .shards = c->order_shards, .buffer = c->order_buffer}};
   server_args a = {c->endpoint, c->split, c->curve_secret, c->curve_auth, c->ranks,
                    c->batch, c->epochs, c->credit, c->maxcons, c->heartbeat,

@@ -1343,6 +1343,30 @@ static int hash_mapped(const void *p, size_t len, uint64_t *h) {
   return 0;
 }
 
+/* Check one planned row where it lies in its mapping (SIGBUS caught, the
+ * /checksums compared); its XXH64s into sums[0..2) when sums. */
+static int check_mapped_row(const shard_reader *r, const shard_direct_row *w, uint64_t *sums) {
+  size_t bytes[2] = {r->in_vals * sizeof(float), r->out_vals * sizeof(float)};
+  const char *base = w->map->base;
+  for (int a = 0; a < 2; a++) {
+    uint64_t h = 0;
+    if (hash_mapped(base + w->off[a], bytes[a], &h) < 0) {
+      char p[4400];
+      struct stat st;
+      shard_path(r, w->shard, p, sizeof p);
+      long long now = stat(p, &st) == 0 ? (long long)st.st_size : -1;
+      CE_FAIL("%s: sample %lld (row %lld of the shard): /%s cannot be read from the mapped file "
+              "(SIGBUS: the file was truncated while being served; now %lld bytes, the row "
+              "ends at byte %lld): %s", p, (long long)(r->sh[w->shard].first + w->row),
+              (long long)w->row, arr_name[a], now, (long long)(w->off[a] + (int64_t)bytes[a]),
+              damaged_hint);
+    }
+    if (sums) sums[a] = h;
+    if (r->checked && h != w->want[a]) return row_mismatch(r, w->shard, w->row, a, h, w->want[a]);
+  }
+  return 0;
+}
+
 int shard_reader_direct_map(const shard_reader *r, const shard_direct_row *rows, int m,
                             const void **inputs, const void **targets, uint64_t *sums,
                             shard_map **hold) {
@@ -1355,29 +1379,30 @@ int shard_reader_direct_map(const shard_reader *r, const shard_direct_row *rows,
       if (rows[k].map != map || rows[k].off[a] != rows[0].off[a] + (int64_t)((size_t)k * bytes[a]))
         return 0;
   pthread_once(&bus_once, bus_install);
-  const char *base = map->base;
-  for (int k = 0; k < m; k++) {
-    const shard_direct_row *w = &rows[k];
-    for (int a = 0; a < 2; a++) {
-      uint64_t h = 0;
-      if (hash_mapped(base + w->off[a], bytes[a], &h) < 0) {
-        char p[4400];
-        struct stat st;
-        shard_path(r, w->shard, p, sizeof p);
-        long long now = stat(p, &st) == 0 ? (long long)st.st_size : -1;
-        CE_FAIL("%s: sample %lld (row %lld of the shard): /%s cannot be read from the mapped file "
-                "(SIGBUS: the file was truncated while being served; now %lld bytes, the row "
-                "ends at byte %lld): %s", p, (long long)(r->sh[w->shard].first + w->row),
-                (long long)w->row, arr_name[a], now, (long long)(w->off[a] + (int64_t)bytes[a]),
-                damaged_hint);
-      }
-      if (sums) sums[2 * k + a] = h;
-      if (r->checked && h != w->want[a]) return row_mismatch(r, w->shard, w->row, a, h, w->want[a]);
-    }
-  }
+  for (int k = 0; k < m; k++)
+    if (check_mapped_row(r, &rows[k], sums ? sums + 2 * k : NULL) < 0) return -1;
   atomic_fetch_add(&map->refs, 1);
   *hold = map;
-  *inputs = base + rows[0].off[0];
-  *targets = base + rows[0].off[1];
+  *inputs = (const char *)map->base + rows[0].off[0];
+  *targets = (const char *)map->base + rows[0].off[1];
+  return 1;
+}
+
+int shard_reader_direct_map_rows(const shard_reader *r, const shard_direct_row *rows, int m,
+                                 const void **inputs, const void **targets, uint64_t *sums,
+                                 shard_map **holds) {
+  if (m < 1 || !r->has_inputs) return 0;
+  for (int k = 0; k < m; k++)
+    if (!rows[k].map) return 0;
+  pthread_once(&bus_once, bus_install);
+  for (int k = 0; k < m; k++)
+    if (check_mapped_row(r, &rows[k], sums ? sums + 2 * k : NULL) < 0) return -1;
+  for (int k = 0; k < m; k++) {
+    shard_map *map = rows[k].map;
+    atomic_fetch_add(&map->refs, 2); /* the inputs row's and the targets row's */
+    holds[2 * k] = holds[2 * k + 1] = map;
+    inputs[k] = (const char *)map->base + rows[k].off[0];
+    targets[k] = (const char *)map->base + rows[k].off[1];
+  }
   return 1;
 }

@@ -255,6 +255,21 @@ void shard_reader_direct_end(shard_reader *r, const shard_direct_row *rows, int 
 int shard_reader_direct_map(const shard_reader *r, const shard_direct_row *rows, int m,
                             const void **inputs, const void **targets, uint64_t *sums,
                             shard_map **hold);
+/* Views of the m planned rows one by one, wherever each lies (any shard,
+ * any order), for a sender that sends every row as a frame of its own
+ * (stream protocol 3): inputs[k] and targets[k] point into row k's
+ * mapping, every row is checked as shard_reader_direct_map checks it (the
+ * same errors, SIGBUS caught), sums[2k..2k+2) gets its XXH64s, and
+ * holds[2k] and holds[2k+1] each a reference to row k's mapping (one for
+ * its inputs row, one for its targets row), each dropped on its own by
+ * shard_map_release, so a row's mapping lives as long as the frame that
+ * points into it, after its plan ends and its shard is evicted. Nothing is
+ * held on failure. Returns 1 (views made), 0 (a row's shard is not mapped:
+ * read the rows with shard_reader_direct_read), -1 on error. Calls no HDF5:
+ * any thread, no lock, between the plan and shard_reader_direct_end. */
+int shard_reader_direct_map_rows(const shard_reader *r, const shard_direct_row *rows, int m,
+                                 const void **inputs, const void **targets, uint64_t *sums,
+                                 shard_map **holds);
 /* Drop a reference taken by shard_reader_direct_map (NULL: nothing); the
  * last one unmaps the file. Thread-safe; no lock needed. */
 void shard_map_release(shard_map *m);

@@ -47,6 +47,13 @@ typedef struct {
    * reference that keeps the mapping (shard_reader_direct_map) */
   const void *in_view, *tg_view;
   shard_map *hold;
+  /* zero copy row by row (serve_opts.row_views): row k where it lies,
+   * holds[2k], holds[2k + 1] its mapping's references for its two frames;
+   * nrows > 0 while the chunk is made of them, given_rows once they went to
+   * the stream server (which drops them frame by frame) */
+  const void **in_rows, **tg_rows;
+  void **holds;
+  int nrows, given_rows;
   /* the pool it returns to (chunk_free), and the room its arrays have */
   struct chunk_pool *pool;
   int cap_n;        /* samples its ids, sums, inputs and targets have room for */
@@ -125,6 +132,9 @@ static void chunk_destroy(chunk_mem *m) {
   free(m->sums_buf);
   free(m->inputs);
   free(m->targets);
+  free(m->in_rows);
+  free(m->tg_rows);
+  free(m->holds);
   free(m);
 }
 
@@ -146,6 +156,9 @@ static void chunk_free(void *ptr) {
   if (!m) return;
   shard_map_release(m->hold); /* no lock needed */
   m->hold = NULL;
+  if (!m->given_rows) /* made but never handed to the stream server */
+    for (int j = 0; j < 2 * m->nrows; j++) shard_map_release(m->holds[j]);
+  m->nrows = m->given_rows = 0;
   chunk_pool *p = m->pool;
   if (!p) {
     chunk_destroy(m);
@@ -342,6 +355,8 @@ static int read_samples(serve_source *s, const int64_t *idx, int n, int normalis
 static int read_finished(serve_source *s, const int64_t *idx, int n, float *inputs,
                          float *targets, uint64_t *sums);
 static int read_mapped(serve_source *s, const int64_t *idx, int n, chunk_mem *m);
+static int read_mapped_rows(serve_source *s, const int64_t *idx, int n, chunk_mem *m);
+static void row_map_release(void *token) { shard_map_release(token); }
 static int slot_indices(serve_source *s, const slot *q, int64_t *idx);
 static int serve_cores(void);
 static void slot_done(serve_source *s, slot *q, chunk_mem *m, int rc);
@@ -375,6 +390,7 @@ static chunk_mem *chunk_new(serve_source *s, int n, int with_sums) {
     }
   }
   m->in_view = m->tg_view = NULL;
+  m->nrows = m->given_rows = 0;
   m->sums = NULL;
   if (with_sums) {
     if (!m->sums_buf)
@@ -405,6 +421,9 @@ static int read_chunk(serve_source *s, const int64_t *idx, int n, int normalised
   /* raw rows of a finished dataset that lie back to back in one mapped
    * shard (every chunk of one sample) are sent from the mapping itself */
   int mapped = forward && !s->o.copy_rows ? read_mapped(s, idx, n, m) : 0;
+  /* a sender of row frames: the rows of any shards, each from its mapping */
+  if (!mapped && forward && !s->o.copy_rows && s->o.row_views)
+    mapped = read_mapped_rows(s, idx, n, m);
   if (mapped < 0 ||
       (!mapped && (chunk_rows(s, m) < 0 ||
                    read_samples(s, idx, n, normalised, m->inputs, m->targets, m->sums) < 0))) {
@@ -746,6 +765,17 @@ int serve_chunk(void *ctx, const stream_consumer *c, uint32_t epoch, uint64_t po
   out->sums = m->sums;
   out->inputs = m->hold ? m->in_view : m->inputs;
   out->targets = m->hold ? m->tg_view : m->targets;
+  out->in_rows = out->tg_rows = NULL;
+  out->row_release = NULL;
+  out->row_tokens = NULL;
+  if (m->nrows) { /* row by row: the server drops each row's references with its frames */
+    out->inputs = out->targets = NULL;
+    out->in_rows = m->in_rows;
+    out->tg_rows = m->tg_rows;
+    out->row_release = row_map_release;
+    out->row_tokens = m->holds;
+    m->given_rows = 1;
+  }
   memcpy(out->in_shape, s->in_shape, sizeof s->in_shape);
   memcpy(out->out_shape, s->out_shape, sizeof s->out_shape);
   out->flags = (uint32_t)norm;
@@ -1112,6 +1142,59 @@ static int read_mapped(serve_source *s, const int64_t *idx, int n, chunk_mem *m)
     if (rc > 0) s->rows_direct += (uint64_t)n, s->rows_mapped += (uint64_t)n;
     h5_unlock();
   }
+  free(rows);
+  return rc;
+}
+
+/* Zero copy row by row (serve_opts.row_views): the n samples of a chunk,
+ * in any order and any shards, each as a view of its own mapped shard,
+ * planned in as many pieces as the plan takes (each piece's shards pinned
+ * only while its rows are checked and referenced). 1: m->in_rows, tg_rows,
+ * holds, nrows and sums set, every row checked; 0: some row cannot be
+ * (not read directly, not mapped: the caller reads a copy; nothing held);
+ * -1 on error (the damaged or truncated shard named; nothing held). */
+static int read_mapped_rows(serve_source *s, const int64_t *idx, int n, chunk_mem *m) {
+  if (!s->rd || shard_reader_images_only(s->rd)) return 0; /* inputs rebuilt: read_rebuilt */
+  if (!m->in_rows) m->in_rows = ce_malloc_array((size_t)m->cap_n, sizeof *m->in_rows, "row views");
+  if (!m->tg_rows) m->tg_rows = ce_malloc_array((size_t)m->cap_n, sizeof *m->tg_rows, "row views");
+  if (!m->holds) m->holds = ce_malloc_array((size_t)m->cap_n, 2 * sizeof *m->holds, "row views");
+  shard_direct_row *rows = ce_malloc_array((size_t)n, sizeof *rows, "read plan");
+  if (!m->in_rows || !m->tg_rows || !m->holds || !rows) {
+    free(rows);
+    return -1;
+  }
+  shard_map **h = ce_malloc_array((size_t)n, 2 * sizeof *h, "row views");
+  if (!h) {
+    free(rows);
+    return -1;
+  }
+  int done = 0, rc = 1;
+  while (done < n && rc > 0) {
+    int direct = 0;
+    h5_lock();
+    int k = shard_reader_direct_plan(s->rd, idx + done, n - done, rows, &direct);
+    h5_unlock();
+    if (k < 0) rc = -1;
+    else if (!direct || k < 1) rc = 0; /* nothing pinned */
+    else {
+      rc = shard_reader_direct_map_rows(s->rd, rows, k, m->in_rows + done, m->tg_rows + done,
+                                        m->sums + 2 * done, h + 2 * done);
+      h5_lock();
+      shard_reader_direct_end(s->rd, rows, k);
+      h5_unlock();
+      if (rc > 0) done += k;
+    }
+  }
+  if (rc > 0) {
+    for (int j = 0; j < 2 * n; j++) m->holds[j] = h[j];
+    m->nrows = n;
+    h5_lock();
+    s->rows_direct += (uint64_t)n, s->rows_mapped += (uint64_t)n;
+    h5_unlock();
+  } else {
+    for (int j = 0; j < 2 * done; j++) shard_map_release(h[j]);
+  }
+  free(h);
   free(rows);
   return rc;
 }

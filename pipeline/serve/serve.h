@@ -102,6 +102,11 @@ typedef struct {
   int read_threads;       /* reader threads (0: serve_default_read_threads(); live: 1) */
   int copy_rows;          /* 1: copy every row into the chunk (pread), never send it from the
                              mapped shard file (below, "zero copy") */
+  int row_views;          /* 1: a chunk whose rows are not back to back in one shard may be
+                             handed out row by row (stream_chunk.in_rows, each row where it
+                             lies in its own mapped shard, one mapping reference per row
+                             frame: for a sender of protocol 3's row frames, coemu serve);
+                             0: every chunk is one contiguous block (stream_chunk.inputs) */
   const serve_external *external; /* non-NULL: serve its samples instead of dataset_dir's */
 } serve_opts;
 

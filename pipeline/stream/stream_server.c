@@ -64,15 +64,23 @@ struct stream_server {
   stream_security *sec;
 };
 
-typedef struct {
+typedef struct chunk_ref_s {
   atomic_int refs;
   void (*release)(void *);
+  void (*row_release)(void *);
   void *token;
   peer_acct *acct;
   atomic_ullong *queued;
   uint64_t bytes;
+  struct row_hint *rows; /* per row frame (stream_chunk.row_release), or NULL */
   uint64_t sums[]; /* the row checksums, when made here (the source had none) */
 } chunk_ref;
+
+/* A row frame's own release (stream_chunk.row_release), then the chunk's. */
+typedef struct row_hint {
+  struct chunk_ref_s *ref;
+  void *token;
+} row_hint;
 
 static void acct_unref(peer_acct *a) {
   if (a && atomic_fetch_sub(&a->refs, 1) == 1) free(a);
@@ -87,8 +95,23 @@ static void frame_done(void *data, void *hint) {
     atomic_fetch_sub(&r->acct->chunks, 1);
     atomic_fetch_add(&r->acct->released, 1);
     acct_unref(r->acct);
+    free(r->rows);
     free(r);
   }
+}
+
+/* A chunk not sent at all: its row references and the chunk released. */
+static void release_chunk(const stream_chunk *ch) {
+  if (ch->in_rows && ch->row_release)
+    for (uint32_t j = 0; j < 2 * ch->nsamples; j++) ch->row_release(ch->row_tokens[j]);
+  if (ch->release) ch->release(ch->token);
+}
+
+static void row_frame_done(void *data, void *hint) {
+  row_hint *h = hint;
+  chunk_ref *r = (chunk_ref *)h->ref;
+  r->row_release(h->token);
+  frame_done(data, r);
 }
 
 int stream_server_create(const stream_server_opts *o, stream_source_fn source, void *ctx,
@@ -559,12 +582,25 @@ static int feed(stream_server *s, int i) {
    * the source has them (a dataset's, verified as read), else made here */
   chunk_ref *ref = malloc(sizeof *ref + (ch.sums ? 0 : nsum));
   if (!ref) {
-    if (ch.release) ch.release(ch.token);
+    release_chunk(&ch);
     return 0;
+  }
+  ref->rows = NULL;
+  if (ch.in_rows && ch.row_release) {
+    ref->rows = malloc(2 * (size_t)ch.nsamples * sizeof *ref->rows);
+    if (!ref->rows) {
+      free(ref);
+      release_chunk(&ch);
+      return 0;
+    }
   }
   const uint64_t *sums = ch.sums;
   if (!sums) {
-    stream_row_sums(ch.inputs, inb, ch.targets, outb, ch.nsamples, ref->sums);
+    if (ch.in_rows)
+      for (uint32_t k = 0; k < ch.nsamples; k++)
+        stream_row_sums(ch.in_rows[k], inb, ch.tg_rows[k], outb, 1, ref->sums + 2 * k);
+    else
+      stream_row_sums(ch.inputs, inb, ch.targets, outb, ch.nsamples, ref->sums);
     sums = ref->sums;
   }
   ce_xxh64_state xs;
@@ -577,12 +613,14 @@ static int feed(stream_server *s, int i) {
   int nframes = 2 + 2 * (int)ch.nsamples;
   zmq_msg_t *m = malloc((size_t)nframes * sizeof *m);
   if (!m) {
+    free(ref->rows);
     free(ref);
-    if (ch.release) ch.release(ch.token);
+    release_chunk(&ch);
     return 0;
   }
   atomic_init(&ref->refs, nframes);
   ref->release = ch.release;
+  ref->row_release = ch.row_release;
   ref->token = ch.token;
   ref->acct = c->acct;
   ref->queued = &s->queued_bytes;
@@ -593,9 +631,18 @@ static int feed(stream_server *s, int i) {
   zmq_msg_init_data(&m[0], (void *)ch.ids, nid, frame_done, ref);
   zmq_msg_init_data(&m[1], (void *)sums, nsum, frame_done, ref);
   for (uint32_t k = 0; k < ch.nsamples; k++) {
-    zmq_msg_init_data(&m[2 + k], (char *)ch.inputs + k * inb, inb, frame_done, ref);
-    zmq_msg_init_data(&m[2 + ch.nsamples + k], (char *)ch.targets + k * outb, outb, frame_done,
-                      ref);
+    const void *in = ch.in_rows ? ch.in_rows[k] : (const char *)ch.inputs + k * inb;
+    const void *tg = ch.in_rows ? ch.tg_rows[k] : (const char *)ch.targets + k * outb;
+    if (ref->rows) {
+      row_hint *hi = &ref->rows[2 * k], *ht = &ref->rows[2 * k + 1];
+      *hi = (row_hint){(struct chunk_ref_s *)ref, ch.row_tokens[2 * k]};
+      *ht = (row_hint){(struct chunk_ref_s *)ref, ch.row_tokens[2 * k + 1]};
+      zmq_msg_init_data(&m[2 + k], (void *)in, inb, row_frame_done, hi);
+      zmq_msg_init_data(&m[2 + ch.nsamples + k], (void *)tg, outb, row_frame_done, ht);
+    } else {
+      zmq_msg_init_data(&m[2 + k], (void *)in, inb, frame_done, ref);
+      zmq_msg_init_data(&m[2 + ch.nsamples + k], (void *)tg, outb, frame_done, ref);
+    }
   }
   int sent = send_frames(s, c, &h, m, nframes);
   free(m);

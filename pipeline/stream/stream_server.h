@@ -34,6 +34,15 @@ typedef struct {
    * are (released with the rest); NULL: the server computes them */
   const uint64_t *sums;
   const void *inputs, *targets;
+  /* optional, instead of inputs / targets: every row where it lies (e.g.
+   * each in its own mapped shard file): in_rows[k] / tg_rows[k] are sample
+   * k's inputs and targets rows, each sent as its own frame. With
+   * row_release, row_release(row_tokens[2k]) runs when ZeroMQ frees the
+   * frame of in_rows[k] and row_release(row_tokens[2k + 1]) when it frees
+   * that of tg_rows[k] (any thread), each before release(token) */
+  const void *const *in_rows, *const *tg_rows;
+  void (*row_release)(void *row_token);
+  void *const *row_tokens;
   uint32_t in_shape[4], out_shape[3];
   uint32_t flags;
   void (*release)(void *token);

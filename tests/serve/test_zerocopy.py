@@ -8,8 +8,9 @@ with `--copy-rows` (every row copied with pread, the path before zero copy):
   Python client (python/coemu through coemu_stream) and to the C consumer
   (serve_dump.c): the same ids, positions and bytes with and without
   --copy-rows, equal to the dataset's arrays (read through dataset.h5 with
-  h5py); serve reports every row of batch 1 sent from the mapped files, none
-  with --copy-rows;
+  h5py); serve reports every row sent from the mapped files (batch 1: one
+  row a chunk; batch 2 and 16: shuffled rows of several shards, each row
+  frame pointing into its own shard's mapping), none with --copy-rows;
 - a row damaged on disk (one byte of a /targets row) is named by serve (the
   shard file, the sample, its row) to both consumers, on both paths, and is
   never delivered.
@@ -153,6 +154,10 @@ def run(tmp):
             if batch == '1':  # every chunk is one row: all sent from the mapping
                 check(n_map is not None and n_map >= 2 * S,
                       f'{what}: rows sent from the mapped files: {n_map} (expected every one, >= {2 * S})')
+            else:  # shuffled rows of several shards: each row frame from its own shard's mapping
+                check(n_map is not None and n_map >= 2 * per_epoch,
+                      f'{what}: rows sent from the mapped files: {n_map} (expected every one, '
+                      f'>= {2 * per_epoch}): {s1[-300:]}')
             c_map, ce1, _ = c_epochs(d, tmp, args)
             c_copy, ce2, _ = c_epochs(d, tmp, args + ['--copy-rows'])
             want = [f'{e} {pos} {i} {cs.xxh64(x):016x} {cs.xxh64(y):016x}' for e, pos, i, x, y in py_map]

@@ -33,14 +33,34 @@ typedef struct {
   atomic_int credit_violation;
   int chunk;            /* samples per chunk */
   int bad_sums;         /* 1: hand the server row checksums, the last sample's targets one wrong */
+  int row_views;        /* 1: hand rows one by one (stream_chunk.in_rows), stored in reverse */
+  atomic_long rows_released, rows_wrong; /* row_release calls; rows not released exactly once
+                                            before their chunk */
 } src_ctx;
 
 typedef struct {
   uint64_t ids[8], sums[16];
   float in[8 * 3 * N * N * N], out[8 * NF * N * N];
+  const void *in_rows[8], *tg_rows[8];
+  void *tokens[16];
+  atomic_int freed[16]; /* row_release calls per row frame */
+  uint32_t n;
+  src_ctx *s;
 } chunk_buf;
 
 static void release_buf(void *t) { free(t); }
+
+static void release_row(void *t) { atomic_fetch_add((atomic_int *)t, 1); }
+
+static void release_rows_buf(void *t) {
+  chunk_buf *b = t;
+  for (uint32_t j = 0; j < 2 * b->n; j++) {
+    int f = atomic_load(&b->freed[j]);
+    atomic_fetch_add(&b->s->rows_released, f);
+    if (f != 1) atomic_fetch_add(&b->s->rows_wrong, 1);
+  }
+  free(b);
+}
 
 static int source(void *ctx, const stream_consumer *c, uint32_t epoch, uint64_t pos,
                   stream_chunk *out) {
@@ -68,6 +88,31 @@ static int source(void *ctx, const stream_consumer *c, uint32_t epoch, uint64_t 
   out->out_shape[1] = out->out_shape[2] = N;
   out->release = release_buf;
   out->token = b;
+  if (s->row_views) { /* sample j's rows in slot k - 1 - j: not one block */
+    b->n = k;
+    b->s = s;
+    for (uint32_t j = 0; j < k; j++) {
+      uint32_t at = k - 1 - j;
+      b->in_rows[j] = b->in + at * 3 * N * N * N;
+      b->tg_rows[j] = b->out + at * NF * N * N;
+    }
+    for (uint32_t j = 0; j < k / 2; j++) { /* swap the rows into their reversed slots */
+      float *x = b->in + j * 3 * N * N * N, *y = b->in + (k - 1 - j) * 3 * N * N * N;
+      for (int i = 0; i < 3 * N * N * N; i++) { float v = x[i]; x[i] = y[i]; y[i] = v; }
+      x = b->out + j * NF * N * N, y = b->out + (k - 1 - j) * NF * N * N;
+      for (int i = 0; i < NF * N * N; i++) { float v = x[i]; x[i] = y[i]; y[i] = v; }
+    }
+    for (uint32_t j = 0; j < 2 * k; j++) {
+      atomic_init(&b->freed[j], 0);
+      b->tokens[j] = &b->freed[j];
+    }
+    out->inputs = out->targets = NULL;
+    out->in_rows = b->in_rows;
+    out->tg_rows = b->tg_rows;
+    out->row_release = release_row;
+    out->row_tokens = b->tokens;
+    out->release = release_rows_buf;
+  }
   if (s->bad_sums) { /* the source's own row checksums, forwarded as they are */
     stream_row_sums(b->in, 4 * 3 * N * N * N, b->out, 4 * NF * N * N, k, b->sums);
     for (uint32_t j = 0; j < k; j++)
@@ -398,6 +443,42 @@ static void test_row_frames(void) {
   stop(&t, th);
 }
 
+/* Rows handed one by one (stream_chunk.in_rows, here in reverse order in
+ * the source's buffer, so not one block): the consumer gets every sample
+ * in order with its own rows (the server hashes each where it lies), and
+ * every row frame's row_release runs exactly once, before its chunk's
+ * release (2 x SAMPLES calls once the server is gone). */
+static void test_row_pointers(void) {
+  char ep[300];
+  snprintf(ep, sizeof ep, "ipc://%s/rowptrs.sock", tmpdir);
+  src_ctx ctx = {.credit = 4, .chunk = 3, .row_views = 1};
+  srv_thread t;
+  pthread_t th;
+  start(&t, &th, ep, &ctx, 1, NULL, NULL);
+  stream_client_opts o = {.endpoint = ep, .rank = 0, .world = 1, .credit = 2, .timeout_s = 5};
+  stream_client *c;
+  CHECK_OK(stream_client_open(&o, &c));
+  const size_t inb = 4 * 3 * N * N * N, outb = 4 * NF * N * N;
+  stream_chunk_view v;
+  int r = -1, n = 0, bad = 0;
+  while (c && (r = stream_client_next(c, &v)) == 1) {
+    for (uint32_t k = 0; k < v.h.nsamples; k++) {
+      bad += v.ids[k] != (uint64_t)(n + (int)k);
+      for (size_t i = 0; i < inb / 4; i++) bad += v.inputs[k * inb / 4 + i] != (float)v.ids[k];
+      for (size_t i = 0; i < outb / 4; i++)
+        bad += v.targets[k * outb / 4 + i] != (float)v.ids[k] + 0.5f;
+    }
+    n += (int)v.h.nsamples;
+  }
+  CHECK_MSG(r == 0 && n == SAMPLES && bad == 0, "r %d, %d samples, %d values wrong (%s)", r, n,
+            bad, ce_err_msg());
+  if (c) stream_client_close(c);
+  stop(&t, th);
+  CHECK_MSG(atomic_load(&ctx.rows_released) == 2 * SAMPLES && atomic_load(&ctx.rows_wrong) == 0,
+            "%ld row frames released (expected %d), %ld not exactly once",
+            (long)atomic_load(&ctx.rows_released), 2 * SAMPLES, (long)atomic_load(&ctx.rows_wrong));
+}
+
 /* A consumer of another protocol version gets an ERROR in its own version
  * naming both versions, not silence. */
 static void test_version_mismatch(void) {
@@ -541,6 +622,7 @@ int main(void) {
   RUN(test_forwarded_row_sums);
   RUN(test_version_mismatch);
   RUN(test_row_frames);
+  RUN(test_row_pointers);
   RUN(test_producer_restart);
   RUN(test_curve);
   check_scratch_remove();
