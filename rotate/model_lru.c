@@ -102,6 +102,28 @@ static char *make_key(const char *dat, const char *units_path) {
   return k;
 }
 
+/* Append model m under key (owned by the cache from here; freed on
+ * failure), count the load and bring the cache back within its cap, m kept.
+ * 0, or -1 (out of memory; m is not the cache's then). */
+static int add_entry(model_lru *c, char *key, ce_model *m, uint64_t used, int pins) {
+  if (c->n == c->alloc) {
+    int64_t na = c->alloc ? 2 * c->alloc : 8;
+    lru_entry *ne = realloc(c->e, (size_t)na * sizeof *ne);
+    if (!ne) {
+      free(key);
+      CE_FAIL("out of memory for the model cache");
+    }
+    c->e = ne, c->alloc = na;
+  }
+  c->e[c->n++] = (lru_entry){key, m, NULL, 0, NULL, used, pins};
+  c->st.loads++;
+  size_t b = model_lru_model_bytes(m);
+  if (b > c->largest) c->largest = b;
+  evict(c, m, 0);
+  measure(c);
+  return 0;
+}
+
 int model_lru_get(model_lru *c, const char *dat, const char *units_path, ce_model **m, int *loaded) {
   if (loaded) *loaded = 0;
   char *key = make_key(dat, units_path);
@@ -118,26 +140,15 @@ int model_lru_get(model_lru *c, const char *dat, const char *units_path, ce_mode
     }
   /* make room for a model like the largest seen before reading this one */
   evict(c, NULL, c->largest);
-  if (c->n == c->alloc) {
-    int64_t na = c->alloc ? 2 * c->alloc : 8;
-    lru_entry *ne = realloc(c->e, (size_t)na * sizeof *ne);
-    if (!ne) {
-      free(key);
-      CE_FAIL("out of memory for the model cache");
-    }
-    c->e = ne, c->alloc = na;
-  }
   ce_model *nm = NULL;
   if (model_load(dat, units_path, &nm) < 0) {
     free(key);
     return -1;
   }
-  c->e[c->n++] = (lru_entry){key, nm, NULL, 0, NULL, c->tick, 0};
-  c->st.loads++;
-  size_t b = model_lru_model_bytes(nm);
-  if (b > c->largest) c->largest = b;
-  evict(c, nm, 0);
-  measure(c);
+  if (add_entry(c, key, nm, c->tick, 0) < 0) {
+    model_free(nm);
+    return -1;
+  }
   *m = nm;
   if (loaded) *loaded = 1;
   return 0;
@@ -181,22 +192,7 @@ int model_lru_insert(model_lru *c, const char *dat, const char *units_path, ce_m
     *m = c->e[i].m;
     return 0;
   }
-  if (c->n == c->alloc) {
-    int64_t na = c->alloc ? 2 * c->alloc : 8;
-    lru_entry *ne = realloc(c->e, (size_t)na * sizeof *ne);
-    if (!ne) {
-      free(key);
-      CE_FAIL("out of memory for the model cache");
-    }
-    c->e = ne, c->alloc = na;
-  }
-  c->e[c->n++] = (lru_entry){key, *m, NULL, 0, NULL, ++c->tick, 1};
-  c->st.loads++;
-  size_t b = model_lru_model_bytes(*m);
-  if (b > c->largest) c->largest = b;
-  evict(c, *m, 0);
-  measure(c);
-  return 0;
+  return add_entry(c, key, *m, ++c->tick, 1);
 }
 
 void model_lru_release(model_lru *c, const ce_model *m) {

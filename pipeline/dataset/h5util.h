@@ -9,6 +9,7 @@
 
 #include <hdf5.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* Write / read a scalar attribute of memory type `type` (e.g. H5T_NATIVE_INT64). */
 int h5_put_attr(hid_t obj, const char *name, hid_t type, const void *value);
@@ -40,6 +41,16 @@ int h5_read_sample_f32(hid_t d, hsize_t index, float *buf);
  * hyperslab read. Returns 0, or -1 without a message (also for rows out of
  * range). */
 int h5_read_rows(hid_t d, hsize_t row, hsize_t cnt, hid_t mtype, void *buf);
+
+/* Where rows [0, count) of dataset d lie in its file, for reading them
+ * without HDF5: addr[k * astride] = the file offset of row k, each row
+ * row_bytes long as the file stores it. Only for a dataset of file type
+ * ftype with no filter and no external storage, at least count rows of
+ * row_bytes each, stored contiguously or one row a chunk. Returns 0, or -1
+ * when the rows do not lie so (addr is then partly written; readers use
+ * HDF5). */
+int h5_row_addrs(hid_t d, hid_t ftype, int64_t count, hsize_t row_bytes, int64_t *addr,
+                 int64_t astride);
 
 /* HDF5 as Debian builds it is not thread-safe: every thread of a process
  * that calls HDF5 while another thread may do so (a serve_source's reader

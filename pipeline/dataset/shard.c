@@ -743,39 +743,15 @@ int shard_commits_wait(void) {
  * or -1 when they do not lie so (then readers use HDF5). */
 static int rows_at(hid_t d, hid_t ftype, int64_t count, hsize_t row_bytes, int64_t *base,
                    int64_t *stride) {
-  hid_t type = H5Dget_type(d), dcpl = H5Dget_create_plist(d), fs = H5Dget_space(d);
-  int ok = type >= 0 && dcpl >= 0 && fs >= 0 && H5Tequal(type, ftype) > 0 &&
-           H5Pget_nfilters(dcpl) == 0 && H5Pget_external_count(dcpl) == 0;
-  int rank = ok ? H5Sget_simple_extent_ndims(fs) : -1;
-  hsize_t dims[8] = {0}, chunk[8] = {0}, elems = 1;
-  ok = ok && rank >= 1 && rank <= 8 && H5Sget_simple_extent_dims(fs, dims, NULL) == rank &&
-       dims[0] == (hsize_t)count;
-  for (int j = 1; ok && j < rank; j++) elems *= dims[j];
-  ok = ok && elems * H5Tget_size(type) == row_bytes;
-  H5D_layout_t lay = ok ? H5Pget_layout(dcpl) : H5D_LAYOUT_ERROR;
-  if (ok && lay == H5D_CONTIGUOUS) {
-    haddr_t a = H5Dget_offset(d);
-    ok = a != HADDR_UNDEF;
-    *base = (int64_t)a;
-    *stride = (int64_t)row_bytes;
-  } else if (ok && lay == H5D_CHUNKED) {
-    ok = H5Pget_chunk(dcpl, rank, chunk) == rank && chunk[0] == 1;
-    for (int j = 1; ok && j < rank; j++) ok = chunk[j] == dims[j]; /* one row a chunk */
-    for (int64_t k = 0; ok && k < count; k++) {
-      hsize_t off[8] = {(hsize_t)k}, size = 0;
-      unsigned mask = 0;
-      haddr_t a = HADDR_UNDEF;
-      ok = H5Dget_chunk_info_by_coord(d, off, &mask, &a, &size) >= 0 && a != HADDR_UNDEF &&
-           size == row_bytes && mask == 0;
-      if (ok && k == 0) *base = (int64_t)a, *stride = (int64_t)row_bytes;
-      if (ok && k == 1) *stride = (int64_t)a - *base;
-      ok = ok && (int64_t)a == *base + k * *stride && *stride >= (int64_t)row_bytes;
-    }
-  } else
-    ok = 0;
-  if (type >= 0) H5Tclose(type);
-  if (dcpl >= 0) H5Pclose(dcpl);
-  if (fs >= 0) H5Sclose(fs);
+  int64_t *a = malloc((size_t)(count > 0 ? count : 1) * sizeof *a);
+  int ok = a && count >= 1 && h5_row_addrs(d, ftype, count, row_bytes, a, 1) == 0;
+  if (ok) {
+    *base = a[0];
+    *stride = count > 1 ? a[1] - a[0] : (int64_t)row_bytes;
+    ok = *stride >= (int64_t)row_bytes;
+    for (int64_t k = 0; ok && k < count; k++) ok = a[k] == *base + k * *stride;
+  }
+  free(a);
   return ok ? 0 : -1;
 }
 

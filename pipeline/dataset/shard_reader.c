@@ -1091,36 +1091,9 @@ int shard_reader_labels_planned(const shard_reader *r, const uint8_t *model_spli
 static int direct_rows(shard_reader *r, open_slot *q, int a, int64_t count, size_t vals) {
   hid_t d = slot_dset(r, q, a);
   if (d < 0) return -1;
-  hid_t type = H5Dget_type(d), dcpl = H5Dget_create_plist(d), fs = H5Dget_space(d);
-  int ok = type >= 0 && dcpl >= 0 && fs >= 0 && H5Tequal(type, H5T_NATIVE_FLOAT) > 0 &&
-           H5Pget_nfilters(dcpl) == 0 && H5Pget_external_count(dcpl) == 0;
-  int rank = fs >= 0 ? H5Sget_simple_extent_ndims(fs) : -1;
-  hsize_t dims[8] = {0}, chunk[8] = {0};
-  ok = ok && rank >= 1 && rank <= 8 && H5Sget_simple_extent_dims(fs, dims, NULL) == rank;
-  hsize_t row_bytes = (hsize_t)vals * sizeof(float);
-  H5D_layout_t lay = ok ? H5Pget_layout(dcpl) : H5D_LAYOUT_ERROR;
-  if (ok && lay == H5D_CONTIGUOUS) {
-    haddr_t base = H5Dget_offset(d);
-    ok = base != HADDR_UNDEF;
-    for (int64_t k = 0; ok && k < count; k++)
-      q->roff[2 * k + a] = (int64_t)(base + (hsize_t)k * row_bytes);
-  } else if (ok && lay == H5D_CHUNKED) {
-    ok = H5Pget_chunk(dcpl, rank, chunk) == rank && chunk[0] == 1;
-    for (int j = 1; ok && j < rank; j++) ok = chunk[j] == dims[j]; /* one row a chunk */
-    for (int64_t k = 0; ok && k < count; k++) {
-      hsize_t off[8] = {(hsize_t)k}, size = 0;
-      unsigned mask = 0;
-      haddr_t addr = HADDR_UNDEF;
-      ok = H5Dget_chunk_info_by_coord(d, off, &mask, &addr, &size) >= 0 && addr != HADDR_UNDEF &&
-           size == row_bytes && mask == 0;
-      q->roff[2 * k + a] = (int64_t)addr;
-    }
-  } else
-    ok = 0;
-  if (type >= 0) H5Tclose(type);
-  if (dcpl >= 0) H5Pclose(dcpl);
-  if (fs >= 0) H5Sclose(fs);
-  return ok ? 0 : 1;
+  return h5_row_addrs(d, H5T_NATIVE_FLOAT, count, (hsize_t)vals * sizeof(float), q->roff + a, 2) == 0
+             ? 0
+             : 1;
 }
 
 /* Map a shard planned for direct reads (shard_reader.h, "zero copy"): the

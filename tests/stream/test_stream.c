@@ -326,6 +326,29 @@ static void test_malformed_dropped(void) {
   stop(&t, th);
 }
 
+/* One consumer at ep reads the whole epoch: SAMPLES samples in order, each
+ * input row filled with its id and each target row with id + 0.5. */
+static void consume_id_rows(const char *ep) {
+  const size_t inb = 4 * 3 * N * N * N, outb = 4 * NF * N * N;
+  stream_client_opts o = {.endpoint = ep, .rank = 0, .world = 1, .credit = 2, .timeout_s = 5};
+  stream_client *c;
+  CHECK_OK(stream_client_open(&o, &c));
+  stream_chunk_view v;
+  int r = -1, n = 0, bad = 0;
+  while (c && (r = stream_client_next(c, &v)) == 1) {
+    for (uint32_t k = 0; k < v.h.nsamples; k++) {
+      bad += v.ids[k] != (uint64_t)(n + (int)k);
+      for (size_t i = 0; i < inb / 4; i++) bad += v.inputs[k * inb / 4 + i] != (float)v.ids[k];
+      for (size_t i = 0; i < outb / 4; i++)
+        bad += v.targets[k * outb / 4 + i] != (float)v.ids[k] + 0.5f;
+    }
+    n += (int)v.h.nsamples;
+  }
+  CHECK_MSG(r == 0 && n == SAMPLES && bad == 0, "r %d, %d samples, %d values wrong (%s)", r, n,
+            bad, ce_err_msg());
+  if (c) stream_client_close(c);
+}
+
 /* Protocol 2: the row checksums a source hands over are sent as they are and
  * every row is checked against them by the consumer: the last chunk, whose
  * last sample carries a wrong targets checksum, is dropped (counted
@@ -424,22 +447,7 @@ static void test_row_frames(void) {
   stop(&t, th);
 
   start(&t, &th, ep, &ctx, 1, NULL, NULL);
-  stream_client_opts o = {.endpoint = ep, .rank = 0, .world = 1, .credit = 2, .timeout_s = 5};
-  stream_client *c;
-  CHECK_OK(stream_client_open(&o, &c));
-  stream_chunk_view v;
-  int r, n = 0, bad = 0;
-  while (c && (r = stream_client_next(c, &v)) == 1) {
-    for (uint32_t k = 0; k < v.h.nsamples; k++) {
-      bad += v.ids[k] != (uint64_t)(n + (int)k);
-      for (size_t i = 0; i < inb / 4; i++) bad += v.inputs[k * inb / 4 + i] != (float)v.ids[k];
-      for (size_t i = 0; i < outb / 4; i++)
-        bad += v.targets[k * outb / 4 + i] != (float)v.ids[k] + 0.5f;
-    }
-    n += (int)v.h.nsamples;
-  }
-  CHECK_MSG(r == 0 && n == SAMPLES && bad == 0, "r %d, %d samples, %d values wrong", r, n, bad);
-  stream_client_close(c);
+  consume_id_rows(ep);
   stop(&t, th);
 }
 
@@ -455,24 +463,7 @@ static void test_row_pointers(void) {
   srv_thread t;
   pthread_t th;
   start(&t, &th, ep, &ctx, 1, NULL, NULL);
-  stream_client_opts o = {.endpoint = ep, .rank = 0, .world = 1, .credit = 2, .timeout_s = 5};
-  stream_client *c;
-  CHECK_OK(stream_client_open(&o, &c));
-  const size_t inb = 4 * 3 * N * N * N, outb = 4 * NF * N * N;
-  stream_chunk_view v;
-  int r = -1, n = 0, bad = 0;
-  while (c && (r = stream_client_next(c, &v)) == 1) {
-    for (uint32_t k = 0; k < v.h.nsamples; k++) {
-      bad += v.ids[k] != (uint64_t)(n + (int)k);
-      for (size_t i = 0; i < inb / 4; i++) bad += v.inputs[k * inb / 4 + i] != (float)v.ids[k];
-      for (size_t i = 0; i < outb / 4; i++)
-        bad += v.targets[k * outb / 4 + i] != (float)v.ids[k] + 0.5f;
-    }
-    n += (int)v.h.nsamples;
-  }
-  CHECK_MSG(r == 0 && n == SAMPLES && bad == 0, "r %d, %d samples, %d values wrong (%s)", r, n,
-            bad, ce_err_msg());
-  if (c) stream_client_close(c);
+  consume_id_rows(ep);
   stop(&t, th);
   CHECK_MSG(atomic_load(&ctx.rows_released) == 2 * SAMPLES && atomic_load(&ctx.rows_wrong) == 0,
             "%ld row frames released (expected %d), %ld not exactly once",
