@@ -403,6 +403,20 @@ int shard_open(shard_writer **out, const char *path, const shard_layout *lay, in
   return rc;
 }
 
+/* A float32 dataset of one row a chunk, no filter, every chunk allocated
+ * at creation and never filled: rows can be written into place and lie
+ * back to back (the raw row writer, rows_setup; the manifest's layout). */
+static hid_t create_allocated(hid_t file, const char *name, int rank, const hsize_t *dims,
+                              const hsize_t *chunk) {
+  hid_t space = H5Screate_simple(rank, dims, NULL), dcpl = h5_dcpl(rank, chunk, 0), d = -1;
+  if (space >= 0 && dcpl >= 0 && H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY) >= 0 &&
+      H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER) >= 0)
+    d = H5Dcreate2(file, name, H5T_IEEE_F32LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+  if (dcpl >= 0) H5Pclose(dcpl);
+  if (space >= 0) H5Sclose(space);
+  return d;
+}
+
 static int shard_open_impl(shard_writer **out, const char *path, const shard_layout *lay,
                            int64_t first, int64_t count) {
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
@@ -456,12 +470,7 @@ static int shard_open_impl(shard_writer **out, const char *path, const shard_lay
     /* float32, no filter: every chunk allocated now, never filled, so the
      * row writer can write the rows into place (above) */
     hsize_t dims[5] = {cnt, 3, n, n, n}, chunk[5] = {1, 3, n, n, n};
-    hid_t space = H5Screate_simple(5, dims, NULL), dcpl = h5_dcpl(5, chunk, 0);
-    H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY);
-    H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
-    w->inputs = H5Dcreate2(w->file, "inputs", H5T_IEEE_F32LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
-    H5Pclose(dcpl);
-    H5Sclose(space);
+    w->inputs = create_allocated(w->file, "inputs", 5, dims, chunk);
     if (w->inputs >= 0 && rows_setup(w) != 0) raw_rows = 0;
   } else if (lay->store_inputs) {
     hsize_t dims[5] = {cnt, 3, n, n, n}, chunk[5] = {1, 3, n, n, n};
@@ -474,12 +483,7 @@ static int shard_open_impl(shard_writer **out, const char *path, const shard_lay
      * allocates chunks written one by one wherever its metadata leave room),
      * so the rows lie at one stride and the manifest can record where
      * (shard_read_sums: readers open the shard without HDF5) */
-    hid_t space = H5Screate_simple(4, tdims, NULL), dcpl = h5_dcpl(4, tchunk, 0);
-    H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY);
-    H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
-    w->targets = H5Dcreate2(w->file, "targets", H5T_IEEE_F32LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
-    H5Pclose(dcpl);
-    H5Sclose(space);
+    w->targets = create_allocated(w->file, "targets", 4, tdims, tchunk);
   } else {
     w->targets = h5_create(w->file, "targets", lay->targets_f64 ? H5T_IEEE_F64LE : H5T_IEEE_F32LE,
                            4, tdims, tchunk, lay->gzip);

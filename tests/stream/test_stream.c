@@ -381,6 +381,21 @@ static void test_forwarded_row_sums(void) {
   stop(&t, th);
 }
 
+/* A raw DEALER socket of context z at ep (5 s receive timeout) that has
+ * sent a HELLO of protocol `version` asking for `credit` chunks. */
+static void *raw_hello(void *z, const char *ep, uint16_t version, uint64_t credit) {
+  void *raw = zmq_socket(z, ZMQ_DEALER);
+  int zero = 0, tmo = 5000;
+  zmq_setsockopt(raw, ZMQ_LINGER, &zero, sizeof zero);
+  zmq_setsockopt(raw, ZMQ_RCVTIMEO, &tmo, sizeof tmo);
+  zmq_connect(raw, ep);
+  stream_header h = {.version = version, .type = STREAM_HELLO, .value = credit, .nsamples = 1};
+  uint8_t b[STREAM_HEADER_SIZE];
+  stream_header_encode(&h, b);
+  zmq_send(raw, b, sizeof b, 0);
+  return raw;
+}
+
 /* Protocol 3: a CHUNK of n samples is the header, the ids, the row
  * checksums and one frame per row (n inputs rows, then n targets rows), so
  * no frame is larger than a sample's row (version 2: 5 frames, the rows of
@@ -395,15 +410,7 @@ static void test_row_frames(void) {
   srv_thread t;
   pthread_t th;
   start(&t, &th, ep, &ctx, 1, NULL, NULL);
-  void *z = zmq_ctx_new(), *raw = zmq_socket(z, ZMQ_DEALER);
-  int zero = 0, tmo = 5000;
-  zmq_setsockopt(raw, ZMQ_LINGER, &zero, sizeof zero);
-  zmq_setsockopt(raw, ZMQ_RCVTIMEO, &tmo, sizeof tmo);
-  zmq_connect(raw, ep);
-  stream_header h = {.type = STREAM_HELLO, .value = 1, .nsamples = 1};
-  uint8_t b[STREAM_HEADER_SIZE];
-  stream_header_encode(&h, b);
-  zmq_send(raw, b, sizeof b, 0);
+  void *z = zmq_ctx_new(), *raw = raw_hello(z, ep, STREAM_VERSION, 1);
   const size_t inb = 4 * 3 * N * N * N, outb = 4 * NF * N * N;
   int got_chunk = 0;
   for (int msg = 0; msg < 10 && !got_chunk; msg++) {
@@ -479,15 +486,8 @@ static void test_version_mismatch(void) {
   srv_thread t;
   pthread_t th;
   start(&t, &th, ep, &ctx, 1, NULL, NULL);
-  void *z = zmq_ctx_new(), *raw = zmq_socket(z, ZMQ_DEALER);
-  int zero = 0, tmo = 5000;
-  zmq_setsockopt(raw, ZMQ_LINGER, &zero, sizeof zero);
-  zmq_setsockopt(raw, ZMQ_RCVTIMEO, &tmo, sizeof tmo);
-  zmq_connect(raw, ep);
-  stream_header h = {.version = 2, .type = STREAM_HELLO, .value = 4, .nsamples = 1};
-  uint8_t b[STREAM_HEADER_SIZE], rb[STREAM_HEADER_SIZE];
-  stream_header_encode(&h, b);
-  zmq_send(raw, b, sizeof b, 0);
+  void *z = zmq_ctx_new(), *raw = raw_hello(z, ep, 2, 4);
+  uint8_t rb[STREAM_HEADER_SIZE];
   int got = zmq_recv(raw, rb, sizeof rb, 0);
   stream_header d;
   int dv = got == STREAM_HEADER_SIZE ? stream_header_decode(rb, sizeof rb, &d) : -1;
