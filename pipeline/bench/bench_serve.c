@@ -5,7 +5,10 @@
  *
  * The first epoch warms the page cache and the connection and is not timed;
  * the figures are over the following epochs, so they measure the serve path
- * (shard reads, checksums, the wire), not the disk. */
+ * (shard reads, checksums, the wire), not the disk. With --trainer, also the
+ * trainer's own reader (pipeline/train/train_data.h: an in-process
+ * serve_source, normalised batches, no wire), as `coemu train` reads a
+ * dataset. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,10 +22,11 @@
 #include "pipeline/serve/serve.h"
 #include "pipeline/stream/stream_client.h"
 #include "pipeline/stream/stream_server.h"
+#include "pipeline/train/train_data.h"
 
 typedef struct {
   const char *dir, *split, *python;
-  int batch, credit, prefetch, epochs, read_threads, max_open, copy_rows;
+  int batch, credit, prefetch, epochs, read_threads, max_open, copy_rows, trainer;
   uint64_t rows_mapped, rows_copied, rows_hdf5; /* the C consumer's run (serve_read_counts) */
 } serve_bench;
 
@@ -133,6 +137,32 @@ static int run_python(const serve_bench *b, const char *ep, double *gbs, double 
   return rc;
 }
 
+/* The trainer's reader: train_data over the same split and batch, one rank,
+ * samples/s over epochs 1.. (epoch 0 warms up), as `coemu train` reads a
+ * dataset (order exact, seed 1). */
+static int run_trainer(const serve_bench *b, double *sps, double *cpu_s) {
+  train_stage st = {.source = TRAIN_SRC_DATASET, .dataset = (char *)b->dir, .order = -1};
+  snprintf(st.split, sizeof st.split, "%s", b->split);
+  train_data_opts o = {.stage = &st, .seed = 1, .rank = 0, .world = 1, .batch = b->batch};
+  train_data *d;
+  if (train_data_open(&o, &d) < 0) return ce_err_prefix("bench serve: the trainer's reader");
+  const float *in, *tg;
+  uint64_t n = 0;
+  double t0 = 0, c0 = 0;
+  int r = 0;
+  for (uint32_t e = 0; r >= 0 && e < (uint32_t)b->epochs; e++) {
+    if (e == 1) t0 = ce_now(), c0 = bench_cpu_s();
+    while ((r = train_data_next(d, e, &in, &tg)) == 1)
+      if (e > 0) n += (uint64_t)b->batch;
+  }
+  double dt = ce_now() - t0, dc = bench_cpu_s() - c0;
+  train_data_close(d);
+  if (r < 0) return ce_err_prefix("bench serve: the trainer's reader");
+  *sps = dt > 0 ? (double)n / dt : 0;
+  *cpu_s = n ? dc / (double)n : 0;
+  return 0;
+}
+
 int bench_serve(int argc, char **argv) {
   serve_bench b = {.split = "all", .batch = 1, .credit = 8, .prefetch = 4, .epochs = 3};
   int64_t batch = 1, credit = 8, prefetch = 4, epochs = 3, read_threads = 0, max_open = 0;
@@ -149,6 +179,8 @@ int bench_serve(int argc, char **argv) {
       {"transport", CLI_STR, &transport, "tcp|ipc", "endpoint kind (default tcp)", 0, 0},
       {"python", CLI_STR, &b.python, "DIR",
        "also time the Python client, coemu_stream.py from DIR (e.g. pipeline/stream)", 0, 0},
+      {"trainer", CLI_FLAG, &b.trainer, NULL,
+       "also time the trainer's reader (coemu train's in-process dataset reader, normalised batches)", 0, 0},
       {0}};
   int npos = 0;
   char **pos = NULL;
@@ -218,6 +250,12 @@ int bench_serve(int argc, char **argv) {
     if (run_python(&b, ep, &pg, &ps, &pcpu) < 0) return cli_fail("bench serve");
     printf("serve python %s sample_MB %.2f batch %d GB/s %.2f samples/s %.0f "
            "client_cpu_s_per_GB %.2f\n", transport, mb, b.batch, pg, ps, pcpu);
+  }
+  if (b.trainer) {
+    double ts = 0, tc = 0;
+    if (run_trainer(&b, &ts, &tc) < 0) return cli_fail("bench serve");
+    printf("serve trainer_reader sample_MB %.2f batch %d samples/s %.0f ms_per_sample %.4f "
+           "cpu_ms_per_sample %.4f\n", mb, b.batch, ts, ts > 0 ? 1e3 / ts : 0, 1e3 * tc);
   }
   if (!strcmp(transport, "ipc")) unlink(ep + 6);
   return 0;

@@ -13,7 +13,9 @@ with `--copy-rows` (every row copied with pread, the path before zero copy):
   frame pointing into its own shard's mapping), none with --copy-rows;
 - a row damaged on disk (one byte of a /targets row) is named by serve (the
   shard file, the sample, its row) to both consumers, on both paths, and is
-  never delivered.
+  never delivered;
+- `coemu bench serve --trainer` runs the trainer's in-process reader over
+  the dataset and prints its line.
 Functional, not timed. Prints "N passed, N failed"."""
 import os
 import re
@@ -164,6 +166,16 @@ def run(tmp):
             check(not ce1 and not ce2 and c_map == c_copy == want,
                   f'{what}: the C consumer gets the same samples and bytes with and without '
                   f'--copy-rows, and as the Python client ({len(c_map)}, {len(c_copy)}): {ce1} {ce2}')
+
+    # coemu bench serve --trainer: the trainer's in-process reader over the
+    # same split reads every whole batch of the timed epoch (12 samples,
+    # batch 2: 6 batches) and says so on its own line
+    r = subprocess.run([COEMU, 'bench', 'serve', d, '--batch', '2', '--epochs', '2', '--trainer',
+                        '--transport', 'ipc'], capture_output=True, text=True, timeout=120 * SLOW)
+    m = re.search(r'^serve trainer_reader sample_MB [0-9.]+ batch 2 samples/s ([0-9]+) '
+                  r'ms_per_sample ([0-9.]+)', r.stdout, re.M)
+    check(r.returncode == 0 and m is not None and int(m.group(1)) > 0 and float(m.group(2)) > 0,
+          f'bench serve --trainer prints the trainer reader\'s rate: {r.stdout[-400:]} {r.stderr[-400:]}')
 
     # a damaged row: named by serve to both consumers, never delivered
     bad = os.path.join(tmp, 'damaged')
