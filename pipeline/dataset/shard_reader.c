@@ -1246,19 +1246,13 @@ int shard_reader_direct_read(const shard_reader *r, const shard_direct_row *rows
         continue;
       }
       if (a == A_IN && !r->has_inputs) CE_FAIL("%s: the dataset stores no /inputs", r->h5path);
-      size_t want = vals[a] * sizeof(float), got = 0;
-      while (got < want) {
-        ssize_t x = pread(w->fd, (char *)dst + got, want - got, (off_t)(w->off[a] + (int64_t)got));
-        if (x < 0 && errno == EINTR) continue;
-        if (x <= 0) {
-          int err = x < 0 ? errno : 0;
-          shard_path(r, w->shard, p, sizeof p);
-          CE_FAIL("%s: sample %lld (row %lld of the shard): reading /%s failed (%s): the shard "
-                  "is damaged (coemu verify tells more; rerunning the same generate job remakes "
-                  "it)", p, (long long)(e->first + w->row), (long long)w->row, arr_name[a],
-                  err ? strerror(err) : "the file ends before the row");
-        }
-        got += (size_t)x;
+      if (pread_all(w->fd, dst, vals[a] * sizeof(float), w->off[a]) < 0) {
+        int err = errno;
+        shard_path(r, w->shard, p, sizeof p);
+        CE_FAIL("%s: sample %lld (row %lld of the shard): reading /%s failed (%s): the shard "
+                "is damaged (coemu verify tells more; rerunning the same generate job remakes "
+                "it)", p, (long long)(e->first + w->row), (long long)w->row, arr_name[a],
+                err ? strerror(err) : "the file ends before the row");
       }
       uint64_t h = shard_row_hash(dst, vals[a]);
       if (sums) sums[2 * k + a] = h;
