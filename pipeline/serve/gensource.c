@@ -135,13 +135,19 @@ static int norm_from_file(const char *path, stats_norm *norm, char *src, size_t 
   if (rc < 0)
     return ce_err_prefix("--stats %s: the pilot %s's /stats", path, dir ? "dataset" : "statistics");
   json_str(path, esc, sizeof esc);
+  int w;
   if (dir) {
-    snprintf(src, len, "\"pilot dataset %s\"", esc);
+    w = snprintf(src, len, "\"pilot dataset %s\"", esc);
   } else {
     char nesc[1024];
     json_str(note, nesc, sizeof nesc);
-    snprintf(src, len, "\"pilot statistics %s%s%s%s\"", esc, *note ? " (" : "", nesc, *note ? ")" : "");
+    w = snprintf(src, len, "\"pilot statistics %s%s%s%s\"", esc, *note ? " (" : "", nesc,
+                 *note ? ")" : "");
   }
+  /* a cut string would end INFO's JSON without its closing quote */
+  if (w < 0 || (size_t)w >= len)
+    return ce_err("--stats %s: the normalisation source's description takes %d bytes, expected "
+                  "fewer than %zu (a shorter path)", path, w, len);
   return 0;
 }
 
