@@ -136,7 +136,12 @@ typedef struct lte_kernel_model {
   int corrected_taylor; /* exact D < 1e-4 series instead of Pomme's */
   int take_abs;         /* |I| */
   int libm;             /* literal mode: direct Z sum, scalar libm exp and erf */
+  int f32;              /* the float32 path (lte_kernel_body.h): the rays in float32
+                           arithmetic, within 1e-5 of float64 (docs/physics.md) */
 } lte_kernel_model;
+
+/* The arithmetic of the rays (lte_options.precision, lte_kernel_model.f32). */
+typedef enum { LTE_PRECISION_F64 = 0, LTE_PRECISION_F32 = 1 } lte_precision;
 
 /* Element type of the cells. float32 cells are widened exactly. */
 typedef enum { LTE_KERNEL_F64 = 0, LTE_KERNEL_F32 = 1 } lte_kernel_dtype;

@@ -458,6 +458,94 @@ static void test_bodies_pops(void) {
   }
 }
 
+/* ---------------------------------------------------------------------- */
+/* The float32 path (lte_kernel_model.f32, lte_kernel_body.h): the
+ * host-compiled float32 ray bodies against the float64 reference on every
+ * batch case above (thin segments, |b1 - b0| < 1e-4 and D < 1e-4 included:
+ * the random cubes repeat a quarter of their cells), both Taylor forms,
+ * float32 and float64 cells, a background map, |I|. The criterion is
+ * docs/physics.md's ("The float32 path"): 1e-5 relative on every pixel that
+ * is neither round-off nor ill-conditioned, classified as for float64
+ * (|I| <= 1e-12 max|I|: round-off; the reference's noise estimate above
+ * 1e-8 |I|: ill-conditioned). The CPU backend's float32 path (the same
+ * bodies, OpenMP over rays) and the driver give the same bits. With
+ * LTE_BODY_F32_NAIVE (the meson test solver_lte_f32_naive, should_fail) the
+ * bodies use the float64 formulas in float32 and this criterion fails. */
+#define F32_TOL 1e-5
+
+static void test_bodies_f32(void) {
+  for (int libm = 0; libm < 2; libm++) {
+    tally t = {0};
+    double worst_all = 0; /* every non-round-off pixel, ill-conditioned ones too */
+    int bad = 0;
+    for (size_t ki = 0; ki < sizeof cases / sizeof *cases; ki++) {
+      const batch_case *k = &cases[ki];
+      batch_data d;
+      batch_make(k, &d);
+      double *bg = dalloc(d.np);
+      for (int i = 0; i < d.np; i++) bg[i] = BG_STEP * (i % 5);
+      lte_options o = case_options(k, bg, libm, 2);
+      o.precision = LTE_PRECISION_F32;
+      lte_kernel_model m;
+      lte_kernel_model_init(&m, &L, &o);
+      CHECK(m.f32 == 1);
+      lte_kernel_batch b = kernel_batch(k, &d, &o, 0, k->ncube);
+      CHECK(body_solve(&m, &b) == 0);
+      for (int c = 0; c < k->ncube; c++) {
+        const double *img = d.img[c], *ref = d.ref[c], *noise = d.noise[c];
+        double mx = 0;
+        for (int i = 0; i < d.np; i++) mx = fmax(mx, fabs(ref[i]));
+        for (int i = 0; i < d.np; i++) {
+          t.total++;
+          if (fabs(ref[i]) <= 1e-12 * mx) continue;
+          double rel = fabs(img[i] - ref[i]) / fabs(ref[i]);
+          worst_all = fmax(worst_all, rel);
+          if (noise[i] > 1e-8 * fabs(ref[i])) {
+            t.ill++;
+            continue;
+          }
+          t.counted++;
+          t.worst = fmax(t.worst, rel);
+          if (!(rel <= F32_TOL) && bad++ < 5)
+            CHECK_FAIL_("float32 bodies, libm %d, %s seed %llu cube %d pixel %d: %.9g vs "
+                        "reference %.9g (rel %.3g, |I|/max %.3g)",
+                        libm, k->grid, (unsigned long long)k->seed, c, i, img[i], ref[i], rel,
+                        fabs(ref[i]) / mx);
+        }
+      }
+#ifndef LTE_BODY_F32_NAIVE
+      /* the CPU backend's float32 path and the driver: the same code, the same bits */
+      double **cpu = calloc(k->ncube, sizeof(double *));
+      for (int c = 0; c < k->ncube; c++) {
+        cpu[c] = dalloc(d.np);
+        memcpy(cpu[c], d.img[c], d.np * sizeof(double));
+      }
+      CHECK(lte_kernel_cpu.solve(&m, &b) == 0);
+      for (int c = 0; c < k->ncube; c++)
+        CHECK_MSG(!memcmp(cpu[c], d.img[c], d.np * sizeof(double)),
+                  "float32: the cpu backend's image of cube %d differs from the bodies'", c);
+      if (!k->f32) {
+        CHECK_OK(lte_solve_batch(&L, d.fr, d.nf, k->ncube, k->nx, k->ny, k->nz,
+                                 (const double *const *)d.v, (const double *const *)d.T,
+                                 (const double *const *)d.n, &o, d.img));
+        for (int c = 0; c < k->ncube; c++)
+          CHECK_MSG(!memcmp(cpu[c], d.img[c], d.np * sizeof(double)),
+                    "float32: the driver's image of cube %d differs from the bodies'", c);
+      }
+      for (int c = 0; c < k->ncube; c++) free(cpu[c]);
+      free(cpu);
+#endif
+      free(bg);
+      batch_free(k, &d);
+    }
+    fprintf(stderr, "  float32 bodies, %s: worst relative difference %.3g on %d pixels (%.3g "
+            "with the %d ill-conditioned); %d round-off of %d\n",
+            libm ? "literal cells" : "fast cells", t.worst, t.counted, worst_all, t.ill,
+            t.total - t.counted - t.ill, t.total);
+    CHECK(t.counted > 1000 && t.ill < t.total / 4);
+  }
+}
+
 /* Asking for a backend that is not built (or does not exist) is an error. */
 static void test_backend_not_built(void) {
   double v[4] = {0}, T[4] = {50, 50, 50, 50}, n[4] = {1e8, 1e8, 1e8, 1e8}, f = L.nu0, img[1];
@@ -501,10 +589,15 @@ int main(void) {
     fprintf(stderr, "%s\n", ce_err_msg());
     return 1;
   }
+#ifdef LTE_BODY_F32_NAIVE
+  RUN(test_bodies_f32);
+#else
   RUN(test_backends);
   RUN(test_bodies);
   RUN(test_bodies_pops);
+  RUN(test_bodies_f32);
   RUN(test_backend_not_built);
+#endif
   lte_line_free(&L);
   lamda_free(&co);
   return check_report();
