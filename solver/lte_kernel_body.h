@@ -256,7 +256,7 @@ static inline LTE_HD float lte_f32_expneg(float x) { return x >= LTE_F32_EXP_ZER
  *    <= exp(-L(p+q)) <= exp(-1)) or erf sums across 0 (p < 0), the moment
  *    I1 = int (u - p) E du = (e_p - e_q)/2 - p I0 and int (q - u) E du =
  *    L I0 - I1; K_p, K_q = those over L^2. */
-#define LTE_F32_NSER 14 /* terms of the near series: truncation < 1e-9 (docs/physics.md) */
+#define LTE_F32_NSER 14 /* the near series to c_(NSER+1): truncation < 3e-11 of J0 */
 static inline LTE_HD float lte_f32_dtau(float a0, float a1, float b0, float b1, float e0, float e1,
                                         float c0, float c1) {
   if (b0 + b1 < 0.0f) b0 = -b0, b1 = -b1; /* e, c are of |b| */
@@ -265,12 +265,18 @@ static inline LTE_HD float lte_f32_dtau(float a0, float a1, float b0, float b1, 
   if (ah <= 0.5f && bm * ah <= 0.5f) {
     const float x = 2.0f * bm * h, y2 = 2.0f * (h * h);
     float cm = 1.0f, cn = -x, s0 = 1.0f, s1 = -x * (1.0f / 3.0f);
+    /* 1/k, k = 1 .. LTE_F32_NSER + 3 (multiplications: no divisions in the loop) */
+    const float inv[LTE_F32_NSER + 4] = {0.0f, 1.0f, 1.0f / 2, 1.0f / 3, 1.0f / 4, 1.0f / 5,
+                                          1.0f / 6, 1.0f / 7, 1.0f / 8, 1.0f / 9, 1.0f / 10,
+                                          1.0f / 11, 1.0f / 12, 1.0f / 13, 1.0f / 14, 1.0f / 15,
+                                          1.0f / 16, 1.0f / 17};
     LTE_UNROLL
-    for (int n = 1; n < LTE_F32_NSER; n++) {
-      const float cp = -(x * cn + y2 * cm) / (float)(n + 1); /* c_{n+1} */
-      if (n & 1) s0 += cp / (float)(n + 2); /* n+1 even: / (n+1+1) */
-      else s1 += cp / (float)(n + 3);      /* n+1 odd: / (n+1+2) */
-      cm = cn, cn = cp;
+    for (int n = 1; n < LTE_F32_NSER; n += 2) { /* c_{n+1} (even), then c_{n+2} (odd) */
+      const float ce = -(x * cn + y2 * cm) * inv[n + 1];
+      s0 += ce * inv[n + 2];
+      const float co = -(x * ce + y2 * cn) * inv[n + 2];
+      s1 += co * inv[n + 4];
+      cm = ce, cn = co;
     }
     const float em = lte_f32_expneg(bm * bm);
     const float J0 = em * s0, J1 = em * s1;
