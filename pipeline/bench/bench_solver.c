@@ -75,7 +75,7 @@ int bench_solver(int argc, char **argv) {
       {"size", CLI_INT, &size, "N", "cube edge (default 64)", 0, 0},
       {"lamda", CLI_STR, &lamda, "FILE", "LAMDA file (default: the built-in co.dat path)", 0, 0},
       {"device", CLI_STR, &device, "cpu|cuda", "where the solver runs (default cpu; cuda: the first GPU, batch figures only)", 0, 0},
-      {"precision", CLI_STR, &precision, "float64|float32", "the solver's arithmetic (default float64)", 0, 0},
+      {"precision", CLI_STR, &precision, "P", "the solver's arithmetic: float64 (default) or float32", 0, 0},
       {0}};
   const cli_command spec = {"bench solver", "[options]",
                             "Time the LTE imager on random 64^3 cubes.", opts, 0, 0};

@@ -322,7 +322,7 @@ int cmd_solve(int argc, char **argv) {
       {"corrected-taylor", CLI_FLAG, &corrected, NULL, "correct small-dtau expansion instead of Pomme's", 0, 0},
       {"threads", CLI_INT, &threads, "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)", 0, 0},
       {"device", CLI_STR, &device, "cpu|cuda", "where the solver runs (default cpu; cuda: the first GPU, an error without one)", 0, 0},
-      {"precision", CLI_STR, &precision, "float64|float32", "the solver's arithmetic (default float64, the reference; float32: within 1e-5 of it, docs/physics.md)", 0, 0},
+      {"precision", CLI_STR, &precision, "P", "the solver's arithmetic: float64 (default, the reference) or float32 (within 1e-5 of it, docs/physics.md)", 0, 0},
       {"out", CLI_STR, &out, "FILE", "image (x, y, frequency) as .npy or .h5 (with frequencies and provenance)", 0, 0},
       {"fits", CLI_STR, &fits, "FILE", "also write a FITS cube (x, y, FREQ)", 0, 0},
       {"preview", CLI_STR, &preview, "FILE", "also write the channel maps as a PNG", 0, 0},
