@@ -337,10 +337,13 @@ static inline LTE_HD float lte_f32_formal(float D, float S0, float S1, float em0
 }
 
 /* b, exp(-b^2) and erfc(|b|) of a cell at frequency nu: b is the float64
- * expression of lte_body_profile rounded once */
+ * expression of lte_body_profile rounded once, within +-1e18 (a cell of
+ * T < ~1e-25 K would overflow float32; there exp and erfc are 0 alike, and
+ * L^2 in lte_f32_dtau stays finite) */
 static inline LTE_HD void lte_f32_profile(const lte_kernel_model *M, double iw, double shift,
                                           double nu, float *b, float *e, float *c) {
-  const float x = (float)(iw * (shift * nu - M->nu0));
+  const double xd = iw * (shift * nu - M->nu0);
+  const float x = (float)(xd > 1e18 ? 1e18 : xd < -1e18 ? -1e18 : xd);
   *b = x;
   *e = lte_f32_expneg(x * x);
   *c = erfcf(fabsf(x));

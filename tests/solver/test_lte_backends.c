@@ -219,18 +219,19 @@ static void backend_against_reference(lte_backend be, const lte_kernel *kern) {
 
 /* Cells so cold that both populations underflow neither emit nor absorb:
  * the image is that of the same ray with those cells emptied, never NaN. */
-static void backend_cold_cells(lte_backend be, const lte_kernel *kern) {
+static void backend_cold_cells_p(lte_backend be, const lte_kernel *kern, lte_precision prec,
+                                 double T_cold) {
   enum { NZ = 40 };
   double v[NZ], T[NZ], n[NZ], n0[NZ], f[FREQGRID_COEMUNET_N], a[7], b[7];
   freqgrid_coemunet(L.nu0, f);
   for (int z = 0; z < NZ; z++) {
     v[z] = 300.0 * (z - 20);
-    T[z] = z % 7 == 3 ? 0.002 : 40 + 10 * z;
+    T[z] = z % 7 == 3 ? T_cold : 40 + 10 * z;
     n[z] = n0[z] = 1e8;
     if (T[z] < 1) n0[z] = 0;
   }
   for (int libm = 0; libm < 2; libm++) {
-    lte_options o = {.dx = 3e10, .libm = libm};
+    lte_options o = {.dx = 3e10, .libm = libm, .precision = prec};
     lte_kernel_model m;
     lte_kernel_model_init(&m, &L, &o);
     const void *pv = v, *pT = T, *pn = n, *pn0 = n0;
@@ -244,6 +245,10 @@ static void backend_cold_cells(lte_backend be, const lte_kernel *kern) {
       CHECK_MSG(!isnan(a[i]) && a[i] == b[i] && a[i] > 0, "%s, libm %d, channel %d: %g vs %g",
                 lte_backend_name(be), libm, i, a[i], b[i]);
   }
+}
+
+static void backend_cold_cells(lte_backend be, const lte_kernel *kern) {
+  backend_cold_cells_p(be, kern, LTE_PRECISION_F64, 0.002);
 }
 
 /* A bad cell: the kernel says so, the driver names the first one. */
@@ -556,6 +561,11 @@ static void test_bodies_f32(void) {
   f32_against_reference("bodies (naive formulas)", &body_kernel, 0);
 #else
   f32_against_reference("bodies", &body_kernel, 1);
+  /* cold cells: never NaN, the same image as with them emptied; 1e-300 K
+   * puts b beyond float32's range */
+  backend_cold_cells_p(LTE_BACKEND_CPU, &body_kernel, LTE_PRECISION_F32, 0.002);
+  backend_cold_cells_p(LTE_BACKEND_CPU, &body_kernel, LTE_PRECISION_F32, 1e-300);
+  backend_cold_cells_p(LTE_BACKEND_CPU, &lte_kernel_cpu, LTE_PRECISION_F32, 1e-300);
 #endif
 }
 
