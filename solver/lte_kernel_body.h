@@ -27,6 +27,8 @@
  *   2. ray threads, t in [0, nray*nf): ray t % nray, channel t / nray:
  *      the optical depth and the formal solution along the ray, streaming
  *      over its cells, into image[ray*nf + f]; NaN where bad[ray].
+ *      With lte_kernel_model.f32 the ray threads are lte_body_ray_thread_f32
+ *      (the float32 path, below: its own formulas, within 1e-5 of these).
  */
 #ifndef COEMU_LTE_KERNEL_BODY_H
 #define COEMU_LTE_KERNEL_BODY_H
