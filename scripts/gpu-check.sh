@@ -6,10 +6,13 @@
 # the sources they need (common/error, fsutil, cli, npy; solver/; the CUDA kernel):
 #   test_lte_backends  every backend, the CUDA one on the device included,
 #                      against the literal reference (docs/physics.md's rules),
-#                      the CPU kernel and the host-compiled kernel bodies
+#                      the CPU kernel and the host-compiled kernel bodies;
+#                      the float32 path (device kernel, CPU, bodies) within
+#                      1e-5 of the float64 reference ("float32 ..." lines)
 #   test_pomme         every backend against Pomme 0.2.1's golden images
 #   gpu_bench          cubes/s of the LTE solver, 64^3 x 7 channels, float64
-#                      and float32 cells, on the device and on the CPU
+#                      and float32 cells, and the float32 path (precision=
+#                      float32), on the device and on the CPU
 # and, where libyaml's header is found (the units sidecar of a model):
 #   test_sample        the sampler: the device's cubes bit for bit against
 #                      the CPU's, the host-compiled bodies too
@@ -114,7 +117,7 @@ step() { # name limit command...: the command's figure lines, then "ok" or "FAIL
   shift 2
   local log="$out/$name.log" s=$SECONDS st=0
   timeout "$limit" "$@" >"$log" 2>&1 || st=$?
-  grep -E '^  (cpu|cuda|bodies|device sampler|sampler bodies)|backend vs Pomme|^gpu_(sample_)?bench' "$log" | sed "s/^ */gpu-check $name: /" || true
+  grep -E '^  (cpu|cuda|bodies|float32|device sampler|sampler bodies)|backend vs Pomme|^gpu_(sample_)?bench' "$log" | sed "s/^ */gpu-check $name: /" || true
   if [ "$st" = 0 ]; then
     echo "gpu-check $name: ok ($((SECONDS - s)) s)"
   else

@@ -104,7 +104,23 @@ void lte_kernel_model_init(lte_kernel_model *m, const lte_line *L, const lte_opt
       .corrected_taylor = o->corrected_taylor,
       .take_abs = o->take_abs,
       .libm = o->libm,
+      .f32 = o->precision == LTE_PRECISION_F32,
   };
+}
+
+static const char *const precision_names[] = {"float64", "float32"};
+
+const char *lte_precision_name(lte_precision p) {
+  return (unsigned)p < 2 ? precision_names[p] : NULL;
+}
+
+int lte_precision_parse(const char *s, lte_precision *p) {
+  for (int i = 0; i < 2; i++)
+    if (s && !strcmp(s, precision_names[i])) {
+      *p = (lte_precision)i;
+      return 0;
+    }
+  CE_FAIL("solver precision '%s', expected float64 or float32", s ? s : "(null)");
 }
 
 static int check_args(const lte_line *L, const double *freqs, int nf, int nx, int ny, int nz,
@@ -117,6 +133,8 @@ static int check_args(const lte_line *L, const double *freqs, int nf, int nx, in
   if (!(o->dx > 0) || !isfinite(o->dx)) CE_FAIL("LTE solver: dx = %g, expected > 0", o->dx);
   if (!(o->vturb >= 0) || !isfinite(o->vturb))
     CE_FAIL("LTE solver: vturb = %g m/s, expected >= 0", o->vturb);
+  if ((unsigned)o->precision > LTE_PRECISION_F32)
+    CE_FAIL("LTE solver: precision %d does not exist (0: float64, 1: float32)", (int)o->precision);
   if (!isfinite(o->background)) CE_FAIL("LTE solver: background = %g, expected finite", o->background);
   for (int f = 0; f < nf; f++)
     if (!(freqs[f] > 0) || !isfinite(freqs[f]))

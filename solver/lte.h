@@ -50,6 +50,9 @@ typedef struct {
                          of its table; slower, for comparisons */
   lte_backend backend; /* the kernel (lte_kernel.h); LTE_BACKEND_CPU (0) is the
                           default, one not built gives -1 and a message */
+  lte_precision precision; /* LTE_PRECISION_F64 (0, the default): the reference
+                              arithmetic; F32: the float32 path, within 1e-5 of
+                              it (docs/physics.md, "The float32 path") */
 } lte_options;
 
 /* Ray-trace one cube. v [m/s], T [K], n [m^-3] are [(x*ny + y)*nz + z];
@@ -95,6 +98,11 @@ int lte_backend_parse(const char *s, lte_backend *b);
  * ordinal picks the device (modulo the devices present; the node-local MPI
  * rank). desc (may be NULL) gets a line describing what will compute. */
 int lte_backend_open(lte_backend b, int ordinal, char *desc, size_t ndesc);
+
+/* The precision named s ("float64", "float32"): 0, or -1 with a message. */
+int lte_precision_parse(const char *s, lte_precision *p);
+/* "float64", "float32"; NULL when p is none. */
+const char *lte_precision_name(lte_precision p);
 
 /* Which vector path this build's CPU kernel uses ("avx512-libmvec" or
  * "portable"). */

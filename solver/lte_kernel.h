@@ -55,6 +55,12 @@
  * docs/physics.md). Results may not depend on the thread count or on which
  * other cubes share a batch: each ray is computed alone.
  *
+ * The float32 path (f32 below, lte_options.precision): the cells as above,
+ * the rays by lte_kernel_body.h's float32 formulas (lte_body_ray_thread_f32,
+ * docs/physics.md "The float32 path"), which every backend runs as written;
+ * it must match the literal reference to 1e-5 relative under the same
+ * classification of pixels.
+ *
  * The partition function. Z(T) = sum_i g[i] * exp(neg_e_over_k[i] * (1/T)),
  * summed in file order (lte_z_direct). For 1 K <= T < 2^LTE_ZT_OCT K it is read
  * from a table instead: octave e = floor(log2 T) in LTE_ZT_SUB equal pieces;
@@ -136,7 +142,12 @@ typedef struct lte_kernel_model {
   int corrected_taylor; /* exact D < 1e-4 series instead of Pomme's */
   int take_abs;         /* |I| */
   int libm;             /* literal mode: direct Z sum, scalar libm exp and erf */
+  int f32;              /* the float32 path (lte_kernel_body.h): the rays in float32
+                           arithmetic, within 1e-5 of float64 (docs/physics.md) */
 } lte_kernel_model;
+
+/* The arithmetic of the rays (lte_options.precision, lte_kernel_model.f32). */
+typedef enum { LTE_PRECISION_F64 = 0, LTE_PRECISION_F32 = 1 } lte_precision;
 
 /* Element type of the cells. float32 cells are widened exactly. */
 typedef enum { LTE_KERNEL_F64 = 0, LTE_KERNEL_F32 = 1 } lte_kernel_dtype;

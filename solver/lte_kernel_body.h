@@ -27,6 +27,8 @@
  *   2. ray threads, t in [0, nray*nf): ray t % nray, channel t / nray:
  *      the optical depth and the formal solution along the ray, streaming
  *      over its cells, into image[ray*nf + f]; NaN where bad[ray].
+ *      With lte_kernel_model.f32 the ray threads are lte_body_ray_thread_f32
+ *      (the float32 path, below: its own formulas, within 1e-5 of these).
  */
 #ifndef COEMU_LTE_KERNEL_BODY_H
 #define COEMU_LTE_KERNEL_BODY_H
@@ -222,11 +224,198 @@ static inline LTE_HD void lte_body_ray_thread(const lte_kernel_model *M, const l
   *out = M->take_abs ? fabs(I) : I;
 }
 
+/* ---------------------------------------------------------------------- */
+/* The float32 path (lte_kernel_model.f32; docs/physics.md, "The float32
+ * path"). The formulas above cancel: erf1 - erf0 and e0 - e1 over
+ * (b1 - b0)^2, em1 - em0 (1 - D) over D. In float32 (u = 6e-8) that
+ * amplifies a rounding by 1e4 and more on thin segments. Here the same
+ * integrals are written so that nothing cancels by more than a small
+ * bounded factor, and computed in float32 (exp, erfc, the segment and the
+ * formal solution); what stays float64 is cheap and keeps the error bound:
+ * the cell constants (the cell thread above, unchanged), b (the Doppler
+ * offset nu (1 + v/c) - nu0 cancels; b is the float64 expression rounded
+ * once), and the two running sums along the ray (tau and the intensity). */
+
+#define LTE_F32_SQRT_PI_2 0.886226925f /* sqrt(pi)/2 */
+#define LTE_F32_EXP_ZERO 104.0f        /* expf(-x) = 0 from here on (below the least subnormal) */
+
+/* exp(-x), x >= 0, float */
+static inline LTE_HD float lte_f32_expneg(float x) { return x >= LTE_F32_EXP_ZERO ? 0.0f : expf(-x); }
+
+/* The optical depth of a segment, int_0^1 a(s) exp(-b(s)^2) ds with a and b
+ * linear from (a0, b0) to (a1, b1) (the exact integral that LTE_SEG_DTAU
+ * writes with erf differences), from e = exp(-b^2) and c = erfc(|b|) of the
+ * two cells. It is a0 K0 + a1 K1 with the endpoint weights
+ * K0 = int (1-s) E, K1 = int s E >= 0, so with a >= 0 nothing cancels in the
+ * sum. It is even in (b0, b1) -> (-b0, -b1), so bm = (b0+b1)/2 >= 0 below.
+ *  - near (|h| <= 1/2, |2 bm h| <= 1, h = (b1-b0)/2): E around the midpoint,
+ *    exp(-(bm + h t)^2) = exp(-bm^2) sum c_n t^n with c_0 = 1, c_1 = -x,
+ *    (n+1) c_{n+1} = -(x c_n + 2y c_{n-1}), x = 2 bm h, y = h^2; then
+ *    J0 = exp(-bm^2) sum_even c_n/(n+1), J1 = exp(-bm^2) sum_odd c_n/(n+2),
+ *    K0 = (J0 - J1)/2, K1 = (J0 + J1)/2 (|J1| <= J0/2: no cancellation);
+ *  - far: with p <= q the two b's and L = q - p, I0 = int_p^q E du from
+ *    erfc differences in the same tail (p >= 0: erfc(p) - erfc(q), ratio
+ *    <= exp(-L(p+q)) <= exp(-1)) or erf sums across 0 (p < 0), the moment
+ *    I1 = int (u - p) E du = (e_p - e_q)/2 - p I0 and int (q - u) E du =
+ *    L I0 - I1; K_p, K_q = those over L^2. */
+#define LTE_F32_NSER 14 /* the near series to c_(NSER+1): truncation < 3e-11 of J0 */
+static inline LTE_HD float lte_f32_dtau(float a0, float a1, float b0, float b1, float e0, float e1,
+                                        float c0, float c1) {
+  if (b0 + b1 < 0.0f) b0 = -b0, b1 = -b1; /* e, c are of |b| */
+  const float h = 0.5f * (b1 - b0), bm = 0.5f * (b0 + b1);
+  const float ah = fabsf(h);
+  if (ah <= 0.5f && bm * ah <= 0.5f) {
+    const float x = 2.0f * bm * h, y2 = 2.0f * (h * h);
+    float cm = 1.0f, cn = -x, s0 = 1.0f, s1 = -x * (1.0f / 3.0f);
+    /* 1/k, k = 1 .. LTE_F32_NSER + 3 (multiplications: no divisions in the loop) */
+    const float inv[LTE_F32_NSER + 4] = {0.0f, 1.0f, 1.0f / 2, 1.0f / 3, 1.0f / 4, 1.0f / 5,
+                                          1.0f / 6, 1.0f / 7, 1.0f / 8, 1.0f / 9, 1.0f / 10,
+                                          1.0f / 11, 1.0f / 12, 1.0f / 13, 1.0f / 14, 1.0f / 15,
+                                          1.0f / 16, 1.0f / 17};
+    LTE_UNROLL
+    for (int n = 1; n < LTE_F32_NSER; n += 2) { /* c_{n+1} (even), then c_{n+2} (odd) */
+      const float ce = -(x * cn + y2 * cm) * inv[n + 1];
+      s0 += ce * inv[n + 2];
+      const float co = -(x * ce + y2 * cn) * inv[n + 2];
+      s1 += co * inv[n + 4];
+      cm = ce, cn = co;
+    }
+    const float em = lte_f32_expneg(bm * bm);
+    const float J0 = em * s0, J1 = em * s1;
+    return a0 * (0.5f * (J0 - J1)) + a1 * (0.5f * (J0 + J1));
+  }
+  const int swap = b1 < b0; /* p: the smaller b */
+  const float p = swap ? b1 : b0, q = swap ? b0 : b1, ap = swap ? a1 : a0, aq = swap ? a0 : a1;
+  const float ep = swap ? e1 : e0, eq = swap ? e0 : e1, cp = swap ? c1 : c0, cq = swap ? c0 : c1;
+  const float L = q - p;
+  float I0, Iq, Ip;
+  if (p >= 0.0f) { /* same tail: erfc(p) - erfc(q) */
+    I0 = LTE_F32_SQRT_PI_2 * (cp - cq);
+    Iq = 0.5f * (ep - eq) - p * I0;
+    Iq = Iq > 0.0f ? Iq : 0.0f;
+    Ip = L * I0 - Iq;
+  } else { /* across 0 (|p| <= q): erf(q) + erf(|p|), both terms of Iq >= 0 */
+    I0 = LTE_F32_SQRT_PI_2 * ((1.0f - cq) + (1.0f - cp));
+    Iq = 0.5f * (ep - eq) - p * I0;
+    Ip = q * I0 - 0.5f * (ep - eq);
+  }
+  const float il2 = 1.0f / (L * L);
+  return (ap * Ip + aq * Iq) * il2;
+}
+
+/* One segment's term of the formal solution, S linear in tau, from em0 =
+ * exp(-tau0), em1 = exp(-tau1) and D. D < 1e-4: Pomme's series as
+ * LTE_SEG_FORMAL (the float64 path's branch, its sign quirk included).
+ * Else em0 (S0 w0 + S1 w1) with the exact weights w0 = (e^-D - 1 + D)/D,
+ * w1 = (1 - (1 + D) e^-D)/D: by their series below D = 1/2
+ * (w0 = sum (-1)^(n+1) D^n/(n+1)!, w1 = sum (-1)^(n+1) n D^n/(n+1)!,
+ * 9 terms: truncation < 2e-9 relative), above from g = 1 - e^-D = -expm1(-D)
+ * (w0 = 1 - g/D, w1 = g/D - (1 - g): cancellation <= 4.4 at D = 1/2). */
+static inline LTE_HD float lte_f32_formal(float D, float S0, float S1, float em0, float em1,
+                                          int corrected) {
+  if (D < 1.0e-4f) {
+    const float c1 = 0.5f * D, c2 = c1 * ((1.0f / 3.0f) * D), c3 = c2 * (0.25f * D);
+    const float f0 = corrected ? c1 - c2 + c3 : c1 + c2 + c3;
+    const float f1 = corrected ? c1 + c2 + c3 : c1 - c2 - c3;
+    return S0 * (em0 * f0) + S1 * (em1 * f1);
+  }
+  float w0, w1;
+  if (D < 0.5f) {
+    /* Horner from n = 9: coefficients 1/(n+1)! and n/(n+1)! with alternating signs */
+    const float k0[9] = {1.0f / 2, -1.0f / 6, 1.0f / 24, -1.0f / 120, 1.0f / 720, -1.0f / 5040,
+                         1.0f / 40320, -1.0f / 362880, 1.0f / 3628800};
+    const float k1[9] = {1.0f / 2, -2.0f / 6, 3.0f / 24, -4.0f / 120, 5.0f / 720, -6.0f / 5040,
+                         7.0f / 40320, -8.0f / 362880, 9.0f / 3628800};
+    w0 = k0[8], w1 = k1[8];
+    LTE_UNROLL
+    for (int i = 7; i >= 0; i--) w0 = w0 * D + k0[i], w1 = w1 * D + k1[i];
+    w0 *= D, w1 *= D;
+  } else {
+    const float g = -expm1f(-D), gd = g / D;
+    w0 = 1.0f - gd;
+    w1 = gd - (1.0f - g);
+  }
+  return em0 * (S0 * w0 + S1 * w1);
+}
+
+/* b, exp(-b^2) and erfc(|b|) of a cell at frequency nu: b is the float64
+ * expression of lte_body_profile rounded once, within +-1e18 (a cell of
+ * T < ~1e-25 K would overflow float32; there exp and erfc are 0 alike, and
+ * L^2 in lte_f32_dtau stays finite) */
+static inline LTE_HD void lte_f32_profile(const lte_kernel_model *M, double iw, double shift,
+                                          double nu, float *b, float *e, float *c) {
+  const double xd = iw * (shift * nu - M->nu0);
+  const float x = (float)(xd > 1e18 ? 1e18 : xd < -1e18 ? -1e18 : xd);
+  *b = x;
+  *e = lte_f32_expneg(x * x);
+  *c = erfcf(fabsf(x));
+}
+
+#ifdef LTE_BODY_F32_NAIVE
+/* The float64 formulas in float32 (test_lte_backends' naive build: its
+ * float32 criterion must fail on these) */
+static inline LTE_HD float lte_f32_naive_dtau(float a0, float a1, float b0, float b1, float e0,
+                                              float e1, float er0, float er1) {
+  LTE_SEG_DTAU(float, a0, a1, b0, b1, e0, e1, er0, er1, b10, d, near);
+  return fabsf(b10) < 1.0e-4f ? near : d;
+}
+static inline LTE_HD float lte_f32_naive_formal(float D, float S0, float S1, float em0, float em1,
+                                                int corrected) {
+  LTE_SEG_FORMAL(float, D, S0, S1, em0, em1, corrected, r, taylor);
+  return D < 1.0e-4f ? taylor : r;
+}
+#endif
+
+/* 2, float32: one ray at one channel (the cell thread is the float64 one) */
+static inline LTE_HD void lte_body_ray_thread_f32(const lte_kernel_model *M, const lte_body_view *V,
+                                                  long long t) {
+  const long long R = V->nray, ray = t % R;
+  const int f = (int)(t / R), nf = V->nf, nz = V->nz;
+  double *out = V->image + ray * nf + f;
+  if (V->bad[ray]) {
+    *out = NAN;
+    return;
+  }
+  const double nu = V->freqs[f];
+  const double bdy =
+      V->background_map ? V->background_map[(ray % V->npix) * nf + f] : V->background;
+  float a0 = (float)V->adx[ray], S0 = (float)V->S[ray], b0, e0, c0;
+  lte_f32_profile(M, V->iw[ray], V->shift[ray], nu, &b0, &e0, &c0);
+  double tau = 0.0, sum = 0.0;
+  float em0 = 1.0f;
+  for (int k = 0; k + 1 < nz; k++) {
+    const long long o = (long long)(k + 1) * R + ray;
+    float a1 = (float)V->adx[o], S1 = (float)V->S[o], b1, e1, c1;
+    lte_f32_profile(M, V->iw[o], V->shift[o], nu, &b1, &e1, &c1);
+#ifdef LTE_BODY_F32_NAIVE
+    const float er0 = erff(b0), er1 = erff(b1);
+    const float D = lte_f32_naive_dtau(a0, a1, b0, b1, e0, e1, er0, er1);
+#else
+    const float D = lte_f32_dtau(a0, a1, b0, b1, e0, e1, c0, c1);
+#endif
+    tau = tau + (double)D;
+    const float em1 = lte_f32_expneg((float)tau);
+    if (em0 != 0.0f) /* behind an opaque layer every term is 0 */
+#ifdef LTE_BODY_F32_NAIVE
+      sum = sum + (double)lte_f32_naive_formal(D, S0, S1, em0, em1, M->corrected_taylor);
+#else
+      sum = sum + (double)lte_f32_formal(D, S0, S1, em0, em1, M->corrected_taylor);
+#endif
+    a0 = a1, S0 = S1, b0 = b1, e0 = e1, c0 = c1, em0 = em1;
+  }
+  double I = bdy * (double)em0 + sum;
+  *out = M->take_abs ? fabs(I) : I;
+}
+
 #ifndef __CUDACC__
 /* The host: the same bodies, one plain loop per launch, in thread order. */
 static inline void lte_body_run_host(const lte_kernel_model *M, const lte_body_view *V) {
   for (long long t = 0; t < V->nray * V->nz; t++) lte_body_cell_thread(M, V, t);
-  for (long long t = 0; t < V->nray * V->nf; t++) lte_body_ray_thread(M, V, t);
+  for (long long t = 0; t < V->nray * V->nf; t++)
+    if (M->f32)
+      lte_body_ray_thread_f32(M, V, t);
+    else
+      lte_body_ray_thread(M, V, t);
 }
 #endif
 

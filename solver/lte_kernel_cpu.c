@@ -398,7 +398,53 @@ static int load_ray(const lte_kernel_batch *B, double c_light, int c, size_t off
   return 1;
 }
 
+/* The float32 path (lte_kernel_model.f32): the host-compiled bodies of
+ * lte_kernel_body.h, one ray per call (a view of one ray: its cells in the
+ * caller's cube, scratch of nz cells), OpenMP threads over the rays. */
+static int cpu_solve_f32(const lte_kernel_model *M, const lte_kernel_batch *B) {
+  const int nf = B->nf, nz = B->nz;
+  const long long rays = (long long)B->nx * B->ny, total = rays * B->ncube;
+  const size_t esz = B->dtype == LTE_KERNEL_F32 ? 4 : 8;
+  int bad = 0, alloc_failed = 0;
+  int nt = B->threads > 0 ? B->threads : omp_get_max_threads();
+#pragma omp parallel num_threads(nt)
+  {
+    double *scratch = malloc(4 * (size_t)nz * sizeof(double));
+    if (!scratch) {
+#pragma omp atomic write
+      alloc_failed = 1;
+    }
+#pragma omp for schedule(dynamic, 16)
+    for (long long r = 0; r < total; r++) {
+      if (!scratch) continue;
+      const int c = (int)(r / rays);
+      const long long pix = r % rays;
+      const size_t off = (size_t)pix * nz * esz;
+      int flag = 0;
+      lte_body_view V = {.nray = 1, .npix = 1, .nz = nz, .nf = nf, .dtype = B->dtype,
+                         .v = (const char *)B->v[c] + off, .T = (const char *)B->T[c] + off,
+                         .n = (const char *)B->n[c] + off,
+                         .pl = B->pop_l ? (const char *)B->pop_l[c] + off : NULL,
+                         .pu = B->pop_u ? (const char *)B->pop_u[c] + off : NULL,
+                         .freqs = B->freqs, .background = B->background,
+                         .background_map = B->background_map ? B->background_map + pix * nf : NULL,
+                         .S = scratch, .adx = scratch + nz, .iw = scratch + 2 * (size_t)nz,
+                         .shift = scratch + 3 * (size_t)nz, .bad = &flag,
+                         .image = B->image[c] + pix * nf};
+      lte_body_run_host(M, &V);
+      if (flag) {
+#pragma omp atomic write
+        bad = 1;
+      }
+    }
+    free(scratch);
+  }
+  if (alloc_failed) CE_FAIL("LTE solver: out of memory for the ray workspace (nz = %d)", nz);
+  return bad ? LTE_KERNEL_BAD_INPUT : 0;
+}
+
 static int cpu_solve(const lte_kernel_model *M, const lte_kernel_batch *B) {
+  if (M->f32) return cpu_solve_f32(M, B);
   const int nf = B->nf, ny = B->ny, nz = B->nz;
   const long long rays = (long long)B->nx * ny, total = rays * B->ncube;
   int bad = 0, alloc_failed = 0;

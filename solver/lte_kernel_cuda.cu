@@ -43,6 +43,14 @@ __global__ void lte_rays_kernel(lte_kernel_model m, lte_body_view v) {
     lte_body_ray_thread(&m, &v, t);
 }
 
+/* the float32 path (lte_kernel_model.f32): the same cells, float32 rays */
+__global__ void lte_rays_f32_kernel(lte_kernel_model m, lte_body_view v) {
+  const long long n = v.nray * v.nf;
+  for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < n;
+       t += (long long)gridDim.x * blockDim.x)
+    lte_body_ray_thread_f32(&m, &v, t);
+}
+
 static unsigned grid_for(long long n) {
   long long g = (n + BLOCK - 1) / BLOCK;
   return (unsigned)(g < 1 ? 1 : g > (1 << 20) ? (1 << 20) : g);
@@ -286,7 +294,10 @@ static int slot_launch(slot *s, const sizes *z, const lte_kernel_model *Md,
   v.image = dimage;
   lte_cells_kernel<<<grid_for(v.nray * v.nz), BLOCK, 0, s->stream>>>(*Md, v);
   CU(cudaGetLastError(), "launching the cell kernel");
-  lte_rays_kernel<<<grid_for(v.nray * v.nf), BLOCK, 0, s->stream>>>(*Md, v);
+  if (Md->f32)
+    lte_rays_f32_kernel<<<grid_for(v.nray * v.nf), BLOCK, 0, s->stream>>>(*Md, v);
+  else
+    lte_rays_kernel<<<grid_for(v.nray * v.nf), BLOCK, 0, s->stream>>>(*Md, v);
   CU(cudaGetLastError(), "launching the ray kernel");
   CU(cudaMemcpyAsync(p.flags, dflags, z->flags * nc, cudaMemcpyDeviceToHost, s->stream),
      "cudaMemcpyAsync (flags to the host)");

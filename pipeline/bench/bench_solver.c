@@ -3,7 +3,8 @@
  * threads, for a random cube with realistic ranges (T 10..3000 K,
  * n 1e4..1e13 m^-3, v_z within +-10 km/s). Each figure is the median of
  * --reps timed runs after one warm-up. With --device cuda: cubes per second
- * of batches of --batch cubes on the GPU (copies included), instead. */
+ * of batches of --batch cubes on the GPU (copies included), instead.
+ * --precision float32 times the float32 path (docs/physics.md). */
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -34,9 +35,10 @@ static int cmp_d(const void *a, const void *b) {
  * shared with other work, CPU time / threads is the better speed figure). */
 static double time_solve(double *cpu, double *best, const lte_line *L, const double *f, int N, int ncube,
                          const double *const *v, const double *const *T, const double *const *n,
-                         double *const *img, int threads, int reps, lte_backend be) {
+                         double *const *img, int threads, int reps, lte_backend be,
+                         lte_precision prec) {
   lte_options o = {.dx = 2 * CUBES_AGB_HALF_WIDTH / N, .take_abs = 1, .threads = threads,
-                   .backend = be};
+                   .backend = be, .precision = prec};
   double *ms = malloc(sizeof(double) * reps), *cms = malloc(sizeof(double) * reps);
   if (lte_solve_batch(L, f, 7, ncube, N, N, N, v, T, n, &o, img) < 0) { /* warm-up */
     free(ms);
@@ -65,7 +67,7 @@ static double time_solve(double *cpu, double *best, const lte_line *L, const dou
 
 int bench_solver(int argc, char **argv) {
   int64_t reps = 9, threads = 0, batch = 4, size = 64;
-  const char *lamda = NULL, *device = "cpu";
+  const char *lamda = NULL, *device = "cpu", *precision = "float64";
   cli_opt opts[] = {
       {"reps", CLI_INT, &reps, "N", "timed repetitions per figure (median; default 9)", 0, 0},
       {"threads", CLI_INT, &threads, "N", "threads for the parallel figure (default: all)", 0, 0},
@@ -73,6 +75,7 @@ int bench_solver(int argc, char **argv) {
       {"size", CLI_INT, &size, "N", "cube edge (default 64)", 0, 0},
       {"lamda", CLI_STR, &lamda, "FILE", "LAMDA file (default: the built-in co.dat path)", 0, 0},
       {"device", CLI_STR, &device, "cpu|cuda", "where the solver runs (default cpu; cuda: the first GPU, batch figures only)", 0, 0},
+      {"precision", CLI_STR, &precision, "P", "the solver's arithmetic: float64 (default) or float32", 0, 0},
       {0}};
   const cli_command spec = {"bench solver", "[options]",
                             "Time the LTE imager on random 64^3 cubes.", opts, 0, 0};
@@ -83,6 +86,9 @@ int bench_solver(int argc, char **argv) {
   lte_backend be;
   if (lte_backend_parse(device, &be) < 0)
     return cli_usage_fail("bench solver", "--device: %s", ce_err_msg());
+  lte_precision prec;
+  if (lte_precision_parse(precision, &prec) < 0)
+    return cli_usage_fail("bench solver", "--precision: %s", ce_err_msg());
   char desc[320];
   if (lte_backend_open(be, 0, desc, sizeof desc) < 0) {
     ce_err_prefix("--device %s", device);
@@ -116,25 +122,26 @@ int bench_solver(int argc, char **argv) {
     /* the device: batches only (one cube per call leaves a GPU idle) */
     double cb, bb;
     printf("solver device %s\n", desc);
-    double tb = time_solve(&cb, &bb, &L, f, N, nb, cv, cT, cn, img, (int)threads, (int)reps, be);
+    double tb = time_solve(&cb, &bb, &L, f, N, nb, cv, cT, cn, img, (int)threads, (int)reps, be, prec);
     if (tb < 0) {
       rc = cli_fail("bench solver");
     } else {
-      printf("solver lte%d device=%s batch=%d ms_per_cube %.4f cubes_per_s %.0f best_cubes_per_s "
-             "%.0f\n", N, device, nb, tb, 1e3 / tb, 1e3 / bb);
+      printf("solver lte%d device=%s precision=%s batch=%d ms_per_cube %.4f cubes_per_s %.0f best_cubes_per_s "
+             "%.0f\n", N, device, precision, nb, tb, 1e3 / tb, 1e3 / bb);
     }
     goto done;
   }
-  printf("solver kernel %s\n", lte_kernel_name());
+  printf("solver kernel %s precision %s\n",
+         prec == LTE_PRECISION_F32 ? "float32-bodies" : lte_kernel_name(), precision);
   /* median wall time, its speedup over 1 thread, the best (least disturbed)
    * run and the speedup of best over best, median CPU time */
   double c1, cn_, cb, b1, bn, bb;
-  double t1 = time_solve(&c1, &b1, &L, f, N, 1, cv, cT, cn, img, 1, (int)reps, be);
+  double t1 = time_solve(&c1, &b1, &L, f, N, 1, cv, cT, cn, img, 1, (int)reps, be, prec);
   printf("solver lte%d threads=1 ms_per_cube %.2f best %.2f cpu_ms_per_cube %.2f\n", N, t1, b1, c1);
-  double tn = time_solve(&cn_, &bn, &L, f, N, 1, cv, cT, cn, img, (int)threads, (int)reps, be);
+  double tn = time_solve(&cn_, &bn, &L, f, N, 1, cv, cT, cn, img, (int)threads, (int)reps, be, prec);
   printf("solver lte%d threads=%d ms_per_cube %.2f speedup %.2f best %.2f best_speedup %.2f "
          "cpu_ms_per_cube %.2f\n", N, (int)threads, tn, t1 / tn, bn, b1 / bn, cn_);
-  double tb = time_solve(&cb, &bb, &L, f, N, nb, cv, cT, cn, img, (int)threads, (int)reps, be);
+  double tb = time_solve(&cb, &bb, &L, f, N, nb, cv, cT, cn, img, (int)threads, (int)reps, be, prec);
   printf("solver lte%d batch=%d threads=%d ms_per_cube %.2f speedup %.2f best %.2f best_speedup "
          "%.2f cpu_ms_per_cube %.2f\n", N, nb, (int)threads, tb, t1 / tb, bb, b1 / bb, cb);
 done:

@@ -120,7 +120,7 @@ static int read_h5_cube(const char *path, cube *c) {
 /* outputs */
 
 typedef struct {
-  const char *cmdline, *lamda, *channels, *input;
+  const char *cmdline, *lamda, *channels, *input, *precision;
   int transition, upper, lower, take_abs, corrected;
   double dx, vturb, mass, background;
 } provenance;
@@ -165,6 +165,7 @@ static int write_h5(const char *path, const double *img, int nx, int ny, int nf,
   bad |= put_num(g, "background", p->background) < 0;
   bad |= put_num(g, "abs", p->take_abs) < 0;
   bad |= put_num(g, "corrected_taylor", p->corrected) < 0;
+  bad |= h5_put_str_attr(g, "precision", p->precision) < 0;
   H5Gclose(g);
   bad |= H5Fclose(f) < 0;
   if (bad) {
@@ -296,7 +297,8 @@ int cmd_solve(int argc, char **argv) {
   args[nargs] = NULL;
 
   const char *vz = NULL, *Tp = NULL, *np = NULL, *in = NULL, *lamda = NULL, *channels = "coemunet",
-             *out = NULL, *fits = NULL, *preview = NULL, *device = "cpu";
+             *out = NULL, *fits = NULL, *preview = NULL, *device = "cpu",
+             *precision = "float64";
   double dx = 0, vturb = 0, mass = 0, background = 0;
   int64_t transition = 0, upper = 0, lower = 0, threads = 0;
   int take_abs = 0, corrected = 0, dummy_example = 0;
@@ -320,6 +322,7 @@ int cmd_solve(int argc, char **argv) {
       {"corrected-taylor", CLI_FLAG, &corrected, NULL, "correct small-dtau expansion instead of Pomme's", 0, 0},
       {"threads", CLI_INT, &threads, "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)", 0, 0},
       {"device", CLI_STR, &device, "cpu|cuda", "where the solver runs (default cpu; cuda: the first GPU, an error without one)", 0, 0},
+      {"precision", CLI_STR, &precision, "P", "the solver's arithmetic: float64 (default, the reference) or float32 (within 1e-5 of it, docs/physics.md)", 0, 0},
       {"out", CLI_STR, &out, "FILE", "image (x, y, frequency) as .npy or .h5 (with frequencies and provenance)", 0, 0},
       {"fits", CLI_STR, &fits, "FILE", "also write a FITS cube (x, y, FREQ)", 0, 0},
       {"preview", CLI_STR, &preview, "FILE", "also write the channel maps as a PNG", 0, 0},
@@ -350,6 +353,11 @@ int cmd_solve(int argc, char **argv) {
   lte_backend backend = LTE_BACKEND_CPU;
   if (lte_backend_parse(device, &backend) < 0) {
     ce_err_prefix("--device");
+    goto usage;
+  }
+  lte_precision prec = LTE_PRECISION_F64;
+  if (lte_precision_parse(precision, &prec) < 0) {
+    ce_err_prefix("--precision");
     goto usage;
   }
   int nsrc = example + (in != NULL) + (vz || Tp || np);
@@ -428,7 +436,8 @@ int cmd_solve(int argc, char **argv) {
   img = ce_malloc_array((size_t)c.nx * c.ny * nf, sizeof *img, "image");
   if (!img) goto fail;
   lte_options o = {.dx = dx, .vturb = vturb, .background = background, .take_abs = take_abs,
-                   .corrected_taylor = corrected, .threads = (int)threads, .backend = backend};
+                   .corrected_taylor = corrected, .threads = (int)threads, .backend = backend,
+                   .precision = prec};
   if (backend != LTE_BACKEND_CPU && lte_backend_open(backend, 0, NULL, 0) < 0) {
     ce_err_prefix("--device %s", device);
     goto fail;
@@ -440,7 +449,7 @@ int cmd_solve(int argc, char **argv) {
     if (which >= 0) ce_err_prefix("%s", c.src[which]);
     goto fail;
   }
-  provenance p = {cmdline, lamda, channels, input_desc, (int)transition, L.upper, L.lower,
+  provenance p = {cmdline, lamda, channels, input_desc, precision, (int)transition, L.upper, L.lower,
                   take_abs, corrected, dx, vturb, L.mass_amu, background};
   if (out) {
     if (ends_with(out, ".npy")) {

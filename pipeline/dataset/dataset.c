@@ -20,6 +20,7 @@
 #include "rotate/directions.h"
 #include "rotate/sampler.h"
 #include "rotate/synth.h"
+#include "solver/lte_kernel.h" /* lte_precision */
 
 void dataset_layout(const job *j, shard_layout *lay) {
   lay->n = j->n;
@@ -173,7 +174,9 @@ static int write_solver(hid_t f, const job *j, double nu0) {
     H5Tclose(st);
   }
   if (rc == 0 &&
-      (h5_put_str_attr(gr, "imager", "LTE, Pomme-equivalent (docs/physics.md), float64") < 0 ||
+      (h5_put_str_attr(gr, "imager", j->solver_precision == LTE_PRECISION_F32
+                                         ? "LTE, Pomme-equivalent (docs/physics.md), float32 path"
+                                         : "LTE, Pomme-equivalent (docs/physics.md), float64") < 0 ||
        put_i64(gr, "transition", j->transition) < 0 || put_f64(gr, "nu0", nu0) < 0 ||
        put_f64(gr, "mass", j->mass) < 0 || put_f64(gr, "vturb", j->vturb) < 0 ||
        put_f64(gr, "background", j->background) < 0 || put_i64(gr, "abs", j->take_abs) < 0 ||

@@ -400,6 +400,7 @@ int producer_open(const job *j, const char *out_dir, generate_producer *p) {
   c->opt.take_abs = j->take_abs;
   c->opt.corrected_taylor = j->corrected_taylor;
   c->opt.backend = (lte_backend)j->solver_device;
+  c->opt.precision = (lte_precision)j->solver_precision;
   if (rc < 0) {
     producer_close(c);
     return rc;

@@ -273,6 +273,8 @@ static int fill(const char *name, const yt_node *r, job *j) {
   j->mass = schema_num(r, "solver.mass");
   j->corrected_taylor = schema_bool(r, "solver.corrected_taylor");
   j->solver_device = !strcmp(schema_str(r, "solver.device"), "cuda") ? LTE_BACKEND_CUDA : LTE_BACKEND_CPU;
+  j->solver_precision =
+      !strcmp(schema_str(r, "solver.precision"), "float32") ? LTE_PRECISION_F32 : LTE_PRECISION_F64;
 
   DUP(j->out_dir, strdup(schema_str(r, "output.directory")));
   j->samples_per_shard = schema_int(r, "output.samples_per_shard");

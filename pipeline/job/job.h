@@ -95,6 +95,7 @@ typedef struct {
   double vturb, background, mass;
   int take_abs, corrected_taylor;
   int solver_device;     /* solver.device: an lte_backend (LTE_BACKEND_CPU, LTE_BACKEND_CUDA) */
+  int solver_precision;  /* solver.precision: an lte_precision (LTE_PRECISION_F64, _F32) */
 
   /* output */
   char *out_dir;

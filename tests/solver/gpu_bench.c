@@ -6,11 +6,15 @@
  *   gpu_bench device cuda: cuda device 0 of 1: NVIDIA H200 (...)
  *   gpu_bench lte64x7 backend=cuda cells=f64 batch=64 cubes_per_s 21234 ms_per_batch 3.01
  *   gpu_bench lte64x7 backend=cuda cells=f32 batch=64 cubes_per_s ...
+ *   gpu_bench lte64x7 backend=cuda cells=f32 precision=float32 batch=64 cubes_per_s ...
  *   gpu_bench lte64x7 backend=cpu cells=f64 batch=8 threads=16 cubes_per_s ...
  *   gpu_bench lte64x7 cuda_vs_cpu max_rel 3.1e-12 pixels 28672 (informational; the
  *     pass/fail parity is test_lte_backends')
  * cells=f32 is float32 input cells (widened exactly; float64 arithmetic),
- * the layout of a dataset's stored inputs: half the bytes over the bus.
+ * the layout of a dataset's stored inputs: half the bytes over the bus;
+ * precision=float32 is the float32 path (docs/physics.md) on float32 cells,
+ * with an informational line of its difference from float64 on cube 0
+ * (f32_vs_f64; the pass/fail criterion is test_lte_backends').
  * Each figure: the median of --reps timed calls after one warm-up call.
  *
  *   gpu_bench [--batch B] [--reps R] [--size N] [--cpu-batch B] [--lamda FILE]
@@ -47,8 +51,9 @@ typedef struct {
 
 /* median seconds per call of reps calls on nb cubes; -1 on error */
 static double timed(const lte_line *L, const double *f, const cubes *c, int nb, int f32,
-                    lte_backend be, int reps) {
-  lte_options o = {.dx = 2 * CUBES_AGB_HALF_WIDTH / c->N, .take_abs = 1, .backend = be};
+                    lte_backend be, lte_precision prec, int reps) {
+  lte_options o = {.dx = 2 * CUBES_AGB_HALF_WIDTH / c->N, .take_abs = 1, .backend = be,
+                   .precision = prec};
   lte_kernel_model m;
   lte_kernel_model_init(&m, L, &o);
   const lte_kernel *k = lte_kernel_get(be);
@@ -124,7 +129,7 @@ int main(int argc, char **argv) {
       c.v32[b][i] = (float)c.v[b][i], c.T32[b][i] = (float)c.T[b][i], c.n32[b][i] = (float)c.n[b][i];
   }
   int rc = 0, ran_device = 0;
-  double *cpu_img = malloc(np * 8);
+  double *cpu_img = malloc(np * 8), *f64_img = malloc(np * 8);
   for (int i = LTE_BACKEND_COUNT - 1; i >= 0; i--) {
     lte_backend be = (lte_backend)i;
     const lte_kernel *k = lte_kernel_get(be);
@@ -137,22 +142,42 @@ int main(int argc, char **argv) {
     }
     printf("gpu_bench device %s: %s\n", k->name, desc);
     int batch = be == LTE_BACKEND_CPU ? cpu_nb : nb;
-    for (int f32 = 0; f32 < 2; f32++) {
-      double s = timed(&L, f, &c, batch, f32, be, reps);
+    /* f64 cells, f32 cells (float64 arithmetic), then the float32 path */
+    for (int mode = 0; mode < 3; mode++) {
+      const int f32 = mode >= 1;
+      const lte_precision prec = mode == 2 ? LTE_PRECISION_F32 : LTE_PRECISION_F64;
+      double s = timed(&L, f, &c, batch, f32, be, prec, reps);
       if (s < 0) {
         printf("gpu_bench lte%dx7 backend=%s failed: %s\n", N, k->name, ce_err_msg());
         rc = 1;
         break;
       }
-      printf("gpu_bench lte%dx7 backend=%s cells=%s batch=%d", N, k->name, f32 ? "f32" : "f64",
-             batch);
+      printf("gpu_bench lte%dx7 backend=%s cells=%s%s batch=%d", N, k->name, f32 ? "f32" : "f64",
+             mode == 2 ? " precision=float32" : "", batch);
       if (be == LTE_BACKEND_CPU) printf(" threads=%d", omp_get_max_threads());
       printf(" cubes_per_s %.1f ms_per_batch %.3f\n", batch / s, s * 1e3);
       fflush(stdout);
+      if (mode == 1) { /* this backend's float64 image of cube 0, f32 cells */
+        memcpy(f64_img, c.img[0], np * 8);
+        if (be != LTE_BACKEND_CPU) memcpy(cpu_img, c.img[0], np * 8);
+      }
+      if (mode == 2) {
+        double worst = 0, mx = 0;
+        size_t counted = 0;
+        for (size_t i = 0; i < np; i++) mx = fmax(mx, fabs(f64_img[i]));
+        for (size_t i = 0; i < np; i++) {
+          if (fabs(f64_img[i]) <= 1e-12 * mx) continue;
+          counted++;
+          worst = fmax(worst, fabs(c.img[0][i] - f64_img[i]) / fabs(f64_img[i]));
+        }
+        printf("gpu_bench lte%dx7 backend=%s f32_vs_f64 max_rel %.3g pixels %zu (informational: "
+               "every pixel above round-off, ill-conditioned ones included)\n",
+               N, k->name, worst, counted);
+        memcpy(c.img[0], f64_img, np * 8); /* the cuda_vs_cpu line compares float64 */
+      }
     }
     if (be != LTE_BACKEND_CPU) {
-      ran_device = 1;
-      memcpy(cpu_img, c.img[0], np * 8); /* keep the device's image of cube 0 (f32 cells) */
+      ran_device = 1; /* cpu_img: the device's float64 image of cube 0 (f32 cells) */
     } else if (ran_device) {
       double worst = 0, mx = 0;
       for (size_t i = 0; i < np; i++) mx = fmax(mx, fabs(c.img[0][i]));
@@ -172,7 +197,7 @@ int main(int argc, char **argv) {
     free(c.v32[b]), free(c.T32[b]), free(c.n32[b]);
   }
   free(c.v), free(c.T), free(c.n), free(c.img), free(c.v32), free(c.T32), free(c.n32);
-  free(cpu_img);
+  free(cpu_img), free(f64_img);
   lte_line_free(&L);
   lamda_free(&mol);
   return rc;

@@ -219,18 +219,19 @@ static void backend_against_reference(lte_backend be, const lte_kernel *kern) {
 
 /* Cells so cold that both populations underflow neither emit nor absorb:
  * the image is that of the same ray with those cells emptied, never NaN. */
-static void backend_cold_cells(lte_backend be, const lte_kernel *kern) {
+static void backend_cold_cells_p(lte_backend be, const lte_kernel *kern, lte_precision prec,
+                                 double T_cold) {
   enum { NZ = 40 };
   double v[NZ], T[NZ], n[NZ], n0[NZ], f[FREQGRID_COEMUNET_N], a[7], b[7];
   freqgrid_coemunet(L.nu0, f);
   for (int z = 0; z < NZ; z++) {
     v[z] = 300.0 * (z - 20);
-    T[z] = z % 7 == 3 ? 0.002 : 40 + 10 * z;
+    T[z] = z % 7 == 3 ? T_cold : 40 + 10 * z;
     n[z] = n0[z] = 1e8;
     if (T[z] < 1) n0[z] = 0;
   }
   for (int libm = 0; libm < 2; libm++) {
-    lte_options o = {.dx = 3e10, .libm = libm};
+    lte_options o = {.dx = 3e10, .libm = libm, .precision = prec};
     lte_kernel_model m;
     lte_kernel_model_init(&m, &L, &o);
     const void *pv = v, *pT = T, *pn = n, *pn0 = n0;
@@ -244,6 +245,10 @@ static void backend_cold_cells(lte_backend be, const lte_kernel *kern) {
       CHECK_MSG(!isnan(a[i]) && a[i] == b[i] && a[i] > 0, "%s, libm %d, channel %d: %g vs %g",
                 lte_backend_name(be), libm, i, a[i], b[i]);
   }
+}
+
+static void backend_cold_cells(lte_backend be, const lte_kernel *kern) {
+  backend_cold_cells_p(be, kern, LTE_PRECISION_F64, 0.002);
 }
 
 /* A bad cell: the kernel says so, the driver names the first one. */
@@ -295,6 +300,8 @@ static void backend_too_large(lte_backend be, const lte_kernel *kern) {
             ce_err_msg());
 }
 
+static void f32_against_reference(const char *name, const lte_kernel *kern, int cpu_bits);
+
 static void test_backends(void) {
   int built = 0;
   for (int i = 0; i < LTE_BACKEND_COUNT; i++) {
@@ -320,6 +327,7 @@ static void test_backends(void) {
     }
     fprintf(stderr, "  %s: %s\n", k->name, desc);
     backend_against_reference(be, k);
+    f32_against_reference(k->name, k, 0);
     backend_cold_cells(be, k);
     backend_bad_cells(be, k);
     if (be != LTE_BACKEND_CPU) backend_too_large(be, k);
@@ -451,11 +459,131 @@ static void test_bodies_pops(void) {
     k.image = &pb;
     CHECK(body_solve(&m, &k) == 0);
     CHECK_MSG(!memcmp(a, b, sizeof a), "non-LTE populations, float32 %d: bodies differ from the cpu", f32);
+    { /* the float32 path with these populations (some inverted: chi < 0) */
+      double c32[NX * NY * 7], mx = 0, worst = 0;
+      double *pc = c32;
+      lte_options o32 = o;
+      o32.precision = LTE_PRECISION_F32;
+      lte_kernel_model m32;
+      lte_kernel_model_init(&m32, &L, &o32);
+      k.image = &pc;
+      CHECK(body_solve(&m32, &k) == 0);
+      k.image = &pb;
+      for (int i = 0; i < NX * NY * 7; i++) mx = fmax(mx, fabs(a[i]));
+      for (int i = 0; i < NX * NY * 7; i++)
+        if (fabs(a[i]) > 1e-12 * mx) worst = fmax(worst, fabs(c32[i] - a[i]) / fabs(a[i]));
+      fprintf(stderr, "  float32 bodies, non-LTE populations, float32 cells %d: worst relative "
+              "difference %.3g from float64\n", f32, worst);
+      CHECK_MSG(worst <= 1e-5, "non-LTE populations, float32 path: %.3g from float64", worst);
+    }
     pu[NZ + 3] = 1.5, pu32[NZ + 3] = 1.5f; /* ray 1 */
     CHECK(body_solve(&m, &k) == LTE_KERNEL_BAD_INPUT);
     CHECK(isnan(b[7]) && !isnan(b[0]) && b[0] == a[0] && b[14] == a[14]);
     pu[NZ + 3] = pu32[NZ + 3] = 0.25;
   }
+}
+
+/* ---------------------------------------------------------------------- */
+/* The float32 path (lte_kernel_model.f32, lte_kernel_body.h): the
+ * host-compiled float32 ray bodies against the float64 reference on every
+ * batch case above (thin segments, |b1 - b0| < 1e-4 and D < 1e-4 included:
+ * the random cubes repeat a quarter of their cells), both Taylor forms,
+ * float32 and float64 cells, a background map, |I|. The criterion is
+ * docs/physics.md's ("The float32 path"): 1e-5 relative on every pixel that
+ * is neither round-off nor ill-conditioned, classified as for float64
+ * (|I| <= 1e-12 max|I|: round-off; the reference's noise estimate above
+ * 1e-8 |I|: ill-conditioned). The CPU backend's float32 path (the same
+ * bodies, OpenMP over rays) and the driver give the same bits. With
+ * LTE_BODY_F32_NAIVE (the meson test solver_lte_f32_naive, should_fail) the
+ * bodies use the float64 formulas in float32 and this criterion fails. */
+#define F32_TOL 1e-5
+
+/* kern (precision float32) against the reference, every case, both cell
+ * modes; with cpu_bits, the CPU backend's float32 path and the driver must
+ * give kern's bits (kern: the host-compiled bodies). */
+static void f32_against_reference(const char *name, const lte_kernel *kern, int cpu_bits) {
+  for (int libm = 0; libm < 2; libm++) {
+    tally t = {0};
+    double worst_all = 0; /* every non-round-off pixel, ill-conditioned ones too */
+    int bad = 0;
+    for (size_t ki = 0; ki < sizeof cases / sizeof *cases; ki++) {
+      const batch_case *k = &cases[ki];
+      batch_data d;
+      batch_make(k, &d);
+      double *bg = dalloc(d.np);
+      for (int i = 0; i < d.np; i++) bg[i] = BG_STEP * (i % 5);
+      lte_options o = case_options(k, bg, libm, 2);
+      o.precision = LTE_PRECISION_F32;
+      lte_kernel_model m;
+      lte_kernel_model_init(&m, &L, &o);
+      CHECK(m.f32 == 1);
+      lte_kernel_batch b = kernel_batch(k, &d, &o, 0, k->ncube);
+      CHECK_MSG(kern->solve(&m, &b) == 0, "%s: %s", name, ce_err_msg());
+      for (int c = 0; c < k->ncube; c++) {
+        const double *img = d.img[c], *ref = d.ref[c], *noise = d.noise[c];
+        double mx = 0;
+        for (int i = 0; i < d.np; i++) mx = fmax(mx, fabs(ref[i]));
+        for (int i = 0; i < d.np; i++) {
+          t.total++;
+          if (fabs(ref[i]) <= 1e-12 * mx) continue;
+          double rel = fabs(img[i] - ref[i]) / fabs(ref[i]);
+          worst_all = fmax(worst_all, rel);
+          if (noise[i] > 1e-8 * fabs(ref[i])) {
+            t.ill++;
+            continue;
+          }
+          t.counted++;
+          t.worst = fmax(t.worst, rel);
+          if (!(rel <= F32_TOL) && bad++ < 5)
+            CHECK_FAIL_("float32 %s, libm %d, %s seed %llu cube %d pixel %d: %.9g vs "
+                        "reference %.9g (rel %.3g, |I|/max %.3g)",
+                        name, libm, k->grid, (unsigned long long)k->seed, c, i, img[i], ref[i],
+                        rel, fabs(ref[i]) / mx);
+        }
+      }
+      if (cpu_bits) { /* the CPU backend's float32 path and the driver: the same code, the same bits */
+        double **cpu = calloc(k->ncube, sizeof(double *));
+        for (int c = 0; c < k->ncube; c++) {
+          cpu[c] = dalloc(d.np);
+          memcpy(cpu[c], d.img[c], d.np * sizeof(double));
+        }
+        CHECK(lte_kernel_cpu.solve(&m, &b) == 0);
+        for (int c = 0; c < k->ncube; c++)
+          CHECK_MSG(!memcmp(cpu[c], d.img[c], d.np * sizeof(double)),
+                    "float32: the cpu backend's image of cube %d differs from the bodies'", c);
+        if (!k->f32) {
+          CHECK_OK(lte_solve_batch(&L, d.fr, d.nf, k->ncube, k->nx, k->ny, k->nz,
+                                   (const double *const *)d.v, (const double *const *)d.T,
+                                   (const double *const *)d.n, &o, d.img));
+          for (int c = 0; c < k->ncube; c++)
+            CHECK_MSG(!memcmp(cpu[c], d.img[c], d.np * sizeof(double)),
+                      "float32: the driver's image of cube %d differs from the bodies'", c);
+        }
+        for (int c = 0; c < k->ncube; c++) free(cpu[c]);
+        free(cpu);
+      }
+      free(bg);
+      batch_free(k, &d);
+    }
+    fprintf(stderr, "  float32 %s, %s: worst relative difference %.3g on %d pixels (%.3g "
+            "with the %d ill-conditioned); %d round-off of %d\n",
+            name, libm ? "literal cells" : "fast cells", t.worst, t.counted, worst_all, t.ill,
+            t.total - t.counted - t.ill, t.total);
+    CHECK(t.counted > 1000 && t.ill < t.total / 4);
+  }
+}
+
+static void test_bodies_f32(void) {
+#ifdef LTE_BODY_F32_NAIVE
+  f32_against_reference("bodies (naive formulas)", &body_kernel, 0);
+#else
+  f32_against_reference("bodies", &body_kernel, 1);
+  /* cold cells: never NaN, the same image as with them emptied; 1e-300 K
+   * puts b beyond float32's range */
+  backend_cold_cells_p(LTE_BACKEND_CPU, &body_kernel, LTE_PRECISION_F32, 0.002);
+  backend_cold_cells_p(LTE_BACKEND_CPU, &body_kernel, LTE_PRECISION_F32, 1e-300);
+  backend_cold_cells_p(LTE_BACKEND_CPU, &lte_kernel_cpu, LTE_PRECISION_F32, 1e-300);
+#endif
 }
 
 /* Asking for a backend that is not built (or does not exist) is an error. */
@@ -501,10 +629,16 @@ int main(void) {
     fprintf(stderr, "%s\n", ce_err_msg());
     return 1;
   }
+#ifdef LTE_BODY_F32_NAIVE
+  RUN(test_bodies_f32);
+  (void)test_backends, (void)test_bodies, (void)test_bodies_pops, (void)test_backend_not_built;
+#else
   RUN(test_backends);
   RUN(test_bodies);
   RUN(test_bodies_pops);
+  RUN(test_bodies_f32);
   RUN(test_backend_not_built);
+#endif
   lte_line_free(&L);
   lamda_free(&co);
   return check_report();

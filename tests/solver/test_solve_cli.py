@@ -177,6 +177,21 @@ with tempfile.TemporaryDirectory() as d:
               ("no CUDA device" in err or "is not built into this coemu" in err),
               f"--device cuda without a device: rc {rc}, {err.strip()!r}")
         check(not os.path.exists(j("g.npy")), "--device cuda without a device: no output")
+    # --precision float32: the float32 path, within 1e-5 of float64 (docs/physics.md;
+    # the example's pixels are all well-conditioned), recorded in the HDF5 output;
+    # a name that is no precision is a usage error
+    rc, err = solve("--example", 12, "--precision", "float32", "--out", j("e32.h5"))
+    check(rc == 0, f"--precision float32: {err}")
+    if rc == 0:
+        with h5py.File(j("e32.h5"), "r") as f:
+            e32 = f["image"][...]
+            check(f.attrs["precision"] in ("float32", b"float32"), "precision attribute")
+        big = np.abs(e) > 1e-12 * np.abs(e).max()
+        rel = np.abs(e32[big] - e[big]) / np.abs(e[big])
+        check(rel.max() <= 1e-5 and not np.array_equal(e32, e),
+              f"--precision float32 vs float64: max rel {rel.max():.3g}")
+    expect_error(["--example", "8", "--precision", "half", "--out", j("x.npy")], "--precision",
+                 "expected float64 or float32", code=2)
     check(not os.path.exists(j("x.npy")), "no output after errors")
 
 report()
