@@ -575,8 +575,11 @@ static void test_bodies(void) {
 }
 
 /* The sampler on a CUDA device: the bits of sample_cube for a batch of
- * directions where a device runs; elsewhere (CI) a clear error. With
- * COEMU_REQUIRE_DEVICE set (scripts/gpu-check.sh) the device must run. */
+ * directions, constant and linear, where a device runs (bitwise: the
+ * device runs the bodies above, the same float and double operations with
+ * the fused steps explicit and no contraction, --fmad=false); elsewhere
+ * (CI) a clear error. With COEMU_REQUIRE_DEVICE set (scripts/gpu-check.sh)
+ * the device must run. */
 static void test_device_sampler(void) {
   ce_model *m = load_agb();
   if (!m) return;
@@ -595,11 +598,12 @@ static void test_device_sampler(void) {
   fprintf(stderr, "  device sampler: %s\n", desc);
   enum { NB = 5 };
   int cases = 0, same = 0;
+  for (int lin = 0; lin < 2; lin++)
   for (int k = 1; k <= 3; k++)
     for (int fill = 0; fill < 2; fill++) {
       sampler_opts o;
       sampler_defaults(&o);
-      o.reconstruction = SAMPLER_CONSTANT; /* the device's only one */
+      o.reconstruction = lin ? SAMPLER_LINEAR : SAMPLER_CONSTANT;
       double half = model_half_extent(m);
       o.n = 24, o.k = k, o.ball_radius = half, o.edge = fill ? 1.9 * half : 1.1 * half;
       o.fill_background = fill, o.bg_n = fill ? 3.0 : 0, o.bg_T = fill ? 20.0 : 0;
@@ -614,8 +618,8 @@ static void test_device_sampler(void) {
       for (int c = 0; c < NB; c++) {
         CHECK_OK(sample_cube(m, q[c], &o, cv, cT, cn));
         int ok = !memcmp(cv, dv[c], N * 4) && !memcmp(cT, dT[c], N * 4) && !memcmp(cn, dn[c], N * 4);
-        CHECK_MSG(ok, "device sampler, k %d fill %d direction %d: differs from sample_cube", k,
-                  fill, c);
+        CHECK_MSG(ok, "device sampler, %s k %d fill %d direction %d: differs from sample_cube",
+                  sampler_recon_name(o.reconstruction), k, fill, c);
         cases++, same += ok;
         free(dv[c]), free(dT[c]), free(dn[c]);
       }
