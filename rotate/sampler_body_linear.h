@@ -82,12 +82,14 @@ static inline SB_HD void sb_lin_run_start(const double t[3], const double lo[3],
  * min as _mm512_max_ps / _mm512_min_ps: (a > b ? a : b), (a < b ? a : b). */
 static inline SB_HD void sb_lin_place(const float s0[3], const float gs[3], float jj,
                                       const double bmax[3], float id[3], float fd[3]) {
+  /* the three fmaf first: without FMA hardware (-Dnative=false) each is a
+   * libm call, and interleaved with floorf more values cross calls */
+  const float s[3] = {fmaf(gs[0], jj, s0[0]), fmaf(gs[1], jj, s0[1]), fmaf(gs[2], jj, s0[2])};
   for (int d = 0; d < 3; d++) {
-    const float s = fmaf(gs[d], jj, s0[d]);
-    float x = floorf(s), top = (float)bmax[d];
+    float x = floorf(s[d]), top = (float)bmax[d];
     x = x > 0 ? x : 0;
     id[d] = x < top ? x : top;
-    x = s - id[d];
+    x = s[d] - id[d];
     x = x > 0 ? x : 0;
     fd[d] = x < 1 ? x : 1;
   }
