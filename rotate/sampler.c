@@ -12,6 +12,7 @@
 
 #include "common/error.h"
 #include "rotate/directions.h"
+#include "rotate/sampler_body_linear.h"
 #ifdef COEMU_HAVE_CUDA
 #include "rotate/sampler_cuda.h"
 #endif
@@ -290,34 +291,13 @@ static void walk_line(const ce_model *m, const double A[3], const double B[3], c
   tr->ncur = tr->at = 0;
 }
 
-/* exp in float for the linear reconstruction's ln n and ln T (Cephes'
- * expf: x = n ln 2 + r, |r| <= ln 2 / 2, a degree-6 polynomial for e^r,
- * then the exponent; relative error ~1e-7), every step one rounded float
- * operation in the same order in the scalar and the vector form, so both
- * give the same bits. Arguments below ln MODEL_NODAL_TINY + 1 give 0 (the
- * clamp of n = 0, model.h); above 88 they are clamped. */
-#define EXPF_LO ((float)(-85.195648)) /* ln(1e-37) + 0.1: a clamped zero stays 0 */
-#define EXPF_HI 88.0f
-static inline float expf_poly(float x) {
-  if (x < EXPF_LO) return 0;
-  x = x > EXPF_HI ? EXPF_HI : x;
-  float n = nearbyintf(x * 1.44269504088896341f);
-  float r = fmaf(n, -0.693359375f, x);
-  r = fmaf(n, 2.12194440e-4f, r);
-  float p = 1.9875691500e-4f;
-  p = fmaf(p, r, 1.3981999507e-3f);
-  p = fmaf(p, r, 8.3334519073e-3f);
-  p = fmaf(p, r, 4.1665795894e-2f);
-  p = fmaf(p, r, 1.6666665459e-1f);
-  p = fmaf(p, r, 5.0000001201e-1f);
-  p = fmaf(p, r * r, r);
-  p = p + 1.0f;
-  return ldexpf(p, (int)n);
-}
+/* exp in float for the linear reconstruction's ln n and ln T:
+ * sb_expf_poly (sampler_body_linear.h), and with AVX-512 the same steps on
+ * 16 lanes (the same bits). */
 #if SAMPLER_AVX512
 static inline __m512 expf_poly16(__m512 x) {
-  __mmask16 zero = _mm512_cmp_ps_mask(x, _mm512_set1_ps(EXPF_LO), _CMP_LT_OQ);
-  x = _mm512_min_ps(x, _mm512_set1_ps(EXPF_HI));
+  __mmask16 zero = _mm512_cmp_ps_mask(x, _mm512_set1_ps(SB_EXPF_LO), _CMP_LT_OQ);
+  x = _mm512_min_ps(x, _mm512_set1_ps(SB_EXPF_HI));
   __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), 0x08);
   __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693359375f), x);
   r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
@@ -345,50 +325,26 @@ typedef struct {
   unsigned char *done; /* per leaf */
   double l[3];
 } lin_proj;
-#define LIN_NF 4 /* ln n, ln T, v_los, 0 */
+#define LIN_NF SB_LIN_NF /* ln n, ln T, v_los, 0 */
 
 static const float *lin_leaf(const ce_model *m, lin_proj *P, int64_t leaf) {
   float *o = P->rec + leaf * m->nnodal * LIN_NF;
   if (!P->done[leaf]) {
     const model_real *s = m->nodal + leaf * m->nnodal * MODEL_NODAL_STRIDE;
-    for (int64_t i = 0; i < m->nnodal; i++, s += MODEL_NODAL_STRIDE) {
-      o[LIN_NF * i] = s[MODEL_N];
-      o[LIN_NF * i + 1] = s[MODEL_T];
-      o[LIN_NF * i + 2] = (float)(P->l[0] * s[MODEL_VX] + P->l[1] * s[MODEL_VY] +
-                                  P->l[2] * s[MODEL_VZ]);
-      o[LIN_NF * i + 3] = 0;
-    }
+    for (int64_t i = 0; i < m->nnodal; i++, s += MODEL_NODAL_STRIDE)
+      sb_lin_corner(s, P->l, o + LIN_NF * i);
     P->done[leaf] = 1;
   }
   return o;
 }
 
-/* The trilinear function of one cell at (x, y, z) in [0, 1]^3 on 4 lanes
- * (ln n, ln T, v_los, 0), from its 8 corner records c_xyz (strides LIN_NF,
- * sy, sz along x, y, z): lerps along z, then x, then y, each a + f (b - a)
- * as one subtraction and one fused multiply-add, in float:
- *   w_xy = c_xy0 + z (c_xy1 - c_xy0)        (xy = 00, 10, 01, 11)
- *   x_y  = w_0y + x (w_1y - w_0y)            (y = 0, 1)
- *   v    = x_0 + y (x_1 - x_0)
- * No per-cell set-up and no branch on a cell change: every point reads its
- * cell's corners itself. The AVX-512 build does the same operations in the
- * same order (the z lerps of the 4 corner pairs on one 16-lane vector, the
- * x lerps on 8 lanes, the y lerp on 4): the same bits. */
-static inline void lerp3(const float *cr, int64_t sy, int64_t sz, float x, float y, float z,
-                         float *out) {
-  const int S = LIN_NF;
-  const int64_t off[4] = {0, S, sy, sy + S}; /* xy = 00, 10, 01, 11 */
-  for (int q = 0; q < LIN_NF; q++) {
-    float w[4];
-    for (int c = 0; c < 4; c++) {
-      const float lo = cr[off[c] + q], hi = cr[off[c] + sz + q];
-      w[c] = fmaf(z, hi - lo, lo);
-    }
-    const float x0 = fmaf(x, w[1] - w[0], w[0]), x1 = fmaf(x, w[3] - w[2], w[2]);
-    out[q] = fmaf(y, x1 - x0, x0);
-  }
-}
-
+/* The trilinear function of one cell at a point: sb_lerp3
+ * (sampler_body_linear.h: lerps along z, then x, then y, each one
+ * subtraction and one fused multiply-add in float) on the projected corner
+ * records. No per-cell set-up and no branch on a cell change: every point
+ * reads its cell's corners itself. The AVX-512 build does the same
+ * operations in the same order (the z lerps of the 4 corner pairs on one
+ * 16-lane vector, the x lerps on 8 lanes, the y lerp on 4): the same bits. */
 /* One sub-line for the linear reconstruction: the interpolated (ln n,
  * ln T, v_los, 0) of every point into pts[j * LIN_NF ..] (lerp3 on the
  * projected corners, lin_leaf), out[j] = 1 for a point
@@ -434,10 +390,7 @@ static int walk_line_linear(const ce_model *m, lin_proj *P, const double A[3], c
      * rounded) and g = B du / span the step per point in cells */
     const int j0 = j;
     float s0[3], gs[3];
-    for (int d = 0; d < 3; d++) {
-      s0[d] = (float)((t[d] - lo[d]) * inv_span);
-      gs[d] = (float)(B[d] / inv_du * inv_span);
-    }
+    sb_lin_run_start(t, lo, inv_span, B, inv_du, s0, gs);
 #if SAMPLER_AVX512
     const __m512 vs0 = _mm512_set1_ps(s0[0]), vs1 = _mm512_set1_ps(s0[1]),
                  vs2 = _mm512_set1_ps(s0[2]), vg0 = _mm512_set1_ps(gs[0]),
@@ -496,22 +449,12 @@ static int walk_line_linear(const ce_model *m, lin_proj *P, const double A[3], c
     j = je;
 #else
     for (; j < je; j++) {
-      const float jj = (float)(j - j0);
-      const float s[3] = {fmaf(gs[0], jj, s0[0]), fmaf(gs[1], jj, s0[1]), fmaf(gs[2], jj, s0[2])};
       float id[3], fd[3];
-      for (int d = 0; d < 3; d++) {
-        /* as _mm512_max_ps / _mm512_min_ps: (a > b ? a : b), (a < b ? a : b) */
-        float x = floorf(s[d]), top = (float)bmax[d];
-        x = x > 0 ? x : 0;
-        id[d] = x < top ? x : top;
-        x = s[d] - id[d];
-        x = x > 0 ? x : 0;
-        fd[d] = x < 1 ? x : 1;
-      }
+      sb_lin_place(s0, gs, (float)(j - j0), bmax, id, fd);
       const int64_t i0 = (int64_t)id[0], i1 = (int64_t)id[1], i2 = (int64_t)id[2];
       if (cidx) cidx[j] = base + (i2 * b1 + i1) * b0 + i0;
-      lerp3(nbase + ((i2 * n1 + i1) * n0 + i0) * LIN_NF, sy, sz, fd[0], fd[1], fd[2],
-            pts + (size_t)j * LIN_NF);
+      sb_lerp3(nbase + ((i2 * n1 + i1) * n0 + i0) * LIN_NF, sy, sz, fd[0], fd[1], fd[2],
+               pts + (size_t)j * LIN_NF);
     }
 #endif
   }
@@ -521,22 +464,6 @@ static int walk_line_linear(const ce_model *m, lin_proj *P, const double A[3], c
   tr->nprev = tr->ncur;
   tr->ncur = tr->at = 0;
   return nout;
-}
-
-/* Voxel iz of a column where its k^3 points hold no n: T and v_los are the
- * plain means of the points (in double, in point order; pT, pv as in
- * linear_column). */
-static inline void plain_means(const float *pT, const float *pv, int nk, int k, int iz, double inv,
-                               float *T, float *v_los) {
-  double sT = 0, sv = 0;
-  for (int L = 0; L < k * k; L++)
-    for (int i = 0; i < k; i++) {
-      const int p = L * nk + iz * k + i;
-      sT += pT[p];
-      sv += pv[p];
-    }
-  T[iz] = (float)(sT * inv);
-  v_los[iz] = (float)(sv * inv);
 }
 
 /* The voxels of one column under the linear reconstruction, from the
@@ -569,8 +496,8 @@ static void linear_column(const float *pts, const unsigned char *out, int nout, 
   }
 #else
   for (int j = 0; j < np; j++) {
-    pn[j] = expf_poly(pts[(size_t)j * LIN_NF]);
-    pT[j] = expf_poly(pts[(size_t)j * LIN_NF + 1]);
+    pn[j] = sb_expf_poly(pts[(size_t)j * LIN_NF]);
+    pT[j] = sb_expf_poly(pts[(size_t)j * LIN_NF + 1]);
     pv[j] = pts[(size_t)j * LIN_NF + 2];
   }
 #endif
@@ -604,28 +531,11 @@ static void linear_column(const float *pts, const unsigned char *out, int nout, 
       _mm256_storeu_ps(v_los + iz, _mm512_cvtpd_ps(_mm512_div_pd(w2, w0)));
       if (pos != 0xff) /* rare: voxels without CO take plain means */
         for (int z = 0; z < 8; z++)
-          if (!(pos >> z & 1)) plain_means(pT, pv, nk, 2, iz + z, inv, T, v_los);
+          if (!(pos >> z & 1)) sb_lin_plain_means(pT, pv, nk, 2, iz + z, inv, T, v_los);
     }
   }
 #endif
-  for (; iz < n; iz++) {
-    double w0 = 0, w1 = 0, w2 = 0;
-    for (int L = 0; L < kk; L++)
-      for (int i = 0; i < k; i++) {
-        const int p = L * nk + iz * k + i;
-        const double nn = pn[p];
-        w0 += nn;
-        w1 += nn * pT[p];
-        w2 += nn * pv[p];
-      }
-    n_co[iz] = (float)(w0 * inv);
-    if (w0 > 0) {
-      T[iz] = (float)(w1 / w0);
-      v_los[iz] = (float)(w2 / w0);
-    } else {
-      plain_means(pT, pv, nk, k, iz, inv, T, v_los);
-    }
-  }
+  for (; iz < n; iz++) sb_lin_voxel(pn, pT, pv, nk, k, iz, inv, v_los, T, n_co);
 }
 
 /* The fields of a sub-sample in cell c (-1: the background record bg). */
@@ -868,9 +778,17 @@ static int sample(const ce_model *m, const double q[4], const sampler_opts *o, f
   return 0;
 }
 
+_Static_assert(SB_RECON_CONSTANT == SAMPLER_CONSTANT && SB_RECON_LINEAR == SAMPLER_LINEAR,
+               "sampler_body.h's reconstruction numbers are sampler.h's");
+_Static_assert(MODEL_NODAL_STRIDE == 8 && MODEL_N == 0 && MODEL_T == 1 && MODEL_VX == 2,
+               "sampler_body_linear.h reads 8-float corner records (ln n, ln T, v)");
+
 int sampler_flatten(const ce_model *m, sampler_flat *F, int32_t **leaf_geo) {
   if (m->nleaves > INT32_MAX / 8 || m->nnodes > INT32_MAX)
     CE_FAIL("sampler: %lld leaves, too many for the flat model", (long long)m->nleaves);
+  /* the linear reconstruction's corners travel with the model (once per
+   * model, under its lock) */
+  CE_TRY(model_nodal_build((ce_model *)m));
   int32_t *g = ce_malloc_array((size_t)m->nleaves, 4 * sizeof(int32_t), "leaf geometry");
   if (!g) return -1;
   for (int64_t i = 0; i < m->nleaves; i++) {
@@ -878,7 +796,8 @@ int sampler_flatten(const ce_model *m, sampler_flat *F, int32_t **leaf_geo) {
     for (int d = 0; d < 3; d++) g[4 * i + 1 + d] = m->ids[i].ig[d];
   }
   *F = (sampler_flat){.levmax = m->levmax, .bshift = m->bshift, .ncell = m->ncell,
-                      .cells = m->cells, .root = m->root, .nodes = m->nodes, .leaf_geo = g};
+                      .cells = m->cells, .root = m->root, .nodes = m->nodes, .leaf_geo = g,
+                      .nodal = m->nodal, .nnodal = m->nnodal};
   for (int d = 0; d < 3; d++) {
     F->ng[d] = m->ng[d], F->bnx[d] = m->bnx[d], F->xmin[d] = m->xmin[d];
     F->inv_dxf[d] = m->inv_dxf[d], F->nfine[d] = m->nfine[d];
@@ -889,11 +808,12 @@ int sampler_flatten(const ce_model *m, sampler_flat *F, int32_t **leaf_geo) {
 
 int sampler_geometry(const ce_model *m, const double q[4], const sampler_opts *o, sampler_geo *G) {
   CE_TRY(sampler_check(m, o));
-  if (o->reconstruction != SAMPLER_CONSTANT)
-    CE_FAIL("sampler: the per-thread bodies (and the device sampler) have the constant "
-            "reconstruction only, not %s", sampler_recon_name(o->reconstruction));
+  if (o->reconstruction == SAMPLER_LIMITED)
+    CE_FAIL("sampler: the per-thread bodies (and the device sampler) have the constant and "
+            "linear reconstructions, not limited");
   memset(G, 0, sizeof *G);
   G->n = o->n, G->k = o->k, G->fill = o->fill_background, G->edge = o->edge;
+  G->recon = o->reconstruction;
   G->r2 = o->ball_radius > 0 ? o->ball_radius * o->ball_radius : INFINITY;
   dir_matrix(q, G->R);
   model_centre(m, G->c);
@@ -955,9 +875,9 @@ int sampler_device_open(const ce_model *m, int ordinal, sampler_device **out, ch
 int sampler_device_sample(sampler_device *s, int ncube, const double (*q)[4],
                           const sampler_opts *o, float *const *v_los, float *const *T,
                           float *const *n_co) {
-  if (o->reconstruction != SAMPLER_CONSTANT) /* before anything else: without CUDA too */
-    CE_FAIL("sampler device: the %s reconstruction runs on the CPU only (the device samples "
-            "cell values: reconstruction constant)", sampler_recon_name(o->reconstruction));
+  if (o->reconstruction == SAMPLER_LIMITED) /* before anything else: without CUDA too */
+    CE_FAIL("sampler device: the limited reconstruction runs on the CPU only (the device has "
+            "constant and linear)");
 #ifdef COEMU_HAVE_CUDA
   if (ncube < 1) return 0;
   sampler_geo *G = ce_malloc_array((size_t)ncube, sizeof *G, "sampler geometries");

@@ -107,20 +107,25 @@ int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, flo
  * and n_co are the bits sample_cube gives. */
 #define SAMPLER_MAX_EXTRA 8
 
-/* The sampler as per-thread bodies (rotate/sampler_body.h: what a device
- * runs): the model as plain arrays, and one cube's geometry. sampler_flatten
- * points F at m's arrays and at *leaf_geo, which it allocates (nleaves*4
- * int32: level, ig; the caller frees it). The bodies have the constant
- * reconstruction only (linear is refused). sampler_geometry checks the
- * options (sampler_check) and fills G for direction q. */
+/* The sampler as per-thread bodies (rotate/sampler_body.h and
+ * sampler_body_linear.h: what a device runs): the model as plain arrays,
+ * and one cube's geometry. sampler_flatten builds m's corner records for
+ * the linear reconstruction if not yet built (model_nodal_build, once per
+ * model) and points F at m's arrays and at *leaf_geo, which it allocates
+ * (nleaves*4 int32: level, ig; the caller frees it). The bodies have the
+ * constant and linear reconstructions (limited is refused).
+ * sampler_geometry checks the options (sampler_check) and fills G for
+ * direction q. */
 int sampler_flatten(const ce_model *m, sampler_flat *F, int32_t **leaf_geo);
 int sampler_geometry(const ce_model *m, const double q[4], const sampler_opts *o, sampler_geo *G);
 
 /* The sampler on a CUDA device (rotate/sampler_cuda.cu, with CUDA built):
  * open uploads m once (device `ordinal` modulo the devices present; desc
  * may be NULL); sample gives ncube cubes at directions q[c] with the same
- * bits as sample_cube (v_los, T, n_co only: no extra fields; the constant
- * reconstruction only: o->reconstruction linear is refused). Without a
+ * bits as sample_cube (v_los, T, n_co only: no extra fields; constant or
+ * linear: o->reconstruction limited is refused). Open uploads the cells,
+ * the tree and the linear reconstruction's corner records (and fails with
+ * the sizes when they do not fit in the device's free memory). Without a
  * CUDA build or a device, open fails with a message saying which. m must
  * outlive the handle. */
 typedef struct sampler_device sampler_device;

@@ -50,11 +50,20 @@ typedef struct sampler_flat {
   const int32_t *root;    /* [ng0*ng1*ng2] node codes */
   const int32_t *nodes;   /* 8 children per refined node; < 0: leaf -(code+1) */
   const int32_t *leaf_geo; /* [leaf*4]: level, ig0, ig1, ig2 (1-based) */
+  /* the linear reconstruction's corner records (model.h's nodal: per leaf
+   * nnodal nodes, x fastest, 8 floats each: ln n, ln T, vx, vy, vz, 0..) */
+  const float *nodal;
+  int64_t nnodal;
 } sampler_flat;
+
+/* sampler_geo.recon: sampler.h's sampler_recon values the bodies have */
+#define SB_RECON_CONSTANT 0
+#define SB_RECON_LINEAR 1
 
 /* One cube: the options and the direction. */
 typedef struct sampler_geo {
   int n, k, fill;
+  int recon;      /* SB_RECON_CONSTANT or SB_RECON_LINEAR */
   double edge;
   double r2;      /* ball_radius^2, or INFINITY without a ball */
   double R[9];    /* dir_matrix(q) */
@@ -111,23 +120,55 @@ static inline SB_HD int64_t sb_find(const sampler_flat *F, const int64_t f[3], i
                   ((f[0] - lo[0]) >> s));
 }
 
-/* 1. one sub-line: the cells of its n*k points */
-static inline SB_HD void sb_line_thread(const sampler_flat *F, const sampler_geo *G, int64_t t,
-                                        int64_t *idx_all) {
-  const int n = G->n, k = G->k, nk = n * k, kk = k * k;
+/* Sub-line thread t's line (both reconstructions): its points are A + B
+ * uz(j) in finest-cell units and lb + l uz(j) in metres (sampler.c). */
+static inline SB_HD void sb_line_setup(const sampler_flat *F, const sampler_geo *G, int64_t t,
+                                       double lb[3], double A[3], double B[3]) {
+  const int n = G->n, k = G->k, kk = k * k;
   const int64_t column = t / kk;
   const int L = (int)(t % kk), a = L / k, b = L % k;
   const int ix = (int)(column / n), iy = (int)(column % n);
-  int64_t *idx = idx_all + t * nk;
   const double *R = G->R, *c = G->c;
   double ux = ((ix + (a + 0.5) / k) / n - 0.5) * G->edge;
   double uy = ((iy + (b + 0.5) / k) / n - 0.5) * G->edge;
-  double lb[3], A[3], B[3];
   for (int d = 0; d < 3; d++) {
     lb[d] = c[d] + R[3 * d] * ux + R[3 * d + 1] * uy;
     A[d] = (lb[d] - F->xmin[d]) * F->inv_dxf[d];
     B[d] = R[3 * d + 2] * F->inv_dxf[d];
   }
+}
+
+/* A run of walk_line (sampler.c's trail_leaf): the leaf of point j (at
+ * finest cell f), and the end je of the points j..je-1 in it (the first
+ * with uz >= the leaf's exit, at least j + 1: estimated from the spacing,
+ * then corrected). */
+static inline SB_HD int sb_run(const sampler_flat *F, const sampler_geo *G, const double A[3],
+                               const double B[3], const double inv_b[3], const int64_t f[3], int j,
+                               int64_t lo[3], int64_t hi[3], int *sh, int64_t *base) {
+  const int nk = G->n * G->k;
+  const double inv_du = nk / G->edge, uz0 = sb_uz(G, 0);
+  sb_find(F, f, lo, hi, sh, base);
+  double uhi = INFINITY;
+  for (int d = 0; d < 3; d++) {
+    double e = B[d] > 0 ? ((double)hi[d] - A[d]) * inv_b[d]
+               : B[d] < 0 ? ((double)lo[d] - A[d]) * inv_b[d] : INFINITY;
+    uhi = e < uhi ? e : uhi;
+  }
+  double est = (uhi - uz0) * inv_du;
+  int je = !(est < nk) ? nk : est <= j + 1 ? j + 1 : (int)est;
+  while (je < nk && sb_uz(G, je) < uhi) je++;
+  while (je > j + 1 && sb_uz(G, je - 1) >= uhi) je--;
+  return je;
+}
+
+/* 1. one sub-line: the cells of its n*k points */
+static inline SB_HD void sb_line_thread(const sampler_flat *F, const sampler_geo *G, int64_t t,
+                                        int64_t *idx_all) {
+  const int nk = G->n * G->k;
+  int64_t *idx = idx_all + t * nk;
+  const double *R = G->R, *c = G->c;
+  double lb[3], A[3], B[3];
+  sb_line_setup(F, G, t, lb, A, B);
   int64_t lo[3], hi[3], base;
   int sh;
   if (G->fill) { /* per point, the ball and the domain checked (model_locate) */
@@ -153,7 +194,6 @@ static inline SB_HD void sb_line_thread(const sampler_flat *F, const sampler_geo
                            B[2] != 0 ? 1 / B[2] : 0};
   const double nf[3] = {(double)F->nfine[0], (double)F->nfine[1], (double)F->nfine[2]};
   const int64_t b0 = F->bnx[0], b1 = F->bnx[1], b2 = F->bnx[2];
-  const double inv_du = nk / G->edge, uz0 = sb_uz(G, 0);
   int j = 0;
   while (j < nk) {
     double uzj = sb_uz(G, j);
@@ -163,17 +203,7 @@ static inline SB_HD void sb_line_thread(const sampler_flat *F, const sampler_geo
       continue;
     }
     const int64_t f[3] = {(int64_t)t0, (int64_t)t1, (int64_t)t2};
-    sb_find(F, f, lo, hi, &sh, &base);
-    double uhi = INFINITY;
-    for (int d = 0; d < 3; d++) {
-      double e = B[d] > 0 ? ((double)hi[d] - A[d]) * inv_b[d]
-                 : B[d] < 0 ? ((double)lo[d] - A[d]) * inv_b[d] : INFINITY;
-      uhi = e < uhi ? e : uhi;
-    }
-    double est = (uhi - uz0) * inv_du;
-    int je = !(est < nk) ? nk : est <= j + 1 ? j + 1 : (int)est;
-    while (je < nk && sb_uz(G, je) < uhi) je++;
-    while (je > j + 1 && sb_uz(G, je - 1) >= uhi) je--;
+    const int je = sb_run(F, G, A, B, inv_b, f, j, lo, hi, &sh, &base);
     for (; j < je; j++) {
       double u = sb_uz(G, j);
       int64_t i0 = ((int64_t)(A[0] + B[0] * u) - lo[0]) >> sh;
@@ -221,17 +251,6 @@ static inline SB_HD void sb_voxel_thread(const sampler_flat *F, const sampler_ge
     v_los[t] = (float)((l[0] * p[2] + l[1] * p[3] + l[2] * p[4]) * G->inv);
   }
 }
-
-#ifndef __CUDACC__
-/* The host: both launches as plain loops in thread order. idx holds
- * n*n*k*k*n*k entries. */
-static inline void sampler_body_run_host(const sampler_flat *F, const sampler_geo *G,
-                                         int64_t *idx, float *v_los, float *T, float *n_co) {
-  const int64_t n = G->n, k = G->k;
-  for (int64_t t = 0; t < n * n * k * k; t++) sb_line_thread(F, G, t, idx);
-  for (int64_t t = 0; t < n * n * n; t++) sb_voxel_thread(F, G, idx, t, v_los, T, n_co);
-}
-#endif
 
 #ifdef __cplusplus
 }

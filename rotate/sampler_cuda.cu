@@ -1,7 +1,9 @@
 /* sampler_cuda.cu - the sampler on a CUDA device (sampler_cuda.h): the
- * per-thread work is rotate/sampler_body.h (the same code the tests run on
- * the host against sample_cube); this file holds the device, the model's
- * arrays in device memory (uploaded once per model), the launches over a
+ * per-thread work is rotate/sampler_body.h and sampler_body_linear.h (the
+ * same code the tests run on the host against sample_cube; constant and
+ * linear); this file holds the device, the model's arrays in device memory
+ * (cells, tree and the linear reconstruction's corner records, uploaded
+ * once per model), the launches over a
  * chunk of cubes at a time (one geometry per cube, in device memory) and
  * the copies back through a pinned buffer. Built with --fmad=false, as the
  * CPU sampler's ISO C has no contraction. */
@@ -11,6 +13,7 @@
 #include <string.h>
 
 #include "common/cuda_check.h"
+#include "rotate/sampler_body_linear.h"
 #include "rotate/sampler_cuda.h"
 
 #define BLOCK 256
@@ -18,9 +21,9 @@
 struct sampler_cuda {
   int dev;
   sampler_flat F;          /* device pointers */
-  void *d_model;           /* one allocation: cells, root, nodes, leaf_geo */
+  void *d_model;           /* one allocation: cells, root, nodes, leaf_geo, nodal */
   sampler_geo *d_geo;      /* [cap] */
-  int64_t *d_idx;          /* [cap * idx per cube] */
+  void *d_idx;             /* [cap * sb_scratch_bytes]: cell indices or points */
   float *d_out;            /* [cap * 3 * n^3] */
   float *h_out;            /* pinned, same size */
   size_t cap_idx, cap_out; /* bytes */
@@ -37,25 +40,26 @@ static unsigned grid_for(long long n) {
   return (unsigned)(g < 1 ? 1 : g > (1 << 20) ? (1 << 20) : g);
 }
 
-/* sub-line threads of nc cubes: cube t / per, its own geometry and idx */
+/* sub-line threads of nc cubes: cube t / per, its own geometry and
+ * scratch (idx_per bytes: cell indices or, linear, the points' values) */
 __global__ void sb_lines_kernel(sampler_flat F, const sampler_geo *G, int nc, long long per,
-                                long long idx_per, int64_t *idx) {
+                                long long idx_per, unsigned char *idx) {
   const long long n = per * nc;
   for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < n;
        t += (long long)gridDim.x * blockDim.x) {
     long long c = t / per;
-    sb_line_thread(&F, &G[c], t % per, idx + c * idx_per);
+    sb_any_line_thread(&F, &G[c], t % per, idx + c * idx_per);
   }
 }
 
 __global__ void sb_voxels_kernel(sampler_flat F, const sampler_geo *G, int nc, long long per,
-                                 long long idx_per, const int64_t *idx, float *out) {
+                                 long long idx_per, const unsigned char *idx, float *out) {
   const long long n = per * nc;
   for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < n;
        t += (long long)gridDim.x * blockDim.x) {
     long long c = t / per;
     float *o = out + c * 3 * per; /* v_los, T, n_co of cube c */
-    sb_voxel_thread(&F, &G[c], idx + c * idx_per, t % per, o, o + per, o + 2 * per);
+    sb_any_voxel_thread(&F, &G[c], idx + c * idx_per, t % per, o, o + per, o + 2 * per);
   }
 }
 
@@ -77,8 +81,17 @@ static int open_dev(const sampler_flat *F, int64_t nleaves, int64_t nnodes, int6
   CU(cudaStreamCreateWithFlags(&d->stream, cudaStreamNonBlocking), "cudaStreamCreate");
   const size_t cells = (size_t)nleaves * F->ncell * 5 * sizeof(float);
   const size_t root = (size_t)nroot * 4, nodes = (size_t)nnodes * 4, geo = (size_t)nleaves * 16;
+  const size_t nodal = (size_t)nleaves * F->nnodal * 8 * sizeof(float); /* linear's corners */
   const size_t o1 = (cells + 255) / 256 * 256, o2 = o1 + (root + 255) / 256 * 256,
-               o3 = o2 + (nodes + 255) / 256 * 256, total = o3 + geo + 256;
+               o3 = o2 + (nodes + 255) / 256 * 256, o4 = o3 + (geo + 255) / 256 * 256,
+               total = o4 + nodal + 256;
+  size_t fre = 0, tot = 0;
+  CU(cudaMemGetInfo(&fre, &tot), "cudaMemGetInfo");
+  if (total > fre)
+    return ce_err(WHO ": the model needs %.3g GiB on the device (cells %.3g, corner records "
+                  "%.3g), %.3g GiB of %.3g GiB are free", total / 1073741824.0,
+                  cells / 1073741824.0, nodal / 1073741824.0, fre / 1073741824.0,
+                  tot / 1073741824.0);
   CU(cudaMalloc(&d->d_model, total), "cudaMalloc (the model)");
   unsigned char *b = (unsigned char *)d->d_model;
   CU(cudaMemcpy(b, F->cells, cells, cudaMemcpyHostToDevice), "cudaMemcpy (the model's cells)");
@@ -86,6 +99,9 @@ static int open_dev(const sampler_flat *F, int64_t nleaves, int64_t nnodes, int6
   if (nodes)
     CU(cudaMemcpy(b + o2, F->nodes, nodes, cudaMemcpyHostToDevice), "cudaMemcpy (the model's tree)");
   CU(cudaMemcpy(b + o3, F->leaf_geo, geo, cudaMemcpyHostToDevice), "cudaMemcpy (the model's leaves)");
+  if (nodal)
+    CU(cudaMemcpy(b + o4, F->nodal, nodal, cudaMemcpyHostToDevice),
+       "cudaMemcpy (the model's corner records)");
   /* the copies above go through the legacy stream; the sampler's stream does
    * not wait for them by itself */
   CU(cudaDeviceSynchronize(), "cudaDeviceSynchronize (the model)");
@@ -94,6 +110,7 @@ static int open_dev(const sampler_flat *F, int64_t nleaves, int64_t nnodes, int6
   d->F.root = (const int32_t *)(b + o1);
   d->F.nodes = (const int32_t *)(b + o2);
   d->F.leaf_geo = (const int32_t *)(b + o3);
+  d->F.nodal = nodal ? (const float *)(b + o4) : NULL;
   if (desc && ndesc) {
     cudaDeviceProp p;
     CU(cudaGetDeviceProperties(&p, d->dev), "cudaGetDeviceProperties");
@@ -128,14 +145,14 @@ extern "C" int sampler_cuda_open(const sampler_flat *F, int64_t nleaves, int64_t
 static int sample_chunk(sampler_cuda *d, int nc, const sampler_geo *G, float *const *v,
                         float *const *T, float *const *n) {
   const long long N = G[0].n, k = G[0].k;
-  const long long lines = N * N * k * k, idx_per = lines * N * k, vox = N * N * N;
+  const long long lines = N * N * k * k, idx_per = sb_scratch_bytes(&G[0]), vox = N * N * N;
   CU(cudaMemcpyAsync(d->d_geo, G, nc * sizeof *G, cudaMemcpyHostToDevice, d->stream),
      "cudaMemcpyAsync (geometries)");
-  sb_lines_kernel<<<grid_for(lines * nc), BLOCK, 0, d->stream>>>(d->F, d->d_geo, nc, lines,
-                                                                 idx_per, d->d_idx);
+  sb_lines_kernel<<<grid_for(lines * nc), BLOCK, 0, d->stream>>>(
+      d->F, d->d_geo, nc, lines, idx_per, (unsigned char *)d->d_idx);
   CU(cudaGetLastError(), "launching the sub-line kernel");
-  sb_voxels_kernel<<<grid_for(vox * nc), BLOCK, 0, d->stream>>>(d->F, d->d_geo, nc, vox, idx_per,
-                                                                d->d_idx, d->d_out);
+  sb_voxels_kernel<<<grid_for(vox * nc), BLOCK, 0, d->stream>>>(
+      d->F, d->d_geo, nc, vox, idx_per, (const unsigned char *)d->d_idx, d->d_out);
   CU(cudaGetLastError(), "launching the voxel kernel");
   CU(cudaMemcpyAsync(d->h_out, d->d_out, (size_t)nc * 3 * vox * sizeof(float),
                      cudaMemcpyDeviceToHost, d->stream),
@@ -154,11 +171,14 @@ extern "C" int sampler_cuda_sample(sampler_cuda *d, int ncube, const sampler_geo
                                    float *const *v_los, float *const *T, float *const *n_co) {
   if (ncube < 1) return 0;
   for (int c = 1; c < ncube; c++)
-    if (G[c].n != G[0].n || G[c].k != G[0].k)
-      CE_FAIL("sampler device 'cuda': cubes of one batch must share n and k");
+    if (G[c].n != G[0].n || G[c].k != G[0].k || G[c].recon != G[0].recon)
+      CE_FAIL("sampler device 'cuda': cubes of one batch must share n, k and the reconstruction");
+  if (G[0].recon == SB_RECON_LINEAR && !d->F.nodal)
+    CE_FAIL("sampler device 'cuda': the linear reconstruction needs the model's corner records, "
+            "which were not uploaded");
   CU(cudaSetDevice(d->dev), "cudaSetDevice");
   const size_t N = G[0].n, k = G[0].k;
-  const size_t idx_bytes = N * N * k * k * N * k * sizeof(int64_t);
+  const size_t idx_bytes = (size_t)sb_scratch_bytes(&G[0]);
   const size_t out_bytes = 3 * N * N * N * sizeof(float);
   size_t fre = 0, tot = 0;
   CU(cudaMemGetInfo(&fre, &tot), "cudaMemGetInfo");
@@ -176,7 +196,7 @@ extern "C" int sampler_cuda_sample(sampler_cuda *d, int ncube, const sampler_geo
   if (d->cap_idx < chunk * idx_bytes) {
     cudaFree(d->d_idx);
     d->d_idx = NULL, d->cap_idx = 0;
-    CU(cudaMalloc(&d->d_idx, chunk * idx_bytes), "cudaMalloc (sub-sample cells)");
+    CU(cudaMalloc(&d->d_idx, chunk * idx_bytes), "cudaMalloc (sub-samples)");
     d->cap_idx = chunk * idx_bytes;
   }
   if (d->cap_out < chunk * out_bytes) {

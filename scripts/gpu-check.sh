@@ -17,7 +17,11 @@
 #   test_sample        the sampler: the device's cubes bit for bit against
 #                      the CPU's, the host-compiled bodies too
 #   gpu_sample_bench   sample (on the device) + solve (on the device) of a
-#                      loaded AMRVAC model: cubes/s, samples/s, bus GB/s
+#                      loaded AMRVAC model: cubes/s, samples/s, bus GB/s, for
+#                      the linear reconstruction (the default) and constant
+# The sampler's parity rule: the device's cubes equal the CPU's bit for bit,
+# constant and linear (the same float and double operations as the host
+# code, fused steps explicit, --fmad=false: no contraction).
 # then runs them, parity first, and prints one line per figure. Under 5
 # minutes on one GPU (each step has a time limit), then the trainer's part
 # (scripts/gpu-check-trainer.sh; GPU_CHECK_SKIP_TRAINER=1 leaves it out).
@@ -132,6 +136,7 @@ step parity_pomme 60 "$out/test_pomme"
 # shellcheck disable=SC2086
 step bench_solver 120 "$out/gpu_bench" ${GPU_BENCH_ARGS:-}
 [ "$have_yaml" = 1 ] && step bench_sample_solve 60 "$out/gpu_sample_bench"
+[ "$have_yaml" = 1 ] && step bench_sample_solve_constant 60 "$out/gpu_sample_bench" --reconstruction constant
 # the trainer's part: its own build (gcc + nvcc), parity, curves, speed and
 # the PyTorch anchor (set TRAINER_CHECK_DEPS where the machine lacks OpenBLAS
 # and FFTW: scripts/gpu-check-trainer.sh --pack-deps)

@@ -3,8 +3,8 @@
  * its sidecar) and a 4-level model built in memory (an analytic wind on a
  * forest refined towards the centre), on the CPU for each reconstruction
  * (the corner values of `linear` and the slopes of `limited` are built before
- * the clock starts: once per model). With --device cuda (the constant reconstruction, the only one the
- * device sampler has): cubes per second
+ * the clock starts: once per model). With --device cuda (linear, then constant: the device
+ * sampler's two reconstructions): cubes per second
  * of batches of --batch directions sampled on the GPU (copies to the host
  * included), and samples per second of sample + LTE solve (7 COEmuNet
  * channels) on the GPU, the cubes crossing the bus to the host and back. */
@@ -98,15 +98,16 @@ static double wall(void) {
   return t.tv_sec + 1e-9 * t.tv_nsec;
 }
 
-/* the device figures of one model: median of reps batches */
-static int run_device(const char *label, const ce_model *m, int reps, int nb, const lte_line *L) {
+/* the device figures of one model and reconstruction: median of reps batches */
+static int run_device_recon(const char *label, const ce_model *m, int reps, int nb,
+                            const lte_line *L, int recon) {
   sampler_device *d;
   char desc[320];
   CE_TRY(sampler_device_open(m, 0, &d, desc, sizeof desc));
   printf("sample %s device %s\n", label, desc);
   sampler_opts o;
   sampler_defaults(&o);
-  o.reconstruction = SAMPLER_CONSTANT; /* the device sampler's only one */
+  o.reconstruction = recon;
   o.ball_radius = model_half_extent(m);
   o.edge = 2 * o.ball_radius / sqrt(3.0);
   const size_t N = 64 * 64 * 64, np = 64 * 64 * 7;
@@ -142,15 +143,21 @@ static int run_device(const char *label, const ce_model *m, int reps, int nb, co
   if (rc == 0) {
     qsort(t, reps, sizeof *t, cmp_d);
     qsort(t + reps, reps, sizeof *t, cmp_d);
-    printf("sample %s device=cuda batch=%d cubes_per_s %.1f (64^3, k=2, cubes copied to the host)\n",
-           label, nb, nb / t[reps / 2]);
-    printf("sample+solve %s device=cuda batch=%d samples_per_s %.1f (7 channels; cubes cross the "
-           "bus to the host and back)\n", label, nb, nb / t[reps + reps / 2]);
+    printf("sample %s %s device=cuda batch=%d cubes_per_s %.1f (64^3, k=2, cubes copied to the "
+           "host)\n", label, sampler_recon_name(recon), nb, nb / t[reps / 2]);
+    printf("sample+solve %s %s device=cuda batch=%d samples_per_s %.1f (7 channels; cubes cross "
+           "the bus to the host and back)\n", label, sampler_recon_name(recon), nb,
+           nb / t[reps + reps / 2]);
   }
   for (int i = 0; i < nb && a && b && c && img; i++) free(a[i]), free(b[i]), free(c[i]), free(img[i]);
   free(a), free(b), free(c), free(img), free(q), free(t);
   sampler_device_close(d);
   return rc;
+}
+
+static int run_device(const char *label, const ce_model *m, int reps, int nb, const lte_line *L) {
+  CE_TRY(run_device_recon(label, m, reps, nb, L, SAMPLER_LINEAR));
+  return run_device_recon(label, m, reps, nb, L, SAMPLER_CONSTANT);
 }
 
 int bench_sample(int argc, char **argv) {

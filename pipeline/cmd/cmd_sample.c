@@ -147,8 +147,8 @@ int cmd_sample(int argc, char **argv) {
       {"k", CLI_INT, &k, "K", "sub-samples per voxel edge (default 2)", 0, 0},
       {"reconstruction", CLI_STR, &recon_name, "NAME",
        "linear (default: ln n, ln T, v trilinear between cell corners), limited (cell values plus "
-       "monotone slopes, cell averages kept) or constant (cell values; the default with --device "
-       "cuda, which has no other)", 0, 0},
+       "monotone slopes, cell averages kept; not with --device cuda) or constant (cell values)",
+       0, 0},
       {"fill", CLI_FLAG, &fill, NULL, "fill what lies outside the ball with the background", 0, 0},
       {"bg-n", CLI_DOUBLE, &bg_n, "N", "background n_CO [m^-3] with --fill (default 0)", 0, 0},
       {"bg-T", CLI_DOUBLE, &bg_T, "K", "background T [K] with --fill (default 0)", 0, 0},
@@ -188,13 +188,10 @@ int cmd_sample(int argc, char **argv) {
     free(pos);
     return cli_usage_fail("sample", "--device '%s', expected cpu or cuda", device);
   }
-  if (on_device && recon != SAMPLER_CONSTANT) {
-    if (recon_name) {
-      free(pos);
-      return cli_usage_fail("sample", "--device cuda samples the constant reconstruction only, "
-                                      "not --reconstruction %s", recon_name);
-    }
-    recon = SAMPLER_CONSTANT;
+  if (on_device && recon == SAMPLER_LIMITED) {
+    free(pos);
+    return cli_usage_fail("sample", "--device cuda samples the constant and linear "
+                                    "reconstructions, not --reconstruction limited");
   }
   if (on_device && compat) {
     free(pos);

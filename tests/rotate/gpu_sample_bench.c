@@ -5,10 +5,11 @@
  * directions sampled there (64^3, k = 2), then ray-traced there at the 7
  * COEmuNet channels. The cubes come back to the host between the two (the
  * sampler and the solver are separate rooms), so sample + solve pays the bus
- * twice. One line per figure (median of --reps batches after a warm-up):
- *   gpu_sample_bench sample 64^3 k=2 batch=64 cubes_per_s ...
- *   gpu_sample_bench sample+solve 64^3x7 batch=64 samples_per_s ... bus_GB_per_s ...
- *   gpu_sample_bench device_vs_cpu_sampler identical 64 of 64 cubes
+ * twice. --reconstruction linear (the default) or constant. One line per
+ * figure (median of --reps batches after a warm-up):
+ *   gpu_sample_bench sample linear 64^3 k=2 batch=64 cubes_per_s ...
+ *   gpu_sample_bench sample+solve linear 64^3x7 batch=64 samples_per_s ... bus_GB_per_s ...
+ *   gpu_sample_bench device_vs_cpu_sampler linear identical 64 of 64 cubes
  */
 #include <math.h>
 #include <stdio.h>
@@ -46,12 +47,16 @@ int main(int argc, char **argv) {
   char model[2048];
   snprintf(model, sizeof model, "%s/amrvac/agbwind3d_0000.dat", dd ? dd : "tests/data");
   const char *lamda = COEMU_DEFAULT_LAMDA_CO;
+  int recon = SAMPLER_LINEAR;
   for (int i = 1; i < argc; i++) {
     if (i + 1 < argc && !strcmp(argv[i], "--batch")) nb = atoi(argv[++i]);
     else if (i + 1 < argc && !strcmp(argv[i], "--reps")) reps = atoi(argv[++i]);
     else if (i + 1 < argc && !strcmp(argv[i], "--model")) snprintf(model, sizeof model, "%s", argv[++i]);
+    else if (i + 1 < argc && !strcmp(argv[i], "--reconstruction") &&
+             (recon = sampler_recon_parse(argv[++i])) >= 0 && recon != SAMPLER_LIMITED) continue;
     else {
-      fprintf(stderr, "usage: gpu_sample_bench [--batch B] [--reps R] [--model FILE.dat]\n");
+      fprintf(stderr, "usage: gpu_sample_bench [--batch B] [--reps R] [--model FILE.dat] "
+                      "[--reconstruction linear|constant]\n");
       return 2;
     }
   }
@@ -71,6 +76,7 @@ int main(int argc, char **argv) {
          (long long)m->nleaves, m->levmax);
   sampler_opts o;
   sampler_defaults(&o);
+  o.reconstruction = recon;
   o.ball_radius = model_half_extent(m);
   o.edge = 2 * o.ball_radius / sqrt(3.0);
   const size_t N = 64 * 64 * 64, np = 64 * 64 * 7;
@@ -113,15 +119,16 @@ int main(int argc, char **argv) {
   double ts = t[reps / 2], tss = t[reps + reps / 2];
   /* bytes over the bus per sample: cubes down (3 float32), cubes up, image down */
   double bytes = 3.0 * N * 4 * 2 + np * 8;
-  printf("gpu_sample_bench sample 64^3 k=2 batch=%d cubes_per_s %.1f\n", nb, nb / ts);
-  printf("gpu_sample_bench sample+solve 64^3x7 batch=%d samples_per_s %.1f bus_GB_per_s %.2f\n", nb,
-         nb / tss, nb * bytes / tss * 1e-9);
+  const char *rn = sampler_recon_name(recon);
+  printf("gpu_sample_bench sample %s 64^3 k=2 batch=%d cubes_per_s %.1f\n", rn, nb, nb / ts);
+  printf("gpu_sample_bench sample+solve %s 64^3x7 batch=%d samples_per_s %.1f bus_GB_per_s %.2f\n",
+         rn, nb, nb / tss, nb * bytes / tss * 1e-9);
   int same = 0;
   for (int i = 0; i < nb; i++) {
     if (sample_cube(m, q[i], &o, ca, cb, cc) < 0) return fail("cpu sample");
     same += !memcmp(ca, a[i], N * 4) && !memcmp(cb, b[i], N * 4) && !memcmp(cc, c[i], N * 4);
   }
-  printf("gpu_sample_bench device_vs_cpu_sampler identical %d of %d cubes\n", same, nb);
+  printf("gpu_sample_bench device_vs_cpu_sampler %s identical %d of %d cubes\n", rn, same, nb);
   for (int i = 0; i < nb; i++) free(a[i]), free(b[i]), free(c[i]), free(img[i]);
   free(a), free(b), free(c), free(img), free(q), free(t), free(ca), free(cb), free(cc);
   sampler_device_close(d);

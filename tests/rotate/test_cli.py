@@ -154,16 +154,16 @@ with tempfile.TemporaryDirectory() as tmp:
     check(rc == 2 and "expected cpu or cuda" in err, f"--device gpu: {err!r}")
     rc, out, err = run("sample", AGB, "--device", "cuda", "--compat", "--out", os.path.join(tmp, "x"))
     check(rc == 2 and "--compat" in err, f"--device cuda --compat: {err!r}")
-    ddir, cdir = os.path.join(tmp, "dev"), os.path.join(tmp, "cpu-constant")
+    ddir, cdir = os.path.join(tmp, "dev"), os.path.join(tmp, "cpu-linear")
     rc, out, err = run("sample", AGB, "--directions", "2", "--n", "16", "--seed", "3",
                        "--model-id", "5", "--device", "cuda", "--out", ddir)
     rc2, _, err2 = run("sample", AGB, "--directions", "2", "--n", "16", "--seed", "3",
-                       "--model-id", "5", "--reconstruction", "constant", "--out", cdir)
-    check(rc2 == 0, f"the CPU's constant cubes: {err2}")
-    rc3, _, err3 = run("sample", AGB, "--device", "cuda", "--reconstruction", "linear",
+                       "--model-id", "5", "--out", cdir)
+    check(rc2 == 0, f"the CPU's linear cubes (the default): {err2}")
+    rc3, _, err3 = run("sample", AGB, "--device", "cuda", "--reconstruction", "limited",
                        "--out", os.path.join(tmp, "x"))
-    check(rc3 == 2 and "constant reconstruction only" in err3, f"--device cuda linear: {err3!r}")
-    if rc == 0:  # a GPU here: the same bits as the CPU's constant reconstruction (the device's)
+    check(rc3 == 2 and "not --reconstruction limited" in err3, f"--device cuda limited: {err3!r}")
+    if rc == 0:  # a GPU here: the same bits as the CPU's linear reconstruction (both defaults)
         for f in ("v_z", "T", "n"):
             check(np.array_equal(np.load(os.path.join(ddir, "dir_0000", f + ".npy")),
                                  np.load(os.path.join(cdir, "dir_0000", f + ".npy"))),

@@ -451,10 +451,13 @@ static void test_options(void) {
   CHECK(sampler_recon_parse("constant") == SAMPLER_CONSTANT);
   CHECK(sampler_recon_parse("limited") == SAMPLER_LIMITED);
   CHECK(sampler_recon_parse("cubic") == -1);
-  /* the per-thread bodies and the device sampler have constant only */
+  /* the per-thread bodies and the device sampler have constant and linear */
   sampler_geo G;
   o.reconstruction = SAMPLER_LINEAR;
-  CHECK_ERR(sampler_geometry(m, (double[4]){1, 0, 0, 0}, &o, &G), "constant reconstruction only");
+  CHECK_OK(sampler_geometry(m, (double[4]){1, 0, 0, 0}, &o, &G));
+  CHECK(G.recon == SB_RECON_LINEAR);
+  o.reconstruction = SAMPLER_LIMITED;
+  CHECK_ERR(sampler_geometry(m, (double[4]){1, 0, 0, 0}, &o, &G), "not limited");
   sampler_device *dev = NULL;
   float *outs[1] = {v};
   CHECK_ERR(sampler_device_sample(dev, 1, (const double(*)[4]) & (double[4]){1, 0, 0, 0}, &o, outs,

@@ -20,6 +20,7 @@
 #include "rotate/directions.h"
 #include "rotate/model.h"
 #include "rotate/sampler.h"
+#include "rotate/sampler_body_linear.h"
 #include "model_fixture.h"
 
 static const char *data_dir;
@@ -469,39 +470,42 @@ static void test_refusals(void) {
 }
 
 /* ---------------------------------------------------------------------- */
-/* The sampler's per-thread bodies (rotate/sampler_body.h, what a device
- * runs), driven by a plain loop over thread indices: the bits of
- * sample_cube, exact by construction (the same arithmetic in the same
- * order), on models with power-of-two and other block sizes, 2 and 3
- * levels, k = 1, 2, 3, with and without a ball and a background fill, at
+/* The sampler's per-thread bodies (rotate/sampler_body.h and
+ * sampler_body_linear.h, what a device runs), driven by a plain loop over
+ * thread indices: the bits of sample_cube, exact by construction (the same
+ * arithmetic in the same order), for the constant and the linear
+ * reconstructions, on models with power-of-two and other block sizes, 2 and
+ * 3 levels, k = 1, 2, 3, with and without a ball and a background fill, at
  * the identity and at Philox-drawn Haar directions. */
 
 static int bodies_case(const ce_model *m, const sampler_opts *o, const double q[4],
                        const char *what) {
-  const size_t n = (size_t)o->n, N = n * n * n, nidx = n * n * o->k * o->k * n * o->k;
+  const size_t n = (size_t)o->n, N = n * n * n;
   float *a[3], *b[3];
   for (int i = 0; i < 3; i++) a[i] = malloc(N * 4), b[i] = malloc(N * 4);
-  int64_t *idx = malloc(nidx * sizeof(int64_t));
+  void *scratch = NULL;
   int32_t *geo = NULL;
   sampler_flat F;
   sampler_geo G;
   int same = -1;
   CHECK_OK(sample_cube(m, q, o, a[0], a[1], a[2]));
-  if (sampler_flatten(m, &F, &geo) == 0 && sampler_geometry(m, q, o, &G) == 0) {
-    sampler_body_run_host(&F, &G, idx, b[0], b[1], b[2]);
+  if (sampler_flatten(m, &F, &geo) == 0 && sampler_geometry(m, q, o, &G) == 0 &&
+      (scratch = malloc((size_t)sb_scratch_bytes(&G)))) {
+    sampler_body_run_host(&F, &G, scratch, b[0], b[1], b[2]);
     same = 1;
     for (int i = 0; i < 3; i++) {
       if (memcmp(a[i], b[i], N * 4)) {
         size_t j = 0;
         while (!memcmp(&a[i][j], &b[i][j], 4)) j++;
-        CHECK_FAIL_("%s (n %d, k %d, fill %d): bodies differ from sample_cube in array %d at %zu: "
-                    "%.9g vs %.9g", what, o->n, o->k, o->fill_background, i, j, b[i][j], a[i][j]);
+        CHECK_FAIL_("%s (%s, n %d, k %d, fill %d): bodies differ from sample_cube in array %d at "
+                    "%zu: %.9g vs %.9g", what, sampler_recon_name(o->reconstruction), o->n, o->k,
+                    o->fill_background, i, j, b[i][j], a[i][j]);
         same = 0;
       }
     }
   }
   for (int i = 0; i < 3; i++) free(a[i]), free(b[i]);
-  free(idx), free(geo);
+  free(scratch), free(geo);
   return same;
 }
 
@@ -537,11 +541,17 @@ static void test_bodies(void) {
     if (!m) continue;
     CHECK(mi != 2 || m->bshift < 0); /* the general (division) path of the locator */
     double half = model_half_extent(m);
+    sampler_opts lim;
+    sampler_defaults(&lim);
+    lim.reconstruction = SAMPLER_LIMITED, lim.edge = half;
+    sampler_geo G;
+    CHECK_ERR(sampler_geometry(m, (double[4]){1, 0, 0, 0}, &lim, &G), "not limited");
+    for (int lin = 0; lin < 2; lin++)
     for (int k = 1; k <= 3; k++)
       for (int fill = 0; fill < 2; fill++) {
         sampler_opts o;
         sampler_defaults(&o);
-        o.reconstruction = SAMPLER_CONSTANT; /* the bodies' (and the device's) only one */
+        o.reconstruction = lin ? SAMPLER_LINEAR : SAMPLER_CONSTANT; /* the bodies' two */
         o.n = k == 3 ? 12 : 20;
         o.k = k;
         o.ball_radius = half;
@@ -561,12 +571,15 @@ static void test_bodies(void) {
   }
   fprintf(stderr, "  sampler bodies on the host: %d of %d cubes bit-identical to sample_cube\n",
           same, cases);
-  CHECK(cases == 3 * 3 * 2 * 4 && same == cases);
+  CHECK(cases == 3 * 2 * 3 * 2 * 4 && same == cases);
 }
 
 /* The sampler on a CUDA device: the bits of sample_cube for a batch of
- * directions where a device runs; elsewhere (CI) a clear error. With
- * COEMU_REQUIRE_DEVICE set (scripts/gpu-check.sh) the device must run. */
+ * directions, constant and linear, where a device runs (bitwise: the
+ * device runs the bodies above, the same float and double operations with
+ * the fused steps explicit and no contraction, --fmad=false); elsewhere
+ * (CI) a clear error. With COEMU_REQUIRE_DEVICE set (scripts/gpu-check.sh)
+ * the device must run. */
 static void test_device_sampler(void) {
   ce_model *m = load_agb();
   if (!m) return;
@@ -585,11 +598,12 @@ static void test_device_sampler(void) {
   fprintf(stderr, "  device sampler: %s\n", desc);
   enum { NB = 5 };
   int cases = 0, same = 0;
+  for (int lin = 0; lin < 2; lin++)
   for (int k = 1; k <= 3; k++)
     for (int fill = 0; fill < 2; fill++) {
       sampler_opts o;
       sampler_defaults(&o);
-      o.reconstruction = SAMPLER_CONSTANT; /* the device's only one */
+      o.reconstruction = lin ? SAMPLER_LINEAR : SAMPLER_CONSTANT;
       double half = model_half_extent(m);
       o.n = 24, o.k = k, o.ball_radius = half, o.edge = fill ? 1.9 * half : 1.1 * half;
       o.fill_background = fill, o.bg_n = fill ? 3.0 : 0, o.bg_T = fill ? 20.0 : 0;
@@ -604,8 +618,8 @@ static void test_device_sampler(void) {
       for (int c = 0; c < NB; c++) {
         CHECK_OK(sample_cube(m, q[c], &o, cv, cT, cn));
         int ok = !memcmp(cv, dv[c], N * 4) && !memcmp(cT, dT[c], N * 4) && !memcmp(cn, dn[c], N * 4);
-        CHECK_MSG(ok, "device sampler, k %d fill %d direction %d: differs from sample_cube", k,
-                  fill, c);
+        CHECK_MSG(ok, "device sampler, %s k %d fill %d direction %d: differs from sample_cube",
+                  sampler_recon_name(o.reconstruction), k, fill, c);
         cases++, same += ok;
         free(dv[c]), free(dT[c]), free(dn[c]);
       }
