@@ -389,11 +389,17 @@ static int lvg_open(producer_ctx *c) {
 /* The device pipeline where it can make what the per-sample path makes:
  * a device solver, a reconstruction the device samples (asked, not
  * assumed), and the sampled n_CO imaged as it is (no LVG populations, no
- * line.abundance ratio, no COEmuNet gridding). */
+ * line.abundance ratio, no COEmuNet gridding). With solver.device cpu the
+ * environment's COEMU_PRODUCER_BATCHED=1 puts the pipeline's CPU
+ * implementation there (the same bytes: test_generate_real checks the
+ * batching, the plan and the cache on hosts without a device). */
 static int pipeline_open(producer_ctx *c) {
   const job *j = c->j;
   c->dp_model = -1;
-  if (j->solver_device == LTE_BACKEND_CPU || j->coemunet_compat || c->lvg || j->abundance > 0)
+  const char *batched = getenv("COEMU_PRODUCER_BATCHED");
+  int cpu_batched = batched && !strcmp(batched, "1");
+  if ((j->solver_device == LTE_BACKEND_CPU && !cpu_batched) || j->coemunet_compat || c->lvg ||
+      j->abundance > 0)
     return 0;
   c->dpi = devpipe_impl_for((lte_backend)j->solver_device, j->reconstruction);
   if (!c->dpi) return 0;
