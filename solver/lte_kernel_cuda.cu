@@ -18,6 +18,7 @@
  * free memory is refused before anything is copied.
  */
 #include <cuda_runtime.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -275,7 +276,7 @@ static int slot_launch(slot *s, const sizes *z, const lte_kernel_model *Md,
     /* cubes at one stride (a sampler's chunk): one strided copy per array */
     const char *p0 = (const char *)src[a][c0];
     long long step = nc > 1 ? (const char *)src[a][c0 + 1] - p0 : (long long)cbytes;
-    int even = step >= (long long)cbytes;
+    int even = step >= (long long)cbytes && step <= INT_MAX; /* a pitch CUDA takes */
     for (int c = 2; c < nc && even; c++)
       even = (const char *)src[a][c0 + c] - (const char *)src[a][c0 + c - 1] == step;
     if (even)
