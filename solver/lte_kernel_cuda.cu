@@ -178,12 +178,13 @@ static int upload_tables(const lte_kernel_model *M) {
 typedef struct {
   size_t ncell, npix, esz, narr;
   size_t cells, scratch, flags, image; /* per cube, rounded */
+  size_t pin_cells;                    /* cells per cube in the pinned buffer (0: solve_dev) */
   size_t dev, pin;
 } sizes;
 
 static size_t r256(size_t x) { return (x + 255) / 256 * 256; }
 
-static sizes sizes_of(const lte_kernel_batch *B) {
+static sizes sizes_of(const lte_kernel_batch *B, int dev) {
   sizes z;
   z.ncell = (size_t)B->nx * B->ny * B->nz;
   z.npix = (size_t)B->nx * B->ny;
@@ -194,7 +195,8 @@ static sizes sizes_of(const lte_kernel_batch *B) {
   z.flags = r256(z.npix * sizeof(int));
   z.image = r256(z.npix * B->nf * sizeof(double));
   z.dev = z.narr * z.cells + 4 * z.scratch + z.flags + z.image;
-  z.pin = z.narr * z.cells + z.flags + z.image;
+  z.pin_cells = dev ? 0 : z.cells;
+  z.pin = z.narr * z.pin_cells + z.flags + z.image;
   return z;
 }
 
@@ -226,7 +228,7 @@ typedef struct {
 static pinned pinned_of(slot *s, const sizes *z, int nc) {
   pinned p;
   unsigned char *q = s->pin;
-  for (size_t a = 0; a < z->narr; a++, q += z->cells * nc) p.cells[a] = q;
+  for (size_t a = 0; a < z->narr; a++, q += z->pin_cells * nc) p.cells[a] = q;
   p.flags = (int *)q;
   q += z->flags * nc;
   p.image = (double *)q;
@@ -346,7 +348,7 @@ static int solve_locked(const lte_kernel_model *M, const lte_kernel_batch *B, in
   Md.zdirect = st.d_zdirect;
 
   /* chunk size: half the batch per stream, within the free device memory */
-  sizes z = sizes_of(B);
+  sizes z = sizes_of(B, dev);
   size_t fre = 0, tot = 0;
   CU(cudaMemGetInfo(&fre, &tot), "cudaMemGetInfo");
   size_t have = fre;
