@@ -176,7 +176,7 @@ int main(int argc, char **argv) {
       printf("gpu_devpipe_check %s: inputs identical %d of %d; images within the rules on %d "
              "directions: pipeline worst %.3g (%ld bad), cpu worst %.3g (%ld bad), %ld of %ld pixels "
              "counted, %ld ill-conditioned; %ld of %ld stored target values bit-identical to "
-             "the cpu's; cpu %.2f s, device %.3f s (first call): %s\n",
+             "the cpu's; per-sample path %.2f s, pipeline %.3f s (first call): %s\n",
              what, same_in, ndir, nref, td.worst, td.bad, tc.worst, tc.bad, td.counted, td.total,
              td.ill, same_px, (long)(ntg * ndir), t_cpu, t_dev, ok ? "ok" : "FAIL");
       if (!ok) rc = 1;
