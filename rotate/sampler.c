@@ -872,25 +872,44 @@ int sampler_device_open(const ce_model *m, int ordinal, sampler_device **out, ch
 #endif
 }
 
-int sampler_device_sample(sampler_device *s, int ncube, const double (*q)[4],
-                          const sampler_opts *o, float *const *v_los, float *const *T,
-                          float *const *n_co) {
-  if (o->reconstruction == SAMPLER_LIMITED) /* before anything else: without CUDA too */
-    CE_FAIL("sampler device: the limited reconstruction runs on the CPU only (the device has "
-            "constant and linear)");
+int sampler_device_supports(int r) { return r == SAMPLER_CONSTANT || r == SAMPLER_LINEAR; }
+
+/* dev NULL: sampler_device_sample (every cube to the host); else
+ * sampler_device_sample_dev */
+static int device_sample(sampler_device *s, int ncube, const double (*q)[4], const sampler_opts *o,
+                         const float **dev, float *const *v_los, float *const *T,
+                         float *const *n_co) {
+  if (!sampler_device_supports(o->reconstruction)) /* before anything else: without CUDA too */
+    CE_FAIL("sampler device: the %s reconstruction runs on the CPU only (the device has "
+            "constant and linear)", sampler_recon_name(o->reconstruction));
 #ifdef COEMU_HAVE_CUDA
   if (ncube < 1) return 0;
   sampler_geo *G = ce_malloc_array((size_t)ncube, sizeof *G, "sampler geometries");
   if (!G) return -1;
   int rc = 0;
   for (int c = 0; c < ncube && rc == 0; c++) rc = sampler_geometry(s->m, q[c], o, &G[c]);
-  if (rc == 0) rc = sampler_cuda_sample(s->d, ncube, G, v_los, T, n_co);
+  if (rc == 0)
+    rc = dev ? sampler_cuda_sample_dev(s->d, ncube, G, dev, v_los, T, n_co)
+             : sampler_cuda_sample(s->d, ncube, G, v_los, T, n_co);
   free(G);
   return rc;
 #else
-  (void)s, (void)ncube, (void)q, (void)o, (void)v_los, (void)T, (void)n_co;
+  (void)s, (void)ncube, (void)q, (void)dev, (void)v_los, (void)T, (void)n_co;
   CE_FAIL("sampler device 'cuda' is not built into this coemu (built: cpu)");
 #endif
+}
+
+int sampler_device_sample(sampler_device *s, int ncube, const double (*q)[4],
+                          const sampler_opts *o, float *const *v_los, float *const *T,
+                          float *const *n_co) {
+  return device_sample(s, ncube, q, o, NULL, v_los, T, n_co);
+}
+
+int sampler_device_sample_dev(sampler_device *s, int ncube, const double (*q)[4],
+                              const sampler_opts *o, const float **dev, float *const *v_los,
+                              float *const *T, float *const *n_co) {
+  *dev = NULL;
+  return device_sample(s, ncube, q, o, dev, v_los, T, n_co);
 }
 
 void sampler_device_close(sampler_device *s) {

@@ -134,6 +134,17 @@ int sampler_device_open(const ce_model *m, int ordinal, sampler_device **out, ch
 int sampler_device_sample(sampler_device *s, int ncube, const double (*q)[4],
                           const sampler_opts *o, float *const *v_los, float *const *T,
                           float *const *n_co);
+/* The first cubes of the same left in device memory (for the device's LTE
+ * solver, solver/lte.h's lte_solve_batch_device_f32): returns how many
+ * (1..ncube, one chunk of the device's buffers), *dev their cells (cube c:
+ * v_los, T, n_co, n^3 floats each, from *dev + 3 c n^3), valid until the
+ * next call on s; also copied to the host where v_los is not NULL. */
+int sampler_device_sample_dev(sampler_device *s, int ncube, const double (*q)[4],
+                              const sampler_opts *o, const float **dev, float *const *v_los,
+                              float *const *T, float *const *n_co);
+/* 1 when the device sampler has reconstruction r (callers ask rather than
+ * assume which), 0 otherwise; whether CUDA is built is open's question. */
+int sampler_device_supports(int r);
 void sampler_device_close(sampler_device *s);
 int sample_cube_fields(const ce_model *m, const double q[4], const sampler_opts *o, float *v_los,
                        float *T, float *n_co, int nextra, const float *const *fields,

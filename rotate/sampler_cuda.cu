@@ -142,6 +142,7 @@ extern "C" int sampler_cuda_open(const sampler_flat *F, int64_t nleaves, int64_t
   return 0;
 }
 
+/* v == NULL: the cubes stay in d_out (sampler_cuda_sample_dev) */
 static int sample_chunk(sampler_cuda *d, int nc, const sampler_geo *G, float *const *v,
                         float *const *T, float *const *n) {
   const long long N = G[0].n, k = G[0].k;
@@ -154,10 +155,12 @@ static int sample_chunk(sampler_cuda *d, int nc, const sampler_geo *G, float *co
   sb_voxels_kernel<<<grid_for(vox * nc), BLOCK, 0, d->stream>>>(
       d->F, d->d_geo, nc, vox, idx_per, (const unsigned char *)d->d_idx, d->d_out);
   CU(cudaGetLastError(), "launching the voxel kernel");
-  CU(cudaMemcpyAsync(d->h_out, d->d_out, (size_t)nc * 3 * vox * sizeof(float),
-                     cudaMemcpyDeviceToHost, d->stream),
-     "cudaMemcpyAsync (cubes to the host)");
+  if (v)
+    CU(cudaMemcpyAsync(d->h_out, d->d_out, (size_t)nc * 3 * vox * sizeof(float),
+                       cudaMemcpyDeviceToHost, d->stream),
+       "cudaMemcpyAsync (cubes to the host)");
   CU(cudaStreamSynchronize(d->stream), "the sampler's kernels (cudaStreamSynchronize)");
+  if (!v) return 0;
   for (int c = 0; c < nc; c++) {
     const float *o = d->h_out + (size_t)c * 3 * vox;
     memcpy(v[c], o, vox * sizeof(float));
@@ -167,9 +170,8 @@ static int sample_chunk(sampler_cuda *d, int nc, const sampler_geo *G, float *co
   return 0;
 }
 
-extern "C" int sampler_cuda_sample(sampler_cuda *d, int ncube, const sampler_geo *G,
-                                   float *const *v_los, float *const *T, float *const *n_co) {
-  if (ncube < 1) return 0;
+/* Buffers for a chunk of G's cubes; the chunk size into *out. */
+static int reserve(sampler_cuda *d, int ncube, const sampler_geo *G, size_t *out) {
   for (int c = 1; c < ncube; c++)
     if (G[c].n != G[0].n || G[c].k != G[0].k || G[c].recon != G[0].recon)
       CE_FAIL("sampler device 'cuda': cubes of one batch must share n, k and the reconstruction");
@@ -213,6 +215,15 @@ extern "C" int sampler_cuda_sample(sampler_cuda *d, int ncube, const sampler_geo
     CU(cudaMalloc(&d->d_geo, chunk * sizeof(sampler_geo)), "cudaMalloc (geometries)");
     d->cap_geo = (int)chunk;
   }
+  *out = chunk;
+  return 0;
+}
+
+extern "C" int sampler_cuda_sample(sampler_cuda *d, int ncube, const sampler_geo *G,
+                                   float *const *v_los, float *const *T, float *const *n_co) {
+  if (ncube < 1) return 0;
+  size_t chunk;
+  CE_TRY(reserve(d, ncube, G, &chunk));
   for (size_t c0 = 0; c0 < (size_t)ncube; c0 += chunk) {
     int nc = (int)((size_t)ncube - c0 < chunk ? (size_t)ncube - c0 : chunk);
     CE_TRY(sample_chunk(d, nc, G + c0, v_los + c0, T + c0, n_co + c0));
@@ -222,4 +233,17 @@ extern "C" int sampler_cuda_sample(sampler_cuda *d, int ncube, const sampler_geo
 
 extern "C" void sampler_cuda_close(sampler_cuda *d) {
   if (d) release(d);
+}
+
+extern "C" int sampler_cuda_sample_dev(sampler_cuda *d, int ncube, const sampler_geo *G,
+                                       const float **dev, float *const *v_los, float *const *T,
+                                       float *const *n_co) {
+  *dev = NULL;
+  if (ncube < 1) return 0;
+  size_t chunk;
+  CE_TRY(reserve(d, ncube, G, &chunk));
+  int nc = (int)((size_t)ncube < chunk ? (size_t)ncube : chunk);
+  CE_TRY(sample_chunk(d, nc, G, v_los, T, n_co));
+  *dev = d->d_out;
+  return nc;
 }

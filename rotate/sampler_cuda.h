@@ -30,6 +30,12 @@ int sampler_cuda_open(const sampler_flat *F, int64_t nleaves, int64_t nnodes, in
  * n_co[c] ([(x*n + y)*n + z], host memory). */
 int sampler_cuda_sample(sampler_cuda *d, int ncube, const sampler_geo *G, float *const *v_los,
                         float *const *T, float *const *n_co);
+/* The first cubes of the same, left in device memory for the device's solver:
+ * returns how many (1..ncube: as many as one chunk holds), *dev their
+ * cells (cube c: v_los, T, n_co of n^3 floats each from dev + 3 c n^3), valid
+ * until the next call; the host copies too where v_los is not NULL. */
+int sampler_cuda_sample_dev(sampler_cuda *d, int ncube, const sampler_geo *G, const float **dev,
+                            float *const *v_los, float *const *T, float *const *n_co);
 void sampler_cuda_close(sampler_cuda *d);
 
 #ifdef __cplusplus

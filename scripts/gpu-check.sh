@@ -19,6 +19,13 @@
 #   gpu_sample_bench   sample (on the device) + solve (on the device) of a
 #                      loaded AMRVAC model: cubes/s, samples/s, bus GB/s, for
 #                      the linear reconstruction (the default) and constant
+#   gpu_devpipe_check  issue 17's dataset check: the demo job's first models'
+#                      samples made by the producer's CPU path and by the
+#                      device pipeline (pipeline/generate/devpipe.h: cubes
+#                      sampled and solved on the device, only images and
+#                      inputs back), compared by docs/physics.md's rules;
+#                      then sample + solve samples/s (images only; GB/s
+#                      with inputs)
 # The sampler's parity rule: the device's cubes equal the CPU's bit for bit,
 # constant and linear (the same float and double operations as the host
 # code, fused steps explicit, --fmad=false: no contraction).
@@ -57,7 +64,7 @@ defs=(-D_GNU_SOURCE -DCOEMU_HAVE_CUDA "-DCOEMU_VERSION=\"gpu-check\""
       "-DCOEMU_DEFAULT_LAMDA_CO=\"$root/tests/data/lamda/co.dat\"")
 # the solver's flags (solver/meson.build): no FMA contraction; the host's
 # vector units, and glibc's libmvec where it links
-cflags=(-std=c17 -O2 -g -fopenmp -ffp-contract=off -march=native -I"$root" -I"$root/tests" "${defs[@]}")
+cflags=(-std=c17 -O2 -g -fopenmp -ffp-contract=off -ffunction-sections -march=native -I"$root" -I"$root/tests" "${defs[@]}")
 libs=(-lm)
 if echo 'int main(void){return 0;}' | "$CC" -x c - -o "$out/obj/mvec-probe" -lmvec 2>/dev/null; then
   cflags+=(-DCOEMU_HAVE_LIBMVEC)
@@ -75,8 +82,10 @@ objs=()
 pids=()
 rot=(rotate/amrvac_forest.c rotate/amrvac.c rotate/units.c rotate/model.c rotate/directions.c
      rotate/sampler.c rotate/compat.c)
+dp=(rotate/amrvac_write.c rotate/synth.c pipeline/generate/devpipe.c) # the demo's models, the pipeline
 extra=()
-[ "$have_yaml" = 1 ] && extra=("${rot[@]}" tests/rotate/test_sample.c tests/rotate/gpu_sample_bench.c)
+[ "$have_yaml" = 1 ] && extra=("${rot[@]}" "${dp[@]}" tests/rotate/test_sample.c
+                               tests/rotate/gpu_sample_bench.c tests/pipeline/gpu_devpipe_check.c)
 for s in "${lib[@]}" tests/solver/test_lte_backends.c tests/solver/test_pomme.c tests/solver/gpu_bench.c "${extra[@]}"; do
   o="$out/obj/$(echo "$s" | tr / _).o"
   "$CC" "${cflags[@]}" -c "$s" -o "$o" &
@@ -101,7 +110,13 @@ if [ "$have_yaml" = 1 ]; then
     "$NVCC" -o "$out/$b" "$out/obj/tests_rotate_$b.c.o" "${robjs[@]}" "$out/obj/sampler_cuda.o" \
       "${objs[@]}" -Xcompiler=-fopenmp "${libs[@]}" -lyaml -lpthread
   done
-  built="$built, test_sample, gpu_sample_bench"
+  # synth.c's PNG preview (common/image.c, libpng: not on the GPU machine) is
+  # never called here: its section is dropped (-ffunction-sections above)
+  for s in "${dp[@]}"; do robjs+=("$out/obj/$(echo "$s" | tr / _).o"); done
+  "$NVCC" -o "$out/gpu_devpipe_check" "$out/obj/tests_pipeline_gpu_devpipe_check.c.o" "${robjs[@]}" \
+    "$out/obj/sampler_cuda.o" "${objs[@]}" -Xcompiler=-fopenmp -Xlinker=--gc-sections "${libs[@]}" \
+    -lyaml -lpthread
+  built="$built, test_sample, gpu_sample_bench, gpu_devpipe_check"
 else
   echo "gpu-check: no libyaml header here: the sampler's test and sample + solve bench are not built"
 fi
@@ -121,7 +136,7 @@ step() { # name limit command...: the command's figure lines, then "ok" or "FAIL
   shift 2
   local log="$out/$name.log" s=$SECONDS st=0
   timeout "$limit" "$@" >"$log" 2>&1 || st=$?
-  grep -E '^  (cpu|cuda|bodies|float32|device sampler|sampler bodies)|backend vs Pomme|^gpu_(sample_)?bench' "$log" | sed "s/^ */gpu-check $name: /" || true
+  grep -E '^  (cpu|cuda|bodies|float32|device sampler|sampler bodies)|backend vs Pomme|^gpu_(sample_|devpipe_)?(bench|check)' "$log" | sed "s/^ */gpu-check $name: /" || true
   if [ "$st" = 0 ]; then
     echo "gpu-check $name: ok ($((SECONDS - s)) s)"
   else
@@ -137,6 +152,7 @@ step parity_pomme 60 "$out/test_pomme"
 step bench_solver 120 "$out/gpu_bench" ${GPU_BENCH_ARGS:-}
 [ "$have_yaml" = 1 ] && step bench_sample_solve 60 "$out/gpu_sample_bench"
 [ "$have_yaml" = 1 ] && step bench_sample_solve_constant 60 "$out/gpu_sample_bench" --reconstruction constant
+[ "$have_yaml" = 1 ] && step devpipe_dataset 90 "$out/gpu_devpipe_check"
 # the trainer's part: its own build (gcc + nvcc), parity, curves, speed and
 # the PyTorch anchor (set TRAINER_CHECK_DEPS where the machine lacks OpenBLAS
 # and FFTW: scripts/gpu-check-trainer.sh --pack-deps)

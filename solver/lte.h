@@ -71,6 +71,21 @@ int lte_solve_cube_f32(const lte_line *L, const double *freqs, int nf, int nx, i
 int lte_solve_batch(const lte_line *L, const double *freqs, int nf, int ncube, int nx, int ny,
                     int nz, const double *const *v, const double *const *T,
                     const double *const *n, const lte_options *opt, double *const *image);
+/* The same for float32 cubes (a sampler's). */
+int lte_solve_batch_f32(const lte_line *L, const double *freqs, int nf, int ncube, int nx, int ny,
+                        int nz, const float *const *v, const float *const *T,
+                        const float *const *n, const lte_options *opt, double *const *image);
+/* The same for float32 cubes in the memory of opt->backend's device (opened
+ * by lte_backend_open; e.g. sampled there, rotate/sampler.h's
+ * sampler_device_sample_dev): the backend's solve_dev (lte_kernel.h); the
+ * images are host memory. A backend without one (cpu) is an error. A bad
+ * cell cannot be located in device memory: the call then returns
+ * LTE_KERNEL_BAD_INPUT (1) with a message saying so, and the caller solves
+ * those cubes on the host to name it. */
+int lte_solve_batch_device_f32(const lte_line *L, const double *freqs, int nf, int ncube, int nx,
+                               int ny, int nz, const float *const *v, const float *const *T,
+                               const float *const *n, const lte_options *opt,
+                               double *const *image);
 
 /* Non-LTE images: the same, with the fractional populations of the line's
  * lower and upper level per cell (x_l, x_u, same layout; e.g. from

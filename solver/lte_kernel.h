@@ -192,6 +192,12 @@ typedef struct lte_kernel {
    * when it cannot run here (no device, no driver). solve() opens device 0
    * itself when open was not called. */
   int (*open)(int ordinal, char *desc, size_t ndesc);
+  /* NULL (the backend takes host cubes only), or solve() for cubes already
+   * in the memory of the device open() chose (e.g. sampled there:
+   * rotate/sampler_cuda.h): b's v, T, n, pop_l, pop_u hold device pointers
+   * (written by work that completed before the call); everything else,
+   * images included, is host memory as for solve(). */
+  int (*solve_dev)(const lte_kernel_model *m, const lte_kernel_batch *b);
 } lte_kernel;
 
 extern const lte_kernel lte_kernel_cpu; /* lte_kernel_cpu.c */

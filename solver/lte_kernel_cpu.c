@@ -484,4 +484,4 @@ static int cpu_solve(const lte_kernel_model *M, const lte_kernel_batch *B) {
   return bad ? LTE_KERNEL_BAD_INPUT : 0;
 }
 
-const lte_kernel lte_kernel_cpu = {"cpu", VARIANT, cpu_solve, NULL};
+const lte_kernel lte_kernel_cpu = {"cpu", VARIANT, cpu_solve, NULL, NULL};

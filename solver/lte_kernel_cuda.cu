@@ -18,6 +18,7 @@
  * free memory is refused before anything is copied.
  */
 #include <cuda_runtime.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -185,12 +186,13 @@ static int upload_tables(const lte_kernel_model *M) {
 typedef struct {
   size_t ncell, npix, esz, narr;
   size_t cells, scratch, flags, image; /* per cube, rounded */
+  size_t pin_cells;                    /* cells per cube in the pinned buffer (0: solve_dev) */
   size_t dev, pin;
 } sizes;
 
 static size_t r256(size_t x) { return (x + 255) / 256 * 256; }
 
-static sizes sizes_of(const lte_kernel_batch *B) {
+static sizes sizes_of(const lte_kernel_batch *B, int dev) {
   sizes z;
   z.ncell = (size_t)B->nx * B->ny * B->nz;
   z.npix = (size_t)B->nx * B->ny;
@@ -201,7 +203,8 @@ static sizes sizes_of(const lte_kernel_batch *B) {
   z.flags = r256(z.npix * sizeof(int));
   z.image = r256(z.npix * B->nf * sizeof(double));
   z.dev = z.narr * z.cells + 4 * z.scratch + z.flags + z.image;
-  z.pin = z.narr * z.cells + z.flags + z.image;
+  z.pin_cells = dev ? 0 : z.cells;
+  z.pin = z.narr * z.pin_cells + z.flags + z.image;
   return z;
 }
 
@@ -233,7 +236,7 @@ typedef struct {
 static pinned pinned_of(slot *s, const sizes *z, int nc) {
   pinned p;
   unsigned char *q = s->pin;
-  for (size_t a = 0; a < z->narr; a++, q += z->cells * nc) p.cells[a] = q;
+  for (size_t a = 0; a < z->narr; a++, q += z->pin_cells * nc) p.cells[a] = q;
   p.flags = (int *)q;
   q += z->flags * nc;
   p.image = (double *)q;
@@ -254,14 +257,16 @@ static int slot_finish(slot *s, const sizes *z, const lte_kernel_batch *B, int *
   return 0;
 }
 
-/* Gather cubes [c0, c0 + nc) into slot s, copy them over, launch, copy back. */
+/* Gather cubes [c0, c0 + nc) into slot s, copy them over, launch, copy back.
+ * dev: the cubes are device memory (solve_dev), gathered on the device. */
 static int slot_launch(slot *s, const sizes *z, const lte_kernel_model *Md,
-                       const lte_kernel_batch *B, int c0, int nc) {
+                       const lte_kernel_batch *B, int c0, int nc, int dev) {
   pinned p = pinned_of(s, z, nc);
   const void *const *src[5] = {B->v, B->T, B->n, B->pop_l, B->pop_u};
   const size_t cbytes = z->ncell * z->esz;
-  for (size_t a = 0; a < z->narr; a++)
-    for (int c = 0; c < nc; c++) memcpy(p.cells[a] + c * cbytes, src[a][c0 + c], cbytes);
+  if (!dev)
+    for (size_t a = 0; a < z->narr; a++)
+      for (int c = 0; c < nc; c++) memcpy(p.cells[a] + c * cbytes, src[a][c0 + c], cbytes);
   /* device layout: the same order as the pinned buffer, then the scratch */
   unsigned char *d = s->dev;
   unsigned char *dcells[5];
@@ -274,8 +279,25 @@ static int slot_launch(slot *s, const sizes *z, const lte_kernel_model *Md,
   for (int i = 0; i < 4; i++, d += z->scratch * nc) scratch[i] = (double *)d;
   /* every cell array in one copy: the device buffer starts with the same layout */
   const size_t in_bytes = z->narr * z->cells * nc;
-  CU(cudaMemcpyAsync(s->dev, s->pin, in_bytes, cudaMemcpyHostToDevice, s->stream),
-     "cudaMemcpyAsync (cells to the device)");
+  if (!dev)
+    CU(cudaMemcpyAsync(s->dev, s->pin, in_bytes, cudaMemcpyHostToDevice, s->stream),
+       "cudaMemcpyAsync (cells to the device)");
+  for (size_t a = 0; dev && a < z->narr; a++) {
+    /* cubes at one stride (a sampler's chunk): one strided copy per array */
+    const char *p0 = (const char *)src[a][c0];
+    long long step = nc > 1 ? (const char *)src[a][c0 + 1] - p0 : (long long)cbytes;
+    int even = step >= (long long)cbytes && step <= INT_MAX; /* a pitch CUDA takes */
+    for (int c = 2; c < nc && even; c++)
+      even = (const char *)src[a][c0 + c] - (const char *)src[a][c0 + c - 1] == step;
+    if (even)
+      CU(cudaMemcpy2DAsync(dcells[a], cbytes, p0, (size_t)step, cbytes, nc,
+                           cudaMemcpyDeviceToDevice, s->stream),
+         "cudaMemcpy2DAsync (device cells)");
+    for (int c = 0; !even && c < nc; c++)
+      CU(cudaMemcpyAsync(dcells[a] + c * cbytes, src[a][c0 + c], cbytes, cudaMemcpyDeviceToDevice,
+                         s->stream),
+         "cudaMemcpyAsync (device cells)");
+  }
   CU(cudaMemsetAsync(dflags, 0, z->flags * nc, s->stream), "cudaMemsetAsync");
   /* the cubes of a chunk lie back to back in each array: rays c*npix + pix */
   lte_body_view v;
@@ -308,7 +330,7 @@ static int slot_launch(slot *s, const sizes *z, const lte_kernel_model *Md,
   return 0;
 }
 
-static int solve_locked(const lte_kernel_model *M, const lte_kernel_batch *B) {
+static int solve_locked(const lte_kernel_model *M, const lte_kernel_batch *B, int dev) {
   if (st.device < 0) CE_TRY(open_locked(st.ordinal));
   CU(cudaSetDevice(st.device), "cudaSetDevice");
   CE_TRY(upload_tables(M));
@@ -337,7 +359,7 @@ static int solve_locked(const lte_kernel_model *M, const lte_kernel_batch *B) {
   Md.zdirect = st.d_zdirect;
 
   /* chunk size: half the batch per stream, within the free device memory */
-  sizes z = sizes_of(B);
+  sizes z = sizes_of(B, dev);
   size_t fre = 0, tot = 0;
   CU(cudaMemGetInfo(&fre, &tot), "cudaMemGetInfo");
   size_t have = fre;
@@ -360,15 +382,15 @@ static int solve_locked(const lte_kernel_model *M, const lte_kernel_batch *B) {
     slot *s = &st.s[k % NSLOT];
     CE_TRY(slot_finish(s, &z, B, &bad));
     int nc = B->ncube - c0 < chunk ? B->ncube - c0 : chunk;
-    CE_TRY(slot_launch(s, &z, &Md, B, c0, nc));
+    CE_TRY(slot_launch(s, &z, &Md, B, c0, nc, dev));
   }
   for (int i = 0; i < NSLOT; i++) CE_TRY(slot_finish(&st.s[(k + i) % NSLOT], &z, B, &bad));
   return bad ? LTE_KERNEL_BAD_INPUT : 0;
 }
 
-static int cuda_solve(const lte_kernel_model *M, const lte_kernel_batch *B) {
+static int solve_on(const lte_kernel_model *M, const lte_kernel_batch *B, int dev) {
   pthread_mutex_lock(&st.lock);
-  int rc = solve_locked(M, B);
+  int rc = solve_locked(M, B, dev);
   if (rc < 0) {
     /* keep the message; a failed launch leaves the context unusable */
     for (int i = 0; i < NSLOT; i++) st.s[i].busy = 0;
@@ -378,4 +400,13 @@ static int cuda_solve(const lte_kernel_model *M, const lte_kernel_batch *B) {
   return rc;
 }
 
-extern "C" const lte_kernel lte_kernel_cuda = {"cuda", "cuda-f64", cuda_solve, cuda_open};
+static int cuda_solve(const lte_kernel_model *M, const lte_kernel_batch *B) {
+  return solve_on(M, B, 0);
+}
+
+static int cuda_solve_dev(const lte_kernel_model *M, const lte_kernel_batch *B) {
+  return solve_on(M, B, 1);
+}
+
+extern "C" const lte_kernel lte_kernel_cuda = {"cuda", "cuda-f64", cuda_solve, cuda_open,
+                                               cuda_solve_dev};

@@ -270,6 +270,7 @@ static int64_t do_shard(const job *j, const shard_layout *lay, const char *out, 
   }
   shard_writer *w;
   CE_TRY(shard_open(&w, path, lay, first, count));
+  if (p->plan) p->plan(p->ctx, first, count);
   size_t nin = 3 * (size_t)j->n * j->n * j->n, ntg = (size_t)j->nf * j->n * j->n;
   for (int64_t i = 0; i < count; i++) {
     if (g_stop == STOP_NOW) { /* SIGTERM/SIGINT: start no other sample */

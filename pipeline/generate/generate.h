@@ -31,6 +31,11 @@ typedef struct {
   int has_geometry;      /* 1: geometry holds the sizes the samples were made with */
   dataset_geometry geometry; /* -> dataset.h5 /geometry (docs/dataset-format.md) */
   void (*close)(void *ctx);
+  /* NULL, or a hint: samples [first, first + count) (sample = model *
+   * directions + direction) are asked for next, in order, so a producer
+   * may make them in batches (the device pipeline) without making any
+   * that nobody asks for. */
+  void (*plan)(void *ctx, int64_t first, int64_t count);
 } generate_producer;
 
 /* Build the producer for a job on this rank (load the line data, etc.),

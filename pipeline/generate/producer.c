@@ -13,6 +13,7 @@
 #include "pipeline/mpi/mpi_fatal.h"
 #include "pipeline/mpi/mpi_node.h"
 #include "common/progress.h"
+#include "pipeline/generate/devpipe.h"
 #include "rotate/amrvac.h"
 #include "rotate/compat.h"
 #include "rotate/directions.h"
@@ -51,6 +52,18 @@ typedef struct {
   float *nmol;       /* (X_mol / X_CO) n_CO, n^3 (line.abundance > 0) */
   int64_t failed;    /* a model whose populations failed (-1: none): its message, */
   char fail_msg[2048]; /* so that its other directions do not solve it again */
+  /* solver.device cuda with a reconstruction the device samples: the
+   * sample + solve pipeline (devpipe.h), batches of one model's directions
+   * within the shard generate plans (NULL dpi: the per-sample path) */
+  const devpipe_impl *dpi;
+  devpipe *dp;
+  const ce_model *dp_m;      /* the model dp holds */
+  int ordinal, dp_batch;
+  int64_t dp_model, dp_first, dp_count; /* the batch made: directions [first, first + count) */
+  int64_t plan_first, plan_end;         /* samples generate will ask for next */
+  int64_t host_until;        /* samples before it: the per-sample path (a batch held a bad cell) */
+  double (*dp_q)[4];
+  float *dp_buf, **dp_tg, **dp_in; /* [dp_batch] targets and inputs */
 } producer_ctx;
 
 int producer_lvg_populations(const ce_model *m, double x_co, double x_mol, const nlte_model *M,
@@ -84,6 +97,8 @@ int producer_lvg_populations(const ce_model *m, double x_co, double x_mol, const
 static void producer_close(void *vctx) {
   producer_ctx *c = vctx;
   if (!c) return;
+  devpipe_close(c->dp);
+  free(c->dp_q), free(c->dp_buf), free(c->dp_tg), free(c->dp_in);
   model_lru_free(c->models);
   if (c->lvg) nlte_model_free(&c->M);
   free(c->cl), free(c->cu), free(c->nmol);
@@ -176,12 +191,65 @@ static int load_model(producer_ctx *c, int64_t model) {
   return 0;
 }
 
+static void producer_plan(void *vctx, int64_t first, int64_t count) {
+  producer_ctx *c = vctx;
+  c->plan_first = first, c->plan_end = first + count;
+}
+
+/* The device pipeline: sample (model, direction) from the batch made, or
+ * make the batch that starts there (the directions of this model that the
+ * plan asks for next). 1: make this sample on the per-sample path. */
+static int produce_batched(producer_ctx *c, int64_t model, int64_t dir, float *inputs,
+                           float *targets, double quat[4]) {
+  const job *j = c->j;
+  const int64_t D = j->directions, s = model * D + dir;
+  const size_t nin = 3 * (size_t)j->n * j->n * j->n, ntg = (size_t)j->nf * j->n * j->n;
+  if (!(c->dp_model == model && dir >= c->dp_first && dir < c->dp_first + c->dp_count)) {
+    if (s < c->host_until) return 1;
+    CE_TRY(load_model(c, model));
+    if (c->dp_m != c->model) { /* a model (re)loaded: upload it */
+      devpipe_close(c->dp);
+      c->dp = NULL, c->dp_m = NULL, c->dp_model = -1, c->dp_count = 0;
+      devpipe_args a = {c->model, &c->so, &c->line, &c->opt, c->freqs, j->nf, c->dp_batch};
+      CE_TRY(devpipe_open(c->dpi, &a, c->ordinal, &c->dp, NULL, 0));
+      c->dp_m = c->model;
+    }
+    int64_t end = dir + 1;
+    if (s >= c->plan_first && s < c->plan_end) {
+      end = c->plan_end - model * D;
+      if (end > D) end = D;
+      if (end > dir + c->dp_batch) end = dir + c->dp_batch;
+    }
+    int nb = (int)(end - dir), done = 0;
+    for (int i = 0; i < nb; i++)
+      dir_quaternion(c->sampler, j->seed, (uint32_t)model, (uint32_t)(dir + i), c->dp_q[i]);
+    c->dp_model = model, c->dp_first = dir, c->dp_count = 0;
+    int rc = devpipe_run(c->dp, nb, (const double (*)[4])c->dp_q, c->dp_tg, c->dp_in, &done);
+    c->dp_count = done;
+    if (rc == DEVPIPE_BAD_CELL) { /* the per-sample path names the cell */
+      c->host_until = s + nb;
+      if (done == 0) return 1;
+    } else if (rc < 0) {
+      return -1;
+    }
+  }
+  const int64_t i = dir - c->dp_first;
+  memcpy(inputs, c->dp_in[i], nin * sizeof *inputs);
+  memcpy(targets, c->dp_tg[i], ntg * sizeof *targets);
+  memcpy(quat, c->dp_q[i], sizeof c->dp_q[i]);
+  return 0;
+}
+
 static int produce(void *vctx, int64_t model, int64_t direction, float *inputs, float *targets,
                    double quat[4]) {
   producer_ctx *c = vctx;
   const job *j = c->j;
   const int n = j->n, nf = j->nf;
   const size_t nvox = (size_t)n * n * n;
+  if (c->dpi) {
+    int rc = produce_batched(c, model, direction, inputs, targets, quat);
+    if (rc <= 0) return rc;
+  }
   CE_TRY(load_model(c, model));
   dir_quaternion(c->sampler, j->seed, (uint32_t)model, (uint32_t)direction, quat);
   float *v = inputs, *T = inputs + nvox, *nco = inputs + 2 * nvox;
@@ -207,10 +275,7 @@ static int produce(void *vctx, int64_t model, int64_t direction, float *inputs, 
                                    c->image));
   else
     CE_TRY(lte_solve_cube_f32(&c->line, c->freqs, nf, n, n, n, v, T, dens, &opt, c->image));
-  for (int x = 0; x < n; x++)
-    for (int y = 0; y < n; y++)
-      for (int f = 0; f < nf; f++)
-        targets[((size_t)f * n + x) * n + y] = (float)c->image[((size_t)x * n + y) * nf + f];
+  devpipe_image_to_targets(c->image, n, nf, targets);
   return 0;
 }
 
@@ -321,6 +386,37 @@ static int lvg_open(producer_ctx *c) {
   return c->cl && c->cu ? 0 : -1;
 }
 
+/* The device pipeline where it can make what the per-sample path makes:
+ * a device solver, a reconstruction the device samples (asked, not
+ * assumed), and the sampled n_CO imaged as it is (no LVG populations, no
+ * line.abundance ratio, no COEmuNet gridding). With solver.device cpu the
+ * environment's COEMU_PRODUCER_BATCHED=1 puts the pipeline's CPU
+ * implementation there (the same bytes: test_generate_real checks the
+ * batching, the plan and the cache on hosts without a device). */
+static int pipeline_open(producer_ctx *c) {
+  const job *j = c->j;
+  c->dp_model = -1;
+  const char *batched = getenv("COEMU_PRODUCER_BATCHED");
+  int cpu_batched = batched && !strcmp(batched, "1");
+  if ((j->solver_device == LTE_BACKEND_CPU && !cpu_batched) || j->coemunet_compat || c->lvg ||
+      j->abundance > 0)
+    return 0;
+  c->dpi = devpipe_impl_for((lte_backend)j->solver_device, j->reconstruction);
+  if (!c->dpi) return 0;
+  const size_t nin = 3 * (size_t)j->n * j->n * j->n, ntg = (size_t)j->nf * j->n * j->n;
+  c->dp_batch = devpipe_batch_size(j->n, j->nf, 1, (size_t)256 << 20);
+  c->dp_q = ce_malloc_array((size_t)c->dp_batch, sizeof *c->dp_q, "pipeline directions");
+  c->dp_buf = ce_malloc_array((size_t)c->dp_batch, (nin + ntg) * sizeof(float), "pipeline samples");
+  c->dp_tg = ce_malloc_array((size_t)c->dp_batch, sizeof *c->dp_tg, "pipeline samples");
+  c->dp_in = ce_malloc_array((size_t)c->dp_batch, sizeof *c->dp_in, "pipeline samples");
+  if (!c->dp_q || !c->dp_buf || !c->dp_tg || !c->dp_in) return -1;
+  for (int i = 0; i < c->dp_batch; i++) {
+    c->dp_in[i] = c->dp_buf + (size_t)i * (nin + ntg);
+    c->dp_tg[i] = c->dp_in[i] + nin;
+  }
+  return 0;
+}
+
 int producer_open(const job *j, const char *out_dir, generate_producer *p) {
   producer_ctx *c = calloc(1, sizeof *c);
   if (!c) CE_FAIL("out of memory");
@@ -350,6 +446,7 @@ int producer_open(const job *j, const char *out_dir, generate_producer *p) {
   /* solver.device: one device per rank, by the rank's place on its node */
   int local_rank;
   mpi_node_place(&local_rank, NULL);
+  c->ordinal = local_rank;
   if (rc == 0 && j->solver_device != LTE_BACKEND_CPU &&
       lte_backend_open((lte_backend)j->solver_device, local_rank, NULL, 0) < 0) {
     ce_err_prefix("%s: solver.device", j->path);
@@ -401,6 +498,7 @@ int producer_open(const job *j, const char *out_dir, generate_producer *p) {
   c->opt.corrected_taylor = j->corrected_taylor;
   c->opt.backend = (lte_backend)j->solver_device;
   c->opt.precision = (lte_precision)j->solver_precision;
+  if (rc == 0) rc = pipeline_open(c);
   if (rc < 0) {
     producer_close(c);
     return rc;
@@ -412,5 +510,6 @@ int producer_open(const job *j, const char *out_dir, generate_producer *p) {
             : c->lvg            ? "sampler + per-cell LVG populations + solver"
                                 : "sampler + LTE solver";
   p->close = producer_close;
+  p->plan = producer_plan;
   return 0;
 }

@@ -49,6 +49,18 @@ with tempfile.TemporaryDirectory() as tmp:
         r = run(MPI + ["-n", str(ranks), COEMU, "generate", job, "--out", d, "--quiet"])
         check(r.returncode == 0, f"generate on {ranks} ranks: {r.stderr[-2000:]}")
         outs[ranks] = arrays(d) if r.returncode == 0 else None
+    # the producer's batches through the sample + solve pipeline (its CPU
+    # implementation, COEMU_PRODUCER_BATCHED=1: what solver.device cuda runs
+    # through the device's), on 2 ranks: shards of 4 samples cut across the
+    # models' 3 directions; exact: the same sampler and kernel per ray
+    d = os.path.join(tmp, "batched")
+    r = run(MPI + ["-n", "2", "-x", "COEMU_PRODUCER_BATCHED=1", COEMU, "generate", job, "--out", d,
+                   "--quiet"])
+    check(r.returncode == 0, f"generate, batched producer: {r.stderr[-2000:]}")
+    if r.returncode == 0 and outs[1]:
+        c = arrays(d)
+        for k in c:
+            check(np.array_equal(c[k], outs[1][k]), f"batched producer: /{k} identical")
     a, b = outs[1], outs[2]
     if a and b:
         for k in a:

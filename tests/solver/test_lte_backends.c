@@ -371,7 +371,7 @@ static int body_solve(const lte_kernel_model *M, const lte_kernel_batch *B) {
   return any ? LTE_KERNEL_BAD_INPUT : 0;
 }
 
-static const lte_kernel body_kernel = {"cuda bodies on the host", "host", body_solve, NULL};
+static const lte_kernel body_kernel = {"cuda bodies on the host", "host", body_solve, NULL, NULL};
 
 /* The bodies against the CPU kernel and the literal reference, every case,
  * both arithmetic modes. Same bits as the CPU kernel where the arithmetic is

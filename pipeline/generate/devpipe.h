@@ -1,0 +1,96 @@
+/* devpipe.h - sample + solve of many directions of one model in batches:
+ * the rotated-cube sampler (rotate/sampler.h) and the LTE imager
+ * (solver/lte.h) glued behind one table, so that on a device the model is
+ * uploaded once and every direction's cube is sampled there and handed to
+ * the device's LTE kernel by device pointer: only the images, and the input
+ * cubes when the caller asks for them, cross the bus (issue 17, item 2).
+ *
+ * Two implementations of one table (devpipe_impl), one driver:
+ *   devpipe_cpu   sample_cube per direction, then lte_solve_batch_f32 on the
+ *                 CPU kernel over the batch: the same bits as the producer's
+ *                 per-sample path (tests/pipeline/test_devpipe.c), so CI runs
+ *                 the driver (batching, ordering, buffers, the transpose)
+ *                 on every host;
+ *   devpipe_cuda  sampler_device_sample_dev (cubes left on the device, one
+ *                 chunk of the device sampler's buffers per call), then
+ *                 lte_solve_batch_device_f32 (the kernel seam's solve_dev:
+ *                 the cells gathered device to device, the LTE kernel's two
+ *                 streams and pinned buffers overlapping its chunks). Its
+ *                 images follow docs/physics.md's device rules; the inputs
+ *                 are sample_cube's bits.
+ * The driver cuts the directions into batches of at most `batch`, calls
+ * run(), which may do fewer (the device's chunk), and continues where it
+ * stopped, so the order of the outputs is the order of the directions
+ * whatever the chunking. Memory limits are the implementations': the
+ * device sampler and kernel shrink their chunks to the free device memory
+ * and refuse a single cube that does not fit, naming the sizes.
+ *
+ * No MPI, HDF5 or job file here (scripts/gpu-check.sh builds it standalone).
+ */
+#ifndef COEMU_DEVPIPE_H
+#define COEMU_DEVPIPE_H
+
+#include <stddef.h>
+
+#include "rotate/model.h"
+#include "rotate/sampler.h"
+#include "solver/lte.h"
+
+/* What the pipeline makes: one model's cubes and images. Every pointer
+ * must outlive the pipeline. */
+typedef struct {
+  const ce_model *m;
+  const sampler_opts *so;
+  const lte_line *line;
+  const lte_options *opt; /* its backend is the implementation's (cpu / cuda) */
+  const double *freqs;
+  int nf;
+  int batch; /* directions per run() at most; <= 0: devpipe_batch_size's */
+} devpipe_args;
+
+typedef struct devpipe devpipe;
+
+/* run(): a bad cell in some cube of the batch (the device cannot locate it:
+ * solve that direction on the host to name it). */
+#define DEVPIPE_BAD_CELL (-2)
+
+typedef struct devpipe_impl {
+  const char *name;
+  /* make p ready on device `ordinal` (modulo the devices present); desc
+   * (may be NULL) gets a line; -1 with a message (no device, no build) */
+  int (*open)(devpipe *p, int ordinal, char *desc, size_t ndesc);
+  /* the first of nc directions q (1 <= nc <= batch): images (x, y, f) into
+   * the pipeline's image buffers (one per cube), and with in != NULL the input cubes (v_z, T,
+   * n_CO, 3 n^3 floats) into in[c]; returns how many (>= 1), -1 with a
+   * message, or DEVPIPE_BAD_CELL */
+  int (*run)(devpipe *p, int nc, const double (*q)[4], float *const *in);
+  void (*close)(devpipe *p);
+} devpipe_impl;
+
+extern const devpipe_impl devpipe_cpu, devpipe_cuda;
+
+/* The implementation for solver backend b that can also sample there, or
+ * NULL when cubes of reconstruction `recon` cannot be sampled on it (cpu:
+ * always devpipe_cpu; cuda: devpipe_cuda when sampler_device_supports). */
+const devpipe_impl *devpipe_impl_for(lte_backend b, int recon);
+
+/* Directions per batch: as many as host buffers of `cap_bytes` hold (images
+ * as float64, plus the input cubes when with_inputs), at least 1, at most
+ * 256. */
+int devpipe_batch_size(int n, int nf, int with_inputs, size_t cap_bytes);
+
+int devpipe_open(const devpipe_impl *impl, const devpipe_args *a, int ordinal, devpipe **out,
+                 char *desc, size_t ndesc);
+/* ndir directions q[d] -> targets[d] (nf n^2 floats, (f, x, y): the
+ * stored layout) and, with inputs != NULL, inputs[d] (3 n^3 floats). 0; -1
+ * with a message; DEVPIPE_BAD_CELL with a message. *done: the directions
+ * finished (all of them on 0), in order. */
+int devpipe_run(devpipe *p, int ndir, const double (*q)[4], float *const *targets,
+                float *const *inputs, int *done);
+void devpipe_close(devpipe *p);
+
+/* The stored targets of an image: (x, y, f) float64 -> (f, x, y) float32,
+ * the producer's one transpose. */
+void devpipe_image_to_targets(const double *image, int n, int nf, float *targets);
+
+#endif

@@ -1,0 +1,205 @@
+/* gpu_devpipe_check.c - issue 17's dataset-equality device check, standalone
+ * (no MPI, HDF5 or ZeroMQ; built by scripts/gpu-check.sh): N samples of each
+ * of the demo job's first models (tests/pipeline/devpipe_fixture.h) made in
+ * memory by the producer's per-sample CPU path and by the device pipeline
+ * (pipeline/generate/devpipe.h: cubes sampled on the device and solved
+ * there), for every reconstruction the device sampler has. The rules
+ * (docs/physics.md, "How equal is equal"): the input cubes bit for bit (the
+ * device sampler is sample_cube's arithmetic); the stored images within
+ * 1e-7 relative of the literal reference (tests/solver/ref_lte.c) plus the
+ * float32 rounding of a stored target (2^-24), on every pixel that is
+ * neither round-off (|I| <= 1e-12 max |I|) nor ill-conditioned (the
+ * reference's noise above 1e-8 |I|), on --ref directions per model; the CPU
+ * path's images are held to the same rule (so a wrong rule cannot pass the
+ * device alone). Then the sample + solve benchmark: batches of directions
+ * of model 0 through the pipeline, images only and with the inputs.
+ * One line per figure:
+ *   gpu_devpipe_check constant model 0: inputs identical 16 of 16, images within the rules ...
+ *   gpu_devpipe_bench sample+solve 64^3x7 k=2 images_only batch=256 samples_per_s ...
+ *   gpu_devpipe_bench sample+solve 64^3x7 k=2 with_inputs batch=64 samples_per_s ... GB_per_s ...
+ * --cpu puts the CPU implementation of the same table in the device's place
+ * (a host without a GPU runs the whole check that way). Exit status 0 only
+ * if every check passed. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/error.h"
+#include "devpipe_fixture.h"
+#include "solver/ref_lte.h"
+
+static double now_s(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+static int cmp_d(const void *x, const void *y) {
+  double a = *(const double *)x, b = *(const double *)y;
+  return (a > b) - (a < b);
+}
+
+typedef struct {
+  double worst;
+  long counted, ill, total, bad;
+} tally;
+
+/* stored targets (f, x, y) float against the literal reference (x, y, f) */
+static void rule(const float *tg, const double *ref, const double *noise, int n, int nf, tally *t) {
+  const size_t np = (size_t)n * n * nf;
+  double mx = 0;
+  for (size_t i = 0; i < np; i++) mx = fmax(mx, fabs(ref[i]));
+  for (int x = 0; x < n; x++)
+    for (int y = 0; y < n; y++)
+      for (int f = 0; f < nf; f++) {
+        size_t i = ((size_t)x * n + y) * nf + f;
+        double got = tg[((size_t)f * n + x) * n + y];
+        t->total++;
+        if (fabs(ref[i]) <= 1e-12 * mx) continue;
+        if (noise[i] > 1e-8 * fabs(ref[i])) {
+          t->ill++;
+          continue;
+        }
+        t->counted++;
+        double rel = fabs(got - ref[i]) / fabs(ref[i]);
+        t->worst = fmax(t->worst, rel);
+        if (!(rel <= 1e-7 + 0x1p-24)) t->bad++;
+      }
+}
+
+static int fail(const char *what) {
+  printf("gpu_devpipe_check %s: FAIL: %s\n", what, ce_err_msg());
+  return 1;
+}
+
+/* median seconds of reps runs of nb directions */
+static int bench(devpipe *p, int nb, int reps, const double (*q)[4], float *const *tg,
+                 float *const *in, double *med) {
+  double t[64];
+  int done;
+  if (devpipe_run(p, nb, q, tg, in, &done) < 0) return -1; /* warm-up */
+  for (int r = 0; r < reps; r++) {
+    double t0 = now_s();
+    if (devpipe_run(p, nb, q, tg, in, &done) < 0) return -1;
+    t[r] = now_s() - t0;
+  }
+  qsort(t, (size_t)reps, sizeof *t, cmp_d);
+  *med = t[reps / 2];
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  int models = 2, ndir = 16, nref = 2, nbench = 256, reps = 5, n = 64;
+  const devpipe_impl *impl = &devpipe_cuda;
+  for (int i = 1; i < argc; i++) {
+    int *dst = NULL;
+    if (!strcmp(argv[i], "--cpu")) {
+      impl = &devpipe_cpu;
+      continue;
+    }
+    if (!strcmp(argv[i], "--models")) dst = &models;
+    else if (!strcmp(argv[i], "--dirs")) dst = &ndir;
+    else if (!strcmp(argv[i], "--ref")) dst = &nref;
+    else if (!strcmp(argv[i], "--batch")) dst = &nbench;
+    else if (!strcmp(argv[i], "--reps")) dst = &reps;
+    else if (!strcmp(argv[i], "--n")) dst = &n;
+    if (!dst || i + 1 >= argc) {
+      fprintf(stderr, "usage: gpu_devpipe_check [--models M] [--dirs N] [--ref R] [--batch B] "
+                      "[--reps R] [--n N] [--cpu]\n");
+      return 2;
+    }
+    *dst = atoi(argv[++i]);
+  }
+  if (models < 1 || ndir < 1 || nref < 0 || nref > ndir || nbench < 1 || reps < 1 || reps > 63 ||
+      n < 2) {
+    fprintf(stderr, "gpu_devpipe_check: --models, --dirs, --batch >= 1, 0 <= --ref <= --dirs, "
+                    "1 <= --reps <= 63, --n >= 2\n");
+    return 2;
+  }
+  int maxd = ndir > nbench ? ndir : nbench;
+  const int nf = FREQGRID_COEMUNET_N;
+  const size_t nv = (size_t)n * n * n, nin = 3 * nv, ntg = (size_t)nf * n * n;
+  double(*q)[4] = malloc(sizeof *q * (size_t)maxd);
+  float **cin = calloc((size_t)maxd, sizeof *cin), **ctg = calloc((size_t)maxd, sizeof *ctg);
+  float **din = calloc((size_t)maxd, sizeof *din), **dtg = calloc((size_t)maxd, sizeof *dtg);
+  double *ref = malloc(sizeof(double) * ntg), *noise = malloc(sizeof(double) * ntg);
+  double *wv = malloc(sizeof(double) * nv * 3);
+  if (!q || !cin || !ctg || !din || !dtg || !ref || !noise || !wv) return fail("memory");
+  for (int d = 0; d < maxd; d++) {
+    din[d] = malloc(nin * sizeof(float)), dtg[d] = malloc(ntg * sizeof(float));
+    if (d < ndir) cin[d] = malloc(nin * sizeof(float)), ctg[d] = malloc(ntg * sizeof(float));
+  }
+  int rc = 0;
+  for (int recon = 0; recon < 3; recon++) {
+    const char *rn = sampler_recon_name(recon);
+    if (impl == &devpipe_cuda && !sampler_device_supports(recon)) {
+      printf("gpu_devpipe_check %s: not on the device sampler (the producer samples it on the CPU)\n", rn);
+      continue;
+    }
+    for (int mi = 0; mi < models; mi++) {
+      char what[64];
+      snprintf(what, sizeof what, "%s model %d", rn, mi);
+      dpf_sample_setup S;
+      if (dpf_open(&S, mi, 3, n, recon) < 0) return fail(what);
+      double t0 = now_s();
+      for (int d = 0; d < ndir; d++) {
+        dpf_direction(mi, d, q[d]);
+        if (dpf_reference(&S, q[d], cin[d], ctg[d]) < 0) return fail(what);
+      }
+      double t_cpu = now_s() - t0;
+      devpipe_args a = {S.m, &S.so, &S.line, &S.opt, S.freqs, S.nf, 0};
+      devpipe *p;
+      char desc[320] = "";
+      if (devpipe_open(impl, &a, 0, &p, desc, sizeof desc) < 0) return fail(what);
+      if (mi == 0 && recon == 0) printf("gpu_devpipe_check %s: %s\n", impl->name, desc);
+      int done;
+      t0 = now_s();
+      if (devpipe_run(p, ndir, (const double (*)[4])q, dtg, din, &done) < 0) return fail(what);
+      double t_dev = now_s() - t0;
+      int same_in = 0;
+      long same_px = 0;
+      for (int d = 0; d < ndir; d++) {
+        same_in += !memcmp(din[d], cin[d], nin * sizeof(float));
+        for (size_t i = 0; i < ntg; i++) same_px += dtg[d][i] == ctg[d][i];
+      }
+      tally td = {0}, tc = {0};
+      for (int d = 0; d < nref; d++) {
+        for (size_t i = 0; i < 3 * nv; i++) wv[i] = cin[d][i];
+        ref_lte_image(&S.mol, 2, 28.0, S.freqs, nf, n, n, n, wv, wv + nv, wv + 2 * nv, S.opt.dx,
+                      S.opt.vturb, S.opt.background, S.opt.corrected_taylor, ref, noise);
+        rule(dtg[d], ref, noise, n, nf, &td);
+        rule(ctg[d], ref, noise, n, nf, &tc);
+      }
+      int ok = same_in == ndir && td.bad == 0 && tc.bad == 0 && td.counted > td.total / 2;
+      printf("gpu_devpipe_check %s: inputs identical %d of %d; images within the rules on %d "
+             "directions: pipeline worst %.3g (%ld bad), cpu worst %.3g (%ld bad), %ld of %ld pixels "
+             "counted, %ld ill-conditioned; %ld of %ld stored target values bit-identical to "
+             "the cpu's; per-sample path %.2f s, pipeline %.3f s (first call): %s\n",
+             what, same_in, ndir, nref, td.worst, td.bad, tc.worst, tc.bad, td.counted, td.total,
+             td.ill, same_px, (long)(ntg * ndir), t_cpu, t_dev, ok ? "ok" : "FAIL");
+      if (!ok) rc = 1;
+      if (mi == 0 && recon == 0) { /* the benchmark: model 0, constant */
+        for (int d = 0; d < nbench; d++) dpf_direction(0, d, q[d]);
+        double med;
+        if (bench(p, nbench, reps, (const double (*)[4])q, dtg, NULL, &med) < 0)
+          return fail("bench");
+        printf("gpu_devpipe_bench sample+solve %dx%dx%dx%d k=2 images_only batch=%d samples_per_s "
+               "%.0f (target 10000) images_GB_per_s %.2f\n",
+               n, n, n, nf, nbench, nbench / med, nbench * ntg * 8.0 / med / 1e9);
+        if (bench(p, nbench, reps, (const double (*)[4])q, dtg, din, &med) < 0)
+          return fail("bench");
+        printf("gpu_devpipe_bench sample+solve %dx%dx%dx%d k=2 with_inputs batch=%d samples_per_s "
+               "%.0f bus_GB_per_s %.2f (inputs float32 + images float64)\n",
+               n, n, n, nf, nbench, nbench / med, nbench * (nin * 4.0 + ntg * 8.0) / med / 1e9);
+      }
+      devpipe_close(p);
+      dpf_close(&S);
+    }
+  }
+  for (int d = 0; d < maxd; d++) free(din[d]), free(dtg[d]), free(cin[d]), free(ctg[d]);
+  free(q), free(cin), free(ctg), free(din), free(dtg), free(ref), free(noise), free(wv);
+  printf("gpu_devpipe_check: %s\n", rc ? "FAILED" : "ok");
+  return rc;
+}

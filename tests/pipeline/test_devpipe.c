@@ -1,0 +1,128 @@
+/* test_devpipe.c - the sample + solve pipeline (pipeline/generate/devpipe.h)
+ * on the host: its driver (batches, the order of the outputs, buffers, the
+ * transpose) through the CPU implementation must give the bytes of the
+ * producer's per-sample path on the demo job's model 0 (the inputs and the
+ * images, every direction, any batch size, an implementation that does
+ * fewer cubes per call than asked, as the device does at its chunk); the
+ * device implementation where it cannot run gives a clear error. */
+#include "check.h"
+
+#include "devpipe_fixture.h"
+
+#define NDIR 7
+
+static dpf_sample_setup S[2]; /* constant, linear */
+static float *ref_in[2][NDIR], *ref_tg[2][NDIR];
+static double q[NDIR][4];
+static size_t nin, ntg;
+
+/* devpipe_cpu, at most 2 cubes a call (as the device does at its chunk) */
+static int chunky_run(devpipe *p, int nc, const double (*qq)[4], float *const *in) {
+  return devpipe_cpu.run(p, nc < 2 ? nc : 2, qq, in);
+}
+static int chunky_open(devpipe *p, int o, char *d, size_t nd) { return devpipe_cpu.open(p, o, d, nd); }
+static void chunky_close(devpipe *p) { devpipe_cpu.close(p); }
+static const devpipe_impl chunky = {"cpu, 2 a call", chunky_open, chunky_run, chunky_close};
+
+static void setup(void) {
+  for (int r = 0; r < 2; r++) {
+    CHECK_OK(dpf_open(&S[r], 0, 2, 24, r == 0 ? SAMPLER_CONSTANT : SAMPLER_LINEAR));
+    nin = 3 * (size_t)24 * 24 * 24, ntg = (size_t)S[r].nf * 24 * 24;
+    for (int d = 0; d < NDIR; d++) {
+      if (r == 0) dpf_direction(0, d, q[d]);
+      ref_in[r][d] = malloc(nin * sizeof(float));
+      ref_tg[r][d] = malloc(ntg * sizeof(float));
+      CHECK_OK(dpf_reference(&S[r], q[d], ref_in[r][d], ref_tg[r][d]));
+    }
+  }
+}
+
+/* The pipeline's outputs against the per-sample path, byte for byte: the
+ * same sampler and the same CPU kernel, each ray computed alone. */
+static void run_against_reference(const devpipe_impl *impl, int r, int batch, int with_inputs) {
+  devpipe_args a = {S[r].m, &S[r].so, &S[r].line, &S[r].opt, S[r].freqs, S[r].nf, batch};
+  devpipe *p = NULL;
+  CHECK_OK(devpipe_open(impl, &a, 0, &p, NULL, 0));
+  if (!p) return;
+  float *in[NDIR], *tg[NDIR];
+  for (int d = 0; d < NDIR; d++) {
+    in[d] = calloc(nin, sizeof(float));
+    tg[d] = calloc(ntg, sizeof(float));
+  }
+  int done = -1;
+  CHECK_OK(devpipe_run(p, NDIR, (const double (*)[4])q, tg, with_inputs ? in : NULL, &done));
+  CHECK(done == NDIR);
+  int same_tg = 0, same_in = 0;
+  for (int d = 0; d < NDIR; d++) {
+    same_tg += !memcmp(tg[d], ref_tg[r][d], ntg * sizeof(float));
+    same_in += !memcmp(in[d], ref_in[r][d], nin * sizeof(float));
+  }
+  CHECK_MSG(same_tg == NDIR, "%s, %s, batch %d: %d of %d images equal the per-sample path's",
+            impl->name, r ? "linear" : "constant", batch, same_tg, NDIR);
+  if (with_inputs)
+    CHECK_MSG(same_in == NDIR, "%s, batch %d: %d of %d input cubes equal", impl->name, batch,
+              same_in, NDIR);
+  for (int d = 0; d < NDIR; d++) free(in[d]), free(tg[d]);
+  devpipe_close(p);
+}
+
+static void test_cpu_equals_producer(void) {
+  for (int r = 0; r < 2; r++) {
+    run_against_reference(&devpipe_cpu, r, 1, 1);
+    run_against_reference(&devpipe_cpu, r, 3, 1); /* 3 + 3 + 1 */
+    run_against_reference(&devpipe_cpu, r, 0, 0); /* the default batch, images only */
+  }
+}
+
+static void test_fewer_per_call(void) {
+  run_against_reference(&chunky, 0, 5, 1); /* 2 + 2 + 1, 2 */
+}
+
+/* The references differ between directions, so a driver that mixed up the
+ * order could not pass the checks above. */
+static void test_directions_differ(void) {
+  int differ = 0;
+  for (int d = 1; d < NDIR; d++) differ += !!memcmp(ref_tg[0][d], ref_tg[0][0], ntg * sizeof(float));
+  CHECK(differ == NDIR - 1);
+}
+
+static void test_impl_choice(void) {
+  CHECK(devpipe_impl_for(LTE_BACKEND_CPU, SAMPLER_LINEAR) == &devpipe_cpu);
+  CHECK(devpipe_impl_for(LTE_BACKEND_CUDA, SAMPLER_CONSTANT) ==
+        (sampler_device_supports(SAMPLER_CONSTANT) ? &devpipe_cuda : NULL));
+  CHECK(devpipe_impl_for(LTE_BACKEND_CUDA, SAMPLER_LIMITED) == NULL);
+  CHECK(devpipe_batch_size(64, 7, 1, (size_t)256 << 20) == 79); /* 256 MiB / 3.2 MiB */
+  CHECK(devpipe_batch_size(64, 7, 0, (size_t)256 << 20) == 256);
+  CHECK(devpipe_batch_size(64, 7, 1, 1) == 1);
+}
+
+/* Without a device (CI) or a CUDA build the device pipeline says which. */
+static void test_cuda_without_device(void) {
+  if (getenv("COEMU_REQUIRE_DEVICE")) return; /* a GPU machine: gpu_devpipe_check runs it */
+  devpipe_args a = {S[0].m, &S[0].so, &S[0].line, &S[0].opt, S[0].freqs, S[0].nf, 4};
+  devpipe *p = NULL;
+  int rc = devpipe_open(&devpipe_cuda, &a, 0, &p, NULL, 0);
+  if (rc == 0) { /* a device after all */
+    devpipe_close(p);
+    return;
+  }
+  CHECK(p == NULL);
+  const char *m = ce_err_msg();
+  CHECK_MSG(strstr(m, "sample + solve pipeline 'cuda'") &&
+                (strstr(m, "not built") || strstr(m, "no CUDA device")),
+            "message: %s", m);
+}
+
+int main(void) {
+  RUN(setup);
+  RUN(test_directions_differ);
+  RUN(test_cpu_equals_producer);
+  RUN(test_fewer_per_call);
+  RUN(test_impl_choice);
+  RUN(test_cuda_without_device);
+  for (int r = 0; r < 2; r++) {
+    for (int d = 0; d < NDIR; d++) free(ref_in[r][d]), free(ref_tg[r][d]);
+    dpf_close(&S[r]);
+  }
+  return check_report();
+}
