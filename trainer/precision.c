@@ -16,9 +16,9 @@ int nn_precision_parse(const char *name) {
   return ce_err("precision '%s': expected float32, tf32 or bf16", name);
 }
 
-int nn_set_precision(nn_net *net, int p) {
+int nn_backend_check_precision(const nn_backend *be, int p) {
   if (p < 0 || p >= NN_PRECISIONS) return ce_err("precision %d: expected 0..%d", p, NN_PRECISIONS - 1);
-  const unsigned ok = net->be->precisions | NN_PRECISION_BIT(NN_FLOAT32);
+  const unsigned ok = be->precisions | NN_PRECISION_BIT(NN_FLOAT32);
   if (!(ok & NN_PRECISION_BIT(p))) {
     char runs[64] = "";
     for (int q = 0; q < NN_PRECISIONS; q++)
@@ -27,8 +27,13 @@ int nn_set_precision(nn_net *net, int p) {
         strcat(runs, NAMES[q]);
       }
     return ce_err("precision %s: the trainer backend '%s' does not run it (it runs: %s)", NAMES[p],
-                  net->be->name, runs);
+                  be->name, runs);
   }
+  return 0;
+}
+
+int nn_set_precision(nn_net *net, int p) {
+  CE_TRY(nn_backend_check_precision(net->be, p));
   net->precision = p;
   return 0;
 }

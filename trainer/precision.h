@@ -92,6 +92,11 @@ static inline PR_HD float nn_round_operand(float x, int p) {
   return p == NN_BF16 ? nn_round_bf16(x) : p == NN_TF32 ? nn_round_tf32(x) : x;
 }
 
+/* 0 if backend be runs precision p (nn_backend.precisions; float32 always),
+ * else -1 with an error naming the backend and the precisions it runs. */
+struct nn_backend;
+int nn_backend_check_precision(const struct nn_backend *be, int p);
+
 /* "float32", "tf32", "bf16"; "?" otherwise. */
 const char *nn_precision_name(int p);
 /* The precision called name, or -1 with an error listing the three. */
