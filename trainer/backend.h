@@ -12,6 +12,8 @@
  *   - the layers: forward / backward / workspace per node;
  *   - the optimiser step: adam_update (the learning-rate schedule and the
  *     bias corrections stay on the host: optim.c computes nn_adam_coef);
+ *   - the precision of convolutions and linear layers (precisions, and
+ *     nn_net.precision read by forward / backward: precision.h);
  *   - the loss: loss_create / loss_eval / loss_destroy (value and dL/dy seed);
  *   - the gradient reduction across replicas: reduce_grads (nn_reduce_grads);
  *   - process setup: init(threads) / finish().
