@@ -191,8 +191,9 @@ const nn_backend *nn_backend_by_name(const char *name);
 const char *nn_backends_built(void);
 
 /* The arithmetic of the net's convolutions and linear layers (precision.h:
- * NN_FLOAT32, the default, NN_TF32, NN_BF16), any time between steps; -1
- * with an error naming the backend and what it runs where it cannot. The
+ * NN_FLOAT32, the default, NN_TF32, NN_BF16), before nn_set_batch (a
+ * device backend sizes its scratch for the precision's algorithms); -1 with
+ * an error naming the backend and what it runs where it cannot. The
  * parameters, their gradients and the optimiser stay float32. */
 int nn_set_precision(nn_net *net, int precision);
 

@@ -34,6 +34,10 @@ int nn_backend_check_precision(const nn_backend *be, int p) {
 
 int nn_set_precision(nn_net *net, int p) {
   CE_TRY(nn_backend_check_precision(net->be, p));
+  /* a device backend chooses its algorithms, and so the scratch that
+     nn_set_batch sizes, by the precision (cuDNN's TF32 plans) */
+  if (net->batch && p != net->precision)
+    return ce_err("nn_set_precision: set the precision before nn_set_batch");
   net->precision = p;
   return 0;
 }

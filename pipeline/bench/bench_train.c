@@ -81,7 +81,7 @@ int bench_train(int argc, char **argv) {
     return cli_fail("bench train");
   }
   adam_config ac = adam_default();
-  if (nn_set_batch(&m.net, (int)batch) < 0 || nn_set_precision(&m.net, prec) < 0 ||
+  if (nn_set_precision(&m.net, prec) < 0 || nn_set_batch(&m.net, (int)batch) < 0 ||
       adam_init(&opt, &m.net, &ac) < 0 ||
       trainer_init(&tr, &m, &opt) < 0) {
     coemunet_free(&m);

@@ -952,8 +952,8 @@ static int par_one_step(const nn_backend *be, uint32_t ulp_salt, par_step_rec *o
   }
   adam_config ac = {ADAMW, 2e-3, 0.9, 0.999, 1e-8, 0.01};
   int rc = coemunet_build_on(&m, &PAR_CFG, 11, be);
-  if (rc == 0) rc = nn_set_batch(&m.net, PAR_B);
   if (rc == 0) rc = nn_set_precision(&m.net, par_step_precision);
+  if (rc == 0) rc = nn_set_batch(&m.net, PAR_B);
   if (rc == 0) rc = adam_init(&o, &m.net, &ac);
   if (rc == 0) rc = trainer_init(&tr, &m, &o);
   loss_value lv;
@@ -1134,8 +1134,8 @@ static long par_checkpoint(const nn_backend *from, const nn_backend *to, const c
   long diff = -1;
   int built_b = 0;
   int rc = coemunet_build_on(&a, &PAR_CFG, 11, from);
-  if (rc == 0) rc = nn_set_batch(&a.net, PAR_B);
   if (rc == 0) rc = nn_set_precision(&a.net, par_step_precision); /* master weights: float32 */
+  if (rc == 0) rc = nn_set_batch(&a.net, PAR_B);
   if (rc == 0) rc = adam_init(&oa, &a.net, &ac);
   if (rc == 0) rc = trainer_init(&tr, &a, &oa);
   if (rc == 0) rc = trainer_step(&tr, x, t, 2e-3, &lv);

@@ -130,13 +130,25 @@ static void test_names_and_errors(void) {
   CHECK_OK(nn_set_precision(&net, NN_BF16)); /* the CPU backend emulates both */
   CHECK(net.precision == NN_BF16);
   CHECK_OK(nn_set_precision(&net, NN_TF32));
+  /* after nn_set_batch: refused (a device backend's scratch depends on it) */
+  CHECK(nn_conv(&net, "c", nn_input(&net, "x", 1, 2, 2, 2), 1, NN_K3(1, 1, 1), NN_K3(1, 1, 1),
+                NN_K3(0, 0, 0)) >= 0);
+  CHECK_OK(nn_finalize(&net, 1));
+  CHECK_OK(nn_set_batch(&net, 2));
+  CHECK_ERR(nn_set_precision(&net, NN_BF16), "before nn_set_batch");
+  CHECK_OK(nn_set_precision(&net, NN_TF32)); /* unchanged: fine */
   nn_free(&net);
 }
 
 int main(void) {
+  if (nn_backend_init(&nn_backend_cpu, 0) < 0) {
+    fprintf(stderr, "%s\n", ce_err_msg());
+    return 1;
+  }
   RUN(test_bf16_exact);
   RUN(test_tf32_exact);
   RUN(test_against_reference);
   RUN(test_names_and_errors);
+  nn_backend_finish(&nn_backend_cpu);
   return check_report();
 }

@@ -95,8 +95,8 @@ static int run_curve(const nn_backend *be, const curve_opts *c, uint32_t ulp_sal
   adam_config ac = adam_default();
   int rc = x && t ? coemunet_build_on(&m, &c->cfg, 1234, be) : ce_err("out of memory");
   int built = rc == 0;
-  if (rc == 0) rc = nn_set_batch(&m.net, c->batch);
   if (rc == 0) rc = nn_set_precision(&m.net, precision);
+  if (rc == 0) rc = nn_set_batch(&m.net, c->batch);
   if (rc == 0) rc = adam_init(&o, &m.net, &ac);
   if (rc == 0) rc = trainer_init(&tr, &m, &o);
   double t0 = now();
@@ -226,8 +226,8 @@ static void bench(const nn_backend *be, const char *prec, int precision, int bat
     adam_config ac = adam_default();
     int rc = x && t ? coemunet_build_on(&m, &cfg, 1234, be) : ce_err("out of memory");
     int built = rc == 0;
-    if (rc == 0) rc = nn_set_batch(&m.net, B);
     if (rc == 0) rc = nn_set_precision(&m.net, precision);
+    if (rc == 0) rc = nn_set_batch(&m.net, B);
     if (rc == 0 && pass == 0) rc = adam_init(&o, &m.net, &ac);
     if (rc == 0) rc = trainer_init(&tr, &m, pass == 0 ? &o : NULL);
     loss_value lv;
