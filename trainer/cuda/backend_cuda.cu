@@ -981,13 +981,15 @@ __global__ static void k_bias_grad(int n, int out, const float *dy, float *db) {
   db[o] = acc;
 }
 
-/* Row-major y (n, out) = x (n, in) W^T, W (out, in): in cuBLAS's column-major
- * terms y^T (out x n) = W^T' ... i.e. gemm(T, N, out, n, in, W [ld in], x [ld in]). */
+/* cuBLAS's math for the net's precision (net_tf32): a handle setting, no
+ * synchronisation */
 static int set_blas_math(int tf32) {
   CUBLAS_CHECK(cublasSetMathMode(S.blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
   return 0;
 }
 
+/* Row-major y (n, out) = x (n, in) W^T, W (out, in): in cuBLAS's column-major
+ * terms y^T (out x n) = W^T' ... i.e. gemm(T, N, out, n, in, W [ld in], x [ld in]). */
 static int dev_linear_forward(int n, int in, int out, const float *x, const float *w, const float *b,
                           float *y) {
   k_bias_rows<<<grid_for((long)n * out), THREADS, 0, S.stream>>>(n, out, b, y);
