@@ -9,7 +9,9 @@
 #   parity   layer parity CPU and CUDA against the literal references, one
 #            whole step CUDA vs CPU, checkpoints both ways, 20 steps of the
 #            7-channel COEmuNet CPU vs GPU from the same weights and data,
-#            then training and inference samples/s on the GPU (fp32, TF32)
+#            then training and inference samples/s on the GPU (fp32, TF32,
+#            bf16); bf16 (trainer/precision.h): layers at tf32 / bf16, one
+#            bf16 step against the CPU's bf16 emulation, the bf16 curve vs fp32
 #   anchor   PyTorch + cuDNN on the same GPU, same model, loss, optimiser and
 #            batch (tests/trainer/torch_anchor.py): fp32, TF32, bf16
 # and prints one line per figure.
@@ -142,7 +144,7 @@ for a in "${archs[@]}"; do gencode+=("-gencode=arch=compute_${a},code=[sm_${a},c
 defs=(-D_GNU_SOURCE -DCOEMU_HAVE_CUDA -DCOEMU_HAVE_CUDA_TRAINER "-DCOEMU_VERSION=\"gpu-check-trainer\"")
 cflags=(-std=c17 -O2 -g -fopenmp -fno-math-errno -march=native "${inc[@]}" "${defs[@]}")
 src=(trainer/nn.c trainer/backend_cpu.c trainer/layers_cpu.c trainer/coemunet.c trainer/loss.c
-     trainer/optim.c trainer/checkpoint.c trainer/train.c common/error.c common/fsutil.c
+     trainer/optim.c trainer/checkpoint.c trainer/train.c trainer/precision.c common/error.c common/fsutil.c
      common/checksum.c tests/trainer/trainer_gpu_check.c)
 t0=$SECONDS
 pids=()
@@ -191,7 +193,7 @@ else
   echo "gpu-check-trainer anchor: SKIP: $PYTHON has no torch"
 fi
 # coemu against the anchor, same precision, same batch
-for p in fp32 tf32; do
+for p in fp32 tf32 bf16; do
   for k in train infer; do
     c=$(grep -hE "^trainer-check: $k cuda $p batch=" "$out/trainer.log" 2>/dev/null | awk '{print $NF}' | head -1)
     a=$(grep -hE "^anchor: $k torch $p batch=" "$out/anchor.log" 2>/dev/null | awk '{print $NF}' | head -1)

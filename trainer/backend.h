@@ -12,6 +12,8 @@
  *   - the layers: forward / backward / workspace per node;
  *   - the optimiser step: adam_update (the learning-rate schedule and the
  *     bias corrections stay on the host: optim.c computes nn_adam_coef);
+ *   - the precision of convolutions and linear layers (precisions, and
+ *     nn_net.precision read by forward / backward: precision.h);
  *   - the loss: loss_create / loss_eval / loss_destroy (value and dL/dy seed);
  *   - the gradient reduction across replicas: reduce_grads (nn_reduce_grads);
  *   - process setup: init(threads) / finish().
@@ -73,6 +75,8 @@
 
 #include <stddef.h>
 
+#include "trainer/precision.h" /* nn_precision, NN_PRECISION_BIT */
+
 struct nn_net;
 struct nn_node;
 struct loss_value; /* loss.h */
@@ -93,6 +97,11 @@ typedef struct nn_adam_coef {
 
 typedef struct nn_backend {
   const char *name;
+  /* NN_PRECISION_BIT(p) for each precision p it runs besides float32
+   * (precision.h); forward and backward read the net's (nn_net.precision)
+   * and round the operands of convolutions and linear layers as precision.h
+   * says, at the points it lists. */
+  unsigned precisions;
 
   /* ---- process setup (nn_backend_init / nn_backend_finish in nn.h) ---- */
   /* Called before the first net is finalised on this backend, from the

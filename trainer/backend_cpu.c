@@ -14,6 +14,7 @@
 #include "trainer/layers_cpu.h"
 #include "trainer/loss.h"
 #include "trainer/nn.h"
+#include "trainer/precision.h"
 
 /* ---- process setup ------------------------------------------------------ */
 
@@ -186,6 +187,46 @@ static int bn_backward_sync(nn_net *net, nn_node *nd, float *dx) {
   return rc;
 }
 
+/* ---- precision (precision.h) ------------------------------------------ */
+
+/* The operands of one convolution or linear layer at the net's precision:
+ * float32 uses the tensors themselves; tf32 and bf16 rounded copies (host
+ * scratch), made right before the product as the CUDA backend makes them. */
+typedef struct {
+  const float *x, *w, *dy;
+  float *buf;
+} operands;
+
+static int operands_get(const nn_net *net, const nn_node *nd, int with_dy, operands *o) {
+  const nn_node *in = &net->nodes[nd->in[0]];
+  const nn_param *w = &net->params[nd->param[0]];
+  const size_t nx = (size_t)net->batch * (size_t)in->size, nw = (size_t)w->n,
+               ndy = with_dy ? (size_t)net->batch * (size_t)nd->size : 0;
+  o->x = in->out;
+  o->w = w->w;
+  o->dy = nd->grad;
+  o->buf = NULL;
+  const int p = net->precision;
+  if (p == NN_FLOAT32) return 0;
+  float *b = o->buf = ce_malloc_array(nx + nw + ndy, sizeof(float), "rounded operands");
+  if (!b) return -1;
+  const float *src[3] = {in->out, w->w, nd->grad};
+  const size_t n[3] = {nx, nw, ndy};
+  size_t off = 0;
+  for (int k = 0; k < 3; k++) {
+    const float *a = src[k];
+    float *r = b + off;
+    const long len = (long)n[k];
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < len; i++) r[i] = nn_round_operand(a[i], p);
+    off += n[k];
+  }
+  o->x = b;
+  o->w = b + nx;
+  o->dy = with_dy ? b + nx + nw : nd->grad;
+  return 0;
+}
+
 static int cpu_forward(nn_net *net, nn_node *nd, int train) {
   const int N = net->batch;
   const nn_node *in = &net->nodes[nd->in[0]];
@@ -197,7 +238,10 @@ static int cpu_forward(nn_net *net, nn_node *nd, int train) {
   case NN_CONV: {
     conv_shape s = node_conv_shape(net, nd);
     CE_TRY(check_work(net, &s));
-    conv3d_forward(&s, x, P[nd->param[0]].w, P[nd->param[1]].w, y, net->work);
+    operands o;
+    CE_TRY(operands_get(net, nd, 0, &o));
+    conv3d_forward(&s, o.x, o.w, P[nd->param[1]].w, y, net->work);
+    free(o.buf);
     return 0;
   }
   case NN_BATCHNORM: {
@@ -226,9 +270,13 @@ static int cpu_forward(nn_net *net, nn_node *nd, int train) {
   case NN_MAXPOOL:
     maxpool3d_forward(N * in->c, in->d, in->h, in->w, nd->k.v[0], x, y);
     return 0;
-  case NN_LINEAR:
-    linear_forward(N, (int)in->size, nd->c, x, P[nd->param[0]].w, P[nd->param[1]].w, y);
+  case NN_LINEAR: {
+    operands o;
+    CE_TRY(operands_get(net, nd, 0, &o));
+    linear_forward(N, (int)in->size, nd->c, o.x, o.w, P[nd->param[1]].w, y);
+    free(o.buf);
     return 0;
+  }
   case NN_UPSAMPLE:
     upsample_forward(N * in->c, in->d, in->h, in->w, nd->s.v[0], nd->s.v[1], nd->s.v[2], x, y);
     return 0;
@@ -273,8 +321,10 @@ static int cpu_backward(nn_net *net, nn_node *nd) {
   case NN_CONV: {
     conv_shape s = node_conv_shape(net, nd);
     CE_TRY(check_work(net, &s));
-    conv3d_backward(&s, x, P[nd->param[0]].w, g, P[nd->param[0]].g, P[nd->param[1]].g, dx,
-                    net->work);
+    operands o;
+    CE_TRY(operands_get(net, nd, 1, &o));
+    conv3d_backward(&s, o.x, o.w, o.dy, P[nd->param[0]].g, P[nd->param[1]].g, dx, net->work);
+    free(o.buf);
     return 0;
   }
   case NN_BATCHNORM:
@@ -297,10 +347,14 @@ static int cpu_backward(nn_net *net, nn_node *nd) {
   case NN_MAXPOOL:
     if (dx) maxpool3d_backward(N * in->c, in->d, in->h, in->w, nd->k.v[0], x, g, dx);
     return 0;
-  case NN_LINEAR:
-    linear_backward(N, (int)in->size, nd->c, x, P[nd->param[0]].w, g, P[nd->param[0]].g,
+  case NN_LINEAR: {
+    operands o;
+    CE_TRY(operands_get(net, nd, 1, &o));
+    linear_backward(N, (int)in->size, nd->c, o.x, o.w, o.dy, P[nd->param[0]].g,
                     P[nd->param[1]].g, dx);
+    free(o.buf);
     return 0;
+  }
   case NN_UPSAMPLE:
     if (dx)
       upsample_backward(N * in->c, in->d, in->h, in->w, nd->s.v[0], nd->s.v[1], nd->s.v[2], g, dx);
@@ -402,6 +456,7 @@ static int cpu_reduce_grads(nn_net *net) {
 
 const nn_backend nn_backend_cpu = {
     .name = "cpu",
+    .precisions = NN_PRECISION_BIT(NN_TF32) | NN_PRECISION_BIT(NN_BF16), /* emulated */
     .init = cpu_init,
     .finish = cpu_finish,
     .alloc = cpu_alloc,

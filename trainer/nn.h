@@ -165,6 +165,7 @@ typedef struct nn_net {
                             ones first, each 64-byte aligned (zero padding between) */
   size_t grad_used_n;    /* floats of grad_block up to the end of the last used one */
   nn_reducer reducer;    /* world 0: none installed */
+  int precision;         /* nn_precision of the convolutions and linear layers (precision.h) */
 } nn_net;
 
 /* An empty net on the CPU backend. */
@@ -188,6 +189,13 @@ int nn_backend_ready(const nn_backend *be);
 const nn_backend *nn_backend_by_name(const char *name);
 /* The built backends' names, comma-separated ("cpu, cuda"). */
 const char *nn_backends_built(void);
+
+/* The arithmetic of the net's convolutions and linear layers (precision.h:
+ * NN_FLOAT32, the default, NN_TF32, NN_BF16), before nn_set_batch (a
+ * device backend sizes its scratch for the precision's algorithms); -1 with
+ * an error naming the backend and what it runs where it cannot. The
+ * parameters, their gradients and the optimiser stay float32. */
+int nn_set_precision(nn_net *net, int precision);
 
 /* Run the net on another backend: right after nn_init(), before nn_finalize(). */
 int nn_set_backend(nn_net *net, const nn_backend *be);

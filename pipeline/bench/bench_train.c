@@ -40,7 +40,7 @@ static double cpu_mhz(void) { /* first "cpu MHz" line of /proc/cpuinfo, 0 if non
 int bench_train(int argc, char **argv) {
   int64_t batch = 8, iters = 3, nfreq = 7, seed = 1234;
   double fpc = 32;
-  const char *device = "cpu";
+  const char *device = "cpu", *precision = "float32";
   cli_opt opts[] = {
       {"batch", CLI_INT, &batch, "B", "training batch size (default 8)", 0, 0},
       {"iters", CLI_INT, &iters, "K", "timed iterations of each (default 3)", 0, 0},
@@ -49,6 +49,8 @@ int bench_train(int argc, char **argv) {
       {"seed", CLI_INT, &seed, "S", "initialisation seed", 0, 0},
       {"device", CLI_STR, &device, "NAME", "trainer backend: cpu (default) or cuda (a CUDA build "
        "and a GPU)", 0, 0},
+      {"precision", CLI_STR, &precision, "P", "float32 (default), tf32 or bf16: the arithmetic of "
+       "convolutions and linear layers (docs/trainer.md, Precision; emulated on the CPU)", 0, 0},
       {0}};
   const cli_command spec = {"bench train", "[options]",
                             "Time COEmuNet training and inference on the CPU (or the GPU: "
@@ -64,6 +66,9 @@ int bench_train(int argc, char **argv) {
     return cli_usage_fail("bench train", "--device %s: expected cpu or cuda", device);
   const nn_backend *be = nn_backend_by_name(device); /* cuda not built: a clear error */
   if (!be) return cli_fail("bench train");
+  const int prec = nn_precision_parse(precision);
+  if (prec < 0) return cli_usage_fail("bench train", "--precision %s: expected float32, tf32 or bf16", precision);
+  if (nn_backend_check_precision(be, prec) < 0) return cli_fail("bench train");
   coemunet m;
   coemunet_config cfg = coemunet_default((int)nfreq);
   adam opt;
@@ -76,7 +81,8 @@ int bench_train(int argc, char **argv) {
     return cli_fail("bench train");
   }
   adam_config ac = adam_default();
-  if (nn_set_batch(&m.net, (int)batch) < 0 || adam_init(&opt, &m.net, &ac) < 0 ||
+  if (nn_set_precision(&m.net, prec) < 0 || nn_set_batch(&m.net, (int)batch) < 0 ||
+      adam_init(&opt, &m.net, &ac) < 0 ||
       trainer_init(&tr, &m, &opt) < 0) {
     coemunet_free(&m);
     nn_backend_finish(be);
@@ -93,7 +99,8 @@ int bench_train(int argc, char **argv) {
   for (size_t i = 0; i < nx; i++) x[i] = (float)(2 * ce_rng_uniform(&rng) - 1);
   for (size_t i = 0; i < nt; i++) t[i] = (float)ce_rng_uniform(&rng);
   char name[32];
-  snprintf(name, sizeof name, "coemunet%d", cfg.nfreq);
+  /* the precision in the name where it is not float32: "coemunet7-bf16" */
+  snprintf(name, sizeof name, "coemunet%d%s%s", cfg.nfreq, prec ? "-" : "", prec ? precision : "");
   loss_value lv;
   int rc = 0;
   /* training: one untimed warm-up step, then iters timed */

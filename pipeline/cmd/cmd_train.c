@@ -13,8 +13,10 @@
 #include "trainer/nn.h"
 
 static void print_check(const train_job *j) {
-  printf("%s: ok: training job '%s', output %s, seed %llu, device %s\n", j->path, j->name,
-         j->out_dir, (unsigned long long)j->seed, j->device);
+  printf("%s: ok: training job '%s', output %s, seed %llu, device %s%s%s\n", j->path, j->name,
+         j->out_dir, (unsigned long long)j->seed, j->device,
+         j->precision != NN_FLOAT32 ? ", precision " : "",
+         j->precision != NN_FLOAT32 ? nn_precision_name(j->precision) : "");
   static const char *names[TRAIN_STAGES] = {"pretrain", "finetune"};
   for (int i = 0; i < TRAIN_STAGES; i++) {
     const train_stage *s = &j->stage[i];
@@ -86,6 +88,11 @@ int cmd_train(int argc, char **argv) {
   const nn_backend *be = nn_backend_by_name(j.device);
   if (!be) {
     ce_err_prefix("%s: device", j.path);
+    train_job_free(&j);
+    return cli_fail("train");
+  }
+  if (nn_backend_check_precision(be, j.precision) < 0) {
+    ce_err_prefix("%s: precision", j.path);
     train_job_free(&j);
     return cli_fail("train");
   }

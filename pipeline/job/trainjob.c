@@ -10,6 +10,7 @@
 #include "pipeline/stream/stream_security.h"
 #include "trainer/coemunet.h"
 #include "trainer/optim.h"
+#include "trainer/precision.h"
 
 #define SCHEMA_NAME "schemas/train.yaml"
 
@@ -228,6 +229,8 @@ static int fill(const char *name, const yt_node *r, train_job *j) {
       !(j->out_dir = strdup(schema_str(r, "output.directory"))))
     CE_FAIL("out of memory");
   j->seed = (uint64_t)schema_int(r, "seed");
+  if ((j->precision = nn_precision_parse(schema_str(r, "precision"))) < 0)
+    CE_BUG("trainjob: precision not validated");
   j->threads = (int)schema_int(r, "threads");
 
   j->shortcut = !strcmp(schema_str(r, "model.shortcut"), "input") ? COEMUNET_SHORTCUT_INPUT
@@ -396,6 +399,7 @@ int train_job_diff(const train_job *a, const train_job *b, train_job_change *ch,
   diff_int(&d, -1, "seed", 0, (int64_t)a->seed, (int64_t)b->seed);
   diff_int(&d, -1, "threads", 1, a->threads, b->threads);
   diff_str(&d, -1, "device", 1, a->device, b->device); /* checkpoints are backend-independent */
+  diff_str(&d, -1, "precision", 1, nn_precision_name(a->precision), nn_precision_name(b->precision)); /* and float32 */
   diff_str(&d, -1, "output.directory", 1, a->out_dir, b->out_dir);
   if (a->shortcut != b->shortcut)
     diff_add(&d, -1, "model.shortcut", 0,

@@ -70,6 +70,7 @@ typedef struct {
   uint64_t seed;    /* seed (default 1234): initialisation and data order */
   int threads;      /* threads per rank (0 = OpenMP's default) */
   char *device;     /* device (cpu | cuda): the trainer backend each rank runs on (nn_backend_by_name) */
+  int precision;    /* precision (float32 | tf32 | bf16): nn_precision of convolutions and linear layers */
   /* model: */
   int shortcut;     /* model.shortcut: reference | input -> COEMUNET_SHORTCUT_* */
   int stem;         /* model.stem (4) */

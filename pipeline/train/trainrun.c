@@ -428,6 +428,7 @@ static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
   CE_TRY(coemunet_build_on(&s->model, &cfg, j->seed + (uint64_t)s->id,
                            s->o->be ? s->o->be : &nn_backend_cpu));
   s->have_model = 1;
+  CE_TRY(nn_set_precision(&s->model.net, j->precision));
   CE_TRY(nn_set_batch(&s->model.net, b));
   adam_config ac = {(adam_kind)st->optimizer, st->lr, st->beta1, st->beta2, st->eps, st->weight_decay};
   CE_TRY(adam_init(&s->opt, &s->model.net, &ac));

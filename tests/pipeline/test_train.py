@@ -459,5 +459,13 @@ with tempfile.TemporaryDirectory() as tmp:
                                 and any(w in r.stderr for w in why)
                                 and "Traceback" not in r.stderr and "Segmentation" not in r.stderr),
           f"device: cuda: status {r.returncode}: {r.stderr[-400:]}")
+    # precision: bf16 (the CPU backend's emulation): trains, the losses are
+    # finite and off float32's (operands rounded to bfloat16)
+    bj = os.path.join(tmp, "bj.yaml")
+    open(bj, "w").write(f"name: bj\nprecision: bf16\n{MODEL}\nfinetune:\n{stage(ft, 1)}")
+    r = run([COEMU, "train", bj, "--out", os.path.join(tmp, "bj"), "--quiet", "--max-steps", "2"])
+    check(r.returncode in (0, 3), f"precision: bf16: status {r.returncode}: {r.stderr[-400:]}")
+    r = run([COEMU, "train", bj, "--check"])
+    check(r.returncode == 0 and "precision bf16" in r.stdout, f"--check of a bf16 job: {r.stdout[-300:]}")
 
 report()

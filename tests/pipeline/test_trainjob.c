@@ -46,7 +46,7 @@ static void test_defaults(void) {
   CHECK(!strcmp(j.path, "t.yaml") && !strcmp(j.dir, "d") && j.text_len == strlen(base));
   CHECK(!strcmp(j.text, base));
   CHECK(!strcmp(j.name, "train") && !strcmp(j.out_dir, "train") && j.seed == 1234 && j.threads == 0);
-  CHECK(!strcmp(j.device, "cpu"));
+  CHECK(!strcmp(j.device, "cpu") && j.precision == NN_FLOAT32);
   CHECK(j.shortcut == COEMUNET_SHORTCUT_REFERENCE && j.stem == 4);
   CHECK(j.enc[0] == 8 && j.enc[1] == 16 && j.enc[2] == 32 && j.latent == 4096 && j.dec == 64);
   CHECK(j.sync_batchnorm == 1);
@@ -71,6 +71,7 @@ static void test_full_job(void) {
       "seed: 7\n"
       "threads: 3\n"
       "device: cuda\n"
+      "precision: bf16\n"
       "output: {directory: out/run}\n"
       "model: {shortcut: input, stem: 2, encoder: [3, 5, 7], latent: 100, decoder: 16, sync_batchnorm: false}\n"
       "pretrain:\n"
@@ -91,7 +92,7 @@ static void test_full_job(void) {
   train_job j;
   CHECK_OK(parse(text, &j));
   CHECK(!strcmp(j.name, "full") && !strcmp(j.out_dir, "out/run") && j.seed == 7 && j.threads == 3);
-  CHECK(!strcmp(j.device, "cuda"));
+  CHECK(!strcmp(j.device, "cuda") && j.precision == NN_BF16);
   CHECK(j.shortcut == COEMUNET_SHORTCUT_INPUT && j.stem == 2 && j.enc[0] == 3 && j.enc[1] == 5);
   CHECK(j.enc[2] == 7 && j.latent == 100 && j.dec == 16 && j.sync_batchnorm == 0);
   const train_stage *p = &j.stage[TRAIN_STAGE_PRETRAIN], *f = &j.stage[TRAIN_STAGE_FINETUNE];
@@ -269,6 +270,7 @@ static void test_schema_errors(void) {
   check_err("  optimizer: {kind: sgd}\n", "t.yaml:4:21: finetune.optimizer.kind: expected one of adam, adam_l2, adamw, got 'sgd'");
   check_err("model: {shortcut: both}\n", "model.shortcut: expected one of reference, input");
   check_err("device: gpu\n", "t.yaml:4:9: device: expected one of cpu, cuda, got 'gpu'");
+  check_err("precision: fp16\n", "t.yaml:4:12: precision: expected one of float32, tf32, bf16, got 'fp16'");
   check_err("  validation: {split: dev}\n", "expected one of validation, test, train, all, none, got 'dev'");
   check_err("  data2: 1\n", "unknown key");
   check_text_err("finetune: 3\n", "t.yaml:1:11: finetune: expected a mapping, got '3'");

@@ -172,12 +172,14 @@ static void par_layer_free(par_layer *L) {
   memset(L, 0, sizeof *L);
 }
 
+/* precision: the net's (nn_set_precision; conv and linear layers) */
 static int par_layer_run(par_layer *L, const nn_backend *be, const par_case *pc, int N,
-                         uint32_t seed, par_report *r) {
+                         uint32_t seed, int precision, par_report *r) {
   memset(L, 0, sizeof *L);
   nn_net *net = &L->net;
   nn_init(net);
   if (par_call(r, nn_set_backend(net, be), "nn_set_backend") < 0) return -1;
+  if (par_call(r, nn_set_precision(net, precision), "nn_set_precision") < 0) return -1;
   L->nin = pc->nin;
   L->N = N;
   char nm[16];
@@ -241,6 +243,20 @@ static int par_layer_run(par_layer *L, const nn_backend *be, const par_case *pc,
   }
   L->ok = 1;
   return 0;
+}
+
+/* The host copies of a product's operands (x, w, dy) rounded as precision p
+ * rounds them (precision.h): the exact references of the checks below then
+ * hold for a backend that rounds them and sums in float32, within the same
+ * gamma_n bounds (the products of rounded operands are exact in float32). */
+static void par_round_operands(par_layer *L, int p) {
+  const nn_net *net = &L->net;
+  const size_t n[3] = {(size_t)L->N * net->nodes[L->in[0]].size,
+                       (size_t)net->params[net->nodes[L->out].param[0]].n,
+                       (size_t)L->N * net->nodes[L->out].size};
+  float *a[3] = {L->x[0], L->w[0], L->dy};
+  for (int k = 0; k < 3; k++)
+    for (size_t i = 0; i < n[k]; i++) a[k][i] = nn_round_operand(a[k][i], p);
 }
 
 /* ---- references --------------------------------------------------------- */
@@ -758,7 +774,7 @@ static int par_sum_f32(void *ctx, float *buf, size_t n) {
 static void par_check_reducer(par_report *r, const nn_backend *be) {
   par_case pc = {PK_BN, {3}, 3, 4, 5, 1, 1, 0, {{0}}, {{0}}, {{0}}, 0, 1};
   par_layer A, B;
-  if (par_layer_run(&A, be, &pc, 2, 77, r) < 0) {
+  if (par_layer_run(&A, be, &pc, 2, 77, NN_FLOAT32, r) < 0) {
     par_layer_free(&A);
     return;
   }
@@ -822,11 +838,10 @@ static void par_check_reducer(par_report *r, const nn_backend *be) {
 
 /* ---- every layer -------------------------------------------------------- */
 
-static void par_layers(const nn_backend *be, par_report *r) {
-  static const struct {
-    const char *name;
-    par_case pc;
-  } cases[] = {
+static const struct {
+  const char *name;
+  par_case pc;
+} par_cases[] = {
       /* COEmuNet's shapes in small: the stem (one channel of input data, no
          input gradient), a strided block convolution, 'same', 1x1x1, the
          2-D decoder convolution (depth 1) and the 3-D one with (1,3,3) */
@@ -847,21 +862,37 @@ static void par_layers(const nn_backend *be, par_report *r) {
       {"add", {PK_ADD, {3, 3}, 2, 3, 4, 2, 1, 0, {{0}}, {{0}}, {{0}}, 0, 1}},
       {"concat", {PK_CONCAT, {2, 3, 1}, 2, 2, 3, 3, 1, 0, {{0}}, {{0}}, {{0}}, 0, 1}},
       {"slice", {PK_SLICE, {5}, 2, 3, 2, 1, 1, 2, {{0}}, {{0}}, {{0}}, 1, 1}},
-  };
-  const int ncases = (int)(sizeof cases / sizeof cases[0]);
-  for (int i = 0; i < ncases; i++) {
-    const par_case *pc = &cases[i].pc;
-    par_layer L;
-    if (par_layer_run(&L, be, pc, 3, (uint32_t)i, r) == 0) {
-      if (pc->kind == PK_CONV) par_check_conv(r, &L, pc, cases[i].name);
-      else if (pc->kind == PK_LINEAR) par_check_linear(r, &L, cases[i].name);
-      else if (pc->kind == PK_BN) par_check_bn(r, &L, pc->train, cases[i].name);
-      else par_check_simple(r, &L, pc, cases[i].name);
-    } else if (r->verbose) {
-      fprintf(stderr, "    %s: %s\n", cases[i].name, r->first);
-    }
-    par_layer_free(&L);
+};
+#define PAR_NCASES ((int)(sizeof par_cases / sizeof par_cases[0]))
+
+/* Case i run on backend be at precision run, checked against references
+ * from operands rounded as precision ref rounds them (run != ref: a negative
+ * control that must fail). */
+static void par_case_run(const nn_backend *be, par_report *r, int i, int run, int ref) {
+  const par_case *pc = &par_cases[i].pc;
+  par_layer L;
+  if (par_layer_run(&L, be, pc, 3, (uint32_t)i, run, r) == 0) {
+    if (ref != NN_FLOAT32) par_round_operands(&L, ref);
+    if (pc->kind == PK_CONV) par_check_conv(r, &L, pc, par_cases[i].name);
+    else if (pc->kind == PK_LINEAR) par_check_linear(r, &L, par_cases[i].name);
+    else if (pc->kind == PK_BN) par_check_bn(r, &L, pc->train, par_cases[i].name);
+    else par_check_simple(r, &L, pc, par_cases[i].name);
+  } else if (r->verbose) {
+    fprintf(stderr, "    %s: %s\n", par_cases[i].name, r->first);
   }
+  par_layer_free(&L);
+}
+
+/* The convolutions and linear layers at precision run (tf32, bf16) against
+ * references at precision ref (the same, or another: a negative control). */
+static void par_layers_precision(const nn_backend *be, par_report *r, int run, int ref) {
+  for (int i = 0; i < PAR_NCASES; i++)
+    if (par_cases[i].pc.kind == PK_CONV || par_cases[i].pc.kind == PK_LINEAR)
+      par_case_run(be, r, i, run, ref);
+}
+
+static void par_layers(const nn_backend *be, par_report *r) {
+  for (int i = 0; i < PAR_NCASES; i++) par_case_run(be, r, i, NN_FLOAT32, NN_FLOAT32);
   par_check_loss(r, be, 6, 5, 4, 3, 1.0f);  /* odd width, a spare image */
   par_check_loss(r, be, 4, 8, 2, 2, 0.5f);  /* even width (the Nyquist column), a seed scale */
   par_check_adam(r, be, ADAM);
@@ -898,6 +929,9 @@ static void par_rec_free(par_step_rec *s) {
 static const coemunet_config PAR_CFG = {2, 16, 2, {2, 3, 4}, 8, 8, COEMUNET_SHORTCUT_REFERENCE};
 #define PAR_B 3
 
+/* The precision of the whole-step checks (par_step_reference, par_step). */
+static int par_step_precision = NN_FLOAT32;
+
 
 /* One training step of a fresh model (seed 11) on backend be; ulp_salt > 0
  * moves every input value one ulp up or down (a noise-floor variant). */
@@ -918,6 +952,7 @@ static int par_one_step(const nn_backend *be, uint32_t ulp_salt, par_step_rec *o
   }
   adam_config ac = {ADAMW, 2e-3, 0.9, 0.999, 1e-8, 0.01};
   int rc = coemunet_build_on(&m, &PAR_CFG, 11, be);
+  if (rc == 0) rc = nn_set_precision(&m.net, par_step_precision);
   if (rc == 0) rc = nn_set_batch(&m.net, PAR_B);
   if (rc == 0) rc = adam_init(&o, &m.net, &ac);
   if (rc == 0) rc = trainer_init(&tr, &m, &o);
@@ -1099,6 +1134,7 @@ static long par_checkpoint(const nn_backend *from, const nn_backend *to, const c
   long diff = -1;
   int built_b = 0;
   int rc = coemunet_build_on(&a, &PAR_CFG, 11, from);
+  if (rc == 0) rc = nn_set_precision(&a.net, par_step_precision); /* master weights: float32 */
   if (rc == 0) rc = nn_set_batch(&a.net, PAR_B);
   if (rc == 0) rc = adam_init(&oa, &a.net, &ac);
   if (rc == 0) rc = trainer_init(&tr, &a, &oa);

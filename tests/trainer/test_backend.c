@@ -283,6 +283,7 @@ static int guard_reduce_grads(nn_net *net) {
 
 static const nn_backend guard_backend = {
     .name = "guard",
+    .precisions = NN_PRECISION_BIT(NN_TF32) | NN_PRECISION_BIT(NN_BF16), /* the CPU's */
     .init = guard_init,
     .finish = guard_finish,
     .alloc = guard_alloc,

@@ -114,6 +114,74 @@ static void test_broken_step_fails(void) {
   broken_mode = 0;
 }
 
+/* tf32 and bf16 (precision.h): the convolutions and linear layers with
+ * rounded operands against exact references from the same rounded operands,
+ * within the float32 bounds (the products are exact); the negative controls:
+ * unrounded arithmetic against rounded references, and the other way round,
+ * must fail. */
+static void test_cpu_precision_layers(void) {
+  for (int p = NN_TF32; p <= NN_BF16; p++) {
+    par_report r;
+    memset(&r, 0, sizeof r);
+    r.verbose = 1;
+    par_layers_precision(&nn_backend_cpu, &r, p, p);
+    char what[64];
+    snprintf(what, sizeof what, "cpu, %s emulated", nn_precision_name(p));
+    report(what, &r);
+    CHECK_MSG(r.failures == 0 && r.errors == 0, "%s: %s", what, r.first);
+    CHECK(r.checks > 1000);
+    for (int swap = 0; swap < 2; swap++) {
+      memset(&r, 0, sizeof r);
+      par_layers_precision(&nn_backend_cpu, &r, swap ? p : NN_FLOAT32, swap ? NN_FLOAT32 : p);
+      snprintf(what, sizeof what, "control: run %s, reference %s",
+               swap ? nn_precision_name(p) : "float32", swap ? "float32" : nn_precision_name(p));
+      report(what, &r);
+      CHECK_MSG(r.failures > 0 && r.errors == 0, "%s: the checks did not tell them apart", what);
+    }
+  }
+}
+
+/* A bf16 step: deterministic, off the float32 one (printed: the effect of
+ * one step), and its master weights stay float32 (not bf16 values); the
+ * checkpoint of a bf16-trained model moves between tables bit for bit. */
+static void test_cpu_bf16_step(void) {
+  par_step_precision = NN_BF16;
+  par_step_rec a, b;
+  CHECK_OK(par_one_step(&nn_backend_cpu, 0, &a));
+  CHECK_OK(par_one_step(&nn_backend_cpu, 0, &b));
+  long same = a.loss == b.loss, not_bf16 = 0, n = 0;
+  for (int i = 0; i < a.nparams && REF.ok; i++)
+    for (int64_t j = 0; j < REF.shape.net.params[i].n; j++) {
+      same += memcmp(&a.w[i][j], &b.w[i][j], sizeof(float)) == 0;
+      n++;
+      not_bf16 += a.w[i][j] != nn_round_bf16(a.w[i][j]);
+    }
+  CHECK_MSG(same == n + 1, "the bf16 step differs from itself (%ld of %ld values)", n + 1 - same,
+            n + 1);
+  CHECK_MSG(not_bf16 > n / 2, "only %ld of %ld weights keep float32 bits after a bf16 step",
+            not_bf16, n);
+  if (REF.ok) {
+    par_mismatch m = par_compare(&REF.shape.net, &a, &REF.ref, &REF.init);
+    fprintf(stderr, "  bf16 step vs float32: loss %.2e grad %.2e update %.2e BN stats %.2e\n",
+            m.loss, m.grad, m.update, m.stats);
+    /* bf16 operands are not float32 ones: the gradient must move off float32's
+       by far more than float32's own noise floor */
+    CHECK_MSG(m.grad > PAR_FLOOR_FACTOR * REF.floor.grad,
+              "the bf16 gradient lies within %.2e of float32's", m.grad);
+  }
+  par_rec_free(&a);
+  par_rec_free(&b);
+  const char *dir = check_scratch("parity_bf16");
+  char p1[1100], p2[1100];
+  snprintf(p1, sizeof p1, "%s/a.ckpt", dir);
+  snprintf(p2, sizeof p2, "%s/b.ckpt", dir);
+  long d = par_checkpoint(&nn_backend_cpu, &broken_backend, p1, p2, 0);
+  CHECK_MSG(d == 0, "bf16 checkpoint, cpu -> second table: %ld values differ (%s)", d,
+            d < 0 ? ce_err_msg() : "");
+  check_scratch_remove();
+  par_step_precision = NN_FLOAT32;
+}
+
 /* Checkpoints through the table: saved on one backend, loaded on another,
  * bit for bit (here the CPU backend and the guard-free copy of its table,
  * "broken" with no fault: two tables, one arithmetic). */
@@ -161,6 +229,32 @@ static void test_cuda(void) {
             PAR_FLOOR_FACTOR * REF.floor.update, PAR_FLOOR_FACTOR * REF.floor.stats);
     CHECK_MSG(within, "the CUDA training step lies outside %g x the noise floor", PAR_FLOOR_FACTOR);
   }
+  /* tf32 and bf16: the same rounded-operand references (cuDNN's plain-sum
+     algorithms); the bf16 step against the CPU's bf16 emulation, within
+     PAR_FLOOR_FACTOR x the emulation's own noise floor */
+  for (int p = NN_TF32; p <= NN_BF16; p++) {
+    memset(&r, 0, sizeof r);
+    r.verbose = 1;
+    par_layers_precision(be, &r, p, p);
+    report(nn_precision_name(p), &r);
+    CHECK_MSG(r.failures == 0 && r.errors == 0, "cuda %s: %s", nn_precision_name(p), r.first);
+  }
+  par_step_precision = NN_BF16;
+  par_step_ref R16;
+  CHECK_OK(par_step_reference(&R16, 1));
+  if (R16.ok) {
+    par_mismatch m;
+    int exact = 0, within = 0;
+    CHECK_OK(par_step(be, &R16, &m, &exact, &within));
+    fprintf(stderr, "  cuda bf16 step vs cpu bf16: loss %.2e grad %.2e update %.2e BN stats %.2e "
+            "(floor x %g: %.2e %.2e %.2e %.2e)\n", m.loss, m.grad, m.update, m.stats,
+            PAR_FLOOR_FACTOR, PAR_FLOOR_FACTOR * R16.floor.loss, PAR_FLOOR_FACTOR * R16.floor.grad,
+            PAR_FLOOR_FACTOR * R16.floor.update, PAR_FLOOR_FACTOR * R16.floor.stats);
+    CHECK_MSG(within, "the CUDA bf16 step lies outside %g x the CPU emulation's noise floor",
+              PAR_FLOOR_FACTOR);
+  }
+  par_step_reference_free(&R16);
+  par_step_precision = NN_FLOAT32;
   /* checkpoints: trained on the GPU, read on the CPU, and back */
   const char *dir = check_scratch("parity_cuda");
   char p1[1100], p2[1100];
@@ -189,6 +283,8 @@ int main(void) {
   RUN(test_cpu_step);
   RUN(test_broken_step_fails);
   RUN(test_checkpoint_between_tables);
+  RUN(test_cpu_precision_layers);
+  RUN(test_cpu_bf16_step);
   RUN(test_cuda);
   par_step_reference_free(&REF);
   nn_backend_finish(&broken_backend);

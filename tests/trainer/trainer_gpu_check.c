@@ -18,7 +18,14 @@
  *      that step (the CPU curve with every input one ulp off; the running
  *      largest, since rounding differences grow along a trajectory);
  *   5. speed: training samples/s at --batch and inference samples/s at
- *      --infer-batch on the GPU, float32 and (--tf32) TF32.
+ *      --infer-batch on the GPU, float32, (--tf32) TF32 and bf16 mixed
+ *      precision (trainer/precision.h: float32 master weights).
+ * And bf16 (precision.h) in 1, 2 and 4: the convolutions and linear layers at
+ * tf32 and bf16 against references from the same rounded operands (the same
+ * gamma_n bounds: the products are exact); one bf16 step against the CPU's
+ * bf16 emulation within PAR_FLOOR_FACTOR x the emulation's own noise floor;
+ * the device's bf16 loss curve against its float32 one (the measured effect
+ * of bf16 on the device, printed).
  *
  * Prints one line per result ("trainer-check: ..."). Exit status: 0 when
  * every check passed, 1 when one failed, 77 when there is no CUDA backend or
@@ -27,6 +34,10 @@
  * Usage: trainer_gpu_check [--steps N] [--curve-batch B] [--batch B]
  *                          [--infer-batch B] [--iters K] [--tf32] [--no-bench]
  *                          [--no-curves] [--grid G] [--backend NAME]
+ *                          [--precision-curves]
+ * --precision-curves runs only the precision measurement (precision_curves
+ * below: float32, tf32, bf16 loss curves on one backend; docs/benchmarks.md
+ * has the CPU emulation's).
  * --grid scales the model of 4-5 down (default 64, the paper's); --backend
  * runs the checks on another backend than cuda: the meson test
  * trainer_gpu_check_cpu runs the whole binary on the CPU backend in CI.
@@ -71,8 +82,8 @@ typedef struct {
 
 /* --steps steps of a fresh model (seed 1234) on backend be, batch k from
  * test_step_batch(k); ulp_salt > 0: every input one ulp off. losses[k]. */
-static int run_curve(const nn_backend *be, const curve_opts *c, uint32_t ulp_salt, double *losses,
-                     double *secs) {
+static int run_curve(const nn_backend *be, const curve_opts *c, uint32_t ulp_salt, int precision,
+                     double *losses, double *secs) {
   coemunet m;
   adam o;
   trainer tr;
@@ -84,6 +95,7 @@ static int run_curve(const nn_backend *be, const curve_opts *c, uint32_t ulp_sal
   adam_config ac = adam_default();
   int rc = x && t ? coemunet_build_on(&m, &c->cfg, 1234, be) : ce_err("out of memory");
   int built = rc == 0;
+  if (rc == 0) rc = nn_set_precision(&m.net, precision);
   if (rc == 0) rc = nn_set_batch(&m.net, c->batch);
   if (rc == 0) rc = adam_init(&o, &m.net, &ac);
   if (rc == 0) rc = trainer_init(&tr, &m, &o);
@@ -114,8 +126,9 @@ static void check_curves(const nn_backend *gpu, const curve_opts *c, double *dev
          *ulp = (double *)calloc((size_t)c->steps, sizeof(double)),
          *dev = (double *)calloc((size_t)c->steps, sizeof(double));
   double s_ref, s_ulp, s_dev;
-  if (run_curve(&nn_backend_cpu, c, 0, ref, &s_ref) < 0 ||
-      run_curve(&nn_backend_cpu, c, 23, ulp, &s_ulp) < 0 || run_curve(gpu, c, 0, dev, &s_dev) < 0) {
+  if (run_curve(&nn_backend_cpu, c, 0, NN_FLOAT32, ref, &s_ref) < 0 ||
+      run_curve(&nn_backend_cpu, c, 23, NN_FLOAT32, ulp, &s_ulp) < 0 ||
+      run_curve(gpu, c, 0, NN_FLOAT32, dev, &s_dev) < 0) {
     printf("trainer-check: curves: error: %s\n", ce_err_msg());
     verdict("loss curves", 0);
   } else {
@@ -143,6 +156,48 @@ static void check_curves(const nn_backend *gpu, const curve_opts *c, double *dev
   free(dev);
 }
 
+/* --precision-curves: the measured effect of tf32 and bf16 on the loss curve
+ * on one backend (on the CPU: the emulation, precision.h): --steps steps
+ * from the same weights and data at float32, at float32 with every input
+ * one ulp off (the float32 curve's own sensitivity), at tf32 and at bf16;
+ * per step the relative distance of each from the float32 curve. */
+static int precision_curves(const nn_backend *be, const curve_opts *c) {
+  const int n = c->steps;
+  double *l[4], secs[4];
+  static const char *const label[4] = {"float32", "fp32+-1ulp", "tf32", "bf16"};
+  static const int prec[4] = {NN_FLOAT32, NN_FLOAT32, NN_TF32, NN_BF16};
+  for (int v = 0; v < 4; v++) {
+    l[v] = (double *)calloc((size_t)n, sizeof(double));
+    if (run_curve(be, c, v == 1 ? 23 : 0, prec[v], l[v], &secs[v]) < 0) {
+      printf("trainer-check: precision curve %s: error: %s\n", label[v], ce_err_msg());
+      for (int u = 0; u <= v; u++) free(l[u]);
+      return -1;
+    }
+    printf("trainer-check: precision curve %s: %d steps in %.1f s\n", label[v], n, secs[v]);
+    fflush(stdout);
+  }
+  printf("trainer-check: precision k  %-18s rel(%s) rel(%s) rel(%s)\n", label[0], label[1],
+         label[2], label[3]);
+  double worst[4] = {0}, mean[4] = {0};
+  for (int k = 0; k < n; k++) {
+    double r[4];
+    for (int v = 1; v < 4; v++) {
+      r[v] = fabs(l[v][k] - l[0][k]) / fabs(l[0][k]);
+      if (r[v] > worst[v]) worst[v] = r[v];
+      mean[v] += r[v] / n;
+    }
+    printf("trainer-check: precision %-2d %.12f %.3e  %.3e  %.3e   (tf32 %.12f, bf16 %.12f)\n",
+           k + 1, l[0][k], r[1], r[2], r[3], l[2][k], l[3][k]);
+  }
+  for (int v = 1; v < 4; v++)
+    printf("trainer-check: precision %s vs float32 on %s, coemunet%d grid %d batch %d, %d steps: "
+           "relative loss difference mean %.3e, largest %.3e, at the last step %.3e\n", label[v],
+           be->name, c->cfg.nfreq, c->cfg.grid, c->batch, n, mean[v], worst[v],
+           fabs(l[v][n - 1] - l[0][n - 1]) / fabs(l[0][n - 1]));
+  for (int v = 0; v < 4; v++) free(l[v]);
+  return 0;
+}
+
 /* ---- speed -------------------------------------------------------------- */
 
 static int sync_backend(const nn_net *net) {
@@ -150,8 +205,8 @@ static int sync_backend(const nn_net *net) {
   return nn_download(net, &v, net->params[0].w, 1); /* waits for the queued work */
 }
 
-static void bench(const nn_backend *be, const char *prec, int batch, int infer_batch, int iters,
-                  int grid) {
+static void bench(const nn_backend *be, const char *prec, int precision, int batch,
+                  int infer_batch, int iters, int grid) {
   coemunet_config cfg = coemunet_default(7);
   cfg.grid = grid;
   const int sizes[2] = {batch, infer_batch};
@@ -171,6 +226,7 @@ static void bench(const nn_backend *be, const char *prec, int batch, int infer_b
     adam_config ac = adam_default();
     int rc = x && t ? coemunet_build_on(&m, &cfg, 1234, be) : ce_err("out of memory");
     int built = rc == 0;
+    if (rc == 0) rc = nn_set_precision(&m.net, precision);
     if (rc == 0) rc = nn_set_batch(&m.net, B);
     if (rc == 0 && pass == 0) rc = adam_init(&o, &m.net, &ac);
     if (rc == 0) rc = trainer_init(&tr, &m, pass == 0 ? &o : NULL);
@@ -232,7 +288,7 @@ static int arg_int(int argc, char **argv, int *i, int lo, int hi) {
 
 int main(int argc, char **argv) {
   int steps = 20, curve_batch = 4, batch = 32, infer_batch = 64, iters = 10, tf32 = 0;
-  int do_bench = 1, do_curves = 1, grid = 64;
+  int do_bench = 1, do_curves = 1, grid = 64, prec_curves = 0;
   const char *backend = "cuda";
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--steps")) steps = arg_int(argc, argv, &i, 1, 1000);
@@ -243,11 +299,13 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--tf32")) tf32 = 1;
     else if (!strcmp(argv[i], "--no-bench")) do_bench = 0;
     else if (!strcmp(argv[i], "--no-curves")) do_curves = 0;
+    else if (!strcmp(argv[i], "--precision-curves")) prec_curves = 1;
     else if (!strcmp(argv[i], "--grid")) grid = arg_int(argc, argv, &i, 16, 1024);
     else if (!strcmp(argv[i], "--backend") && i + 1 < argc) backend = argv[++i];
     else if (!strcmp(argv[i], "--help")) {
       printf("usage: trainer_gpu_check [--steps N] [--curve-batch B] [--batch B] [--infer-batch B] "
-             "[--iters K] [--tf32] [--no-bench] [--no-curves] [--grid G] [--backend NAME]\n");
+             "[--iters K] [--tf32] [--no-bench] [--no-curves] [--grid G] [--backend NAME] "
+             "[--precision-curves]\n");
       return 0;
     } else {
       fprintf(stderr, "trainer_gpu_check: error: unknown option '%s' (--help)\n", argv[i]);
@@ -282,6 +340,14 @@ int main(int argc, char **argv) {
   if (gpu == &nn_backend_cuda) printf("trainer-check: device: %s\n", nn_cuda_device_name());
 #endif
   fflush(stdout);
+  if (prec_curves) { /* this measurement only */
+    curve_opts c = {steps, curve_batch, coemunet_default(7)};
+    c.cfg.grid = grid;
+    int rc = precision_curves(gpu, &c);
+    nn_backend_finish(gpu);
+    nn_backend_finish(&nn_backend_cpu);
+    return rc < 0 ? 1 : 0;
+  }
   double t0 = now();
 
   /* 1. layers */
@@ -294,6 +360,16 @@ int main(int argc, char **argv) {
   par_layers(gpu, &rg);
   print_report(gpu->name, &rg);
   verdict("layer parity, device", rg.failures == 0 && rg.errors == 0);
+  for (int p = NN_TF32; p <= NN_BF16; p++) {
+    par_report rp;
+    memset(&rp, 0, sizeof rp);
+    par_layers_precision(gpu, &rp, p, p);
+    char what[64];
+    snprintf(what, sizeof what, "%s %s", gpu->name, nn_precision_name(p));
+    print_report(what, &rp);
+    snprintf(what, sizeof what, "layer parity, device %s", nn_precision_name(p));
+    verdict(what, rp.failures == 0 && rp.errors == 0);
+  }
 
   /* 2. one whole step */
   par_step_ref R;
@@ -315,6 +391,28 @@ int main(int argc, char **argv) {
     verdict("training step, device vs cpu", within);
     par_step_reference_free(&R);
   }
+  /* 2b. one bf16 step against the CPU's bf16 emulation */
+  par_step_precision = NN_BF16;
+  if (par_step_reference(&R, 0) < 0) {
+    printf("trainer-check: bf16 step reference: error: %s\n", ce_err_msg());
+    verdict("bf16 training step, device vs cpu emulation", 0);
+  } else {
+    par_mismatch m;
+    int exact = 0, within = 0;
+    if (par_step(gpu, &R, &m, &exact, &within) < 0) {
+      printf("trainer-check: bf16 step: error: %s\n", ce_err_msg());
+      within = 0;
+    } else {
+      printf("trainer-check: step bf16 %s vs cpu bf16: loss %.2e grad %.2e update %.2e BN stats "
+             "%.2e; floor x %g: %.2e %.2e %.2e %.2e\n", gpu->name, m.loss, m.grad, m.update,
+             m.stats, PAR_FLOOR_FACTOR, PAR_FLOOR_FACTOR * R.floor.loss,
+             PAR_FLOOR_FACTOR * R.floor.grad, PAR_FLOOR_FACTOR * R.floor.update,
+             PAR_FLOOR_FACTOR * R.floor.stats);
+    }
+    verdict("bf16 training step, device vs cpu emulation", within);
+    par_step_reference_free(&R);
+  }
+  par_step_precision = NN_FLOAT32;
 
   /* 3. checkpoints */
   char dir[] = "/tmp/coemu_trainer_check_XXXXXX";
@@ -352,7 +450,7 @@ int main(int argc, char **argv) {
     if (tf32 && gpu == &nn_backend_cuda && f32[0] != 0) {
       double *t = (double *)calloc((size_t)steps, sizeof(double)), secs, worst = 0;
       nn_cuda_set_tf32(1);
-      if (run_curve(gpu, &c, 0, t, &secs) == 0) {
+      if (run_curve(gpu, &c, 0, NN_FLOAT32, t, &secs) == 0) {
         for (int k = 0; k < steps; k++) {
           double d = fabs(t[k] - f32[k]) / fabs(f32[k]);
           if (d > worst) worst = d;
@@ -369,20 +467,38 @@ int main(int argc, char **argv) {
       free(t);
     }
 #endif
+    /* bf16's effect on the device's loss curve, against its float32 one */
+    if (f32[0] != 0) {
+      double *b = (double *)calloc((size_t)steps, sizeof(double)), secs, worst = 0;
+      if (run_curve(gpu, &c, 0, NN_BF16, b, &secs) == 0) {
+        for (int k = 0; k < steps; k++) {
+          double d = fabs(b[k] - f32[k]) / fabs(f32[k]);
+          if (d > worst) worst = d;
+          printf("trainer-check: curve bf16 %-2d %.15f (fp32 %.15f, relative %.3e)\n", k + 1, b[k],
+                 f32[k], d);
+        }
+        printf("trainer-check: curve bf16 vs fp32: largest relative loss difference %.3g over %d "
+               "steps (%.2f s)\n", worst, steps, secs);
+      } else {
+        printf("trainer-check: curve bf16: error: %s\n", ce_err_msg());
+        failures++;
+      }
+      free(b);
+    }
     free(f32);
   }
   if (do_bench) {
-    bench(gpu, "fp32", batch, infer_batch, iters, grid);
+    bench(gpu, "fp32", NN_FLOAT32, batch, infer_batch, iters, grid);
 #ifdef COEMU_HAVE_CUDA_TRAINER
     if (tf32 && gpu == &nn_backend_cuda) {
       nn_cuda_set_tf32(1);
-      bench(gpu, "tf32", batch, infer_batch, iters, grid);
+      bench(gpu, "tf32", NN_FLOAT32, batch, infer_batch, iters, grid);
       nn_cuda_set_tf32(0);
     }
 #else
     (void)tf32;
 #endif
-    printf("trainer-check: bf16: not implemented in the CUDA backend (the anchor measures PyTorch's)\n");
+    bench(gpu, "bf16", NN_BF16, batch, infer_batch, iters, grid);
   }
   nn_backend_finish(gpu);
   nn_backend_finish(&nn_backend_cpu);

@@ -769,11 +769,11 @@ static int pick(const Perf *r, int n, size_t limit, int tf32) {
   return -1;
 }
 
-static int plan_create(conv_plan *p, const conv_shape *s, int need_dx) {
+static int plan_create(conv_plan *p, const conv_shape *s, int need_dx, int tf32) {
   memset(p, 0, sizeof *p);
   p->s = *s;
   p->need_dx = need_dx;
-  p->tf32 = S.tf32;
+  p->tf32 = tf32;
   p->sums_only = S.sums_only;
   const int two = is_2d(s);
   CUDNN_CHECK(cudnnCreateTensorDescriptor(&p->x));
@@ -832,10 +832,10 @@ static int plan_create(conv_plan *p, const conv_shape *s, int need_dx) {
 }
 
 /* The plan of a shape, found once and kept until the last finish. */
-static conv_plan *plan_for(const conv_shape *s, int need_dx) {
+static conv_plan *plan_for(const conv_shape *s, int need_dx, int tf32) {
   for (int i = 0; i < S.nplans; i++) {
     conv_plan *p = &S.plans[i];
-    if (!memcmp(&p->s, s, sizeof *s) && p->need_dx == need_dx && p->tf32 == S.tf32 &&
+    if (!memcmp(&p->s, s, sizeof *s) && p->need_dx == need_dx && p->tf32 == tf32 &&
         p->sums_only == S.sums_only)
       return p;
   }
@@ -850,7 +850,7 @@ static conv_plan *plan_for(const conv_shape *s, int need_dx) {
     S.plan_cap = cap;
   }
   conv_plan *p = &S.plans[S.nplans];
-  if (plan_create(p, s, need_dx) < 0) {
+  if (plan_create(p, s, need_dx, tf32) < 0) {
     destroy_plan(p);
     ce_err_prefix("planning the convolution %dx%dx%dx%dx%d -> %d channels, kernel %dx%dx%d, "
                   "stride %dx%dx%d", s->n, s->cin, s->d, s->h, s->w, s->cout, s->kd, s->kh, s->kw,
@@ -861,9 +861,58 @@ static conv_plan *plan_for(const conv_shape *s, int need_dx) {
   return p;
 }
 
+/* ---- precision (precision.h) ------------------------------------------ */
+
+/* Tensor cores (TF32 math) for the net's products: precision tf32, or
+ * float32 under nn_cuda_set_tf32(1). bf16 runs on the FMA units: its rounded
+ * operands' products are exact in float32, so its results differ from the
+ * CPU emulation's only in the order of the float32 sums. */
+static int net_tf32(const nn_net *net) {
+  return net->precision == NN_TF32 || (net->precision == NN_FLOAT32 && S.tf32);
+}
+
+__global__ static void k_round(long n, const float *a, float *r, int p) {
+  GRID_STRIDE(i, n) r[i] = nn_round_operand(a[i], p);
+}
+
+/* The operands of one convolution or linear layer at the net's precision:
+ * float32 the tensors themselves; tf32 and bf16 copies rounded by
+ * nn_round_operand (the CPU emulation's function, at its points) into the
+ * device scratch, valid until the next scratch() call. */
+typedef struct {
+  const float *x, *w, *dy;
+} dev_operands;
+
+static int dev_operands_get(const nn_net *net, const nn_node *nd, int with_dy, dev_operands *o) {
+  const nn_node *in = &net->nodes[nd->in[0]];
+  const nn_param *w = &net->params[nd->param[0]];
+  const long n[3] = {(long)net->batch * in->size, (long)w->n,
+                     with_dy ? (long)net->batch * nd->size : 0};
+  const float *src[3] = {in->out, w->w, nd->grad};
+  o->x = in->out;
+  o->w = w->w;
+  o->dy = nd->grad;
+  const int p = net->precision;
+  if (p == NN_FLOAT32) return 0;
+  /* each part 64-byte aligned for cuDNN's vectorised loads */
+  const long a[3] = {(n[0] + 15) / 16 * 16, (n[1] + 15) / 16 * 16, n[2]};
+  float *b = (float *)scratch(sizeof(float) * (size_t)(a[0] + a[1] + a[2]));
+  if (!b) return -1;
+  float *dst[3] = {b, b + a[0], b + a[0] + a[1]};
+  for (int k = 0; k < 3; k++)
+    if (n[k]) {
+      k_round<<<grid_for(n[k]), THREADS, 0, S.stream>>>(n[k], src[k], dst[k], p);
+      KERNEL_CHECK("k_round");
+    }
+  o->x = dst[0];
+  o->w = dst[1];
+  if (with_dy) o->dy = dst[2];
+  return 0;
+}
+
 static int conv_plan_of(const nn_net *net, const nn_node *nd, conv_plan **out) {
   conv_shape s = node_conv_shape(net, nd);
-  conv_plan *p = plan_for(&s, net->nodes[nd->in[0]].needs_grad);
+  conv_plan *p = plan_for(&s, net->nodes[nd->in[0]].needs_grad, net_tf32(net));
   if (!p) return -1;
   if (p->ws > sizeof(float) * net->work_n)
     return ce_err("convolution workspace: %zu bytes needed, %zu allocated (the workspace "
@@ -877,7 +926,7 @@ static size_t cuda_workspace(const nn_net *net, const nn_node *nd) {
   conv_shape s = node_conv_shape(net, nd);
   /* an error here (no algorithm fits) is met again, and reported, at the
      layer's first forward */
-  conv_plan *p = plan_for(&s, net->nodes[nd->in[0]].needs_grad);
+  conv_plan *p = plan_for(&s, net->nodes[nd->in[0]].needs_grad, net_tf32(net));
   return p ? (p->ws + sizeof(float) - 1) / sizeof(float) : 0;
 }
 
@@ -887,8 +936,9 @@ static int conv_forward(nn_net *net, nn_node *nd) {
   conv_plan *p;
   CE_TRY(conv_plan_of(net, nd, &p));
   const nn_param *P = net->params;
-  CUDNN_CHECK(cudnnConvolutionForward(S.dnn, &ONE, p->x, net->nodes[nd->in[0]].out, p->w,
-                                      P[nd->param[0]].w, p->conv, p->fwd, net->work,
+  dev_operands o;
+  CE_TRY(dev_operands_get(net, nd, 0, &o));
+  CUDNN_CHECK(cudnnConvolutionForward(S.dnn, &ONE, p->x, o.x, p->w, o.w, p->conv, p->fwd, net->work,
                                       sizeof(float) * net->work_n, &ZERO, p->y, nd->out));
   CUDNN_CHECK(cudnnAddTensor(S.dnn, &ONE, p->b, P[nd->param[1]].w, &ONE, p->y, nd->out));
   return 0;
@@ -898,17 +948,18 @@ static int conv_backward(nn_net *net, nn_node *nd, float *dx) {
   conv_plan *p;
   CE_TRY(conv_plan_of(net, nd, &p));
   const nn_param *P = net->params;
-  const float *x = net->nodes[nd->in[0]].out;
+  dev_operands o;
+  CE_TRY(dev_operands_get(net, nd, 1, &o));
   /* beta 1: every gradient accumulates (nn.h) */
-  CUDNN_CHECK(cudnnConvolutionBackwardFilter(S.dnn, &ONE, p->x, x, p->y, nd->grad, p->conv,
+  CUDNN_CHECK(cudnnConvolutionBackwardFilter(S.dnn, &ONE, p->x, o.x, p->y, o.dy, p->conv,
                                              p->bwd_filter, net->work,
                                              sizeof(float) * net->work_n, &ONE, p->w,
                                              P[nd->param[0]].g));
-  CUDNN_CHECK(cudnnConvolutionBackwardBias(S.dnn, &ONE, p->y, nd->grad, &ONE, p->b,
+  CUDNN_CHECK(cudnnConvolutionBackwardBias(S.dnn, &ONE, p->y, o.dy, &ONE, p->b,
                                            P[nd->param[1]].g));
   if (dx) {
     if (!p->need_dx) return ce_err("convolution '%s': planned without an input gradient", nd->name);
-    CUDNN_CHECK(cudnnConvolutionBackwardData(S.dnn, &ONE, p->w, P[nd->param[0]].w, p->y, nd->grad,
+    CUDNN_CHECK(cudnnConvolutionBackwardData(S.dnn, &ONE, p->w, o.w, p->y, o.dy,
                                              p->conv, p->bwd_data, net->work,
                                              sizeof(float) * net->work_n, &ONE, p->x, dx));
   }
@@ -928,6 +979,13 @@ __global__ static void k_bias_grad(int n, int out, const float *dy, float *db) {
   float acc = db[o];
   for (int i = 0; i < n; i++) acc += dy[(long)i * out + o];
   db[o] = acc;
+}
+
+/* cuBLAS's math for the net's precision (net_tf32): a handle setting, no
+ * synchronisation */
+static int set_blas_math(int tf32) {
+  CUBLAS_CHECK(cublasSetMathMode(S.blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+  return 0;
 }
 
 /* Row-major y (n, out) = x (n, in) W^T, W (out, in): in cuBLAS's column-major
@@ -982,8 +1040,12 @@ static int cuda_forward(nn_net *net, nn_node *nd, int train) {
     KERNEL_CHECK("k_maxpool");
     return 0;
   }
-  case NN_LINEAR:
-    return dev_linear_forward(N, (int)in->size, nd->c, x, P[nd->param[0]].w, P[nd->param[1]].w, y);
+  case NN_LINEAR: {
+    dev_operands o;
+    CE_TRY(dev_operands_get(net, nd, 0, &o));
+    CE_TRY(set_blas_math(net_tf32(net)));
+    return dev_linear_forward(N, (int)in->size, nd->c, o.x, o.w, P[nd->param[1]].w, y);
+  }
   case NN_UPSAMPLE:
     k_upsample<<<grid_for(total), THREADS, 0, S.stream>>>(N * in->c, in->d, in->h, in->w,
                                                            nd->s.v[0], nd->s.v[1], nd->s.v[2], x, y);
@@ -1047,9 +1109,13 @@ static int cuda_backward(nn_net *net, nn_node *nd) {
       KERNEL_CHECK("k_maxpool_back");
     }
     return 0;
-  case NN_LINEAR:
-    return dev_linear_backward(N, (int)in->size, nd->c, x, P[nd->param[0]].w, g, P[nd->param[0]].g,
-                           P[nd->param[1]].g, dx);
+  case NN_LINEAR: {
+    dev_operands o;
+    CE_TRY(dev_operands_get(net, nd, 1, &o));
+    CE_TRY(set_blas_math(net_tf32(net)));
+    return dev_linear_backward(N, (int)in->size, nd->c, o.x, o.w, o.dy, P[nd->param[0]].g,
+                               P[nd->param[1]].g, dx);
+  }
   case NN_UPSAMPLE:
     if (dx) {
       const long ntot = (long)N * in->size;
@@ -1291,6 +1357,7 @@ static int cuda_reduce_grads(nn_net *net) {
 
 extern "C" const nn_backend nn_backend_cuda = {
     /* .name = */ "cuda",
+    /* .precisions = */ NN_PRECISION_BIT(NN_TF32) | NN_PRECISION_BIT(NN_BF16),
     /* .init = */ cuda_init,
     /* .finish = */ cuda_finish,
     /* .alloc = */ cuda_alloc,

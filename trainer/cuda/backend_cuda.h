@@ -27,10 +27,13 @@ extern "C" {
  * clear message when there is no usable device. threads is ignored. */
 extern const nn_backend nn_backend_cuda;
 
-/* Arithmetic of convolutions and linear layers: 0 (default) float32 on the
- * FMA units, no tensor cores (the reference: parity with the CPU);
- * 1: TF32 tensor cores (10-bit mantissa products, float32 sums). Set before
- * the first net is built; 0, or -1 with an error for another value. */
+/* Arithmetic of convolutions and linear layers of float32 nets: 0 (default)
+ * float32 on the FMA units, no tensor cores (the reference: parity with the
+ * CPU); 1: TF32 tensor cores (10-bit mantissa products, float32 sums; the
+ * hardware converts the operands). Set before the first net is built; 0, or
+ * -1 with an error for another value. A net's own precision
+ * (nn_set_precision: tf32, bf16; trainer/precision.h) rounds the operands
+ * with nn_round_operand on the device first, as the CPU emulation does. */
 int nn_cuda_set_tf32(int on);
 int nn_cuda_tf32(void);
 
