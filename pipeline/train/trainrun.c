@@ -23,6 +23,7 @@
 #include "pipeline/train/trainplot.h"
 #include "trainer/checkpoint.h"
 #include "trainer/coemunet.h"
+#include "trainer/nccl_comm.h"
 #include "trainer/optim.h"
 #include "trainer/train.h"
 
@@ -245,6 +246,8 @@ typedef struct {
   serve_source *val;
   double best_maxrel;
   FILE *ftrain, *fval;
+  reducer_nccl *nccl; /* the CUDA backend's device reducer, when used */
+  nn_reducer red;
 } stage_run;
 
 static coemunet_config model_config(const train_job *j, int nfreq, int grid) {
@@ -375,6 +378,30 @@ static void stage_free(stage_run *s) {
   serve_close(s->val);
   if (s->have_opt) adam_free(&s->opt);
   if (s->have_model) coemunet_free(&s->model);
+  reducer_nccl_close(s->nccl); /* after the net: its last sums are done */
+}
+
+/* The replicas' reducer: NCCL on device memory for a device backend where it
+ * is built (gradients in 25 MB buckets overlapped with the backward), unless
+ * COEMU_REDUCER=mpi asks for the host sums; MPI on host memory otherwise. */
+static int install_reducer(stage_run *s, int local_bn) {
+  nn_net *net = &s->model.net;
+  const char *want = getenv("COEMU_REDUCER");
+  if (want && *want && strcmp(want, "mpi") && strcmp(want, "nccl"))
+    CE_FAIL("COEMU_REDUCER = '%s': expected mpi or nccl", want);
+  int nccl = net->be != &nn_backend_cpu && nn_nccl_built();
+  if (want && !strcmp(want, "mpi")) nccl = 0;
+  if (want && !strcmp(want, "nccl")) {
+    if (net->be == &nn_backend_cpu)
+      CE_FAIL("COEMU_REDUCER = nccl: NCCL sums device memory; this run trains on the CPU");
+    nccl = 1; /* not built: reducer_nccl_open says so */
+  }
+  if (!nccl) {
+    s->red = reducer_mpi(&s->comm, local_bn);
+    return nn_set_reducer(net, &s->red);
+  }
+  CE_TRY(reducer_nccl_open(&s->comm, local_bn, NN_BUCKET_FLOATS, &s->nccl, &s->red));
+  return nn_set_reducer(net, &s->red);
 }
 
 static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
@@ -444,8 +471,7 @@ static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
               s->state.epoch, (unsigned long long)s->state.step);
   } else if (s->id == TRAIN_STAGE_FINETUNE && st->transfer)
     CE_TRY(transfer_encoder(s));
-  nn_reducer red = reducer_mpi(&s->comm, !j->sync_batchnorm);
-  if (s->world > 1) CE_TRY(nn_set_reducer(&s->model.net, &red));
+  if (s->world > 1) CE_TRY(install_reducer(s, !j->sync_batchnorm));
   trainer tr;
   CE_TRY(trainer_init(&tr, &s->model, &s->opt));
 
