@@ -159,6 +159,15 @@ typedef struct nn_backend {
    * it on a second stream after the backward work queued so far) as long as
    * reduce_grads waits for it and nothing writes the bucket before. */
   int (*reduce_bucket)(struct nn_net *net, size_t off, size_t n);
+
+  /* ---- host staging ---- */
+  /* bytes of zero-filled HOST memory, 64-byte aligned, that upload copies
+   * from fastest: page-locked on a device backend (cudaHostAlloc, so the
+   * copy is a DMA that needs no bounce buffer), plain aligned memory on the
+   * CPU; the input feed's batch buffers (pipeline/train/feed.h). NULL with an
+   * error when out of memory. host_free(NULL) does nothing. */
+  void *(*host_alloc)(size_t bytes);
+  void (*host_free)(void *p);
 } nn_backend;
 
 /* The CPU reference (backend_cpu.c). */

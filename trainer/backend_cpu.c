@@ -431,4 +431,6 @@ const nn_backend nn_backend_cpu = {
     .loss_eval = cpu_loss_eval,
     .reduce_grads = cpu_reduce_grads,
     .reduce_bucket = cpu_reduce_bucket,
+    .host_alloc = cpu_alloc, /* backend memory is host memory */
+    .host_free = cpu_free,
 };

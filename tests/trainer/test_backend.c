@@ -290,6 +290,10 @@ static int guard_reduce_bucket(nn_net *net, size_t off, size_t n) {
   return rc;
 }
 
+/* host memory: never guarded */
+static void *guard_host_alloc(size_t bytes) { return nn_backend_cpu.host_alloc(bytes); }
+static void guard_host_free(void *p) { nn_backend_cpu.host_free(p); }
+
 static const nn_backend guard_backend = {
     .name = "guard",
     .init = guard_init,
@@ -309,6 +313,8 @@ static const nn_backend guard_backend = {
     .loss_eval = guard_loss_eval,
     .reduce_grads = guard_reduce_grads,
     .reduce_bucket = guard_reduce_bucket,
+    .host_alloc = guard_host_alloc,
+    .host_free = guard_host_free,
 };
 
 static void on_segv(int sig, siginfo_t *si, void *uc) {

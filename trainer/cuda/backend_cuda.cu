@@ -1348,6 +1348,26 @@ static int cuda_reduce_grads(nn_net *net) {
   return 0;
 }
 
+/* ---- host staging ------------------------------------------------------- */
+
+/* Page-locked: uploads from it are DMA copies (backend.h, host_alloc). */
+static void *cuda_host_alloc(size_t bytes) {
+  void *p = NULL;
+  cudaError_t e = cudaHostAlloc(&p, bytes ? bytes : 64, cudaHostAllocDefault);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    ce_err("out of page-locked host memory allocating %zu bytes: cudaHostAlloc: %s", bytes,
+           cudaGetErrorString(e));
+    return NULL;
+  }
+  memset(p, 0, bytes);
+  return p;
+}
+
+static void cuda_host_free(void *p) {
+  if (p) cudaFreeHost(p);
+}
+
 /* ---- the table ---------------------------------------------------------- */
 
 extern "C" const nn_backend nn_backend_cuda = {
@@ -1369,4 +1389,6 @@ extern "C" const nn_backend nn_backend_cuda = {
     /* .loss_eval = */ cuda_loss_eval,
     /* .reduce_grads = */ cuda_reduce_grads,
     /* .reduce_bucket = */ cuda_reduce_bucket,
+    /* .host_alloc = */ cuda_host_alloc,
+    /* .host_free = */ cuda_host_free,
 };
