@@ -18,7 +18,9 @@
  *      that step (the CPU curve with every input one ulp off; the running
  *      largest, since rounding differences grow along a trajectory);
  *   5. speed: training samples/s at --batch and inference samples/s at
- *      --infer-batch on the GPU, float32 and (--tf32) TF32.
+ *      --infer-batch on the GPU, float32 and (--tf32) TF32;
+ *   6. gradient buckets with a single-rank NCCL reducer against no reducer,
+ *      bit for bit; 7. the input feed's wait fraction (dp_check.h).
  *
  * Prints one line per result ("trainer-check: ..."). Exit status: 0 when
  * every check passed, 1 when one failed, 77 when there is no CUDA backend or
@@ -37,6 +39,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "dp_check.h"
 #include "parity.h"
 #ifdef COEMU_HAVE_CUDA_TRAINER
 #include "trainer/cuda/backend_cuda.h"
@@ -384,6 +387,9 @@ int main(int argc, char **argv) {
 #endif
     printf("trainer-check: bf16: not implemented in the CUDA backend (the anchor measures PyTorch's)\n");
   }
+  /* 6-7: data parallelism (buckets, NCCL) and the input feed (dp_check.h) */
+  failures += dp_check_buckets(gpu, 16);
+  failures += dp_check_feed(gpu, grid, curve_batch);
   nn_backend_finish(gpu);
   nn_backend_finish(&nn_backend_cpu);
   printf("trainer-check: %s (%d failed)\n", failures ? "FAILED" : "all passed", failures);
