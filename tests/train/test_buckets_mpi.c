@@ -35,6 +35,7 @@ typedef struct {
   size_t nw, ng;
   double loss[STEPS];
   long calls_f32;
+  double secs; /* the steps' wall time */
 } result;
 
 static long g_calls_f32;
@@ -65,12 +66,15 @@ static void train(size_t bucket, size_t chunk, result *out) {
   const size_t nx = (size_t)3 * 16 * 16 * 16, nt = (size_t)2 * 16 * 16;
   float *x = malloc(sizeof(float) * nx * B), *t = malloc(sizeof(float) * nt * B);
   g_calls_f32 = 0;
+  MPI_Barrier(MPI_COMM_WORLD);
+  const double t0 = MPI_Wtime();
   for (int k = 0; k < STEPS; k++) {
     test_step_batch(&cfg, B, k, x, t);
     loss_value lv;
     CHECK_OK(trainer_step(&tr, x + nx * LOCAL * g_rank, t + nt * LOCAL * g_rank, 2e-3, &lv));
     out->loss[k] = lv.total;
   }
+  out->secs = MPI_Wtime() - t0;
   out->calls_f32 = g_calls_f32;
   const nn_net *net = &m.net;
   out->nw = 0;
@@ -127,8 +131,10 @@ static void test_buckets_equal_chunks(void) {
   CHECK_MSG(same_as_rank0(&small), "rank %d of %d: the replicas' weights differ", g_rank, g_world);
   if (g_rank == 0)
     fprintf(stderr, "%d ranks: %ld sums of floats per step in buckets of 3000 floats, %ld in "
-                    "chunks of 1000 (%zu floats of gradients)\n",
-            g_world, small.calls_f32 / STEPS, chunked.calls_f32 / STEPS, chunked.ng);
+                    "chunks of 1000 (%zu floats of gradients); %d steps: %.3f s chunked, %.3f s "
+                    "in buckets of 3000, %.3f s in one bucket\n",
+            g_world, small.calls_f32 / STEPS, chunked.calls_f32 / STEPS, chunked.ng, STEPS,
+            chunked.secs, small.secs, big.secs);
   result_free(&chunked);
   result_free(&small);
   result_free(&big);
