@@ -30,6 +30,7 @@
 #include "step_batch.h"
 #include "common/rng.h"
 #include "trainer/coemunet.h"
+#include "trainer/nccl_comm.h"
 #include "trainer/train.h"
 
 #define MAXW 4
@@ -925,6 +926,33 @@ static void test_buckets_equal_chunks(void) {
   }
 }
 
+/* The NCCL communicator's refusals (trainer/nccl_comm.h) are clear errors on
+ * any host: NCCL not built, no CUDA device (CI), or more ranks on a node than
+ * it has GPUs (1000 here); device sums come in pairs. */
+static int dev_f32(void *ctx, float *b, size_t n, void *stream) {
+  (void)ctx, (void)b, (void)n, (void)stream;
+  return 0;
+}
+
+static void test_nccl_errors(void) {
+  ce_err_clear();
+  CHECK(nn_nccl_check(0, 2, 1000) < 0);
+  const char *m = ce_err_msg();
+  CHECK_MSG(strstr(m, "NCCL is not built") || strstr(m, "NCCL needs a CUDA device") ||
+                strstr(m, "1000 ranks on this node"),
+            "unexpected message: %s", m);
+  fprintf(stderr, "NCCL, 1000 ranks on this node: %s\n", m);
+  if (nn_nccl_built()) CHECK_ERR(nn_nccl_check(2, 2, 1), "rank 2 of 2");
+  else CHECK_ERR(nn_nccl_check(2, 2, 1), "NCCL is not built");
+  coemunet_config cfg = {1, 16, 2, {2, 3, 4}, 8, 8, COEMUNET_SHORTCUT_REFERENCE};
+  coemunet m2;
+  CHECK_OK(coemunet_build(&m2, &cfg, 1));
+  nn_reducer r = {.world = 1, .sum_f64 = rec_sum_f64, .sum_f32 = rec_sum_f32,
+                  .dev_sum_f32 = dev_f32};
+  CHECK_ERR(nn_set_reducer(&m2.net, &r), "device sums come in pairs (dev_sum_f64 is NULL)");
+  coemunet_free(&m2);
+}
+
 int main(void) {
   if (nn_backend_init(&nn_backend_cpu, 1) < 0) { /* OpenMP and OpenBLAS: 1 thread */
     fprintf(stderr, "%s\n", ce_err_msg());
@@ -938,6 +966,7 @@ int main(void) {
   RUN(test_bucket_plan);
   RUN(test_buckets_during_backward);
   RUN(test_buckets_equal_chunks);
+  RUN(test_nccl_errors);
   if (check_failed_) blas_kernel_note(); /* which kernel a CI log's failure ran on */
   nn_backend_finish(&nn_backend_cpu);
   return check_report();
