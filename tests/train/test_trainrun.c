@@ -4,7 +4,8 @@
  * train_run() in this process. Run with 1 and 2 MPI ranks.
  *   - an uninterrupted run writes train.yaml, last.ckpt (state: 2 epochs,
  *     12 steps), best.ckpt, train.csv (12 rows), validation.csv (the
- *     untrained baseline and one row per epoch) and loss.png;
+ *     untrained baseline and one row per epoch), input.csv (one row per
+ *     epoch: its input wait fraction) and loss.png;
  *   - runs stopped with max_steps (mid-epoch, exactly at an epoch's last
  *     step, twice in a row) return TRAIN_RUN_STOPPED with a checkpoint at
  *     the stop, and resumed give train.csv and validation.csv rows equal
