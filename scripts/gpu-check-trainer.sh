@@ -12,6 +12,9 @@
 #            then training and inference samples/s on the GPU (fp32, TF32,
 #            bf16); bf16 (trainer/precision.h): layers at tf32 / bf16, one
 #            bf16 step against the CPU's bf16 emulation, the bf16 curve vs fp32
+#            gradient buckets through a single-rank NCCL communicator against
+#            no reducer (bit for bit; NCCL optional) and the input feed's wait
+#            fraction (tests/trainer/dp_check.h)
 #   anchor   PyTorch + cuDNN on the same GPU, same model, loss, optimiser and
 #            batch (tests/trainer/torch_anchor.py): fp32, TF32, bf16
 # and prints one line per figure.
@@ -137,15 +140,30 @@ for l in openblas fftw3 z cudnn cublas cufft; do
 done
 ldirs+=(-L"$out/lib")
 
+# NCCL (the device reducer, trainer/nccl_comm.h): optional; without it the
+# check says the NCCL part is skipped
+nccl=
+if echo "#include <nccl.h>" | "$CC" -x c -E "${inc[@]}" - >/dev/null 2>&1; then
+  for a in "${ldirs[@]}" -L/usr/lib/x86_64-linux-gnu; do
+    case "$a" in -L*) d=${a#-L} ;; *) continue ;; esac
+    if [ -e "$d/libnccl.so" ]; then nccl=1; break; fi
+    v=$(ls "$d"/libnccl.so.* 2>/dev/null | head -1 || true)
+    if [ -n "$v" ]; then ln -sf "$v" "$out/lib/libnccl.so"; nccl=1; break; fi
+  done
+fi
+if [ -n "$nccl" ]; then libs+=(-lnccl); else echo "gpu-check-trainer: NCCL not found: its check is skipped"; fi
+
 # --- build -----------------------------------------------------------------------
 gencode=()
 IFS=',' read -ra archs <<<"$ARCH"
 for a in "${archs[@]}"; do gencode+=("-gencode=arch=compute_${a},code=[sm_${a},compute_${a}]"); done
 defs=(-D_GNU_SOURCE -DCOEMU_HAVE_CUDA -DCOEMU_HAVE_CUDA_TRAINER "-DCOEMU_VERSION=\"gpu-check-trainer\"")
+[ -n "$nccl" ] && defs+=(-DCOEMU_HAVE_NCCL)
 cflags=(-std=c17 -O2 -g -fopenmp -fno-math-errno -march=native "${inc[@]}" "${defs[@]}")
-src=(trainer/nn.c trainer/backend_cpu.c trainer/layers_cpu.c trainer/coemunet.c trainer/loss.c
-     trainer/optim.c trainer/checkpoint.c trainer/train.c trainer/precision.c common/error.c common/fsutil.c
-     common/checksum.c tests/trainer/trainer_gpu_check.c)
+src=(trainer/nn.c trainer/bucket.c trainer/backend_cpu.c trainer/layers_cpu.c trainer/coemunet.c
+     trainer/loss.c trainer/optim.c trainer/checkpoint.c trainer/train.c trainer/precision.c trainer/nccl_comm.c
+     pipeline/train/feed.c common/error.c common/fsutil.c common/checksum.c common/progress.c
+     tests/trainer/trainer_gpu_check.c)
 t0=$SECONDS
 pids=()
 objs=()

@@ -66,6 +66,14 @@
  *   reduce_grads (nn_reduce_grads, after backward, before adam_update):
  *     4. sum_f32 over grad_block[0, grad_used_n) in ceil(n / chunk) calls of
  *        at most reducer.chunk floats, in order, then every value / world.
+ *        With reducer.bucket > 0 instead: during the backward, each bucket
+ *        of the plan (bucket.h) in plan order, right after its ready node's
+ *        backward, in pieces of at most reducer.chunk floats; then, in
+ *        reduce_grads, every value / world.
+ * A reducer with device sums (dev_sum_f64 / dev_sum_f32: NCCL) takes the
+ * backend's own memory: a device backend then makes calls 1-4 on device
+ * buffers (the counts appended on the device) instead of staging them, and
+ * need not synchronise the host for them.
  * The arithmetic between these calls is the CPU one of layers_cpu.h
  * (batchnorm_sums, batchnorm_sqdev, batchnorm_normalise,
  * batchnorm_backward_sums, batchnorm_backward_dx); docs/trainer.md derives it.
@@ -150,8 +158,25 @@ typedef struct nn_backend {
 
   /* ---- data parallelism ---- */
   /* Sum the used gradients (grad_block[0, grad_used_n)) over the replicas of
-   * the installed reducer and divide by world (call 4 above). */
+   * the installed reducer and divide by world (call 4 above). With
+   * reducer.bucket > 0 the sums were handed over bucket by bucket
+   * (reduce_bucket): wait for them, then divide. */
   int (*reduce_grads)(struct nn_net *net);
+  /* Sum grad_block[off, off + n) over the replicas (a bucket of bucket.h,
+   * called by nn_backward as soon as its gradients are final; call 4 in
+   * buckets). It may return before the sum is done (a device backend queues
+   * it on a second stream after the backward work queued so far) as long as
+   * reduce_grads waits for it and nothing writes the bucket before. */
+  int (*reduce_bucket)(struct nn_net *net, size_t off, size_t n);
+
+  /* ---- host staging ---- */
+  /* bytes of zero-filled HOST memory, 64-byte aligned, that upload copies
+   * from fastest: page-locked on a device backend (cudaHostAlloc, so the
+   * copy is a DMA that needs no bounce buffer), plain aligned memory on the
+   * CPU; the input feed's batch buffers (pipeline/train/feed.h). NULL with an
+   * error when out of memory. host_free(NULL) does nothing. */
+  void *(*host_alloc)(size_t bytes);
+  void (*host_free)(void *p);
 } nn_backend;
 
 /* The CPU reference (backend_cpu.c). */

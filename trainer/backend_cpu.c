@@ -430,18 +430,30 @@ static int cpu_loss_eval(void *l, const float *p, const float *t, int m, float s
 
 /* ---- data parallelism --------------------------------------------------- */
 
-static int cpu_reduce_grads(nn_net *net) {
+/* grad_block[first, first + count) summed in pieces of at most reducer.chunk.
+ * Host memory: the block goes to the sums as it is. The padding between
+ * parameters is zero everywhere and stays zero. */
+static int cpu_sum_grads(nn_net *net, size_t first, size_t count) {
   const nn_reducer *r = nn_get_reducer(net);
-  if (!r) return 0;
   const size_t chunk = r->chunk ? r->chunk : NN_REDUCE_CHUNK;
-  /* host memory: the block goes to the sums as it is. The padding between
-     parameters is zero everywhere and stays zero. */
-  for (size_t off = 0; off < net->grad_used_n; off += chunk) {
-    size_t n = net->grad_used_n - off < chunk ? net->grad_used_n - off : chunk;
+  for (size_t off = first; off < first + count; off += chunk) {
+    size_t n = first + count - off < chunk ? first + count - off : chunk;
     if (r->sum_f32(r->ctx, net->grad_block + off, n) < 0)
       return ce_err_prefix("summing parameter gradients [%zu, %zu) over %d replicas", off,
                            off + n, r->world);
   }
+  return 0;
+}
+
+/* A bucket is summed at once: the host sums complete before they return. */
+static int cpu_reduce_bucket(nn_net *net, size_t off, size_t n) {
+  return cpu_sum_grads(net, off, n);
+}
+
+static int cpu_reduce_grads(nn_net *net) {
+  const nn_reducer *r = nn_get_reducer(net);
+  if (!r) return 0;
+  if (!r->bucket) CE_TRY(cpu_sum_grads(net, 0, net->grad_used_n));
   if (r->world > 1) {
     const float world = (float)r->world;
     const long n = (long)net->grad_used_n;
@@ -473,4 +485,7 @@ const nn_backend nn_backend_cpu = {
     .loss_destroy = cpu_loss_destroy,
     .loss_eval = cpu_loss_eval,
     .reduce_grads = cpu_reduce_grads,
+    .reduce_bucket = cpu_reduce_bucket,
+    .host_alloc = cpu_alloc, /* backend memory is host memory */
+    .host_free = cpu_free,
 };

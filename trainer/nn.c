@@ -258,6 +258,7 @@ void nn_free(nn_net *net) {
     for (int i = 0; i < net->nparams; i++) nn_release(net, net->params[i].w);
     nn_release(net, net->grad_block);
   }
+  nn_bucket_plan_free(&net->buckets);
   free(net->nodes);
   free(net->params);
   memset(net, 0, sizeof *net);
@@ -667,13 +668,32 @@ int nn_zero_grad(nn_net *net) {
   return 0;
 }
 
+/* Hand the gradient buckets that are final once every node >= node has run
+ * its backward to the backend (nn_reducer.bucket). */
+static int send_buckets(nn_net *net, int node) {
+  const nn_bucket_plan *p = &net->buckets;
+  const int ready = nn_bucket_plan_ready(p, node);
+  for (; net->buckets_sent < ready; net->buckets_sent++) {
+    const nn_bucket *b = &p->b[net->buckets_sent];
+    if (net->be->reduce_bucket(net, b->off, b->n) < 0)
+      return ce_err_prefix("summing gradient bucket %d of %d (floats [%zu, %zu)) over %d replicas",
+                           net->buckets_sent, p->n, b->off, b->off + b->n, net->reducer.world);
+  }
+  return 0;
+}
+
+static int bucketed(const nn_net *net) { return nn_get_reducer(net) && net->reducer.bucket; }
+
 int nn_backward(nn_net *net) {
   if (!net->batch) return ce_err("nn_backward: call nn_set_batch first");
+  const int buckets = bucketed(net);
+  net->buckets_sent = 0;
   for (int i = net->nnodes - 1; i >= 0; i--) {
     nn_node *nd = &net->nodes[i];
-    if (nd->kind == NN_INPUT || nd->kind == NN_VIEW || !nd->needs_grad) continue;
-    if (net->be->backward(net, nd) < 0)
+    if (nd->kind != NN_INPUT && nd->kind != NN_VIEW && nd->needs_grad &&
+        net->be->backward(net, nd) < 0)
       return ce_err_prefix("backward of layer '%s'", nd->name);
+    if (buckets) CE_TRY(send_buckets(net, i));
   }
   return 0;
 }
@@ -683,19 +703,35 @@ int nn_backward(nn_net *net) {
 int nn_set_reducer(nn_net *net, const nn_reducer *r) {
   if (!r) {
     memset(&net->reducer, 0, sizeof net->reducer);
+    nn_bucket_plan_free(&net->buckets);
     return 0;
   }
   if (r->world < 1) return ce_err("reducer: world = %d replicas, expected >= 1", r->world);
   if (!r->sum_f64 || !r->sum_f32)
     return ce_err("reducer: sum_f64 and sum_f32 are both needed (%s is NULL)",
                   r->sum_f64 ? "sum_f32" : "sum_f64");
+  if (!r->dev_sum_f64 != !r->dev_sum_f32)
+    return ce_err("reducer: device sums come in pairs (%s is NULL)",
+                  r->dev_sum_f64 ? "dev_sum_f32" : "dev_sum_f64");
+  nn_bucket_plan plan = {0};
+  if (r->bucket) {
+    if (!net->be->reduce_bucket)
+      return ce_err("reducer: backend '%s' cannot sum gradient buckets", net->be->name);
+    CE_TRY(nn_bucket_plan_make(net, r->bucket, &plan));
+  }
+  nn_bucket_plan_free(&net->buckets);
+  net->buckets = plan;
+  net->buckets_sent = 0;
   net->reducer = *r;
   return 0;
 }
 
 int nn_reduce_grads(nn_net *net) {
   if (!nn_get_reducer(net)) return 0;
-  return net->be->reduce_grads(net);
+  if (bucketed(net)) CE_TRY(send_buckets(net, -1)); /* those the backward did not reach */
+  int rc = net->be->reduce_grads(net);
+  net->buckets_sent = 0;
+  return rc;
 }
 
 /* ---- cost --------------------------------------------------------------- */

@@ -46,6 +46,7 @@
 #include <stdint.h>
 
 #include "trainer/backend.h"
+#include "trainer/bucket.h"
 
 typedef enum {
   NN_INPUT = 0,  /* data written by the caller */
@@ -145,6 +146,22 @@ typedef struct {
   size_t chunk;  /* most floats per sum_f32 call in nn_reduce_grads (0: NN_REDUCE_CHUNK) */
   int local_batchnorm; /* 1: BatchNorm keeps each replica's own batch statistics (PyTorch
                           DDP without SyncBatchNorm); gradients are still reduced */
+  /* > 0: the gradients are summed in buckets of at least this many floats
+   * (bucket.h; NN_BUCKET_FLOATS is 25 MB) during the backward pass, each as
+   * soon as the backward has produced all of its gradients, so a device
+   * backend overlaps the sums with the rest of the backward; nn_reduce_grads
+   * then waits for them and divides by world. 0: every sum after the
+   * backward, in chunks. Both give the same bits with a reducer whose sum of
+   * each value does not depend on how the buffer is cut (bucket.h). */
+  size_t bucket;
+  /* Device sums (the NCCL reducer, trainer/nccl_comm.h); NULL for host reducers.
+   * When set, a device backend hands them its own memory and a stream
+   * (cudaStream_t): the sum is queued on that stream, in place, and may
+   * still run when they return; 0, or -1 with an error naming the rank and
+   * the operation. The host sums above are still needed (trainer_step's
+   * batch-size sum; the CPU backend). */
+  int (*dev_sum_f64)(void *ctx, double *buf, size_t n, void *stream);
+  int (*dev_sum_f32)(void *ctx, float *buf, size_t n, void *stream);
 } nn_reducer;
 
 #define NN_REDUCE_CHUNK ((size_t)1 << 24) /* 16 Mi floats = 64 MiB per call */
@@ -166,6 +183,8 @@ typedef struct nn_net {
   size_t grad_used_n;    /* floats of grad_block up to the end of the last used one */
   nn_reducer reducer;    /* world 0: none installed */
   int precision;         /* nn_precision of the convolutions and linear layers (precision.h) */
+  nn_bucket_plan buckets; /* reducer.bucket > 0: the plan (bucket.h) */
+  int buckets_sent;      /* buckets of this backward handed to the backend so far */
 } nn_net;
 
 /* An empty net on the CPU backend. */
@@ -231,7 +250,8 @@ int nn_init_params(nn_net *net, uint64_t seed);
 int nn_set_batch(nn_net *net, int n);
 
 /* Install a reducer (copied; its ctx must outlive it) or, with NULL, remove
- * it (single replica).
+ * it (single replica). A reducer with bucket > 0 makes the net's bucket plan
+ * (bucket.h): install it after nn_finalize().
  * Fails if world < 1 or a sum is missing. */
 int nn_set_reducer(nn_net *net, const nn_reducer *r);
 /* The installed reducer, or NULL. */
@@ -241,7 +261,10 @@ static inline const nn_reducer *nn_get_reducer(const nn_net *net) {
 /* Sum the gradients of the used trainable parameters over the replicas and
  * divide them by world, in place, through the backend's reduce_grads: the
  * CPU backend makes ceil(floats / chunk) sum_f32 calls on grad_block directly
- * (no copies). Without a reducer: nothing. */
+ * (no copies). With reducer.bucket > 0, nn_backward() has already handed the
+ * buckets to the backend (reduce_bucket) as they became ready (any it did not
+ * reach are handed over here); this waits for them and divides. Without a
+ * reducer: nothing. */
 int nn_reduce_grads(nn_net *net);
 
 int nn_forward(nn_net *net, int train);

@@ -18,11 +18,13 @@
 #include "common/progress.h"
 #include "pipeline/serve/serve.h"
 #include "pipeline/train/evaluate.h"
+#include "pipeline/train/feed.h"
 #include "pipeline/train/reducer_mpi.h"
 #include "pipeline/train/train_data.h"
 #include "pipeline/train/trainplot.h"
 #include "trainer/checkpoint.h"
 #include "trainer/coemunet.h"
+#include "trainer/nccl_comm.h"
 #include "trainer/optim.h"
 #include "trainer/train.h"
 
@@ -235,16 +237,19 @@ typedef struct {
   const train_run_opts *o;
   MPI_Comm comm;
   int rank, world;
-  char dir[4200], last[4300], best[4300], tcsv[4300], vcsv[4300], png[4300];
+  char dir[4200], last[4300], best[4300], tcsv[4300], vcsv[4300], icsv[4300], png[4300];
   coemunet model;
   int have_model;
   adam opt;
   int have_opt;
   train_state state;
   train_data *data;
+  train_feed *feed;   /* data read ahead into the backend's host buffers */
   serve_source *val;
   double best_maxrel;
-  FILE *ftrain, *fval;
+  FILE *ftrain, *fval, *finput;
+  reducer_nccl *nccl; /* the CUDA backend's device reducer, when used */
+  nn_reducer red;
 } stage_run;
 
 static coemunet_config model_config(const train_job *j, int nfreq, int grid) {
@@ -256,6 +261,7 @@ static coemunet_config model_config(const train_job *j, int nfreq, int grid) {
 static int save_checkpoint(stage_run *s, const char *path) {
   if (s->rank != 0) return 0;
   if (s->ftrain) CE_TRY(csv_sync(s->ftrain, s->tcsv));
+  if (s->finput) CE_TRY(csv_sync(s->finput, s->icsv));
   if (s->fval) CE_TRY(csv_sync(s->fval, s->vcsv));
   return checkpoint_save(path, &s->model, &s->opt, &s->state);
 }
@@ -368,13 +374,43 @@ static double best_logged(const char *vcsv) {
   return best;
 }
 
+static int data_next(void *d, uint32_t epoch, const float **x, const float **y) {
+  return train_data_next(d, epoch, x, y);
+}
+
 static void stage_free(stage_run *s) {
   if (s->ftrain) fclose(s->ftrain);
   if (s->fval) fclose(s->fval);
+  if (s->finput) fclose(s->finput);
+  train_feed_close(s->feed); /* its thread reads s->data */
   train_data_close(s->data);
   serve_close(s->val);
   if (s->have_opt) adam_free(&s->opt);
   if (s->have_model) coemunet_free(&s->model);
+  reducer_nccl_close(s->nccl); /* after the net: its last sums are done */
+}
+
+/* The replicas' reducer: NCCL on device memory for a device backend where it
+ * is built (gradients in 25 MB buckets overlapped with the backward), unless
+ * COEMU_REDUCER=mpi asks for the host sums; MPI on host memory otherwise. */
+static int install_reducer(stage_run *s, int local_bn) {
+  nn_net *net = &s->model.net;
+  const char *want = getenv("COEMU_REDUCER");
+  if (want && *want && strcmp(want, "mpi") && strcmp(want, "nccl"))
+    CE_FAIL("COEMU_REDUCER = '%s': expected mpi or nccl", want);
+  int nccl = net->be != &nn_backend_cpu && nn_nccl_built();
+  if (want && !strcmp(want, "mpi")) nccl = 0;
+  if (want && !strcmp(want, "nccl")) {
+    if (net->be == &nn_backend_cpu)
+      CE_FAIL("COEMU_REDUCER = nccl: NCCL sums device memory; this run trains on the CPU");
+    nccl = 1; /* not built: reducer_nccl_open says so */
+  }
+  if (!nccl) {
+    s->red = reducer_mpi(&s->comm, local_bn);
+    return nn_set_reducer(net, &s->red);
+  }
+  CE_TRY(reducer_nccl_open(&s->comm, local_bn, NN_BUCKET_FLOATS, &s->nccl, &s->red));
+  return nn_set_reducer(net, &s->red);
 }
 
 static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
@@ -386,6 +422,7 @@ static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
   snprintf(s->best, sizeof s->best, "%s/best.ckpt", s->dir);
   snprintf(s->tcsv, sizeof s->tcsv, "%s/train.csv", s->dir);
   snprintf(s->vcsv, sizeof s->vcsv, "%s/validation.csv", s->dir);
+  snprintf(s->icsv, sizeof s->icsv, "%s/input.csv", s->dir);
   snprintf(s->png, sizeof s->png, "%s/loss.png", s->dir);
   if (s->rank == 0) {
     CE_TRY(fs_mkdir_p(s->dir));
@@ -445,8 +482,7 @@ static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
               s->state.epoch, (unsigned long long)s->state.step);
   } else if (s->id == TRAIN_STAGE_FINETUNE && st->transfer)
     CE_TRY(transfer_encoder(s));
-  nn_reducer red = reducer_mpi(&s->comm, !j->sync_batchnorm);
-  if (s->world > 1) CE_TRY(nn_set_reducer(&s->model.net, &red));
+  if (s->world > 1) CE_TRY(install_reducer(s, !j->sync_batchnorm));
   trainer tr;
   CE_TRY(trainer_init(&tr, &s->model, &s->opt));
 
@@ -462,10 +498,19 @@ static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
     s->ftrain = csv_open(s->tcsv, "step,epoch,lr,loss,mse,fft,samples_per_s");
     s->fval = csv_open(s->vcsv, "step,epoch,loss,mse,fft,maxrel_median,maxrel_mean,maxrel_p90,"
                                 "zncc,ssim_interior,ssim_reflect,samples,seconds");
-    if (!s->ftrain || !s->fval) {
+    s->finput = csv_open(s->icsv, "epoch,seconds,input_wait_s,wait_fraction");
+    if (!s->ftrain || !s->fval || !s->finput) {
       trainer_free(&tr);
       return -1;
     }
+  }
+  /* the next batch is read on a thread of its own while a step computes */
+  train_feed_opts fo = {data_next, s->data, (size_t)b * ins[0] * ins[1] * ins[2] * ins[3],
+                        (size_t)b * outs[0] * outs[1] * outs[2], s->state.epoch,
+                        (uint32_t)st->epochs, s->model.net.be, 1};
+  if (s->state.epoch < (uint32_t)st->epochs && train_feed_open(&fo, &s->feed) < 0) {
+    trainer_free(&tr);
+    return -1;
   }
   s->best_maxrel = s->rank == 0 ? best_logged(s->vcsv) : INFINITY;
   uint64_t per_epoch = train_data_batches_per_epoch(s->data);
@@ -492,10 +537,12 @@ static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
   ce_progress_init(&prog, name, "steps", total, s->o->quiet || s->rank != 0);
   for (uint32_t epoch = s->state.epoch; rc == 0 && !stopped && epoch < (uint32_t)st->epochs; epoch++) {
     double lr = steplr_lr(&s->state.sched, (int)epoch);
+    const double epoch_t0 = ce_now();
+    train_feed_take_wait(s->feed); /* the wait of this epoch's steps only */
     for (;;) {
       const float *x, *y;
       double t0 = ce_now();
-      int got = train_data_next(s->data, epoch, &x, &y);
+      int got = train_feed_next(s->feed, epoch, &x, &y);
       /* every rank must know before the step's collectives whether all have a batch */
       int gmin = got, gmax = got;
       if (s->world > 1) {
@@ -541,6 +588,16 @@ static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
         break;
     }
     if (rc < 0 || stopped) break;
+    /* the time the steps waited for input, the slowest rank's */
+    double wait = train_feed_take_wait(s->feed), secs = ce_now() - epoch_t0;
+    if (s->world > 1) MPI_Allreduce(MPI_IN_PLACE, &wait, 1, MPI_DOUBLE, MPI_MAX, s->comm);
+    if (s->rank == 0) {
+      double frac = secs > 0 ? wait / secs : 0;
+      fprintf(s->finput, "%u,%.3f,%.3f,%.4f\n", epoch, secs, wait, frac);
+      if (!s->o->quiet)
+        fprintf(stderr, "coemu train: %s: epoch %u: %.1f s, %.2f s waiting for input (wait "
+                        "fraction %.3f)\n", name, epoch, secs, wait, frac);
+    }
     /* the epoch is done: agree, validate, keep the best, checkpoint */
     s->state.epoch = epoch + 1;
     if ((rc = weights_agree(s)) < 0) break;

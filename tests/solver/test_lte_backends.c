@@ -193,7 +193,7 @@ static void backend_against_reference(lte_backend be, const lte_kernel *kern) {
                   "%s: cube %d alone differs from the batch", lte_backend_name(be), c);
       }
       /* the driver hands the same batch to this backend: the same bits */
-      double **drv = calloc((size_t)k->ncube, sizeof(double *));
+      double **drv = calloc((unsigned)k->ncube, sizeof(double *));
       for (int c = 0; c < k->ncube; c++) drv[c] = dalloc(d.np);
       if (k->f32)
         for (int c = 0; c < k->ncube; c++)
@@ -542,7 +542,7 @@ static void f32_against_reference(const char *name, const lte_kernel *kern, int 
         }
       }
       if (cpu_bits) { /* the CPU backend's float32 path and the driver: the same code, the same bits */
-        double **cpu = calloc(k->ncube, sizeof(double *));
+        double **cpu = calloc((unsigned)k->ncube, sizeof(double *));
         for (int c = 0; c < k->ncube; c++) {
           cpu[c] = dalloc(d.np);
           memcpy(cpu[c], d.img[c], d.np * sizeof(double));

@@ -4,7 +4,8 @@
  * train_run() in this process. Run with 1 and 2 MPI ranks.
  *   - an uninterrupted run writes train.yaml, last.ckpt (state: 2 epochs,
  *     12 steps), best.ckpt, train.csv (12 rows), validation.csv (the
- *     untrained baseline and one row per epoch) and loss.png;
+ *     untrained baseline and one row per epoch), input.csv (one row per
+ *     epoch: its input wait fraction) and loss.png;
  *   - runs stopped with max_steps (mid-epoch, exactly at an epoch's last
  *     step, twice in a row) return TRAIN_RUN_STOPPED with a checkpoint at
  *     the stop, and resumed give train.csv and validation.csv rows equal
@@ -20,6 +21,7 @@
  *     recorded (train.N.yaml, train.log); other keys, epochs taken back and a
  *     pretrain stage grown under a started finetune stage are refused.
  */
+#include <math.h>
 #include <mpi.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -162,6 +164,20 @@ static void test_uninterrupted(void) {
       sscanf(g_ref_train[12], "%*[^,],%*[^,],%*[^,],%lf", &l12);
     }
     CHECK_MSG(l1 > 0 && l12 > 0 && l12 < l1, "training loss %g -> %g", l1, l12);
+    /* input.csv: one row per epoch, a wait fraction in [0, 1] that is
+       wait / seconds */
+    char *in = slurp(st, "input.csv"), inrows[8][256];
+    int nin = in ? rows_without(in, 0, inrows, 8) : 0;
+    CHECK_MSG(nin == 3, "input.csv: %d lines, expected a header and 2 rows", nin);
+    CHECK(nin > 0 && !strcmp(inrows[0], "epoch,seconds,input_wait_s,wait_fraction"));
+    for (int r = 1; r < nin; r++) {
+      unsigned e = 99;
+      double secs = -1, wait = -1, frac = -1;
+      CHECK(sscanf(inrows[r], "%u,%lf,%lf,%lf", &e, &secs, &wait, &frac) == 4);
+      CHECK(e == (unsigned)(r - 1) && secs > 0 && wait >= 0 && wait <= secs + 1e-3);
+      CHECK(frac >= 0 && frac <= 1 && fabs(frac - wait / secs) < 1e-3 + 1e-3 / secs) /* printed to 3 and 4 decimals */;
+    }
+    free(in);
     free(t);
     free(v);
   }

@@ -782,7 +782,8 @@ static void par_check_reducer(par_report *r, const nn_backend *be) {
   memset(&B, 0, sizeof B);
   nn_net *net = &B.net;
   par_dup_reducer d = {2, 0, 0};
-  nn_reducer red = {2, par_sum_f64, par_sum_f32, &d, 2, 0};
+  nn_reducer red = {.world = 2, .sum_f64 = par_sum_f64, .sum_f32 = par_sum_f32, .ctx = &d,
+                    .chunk = 2};
   nn_init(net);
   par_call(r, nn_set_backend(net, be), "nn_set_backend");
   int x = nn_input(net, "x0", 3, 3, 4, 5);

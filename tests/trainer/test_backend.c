@@ -281,6 +281,19 @@ static int guard_reduce_grads(nn_net *net) {
   return rc;
 }
 
+static int guard_reduce_bucket(nn_net *net, size_t off, size_t n) {
+  if (!owned(net->grad_block + off, sizeof(float) * n, "gradient bucket"))
+    return ce_err("guard: bucket outside backend memory");
+  guard_open();
+  int rc = nn_backend_cpu.reduce_bucket(net, off, n);
+  guard_close();
+  return rc;
+}
+
+/* host memory: never guarded */
+static void *guard_host_alloc(size_t bytes) { return nn_backend_cpu.host_alloc(bytes); }
+static void guard_host_free(void *p) { nn_backend_cpu.host_free(p); }
+
 static const nn_backend guard_backend = {
     .name = "guard",
     .precisions = NN_PRECISION_BIT(NN_TF32) | NN_PRECISION_BIT(NN_BF16), /* the CPU's */
@@ -300,6 +313,9 @@ static const nn_backend guard_backend = {
     .loss_destroy = guard_loss_destroy,
     .loss_eval = guard_loss_eval,
     .reduce_grads = guard_reduce_grads,
+    .reduce_bucket = guard_reduce_bucket,
+    .host_alloc = guard_host_alloc,
+    .host_free = guard_host_free,
 };
 
 static void on_segv(int sig, siginfo_t *si, void *uc) {
@@ -599,7 +615,8 @@ static void test_guard_reducer(void) {
   model_open(&g, &guard_backend, 3);
   model_open(&c, &nn_backend_cpu, 3);
   sums sg = {0, 0, 0}, sc = {0, 0, 0};
-  nn_reducer rg = {1, count_f64, count_f32, &sg, 1000, 0}, rc = {1, count_f64, count_f32, &sc, 1000, 0};
+  nn_reducer rg = {.world = 1, .sum_f64 = count_f64, .sum_f32 = count_f32, .ctx = &sg, .chunk = 1000},
+             rc = {.world = 1, .sum_f64 = count_f64, .sum_f32 = count_f32, .ctx = &sc, .chunk = 1000};
   CHECK_OK(nn_set_reducer(&g.m.net, &rg));
   CHECK_OK(nn_set_reducer(&c.m.net, &rc));
   int nbn = 0;

@@ -30,6 +30,7 @@
 #include "step_batch.h"
 #include "common/rng.h"
 #include "trainer/coemunet.h"
+#include "trainer/nccl_comm.h"
 #include "trainer/train.h"
 
 #define MAXW 4
@@ -244,6 +245,7 @@ typedef struct {
   /* where to start */
   int first_step;    /* the data of steps first_step.. */
   const snapshot *init; /* NULL: freshly initialised weights and optimiser */
+  size_t bucket;     /* nn_reducer.bucket: 0 chunked after the backward */
 } setup;
 
 typedef struct {
@@ -316,7 +318,8 @@ static void run_train(run *R, const setup *s) {
     if (s->init) snap_load(s->init, &p->m, &p->o);
     p->me = (member){&R->g, r, 0, 0, 0, 0};
     if (s->reducer) {
-      nn_reducer red = {s->world, sum_f64, sum_f32, &p->me, s->chunk, 0};
+      nn_reducer red = {.world = s->world, .sum_f64 = sum_f64, .sum_f32 = sum_f32, .ctx = &p->me,
+                        .chunk = s->chunk, .bucket = s->bucket};
       CHECK_OK(nn_set_reducer(&p->m.net, &red));
     }
     p->x = R->x;
@@ -585,8 +588,8 @@ static int count_batchnorms(const nn_net *net) {
 /* Replicas 2 + 2 and 3 + 1 against one net on the batch of 4, step by step. */
 static void check_parallel(int nfreq, int steps) {
   coemunet_config cfg = {nfreq, 24, 2, {2, 3, 4}, 8, 8, COEMUNET_SHORTCUT_REFERENCE};
-  setup whole = {cfg, 1, {4}, 0, SYNC, 0, 1, 0, 0, 0, 0, NULL};
-  setup two = {cfg, 2, {2, 2}, 1, SYNC, 0, steps, 0, 0, 0, 0, NULL};
+  setup whole = {cfg, 1, {4}, 0, SYNC, 0, 1, 0, 0, 0, 0, NULL, 0};
+  setup two = {cfg, 2, {2, 2}, 1, SYNC, 0, steps, 0, 0, 0, 0, NULL, 0};
   setup uneven = two; /* uneven shares: the loss gradient is weighted by the share */
   uneven.batch[0] = 3;
   uneven.batch[1] = 1;
@@ -676,7 +679,7 @@ static void test_replicas_multi_frequency(void) { check_parallel(3, 3); }
  * identity and the same kernels run on the same data). */
 static void test_world_one_is_identity(void) {
   coemunet_config cfg = {2, 16, 2, {2, 3, 4}, 8, 8, COEMUNET_SHORTCUT_INPUT};
-  setup plain = {cfg, 1, {3}, 0, SYNC, 0, 3, 0, 0, 0, 0, NULL};
+  setup plain = {cfg, 1, {3}, 0, SYNC, 0, 3, 0, 0, 0, 0, NULL, 0};
   setup reduced = plain;
   reduced.reducer = 1;
   run a, b;
@@ -694,7 +697,7 @@ static void test_world_one_is_identity(void) {
  * from; exact by construction: the same kernels on the same data). */
 static void test_snapshot_resumes(void) {
   coemunet_config cfg = {1, 16, 2, {2, 3, 4}, 8, 8, COEMUNET_SHORTCUT_REFERENCE};
-  setup two = {cfg, 2, {2, 2}, 1, SYNC, 0, 3, 0, 0, 0, 0, NULL};
+  setup two = {cfg, 2, {2, 2}, 1, SYNC, 0, 3, 0, 0, 0, 0, NULL, 0};
   run whole, tail;
   run_train(&whole, &two);
   setup rest = two;
@@ -727,7 +730,7 @@ static void test_reducer_errors(void) {
   coemunet_config cfg = {1, 16, 2, {2, 3, 4}, 8, 8, COEMUNET_SHORTCUT_REFERENCE};
   CHECK_OK(coemunet_build(&m, &cfg, 1));
   CHECK_OK(nn_set_batch(&m.net, 2));
-  nn_reducer r = {0, failing_sum_f64, identity_f32, NULL, 0, 0};
+  nn_reducer r = {.world = 0, .sum_f64 = failing_sum_f64, .sum_f32 = identity_f32};
   CHECK_ERR(nn_set_reducer(&m.net, &r), "world = 0");
   r.world = 2;
   r.sum_f32 = NULL;
@@ -746,6 +749,210 @@ static void test_reducer_errors(void) {
   coemunet_free(&m);
 }
 
+/* ---- gradient buckets (bucket.h) ---------------------------------------- */
+
+/* The plan of a COEmuNet cut into buckets of `floats`: the buckets tile
+ * [0, grad_used_n) from the top down, hold whole parameters, close as soon as
+ * they reach the size, and become ready at the lowest owner of their
+ * parameters, never later in the backward than a bucket before them. */
+static void check_plan(const nn_net *net, size_t floats) {
+  nn_bucket_plan p;
+  CHECK_OK(nn_bucket_plan_make(net, floats, &p));
+  CHECK(p.n >= 1);
+  size_t hi = net->grad_used_n;
+  int params = 0;
+  for (int k = 0; k < p.n; k++) {
+    const nn_bucket *b = &p.b[k];
+    CHECK(b->off + b->n == hi);
+    CHECK(b->n > 0);
+    if (k + 1 < p.n) CHECK(b->n >= floats);
+    if (k > 0) CHECK(b->ready_node <= p.b[k - 1].ready_node);
+    int owners_min = net->nnodes, inside = 0, starts_at_off = 0;
+    size_t last_start = 0;
+    for (int j = 0; j < net->nnodes; j++)
+      for (int q = 0; q < net->nodes[j].nparam; q++) {
+        const nn_param *pr = &net->params[net->nodes[j].param[q]];
+        if (!pr->trainable || !pr->used) continue;
+        size_t o = (size_t)(pr->g - net->grad_block);
+        if (o < b->off || o >= hi) continue;
+        CHECK(o + (size_t)pr->n <= hi); /* whole parameters */
+        inside++;
+        if (j < owners_min) owners_min = j;
+        if (o == b->off) starts_at_off = 1;
+        if (o > last_start) last_start = o;
+      }
+    CHECK(inside == b->nparams);
+    CHECK(starts_at_off);
+    CHECK(b->ready_node == owners_min);
+    /* closed as soon as full: without its lowest parameter it was not */
+    if (b->nparams > 1) {
+      size_t second = hi;
+      for (int i = 0; i < net->nparams; i++) {
+        const nn_param *pr = &net->params[i];
+        size_t o = pr->g ? (size_t)(pr->g - net->grad_block) : 0;
+        if (pr->g && pr->used && o > b->off && o < second) second = o;
+      }
+      CHECK(hi - second < floats);
+    }
+    params += b->nparams;
+    hi = b->off;
+  }
+  CHECK(hi == 0);
+  int used = 0;
+  for (int i = 0; i < net->nparams; i++) used += net->params[i].trainable && net->params[i].used;
+  CHECK(params == used);
+  CHECK(nn_bucket_plan_ready(&p, net->nnodes) == 0 || p.b[0].ready_node == net->nnodes);
+  CHECK(nn_bucket_plan_ready(&p, -1) == p.n);
+  nn_bucket_plan_free(&p);
+}
+
+/* A world-1 reducer that keeps, for every sum_f32 call, a copy of what it was
+ * given and where, and numbers all calls in order. */
+#define MAXCALLS 256
+static struct {
+  const float *buf[MAXCALLS];
+  float *copy[MAXCALLS];
+  size_t n[MAXCALLS];
+  int seq[MAXCALLS];
+  int ncalls, seq_next, last_f64;
+} rec;
+
+static int rec_sum_f64(void *ctx, double *buf, size_t n) {
+  (void)ctx, (void)buf, (void)n;
+  rec.last_f64 = rec.seq_next++;
+  return 0;
+}
+
+static int rec_sum_f32(void *ctx, float *buf, size_t n) {
+  (void)ctx;
+  if (rec.ncalls == MAXCALLS) return ce_err("more than %d sums", MAXCALLS);
+  const int k = rec.ncalls++;
+  rec.buf[k] = buf;
+  rec.n[k] = n;
+  rec.copy[k] = xmalloc(sizeof(float) * n);
+  memcpy(rec.copy[k], buf, sizeof(float) * n);
+  rec.seq[k] = rec.seq_next++;
+  return 0;
+}
+
+static void test_bucket_plan(void) {
+  coemunet_config cfg = {3, 16, 2, {2, 3, 4}, 8, 8, COEMUNET_SHORTCUT_REFERENCE};
+  coemunet m;
+  CHECK_OK(coemunet_build(&m, &cfg, 7));
+  const nn_net *net = &m.net;
+  for (size_t f = 1; f <= net->grad_used_n * 2; f = f * 7 + 3) check_plan(net, f);
+  check_plan(net, NN_BUCKET_FLOATS); /* this small net: one bucket */
+  nn_bucket_plan p;
+  CHECK_OK(nn_bucket_plan_make(net, NN_BUCKET_FLOATS, &p));
+  CHECK(p.n == 1 && p.b[0].n == net->grad_used_n);
+  nn_bucket_plan_free(&p);
+  CHECK(nn_bucket_plan_make(net, 0, &p) < 0);
+  coemunet_free(&m);
+}
+
+/* Each bucket is handed to the sums during the backward, once its gradients
+ * are final: a world-1 step's sums see exactly the gradients the step ends
+ * with (world 1: no division), and some of them come before the backward's
+ * last BatchNorm sum. A bucket sent before its ready node's backward would
+ * carry zeros or partial sums (checked: with every ready_node moved to the
+ * last node, the copies differ). */
+static void test_buckets_during_backward(void) {
+  coemunet_config cfg = {2, 16, 2, {2, 3, 4}, 8, 8, COEMUNET_SHORTCUT_REFERENCE};
+  coemunet m;
+  adam o;
+  trainer tr;
+  CHECK_OK(coemunet_build(&m, &cfg, 11));
+  CHECK_OK(nn_set_batch(&m.net, 2));
+  adam_config ac = adam_default();
+  CHECK_OK(adam_init(&o, &m.net, &ac));
+  CHECK_OK(trainer_init(&tr, &m, &o));
+  const size_t floats = 2000;
+  nn_reducer red = {.world = 1, .sum_f64 = rec_sum_f64, .sum_f32 = rec_sum_f32, .bucket = floats};
+  CHECK_OK(nn_set_reducer(&m.net, &red));
+  const size_t nx = (size_t)3 * 16 * 16 * 16, nt = (size_t)2 * 16 * 16;
+  float *x = xmalloc(sizeof(float) * 2 * nx), *t = xmalloc(sizeof(float) * 2 * nt);
+  test_step_batch(&cfg, 2, 0, x, t);
+  memset(&rec, 0, sizeof rec);
+  loss_value lv;
+  CHECK_OK(trainer_step(&tr, x, t, 1e-3, &lv));
+  const nn_net *net = &m.net;
+  nn_bucket_plan p;
+  CHECK_OK(nn_bucket_plan_make(net, floats, &p));
+  CHECK(p.n > 2);
+  CHECK(rec.ncalls == p.n);
+  float *g = xmalloc(sizeof(float) * net->grad_used_n);
+  CHECK_OK(nn_download(net, g, net->grad_block, net->grad_used_n));
+  for (int k = 0; k < rec.ncalls && k < p.n; k++) {
+    CHECK(rec.buf[k] == net->grad_block + p.b[k].off && rec.n[k] == p.b[k].n);
+    CHECK_MSG(!memcmp(rec.copy[k], g + p.b[k].off, sizeof(float) * p.b[k].n),
+              "bucket %d (floats [%zu, %zu)) was summed before its gradients were final", k,
+              p.b[k].off, p.b[k].off + p.b[k].n);
+  }
+  CHECK_MSG(rec.ncalls > 0 && rec.seq[0] < rec.last_f64,
+            "the first bucket was summed after the backward's last BatchNorm sum");
+  for (int k = 0; k < rec.ncalls; k++) free(rec.copy[k]);
+  free(g);
+  free(x);
+  free(t);
+  nn_bucket_plan_free(&p);
+  trainer_free(&tr);
+  adam_free(&o);
+  coemunet_free(&m);
+}
+
+/* Bucketed sums give the bits of the chunked ones (exact by construction:
+ * the buckets tile the block and each float is summed over the replicas in
+ * the same rank order, whatever the cut), for 2 and 3 replicas; the sums are
+ * one per bucket and step. */
+static void test_buckets_equal_chunks(void) {
+  coemunet_config cfg = {2, 16, 2, {2, 3, 4}, 8, 8, COEMUNET_SHORTCUT_REFERENCE};
+  for (int world = 2; world <= 3; world++) {
+    setup chunked = {cfg, world, {2, 1, 2}, 1, SYNC, 0, 2, 0, 0, 0, 0, NULL, 0};
+    setup bucketed = chunked;
+    bucketed.bucket = 3000;
+    run a, b;
+    run_train(&a, &chunked);
+    run_train(&b, &bucketed);
+    check_replicas_identical(&b, world);
+    nn_bucket_plan p;
+    CHECK_OK(nn_bucket_plan_make(&b.rep[0].m.net, bucketed.bucket, &p));
+    CHECK(p.n > 2);
+    CHECK(b.rep[0].me.calls_f32 == (long)bucketed.steps * p.n);
+    CHECK(a.rep[0].me.calls_f32 == bucketed.steps);
+    CHECK_MSG(bit_identical(&a, &b), "%d replicas: bucketed and chunked sums differ", world);
+    nn_bucket_plan_free(&p);
+    run_free(&a);
+    run_free(&b);
+  }
+}
+
+/* The NCCL communicator's refusals (trainer/nccl_comm.h) are clear errors on
+ * any host: NCCL not built, no CUDA device (CI), or more ranks on a node than
+ * it has GPUs (1000 here); device sums come in pairs. */
+static int dev_f32(void *ctx, float *b, size_t n, void *stream) {
+  (void)ctx, (void)b, (void)n, (void)stream;
+  return 0;
+}
+
+static void test_nccl_errors(void) {
+  ce_err_clear();
+  CHECK(nn_nccl_check(0, 2, 1000) < 0);
+  const char *m = ce_err_msg();
+  CHECK_MSG(strstr(m, "NCCL is not built") || strstr(m, "NCCL needs a CUDA device") ||
+                strstr(m, "1000 ranks on this node"),
+            "unexpected message: %s", m);
+  fprintf(stderr, "NCCL, 1000 ranks on this node: %s\n", m);
+  if (nn_nccl_built()) CHECK_ERR(nn_nccl_check(2, 2, 1), "rank 2 of 2");
+  else CHECK_ERR(nn_nccl_check(2, 2, 1), "NCCL is not built");
+  coemunet_config cfg = {1, 16, 2, {2, 3, 4}, 8, 8, COEMUNET_SHORTCUT_REFERENCE};
+  coemunet m2;
+  CHECK_OK(coemunet_build(&m2, &cfg, 1));
+  nn_reducer r = {.world = 1, .sum_f64 = rec_sum_f64, .sum_f32 = rec_sum_f32,
+                  .dev_sum_f32 = dev_f32};
+  CHECK_ERR(nn_set_reducer(&m2.net, &r), "device sums come in pairs (dev_sum_f64 is NULL)");
+  coemunet_free(&m2);
+}
+
 int main(void) {
   if (nn_backend_init(&nn_backend_cpu, 1) < 0) { /* OpenMP and OpenBLAS: 1 thread */
     fprintf(stderr, "%s\n", ce_err_msg());
@@ -756,6 +963,10 @@ int main(void) {
   RUN(test_world_one_is_identity);
   RUN(test_snapshot_resumes);
   RUN(test_reducer_errors);
+  RUN(test_bucket_plan);
+  RUN(test_buckets_during_backward);
+  RUN(test_buckets_equal_chunks);
+  RUN(test_nccl_errors);
   if (check_failed_) blas_kernel_note(); /* which kernel a CI log's failure ran on */
   nn_backend_finish(&nn_backend_cpu);
   return check_report();

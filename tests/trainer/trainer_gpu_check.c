@@ -26,6 +26,8 @@
  * bf16 emulation within PAR_FLOOR_FACTOR x the emulation's own noise floor;
  * the device's bf16 loss curve against its float32 one (the measured effect
  * of bf16 on the device, printed).
+ *   6. gradient buckets with a single-rank NCCL reducer against no reducer,
+ *      bit for bit; 7. the input feed's wait fraction (dp_check.h).
  *
  * Prints one line per result ("trainer-check: ..."). Exit status: 0 when
  * every check passed, 1 when one failed, 77 when there is no CUDA backend or
@@ -48,6 +50,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "dp_check.h"
 #include "parity.h"
 #ifdef COEMU_HAVE_CUDA_TRAINER
 #include "trainer/cuda/backend_cuda.h"
@@ -500,6 +503,9 @@ int main(int argc, char **argv) {
 #endif
     bench(gpu, "bf16", NN_BF16, batch, infer_batch, iters, grid);
   }
+  /* 6-7: data parallelism (buckets, NCCL) and the input feed (dp_check.h) */
+  failures += dp_check_buckets(gpu, 16);
+  failures += dp_check_feed(gpu, grid, curve_batch);
   nn_backend_finish(gpu);
   nn_backend_finish(&nn_backend_cpu);
   printf("trainer-check: %s (%d failed)\n", failures ? "FAILED" : "all passed", failures);

@@ -11,7 +11,9 @@
  * Kernel launches are checked with KERNEL_CHECK (cudaGetLastError).
  *
  * One stream carries all work; upload, download, loss_eval, the reducer's
- * staging, free and finish wait for it (backend.h, HOST SYNCHRONISATION). */
+ * staging, free and finish wait for it (backend.h, HOST SYNCHRONISATION).
+ * A reducer with device sums (NCCL, trainer/nccl_comm.h) sums gradient buckets on
+ * a second stream, ordered by events (cuda_reduce_bucket). */
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <cudnn.h>
@@ -116,6 +118,10 @@ static struct {
   int sums_only; /* COEMU_CUDNN_ALGOS=sums: only algorithms whose outputs are plain sums */
   size_t ws_limit;
   int ws_limit_set;
+  /* device reducer sums (NCCL): gradient buckets run on comm, after the
+     backward work recorded in grads_done; comm_done orders the division */
+  cudaStream_t comm;
+  cudaEvent_t grads_done, comm_done;
 } S;
 
 #define THREADS 256
@@ -192,6 +198,11 @@ static void release_all(void) {
   if (S.scratch) cudaFree(S.scratch);
   S.scratch = NULL;
   S.scratch_bytes = 0;
+  if (S.grads_done) cudaEventDestroy(S.grads_done);
+  if (S.comm_done) cudaEventDestroy(S.comm_done);
+  if (S.comm) cudaStreamDestroy(S.comm);
+  S.grads_done = S.comm_done = NULL;
+  S.comm = NULL;
   if (S.blas) cublasDestroy(S.blas);
   if (S.dnn) cudnnDestroy(S.dnn);
   if (S.stream) cudaStreamDestroy(S.stream);
@@ -280,6 +291,7 @@ static int cuda_init(int threads) {
 static void cuda_finish(void) {
   if (S.users == 0 || --S.users > 0) return;
   cudaStreamSynchronize(S.stream);
+  if (S.comm) cudaStreamSynchronize(S.comm);
   release_all();
 }
 
@@ -306,6 +318,7 @@ static void *cuda_alloc(size_t bytes) {
 static void cuda_free(void *p) {
   if (!p) return;
   cudaStreamSynchronize(S.stream); /* queued work may still use it */
+  if (S.comm) cudaStreamSynchronize(S.comm);
   cudaFree(p);
 }
 
@@ -612,6 +625,17 @@ static int bn_scratch_get(int c, long s, bn_scratch *b) {
  * none). The summed values go back to dev (n) and to host (n + nextra). */
 static int reducer_sum_staged(const nn_reducer *r, double *dev, size_t n, double *host,
                               size_t nextra, const char *what) {
+  if (r->dev_sum_f64) { /* in place on the device, extras appended there (room: bn_scratch) */
+    if (nextra)
+      CUDA_CHECK(cudaMemcpyAsync(dev + n, host + n, sizeof(double) * nextra, cudaMemcpyHostToDevice,
+                                 S.stream));
+    if (r->dev_sum_f64(r->ctx, dev, n + nextra, S.stream) < 0)
+      return ce_err_prefix("summing %s over %d replicas", what, r->world);
+    if (!nextra) return 0; /* the host needs only the extras (the counts) */
+    CUDA_CHECK(cudaMemcpyAsync(host + n, dev + n, sizeof(double) * nextra, cudaMemcpyDeviceToHost,
+                               S.stream));
+    return sync_stream();
+  }
   CUDA_CHECK(cudaMemcpyAsync(host, dev, sizeof(double) * n, cudaMemcpyDeviceToHost, S.stream));
   CE_TRY(sync_stream());
   if (r->sum_f64(r->ctx, host, n + nextra) < 0)
@@ -1325,32 +1349,89 @@ static int cuda_loss_eval(void *lp, const float *p, const float *t, int m, float
 
 /* ---- data parallelism --------------------------------------------------- */
 
-/* Through the host: each chunk downloaded, summed by the reducer, uploaded
- * (backend.h: call 4), then every value / world on the device. */
+/* grad_block[first, first + count) summed in pieces of at most reducer.chunk
+ * (backend.h: call 4): on the device when the reducer has device sums (on
+ * `stream`), else through the host (downloaded, summed, uploaded). */
+static int sum_grads(nn_net *net, size_t first, size_t count, cudaStream_t stream) {
+  const nn_reducer *r = nn_get_reducer(net);
+  const size_t chunk = r->chunk ? r->chunk : NN_REDUCE_CHUNK;
+  float *host = NULL;
+  if (!r->dev_sum_f32) {
+    host = (float *)ce_malloc_array(count < chunk ? (count ? count : 1) : chunk, sizeof(float),
+                                    "gradient staging");
+    if (!host) return -1;
+  }
+  int rc = 0;
+  for (size_t off = first; off < first + count && rc == 0; off += chunk) {
+    size_t n = first + count - off < chunk ? first + count - off : chunk;
+    if (r->dev_sum_f32) {
+      if (r->dev_sum_f32(r->ctx, net->grad_block + off, n, stream) < 0) rc = -1;
+    } else {
+      rc = cuda_download(host, net->grad_block + off, sizeof(float) * n);
+      if (rc == 0 && r->sum_f32(r->ctx, host, n) < 0) rc = -1;
+      if (rc == 0) rc = cuda_upload(net->grad_block + off, host, sizeof(float) * n);
+    }
+    if (rc < 0)
+      ce_err_prefix("summing parameter gradients [%zu, %zu) over %d replicas", off, off + n,
+                    r->world);
+  }
+  free(host);
+  return rc;
+}
+
+/* A bucket (bucket.h): device sums go on the second stream once the backward
+ * queued so far is done, so they overlap the rest of the backward; host sums
+ * are staged at once. */
+static int cuda_reduce_bucket(nn_net *net, size_t off, size_t n) {
+  if (!nn_get_reducer(net)->dev_sum_f32) return sum_grads(net, off, n, S.stream);
+  if (!S.comm) {
+    CUDA_CHECK(cudaStreamCreateWithFlags(&S.comm, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaEventCreateWithFlags(&S.grads_done, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventCreateWithFlags(&S.comm_done, cudaEventDisableTiming));
+  }
+  CUDA_CHECK(cudaEventRecord(S.grads_done, S.stream));
+  CUDA_CHECK(cudaStreamWaitEvent(S.comm, S.grads_done, 0));
+  return sum_grads(net, off, n, S.comm);
+}
+
+/* The sums (or, in buckets, the wait for them), then every value / world on
+ * the device. */
 static int cuda_reduce_grads(nn_net *net) {
   const nn_reducer *r = nn_get_reducer(net);
   if (!r) return 0;
-  const size_t chunk = r->chunk ? r->chunk : NN_REDUCE_CHUNK;
-  const size_t total = net->grad_used_n, hostn = total < chunk ? total : chunk;
-  float *host = (float *)ce_malloc_array(hostn ? hostn : 1, sizeof(float), "gradient staging");
-  if (!host) return -1;
-  int rc = 0;
-  for (size_t off = 0; off < total && rc == 0; off += chunk) {
-    size_t n = total - off < chunk ? total - off : chunk;
-    rc = cuda_download(host, net->grad_block + off, sizeof(float) * n);
-    if (rc == 0 && r->sum_f32(r->ctx, host, n) < 0)
-      rc = ce_err_prefix("summing parameter gradients [%zu, %zu) over %d replicas", off, off + n,
-                         r->world);
-    if (rc == 0) rc = cuda_upload(net->grad_block + off, host, sizeof(float) * n);
+  const size_t total = net->grad_used_n;
+  if (!r->bucket) {
+    CE_TRY(sum_grads(net, 0, total, S.stream));
+  } else if (r->dev_sum_f32 && S.comm) {
+    CUDA_CHECK(cudaEventRecord(S.comm_done, S.comm));
+    CUDA_CHECK(cudaStreamWaitEvent(S.stream, S.comm_done, 0));
   }
-  free(host);
-  CE_TRY(rc);
   if (r->world > 1) {
     k_div<<<grid_for((long)total), THREADS, 0, S.stream>>>((long)total, net->grad_block,
                                                            (float)r->world);
     KERNEL_CHECK("k_div");
   }
   return 0;
+}
+
+/* ---- host staging ------------------------------------------------------- */
+
+/* Page-locked: uploads from it are DMA copies (backend.h, host_alloc). */
+static void *cuda_host_alloc(size_t bytes) {
+  void *p = NULL;
+  cudaError_t e = cudaHostAlloc(&p, bytes ? bytes : 64, cudaHostAllocDefault);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    ce_err("out of page-locked host memory allocating %zu bytes: cudaHostAlloc: %s", bytes,
+           cudaGetErrorString(e));
+    return NULL;
+  }
+  memset(p, 0, bytes);
+  return p;
+}
+
+static void cuda_host_free(void *p) {
+  if (p) cudaFreeHost(p);
 }
 
 /* ---- the table ---------------------------------------------------------- */
@@ -1374,4 +1455,7 @@ extern "C" const nn_backend nn_backend_cuda = {
     /* .loss_destroy = */ cuda_loss_destroy,
     /* .loss_eval = */ cuda_loss_eval,
     /* .reduce_grads = */ cuda_reduce_grads,
+    /* .reduce_bucket = */ cuda_reduce_bucket,
+    /* .host_alloc = */ cuda_host_alloc,
+    /* .host_free = */ cuda_host_free,
 };
