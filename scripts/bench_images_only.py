@@ -112,8 +112,8 @@ try:
         per_gb.append(ccpu / (nbytes / 1e9))
         print(f'epoch {e}: {n} samples in {dt:.2f} s = {n / dt:.1f} samples/s; serve used '
               f'{(serve_cpu() - s0) / dt:.2f} cores (had work for {demand[-1]:.2f}: running or '
-              f'waiting for a core), the consumer {ccpu / dt:.2f} ({ccpu / (nbytes / 1e9):.3f} CPU s '
-              f'per GB received, its Python thread {mcpu / (nbytes / 1e9):.3f})', flush=True)
+              f'waiting for a core), the consumer {ccpu / dt:.2f} ({per_gb[-1]:.3f} CPU s per GB '
+              f'received, its Python thread {mcpu / (nbytes / 1e9):.3f})', flush=True)
     c.close()
 finally:
     p.terminate()
