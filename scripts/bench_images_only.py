@@ -17,6 +17,11 @@ The bounds it compares against (each per epoch):
                    the same ratio against the cores the host actually gave
                    serve (on a shared host fewer than C), so it says what serve
                    did with the CPU it got.
+The consumer's CPU seconds per GB received (inputs and targets; all its
+threads, ZeroMQ's I/O thread included, and of that the Python thread's)
+are printed per epoch: steadier than its cores on a loaded host. --python DIR
+takes the coemu package from DIR (default: this checkout's python/), so two
+versions of the client can be compared on the same serve.
 The load average before and after is printed: the first ratio is only
 meaningful when serve can get C cores. On a shared host, 'had work for'
 (serve's threads' running plus runnable-but-waiting seconds, from
@@ -32,16 +37,17 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'python'))
-from coemu.stream import StreamClient  # noqa: E402
-
 ap = argparse.ArgumentParser()
 ap.add_argument('dir')
 ap.add_argument('--batch', type=int, default=8)
 ap.add_argument('--epochs', type=int, default=3)
 ap.add_argument('--coemu', default=os.path.join(ROOT, 'build', 'pipeline', 'coemu'))
 ap.add_argument('--cores', type=int, default=os.cpu_count())
+ap.add_argument('--python', default=os.path.join(ROOT, 'python'),
+                help='the folder holding the coemu package the consumer imports')
 a = ap.parse_args()
+sys.path.insert(0, a.python)
+from coemu.stream import StreamClient  # noqa: E402
 
 sock = f'/tmp/bench-images-only-{os.getpid()}.sock'
 ep = f'ipc://{sock}'
@@ -64,7 +70,7 @@ for sig in (signal.SIGTERM, signal.SIGHUP):
     signal.signal(sig, on_signal)
 p = subprocess.Popen([a.coemu, 'serve', a.dir, '--endpoint', ep, '--split', 'all', '--batch', str(a.batch),
                       '--epochs', str(a.epochs)], stderr=subprocess.PIPE, text=True)
-rates, used, sizes, demand = [], [], [], []
+rates, used, sizes, demand, per_gb = [], [], [], [], []
 TICK = os.sysconf('SC_CLK_TCK')
 
 
@@ -93,17 +99,21 @@ try:
     c = StreamClient(ep, rank=0, world=1, timeout_s=120)
     for e in range(a.epochs):
         t0, n, s0, c0, d0 = time.monotonic(), 0, serve_cpu(), time.process_time(), serve_demand()
+        m0, nbytes = time.thread_time(), 0
         for ch in c.iter_epoch():
             n += len(ch.ids)
+            nbytes += ch.inputs.nbytes + ch.targets.nbytes
         dt = time.monotonic() - t0
+        ccpu, mcpu = time.process_time() - c0, time.thread_time() - m0
         rates.append(n / dt)
         sizes.append(n)
         used.append((serve_cpu() - s0) / dt)
         demand.append((serve_demand() - d0) / dt)
+        per_gb.append(ccpu / (nbytes / 1e9))
         print(f'epoch {e}: {n} samples in {dt:.2f} s = {n / dt:.1f} samples/s; serve used '
               f'{(serve_cpu() - s0) / dt:.2f} cores (had work for {demand[-1]:.2f}: running or '
-              f'waiting for a core), the consumer {(time.process_time() - c0) / dt:.2f}',
-              flush=True)
+              f'waiting for a core), the consumer {ccpu / dt:.2f} ({per_gb[-1]:.3f} CPU s per GB '
+              f'received, its Python thread {mcpu / (nbytes / 1e9):.3f})', flush=True)
     c.close()
 finally:
     p.terminate()
@@ -116,7 +126,8 @@ finally:
 m = re.search(r'(\d+) input cubes rebuilt, ([0-9.]+) ms CPU each.*?(\d+) model loads, ([0-9.]+) s', err)
 print('load average after: ' + ' '.join(open('/proc/loadavg').read().split()[:3]))
 steady = rates[1:] or rates
-print(f'median after epoch 0 {statistics.median(steady):.1f} samples/s')
+print(f'median after epoch 0 {statistics.median(steady):.1f} samples/s; the consumer '
+      f'{statistics.median(per_gb[1:] or per_gb):.3f} CPU s per GB received')
 if m:
     ms, load_s = float(m.group(2)), float(m.group(4))
     tc = ms / 1e3

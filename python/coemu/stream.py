@@ -158,23 +158,33 @@ def xxh64_frames(bufs, seed: int = 0) -> int:
     return xxh64_small(b"".join(bytes(memoryview(b).cast("B")) for b in bufs), seed)
 
 
+def _one_shot():
+    """XXH64 (seed 0) of one contiguous buffer by the fastest backend, in one
+    call: no state object, no intermediate bytes (a received frame is hashed
+    where ZeroMQ put it)."""
+    if _xxhash is not None:
+        return _xxhash.xxh64_intdigest
+    if _libxxh is not None:
+        def h(buf):
+            a = np.frombuffer(buf, dtype=np.uint8)
+            return _libxxh.XXH64(a.ctypes.data, a.size, 0)
+        return h
+    return lambda buf: xxh64_small(bytes(memoryview(buf).cast("B")))
+
+
+_hash_buf = _one_shot()
+
+
 def rows_ok(inputs, in_bytes, targets, out_bytes, n, sums) -> bool:
     """Protocol 2's row check (docs/stream-protocol.md): the XXH64 of each
     sample's inputs row and targets row (bytes-like frames of n rows) equal
     sums[2k] and sums[2k+1] (a frame of 2n little-endian uint64). Rows are
     hashed in place (memoryview slices), by the fastest backend."""
-    want = np.frombuffer(sums, dtype="<u8")
+    want = struct.unpack(f"<{2 * n}Q", sums)
     mi, mo = memoryview(inputs).cast("B"), memoryview(targets).cast("B")
-    if _xxhash is not None:
-        h = _xxhash.xxh64_intdigest
-        for k in range(n):
-            if h(mi[k * in_bytes:(k + 1) * in_bytes]) != int(want[2 * k]) or \
-                    h(mo[k * out_bytes:(k + 1) * out_bytes]) != int(want[2 * k + 1]):
-                return False
-        return True
     for k in range(n):
-        if xxh64(mi[k * in_bytes:(k + 1) * in_bytes]) != int(want[2 * k]) or \
-                xxh64(mo[k * out_bytes:(k + 1) * out_bytes]) != int(want[2 * k + 1]):
+        if _hash_buf(mi[k * in_bytes:(k + 1) * in_bytes]) != want[2 * k] or \
+                _hash_buf(mo[k * out_bytes:(k + 1) * out_bytes]) != want[2 * k + 1]:
             return False
     return True
 
@@ -264,7 +274,7 @@ class Header:
         f = struct.unpack_from(_FMT, buf)
         if f[0] != MAGIC:
             raise ProtocolError("bad magic")
-        if struct.unpack_from("<Q", buf, 88)[0] != xxh64_small(buf[:88]):
+        if struct.unpack_from("<Q", buf, 88)[0] != _hash_buf(buf[:88]):
             raise ProtocolError("header checksum mismatch")
         if f[1] != VERSION:
             raise ProtocolError(f"protocol version {f[1]}, expected {VERSION}")
@@ -278,7 +288,7 @@ class Header:
     def encode(type_, value=0, flags=0, dataset_id=0, epoch=0, nsamples=0, position=0, rank=0):
         b = struct.pack(_FMT, MAGIC, VERSION, type_, flags, value, dataset_id, epoch, nsamples, 0,
                         position, 0, rank, 0, 0, 0, 0, 0, 0, 0, 0)
-        return b + struct.pack("<Q", xxh64_small(b))
+        return b + struct.pack("<Q", _hash_buf(b))
 
 
 def _array(frame, dtype, shape):
@@ -324,12 +334,20 @@ def _refcounts(arrays):
 _UNHELD = _refcounts([np.empty(0)])[0]
 
 
-def _gather(frames, first, n, dtype, shape, out):
-    """Rows frames[first .. first + n) copied into out (n x shape)."""
+def _gather_checked(frames, first, n, size, want, out):
+    """Rows frames[first .. first + n) copied into out (n x size bytes), each
+    checked against want[2k] first; False (out left part-written) at the first
+    row of another size or another XXH64. Each row is copied right after it
+    is hashed, while it is still in the cache: a batch's rows are read from
+    memory once, not once to check them all and again to gather them."""
     flat = out.reshape(n, -1).view(np.uint8)
+    h = _hash_buf
     for k in range(n):
-        flat[k] = np.frombuffer(frames[first + k].buffer, dtype=np.uint8)
-    return out
+        b = frames[first + k].buffer
+        if len(b) != size or h(b) != want[2 * k]:
+            return False
+        flat[k] = np.frombuffer(b, dtype=np.uint8)
+    return True
 
 
 class Chunk:
@@ -578,19 +596,24 @@ class StreamClient:
                 ins = (n,) + tuple(h.in_shape)
                 outs = (n,) + tuple(h.out_shape)
                 inb, outb = 4 * int(np.prod(h.in_shape)), 4 * int(np.prod(h.out_shape))
-                # protocol 3: header, ids, row checksums, then one frame per row
+                # protocol 3: header, ids, row checksums, then one frame per row;
+                # never skipped: ids and row checksums, then every row (fastest XXH64)
                 ok = len(frames) == 3 + 2 * n and len(frames[1]) == 8 * n and \
                     len(frames[2]) == 16 * n and \
-                    all(len(frames[3 + k]) == inb for k in range(n)) and \
-                    all(len(frames[3 + n + k]) == outb for k in range(n))
-                if ok:  # never skipped: ids and row checksums, then every row (fastest XXH64)
-                    ok = xxh64_frames([frames[1].buffer, frames[2].buffer]) == h.payload_xxh64
-                    sums = memoryview(frames[2].buffer).cast("B")
-                    for k in range(n):
-                        if not ok:
-                            break
-                        ok = rows_ok(frames[3 + k].buffer, inb, frames[3 + n + k].buffer, outb,
-                                     1, sums[16 * k:16 * k + 16])
+                    xxh64_frames([frames[1].buffer, frames[2].buffer]) == h.payload_xxh64
+                if ok:
+                    want = struct.unpack(f"<{2 * n}Q", frames[2].buffer)
+                    if n == 1:  # the frames themselves
+                        fi, fo = frames[3], frames[4]
+                        ok = len(fi) == inb and len(fo) == outb and \
+                            _hash_buf(fi.buffer) == want[0] and _hash_buf(fo.buffer) == want[1]
+                        if ok:
+                            inputs, targets = _array(fi, "<f4", ins), _array(fo, "<f4", outs)
+                    else:  # checked and gathered row by row into reused batch buffers
+                        inputs = self._bufs.get("<f4", ins)
+                        targets = self._bufs.get("<f4", outs)
+                        ok = _gather_checked(frames, 3, n, inb, want, inputs) and \
+                            _gather_checked(frames, 3 + n, n, outb, want[1:], targets)
                 if not ok:
                     self.malformed += 1
                     self._send(CREDIT, 1)
@@ -599,13 +622,6 @@ class StreamClient:
                 if h.epoch != self.epoch or h.position != self.position:
                     continue  # in flight from before a reconnect
                 ids = _array(frames[1], "<u8", (n,))
-                if n == 1:  # the frames themselves
-                    inputs = _array(frames[3], "<f4", ins)
-                    targets = _array(frames[4], "<f4", outs)
-                else:
-                    inputs = _gather(frames, 3, n, "<f4", ins, self._bufs.get("<f4", ins))
-                    targets = _gather(frames, 3 + n, n, "<f4", outs,
-                                      self._bufs.get("<f4", outs))
                 del frames
                 self.position += n
                 self._batch = n

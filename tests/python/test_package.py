@@ -71,29 +71,36 @@ check(not stream.rows_ok(rows_in, 80, bad, 24, 3, sums), "one ulp in one row is 
 check(not stream.rows_ok(rows_in, 80, rows_out, 24, 3, sums[::-1].copy()), "rows swapped are caught")
 
 # protocol 3 (docs/stream-protocol.md): a CHUNK of n samples is 3 + 2n frames, each
-# row its own frame. From a fake producer: a CHUNK in version 2's layout (5 frames)
-# and one whose middle row does not match its row checksum are dropped (counted
-# malformed); the good ones are handed out as one batch each, every value in
-# place, and an array still held is never reused for the next chunk.
+# row its own frame. From a fake producer: a CHUNK in version 2's layout (5 frames),
+# ones whose input or target row does not match its row checksum (in a batch and
+# in a one-sample chunk, whose rows are handed out as the frames themselves) and
+# one with a row frame a value short are dropped (counted malformed); the good
+# ones are handed out as one batch each, every value in place, and an array
+# still held is never reused for the next chunk.
 import threading  # noqa: E402
 
 import zmq  # noqa: E402
 
 
-def _chunk(pos, n, layout=3, bad_row=None):
+def _chunk(pos, n, layout=3, bad_row=None, short=None):
+    """bad_row: k (sample k's input row) or (k, 1) (its target row) does not
+    match its checksum; short: (k, 1) that row's frame is one value short."""
     ids = np.arange(pos, pos + n, dtype="<u8")
     xin = np.stack([np.full((2, 3), i + 0.25, "<f4") for i in ids])
     xout = np.stack([np.full((4,), i + 0.5, "<f4") for i in ids])
     sums = np.array([[stream.xxh64_small(xin[k].tobytes()), stream.xxh64_small(xout[k].tobytes())]
                      for k in range(n)], dtype="<u8")
     if bad_row is not None:
-        sums[bad_row, 0] ^= np.uint64(1)
+        sums[bad_row if isinstance(bad_row, tuple) else (bad_row, 0)] ^= np.uint64(1)
     h = struct.pack(stream._FMT, stream.MAGIC, stream.VERSION, stream.CHUNK, 0, 0, 0, 0, n, 0,
                     pos, 1, 0, 1, 2, 3, 1, 1, 1, 4,  # dtype, rank, in_shape, out_shape
                     stream.xxh64_small(ids.tobytes() + sums.tobytes()))
     h += struct.pack("<Q", stream.xxh64_small(h))
     rows = [xin.tobytes(), xout.tobytes()] if layout == 2 else \
         [xin[k].tobytes() for k in range(n)] + [xout[k].tobytes() for k in range(n)]
+    if short is not None:
+        r = short[0] + n * short[1]
+        rows[r] = rows[r][:-4]
     return [h, ids.tobytes(), sums.tobytes()] + rows
 
 
@@ -106,10 +113,13 @@ def _fake_producer(ep, ready):
     if s.poll(20000):
         peer, hello = s.recv_multipart()[:2]
         if stream.Header.decode(hello).type == stream.HELLO:
-            s.send_multipart([peer, stream.Header.encode(stream.WELCOME, value=4, nsamples=6)])
-            for fr in (_chunk(0, 3, layout=2), _chunk(0, 3, bad_row=1), _chunk(0, 3), _chunk(3, 3)):
+            s.send_multipart([peer, stream.Header.encode(stream.WELCOME, value=4, nsamples=7)])
+            for fr in (_chunk(0, 3, layout=2), _chunk(0, 3, bad_row=1), _chunk(0, 3),
+                       _chunk(3, 3, bad_row=(2, 1)), _chunk(3, 3, short=(1, 1)), _chunk(3, 3),
+                       _chunk(6, 1, bad_row=0), _chunk(6, 1, bad_row=(0, 1)),
+                       _chunk(6, 1, short=(0, 0)), _chunk(6, 1)):
                 s.send_multipart([peer] + fr)
-            s.send_multipart([peer, stream.Header.encode(stream.EPOCH_END, epoch=0, position=6)])
+            s.send_multipart([peer, stream.Header.encode(stream.EPOCH_END, epoch=0, position=7)])
             s.poll(3000)
     s.close()
 
@@ -128,13 +138,14 @@ with tempfile.TemporaryDirectory() as tmp:
             got.append(ch)  # all held: no array may be reused under them
         malformed = c.malformed
     th.join(10)
-    check(malformed == 2 and [int(i) for ch in got for i in ch.ids] == list(range(6)),
-          f"fake producer: 2 chunks dropped (v2 layout, a bad row), 6 samples in 2 batches: "
-          f"{malformed} malformed, {[list(ch.ids) for ch in got]}")
-    check(all(ch.inputs.shape == (3, 1, 2, 3, 1) and ch.targets.shape == (3, 1, 1, 4) and
+    check(malformed == 7 and [list(map(int, ch.ids)) for ch in got] == [[0, 1, 2], [3, 4, 5], [6]],
+          f"fake producer: 7 chunks dropped (v2 layout, bad input and target rows, short "
+          f"rows), 7 samples in 3 chunks: {malformed} malformed, {[list(ch.ids) for ch in got]}")
+    check(all(ch.inputs.shape == (len(ch.ids), 1, 2, 3, 1) and
+              ch.targets.shape == (len(ch.ids), 1, 1, 4) and
               all((ch.inputs[k] == i + 0.25).all() and (ch.targets[k] == i + 0.5).all()
                   for k, i in enumerate(ch.ids)) for ch in got) and
-          len(got) == 2 and not np.shares_memory(got[0].inputs, got[1].inputs),
+          len(got) == 3 and not np.shares_memory(got[0].inputs, got[1].inputs),
           "fake producer: every row in place; the held batch not reused")
 
 with tempfile.TemporaryDirectory() as tmp:
