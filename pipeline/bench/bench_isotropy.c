@@ -27,6 +27,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/cli.h"
 #include "common/error.h"
 #include "pipeline/bench/benches.h"
@@ -45,15 +46,10 @@ static double cpu_now(void) {
   return t.tv_sec + 1e-9 * t.tv_nsec;
 }
 
-static int cmp_d(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
 /* 95th percentile (nearest rank) of s[0..n-1] (sorted in place); 0 if n = 0 */
 static double p95(double *s, size_t n) {
   if (!n) return 0;
-  qsort(s, n, sizeof *s, cmp_d);
+  qsort(s, n, sizeof *s, ce_cmp_double);
   size_t r = (size_t)ceil(0.95 * (double)n);
   return s[r ? r - 1 : 0];
 }

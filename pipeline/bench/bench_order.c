@@ -9,17 +9,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "common/cli.h"
 #include "common/error.h"
 #include "common/progress.h"
 #include "pipeline/bench/benches.h"
 #include "pipeline/job/job.h"
 #include "pipeline/serve/order.h"
-
-static int cmp_d(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
 
 typedef struct {
   const int64_t *split, *shard;
@@ -41,7 +37,7 @@ static int run_mode(const order_bench *b, const order_opts *o) {
     t[r] = ce_now() - t0;
   }
   if (rc == 0) {
-    qsort(t, (size_t)b->repeat, sizeof(double), cmp_d);
+    qsort(t, (size_t)b->repeat, sizeof(double), ce_cmp_double);
     /* rank 0 of W reads positions 0, W, 2W, ... (serve.h), shard = layout's */
     int64_t m = 0, nshard = 0;
     for (int64_t q = 0; q < b->n; q += b->ranks) reads[m++] = perm[q] / b->per_shard;

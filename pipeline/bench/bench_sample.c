@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/cli.h"
 #include "common/error.h"
 #include "pipeline/bench/benches.h"
@@ -87,11 +88,6 @@ static int run_cpu(const char *label, const ce_model *m, int reps) {
   return run(label, m, reps, SAMPLER_LIMITED);
 }
 
-static int cmp_d(const void *x, const void *y) {
-  double a = *(const double *)x, b = *(const double *)y;
-  return (a > b) - (a < b);
-}
-
 static double wall(void) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
@@ -141,8 +137,8 @@ static int run_device_recon(const char *label, const ce_model *m, int reps, int 
     t[r] = t1 - t0, t[reps + r] = wall() - t0;
   }
   if (rc == 0) {
-    qsort(t, reps, sizeof *t, cmp_d);
-    qsort(t + reps, reps, sizeof *t, cmp_d);
+    qsort(t, reps, sizeof *t, ce_cmp_double);
+    qsort(t + reps, reps, sizeof *t, ce_cmp_double);
     printf("sample %s %s device=cuda batch=%d cubes_per_s %.1f (64^3, k=2, cubes copied to the "
            "host)\n", label, sampler_recon_name(recon), nb, nb / t[reps / 2]);
     printf("sample+solve %s %s device=cuda batch=%d samples_per_s %.1f (7 channels; cubes cross "

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/cli.h"
 #include "common/error.h"
 #include "pipeline/bench/benches.h"
@@ -23,11 +24,6 @@ static double clock_ms(clockid_t id) {
   struct timespec t;
   clock_gettime(id, &t);
   return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
-}
-
-static int cmp_d(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
 }
 
 /* Median wall-clock ms per cube over reps runs of a batch of ncube cubes;
@@ -55,8 +51,8 @@ static double time_solve(double *cpu, double *best, const lte_line *L, const dou
     ms[r] = (clock_ms(CLOCK_MONOTONIC) - t0) / ncube;
     cms[r] = (clock_ms(CLOCK_PROCESS_CPUTIME_ID) - c0) / ncube;
   }
-  qsort(ms, reps, sizeof *ms, cmp_d);
-  qsort(cms, reps, sizeof *cms, cmp_d);
+  qsort(ms, reps, sizeof *ms, ce_cmp_double);
+  qsort(cms, reps, sizeof *cms, ce_cmp_double);
   double med = ms[reps / 2];
   *cpu = cms[reps / 2];
   *best = ms[0];

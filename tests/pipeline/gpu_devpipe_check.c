@@ -26,20 +26,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/error.h"
 #include "devpipe_fixture.h"
 #include "solver/ref_lte.h"
-
-static double now_s(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return t.tv_sec + 1e-9 * t.tv_nsec;
-}
-
-static int cmp_d(const void *x, const void *y) {
-  double a = *(const double *)x, b = *(const double *)y;
-  return (a > b) - (a < b);
-}
 
 typedef struct {
   double worst;
@@ -81,11 +71,11 @@ static int bench(devpipe *p, int nb, int reps, const double (*q)[4], float *cons
   int done;
   if (devpipe_run(p, nb, q, tg, in, &done) < 0) return -1; /* warm-up */
   for (int r = 0; r < reps; r++) {
-    double t0 = now_s();
+    double t0 = ce_now_s();
     if (devpipe_run(p, nb, q, tg, in, &done) < 0) return -1;
-    t[r] = now_s() - t0;
+    t[r] = ce_now_s() - t0;
   }
-  qsort(t, (size_t)reps, sizeof *t, cmp_d);
+  qsort(t, (size_t)reps, sizeof *t, ce_cmp_double);
   *med = t[reps / 2];
   return 0;
 }
@@ -143,21 +133,21 @@ int main(int argc, char **argv) {
       snprintf(what, sizeof what, "%s model %d", rn, mi);
       dpf_sample_setup S;
       if (dpf_open(&S, mi, 3, n, recon) < 0) return fail(what);
-      double t0 = now_s();
+      double t0 = ce_now_s();
       for (int d = 0; d < ndir; d++) {
         dpf_direction(mi, d, q[d]);
         if (dpf_reference(&S, q[d], cin[d], ctg[d]) < 0) return fail(what);
       }
-      double t_cpu = now_s() - t0;
+      double t_cpu = ce_now_s() - t0;
       devpipe_args a = {S.m, &S.so, &S.line, &S.opt, S.freqs, S.nf, 0};
       devpipe *p;
       char desc[320] = "";
       if (devpipe_open(impl, &a, 0, &p, desc, sizeof desc) < 0) return fail(what);
       if (mi == 0 && recon == 0) printf("gpu_devpipe_check %s: %s\n", impl->name, desc);
       int done;
-      t0 = now_s();
+      t0 = ce_now_s();
       if (devpipe_run(p, ndir, (const double (*)[4])q, dtg, din, &done) < 0) return fail(what);
-      double t_dev = now_s() - t0;
+      double t_dev = ce_now_s() - t0;
       int same_in = 0;
       long same_px = 0;
       for (int d = 0; d < ndir; d++) {

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/error.h"
 #include "rotate/directions.h"
 #include "rotate/model.h"
@@ -24,17 +25,6 @@
 #include "solver/freqgrid.h"
 #include "solver/lamda.h"
 #include "solver/lte.h"
-
-static double now_s(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return t.tv_sec + 1e-9 * t.tv_nsec;
-}
-
-static int cmp_d(const void *x, const void *y) {
-  double a = *(const double *)x, b = *(const double *)y;
-  return (a > b) - (a < b);
-}
 
 static int fail(const char *what) {
   printf("gpu_sample_bench %s: %s\n", what, ce_err_msg());
@@ -108,14 +98,14 @@ int main(int argc, char **argv) {
   if (sampler_device_sample(d, nb, (const double(*)[4])q, &o, a, b, c) < 0) return fail("sample");
   if (k->solve(&km, &kb) != 0) return fail("solve");
   for (int r = 0; r < reps; r++) {
-    double t0 = now_s();
+    double t0 = ce_now_s();
     if (sampler_device_sample(d, nb, (const double(*)[4])q, &o, a, b, c) < 0) return fail("sample");
-    double t1 = now_s();
+    double t1 = ce_now_s();
     if (k->solve(&km, &kb) != 0) return fail("solve");
-    t[r] = t1 - t0, t[reps + r] = now_s() - t0;
+    t[r] = t1 - t0, t[reps + r] = ce_now_s() - t0;
   }
-  qsort(t, reps, sizeof *t, cmp_d);
-  qsort(t + reps, reps, sizeof *t, cmp_d);
+  qsort(t, reps, sizeof *t, ce_cmp_double);
+  qsort(t + reps, reps, sizeof *t, ce_cmp_double);
   double ts = t[reps / 2], tss = t[reps + reps / 2];
   /* bytes over the bus per sample: cubes down (3 float32), cubes up, image down */
   double bytes = 3.0 * N * 4 * 2 + np * 8;

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "check.h"
 #include "rotate/compat.h"
 #include "rotate/directions.h"
@@ -268,12 +269,8 @@ static void test_mass_invariance(void) {
 }
 
 /* Kolmogorov-Smirnov distance of cos(theta) samples from uniform on [-1, 1]. */
-static int cmp_d(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
 static double ks_uniform(double *c, int n) {
-  qsort(c, (size_t)n, sizeof *c, cmp_d);
+  qsort(c, (size_t)n, sizeof *c, ce_cmp_double);
   double D = 0;
   for (int i = 0; i < n; i++) {
     double F = (c[i] + 1) / 2;

@@ -26,22 +26,12 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/error.h"
 #include "solver/cubes.h"
 #include "solver/freqgrid.h"
 #include "solver/lamda.h"
 #include "solver/lte.h"
-
-static double now_s(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return t.tv_sec + 1e-9 * t.tv_nsec;
-}
-
-static int cmp_d(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
 
 typedef struct {
   int N, nb;
@@ -69,14 +59,14 @@ static double timed(const lte_line *L, const double *f, const cubes *c, int nb, 
     return -1;
   }
   for (int r = 0; r < reps; r++) {
-    double t0 = now_s();
+    double t0 = ce_now_s();
     if (k->solve(&m, &b) != 0) {
       free(t);
       return -1;
     }
-    t[r] = now_s() - t0;
+    t[r] = ce_now_s() - t0;
   }
-  qsort(t, reps, sizeof *t, cmp_d);
+  qsort(t, reps, sizeof *t, ce_cmp_double);
   double med = t[reps / 2];
   free(t);
   return med;
