@@ -182,18 +182,36 @@ static inline LTE_HD double lte_body_formal(double D, double S0, double S1, doub
 }
 
 /* 2. one ray at one channel */
+/* The ray threads' common start: thread t is ray t % nray at channel
+ * t / nray; its output pixel, frequency and background. 0 when the ray holds
+ * a bad cell (its pixel is then NaN and the thread has nothing to do). */
+typedef struct lte_body_ray {
+  long long ray;
+  int f;
+  double *out, nu, bdy;
+} lte_body_ray;
+static inline LTE_HD int lte_body_ray_begin(const lte_body_view *V, long long t, lte_body_ray *r) {
+  const long long R = V->nray;
+  r->ray = t % R;
+  r->f = (int)(t / R);
+  r->out = V->image + r->ray * V->nf + r->f;
+  if (V->bad[r->ray]) {
+    *r->out = NAN;
+    return 0;
+  }
+  r->nu = V->freqs[r->f];
+  r->bdy = V->background_map ? V->background_map[(r->ray % V->npix) * V->nf + r->f] : V->background;
+  return 1;
+}
+
 static inline LTE_HD void lte_body_ray_thread(const lte_kernel_model *M, const lte_body_view *V,
                                               long long t) {
-  const long long R = V->nray, ray = t % R;
-  const int f = (int)(t / R), nf = V->nf, nz = V->nz;
-  double *out = V->image + ray * nf + f;
-  if (V->bad[ray]) {
-    *out = NAN;
-    return;
-  }
-  const double nu = V->freqs[f];
-  const double bdy =
-      V->background_map ? V->background_map[(ray % V->npix) * nf + f] : V->background;
+  lte_body_ray r;
+  if (!lte_body_ray_begin(V, t, &r)) return;
+  const long long R = V->nray, ray = r.ray;
+  const int nz = V->nz;
+  double *out = r.out;
+  const double nu = r.nu, bdy = r.bdy;
   double acc[LTE_BODY_LANES];
   for (int i = 0; i < LTE_BODY_LANES; i++) acc[i] = 0.0;
   double a0 = V->adx[ray], S0 = V->S[ray], b0, eb0, er0;
@@ -369,16 +387,12 @@ static inline LTE_HD float lte_f32_naive_formal(float D, float S0, float S1, flo
 /* 2, float32: one ray at one channel (the cell thread is the float64 one) */
 static inline LTE_HD void lte_body_ray_thread_f32(const lte_kernel_model *M, const lte_body_view *V,
                                                   long long t) {
-  const long long R = V->nray, ray = t % R;
-  const int f = (int)(t / R), nf = V->nf, nz = V->nz;
-  double *out = V->image + ray * nf + f;
-  if (V->bad[ray]) {
-    *out = NAN;
-    return;
-  }
-  const double nu = V->freqs[f];
-  const double bdy =
-      V->background_map ? V->background_map[(ray % V->npix) * nf + f] : V->background;
+  lte_body_ray r;
+  if (!lte_body_ray_begin(V, t, &r)) return;
+  const long long R = V->nray, ray = r.ray;
+  const int nz = V->nz;
+  double *out = r.out;
+  const double nu = r.nu, bdy = r.bdy;
   float a0 = (float)V->adx[ray], S0 = (float)V->S[ray], b0, e0, c0;
   lte_f32_profile(M, V->iw[ray], V->shift[ray], nu, &b0, &e0, &c0);
   double tau = 0.0, sum = 0.0;
