@@ -47,8 +47,9 @@ static void rule(const float *tg, const double *ref, const double *noise, int n,
         size_t i = ((size_t)x * n + y) * nf + f;
         double got = tg[((size_t)f * n + x) * n + y];
         t->total++;
-        if (fabs(ref[i]) <= 1e-12 * mx) continue;
-        if (noise[i] > 1e-8 * fabs(ref[i])) {
+        const ref_lte_class cl = ref_lte_classify(ref[i], noise[i], mx);
+        if (cl == REF_LTE_ROUNDOFF) continue;
+        if (cl == REF_LTE_ILL) {
           t->ill++;
           continue;
         }

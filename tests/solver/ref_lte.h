@@ -1,6 +1,8 @@
 /* ref_lte.h - slow, literal scalar reference of docs/physics.md for tests. */
 #ifndef COEMU_REF_LTE_H
 #define COEMU_REF_LTE_H
+#include <math.h>
+
 #include "solver/lamda.h"
 /* How many segments took each branch (summed over calls). */
 typedef struct { long b10_small, b10_exact, taylor, exact; } ref_lte_branch_counts;
@@ -15,4 +17,12 @@ void ref_lte_image(const lamda_molecule *m, int transition, double mass_amu, con
                    int nf, int nx, int ny, int nz, const double *v, const double *T,
                    const double *n, double dx, double vturb, double background, int corrected,
                    double *image, double *noise);
+/* docs/physics.md's classes of a pixel compared with this reference (mx: the
+ * largest |I| of the reference image): round-off (|I| <= 1e-12 mx), ill-
+ * conditioned (the reference's own noise above 1e-8 |I|), or counted. */
+typedef enum { REF_LTE_ROUNDOFF, REF_LTE_ILL, REF_LTE_COUNTED } ref_lte_class;
+static inline ref_lte_class ref_lte_classify(double ref, double noise, double mx) {
+  if (fabs(ref) <= 1e-12 * mx) return REF_LTE_ROUNDOFF;
+  return noise > 1e-8 * fabs(ref) ? REF_LTE_ILL : REF_LTE_COUNTED;
+}
 #endif

@@ -156,8 +156,9 @@ static void compare_random(uint64_t seed, int nx, int ny, int nz, double vturb, 
   for (int i = 0; i < nx * ny * nf; i++) mx = fmax(mx, fabs(ref[i]));
   int bad = 0, counted = 0;
   for (int i = 0; i < nx * ny * nf; i++) {
-    if (fabs(ref[i]) <= 1e-12 * mx) continue;
-    if (noise[i] > 1e-8 * fabs(ref[i])) {
+    const ref_lte_class cl = ref_lte_classify(ref[i], noise[i], mx);
+    if (cl == REF_LTE_ROUNDOFF) continue;
+    if (cl == REF_LTE_ILL) {
       (*ill)++;
       continue;
     }

@@ -149,8 +149,9 @@ static void compare_named(const char *name, int exact, const batch_case *k, int 
                     k->grid, (unsigned long long)k->seed, ci, i, img[i], ref[i]);
     }
     t->total++;
-    if (fabs(ref[i]) <= 1e-12 * mx) continue;
-    if (noise[i] > 1e-8 * fabs(ref[i])) {
+    const ref_lte_class cl = ref_lte_classify(ref[i], noise[i], mx);
+    if (cl == REF_LTE_ROUNDOFF) continue;
+    if (cl == REF_LTE_ILL) {
       t->ill++;
       continue;
     }
@@ -525,10 +526,11 @@ static void f32_against_reference(const char *name, const lte_kernel *kern, int 
         for (int i = 0; i < d.np; i++) mx = fmax(mx, fabs(ref[i]));
         for (int i = 0; i < d.np; i++) {
           t.total++;
-          if (fabs(ref[i]) <= 1e-12 * mx) continue;
+          const ref_lte_class cl = ref_lte_classify(ref[i], noise[i], mx);
+          if (cl == REF_LTE_ROUNDOFF) continue;
           double rel = fabs(img[i] - ref[i]) / fabs(ref[i]);
           worst_all = fmax(worst_all, rel);
-          if (noise[i] > 1e-8 * fabs(ref[i])) {
+          if (cl == REF_LTE_ILL) {
             t.ill++;
             continue;
           }
