@@ -24,8 +24,10 @@
 #                      device pipeline (pipeline/generate/devpipe.h: cubes
 #                      sampled and solved on the device, only images and
 #                      inputs back), compared by docs/physics.md's rules;
-#                      then sample + solve samples/s (images only; GB/s
-#                      with inputs)
+#                      images only: the input rows' XXH64s made on the
+#                      device equal the CPU rows'; then sample + solve
+#                      samples/s and bytes back per sample (images only:
+#                      images + 8-byte checksums; with inputs: GB/s)
 # The sampler's parity rule: the device's cubes equal the CPU's bit for bit,
 # constant and linear (the same float and double operations as the host
 # code, fused steps explicit, --fmad=false: no contraction).

@@ -159,7 +159,8 @@ int main(int argc, char **argv) {
       if (mi == 0 && recon == 0) printf("gpu_devpipe_check %s: %s\n", impl->name, desc);
       int done;
       t0 = ce_now_s();
-      if (devpipe_run(p, ndir, (const double (*)[4])q, dtg, din, &done) < 0) return fail(what);
+      if (devpipe_run(p, ndir, (const double (*)[4])q, dtg, din, NULL, &done) < 0)
+        return fail(what);
       double t_dev = ce_now_s() - t0;
       /* images only: the cubes stay where they were made, their XXH64s
        * come back and must be the CPU rows' (what /checksums records) */
