@@ -12,8 +12,9 @@
  * associative form to split it), so a row is hashed by at most four
  * cooperating threads, one per lane, each running its chain over every
  * stripe, then combined: the same value as one thread running all four
- * (xxh64_oneshot, the host's form, whose four chains are independent and
- * overlap in the pipeline). docs/sampling.md, "What crosses the bus".
+ * (the host's ce_xxh64_update, whose four chains are independent and
+ * overlap in the pipeline, or in one vector register where the compiler
+ * finds 64-bit vector multiplies). docs/sampling.md, "What crosses the bus".
  *
  * Words are little-endian (x86-64, aarch64 hosts; NVIDIA devices). On the
  * host a word is read with memcpy (any alignment); on the device with two
@@ -50,9 +51,17 @@ XXH64_HD uint32_t xxh64_rd32(const unsigned char *p) {
 #endif
 }
 
-/* two 4-byte halves, low first: one 8-byte load on the host's compilers */
+/* on the device two 4-byte halves, low first (rows are only 4-byte
+ * aligned); on the host one 8-byte load, which GCC's vectorizer turns into
+ * vector loads (it does not see through the halves) */
 XXH64_HD uint64_t xxh64_rd64(const unsigned char *p) {
+#ifdef __CUDA_ARCH__
   return (uint64_t)xxh64_rd32(p) | (uint64_t)xxh64_rd32(p + 4) << 32;
+#else
+  uint64_t v;
+  memcpy(&v, p, 8);
+  return v;
+#endif
 }
 
 XXH64_HD uint64_t xxh64_round(uint64_t acc, uint64_t in) {
@@ -103,21 +112,6 @@ XXH64_HD uint64_t xxh64_finish(const uint64_t acc[4], const unsigned char *tail,
   h *= XXH64_P3;
   h ^= h >> 32;
   return h;
-}
-
-/* The four lanes by one thread, interleaved (independent chains). */
-XXH64_HD uint64_t xxh64_oneshot(const void *data, size_t len, uint64_t seed) {
-  const unsigned char *p = (const unsigned char *)data;
-  uint64_t a[4];
-  for (int l = 0; l < 4; l++) a[l] = xxh64_lane_init(seed, l);
-  size_t ns = len / 32;
-  for (size_t s = 0; s < ns; s++, p += 32) {
-    a[0] = xxh64_round(a[0], xxh64_rd64(p));
-    a[1] = xxh64_round(a[1], xxh64_rd64(p + 8));
-    a[2] = xxh64_round(a[2], xxh64_rd64(p + 16));
-    a[3] = xxh64_round(a[3], xxh64_rd64(p + 24));
-  }
-  return xxh64_finish(a, p, len, seed);
 }
 
 #endif

@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "common/error.h"
-#include "common/xxh64_body.h"
+#include "common/checksum.h"
 #ifdef COEMU_HAVE_CUDA
 #include "pipeline/generate/devpipe_hash.h"
 #endif
@@ -30,7 +30,7 @@ struct devpipe {
 };
 
 uint64_t devpipe_row_hash(const float *row, size_t nfloats) {
-  return xxh64_oneshot(row, nfloats * sizeof *row, 0); /* little-endian float32 in memory */
+  return ce_xxh64(row, nfloats * sizeof *row, 0); /* little-endian float32 in memory */
 }
 
 void devpipe_image_to_targets(const double *image, int n, int nf, float *targets) {

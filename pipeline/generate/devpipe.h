@@ -78,8 +78,8 @@ const devpipe_impl *devpipe_impl_for(lte_backend b, int recon);
 
 /* The checksum of an input row (v_z, T, n_CO: 3 n^3 floats), what a
  * shard's /checksums records (pipeline/dataset/shard.h's shard_row_hash):
- * XXH64, seed 0, of its little-endian bytes, by common/xxh64_body.h, the
- * body the device's hash kernel runs too. */
+ * XXH64, seed 0, of its little-endian bytes: ce_xxh64, on the functions of
+ * common/xxh64_body.h that the device's hash kernel runs too. */
 uint64_t devpipe_row_hash(const float *row, size_t nfloats);
 
 /* Directions per batch: as many as host buffers of `cap_bytes` hold (images

@@ -6,12 +6,12 @@
  *   - random lengths up to 4 MB, random offsets and seeds;
  *   - a 3 n^3 float32 row (n = 64, 3 MiB: the device pipeline's input row)
  *     and n = 5 (a tail of 4 bytes after the stripes);
- * each by the one-thread form (xxh64_oneshot), by the device's scheme (four
- * lanes, one "thread" each, driven by a plain loop, then combined:
- * xxh64_lane_run + xxh64_finish) and by common/checksum.h (one-shot and
- * streamed in random pieces). Negative control: one flipped byte (random
+ * each by the device's scheme (four lanes, one "thread" each, driven by a
+ * plain loop, then combined: xxh64_lane_run + xxh64_finish) and by the
+ * host's common/checksum.h on the same functions (ce_xxh64, one thread,
+ * and its streaming form fed random pieces). Negative control: one flipped byte (random
  * place and bit) changes every form's value.
- *   test_xxh64_body --bench [MB] [REPS]: GB/s of xxh64_oneshot and of
+ *   test_xxh64_body --bench [MB] [REPS]: GB/s of ce_xxh64 and of
  *   libxxhash's XXH64 on one core, interleaved runs, medians
  *   (docs/benchmarks.md). */
 #include <dlfcn.h>
@@ -60,11 +60,10 @@ static uint64_t streamed(const void *data, size_t len, uint64_t seed) {
 /* every form equals the library; *out its value; counts a miss per form */
 static int forms_equal(const unsigned char *p, size_t len, uint64_t seed, uint64_t *out) {
   uint64_t want = lib_xxh64(p, len, seed);
-  uint64_t got[4] = {xxh64_oneshot(p, len, seed), by_lanes(p, len, seed), ce_xxh64(p, len, seed),
-                     streamed(p, len, seed)};
-  static const char *name[4] = {"xxh64_oneshot", "four lanes", "ce_xxh64", "streamed"};
+  uint64_t got[3] = {by_lanes(p, len, seed), ce_xxh64(p, len, seed), streamed(p, len, seed)};
+  static const char *name[3] = {"four lanes", "ce_xxh64", "streamed"};
   int ok = 1;
-  for (int f = 0; f < 4; f++)
+  for (int f = 0; f < 3; f++)
     if (got[f] != want) {
       if (ok)
         CHECK_FAIL_("%s: length %zu seed %#llx: %016llx, libxxhash %016llx", name[f], len,
@@ -127,7 +126,7 @@ static void test_flipped_byte_differs(void) {
     b[at] ^= (unsigned char)(1u << (rnd() % 8));
     uint64_t after;
     forms_equal(b, lens[i], 0, &after);
-    CHECK_MSG(after != before && xxh64_oneshot(b, lens[i], 0) != before &&
+    CHECK_MSG(after != before && ce_xxh64(b, lens[i], 0) != before &&
                   by_lanes(b, lens[i], 0) != before,
               "length %zu: a flipped byte at %zu left the hash %016llx", lens[i], at,
               (unsigned long long)before);
@@ -149,13 +148,13 @@ static int bench(int argc, char **argv) {
   for (int r = 0; r < reps; r++)
     for (int f = 0; f < 2; f++) { /* interleaved: body, library, body, ... */
       double t0 = ce_now_s();
-      sink ^= f == 0 ? xxh64_oneshot(b, len, 0) : lib_xxh64(b, len, 0);
+      sink ^= f == 0 ? ce_xxh64(b, len, 0) : lib_xxh64(b, len, 0);
       t[f][r] = ce_now_s() - t0;
     }
   for (int f = 0; f < 2; f++) {
     qsort(t[f], (size_t)reps, sizeof t[f][0], ce_cmp_double);
     printf("xxh64 %s: %.2f GB/s (median of %d, %zu MiB, one core)\n",
-           f == 0 ? "body (xxh64_oneshot)" : "libxxhash XXH64", (double)len / t[f][reps / 2] / 1e9,
+           f == 0 ? "body (ce_xxh64)" : "libxxhash XXH64", (double)len / t[f][reps / 2] / 1e9,
            reps, mb);
   }
   free(b);
