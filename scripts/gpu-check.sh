@@ -3,7 +3,7 @@
 # (docs/benchmarks.md, "Device figures"). It needs nvcc, gcc with OpenMP and
 # glibc, nothing else: no meson, MPI, HDF5, ZeroMQ, libyaml or libpng (the
 # GPU machine has none of them); it compiles three standalone binaries from
-# the sources they need (common/error, fsutil, cli, npy; solver/; the CUDA kernel):
+# the sources they need (common/error, fsutil, cli, npy, checksum; solver/; the CUDA kernels):
 #   test_lte_backends  every backend, the CUDA one on the device included,
 #                      against the literal reference (docs/physics.md's rules),
 #                      the CPU kernel and the host-compiled kernel bodies;
@@ -24,8 +24,10 @@
 #                      device pipeline (pipeline/generate/devpipe.h: cubes
 #                      sampled and solved on the device, only images and
 #                      inputs back), compared by docs/physics.md's rules;
-#                      then sample + solve samples/s (images only; GB/s
-#                      with inputs)
+#                      images only: the input rows' XXH64s made on the
+#                      device equal the CPU rows'; then sample + solve
+#                      samples/s and bytes back per sample (images only:
+#                      images + 8-byte checksums; with inputs: GB/s)
 # The sampler's parity rule: the device's cubes equal the CPU's bit for bit,
 # constant and linear (the same float and double operations as the host
 # code, fused steps explicit, --fmad=false: no contraction).
@@ -76,7 +78,8 @@ int main(void){return 0;}' | "$CC" -x c - -o "$out/obj/yaml-probe" -lyaml 2>/dev
   have_yaml=1
 fi
 t0=$SECONDS
-lib=(common/error.c common/fsutil.c common/cli.c common/npy.c solver/lamda.c solver/lte_line.c solver/lte.c
+lib=(common/error.c common/fsutil.c common/cli.c common/npy.c common/checksum.c solver/lamda.c
+     solver/lte_line.c solver/lte.c
      solver/lte_kernel_cpu.c solver/freqgrid.c solver/cubes.c tests/solver/ref_lte.c)
 objs=()
 pids=()
@@ -95,6 +98,8 @@ done
   -Xcompiler=-fPIC -c solver/lte_kernel_cuda.cu -o "$out/obj/lte_kernel_cuda.o"
 "$NVCC" -O3 --fmad=false -std=c++17 "${gencode[@]}" -I"$root" "${defs[@]}" \
   -Xcompiler=-fPIC -c rotate/sampler_cuda.cu -o "$out/obj/sampler_cuda.o"
+"$NVCC" -O3 -std=c++17 "${gencode[@]}" -I"$root" "${defs[@]}" \
+  -Xcompiler=-fPIC -c pipeline/generate/devpipe_hash_cuda.cu -o "$out/obj/devpipe_hash_cuda.o"
 for p in "${pids[@]}"; do wait "$p"; done
 for s in "${lib[@]}"; do objs+=("$out/obj/$(echo "$s" | tr / _).o"); done
 objs+=("$out/obj/lte_kernel_cuda.o")
@@ -114,7 +119,8 @@ if [ "$have_yaml" = 1 ]; then
   # never called here: its section is dropped (-ffunction-sections above)
   for s in "${dp[@]}"; do robjs+=("$out/obj/$(echo "$s" | tr / _).o"); done
   "$NVCC" -o "$out/gpu_devpipe_check" "$out/obj/tests_pipeline_gpu_devpipe_check.c.o" "${robjs[@]}" \
-    "$out/obj/sampler_cuda.o" "${objs[@]}" -Xcompiler=-fopenmp -Xlinker=--gc-sections "${libs[@]}" \
+    "$out/obj/sampler_cuda.o" "$out/obj/devpipe_hash_cuda.o" "${objs[@]}" -Xcompiler=-fopenmp \
+    -Xlinker=--gc-sections "${libs[@]}" \
     -lyaml -lpthread
   built="$built, test_sample, gpu_sample_bench, gpu_devpipe_check"
 else

@@ -514,13 +514,18 @@ static int write_row(hid_t d, int64_t i, const float *buf) {
   return rc < 0 ? -1 : 0;
 }
 
-int shard_put(shard_writer *w, const float *inputs, const float *targets, int64_t model,
-              int64_t direction_index, const double quat[4], uint8_t split, uint8_t valid) {
+/* shard_put and shard_put_hashed: inputs_hash (images-only) is the input
+ * row's checksum made elsewhere, in place of hashing inputs */
+static int put_sample(shard_writer *w, const float *inputs, const uint64_t *inputs_hash,
+                      const float *targets, int64_t model, int64_t direction_index,
+                      const double quat[4], uint8_t split, uint8_t valid) {
   if (w->next >= w->count) CE_BUG("shard_put past the end of %s", w->path);
   int64_t i = w->next;
   size_t n = (size_t)w->lay.n, nin = 3 * n * n * n, ntg = (size_t)w->lay.nf * n * n;
   double t0 = ce_now(), c0 = thread_cpu();
-  if (w->lay.store_inputs) {
+  if (inputs_hash) {
+    w->rowsum[2 * i] = *inputs_hash;
+  } else if (w->lay.store_inputs) {
     w->crc[SHARD_INPUTS] = shard_crc32(w->crc[SHARD_INPUTS], inputs, nin * sizeof(float));
     w->rowsum[2 * i] = shard_row_hash(inputs, nin);
   } else if (inputs) {
@@ -567,6 +572,18 @@ int shard_put(shard_writer *w, const float *inputs, const float *targets, int64_
   w->valid[i] = valid;
   w->next++;
   return 0;
+}
+
+int shard_put(shard_writer *w, const float *inputs, const float *targets, int64_t model,
+              int64_t direction_index, const double quat[4], uint8_t split, uint8_t valid) {
+  return put_sample(w, inputs, NULL, targets, model, direction_index, quat, split, valid);
+}
+
+int shard_put_hashed(shard_writer *w, uint64_t inputs_hash, const float *targets, int64_t model,
+                     int64_t direction_index, const double quat[4], uint8_t split,
+                     uint8_t valid) {
+  if (w->lay.store_inputs) CE_BUG("shard_put_hashed on %s, which stores its inputs", w->path);
+  return put_sample(w, NULL, &inputs_hash, targets, model, direction_index, quat, split, valid);
 }
 
 static int write_meta(shard_writer *w, int set, hid_t ftype, hid_t mtype, int rank,

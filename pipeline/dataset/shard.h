@@ -87,6 +87,12 @@ float *shard_row_buffer(size_t nfloats);
  * floats (ignored when not stored), targets: nf*n^2 floats. */
 int shard_put(shard_writer *w, const float *inputs, const float *targets, int64_t model,
               int64_t direction_index, const double quat[4], uint8_t split, uint8_t valid);
+/* The same for an images-only shard (store_inputs false) whose input row
+ * was hashed where it was made (the device pipeline: the cubes never reach
+ * the host): inputs_hash is the row's shard_row_hash, /checksums' value. */
+int shard_put_hashed(shard_writer *w, uint64_t inputs_hash, const float *targets, int64_t model,
+                     int64_t direction_index, const double quat[4], uint8_t split,
+                     uint8_t valid);
 
 /* Finish: if commit, write the metadata and checksums, flush, close and
  * rename into place (sums receives the checksums); otherwise close and remove

@@ -5,6 +5,10 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "common/checksum.h"
+#ifdef COEMU_HAVE_CUDA
+#include "pipeline/generate/devpipe_hash.h"
+#endif
 
 struct devpipe {
   const devpipe_impl *impl;
@@ -14,12 +18,20 @@ struct devpipe {
   size_t nvox, nimg; /* n^3, n^2 nf */
   double *img;       /* [batch * nimg]: the images of one run() */
   double **imgp;     /* [batch] into img */
-  float *scratch;    /* cpu: [batch * 3 nvox] cubes when the caller wants none */
-  float **sp;        /* [batch] into scratch */
+  float *scratch;    /* cpu: [nscratch * 3 nvox] cubes when the caller wants none */
+  float **sp;        /* [nscratch] into scratch */
+  int nscratch;      /* cpu: cubes per run() without the caller's buffers (<= batch) */
   const float **cv, **cT, **cn; /* [batch] each: the cubes' arrays for the solver */
   float **hv, **hT, **hn;       /* [batch] each: the host cubes' arrays (cuda) */
   sampler_device *sd; /* cuda */
+#ifdef COEMU_HAVE_CUDA
+  devpipe_hash *hash; /* cuda: the input rows' checksums on the device */
+#endif
 };
+
+uint64_t devpipe_row_hash(const float *row, size_t nfloats) {
+  return ce_xxh64(row, nfloats * sizeof *row, 0); /* little-endian float32 in memory */
+}
 
 void devpipe_image_to_targets(const double *image, int n, int nf, float *targets) {
   for (int x = 0; x < n; x++)
@@ -41,19 +53,27 @@ int devpipe_batch_size(int n, int nf, int with_inputs, size_t cap_bytes) {
 static int cpu_open(devpipe *p, int ordinal, char *desc, size_t ndesc) {
   (void)ordinal;
   p->opt.backend = LTE_BACKEND_CPU;
-  p->scratch = ce_malloc_array((size_t)p->batch, 3 * p->nvox * sizeof(float), "pipeline cubes");
-  p->sp = ce_malloc_array((size_t)p->batch, sizeof *p->sp, "pipeline cubes");
+  /* an images-only batch may be longer than cubes of host memory should be:
+   * its run()s then do fewer, as a device's chunk */
+  int fit = devpipe_batch_size(p->n, p->a.nf, 1, (size_t)256 << 20);
+  p->nscratch = p->batch < fit ? p->batch : fit;
+  p->scratch = ce_malloc_array((size_t)p->nscratch, 3 * p->nvox * sizeof(float), "pipeline cubes");
+  p->sp = ce_malloc_array((size_t)p->nscratch, sizeof *p->sp, "pipeline cubes");
   if (!p->scratch || !p->sp) return -1;
-  for (int c = 0; c < p->batch; c++) p->sp[c] = p->scratch + (size_t)c * 3 * p->nvox;
+  for (int c = 0; c < p->nscratch; c++) p->sp[c] = p->scratch + (size_t)c * 3 * p->nvox;
   return lte_backend_open(LTE_BACKEND_CPU, 0, desc, ndesc);
 }
 
-static int cpu_run(devpipe *p, int nc, const double (*q)[4], float *const *in) {
+/* without in, the cubes stay in the pipeline's scratch and, as on the
+ * device, only their checksums go back */
+static int cpu_run(devpipe *p, int nc, const double (*q)[4], float *const *in, uint64_t *hash) {
   float *const *cube = in ? in : p->sp;
+  if (!in && nc > p->nscratch) nc = p->nscratch;
   const float **v = p->cv, **T = p->cT, **n = p->cn;
   for (int c = 0; c < nc; c++) {
     v[c] = cube[c], T[c] = cube[c] + p->nvox, n[c] = cube[c] + 2 * p->nvox;
     CE_TRY(sample_cube(p->a.m, q[c], p->a.so, cube[c], cube[c] + p->nvox, cube[c] + 2 * p->nvox));
+    if (!in && hash) hash[c] = devpipe_row_hash(cube[c], 3 * p->nvox);
   }
   CE_TRY(lte_solve_batch_f32(p->a.line, p->a.freqs, p->a.nf, nc, p->n, p->n, p->n, v, T, n,
                              &p->opt, p->imgp));
@@ -70,10 +90,17 @@ const devpipe_impl devpipe_cpu = {"cpu", cpu_open, cpu_run, cpu_close};
 static int cuda_open(devpipe *p, int ordinal, char *desc, size_t ndesc) {
   p->opt.backend = LTE_BACKEND_CUDA;
   CE_TRY(lte_backend_open(LTE_BACKEND_CUDA, ordinal, NULL, 0));
-  return sampler_device_open(p->a.m, ordinal, &p->sd, desc, ndesc);
+  CE_TRY(sampler_device_open(p->a.m, ordinal, &p->sd, desc, ndesc));
+#ifdef COEMU_HAVE_CUDA
+  return devpipe_hash_open(p->batch, &p->hash); /* on the sampler's device, now current */
+#else
+  CE_BUG("the device sampler opened without a CUDA build");
+#endif
 }
 
-static int cuda_run(devpipe *p, int nc, const double (*q)[4], float *const *in) {
+/* without in, the cubes' checksums are made on the device beside the LTE
+ * kernel (devpipe_hash.h), and only they come back */
+static int cuda_run(devpipe *p, int nc, const double (*q)[4], float *const *in, uint64_t *hash) {
   const float *dev = NULL;
   float **hv = p->hv, **hT = p->hT, **hn = p->hn;
   for (int c = 0; in && c < nc; c++)
@@ -86,13 +113,28 @@ static int cuda_run(devpipe *p, int nc, const double (*q)[4], float *const *in) 
     v[c] = dev + (size_t)c * 3 * p->nvox;
     T[c] = v[c] + p->nvox, n[c] = v[c] + 2 * p->nvox;
   }
+  const int hashing = !in && hash;
+#ifdef COEMU_HAVE_CUDA
+  if (hashing) CE_TRY(devpipe_hash_start(p->hash, dev, 3 * p->nvox, k));
+#endif
   int rc = lte_solve_batch_device_f32(p->a.line, p->a.freqs, p->a.nf, k, p->n, p->n, p->n, v, T,
                                       n, &p->opt, p->imgp);
+#ifdef COEMU_HAVE_CUDA
+  /* waited for whatever the solve did: the next run's sampling overwrites dev */
+  if (hashing && devpipe_hash_finish(p->hash, hash, k) < 0) return -1;
+#else
+  (void)hashing;
+#endif
   if (rc == LTE_KERNEL_BAD_INPUT) return DEVPIPE_BAD_CELL;
   return rc < 0 ? -1 : k;
 }
 
-static void cuda_close(devpipe *p) { sampler_device_close(p->sd); }
+static void cuda_close(devpipe *p) {
+#ifdef COEMU_HAVE_CUDA
+  devpipe_hash_close(p->hash);
+#endif
+  sampler_device_close(p->sd);
+}
 
 const devpipe_impl devpipe_cuda = {"cuda", cuda_open, cuda_run, cuda_close};
 
@@ -147,11 +189,12 @@ int devpipe_open(const devpipe_impl *impl, const devpipe_args *a, int ordinal, d
 }
 
 int devpipe_run(devpipe *p, int ndir, const double (*q)[4], float *const *targets,
-                float *const *inputs, int *done) {
+                float *const *inputs, uint64_t *in_hash, int *done) {
   *done = 0;
   while (*done < ndir) {
     int want = ndir - *done < p->batch ? ndir - *done : p->batch;
-    int k = p->impl->run(p, want, q + *done, inputs ? inputs + *done : NULL);
+    int k = p->impl->run(p, want, q + *done, inputs ? inputs + *done : NULL,
+                         !inputs && in_hash ? in_hash + *done : NULL);
     if (k == DEVPIPE_BAD_CELL) return DEVPIPE_BAD_CELL;
     if (k < 0) return ce_err_prefix("sample + solve pipeline '%s'", p->impl->name);
     for (int c = 0; c < k; c++)

@@ -31,6 +31,7 @@
 #define COEMU_DEVPIPE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "rotate/model.h"
 #include "rotate/sampler.h"
@@ -61,9 +62,10 @@ typedef struct devpipe_impl {
   int (*open)(devpipe *p, int ordinal, char *desc, size_t ndesc);
   /* the first of nc directions q (1 <= nc <= batch): images (x, y, f) into
    * the pipeline's image buffers (one per cube), and with in != NULL the input cubes (v_z, T,
-   * n_CO, 3 n^3 floats) into in[c]; returns how many (>= 1), -1 with a
-   * message, or DEVPIPE_BAD_CELL */
-  int (*run)(devpipe *p, int nc, const double (*q)[4], float *const *in);
+   * n_CO, 3 n^3 floats) into in[c], else with hash != NULL each cube's
+   * devpipe_row_hash into hash[c], made where the cube is (the cubes stay
+   * there); returns how many (>= 1), -1 with a message, or DEVPIPE_BAD_CELL */
+  int (*run)(devpipe *p, int nc, const double (*q)[4], float *const *in, uint64_t *hash);
   void (*close)(devpipe *p);
 } devpipe_impl;
 
@@ -74,6 +76,12 @@ extern const devpipe_impl devpipe_cpu, devpipe_cuda;
  * always devpipe_cpu; cuda: devpipe_cuda when sampler_device_supports). */
 const devpipe_impl *devpipe_impl_for(lte_backend b, int recon);
 
+/* The checksum of an input row (v_z, T, n_CO: 3 n^3 floats), what a
+ * shard's /checksums records (pipeline/dataset/shard.h's shard_row_hash):
+ * XXH64, seed 0, of its little-endian bytes: ce_xxh64, on the functions of
+ * common/xxh64_body.h that the device's hash kernel runs too. */
+uint64_t devpipe_row_hash(const float *row, size_t nfloats);
+
 /* Directions per batch: as many as host buffers of `cap_bytes` hold (images
  * as float64, plus the input cubes when with_inputs), at least 1, at most
  * 256. */
@@ -82,11 +90,14 @@ int devpipe_batch_size(int n, int nf, int with_inputs, size_t cap_bytes);
 int devpipe_open(const devpipe_impl *impl, const devpipe_args *a, int ordinal, devpipe **out,
                  char *desc, size_t ndesc);
 /* ndir directions q[d] -> targets[d] (nf n^2 floats, (f, x, y): the
- * stored layout) and, with inputs != NULL, inputs[d] (3 n^3 floats). 0; -1
- * with a message; DEVPIPE_BAD_CELL with a message. *done: the directions
- * finished (all of them on 0), in order. */
+ * stored layout) and, with inputs != NULL, inputs[d] (3 n^3 floats), or
+ * with inputs == NULL and in_hash != NULL only in_hash[d], the input row's
+ * devpipe_row_hash (images-only datasets: on a device the cubes are hashed
+ * there and only the 8 bytes cross the bus). 0; -1 with a message;
+ * DEVPIPE_BAD_CELL with a message. *done: the directions finished (all of
+ * them on 0), in order. */
 int devpipe_run(devpipe *p, int ndir, const double (*q)[4], float *const *targets,
-                float *const *inputs, int *done);
+                float *const *inputs, uint64_t *in_hash, int *done);
 void devpipe_close(devpipe *p);
 
 /* The stored targets of an image: (x, y, f) float64 -> (f, x, y) float32,

@@ -290,8 +290,13 @@ static int64_t do_shard(const job *j, const shard_layout *lay, const char *out, 
       shard_close(w, 0, NULL);
       CE_FAIL("%s", msg);
     }
+    /* images-only with a producer that hashes its own input rows: none
+     * reaches this buffer (unless the sample fails: zeros, hashed below) */
+    int hashed = !j->store_inputs && p->sample_images;
+    uint64_t in_hash = 0;
     double t0 = ce_now(), c0 = process_cpu();
-    int prc = p->sample(p->ctx, model, dir, row, tg, q);
+    int prc = hashed ? p->sample_images(p->ctx, model, dir, &in_hash, tg, q)
+                     : p->sample(p->ctx, model, dir, row, tg, q);
     g_produce_s += ce_now() - t0;
     g_produce_cpu_s += process_cpu() - c0;
     if (prc < 0) {
@@ -308,8 +313,10 @@ static int64_t do_shard(const job *j, const shard_layout *lay, const char *out, 
       memset(tg, 0, ntg * sizeof *tg);
       memset(q, 0, sizeof q);
       valid = 0;
+      hashed = 0;
     }
-    if (shard_put(w, row, tg, model, dir, q, msplit[model], valid) < 0) {
+    if ((hashed ? shard_put_hashed(w, in_hash, tg, model, dir, q, msplit[model], valid)
+                : shard_put(w, row, tg, model, dir, q, msplit[model], valid)) < 0) {
       char msg[1100];
       snprintf(msg, sizeof msg, "%s", ce_err_msg());
       shard_close(w, 0, NULL);

@@ -36,6 +36,13 @@ typedef struct {
    * may make them in batches (the device pipeline) without making any
    * that nobody asks for. */
   void (*plan)(void *ctx, int64_t first, int64_t count);
+  /* NULL, or for images-only jobs (output.store_inputs false) in place of
+   * sample: the same sample without its input cubes, only *inputs_hash,
+   * the XXH64 (seed 0) of the row they make (shard_row_hash's value, what
+   * /checksums records), so that a producer whose cubes are made elsewhere
+   * (the device pipeline) need not bring them back to the host. */
+  int (*sample_images)(void *ctx, int64_t model, int64_t direction, uint64_t *inputs_hash,
+                       float *targets, double quat[4]);
 } generate_producer;
 
 /* Build the producer for a job on this rank (load the line data, etc.),

@@ -59,11 +59,16 @@ typedef struct {
   devpipe *dp;
   const ce_model *dp_m;      /* the model dp holds */
   int ordinal, dp_batch;
+  int dp_batch_in;           /* directions per batch that brings the input cubes back */
+  int dp_with_inputs;        /* the batch made holds its input cubes (else their checksums) */
   int64_t dp_model, dp_first, dp_count; /* the batch made: directions [first, first + count) */
   int64_t plan_first, plan_end;         /* samples generate will ask for next */
   int64_t host_until;        /* samples before it: the per-sample path (a batch held a bad cell) */
   double (*dp_q)[4];
-  float *dp_buf, **dp_tg, **dp_in; /* [dp_batch] targets and inputs */
+  float *dp_tgbuf, **dp_tg;  /* [dp_batch] targets */
+  float *dp_inbuf, **dp_in;  /* [dp_batch_in] inputs, made when a caller first wants them */
+  uint64_t *dp_hash;         /* [dp_batch] the input rows' checksums (devpipe_row_hash) */
+  float *in_scratch;         /* images-only on the per-sample path: the cube hashed, n^3 x 3 */
 } producer_ctx;
 
 int producer_lvg_populations(const ce_model *m, double x_co, double x_mol, const nlte_model *M,
@@ -98,7 +103,8 @@ static void producer_close(void *vctx) {
   producer_ctx *c = vctx;
   if (!c) return;
   devpipe_close(c->dp);
-  free(c->dp_q), free(c->dp_buf), free(c->dp_tg), free(c->dp_in);
+  free(c->dp_q), free(c->dp_tgbuf), free(c->dp_tg), free(c->dp_inbuf), free(c->dp_in);
+  free(c->dp_hash), free(c->in_scratch);
   model_lru_free(c->models);
   if (c->lvg) nlte_model_free(&c->M);
   free(c->cl), free(c->cu), free(c->nmol);
@@ -196,16 +202,31 @@ static void producer_plan(void *vctx, int64_t first, int64_t count) {
   c->plan_first = first, c->plan_end = first + count;
 }
 
+/* The input buffers of batches that bring the cubes back (sample(), and
+ * images-only jobs never ask). */
+static int pipeline_inputs_alloc(producer_ctx *c) {
+  const size_t nin = 3 * (size_t)c->j->n * c->j->n * c->j->n;
+  c->dp_inbuf = ce_malloc_array((size_t)c->dp_batch_in, nin * sizeof(float), "pipeline samples");
+  c->dp_in = ce_malloc_array((size_t)c->dp_batch_in, sizeof *c->dp_in, "pipeline samples");
+  if (!c->dp_inbuf || !c->dp_in) return -1;
+  for (int i = 0; i < c->dp_batch_in; i++) c->dp_in[i] = c->dp_inbuf + (size_t)i * nin;
+  return 0;
+}
+
 /* The device pipeline: sample (model, direction) from the batch made, or
  * make the batch that starts there (the directions of this model that the
- * plan asks for next). 1: make this sample on the per-sample path. */
+ * plan asks for next). inputs != NULL: its input cubes there; else
+ * *in_hash gets their checksum (the batch then brings back only that).
+ * 1: make this sample on the per-sample path. */
 static int produce_batched(producer_ctx *c, int64_t model, int64_t dir, float *inputs,
-                           float *targets, double quat[4]) {
+                           uint64_t *in_hash, float *targets, double quat[4]) {
   const job *j = c->j;
   const int64_t D = j->directions, s = model * D + dir;
   const size_t nin = 3 * (size_t)j->n * j->n * j->n, ntg = (size_t)j->nf * j->n * j->n;
-  if (!(c->dp_model == model && dir >= c->dp_first && dir < c->dp_first + c->dp_count)) {
+  if (!(c->dp_model == model && dir >= c->dp_first && dir < c->dp_first + c->dp_count &&
+        (!inputs || c->dp_with_inputs))) {
     if (s < c->host_until) return 1;
+    if (inputs && !c->dp_in) CE_TRY(pipeline_inputs_alloc(c));
     CE_TRY(load_model(c, model));
     if (c->dp_m != c->model) { /* a model (re)loaded: upload it */
       devpipe_close(c->dp);
@@ -218,13 +239,16 @@ static int produce_batched(producer_ctx *c, int64_t model, int64_t dir, float *i
     if (s >= c->plan_first && s < c->plan_end) {
       end = c->plan_end - model * D;
       if (end > D) end = D;
-      if (end > dir + c->dp_batch) end = dir + c->dp_batch;
+      const int cap = inputs ? c->dp_batch_in : c->dp_batch;
+      if (end > dir + cap) end = dir + cap;
     }
     int nb = (int)(end - dir), done = 0;
     for (int i = 0; i < nb; i++)
       dir_quaternion(c->sampler, j->seed, (uint32_t)model, (uint32_t)(dir + i), c->dp_q[i]);
     c->dp_model = model, c->dp_first = dir, c->dp_count = 0;
-    int rc = devpipe_run(c->dp, nb, (const double (*)[4])c->dp_q, c->dp_tg, c->dp_in, &done);
+    c->dp_with_inputs = inputs != NULL;
+    int rc = devpipe_run(c->dp, nb, (const double (*)[4])c->dp_q, c->dp_tg,
+                         inputs ? c->dp_in : NULL, c->dp_hash, &done);
     c->dp_count = done;
     if (rc == DEVPIPE_BAD_CELL) { /* the per-sample path names the cell */
       c->host_until = s + nb;
@@ -234,22 +258,21 @@ static int produce_batched(producer_ctx *c, int64_t model, int64_t dir, float *i
     }
   }
   const int64_t i = dir - c->dp_first;
-  memcpy(inputs, c->dp_in[i], nin * sizeof *inputs);
+  if (inputs)
+    memcpy(inputs, c->dp_in[i], nin * sizeof *inputs);
+  else
+    *in_hash = c->dp_with_inputs ? devpipe_row_hash(c->dp_in[i], nin) : c->dp_hash[i];
   memcpy(targets, c->dp_tg[i], ntg * sizeof *targets);
   memcpy(quat, c->dp_q[i], sizeof c->dp_q[i]);
   return 0;
 }
 
-static int produce(void *vctx, int64_t model, int64_t direction, float *inputs, float *targets,
-                   double quat[4]) {
-  producer_ctx *c = vctx;
+/* The per-sample path. */
+static int produce_one(producer_ctx *c, int64_t model, int64_t direction, float *inputs,
+                       float *targets, double quat[4]) {
   const job *j = c->j;
   const int n = j->n, nf = j->nf;
   const size_t nvox = (size_t)n * n * n;
-  if (c->dpi) {
-    int rc = produce_batched(c, model, direction, inputs, targets, quat);
-    if (rc <= 0) return rc;
-  }
   CE_TRY(load_model(c, model));
   dir_quaternion(c->sampler, j->seed, (uint32_t)model, (uint32_t)direction, quat);
   float *v = inputs, *T = inputs + nvox, *nco = inputs + 2 * nvox;
@@ -276,6 +299,32 @@ static int produce(void *vctx, int64_t model, int64_t direction, float *inputs, 
   else
     CE_TRY(lte_solve_cube_f32(&c->line, c->freqs, nf, n, n, n, v, T, dens, &opt, c->image));
   devpipe_image_to_targets(c->image, n, nf, targets);
+  return 0;
+}
+
+static int produce(void *vctx, int64_t model, int64_t direction, float *inputs, float *targets,
+                   double quat[4]) {
+  producer_ctx *c = vctx;
+  if (c->dpi) {
+    int rc = produce_batched(c, model, direction, inputs, NULL, targets, quat);
+    if (rc <= 0) return rc;
+  }
+  return produce_one(c, model, direction, inputs, targets, quat);
+}
+
+/* generate_producer.sample_images (images-only jobs on the pipeline): the
+ * batches bring back the rows' checksums, not the rows; a sample on the
+ * per-sample path is made here and hashed by the same function. */
+static int produce_images(void *vctx, int64_t model, int64_t direction, uint64_t *in_hash,
+                          float *targets, double quat[4]) {
+  producer_ctx *c = vctx;
+  int rc = produce_batched(c, model, direction, NULL, in_hash, targets, quat);
+  if (rc <= 0) return rc;
+  const size_t nin = 3 * (size_t)c->j->n * c->j->n * c->j->n;
+  if (!c->in_scratch && !(c->in_scratch = ce_malloc_array(nin, sizeof(float), "input cubes")))
+    return -1;
+  CE_TRY(produce_one(c, model, direction, c->in_scratch, targets, quat));
+  *in_hash = devpipe_row_hash(c->in_scratch, nin);
   return 0;
 }
 
@@ -403,17 +452,16 @@ static int pipeline_open(producer_ctx *c) {
     return 0;
   c->dpi = devpipe_impl_for((lte_backend)j->solver_device, j->reconstruction);
   if (!c->dpi) return 0;
-  const size_t nin = 3 * (size_t)j->n * j->n * j->n, ntg = (size_t)j->nf * j->n * j->n;
-  c->dp_batch = devpipe_batch_size(j->n, j->nf, 1, (size_t)256 << 20);
+  const size_t ntg = (size_t)j->nf * j->n * j->n;
+  /* images-only: batches of checksums, not cubes, so more directions each */
+  c->dp_batch_in = devpipe_batch_size(j->n, j->nf, 1, (size_t)256 << 20);
+  c->dp_batch = devpipe_batch_size(j->n, j->nf, j->store_inputs, (size_t)256 << 20);
   c->dp_q = ce_malloc_array((size_t)c->dp_batch, sizeof *c->dp_q, "pipeline directions");
-  c->dp_buf = ce_malloc_array((size_t)c->dp_batch, (nin + ntg) * sizeof(float), "pipeline samples");
+  c->dp_tgbuf = ce_malloc_array((size_t)c->dp_batch, ntg * sizeof(float), "pipeline samples");
   c->dp_tg = ce_malloc_array((size_t)c->dp_batch, sizeof *c->dp_tg, "pipeline samples");
-  c->dp_in = ce_malloc_array((size_t)c->dp_batch, sizeof *c->dp_in, "pipeline samples");
-  if (!c->dp_q || !c->dp_buf || !c->dp_tg || !c->dp_in) return -1;
-  for (int i = 0; i < c->dp_batch; i++) {
-    c->dp_in[i] = c->dp_buf + (size_t)i * (nin + ntg);
-    c->dp_tg[i] = c->dp_in[i] + nin;
-  }
+  c->dp_hash = ce_malloc_array((size_t)c->dp_batch, sizeof *c->dp_hash, "pipeline checksums");
+  if (!c->dp_q || !c->dp_tgbuf || !c->dp_tg || !c->dp_hash) return -1;
+  for (int i = 0; i < c->dp_batch; i++) c->dp_tg[i] = c->dp_tgbuf + (size_t)i * ntg;
   return 0;
 }
 
@@ -504,6 +552,7 @@ int producer_open(const job *j, const char *out_dir, generate_producer *p) {
     return rc;
   }
   p->sample = produce;
+  if (c->dpi && !j->store_inputs) p->sample_images = produce_images;
   p->ctx = c;
   p->nu0 = c->line.nu0;
   p->name = j->coemunet_compat ? "coemunet-compat gridding + LTE solver"

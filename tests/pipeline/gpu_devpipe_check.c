@@ -13,9 +13,15 @@
  * path's images are held to the same rule (so a wrong rule cannot pass the
  * device alone). Then the sample + solve benchmark: batches of directions
  * of model 0 through the pipeline, images only and with the inputs.
+ * Images only (the pipeline's path for datasets that do not store inputs):
+ * the same directions again without input buffers, the pipeline hashing
+ * each cube where it was made; every row's XXH64 must equal the CPU row's
+ * (ce_xxh64, what /checksums records) and the images the rules.
  * One line per figure:
  *   gpu_devpipe_check constant model 0: inputs identical 16 of 16, images within the rules ...
+ *   gpu_devpipe_check constant model 0 images_only: input row XXH64s equal ... 16 of 16 ...
  *   gpu_devpipe_bench sample+solve 64^3x7 k=2 images_only batch=256 samples_per_s ...
+ *     bytes_back_per_sample ...
  *   gpu_devpipe_bench sample+solve 64^3x7 k=2 with_inputs batch=64 samples_per_s ... GB_per_s ...
  * --cpu puts the CPU implementation of the same table in the device's place
  * (a host without a GPU runs the whole check that way). Exit status 0 only
@@ -26,6 +32,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/checksum.h"
 #include "common/clock.h"
 #include "common/error.h"
 #include "devpipe_fixture.h"
@@ -67,13 +74,13 @@ static int fail(const char *what) {
 
 /* median seconds of reps runs of nb directions */
 static int bench(devpipe *p, int nb, int reps, const double (*q)[4], float *const *tg,
-                 float *const *in, double *med) {
+                 float *const *in, uint64_t *hash, double *med) {
   double t[64];
   int done;
-  if (devpipe_run(p, nb, q, tg, in, &done) < 0) return -1; /* warm-up */
+  if (devpipe_run(p, nb, q, tg, in, hash, &done) < 0) return -1; /* warm-up */
   for (int r = 0; r < reps; r++) {
     double t0 = ce_now_s();
-    if (devpipe_run(p, nb, q, tg, in, &done) < 0) return -1;
+    if (devpipe_run(p, nb, q, tg, in, hash, &done) < 0) return -1;
     t[r] = ce_now_s() - t0;
   }
   qsort(t, (size_t)reps, sizeof *t, ce_cmp_double);
@@ -117,10 +124,15 @@ int main(int argc, char **argv) {
   float **din = calloc((size_t)maxd, sizeof *din), **dtg = calloc((size_t)maxd, sizeof *dtg);
   double *ref = malloc(sizeof(double) * ntg), *noise = malloc(sizeof(double) * ntg);
   double *wv = malloc(sizeof(double) * nv * 3);
-  if (!q || !cin || !ctg || !din || !dtg || !ref || !noise || !wv) return fail("memory");
+  float **htg = calloc((size_t)ndir, sizeof *htg); /* images-only runs' targets */
+  uint64_t *hash = calloc((size_t)maxd, sizeof *hash);
+  if (!q || !cin || !ctg || !din || !dtg || !ref || !noise || !wv || !htg || !hash)
+    return fail("memory");
   for (int d = 0; d < maxd; d++) {
     din[d] = malloc(nin * sizeof(float)), dtg[d] = malloc(ntg * sizeof(float));
-    if (d < ndir) cin[d] = malloc(nin * sizeof(float)), ctg[d] = malloc(ntg * sizeof(float));
+    if (d < ndir)
+      cin[d] = malloc(nin * sizeof(float)), ctg[d] = malloc(ntg * sizeof(float)),
+      htg[d] = malloc(ntg * sizeof(float));
   }
   int rc = 0;
   for (int recon = 0; recon < 3; recon++) {
@@ -147,23 +159,38 @@ int main(int argc, char **argv) {
       if (mi == 0 && recon == 0) printf("gpu_devpipe_check %s: %s\n", impl->name, desc);
       int done;
       t0 = ce_now_s();
-      if (devpipe_run(p, ndir, (const double (*)[4])q, dtg, din, &done) < 0) return fail(what);
+      if (devpipe_run(p, ndir, (const double (*)[4])q, dtg, din, NULL, &done) < 0)
+        return fail(what);
       double t_dev = ce_now_s() - t0;
-      int same_in = 0;
-      long same_px = 0;
+      /* images only: the cubes stay where they were made, their XXH64s
+       * come back and must be the CPU rows' (what /checksums records) */
+      for (int d = 0; d < ndir; d++) hash[d] = 0;
+      if (devpipe_run(p, ndir, (const double (*)[4])q, htg, NULL, hash, &done) < 0)
+        return fail(what);
+      int same_in = 0, same_hash = 0;
+      long same_px = 0, same_img = 0;
       for (int d = 0; d < ndir; d++) {
         same_in += !memcmp(din[d], cin[d], nin * sizeof(float));
+        same_hash += hash[d] == ce_xxh64(cin[d], nin * sizeof(float), 0);
         for (size_t i = 0; i < ntg; i++) same_px += dtg[d][i] == ctg[d][i];
+        for (size_t i = 0; i < ntg; i++) same_img += htg[d][i] == dtg[d][i];
       }
-      tally td = {0}, tc = {0};
+      tally td = {0}, tc = {0}, th = {0};
       for (int d = 0; d < nref; d++) {
         for (size_t i = 0; i < 3 * nv; i++) wv[i] = cin[d][i];
         ref_lte_image(&S.mol, 2, 28.0, S.freqs, nf, n, n, n, wv, wv + nv, wv + 2 * nv, S.opt.dx,
                       S.opt.vturb, S.opt.background, S.opt.corrected_taylor, ref, noise);
         rule(dtg[d], ref, noise, n, nf, &td);
         rule(ctg[d], ref, noise, n, nf, &tc);
+        rule(htg[d], ref, noise, n, nf, &th);
       }
-      int ok = same_in == ndir && td.bad == 0 && tc.bad == 0 && td.counted > td.total / 2;
+      int ok = same_in == ndir && td.bad == 0 && tc.bad == 0 && td.counted > td.total / 2 &&
+               same_hash == ndir && th.bad == 0;
+      printf("gpu_devpipe_check %s images_only: input row XXH64s equal to the cpu rows' %d of %d; "
+             "images within the rules (worst %.3g, %ld bad), %ld of %ld values bit-identical to "
+             "the run with inputs: %s\n",
+             what, same_hash, ndir, th.worst, th.bad, same_img, (long)(ntg * ndir),
+             same_hash == ndir && th.bad == 0 ? "ok" : "FAIL");
       printf("gpu_devpipe_check %s: inputs identical %d of %d; images within the rules on %d "
              "directions: pipeline worst %.3g (%ld bad), cpu worst %.3g (%ld bad), %ld of %ld pixels "
              "counted, %ld ill-conditioned; %ld of %ld stored target values bit-identical to "
@@ -174,22 +201,28 @@ int main(int argc, char **argv) {
       if (mi == 0 && recon == 0) { /* the benchmark: model 0, constant */
         for (int d = 0; d < nbench; d++) dpf_direction(0, d, q[d]);
         double med;
-        if (bench(p, nbench, reps, (const double (*)[4])q, dtg, NULL, &med) < 0)
+        /* bytes back per sample: the images (float64) and the row's XXH64,
+         * or the images and the input cubes (float32) */
+        const double b_img = ntg * 8.0 + 8, b_in = ntg * 8.0 + nin * 4.0;
+        if (bench(p, nbench, reps, (const double (*)[4])q, dtg, NULL, hash, &med) < 0)
           return fail("bench");
         printf("gpu_devpipe_bench sample+solve %dx%dx%dx%d k=2 images_only batch=%d samples_per_s "
-               "%.0f (target 10000) images_GB_per_s %.2f\n",
-               n, n, n, nf, nbench, nbench / med, nbench * ntg * 8.0 / med / 1e9);
-        if (bench(p, nbench, reps, (const double (*)[4])q, dtg, din, &med) < 0)
+               "%.0f (target 10000) bytes_back_per_sample %.0f bus_GB_per_s %.2f\n",
+               n, n, n, nf, nbench, nbench / med, b_img, nbench * b_img / med / 1e9);
+        if (bench(p, nbench, reps, (const double (*)[4])q, dtg, din, NULL, &med) < 0)
           return fail("bench");
         printf("gpu_devpipe_bench sample+solve %dx%dx%dx%d k=2 with_inputs batch=%d samples_per_s "
-               "%.0f bus_GB_per_s %.2f (inputs float32 + images float64)\n",
-               n, n, n, nf, nbench, nbench / med, nbench * (nin * 4.0 + ntg * 8.0) / med / 1e9);
+               "%.0f bytes_back_per_sample %.0f bus_GB_per_s %.2f (inputs float32 + images "
+               "float64)\n",
+               n, n, n, nf, nbench, nbench / med, b_in, nbench * b_in / med / 1e9);
       }
       devpipe_close(p);
       dpf_close(&S);
     }
   }
   for (int d = 0; d < maxd; d++) free(din[d]), free(dtg[d]), free(cin[d]), free(ctg[d]);
+  for (int d = 0; d < ndir; d++) free(htg[d]);
+  free(htg), free(hash);
   free(q), free(cin), free(ctg), free(din), free(dtg), free(ref), free(noise), free(wv);
   printf("gpu_devpipe_check: %s\n", rc ? "FAILED" : "ok");
   return rc;

@@ -6,6 +6,7 @@
  * fewer cubes per call than asked, as the device does at its chunk); the
  * device implementation where it cannot run gives a clear error. */
 #include "check.h"
+#include "common/checksum.h"
 
 #include "devpipe_fixture.h"
 
@@ -17,8 +18,8 @@ static double q[NDIR][4];
 static size_t nin, ntg;
 
 /* devpipe_cpu, at most 2 cubes a call (as the device does at its chunk) */
-static int chunky_run(devpipe *p, int nc, const double (*qq)[4], float *const *in) {
-  return devpipe_cpu.run(p, nc < 2 ? nc : 2, qq, in);
+static int chunky_run(devpipe *p, int nc, const double (*qq)[4], float *const *in, uint64_t *h) {
+  return devpipe_cpu.run(p, nc < 2 ? nc : 2, qq, in, h);
 }
 static int chunky_open(devpipe *p, int o, char *d, size_t nd) { return devpipe_cpu.open(p, o, d, nd); }
 static void chunky_close(devpipe *p) { devpipe_cpu.close(p); }
@@ -50,13 +51,24 @@ static void run_against_reference(const devpipe_impl *impl, int r, int batch, in
     tg[d] = calloc(ntg, sizeof(float));
   }
   int done = -1;
-  CHECK_OK(devpipe_run(p, NDIR, (const double (*)[4])q, tg, with_inputs ? in : NULL, &done));
+  uint64_t hash[NDIR] = {0};
+  CHECK_OK(devpipe_run(p, NDIR, (const double (*)[4])q, tg, with_inputs ? in : NULL, hash, &done));
   CHECK(done == NDIR);
-  int same_tg = 0, same_in = 0;
+  int same_tg = 0, same_in = 0, same_hash = 0;
   for (int d = 0; d < NDIR; d++) {
     same_tg += !memcmp(tg[d], ref_tg[r][d], ntg * sizeof(float));
     same_in += !memcmp(in[d], ref_in[r][d], nin * sizeof(float));
+    same_hash += hash[d] == ce_xxh64(ref_in[r][d], nin * sizeof(float), 0);
   }
+  /* images only: the rows' checksums (what /checksums records) instead,
+   * in the directions' order, the caller's input buffers untouched */
+  if (!with_inputs)
+    CHECK_MSG(same_hash == NDIR && same_in == 0,
+              "%s, batch %d, images only: %d of %d input checksums equal the per-sample rows' "
+              "XXH64, %d input buffers written",
+              impl->name, batch, same_hash, NDIR, same_in);
+  else
+    CHECK_MSG(same_hash == 0, "%s: checksums made though the inputs came back", impl->name);
   CHECK_MSG(same_tg == NDIR, "%s, %s, batch %d: %d of %d images equal the per-sample path's",
             impl->name, r ? "linear" : "constant", batch, same_tg, NDIR);
   if (with_inputs)
@@ -76,6 +88,7 @@ static void test_cpu_equals_producer(void) {
 
 static void test_fewer_per_call(void) {
   run_against_reference(&chunky, 0, 5, 1); /* 2 + 2 + 1, 2 */
+  run_against_reference(&chunky, 1, 5, 0); /* images only */
 }
 
 /* The references differ between directions, so a driver that mixed up the

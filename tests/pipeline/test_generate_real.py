@@ -37,7 +37,8 @@ def run(args, **kw):
 
 def arrays(d):
     with h5py.File(os.path.join(d, "dataset.h5"), "r") as f:
-        return {k: f[k][()] for k in ("inputs", "targets", "direction", "model_id", "split", "valid")}
+        return {k: f[k][()] for k in ("inputs", "targets", "direction", "model_id", "split", "valid",
+                                      "checksums") if k in f}
 
 
 with tempfile.TemporaryDirectory() as tmp:
@@ -61,6 +62,27 @@ with tempfile.TemporaryDirectory() as tmp:
         c = arrays(d)
         for k in c:
             check(np.array_equal(c[k], outs[1][k]), f"batched producer: /{k} identical")
+    # images-only (output.store_inputs false): the batched producer hands
+    # generate each input row's XXH64, made inside the pipeline (on a device
+    # the cubes never come back), not the row; the dataset (targets,
+    # /checksums with its inputs column, the rest) equals the per-sample
+    # path's, and the stored-inputs dataset's but for /inputs
+    ijob = os.path.join(tmp, "img.yaml")
+    open(ijob, "w").write(JOB.replace("samples_per_shard: 4}", "samples_per_shard: 4, store_inputs: false}"))
+    img = {}
+    for name, env in (("per-sample", []), ("batched", ["-x", "COEMU_PRODUCER_BATCHED=1"])):
+        d = os.path.join(tmp, f"img-{name}")
+        r = run(MPI + ["-n", "2"] + env + [COEMU, "generate", ijob, "--out", d, "--quiet"])
+        check(r.returncode == 0, f"images-only generate, {name}: {r.stderr[-2000:]}")
+        img[name] = arrays(d) if r.returncode == 0 else None
+        if r.returncode == 0:
+            check(run([COEMU, "verify", d]).returncode == 0, f"images-only, {name}: verify")
+    if img["per-sample"] and img["batched"] and outs[1]:
+        p, c = img["per-sample"], img["batched"]
+        check("inputs" not in c and set(c) == set(p), f"images-only: no /inputs: {sorted(c)}")
+        for k in p:
+            check(np.array_equal(c[k], p[k]), f"images-only, batched vs per-sample: /{k} identical")
+            check(np.array_equal(c[k], outs[1][k]), f"images-only batched vs stored inputs: /{k} identical")
     a, b = outs[1], outs[2]
     if a and b:
         for k in a:

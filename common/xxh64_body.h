@@ -1,0 +1,117 @@
+/* xxh64_body.h - XXH64 (xxHash's 64-bit hash, seed s) as host-and-device
+ * functions: plain C99 on the host (common/checksum.c's ce_xxh64 and its
+ * streaming form are built on these), __host__ __device__ under nvcc (the
+ * device pipeline's per-row hash of the input cubes, /checksums' value,
+ * pipeline/generate/devpipe_cuda.cu). Written from the XXH64 specification
+ * (Yann Collet, "xxHash fast digest algorithm", XXH64).
+ *
+ * XXH64 over len bytes: four 64-bit lanes, lane l consuming the l-th 8-byte
+ * word of every 32-byte stripe in order (xxh64_lane), then one digest of
+ * the four lanes, the len % 32 trailing bytes and len (xxh64_finish). Each
+ * lane is one sequential chain (a round mixes add, rotate and multiply: no
+ * associative form to split it), so a row is hashed by at most four
+ * cooperating threads, one per lane, each running its chain over every
+ * stripe, then combined: the same value as one thread running all four
+ * (the host's ce_xxh64_update, whose four chains are independent and
+ * overlap in the pipeline, or in one vector register where the compiler
+ * finds 64-bit vector multiplies). docs/sampling.md, "What crosses the bus".
+ *
+ * Words are little-endian (x86-64, aarch64 hosts; NVIDIA devices). On the
+ * host a word is read with memcpy (any alignment); on the device with two
+ * 4-byte loads, so device rows must be 4-byte aligned (float rows are).
+ */
+#ifndef COEMU_XXH64_BODY_H
+#define COEMU_XXH64_BODY_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#ifdef __CUDACC__
+#define XXH64_HD static inline __host__ __device__
+#else
+#define XXH64_HD static inline
+#endif
+
+#define XXH64_P1 0x9E3779B185EBCA87ULL
+#define XXH64_P2 0xC2B2AE3D27D4EB4FULL
+#define XXH64_P3 0x165667B19E3779F9ULL
+#define XXH64_P4 0x85EBCA77C2B2AE63ULL
+#define XXH64_P5 0x27D4EB2F165667C5ULL
+
+XXH64_HD uint64_t xxh64_rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+
+XXH64_HD uint32_t xxh64_rd32(const unsigned char *p) {
+#ifdef __CUDA_ARCH__
+  return *(const uint32_t *)p; /* 4-byte aligned on the device (the header's note) */
+#else
+  uint32_t v;
+  memcpy(&v, p, 4);
+  return v;
+#endif
+}
+
+/* on the device two 4-byte halves, low first (rows are only 4-byte
+ * aligned); on the host one 8-byte load, which GCC's vectorizer turns into
+ * vector loads (it does not see through the halves) */
+XXH64_HD uint64_t xxh64_rd64(const unsigned char *p) {
+#ifdef __CUDA_ARCH__
+  return (uint64_t)xxh64_rd32(p) | (uint64_t)xxh64_rd32(p + 4) << 32;
+#else
+  uint64_t v;
+  memcpy(&v, p, 8);
+  return v;
+#endif
+}
+
+XXH64_HD uint64_t xxh64_round(uint64_t acc, uint64_t in) {
+  acc += in * XXH64_P2;
+  acc = xxh64_rotl(acc, 31);
+  return acc * XXH64_P1;
+}
+
+/* lane l's accumulator before the first stripe */
+XXH64_HD uint64_t xxh64_lane_init(uint64_t seed, int lane) {
+  return lane == 0   ? seed + XXH64_P1 + XXH64_P2
+         : lane == 1 ? seed + XXH64_P2
+         : lane == 2 ? seed
+                     : seed - XXH64_P1;
+}
+
+/* lane l's accumulator acc after nstripes 32-byte stripes from p */
+XXH64_HD uint64_t xxh64_lane_run(uint64_t acc, const unsigned char *p, size_t nstripes, int lane) {
+  p += 8 * lane;
+  for (size_t s = 0; s < nstripes; s++, p += 32) acc = xxh64_round(acc, xxh64_rd64(p));
+  return acc;
+}
+
+/* The digest of len bytes: acc, the four lanes after the len / 32 whole
+ * stripes (read only when len >= 32), tail the len % 32 bytes after them. */
+XXH64_HD uint64_t xxh64_finish(const uint64_t acc[4], const unsigned char *tail, uint64_t len,
+                               uint64_t seed) {
+  uint64_t h;
+  if (len >= 32) {
+    h = xxh64_rotl(acc[0], 1) + xxh64_rotl(acc[1], 7) + xxh64_rotl(acc[2], 12) +
+        xxh64_rotl(acc[3], 18);
+    for (int l = 0; l < 4; l++) h = (h ^ xxh64_round(0, acc[l])) * XXH64_P1 + XXH64_P4;
+  } else {
+    h = seed + XXH64_P5;
+  }
+  h += len;
+  size_t n = (size_t)(len & 31);
+  for (; n >= 8; n -= 8, tail += 8)
+    h = xxh64_rotl(h ^ xxh64_round(0, xxh64_rd64(tail)), 27) * XXH64_P1 + XXH64_P4;
+  if (n >= 4) {
+    h = xxh64_rotl(h ^ (uint64_t)xxh64_rd32(tail) * XXH64_P1, 23) * XXH64_P2 + XXH64_P3;
+    n -= 4, tail += 4;
+  }
+  for (; n > 0; n--, tail++) h = xxh64_rotl(h ^ (uint64_t)*tail * XXH64_P5, 11) * XXH64_P1;
+  h ^= h >> 33;
+  h *= XXH64_P2;
+  h ^= h >> 29;
+  h *= XXH64_P3;
+  h ^= h >> 32;
+  return h;
+}
+
+#endif
