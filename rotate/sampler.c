@@ -10,6 +10,21 @@
 #define SAMPLER_AVX512 1 /* the hot loops in AVX-512; the portable ones give the same bits */
 #endif
 
+/* Portable builds (-Dnative=false) on x86-64: the baseline ISA has no FMA,
+ * so each fmaf of the linear reconstruction's portable loops (lerp3, the
+ * places, the exp polynomial) would be a libm call (~18x slower). Those
+ * loops are compiled twice, for the FMA extension (fmaf one instruction,
+ * floorf and nearbyintf SSE4.1 roundings) and for the baseline (libm's
+ * fmaf), and chosen per call by the CPU: the same bits either way, since
+ * fmaf is the exactly rounded a b + c in both and ISO C forbids any other
+ * contraction (tests/rotate/test_sample.c's test_bodies compares them). */
+#if !SAMPLER_AVX512 && !defined(__FMA__) && defined(__x86_64__) && defined(__GNUC__)
+#define SAMPLER_FMA_DISPATCH 1
+#define SAMPLER_FMA_CLONE __attribute__((target("fma")))
+#else
+#define SAMPLER_FMA_DISPATCH 0
+#endif
+
 #include "common/error.h"
 #include "rotate/directions.h"
 #include "rotate/sampler_body_linear.h"
@@ -356,9 +371,10 @@ static const float *lin_leaf(const ce_model *m, lin_proj *P, int64_t leaf) {
  * i = floor(s) clamped to the block, f = s - i clamped to [0, 1] (16
  * points at a time with AVX-512, the same operations, so the same bits).
  * Returns the number of points outside the domain. */
-static int walk_line_linear(const ce_model *m, lin_proj *P, const double A[3], const double B[3],
-                            const double *uz, int nk, double inv_du, unsigned char *out,
-                            int64_t *cidx, float *pts, leaf_trail *tr) {
+static inline __attribute__((always_inline)) int
+walk_line_linear_body(const ce_model *m, lin_proj *P, const double A[3], const double B[3],
+                      const double *uz, int nk, double inv_du, unsigned char *out, int64_t *cidx,
+                      float *pts, leaf_trail *tr) {
   const double inv_b[3] = {B[0] != 0 ? 1 / B[0] : 0, B[1] != 0 ? 1 / B[1] : 0,
                            B[2] != 0 ? 1 / B[2] : 0};
   const double nf[3] = {(double)m->nfine[0], (double)m->nfine[1], (double)m->nfine[2]};
@@ -465,6 +481,24 @@ static int walk_line_linear(const ce_model *m, lin_proj *P, const double A[3], c
   tr->ncur = tr->at = 0;
   return nout;
 }
+#if SAMPLER_FMA_DISPATCH
+SAMPLER_FMA_CLONE static int walk_line_linear_fma(const ce_model *m, lin_proj *P,
+                                                  const double A[3], const double B[3],
+                                                  const double *uz, int nk, double inv_du,
+                                                  unsigned char *out, int64_t *cidx, float *pts,
+                                                  leaf_trail *tr) {
+  return walk_line_linear_body(m, P, A, B, uz, nk, inv_du, out, cidx, pts, tr);
+}
+#endif
+static int walk_line_linear(const ce_model *m, lin_proj *P, const double A[3], const double B[3],
+                            const double *uz, int nk, double inv_du, unsigned char *out,
+                            int64_t *cidx, float *pts, leaf_trail *tr) {
+#if SAMPLER_FMA_DISPATCH
+  if (__builtin_cpu_supports("fma"))
+    return walk_line_linear_fma(m, P, A, B, uz, nk, inv_du, out, cidx, pts, tr);
+#endif
+  return walk_line_linear_body(m, P, A, B, uz, nk, inv_du, out, cidx, pts, tr);
+}
 
 /* The voxels of one column under the linear reconstruction, from the
  * interpolated records of its k^2 sub-lines (pts: line L's point j at
@@ -476,9 +510,10 @@ static int walk_line_linear(const ce_model *m, lin_proj *P, const double A[3], c
  * plain where the points hold no n. With AVX-512: 16 points per exp, and
  * for k = 2 eight voxels at a time, the same operations in the same order
  * (the same bits as the portable loops). */
-static void linear_column(const float *pts, const unsigned char *out, int nout, int n, int k,
-                          const model_real bg[MODEL_NF], double inv, float *pn, float *pT,
-                          float *pv, float *v_los, float *T, float *n_co) {
+static inline __attribute__((always_inline)) void
+linear_column_body(const float *pts, const unsigned char *out, int nout, int n, int k,
+                   const model_real bg[MODEL_NF], double inv, float *pn, float *pT, float *pv,
+                   float *v_los, float *T, float *n_co) {
   const int nk = n * k, kk = k * k, np = nk * kk;
 #if SAMPLER_AVX512
   const __m512i sel_a = _mm512_set_epi32(29, 25, 21, 17, 13, 9, 5, 1, 28, 24, 20, 16, 12, 8, 4, 0),
@@ -536,6 +571,26 @@ static void linear_column(const float *pts, const unsigned char *out, int nout, 
   }
 #endif
   for (; iz < n; iz++) sb_lin_voxel(pn, pT, pv, nk, k, iz, inv, v_los, T, n_co);
+}
+#if SAMPLER_FMA_DISPATCH
+SAMPLER_FMA_CLONE static void linear_column_fma(const float *pts, const unsigned char *out,
+                                                int nout, int n, int k,
+                                                const model_real bg[MODEL_NF], double inv,
+                                                float *pn, float *pT, float *pv, float *v_los,
+                                                float *T, float *n_co) {
+  linear_column_body(pts, out, nout, n, k, bg, inv, pn, pT, pv, v_los, T, n_co);
+}
+#endif
+static void linear_column(const float *pts, const unsigned char *out, int nout, int n, int k,
+                          const model_real bg[MODEL_NF], double inv, float *pn, float *pT,
+                          float *pv, float *v_los, float *T, float *n_co) {
+#if SAMPLER_FMA_DISPATCH
+  if (__builtin_cpu_supports("fma")) {
+    linear_column_fma(pts, out, nout, n, k, bg, inv, pn, pT, pv, v_los, T, n_co);
+    return;
+  }
+#endif
+  linear_column_body(pts, out, nout, n, k, bg, inv, pn, pT, pv, v_los, T, n_co);
 }
 
 /* The fields of a sub-sample in cell c (-1: the background record bg). */
