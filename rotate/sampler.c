@@ -361,18 +361,9 @@ static const float *lin_leaf(const ce_model *m, lin_proj *P, int64_t leaf) {
  * records. No per-cell set-up and no branch on a cell change: every point
  * reads its cell's corners itself. The AVX-512 build does the same
  * operations in the same order (the z lerps of the 4 corner pairs on one
- * 16-lane vector, the x lerps on 8 lanes, the y lerp on 4): the same bits. */
-/* One sub-line for the linear reconstruction: the interpolated (ln n,
- * ln T, v_los, 0) of every point into pts[j * LIN_NF ..] (lerp3 on the
- * projected corners, lin_leaf), out[j] = 1 for a point
- * outside the domain (0 else), cidx[j] its leaf cell (for the extra fields;
- * cidx NULL: none wanted; -1 outside the domain). The runs of points in one
- * leaf are found as in walk_line; in a run, each point's place in its cell
- * is stepped in float from the run's first point j0: s = s0 + g (j - j0)
- * (one fused multiply-add; s0 = (t(j0) - lo) / span in double, rounded),
- * i = floor(s) clamped to the block, f = s - i clamped to [0, 1] (16
- * points at a time with AVX-512, the same operations, so the same bits).
- * Returns the number of points outside the domain. */
+ * 16-lane vector, the x lerps of 2 points on one, the y lerps of 4 on
+ * one): the same bits. */
+
 /* A run of the line's points in one leaf, from point j (both paths of
  * walk_line_linear_body): 0 where t(j) lies outside the domain (only on
  * round-off at a face); else 1, with je (the end of the run), the leaf's
@@ -394,6 +385,18 @@ lin_run(const ce_model *m, lin_proj *P, const double A[3], const double B[3],
   return 1;
 }
 
+/* One sub-line for the linear reconstruction: the interpolated (ln n,
+ * ln T, v_los, 0) of every point into pts[j * LIN_NF ..] (lerp3 on the
+ * projected corners, lin_leaf), out[j] = 1 for a point
+ * outside the domain (0 else), cidx[j] its leaf cell (for the extra fields;
+ * cidx NULL: none wanted; -1 outside the domain). The runs of points in one
+ * leaf are found as in walk_line; in a run, each point's place in its cell
+ * is stepped in float from the run's first point j0: s = s0 + g (j - j0)
+ * (one fused multiply-add; s0 = (t(j0) - lo) / span in double, rounded),
+ * i = floor(s) clamped to the block, f = s - i clamped to [0, 1] (with
+ * AVX-512 16 points at a time across run ends, the same operations, so
+ * the same bits).
+ * Returns the number of points outside the domain. */
 static inline __attribute__((always_inline)) int
 walk_line_linear_body(const ce_model *m, lin_proj *P, const double A[3], const double B[3],
                       const double *uz, int nk, double inv_du, unsigned char *out, int64_t *cidx,
