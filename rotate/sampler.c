@@ -10,6 +10,21 @@
 #define SAMPLER_AVX512 1 /* the hot loops in AVX-512; the portable ones give the same bits */
 #endif
 
+/* Portable builds (-Dnative=false) on x86-64: the baseline ISA has no FMA,
+ * so each fmaf of the linear reconstruction's portable loops (lerp3, the
+ * places, the exp polynomial) would be a libm call (~18x slower). Those
+ * loops are compiled twice, for the FMA extension (fmaf one instruction,
+ * floorf and nearbyintf SSE4.1 roundings) and for the baseline (libm's
+ * fmaf), and chosen per call by the CPU: the same bits either way, since
+ * fmaf is the exactly rounded a b + c in both and ISO C forbids any other
+ * contraction (tests/rotate/test_sample.c's test_bodies compares them). */
+#if !SAMPLER_AVX512 && !defined(__FMA__) && defined(__x86_64__) && defined(__GNUC__)
+#define SAMPLER_FMA_DISPATCH 1
+#define SAMPLER_FMA_CLONE __attribute__((target("fma")))
+#else
+#define SAMPLER_FMA_DISPATCH 0
+#endif
+
 #include "common/error.h"
 #include "rotate/directions.h"
 #include "rotate/sampler_body_linear.h"
@@ -324,8 +339,10 @@ typedef struct {
   float *rec;          /* nleaves * nnodal * LIN_NF */
   unsigned char *done; /* per leaf */
   double l[3];
+  unsigned char *run; /* AVX-512: a sub-line's points' runs (n k + 16) */
 } lin_proj;
 #define LIN_NF SB_LIN_NF /* ln n, ln T, v_los, 0 */
+#define LIN_RUNS 32      /* runs per segment: a permutation of two vectors */
 
 static const float *lin_leaf(const ce_model *m, lin_proj *P, int64_t leaf) {
   float *o = P->rec + leaf * m->nnodal * LIN_NF;
@@ -344,7 +361,30 @@ static const float *lin_leaf(const ce_model *m, lin_proj *P, int64_t leaf) {
  * records. No per-cell set-up and no branch on a cell change: every point
  * reads its cell's corners itself. The AVX-512 build does the same
  * operations in the same order (the z lerps of the 4 corner pairs on one
- * 16-lane vector, the x lerps on 8 lanes, the y lerp on 4): the same bits. */
+ * 16-lane vector, the x lerps of 2 points on one, the y lerps of 4 on
+ * one): the same bits. */
+
+/* A run of the line's points in one leaf, from point j (both paths of
+ * walk_line_linear_body): 0 where t(j) lies outside the domain (only on
+ * round-off at a face); else 1, with je (the end of the run), the leaf's
+ * projected corners, its first cell's number, and the run's first place s0
+ * and step gs in cells (sb_lin_run_start). */
+static inline __attribute__((always_inline)) int
+lin_run(const ce_model *m, lin_proj *P, const double A[3], const double B[3],
+        const double inv_b[3], const double nf[3], const double *uz, int nk, int j,
+        double inv_du, leaf_trail *tr, int *je, const float **nbase, int64_t *base, float s0[3],
+        float gs[3]) {
+  const double t0 = A[0] + B[0] * uz[j], t1 = A[1] + B[1] * uz[j], t2 = A[2] + B[2] * uz[j];
+  if (!(t0 >= 0 && t0 < nf[0] && t1 >= 0 && t1 < nf[1] && t2 >= 0 && t2 < nf[2])) return 0;
+  const double t[3] = {t0, t1, t2};
+  const model_cache *c = trail_leaf(m, A, B, inv_b, t, uz, nk, j, inv_du, tr, je);
+  const double lo[3] = {(double)c->lo[0], (double)c->lo[1], (double)c->lo[2]};
+  *nbase = lin_leaf(m, P, c->base / m->ncell);
+  *base = c->base;
+  sb_lin_run_start(t, lo, 1.0 / (double)((int64_t)1 << c->shift), B, inv_du, s0, gs);
+  return 1;
+}
+
 /* One sub-line for the linear reconstruction: the interpolated (ln n,
  * ln T, v_los, 0) of every point into pts[j * LIN_NF ..] (lerp3 on the
  * projected corners, lin_leaf), out[j] = 1 for a point
@@ -353,12 +393,14 @@ static const float *lin_leaf(const ce_model *m, lin_proj *P, int64_t leaf) {
  * leaf are found as in walk_line; in a run, each point's place in its cell
  * is stepped in float from the run's first point j0: s = s0 + g (j - j0)
  * (one fused multiply-add; s0 = (t(j0) - lo) / span in double, rounded),
- * i = floor(s) clamped to the block, f = s - i clamped to [0, 1] (16
- * points at a time with AVX-512, the same operations, so the same bits).
+ * i = floor(s) clamped to the block, f = s - i clamped to [0, 1] (with
+ * AVX-512 16 points at a time across run ends, the same operations, so
+ * the same bits).
  * Returns the number of points outside the domain. */
-static int walk_line_linear(const ce_model *m, lin_proj *P, const double A[3], const double B[3],
-                            const double *uz, int nk, double inv_du, unsigned char *out,
-                            int64_t *cidx, float *pts, leaf_trail *tr) {
+static inline __attribute__((always_inline)) int
+walk_line_linear_body(const ce_model *m, lin_proj *P, const double A[3], const double B[3],
+                      const double *uz, int nk, double inv_du, unsigned char *out, int64_t *cidx,
+                      float *pts, leaf_trail *tr) {
   const double inv_b[3] = {B[0] != 0 ? 1 / B[0] : 0, B[1] != 0 ? 1 / B[1] : 0,
                            B[2] != 0 ? 1 / B[2] : 0};
   const double nf[3] = {(double)m->nfine[0], (double)m->nfine[1], (double)m->nfine[2]};
@@ -367,9 +409,134 @@ static int walk_line_linear(const ce_model *m, lin_proj *P, const double A[3], c
   const int64_t sy = n0 * LIN_NF, sz = n1 * n0 * LIN_NF;
   const double bmax[3] = {(double)(b0 - 1), (double)(b1 - 1), (double)(b2 - 1)};
   int j = 0, nout = 0;
+#if SAMPLER_AVX512
+  /* The runs of up to LIN_RUNS at a time first (their first places, steps,
+   * first points and leaves in tables; each point's run in P->run), then
+   * their points 16 at a time across run ends, each lane taking its run's
+   * entries by a permutation: the same operations per point as one run at
+   * a time, so the same bits, with no loop that ends at a run's end (a
+   * run is ~20 points: those loop exits were mispredicted). */
+  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1),
+               top0 = _mm512_set1_ps((float)bmax[0]), top1 = _mm512_set1_ps((float)bmax[1]),
+               top2 = _mm512_set1_ps((float)bmax[2]), fb0 = _mm512_set1_ps((float)b0),
+               fb1 = _mm512_set1_ps((float)b1), fn0 = _mm512_set1_ps((float)n0),
+               fn1 = _mm512_set1_ps((float)n1);
+  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  /* lane selections of the grouped x and y lerps: the low 4-lane groups
+   * of each 8 (w_0y, x_0) of two vectors, the high ones (w_1y, x_1), and
+   * the points' lanes of fx (two points, 8 lanes each) and fy (four, 4) */
+  const __m512i sel_lo = _mm512_set_epi32(27, 26, 25, 24, 19, 18, 17, 16, 11, 10, 9, 8, 3, 2, 1, 0),
+                sel_hi = _mm512_set_epi32(31, 30, 29, 28, 23, 22, 21, 20, 15, 14, 13, 12, 7, 6, 5, 4),
+                pair0 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+                pair1 = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2),
+                quad = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+  unsigned char *run = P->run;
   while (j < nk) {
-    double t0 = A[0] + B[0] * uz[j], t1 = A[1] + B[1] * uz[j], t2 = A[2] + B[2] * uz[j];
-    if (!(t0 >= 0 && t0 < nf[0] && t1 >= 0 && t1 < nf[1] && t2 >= 0 && t2 < nf[2])) {
+    float rs[6][LIN_RUNS]; /* s0 x, y, z, gs x, y, z */
+    int32_t rj0[LIN_RUNS];
+    const float *rnb[LIN_RUNS];
+    int64_t rbase[LIN_RUNS];
+    const int js = j;
+    int nr = 0, segout = 0;
+    for (; j < nk && nr < LIN_RUNS; nr++) {
+      float s0[3], gs[3];
+      int je = j + 1;
+      if (!lin_run(m, P, A, B, inv_b, nf, uz, nk, j, inv_du, tr, &je, &rnb[nr], &rbase[nr], s0,
+                   gs)) { /* the point reads some leaf's corners; its record is zeroed below */
+        out[j] = 1;
+        segout++;
+        rnb[nr] = P->rec, rbase[nr] = -1;
+        s0[0] = s0[1] = s0[2] = gs[0] = gs[1] = gs[2] = 0;
+      } else {
+        memset(out + j, 0, (size_t)(je - j));
+      }
+      for (int d = 0; d < 3; d++) rs[d][nr] = s0[d], rs[3 + d][nr] = gs[d];
+      rj0[nr] = j;
+      memset(run + j, nr, (size_t)(je - j));
+      j = je;
+    }
+    memset(run + j, nr - 1, 3); /* the lanes past the end of a last group of 4 */
+    __m512 tab[6][2];
+    for (int d = 0; d < 6; d++)
+      tab[d][0] = _mm512_loadu_ps(rs[d]), tab[d][1] = _mm512_loadu_ps(rs[d] + 16);
+    const __m512i tj0a = _mm512_loadu_si512(rj0), tj0b = _mm512_loadu_si512(rj0 + 16);
+    for (int jc = js; jc < j; jc += 16) {
+      const int nl = j - jc >= 16 ? 16 : j - jc;
+      /* each lane's run (P->run is padded: whole vectors) */
+      const __m512i r = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(run + jc)));
+      const __m512 jj = _mm512_cvtepi32_ps(_mm512_sub_epi32(
+          _mm512_add_epi32(_mm512_set1_epi32(jc), lane), _mm512_permutex2var_epi32(tj0a, r, tj0b)));
+#define LIN_TAB(d) _mm512_permutex2var_ps(tab[d][0], r, tab[d][1])
+      const __m512 sx = _mm512_fmadd_ps(LIN_TAB(3), jj, LIN_TAB(0)),
+                   sy_ = _mm512_fmadd_ps(LIN_TAB(4), jj, LIN_TAB(1)),
+                   sz_ = _mm512_fmadd_ps(LIN_TAB(5), jj, LIN_TAB(2));
+#undef LIN_TAB
+      const __m512 i0 = _mm512_min_ps(_mm512_max_ps(_mm512_roundscale_ps(sx, 0x09), zero), top0),
+                   i1 = _mm512_min_ps(_mm512_max_ps(_mm512_roundscale_ps(sy_, 0x09), zero), top1),
+                   i2 = _mm512_min_ps(_mm512_max_ps(_mm512_roundscale_ps(sz_, 0x09), zero), top2);
+      float fz[16];
+      int32_t nd[16];
+      const __m512 vfx = _mm512_min_ps(_mm512_max_ps(_mm512_sub_ps(sx, i0), zero), one),
+                   vfy = _mm512_min_ps(_mm512_max_ps(_mm512_sub_ps(sy_, i1), zero), one);
+      _mm512_storeu_ps(fz, _mm512_min_ps(_mm512_max_ps(_mm512_sub_ps(sz_, i2), zero), one));
+      /* node and cell numbers in float: integers below 2^24, so exact */
+      _mm512_storeu_si512(nd, _mm512_cvttps_epi32(
+                                  _mm512_fmadd_ps(_mm512_fmadd_ps(i2, fn1, i1), fn0, i0)));
+      if (cidx) {
+        int32_t cc[16];
+        _mm512_storeu_si512(cc, _mm512_cvttps_epi32(
+                                    _mm512_fmadd_ps(_mm512_fmadd_ps(i2, fb1, i1), fb0, i0)));
+        for (int q = 0; q < nl; q++) {
+          const int64_t b = rbase[run[jc + q]];
+          cidx[jc + q] = b < 0 ? -1 : b + cc[q];
+        }
+      }
+      /* lerp3 per point, four points at a time: each point's corner
+       * records 00, 10 (x) and 01, 11 (y) of the faces z = 0 and z = 1 as
+       * two 16-lane vectors, lerped in z (w00, w10, w01, w11 of 4 lanes);
+       * then two points' x lerps on one vector (lanes (w00, w01) of both
+       * against (w10, w11), fx of each on its 8 lanes), and four points'
+       * y lerps on one (x_0 of each against x_1): the same operations per
+       * lane as sb_lerp3. Lanes past the segment read clamped cells of
+       * some leaf and are not stored. */
+      for (int q = 0; q < nl; q += 4) {
+        __m512 w[4];
+        for (int i = 0; i < 4; i++) {
+          const float *cr = rnb[run[jc + q + i]] + (int64_t)nd[q + i] * LIN_NF;
+          const __m512 f0 = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(cr)),
+                                               _mm256_loadu_ps(cr + sy), 1),
+                       f1 = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(cr + sz)),
+                                               _mm256_loadu_ps(cr + sz + sy), 1);
+          w[i] = _mm512_fmadd_ps(_mm512_set1_ps(fz[q + i]), _mm512_sub_ps(f1, f0), f0);
+        }
+        const __m512i vq = _mm512_set1_epi32(q);
+        __m512 xv[2];
+        for (int h = 0; h < 2; h++) {
+          const __m512 u0 = _mm512_permutex2var_ps(w[2 * h], sel_lo, w[2 * h + 1]),
+                       u1 = _mm512_permutex2var_ps(w[2 * h], sel_hi, w[2 * h + 1]),
+                       fxp = _mm512_permutexvar_ps(_mm512_add_epi32(vq, h ? pair1 : pair0), vfx);
+          xv[h] = _mm512_fmadd_ps(fxp, _mm512_sub_ps(u1, u0), u0);
+        }
+        const __m512 x0 = _mm512_permutex2var_ps(xv[0], sel_lo, xv[1]),
+                     x1 = _mm512_permutex2var_ps(xv[0], sel_hi, xv[1]),
+                     fyq = _mm512_permutexvar_ps(_mm512_add_epi32(vq, quad), vfy);
+        const __m512 v = _mm512_fmadd_ps(fyq, _mm512_sub_ps(x1, x0), x0);
+        const __mmask16 m4 = nl - q >= 4 ? 0xffff : (__mmask16)((1u << 4 * (nl - q)) - 1);
+        _mm512_mask_storeu_ps(pts + (size_t)(jc + q) * LIN_NF, m4, v);
+      }
+    }
+    if (segout) /* outside the domain: zeros */
+      for (int p = js; p < j; p++)
+        if (out[p]) memset(pts + (size_t)p * LIN_NF, 0, sizeof(float) * LIN_NF);
+    nout += segout;
+  }
+#else
+  while (j < nk) {
+    float s0[3], gs[3];
+    const float *nbase;
+    int64_t base;
+    int je;
+    if (!lin_run(m, P, A, B, inv_b, nf, uz, nk, j, inv_du, tr, &je, &nbase, &base, s0, gs)) {
       out[j] = 1; /* outside the domain: only on round-off at a face */
       for (int q = 0; q < LIN_NF; q++) pts[(size_t)j * LIN_NF + q] = 0;
       if (cidx) cidx[j] = -1;
@@ -377,78 +544,11 @@ static int walk_line_linear(const ce_model *m, lin_proj *P, const double A[3], c
       j++;
       continue;
     }
-    const double t[3] = {t0, t1, t2};
-    int je; /* the points of this leaf: j .. je-1 */
-    const model_cache *c = trail_leaf(m, A, B, inv_b, t, uz, nk, j, inv_du, tr, &je);
-    const double inv_span = 1.0 / (double)((int64_t)1 << c->shift);
-    const double lo[3] = {(double)c->lo[0], (double)c->lo[1], (double)c->lo[2]};
-    const float *nbase = lin_leaf(m, P, c->base / m->ncell);
-    const int64_t base = c->base;
     memset(out + j, 0, (size_t)(je - j));
     /* the places in cells, in float from the run's first point j0: s =
      * s0 + g (j - j0) with s0 = (t(j0) - lo) / span (in double, then
      * rounded) and g = B du / span the step per point in cells */
-    const int j0 = j;
-    float s0[3], gs[3];
-    sb_lin_run_start(t, lo, inv_span, B, inv_du, s0, gs);
-#if SAMPLER_AVX512
-    const __m512 vs0 = _mm512_set1_ps(s0[0]), vs1 = _mm512_set1_ps(s0[1]),
-                 vs2 = _mm512_set1_ps(s0[2]), vg0 = _mm512_set1_ps(gs[0]),
-                 vg1 = _mm512_set1_ps(gs[1]), vg2 = _mm512_set1_ps(gs[2]),
-                 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1),
-                 top0 = _mm512_set1_ps((float)bmax[0]), top1 = _mm512_set1_ps((float)bmax[1]),
-                 top2 = _mm512_set1_ps((float)bmax[2]), fb0 = _mm512_set1_ps((float)b0),
-                 fb1 = _mm512_set1_ps((float)b1), fn0 = _mm512_set1_ps((float)n0),
-                 fn1 = _mm512_set1_ps((float)n1),
-                 lane = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-    const __m512i vbase = _mm512_set1_epi64(base);
-    for (; j < je; j += 16) {
-      const __m512 jj = _mm512_add_ps(_mm512_set1_ps((float)(j - j0)), lane);
-      const __m512 sx = _mm512_fmadd_ps(vg0, jj, vs0), sy_ = _mm512_fmadd_ps(vg1, jj, vs1),
-                   sz_ = _mm512_fmadd_ps(vg2, jj, vs2);
-      const __m512 i0 = _mm512_min_ps(_mm512_max_ps(_mm512_roundscale_ps(sx, 0x09), zero), top0),
-                   i1 = _mm512_min_ps(_mm512_max_ps(_mm512_roundscale_ps(sy_, 0x09), zero), top1),
-                   i2 = _mm512_min_ps(_mm512_max_ps(_mm512_roundscale_ps(sz_, 0x09), zero), top2);
-      float fx[16], fy[16], fz[16];
-      int32_t nd[16];
-      _mm512_storeu_ps(fx, _mm512_min_ps(_mm512_max_ps(_mm512_sub_ps(sx, i0), zero), one));
-      _mm512_storeu_ps(fy, _mm512_min_ps(_mm512_max_ps(_mm512_sub_ps(sy_, i1), zero), one));
-      _mm512_storeu_ps(fz, _mm512_min_ps(_mm512_max_ps(_mm512_sub_ps(sz_, i2), zero), one));
-      /* node and cell numbers in float: integers below 2^24, so exact */
-      _mm512_storeu_si512(nd, _mm512_cvttps_epi32(
-                                  _mm512_fmadd_ps(_mm512_fmadd_ps(i2, fn1, i1), fn0, i0)));
-      const int nl = je - j >= 16 ? 16 : je - j;
-      if (cidx) {
-        __m512i cc = _mm512_cvttps_epi32(_mm512_fmadd_ps(_mm512_fmadd_ps(i2, fb1, i1), fb0, i0));
-        __mmask16 mk = nl == 16 ? 0xffff : (__mmask16)((1u << nl) - 1);
-        _mm512_mask_storeu_epi64(cidx + j, (__mmask8)mk,
-                                 _mm512_add_epi64(vbase, _mm512_cvtepi32_epi64(
-                                                             _mm512_castsi512_si256(cc))));
-        _mm512_mask_storeu_epi64(cidx + j + 8, (__mmask8)(mk >> 8),
-                                 _mm512_add_epi64(vbase, _mm512_cvtepi32_epi64(
-                                                             _mm512_extracti64x4_epi64(cc, 1))));
-      }
-      /* lerp3 per point: corner records 00, 10 (x) and 01, 11 (y) of the
-       * faces z = 0 and z = 1 as two 16-lane vectors, lerped in z; the
-       * 4-lane groups (w00, w10, w01, w11) then lerped in x, then y */
-      for (int q = 0; q < nl; q++) {
-        const float *cr = nbase + (int64_t)nd[q] * LIN_NF;
-        const __m512 f0 = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(cr)),
-                                             _mm256_loadu_ps(cr + sy), 1),
-                     f1 = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(cr + sz)),
-                                             _mm256_loadu_ps(cr + sz + sy), 1);
-        const __m512 w = _mm512_fmadd_ps(_mm512_set1_ps(fz[q]), _mm512_sub_ps(f1, f0), f0);
-        const __m512 wp = _mm512_shuffle_f32x4(w, w, 0xd8); /* w00, w01, w10, w11 */
-        const __m256 w0 = _mm512_castps512_ps256(wp), w1 = _mm512_extractf32x8_ps(wp, 1);
-        const __m256 xv = _mm256_fmadd_ps(_mm256_set1_ps(fx[q]), _mm256_sub_ps(w1, w0), w0);
-        const __m128 x0 = _mm256_castps256_ps128(xv), x1 = _mm256_extractf128_ps(xv, 1);
-        _mm_storeu_ps(pts + (size_t)(j + q) * LIN_NF,
-                      _mm_fmadd_ps(_mm_set1_ps(fy[q]), _mm_sub_ps(x1, x0), x0));
-      }
-    }
-    j = je;
-#else
-    for (; j < je; j++) {
+    for (const int j0 = j; j < je; j++) {
       float id[3], fd[3];
       sb_lin_place(s0, gs, (float)(j - j0), bmax, id, fd);
       const int64_t i0 = (int64_t)id[0], i1 = (int64_t)id[1], i2 = (int64_t)id[2];
@@ -456,14 +556,32 @@ static int walk_line_linear(const ce_model *m, lin_proj *P, const double A[3], c
       sb_lerp3(nbase + ((i2 * n1 + i1) * n0 + i0) * LIN_NF, sy, sz, fd[0], fd[1], fd[2],
                pts + (size_t)j * LIN_NF);
     }
-#endif
   }
+#endif
   model_cache *tmp = tr->prev;
   tr->prev = tr->cur;
   tr->cur = tmp;
   tr->nprev = tr->ncur;
   tr->ncur = tr->at = 0;
   return nout;
+}
+#if SAMPLER_FMA_DISPATCH
+SAMPLER_FMA_CLONE static int walk_line_linear_fma(const ce_model *m, lin_proj *P,
+                                                  const double A[3], const double B[3],
+                                                  const double *uz, int nk, double inv_du,
+                                                  unsigned char *out, int64_t *cidx, float *pts,
+                                                  leaf_trail *tr) {
+  return walk_line_linear_body(m, P, A, B, uz, nk, inv_du, out, cidx, pts, tr);
+}
+#endif
+static int walk_line_linear(const ce_model *m, lin_proj *P, const double A[3], const double B[3],
+                            const double *uz, int nk, double inv_du, unsigned char *out,
+                            int64_t *cidx, float *pts, leaf_trail *tr) {
+#if SAMPLER_FMA_DISPATCH
+  if (__builtin_cpu_supports("fma"))
+    return walk_line_linear_fma(m, P, A, B, uz, nk, inv_du, out, cidx, pts, tr);
+#endif
+  return walk_line_linear_body(m, P, A, B, uz, nk, inv_du, out, cidx, pts, tr);
 }
 
 /* The voxels of one column under the linear reconstruction, from the
@@ -476,9 +594,10 @@ static int walk_line_linear(const ce_model *m, lin_proj *P, const double A[3], c
  * plain where the points hold no n. With AVX-512: 16 points per exp, and
  * for k = 2 eight voxels at a time, the same operations in the same order
  * (the same bits as the portable loops). */
-static void linear_column(const float *pts, const unsigned char *out, int nout, int n, int k,
-                          const model_real bg[MODEL_NF], double inv, float *pn, float *pT,
-                          float *pv, float *v_los, float *T, float *n_co) {
+static inline __attribute__((always_inline)) void
+linear_column_body(const float *pts, const unsigned char *out, int nout, int n, int k,
+                   const model_real bg[MODEL_NF], double inv, float *pn, float *pT, float *pv,
+                   float *v_los, float *T, float *n_co) {
   const int nk = n * k, kk = k * k, np = nk * kk;
 #if SAMPLER_AVX512
   const __m512i sel_a = _mm512_set_epi32(29, 25, 21, 17, 13, 9, 5, 1, 28, 24, 20, 16, 12, 8, 4, 0),
@@ -536,6 +655,26 @@ static void linear_column(const float *pts, const unsigned char *out, int nout, 
   }
 #endif
   for (; iz < n; iz++) sb_lin_voxel(pn, pT, pv, nk, k, iz, inv, v_los, T, n_co);
+}
+#if SAMPLER_FMA_DISPATCH
+SAMPLER_FMA_CLONE static void linear_column_fma(const float *pts, const unsigned char *out,
+                                                int nout, int n, int k,
+                                                const model_real bg[MODEL_NF], double inv,
+                                                float *pn, float *pT, float *pv, float *v_los,
+                                                float *T, float *n_co) {
+  linear_column_body(pts, out, nout, n, k, bg, inv, pn, pT, pv, v_los, T, n_co);
+}
+#endif
+static void linear_column(const float *pts, const unsigned char *out, int nout, int n, int k,
+                          const model_real bg[MODEL_NF], double inv, float *pn, float *pT,
+                          float *pv, float *v_los, float *T, float *n_co) {
+#if SAMPLER_FMA_DISPATCH
+  if (__builtin_cpu_supports("fma")) {
+    linear_column_fma(pts, out, nout, n, k, bg, inv, pn, pT, pv, v_los, T, n_co);
+    return;
+  }
+#endif
+  linear_column_body(pts, out, nout, n, k, bg, inv, pn, pT, pv, v_los, T, n_co);
 }
 
 /* The fields of a sub-sample in cell c (-1: the background record bg). */
@@ -672,11 +811,12 @@ static int sample(const ce_model *m, const double q[4], const sampler_opts *o, f
   unsigned char *lout = linear ? malloc((size_t)np) : NULL;
   lin_proj proj = {linear ? malloc(sizeof(float) * LIN_NF * (size_t)(m->nleaves * m->nnodal)) : NULL,
                    linear ? calloc((size_t)m->nleaves, 1) : NULL,
-                   {R[2], R[5], R[8]}};
+                   {R[2], R[5], R[8]},
+                   linear ? calloc((size_t)nk + 16, 1) : NULL};
   leaf_trail trail = {malloc(sizeof(model_cache) * (size_t)nk),
                       malloc(sizeof(model_cache) * (size_t)nk), 0, 0, 0};
   if (!uz || !idx || !sums || !trail.prev || !trail.cur || (pointwise && nextra && !nidx) ||
-      (limited && !fr) || (linear && (!lp || !pn || !lout || !proj.rec || !proj.done))) {
+      (limited && !fr) || (linear && (!lp || !pn || !lout || !proj.rec || !proj.done || !proj.run))) {
     free(nidx);
     free(fr);
     free(lp);
@@ -684,6 +824,7 @@ static int sample(const ce_model *m, const double q[4], const sampler_opts *o, f
     free(lout);
     free(proj.rec);
     free(proj.done);
+    free(proj.run);
     free(uz);
     free(sums);
     free(idx);
@@ -772,6 +913,7 @@ static int sample(const ce_model *m, const double q[4], const sampler_opts *o, f
   free(lout);
   free(proj.rec);
   free(proj.done);
+  free(proj.run);
   free(sums);
   free(trail.prev);
   free(trail.cur);

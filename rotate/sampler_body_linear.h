@@ -20,6 +20,8 @@
 #ifndef COEMU_SAMPLER_BODY_LINEAR_H
 #define COEMU_SAMPLER_BODY_LINEAR_H
 
+#include <string.h>
+
 #include "rotate/sampler_body.h"
 
 #ifdef __cplusplus
@@ -33,7 +35,9 @@ extern "C" {
  * error ~1e-7), every step one rounded float operation, so that the scalar
  * and vector forms (sampler.c's expf_poly16) give the same bits. Arguments
  * below ln MODEL_NODAL_TINY + 1 give 0 (the clamp of n = 0, model.h); above
- * 88 they are clamped. */
+ * 88 they are clamped. So the exponent n is in [-123, 127], 2^n a normal
+ * float, and p 2^n one rounding: the bits of ldexpf(p, n) and of
+ * _mm512_scalef_ps, without ldexpf's libm call. */
 #define SB_EXPF_LO ((float)(-85.195648)) /* ln(1e-37) + 0.1: a clamped zero stays 0 */
 #define SB_EXPF_HI 88.0f
 static inline SB_HD float sb_expf_poly(float x) {
@@ -50,7 +54,10 @@ static inline SB_HD float sb_expf_poly(float x) {
   p = fmaf(p, r, 5.0000001201e-1f);
   p = fmaf(p, r * r, r);
   p = p + 1.0f;
-  return ldexpf(p, (int)n);
+  const uint32_t e = (uint32_t)((int)n + 127) << 23;
+  float two_n;
+  memcpy(&two_n, &e, sizeof two_n);
+  return p * two_n;
 }
 
 /* One corner record s (model.h's nodal: ln n, ln T, vx, vy, vz) projected
