@@ -16,6 +16,9 @@ read-only and checks and gathers the rows from it.
   killed, and for a consumer that asked for one and never answered: after
   serve drops it (--timeout), and after serve is terminated (SIGTERM) while
   the segment waits for the answer.
+- the C client (serve_dump.c) the same: "socket", "auto" and "shm" give the
+  same samples as the Python client, every chunk through the segment with
+  auto and shm; with --no-shm auto takes frames and shm fails clearly.
 (A damaged row in the segment, and descriptors outside it or of another
 size: tests/python/test_package.py, against a fake producer.)
 Functional, not timed. Prints "N passed, N failed"."""
@@ -31,6 +34,7 @@ import numpy as np
 import zmq
 
 COEMU = os.environ['COEMU']
+DUMP = os.environ['COEMU_SERVE_DUMP']
 ROOT = os.environ['COEMU_SOURCE_ROOT']
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 sys.path.insert(0, os.path.join(ROOT, 'python'))
@@ -103,6 +107,21 @@ def epochs(d, tmp, args, transport):
             p.terminate()
         err = stop(p)
     return got, cerr, err, mapped, why, during, segments(p.pid)
+
+
+def c_epochs(d, tmp, args, transport):
+    """Two epochs to the C consumer: its lines, its stderr, serve's stderr,
+    segments left."""
+    p, ep = serve(d, tmp, args)
+    r = None
+    try:
+        r = subprocess.run([DUMP, ep, '2', transport], capture_output=True, text=True,
+                           timeout=120 * SLOW)
+    finally:
+        if r is None or r.returncode != 0:
+            p.terminate()
+        err = stop(p)
+    return r.stdout.splitlines(), r.stderr, err, segments(p.pid)
 
 
 def shm_line(err):
@@ -185,6 +204,30 @@ def run(tmp):
                           f'{nmap}, {nchunks}, {nframes}): {err[-300:]}')
                 check(not during and not left, f'{what}: no segment in /dev/shm during the '
                       f'stream (unlinked once mapped) nor after: {during} {left}')
+
+    # the C client: the same samples over frames and through the segment
+    for batch in ('1', '4'):
+        args = ['--batch', batch, '--pad']
+        py, _, _, _, _, _, _ = epochs(img, tmp, args, 'socket')
+        want = [f'{e} {pos} {i} {cs.xxh64(x):016x} {cs.xxh64(y):016x}' for e, pos, i, x, y in py]
+        for transport in ('socket', 'auto', 'shm'):
+            what = f'C client, images-only batch {batch} transport {transport}'
+            lines, cerr, err, left = c_epochs(img, tmp, args, transport)
+            check(lines == want and len(want) == 2 * S, f'{what}: the Python client\'s samples '
+                  f'({len(lines)}): {cerr[-300:]}')
+            nch = 2 * S // int(batch)
+            if transport == 'socket':
+                check(shm_line(err) == (0, 0, 0), f'{what}: no segment ({shm_line(err)})')
+            else:
+                check(f'shm: mapped 1 chunks {nch}\n' in cerr and shm_line(err) == (1, nch, 0)
+                      and not left, f'{what}: every chunk through the segment, none left '
+                      f'({shm_line(err)}, {left}): {cerr[-300:]}')
+    lines, cerr, err, _ = c_epochs(d, tmp, ['--batch', '4', '--no-shm'], 'auto')
+    check(len(lines) == 2 * S and 'shm: mapped 0 chunks 0 why: the producer did not offer' in cerr,
+          f'C client, --no-shm, auto: frames ({len(lines)}): {cerr[-300:]}')
+    lines, cerr, err, _ = c_epochs(d, tmp, ['--batch', '4', '--no-shm'], 'shm')
+    check(not lines and 'error: stream client: shm required: the producer did not offer' in cerr,
+          f'C client, --no-shm, shm: a clear error: {cerr[-300:]}')
 
     # serve --no-shm: "auto" takes frames, "shm" says why it cannot
     ref, _, _, _, _, _, _ = epochs(d, tmp, ['--batch', '4'], 'socket')
