@@ -5,7 +5,8 @@
  * Python client's bytes) compare exactly. An error is printed as
  * "error: MESSAGE" on stderr, exit status 1.
  * TRANSPORT: socket (default), auto or shm (stream_client_opts.shm; with
- * auto and shm, the shared-memory counts on stderr: "shm: mapped M chunks C").
+ * auto and shm, the shared-memory counts on stderr: "shm: mapped M chunks C
+ * malformed K").
  *   serve_dump ENDPOINT EPOCHS [TRANSPORT] */
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,8 +49,9 @@ int main(int argc, char **argv) {
   if (shm) {
     stream_client_stats st;
     stream_client_get_stats(c, &st);
-    fprintf(stderr, "shm: mapped %llu chunks %llu%s%s\n", (unsigned long long)st.shm_mapped,
-            (unsigned long long)st.shm_chunks, *stream_client_shm_error(c) ? " why: " : "",
+    fprintf(stderr, "shm: mapped %llu chunks %llu malformed %llu%s%s\n",
+            (unsigned long long)st.shm_mapped, (unsigned long long)st.shm_chunks,
+            (unsigned long long)st.malformed, *stream_client_shm_error(c) ? " why: " : "",
             stream_client_shm_error(c));
   }
   stream_client_close(c);

@@ -19,14 +19,17 @@ read-only and checks and gathers the rows from it.
 - the C client (serve_dump.c) the same: "socket", "auto" and "shm" give the
   same samples as the Python client, every chunk through the segment with
   auto and shm; with --no-shm auto takes frames and shm fails clearly.
-(A damaged row in the segment, and descriptors outside it or of another
-size: tests/python/test_package.py, against a fake producer.)
+- from a fake producer (tests/fake_shm.py): the C client answers with the
+  segment's nonce, drops a row damaged in the segment, a descriptor outside
+  it and one of another size (counted malformed) and gets the 7 good
+  samples right (the Python client: tests/python/test_package.py).
 Functional, not timed. Prints "N passed, N failed"."""
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import h5py
@@ -40,6 +43,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 sys.path.insert(0, os.path.join(ROOT, 'python'))
 from pycheck import check, run_in_tmpdir, sanitizer_full_stacks  # noqa: E402
 from coemu import stream as cs  # noqa: E402
+from fake_shm import fake_shm_producer  # noqa: E402
 
 sanitizer_full_stacks()
 SLOW = 4 if os.environ.get('COEMU_SANITIZE') else 1
@@ -219,15 +223,31 @@ def run(tmp):
             if transport == 'socket':
                 check(shm_line(err) == (0, 0, 0), f'{what}: no segment ({shm_line(err)})')
             else:
-                check(f'shm: mapped 1 chunks {nch}\n' in cerr and shm_line(err) == (1, nch, 0)
+                check(f'shm: mapped 1 chunks {nch} malformed 0\n' in cerr and shm_line(err) == (1, nch, 0)
                       and not left, f'{what}: every chunk through the segment, none left '
                       f'({shm_line(err)}, {left}): {cerr[-300:]}')
     lines, cerr, err, _ = c_epochs(d, tmp, ['--batch', '4', '--no-shm'], 'auto')
-    check(len(lines) == 2 * S and 'shm: mapped 0 chunks 0 why: the producer did not offer' in cerr,
+    check(len(lines) == 2 * S and 'shm: mapped 0 chunks 0 malformed 0 why: the producer did not offer' in cerr,
           f'C client, --no-shm, auto: frames ({len(lines)}): {cerr[-300:]}')
     lines, cerr, err, _ = c_epochs(d, tmp, ['--batch', '4', '--no-shm'], 'shm')
     check(not lines and 'error: stream client: shm required: the producer did not offer' in cerr,
           f'C client, --no-shm, shm: a clear error: {cerr[-300:]}')
+
+    # the C client against a fake producer: damaged rows and descriptors dropped
+    ep = f'ipc://{tmp}/fake-shm.sock'
+    name = f'/coemu-stream-{os.getpid()}-{os.urandom(16).hex()}'
+    ready, answer = threading.Event(), []
+    th = threading.Thread(target=fake_shm_producer, args=(ep, ready, name, answer), daemon=True)
+    th.start()
+    ready.wait(10)
+    r = subprocess.run([DUMP, ep, '1', 'shm'], capture_output=True, text=True, timeout=60 * SLOW)
+    th.join(10)
+    want = [f'0 {i} {i} {cs.xxh64(np.full((2, 3), i + 0.25, "<f4").tobytes()):016x} '
+            f'{cs.xxh64(np.full((4,), i + 0.5, "<f4").tobytes()):016x}' for i in range(7)]
+    check(r.returncode == 0 and answer == [(cs.CREDIT, cs.FLAG_SHM_ANSWER, True)] and
+          r.stdout.splitlines() == want and 'shm: mapped 1 chunks 3 malformed 3\n' in r.stderr,
+          f'C client, fake producer: nonce answered, 3 bad chunks dropped, 7 samples right '
+          f'({answer}): {r.stdout[-400:]} {r.stderr[-400:]}')
 
     # serve --no-shm: "auto" takes frames, "shm" says why it cannot
     ref, _, _, _, _, _, _ = epochs(d, tmp, ['--batch', '4'], 'socket')
