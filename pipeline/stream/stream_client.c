@@ -291,6 +291,29 @@ static int gather_rows(stream_client *c, const stream_header *h, size_t inb, siz
   return 0;
 }
 
+/* A chunk whose rows came as frames (protocol 3: header, ids, row
+ * checksums, then one frame per row): the frame sizes, the ids' and row
+ * checksums' XXH64, then every row against its row checksum (a one-sample
+ * chunk's in its frames, a larger one's gathered into the batch buffers).
+ * 0, 1: malformed, -1: out of memory. */
+static int check_frames(stream_client *c, const stream_header *h, size_t inb, size_t outb,
+                        zmq_msg_t *f, int n) {
+  size_t nid = (size_t)h->nsamples * 8;
+  if ((size_t)n != STREAM_CHUNK_FRAMES(h->nsamples) || zmq_msg_size(&f[1]) != nid ||
+      zmq_msg_size(&f[2]) != 2 * nid)
+    return 1;
+  for (uint32_t k = 0; k < h->nsamples; k++)
+    if (zmq_msg_size(&f[3 + k]) != inb || zmq_msg_size(&f[3 + h->nsamples + k]) != outb) return 1;
+  ce_xxh64_state xs;
+  ce_xxh64_init(&xs, 0);
+  for (int i = 1; i < 3; i++) ce_xxh64_update(&xs, zmq_msg_data(&f[i]), zmq_msg_size(&f[i]));
+  if (ce_xxh64_digest(&xs) != h->payload_xxh64) return 1;
+  if (h->nsamples == 1)
+    return stream_rows_check(zmq_msg_data(&f[3]), inb, zmq_msg_data(&f[4]), outb, 1,
+                             zmq_msg_data(&f[2])) >= 0;
+  return gather_rows(c, h, inb, outb, f);
+}
+
 /* A chunk whose rows lie in the shared segment (flag STREAM_FLAG_SHM):
  * frames ids, row checksums and 2n (offset, length) descriptors; every
  * descriptor must lie in the segment past its header and have its row's
@@ -373,38 +396,13 @@ int stream_client_next(stream_client *c, stream_chunk_view *v) {
     if (h.type == STREAM_CHUNK) {
       size_t inb = stream_input_bytes(&h), outb = stream_target_bytes(&h);
       size_t nid = (size_t)h.nsamples * 8, nin = h.nsamples * inb, nout = h.nsamples * outb;
-      int via_shm = (h.flags & STREAM_FLAG_SHM) != 0, ok = 1;
-      if (via_shm) {
-        int g = gather_shm(c, &h, inb, outb, f, n);
-        if (g < 0) {
-          for (int i = 0; i < n; i++) zmq_msg_close(&f[i]);
-          return -1;
-        }
-        ok = g == 0;
-      } else {
-      /* protocol 3: header, ids, row checksums, then one frame per row */
-      ok = (size_t)n == STREAM_CHUNK_FRAMES(h.nsamples) && zmq_msg_size(&f[1]) == nid &&
-               zmq_msg_size(&f[2]) == 2 * nid;
-      for (uint32_t k = 0; ok && k < h.nsamples; k++)
-        ok = zmq_msg_size(&f[3 + k]) == inb && zmq_msg_size(&f[3 + h.nsamples + k]) == outb;
-      if (ok) { /* the ids and row checksums, then every row against its checksum */
-        ce_xxh64_state xs;
-        ce_xxh64_init(&xs, 0);
-        for (int i = 1; i < 3; i++) ce_xxh64_update(&xs, zmq_msg_data(&f[i]), zmq_msg_size(&f[i]));
-        ok = ce_xxh64_digest(&xs) == h.payload_xxh64;
+      int via_shm = (h.flags & STREAM_FLAG_SHM) != 0;
+      int g = via_shm ? gather_shm(c, &h, inb, outb, f, n) : check_frames(c, &h, inb, outb, f, n);
+      if (g < 0) {
+        for (int i = 0; i < n; i++) zmq_msg_close(&f[i]);
+        return -1;
       }
-      if (ok && h.nsamples == 1)
-        ok = stream_rows_check(zmq_msg_data(&f[3]), inb, zmq_msg_data(&f[4]), outb, 1,
-                               zmq_msg_data(&f[2])) < 0;
-      else if (ok) {
-        int g = gather_rows(c, &h, inb, outb, f);
-        if (g < 0) {
-          for (int i = 0; i < n; i++) zmq_msg_close(&f[i]);
-          return -1;
-        }
-        ok = g == 0;
-      }
-      }
+      int ok = g == 0;
       if (!ok) {
         c->st.malformed++;
         for (int i = 0; i < n; i++) zmq_msg_close(&f[i]);
