@@ -19,6 +19,11 @@ read-only and checks and gathers the rows from it.
 - the C client (serve_dump.c) the same: "socket", "auto" and "shm" give the
   same samples as the Python client, every chunk through the segment with
   auto and shm; with --no-shm auto takes frames and shm fails clearly.
+- a consumer "on another host": in a mount namespace of its own with an
+  empty /dev/shm (unshare -m; where that cannot be made, the check says
+  so and is not counted), the C client with auto takes frames (the same
+  samples, the reason named), with shm fails clearly, and the Python client
+  with auto takes frames;
 - from a fake producer (tests/fake_shm.py): the C client answers with the
   segment's nonce, drops a row damaged in the segment, a descriptor outside
   it and one of another size (counted malformed) and gets the 7 good
@@ -249,8 +254,49 @@ def run(tmp):
           f'C client, fake producer: nonce answered, 3 bad chunks dropped, 7 samples right '
           f'({answer}): {r.stdout[-400:]} {r.stderr[-400:]}')
 
-    # serve --no-shm: "auto" takes frames, "shm" says why it cannot
+    # batch 4 of the stored dataset over frames: what the checks below compare with
     ref, _, _, _, _, _, _ = epochs(d, tmp, ['--batch', '4'], 'socket')
+
+    # a consumer on "another host": its own /dev/shm (a private tmpfs)
+    alone = ['unshare', '-m', 'sh', '-c', 'mount -t tmpfs tmpfs /dev/shm && exec "$@"', 'sh']
+    probe = subprocess.run(alone + ['true'], capture_output=True, text=True)
+    if probe.returncode != 0:
+        print(f'note: another host not simulated (unshare -m: {probe.stderr.strip()[-200:]})')
+    else:
+        want = [f'{e} {pos} {i} {cs.xxh64(x):016x} {cs.xxh64(y):016x}' for e, pos, i, x, y in ref]
+        for transport in ('auto', 'shm'):
+            p, ep = serve(d, tmp, ['--batch', '4'])
+            r = None
+            try:
+                r = subprocess.run(alone + [DUMP, ep, '2', transport], capture_output=True,
+                                   text=True, timeout=120 * SLOW)
+            finally:
+                if r is None or r.returncode != 0:
+                    p.terminate()
+                err = stop(p)
+            if transport == 'auto':
+                check(r.stdout.splitlines() == want and 'why: cannot map shared-memory segment'
+                      in r.stderr and shm_line(err) == (0, 0, 1) and not segments(p.pid),
+                      f'another host, C client, auto: frames, the same samples, the reason '
+                      f'({shm_line(err)}): {r.stderr[-300:]}')
+            else:
+                check(r.returncode == 1 and 'shm required: cannot map shared-memory segment'
+                      in r.stderr and not segments(p.pid),
+                      f'another host, C client, shm: a clear error: {r.stderr[-300:]}')
+        p, ep = serve(d, tmp, ['--batch', '4'])
+        code = (f'import sys; sys.path.insert(0, {os.path.join(ROOT, "python")!r}); '
+                f'from coemu import stream as cs; '
+                f'c = cs.StreamClient({ep!r}, transport="auto", timeout_s=20); '
+                f'n = sum(len(ch.ids) for _ in range(2) for ch in c.iter_epoch()); '
+                f'print(n, c.shm_mapped, c.shm_error); c.close(grace_s=1.0)')
+        r = subprocess.run(alone + [sys.executable, '-c', code], capture_output=True, text=True,
+                           timeout=120 * SLOW)
+        err = stop(p)
+        check(r.returncode == 0 and r.stdout.startswith(f'{len(ref)} 0 cannot map') and
+              shm_line(err) == (0, 0, 1), f'another host, Python client, auto: frames '
+              f'({r.stdout.strip()}): {r.stderr[-300:]}')
+
+    # serve --no-shm: "auto" takes frames, "shm" says why it cannot
     got, cerr, err, mapped, why, _, left = epochs(d, tmp, ['--batch', '4', '--no-shm'], 'auto')
     check(not cerr and got == ref and mapped == 0 and why and 'did not offer' in why and not left,
           f'--no-shm, auto: frames, the same bytes ({mapped}, {why}): {cerr}')
