@@ -580,7 +580,9 @@ static void handle_incoming(stream_server *s) {
     shm_free(c->shm); /* a HELLO again: a fresh segment, or none */
     c->shm = NULL;
     if ((h.flags & STREAM_FLAG_SHM) && s->o.shm_chunk_bytes) {
-      c->shm = shm_make(s->o.shm_chunk_bytes, s->o.max_credit);
+      /* the credit granted bounds the chunks it holds unread: one slot each
+       * (a consumer that grants more later waits for a free slot) */
+      c->shm = shm_make(s->o.shm_chunk_bytes, c->credit);
       if (!c->shm) s->st.shm_refused++;
     }
     if (c->shm) { /* granted: the name travels, the nonce stays in the segment */

@@ -84,8 +84,8 @@ typedef struct {
                                   CURVE handshake refused (stream_security.h) */
   void *curve_refused_ctx;
   size_t shm_chunk_bytes;      /* > 0: a consumer that asks (HELLO flag STREAM_FLAG_SHM) gets its
-                                  rows through a shared-memory segment of max_credit slots of
-                                  this many bytes (the most rows bytes of a chunk; a larger
+                                  rows through a shared-memory segment: per unit of credit granted,
+                                  one slot of this many bytes (the most rows bytes of a chunk; a larger
                                   chunk goes as frames): docs/stream-protocol.md, "Shared
                                   memory"; 0: never offered */
 } stream_server_opts;

@@ -469,7 +469,7 @@ class StreamClient:
     def __init__(self, endpoint, rank=0, world=1, epoch=0, position=0, credit=4,
                  normalised=False, dataset_id=0, heartbeat_s=1.0, timeout_s=10.0, context=None,
                  resume_after_s=None, curve=None, keepalive=True, taper=False, order=None,
-                 transport="socket"):
+                 transport="auto"):
         """order: None (whatever the producer serves), "exact" or "shards":
         the epoch order this consumer expects (docs/stream-protocol.md,
         "Order"); a producer serving the other one answers with an error
@@ -488,13 +488,12 @@ class StreamClient:
         curve: (the producer's public key file NAME.key, this consumer's
         key pair NAME.key_secret), both from `coemu keygen`, for a producer
         started with --curve-secret (required off loopback).
-        transport: "socket" (default): rows arrive as ZeroMQ frames; "auto":
-        ask the producer for its rows through a shared-memory segment
-        (docs/stream-protocol.md, "Shared memory": a consumer on the
-        producer's host then reads them without the socket's two kernel
-        copies), and take frames when none is offered or it cannot be
-        mapped (shm_error says why); "shm": the same, but raise ProtocolError
-        instead of taking frames."""
+        transport: "auto" (default): ask the producer for its rows through a
+        shared-memory segment (docs/stream-protocol.md, "Shared memory": a
+        consumer on the producer's host then reads them without the socket's
+        two kernel copies), and take frames when none is offered or it
+        cannot be mapped (shm_error says why); "shm": the same, but raise
+        ProtocolError instead of taking frames; "socket": always frames."""
         if transport not in TRANSPORTS:
             raise ValueError(f"transport {transport!r}: expected one of {TRANSPORTS}")
         self.endpoint, self.rank, self.world = endpoint, rank, world

@@ -63,13 +63,13 @@ class StreamDataset(IterableDataset):
     order: None (the server's), "exact" or "shards": the epoch order
     expected (docs/stream-protocol.md, "Order"); a server announcing the
     other one is refused at once, and the HELLOs ask for it too.
-    transport: "socket" (default), "auto" or "shm": rows as ZeroMQ frames,
-    or through the producer's shared-memory segment when this process is on
-    its host (StreamClient; docs/stream-protocol.md, "Shared memory")."""
+    transport: "auto" (default), "socket" or "shm": rows through the
+    producer's shared-memory segment when this process is on its host, else
+    as ZeroMQ frames; always frames; the segment or an error (StreamClient; docs/stream-protocol.md, "Shared memory")."""
 
     def __init__(self, endpoint, normalised=False, batched=False, with_ids=False, epoch=0,
                  rank=None, world_size=None, world=None, credit=4, timeout_s=None,
-                 info_timeout_s=10.0, curve=None, order=None, transport="socket"):
+                 info_timeout_s=10.0, curve=None, order=None, transport="auto"):
         super().__init__()
         self.endpoint, self.normalised = endpoint, normalised
         self.batched, self.with_ids, self.credit = batched, with_ids, credit
