@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""bench_images_only.py DIR [--batch B] [--epochs E] [--cores C] - serve
+"""bench_images_only.py DIR [--batch B] [--epochs E] [--cores C] [--transport T] - serve
 throughput of an images-only dataset (docs/benchmarks.md, "Images-only
 datasets").
 
@@ -21,7 +21,10 @@ The consumer's CPU seconds per GB received (inputs and targets; all its
 threads, ZeroMQ's I/O thread included, and of that the Python thread's)
 are printed per epoch: steadier than its cores on a loaded host. --python DIR
 takes the coemu package from DIR (default: this checkout's python/), so two
-versions of the client can be compared on the same serve.
+versions of the client can be compared on the same serve. --transport
+socket (default) or shm: the client's rows as ZeroMQ frames, or through
+serve's shared-memory segment (docs/stream-protocol.md, "Shared memory";
+shm fails if the segment cannot be mapped).
 The load average before and after is printed: the first ratio is only
 meaningful when serve can get C cores. On a shared host, 'had work for'
 (serve's threads' running plus runnable-but-waiting seconds, from
@@ -45,6 +48,8 @@ ap.add_argument('--coemu', default=os.path.join(ROOT, 'build', 'pipeline', 'coem
 ap.add_argument('--cores', type=int, default=os.cpu_count())
 ap.add_argument('--python', default=os.path.join(ROOT, 'python'),
                 help='the folder holding the coemu package the consumer imports')
+ap.add_argument('--transport', choices=('socket', 'shm'), default='socket',
+                help="the consumer's rows: ZeroMQ frames, or through serve's shared segment")
 a = ap.parse_args()
 sys.path.insert(0, a.python)
 from coemu.stream import StreamClient  # noqa: E402
@@ -96,7 +101,8 @@ def serve_demand():
 print('load average before: ' + ' '.join(open('/proc/loadavg').read().split()[:3]), flush=True)
 try:
     time.sleep(0.5)
-    c = StreamClient(ep, rank=0, world=1, timeout_s=120)
+    c = StreamClient(ep, rank=0, world=1, timeout_s=120, transport=a.transport)
+    print(f'transport {a.transport}', flush=True)
     for e in range(a.epochs):
         t0, n, s0, c0, d0 = time.monotonic(), 0, serve_cpu(), time.process_time(), serve_demand()
         m0, nbytes = time.thread_time(), 0
@@ -126,6 +132,9 @@ finally:
 m = re.search(r'(\d+) input cubes rebuilt, ([0-9.]+) ms CPU each.*?(\d+) model loads, ([0-9.]+) s', err)
 print('load average after: ' + ' '.join(open('/proc/loadavg').read().split()[:3]))
 steady = rates[1:] or rates
+for line in err.splitlines():
+    if 'shared memory:' in line:
+        print(line)
 print(f'median after epoch 0 {statistics.median(steady):.1f} samples/s; the consumer '
       f'{statistics.median(per_gb[1:] or per_gb):.3f} CPU s per GB received')
 if m:

@@ -46,7 +46,7 @@ typedef struct {
   const char *endpoint, *split, *curve_secret, *curve_auth;
   int64_t ranks, batch, epochs, credit, maxcons;
   double heartbeat, timeout, idle_exit;
-  int live;
+  int live, no_shm;
 } server_args;
 
 /* Serve src until stopped; prints the start and end lines. 0 or -1. */
@@ -62,6 +62,14 @@ static int run_server(const char *what, serve_source *src, const server_args *a)
                           .curve_secret_key_file = a->curve_secret,
                           .curve_authorized_dir = a->curve_auth, .curve_refused = on_refused,
                           .curve_refused_ctx = (void *)a->curve_auth};
+  if (!a->no_shm) { /* a chunk's rows, for consumers on this host that ask */
+    uint32_t ins[4], outs[3];
+    serve_shapes(src, ins, outs);
+    size_t inb = 4, outb = 4;
+    for (int i = 0; i < 4; i++) inb *= ins[i];
+    for (int i = 0; i < 3; i++) outb *= outs[i];
+    o.shm_chunk_bytes = (size_t)a->batch * (inb + outb);
+  }
   stream_server *srv;
   CE_TRY(stream_server_create(&o, serve_chunk, src, &srv));
   char idle_buf[64];
@@ -103,6 +111,11 @@ static int run_server(const char *what, serve_source *src, const server_args *a)
           (unsigned long long)st.stalled, (unsigned long long)st.superseded,
           (unsigned long long)st.connections_shut,
           (unsigned long long)st.refused, (unsigned long long)st.curve_refused);
+  if (st.shm_consumers || st.shm_refused)
+    fprintf(stderr, "serve: shared memory: %llu sessions mapped their segment, %llu chunks sent "
+                    "through it, %llu sessions took frames instead\n",
+            (unsigned long long)st.shm_consumers, (unsigned long long)st.shm_chunks,
+            (unsigned long long)st.shm_refused);
   int64_t cubes = 0, loads = 0;
   double cube_s = 0, load_s = 0;
   if (serve_rebuild_counters(src, &cubes, &cube_s, &load_s, &loads) == 0 && cubes > 0)
@@ -138,7 +151,7 @@ typedef struct {
       *pilot_out;
   int64_t ranks, batch, epochs, seed, prefetch, read_threads, credit, maxcons, order_shards,
       order_buffer, pilot_n;
-  int pad, live, generate, fresh, cache_given, copy_rows;
+  int pad, live, generate, fresh, cache_given, copy_rows, no_shm;
   double model_cache_mb, producer_timeout, heartbeat, timeout, idle_exit;
 } serve_cli;
 
@@ -254,6 +267,7 @@ int cmd_serve(int argc, char **argv) {
       {"prefetch", CLI_INT, &c.prefetch, "K", "chunks read ahead per rank, on into the next epoch (default 4)", 0, 0},
       {"read-threads", CLI_INT, &c.read_threads, "N", "threads reading and checking samples (default min(4, cores); --live: 1)", 0, 0},
       {"copy-rows", CLI_FLAG, &c.copy_rows, NULL, "copy every row out of the shard files (pread) instead of sending it from the mapped file (docs/stream-protocol.md, \"Zero copy\")", 0, 0},
+      {"no-shm", CLI_FLAG, &c.no_shm, NULL, "never offer consumers on this host their rows through shared memory: frames on the socket only (docs/stream-protocol.md, \"Shared memory\")", 0, 0},
       {"max-credit", CLI_INT, &c.credit, "K", "most chunks in flight per rank (default 8)", 0, 0},
       {"heartbeat", CLI_DOUBLE, &c.heartbeat, "S", "heartbeat interval [s] (default 1)", 0, 0},
       {"timeout", CLI_DOUBLE, &c.timeout, "S", "drop a rank silent this long [s] (default 10)", 0, 0},
@@ -375,7 +389,7 @@ static int cmd_serve_run(char **pos, job *jp, serve_cli *c) {
                    .order = {.mode = omode, .shards = c->order_shards, .buffer = c->order_buffer}};
   server_args a = {c->endpoint, c->split, c->curve_secret, c->curve_auth, c->ranks,
                    c->batch, c->epochs, c->credit, c->maxcons, c->heartbeat,
-                   c->timeout, c->idle_exit, c->live};
+                   c->timeout, c->idle_exit, c->live, c->no_shm};
   if (c->generate) {
     return serve_generate(jp, &so, &a, c);
   }

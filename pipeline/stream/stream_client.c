@@ -2,8 +2,13 @@
 #include "pipeline/stream/stream_client.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #include "common/checksum.h"
@@ -31,11 +36,15 @@ struct stream_client {
    * misaligned payloads are copied here so callers get aligned arrays. */
   void *aligned[3];
   size_t aligned_cap[3];
+  const uint8_t *shm; /* this session's shared segment, mapped read-only, or NULL */
+  size_t shm_size;
+  char shm_why[256];
   stream_client_stats st;
 };
 
-static int send_ctl(stream_client *c, int type, uint32_t value) {
-  stream_header h = {.type = (uint16_t)type, .value = value, .flags = c->o.flags,
+static int send_ctl_ex(stream_client *c, int type, uint32_t value, uint32_t flags,
+                       uint64_t chunk_id) {
+  stream_header h = {.type = (uint16_t)type, .value = value, .flags = flags, .chunk_id = chunk_id,
                      .dataset_id = c->o.dataset_id, .epoch = c->epoch, .position = c->position,
                      .rank = c->o.rank, .nsamples = c->o.world};
   uint8_t b[STREAM_HEADER_SIZE];
@@ -45,6 +54,75 @@ static int send_ctl(stream_client *c, int type, uint32_t value) {
   c->last_sent = ce_now();
   return 0;
 }
+
+static int send_ctl(stream_client *c, int type, uint32_t value) {
+  return send_ctl_ex(c, type, value, c->o.flags, 0);
+}
+
+static void shm_unmap(stream_client *c) {
+  if (c->shm) munmap((void *)c->shm, c->shm_size);
+  c->shm = NULL;
+  c->shm_size = 0;
+}
+
+/* Only names of coemu's own form are opened: a producer cannot make the
+ * consumer open another file. */
+static int shm_name_ok(const char *name) {
+  static const char prefix[] = "/coemu-stream-";
+  size_t len = strlen(name), np = sizeof prefix - 1;
+  if (len <= np || len > 63 || strncmp(name, prefix, np) != 0) return 0;
+  for (size_t i = np; i < len; i++)
+    if (!((name[i] >= '0' && name[i] <= '9') || (name[i] >= 'a' && name[i] <= 'f') ||
+          name[i] == '-'))
+      return 0;
+  return 1;
+}
+
+/* The WELCOME's answer to a HELLO that asked for shared memory: map the
+ * segment it names read-only and answer with the nonce read from it (the
+ * proof that this consumer is on the producer's host and has it mapped), or
+ * answer 0 and take rows as frames (o.shm 2: an error instead). */
+static int shm_welcome(stream_client *c, const stream_header *h, zmq_msg_t *f, int n) {
+  shm_unmap(c);
+  c->shm_why[0] = 0;
+  if (!c->o.shm) return 0;
+  char name[64] = "";
+  if (!(h->flags & STREAM_FLAG_SHM))
+    snprintf(c->shm_why, sizeof c->shm_why, "the producer did not offer shared memory (coemu "
+             "serve --no-shm, a producer without it, or it could not make a segment)");
+  else if (n != 2 || zmq_msg_size(&f[1]) >= sizeof name ||
+           ce_xxh64(zmq_msg_data(&f[1]), zmq_msg_size(&f[1]), 0) != h->payload_xxh64)
+    snprintf(c->shm_why, sizeof c->shm_why, "the WELCOME's segment name is damaged");
+  else {
+    memcpy(name, zmq_msg_data(&f[1]), zmq_msg_size(&f[1]));
+    name[zmq_msg_size(&f[1])] = 0;
+    int fd = shm_name_ok(name) ? shm_open(name, O_RDONLY, 0) : -1;
+    struct stat sb;
+    void *p = MAP_FAILED;
+    if (fd >= 0 && fstat(fd, &sb) == 0 && sb.st_size > STREAM_SHM_HEAD)
+      p = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    int e = errno;
+    if (fd >= 0) close(fd);
+    uint64_t head[3] = {0, 0, 0};
+    if (p != MAP_FAILED) memcpy(head, p, sizeof head);
+    if (p != MAP_FAILED && head[0] == STREAM_SHM_MAGIC && head[2] == (uint64_t)sb.st_size) {
+      c->shm = p;
+      c->shm_size = (size_t)sb.st_size;
+      c->st.shm_mapped++;
+      return send_ctl_ex(c, STREAM_CREDIT, 0, c->o.flags | STREAM_FLAG_SHM_ANSWER, head[1]);
+    }
+    if (p != MAP_FAILED) munmap(p, (size_t)sb.st_size);
+    snprintf(c->shm_why, sizeof c->shm_why, "cannot map shared-memory segment %.63s: %s", name,
+             !shm_name_ok(name) ? "not a coemu stream segment's name"
+             : fd < 0 || p == MAP_FAILED ? strerror(e) : "not a coemu stream segment");
+  }
+  if (h->flags & STREAM_FLAG_SHM) /* frames then, for this session */
+    CE_TRY(send_ctl_ex(c, STREAM_CREDIT, 0, c->o.flags | STREAM_FLAG_SHM_ANSWER, 0));
+  if (c->o.shm == 2) CE_FAIL("stream client: shm required: %s", c->shm_why);
+  return 0;
+}
+
+const char *stream_client_shm_error(const stream_client *c) { return c->shm_why; }
 
 static void release_held(stream_client *c) {
   for (int i = 0; i < c->nheld; i++) zmq_msg_close(&c->held[i]);
@@ -118,6 +196,7 @@ static int connect_socket(stream_client *c) {
   c->welcomed = 0;
   c->pending_credit = 0;
   c->last_recv = ce_now();
+  if (c->o.shm) c->o.flags |= STREAM_FLAG_SHM;
   return send_ctl(c, STREAM_HELLO, c->o.credit);
 }
 
@@ -147,6 +226,7 @@ int stream_client_open(const stream_client_opts *o, stream_client **out) {
 
 int stream_client_reconnect(stream_client *c) {
   release_held(c);
+  shm_unmap(c);
   if (c->sock) close_socket(c);
   return connect_socket(c);
 }
@@ -211,6 +291,66 @@ static int gather_rows(stream_client *c, const stream_header *h, size_t inb, siz
   return 0;
 }
 
+/* A chunk whose rows came as frames (protocol 3: header, ids, row
+ * checksums, then one frame per row): the frame sizes, the ids' and row
+ * checksums' XXH64, then every row against its row checksum (a one-sample
+ * chunk's in its frames, a larger one's gathered into the batch buffers).
+ * 0, 1: malformed, -1: out of memory. */
+static int check_frames(stream_client *c, const stream_header *h, size_t inb, size_t outb,
+                        zmq_msg_t *f, int n) {
+  size_t nid = (size_t)h->nsamples * 8;
+  if ((size_t)n != STREAM_CHUNK_FRAMES(h->nsamples) || zmq_msg_size(&f[1]) != nid ||
+      zmq_msg_size(&f[2]) != 2 * nid)
+    return 1;
+  for (uint32_t k = 0; k < h->nsamples; k++)
+    if (zmq_msg_size(&f[3 + k]) != inb || zmq_msg_size(&f[3 + h->nsamples + k]) != outb) return 1;
+  ce_xxh64_state xs;
+  ce_xxh64_init(&xs, 0);
+  for (int i = 1; i < 3; i++) ce_xxh64_update(&xs, zmq_msg_data(&f[i]), zmq_msg_size(&f[i]));
+  if (ce_xxh64_digest(&xs) != h->payload_xxh64) return 1;
+  if (h->nsamples == 1)
+    return stream_rows_check(zmq_msg_data(&f[3]), inb, zmq_msg_data(&f[4]), outb, 1,
+                             zmq_msg_data(&f[2])) >= 0;
+  return gather_rows(c, h, inb, outb, f);
+}
+
+/* A chunk whose rows lie in the shared segment (flag STREAM_FLAG_SHM):
+ * frames ids, row checksums and 2n (offset, length) descriptors; every
+ * descriptor must lie in the segment past its header and have its row's
+ * size; each row is checked where it lies and copied into the batch
+ * buffers (one pass). 0, 1: malformed, -1: out of memory. */
+static int gather_shm(stream_client *c, const stream_header *h, size_t inb, size_t outb,
+                      zmq_msg_t *f, int n) {
+  uint32_t ns = h->nsamples;
+  size_t nid = (size_t)ns * 8;
+  if (!c->shm || n != 4 || zmq_msg_size(&f[1]) != nid || zmq_msg_size(&f[2]) != 2 * nid ||
+      zmq_msg_size(&f[3]) != 4 * nid)
+    return 1;
+  ce_xxh64_state xs;
+  ce_xxh64_init(&xs, 0);
+  for (int i = 1; i < 4; i++) ce_xxh64_update(&xs, zmq_msg_data(&f[i]), zmq_msg_size(&f[i]));
+  if (ce_xxh64_digest(&xs) != h->payload_xxh64) return 1;
+  char *in = aligned_room(c, 1, ns * inb), *tg = aligned_room(c, 2, ns * outb);
+  if (!in || !tg) CE_FAIL("stream client: out of memory for a chunk of %u samples", ns);
+  const char *sums = zmq_msg_data(&f[2]);
+  const char *desc = zmq_msg_data(&f[3]);
+  const uint8_t *rows[2];
+  for (uint32_t k = 0; k < ns; k++) {
+    for (int t = 0; t < 2; t++) {
+      uint64_t d[2];
+      memcpy(d, desc + 16 * ((size_t)t * ns + k), sizeof d);
+      if (d[1] != (t ? outb : inb) || d[0] < STREAM_SHM_HEAD || d[0] > c->shm_size ||
+          d[1] > c->shm_size - d[0])
+        return 1;
+      rows[t] = c->shm + d[0];
+    }
+    if (stream_rows_check(rows[0], inb, rows[1], outb, 1, sums + 16 * k) >= 0) return 1;
+    memcpy(in + k * inb, rows[0], inb);
+    memcpy(tg + k * outb, rows[1], outb);
+  }
+  return 0;
+}
+
 int stream_client_next(stream_client *c, stream_chunk_view *v) {
   release_held(c);
   if (c->pending_credit) { /* the previous chunk has been consumed */
@@ -256,28 +396,13 @@ int stream_client_next(stream_client *c, stream_chunk_view *v) {
     if (h.type == STREAM_CHUNK) {
       size_t inb = stream_input_bytes(&h), outb = stream_target_bytes(&h);
       size_t nid = (size_t)h.nsamples * 8, nin = h.nsamples * inb, nout = h.nsamples * outb;
-      /* protocol 3: header, ids, row checksums, then one frame per row */
-      int ok = (size_t)n == STREAM_CHUNK_FRAMES(h.nsamples) && zmq_msg_size(&f[1]) == nid &&
-               zmq_msg_size(&f[2]) == 2 * nid;
-      for (uint32_t k = 0; ok && k < h.nsamples; k++)
-        ok = zmq_msg_size(&f[3 + k]) == inb && zmq_msg_size(&f[3 + h.nsamples + k]) == outb;
-      if (ok) { /* the ids and row checksums, then every row against its checksum */
-        ce_xxh64_state xs;
-        ce_xxh64_init(&xs, 0);
-        for (int i = 1; i < 3; i++) ce_xxh64_update(&xs, zmq_msg_data(&f[i]), zmq_msg_size(&f[i]));
-        ok = ce_xxh64_digest(&xs) == h.payload_xxh64;
+      int via_shm = (h.flags & STREAM_FLAG_SHM) != 0;
+      int g = via_shm ? gather_shm(c, &h, inb, outb, f, n) : check_frames(c, &h, inb, outb, f, n);
+      if (g < 0) {
+        for (int i = 0; i < n; i++) zmq_msg_close(&f[i]);
+        return -1;
       }
-      if (ok && h.nsamples == 1)
-        ok = stream_rows_check(zmq_msg_data(&f[3]), inb, zmq_msg_data(&f[4]), outb, 1,
-                               zmq_msg_data(&f[2])) < 0;
-      else if (ok) {
-        int g = gather_rows(c, &h, inb, outb, f);
-        if (g < 0) {
-          for (int i = 0; i < n; i++) zmq_msg_close(&f[i]);
-          return -1;
-        }
-        ok = g == 0;
-      }
+      int ok = g == 0;
       if (!ok) {
         c->st.malformed++;
         for (int i = 0; i < n; i++) zmq_msg_close(&f[i]);
@@ -293,8 +418,9 @@ int stream_client_next(stream_client *c, stream_chunk_view *v) {
       }
       zmq_msg_close(&f[0]);
       const void *data[3];
-      int nd = h.nsamples == 1 ? 3 : 1; /* frames handed out as they are */
-      if (h.nsamples == 1) {
+      int nd = h.nsamples == 1 && !via_shm ? 3 : 1; /* frames handed out as they are */
+      c->st.shm_chunks += via_shm;
+      if (nd == 3) {
         for (int i = 0; i < 4; i++) c->held[i] = f[i + 1];
         c->nheld = 4;
       } else { /* its rows were gathered (gather_rows): only the ids are held */
@@ -327,6 +453,10 @@ int stream_client_next(stream_client *c, stream_chunk_view *v) {
       c->st.samples += h.nsamples;
       c->st.bytes += 3 * nid + nin + nout + STREAM_HEADER_SIZE;
       return 1;
+    }
+    if (h.type == STREAM_WELCOME && shm_welcome(c, &h, f, n) < 0) {
+      for (int i = 0; i < n; i++) zmq_msg_close(&f[i]);
+      return -1;
     }
     for (int i = 1; i < n; i++) {
       if (h.type == STREAM_ERROR && i == 1) {
@@ -382,6 +512,7 @@ void stream_client_close(stream_client *c) {
     close_socket(c);
   }
   if (c->zctx) zmq_ctx_term(c->zctx);
+  shm_unmap(c);
   for (int i = 0; i < 3; i++) free(c->aligned[i]);
   free(c->f);
   free(c);

@@ -36,6 +36,10 @@ typedef struct {
   double heartbeat_s, timeout_s; /* defaults 1 and 10 */
   const char *curve_server_key;  /* producer's public key file (NULL: no CURVE) */
   const char *curve_client_key;  /* this consumer's key pair file */
+  int shm;                 /* 0: rows as frames; 1: ask for them through the producer's
+                              shared-memory segment (docs/stream-protocol.md, "Shared memory"),
+                              frames when none is offered or it cannot be mapped; 2: the same,
+                              but an error instead of frames */
 } stream_client_opts;
 
 typedef struct {
@@ -48,6 +52,7 @@ typedef struct {
 typedef struct {
   uint64_t chunks, samples, bytes, malformed, dropped_out_of_order, heartbeats;
   uint64_t realigned; /* frames copied because ZeroMQ delivered them misaligned */
+  uint64_t shm_mapped, shm_chunks; /* sessions that mapped a segment; chunks read from one */
 } stream_client_stats;
 
 typedef struct stream_client stream_client;
@@ -72,6 +77,10 @@ void stream_client_get_stats(const stream_client *c, stream_client_stats *st);
 /* Dataset id and samples per epoch announced by the producer (after the first next()). */
 uint64_t stream_client_dataset_id(const stream_client *c);
 uint64_t stream_client_samples_per_epoch(const stream_client *c);
+
+/* Why the last session takes frames although shm was asked for ("" if it
+ * did not, or mapped its segment). */
+const char *stream_client_shm_error(const stream_client *c);
 
 /* Say BYE and close. */
 void stream_client_close(stream_client *c);

@@ -54,6 +54,18 @@
 #define STREAM_HEADER_SIZE 96
 #define STREAM_DTYPE_F32 1
 
+/* Same-host shared memory (docs/stream-protocol.md, "Shared memory"):
+ * HELLO flag: the consumer asks for rows in a shared segment; WELCOME flag:
+ * granted (+ one frame: the segment's name); CHUNK flag: its rows lie in the
+ * segment (frames: ids, row checksums, descriptors of 2n x (offset, length)
+ * uint64, inputs rows then targets rows); CREDIT flag: the consumer's answer
+ * to a granting WELCOME (chunk_id: the nonce read from the segment, 0: it
+ * cannot map it and takes rows as frames). */
+#define STREAM_FLAG_SHM 8u
+#define STREAM_FLAG_SHM_ANSWER 16u
+#define STREAM_SHM_MAGIC 0x314d4853534d4543ull /* "CEMSSHM1" little-endian */
+#define STREAM_SHM_HEAD 4096 /* the segment's header page: magic, nonce, size, slot bytes, slots */
+
 typedef enum {
   STREAM_HELLO = 1,     /* consumer -> producer: rank, world (value), epoch, position, credit */
   STREAM_WELCOME = 2,   /* producer -> consumer: dataset id, samples per epoch, shapes */

@@ -2,10 +2,15 @@
 #include "pipeline/stream/stream_server.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdatomic.h>
-#include <sys/socket.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #include "common/checksum.h"
@@ -25,10 +30,24 @@ typedef struct {
   atomic_ullong released; /* chunks written so far */
 } peer_acct;
 
+/* A consumer's shared segment (docs/stream-protocol.md, "Shared memory"):
+ * a header page, then nslots slots of slot_bytes used as a ring in the
+ * order chunks are sent; a slot is free again when a CREDIT says the
+ * consumer is done with the chunk in it (credits come back in order). */
+typedef struct {
+  char name[64];     /* "" once unlinked */
+  uint8_t *base;
+  size_t size, slot_bytes;
+  uint32_t nslots, head, inflight;
+  uint64_t nonce;
+  int mapped;        /* the consumer answered with the nonce: rows go through it */
+} shm_seg;
+
 typedef struct {
   uint8_t id[MAX_ID];
   size_t idlen;
   stream_consumer c;
+  shm_seg *shm;      /* NULL: rows as frames */
   uint32_t epoch, credit;
   uint64_t position, chunk_id;
   double last_seen, last_sent, last_progress;
@@ -114,6 +133,60 @@ static void row_frame_done(void *data, void *hint) {
   frame_done(data, r);
 }
 
+static void shm_unlink_seg(shm_seg *g) {
+  if (g && g->name[0]) {
+    shm_unlink(g->name);
+    g->name[0] = 0;
+  }
+}
+
+/* The segment's name is gone at once; its pages when the consumer unmaps
+ * them too (the descriptors already sent stay readable by it). */
+static void shm_free(shm_seg *g) {
+  if (!g) return;
+  shm_unlink_seg(g);
+  if (g->base) munmap(g->base, g->size);
+  free(g);
+}
+
+/* A segment of nslots slots of slot_bytes, mode 0600, under a random name,
+ * its pages reserved (posix_fallocate: a full /dev/shm is an error here,
+ * not a SIGBUS on a later write). NULL when it cannot be made (the consumer
+ * then gets frames). */
+static shm_seg *shm_make(size_t slot_bytes, uint32_t nslots) {
+  shm_seg *g = calloc(1, sizeof *g);
+  if (!g) return NULL;
+  uint64_t r[2];
+  if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r || getrandom(&g->nonce, 8, 0) != 8) {
+    free(g);
+    return NULL;
+  }
+  g->nonce |= 1; /* 0 is the consumer's "cannot map" */
+  snprintf(g->name, sizeof g->name, "/coemu-stream-%d-%016llx%016llx", (int)getpid(),
+           (unsigned long long)r[0], (unsigned long long)r[1]);
+  g->slot_bytes = (slot_bytes + 4095) & ~(size_t)4095;
+  g->nslots = nslots;
+  g->size = STREAM_SHM_HEAD + (size_t)nslots * g->slot_bytes;
+  int fd = shm_open(g->name, O_RDWR | O_CREAT | O_EXCL, 0600);
+  if (fd < 0) {
+    free(g);
+    return NULL;
+  }
+  void *p = MAP_FAILED;
+  if (posix_fallocate(fd, 0, (off_t)g->size) == 0)
+    p = mmap(NULL, g->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  close(fd);
+  if (p == MAP_FAILED) {
+    shm_unlink_seg(g);
+    free(g);
+    return NULL;
+  }
+  g->base = p;
+  uint64_t head[5] = {STREAM_SHM_MAGIC, g->nonce, g->size, g->slot_bytes, nslots};
+  memcpy(g->base, head, sizeof head);
+  return g;
+}
+
 int stream_server_create(const stream_server_opts *o, stream_source_fn source, void *ctx,
                          stream_server **out) {
   stream_server *s = calloc(1, sizeof *s);
@@ -177,7 +250,10 @@ void stream_server_destroy(stream_server *s) {
   if (s->sock) zmq_close(s->sock);
   if (s->zctx) zmq_ctx_term(s->zctx); /* every queued chunk is released by now */
   stream_security_free(s->sec);
-  for (int i = 0; i < s->ncons; i++) acct_unref(s->cons[i].acct);
+  for (int i = 0; i < s->ncons; i++) {
+    acct_unref(s->cons[i].acct);
+    shm_free(s->cons[i].shm);
+  }
   for (int i = 0; i < s->nzombies; i++) acct_unref(s->zombies[i]);
   free(s->zombies);
   free(s->cons);
@@ -244,6 +320,8 @@ static void shut_connection(const consumer_state *c) {
 
 static void drop_consumer(stream_server *s, int i) {
   consumer_state *c = &s->cons[i];
+  shm_free(c->shm);
+  c->shm = NULL;
   if (atomic_load(&c->acct->chunks) > 0) {
     s->st.connections_shut += c->fd >= 0;
     shut_connection(c); /* its chunks are released once ZeroMQ notices */
@@ -499,7 +577,29 @@ static void handle_incoming(stream_server *s) {
       drop_consumer(s, (int)(c - s->cons));
       goto done;
     }
-    send_simple(s, c, STREAM_WELCOME, c->credit);
+    shm_free(c->shm); /* a HELLO again: a fresh segment, or none */
+    c->shm = NULL;
+    if ((h.flags & STREAM_FLAG_SHM) && s->o.shm_chunk_bytes) {
+      /* the credit granted bounds the chunks it holds unread: one slot each
+       * (a consumer that grants more later waits for a free slot) */
+      c->shm = shm_make(s->o.shm_chunk_bytes, c->credit);
+      if (!c->shm) s->st.shm_refused++;
+    }
+    if (c->shm) { /* granted: the name travels, the nonce stays in the segment */
+      stream_header w = {.type = STREAM_WELCOME, .flags = STREAM_FLAG_SHM, .value = c->credit,
+                         .dataset_id = s->o.dataset_id, .epoch = c->epoch,
+                         .position = c->position};
+      w.nsamples = (uint32_t)(s->o.samples_per_epoch > UINT32_MAX ? UINT32_MAX
+                                                                  : s->o.samples_per_epoch);
+      size_t len = strlen(c->shm->name);
+      w.payload_xxh64 = ce_xxh64(c->shm->name, len, 0);
+      zmq_msg_t m;
+      zmq_msg_init_size(&m, len);
+      memcpy(zmq_msg_data(&m), c->shm->name, len);
+      send_frames(s, c, &w, &m, 1);
+    } else {
+      send_simple(s, c, STREAM_WELCOME, c->credit);
+    }
     goto done;
   }
   if (!c) { /* a message from a consumer that never said HELLO (or was dropped) */
@@ -509,6 +609,24 @@ static void handle_incoming(stream_server *s) {
   c->last_seen = now;
   switch (h.type) {
   case STREAM_CREDIT: {
+    shm_seg *g = c->shm;
+    if ((h.flags & STREAM_FLAG_SHM_ANSWER) && g && !g->mapped) {
+      /* the nonce is only in the segment: a consumer that read it has it
+       * mapped (and is on this host); the name is not needed any more */
+      shm_unlink_seg(g);
+      if (h.chunk_id == g->nonce) {
+        g->mapped = 1;
+        s->st.shm_consumers++;
+      } else {
+        shm_free(g);
+        c->shm = NULL;
+        s->st.shm_refused++;
+      }
+    } else if (g && g->mapped) { /* each credit: the oldest chunk in the segment is read */
+      uint32_t done = h.value < g->inflight ? h.value : g->inflight;
+      g->head = (g->head + done) % g->nslots;
+      g->inflight -= done;
+    }
     uint64_t cr = (uint64_t)c->credit + h.value;
     c->credit = cr > s->o.max_credit ? s->o.max_credit : (uint32_t)cr;
     break;
@@ -534,6 +652,71 @@ done:
   for (int i = 0; i < n && i < 4; i++) zmq_msg_close(&part[i]);
 }
 
+/* Send a chunk whose rows are copied into the consumer's next free slot:
+ * the frames are the ids, the row checksums and the rows' descriptors
+ * (offset, length in the segment), so no row crosses the socket. The
+ * source's chunk (and its rows) is released once ZeroMQ has sent the ids
+ * and checksums; the slot when the consumer's credit says it read it. */
+static int feed_shm(stream_server *s, consumer_state *c, stream_header *h, stream_chunk *ch,
+                    chunk_ref *ref, const uint64_t *sums, ce_xxh64_state *xs, size_t inb,
+                    size_t outb) {
+  shm_seg *g = c->shm;
+  uint32_t n = ch->nsamples, slot = (g->head + g->inflight) % g->nslots;
+  size_t nid = n * sizeof(uint64_t), nsum = 2 * nid, ndesc = 2 * nsum;
+  uint64_t off = STREAM_SHM_HEAD + (uint64_t)slot * g->slot_bytes;
+  zmq_msg_t m[3];
+  if (zmq_msg_init_size(&m[2], ndesc) != 0) {
+    free(ref->rows);
+    free(ref);
+    release_chunk(ch);
+    return 0;
+  }
+  uint64_t *desc = zmq_msg_data(&m[2]);
+  for (uint32_t k = 0; k < 2 * n; k++) { /* inputs rows, then targets rows */
+    int tg = k >= n;
+    uint32_t j = tg ? k - n : k;
+    size_t b = tg ? outb : inb;
+    const void *src = ch->in_rows ? (tg ? ch->tg_rows[j] : ch->in_rows[j])
+                                  : (const char *)(tg ? ch->targets : ch->inputs) + j * b;
+    memcpy(g->base + off, src, b);
+    desc[2 * k] = off;
+    desc[2 * k + 1] = b;
+    off += b;
+  }
+  if (ch->in_rows && ch->row_release) /* no frame points at the rows */
+    for (uint32_t j = 0; j < 2 * n; j++) ch->row_release(ch->row_tokens[j]);
+  free(ref->rows);
+  ref->rows = NULL;
+  ce_xxh64_update(xs, desc, ndesc);
+  h->payload_xxh64 = ce_xxh64_digest(xs);
+  h->flags |= STREAM_FLAG_SHM;
+  atomic_init(&ref->refs, 2);
+  ref->release = ch->release;
+  ref->row_release = NULL;
+  ref->token = ch->token;
+  ref->acct = c->acct;
+  ref->queued = &s->queued_bytes;
+  ref->bytes = nid + nsum;
+  atomic_fetch_add(&c->acct->refs, 1);
+  atomic_fetch_add(&c->acct->chunks, 1);
+  atomic_fetch_add(&s->queued_bytes, ref->bytes);
+  zmq_msg_init_data(&m[0], (void *)ch->ids, nid, frame_done, ref);
+  zmq_msg_init_data(&m[1], (void *)sums, nsum, frame_done, ref);
+  if (send_frames(s, c, h, m, 3) < 0) {
+    c->gone = 1;
+    return 0;
+  }
+  g->inflight++;
+  c->credit--;
+  c->position += n;
+  c->chunk_id++;
+  s->st.chunks_sent++;
+  s->st.shm_chunks++;
+  s->st.samples_sent += n;
+  s->st.bytes_sent += nid + nsum + ndesc + STREAM_HEADER_SIZE + n * (inb + outb);
+  return 1;
+}
+
 /* Send one chunk (or the epoch end) to consumer i if it has credit.
  * Returns 1 if something was sent, else 0 (a failed send marks it gone). */
 static int feed(stream_server *s, int i) {
@@ -542,6 +725,8 @@ static int feed(stream_server *s, int i) {
   /* whatever credit the peer grants, ZeroMQ holds at most max_credit of its
    * chunks: a peer that does not read gets nothing more */
   if (atomic_load(&c->acct->chunks) >= (int)s->o.max_credit) return 0;
+  shm_seg *g = c->shm;
+  if (g && (!g->mapped || g->inflight >= g->nslots)) return 0; /* its answer, or a free slot */
   stream_chunk ch;
   memset(&ch, 0, sizeof ch);
   ce_err_clear();
@@ -607,6 +792,8 @@ static int feed(stream_server *s, int i) {
   ce_xxh64_init(&xs, 0);
   ce_xxh64_update(&xs, ch.ids, nid);
   ce_xxh64_update(&xs, sums, nsum);
+  if (g && nin + nout <= g->slot_bytes)
+    return feed_shm(s, c, &h, &ch, ref, sums, &xs, inb, outb);
   h.payload_xxh64 = ce_xxh64_digest(&xs);
   /* protocol 3: every row its own frame (stream_proto.h), each sent from
    * where the source holds it */

@@ -83,6 +83,11 @@ typedef struct {
                                /* optional: called from the authentication thread for each
                                   CURVE handshake refused (stream_security.h) */
   void *curve_refused_ctx;
+  size_t shm_chunk_bytes;      /* > 0: a consumer that asks (HELLO flag STREAM_FLAG_SHM) gets its
+                                  rows through a shared-memory segment: per unit of credit granted,
+                                  one slot of this many bytes (the most rows bytes of a chunk; a larger
+                                  chunk goes as frames): docs/stream-protocol.md, "Shared
+                                  memory"; 0: never offered */
 } stream_server_opts;
 
 typedef struct {
@@ -95,6 +100,10 @@ typedef struct {
                                 ZeroMQ releases the chunks it held for them */
   uint64_t queued_bytes; /* chunk bytes ZeroMQ holds now (not yet written to a socket) */
   uint64_t curve_refused; /* CURVE handshakes refused: a key not among the authorised ones */
+  uint64_t shm_chunks;    /* chunks whose rows went through a shared segment */
+  uint64_t shm_consumers; /* sessions that mapped their segment (answered with its nonce) */
+  uint64_t shm_refused;   /* sessions that asked for one and then took frames (could not map
+                             it, wrong nonce, or the segment could not be made) */
 } stream_server_stats;
 
 #define STREAM_INFO_MAX 4096 /* bytes of an INFO reply's text */

@@ -18,6 +18,9 @@ warning when the first client starts). Header checks are always made.
 import ctypes
 import ctypes.util
 import json
+import mmap
+import os
+import re
 import struct
 import sys
 import threading
@@ -34,6 +37,14 @@ HELLO, WELCOME, CREDIT, CHUNK, EPOCH_END, HEARTBEAT, ERROR, BYE, INFO = range(1,
 # HELLO flags bits 1-2: the epoch order asked for (0: the producer's), as
 # SERVE_FLAG_ORDER in pipeline/serve/serve.h
 ORDERS = ("exact", "shards")
+# same-host shared memory (docs/stream-protocol.md, "Shared memory"), as
+# STREAM_FLAG_SHM* in pipeline/stream/stream_proto.h
+FLAG_SHM, FLAG_SHM_ANSWER = 8, 16
+SHM_MAGIC = 0x314D4853534D4543  # "CEMSSHM1"
+SHM_HEAD = 4096
+# the only names a producer may give (a name is opened: no path of its choosing)
+_SHM_NAME = re.compile(r"/coemu-stream-[0-9]{1,10}-[0-9a-f]{32}")
+TRANSPORTS = ("socket", "shm", "auto")
 
 
 def order_flags(order):
@@ -285,9 +296,10 @@ class Header:
         return h
 
     @staticmethod
-    def encode(type_, value=0, flags=0, dataset_id=0, epoch=0, nsamples=0, position=0, rank=0):
-        b = struct.pack(_FMT, MAGIC, VERSION, type_, flags, value, dataset_id, epoch, nsamples, 0,
-                        position, 0, rank, 0, 0, 0, 0, 0, 0, 0, 0)
+    def encode(type_, value=0, flags=0, dataset_id=0, epoch=0, nsamples=0, position=0, rank=0,
+               chunk_id=0):
+        b = struct.pack(_FMT, MAGIC, VERSION, type_, flags, value, dataset_id, epoch, nsamples,
+                        chunk_id, position, 0, rank, 0, 0, 0, 0, 0, 0, 0, 0)
         return b + struct.pack("<Q", _hash_buf(b))
 
 
@@ -334,16 +346,17 @@ def _refcounts(arrays):
 _UNHELD = _refcounts([np.empty(0)])[0]
 
 
-def _gather_checked(frames, first, n, size, want, out):
-    """Rows frames[first .. first + n) copied into out (n x size bytes), each
-    checked against want[2k] first; False (out left part-written) at the first
-    row of another size or another XXH64. Each row is copied right after it
-    is hashed, while it is still in the cache: a batch's rows are read from
+def _gather_checked(rows, n, size, want, out):
+    """Rows rows[0 .. n) (buffers: received frames' memory, or slices of the
+    shared segment) copied into out (n x size bytes), each checked against
+    want[2k] first; False (out left part-written) at the first row of
+    another size or another XXH64. Each row is copied right after it is
+    hashed, while it is still in the cache: a batch's rows are read from
     memory once, not once to check them all and again to gather them."""
     flat = out.reshape(n, -1).view(np.uint8)
     h = _hash_buf
     for k in range(n):
-        b = frames[first + k].buffer
+        b = rows[k]
         if len(b) != size or h(b) != want[2 * k]:
             return False
         flat[k] = np.frombuffer(b, dtype=np.uint8)
@@ -455,7 +468,8 @@ class StreamClient:
 
     def __init__(self, endpoint, rank=0, world=1, epoch=0, position=0, credit=4,
                  normalised=False, dataset_id=0, heartbeat_s=1.0, timeout_s=10.0, context=None,
-                 resume_after_s=None, curve=None, keepalive=True, taper=False, order=None):
+                 resume_after_s=None, curve=None, keepalive=True, taper=False, order=None,
+                 transport="auto"):
         """order: None (whatever the producer serves), "exact" or "shards":
         the epoch order this consumer expects (docs/stream-protocol.md,
         "Order"); a producer serving the other one answers with an error
@@ -473,10 +487,22 @@ class StreamClient:
         then sent at most one chunk of the next one.
         curve: (the producer's public key file NAME.key, this consumer's
         key pair NAME.key_secret), both from `coemu keygen`, for a producer
-        started with --curve-secret (required off loopback)."""
+        started with --curve-secret (required off loopback).
+        transport: "auto" (default): ask the producer for its rows through a
+        shared-memory segment (docs/stream-protocol.md, "Shared memory": a
+        consumer on the producer's host then reads them without the socket's
+        two kernel copies), and take frames when none is offered or it
+        cannot be mapped (shm_error says why); "shm": the same, but raise
+        ProtocolError instead of taking frames; "socket": always frames."""
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport {transport!r}: expected one of {TRANSPORTS}")
         self.endpoint, self.rank, self.world = endpoint, rank, world
         self.epoch, self.position, self.credit = epoch, position, credit
-        self.flags = (1 if normalised else 0) | order_flags(order)
+        self.transport = transport
+        self.flags = (1 if normalised else 0) | order_flags(order) | \
+            (FLAG_SHM if transport != "socket" else 0)
+        self._shm = self._shm_view = None
+        self._shm_size, self.shm_mapped, self.shm_error = 0, 0, None
         self.order = order
         self.dataset_id, self.heartbeat_s, self.timeout_s = dataset_id, heartbeat_s, timeout_s
         self.malformed = 0
@@ -524,15 +550,16 @@ class StreamClient:
         self._est = self.credit      # credit the producer holds + chunks on their way
         self._send(HELLO, self.credit)
 
-    def _send(self, type_, value=0):
+    def _send(self, type_, value=0, flags=None, chunk_id=0):
         # never blocks (as the C client): a DEALER whose handshake failed (a
         # CURVE producer refusing this consumer, or one without CURVE at all)
         # has no peer, and a blocking send would wait for ever instead of
         # ending in ProducerSilent; control messages are tiny, far below the
         # high-water mark of a connected peer
         try:
-            self._sock.send(Header.encode(type_, value, self.flags, self.dataset_id, self.epoch,
-                                          self.world, self.position, self.rank), zmq.NOBLOCK)
+            self._sock.send(Header.encode(type_, value, self.flags if flags is None else flags,
+                                          self.dataset_id, self.epoch, self.world, self.position,
+                                          self.rank, chunk_id), zmq.NOBLOCK)
         except zmq.Again:
             pass
         self._last_sent = time.monotonic()
@@ -596,24 +623,30 @@ class StreamClient:
                 ins = (n,) + tuple(h.in_shape)
                 outs = (n,) + tuple(h.out_shape)
                 inb, outb = 4 * int(np.prod(h.in_shape)), 4 * int(np.prod(h.out_shape))
-                # protocol 3: header, ids, row checksums, then one frame per row;
-                # never skipped: ids and row checksums, then every row (fastest XXH64)
-                ok = len(frames) == 3 + 2 * n and len(frames[1]) == 8 * n and \
-                    len(frames[2]) == 16 * n and \
-                    xxh64_frames([frames[1].buffer, frames[2].buffer]) == h.payload_xxh64
-                if ok:
-                    want = struct.unpack(f"<{2 * n}Q", frames[2].buffer)
-                    if n == 1:  # the frames themselves
-                        fi, fo = frames[3], frames[4]
-                        ok = len(fi) == inb and len(fo) == outb and \
-                            _hash_buf(fi.buffer) == want[0] and _hash_buf(fo.buffer) == want[1]
-                        if ok:
-                            inputs, targets = _array(fi, "<f4", ins), _array(fo, "<f4", outs)
-                    else:  # checked and gathered row by row into reused batch buffers
-                        inputs = self._bufs.get("<f4", ins)
-                        targets = self._bufs.get("<f4", outs)
-                        ok = _gather_checked(frames, 3, n, inb, want, inputs) and \
-                            _gather_checked(frames, 3 + n, n, outb, want[1:], targets)
+                # protocol 3: header, ids, row checksums, then one frame per row
+                # (or the rows' descriptors in the shared segment); never
+                # skipped: ids and row checksums, then every row (fastest XXH64)
+                if h.flags & FLAG_SHM:
+                    ok, inputs, targets = self._shm_rows(h, frames, n, ins, outs, inb, outb)
+                else:
+                    ok = len(frames) == 3 + 2 * n and len(frames[1]) == 8 * n and \
+                        len(frames[2]) == 16 * n and \
+                        xxh64_frames([frames[1].buffer, frames[2].buffer]) == h.payload_xxh64
+                    if ok:
+                        want = struct.unpack(f"<{2 * n}Q", frames[2].buffer)
+                        if n == 1:  # the frames themselves
+                            fi, fo = frames[3], frames[4]
+                            ok = len(fi) == inb and len(fo) == outb and \
+                                _hash_buf(fi.buffer) == want[0] and _hash_buf(fo.buffer) == want[1]
+                            if ok:
+                                inputs, targets = _array(fi, "<f4", ins), _array(fo, "<f4", outs)
+                        else:  # checked and gathered row by row into reused batch buffers
+                            inputs = self._bufs.get("<f4", ins)
+                            targets = self._bufs.get("<f4", outs)
+                            ok = _gather_checked([f.buffer for f in frames[3:3 + n]], n, inb, want,
+                                                 inputs) and \
+                                _gather_checked([f.buffer for f in frames[3 + n:3 + 2 * n]], n, outb,
+                                                want[1:], targets)
                 if not ok:
                     self.malformed += 1
                     self._send(CREDIT, 1)
@@ -627,6 +660,7 @@ class StreamClient:
                 self._batch = n
                 return Chunk(h, ids, inputs, targets)
             if h.type == WELCOME:
+                self._shm_welcome(h, frames)
                 self.samples_per_epoch = h.nsamples
                 self._granted = self._est = max(1, h.value)
                 self.dataset_id_seen = h.dataset_id
@@ -637,6 +671,86 @@ class StreamClient:
             elif h.type == ERROR:
                 text = frames[1].bytes.decode("utf-8", "replace") if len(frames) > 1 else ""
                 raise ProtocolError(f"producer error: {text}")
+
+    def _shm_welcome(self, h, frames):
+        """The producer's answer to this HELLO's request for shared memory:
+        map the segment it names and answer with the nonce read from it (the
+        proof that this consumer is on the producer's host and has it mapped),
+        or answer 0 and take rows as frames. transport "shm" raises instead."""
+        self._shm_close()
+        if not self.flags & FLAG_SHM:
+            return
+        why = None
+        if not h.flags & FLAG_SHM:
+            why = "the producer did not offer shared memory (coemu serve --no-shm, a producer " \
+                  "without it, or it could not make a segment)"
+        elif len(frames) != 2 or _hash_buf(frames[1].buffer) != h.payload_xxh64:
+            why = "the WELCOME's segment name is damaged"
+        else:
+            name = frames[1].bytes.decode("ascii", "replace")
+            if not _SHM_NAME.fullmatch(name):
+                why = f"the producer named segment {name!r}, not a coemu stream segment"
+            else:
+                try:
+                    fd = os.open("/dev/shm" + name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                    try:
+                        size = os.fstat(fd).st_size
+                        mm = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size > SHM_HEAD else None
+                    finally:
+                        os.close(fd)
+                    head = struct.unpack_from("<5Q", mm, 0) if mm is not None else None
+                    if head is None or head[0] != SHM_MAGIC or head[2] != size:
+                        if mm is not None:
+                            mm.close()
+                        why = f"segment {name} is not a coemu stream segment of its size"
+                    else:
+                        self._shm, self._shm_view, self._shm_size = mm, memoryview(mm), size
+                        self._send(CREDIT, 0, flags=self.flags | FLAG_SHM_ANSWER,
+                                   chunk_id=head[1])
+                        self.shm_mapped += 1
+                        return
+                except (OSError, ValueError) as e:
+                    why = f"cannot map shared-memory segment {name}: {e}"
+        self.shm_error = why
+        if h.flags & FLAG_SHM:  # frames then, for this session
+            self._send(CREDIT, 0, flags=self.flags | FLAG_SHM_ANSWER, chunk_id=0)
+        if self.transport == "shm":
+            raise ProtocolError(f"transport 'shm': {why}")
+
+    def _shm_close(self):
+        if self._shm is not None:
+            self._shm_view.release()
+            try:
+                self._shm.close()
+            except BufferError:  # a row view still alive (never handed out): unmapped when freed
+                pass
+            self._shm = self._shm_view = None
+
+    def _shm_rows(self, h, frames, n, ins, outs, inb, outb):
+        """(ok, inputs, targets) of a CHUNK whose rows lie in the shared
+        segment: the descriptors checked to lie in it and to have the row
+        sizes, every row checked against its row checksum and gathered into
+        the batch buffers where it lies (one pass), as rows sent as frames."""
+        if self._shm is None or len(frames) != 4 or len(frames[1]) != 8 * n or \
+                len(frames[2]) != 16 * n or len(frames[3]) != 32 * n or \
+                xxh64_frames([frames[1].buffer, frames[2].buffer, frames[3].buffer]) \
+                != h.payload_xxh64:
+            return False, None, None
+        want = struct.unpack(f"<{2 * n}Q", frames[2].buffer)
+        d = struct.unpack(f"<{4 * n}Q", frames[3].buffer)
+        v, size, rows = self._shm_view, self._shm_size, []
+        for k in range(2 * n):
+            off, ln = d[2 * k], d[2 * k + 1]
+            if ln != (inb if k < n else outb) or off < SHM_HEAD or off + ln > size:
+                return False, None, None
+            rows.append(v[off:off + ln])
+        inputs = self._bufs.get("<f4", ins)
+        targets = self._bufs.get("<f4", outs)
+        ok = _gather_checked(rows[:n], n, inb, want, inputs) and \
+            _gather_checked(rows[n:], n, outb, want[1:], targets)
+        for r in rows:
+            r.release()
+        return ok, inputs, targets
 
     def iter_epoch(self):
         """Iterate over the chunks of the current epoch."""
@@ -709,6 +823,7 @@ class StreamClient:
                     _unwatch(self._sock, self._mon)
                     self._sock.close()
                     self._sock = None
+                self._shm_close()
             if self._keepalive is not None and self._keepalive is not threading.current_thread():
                 self._keepalive.join()
             if self._own_ctx and not self._ctx.closed:

@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from coemu.normalise import Normalisation
-from coemu.stream import StreamClient, order_flags, server_info
+from coemu.stream import TRANSPORTS, StreamClient, order_flags, server_info
 
 
 def _dist_rank_world():
@@ -62,17 +62,23 @@ class StreamDataset(IterableDataset):
     consumer's NAME.key_secret) for a CURVE producer (coemu keygen).
     order: None (the server's), "exact" or "shards": the epoch order
     expected (docs/stream-protocol.md, "Order"); a server announcing the
-    other one is refused at once, and the HELLOs ask for it too."""
+    other one is refused at once, and the HELLOs ask for it too.
+    transport: "auto" (default), "socket" or "shm": rows through the
+    producer's shared-memory segment when this process is on its host, else
+    as ZeroMQ frames; always frames; the segment or an error (StreamClient; docs/stream-protocol.md, "Shared memory")."""
 
     def __init__(self, endpoint, normalised=False, batched=False, with_ids=False, epoch=0,
                  rank=None, world_size=None, world=None, credit=4, timeout_s=None,
-                 info_timeout_s=10.0, curve=None, order=None):
+                 info_timeout_s=10.0, curve=None, order=None, transport="auto"):
         super().__init__()
         self.endpoint, self.normalised = endpoint, normalised
         self.batched, self.with_ids, self.credit = batched, with_ids, credit
         self.curve = curve
         order_flags(order)  # a bad value fails here
         self.order = order
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport {transport!r}: expected one of {TRANSPORTS}")
+        self.transport = transport
         if world is None:
             self.info = server_info(endpoint, timeout_s=info_timeout_s, curve=curve)
         else:
@@ -172,7 +178,8 @@ class StreamDataset(IterableDataset):
                                             credit=self.credit, normalised=self.normalised,
                                             heartbeat_s=self.heartbeat_s, timeout_s=self.timeout_s,
                                             resume_after_s=self.resume_after_s,
-                                            curve=self.curve, taper=True, order=self.order))
+                                            curve=self.curve, taper=True, order=self.order,
+                                            transport=self.transport))
             active = list(clients)
             while active:
                 for c in list(active):

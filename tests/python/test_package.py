@@ -184,4 +184,36 @@ with tempfile.TemporaryDirectory() as tmp:
     check(r.returncode == 0, f"coemu_stream is the package's client: {r.stderr[-800:]}")
     print("XXH64 backend:", r.stdout.strip())
 
+# shared memory (docs/stream-protocol.md, "Shared memory"), from a fake producer
+# that makes a segment as serve does: the client maps it, answers with the nonce
+# read from it, and checks every row where it lies. A row damaged in the
+# segment, a descriptor outside it and one of another row size are dropped
+# (counted malformed, their credit returned); the good chunks (a one-sample one
+# too) are handed out with every value in place.
+from fake_shm import fake_shm_producer  # noqa: E402
+
+with tempfile.TemporaryDirectory() as tmp:
+    ep = f"ipc://{tmp}/fake-shm.sock"
+    name = f"/coemu-stream-{os.getpid()}-{os.urandom(16).hex()}"
+    ready, answer = threading.Event(), []
+    th = threading.Thread(target=fake_shm_producer, args=(ep, ready, name, answer), daemon=True)
+    th.start()
+    ready.wait(10)
+    got = []
+    with stream.StreamClient(ep, rank=0, world=1, timeout_s=10, heartbeat_s=0.2,
+                             transport="shm") as c:
+        for ch in c.iter_epoch():
+            got.append(ch)
+        malformed, mapped = c.malformed, c.shm_mapped
+    th.join(10)
+    check(answer == [(stream.CREDIT, stream.FLAG_SHM_ANSWER, True)] and mapped == 1,
+          f"shm: the client maps the segment and answers with its nonce: {answer} {mapped}")
+    check(malformed == 3 and [list(map(int, ch.ids)) for ch in got] == [[0, 1, 2], [3, 4, 5], [6]],
+          f"shm: a damaged row, a descriptor outside the segment and one of another size are "
+          f"dropped: {malformed} malformed, {[list(ch.ids) for ch in got]}")
+    check(all((ch.inputs[k] == i + 0.25).all() and (ch.targets[k] == i + 0.5).all()
+              for ch in got for k, i in enumerate(ch.ids)), "shm: every row in place")
+    check(not os.path.exists("/dev/shm" + name), "shm: the fake producer's segment is gone")
+
+
 report()

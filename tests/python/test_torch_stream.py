@@ -152,6 +152,18 @@ with tempfile.TemporaryDirectory() as tmp:
         check(x.shape == (2, 3, 8, 8, 8) and y.shape == (2, 3, 8, 8), f"batched shapes {x.shape}")
         ids += i.tolist()
     check(sorted(ids) == sorted(train), "3 workers over 4 ranks: the whole epoch once")
+    # transport "shm" (docs/stream-protocol.md, "Shared memory"): the same samples, byte
+    # for byte, as frames, through 2 workers
+    got = {}
+    for transport in ("socket", "shm"):
+        got[transport] = {}
+        for x, y, b in torch.utils.data.DataLoader(
+                StreamDataset(ep, with_ids=True, batched=True, transport=transport),
+                batch_size=None, num_workers=2):
+            for k, i in enumerate(b.tolist()):
+                got[transport][i] = (x[k].numpy().tobytes(), y[k].numpy().tobytes())
+    check(sorted(got["shm"]) == sorted(train) and got["shm"] == got["socket"],
+          "transport shm: the whole epoch once, the same bytes as over frames")
 
     # without INFO (a server older than the message): the world given by hand
     ids = [i for _, _, b in torch.utils.data.DataLoader(StreamDataset(ep, world=4, with_ids=True),
