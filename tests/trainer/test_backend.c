@@ -56,6 +56,16 @@ static struct {
   char first_violation[256];
 } G;
 
+#define MAX_HOST 64
+#define MAX_PENDING 64
+
+static struct {
+  struct { char *p; size_t bytes; } host[MAX_HOST];
+  struct { void *dst; const void *src; size_t bytes; } pend[MAX_PENDING];
+  int npend;
+  long async_uploads, waits;
+} H;
+
 static void violation(const char *fmt, const char *what, long long v) {
   if (!G.violations++) snprintf(G.first_violation, sizeof G.first_violation, fmt, what, v);
 }
@@ -93,10 +103,25 @@ static int owner(const void *p, size_t bytes) {
 }
 
 /* A buffer the call is about to touch must be backend memory. */
+static int pending_dst(const void *p, size_t bytes);
+
 static int owned(const void *p, size_t bytes, const char *what) {
   G.checked++;
+  if (pending_dst(p, bytes)) {
+    violation("%s: %lld bytes overlapping an upload_async not waited for (upload_wait)", what,
+              (long long)bytes);
+    return 1; /* backend memory all the same: the call goes on, on the old bytes */
+  }
   if (owner(p, bytes) >= 0) return 1;
   violation("%s: %lld bytes that are not backend memory", what, (long long)bytes);
+  return 0;
+}
+
+static int pending_dst(const void *p, size_t bytes) {
+  for (int i = 0; i < H.npend; i++) {
+    const char *a = H.pend[i].dst, *q = p;
+    if (q < a + H.pend[i].bytes && a < q + bytes) return 1;
+  }
   return 0;
 }
 
@@ -290,9 +315,118 @@ static int guard_reduce_bucket(nn_net *net, size_t off, size_t n) {
   return rc;
 }
 
-/* host memory: never guarded */
-static void *guard_host_alloc(size_t bytes) { return nn_backend_cpu.host_alloc(bytes); }
-static void guard_host_free(void *p) { nn_backend_cpu.host_free(p); }
+/* ---- host staging and the asynchronous copies --------------------------- */
+
+/* Host staging is whole pages of its own, so that upload_async can make its
+ * source read-only until upload_wait (a host write to it faults: the rule
+ * that the host must not reuse the buffer before the wait); the copy itself
+ * happens only in upload_wait, and a backend call that touches a pending
+ * destination before it is a violation (owned), so work that reads the
+ * batch too early sees old bytes and is reported. */
+static size_t pages_of(size_t bytes) { return (bytes + G.page - 1) / G.page * G.page; }
+
+static void *guard_host_alloc(size_t bytes) {
+  for (int i = 0; i < MAX_HOST; i++) {
+    if (H.host[i].p) continue;
+    void *p = mmap(NULL, pages_of(bytes ? bytes : 1), PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+      ce_err("guard backend: host staging of %zu bytes: mmap failed", bytes);
+      return NULL;
+    }
+    H.host[i].p = p;
+    H.host[i].bytes = pages_of(bytes ? bytes : 1);
+    return p;
+  }
+  ce_err("guard backend: more than %d host staging buffers", MAX_HOST);
+  return NULL;
+}
+
+static void guard_host_free(void *p) {
+  for (int i = 0; p && i < MAX_HOST; i++)
+    if (H.host[i].p == p) {
+      munmap(p, H.host[i].bytes);
+      H.host[i].p = NULL;
+      return;
+    }
+}
+
+/* The pages of host staging that [p, p + bytes) lies in, or NULL. */
+static char *host_pages(const void *p, size_t bytes, size_t *n) {
+  for (int i = 0; i < MAX_HOST; i++) {
+    char *b = H.host[i].p;
+    if (b && (const char *)p >= b && (const char *)p + bytes <= b + H.host[i].bytes) {
+      char *first = b + ((const char *)p - b) / G.page * G.page;
+      *n = pages_of((size_t)((const char *)p + bytes - first));
+      return first;
+    }
+  }
+  return NULL;
+}
+
+static int in_pending_src(const void *a) {
+  for (int i = 0; i < H.npend; i++) {
+    size_t n;
+    char *first = host_pages(H.pend[i].src, H.pend[i].bytes, &n);
+    if (first && (const char *)a >= first && (const char *)a < first + n) return 1;
+  }
+  return 0;
+}
+
+static int guard_upload_async(void *dst, const void *src, size_t bytes) {
+  H.async_uploads++;
+  G.bytes_up += (double)bytes;
+  if (!owned(dst, bytes, "upload_async destination"))
+    return ce_err("guard: upload_async to host memory");
+  size_t n;
+  char *pages = host_pages(src, bytes, &n);
+  if (!pages) violation("%s: %lld bytes that are not host staging (host_alloc)",
+                        "upload_async source", (long long)bytes);
+  if (H.npend == MAX_PENDING) return ce_err("guard: more than %d copies pending", MAX_PENDING);
+  H.pend[H.npend].dst = dst;
+  H.pend[H.npend].src = src;
+  H.pend[H.npend].bytes = bytes;
+  H.npend++;
+  if (pages && mprotect(pages, n, PROT_READ) != 0) abort();
+  return 0;
+}
+
+static int guard_upload_wait(void) {
+  H.waits++;
+  const int np = H.npend;
+  H.npend = 0; /* the destinations are the backend's again */
+  for (int i = 0; i < np; i++) {
+    size_t n;
+    char *pages = host_pages(H.pend[i].src, H.pend[i].bytes, &n);
+    guard_open();
+    memcpy(H.pend[i].dst, H.pend[i].src, H.pend[i].bytes);
+    guard_close();
+    if (pages && mprotect(pages, n, PROT_READ | PROT_WRITE) != 0) abort();
+  }
+  return 0;
+}
+
+static int guard_normalise_inputs(const stats_norm *p, const float *in, float *out, int samples,
+                                  size_t nvox) {
+  const size_t bytes = sizeof(float) * (size_t)samples * 3 * nvox;
+  if (!owned(in, bytes, "normalise_inputs input") || !owned(out, bytes, "normalise_inputs output"))
+    return ce_err("guard: normalise_inputs outside backend memory");
+  guard_open();
+  int rc = nn_backend_cpu.normalise_inputs(p, in, out, samples, nvox);
+  guard_close();
+  return rc;
+}
+
+static int guard_normalise_targets(const stats_norm *p, const float *in, float *out, int samples,
+                                   size_t nval) {
+  const size_t bytes = sizeof(float) * (size_t)samples * nval;
+  if (!owned(in, bytes, "normalise_targets input") || !owned(out, bytes, "normalise_targets output"))
+    return ce_err("guard: normalise_targets outside backend memory");
+  guard_open();
+  int rc = nn_backend_cpu.normalise_targets(p, in, out, samples, nval);
+  guard_close();
+  return rc;
+}
 
 static const nn_backend guard_backend = {
     .name = "guard",
@@ -316,6 +450,10 @@ static const nn_backend guard_backend = {
     .reduce_bucket = guard_reduce_bucket,
     .host_alloc = guard_host_alloc,
     .host_free = guard_host_free,
+    .upload_async = guard_upload_async,
+    .upload_wait = guard_upload_wait,
+    .normalise_inputs = guard_normalise_inputs,
+    .normalise_targets = guard_normalise_targets,
 };
 
 static void on_segv(int sig, siginfo_t *si, void *uc) {
@@ -323,6 +461,12 @@ static void on_segv(int sig, siginfo_t *si, void *uc) {
   if (in_arena(si->si_addr)) {
     static const char msg[] = "test_backend: host code touched backend memory outside a backend "
                               "call (it must go through upload/download)\n";
+    if (write(2, msg, sizeof msg - 1) < 0) _exit(GUARD_EXIT);
+    _exit(GUARD_EXIT);
+  }
+  if (in_pending_src(si->si_addr)) {
+    static const char msg[] = "test_backend: host code wrote a host buffer that an upload_async "
+                              "still reads (before upload_wait)\n";
     if (write(2, msg, sizeof msg - 1) < 0) _exit(GUARD_EXIT);
     _exit(GUARD_EXIT);
   }
