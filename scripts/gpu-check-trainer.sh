@@ -13,8 +13,11 @@
 #            bf16); bf16 (trainer/precision.h): layers at tf32 / bf16, one
 #            bf16 step against the CPU's bf16 emulation, the bf16 curve vs fp32
 #            gradient buckets through a single-rank NCCL communicator against
-#            no reducer (bit for bit; NCCL optional) and the input feed's wait
-#            fraction (tests/trainer/dp_check.h)
+#            no reducer (bit for bit; NCCL optional), the input feed's wait
+#            fraction, and its backend path (asynchronous copies on the copy
+#            stream, normalisation kernels) against host normalisation: the
+#            normalised values within 1 ulp, 3 steps bit for bit when exact
+#            (tests/trainer/dp_check.h)
 #   anchor   PyTorch + cuDNN on the same GPU, same model, loss, optimiser and
 #            batch (tests/trainer/torch_anchor.py): fp32, TF32, bf16
 # and prints one line per figure.
