@@ -16,7 +16,8 @@
 #            no reducer (bit for bit; NCCL optional), the input feed's wait
 #            fraction, and its backend path (asynchronous copies on the copy
 #            stream, normalisation kernels) against host normalisation: the
-#            normalised values within 1 ulp, 3 steps bit for bit when exact
+#            normalised values within a 1-ulp ln's bound, 3 steps bit for bit
+#            when exact
 #            (tests/trainer/dp_check.h)
 #   anchor   PyTorch + cuDNN on the same GPU, same model, loss, optimiser and
 #            batch (tests/trainer/torch_anchor.py): fp32, TF32, bf16
