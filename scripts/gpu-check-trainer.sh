@@ -13,8 +13,12 @@
 #            bf16); bf16 (trainer/precision.h): layers at tf32 / bf16, one
 #            bf16 step against the CPU's bf16 emulation, the bf16 curve vs fp32
 #            gradient buckets through a single-rank NCCL communicator against
-#            no reducer (bit for bit; NCCL optional) and the input feed's wait
-#            fraction (tests/trainer/dp_check.h)
+#            no reducer (bit for bit; NCCL optional), the input feed's wait
+#            fraction, and its backend path (asynchronous copies on the copy
+#            stream, normalisation kernels) against host normalisation: the
+#            normalised values within a 1-ulp ln's bound, 3 steps bit for bit
+#            when exact
+#            (tests/trainer/dp_check.h)
 #   anchor   PyTorch + cuDNN on the same GPU, same model, loss, optimiser and
 #            batch (tests/trainer/torch_anchor.py): fp32, TF32, bf16
 # and prints one line per figure.
@@ -162,7 +166,7 @@ defs=(-D_GNU_SOURCE -DCOEMU_HAVE_CUDA -DCOEMU_HAVE_CUDA_TRAINER "-DCOEMU_VERSION
 cflags=(-std=c17 -O2 -g -fopenmp -fno-math-errno -march=native "${inc[@]}" "${defs[@]}")
 src=(trainer/nn.c trainer/bucket.c trainer/backend_cpu.c trainer/layers_cpu.c trainer/coemunet.c
      trainer/loss.c trainer/optim.c trainer/checkpoint.c trainer/train.c trainer/precision.c trainer/nccl_comm.c
-     pipeline/train/feed.c common/error.c common/fsutil.c common/checksum.c common/progress.c
+     pipeline/train/feed.c stats/transforms.c common/error.c common/fsutil.c common/checksum.c common/progress.c
      tests/trainer/trainer_gpu_check.c)
 t0=$SECONDS
 pids=()

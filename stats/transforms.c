@@ -3,21 +3,15 @@
 
 #include <math.h>
 
+#include "stats/norm_body.h" /* the arithmetic, shared with the trainer backends */
+
 void stats_ln_f32(const float *x, size_t n, float *out) {
   for (size_t i = 0; i < n; i++) out[i] = (float)log((double)x[i]);
 }
 
 void stats_ln_intensity(const float *I, size_t n, double clip, float *out) {
-  float smallest = INFINITY;
-  for (size_t i = 0; i < n; i++) {
-    if (I[i] > 0 && I[i] < smallest) smallest = I[i];
-  }
-  if (isinf(smallest)) smallest = 0;  /* nothing positive: ln 0 = -inf */
-  for (size_t i = 0; i < n; i++) {
-    double v = I[i] == 0 ? smallest : I[i];
-    double t = log(v);
-    out[i] = (float)(t < clip ? clip : t);  /* NaN stays NaN */
-  }
+  const float fill = norm_body_zero_fill(norm_body_smallest_thread(I, n, 0, 1, INFINITY));
+  for (size_t i = 0; i < n; i++) out[i] = norm_body_ln_intensity(I[i], fill, clip);
 }
 
 int stats_is_outlier(const stats_norm *p, const float *vz, size_t nvox) {
@@ -31,13 +25,7 @@ int stats_is_outlier(const stats_norm *p, const float *vz, size_t nvox) {
 }
 
 void stats_norm_inputs(const stats_norm *p, const float *in, size_t nvox, float *out) {
-  const float *v = in, *T = in + nvox, *nc = in + 2 * nvox;
-  for (size_t i = 0; i < nvox; i++) {
-    out[i] = (float)(((double)v[i] - p->vz_mean) / p->vz_std);
-    out[nvox + i] = (float)(((double)(float)log((double)T[i]) - p->lnT_min) / p->lnT_scale);
-    out[2 * nvox + i] =
-        (float)(((double)(float)log((double)nc[i]) - p->lnn_min) / p->lnn_scale);
-  }
+  norm_body_inputs_thread(p, in, out, 1, nvox, 0, 1);
 }
 
 void stats_denorm_inputs(const stats_norm *p, const float *in, size_t nvox, float *out) {
@@ -49,9 +37,8 @@ void stats_denorm_inputs(const stats_norm *p, const float *in, size_t nvox, floa
 }
 
 void stats_norm_targets(const stats_norm *p, const float *I, size_t nval, float *out) {
-  stats_ln_intensity(I, nval, p->lnI_clip, out);
-  for (size_t i = 0; i < nval; i++)
-    out[i] = (float)(((double)out[i] - p->lnI_min) / p->lnI_scale);
+  const float fill = norm_body_zero_fill(norm_body_smallest_thread(I, nval, 0, 1, INFINITY));
+  norm_body_targets_thread(p, I, &fill, out, 1, nval, 0, 1);
 }
 
 static inline double denorm_intensity(const stats_norm *p, float t) {

@@ -43,14 +43,14 @@ void stats_ln_f32(const float *x, size_t n, float *out);
  * sample's smallest positive value first (a sample of zeros only gives
  * -inf), then ln, then max(t, clip) (clip = -INFINITY: none). Negative
  * intensities give NaN. */
-void stats_ln_intensity(const float *I, size_t n, double clip, float *out);
+void stats_ln_intensity(const float *inten, size_t n, double clip, float *out);
 
 /* 1 if the sample's v_z range exceeds p->outlier_vz_range (> 0). */
 int stats_is_outlier(const stats_norm *p, const float *vz, size_t nvox);
 
 void stats_norm_inputs(const stats_norm *p, const float *in, size_t nvox, float *out);
 void stats_denorm_inputs(const stats_norm *p, const float *in, size_t nvox, float *out);
-void stats_norm_targets(const stats_norm *p, const float *I, size_t nval, float *out);
+void stats_norm_targets(const stats_norm *p, const float *inten, size_t nval, float *out);
 void stats_denorm_targets(const stats_norm *p, const float *t, size_t nval, float *out);
 /* The same into double (metrics compare physical intensities in double). */
 void stats_denorm_targets_f64(const stats_norm *p, const float *t, size_t nval, double *out);

@@ -16,7 +16,10 @@
  *     nn_net.precision read by forward / backward: precision.h);
  *   - the loss: loss_create / loss_eval / loss_destroy (value and dL/dy seed);
  *   - the gradient reduction across replicas: reduce_grads (nn_reduce_grads);
- *   - process setup: init(threads) / finish().
+ *   - process setup: init(threads) / finish();
+ *   - the input feed: upload_async / upload_wait (copies overlapped with
+ *     compute) and the normalisation of raw batches (normalise_inputs,
+ *     normalise_targets; stats/norm_body.h).
  *
  * BACKEND MEMORY. These pointers are backend memory, allocated by be->alloc
  * and released by be->free; a device backend keeps them on the device and
@@ -40,9 +43,24 @@
  * as the calls take effect in the order they are made. It must have
  * finished everything queued before it returns from:
  *   download (the host buffer holds the bytes), upload (the host buffer may
- *   be reused; queued work that reads dst sees the new bytes), loss_eval
+ *   be reused; queued work that reads dst sees the new bytes), upload_wait,
+ *   loss_eval
  *   (loss_value is read on the host right away: once per step), every
  *   reducer call (the sums run on host buffers), finish and free.
+ * The one exception is upload_async (the input feed's copies, overlapped
+ * with compute): it returns once the copy is queued, on a queue of its own
+ * that runs beside the compute. Until the next upload_wait returns:
+ *   - the host must not write (or free) src: the copy may still read it;
+ *   - no call may read or write dst: the bytes may not be there yet (the
+ *     checking backend of tests/trainer/test_backend.c copies only in
+ *     upload_wait and keeps src inaccessible until then, so breaking either
+ *     rule changes a result or faults).
+ * The copy starts after the work queued before the upload_async call (so
+ * dst may be a buffer that work still reads). upload_wait blocks the host
+ * until every upload_async so far is complete and orders the work queued
+ * after it behind them. Usage (pipeline/train/trainrun.c): batch b+1 is
+ * queued into the second of two backend buffers right after upload_wait of
+ * batch b, and copies while step b computes.
  * Errors: every int function returns 0, or -1 with a message (error.h).
  *
  * REDUCER CALLS (data parallelism, nn.h nn_reducer; only when one is
@@ -83,6 +101,7 @@
 
 #include <stddef.h>
 
+#include "stats/transforms.h"  /* stats_norm */
 #include "trainer/precision.h" /* nn_precision, NN_PRECISION_BIT */
 
 struct nn_net;
@@ -177,6 +196,25 @@ typedef struct nn_backend {
    * error when out of memory. host_free(NULL) does nothing. */
   void *(*host_alloc)(size_t bytes);
   void (*host_free)(void *p);
+
+  /* ---- the input feed's copies and normalisation ---- */
+  /* host -> backend, returning once queued (HOST SYNCHRONISATION above for
+   * the rules); src: host_alloc memory (other host memory is allowed, but a
+   * device backend may then copy synchronously). */
+  int (*upload_async)(void *dst, const void *src, size_t bytes);
+  /* Every upload_async so far is complete (its src may be reused) and the
+   * work queued from now on sees its dst. */
+  int (*upload_wait)(void);
+  /* out = the normalisation of raw values as stored (transforms.h, the
+   * dataset's /stats p), backend memory both (out == in allowed): inputs of
+   * `samples` samples of [3][nvox] values, targets of `samples` samples of
+   * nval values (all F channels: the zero fill is per sample). The
+   * arithmetic is stats/norm_body.h's, so the result is the host's
+   * stats_norm_inputs / stats_norm_targets bit for bit on the CPU. */
+  int (*normalise_inputs)(const stats_norm *p, const float *in, float *out, int samples,
+                          size_t nvox);
+  int (*normalise_targets)(const stats_norm *p, const float *in, float *out, int samples,
+                           size_t nval);
 } nn_backend;
 
 /* The CPU reference (backend_cpu.c). */

@@ -15,6 +15,7 @@
 #include "trainer/loss.h"
 #include "trainer/nn.h"
 #include "trainer/precision.h"
+#include "stats/norm_body.h"
 
 /* ---- process setup ------------------------------------------------------ */
 
@@ -466,6 +467,32 @@ static int cpu_reduce_grads(nn_net *net) {
 
 /* ---- the table ---------------------------------------------------------- */
 
+/* ---- the input feed ------------------------------------------------------ */
+
+/* Backend memory is host memory: the copy is complete when it returns. */
+static int cpu_upload_wait(void) { return 0; }
+
+/* The bodies of stats/norm_body.h, a sample per OpenMP iteration. */
+static int cpu_normalise_inputs(const stats_norm *p, const float *in, float *out, int samples,
+                                size_t nvox) {
+#pragma omp parallel for schedule(static)
+  for (int k = 0; k < samples; k++)
+    norm_body_inputs_thread(p, in + (size_t)k * 3 * nvox, out + (size_t)k * 3 * nvox, 1, nvox, 0,
+                            1);
+  return 0;
+}
+
+static int cpu_normalise_targets(const stats_norm *p, const float *in, float *out, int samples,
+                                 size_t nval) {
+#pragma omp parallel for schedule(static)
+  for (int k = 0; k < samples; k++) {
+    const float *x = in + (size_t)k * nval;
+    const float fill = norm_body_zero_fill(norm_body_smallest_thread(x, nval, 0, 1, INFINITY));
+    norm_body_targets_thread(p, x, &fill, out + (size_t)k * nval, 1, nval, 0, 1);
+  }
+  return 0;
+}
+
 const nn_backend nn_backend_cpu = {
     .name = "cpu",
     .precisions = NN_PRECISION_BIT(NN_TF32) | NN_PRECISION_BIT(NN_BF16), /* emulated */
@@ -488,4 +515,8 @@ const nn_backend nn_backend_cpu = {
     .reduce_bucket = cpu_reduce_bucket,
     .host_alloc = cpu_alloc, /* backend memory is host memory */
     .host_free = cpu_free,
+    .upload_async = cpu_copy,
+    .upload_wait = cpu_upload_wait,
+    .normalise_inputs = cpu_normalise_inputs,
+    .normalise_targets = cpu_normalise_targets,
 };

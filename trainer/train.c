@@ -46,15 +46,21 @@ static int check_batch(const trainer *t) {
   return 0;
 }
 
-/* The targets into backend memory, then the backend's loss of the output
- * over the first `samples` samples (grad: the output's gradient, the seed). */
+/* The backend's loss of the output against t->target over the first
+ * `samples` samples (grad: the output's gradient, the seed). */
+static int loss_on_device(trainer *t, int samples, float seed_scale, loss_value *out, int grad) {
+  nn_net *net = &t->model->net;
+  return t->be->loss_eval(t->loss, nn_out(net, t->model->output), t->target,
+                          samples * t->model->cfg.nfreq, seed_scale, out,
+                          grad ? nn_grad(net, t->model->output) : NULL);
+}
+
+/* The targets into backend memory, then loss_on_device. */
 static int loss_of(trainer *t, const float *target, int samples, float seed_scale,
                    loss_value *out, int grad) {
   nn_net *net = &t->model->net;
   CE_TRY(nn_upload(net, t->target, target, target_floats(t->model, net->batch)));
-  return t->be->loss_eval(t->loss, nn_out(net, t->model->output), t->target,
-                          samples * t->model->cfg.nfreq, seed_scale, out,
-                          grad ? nn_grad(net, t->model->output) : NULL);
+  return loss_on_device(t, samples, seed_scale, out, grad);
 }
 
 /* Replicas (nn.h, nn_reducer): the global-batch loss is sum_r (n_r / n) L_r
@@ -74,19 +80,46 @@ static int seed_scale(trainer *t, float *f) {
   return 0;
 }
 
-int trainer_step(trainer *t, const float *x, const float *target, double lr, loss_value *out) {
+/* The step once the input node and t->target hold the batch. */
+static int step_on_device(trainer *t, double lr, loss_value *out) {
   nn_net *net = &t->model->net;
-  if (!t->opt) return ce_err("trainer_step: this trainer has no optimiser (evaluation only)");
-  CE_TRY(check_batch(t));
   float f = 1.0f;
-  CE_TRY(nn_input_upload(net, t->model->input, x));
   CE_TRY(nn_forward(net, 1));
   if (nn_get_reducer(net)) CE_TRY(seed_scale(t, &f));
-  CE_TRY(loss_of(t, target, net->batch, f, out, 1));
+  CE_TRY(loss_on_device(t, net->batch, f, out, 1));
   CE_TRY(nn_zero_grad(net));
   CE_TRY(nn_backward(net));
   CE_TRY(nn_reduce_grads(net));
   return adam_step(t->opt, net, lr);
+}
+
+int trainer_step(trainer *t, const float *x, const float *target, double lr, loss_value *out) {
+  nn_net *net = &t->model->net;
+  if (!t->opt) return ce_err("trainer_step: this trainer has no optimiser (evaluation only)");
+  CE_TRY(check_batch(t));
+  CE_TRY(nn_input_upload(net, t->model->input, x));
+  CE_TRY(nn_upload(net, t->target, target, target_floats(t->model, net->batch)));
+  return step_on_device(t, lr, out);
+}
+
+int trainer_step_raw(trainer *t, const float *x_raw, const float *target_raw,
+                     const stats_norm *norm, double lr, loss_value *out) {
+  nn_net *net = &t->model->net;
+  if (!t->opt) return ce_err("trainer_step_raw: this trainer has no optimiser (evaluation only)");
+  CE_TRY(check_batch(t));
+  const int g = t->model->cfg.grid;
+  float *x = nn_out(net, t->model->input);
+  if (norm) {
+    CE_TRY(t->be->normalise_inputs(norm, x_raw, x, net->batch, (size_t)g * g * g));
+    CE_TRY(t->be->normalise_targets(norm, target_raw, t->target, net->batch,
+                                    target_floats(t->model, 1)));
+  } else {
+    CE_TRY(t->be->copy(x, x_raw, sizeof(float) * (size_t)net->nodes[t->model->input].size *
+                                     (size_t)net->batch));
+    CE_TRY(t->be->copy(t->target, target_raw,
+                       sizeof(float) * target_floats(t->model, net->batch)));
+  }
+  return step_on_device(t, lr, out);
 }
 
 int trainer_eval(trainer *t, const float *x, const float *target, loss_value *out) {

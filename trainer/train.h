@@ -38,6 +38,14 @@ void trainer_free(trainer *t);
  * combines the replicas' values (weighted by their batch sizes). */
 int trainer_step(trainer *t, const float *x, const float *target, double lr, loss_value *out);
 
+/* The same step from a batch already in backend memory (the input feed's
+ * buffers, uploaded with upload_async and waited for), the values as stored:
+ * normalised on the backend with norm (nn_backend.normalise_inputs /
+ * normalise_targets: the host's stats_norm_* bit for bit on the CPU), or
+ * taken as they are when norm is NULL (already normalised). */
+int trainer_step_raw(trainer *t, const float *x_raw, const float *target_raw,
+                     const stats_norm *norm, double lr, loss_value *out);
+
 /* forward in evaluation mode (running BatchNorm statistics) + loss; the
  * prediction stays in nn_out(&model->net, model->output) (backend memory:
  * nn_out_download copies it out). */

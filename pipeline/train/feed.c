@@ -30,6 +30,14 @@ struct train_feed {
   int have_thread, stop;
   int done;                 /* the reader has returned (last epoch read, error, stop) */
   double wait;              /* seconds blocked since train_feed_take_wait */
+  /* opts.device: the batches in backend memory, one queued ahead */
+  float *din[NSLOT], *dout[NSLOT];
+  int dnext;                /* the buffer the next batch is queued into */
+  int ahead;                /* 1: a source answer is held for the next call */
+  int ahead_rc;             /* it: 1 (a batch in buffer ahead_slot, being copied), 0, -1 */
+  int ahead_slot;
+  uint32_t ahead_epoch;
+  char ahead_err[512];
 };
 
 /* One source call into slot x (its buffers). */
@@ -93,6 +101,17 @@ int train_feed_open(const train_feed_opts *o, train_feed **out) {
       return -1;
     }
   }
+  for (int i = 0; o->device && i < NSLOT; i++) {
+    f->din[i] = o->be->alloc(sizeof(float) * (o->in_floats ? o->in_floats : 1));
+    f->dout[i] = f->din[i] ? o->be->alloc(sizeof(float) * (o->out_floats ? o->out_floats : 1))
+                           : NULL;
+    if (!f->dout[i]) {
+      ce_err_prefix("input feed: backend batch buffers of %zu + %zu floats on backend '%s'",
+                    o->in_floats, o->out_floats, o->be->name);
+      train_feed_close(f);
+      return -1;
+    }
+  }
   if (o->prefetch) {
     int e = pthread_create(&f->th, NULL, reader, f);
     if (e) {
@@ -114,7 +133,12 @@ void train_feed_close(train_feed *f) {
     pthread_mutex_unlock(&f->mu);
     pthread_join(f->th, NULL);
   }
+  if (f->ahead && f->ahead_rc == 1) f->o.be->upload_wait(); /* the copy reads a host slot */
   for (int i = 0; i < NSLOT; i++) {
+    if (f->o.be && f->o.be->free) {
+      f->o.be->free(f->din[i]);
+      f->o.be->free(f->dout[i]);
+    }
     if (f->o.be && f->o.be->host_free) {
       f->o.be->host_free(f->s[i].in);
       f->o.be->host_free(f->s[i].out);
@@ -170,6 +194,48 @@ int train_feed_next(train_feed *f, uint32_t epoch, const float **in, const float
     pthread_mutex_unlock(&f->mu);
   }
   return rc;
+}
+
+/* The source's answer for the next batch of `epoch`: a batch is queued
+ * into buffer f->dnext at once. */
+static void fetch_ahead(train_feed *f, uint32_t epoch) {
+  const float *x, *y;
+  f->ahead = 1;
+  f->ahead_epoch = epoch;
+  f->ahead_rc = train_feed_next(f, epoch, &x, &y);
+  if (f->ahead_rc == 1) {
+    const nn_backend *be = f->o.be;
+    f->ahead_slot = f->dnext;
+    if (be->upload_async(f->din[f->dnext], x, sizeof(float) * f->o.in_floats) < 0 ||
+        be->upload_async(f->dout[f->dnext], y, sizeof(float) * f->o.out_floats) < 0) {
+      ce_err_prefix("input feed: queueing the copy of a batch of epoch %u", epoch);
+      f->ahead_rc = -1;
+    }
+    f->dnext = (f->dnext + 1) % NSLOT;
+  }
+  if (f->ahead_rc < 0) snprintf(f->ahead_err, sizeof f->ahead_err, "%s", ce_err_msg());
+}
+
+int train_feed_next_dev(train_feed *f, uint32_t epoch, const float **in, const float **out) {
+  if (!f->o.device) return ce_err("input feed: opened without backend buffers (opts.device)");
+  if (f->ahead && f->ahead_epoch != epoch)
+    return ce_err("input feed: epoch %u asked for, batch ahead is of epoch %u", epoch,
+                  f->ahead_epoch);
+  if (!f->ahead) fetch_ahead(f, epoch); /* the first batch of an epoch: nothing ahead */
+  f->ahead = 0;
+  const int rc = f->ahead_rc, slot = f->ahead_slot;
+  if (rc < 0) return ce_err("%s", f->ahead_err);
+  if (rc == 0) return 0;
+  const double t0 = ce_now(); /* the copy not yet done is input the step waits for */
+  const int w = f->o.be->upload_wait();
+  f->wait += ce_now() - t0;
+  if (w < 0) return ce_err_prefix("input feed: waiting for the copy of a batch of epoch %u", epoch);
+  /* its host slot goes back to the reader now; the next batch copies while
+   * this one's step computes */
+  fetch_ahead(f, epoch);
+  *in = f->din[slot];
+  *out = f->dout[slot];
+  return 1;
 }
 
 double train_feed_take_wait(train_feed *f) {

@@ -127,6 +127,12 @@ void train_data_close(train_data *d) {
 
 const char *train_data_describe(const train_data *d) { return d->desc; }
 
+const stats_norm *train_data_norm(const train_data *d) {
+  if (!d->o.raw) return NULL;
+  if (d->src) return serve_norm(d->src);
+  return d->self_norm ? &d->norm : NULL;
+}
+
 /* Stream: the next chunk into d->view (1), the end of the epoch (0), or an
  * error. A silent producer is given a few reconnects (it may be restarting). */
 static int next_chunk(train_data *d) {
@@ -190,7 +196,7 @@ uint64_t train_data_batches_per_epoch(train_data *d) {
 
 static int next_dataset(train_data *d, const float **in, const float **out) {
   release_held(d);
-  stream_consumer c = {(uint16_t)d->o.rank, (uint16_t)d->o.world, 1};
+  stream_consumer c = {(uint16_t)d->o.rank, (uint16_t)d->o.world, d->o.raw ? 0 : 1};
   uint64_t pos = d->step * (uint64_t)d->o.batch;
   int rc = serve_chunk(d->src, &c, d->epoch, pos, &d->held);
   if (rc <= 0) return rc;
@@ -218,7 +224,7 @@ static int next_stream(train_data *d, const float **in, const float **out) {
            sizeof(float) * take * d->in_vals);
     memcpy(d->bout + (size_t)filled * d->out_vals,
            d->view.targets + (size_t)d->view_used * d->out_vals, sizeof(float) * take * d->out_vals);
-    if (d->self_norm)
+    if (d->self_norm && !d->o.raw)
       for (uint32_t k = filled; k < filled + take; k++) {
         stats_norm_inputs(&d->norm, d->bin + (size_t)k * d->in_vals, d->in_vals / 3,
                           d->bin + (size_t)k * d->in_vals);

@@ -22,7 +22,13 @@
  * the HELLO (serve.h, SERVE_FLAG_ORDER), and a producer serving the other
  * answers with an error that names both.
  *
- * Batches are normalised (stats/transforms.h with the dataset's /stats).
+ * Batches are normalised (stats/transforms.h with the dataset's /stats),
+ * unless raw is set: then the values are as stored wherever the trainer has
+ * the parameters (a dataset's /stats, data.stream.stats) and
+ * train_data_norm returns them, for the trainer's backend to normalise
+ * (nn_backend.normalise_inputs / normalise_targets: on the device with
+ * CUDA, the same bits on the CPU); a stream normalised by its producer
+ * stays normalised (train_data_norm NULL).
  */
 #ifndef COEMU_TRAIN_DATA_H
 #define COEMU_TRAIN_DATA_H
@@ -30,6 +36,7 @@
 #include <stdint.h>
 
 #include "pipeline/job/trainjob.h"
+#include "stats/transforms.h"
 
 typedef struct {
   const train_stage *stage; /* data: source, dataset / endpoint, split, credit, timeout, keys */
@@ -38,6 +45,7 @@ typedef struct {
   int batch;                /* samples per batch on this rank */
   uint32_t epoch;           /* where to start (resume) */
   uint64_t step;            /* batches of that epoch already consumed */
+  int raw;                  /* 1: leave the normalisation to the caller (train_data_norm) */
 } train_data_opts;
 
 typedef struct train_data train_data;
@@ -56,6 +64,11 @@ uint64_t train_data_batches_per_epoch(train_data *d);
  * *targets (batch x F n^2) valid until the next call, 0 when the epoch has
  * no more whole batches, or -1 with an error. Epochs are read in order. */
 int train_data_next(train_data *d, uint32_t epoch, const float **inputs, const float **targets);
+
+/* With opts.raw: the parameters the caller normalises the batches with, or
+ * NULL when they come normalised (a stream without data.stream.stats).
+ * Without: NULL. */
+const stats_norm *train_data_norm(const train_data *d);
 
 /* A description for logs: "dataset DIR (split train, 800 samples)" or "stream ENDPOINT". */
 const char *train_data_describe(const train_data *d);

@@ -454,7 +454,8 @@ static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
     CE_TRY(csv_cut(s->vcsv, prev.step, 0, NULL));
   }
   MPI_Bcast(&in_epoch, 1, MPI_UINT64_T, 0, s->comm);
-  train_data_opts dop = {st, j->seed, s->rank, s->world, b, prev.epoch, in_epoch};
+  /* raw batches: the backend normalises them (on the device with CUDA) */
+  train_data_opts dop = {st, j->seed, s->rank, s->world, b, prev.epoch, in_epoch, 1};
   CE_TRY(train_data_open(&dop, &s->data));
   uint32_t ins[4], outs[3];
   CE_TRY(train_data_shapes(s->data, ins, outs));
@@ -504,10 +505,11 @@ static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
       return -1;
     }
   }
-  /* the next batch is read on a thread of its own while a step computes */
+  /* the next batch is read on a thread of its own while a step computes,
+   * and copied to the backend while the step before it computes */
   train_feed_opts fo = {data_next, s->data, (size_t)b * ins[0] * ins[1] * ins[2] * ins[3],
                         (size_t)b * outs[0] * outs[1] * outs[2], s->state.epoch,
-                        (uint32_t)st->epochs, s->model.net.be, 1};
+                        (uint32_t)st->epochs, s->model.net.be, 1, 1};
   if (s->state.epoch < (uint32_t)st->epochs && train_feed_open(&fo, &s->feed) < 0) {
     trainer_free(&tr);
     return -1;
@@ -542,7 +544,7 @@ static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
     for (;;) {
       const float *x, *y;
       double t0 = ce_now();
-      int got = train_feed_next(s->feed, epoch, &x, &y);
+      int got = train_feed_next_dev(s->feed, epoch, &x, &y);
       /* every rank must know before the step's collectives whether all have a batch */
       int gmin = got, gmax = got;
       if (s->world > 1) {
@@ -559,7 +561,7 @@ static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
       }
       if (got == 0) break;
       loss_value lv = {0, 0, 0};
-      rc = trainer_step(&tr, x, y, lr, &lv);
+      rc = trainer_step_raw(&tr, x, y, train_data_norm(s->data), lr, &lv);
       double sums[5] = {lv.total, lv.mse, lv.fft, rc < 0 ? 1 : 0, g_stop_signal ? 1 : 0};
       if (s->world > 1) MPI_Allreduce(MPI_IN_PLACE, sums, 5, MPI_DOUBLE, MPI_SUM, s->comm);
       if (rc < 0) break;

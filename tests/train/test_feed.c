@@ -1,6 +1,8 @@
 /* test_feed.c - the trainer's input feed (pipeline/train/feed.h) on the CPU
  * backend, with sources made here: training through the feed is training on
- * the source bit for bit (with and without the reader thread), the wait
+ * the source bit for bit (with and without the reader thread; and through
+ * the backend buffers with asynchronous copies and the backend's
+ * normalisation of raw batches against the host's), the wait
  * fraction is near 0 when the source keeps up and near 1 when it is
  * throttled, and the source's errors reach the consumer with its message. */
 #include <stdio.h>
@@ -23,6 +25,7 @@ static const size_t NX = (size_t)3 * 16 * 16 * 16, NT = (size_t)16 * 16;
 /* A source of `steps` batches per epoch (test_step_batch of step epoch *
  * steps + k), each taking `cost_s` seconds; fail_at >= 0: that batch fails. */
 typedef struct {
+  int raw; /* 1: test_raw_batch (values as stored) */
   int steps, fail_at, served;
   double cost_s;
   uint32_t epoch;
@@ -45,7 +48,11 @@ static int src_next(void *p, uint32_t epoch, const float **x, const float **t) {
   if (s->k == s->steps) return 0;
   if (s->fail_at == s->served) return ce_err("source: batch %d cannot be read (test)", s->served);
   sleep_s(s->cost_s);
-  test_step_batch(&CFG, B, (int)epoch * s->steps + s->k, s->x, s->t);
+  if (s->raw) {
+    const stats_norm norm = test_norm_params(0);
+    test_raw_batch(&CFG, &norm, B, (int)epoch * s->steps + s->k, s->x, s->t);
+  } else
+    test_step_batch(&CFG, B, (int)epoch * s->steps + s->k, s->x, s->t);
   s->k++;
   s->served++;
   *x = s->x;
@@ -54,7 +61,7 @@ static int src_next(void *p, uint32_t epoch, const float **x, const float **t) {
 }
 
 static source make_source(int steps, double cost_s) {
-  source s = {steps, -1, 0, cost_s, 0, 0, malloc(sizeof(float) * NX * B), malloc(sizeof(float) * NT * B)};
+  source s = {0, steps, -1, 0, cost_s, 0, 0, malloc(sizeof(float) * NX * B), malloc(sizeof(float) * NT * B)};
   return s;
 }
 
@@ -64,15 +71,18 @@ static void free_source(source *s) {
 }
 
 static train_feed *open_feed(source *s, uint32_t epochs, int prefetch) {
-  train_feed_opts o = {src_next, s, NX * B, NT * B, 0, epochs, &nn_backend_cpu, prefetch};
+  train_feed_opts o = {src_next, s, NX * B, NT * B, 0, epochs, &nn_backend_cpu, prefetch, s->raw};
   train_feed *f = NULL;
   CHECK_OK(train_feed_open(&o, &f));
   return f;
 }
 
 /* mode 0: the source directly; 1: the feed without the thread; 2: with it.
- * Every weight after 2 epochs of 3 steps, concatenated. */
-static float *train(int mode, size_t *nw) {
+ * raw: the source gives values as stored: normalised on the host
+ * (stats_norm_*) in mode 0, by the backend from its own buffers
+ * (train_feed_next_dev, trainer_step_raw: the asynchronous copies) in
+ * modes 1 and 2. Every weight after 2 epochs of 3 steps, concatenated. */
+static float *train(int mode, int raw, size_t *nw) {
   coemunet m;
   adam o;
   trainer tr;
@@ -82,16 +92,28 @@ static float *train(int mode, size_t *nw) {
   CHECK_OK(adam_init(&o, &m.net, &ac));
   CHECK_OK(trainer_init(&tr, &m, &o));
   source s = make_source(3, 0);
+  s.raw = raw;
+  const stats_norm norm = test_norm_params(0);
   train_feed *f = mode ? open_feed(&s, 2, mode == 2) : NULL;
   int steps = 0;
   for (uint32_t e = 0; e < 2; e++)
     for (;;) {
       const float *x, *t;
-      int got = f ? train_feed_next(f, e, &x, &t) : src_next(&s, e, &x, &t);
+      int got = !f ? src_next(&s, e, &x, &t)
+                : raw ? train_feed_next_dev(f, e, &x, &t) : train_feed_next(f, e, &x, &t);
       CHECK(got >= 0);
       if (got <= 0) break;
       loss_value lv;
-      CHECK_OK(trainer_step(&tr, x, t, 1e-3, &lv));
+      if (raw && f) {
+        CHECK_OK(trainer_step_raw(&tr, x, t, &norm, 1e-3, &lv));
+      } else {
+        if (raw) /* the host normalisation, as serve does it */
+          for (int k = 0; k < B; k++) {
+            stats_norm_inputs(&norm, s.x + k * NX, NX / 3, s.x + k * NX);
+            stats_norm_targets(&norm, s.t + k * NT, NT, s.t + k * NT);
+          }
+        CHECK_OK(trainer_step(&tr, x, t, 1e-3, &lv));
+      }
       steps++;
     }
   CHECK(steps == 6);
@@ -113,14 +135,18 @@ static float *train(int mode, size_t *nw) {
 /* exact by construction: the same batches (copies of the source's bits) in
  * the same order through the same kernels */
 static void test_bit_identical(void) {
-  size_t n0, n1, n2;
-  float *direct = train(0, &n0), *sync = train(1, &n1), *ahead = train(2, &n2);
-  CHECK(n0 == n1 && n0 == n2);
-  CHECK_MSG(!memcmp(direct, sync, sizeof(float) * n0), "the synchronous feed changed training");
-  CHECK_MSG(!memcmp(direct, ahead, sizeof(float) * n0), "the prefetching feed changed training");
-  free(direct);
-  free(sync);
-  free(ahead);
+  for (int raw = 0; raw < 2; raw++) {
+    size_t n0, n1, n2;
+    float *direct = train(0, raw, &n0), *sync = train(1, raw, &n1), *ahead = train(2, raw, &n2);
+    CHECK(n0 == n1 && n0 == n2);
+    CHECK_MSG(!memcmp(direct, sync, sizeof(float) * n0), "the synchronous feed changed training%s",
+              raw ? " (backend buffers, normalised by the backend)" : "");
+    CHECK_MSG(!memcmp(direct, ahead, sizeof(float) * n0), "the prefetching feed changed training%s",
+              raw ? " (backend buffers, normalised by the backend)" : "");
+    free(direct);
+    free(sync);
+    free(ahead);
+  }
 }
 
 /* One epoch of `steps` steps of `step_s` seconds each, the source taking

@@ -53,7 +53,7 @@ static train_stage stage_for(char *dir) {
 
 static train_data *open_td(const train_stage *st, uint64_t seed, int rank, int world, int batch,
                            uint32_t epoch, uint64_t step) {
-  train_data_opts o = {st, seed, rank, world, batch, epoch, step};
+  train_data_opts o = {st, seed, rank, world, batch, epoch, step, 0};
   train_data *d = NULL;
   CHECK_OK(train_data_open(&o, &d));
   return d;
@@ -292,7 +292,7 @@ static void test_many_shards(void) {
 
 static void test_errors(void) {
   train_stage st = stage_for(g_nostats);
-  train_data_opts o = {&st, 1, 0, 1, 2, 0, 0};
+  train_data_opts o = {&st, 1, 0, 1, 2, 0, 0, 0};
   train_data *d = NULL;
   char msg[1300];
   snprintf(msg, sizeof msg, "%s/dataset.h5 has no /stats group", g_nostats);

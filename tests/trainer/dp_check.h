@@ -13,7 +13,16 @@
  *   feed     steps fed through the prefetching feed (pipeline/train/feed.h,
  *            the backend's host staging: page-locked with CUDA) from a source
  *            that keeps up and from one throttled to 4x the step time: the
- *            wait fractions (~0, and ~1 - step / source time). */
+ *            wait fractions (~0, and ~1 - step / source time).
+ *   feed dev the feed's backend path (train_feed_next_dev: batches copied
+ *            with upload_async on the backend's copy stream while the step
+ *            before computes; trainer_step_raw: raw batches normalised by the
+ *            backend, stats/norm_body.h) against host normalisation and
+ *            plain uploads on the same backend: the normalised values within
+ *            what a 1-ulp difference of the float32 ln allows (exact on the
+ *            CPU; CUDA's double log is within 1 ulp of glibc's), and 3
+ *            steps' losses and weights bit for bit when the normalisation
+ *            was exact. */
 #ifndef COEMU_TEST_DP_CHECK_H
 #define COEMU_TEST_DP_CHECK_H
 
@@ -25,6 +34,7 @@
 #include "common/error.h"
 #include "common/progress.h"
 #include "pipeline/train/feed.h"
+#include "stats/norm_body.h"
 #include "step_batch.h"
 #include "trainer/nccl_comm.h"
 #include "trainer/train.h"
@@ -151,7 +161,7 @@ static int dp_next(void *p, uint32_t epoch, const float **x, const float **t) {
 /* One epoch of `steps` training steps through the feed; the wait fraction. */
 static int dp_feed_epoch(trainer *tr, dp_source *s, size_t nx, size_t nt, double *frac,
                          double *step_s) {
-  train_feed_opts o = {dp_next, s, nx, nt, 0, 1, tr->be, 1};
+  train_feed_opts o = {dp_next, s, nx, nt, 0, 1, tr->be, 1, 0};
   train_feed *f;
   s->epoch = 0;
   s->k = 0;
@@ -206,6 +216,180 @@ static int dp_check_feed(const nn_backend *be, int grid, int batch) {
   coemunet_free(&m);
   free(s.x);
   free(s.t);
+  return fails;
+}
+
+typedef struct {
+  const coemunet_config *cfg;
+  float *x, *t;
+  int batch, steps, k;
+  uint32_t epoch;
+} dp_raw_source;
+
+static int dp_raw_next(void *p, uint32_t epoch, const float **x, const float **t) {
+  dp_raw_source *s = (dp_raw_source *)p;
+  if (epoch != s->epoch) s->epoch = epoch, s->k = 0;
+  if (s->k == s->steps) return 0;
+  const stats_norm norm = test_norm_params(0);
+  test_raw_batch(s->cfg, &norm, s->batch, s->k++, s->x, s->t);
+  *x = s->x;
+  *t = s->t;
+  return 1;
+}
+
+/* Steps through the host path (0) or the feed's backend path (1); losses
+ * into loss[steps], the weights (malloc'ed) into *w. */
+static int dp_feed_dev_train(const nn_backend *be, const coemunet_config *cfg, int batch, int dev,
+                             double *loss, float **w, size_t *nw) {
+  const size_t nx = (size_t)batch * 3 * cfg->grid * cfg->grid * cfg->grid,
+               nt = (size_t)batch * cfg->nfreq * cfg->grid * cfg->grid;
+  const stats_norm norm = test_norm_params(0);
+  dp_raw_source s = {cfg, (float *)malloc(sizeof(float) * nx), (float *)malloc(sizeof(float) * nt),
+                     batch, 3, 0, 0};
+  coemunet m;
+  adam o;
+  trainer tr;
+  adam_config ac = adam_default();
+  train_feed *f = NULL;
+  int rc = coemunet_build_on(&m, cfg, 5, be), steps = 0;
+  if (rc == 0) rc = nn_set_batch(&m.net, batch);
+  if (rc == 0) rc = adam_init(&o, &m.net, &ac);
+  if (rc == 0) rc = trainer_init(&tr, &m, &o);
+  train_feed_opts fo = {dp_raw_next, &s, nx, nt, 0, 1, be, 1, 1};
+  if (rc == 0 && dev) rc = train_feed_open(&fo, &f);
+  const size_t sx = nx / (size_t)batch, st = nt / (size_t)batch;
+  for (;;) {
+    const float *x, *t;
+    loss_value lv;
+    int got = rc < 0 ? -1 : dev ? train_feed_next_dev(f, 0, &x, &t) : dp_raw_next(&s, 0, &x, &t);
+    if (got <= 0) {
+      if (got < 0) rc = -1;
+      break;
+    }
+    if (dev) {
+      rc = trainer_step_raw(&tr, x, t, &norm, 1e-3, &lv);
+    } else {
+      for (int k = 0; k < batch; k++) {
+        stats_norm_inputs(&norm, s.x + k * sx, sx / 3, s.x + k * sx);
+        stats_norm_targets(&norm, s.t + k * st, st, s.t + k * st);
+      }
+      rc = trainer_step(&tr, s.x, s.t, 1e-3, &lv);
+    }
+    if (rc == 0) loss[steps++] = lv.total;
+  }
+  train_feed_close(f);
+  if (rc == 0) {
+    *nw = 0;
+    for (int i = 0; i < m.net.nparams; i++) *nw += (size_t)m.net.params[i].n;
+    float *p = *w = (float *)malloc(sizeof(float) * *nw);
+    for (int i = 0; i < m.net.nparams && rc == 0; i++, p += m.net.params[i - 1].n)
+      rc = nn_param_download(&m.net, i, p);
+  }
+  trainer_free(&tr);
+  adam_free(&o);
+  coemunet_free(&m);
+  free(s.x);
+  free(s.t);
+  return rc;
+}
+
+static int dp_check_feed_dev(const nn_backend *be, int grid, int batch) {
+  coemunet_config cfg = coemunet_default(7);
+  cfg.grid = grid;
+  const stats_norm norm = test_norm_params(0);
+  const size_t nx = (size_t)batch * 3 * grid * grid * grid, nt = (size_t)batch * 7 * grid * grid;
+  const size_t sx = nx / (size_t)batch, st = nt / (size_t)batch;
+  float *x = (float *)malloc(sizeof(float) * nx), *t = (float *)malloc(sizeof(float) * nt);
+  float *hx = (float *)malloc(sizeof(float) * nx), *ht = (float *)malloc(sizeof(float) * nt);
+  float *rx = (float *)malloc(sizeof(float) * nx), *rt = (float *)malloc(sizeof(float) * nt);
+  test_raw_batch(&cfg, &norm, batch, 0, rx, rt);
+  for (int k = 0; k < batch; k++) {
+    stats_norm_inputs(&norm, rx + k * sx, sx / 3, hx + k * sx);
+    stats_norm_targets(&norm, rt + k * st, st, ht + k * st);
+  }
+  /* 1. the normalisation: backend against host */
+  float *dx = (float *)be->alloc(sizeof(float) * nx), *dt = (float *)be->alloc(sizeof(float) * nt);
+  int rc = dx && dt ? 0 : -1;
+  if (rc == 0) rc = be->upload(dx, rx, sizeof(float) * nx);
+  if (rc == 0) rc = be->upload(dt, rt, sizeof(float) * nt);
+  if (rc == 0) rc = be->normalise_inputs(&norm, dx, dx, batch, sx / 3);
+  if (rc == 0) rc = be->normalise_targets(&norm, dt, dt, batch, st);
+  if (rc == 0) rc = be->download(x, dx, sizeof(float) * nx);
+  if (rc == 0) rc = be->download(t, dt, sizeof(float) * nt);
+  be->free(dx);
+  be->free(dt);
+  /* The bound: a device's double log within 1 ulp of the host's makes the
+   * float32 ln l differ by at most 1 ulp of l; the map (l - min) / scale
+   * in double carries that as ulp(l) / scale, and the two roundings to
+   * float add at most 1 ulp of the result. v_z has no log: exact. */
+  long differ = 0;
+  double worst = 0; /* the largest |backend - host| / bound (bound 0: exact wanted) */
+  for (size_t i = 0; rc == 0 && i < nx + nt; i++) {
+    const int in = i < nx;
+    const size_t j = in ? i : i - nx;
+    const float d = in ? x[j] : t[j], h = in ? hx[j] : ht[j];
+    if (!memcmp(&d, &h, sizeof d) || (d != d && h != h)) continue;
+    differ++;
+    double bound = 0;
+    const int c = in ? (int)(j / (sx / 3) % 3) : 1;
+    if (c > 0) {
+      float l;
+      double scale;
+      if (in) {
+        l = (float)log((double)rx[j]);
+        scale = c == 1 ? norm.lnT_scale : norm.lnn_scale;
+      } else {
+        const float *smp = rt + j / st * st;
+        l = norm_body_ln_intensity(
+            rt[j], norm_body_zero_fill(norm_body_smallest_thread(smp, st, 0, 1, INFINITY)),
+            norm.lnI_clip);
+        scale = norm.lnI_scale;
+      }
+      bound = (nextafterf(fabsf(l), INFINITY) - fabsf(l)) / scale +
+              (nextafterf(fabsf(h), INFINITY) - fabsf(h));
+    }
+    const double r = bound > 0 ? fabs((double)d - (double)h) / bound : INFINITY;
+    worst = r > worst ? r : worst;
+  }
+  int fails = 0;
+  if (rc < 0) {
+    printf("trainer-check: feed dev %s: error: %s\n", be->name, ce_err_msg());
+    fails = 1;
+  } else {
+    printf("trainer-check: feed dev %s: normalisation on the backend vs the host: %ld of %zu "
+           "values differ, the largest by %.3g x the bound of a 1-ulp ln (tolerance 1)\n",
+           be->name, differ, nx + nt, worst);
+    fails = !(worst <= 1);
+  }
+  /* 2. 3 steps: the feed's backend path against the host path */
+  double lh[3] = {0}, ld[3] = {0};
+  float *wh = NULL, *wd = NULL;
+  size_t nwh = 0, nwd = 0;
+  if (rc == 0) rc = dp_feed_dev_train(be, &cfg, batch, 0, lh, &wh, &nwh);
+  if (rc == 0) rc = dp_feed_dev_train(be, &cfg, batch, 1, ld, &wd, &nwd);
+  if (rc < 0) {
+    printf("trainer-check: feed dev %s: error: %s\n", be->name, ce_err_msg());
+    fails = 1;
+  } else {
+    const int same = nwh == nwd && !memcmp(wh, wd, sizeof(float) * nwh) &&
+                     !memcmp(lh, ld, sizeof lh);
+    printf("trainer-check: feed dev %s batch=%d: 3 steps through the backend buffers (async "
+           "copies, backend normalisation) vs host normalisation: losses %.9g %.9g %.9g vs "
+           "%.9g %.9g %.9g, weights %s\n", be->name, batch, ld[0], ld[1], ld[2], lh[0], lh[1],
+           lh[2], same ? "bit for bit" : "differ");
+    /* bit for bit wherever the normalised batches are (the same kernels on
+       the same bytes); else the first step within the effect of 1 ulp on
+       every input (2.8e-7 measured, docs/benchmarks.md): 1e-5 */
+    if (differ == 0 ? !same : !(fabs(ld[0] - lh[0]) <= 1e-5 * fabs(lh[0]))) fails = 1;
+  }
+  free(wh);
+  free(wd);
+  free(x);
+  free(t);
+  free(hx);
+  free(ht);
+  free(rx);
+  free(rt);
   return fails;
 }
 

@@ -16,7 +16,15 @@
  *     download; a checkpoint downloads exactly its tensors;
  *   - with a reducer the sums come in the documented order and count, the
  *     gradient reduction going through the table;
- *   - everything allocated is freed.
+ *   - everything allocated is freed;
+ *   - upload_async copies only in upload_wait and keeps its host buffer
+ *     read-only until then (a host write faults; a backend call touching
+ *     the destination before the wait is a violation), and training through
+ *     the input feed's backend buffers (pipeline/train/feed.h) on it gives
+ *     the CPU backend's weights, so a feed that hands the host buffer back
+ *     or the batch out before the wait fails;
+ *   - normalise_inputs / normalise_targets (stats/norm_body.h) give the old
+ *     host normalisation's bits, on both backends and as kernel threads.
  * And the CPU backend's init/finish thread settings: set only what the
  * caller asked for, restored by the last finish. */
 #include <cblas.h>
@@ -36,6 +44,9 @@
 #include "gradcheck.h"
 #include "common/rng.h"
 #include "trainer/train.h"
+#include "pipeline/train/feed.h"
+#include "stats/norm_body.h"
+#include "step_batch.h"
 
 /* ---- the guard backend -------------------------------------------------- */
 
@@ -55,6 +66,16 @@ static struct {
   long violations;          /* buffers that were not, or bad frees */
   char first_violation[256];
 } G;
+
+#define MAX_HOST 64
+#define MAX_PENDING 64
+
+static struct {
+  struct { char *p; size_t bytes; } host[MAX_HOST];
+  struct { void *dst; const void *src; size_t bytes; } pend[MAX_PENDING];
+  int npend;
+  long async_uploads, waits;
+} H;
 
 static void violation(const char *fmt, const char *what, long long v) {
   if (!G.violations++) snprintf(G.first_violation, sizeof G.first_violation, fmt, what, v);
@@ -93,10 +114,25 @@ static int owner(const void *p, size_t bytes) {
 }
 
 /* A buffer the call is about to touch must be backend memory. */
+static int pending_dst(const void *p, size_t bytes);
+
 static int owned(const void *p, size_t bytes, const char *what) {
   G.checked++;
+  if (pending_dst(p, bytes)) {
+    violation("%s: %lld bytes overlapping an upload_async not waited for (upload_wait)", what,
+              (long long)bytes);
+    return 1; /* backend memory all the same: the call goes on, on the old bytes */
+  }
   if (owner(p, bytes) >= 0) return 1;
   violation("%s: %lld bytes that are not backend memory", what, (long long)bytes);
+  return 0;
+}
+
+static int pending_dst(const void *p, size_t bytes) {
+  for (int i = 0; i < H.npend; i++) {
+    const char *a = H.pend[i].dst, *q = p;
+    if (q < a + H.pend[i].bytes && a < q + bytes) return 1;
+  }
   return 0;
 }
 
@@ -290,9 +326,118 @@ static int guard_reduce_bucket(nn_net *net, size_t off, size_t n) {
   return rc;
 }
 
-/* host memory: never guarded */
-static void *guard_host_alloc(size_t bytes) { return nn_backend_cpu.host_alloc(bytes); }
-static void guard_host_free(void *p) { nn_backend_cpu.host_free(p); }
+/* ---- host staging and the asynchronous copies --------------------------- */
+
+/* Host staging is whole pages of its own, so that upload_async can make its
+ * source read-only until upload_wait (a host write to it faults: the rule
+ * that the host must not reuse the buffer before the wait); the copy itself
+ * happens only in upload_wait, and a backend call that touches a pending
+ * destination before it is a violation (owned), so work that reads the
+ * batch too early sees old bytes and is reported. */
+static size_t pages_of(size_t bytes) { return (bytes + G.page - 1) / G.page * G.page; }
+
+static void *guard_host_alloc(size_t bytes) {
+  for (int i = 0; i < MAX_HOST; i++) {
+    if (H.host[i].p) continue;
+    void *p = mmap(NULL, pages_of(bytes ? bytes : 1), PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+      ce_err("guard backend: host staging of %zu bytes: mmap failed", bytes);
+      return NULL;
+    }
+    H.host[i].p = p;
+    H.host[i].bytes = pages_of(bytes ? bytes : 1);
+    return p;
+  }
+  ce_err("guard backend: more than %d host staging buffers", MAX_HOST);
+  return NULL;
+}
+
+static void guard_host_free(void *p) {
+  for (int i = 0; p && i < MAX_HOST; i++)
+    if (H.host[i].p == p) {
+      munmap(p, H.host[i].bytes);
+      H.host[i].p = NULL;
+      return;
+    }
+}
+
+/* The pages of host staging that [p, p + bytes) lies in, or NULL. */
+static char *host_pages(const void *p, size_t bytes, size_t *n) {
+  for (int i = 0; i < MAX_HOST; i++) {
+    char *b = H.host[i].p;
+    if (b && (const char *)p >= b && (const char *)p + bytes <= b + H.host[i].bytes) {
+      char *first = b + ((const char *)p - b) / G.page * G.page;
+      *n = pages_of((size_t)((const char *)p + bytes - first));
+      return first;
+    }
+  }
+  return NULL;
+}
+
+static int in_pending_src(const void *a) {
+  for (int i = 0; i < H.npend; i++) {
+    size_t n;
+    char *first = host_pages(H.pend[i].src, H.pend[i].bytes, &n);
+    if (first && (const char *)a >= first && (const char *)a < first + n) return 1;
+  }
+  return 0;
+}
+
+static int guard_upload_async(void *dst, const void *src, size_t bytes) {
+  H.async_uploads++;
+  G.bytes_up += (double)bytes;
+  if (!owned(dst, bytes, "upload_async destination"))
+    return ce_err("guard: upload_async to host memory");
+  size_t n;
+  char *pages = host_pages(src, bytes, &n);
+  if (!pages) violation("%s: %lld bytes that are not host staging (host_alloc)",
+                        "upload_async source", (long long)bytes);
+  if (H.npend == MAX_PENDING) return ce_err("guard: more than %d copies pending", MAX_PENDING);
+  H.pend[H.npend].dst = dst;
+  H.pend[H.npend].src = src;
+  H.pend[H.npend].bytes = bytes;
+  H.npend++;
+  if (pages && mprotect(pages, n, PROT_READ) != 0) abort();
+  return 0;
+}
+
+static int guard_upload_wait(void) {
+  H.waits++;
+  const int np = H.npend;
+  H.npend = 0; /* the destinations are the backend's again */
+  for (int i = 0; i < np; i++) {
+    size_t n = 0;
+    char *pages = host_pages(H.pend[i].src, H.pend[i].bytes, &n);
+    guard_open();
+    memcpy(H.pend[i].dst, H.pend[i].src, H.pend[i].bytes);
+    guard_close();
+    if (pages && mprotect(pages, n, PROT_READ | PROT_WRITE) != 0) abort();
+  }
+  return 0;
+}
+
+static int guard_normalise_inputs(const stats_norm *p, const float *in, float *out, int samples,
+                                  size_t nvox) {
+  const size_t bytes = sizeof(float) * (size_t)samples * 3 * nvox;
+  if (!owned(in, bytes, "normalise_inputs input") || !owned(out, bytes, "normalise_inputs output"))
+    return ce_err("guard: normalise_inputs outside backend memory");
+  guard_open();
+  int rc = nn_backend_cpu.normalise_inputs(p, in, out, samples, nvox);
+  guard_close();
+  return rc;
+}
+
+static int guard_normalise_targets(const stats_norm *p, const float *in, float *out, int samples,
+                                   size_t nval) {
+  const size_t bytes = sizeof(float) * (size_t)samples * nval;
+  if (!owned(in, bytes, "normalise_targets input") || !owned(out, bytes, "normalise_targets output"))
+    return ce_err("guard: normalise_targets outside backend memory");
+  guard_open();
+  int rc = nn_backend_cpu.normalise_targets(p, in, out, samples, nval);
+  guard_close();
+  return rc;
+}
 
 static const nn_backend guard_backend = {
     .name = "guard",
@@ -316,6 +461,10 @@ static const nn_backend guard_backend = {
     .reduce_bucket = guard_reduce_bucket,
     .host_alloc = guard_host_alloc,
     .host_free = guard_host_free,
+    .upload_async = guard_upload_async,
+    .upload_wait = guard_upload_wait,
+    .normalise_inputs = guard_normalise_inputs,
+    .normalise_targets = guard_normalise_targets,
 };
 
 static void on_segv(int sig, siginfo_t *si, void *uc) {
@@ -323,6 +472,12 @@ static void on_segv(int sig, siginfo_t *si, void *uc) {
   if (in_arena(si->si_addr)) {
     static const char msg[] = "test_backend: host code touched backend memory outside a backend "
                               "call (it must go through upload/download)\n";
+    if (write(2, msg, sizeof msg - 1) < 0) _exit(GUARD_EXIT);
+    _exit(GUARD_EXIT);
+  }
+  if (in_pending_src(si->si_addr)) {
+    static const char msg[] = "test_backend: host code wrote a host buffer that an upload_async "
+                              "still reads (before upload_wait)\n";
     if (write(2, msg, sizeof msg - 1) < 0) _exit(GUARD_EXIT);
     _exit(GUARD_EXIT);
   }
@@ -641,6 +796,252 @@ static void test_guard_reducer(void) {
   model_close(&c);
 }
 
+/* ---- the input feed: asynchronous copies, normalisation ------------------ */
+
+/* The host normalisation as it was before stats/norm_body.h (transforms.c,
+ * verbatim): the reference the one body must reproduce bit for bit. */
+static void old_norm_inputs(const stats_norm *p, const float *in, size_t nvox, float *out) {
+  const float *v = in, *T = in + nvox, *nc = in + 2 * nvox;
+  for (size_t i = 0; i < nvox; i++) {
+    out[i] = (float)(((double)v[i] - p->vz_mean) / p->vz_std);
+    out[nvox + i] = (float)(((double)(float)log((double)T[i]) - p->lnT_min) / p->lnT_scale);
+    out[2 * nvox + i] =
+        (float)(((double)(float)log((double)nc[i]) - p->lnn_min) / p->lnn_scale);
+  }
+}
+
+static void old_norm_targets(const stats_norm *p, const float *inten, size_t n, float *out) {
+  float smallest = INFINITY;
+  for (size_t i = 0; i < n; i++) {
+    if (inten[i] > 0 && inten[i] < smallest) smallest = inten[i];
+  }
+  if (isinf(smallest)) smallest = 0;
+  for (size_t i = 0; i < n; i++) {
+    double v = inten[i] == 0 ? smallest : inten[i];
+    double t = log(v);
+    out[i] = (float)(t < p->lnI_clip ? p->lnI_clip : t);
+  }
+  for (size_t i = 0; i < n; i++) out[i] = (float)(((double)out[i] - p->lnI_min) / p->lnI_scale);
+}
+
+/* Bits that differ between a and b (NaN payloads included). */
+static size_t bits_differ(const float *a, const float *b, size_t n) {
+  size_t bad = 0;
+  for (size_t i = 0; i < n; i++) bad += memcmp(a + i, b + i, sizeof(float)) != 0;
+  return bad;
+}
+
+/* The normalisation body (stats/norm_body.h) gives the old host code's bits
+ * on demo-like raw batches (plus a sample of zeros only, a negative and a
+ * NaN intensity, a zero temperature), in both intensity modes: the host's
+ * stats_norm_*, the CPU backend's and the guard's entries, and the bodies
+ * driven as a kernel drives them (threads tid < stride of a grid-stride
+ * loop, the targets' zero fill a min over the threads' partial minima). */
+static void test_normalise_parity(void) {
+  const int S = B;
+  const size_t nv = (size_t)CFG.grid * CFG.grid * CFG.grid, nval = nt() / B;
+  const size_t ni = (size_t)S * 3 * nv, nn = (size_t)S * nval;
+  float *x = malloc(sizeof(float) * ni), *t = malloc(sizeof(float) * nn);
+  float *ref_x = malloc(sizeof(float) * ni), *ref_t = malloc(sizeof(float) * nn);
+  float *got_x = malloc(sizeof(float) * ni), *got_t = malloc(sizeof(float) * nn);
+  for (int median = 0; median < 2; median++) {
+    const stats_norm p = test_norm_params(median);
+    test_raw_batch(&CFG, &p, S, 4, x, t);
+    for (size_t i = 0; i < nval; i++) t[nval + i] = 0.0f; /* sample 1: zeros only */
+    t[2 * nval + 3] = -1e-20f;                            /* NaN after ln */
+    t[2 * nval + 4] = NAN;
+    x[nv + 17] = 0.0f; /* T = 0: -inf */
+    for (int k = 0; k < S; k++) {
+      old_norm_inputs(&p, x + (size_t)k * 3 * nv, nv, ref_x + (size_t)k * 3 * nv);
+      old_norm_targets(&p, t + (size_t)k * nval, nval, ref_t + (size_t)k * nval);
+    }
+    /* the host */
+    for (int k = 0; k < S; k++) {
+      stats_norm_inputs(&p, x + (size_t)k * 3 * nv, nv, got_x + (size_t)k * 3 * nv);
+      stats_norm_targets(&p, t + (size_t)k * nval, nval, got_t + (size_t)k * nval);
+    }
+    CHECK_MSG(!bits_differ(got_x, ref_x, ni) && !bits_differ(got_t, ref_t, nn),
+              "stats_norm_*: %zu input and %zu target values differ (mode %d)",
+              bits_differ(got_x, ref_x, ni), bits_differ(got_t, ref_t, nn), median);
+    /* the backends' entries, out of place and in place */
+    const nn_backend *bes[2] = {&nn_backend_cpu, &guard_backend};
+    for (int b = 0; b < 2; b++)
+      for (int inplace = 0; inplace < 2; inplace++) {
+        const nn_backend *be = bes[b];
+        float *dx = be->alloc(sizeof(float) * ni), *dt = be->alloc(sizeof(float) * nn);
+        float *ox = inplace ? dx : be->alloc(sizeof(float) * ni);
+        float *ot = inplace ? dt : be->alloc(sizeof(float) * nn);
+        CHECK(dx && dt && ox && ot);
+        CHECK_OK(be->upload(dx, x, sizeof(float) * ni));
+        CHECK_OK(be->upload(dt, t, sizeof(float) * nn));
+        CHECK_OK(be->normalise_inputs(&p, dx, ox, S, nv));
+        CHECK_OK(be->normalise_targets(&p, dt, ot, S, nval));
+        CHECK_OK(be->download(got_x, ox, sizeof(float) * ni));
+        CHECK_OK(be->download(got_t, ot, sizeof(float) * nn));
+        CHECK_MSG(!bits_differ(got_x, ref_x, ni) && !bits_differ(got_t, ref_t, nn),
+                  "backend %s (%s): %zu input and %zu target values differ (mode %d)", be->name,
+                  inplace ? "in place" : "out of place", bits_differ(got_x, ref_x, ni),
+                  bits_differ(got_t, ref_t, nn), median);
+        if (!inplace) {
+          be->free(ox);
+          be->free(ot);
+        }
+        be->free(dx);
+        be->free(dt);
+      }
+    /* the bodies as the kernels run them */
+    const size_t strides[3] = {1, 7, 256 * 3};
+    for (int si = 0; si < 3; si++) {
+      const size_t stride = strides[si];
+      float fill[B];
+      memset(got_x, 0, sizeof(float) * ni);
+      memset(got_t, 0, sizeof(float) * nn);
+      for (size_t tid = 0; tid < stride; tid++)
+        norm_body_inputs_thread(&p, x, got_x, (size_t)S, nv, tid, stride);
+      for (int k = 0; k < S; k++) { /* one block per sample */
+        float m = INFINITY;
+        for (size_t tid = 0; tid < 256; tid++) {
+          float part = norm_body_smallest_thread(t + (size_t)k * nval, nval, tid, 256, INFINITY);
+          m = part < m ? part : m;
+        }
+        fill[k] = norm_body_zero_fill(m);
+      }
+      for (size_t tid = 0; tid < stride; tid++)
+        norm_body_targets_thread(&p, t, fill, got_t, (size_t)S, nval, tid, stride);
+      CHECK_MSG(!bits_differ(got_x, ref_x, ni) && !bits_differ(got_t, ref_t, nn),
+                "the bodies with %zu threads: %zu input and %zu target values differ (mode %d)",
+                stride, bits_differ(got_x, ref_x, ni), bits_differ(got_t, ref_t, nn), median);
+    }
+  }
+  free(x);
+  free(t);
+  free(ref_x);
+  free(ref_t);
+  free(got_x);
+  free(got_t);
+}
+
+/* The guard's rules for upload_async: the host buffer is read-only until
+ * upload_wait (a write faults, in a child process), a backend call that
+ * touches the destination before the wait is a violation and sees the old
+ * bytes, and after the wait the bytes are there and the buffer is the
+ * host's again. */
+static void test_guard_async_rules(void) {
+  const size_t n = 1000;
+  float *h = guard_backend.host_alloc(sizeof(float) * n), *d = guard_backend.alloc(sizeof(float) * n);
+  float *back = calloc(n, sizeof(float));
+  CHECK(h && d && back);
+  for (size_t i = 0; i < n; i++) h[i] = (float)i + 1.0f;
+  CHECK_OK(guard_backend.upload_async(d, h, sizeof(float) * n));
+  CHECK(h[n - 1] == (float)n); /* reading it is allowed */
+  fprintf(stderr, "a host write to a buffer an upload_async still reads, in a child process: "
+                  "one message expected\n");
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid == 0) {
+    ((volatile float *)h)[3] = -1.0f;
+    _exit(0); /* not reached when the guard works */
+  }
+  int st = 0;
+  CHECK(pid > 0 && waitpid(pid, &st, 0) == pid);
+  CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == GUARD_EXIT,
+            "a host write to a pending upload's buffer was not caught (status 0x%x)", st);
+  long before = G.violations;
+  CHECK_OK(guard_backend.download(back, d, sizeof(float) * n));
+  CHECK_MSG(G.violations == before + 1, "a download of a pending upload's destination was not "
+            "reported");
+  CHECK(back[0] == 0.0f); /* the bytes are not there before the wait */
+  G.violations = before;
+  CHECK_OK(guard_backend.upload_wait());
+  CHECK_OK(guard_backend.download(back, d, sizeof(float) * n));
+  CHECK(G.violations == before && back[0] == 1.0f && back[n - 1] == (float)n);
+  h[3] = -1.0f; /* the host's again */
+  guard_backend.free(d);
+  guard_backend.host_free(h);
+  free(back);
+}
+
+/* Raw batches of test_raw_batch, STEPS per epoch. */
+typedef struct {
+  float *x, *t;
+  int k;
+  uint32_t epoch;
+} raw_source;
+
+static int raw_next(void *p, uint32_t epoch, const float **x, const float **t) {
+  raw_source *r = p;
+  if (epoch != r->epoch) {
+    r->epoch = epoch;
+    r->k = 0;
+  }
+  if (r->k == STEPS) return 0;
+  const stats_norm norm = test_norm_params(0);
+  test_raw_batch(&CFG, &norm, B, (int)epoch * STEPS + r->k++, r->x, r->t);
+  *x = r->x;
+  *t = r->t;
+  return 1;
+}
+
+/* Two epochs through the feed's backend buffers on the guard (the copies
+ * asynchronous, the normalisation the backend's; with and without the
+ * reader thread) train the CPU backend's weights bit for bit from the same
+ * raw batches normalised on the host: the feed waits for each copy before
+ * it hands the host buffer back to the reader (else the reader's write
+ * faults) and the step reads the batch only after the wait (else a
+ * violation and other weights). */
+static void test_guard_feed_trains(void) {
+  const stats_norm norm = test_norm_params(0);
+  model c;
+  model_open(&c, &nn_backend_cpu, 21);
+  raw_source rs = {malloc(sizeof(float) * nx()), malloc(sizeof(float) * nt()), 0, 0};
+  float *hx = malloc(sizeof(float) * nx()), *ht = malloc(sizeof(float) * nt());
+  for (uint32_t e = 0; e < 2; e++)
+    for (int k = 0; k < STEPS; k++) {
+      const float *x, *t;
+      CHECK(raw_next(&rs, e, &x, &t) == 1);
+      for (int s = 0; s < B; s++) {
+        stats_norm_inputs(&norm, x + (size_t)s * (nx() / B), nx() / B / 3, hx + (size_t)s * (nx() / B));
+        stats_norm_targets(&norm, t + (size_t)s * (nt() / B), nt() / B, ht + (size_t)s * (nt() / B));
+      }
+      loss_value lv;
+      CHECK_OK(trainer_step(&c.tr, hx, ht, 1e-3, &lv));
+    }
+  for (int prefetch = 0; prefetch < 2; prefetch++) {
+    model g;
+    model_open(&g, &guard_backend, 21);
+    raw_source gs = {rs.x, rs.t, 0, 0};
+    train_feed_opts fo = {raw_next, &gs, nx(), nt(), 0, 2, &guard_backend, prefetch, 1};
+    train_feed *f = NULL;
+    CHECK_OK(train_feed_open(&fo, &f));
+    const long up0 = H.async_uploads, v0 = G.violations;
+    int steps = 0;
+    for (uint32_t e = 0; e < 2 && f; e++)
+      for (;;) {
+        const float *x, *t;
+        int got = train_feed_next_dev(f, e, &x, &t);
+        CHECK_OK(got < 0 ? -1 : 0);
+        if (got <= 0) break;
+        loss_value lv;
+        CHECK_OK(trainer_step_raw(&g.tr, x, t, &norm, 1e-3, &lv));
+        steps++;
+      }
+    train_feed_close(f);
+    CHECK(steps == 2 * STEPS && H.npend == 0);
+    CHECK_MSG(H.async_uploads - up0 == 2 * 2 * STEPS, "%ld asynchronous copies, expected %d",
+              H.async_uploads - up0, 2 * 2 * STEPS);
+    CHECK_MSG(G.violations == v0, "%ld violations: %s", G.violations - v0, G.first_violation);
+    CHECK_MSG(same_weights(&g.m.net, &c.m.net),
+              "training through the feed's backend buffers on the guard (prefetch %d) differs "
+              "from the CPU backend on host-normalised batches", prefetch);
+    model_close(&g);
+  }
+  free(rs.x);
+  free(rs.t);
+  free(hx);
+  free(ht);
+  model_close(&c);
+}
+
 /* Everything the nets allocated went back to the backend, and no buffer any
  * call touched was foreign. */
 static void test_guard_accounts(void) {
@@ -662,6 +1063,9 @@ int main(void) {
   RUN(test_guard_catches_host_access);
   RUN(test_guard_matches_cpu);
   RUN(test_guard_reducer);
+  RUN(test_normalise_parity);
+  RUN(test_guard_async_rules);
+  RUN(test_guard_feed_trains);
   RUN(test_guard_accounts);
   nn_backend_finish(&guard_backend);
   nn_backend_finish(&nn_backend_cpu);

@@ -27,7 +27,9 @@
  * the device's bf16 loss curve against its float32 one (the measured effect
  * of bf16 on the device, printed).
  *   6. gradient buckets with a single-rank NCCL reducer against no reducer,
- *      bit for bit; 7. the input feed's wait fraction (dp_check.h).
+ *      bit for bit; 7. the input feed's wait fraction, and its backend path
+ *      (asynchronous copies, normalisation on the backend) against the host
+ *      path (dp_check.h).
  *
  * Prints one line per result ("trainer-check: ..."). Exit status: 0 when
  * every check passed, 1 when one failed, 77 when there is no CUDA backend or
@@ -506,6 +508,7 @@ int main(int argc, char **argv) {
   /* 6-7: data parallelism (buckets, NCCL) and the input feed (dp_check.h) */
   failures += dp_check_buckets(gpu, 16);
   failures += dp_check_feed(gpu, grid, curve_batch);
+  failures += dp_check_feed_dev(gpu, grid, curve_batch);
   nn_backend_finish(gpu);
   nn_backend_finish(&nn_backend_cpu);
   printf("trainer-check: %s (%d failed)\n", failures ? "FAILED" : "all passed", failures);

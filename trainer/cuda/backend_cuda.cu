@@ -13,7 +13,8 @@
  * One stream carries all work; upload, download, loss_eval, the reducer's
  * staging, free and finish wait for it (backend.h, HOST SYNCHRONISATION).
  * A reducer with device sums (NCCL, trainer/nccl_comm.h) sums gradient buckets on
- * a second stream, ordered by events (cuda_reduce_bucket). */
+ * a second stream, ordered by events (cuda_reduce_bucket); the input feed's
+ * upload_async copies on a third (cuda_upload_async). */
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <cudnn.h>
@@ -31,6 +32,7 @@ extern "C" {
 #include "trainer/loss.h"
 #include "trainer/nn.h"
 }
+#include "stats/norm_body.h"
 
 /* ---- checked calls ------------------------------------------------------ */
 
@@ -288,10 +290,13 @@ static int cuda_init(int threads) {
   return 0;
 }
 
+static void feed_release(void); /* the input feed's copy stream (below) */
+
 static void cuda_finish(void) {
   if (S.users == 0 || --S.users > 0) return;
   cudaStreamSynchronize(S.stream);
   if (S.comm) cudaStreamSynchronize(S.comm);
+  feed_release();
   release_all();
 }
 
@@ -1434,6 +1439,101 @@ static void cuda_host_free(void *p) {
   if (p) cudaFreeHost(p);
 }
 
+/* ---- the input feed: copies beside the compute, normalisation ---------- */
+
+/* upload_async copies on a stream of its own, after the compute work queued
+ * before it (queued: dst may be a buffer that work still reads); upload_wait
+ * records `done` on it, makes the compute stream wait for it and blocks the
+ * host until it (backend.h, HOST SYNCHRONISATION). */
+static struct {
+  cudaStream_t copy;
+  cudaEvent_t queued, done;
+  int pending;
+} F;
+
+static void feed_release(void) {
+  if (F.copy) {
+    cudaStreamSynchronize(F.copy);
+    cudaStreamDestroy(F.copy);
+    cudaEventDestroy(F.queued);
+    cudaEventDestroy(F.done);
+  }
+  memset(&F, 0, sizeof F);
+}
+
+static int cuda_upload_async(void *dst, const void *src, size_t bytes) {
+  if (!bytes) return 0;
+  if (!F.copy) {
+    CUDA_CHECK(cudaStreamCreateWithFlags(&F.copy, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaEventCreateWithFlags(&F.queued, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventCreateWithFlags(&F.done, cudaEventDisableTiming));
+  }
+  CUDA_CHECK(cudaEventRecord(F.queued, S.stream));
+  CUDA_CHECK(cudaStreamWaitEvent(F.copy, F.queued, 0));
+  CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, F.copy));
+  F.pending = 1;
+  return 0;
+}
+
+static int cuda_upload_wait(void) {
+  if (!F.pending) return 0;
+  F.pending = 0;
+  CUDA_CHECK(cudaEventRecord(F.done, F.copy));
+  CUDA_CHECK(cudaStreamWaitEvent(S.stream, F.done, 0));
+  CUDA_CHECK(cudaEventSynchronize(F.done));
+  return 0;
+}
+
+/* The bodies of stats/norm_body.h: every value a thread of a grid-stride
+ * loop; a target sample's zero fill is its block's minimum (exact in any
+ * order, so the kernels give the host's bits wherever log does). */
+__global__ void k_norm_inputs(stats_norm p, const float *in, float *out, size_t samples,
+                              size_t nvox) {
+  norm_body_inputs_thread(&p, in, out, samples, nvox, (size_t)blockIdx.x * blockDim.x + threadIdx.x,
+                          (size_t)gridDim.x * blockDim.x);
+}
+
+__global__ void k_norm_fill(const float *in, size_t nval, float *fill) {
+  __shared__ float m[THREADS];
+  const unsigned t = threadIdx.x;
+  m[t] = norm_body_smallest_thread(in + (size_t)blockIdx.x * nval, nval, t, blockDim.x, INFINITY);
+  __syncthreads();
+  for (unsigned h = blockDim.x / 2; h > 0; h /= 2) {
+    if (t < h && m[t + h] < m[t]) m[t] = m[t + h];
+    __syncthreads();
+  }
+  if (t == 0) fill[blockIdx.x] = norm_body_zero_fill(m[0]);
+}
+
+__global__ void k_norm_targets(stats_norm p, const float *in, const float *fill, float *out,
+                               size_t samples, size_t nval) {
+  norm_body_targets_thread(&p, in, fill, out, samples, nval,
+                           (size_t)blockIdx.x * blockDim.x + threadIdx.x,
+                           (size_t)gridDim.x * blockDim.x);
+}
+
+static int cuda_normalise_inputs(const stats_norm *p, const float *in, float *out, int samples,
+                                 size_t nvox) {
+  if (samples < 1 || !nvox) return 0;
+  k_norm_inputs<<<grid_for((long)((size_t)samples * 3 * nvox)), THREADS, 0, S.stream>>>(
+      *p, in, out, (size_t)samples, nvox);
+  KERNEL_CHECK("k_norm_inputs");
+  return 0;
+}
+
+static int cuda_normalise_targets(const stats_norm *p, const float *in, float *out, int samples,
+                                  size_t nval) {
+  if (samples < 1 || !nval) return 0;
+  float *fill = (float *)scratch(sizeof(float) * (size_t)samples);
+  if (!fill) return -1;
+  k_norm_fill<<<(unsigned)samples, THREADS, 0, S.stream>>>(in, nval, fill);
+  KERNEL_CHECK("k_norm_fill");
+  k_norm_targets<<<grid_for((long)((size_t)samples * nval)), THREADS, 0, S.stream>>>(
+      *p, in, fill, out, (size_t)samples, nval);
+  KERNEL_CHECK("k_norm_targets");
+  return 0;
+}
+
 /* ---- the table ---------------------------------------------------------- */
 
 extern "C" const nn_backend nn_backend_cuda = {
@@ -1458,4 +1558,8 @@ extern "C" const nn_backend nn_backend_cuda = {
     /* .reduce_bucket = */ cuda_reduce_bucket,
     /* .host_alloc = */ cuda_host_alloc,
     /* .host_free = */ cuda_host_free,
+    /* .upload_async = */ cuda_upload_async,
+    /* .upload_wait = */ cuda_upload_wait,
+    /* .normalise_inputs = */ cuda_normalise_inputs,
+    /* .normalise_targets = */ cuda_normalise_targets,
 };
