@@ -932,17 +932,17 @@ __global__ static void k_round(long n, const float *a, float *r, int p) {
 __global__ static void k_to_bf16(long n, const float *a, bf16_t *r) {
   GRID_STRIDE(i, n) r[i] = nn_bf16_bits(a[i]);
 }
-/* acc[i] += round_bf16(v[i]) (float v: the emulated path) or += v[i] (bf16
- * v: cuDNN's rounded store); a convolution's result into the float32
- * gradient it accumulates into */
+/* acc[i] += round_bf16(v[i]) (float v: the emulated path), k_add_bf16:
+ * acc[i] += v[i] (bf16 v: cuDNN's rounded store); a convolution's result
+ * into the float32 gradient it accumulates into */
 __global__ static void k_add_bf16_result(long n, const float *v, float *acc) {
   GRID_STRIDE(i, n) acc[i] += nn_round_bf16(v[i]);
 }
 __global__ static void k_add_bf16(long n, const bf16_t *v, float *acc) {
   GRID_STRIDE(i, n) acc[i] += nn_bf16_value(v[i]);
 }
-/* y = v + b[channel] over (n, c, P): a bf16 convolution's output and its
- * float32 bias (in place for the emulated path: v == y, rounded first) */
+/* y = v + b[channel] over (n, c, P): a native bf16 convolution's output
+ * and its float32 bias; k_round_bf16_bias: the emulated path's, in place */
 __global__ static void k_conv_out_bf16(long n, int c, long P, const bf16_t *v, const float *b,
                                        float *y) {
   GRID_STRIDE(i, n) y[i] = nn_bf16_value(v[i]) + b[(i / P) % c];
