@@ -1054,7 +1054,8 @@ static int dev_bf16_get(const nn_net *net, const nn_node *nd, int with_dy, int o
 
 static int conv_plan_of(const nn_net *net, const nn_node *nd, conv_plan **out) {
   conv_shape s = node_conv_shape(net, nd);
-  conv_plan *p = plan_for(&s, net->nodes[nd->in[0]].needs_grad, net_tf32(net), net_bf16_native(net));
+  conv_plan *p =
+      plan_for(&s, net->nodes[nd->in[0]].needs_grad, net_tf32(net), net_bf16_native(net));
   if (!p) return -1;
   if (p->ws > sizeof(float) * net->work_n)
     return ce_err("convolution workspace: %zu bytes needed, %zu allocated (the workspace "
@@ -1068,7 +1069,8 @@ static size_t cuda_workspace(const nn_net *net, const nn_node *nd) {
   conv_shape s = node_conv_shape(net, nd);
   /* an error here (no algorithm fits) is met again, and reported, at the
      layer's first forward */
-  conv_plan *p = plan_for(&s, net->nodes[nd->in[0]].needs_grad, net_tf32(net), net_bf16_native(net));
+  conv_plan *p =
+      plan_for(&s, net->nodes[nd->in[0]].needs_grad, net_tf32(net), net_bf16_native(net));
   return p ? (p->ws + sizeof(float) - 1) / sizeof(float) : 0;
 }
 
@@ -1107,7 +1109,8 @@ static int conv_backward(nn_net *net, nn_node *nd, float *dx) {
   conv_plan *p;
   CE_TRY(conv_plan_of(net, nd, &p));
   const nn_param *P = net->params;
-  if (dx && !p->need_dx) return ce_err("convolution '%s': planned without an input gradient", nd->name);
+  if (dx && !p->need_dx)
+    return ce_err("convolution '%s': planned without an input gradient", nd->name);
   const long nw = (long)P[nd->param[0]].n, nx = (long)net->batch * net->nodes[nd->in[0]].size;
   const size_t ws = sizeof(float) * net->work_n;
   if (p->bf16) { /* results into bf16 scratch (beta 0), then added to the float32 gradients */
