@@ -10,7 +10,8 @@
 #            whole step CUDA vs CPU, checkpoints both ways, 20 steps of the
 #            7-channel COEmuNet CPU vs GPU from the same weights and data,
 #            then training and inference samples/s on the GPU (fp32, TF32,
-#            bf16); bf16 (trainer/precision.h): layers at tf32 / bf16, one
+#            bf16); bf16 (trainer/precision.h; the native path: bf16 cuDNN
+#            convolutions, cublasGemmEx): layers at tf32 / bf16, one
 #            bf16 step against the CPU's bf16 emulation, the bf16 curve vs fp32
 #            gradient buckets through a single-rank NCCL communicator against
 #            no reducer (bit for bit; NCCL optional), the input feed's wait
@@ -34,7 +35,8 @@
 # TRAINER_CHECK_DIR (build folder, default build-gpu-check-trainer),
 # TRAINER_CHECK_DEPS (a --pack-deps folder), CUDNN_HOME (cuDNN's prefix, if
 # not beside nvcc or in the Python package nvidia-cudnn), TRAINER_CHECK_ARGS
-# (extra trainer_gpu_check options, e.g. "--batch 64"), PYTHON (python3).
+# (extra trainer_gpu_check options, e.g. "--batch 64"), PYTHON (python3),
+# TRAINER_CHECK_BF16_EMULATED=1 (the parity again with COEMU_BF16=emulated).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -209,6 +211,15 @@ step() { # name limit command...: its result lines, then ok or FAIL
 }
 # shellcheck disable=SC2086
 step trainer 150 "$out/trainer_gpu_check" --tf32 ${TRAINER_CHECK_ARGS:-}
+# the bf16 entries above ran the native path (bf16 cuDNN / cublasGemmEx);
+# TRAINER_CHECK_BF16_EMULATED=1 repeats the parity on the emulated one
+# (float32 cuDNN / cuBLAS on rounded copies: the same definition, for
+# telling a tensor-core effect from a wrong rounding point)
+if [ "${TRAINER_CHECK_BF16_EMULATED:-0}" = 1 ]; then
+  # shellcheck disable=SC2086
+  step trainer-bf16-emulated 120 env COEMU_BF16=emulated "$out/trainer_gpu_check" --no-bench \
+    --no-curves ${TRAINER_CHECK_ARGS:-}
+fi
 if "$PYTHON" -c 'import torch' >/dev/null 2>&1; then
   step anchor 120 "$PYTHON" tests/trainer/torch_anchor.py
 else

@@ -228,6 +228,43 @@ static int operands_get(const nn_net *net, const nn_node *nd, int with_dy, opera
   return 0;
 }
 
+/* acc[i] += round_bf16(v[i]): a bf16 convolution's result added to the
+ * float32 output or gradient it accumulates into (precision.h). */
+static void add_bf16_result(float *acc, const float *v, size_t n) {
+  const long len = (long)n;
+#pragma omp parallel for schedule(static)
+  for (long i = 0; i < len; i++) acc[i] += nn_round_bf16(v[i]);
+}
+
+/* A convolution at a precision that rounds its result (bf16): the float32
+ * products into zeroed buffers, then each rounded once and added, the bias
+ * after the rounding (precision.h). */
+static int conv_forward_rounded(const conv_shape *s, const operands *o, const float *b, float *y,
+                                float *work) {
+  float *zb = ce_calloc_array((size_t)s->cout, sizeof(float), "zero bias");
+  if (!zb) return -1;
+  conv3d_forward(s, o->x, o->w, zb, y, work);
+  free(zb);
+  const long P = (long)s->od * s->oh * s->ow, rows = (long)s->n * s->cout;
+#pragma omp parallel for schedule(static)
+  for (long r = 0; r < rows; r++)
+    for (long p = 0; p < P; p++) y[r * P + p] = nn_round_bf16(y[r * P + p]) + b[r % s->cout];
+  return 0;
+}
+
+static int conv_backward_rounded(const conv_shape *s, const operands *o, float *dw, float *db,
+                                 float *dx, float *work) {
+  const size_t nw = (size_t)s->cout * s->cin * s->kd * s->kh * s->kw,
+               nx = dx ? (size_t)s->n * s->cin * s->d * s->h * s->w : 0;
+  float *t = ce_calloc_array(nw + nx, sizeof(float), "convolution results");
+  if (!t) return -1;
+  conv3d_backward(s, o->x, o->w, o->dy, t, db, dx ? t + nw : NULL, work);
+  add_bf16_result(dw, t, nw);
+  if (dx) add_bf16_result(dx, t + nw, nx);
+  free(t);
+  return 0;
+}
+
 static int cpu_forward(nn_net *net, nn_node *nd, int train) {
   const int N = net->batch;
   const nn_node *in = &net->nodes[nd->in[0]];
@@ -241,9 +278,13 @@ static int cpu_forward(nn_net *net, nn_node *nd, int train) {
     CE_TRY(check_work(net, &s));
     operands o;
     CE_TRY(operands_get(net, nd, 0, &o));
-    conv3d_forward(&s, o.x, o.w, P[nd->param[1]].w, y, net->work);
+    int rc = 0;
+    if (nn_rounds_conv_result(net->precision))
+      rc = conv_forward_rounded(&s, &o, P[nd->param[1]].w, y, net->work);
+    else
+      conv3d_forward(&s, o.x, o.w, P[nd->param[1]].w, y, net->work);
     free(o.buf);
-    return 0;
+    return rc;
   }
   case NN_BATCHNORM: {
     long S = (long)nd->d * nd->h * nd->w;
@@ -324,9 +365,13 @@ static int cpu_backward(nn_net *net, nn_node *nd) {
     CE_TRY(check_work(net, &s));
     operands o;
     CE_TRY(operands_get(net, nd, 1, &o));
-    conv3d_backward(&s, o.x, o.w, o.dy, P[nd->param[0]].g, P[nd->param[1]].g, dx, net->work);
+    int rc = 0;
+    if (nn_rounds_conv_result(net->precision))
+      rc = conv_backward_rounded(&s, &o, P[nd->param[0]].g, P[nd->param[1]].g, dx, net->work);
+    else
+      conv3d_backward(&s, o.x, o.w, o.dy, P[nd->param[0]].g, P[nd->param[1]].g, dx, net->work);
     free(o.buf);
-    return 0;
+    return rc;
   }
   case NN_BATCHNORM:
     if (net->train && nn_get_reducer(net) && !net->reducer.local_batchnorm)

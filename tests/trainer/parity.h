@@ -110,6 +110,46 @@ static void par_judge(par_report *r, const char *what, const float *got, const d
             tol ? "" : " (exact)", bad ? "  FAIL" : "");
 }
 
+/* A bf16 convolution's result (precision.h: the float32 sum rounded to bf16
+ * once, then shift[i] added in float32; shift NULL: nothing added, the value
+ * is the rounded sum exactly): got[i] - shift[i] must be the bf16 rounding of
+ * some float within ref[i] +- tol[i] (the float32 sum's bound), within the
+ * one float rounding of the addition. Rounding is monotone, so that is the
+ * interval [round((float)(ref - tol')), round((float)(ref + tol'))], tol'
+ * widened by the conversion of ref +- tol to float. A result not rounded to
+ * bf16 (float32 arithmetic) lies outside it almost always: the negative
+ * controls. */
+static void par_judge_bf16(par_report *r, const char *what, const float *got, const double *ref,
+                           const double *tol, const double *shift, size_t n) {
+  long bad = 0;
+  double worst = 0;
+  for (size_t i = 0; i < n; i++) {
+    const double t = tol[i] + 2 * PAR_U * (fabs(ref[i]) + tol[i]);
+    const double lo = nn_round_bf16((float)(ref[i] - t)), hi = nn_round_bf16((float)(ref[i] + t));
+    const double v = (double)got[i] - (shift ? shift[i] : 0),
+                 slack = shift ? PAR_U * fabs((double)got[i]) : 0;
+    const int ok = got[i] == got[i] && v - slack <= hi && v + slack >= lo;
+    /* reported: the distance from the rounding of ref itself, in window
+       widths (0: the same bf16 value; > 1: outside) */
+    const double mid = nn_round_bf16((float)ref[i]), d = fabs(v - mid) - slack;
+    double q = d <= 0 ? 0 : hi > lo ? d / (hi - lo) : INFINITY;
+    if (!ok && q <= 1) q = INFINITY;
+    if (!ok) {
+      if (!bad) par_note(r, "%s[%zu] = %.9g, reference %.9g: not a bf16 rounding of [%.9g, %.9g] "
+                         "(+ %.9g)", what, i, got[i], ref[i], ref[i] - t, ref[i] + t,
+                         shift ? shift[i] : 0.0);
+      bad++;
+    }
+    if (q > worst) worst = q;
+  }
+  r->checks += (long)n;
+  r->failures += bad;
+  if (worst > r->worst) r->worst = worst;
+  if (r->verbose)
+    fprintf(stderr, "    %-40s %6zu values, worst %.3g x the bf16 window%s\n", what, n, worst,
+            bad ? "  FAIL" : "");
+}
+
 static double *par_dup(const float *a, size_t n) {
   double *d = (double *)malloc(sizeof(double) * (n ? n : 1));
   for (size_t i = 0; i < n; i++) d[i] = a[i];
@@ -261,7 +301,10 @@ static void par_round_operands(par_layer *L, int p) {
 
 /* ---- references --------------------------------------------------------- */
 
-static void par_check_conv(par_report *r, const par_layer *L, const par_case *pc, const char *name) {
+/* ref: the precision of the reference (its operands rounded by
+ * par_round_operands; bf16 also rounds the results, par_judge_bf16). */
+static void par_check_conv(par_report *r, const par_layer *L, const par_case *pc, const char *name,
+                           int ref) {
   const nn_net *net = &L->net;
   const nn_node *nd = &net->nodes[L->out], *in = &net->nodes[L->in[0]];
   const int N = L->N, ci_n = in->c, co_n = nd->c, kd = nd->k.v[0], kh = nd->k.v[1], kw = nd->k.v[2];
@@ -310,16 +353,29 @@ static void par_check_conv(par_report *r, const par_layer *L, const par_case *pc
   for (size_t i = 0; i < nx; i++) dxm[i] *= par_gamma((double)co_n * kd * kh * kw + 2);
   for (size_t i = 0; i < nw; i++) dwm[i] *= par_gamma((double)N * P + 2);
   for (int i = 0; i < co_n; i++) dbm[i] *= par_gamma((double)N * P + 2);
+  const int rounded = nn_rounds_conv_result(ref);
+  double *bias = NULL;
+  if (rounded) { /* the sum without the bias, which the backend adds after rounding */
+    bias = par_zeros(ny);
+    for (size_t i = 0; i < ny; i++) {
+      bias[i] = b[(i / (size_t)P) % (size_t)co_n];
+      y[i] -= bias[i];
+    }
+  }
   snprintf(what, sizeof what, "%s: output", name);
-  par_judge(r, what, L->y, y, ym, ny);
+  if (rounded) par_judge_bf16(r, what, L->y, y, ym, bias, ny);
+  else par_judge(r, what, L->y, y, ym, ny);
   snprintf(what, sizeof what, "%s: weight gradient", name);
-  par_judge(r, what, L->g[0], dw, dwm, nw);
+  if (rounded) par_judge_bf16(r, what, L->g[0], dw, dwm, NULL, nw);
+  else par_judge(r, what, L->g[0], dw, dwm, nw);
   snprintf(what, sizeof what, "%s: bias gradient", name);
   par_judge(r, what, L->g[1], db, dbm, co_n);
   if (pc->grad_in) {
     snprintf(what, sizeof what, "%s: input gradient", name);
-    par_judge(r, what, L->dx[0], dx, dxm, nx);
+    if (rounded) par_judge_bf16(r, what, L->dx[0], dx, dxm, NULL, nx);
+    else par_judge(r, what, L->dx[0], dx, dxm, nx);
   }
+  free(bias);
   free(y); free(ym); free(dx); free(dxm); free(dw); free(dwm); free(db); free(dbm);
 }
 
@@ -874,7 +930,7 @@ static void par_case_run(const nn_backend *be, par_report *r, int i, int run, in
   par_layer L;
   if (par_layer_run(&L, be, pc, 3, (uint32_t)i, run, r) == 0) {
     if (ref != NN_FLOAT32) par_round_operands(&L, ref);
-    if (pc->kind == PK_CONV) par_check_conv(r, &L, pc, par_cases[i].name);
+    if (pc->kind == PK_CONV) par_check_conv(r, &L, pc, par_cases[i].name, ref);
     else if (pc->kind == PK_LINEAR) par_check_linear(r, &L, par_cases[i].name);
     else if (pc->kind == PK_BN) par_check_bn(r, &L, pc->train, par_cases[i].name);
     else par_check_simple(r, &L, pc, par_cases[i].name);

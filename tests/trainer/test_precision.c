@@ -107,6 +107,35 @@ static void test_against_reference(void) {
   CHECK_MSG(bad == 0, "%ld of %ld values differ from the reference", bad, n);
 }
 
+/* bf16 storage (the CUDA backend's native operands, precision.h): the bits
+ * are nn_round_bf16's high half, and back, bit for bit; every high half with
+ * low halves at and around the tie (0x8000), both ends and random ones; and
+ * every bf16 pattern back and forth (a signalling NaN comes back quiet). */
+static void test_bf16_storage(void) {
+  static const uint32_t LOW[] = {0x0000u, 0x0001u, 0x7fffu, 0x8000u, 0x8001u, 0xffffu};
+  ce_rng r = ce_rng_make(2026, 18, 1, 0);
+  long bad = 0;
+  for (uint32_t hi = 0; hi < 65536u; hi++) {
+    for (int k = 0; k < 8; k++) {
+      const uint32_t lo = k < 6 ? LOW[k] : ce_rng_u32(&r) & 0xffffu;
+      const float x = of(hi << 16 | lo);
+      const uint32_t want = bits(nn_round_bf16(x));
+      const uint16_t b = nn_bf16_bits(x);
+      if ((uint32_t)b << 16 != want || bits(nn_bf16_value(b)) != want) {
+        if (!bad)
+          fprintf(stderr, "  0x%08x: bf16 bits 0x%04x, back 0x%08x, nn_round_bf16 0x%08x\n",
+                  (unsigned)bits(x), (unsigned)b, (unsigned)bits(nn_bf16_value(b)),
+                  (unsigned)want);
+        bad++;
+      }
+    }
+    const uint16_t h = (uint16_t)hi;
+    const int snan = (h & 0x7f80u) == 0x7f80u && (h & 0x7fu) && !(h & 0x40u);
+    if (nn_bf16_bits(nn_bf16_value(h)) != (snan ? (uint16_t)(h | 0x40u) : h)) bad++;
+  }
+  CHECK_MSG(bad == 0, "%ld bf16 storage patterns differ from nn_round_bf16", bad);
+}
+
 static void test_names_and_errors(void) {
   CHECK(nn_precision_parse("float32") == NN_FLOAT32);
   CHECK(nn_precision_parse("tf32") == NN_TF32);
@@ -148,6 +177,7 @@ int main(void) {
   RUN(test_bf16_exact);
   RUN(test_tf32_exact);
   RUN(test_against_reference);
+  RUN(test_bf16_storage);
   RUN(test_names_and_errors);
   nn_backend_finish(&nn_backend_cpu);
   return check_report();

@@ -342,7 +342,9 @@ int main(int argc, char **argv) {
     return skip_status;
   }
 #ifdef COEMU_HAVE_CUDA_TRAINER
-  if (gpu == &nn_backend_cuda) printf("trainer-check: device: %s\n", nn_cuda_device_name());
+  if (gpu == &nn_backend_cuda)
+    printf("trainer-check: device: %s; bf16 path: %s (COEMU_BF16)\n", nn_cuda_device_name(),
+           nn_cuda_bf16_path());
 #endif
   fflush(stdout);
   if (prec_curves) { /* this measurement only */

@@ -92,10 +92,11 @@ static const char *cufft_string(cufftResult r) {
 /* ---- state -------------------------------------------------------------- */
 
 /* A convolution's cuDNN plan: descriptors and the algorithms chosen once for
- * its shape (conv_shape, whether dx is wanted, the math mode). */
+ * its shape (conv_shape, whether dx is wanted, the math mode, bf16 tensors:
+ * native bf16, x w y in CUDNN_DATA_BFLOAT16, float32 compute). */
 typedef struct {
   conv_shape s;
-  int need_dx, tf32, sums_only;
+  int need_dx, tf32, sums_only, bf16;
   cudnnTensorDescriptor_t x, y, b;
   cudnnFilterDescriptor_t w;
   cudnnConvolutionDescriptor_t conv;
@@ -118,6 +119,7 @@ static struct {
   size_t scratch_bytes;
   int tf32;
   int sums_only; /* COEMU_CUDNN_ALGOS=sums: only algorithms whose outputs are plain sums */
+  int bf16_emulated; /* COEMU_BF16=emulated: bf16 nets on the float32 path with rounded copies */
   size_t ws_limit;
   int ws_limit_set;
   /* device reducer sums (NCCL): gradient buckets run on comm, after the
@@ -262,6 +264,10 @@ static int open_device(void) {
   if (algos && *algos && strcmp(algos, "any") && strcmp(algos, "sums"))
     return ce_err("COEMU_CUDNN_ALGOS = '%s': expected any or sums", algos);
   S.sums_only = algos && !strcmp(algos, "sums");
+  const char *bf = getenv("COEMU_BF16");
+  if (bf && *bf && strcmp(bf, "native") && strcmp(bf, "emulated"))
+    return ce_err("COEMU_BF16 = '%s': expected native or emulated", bf);
+  S.bf16_emulated = bf && !strcmp(bf, "emulated");
   if (!S.ws_limit_set) {
     S.ws_limit = (size_t)512 << 20;
     const char *w = getenv("COEMU_CUDNN_WORKSPACE_MB");
@@ -751,13 +757,14 @@ static int is_2d(const conv_shape *s) {
   return s->d == 1 && s->od == 1 && s->kd == 1 && s->sd == 1 && s->pd == 0;
 }
 
-static int set_tensor(cudnnTensorDescriptor_t t, int n, int c, int d, int h, int w, int two) {
+static int set_tensor(cudnnTensorDescriptor_t t, int n, int c, int d, int h, int w, int two,
+                      cudnnDataType_t type = CUDNN_DATA_FLOAT) {
   if (two) {
-    CUDNN_CHECK(cudnnSetTensor4dDescriptor(t, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, n, c, h, w));
+    CUDNN_CHECK(cudnnSetTensor4dDescriptor(t, CUDNN_TENSOR_NCHW, type, n, c, h, w));
   } else {
     int dims[5] = {n, c, d, h, w};
     int str[5] = {c * d * h * w, d * h * w, h * w, w, 1};
-    CUDNN_CHECK(cudnnSetTensorNdDescriptor(t, CUDNN_DATA_FLOAT, 5, dims, str));
+    CUDNN_CHECK(cudnnSetTensorNdDescriptor(t, type, 5, dims, str));
   }
   return 0;
 }
@@ -798,34 +805,41 @@ static int pick(const Perf *r, int n, size_t limit, int tf32) {
   return -1;
 }
 
-static int plan_create(conv_plan *p, const conv_shape *s, int need_dx, int tf32) {
+static int plan_create(conv_plan *p, const conv_shape *s, int need_dx, int tf32, int bf16) {
   memset(p, 0, sizeof *p);
   p->s = *s;
   p->need_dx = need_dx;
   p->tf32 = tf32;
+  p->bf16 = bf16;
   p->sums_only = S.sums_only;
+  /* bf16: cuDNN's PSEUDO_BFLOAT16 configuration (x, w, y bf16, float32
+     compute; the output rounded once at the store: precision.h) */
+  const cudnnDataType_t io = bf16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
   const int two = is_2d(s);
   CUDNN_CHECK(cudnnCreateTensorDescriptor(&p->x));
   CUDNN_CHECK(cudnnCreateTensorDescriptor(&p->y));
   CUDNN_CHECK(cudnnCreateTensorDescriptor(&p->b));
   CUDNN_CHECK(cudnnCreateFilterDescriptor(&p->w));
   CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&p->conv));
-  CE_TRY(set_tensor(p->x, s->n, s->cin, s->d, s->h, s->w, two));
-  CE_TRY(set_tensor(p->y, s->n, s->cout, s->od, s->oh, s->ow, two));
+  CE_TRY(set_tensor(p->x, s->n, s->cin, s->d, s->h, s->w, two, io));
+  CE_TRY(set_tensor(p->y, s->n, s->cout, s->od, s->oh, s->ow, two, io));
   CE_TRY(set_tensor(p->b, 1, s->cout, 1, 1, 1, two));
   if (two) {
-    CUDNN_CHECK(cudnnSetFilter4dDescriptor(p->w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, s->cout,
+    CUDNN_CHECK(cudnnSetFilter4dDescriptor(p->w, io, CUDNN_TENSOR_NCHW, s->cout,
                                            s->cin, s->kh, s->kw));
     CUDNN_CHECK(cudnnSetConvolution2dDescriptor(p->conv, s->ph, s->pw, s->sh, s->sw, 1, 1,
                                                 CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
   } else {
     int fdim[5] = {s->cout, s->cin, s->kd, s->kh, s->kw};
     int pad[3] = {s->pd, s->ph, s->pw}, str[3] = {s->sd, s->sh, s->sw}, dil[3] = {1, 1, 1};
-    CUDNN_CHECK(cudnnSetFilterNdDescriptor(p->w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, 5, fdim));
+    CUDNN_CHECK(cudnnSetFilterNdDescriptor(p->w, io, CUDNN_TENSOR_NCHW, 5, fdim));
     CUDNN_CHECK(cudnnSetConvolutionNdDescriptor(p->conv, 3, pad, str, dil, CUDNN_CROSS_CORRELATION,
                                                 CUDNN_DATA_FLOAT));
   }
-  const cudnnMathType_t math = p->tf32 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH;
+  /* bf16 on tensor cores: products of bf16 values are exact in their float32
+     accumulators, as on the FMA units */
+  const int tensor_ops = p->tf32 || bf16;
+  const cudnnMathType_t math = tensor_ops ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH;
   CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv, math));
   /* cudnnFind* times every algorithm on scratch buffers it allocates */
   const size_t lim = S.ws_limit;
@@ -833,7 +847,7 @@ static int plan_create(conv_plan *p, const conv_shape *s, int need_dx, int tf32)
   cudnnConvolutionFwdAlgoPerf_t fr[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
   CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(S.dnn, p->x, p->w, p->conv, p->y,
                                                    CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got, fr));
-  int i = pick(fr, got, lim, p->tf32);
+  int i = pick(fr, got, lim, tensor_ops);
   if (i < 0)
     return ce_err("cuDNN: no forward algorithm for this convolution within the %zu-byte "
                   "workspace limit (COEMU_CUDNN_WORKSPACE_MB)", lim);
@@ -842,7 +856,7 @@ static int plan_create(conv_plan *p, const conv_shape *s, int need_dx, int tf32)
   cudnnConvolutionBwdFilterAlgoPerf_t wr[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
   CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(
       S.dnn, p->x, p->y, p->conv, p->w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &got, wr));
-  i = pick(wr, got, lim, p->tf32);
+  i = pick(wr, got, lim, tensor_ops);
   if (i < 0)
     return ce_err("cuDNN: no backward-filter algorithm within the %zu-byte workspace limit", lim);
   p->bwd_filter = wr[i].algo;
@@ -851,7 +865,7 @@ static int plan_create(conv_plan *p, const conv_shape *s, int need_dx, int tf32)
     cudnnConvolutionBwdDataAlgoPerf_t dr[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
     CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(
         S.dnn, p->w, p->y, p->conv, p->x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &got, dr));
-    i = pick(dr, got, lim, p->tf32);
+    i = pick(dr, got, lim, tensor_ops);
     if (i < 0)
       return ce_err("cuDNN: no backward-data algorithm within the %zu-byte workspace limit", lim);
     p->bwd_data = dr[i].algo;
@@ -861,11 +875,11 @@ static int plan_create(conv_plan *p, const conv_shape *s, int need_dx, int tf32)
 }
 
 /* The plan of a shape, found once and kept until the last finish. */
-static conv_plan *plan_for(const conv_shape *s, int need_dx, int tf32) {
+static conv_plan *plan_for(const conv_shape *s, int need_dx, int tf32, int bf16) {
   for (int i = 0; i < S.nplans; i++) {
     conv_plan *p = &S.plans[i];
     if (!memcmp(&p->s, s, sizeof *s) && p->need_dx == need_dx && p->tf32 == tf32 &&
-        p->sums_only == S.sums_only)
+        p->bf16 == bf16 && p->sums_only == S.sums_only)
       return p;
   }
   if (S.nplans == S.plan_cap) {
@@ -879,7 +893,7 @@ static conv_plan *plan_for(const conv_shape *s, int need_dx, int tf32) {
     S.plan_cap = cap;
   }
   conv_plan *p = &S.plans[S.nplans];
-  if (plan_create(p, s, need_dx, tf32) < 0) {
+  if (plan_create(p, s, need_dx, tf32, bf16) < 0) {
     destroy_plan(p);
     ce_err_prefix("planning the convolution %dx%dx%dx%dx%d -> %d channels, kernel %dx%dx%d, "
                   "stride %dx%dx%d", s->n, s->cin, s->d, s->h, s->w, s->cout, s->kd, s->kh, s->kw,
@@ -893,26 +907,92 @@ static conv_plan *plan_for(const conv_shape *s, int need_dx, int tf32) {
 /* ---- precision (precision.h) ------------------------------------------ */
 
 /* Tensor cores (TF32 math) for the net's products: precision tf32, or
- * float32 under nn_cuda_set_tf32(1). bf16 runs on the FMA units: its rounded
- * operands' products are exact in float32, so its results differ from the
- * CPU emulation's only in the order of the float32 sums. */
+ * float32 under nn_cuda_set_tf32(1). */
 static int net_tf32(const nn_net *net) {
   return net->precision == NN_TF32 || (net->precision == NN_FLOAT32 && S.tf32);
 }
 
+/* Native bf16 (the default for bf16 nets): the operands converted once into
+ * bf16 scratch, cuDNN's bf16 convolutions and cublasGemmEx with bf16 A and B
+ * on tensor cores. COEMU_BF16=emulated keeps the float32 path with rounded
+ * float copies (FMA math), the same definition (precision.h), for parity
+ * diagnosis. */
+static int net_bf16_native(const nn_net *net) {
+  return net->precision == NN_BF16 && !S.bf16_emulated;
+}
+
+extern "C" const char *nn_cuda_bf16_path(void) { return S.bf16_emulated ? "emulated" : "native"; }
+
+/* bf16 storage: the bit patterns of nn_bf16_bits (precision.h), which cuDNN
+ * and cuBLAS read as CUDNN_DATA_BFLOAT16 / CUDA_R_16BF. */
+typedef uint16_t bf16_t;
+
+__device__ static inline float load_f(float v) { return v; }
+__device__ static inline float load_f(bf16_t v) { return nn_bf16_value(v); }
+
 __global__ static void k_round(long n, const float *a, float *r, int p) {
   GRID_STRIDE(i, n) r[i] = nn_round_operand(a[i], p);
 }
+/* the conversion of every native bf16 operand: nn_round_bf16's bits */
+__global__ static void k_to_bf16(long n, const float *a, bf16_t *r) {
+  GRID_STRIDE(i, n) r[i] = nn_bf16_bits(a[i]);
+}
+/* acc[i] += round_bf16(v[i]) (float v: the emulated path), k_add_bf16:
+ * acc[i] += v[i] (bf16 v: cuDNN's rounded store); a convolution's result
+ * into the float32 gradient it accumulates into */
+__global__ static void k_add_bf16_result(long n, const float *v, float *acc) {
+  GRID_STRIDE(i, n) acc[i] += nn_round_bf16(v[i]);
+}
+__global__ static void k_add_bf16(long n, const bf16_t *v, float *acc) {
+  GRID_STRIDE(i, n) acc[i] += nn_bf16_value(v[i]);
+}
+/* y = v + b[channel] over (n, c, P): a native bf16 convolution's output
+ * and its float32 bias; k_round_bf16_bias: the emulated path's, in place */
+__global__ static void k_conv_out_bf16(long n, int c, long P, const bf16_t *v, const float *b,
+                                       float *y) {
+  GRID_STRIDE(i, n) y[i] = nn_bf16_value(v[i]) + b[(i / P) % c];
+}
+__global__ static void k_round_bf16_bias(long n, int c, long P, const float *b, float *y) {
+  GRID_STRIDE(i, n) y[i] = nn_round_bf16(y[i]) + b[(i / P) % c];
+}
+/* db[ch] += the sum of dy over (n, P) for channel ch: one block per
+ * channel, a float tree sum (cudnnConvolutionBackwardBias for bf16 dy) */
+__global__ static void k_conv_bias_grad(int n, int c, long P, const bf16_t *dy, float *db) {
+  __shared__ float part[THREADS];
+  const int ch = blockIdx.x;
+  float acc = 0;
+  for (long j = threadIdx.x; j < (long)n * P; j += blockDim.x)
+    acc += nn_bf16_value(dy[((long)(j / P) * c + ch) * P + j % P]);
+  part[threadIdx.x] = acc;
+  __syncthreads();
+  for (int h = blockDim.x / 2; h > 0; h /= 2) {
+    if ((int)threadIdx.x < h) part[threadIdx.x] += part[threadIdx.x + h];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) db[ch] += part[0];
+}
 
 /* The operands of one convolution or linear layer at the net's precision:
- * float32 the tensors themselves; tf32 and bf16 copies rounded by
- * nn_round_operand (the CPU emulation's function, at its points) into the
- * device scratch, valid until the next scratch() call. */
+ * float32 the tensors themselves; tf32 and bf16 (emulated) copies rounded
+ * by nn_round_operand (the CPU emulation's function, at its points) into the
+ * device scratch, followed by `extra` floats for the caller (a bf16
+ * convolution's float32 results before their rounding); valid until the
+ * next scratch() call. */
 typedef struct {
   const float *x, *w, *dy;
+  float *extra;
 } dev_operands;
 
-static int dev_operands_get(const nn_net *net, const nn_node *nd, int with_dy, dev_operands *o) {
+/* n floats (or bf16s: size 2) from *at, 64-byte aligned for cuDNN's
+ * vectorised loads */
+static char *carve(char **at, long n, size_t size) {
+  char *r = *at;
+  *at += ((size_t)n * size + 63) / 64 * 64;
+  return r;
+}
+
+static int dev_operands_get(const nn_net *net, const nn_node *nd, int with_dy, long extra,
+                            dev_operands *o) {
   const nn_node *in = &net->nodes[nd->in[0]];
   const nn_param *w = &net->params[nd->param[0]];
   const long n[3] = {(long)net->batch * in->size, (long)w->n,
@@ -921,13 +1001,16 @@ static int dev_operands_get(const nn_net *net, const nn_node *nd, int with_dy, d
   o->x = in->out;
   o->w = w->w;
   o->dy = nd->grad;
+  o->extra = NULL;
   const int p = net->precision;
-  if (p == NN_FLOAT32) return 0;
-  /* each part 64-byte aligned for cuDNN's vectorised loads */
-  const long a[3] = {(n[0] + 15) / 16 * 16, (n[1] + 15) / 16 * 16, n[2]};
-  float *b = (float *)scratch(sizeof(float) * (size_t)(a[0] + a[1] + a[2]));
-  if (!b) return -1;
-  float *dst[3] = {b, b + a[0], b + a[0] + a[1]};
+  const long rounded = p == NN_FLOAT32 ? 0 : n[0] + n[1] + n[2];
+  if (!rounded && !extra) return 0;
+  char *at = (char *)scratch(sizeof(float) * (size_t)(rounded + extra) + 4 * 64);
+  if (!at) return -1;
+  float *dst[3];
+  for (int k = 0; k < 3; k++) dst[k] = rounded ? (float *)carve(&at, n[k], sizeof(float)) : NULL;
+  if (extra) o->extra = (float *)carve(&at, extra, sizeof(float));
+  if (!rounded) return 0;
   for (int k = 0; k < 3; k++)
     if (n[k]) {
       k_round<<<grid_for(n[k]), THREADS, 0, S.stream>>>(n[k], src[k], dst[k], p);
@@ -939,9 +1022,45 @@ static int dev_operands_get(const nn_net *net, const nn_node *nd, int with_dy, d
   return 0;
 }
 
+/* Native bf16: x, w (and dy) converted once into bf16 scratch, then room for
+ * the bf16 results of a convolution (out_y: y; out_dw, out_dx: dW and dx),
+ * valid until the next scratch() call. */
+typedef struct {
+  const bf16_t *x, *w, *dy;
+  bf16_t *y, *dw, *dx;
+} dev_bf16;
+
+static int dev_bf16_get(const nn_net *net, const nn_node *nd, int with_dy, int out_y, int out_dw,
+                        int out_dx, dev_bf16 *o) {
+  const nn_node *in = &net->nodes[nd->in[0]];
+  const nn_param *w = &net->params[nd->param[0]];
+  const long nx = (long)net->batch * in->size, nw = (long)w->n, ny = (long)net->batch * nd->size;
+  const long n[6] = {nx, nw, with_dy ? ny : 0, out_y ? ny : 0, out_dw ? nw : 0, out_dx ? nx : 0};
+  const float *src[3] = {in->out, w->w, nd->grad};
+  long total = 0;
+  for (int k = 0; k < 6; k++) total += n[k];
+  char *at = (char *)scratch(sizeof(bf16_t) * (size_t)total + 7 * 64);
+  if (!at) return -1;
+  bf16_t *part[6];
+  for (int k = 0; k < 6; k++) part[k] = n[k] ? (bf16_t *)carve(&at, n[k], sizeof(bf16_t)) : NULL;
+  for (int k = 0; k < 3; k++)
+    if (n[k]) {
+      k_to_bf16<<<grid_for(n[k]), THREADS, 0, S.stream>>>(n[k], src[k], part[k]);
+      KERNEL_CHECK("k_to_bf16");
+    }
+  o->x = part[0];
+  o->w = part[1];
+  o->dy = part[2];
+  o->y = part[3];
+  o->dw = part[4];
+  o->dx = part[5];
+  return 0;
+}
+
 static int conv_plan_of(const nn_net *net, const nn_node *nd, conv_plan **out) {
   conv_shape s = node_conv_shape(net, nd);
-  conv_plan *p = plan_for(&s, net->nodes[nd->in[0]].needs_grad, net_tf32(net));
+  conv_plan *p =
+      plan_for(&s, net->nodes[nd->in[0]].needs_grad, net_tf32(net), net_bf16_native(net));
   if (!p) return -1;
   if (p->ws > sizeof(float) * net->work_n)
     return ce_err("convolution workspace: %zu bytes needed, %zu allocated (the workspace "
@@ -955,7 +1074,8 @@ static size_t cuda_workspace(const nn_net *net, const nn_node *nd) {
   conv_shape s = node_conv_shape(net, nd);
   /* an error here (no algorithm fits) is met again, and reported, at the
      layer's first forward */
-  conv_plan *p = plan_for(&s, net->nodes[nd->in[0]].needs_grad, net_tf32(net));
+  conv_plan *p =
+      plan_for(&s, net->nodes[nd->in[0]].needs_grad, net_tf32(net), net_bf16_native(net));
   return p ? (p->ws + sizeof(float) - 1) / sizeof(float) : 0;
 }
 
@@ -965,10 +1085,27 @@ static int conv_forward(nn_net *net, nn_node *nd) {
   conv_plan *p;
   CE_TRY(conv_plan_of(net, nd, &p));
   const nn_param *P = net->params;
+  const long ny = (long)net->batch * nd->size, sp = (long)nd->d * nd->h * nd->w;
+  if (p->bf16) {
+    dev_bf16 o;
+    CE_TRY(dev_bf16_get(net, nd, 0, 1, 0, 0, &o));
+    CUDNN_CHECK(cudnnConvolutionForward(S.dnn, &ONE, p->x, o.x, p->w, o.w, p->conv, p->fwd,
+                                        net->work, sizeof(float) * net->work_n, &ZERO, p->y, o.y));
+    k_conv_out_bf16<<<grid_for(ny), THREADS, 0, S.stream>>>(ny, nd->c, sp, o.y, P[nd->param[1]].w,
+                                                            nd->out);
+    KERNEL_CHECK("k_conv_out_bf16");
+    return 0;
+  }
   dev_operands o;
-  CE_TRY(dev_operands_get(net, nd, 0, &o));
+  CE_TRY(dev_operands_get(net, nd, 0, 0, &o));
   CUDNN_CHECK(cudnnConvolutionForward(S.dnn, &ONE, p->x, o.x, p->w, o.w, p->conv, p->fwd, net->work,
                                       sizeof(float) * net->work_n, &ZERO, p->y, nd->out));
+  if (nn_rounds_conv_result(net->precision)) { /* emulated bf16 */
+    k_round_bf16_bias<<<grid_for(ny), THREADS, 0, S.stream>>>(ny, nd->c, sp, P[nd->param[1]].w,
+                                                              nd->out);
+    KERNEL_CHECK("k_round_bf16_bias");
+    return 0;
+  }
   CUDNN_CHECK(cudnnAddTensor(S.dnn, &ONE, p->b, P[nd->param[1]].w, &ONE, p->y, nd->out));
   return 0;
 }
@@ -977,20 +1114,52 @@ static int conv_backward(nn_net *net, nn_node *nd, float *dx) {
   conv_plan *p;
   CE_TRY(conv_plan_of(net, nd, &p));
   const nn_param *P = net->params;
+  if (dx && !p->need_dx)
+    return ce_err("convolution '%s': planned without an input gradient", nd->name);
+  const long nw = (long)P[nd->param[0]].n, nx = (long)net->batch * net->nodes[nd->in[0]].size;
+  const size_t ws = sizeof(float) * net->work_n;
+  if (p->bf16) { /* results into bf16 scratch (beta 0), then added to the float32 gradients */
+    dev_bf16 o;
+    CE_TRY(dev_bf16_get(net, nd, 1, 0, 1, dx != NULL, &o));
+    CUDNN_CHECK(cudnnConvolutionBackwardFilter(S.dnn, &ONE, p->x, o.x, p->y, o.dy, p->conv,
+                                               p->bwd_filter, net->work, ws, &ZERO, p->w, o.dw));
+    k_add_bf16<<<grid_for(nw), THREADS, 0, S.stream>>>(nw, o.dw, P[nd->param[0]].g);
+    KERNEL_CHECK("k_add_bf16");
+    k_conv_bias_grad<<<nd->c, THREADS, 0, S.stream>>>(net->batch, nd->c,
+                                                      (long)nd->d * nd->h * nd->w, o.dy,
+                                                      P[nd->param[1]].g);
+    KERNEL_CHECK("k_conv_bias_grad");
+    if (dx) {
+      CUDNN_CHECK(cudnnConvolutionBackwardData(S.dnn, &ONE, p->w, o.w, p->y, o.dy, p->conv,
+                                               p->bwd_data, net->work, ws, &ZERO, p->x, o.dx));
+      k_add_bf16<<<grid_for(nx), THREADS, 0, S.stream>>>(nx, o.dx, dx);
+      KERNEL_CHECK("k_add_bf16");
+    }
+    return 0;
+  }
+  /* emulated bf16: the float32 results into `extra` (beta 0), rounded when
+     added; otherwise beta 1: every gradient accumulates (nn.h) */
+  const int rounds = nn_rounds_conv_result(net->precision);
   dev_operands o;
-  CE_TRY(dev_operands_get(net, nd, 1, &o));
-  /* beta 1: every gradient accumulates (nn.h) */
+  CE_TRY(dev_operands_get(net, nd, 1, rounds ? nw + (dx ? nx : 0) : 0, &o));
   CUDNN_CHECK(cudnnConvolutionBackwardFilter(S.dnn, &ONE, p->x, o.x, p->y, o.dy, p->conv,
-                                             p->bwd_filter, net->work,
-                                             sizeof(float) * net->work_n, &ONE, p->w,
-                                             P[nd->param[0]].g));
+                                             p->bwd_filter, net->work, ws, rounds ? &ZERO : &ONE,
+                                             p->w, rounds ? o.extra : P[nd->param[0]].g));
+  if (rounds) {
+    k_add_bf16_result<<<grid_for(nw), THREADS, 0, S.stream>>>(nw, o.extra, P[nd->param[0]].g);
+    KERNEL_CHECK("k_add_bf16_result");
+  }
   CUDNN_CHECK(cudnnConvolutionBackwardBias(S.dnn, &ONE, p->y, o.dy, &ONE, p->b,
                                            P[nd->param[1]].g));
   if (dx) {
-    if (!p->need_dx) return ce_err("convolution '%s': planned without an input gradient", nd->name);
+    float *t = rounds ? o.extra + nw : dx;
     CUDNN_CHECK(cudnnConvolutionBackwardData(S.dnn, &ONE, p->w, o.w, p->y, o.dy,
-                                             p->conv, p->bwd_data, net->work,
-                                             sizeof(float) * net->work_n, &ONE, p->x, dx));
+                                             p->conv, p->bwd_data, net->work, ws,
+                                             rounds ? &ZERO : &ONE, p->x, t));
+    if (rounds) {
+      k_add_bf16_result<<<grid_for(nx), THREADS, 0, S.stream>>>(nx, t, dx);
+      KERNEL_CHECK("k_add_bf16_result");
+    }
   }
   return 0;
 }
@@ -1001,12 +1170,14 @@ static int conv_backward(nn_net *net, nn_node *nd, float *dx) {
 __global__ static void k_bias_rows(int n, int out, const float *b, float *y) {
   GRID_STRIDE(i, (long)n * out) y[i] = b[i % out];
 }
-/* db[o] += dy[i, o], i in order (linear_backward's float sum) */
-__global__ static void k_bias_grad(int n, int out, const float *dy, float *db) {
+/* db[o] += dy[i, o], i in order (linear_backward's float sum); dy float32
+ * or native bf16 */
+template <typename T>
+__global__ static void k_bias_grad(int n, int out, const T *dy, float *db) {
   int o = blockIdx.x * blockDim.x + threadIdx.x;
   if (o >= out) return;
   float acc = db[o];
-  for (int i = 0; i < n; i++) acc += dy[(long)i * out + o];
+  for (int i = 0; i < n; i++) acc += load_f(dy[(long)i * out + o]);
   db[o] = acc;
 }
 
@@ -1017,28 +1188,73 @@ static int set_blas_math(int tf32) {
   return 0;
 }
 
-/* Row-major y (n, out) = x (n, in) W^T, W (out, in): in cuBLAS's column-major
- * terms y^T (out x n) = W^T' ... i.e. gemm(T, N, out, n, in, W [ld in], x [ld in]). */
-static int dev_linear_forward(int n, int in, int out, const float *x, const float *w, const float *b,
-                          float *y) {
-  k_bias_rows<<<grid_for((long)n * out), THREADS, 0, S.stream>>>(n, out, b, y);
-  KERNEL_CHECK("k_bias_rows");
-  CUBLAS_CHECK(cublasSgemm(S.blas, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &ONE, w, in, x, in, &ONE,
-                           y, out));
+/* C (m x n, column-major, float32) += op(A) op(B), A and B float32 or native
+ * bf16 (CUDA_R_16BF: bf16 products on tensor cores, exact in the float32
+ * accumulators of CUBLAS_COMPUTE_32F; C stays float32, precision.h). */
+static int gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float *a,
+                int lda, const float *b, int ldb, float *c, int ldc) {
+  CUBLAS_CHECK(cublasSgemm(S.blas, ta, tb, m, n, k, &ONE, a, lda, b, ldb, &ONE, c, ldc));
+  return 0;
+}
+static int gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const bf16_t *a,
+                int lda, const bf16_t *b, int ldb, float *c, int ldc) {
+  CUBLAS_CHECK(cublasGemmEx(S.blas, ta, tb, m, n, k, &ONE, a, CUDA_R_16BF, lda, b, CUDA_R_16BF, ldb,
+                            &ONE, c, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   return 0;
 }
 
-static int dev_linear_backward(int n, int in, int out, const float *x, const float *w,
-                           const float *dy, float *dw, float *db, float *dx) {
+/* Row-major y (n, out) = x (n, in) W^T, W (out, in): in cuBLAS's column-major
+ * terms y^T (out x n) = W^T' ... i.e. gemm(T, N, out, n, in, W [ld in], x [ld in]). */
+template <typename T>
+static int dev_linear_forward(int n, int in, int out, const T *x, const T *w, const float *b,
+                              float *y) {
+  k_bias_rows<<<grid_for((long)n * out), THREADS, 0, S.stream>>>(n, out, b, y);
+  KERNEL_CHECK("k_bias_rows");
+  return gemm(CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, w, in, x, in, y, out);
+}
+
+template <typename T>
+static int dev_linear_backward(int n, int in, int out, const T *x, const T *w, const T *dy,
+                               float *dw, float *db, float *dx) {
   /* dW (out, in) += dy^T x: column-major dW^T (in x out) += x^T' (in x n) dy^T' (n x out) */
-  CUBLAS_CHECK(cublasSgemm(S.blas, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, &ONE, x, in, dy, out, &ONE,
-                           dw, in));
+  CE_TRY(gemm(CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, x, in, dy, out, dw, in));
   k_bias_grad<<<(out + 127) / 128, 128, 0, S.stream>>>(n, out, dy, db);
   KERNEL_CHECK("k_bias_grad");
   if (dx) /* dx (n, in) += dy W: column-major dx^T (in x n) += W^T' (in x out) dy^T' (out x n) */
-    CUBLAS_CHECK(cublasSgemm(S.blas, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, &ONE, w, in, dy, out,
-                             &ONE, dx, in));
+    CE_TRY(gemm(CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, w, in, dy, out, dx, in));
   return 0;
+}
+
+/* A linear layer at the net's precision (native bf16: the operands
+ * converted, cublasGemmEx; otherwise the float32 path on rounded copies). */
+static int linear_forward_at(nn_net *net, nn_node *nd) {
+  const nn_node *in = &net->nodes[nd->in[0]];
+  const float *b = net->params[nd->param[1]].w;
+  CE_TRY(set_blas_math(net_tf32(net)));
+  if (net_bf16_native(net)) {
+    dev_bf16 o;
+    CE_TRY(dev_bf16_get(net, nd, 0, 0, 0, 0, &o));
+    return dev_linear_forward(net->batch, (int)in->size, nd->c, o.x, o.w, b, nd->out);
+  }
+  dev_operands o;
+  CE_TRY(dev_operands_get(net, nd, 0, 0, &o));
+  return dev_linear_forward(net->batch, (int)in->size, nd->c, o.x, o.w, b, nd->out);
+}
+
+static int linear_backward_at(nn_net *net, nn_node *nd, float *dx) {
+  const nn_node *in = &net->nodes[nd->in[0]];
+  const nn_param *P = net->params;
+  CE_TRY(set_blas_math(net_tf32(net)));
+  if (net_bf16_native(net)) {
+    dev_bf16 o;
+    CE_TRY(dev_bf16_get(net, nd, 1, 0, 0, 0, &o));
+    return dev_linear_backward(net->batch, (int)in->size, nd->c, o.x, o.w, o.dy, P[nd->param[0]].g,
+                               P[nd->param[1]].g, dx);
+  }
+  dev_operands o;
+  CE_TRY(dev_operands_get(net, nd, 1, 0, &o));
+  return dev_linear_backward(net->batch, (int)in->size, nd->c, o.x, o.w, o.dy, P[nd->param[0]].g,
+                             P[nd->param[1]].g, dx);
 }
 
 /* ---- layer dispatch ----------------------------------------------------- */
@@ -1049,7 +1265,6 @@ static int cuda_forward(nn_net *net, nn_node *nd, int train) {
   const float *x = in->out;
   float *y = nd->out;
   const long total = (long)N * nd->size;
-  const nn_param *P = net->params;
   switch (nd->kind) {
   case NN_CONV:
     return conv_forward(net, nd);
@@ -1069,12 +1284,8 @@ static int cuda_forward(nn_net *net, nn_node *nd, int train) {
     KERNEL_CHECK("k_maxpool");
     return 0;
   }
-  case NN_LINEAR: {
-    dev_operands o;
-    CE_TRY(dev_operands_get(net, nd, 0, &o));
-    CE_TRY(set_blas_math(net_tf32(net)));
-    return dev_linear_forward(N, (int)in->size, nd->c, o.x, o.w, P[nd->param[1]].w, y);
-  }
+  case NN_LINEAR:
+    return linear_forward_at(net, nd);
   case NN_UPSAMPLE:
     k_upsample<<<grid_for(total), THREADS, 0, S.stream>>>(N * in->c, in->d, in->h, in->w,
                                                            nd->s.v[0], nd->s.v[1], nd->s.v[2], x, y);
@@ -1113,7 +1324,6 @@ static int cuda_backward(nn_net *net, nn_node *nd) {
   const float *x = in->out, *y = nd->out, *g = nd->grad;
   float *dx = in->needs_grad ? in->grad : NULL;
   const long total = (long)N * nd->size;
-  const nn_param *P = net->params;
   switch (nd->kind) {
   case NN_CONV:
     return conv_backward(net, nd, dx);
@@ -1138,13 +1348,8 @@ static int cuda_backward(nn_net *net, nn_node *nd) {
       KERNEL_CHECK("k_maxpool_back");
     }
     return 0;
-  case NN_LINEAR: {
-    dev_operands o;
-    CE_TRY(dev_operands_get(net, nd, 1, &o));
-    CE_TRY(set_blas_math(net_tf32(net)));
-    return dev_linear_backward(N, (int)in->size, nd->c, o.x, o.w, o.dy, P[nd->param[0]].g,
-                               P[nd->param[1]].g, dx);
-  }
+  case NN_LINEAR:
+    return linear_backward_at(net, nd, dx);
   case NN_UPSAMPLE:
     if (dx) {
       const long ntot = (long)N * in->size;

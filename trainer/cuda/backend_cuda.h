@@ -32,10 +32,23 @@ extern const nn_backend nn_backend_cuda;
  * CPU); 1: TF32 tensor cores (10-bit mantissa products, float32 sums; the
  * hardware converts the operands). Set before the first net is built; 0, or
  * -1 with an error for another value. A net's own precision
- * (nn_set_precision: tf32, bf16; trainer/precision.h) rounds the operands
- * with nn_round_operand on the device first, as the CPU emulation does. */
+ * (nn_set_precision: tf32, bf16; trainer/precision.h): tf32 rounds the
+ * operands with nn_round_operand on the device first, as the CPU emulation
+ * does; bf16 runs natively (below). */
 int nn_cuda_set_tf32(int on);
 int nn_cuda_tf32(void);
+
+/* The path of bf16 nets, "native" or "emulated", chosen at init by the
+ * environment's COEMU_BF16 (native when unset; another value is init's
+ * error). native: x, w, dy converted once into bf16 scratch (k_to_bf16,
+ * precision.h's nn_bf16_bits), cuDNN convolutions with CUDNN_DATA_BFLOAT16
+ * x, w, y (float32 compute, tensor-op math; y, dW, dx stored in bf16, then
+ * added to the float32 outputs and gradients) and cublasGemmEx with
+ * CUDA_R_16BF A, B, float32 C and CUBLAS_COMPUTE_32F. emulated: float32
+ * cuDNN / cuBLAS on nn_round_operand copies (FMA math), the convolutions'
+ * results rounded by nn_round_bf16: the same definition, for diagnosing
+ * parity. */
+const char *nn_cuda_bf16_path(void);
 
 /* Bytes of cuDNN workspace one convolution may use (the algorithm search
  * skips algorithms that need more). Default 512 MiB, or the environment's
