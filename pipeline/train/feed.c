@@ -223,7 +223,7 @@ int train_feed_next_dev(train_feed *f, uint32_t epoch, const float **in, const f
                   f->ahead_epoch);
   if (!f->ahead) fetch_ahead(f, epoch); /* the first batch of an epoch: nothing ahead */
   f->ahead = 0;
-  const int rc = f->ahead_rc, slot = f->ahead_slot;
+  const int rc = f->ahead_rc, buf = f->ahead_slot;
   if (rc < 0) return ce_err("%s", f->ahead_err);
   if (rc == 0) return 0;
   const double t0 = ce_now(); /* the copy not yet done is input the step waits for */
@@ -233,8 +233,8 @@ int train_feed_next_dev(train_feed *f, uint32_t epoch, const float **in, const f
   /* its host slot goes back to the reader now; the next batch copies while
    * this one's step computes */
   fetch_ahead(f, epoch);
-  *in = f->din[slot];
-  *out = f->dout[slot];
+  *in = f->din[buf];
+  *out = f->dout[buf];
   return 1;
 }
 
