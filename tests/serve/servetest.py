@@ -46,3 +46,26 @@ def finish(p, what):
         err = p.communicate()[1]
     check(p.returncode == 0, f"{what}: exit {p.returncode}: {err[-2000:]}")
     return err
+
+
+SLOW = 4 if os.environ.get("COEMU_SANITIZE") else 1  # sanitizer builds run ~4x slower
+
+
+def serve_stored(d, tmp, args):
+    """`coemu serve D` (one process, split 'all', 2 epochs, seed 7) on a fresh
+    ipc endpoint under tmp: (the process, the endpoint)."""
+    ep = f"ipc://{tmp}/s-{time.monotonic_ns()}.sock"
+    p = subprocess.Popen([COEMU, "serve", d, "--endpoint", ep, "--split", "all", "--epochs", "2",
+                          "--heartbeat", "0.2", "--seed", "7", *args],
+                         stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3 * SLOW)
+    return p, ep
+
+
+def stop(p):
+    """stderr of a serve_stored process once it exits (killed after 20 s)."""
+    try:
+        return p.communicate(timeout=20 * SLOW)[1]
+    except subprocess.TimeoutExpired:
+        p.kill()
+        return p.communicate()[1]

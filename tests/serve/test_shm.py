@@ -47,6 +47,7 @@ ROOT = os.environ['COEMU_SOURCE_ROOT']
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 sys.path.insert(0, os.path.join(ROOT, 'python'))
 from pycheck import check, run_in_tmpdir, sanitizer_full_stacks  # noqa: E402
+from servetest import serve_stored, stop  # noqa: E402
 from coemu import stream as cs  # noqa: E402
 from fake_shm import fake_shm_producer  # noqa: E402
 
@@ -70,28 +71,11 @@ def segments(pid):
     return [f for f in os.listdir('/dev/shm') if f.startswith(f'coemu-stream-{pid}-')]
 
 
-def serve(d, tmp, args):
-    ep = f'ipc://{tmp}/s-{time.monotonic_ns()}.sock'
-    p = subprocess.Popen([COEMU, 'serve', d, '--endpoint', ep, '--split', 'all', '--epochs', '2',
-                          '--heartbeat', '0.2', '--seed', '7', *args],
-                         stderr=subprocess.PIPE, text=True)
-    time.sleep(0.3 * SLOW)
-    return p, ep
-
-
-def stop(p):
-    try:
-        return p.communicate(timeout=20 * SLOW)[1]
-    except subprocess.TimeoutExpired:
-        p.kill()
-        return p.communicate()[1]
-
-
 def epochs(d, tmp, args, transport):
     """Two epochs to the Python client: ([(epoch, position, id, inputs, targets)],
     the client's error, serve's stderr, the client's shm_mapped and shm_error,
     segments seen in /dev/shm during the stream, segments left after)."""
-    p, ep = serve(d, tmp, args)
+    p, ep = serve_stored(d, tmp, args)
     got, cerr, mapped, why, during = [], '', 0, None, None
     try:
         c = cs.StreamClient(ep, rank=0, world=1, timeout_s=20 * SLOW, heartbeat_s=0.2,
@@ -121,7 +105,7 @@ def epochs(d, tmp, args, transport):
 def c_epochs(d, tmp, args, transport):
     """Two epochs to the C consumer: its lines, its stderr, serve's stderr,
     segments left."""
-    p, ep = serve(d, tmp, args)
+    p, ep = serve_stored(d, tmp, args)
     r = None
     try:
         r = subprocess.run([DUMP, ep, '2', transport], capture_output=True, text=True,
@@ -265,7 +249,7 @@ def run(tmp):
     else:
         want = [f'{e} {pos} {i} {cs.xxh64(x):016x} {cs.xxh64(y):016x}' for e, pos, i, x, y in ref]
         for transport in ('auto', 'shm'):
-            p, ep = serve(d, tmp, ['--batch', '4'])
+            p, ep = serve_stored(d, tmp, ['--batch', '4'])
             r = None
             try:
                 r = subprocess.run(alone + [DUMP, ep, '2', transport], capture_output=True,
@@ -283,7 +267,7 @@ def run(tmp):
                 check(r.returncode == 1 and 'shm required: cannot map shared-memory segment'
                       in r.stderr and not segments(p.pid),
                       f'another host, C client, shm: a clear error: {r.stderr[-300:]}')
-        p, ep = serve(d, tmp, ['--batch', '4'])
+        p, ep = serve_stored(d, tmp, ['--batch', '4'])
         code = (f'import sys; sys.path.insert(0, {os.path.join(ROOT, "python")!r}); '
                 f'from coemu import stream as cs; '
                 f'c = cs.StreamClient({ep!r}, transport="auto", timeout_s=20); '
@@ -319,7 +303,7 @@ def run(tmp):
         cs.os.open = cs.os.open.real
 
     # killed consumer: serve goes on and leaves no segment
-    p, ep = serve(d, tmp, ['--batch', '1', '--timeout', '1'])
+    p, ep = serve_stored(d, tmp, ['--batch', '1', '--timeout', '1'])
     code = (f'import sys, os; sys.path.insert(0, {os.path.join(ROOT, "python")!r}); '
             f'from coemu import stream as cs; '
             f'c = cs.StreamClient({ep!r}, transport="shm", timeout_s=20); c.next(); '

@@ -33,6 +33,7 @@ ROOT = os.environ['COEMU_SOURCE_ROOT']
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 sys.path.insert(0, os.path.join(ROOT, 'pipeline', 'stream'))
 from pycheck import check, run_in_tmpdir, sanitizer_full_stacks  # noqa: E402
+from servetest import serve_stored, stop  # noqa: E402
 import coemu_stream as cs  # noqa: E402
 
 sanitizer_full_stacks()
@@ -50,23 +51,6 @@ splits: {{train: 0.34, validation: 0.33, test: 0.33, seed: 1}}
 S = MODELS * DIRS
 
 
-def serve(d, tmp, args):
-    ep = f'ipc://{tmp}/s-{time.monotonic_ns()}.sock'
-    p = subprocess.Popen([COEMU, 'serve', d, '--endpoint', ep, '--split', 'all', '--epochs', '2',
-                          '--heartbeat', '0.2', '--seed', '7', *args],
-                         stderr=subprocess.PIPE, text=True)
-    time.sleep(0.3 * SLOW)
-    return p, ep
-
-
-def stop(p):
-    try:
-        return p.communicate(timeout=20 * SLOW)[1]
-    except subprocess.TimeoutExpired:
-        p.kill()
-        return p.communicate()[1]
-
-
 def mapped_rows(err):
     m = re.search(r'rows read: (\d+) samples sent from the mapped shard files', err)
     return int(m.group(1)) if m else None
@@ -75,7 +59,7 @@ def mapped_rows(err):
 def python_epochs(d, tmp, args):
     """Two epochs to the Python client: [(epoch, position, id, inputs, targets)],
     the client's error, serve's stderr."""
-    p, ep = serve(d, tmp, args)
+    p, ep = serve_stored(d, tmp, args)
     got, cerr = [], ''
     try:
         c = cs.StreamClient(ep, rank=0, world=1, timeout_s=20 * SLOW, heartbeat_s=0.2)
@@ -98,7 +82,7 @@ def python_epochs(d, tmp, args):
 
 def c_epochs(d, tmp, args):
     """Two epochs to the C consumer: its lines, its stderr, serve's stderr."""
-    p, ep = serve(d, tmp, args)
+    p, ep = serve_stored(d, tmp, args)
     r = None
     try:
         r = subprocess.run([DUMP, ep, '2'], capture_output=True, text=True, timeout=120 * SLOW)

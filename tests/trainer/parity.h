@@ -86,6 +86,18 @@ static double par_gamma64(double n) {
   return n * (DBL_EPSILON / 2) / (1 - n * (DBL_EPSILON / 2));
 }
 
+/* One judged array into the report: n checks, bad failures, the worst
+ * value in units of `unit` (printed when verbose). */
+static void par_tally(par_report *r, const char *what, size_t n, long bad, double worst,
+                      const char *unit) {
+  r->checks += (long)n;
+  r->failures += bad;
+  if (worst > r->worst) r->worst = worst;
+  if (r->verbose)
+    fprintf(stderr, "    %-40s %6zu values, worst %.3g x %s%s\n", what, n, worst, unit,
+            bad ? "  FAIL" : "");
+}
+
 /* |got - ref| <= tol elementwise (tol NULL: exact, bit for bit as floats). */
 static void par_judge(par_report *r, const char *what, const float *got, const double *ref,
                       const double *tol, size_t n) {
@@ -102,12 +114,7 @@ static void par_judge(par_report *r, const char *what, const float *got, const d
     }
     if (q > worst) worst = q;
   }
-  r->checks += (long)n;
-  r->failures += bad;
-  if (worst > r->worst) r->worst = worst;
-  if (r->verbose)
-    fprintf(stderr, "    %-40s %6zu values, worst %.3g x tolerance%s%s\n", what, n, worst,
-            tol ? "" : " (exact)", bad ? "  FAIL" : "");
+  par_tally(r, what, n, bad, worst, tol ? "tolerance" : "tolerance (exact)");
 }
 
 /* A bf16 convolution's result (precision.h: the float32 sum rounded to bf16
@@ -142,12 +149,7 @@ static void par_judge_bf16(par_report *r, const char *what, const float *got, co
     }
     if (q > worst) worst = q;
   }
-  r->checks += (long)n;
-  r->failures += bad;
-  if (worst > r->worst) r->worst = worst;
-  if (r->verbose)
-    fprintf(stderr, "    %-40s %6zu values, worst %.3g x the bf16 window%s\n", what, n, worst,
-            bad ? "  FAIL" : "");
+  par_tally(r, what, n, bad, worst, "the bf16 window");
 }
 
 static double *par_dup(const float *a, size_t n) {
