@@ -439,6 +439,18 @@ static int guard_normalise_targets(const stats_norm *p, const float *in, float *
   return rc;
 }
 
+static int guard_metrics(const stats_norm *p, const float *pred, const float *target, int n,
+                         int f, int h, int w, double *out) {
+  const size_t bytes = sizeof(float) * (size_t)n * f * h * w;
+  if (!owned(pred, bytes, "metrics prediction") || !owned(target, bytes, "metrics target"))
+    return ce_err("guard: metrics outside backend memory");
+  if (in_arena(out)) return ce_err("guard: metrics results go to host memory, not backend memory");
+  guard_open();
+  int rc = nn_backend_cpu.metrics(p, pred, target, n, f, h, w, out);
+  guard_close();
+  return rc;
+}
+
 static const nn_backend guard_backend = {
     .name = "guard",
     .precisions = NN_PRECISION_BIT(NN_TF32) | NN_PRECISION_BIT(NN_BF16), /* the CPU's */
@@ -465,6 +477,7 @@ static const nn_backend guard_backend = {
     .upload_wait = guard_upload_wait,
     .normalise_inputs = guard_normalise_inputs,
     .normalise_targets = guard_normalise_targets,
+    .metrics = guard_metrics,
 };
 
 static void on_segv(int sig, siginfo_t *si, void *uc) {
