@@ -19,7 +19,10 @@
 #            stream, normalisation kernels) against host normalisation: the
 #            normalised values within a 1-ulp ln's bound, 3 steps bit for bit
 #            when exact
-#            (tests/trainer/dp_check.h)
+#            (tests/trainer/dp_check.h); the metrics entry (MaxRel, ZNCC,
+#            SSIM per sample, trainer/metrics_body.h) on the device against
+#            the CPU's within bounds derived for exp's ulp and fused
+#            multiply-adds (check_metrics)
 #   anchor   PyTorch + cuDNN on the same GPU, same model, loss, optimiser and
 #            batch (tests/trainer/torch_anchor.py): fp32, TF32, bf16
 # and prints one line per figure.
