@@ -553,7 +553,8 @@ static int cpu_metrics(const stats_norm *p, const float *pred, const float *targ
   if (!range) return -1;
   metrics_body_ssim_window(g);
   if (ssim)
-    for (int c = 0; c < f; c++) metrics_body_range(target, n, f, c, hw, &range[2 * c], &range[2 * c + 1]);
+    for (int c = 0; c < f; c++)
+      metrics_body_range(target, n, f, c, hw, &range[2 * c], &range[2 * c + 1]);
   const size_t per = 2 * ns + (size_t)f + (ssim ? metrics_body_ssim_scratch(h, w, 1) : 0);
   int bad_sample = n, fail = 0;
   double bad_px = 0, bad_t = 0;
@@ -587,7 +588,8 @@ static int cpu_metrics(const stats_norm *p, const float *pred, const float *targ
     free(buf);
   }
   free(range);
-  if (fail) return ce_err("metrics: out of memory for the scratch of %d threads", omp_get_max_threads());
+  if (fail)
+    return ce_err("metrics: out of memory for the scratch of %d threads", omp_get_max_threads());
   return bad_sample < n ? metrics_maxrel_error(bad_sample, bad_px, bad_t) : 0;
 }
 

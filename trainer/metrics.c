@@ -46,7 +46,8 @@ double metrics_zncc(const float *pred, const float *target, int n, int f, int h,
   const size_t hw = (size_t)h * w;
   double total = 0;
   for (int s = 0; s < n; s++) {
-    const double v = metrics_body_zncc_sample(pred + (size_t)s * f * hw, target + (size_t)s * f * hw, f, hw);
+    const size_t at = (size_t)s * f * hw;
+    const double v = metrics_body_zncc_sample(pred + at, target + at, f, hw);
     if (per_sample) per_sample[s] = v;
     total += v;
   }

@@ -1303,11 +1303,12 @@ static void test_metrics_parity(void) {
       for (size_t i = 0; i < nv; i++) pr[i] = tg[i] + 0.05f * (uniform(&st) - 0.5f);
     } else {
       for (size_t i = 0; i < nv; i++) tg[i] = uniform(&st), pr[i] = uniform(&st);
-      for (int i = 0; i < h * w; i++) pr[(size_t)f * h * w + i] = 0.25f; /* sample 1 channel 0 constant */
+      for (int i = 0; i < h * w; i++) pr[(size_t)f * h * w + i] = 0.25f; /* sample 1, channel 0 */
     }
     old_metrics(&p, pr, tg, n, f, h, w, ref);
     /* metrics.c, now on the bodies */
-    CHECK_OK(metrics_maxrel(pr, tg, n, f, h, w, metrics_stats_inverse, &p, got + METRICS_MAXREL * n));
+    CHECK_OK(metrics_maxrel(pr, tg, n, f, h, w, metrics_stats_inverse, &p,
+                            got + METRICS_MAXREL * n));
     CHECK(metrics_zncc(pr, tg, n, f, h, w, got + METRICS_ZNCC * n) ==
           old_zncc(pr, tg, n, f, h, w, NULL));
     CHECK(metrics_ssim(pr, tg, n, f, h, w, SSIM_INTERIOR, got + METRICS_SSIM_I * n) ==

@@ -311,7 +311,8 @@ static int check_metrics(const nn_backend *gpu, int grid) {
   double *cpu = (double *)malloc(sizeof(double) * METRICS_FIELDS * n);
   double *dev = (double *)malloc(sizeof(double) * METRICS_FIELDS * n);
   double *tp = (double *)malloc(sizeof(double) * 2 * ns), *pp = tp + ns;
-  float *d_p = (float *)gpu->alloc(sizeof(float) * nv), *d_t = (float *)gpu->alloc(sizeof(float) * nv);
+  float *d_p = (float *)gpu->alloc(sizeof(float) * nv);
+  float *d_t = (float *)gpu->alloc(sizeof(float) * nv);
   int rc = x && t && pr && cpu && dev && tp && d_p && d_t ? 0 : ce_err("out of memory");
   if (rc == 0) {
     test_step_batch(&cfg, n, 5, x, t);

@@ -1834,7 +1834,8 @@ static int cuda_metrics(const stats_norm *p, const float *pred, const float *tar
   int rc = 0;
   for (int s = 0; s < n && rc == 0; s++)
     if (h_res[(size_t)METRICS_FIELDS * n + s] >= 0)
-      rc = metrics_maxrel_error(s, h_res[(size_t)METRICS_FIELDS * n + s], out[METRICS_MAXREL * n + s]);
+      rc = metrics_maxrel_error(s, h_res[(size_t)METRICS_FIELDS * n + s],
+                                out[METRICS_MAXREL * n + s]);
   free(h_res);
   return rc;
 }
