@@ -19,7 +19,10 @@
 #            stream, normalisation kernels) against host normalisation: the
 #            normalised values within a 1-ulp ln's bound, 3 steps bit for bit
 #            when exact
-#            (tests/trainer/dp_check.h)
+#            (tests/trainer/dp_check.h); the metrics entry (MaxRel, ZNCC,
+#            SSIM per sample, trainer/metrics_body.h) on the device against
+#            the CPU's within bounds derived for exp's ulp and fused
+#            multiply-adds (check_metrics)
 #   anchor   PyTorch + cuDNN on the same GPU, same model, loss, optimiser and
 #            batch (tests/trainer/torch_anchor.py): fp32, TF32, bf16
 # and prints one line per figure.
@@ -168,6 +171,7 @@ defs=(-D_GNU_SOURCE -DCOEMU_HAVE_CUDA -DCOEMU_HAVE_CUDA_TRAINER "-DCOEMU_VERSION
 cflags=(-std=c17 -O2 -g -fopenmp -fno-math-errno -march=native "${inc[@]}" "${defs[@]}")
 src=(trainer/nn.c trainer/bucket.c trainer/backend_cpu.c trainer/layers_cpu.c trainer/coemunet.c
      trainer/loss.c trainer/optim.c trainer/checkpoint.c trainer/train.c trainer/precision.c trainer/nccl_comm.c
+     trainer/metrics.c
      pipeline/train/feed.c stats/transforms.c common/error.c common/fsutil.c common/checksum.c common/progress.c
      tests/trainer/trainer_gpu_check.c)
 t0=$SECONDS

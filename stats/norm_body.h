@@ -73,4 +73,11 @@ NORM_HD void norm_body_targets_thread(const stats_norm *p, const float *in, cons
   for (size_t i = tid; i < n; i += stride) out[i] = norm_body_target(p, in[i], fill[i / nval]);
 }
 
+/* The physical intensity of one normalised target value, in double (the
+ * inverse of both modes: exp(min + scale t); stats_denorm_targets*, and the
+ * trainer's MaxRel: trainer/metrics_body.h). */
+NORM_HD double norm_body_denorm_target_f64(const stats_norm *p, float t) {
+  return exp((double)t * p->lnI_scale + p->lnI_min);
+}
+
 #endif

@@ -41,14 +41,10 @@ void stats_norm_targets(const stats_norm *p, const float *I, size_t nval, float 
   norm_body_targets_thread(p, I, &fill, out, 1, nval, 0, 1);
 }
 
-static inline double denorm_intensity(const stats_norm *p, float t) {
-  return exp((double)t * p->lnI_scale + p->lnI_min); /* both modes: min + scale * t */
-}
-
 void stats_denorm_targets(const stats_norm *p, const float *t, size_t nval, float *out) {
-  for (size_t i = 0; i < nval; i++) out[i] = (float)denorm_intensity(p, t[i]);
+  for (size_t i = 0; i < nval; i++) out[i] = (float)norm_body_denorm_target_f64(p, t[i]);
 }
 
 void stats_denorm_targets_f64(const stats_norm *p, const float *t, size_t nval, double *out) {
-  for (size_t i = 0; i < nval; i++) out[i] = denorm_intensity(p, t[i]);
+  for (size_t i = 0; i < nval; i++) out[i] = norm_body_denorm_target_f64(p, t[i]);
 }

@@ -19,7 +19,8 @@
  *   - process setup: init(threads) / finish();
  *   - the input feed: upload_async / upload_wait (copies overlapped with
  *     compute) and the normalisation of raw batches (normalise_inputs,
- *     normalise_targets; stats/norm_body.h).
+ *     normalise_targets; stats/norm_body.h);
+ *   - the evaluation metrics of a batch (metrics; trainer/metrics_body.h).
  *
  * BACKEND MEMORY. These pointers are backend memory, allocated by be->alloc
  * and released by be->free; a device backend keeps them on the device and
@@ -215,6 +216,19 @@ typedef struct nn_backend {
                           size_t nvox);
   int (*normalise_targets)(const stats_norm *p, const float *in, float *out, int samples,
                            size_t nval);
+
+  /* ---- evaluation ---- */
+  /* The per-sample metrics of metrics.h of pred against target (backend
+   * memory, n samples of [f][h][w] normalised values; p: the dataset's
+   * /stats, MaxRel's inverse transform) into out (HOST, METRICS_FIELDS n
+   * doubles): out[k n + s] for k = METRICS_MAXREL, _ZNCC, _SSIM_I, _SSIM_R
+   * (metrics.h); SSIM's data range per channel is over these n samples, and
+   * is NaN when h or w < 11. The arithmetic is trainer/metrics_body.h's, so
+   * on the CPU the values are metrics_maxrel / _zncc / _ssim's bit for bit.
+   * A sample with no MaxRel (a pixel whose largest target is not > 0): -1
+   * with metrics_maxrel's message. Returns once out holds the values. */
+  int (*metrics)(const stats_norm *p, const float *pred, const float *target, int n, int f, int h,
+                 int w, double *out);
 } nn_backend;
 
 /* The CPU reference (backend_cpu.c). */

@@ -16,6 +16,8 @@
 #include "trainer/nn.h"
 #include "trainer/precision.h"
 #include "stats/norm_body.h"
+#include "trainer/metrics.h"
+#include "trainer/metrics_body.h"
 
 /* ---- process setup ------------------------------------------------------ */
 
@@ -538,6 +540,59 @@ static int cpu_normalise_targets(const stats_norm *p, const float *in, float *ou
   return 0;
 }
 
+/* ---- evaluation --------------------------------------------------------- */
+
+/* The bodies of trainer/metrics_body.h, a sample per OpenMP iteration (each
+ * writes only its own sample's results and its thread's scratch). */
+static int cpu_metrics(const stats_norm *p, const float *pred, const float *target, int n, int f,
+                       int h, int w, double *out) {
+  if (n < 1) return 0;
+  const size_t hw = (size_t)h * w, ns = (size_t)f * hw;
+  const int ssim = h >= METRICS_SSIM_WIN && w >= METRICS_SSIM_WIN;
+  double g[METRICS_SSIM_WIN], *range = ce_malloc_array(2 * (size_t)f, sizeof(double), "metrics");
+  if (!range) return -1;
+  metrics_body_ssim_window(g);
+  if (ssim)
+    for (int c = 0; c < f; c++)
+      metrics_body_range(target, n, f, c, hw, &range[2 * c], &range[2 * c + 1]);
+  const size_t per = 2 * ns + (size_t)f + (ssim ? metrics_body_ssim_scratch(h, w, 1) : 0);
+  int bad_sample = n, fail = 0;
+  double bad_px = 0, bad_t = 0;
+#pragma omp parallel
+  {
+    double *buf = malloc(sizeof(double) * per);
+    if (!buf) {
+#pragma omp atomic write
+      fail = 1;
+    }
+#pragma omp for schedule(dynamic)
+    for (int s = 0; s < n; s++) {
+      if (!buf) continue;
+      double *tp = buf, *pp = tp + ns, *v = pp + ns, *scr = v + f, bad;
+      const float *ps = pred + s * ns, *ts = target + s * ns;
+      metrics_body_inverse(p, ts, tp, ns);
+      metrics_body_inverse(p, ps, pp, ns);
+      out[METRICS_MAXREL * n + s] = metrics_body_maxrel(tp, pp, f, hw, &bad);
+      if (bad >= 0) {
+#pragma omp critical(cpu_metrics_bad)
+        if (s < bad_sample) bad_sample = s, bad_px = bad, bad_t = out[METRICS_MAXREL * n + s];
+      }
+      out[METRICS_ZNCC * n + s] = metrics_body_zncc_sample(ps, ts, f, hw);
+      for (int r = 0; r < 2; r++) {
+        for (int c = 0; c < f && ssim; c++)
+          v[c] = metrics_body_ssim(ps + c * hw, ts + c * hw, h, w, r, g,
+                                   range[2 * c + 1] - range[2 * c], scr);
+        out[(METRICS_SSIM_I + r) * n + s] = ssim ? metrics_body_channel_mean(v, f) : NAN;
+      }
+    }
+    free(buf);
+  }
+  free(range);
+  if (fail)
+    return ce_err("metrics: out of memory for the scratch of %d threads", omp_get_max_threads());
+  return bad_sample < n ? metrics_maxrel_error(bad_sample, bad_px, bad_t) : 0;
+}
+
 const nn_backend nn_backend_cpu = {
     .name = "cpu",
     .precisions = NN_PRECISION_BIT(NN_TF32) | NN_PRECISION_BIT(NN_BF16), /* emulated */
@@ -564,4 +619,5 @@ const nn_backend nn_backend_cpu = {
     .upload_wait = cpu_upload_wait,
     .normalise_inputs = cpu_normalise_inputs,
     .normalise_targets = cpu_normalise_targets,
+    .metrics = cpu_metrics,
 };

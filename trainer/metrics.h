@@ -28,6 +28,13 @@ int metrics_stats_inverse(const void *params, const float *norm, double *phys, s
 int metrics_maxrel(const float *pred, const float *target, int n, int f, int h, int w,
                    intensity_inverse inv, const void *inv_params, double *per_sample);
 
+/* The error of a sample with no MaxRel (metrics_body_maxrel's *bad >= 0:
+ * the pixel, tmax its largest target intensity); returns -1. */
+int metrics_maxrel_error(int sample, double pixel, double tmax);
+
+/* The per-sample results of a backend's metrics entry (backend.h): out[k n + s]. */
+enum { METRICS_MAXREL, METRICS_ZNCC, METRICS_SSIM_I, METRICS_SSIM_R, METRICS_FIELDS };
+
 /* Zero-normalised cross-correlation per image and channel (0 where either
  * image is constant); per_sample gets the mean over channels. Returns the
  * mean over samples and channels. */

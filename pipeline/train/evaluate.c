@@ -28,8 +28,9 @@ static int64_t eval_sample(const serve_source *src, int64_t j, int64_t n, int64_
   return serve_split_sample(src, k);
 }
 
-/* One batch: forward, loss (the model's backend), the prediction copied out
- * to pred, metrics (host) into ps[PS_FIELDS * real]. */
+/* One batch: forward, loss and metrics on the model's backend into
+ * ps[PS_FIELDS * real] (the metrics read the targets the loss uploaded);
+ * the prediction is copied out to pred only when pred is not NULL. */
 static int eval_batch(coemunet *m, trainer *tr, const stats_norm *norm, const float *in,
                       const float *tg, int real, double *ps, double sums[4], double *fwd_s,
                       double *tmp, float *pred) {
@@ -41,26 +42,18 @@ static int eval_batch(coemunet *m, trainer *tr, const stats_norm *norm, const fl
   *fwd_s += ce_now() - t0;
   loss_value lv;
   CE_TRY(trainer_loss(tr, tg, real, &lv));
-  CE_TRY(nn_out_download(net, m->output, pred));
+  if (pred) CE_TRY(nn_out_download(net, m->output, pred));
   double images = (double)real * F;
   sums[0] += lv.total * images;
   sums[1] += lv.mse * images;
   sums[2] += lv.fft * images;
   sums[3] += images;
-  double *mr = tmp, *zn = tmp + real, *si = tmp + 2 * real, *sr = tmp + 3 * real;
-  CE_TRY(metrics_maxrel(pred, tg, real, F, G, G, metrics_stats_inverse, norm, mr));
-  metrics_zncc(pred, tg, real, F, G, G, zn);
-  if (G >= 11) {
-    if (isnan(metrics_ssim(pred, tg, real, F, G, G, SSIM_INTERIOR, si)) ||
-        isnan(metrics_ssim(pred, tg, real, F, G, G, SSIM_REFLECT, sr)))
-      return -1;
-  } else
-    for (int s = 0; s < real; s++) si[s] = sr[s] = NAN; /* images too small for the 11 px window */
+  CE_TRY(net->be->metrics(norm, nn_out(net, m->output), tr->target, real, F, G, G, tmp));
   for (int s = 0; s < real; s++) {
-    ps[s * PS_FIELDS + PS_MAXREL] = mr[s];
-    ps[s * PS_FIELDS + PS_ZNCC] = zn[s];
-    ps[s * PS_FIELDS + PS_SSIM_I] = si[s];
-    ps[s * PS_FIELDS + PS_SSIM_R] = sr[s];
+    ps[s * PS_FIELDS + PS_MAXREL] = tmp[METRICS_MAXREL * real + s];
+    ps[s * PS_FIELDS + PS_ZNCC] = tmp[METRICS_ZNCC * real + s];
+    ps[s * PS_FIELDS + PS_SSIM_I] = tmp[METRICS_SSIM_I * real + s];
+    ps[s * PS_FIELDS + PS_SSIM_R] = tmp[METRICS_SSIM_R * real + s];
   }
   return 0;
 }
@@ -96,7 +89,7 @@ int evaluate_split(coemunet *m, serve_source *src, const eval_opts *o, eval_resu
   int64_t mine = 0;
   for (int64_t b = rank; b < nb; b += world) mine += (b + 1) * B <= n ? B : n - b * B;
   double *ps = ce_malloc_array((size_t)(mine ? mine : 1) * PS_FIELDS, sizeof(double), "per-sample metrics");
-  double *tmp = ce_malloc_array(4 * (size_t)B, sizeof(double), "metric buffers");
+  double *tmp = ce_malloc_array(METRICS_FIELDS * (size_t)B, sizeof(double), "metric buffers");
   int64_t idx[4096];
   double sums[4] = {0, 0, 0, 0}, fwd_s = 0;
   int rc = tr_ok && in && tg && pred && ps && tmp && B <= 4096 ? 0 : -1;
@@ -107,7 +100,8 @@ int evaluate_split(coemunet *m, serve_source *src, const eval_opts *o, eval_resu
     for (int s = 0; s < B; s++) idx[s] = eval_sample(src, b * B + (s < real ? s : 0), n, N);
     rc = serve_read(src, idx, B, 1, in, tg);
     if (rc == 0)
-      rc = eval_batch(m, &tr, norm, in, tg, real, ps + at * PS_FIELDS, sums, &fwd_s, tmp, pred);
+      rc = eval_batch(m, &tr, norm, in, tg, real, ps + at * PS_FIELDS, sums, &fwd_s, tmp,
+                      b == 0 && o->keep > 0 ? pred : NULL);
     for (int s = 0; rc == 0 && s < real; s++) ps[(at + s) * PS_FIELDS + PS_INDEX] = (double)(b * B + s);
     if (rc == 0 && b == 0 && o->keep > 0) { /* rank 0 holds batch 0 */
       r->kept = o->keep < real ? o->keep : real;

@@ -46,6 +46,8 @@
 #include "trainer/train.h"
 #include "pipeline/train/feed.h"
 #include "stats/norm_body.h"
+#include "trainer/metrics.h"
+#include "trainer/metrics_body.h"
 #include "step_batch.h"
 
 /* ---- the guard backend -------------------------------------------------- */
@@ -439,6 +441,18 @@ static int guard_normalise_targets(const stats_norm *p, const float *in, float *
   return rc;
 }
 
+static int guard_metrics(const stats_norm *p, const float *pred, const float *target, int n,
+                         int f, int h, int w, double *out) {
+  const size_t bytes = sizeof(float) * (size_t)n * f * h * w;
+  if (!owned(pred, bytes, "metrics prediction") || !owned(target, bytes, "metrics target"))
+    return ce_err("guard: metrics outside backend memory");
+  if (in_arena(out)) return ce_err("guard: metrics results go to host memory, not backend memory");
+  guard_open();
+  int rc = nn_backend_cpu.metrics(p, pred, target, n, f, h, w, out);
+  guard_close();
+  return rc;
+}
+
 static const nn_backend guard_backend = {
     .name = "guard",
     .precisions = NN_PRECISION_BIT(NN_TF32) | NN_PRECISION_BIT(NN_BF16), /* the CPU's */
@@ -465,6 +479,7 @@ static const nn_backend guard_backend = {
     .upload_wait = guard_upload_wait,
     .normalise_inputs = guard_normalise_inputs,
     .normalise_targets = guard_normalise_targets,
+    .metrics = guard_metrics,
 };
 
 static void on_segv(int sig, siginfo_t *si, void *uc) {
@@ -1053,6 +1068,297 @@ static void test_guard_accounts(void) {
           G.uploads, G.bytes_up, G.downloads, G.bytes_down);
 }
 
+/* ---- the metrics on the backend ------------------------------------------ */
+
+/* metrics.c as it was before trainer/metrics_body.h (verbatim but for the
+ * names): the reference the one body must reproduce bit for bit. */
+static int old_maxrel(const float *pred, const float *target, int n, int f, int h, int w,
+                   intensity_inverse inv, const void *inv_params, double *per_sample) {
+  const size_t hw = (size_t)h * w, ns = (size_t)f * hw;
+  double *tp = ce_malloc_array(2 * ns, sizeof(double), "maxrel buffers");
+  if (!tp) return -1;
+  double *pp = tp + ns;
+  for (int s = 0; s < n; s++) {
+    if (inv(inv_params, target + s * ns, tp, ns) < 0 || inv(inv_params, pred + s * ns, pp, ns) < 0) {
+      free(tp);
+      return ce_err_prefix("maxrel: sample %d: inverse transform", s);
+    }
+    double acc = 0;
+    for (size_t px = 0; px < hw; px++) {
+      double tmax = tp[px];
+      for (int c = 1; c < f; c++) tmax = fmax(tmax, tp[c * hw + px]);
+      if (!(tmax > 0)) {
+        free(tp);
+        return ce_err("maxrel: sample %d pixel %zu: largest target intensity %g, expected > 0", s,
+                      px, tmax);
+      }
+      for (int c = 0; c < f; c++) acc += fabs(tp[c * hw + px] - pp[c * hw + px]) / tmax;
+    }
+    per_sample[s] = 100.0 * acc / (double)ns;
+  }
+  free(tp);
+  return 0;
+}
+
+static double old_zncc(const float *pred, const float *target, int n, int f, int h, int w,
+                    double *per_sample) {
+  const size_t hw = (size_t)h * w;
+  double total = 0;
+  for (int s = 0; s < n; s++) {
+    double ss = 0;
+    for (int c = 0; c < f; c++) {
+      const float *p = pred + ((size_t)s * f + c) * hw, *t = target + ((size_t)s * f + c) * hw;
+      double mp = 0, mt = 0;
+      for (size_t i = 0; i < hw; i++) {
+        mp += p[i];
+        mt += t[i];
+      }
+      mp /= hw;
+      mt /= hw;
+      double spt = 0, spp = 0, stt = 0;
+      for (size_t i = 0; i < hw; i++) {
+        double a = p[i] - mp, b = t[i] - mt;
+        spt += a * b;
+        spp += a * a;
+        stt += b * b;
+      }
+      double den = sqrt(spp * stt);
+      ss += den > 0 ? spt / den : 0;
+    }
+    if (per_sample) per_sample[s] = ss / f;
+    total += ss / f;
+  }
+  return total / n;
+}
+
+/* ---- SSIM --------------------------------------------------------------- */
+
+#define OLD_SSIM_WIN 11
+#define OLD_SSIM_HALF 5
+
+/* Separable Gaussian filter of one image, "valid" part of a padded input:
+ * in (ph x pw) -> out ((ph - 10) x (pw - 10)). tmp holds ph x (pw - 10). */
+static void old_gauss_valid(const double *in, int ph, int pw, const double *g, double *tmp, double *out) {
+  int ow = pw - 2 * OLD_SSIM_HALF, oh = ph - 2 * OLD_SSIM_HALF;
+  for (int y = 0; y < ph; y++)
+    for (int x = 0; x < ow; x++) {
+      double a = 0;
+      for (int k = 0; k < OLD_SSIM_WIN; k++) a += g[k] * in[(size_t)y * pw + x + k];
+      tmp[(size_t)y * ow + x] = a;
+    }
+  for (int y = 0; y < oh; y++)
+    for (int x = 0; x < ow; x++) {
+      double a = 0;
+      for (int k = 0; k < OLD_SSIM_WIN; k++) a += g[k] * tmp[(size_t)(y + k) * ow + x];
+      out[(size_t)y * ow + x] = a;
+    }
+}
+
+static int old_reflect(int i, int n) { /* numpy/torch 'reflect': no edge repeat */
+  if (i < 0) return -i;
+  if (i >= n) return 2 * (n - 1) - i;
+  return i;
+}
+
+static double old_ssim(const float *pred, const float *target, int n, int f, int h, int w,
+                    ssim_mode mode, double *per_sample) {
+  if (h < OLD_SSIM_WIN || w < OLD_SSIM_WIN) {
+    ce_err("ssim: images of %d x %d are smaller than the %d px window", h, w, OLD_SSIM_WIN);
+    return NAN;
+  }
+  double g[OLD_SSIM_WIN], gs = 0;
+  for (int k = 0; k < OLD_SSIM_WIN; k++) {
+    double d = k - OLD_SSIM_HALF;
+    g[k] = exp(-d * d / (2 * 1.5 * 1.5));
+    gs += g[k];
+  }
+  for (int k = 0; k < OLD_SSIM_WIN; k++) g[k] /= gs;
+  const int pad = mode == SSIM_REFLECT ? OLD_SSIM_HALF : 0;
+  const int ph = h + 2 * pad, pw = w + 2 * pad, oh = ph - 2 * OLD_SSIM_HALF, ow = pw - 2 * OLD_SSIM_HALF;
+  const size_t hw = (size_t)h * w, psz = (size_t)ph * pw, osz = (size_t)oh * ow;
+  /* 5 padded inputs (x, y, x^2, y^2, xy), their 5 filtered maps, one temp */
+  double *buf = ce_malloc_array(5 * psz + 5 * osz + (size_t)ph * ow, sizeof(double), "ssim buffers");
+  if (!buf) return NAN;
+  double *in = buf, *mu = buf + 5 * psz, *tmp = mu + 5 * osz;
+  double total = 0;
+  if (per_sample) memset(per_sample, 0, sizeof(double) * n);
+  for (int c = 0; c < f; c++) {
+    double tmin = INFINITY, tmax = -INFINITY;
+    for (int s = 0; s < n; s++) {
+      const float *t = target + ((size_t)s * f + c) * hw;
+      for (size_t i = 0; i < hw; i++) {
+        tmin = fmin(tmin, t[i]);
+        tmax = fmax(tmax, t[i]);
+      }
+    }
+    double L = tmax - tmin, C1 = (0.01 * L) * (0.01 * L), C2 = (0.03 * L) * (0.03 * L);
+    for (int s = 0; s < n; s++) {
+      const float *p = pred + ((size_t)s * f + c) * hw, *t = target + ((size_t)s * f + c) * hw;
+      for (int y = 0; y < ph; y++)
+        for (int x = 0; x < pw; x++) {
+          size_t src = (size_t)old_reflect(y - pad, h) * w + old_reflect(x - pad, w), dst = (size_t)y * pw + x;
+          double a = p[src], b = t[src];
+          in[dst] = a;
+          in[psz + dst] = b;
+          in[2 * psz + dst] = a * a;
+          in[3 * psz + dst] = b * b;
+          in[4 * psz + dst] = a * b;
+        }
+      for (int q = 0; q < 5; q++) old_gauss_valid(in + q * psz, ph, pw, g, tmp, mu + q * osz);
+      double acc = 0;
+      for (size_t i = 0; i < osz; i++) {
+        double mx = mu[i], my = mu[osz + i];
+        double sxx = mu[2 * osz + i] - mx * mx, syy = mu[3 * osz + i] - my * my;
+        double sxy = mu[4 * osz + i] - mx * my;
+        double num = (2 * mx * my + C1) * (2 * sxy + C2);
+        double den = (mx * mx + my * my + C1) * (sxx + syy + C2);
+        acc += den != 0 ? num / den : 1.0; /* both constant and equal to 0: identical */
+      }
+      double v = acc / osz;
+      if (per_sample) per_sample[s] += v / f;
+      total += v;
+    }
+  }
+  free(buf);
+  return total / ((double)n * f);
+}
+
+/* Values of the four per-sample fields (out[k n + s]) whose bits differ. */
+static int metrics_differ(const double *a, const double *b, int n) {
+  int bad = 0;
+  for (int i = 0; i < METRICS_FIELDS * n; i++) bad += memcmp(a + i, b + i, sizeof(double)) != 0;
+  return bad;
+}
+
+/* The old metrics.c of (pred, target) into ref[METRICS_FIELDS n]. */
+static void old_metrics(const stats_norm *p, const float *pr, const float *tg, int n, int f, int h,
+                        int w, double *ref) {
+  CHECK_OK(old_maxrel(pr, tg, n, f, h, w, metrics_stats_inverse, p, ref + METRICS_MAXREL * n));
+  old_zncc(pr, tg, n, f, h, w, ref + METRICS_ZNCC * n);
+  old_ssim(pr, tg, n, f, h, w, SSIM_INTERIOR, ref + METRICS_SSIM_I * n);
+  old_ssim(pr, tg, n, f, h, w, SSIM_REFLECT, ref + METRICS_SSIM_R * n);
+}
+
+/* The bodies driven by a plain loop, a sample (and channel) at a time, as
+ * the CUDA kernels drive them: a thread per sample, a thread per (sample,
+ * channel) for SSIM. */
+static void body_metrics(const stats_norm *p, const float *pr, const float *tg, int n, int f,
+                         int h, int w, double *out) {
+  const size_t hw = (size_t)h * w, ns = (size_t)f * hw;
+  double *tp = malloc(sizeof(double) * 2 * ns), *pp = tp + ns, g[METRICS_SSIM_WIN];
+  double *scr = malloc(sizeof(double) * metrics_body_ssim_scratch(h, w, 1));
+  double *v = malloc(sizeof(double) * (size_t)n * f), *range = malloc(sizeof(double) * 2 * f);
+  for (int s = 0; s < n; s++) {
+    double bad;
+    metrics_body_inverse(p, tg + s * ns, tp, ns);
+    metrics_body_inverse(p, pr + s * ns, pp, ns);
+    out[METRICS_MAXREL * n + s] = metrics_body_maxrel(tp, pp, f, hw, &bad);
+    CHECK(bad == -1);
+    out[METRICS_ZNCC * n + s] = metrics_body_zncc_sample(pr + s * ns, tg + s * ns, f, hw);
+  }
+  metrics_body_ssim_window(g);
+  for (int c = 0; c < f; c++) metrics_body_range(tg, n, f, c, hw, &range[2 * c], &range[2 * c + 1]);
+  for (int r = 0; r < 2; r++) {
+    for (int i = 0; i < n * f; i++)
+      v[i] = metrics_body_ssim(pr + i * hw, tg + i * hw, h, w, r, g,
+                               range[2 * (i % f) + 1] - range[2 * (i % f)], scr);
+    for (int s = 0; s < n; s++)
+      out[(METRICS_SSIM_I + r) * n + s] = metrics_body_channel_mean(v + (size_t)s * f, f);
+  }
+  free(tp);
+  free(scr);
+  free(v);
+  free(range);
+}
+
+static float uniform(uint64_t *st) {
+  *st ^= *st << 13, *st ^= *st >> 7, *st ^= *st << 17;
+  return (float)((*st >> 40) * 0x1p-24);
+}
+
+/* Per-sample MaxRel, ZNCC and SSIM (both modes) of random data (a
+ * non-square 13 x 12, a constant image among them) and of demo-like batches
+ * (test_step_batch's targets, predictions off by a little noise) in both
+ * intensity modes: metrics.c, the bodies in a plain loop, the CPU backend's
+ * and the guard's entries all give the old metrics.c's bits (summing a
+ * sample's SSIM over channels before / f, as ZNCC does, breaks this: 3
+ * channels). A prediction off at one pixel changes all four fields of its
+ * sample and nothing else (the comparison can fail), and a pixel with no
+ * positive intensity is an error naming it. */
+static void test_metrics_parity(void) {
+  enum { NR = 3, FR = 3, HR = 13, WR = 12 }; /* 3 channels: / f is inexact */
+  const int F = CFG.nfreq, Gd = CFG.grid;
+  const size_t nd = nt(), nr = (size_t)NR * FR * HR * WR, cap = nd > nr ? nd : nr;
+  float *pr = malloc(sizeof(float) * cap), *tg = malloc(sizeof(float) * cap);
+  float *x = malloc(sizeof(float) * nx());
+  double ref[METRICS_FIELDS * 64], got[METRICS_FIELDS * 64];
+  uint64_t st = 0x9e3779b97f4a7c15ull;
+  for (int set = 0; set < 4; set++) {
+    const int demo = set >= 2;
+    const stats_norm p = test_norm_params(set & 1);
+    const int n = demo ? B : NR, f = demo ? F : FR, h = demo ? Gd : HR, w = demo ? Gd : WR;
+    const size_t nv = (size_t)n * f * h * w;
+    if (demo) {
+      test_step_batch(&CFG, B, set, x, tg);
+      for (size_t i = 0; i < nv; i++) pr[i] = tg[i] + 0.05f * (uniform(&st) - 0.5f);
+    } else {
+      for (size_t i = 0; i < nv; i++) tg[i] = uniform(&st), pr[i] = uniform(&st);
+      for (int i = 0; i < h * w; i++) pr[(size_t)f * h * w + i] = 0.25f; /* sample 1, channel 0 */
+    }
+    old_metrics(&p, pr, tg, n, f, h, w, ref);
+    /* metrics.c, now on the bodies */
+    CHECK_OK(metrics_maxrel(pr, tg, n, f, h, w, metrics_stats_inverse, &p,
+                            got + METRICS_MAXREL * n));
+    CHECK(metrics_zncc(pr, tg, n, f, h, w, got + METRICS_ZNCC * n) ==
+          old_zncc(pr, tg, n, f, h, w, NULL));
+    CHECK(metrics_ssim(pr, tg, n, f, h, w, SSIM_INTERIOR, got + METRICS_SSIM_I * n) ==
+          old_ssim(pr, tg, n, f, h, w, SSIM_INTERIOR, NULL));
+    CHECK(metrics_ssim(pr, tg, n, f, h, w, SSIM_REFLECT, got + METRICS_SSIM_R * n) ==
+          old_ssim(pr, tg, n, f, h, w, SSIM_REFLECT, NULL));
+    CHECK_MSG(!metrics_differ(got, ref, n), "metrics.c (set %d): %d values differ", set,
+              metrics_differ(got, ref, n));
+    body_metrics(&p, pr, tg, n, f, h, w, got);
+    CHECK_MSG(!metrics_differ(got, ref, n), "the bodies (set %d): %d values differ", set,
+              metrics_differ(got, ref, n));
+    const nn_backend *bes[2] = {&nn_backend_cpu, &guard_backend};
+    for (int b = 0; b < 2; b++) {
+      const nn_backend *be = bes[b];
+      float *dp = be->alloc(sizeof(float) * nv), *dt = be->alloc(sizeof(float) * nv);
+      CHECK(dp && dt);
+      CHECK_OK(be->upload(dp, pr, sizeof(float) * nv));
+      CHECK_OK(be->upload(dt, tg, sizeof(float) * nv));
+      memset(got, 0, sizeof got);
+      CHECK_OK(be->metrics(&p, dp, dt, n, f, h, w, got));
+      CHECK_MSG(!metrics_differ(got, ref, n), "backend %s (set %d): %d values differ", be->name,
+                set, metrics_differ(got, ref, n));
+      if (demo) { /* images of one row, under the window: no SSIM */
+        CHECK_OK(be->metrics(&p, dp, dt, n * h, f, 1, w, got));
+        CHECK(isnan(got[METRICS_SSIM_I * n * h]) && isnan(got[METRICS_SSIM_R * n * h + 1]));
+      }
+      be->free(dp);
+      be->free(dt);
+    }
+    /* the negative control: sample 0's prediction a little off at one pixel
+     * moves its four fields and nothing else */
+    pr[3] += 0.01f;
+    body_metrics(&p, pr, tg, n, f, h, w, got);
+    int moved = 0;
+    for (int k = 0; k < METRICS_FIELDS; k++) moved += got[k * n] != ref[k * n];
+    CHECK_MSG(moved == METRICS_FIELDS && metrics_differ(got, ref, n) == METRICS_FIELDS,
+              "set %d: a changed pixel moved %d of sample 0's fields, %d values in all", set, moved,
+              metrics_differ(got, ref, n));
+    /* no positive intensity at sample 1, pixel 7: exp underflows to 0 */
+    for (int c = 0; c < f; c++) tg[(size_t)(f + c) * h * w + 7] = -1e30f;
+    ce_err_clear();
+    CHECK(nn_backend_cpu.metrics(&p, pr, tg, n, f, h, w, got) == -1);
+    CHECK_MSG(strstr(ce_err_msg(), "maxrel: sample 1 pixel 7: largest target intensity 0"),
+              "error: %s", ce_err_msg());
+  }
+  free(pr);
+  free(tg);
+  free(x);
+}
+
 int main(void) {
   RUN(test_cpu_thread_settings);
   guard_setup();
@@ -1064,6 +1370,7 @@ int main(void) {
   RUN(test_guard_matches_cpu);
   RUN(test_guard_reducer);
   RUN(test_normalise_parity);
+  RUN(test_metrics_parity);
   RUN(test_guard_async_rules);
   RUN(test_guard_feed_trains);
   RUN(test_guard_accounts);

@@ -29,7 +29,8 @@
  *   6. gradient buckets with a single-rank NCCL reducer against no reducer,
  *      bit for bit; 7. the input feed's wait fraction, and its backend path
  *      (asynchronous copies, normalisation on the backend) against the host
- *      path (dp_check.h).
+ *      path (dp_check.h); 8. the metrics entry on the device against the CPU's
+ *      within derived bounds (check_metrics).
  *
  * Prints one line per result ("trainer-check: ..."). Exit status: 0 when
  * every check passed, 1 when one failed, 77 when there is no CUDA backend or
@@ -54,6 +55,8 @@
 
 #include "dp_check.h"
 #include "parity.h"
+#include "trainer/metrics.h"
+#include "trainer/metrics_body.h"
 #ifdef COEMU_HAVE_CUDA_TRAINER
 #include "trainer/cuda/backend_cuda.h"
 #endif
@@ -275,6 +278,113 @@ static void bench(const nn_backend *be, const char *prec, int precision, int bat
 }
 
 /* ---- main --------------------------------------------------------------- */
+
+/* 8. The metrics entry (trainer/metrics_body.h) on the device against the
+ * CPU backend's, per sample, within bounds derived here (docs/trainer.md):
+ * both run the same serial bodies in the same order, so what may differ is
+ * the device's double exp (<= 1 ulp, as glibc's) and fused multiply-adds
+ * (one rounding where the host has two). With u = 2^-53, gamma_n = n u /
+ * (1 - n u):
+ *   ZNCC: the three sums differ by <= 2 gamma_hw sum |a b|, and sum |a b| <=
+ *     sqrt(spp stt) (Cauchy-Schwarz): |dZNCC| <= 5 gamma_(hw+2).
+ *   MaxRel: each physical value exp(t s + m) differs by a relative
+ *     e = u (4 + 2 (|t| s + |m|)) (exp's ulp on each side, the argument's
+ *     roundings); a term |T - P| / Tmax then by 2 e ((T + P) / Tmax + q):
+ *     the bound is 100 / ns times their sum, from the CPU's values.
+ *   SSIM: the five filtered moments (two passes of 11 non-negative weights)
+ *     differ by e1 = 2 gamma_22 X (means) and e2 = 2 gamma_22 X^2 (second
+ *     moments), X the largest |value| of the channel; with A = 2 mx my + C1,
+ *     B = 2 sxy + C2, C = mx^2 + my^2 + C1, D = sxx + syy + C2 and |A| <= C,
+ *     |B| <= D, |S| <= 1: |dS| <= (dA + dC) / C1 + (dB + dD) / C2 + 8 u,
+ *     dA, dC <= 4 X e1 + 2 u (2 X^2 + C1), dB, dD <= 2 (e2 + 2 X e1 + 4 u X^2)
+ *     + 2 u (4 X^2 + C2); the sample's bound is the mean over channels.
+ * Each bound gets a factor 1.01 (second-order terms, n u << 0.01). */
+static int check_metrics(const nn_backend *gpu, int grid) {
+  const int n = 8;
+  coemunet_config cfg = coemunet_default(7);
+  cfg.grid = grid;
+  const int f = cfg.nfreq, h = grid, w = grid;
+  const size_t hw = (size_t)h * w, ns = (size_t)f * hw, nv = (size_t)n * ns;
+  const stats_norm p = test_norm_params(0);
+  float *x = (float *)malloc(sizeof(float) * (size_t)n * 3 * hw * grid);
+  float *t = (float *)malloc(sizeof(float) * nv), *pr = (float *)malloc(sizeof(float) * nv);
+  double *cpu = (double *)malloc(sizeof(double) * METRICS_FIELDS * n);
+  double *dev = (double *)malloc(sizeof(double) * METRICS_FIELDS * n);
+  double *tp = (double *)malloc(sizeof(double) * 2 * ns), *pp = tp + ns;
+  float *d_p = (float *)gpu->alloc(sizeof(float) * nv);
+  float *d_t = (float *)gpu->alloc(sizeof(float) * nv);
+  int rc = x && t && pr && cpu && dev && tp && d_p && d_t ? 0 : ce_err("out of memory");
+  if (rc == 0) {
+    test_step_batch(&cfg, n, 5, x, t);
+    uint64_t st = 0x2545f4914f6cdd1dull;
+    for (size_t i = 0; i < nv; i++) {
+      st ^= st << 13, st ^= st >> 7, st ^= st << 17;
+      pr[i] = t[i] + 0.05f * (float)((double)(st >> 11) * 0x1p-53 - 0.5);
+    }
+    rc = nn_backend_cpu.metrics(&p, pr, t, n, f, h, w, cpu);
+  }
+  if (rc == 0) rc = gpu->upload(d_p, pr, sizeof(float) * nv);
+  if (rc == 0) rc = gpu->upload(d_t, t, sizeof(float) * nv);
+  if (rc == 0) rc = gpu->metrics(&p, d_p, d_t, n, f, h, w, dev);
+  int bad = 0;
+  double worst[METRICS_FIELDS] = {0, 0, 0, 0}; /* largest |difference| / bound */
+  if (rc == 0) {
+    const double u = 0x1p-53, g22 = 22 * u / (1 - 22 * u), ghw = (hw + 2) * u / (1 - (hw + 2) * u);
+    double ssim_c[64];
+    for (int c = 0; c < f && c < 64; c++) {
+      double lo = INFINITY, hi = -INFINITY, X = 0;
+      for (int s = 0; s < n; s++)
+        for (size_t i = 0; i < hw; i++) {
+          const size_t k = ((size_t)s * f + c) * hw + i;
+          lo = fmin(lo, t[k]), hi = fmax(hi, t[k]);
+          X = fmax(X, fmax(fabs(t[k]), fabs(pr[k])));
+        }
+      const double L = hi - lo, C1 = (0.01 * L) * (0.01 * L), C2 = (0.03 * L) * (0.03 * L);
+      const double e1 = 2 * g22 * X, e2 = 2 * g22 * X * X;
+      const double dA = 4 * X * e1 + 2 * u * (2 * X * X + C1);
+      const double dB = 2 * (e2 + 2 * X * e1 + 4 * u * X * X) + 2 * u * (4 * X * X + C2);
+      ssim_c[c] = 2 * dA / C1 + 2 * dB / C2 + 8 * u;
+    }
+    for (int s = 0; s < n; s++) {
+      metrics_body_inverse(&p, t + s * ns, tp, ns);
+      metrics_body_inverse(&p, pr + s * ns, pp, ns);
+      double mr = 0, ss = 0;
+      for (size_t px = 0; px < hw; px++) {
+        double tmax = tp[px];
+        for (int c = 1; c < f; c++) tmax = fmax(tmax, tp[c * hw + px]);
+        for (int c = 0; c < f; c++) {
+          const size_t k = c * hw + px;
+          const double arg = fmax(fabs((double)t[s * ns + k]), fabs((double)pr[s * ns + k])) *
+                             p.lnI_scale + fabs(p.lnI_min);
+          const double e = u * (4 + 2 * arg), q = fabs(tp[k] - pp[k]) / tmax;
+          mr += 2 * e * ((tp[k] + pp[k]) / tmax + q);
+        }
+      }
+      for (int c = 0; c < f; c++) ss += ssim_c[c] / f;
+      const double bound[METRICS_FIELDS] = {1.01 * 100 * mr / (double)ns, 1.01 * 5 * ghw,
+                                            1.01 * ss, 1.01 * ss};
+      for (int k = 0; k < METRICS_FIELDS; k++) {
+        const double d = fabs(dev[k * n + s] - cpu[k * n + s]) / bound[k];
+        if (!(d <= 1)) bad++;
+        if (!(d <= worst[k])) worst[k] = d;
+      }
+    }
+    printf("trainer-check: metrics, device vs cpu: %d samples of %d x %d x %d; largest difference / "
+           "bound: MaxRel %.3g, ZNCC %.3g, SSIM %.3g (interior) %.3g (reflect)\n", n, f, h, w,
+           worst[0], worst[1], worst[2], worst[3]);
+  } else
+    printf("trainer-check: metrics: error: %s\n", ce_err_msg());
+  verdict("metrics, device vs cpu", rc == 0 && bad == 0);
+  gpu->free(d_p);
+  gpu->free(d_t);
+  free(x);
+  free(t);
+  free(pr);
+  free(cpu);
+  free(dev);
+  free(tp);
+  return rc == 0 && bad == 0 ? 0 : 1;
+}
 
 static int arg_int(int argc, char **argv, int *i, int lo, int hi) {
   if (*i + 1 >= argc) {
@@ -511,6 +621,7 @@ int main(int argc, char **argv) {
   failures += dp_check_buckets(gpu, 16);
   failures += dp_check_feed(gpu, grid, curve_batch);
   failures += dp_check_feed_dev(gpu, grid, curve_batch);
+  check_metrics(gpu, grid); /* counts its own failure (verdict) */
   nn_backend_finish(gpu);
   nn_backend_finish(&nn_backend_cpu);
   printf("trainer-check: %s (%d failed)\n", failures ? "FAILED" : "all passed", failures);

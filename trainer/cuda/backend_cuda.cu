@@ -30,9 +30,11 @@ extern "C" {
 #include "trainer/cuda/backend_cuda.h"
 #include "trainer/layers_cpu.h"
 #include "trainer/loss.h"
+#include "trainer/metrics.h"
 #include "trainer/nn.h"
 }
 #include "stats/norm_body.h"
+#include "trainer/metrics_body.h"
 
 /* ---- checked calls ------------------------------------------------------ */
 
@@ -1741,6 +1743,103 @@ static int cuda_normalise_targets(const stats_norm *p, const float *in, float *o
 
 /* ---- the table ---------------------------------------------------------- */
 
+/* ---- evaluation: the metrics of trainer/metrics_body.h ----------------- */
+
+/* A thread per channel (its data range), per sample (MaxRel, ZNCC) or per
+ * sample and channel (SSIM), each running a serial body: the host's
+ * operations in the host's order (docs/trainer.md bounds what exp and fused
+ * multiply-adds change). Only the per-sample doubles come back. */
+struct metrics_window {
+  double g[METRICS_SSIM_WIN];
+};
+
+__global__ void k_metrics_range(const float *t, int n, int f, size_t hw, double *range) {
+  for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < f; c += gridDim.x * blockDim.x)
+    metrics_body_range(t, n, f, c, hw, &range[2 * c], &range[2 * c + 1]);
+}
+
+/* out[METRICS_MAXREL n + s], out[METRICS_ZNCC n + s], bad[s]; scratch: 2 f hw
+ * doubles per sample. */
+__global__ void k_metrics_sample(stats_norm p, const float *pred, const float *target, int n,
+                                 int f, size_t hw, double *scr, double *out, double *bad) {
+  const size_t ns = (size_t)f * hw;
+  for (int s = blockIdx.x * blockDim.x + threadIdx.x; s < n; s += gridDim.x * blockDim.x) {
+    double *tp = scr + (size_t)s * 2 * ns, *pp = tp + ns;
+    const float *ps = pred + s * ns, *ts = target + s * ns;
+    metrics_body_inverse(&p, ts, tp, ns);
+    metrics_body_inverse(&p, ps, pp, ns);
+    out[METRICS_MAXREL * n + s] = metrics_body_maxrel(tp, pp, f, hw, &bad[s]);
+    out[METRICS_ZNCC * n + s] = metrics_body_zncc_sample(ps, ts, f, hw);
+  }
+}
+
+/* v[s f + c] = SSIM of (s, c); scratch: per image metrics_body_ssim_scratch. */
+__global__ void k_metrics_ssim(metrics_window g, const float *pred, const float *target, int n,
+                               int f, int h, int w, int reflect, const double *range, double *scr,
+                               size_t per, double *v) {
+  const size_t hw = (size_t)h * w;
+  for (long i = blockIdx.x * blockDim.x + threadIdx.x; i < (long)n * f;
+       i += (long)gridDim.x * blockDim.x) {
+    const int c = (int)(i % f);
+    v[i] = metrics_body_ssim(pred + i * hw, target + i * hw, h, w, reflect, g.g,
+                             range[2 * c + 1] - range[2 * c], scr + i * per);
+  }
+}
+
+__global__ void k_metrics_channel_mean(const double *v, int n, int f, double *out) {
+  for (int s = blockIdx.x * blockDim.x + threadIdx.x; s < n; s += gridDim.x * blockDim.x)
+    out[s] = metrics_body_channel_mean(v + (size_t)s * f, f);
+}
+
+static int cuda_metrics(const stats_norm *p, const float *pred, const float *target, int n, int f,
+                        int h, int w, double *out) {
+  if (n < 1) return 0;
+  const size_t hw = (size_t)h * w, ns = (size_t)f * hw, nf = (size_t)n * f;
+  const int ssim = h >= METRICS_SSIM_WIN && w >= METRICS_SSIM_WIN;
+  const size_t per = ssim ? metrics_body_ssim_scratch(h, w, 1) : 0;
+  /* results (METRICS_FIELDS n), bad (n), ranges (2 f), SSIM per image (n f),
+   * the per-sample scratch, the per-image SSIM scratch */
+  const size_t res = (size_t)(METRICS_FIELDS + 1) * n, ranges = 2 * (size_t)f;
+  const size_t total = res + ranges + nf + (size_t)n * 2 * ns + nf * per;
+  double *d = (double *)scratch(sizeof(double) * total);
+  if (!d) return -1;
+  double *d_out = d, *d_bad = d + (size_t)METRICS_FIELDS * n, *d_range = d + res;
+  double *d_v = d_range + ranges, *d_smp = d_v + nf, *d_ssim = d_smp + (size_t)n * 2 * ns;
+  k_metrics_sample<<<grid_for(n), THREADS, 0, S.stream>>>(*p, pred, target, n, f, hw, d_smp, d_out,
+                                                            d_bad);
+  KERNEL_CHECK("k_metrics_sample");
+  if (ssim) {
+    metrics_window g;
+    metrics_body_ssim_window(g.g); /* on the host: the device takes no exp of its own here */
+    k_metrics_range<<<grid_for(f), THREADS, 0, S.stream>>>(target, n, f, hw, d_range);
+    KERNEL_CHECK("k_metrics_range");
+    for (int r = 0; r < 2; r++) {
+      k_metrics_ssim<<<grid_for((long)nf), THREADS, 0, S.stream>>>(g, pred, target, n, f, h, w, r,
+                                                                    d_range, d_ssim, per, d_v);
+      KERNEL_CHECK("k_metrics_ssim");
+      k_metrics_channel_mean<<<grid_for(n), THREADS, 0, S.stream>>>(
+          d_v, n, f, d_out + (size_t)(METRICS_SSIM_I + r) * n);
+      KERNEL_CHECK("k_metrics_channel_mean");
+    }
+  }
+  double *h_res = (double *)malloc(sizeof(double) * res);
+  if (!h_res) return ce_err("metrics: out of memory for %d samples' results", n);
+  if (cuda_download(h_res, d, sizeof(double) * res) < 0) {
+    free(h_res);
+    return -1;
+  }
+  memcpy(out, h_res, sizeof(double) * (size_t)METRICS_FIELDS * n);
+  if (!ssim)
+    for (int s = 0; s < 2 * n; s++) out[(size_t)METRICS_SSIM_I * n + s] = NAN;
+  int rc = 0;
+  for (int s = 0; s < n && rc == 0; s++)
+    if (h_res[(size_t)METRICS_FIELDS * n + s] >= 0)
+      rc = metrics_maxrel_error(s, h_res[(size_t)METRICS_FIELDS * n + s],
+                                out[METRICS_MAXREL * n + s]);
+  free(h_res);
+  return rc;
+}
+
 extern "C" const nn_backend nn_backend_cuda = {
     /* .name = */ "cuda",
     /* .precisions = */ NN_PRECISION_BIT(NN_TF32) | NN_PRECISION_BIT(NN_BF16),
@@ -1767,4 +1866,5 @@ extern "C" const nn_backend nn_backend_cuda = {
     /* .upload_wait = */ cuda_upload_wait,
     /* .normalise_inputs = */ cuda_normalise_inputs,
     /* .normalise_targets = */ cuda_normalise_targets,
+    /* .metrics = */ cuda_metrics,
 };
