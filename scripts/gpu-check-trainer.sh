@@ -66,7 +66,8 @@ if [ "$mode" = pack ]; then
   hdr /usr/include/fftw3.h
   hdr /usr/include/zlib.h
   hdr /usr/include/zconf.h /usr/include/x86_64-linux-gnu/zconf.h
-  for lib in libopenblas.so.0 libfftw3.so.3 libgfortran.so.5 libquadmath.so.0 libz.so.1; do
+  hdr /usr/include/yaml.h # the sampler's part of scripts/gpu-check.sh (GPU_CHECK_DEPS)
+  for lib in libopenblas.so.0 libfftw3.so.3 libgfortran.so.5 libquadmath.so.0 libz.so.1 libyaml-0.so.2; do
     p=$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ && !n++ {print $NF}')
     [ -n "$p" ] || { echo "gpu-check-trainer: --pack-deps: $lib not found by ldconfig" >&2; exit 1; }
     cp -L "$p" "$d/lib/$lib"
@@ -74,6 +75,7 @@ if [ "$mode" = pack ]; then
   ln -sf libopenblas.so.0 "$d/lib/libopenblas.so"
   ln -sf libfftw3.so.3 "$d/lib/libfftw3.so"
   ln -sf libz.so.1 "$d/lib/libz.so"
+  ln -sf libyaml-0.so.2 "$d/lib/libyaml.so"
   echo "gpu-check-trainer: packed into $d ($(du -sh "$d" | cut -f1)): carry it and set TRAINER_CHECK_DEPS=$d"
   exit 0
 fi
@@ -230,10 +232,12 @@ else
   echo "gpu-check-trainer anchor: SKIP: $PYTHON has no torch"
 fi
 # coemu against the anchor, same precision, same batch
-for p in fp32 tf32 bf16; do
+# (fp32-fastest: cuDNN's fastest algorithms, deterministic or not, as
+# PyTorch's default; fp32: the fastest deterministic ones, coemu's default)
+for p in fp32 fp32-fastest tf32 bf16; do
   for k in train infer; do
     c=$(grep -hE "^trainer-check: $k cuda $p batch=" "$out/trainer.log" 2>/dev/null | awk '{print $NF}' | head -1)
-    a=$(grep -hE "^anchor: $k torch $p batch=" "$out/anchor.log" 2>/dev/null | awk '{print $NF}' | head -1)
+    a=$(grep -hE "^anchor: $k torch ${p%-fastest} batch=" "$out/anchor.log" 2>/dev/null | awk '{print $NF}' | head -1)
     if [ -n "$c" ] && [ -n "$a" ]; then
       echo "gpu-check-trainer: $k $p samples/s: coemu $c, torch $a ($(awk -v c="$c" -v a="$a" 'BEGIN {printf "%.2f", c / a}') x)"
     fi

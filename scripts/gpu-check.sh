@@ -40,7 +40,9 @@
 #                                           meson test gpu_check_build)
 # Environment: NVCC (default nvcc), CC (gcc), GPU_ARCH (90: H100/H200; a
 # comma-separated list), GPU_CHECK_DIR (build folder, default build-gpu-check),
-# GPU_BENCH_ARGS (extra gpu_bench options, e.g. "--batch 128").
+# GPU_BENCH_ARGS (extra gpu_bench options, e.g. "--batch 128"), GPU_CHECK_DEPS
+# (default TRAINER_CHECK_DEPS: a `scripts/gpu-check-trainer.sh --pack-deps`
+# folder, whose libyaml builds the sampler's part where the GPU machine has none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build_only=0
@@ -67,14 +69,24 @@ defs=(-D_GNU_SOURCE -DCOEMU_HAVE_CUDA "-DCOEMU_VERSION=\"gpu-check\""
 # the solver's flags (solver/meson.build): no FMA contraction; the host's
 # vector units, and glibc's libmvec where it links
 cflags=(-std=c17 -O2 -g -fopenmp -ffp-contract=off -ffunction-sections -march=native -I"$root" -I"$root/tests" "${defs[@]}")
+# the CUDA runtime's header (gpu_bench's resident cubes)
+cuda_inc=$(dirname "$(dirname "$(command -v "$NVCC")")")/include
+[ -d "$cuda_inc" ] && cflags+=(-I"$cuda_inc")
 libs=(-lm)
+ldeps=() # a packed dependency folder: headers, and libraries found at link and run time
+deps=${GPU_CHECK_DEPS:-${TRAINER_CHECK_DEPS:-}}
+if [ -n "$deps" ]; then
+  deps=$(cd "$deps" && pwd)
+  cflags+=(-I"$deps/include")
+  ldeps=(-L"$deps/lib" "-Wl,-rpath=$deps/lib")
+fi
 if echo 'int main(void){return 0;}' | "$CC" -x c - -o "$out/obj/mvec-probe" -lmvec 2>/dev/null; then
   cflags+=(-DCOEMU_HAVE_LIBMVEC)
   libs=(-lmvec -lm)
 fi
 have_yaml=0
 if echo '#include <yaml.h>
-int main(void){return 0;}' | "$CC" -x c - -o "$out/obj/yaml-probe" -lyaml 2>/dev/null; then
+int main(void){return 0;}' | "$CC" "${cflags[@]}" -x c - -o "$out/obj/yaml-probe" "${ldeps[@]}" -lyaml 2>/dev/null; then
   have_yaml=1
 fi
 t0=$SECONDS
@@ -113,14 +125,14 @@ if [ "$have_yaml" = 1 ]; then
   for s in "${rot[@]}"; do robjs+=("$out/obj/$(echo "$s" | tr / _).o"); done
   for b in test_sample gpu_sample_bench; do
     "$NVCC" -o "$out/$b" "$out/obj/tests_rotate_$b.c.o" "${robjs[@]}" "$out/obj/sampler_cuda.o" \
-      "${objs[@]}" -Xcompiler=-fopenmp "${libs[@]}" -lyaml -lpthread
+      "${objs[@]}" -Xcompiler=-fopenmp "${ldeps[@]/#-Wl,/-Xlinker=}" "${libs[@]}" -lyaml -lpthread
   done
   # synth.c's PNG preview (common/image.c, libpng: not on the GPU machine) is
   # never called here: its section is dropped (-ffunction-sections above)
   for s in "${dp[@]}"; do robjs+=("$out/obj/$(echo "$s" | tr / _).o"); done
   "$NVCC" -o "$out/gpu_devpipe_check" "$out/obj/tests_pipeline_gpu_devpipe_check.c.o" "${robjs[@]}" \
     "$out/obj/sampler_cuda.o" "$out/obj/devpipe_hash_cuda.o" "${objs[@]}" -Xcompiler=-fopenmp \
-    -Xlinker=--gc-sections "${libs[@]}" \
+    -Xlinker=--gc-sections "${ldeps[@]/#-Wl,/-Xlinker=}" "${libs[@]}" \
     -lyaml -lpthread
   built="$built, test_sample, gpu_sample_bench, gpu_devpipe_check"
 else

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "common/error.h"
 #include "common/checksum.h"
 #ifdef COEMU_HAVE_CUDA
@@ -27,7 +28,13 @@ struct devpipe {
 #ifdef COEMU_HAVE_CUDA
   devpipe_hash *hash; /* cuda: the input rows' checksums on the device */
 #endif
+  double t_sample, t_solve; /* devpipe_phase_seconds */
 };
+
+void devpipe_phase_seconds(devpipe *p, double *sample_s, double *solve_s) {
+  *sample_s = p->t_sample, *solve_s = p->t_solve;
+  p->t_sample = p->t_solve = 0;
+}
 
 uint64_t devpipe_row_hash(const float *row, size_t nfloats) {
   return ce_xxh64(row, nfloats * sizeof *row, 0); /* little-endian float32 in memory */
@@ -70,13 +77,16 @@ static int cpu_run(devpipe *p, int nc, const double (*q)[4], float *const *in, u
   float *const *cube = in ? in : p->sp;
   if (!in && nc > p->nscratch) nc = p->nscratch;
   const float **v = p->cv, **T = p->cT, **n = p->cn;
+  double t0 = ce_now_s();
   for (int c = 0; c < nc; c++) {
     v[c] = cube[c], T[c] = cube[c] + p->nvox, n[c] = cube[c] + 2 * p->nvox;
     CE_TRY(sample_cube(p->a.m, q[c], p->a.so, cube[c], cube[c] + p->nvox, cube[c] + 2 * p->nvox));
     if (!in && hash) hash[c] = devpipe_row_hash(cube[c], 3 * p->nvox);
   }
+  double t1 = ce_now_s();
   CE_TRY(lte_solve_batch_f32(p->a.line, p->a.freqs, p->a.nf, nc, p->n, p->n, p->n, v, T, n,
                              &p->opt, p->imgp));
+  p->t_sample += t1 - t0, p->t_solve += ce_now_s() - t1;
   return nc;
 }
 
@@ -105,6 +115,7 @@ static int cuda_run(devpipe *p, int nc, const double (*q)[4], float *const *in, 
   float **hv = p->hv, **hT = p->hT, **hn = p->hn;
   for (int c = 0; in && c < nc; c++)
     hv[c] = in[c], hT[c] = in[c] + p->nvox, hn[c] = in[c] + 2 * p->nvox;
+  const double t0 = ce_now_s();
   int k = sampler_device_sample_dev(p->sd, nc, q, p->a.so, &dev, in ? hv : NULL, hT, hn);
   if (k < 0) return -1;
   if (k < 1 || k > nc || !dev) CE_BUG("device sampler made %d of %d cubes", k, nc);
@@ -117,6 +128,7 @@ static int cuda_run(devpipe *p, int nc, const double (*q)[4], float *const *in, 
 #ifdef COEMU_HAVE_CUDA
   if (hashing) CE_TRY(devpipe_hash_start(p->hash, dev, 3 * p->nvox, k));
 #endif
+  const double t1 = ce_now_s();
   int rc = lte_solve_batch_device_f32(p->a.line, p->a.freqs, p->a.nf, k, p->n, p->n, p->n, v, T,
                                       n, &p->opt, p->imgp);
 #ifdef COEMU_HAVE_CUDA
@@ -125,6 +137,7 @@ static int cuda_run(devpipe *p, int nc, const double (*q)[4], float *const *in, 
 #else
   (void)hashing;
 #endif
+  p->t_sample += t1 - t0, p->t_solve += ce_now_s() - t1;
   if (rc == LTE_KERNEL_BAD_INPUT) return DEVPIPE_BAD_CELL;
   return rc < 0 ? -1 : k;
 }

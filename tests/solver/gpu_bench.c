@@ -32,6 +32,9 @@
 #include "solver/freqgrid.h"
 #include "solver/lamda.h"
 #include "solver/lte.h"
+#ifdef COEMU_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
 
 typedef struct {
   int N, nb;
@@ -39,9 +42,54 @@ typedef struct {
   float **v32, **T32, **n32;
 } cubes;
 
-/* median seconds per call of reps calls on nb cubes; -1 on error */
+/* The batch's cells copied to the device once (as the device sampler leaves
+ * them), for the solver's resident figure: what the kernels sustain when no
+ * cube crosses the bus. 0, or -1 where there is no CUDA runtime or memory. */
+typedef struct {
+  void **v, **T, **n;
+} resident_cells;
+
+static void resident_free(resident_cells *r, int nb) {
+#ifdef COEMU_HAVE_CUDA
+  for (int b = 0; b < nb && r->v; b++) cudaFree(r->v[b]), cudaFree(r->T[b]), cudaFree(r->n[b]);
+#else
+  (void)nb;
+#endif
+  free(r->v), free(r->T), free(r->n);
+  memset(r, 0, sizeof *r);
+}
+
+static int resident_upload(resident_cells *r, const cubes *c, int nb, int f32) {
+  memset(r, 0, sizeof *r);
+#ifdef COEMU_HAVE_CUDA
+  const size_t bytes = (size_t)c->N * c->N * c->N * (f32 ? 4 : 8);
+  r->v = calloc(nb, sizeof(void *)), r->T = calloc(nb, sizeof(void *));
+  r->n = calloc(nb, sizeof(void *));
+  if (!r->v || !r->T || !r->n) return -1;
+  for (int b = 0; b < nb; b++) {
+    const void *src[3] = {f32 ? (void *)c->v32[b] : (void *)c->v[b],
+                          f32 ? (void *)c->T32[b] : (void *)c->T[b],
+                          f32 ? (void *)c->n32[b] : (void *)c->n[b]};
+    void **dst[3] = {&r->v[b], &r->T[b], &r->n[b]};
+    for (int a = 0; a < 3; a++)
+      if (cudaMalloc(dst[a], bytes) != cudaSuccess ||
+          cudaMemcpy(*dst[a], src[a], bytes, cudaMemcpyHostToDevice) != cudaSuccess) {
+        ce_err("gpu_bench: cannot hold %d cubes on the device", nb);
+        resident_free(r, nb);
+        return -1;
+      }
+  }
+  return 0;
+#else
+  (void)c, (void)nb, (void)f32;
+  return ce_err("gpu_bench: resident cubes need the CUDA runtime");
+#endif
+}
+
+/* median seconds per call of reps calls on nb cubes; -1 on error. res: the
+ * cubes are already on the device (solve_dev), else host memory (solve). */
 static double timed(const lte_line *L, const double *f, const cubes *c, int nb, int f32,
-                    lte_backend be, lte_precision prec, int reps) {
+                    lte_backend be, lte_precision prec, int reps, const resident_cells *res) {
   lte_options o = {.dx = 2 * CUBES_AGB_HALF_WIDTH / c->N, .take_abs = 1, .backend = be,
                    .precision = prec};
   lte_kernel_model m;
@@ -53,14 +101,21 @@ static double timed(const lte_line *L, const double *f, const cubes *c, int nb, 
                         .T = f32 ? (const void *const *)c->T32 : (const void *const *)c->T,
                         .n = f32 ? (const void *const *)c->n32 : (const void *const *)c->n,
                         .nf = 7, .freqs = f, .image = c->img};
+  int (*solve)(const lte_kernel_model *, const lte_kernel_batch *) = k->solve;
+  if (res) {
+    if (!k->solve_dev) return ce_err("gpu_bench: backend %s takes no device cubes", k->name);
+    solve = k->solve_dev;
+    b.v = (const void *const *)res->v, b.T = (const void *const *)res->T;
+    b.n = (const void *const *)res->n;
+  }
   double *t = malloc(sizeof(double) * reps);
-  if (k->solve(&m, &b) != 0) { /* warm-up: buffers, tables */
+  if (solve(&m, &b) != 0) { /* warm-up: buffers, tables */
     free(t);
     return -1;
   }
   for (int r = 0; r < reps; r++) {
     double t0 = ce_now_s();
-    if (k->solve(&m, &b) != 0) {
+    if (solve(&m, &b) != 0) {
       free(t);
       return -1;
     }
@@ -136,7 +191,7 @@ int main(int argc, char **argv) {
     for (int mode = 0; mode < 3; mode++) {
       const int f32 = mode >= 1;
       const lte_precision prec = mode == 2 ? LTE_PRECISION_F32 : LTE_PRECISION_F64;
-      double s = timed(&L, f, &c, batch, f32, be, prec, reps);
+      double s = timed(&L, f, &c, batch, f32, be, prec, reps, NULL);
       if (s < 0) {
         printf("gpu_bench lte%dx7 backend=%s failed: %s\n", N, k->name, ce_err_msg());
         rc = 1;
@@ -147,6 +202,23 @@ int main(int argc, char **argv) {
       if (be == LTE_BACKEND_CPU) printf(" threads=%d", omp_get_max_threads());
       printf(" cubes_per_s %.1f ms_per_batch %.3f\n", batch / s, s * 1e3);
       fflush(stdout);
+      if (be != LTE_BACKEND_CPU) { /* the same cubes already on the device */
+        resident_cells res;
+        double sr = resident_upload(&res, &c, batch, f32) < 0
+                        ? -1
+                        : timed(&L, f, &c, batch, f32, be, prec, reps, &res);
+        resident_free(&res, batch);
+        if (sr < 0) {
+          printf("gpu_bench lte%dx7 backend=%s resident failed: %s\n", N, k->name, ce_err_msg());
+          rc = 1;
+        } else {
+          printf("gpu_bench lte%dx7 backend=%s cells=%s%s resident batch=%d cubes_per_s %.1f "
+                 "ms_per_batch %.3f (cubes on the device: no cells over the bus)\n",
+                 N, k->name, f32 ? "f32" : "f64", mode == 2 ? " precision=float32" : "", batch,
+                 batch / sr, sr * 1e3);
+        }
+        fflush(stdout);
+      }
       if (mode == 1) { /* this backend's float64 image of cube 0, f32 cells */
         memcpy(f64_img, c.img[0], np * 8);
         if (be != LTE_BACKEND_CPU) memcpy(cpu_img, c.img[0], np * 8);

@@ -993,7 +993,17 @@ static int par_step_precision = NN_FLOAT32;
 
 
 /* One training step of a fresh model (seed 11) on backend be; ulp_salt > 0
- * moves every input value one ulp up or down (a noise-floor variant). */
+ * moves every input value one ulp up or down (a noise-floor variant);
+ * ulp_salt == PAR_REVERSED feeds the same samples in reverse order (another:
+ * the exact step is the same, every sum over the batch runs in another
+ * order, as on another backend). */
+#define PAR_REVERSED UINT32_MAX
+/* ulp draws beyond the first two: the floor is the largest of a heavy-tailed
+ * spread (a draw that moves a ReLU or a max-pool choice moves the gradient
+ * far more than one that does not), 4e-5 to 3.4e-4 in the gradient on one
+ * host, and on the first GPU host's CPU both first draws fell ~20x below
+ * that host's device step: more draws make the floor a host's, not a draw's */
+#define PAR_MORE_ULP_DRAWS 6
 static int par_one_step(const nn_backend *be, uint32_t ulp_salt, par_step_rec *out) {
   memset(out, 0, sizeof *out);
   coemunet m;
@@ -1005,7 +1015,21 @@ static int par_one_step(const nn_backend *be, uint32_t ulp_salt, par_step_rec *o
   const size_t nt = (size_t)PAR_B * PAR_CFG.nfreq * PAR_CFG.grid * PAR_CFG.grid;
   float *x = (float *)malloc(sizeof(float) * nx), *t = (float *)malloc(sizeof(float) * nt);
   test_step_batch(&PAR_CFG, PAR_B, 0, x, t);
-  if (ulp_salt) {
+  if (ulp_salt == PAR_REVERSED) {
+    const size_t sx = nx / PAR_B, st = nt / PAR_B;
+    for (int b = 0; b < PAR_B / 2; b++) {
+      float *xa = x + b * sx, *xb = x + (PAR_B - 1 - b) * sx;
+      float *ta = t + b * st, *tb = t + (PAR_B - 1 - b) * st;
+      for (size_t i = 0; i < sx; i++) {
+        float v = xa[i];
+        xa[i] = xb[i], xb[i] = v;
+      }
+      for (size_t i = 0; i < st; i++) {
+        float v = ta[i];
+        ta[i] = tb[i], tb[i] = v;
+      }
+    }
+  } else if (ulp_salt) {
     ce_rng g = ce_rng_make(99, ulp_salt, 0, 5);
     for (size_t i = 0; i < nx; i++) x[i] = nextafterf(x[i], ce_rng_u32(&g) & 1 ? INFINITY : -INFINITY);
   }
@@ -1099,8 +1123,14 @@ typedef struct {
   int ok;
 } par_step_ref;
 
+static void par_step_reference_free(par_step_ref *R);
+
 /* The CPU reference step and its noise floor: every input one ulp off (two
- * draws), and the CPU step at another OpenMP thread count. */
+ * draws, then PAR_MORE_ULP_DRAWS more), the CPU step at another OpenMP thread count, and the batch in
+ * reverse order (every batch sum reordered: what another backend's
+ * reductions do; in bf16 it also flips the roundings that a reordered
+ * float32 accumulation flips, which the ulp variants, absorbed by bf16's
+ * rounding of the inputs, cannot). */
 static int par_step_reference(par_step_ref *R, int verbose) {
   memset(R, 0, sizeof *R);
   CE_TRY(coemunet_describe(&R->shape, &PAR_CFG));
@@ -1115,23 +1145,45 @@ static int par_step_reference(par_step_ref *R, int verbose) {
   coemunet_free(&m);
   CE_TRY(par_one_step(&nn_backend_cpu, 0, &R->ref));
   const int threads = omp_get_max_threads();
-  for (int v = 0; v < 3; v++) {
+  static const char *const variant[4] = {"inputs +-1 ulp", "inputs +-1 ulp (2)",
+                                          "another thread count", "the batch reversed"};
+  for (int v = 0; v < 4 + PAR_MORE_ULP_DRAWS; v++) {
     par_step_rec s;
     if (v == 2) omp_set_num_threads(threads == 1 ? 2 : 1);
-    int rc = par_one_step(&nn_backend_cpu, v < 2 ? 19 + (uint32_t)v : 0, &s);
+    const uint32_t salt = v < 2   ? 19 + (uint32_t)v
+                          : v == 3 ? PAR_REVERSED
+                          : v > 3  ? 100 + (uint32_t)v
+                                   : 0;
+    int rc = par_one_step(&nn_backend_cpu, salt, &s);
     if (v == 2) omp_set_num_threads(threads);
     CE_TRY(rc);
     par_mismatch mm = par_compare(&R->shape.net, &s, &R->ref, &R->init);
     if (verbose)
       fprintf(stderr, "    floor: %-28s loss %.2e  grad %.2e  update %.2e  BN stats %.2e\n",
-              v == 0 ? "inputs +-1 ulp" : v == 1 ? "inputs +-1 ulp (2)" : "another thread count",
-              mm.loss, mm.grad, mm.update, mm.stats);
+              v < 4 ? variant[v] : "inputs +-1 ulp (more)", mm.loss, mm.grad, mm.update, mm.stats);
     for (int q = 0; q < 4; q++)
       if (*par_metric(&mm, q) > *par_metric(&R->floor, q)) *par_metric(&R->floor, q) = *par_metric(&mm, q);
     par_rec_free(&s);
   }
   for (int q = 0; q < 4; q++)
     if (*par_metric(&R->floor, q) < PAR_FLOOR_MIN) *par_metric(&R->floor, q) = PAR_FLOOR_MIN;
+  if (par_step_precision != NN_FLOAT32) {
+    /* bf16 rounds away the variants above (an input one float32 ulp off is
+       mostly the same bf16 value), leaving a floor of ~0 for the loss and the
+       update; another backend's step differs from the emulation by its own
+       float32 accumulation orders (and the bf16 roundings those flip): the
+       floor of a reduced precision is at least the float32 step's */
+    par_step_ref F;
+    const int prec = par_step_precision;
+    par_step_precision = NN_FLOAT32;
+    int rc = par_step_reference(&F, verbose);
+    par_step_precision = prec;
+    if (rc < 0) return -1;
+    for (int q = 0; q < 4; q++)
+      if (*par_metric(&F.floor, q) > *par_metric(&R->floor, q))
+        *par_metric(&R->floor, q) = *par_metric(&F.floor, q);
+    par_step_reference_free(&F);
+  }
   R->ok = 1;
   return 0;
 }

@@ -490,7 +490,7 @@ int main(int argc, char **argv) {
 
   /* 2. one whole step */
   par_step_ref R;
-  if (par_step_reference(&R, 0) < 0) {
+  if (par_step_reference(&R, 1) < 0) { /* the floor's variants: stderr, the log */
     printf("trainer-check: step reference: error: %s\n", ce_err_msg());
     verdict("training step, device vs cpu", 0);
   } else {
@@ -605,7 +605,26 @@ int main(int argc, char **argv) {
     free(f32);
   }
   if (do_bench) {
-    bench(gpu, "fp32", NN_FLOAT32, batch, infer_batch, iters, grid);
+    /* float32 twice, each plan's timed algorithms in the log (stderr): with
+       the default choice (the fastest deterministic algorithm) and with the
+       fastest of all (COEMU_CUDNN_DETERMINISTIC=0, as PyTorch's default) */
+    int reinit = 0;
+    for (int any = 0; any < 2 && reinit == 0; any++) {
+      nn_backend_finish(gpu);
+      setenv("COEMU_CUDNN_VERBOSE", "1", 1);
+      setenv("COEMU_CUDNN_DETERMINISTIC", any ? "0" : "1", 1);
+      reinit = nn_backend_init(gpu, 0);
+      if (reinit == 0) bench(gpu, any ? "fp32-fastest" : "fp32", NN_FLOAT32, batch, infer_batch,
+                             iters, grid);
+    }
+    nn_backend_finish(gpu);
+    unsetenv("COEMU_CUDNN_VERBOSE");
+    unsetenv("COEMU_CUDNN_DETERMINISTIC");
+    if (reinit < 0 || nn_backend_init(gpu, 0) < 0) {
+      printf("trainer-check: error: %s\n", ce_err_msg());
+      nn_backend_finish(&nn_backend_cpu);
+      return 1;
+    }
 #ifdef COEMU_HAVE_CUDA_TRAINER
     if (tf32 && gpu == &nn_backend_cuda) {
       nn_cuda_set_tf32(1);

@@ -106,6 +106,13 @@ typedef struct {
   cudnnConvolutionBwdDataAlgo_t bwd_data;
   cudnnConvolutionBwdFilterAlgo_t bwd_filter;
   size_t ws; /* the most workspace bytes of the three */
+  /* the other acceptable algorithms of each call (0 forward, 1 backward
+     filter, 2 backward data), best first: where cuDNN refuses the chosen one
+     at run time (its Find timed it, the call says BAD_PARAM or NOT_SUPPORTED:
+     seen for bf16 weight gradients on an H200, cuDNN 9.19), the next one */
+  int nalt[3];
+  int alt[3][16];
+  size_t alt_mem[3][16];
 } conv_plan;
 
 static struct {
@@ -121,6 +128,8 @@ static struct {
   size_t scratch_bytes;
   int tf32;
   int sums_only; /* COEMU_CUDNN_ALGOS=sums: only algorithms whose outputs are plain sums */
+  int any_order; /* COEMU_CUDNN_DETERMINISTIC=0: the fastest algorithm, deterministic or not */
+  int verbose;   /* COEMU_CUDNN_VERBOSE=1: every plan's timed algorithms on stderr */
   int bf16_emulated; /* COEMU_BF16=emulated: bf16 nets on the float32 path with rounded copies */
   size_t ws_limit;
   int ws_limit_set;
@@ -266,6 +275,13 @@ static int open_device(void) {
   if (algos && *algos && strcmp(algos, "any") && strcmp(algos, "sums"))
     return ce_err("COEMU_CUDNN_ALGOS = '%s': expected any or sums", algos);
   S.sums_only = algos && !strcmp(algos, "sums");
+  const char *det = getenv("COEMU_CUDNN_DETERMINISTIC");
+  if (det && *det && strcmp(det, "0") && strcmp(det, "1"))
+    return ce_err("COEMU_CUDNN_DETERMINISTIC = '%s': expected 1 (the default: the fastest "
+                  "deterministic algorithm) or 0 (the fastest)", det);
+  S.any_order = det && !strcmp(det, "0");
+  const char *vb = getenv("COEMU_CUDNN_VERBOSE");
+  S.verbose = vb && *vb && strcmp(vb, "0");
   const char *bf = getenv("COEMU_BF16");
   if (bf && *bf && strcmp(bf, "native") && strcmp(bf, "emulated"))
     return ce_err("COEMU_BF16 = '%s': expected native or emulated", bf);
@@ -793,9 +809,10 @@ static int plain_sum(cudnnConvolutionBwdFilterAlgo_t a) {
  * reports as FMA math (DEFAULT_MATH may use TF32 on Ampere and later), and
  * only where none is, DEFAULT_MATH ones; -1 if none fits. */
 template <typename Perf>
-static int pick(const Perf *r, int n, size_t limit, int tf32) {
-  for (int pass = 0; pass < 3; pass++)
+static int pick_from(const Perf *r, int n, size_t limit, int tf32, const int *skip) {
+  for (int pass = S.any_order ? 1 : 0; pass < 3; pass++)
     for (int i = 0; i < n; i++) {
+      if (skip && skip[i]) continue;
       if (r[i].status != CUDNN_STATUS_SUCCESS || r[i].memory > limit) continue;
       if (S.sums_only && !plain_sum(r[i].algo)) continue;
       if (!tf32 && r[i].mathType != CUDNN_FMA_MATH &&
@@ -805,6 +822,72 @@ static int pick(const Perf *r, int n, size_t limit, int tf32) {
       return i;
     }
   return -1;
+}
+
+/* The choice (pick_from), and every other acceptable result, in the order
+ * the choice would take them, into the plan's alternatives of call k; the
+ * timed table on stderr under COEMU_CUDNN_VERBOSE. */
+template <typename Perf>
+static int pick(const Perf *r, int n, size_t limit, int tf32, conv_plan *p, int k) {
+  int skip[64] = {0};
+  if (n > 64) n = 64;
+  const int first = pick_from(r, n, limit, tf32, skip);
+  p->nalt[k] = 0;
+  if (first >= 0) {
+    skip[first] = 1;
+    for (int i; p->nalt[k] < 16 && (i = pick_from(r, n, limit, tf32, skip)) >= 0; skip[i] = 1) {
+      p->alt[k][p->nalt[k]] = (int)r[i].algo;
+      p->alt_mem[k][p->nalt[k]++] = r[i].memory;
+    }
+  }
+  if (S.verbose) {
+    static const char *const call[3] = {"forward", "backward filter", "backward data"};
+    const conv_shape *s = &p->s;
+    fprintf(stderr, "coemu cudnn: %dx%dx%dx%dx%d -> %d, kernel %dx%dx%d, stride %dx%dx%d, %s%s%s: "
+            "%s:", s->n, s->cin, s->d, s->h, s->w, s->cout, s->kd, s->kh, s->kw, s->sd, s->sh,
+            s->sw, p->bf16 ? "bf16" : tf32 ? "tf32" : "float32", S.sums_only ? ", sums only" : "",
+            S.any_order ? ", any order" : "", call[k]);
+    for (int i = 0; i < n; i++)
+      if (r[i].status == CUDNN_STATUS_SUCCESS)
+        fprintf(stderr, " %s%d %.3f ms %.0f MiB%s%s", i == first ? "*" : "", (int)r[i].algo,
+                r[i].time, r[i].memory / 1048576.0,
+                r[i].determinism == CUDNN_DETERMINISTIC ? "" : " nondet",
+                r[i].mathType == CUDNN_FMA_MATH ? " fma" : r[i].mathType == CUDNN_DEFAULT_MATH
+                                                             ? " default"
+                                                             : " tensor");
+    fprintf(stderr, "\n");
+  }
+  return first;
+}
+
+/* A convolution call of the plan (k as in conv_plan.alt) through call(),
+ * which reads the plan's current algorithm: where cuDNN refuses it at run
+ * time, the plan moves to its next alternative that fits the workspace of
+ * ws bytes, once and for all, and the call is made again. */
+template <typename Call>
+static int conv_call(conv_plan *p, int k, size_t ws, const char *what, Call call) {
+  for (;;) {
+    const cudnnStatus_t st = call();
+    if (st == CUDNN_STATUS_SUCCESS) return 0;
+    int next = -1;
+    if (st == CUDNN_STATUS_BAD_PARAM || st == CUDNN_STATUS_NOT_SUPPORTED)
+      while (next < 0 && p->nalt[k] > 0) {
+        if (p->alt_mem[k][0] <= ws) next = p->alt[k][0];
+        p->nalt[k]--;
+        memmove(p->alt[k], p->alt[k] + 1, sizeof(int) * (size_t)p->nalt[k]);
+        memmove(p->alt_mem[k], p->alt_mem[k] + 1, sizeof(size_t) * (size_t)p->nalt[k]);
+      }
+    const int cur = k == 0 ? (int)p->fwd : k == 1 ? (int)p->bwd_filter : (int)p->bwd_data;
+    if (next < 0) {
+      cu_fail(__FILE__, __LINE__, what, cudnnGetErrorString(st));
+      return ce_err_prefix("cuDNN algorithm %d (no other acceptable one left)", cur);
+    }
+    fprintf(stderr, "coemu: cuDNN refused algorithm %d for %s (%s); this shape uses %d from now on\n",
+            cur, what, cudnnGetErrorString(st), next);
+    if (k == 0) p->fwd = (cudnnConvolutionFwdAlgo_t)next;
+    else if (k == 1) p->bwd_filter = (cudnnConvolutionBwdFilterAlgo_t)next;
+    else p->bwd_data = (cudnnConvolutionBwdDataAlgo_t)next;
+  }
 }
 
 static int plan_create(conv_plan *p, const conv_shape *s, int need_dx, int tf32, int bf16) {
@@ -849,7 +932,7 @@ static int plan_create(conv_plan *p, const conv_shape *s, int need_dx, int tf32,
   cudnnConvolutionFwdAlgoPerf_t fr[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
   CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(S.dnn, p->x, p->w, p->conv, p->y,
                                                    CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got, fr));
-  int i = pick(fr, got, lim, tensor_ops);
+  int i = pick(fr, got, lim, tensor_ops, p, 0);
   if (i < 0)
     return ce_err("cuDNN: no forward algorithm for this convolution within the %zu-byte "
                   "workspace limit (COEMU_CUDNN_WORKSPACE_MB)", lim);
@@ -858,7 +941,7 @@ static int plan_create(conv_plan *p, const conv_shape *s, int need_dx, int tf32,
   cudnnConvolutionBwdFilterAlgoPerf_t wr[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
   CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(
       S.dnn, p->x, p->y, p->conv, p->w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &got, wr));
-  i = pick(wr, got, lim, tensor_ops);
+  i = pick(wr, got, lim, tensor_ops, p, 1);
   if (i < 0)
     return ce_err("cuDNN: no backward-filter algorithm within the %zu-byte workspace limit", lim);
   p->bwd_filter = wr[i].algo;
@@ -867,7 +950,7 @@ static int plan_create(conv_plan *p, const conv_shape *s, int need_dx, int tf32,
     cudnnConvolutionBwdDataAlgoPerf_t dr[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
     CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(
         S.dnn, p->w, p->y, p->conv, p->x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &got, dr));
-    i = pick(dr, got, lim, tensor_ops);
+    i = pick(dr, got, lim, tensor_ops, p, 2);
     if (i < 0)
       return ce_err("cuDNN: no backward-data algorithm within the %zu-byte workspace limit", lim);
     p->bwd_data = dr[i].algo;
@@ -1091,8 +1174,11 @@ static int conv_forward(nn_net *net, nn_node *nd) {
   if (p->bf16) {
     dev_bf16 o;
     CE_TRY(dev_bf16_get(net, nd, 0, 1, 0, 0, &o));
-    CUDNN_CHECK(cudnnConvolutionForward(S.dnn, &ONE, p->x, o.x, p->w, o.w, p->conv, p->fwd,
-                                        net->work, sizeof(float) * net->work_n, &ZERO, p->y, o.y));
+    const size_t ws = sizeof(float) * net->work_n;
+    CE_TRY(conv_call(p, 0, ws, "cudnnConvolutionForward (bf16)", [&] {
+      return cudnnConvolutionForward(S.dnn, &ONE, p->x, o.x, p->w, o.w, p->conv, p->fwd, net->work,
+                                     ws, &ZERO, p->y, o.y);
+    }));
     k_conv_out_bf16<<<grid_for(ny), THREADS, 0, S.stream>>>(ny, nd->c, sp, o.y, P[nd->param[1]].w,
                                                             nd->out);
     KERNEL_CHECK("k_conv_out_bf16");
@@ -1100,8 +1186,11 @@ static int conv_forward(nn_net *net, nn_node *nd) {
   }
   dev_operands o;
   CE_TRY(dev_operands_get(net, nd, 0, 0, &o));
-  CUDNN_CHECK(cudnnConvolutionForward(S.dnn, &ONE, p->x, o.x, p->w, o.w, p->conv, p->fwd, net->work,
-                                      sizeof(float) * net->work_n, &ZERO, p->y, nd->out));
+  const size_t ws = sizeof(float) * net->work_n;
+  CE_TRY(conv_call(p, 0, ws, "cudnnConvolutionForward", [&] {
+    return cudnnConvolutionForward(S.dnn, &ONE, p->x, o.x, p->w, o.w, p->conv, p->fwd, net->work, ws,
+                                   &ZERO, p->y, nd->out);
+  }));
   if (nn_rounds_conv_result(net->precision)) { /* emulated bf16 */
     k_round_bf16_bias<<<grid_for(ny), THREADS, 0, S.stream>>>(ny, nd->c, sp, P[nd->param[1]].w,
                                                               nd->out);
@@ -1123,8 +1212,10 @@ static int conv_backward(nn_net *net, nn_node *nd, float *dx) {
   if (p->bf16) { /* results into bf16 scratch (beta 0), then added to the float32 gradients */
     dev_bf16 o;
     CE_TRY(dev_bf16_get(net, nd, 1, 0, 1, dx != NULL, &o));
-    CUDNN_CHECK(cudnnConvolutionBackwardFilter(S.dnn, &ONE, p->x, o.x, p->y, o.dy, p->conv,
-                                               p->bwd_filter, net->work, ws, &ZERO, p->w, o.dw));
+    CE_TRY(conv_call(p, 1, ws, "cudnnConvolutionBackwardFilter (bf16)", [&] {
+      return cudnnConvolutionBackwardFilter(S.dnn, &ONE, p->x, o.x, p->y, o.dy, p->conv,
+                                            p->bwd_filter, net->work, ws, &ZERO, p->w, o.dw);
+    }));
     k_add_bf16<<<grid_for(nw), THREADS, 0, S.stream>>>(nw, o.dw, P[nd->param[0]].g);
     KERNEL_CHECK("k_add_bf16");
     k_conv_bias_grad<<<nd->c, THREADS, 0, S.stream>>>(net->batch, nd->c,
@@ -1132,8 +1223,10 @@ static int conv_backward(nn_net *net, nn_node *nd, float *dx) {
                                                       P[nd->param[1]].g);
     KERNEL_CHECK("k_conv_bias_grad");
     if (dx) {
-      CUDNN_CHECK(cudnnConvolutionBackwardData(S.dnn, &ONE, p->w, o.w, p->y, o.dy, p->conv,
-                                               p->bwd_data, net->work, ws, &ZERO, p->x, o.dx));
+      CE_TRY(conv_call(p, 2, ws, "cudnnConvolutionBackwardData (bf16)", [&] {
+        return cudnnConvolutionBackwardData(S.dnn, &ONE, p->w, o.w, p->y, o.dy, p->conv,
+                                            p->bwd_data, net->work, ws, &ZERO, p->x, o.dx);
+      }));
       k_add_bf16<<<grid_for(nx), THREADS, 0, S.stream>>>(nx, o.dx, dx);
       KERNEL_CHECK("k_add_bf16");
     }
@@ -1144,9 +1237,11 @@ static int conv_backward(nn_net *net, nn_node *nd, float *dx) {
   const int rounds = nn_rounds_conv_result(net->precision);
   dev_operands o;
   CE_TRY(dev_operands_get(net, nd, 1, rounds ? nw + (dx ? nx : 0) : 0, &o));
-  CUDNN_CHECK(cudnnConvolutionBackwardFilter(S.dnn, &ONE, p->x, o.x, p->y, o.dy, p->conv,
-                                             p->bwd_filter, net->work, ws, rounds ? &ZERO : &ONE,
-                                             p->w, rounds ? o.extra : P[nd->param[0]].g));
+  CE_TRY(conv_call(p, 1, ws, "cudnnConvolutionBackwardFilter", [&] {
+    return cudnnConvolutionBackwardFilter(S.dnn, &ONE, p->x, o.x, p->y, o.dy, p->conv,
+                                          p->bwd_filter, net->work, ws, rounds ? &ZERO : &ONE,
+                                          p->w, rounds ? o.extra : P[nd->param[0]].g);
+  }));
   if (rounds) {
     k_add_bf16_result<<<grid_for(nw), THREADS, 0, S.stream>>>(nw, o.extra, P[nd->param[0]].g);
     KERNEL_CHECK("k_add_bf16_result");
@@ -1155,9 +1250,11 @@ static int conv_backward(nn_net *net, nn_node *nd, float *dx) {
                                            P[nd->param[1]].g));
   if (dx) {
     float *t = rounds ? o.extra + nw : dx;
-    CUDNN_CHECK(cudnnConvolutionBackwardData(S.dnn, &ONE, p->w, o.w, p->y, o.dy,
-                                             p->conv, p->bwd_data, net->work, ws,
-                                             rounds ? &ZERO : &ONE, p->x, t));
+    CE_TRY(conv_call(p, 2, ws, "cudnnConvolutionBackwardData", [&] {
+      return cudnnConvolutionBackwardData(S.dnn, &ONE, p->w, o.w, p->y, o.dy, p->conv,
+                                          p->bwd_data, net->work, ws, rounds ? &ZERO : &ONE, p->x,
+                                          t);
+    }));
     if (rounds) {
       k_add_bf16_result<<<grid_for(nx), THREADS, 0, S.stream>>>(nx, t, dx);
       KERNEL_CHECK("k_add_bf16_result");
