@@ -40,7 +40,8 @@
 #                                           meson test gpu_check_build)
 # Environment: NVCC (default nvcc), CC (gcc), GPU_ARCH (90: H100/H200; a
 # comma-separated list), GPU_CHECK_DIR (build folder, default build-gpu-check),
-# GPU_BENCH_ARGS (extra gpu_bench options, e.g. "--batch 128"), GPU_CHECK_DEPS
+# GPU_BENCH_ARGS (extra gpu_bench options, e.g. "--batch 128"), GPU_CHECK_PROFILE
+# (1: Nsight Compute on the sampler's and solver's kernels), GPU_CHECK_DEPS
 # (default TRAINER_CHECK_DEPS: a `scripts/gpu-check-trainer.sh --pack-deps`
 # folder, whose libyaml builds the sampler's part where the GPU machine has none).
 set -euo pipefail
@@ -171,6 +172,20 @@ step bench_solver 120 "$out/gpu_bench" ${GPU_BENCH_ARGS:-}
 [ "$have_yaml" = 1 ] && step bench_sample_solve 60 "$out/gpu_sample_bench"
 [ "$have_yaml" = 1 ] && step bench_sample_solve_constant 60 "$out/gpu_sample_bench" --reconstruction constant
 [ "$have_yaml" = 1 ] && step devpipe_dataset 90 "$out/gpu_devpipe_check"
+# GPU_CHECK_PROFILE=1: Nsight Compute on the sampler's and the solver's
+# kernels (one launch of each: speed of light, occupancy, launch figures),
+# the report in $out/ncu.log, its summary lines printed
+if [ "${GPU_CHECK_PROFILE:-0}" = 1 ] && [ "$have_yaml" = 1 ]; then
+  ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1 || true)
+  if [ -n "$ncu" ]; then
+    step profile 120 "$ncu" --launch-count 4 -k 'regex:sb_|lte_' --section SpeedOfLight \
+      --section Occupancy --section LaunchStats "$out/gpu_sample_bench" --batch 16 --reps 1
+    grep -E '^  [a-z_]+.*\(|Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per Thread' \
+      "$out/profile.log" | sed 's/^ */gpu-check profile: /' || true
+  else
+    echo "gpu-check profile: SKIP: no ncu on PATH or under /opt/nvidia/nsight-compute"
+  fi
+fi
 # the trainer's part: its own build (gcc + nvcc), parity, curves, speed and
 # the PyTorch anchor (set TRAINER_CHECK_DEPS where the machine lacks OpenBLAS
 # and FFTW: scripts/gpu-check-trainer.sh --pack-deps)
