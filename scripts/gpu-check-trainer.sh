@@ -233,11 +233,12 @@ else
 fi
 # coemu against the anchor, same precision, same batch
 # (fp32-fastest: cuDNN's fastest algorithms, deterministic or not, as
-# PyTorch's default; fp32: the fastest deterministic ones, coemu's default)
-for p in fp32 fp32-fastest tf32 bf16; do
+# PyTorch's default; fp32: the fastest deterministic ones, coemu's default;
+# -ws16g: with 16 GiB of workspace allowed instead of 512 MiB)
+for p in fp32 fp32-fastest fp32-fastest-ws16g tf32 bf16; do
   for k in train infer; do
     c=$(grep -hE "^trainer-check: $k cuda $p batch=" "$out/trainer.log" 2>/dev/null | awk '{print $NF}' | head -1)
-    a=$(grep -hE "^anchor: $k torch ${p%-fastest} batch=" "$out/anchor.log" 2>/dev/null | awk '{print $NF}' | head -1)
+    a=$(grep -hE "^anchor: $k torch ${p%%-*} batch=" "$out/anchor.log" 2>/dev/null | awk '{print $NF}' | head -1)
     if [ -n "$c" ] && [ -n "$a" ]; then
       echo "gpu-check-trainer: $k $p samples/s: coemu $c, torch $a ($(awk -v c="$c" -v a="$a" 'BEGIN {printf "%.2f", c / a}') x)"
     fi
