@@ -216,7 +216,7 @@ step() { # name limit command...: its result lines, then ok or FAIL
   fi
 }
 # shellcheck disable=SC2086
-step trainer 150 "$out/trainer_gpu_check" --tf32 ${TRAINER_CHECK_ARGS:-}
+step trainer 240 "$out/trainer_gpu_check" --tf32 ${TRAINER_CHECK_ARGS:-}
 # the bf16 entries above ran the native path (bf16 cuDNN / cublasGemmEx);
 # TRAINER_CHECK_BF16_EMULATED=1 repeats the parity on the emulated one
 # (float32 cuDNN / cuBLAS on rounded copies: the same definition, for
