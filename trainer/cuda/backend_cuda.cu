@@ -113,6 +113,12 @@ typedef struct {
   int nalt[3];
   int alt[3][16];
   size_t alt_mem[3][16];
+  cudnnMathType_t alt_math[3][16];
+  /* the math type each call runs with: the one its algorithm was timed with
+     (cuDNN >= 7.4 picks kernels by algorithm and math type together, so an
+     algorithm Find timed under FMA math can be refused under tensor-op
+     math); float32 without tf32 always FMA math (no TF32) */
+  cudnnMathType_t math[3];
 } conv_plan;
 
 static struct {
@@ -824,6 +830,13 @@ static int pick_from(const Perf *r, int n, size_t limit, int tf32, const int *sk
   return -1;
 }
 
+/* The math type a call runs with: the one its algorithm was timed with,
+ * except that float32 without tensor ops always runs FMA math (DEFAULT math
+ * may use TF32 on Ampere and later). */
+static cudnnMathType_t run_math(cudnnMathType_t timed, int tensor_ops) {
+  return tensor_ops ? timed : CUDNN_FMA_MATH;
+}
+
 /* The choice (pick_from), and every other acceptable result, in the order
  * the choice would take them, into the plan's alternatives of call k; the
  * timed table on stderr under COEMU_CUDNN_VERBOSE. */
@@ -834,9 +847,11 @@ static int pick(const Perf *r, int n, size_t limit, int tf32, conv_plan *p, int 
   const int first = pick_from(r, n, limit, tf32, skip);
   p->nalt[k] = 0;
   if (first >= 0) {
+    p->math[k] = run_math(r[first].mathType, tf32);
     skip[first] = 1;
     for (int i; p->nalt[k] < 16 && (i = pick_from(r, n, limit, tf32, skip)) >= 0; skip[i] = 1) {
       p->alt[k][p->nalt[k]] = (int)r[i].algo;
+      p->alt_math[k][p->nalt[k]] = run_math(r[i].mathType, tf32);
       p->alt_mem[k][p->nalt[k]++] = r[i].memory;
     }
   }
@@ -867,15 +882,17 @@ static int pick(const Perf *r, int n, size_t limit, int tf32, conv_plan *p, int 
 template <typename Call>
 static int conv_call(conv_plan *p, int k, size_t ws, const char *what, Call call) {
   for (;;) {
+    CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv, p->math[k]));
     const cudnnStatus_t st = call();
     if (st == CUDNN_STATUS_SUCCESS) return 0;
     int next = -1;
     if (st == CUDNN_STATUS_BAD_PARAM || st == CUDNN_STATUS_NOT_SUPPORTED)
       while (next < 0 && p->nalt[k] > 0) {
-        if (p->alt_mem[k][0] <= ws) next = p->alt[k][0];
+        if (p->alt_mem[k][0] <= ws) next = p->alt[k][0], p->math[k] = p->alt_math[k][0];
         p->nalt[k]--;
         memmove(p->alt[k], p->alt[k] + 1, sizeof(int) * (size_t)p->nalt[k]);
         memmove(p->alt_mem[k], p->alt_mem[k] + 1, sizeof(size_t) * (size_t)p->nalt[k]);
+        memmove(p->alt_math[k], p->alt_math[k] + 1, sizeof(cudnnMathType_t) * (size_t)p->nalt[k]);
       }
     const int cur = k == 0 ? (int)p->fwd : k == 1 ? (int)p->bwd_filter : (int)p->bwd_data;
     if (next < 0) {
