@@ -166,6 +166,7 @@ int64_t model_find(const ce_model *m, const int64_t f[3], model_cache *c) {
     c->hi[d] = c->lo[d] + span;
   }
   c->base = leaf * m->ncell;
+  c->leaf = leaf;
   c->valid = 1;
   int s = c->shift;
   return c->base + ((((f[2] - c->lo[2]) >> s) * m->bnx[1] + ((f[1] - c->lo[1]) >> s)) * m->bnx[0] +

@@ -108,6 +108,7 @@ typedef struct {
   int64_t lo[3], hi[3]; /* finest-level cell range of the leaf, [lo, hi) */
   int shift;            /* levmax - level */
   int64_t base;         /* first cell index of the leaf */
+  int64_t leaf;         /* the leaf's number: base / ncell */
   int valid;
 } model_cache;
 

@@ -221,8 +221,11 @@ static inline const model_cache *trail_leaf(const ce_model *m, const double A[3]
                : B[d] < 0 ? ((double)c->lo[d] - A[d]) * inv_b[d] : INFINITY;
     uhi = e < uhi ? e : uhi;
   }
+  /* uz[i] ~ uz[0] + i / inv_du: the first point at or past the exit is
+   * about ceil(est); the loops below make it exact (both rarely step, so
+   * their exits are predicted) */
   double est = (uhi - uz[0]) * inv_du;
-  int je = !(est < nk) ? nk : est <= j + 1 ? j + 1 : (int)est;
+  int je = !(est < nk) ? nk : est <= j + 1 ? j + 1 : (int)ceil(est);
   while (je < nk && uz[je] < uhi) je++;
   while (je > j + 1 && uz[je - 1] >= uhi) je--;
   *je_out = je;
@@ -235,11 +238,10 @@ static inline const model_cache *trail_leaf(const ce_model *m, const double A[3]
  * point). Local cell indices are clamped to the block, so a point that
  * round-off puts a hair past the exit reads the edge cell of the leaf
  * instead of memory outside it. */
-static void walk_line(const ce_model *m, const double A[3], const double B[3], const double *uz,
-                      int nk, double inv_du, int64_t *idx, leaf_trail *tr) {
-  /* uz[j] = uz[0] + j / inv_du up to round-off; 1/B once per line */
-  const double inv_b[3] = {B[0] != 0 ? 1 / B[0] : 0, B[1] != 0 ? 1 / B[1] : 0,
-                           B[2] != 0 ? 1 / B[2] : 0};
+static void walk_line(const ce_model *m, const double A[3], const double B[3],
+                      const double inv_b[3], const double *uz, int nk, double inv_du, int64_t *idx,
+                      leaf_trail *tr) {
+  /* uz[j] = uz[0] + j / inv_du up to round-off; inv_b = 1/B (0 where B = 0) */
   const double nf[3] = {(double)m->nfine[0], (double)m->nfine[1], (double)m->nfine[2]};
   const int64_t b0 = m->bnx[0], b1 = m->bnx[1], b2 = m->bnx[2];
   int j = 0;
@@ -339,17 +341,86 @@ typedef struct {
   float *rec;          /* nleaves * nnodal * LIN_NF */
   unsigned char *done; /* per leaf */
   double l[3];
-  unsigned char *run; /* AVX-512: a sub-line's points' runs (n k + 16) */
+  /* AVX-512, per sub-line of n k points: each point's run (n k + 16), its
+   * corner records (offset in rec) and its place in the cell (n k + 16
+   * each), written for a segment of runs before its lerps read them, so
+   * that no lerp waits on its own point's placing */
+  unsigned char *run;
+  int32_t *pnd;
+  float *pfx, *pfy, *pfz;
 } lin_proj;
 #define LIN_NF SB_LIN_NF /* ln n, ln T, v_los, 0 */
 #define LIN_RUNS 32      /* runs per segment: a permutation of two vectors */
+
+static void lin_proj_close(lin_proj *P) {
+  free(P->rec);
+  free(P->done);
+  free(P->run);
+  free(P->pnd);
+  free(P->pfx);
+  free(P->pfy);
+  free(P->pfz);
+  memset(P, 0, sizeof *P);
+}
+
+/* The per-cube tables of the linear reconstruction on the line of sight l,
+ * for sub-lines of nk points: 0, or -1 with an error (P closed). The
+ * corner records are addressed by 32-bit offsets in the AVX-512 loops. */
+static int lin_proj_open(lin_proj *P, const ce_model *m, const double l[3], int nk) {
+  memset(P, 0, sizeof *P);
+  for (int d = 0; d < 3; d++) P->l[d] = l[d];
+  const int64_t nrec = m->nleaves * m->nnodal * LIN_NF;
+  if (nrec > INT32_MAX)
+    CE_FAIL("sampler: %lld leaves of %lld corner nodes: more than the linear reconstruction's "
+            "2^31 corner values per cube (use fewer, larger blocks, or `constant`)",
+            (long long)m->nleaves, (long long)m->nnodal);
+  const size_t np = (size_t)nk + 16;
+  if (!(P->rec = malloc(sizeof(float) * (size_t)nrec)) ||
+      !(P->done = calloc((size_t)m->nleaves, 1)) || !(P->run = calloc(np, 1)) ||
+      !(P->pnd = calloc(np, sizeof(int32_t))) || !(P->pfx = calloc(np, sizeof(float))) ||
+      !(P->pfy = calloc(np, sizeof(float))) || !(P->pfz = calloc(np, sizeof(float)))) {
+    lin_proj_close(P);
+    CE_FAIL("sampler: out of memory for the linear reconstruction's tables (%lld leaves)",
+            (long long)m->nleaves);
+  }
+  return 0;
+}
 
 static const float *lin_leaf(const ce_model *m, lin_proj *P, int64_t leaf) {
   float *o = P->rec + leaf * m->nnodal * LIN_NF;
   if (!P->done[leaf]) {
     const model_real *s = m->nodal + leaf * m->nnodal * MODEL_NODAL_STRIDE;
-    for (int64_t i = 0; i < m->nnodal; i++, s += MODEL_NODAL_STRIDE)
-      sb_lin_corner(s, P->l, o + LIN_NF * i);
+    int64_t i = 0;
+#if SAMPLER_AVX512
+    /* 8 nodes at a time (a, b, c, d: two 8-float records each), with
+     * sb_lin_corner's operations: l . v in double, (l0 vx + l1 vy) + l2 vz,
+     * every product and sum rounded (the same bits); then the records
+     * (ln n, ln T, v_los, 0) of nodes 0-3 from (a, b) and of 4-7 from (c, d) */
+    const __m512d l0 = _mm512_set1_pd(P->l[0]), l1 = _mm512_set1_pd(P->l[1]),
+                  l2 = _mm512_set1_pd(P->l[2]);
+    const __m512i sel[3] = {_mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 26, 18, 10, 2),
+                            _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 27, 19, 11, 3),
+                            _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 28, 20, 12, 4)},
+                  two = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 19, 18, 17, 16, 3, 2, 1, 0),
+                  nT = _mm512_set_epi32(0, 0, 25, 24, 0, 0, 17, 16, 0, 0, 9, 8, 0, 0, 1, 0),
+                  vlo = _mm512_set_epi32(0, 3, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0),
+                  vhi = _mm512_set_epi32(0, 7, 0, 0, 0, 6, 0, 0, 0, 5, 0, 0, 0, 4, 0, 0);
+    for (; i + 8 <= m->nnodal; i += 8, s += 8 * MODEL_NODAL_STRIDE) {
+      const __m512 a = _mm512_loadu_ps(s), b = _mm512_loadu_ps(s + 16),
+                   c = _mm512_loadu_ps(s + 32), d = _mm512_loadu_ps(s + 48);
+      __m512d f[3]; /* vx, vy, vz of the 8 nodes */
+      for (int q = 0; q < 3; q++)
+        f[q] = _mm512_cvtps_pd(_mm512_castps512_ps256(_mm512_permutex2var_ps(
+            _mm512_permutex2var_ps(a, sel[q], b), two, _mm512_permutex2var_ps(c, sel[q], d))));
+      const __m512 vl = _mm512_castps256_ps512(_mm512_cvtpd_ps(_mm512_add_pd(
+          _mm512_add_pd(_mm512_mul_pd(l0, f[0]), _mm512_mul_pd(l1, f[1])), _mm512_mul_pd(l2, f[2]))));
+      _mm512_storeu_ps(o + LIN_NF * i, _mm512_mask_permutexvar_ps(
+                                           _mm512_maskz_permutex2var_ps(0x3333, a, nT, b), 0x4444, vlo, vl));
+      _mm512_storeu_ps(o + LIN_NF * (i + 4), _mm512_mask_permutexvar_ps(
+                                                 _mm512_maskz_permutex2var_ps(0x3333, c, nT, d), 0x4444, vhi, vl));
+    }
+#endif
+    for (; i < m->nnodal; i++, s += MODEL_NODAL_STRIDE) sb_lin_corner(s, P->l, o + LIN_NF * i);
     P->done[leaf] = 1;
   }
   return o;
@@ -372,18 +443,87 @@ static const float *lin_leaf(const ce_model *m, lin_proj *P, int64_t leaf) {
 static inline __attribute__((always_inline)) int
 lin_run(const ce_model *m, lin_proj *P, const double A[3], const double B[3],
         const double inv_b[3], const double nf[3], const double *uz, int nk, int j,
-        double inv_du, leaf_trail *tr, int *je, const float **nbase, int64_t *base, float s0[3],
-        float gs[3]) {
+        double inv_du, const double Bdu[3], leaf_trail *tr, int *je, const float **nbase,
+        int64_t *base, float s0[3], float gs[3]) {
   const double t0 = A[0] + B[0] * uz[j], t1 = A[1] + B[1] * uz[j], t2 = A[2] + B[2] * uz[j];
   if (!(t0 >= 0 && t0 < nf[0] && t1 >= 0 && t1 < nf[1] && t2 >= 0 && t2 < nf[2])) return 0;
   const double t[3] = {t0, t1, t2};
   const model_cache *c = trail_leaf(m, A, B, inv_b, t, uz, nk, j, inv_du, tr, je);
   const double lo[3] = {(double)c->lo[0], (double)c->lo[1], (double)c->lo[2]};
-  *nbase = lin_leaf(m, P, c->base / m->ncell);
+  *nbase = lin_leaf(m, P, c->leaf);
   *base = c->base;
-  sb_lin_run_start(t, lo, 1.0 / (double)((int64_t)1 << c->shift), B, inv_du, s0, gs);
+  sb_lin_run_start(t, lo, sb_inv_span(c->shift), Bdu, s0, gs);
   return 1;
 }
+
+#if SAMPLER_AVX512
+/* memset for the short fills of a run (~20 bytes, lengths varying from run
+ * to run): masked 64-byte stores, no branch on the length class */
+static inline void fill_bytes(unsigned char *p, unsigned char v, int len) {
+#if defined(__AVX512BW__) && defined(__BMI2__)
+  const __m512i b = _mm512_set1_epi8((char)v);
+  for (; len >= 64; len -= 64, p += 64) _mm512_storeu_si512(p, b);
+  if (len > 0) _mm512_mask_storeu_epi8(p, _bzhi_u64(~0ull, (unsigned)len), b);
+#else
+  memset(p, v, (size_t)len);
+#endif
+}
+#endif
+
+#if SAMPLER_AVX512
+/* lerp3 (sb_lerp3) of np points, four at a time, into out[p LIN_NF ..]:
+ * point p's cell corners at rec + off[p] (00, 10 along x, then 01, 11 at
+ * + sy; the face z = 1 at + sz), its place in the cell (fx, fy, fz)[p].
+ * Each point's corner records of the faces z = 0 and z = 1 as two 16-lane
+ * vectors, lerped in z (w00, w10, w01, w11 of 4 lanes each); then two
+ * points' x lerps on one vector (lanes (w00, w01) of both against (w10,
+ * w11), fx of each on its 8 lanes), and four points' y lerps on one (x_0
+ * of each against x_1): the same operations per lane as sb_lerp3, so the
+ * same bits. The arrays hold np rounded up to a multiple of 4 entries
+ * (off and fz valid there); the lanes past np are not stored. A function
+ * of its own: the loop keeps its strides and tables in registers. */
+static __attribute__((noinline)) void lin_lerp_points(const float *rec, const int32_t *off,
+                                                      const float *fx, const float *fy,
+                                                      const float *fz, int np, int64_t sy,
+                                                      int64_t sz, float *out) {
+  /* lane selections of the grouped x and y lerps: the low 4-lane groups
+   * of each 8 (w_0y, x_0) of two vectors, the high ones (w_1y, x_1), and
+   * the points' lanes of fx (two points, 8 lanes each) and fy (four, 4) */
+  const __m512i sel_lo = _mm512_set_epi32(27, 26, 25, 24, 19, 18, 17, 16, 11, 10, 9, 8, 3, 2, 1, 0),
+                sel_hi = _mm512_set_epi32(31, 30, 29, 28, 23, 22, 21, 20, 15, 14, 13, 12, 7, 6, 5, 4),
+                pair0 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+                pair1 = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2),
+                quad = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+  for (int p = 0; p < np; p += 4) {
+    __m512 w[4];
+    for (int i = 0; i < 4; i++) {
+      const float *cr = rec + off[p + i];
+      const __m512 f0 = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(cr)),
+                                           _mm256_loadu_ps(cr + sy), 1),
+                   f1 = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(cr + sz)),
+                                           _mm256_loadu_ps(cr + sz + sy), 1);
+      w[i] = _mm512_fmadd_ps(_mm512_set1_ps(fz[p + i]), _mm512_sub_ps(f1, f0), f0);
+    }
+    const __m512 vfx = _mm512_castps128_ps512(_mm_loadu_ps(fx + p)),
+                 vfy = _mm512_castps128_ps512(_mm_loadu_ps(fy + p));
+    __m512 xv[2];
+    for (int h = 0; h < 2; h++) {
+      const __m512 u0 = _mm512_permutex2var_ps(w[2 * h], sel_lo, w[2 * h + 1]),
+                   u1 = _mm512_permutex2var_ps(w[2 * h], sel_hi, w[2 * h + 1]),
+                   fxp = _mm512_permutexvar_ps(h ? pair1 : pair0, vfx);
+      xv[h] = _mm512_fmadd_ps(fxp, _mm512_sub_ps(u1, u0), u0);
+    }
+    const __m512 x0 = _mm512_permutex2var_ps(xv[0], sel_lo, xv[1]),
+                 x1 = _mm512_permutex2var_ps(xv[0], sel_hi, xv[1]),
+                 fyq = _mm512_permutexvar_ps(quad, vfy);
+    const __m512 v = _mm512_fmadd_ps(fyq, _mm512_sub_ps(x1, x0), x0);
+    if (np - p >= 4)
+      _mm512_storeu_ps(out + (size_t)p * LIN_NF, v);
+    else
+      _mm512_mask_storeu_ps(out + (size_t)p * LIN_NF, (__mmask16)((1u << 4 * (np - p)) - 1), v);
+  }
+}
+#endif
 
 /* One sub-line for the linear reconstruction: the interpolated (ln n,
  * ln T, v_los, 0) of every point into pts[j * LIN_NF ..] (lerp3 on the
@@ -399,10 +539,9 @@ lin_run(const ce_model *m, lin_proj *P, const double A[3], const double B[3],
  * Returns the number of points outside the domain. */
 static inline __attribute__((always_inline)) int
 walk_line_linear_body(const ce_model *m, lin_proj *P, const double A[3], const double B[3],
-                      const double *uz, int nk, double inv_du, unsigned char *out, int64_t *cidx,
-                      float *pts, leaf_trail *tr) {
-  const double inv_b[3] = {B[0] != 0 ? 1 / B[0] : 0, B[1] != 0 ? 1 / B[1] : 0,
-                           B[2] != 0 ? 1 / B[2] : 0};
+                      const double inv_b[3], const double Bdu[3], const double *uz, int nk,
+                      double inv_du, unsigned char *out, int64_t *cidx, float *pts,
+                      leaf_trail *tr) {
   const double nf[3] = {(double)m->nfine[0], (double)m->nfine[1], (double)m->nfine[2]};
   const int64_t b0 = m->bnx[0], b1 = m->bnx[1], b2 = m->bnx[2];
   const int64_t n0 = b0 + 1, n1 = b1 + 1;
@@ -422,44 +561,39 @@ walk_line_linear_body(const ce_model *m, lin_proj *P, const double A[3], const d
                fb1 = _mm512_set1_ps((float)b1), fn0 = _mm512_set1_ps((float)n0),
                fn1 = _mm512_set1_ps((float)n1);
   const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-  /* lane selections of the grouped x and y lerps: the low 4-lane groups
-   * of each 8 (w_0y, x_0) of two vectors, the high ones (w_1y, x_1), and
-   * the points' lanes of fx (two points, 8 lanes each) and fy (four, 4) */
-  const __m512i sel_lo = _mm512_set_epi32(27, 26, 25, 24, 19, 18, 17, 16, 11, 10, 9, 8, 3, 2, 1, 0),
-                sel_hi = _mm512_set_epi32(31, 30, 29, 28, 23, 22, 21, 20, 15, 14, 13, 12, 7, 6, 5, 4),
-                pair0 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
-                pair1 = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2),
-                quad = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
   unsigned char *run = P->run;
   while (j < nk) {
     float rs[6][LIN_RUNS]; /* s0 x, y, z, gs x, y, z */
     int32_t rj0[LIN_RUNS];
-    const float *rnb[LIN_RUNS];
+    int32_t rlo[LIN_RUNS]; /* the run's leaf's records in P->rec, floats */
+    const float *nb;
     int64_t rbase[LIN_RUNS];
     const int js = j;
     int nr = 0, segout = 0;
     for (; j < nk && nr < LIN_RUNS; nr++) {
       float s0[3], gs[3];
       int je = j + 1;
-      if (!lin_run(m, P, A, B, inv_b, nf, uz, nk, j, inv_du, tr, &je, &rnb[nr], &rbase[nr], s0,
+      if (!lin_run(m, P, A, B, inv_b, nf, uz, nk, j, inv_du, Bdu, tr, &je, &nb, &rbase[nr], s0,
                    gs)) { /* the point reads some leaf's corners; its record is zeroed below */
         out[j] = 1;
         segout++;
-        rnb[nr] = P->rec, rbase[nr] = -1;
+        rlo[nr] = 0, rbase[nr] = -1;
         s0[0] = s0[1] = s0[2] = gs[0] = gs[1] = gs[2] = 0;
       } else {
-        memset(out + j, 0, (size_t)(je - j));
+        rlo[nr] = (int32_t)(nb - P->rec);
+        fill_bytes(out + j, 0, je - j);
       }
       for (int d = 0; d < 3; d++) rs[d][nr] = s0[d], rs[3 + d][nr] = gs[d];
       rj0[nr] = j;
-      memset(run + j, nr, (size_t)(je - j));
+      fill_bytes(run + j, (unsigned char)nr, je - j);
       j = je;
     }
-    memset(run + j, nr - 1, 3); /* the lanes past the end of a last group of 4 */
     __m512 tab[6][2];
     for (int d = 0; d < 6; d++)
       tab[d][0] = _mm512_loadu_ps(rs[d]), tab[d][1] = _mm512_loadu_ps(rs[d] + 16);
-    const __m512i tj0a = _mm512_loadu_si512(rj0), tj0b = _mm512_loadu_si512(rj0 + 16);
+    const __m512i tj0a = _mm512_loadu_si512(rj0), tj0b = _mm512_loadu_si512(rj0 + 16),
+                  tloa = _mm512_loadu_si512(rlo), tlob = _mm512_loadu_si512(rlo + 16);
+    /* 1. every point's corner node and place in its cell, 16 at a time */
     for (int jc = js; jc < j; jc += 16) {
       const int nl = j - jc >= 16 ? 16 : j - jc;
       /* each lane's run (P->run is padded: whole vectors) */
@@ -474,14 +608,14 @@ walk_line_linear_body(const ce_model *m, lin_proj *P, const double A[3], const d
       const __m512 i0 = _mm512_min_ps(_mm512_max_ps(_mm512_roundscale_ps(sx, 0x09), zero), top0),
                    i1 = _mm512_min_ps(_mm512_max_ps(_mm512_roundscale_ps(sy_, 0x09), zero), top1),
                    i2 = _mm512_min_ps(_mm512_max_ps(_mm512_roundscale_ps(sz_, 0x09), zero), top2);
-      float fz[16];
-      int32_t nd[16];
-      const __m512 vfx = _mm512_min_ps(_mm512_max_ps(_mm512_sub_ps(sx, i0), zero), one),
-                   vfy = _mm512_min_ps(_mm512_max_ps(_mm512_sub_ps(sy_, i1), zero), one);
-      _mm512_storeu_ps(fz, _mm512_min_ps(_mm512_max_ps(_mm512_sub_ps(sz_, i2), zero), one));
-      /* node and cell numbers in float: integers below 2^24, so exact */
-      _mm512_storeu_si512(nd, _mm512_cvttps_epi32(
-                                  _mm512_fmadd_ps(_mm512_fmadd_ps(i2, fn1, i1), fn0, i0)));
+      _mm512_storeu_ps(P->pfx + jc, _mm512_min_ps(_mm512_max_ps(_mm512_sub_ps(sx, i0), zero), one));
+      _mm512_storeu_ps(P->pfy + jc, _mm512_min_ps(_mm512_max_ps(_mm512_sub_ps(sy_, i1), zero), one));
+      _mm512_storeu_ps(P->pfz + jc, _mm512_min_ps(_mm512_max_ps(_mm512_sub_ps(sz_, i2), zero), one));
+      /* node and cell numbers in float: integers below 2^24, so exact;
+       * the node's record in P->rec */
+      const __m512i nd = _mm512_cvttps_epi32(_mm512_fmadd_ps(_mm512_fmadd_ps(i2, fn1, i1), fn0, i0));
+      _mm512_storeu_si512(P->pnd + jc, _mm512_add_epi32(_mm512_permutex2var_epi32(tloa, r, tlob),
+                                                        _mm512_slli_epi32(nd, 2)));
       if (cidx) {
         int32_t cc[16];
         _mm512_storeu_si512(cc, _mm512_cvttps_epi32(
@@ -491,40 +625,12 @@ walk_line_linear_body(const ce_model *m, lin_proj *P, const double A[3], const d
           cidx[jc + q] = b < 0 ? -1 : b + cc[q];
         }
       }
-      /* lerp3 per point, four points at a time: each point's corner
-       * records 00, 10 (x) and 01, 11 (y) of the faces z = 0 and z = 1 as
-       * two 16-lane vectors, lerped in z (w00, w10, w01, w11 of 4 lanes);
-       * then two points' x lerps on one vector (lanes (w00, w01) of both
-       * against (w10, w11), fx of each on its 8 lanes), and four points'
-       * y lerps on one (x_0 of each against x_1): the same operations per
-       * lane as sb_lerp3. Lanes past the segment read clamped cells of
-       * some leaf and are not stored. */
-      for (int q = 0; q < nl; q += 4) {
-        __m512 w[4];
-        for (int i = 0; i < 4; i++) {
-          const float *cr = rnb[run[jc + q + i]] + (int64_t)nd[q + i] * LIN_NF;
-          const __m512 f0 = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(cr)),
-                                               _mm256_loadu_ps(cr + sy), 1),
-                       f1 = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(cr + sz)),
-                                               _mm256_loadu_ps(cr + sz + sy), 1);
-          w[i] = _mm512_fmadd_ps(_mm512_set1_ps(fz[q + i]), _mm512_sub_ps(f1, f0), f0);
-        }
-        const __m512i vq = _mm512_set1_epi32(q);
-        __m512 xv[2];
-        for (int h = 0; h < 2; h++) {
-          const __m512 u0 = _mm512_permutex2var_ps(w[2 * h], sel_lo, w[2 * h + 1]),
-                       u1 = _mm512_permutex2var_ps(w[2 * h], sel_hi, w[2 * h + 1]),
-                       fxp = _mm512_permutexvar_ps(_mm512_add_epi32(vq, h ? pair1 : pair0), vfx);
-          xv[h] = _mm512_fmadd_ps(fxp, _mm512_sub_ps(u1, u0), u0);
-        }
-        const __m512 x0 = _mm512_permutex2var_ps(xv[0], sel_lo, xv[1]),
-                     x1 = _mm512_permutex2var_ps(xv[0], sel_hi, xv[1]),
-                     fyq = _mm512_permutexvar_ps(_mm512_add_epi32(vq, quad), vfy);
-        const __m512 v = _mm512_fmadd_ps(fyq, _mm512_sub_ps(x1, x0), x0);
-        const __mmask16 m4 = nl - q >= 4 ? 0xffff : (__mmask16)((1u << 4 * (nl - q)) - 1);
-        _mm512_mask_storeu_ps(pts + (size_t)(jc + q) * LIN_NF, m4, v);
-      }
     }
+    /* 2. the lerps (lin_lerp_points); lanes past the segment repeat its
+     * last point and are not stored */
+    for (int e = j; e < j + 3; e++) P->pnd[e] = P->pnd[j - 1], P->pfz[e] = P->pfz[j - 1];
+    lin_lerp_points(P->rec, P->pnd + js, P->pfx + js, P->pfy + js, P->pfz + js, j - js, sy, sz,
+                    pts + (size_t)js * LIN_NF);
     if (segout) /* outside the domain: zeros */
       for (int p = js; p < j; p++)
         if (out[p]) memset(pts + (size_t)p * LIN_NF, 0, sizeof(float) * LIN_NF);
@@ -536,7 +642,7 @@ walk_line_linear_body(const ce_model *m, lin_proj *P, const double A[3], const d
     const float *nbase;
     int64_t base;
     int je;
-    if (!lin_run(m, P, A, B, inv_b, nf, uz, nk, j, inv_du, tr, &je, &nbase, &base, s0, gs)) {
+    if (!lin_run(m, P, A, B, inv_b, nf, uz, nk, j, inv_du, Bdu, tr, &je, &nbase, &base, s0, gs)) {
       out[j] = 1; /* outside the domain: only on round-off at a face */
       for (int q = 0; q < LIN_NF; q++) pts[(size_t)j * LIN_NF + q] = 0;
       if (cidx) cidx[j] = -1;
@@ -568,20 +674,24 @@ walk_line_linear_body(const ce_model *m, lin_proj *P, const double A[3], const d
 #if SAMPLER_FMA_DISPATCH
 SAMPLER_FMA_CLONE static int walk_line_linear_fma(const ce_model *m, lin_proj *P,
                                                   const double A[3], const double B[3],
+                                                  const double inv_b[3], const double Bdu[3],
                                                   const double *uz, int nk, double inv_du,
                                                   unsigned char *out, int64_t *cidx, float *pts,
                                                   leaf_trail *tr) {
-  return walk_line_linear_body(m, P, A, B, uz, nk, inv_du, out, cidx, pts, tr);
+  return walk_line_linear_body(m, P, A, B, inv_b, Bdu, uz, nk, inv_du, out, cidx, pts, tr);
 }
 #endif
+/* B (the line's step in fine cells per metre of u) is the cube's; inv_b =
+ * 1/B (0 where B = 0) and Bdu = B / inv_du, once per cube */
 static int walk_line_linear(const ce_model *m, lin_proj *P, const double A[3], const double B[3],
-                            const double *uz, int nk, double inv_du, unsigned char *out,
-                            int64_t *cidx, float *pts, leaf_trail *tr) {
+                            const double inv_b[3], const double Bdu[3], const double *uz, int nk,
+                            double inv_du, unsigned char *out, int64_t *cidx, float *pts,
+                            leaf_trail *tr) {
 #if SAMPLER_FMA_DISPATCH
   if (__builtin_cpu_supports("fma"))
-    return walk_line_linear_fma(m, P, A, B, uz, nk, inv_du, out, cidx, pts, tr);
+    return walk_line_linear_fma(m, P, A, B, inv_b, Bdu, uz, nk, inv_du, out, cidx, pts, tr);
 #endif
-  return walk_line_linear_body(m, P, A, B, uz, nk, inv_du, out, cidx, pts, tr);
+  return walk_line_linear_body(m, P, A, B, inv_b, Bdu, uz, nk, inv_du, out, cidx, pts, tr);
 }
 
 /* The voxels of one column under the linear reconstruction, from the
@@ -809,30 +919,36 @@ static int sample(const ce_model *m, const double q[4], const sampler_opts *o, f
   float *lp = linear ? calloc((size_t)npad * LIN_NF, sizeof(float)) : NULL;
   float *pn = linear ? malloc(sizeof(float) * 3 * (size_t)npad) : NULL;
   unsigned char *lout = linear ? malloc((size_t)np) : NULL;
-  lin_proj proj = {linear ? malloc(sizeof(float) * LIN_NF * (size_t)(m->nleaves * m->nnodal)) : NULL,
-                   linear ? calloc((size_t)m->nleaves, 1) : NULL,
-                   {R[2], R[5], R[8]},
-                   linear ? calloc((size_t)nk + 16, 1) : NULL};
+  lin_proj proj = {0};
+  const int proj_failed = linear && lin_proj_open(&proj, m, l, nk) != 0;
   leaf_trail trail = {malloc(sizeof(model_cache) * (size_t)nk),
                       malloc(sizeof(model_cache) * (size_t)nk), 0, 0, 0};
-  if (!uz || !idx || !sums || !trail.prev || !trail.cur || (pointwise && nextra && !nidx) ||
-      (limited && !fr) || (linear && (!lp || !pn || !lout || !proj.rec || !proj.done || !proj.run))) {
+  if (proj_failed || !uz || !idx || !sums || !trail.prev || !trail.cur ||
+      (pointwise && nextra && !nidx) || (limited && !fr) || (linear && (!lp || !pn || !lout))) {
     free(nidx);
     free(fr);
     free(lp);
     free(pn);
     free(lout);
-    free(proj.rec);
-    free(proj.done);
-    free(proj.run);
+    lin_proj_close(&proj);
     free(uz);
     free(sums);
     free(idx);
     free(trail.prev);
     free(trail.cur);
+    if (proj_failed) return -1; /* lin_proj_open said why */
     CE_FAIL("sampler: out of memory");
   }
   for (int j = 0; j < nk; j++) uz[j] = ((j / k + (j % k + 0.5) / k) / n - 0.5) * o->edge;
+  /* every sub-line's step in fine cells per metre of u, B, is the cube's:
+   * 1/B and B / inv_du once per cube */
+  const double inv_du = nk / o->edge;
+  double Bc[3], inv_b[3], Bdu[3];
+  for (int d = 0; d < 3; d++) {
+    Bc[d] = R[3 * d + 2] * m->inv_dxf[d];
+    inv_b[d] = Bc[d] != 0 ? 1 / Bc[d] : 0;
+    Bdu[d] = Bc[d] / inv_du;
+  }
   const int fill = o->fill_background;
   const double r2 = o->ball_radius > 0 ? o->ball_radius * o->ball_radius : INFINITY;
   /* what a sub-sample outside the ball or the domain takes (zeros without a
@@ -846,20 +962,20 @@ static int sample(const ce_model *m, const double q[4], const sampler_opts *o, f
       int nout = 0; /* linear: points of the column that take the background */
       for (int a = 0; a < k; a++)
         for (int b = 0; b < k; b++) {
-          double ux = ((ix + (a + 0.5) / k) / n - 0.5) * o->edge;
-          double uy = ((iy + (b + 0.5) / k) / n - 0.5) * o->edge;
-          double lb[3], A[3], B[3];
+          /* the sub-line's place across the cube: the same formula as uz */
+          const double ux = uz[ix * k + a], uy = uz[iy * k + b];
+          double lb[3], A[3];
+          const double *B = Bc;
           int64_t *line = idx + (size_t)(a * k + b) * nk;
           int64_t *nline = nidx ? nidx + (size_t)(a * k + b) * nk : NULL;
           model_real *fline = limited ? fr + (size_t)(a * k + b) * nk * MODEL_NF : NULL;
           for (int d = 0; d < 3; d++) {
             lb[d] = c[d] + R[3 * d] * ux + R[3 * d + 1] * uy;
             A[d] = (lb[d] - m->xmin[d]) * m->inv_dxf[d];
-            B[d] = R[3 * d + 2] * m->inv_dxf[d];
           }
           if (linear) {
             unsigned char *lo_ = lout + (size_t)(a * k + b) * nk;
-            nout += walk_line_linear(m, &proj, A, B, uz, nk, nk / o->edge, lo_, nline,
+            nout += walk_line_linear(m, &proj, A, B, inv_b, Bdu, uz, nk, inv_du, lo_, nline,
                                      lp + (size_t)(a * k + b) * nk * LIN_NF, &trail);
             if (fill) /* the ball: background beyond r */
               for (int j = 0; j < nk; j++) {
@@ -878,7 +994,7 @@ static int sample(const ce_model *m, const double q[4], const sampler_opts *o, f
               line[j] = d0 * d0 + d1 * d1 + d2 * d2 <= r2 ? model_locate(m, x, &cache) : -1;
             }
           } else {
-            walk_line(m, A, B, uz, nk, nk / o->edge, line, &trail);
+            walk_line(m, A, B, inv_b, uz, nk, inv_du, line, &trail);
           }
           if (limited) { /* the cells' slopes at the points; idx then as linear's */
             limited_points(m, A, B, uz, nk, line, fline);
@@ -911,9 +1027,7 @@ static int sample(const ce_model *m, const double q[4], const sampler_opts *o, f
   free(lp);
   free(pn);
   free(lout);
-  free(proj.rec);
-  free(proj.done);
-  free(proj.run);
+  lin_proj_close(&proj);
   free(sums);
   free(trail.prev);
   free(trail.cur);

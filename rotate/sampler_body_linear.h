@@ -71,15 +71,25 @@ static inline SB_HD void sb_lin_corner(const float *s, const double l[3], float 
   o[3] = 0;
 }
 
+/* 1 / span for a leaf of shift sh (span = 2^sh finest cells): 2^-sh,
+ * exactly the double 1.0 / 2^sh, made from its exponent bits (no
+ * division: this runs once per run of points). */
+static inline SB_HD double sb_inv_span(int sh) {
+  const uint64_t e = (uint64_t)(1023 - sh) << 52;
+  double r;
+  memcpy(&r, &e, sizeof r);
+  return r;
+}
+
 /* A run's first place in its leaf's cells, s0 = (t - lo) / span (in
- * double, then rounded), and g = B du / span, the step per point in cells:
- * the points of the run are placed in float from these. */
+ * double, then rounded), and g = (B / inv_du) / span, the step per point
+ * in cells (Bdu = B / inv_du, once per line): the points of the run are
+ * placed in float from these. */
 static inline SB_HD void sb_lin_run_start(const double t[3], const double lo[3], double inv_span,
-                                          const double B[3], double inv_du, float s0[3],
-                                          float gs[3]) {
+                                          const double Bdu[3], float s0[3], float gs[3]) {
   for (int d = 0; d < 3; d++) {
     s0[d] = (float)((t[d] - lo[d]) * inv_span);
-    gs[d] = (float)(B[d] / inv_du * inv_span);
+    gs[d] = (float)(Bdu[d] * inv_span);
   }
 }
 
@@ -183,6 +193,7 @@ static inline SB_HD void sb_lin_line_thread(const sampler_flat *F, const sampler
   const double bmax[3] = {(double)(F->bnx[0] - 1), (double)(F->bnx[1] - 1),
                           (double)(F->bnx[2] - 1)};
   const double inv_du = nk / G->edge;
+  const double Bdu[3] = {B[0] / inv_du, B[1] / inv_du, B[2] / inv_du};
   int j = 0;
   while (j < nk) {
     const double uzj = sb_uz(G, j);
@@ -198,7 +209,7 @@ static inline SB_HD void sb_lin_line_thread(const sampler_flat *F, const sampler
       const int64_t f[3] = {(int64_t)tt[0], (int64_t)tt[1], (int64_t)tt[2]};
       je = sb_run(F, G, A, B, inv_b, f, j, lo, hi, &sh, &base);
       const double lod[3] = {(double)lo[0], (double)lo[1], (double)lo[2]};
-      sb_lin_run_start(tt, lod, 1.0 / (double)((int64_t)1 << sh), B, inv_du, s0, gs);
+      sb_lin_run_start(tt, lod, sb_inv_span(sh), Bdu, s0, gs);
       nodes += base / F->ncell * F->nnodal * 8;
     }
     for (const int j0 = j; j < je; j++) {
