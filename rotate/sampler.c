@@ -486,12 +486,10 @@ static __attribute__((noinline)) void lin_lerp_points(const float *rec, const in
                                                       const float *fx, const float *fy,
                                                       const float *fz, int np, int64_t sy,
                                                       int64_t sz, float *out) {
-  /* lane selections of the grouped x and y lerps: the low 4-lane groups
-   * of each 8 (w_0y, x_0) of two vectors, the high ones (w_1y, x_1), and
+  /* the grouped x and y lerps take the even 4-lane blocks (w_0y, x_0) of
+   * two vectors (shuffle 0x88) against their odd ones (w_1y, x_1: 0xdd);
    * the points' lanes of fx (two points, 8 lanes each) and fy (four, 4) */
-  const __m512i sel_lo = _mm512_set_epi32(27, 26, 25, 24, 19, 18, 17, 16, 11, 10, 9, 8, 3, 2, 1, 0),
-                sel_hi = _mm512_set_epi32(31, 30, 29, 28, 23, 22, 21, 20, 15, 14, 13, 12, 7, 6, 5, 4),
-                pair0 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+  const __m512i pair0 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
                 pair1 = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2),
                 quad = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
   for (int p = 0; p < np; p += 4) {
@@ -508,13 +506,13 @@ static __attribute__((noinline)) void lin_lerp_points(const float *rec, const in
                  vfy = _mm512_castps128_ps512(_mm_loadu_ps(fy + p));
     __m512 xv[2];
     for (int h = 0; h < 2; h++) {
-      const __m512 u0 = _mm512_permutex2var_ps(w[2 * h], sel_lo, w[2 * h + 1]),
-                   u1 = _mm512_permutex2var_ps(w[2 * h], sel_hi, w[2 * h + 1]),
+      const __m512 u0 = _mm512_shuffle_f32x4(w[2 * h], w[2 * h + 1], 0x88),
+                   u1 = _mm512_shuffle_f32x4(w[2 * h], w[2 * h + 1], 0xdd),
                    fxp = _mm512_permutexvar_ps(h ? pair1 : pair0, vfx);
       xv[h] = _mm512_fmadd_ps(fxp, _mm512_sub_ps(u1, u0), u0);
     }
-    const __m512 x0 = _mm512_permutex2var_ps(xv[0], sel_lo, xv[1]),
-                 x1 = _mm512_permutex2var_ps(xv[0], sel_hi, xv[1]),
+    const __m512 x0 = _mm512_shuffle_f32x4(xv[0], xv[1], 0x88),
+                 x1 = _mm512_shuffle_f32x4(xv[0], xv[1], 0xdd),
                  fyq = _mm512_permutexvar_ps(quad, vfy);
     const __m512 v = _mm512_fmadd_ps(fyq, _mm512_sub_ps(x1, x0), x0);
     if (np - p >= 4)
