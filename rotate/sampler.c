@@ -548,11 +548,13 @@ walk_line_linear_body(const ce_model *m, lin_proj *P, const double A[3], const d
   int j = 0, nout = 0;
 #if SAMPLER_AVX512
   /* The runs of up to LIN_RUNS at a time first (their first places, steps,
-   * first points and leaves in tables; each point's run in P->run), then
-   * their points 16 at a time across run ends, each lane taking its run's
-   * entries by a permutation: the same operations per point as one run at
-   * a time, so the same bits, with no loop that ends at a run's end (a
-   * run is ~20 points: those loop exits were mispredicted). */
+   * first points and leaves in tables; each point's run in P->run); then
+   * 1. their points' places 16 at a time across run ends, each lane taking
+   * its run's entries by a permutation (no loop that ends at a run's end:
+   * a run is ~20 points, those loop exits were mispredicted), and 2. the
+   * lerps of all of them (lin_lerp_points), none waiting on the placing
+   * of its own point. The same operations per point as one run at a time,
+   * so the same bits. */
   const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1),
                top0 = _mm512_set1_ps((float)bmax[0]), top1 = _mm512_set1_ps((float)bmax[1]),
                top2 = _mm512_set1_ps((float)bmax[2]), fb0 = _mm512_set1_ps((float)b0),
