@@ -111,9 +111,11 @@ typedef struct {
      at run time (its Find timed it, the call says BAD_PARAM or NOT_SUPPORTED:
      seen for bf16 weight gradients on an H200, cuDNN 9.19), the next one */
   int nalt[3];
-  int alt[3][16];
-  size_t alt_mem[3][16];
-  cudnnMathType_t alt_math[3][16];
+  struct {
+    int algo;
+    size_t mem;           /* its workspace bytes */
+    cudnnMathType_t math; /* the math type it runs with (run_math) */
+  } alt[3][16];
   /* the math type each call runs with: the one its algorithm was timed with
      (cuDNN >= 7.4 picks kernels by algorithm and math type together, so an
      algorithm Find timed under FMA math can be refused under tensor-op
@@ -850,9 +852,9 @@ static int pick(const Perf *r, int n, size_t limit, int tf32, conv_plan *p, int 
     p->math[k] = run_math(r[first].mathType, tf32);
     skip[first] = 1;
     for (int i; p->nalt[k] < 16 && (i = pick_from(r, n, limit, tf32, skip)) >= 0; skip[i] = 1) {
-      p->alt[k][p->nalt[k]] = (int)r[i].algo;
-      p->alt_math[k][p->nalt[k]] = run_math(r[i].mathType, tf32);
-      p->alt_mem[k][p->nalt[k]++] = r[i].memory;
+      p->alt[k][p->nalt[k]].algo = (int)r[i].algo;
+      p->alt[k][p->nalt[k]].math = run_math(r[i].mathType, tf32);
+      p->alt[k][p->nalt[k]++].mem = r[i].memory;
     }
   }
   if (S.verbose) {
@@ -888,11 +890,9 @@ static int conv_call(conv_plan *p, int k, size_t ws, const char *what, Call call
     int next = -1;
     if (st == CUDNN_STATUS_BAD_PARAM || st == CUDNN_STATUS_NOT_SUPPORTED)
       while (next < 0 && p->nalt[k] > 0) {
-        if (p->alt_mem[k][0] <= ws) next = p->alt[k][0], p->math[k] = p->alt_math[k][0];
+        if (p->alt[k][0].mem <= ws) next = p->alt[k][0].algo, p->math[k] = p->alt[k][0].math;
         p->nalt[k]--;
-        memmove(p->alt[k], p->alt[k] + 1, sizeof(int) * (size_t)p->nalt[k]);
-        memmove(p->alt_mem[k], p->alt_mem[k] + 1, sizeof(size_t) * (size_t)p->nalt[k]);
-        memmove(p->alt_math[k], p->alt_math[k] + 1, sizeof(cudnnMathType_t) * (size_t)p->nalt[k]);
+        memmove(p->alt[k], p->alt[k] + 1, sizeof p->alt[k][0] * (size_t)p->nalt[k]);
       }
     const int cur = k == 0 ? (int)p->fwd : k == 1 ? (int)p->bwd_filter : (int)p->bwd_data;
     if (next < 0) {
