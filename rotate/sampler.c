@@ -468,9 +468,7 @@ static inline void fill_bytes(unsigned char *p, unsigned char v, int len) {
   memset(p, v, (size_t)len);
 #endif
 }
-#endif
 
-#if SAMPLER_AVX512
 /* lerp3 (sb_lerp3) of np points, four at a time, into out[p LIN_NF ..]:
  * point p's cell corners at rec + off[p] (00, 10 along x, then 01, 11 at
  * + sy; the face z = 1 at + sz), its place in the cell (fx, fy, fz)[p].
@@ -943,11 +941,11 @@ static int sample(const ce_model *m, const double q[4], const sampler_opts *o, f
   /* every sub-line's step in fine cells per metre of u, B, is the cube's:
    * 1/B and B / inv_du once per cube */
   const double inv_du = nk / o->edge;
-  double Bc[3], inv_b[3], Bdu[3];
+  double B[3], inv_b[3], Bdu[3];
   for (int d = 0; d < 3; d++) {
-    Bc[d] = R[3 * d + 2] * m->inv_dxf[d];
-    inv_b[d] = Bc[d] != 0 ? 1 / Bc[d] : 0;
-    Bdu[d] = Bc[d] / inv_du;
+    B[d] = R[3 * d + 2] * m->inv_dxf[d];
+    inv_b[d] = B[d] != 0 ? 1 / B[d] : 0;
+    Bdu[d] = B[d] / inv_du;
   }
   const int fill = o->fill_background;
   const double r2 = o->ball_radius > 0 ? o->ball_radius * o->ball_radius : INFINITY;
@@ -965,7 +963,6 @@ static int sample(const ce_model *m, const double q[4], const sampler_opts *o, f
           /* the sub-line's place across the cube: the same formula as uz */
           const double ux = uz[ix * k + a], uy = uz[iy * k + b];
           double lb[3], A[3];
-          const double *B = Bc;
           int64_t *line = idx + (size_t)(a * k + b) * nk;
           int64_t *nline = nidx ? nidx + (size_t)(a * k + b) * nk : NULL;
           model_real *fline = limited ? fr + (size_t)(a * k + b) * nk * MODEL_NF : NULL;
