@@ -14,7 +14,10 @@
  * stripe, then combined: the same value as one thread running all four
  * (the host's ce_xxh64_update, whose four chains are independent and
  * overlap in the pipeline, or in one vector register where the compiler
- * finds 64-bit vector multiplies). docs/sampling.md, "What crosses the bus".
+ * finds 64-bit vector multiplies). On the device the four read the row
+ * from tiles staged in shared memory by their whole block (xxh64_tiles),
+ * so that no round waits on a load from device memory. docs/sampling.md,
+ * "What crosses the bus".
  *
  * Words are little-endian (x86-64, aarch64 hosts; NVIDIA devices). On the
  * host a word is read with memcpy (any alignment); on the device with two
@@ -83,6 +86,22 @@ XXH64_HD uint64_t xxh64_lane_run(uint64_t acc, const unsigned char *p, size_t ns
   p += 8 * lane;
   for (size_t s = 0; s < nstripes; s++, p += 32) acc = xxh64_round(acc, xxh64_rd64(p));
   return acc;
+}
+
+/* Tiles: the device kernel (pipeline/generate/devpipe_hash_cuda.cu) stages
+ * a row through shared memory XXH64_TILE_STRIPES stripes (8 KiB) at a time
+ * and runs each lane over one tile after the other; a lane's run over a
+ * row is the same fold over its tiles' stripes (xxh64_lane_run over tile
+ * t, copied anywhere, continues where tile t - 1 left it). A row of nst
+ * stripes has xxh64_tiles(nst) tiles; tile t holds xxh64_tile_stripes(nst,
+ * t) stripes, the last one possibly fewer. */
+#define XXH64_TILE_STRIPES 256
+XXH64_HD size_t xxh64_tiles(size_t nst) {
+  return (nst + XXH64_TILE_STRIPES - 1) / XXH64_TILE_STRIPES;
+}
+XXH64_HD size_t xxh64_tile_stripes(size_t nst, size_t t) {
+  const size_t s0 = t * XXH64_TILE_STRIPES;
+  return nst - s0 < XXH64_TILE_STRIPES ? nst - s0 : XXH64_TILE_STRIPES;
 }
 
 /* The digest of len bytes: acc, the four lanes after the len / 32 whole

@@ -28,12 +28,12 @@ struct devpipe {
 #ifdef COEMU_HAVE_CUDA
   devpipe_hash *hash; /* cuda: the input rows' checksums on the device */
 #endif
-  double t_sample, t_solve; /* devpipe_phase_seconds */
+  devpipe_phases t; /* devpipe_phase_seconds */
 };
 
-void devpipe_phase_seconds(devpipe *p, double *sample_s, double *solve_s) {
-  *sample_s = p->t_sample, *solve_s = p->t_solve;
-  p->t_sample = p->t_solve = 0;
+void devpipe_phase_seconds(devpipe *p, devpipe_phases *out) {
+  *out = p->t;
+  memset(&p->t, 0, sizeof p->t);
 }
 
 uint64_t devpipe_row_hash(const float *row, size_t nfloats) {
@@ -86,7 +86,7 @@ static int cpu_run(devpipe *p, int nc, const double (*q)[4], float *const *in, u
   double t1 = ce_now_s();
   CE_TRY(lte_solve_batch_f32(p->a.line, p->a.freqs, p->a.nf, nc, p->n, p->n, p->n, v, T, n,
                              &p->opt, p->imgp));
-  p->t_sample += t1 - t0, p->t_solve += ce_now_s() - t1;
+  p->t.sample += t1 - t0, p->t.solve += ce_now_s() - t1;
   return nc;
 }
 
@@ -131,13 +131,14 @@ static int cuda_run(devpipe *p, int nc, const double (*q)[4], float *const *in, 
   const double t1 = ce_now_s();
   int rc = lte_solve_batch_device_f32(p->a.line, p->a.freqs, p->a.nf, k, p->n, p->n, p->n, v, T,
                                       n, &p->opt, p->imgp);
+  const double t2 = ce_now_s();
 #ifdef COEMU_HAVE_CUDA
   /* waited for whatever the solve did: the next run's sampling overwrites dev */
   if (hashing && devpipe_hash_finish(p->hash, hash, k) < 0) return -1;
 #else
   (void)hashing;
 #endif
-  p->t_sample += t1 - t0, p->t_solve += ce_now_s() - t1;
+  p->t.sample += t1 - t0, p->t.solve += t2 - t1, p->t.hash_wait += ce_now_s() - t2;
   if (rc == LTE_KERNEL_BAD_INPUT) return DEVPIPE_BAD_CELL;
   return rc < 0 ? -1 : k;
 }
@@ -210,8 +211,10 @@ int devpipe_run(devpipe *p, int ndir, const double (*q)[4], float *const *target
                          !inputs && in_hash ? in_hash + *done : NULL);
     if (k == DEVPIPE_BAD_CELL) return DEVPIPE_BAD_CELL;
     if (k < 0) return ce_err_prefix("sample + solve pipeline '%s'", p->impl->name);
+    const double t0 = ce_now_s();
     for (int c = 0; c < k; c++)
       devpipe_image_to_targets(p->imgp[c], p->n, p->a.nf, targets[*done + c]);
+    p->t.targets += ce_now_s() - t0;
     *done += k;
   }
   return 0;

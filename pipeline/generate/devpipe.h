@@ -99,11 +99,16 @@ int devpipe_open(const devpipe_impl *impl, const devpipe_args *a, int ordinal, d
 int devpipe_run(devpipe *p, int ndir, const double (*q)[4], float *const *targets,
                 float *const *inputs, uint64_t *in_hash, int *done);
 void devpipe_close(devpipe *p);
-/* Wall seconds spent since the last call (or the open) in sampling (the
- * cubes, their checksums started) and in solving (the images back, the
- * checksums waited for): where a run's time goes, for the benches. The two
- * phases run one after the other. */
-void devpipe_phase_seconds(devpipe *p, double *sample_s, double *solve_s);
+/* Wall seconds spent since the last call (or the open) in each phase of the
+ * runs, one after the other: sampling (the cubes; their checksums queued),
+ * solving (the images back), waiting for the checksums after the solve
+ * (0 where they were done by then), and the host's transposes into the
+ * caller's targets (devpipe_image_to_targets): where a run's time goes, for
+ * the benches. */
+typedef struct {
+  double sample, solve, hash_wait, targets;
+} devpipe_phases;
+void devpipe_phase_seconds(devpipe *p, devpipe_phases *out);
 
 /* The stored targets of an image: (x, y, f) float64 -> (f, x, y) float32,
  * the producer's one transpose. */

@@ -2,12 +2,13 @@
  * (devpipe_hash_cuda.cu, built with COEMU_HAVE_CUDA): the XXH64 (seed 0)
  * of each of k rows already in device memory, by common/xxh64_body.h, so
  * that images-only datasets bring back 8 bytes per input row instead of
- * the row. The kernel: four threads per row, one per XXH64 lane, each
- * running its lane's sequential chain over every 32-byte stripe (so the
- * four read one stripe together), then lane 0 combines the four
- * accumulators (warp shuffles) with the row's tail; 8 rows per warp. Its
- * launch is queued on its own stream (start) and waited for (finish), so
- * it runs beside the LTE kernel that reads the same cubes.
+ * the row. The kernel: a block per row; four of its threads, one per XXH64
+ * lane, run their lanes' sequential chains over the row's 32-byte stripes
+ * while the whole block stages the next 8 KiB of the row into shared
+ * memory (so no round waits on device memory), then thread 0 combines the
+ * four accumulators (warp shuffles) with the row's tail. Its launch is
+ * queued on its own stream (start) and waited for (finish), so it runs
+ * beside the LTE kernel that reads the same cubes.
  */
 #ifndef COEMU_DEVPIPE_HASH_H
 #define COEMU_DEVPIPE_HASH_H

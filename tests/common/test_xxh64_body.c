@@ -7,7 +7,9 @@
  *   - a 3 n^3 float32 row (n = 64, 3 MiB: the device pipeline's input row)
  *     and n = 5 (a tail of 4 bytes after the stripes);
  * each by the device's scheme (four lanes, one "thread" each, driven by a
- * plain loop, then combined: xxh64_lane_run + xxh64_finish) and by the
+ * plain loop, then combined: xxh64_lane_run + xxh64_finish), by the device
+ * kernel's staging (the lanes run tile by tile over copies of the row's
+ * 8 KiB tiles, xxh64_tiles) and by the
  * host's common/checksum.h on the same functions (ce_xxh64, one thread,
  * and its streaming form fed random pieces). Negative control: one flipped byte (random
  * place and bit) changes every form's value.
@@ -44,6 +46,24 @@ static uint64_t by_lanes(const void *data, size_t len, uint64_t seed) {
   return xxh64_finish(acc, p + (len & ~(size_t)31), len, seed);
 }
 
+/* the device kernel's staging: each tile of XXH64_TILE_STRIPES stripes
+ * copied into a buffer of its own (the kernel's shared memory), the four
+ * lanes run over one tile after the other, the tail from the row */
+static uint64_t by_tiles(const void *data, size_t len, uint64_t seed) {
+  const unsigned char *p = data;
+  const size_t nst = len / 32;
+  unsigned char tile[XXH64_TILE_STRIPES * 32];
+  uint64_t acc[4];
+  for (int t = 0; t < 4; t++) acc[t] = xxh64_lane_init(seed, t);
+  for (size_t t = 0; t < xxh64_tiles(nst); t++) {
+    const size_t ns = xxh64_tile_stripes(nst, t);
+    memset(tile, 0xA5, sizeof tile); /* stale bytes past a short tile must not count */
+    memcpy(tile, p + t * XXH64_TILE_STRIPES * 32, ns * 32);
+    for (int l = 0; l < 4; l++) acc[l] = xxh64_lane_run(acc[l], tile, ns, l);
+  }
+  return xxh64_finish(acc, p + nst * 32, len, seed);
+}
+
 static uint64_t streamed(const void *data, size_t len, uint64_t seed) {
   const unsigned char *p = data;
   ce_xxh64_state s;
@@ -60,10 +80,11 @@ static uint64_t streamed(const void *data, size_t len, uint64_t seed) {
 /* every form equals the library; *out its value; counts a miss per form */
 static int forms_equal(const unsigned char *p, size_t len, uint64_t seed, uint64_t *out) {
   uint64_t want = lib_xxh64(p, len, seed);
-  uint64_t got[3] = {by_lanes(p, len, seed), ce_xxh64(p, len, seed), streamed(p, len, seed)};
-  static const char *name[3] = {"four lanes", "ce_xxh64", "streamed"};
+  uint64_t got[4] = {by_lanes(p, len, seed), ce_xxh64(p, len, seed), streamed(p, len, seed),
+                     by_tiles(p, len, seed)};
+  static const char *name[4] = {"four lanes", "ce_xxh64", "streamed", "tiles"};
   int ok = 1;
-  for (int f = 0; f < 3; f++)
+  for (int f = 0; f < 4; f++)
     if (got[f] != want) {
       if (ok)
         CHECK_FAIL_("%s: length %zu seed %#llx: %016llx, libxxhash %016llx", name[f], len,
@@ -103,6 +124,23 @@ static void test_random_long(void) {
   free(b);
 }
 
+/* lengths about the kernel's tile edges: whole tiles, one stripe or byte
+ * more or less, at offsets 0 and 3 */
+static void test_tile_edges(void) {
+  const size_t T = (size_t)XXH64_TILE_STRIPES * 32;
+  const size_t lens[] = {T - 32, T - 1, T, T + 1, T + 31, T + 32, 2 * T, 2 * T + 4, 3 * T - 32};
+  unsigned char *b = random_bytes(3 * T + 8);
+  long miss = 0;
+  for (size_t i = 0; i < sizeof lens / sizeof *lens; i++)
+    for (size_t off = 0; off < 8; off += 3) miss += !forms_equal(b + off, lens[i], 0, NULL);
+  CHECK_MSG(miss == 0, "%ld tile-edge cases differ", miss);
+  CHECK(xxh64_tiles(0) == 0 && xxh64_tiles(1) == 1 && xxh64_tiles(XXH64_TILE_STRIPES) == 1 &&
+        xxh64_tiles(XXH64_TILE_STRIPES + 1) == 2);
+  CHECK(xxh64_tile_stripes(XXH64_TILE_STRIPES + 5, 1) == 5 &&
+        xxh64_tile_stripes(XXH64_TILE_STRIPES + 5, 0) == XXH64_TILE_STRIPES);
+  free(b);
+}
+
 /* the device pipeline's rows: 3 n^3 float32 (v_z, T, n_CO), seed 0 */
 static void test_float_rows(void) {
   static const int ns[2] = {64, 5};
@@ -127,7 +165,7 @@ static void test_flipped_byte_differs(void) {
     uint64_t after;
     forms_equal(b, lens[i], 0, &after);
     CHECK_MSG(after != before && ce_xxh64(b, lens[i], 0) != before &&
-                  by_lanes(b, lens[i], 0) != before,
+                  by_lanes(b, lens[i], 0) != before && by_tiles(b, lens[i], 0) != before,
               "length %zu: a flipped byte at %zu left the hash %016llx", lens[i], at,
               (unsigned long long)before);
     free(b);
@@ -171,6 +209,7 @@ int main(int argc, char **argv) {
   }
   if (argc > 1 && !strcmp(argv[1], "--bench")) return bench(argc, argv);
   RUN(test_every_short_length);
+  RUN(test_tile_edges);
   RUN(test_random_long);
   RUN(test_float_rows);
   RUN(test_flipped_byte_differs);

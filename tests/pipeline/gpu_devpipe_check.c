@@ -73,13 +73,13 @@ static int fail(const char *what) {
 }
 
 /* median seconds of reps runs of nb directions; the mean seconds per run
- * of its sampling and solving phases (devpipe_phase_seconds) */
+ * of each phase (devpipe_phase_seconds) */
 static int bench(devpipe *p, int nb, int reps, const double (*q)[4], float *const *tg,
-                 float *const *in, uint64_t *hash, double *med, double *sample_s, double *solve_s) {
+                 float *const *in, uint64_t *hash, double *med, devpipe_phases *ph) {
   double t[64];
   int done;
   if (devpipe_run(p, nb, q, tg, in, hash, &done) < 0) return -1; /* warm-up */
-  devpipe_phase_seconds(p, sample_s, solve_s);
+  devpipe_phase_seconds(p, ph);
   for (int r = 0; r < reps; r++) {
     double t0 = ce_now_s();
     if (devpipe_run(p, nb, q, tg, in, hash, &done) < 0) return -1;
@@ -87,8 +87,8 @@ static int bench(devpipe *p, int nb, int reps, const double (*q)[4], float *cons
   }
   qsort(t, (size_t)reps, sizeof *t, ce_cmp_double);
   *med = t[reps / 2];
-  devpipe_phase_seconds(p, sample_s, solve_s);
-  *sample_s /= reps, *solve_s /= reps;
+  devpipe_phase_seconds(p, ph);
+  ph->sample /= reps, ph->solve /= reps, ph->hash_wait /= reps, ph->targets /= reps;
   return 0;
 }
 
@@ -204,24 +204,26 @@ int main(int argc, char **argv) {
       if (!ok) rc = 1;
       if (mi == 0 && recon == 0) { /* the benchmark: model 0, constant */
         for (int d = 0; d < nbench; d++) dpf_direction(0, d, q[d]);
-        double med, ts, tv;
+        double med;
+        devpipe_phases ph;
         /* bytes back per sample: the images (float64) and the row's XXH64,
          * or the images and the input cubes (float32) */
         const double b_img = ntg * 8.0 + 8, b_in = ntg * 8.0 + nin * 4.0;
-        if (bench(p, nbench, reps, (const double (*)[4])q, dtg, NULL, hash, &med, &ts, &tv) < 0)
+        if (bench(p, nbench, reps, (const double (*)[4])q, dtg, NULL, hash, &med, &ph) < 0)
           return fail("bench");
         printf("gpu_devpipe_bench sample+solve %dx%dx%dx%d k=2 images_only batch=%d samples_per_s "
                "%.0f (target 10000) bytes_back_per_sample %.0f bus_GB_per_s %.2f; per batch: "
-               "sample %.1f ms, solve %.1f ms\n",
-               n, n, n, nf, nbench, nbench / med, b_img, nbench * b_img / med / 1e9, ts * 1e3,
-               tv * 1e3);
-        if (bench(p, nbench, reps, (const double (*)[4])q, dtg, din, NULL, &med, &ts, &tv) < 0)
+               "sample %.1f ms, solve %.1f ms, checksum wait %.1f ms, host transposes %.1f ms\n",
+               n, n, n, nf, nbench, nbench / med, b_img, nbench * b_img / med / 1e9,
+               ph.sample * 1e3, ph.solve * 1e3, ph.hash_wait * 1e3, ph.targets * 1e3);
+        if (bench(p, nbench, reps, (const double (*)[4])q, dtg, din, NULL, &med, &ph) < 0)
           return fail("bench");
         printf("gpu_devpipe_bench sample+solve %dx%dx%dx%d k=2 with_inputs batch=%d samples_per_s "
                "%.0f bytes_back_per_sample %.0f bus_GB_per_s %.2f (inputs float32 + images "
-               "float64); per batch: sample %.1f ms, solve %.1f ms\n",
-               n, n, n, nf, nbench, nbench / med, b_in, nbench * b_in / med / 1e9, ts * 1e3,
-               tv * 1e3);
+               "float64); per batch: sample %.1f ms (cubes to the host included), solve %.1f ms, "
+               "host transposes %.1f ms\n",
+               n, n, n, nf, nbench, nbench / med, b_in, nbench * b_in / med / 1e9,
+               ph.sample * 1e3, ph.solve * 1e3, ph.targets * 1e3);
       }
       devpipe_close(p);
       dpf_close(&S);
