@@ -78,6 +78,20 @@ static inline SB_HD double sb_uz(const sampler_geo *G, int j) {
   return ((j / k + (j % k + 0.5) / k) / G->n - 0.5) * G->edge;
 }
 
+/* The positions of a line's n k sub-samples, uz[j] = sb_uz(G, j) (the same
+ * bits: the same expression): a launch's threads read them from a table
+ * filled once (the device: in shared memory, per block) instead of two
+ * float64 divisions and an integer one per point, the most of the
+ * constant walk's arithmetic on a GPU. uz NULL: the expression. Every cube
+ * of one launch shares n, k and the edge (sampler_device_sample's one set
+ * of options). */
+static inline SB_HD void sb_uz_table(const sampler_geo *G, double *uz) {
+  for (int j = 0; j < G->n * G->k; j++) uz[j] = sb_uz(G, j);
+}
+static inline SB_HD double sb_uz_at(const sampler_geo *G, const double *uz, int j) {
+  return uz ? uz[j] : sb_uz(G, j);
+}
+
 /* model_find without the cache: the leaf holding finest cell f, its range
  * [lo, hi), shift and first cell; returns the cell index */
 static inline SB_HD int64_t sb_find(const sampler_flat *F, const int64_t f[3], int64_t lo[3],
@@ -142,11 +156,12 @@ static inline SB_HD void sb_line_setup(const sampler_flat *F, const sampler_geo 
  * finest cell f), and the end je of the points j..je-1 in it (the first
  * with uz >= the leaf's exit, at least j + 1: estimated from the spacing,
  * then corrected). */
-static inline SB_HD int sb_run(const sampler_flat *F, const sampler_geo *G, const double A[3],
-                               const double B[3], const double inv_b[3], const int64_t f[3], int j,
-                               int64_t lo[3], int64_t hi[3], int *sh, int64_t *base) {
+static inline SB_HD int sb_run(const sampler_flat *F, const sampler_geo *G, const double *uz,
+                               const double A[3], const double B[3], const double inv_b[3],
+                               const int64_t f[3], int j, int64_t lo[3], int64_t hi[3], int *sh,
+                               int64_t *base) {
   const int nk = G->n * G->k;
-  const double inv_du = nk / G->edge, uz0 = sb_uz(G, 0);
+  const double inv_du = nk / G->edge, uz0 = sb_uz_at(G, uz, 0);
   sb_find(F, f, lo, hi, sh, base);
   double uhi = INFINITY;
   for (int d = 0; d < 3; d++) {
@@ -156,14 +171,14 @@ static inline SB_HD int sb_run(const sampler_flat *F, const sampler_geo *G, cons
   }
   double est = (uhi - uz0) * inv_du;
   int je = !(est < nk) ? nk : est <= j + 1 ? j + 1 : (int)est;
-  while (je < nk && sb_uz(G, je) < uhi) je++;
-  while (je > j + 1 && sb_uz(G, je - 1) >= uhi) je--;
+  while (je < nk && sb_uz_at(G, uz, je) < uhi) je++;
+  while (je > j + 1 && sb_uz_at(G, uz, je - 1) >= uhi) je--;
   return je;
 }
 
-/* 1. one sub-line: the cells of its n*k points */
-static inline SB_HD void sb_line_thread(const sampler_flat *F, const sampler_geo *G, int64_t t,
-                                        int64_t *idx_all) {
+/* 1. one sub-line: the cells of its n*k points (uz: sb_uz_table or NULL) */
+static inline SB_HD void sb_line_thread(const sampler_flat *F, const sampler_geo *G,
+                                        const double *uz_tab, int64_t t, int64_t *idx_all) {
   const int nk = G->n * G->k;
   int64_t *idx = idx_all + t * nk;
   const double *R = G->R, *c = G->c;
@@ -173,7 +188,7 @@ static inline SB_HD void sb_line_thread(const sampler_flat *F, const sampler_geo
   int sh;
   if (G->fill) { /* per point, the ball and the domain checked (model_locate) */
     for (int j = 0; j < nk; j++) {
-      double uz = sb_uz(G, j);
+      double uz = sb_uz_at(G, uz_tab, j);
       double x[3] = {lb[0] + R[2] * uz, lb[1] + R[5] * uz, lb[2] + R[8] * uz};
       double d0 = x[0] - c[0], d1 = x[1] - c[1], d2 = x[2] - c[2];
       idx[j] = -1;
@@ -196,16 +211,16 @@ static inline SB_HD void sb_line_thread(const sampler_flat *F, const sampler_geo
   const int64_t b0 = F->bnx[0], b1 = F->bnx[1], b2 = F->bnx[2];
   int j = 0;
   while (j < nk) {
-    double uzj = sb_uz(G, j);
+    double uzj = sb_uz_at(G, uz_tab, j);
     double t0 = A[0] + B[0] * uzj, t1 = A[1] + B[1] * uzj, t2 = A[2] + B[2] * uzj;
     if (!(t0 >= 0 && t0 < nf[0] && t1 >= 0 && t1 < nf[1] && t2 >= 0 && t2 < nf[2])) {
       idx[j++] = -1;
       continue;
     }
     const int64_t f[3] = {(int64_t)t0, (int64_t)t1, (int64_t)t2};
-    const int je = sb_run(F, G, A, B, inv_b, f, j, lo, hi, &sh, &base);
+    const int je = sb_run(F, G, uz_tab, A, B, inv_b, f, j, lo, hi, &sh, &base);
     for (; j < je; j++) {
-      double u = sb_uz(G, j);
+      double u = sb_uz_at(G, uz_tab, j);
       int64_t i0 = ((int64_t)(A[0] + B[0] * u) - lo[0]) >> sh;
       int64_t i1 = ((int64_t)(A[1] + B[1] * u) - lo[1]) >> sh;
       int64_t i2 = ((int64_t)(A[2] + B[2] * u) - lo[2]) >> sh;

@@ -20,6 +20,7 @@
 #ifndef COEMU_SAMPLER_BODY_LINEAR_H
 #define COEMU_SAMPLER_BODY_LINEAR_H
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "rotate/sampler_body.h"
@@ -178,7 +179,7 @@ static inline SB_HD void sb_lin_voxel(const float *pn, const float *pT, const fl
 /* 1. one sub-line under `linear`: its points' n, T, v_los into the planes
  * pn, pT, pv (np floats each, np = n^3 k^3) at t n k + j */
 static inline SB_HD void sb_lin_line_thread(const sampler_flat *F, const sampler_geo *G,
-                                            int64_t t, float *planes) {
+                                            const double *uz_tab, int64_t t, float *planes) {
   const int nk = G->n * G->k;
   const int64_t np = (int64_t)G->n * G->n * G->k * G->k * nk;
   float *pn = planes + t * nk, *pT = pn + np, *pv = pT + np;
@@ -196,7 +197,7 @@ static inline SB_HD void sb_lin_line_thread(const sampler_flat *F, const sampler
   const double Bdu[3] = {B[0] / inv_du, B[1] / inv_du, B[2] / inv_du};
   int j = 0;
   while (j < nk) {
-    const double uzj = sb_uz(G, j);
+    const double uzj = sb_uz_at(G, uz_tab, j);
     const double tt[3] = {A[0] + B[0] * uzj, A[1] + B[1] * uzj, A[2] + B[2] * uzj};
     int je = j + 1; /* outside the domain (round-off at a face; a fill): the background */
     int64_t lo[3], hi[3], base;
@@ -207,7 +208,7 @@ static inline SB_HD void sb_lin_line_thread(const sampler_flat *F, const sampler
     const float *nodes = F->nodal;
     if (in) {
       const int64_t f[3] = {(int64_t)tt[0], (int64_t)tt[1], (int64_t)tt[2]};
-      je = sb_run(F, G, A, B, inv_b, f, j, lo, hi, &sh, &base);
+      je = sb_run(F, G, uz_tab, A, B, inv_b, f, j, lo, hi, &sh, &base);
       const double lod[3] = {(double)lo[0], (double)lo[1], (double)lo[2]};
       sb_lin_run_start(tt, lod, sb_inv_span(sh), Bdu, s0, gs);
       nodes += base / F->ncell * F->nnodal * 8;
@@ -215,7 +216,7 @@ static inline SB_HD void sb_lin_line_thread(const sampler_flat *F, const sampler
     for (const int j0 = j; j < je; j++) {
       int bg = !in;
       if (G->fill && !bg) { /* the ball: background beyond r */
-        const double uz = sb_uz(G, j);
+        const double uz = sb_uz_at(G, uz_tab, j);
         const double d0 = lb[0] + R[2] * uz - c[0], d1 = lb[1] + R[5] * uz - c[1],
                      d2 = lb[2] + R[8] * uz - c[2];
         bg = !(d0 * d0 + d1 * d1 + d2 * d2 <= G->r2);
@@ -255,13 +256,14 @@ static inline SB_HD int64_t sb_scratch_bytes(const sampler_geo *G) {
   return np * (G->recon == SB_RECON_LINEAR ? 3 * (int64_t)sizeof(float) : (int64_t)sizeof(int64_t));
 }
 
-/* The launches' bodies for G's reconstruction (scratch: sb_scratch_bytes) */
+/* The launches' bodies for G's reconstruction (scratch: sb_scratch_bytes;
+ * uz: sb_uz_table or NULL) */
 static inline SB_HD void sb_any_line_thread(const sampler_flat *F, const sampler_geo *G,
-                                            int64_t t, void *scratch) {
+                                            const double *uz, int64_t t, void *scratch) {
   if (G->recon == SB_RECON_LINEAR)
-    sb_lin_line_thread(F, G, t, (float *)scratch);
+    sb_lin_line_thread(F, G, uz, t, (float *)scratch);
   else
-    sb_line_thread(F, G, t, (int64_t *)scratch);
+    sb_line_thread(F, G, uz, t, (int64_t *)scratch);
 }
 static inline SB_HD void sb_any_voxel_thread(const sampler_flat *F, const sampler_geo *G,
                                              const void *scratch, int64_t t, float *v_los,
@@ -274,11 +276,15 @@ static inline SB_HD void sb_any_voxel_thread(const sampler_flat *F, const sample
 
 #ifndef __CUDACC__
 /* The host: both launches as plain loops in thread order (scratch:
- * sb_scratch_bytes(G) bytes). */
+ * sb_scratch_bytes(G) bytes), the sub-lines reading the positions from a
+ * table as on the device (the expression where there is no memory for one). */
 static inline void sampler_body_run_host(const sampler_flat *F, const sampler_geo *G,
                                          void *scratch, float *v_los, float *T, float *n_co) {
   const int64_t n = G->n, k = G->k;
-  for (int64_t t = 0; t < n * n * k * k; t++) sb_any_line_thread(F, G, t, scratch);
+  double *uz = (double *)malloc(sizeof(double) * (size_t)(n * k));
+  if (uz) sb_uz_table(G, uz);
+  for (int64_t t = 0; t < n * n * k * k; t++) sb_any_line_thread(F, G, uz, t, scratch);
+  free(uz);
   for (int64_t t = 0; t < n * n * n; t++) sb_any_voxel_thread(F, G, scratch, t, v_los, T, n_co);
 }
 #endif

@@ -41,14 +41,25 @@ static unsigned grid_for(long long n) {
 }
 
 /* sub-line threads of nc cubes: cube t / per, its own geometry and
- * scratch (idx_per bytes: cell indices or, linear, the points' values) */
-__global__ void sb_lines_kernel(sampler_flat F, const sampler_geo *G, int nc, long long per,
+ * scratch (idx_per bytes: cell indices or, linear, the points' values).
+ * With dynamic shared memory (UZ_TABLE_MAX), each block first fills the
+ * table of the sub-samples' positions (sb_uz_table), which every cube of
+ * the launch shares (reserve: one n, k and edge). At most 128 registers
+ * (launch bounds: two blocks of 256 threads per SM; ptxas spills nothing). */
+#define UZ_TABLE_MAX 4096 /* positions (32 KiB): past that, the expression */
+__global__ void __launch_bounds__(BLOCK, 2) sb_lines_kernel(sampler_flat F, const sampler_geo *G, int nc, long long per,
                                 long long idx_per, unsigned char *idx) {
+  extern __shared__ double uz_s[];
+  const int nk = G[0].n * G[0].k, tab = nk <= UZ_TABLE_MAX;
+  if (tab) {
+    for (int j = threadIdx.x; j < nk; j += blockDim.x) uz_s[j] = sb_uz(&G[0], j);
+    __syncthreads();
+  }
   const long long n = per * nc;
   for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < n;
        t += (long long)gridDim.x * blockDim.x) {
     long long c = t / per;
-    sb_any_line_thread(&F, &G[c], t % per, idx + c * idx_per);
+    sb_any_line_thread(&F, &G[c], tab ? uz_s : NULL, t % per, idx + c * idx_per);
   }
 }
 
@@ -149,7 +160,8 @@ static int sample_chunk(sampler_cuda *d, int nc, const sampler_geo *G, float *co
   const long long lines = N * N * k * k, idx_per = sb_scratch_bytes(&G[0]), vox = N * N * N;
   CU(cudaMemcpyAsync(d->d_geo, G, nc * sizeof *G, cudaMemcpyHostToDevice, d->stream),
      "cudaMemcpyAsync (geometries)");
-  sb_lines_kernel<<<grid_for(lines * nc), BLOCK, 0, d->stream>>>(
+  const size_t uz_bytes = N * k <= UZ_TABLE_MAX ? (size_t)(N * k) * sizeof(double) : 0;
+  sb_lines_kernel<<<grid_for(lines * nc), BLOCK, uz_bytes, d->stream>>>(
       d->F, d->d_geo, nc, lines, idx_per, (unsigned char *)d->d_idx);
   CU(cudaGetLastError(), "launching the sub-line kernel");
   sb_voxels_kernel<<<grid_for(vox * nc), BLOCK, 0, d->stream>>>(
@@ -173,8 +185,10 @@ static int sample_chunk(sampler_cuda *d, int nc, const sampler_geo *G, float *co
 /* Buffers for a chunk of G's cubes; the chunk size into *out. */
 static int reserve(sampler_cuda *d, int ncube, const sampler_geo *G, size_t *out) {
   for (int c = 1; c < ncube; c++)
-    if (G[c].n != G[0].n || G[c].k != G[0].k || G[c].recon != G[0].recon)
-      CE_FAIL("sampler device 'cuda': cubes of one batch must share n, k and the reconstruction");
+    if (G[c].n != G[0].n || G[c].k != G[0].k || G[c].recon != G[0].recon ||
+        G[c].edge != G[0].edge)
+      CE_FAIL("sampler device 'cuda': cubes of one batch must share n, k, the edge and the "
+              "reconstruction");
   if (G[0].recon == SB_RECON_LINEAR && !d->F.nodal)
     CE_FAIL("sampler device 'cuda': the linear reconstruction needs the model's corner records, "
             "which were not uploaded");
