@@ -135,7 +135,7 @@ int sampler_device_sample(sampler_device *s, int ncube, const double (*q)[4],
                           const sampler_opts *o, float *const *v_los, float *const *T,
                           float *const *n_co);
 /* The first cubes of the same left in device memory (for the device's LTE
- * solver, solver/lte.h's lte_solve_batch_device_f32): returns how many
+ * solver, solver/lte.h's lte_solve_batch_device_targets): returns how many
  * (1..ncube, one chunk of the device's buffers), *dev their cells (cube c:
  * v_los, T, n_co, n^3 floats each, from *dev + 3 c n^3), valid until the
  * next call on s; also copied to the host where v_los is not NULL. */

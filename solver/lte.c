@@ -183,7 +183,7 @@ static int report_bad(const lte_kernel_batch *b, const char *backend) {
 static int solve(const lte_line *L, const double *freqs, int nf, int ncube, int nx, int ny,
                  int nz, lte_kernel_dtype dtype, const void *const *v, const void *const *T,
                  const void *const *n, const void *const *pop_l, const void *const *pop_u,
-                 const lte_options *o, double *const *image, int dev) {
+                 const lte_options *o, double *const *image, float *const *targets, int dev) {
   CE_TRY(check_args(L, freqs, nf, nx, ny, nz, o));
   const lte_kernel *k;
   CE_TRY(find_kernel(o->backend, &k));
@@ -194,7 +194,8 @@ static int solve(const lte_line *L, const double *freqs, int nf, int ncube, int 
   lte_kernel_batch b = {.ncube = ncube, .nx = nx, .ny = ny, .nz = nz, .dtype = dtype,
                         .v = v, .T = T, .n = n, .nf = nf, .freqs = freqs,
                         .background = o->background, .background_map = o->background_map,
-                        .image = image, .threads = o->threads, .pop_l = pop_l, .pop_u = pop_u};
+                        .image = image, .targets = targets, .threads = o->threads,
+                        .pop_l = pop_l, .pop_u = pop_u};
   int rc = (dev ? k->solve_dev : k->solve)(&m, &b);
   if (rc == LTE_KERNEL_BAD_INPUT && dev) {
     ce_err("LTE solver: a cube of this batch in %s device memory holds an invalid cell "
@@ -209,14 +210,14 @@ int lte_solve_cube(const lte_line *L, const double *freqs, int nf, int nx, int n
                    const double *v, const double *T, const double *n, const lte_options *opt,
                    double *image) {
   const void *pv = v, *pT = T, *pn = n;
-  return solve(L, freqs, nf, 1, nx, ny, nz, LTE_KERNEL_F64, &pv, &pT, &pn, NULL, NULL, opt, &image, 0);
+  return solve(L, freqs, nf, 1, nx, ny, nz, LTE_KERNEL_F64, &pv, &pT, &pn, NULL, NULL, opt, &image, NULL, 0);
 }
 
 int lte_solve_cube_f32(const lte_line *L, const double *freqs, int nf, int nx, int ny, int nz,
                        const float *v, const float *T, const float *n, const lte_options *opt,
                        double *image) {
   const void *pv = v, *pT = T, *pn = n;
-  return solve(L, freqs, nf, 1, nx, ny, nz, LTE_KERNEL_F32, &pv, &pT, &pn, NULL, NULL, opt, &image, 0);
+  return solve(L, freqs, nf, 1, nx, ny, nz, LTE_KERNEL_F32, &pv, &pT, &pn, NULL, NULL, opt, &image, NULL, 0);
 }
 
 int lte_solve_batch(const lte_line *L, const double *freqs, int nf, int ncube, int nx, int ny,
@@ -224,7 +225,7 @@ int lte_solve_batch(const lte_line *L, const double *freqs, int nf, int ncube, i
                     const double *const *n, const lte_options *opt, double *const *image) {
   if (ncube < 1) CE_FAIL("LTE solver: %d cubes, expected >= 1", ncube);
   return solve(L, freqs, nf, ncube, nx, ny, nz, LTE_KERNEL_F64, (const void *const *)v,
-               (const void *const *)T, (const void *const *)n, NULL, NULL, opt, image, 0);
+               (const void *const *)T, (const void *const *)n, NULL, NULL, opt, image, NULL, 0);
 }
 
 int lte_solve_cube_pops(const lte_line *L, const double *freqs, int nf, int nx, int ny, int nz,
@@ -232,7 +233,7 @@ int lte_solve_cube_pops(const lte_line *L, const double *freqs, int nf, int nx, 
                         const double *x_u, const lte_options *opt, double *image) {
   if (!x_l || !x_u) CE_FAIL("LTE solver: no level populations given (x_l, x_u)");
   const void *pv = v, *pT = T, *pn = n, *pl = x_l, *pu = x_u;
-  return solve(L, freqs, nf, 1, nx, ny, nz, LTE_KERNEL_F64, &pv, &pT, &pn, &pl, &pu, opt, &image, 0);
+  return solve(L, freqs, nf, 1, nx, ny, nz, LTE_KERNEL_F64, &pv, &pT, &pn, &pl, &pu, opt, &image, NULL, 0);
 }
 
 int lte_solve_cube_pops_f32(const lte_line *L, const double *freqs, int nf, int nx, int ny, int nz,
@@ -240,7 +241,7 @@ int lte_solve_cube_pops_f32(const lte_line *L, const double *freqs, int nf, int 
                             const float *x_u, const lte_options *opt, double *image) {
   if (!x_l || !x_u) CE_FAIL("LTE solver: no level populations given (x_l, x_u)");
   const void *pv = v, *pT = T, *pn = n, *pl = x_l, *pu = x_u;
-  return solve(L, freqs, nf, 1, nx, ny, nz, LTE_KERNEL_F32, &pv, &pT, &pn, &pl, &pu, opt, &image, 0);
+  return solve(L, freqs, nf, 1, nx, ny, nz, LTE_KERNEL_F32, &pv, &pT, &pn, &pl, &pu, opt, &image, NULL, 0);
 }
 
 int lte_solve_batch_f32(const lte_line *L, const double *freqs, int nf, int ncube, int nx, int ny,
@@ -248,14 +249,15 @@ int lte_solve_batch_f32(const lte_line *L, const double *freqs, int nf, int ncub
                         const float *const *n, const lte_options *opt, double *const *image) {
   if (ncube < 1) CE_FAIL("LTE solver: %d cubes, expected >= 1", ncube);
   return solve(L, freqs, nf, ncube, nx, ny, nz, LTE_KERNEL_F32, (const void *const *)v,
-               (const void *const *)T, (const void *const *)n, NULL, NULL, opt, image, 0);
+               (const void *const *)T, (const void *const *)n, NULL, NULL, opt, image, NULL, 0);
 }
 
-int lte_solve_batch_device_f32(const lte_line *L, const double *freqs, int nf, int ncube, int nx,
-                               int ny, int nz, const float *const *v, const float *const *T,
-                               const float *const *n, const lte_options *opt,
-                               double *const *image) {
+int lte_solve_batch_device_targets(const lte_line *L, const double *freqs, int nf, int ncube,
+                                   int nx, int ny, int nz, const float *const *v,
+                                   const float *const *T, const float *const *n,
+                                   const lte_options *opt, float *const *targets) {
   if (ncube < 1) CE_FAIL("LTE solver: %d cubes, expected >= 1", ncube);
+  if (!targets) CE_FAIL("LTE solver: no targets given");
   return solve(L, freqs, nf, ncube, nx, ny, nz, LTE_KERNEL_F32, (const void *const *)v,
-               (const void *const *)T, (const void *const *)n, NULL, NULL, opt, image, 1);
+               (const void *const *)T, (const void *const *)n, NULL, NULL, opt, NULL, targets, 1);
 }

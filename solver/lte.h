@@ -77,15 +77,19 @@ int lte_solve_batch_f32(const lte_line *L, const double *freqs, int nf, int ncub
                         const float *const *n, const lte_options *opt, double *const *image);
 /* The same for float32 cubes in the memory of opt->backend's device (opened
  * by lte_backend_open; e.g. sampled there, rotate/sampler.h's
- * sampler_device_sample_dev): the backend's solve_dev (lte_kernel.h); the
- * images are host memory. A backend without one (cpu) is an error. A bad
- * cell cannot be located in device memory: the call then returns
- * LTE_KERNEL_BAD_INPUT (1) with a message saying so, and the caller solves
- * those cubes on the host to name it. */
-int lte_solve_batch_device_f32(const lte_line *L, const double *freqs, int nf, int ncube, int nx,
-                               int ny, int nz, const float *const *v, const float *const *T,
-                               const float *const *n, const lte_options *opt,
-                               double *const *image);
+ * sampler_device_sample_dev): the backend's solve_dev (lte_kernel.h), each
+ * image written as the stored targets (float32 of [(f*nx + x)*ny + y],
+ * every value the float64 image's rounded once, as pipeline/generate/
+ * devpipe.h's devpipe_image_to_targets would make it) into host memory:
+ * the device makes them, so half the images' bytes come back and the host
+ * does no transpose (lte_kernel_batch.targets). A backend without a
+ * solve_dev (cpu) is an error. A bad cell cannot be located in device
+ * memory: the call then returns LTE_KERNEL_BAD_INPUT (1) with a message
+ * saying so, and the caller solves those cubes on the host to name it. */
+int lte_solve_batch_device_targets(const lte_line *L, const double *freqs, int nf, int ncube,
+                                   int nx, int ny, int nz, const float *const *v,
+                                   const float *const *T, const float *const *n,
+                                   const lte_options *opt, float *const *targets);
 
 /* Non-LTE images: the same, with the fractional populations of the line's
  * lower and upper level per cell (x_l, x_u, same layout; e.g. from

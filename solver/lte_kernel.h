@@ -167,6 +167,12 @@ typedef struct lte_kernel_batch {
   double background;            /* I_bdy [W m^-2 Hz^-1 sr^-1] when background_map is NULL */
   const double *background_map; /* NULL or [(x*ny + y)*nf + f], shared by all cubes */
   double *const *image;         /* [ncube] images of [(x*ny + y)*nf + f], I_nu [W m^-2 Hz^-1 sr^-1] */
+  /* NULL, or (solve_dev of a backend that has it, for the sample + solve
+   * pipeline) [ncube] the images as stored targets instead, float32 of
+   * [(f*nx + x)*ny + y]: each value rounded once from the float64 image
+   * (pipeline/generate/devpipe.h's devpipe_image_to_targets); image is
+   * then not written and may be NULL */
+  float *const *targets;
   int threads;                  /* host threads (CPU: OpenMP); <= 0: the default */
   /* Non-LTE (solver/nlte_lvg.h): NULL (LTE: Boltzmann populations at T),
    * or [ncube] cubes of the fractional populations of the line's lower

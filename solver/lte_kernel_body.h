@@ -27,6 +27,9 @@
  *   2. ray threads, t in [0, nray*nf): ray t % nray, channel t / nray:
  *      the optical depth and the formal solution along the ray, streaming
  *      over its cells, into image[ray*nf + f]; NaN where bad[ray].
+ *   3. (targets != NULL) target threads, t in [0, nray*nf): the images as
+ *      stored targets, float32 in (cube, f, pixel) order, so that a device
+ *      sends back half the bytes and the host has no transpose to do.
  *      With lte_kernel_model.f32 the ray threads are lte_body_ray_thread_f32
  *      (the float32 path, below: its own formulas, within 1e-5 of these).
  */
@@ -109,6 +112,7 @@ typedef struct lte_body_view {
   double *S, *adx, *iw, *shift; /* scratch [nz * nray]: cell z of ray r at z*nray + r */
   int *bad;                     /* [nray], zero before the cell threads */
   double *image;                /* [nray * nf] */
+  float *targets; /* NULL or [nray * nf]: cube c's channel f at pixel p at (c nf + f) npix + p */
 } lte_body_view;
 
 static inline LTE_HD double lte_body_load(const void *a, lte_kernel_dtype dt, long long i) {
@@ -421,6 +425,15 @@ static inline LTE_HD void lte_body_ray_thread_f32(const lte_kernel_model *M, con
   *out = M->take_abs ? fabs(I) : I;
 }
 
+/* 3. one target value: thread t is (cube, channel, pixel) in the targets'
+ * order (writes in order), its image value (float64) rounded once to
+ * float32, as devpipe_image_to_targets does on the host */
+static inline LTE_HD void lte_body_target_thread(const lte_body_view *V, long long t) {
+  const long long per = V->npix * V->nf, c = t / per, r = t % per;
+  const long long f = r / V->npix, pix = r % V->npix;
+  V->targets[t] = (float)V->image[(c * V->npix + pix) * V->nf + f];
+}
+
 #ifndef __CUDACC__
 /* The host: the same bodies, one plain loop per launch, in thread order. */
 static inline void lte_body_run_host(const lte_kernel_model *M, const lte_body_view *V) {
@@ -430,6 +443,8 @@ static inline void lte_body_run_host(const lte_kernel_model *M, const lte_body_v
       lte_body_ray_thread_f32(M, V, t);
     else
       lte_body_ray_thread(M, V, t);
+  if (V->targets)
+    for (long long t = 0; t < V->nray * V->nf; t++) lte_body_target_thread(V, t);
 }
 #endif
 

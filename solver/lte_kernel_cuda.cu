@@ -52,6 +52,14 @@ __global__ void lte_rays_f32_kernel(lte_kernel_model m, lte_body_view v) {
     lte_body_ray_thread_f32(&m, &v, t);
 }
 
+/* the images as stored targets (lte_kernel_batch.targets) */
+__global__ void lte_targets_kernel(lte_body_view v) {
+  const long long n = v.nray * v.nf;
+  for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < n;
+       t += (long long)gridDim.x * blockDim.x)
+    lte_body_target_thread(&v, t);
+}
+
 static unsigned grid_for(long long n) {
   long long g = (n + BLOCK - 1) / BLOCK;
   return (unsigned)(g < 1 ? 1 : g > (1 << 20) ? (1 << 20) : g);
@@ -186,6 +194,7 @@ static int upload_tables(const lte_kernel_model *M) {
 typedef struct {
   size_t ncell, npix, esz, narr;
   size_t cells, scratch, flags, image; /* per cube, rounded */
+  size_t targets;                      /* per cube, rounded: float32 targets (0: none wanted) */
   size_t pin_cells;                    /* cells per cube in the pinned buffer (0: solve_dev) */
   size_t dev, pin;
 } sizes;
@@ -202,7 +211,8 @@ static sizes sizes_of(const lte_kernel_batch *B, int dev) {
   z.scratch = r256(z.ncell * sizeof(double));
   z.flags = r256(z.npix * sizeof(int));
   z.image = r256(z.npix * B->nf * sizeof(double));
-  z.dev = z.narr * z.cells + 4 * z.scratch + z.flags + z.image;
+  z.targets = B->targets ? r256(z.npix * B->nf * sizeof(float)) : 0;
+  z.dev = z.narr * z.cells + 4 * z.scratch + z.flags + z.image + z.targets;
   z.pin_cells = dev ? 0 : z.cells;
   z.pin = z.narr * z.pin_cells + z.flags + z.image;
   return z;
@@ -250,8 +260,12 @@ static int slot_finish(slot *s, const sizes *z, const lte_kernel_batch *B, int *
   CU(cudaStreamSynchronize(s->stream), "the kernels (cudaStreamSynchronize)");
   pinned p = pinned_of(s, z, s->nc);
   const size_t nimg = z->npix * B->nf;
-  for (int c = 0; c < s->nc; c++)
-    memcpy(B->image[s->c0 + c], p.image + c * nimg, nimg * sizeof(double));
+  if (B->targets) /* float32 targets, back to back in the images' place */
+    for (int c = 0; c < s->nc; c++)
+      memcpy(B->targets[s->c0 + c], (const float *)p.image + c * nimg, nimg * sizeof(float));
+  else
+    for (int c = 0; c < s->nc; c++)
+      memcpy(B->image[s->c0 + c], p.image + c * nimg, nimg * sizeof(double));
   for (size_t r = 0; r < z->npix * s->nc; r++)
     if (p.flags[r]) *bad = 1;
   return 0;
@@ -277,6 +291,7 @@ static int slot_launch(slot *s, const sizes *z, const lte_kernel_model *Md,
   d += z->image * nc;
   double *scratch[4];
   for (int i = 0; i < 4; i++, d += z->scratch * nc) scratch[i] = (double *)d;
+  float *dtargets = (float *)d; /* z->targets * nc bytes, when targets are wanted */
   /* every cell array in one copy: the device buffer starts with the same layout */
   const size_t in_bytes = z->narr * z->cells * nc;
   if (!dev)
@@ -323,9 +338,18 @@ static int slot_launch(slot *s, const sizes *z, const lte_kernel_model *Md,
   CU(cudaGetLastError(), "launching the ray kernel");
   CU(cudaMemcpyAsync(p.flags, dflags, z->flags * nc, cudaMemcpyDeviceToHost, s->stream),
      "cudaMemcpyAsync (flags to the host)");
-  CU(cudaMemcpyAsync(p.image, dimage, z->npix * B->nf * sizeof(double) * nc,
-                     cudaMemcpyDeviceToHost, s->stream),
-     "cudaMemcpyAsync (images to the host)");
+  if (B->targets) {
+    /* half the images' bytes come back, in the stored order */
+    v.targets = dtargets;
+    lte_targets_kernel<<<grid_for(v.nray * v.nf), BLOCK, 0, s->stream>>>(v);
+    CU(cudaGetLastError(), "launching the targets kernel");
+    CU(cudaMemcpyAsync(p.image, v.targets, z->npix * B->nf * sizeof(float) * nc,
+                       cudaMemcpyDeviceToHost, s->stream),
+       "cudaMemcpyAsync (targets to the host)");
+  } else
+    CU(cudaMemcpyAsync(p.image, dimage, z->npix * B->nf * sizeof(double) * nc,
+                       cudaMemcpyDeviceToHost, s->stream),
+       "cudaMemcpyAsync (images to the host)");
   s->busy = 1, s->c0 = c0, s->nc = nc;
   return 0;
 }

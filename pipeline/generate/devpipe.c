@@ -17,8 +17,8 @@ struct devpipe {
   lte_options opt;   /* a.opt with the implementation's backend */
   int n, batch;
   size_t nvox, nimg; /* n^3, n^2 nf */
-  double *img;       /* [batch * nimg]: the images of one run() */
-  double **imgp;     /* [batch] into img */
+  double *img;       /* cpu: [batch * nimg] the images of one run(), before the transposes */
+  double **imgp;     /* cpu: [batch] into img */
   float *scratch;    /* cpu: [nscratch * 3 nvox] cubes when the caller wants none */
   float **sp;        /* [nscratch] into scratch */
   int nscratch;      /* cpu: cubes per run() without the caller's buffers (<= batch) */
@@ -64,6 +64,11 @@ static int cpu_open(devpipe *p, int ordinal, char *desc, size_t ndesc) {
    * its run()s then do fewer, as a device's chunk */
   int fit = devpipe_batch_size(p->n, p->a.nf, 1, (size_t)256 << 20);
   p->nscratch = p->batch < fit ? p->batch : fit;
+  /* the images, float64 (x, y, f), before the transposes into the targets */
+  p->img = ce_malloc_array((size_t)p->batch, p->nimg * sizeof(double), "pipeline images");
+  p->imgp = ce_malloc_array((size_t)p->batch, sizeof *p->imgp, "pipeline images");
+  if (!p->img || !p->imgp) return -1;
+  for (int c = 0; c < p->batch; c++) p->imgp[c] = p->img + (size_t)c * p->nimg;
   p->scratch = ce_malloc_array((size_t)p->nscratch, 3 * p->nvox * sizeof(float), "pipeline cubes");
   p->sp = ce_malloc_array((size_t)p->nscratch, sizeof *p->sp, "pipeline cubes");
   if (!p->scratch || !p->sp) return -1;
@@ -73,7 +78,8 @@ static int cpu_open(devpipe *p, int ordinal, char *desc, size_t ndesc) {
 
 /* without in, the cubes stay in the pipeline's scratch and, as on the
  * device, only their checksums go back */
-static int cpu_run(devpipe *p, int nc, const double (*q)[4], float *const *in, uint64_t *hash) {
+static int cpu_run(devpipe *p, int nc, const double (*q)[4], float *const *tg, float *const *in,
+                   uint64_t *hash) {
   float *const *cube = in ? in : p->sp;
   if (!in && nc > p->nscratch) nc = p->nscratch;
   const float **v = p->cv, **T = p->cT, **n = p->cn;
@@ -86,7 +92,9 @@ static int cpu_run(devpipe *p, int nc, const double (*q)[4], float *const *in, u
   double t1 = ce_now_s();
   CE_TRY(lte_solve_batch_f32(p->a.line, p->a.freqs, p->a.nf, nc, p->n, p->n, p->n, v, T, n,
                              &p->opt, p->imgp));
-  p->t.sample += t1 - t0, p->t.solve += ce_now_s() - t1;
+  const double t2 = ce_now_s();
+  for (int c = 0; c < nc; c++) devpipe_image_to_targets(p->imgp[c], p->n, p->a.nf, tg[c]);
+  p->t.sample += t1 - t0, p->t.solve += t2 - t1, p->t.targets += ce_now_s() - t2;
   return nc;
 }
 
@@ -109,8 +117,10 @@ static int cuda_open(devpipe *p, int ordinal, char *desc, size_t ndesc) {
 }
 
 /* without in, the cubes' checksums are made on the device beside the LTE
- * kernel (devpipe_hash.h), and only they come back */
-static int cuda_run(devpipe *p, int nc, const double (*q)[4], float *const *in, uint64_t *hash) {
+ * kernel (devpipe_hash.h), and only they come back; the stored targets are
+ * made on the device too (lte_solve_batch_device_targets) */
+static int cuda_run(devpipe *p, int nc, const double (*q)[4], float *const *tg,
+                    float *const *in, uint64_t *hash) {
   const float *dev = NULL;
   float **hv = p->hv, **hT = p->hT, **hn = p->hn;
   for (int c = 0; in && c < nc; c++)
@@ -129,8 +139,8 @@ static int cuda_run(devpipe *p, int nc, const double (*q)[4], float *const *in, 
   if (hashing) CE_TRY(devpipe_hash_start(p->hash, dev, 3 * p->nvox, k));
 #endif
   const double t1 = ce_now_s();
-  int rc = lte_solve_batch_device_f32(p->a.line, p->a.freqs, p->a.nf, k, p->n, p->n, p->n, v, T,
-                                      n, &p->opt, p->imgp);
+  int rc = lte_solve_batch_device_targets(p->a.line, p->a.freqs, p->a.nf, k, p->n, p->n, p->n, v,
+                                          T, n, &p->opt, tg);
   const double t2 = ce_now_s();
 #ifdef COEMU_HAVE_CUDA
   /* waited for whatever the solve did: the next run's sampling overwrites dev */
@@ -182,15 +192,12 @@ int devpipe_open(const devpipe_impl *impl, const devpipe_args *a, int ordinal, d
   p->nvox = (size_t)p->n * p->n * p->n;
   p->nimg = (size_t)p->n * p->n * a->nf;
   p->batch = a->batch > 0 ? a->batch : devpipe_batch_size(p->n, a->nf, 1, (size_t)256 << 20);
-  p->img = ce_malloc_array((size_t)p->batch, p->nimg * sizeof(double), "pipeline images");
-  p->imgp = ce_malloc_array((size_t)p->batch, sizeof *p->imgp, "pipeline images");
   p->cv = ce_malloc_array((size_t)p->batch, 3 * sizeof *p->cv, "pipeline cubes");
   p->hv = ce_malloc_array((size_t)p->batch, 3 * sizeof *p->hv, "pipeline cubes");
-  if (!p->img || !p->imgp || !p->cv || !p->hv) {
+  if (!p->cv || !p->hv) {
     devpipe_close(p);
     return -1;
   }
-  for (int c = 0; c < p->batch; c++) p->imgp[c] = p->img + (size_t)c * p->nimg;
   p->cT = p->cv + p->batch, p->cn = p->cv + 2 * p->batch;
   p->hT = p->hv + p->batch, p->hn = p->hv + 2 * p->batch;
   if (impl->open(p, ordinal, desc, ndesc) < 0) {
@@ -207,14 +214,10 @@ int devpipe_run(devpipe *p, int ndir, const double (*q)[4], float *const *target
   *done = 0;
   while (*done < ndir) {
     int want = ndir - *done < p->batch ? ndir - *done : p->batch;
-    int k = p->impl->run(p, want, q + *done, inputs ? inputs + *done : NULL,
+    int k = p->impl->run(p, want, q + *done, targets + *done, inputs ? inputs + *done : NULL,
                          !inputs && in_hash ? in_hash + *done : NULL);
     if (k == DEVPIPE_BAD_CELL) return DEVPIPE_BAD_CELL;
     if (k < 0) return ce_err_prefix("sample + solve pipeline '%s'", p->impl->name);
-    const double t0 = ce_now_s();
-    for (int c = 0; c < k; c++)
-      devpipe_image_to_targets(p->imgp[c], p->n, p->a.nf, targets[*done + c]);
-    p->t.targets += ce_now_s() - t0;
     *done += k;
   }
   return 0;

@@ -7,17 +7,19 @@
  *
  * Two implementations of one table (devpipe_impl), one driver:
  *   devpipe_cpu   sample_cube per direction, then lte_solve_batch_f32 on the
- *                 CPU kernel over the batch: the same bits as the producer's
- *                 per-sample path (tests/pipeline/test_devpipe.c), so CI runs
- *                 the driver (batching, ordering, buffers, the transpose)
- *                 on every host;
+ *                 CPU kernel over the batch and the transposes into the
+ *                 targets: the same bits as the producer's per-sample path
+ *                 (tests/pipeline/test_devpipe.c), so CI runs the driver
+ *                 (batching, ordering, buffers, the transpose) on every host;
  *   devpipe_cuda  sampler_device_sample_dev (cubes left on the device, one
  *                 chunk of the device sampler's buffers per call), then
- *                 lte_solve_batch_device_f32 (the kernel seam's solve_dev:
- *                 the cells gathered device to device, the LTE kernel's two
- *                 streams and pinned buffers overlapping its chunks). Its
- *                 images follow docs/physics.md's device rules; the inputs
- *                 are sample_cube's bits.
+ *                 lte_solve_batch_device_targets (the kernel seam's
+ *                 solve_dev: the cells gathered device to device, the LTE
+ *                 kernel's two streams and pinned buffers overlapping its
+ *                 chunks; the targets made on the device, float32, so half
+ *                 the images' bytes come back and the host transposes
+ *                 nothing). Its images follow docs/physics.md's device
+ *                 rules; the inputs are sample_cube's bits.
  * The driver cuts the directions into batches of at most `batch`, calls
  * run(), which may do fewer (the device's chunk), and continues where it
  * stopped, so the order of the outputs is the order of the directions
@@ -60,12 +62,14 @@ typedef struct devpipe_impl {
   /* make p ready on device `ordinal` (modulo the devices present); desc
    * (may be NULL) gets a line; -1 with a message (no device, no build) */
   int (*open)(devpipe *p, int ordinal, char *desc, size_t ndesc);
-  /* the first of nc directions q (1 <= nc <= batch): images (x, y, f) into
-   * the pipeline's image buffers (one per cube), and with in != NULL the input cubes (v_z, T,
-   * n_CO, 3 n^3 floats) into in[c], else with hash != NULL each cube's
+  /* the first of nc directions q (1 <= nc <= batch): their images as the
+   * stored targets (nf n^2 floats, (f, x, y): devpipe_image_to_targets'
+   * values) into tg[c], and with in != NULL the input cubes (v_z, T, n_CO,
+   * 3 n^3 floats) into in[c], else with hash != NULL each cube's
    * devpipe_row_hash into hash[c], made where the cube is (the cubes stay
    * there); returns how many (>= 1), -1 with a message, or DEVPIPE_BAD_CELL */
-  int (*run)(devpipe *p, int nc, const double (*q)[4], float *const *in, uint64_t *hash);
+  int (*run)(devpipe *p, int nc, const double (*q)[4], float *const *tg, float *const *in,
+             uint64_t *hash);
   void (*close)(devpipe *p);
 } devpipe_impl;
 

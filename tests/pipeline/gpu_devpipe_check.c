@@ -21,7 +21,8 @@
  *   gpu_devpipe_check constant model 0: inputs identical 16 of 16, images within the rules ...
  *   gpu_devpipe_check constant model 0 images_only: input row XXH64s equal ... 16 of 16 ...
  *   gpu_devpipe_bench sample+solve 64^3x7 k=2 images_only batch=256 samples_per_s ...
- *     bytes_back_per_sample ...
+ *     bytes_back_per_sample ... (the targets, float32, and the row's XXH64); per batch:
+ *     sample, solve, checksum wait, host transposes (ms)
  *   gpu_devpipe_bench sample+solve 64^3x7 k=2 with_inputs batch=64 samples_per_s ... GB_per_s ...
  * --cpu puts the CPU implementation of the same table in the device's place
  * (a host without a GPU runs the whole check that way). Exit status 0 only
@@ -206,9 +207,10 @@ int main(int argc, char **argv) {
         for (int d = 0; d < nbench; d++) dpf_direction(0, d, q[d]);
         double med;
         devpipe_phases ph;
-        /* bytes back per sample: the images (float64) and the row's XXH64,
-         * or the images and the input cubes (float32) */
-        const double b_img = ntg * 8.0 + 8, b_in = ntg * 8.0 + nin * 4.0;
+        /* bytes back per sample: the stored targets (float32, made on the
+         * device) and the row's XXH64, or the targets and the input cubes
+         * (float32) */
+        const double b_img = ntg * 4.0 + 8, b_in = ntg * 4.0 + nin * 4.0;
         if (bench(p, nbench, reps, (const double (*)[4])q, dtg, NULL, hash, &med, &ph) < 0)
           return fail("bench");
         printf("gpu_devpipe_bench sample+solve %dx%dx%dx%d k=2 images_only batch=%d samples_per_s "
@@ -219,8 +221,8 @@ int main(int argc, char **argv) {
         if (bench(p, nbench, reps, (const double (*)[4])q, dtg, din, NULL, &med, &ph) < 0)
           return fail("bench");
         printf("gpu_devpipe_bench sample+solve %dx%dx%dx%d k=2 with_inputs batch=%d samples_per_s "
-               "%.0f bytes_back_per_sample %.0f bus_GB_per_s %.2f (inputs float32 + images "
-               "float64); per batch: sample %.1f ms (cubes to the host included), solve %.1f ms, "
+               "%.0f bytes_back_per_sample %.0f bus_GB_per_s %.2f (inputs and targets float32); "
+               "per batch: sample %.1f ms (cubes to the host included), solve %.1f ms, "
                "host transposes %.1f ms\n",
                n, n, n, nf, nbench, nbench / med, b_in, nbench * b_in / med / 1e9,
                ph.sample * 1e3, ph.solve * 1e3, ph.targets * 1e3);

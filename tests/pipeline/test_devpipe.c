@@ -18,8 +18,9 @@ static double q[NDIR][4];
 static size_t nin, ntg;
 
 /* devpipe_cpu, at most 2 cubes a call (as the device does at its chunk) */
-static int chunky_run(devpipe *p, int nc, const double (*qq)[4], float *const *in, uint64_t *h) {
-  return devpipe_cpu.run(p, nc < 2 ? nc : 2, qq, in, h);
+static int chunky_run(devpipe *p, int nc, const double (*qq)[4], float *const *tg,
+                      float *const *in, uint64_t *h) {
+  return devpipe_cpu.run(p, nc < 2 ? nc : 2, qq, tg, in, h);
 }
 static int chunky_open(devpipe *p, int o, char *d, size_t nd) { return devpipe_cpu.open(p, o, d, nd); }
 static void chunky_close(devpipe *p) { devpipe_cpu.close(p); }

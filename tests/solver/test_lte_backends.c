@@ -354,6 +354,7 @@ static int body_solve(const lte_kernel_model *M, const lte_kernel_batch *B) {
   }
   double *scratch = malloc(4 * ncell * B->ncube * sizeof(double));
   double *image = malloc(nray * B->nf * sizeof(double));
+  float *targets = B->targets ? malloc(nray * B->nf * sizeof(float)) : NULL;
   int *bad = calloc(nray, sizeof(int));
   lte_body_view V = {.nray = (long long)nray, .npix = (long long)npix, .nz = B->nz, .nf = B->nf,
                      .dtype = B->dtype, .v = cells[0], .T = cells[1], .n = cells[2],
@@ -361,14 +362,17 @@ static int body_solve(const lte_kernel_model *M, const lte_kernel_batch *B) {
                      .background = B->background, .background_map = B->background_map,
                      .S = scratch, .adx = scratch + ncell * B->ncube,
                      .iw = scratch + 2 * ncell * B->ncube, .shift = scratch + 3 * ncell * B->ncube,
-                     .bad = bad, .image = image};
+                     .bad = bad, .image = image, .targets = targets};
   lte_body_run_host(M, &V);
   int any = 0;
   for (size_t r = 0; r < nray; r++) any |= bad[r];
-  for (int c = 0; c < B->ncube; c++)
-    memcpy(B->image[c], image + c * npix * B->nf, npix * B->nf * sizeof(double));
+  for (int c = 0; c < B->ncube; c++) /* as the device's slots copy them out */
+    if (B->targets)
+      memcpy(B->targets[c], targets + c * npix * B->nf, npix * B->nf * sizeof(float));
+    else
+      memcpy(B->image[c], image + c * npix * B->nf, npix * B->nf * sizeof(double));
   for (size_t a = 0; a < narr; a++) free(cells[a]);
-  free(scratch), free(image), free(bad);
+  free(scratch), free(image), free(targets), free(bad);
   return any ? LTE_KERNEL_BAD_INPUT : 0;
 }
 
@@ -427,6 +431,47 @@ static void test_bodies(void) {
   /* cold cells: never NaN; bad cells: flagged (the driver's messages are the CPU's) */
   backend_cold_cells(LTE_BACKEND_CPU, &body_kernel);
   backend_bad_cells(LTE_BACKEND_CPU, &body_kernel);
+}
+
+/* The targets the device makes (lte_kernel_batch.targets, the target
+ * body): the bodies' images rounded to float32 in (f, x, y) order, value
+ * for value, on every case; pixel (x, y) of channel f at (f nx + x) ny + y
+ * of cube c. Fails when the body transposes by the wrong stride or channel. */
+static void test_body_targets(void) {
+  long long n = 0, differ = 0;
+  for (size_t ki = 0; ki < sizeof cases / sizeof *cases; ki++) {
+    const batch_case *k = &cases[ki];
+    batch_data d;
+    batch_make(k, &d);
+    lte_options o = case_options(k, NULL, 0, 2);
+    lte_kernel_model m;
+    lte_kernel_model_init(&m, &L, &o);
+    lte_kernel_batch b = kernel_batch(k, &d, &o, 0, k->ncube);
+    CHECK(body_solve(&m, &b) == 0); /* the images into d.img */
+    float **tg = calloc(k->ncube, sizeof *tg);
+    for (int c = 0; c < k->ncube; c++) tg[c] = malloc(d.np * sizeof(float));
+    b.targets = tg;
+    b.image = NULL;
+    CHECK(body_solve(&m, &b) == 0);
+    const int nx = b.nx, ny = b.ny, nf = b.nf;
+    for (int c = 0; c < k->ncube; c++) {
+      for (int x = 0; x < nx; x++)
+        for (int y = 0; y < ny; y++)
+          for (int f = 0; f < nf; f++, n++) {
+            const float want = (float)d.img[c][((size_t)x * ny + y) * nf + f];
+            const float got = tg[c][((size_t)f * nx + x) * ny + y];
+            if (memcmp(&want, &got, sizeof got) && differ++ < 5)
+              CHECK_FAIL_("targets, %s cube %d (x %d, y %d, f %d): %.9g, the image's %.9g",
+                          k->grid, c, x, y, f, got, want);
+          }
+      free(tg[c]);
+    }
+    free(tg);
+    batch_free(k, &d);
+  }
+  fprintf(stderr, "  targets by the body: %lld values, %lld differ from the rounded images\n", n,
+          differ);
+  CHECK(n > 3000 && differ == 0);
 }
 
 /* The bodies with non-LTE populations (lte_kernel_batch.pop_l/pop_u) and
@@ -634,9 +679,11 @@ int main(void) {
 #ifdef LTE_BODY_F32_NAIVE
   RUN(test_bodies_f32);
   (void)test_backends, (void)test_bodies, (void)test_bodies_pops, (void)test_backend_not_built;
+  (void)test_body_targets;
 #else
   RUN(test_backends);
   RUN(test_bodies);
+  RUN(test_body_targets);
   RUN(test_bodies_pops);
   RUN(test_bodies_f32);
   RUN(test_backend_not_built);
