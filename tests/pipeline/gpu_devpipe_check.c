@@ -12,7 +12,8 @@
  * reference's noise above 1e-8 |I|), on --ref directions per model; the CPU
  * path's images are held to the same rule (so a wrong rule cannot pass the
  * device alone). Then the sample + solve benchmark: batches of directions
- * of model 0 through the pipeline, images only and with the inputs.
+ * of model 0 through the pipeline, images only and with the inputs, for
+ * constant and linear.
  * Images only (the pipeline's path for datasets that do not store inputs):
  * the same directions again without input buffers, the pipeline hashing
  * each cube where it was made; every row's XXH64 must equal the CPU row's
@@ -20,10 +21,11 @@
  * One line per figure:
  *   gpu_devpipe_check constant model 0: inputs identical 16 of 16, images within the rules ...
  *   gpu_devpipe_check constant model 0 images_only: input row XXH64s equal ... 16 of 16 ...
- *   gpu_devpipe_bench sample+solve 64^3x7 k=2 images_only batch=256 samples_per_s ...
+ *   gpu_devpipe_bench sample+solve constant 64^3x7 k=2 images_only batch=256 samples_per_s ...
  *     bytes_back_per_sample ... (the targets, float32, and the row's XXH64); per batch:
  *     sample, solve, checksum wait, host transposes (ms)
- *   gpu_devpipe_bench sample+solve 64^3x7 k=2 with_inputs batch=64 samples_per_s ... GB_per_s ...
+ *   gpu_devpipe_bench sample+solve constant 64^3x7 k=2 with_inputs batch=64 samples_per_s ... GB_per_s ...
+ *   (the same two for linear, the default reconstruction of new jobs)
  * --cpu puts the CPU implementation of the same table in the device's place
  * (a host without a GPU runs the whole check that way). Exit status 0 only
  * if every check passed. */
@@ -203,7 +205,7 @@ int main(int argc, char **argv) {
              what, same_in, ndir, nref, td.worst, td.bad, tc.worst, tc.bad, td.counted, td.total,
              td.ill, same_px, (long)(ntg * ndir), t_cpu, t_dev, ok ? "ok" : "FAIL");
       if (!ok) rc = 1;
-      if (mi == 0 && recon == 0) { /* the benchmark: model 0, constant */
+      if (mi == 0 && recon <= 1) { /* the benchmark: model 0, constant and linear (the default) */
         for (int d = 0; d < nbench; d++) dpf_direction(0, d, q[d]);
         double med;
         devpipe_phases ph;
@@ -213,18 +215,18 @@ int main(int argc, char **argv) {
         const double b_img = ntg * 4.0 + 8, b_in = ntg * 4.0 + nin * 4.0;
         if (bench(p, nbench, reps, (const double (*)[4])q, dtg, NULL, hash, &med, &ph) < 0)
           return fail("bench");
-        printf("gpu_devpipe_bench sample+solve %dx%dx%dx%d k=2 images_only batch=%d samples_per_s "
+        printf("gpu_devpipe_bench sample+solve %s %dx%dx%dx%d k=2 images_only batch=%d samples_per_s "
                "%.0f (target 10000) bytes_back_per_sample %.0f bus_GB_per_s %.2f; per batch: "
                "sample %.1f ms, solve %.1f ms, checksum wait %.1f ms, host transposes %.1f ms\n",
-               n, n, n, nf, nbench, nbench / med, b_img, nbench * b_img / med / 1e9,
+               rn, n, n, n, nf, nbench, nbench / med, b_img, nbench * b_img / med / 1e9,
                ph.sample * 1e3, ph.solve * 1e3, ph.hash_wait * 1e3, ph.targets * 1e3);
         if (bench(p, nbench, reps, (const double (*)[4])q, dtg, din, NULL, &med, &ph) < 0)
           return fail("bench");
-        printf("gpu_devpipe_bench sample+solve %dx%dx%dx%d k=2 with_inputs batch=%d samples_per_s "
+        printf("gpu_devpipe_bench sample+solve %s %dx%dx%dx%d k=2 with_inputs batch=%d samples_per_s "
                "%.0f bytes_back_per_sample %.0f bus_GB_per_s %.2f (inputs and targets float32); "
                "per batch: sample %.1f ms (cubes to the host included), solve %.1f ms, "
                "host transposes %.1f ms\n",
-               n, n, n, nf, nbench, nbench / med, b_in, nbench * b_in / med / 1e9,
+               rn, n, n, n, nf, nbench, nbench / med, b_in, nbench * b_in / med / 1e9,
                ph.sample * 1e3, ph.solve * 1e3, ph.targets * 1e3);
       }
       devpipe_close(p);
