@@ -487,6 +487,29 @@ int main(int argc, char **argv) {
     snprintf(what, sizeof what, "layer parity, device %s", nn_precision_name(p));
     verdict(what, rp.failures == 0 && rp.errors == 0);
   }
+#ifdef COEMU_HAVE_CUDA_TRAINER
+  if (gpu == &nn_backend_cuda && !strcmp(nn_cuda_bf16_path(), "native")) {
+    /* the fallback of a native bf16 call cuDNN refuses with every algorithm
+       (seen for weight gradients of small odd shapes on an H200): every call
+       taken as refused, so each runs as float32 products of bf16-rounded
+       operands on the shape's float32 plan */
+    nn_backend_finish(gpu);
+    setenv("COEMU_CUDNN_REFUSE_BF16", "1", 1);
+    par_report rp;
+    memset(&rp, 0, sizeof rp);
+    if (nn_backend_init(gpu, 0) == 0) par_layers_precision(gpu, &rp, NN_BF16, NN_BF16);
+    else rp.errors++;
+    print_report("cuda bf16, every cuDNN call refused (the float32 fallback)", &rp);
+    verdict("layer parity, device bf16 through the fallback", rp.failures == 0 && rp.errors == 0);
+    nn_backend_finish(gpu);
+    unsetenv("COEMU_CUDNN_REFUSE_BF16");
+    if (nn_backend_init(gpu, 0) < 0) {
+      printf("trainer-check: error: %s\n", ce_err_msg());
+      nn_backend_finish(&nn_backend_cpu);
+      return 1;
+    }
+  }
+#endif
 
   /* 2. one whole step */
   par_step_ref R;

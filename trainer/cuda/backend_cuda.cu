@@ -121,6 +121,10 @@ typedef struct {
      algorithm Find timed under FMA math can be refused under tensor-op
      math); float32 without tf32 always FMA math (no TF32) */
   cudnnMathType_t math[3];
+  /* native bf16: call k (as alt) refused by cuDNN with every acceptable
+     algorithm; that call then runs on the emulated path's arithmetic
+     (conv_emulated) */
+  int refused[3];
 } conv_plan;
 
 static struct {
@@ -138,6 +142,7 @@ static struct {
   int sums_only; /* COEMU_CUDNN_ALGOS=sums: only algorithms whose outputs are plain sums */
   int any_order; /* COEMU_CUDNN_DETERMINISTIC=0: the fastest algorithm, deterministic or not */
   int verbose;   /* COEMU_CUDNN_VERBOSE=1: every plan's timed algorithms on stderr */
+  int refuse_bf16; /* COEMU_CUDNN_REFUSE_BF16=1 (tests): every native bf16 call taken as refused */
   int bf16_emulated; /* COEMU_BF16=emulated: bf16 nets on the float32 path with rounded copies */
   size_t ws_limit;
   int ws_limit_set;
@@ -290,6 +295,8 @@ static int open_device(void) {
   S.any_order = det && !strcmp(det, "0");
   const char *vb = getenv("COEMU_CUDNN_VERBOSE");
   S.verbose = vb && *vb && strcmp(vb, "0");
+  const char *rf = getenv("COEMU_CUDNN_REFUSE_BF16");
+  S.refuse_bf16 = rf && *rf && strcmp(rf, "0");
   const char *bf = getenv("COEMU_BF16");
   if (bf && *bf && strcmp(bf, "native") && strcmp(bf, "emulated"))
     return ce_err("COEMU_BF16 = '%s': expected native or emulated", bf);
@@ -880,9 +887,16 @@ static int pick(const Perf *r, int n, size_t limit, int tf32, conv_plan *p, int 
 /* A convolution call of the plan (k as in conv_plan.alt) through call(),
  * which reads the plan's current algorithm: where cuDNN refuses it at run
  * time, the plan moves to its next alternative that fits the workspace of
- * ws bytes, once and for all, and the call is made again. */
+ * ws bytes, once and for all, and the call is made again. A native bf16
+ * plan with no alternative left returns CONV_REFUSED (p->refused[k] set):
+ * the caller runs that call on the emulated arithmetic instead. */
+#define CONV_REFUSED 1
 template <typename Call>
 static int conv_call(conv_plan *p, int k, size_t ws, const char *what, Call call) {
+  if (p->bf16 && S.refuse_bf16) { /* the fallback's test (trainer_gpu_check) */
+    p->refused[k] = 1;
+    return CONV_REFUSED;
+  }
   for (;;) {
     CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv, p->math[k]));
     const cudnnStatus_t st = call();
@@ -895,6 +909,13 @@ static int conv_call(conv_plan *p, int k, size_t ws, const char *what, Call call
         memmove(p->alt[k], p->alt[k] + 1, sizeof p->alt[k][0] * (size_t)p->nalt[k]);
       }
     const int cur = k == 0 ? (int)p->fwd : k == 1 ? (int)p->bwd_filter : (int)p->bwd_data;
+    if (next < 0 && p->bf16 && (st == CUDNN_STATUS_BAD_PARAM || st == CUDNN_STATUS_NOT_SUPPORTED)) {
+      fprintf(stderr, "coemu: cuDNN refused every bf16 algorithm for %s (%s); this shape runs "
+              "that call as float32 products of bf16-rounded operands, the result rounded to "
+              "bf16, from now on\n", what, cudnnGetErrorString(st));
+      p->refused[k] = 1;
+      return CONV_REFUSED;
+    }
     if (next < 0) {
       cu_fail(__FILE__, __LINE__, what, cudnnGetErrorString(st));
       return ce_err_prefix("cuDNN algorithm %d (no other acceptable one left)", cur);
@@ -1183,32 +1204,40 @@ static size_t cuda_workspace(const nn_net *net, const nn_node *nd) {
 
 static const float ONE = 1.0f, ZERO = 0.0f;
 
-static int conv_forward(nn_net *net, nn_node *nd) {
-  conv_plan *p;
-  CE_TRY(conv_plan_of(net, nd, &p));
+/* The float32 plan of nd's shape (FMA math): the one a refused native bf16
+ * call runs on (conv_call's CONV_REFUSED) */
+static int conv_plan_f32_of(const nn_net *net, const nn_node *nd, conv_plan **out) {
+  conv_shape s = node_conv_shape(net, nd);
+  conv_plan *p = plan_for(&s, net->nodes[nd->in[0]].needs_grad, 0, 0);
+  if (!p) return -1;
+  *out = p;
+  return 0;
+}
+
+/* The workspace of a float32 convolution: net->work, or (own_ws: a refused
+ * native bf16 call, whose float32 plan the net's workspace was not sized
+ * for) the plan's own p->ws bytes of device scratch after the operands */
+static long conv_ws_floats(const conv_plan *p, int own_ws) {
+  return own_ws ? (long)((p->ws + sizeof(float) - 1) / sizeof(float)) : 0;
+}
+
+/* Forward on the float32 arithmetic at the net's precision: float32 itself,
+ * or the products of tf32- / bf16-rounded operand copies (dev_operands_get),
+ * a bf16 result rounded (emulated bf16, and a native bf16 call cuDNN
+ * refused: products of bf16 values are exact in float32 either way, so the
+ * same arithmetic as the native call) */
+static int conv_forward_f32(nn_net *net, nn_node *nd, conv_plan *p, int own_ws) {
   const nn_param *P = net->params;
   const long ny = (long)net->batch * nd->size, sp = (long)nd->d * nd->h * nd->w;
-  if (p->bf16) {
-    dev_bf16 o;
-    CE_TRY(dev_bf16_get(net, nd, 0, 1, 0, 0, &o));
-    const size_t ws = sizeof(float) * net->work_n;
-    CE_TRY(conv_call(p, 0, ws, "cudnnConvolutionForward (bf16)", [&] {
-      return cudnnConvolutionForward(S.dnn, &ONE, p->x, o.x, p->w, o.w, p->conv, p->fwd, net->work,
-                                     ws, &ZERO, p->y, o.y);
-    }));
-    k_conv_out_bf16<<<grid_for(ny), THREADS, 0, S.stream>>>(ny, nd->c, sp, o.y, P[nd->param[1]].w,
-                                                            nd->out);
-    KERNEL_CHECK("k_conv_out_bf16");
-    return 0;
-  }
   dev_operands o;
-  CE_TRY(dev_operands_get(net, nd, 0, 0, &o));
-  const size_t ws = sizeof(float) * net->work_n;
+  CE_TRY(dev_operands_get(net, nd, 0, conv_ws_floats(p, own_ws), &o));
+  void *work = own_ws ? (void *)o.extra : (void *)net->work;
+  const size_t ws = own_ws ? p->ws : sizeof(float) * net->work_n;
   CE_TRY(conv_call(p, 0, ws, "cudnnConvolutionForward", [&] {
-    return cudnnConvolutionForward(S.dnn, &ONE, p->x, o.x, p->w, o.w, p->conv, p->fwd, net->work, ws,
+    return cudnnConvolutionForward(S.dnn, &ONE, p->x, o.x, p->w, o.w, p->conv, p->fwd, work, ws,
                                    &ZERO, p->y, nd->out);
   }));
-  if (nn_rounds_conv_result(net->precision)) { /* emulated bf16 */
+  if (nn_rounds_conv_result(net->precision)) { /* bf16 */
     k_round_bf16_bias<<<grid_for(ny), THREADS, 0, S.stream>>>(ny, nd->c, sp, P[nd->param[1]].w,
                                                               nd->out);
     KERNEL_CHECK("k_round_bf16_bias");
@@ -1218,59 +1247,68 @@ static int conv_forward(nn_net *net, nn_node *nd) {
   return 0;
 }
 
-static int conv_backward(nn_net *net, nn_node *nd, float *dx) {
+static int conv_forward(nn_net *net, nn_node *nd) {
   conv_plan *p;
   CE_TRY(conv_plan_of(net, nd, &p));
   const nn_param *P = net->params;
-  if (dx && !p->need_dx)
-    return ce_err("convolution '%s': planned without an input gradient", nd->name);
-  const long nw = (long)P[nd->param[0]].n, nx = (long)net->batch * net->nodes[nd->in[0]].size;
-  const size_t ws = sizeof(float) * net->work_n;
-  if (p->bf16) { /* results into bf16 scratch (beta 0), then added to the float32 gradients */
+  const long ny = (long)net->batch * nd->size, sp = (long)nd->d * nd->h * nd->w;
+  if (p->bf16 && !p->refused[0]) {
     dev_bf16 o;
-    CE_TRY(dev_bf16_get(net, nd, 1, 0, 1, dx != NULL, &o));
-    CE_TRY(conv_call(p, 1, ws, "cudnnConvolutionBackwardFilter (bf16)", [&] {
-      return cudnnConvolutionBackwardFilter(S.dnn, &ONE, p->x, o.x, p->y, o.dy, p->conv,
-                                            p->bwd_filter, net->work, ws, &ZERO, p->w, o.dw);
-    }));
-    k_add_bf16<<<grid_for(nw), THREADS, 0, S.stream>>>(nw, o.dw, P[nd->param[0]].g);
-    KERNEL_CHECK("k_add_bf16");
-    k_conv_bias_grad<<<nd->c, THREADS, 0, S.stream>>>(net->batch, nd->c,
-                                                      (long)nd->d * nd->h * nd->w, o.dy,
-                                                      P[nd->param[1]].g);
-    KERNEL_CHECK("k_conv_bias_grad");
-    if (dx) {
-      CE_TRY(conv_call(p, 2, ws, "cudnnConvolutionBackwardData (bf16)", [&] {
-        return cudnnConvolutionBackwardData(S.dnn, &ONE, p->w, o.w, p->y, o.dy, p->conv,
-                                            p->bwd_data, net->work, ws, &ZERO, p->x, o.dx);
-      }));
-      k_add_bf16<<<grid_for(nx), THREADS, 0, S.stream>>>(nx, o.dx, dx);
-      KERNEL_CHECK("k_add_bf16");
+    CE_TRY(dev_bf16_get(net, nd, 0, 1, 0, 0, &o));
+    const size_t ws = sizeof(float) * net->work_n;
+    const int rc = conv_call(p, 0, ws, "cudnnConvolutionForward (bf16)", [&] {
+      return cudnnConvolutionForward(S.dnn, &ONE, p->x, o.x, p->w, o.w, p->conv, p->fwd, net->work,
+                                     ws, &ZERO, p->y, o.y);
+    });
+    if (rc < 0) return -1;
+    if (rc == 0) {
+      k_conv_out_bf16<<<grid_for(ny), THREADS, 0, S.stream>>>(ny, nd->c, sp, o.y,
+                                                              P[nd->param[1]].w, nd->out);
+      KERNEL_CHECK("k_conv_out_bf16");
+      return 0;
     }
-    return 0;
   }
-  /* emulated bf16: the float32 results into `extra` (beta 0), rounded when
-     added; otherwise beta 1: every gradient accumulates (nn.h) */
+  if (p->bf16) { /* refused: the float32 plan of the shape, on its own workspace */
+    CE_TRY(conv_plan_f32_of(net, nd, &p));
+    return conv_forward_f32(net, nd, p, 1);
+  }
+  return conv_forward_f32(net, nd, p, 0);
+}
+
+/* Backward on the float32 arithmetic at the net's precision (as
+ * conv_forward_f32): with `filter` the weight and bias gradients, and with
+ * dx the input gradient. Emulated bf16 results go to `extra` (beta 0) and
+ * are rounded when added; otherwise beta 1: every gradient accumulates
+ * (nn.h). */
+static int conv_backward_f32(nn_net *net, nn_node *nd, float *dx, conv_plan *p, int own_ws,
+                             int filter) {
+  const nn_param *P = net->params;
+  const long nw = (long)P[nd->param[0]].n, nx = (long)net->batch * net->nodes[nd->in[0]].size;
   const int rounds = nn_rounds_conv_result(net->precision);
+  const long nres = rounds ? (filter ? nw : 0) + (dx ? nx : 0) : 0;
   dev_operands o;
-  CE_TRY(dev_operands_get(net, nd, 1, rounds ? nw + (dx ? nx : 0) : 0, &o));
-  CE_TRY(conv_call(p, 1, ws, "cudnnConvolutionBackwardFilter", [&] {
-    return cudnnConvolutionBackwardFilter(S.dnn, &ONE, p->x, o.x, p->y, o.dy, p->conv,
-                                          p->bwd_filter, net->work, ws, rounds ? &ZERO : &ONE,
-                                          p->w, rounds ? o.extra : P[nd->param[0]].g);
-  }));
-  if (rounds) {
-    k_add_bf16_result<<<grid_for(nw), THREADS, 0, S.stream>>>(nw, o.extra, P[nd->param[0]].g);
-    KERNEL_CHECK("k_add_bf16_result");
+  CE_TRY(dev_operands_get(net, nd, 1, nres + conv_ws_floats(p, own_ws), &o));
+  float *rdw = rounds && filter ? o.extra : NULL, *rdx = rounds && dx ? o.extra + (filter ? nw : 0) : NULL;
+  void *work = own_ws ? (void *)(o.extra + nres) : (void *)net->work;
+  const size_t ws = own_ws ? p->ws : sizeof(float) * net->work_n;
+  if (filter) {
+    CE_TRY(conv_call(p, 1, ws, "cudnnConvolutionBackwardFilter", [&] {
+      return cudnnConvolutionBackwardFilter(S.dnn, &ONE, p->x, o.x, p->y, o.dy, p->conv,
+                                            p->bwd_filter, work, ws, rounds ? &ZERO : &ONE, p->w,
+                                            rounds ? rdw : P[nd->param[0]].g);
+    }));
+    if (rounds) {
+      k_add_bf16_result<<<grid_for(nw), THREADS, 0, S.stream>>>(nw, rdw, P[nd->param[0]].g);
+      KERNEL_CHECK("k_add_bf16_result");
+    }
+    CUDNN_CHECK(cudnnConvolutionBackwardBias(S.dnn, &ONE, p->y, o.dy, &ONE, p->b,
+                                             P[nd->param[1]].g));
   }
-  CUDNN_CHECK(cudnnConvolutionBackwardBias(S.dnn, &ONE, p->y, o.dy, &ONE, p->b,
-                                           P[nd->param[1]].g));
   if (dx) {
-    float *t = rounds ? o.extra + nw : dx;
+    float *t = rounds ? rdx : dx;
     CE_TRY(conv_call(p, 2, ws, "cudnnConvolutionBackwardData", [&] {
       return cudnnConvolutionBackwardData(S.dnn, &ONE, p->w, o.w, p->y, o.dy, p->conv,
-                                          p->bwd_data, net->work, ws, rounds ? &ZERO : &ONE, p->x,
-                                          t);
+                                          p->bwd_data, work, ws, rounds ? &ZERO : &ONE, p->x, t);
     }));
     if (rounds) {
       k_add_bf16_result<<<grid_for(nx), THREADS, 0, S.stream>>>(nx, t, dx);
@@ -1278,6 +1316,53 @@ static int conv_backward(nn_net *net, nn_node *nd, float *dx) {
     }
   }
   return 0;
+}
+
+static int conv_backward(nn_net *net, nn_node *nd, float *dx) {
+  conv_plan *p;
+  CE_TRY(conv_plan_of(net, nd, &p));
+  const nn_param *P = net->params;
+  if (dx && !p->need_dx)
+    return ce_err("convolution '%s': planned without an input gradient", nd->name);
+  if (!p->bf16) return conv_backward_f32(net, nd, dx, p, 0, 1);
+  /* native bf16: results into bf16 scratch (beta 0), then added to the
+     float32 gradients; a call cuDNN refuses (now or before) runs, with what
+     follows it, on the float32 plan (conv_backward_f32) */
+  const long nw = (long)P[nd->param[0]].n, nx = (long)net->batch * net->nodes[nd->in[0]].size;
+  const size_t ws = sizeof(float) * net->work_n;
+  int filter = 1; /* the weight and bias gradients still to make */
+  if (!p->refused[1] && !(dx && p->refused[2])) {
+    dev_bf16 o;
+    CE_TRY(dev_bf16_get(net, nd, 1, 0, 1, dx != NULL, &o));
+    int rc = conv_call(p, 1, ws, "cudnnConvolutionBackwardFilter (bf16)", [&] {
+      return cudnnConvolutionBackwardFilter(S.dnn, &ONE, p->x, o.x, p->y, o.dy, p->conv,
+                                            p->bwd_filter, net->work, ws, &ZERO, p->w, o.dw);
+    });
+    if (rc < 0) return -1;
+    if (rc == 0) {
+      k_add_bf16<<<grid_for(nw), THREADS, 0, S.stream>>>(nw, o.dw, P[nd->param[0]].g);
+      KERNEL_CHECK("k_add_bf16");
+      k_conv_bias_grad<<<nd->c, THREADS, 0, S.stream>>>(net->batch, nd->c,
+                                                        (long)nd->d * nd->h * nd->w, o.dy,
+                                                        P[nd->param[1]].g);
+      KERNEL_CHECK("k_conv_bias_grad");
+      filter = 0;
+      if (!dx) return 0;
+      rc = conv_call(p, 2, ws, "cudnnConvolutionBackwardData (bf16)", [&] {
+        return cudnnConvolutionBackwardData(S.dnn, &ONE, p->w, o.w, p->y, o.dy, p->conv,
+                                            p->bwd_data, net->work, ws, &ZERO, p->x, o.dx);
+      });
+      if (rc < 0) return -1;
+      if (rc == 0) {
+        k_add_bf16<<<grid_for(nx), THREADS, 0, S.stream>>>(nx, o.dx, dx);
+        KERNEL_CHECK("k_add_bf16");
+        return 0;
+      }
+    }
+  }
+  conv_plan *f;
+  CE_TRY(conv_plan_f32_of(net, nd, &f));
+  return conv_backward_f32(net, nd, dx, f, 1, filter);
 }
 
 /* ---- linear layers (cuBLAS) --------------------------------------------- */
