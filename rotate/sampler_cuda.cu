@@ -47,8 +47,9 @@ static unsigned grid_for(long long n) {
  * the launch shares (reserve: one n, k and edge). At most 128 registers
  * (launch bounds: two blocks of 256 threads per SM; ptxas spills nothing). */
 #define UZ_TABLE_MAX 4096 /* positions (32 KiB): past that, the expression */
-__global__ void __launch_bounds__(BLOCK, 2) sb_lines_kernel(sampler_flat F, const sampler_geo *G, int nc, long long per,
-                                long long idx_per, unsigned char *idx) {
+__global__ void __launch_bounds__(BLOCK, 2)
+    sb_lines_kernel(sampler_flat F, const sampler_geo *G, int nc, long long per, long long idx_per,
+                    unsigned char *idx) {
   extern __shared__ double uz_s[];
   const int nk = G[0].n * G[0].k, tab = nk <= UZ_TABLE_MAX;
   if (tab) {

@@ -123,7 +123,7 @@ typedef struct {
   cudnnMathType_t math[3];
   /* native bf16: call k (as alt) refused by cuDNN with every acceptable
      algorithm; that call then runs on the emulated path's arithmetic
-     (conv_emulated) */
+     (conv_forward_f32, conv_backward_f32 on the shape's float32 plan) */
   int refused[3];
 } conv_plan;
 
