@@ -1125,6 +1125,24 @@ int sampler_device_open(const ce_model *m, int ordinal, sampler_device **out, ch
 #endif
 }
 
+int sampler_device_open_sibling(sampler_device *s, sampler_device **out) {
+  *out = NULL;
+#ifdef COEMU_HAVE_CUDA
+  sampler_device *t = calloc(1, sizeof *t);
+  if (!t) CE_FAIL("sampler: out of memory");
+  t->m = s->m; /* geo: the flat model's host arrays stay s's */
+  if (sampler_cuda_open_sibling(s->d, &t->d) < 0) {
+    free(t);
+    return -1;
+  }
+  *out = t;
+  return 0;
+#else
+  (void)s;
+  CE_FAIL("sampler device 'cuda' is not built into this coemu (built: cpu)");
+#endif
+}
+
 int sampler_device_supports(int r) { return r == SAMPLER_CONSTANT || r == SAMPLER_LINEAR; }
 
 /* dev NULL: sampler_device_sample (every cube to the host); else

@@ -145,6 +145,11 @@ int sampler_device_sample_dev(sampler_device *s, int ncube, const double (*q)[4]
 /* 1 when the device sampler has reconstruction r (callers ask rather than
  * assume which), 0 otherwise; whether CUDA is built is open's question. */
 int sampler_device_supports(int r);
+/* A second handle on s's model on the same device (nothing uploaded
+ * again), with buffers and a stream of its own, so that one host thread
+ * can sample into it while s's cubes are being solved: each handle is used
+ * by one thread at a time. Close it before s. */
+int sampler_device_open_sibling(sampler_device *s, sampler_device **out);
 void sampler_device_close(sampler_device *s);
 int sample_cube_fields(const ce_model *m, const double q[4], const sampler_opts *o, float *v_los,
                        float *T, float *n_co, int nextra, const float *const *fields,

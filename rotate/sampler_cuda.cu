@@ -29,6 +29,7 @@ struct sampler_cuda {
   size_t cap_idx, cap_out; /* bytes */
   int cap_geo;
   cudaStream_t stream;
+  int owner;               /* 1: d_model is this handle's (0: a sibling's, shared) */
 };
 
 /* a failed CUDA call: the message names this backend and the step */
@@ -47,7 +48,10 @@ static unsigned grid_for(long long n) {
  * the launch shares (reserve: one n, k and edge). At most 128 registers
  * (launch bounds: two blocks of 256 threads per SM; ptxas spills nothing). */
 #define UZ_TABLE_MAX 4096 /* positions (32 KiB): past that, the expression */
-__global__ void __launch_bounds__(BLOCK, 2)
+#ifndef SB_LINES_MIN_BLOCKS /* -D for a device sweep (scripts/gpu-check.sh, GPU_NVCC_DEFS) */
+#define SB_LINES_MIN_BLOCKS 2
+#endif
+__global__ void __launch_bounds__(BLOCK, SB_LINES_MIN_BLOCKS)
     sb_lines_kernel(sampler_flat F, const sampler_geo *G, int nc, long long per, long long idx_per,
                     unsigned char *idx) {
   extern __shared__ double uz_s[];
@@ -77,7 +81,7 @@ __global__ void sb_voxels_kernel(sampler_flat F, const sampler_geo *G, int nc, l
 
 static void release(sampler_cuda *d) {
   cudaSetDevice(d->dev);
-  cudaFree(d->d_model);
+  if (d->owner) cudaFree(d->d_model);
   cudaFree(d->d_geo);
   cudaFree(d->d_idx);
   cudaFree(d->d_out);
@@ -105,6 +109,7 @@ static int open_dev(const sampler_flat *F, int64_t nleaves, int64_t nnodes, int6
                   cells / 1073741824.0, nodal / 1073741824.0, fre / 1073741824.0,
                   tot / 1073741824.0);
   CU(cudaMalloc(&d->d_model, total), "cudaMalloc (the model)");
+  d->owner = 1;
   unsigned char *b = (unsigned char *)d->d_model;
   CU(cudaMemcpy(b, F->cells, cells, cudaMemcpyHostToDevice), "cudaMemcpy (the model's cells)");
   CU(cudaMemcpy(b + o1, F->root, root, cudaMemcpyHostToDevice), "cudaMemcpy (the model's tree)");
@@ -243,6 +248,23 @@ extern "C" int sampler_cuda_sample(sampler_cuda *d, int ncube, const sampler_geo
     int nc = (int)((size_t)ncube - c0 < chunk ? (size_t)ncube - c0 : chunk);
     CE_TRY(sample_chunk(d, nc, G + c0, v_los + c0, T + c0, n_co + c0));
   }
+  return 0;
+}
+
+extern "C" int sampler_cuda_open_sibling(sampler_cuda *d, sampler_cuda **out) {
+  *out = NULL;
+  sampler_cuda *s = (sampler_cuda *)calloc(1, sizeof *s);
+  if (!s) CE_FAIL("sampler device 'cuda': out of host memory");
+  s->dev = d->dev;
+  s->F = d->F; /* the model's device arrays, not copied */
+  s->d_model = d->d_model;
+  cudaError_t e = cudaSetDevice(s->dev);
+  if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking);
+  if (e != cudaSuccess) {
+    release(s);
+    return ce_cuda_fail(WHO, "cudaStreamCreate (a sibling's stream)", e);
+  }
+  *out = s;
   return 0;
 }
 

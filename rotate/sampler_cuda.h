@@ -36,6 +36,11 @@ int sampler_cuda_sample(sampler_cuda *d, int ncube, const sampler_geo *G, float 
  * until the next call; the host copies too where v_los is not NULL. */
 int sampler_cuda_sample_dev(sampler_cuda *d, int ncube, const sampler_geo *G, const float **dev,
                             float *const *v_los, float *const *T, float *const *n_co);
+/* A second handle on d's model (the same device arrays, not uploaded
+ * again) with buffers and a stream of its own: its cubes can be sampled
+ * from another host thread while d's are in use (devpipe's overlap). Close
+ * it before d. */
+int sampler_cuda_open_sibling(sampler_cuda *d, sampler_cuda **out);
 void sampler_cuda_close(sampler_cuda *d);
 
 #ifdef __cplusplus

@@ -25,6 +25,18 @@
 #            multiply-adds (check_metrics)
 #   anchor   PyTorch + cuDNN on the same GPU, same model, loss, optimiser and
 #            batch (tests/trainer/torch_anchor.py): fp32, TF32, bf16
+# and, with TRAINER_CHECK_PROFILE=1, where a training step's device time goes
+# on each side (docs/trainer.md, "Where a step's device time goes"):
+#   times    COEMU_CUDA_TIMES=1 trainer_gpu_check --only-bench --no-bench: the
+#            CUDA backend's timing mode, fp32 and TF32 at the bench batch
+#            (--times-steps 5 timed steps after 2 warm-ups): one line per
+#            cuDNN call / layer / loss part / Adam / memset / copy key,
+#              trainer-check: times cuda fp32 conv3d fwd 32x7x64x64x64->16
+#                k3x3x3 s1x1x1 algo 1 fma: ms_per_step 12.345 calls_per_step 1
+#            largest first, a total line and the wall time per step
+#   profile  torch_anchor.py --profile fp32,tf32: the same model and batch
+#            under torch.profiler, the top CUDA kernels by device time,
+#              anchor: profile torch fp32 kernel <name> ms_per_step X calls_per_step Y
 # and prints one line per figure.
 #
 #   bash scripts/gpu-check-trainer.sh               build, parity, curves, speed, anchor
@@ -39,7 +51,14 @@
 # TRAINER_CHECK_DEPS (a --pack-deps folder), CUDNN_HOME (cuDNN's prefix, if
 # not beside nvcc or in the Python package nvidia-cudnn), TRAINER_CHECK_ARGS
 # (extra trainer_gpu_check options, e.g. "--batch 64"), PYTHON (python3),
-# TRAINER_CHECK_BF16_EMULATED=1 (the parity again with COEMU_BF16=emulated).
+# TRAINER_CHECK_BF16_EMULATED=1 (the parity again with COEMU_BF16=emulated),
+# TRAINER_CHECK_PROFILE=1 (the steps times and profile above, after the
+# others; TRAINER_CHECK_TIMES_ARGS replaces their trainer_gpu_check options,
+# default "--only-bench --no-bench", TRAINER_CHECK_PROFILE_LIMIT their time
+# limit in seconds, default 90), GPU_CHECK_KEEP=DIR (at the end, every step's
+# log copied into DIR: trainer.log, anchor.log, times.log, profile.log, ...;
+# their stderr holds the COEMU_CUDNN_VERBOSE tables of cuDNN's timed
+# algorithms per convolution).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -195,6 +214,7 @@ echo "gpu-check-trainer: built $out/trainer_gpu_check ($((SECONDS - t0)) s)"
 
 # --- on the GPU machine ------------------------------------------------------------
 rc=0
+rm -f "$out"/*.log # this run's step logs only (GPU_CHECK_KEEP)
 if command -v nvidia-smi >/dev/null 2>&1; then
   echo "gpu-check-trainer gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1)"
 fi
@@ -226,7 +246,9 @@ if [ "${TRAINER_CHECK_BF16_EMULATED:-0}" = 1 ]; then
   step trainer-bf16-emulated 120 env COEMU_BF16=emulated "$out/trainer_gpu_check" --no-bench \
     --no-curves ${TRAINER_CHECK_ARGS:-}
 fi
-if "$PYTHON" -c 'import torch' >/dev/null 2>&1; then
+have_torch=
+"$PYTHON" -c 'import torch' >/dev/null 2>&1 && have_torch=1
+if [ -n "$have_torch" ]; then
   step anchor 120 "$PYTHON" tests/trainer/torch_anchor.py
 else
   echo "gpu-check-trainer anchor: SKIP: $PYTHON has no torch"
@@ -237,12 +259,34 @@ fi
 # -ws16g: with 16 GiB of workspace allowed instead of 512 MiB)
 for p in fp32 fp32-fastest fp32-fastest-ws16g tf32 bf16; do
   for k in train infer; do
-    c=$(grep -hE "^trainer-check: $k cuda $p batch=" "$out/trainer.log" 2>/dev/null | awk '{print $NF}' | head -1)
-    a=$(grep -hE "^anchor: $k torch ${p%%-*} batch=" "$out/anchor.log" 2>/dev/null | awk '{print $NF}' | head -1)
+    # (|| true: a figure missing from a log is no reason to stop under pipefail)
+    c=$(grep -hE "^trainer-check: $k cuda $p batch=" "$out/trainer.log" 2>/dev/null | awk '{print $NF}' | head -1 || true)
+    a=$(grep -hE "^anchor: $k torch ${p%%-*} batch=" "$out/anchor.log" 2>/dev/null | awk '{print $NF}' | head -1 || true)
     if [ -n "$c" ] && [ -n "$a" ]; then
       echo "gpu-check-trainer: $k $p samples/s: coemu $c, torch $a ($(awk -v c="$c" -v a="$a" 'BEGIN {printf "%.2f", c / a}') x)"
     fi
   done
 done
+# where a step's device time goes: coemu's timing mode (the events around
+# every group of work, COEMU_CUDA_TIMES) and PyTorch's kernels (torch.profiler)
+if [ "${TRAINER_CHECK_PROFILE:-0}" = 1 ]; then
+  plimit=${TRAINER_CHECK_PROFILE_LIMIT:-90}
+  # shellcheck disable=SC2086
+  step times "$plimit" env COEMU_CUDA_TIMES=1 "$out/trainer_gpu_check" \
+    ${TRAINER_CHECK_TIMES_ARGS:---only-bench --no-bench} ${TRAINER_CHECK_ARGS:-}
+  if [ -n "$have_torch" ]; then
+    step profile "$plimit" "$PYTHON" tests/trainer/torch_anchor.py --profile fp32,tf32
+  else
+    echo "gpu-check-trainer profile: SKIP: $PYTHON has no torch"
+  fi
+fi
+if [ -n "${GPU_CHECK_KEEP:-}" ]; then
+  if mkdir -p "$GPU_CHECK_KEEP" && cp "$out"/*.log "$GPU_CHECK_KEEP"/; then
+    echo "gpu-check-trainer: logs kept in $GPU_CHECK_KEEP: $(cd "$out" && echo *.log)"
+  else
+    echo "gpu-check-trainer: GPU_CHECK_KEEP=$GPU_CHECK_KEEP: could not copy the logs of $out"
+    rc=1
+  fi
+fi
 echo "gpu-check-trainer: $([ $rc = 0 ] && echo ok || echo FAILED) ($SECONDS s)"
 exit $rc

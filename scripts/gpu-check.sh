@@ -43,7 +43,8 @@
 # GPU_BENCH_ARGS (extra gpu_bench options, e.g. "--batch 128"), GPU_CHECK_PROFILE
 # (1: Nsight Compute on the sampler's and solver's kernels), GPU_CHECK_DEPS
 # (default TRAINER_CHECK_DEPS: a `scripts/gpu-check-trainer.sh --pack-deps`
-# folder, whose libyaml builds the sampler's part where the GPU machine has none).
+# folder, whose libyaml builds the sampler's part where the GPU machine has none),
+# GPU_NVCC_DEFS (extra -D flags for the kernels: scripts/gpu-tune.sh's variants).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build_only=0
@@ -65,6 +66,9 @@ root=$PWD
 gencode=()
 IFS=',' read -ra archs <<<"$ARCH"
 for a in "${archs[@]}"; do gencode+=("-gencode=arch=compute_${a},code=[sm_${a},compute_${a}]"); done
+# GPU_NVCC_DEFS: extra -D flags for the kernels (the launch-bounds sweep of
+# scripts/gpu-tune.sh: LTE_RAYS_MIN_BLOCKS, LTE_CELLS_MIN_BLOCKS, SB_LINES_MIN_BLOCKS)
+read -ra nvdefs <<<"${GPU_NVCC_DEFS:-}"
 defs=(-D_GNU_SOURCE -DCOEMU_HAVE_CUDA "-DCOEMU_VERSION=\"gpu-check\""
       "-DCOEMU_DEFAULT_LAMDA_CO=\"$root/tests/data/lamda/co.dat\"")
 # the solver's flags (solver/meson.build): no FMA contraction; the host's
@@ -107,9 +111,9 @@ for s in "${lib[@]}" tests/solver/test_lte_backends.c tests/solver/test_pomme.c 
   "$CC" "${cflags[@]}" -c "$s" -o "$o" &
   pids+=($!)
 done
-"$NVCC" -O3 --fmad=false -std=c++17 "${gencode[@]}" -I"$root" "${defs[@]}" \
+"$NVCC" -O3 --fmad=false -std=c++17 "${gencode[@]}" -I"$root" "${defs[@]}" "${nvdefs[@]}" \
   -Xcompiler=-fPIC -c solver/lte_kernel_cuda.cu -o "$out/obj/lte_kernel_cuda.o"
-"$NVCC" -O3 --fmad=false -std=c++17 "${gencode[@]}" -I"$root" "${defs[@]}" \
+"$NVCC" -O3 --fmad=false -std=c++17 "${gencode[@]}" -I"$root" "${defs[@]}" "${nvdefs[@]}" \
   -Xcompiler=-fPIC -c rotate/sampler_cuda.cu -o "$out/obj/sampler_cuda.o"
 "$NVCC" -O3 -std=c++17 "${gencode[@]}" -I"$root" "${defs[@]}" \
   -Xcompiler=-fPIC -c pipeline/generate/devpipe_hash_cuda.cu -o "$out/obj/devpipe_hash_cuda.o"

@@ -20,13 +20,21 @@
  * comparison rules of docs/physics.md.
  *
  * Layout of the work (one batch, rays r = c*nx*ny + x*ny + y):
- *   1. cell threads, t in [0, nray*nz): ray t / nz, cell t % nz: check the
- *      cell, derive its constants (S, a*dx, 1/width, 1 + v/c) into the
- *      scratch arrays at z*nray + ray (so that the ray threads of a warp
- *      read neighbouring addresses); a bad cell sets bad[ray].
- *   2. ray threads, t in [0, nray*nf): ray t % nray, channel t / nray:
- *      the optical depth and the formal solution along the ray, streaming
- *      over its cells, into image[ray*nf + f]; NaN where bad[ray].
+ *   1. cell threads, t in [0, nray*nz): (ray, z) = lte_body_group(t, nz):
+ *      check the cell, derive its constants (S, a*dx, 1/width, 1 + v/c)
+ *      into the scratch arrays at z*nray + ray (so that the ray threads of
+ *      a warp read neighbouring addresses); a bad cell sets bad[ray].
+ *   2. ray threads, t in [0, nray*nf): (ray, channel f) = lte_body_group(t,
+ *      nf): the optical depth and the formal solution along the ray,
+ *      streaming over its cells, into image[ray*nf + f]; NaN where bad[ray].
+ *   Both in groups of LTE_BODY_RAY_GROUP rays: a warp is 32 neighbouring
+ *   rays at one z (one channel), the next warps the same rays at the next
+ *   z (channel). So the cell threads' stores are whole lines, and their
+ *   loads (z runs fastest in the cells) are shared by the group's warps in
+ *   the cache; and the nf ray threads of a ray run together, reading the
+ *   ray's scratch once from memory rather than nf times over a batch that
+ *   does not fit the device's cache. The order of the threads changes no
+ *   value: each writes only its own outputs.
  *   3. (targets != NULL) target threads, t in [0, nray*nf): the images as
  *      stored targets, float32 in (cube, f, pixel) order, so that a device
  *      sends back half the bytes and the host has no transpose to do.
@@ -115,6 +123,31 @@ typedef struct lte_body_view {
   float *targets; /* NULL or [nray * nf]: cube c's channel f at pixel p at (c nf + f) npix + p */
 } lte_body_view;
 
+/* Rays per group of threads (a warp's worth); 0: the plain order (ray
+ * t / inner, j = t % inner for cells, ray t % nray, j = t / nray for rays),
+ * kept for the device sweep (scripts/gpu-tune.sh, GPU_NVCC_DEFS). */
+#ifndef LTE_BODY_RAY_GROUP
+#define LTE_BODY_RAY_GROUP 32
+#endif
+
+/* Thread t of nray * inner as (ray, j): groups of LTE_BODY_RAY_GROUP rays
+ * (the last one shorter), j = t's place within the group / the group's
+ * width, the ray the remainder; a bijection onto [0, nray) x [0, inner). */
+static inline LTE_HD void lte_body_group(long long t, long long nray, long long inner, int cells,
+                                         long long *ray, int *j) {
+#if LTE_BODY_RAY_GROUP > 0
+  (void)cells;
+  const long long G = (long long)LTE_BODY_RAY_GROUP * inner, g = t / G;
+  const long long base = g * LTE_BODY_RAY_GROUP, rem = t - g * G;
+  const long long w = nray - base < LTE_BODY_RAY_GROUP ? nray - base : LTE_BODY_RAY_GROUP;
+  *ray = base + rem % w;
+  *j = (int)(rem / w);
+#else
+  if (cells) *ray = t / inner, *j = (int)(t % inner);
+  else *ray = t % nray, *j = (int)(t / nray);
+#endif
+}
+
 static inline LTE_HD double lte_body_load(const void *a, lte_kernel_dtype dt, long long i) {
   return dt == LTE_KERNEL_F32 ? (double)((const float *)a)[i] : ((const double *)a)[i];
 }
@@ -127,15 +160,17 @@ static inline LTE_HD double lte_body_expneg(double x) {
 /* 1. one cell */
 static inline LTE_HD void lte_body_cell_thread(const lte_kernel_model *M, const lte_body_view *V,
                                                long long t) {
-  const long long ray = t / V->nz;
-  const int z = (int)(t % V->nz);
-  double v = lte_body_load(V->v, V->dtype, t), T = lte_body_load(V->T, V->dtype, t),
-         n = lte_body_load(V->n, V->dtype, t);
+  long long ray;
+  int z;
+  lte_body_group(t, V->nray, V->nz, 1, &ray, &z);
+  const long long i = ray * V->nz + z; /* the cell in the input arrays */
+  double v = lte_body_load(V->v, V->dtype, i), T = lte_body_load(V->T, V->dtype, i),
+         n = lte_body_load(V->n, V->dtype, i);
   int ok = lte_kernel_cell_ok(v, T, n, M->c);
   double pl, pu;
   if (V->pl) { /* non-LTE: the given populations */
-    pl = lte_body_load(V->pl, V->dtype, t);
-    pu = lte_body_load(V->pu, V->dtype, t);
+    pl = lte_body_load(V->pl, V->dtype, i);
+    pu = lte_body_load(V->pu, V->dtype, i);
     ok &= lte_kernel_pop_ok(pl, pu);
   }
   if (!ok) {
@@ -186,18 +221,17 @@ static inline LTE_HD double lte_body_formal(double D, double S0, double S1, doub
 }
 
 /* 2. one ray at one channel */
-/* The ray threads' common start: thread t is ray t % nray at channel
- * t / nray; its output pixel, frequency and background. 0 when the ray holds
- * a bad cell (its pixel is then NaN and the thread has nothing to do). */
+/* The ray threads' common start: thread t is (ray, channel) =
+ * lte_body_group(t, nf); its output pixel, frequency and background. 0 when
+ * the ray holds a bad cell (its pixel is then NaN and the thread has nothing
+ * to do). */
 typedef struct lte_body_ray {
   long long ray;
   int f;
   double *out, nu, bdy;
 } lte_body_ray;
 static inline LTE_HD int lte_body_ray_begin(const lte_body_view *V, long long t, lte_body_ray *r) {
-  const long long R = V->nray;
-  r->ray = t % R;
-  r->f = (int)(t / R);
+  lte_body_group(t, V->nray, V->nf, 0, &r->ray, &r->f);
   r->out = V->image + r->ray * V->nf + r->f;
   if (V->bad[r->ray]) {
     *r->out = NAN;

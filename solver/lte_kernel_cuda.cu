@@ -30,14 +30,37 @@
 #define NSLOT 2    /* streams (and buffer sets) in flight */
 #define BLOCK 256  /* threads per block */
 
-__global__ void lte_cells_kernel(lte_kernel_model m, lte_body_view v) {
+/* Launch bounds of the cell and ray kernels: at least this many blocks of
+ * BLOCK threads resident per SM, the registers fitted to that by ptxas (0:
+ * no bound, the default). The kernels are latency-bound at the occupancy
+ * their registers allow (ray kernel: 86 registers, 2 blocks, 25 %); a
+ * device sweep sets these with -D (scripts/gpu-check.sh, GPU_NVCC_DEFS) and
+ * keeps what the figures say. The bits do not depend on them. */
+#ifndef LTE_CELLS_MIN_BLOCKS
+#define LTE_CELLS_MIN_BLOCKS 0
+#endif
+#ifndef LTE_RAYS_MIN_BLOCKS
+#define LTE_RAYS_MIN_BLOCKS 0
+#endif
+#if LTE_CELLS_MIN_BLOCKS > 0
+#define LTE_CELLS_BOUNDS __launch_bounds__(BLOCK, LTE_CELLS_MIN_BLOCKS)
+#else
+#define LTE_CELLS_BOUNDS
+#endif
+#if LTE_RAYS_MIN_BLOCKS > 0
+#define LTE_RAYS_BOUNDS __launch_bounds__(BLOCK, LTE_RAYS_MIN_BLOCKS)
+#else
+#define LTE_RAYS_BOUNDS
+#endif
+
+__global__ void LTE_CELLS_BOUNDS lte_cells_kernel(lte_kernel_model m, lte_body_view v) {
   const long long n = v.nray * v.nz;
   for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < n;
        t += (long long)gridDim.x * blockDim.x)
     lte_body_cell_thread(&m, &v, t);
 }
 
-__global__ void lte_rays_kernel(lte_kernel_model m, lte_body_view v) {
+__global__ void LTE_RAYS_BOUNDS lte_rays_kernel(lte_kernel_model m, lte_body_view v) {
   const long long n = v.nray * v.nf;
   for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < n;
        t += (long long)gridDim.x * blockDim.x)
@@ -45,7 +68,7 @@ __global__ void lte_rays_kernel(lte_kernel_model m, lte_body_view v) {
 }
 
 /* the float32 path (lte_kernel_model.f32): the same cells, float32 rays */
-__global__ void lte_rays_f32_kernel(lte_kernel_model m, lte_body_view v) {
+__global__ void LTE_RAYS_BOUNDS lte_rays_f32_kernel(lte_kernel_model m, lte_body_view v) {
   const long long n = v.nray * v.nf;
   for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < n;
        t += (long long)gridDim.x * blockDim.x)
@@ -374,8 +397,10 @@ static int solve_locked(const lte_kernel_model *M, const lte_kernel_batch *B, in
                   cudaMemcpyHostToDevice),
        "cudaMemcpy (background map)");
   /* the copies above may still be in flight (pageable memory, the legacy
-   * stream): the streams below do not wait for them by themselves */
-  CU(cudaDeviceSynchronize(), "cudaDeviceSynchronize (tables and channels)");
+   * stream): the streams below do not wait for them by themselves. Only
+   * the legacy stream is waited for, not the device: another host thread
+   * may be sampling the next cubes on its own stream meanwhile (devpipe) */
+  CU(cudaStreamSynchronize(cudaStreamLegacy), "cudaStreamSynchronize (tables and channels)");
   lte_kernel_model Md = *M;
   Md.neg_e_over_k = st.d_tab;
   Md.g = st.d_tab + M->nlev;

@@ -1,6 +1,8 @@
 /* devpipe.c - sample + solve in batches behind one table (devpipe.h). */
 #include "pipeline/generate/devpipe.h"
 
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,6 +12,22 @@
 #ifdef COEMU_HAVE_CUDA
 #include "pipeline/generate/devpipe_hash.h"
 #endif
+
+/* cuda: one chunk of directions sampled on the device (devpipe_cuda's
+ * overlap: while one chunk is solved, the next is sampled into the other,
+ * on a sibling handle of the model and a thread of its own) */
+typedef struct {
+  devpipe *p;
+  sampler_device *sd;       /* its handle (its own buffers and stream) */
+  float **hv, **hT, **hn;   /* [batch] each: the host cubes' arrays (with inputs) */
+  int nc;                   /* directions asked for (<= batch) */
+  const double (*q)[4];
+  float *const *in;         /* NULL: the cubes stay on the device */
+  const float *dev;         /* out: the cubes on the device */
+  int k, rc;                /* out: cubes made; 0 or -1 */
+  double seconds;           /* out: wall time of the sampling */
+  char err[2048];           /* out: the message of a failure on the sampling thread */
+} devpipe_chunk;
 
 struct devpipe {
   const devpipe_impl *impl;
@@ -25,6 +43,9 @@ struct devpipe {
   const float **cv, **cT, **cn; /* [batch] each: the cubes' arrays for the solver */
   float **hv, **hT, **hn;       /* [batch] each: the host cubes' arrays (cuda) */
   sampler_device *sd; /* cuda */
+  devpipe_chunk ch[2]; /* cuda: the chunk being solved and the next one being sampled */
+  int overlap;         /* cuda: sample the next chunk on a second thread (COEMU_DEVPIPE_OVERLAP) */
+  int chunk;           /* cuda: directions per chunk at most (<= batch; COEMU_DEVPIPE_CHUNK) */
 #ifdef COEMU_HAVE_CUDA
   devpipe_hash *hash; /* cuda: the input rows' checksums on the device */
 #endif
@@ -100,7 +121,7 @@ static int cpu_run(devpipe *p, int nc, const double (*q)[4], float *const *tg, f
 
 static void cpu_close(devpipe *p) { (void)p; }
 
-const devpipe_impl devpipe_cpu = {"cpu", cpu_open, cpu_run, cpu_close};
+const devpipe_impl devpipe_cpu = {"cpu", cpu_open, cpu_run, cpu_close, 0};
 
 /* ---------------------------------------------------------------------- */
 /* cuda: sampled on the device, solved there from device pointers */
@@ -109,6 +130,35 @@ static int cuda_open(devpipe *p, int ordinal, char *desc, size_t ndesc) {
   p->opt.backend = LTE_BACKEND_CUDA;
   CE_TRY(lte_backend_open(LTE_BACKEND_CUDA, ordinal, NULL, 0));
   CE_TRY(sampler_device_open(p->a.m, ordinal, &p->sd, desc, ndesc));
+  /* COEMU_DEVPIPE_OVERLAP=0: one chunk after the other (the benches' baseline) */
+  const char *ov = getenv("COEMU_DEVPIPE_OVERLAP");
+  if (ov && strcmp(ov, "0") && strcmp(ov, "1"))
+    CE_FAIL("COEMU_DEVPIPE_OVERLAP = '%s': expected 1 (the default: the next chunk sampled "
+            "while this one is solved) or 0", ov);
+  p->overlap = !ov || !strcmp(ov, "1");
+  /* COEMU_DEVPIPE_CHUNK=N: at most N cubes per chunk (default: the batch;
+   * the device sampler's buffers may hold fewer). Smaller chunks expose
+   * less of the first chunk's sampling, larger ones fill the device more:
+   * scripts/gpu-tune.sh measures both */
+  const char *ck = getenv("COEMU_DEVPIPE_CHUNK");
+  p->chunk = p->batch;
+  if (ck) {
+    char *end;
+    long v = strtol(ck, &end, 10);
+    if (end == ck || *end || v < 1 || v > 4096)
+      CE_FAIL("COEMU_DEVPIPE_CHUNK = '%s': expected a number of cubes, 1..4096", ck);
+    if (v < p->chunk) p->chunk = (int)v;
+  }
+  p->ch[0].sd = p->sd;
+  if (p->overlap) CE_TRY(sampler_device_open_sibling(p->sd, &p->ch[1].sd));
+  for (int i = 0; i < 2; i++) {
+    devpipe_chunk *c = &p->ch[i];
+    c->p = p;
+    if (!c->sd) c->sd = p->sd; /* no overlap: one handle, one chunk at a time */
+    c->hv = i == 0 ? p->hv : ce_malloc_array((size_t)p->batch, 3 * sizeof *c->hv, "pipeline cubes");
+    if (!c->hv) return -1;
+    c->hT = c->hv + p->batch, c->hn = c->hv + 2 * p->batch;
+  }
 #ifdef COEMU_HAVE_CUDA
   return devpipe_hash_open(p->batch, &p->hash); /* on the sampler's device, now current */
 #else
@@ -116,51 +166,111 @@ static int cuda_open(devpipe *p, int ordinal, char *desc, size_t ndesc) {
 #endif
 }
 
-/* without in, the cubes' checksums are made on the device beside the LTE
- * kernel (devpipe_hash.h), and only they come back; the stored targets are
- * made on the device too (lte_solve_batch_device_targets) */
-static int cuda_run(devpipe *p, int nc, const double (*q)[4], float *const *tg,
-                    float *const *in, uint64_t *hash) {
-  const float *dev = NULL;
-  float **hv = p->hv, **hT = p->hT, **hn = p->hn;
-  for (int c = 0; in && c < nc; c++)
-    hv[c] = in[c], hT[c] = in[c] + p->nvox, hn[c] = in[c] + 2 * p->nvox;
+/* Sample chunk c (its nc directions from q) on its handle: c->k cubes on
+ * the device at c->dev, the host copies into c->in where asked for; on
+ * failure c->rc = -1 and the message in c->err (this may run on the
+ * chunk's own thread, whose error buffer is its own). */
+static void *chunk_sample(void *arg) {
+  devpipe_chunk *c = arg;
+  devpipe *p = c->p;
+  for (int i = 0; c->in && i < c->nc; i++)
+    c->hv[i] = c->in[i], c->hT[i] = c->in[i] + p->nvox, c->hn[i] = c->in[i] + 2 * p->nvox;
   const double t0 = ce_now_s();
-  int k = sampler_device_sample_dev(p->sd, nc, q, p->a.so, &dev, in ? hv : NULL, hT, hn);
-  if (k < 0) return -1;
-  if (k < 1 || k > nc || !dev) CE_BUG("device sampler made %d of %d cubes", k, nc);
-  const float **v = p->cv, **T = p->cT, **n = p->cn;
-  for (int c = 0; c < k; c++) {
-    v[c] = dev + (size_t)c * 3 * p->nvox;
-    T[c] = v[c] + p->nvox, n[c] = v[c] + 2 * p->nvox;
+  c->dev = NULL;
+  c->k = sampler_device_sample_dev(c->sd, c->nc, c->q, p->a.so, &c->dev, c->in ? c->hv : NULL,
+                                   c->hT, c->hn);
+  c->rc = 0;
+  if (c->k < 0) {
+    c->rc = -1;
+    snprintf(c->err, sizeof c->err, "%s", ce_err_msg());
+  } else if (c->k < 1 || c->k > c->nc || !c->dev) {
+    c->rc = -1;
+    snprintf(c->err, sizeof c->err, "internal error: the device sampler made %d of %d cubes",
+             c->k, c->nc);
   }
-  const int hashing = !in && hash;
+  c->seconds = ce_now_s() - t0;
+  return NULL;
+}
+
+/* Solve chunk c into tg (its k targets) and, images only, its checksums
+ * into hash: the cubes are hashed on the device beside the LTE kernel
+ * (devpipe_hash.h) and only the checksums come back; the stored targets
+ * are made on the device too (lte_solve_batch_device_targets). */
+static int chunk_solve(devpipe *p, devpipe_chunk *c, float *const *tg, uint64_t *hash) {
+  const int k = c->k;
+  const float **v = p->cv, **T = p->cT, **n = p->cn;
+  for (int i = 0; i < k; i++) {
+    v[i] = c->dev + (size_t)i * 3 * p->nvox;
+    T[i] = v[i] + p->nvox, n[i] = v[i] + 2 * p->nvox;
+  }
+  const int hashing = !c->in && hash;
 #ifdef COEMU_HAVE_CUDA
-  if (hashing) CE_TRY(devpipe_hash_start(p->hash, dev, 3 * p->nvox, k));
+  if (hashing) CE_TRY(devpipe_hash_start(p->hash, c->dev, 3 * p->nvox, k));
 #endif
   const double t1 = ce_now_s();
   int rc = lte_solve_batch_device_targets(p->a.line, p->a.freqs, p->a.nf, k, p->n, p->n, p->n, v,
                                           T, n, &p->opt, tg);
   const double t2 = ce_now_s();
 #ifdef COEMU_HAVE_CUDA
-  /* waited for whatever the solve did: the next run's sampling overwrites dev */
+  /* waited for whatever the solve did: the chunk's cubes are sampled over next */
   if (hashing && devpipe_hash_finish(p->hash, hash, k) < 0) return -1;
 #else
   (void)hashing;
 #endif
-  p->t.sample += t1 - t0, p->t.solve += t2 - t1, p->t.hash_wait += ce_now_s() - t2;
+  p->t.solve += t2 - t1, p->t.hash_wait += ce_now_s() - t2;
   if (rc == LTE_KERNEL_BAD_INPUT) return DEVPIPE_BAD_CELL;
-  return rc < 0 ? -1 : k;
+  return rc < 0 ? -1 : 0;
+}
+
+/* Every one of the nc directions (devpipe_cuda.whole), in chunks of at
+ * most p->chunk: the first chunk is sampled, then each chunk is solved while
+ * the next is sampled into the other buffers on a thread of its own, so
+ * that the device runs the sampler's kernels beside the LTE kernels (each
+ * alone leaves most of the device idle: their registers limit how many
+ * threads an SM holds). The outputs are the same bits in the same order:
+ * only the time the chunks overlap changes. */
+static int cuda_run(devpipe *p, int nc, const double (*q)[4], float *const *tg,
+                    float *const *in, uint64_t *hash) {
+  int cur = 0, off = 0;
+  devpipe_chunk *c = &p->ch[0];
+  c->nc = nc < p->chunk ? nc : p->chunk, c->q = q, c->in = in;
+  chunk_sample(c);
+  p->t.sample += c->seconds;
+  if (c->rc < 0) return ce_err("%s", c->err);
+  while (off < nc) {
+    c = &p->ch[cur];
+    devpipe_chunk *o = &p->ch[1 - cur];
+    const int next = off + c->k;
+    pthread_t th;
+    int threaded = 0;
+    if (next < nc) {
+      o->nc = nc - next < p->chunk ? nc - next : p->chunk;
+      o->q = q + next, o->in = in ? in + next : NULL;
+      threaded = p->overlap && pthread_create(&th, NULL, chunk_sample, o) == 0;
+    }
+    int rc = chunk_solve(p, c, tg + off, hash ? hash + off : NULL);
+    const double t0 = ce_now_s();
+    if (threaded) pthread_join(th, NULL); /* before anything returns: o is in use */
+    else if (next < nc && rc == 0) chunk_sample(o);
+    p->t.sample += threaded ? ce_now_s() - t0 : next < nc && rc == 0 ? o->seconds : 0.0;
+    if (rc < 0) return rc;
+    if (next < nc && o->rc < 0) return ce_err("%s", o->err);
+    off = next;
+    cur = 1 - cur; /* without the overlap both chunks are on one handle: o's cubes are there */
+  }
+  return nc;
 }
 
 static void cuda_close(devpipe *p) {
 #ifdef COEMU_HAVE_CUDA
   devpipe_hash_close(p->hash);
 #endif
+  if (p->ch[1].sd != p->sd) sampler_device_close(p->ch[1].sd); /* the sibling first */
+  if (p->ch[1].hv != p->hv) free(p->ch[1].hv);
   sampler_device_close(p->sd);
 }
 
-const devpipe_impl devpipe_cuda = {"cuda", cuda_open, cuda_run, cuda_close};
+const devpipe_impl devpipe_cuda = {"cuda", cuda_open, cuda_run, cuda_close, 1};
 
 /* ---------------------------------------------------------------------- */
 /* The driver */
@@ -200,11 +310,11 @@ int devpipe_open(const devpipe_impl *impl, const devpipe_args *a, int ordinal, d
   }
   p->cT = p->cv + p->batch, p->cn = p->cv + 2 * p->batch;
   p->hT = p->hv + p->batch, p->hn = p->hv + 2 * p->batch;
+  p->impl = impl; /* close() undoes a part-done open() too */
   if (impl->open(p, ordinal, desc, ndesc) < 0) {
     devpipe_close(p);
     return ce_err_prefix("sample + solve pipeline '%s'", impl->name);
   }
-  p->impl = impl;
   *out = p;
   return 0;
 }
@@ -213,7 +323,7 @@ int devpipe_run(devpipe *p, int ndir, const double (*q)[4], float *const *target
                 float *const *inputs, uint64_t *in_hash, int *done) {
   *done = 0;
   while (*done < ndir) {
-    int want = ndir - *done < p->batch ? ndir - *done : p->batch;
+    int want = p->impl->whole || ndir - *done < p->batch ? ndir - *done : p->batch;
     int k = p->impl->run(p, want, q + *done, targets + *done, inputs ? inputs + *done : NULL,
                          !inputs && in_hash ? in_hash + *done : NULL);
     if (k == DEVPIPE_BAD_CELL) return DEVPIPE_BAD_CELL;

@@ -12,7 +12,9 @@
  *                 (tests/pipeline/test_devpipe.c), so CI runs the driver
  *                 (batching, ordering, buffers, the transpose) on every host;
  *   devpipe_cuda  sampler_device_sample_dev (cubes left on the device, one
- *                 chunk of the device sampler's buffers per call), then
+ *                 chunk of the device sampler's buffers per call; the next
+ *                 chunk sampled on a second thread into a sibling handle's
+ *                 buffers while this one is solved), then
  *                 lte_solve_batch_device_targets (the kernel seam's
  *                 solve_dev: the cells gathered device to device, the LTE
  *                 kernel's two streams and pinned buffers overlapping its
@@ -62,7 +64,7 @@ typedef struct devpipe_impl {
   /* make p ready on device `ordinal` (modulo the devices present); desc
    * (may be NULL) gets a line; -1 with a message (no device, no build) */
   int (*open)(devpipe *p, int ordinal, char *desc, size_t ndesc);
-  /* the first of nc directions q (1 <= nc <= batch): their images as the
+  /* the first of nc directions q (1 <= nc <= batch, unless whole): their images as the
    * stored targets (nf n^2 floats, (f, x, y): devpipe_image_to_targets'
    * values) into tg[c], and with in != NULL the input cubes (v_z, T, n_CO,
    * 3 n^3 floats) into in[c], else with hash != NULL each cube's
@@ -71,6 +73,10 @@ typedef struct devpipe_impl {
   int (*run)(devpipe *p, int nc, const double (*q)[4], float *const *tg, float *const *in,
              uint64_t *hash);
   void (*close)(devpipe *p);
+  /* 1: run() takes every remaining direction at once (nc may exceed
+   * batch): it cuts them into chunks of at most batch itself, so that it
+   * can overlap one chunk's solve with the next one's sampling (cuda) */
+  int whole;
 } devpipe_impl;
 
 extern const devpipe_impl devpipe_cpu, devpipe_cuda;
@@ -104,7 +110,9 @@ int devpipe_run(devpipe *p, int ndir, const double (*q)[4], float *const *target
                 float *const *inputs, uint64_t *in_hash, int *done);
 void devpipe_close(devpipe *p);
 /* Wall seconds spent since the last call (or the open) in each phase of the
- * runs, one after the other: sampling (the cubes; their checksums queued),
+ * runs, one after the other: sampling (the cubes; their checksums queued;
+ * with devpipe_cuda's overlap only the sampling the solves waited for: the
+ * first chunk's and the rest of each next chunk's after a solve),
  * solving (the images back), waiting for the checksums after the solve
  * (0 where they were done by then), and the host's transposes into the
  * caller's targets (devpipe_image_to_targets): where a run's time goes, for

@@ -159,7 +159,9 @@ int main(int argc, char **argv) {
         if (dpf_reference(&S, q[d], cin[d], ctg[d]) < 0) return fail(what);
       }
       double t_cpu = ce_now_s() - t0;
-      devpipe_args a = {S.m, &S.so, &S.line, &S.opt, S.freqs, S.nf, 0};
+      /* chunks of 5: the device pipeline alternates its two chunks' buffers
+       * (sampling one while the other is solved) 3 times over 16 directions */
+      devpipe_args a = {S.m, &S.so, &S.line, &S.opt, S.freqs, S.nf, 5};
       devpipe *p;
       char desc[320] = "";
       if (devpipe_open(impl, &a, 0, &p, desc, sizeof desc) < 0) return fail(what);
@@ -206,6 +208,9 @@ int main(int argc, char **argv) {
              td.ill, same_px, (long)(ntg * ndir), t_cpu, t_dev, ok ? "ok" : "FAIL");
       if (!ok) rc = 1;
       if (mi == 0 && recon <= 1) { /* the benchmark: model 0, constant and linear (the default) */
+        devpipe_close(p); /* again at the pipeline's own batch size */
+        a.batch = 0;
+        if (devpipe_open(impl, &a, 0, &p, NULL, 0) < 0) return fail(what);
         for (int d = 0; d < nbench; d++) dpf_direction(0, d, q[d]);
         double med;
         devpipe_phases ph;

@@ -24,7 +24,24 @@ static int chunky_run(devpipe *p, int nc, const double (*qq)[4], float *const *t
 }
 static int chunky_open(devpipe *p, int o, char *d, size_t nd) { return devpipe_cpu.open(p, o, d, nd); }
 static void chunky_close(devpipe *p) { devpipe_cpu.close(p); }
-static const devpipe_impl chunky = {"cpu, 2 a call", chunky_open, chunky_run, chunky_close};
+static const devpipe_impl chunky = {"cpu, 2 a call", chunky_open, chunky_run, chunky_close, 0};
+
+/* a table that takes every remaining direction at once (devpipe_impl.whole,
+ * as devpipe_cuda) and cuts them itself: devpipe_cpu 2 at a time */
+static int whole_first_nc = -1; /* the first call's nc */
+static int whole_run(devpipe *p, int nc, const double (*qq)[4], float *const *tg, float *const *in,
+                     uint64_t *h) {
+  if (whole_first_nc < 0) whole_first_nc = nc;
+  int done = 0;
+  while (done < nc) {
+    int k = devpipe_cpu.run(p, nc - done < 2 ? nc - done : 2, qq + done, tg + done,
+                            in ? in + done : NULL, h ? h + done : NULL);
+    if (k < 0) return k;
+    done += k;
+  }
+  return nc;
+}
+static const devpipe_impl wholesale = {"cpu, all at once", chunky_open, whole_run, chunky_close, 1};
 
 static void setup(void) {
   for (int r = 0; r < 2; r++) {
@@ -92,6 +109,15 @@ static void test_fewer_per_call(void) {
   run_against_reference(&chunky, 1, 5, 0); /* images only */
 }
 
+/* whole: the driver hands run() every direction though the batch is 2 */
+static void test_whole(void) {
+  whole_first_nc = -1;
+  run_against_reference(&wholesale, 0, 2, 1);
+  CHECK_MSG(whole_first_nc == NDIR, "whole: the first run() got %d of %d directions",
+            whole_first_nc, NDIR);
+  run_against_reference(&wholesale, 1, 2, 0); /* images only */
+}
+
 /* The references differ between directions, so a driver that mixed up the
  * order could not pass the checks above. */
 static void test_directions_differ(void) {
@@ -132,6 +158,7 @@ int main(void) {
   RUN(test_directions_differ);
   RUN(test_cpu_equals_producer);
   RUN(test_fewer_per_call);
+  RUN(test_whole);
   RUN(test_impl_choice);
   RUN(test_cuda_without_device);
   for (int r = 0; r < 2; r++) {

@@ -668,6 +668,42 @@ static void test_backend_not_built(void) {
   CHECK_ERR(lte_solve_cube(&L, &f, 1, 1, 1, 4, v, T, n, &o, img), want);
 }
 
+/* lte_body_group: every (ray, j) of nray x inner exactly once, for groups
+ * that divide nray and for a shorter last group; in the grouped order a run
+ * of LTE_BODY_RAY_GROUP threads is consecutive rays at one j */
+static void test_body_group(void) {
+  static const long long nrays[] = {1, 31, 32, 33, 189, 1000};
+  static const long long inners[] = {1, 7, 64};
+  for (size_t a = 0; a < sizeof nrays / sizeof *nrays; a++)
+    for (size_t b = 0; b < sizeof inners / sizeof *inners; b++) {
+      const long long R = nrays[a], J = inners[b];
+      unsigned char *seen = calloc((size_t)(R * J), 1);
+      long long bad = 0;
+      for (int cells = 0; cells < 2; cells++) {
+        memset(seen, 0, (size_t)(R * J));
+        for (long long t = 0; t < R * J; t++) {
+          long long ray;
+          int j;
+          lte_body_group(t, R, J, cells, &ray, &j);
+          if (ray < 0 || ray >= R || j < 0 || j >= J || seen[ray * J + j]++) {
+            bad++;
+            continue;
+          }
+#if LTE_BODY_RAY_GROUP > 0
+          if (t % LTE_BODY_RAY_GROUP && R % LTE_BODY_RAY_GROUP == 0) {
+            long long r0;
+            int j0;
+            lte_body_group(t - 1, R, J, cells, &r0, &j0);
+            bad += !(r0 + 1 == ray && j0 == j);
+          }
+#endif
+        }
+      }
+      if (bad) CHECK_FAIL_("lte_body_group, %lld rays x %lld: %lld threads misplaced", R, J, bad);
+      free(seen);
+    }
+}
+
 int main(void) {
   const char *dir = getenv("COEMU_TEST_DATA");
   char path[512];
@@ -679,8 +715,9 @@ int main(void) {
 #ifdef LTE_BODY_F32_NAIVE
   RUN(test_bodies_f32);
   (void)test_backends, (void)test_bodies, (void)test_bodies_pops, (void)test_backend_not_built;
-  (void)test_body_targets;
+  (void)test_body_targets, (void)test_body_group;
 #else
+  RUN(test_body_group);
   RUN(test_backends);
   RUN(test_bodies);
   RUN(test_body_targets);

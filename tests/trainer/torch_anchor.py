@@ -22,8 +22,21 @@ as coemu's backend does). Output: one line per figure,
   anchor: train torch fp32 batch=32 samples/s 1234.5
 Exit 77 (skipped) when torch sees no CUDA device.
 
+--profile PRECS (e.g. fp32,tf32) instead: where a training step's device
+time goes, for each precision in turn: the training step above at --batch,
+3 warm-ups, then --profile-steps (5) steps under torch.profiler (CPU and CUDA
+activity); the --profile-top (25) CUDA kernels (and memcpys / memsets) by
+total device time, one per line, the name cut to 100 characters (cuDNN's
+and cuBLAS's kernel names say which implementation ran), then the sum over
+all of them and the wall time per step:
+  anchor: profile torch fp32 kernel <name> ms_per_step X calls_per_step Y
+  anchor: profile torch fp32 total: ms_per_step X calls_per_step Y (...)
+  anchor: profile torch fp32 wall: ms_per_step X (...)
+The rates and curves are not run then.
+
 Usage: torch_anchor.py [--batch 32] [--infer-batch 64] [--iters 10]
                        [--nfreq 7] [--precisions fp32,tf32,bf16] [--curve-steps 20]
+                       [--profile PRECS [--profile-steps 5] [--profile-top 25]]
 """
 import argparse
 import contextlib
@@ -72,7 +85,9 @@ def model_for(nfreq, dev):
     return COEmuNet(nfreq, 64, 4, [8, 16, 32], 4096, 64, "reference").to(dev)
 
 
-def train_rate(args, prec, dev):
+def train_step(args, prec, dev):
+    """One training step at --batch in precision prec (a fresh model and
+    optimiser; the batch copied from host memory each time)."""
     set_precision(prec)
     m = model_for(args.nfreq, dev).train()
     opt = torch.optim.Adam(m.parameters(), lr=4e-4)
@@ -88,6 +103,11 @@ def train_rate(args, prec, dev):
         opt.step()
         return loss
 
+    return step
+
+
+def train_rate(args, prec, dev):
+    step = train_step(args, prec, dev)
     for _ in range(3):
         step()
     sync(dev)
@@ -96,6 +116,50 @@ def train_rate(args, prec, dev):
         step()
     sync(dev)
     return args.batch * args.iters / (time.perf_counter() - t0)
+
+
+def profile_kernels(args, prec, dev):
+    """--profile: the device time of --profile-steps training steps per CUDA
+    kernel (memcpys and memsets too), largest first."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    step = train_step(args, prec, dev)
+    for _ in range(3):  # cudnn.benchmark's search, the allocator's pools
+        step()
+    sync(dev)
+    n = args.profile_steps
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            step()
+        sync(dev)
+        wall = time.perf_counter() - t0
+    kernels = {}  # name -> [microseconds, calls]
+    for e in prof.events():
+        if e.device_type != DeviceType.CUDA:
+            continue
+        k = kernels.setdefault(e.name, [0.0, 0])
+        k[0] += e.time_range.end - e.time_range.start
+        k[1] += 1
+    if not kernels:
+        print(f"anchor: profile torch {prec}: error: the profiler recorded no CUDA activity",
+              flush=True)
+        return 1
+    top = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:args.profile_top]
+    for name, (us, calls) in top:
+        name = " ".join(name.split())
+        short = name if len(name) <= 100 else name[:97] + "..."
+        print(f"anchor: profile torch {prec} kernel {short} ms_per_step {us / 1e3 / n:.3f} "
+              f"calls_per_step {calls / n:g}")
+    us = sum(v[0] for v in kernels.values())
+    calls = sum(v[1] for v in kernels.values())
+    print(f"anchor: profile torch {prec} total: ms_per_step {us / 1e3 / n:.3f} calls_per_step "
+          f"{calls / n:g} ({len(kernels)} kernels, the top {len(top)} above, {n} steps at batch "
+          f"{args.batch})")
+    print(f"anchor: profile torch {prec} wall: ms_per_step {wall * 1e3 / n:.3f} (the profiler "
+          f"on; wall - total: the device idle between kernels)", flush=True)
+    return 0
 
 
 def infer_rate(args, prec, dev):
@@ -140,12 +204,23 @@ def main():
     ap.add_argument("--precisions", default="fp32,tf32,bf16")
     ap.add_argument("--curve-steps", type=int, default=20)
     ap.add_argument("--curve-batch", type=int, default=4)
+    ap.add_argument("--profile", metavar="PRECS", default=None,
+                    help="only the kernel profile of a training step in these precisions "
+                         "(e.g. fp32,tf32)")
+    ap.add_argument("--profile-steps", type=int, default=5)
+    ap.add_argument("--profile-top", type=int, default=25)
     args = ap.parse_args()
     precs = [p for p in args.precisions.split(",") if p]
-    bad = [p for p in precs if p not in ("fp32", "tf32", "bf16")]
-    if bad:
-        print(f"torch_anchor.py: error: --precisions: {bad[0]!r}: expected fp32, tf32 or bf16",
-              file=sys.stderr)
+    prof = [p for p in args.profile.split(",") if p] if args.profile is not None else None
+    for opt, ps in (("--precisions", precs), ("--profile", prof or [])):
+        bad = [p for p in ps if p not in ("fp32", "tf32", "bf16")]
+        if bad:
+            print(f"torch_anchor.py: error: {opt}: {bad[0]!r}: expected fp32, tf32 or bf16",
+                  file=sys.stderr)
+            return 2
+    if prof is not None and (not prof or args.profile_steps < 1 or args.profile_top < 1):
+        print("torch_anchor.py: error: --profile needs a precision, --profile-steps and "
+              "--profile-top at least 1", file=sys.stderr)
         return 2
     if not torch.cuda.is_available():
         print("SKIP: torch sees no CUDA device")
@@ -154,6 +229,8 @@ def main():
     torch.backends.cudnn.benchmark = True
     print(f"anchor: torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, "
           f"{torch.cuda.get_device_name(0)}", flush=True)
+    if prof is not None:
+        return 1 if any([profile_kernels(args, p, dev) for p in prof]) else 0
     for prec in precs:
         r = train_rate(args, prec, dev)
         print(f"anchor: train torch {prec} batch={args.batch} samples/s {r:.1f}", flush=True)

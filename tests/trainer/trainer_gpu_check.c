@@ -19,7 +19,10 @@
  *      largest, since rounding differences grow along a trajectory);
  *   5. speed: training samples/s at --batch and inference samples/s at
  *      --infer-batch on the GPU, float32, (--tf32) TF32 and bf16 mixed
- *      precision (trainer/precision.h: float32 master weights).
+ *      precision (trainer/precision.h: float32 master weights); then, with
+ *      --times or COEMU_CUDA_TIMES=1 in the environment, where the device
+ *      time of a training step goes (times_run: the CUDA backend's timing
+ *      mode, backend_cuda.h), float32 and TF32.
  * And bf16 (precision.h) in 1, 2 and 4: the convolutions and linear layers at
  * tf32 and bf16 against references from the same rounded operands (the same
  * gamma_n bounds: the products are exact); one bf16 step against the CPU's
@@ -39,10 +42,14 @@
  * Usage: trainer_gpu_check [--steps N] [--curve-batch B] [--batch B]
  *                          [--infer-batch B] [--iters K] [--tf32] [--no-bench]
  *                          [--no-curves] [--grid G] [--backend NAME]
- *                          [--precision-curves]
+ *                          [--precision-curves] [--only-bench] [--times]
+ *                          [--times-steps N]
  * --precision-curves runs only the precision measurement (precision_curves
  * below: float32, tf32, bf16 loss curves on one backend; docs/benchmarks.md
- * has the CPU emulation's).
+ * has the CPU emulation's). --only-bench runs only 5 (no parity, curves,
+ * data parallelism or metrics: a short device run); with --no-bench too,
+ * only the timing tables. --times (or COEMU_CUDA_TIMES=1) adds the timing
+ * tables to 5, over --times-steps (5) steps after 2 warm-up steps.
  * --grid scales the model of 4-5 down (default 64, the paper's); --backend
  * runs the checks on another backend than cuda: the meson test
  * trainer_gpu_check_cpu runs the whole binary on the CPU backend in CI.
@@ -277,6 +284,111 @@ static void bench(const nn_backend *be, const char *prec, int precision, int bat
   }
 }
 
+/* Where the device time of a training step goes (the CUDA backend's timing
+ * mode, COEMU_CUDA_TIMES=1: backend_cuda.h): the model and batch of bench's
+ * training pass at one precision, 2 warm-up steps (the plans are made at
+ * nn_set_batch; the warm-up grows the scratch buffers), then `steps` timed
+ * steps; the table of the backend (one line per call kind, shape, algorithm
+ * and math: ms_per_step, calls_per_step, largest first; a total line) and
+ * the wall time per step, whose difference from the total is the time the
+ * device spent idle between the timed groups (the host queueing or waiting).
+ * tf32: cuDNN / cuBLAS on TF32 tensor cores (nn_cuda_set_tf32), as bench's
+ * tf32 figure. */
+static int times_run(const nn_backend *be, const char *prec, int tf32, int batch, int steps,
+                     int grid) {
+#ifdef COEMU_HAVE_CUDA_TRAINER
+  coemunet_config cfg = coemunet_default(7);
+  cfg.grid = grid;
+  coemunet m;
+  adam o;
+  trainer tr;
+  memset(&o, 0, sizeof o);
+  memset(&tr, 0, sizeof tr);
+  const size_t nx = (size_t)batch * 3 * cfg.grid * cfg.grid * cfg.grid;
+  const size_t nt = (size_t)batch * cfg.nfreq * cfg.grid * cfg.grid;
+  float *x = (float *)malloc(sizeof(float) * nx), *t = (float *)malloc(sizeof(float) * nt);
+  ce_rng g = ce_rng_make(1234, 0, 0, 1);
+  for (size_t i = 0; x && i < nx; i++) x[i] = (float)(2 * ce_rng_uniform(&g) - 1);
+  for (size_t i = 0; t && i < nt; i++) t[i] = (float)ce_rng_uniform(&g);
+  adam_config ac = adam_default();
+  /* the plans' timed algorithms (COEMU_CUDNN_VERBOSE) follow this line in the log */
+  fprintf(stderr, "trainer-check: times %s %s: the plans of batch %d\n", be->name, prec, batch);
+  int rc = x && t ? nn_cuda_set_tf32(tf32) : ce_err("out of memory");
+  if (rc == 0) rc = coemunet_build_on(&m, &cfg, 1234, be);
+  int built = rc == 0;
+  if (rc == 0) rc = nn_set_precision(&m.net, NN_FLOAT32);
+  if (rc == 0) rc = nn_set_batch(&m.net, batch);
+  if (rc == 0) rc = adam_init(&o, &m.net, &ac);
+  if (rc == 0) rc = trainer_init(&tr, &m, &o);
+  loss_value lv;
+  for (int i = 0; i < 2 && rc == 0; i++) rc = trainer_step(&tr, x, t, ac.lr, &lv);
+  if (rc == 0) rc = sync_backend(&m.net);
+  if (rc == 0) rc = nn_cuda_times_reset();
+  double t0 = now();
+  for (int i = 0; i < steps && rc == 0; i++) rc = trainer_step(&tr, x, t, ac.lr, &lv);
+  if (rc == 0) rc = sync_backend(&m.net);
+  const double secs = now() - t0;
+  char label[96];
+  snprintf(label, sizeof label, "trainer-check: times %s %s", be->name, prec);
+  if (rc == 0) rc = nn_cuda_times_report(stdout, label, steps);
+  if (rc == 0)
+    printf("%s wall: ms_per_step %.3f (%d steps at batch %d, %.1f samples/s, the timing mode on; "
+           "wall - total: the device idle between the timed groups)\n", label,
+           1e3 * secs / steps, steps, batch, batch * steps / secs);
+  else
+    printf("trainer-check: times %s %s batch=%d: error: %s\n", be->name, prec, batch,
+           ce_err_msg());
+  fflush(stdout);
+  trainer_free(&tr);
+  adam_free(&o);
+  if (built) coemunet_free(&m);
+  nn_cuda_set_tf32(0);
+  free(x);
+  free(t);
+  return rc;
+#else
+  (void)be, (void)prec, (void)tf32, (void)batch, (void)steps, (void)grid;
+  return 0;
+#endif
+}
+
+/* The timing tables (times_run) at float32 and TF32: the backend made
+ * again with COEMU_CUDA_TIMES=1 (read at init) and COEMU_CUDNN_VERBOSE=1
+ * (the plans' timed algorithms on stderr), then as before. -1 when the
+ * backend cannot be made again (main stops). */
+static int times_tables(const nn_backend *gpu, int batch, int steps, int grid) {
+#ifdef COEMU_HAVE_CUDA_TRAINER
+  if (gpu != &nn_backend_cuda) {
+    printf("trainer-check: times: SKIP: the timing mode is the cuda backend's (COEMU_CUDA_TIMES), "
+           "this is %s\n", gpu->name);
+    return 0;
+  }
+  const char *env = getenv("COEMU_CUDA_TIMES");
+  const int had = env && !strcmp(env, "1");
+  nn_backend_finish(gpu);
+  setenv("COEMU_CUDA_TIMES", "1", 1);
+  setenv("COEMU_CUDNN_VERBOSE", "1", 1);
+  int rc = nn_backend_init(gpu, 0);
+  if (rc == 0) {
+    if (times_run(gpu, "fp32", 0, batch, steps, grid) < 0) failures++;
+    if (times_run(gpu, "tf32", 1, batch, steps, grid) < 0) failures++;
+    nn_backend_finish(gpu);
+  }
+  if (!had) unsetenv("COEMU_CUDA_TIMES");
+  unsetenv("COEMU_CUDNN_VERBOSE");
+  if (rc < 0 || nn_backend_init(gpu, 0) < 0) {
+    printf("trainer-check: error: %s\n", ce_err_msg());
+    return -1;
+  }
+  return 0;
+#else
+  (void)batch, (void)steps, (void)grid;
+  printf("trainer-check: times: SKIP: the timing mode is the cuda backend's (COEMU_CUDA_TIMES), "
+         "not built here (%s)\n", gpu->name);
+  return 0;
+#endif
+}
+
 /* ---- main --------------------------------------------------------------- */
 
 /* 8. The metrics entry (trainer/metrics_body.h) on the device against the
@@ -386,85 +498,10 @@ static int check_metrics(const nn_backend *gpu, int grid) {
   return rc == 0 && bad == 0 ? 0 : 1;
 }
 
-static int arg_int(int argc, char **argv, int *i, int lo, int hi) {
-  if (*i + 1 >= argc) {
-    fprintf(stderr, "trainer_gpu_check: error: %s needs a value\n", argv[*i]);
-    exit(2);
-  }
-  char *end;
-  long v = strtol(argv[++*i], &end, 10);
-  if (*end || v < lo || v > hi) {
-    fprintf(stderr, "trainer_gpu_check: error: %s %s: expected an integer in %d..%d\n",
-            argv[*i - 1], argv[*i], lo, hi);
-    exit(2);
-  }
-  return (int)v;
-}
-
-int main(int argc, char **argv) {
-  int steps = 20, curve_batch = 4, batch = 32, infer_batch = 64, iters = 10, tf32 = 0;
-  int do_bench = 1, do_curves = 1, grid = 64, prec_curves = 0;
-  const char *backend = "cuda";
-  for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--steps")) steps = arg_int(argc, argv, &i, 1, 1000);
-    else if (!strcmp(argv[i], "--curve-batch")) curve_batch = arg_int(argc, argv, &i, 2, 1024);
-    else if (!strcmp(argv[i], "--batch")) batch = arg_int(argc, argv, &i, 2, 4096);
-    else if (!strcmp(argv[i], "--infer-batch")) infer_batch = arg_int(argc, argv, &i, 1, 4096);
-    else if (!strcmp(argv[i], "--iters")) iters = arg_int(argc, argv, &i, 1, 10000);
-    else if (!strcmp(argv[i], "--tf32")) tf32 = 1;
-    else if (!strcmp(argv[i], "--no-bench")) do_bench = 0;
-    else if (!strcmp(argv[i], "--no-curves")) do_curves = 0;
-    else if (!strcmp(argv[i], "--precision-curves")) prec_curves = 1;
-    else if (!strcmp(argv[i], "--grid")) grid = arg_int(argc, argv, &i, 16, 1024);
-    else if (!strcmp(argv[i], "--backend") && i + 1 < argc) backend = argv[++i];
-    else if (!strcmp(argv[i], "--help")) {
-      printf("usage: trainer_gpu_check [--steps N] [--curve-batch B] [--batch B] [--infer-batch B] "
-             "[--iters K] [--tf32] [--no-bench] [--no-curves] [--grid G] [--backend NAME] "
-             "[--precision-curves]\n");
-      return 0;
-    } else {
-      fprintf(stderr, "trainer_gpu_check: error: unknown option '%s' (--help)\n", argv[i]);
-      return 2;
-    }
-  }
-  const char *req = getenv("COEMU_REQUIRE_DEVICE");
-  const int skip_status = req && !strcmp(req, "1") ? 1 : 77;
-  if (nn_backend_init(&nn_backend_cpu, 0) < 0) {
-    fprintf(stderr, "trainer_gpu_check: %s\n", ce_err_msg());
-    return 1;
-  }
-  printf("trainer-check: host: %d OpenMP threads, %ld cores online\n", omp_get_max_threads(),
-         sysconf(_SC_NPROCESSORS_ONLN));
-  if (grid % 8) {
-    fprintf(stderr, "trainer_gpu_check: error: --grid %d: expected a multiple of 8\n", grid);
-    return 2;
-  }
-  const nn_backend *gpu = nn_backend_by_name(backend);
-  if (!gpu) {
-    printf("trainer-check: SKIP: %s\n", ce_err_msg());
-    nn_backend_finish(&nn_backend_cpu);
-    return skip_status;
-  }
-  setenv("COEMU_CUDNN_ALGOS", "sums", 1);
-  if (nn_backend_init(gpu, 0) < 0) {
-    printf("trainer-check: SKIP: %s\n", ce_err_msg());
-    nn_backend_finish(&nn_backend_cpu);
-    return skip_status;
-  }
-#ifdef COEMU_HAVE_CUDA_TRAINER
-  if (gpu == &nn_backend_cuda)
-    printf("trainer-check: device: %s; bf16 path: %s (COEMU_BF16)\n", nn_cuda_device_name(),
-           nn_cuda_bf16_path());
-#endif
-  fflush(stdout);
-  if (prec_curves) { /* this measurement only */
-    curve_opts c = {steps, curve_batch, coemunet_default(7)};
-    c.cfg.grid = grid;
-    int rc = precision_curves(gpu, &c);
-    nn_backend_finish(gpu);
-    nn_backend_finish(&nn_backend_cpu);
-    return rc < 0 ? 1 : 0;
-  }
+/* 1-3: layer parity, one whole step (float32 and bf16) and checkpoints,
+ * against the CPU reference. -1 when the backend cannot be made again
+ * (main stops); the failures are counted. */
+static int parity_checks(const nn_backend *gpu) {
   double t0 = now();
 
   /* 1. layers */
@@ -505,8 +542,7 @@ int main(int argc, char **argv) {
     unsetenv("COEMU_CUDNN_REFUSE_BF16");
     if (nn_backend_init(gpu, 0) < 0) {
       printf("trainer-check: error: %s\n", ce_err_msg());
-      nn_backend_finish(&nn_backend_cpu);
-      return 1;
+      return -1;
     }
   }
 #endif
@@ -571,6 +607,99 @@ int main(int argc, char **argv) {
     rmdir(dir);
   }
   printf("trainer-check: parity took %.1f s\n", now() - t0);
+  return 0;
+}
+
+static int arg_int(int argc, char **argv, int *i, int lo, int hi) {
+  if (*i + 1 >= argc) {
+    fprintf(stderr, "trainer_gpu_check: error: %s needs a value\n", argv[*i]);
+    exit(2);
+  }
+  char *end;
+  long v = strtol(argv[++*i], &end, 10);
+  if (*end || v < lo || v > hi) {
+    fprintf(stderr, "trainer_gpu_check: error: %s %s: expected an integer in %d..%d\n",
+            argv[*i - 1], argv[*i], lo, hi);
+    exit(2);
+  }
+  return (int)v;
+}
+
+int main(int argc, char **argv) {
+  int steps = 20, curve_batch = 4, batch = 32, infer_batch = 64, iters = 10, tf32 = 0;
+  int do_bench = 1, do_curves = 1, grid = 64, prec_curves = 0, only_bench = 0, times_steps = 5;
+  const char *times_env = getenv("COEMU_CUDA_TIMES");
+  int times = times_env && !strcmp(times_env, "1");
+  const char *backend = "cuda";
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--steps")) steps = arg_int(argc, argv, &i, 1, 1000);
+    else if (!strcmp(argv[i], "--curve-batch")) curve_batch = arg_int(argc, argv, &i, 2, 1024);
+    else if (!strcmp(argv[i], "--batch")) batch = arg_int(argc, argv, &i, 2, 4096);
+    else if (!strcmp(argv[i], "--infer-batch")) infer_batch = arg_int(argc, argv, &i, 1, 4096);
+    else if (!strcmp(argv[i], "--iters")) iters = arg_int(argc, argv, &i, 1, 10000);
+    else if (!strcmp(argv[i], "--tf32")) tf32 = 1;
+    else if (!strcmp(argv[i], "--no-bench")) do_bench = 0;
+    else if (!strcmp(argv[i], "--no-curves")) do_curves = 0;
+    else if (!strcmp(argv[i], "--precision-curves")) prec_curves = 1;
+    else if (!strcmp(argv[i], "--only-bench")) only_bench = 1;
+    else if (!strcmp(argv[i], "--times")) times = 1;
+    else if (!strcmp(argv[i], "--times-steps")) times_steps = arg_int(argc, argv, &i, 1, 1000);
+    else if (!strcmp(argv[i], "--grid")) grid = arg_int(argc, argv, &i, 16, 1024);
+    else if (!strcmp(argv[i], "--backend") && i + 1 < argc) backend = argv[++i];
+    else if (!strcmp(argv[i], "--help")) {
+      printf("usage: trainer_gpu_check [--steps N] [--curve-batch B] [--batch B] [--infer-batch B] "
+             "[--iters K] [--tf32] [--no-bench] [--no-curves] [--grid G] [--backend NAME] "
+             "[--precision-curves] [--only-bench] [--times] [--times-steps N]\n");
+      return 0;
+    } else {
+      fprintf(stderr, "trainer_gpu_check: error: unknown option '%s' (--help)\n", argv[i]);
+      return 2;
+    }
+  }
+  const char *req = getenv("COEMU_REQUIRE_DEVICE");
+  const int skip_status = req && !strcmp(req, "1") ? 1 : 77;
+  if (nn_backend_init(&nn_backend_cpu, 0) < 0) {
+    fprintf(stderr, "trainer_gpu_check: %s\n", ce_err_msg());
+    return 1;
+  }
+  printf("trainer-check: host: %d OpenMP threads, %ld cores online\n", omp_get_max_threads(),
+         sysconf(_SC_NPROCESSORS_ONLN));
+  if (grid % 8) {
+    fprintf(stderr, "trainer_gpu_check: error: --grid %d: expected a multiple of 8\n", grid);
+    return 2;
+  }
+  const nn_backend *gpu = nn_backend_by_name(backend);
+  if (!gpu) {
+    printf("trainer-check: SKIP: %s\n", ce_err_msg());
+    nn_backend_finish(&nn_backend_cpu);
+    return skip_status;
+  }
+  setenv("COEMU_CUDNN_ALGOS", "sums", 1);
+  if (nn_backend_init(gpu, 0) < 0) {
+    printf("trainer-check: SKIP: %s\n", ce_err_msg());
+    nn_backend_finish(&nn_backend_cpu);
+    return skip_status;
+  }
+#ifdef COEMU_HAVE_CUDA_TRAINER
+  if (gpu == &nn_backend_cuda)
+    printf("trainer-check: device: %s; bf16 path: %s (COEMU_BF16)%s\n", nn_cuda_device_name(),
+           nn_cuda_bf16_path(),
+           nn_cuda_times() ? "; the timing mode on (COEMU_CUDA_TIMES=1): every figure with its "
+                             "events" : "");
+#endif
+  fflush(stdout);
+  if (prec_curves) { /* this measurement only */
+    curve_opts c = {steps, curve_batch, coemunet_default(7)};
+    c.cfg.grid = grid;
+    int rc = precision_curves(gpu, &c);
+    nn_backend_finish(gpu);
+    nn_backend_finish(&nn_backend_cpu);
+    return rc < 0 ? 1 : 0;
+  }
+  if (!only_bench && parity_checks(gpu) < 0) {
+    nn_backend_finish(&nn_backend_cpu);
+    return 1;
+  }
 
   /* 4-5: cuDNN's fastest algorithms from here on */
   nn_backend_finish(gpu);
@@ -580,7 +709,7 @@ int main(int argc, char **argv) {
     nn_backend_finish(&nn_backend_cpu);
     return 1;
   }
-  if (do_curves) {
+  if (do_curves && !only_bench) {
     curve_opts c = {steps, curve_batch, coemunet_default(7)};
     c.cfg.grid = grid;
     double *f32 = (double *)calloc((size_t)steps, sizeof(double));
@@ -663,11 +792,18 @@ int main(int argc, char **argv) {
 #endif
     bench(gpu, "bf16", NN_BF16, batch, infer_batch, iters, grid);
   }
-  /* 6-7: data parallelism (buckets, NCCL) and the input feed (dp_check.h) */
-  failures += dp_check_buckets(gpu, 16);
-  failures += dp_check_feed(gpu, grid, curve_batch);
-  failures += dp_check_feed_dev(gpu, grid, curve_batch);
-  check_metrics(gpu, grid); /* counts its own failure (verdict) */
+  /* 5b. where a training step's device time goes (--times, COEMU_CUDA_TIMES=1) */
+  if (times && times_tables(gpu, batch, times_steps, grid) < 0) {
+    nn_backend_finish(&nn_backend_cpu);
+    return 1;
+  }
+  if (!only_bench) {
+    /* 6-7: data parallelism (buckets, NCCL) and the input feed (dp_check.h) */
+    failures += dp_check_buckets(gpu, 16);
+    failures += dp_check_feed(gpu, grid, curve_batch);
+    failures += dp_check_feed_dev(gpu, grid, curve_batch);
+    check_metrics(gpu, grid); /* counts its own failure (verdict) */
+  }
   nn_backend_finish(gpu);
   nn_backend_finish(&nn_backend_cpu);
   printf("trainer-check: %s (%d failed)\n", failures ? "FAILED" : "all passed", failures);

@@ -14,12 +14,17 @@
  * staging, free and finish wait for it (backend.h, HOST SYNCHRONISATION).
  * A reducer with device sums (NCCL, trainer/nccl_comm.h) sums gradient buckets on
  * a second stream, ordered by events (cuda_reduce_bucket); the input feed's
- * upload_async copies on a third (cuda_upload_async). */
+ * upload_async copies on a third (cuda_upload_async).
+ *
+ * COEMU_CUDA_TIMES=1 (read at init) turns on the timing mode ("the timing
+ * mode" below; nn_cuda_times_report): every group of work on the stream
+ * timed by a pair of events, per call kind, shape, algorithm and math. */
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <cudnn.h>
 #include <cufft.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -144,6 +149,7 @@ static struct {
   int verbose;   /* COEMU_CUDNN_VERBOSE=1: every plan's timed algorithms on stderr */
   int refuse_bf16; /* COEMU_CUDNN_REFUSE_BF16=1 (tests): every native bf16 call taken as refused */
   int bf16_emulated; /* COEMU_BF16=emulated: bf16 nets on the float32 path with rounded copies */
+  int times;         /* COEMU_CUDA_TIMES=1: the timing mode (below) */
   size_t ws_limit;
   int ws_limit_set;
   /* device reducer sums (NCCL): gradient buckets run on comm, after the
@@ -178,9 +184,203 @@ extern "C" void nn_cuda_set_workspace_limit(size_t bytes) {
 
 extern "C" const char *nn_cuda_device_name(void) { return S.users ? S.name : ""; }
 
+/* ---- the timing mode (COEMU_CUDA_TIMES=1) ------------------------------ */
+
+/* Where a step's device time goes, with the arithmetic unchanged: each group
+ * of work queued on the stream (one cuDNN call, a layer's kernels, a part of
+ * the loss, Adam, a memset, a copy) is bracketed by two events recorded on
+ * the stream, and keyed by what it is (call kind, shape, cuDNN's algorithm
+ * and math type). Nothing waits on the events while a step runs: the pairs
+ * are read with cudaEventElapsedTime where the host waits for the stream
+ * anyway (sync_stream: every loss_eval, upload and download) once half the
+ * pool is used, when the pool is full and its regions have completed
+ * (otherwise the pool grows), or at the report, and summed per key. The
+ * groups do not nest (the layer dispatch times whole layers except
+ * convolutions and linear layers, which time their parts), so the keys add
+ * up to the timed part of a step; what lies between the groups (the GPU
+ * idle while the host queues or waits) is the wall time less that sum. Off
+ * (S.times 0), no event is created or recorded: each site tests S.times
+ * once (times_begin). Work on the other streams (the input feed's copies,
+ * device reducer sums) is not timed. */
+#define TIMES_KEY 176
+
+typedef struct { /* a key's sums */
+  char key[TIMES_KEY];
+  uint32_t hash;
+  double ms;
+  long calls;
+} times_entry;
+
+static struct {
+  cudaEvent_t *ev;        /* 2 per region: its start and its stop */
+  char (*key)[TIMES_KEY]; /* each region's key; "" while open (or abandoned) */
+  int cap, n, open;       /* regions the pool holds, regions recorded, still open */
+  times_entry *tab;
+  int ntab, tab_cap;
+} T;
+
+static void times_release(void) {
+  for (int i = 0; i < 2 * T.cap; i++)
+    if (T.ev[i]) cudaEventDestroy(T.ev[i]);
+  free(T.ev);
+  free(T.key);
+  free(T.tab);
+  memset(&T, 0, sizeof T);
+}
+
+static uint32_t times_hash(const char *k) { /* FNV-1a */
+  uint32_t h = 2166136261u;
+  for (; *k; k++) h = (h ^ (unsigned char)*k) * 16777619u;
+  return h;
+}
+
+static int times_add(const char *key, double ms) {
+  const uint32_t h = times_hash(key);
+  for (int i = 0; i < T.ntab; i++)
+    if (T.tab[i].hash == h && !strcmp(T.tab[i].key, key)) {
+      T.tab[i].ms += ms;
+      T.tab[i].calls++;
+      return 0;
+    }
+  if (T.ntab == T.tab_cap) {
+    int cap = T.tab_cap ? 2 * T.tab_cap : 256;
+    void *nt = realloc(T.tab, sizeof *T.tab * (size_t)cap);
+    if (!nt) return ce_err("timing mode: out of memory for %d keys", cap);
+    T.tab = (times_entry *)nt;
+    T.tab_cap = cap;
+  }
+  times_entry *e = &T.tab[T.ntab++];
+  snprintf(e->key, sizeof e->key, "%s", key);
+  e->hash = h;
+  e->ms = ms;
+  e->calls = 1;
+  return 0;
+}
+
+/* The recorded regions into the table. wait 0: only when the last one has
+ * completed (then all have: one stream), else nothing yet; wait 1:
+ * cudaEventSynchronize on it first. Never while a region is open (its
+ * slot must stay). */
+static int times_resolve(int wait) {
+  if (T.n == 0 || T.open > 0) return 0;
+  cudaEvent_t last = NULL;
+  for (int i = T.n - 1; i >= 0 && !last; i--)
+    if (T.key[i][0]) last = T.ev[2 * i + 1];
+  if (last) {
+    if (wait) {
+      CUDA_CHECK(cudaEventSynchronize(last));
+    } else {
+      const cudaError_t e = cudaEventQuery(last);
+      if (e == cudaErrorNotReady) return 0;
+      if (e != cudaSuccess)
+        return cu_fail(__FILE__, __LINE__, "cudaEventQuery", cudaGetErrorString(e));
+    }
+  }
+  for (int i = 0; i < T.n; i++) {
+    if (!T.key[i][0]) continue; /* abandoned by an error */
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, T.ev[2 * i], T.ev[2 * i + 1]));
+    CE_TRY(times_add(T.key[i], ms));
+  }
+  T.n = 0;
+  return 0;
+}
+
+/* Room for one more region: the completed ones resolved, else a larger
+ * pool (creating events does not wait for the device); past 2^18 regions
+ * pending, a wait for the device. */
+static int times_room(void) {
+  CE_TRY(times_resolve(0));
+  if (T.n < T.cap) return 0;
+  if (T.cap >= (1 << 18) && T.open == 0) return times_resolve(1);
+  const int cap = T.cap ? 2 * T.cap : 2048;
+  cudaEvent_t *ev = (cudaEvent_t *)realloc(T.ev, sizeof *ev * 2 * (size_t)cap);
+  if (!ev) return ce_err("timing mode: out of memory for %d event pairs", cap);
+  T.ev = ev;
+  memset(T.ev + 2 * T.cap, 0, sizeof *ev * 2 * (size_t)(cap - T.cap));
+  char(*key)[TIMES_KEY] = (char(*)[TIMES_KEY])realloc(T.key, sizeof *key * (size_t)cap);
+  if (!key) return ce_err("timing mode: out of memory for %d keys", cap);
+  T.key = key;
+  const int old = T.cap;
+  T.cap = cap; /* times_release destroys what exists of the new events */
+  for (int i = 2 * old; i < 2 * cap; i++) CUDA_CHECK(cudaEventCreate(&T.ev[i]));
+  return 0;
+}
+
+/* Opens a region: *slot is its index, or -1 when the timing mode is off
+ * (then times_end does nothing). */
+static int times_begin(int *slot) {
+  *slot = -1;
+  if (!S.times) return 0;
+  if (T.n == T.cap) CE_TRY(times_room());
+  const int i = T.n;
+  T.key[i][0] = 0;
+  CUDA_CHECK(cudaEventRecord(T.ev[2 * i], S.stream));
+  T.n++;
+  T.open++;
+  *slot = i;
+  return 0;
+}
+
+/* Closes region slot (from times_begin) under the key printf makes of fmt. */
+__attribute__((format(printf, 2, 3))) static int times_end(int slot, const char *fmt, ...) {
+  if (slot < 0) return 0;
+  CUDA_CHECK(cudaEventRecord(T.ev[2 * slot + 1], S.stream));
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(T.key[slot], TIMES_KEY, fmt, ap);
+  va_end(ap);
+  if (!T.key[slot][0]) snprintf(T.key[slot], TIMES_KEY, "?");
+  T.open--;
+  return 0;
+}
+
+static int times_cmp(const void *a, const void *b) {
+  const double x = ((const times_entry *)a)->ms, y = ((const times_entry *)b)->ms;
+  return x < y ? 1 : x > y ? -1 : 0;
+}
+
+extern "C" int nn_cuda_times(void) { return S.users > 0 && S.times; }
+
+static int times_off(void) {
+  return ce_err("cuda backend: the timing mode is off (set COEMU_CUDA_TIMES=1 before the "
+                "backend's init)");
+}
+
+extern "C" int nn_cuda_times_reset(void) {
+  if (!nn_cuda_times()) return times_off();
+  T.open = 0; /* regions an error left open: abandoned (no key) */
+  CE_TRY(times_resolve(1));
+  T.ntab = 0;
+  return 0;
+}
+
+extern "C" int nn_cuda_times_report(FILE *f, const char *label, int steps) {
+  if (!nn_cuda_times()) return times_off();
+  if (steps < 1) return ce_err("nn_cuda_times_report: %d steps, expected >= 1", steps);
+  T.open = 0;
+  CE_TRY(times_resolve(1));
+  qsort(T.tab, (size_t)T.ntab, sizeof *T.tab, times_cmp);
+  double ms = 0;
+  long calls = 0;
+  for (int i = 0; i < T.ntab; i++) {
+    fprintf(f, "%s %s: ms_per_step %.3f calls_per_step %g\n", label, T.tab[i].key,
+            T.tab[i].ms / steps, (double)T.tab[i].calls / steps);
+    ms += T.tab[i].ms;
+    calls += T.tab[i].calls;
+  }
+  fprintf(f, "%s total: ms_per_step %.3f calls_per_step %g (%d keys, %d steps)\n", label,
+          ms / steps, (double)calls / steps, T.ntab, steps);
+  fflush(f);
+  T.ntab = 0;
+  return 0;
+}
+
 static int sync_stream(void) {
   CUDA_CHECK(cudaStreamSynchronize(S.stream));
-  return 0;
+  /* the timing mode: the pairs are complete now, read them without a wait
+     of their own once half the pool is used */
+  return S.times && T.n >= T.cap / 2 ? times_resolve(0) : 0;
 }
 
 /* At least `bytes` of device scratch (contents not kept). */
@@ -219,6 +419,7 @@ static void destroy_plan(conv_plan *p) {
 }
 
 static void release_all(void) {
+  times_release();
   for (int i = 0; i < S.nplans; i++) destroy_plan(&S.plans[i]);
   free(S.plans);
   S.plans = NULL;
@@ -295,6 +496,11 @@ static int open_device(void) {
   S.any_order = det && !strcmp(det, "0");
   const char *vb = getenv("COEMU_CUDNN_VERBOSE");
   S.verbose = vb && *vb && strcmp(vb, "0");
+  const char *tm = getenv("COEMU_CUDA_TIMES");
+  if (tm && *tm && strcmp(tm, "0") && strcmp(tm, "1"))
+    return ce_err("COEMU_CUDA_TIMES = '%s': expected 1 (time every group of device work, "
+                  "nn_cuda_times_report) or 0", tm);
+  S.times = tm && !strcmp(tm, "1");
   const char *rf = getenv("COEMU_CUDNN_REFUSE_BF16");
   S.refuse_bf16 = rf && *rf && strcmp(rf, "0");
   const char *bf = getenv("COEMU_BF16");
@@ -366,28 +572,50 @@ static void cuda_free(void *p) {
   cudaFree(p);
 }
 
+/* the timing mode's key of a copy or memset: its size class (powers of 4
+   from 1 MiB), so that the few large ones stand apart from the many small */
+static const char *size_class(size_t bytes) {
+  static const char *const c[] = {"< 1 MiB", "1-4 MiB", "4-16 MiB", "16-64 MiB", "64-256 MiB",
+                                  ">= 256 MiB"};
+  int k = 0;
+  for (size_t b = (size_t)1 << 20; k < 5 && bytes >= b; b <<= 2) k++;
+  return c[k];
+}
+
+/* host memory that is not page-locked goes through the driver's staging
+   buffers: slower, and the copy ends when the last chunk is staged */
 static int cuda_upload(void *dst, const void *src, size_t bytes) {
   if (!bytes) return 0;
+  int tm;
+  CE_TRY(times_begin(&tm));
   CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, S.stream));
+  CE_TRY(times_end(tm, "copy h2d (upload) %s", size_class(bytes)));
   return sync_stream();
 }
 
 static int cuda_download(void *dst, const void *src, size_t bytes) {
   if (!bytes) return 0;
+  int tm;
+  CE_TRY(times_begin(&tm));
   CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, S.stream));
+  CE_TRY(times_end(tm, "copy d2h (download) %s", size_class(bytes)));
   return sync_stream();
 }
 
 static int cuda_copy(void *dst, const void *src, size_t bytes) {
   if (!bytes) return 0;
+  int tm;
+  CE_TRY(times_begin(&tm));
   CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, S.stream));
-  return 0;
+  return times_end(tm, "copy d2d %s", size_class(bytes));
 }
 
 static int cuda_zero(void *p, size_t bytes) {
   if (!bytes) return 0;
+  int tm;
+  CE_TRY(times_begin(&tm));
   CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, S.stream));
-  return 0;
+  return times_end(tm, "memset zero %s", size_class(bytes));
 }
 
 /* ---- reductions --------------------------------------------------------- */
@@ -928,6 +1156,40 @@ static int conv_call(conv_plan *p, int k, size_t ws, const char *what, Call call
   }
 }
 
+static const char *math_name(cudnnMathType_t m) {
+  switch (m) {
+  case CUDNN_FMA_MATH: return "fma";
+  case CUDNN_TENSOR_OP_MATH: return "tensor";
+  case CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION: return "tensor-conversion";
+  default: return "default";
+  }
+}
+
+/* The timing mode's key of call k (as conv_plan.alt) of plan p, e.g. "conv3d
+ * fwd 32x7x64x64x64->16 k3x3x3 s1x1x1 algo 1 fma": the input (n, cin, d, h,
+ * w), the output channels, kernel, stride, the algorithm the call ran with
+ * (after any refusal) and its math type; " bf16" for bf16 tensors; tail:
+ * how it ran (a refusal, the bf16 fallback). */
+static int times_end_conv(int slot, const conv_plan *p, int k, const char *tail) {
+  if (slot < 0) return 0;
+  static const char *const call[3] = {"fwd", "bwd filter", "bwd data"};
+  const conv_shape *s = &p->s;
+  const int algo = k == 0 ? (int)p->fwd : k == 1 ? (int)p->bwd_filter : (int)p->bwd_data;
+  return times_end(slot, "conv%dd %s %dx%dx%dx%dx%d->%d k%dx%dx%d s%dx%dx%d algo %d %s%s%s",
+                   is_2d(s) ? 2 : 3, call[k], s->n, s->cin, s->d, s->h, s->w, s->cout, s->kd,
+                   s->kh, s->kw, s->sd, s->sh, s->sw, algo, math_name(p->math[k]),
+                   p->bf16 ? " bf16" : "", tail);
+}
+
+/* ... and of a convolution's bias (forward: added to y; backward: its
+ * gradient, the sum of dy), keyed by the output (n, cout, od, oh, ow) */
+static int times_end_bias(int slot, const conv_plan *p, const char *dir, const char *tail) {
+  if (slot < 0) return 0;
+  const conv_shape *s = &p->s;
+  return times_end(slot, "conv%dd bias %s %dx%dx%dx%dx%d%s", is_2d(s) ? 2 : 3, dir, s->n, s->cout,
+                   s->od, s->oh, s->ow, tail);
+}
+
 static int plan_create(conv_plan *p, const conv_shape *s, int need_dx, int tf32, int bf16) {
   memset(p, 0, sizeof *p);
   p->s = *s;
@@ -1134,11 +1396,14 @@ static int dev_operands_get(const nn_net *net, const nn_node *nd, int with_dy, l
   for (int k = 0; k < 3; k++) dst[k] = rounded ? (float *)carve(&at, n[k], sizeof(float)) : NULL;
   if (extra) o->extra = (float *)carve(&at, extra, sizeof(float));
   if (!rounded) return 0;
+  int tm;
+  CE_TRY(times_begin(&tm));
   for (int k = 0; k < 3; k++)
     if (n[k]) {
       k_round<<<grid_for(n[k]), THREADS, 0, S.stream>>>(n[k], src[k], dst[k], p);
       KERNEL_CHECK("k_round");
     }
+  CE_TRY(times_end(tm, "round operands %s (k_round)", nn_precision_name(p)));
   o->x = dst[0];
   o->w = dst[1];
   if (with_dy) o->dy = dst[2];
@@ -1166,11 +1431,14 @@ static int dev_bf16_get(const nn_net *net, const nn_node *nd, int with_dy, int o
   if (!at) return -1;
   bf16_t *part[6];
   for (int k = 0; k < 6; k++) part[k] = n[k] ? (bf16_t *)carve(&at, n[k], sizeof(bf16_t)) : NULL;
+  int tm;
+  CE_TRY(times_begin(&tm));
   for (int k = 0; k < 3; k++)
     if (n[k]) {
       k_to_bf16<<<grid_for(n[k]), THREADS, 0, S.stream>>>(n[k], src[k], part[k]);
       KERNEL_CHECK("k_to_bf16");
     }
+  CE_TRY(times_end(tm, "convert operands to bf16 (k_to_bf16)"));
   o->x = part[0];
   o->w = part[1];
   o->dy = part[2];
@@ -1233,18 +1501,23 @@ static int conv_forward_f32(nn_net *net, nn_node *nd, conv_plan *p, int own_ws) 
   CE_TRY(dev_operands_get(net, nd, 0, conv_ws_floats(p, own_ws), &o));
   void *work = own_ws ? (void *)o.extra : (void *)net->work;
   const size_t ws = own_ws ? p->ws : sizeof(float) * net->work_n;
+  const char *how = own_ws ? " (bf16 fallback)" : "";
+  int tm;
+  CE_TRY(times_begin(&tm));
   CE_TRY(conv_call(p, 0, ws, "cudnnConvolutionForward", [&] {
     return cudnnConvolutionForward(S.dnn, &ONE, p->x, o.x, p->w, o.w, p->conv, p->fwd, work, ws,
                                    &ZERO, p->y, nd->out);
   }));
+  CE_TRY(times_end_conv(tm, p, 0, how));
+  CE_TRY(times_begin(&tm));
   if (nn_rounds_conv_result(net->precision)) { /* bf16 */
     k_round_bf16_bias<<<grid_for(ny), THREADS, 0, S.stream>>>(ny, nd->c, sp, P[nd->param[1]].w,
                                                               nd->out);
     KERNEL_CHECK("k_round_bf16_bias");
-    return 0;
+    return times_end_bias(tm, p, "fwd", " rounded to bf16 (k_round_bf16_bias)");
   }
   CUDNN_CHECK(cudnnAddTensor(S.dnn, &ONE, p->b, P[nd->param[1]].w, &ONE, p->y, nd->out));
-  return 0;
+  return times_end_bias(tm, p, "fwd", " (cudnnAddTensor)");
 }
 
 static int conv_forward(nn_net *net, nn_node *nd) {
@@ -1256,16 +1529,20 @@ static int conv_forward(nn_net *net, nn_node *nd) {
     dev_bf16 o;
     CE_TRY(dev_bf16_get(net, nd, 0, 1, 0, 0, &o));
     const size_t ws = sizeof(float) * net->work_n;
+    int tm;
+    CE_TRY(times_begin(&tm));
     const int rc = conv_call(p, 0, ws, "cudnnConvolutionForward (bf16)", [&] {
       return cudnnConvolutionForward(S.dnn, &ONE, p->x, o.x, p->w, o.w, p->conv, p->fwd, net->work,
                                      ws, &ZERO, p->y, o.y);
     });
     if (rc < 0) return -1;
+    CE_TRY(times_end_conv(tm, p, 0, rc == CONV_REFUSED ? " (refused)" : ""));
     if (rc == 0) {
+      CE_TRY(times_begin(&tm));
       k_conv_out_bf16<<<grid_for(ny), THREADS, 0, S.stream>>>(ny, nd->c, sp, o.y,
                                                               P[nd->param[1]].w, nd->out);
       KERNEL_CHECK("k_conv_out_bf16");
-      return 0;
+      return times_end_bias(tm, p, "fwd", " from bf16 (k_conv_out_bf16)");
     }
   }
   if (p->bf16) { /* refused: the float32 plan of the shape, on its own workspace */
@@ -1291,28 +1568,40 @@ static int conv_backward_f32(nn_net *net, nn_node *nd, float *dx, conv_plan *p, 
   float *rdw = rounds && filter ? o.extra : NULL, *rdx = rounds && dx ? o.extra + (filter ? nw : 0) : NULL;
   void *work = own_ws ? (void *)(o.extra + nres) : (void *)net->work;
   const size_t ws = own_ws ? p->ws : sizeof(float) * net->work_n;
+  const char *how = own_ws ? " (bf16 fallback)" : "";
+  int tm;
   if (filter) {
+    CE_TRY(times_begin(&tm));
     CE_TRY(conv_call(p, 1, ws, "cudnnConvolutionBackwardFilter", [&] {
       return cudnnConvolutionBackwardFilter(S.dnn, &ONE, p->x, o.x, p->y, o.dy, p->conv,
                                             p->bwd_filter, work, ws, rounds ? &ZERO : &ONE, p->w,
                                             rounds ? rdw : P[nd->param[0]].g);
     }));
+    CE_TRY(times_end_conv(tm, p, 1, how));
     if (rounds) {
+      CE_TRY(times_begin(&tm));
       k_add_bf16_result<<<grid_for(nw), THREADS, 0, S.stream>>>(nw, rdw, P[nd->param[0]].g);
       KERNEL_CHECK("k_add_bf16_result");
+      CE_TRY(times_end(tm, "bf16 results rounded and added (k_add_bf16_result)"));
     }
+    CE_TRY(times_begin(&tm));
     CUDNN_CHECK(cudnnConvolutionBackwardBias(S.dnn, &ONE, p->y, o.dy, &ONE, p->b,
                                              P[nd->param[1]].g));
+    CE_TRY(times_end_bias(tm, p, "bwd", " (cudnnConvolutionBackwardBias)"));
   }
   if (dx) {
     float *t = rounds ? rdx : dx;
+    CE_TRY(times_begin(&tm));
     CE_TRY(conv_call(p, 2, ws, "cudnnConvolutionBackwardData", [&] {
       return cudnnConvolutionBackwardData(S.dnn, &ONE, p->w, o.w, p->y, o.dy, p->conv,
                                           p->bwd_data, work, ws, rounds ? &ZERO : &ONE, p->x, t);
     }));
+    CE_TRY(times_end_conv(tm, p, 2, how));
     if (rounds) {
+      CE_TRY(times_begin(&tm));
       k_add_bf16_result<<<grid_for(nx), THREADS, 0, S.stream>>>(nx, t, dx);
       KERNEL_CHECK("k_add_bf16_result");
+      CE_TRY(times_end(tm, "bf16 results rounded and added (k_add_bf16_result)"));
     }
   }
   return 0;
@@ -1334,29 +1623,39 @@ static int conv_backward(nn_net *net, nn_node *nd, float *dx) {
   if (!p->refused[1] && !(dx && p->refused[2])) {
     dev_bf16 o;
     CE_TRY(dev_bf16_get(net, nd, 1, 0, 1, dx != NULL, &o));
+    int tm;
+    CE_TRY(times_begin(&tm));
     int rc = conv_call(p, 1, ws, "cudnnConvolutionBackwardFilter (bf16)", [&] {
       return cudnnConvolutionBackwardFilter(S.dnn, &ONE, p->x, o.x, p->y, o.dy, p->conv,
                                             p->bwd_filter, net->work, ws, &ZERO, p->w, o.dw);
     });
     if (rc < 0) return -1;
+    CE_TRY(times_end_conv(tm, p, 1, rc == CONV_REFUSED ? " (refused)" : ""));
     if (rc == 0) {
+      CE_TRY(times_begin(&tm));
       k_add_bf16<<<grid_for(nw), THREADS, 0, S.stream>>>(nw, o.dw, P[nd->param[0]].g);
       KERNEL_CHECK("k_add_bf16");
+      CE_TRY(times_end(tm, "bf16 results added (k_add_bf16)"));
+      CE_TRY(times_begin(&tm));
       k_conv_bias_grad<<<nd->c, THREADS, 0, S.stream>>>(net->batch, nd->c,
                                                         (long)nd->d * nd->h * nd->w, o.dy,
                                                         P[nd->param[1]].g);
       KERNEL_CHECK("k_conv_bias_grad");
+      CE_TRY(times_end_bias(tm, p, "bwd", " from bf16 (k_conv_bias_grad)"));
       filter = 0;
       if (!dx) return 0;
+      CE_TRY(times_begin(&tm));
       rc = conv_call(p, 2, ws, "cudnnConvolutionBackwardData (bf16)", [&] {
         return cudnnConvolutionBackwardData(S.dnn, &ONE, p->w, o.w, p->y, o.dy, p->conv,
                                             p->bwd_data, net->work, ws, &ZERO, p->x, o.dx);
       });
       if (rc < 0) return -1;
+      CE_TRY(times_end_conv(tm, p, 2, rc == CONV_REFUSED ? " (refused)" : ""));
       if (rc == 0) {
+        CE_TRY(times_begin(&tm));
         k_add_bf16<<<grid_for(nx), THREADS, 0, S.stream>>>(nx, o.dx, dx);
         KERNEL_CHECK("k_add_bf16");
-        return 0;
+        return times_end(tm, "bf16 results added (k_add_bf16)");
       }
     }
   }
@@ -1426,41 +1725,107 @@ static int dev_linear_backward(int n, int in, int out, const T *x, const T *w, c
   return 0;
 }
 
+/* The timing mode's key of a linear layer's cuBLAS part (the bias kernel
+ * and the products): batch x inputs -> outputs and cuBLAS's arithmetic. */
+static int times_end_linear(int slot, const nn_net *net, const nn_node *nd, const char *dir) {
+  if (slot < 0) return 0;
+  return times_end(slot, "linear %s %dx%ld->%d cublas %s", dir, net->batch,
+                   (long)net->nodes[nd->in[0]].size, nd->c,
+                   net_bf16_native(net) ? "bf16 gemmex" : net_tf32(net) ? "tf32" : "fma");
+}
+
 /* A linear layer at the net's precision (native bf16: the operands
  * converted, cublasGemmEx; otherwise the float32 path on rounded copies). */
 static int linear_forward_at(nn_net *net, nn_node *nd) {
   const nn_node *in = &net->nodes[nd->in[0]];
   const float *b = net->params[nd->param[1]].w;
   CE_TRY(set_blas_math(net_tf32(net)));
+  int tm;
   if (net_bf16_native(net)) {
     dev_bf16 o;
     CE_TRY(dev_bf16_get(net, nd, 0, 0, 0, 0, &o));
-    return dev_linear_forward(net->batch, (int)in->size, nd->c, o.x, o.w, b, nd->out);
+    CE_TRY(times_begin(&tm));
+    CE_TRY(dev_linear_forward(net->batch, (int)in->size, nd->c, o.x, o.w, b, nd->out));
+    return times_end_linear(tm, net, nd, "fwd");
   }
   dev_operands o;
   CE_TRY(dev_operands_get(net, nd, 0, 0, &o));
-  return dev_linear_forward(net->batch, (int)in->size, nd->c, o.x, o.w, b, nd->out);
+  CE_TRY(times_begin(&tm));
+  CE_TRY(dev_linear_forward(net->batch, (int)in->size, nd->c, o.x, o.w, b, nd->out));
+  return times_end_linear(tm, net, nd, "fwd");
 }
 
 static int linear_backward_at(nn_net *net, nn_node *nd, float *dx) {
   const nn_node *in = &net->nodes[nd->in[0]];
   const nn_param *P = net->params;
   CE_TRY(set_blas_math(net_tf32(net)));
+  int tm;
   if (net_bf16_native(net)) {
     dev_bf16 o;
     CE_TRY(dev_bf16_get(net, nd, 1, 0, 0, 0, &o));
-    return dev_linear_backward(net->batch, (int)in->size, nd->c, o.x, o.w, o.dy, P[nd->param[0]].g,
-                               P[nd->param[1]].g, dx);
+    CE_TRY(times_begin(&tm));
+    CE_TRY(dev_linear_backward(net->batch, (int)in->size, nd->c, o.x, o.w, o.dy,
+                               P[nd->param[0]].g, P[nd->param[1]].g, dx));
+    return times_end_linear(tm, net, nd, dx ? "bwd" : "bwd (no dx)");
   }
   dev_operands o;
   CE_TRY(dev_operands_get(net, nd, 1, 0, &o));
-  return dev_linear_backward(net->batch, (int)in->size, nd->c, o.x, o.w, o.dy, P[nd->param[0]].g,
-                             P[nd->param[1]].g, dx);
+  CE_TRY(times_begin(&tm));
+  CE_TRY(dev_linear_backward(net->batch, (int)in->size, nd->c, o.x, o.w, o.dy, P[nd->param[0]].g,
+                             P[nd->param[1]].g, dx));
+  return times_end_linear(tm, net, nd, dx ? "bwd" : "bwd (no dx)");
 }
 
 /* ---- layer dispatch ----------------------------------------------------- */
 
+static const char *kind_name(int kind) {
+  static const char *const name[NN_KIND_COUNT] = {"input", "conv", "batchnorm", "relu", "tanh",
+                                                  "maxpool", "linear", "upsample", "add",
+                                                  "concat", "view", "slice"};
+  return kind >= 0 && kind < NN_KIND_COUNT && name[kind] ? name[kind] : "layer";
+}
+
+/* The timing mode's key of a layer timed whole: kind, direction, the input
+ * (n, c, d, h, w) and the output (c, d, h, w) where it differs. */
+static int times_end_node(int slot, const nn_net *net, const nn_node *nd, const char *dir) {
+  if (slot < 0) return 0;
+  const nn_node *in = &net->nodes[nd->in[0]];
+  char out[64] = "";
+  if (in->c != nd->c || in->d != nd->d || in->h != nd->h || in->w != nd->w)
+    snprintf(out, sizeof out, "->%dx%dx%dx%d", nd->c, nd->d, nd->h, nd->w);
+  return times_end(slot, "%s %s %dx%dx%dx%dx%d%s", kind_name(nd->kind), dir, net->batch, in->c,
+                   in->d, in->h, in->w, out);
+}
+
+static int forward_node(nn_net *net, nn_node *nd, int train);
+static int backward_node(nn_net *net, nn_node *nd);
+
+/* The timing mode times each layer whole, except convolutions and linear
+ * layers: they time their parts (operand conversions, the cuDNN / cuBLAS
+ * calls, the bias) themselves. */
 static int cuda_forward(nn_net *net, nn_node *nd, int train) {
+  if (!S.times || nd->kind == NN_CONV || nd->kind == NN_LINEAR)
+    return forward_node(net, nd, train);
+  int tm;
+  CE_TRY(times_begin(&tm));
+  CE_TRY(forward_node(net, nd, train));
+  return times_end_node(tm, net, nd,
+                        nd->kind != NN_BATCHNORM ? "fwd" : train ? "fwd train" : "fwd eval");
+}
+
+static int cuda_backward(nn_net *net, nn_node *nd) {
+  const int k = nd->kind;
+  if (!S.times || k == NN_CONV || k == NN_LINEAR ||
+      (!net->nodes[nd->in[0]].needs_grad &&
+       (k == NN_RELU || k == NN_TANH || k == NN_MAXPOOL || k == NN_UPSAMPLE))) /* nothing to do */
+    return backward_node(net, nd);
+  int tm;
+  CE_TRY(times_begin(&tm));
+  CE_TRY(backward_node(net, nd));
+  return times_end_node(tm, net, nd, "bwd");
+}
+
+static int forward_node(nn_net *net, nn_node *nd, int train) {
   const int N = net->batch;
   const nn_node *in = &net->nodes[nd->in[0]];
   const float *x = in->out;
@@ -1519,7 +1884,7 @@ static int cuda_forward(nn_net *net, nn_node *nd, int train) {
   }
 }
 
-static int cuda_backward(nn_net *net, nn_node *nd) {
+static int backward_node(nn_net *net, nn_node *nd) {
   const int N = net->batch;
   nn_node *in = &net->nodes[nd->in[0]];
   const float *x = in->out, *y = nd->out, *g = nd->grad;
@@ -1603,13 +1968,18 @@ __global__ static void k_adam(long n, float *w, const float *g, float *m, float 
 }
 
 static int cuda_adam_update(nn_net *net, float *const *m, float *const *v, const nn_adam_coef *c) {
+  int tm, kernels = 0;
+  long values = 0;
+  CE_TRY(times_begin(&tm));
   for (int i = 0; i < net->nparams; i++) {
     nn_param *p = &net->params[i];
     if (!m[i]) continue;
     k_adam<<<grid_for(p->n), THREADS, 0, S.stream>>>(p->n, p->w, p->g, m[i], v[i], *c);
     KERNEL_CHECK("k_adam");
+    kernels++;
+    values += (long)p->n;
   }
-  return 0;
+  return times_end(tm, "adam update (%d k_adam kernels, %ld values)", kernels, values);
 }
 
 /* ---- loss (cuFFT, double precision as loss.c) --------------------------- */
@@ -1734,22 +2104,38 @@ static int cuda_loss_eval(void *lp, const float *p, const float *t, int m, float
     return ce_err("loss: %d images, this loss was made for 1..%d", m, l->max_images);
   const long n = (long)m * l->h * l->w, all = (long)l->max_images * l->h * l->w;
   const long nspec = (long)m * l->h * l->wc;
+  /* the timing mode's keys: the kernels and each cuFFT transform apart */
+  const int mi = l->max_images, h = l->h, w = l->w;
+  int tm;
+  CE_TRY(times_begin(&tm));
   k_loss_diff<<<LOSS_BLOCKS, THREADS, 0, S.stream>>>(n, all, p, t, l->e, l->part);
   KERNEL_CHECK("k_loss_diff");
+  CE_TRY(times_end(tm, "loss diff and squares %dx%dx%d (k_loss_diff)", mi, h, w));
+  CE_TRY(times_begin(&tm));
   CUFFT_CHECK(cufftExecD2Z(l->fwd, l->e, l->spec));
+  CE_TRY(times_end(tm, "loss cufft d2z %dx%dx%d", mi, h, w));
+  CE_TRY(times_begin(&tm));
   k_loss_spec<<<LOSS_BLOCKS, THREADS, 0, S.stream>>>(nspec, l->wc, l->w, l->spec,
                                                      l->part + LOSS_BLOCKS);
   KERNEL_CHECK("k_loss_spec");
   k_sum_rows<<<1, 64, 0, S.stream>>>(2, LOSS_BLOCKS, l->part, l->sums);
   KERNEL_CHECK("k_sum_rows");
+  CE_TRY(times_end(tm, "loss spectrum |E| and sums %dx%dx%d (k_loss_spec, k_sum_rows)", mi, h,
+                   l->wc));
   if (grad) {
     /* e <- unnormalised inverse DFT of E/|E| (real) */
+    CE_TRY(times_begin(&tm));
     CUFFT_CHECK(cufftExecZ2D(l->inv, l->spec, l->e));
+    CE_TRY(times_end(tm, "loss cufft z2d %dx%dx%d", mi, h, w));
+    CE_TRY(times_begin(&tm));
     k_loss_grad<<<grid_for(n), THREADS, 0, S.stream>>>(n, p, t, l->e, (double)n, seed_scale, grad);
     KERNEL_CHECK("k_loss_grad");
+    CE_TRY(times_end(tm, "loss gradient %dx%dx%d (k_loss_grad)", m, h, w));
   }
   double sums[2];
+  CE_TRY(times_begin(&tm));
   CUDA_CHECK(cudaMemcpyAsync(sums, l->sums, sizeof sums, cudaMemcpyDeviceToHost, S.stream));
+  CE_TRY(times_end(tm, "loss sums d2h"));
   CE_TRY(sync_stream());
   const double N = (double)n;
   out->mse = sums[0] / N;
@@ -1818,9 +2204,12 @@ static int cuda_reduce_grads(nn_net *net) {
     CUDA_CHECK(cudaStreamWaitEvent(S.stream, S.comm_done, 0));
   }
   if (r->world > 1) {
+    int tm;
+    CE_TRY(times_begin(&tm));
     k_div<<<grid_for((long)total), THREADS, 0, S.stream>>>((long)total, net->grad_block,
                                                            (float)r->world);
     KERNEL_CHECK("k_div");
+    return times_end(tm, "gradients / world (k_div)");
   }
   return 0;
 }
@@ -1921,10 +2310,12 @@ __global__ void k_norm_targets(stats_norm p, const float *in, const float *fill,
 static int cuda_normalise_inputs(const stats_norm *p, const float *in, float *out, int samples,
                                  size_t nvox) {
   if (samples < 1 || !nvox) return 0;
+  int tm;
+  CE_TRY(times_begin(&tm));
   k_norm_inputs<<<grid_for((long)((size_t)samples * 3 * nvox)), THREADS, 0, S.stream>>>(
       *p, in, out, (size_t)samples, nvox);
   KERNEL_CHECK("k_norm_inputs");
-  return 0;
+  return times_end(tm, "normalise inputs (k_norm_inputs)");
 }
 
 static int cuda_normalise_targets(const stats_norm *p, const float *in, float *out, int samples,
@@ -1932,12 +2323,14 @@ static int cuda_normalise_targets(const stats_norm *p, const float *in, float *o
   if (samples < 1 || !nval) return 0;
   float *fill = (float *)scratch(sizeof(float) * (size_t)samples);
   if (!fill) return -1;
+  int tm;
+  CE_TRY(times_begin(&tm));
   k_norm_fill<<<(unsigned)samples, THREADS, 0, S.stream>>>(in, nval, fill);
   KERNEL_CHECK("k_norm_fill");
   k_norm_targets<<<grid_for((long)((size_t)samples * nval)), THREADS, 0, S.stream>>>(
       *p, in, fill, out, (size_t)samples, nval);
   KERNEL_CHECK("k_norm_targets");
-  return 0;
+  return times_end(tm, "normalise targets (k_norm_fill, k_norm_targets)");
 }
 
 /* ---- the table ---------------------------------------------------------- */
@@ -2004,6 +2397,8 @@ static int cuda_metrics(const stats_norm *p, const float *pred, const float *tar
   if (!d) return -1;
   double *d_out = d, *d_bad = d + (size_t)METRICS_FIELDS * n, *d_range = d + res;
   double *d_v = d_range + ranges, *d_smp = d_v + nf, *d_ssim = d_smp + (size_t)n * 2 * ns;
+  int tm;
+  CE_TRY(times_begin(&tm));
   k_metrics_sample<<<grid_for(n), THREADS, 0, S.stream>>>(*p, pred, target, n, f, hw, d_smp, d_out,
                                                             d_bad);
   KERNEL_CHECK("k_metrics_sample");
@@ -2021,6 +2416,7 @@ static int cuda_metrics(const stats_norm *p, const float *pred, const float *tar
       KERNEL_CHECK("k_metrics_channel_mean");
     }
   }
+  CE_TRY(times_end(tm, "metrics %d samples (k_metrics_*)", n));
   double *h_res = (double *)malloc(sizeof(double) * res);
   if (!h_res) return ce_err("metrics: out of memory for %d samples' results", n);
   if (cuda_download(h_res, d, sizeof(double) * res) < 0) {

@@ -16,6 +16,8 @@
 #ifndef COEMU_BACKEND_CUDA_H
 #define COEMU_BACKEND_CUDA_H
 
+#include <stdio.h>
+
 #include "trainer/backend.h"
 
 #ifdef __cplusplus
@@ -54,6 +56,33 @@ const char *nn_cuda_bf16_path(void);
  * skips algorithms that need more). Default 512 MiB, or the environment's
  * COEMU_CUDNN_WORKSPACE_MB. */
 void nn_cuda_set_workspace_limit(size_t bytes);
+
+/* The timing mode, for finding where a step's device time goes
+ * (docs/trainer.md, "Where a step's device time goes"): with
+ * COEMU_CUDA_TIMES=1 in the environment at init (0 or unset: off, and no
+ * event is ever recorded; another value is init's error), every group of
+ * work the backend queues is bracketed by a pair of CUDA events on its
+ * stream: each cuDNN convolution call (forward, backward data, backward
+ * filter; bf16 and its float32 fallback too), a convolution's bias, operand
+ * conversions, a linear layer's cuBLAS calls, every other layer whole
+ * (BatchNorm, pooling, activations, ...), the loss's kernels and cuFFT
+ * transforms, Adam, memsets and copies. The times are read where the host
+ * waits anyway (no synchronisation of their own inside a step) and summed
+ * per key: what ran, its shape, cuDNN's algorithm and math type.
+ *   nn_cuda_times: 1 when the mode is on (and the backend initialised).
+ *   nn_cuda_times_reset: drops what was timed so far (waits for the queued
+ *     work), e.g. after warm-up steps.
+ *   nn_cuda_times_report: one line per key into f, largest total first,
+ *       <label> <key>: ms_per_step X calls_per_step Y
+ *     e.g. "conv3d fwd 32x7x64x64x64->16 k3x3x3 s1x1x1 algo 1 fma" (input
+ *     n x c x d x h x w -> output channels, kernel, stride, algorithm, math:
+ *     fma, tensor, ...), then "<label> total: ms_per_step X calls_per_step
+ *     Y (K keys, S steps)", each figure divided by steps (the steps timed
+ *     since the last reset or report); then resets.
+ * Both return 0, or -1 with an error when the mode is off. */
+int nn_cuda_times(void);
+int nn_cuda_times_reset(void);
+int nn_cuda_times_report(FILE *f, const char *label, int steps);
 
 /* One line naming the device in use ("NVIDIA H200, sm_90, 139.8 GiB"), or
  * "" before init. */

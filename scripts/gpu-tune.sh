@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# The device tuning run (docs/benchmarks.md, "Device figures"): one
+# prepared script, beside scripts/gpu-check.sh, for deciding the next
+# kernel work from figures rather than from reading the kernels. Same needs
+# as gpu-check.sh (nvcc, gcc; a --pack-deps folder for libyaml); under 5
+# minutes on one H200. It prints one line per figure, `gpu-tune STEP: ...`:
+#   overlap    gpu_devpipe_check (its parity: the device pipeline against the
+#              CPU path, chunks of 5 alternating buffers; then the sample +
+#              solve bench) with the next chunk sampled while one is solved
+#              (the default) and without (COEMU_DEVPIPE_OVERLAP=0), and with
+#              chunks of 32 and 64 cubes (COEMU_DEVPIPE_CHUNK)
+#   variant V  the sampler's and solver's kernels built with other launch
+#              bounds (GPU_NVCC_DEFS: LTE_RAYS_MIN_BLOCKS, LTE_CELLS_MIN_BLOCKS,
+#              SB_LINES_MIN_BLOCKS; LTE_BODY_RAY_GROUP=0, the solver threads'
+#              plain order; each in its own build folder, built in
+#              parallel first): gpu_bench's resident solver figures and
+#              gpu_devpipe_check (parity included: the bits must not move)
+#   nsys       where Nsight Systems is found: device time per kernel and per
+#              copy kind over one gpu_devpipe_check bench and one gpu_bench
+#   trainer    (GPU_TUNE_TRAINER=0 leaves it out) where a float32 training
+#              step's device time goes: coemu's per-call table
+#              (COEMU_CUDA_TIMES=1; docs/trainer.md), PyTorch's kernels under
+#              its profiler (torch_anchor.py --profile), and the cuDNN engine
+#              probe (tests/trainer/cudnn_engine_probe.sh: per convolution
+#              shape, the legacy API's strict-float32 algorithms against the
+#              graph API's engines)
+#
+#   bash scripts/gpu-tune.sh
+# Environment: GPU_TUNE_VARIANTS ("label=defs;label=defs", default below),
+# GPU_CHECK_DEPS / TRAINER_CHECK_DEPS (as gpu-check.sh), GPU_CHECK_KEEP (a
+# folder: every log copied there), GPU_TUNE_TRAINER (0: no trainer part),
+# TRAINER_CHECK_DEPS (as gpu-check-trainer.sh), PYTHON.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+# base: the defaults; flat: the solver's threads in the plain order (before
+# the ray groups of solver/lte_kernel_body.h); rays3 / rays4: the ray (and
+# cell) kernels held to 80 / 64 registers; lines3: the sampler's sub-line
+# kernel held to 80 (it spills 172 bytes)
+variants=${GPU_TUNE_VARIANTS:-"base=;flat=-DLTE_BODY_RAY_GROUP=0;rays3=-DLTE_RAYS_MIN_BLOCKS=3;rays4=-DLTE_RAYS_MIN_BLOCKS=4 -DLTE_CELLS_MIN_BLOCKS=4;lines3=-DSB_LINES_MIN_BLOCKS=3"}
+# every step's log goes straight to GPU_CHECK_KEEP when set (a run cut short
+# by a time limit keeps what it did)
+logs=${GPU_CHECK_KEEP:-build-gpu-tune-logs}
+mkdir -p "$logs" build-gpu-tune-logs
+export COEMU_TEST_DATA="$root/tests/data"
+export COEMU_REQUIRE_DEVICE=1
+t0=$SECONDS
+rc=0
+step() { # name limit command...: the figure lines, then ok or FAIL
+  local name=$1 limit=$2
+  shift 2
+  local log="$logs/$(echo "$name" | tr ' /=' '___').log" s=$SECONDS st=0
+  timeout "$limit" "$@" >"$log" 2>&1 || st=$?
+  grep -E '^gpu_(devpipe_)?(bench|check)|trainer-check: times|anchor: profile|^probe:' "$log" |
+    grep -v 'backend=cpu' | sed "s/^ */gpu-tune $name: /" || true
+  if [ "$st" = 0 ]; then
+    echo "gpu-tune $name: ok ($((SECONDS - s)) s)"
+  else
+    echo "gpu-tune $name: FAIL (status $st, log $log)"
+    tail -15 "$log" | sed "s/^/  /"
+    rc=1
+  fi
+}
+
+# --- builds: every variant at once ------------------------------------------
+IFS=';' read -ra vlist <<<"$variants"
+pids=()
+for v in "${vlist[@]}"; do
+  label=${v%%=*} defs=${v#*=}
+  GPU_NVCC_DEFS="$defs" GPU_CHECK_DIR="build-gpu-tune-$label" \
+    bash scripts/gpu-check.sh --build-only >"build-gpu-tune-logs/build-$label.log" 2>&1 &
+  pids+=($!)
+done
+# the trainer's binary beside them (its time is the trainer part's)
+tpid=
+if [ "${GPU_TUNE_TRAINER:-1}" = 1 ]; then
+  bash scripts/gpu-check-trainer.sh --build-only >build-gpu-tune-logs/build-trainer.log 2>&1 &
+  tpid=$!
+fi
+for i in "${!pids[@]}"; do
+  if ! wait "${pids[$i]}"; then
+    echo "gpu-tune build ${vlist[$i]%%=*}: FAIL"
+    tail -15 "build-gpu-tune-logs/build-${vlist[$i]%%=*}.log" | sed "s/^/  /"
+    exit 1
+  fi
+done
+echo "gpu-tune: built ${#vlist[@]} variants ($((SECONDS - t0)) s)"
+if command -v nvidia-smi >/dev/null 2>&1; then
+  echo "gpu-tune gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1)"
+fi
+
+# --- the overlap, on the default build ----------------------------------------
+b=build-gpu-tune-${vlist[0]%%=*}
+step "overlap on" 90 "$b/gpu_devpipe_check" --models 1
+step "overlap off" 90 env COEMU_DEVPIPE_OVERLAP=0 "$b/gpu_devpipe_check" --models 1 --ref 1
+for ck in 32 64; do
+  step "overlap on chunk=$ck" 90 env COEMU_DEVPIPE_CHUNK=$ck "$b/gpu_devpipe_check" --models 1 --ref 1
+done
+
+# --- launch-bounds variants ---------------------------------------------------
+for v in "${vlist[@]}"; do
+  label=${v%%=*}
+  step "variant $label solver" 60 "build-gpu-tune-$label/gpu_bench" --cpu-batch 1
+  [ "$label" = "${vlist[0]%%=*}" ] && step "variant $label solver batch=256" 60 \
+    "build-gpu-tune-$label/gpu_bench" --batch 256 --cpu-batch 1
+  [ "$label" != "${vlist[0]%%=*}" ] && step "variant $label pipeline" 90 \
+    "build-gpu-tune-$label/gpu_devpipe_check" --models 1
+done
+
+# --- the trainer: where a float32 step's time goes --------------------------------
+# coemu's per-call device times (COEMU_CUDA_TIMES=1, fp32 then tf32, with the
+# plans' timed cuDNN tables on stderr: COEMU_CUDNN_VERBOSE), PyTorch's kernels
+# under its profiler, and the cuDNN engine probe (the legacy API's algorithms
+# against the graph API's engines, strict float32, per convolution shape)
+if [ "${GPU_TUNE_TRAINER:-1}" = 1 ]; then
+  if wait "$tpid"; then
+    tdir=${TRAINER_CHECK_DIR:-build-gpu-check-trainer}
+    step "trainer times" 150 env COEMU_CUDA_TIMES=1 OMP_NUM_THREADS="$(nproc)" \
+      "$tdir/trainer_gpu_check" --only-bench --no-bench
+    if "${PYTHON:-python3}" -c 'import torch' >/dev/null 2>&1; then
+      step "trainer torch profile" 120 "${PYTHON:-python3}" tests/trainer/torch_anchor.py --profile fp32,tf32
+    else
+      echo "gpu-tune trainer torch profile: SKIP: no torch"
+    fi
+  else
+    echo "gpu-tune trainer: FAIL (build)"
+    tail -15 build-gpu-tune-logs/build-trainer.log | sed "s/^/  /"
+    rc=1
+  fi
+  if [ -f tests/trainer/cudnn_engine_probe.sh ]; then
+    step "cudnn probe" 130 env PROBE_TIMEOUT=120 bash tests/trainer/cudnn_engine_probe.sh --quick
+  fi
+fi
+# --- Nsight Systems: device time per kernel and copy ----------------------------
+nsys=$(command -v nsys || ls /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda/bin/nsys 2>/dev/null | head -1 || true)
+if [ -n "$nsys" ]; then
+  for what in devpipe bench; do
+    if [ $what = devpipe ]; then cmd=("$b/gpu_devpipe_check" --models 1 --ref 1 --reps 2)
+    else cmd=("$b/gpu_bench" --cpu-batch 1 --reps 3); fi
+    if timeout 120 "$nsys" profile --trace=cuda --sample=none --cpuctxsw=none --force-overwrite=true \
+         -o "build-gpu-tune-logs/nsys-$what" "${cmd[@]}" >"build-gpu-tune-logs/nsys-$what-run.log" 2>&1; then
+      "$nsys" stats --report cuda_gpu_kern_sum --report cuda_gpu_mem_time_sum --format table \
+        "build-gpu-tune-logs/nsys-$what.nsys-rep" >"$logs/nsys-$what.txt" 2>&1 || true
+      # the table rows: time %, total ns, instances, ..., name
+      grep -E '^ *[0-9]+\.[0-9]+ +[0-9,]+ +[0-9,]+ ' "$logs/nsys-$what.txt" | head -24 |
+        sed "s/^ */gpu-tune nsys $what: /" | cut -c1-240
+    else
+      echo "gpu-tune nsys $what: FAIL"
+      tail -8 "build-gpu-tune-logs/nsys-$what-run.log" | sed "s/^/  /"
+    fi
+  done
+else
+  echo "gpu-tune nsys: SKIP: no nsys on PATH, under /opt/nvidia/nsight-systems or /usr/local/cuda/bin"
+fi
+
+echo "gpu-tune: $([ $rc = 0 ] && echo ok || echo FAILED) ($((SECONDS - t0)) s)"
+exit $rc
