@@ -6,9 +6,10 @@
 # minutes on one H200. It prints one line per figure, `gpu-tune STEP: ...`:
 #   overlap    gpu_devpipe_check (its parity: the device pipeline against the
 #              CPU path, chunks of 5 alternating buffers; then the sample +
-#              solve bench) with the next chunk sampled while one is solved
-#              (the default) and without (COEMU_DEVPIPE_OVERLAP=0), and with
-#              chunks of 32 and 64 cubes (COEMU_DEVPIPE_CHUNK)
+#              solve bench), one chunk after the other (the default) and
+#              with the next chunk sampled while one is solved (its lines
+#              say "overlap"), then the overlap with chunks of 32 and 64
+#              cubes (COEMU_DEVPIPE_OVERLAP=1 COEMU_DEVPIPE_CHUNK)
 #   variant V  the sampler's and solver's kernels built with other launch
 #              bounds (GPU_NVCC_DEFS: LTE_RAYS_MIN_BLOCKS, LTE_CELLS_MIN_BLOCKS,
 #              SB_LINES_MIN_BLOCKS; LTE_BODY_RAY_GROUP=0, the solver threads'
@@ -91,10 +92,10 @@ fi
 
 # --- the overlap, on the default build ----------------------------------------
 b=build-gpu-tune-${vlist[0]%%=*}
-step "overlap on" 90 "$b/gpu_devpipe_check" --models 1
-step "overlap off" 90 env COEMU_DEVPIPE_OVERLAP=0 "$b/gpu_devpipe_check" --models 1 --ref 1
+step "overlap" 120 "$b/gpu_devpipe_check" --models 1 # both ways (the default is off)
 for ck in 32 64; do
-  step "overlap on chunk=$ck" 90 env COEMU_DEVPIPE_CHUNK=$ck "$b/gpu_devpipe_check" --models 1 --ref 1
+  step "overlap chunk=$ck" 90 env COEMU_DEVPIPE_OVERLAP=1 COEMU_DEVPIPE_CHUNK=$ck \
+    "$b/gpu_devpipe_check" --models 1 --ref 1
 done
 
 # --- launch-bounds variants ---------------------------------------------------

@@ -130,12 +130,15 @@ static int cuda_open(devpipe *p, int ordinal, char *desc, size_t ndesc) {
   p->opt.backend = LTE_BACKEND_CUDA;
   CE_TRY(lte_backend_open(LTE_BACKEND_CUDA, ordinal, NULL, 0));
   CE_TRY(sampler_device_open(p->a.m, ordinal, &p->sd, desc, ndesc));
-  /* COEMU_DEVPIPE_OVERLAP=0: one chunk after the other (the benches' baseline) */
+  /* COEMU_DEVPIPE_OVERLAP=1: the next chunk sampled while this one is
+   * solved. Off by default until a device run has measured it (it is
+   * checked and timed both ways by gpu_devpipe_check, scripts/gpu-check.sh):
+   * docs/sampling.md, "Sampling the next chunk while one is solved" */
   const char *ov = getenv("COEMU_DEVPIPE_OVERLAP");
   if (ov && strcmp(ov, "0") && strcmp(ov, "1"))
-    CE_FAIL("COEMU_DEVPIPE_OVERLAP = '%s': expected 1 (the default: the next chunk sampled "
-            "while this one is solved) or 0", ov);
-  p->overlap = !ov || !strcmp(ov, "1");
+    CE_FAIL("COEMU_DEVPIPE_OVERLAP = '%s': expected 0 (the default: one chunk after the "
+            "other) or 1 (the next chunk sampled while this one is solved)", ov);
+  p->overlap = ov && !strcmp(ov, "1");
   /* COEMU_DEVPIPE_CHUNK=N: at most N cubes per chunk (default: the batch;
    * the device sampler's buffers may hold fewer). Smaller chunks expose
    * less of the first chunk's sampling, larger ones fill the device more:
@@ -223,8 +226,9 @@ static int chunk_solve(devpipe *p, devpipe_chunk *c, float *const *tg, uint64_t 
 }
 
 /* Every one of the nc directions (devpipe_cuda.whole), in chunks of at
- * most p->chunk: the first chunk is sampled, then each chunk is solved while
- * the next is sampled into the other buffers on a thread of its own, so
+ * most p->chunk: the first chunk is sampled, then each chunk is solved and,
+ * with p->overlap, the next is sampled meanwhile into the other buffers on
+ * a thread of its own (else after the solve, on the same handle), so
  * that the device runs the sampler's kernels beside the LTE kernels (each
  * alone leaves most of the device idle: their registers limit how many
  * threads an SM holds). The outputs are the same bits in the same order:

@@ -12,9 +12,10 @@
  *                 (tests/pipeline/test_devpipe.c), so CI runs the driver
  *                 (batching, ordering, buffers, the transpose) on every host;
  *   devpipe_cuda  sampler_device_sample_dev (cubes left on the device, one
- *                 chunk of the device sampler's buffers per call; the next
- *                 chunk sampled on a second thread into a sibling handle's
- *                 buffers while this one is solved), then
+ *                 chunk of the device sampler's buffers per call; with
+ *                 COEMU_DEVPIPE_OVERLAP=1 the next chunk sampled on a
+ *                 second thread into a sibling handle's buffers while this
+ *                 one is solved), then
  *                 lte_solve_batch_device_targets (the kernel seam's
  *                 solve_dev: the cells gathered device to device, the LTE
  *                 kernel's two streams and pinned buffers overlapping its

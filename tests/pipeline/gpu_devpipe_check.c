@@ -159,82 +159,96 @@ int main(int argc, char **argv) {
         if (dpf_reference(&S, q[d], cin[d], ctg[d]) < 0) return fail(what);
       }
       double t_cpu = ce_now_s() - t0;
-      /* chunks of 5: the device pipeline alternates its two chunks' buffers
-       * (sampling one while the other is solved) 3 times over 16 directions */
-      devpipe_args a = {S.m, &S.so, &S.line, &S.opt, S.freqs, S.nf, 5};
-      devpipe *p;
-      char desc[320] = "";
-      if (devpipe_open(impl, &a, 0, &p, desc, sizeof desc) < 0) return fail(what);
-      if (mi == 0 && recon == 0) printf("gpu_devpipe_check %s: %s\n", impl->name, desc);
-      int done;
-      t0 = ce_now_s();
-      if (devpipe_run(p, ndir, (const double (*)[4])q, dtg, din, NULL, &done) < 0)
-        return fail(what);
-      double t_dev = ce_now_s() - t0;
-      /* images only: the cubes stay where they were made, their XXH64s
-       * come back and must be the CPU rows' (what /checksums records) */
-      for (int d = 0; d < ndir; d++) hash[d] = 0;
-      if (devpipe_run(p, ndir, (const double (*)[4])q, htg, NULL, hash, &done) < 0)
-        return fail(what);
-      int same_in = 0, same_hash = 0;
-      long same_px = 0, same_img = 0;
-      for (int d = 0; d < ndir; d++) {
-        same_in += !memcmp(din[d], cin[d], nin * sizeof(float));
-        same_hash += hash[d] == ce_xxh64(cin[d], nin * sizeof(float), 0);
-        for (size_t i = 0; i < ntg; i++) same_px += dtg[d][i] == ctg[d][i];
-        for (size_t i = 0; i < ntg; i++) same_img += htg[d][i] == dtg[d][i];
-      }
-      tally td = {0}, tc = {0}, th = {0};
-      for (int d = 0; d < nref; d++) {
-        for (size_t i = 0; i < 3 * nv; i++) wv[i] = cin[d][i];
-        ref_lte_image(&S.mol, 2, 28.0, S.freqs, nf, n, n, n, wv, wv + nv, wv + 2 * nv, S.opt.dx,
-                      S.opt.vturb, S.opt.background, S.opt.corrected_taylor, ref, noise);
-        rule(dtg[d], ref, noise, n, nf, &td);
-        rule(ctg[d], ref, noise, n, nf, &tc);
-        rule(htg[d], ref, noise, n, nf, &th);
-      }
-      int ok = same_in == ndir && td.bad == 0 && tc.bad == 0 && td.counted > td.total / 2 &&
-               same_hash == ndir && th.bad == 0;
-      printf("gpu_devpipe_check %s images_only: input row XXH64s equal to the cpu rows' %d of %d; "
-             "images within the rules (worst %.3g, %ld bad), %ld of %ld values bit-identical to "
-             "the run with inputs: %s\n",
-             what, same_hash, ndir, th.worst, th.bad, same_img, (long)(ntg * ndir),
-             same_hash == ndir && th.bad == 0 ? "ok" : "FAIL");
-      printf("gpu_devpipe_check %s: inputs identical %d of %d; images within the rules on %d "
-             "directions: pipeline worst %.3g (%ld bad), cpu worst %.3g (%ld bad), %ld of %ld pixels "
-             "counted, %ld ill-conditioned; %ld of %ld stored target values bit-identical to "
-             "the cpu's; per-sample path %.2f s, pipeline %.3f s (first call): %s\n",
-             what, same_in, ndir, nref, td.worst, td.bad, tc.worst, tc.bad, td.counted, td.total,
-             td.ill, same_px, (long)(ntg * ndir), t_cpu, t_dev, ok ? "ok" : "FAIL");
-      if (!ok) rc = 1;
-      if (mi == 0 && recon <= 1) { /* the benchmark: model 0, constant and linear (the default) */
-        devpipe_close(p); /* again at the pipeline's own batch size */
-        a.batch = 0;
-        if (devpipe_open(impl, &a, 0, &p, NULL, 0) < 0) return fail(what);
-        for (int d = 0; d < nbench; d++) dpf_direction(0, d, q[d]);
-        double med;
-        devpipe_phases ph;
-        /* bytes back per sample: the stored targets (float32, made on the
-         * device) and the row's XXH64, or the targets and the input cubes
-         * (float32) */
-        const double b_img = ntg * 4.0 + 8, b_in = ntg * 4.0 + nin * 4.0;
-        if (bench(p, nbench, reps, (const double (*)[4])q, dtg, NULL, hash, &med, &ph) < 0)
-          return fail("bench");
-        printf("gpu_devpipe_bench sample+solve %s %dx%dx%dx%d k=2 images_only batch=%d samples_per_s "
-               "%.0f (target 10000) bytes_back_per_sample %.0f bus_GB_per_s %.2f; per batch: "
-               "sample %.1f ms, solve %.1f ms, checksum wait %.1f ms, host transposes %.1f ms\n",
-               rn, n, n, n, nf, nbench, nbench / med, b_img, nbench * b_img / med / 1e9,
-               ph.sample * 1e3, ph.solve * 1e3, ph.hash_wait * 1e3, ph.targets * 1e3);
-        if (bench(p, nbench, reps, (const double (*)[4])q, dtg, din, NULL, &med, &ph) < 0)
-          return fail("bench");
-        printf("gpu_devpipe_bench sample+solve %s %dx%dx%dx%d k=2 with_inputs batch=%d samples_per_s "
-               "%.0f bytes_back_per_sample %.0f bus_GB_per_s %.2f (inputs and targets float32); "
-               "per batch: sample %.1f ms (cubes to the host included), solve %.1f ms, "
-               "host transposes %.1f ms\n",
-               rn, n, n, n, nf, nbench, nbench / med, b_in, nbench * b_in / med / 1e9,
-               ph.sample * 1e3, ph.solve * 1e3, ph.targets * 1e3);
-      }
-      devpipe_close(p);
+      /* the device pipeline both ways: one chunk after the other, and the
+       * next chunk sampled while one is solved (COEMU_DEVPIPE_OVERLAP=1),
+       * unless the caller's environment chose one */
+      const char *ov_env = getenv("COEMU_DEVPIPE_OVERLAP");
+      const int nov = impl == &devpipe_cuda && !ov_env ? 2 : 1;
+      for (int ov = 0; ov < nov; ov++) {
+        if (nov == 2) setenv("COEMU_DEVPIPE_OVERLAP", ov ? "1" : "0", 1);
+        for (int d = 0; d < ndir; d++) dpf_direction(mi, d, q[d]); /* the bench's reuse q */
+        snprintf(what, sizeof what, "%s model %d%s", rn, mi, nov == 2 && ov ? " overlap" : "");
+        /* chunks of 5: with the overlap the device pipeline alternates its two
+         * chunks' buffers (sampling one while the other is solved) 3 times
+         * over 16 directions */
+        devpipe_args a = {S.m, &S.so, &S.line, &S.opt, S.freqs, S.nf, 5};
+        devpipe *p;
+        char desc[320] = "";
+        if (devpipe_open(impl, &a, 0, &p, desc, sizeof desc) < 0) return fail(what);
+        if (mi == 0 && recon == 0 && ov == 0) printf("gpu_devpipe_check %s: %s\n", impl->name, desc);
+        int done;
+        t0 = ce_now_s();
+        if (devpipe_run(p, ndir, (const double (*)[4])q, dtg, din, NULL, &done) < 0)
+          return fail(what);
+        double t_dev = ce_now_s() - t0;
+        /* images only: the cubes stay where they were made, their XXH64s
+         * come back and must be the CPU rows' (what /checksums records) */
+        for (int d = 0; d < ndir; d++) hash[d] = 0;
+        if (devpipe_run(p, ndir, (const double (*)[4])q, htg, NULL, hash, &done) < 0)
+          return fail(what);
+        int same_in = 0, same_hash = 0;
+        long same_px = 0, same_img = 0;
+        for (int d = 0; d < ndir; d++) {
+          same_in += !memcmp(din[d], cin[d], nin * sizeof(float));
+          same_hash += hash[d] == ce_xxh64(cin[d], nin * sizeof(float), 0);
+          for (size_t i = 0; i < ntg; i++) same_px += dtg[d][i] == ctg[d][i];
+          for (size_t i = 0; i < ntg; i++) same_img += htg[d][i] == dtg[d][i];
+        }
+        tally td = {0}, tc = {0}, th = {0};
+        for (int d = 0; d < nref; d++) {
+          for (size_t i = 0; i < 3 * nv; i++) wv[i] = cin[d][i];
+          ref_lte_image(&S.mol, 2, 28.0, S.freqs, nf, n, n, n, wv, wv + nv, wv + 2 * nv, S.opt.dx,
+                        S.opt.vturb, S.opt.background, S.opt.corrected_taylor, ref, noise);
+          rule(dtg[d], ref, noise, n, nf, &td);
+          rule(ctg[d], ref, noise, n, nf, &tc);
+          rule(htg[d], ref, noise, n, nf, &th);
+        }
+        int ok = same_in == ndir && td.bad == 0 && tc.bad == 0 && td.counted > td.total / 2 &&
+                 same_hash == ndir && th.bad == 0;
+        printf("gpu_devpipe_check %s images_only: input row XXH64s equal to the cpu rows' %d of %d; "
+               "images within the rules (worst %.3g, %ld bad), %ld of %ld values bit-identical to "
+               "the run with inputs: %s\n",
+               what, same_hash, ndir, th.worst, th.bad, same_img, (long)(ntg * ndir),
+               same_hash == ndir && th.bad == 0 ? "ok" : "FAIL");
+        printf("gpu_devpipe_check %s: inputs identical %d of %d; images within the rules on %d "
+               "directions: pipeline worst %.3g (%ld bad), cpu worst %.3g (%ld bad), %ld of %ld pixels "
+               "counted, %ld ill-conditioned; %ld of %ld stored target values bit-identical to "
+               "the cpu's; per-sample path %.2f s, pipeline %.3f s (first call): %s\n",
+               what, same_in, ndir, nref, td.worst, td.bad, tc.worst, tc.bad, td.counted, td.total,
+               td.ill, same_px, (long)(ntg * ndir), t_cpu, t_dev, ok ? "ok" : "FAIL");
+        if (!ok) rc = 1;
+        if (mi == 0 && recon <= 1) { /* the benchmark: model 0, constant and linear (the default) */
+          devpipe_close(p); /* again at the pipeline's own batch size */
+          a.batch = 0;
+          if (devpipe_open(impl, &a, 0, &p, NULL, 0) < 0) return fail(what);
+          for (int d = 0; d < nbench; d++) dpf_direction(0, d, q[d]);
+          double med;
+          devpipe_phases ph;
+          /* bytes back per sample: the stored targets (float32, made on the
+           * device) and the row's XXH64, or the targets and the input cubes
+           * (float32) */
+          const double b_img = ntg * 4.0 + 8, b_in = ntg * 4.0 + nin * 4.0;
+          if (bench(p, nbench, reps, (const double (*)[4])q, dtg, NULL, hash, &med, &ph) < 0)
+            return fail("bench");
+          printf("gpu_devpipe_bench sample+solve %s%s %dx%dx%dx%d k=2 images_only batch=%d samples_per_s "
+                 "%.0f (target 10000) bytes_back_per_sample %.0f bus_GB_per_s %.2f; per batch: "
+                 "sample %.1f ms, solve %.1f ms, checksum wait %.1f ms, host transposes %.1f ms\n",
+                 rn, nov == 2 && ov ? " overlap" : "", n, n, n, nf, nbench, nbench / med, b_img,
+                 nbench * b_img / med / 1e9,
+                 ph.sample * 1e3, ph.solve * 1e3, ph.hash_wait * 1e3, ph.targets * 1e3);
+          if (bench(p, nbench, reps, (const double (*)[4])q, dtg, din, NULL, &med, &ph) < 0)
+            return fail("bench");
+          printf("gpu_devpipe_bench sample+solve %s%s %dx%dx%dx%d k=2 with_inputs batch=%d samples_per_s "
+                 "%.0f bytes_back_per_sample %.0f bus_GB_per_s %.2f (inputs and targets float32); "
+                 "per batch: sample %.1f ms (cubes to the host included), solve %.1f ms, "
+                 "host transposes %.1f ms\n",
+                 rn, nov == 2 && ov ? " overlap" : "", n, n, n, nf, nbench, nbench / med, b_in,
+                 nbench * b_in / med / 1e9,
+                 ph.sample * 1e3, ph.solve * 1e3, ph.targets * 1e3);
+        }
+        devpipe_close(p);
+      } /* ov */
+      if (nov == 2) unsetenv("COEMU_DEVPIPE_OVERLAP");
       dpf_close(&S);
     }
   }
