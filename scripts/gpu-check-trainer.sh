@@ -192,7 +192,7 @@ defs=(-D_GNU_SOURCE -DCOEMU_HAVE_CUDA -DCOEMU_HAVE_CUDA_TRAINER "-DCOEMU_VERSION
 cflags=(-std=c17 -O2 -g -fopenmp -fno-math-errno -march=native "${inc[@]}" "${defs[@]}")
 src=(trainer/nn.c trainer/bucket.c trainer/backend_cpu.c trainer/layers_cpu.c trainer/coemunet.c
      trainer/loss.c trainer/optim.c trainer/checkpoint.c trainer/train.c trainer/precision.c trainer/nccl_comm.c
-     trainer/metrics.c
+     trainer/metrics.c trainer/cuda/cudnn_graph.c
      pipeline/train/feed.c stats/transforms.c common/error.c common/fsutil.c common/checksum.c common/progress.c
      tests/trainer/trainer_gpu_check.c)
 t0=$SECONDS
@@ -236,7 +236,7 @@ step() { # name limit command...: its result lines, then ok or FAIL
   fi
 }
 # shellcheck disable=SC2086
-step trainer 240 "$out/trainer_gpu_check" --tf32 ${TRAINER_CHECK_ARGS:-}
+step trainer 300 "$out/trainer_gpu_check" --tf32 ${TRAINER_CHECK_ARGS:-}
 # the bf16 entries above ran the native path (bf16 cuDNN / cublasGemmEx);
 # TRAINER_CHECK_BF16_EMULATED=1 repeats the parity on the emulated one
 # (float32 cuDNN / cuBLAS on rounded copies: the same definition, for
@@ -256,8 +256,10 @@ fi
 # coemu against the anchor, same precision, same batch
 # (fp32-fastest: cuDNN's fastest algorithms, deterministic or not, as
 # PyTorch's default; fp32: the fastest deterministic ones, coemu's default;
-# -ws16g: with 16 GiB of workspace allowed instead of 512 MiB)
-for p in fp32 fp32-fastest fp32-fastest-ws16g tf32 bf16; do
+# -ws16g: with 16 GiB of workspace allowed instead of 512 MiB; fp32-graph:
+# the float32 convolutions on cuDNN's graph API, COEMU_CUDNN_API=graph, as
+# PyTorch's; each against torch's fp32)
+for p in fp32 fp32-fastest fp32-fastest-ws16g fp32-graph tf32 bf16; do
   for k in train infer; do
     # (|| true: a figure missing from a log is no reason to stop under pipefail)
     c=$(grep -hE "^trainer-check: $k cuda $p batch=" "$out/trainer.log" 2>/dev/null | awk '{print $NF}' | head -1 || true)

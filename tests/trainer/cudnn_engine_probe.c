@@ -58,11 +58,18 @@
  * backend operation descriptors without a device), --verbose (every engine
  * config tried).
  *
+ * The graph API's descriptors, heuristics queries, engine notes, plans and
+ * variant packs come from trainer/cuda/cudnn_graph.h (the module the
+ * trainer's COEMU_CUDNN_API=graph runs on; compiled in beside this file);
+ * the timing, the filters and the report are the probe's.
+ *
  * Built and run by tests/trainer/cudnn_engine_probe.sh.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <cuda_runtime_api.h>
 #include <cudnn.h>
+
+#include "trainer/cuda/cudnn_graph.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -622,6 +629,12 @@ static void legacy_op(const geom_t *g, legacy_desc *d, bufs_t *b, int op, op_res
 
 /* ---- backend (graph) API ----------------------------------------------------- */
 
+/* The descriptors (tensors, convolution, operation, operation graph),
+   heuristics queries, engine notes, plans and variant packs come from
+   trainer/cuda/cudnn_graph.h, the module the trainer's CUDA backend runs its
+   COEMU_CUDNN_API=graph convolutions on; the timing and the statistics
+   below are the probe's own. */
+
 typedef cudnnBackendDescriptor_t bdesc;
 
 static void bfree(bdesc *d) {
@@ -629,123 +642,43 @@ static void bfree(bdesc *d) {
   *d = NULL;
 }
 
-/* a packed float32 tensor: dims and strides (int64), unique id, 16-byte
-   alignment */
-static int be_tensor(bdesc *t, int64_t uid, int rank, const int64_t *dims) {
-  int64_t str[8];
-  const cudnnDataType_t dt = CUDNN_DATA_FLOAT;
-  const int64_t align = 16;
-  str[rank - 1] = 1;
-  for (int i = rank - 2; i >= 0; i--) str[i] = str[i + 1] * dims[i + 1];
-  DNN(cudnnBackendCreateDescriptor(CUDNN_BACKEND_TENSOR_DESCRIPTOR, t));
-  DNN(cudnnBackendSetAttribute(*t, CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &dt));
-  DNN(cudnnBackendSetAttribute(*t, CUDNN_ATTR_TENSOR_DIMENSIONS, CUDNN_TYPE_INT64, rank, dims));
-  DNN(cudnnBackendSetAttribute(*t, CUDNN_ATTR_TENSOR_STRIDES, CUDNN_TYPE_INT64, rank, str));
-  DNN(cudnnBackendSetAttribute(*t, CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid));
-  DNN(cudnnBackendSetAttribute(*t, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &align));
-  DNN(cudnnBackendFinalize(*t));
-  return 0;
-fail:
-  bfree(t);
-  return -1;
+/* a module failure: its message (call, status, shape, cuDNN's last error) */
+static void cg_fail(void) {
+  printf("probe: error: %s\n", cg_error());
+  fflush(stdout);
 }
 
-/* the convolution: float compute, cross-correlation, per spatial dimension
-   pre/post paddings, strides, dilations (int64 arrays) */
-static int be_conv(bdesc *c, const shape_t *s) {
-  const int64_t nsp = s->nd;
-  const int off = s->nd == 2 ? 1 : 0; /* 2-D: height and width */
-  int64_t pad[3], str[3], dil[3];
-  for (int i = 0; i < s->nd; i++) {
-    pad[i] = s->p[i + off];
-    str[i] = s->s[i + off];
-    dil[i] = 1;
-  }
-  const cudnnDataType_t comp = CUDNN_DATA_FLOAT;
-  const cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;
-  DNN(cudnnBackendCreateDescriptor(CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR, c));
-  DNN(cudnnBackendSetAttribute(*c, CUDNN_ATTR_CONVOLUTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &comp));
-  DNN(cudnnBackendSetAttribute(*c, CUDNN_ATTR_CONVOLUTION_CONV_MODE, CUDNN_TYPE_CONVOLUTION_MODE, 1, &mode));
-  DNN(cudnnBackendSetAttribute(*c, CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS, CUDNN_TYPE_INT64, 1, &nsp));
-  DNN(cudnnBackendSetAttribute(*c, CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS, CUDNN_TYPE_INT64, nsp, pad));
-  DNN(cudnnBackendSetAttribute(*c, CUDNN_ATTR_CONVOLUTION_POST_PADDINGS, CUDNN_TYPE_INT64, nsp, pad));
-  DNN(cudnnBackendSetAttribute(*c, CUDNN_ATTR_CONVOLUTION_DILATIONS, CUDNN_TYPE_INT64, nsp, dil));
-  DNN(cudnnBackendSetAttribute(*c, CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES, CUDNN_TYPE_INT64, nsp, str));
-  DNN(cudnnBackendFinalize(*c));
-  return 0;
-fail:
-  bfree(c);
-  return -1;
-}
-
-/* uids: 1 the x-shaped tensor (x or dx), 2 the filter-shaped one (w or dw),
-   3 the y-shaped one (y or dy) */
-enum { UID_X = 1, UID_W = 2, UID_Y = 3 };
-
-typedef struct {
-  bdesc x, w, y, conv, op, graph;
-} be_graph;
-
-static void be_graph_free(be_graph *g) {
-  bfree(&g->graph);
-  bfree(&g->op);
-  bfree(&g->conv);
-  bfree(&g->x);
-  bfree(&g->w);
-  bfree(&g->y);
+static cg_conv cg_conv_of_shape(const geom_t *gm) {
+  const shape_t *s = gm->s;
+  cg_conv c;
+  memset(&c, 0, sizeof c);
+  c.nd = s->nd;
+  c.n = gm->n, c.cin = s->cin, c.cout = s->cout;
+  c.in[0] = s->d, c.in[1] = s->h, c.in[2] = s->w;
+  for (int i = 0; i < 3; i++) c.k[i] = s->k[i], c.stride[i] = s->s[i], c.pad[i] = s->p[i];
+  c.io = CUDNN_DATA_FLOAT;
+  return c;
 }
 
 /* the operation graph of one convolution operation: forward (x, w -> y),
-   backward data (w, dy -> dx), backward filter (x, dy -> dw); alpha 1, beta 0
-   (float: the compute type's) */
-static int be_graph_create(const geom_t *gm, int op, be_graph *g, int with_graph) {
-  memset(g, 0, sizeof *g);
-  const float alpha = 1.0f, beta = 0.0f;
-  if (be_tensor(&g->x, UID_X, gm->rank, gm->xdim) < 0) goto fail;
-  if (be_tensor(&g->w, UID_W, gm->rank, gm->wdim) < 0) goto fail;
-  if (be_tensor(&g->y, UID_Y, gm->rank, gm->ydim) < 0) goto fail;
-  if (be_conv(&g->conv, gm->s) < 0) goto fail;
-  if (op == OP_FWD) {
-    DNN(cudnnBackendCreateDescriptor(CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR, &g->op));
-    DNN(cudnnBackendSetAttribute(g->op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g->x));
-    DNN(cudnnBackendSetAttribute(g->op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g->w));
-    DNN(cudnnBackendSetAttribute(g->op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g->y));
-    DNN(cudnnBackendSetAttribute(g->op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g->conv));
-    DNN(cudnnBackendSetAttribute(g->op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA, CUDNN_TYPE_FLOAT, 1, &alpha));
-    DNN(cudnnBackendSetAttribute(g->op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA, CUDNN_TYPE_FLOAT, 1, &beta));
-  } else if (op == OP_BWD_DATA) {
-    DNN(cudnnBackendCreateDescriptor(CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_DATA_DESCRIPTOR, &g->op));
-    DNN(cudnnBackendSetAttribute(g->op, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DX, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g->x));
-    DNN(cudnnBackendSetAttribute(g->op, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_W, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g->w));
-    DNN(cudnnBackendSetAttribute(g->op, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DY, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g->y));
-    DNN(cudnnBackendSetAttribute(g->op, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_CONV_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g->conv));
-    DNN(cudnnBackendSetAttribute(g->op, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_ALPHA, CUDNN_TYPE_FLOAT, 1, &alpha));
-    DNN(cudnnBackendSetAttribute(g->op, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_BETA, CUDNN_TYPE_FLOAT, 1, &beta));
-  } else {
-    DNN(cudnnBackendCreateDescriptor(CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_FILTER_DESCRIPTOR, &g->op));
-    DNN(cudnnBackendSetAttribute(g->op, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_X, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g->x));
-    DNN(cudnnBackendSetAttribute(g->op, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DW, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g->w));
-    DNN(cudnnBackendSetAttribute(g->op, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DY, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g->y));
-    DNN(cudnnBackendSetAttribute(g->op, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_CONV_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g->conv));
-    DNN(cudnnBackendSetAttribute(g->op, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_ALPHA, CUDNN_TYPE_FLOAT, 1, &alpha));
-    DNN(cudnnBackendSetAttribute(g->op, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_BETA, CUDNN_TYPE_FLOAT, 1, &beta));
+   backward data (w, dy -> dx), backward filter (x, dy -> dw); alpha 1, beta 0;
+   its sizes checked against the table's; NULL on failure (printed) */
+static cg_graph *be_graph_create(const geom_t *gm, int op) {
+  const cg_conv c = cg_conv_of_shape(gm);
+  cg_graph *g = NULL;
+  if (cg_graph_create(&g, &c, (cg_op)op, 1.0f, 0.0f, H) < 0) {
+    cg_fail();
+    return NULL;
   }
-  DNN(cudnnBackendFinalize(g->op));
-  if (!with_graph) return 0;
-  DNN(cudnnBackendCreateDescriptor(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, &g->graph));
-  DNN(cudnnBackendSetAttribute(g->graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g->op));
-  /* the handle (deprecated in later 9.x releases, where it is optional; the
-     graph then targets the current device); none in --self-test */
-  if (H) {
-    cudnnStatus_t s = cudnnBackendSetAttribute(g->graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE,
-                                               CUDNN_TYPE_HANDLE, 1, &H);
-    if (s != CUDNN_STATUS_SUCCESS && O.verbose) dnn_fail("set CUDNN_ATTR_OPERATIONGRAPH_HANDLE", s);
+  if (cg_graph_elems(g, CG_UID_X) != gm->nx || cg_graph_elems(g, CG_UID_W) != gm->nw ||
+      cg_graph_elems(g, CG_UID_Y) != gm->ny) {
+    printf("probe: error: the graph's tensors have %zu, %zu, %zu elements, the table's %zu, %zu, "
+           "%zu [%s]\n", cg_graph_elems(g, CG_UID_X), cg_graph_elems(g, CG_UID_W),
+           cg_graph_elems(g, CG_UID_Y), gm->nx, gm->nw, gm->ny, LABEL);
+    cg_graph_destroy(g);
+    return NULL;
   }
-  DNN(cudnnBackendFinalize(g->graph));
-  return 0;
-fail:
-  be_graph_free(g);
-  return -1;
+  return g;
 }
 
 typedef struct {
@@ -788,35 +721,19 @@ static void be_keep(be_best *b, double ms, double ws_mib, int64_t engine, int no
 /* one engine config: its engine's notes, a plan, a variant pack, timed */
 static void be_try(const geom_t *gm, int op, bufs_t *b, bdesc cfg, int idx, const char *heur,
                    be_stats *st) {
-  bdesc eng = NULL, plan = NULL, vp = NULL;
+  bdesc plan = NULL, vp = NULL;
   void *ws = NULL;
-  int64_t cnt = 0, engine = -1, ws_size = 0;
-  cudnnBackendNumericalNote_t notes[CUDNN_NUMERICAL_NOTE_TYPE_COUNT];
-  cudnnBackendBehaviorNote_t bnotes[CUDNN_BEHAVIOR_NOTE_TYPE_COUNT];
-  int tc = 0, nondet = 0, down = 0, rtc = 0;
-  (void)gm;
+  int64_t ws_size = 0;
+  cg_info in;
+  memset(&in, 0, sizeof in);
   st->tried++;
-  DNNQ(cudnnBackendCreateDescriptor(CUDNN_BACKEND_ENGINE_DESCRIPTOR, &eng), st->info_fail);
-  DNNQ(cudnnBackendGetAttribute(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cnt, &eng),
-       st->info_fail);
-  DNNQ(cudnnBackendGetAttribute(eng, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &cnt, &engine),
-       st->info_fail);
-  cnt = 0;
-  DNNQ(cudnnBackendGetAttribute(eng, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE,
-                                CUDNN_NUMERICAL_NOTE_TYPE_COUNT, &cnt, notes),
-       st->info_fail);
-  if (cnt > CUDNN_NUMERICAL_NOTE_TYPE_COUNT) cnt = CUDNN_NUMERICAL_NOTE_TYPE_COUNT;
-  for (int64_t i = 0; i < cnt; i++) {
-    tc |= notes[i] == CUDNN_NUMERICAL_NOTE_TENSOR_CORE;
-    nondet |= notes[i] == CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC;
-    down |= notes[i] == CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS;
+  if (cg_config_info(cfg, &in, LABEL) < 0) {
+    if (O.verbose) cg_fail();
+    st->info_fail++;
+    goto fail;
   }
-  cnt = 0;
-  if (cudnnBackendGetAttribute(eng, CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE, CUDNN_TYPE_BEHAVIOR_NOTE,
-                               CUDNN_BEHAVIOR_NOTE_TYPE_COUNT, &cnt, bnotes) == CUDNN_STATUS_SUCCESS) {
-    if (cnt > CUDNN_BEHAVIOR_NOTE_TYPE_COUNT) cnt = CUDNN_BEHAVIOR_NOTE_TYPE_COUNT;
-    for (int64_t i = 0; i < cnt; i++) rtc |= bnotes[i] == CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION;
-  }
+  const int tc = in.tensor_core, nondet = in.nondet, down = in.down_convert, rtc = in.rtc;
+  const int64_t engine = in.engine;
   if (O.verbose)
     printf("probe:   %s %s config %s#%d engine %lld tc %d nondet %d down_convert %d rtc %d\n", gm->label,
            OP_NAME[op], heur, idx, (long long)engine, tc, nondet, down, rtc);
@@ -832,36 +749,20 @@ static void be_try(const geom_t *gm, int op, bufs_t *b, bdesc cfg, int idx, cons
     st->rtc_skipped++;
     goto fail;
   }
-#if CUDNN_VERSION >= 90200
-  { /* the config's workspace before building a plan for it */
-    int64_t w = 0;
-    if (cudnnBackendGetAttribute(cfg, CUDNN_ATTR_ENGINECFG_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &cnt,
-                                 &w) == CUDNN_STATUS_SUCCESS &&
-        (double)w > O.ws_limit) {
-      st->ws_over++;
-      goto fail;
-    }
-  }
-#endif
-  DNNQ(cudnnBackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan), st->fin_fail);
-  DNNQ(cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cfg),
-       st->fin_fail);
-  { /* deprecated as the graph's, see be_graph_create */
-    cudnnStatus_t s = cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &H);
-    if (s != CUDNN_STATUS_SUCCESS && O.verbose) dnn_fail("set CUDNN_ATTR_EXECUTION_PLAN_HANDLE", s);
+  if (in.ws >= 0 && (double)in.ws > O.ws_limit) { /* the config's workspace (cuDNN >= 9.2) */
+    st->ws_over++;
+    goto fail;
   }
   {
     const double t = now_s();
-    const cudnnStatus_t s = cudnnBackendFinalize(plan);
+    const cudnnStatus_t s = cg_plan_finalize(H, cfg, &plan, &ws_size, LABEL, 1);
     st->finalize_s += now_s() - t;
     if (s != CUDNN_STATUS_SUCCESS) {
-      if (O.verbose) dnn_fail("cudnnBackendFinalize(plan)", s);
+      if (O.verbose) cg_fail();
       st->fin_fail++;
       goto fail;
     }
   }
-  DNNQ(cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &cnt, &ws_size),
-       st->fin_fail);
   if ((double)ws_size > O.ws_limit) {
     st->ws_over++;
     goto fail;
@@ -877,16 +778,12 @@ static void be_try(const geom_t *gm, int op, bufs_t *b, bdesc cfg, int idx, cons
     }
   }
   {
-    void *ptrs[3];
-    const int64_t uids[3] = {UID_X, UID_W, UID_Y};
-    if (op == OP_FWD) ptrs[0] = b->x, ptrs[1] = b->w, ptrs[2] = b->y;
-    else if (op == OP_BWD_DATA) ptrs[0] = b->dx, ptrs[1] = b->w, ptrs[2] = b->y;
-    else ptrs[0] = b->x, ptrs[1] = b->dw, ptrs[2] = b->y;
-    DNN(cudnnBackendCreateDescriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &vp));
-    DNN(cudnnBackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, 3, ptrs));
-    DNN(cudnnBackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, 3, uids));
-    DNN(cudnnBackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &ws));
-    DNN(cudnnBackendFinalize(vp));
+    void *px = op == OP_BWD_DATA ? (void *)b->dx : (void *)b->x;
+    void *pw = op == OP_BWD_FILTER ? (void *)b->dw : (void *)b->w;
+    if (cg_variant_pack(&vp, px, pw, b->y, ws, LABEL) != CUDNN_STATUS_SUCCESS) {
+      cg_fail();
+      goto fail;
+    }
   }
   {
     be_run_ctx c = {plan, vp};
@@ -911,33 +808,6 @@ fail:
   cudaFree(ws);
   bfree(&vp);
   bfree(&plan);
-  bfree(&eng);
-}
-
-/* the engine configs of heuristics mode `mode`, at most cap, into cfgs (created
-   here); their count, -1 on failure */
-static int be_heur(bdesc graph, cudnnBackendHeurMode_t mode, bdesc *cfgs, int cap, int64_t *total) {
-  bdesc heur = NULL;
-  int64_t n = 0, got = 0;
-  int k = 0;
-  *total = 0;
-  DNN(cudnnBackendCreateDescriptor(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, &heur));
-  DNN(cudnnBackendSetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &graph));
-  DNN(cudnnBackendSetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode));
-  DNN(cudnnBackendFinalize(heur));
-  DNN(cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &n, NULL));
-  *total = n;
-  if (n > cap) n = cap;
-  for (k = 0; k < n; k++) DNN(cudnnBackendCreateDescriptor(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, &cfgs[k]));
-  DNN(cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, n, &got, cfgs));
-  if (got > n) got = n;
-  for (int64_t i = got; i < n; i++) bfree(&cfgs[i]);
-  bfree(&heur);
-  return (int)got;
-fail:
-  for (int i = 0; i < k; i++) bfree(&cfgs[i]);
-  bfree(&heur);
-  return -1;
 }
 
 static void be_line(const geom_t *g, int op, const char *method, const be_best *b, const be_stats *st) {
@@ -958,10 +828,10 @@ static void be_line(const geom_t *g, int op, const char *method, const be_best *
 }
 
 static void backend_op(const geom_t *gm, bufs_t *b, int op, op_result *res) {
-  be_graph g;
   be_stats st;
   memset(&st, 0, sizeof st);
-  if (be_graph_create(gm, op, &g, 1) < 0) {
+  cg_graph *g = be_graph_create(gm, op);
+  if (!g) {
     be_line(gm, op, M_NAME[M_BFMA], &st.fma, &st);
     return;
   }
@@ -974,8 +844,11 @@ static void backend_op(const geom_t *gm, bufs_t *b, int op, op_result *res) {
     /* mode A first; keep a quarter of the cap for the fallback list */
     int cap = m == 0 ? O.max_configs - O.max_configs / 4 : left;
     if (cap > 256) cap = 256;
-    const int n = be_heur(g.graph, modes[m], cfgs, cap, &total);
-    if (n < 0) continue; /* printed */
+    const int n = cg_heuristics(g, modes[m], cfgs, cap, &total);
+    if (n < 0) {
+      cg_fail();
+      continue;
+    }
     if (m == 0) st.heur_a = (int)total;
     else st.heur_fb = (int)total;
     for (int i = 0; i < n; i++) {
@@ -987,7 +860,7 @@ static void backend_op(const geom_t *gm, bufs_t *b, int op, op_result *res) {
       bfree(&cfgs[i]);
     }
   }
-  be_graph_free(&g);
+  cg_graph_destroy(g);
   res->ms[M_BFMA] = st.fma.ok ? st.fma.ms : -1;
   res->ms[M_BFMA_DET] = st.fma_det.ok ? st.fma_det.ms : -1;
   res->ms[M_BTC] = st.tc.ok ? st.tc.ms : -1;
@@ -1014,8 +887,9 @@ static int list_shapes(void) {
    descriptors finalized (cuDNN validates the attribute types and the shapes
    there; the graph without a handle, which cuDNN 9.19 accepts, earlier 9.x
    releases may not); both heuristics queried (without a device they finalize
-   and count configs, but hand back none that is supported). Engine configs,
-   plans and variant packs need a device. */
+   and count configs, but hand back none that is supported); then the
+   module's own self-test (cg_self_test). Engine configs, plans and variant
+   packs need a device. */
 static int self_test(void) {
   int bad = 0, n = 0, nheur = 0;
   printf("probe: self-test: cuDNN %zu (header %d)\n", cudnnGetVersion(), CUDNN_VERSION);
@@ -1028,17 +902,18 @@ static int self_test(void) {
     if (legacy_create(&g, &d) < 0) bad++;
     else legacy_destroy(&d);
     for (int op = 0; op < NOPS; op++) {
-      be_graph bg;
       snprintf(LABEL, sizeof LABEL, "%s %s", g.label, OP_NAME[op]);
-      if (be_graph_create(&g, op, &bg, 1) < 0) {
+      cg_graph *bg = be_graph_create(&g, op);
+      if (!bg) {
         bad++;
         continue;
       }
       for (int m = 0; m < 2; m++) {
         bdesc cfgs[256] = {NULL};
         int64_t total = 0;
-        const int k = be_heur(bg.graph, m ? CUDNN_HEUR_MODE_FALLBACK : CUDNN_HEUR_MODE_A, cfgs, 256, &total);
+        const int k = cg_heuristics(bg, m ? CUDNN_HEUR_MODE_FALLBACK : CUDNN_HEUR_MODE_A, cfgs, 256, &total);
         if (k < 0) {
+          cg_fail();
           bad++;
           continue;
         }
@@ -1048,12 +923,15 @@ static int self_test(void) {
                  m ? "fallback" : "A", (long long)total, k);
         for (int c = 0; c < k; c++) bfree(&cfgs[c]);
       }
-      be_graph_free(&bg);
+      cg_graph_destroy(bg);
     }
     n++;
   }
   printf("probe: self-test: %d shapes, %d heuristics queries, %d failures\n", n, nheur, bad);
-  return bad ? 1 : 0;
+  /* the module's own (trainer/cuda/cudnn_graph.h: beta 1, bf16 io, 2-D) */
+  const int mbad = cg_self_test(stdout, O.verbose);
+  printf("probe: self-test: %s\n", bad || mbad ? "FAIL" : "ok");
+  return bad || mbad ? 1 : 0;
 }
 
 /* ---- main ---------------------------------------------------------------------- */

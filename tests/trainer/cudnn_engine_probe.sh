@@ -110,8 +110,9 @@ done
 incs=(-I"$cudnn_inc")
 [ "$cudnn_inc" != "$cuda_inc" ] && incs+=(-I"$cuda_inc")
 t0=$SECONDS
-"$CC" -std=c17 -O2 -g -Wall -Wextra "${incs[@]}" tests/trainer/cudnn_engine_probe.c \
-  -o "$out/cudnn_engine_probe" -L"$out/lib" -L"$cudnn_lib" -L"$cudart_lib" \
+# the graph API part: trainer/cuda/cudnn_graph.c, the trainer's module
+"$CC" -std=c17 -O2 -g -Wall -Wextra -I. "${incs[@]}" tests/trainer/cudnn_engine_probe.c \
+  trainer/cuda/cudnn_graph.c -o "$out/cudnn_engine_probe" -L"$out/lib" -L"$cudnn_lib" -L"$cudart_lib" \
   -Wl,-rpath,"$cudnn_lib" -Wl,-rpath,"$cudart_lib" -lcudnn -lcudart -lm
 say "built $out/cudnn_engine_probe ($((SECONDS - t0)) s)"
 [ "$mode" = build ] && exit 0

@@ -7,7 +7,8 @@
  *      Adam and the reducer paths, on the CPU backend and on the CUDA one
  *      (cuDNN restricted to its plain-sum algorithms, COEMU_CUDNN_ALGOS=sums,
  *      for which the elementwise bounds hold), against the literal
- *      references;
+ *      references; the float32 layers again with the convolutions on cuDNN's
+ *      graph API (COEMU_CUDNN_API=graph, the same bounds);
  *   2. one whole COEmuNet training step, CUDA against the CPU reference,
  *      within PAR_FLOOR_FACTOR x the noise floor measured on this host;
  *   3. checkpoints GPU -> CPU and CPU -> GPU, bit for bit;
@@ -19,7 +20,9 @@
  *      largest, since rounding differences grow along a trajectory);
  *   5. speed: training samples/s at --batch and inference samples/s at
  *      --infer-batch on the GPU, float32, (--tf32) TF32 and bf16 mixed
- *      precision (trainer/precision.h: float32 master weights); then, with
+ *      precision (trainer/precision.h: float32 master weights; float32 also
+ *      with cuDNN's fastest algorithms, with 16 GiB of workspace, and on
+ *      cuDNN's graph API: fp32-fastest, fp32-fastest-ws16g, fp32-graph); then, with
  *      --times or COEMU_CUDA_TIMES=1 in the environment, where the device
  *      time of a training step goes (times_run: the CUDA backend's timing
  *      mode, backend_cuda.h), float32 and TF32.
@@ -545,6 +548,30 @@ static int parity_checks(const nn_backend *gpu) {
       return -1;
     }
   }
+  if (gpu == &nn_backend_cuda) {
+    /* the float32 layers with their convolutions on cuDNN's graph API
+       (COEMU_CUDNN_API=graph: heuristics' engine configs, autotuned; FMA
+       only, COEMU_CUDNN_ALGOS=sums still set: no FFT or Winograd engine),
+       the same literal references and tolerances as "layer parity, device";
+       a call without a usable engine says so on stderr and runs legacy */
+    nn_backend_finish(gpu);
+    setenv("COEMU_CUDNN_API", "graph", 1);
+    par_report rp;
+    memset(&rp, 0, sizeof rp);
+    if (nn_backend_init(gpu, 0) == 0) par_layers(gpu, &rp);
+    else {
+      printf("trainer-check: graph API: error: %s\n", ce_err_msg());
+      rp.errors++;
+    }
+    print_report("cuda fp32 through the graph API (COEMU_CUDNN_API=graph)", &rp);
+    verdict("layer parity, device fp32 through the graph API", rp.failures == 0 && rp.errors == 0);
+    nn_backend_finish(gpu);
+    unsetenv("COEMU_CUDNN_API");
+    if (nn_backend_init(gpu, 0) < 0) {
+      printf("trainer-check: error: %s\n", ce_err_msg());
+      return -1;
+    }
+  }
 #endif
 
   /* 2. one whole step */
@@ -761,14 +788,26 @@ int main(int argc, char **argv) {
        (stderr): the default choice (the fastest deterministic algorithm
        within 512 MiB of workspace), the fastest of all
        (COEMU_CUDNN_DETERMINISTIC=0, as PyTorch's default), and that with 16
-       GiB of workspace allowed (PyTorch's benchmark mode has no fixed limit) */
-    static const char *const label[3] = {"fp32", "fp32-fastest", "fp32-fastest-ws16g"};
+       GiB of workspace allowed (PyTorch's benchmark mode has no fixed limit);
+       then, on the CUDA backend, the default preferences with the
+       convolutions on cuDNN's graph API (COEMU_CUDNN_API=graph: engine
+       configs from heuristics, autotuned, as PyTorch through cudnn-frontend) */
+    static const char *const label[4] = {"fp32", "fp32-fastest", "fp32-fastest-ws16g",
+                                         "fp32-graph"};
+    int nvar = 3;
+#ifdef COEMU_HAVE_CUDA_TRAINER
+    if (gpu == &nn_backend_cuda) nvar = 4;
+#endif
     int reinit = 0;
-    for (int v = 0; v < 3 && reinit == 0; v++) {
+    for (int v = 0; v < nvar && reinit == 0; v++) {
       nn_backend_finish(gpu);
       setenv("COEMU_CUDNN_VERBOSE", "1", 1);
-      setenv("COEMU_CUDNN_DETERMINISTIC", v ? "0" : "1", 1);
+      setenv("COEMU_CUDNN_DETERMINISTIC", v == 1 || v == 2 ? "0" : "1", 1);
       if (v == 2) setenv("COEMU_CUDNN_WORKSPACE_MB", "16384", 1);
+      if (v == 3) {
+        unsetenv("COEMU_CUDNN_WORKSPACE_MB");
+        setenv("COEMU_CUDNN_API", "graph", 1);
+      }
       reinit = nn_backend_init(gpu, 0);
       if (reinit == 0) bench(gpu, label[v], NN_FLOAT32, batch, infer_batch, iters, grid);
     }
@@ -776,6 +815,7 @@ int main(int argc, char **argv) {
     unsetenv("COEMU_CUDNN_VERBOSE");
     unsetenv("COEMU_CUDNN_DETERMINISTIC");
     unsetenv("COEMU_CUDNN_WORKSPACE_MB");
+    unsetenv("COEMU_CUDNN_API");
     if (reinit < 0 || nn_backend_init(gpu, 0) < 0) {
       printf("trainer-check: error: %s\n", ce_err_msg());
       nn_backend_finish(&nn_backend_cpu);

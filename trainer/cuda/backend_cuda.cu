@@ -18,7 +18,13 @@
  *
  * COEMU_CUDA_TIMES=1 (read at init) turns on the timing mode ("the timing
  * mode" below; nn_cuda_times_report): every group of work on the stream
- * timed by a pair of events, per call kind, shape, algorithm and math. */
+ * timed by a pair of events, per call kind, shape, algorithm and math.
+ *
+ * COEMU_CUDNN_API=graph (read at init; default legacy) runs the float32 and
+ * TF32 convolutions on cuDNN's graph API (cudnn_graph.h: engine configs from
+ * heuristics, autotuned, as PyTorch through cudnn-frontend) instead of the
+ * legacy cudnnFind / cudnnConvolution* calls; native bf16 stays legacy
+ * ("graph plans" below). */
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <cudnn.h>
@@ -33,6 +39,7 @@
 #include "common/cuda_check.h"
 extern "C" {
 #include "trainer/cuda/backend_cuda.h"
+#include "trainer/cuda/cudnn_graph.h"
 #include "trainer/layers_cpu.h"
 #include "trainer/loss.h"
 #include "trainer/metrics.h"
@@ -130,6 +137,16 @@ typedef struct {
      algorithm; that call then runs on the emulated path's arithmetic
      (conv_forward_f32, conv_backward_f32 on the shape's float32 plan) */
   int refused[3];
+  /* COEMU_CUDNN_API=graph (float32 and tf32 plans): the beta of the
+     backward calls, fixed in their graphs (1: the gradients accumulate; 0:
+     the emulated bf16 results, rounded when added), part of the plan's key
+     (-1 in legacy mode and for native bf16); call k (as alt) on its graph
+     and tuned engine where one was found (gp[k] != NULL), else on the
+     legacy algorithm; legacy_found[k]: that algorithm chosen (cudnnFind) */
+  int accum;
+  cg_graph *gg[3];
+  cg_plan *gp[3];
+  int legacy_found[3];
 } conv_plan;
 
 static struct {
@@ -150,6 +167,8 @@ static struct {
   int refuse_bf16; /* COEMU_CUDNN_REFUSE_BF16=1 (tests): every native bf16 call taken as refused */
   int bf16_emulated; /* COEMU_BF16=emulated: bf16 nets on the float32 path with rounded copies */
   int times;         /* COEMU_CUDA_TIMES=1: the timing mode (below) */
+  int graph;         /* COEMU_CUDNN_API=graph: float32 / tf32 convolutions on the graph API */
+  int graph_configs; /* COEMU_CUDNN_GRAPH_CONFIGS: engine configs looked at per call (16) */
   size_t ws_limit;
   int ws_limit_set;
   /* device reducer sums (NCCL): gradient buckets run on comm, after the
@@ -410,6 +429,10 @@ static void *scratch(size_t bytes) {
 /* ---- process setup ------------------------------------------------------ */
 
 static void destroy_plan(conv_plan *p) {
+  for (int k = 0; k < 3; k++) {
+    cg_plan_destroy(p->gp[k]);
+    cg_graph_destroy(p->gg[k]);
+  }
   if (p->x) cudnnDestroyTensorDescriptor(p->x);
   if (p->y) cudnnDestroyTensorDescriptor(p->y);
   if (p->b) cudnnDestroyTensorDescriptor(p->b);
@@ -507,6 +530,22 @@ static int open_device(void) {
   if (bf && *bf && strcmp(bf, "native") && strcmp(bf, "emulated"))
     return ce_err("COEMU_BF16 = '%s': expected native or emulated", bf);
   S.bf16_emulated = bf && !strcmp(bf, "emulated");
+  const char *api = getenv("COEMU_CUDNN_API");
+  if (api && *api && strcmp(api, "legacy") && strcmp(api, "graph"))
+    return ce_err("COEMU_CUDNN_API = '%s': expected legacy (the default: cudnnFind and the "
+                  "cudnnConvolution* calls) or graph (cuDNN's graph API for the float32 and tf32 "
+                  "convolutions)", api);
+  S.graph = api && !strcmp(api, "graph");
+  S.graph_configs = 16;
+  const char *gc = getenv("COEMU_CUDNN_GRAPH_CONFIGS");
+  if (gc && *gc) {
+    char *end;
+    long v = strtol(gc, &end, 10);
+    if (*end || v < 1 || v > 256)
+      return ce_err("COEMU_CUDNN_GRAPH_CONFIGS = '%s': expected 1..256 (engine configs timed "
+                    "per convolution call with COEMU_CUDNN_API=graph; default 16)", gc);
+    S.graph_configs = (int)v;
+  }
   if (!S.ws_limit_set) {
     S.ws_limit = (size_t)512 << 20;
     const char *w = getenv("COEMU_CUDNN_WORKSPACE_MB");
@@ -1168,12 +1207,18 @@ static const char *math_name(cudnnMathType_t m) {
 /* The timing mode's key of call k (as conv_plan.alt) of plan p, e.g. "conv3d
  * fwd 32x7x64x64x64->16 k3x3x3 s1x1x1 algo 1 fma": the input (n, cin, d, h,
  * w), the output channels, kernel, stride, the algorithm the call ran with
- * (after any refusal) and its math type; " bf16" for bf16 tensors; tail:
+ * (after any refusal) and its math type; " bf16" for bf16 tensors; a graph
+ * engine (COEMU_CUDNN_API=graph) as "engine 27 graph" (+ " tf32"); tail:
  * how it ran (a refusal, the bf16 fallback). */
 static int times_end_conv(int slot, const conv_plan *p, int k, const char *tail) {
   if (slot < 0) return 0;
   static const char *const call[3] = {"fwd", "bwd filter", "bwd data"};
   const conv_shape *s = &p->s;
+  if (p->gp[k]) /* a graph engine (COEMU_CUDNN_API=graph): "engine 27 graph" */
+    return times_end(slot, "conv%dd %s %dx%dx%dx%dx%d->%d k%dx%dx%d s%dx%dx%d engine %lld graph%s%s",
+                     is_2d(s) ? 2 : 3, call[k], s->n, s->cin, s->d, s->h, s->w, s->cout, s->kd,
+                     s->kh, s->kw, s->sd, s->sh, s->sw, (long long)cg_plan_info(p->gp[k])->engine,
+                     p->tf32 ? " tf32" : "", tail);
   const int algo = k == 0 ? (int)p->fwd : k == 1 ? (int)p->bwd_filter : (int)p->bwd_data;
   return times_end(slot, "conv%dd %s %dx%dx%dx%dx%d->%d k%dx%dx%d s%dx%dx%d algo %d %s%s%s",
                    is_2d(s) ? 2 : 3, call[k], s->n, s->cin, s->d, s->h, s->w, s->cout, s->kd,
@@ -1190,13 +1235,194 @@ static int times_end_bias(int slot, const conv_plan *p, const char *dir, const c
                    s->od, s->oh, s->ow, tail);
 }
 
-static int plan_create(conv_plan *p, const conv_shape *s, int need_dx, int tf32, int bf16) {
+/* The legacy algorithm of call k (as conv_plan.alt) within lim bytes of
+ * workspace: cudnnFind* times every algorithm on buffers it allocates, pick
+ * chooses (and keeps the alternatives); grow: p->ws grows to its workspace
+ * (at plan creation; a later choice, after a graph call failed, stays
+ * within the workspace the net has). */
+static int legacy_find(conv_plan *p, int k, size_t lim, int grow) {
+  const int tensor_ops = p->tf32 || p->bf16;
+  CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv, tensor_ops ? CUDNN_TENSOR_OP_MATH
+                                                              : CUDNN_FMA_MATH));
+  int got = 0, i;
+  size_t mem;
+  if (k == 0) {
+    cudnnConvolutionFwdAlgoPerf_t fr[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+    CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(S.dnn, p->x, p->w, p->conv, p->y,
+                                                     CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got, fr));
+    i = pick(fr, got, lim, tensor_ops, p, 0);
+    if (i < 0)
+      return ce_err("cuDNN: no forward algorithm for this convolution within the %zu-byte "
+                    "workspace limit (COEMU_CUDNN_WORKSPACE_MB)", lim);
+    p->fwd = fr[i].algo;
+    mem = fr[i].memory;
+  } else if (k == 1) {
+    cudnnConvolutionBwdFilterAlgoPerf_t wr[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
+    CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(
+        S.dnn, p->x, p->y, p->conv, p->w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &got, wr));
+    i = pick(wr, got, lim, tensor_ops, p, 1);
+    if (i < 0)
+      return ce_err("cuDNN: no backward-filter algorithm within the %zu-byte workspace limit", lim);
+    p->bwd_filter = wr[i].algo;
+    mem = wr[i].memory;
+  } else {
+    cudnnConvolutionBwdDataAlgoPerf_t dr[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+    CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(
+        S.dnn, p->w, p->y, p->conv, p->x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &got, dr));
+    i = pick(dr, got, lim, tensor_ops, p, 2);
+    if (i < 0)
+      return ce_err("cuDNN: no backward-data algorithm within the %zu-byte workspace limit", lim);
+    p->bwd_data = dr[i].algo;
+    mem = dr[i].memory;
+  }
+  if (grow && mem > p->ws) p->ws = mem;
+  p->legacy_found[k] = 1;
+  return 0;
+}
+
+/* ---- graph plans (COEMU_CUDNN_API=graph) ---------------------------------
+ * A float32 or tf32 plan's calls on cuDNN's graph API (cudnn_graph.h): per
+ * call a one-operation graph with the alpha and beta that call site uses
+ * (forward beta 0; the backward calls beta p->accum), engine configs from
+ * heuristics mode A then FALLBACK (at most COEMU_CUDNN_GRAPH_CONFIGS, 16),
+ * filtered as the legacy pick filters: strict float32 drops the TENSOR_CORE
+ * (and DOWN_CONVERT_INPUTS, REDUCED_PRECISION_REDUCTION) notes, i.e. FMA
+ * only, as PyTorch without TF32; tf32 allows tensor cores;
+ * COEMU_CUDNN_ALGOS=sums drops FFT and Winograd engines; deterministic
+ * engines first (none: then any) unless COEMU_CUDNN_DETERMINISTIC=0; the
+ * workspace limit. Each is finalized and timed on scratch tensors of the
+ * shape (1 warm-up + 3 runs, the fastest, as cudnnFind), the fastest kept;
+ * the plan's workspace p->ws covers it (nn_net.work is sized from the
+ * plans). A call without a usable engine, or whose engine fails at run time,
+ * says so once on stderr and uses the legacy algorithm from then on. */
+
+static const char *const CALL_NAME[3] = {"forward", "backward filter", "backward data"};
+static const cg_op CALL_OP[3] = {CG_FWD, CG_BWD_FILTER, CG_BWD_DATA};
+
+static cg_conv cg_conv_of(const conv_shape *s) {
+  cg_conv c;
+  memset(&c, 0, sizeof c);
+  c.nd = is_2d(s) ? 2 : 3;
+  c.n = s->n, c.cin = s->cin, c.cout = s->cout;
+  c.in[0] = s->d, c.in[1] = s->h, c.in[2] = s->w;
+  c.k[0] = s->kd, c.k[1] = s->kh, c.k[2] = s->kw;
+  c.stride[0] = s->sd, c.stride[1] = s->sh, c.stride[2] = s->sw;
+  c.pad[0] = s->pd, c.pad[1] = s->ph, c.pad[2] = s->pw;
+  c.io = CUDNN_DATA_FLOAT;
+  return c;
+}
+
+static void shape_text(char *out, size_t n, const conv_plan *p) {
+  const conv_shape *s = &p->s;
+  snprintf(out, n, "%dx%dx%dx%dx%d -> %d, kernel %dx%dx%d, stride %dx%dx%d, %s", s->n, s->cin,
+           s->d, s->h, s->w, s->cout, s->kd, s->kh, s->kw, s->sd, s->sh, s->sw,
+           p->tf32 ? "tf32" : "float32");
+}
+
+/* the timed table of one graph search on stderr (COEMU_CUDNN_VERBOSE) */
+static void graph_table(const conv_plan *p, int k, const cg_tune_stats *st, int det_pass) {
+  char sh[160];
+  shape_text(sh, sizeof sh, p);
+  fprintf(stderr, "coemu cudnn graph: %s%s%s, beta %d: %s:", sh, S.sums_only ? ", sums only" : "",
+          S.any_order ? ", any order" : det_pass ? ", deterministic" : ", any order (no "
+          "deterministic engine)", k ? p->accum : 0, CALL_NAME[k]);
+  for (int i = 0; i < st->ntimed; i++) {
+    const cg_info *f = &st->timed[i].info;
+    fprintf(stderr, " %sengine %lld %.3f ms %.0f MiB%s%s%s%s", i == st->best ? "*" : "",
+            (long long)f->engine, st->timed[i].ms, (double)f->ws / 1048576.0,
+            f->nondet ? " nondet" : "", f->tensor_core ? " tensor" : "", f->rtc ? " rtc" : "",
+            f->heur ? " fallback" : "");
+  }
+  fprintf(stderr, " (configs: heuristics A %d, fallback %d, %d looked at; dropped %d tensor-core, "
+          "%d down-convert, %d reduced-precision, %d fft/winograd, %d nondet, %d over the "
+          "workspace; failed %d finalize, %d run; %.2f s)\n", st->heur_a, st->heur_fb, st->looked,
+          st->skip_tc, st->skip_down, st->skip_reduced, st->skip_numerics, st->skip_nondet,
+          st->skip_ws, st->fail_finalize, st->fail_exec, st->seconds);
+}
+
+/* call k's graph and engine on the scratch tensors t (x, w, y shaped): 0
+ * with p->gp[k] set, or with the reason on stderr and p->gp[k] NULL (the
+ * legacy algorithm then) */
+static int graph_plan(conv_plan *p, int k, void *const t[3]) {
+  const cg_conv c = cg_conv_of(&p->s);
+  const float beta = k == 0 ? 0.0f : (float)p->accum;
+  cg_tune_stats st;
+  int rc = -1, det_pass = !S.any_order;
+  if (cg_graph_create(&p->gg[k], &c, CALL_OP[k], 1.0f, beta, S.dnn) == 0) {
+    cg_prefs pr;
+    memset(&pr, 0, sizeof pr);
+    pr.allow_tensor_core = p->tf32;
+    pr.sums_only = S.sums_only;
+    pr.ws_limit = S.ws_limit;
+    pr.max_configs = S.graph_configs;
+    pr.reps = 3;
+    pr.deterministic_only = det_pass;
+    rc = cg_autotune(S.dnn, p->gg[k], &pr, t[0], t[1], t[2], &p->gp[k], &st);
+    if (rc == 1 && det_pass) { /* as pick_from's second pass: any engine */
+      if (S.verbose) graph_table(p, k, &st, det_pass);
+      det_pass = 0;
+      pr.deterministic_only = 0;
+      rc = cg_autotune(S.dnn, p->gg[k], &pr, t[0], t[1], t[2], &p->gp[k], &st);
+    }
+    if (rc >= 0 && S.verbose) graph_table(p, k, &st, det_pass);
+  }
+  if (rc != 0) {
+    char sh[160];
+    shape_text(sh, sizeof sh, p);
+    fprintf(stderr, "coemu: cuDNN graph API: no usable engine for the %s of %s (%s); that call "
+            "uses the legacy API\n", CALL_NAME[k], sh, cg_error());
+    cg_plan_destroy(p->gp[k]);
+    cg_graph_destroy(p->gg[k]);
+    p->gp[k] = NULL;
+    p->gg[k] = NULL;
+    cudaGetLastError(); /* a non-sticky error of the search is not the next call's */
+    return 0;
+  }
+  const size_t ws = cg_plan_workspace(p->gp[k]);
+  if (ws > p->ws) p->ws = ws;
+  return 0;
+}
+
+/* the graph plans of p's calls (need_dx: all three), on scratch tensors of
+ * the shape allocated here (filled with 0x3c3c3c3c, about 0.0115) */
+static int graph_plans(conv_plan *p) {
+  const conv_shape *s = &p->s;
+  const size_t n[3] = {(size_t)s->n * s->cin * s->d * s->h * s->w,
+                       (size_t)s->cout * s->cin * s->kd * s->kh * s->kw,
+                       (size_t)s->n * s->cout * s->od * s->oh * s->ow};
+  void *t[3] = {NULL, NULL, NULL};
+  int rc = 0;
+  for (int i = 0; i < 3 && rc == 0; i++) {
+    void *m = NULL;
+    cudaError_t e = cudaMalloc(&m, sizeof(float) * n[i]);
+    if (e == cudaSuccess) {
+      t[i] = m;
+      e = cudaMemsetAsync(m, 0x3c, sizeof(float) * n[i], S.stream);
+    }
+    if (e != cudaSuccess) {
+      char sh[160];
+      shape_text(sh, sizeof sh, p);
+      fprintf(stderr, "coemu: cuDNN graph API: no device memory for the search's scratch tensors "
+              "of %s (%s); this shape uses the legacy API\n", sh, cudaGetErrorString(e));
+      cudaGetLastError();
+      rc = 1;
+    }
+  }
+  for (int k = 0; k < 3 && rc == 0; k++)
+    if (k < 2 || p->need_dx) rc = graph_plan(p, k, t);
+  for (int i = 0; i < 3; i++) cudaFree(t[i]);
+  return rc < 0 ? -1 : 0;
+}
+
+static int plan_create(conv_plan *p, const conv_shape *s, int need_dx, int tf32, int bf16,
+                       int accum) {
   memset(p, 0, sizeof *p);
   p->s = *s;
   p->need_dx = need_dx;
   p->tf32 = tf32;
   p->bf16 = bf16;
   p->sums_only = S.sums_only;
+  p->accum = accum;
   /* bf16: cuDNN's PSEUDO_BFLOAT16 configuration (x, w, y bf16, float32
      compute; the output rounded once at the store: precision.h) */
   const cudnnDataType_t io = bf16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
@@ -1222,49 +1448,25 @@ static int plan_create(conv_plan *p, const conv_shape *s, int need_dx, int tf32,
                                                 CUDNN_DATA_FLOAT));
   }
   /* bf16 on tensor cores: products of bf16 values are exact in their float32
-     accumulators, as on the FMA units */
-  const int tensor_ops = p->tf32 || bf16;
-  const cudnnMathType_t math = tensor_ops ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH;
-  CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv, math));
-  /* cudnnFind* times every algorithm on scratch buffers it allocates */
+     accumulators, as on the FMA units (legacy_find sets the math type) */
+  if (accum >= 0) CE_TRY(graph_plans(p)); /* graph mode, float32 / tf32 */
+  /* cudnnFind* times every algorithm on scratch buffers it allocates: the
+     calls without a graph engine */
   const size_t lim = S.ws_limit;
-  int got = 0;
-  cudnnConvolutionFwdAlgoPerf_t fr[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-  CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(S.dnn, p->x, p->w, p->conv, p->y,
-                                                   CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got, fr));
-  int i = pick(fr, got, lim, tensor_ops, p, 0);
-  if (i < 0)
-    return ce_err("cuDNN: no forward algorithm for this convolution within the %zu-byte "
-                  "workspace limit (COEMU_CUDNN_WORKSPACE_MB)", lim);
-  p->fwd = fr[i].algo;
-  p->ws = fr[i].memory;
-  cudnnConvolutionBwdFilterAlgoPerf_t wr[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-  CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(
-      S.dnn, p->x, p->y, p->conv, p->w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &got, wr));
-  i = pick(wr, got, lim, tensor_ops, p, 1);
-  if (i < 0)
-    return ce_err("cuDNN: no backward-filter algorithm within the %zu-byte workspace limit", lim);
-  p->bwd_filter = wr[i].algo;
-  if (wr[i].memory > p->ws) p->ws = wr[i].memory;
-  if (need_dx) {
-    cudnnConvolutionBwdDataAlgoPerf_t dr[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-    CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(
-        S.dnn, p->w, p->y, p->conv, p->x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &got, dr));
-    i = pick(dr, got, lim, tensor_ops, p, 2);
-    if (i < 0)
-      return ce_err("cuDNN: no backward-data algorithm within the %zu-byte workspace limit", lim);
-    p->bwd_data = dr[i].algo;
-    if (dr[i].memory > p->ws) p->ws = dr[i].memory;
-  }
+  for (int k = 0; k < 3; k++)
+    if ((k < 2 || need_dx) && !p->gp[k]) CE_TRY(legacy_find(p, k, lim, 1));
   return 0;
 }
 
-/* The plan of a shape, found once and kept until the last finish. */
-static conv_plan *plan_for(const conv_shape *s, int need_dx, int tf32, int bf16) {
+/* The plan of a shape, found once and kept until the last finish. accum:
+ * whether the backward calls accumulate (beta 1; 0 for the emulated bf16
+ * results), a key of graph plans only. */
+static conv_plan *plan_for(const conv_shape *s, int need_dx, int tf32, int bf16, int accum) {
+  accum = S.graph && !bf16 ? accum : -1;
   for (int i = 0; i < S.nplans; i++) {
     conv_plan *p = &S.plans[i];
     if (!memcmp(&p->s, s, sizeof *s) && p->need_dx == need_dx && p->tf32 == tf32 &&
-        p->bf16 == bf16 && p->sums_only == S.sums_only)
+        p->bf16 == bf16 && p->sums_only == S.sums_only && p->accum == accum)
       return p;
   }
   if (S.nplans == S.plan_cap) {
@@ -1278,7 +1480,7 @@ static conv_plan *plan_for(const conv_shape *s, int need_dx, int tf32, int bf16)
     S.plan_cap = cap;
   }
   conv_plan *p = &S.plans[S.nplans];
-  if (plan_create(p, s, need_dx, tf32, bf16) < 0) {
+  if (plan_create(p, s, need_dx, tf32, bf16, accum) < 0) {
     destroy_plan(p);
     ce_err_prefix("planning the convolution %dx%dx%dx%dx%d -> %d channels, kernel %dx%dx%d, "
                   "stride %dx%dx%d", s->n, s->cin, s->d, s->h, s->w, s->cout, s->kd, s->kh, s->kw,
@@ -1287,6 +1489,31 @@ static conv_plan *plan_for(const conv_shape *s, int need_dx, int tf32, int bf16)
   }
   S.nplans++;
   return p;
+}
+
+/* Call k of a float32 / tf32 plan on its graph engine where it has one
+ * (COEMU_CUDNN_API=graph), with the tensors x, w, y in the roles of
+ * cudnn_graph.h's CG_UID_* and the workspace of ws bytes; where it has
+ * none, or the engine fails (said once on stderr, the graph plan dropped),
+ * the legacy algorithm through conv_call (found now, within ws, if the plan
+ * had none). */
+template <typename Call>
+static int conv_run(conv_plan *p, int k, const void *x, const void *w, const void *y, void *work,
+                    size_t ws, const char *what, Call legacy) {
+  if (p->gp[k]) {
+    if (cg_plan_execute(S.dnn, p->gp[k], x, w, y, work, ws) == 0) return 0;
+    char sh[160];
+    shape_text(sh, sizeof sh, p);
+    fprintf(stderr, "coemu: cuDNN graph API: the %s of %s failed (%s); that call uses the legacy "
+            "API from now on\n", CALL_NAME[k], sh, cg_error());
+    cg_plan_destroy(p->gp[k]);
+    cg_graph_destroy(p->gg[k]);
+    p->gp[k] = NULL;
+    p->gg[k] = NULL;
+    if (!p->legacy_found[k] && legacy_find(p, k, ws, 0) < 0)
+      return ce_err_prefix("%s: the legacy algorithm after the graph engine failed", what);
+  }
+  return conv_call(p, k, ws, what, legacy);
 }
 
 /* ---- precision (precision.h) ------------------------------------------ */
@@ -1305,6 +1532,11 @@ static int net_tf32(const nn_net *net) {
 static int net_bf16_native(const nn_net *net) {
   return net->precision == NN_BF16 && !S.bf16_emulated;
 }
+
+/* Whether the net's backward convolutions accumulate into the gradients
+ * (beta 1), or write results that are rounded when added (bf16: beta 0);
+ * conv_backward_f32's beta, the graph plans' key (plan_for). */
+static int net_accum(const nn_net *net) { return !nn_rounds_conv_result(net->precision); }
 
 extern "C" const char *nn_cuda_bf16_path(void) { return S.bf16_emulated ? "emulated" : "native"; }
 
@@ -1451,7 +1683,8 @@ static int dev_bf16_get(const nn_net *net, const nn_node *nd, int with_dy, int o
 static int conv_plan_of(const nn_net *net, const nn_node *nd, conv_plan **out) {
   conv_shape s = node_conv_shape(net, nd);
   conv_plan *p =
-      plan_for(&s, net->nodes[nd->in[0]].needs_grad, net_tf32(net), net_bf16_native(net));
+      plan_for(&s, net->nodes[nd->in[0]].needs_grad, net_tf32(net), net_bf16_native(net),
+               net_accum(net));
   if (!p) return -1;
   if (p->ws > sizeof(float) * net->work_n)
     return ce_err("convolution workspace: %zu bytes needed, %zu allocated (the workspace "
@@ -1466,7 +1699,8 @@ static size_t cuda_workspace(const nn_net *net, const nn_node *nd) {
   /* an error here (no algorithm fits) is met again, and reported, at the
      layer's first forward */
   conv_plan *p =
-      plan_for(&s, net->nodes[nd->in[0]].needs_grad, net_tf32(net), net_bf16_native(net));
+      plan_for(&s, net->nodes[nd->in[0]].needs_grad, net_tf32(net), net_bf16_native(net),
+               net_accum(net));
   return p ? (p->ws + sizeof(float) - 1) / sizeof(float) : 0;
 }
 
@@ -1476,7 +1710,7 @@ static const float ONE = 1.0f, ZERO = 0.0f;
  * call runs on (conv_call's CONV_REFUSED) */
 static int conv_plan_f32_of(const nn_net *net, const nn_node *nd, conv_plan **out) {
   conv_shape s = node_conv_shape(net, nd);
-  conv_plan *p = plan_for(&s, net->nodes[nd->in[0]].needs_grad, 0, 0);
+  conv_plan *p = plan_for(&s, net->nodes[nd->in[0]].needs_grad, 0, 0, net_accum(net));
   if (!p) return -1;
   *out = p;
   return 0;
@@ -1504,7 +1738,7 @@ static int conv_forward_f32(nn_net *net, nn_node *nd, conv_plan *p, int own_ws) 
   const char *how = own_ws ? " (bf16 fallback)" : "";
   int tm;
   CE_TRY(times_begin(&tm));
-  CE_TRY(conv_call(p, 0, ws, "cudnnConvolutionForward", [&] {
+  CE_TRY(conv_run(p, 0, o.x, o.w, nd->out, work, ws, "cudnnConvolutionForward", [&] {
     return cudnnConvolutionForward(S.dnn, &ONE, p->x, o.x, p->w, o.w, p->conv, p->fwd, work, ws,
                                    &ZERO, p->y, nd->out);
   }));
@@ -1562,17 +1796,25 @@ static int conv_backward_f32(nn_net *net, nn_node *nd, float *dx, conv_plan *p, 
   const nn_param *P = net->params;
   const long nw = (long)P[nd->param[0]].n, nx = (long)net->batch * net->nodes[nd->in[0]].size;
   const int rounds = nn_rounds_conv_result(net->precision);
-  const long nres = rounds ? (filter ? nw : 0) + (dx ? nx : 0) : 0;
+  /* the bf16 results' room, each part 64-byte aligned (graph plans declare
+     16-byte aligned tensors) */
+  const long nw64 = (nw + 15) / 16 * 16, nx64 = (nx + 15) / 16 * 16;
+  const long nres = rounds ? (filter ? nw64 : 0) + (dx ? nx64 : 0) : 0;
   dev_operands o;
   CE_TRY(dev_operands_get(net, nd, 1, nres + conv_ws_floats(p, own_ws), &o));
-  float *rdw = rounds && filter ? o.extra : NULL, *rdx = rounds && dx ? o.extra + (filter ? nw : 0) : NULL;
+  float *rdw = rounds && filter ? o.extra : NULL, *rdx = rounds && dx ? o.extra + (filter ? nw64 : 0) : NULL;
   void *work = own_ws ? (void *)(o.extra + nres) : (void *)net->work;
   const size_t ws = own_ws ? p->ws : sizeof(float) * net->work_n;
   const char *how = own_ws ? " (bf16 fallback)" : "";
+  /* a graph plan's beta is its own (plan_for keys it by net_accum) */
+  if ((p->gp[1] || p->gp[2]) && p->accum != !rounds)
+    return ce_err("convolution '%s': its graph plan has beta %d, this call needs %d", nd->name,
+                  p->accum, !rounds);
   int tm;
   if (filter) {
     CE_TRY(times_begin(&tm));
-    CE_TRY(conv_call(p, 1, ws, "cudnnConvolutionBackwardFilter", [&] {
+    CE_TRY(conv_run(p, 1, o.x, rounds ? rdw : P[nd->param[0]].g, o.dy, work, ws,
+                    "cudnnConvolutionBackwardFilter", [&] {
       return cudnnConvolutionBackwardFilter(S.dnn, &ONE, p->x, o.x, p->y, o.dy, p->conv,
                                             p->bwd_filter, work, ws, rounds ? &ZERO : &ONE, p->w,
                                             rounds ? rdw : P[nd->param[0]].g);
@@ -1592,7 +1834,7 @@ static int conv_backward_f32(nn_net *net, nn_node *nd, float *dx, conv_plan *p, 
   if (dx) {
     float *t = rounds ? rdx : dx;
     CE_TRY(times_begin(&tm));
-    CE_TRY(conv_call(p, 2, ws, "cudnnConvolutionBackwardData", [&] {
+    CE_TRY(conv_run(p, 2, t, o.w, o.dy, work, ws, "cudnnConvolutionBackwardData", [&] {
       return cudnnConvolutionBackwardData(S.dnn, &ONE, p->w, o.w, p->y, o.dy, p->conv,
                                           p->bwd_data, work, ws, rounds ? &ZERO : &ONE, p->x, t);
     }));
