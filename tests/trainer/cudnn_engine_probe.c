@@ -310,42 +310,14 @@ static int selected(const geom_t *g) {
 
 typedef cudnnStatus_t (*run_fn)(void *ctx);
 
-/* 1 warm-up, then reps timed runs (cudaEvents on the default stream, which
-   the handle uses): the fastest in ms; -1 on failure (printed). */
+/* 1 warm-up, then reps timed runs (cg_time_runs: cudaEvents on the default
+   stream, which the handle uses): the fastest in ms; -1 on failure (printed). */
 static double time_runs(run_fn fn, void *ctx, const char *what, int quiet) {
-  cudaEvent_t a = NULL, b = NULL;
-  double best = -1;
-  const int reps = O.quick ? 1 : 3;
-  cudaGetLastError(); /* a stale, non-sticky error of an earlier call is not this one's */
-  cudnnStatus_t s = fn(ctx);
-  if (s != CUDNN_STATUS_SUCCESS) {
-    if (!quiet || O.verbose) dnn_fail(what, s);
-    return -1;
-  }
-  CU(cudaDeviceSynchronize());
-  CU(cudaEventCreate(&a));
-  CU(cudaEventCreate(&b));
-  for (int r = 0; r < reps; r++) {
-    CU(cudaEventRecord(a, 0));
-    s = fn(ctx);
-    if (s != CUDNN_STATUS_SUCCESS) {
-      if (!quiet || O.verbose) dnn_fail(what, s);
-      best = -1;
-      goto fail;
-    }
-    CU(cudaEventRecord(b, 0));
-    CU(cudaEventSynchronize(b));
-    float ms = 0;
-    CU(cudaEventElapsedTime(&ms, a, b));
-    if (best < 0 || ms < best) best = ms;
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  return best;
-fail:
-  if (a) cudaEventDestroy(a);
-  if (b) cudaEventDestroy(b);
-  return -1;
+  cudnnStatus_t failed;
+  const double ms = cg_time_runs(fn, ctx, 0, O.quick ? 1 : 3, &failed, what);
+  if (ms == -1 && (!quiet || O.verbose)) dnn_fail(what, failed);
+  if (ms == -2) fprintf(stderr, "probe: %s\n", cg_error());
+  return ms < 0 ? -1 : ms;
 }
 
 /* ---- device buffers -------------------------------------------------------- */
@@ -539,14 +511,6 @@ fail:
   return ms;
 }
 
-static const char *math_name(cudnnMathType_t m) {
-  switch (m) {
-  case CUDNN_FMA_MATH: return "fma";
-  case CUDNN_TENSOR_OP_MATH: return "tensor";
-  case CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION: return "tensor-conversion";
-  default: return "default";
-  }
-}
 
 /* the index of the fastest acceptable result (results come sorted by time) */
 static int legacy_pick(const perf_t *r, int n, double limit, int fma_only, int det_only) {
@@ -583,7 +547,7 @@ static void legacy_line(const geom_t *g, int op, const char *method, const perf_
   } else {
     printf("probe: %s %s %s algo %d ms %.4f ws_MiB %.1f nondet %d math %s find_ms %.4f%s\n", g->label,
            OP_NAME[op], method, r->algo, ms, (double)r->memory / 1048576.0,
-           r->det != CUDNN_DETERMINISTIC, math_name(r->math), (double)r->time, extra ? extra : "");
+           r->det != CUDNN_DETERMINISTIC, cg_math_name(r->math), (double)r->time, extra ? extra : "");
   }
   fflush(stdout);
 }

@@ -216,6 +216,17 @@ static int precision_curves(const nn_backend *be, const curve_opts *c) {
   return 0;
 }
 
+
+/* A bench batch of B samples: inputs uniform in [-1, 1), targets in [0, 1)
+ * (the same every time: seed 1234); *x or *t NULL when out of memory. */
+static void bench_batch(const coemunet_config *cfg, int B, float **x, float **t) {
+  const size_t nx = (size_t)B * 3 * cfg->grid * cfg->grid * cfg->grid;
+  const size_t nt = (size_t)B * cfg->nfreq * cfg->grid * cfg->grid;
+  *x = (float *)malloc(sizeof(float) * nx), *t = (float *)malloc(sizeof(float) * nt);
+  ce_rng g = ce_rng_make(1234, 0, 0, 1);
+  for (size_t i = 0; *x && i < nx; i++) (*x)[i] = (float)(2 * ce_rng_uniform(&g) - 1);
+  for (size_t i = 0; *t && i < nt; i++) (*t)[i] = (float)ce_rng_uniform(&g);
+}
 /* ---- speed -------------------------------------------------------------- */
 
 static int sync_backend(const nn_net *net) {
@@ -235,12 +246,8 @@ static void bench(const nn_backend *be, const char *prec, int precision, int bat
     trainer tr;
     memset(&o, 0, sizeof o);
     memset(&tr, 0, sizeof tr);
-    const size_t nx = (size_t)B * 3 * cfg.grid * cfg.grid * cfg.grid;
-    const size_t nt = (size_t)B * cfg.nfreq * cfg.grid * cfg.grid;
-    float *x = (float *)malloc(sizeof(float) * nx), *t = (float *)malloc(sizeof(float) * nt);
-    ce_rng g = ce_rng_make(1234, 0, 0, 1);
-    for (size_t i = 0; x && i < nx; i++) x[i] = (float)(2 * ce_rng_uniform(&g) - 1);
-    for (size_t i = 0; t && i < nt; i++) t[i] = (float)ce_rng_uniform(&g);
+    float *x, *t;
+    bench_batch(&cfg, B, &x, &t);
     adam_config ac = adam_default();
     int rc = x && t ? coemunet_build_on(&m, &cfg, 1234, be) : ce_err("out of memory");
     int built = rc == 0;
@@ -297,9 +304,9 @@ static void bench(const nn_backend *be, const char *prec, int precision, int bat
  * device spent idle between the timed groups (the host queueing or waiting).
  * tf32: cuDNN / cuBLAS on TF32 tensor cores (nn_cuda_set_tf32), as bench's
  * tf32 figure. */
+#ifdef COEMU_HAVE_CUDA_TRAINER
 static int times_run(const nn_backend *be, const char *prec, int tf32, int batch, int steps,
                      int grid) {
-#ifdef COEMU_HAVE_CUDA_TRAINER
   coemunet_config cfg = coemunet_default(7);
   cfg.grid = grid;
   coemunet m;
@@ -307,12 +314,8 @@ static int times_run(const nn_backend *be, const char *prec, int tf32, int batch
   trainer tr;
   memset(&o, 0, sizeof o);
   memset(&tr, 0, sizeof tr);
-  const size_t nx = (size_t)batch * 3 * cfg.grid * cfg.grid * cfg.grid;
-  const size_t nt = (size_t)batch * cfg.nfreq * cfg.grid * cfg.grid;
-  float *x = (float *)malloc(sizeof(float) * nx), *t = (float *)malloc(sizeof(float) * nt);
-  ce_rng g = ce_rng_make(1234, 0, 0, 1);
-  for (size_t i = 0; x && i < nx; i++) x[i] = (float)(2 * ce_rng_uniform(&g) - 1);
-  for (size_t i = 0; t && i < nt; i++) t[i] = (float)ce_rng_uniform(&g);
+  float *x, *t;
+  bench_batch(&cfg, batch, &x, &t);
   adam_config ac = adam_default();
   /* the plans' timed algorithms (COEMU_CUDNN_VERBOSE) follow this line in the log */
   fprintf(stderr, "trainer-check: times %s %s: the plans of batch %d\n", be->name, prec, batch);
@@ -349,11 +352,8 @@ static int times_run(const nn_backend *be, const char *prec, int tf32, int batch
   free(x);
   free(t);
   return rc;
-#else
-  (void)be, (void)prec, (void)tf32, (void)batch, (void)steps, (void)grid;
-  return 0;
-#endif
 }
+#endif
 
 /* The timing tables (times_run) at float32 and TF32: the backend made
  * again with COEMU_CUDA_TIMES=1 (read at init) and COEMU_CUDNN_VERBOSE=1

@@ -1195,14 +1195,6 @@ static int conv_call(conv_plan *p, int k, size_t ws, const char *what, Call call
   }
 }
 
-static const char *math_name(cudnnMathType_t m) {
-  switch (m) {
-  case CUDNN_FMA_MATH: return "fma";
-  case CUDNN_TENSOR_OP_MATH: return "tensor";
-  case CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION: return "tensor-conversion";
-  default: return "default";
-  }
-}
 
 /* The timing mode's key of call k (as conv_plan.alt) of plan p, e.g. "conv3d
  * fwd 32x7x64x64x64->16 k3x3x3 s1x1x1 algo 1 fma": the input (n, cin, d, h,
@@ -1222,7 +1214,7 @@ static int times_end_conv(int slot, const conv_plan *p, int k, const char *tail)
   const int algo = k == 0 ? (int)p->fwd : k == 1 ? (int)p->bwd_filter : (int)p->bwd_data;
   return times_end(slot, "conv%dd %s %dx%dx%dx%dx%d->%d k%dx%dx%d s%dx%dx%d algo %d %s%s%s",
                    is_2d(s) ? 2 : 3, call[k], s->n, s->cin, s->d, s->h, s->w, s->cout, s->kd,
-                   s->kh, s->kw, s->sd, s->sh, s->sw, algo, math_name(p->math[k]),
+                   s->kh, s->kw, s->sd, s->sh, s->sw, algo, cg_math_name(p->math[k]),
                    p->bf16 ? " bf16" : "", tail);
 }
 

@@ -467,16 +467,15 @@ int cg_plan_execute(cudnnHandle_t handle, cg_plan *p, const void *x, const void 
   return 0;
 }
 
-/* one plan timed on stream: 1 warm-up, then reps runs, the fastest (ms); -1
-   the execution failed (not supported here: quiet), -2 a CUDA error */
-static double time_plan(cudnnHandle_t h, cudaStream_t stream, bdesc plan, bdesc vp, int reps,
-                        const char *label) {
+double cg_time_runs(cudnnStatus_t (*fn)(void *ctx), void *ctx, cudaStream_t stream, int reps,
+                    cudnnStatus_t *failed, const char *label) {
   cudaEvent_t a = NULL, b = NULL;
   double best = -1;
+  *failed = CUDNN_STATUS_SUCCESS;
   cudaGetLastError(); /* a stale, non-sticky error is not this one's */
-  cudnnStatus_t s = cudnnBackendExecute(h, plan, vp);
+  cudnnStatus_t s = fn(ctx);
   if (s != CUDNN_STATUS_SUCCESS) {
-    dnn_err("cudnnBackendExecute (warm-up)", s, label);
+    *failed = s;
     return -1;
   }
   CU(cudaStreamSynchronize(stream));
@@ -484,9 +483,9 @@ static double time_plan(cudnnHandle_t h, cudaStream_t stream, bdesc plan, bdesc 
   CU(cudaEventCreate(&b));
   for (int r = 0; r < reps; r++) {
     CU(cudaEventRecord(a, stream));
-    s = cudnnBackendExecute(h, plan, vp);
+    s = fn(ctx);
     if (s != CUDNN_STATUS_SUCCESS) {
-      dnn_err("cudnnBackendExecute", s, label);
+      *failed = s;
       cudaEventDestroy(a);
       cudaEventDestroy(b);
       return -1;
@@ -504,6 +503,35 @@ fail:
   if (a) cudaEventDestroy(a);
   if (b) cudaEventDestroy(b);
   return -2;
+}
+
+const char *cg_math_name(cudnnMathType_t m) {
+  switch (m) {
+  case CUDNN_FMA_MATH: return "fma";
+  case CUDNN_TENSOR_OP_MATH: return "tensor";
+  case CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION: return "tensor-conversion";
+  default: return "default";
+  }
+}
+
+typedef struct {
+  cudnnHandle_t h;
+  bdesc plan, vp;
+} plan_run_ctx;
+static cudnnStatus_t plan_run(void *ctx) {
+  const plan_run_ctx *c = ctx;
+  return cudnnBackendExecute(c->h, c->plan, c->vp);
+}
+
+/* one plan timed on stream (cg_time_runs): the fastest (ms); -1 the
+   execution failed (not supported here: quiet), -2 a CUDA error */
+static double time_plan(cudnnHandle_t h, cudaStream_t stream, bdesc plan, bdesc vp, int reps,
+                        const char *label) {
+  plan_run_ctx c = {h, plan, vp};
+  cudnnStatus_t failed;
+  const double ms = cg_time_runs(plan_run, &c, stream, reps, &failed, label);
+  if (ms == -1) dnn_err("cudnnBackendExecute", failed, label);
+  return ms;
 }
 
 int cg_autotune(cudnnHandle_t handle, const cg_graph *g, const cg_prefs *prefs, void *x, void *w,

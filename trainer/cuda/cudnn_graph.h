@@ -24,6 +24,7 @@
 #ifndef COEMU_CUDNN_GRAPH_H
 #define COEMU_CUDNN_GRAPH_H
 
+#include <cuda_runtime.h>
 #include <cudnn.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -48,6 +49,15 @@ typedef struct {
   int k[3], stride[3], pad[3];
   cudnnDataType_t io; /* CUDNN_DATA_FLOAT or CUDNN_DATA_BFLOAT16 (0: float) */
 } cg_conv;
+
+/* fn(ctx) once (a warm-up), then reps runs timed with cudaEvents on
+ * stream: the fastest in ms; -1 when fn failed (*failed its status, no
+ * message: the caller knows what fn was), -2 on a CUDA error (cg_error,
+ * naming label). Shared by the autotuning and the engine probe's timings. */
+double cg_time_runs(cudnnStatus_t (*fn)(void *ctx), void *ctx, cudaStream_t stream, int reps,
+                    cudnnStatus_t *failed, const char *label);
+/* "fma", "tensor", "tensor-conversion" or "default" */
+const char *cg_math_name(cudnnMathType_t m);
 
 /* The output size of spatial dimension i (0..2). */
 int cg_out_dim(const cg_conv *c, int i);
