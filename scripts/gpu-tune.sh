@@ -20,7 +20,9 @@
 #              copy kind over one gpu_devpipe_check bench and one gpu_bench
 #   trainer    (GPU_TUNE_TRAINER=0 leaves it out) where a float32 training
 #              step's device time goes: coemu's per-call table
-#              (COEMU_CUDA_TIMES=1; docs/trainer.md), PyTorch's kernels under
+#              (COEMU_CUDA_TIMES=1; docs/trainer.md), the same with the
+#              convolutions on cuDNN's graph API (COEMU_CUDNN_API=graph),
+#              PyTorch's kernels under
 #              its profiler (torch_anchor.py --profile), and the cuDNN engine
 #              probe (tests/trainer/cudnn_engine_probe.sh: per convolution
 #              shape, the legacy API's strict-float32 algorithms against the
@@ -118,6 +120,10 @@ if [ "${GPU_TUNE_TRAINER:-1}" = 1 ]; then
     tdir=${TRAINER_CHECK_DIR:-build-gpu-check-trainer}
     step "trainer times" 150 env COEMU_CUDA_TIMES=1 OMP_NUM_THREADS="$(nproc)" \
       "$tdir/trainer_gpu_check" --only-bench --no-bench
+    # the same tables with the float32 and TF32 convolutions on cuDNN's
+    # graph API (COEMU_CUDNN_API=graph: the engines PyTorch's filter keeps)
+    step "trainer times graph" 150 env COEMU_CUDA_TIMES=1 COEMU_CUDNN_API=graph \
+      OMP_NUM_THREADS="$(nproc)" "$tdir/trainer_gpu_check" --only-bench --no-bench
     if "${PYTHON:-python3}" -c 'import torch' >/dev/null 2>&1; then
       step "trainer torch profile" 120 "${PYTHON:-python3}" tests/trainer/torch_anchor.py --profile fp32,tf32
     else
