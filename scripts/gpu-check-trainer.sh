@@ -204,12 +204,18 @@ for s in "${src[@]}"; do
   "$CC" "${cflags[@]}" -c "$s" -o "$o" &
   pids+=($!)
 done
+# the cuDNN engine probe (docs/trainer.md, "The cuDNN engine probe"): the
+# graph API module above and cuDNN, nothing else
+"$CC" "${cflags[@]}" -c tests/trainer/cudnn_engine_probe.c -o "$out/obj/cudnn_engine_probe.o" &
+pids+=($!)
 "$NVCC" -O3 -std=c++17 "${gencode[@]}" "${inc[@]}" "${defs[@]}" -Xcompiler=-fPIC \
   -c trainer/cuda/backend_cuda.cu -o "$out/obj/backend_cuda.o"
 for p in "${pids[@]}"; do wait "$p"; done
 "$NVCC" -o "$out/trainer_gpu_check" "${objs[@]}" "$out/obj/backend_cuda.o" -Xcompiler=-fopenmp \
   "${ldirs[@]}" "${libs[@]}" -lm -lpthread
-echo "gpu-check-trainer: built $out/trainer_gpu_check ($((SECONDS - t0)) s)"
+"$NVCC" -o "$out/cudnn_engine_probe" "$out/obj/cudnn_engine_probe.o" \
+  "$out/obj/trainer_cuda_cudnn_graph.c.o" "${ldirs[@]}" -lcudnn -lm
+echo "gpu-check-trainer: built $out/trainer_gpu_check, $out/cudnn_engine_probe ($((SECONDS - t0)) s)"
 [ "$mode" = build ] && exit 0
 
 # --- on the GPU machine ------------------------------------------------------------

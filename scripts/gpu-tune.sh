@@ -24,7 +24,8 @@
 #              convolutions on cuDNN's graph API (COEMU_CUDNN_API=graph),
 #              PyTorch's kernels under
 #              its profiler (torch_anchor.py --profile), and the cuDNN engine
-#              probe (tests/trainer/cudnn_engine_probe.sh: per convolution
+#              probe (tests/trainer/cudnn_engine_probe.c, built by
+#              scripts/gpu-check-trainer.sh: per convolution
 #              shape, the legacy API's strict-float32 algorithms against the
 #              graph API's engines)
 #
@@ -129,13 +130,12 @@ if [ "${GPU_TUNE_TRAINER:-1}" = 1 ]; then
     else
       echo "gpu-tune trainer torch profile: SKIP: no torch"
     fi
+    # (its deadline 10 s before the time limit: the totals still print)
+    step "cudnn probe" 130 "$tdir/cudnn_engine_probe" --quick --deadline 120
   else
     echo "gpu-tune trainer: FAIL (build)"
     tail -15 build-gpu-tune-logs/build-trainer.log | sed "s/^/  /"
     rc=1
-  fi
-  if [ -f tests/trainer/cudnn_engine_probe.sh ]; then
-    step "cudnn probe" 130 env PROBE_TIMEOUT=120 bash tests/trainer/cudnn_engine_probe.sh --quick
   fi
 fi
 # --- Nsight Systems: device time per kernel and copy ----------------------------

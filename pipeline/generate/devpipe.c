@@ -41,7 +41,6 @@ struct devpipe {
   float **sp;        /* [nscratch] into scratch */
   int nscratch;      /* cpu: cubes per run() without the caller's buffers (<= batch) */
   const float **cv, **cT, **cn; /* [batch] each: the cubes' arrays for the solver */
-  float **hv, **hT, **hn;       /* [batch] each: the host cubes' arrays (cuda) */
   sampler_device *sd; /* cuda */
   devpipe_chunk ch[2]; /* cuda: the chunk being solved and the next one being sampled */
   int overlap;         /* cuda: sample the next chunk on a second thread (COEMU_DEVPIPE_OVERLAP) */
@@ -158,7 +157,7 @@ static int cuda_open(devpipe *p, int ordinal, char *desc, size_t ndesc) {
     devpipe_chunk *c = &p->ch[i];
     c->p = p;
     if (!c->sd) c->sd = p->sd; /* no overlap: one handle, one chunk at a time */
-    c->hv = i == 0 ? p->hv : ce_malloc_array((size_t)p->batch, 3 * sizeof *c->hv, "pipeline cubes");
+    c->hv = ce_malloc_array((size_t)p->batch, 3 * sizeof *c->hv, "pipeline cubes");
     if (!c->hv) return -1;
     c->hT = c->hv + p->batch, c->hn = c->hv + 2 * p->batch;
   }
@@ -256,7 +255,7 @@ static int cuda_run(devpipe *p, int nc, const double (*q)[4], float *const *tg,
     const double t0 = ce_now_s();
     if (threaded) pthread_join(th, NULL); /* before anything returns: o is in use */
     else if (next < nc && rc == 0) chunk_sample(o);
-    p->t.sample += threaded ? ce_now_s() - t0 : next < nc && rc == 0 ? o->seconds : 0.0;
+    p->t.sample += ce_now_s() - t0; /* the sampling the solve did not hide */
     if (rc < 0) return rc;
     if (next < nc && o->rc < 0) return ce_err("%s", o->err);
     off = next;
@@ -270,7 +269,7 @@ static void cuda_close(devpipe *p) {
   devpipe_hash_close(p->hash);
 #endif
   if (p->ch[1].sd != p->sd) sampler_device_close(p->ch[1].sd); /* the sibling first */
-  if (p->ch[1].hv != p->hv) free(p->ch[1].hv);
+  free(p->ch[0].hv), free(p->ch[1].hv);
   sampler_device_close(p->sd);
 }
 
@@ -288,7 +287,7 @@ const devpipe_impl *devpipe_impl_for(lte_backend b, int recon) {
 void devpipe_close(devpipe *p) {
   if (!p) return;
   if (p->impl) p->impl->close(p);
-  free(p->img), free(p->imgp), free(p->scratch), free(p->sp), free(p->cv), free(p->hv);
+  free(p->img), free(p->imgp), free(p->scratch), free(p->sp), free(p->cv);
   free(p);
 }
 
@@ -307,13 +306,11 @@ int devpipe_open(const devpipe_impl *impl, const devpipe_args *a, int ordinal, d
   p->nimg = (size_t)p->n * p->n * a->nf;
   p->batch = a->batch > 0 ? a->batch : devpipe_batch_size(p->n, a->nf, 1, (size_t)256 << 20);
   p->cv = ce_malloc_array((size_t)p->batch, 3 * sizeof *p->cv, "pipeline cubes");
-  p->hv = ce_malloc_array((size_t)p->batch, 3 * sizeof *p->hv, "pipeline cubes");
-  if (!p->cv || !p->hv) {
+  if (!p->cv) {
     devpipe_close(p);
     return -1;
   }
   p->cT = p->cv + p->batch, p->cn = p->cv + 2 * p->batch;
-  p->hT = p->hv + p->batch, p->hn = p->hv + 2 * p->batch;
   p->impl = impl; /* close() undoes a part-done open() too */
   if (impl->open(p, ordinal, desc, ndesc) < 0) {
     devpipe_close(p);

@@ -63,7 +63,8 @@
  * trainer's COEMU_CUDNN_API=graph runs on; compiled in beside this file);
  * the timing, the filters and the report are the probe's.
  *
- * Built and run by tests/trainer/cudnn_engine_probe.sh.
+ * Built by scripts/gpu-check-trainer.sh (beside trainer_gpu_check, on the
+ * cuDNN it finds); run by scripts/gpu-tune.sh.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <cuda_runtime_api.h>

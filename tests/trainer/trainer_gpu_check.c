@@ -217,16 +217,47 @@ static int precision_curves(const nn_backend *be, const curve_opts *c) {
 }
 
 
-/* A bench batch of B samples: inputs uniform in [-1, 1), targets in [0, 1)
- * (the same every time: seed 1234); *x or *t NULL when out of memory. */
-static void bench_batch(const coemunet_config *cfg, int B, float **x, float **t) {
+/* A bench's model on backend be at one precision and batch B, its batch
+ * (inputs uniform in [-1, 1), targets in [0, 1), the same every time: seed
+ * 1234) and, to train, Adam and the trainer: rig_open (0, or -1 with a
+ * message; rig_close either way), rig_close. */
+typedef struct {
+  coemunet m;
+  adam o;
+  trainer tr;
+  adam_config ac;
+  float *x, *t;
+  int built, train;
+} bench_rig;
+
+static int rig_open(bench_rig *r, const nn_backend *be, const coemunet_config *cfg, int B,
+                    int precision, int train) {
+  memset(r, 0, sizeof *r);
+  r->train = train;
+  r->ac = adam_default();
   const size_t nx = (size_t)B * 3 * cfg->grid * cfg->grid * cfg->grid;
   const size_t nt = (size_t)B * cfg->nfreq * cfg->grid * cfg->grid;
-  *x = (float *)malloc(sizeof(float) * nx), *t = (float *)malloc(sizeof(float) * nt);
+  r->x = (float *)malloc(sizeof(float) * nx), r->t = (float *)malloc(sizeof(float) * nt);
+  if (!r->x || !r->t) return ce_err("out of memory");
   ce_rng g = ce_rng_make(1234, 0, 0, 1);
-  for (size_t i = 0; *x && i < nx; i++) (*x)[i] = (float)(2 * ce_rng_uniform(&g) - 1);
-  for (size_t i = 0; *t && i < nt; i++) (*t)[i] = (float)ce_rng_uniform(&g);
+  for (size_t i = 0; i < nx; i++) r->x[i] = (float)(2 * ce_rng_uniform(&g) - 1);
+  for (size_t i = 0; i < nt; i++) r->t[i] = (float)ce_rng_uniform(&g);
+  CE_TRY(coemunet_build_on(&r->m, cfg, 1234, be));
+  r->built = 1;
+  CE_TRY(nn_set_precision(&r->m.net, precision));
+  CE_TRY(nn_set_batch(&r->m.net, B));
+  if (train) CE_TRY(adam_init(&r->o, &r->m.net, &r->ac));
+  return trainer_init(&r->tr, &r->m, train ? &r->o : NULL);
 }
+
+static void rig_close(bench_rig *r) {
+  trainer_free(&r->tr);
+  if (r->train) adam_free(&r->o);
+  if (r->built) coemunet_free(&r->m);
+  free(r->x);
+  free(r->t);
+}
+
 /* ---- speed -------------------------------------------------------------- */
 
 static int sync_backend(const nn_net *net) {
@@ -241,41 +272,29 @@ static void bench(const nn_backend *be, const char *prec, int precision, int bat
   const int sizes[2] = {batch, infer_batch};
   for (int pass = 0; pass < 2; pass++) {
     const int B = sizes[pass];
-    coemunet m;
-    adam o;
-    trainer tr;
-    memset(&o, 0, sizeof o);
-    memset(&tr, 0, sizeof tr);
-    float *x, *t;
-    bench_batch(&cfg, B, &x, &t);
-    adam_config ac = adam_default();
-    int rc = x && t ? coemunet_build_on(&m, &cfg, 1234, be) : ce_err("out of memory");
-    int built = rc == 0;
-    if (rc == 0) rc = nn_set_precision(&m.net, precision);
-    if (rc == 0) rc = nn_set_batch(&m.net, B);
-    if (rc == 0 && pass == 0) rc = adam_init(&o, &m.net, &ac);
-    if (rc == 0) rc = trainer_init(&tr, &m, pass == 0 ? &o : NULL);
+    bench_rig r;
+    int rc = rig_open(&r, be, &cfg, B, precision, pass == 0);
     loss_value lv;
     double secs = 0;
     if (pass == 0) {
-      for (int i = 0; i < 3 && rc == 0; i++) rc = trainer_step(&tr, x, t, ac.lr, &lv);
-      if (rc == 0) rc = sync_backend(&m.net);
+      for (int i = 0; i < 3 && rc == 0; i++) rc = trainer_step(&r.tr, r.x, r.t, r.ac.lr, &lv);
+      if (rc == 0) rc = sync_backend(&r.m.net);
       double t0 = now();
-      for (int i = 0; i < iters && rc == 0; i++) rc = trainer_step(&tr, x, t, ac.lr, &lv);
-      if (rc == 0) rc = sync_backend(&m.net);
+      for (int i = 0; i < iters && rc == 0; i++) rc = trainer_step(&r.tr, r.x, r.t, r.ac.lr, &lv);
+      if (rc == 0) rc = sync_backend(&r.m.net);
       secs = now() - t0;
     } else { /* inference: input in, forward (evaluation mode), nothing out but a sync */
       for (int i = 0; i < 3 && rc == 0; i++) {
-        rc = nn_input_upload(&m.net, m.input, x);
-        if (rc == 0) rc = nn_forward(&m.net, 0);
+        rc = nn_input_upload(&r.m.net, r.m.input, r.x);
+        if (rc == 0) rc = nn_forward(&r.m.net, 0);
       }
-      if (rc == 0) rc = sync_backend(&m.net);
+      if (rc == 0) rc = sync_backend(&r.m.net);
       double t0 = now();
       for (int i = 0; i < iters && rc == 0; i++) {
-        rc = nn_input_upload(&m.net, m.input, x);
-        if (rc == 0) rc = nn_forward(&m.net, 0);
+        rc = nn_input_upload(&r.m.net, r.m.input, r.x);
+        if (rc == 0) rc = nn_forward(&r.m.net, 0);
       }
-      if (rc == 0) rc = sync_backend(&m.net);
+      if (rc == 0) rc = sync_backend(&r.m.net);
       secs = now() - t0;
     }
     if (rc < 0)
@@ -286,11 +305,7 @@ static void bench(const nn_backend *be, const char *prec, int precision, int bat
              be->name, prec, B, (double)B * iters / secs);
     fflush(stdout);
     if (rc < 0) failures++;
-    trainer_free(&tr);
-    if (pass == 0) adam_free(&o);
-    if (built) coemunet_free(&m);
-    free(x);
-    free(t);
+    rig_close(&r);
   }
 }
 
@@ -309,30 +324,19 @@ static int times_run(const nn_backend *be, const char *prec, int tf32, int batch
                      int grid) {
   coemunet_config cfg = coemunet_default(7);
   cfg.grid = grid;
-  coemunet m;
-  adam o;
-  trainer tr;
-  memset(&o, 0, sizeof o);
-  memset(&tr, 0, sizeof tr);
-  float *x, *t;
-  bench_batch(&cfg, batch, &x, &t);
-  adam_config ac = adam_default();
   /* the plans' timed algorithms (COEMU_CUDNN_VERBOSE) follow this line in the log */
   fprintf(stderr, "trainer-check: times %s %s: the plans of batch %d\n", be->name, prec, batch);
-  int rc = x && t ? nn_cuda_set_tf32(tf32) : ce_err("out of memory");
-  if (rc == 0) rc = coemunet_build_on(&m, &cfg, 1234, be);
-  int built = rc == 0;
-  if (rc == 0) rc = nn_set_precision(&m.net, NN_FLOAT32);
-  if (rc == 0) rc = nn_set_batch(&m.net, batch);
-  if (rc == 0) rc = adam_init(&o, &m.net, &ac);
-  if (rc == 0) rc = trainer_init(&tr, &m, &o);
+  bench_rig r;
+  memset(&r, 0, sizeof r); /* rig_close's, if tf32 cannot be set */
+  int rc = nn_cuda_set_tf32(tf32); /* before the plans are made (nn_set_batch) */
+  if (rc == 0) rc = rig_open(&r, be, &cfg, batch, NN_FLOAT32, 1);
   loss_value lv;
-  for (int i = 0; i < 2 && rc == 0; i++) rc = trainer_step(&tr, x, t, ac.lr, &lv);
-  if (rc == 0) rc = sync_backend(&m.net);
+  for (int i = 0; i < 2 && rc == 0; i++) rc = trainer_step(&r.tr, r.x, r.t, r.ac.lr, &lv);
+  if (rc == 0) rc = sync_backend(&r.m.net);
   if (rc == 0) rc = nn_cuda_times_reset();
   double t0 = now();
-  for (int i = 0; i < steps && rc == 0; i++) rc = trainer_step(&tr, x, t, ac.lr, &lv);
-  if (rc == 0) rc = sync_backend(&m.net);
+  for (int i = 0; i < steps && rc == 0; i++) rc = trainer_step(&r.tr, r.x, r.t, r.ac.lr, &lv);
+  if (rc == 0) rc = sync_backend(&r.m.net);
   const double secs = now() - t0;
   char label[96];
   snprintf(label, sizeof label, "trainer-check: times %s %s", be->name, prec);
@@ -345,12 +349,8 @@ static int times_run(const nn_backend *be, const char *prec, int tf32, int batch
     printf("trainer-check: times %s %s batch=%d: error: %s\n", be->name, prec, batch,
            ce_err_msg());
   fflush(stdout);
-  trainer_free(&tr);
-  adam_free(&o);
-  if (built) coemunet_free(&m);
+  rig_close(&r);
   nn_cuda_set_tf32(0);
-  free(x);
-  free(t);
   return rc;
 }
 #endif

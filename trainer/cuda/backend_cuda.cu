@@ -428,11 +428,17 @@ static void *scratch(size_t bytes) {
 
 /* ---- process setup ------------------------------------------------------ */
 
+/* call k without its graph plan (COEMU_CUDNN_API=graph): the legacy
+ * algorithm from now on */
+static void graph_drop(conv_plan *p, int k) {
+  cg_plan_destroy(p->gp[k]);
+  cg_graph_destroy(p->gg[k]);
+  p->gp[k] = NULL;
+  p->gg[k] = NULL;
+}
+
 static void destroy_plan(conv_plan *p) {
-  for (int k = 0; k < 3; k++) {
-    cg_plan_destroy(p->gp[k]);
-    cg_graph_destroy(p->gg[k]);
-  }
+  for (int k = 0; k < 3; k++) graph_drop(p, k);
   if (p->x) cudnnDestroyTensorDescriptor(p->x);
   if (p->y) cudnnDestroyTensorDescriptor(p->y);
   if (p->b) cudnnDestroyTensorDescriptor(p->b);
@@ -1363,10 +1369,7 @@ static int graph_plan(conv_plan *p, int k, void *const t[3]) {
     shape_text(sh, sizeof sh, p);
     fprintf(stderr, "coemu: cuDNN graph API: no usable engine for the %s of %s (%s); that call "
             "uses the legacy API\n", CALL_NAME[k], sh, cg_error());
-    cg_plan_destroy(p->gp[k]);
-    cg_graph_destroy(p->gg[k]);
-    p->gp[k] = NULL;
-    p->gg[k] = NULL;
+    graph_drop(p, k);
     cudaGetLastError(); /* a non-sticky error of the search is not the next call's */
     return 0;
   }
@@ -1498,10 +1501,7 @@ static int conv_run(conv_plan *p, int k, const void *x, const void *w, const voi
     shape_text(sh, sizeof sh, p);
     fprintf(stderr, "coemu: cuDNN graph API: the %s of %s failed (%s); that call uses the legacy "
             "API from now on\n", CALL_NAME[k], sh, cg_error());
-    cg_plan_destroy(p->gp[k]);
-    cg_graph_destroy(p->gg[k]);
-    p->gp[k] = NULL;
-    p->gg[k] = NULL;
+    graph_drop(p, k);
     if (!p->legacy_found[k] && legacy_find(p, k, ws, 0) < 0)
       return ce_err_prefix("%s: the legacy algorithm after the graph engine failed", what);
   }
