@@ -1183,6 +1183,35 @@ int sampler_device_sample_dev(sampler_device *s, int ncube, const double (*q)[4]
   return device_sample(s, ncube, q, o, dev, v_los, T, n_co);
 }
 
+void *sampler_device_host_alloc(int ordinal, size_t bytes, int *pinned) {
+  *pinned = 0;
+#ifdef COEMU_HAVE_CUDA
+  void *p = sampler_cuda_host_alloc(ordinal, bytes);
+  if (p) {
+    *pinned = 1;
+    return p;
+  }
+#endif
+#ifndef COEMU_HAVE_CUDA
+  (void)ordinal;
+#endif
+  void *h = malloc(bytes ? bytes : 1);
+  if (!h) ce_err("sampler: out of host memory (%zu bytes for cubes)", bytes);
+  return h;
+}
+
+void sampler_device_host_free(void *p, int pinned) {
+#ifdef COEMU_HAVE_CUDA
+  if (pinned) {
+    sampler_cuda_host_free(p);
+    return;
+  }
+#else
+  (void)pinned;
+#endif
+  free(p);
+}
+
 void sampler_device_close(sampler_device *s) {
   if (!s) return;
 #ifdef COEMU_HAVE_CUDA

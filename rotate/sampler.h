@@ -151,6 +151,16 @@ int sampler_device_supports(int r);
  * by one thread at a time. Close it before s. */
 int sampler_device_open_sibling(sampler_device *s, sampler_device **out);
 void sampler_device_close(sampler_device *s);
+/* Host memory for cubes a device sampler brings back: page-locked where
+ * CUDA is built and device `ordinal` (as sampler_device_open's) can be used
+ * (*pinned = 1), so that rows laid
+ * out as the device's buffer (cube c's v_los, T, n_co back to back from
+ * the start, 3 n^3 floats a cube) are filled by one copy straight from the
+ * device at the bus's rate; else plain malloc (*pinned = 0). NULL with a
+ * message when neither can be had. Free with sampler_device_host_free and
+ * the same pinned. */
+void *sampler_device_host_alloc(int ordinal, size_t bytes, int *pinned);
+void sampler_device_host_free(void *p, int pinned);
 int sample_cube_fields(const ce_model *m, const double q[4], const sampler_opts *o, float *v_los,
                        float *T, float *n_co, int nextra, const float *const *fields,
                        const float *bg_fields, float *const *out);

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "common/cuda_check.h"
+#include "common/rows.h"
 #include "rotate/sampler_body_linear.h"
 #include "rotate/sampler_cuda.h"
 
@@ -159,6 +160,17 @@ extern "C" int sampler_cuda_open(const sampler_flat *F, int64_t nleaves, int64_t
   return 0;
 }
 
+/* 1 when nc cubes' host arrays are one page-locked block in the device
+ * buffer's own layout (cube c's v_los, T, n_co back to back from v[0] +
+ * 3 c n^3: sampler_device_host_alloc's rows): then one copy puts them
+ * there at the bus's rate, with no staging buffer and no host copy after */
+static int cubes_direct(int nc, size_t vox, float *const *v, float *const *T, float *const *n) {
+  if (!ce_rows_one_block((const void *const *)v, nc, 3 * vox * sizeof(float))) return 0;
+  for (int c = 0; c < nc; c++)
+    if (T[c] != v[c] + vox || n[c] != v[c] + 2 * vox) return 0;
+  return ce_cuda_host_pinned(v[0]) && ce_cuda_host_pinned(v[nc - 1] + 3 * vox - 1);
+}
+
 /* v == NULL: the cubes stay in d_out (sampler_cuda_sample_dev) */
 static int sample_chunk(sampler_cuda *d, int nc, const sampler_geo *G, float *const *v,
                         float *const *T, float *const *n) {
@@ -173,12 +185,13 @@ static int sample_chunk(sampler_cuda *d, int nc, const sampler_geo *G, float *co
   sb_voxels_kernel<<<grid_for(vox * nc), BLOCK, 0, d->stream>>>(
       d->F, d->d_geo, nc, vox, idx_per, (const unsigned char *)d->d_idx, d->d_out);
   CU(cudaGetLastError(), "launching the voxel kernel");
+  const int direct = v && cubes_direct(nc, (size_t)vox, v, T, n);
   if (v)
-    CU(cudaMemcpyAsync(d->h_out, d->d_out, (size_t)nc * 3 * vox * sizeof(float),
+    CU(cudaMemcpyAsync(direct ? v[0] : d->h_out, d->d_out, (size_t)nc * 3 * vox * sizeof(float),
                        cudaMemcpyDeviceToHost, d->stream),
        "cudaMemcpyAsync (cubes to the host)");
   CU(cudaStreamSynchronize(d->stream), "the sampler's kernels (cudaStreamSynchronize)");
-  if (!v) return 0;
+  if (!v || direct) return 0;
   for (int c = 0; c < nc; c++) {
     const float *o = d->h_out + (size_t)c * 3 * vox;
     memcpy(v[c], o, vox * sizeof(float));
@@ -266,6 +279,25 @@ extern "C" int sampler_cuda_open_sibling(sampler_cuda *d, sampler_cuda **out) {
   }
   *out = s;
   return 0;
+}
+
+extern "C" void *sampler_cuda_host_alloc(int ordinal, size_t bytes) {
+  /* on the device the caller's handles use (sampler_cuda_open's choice), so
+   * that a rank of a multi-GPU node makes no context on device 0; portable:
+   * page-locked for every context */
+  void *p = NULL;
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count < 1 ||
+      cudaSetDevice((ordinal < 0 ? 0 : ordinal) % count) != cudaSuccess ||
+      cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocPortable) != cudaSuccess) {
+    (void)cudaGetLastError(); /* the caller falls back to pageable memory */
+    return NULL;
+  }
+  return p;
+}
+
+extern "C" void sampler_cuda_host_free(void *p) {
+  if (p) cudaFreeHost(p);
 }
 
 extern "C" void sampler_cuda_close(sampler_cuda *d) {

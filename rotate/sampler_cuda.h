@@ -33,7 +33,11 @@ int sampler_cuda_sample(sampler_cuda *d, int ncube, const sampler_geo *G, float 
 /* The first cubes of the same, left in device memory for the device's solver:
  * returns how many (1..ncube: as many as one chunk holds), *dev their
  * cells (cube c: v_los, T, n_co of n^3 floats each from dev + 3 c n^3), valid
- * until the next call; the host copies too where v_los is not NULL. */
+ * until the next call; the host copies too where v_los is not NULL. Host
+ * arrays that are one page-locked block in the device's layout (cube c's
+ * v_los, T, n_co back to back from v_los[0] + 3 c n^3, as
+ * sampler_cuda_host_alloc's rows) take the cubes in one copy, straight
+ * from the device; any others through a staging buffer. */
 int sampler_cuda_sample_dev(sampler_cuda *d, int ncube, const sampler_geo *G, const float **dev,
                             float *const *v_los, float *const *T, float *const *n_co);
 /* A second handle on d's model (the same device arrays, not uploaded
@@ -42,6 +46,13 @@ int sampler_cuda_sample_dev(sampler_cuda *d, int ncube, const sampler_geo *G, co
  * it before d. */
 int sampler_cuda_open_sibling(sampler_cuda *d, sampler_cuda **out);
 void sampler_cuda_close(sampler_cuda *d);
+/* bytes of page-locked host memory (cudaHostAlloc, portable), made with
+ * device `ordinal` (modulo the devices present, as sampler_cuda_open)
+ * current; NULL when it cannot be had (no device, no memory: the error is
+ * cleared); free with sampler_cuda_host_free. sampler.h's
+ * sampler_device_host_alloc wraps it. */
+void *sampler_cuda_host_alloc(int ordinal, size_t bytes);
+void sampler_cuda_host_free(void *p);
 
 #ifdef __cplusplus
 }

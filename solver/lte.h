@@ -82,7 +82,10 @@ int lte_solve_batch_f32(const lte_line *L, const double *freqs, int nf, int ncub
  * every value the float64 image's rounded once, as pipeline/generate/
  * devpipe.h's devpipe_image_to_targets would make it) into host memory:
  * the device makes them, so half the images' bytes come back and the host
- * does no transpose (lte_kernel_batch.targets). A backend without a
+ * does no transpose (lte_kernel_batch.targets); targets that are one
+ * page-locked block (targets[c] = targets[0] + c nf nx ny floats, e.g.
+ * from rotate/sampler.h's sampler_device_host_alloc) take them in one copy
+ * straight from the device, others through a staging buffer. A backend without a
  * solve_dev (cpu) is an error. A bad cell cannot be located in device
  * memory: the call then returns LTE_KERNEL_BAD_INPUT (1) with a message
  * saying so, and the caller solves those cubes on the host to name it. */

@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "common/cuda_check.h"
+#include "common/rows.h"
 #include "solver/lte_kernel_body.h"
 
 #define NSLOT 2    /* streams (and buffer sets) in flight */
@@ -96,6 +97,7 @@ typedef struct {
   unsigned char *dev;   /* one device allocation, cut below */
   unsigned char *pin;   /* one pinned host allocation: cells in, images and flags out */
   int busy, c0, nc;     /* a chunk in flight: cubes [c0, c0 + nc) */
+  int direct;           /* its targets copied straight into the caller's rows */
 } slot;
 
 static struct {
@@ -283,7 +285,9 @@ static int slot_finish(slot *s, const sizes *z, const lte_kernel_batch *B, int *
   CU(cudaStreamSynchronize(s->stream), "the kernels (cudaStreamSynchronize)");
   pinned p = pinned_of(s, z, s->nc);
   const size_t nimg = z->npix * B->nf;
-  if (B->targets) /* float32 targets, back to back in the images' place */
+  if (B->targets && s->direct) {
+    /* already in the caller's rows */
+  } else if (B->targets) /* float32 targets, back to back in the images' place */
     for (int c = 0; c < s->nc; c++)
       memcpy(B->targets[s->c0 + c], (const float *)p.image + c * nimg, nimg * sizeof(float));
   else
@@ -299,6 +303,7 @@ static int slot_finish(slot *s, const sizes *z, const lte_kernel_batch *B, int *
 static int slot_launch(slot *s, const sizes *z, const lte_kernel_model *Md,
                        const lte_kernel_batch *B, int c0, int nc, int dev) {
   pinned p = pinned_of(s, z, nc);
+  s->direct = 0;
   const void *const *src[5] = {B->v, B->T, B->n, B->pop_l, B->pop_u};
   const size_t cbytes = z->ncell * z->esz;
   if (!dev)
@@ -366,8 +371,14 @@ static int slot_launch(slot *s, const sizes *z, const lte_kernel_model *Md,
     v.targets = dtargets;
     lte_targets_kernel<<<grid_for(v.nray * v.nf), BLOCK, 0, s->stream>>>(v);
     CU(cudaGetLastError(), "launching the targets kernel");
-    CU(cudaMemcpyAsync(p.image, v.targets, z->npix * B->nf * sizeof(float) * nc,
-                       cudaMemcpyDeviceToHost, s->stream),
+    /* rows that are one page-locked block (the pipeline's) take them in
+     * one copy, with no host copy after (common/rows.h) */
+    const size_t tbytes = z->npix * B->nf * sizeof(float);
+    s->direct = ce_rows_one_block((const void *const *)(B->targets + c0), nc, tbytes) &&
+                ce_cuda_host_pinned(B->targets[c0]) &&
+                ce_cuda_host_pinned((const char *)B->targets[c0 + nc - 1] + tbytes - 1);
+    CU(cudaMemcpyAsync(s->direct ? (void *)B->targets[c0] : (void *)p.image, v.targets,
+                       tbytes * nc, cudaMemcpyDeviceToHost, s->stream),
        "cudaMemcpyAsync (targets to the host)");
   } else
     CU(cudaMemcpyAsync(p.image, dimage, z->npix * B->nf * sizeof(double) * nc,

@@ -120,7 +120,7 @@ static int cpu_run(devpipe *p, int nc, const double (*q)[4], float *const *tg, f
 
 static void cpu_close(devpipe *p) { (void)p; }
 
-const devpipe_impl devpipe_cpu = {"cpu", cpu_open, cpu_run, cpu_close, 0};
+const devpipe_impl devpipe_cpu = {"cpu", cpu_open, cpu_run, cpu_close, 0, 0};
 
 /* ---------------------------------------------------------------------- */
 /* cuda: sampled on the device, solved there from device pointers */
@@ -273,7 +273,7 @@ static void cuda_close(devpipe *p) {
   sampler_device_close(p->sd);
 }
 
-const devpipe_impl devpipe_cuda = {"cuda", cuda_open, cuda_run, cuda_close, 1};
+const devpipe_impl devpipe_cuda = {"cuda", cuda_open, cuda_run, cuda_close, 1, 1};
 
 /* ---------------------------------------------------------------------- */
 /* The driver */
@@ -283,6 +283,16 @@ const devpipe_impl *devpipe_impl_for(lte_backend b, int recon) {
   if (b == LTE_BACKEND_CUDA && sampler_device_supports(recon)) return &devpipe_cuda;
   return NULL;
 }
+
+void *devpipe_host_alloc(const devpipe_impl *impl, int ordinal, size_t bytes, int *pinned) {
+  *pinned = 0;
+  if (impl->pinned_host) return sampler_device_host_alloc(ordinal, bytes, pinned);
+  void *h = malloc(bytes ? bytes : 1);
+  if (!h) ce_err("sample + solve pipeline: out of host memory (%zu bytes for rows)", bytes);
+  return h;
+}
+
+void devpipe_host_free(void *p, int pinned) { sampler_device_host_free(p, pinned); }
 
 void devpipe_close(devpipe *p) {
   if (!p) return;

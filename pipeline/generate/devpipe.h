@@ -78,6 +78,8 @@ typedef struct devpipe_impl {
    * batch): it cuts them into chunks of at most batch itself, so that it
    * can overlap one chunk's solve with the next one's sampling (cuda) */
   int whole;
+  /* 1: run()'s host rows are best page-locked (devpipe_host_alloc) */
+  int pinned_host;
 } devpipe_impl;
 
 extern const devpipe_impl devpipe_cpu, devpipe_cuda;
@@ -97,6 +99,16 @@ uint64_t devpipe_row_hash(const float *row, size_t nfloats);
  * as float64, plus the input cubes when with_inputs), at least 1, at most
  * 256. */
 int devpipe_batch_size(int n, int nf, int with_inputs, size_t cap_bytes);
+
+/* Host memory for run()'s targets and inputs, to be cut into rows back to
+ * back (row c at the start + c row bytes): page-locked where impl wants it
+ * and device `ordinal` (devpipe_open's) can be used (*pinned = 1; rotate/sampler.h's
+ * sampler_device_host_alloc), so that a chunk's cubes and targets come
+ * back in one copy each straight into such rows, at the bus's rate, with no
+ * host copy after; plain malloc otherwise (*pinned = 0). NULL with a
+ * message. Free with devpipe_host_free and the same pinned. */
+void *devpipe_host_alloc(const devpipe_impl *impl, int ordinal, size_t bytes, int *pinned);
+void devpipe_host_free(void *p, int pinned);
 
 int devpipe_open(const devpipe_impl *impl, const devpipe_args *a, int ordinal, devpipe **out,
                  char *desc, size_t ndesc);

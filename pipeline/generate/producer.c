@@ -65,8 +65,11 @@ typedef struct {
   int64_t plan_first, plan_end;         /* samples generate will ask for next */
   int64_t host_until;        /* samples before it: the per-sample path (a batch held a bad cell) */
   double (*dp_q)[4];
+  /* rows in one block each, page-locked for a device (devpipe_host_alloc:
+   * its chunks come back in one copy, straight there) */
   float *dp_tgbuf, **dp_tg;  /* [dp_batch] targets */
   float *dp_inbuf, **dp_in;  /* [dp_batch_in] inputs, made when a caller first wants them */
+  int dp_tg_pinned, dp_in_pinned;
   uint64_t *dp_hash;         /* [dp_batch] the input rows' checksums (devpipe_row_hash) */
   float *in_scratch;         /* images-only on the per-sample path: the cube hashed, n^3 x 3 */
 } producer_ctx;
@@ -103,7 +106,8 @@ static void producer_close(void *vctx) {
   producer_ctx *c = vctx;
   if (!c) return;
   devpipe_close(c->dp);
-  free(c->dp_q), free(c->dp_tgbuf), free(c->dp_tg), free(c->dp_inbuf), free(c->dp_in);
+  devpipe_host_free(c->dp_tgbuf, c->dp_tg_pinned), devpipe_host_free(c->dp_inbuf, c->dp_in_pinned);
+  free(c->dp_q), free(c->dp_tg), free(c->dp_in);
   free(c->dp_hash), free(c->in_scratch);
   model_lru_free(c->models);
   if (c->lvg) nlte_model_free(&c->M);
@@ -206,7 +210,8 @@ static void producer_plan(void *vctx, int64_t first, int64_t count) {
  * images-only jobs never ask). */
 static int pipeline_inputs_alloc(producer_ctx *c) {
   const size_t nin = 3 * (size_t)c->j->n * c->j->n * c->j->n;
-  c->dp_inbuf = ce_malloc_array((size_t)c->dp_batch_in, nin * sizeof(float), "pipeline samples");
+  c->dp_inbuf = devpipe_host_alloc(c->dpi, c->ordinal, (size_t)c->dp_batch_in * nin * sizeof(float),
+                                   &c->dp_in_pinned);
   c->dp_in = ce_malloc_array((size_t)c->dp_batch_in, sizeof *c->dp_in, "pipeline samples");
   if (!c->dp_inbuf || !c->dp_in) return -1;
   for (int i = 0; i < c->dp_batch_in; i++) c->dp_in[i] = c->dp_inbuf + (size_t)i * nin;
@@ -457,7 +462,8 @@ static int pipeline_open(producer_ctx *c) {
   c->dp_batch_in = devpipe_batch_size(j->n, j->nf, 1, (size_t)256 << 20);
   c->dp_batch = devpipe_batch_size(j->n, j->nf, j->store_inputs, (size_t)256 << 20);
   c->dp_q = ce_malloc_array((size_t)c->dp_batch, sizeof *c->dp_q, "pipeline directions");
-  c->dp_tgbuf = ce_malloc_array((size_t)c->dp_batch, ntg * sizeof(float), "pipeline samples");
+  c->dp_tgbuf = devpipe_host_alloc(c->dpi, c->ordinal, (size_t)c->dp_batch * ntg * sizeof(float),
+                                   &c->dp_tg_pinned);
   c->dp_tg = ce_malloc_array((size_t)c->dp_batch, sizeof *c->dp_tg, "pipeline samples");
   c->dp_hash = ce_malloc_array((size_t)c->dp_batch, sizeof *c->dp_hash, "pipeline checksums");
   if (!c->dp_q || !c->dp_tgbuf || !c->dp_tg || !c->dp_hash) return -1;

@@ -14,6 +14,7 @@
 #include "common/fsutil.h"
 #include "common/image.h"
 #include "common/npy.h"
+#include "common/rows.h"
 #include "common/rng.h"
 
 static const char *tmpdir;
@@ -209,6 +210,22 @@ static void test_lock_dir(void) {
   rmdir(dir);
 }
 
+/* common/rows.h: one block means row c at row 0 + c * stride, every c */
+static void test_rows_one_block(void) {
+  float buf[40];
+  const void *rows[4] = {buf, buf + 10, buf + 20, buf + 30};
+  CHECK(ce_rows_one_block(rows, 4, 10 * sizeof(float)));
+  CHECK(ce_rows_one_block(rows, 1, 12345)); /* one row is a block at any stride */
+  CHECK(!ce_rows_one_block(rows, 4, 9 * sizeof(float)));
+  CHECK(!ce_rows_one_block(rows, 0, 10 * sizeof(float)));
+  const void *swapped[4] = {buf, buf + 20, buf + 10, buf + 30};
+  CHECK(!ce_rows_one_block(swapped, 4, 10 * sizeof(float)));
+  const void *last_off[4] = {buf, buf + 10, buf + 20, buf + 31};
+  CHECK(!ce_rows_one_block(last_off, 4, 10 * sizeof(float)));
+  const void *none[1] = {NULL};
+  CHECK(!ce_rows_one_block(none, 1, 10));
+}
+
 int main(void) {
   tmpdir = check_scratch("test_common");
   RUN(test_alloc_limits);
@@ -219,6 +236,7 @@ int main(void) {
   RUN(test_xxh64);
   RUN(test_png);
   RUN(test_lock_dir);
+  RUN(test_rows_one_block);
   check_scratch_remove();
   return check_report();
 }

@@ -13,7 +13,9 @@
  * path's images are held to the same rule (so a wrong rule cannot pass the
  * device alone). Then the sample + solve benchmark: batches of directions
  * of model 0 through the pipeline, images only and with the inputs, for
- * constant and linear.
+ * constant and linear. The pipeline's host rows are one block each,
+ * page-locked on a device (devpipe_host_alloc, as the producer's), so the
+ * cubes and targets come back in one copy per chunk straight into them.
  * Images only (the pipeline's path for datasets that do not store inputs):
  * the same directions again without input buffers, the pipeline hashing
  * each cube where it was made; every row's XXH64 must equal the CPU row's
@@ -24,6 +26,8 @@
  *   gpu_devpipe_bench sample+solve constant 64^3x7 k=2 images_only batch=256 samples_per_s ...
  *     bytes_back_per_sample ... (the targets, float32, and the row's XXH64); per batch:
  *     sample, solve, checksum wait, host transposes (ms)
+ *   gpu_devpipe_bench sample+solve constant 64^3x7 k=2 images_only_no_checksums batch=256 ...
+ *     (the same without the cubes' checksums: what hashing beside the solve costs)
  *   gpu_devpipe_bench sample+solve constant 64^3x7 k=2 with_inputs batch=64 samples_per_s ... GB_per_s ...
  *   (the same two for linear, the default reconstruction of new jobs)
  * --cpu puts the CPU implementation of the same table in the device's place
@@ -135,8 +139,18 @@ int main(int argc, char **argv) {
   uint64_t *hash = calloc((size_t)maxd, sizeof *hash);
   if (!q || !cin || !ctg || !din || !dtg || !ref || !noise || !wv || !htg || !hash)
     return fail("memory");
+  /* the pipeline's rows as the producer makes them: one block each,
+   * page-locked on a device (devpipe_host_alloc), so that the parity below
+   * covers the copies straight into them (the images-only run's htg rows,
+   * separate allocations, take the staging path) */
+  int din_pinned, dtg_pinned;
+  float *dinb = devpipe_host_alloc(impl, 0, (size_t)maxd * nin * sizeof(float), &din_pinned);
+  float *dtgb = devpipe_host_alloc(impl, 0, (size_t)maxd * ntg * sizeof(float), &dtg_pinned);
+  if (!dinb || !dtgb) return fail("memory");
+  printf("gpu_devpipe_check %s: the pipeline's host rows (inputs, targets) %s\n", impl->name,
+         din_pinned && dtg_pinned ? "page-locked, one block each" : "pageable, one block each");
   for (int d = 0; d < maxd; d++) {
-    din[d] = malloc(nin * sizeof(float)), dtg[d] = malloc(ntg * sizeof(float));
+    din[d] = dinb + (size_t)d * nin, dtg[d] = dtgb + (size_t)d * ntg;
     if (d < ndir)
       cin[d] = malloc(nin * sizeof(float)), ctg[d] = malloc(ntg * sizeof(float)),
       htg[d] = malloc(ntg * sizeof(float));
@@ -236,6 +250,15 @@ int main(int argc, char **argv) {
                  rn, nov == 2 && ov ? " overlap" : "", n, n, n, nf, nbench, nbench / med, b_img,
                  nbench * b_img / med / 1e9,
                  ph.sample * 1e3, ph.solve * 1e3, ph.hash_wait * 1e3, ph.targets * 1e3);
+          /* the same without the checksums: what hashing the cubes beside
+           * the solve costs it (the first device runs' images-only solve
+           * took ~1.8x the one with inputs) */
+          if (bench(p, nbench, reps, (const double (*)[4])q, dtg, NULL, NULL, &med, &ph) < 0)
+            return fail("bench");
+          printf("gpu_devpipe_bench sample+solve %s%s %dx%dx%dx%d k=2 images_only_no_checksums "
+                 "batch=%d samples_per_s %.0f; per batch: sample %.1f ms, solve %.1f ms\n",
+                 rn, nov == 2 && ov ? " overlap" : "", n, n, n, nf, nbench, nbench / med,
+                 ph.sample * 1e3, ph.solve * 1e3);
           if (bench(p, nbench, reps, (const double (*)[4])q, dtg, din, NULL, &med, &ph) < 0)
             return fail("bench");
           printf("gpu_devpipe_bench sample+solve %s%s %dx%dx%dx%d k=2 with_inputs batch=%d samples_per_s "
@@ -252,7 +275,8 @@ int main(int argc, char **argv) {
       dpf_close(&S);
     }
   }
-  for (int d = 0; d < maxd; d++) free(din[d]), free(dtg[d]), free(cin[d]), free(ctg[d]);
+  devpipe_host_free(dinb, din_pinned), devpipe_host_free(dtgb, dtg_pinned);
+  for (int d = 0; d < maxd; d++) free(cin[d]), free(ctg[d]);
   for (int d = 0; d < ndir; d++) free(htg[d]);
   free(htg), free(hash);
   free(q), free(cin), free(ctg), free(din), free(dtg), free(ref), free(noise), free(wv);

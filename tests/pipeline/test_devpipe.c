@@ -24,7 +24,7 @@ static int chunky_run(devpipe *p, int nc, const double (*qq)[4], float *const *t
 }
 static int chunky_open(devpipe *p, int o, char *d, size_t nd) { return devpipe_cpu.open(p, o, d, nd); }
 static void chunky_close(devpipe *p) { devpipe_cpu.close(p); }
-static const devpipe_impl chunky = {"cpu, 2 a call", chunky_open, chunky_run, chunky_close, 0};
+static const devpipe_impl chunky = {"cpu, 2 a call", chunky_open, chunky_run, chunky_close, 0, 0};
 
 /* a table that takes every remaining direction at once (devpipe_impl.whole,
  * as devpipe_cuda) and cuts them itself: devpipe_cpu 2 at a time */
@@ -41,7 +41,8 @@ static int whole_run(devpipe *p, int nc, const double (*qq)[4], float *const *tg
   }
   return nc;
 }
-static const devpipe_impl wholesale = {"cpu, all at once", chunky_open, whole_run, chunky_close, 1};
+static const devpipe_impl wholesale = {"cpu, all at once", chunky_open, whole_run, chunky_close, 1,
+                                        0};
 
 static void setup(void) {
   for (int r = 0; r < 2; r++) {
@@ -57,16 +58,26 @@ static void setup(void) {
 }
 
 /* The pipeline's outputs against the per-sample path, byte for byte: the
- * same sampler and the same CPU kernel, each ray computed alone. */
-static void run_against_reference(const devpipe_impl *impl, int r, int batch, int with_inputs) {
+ * same sampler and the same CPU kernel, each ray computed alone. block:
+ * the rows as the producer makes them (one block each, from
+ * devpipe_host_alloc), else one allocation per row. */
+static void run_against_reference_rows(const devpipe_impl *impl, int r, int batch, int with_inputs,
+                                       int block) {
   devpipe_args a = {S[r].m, &S[r].so, &S[r].line, &S[r].opt, S[r].freqs, S[r].nf, batch};
   devpipe *p = NULL;
   CHECK_OK(devpipe_open(impl, &a, 0, &p, NULL, 0));
   if (!p) return;
-  float *in[NDIR], *tg[NDIR];
+  float *in[NDIR], *tg[NDIR], *inb = NULL, *tgb = NULL;
+  int inb_pinned = 0, tgb_pinned = 0;
+  if (block) {
+    inb = devpipe_host_alloc(impl, 0, NDIR * nin * sizeof(float), &inb_pinned);
+    tgb = devpipe_host_alloc(impl, 0, NDIR * ntg * sizeof(float), &tgb_pinned);
+    CHECK(inb && tgb && !inb_pinned && !tgb_pinned); /* pageable for a CPU table */
+    memset(inb, 0, NDIR * nin * sizeof(float)), memset(tgb, 0, NDIR * ntg * sizeof(float));
+  }
   for (int d = 0; d < NDIR; d++) {
-    in[d] = calloc(nin, sizeof(float));
-    tg[d] = calloc(ntg, sizeof(float));
+    in[d] = block ? inb + d * nin : calloc(nin, sizeof(float));
+    tg[d] = block ? tgb + d * ntg : calloc(ntg, sizeof(float));
   }
   int done = -1;
   uint64_t hash[NDIR] = {0};
@@ -92,8 +103,15 @@ static void run_against_reference(const devpipe_impl *impl, int r, int batch, in
   if (with_inputs)
     CHECK_MSG(same_in == NDIR, "%s, batch %d: %d of %d input cubes equal", impl->name, batch,
               same_in, NDIR);
-  for (int d = 0; d < NDIR; d++) free(in[d]), free(tg[d]);
+  if (block)
+    devpipe_host_free(inb, inb_pinned), devpipe_host_free(tgb, tgb_pinned);
+  else
+    for (int d = 0; d < NDIR; d++) free(in[d]), free(tg[d]);
   devpipe_close(p);
+}
+
+static void run_against_reference(const devpipe_impl *impl, int r, int batch, int with_inputs) {
+  run_against_reference_rows(impl, r, batch, with_inputs, 0);
 }
 
 static void test_cpu_equals_producer(void) {
@@ -116,6 +134,32 @@ static void test_whole(void) {
   CHECK_MSG(whole_first_nc == NDIR, "whole: the first run() got %d of %d directions",
             whole_first_nc, NDIR);
   run_against_reference(&wholesale, 1, 2, 0); /* images only */
+}
+
+/* The producer's rows: one block each (devpipe_host_alloc), the same bytes */
+static void test_block_rows(void) {
+  run_against_reference_rows(&devpipe_cpu, 0, 3, 1, 1);
+  run_against_reference_rows(&wholesale, 1, 2, 1, 1);
+  run_against_reference_rows(&wholesale, 0, 2, 0, 1); /* images only */
+}
+
+/* A device table's rows without a device (CI): pageable memory that works,
+ * and nothing left behind: the device pipeline's message afterwards is
+ * still the one about the device */
+static void test_host_rows_without_device(void) {
+  int pinned = -1;
+  const size_t bytes = (size_t)3 << 20;
+  unsigned char *b = devpipe_host_alloc(&devpipe_cuda, 0, bytes, &pinned);
+  CHECK(b != NULL && (pinned == 0 || pinned == 1));
+  if (!b) return;
+  memset(b, 0x5a, bytes); /* every byte is ours (ASan builds check) */
+  CHECK(b[0] == 0x5a && b[bytes - 1] == 0x5a);
+  devpipe_host_free(b, pinned);
+  if (getenv("COEMU_REQUIRE_DEVICE")) return;
+  CHECK_MSG(pinned == 0, "page-locked memory on a host without a device");
+  unsigned char *c = devpipe_host_alloc(&devpipe_cpu, 0, 0, &pinned); /* 0 bytes: still a pointer */
+  CHECK(c != NULL && pinned == 0);
+  devpipe_host_free(c, pinned);
 }
 
 /* The references differ between directions, so a driver that mixed up the
@@ -159,8 +203,10 @@ int main(void) {
   RUN(test_cpu_equals_producer);
   RUN(test_fewer_per_call);
   RUN(test_whole);
+  RUN(test_block_rows);
   RUN(test_impl_choice);
-  RUN(test_cuda_without_device);
+  RUN(test_host_rows_without_device);
+  RUN(test_cuda_without_device); /* after it: no error of the allocation left behind */
   for (int r = 0; r < 2; r++) {
     for (int d = 0; d < NDIR; d++) free(ref_in[r][d]), free(ref_tg[r][d]);
     dpf_close(&S[r]);
