@@ -2,8 +2,8 @@
 # The device tuning run (docs/benchmarks.md, "Device figures"): one
 # prepared script, beside scripts/gpu-check.sh, for deciding the next
 # kernel work from figures rather than from reading the kernels. Same needs
-# as gpu-check.sh (nvcc, gcc; a --pack-deps folder for libyaml); under 5
-# minutes on one H200. It prints one line per figure, `gpu-tune STEP: ...`:
+# as gpu-check.sh (nvcc, gcc; a --pack-deps folder for libyaml); ~4-5
+# minutes a part on one H200 by the steps' estimates (two parts, below). It prints one line per figure, `gpu-tune STEP: ...`:
 #   overlap    gpu_devpipe_check (its parity: the device pipeline against the
 #              CPU path, chunks of 5 alternating buffers; then the sample +
 #              solve bench), one chunk after the other (the default) and
@@ -17,7 +17,8 @@
 #              parallel first): gpu_bench's resident solver figures and
 #              gpu_devpipe_check (parity included: the bits must not move)
 #   nsys       where Nsight Systems is found: device time per kernel and per
-#              copy kind over one gpu_devpipe_check bench and one gpu_bench
+#              copy kind over one gpu_devpipe_check (after the overlap steps)
+#              and one gpu_bench (last)
 #   trainer    (GPU_TUNE_TRAINER=0 leaves it out) where a float32 training
 #              step's device time goes: coemu's per-call table
 #              (COEMU_CUDA_TIMES=1; docs/trainer.md), the same with the
@@ -27,10 +28,16 @@
 #              probe (tests/trainer/cudnn_engine_probe.c, built by
 #              scripts/gpu-check-trainer.sh: per convolution
 #              shape, the legacy API's strict-float32 algorithms against the
-#              graph API's engines)
+#              graph API's engines), and PyTorch's rates with NDHWC convolutions
+#              (torch_anchor.py --channels-last: is the layout the way to
+#              5,000 inference samples/s?)
 #
 #   bash scripts/gpu-tune.sh
+# In two calls, each well inside one device command's 10 minutes:
+#   GPU_TUNE_TRAINER=0 bash scripts/gpu-tune.sh   the solver and pipeline part
+#   GPU_TUNE_SOLVER=0 bash scripts/gpu-tune.sh    the trainer part
 # Environment: GPU_TUNE_VARIANTS ("label=defs;label=defs", default below),
+# GPU_TUNE_SOLVER (0: no overlap, variants or nsys steps, no variant builds),
 # GPU_CHECK_DEPS / TRAINER_CHECK_DEPS (as gpu-check.sh), GPU_CHECK_KEEP (a
 # folder: every log copied there), GPU_TUNE_TRAINER (0: no trainer part),
 # TRAINER_CHECK_DEPS (as gpu-check-trainer.sh), PYTHON.
@@ -55,7 +62,7 @@ step() { # name limit command...: the figure lines, then ok or FAIL
   shift 2
   local log="$logs/$(echo "$name" | tr ' /=' '___').log" s=$SECONDS st=0
   timeout "$limit" "$@" >"$log" 2>&1 || st=$?
-  grep -E '^gpu_(devpipe_)?(bench|check)|trainer-check: times|anchor: profile|^probe:' "$log" |
+  grep -E '^gpu_(devpipe_)?(bench|check)|trainer-check: times|^anchor: (profile|train|infer|channels_last)|^probe:' "$log" |
     grep -v 'backend=cpu' | sed "s/^ */gpu-tune $name: /" || true
   if [ "$st" = 0 ]; then
     echo "gpu-tune $name: ok ($((SECONDS - s)) s)"
@@ -67,7 +74,9 @@ step() { # name limit command...: the figure lines, then ok or FAIL
 }
 
 # --- builds: every variant at once ------------------------------------------
-IFS=';' read -ra vlist <<<"$variants"
+solver=${GPU_TUNE_SOLVER:-1}
+vlist=()
+[ "$solver" = 1 ] && IFS=';' read -ra vlist <<<"$variants"
 pids=()
 for v in "${vlist[@]}"; do
   label=${v%%=*} defs=${v#*=}
@@ -93,23 +102,47 @@ if command -v nvidia-smi >/dev/null 2>&1; then
   echo "gpu-tune gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1)"
 fi
 
-# --- the overlap, on the default build ----------------------------------------
-b=build-gpu-tune-${vlist[0]%%=*}
-step "overlap" 120 "$b/gpu_devpipe_check" --models 1 # both ways (the default is off)
-for ck in 32 64; do
-  step "overlap chunk=$ck" 90 env COEMU_DEVPIPE_OVERLAP=1 COEMU_DEVPIPE_CHUNK=$ck \
-    "$b/gpu_devpipe_check" --models 1 --ref 1
-done
+# Nsight Systems: device time per kernel and per copy kind (where it is found)
+nsys_step() { # what (devpipe | bench)
+  local what=$1 cmd
+  if [ $what = devpipe ]; then cmd=("$b/gpu_devpipe_check" --models 1 --ref 1 --reps 2)
+  else cmd=("$b/gpu_bench" --cpu-batch 1 --reps 3); fi
+  if timeout 120 "$nsys" profile --trace=cuda --sample=none --cpuctxsw=none --force-overwrite=true \
+       -o "build-gpu-tune-logs/nsys-$what" "${cmd[@]}" >"build-gpu-tune-logs/nsys-$what-run.log" 2>&1; then
+    "$nsys" stats --report cuda_gpu_kern_sum --report cuda_gpu_mem_time_sum --format table \
+      "build-gpu-tune-logs/nsys-$what.nsys-rep" >"$logs/nsys-$what.txt" 2>&1 || true
+    # the table rows: time %, total ns, instances, ..., name
+    grep -E '^ *[0-9]+\.[0-9]+ +[0-9,]+ +[0-9,]+ ' "$logs/nsys-$what.txt" | head -24 |
+      sed "s/^ */gpu-tune nsys $what: /" | cut -c1-240
+  else
+    echo "gpu-tune nsys $what: FAIL"
+    tail -8 "build-gpu-tune-logs/nsys-$what-run.log" | sed "s/^/  /"
+  fi
+}
+nsys=$(command -v nsys || ls /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda/bin/nsys 2>/dev/null | head -1 || true)
 
-# --- launch-bounds variants ---------------------------------------------------
-for v in "${vlist[@]}"; do
-  label=${v%%=*}
-  step "variant $label solver" 60 "build-gpu-tune-$label/gpu_bench" --cpu-batch 1
-  [ "$label" = "${vlist[0]%%=*}" ] && step "variant $label solver batch=256" 60 \
-    "build-gpu-tune-$label/gpu_bench" --batch 256 --cpu-batch 1
-  [ "$label" != "${vlist[0]%%=*}" ] && step "variant $label pipeline" 90 \
-    "build-gpu-tune-$label/gpu_devpipe_check" --models 1
-done
+if [ "$solver" = 1 ]; then
+  # --- the overlap, on the default build --------------------------------------
+  b=build-gpu-tune-${vlist[0]%%=*}
+  step "overlap" 120 "$b/gpu_devpipe_check" --models 1 # both ways (the default is off)
+  for ck in 32 64; do
+    step "overlap chunk=$ck" 90 env COEMU_DEVPIPE_OVERLAP=1 COEMU_DEVPIPE_CHUNK=$ck \
+      "$b/gpu_devpipe_check" --models 1 --ref 1
+  done
+  # where the pipeline's device time goes (before the variants: it says more)
+  if [ -n "$nsys" ]; then nsys_step devpipe
+  else echo "gpu-tune nsys: SKIP: no nsys on PATH, under /opt/nvidia/nsight-systems or /usr/local/cuda/bin"; fi
+
+  # --- launch-bounds variants -------------------------------------------------
+  for v in "${vlist[@]}"; do
+    label=${v%%=*}
+    step "variant $label solver" 60 "build-gpu-tune-$label/gpu_bench" --cpu-batch 1
+    [ "$label" = "${vlist[0]%%=*}" ] && step "variant $label solver batch=256" 60 \
+      "build-gpu-tune-$label/gpu_bench" --batch 256 --cpu-batch 1
+    [ "$label" != "${vlist[0]%%=*}" ] && step "variant $label pipeline" 90 \
+      "build-gpu-tune-$label/gpu_devpipe_check" --models 1
+  done
+fi
 
 # --- the trainer: where a float32 step's time goes --------------------------------
 # coemu's per-call device times (COEMU_CUDA_TIMES=1, fp32 then tf32, with the
@@ -127,6 +160,10 @@ if [ "${GPU_TUNE_TRAINER:-1}" = 1 ]; then
       OMP_NUM_THREADS="$(nproc)" "$tdir/trainer_gpu_check" --only-bench --no-bench
     if "${PYTHON:-python3}" -c 'import torch' >/dev/null 2>&1; then
       step "trainer torch profile" 120 "${PYTHON:-python3}" tests/trainer/torch_anchor.py --profile fp32,tf32
+      # PyTorch with NDHWC convolutions (channels-last weights and inputs):
+      # whether the layout is the way to 5,000 inference samples/s
+      step "trainer torch channels-last" 120 "${PYTHON:-python3}" tests/trainer/torch_anchor.py \
+        --channels-last --curve-steps 0 --iters 5
     else
       echo "gpu-tune trainer torch profile: SKIP: no torch"
     fi
@@ -138,27 +175,8 @@ if [ "${GPU_TUNE_TRAINER:-1}" = 1 ]; then
     rc=1
   fi
 fi
-# --- Nsight Systems: device time per kernel and copy ----------------------------
-nsys=$(command -v nsys || ls /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda/bin/nsys 2>/dev/null | head -1 || true)
-if [ -n "$nsys" ]; then
-  for what in devpipe bench; do
-    if [ $what = devpipe ]; then cmd=("$b/gpu_devpipe_check" --models 1 --ref 1 --reps 2)
-    else cmd=("$b/gpu_bench" --cpu-batch 1 --reps 3); fi
-    if timeout 120 "$nsys" profile --trace=cuda --sample=none --cpuctxsw=none --force-overwrite=true \
-         -o "build-gpu-tune-logs/nsys-$what" "${cmd[@]}" >"build-gpu-tune-logs/nsys-$what-run.log" 2>&1; then
-      "$nsys" stats --report cuda_gpu_kern_sum --report cuda_gpu_mem_time_sum --format table \
-        "build-gpu-tune-logs/nsys-$what.nsys-rep" >"$logs/nsys-$what.txt" 2>&1 || true
-      # the table rows: time %, total ns, instances, ..., name
-      grep -E '^ *[0-9]+\.[0-9]+ +[0-9,]+ +[0-9,]+ ' "$logs/nsys-$what.txt" | head -24 |
-        sed "s/^ */gpu-tune nsys $what: /" | cut -c1-240
-    else
-      echo "gpu-tune nsys $what: FAIL"
-      tail -8 "build-gpu-tune-logs/nsys-$what-run.log" | sed "s/^/  /"
-    fi
-  done
-else
-  echo "gpu-tune nsys: SKIP: no nsys on PATH, under /opt/nvidia/nsight-systems or /usr/local/cuda/bin"
-fi
+# --- Nsight Systems over the solver's bench -------------------------------------
+[ "$solver" = 1 ] && [ -n "$nsys" ] && nsys_step bench
 
 echo "gpu-tune: $([ $rc = 0 ] && echo ok || echo FAILED) ($((SECONDS - t0)) s)"
 exit $rc

@@ -34,9 +34,27 @@ all of them and the wall time per step:
   anchor: profile torch fp32 wall: ms_per_step X (...)
 The rates and curves are not run then.
 
+--channels-last: the same figures with the model's weights and the input
+batch in PyTorch's channels-last layouts (torch.channels_last_3d for the
+5-D tensors, channels_last for 4-D; cuDNN then runs NDHWC convolutions,
+the layout its tensor-core kernels take without transposes), each line
+marked "channels_last" (and no loss curves):
+  anchor: train torch bf16 channels_last batch=32 samples/s 1234.5
+Both codes run NCDHW otherwise; this asks whether the layout is the way to
+the inference target (5,000 samples/s at batch 64) that neither reaches.
+
+--self-test (no GPU needed; the CPU, float32, 2 threads): the
+channels-last model is the same function: its output at batch 2 against
+the float64 one lies within 4x the float32 NCDHW output's own distance
+from it (the host's float32 noise), its activations are channels-last, and
+one training step from the same weights gives the same loss within the
+same floor.
+
 Usage: torch_anchor.py [--batch 32] [--infer-batch 64] [--iters 10]
                        [--nfreq 7] [--precisions fp32,tf32,bf16] [--curve-steps 20]
+                       [--channels-last]
                        [--profile PRECS [--profile-steps 5] [--profile-top 25]]
+       torch_anchor.py --self-test
 """
 import argparse
 import contextlib
@@ -44,10 +62,14 @@ import os
 import sys
 import time
 
-import torch
+try:
+    import torch
+except ImportError:  # main() says so (exit 77: skipped)
+    torch = None
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from coemunet_torch import COEmuNet  # noqa: E402
+if torch is not None:
+    from coemunet_torch import COEmuNet  # noqa: E402
 
 
 def loss_fn(p, t):
@@ -80,21 +102,42 @@ def batch(nfreq, grid, n, step):
     return x, t
 
 
-def model_for(nfreq, dev):
+def model_for(nfreq, dev, channels_last=False):
     torch.manual_seed(1234)
-    return COEmuNet(nfreq, 64, 4, [8, 16, 32], 4096, 64, "reference").to(dev)
+    m = COEmuNet(nfreq, 64, 4, [8, 16, 32], 4096, 64, "reference").to(dev)
+    return to_channels_last(m) if channels_last else m
+
+
+def layout(t, channels_last):
+    """t in the channels-last layout of its rank (5-D: channels_last_3d,
+    4-D: channels_last) when asked, else as it is"""
+    if not channels_last or t.dim() not in (4, 5):
+        return t
+    return t.contiguous(memory_format=torch.channels_last_3d if t.dim() == 5
+                        else torch.channels_last)
+
+
+def to_channels_last(m):
+    """the model's 4-D and 5-D parameters (convolution weights) in the
+    channels-last layouts; Module.to(memory_format=) takes one format for
+    both ranks, which the 5-D one refuses for 4-D tensors"""
+    with torch.no_grad():
+        for p in m.parameters():
+            p.data = layout(p.data, True)
+    return m
 
 
 def train_step(args, prec, dev):
     """One training step at --batch in precision prec (a fresh model and
     optimiser; the batch copied from host memory each time)."""
     set_precision(prec)
-    m = model_for(args.nfreq, dev).train()
+    cl = args.channels_last
+    m = model_for(args.nfreq, dev, cl).train()
     opt = torch.optim.Adam(m.parameters(), lr=4e-4)
     xh, th = batch(args.nfreq, 64, args.batch, 0)
 
     def step():
-        x, t = xh.to(dev), th.to(dev)
+        x, t = layout(xh.to(dev), cl), th.to(dev)
         opt.zero_grad(set_to_none=True)
         with autocast(prec):
             y = m(x)
@@ -164,15 +207,16 @@ def profile_kernels(args, prec, dev):
 
 def infer_rate(args, prec, dev):
     set_precision(prec)
-    m = model_for(args.nfreq, dev).eval()
+    cl = args.channels_last
+    m = model_for(args.nfreq, dev, cl).eval()
     xh, _ = batch(args.nfreq, 64, args.infer_batch, 0)
     with torch.no_grad(), autocast(prec):
         for _ in range(3):
-            m(xh.to(dev))
+            m(layout(xh.to(dev), cl))
         sync(dev)
         t0 = time.perf_counter()
         for _ in range(args.iters):
-            m(xh.to(dev))
+            m(layout(xh.to(dev), cl))
         sync(dev)
     return args.infer_batch * args.iters / (time.perf_counter() - t0)
 
@@ -195,6 +239,82 @@ def curve(args, prec, dev):
     return out
 
 
+def stem_layout(args, dev):
+    """what layout the stem's convolution gives on this device (one line):
+    cuDNN picks the channels-last one when the weight is channels-last"""
+    m = model_for(args.nfreq, dev, True).eval()
+    seen = {}
+
+    def hook(mod, inp, out):  # returns None: the output stays as it is
+        seen["cl"] = out.is_contiguous(memory_format=torch.channels_last_3d)
+
+    h = m.encoder0.layers[0].layers[0].register_forward_hook(hook)
+    xh, _ = batch(args.nfreq, 64, 1, 0)
+    with torch.no_grad():
+        m(layout(xh.to(dev), True))
+    h.remove()
+    print(f"anchor: channels_last: the stem convolution's output is "
+          f"{'channels-last' if seen.get('cl') else 'NCDHW'}", flush=True)
+
+
+def self_test():
+    """--self-test: the channels-last model is the same function (CPU)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    from pycheck import check, report
+
+    torch.set_num_threads(2)
+    cpu = torch.device("cpu")
+    xh, th = batch(7, 64, 2, 0)
+
+    def run(cl, dtype):
+        m = model_for(7, cpu, cl).to(dtype).eval()
+        with torch.no_grad():
+            return m(layout(xh.to(dtype), cl)).double(), m
+
+    ref, _ = run(False, torch.float64)
+    plain, _ = run(False, torch.float32)
+    chl, m = run(True, torch.float32)
+    scale = ref.abs().max().item()
+    floor = (plain - ref).abs().max().item() / scale
+    err = (chl - ref).abs().max().item() / scale
+    print(f"self-test: forward, channels-last vs float64 {err:.3g} of the largest output; "
+          f"NCDHW float32 vs float64 (the floor) {floor:.3g}")
+    check(0 < floor < 1e-4, f"the float32 floor {floor:.3g} (0 would mean no float32 ran)")
+    check(err <= 4 * floor, f"channels-last forward {err:.3g} > 4 x the floor {floor:.3g}")
+    # every convolution weight in its channels-last layout (whether the
+    # activations follow is the device's choice: the CPU convolutions of
+    # torch 1.13 return NCDHW whatever they are given; on a device the run
+    # prints what the stem gave, stem_layout below)
+    convs = [mod for mod in m.modules() if isinstance(mod, (torch.nn.Conv3d, torch.nn.Conv2d))]
+    check(convs and all(layout(c.weight, True).data_ptr() == c.weight.data_ptr() and
+                        c.weight.is_contiguous(memory_format=torch.channels_last_3d
+                                               if c.weight.dim() == 5 else torch.channels_last)
+                        for c in convs),
+          f"the {len(convs)} convolution weights are channels-last")
+    check(all(not c.weight.is_contiguous() for c in convs
+              if c.in_channels > 1 and c.weight[0, 0].numel() > 1),
+          "the weights with more than one input channel and a kernel of more than one "
+          "voxel are no longer NCDHW (for the others the two layouts are one)")
+
+    def one_step(cl, dtype):
+        m = model_for(7, cpu, cl).to(dtype).train()
+        opt = torch.optim.Adam(m.parameters(), lr=4e-4)
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(m(layout(xh.to(dtype), cl)), th.to(dtype))
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            return loss.item(), loss_fn(m(layout(xh.to(dtype), cl)), th.to(dtype)).item()
+
+    r, p, c = one_step(False, torch.float64), one_step(False, torch.float32), one_step(True, torch.float32)
+    for k, what in enumerate(("the loss", "the loss after one Adam step")):
+        fl = abs(p[k] - r[k]) / abs(r[k])
+        e = abs(c[k] - r[k]) / abs(r[k])
+        print(f"self-test: {what}, channels-last vs float64 {e:.3g}, NCDHW float32 {fl:.3g}")
+        check(e <= 4 * max(fl, 1e-7), f"{what}: channels-last {e:.3g} > 4 x the floor {fl:.3g}")
+    report()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch", type=int, default=32)
@@ -209,7 +329,16 @@ def main():
                          "(e.g. fp32,tf32)")
     ap.add_argument("--profile-steps", type=int, default=5)
     ap.add_argument("--profile-top", type=int, default=25)
+    ap.add_argument("--channels-last", action="store_true",
+                    help="weights and inputs in the channels-last layouts (NDHWC convolutions)")
+    ap.add_argument("--self-test", action="store_true",
+                    help="check the channels-last model against the NCDHW one on the CPU")
     args = ap.parse_args()
+    if torch is None:
+        print(f"SKIP: {sys.executable} cannot import torch")
+        return 77
+    if args.self_test:
+        return self_test()
     precs = [p for p in args.precisions.split(",") if p]
     prof = [p for p in args.profile.split(",") if p] if args.profile is not None else None
     for opt, ps in (("--precisions", precs), ("--profile", prof or [])):
@@ -231,12 +360,16 @@ def main():
           f"{torch.cuda.get_device_name(0)}", flush=True)
     if prof is not None:
         return 1 if any([profile_kernels(args, p, dev) for p in prof]) else 0
+    tag = " channels_last" if args.channels_last else ""
+    if args.channels_last:
+        stem_layout(args, dev)
     for prec in precs:
         r = train_rate(args, prec, dev)
-        print(f"anchor: train torch {prec} batch={args.batch} samples/s {r:.1f}", flush=True)
+        print(f"anchor: train torch {prec}{tag} batch={args.batch} samples/s {r:.1f}", flush=True)
         r = infer_rate(args, prec, dev)
-        print(f"anchor: infer torch {prec} batch={args.infer_batch} samples/s {r:.1f}", flush=True)
-    if args.curve_steps > 0:
+        print(f"anchor: infer torch {prec}{tag} batch={args.infer_batch} samples/s {r:.1f}",
+              flush=True)
+    if args.curve_steps > 0 and not args.channels_last:
         curves = {p: curve(args, p, dev) for p in precs}
         ref = curves.get("fp32")
         for p, c in curves.items():
