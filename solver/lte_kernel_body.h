@@ -315,48 +315,130 @@ static inline LTE_HD float lte_f32_expneg(float x) { return x >= LTE_F32_EXP_ZER
  *    I1 = int (u - p) E du = (e_p - e_q)/2 - p I0 and int (q - u) E du =
  *    L I0 - I1; K_p, K_q = those over L^2. */
 #define LTE_F32_NSER 14 /* the near series to c_(NSER+1): truncation < 3e-11 of J0 */
+
+/* The float32 segment arithmetic, written once for any type T with C's
+ * arithmetic operators, as LTE_SEG_DTAU / LTE_SEG_FORMAL above: float in the
+ * bodies (host and device), the CPU kernel's 16-lane float vectors
+ * (lte_kernel_cpu.c). A branch of the scalar bodies is one macro; the
+ * bodies choose between them with if, the vector kernel computes them all
+ * and keeps each lane's own (the same operations in the same order: the
+ * same bits per lane). SPLAT(c): the constant c as a T; SEL(m, a, b): a
+ * where m, else b (m: a comparison of T's); EXPNEG: lte_f32_expneg on T.
+ * Each declares its named result in the caller's scope. */
+
+/* dtau, near: the series around the midpoint (bm, h after the sign flip) */
+#define LTE_F32_DTAU_NEAR(T, SPLAT, EXPNEG, a0, a1, bm, h, out)                               \
+  T out;                                                                                      \
+  {                                                                                           \
+    /* 1/k, k = 1 .. LTE_F32_NSER + 3 (multiplications: no divisions in the loop) */          \
+    const float inv_[LTE_F32_NSER + 4] = {0.0f,       1.0f,       1.0f / 2,  1.0f / 3,       \
+                                          1.0f / 4,   1.0f / 5,   1.0f / 6,  1.0f / 7,       \
+                                          1.0f / 8,   1.0f / 9,   1.0f / 10, 1.0f / 11,      \
+                                          1.0f / 12,  1.0f / 13,  1.0f / 14, 1.0f / 15,      \
+                                          1.0f / 16,  1.0f / 17};                             \
+    const T x_ = 2.0f * (bm) * (h), y2_ = 2.0f * ((h) * (h));                                 \
+    T cm_ = SPLAT(1.0f), cn_ = -x_, s0_ = SPLAT(1.0f), s1_ = -x_ * (1.0f / 3.0f);             \
+    LTE_UNROLL                                                                                \
+    for (int n_ = 1; n_ < LTE_F32_NSER; n_ += 2) { /* c_{n+1} (even), then c_{n+2} (odd) */   \
+      const T ce_ = -(x_ * cn_ + y2_ * cm_) * inv_[n_ + 1];                                   \
+      s0_ += ce_ * inv_[n_ + 2];                                                              \
+      const T co_ = -(x_ * ce_ + y2_ * cn_) * inv_[n_ + 2];                                   \
+      s1_ += co_ * inv_[n_ + 4];                                                              \
+      cm_ = ce_, cn_ = co_;                                                                   \
+    }                                                                                         \
+    const T em_ = EXPNEG((bm) * (bm));                                                        \
+    const T J0_ = em_ * s0_, J1_ = em_ * s1_;                                                 \
+    out = (a0) * (0.5f * (J0_ - J1_)) + (a1) * (0.5f * (J0_ + J1_));                          \
+  }
+
+/* dtau, far: p <= q the two b's, the erfc differences in one tail (p >= 0)
+ * or the erf sum across 0 (p < 0), selected per value */
+#define LTE_F32_DTAU_FAR(T, SPLAT, SEL, a0, a1, b0, b1, e0, e1, c0, c1, out)                        \
+  T out;                                                                                      \
+  {                                                                                           \
+    const T p_ = SEL((b1) < (b0), b1, b0), q_ = SEL((b1) < (b0), b0, b1);                     \
+    const T ap_ = SEL((b1) < (b0), a1, a0), aq_ = SEL((b1) < (b0), a0, a1);                   \
+    const T ep_ = SEL((b1) < (b0), e1, e0), eq_ = SEL((b1) < (b0), e0, e1);                   \
+    const T cp_ = SEL((b1) < (b0), c1, c0), cq_ = SEL((b1) < (b0), c0, c1);                   \
+    const T L_ = q_ - p_;                                                                     \
+    /* same tail: erfc(p) - erfc(q) */                                                        \
+    const T I0s_ = LTE_F32_SQRT_PI_2 * (cp_ - cq_);                                           \
+    T Iqs_ = 0.5f * (ep_ - eq_) - p_ * I0s_;                                                  \
+    Iqs_ = SEL(Iqs_ > 0.0f, Iqs_, SPLAT(0.0f));                                               \
+    const T Ips_ = L_ * I0s_ - Iqs_;                                                          \
+    /* across 0 (|p| <= q): erf(q) + erf(|p|), both terms of Iq >= 0 */                       \
+    const T I0a_ = LTE_F32_SQRT_PI_2 * ((1.0f - cq_) + (1.0f - cp_));                         \
+    const T Iqa_ = 0.5f * (ep_ - eq_) - p_ * I0a_;                                            \
+    const T Ipa_ = q_ * I0a_ - 0.5f * (ep_ - eq_);                                            \
+    const T il2_ = 1.0f / (L_ * L_);                                                          \
+    out = (ap_ * SEL(p_ >= 0.0f, Ips_, Ipa_) + aq_ * SEL(p_ >= 0.0f, Iqs_, Iqa_)) * il2_;     \
+  }
+
+/* the formal solution's term, D < 1e-4: Pomme's series as LTE_SEG_FORMAL */
+#define LTE_F32_FORMAL_TAYLOR(T, D, S0, S1, em0, em1, corrected, out)                         \
+  T out;                                                                                      \
+  {                                                                                           \
+    const T c1_ = 0.5f * (D), c2_ = c1_ * ((1.0f / 3.0f) * (D)), c3_ = c2_ * (0.25f * (D));   \
+    const T f0_ = (corrected) ? c1_ - c2_ + c3_ : c1_ + c2_ + c3_;                            \
+    const T f1_ = (corrected) ? c1_ + c2_ + c3_ : c1_ - c2_ - c3_;                            \
+    out = (S0) * ((em0) * f0_) + (S1) * ((em1) * f1_);                                        \
+  }
+
+/* the weights' series, D < 1/2 (Horner from n = 9: coefficients 1/(n+1)!
+ * and n/(n+1)! with alternating signs) */
+#define LTE_F32_FORMAL_SERIES(T, SPLAT, D, w0, w1)                                                   \
+  T w0, w1;                                                                                   \
+  {                                                                                           \
+    const float k0_[9] = {1.0f / 2,      -1.0f / 6,     1.0f / 24,      -1.0f / 120,         \
+                          1.0f / 720,    -1.0f / 5040,  1.0f / 40320,   -1.0f / 362880,      \
+                          1.0f / 3628800};                                                    \
+    const float k1_[9] = {1.0f / 2,      -2.0f / 6,     3.0f / 24,      -4.0f / 120,         \
+                          5.0f / 720,    -6.0f / 5040,  7.0f / 40320,   -8.0f / 362880,      \
+                          9.0f / 3628800};                                                    \
+    w0 = SPLAT(k0_[8]), w1 = SPLAT(k1_[8]);                                                   \
+    LTE_UNROLL                                                                                \
+    for (int i_ = 7; i_ >= 0; i_--) w0 = w0 * (D) + k0_[i_], w1 = w1 * (D) + k1_[i_];         \
+    w0 *= (D), w1 *= (D);                                                                     \
+  }
+
+/* the weights from g = 1 - e^-D (EXPM1: expm1f on T), D >= 1/2 */
+#define LTE_F32_FORMAL_EXP(T, EXPM1, D, w0, w1)                                               \
+  T w0, w1;                                                                                   \
+  {                                                                                           \
+    const T g_ = -EXPM1(-(D)), gd_ = g_ / (D);                                                \
+    w0 = 1.0f - gd_;                                                                          \
+    w1 = gd_ - (1.0f - g_);                                                                   \
+  }
+
+/* The optical depth of a segment, int_0^1 a(s) exp(-b(s)^2) ds with a and b
+ * linear from (a0, b0) to (a1, b1) (the exact integral that LTE_SEG_DTAU
+ * writes with erf differences), from e = exp(-b^2) and c = erfc(|b|) of the
+ * two cells. It is a0 K0 + a1 K1 with the endpoint weights
+ * K0 = int (1-s) E, K1 = int s E >= 0, so with a >= 0 nothing cancels in the
+ * sum. It is even in (b0, b1) -> (-b0, -b1), so bm = (b0+b1)/2 >= 0 below.
+ *  - near (|h| <= 1/2, |2 bm h| <= 1, h = (b1-b0)/2): E around the midpoint,
+ *    exp(-(bm + h t)^2) = exp(-bm^2) sum c_n t^n with c_0 = 1, c_1 = -x,
+ *    (n+1) c_{n+1} = -(x c_n + 2y c_{n-1}), x = 2 bm h, y = h^2; then
+ *    J0 = exp(-bm^2) sum_even c_n/(n+1), J1 = exp(-bm^2) sum_odd c_n/(n+2),
+ *    K0 = (J0 - J1)/2, K1 = (J0 + J1)/2 (|J1| <= J0/2: no cancellation);
+ *  - far: with p <= q the two b's and L = q - p, I0 = int_p^q E du from
+ *    erfc differences in the same tail (p >= 0: erfc(p) - erfc(q), ratio
+ *    <= exp(-L(p+q)) <= exp(-1)) or erf sums across 0 (p < 0), the moment
+ *    I1 = int (u - p) E du = (e_p - e_q)/2 - p I0 and int (q - u) E du =
+ *    L I0 - I1; K_p, K_q = those over L^2. */
+#define LTE_F32_SCALAR(c) (c)
+#define LTE_F32_SEL(m, a, b) ((m) ? (a) : (b))
 static inline LTE_HD float lte_f32_dtau(float a0, float a1, float b0, float b1, float e0, float e1,
                                         float c0, float c1) {
   if (b0 + b1 < 0.0f) b0 = -b0, b1 = -b1; /* e, c are of |b| */
   const float h = 0.5f * (b1 - b0), bm = 0.5f * (b0 + b1);
   const float ah = fabsf(h);
   if (ah <= 0.5f && bm * ah <= 0.5f) {
-    const float x = 2.0f * bm * h, y2 = 2.0f * (h * h);
-    float cm = 1.0f, cn = -x, s0 = 1.0f, s1 = -x * (1.0f / 3.0f);
-    /* 1/k, k = 1 .. LTE_F32_NSER + 3 (multiplications: no divisions in the loop) */
-    const float inv[LTE_F32_NSER + 4] = {0.0f, 1.0f, 1.0f / 2, 1.0f / 3, 1.0f / 4, 1.0f / 5,
-                                          1.0f / 6, 1.0f / 7, 1.0f / 8, 1.0f / 9, 1.0f / 10,
-                                          1.0f / 11, 1.0f / 12, 1.0f / 13, 1.0f / 14, 1.0f / 15,
-                                          1.0f / 16, 1.0f / 17};
-    LTE_UNROLL
-    for (int n = 1; n < LTE_F32_NSER; n += 2) { /* c_{n+1} (even), then c_{n+2} (odd) */
-      const float ce = -(x * cn + y2 * cm) * inv[n + 1];
-      s0 += ce * inv[n + 2];
-      const float co = -(x * ce + y2 * cn) * inv[n + 2];
-      s1 += co * inv[n + 4];
-      cm = ce, cn = co;
-    }
-    const float em = lte_f32_expneg(bm * bm);
-    const float J0 = em * s0, J1 = em * s1;
-    return a0 * (0.5f * (J0 - J1)) + a1 * (0.5f * (J0 + J1));
+    LTE_F32_DTAU_NEAR(float, LTE_F32_SCALAR, lte_f32_expneg, a0, a1, bm, h, d);
+    return d;
   }
-  const int swap = b1 < b0; /* p: the smaller b */
-  const float p = swap ? b1 : b0, q = swap ? b0 : b1, ap = swap ? a1 : a0, aq = swap ? a0 : a1;
-  const float ep = swap ? e1 : e0, eq = swap ? e0 : e1, cp = swap ? c1 : c0, cq = swap ? c0 : c1;
-  const float L = q - p;
-  float I0, Iq, Ip;
-  if (p >= 0.0f) { /* same tail: erfc(p) - erfc(q) */
-    I0 = LTE_F32_SQRT_PI_2 * (cp - cq);
-    Iq = 0.5f * (ep - eq) - p * I0;
-    Iq = Iq > 0.0f ? Iq : 0.0f;
-    Ip = L * I0 - Iq;
-  } else { /* across 0 (|p| <= q): erf(q) + erf(|p|), both terms of Iq >= 0 */
-    I0 = LTE_F32_SQRT_PI_2 * ((1.0f - cq) + (1.0f - cp));
-    Iq = 0.5f * (ep - eq) - p * I0;
-    Ip = q * I0 - 0.5f * (ep - eq);
-  }
-  const float il2 = 1.0f / (L * L);
-  return (ap * Ip + aq * Iq) * il2;
+  LTE_F32_DTAU_FAR(float, LTE_F32_SCALAR, LTE_F32_SEL, a0, a1, b0, b1, e0, e1, c0, c1, d);
+  return d;
 }
 
 /* One segment's term of the formal solution, S linear in tau, from em0 =
@@ -370,38 +452,29 @@ static inline LTE_HD float lte_f32_dtau(float a0, float a1, float b0, float b1, 
 static inline LTE_HD float lte_f32_formal(float D, float S0, float S1, float em0, float em1,
                                           int corrected) {
   if (D < 1.0e-4f) {
-    const float c1 = 0.5f * D, c2 = c1 * ((1.0f / 3.0f) * D), c3 = c2 * (0.25f * D);
-    const float f0 = corrected ? c1 - c2 + c3 : c1 + c2 + c3;
-    const float f1 = corrected ? c1 + c2 + c3 : c1 - c2 - c3;
-    return S0 * (em0 * f0) + S1 * (em1 * f1);
+    LTE_F32_FORMAL_TAYLOR(float, D, S0, S1, em0, em1, corrected, t);
+    return t;
   }
-  float w0, w1;
   if (D < 0.5f) {
-    /* Horner from n = 9: coefficients 1/(n+1)! and n/(n+1)! with alternating signs */
-    const float k0[9] = {1.0f / 2, -1.0f / 6, 1.0f / 24, -1.0f / 120, 1.0f / 720, -1.0f / 5040,
-                         1.0f / 40320, -1.0f / 362880, 1.0f / 3628800};
-    const float k1[9] = {1.0f / 2, -2.0f / 6, 3.0f / 24, -4.0f / 120, 5.0f / 720, -6.0f / 5040,
-                         7.0f / 40320, -8.0f / 362880, 9.0f / 3628800};
-    w0 = k0[8], w1 = k1[8];
-    LTE_UNROLL
-    for (int i = 7; i >= 0; i--) w0 = w0 * D + k0[i], w1 = w1 * D + k1[i];
-    w0 *= D, w1 *= D;
-  } else {
-    const float g = -expm1f(-D), gd = g / D;
-    w0 = 1.0f - gd;
-    w1 = gd - (1.0f - g);
+    LTE_F32_FORMAL_SERIES(float, LTE_F32_SCALAR, D, w0, w1);
+    return em0 * (S0 * w0 + S1 * w1);
   }
+  LTE_F32_FORMAL_EXP(float, expm1f, D, w0, w1);
   return em0 * (S0 * w0 + S1 * w1);
 }
 
-/* b, exp(-b^2) and erfc(|b|) of a cell at frequency nu: b is the float64
- * expression of lte_body_profile rounded once, within +-1e18 (a cell of
- * T < ~1e-25 K would overflow float32; there exp and erfc are 0 alike, and
- * L^2 in lte_f32_dtau stays finite) */
+/* b of a cell at frequency nu, as float: the float64 expression xd of
+ * lte_body_profile rounded once, within +-1e18 (a cell of T < ~1e-25 K
+ * would overflow float32; there exp and erfc are 0 alike, and L^2 in
+ * lte_f32_dtau stays finite) */
+static inline LTE_HD float lte_f32_b(double xd) {
+  return (float)(xd > 1e18 ? 1e18 : xd < -1e18 ? -1e18 : xd);
+}
+
+/* b, exp(-b^2) and erfc(|b|) of a cell at frequency nu (lte_f32_b) */
 static inline LTE_HD void lte_f32_profile(const lte_kernel_model *M, double iw, double shift,
                                           double nu, float *b, float *e, float *c) {
-  const double xd = iw * (shift * nu - M->nu0);
-  const float x = (float)(xd > 1e18 ? 1e18 : xd < -1e18 ? -1e18 : xd);
+  const float x = lte_f32_b(iw * (shift * nu - M->nu0));
   *b = x;
   *e = lte_f32_expneg(x * x);
   *c = erfcf(fabsf(x));

@@ -102,15 +102,15 @@ static inline v8d unpack(const double *src, unsigned m, v8d fill) {
 #endif
 }
 /* Per-lane libm: the portable path, and the reference the vector routines
- * are tested against (lte_kernel_model.libm). */
-static inline v8d lexp(v8d x) {
-  for (int i = 0; i < W; i++) x[i] = exp(x[i]);
-  return x;
-}
-static inline v8d lerf(v8d x) {
-  for (int i = 0; i < W; i++) x[i] = erf(x[i]);
-  return x;
-}
+ * are tested against (lte_kernel_model.libm). LANEWISE(name, V, n, fn):
+ * name(x) is fn of each of vector type V's n lanes. */
+#define LANEWISE(name, V, n, fn)               \
+  static inline V name(V x) {                  \
+    for (int i = 0; i < (n); i++) x[i] = fn(x[i]); \
+    return x;                                  \
+  }
+LANEWISE(lexp, v8d, W, exp)
+LANEWISE(lerf, v8d, W, erf)
 #if defined(__AVX512F__) && defined(COEMU_HAVE_LIBMVEC)
 /* glibc libmvec, AVX-512 variants (declared here: math.h exposes them only
  * under -ffast-math). They differ from libm by about an ulp; the tests
@@ -130,10 +130,7 @@ static inline v8d verf(v8d x, int libm) {
   (void)libm;
   return lerf(x);
 }
-static inline v8d vsqrt(v8d x) {
-  for (int i = 0; i < W; i++) x[i] = sqrt(x[i]);
-  return x;
-}
+LANEWISE(vsqrt, v8d, W, sqrt)
 #define VARIANT "portable"
 #endif
 
@@ -398,53 +395,227 @@ static int load_ray(const lte_kernel_batch *B, double c_light, int c, size_t off
   return 1;
 }
 
-/* The float32 path (lte_kernel_model.f32): the host-compiled bodies of
- * lte_kernel_body.h, one ray per call (a view of one ray: its cells in the
- * caller's cube, scratch of nz cells), OpenMP threads over the rays. */
-static int cpu_solve_f32(const lte_kernel_model *M, const lte_kernel_batch *B) {
-  const int nf = B->nf, nz = B->nz;
-  const long long rays = (long long)B->nx * B->ny, total = rays * B->ncube;
-  const size_t esz = B->dtype == LTE_KERNEL_F32 ? 4 : 8;
-  int bad = 0, alloc_failed = 0;
-  int nt = B->threads > 0 ? B->threads : omp_get_max_threads();
-#pragma omp parallel num_threads(nt)
-  {
-    double *scratch = malloc(4 * (size_t)nz * sizeof(double));
-    if (!scratch) {
-#pragma omp atomic write
-      alloc_failed = 1;
-    }
-#pragma omp for schedule(dynamic, 16)
-    for (long long r = 0; r < total; r++) {
-      if (!scratch) continue;
-      const int c = (int)(r / rays);
-      const long long pix = r % rays;
-      const size_t off = (size_t)pix * nz * esz;
-      int flag = 0;
-      lte_body_view V = {.nray = 1, .npix = 1, .nz = nz, .nf = nf, .dtype = B->dtype,
-                         .v = (const char *)B->v[c] + off, .T = (const char *)B->T[c] + off,
-                         .n = (const char *)B->n[c] + off,
-                         .pl = B->pop_l ? (const char *)B->pop_l[c] + off : NULL,
-                         .pu = B->pop_u ? (const char *)B->pop_u[c] + off : NULL,
-                         .freqs = B->freqs, .background = B->background,
-                         .background_map = B->background_map ? B->background_map + pix * nf : NULL,
-                         .S = scratch, .adx = scratch + nz, .iw = scratch + 2 * (size_t)nz,
-                         .shift = scratch + 3 * (size_t)nz, .bad = &flag,
-                         .image = B->image[c] + pix * nf};
-      lte_body_run_host(M, &V);
-      if (flag) {
-#pragma omp atomic write
-        bad = 1;
-      }
-    }
-    free(scratch);
+/* ---------------------------------------------------------------------- */
+/* The float32 path (lte_kernel_model.f32; docs/physics.md, "The float32
+ * path"): the cells as above (float64), then per ray and channel the
+ * bodies' float32 formulas (lte_kernel_body.h's LTE_F32_*: one text) on
+ * 16-lane float vectors along the ray: b, exp(-b^2) and erfc(|b|) of 16
+ * cells, the optical depths of 16 segments (each lane the branch the body
+ * would take: the others are computed and dropped, or skipped when no lane
+ * takes them), the running sum tau in float64 (a recurrence: the channels
+ * interleave, as the float64 path's), exp(-tau), the formal solution's
+ * terms, and their float64 sum in the bodies' order. With libm set
+ * ("literal" mode) the functions are libm's, lane by lane: the bodies' bits
+ * (tests/solver/test_lte_backends.c); else glibc libmvec's on AVX-512
+ * hosts (about an ulp from libm's; docs/physics.md's bound takes 2 ulp for
+ * exp and 4 for erfc). */
+typedef float v16f __attribute__((vector_size(64)));
+typedef int v16i __attribute__((vector_size(64)));
+#define W16 16
+static inline v16f ldf(const float *p) {
+  v16f x;
+  memcpy(&x, p, sizeof x);
+  return x;
+}
+static inline void stf(float *p, v16f x) { memcpy(p, &x, sizeof x); }
+static inline v16f splatf(float c) { return (v16f){c, c, c, c, c, c, c, c, c, c, c, c, c, c, c, c}; }
+static inline v16f self16(v16i m, v16f a, v16f b) { return (v16f)((m & (v16i)a) | (~m & (v16i)b)); }
+static inline int any16(v16i m) {
+#ifdef __AVX512F__
+  return _mm512_test_epi32_mask((__m512i)m, (__m512i)m) != 0;
+#else
+  uint64_t q[W16 / 2], o = 0;
+  memcpy(q, &m, sizeof q);
+  for (int i = 0; i < W16 / 2; i++) o |= q[i];
+  return o != 0;
+#endif
+}
+/* 8 doubles rounded to float32 (as C's conversion: the current rounding mode) */
+typedef float v8f __attribute__((vector_size(32)));
+static inline void st8f(float *p, v8d x) {
+  const v8f y = __builtin_convertvector(x, v8f);
+  memcpy(p, &y, sizeof y);
+}
+static inline v16f vabsf(v16f x) { return (v16f)((v16i)x & 0x7fffffff); }
+#define F32_SPLAT(c) splatf(c)
+#define F32_SEL(m, a, b) self16((m), (a), (b))
+
+LANEWISE(lexpf16, v16f, W16, expf)
+LANEWISE(lerfcf16, v16f, W16, erfcf)
+LANEWISE(lexpm1f16, v16f, W16, expm1f)
+/* libmvec's float functions leave their fast path, lane by lane through
+ * libm (~5-35 ns a lane), where the result is subnormal or 0: expf below
+ * -87.3, erfcf from 10, expm1f below ~-88. The arguments there are
+ * replaced before the call and the results set after it:
+ *  - exp(-x), 87 <= x < LTE_F32_EXP_ZERO: exp(-x/2)^2 (a subnormal, within
+ *    a subnormal ulp of libm's; no float32 exp has a relative error bound
+ *    there);
+ *  - erfc(x) = 0 from x = 10 on: its float32 value is at most 2.8e-45
+ *    there (two subnormal ulps; libm gives 0 from 10.06 on);
+ *  - expm1(x) = -1 from x = -88 on (it is -1 in float32 from -18 on).
+ * Literal mode calls libm lane by lane everywhere. */
+#if defined(__AVX512F__) && defined(COEMU_HAVE_LIBMVEC)
+__m512 _ZGVeN16v_expf(__m512);
+__m512 _ZGVeN16v_erfcf(__m512);
+__m512 _ZGVeN16v_expm1f(__m512);
+#define F32_LIBMVEC 1
+static inline v16f mvexpf(v16f x) { return (v16f)_ZGVeN16v_expf((__m512)x); }
+static inline v16f verfcf16(v16f x, int libm) {
+  if (libm) return lerfcf16(x);
+  const v16i fast = x < 10.0f; /* x = |b| >= 0 */
+  return self16(fast, (v16f)_ZGVeN16v_erfcf((__m512)self16(fast, x, splatf(0.0f))), splatf(0.0f));
+}
+static inline v16f vexpm1f16(v16f x, int libm) {
+  if (libm) return lexpm1f16(x);
+  return (v16f)_ZGVeN16v_expm1f((__m512)self16(x > -88.0f, x, splatf(-88.0f)));
+}
+#else
+#define F32_LIBMVEC 0
+static inline v16f mvexpf(v16f x) { return lexpf16(x); }
+static inline v16f verfcf16(v16f x, int libm) {
+  (void)libm;
+  return lerfcf16(x);
+}
+static inline v16f vexpm1f16(v16f x, int libm) {
+  (void)libm;
+  return lexpm1f16(x);
+}
+#endif
+/* lte_f32_expneg lane by lane: exp(-x), 0 from LTE_F32_EXP_ZERO on */
+static inline v16f vexpnegf16(v16f x, int libm) {
+  const v16i zero = x >= LTE_F32_EXP_ZERO;
+  if (libm || !F32_LIBMVEC) return self16(zero, splatf(0.0f), lexpf16(self16(zero, splatf(0.0f), -x)));
+  const v16i sub = ~zero & (x >= 87.0f); /* subnormal results */
+  v16f r = mvexpf(self16(sub | zero, splatf(0.0f), -x));
+  if (any16(sub)) {
+    const v16f h = mvexpf(self16(sub, -0.5f * x, splatf(0.0f)));
+    r = self16(sub, h * h, r);
   }
-  if (alloc_failed) CE_FAIL("LTE solver: out of memory for the ray workspace (nz = %d)", nz);
-  return bad ? LTE_KERNEL_BAD_INPUT : 0;
+  return self16(zero, splatf(0.0f), r);
+}
+
+/* per thread: the float32 arrays of one ray, up to W channels */
+typedef struct {
+  int nzq;               /* nz + 1 rounded up to W16, plus W16 (segment loads read k + 1) */
+  float *a, *S;          /* a dx and S of each cell, rounded once to float32 */
+  float *b, *e, *c;      /* per cell and channel: b, exp(-b^2), erfc(|b|) */
+  float *D, *em, *term;  /* per segment / cell and channel */
+  double *tau;           /* per cell and channel */
+} f32_workspace;
+
+static int f32_ws_alloc(f32_workspace *f, int nz) {
+  memset(f, 0, sizeof *f);
+  f->nzq = (nz + 1 + W16 - 1) / W16 * W16 + W16;
+  const size_t n = (size_t)f->nzq;
+  float *all = calloc((2 + 6 * W) * n, sizeof(float));
+  f->tau = calloc(W * n, sizeof(double));
+  if (!all || !f->tau) {
+    free(all), free(f->tau);
+    return -1;
+  }
+  float **p[] = {&f->b, &f->e, &f->c, &f->D, &f->em, &f->term};
+  f->a = all, f->S = all + n;
+  for (int i = 0; i < 6; i++) *p[i] = all + (2 + (size_t)i * W) * n;
+  return 0;
+}
+static void f32_ws_free(f32_workspace *f) { free(f->a), free(f->tau); }
+
+/* Up to W channels of one ray (after cells()), into out[f]. */
+static void f32_ray_block(const lte_kernel_model *M, const workspace *w, f32_workspace *g, int nz,
+                          const double *nu, int nb, const double *bdy, double *out) {
+  const size_t n = (size_t)g->nzq;
+  const int nseg = nz - 1, libm = M->libm;
+#define F32_EXPNEG(x) vexpnegf16((x), libm)
+#define F32_EXPM1(x) vexpm1f16((x), libm)
+  for (int z = 0; z < nz; z++) g->a[z] = (float)w->adx[z], g->S[z] = (float)w->S[z];
+  for (int f = 0; f < nb; f++) {
+    float *b = g->b + f * n, *e = g->e + f * n, *c = g->c + f * n, *D = g->D + f * n;
+    /* lte_f32_b on 8 cells at a time (w's arrays hold nzp >= nz cells) */
+    for (int z = 0; z < nz; z += W) {
+      v8d xd = ld(w->iw + z) * (ld(w->shift + z) * nu[f] - M->nu0);
+      xd = blend((v8l)(xd > 1e18), splat(1e18), xd);
+      st8f(b + z, blend((v8l)(xd < -1e18), splat(-1e18), xd));
+    }
+    for (int z = nz; z < (int)n; z++) b[z] = 0.0f; /* finite padding */
+    for (int z = 0; z < nz; z += W16) {
+      const v16f x = ldf(b + z);
+      stf(e + z, F32_EXPNEG(x * x));
+      stf(c + z, verfcf16(vabsf(x), libm));
+    }
+    for (int k = 0; k < nseg; k += W16) {
+      const v16f a0 = ldf(g->a + k), a1 = ldf(g->a + k + 1);
+      v16f b0 = ldf(b + k), b1 = ldf(b + k + 1);
+      const v16f e0 = ldf(e + k), e1 = ldf(e + k + 1), c0 = ldf(c + k), c1 = ldf(c + k + 1);
+      const v16i flip = b0 + b1 < 0.0f; /* e, c are of |b| */
+      b0 = self16(flip, -b0, b0), b1 = self16(flip, -b1, b1);
+      const v16f h = 0.5f * (b1 - b0), bm = 0.5f * (b0 + b1);
+      const v16f ah = vabsf(h);
+      const v16i near = (ah <= 0.5f) & (bm * ah <= 0.5f);
+      v16f d = splatf(0.0f);
+      if (any16(~near)) {
+        LTE_F32_DTAU_FAR(v16f, F32_SPLAT, F32_SEL, a0, a1, b0, b1, e0, e1, c0, c1, df);
+        d = df;
+      }
+      if (any16(near)) {
+        LTE_F32_DTAU_NEAR(v16f, F32_SPLAT, F32_EXPNEG, a0, a1, bm, h, dn);
+        d = self16(near, dn, d);
+      }
+      stf(D + k, d);
+    }
+  }
+  /* tau: the channels' recurrences interleaved; exp(-tau) */
+  double t[W] = {0};
+  for (int f = 0; f < nb; f++) g->tau[f * n] = 0.0;
+  for (int k = 0; k < nseg; k++)
+    for (int f = 0; f < nb; f++) {
+      t[f] = t[f] + (double)g->D[f * n + k];
+      g->tau[f * n + k + 1] = t[f];
+    }
+  for (int f = 0; f < nb; f++) {
+    float *em = g->em + f * n;
+    for (int z = 0; z < nz; z += W) st8f(em + z, ld(g->tau + f * n + z));
+    for (int z = 0; z < nz; z += W16) stf(em + z, F32_EXPNEG(ldf(em + z)));
+    em[0] = 1.0f; /* the bodies start from 1 (exp(-0) alike) */
+    for (int z = nz; z < (int)n; z++) em[z] = 0.0f;
+    /* the formal solution's terms */
+    const float *D = g->D + f * n;
+    float *term = g->term + f * n;
+    const int corrected = M->corrected_taylor;
+    for (int k = 0; k < nseg; k += W16) {
+      const v16f d = ldf(D + k), S0 = ldf(g->S + k), S1 = ldf(g->S + k + 1);
+      const v16f em0 = ldf(em + k), em1 = ldf(em + k + 1);
+      const v16i tay = d < 1.0e-4f, ser = ~tay & (d < 0.5f), ex = ~tay & ~ser;
+      v16f r = splatf(0.0f);
+      if (any16(ex)) {
+        LTE_F32_FORMAL_EXP(v16f, F32_EXPM1, d, w0, w1);
+        r = em0 * (S0 * w0 + S1 * w1);
+      }
+      if (any16(ser)) {
+        LTE_F32_FORMAL_SERIES(v16f, F32_SPLAT, d, w0, w1);
+        r = self16(ser, em0 * (S0 * w0 + S1 * w1), r);
+      }
+      if (any16(tay)) {
+        LTE_F32_FORMAL_TAYLOR(v16f, d, S0, S1, em0, em1, corrected, ty);
+        r = self16(tay, ty, r);
+      }
+      stf(term + k, r);
+    }
+  }
+  /* the terms' float64 sums in the bodies' order (behind an opaque layer
+   * nothing is added), the channels interleaved */
+  double sum[W] = {0};
+  for (int k = 0; k < nseg; k++)
+    for (int f = 0; f < nb; f++)
+      if (g->em[f * n + k] != 0.0f) sum[f] = sum[f] + (double)g->term[f * n + k];
+  for (int f = 0; f < nb; f++) {
+    const double I = bdy[f] * (double)g->em[f * n + nz - 1] + sum[f];
+    out[f] = M->take_abs ? fabs(I) : I;
+  }
+#undef F32_EXPNEG
+#undef F32_EXPM1
 }
 
 static int cpu_solve(const lte_kernel_model *M, const lte_kernel_batch *B) {
-  if (M->f32) return cpu_solve_f32(M, B);
   const int nf = B->nf, ny = B->ny, nz = B->nz;
   const long long rays = (long long)B->nx * ny, total = rays * B->ncube;
   int bad = 0, alloc_failed = 0;
@@ -452,7 +623,9 @@ static int cpu_solve(const lte_kernel_model *M, const lte_kernel_batch *B) {
 #pragma omp parallel num_threads(nt)
   {
     workspace w;
+    f32_workspace g;
     int ok = ws_alloc(&w, nz) == 0;
+    if (ok && M->f32 && f32_ws_alloc(&g, nz) < 0) ws_free(&w), ok = 0;
     if (!ok) {
 #pragma omp atomic write
       alloc_failed = 1;
@@ -475,10 +648,14 @@ static int cpu_solve(const lte_kernel_model *M, const lte_kernel_batch *B) {
         double bdy[W];
         for (int f = 0; f < nb; f++)
           bdy[f] = B->background_map ? B->background_map[(size_t)pix * nf + f0 + f] : B->background;
-        ray_block(M, &w, nz, B->freqs + f0, nb, bdy, img + f0);
+        if (M->f32)
+          f32_ray_block(M, &w, &g, nz, B->freqs + f0, nb, bdy, img + f0);
+        else
+          ray_block(M, &w, nz, B->freqs + f0, nb, bdy, img + f0);
       }
     }
     if (ok) ws_free(&w);
+    if (ok && M->f32) f32_ws_free(&g);
   }
   if (alloc_failed) CE_FAIL("LTE solver: out of memory for the ray workspace (nz = %d)", nz);
   return bad ? LTE_KERNEL_BAD_INPUT : 0;

@@ -127,8 +127,7 @@ int bench_solver(int argc, char **argv) {
     }
     goto done;
   }
-  printf("solver kernel %s precision %s\n",
-         prec == LTE_PRECISION_F32 ? "float32-bodies" : lte_kernel_name(), precision);
+  printf("solver kernel %s precision %s\n", lte_kernel_name(), precision);
   /* median wall time, its speedup over 1 thread, the best (least disturbed)
    * run and the speedup of best over best, median CPU time */
   double c1, cn_, cb, b1, bn, bb;
