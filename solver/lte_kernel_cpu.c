@@ -40,12 +40,16 @@ typedef double v8d __attribute__((vector_size(64)));
 typedef long long v8l __attribute__((vector_size(64)));
 #define W 8
 
-static inline v8d ld(const double *p) {
-  v8d r;
-  memcpy(&r, p, sizeof r);
-  return r;
-}
-static inline void st(double *p, v8d x) { memcpy(p, &x, sizeof x); }
+/* LOAD_STORE(ld, st, V, T): ld(p) the vector of type V at T *p, st(p, x)
+ * stores x there (any alignment) */
+#define LOAD_STORE(ld, st, V, T)                                      \
+  static inline V ld(const T *p) {                                    \
+    V r;                                                              \
+    memcpy(&r, p, sizeof r);                                          \
+    return r;                                                         \
+  }                                                                   \
+  static inline void st(T *p, V x) { memcpy(p, &x, sizeof x); }
+LOAD_STORE(ld, st, v8d, double)
 static inline v8d splat(double x) { return (v8d){x, x, x, x, x, x, x, x}; }
 static inline int all_set(v8l m) {
   for (int i = 0; i < W; i++)
@@ -412,12 +416,7 @@ static int load_ray(const lte_kernel_batch *B, double c_light, int c, size_t off
 typedef float v16f __attribute__((vector_size(64)));
 typedef int v16i __attribute__((vector_size(64)));
 #define W16 16
-static inline v16f ldf(const float *p) {
-  v16f x;
-  memcpy(&x, p, sizeof x);
-  return x;
-}
-static inline void stf(float *p, v16f x) { memcpy(p, &x, sizeof x); }
+LOAD_STORE(ldf, stf, v16f, float)
 static inline v16f splatf(float c) { return (v16f){c, c, c, c, c, c, c, c, c, c, c, c, c, c, c, c}; }
 static inline v16f self16(v16i m, v16f a, v16f b) { return (v16f)((m & (v16i)a) | (~m & (v16i)b)); }
 static inline int any16(v16i m) {
