@@ -1183,21 +1183,22 @@ int sampler_device_sample_dev(sampler_device *s, int ncube, const double (*q)[4]
   return device_sample(s, ncube, q, o, dev, v_los, T, n_co);
 }
 
-void *sampler_device_host_alloc(int ordinal, size_t bytes, int *pinned) {
+void *sampler_device_host_alloc(int ordinal, size_t n, size_t size, const char *what, int *pinned) {
   *pinned = 0;
 #ifdef COEMU_HAVE_CUDA
-  void *p = sampler_cuda_host_alloc(ordinal, bytes);
-  if (p) {
-    *pinned = 1;
-    return p;
+  size_t bytes;
+  /* within ce_malloc_array's checks (its message otherwise) */
+  if (ce_mul_size(n, size, &bytes) == 0 && bytes <= ce_alloc_limit()) {
+    void *p = sampler_cuda_host_alloc(ordinal, bytes);
+    if (p) {
+      *pinned = 1;
+      return p;
+    }
   }
-#endif
-#ifndef COEMU_HAVE_CUDA
+#else
   (void)ordinal;
 #endif
-  void *h = malloc(bytes ? bytes : 1);
-  if (!h) ce_err("sampler: out of host memory (%zu bytes for cubes)", bytes);
-  return h;
+  return ce_malloc_array(n, size, what);
 }
 
 void sampler_device_host_free(void *p, int pinned) {

@@ -156,10 +156,11 @@ void sampler_device_close(sampler_device *s);
  * (*pinned = 1), so that rows laid
  * out as the device's buffer (cube c's v_los, T, n_co back to back from
  * the start, 3 n^3 floats a cube) are filled by one copy straight from the
- * device at the bus's rate; else plain malloc (*pinned = 0). NULL with a
- * message when neither can be had. Free with sampler_device_host_free and
+ * device at the bus's rate; else ce_malloc_array's memory (*pinned = 0).
+ * n x size bytes, within ce_malloc_array's checks (overflow, the allocation
+ * limit); NULL with its message naming `what` when neither can be had. Free with sampler_device_host_free and
  * the same pinned. */
-void *sampler_device_host_alloc(int ordinal, size_t bytes, int *pinned);
+void *sampler_device_host_alloc(int ordinal, size_t n, size_t size, const char *what, int *pinned);
 void sampler_device_host_free(void *p, int pinned);
 int sample_cube_fields(const ce_model *m, const double q[4], const sampler_opts *o, float *v_los,
                        float *T, float *n_co, int nextra, const float *const *fields,

@@ -467,8 +467,9 @@ static inline LTE_HD float lte_f32_formal(float D, float S0, float S1, float em0
  * lte_body_profile rounded once, within +-1e18 (a cell of T < ~1e-25 K
  * would overflow float32; there exp and erfc are 0 alike, and L^2 in
  * lte_f32_dtau stays finite) */
+#define LTE_F32_B_MAX 1e18
 static inline LTE_HD float lte_f32_b(double xd) {
-  return (float)(xd > 1e18 ? 1e18 : xd < -1e18 ? -1e18 : xd);
+  return (float)(xd > LTE_F32_B_MAX ? LTE_F32_B_MAX : xd < -LTE_F32_B_MAX ? -LTE_F32_B_MAX : xd);
 }
 
 /* b, exp(-b^2) and erfc(|b|) of a cell at frequency nu (lte_f32_b) */

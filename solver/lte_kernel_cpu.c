@@ -532,8 +532,8 @@ static void f32_ray_block(const lte_kernel_model *M, const workspace *w, f32_wor
     /* lte_f32_b on 8 cells at a time (w's arrays hold nzp >= nz cells) */
     for (int z = 0; z < nz; z += W) {
       v8d xd = ld(w->iw + z) * (ld(w->shift + z) * nu[f] - M->nu0);
-      xd = blend((v8l)(xd > 1e18), splat(1e18), xd);
-      st8f(b + z, blend((v8l)(xd < -1e18), splat(-1e18), xd));
+      xd = blend((v8l)(xd > LTE_F32_B_MAX), splat(LTE_F32_B_MAX), xd);
+      st8f(b + z, blend((v8l)(xd < -LTE_F32_B_MAX), splat(-LTE_F32_B_MAX), xd));
     }
     for (int z = nz; z < (int)n; z++) b[z] = 0.0f; /* finite padding */
     for (int z = 0; z < nz; z += W16) {

@@ -284,12 +284,11 @@ const devpipe_impl *devpipe_impl_for(lte_backend b, int recon) {
   return NULL;
 }
 
-void *devpipe_host_alloc(const devpipe_impl *impl, int ordinal, size_t bytes, int *pinned) {
+void *devpipe_host_alloc(const devpipe_impl *impl, int ordinal, size_t n, size_t size,
+                         const char *what, int *pinned) {
   *pinned = 0;
-  if (impl->pinned_host) return sampler_device_host_alloc(ordinal, bytes, pinned);
-  void *h = malloc(bytes ? bytes : 1);
-  if (!h) ce_err("sample + solve pipeline: out of host memory (%zu bytes for rows)", bytes);
-  return h;
+  if (impl->pinned_host) return sampler_device_host_alloc(ordinal, n, size, what, pinned);
+  return ce_malloc_array(n, size, what);
 }
 
 void devpipe_host_free(void *p, int pinned) { sampler_device_host_free(p, pinned); }

@@ -105,9 +105,11 @@ int devpipe_batch_size(int n, int nf, int with_inputs, size_t cap_bytes);
  * and device `ordinal` (devpipe_open's) can be used (*pinned = 1; rotate/sampler.h's
  * sampler_device_host_alloc), so that a chunk's cubes and targets come
  * back in one copy each straight into such rows, at the bus's rate, with no
- * host copy after; plain malloc otherwise (*pinned = 0). NULL with a
- * message. Free with devpipe_host_free and the same pinned. */
-void *devpipe_host_alloc(const devpipe_impl *impl, int ordinal, size_t bytes, int *pinned);
+ * host copy after; ce_malloc_array's otherwise (*pinned = 0). n x size
+ * bytes within ce_malloc_array's checks; NULL with its message naming
+ * `what`. Free with devpipe_host_free and the same pinned. */
+void *devpipe_host_alloc(const devpipe_impl *impl, int ordinal, size_t n, size_t size,
+                         const char *what, int *pinned);
 void devpipe_host_free(void *p, int pinned);
 
 int devpipe_open(const devpipe_impl *impl, const devpipe_args *a, int ordinal, devpipe **out,

@@ -210,8 +210,8 @@ static void producer_plan(void *vctx, int64_t first, int64_t count) {
  * images-only jobs never ask). */
 static int pipeline_inputs_alloc(producer_ctx *c) {
   const size_t nin = 3 * (size_t)c->j->n * c->j->n * c->j->n;
-  c->dp_inbuf = devpipe_host_alloc(c->dpi, c->ordinal, (size_t)c->dp_batch_in * nin * sizeof(float),
-                                   &c->dp_in_pinned);
+  c->dp_inbuf = devpipe_host_alloc(c->dpi, c->ordinal, (size_t)c->dp_batch_in, nin * sizeof(float),
+                                   "pipeline samples", &c->dp_in_pinned);
   c->dp_in = ce_malloc_array((size_t)c->dp_batch_in, sizeof *c->dp_in, "pipeline samples");
   if (!c->dp_inbuf || !c->dp_in) return -1;
   for (int i = 0; i < c->dp_batch_in; i++) c->dp_in[i] = c->dp_inbuf + (size_t)i * nin;
@@ -462,8 +462,8 @@ static int pipeline_open(producer_ctx *c) {
   c->dp_batch_in = devpipe_batch_size(j->n, j->nf, 1, (size_t)256 << 20);
   c->dp_batch = devpipe_batch_size(j->n, j->nf, j->store_inputs, (size_t)256 << 20);
   c->dp_q = ce_malloc_array((size_t)c->dp_batch, sizeof *c->dp_q, "pipeline directions");
-  c->dp_tgbuf = devpipe_host_alloc(c->dpi, c->ordinal, (size_t)c->dp_batch * ntg * sizeof(float),
-                                   &c->dp_tg_pinned);
+  c->dp_tgbuf = devpipe_host_alloc(c->dpi, c->ordinal, (size_t)c->dp_batch, ntg * sizeof(float),
+                                   "pipeline samples", &c->dp_tg_pinned);
   c->dp_tg = ce_malloc_array((size_t)c->dp_batch, sizeof *c->dp_tg, "pipeline samples");
   c->dp_hash = ce_malloc_array((size_t)c->dp_batch, sizeof *c->dp_hash, "pipeline checksums");
   if (!c->dp_q || !c->dp_tgbuf || !c->dp_tg || !c->dp_hash) return -1;

@@ -144,8 +144,8 @@ int main(int argc, char **argv) {
    * covers the copies straight into them (the images-only run's htg rows,
    * separate allocations, take the staging path) */
   int din_pinned, dtg_pinned;
-  float *dinb = devpipe_host_alloc(impl, 0, (size_t)maxd * nin * sizeof(float), &din_pinned);
-  float *dtgb = devpipe_host_alloc(impl, 0, (size_t)maxd * ntg * sizeof(float), &dtg_pinned);
+  float *dinb = devpipe_host_alloc(impl, 0, (size_t)maxd, nin * sizeof(float), "inputs", &din_pinned);
+  float *dtgb = devpipe_host_alloc(impl, 0, (size_t)maxd, ntg * sizeof(float), "targets", &dtg_pinned);
   if (!dinb || !dtgb) return fail("memory");
   printf("gpu_devpipe_check %s: the pipeline's host rows (inputs, targets) %s\n", impl->name,
          din_pinned && dtg_pinned ? "page-locked, one block each" : "pageable, one block each");

@@ -7,6 +7,9 @@
  * device implementation where it cannot run gives a clear error. */
 #include "check.h"
 #include "common/checksum.h"
+#include "common/error.h"
+
+#include <stdint.h>
 
 #include "devpipe_fixture.h"
 
@@ -70,8 +73,8 @@ static void run_against_reference_rows(const devpipe_impl *impl, int r, int batc
   float *in[NDIR], *tg[NDIR], *inb = NULL, *tgb = NULL;
   int inb_pinned = 0, tgb_pinned = 0;
   if (block) {
-    inb = devpipe_host_alloc(impl, 0, NDIR * nin * sizeof(float), &inb_pinned);
-    tgb = devpipe_host_alloc(impl, 0, NDIR * ntg * sizeof(float), &tgb_pinned);
+    inb = devpipe_host_alloc(impl, 0, NDIR, nin * sizeof(float), "inputs", &inb_pinned);
+    tgb = devpipe_host_alloc(impl, 0, NDIR, ntg * sizeof(float), "targets", &tgb_pinned);
     CHECK(inb && tgb && !inb_pinned && !tgb_pinned); /* pageable for a CPU table */
     memset(inb, 0, NDIR * nin * sizeof(float)), memset(tgb, 0, NDIR * ntg * sizeof(float));
   }
@@ -149,15 +152,26 @@ static void test_block_rows(void) {
 static void test_host_rows_without_device(void) {
   int pinned = -1;
   const size_t bytes = (size_t)3 << 20;
-  unsigned char *b = devpipe_host_alloc(&devpipe_cuda, 0, bytes, &pinned);
+  unsigned char *b = devpipe_host_alloc(&devpipe_cuda, 0, bytes, 1, "rows", &pinned);
   CHECK(b != NULL && (pinned == 0 || pinned == 1));
   if (!b) return;
   memset(b, 0x5a, bytes); /* every byte is ours (ASan builds check) */
   CHECK(b[0] == 0x5a && b[bytes - 1] == 0x5a);
   devpipe_host_free(b, pinned);
+  /* a count x size that overflows, or passes the allocation limit, is
+   * refused with a message naming the rows, on either table, before any
+   * device is asked */
+  for (int t = 0; t < 2; t++) {
+    const devpipe_impl *impl = t ? &devpipe_cuda : &devpipe_cpu;
+    pinned = -1;
+    CHECK(devpipe_host_alloc(impl, 0, SIZE_MAX / 2, 4, "hostile rows", &pinned) == NULL &&
+          pinned == 0 && strstr(ce_err_msg(), "hostile rows"));
+    CHECK(devpipe_host_alloc(impl, 0, ce_alloc_limit() / 8 + 1, 8, "hostile rows", &pinned) == NULL &&
+          pinned == 0 && strstr(ce_err_msg(), "allocation limit"));
+  }
   if (getenv("COEMU_REQUIRE_DEVICE")) return;
   CHECK_MSG(pinned == 0, "page-locked memory on a host without a device");
-  unsigned char *c = devpipe_host_alloc(&devpipe_cpu, 0, 0, &pinned); /* 0 bytes: still a pointer */
+  unsigned char *c = devpipe_host_alloc(&devpipe_cpu, 0, 0, 1, "rows", &pinned); /* 0 bytes: still a pointer */
   CHECK(c != NULL && pinned == 0);
   devpipe_host_free(c, pinned);
 }
