@@ -191,7 +191,7 @@ defs=(-D_GNU_SOURCE -DCOEMU_HAVE_CUDA -DCOEMU_HAVE_CUDA_TRAINER "-DCOEMU_VERSION
 [ -n "$nccl" ] && defs+=(-DCOEMU_HAVE_NCCL)
 cflags=(-std=c17 -O2 -g -fopenmp -fno-math-errno -march=native "${inc[@]}" "${defs[@]}")
 src=(trainer/nn.c trainer/bucket.c trainer/backend_cpu.c trainer/layers_cpu.c trainer/coemunet.c
-     trainer/loss.c trainer/optim.c trainer/checkpoint.c trainer/train.c trainer/precision.c trainer/nccl_comm.c
+     trainer/loss.c trainer/optim.c trainer/checkpoint.c trainer/train.c trainer/train_bench.c trainer/precision.c trainer/nccl_comm.c
      trainer/metrics.c trainer/cuda/cudnn_graph.c
      pipeline/train/feed.c stats/transforms.c common/error.c common/fsutil.c common/checksum.c common/progress.c
      tests/trainer/trainer_gpu_check.c)
@@ -255,24 +255,29 @@ fi
 have_torch=
 "$PYTHON" -c 'import torch' >/dev/null 2>&1 && have_torch=1
 if [ -n "$have_torch" ]; then
-  step anchor 120 "$PYTHON" tests/trainer/torch_anchor.py
+  step anchor 180 "$PYTHON" tests/trainer/torch_anchor.py
 else
   echo "gpu-check-trainer anchor: SKIP: $PYTHON has no torch"
 fi
-# coemu against the anchor, same precision, same batch
+# coemu against the anchor, same precision, same batch, same feed
 # (fp32-fastest: cuDNN's fastest algorithms, deterministic or not, as
 # PyTorch's default; fp32: the fastest deterministic ones, coemu's default;
 # -ws16g: with 16 GiB of workspace allowed instead of 512 MiB; fp32-graph:
 # the float32 convolutions on cuDNN's graph API, COEMU_CUDNN_API=graph, as
-# PyTorch's; each against torch's fp32)
+# PyTorch's; each against torch's fp32). Feeds (trainer/train_bench.h): the
+# batch copied from pageable host memory before each step (the lines
+# without a feed= word), from page-locked memory beside the step before
+# (feed=pinned), or already on the device (feed=resident)
 for p in fp32 fp32-fastest fp32-fastest-ws16g fp32-graph tf32 bf16; do
   for k in train infer; do
-    # (|| true: a figure missing from a log is no reason to stop under pipefail)
-    c=$(grep -hE "^trainer-check: $k cuda $p batch=" "$out/trainer.log" 2>/dev/null | awk '{print $NF}' | head -1 || true)
-    a=$(grep -hE "^anchor: $k torch ${p%%-*} batch=" "$out/anchor.log" 2>/dev/null | awk '{print $NF}' | head -1 || true)
-    if [ -n "$c" ] && [ -n "$a" ]; then
-      echo "gpu-check-trainer: $k $p samples/s: coemu $c, torch $a ($(awk -v c="$c" -v a="$a" 'BEGIN {printf "%.2f", c / a}') x)"
-    fi
+    for f in "" "feed=pinned " "feed=resident "; do
+      # (|| true: a figure missing from a log is no reason to stop under pipefail)
+      c=$(grep -hE "^trainer-check: $k cuda $p batch=[0-9]+ ${f}samples/s" "$out/trainer.log" 2>/dev/null | awk '{print $NF}' | head -1 || true)
+      a=$(grep -hE "^anchor: $k torch ${p%%-*} batch=[0-9]+ ${f}samples/s" "$out/anchor.log" 2>/dev/null | awk '{print $NF}' | head -1 || true)
+      if [ -n "$c" ] && [ -n "$a" ]; then
+        echo "gpu-check-trainer: $k $p ${f:-feed=pageable }samples/s: coemu $c, torch $a ($(awk -v c="$c" -v a="$a" 'BEGIN {printf "%.2f", c / a}') x)"
+      fi
+    done
   done
 done
 # where a step's device time goes: coemu's timing mode (the events around

@@ -3,7 +3,8 @@
 # prepared script, beside scripts/gpu-check.sh, for deciding the next
 # kernel work from figures rather than from reading the kernels. Same needs
 # as gpu-check.sh (nvcc, gcc; a --pack-deps folder for libyaml); ~4-5
-# minutes a part on one H200 by the steps' estimates (two parts, below). It prints one line per figure, `gpu-tune STEP: ...`:
+# minutes for the solver part, ~6-7 for the trainer part on one H200 by the
+# steps' estimates (two parts, below). It prints one line per figure, `gpu-tune STEP: ...`:
 #   overlap    gpu_devpipe_check (its parity: the device pipeline against the
 #              CPU path, chunks of 5 alternating buffers; then the sample +
 #              solve bench), one chunk after the other (the default) and
@@ -19,7 +20,11 @@
 #   nsys       where Nsight Systems is found: device time per kernel and per
 #              copy kind over one gpu_devpipe_check (after the overlap steps)
 #              and one gpu_bench (last)
-#   trainer    (GPU_TUNE_TRAINER=0 leaves it out) where a float32 training
+#   trainer    (GPU_TUNE_TRAINER=0 leaves it out) first the training and
+#              inference rates of coemu and PyTorch with the batch fed three
+#              ways (pageable host memory as before, page-locked beside the
+#              step before, resident on the device: trainer/train_bench.h)
+#              and the copies' GB/s alone; then where a float32 training
 #              step's device time goes: coemu's per-call table
 #              (COEMU_CUDA_TIMES=1; docs/trainer.md), the same with the
 #              convolutions on cuDNN's graph API (COEMU_CUDNN_API=graph),
@@ -62,7 +67,7 @@ step() { # name limit command...: the figure lines, then ok or FAIL
   shift 2
   local log="$logs/$(echo "$name" | tr ' /=' '___').log" s=$SECONDS st=0
   timeout "$limit" "$@" >"$log" 2>&1 || st=$?
-  grep -E '^gpu_(devpipe_)?(bench|check)|trainer-check: times|^anchor: (profile|train|infer|channels_last)|^probe:' "$log" |
+  grep -E '^gpu_(devpipe_)?(bench|check)|trainer-check: (times|train|infer|upload)|^anchor: (profile|train|infer|upload|channels_last)|^probe:' "$log" |
     grep -v 'backend=cpu' | sed "s/^ */gpu-tune $name: /" || true
   if [ "$st" = 0 ]; then
     echo "gpu-tune $name: ok ($((SECONDS - s)) s)"
@@ -152,6 +157,16 @@ fi
 if [ "${GPU_TUNE_TRAINER:-1}" = 1 ]; then
   if wait "$tpid"; then
     tdir=${TRAINER_CHECK_DIR:-build-gpu-check-trainer}
+    # first, what the rates measured: the batch from pageable host memory
+    # (as every earlier figure), from page-locked memory beside the step
+    # before, or already on the device (trainer/train_bench.h), and the
+    # copies alone; coemu, then PyTorch (fp32, tf32, bf16; no curves)
+    step "trainer feeds" 150 env OMP_NUM_THREADS="$(nproc)" "$tdir/trainer_gpu_check" \
+      --only-bench --tf32 --precisions fp32,tf32,bf16 --iters 5
+    if "${PYTHON:-python3}" -c 'import torch' >/dev/null 2>&1; then
+      step "trainer torch feeds" 120 "${PYTHON:-python3}" tests/trainer/torch_anchor.py \
+        --curve-steps 0 --iters 5
+    fi
     step "trainer times" 150 env COEMU_CUDA_TIMES=1 OMP_NUM_THREADS="$(nproc)" \
       "$tdir/trainer_gpu_check" --only-bench --no-bench
     # the same tables with the float32 and TF32 convolutions on cuDNN's
@@ -163,7 +178,7 @@ if [ "${GPU_TUNE_TRAINER:-1}" = 1 ]; then
       # PyTorch with NDHWC convolutions (channels-last weights and inputs):
       # whether the layout is the way to 5,000 inference samples/s
       step "trainer torch channels-last" 120 "${PYTHON:-python3}" tests/trainer/torch_anchor.py \
-        --channels-last --curve-steps 0 --iters 5
+        --channels-last --curve-steps 0 --iters 5 --feeds resident
     else
       echo "gpu-tune trainer torch profile: SKIP: no torch"
     fi

@@ -127,7 +127,13 @@ static void drop_state(void) {
   if (st.device >= 0) {
     cudaSetDevice(st.device);
     for (int i = 0; i < NSLOT; i++) {
-      if (st.s[i].stream) cudaStreamDestroy(st.s[i].stream);
+      /* after an error the other slot may still have kernels and a copy
+       * into the caller's rows queued: wait for them (errors ignored)
+       * before the buffers go and the caller reuses its rows */
+      if (st.s[i].stream) {
+        cudaStreamSynchronize(st.s[i].stream);
+        cudaStreamDestroy(st.s[i].stream);
+      }
       cudaFree(st.s[i].dev);
       cudaFreeHost(st.s[i].pin);
     }
@@ -206,10 +212,13 @@ static int upload_tables(const lte_kernel_model *M) {
   memcpy(st.h_zdirect, M->zdirect, LTE_ZT_PIECES);
   CU(cudaMalloc(&st.d_tab, ntab * sizeof(double)), "cudaMalloc (line tables)");
   CU(cudaMalloc(&st.d_zdirect, LTE_ZT_PIECES), "cudaMalloc (line tables)");
-  CU(cudaMemcpy(st.d_tab, st.h_tab, ntab * sizeof(double), cudaMemcpyHostToDevice),
-     "cudaMemcpy (line tables)");
-  CU(cudaMemcpy(st.d_zdirect, st.h_zdirect, LTE_ZT_PIECES, cudaMemcpyHostToDevice),
-     "cudaMemcpy (line tables)");
+  /* on the first slot's stream, waited for in solve_locked before any launch */
+  CU(cudaMemcpyAsync(st.d_tab, st.h_tab, ntab * sizeof(double), cudaMemcpyHostToDevice,
+                     st.s[0].stream),
+     "cudaMemcpyAsync (line tables)");
+  CU(cudaMemcpyAsync(st.d_zdirect, st.h_zdirect, LTE_ZT_PIECES, cudaMemcpyHostToDevice,
+                     st.s[0].stream),
+     "cudaMemcpyAsync (line tables)");
   st.nlev = M->nlev;
   return 0;
 }
@@ -401,17 +410,19 @@ static int solve_locked(const lte_kernel_model *M, const lte_kernel_batch *B, in
     CU(cudaMalloc(&st.d_freqs, nfr * sizeof(double)), "cudaMalloc (channels)");
     st.freqs_cap = nfr;
   }
-  CU(cudaMemcpy(st.d_freqs, B->freqs, B->nf * sizeof(double), cudaMemcpyHostToDevice),
-     "cudaMemcpy (channels)");
+  CU(cudaMemcpyAsync(st.d_freqs, B->freqs, B->nf * sizeof(double), cudaMemcpyHostToDevice,
+                     st.s[0].stream),
+     "cudaMemcpyAsync (channels)");
   if (B->background_map)
-    CU(cudaMemcpy(st.d_freqs + B->nf, B->background_map, npix * B->nf * sizeof(double),
-                  cudaMemcpyHostToDevice),
-       "cudaMemcpy (background map)");
-  /* the copies above may still be in flight (pageable memory, the legacy
-   * stream): the streams below do not wait for them by themselves. Only
-   * the legacy stream is waited for, not the device: another host thread
-   * may be sampling the next cubes on its own stream meanwhile (devpipe) */
-  CU(cudaStreamSynchronize(cudaStreamLegacy), "cudaStreamSynchronize (tables and channels)");
+    CU(cudaMemcpyAsync(st.d_freqs + B->nf, B->background_map, npix * B->nf * sizeof(double),
+                       cudaMemcpyHostToDevice, st.s[0].stream),
+       "cudaMemcpyAsync (background map)");
+  /* the tables' and channels' copies, all on the first slot's stream (so
+   * that no default-stream mode, legacy or per-thread, changes what is
+   * waited for), are complete before the other slot's kernels can read
+   * them; the device is not waited for: another host thread may be
+   * sampling the next cubes on its own stream meanwhile (devpipe) */
+  CU(cudaStreamSynchronize(st.s[0].stream), "cudaStreamSynchronize (tables and channels)");
   lte_kernel_model Md = *M;
   Md.neg_e_over_k = st.d_tab;
   Md.g = st.d_tab + M->nlev;

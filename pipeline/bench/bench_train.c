@@ -6,13 +6,17 @@
  * and the achieved GFLOP/s of the convolution and linear layers against the
  * machine's peak, cores x clock x FLOP per cycle (Zen 4: two 256-bit FMA
  * pipes, AVX-512 issued as two halves = 32 float32 FLOP per cycle). Inputs
- * and targets are random: speed does not depend on the values. */
+ * and targets are random: speed does not depend on the values. --feeds
+ * says how each step's batch reaches the backend (trainer/train_bench.h:
+ * pageable host memory, page-locked beside the step before, or resident);
+ * lines of a feed other than pageable say it ("feed=resident"), and on a
+ * device the copies' GB/s come first. The loops are train_bench.h's, the
+ * device check's (tests/trainer/trainer_gpu_check.c). */
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "common/cli.h"
 #include "common/error.h"
@@ -20,12 +24,7 @@
 #include "pipeline/bench/benches.h"
 #include "trainer/coemunet.h"
 #include "trainer/train.h"
-
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
+#include "trainer/train_bench.h"
 
 static double cpu_mhz(void) { /* first "cpu MHz" line of /proc/cpuinfo, 0 if none */
   FILE *f = fopen("/proc/cpuinfo", "r");
@@ -40,7 +39,7 @@ static double cpu_mhz(void) { /* first "cpu MHz" line of /proc/cpuinfo, 0 if non
 int bench_train(int argc, char **argv) {
   int64_t batch = 8, iters = 3, nfreq = 7, seed = 1234;
   double fpc = 32;
-  const char *device = "cpu", *precision = "float32";
+  const char *device = "cpu", *precision = "float32", *feeds = NULL;
   cli_opt opts[] = {
       {"batch", CLI_INT, &batch, "B", "training batch size (default 8)", 0, 0},
       {"iters", CLI_INT, &iters, "K", "timed iterations of each (default 3)", 0, 0},
@@ -49,6 +48,8 @@ int bench_train(int argc, char **argv) {
       {"seed", CLI_INT, &seed, "S", "initialisation seed", 0, 0},
       {"device", CLI_STR, &device, "NAME", "trainer backend: cpu (default) or cuda (a CUDA build "
        "and a GPU)", 0, 0},
+      {"feeds", CLI_STR, &feeds, "LIST", "how the batch reaches the backend: pageable, pinned, "
+       "resident, comma-separated (default: pageable on the CPU, all three on a device)", 0, 0},
       {"precision", CLI_STR, &precision, "P", "float32 (default), tf32 or bf16: the arithmetic of "
        "convolutions and linear layers (docs/trainer.md, Precision; emulated on the CPU)", 0, 0},
       {0}};
@@ -64,6 +65,11 @@ int bench_train(int argc, char **argv) {
                           (long long)batch, (long long)iters, (long long)nfreq);
   if (strcmp(device, "cpu") && strcmp(device, "cuda"))
     return cli_usage_fail("bench train", "--device %s: expected cpu or cuda", device);
+  unsigned feed_mask = 0;
+  const int on_cpu = !strcmp(device, "cpu");
+  if (train_bench_feeds_parse(feeds ? feeds : on_cpu ? "pageable" : "pageable,pinned,resident",
+                              &feed_mask) < 0)
+    return cli_usage_fail("bench train", "--feeds %s: %s", feeds ? feeds : "", ce_err_msg());
   const nn_backend *be = nn_backend_by_name(device); /* cuda not built: a clear error */
   if (!be) return cli_fail("bench train");
   const int prec = nn_precision_parse(precision);
@@ -101,46 +107,57 @@ int bench_train(int argc, char **argv) {
   char name[32];
   /* the precision in the name where it is not float32: "coemunet7-bf16" */
   snprintf(name, sizeof name, "coemunet%d%s%s", cfg.nfreq, prec ? "-" : "", prec ? precision : "");
-  loss_value lv;
   int rc = 0;
-  /* training: one untimed warm-up step, then iters timed */
-  if (trainer_step(&tr, x, t, ac.lr, &lv) < 0) rc = -1;
-  double t0 = now();
-  for (int i = 0; i < iters && rc == 0; i++)
-    if (trainer_step(&tr, x, t, ac.lr, &lv) < 0) rc = -1;
-  float one; /* a device backend may still run the last update: wait for it */
-  if (rc == 0 && nn_download(&m.net, &one, m.net.params[0].w, 1) < 0) rc = -1;
-  double train_s = (now() - t0) / iters;
-  /* inference at the same batch size */
-  if (rc == 0 && trainer_eval(&tr, x, t, &lv) < 0) rc = -1;
-  t0 = now();
-  for (int i = 0; i < iters && rc == 0; i++)
-    if (trainer_eval(&tr, x, t, &lv) < 0) rc = -1;
-  double infer_s = (now() - t0) / iters;
-  if (rc == 0) {
-    double ff = nn_forward_flops(&m.net), bf = nn_backward_flops(&m.net);
-    int threads = omp_get_max_threads();
-    double mhz = cpu_mhz(), peak = threads * mhz * 1e-3 * fpc;
-    double train_gf = batch * (ff + bf) / train_s * 1e-9, infer_gf = batch * ff / infer_s * 1e-9;
-    if (be != &nn_backend_cpu) { /* no CPU peak to compare with */
-      printf("train %s %s batch=%lld samples/s %.2f\n", name, be->name, (long long)batch,
-             batch / train_s);
-      printf("infer %s %s batch=%lld samples/s %.1f (ms/sample %.3f)\n", name, be->name,
-             (long long)batch, batch / infer_s, 1e3 * infer_s / batch);
-      printf("train %s %s GFLOP/s %.1f, infer GFLOP/s %.1f\n", name, be->name, train_gf, infer_gf);
-      printf("train params %lld\n", (long long)nn_param_count(&m.net));
-    } else {
-      printf("train %s batch=%lld samples/s %.2f\n", name, (long long)batch, batch / train_s);
-      printf("infer %s ms/sample %.1f\n", name, 1e3 * infer_s / batch);
-      printf("train %s GFLOP/s %.1f (%.2f GFLOP/sample fwd+bwd, %.0f%% of peak)\n", name, train_gf,
-             (ff + bf) * 1e-9, 100 * train_gf / peak);
-      printf("infer %s GFLOP/s %.1f (%.2f GFLOP/sample, %.0f%% of peak)\n", name, infer_gf, ff * 1e-9,
-             100 * infer_gf / peak);
-      printf("train peak GFLOP/s %.1f (%d threads x %.0f MHz x %.0f FLOP/cycle)\n", peak, threads, mhz,
-             fpc);
-      printf("train params %lld\n", (long long)nn_param_count(&m.net));
+  const double ff = nn_forward_flops(&m.net), bf = nn_backward_flops(&m.net);
+  const int threads = omp_get_max_threads();
+  const double mhz = cpu_mhz(), peak = threads * mhz * 1e-3 * fpc;
+  if (!on_cpu) /* the bus alone: what a pageable figure can reach at most */
+    for (int f = TRAIN_BENCH_PAGEABLE; f <= TRAIN_BENCH_PINNED && rc == 0; f++) {
+      if (!(feed_mask >> f & 1)) continue;
+      double s = 0;
+      rc = train_bench_upload(&m.net, x, nx, (train_bench_feed)f, iters, &s);
+      if (rc == 0)
+        printf("upload %s %s bytes=%zu GB/s %.2f (%.2f ms a batch)\n", be->name,
+               train_bench_feed_name((train_bench_feed)f), sizeof(float) * nx,
+               sizeof(float) * nx * (double)iters / s * 1e-9, 1e3 * s / iters);
     }
+  int first = 1; /* the GFLOP/s lines: of the first feed */
+  for (int f = 0; f < TRAIN_BENCH_NFEEDS && rc == 0; f++) {
+    if (!(feed_mask >> f & 1)) continue;
+    char tag[32] = "";
+    if (f != TRAIN_BENCH_PAGEABLE)
+      snprintf(tag, sizeof tag, "feed=%s ", train_bench_feed_name((train_bench_feed)f));
+    /* training: one untimed warm-up step, then iters timed; then
+       evaluation-mode forwards at the same batch size */
+    double train_s = 0, infer_s = 0;
+    rc = train_bench_steps(&tr, x, t, ac.lr, (train_bench_feed)f, 1, (int)iters, &train_s);
+    if (rc == 0) rc = train_bench_forwards(&tr, x, (train_bench_feed)f, 1, (int)iters, &infer_s);
+    if (rc < 0) break;
+    train_s /= iters, infer_s /= iters;
+    const double train_gf = batch * (ff + bf) / train_s * 1e-9, infer_gf = batch * ff / infer_s * 1e-9;
+    if (!on_cpu) { /* no CPU peak to compare with */
+      printf("train %s %s batch=%lld %ssamples/s %.2f\n", name, be->name, (long long)batch, tag,
+             batch / train_s);
+      printf("infer %s %s batch=%lld %ssamples/s %.1f (ms/sample %.3f)\n", name, be->name,
+             (long long)batch, tag, batch / infer_s, 1e3 * infer_s / batch);
+      if (first)
+        printf("train %s %s GFLOP/s %.1f, infer GFLOP/s %.1f\n", name, be->name, train_gf, infer_gf);
+    } else {
+      printf("train %s batch=%lld %ssamples/s %.2f\n", name, (long long)batch, tag, batch / train_s);
+      printf("infer %s %sms/sample %.1f\n", name, tag, 1e3 * infer_s / batch);
+      if (first) {
+        printf("train %s GFLOP/s %.1f (%.2f GFLOP/sample fwd+bwd, %.0f%% of peak)\n", name,
+               train_gf, (ff + bf) * 1e-9, 100 * train_gf / peak);
+        printf("infer %s GFLOP/s %.1f (%.2f GFLOP/sample, %.0f%% of peak)\n", name, infer_gf,
+               ff * 1e-9, 100 * infer_gf / peak);
+        printf("train peak GFLOP/s %.1f (%d threads x %.0f MHz x %.0f FLOP/cycle)\n", peak,
+               threads, mhz, fpc);
+      }
+    }
+    first = 0;
+    fflush(stdout);
   }
+  if (rc == 0) printf("train params %lld\n", (long long)nn_param_count(&m.net));
   free(x);
   free(t);
   trainer_free(&tr);

@@ -256,6 +256,9 @@ static int cuda_run(devpipe *p, int nc, const double (*q)[4], float *const *tg,
     if (threaded) pthread_join(th, NULL); /* before anything returns: o is in use */
     else if (next < nc && rc == 0) chunk_sample(o);
     p->t.sample += ce_now_s() - t0; /* the sampling the solve did not hide */
+    /* a bad cell after finished chunks: those count (devpipe_run's *done);
+     * devpipe_run calls again from the bad chunk, which then reports it */
+    if (rc == DEVPIPE_BAD_CELL && off > 0) return off;
     if (rc < 0) return rc;
     if (next < nc && o->rc < 0) return ce_err("%s", o->err);
     off = next;

@@ -2,6 +2,7 @@
 #include "pipeline/train/evaluate.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,6 +27,18 @@ void eval_result_free(eval_result *r) {
 static int64_t eval_sample(const serve_source *src, int64_t j, int64_t n, int64_t N) {
   int64_t k = n == N ? j : (int64_t)((__int128)j * N / n);
   return serve_split_sample(src, k);
+}
+
+/* n floats of be's staging memory (nn_backend.host_alloc), NULL with an
+ * error naming what */
+static float *eval_host(const nn_backend *be, size_t n, const char *what) {
+  if (n > SIZE_MAX / sizeof(float)) {
+    ce_err("%s: %zu floats do not fit in memory", what, n);
+    return NULL;
+  }
+  float *p = be->host_alloc(sizeof(float) * n);
+  if (!p) ce_err_prefix("%s", what);
+  return p;
 }
 
 /* One batch: forward, loss and metrics on the model's backend into
@@ -83,8 +96,13 @@ int evaluate_split(coemunet *m, serve_source *src, const eval_opts *o, eval_resu
   CE_TRY(nn_set_batch(&m->net, B));
   trainer tr; /* the loss, on the model's backend */
   const int tr_ok = trainer_init(&tr, m, NULL) == 0;
-  float *in = ce_malloc_array((size_t)B * iv, sizeof(float), "evaluation inputs");
-  float *tg = ce_malloc_array((size_t)B * ov, sizeof(float), "evaluation targets");
+  /* the batches the backend uploads from: page-locked on a device (its
+   * host_alloc), so that each upload is one DMA at the bus's rate rather
+   * than the driver staging pageable memory (~5 GB/s on the H200 host:
+   * docs/trainer.md, "What the inference figure measured") */
+  const nn_backend *be = m->net.be;
+  float *in = eval_host(be, (size_t)B * iv, "evaluation inputs");
+  float *tg = eval_host(be, (size_t)B * ov, "evaluation targets");
   float *pred = ce_malloc_array((size_t)B * ov, sizeof(float), "evaluation predictions");
   int64_t mine = 0;
   for (int64_t b = rank; b < nb; b += world) mine += (b + 1) * B <= n ? B : n - b * B;
@@ -116,8 +134,8 @@ int evaluate_split(coemunet *m, serve_source *src, const eval_opts *o, eval_resu
     at += real;
   }
   trainer_free(&tr);
-  free(in);
-  free(tg);
+  be->host_free(in);
+  be->host_free(tg);
   free(pred);
   free(tmp);
   /* every rank learns whether all succeeded before the collectives below */

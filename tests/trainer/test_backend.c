@@ -44,6 +44,7 @@
 #include "gradcheck.h"
 #include "common/rng.h"
 #include "trainer/train.h"
+#include "trainer/train_bench.h"
 #include "pipeline/train/feed.h"
 #include "stats/norm_body.h"
 #include "trainer/metrics.h"
@@ -1057,6 +1058,63 @@ static void test_guard_feed_trains(void) {
   model_close(&c);
 }
 
+/* The bench's loops (trainer/train_bench.h) on the guard: every feed trains
+ * the weights the CPU backend's trainer_step gives on the same batch, bit
+ * for bit, and neither the steps nor the forwards break upload_async's rules
+ * (the pinned feed's copies run beside the steps: a step that read its
+ * batch before the wait, or a copy queued into a buffer before the step
+ * reading it, is reported and changes the weights); the pinned feed copies
+ * one batch ahead, each step's inputs and targets once. */
+static void test_guard_bench_feeds(void) {
+  float *x = malloc(sizeof(float) * nx()), *t = malloc(sizeof(float) * nt());
+  CHECK(x && t);
+  ce_rng g = ce_rng_make(77, 0, 0, 1);
+  for (size_t i = 0; i < nx(); i++) x[i] = (float)(2 * ce_rng_uniform(&g) - 1);
+  for (size_t i = 0; i < nt(); i++) t[i] = (float)ce_rng_uniform(&g);
+  model c;
+  model_open(&c, &nn_backend_cpu, 22);
+  loss_value lv;
+  for (int k = 0; k < 3; k++) CHECK_OK(trainer_step(&c.tr, x, t, 1e-3, &lv)); /* 1 warm + 2 */
+  for (int f = 0; f < TRAIN_BENCH_NFEEDS; f++) {
+    const char *name = train_bench_feed_name((train_bench_feed)f);
+    model gm;
+    model_open(&gm, &guard_backend, 22);
+    const long v0 = G.violations, up0 = H.async_uploads;
+    double secs = -1;
+    CHECK_OK(train_bench_steps(&gm.tr, x, t, 1e-3, (train_bench_feed)f, 1, 2, &secs));
+    const long ups = H.async_uploads - up0;
+    CHECK_MSG(G.violations == v0, "%s steps: %ld violations: %s", name, G.violations - v0,
+              G.first_violation);
+    CHECK_MSG(H.npend == 0 && secs >= 0, "%s steps: %d copies left pending, %g s", name, H.npend,
+              secs);
+    CHECK_MSG(ups == (f == TRAIN_BENCH_PINNED ? 2 * 4 : 0),
+              "%s steps: %ld asynchronous copies (pinned: inputs and targets of the 3 steps' "
+              "batches and of one ahead, 8)", name, ups);
+    CHECK_MSG(same_weights(&gm.m.net, &c.m.net),
+              "3 steps fed %s on the guard differ from trainer_step's on the CPU backend", name);
+    const long up1 = H.async_uploads;
+    CHECK_OK(train_bench_forwards(&gm.tr, x, (train_bench_feed)f, 1, 2, &secs));
+    CHECK_MSG(G.violations == v0 && H.npend == 0, "%s forwards: %ld violations: %s", name,
+              G.violations - v0, G.first_violation);
+    CHECK_MSG(H.async_uploads - up1 == (f == TRAIN_BENCH_PINNED ? 4 : 0),
+              "%s forwards: %ld asynchronous copies (pinned: 4)", name, H.async_uploads - up1);
+    model_close(&gm);
+  }
+  /* the copies alone: pinned through upload_async, pageable not */
+  const long up2 = H.async_uploads;
+  double secs = -1;
+  CHECK_OK(train_bench_upload(&c.m.net, x, nx(), TRAIN_BENCH_PAGEABLE, 2, &secs));
+  CHECK(secs >= 0 && H.async_uploads == up2);
+  CHECK(train_bench_upload(&c.m.net, x, nx(), TRAIN_BENCH_RESIDENT, 2, &secs) < 0);
+  unsigned mask = 0;
+  CHECK(train_bench_feeds_parse("resident,pinned", &mask) == 0 &&
+        mask == (1u << TRAIN_BENCH_RESIDENT | 1u << TRAIN_BENCH_PINNED));
+  CHECK(train_bench_feeds_parse("pinned,dma", &mask) < 0 && strstr(ce_err_msg(), "'dma'"));
+  model_close(&c);
+  free(x);
+  free(t);
+}
+
 /* Everything the nets allocated went back to the backend, and no buffer any
  * call touched was foreign. */
 static void test_guard_accounts(void) {
@@ -1373,6 +1431,7 @@ int main(void) {
   RUN(test_metrics_parity);
   RUN(test_guard_async_rules);
   RUN(test_guard_feed_trains);
+  RUN(test_guard_bench_feeds);
   RUN(test_guard_accounts);
   nn_backend_finish(&guard_backend);
   nn_backend_finish(&nn_backend_cpu);

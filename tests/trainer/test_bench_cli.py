@@ -1,6 +1,8 @@
 """`coemu bench train` refuses bad options with a message and exit status 2
-(a usage error; the benchmark itself is too long for the test suite), and
---device cuda fails clearly (exit 1) without a CUDA build or a device."""
+(a usage error), a short run on the CPU (the one-channel model, batch 2)
+prints a training and an inference figure for each feed asked for
+(trainer/train_bench.h), and --device cuda fails clearly (exit 1) without
+a CUDA build or a device."""
 import os
 import subprocess
 import sys
@@ -22,6 +24,24 @@ case("not a number", ["--iters", "x"], 2, "iters")
 case("unknown option", ["--bogus"], 2, "bogus")
 case("positional argument", ["extra"], 2, "unexpected argument")
 case("unknown device", ["--device", "gpu"], 2, "--device gpu: expected cpu or cuda")
+case("unknown feed", ["--feeds", "pageable,mapped"], 2,
+     "--feeds pageable,mapped: feed 'mapped': expected pageable, pinned or resident")
+case("an empty feed", ["--feeds", "pinned,,resident"], 2, "feed '': expected pageable")
+case("no feeds", ["--feeds", ""], 2, "an empty list of feeds")
+# every feed's figures, in order, once each; the GFLOP/s lines once (the first feed's)
+r = subprocess.run([coemu, "bench", "train", "--batch", "2", "--iters", "1", "--nfreq", "1",
+                    "--feeds", "resident,pageable,pinned"], capture_output=True, text=True,
+                   timeout=300)
+lines = r.stdout.splitlines()
+want = ["train coemunet1 batch=2 samples/s", "infer coemunet1 ms/sample",
+        "train coemunet1 batch=2 feed=pinned samples/s", "infer coemunet1 feed=pinned ms/sample",
+        "train coemunet1 batch=2 feed=resident samples/s", "infer coemunet1 feed=resident ms/sample"]
+at = [next((i for i, ln in enumerate(lines) if ln.startswith(w + " ")), -1) for w in want]
+check(r.returncode == 0 and -1 not in at and at == sorted(at)
+      and sum(ln.startswith("train coemunet1 GFLOP/s") for ln in lines) == 1
+      and all(float(lines[i].split()[-1]) > 0 for i in at),
+      f"three feeds: exit {r.returncode}, figures at lines {at}, stdout {r.stdout!r}, "
+      f"stderr {r.stderr!r}")
 # --device cuda: without the CUDA backend in this build, or without a device,
 # exit 1 with the reason; on a GPU host it runs (a short configuration)
 r = subprocess.run([coemu, "bench", "train", "--device", "cuda", "--batch", "2", "--iters", "1",

@@ -14,12 +14,25 @@ one GPU, in the same run as coemu's CUDA backend:
     fixed batch per step in each precision, and its largest relative
     distance from the float32 curve (the measured effect of TF32 / bf16).
 
-Each step copies its batch from host memory to the GPU, as coemu's
-trainer_step uploads input and targets. Each figure is the mean of --iters
+Each rate is measured with the batch fed three ways (--feeds; coemu's
+trainer_gpu_check the same, trainer/train_bench.h):
+  pageable  copied from ordinary host memory before each step (x.to(dev)),
+            as coemu's trainer_step uploads input and targets: the line
+            without a feed= word, as in the earlier runs;
+  pinned    from page-locked host memory (pin_memory), copied on a second
+            CUDA stream into one of two device buffers while the step
+            before computes: "feed=pinned";
+  resident  already on the GPU: the network's own rate, "feed=resident".
+A batch of 64 inputs is 201 MB: from pageable memory (~5 GB/s) that copy
+alone is ~40 ms, ~1,600 samples/s whatever the network does. The copies'
+rates alone come first:
+  anchor: upload torch pageable bytes=201326592 GB/s X
+Each figure is the mean of --iters
 timed iterations after 3 warm-ups, with
 torch.backends.cudnn.benchmark on (cuDNN's algorithms found once per shape,
 as coemu's backend does). Output: one line per figure,
   anchor: train torch fp32 batch=32 samples/s 1234.5
+  anchor: infer torch fp32 batch=64 feed=resident samples/s 1234.5
 Exit 77 (skipped) when torch sees no CUDA device.
 
 --profile PRECS (e.g. fp32,tf32) instead: where a training step's device
@@ -52,7 +65,7 @@ same floor.
 
 Usage: torch_anchor.py [--batch 32] [--infer-batch 64] [--iters 10]
                        [--nfreq 7] [--precisions fp32,tf32,bf16] [--curve-steps 20]
-                       [--channels-last]
+                       [--channels-last] [--feeds pageable,pinned,resident]
                        [--profile PRECS [--profile-steps 5] [--profile-top 25]]
        torch_anchor.py --self-test
 """
@@ -127,17 +140,62 @@ def to_channels_last(m):
     return m
 
 
+FEEDS = ("pageable", "pinned", "resident")
+
+
+def feeder(xh, th, feed, dev, cl):
+    """A function giving the next step's batch on dev, fed from the host
+    batch (xh, th; th may be None) as `feed` says (module docstring)."""
+    def put(x):
+        return layout(x, cl)
+
+    if feed == "pageable":
+        return lambda: (put(xh.to(dev)), th.to(dev) if th is not None else None)
+    if feed == "resident" or dev.type != "cuda":  # (no page-locking without a device)
+        x, t = put(xh.to(dev)), th.to(dev) if th is not None else None
+        return lambda: (x, t)
+    # pinned: two device buffers; batch k+1 copies on `copy` while step k
+    # computes; a buffer is refilled only after the step that read it
+    host = [xh.pin_memory()] + ([th.pin_memory()] if th is not None else [])
+    copy = torch.cuda.Stream()
+    bufs = [[torch.empty_like(h, device=dev) for h in host] for _ in range(2)]
+    ready = [torch.cuda.Event(), torch.cuda.Event()]
+    state = {"k": 0}
+
+    def queue(k, after):
+        with torch.cuda.stream(copy):
+            copy.wait_event(after)
+            for b, h in zip(bufs[k], host):
+                b.copy_(h, non_blocking=True)
+            ready[k].record(copy)
+
+    start = torch.cuda.Event()
+    start.record()
+    queue(0, start)
+
+    def nxt():
+        k = state["k"]
+        cur = torch.cuda.current_stream()
+        cur.wait_event(ready[k])
+        read = torch.cuda.Event()
+        read.record(cur)  # after the work that last read buffer k ^ 1
+        queue(k ^ 1, read)
+        state["k"] = k ^ 1
+        b = bufs[k]
+        return put(b[0]), b[1] if len(b) > 1 else None
+
+    return nxt
+
+
 def train_step(args, prec, dev):
     """One training step at --batch in precision prec (a fresh model and
-    optimiser; the batch copied from host memory each time)."""
+    optimiser): step(x, t) on a batch on dev, and the host batch."""
     set_precision(prec)
-    cl = args.channels_last
-    m = model_for(args.nfreq, dev, cl).train()
+    m = model_for(args.nfreq, dev, args.channels_last).train()
     opt = torch.optim.Adam(m.parameters(), lr=4e-4)
     xh, th = batch(args.nfreq, 64, args.batch, 0)
 
-    def step():
-        x, t = layout(xh.to(dev), cl), th.to(dev)
+    def step(x, t):
         opt.zero_grad(set_to_none=True)
         with autocast(prec):
             y = m(x)
@@ -146,19 +204,44 @@ def train_step(args, prec, dev):
         opt.step()
         return loss
 
-    return step
+    return step, xh, th
 
 
-def train_rate(args, prec, dev):
-    step = train_step(args, prec, dev)
+def timed_rate(fn, nxt, n, iters, dev):
+    """samples/s of fn on nxt()'s batches, n samples each: 3 warm-ups, then
+    iters timed calls to the device's end"""
     for _ in range(3):
-        step()
+        fn(*nxt())
     sync(dev)
     t0 = time.perf_counter()
-    for _ in range(args.iters):
-        step()
+    for _ in range(iters):
+        fn(*nxt())
     sync(dev)
-    return args.batch * args.iters / (time.perf_counter() - t0)
+    return n * iters / (time.perf_counter() - t0)
+
+
+def train_rates(args, prec, dev, feeds):
+    """{feed: training samples/s}, one model for all feeds"""
+    step, xh, th = train_step(args, prec, dev)
+    return {f: timed_rate(step, feeder(xh, th, f, dev, args.channels_last), args.batch,
+                          args.iters, dev) for f in feeds}
+
+
+def upload_rates(args, dev):
+    """GB/s of copying a batch of --infer-batch inputs to the GPU from
+    pageable and from page-locked memory, the copy alone"""
+    xh, _ = batch(args.nfreq, 64, args.infer_batch, 0)
+    out = {}
+    for feed, src in (("pageable", xh), ("pinned", xh.pin_memory())):
+        d = torch.empty_like(src, device=dev)
+        d.copy_(src, non_blocking=True)
+        sync(dev)
+        t0 = time.perf_counter()
+        for _ in range(args.iters):
+            d.copy_(src, non_blocking=True)
+        sync(dev)
+        out[feed] = src.numel() * src.element_size() * args.iters / (time.perf_counter() - t0) / 1e9
+    return xh.numel() * xh.element_size(), out
 
 
 def profile_kernels(args, prec, dev):
@@ -167,15 +250,16 @@ def profile_kernels(args, prec, dev):
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    step = train_step(args, prec, dev)
+    step, xh, th = train_step(args, prec, dev)
+    nxt = feeder(xh, th, "pageable", dev, args.channels_last)
     for _ in range(3):  # cudnn.benchmark's search, the allocator's pools
-        step()
+        step(*nxt())
     sync(dev)
     n = args.profile_steps
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         t0 = time.perf_counter()
         for _ in range(n):
-            step()
+            step(*nxt())
         sync(dev)
         wall = time.perf_counter() - t0
     kernels = {}  # name -> [microseconds, calls]
@@ -205,20 +289,14 @@ def profile_kernels(args, prec, dev):
     return 0
 
 
-def infer_rate(args, prec, dev):
+def infer_rates(args, prec, dev, feeds):
+    """{feed: inference samples/s}, evaluation mode, no gradients"""
     set_precision(prec)
-    cl = args.channels_last
-    m = model_for(args.nfreq, dev, cl).eval()
+    m = model_for(args.nfreq, dev, args.channels_last).eval()
     xh, _ = batch(args.nfreq, 64, args.infer_batch, 0)
     with torch.no_grad(), autocast(prec):
-        for _ in range(3):
-            m(layout(xh.to(dev), cl))
-        sync(dev)
-        t0 = time.perf_counter()
-        for _ in range(args.iters):
-            m(layout(xh.to(dev), cl))
-        sync(dev)
-    return args.infer_batch * args.iters / (time.perf_counter() - t0)
+        return {f: timed_rate(lambda x, t: m(x), feeder(xh, None, f, dev, args.channels_last),
+                              args.infer_batch, args.iters, dev) for f in feeds}
 
 
 def curve(args, prec, dev):
@@ -331,6 +409,9 @@ def main():
     ap.add_argument("--profile-top", type=int, default=25)
     ap.add_argument("--channels-last", action="store_true",
                     help="weights and inputs in the channels-last layouts (NDHWC convolutions)")
+    ap.add_argument("--feeds", default=",".join(FEEDS),
+                    help="how the rates' batches reach the GPU: pageable, pinned, resident "
+                         "(comma-separated; module docstring)")
     ap.add_argument("--self-test", action="store_true",
                     help="check the channels-last model against the NCDHW one on the CPU")
     args = ap.parse_args()
@@ -347,6 +428,12 @@ def main():
             print(f"torch_anchor.py: error: {opt}: {bad[0]!r}: expected fp32, tf32 or bf16",
                   file=sys.stderr)
             return 2
+    feeds = [f for f in args.feeds.split(",") if f]
+    if not feeds or any(f not in FEEDS for f in feeds):
+        bad = next((f for f in feeds if f not in FEEDS), "")
+        print(f"torch_anchor.py: error: --feeds: {bad!r}: expected pageable, pinned or resident",
+              file=sys.stderr)
+        return 2
     if prof is not None and (not prof or args.profile_steps < 1 or args.profile_top < 1):
         print("torch_anchor.py: error: --profile needs a precision, --profile-steps and "
               "--profile-top at least 1", file=sys.stderr)
@@ -363,12 +450,19 @@ def main():
     tag = " channels_last" if args.channels_last else ""
     if args.channels_last:
         stem_layout(args, dev)
+    nbytes, up = upload_rates(args, dev)
+    for feed, r in up.items():
+        print(f"anchor: upload torch {feed} bytes={nbytes} GB/s {r:.2f} "
+              f"({nbytes / r / 1e6:.2f} ms a batch of {args.infer_batch})", flush=True)
+
+    def show(kind, b, rates):
+        for feed, r in rates.items():
+            word = "" if feed == "pageable" else f"feed={feed} "
+            print(f"anchor: {kind} torch {prec}{tag} batch={b} {word}samples/s {r:.1f}", flush=True)
+
     for prec in precs:
-        r = train_rate(args, prec, dev)
-        print(f"anchor: train torch {prec}{tag} batch={args.batch} samples/s {r:.1f}", flush=True)
-        r = infer_rate(args, prec, dev)
-        print(f"anchor: infer torch {prec}{tag} batch={args.infer_batch} samples/s {r:.1f}",
-              flush=True)
+        show("train", args.batch, train_rates(args, prec, dev, feeds))
+        show("infer", args.infer_batch, infer_rates(args, prec, dev, feeds))
     if args.curve_steps > 0 and not args.channels_last:
         curves = {p: curve(args, p, dev) for p in precs}
         ref = curves.get("fp32")

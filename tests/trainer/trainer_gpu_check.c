@@ -22,7 +22,12 @@
  *      --infer-batch on the GPU, float32, (--tf32) TF32 and bf16 mixed
  *      precision (trainer/precision.h: float32 master weights; float32 also
  *      with cuDNN's fastest algorithms, with 16 GiB of workspace, and on
- *      cuDNN's graph API: fp32-fastest, fp32-fastest-ws16g, fp32-graph); then, with
+ *      cuDNN's graph API: fp32-fastest, fp32-fastest-ws16g, fp32-graph), each
+ *      with the batch fed three ways (trainer/train_bench.h: from pageable
+ *      host memory before each step, the line without a feed= word; from
+ *      page-locked memory beside the step before, feed=pinned; already on
+ *      the device, feed=resident), after the copies' GB/s alone (upload
+ *      pageable / pinned: a batch of --infer-batch inputs); then, with
  *      --times or COEMU_CUDA_TIMES=1 in the environment, where the device
  *      time of a training step goes (times_run: the CUDA backend's timing
  *      mode, backend_cuda.h), float32 and TF32.
@@ -46,13 +51,16 @@
  *                          [--infer-batch B] [--iters K] [--tf32] [--no-bench]
  *                          [--no-curves] [--grid G] [--backend NAME]
  *                          [--precision-curves] [--only-bench] [--times]
- *                          [--times-steps N]
+ *                          [--times-steps N] [--feeds LIST] [--precisions LIST]
  * --precision-curves runs only the precision measurement (precision_curves
  * below: float32, tf32, bf16 loss curves on one backend; docs/benchmarks.md
  * has the CPU emulation's). --only-bench runs only 5 (no parity, curves,
  * data parallelism or metrics: a short device run); with --no-bench too,
  * only the timing tables. --times (or COEMU_CUDA_TIMES=1) adds the timing
  * tables to 5, over --times-steps (5) steps after 2 warm-up steps.
+ * --feeds (pageable,pinned,resident) and --precisions (fp32,fp32-fastest,
+ * fp32-fastest-ws16g,fp32-graph,tf32,bf16: the configurations; tf32 needs
+ * --tf32 too) select the figures of 5.
  * --grid scales the model of 4-5 down (default 64, the paper's); --backend
  * runs the checks on another backend than cuda: the meson test
  * trainer_gpu_check_cpu runs the whole binary on the CPU backend in CI.
@@ -67,6 +75,7 @@
 #include "parity.h"
 #include "trainer/metrics.h"
 #include "trainer/metrics_body.h"
+#include "trainer/train_bench.h"
 #ifdef COEMU_HAVE_CUDA_TRAINER
 #include "trainer/cuda/backend_cuda.h"
 #endif
@@ -260,13 +269,34 @@ static void rig_close(bench_rig *r) {
 
 /* ---- speed -------------------------------------------------------------- */
 
-static int sync_backend(const nn_net *net) {
-  float v;
-  return nn_download(net, &v, net->params[0].w, 1); /* waits for the queued work */
+/* The bench's feeds (trainer/train_bench.h: pageable, pinned, resident;
+ * --feeds) and configurations (--precisions: the labels of main's bench
+ * section); all by default. */
+static unsigned bench_feeds = (1u << TRAIN_BENCH_NFEEDS) - 1;
+static const char *bench_precisions = NULL;
+
+static int bench_wanted(const char *label) {
+  if (!bench_precisions) return 1;
+  const size_t n = strlen(label);
+  for (const char *p = bench_precisions; *p;) {
+    size_t k = strcspn(p, ",");
+    if (k == n && !strncmp(p, label, n)) return 1;
+    p += k + (p[k] == ',');
+  }
+  return 0;
 }
 
+/* A figure's line: pageable keeps the line of the earlier runs
+ * ("train cuda fp32 batch=32 samples/s X"), the others say their feed */
+static const char *feed_tag(int f) {
+  return f == TRAIN_BENCH_PINNED ? "feed=pinned " : f == TRAIN_BENCH_RESIDENT ? "feed=resident " : "";
+}
+
+/* Training samples/s at batch, then inference (evaluation-mode forward,
+ * nothing out) at infer_batch, each fed every way of bench_feeds. */
 static void bench(const nn_backend *be, const char *prec, int precision, int batch,
                   int infer_batch, int iters, int grid) {
+  if (!bench_wanted(prec)) return;
   coemunet_config cfg = coemunet_default(7);
   cfg.grid = grid;
   const int sizes[2] = {batch, infer_batch};
@@ -274,39 +304,61 @@ static void bench(const nn_backend *be, const char *prec, int precision, int bat
     const int B = sizes[pass];
     bench_rig r;
     int rc = rig_open(&r, be, &cfg, B, precision, pass == 0);
-    loss_value lv;
-    double secs = 0;
-    if (pass == 0) {
-      for (int i = 0; i < 3 && rc == 0; i++) rc = trainer_step(&r.tr, r.x, r.t, r.ac.lr, &lv);
-      if (rc == 0) rc = sync_backend(&r.m.net);
-      double t0 = now();
-      for (int i = 0; i < iters && rc == 0; i++) rc = trainer_step(&r.tr, r.x, r.t, r.ac.lr, &lv);
-      if (rc == 0) rc = sync_backend(&r.m.net);
-      secs = now() - t0;
-    } else { /* inference: input in, forward (evaluation mode), nothing out but a sync */
-      for (int i = 0; i < 3 && rc == 0; i++) {
-        rc = nn_input_upload(&r.m.net, r.m.input, r.x);
-        if (rc == 0) rc = nn_forward(&r.m.net, 0);
+    for (int f = 0; f < TRAIN_BENCH_NFEEDS; f++) {
+      if (!(bench_feeds >> f & 1)) continue;
+      double secs = 0;
+      if (rc == 0)
+        rc = pass == 0 ? train_bench_steps(&r.tr, r.x, r.t, r.ac.lr, (train_bench_feed)f, 3, iters,
+                                           &secs)
+                       : train_bench_forwards(&r.tr, r.x, (train_bench_feed)f, 3, iters, &secs);
+      if (rc < 0)
+        printf("trainer-check: %s %s %s batch=%d %s: error: %s\n", pass ? "infer" : "train",
+               be->name, prec, B, train_bench_feed_name((train_bench_feed)f), ce_err_msg());
+      else
+        printf("trainer-check: %s %s %s batch=%d %ssamples/s %.1f\n", pass ? "infer" : "train",
+               be->name, prec, B, feed_tag(f), (double)B * iters / secs);
+      fflush(stdout);
+      if (rc < 0) {
+        failures++;
+        break;
       }
-      if (rc == 0) rc = sync_backend(&r.m.net);
-      double t0 = now();
-      for (int i = 0; i < iters && rc == 0; i++) {
-        rc = nn_input_upload(&r.m.net, r.m.input, r.x);
-        if (rc == 0) rc = nn_forward(&r.m.net, 0);
-      }
-      if (rc == 0) rc = sync_backend(&r.m.net);
-      secs = now() - t0;
     }
-    if (rc < 0)
-      printf("trainer-check: %s %s %s batch=%d: error: %s\n", pass ? "infer" : "train", be->name,
-             prec, B, ce_err_msg());
-    else
-      printf("trainer-check: %s %s %s batch=%d samples/s %.1f\n", pass ? "infer" : "train",
-             be->name, prec, B, (double)B * iters / secs);
-    fflush(stdout);
-    if (rc < 0) failures++;
     rig_close(&r);
   }
+}
+
+/* The bus alone: a batch of infer_batch inputs copied to the backend from
+ * pageable and from page-locked host memory, GB/s (what the pageable
+ * figures above can reach at most: batch x 3 x grid^3 x 4 bytes a batch) */
+static void bench_bus(const nn_backend *be, int infer_batch, int iters, int grid) {
+  const size_t n = (size_t)infer_batch * 3 * grid * grid * grid;
+  nn_net net; /* no layers: its backend's memory and copies */
+  nn_init(&net);
+  float *x = (float *)malloc(sizeof(float) * n);
+  int rc = x && nn_set_backend(&net, be) == 0 ? 0 : -1;
+  if (rc == 0)
+    for (size_t i = 0; i < n; i++) x[i] = (float)(i % 1000) * 1e-3f;
+  for (int f = TRAIN_BENCH_PAGEABLE; f <= TRAIN_BENCH_PINNED && rc == 0; f++) {
+    double secs = 0;
+    rc = train_bench_upload(&net, x, n, (train_bench_feed)f, iters, &secs);
+    if (rc == 0)
+      printf("trainer-check: upload %s %s bytes=%zu GB/s %.2f (%.2f ms a batch of %d)\n",
+             be->name, train_bench_feed_name((train_bench_feed)f), sizeof(float) * n,
+             sizeof(float) * n * (double)iters / secs * 1e-9, 1e3 * secs / iters, infer_batch);
+  }
+  if (rc < 0) {
+    printf("trainer-check: upload %s: error: %s\n", be->name, x ? ce_err_msg() : "out of memory");
+    failures++;
+  }
+  fflush(stdout);
+  free(x);
+  nn_free(&net);
+}
+
+
+static int sync_backend(const nn_net *net) {
+  float v;
+  return nn_download(net, &v, net->params[0].w, 1); /* waits for the queued work */
 }
 
 /* Where the device time of a training step goes (the CUDA backend's timing
@@ -673,10 +725,30 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--times-steps")) times_steps = arg_int(argc, argv, &i, 1, 1000);
     else if (!strcmp(argv[i], "--grid")) grid = arg_int(argc, argv, &i, 16, 1024);
     else if (!strcmp(argv[i], "--backend") && i + 1 < argc) backend = argv[++i];
-    else if (!strcmp(argv[i], "--help")) {
+    else if (!strcmp(argv[i], "--feeds") && i + 1 < argc) {
+      if (train_bench_feeds_parse(argv[++i], &bench_feeds) < 0) {
+        fprintf(stderr, "trainer_gpu_check: error: --feeds: %s\n", ce_err_msg());
+        return 2;
+      }
+    } else if (!strcmp(argv[i], "--precisions") && i + 1 < argc) {
+      bench_precisions = argv[++i];
+      static const char *const known[] = {"fp32", "fp32-fastest", "fp32-fastest-ws16g",
+                                          "fp32-graph", "tf32", "bf16"};
+      for (const char *p = bench_precisions; *p;) {
+        size_t k = strcspn(p, ","), ok = 0;
+        for (int j = 0; j < 6; j++) ok |= k == strlen(known[j]) && !strncmp(p, known[j], k);
+        if (!ok) {
+          fprintf(stderr, "trainer_gpu_check: error: --precisions: '%.*s': expected fp32, "
+                  "fp32-fastest, fp32-fastest-ws16g, fp32-graph, tf32 or bf16\n", (int)k, p);
+          return 2;
+        }
+        p += k + (p[k] == ',');
+      }
+    } else if (!strcmp(argv[i], "--help")) {
       printf("usage: trainer_gpu_check [--steps N] [--curve-batch B] [--batch B] [--infer-batch B] "
              "[--iters K] [--tf32] [--no-bench] [--no-curves] [--grid G] [--backend NAME] "
-             "[--precision-curves] [--only-bench] [--times] [--times-steps N]\n");
+             "[--precision-curves] [--only-bench] [--times] [--times-steps N] [--feeds LIST] "
+             "[--precisions LIST]\n");
       return 0;
     } else {
       fprintf(stderr, "trainer_gpu_check: error: unknown option '%s' (--help)\n", argv[i]);
@@ -798,8 +870,10 @@ int main(int argc, char **argv) {
 #ifdef COEMU_HAVE_CUDA_TRAINER
     if (gpu == &nn_backend_cuda) nvar = 4;
 #endif
+    bench_bus(gpu, infer_batch, iters, grid);
     int reinit = 0;
     for (int v = 0; v < nvar && reinit == 0; v++) {
+      if (!bench_wanted(label[v])) continue;
       nn_backend_finish(gpu);
       setenv("COEMU_CUDNN_VERBOSE", "1", 1);
       setenv("COEMU_CUDNN_DETERMINISTIC", v == 1 || v == 2 ? "0" : "1", 1);
@@ -822,7 +896,7 @@ int main(int argc, char **argv) {
       return 1;
     }
 #ifdef COEMU_HAVE_CUDA_TRAINER
-    if (tf32 && gpu == &nn_backend_cuda) {
+    if (tf32 && gpu == &nn_backend_cuda && bench_wanted("tf32")) {
       nn_cuda_set_tf32(1);
       bench(gpu, "tf32", NN_FLOAT32, batch, infer_batch, iters, grid);
       nn_cuda_set_tf32(0);
