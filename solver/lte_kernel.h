@@ -55,6 +55,25 @@
  * docs/physics.md). Results may not depend on the thread count or on which
  * other cubes share a batch: each ray is computed alone.
  *
+ * The float environment. On the host (x86-64) the kernels compute with
+ * subnormal numbers flushed to zero: results below DBL_MIN (FLT_MIN) become
+ * 0 and such operands read as 0 (MXCSR FTZ and DAZ, set per thread for the
+ * kernel's work and restored after: lte_host_flush_begin / _end below; the
+ * host-run bodies of lte_kernel_body.h alike). Gradual underflow is exact
+ * but slow on x86: every operation with a subnormal operand or result takes
+ * a microcode assist of ~100 cycles, and the line's far wings are full of
+ * them (exp(-b^2) for b^2 in [708, 746), segment terms of 1e-300 and
+ * below): on cubes sampled from an AMRVAC model they were two thirds of the
+ * CPU kernel's time (docs/benchmarks.md, "Subnormals"). What is flushed is
+ * below 2.2e-308 in a sum whose pixels are 1e-16 and more, so no image of
+ * the test cubes, the example or the AMRVAC samples changed by a bit; a
+ * pixel could change only where its whole value is of that order (and then
+ * to 0 in the float32 targets either way). Devices compute float64 with
+ * gradual underflow (CUDA has no flush for doubles): that is one more of
+ * the last-bit differences the criterion above allows. A temperature below
+ * DBL_MIN would read as 0, so such a cell is invalid everywhere
+ * (lte_kernel_cell_ok).
+ *
  * The float32 path (f32 below, lte_options.precision): the cells as above,
  * the rays by lte_kernel_body.h's float32 formulas (lte_body_ray_thread_f32,
  * docs/physics.md "The float32 path"), which every backend runs as written;
@@ -74,7 +93,7 @@
  * the scalar form of all this; kernels may vectorise it but must give the
  * same bits.
  *
- * Bad cells. A cell is valid when |v| < c, 0 < T <= DBL_MAX and
+ * Bad cells. A cell is valid when |v| < c, DBL_MIN <= T <= DBL_MAX and
  * 0 <= n <= DBL_MAX (lte_kernel_cell_ok; NaN fails every test). A kernel
  * checks every cell it reads; if any fails it still writes every image (the
  * rays with a bad cell: anything, the CPU writes NaN) and returns
@@ -218,8 +237,28 @@ const char *lte_backend_name(lte_backend b);
 
 /* The scalar forms of the contract, shared by the line model (lte_line.c)
  * and the CPU kernel. Compile with -ffp-contract=off (solver/meson.build). */
+/* The host kernels' float environment (above): subnormals flushed to zero
+ * in this thread (x86: MXCSR FTZ | DAZ) until lte_host_flush_end puts the
+ * saved mode back. Elsewhere both do nothing (gradual underflow). */
+#if !defined(__CUDACC__)
+#if defined(__x86_64__) || defined(__SSE2__)
+#include <xmmintrin.h>
+typedef unsigned lte_host_fpenv;
+static inline lte_host_fpenv lte_host_flush_begin(void) {
+  const unsigned saved = _mm_getcsr();
+  _mm_setcsr(saved | 0x8040u); /* FTZ (bit 15), DAZ (bit 6) */
+  return saved;
+}
+static inline void lte_host_flush_end(lte_host_fpenv saved) { _mm_setcsr(saved); }
+#else
+typedef int lte_host_fpenv;
+static inline lte_host_fpenv lte_host_flush_begin(void) { return 0; }
+static inline void lte_host_flush_end(lte_host_fpenv saved) { (void)saved; }
+#endif
+#endif
+
 static inline LTE_HD int lte_kernel_cell_ok(double v, double T, double n, double c) {
-  return (fabs(v) < c) & (T > 0) & (T <= DBL_MAX) & (n >= 0) & (n <= DBL_MAX);
+  return (fabs(v) < c) & (T >= DBL_MIN) & (T <= DBL_MAX) & (n >= 0) & (n <= DBL_MAX);
 }
 
 static inline LTE_HD int lte_kernel_pop_ok(double pl, double pu) {

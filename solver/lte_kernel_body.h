@@ -59,24 +59,35 @@ extern "C" {
  * results in the caller's scope. */
 
 /* the optical depth of segment (cells 0, 1): d in general, near where
- * |b1 - b0| < 1e-4 (the caller selects by b10) */
-#define LTE_SEG_DTAU(T, a0, a1, b0, b1, eb0, eb1, er0, er1, b10, d, near)              \
-  T b10 = (b1) - (b0), a01_##d = (a0) + (a1);                                           \
+ * |b1 - b0| < 1e-4 (the caller selects by b10). The two branches are also
+ * macros of their own (b10 = b1 - b0 declared first), so that a vector
+ * kernel computes only the one its lanes all take: the same operations give
+ * the same bits either way. */
+#define LTE_SEG_DTAU_FAR(T, a0, a1, b0, b1, eb0, eb1, er0, er1, b10, d)                       \
   T sp_a1b0_##d = (LTE_BODY_SQRT_PI * (a1)) * (b0);                                     \
   T sp_a0b1_##d = (LTE_BODY_SQRT_PI * (a0)) * (b1);                                     \
   T d = ((a1) - (a0)) * ((eb0) - (eb1));                                                \
   d = d + (sp_a1b0_##d - sp_a0b1_##d) * ((er0) - (er1));                                \
-  d = d * (0.5 / (b10 * b10 + 1.0e-30));                                                \
-  T near = (0.5 * a01_##d) * (eb0) - ((1.0 / 3.0) * (a01_##d + (a1))) * (((eb0) * (b0)) * b10)
+  d = d * (0.5 / (b10 * b10 + 1.0e-30))
+#define LTE_SEG_DTAU_NEAR(T, a0, a1, b0, eb0, b10, near)                                      \
+  T a01_##near = (a0) + (a1);                                                           \
+  T near = (0.5 * a01_##near) * (eb0) -                                                 \
+           ((1.0 / 3.0) * (a01_##near + (a1))) * (((eb0) * (b0)) * b10)
+#define LTE_SEG_DTAU(T, a0, a1, b0, b1, eb0, eb1, er0, er1, b10, d, near)              \
+  T b10 = (b1) - (b0);                                                                  \
+  LTE_SEG_DTAU_FAR(T, a0, a1, b0, b1, eb0, eb1, er0, er1, b10, d);                      \
+  LTE_SEG_DTAU_NEAR(T, a0, a1, b0, eb0, b10, near)
 
 /* one segment's term of the formal solution, S linear in tau: r in general,
  * taylor where D < 1e-4 (the caller selects by D). corrected: the exact
  * series f0 = D/2 - D^2/6 + D^3/24, f1 = D/2 + D^2/6 + D^3/24; else Pomme's,
- * with the D^2 and D^3 signs swapped. */
-#define LTE_SEG_FORMAL(T, D, S0, S1, em0, em1, corrected, r, taylor)                  \
+ * with the D^2 and D^3 signs swapped. Each branch is a macro of its own too
+ * (as LTE_SEG_DTAU's). */
+#define LTE_SEG_FORMAL_R(T, D, S0, S1, em0, em1, r)                                           \
   T r = (S0) * ((em1) - (em0) * (1.0 - (D)));                                           \
   r = r + (S1) * ((em0) - (em1) * (1.0 + (D)));                                         \
-  r = r / ((D) + 1.0e-30);                                                              \
+  r = r / ((D) + 1.0e-30)
+#define LTE_SEG_FORMAL_TAYLOR(T, D, S0, S1, em0, em1, corrected, taylor)                      \
   T taylor;                                                                             \
   {                                                                                     \
     T c_ = 0.5 * (D), f0_ = c_, f1_ = c_;                                               \
@@ -96,6 +107,9 @@ extern "C" {
     }                                                                                   \
     taylor = (S0) * ((em0) * f0_) + (S1) * ((em1) * f1_);                               \
   }
+#define LTE_SEG_FORMAL(T, D, S0, S1, em0, em1, corrected, r, taylor)                  \
+  LTE_SEG_FORMAL_R(T, D, S0, S1, em0, em1, r);                                          \
+  LTE_SEG_FORMAL_TAYLOR(T, D, S0, S1, em0, em1, corrected, taylor)
 #define LTE_BODY_INV_SQRT_PI (1.0 / LTE_BODY_SQRT_PI)
 #define LTE_BODY_EXP_ZERO 746.0 /* exp(-x) = 0 from here on (lte_kernel_cpu.c) */
 #define LTE_BODY_LANES 8        /* the CPU's partial sums of the formal solution */
@@ -209,15 +223,28 @@ static inline LTE_HD void lte_body_profile(const lte_kernel_model *M, double iw,
 /* the optical depth of one segment (cells 0 and 1) */
 static inline LTE_HD double lte_body_dtau(double a0, double a1, double b0, double b1, double eb0,
                                           double eb1, double er0, double er1) {
-  LTE_SEG_DTAU(double, a0, a1, b0, b1, eb0, eb1, er0, er1, b10, d, near);
-  return fabs(b10) < 1.0e-4 ? near : d;
+  /* a branch, not a select: the 32 neighbouring rays of a warp mostly take
+   * the same one, and the other (with its division) is then not run */
+  const double b10 = b1 - b0;
+  if (fabs(b10) < 1.0e-4) {
+    LTE_SEG_DTAU_NEAR(double, a0, a1, b0, eb0, b10, near);
+    return near;
+  }
+  LTE_SEG_DTAU_FAR(double, a0, a1, b0, b1, eb0, eb1, er0, er1, b10, d);
+  return d;
 }
 
 /* one segment's term of the formal solution, S linear in tau */
 static inline LTE_HD double lte_body_formal(double D, double S0, double S1, double em0, double em1,
                                             int corrected) {
-  LTE_SEG_FORMAL(double, D, S0, S1, em0, em1, corrected, r, taylor);
-  return D < 1.0e-4 ? taylor : r;
+  /* a branch, as lte_body_dtau's: thin segments (the line's wings) are most
+   * of a ray's, and their warps then skip the general term's division */
+  if (D < 1.0e-4) {
+    LTE_SEG_FORMAL_TAYLOR(double, D, S0, S1, em0, em1, corrected, taylor);
+    return taylor;
+  }
+  LTE_SEG_FORMAL_R(double, D, S0, S1, em0, em1, r);
+  return r;
 }
 
 /* 2. one ray at one channel */
@@ -545,12 +572,14 @@ static inline LTE_HD void lte_body_target_thread(const lte_body_view *V, long lo
 #ifndef __CUDACC__
 /* The host: the same bodies, one plain loop per launch, in thread order. */
 static inline void lte_body_run_host(const lte_kernel_model *M, const lte_body_view *V) {
+  const lte_host_fpenv fenv = lte_host_flush_begin(); /* as the CPU kernel (lte_kernel.h) */
   for (long long t = 0; t < V->nray * V->nz; t++) lte_body_cell_thread(M, V, t);
   for (long long t = 0; t < V->nray * V->nf; t++)
     if (M->f32)
       lte_body_ray_thread_f32(M, V, t);
     else
       lte_body_ray_thread(M, V, t);
+  lte_host_flush_end(fenv); /* the targets' rounding keeps float32's subnormals, as a device's */
   if (V->targets)
     for (long long t = 0; t < V->nray * V->nf; t++) lte_body_target_thread(V, t);
 }

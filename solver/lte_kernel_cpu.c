@@ -290,8 +290,21 @@ static void segments(workspace *w, int nz, const double *bf, const double *ebf, 
     v8d b0 = ld(bf + k), b1 = ld(bf + k + 1);
     v8d eb0 = ld(ebf + k), eb1 = ld(ebf + k + 1);
     v8d er0 = ld(erf_ + k), er1 = ld(erf_ + k + 1);
-    LTE_SEG_DTAU(v8d, a0, a1, b0, b1, eb0, eb1, er0, er1, b10, d, near);
-    st(dtau + k, blend((v8l)(vabs(b10) < 1.0e-4), near, d));
+    v8d b10 = b1 - b0;
+    const v8l nm = (v8l)(vabs(b10) < 1.0e-4);
+    const unsigned m = lanes(nm);
+    /* the branch every lane takes alone (the usual case), else both */
+    if (m == 0) {
+      LTE_SEG_DTAU_FAR(v8d, a0, a1, b0, b1, eb0, eb1, er0, er1, b10, d);
+      st(dtau + k, d);
+    } else if (m == (1u << W) - 1) {
+      LTE_SEG_DTAU_NEAR(v8d, a0, a1, b0, eb0, b10, near);
+      st(dtau + k, near);
+    } else {
+      LTE_SEG_DTAU_FAR(v8d, a0, a1, b0, b1, eb0, eb1, er0, er1, b10, d);
+      LTE_SEG_DTAU_NEAR(v8d, a0, a1, b0, eb0, b10, near);
+      st(dtau + k, blend(nm, near, d));
+    }
   }
 }
 
@@ -312,8 +325,21 @@ static double formal(const lte_kernel_model *M, workspace *w, int nz, const doub
     v8d em0 = ld(em + k), em1 = ld(em + k + 1);
     /* behind an opaque layer every term is exactly 0 */
     if (all_set((v8l)(em0 == 0.0)) && all_set((v8l)(em1 == 0.0))) continue;
-    LTE_SEG_FORMAL(v8d, D, S0, S1, em0, em1, corrected, r, taylor);
-    r = blend((v8l)(D < 1.0e-4), taylor, r);
+    /* thin segments (D < 1e-4, the line's wings) are most of a ray's: the
+     * branch every lane takes alone, else both (the same bits either way) */
+    const v8l tm = (v8l)(D < 1.0e-4);
+    const unsigned m = lanes(tm);
+    v8d r;
+    if (m == (1u << W) - 1) {
+      LTE_SEG_FORMAL_TAYLOR(v8d, D, S0, S1, em0, em1, corrected, taylor);
+      r = taylor;
+    } else if (m == 0) {
+      LTE_SEG_FORMAL_R(v8d, D, S0, S1, em0, em1, rr);
+      r = rr;
+    } else {
+      LTE_SEG_FORMAL(v8d, D, S0, S1, em0, em1, corrected, rr, taylor);
+      r = blend(tm, taylor, rr);
+    }
     if (k + W > nseg) { /* lanes past the last segment */
       v8l live;
       for (int i = 0; i < W; i++) live[i] = k + i < nseg ? -1 : 0;
@@ -621,6 +647,9 @@ static int cpu_solve(const lte_kernel_model *M, const lte_kernel_batch *B) {
   int nt = B->threads > 0 ? B->threads : omp_get_max_threads();
 #pragma omp parallel num_threads(nt)
   {
+    /* subnormals flushed in this thread while it computes (lte_kernel.h,
+     * "The float environment"), the caller's mode back after */
+    const lte_host_fpenv fenv = lte_host_flush_begin();
     workspace w;
     f32_workspace g;
     int ok = ws_alloc(&w, nz) == 0;
@@ -655,6 +684,7 @@ static int cpu_solve(const lte_kernel_model *M, const lte_kernel_batch *B) {
     }
     if (ok) ws_free(&w);
     if (ok && M->f32) f32_ws_free(&g);
+    lte_host_flush_end(fenv);
   }
   if (alloc_failed) CE_FAIL("LTE solver: out of memory for the ray workspace (nz = %d)", nz);
   return bad ? LTE_KERNEL_BAD_INPUT : 0;

@@ -1,7 +1,10 @@
 /* bench_solver.c - `coemu bench solver`: milliseconds per 64^3 cube x 7
  * COEmuNet channels of the exact LTE imager, on one thread and on all
  * threads, for a random cube with realistic ranges (T 10..3000 K,
- * n 1e4..1e13 m^-3, v_z within +-10 km/s). Each figure is the median of
+ * n 1e4..1e13 m^-3, v_z within +-10 km/s), or with --cubes example the
+ * built-in AGB wind with a spiral shell (solver/cubes.h: a model's smooth
+ * wings, where the far-wing arithmetic dominates; docs/benchmarks.md,
+ * "Subnormals"). Each figure is the median of
  * --reps timed runs after one warm-up. With --device cuda: cubes per second
  * of batches of --batch cubes on the GPU (copies included), instead.
  * --precision float32 times the float32 path (docs/physics.md). */
@@ -9,6 +12,7 @@
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "common/clock.h"
@@ -63,7 +67,7 @@ static double time_solve(double *cpu, double *best, const lte_line *L, const dou
 
 int bench_solver(int argc, char **argv) {
   int64_t reps = 9, threads = 0, batch = 4, size = 64;
-  const char *lamda = NULL, *device = "cpu", *precision = "float64";
+  const char *lamda = NULL, *device = "cpu", *precision = "float64", *cubes = "random";
   cli_opt opts[] = {
       {"reps", CLI_INT, &reps, "N", "timed repetitions per figure (median; default 9)", 0, 0},
       {"threads", CLI_INT, &threads, "N", "threads for the parallel figure (default: all)", 0, 0},
@@ -72,13 +76,17 @@ int bench_solver(int argc, char **argv) {
       {"lamda", CLI_STR, &lamda, "FILE", "LAMDA file (default: the built-in co.dat path)", 0, 0},
       {"device", CLI_STR, &device, "cpu|cuda", "where the solver runs (default cpu; cuda: the first GPU, batch figures only)", 0, 0},
       {"precision", CLI_STR, &precision, "P", "the solver's arithmetic: float64 (default) or float32", 0, 0},
+      {"cubes", CLI_STR, &cubes, "KIND", "random (default: random smooth cubes) or example (the built-in AGB spiral wind, as coemu solve --example)", 0, 0},
       {0}};
   const cli_command spec = {"bench solver", "[options]",
-                            "Time the LTE imager on random 64^3 cubes.", opts, 0, 0};
+                            "Time the LTE imager on random 64^3 cubes (or the built-in example).", opts, 0, 0};
   cli_status r = cli_run_parse(&spec, argc, argv, NULL, NULL);
   if (r != CLI_OK) return cli_exit(r);
   if (reps < 1 || batch < 1 || size < 2 || size > 512)
     return cli_usage_fail("bench solver", "--reps and --batch must be >= 1, --size 2..512");
+  const int example = !strcmp(cubes, "example");
+  if (!example && strcmp(cubes, "random"))
+    return cli_usage_fail("bench solver", "--cubes %s: expected random or example", cubes);
   lte_backend be;
   if (lte_backend_parse(device, &be) < 0)
     return cli_usage_fail("bench solver", "--device: %s", ce_err_msg());
@@ -107,7 +115,10 @@ int bench_solver(int argc, char **argv) {
     T[c] = malloc(nc * sizeof(double));
     n[c] = malloc(nc * sizeof(double));
     img[c] = malloc((size_t)N * N * 7 * sizeof(double));
-    cubes_random(1000 + c, N, N, N, v[c], T[c], n[c]);
+    if (example) /* the same cube each time: a batch of one model's views */
+      cubes_agb_spiral(N, CUBES_AGB_HALF_WIDTH, v[c], T[c], n[c]);
+    else
+      cubes_random(1000 + c, N, N, N, v[c], T[c], n[c]);
   }
   double f[7];
   freqgrid_coemunet(L.nu0, f);
@@ -127,7 +138,7 @@ int bench_solver(int argc, char **argv) {
     }
     goto done;
   }
-  printf("solver kernel %s precision %s\n", lte_kernel_name(), precision);
+  printf("solver kernel %s precision %s cubes %s\n", lte_kernel_name(), precision, cubes);
   /* median wall time, its speedup over 1 thread, the best (least disturbed)
    * run and the speedup of best over best, median CPU time */
   double c1, cn_, cb, b1, bn, bb;
