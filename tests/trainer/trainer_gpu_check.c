@@ -356,10 +356,6 @@ static void bench_bus(const nn_backend *be, int infer_batch, int iters, int grid
 }
 
 
-static int sync_backend(const nn_net *net) {
-  float v;
-  return nn_download(net, &v, net->params[0].w, 1); /* waits for the queued work */
-}
 
 /* Where the device time of a training step goes (the CUDA backend's timing
  * mode, COEMU_CUDA_TIMES=1: backend_cuda.h): the model and batch of bench's
@@ -372,6 +368,11 @@ static int sync_backend(const nn_net *net) {
  * tf32: cuDNN / cuBLAS on TF32 tensor cores (nn_cuda_set_tf32), as bench's
  * tf32 figure. */
 #ifdef COEMU_HAVE_CUDA_TRAINER
+static int sync_backend(const nn_net *net) {
+  float v;
+  return nn_download(net, &v, net->params[0].w, 1); /* waits for the queued work */
+}
+
 static int times_run(const nn_backend *be, const char *prec, int tf32, int batch, int steps,
                      int grid) {
   coemunet_config cfg = coemunet_default(7);
