@@ -17,103 +17,16 @@
 #include "common/npy.h"
 #include "common/version.h"
 #include "pipeline/cmd/commands.h"
+#include "pipeline/dataset/cube_file.h"
 #include "pipeline/dataset/h5util.h"
 #include "solver/cubes.h"
 #include "solver/freqgrid.h"
 #include "solver/lamda.h"
 #include "solver/lte.h"
 
-typedef struct {
-  int nx, ny, nz;
-  double *v, *T, *n;
-  const char *src[3]; /* where each array came from, for messages */
-} cube;
-
-static void cube_free(cube *c) {
-  free(c->v);
-  free(c->T);
-  free(c->n);
-}
-
 static int ends_with(const char *s, const char *suffix) {
   size_t a = strlen(s), b = strlen(suffix);
   return a >= b && !strcmp(s + a - b, suffix);
-}
-
-static int read_npy_cube(const char *paths[3], cube *c) {
-  static const char *names[3] = {"v_z", "T", "n"};
-  double **dst[3] = {&c->v, &c->T, &c->n};
-  npy_info info[3];
-  for (int i = 0; i < 3; i++) {
-    c->src[i] = paths[i];
-    if (npy_read_f64(paths[i], &info[i], dst[i]) < 0) return ce_err_prefix("%s array", names[i]);
-    if (info[i].ndim != 3)
-      return ce_err("%s: %s array has %d dimensions, expected 3 (x, y, z)", paths[i], names[i],
-                    info[i].ndim);
-    if (i > 0 && memcmp(info[i].shape, info[0].shape, 3 * sizeof(size_t)))
-      return ce_err("%s: %s array has shape (%zu, %zu, %zu), but %s (%s) has (%zu, %zu, %zu)",
-                    paths[i], names[i], info[i].shape[0], info[i].shape[1], info[i].shape[2],
-                    names[0], paths[0], info[0].shape[0], info[0].shape[1], info[0].shape[2]);
-  }
-  for (int d = 0; d < 3; d++)
-    if (info[0].shape[d] < 1 || info[0].shape[d] > (1u << 20))
-      return ce_err("%s: axis %d has %zu cells, expected 1..%u", paths[0], d, info[0].shape[d],
-                    1u << 20);
-  c->nx = (int)info[0].shape[0], c->ny = (int)info[0].shape[1], c->nz = (int)info[0].shape[2];
-  return 0;
-}
-
-static int read_h5_cube(const char *path, cube *c) {
-  static const char *names[3] = {"v_z", "T", "n"};
-  double **dst[3] = {&c->v, &c->T, &c->n};
-  hsize_t dims0[3] = {0};
-  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-  hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-  if (f < 0) return ce_err("%s: cannot open as HDF5", path);
-  int rc = 0;
-  for (int i = 0; i < 3 && rc == 0; i++) {
-    c->src[i] = path;
-    hid_t d = H5Dopen2(f, names[i], H5P_DEFAULT);
-    if (d < 0) {
-      rc = ce_err("%s: no dataset '%s' (expected datasets v_z, T, n of shape (x, y, z))", path,
-                  names[i]);
-      break;
-    }
-    hid_t s = H5Dget_space(d);
-    hid_t t = H5Dget_type(d);
-    int nd = H5Sget_simple_extent_ndims(s);
-    hsize_t dims[3] = {0};
-    if (H5Tget_class(t) != H5T_FLOAT)
-      rc = ce_err("%s: dataset '%s' is not floating point", path, names[i]);
-    else if (nd != 3)
-      rc = ce_err("%s: dataset '%s' has %d dimensions, expected 3 (x, y, z)", path, names[i], nd);
-    else {
-      H5Sget_simple_extent_dims(s, dims, NULL);
-      if (i == 0) memcpy(dims0, dims, sizeof dims);
-      if (memcmp(dims, dims0, sizeof dims))
-        rc = ce_err("%s: dataset '%s' has shape (%llu, %llu, %llu), but v_z has (%llu, %llu, %llu)",
-                    path, names[i], (unsigned long long)dims[0], (unsigned long long)dims[1],
-                    (unsigned long long)dims[2], (unsigned long long)dims0[0],
-                    (unsigned long long)dims0[1], (unsigned long long)dims0[2]);
-      for (int k = 0; k < 3 && rc == 0; k++)
-        if (dims[k] < 1 || dims[k] > (1u << 20))
-          rc = ce_err("%s: dataset '%s' axis %d has %llu cells, expected 1..%u", path, names[i], k,
-                      (unsigned long long)dims[k], 1u << 20);
-      if (rc == 0) {
-        *dst[i] = ce_malloc_array((size_t)(dims[0] * dims[1] * dims[2]), sizeof(double), names[i]);
-        if (!*dst[i])
-          rc = -1;
-        else if (H5Dread(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, *dst[i]) < 0)
-          rc = ce_err("%s: cannot read dataset '%s'", path, names[i]);
-      }
-    }
-    H5Tclose(t);
-    H5Sclose(s);
-    H5Dclose(d);
-  }
-  H5Fclose(f);
-  c->nx = (int)dims0[0], c->ny = (int)dims0[1], c->nz = (int)dims0[2];
-  return rc;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -309,7 +222,7 @@ int cmd_solve(int argc, char **argv) {
       {"in", CLI_STR, &in, "FILE", "HDF5 file with datasets v_z, T, n (x, y, z) instead", 0, 0},
       {"example", CLI_FLAG, &dummy_example, "[N]",
        "built-in AGB wind with a spiral shell, N^3 cells (default 64)", 0, 0},
-      {"dx", CLI_DOUBLE, &dx, "M", "cell spacing along z [m] (required for files; example: 2*1.5e13/N)", 0, 0},
+      {"dx", CLI_DOUBLE, &dx, "M", "cell spacing along z [m] (required for .npy files; --in: the file's attribute dx by default; example: 2*1.5e13/N)", 0, 0},
       {"lamda", CLI_STR, &lamda, "FILE", "LAMDA file (default for --example: " "the co.dat named by $COEMU_LAMDA_CO or the build)", 0, 0},
       {"transition", CLI_INT, &transition, "K", "LAMDA transition number (default 2: CO J=2-1)", 0, 0},
       {"upper", CLI_INT, &upper, "U", "select the transition by its upper level ...", 0, 0},
@@ -344,7 +257,7 @@ int cmd_solve(int argc, char **argv) {
   for (int i = 0; i < argc; i++) strcat(strcat(cmdline, " "), argv[i]);
 
   int rc = 1;
-  cube c = {0};
+  cube_file c = {0};
   lamda_molecule mol = {0};
   lte_line L = {0};
   double *freqs = NULL, *img = NULL;
@@ -400,8 +313,8 @@ int cmd_solve(int argc, char **argv) {
     if (!lamda) lamda = lamda_default_co_path();
     snprintf(input_desc, sizeof input_desc, "example AGB spiral wind, %d^3", N);
   } else {
-    if (!opts[5].seen) {
-      ce_err("--dx is required with input files (cell spacing along z in metres)");
+    if (!opts[5].seen && !in) {
+      ce_err("--dx is required with .npy input files (cell spacing along z in metres)");
       goto usage;
     }
     if (!lamda) {
@@ -409,11 +322,18 @@ int cmd_solve(int argc, char **argv) {
       goto usage;
     }
     if (in) {
-      if (read_h5_cube(in, &c) < 0) goto fail;
+      if (cube_file_read_h5(in, &c) < 0) goto fail;
+      if (!opts[5].seen) { /* the file's own spacing (coemu sample --h5 writes it) */
+        if (isnan(c.dx)) {
+          ce_err("--dx is required: %s has no attribute dx (cell spacing along z in metres)", in);
+          goto usage;
+        }
+        dx = c.dx;
+      }
       snprintf(input_desc, sizeof input_desc, "%s", in);
     } else {
       const char *paths[3] = {vz, Tp, np};
-      if (read_npy_cube(paths, &c) < 0) goto fail;
+      if (cube_file_read_npy(paths, &c) < 0) goto fail;
       snprintf(input_desc, sizeof input_desc, "v_z=%s T=%s n=%s", vz, Tp, np);
     }
   }
@@ -485,7 +405,7 @@ done:
   free(cmdline);
   free(freqs);
   free(img);
-  cube_free(&c);
+  cube_file_free(&c);
   lte_line_free(&L);
   lamda_free(&mol);
   return rc;

@@ -115,7 +115,7 @@ usage_error("bench", [], "expected a TARGET")
 usage_error("bench", ["no-such-target"], "unknown target 'no-such-target'")
 usage_error("bench synth", ["-n", 0], "-n 0")
 usage_error("bench train", ["--batch", 1], "--batch 1")
-usage_error("bench solver", ["--cubes", "amr"], "--cubes amr: expected random or example")
+usage_error("bench solver", ["--cubes", "amr"], "--cubes amr: expected random, example or HDF5 files")
 
 # Failures at run time: status 1.
 missing = os.path.join(tmp, "nonexistent")

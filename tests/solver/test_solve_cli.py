@@ -160,6 +160,19 @@ with tempfile.TemporaryDirectory() as d:
     expect_error([*npy32, *base, "--upper", 2, "--lower", 3, "--out", j("x.npy")],
                  "no radiative transition from level 2 to level 3")
     expect_error([*npy32, "--lamda", CO, "--out", j("x.npy")], "--dx is required", code=2)
+    # --in: the file's attribute dx is the default spacing (coemu sample --h5 writes it)
+    expect_error(["--in", j("cube.h5"), "--lamda", CO, "--out", j("x.npy")], "--dx is required",
+                 j("cube.h5"), "no attribute dx", code=2)
+    with h5py.File(j("cube_dx.h5"), "w") as f:
+        f["v_z"], f["T"], f["n"] = v, T, n
+        f.attrs["dx"] = 1e11
+    rc, err = solve("--in", j("cube_dx.h5"), "--lamda", CO, "--channels", "coemunet", "--out", j("d.npy"))
+    check(rc == 0 and np.array_equal(np.load(j("d.npy")), a), f"--in with attribute dx: {err}")
+    with h5py.File(j("cube_dx0.h5"), "w") as f:
+        f["v_z"], f["T"], f["n"] = v, T, n
+        f.attrs["dx"] = -1.0
+    expect_error(["--in", j("cube_dx0.h5"), "--lamda", CO, "--out", j("x.npy")], j("cube_dx0.h5"),
+                 "attribute 'dx' is not a positive cell spacing")
     expect_error([*npy32, *base], "nothing to write", code=2)
     expect_error([*npy32, *base, "--out", j("x.txt")], "expected a name ending in .npy or .h5", code=2)
     expect_error(["--example", "--lamda", j("nope.dat"), "--out", j("x.npy")], "nope.dat: cannot open")
@@ -193,5 +206,35 @@ with tempfile.TemporaryDirectory() as d:
     expect_error(["--example", "8", "--precision", "half", "--out", j("x.npy")], "--precision",
                  "expected float64 or float32", code=2)
     check(not os.path.exists(j("x.npy")), "no output after errors")
+
+    # coemu bench solver --cubes FILE.h5,...: cubes as coemu sample --h5 writes
+    # them (datasets v_z, T, n and the attribute dx), the batch cycling
+    # through them; files that disagree or are no cubes are refused by name
+    def bench(*args):
+        p = subprocess.run([COEMU, "bench", "solver", *map(str, args)], capture_output=True,
+                           text=True, timeout=120)
+        return p.returncode, p.stdout, p.stderr
+
+    for k, (cube_shape, dx) in enumerate([((8, 8, 8), 2e12), ((8, 8, 8), 2e12), ((8, 8, 8), 3e12),
+                                          ((8, 8, 6), 2e12)]):
+        with h5py.File(j(f"b{k}.h5"), "w") as f:
+            f["v_z"] = rng.uniform(-3e3, 3e3, cube_shape)
+            f["T"] = rng.uniform(20, 300, cube_shape)
+            f["n"] = 10 ** rng.uniform(6, 9, cube_shape)
+            f.attrs["dx"] = dx
+    rc, out, err = bench("--cubes", f"{j('b0.h5')},{j('b1.h5')}", "--reps", 1, "--batch", 3,
+                         "--threads", 1)
+    check(rc == 0 and "cubes from files: " in out and "solver lte8 threads=1 ms_per_cube" in out
+          and "solver lte8 batch=3 threads=1 ms_per_cube" in out, f"bench on files: {out!r} {err!r}")
+    for files, needles in [((j("b0.h5"), j("b2.h5")), (j("b2.h5"), "8^3 cells of 3e+12 m", "2e+12 m")),
+                           ((j("b3.h5"),), (j("b3.h5"), "8 x 8 x 6 cells, expected a cube")),
+                           ((j("cube.h5"),), (j("cube.h5"),)),
+                           ((j("nope.h5"),), (j("nope.h5"), "cannot open"))]:
+        rc, out, err = bench("--cubes", ",".join(files), "--reps", 1)
+        check(rc == 1 and all(n in err for n in needles), f"bench --cubes {files}: {rc} {err!r}")
+    rc, out, err = bench("--cubes", j("b0.h5"), "--size", 16)
+    check(rc == 2 and "--size goes with random or example cubes" in err, f"--size with files: {err!r}")
+    rc, out, err = bench("--cubes", "example", "--reps", 1, "--size", 8, "--threads", 1)
+    check(rc == 0 and "cubes example" in out and "solver lte8 threads=1" in out, f"example: {out!r}")
 
 report()
