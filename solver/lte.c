@@ -146,7 +146,8 @@ static int check_args(const lte_line *L, const double *freqs, int nf, int nx, in
  * cube; in a cell v, then T, then n). */
 static int report_bad(const lte_kernel_batch *b, const char *backend) {
   static const char *names[5] = {"v_z", "T", "n", "x_l", "x_u"};
-  static const char *expect[5] = {"finite with |v| < c", "finite and > 0 K", "finite and >= 0",
+  static const char *expect[5] = {"finite with |v| < c",
+                                  "finite and > 0 K (at least DBL_MIN, 2.2e-308 K)", "finite and >= 0",
                                   "a population in [0, 1]", "a population in [0, 1]"};
   const size_t ncell = (size_t)b->nx * b->ny * b->nz;
   const int na = b->pop_l ? 5 : 3;
@@ -159,7 +160,7 @@ static int report_bad(const lte_kernel_batch *b, const char *backend) {
         x[k] = b->dtype == LTE_KERNEL_F32 ? (double)((const float *)a[k])[i]
                                           : ((const double *)a[k])[i];
       int which = !(fabs(x[0]) < LTE_C)                ? 0
-                  : !(x[1] > 0 && x[1] <= DBL_MAX) ? 1
+                  : !(x[1] >= DBL_MIN && x[1] <= DBL_MAX) ? 1
                   : !(x[2] >= 0 && x[2] <= DBL_MAX) ? 2
                   : na == 5 && !(x[3] >= 0 && x[3] <= 1) ? 3
                   : na == 5 && !(x[4] >= 0 && x[4] <= 1) ? 4

@@ -7,7 +7,9 @@
  * optical depth can amplify that by 1e4 or more. The build disables FMA
  * contraction for solver/ for the same reason. These images are the
  * reference bits of the contract (lte_kernel.h): a change here must leave
- * them bit-identical.
+ * them bit-identical. Subnormals are flushed to zero while it computes
+ * (lte_kernel.h, "The float environment": gradual underflow's assists in
+ * the line's far wings were most of its time on model cubes).
  *
  * Layout of the work: one ray (pixel) at a time per thread. Per cell, 8
  * cells at once: populations, S, a*dx, 1/width, Doppler factor. For up to 8

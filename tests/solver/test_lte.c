@@ -18,6 +18,7 @@
 #include "solver/freqgrid.h"
 #include "solver/lamda.h"
 #include "solver/lte.h"
+#include "solver/lte_kernel.h"
 #include "ref_lte.h"
 
 static lamda_molecule co;
@@ -255,6 +256,12 @@ static void test_bad_input(void) {
   T[2] = INFINITY;
   CHECK_ERR(lte_solve_cube(&L, &f, 1, 2, 3, 4, v, T, n, &o, img), "T[0, 0, 2] = inf");
   T[2] = 100;
+  T[7] = 1e-310; /* (0, 1, 3): subnormal, which the host's flushed arithmetic reads as 0 */
+  CHECK_ERR(lte_solve_cube(&L, &f, 1, 2, 3, 4, v, T, n, &o, img),
+            "T[0, 1, 3] = 1e-310, expected finite and > 0 K (at least DBL_MIN");
+  T[7] = DBL_MIN;
+  CHECK_OK(lte_solve_cube(&L, &f, 1, 2, 3, 4, v, T, n, &o, img));
+  T[7] = 100;
   CHECK_OK(lte_solve_cube(&L, &f, 1, 2, 3, 4, v, T, n, &o, img));
   o.dx = 0;
   CHECK_ERR(lte_solve_cube(&L, &f, 1, 2, 3, 4, v, T, n, &o, img), "dx = 0, expected > 0");
@@ -293,6 +300,31 @@ static void test_cold_cells(void) {
   lte_options o = {.dx = 3e10};
   CHECK_OK(lte_solve_cube(&L, f, 7, 1, 1, NZ, v, T, n, &o, a));
   for (int i = 0; i < 7; i++) CHECK(a[i] == 0);
+}
+
+/* The host kernels' float environment (lte_kernel.h): subnormals flushed
+ * while they compute, the caller's mode untouched after a solve, on the
+ * calling thread and with threads. */
+static void test_float_environment(void) {
+#if defined(__x86_64__) || defined(__SSE2__)
+  volatile double tiny = DBL_MIN, half = 0.5;
+  const unsigned before = _mm_getcsr();
+  CHECK(tiny * half > 0); /* gradual underflow here */
+  const lte_host_fpenv e = lte_host_flush_begin();
+  CHECK(tiny * half == 0 && (_mm_getcsr() & 0x8040u) == 0x8040u);
+  lte_host_flush_end(e);
+  CHECK(_mm_getcsr() == before && tiny * half > 0);
+  double v[64] = {0}, T[64], n[64], f[FREQGRID_COEMUNET_N], img[7 * 4];
+  for (int i = 0; i < 64; i++) T[i] = 50 + i, n[i] = 1e7;
+  freqgrid_coemunet(L.nu0, f);
+  for (int threads = 1; threads <= 2; threads++) {
+    lte_options o = {.dx = 1e11, .threads = threads};
+    CHECK_OK(lte_solve_cube(&L, f, 7, 2, 2, 16, v, T, n, &o, img));
+    CHECK_MSG((_mm_getcsr() & 0x8040u) == (before & 0x8040u) && tiny * half > 0,
+              "the caller's MXCSR changed by a solve on %d threads: 0x%x, was 0x%x", threads,
+              _mm_getcsr(), before);
+  }
+#endif
 }
 
 /* The tabulated partition function against the direct sum, every molecule. */
@@ -374,6 +406,7 @@ int main(void) {
   RUN(test_cold_cells);
   RUN(test_partition_table);
   RUN(test_freqgrid);
+  RUN(test_float_environment);
   lte_line_free(&L);
   lamda_free(&co);
   return check_report();
