@@ -159,12 +159,13 @@ static int report_bad(const lte_kernel_batch *b, const char *backend) {
       for (int k = 0; k < na; k++)
         x[k] = b->dtype == LTE_KERNEL_F32 ? (double)((const float *)a[k])[i]
                                           : ((const double *)a[k])[i];
-      int which = !(fabs(x[0]) < LTE_C)                ? 0
-                  : !(x[1] >= DBL_MIN && x[1] <= DBL_MAX) ? 1
-                  : !(x[2] >= 0 && x[2] <= DBL_MAX) ? 2
-                  : na == 5 && !(x[3] >= 0 && x[3] <= 1) ? 3
-                  : na == 5 && !(x[4] >= 0 && x[4] <= 1) ? 4
-                                                    : -1;
+      /* the kernels' own tests (lte_kernel.h), field by field */
+      int which = !lte_kernel_v_ok(x[0], LTE_C)          ? 0
+                  : !lte_kernel_T_ok(x[1])               ? 1
+                  : !lte_kernel_n_ok(x[2])               ? 2
+                  : na == 5 && !lte_kernel_x_ok(x[3])    ? 3
+                  : na == 5 && !lte_kernel_x_ok(x[4])    ? 4
+                                                         : -1;
       if (which < 0) continue;
       size_t pix = i / b->nz;
       int x_ = (int)(pix / b->ny), y_ = (int)(pix % b->ny), z_ = (int)(i % b->nz);

@@ -257,12 +257,16 @@ static inline void lte_host_flush_end(lte_host_fpenv saved) { (void)saved; }
 #endif
 #endif
 
+static inline LTE_HD int lte_kernel_v_ok(double v, double c) { return fabs(v) < c; }
+static inline LTE_HD int lte_kernel_T_ok(double T) { return (T >= DBL_MIN) & (T <= DBL_MAX); }
+static inline LTE_HD int lte_kernel_n_ok(double n) { return (n >= 0) & (n <= DBL_MAX); }
 static inline LTE_HD int lte_kernel_cell_ok(double v, double T, double n, double c) {
-  return (fabs(v) < c) & (T >= DBL_MIN) & (T <= DBL_MAX) & (n >= 0) & (n <= DBL_MAX);
+  return lte_kernel_v_ok(v, c) & lte_kernel_T_ok(T) & lte_kernel_n_ok(n);
 }
 
+static inline LTE_HD int lte_kernel_x_ok(double p) { return (p >= 0) & (p <= 1); }
 static inline LTE_HD int lte_kernel_pop_ok(double pl, double pu) {
-  return (pl >= 0) & (pl <= 1) & (pu >= 0) & (pu <= 1);
+  return lte_kernel_x_ok(pl) & lte_kernel_x_ok(pu);
 }
 
 static inline LTE_HD double lte_z_direct(int nlev, const double *neg_e_over_k, const double *g,
