@@ -196,20 +196,28 @@ static int dp_check_feed(const nn_backend *be, int grid, int batch) {
   double fast = 0, slow = 0, step_s = 0, step_slow = 0;
   if (rc == 0) rc = dp_feed_epoch(&tr, &s, nx, nt, &fast, &step_s); /* warm: plans chosen */
   if (rc == 0) rc = dp_feed_epoch(&tr, &s, nx, nt, &fast, &step_s);
-  s.cost_s = 4 * step_s;
-  if (rc == 0) rc = dp_feed_epoch(&tr, &s, nx, nt, &slow, &step_slow);
+  /* the throttled epoch: each step waits for cost - step of every cost, so
+     the fraction is about 1 - step / cost with the step time of that epoch;
+     it must be at least half that (and above the fast epoch's). A shared
+     host can slow the steps down between epochs until the source keeps up
+     (cost / step near 1, nothing to wait for): then again, at 4 x the
+     slower step time, up to 3 times */
+  int ok = 0;
+  for (int tries = 0; rc == 0 && !ok && tries < 3; tries++) {
+    s.cost_s = 4 * (step_slow > step_s ? step_slow : step_s);
+    rc = dp_feed_epoch(&tr, &s, nx, nt, &slow, &step_slow);
+    const double expect = 1 - step_slow / s.cost_s;
+    ok = expect > 0.25 && slow >= 0.5 * expect && slow <= 1 && fast < slow;
+  }
   if (rc < 0) {
     printf("trainer-check: feed %s: error: %s\n", be->name, ce_err_msg());
     fails = 1;
   } else {
-    /* throttled, each step waits for cost - step of every cost: the fraction
-       is about 1 - step / cost with the step time of that epoch (shared
-       hosts slow the steps down between epochs) */
     printf("trainer-check: feed %s batch=%d: wait fraction %.3f with a source that keeps up "
            "(step %.4f s), %.3f with one at %.4f s a batch (step %.4f s: expected ~%.2f)\n",
            be->name, batch, fast, step_s, slow, s.cost_s, step_slow,
            1 - step_slow / s.cost_s);
-    fails = !(slow > 0.3 && slow <= 1 && fast < slow);
+    fails = !ok;
   }
   trainer_free(&tr);
   adam_free(&o);
