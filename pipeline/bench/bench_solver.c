@@ -208,6 +208,10 @@ int bench_solver(int argc, char **argv) {
    * run and the speedup of best over best, median CPU time */
   double c1, cn_, cb, b1, bn, bb;
   double t1 = time_solve(&c1, &b1, &L, f, N, dx, 1, cv, cT, cn, img, 1, (int)reps, be, prec);
+  if (t1 < 0) { /* a cube of a user's file with a bad cell: the solver named it */
+    rc = cli_fail("bench solver");
+    goto done;
+  }
   printf("solver lte%d threads=1 ms_per_cube %.2f best %.2f cpu_ms_per_cube %.2f\n", N, t1, b1, c1);
   double tn = time_solve(&cn_, &bn, &L, f, N, dx, 1, cv, cT, cn, img, (int)threads, (int)reps, be, prec);
   printf("solver lte%d threads=%d ms_per_cube %.2f speedup %.2f best %.2f best_speedup %.2f "

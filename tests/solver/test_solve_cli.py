@@ -222,6 +222,10 @@ with tempfile.TemporaryDirectory() as d:
             f["T"] = rng.uniform(20, 300, cube_shape)
             f["n"] = 10 ** rng.uniform(6, 9, cube_shape)
             f.attrs["dx"] = dx
+    with h5py.File(j("b4.h5"), "w") as f:  # a bad cell: the solver's message, no figure
+        f["v_z"], f["T"], f["n"] = np.zeros((8, 8, 8)), np.full((8, 8, 8), 100.0), np.full((8, 8, 8), 1e8)
+        f["T"][1, 2, 3] = 0
+        f.attrs["dx"] = 2e12
     rc, out, err = bench("--cubes", f"{j('b0.h5')},{j('b1.h5')}", "--reps", 1, "--batch", 3,
                          "--threads", 1)
     check(rc == 0 and "cubes from files: " in out and "solver lte8 threads=1 ms_per_cube" in out
@@ -229,7 +233,8 @@ with tempfile.TemporaryDirectory() as d:
     for files, needles in [((j("b0.h5"), j("b2.h5")), (j("b2.h5"), "8^3 cells of 3e+12 m", "2e+12 m")),
                            ((j("b3.h5"),), (j("b3.h5"), "8 x 8 x 6 cells, expected a cube")),
                            ((j("cube.h5"),), (j("cube.h5"),)),
-                           ((j("nope.h5"),), (j("nope.h5"), "cannot open"))]:
+                           ((j("nope.h5"),), (j("nope.h5"), "cannot open")),
+                           ((j("b4.h5"),), ("T[1, 2, 3] = 0, expected finite and > 0 K",))]:
         rc, out, err = bench("--cubes", ",".join(files), "--reps", 1)
         check(rc == 1 and all(n in err for n in needles), f"bench --cubes {files}: {rc} {err!r}")
     rc, out, err = bench("--cubes", j("b0.h5"), "--size", 16)
