@@ -108,4 +108,24 @@ void cli_set_rank(int rank);
 int cli_parse_double(const char *s, double *out);
 int cli_parse_int(const char *s, int64_t *out);
 
+/* Comma-separated lists of names ("pageable,pinned"): the next item of *p
+ * as its index in names[0..n) (-1: none of them) and its text (*item, *len,
+ * not terminated); *p moves past it and its comma. 0 at the end of the
+ * list. Header-only, for the standalone device checks that link no cli.c. */
+static inline int cli_list_next(const char **p, const char *const *names, int n, int *index,
+                                const char **item, int *len) {
+  if (!**p) return 0;
+  const char *s = *p;
+  size_t k = 0;
+  while (s[k] && s[k] != ',') k++;
+  *item = s, *len = (int)k, *index = -1;
+  for (int i = 0; i < n && *index < 0; i++) {
+    size_t m = 0;
+    while (names[i][m] && m < k && names[i][m] == s[m]) m++;
+    if (m == k && !names[i][m]) *index = i;
+  }
+  *p = s + k + (s[k] == ',');
+  return 1;
+}
+
 #endif

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common/cli.h"
 #include "common/clock.h"
 #include "common/error.h"
 
@@ -15,18 +16,13 @@ const char *train_bench_feed_name(train_bench_feed f) {
 
 int train_bench_feeds_parse(const char *list, unsigned *mask) {
   *mask = 0;
-  const char *p = list;
-  while (*p) {
-    size_t n = strcspn(p, ",");
-    int f = -1;
-    for (int i = 0; i < TRAIN_BENCH_NFEEDS; i++)
-      if (n == strlen(feed_names[i]) && !strncmp(p, feed_names[i], n)) f = i;
+  const char *item;
+  int f, n;
+  while (cli_list_next(&list, feed_names, TRAIN_BENCH_NFEEDS, &f, &item, &n)) {
     if (f < 0)
       return ce_err("feed '%.*s': expected pageable, pinned or resident (a comma-separated list)",
-                    (int)n, p);
+                    n, item);
     *mask |= 1u << f;
-    p += n;
-    if (*p == ',') p++;
   }
   if (!*mask) return ce_err("an empty list of feeds: expected pageable, pinned or resident");
   return 0;
@@ -112,8 +108,8 @@ static int feeder_next(feeder *f, const float **x, const float **tg) {
   return 0;
 }
 
-/* The backend has finished everything queued (a download waits for it). */
-static int backend_sync(const nn_net *net) {
+/* a download waits for everything queued before it (backend.h) */
+int train_bench_sync(const nn_net *net) {
   float one;
   return nn_download(net, &one, net->params[0].w, 1);
 }
@@ -146,10 +142,10 @@ static int timed(trainer *t, const float *x, const float *tg, double lr, train_b
   CE_TRY(feeder_open(&f, net, feed, x, nx, tg, nt));
   int rc = 0;
   for (int i = 0; i < warm && rc == 0; i++) rc = train ? one_step(t, &f, lr) : one_forward(t, &f);
-  if (rc == 0) rc = backend_sync(net);
+  if (rc == 0) rc = train_bench_sync(net);
   const double t0 = ce_now_s();
   for (int i = 0; i < iters && rc == 0; i++) rc = train ? one_step(t, &f, lr) : one_forward(t, &f);
-  if (rc == 0) rc = backend_sync(net);
+  if (rc == 0) rc = train_bench_sync(net);
   *seconds = ce_now_s() - t0;
   feeder_close(&f);
   return rc;

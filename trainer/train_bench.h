@@ -60,4 +60,8 @@ int train_bench_forwards(trainer *t, const float *x, train_bench_feed feed, int 
 int train_bench_upload(const nn_net *net, const float *src, size_t n, train_bench_feed feed,
                        int iters, double *seconds);
 
+/* Returns once net's backend has finished everything queued for it (the
+ * clocks above stop there; also trainer_gpu_check's step tables). */
+int train_bench_sync(const nn_net *net);
+
 #endif

@@ -196,6 +196,31 @@ static void test_fail_and_rank(void) {
   CHECK(CLI_EXIT_OK == 0 && CLI_EXIT_STOPPED == 3);
 }
 
+/* cli_list_next: every item in order with its index among the names, a
+ * prefix or extension of a name is no match, empty items are items */
+static void test_list_next(void) {
+  static const char *const names[] = {"pinned", "pageable", "resident"};
+  const char *p = "resident,pin,pinned,,pinnedx,pageable", *item;
+  int idx[8], len[8], k = 0, i, n;
+  char text[8][16];
+  while (k < 8 && cli_list_next(&p, names, 3, &i, &item, &n)) {
+    idx[k] = i, len[k] = n;
+    snprintf(text[k], sizeof text[k], "%.*s", n, item);
+    k++;
+  }
+  CHECK(k == 6 && *p == 0);
+  const int want[6] = {2, -1, 0, -1, -1, 1};
+  const char *wtext[6] = {"resident", "pin", "pinned", "", "pinnedx", "pageable"};
+  for (int j = 0; j < 6 && j < k; j++)
+    CHECK_MSG(idx[j] == want[j] && len[j] == (int)strlen(wtext[j]) && !strcmp(text[j], wtext[j]),
+              "item %d: index %d '%s'", j, idx[j], text[j]);
+  p = "";
+  CHECK(!cli_list_next(&p, names, 3, &i, &item, &n));
+  p = "pageable,"; /* a trailing comma ends the list */
+  CHECK(cli_list_next(&p, names, 3, &i, &item, &n) && i == 1 && *p == 0);
+  CHECK(!cli_list_next(&p, names, 3, &i, &item, &n));
+}
+
 int main(void) {
   /* a launcher's rank would change the printed prefix */
   unsetenv("OMPI_COMM_WORLD_RANK");
@@ -209,6 +234,7 @@ int main(void) {
   RUN(test_positional_counts);
   RUN(test_usage_fail);
   RUN(test_fail_and_rank);
+  RUN(test_list_next);
   unlink(tmpl_out);
   unlink(tmpl_err);
   return check_report();

@@ -72,6 +72,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/cli.h"
 #include "dp_check.h"
 #include "parity.h"
 #include "trainer/metrics.h"
@@ -278,12 +279,10 @@ static const char *bench_precisions = NULL;
 
 static int bench_wanted(const char *label) {
   if (!bench_precisions) return 1;
-  const size_t n = strlen(label);
-  for (const char *p = bench_precisions; *p;) {
-    size_t k = strcspn(p, ",");
-    if (k == n && !strncmp(p, label, n)) return 1;
-    p += k + (p[k] == ',');
-  }
+  const char *p = bench_precisions, *item;
+  int i, n;
+  while (cli_list_next(&p, &label, 1, &i, &item, &n))
+    if (i == 0) return 1;
   return 0;
 }
 
@@ -375,11 +374,6 @@ static void bench_bus(const nn_backend *be, int infer_batch, int iters, int grid
  * tf32: cuDNN / cuBLAS on TF32 tensor cores (nn_cuda_set_tf32), as bench's
  * tf32 figure. */
 #ifdef COEMU_HAVE_CUDA_TRAINER
-static int sync_backend(const nn_net *net) {
-  float v;
-  return nn_download(net, &v, net->params[0].w, 1); /* waits for the queued work */
-}
-
 static int times_run(const nn_backend *be, const char *prec, int tf32, int batch, int steps,
                      int grid) {
   coemunet_config cfg = coemunet_default(7);
@@ -392,11 +386,11 @@ static int times_run(const nn_backend *be, const char *prec, int tf32, int batch
   if (rc == 0) rc = rig_open(&r, be, &cfg, batch, NN_FLOAT32, 1);
   loss_value lv;
   for (int i = 0; i < 2 && rc == 0; i++) rc = trainer_step(&r.tr, r.x, r.t, r.ac.lr, &lv);
-  if (rc == 0) rc = sync_backend(&r.m.net);
+  if (rc == 0) rc = train_bench_sync(&r.m.net);
   if (rc == 0) rc = nn_cuda_times_reset();
   double t0 = now();
   for (int i = 0; i < steps && rc == 0; i++) rc = trainer_step(&r.tr, r.x, r.t, r.ac.lr, &lv);
-  if (rc == 0) rc = sync_backend(&r.m.net);
+  if (rc == 0) rc = train_bench_sync(&r.m.net);
   const double secs = now() - t0;
   char label[96];
   snprintf(label, sizeof label, "trainer-check: times %s %s", be->name, prec);
@@ -742,16 +736,14 @@ int main(int argc, char **argv) {
       bench_precisions = argv[++i];
       static const char *const known[] = {"fp32", "fp32-fastest", "fp32-fastest-ws16g",
                                           "fp32-graph", "tf32", "bf16"};
-      for (const char *p = bench_precisions; *p;) {
-        size_t k = strcspn(p, ","), ok = 0;
-        for (int j = 0; j < 6; j++) ok |= k == strlen(known[j]) && !strncmp(p, known[j], k);
-        if (!ok) {
+      const char *p = bench_precisions, *item;
+      int j, n;
+      while (cli_list_next(&p, known, 6, &j, &item, &n))
+        if (j < 0) {
           fprintf(stderr, "trainer_gpu_check: error: --precisions: '%.*s': expected fp32, "
-                  "fp32-fastest, fp32-fastest-ws16g, fp32-graph, tf32 or bf16\n", (int)k, p);
+                  "fp32-fastest, fp32-fastest-ws16g, fp32-graph, tf32 or bf16\n", n, item);
           return 2;
         }
-        p += k + (p[k] == ',');
-      }
     } else if (!strcmp(argv[i], "--help")) {
       printf("usage: trainer_gpu_check [--steps N] [--curve-batch B] [--batch B] [--infer-batch B] "
              "[--iters K] [--tf32] [--no-bench] [--no-curves] [--grid G] [--backend NAME] "
