@@ -1,10 +1,10 @@
 /* quantile.h - exact quantiles of data spread over MPI ranks, and the median
  * of medians with the true rank of its value.
  *
- * Distributed selection by histogram refinement on order-preserving keys.
- * A float32 x maps to the uint32 key(x) = bits ^ (x < 0 ? 0xffffffff :
- * 0x80000000), which sorts exactly as the floats do (-0 just below +0); a
- * double maps to a uint64 key the same way. Pass 1 counts the keys' top 16
+ * Distributed selection by histogram refinement on order-preserving keys
+ * (select.h: a float32 x maps to the uint32 key(x) = bits ^ (x < 0 ?
+ * 0xffffffff : 0x80000000), which sorts exactly as the floats do, -0 just
+ * below +0; a double maps to a uint64 key the same way). Pass 1 counts the keys' top 16
  * bits (65536 bins, one MPI_Allreduce of 512 KiB); the bin holding the wanted
  * global rank k is found by a prefix sum. Pass 2 counts the next 16 bits of
  * the keys inside that bin only. After 2 passes a float32 key is known
@@ -38,33 +38,12 @@
 
 #include <mpi.h>
 
+#include "stats/select.h" /* stats_key_f32 / _f64 and their inverses */
+
 #define STATS_QMAX 8          /* quantiles per selection */
 #define STATS_QBINS 65536     /* 16 bits of key per pass */
 
 typedef enum { STATS_KEY32 = 32, STATS_KEY64 = 64 } stats_key_width;
-
-static inline uint32_t stats_key_f32(float x) {
-  uint32_t b;
-  __builtin_memcpy(&b, &x, 4);
-  return b ^ ((b >> 31) ? 0xffffffffu : 0x80000000u);
-}
-static inline float stats_unkey_f32(uint32_t k) {
-  uint32_t b = k ^ ((k >> 31) ? 0x80000000u : 0xffffffffu);
-  float x;
-  __builtin_memcpy(&x, &b, 4);
-  return x;
-}
-static inline uint64_t stats_key_f64(double x) {
-  uint64_t b;
-  __builtin_memcpy(&b, &x, 8);
-  return b ^ ((b >> 63) ? ~(uint64_t)0 : (uint64_t)1 << 63);
-}
-static inline double stats_unkey_f64(uint64_t k) {
-  uint64_t b = k ^ ((k >> 63) ? (uint64_t)1 << 63 : ~(uint64_t)0);
-  double x;
-  __builtin_memcpy(&x, &b, 8);
-  return x;
-}
 
 typedef struct {
   MPI_Comm comm;

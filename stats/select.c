@@ -2,6 +2,7 @@
 #include "stats/select.h"
 
 #include <math.h>
+#include <string.h>
 
 #include "common/error.h"
 
@@ -84,8 +85,60 @@ float stats_select_f32(float *a, size_t n, size_t k) {
   return stats_select_cost_f32(a, n, k, NULL);
 }
 
+/* Radix selection (select.h). Levels of key bits: 31..21, 20..10, 9..0. */
+#define RS_BINS 2048
+#define RS_COPIES 4        /* interleaved histograms: clustered data (most of a \
+                            * sample in a few bins) would otherwise serialise \
+                            * on one counter's increments */
+#define RS_BLOCK (1u << 30) /* values per block: a copy's uint32 counts can't wrap */
+
+static const int rs_shift[3] = {21, 10, 0};
+static const uint32_t rs_mask[3] = {0x7ff, 0x7ff, 0x3ff};
+
+/* The histogram of level L's bits of a[0..n) into tot (RS_BINS counts). */
+static void rs_histogram(const float *a, size_t n, int L, uint64_t *tot) {
+  uint32_t h[RS_COPIES][RS_BINS];
+  const int s = rs_shift[L];
+  const uint32_t mask = rs_mask[L];
+  for (int b = 0; b < RS_BINS; b++) tot[b] = 0;
+  for (size_t lo = 0; lo < n; lo += RS_BLOCK) {
+    const size_t hi = n - lo < RS_BLOCK ? n : lo + RS_BLOCK;
+    memset(h, 0, sizeof h);
+    size_t i = lo;
+    for (; i + RS_COPIES <= hi; i += RS_COPIES)
+      for (int c = 0; c < RS_COPIES; c++) h[c][(stats_key_f32(a[i + c]) >> s) & mask]++;
+    for (; i < hi; i++) h[0][(stats_key_f32(a[i]) >> s) & mask]++;
+    for (int c = 0; c < RS_COPIES; c++)
+      for (int b = 0; b < RS_BINS; b++) tot[b] += h[c][b];
+  }
+}
+
+float stats_order_stat_f32(float *a, size_t n, size_t k) {
+  if (n == 0 || k >= n) CE_BUG("stats_order_stat_f32: k = %zu, n = %zu", k, n);
+  uint64_t hist[RS_BINS];
+  uint32_t key = 0; /* the bits fixed so far */
+  for (int L = 0; L < 3; L++) {
+    rs_histogram(a, n, L, hist);
+    uint32_t b = 0;
+    uint64_t below = 0;
+    while (below + hist[b] <= k) below += hist[b++]; /* sum(hist) = n > k: ends */
+    k -= below;
+    key |= b << rs_shift[L];
+    if (L == 2) break;
+    /* the values of bin b to the front, in order, without a branch */
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+      const float v = a[i];
+      a[m] = v;
+      m += ((stats_key_f32(v) >> rs_shift[L]) & rs_mask[L]) == b;
+    }
+    n = m;
+  }
+  return stats_unkey_f32(key);
+}
+
 float stats_lower_median_f32(float *a, size_t n) {
-  return stats_select_f32(a, n, (n - 1) / 2);
+  return stats_order_stat_f32(a, n, (n - 1) / 2);
 }
 
 double stats_median_f32(float *a, size_t n) {

@@ -4,7 +4,13 @@
  *   mpiexec -n 2 coemu bench stats --n-median 1e9     (N is the total over ranks)
  * Prints
  *   stats moments GB/s_per_core X n=N
+ *   stats chunk_median n=M ms X introselect_ms Y value=V
  *   stats median n=N ranks=R passes=P seconds=S value=V
+ * chunk_median: the lower median of one chunk of M values (a sample's 64^3
+ * voxels by default), as `coemu stats` takes it for every sample and input
+ * field (the median of medians): stats_lower_median_f32's radix selection,
+ * then the introselect (stats_select_f32) on the same data for comparison;
+ * medians of 9 runs on one rank.
  * Data: deterministic (common/rng.h keyed by the global index block), so
  * the median does not depend on the number of ranks. */
 #include <math.h>
@@ -22,6 +28,7 @@
 #include "pipeline/bench/benches.h"
 #include "stats/moments.h"
 #include "stats/quantile.h"
+#include "stats/select.h"
 
 /* Values [lo, hi) of the global sequence: a 23-bit significand in [1, 2)
  * scaled by 2^(0..15) with a random sign: many exponents, heavy-ish tail. */
@@ -41,10 +48,45 @@ static void fill(float *x, uint64_t lo, uint64_t hi) {
   }
 }
 
+static int cmpd(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+/* The per-chunk lower median, radix selection and introselect (above). */
+static int chunk_median(size_t m) {
+  enum { RUNS = 9 };
+  float *x = ce_malloc_array(m, sizeof *x, "chunk data"), *w = ce_malloc_array(m, sizeof *w, "chunk scratch");
+  if (!x || !w) {
+    free(x), free(w);
+    return cli_fail("bench stats");
+  }
+  fill(x, 0, m);
+  double t[2][RUNS];
+  float v[2] = {0, 0};
+  for (int run = 0; run < RUNS; run++)
+    for (int alg = 0; alg < 2; alg++) {
+      memcpy(w, x, m * sizeof *w);
+      const double t0 = ce_now();
+      v[alg] = alg == 0 ? stats_lower_median_f32(w, m) : stats_select_f32(w, m, (m - 1) / 2);
+      t[alg][run] = ce_now() - t0;
+    }
+  qsort(t[0], RUNS, sizeof t[0][0], cmpd);
+  qsort(t[1], RUNS, sizeof t[1][0], cmpd);
+  printf("stats chunk_median n=%zu ms %.3f introselect_ms %.3f value=%.9g%s\n", m,
+         1e3 * t[0][RUNS / 2], 1e3 * t[1][RUNS / 2], v[0], v[0] == v[1] ? "" : " MISMATCH");
+  free(x), free(w);
+  if (v[0] == v[1]) return 0;
+  ce_err("chunk median: the radix selection and the introselect disagree");
+  return cli_fail("bench stats");
+}
+
 int bench_stats(int argc, char **argv) {
-  double nmom = 2.5e7, nmed = 2e7;
+  double nmom = 2.5e7, nmed = 2e7, nchunk = 262144;
   cli_opt opts[] = {
       {"n-moments", CLI_DOUBLE, &nmom, "N", "values for the moments throughput (one rank)", 0, 0},
+      {"n-chunk", CLI_DOUBLE, &nchunk, "M",
+       "values of one chunk for the per-chunk lower median (default 64^3)", 0, 0},
       {"n-median", CLI_DOUBLE, &nmed, "N", "values for the exact median, over all ranks", 0, 0},
       {0}};
   const cli_command spec = {"bench stats", "[options]",
@@ -52,8 +94,8 @@ int bench_stats(int argc, char **argv) {
                             0};
   cli_status r = cli_run_parse(&spec, argc, argv, NULL, NULL);
   if (r != CLI_OK) return cli_exit(r);
-  if (!(nmom >= 1 && nmed >= 1))
-    return cli_usage_fail("bench stats", "--n-moments and --n-median must be >= 1");
+  if (!(nmom >= 1 && nmed >= 1 && nchunk >= 1))
+    return cli_usage_fail("bench stats", "--n-moments, --n-chunk and --n-median must be >= 1");
   MPI_Init(NULL, NULL);
   int rank, size;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -81,6 +123,7 @@ int bench_stats(int argc, char **argv) {
              (double)n * 4 / best / 1e9, n, s.mean, s.std);
       free(x);
     }
+    if (rc == 0) rc = chunk_median((size_t)nchunk);
   }
   MPI_Bcast(&rc, 1, MPI_INT, 0, MPI_COMM_WORLD);
   if (rc == 0) {

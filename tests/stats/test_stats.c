@@ -270,6 +270,63 @@ static void test_select(void) {
   free(w);
 }
 
+/* the key order (select.h): as the floats', -0 below +0 */
+static int cmpkey(const void *a, const void *b) {
+  uint32_t x = stats_key_f32(*(const float *)a), y = stats_key_f32(*(const float *)b);
+  return (x > y) - (x < y);
+}
+
+/* stats_order_stat_f32 (radix selection) against a sort in key order: every
+ * rank of small arrays, chosen ranks of large ones, on data that spreads
+ * over every key level (signs, exponents, subnormals, +-0, +-inf), lies in
+ * one top-level bin (the later levels decide), is constant, or ties. The
+ * returned value's bits must be the sorted array's. */
+static void test_order_stat(void) {
+  const size_t big = 200003;
+  float *x = malloc(big * sizeof *x), *s = malloc(big * sizeof *s), *w = malloc(big * sizeof *w);
+  ce_rng r = ce_rng_make(11, 0, 0, 0);
+  for (int pattern = 0; pattern < 8; pattern++) {
+    for (int size = 0; size < 5; size++) {
+      const size_t n = (size_t[]){1, 2, 7, 1000, big}[size];
+      for (size_t i = 0; i < n; i++) {
+        const uint32_t u = ce_rng_u32(&r);
+        float v;
+        switch (pattern) {
+        case 0: v = (float)ce_rng_uniform(&r); break;
+        case 1: memcpy(&v, &u, 4); if (isnan(v)) v = 0.0f; break; /* any bits */
+        case 2: v = 1.0f + (float)(u >> 8) * 0x1p-24f * 0x1p-10f; break; /* one top bin */
+        case 3: v = -3.5f; break;                                   /* constant */
+        case 4: v = (float)(u % 5) - 2.0f; break;                   /* ties, with 0 */
+        case 5: v = (u & 1) ? 0.0f : -0.0f; break;                  /* signed zeros */
+        case 6: v = (u % 4 == 0) ? INFINITY : (u % 4 == 1) ? -INFINITY : (u % 4 == 2) ? 0x1p-149f
+                                                                            : -0x1p-140f; break;
+        default: v = draw(&r, D_HEAVY); break;
+        }
+        x[i] = v;
+      }
+      memcpy(s, x, n * sizeof *x);
+      qsort(s, n, sizeof *s, cmpkey);
+      const size_t every = n <= 1000 ? 1 : n / 17;
+      int bad = 0;
+      for (size_t k = 0; k < n && bad < 3; k += (k + every < n || k == n - 1) ? every : n - 1 - k) {
+        memcpy(w, x, n * sizeof *x);
+        const float v = stats_order_stat_f32(w, n, k);
+        if (memcmp(&v, &s[k], 4) != 0) {
+          CHECK_MSG(0, "pattern %d n %zu k %zu: %a, expected %a", pattern, n, k, v, s[k]);
+          bad++;
+        }
+      }
+      CHECK_MSG(!bad, "pattern %d n %zu", pattern, n);
+      memcpy(w, x, n * sizeof *x);
+      const float lm = stats_lower_median_f32(w, n);
+      CHECK(memcmp(&lm, &s[(n - 1) / 2], 4) == 0);
+    }
+  }
+  free(x);
+  free(s);
+  free(w);
+}
+
 static stats_norm example_norm(int mode) {
   stats_norm p = {0};
   p.vz_mean = 120.5; p.vz_std = 3.2e3;
@@ -387,6 +444,7 @@ int main(void) {
   RUN(test_moments_split_independent);
   RUN(test_chan_merge);
   RUN(test_select);
+  RUN(test_order_stat);
   RUN(test_transforms);
   RUN(test_statsfile);
   return check_report();
