@@ -847,6 +847,89 @@ static int list_shapes(void) {
   return 0;
 }
 
+/* The trainer's graph-API search (trainer/cuda/backend_cuda.cu, graph_plan:
+   COEMU_CUDNN_API=graph) for every convolution call of a COEmuNet training
+   step at --batch, on an H200 described to cuDNN rather than present
+   (cg_deviceprop_h200; cuDNN >= 9.8): the heuristics for sm_90, the
+   trainer's filters (strict float32: no tensor-core, down-converting or
+   reduced-precision engines; tf32: tensor cores allowed), deterministic
+   engines first and then any, its workspace limit (512 MiB) and its cap of
+   16 configs tried, every candidate's plan finalized for the device. Each
+   call must be left with at least one plan, or on a device it would fall
+   back to the legacy API (as it did for 21 of 62 calls when the cap was
+   counted before the filters: mode A lists its tensor-core configs first).
+   What this cannot see: runtime-compiled engines (left out), and whether
+   the plans run and how fast. The number of calls without a plan (0: ok;
+   cuDNN without device descriptors: a SKIP line, 0). */
+static int deviceless_selection(void) {
+  bdesc dp = NULL;
+  if (cg_deviceprop_h200(&dp) < 0) {
+    printf("probe: self-test: deviceless selection: SKIP: %s\n", cg_error());
+    return 0;
+  }
+  int calls = 0, without = 0, any_order = 0, cands = 0;
+  for (int i = 0; i < NSHAPES; i++) {
+    geom_t gm;
+    geom_of(&SHAPES[i], O.batch, &gm);
+    if (!selected(&gm)) continue;
+    const cg_conv c = cg_conv_of_shape(&gm);
+    for (int tf32 = 0; tf32 < 2; tf32++)
+      for (int op = 0; op < NOPS; op++) {
+        if (op == OP_BWD_DATA && !gm.s->need_dx) continue; /* the trainer makes no dx there */
+        snprintf(LABEL, sizeof LABEL, "%s %s %s", gm.label, OP_NAME[op], tf32 ? "tf32" : "float32");
+        cg_graph *g = NULL;
+        /* the trainer's betas: forward 0; the backward calls accumulate */
+        if (cg_graph_create(&g, &c, (cg_op)op, 1.0f, op == OP_FWD ? 0.0f : 1.0f, NULL) < 0) {
+          printf("probe: self-test: deviceless selection: FAIL: %s\n", cg_error());
+          without++;
+          calls++;
+          continue;
+        }
+        cg_prefs pr;
+        memset(&pr, 0, sizeof pr);
+        pr.allow_tensor_core = tf32;
+        pr.ws_limit = (size_t)O.trainer_ws;
+        pr.max_configs = 16;
+        pr.deviceprop = dp;
+        cg_tune_stats st;
+        int det = 1;
+        pr.deterministic_only = det;
+        int rc = cg_autotune(NULL, g, &pr, NULL, NULL, NULL, &(cg_plan *){NULL}, &st);
+        if (rc == 1) { /* as the trainer: then any engine */
+          det = 0;
+          pr.deterministic_only = 0;
+          rc = cg_autotune(NULL, g, &pr, NULL, NULL, NULL, &(cg_plan *){NULL}, &st);
+        }
+        calls++;
+        if (rc != 0) {
+          without++;
+          printf("probe: self-test: deviceless selection: FAIL: no plan for %s (%s)\n", LABEL,
+                 cg_error());
+        } else {
+          any_order += !det;
+          cands += st.ntimed;
+          if (O.verbose) {
+            printf("probe: self-test: deviceless %s: %d plan(s)%s, engines", LABEL, st.ntimed,
+                   det ? "" : " (no deterministic one)");
+            for (int k = 0; k < st.ntimed; k++)
+              printf(" %lld%s%s", (long long)st.timed[k].info.engine,
+                     st.timed[k].info.heur ? "f" : "", st.timed[k].info.nondet ? "n" : "");
+            printf(" (heuristics A %d, fallback %d; dropped %d tensor-core, %d nondeterministic, "
+                   "%d runtime-compiled; %d failed to finalize)\n", st.heur_a, st.heur_fb,
+                   st.skip_tc, st.skip_nondet, st.skip_rtc, st.fail_finalize);
+          }
+        }
+        cg_graph_destroy(g);
+      }
+  }
+  cudnnBackendDestroyDescriptor(dp);
+  printf("probe: self-test: deviceless selection on an H200 described to cuDNN %zu: %d calls "
+         "(float32 and tf32), %d with a plan (%d only with a nondeterministic engine), %d "
+         "candidate plans, %d without\n", cudnnGetVersion(), calls, calls - without, any_order,
+         cands, without);
+  return without;
+}
+
 /* descriptors only: legacy ones (no handle needed) with cuDNN's output size
    check; backend tensors, convolution, operation and operation-graph
    descriptors finalized (cuDNN validates the attribute types and the shapes
@@ -895,8 +978,9 @@ static int self_test(void) {
   printf("probe: self-test: %d shapes, %d heuristics queries, %d failures\n", n, nheur, bad);
   /* the module's own (trainer/cuda/cudnn_graph.h: beta 1, bf16 io, 2-D) */
   const int mbad = cg_self_test(stdout, O.verbose);
-  printf("probe: self-test: %s\n", bad || mbad ? "FAIL" : "ok");
-  return bad || mbad ? 1 : 0;
+  const int dbad = deviceless_selection();
+  printf("probe: self-test: %s\n", bad || mbad || dbad ? "FAIL" : "ok");
+  return bad || mbad || dbad ? 1 : 0;
 }
 
 /* ---- main ---------------------------------------------------------------------- */

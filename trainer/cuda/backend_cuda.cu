@@ -168,7 +168,8 @@ static struct {
   int bf16_emulated; /* COEMU_BF16=emulated: bf16 nets on the float32 path with rounded copies */
   int times;         /* COEMU_CUDA_TIMES=1: the timing mode (below) */
   int graph;         /* COEMU_CUDNN_API=graph: float32 / tf32 convolutions on the graph API */
-  int graph_configs; /* COEMU_CUDNN_GRAPH_CONFIGS: engine configs looked at per call (16) */
+  int graph_configs; /* COEMU_CUDNN_GRAPH_CONFIGS: engine configs tried per call, after the
+                        filters (16) */
   size_t ws_limit;
   int ws_limit_set;
   /* device reducer sums (NCCL): gradient buckets run on comm, after the
@@ -1282,14 +1283,15 @@ static int legacy_find(conv_plan *p, int k, size_t lim, int grow) {
  * A float32 or tf32 plan's calls on cuDNN's graph API (cudnn_graph.h): per
  * call a one-operation graph with the alpha and beta that call site uses
  * (forward beta 0; the backward calls beta p->accum), engine configs from
- * heuristics mode A then FALLBACK (at most COEMU_CUDNN_GRAPH_CONFIGS, 16),
- * filtered as the legacy pick filters: strict float32 drops the TENSOR_CORE
- * (and DOWN_CONVERT_INPUTS, REDUCED_PRECISION_REDUCTION) notes, i.e. FMA
- * only, as PyTorch without TF32; tf32 allows tensor cores;
- * COEMU_CUDNN_ALGOS=sums drops FFT and Winograd engines; deterministic
- * engines first (none: then any) unless COEMU_CUDNN_DETERMINISTIC=0; the
- * workspace limit. Each is finalized and timed on scratch tensors of the
- * shape (1 warm-up + 3 runs, the fastest, as cudnnFind), the fastest kept;
+ * heuristics mode A then FALLBACK, filtered as the legacy pick filters:
+ * strict float32 drops the TENSOR_CORE (and DOWN_CONVERT_INPUTS,
+ * REDUCED_PRECISION_REDUCTION) notes, i.e. FMA only, as PyTorch without
+ * TF32; tf32 allows tensor cores; COEMU_CUDNN_ALGOS=sums drops FFT and
+ * Winograd engines; deterministic engines first (none: then any) unless
+ * COEMU_CUDNN_DETERMINISTIC=0; the workspace limit. The first
+ * COEMU_CUDNN_GRAPH_CONFIGS (16) left are finalized and timed on scratch
+ * tensors of the shape (1 warm-up + 3 runs, the fastest, as cudnnFind), the
+ * fastest kept;
  * the plan's workspace p->ws covers it (nn_net.work is sized from the
  * plans). A call without a usable engine, or whose engine fails at run time,
  * says so once on stderr and uses the legacy algorithm from then on. */

@@ -271,6 +271,11 @@ fail:
 
 int cg_heuristics(const cg_graph *g, cudnnBackendHeurMode_t mode, bdesc *cfgs, int cap,
                   int64_t *total) {
+  return cg_heuristics_for(g, mode, NULL, cfgs, cap, total);
+}
+
+int cg_heuristics_for(const cg_graph *g, cudnnBackendHeurMode_t mode, bdesc deviceprop,
+                      bdesc *cfgs, int cap, int64_t *total) {
   const char *label = g->label;
   bdesc heur = NULL;
   bdesc graph = g->graph;
@@ -280,6 +285,16 @@ int cg_heuristics(const cg_graph *g, cudnnBackendHeurMode_t mode, bdesc *cfgs, i
   DNN(cudnnBackendCreateDescriptor(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, &heur));
   DNN(cudnnBackendSetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &graph));
   DNN(cudnnBackendSetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode));
+#if CG_HAVE_DEVICEPROP
+  if (deviceprop)
+    DNN(cudnnBackendSetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_DEVICEPROP,
+                                 CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &deviceprop));
+#else
+  if (deviceprop) {
+    set_err("cuDNN %d has no device-properties descriptors (9.8 or later) [%s]", CUDNN_VERSION, label);
+    goto fail;
+  }
+#endif
   DNN(cudnnBackendFinalize(heur));
   DNN(cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &n, NULL));
   *total = n;
@@ -352,6 +367,11 @@ fail:
 
 cudnnStatus_t cg_plan_finalize(cudnnHandle_t handle, bdesc cfg, bdesc *plan, int64_t *ws,
                                const char *label, int quiet) {
+  return cg_plan_finalize_for(handle, NULL, cfg, plan, ws, label, quiet);
+}
+
+cudnnStatus_t cg_plan_finalize_for(cudnnHandle_t handle, bdesc deviceprop, bdesc cfg, bdesc *plan,
+                                   int64_t *ws, const char *label, int quiet) {
   cudnnStatus_t s;
   int64_t cnt = 0;
   *ws = 0;
@@ -369,6 +389,13 @@ cudnnStatus_t cg_plan_finalize(cudnnHandle_t handle, bdesc cfg, bdesc *plan, int
   STEP(cudnnBackendSetAttribute(*plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cfg), 1);
   /* deprecated as the graph's (cg_graph_create) */
   if (handle) STEP(cudnnBackendSetAttribute(*plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle), 1);
+#if CG_HAVE_DEVICEPROP
+  if (deviceprop)
+    STEP(cudnnBackendSetAttribute(*plan, CUDNN_ATTR_EXECUTION_PLAN_DEVICEPROP,
+                                  CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &deviceprop), 1);
+#else
+  if (deviceprop) STEP(CUDNN_STATUS_NOT_SUPPORTED, 1);
+#endif
   STEP(cudnnBackendFinalize(*plan), 0);
   STEP(cudnnBackendGetAttribute(*plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &cnt, ws), 1);
 #undef STEP
@@ -555,14 +582,15 @@ int cg_autotune(cudnnHandle_t handle, const cg_graph *g, const cg_prefs *prefs, 
   int rc = -1, left = max_configs, fatal = 0;
   int64_t seen[512];
   int nseen = 0;
+  const bdesc dp = prefs->deviceprop; /* set: no device (cudnn_graph.h) */
   memset(&best_info, 0, sizeof best_info);
-  DNN(cudnnGetStream(handle, &stream));
+  if (!dp) DNN(cudnnGetStream(handle, &stream));
   static const cudnnBackendHeurMode_t modes[2] = {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK};
   for (int m = 0; m < 2 && left > 0; m++) {
     bdesc cfgs[256];
     int64_t total = 0;
     memset(cfgs, 0, sizeof cfgs);
-    const int n = cg_heuristics(g, modes[m], cfgs, 256, &total);
+    const int n = cg_heuristics_for(g, modes[m], dp, cfgs, 256, &total);
     if (n < 0) goto fail;
     if (m == 0) st->heur_a = (int)total;
     else st->heur_fb = (int)total;
@@ -581,16 +609,17 @@ int cg_autotune(cudnnHandle_t handle, const cg_graph *g, const cg_prefs *prefs, 
         st->fail_info++;
         goto next;
       }
-      /* an engine the fallback list repeats from mode A's list (knobs are
-         not compared: mode A's config of the engine is the one taken) */
+      /* an engine the fallback list repeats from mode A's list, where its
+         config passed the filters (knobs are not compared: mode A's config
+         of the engine is the one taken; a notes filter that dropped mode
+         A's config may keep the fallback's, whose knobs differ: engine 28
+         is a tensor-core config in mode A and an FMA one in the fallback
+         list of some sm_90 shapes) */
       for (int k = 0; m == 1 && k < nseen; k++) dup |= seen[k] == info.engine;
       if (dup) {
         st->duplicate++;
         goto next;
       }
-      if (m == 0 && nseen < 512) seen[nseen++] = info.engine;
-      st->looked++;
-      left--;
       /* PyTorch drops DOWN_CONVERT_INPUTS configs always and TENSOR_CORE
          ones for float32 without TF32 (Conv_v8.cpp) */
       if (info.down_convert) {
@@ -613,7 +642,7 @@ int cg_autotune(cudnnHandle_t handle, const cg_graph *g, const cg_prefs *prefs, 
         st->skip_nondet++;
         goto next;
       }
-      if (info.rtc && prefs->no_rtc) {
+      if (info.rtc && (prefs->no_rtc || dp)) { /* deviceless: not compiled here */
         st->skip_rtc++;
         goto next;
       }
@@ -621,13 +650,31 @@ int cg_autotune(cudnnHandle_t handle, const cg_graph *g, const cg_prefs *prefs, 
         st->skip_ws++;
         goto next;
       }
-      if (cg_plan_finalize(handle, cfg, &plan, &pws, label, 1) != CUDNN_STATUS_SUCCESS) {
+      /* the cap counts the configs taken past the notes (those that cost a
+         plan and its timing), as PyTorch filters before it tries: mode A
+         lists tensor-core configs first for float data (on sm_90 the FMA
+         ones of most COEmuNet forwards sit past its 16th), so a cap taken
+         before the filters left strict float32 calls without an engine and
+         the fallback list unread */
+      st->looked++;
+      left--;
+      if (m == 0 && nseen < 512) seen[nseen++] = info.engine;
+      if (cg_plan_finalize_for(handle, dp, cfg, &plan, &pws, label, 1) != CUDNN_STATUS_SUCCESS) {
         st->fail_finalize++;
         goto next;
       }
       info.ws = pws;
       if ((uint64_t)pws > (uint64_t)prefs->ws_limit) {
         st->skip_ws++;
+        goto next;
+      }
+      if (dp) { /* deviceless: a plan that would be timed; nothing runs */
+        if (st->ntimed < CG_MAX_TIMED) {
+          st->timed[st->ntimed].info = info;
+          st->timed[st->ntimed].ms = 0.0f;
+          st->ntimed++;
+        }
+        st->best = 0;
         goto next;
       }
       if ((size_t)pws > ws_have) {
@@ -686,14 +733,15 @@ int cg_autotune(cudnnHandle_t handle, const cg_graph *g, const cg_prefs *prefs, 
   cudaFree(ws);
   ws = NULL;
   st->seconds = now_s() - t0;
+  if (dp && st->ntimed > 0) return 0; /* deviceless: plans would be timed */
   if (!best_plan) {
-    set_err("no usable engine: of %d configs looked at (heuristics A %d, fallback %d): %d "
+    set_err("no usable engine: of the configs of heuristics A (%d) and fallback (%d), %d "
             "tensor-core, %d down-convert, %d reduced-precision, %d fft/winograd, %d "
             "nondeterministic, %d runtime-compiled, %d over the %zu-byte workspace limit dropped; "
-            "%d failed to finalize, %d to run, %d to answer [%s]", st->looked, st->heur_a,
+            "of %d tried, %d failed to finalize, %d to run; %d failed to answer [%s]", st->heur_a,
             st->heur_fb, st->skip_tc, st->skip_down, st->skip_reduced, st->skip_numerics,
-            st->skip_nondet, st->skip_rtc, st->skip_ws, prefs->ws_limit, st->fail_finalize,
-            st->fail_exec, st->fail_info, label);
+            st->skip_nondet, st->skip_rtc, st->skip_ws, prefs->ws_limit, st->looked,
+            st->fail_finalize, st->fail_exec, st->fail_info, label);
     return 1;
   }
   cg_plan *p = (cg_plan *)calloc(1, sizeof *p);
@@ -716,6 +764,41 @@ fail:
   bfree(&best_cfg);
   st->seconds = now_s() - t0;
   return rc;
+}
+
+/* ---- a device described, not present ------------------------------------------------ */
+
+/* An H200 (sm_90) as cuDNN's JSON describes a device (the keys of
+ * cudnnBackend's DEVICEPROP descriptor; values of the H200 of the device
+ * runs: 132 SMs, 50 MiB L2, 227 KiB of shared memory a block by opt-in,
+ * 64 Ki registers an SM; clocks and memory size nominal). The heuristics
+ * and the plans' support checks read the architecture and the limits. */
+static const char CG_H200_JSON[] =
+    "{\"cudaDeviceId\":0,\"deviceName\":\"NVIDIA H200\",\"deviceVer\":900,\"driverVer\":13000,"
+    "\"isTccDriver\":0,\"l2CacheSize\":52428800,\"maxCtasPerSM\":32,\"maxRegistersPerSM\":65536,"
+    "\"maxSharedMemoryPerBlock\":49152,\"maxSharedMemoryPerBlockOptin\":232448,"
+    "\"maxThreadsPerBlock\":1024,\"maxThreadsPerSM\":2048,\"memClockRateKHz\":3201000,"
+    "\"multiProcessorCount\":132,\"pciDeviceId\":0,\"regsPerBlock\":65536,"
+    "\"reservedSharedMemoryPerBlock\":1024,\"smClockRateKHz\":1980000,\"supportCoopLaunch\":1,"
+    "\"totalGlobalMem\":150754820096,\"warpSize\":32,\"maxBlockSize\":[1024,1024,64],"
+    "\"maxGridSize\":[2147483647,65535,65535]}";
+
+int cg_deviceprop_h200(bdesc *dp) {
+  const char *label = "deviceprop H200";
+  *dp = NULL;
+#if CG_HAVE_DEVICEPROP
+  DNN(cudnnBackendCreateDescriptor(CUDNN_BACKEND_DEVICEPROP_DESCRIPTOR, dp));
+  DNN(cudnnBackendSetAttribute(*dp, CUDNN_ATTR_DEVICEPROP_JSON_REPRESENTATION, CUDNN_TYPE_CHAR,
+                               (int64_t)strlen(CG_H200_JSON), CG_H200_JSON));
+  DNN(cudnnBackendFinalize(*dp));
+  return 0;
+fail:
+  bfree(dp);
+  return -1;
+#else
+  (void)label;
+  return set_err("cuDNN %d has no device-properties descriptors (9.8 or later)", CUDNN_VERSION);
+#endif
 }
 
 /* ---- self-test ------------------------------------------------------------------ */

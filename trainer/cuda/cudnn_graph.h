@@ -19,7 +19,12 @@
  *
  * Without a device, descriptors and operation graphs finalize and the
  * heuristics answer (with configs none of which is supported); plans cannot
- * be finalized. cg_self_test checks that part.
+ * be finalized. cg_self_test checks that part. With a device described
+ * instead (a DEVICEPROP descriptor, cuDNN >= 9.8: cg_deviceprop_h200) the
+ * heuristics answer for that device and plans finalize for it, so the
+ * search up to the timing runs without one (cg_prefs.deviceprop;
+ * tests/trainer/cudnn_engine_probe.c --self-test runs it over COEmuNet's
+ * calls as the trainer makes them).
  */
 #ifndef COEMU_CUDNN_GRAPH_H
 #define COEMU_CUDNN_GRAPH_H
@@ -32,6 +37,13 @@
 
 #ifdef __cplusplus
 extern "C" {
+#endif
+
+/* device-properties descriptors (a device described, not present) */
+#if defined(CUDNN_VERSION) && CUDNN_VERSION >= 90800
+#define CG_HAVE_DEVICEPROP 1
+#else
+#define CG_HAVE_DEVICEPROP 0
 #endif
 
 typedef enum { CG_FWD = 0, CG_BWD_DATA = 1, CG_BWD_FILTER = 2, CG_NOPS = 3 } cg_op;
@@ -94,6 +106,10 @@ size_t cg_graph_elems(const cg_graph *g, int uid);
  * how many the heuristics offered. Their count, -1 with cg_error(). */
 int cg_heuristics(const cg_graph *g, cudnnBackendHeurMode_t mode, cudnnBackendDescriptor_t *cfgs,
                   int cap, int64_t *total);
+/* The same for the device deviceprop describes (NULL: as cg_heuristics) */
+int cg_heuristics_for(const cg_graph *g, cudnnBackendHeurMode_t mode,
+                      cudnnBackendDescriptor_t deviceprop, cudnnBackendDescriptor_t *cfgs, int cap,
+                      int64_t *total);
 
 /* An engine config's engine and notes. */
 typedef struct {
@@ -115,6 +131,11 @@ int cg_config_info(cudnnBackendDescriptor_t cfg, cg_info *info, const char *labe
 cudnnStatus_t cg_plan_finalize(cudnnHandle_t handle, cudnnBackendDescriptor_t cfg,
                                cudnnBackendDescriptor_t *plan, int64_t *ws, const char *label,
                                int quiet);
+/* The same for the device deviceprop describes (NULL: as cg_plan_finalize;
+ * set: handle may be NULL, the plan can be inspected but not executed) */
+cudnnStatus_t cg_plan_finalize_for(cudnnHandle_t handle, cudnnBackendDescriptor_t deviceprop,
+                                   cudnnBackendDescriptor_t cfg, cudnnBackendDescriptor_t *plan,
+                                   int64_t *ws, const char *label, int quiet);
 
 /* A finalized variant pack: the x-, w-, y-shaped tensors' pointers (roles as
  * CG_UID_*) and the workspace. */
@@ -130,14 +151,22 @@ typedef struct {
   int sums_only;          /* drop FFT and Winograd engines (plain sums of products only) */
   int no_rtc;             /* drop runtime-compiled engines */
   size_t ws_limit;        /* bytes */
-  int max_configs;        /* configs looked at, A then fallback (<= 0: 16) */
+  int max_configs;        /* configs tried (finalized and timed) after the filters, A then
+                             fallback (<= 0: 16) */
   int reps;               /* timed runs after the warm-up (<= 0: 3) */
+  /* NULL: the handle's device. Set (cg_deviceprop_h200): the search for the
+   * device it describes, without one: heuristics and plans for it, the
+   * filters and the cap as above, runtime-compiled engines left out; no
+   * plan is timed or kept (cg_autotune's *out stays NULL, handle may be
+   * NULL): 0 when a config finalized (st->timed lists them, ms 0), 1 when
+   * none did. */
+  cudnnBackendDescriptor_t deviceprop;
 } cg_prefs;
 
 #define CG_MAX_TIMED 64
 typedef struct {
   int heur_a, heur_fb; /* configs each heuristics mode offered */
-  int looked;          /* configs looked at (at most max_configs) */
+  int looked;          /* configs tried past the filters (at most max_configs) */
   /* dropped by the preferences */
   int skip_tc, skip_down, skip_reduced, skip_numerics /* fft, winograd */, skip_nondet, skip_rtc,
       skip_ws /* over the limit, or no memory to time it */, duplicate;
@@ -176,6 +205,11 @@ float cg_plan_ms(const cg_plan *p); /* its time in cg_autotune */
 void cg_plan_destroy(cg_plan *p);
 
 /* ---- without a device ----------------------------------------------------- */
+
+/* A finalized DEVICEPROP descriptor of an H200 (sm_90; cudnn_graph.c has
+ * its properties), for cg_prefs.deviceprop and the *_for calls; the caller
+ * destroys it. 0, or -1 with cg_error() (cuDNN before 9.8 has none). */
+int cg_deviceprop_h200(cudnnBackendDescriptor_t *dp);
 
 /* Descriptors and operation graphs of a few 2-D and 3-D shapes (strided,
  * 1x1x1, (1,3,3) with pad (0,1,1)), every operation, float with beta 0 and
