@@ -55,7 +55,9 @@
  * TF32 references), --no-rtc (skip runtime-compiled engines), --with-1ch
  * (also the 2-D decoder of the single-channel model), --list (the shapes,
  * no device needed), --self-test (build every descriptor and finalize the
- * backend operation descriptors without a device), --verbose (every engine
+ * backend operation descriptors without a device, then the trainer's engine
+ * search for an H200 described to cuDNN, every plan finalized for it; meson
+ * test trainer_cudnn_deviceless), --verbose (every engine
  * config tried).
  *
  * The graph API's descriptors, heuristics queries, engine notes, plans and
@@ -936,8 +938,9 @@ static int deviceless_selection(void) {
    there; the graph without a handle, which cuDNN 9.19 accepts, earlier 9.x
    releases may not); both heuristics queried (without a device they finalize
    and count configs, but hand back none that is supported); then the
-   module's own self-test (cg_self_test). Engine configs, plans and variant
-   packs need a device. */
+   module's own self-test (cg_self_test); then the trainer's search for an
+   H200 described to cuDNN (deviceless_selection above). Running plans and
+   variant packs needs a device. */
 static int self_test(void) {
   int bad = 0, n = 0, nheur = 0;
   printf("probe: self-test: cuDNN %zu (header %d)\n", cudnnGetVersion(), CUDNN_VERSION);
