@@ -20,7 +20,8 @@
 #   nsys       where Nsight Systems is found: device time per kernel and per
 #              copy kind over one gpu_devpipe_check (after the overlap steps)
 #              and one gpu_bench (last)
-#   trainer    (GPU_TUNE_TRAINER=0 leaves it out) first the training and
+#   trainer    (GPU_TUNE_TRAINER=0 leaves it out) first the parity (every
+#              layer, every precision, float32 on the graph API), then the training and
 #              inference rates of coemu and PyTorch with the batch fed three
 #              ways (pageable host memory as before, page-locked beside the
 #              step before, resident on the device: trainer/train_bench.h)
@@ -67,7 +68,7 @@ step() { # name limit command...: the figure lines, then ok or FAIL
   shift 2
   local log="$logs/$(echo "$name" | tr ' /=' '___').log" s=$SECONDS st=0
   timeout "$limit" "$@" >"$log" 2>&1 || st=$?
-  grep -E '^gpu_(devpipe_)?(bench|check)|trainer-check: (times|train|infer|upload)|^anchor: (profile|train|infer|upload|channels_last)|^probe:' "$log" |
+  grep -E '^gpu_(devpipe_)?(bench|check)|trainer-check: (times|train|infer|upload|layer|training|checkpoints|graph API|fp32-graph)|^anchor: (profile|train|infer|upload|channels_last)|^probe:' "$log" |
     grep -v 'backend=cpu' | sed "s/^ */gpu-tune $name: /" || true
   if [ "$st" = 0 ]; then
     echo "gpu-tune $name: ok ($((SECONDS - s)) s)"
@@ -157,6 +158,11 @@ fi
 if [ "${GPU_TUNE_TRAINER:-1}" = 1 ]; then
   if wait "$tpid"; then
     tdir=${TRAINER_CHECK_DIR:-build-gpu-check-trainer}
+    # first the parity (~15 s): every layer on the device against the
+    # literal references, float32, tf32, bf16, and float32 through cuDNN's
+    # graph API, which must now run on graph plans (its first device run
+    # since the engine search counts its cap after the filters)
+    step "trainer parity" 90 env OMP_NUM_THREADS="$(nproc)" "$tdir/trainer_gpu_check" --only-parity
     # first, what the rates measured: the batch from pageable host memory
     # (as every earlier figure), from page-locked memory beside the step
     # before, or already on the device (trainer/train_bench.h), and the

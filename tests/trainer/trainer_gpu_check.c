@@ -53,7 +53,10 @@
  *                          [--no-curves] [--grid G] [--backend NAME]
  *                          [--precision-curves] [--only-bench] [--times]
  *                          [--times-steps N] [--feeds LIST] [--precisions LIST]
- * --precision-curves runs only the precision measurement (precision_curves
+ *                          [--only-parity]
+ * --only-parity runs only 1-3 (the layer parity of every precision and API,
+ * the step, the checkpoints: ~15 s on an H200; scripts/gpu-tune.sh's first
+ * trainer step). --precision-curves runs only the precision measurement (precision_curves
  * below: float32, tf32, bf16 loss curves on one backend; docs/benchmarks.md
  * has the CPU emulation's). --only-bench runs only 5 (no parity, curves,
  * data parallelism or metrics: a short device run); with --no-bench too,
@@ -612,13 +615,20 @@ static int parity_checks(const nn_backend *gpu) {
     setenv("COEMU_CUDNN_API", "graph", 1);
     par_report rp;
     memset(&rp, 0, sizeof rp);
-    if (nn_backend_init(gpu, 0) == 0) par_layers(gpu, &rp);
-    else {
+    int planned = 0, fell_back = 0;
+    if (nn_backend_init(gpu, 0) == 0) {
+      par_layers(gpu, &rp);
+      nn_cuda_graph_counts(&planned, &fell_back);
+    } else {
       printf("trainer-check: graph API: error: %s\n", ce_err_msg());
       rp.errors++;
     }
     print_report("cuda fp32 through the graph API (COEMU_CUDNN_API=graph)", &rp);
-    verdict("layer parity, device fp32 through the graph API", rp.failures == 0 && rp.errors == 0);
+    /* the parity holds on the legacy API too: the graph path must be what ran */
+    printf("trainer-check: graph API: %d convolution calls on graph plans, %d on the legacy API "
+           "instead (stderr says why)\n", planned, fell_back);
+    verdict("layer parity, device fp32 through the graph API",
+            rp.failures == 0 && rp.errors == 0 && planned > 0 && fell_back == 0);
     nn_backend_finish(gpu);
     unsetenv("COEMU_CUDNN_API");
     if (nn_backend_init(gpu, 0) < 0) {
@@ -708,7 +718,8 @@ static int arg_int(int argc, char **argv, int *i, int lo, int hi) {
 
 int main(int argc, char **argv) {
   int steps = 20, curve_batch = 4, batch = 32, infer_batch = 64, iters = 10, tf32 = 0;
-  int do_bench = 1, do_curves = 1, grid = 64, prec_curves = 0, only_bench = 0, times_steps = 5;
+  int do_bench = 1, do_curves = 1, grid = 64, prec_curves = 0, only_bench = 0, times_steps = 5,
+      only_parity = 0;
   const char *times_env = getenv("COEMU_CUDA_TIMES");
   int times = times_env && !strcmp(times_env, "1");
   const char *backend = "cuda";
@@ -723,6 +734,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--no-curves")) do_curves = 0;
     else if (!strcmp(argv[i], "--precision-curves")) prec_curves = 1;
     else if (!strcmp(argv[i], "--only-bench")) only_bench = 1;
+    else if (!strcmp(argv[i], "--only-parity")) only_parity = 1;
     else if (!strcmp(argv[i], "--times")) times = 1;
     else if (!strcmp(argv[i], "--times-steps")) times_steps = arg_int(argc, argv, &i, 1, 1000);
     else if (!strcmp(argv[i], "--grid")) grid = arg_int(argc, argv, &i, 16, 1024);
@@ -748,7 +760,7 @@ int main(int argc, char **argv) {
       printf("usage: trainer_gpu_check [--steps N] [--curve-batch B] [--batch B] [--infer-batch B] "
              "[--iters K] [--tf32] [--no-bench] [--no-curves] [--grid G] [--backend NAME] "
              "[--precision-curves] [--only-bench] [--times] [--times-steps N] [--feeds LIST] "
-             "[--precisions LIST]\n");
+             "[--precisions LIST] [--only-parity]\n");
       return 0;
     } else {
       fprintf(stderr, "trainer_gpu_check: error: unknown option '%s' (--help)\n", argv[i]);
@@ -798,6 +810,12 @@ int main(int argc, char **argv) {
   if (!only_bench && parity_checks(gpu) < 0) {
     nn_backend_finish(&nn_backend_cpu);
     return 1;
+  }
+  if (only_parity) {
+    nn_backend_finish(gpu);
+    nn_backend_finish(&nn_backend_cpu);
+    printf("trainer-check: %s (%d failed)\n", failures ? "FAILED" : "all passed", failures);
+    return failures ? 1 : 0;
   }
 
   /* 4-5: cuDNN's fastest algorithms from here on */
@@ -884,6 +902,14 @@ int main(int argc, char **argv) {
       }
       reinit = nn_backend_init(gpu, 0);
       if (reinit == 0) bench(gpu, label[v], NN_FLOAT32, batch, infer_batch, iters, grid);
+#ifdef COEMU_HAVE_CUDA_TRAINER
+      if (reinit == 0 && v == 3) { /* whether the figures are the graph path's */
+        int planned, fell_back;
+        nn_cuda_graph_counts(&planned, &fell_back);
+        printf("trainer-check: fp32-graph: %d convolution calls on graph plans, %d on the legacy "
+               "API instead\n", planned, fell_back);
+      }
+#endif
     }
     nn_backend_finish(gpu);
     unsetenv("COEMU_CUDNN_VERBOSE");

@@ -170,6 +170,7 @@ static struct {
   int graph;         /* COEMU_CUDNN_API=graph: float32 / tf32 convolutions on the graph API */
   int graph_configs; /* COEMU_CUDNN_GRAPH_CONFIGS: engine configs tried per call, after the
                         filters (16) */
+  int graph_planned, graph_fallbacks; /* nn_cuda_graph_counts, since init */
   size_t ws_limit;
   int ws_limit_set;
   /* device reducer sums (NCCL): gradient buckets run on comm, after the
@@ -203,6 +204,11 @@ extern "C" void nn_cuda_set_workspace_limit(size_t bytes) {
 }
 
 extern "C" const char *nn_cuda_device_name(void) { return S.users ? S.name : ""; }
+
+extern "C" void nn_cuda_graph_counts(int *planned, int *fell_back) {
+  *planned = S.graph_planned;
+  *fell_back = S.graph_fallbacks;
+}
 
 /* ---- the timing mode (COEMU_CUDA_TIMES=1) ------------------------------ */
 
@@ -543,6 +549,7 @@ static int open_device(void) {
                   "cudnnConvolution* calls) or graph (cuDNN's graph API for the float32 and tf32 "
                   "convolutions)", api);
   S.graph = api && !strcmp(api, "graph");
+  S.graph_planned = S.graph_fallbacks = 0;
   S.graph_configs = 16;
   const char *gc = getenv("COEMU_CUDNN_GRAPH_CONFIGS");
   if (gc && *gc) {
@@ -1372,9 +1379,11 @@ static int graph_plan(conv_plan *p, int k, void *const t[3]) {
     fprintf(stderr, "coemu: cuDNN graph API: no usable engine for the %s of %s (%s); that call "
             "uses the legacy API\n", CALL_NAME[k], sh, cg_error());
     graph_drop(p, k);
+    S.graph_fallbacks++;
     cudaGetLastError(); /* a non-sticky error of the search is not the next call's */
     return 0;
   }
+  S.graph_planned++;
   const size_t ws = cg_plan_workspace(p->gp[k]);
   if (ws > p->ws) p->ws = ws;
   return 0;
@@ -1504,6 +1513,7 @@ static int conv_run(conv_plan *p, int k, const void *x, const void *w, const voi
     fprintf(stderr, "coemu: cuDNN graph API: the %s of %s failed (%s); that call uses the legacy "
             "API from now on\n", CALL_NAME[k], sh, cg_error());
     graph_drop(p, k);
+    S.graph_fallbacks++;
     if (!p->legacy_found[k] && legacy_find(p, k, ws, 0) < 0)
       return ce_err_prefix("%s: the legacy algorithm after the graph engine failed", what);
   }

@@ -88,6 +88,13 @@ int nn_cuda_times_report(FILE *f, const char *label, int steps);
  * "" before init. */
 const char *nn_cuda_device_name(void);
 
+/* COEMU_CUDNN_API=graph since init: *planned, convolution calls given a
+ * graph plan; *fell_back, calls that run on the legacy API instead (no
+ * usable engine when the plan was made, or its engine failed at run time:
+ * each said once on stderr). The device check requires planned > 0 and no
+ * fallback of its graph-API parity run. */
+void nn_cuda_graph_counts(int *planned, int *fell_back);
+
 #ifdef __cplusplus
 }
 #endif
