@@ -36,7 +36,8 @@ typedef struct {
   double outlier_vz_range;     /* > 0: samples whose max v_z - min v_z exceed it are dropped */
 } stats_norm;
 
-/* out[i] = (float)log((double)x[i]). */
+/* out[i] = (float)log((double)x[i]), libm's bits (libmvec's vector log
+ * where the rounding to float is certain to agree: transforms.c). */
 void stats_ln_f32(const float *x, size_t n, float *out);
 
 /* ln I of one sample (all its channels, n values): zeros replaced by the

@@ -5,12 +5,15 @@
  * Prints
  *   stats moments GB/s_per_core X n=N
  *   stats chunk_median n=M ms X introselect_ms Y value=V
+ *   stats ln n=M ns_per_value X libm_ns_per_value Y
  *   stats median n=N ranks=R passes=P seconds=S value=V
  * chunk_median: the lower median of one chunk of M values (a sample's 64^3
  * voxels by default), as `coemu stats` takes it for every sample and input
  * field (the median of medians): stats_lower_median_f32's radix selection,
  * then the introselect (stats_select_f32) on the same data for comparison;
- * medians of 9 runs on one rank.
+ * medians of 9 runs on one rank. ln: stats_ln_f32 (ln T, ln n of every
+ * sample's inputs) on M positive values, against the scalar libm loop it
+ * equals bit for bit (a mismatch is an error).
  * Data: deterministic (common/rng.h keyed by the global index block), so
  * the median does not depend on the number of ranks. */
 #include <math.h>
@@ -29,6 +32,7 @@
 #include "stats/moments.h"
 #include "stats/quantile.h"
 #include "stats/select.h"
+#include "stats/transforms.h"
 
 /* Values [lo, hi) of the global sequence: a 23-bit significand in [1, 2)
  * scaled by 2^(0..15) with a random sign: many exponents, heavy-ish tail. */
@@ -51,6 +55,38 @@ static void fill(float *x, uint64_t lo, uint64_t hi) {
 static int cmpd(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return (x > y) - (x < y);
+}
+
+/* stats_ln_f32 against the scalar loop (above). */
+static int ln_speed(size_t m) {
+  enum { RUNS = 9 };
+  float *x = ce_malloc_array(m, sizeof *x, "ln data"), *a = ce_malloc_array(m, sizeof *a, "ln out"),
+        *b = ce_malloc_array(m, sizeof *b, "ln out");
+  if (!x || !a || !b) {
+    free(x), free(a), free(b);
+    return cli_fail("bench stats");
+  }
+  fill(x, 0, m);
+  for (size_t i = 0; i < m; i++) x[i] = fabsf(x[i]) * 37.0f; /* positive, as T and n */
+  double t[2][RUNS];
+  for (int run = 0; run < RUNS; run++) {
+    double t0 = ce_now();
+    stats_ln_f32(x, m, a);
+    t[0][run] = ce_now() - t0;
+    t0 = ce_now();
+    for (size_t i = 0; i < m; i++) b[i] = (float)log((double)x[i]);
+    t[1][run] = ce_now() - t0;
+  }
+  qsort(t[0], RUNS, sizeof t[0][0], cmpd);
+  qsort(t[1], RUNS, sizeof t[1][0], cmpd);
+  const int same = memcmp(a, b, m * sizeof *a) == 0;
+  printf("stats ln n=%zu ns_per_value %.3f libm_ns_per_value %.3f%s\n", m,
+         1e9 * t[0][RUNS / 2] / (double)m, 1e9 * t[1][RUNS / 2] / (double)m,
+         same ? "" : " MISMATCH");
+  free(x), free(a), free(b);
+  if (same) return 0;
+  ce_err("stats_ln_f32 and the scalar libm loop disagree");
+  return cli_fail("bench stats");
 }
 
 /* The per-chunk lower median, radix selection and introselect (above). */
@@ -76,9 +112,11 @@ static int chunk_median(size_t m) {
   printf("stats chunk_median n=%zu ms %.3f introselect_ms %.3f value=%.9g%s\n", m,
          1e3 * t[0][RUNS / 2], 1e3 * t[1][RUNS / 2], v[0], v[0] == v[1] ? "" : " MISMATCH");
   free(x), free(w);
-  if (v[0] == v[1]) return 0;
-  ce_err("chunk median: the radix selection and the introselect disagree");
-  return cli_fail("bench stats");
+  if (v[0] != v[1]) {
+    ce_err("chunk median: the radix selection and the introselect disagree");
+    return cli_fail("bench stats");
+  }
+  return ln_speed(m);
 }
 
 int bench_stats(int argc, char **argv) {
