@@ -160,6 +160,13 @@ static double *par_dup(const float *a, size_t n) {
 
 static double *par_zeros(size_t n) { return (double *)calloc(n ? n : 1, sizeof(double)); }
 
+/* a reference sum and its magnitudes from a gradient's prior values (NULL:
+   zero), which the backward adds to */
+static void par_start_from(double *sum, double *mag, const float *prior, size_t n) {
+  if (!prior) return;
+  for (size_t i = 0; i < n; i++) sum[i] = prior[i], mag[i] = fabs((double)prior[i]);
+}
+
 static float *par_fill(size_t n, ce_rng *g, double lo, double hi) {
   float *a = (float *)malloc(sizeof(float) * (n ? n : 1));
   for (size_t i = 0; i < n; i++) a[i] = (float)(lo + (hi - lo) * ce_rng_uniform(g));
@@ -183,6 +190,9 @@ typedef struct {
   float *x[NN_MAX_IN], *dy;
   float *y, *dx[NN_MAX_IN];  /* downloaded results */
   float *w[4], *g[4];        /* parameters before the step (host), their gradients */
+  /* the gradients' values before the backward (convolutions and linear
+     layers outside bf16; else NULL: zero): the backward must add to them */
+  float *g0[4], *dx0[NN_MAX_IN];
   int ok;
 } par_layer;
 
@@ -203,10 +213,12 @@ static void par_layer_free(par_layer *L) {
   for (int j = 0; j < L->nin; j++) {
     free(L->x[j]);
     free(L->dx[j]);
+    free(L->dx0[j]);
   }
   for (int k = 0; k < 4; k++) {
     free(L->w[k]);
     free(L->g[k]);
+    free(L->g0[k]);
   }
   free(L->dy);
   free(L->y);
@@ -272,6 +284,28 @@ static int par_layer_run(par_layer *L, const nn_backend *be, const par_case *pc,
   nn_seed_grad(net, o);
   if (par_call(r, nn_zero_grad(net), "zero_grad") < 0) return -1;
   if (par_call(r, nn_grad_upload(net, o, L->dy), "gradient upload") < 0) return -1;
+  /* Gradients accumulate (nn.h): the library calls run with beta = 1 (cuDNN's
+     backward data and filter, cuBLAS), so a convolution's or linear layer's
+     gradients start from random values here, which the references start
+     from too; from zero an engine that overwrote instead of adding would
+     pass. (bf16 rounds the products' sums before adding: left at zero.) */
+  if ((pc->kind == PK_CONV || pc->kind == PK_LINEAR) && !nn_rounds_conv_result(precision)) {
+    for (int k = 0; k < nd->nparam; k++) {
+      nn_param *p = &net->params[nd->param[k]];
+      if (!p->g) continue;
+      L->g0[k] = par_fill((size_t)p->n, &g, -0.5, 0.5);
+      if (par_call(r, nn_upload(net, p->g, L->g0[k], (size_t)p->n), "gradient prefill") < 0)
+        return -1;
+    }
+    for (int j = 0; j < pc->nin; j++) {
+      const nn_node *xn = &net->nodes[L->in[j]];
+      if (!xn->needs_grad) continue;
+      L->dx0[j] = par_fill((size_t)N * xn->size, &g, -0.5, 0.5);
+      if (par_call(r, nn_upload(net, xn->grad, L->dx0[j], (size_t)N * xn->size),
+                   "input gradient prefill") < 0)
+        return -1;
+    }
+  }
   if (par_call(r, nn_backward(net), "backward") < 0) return -1;
   for (int j = 0; j < pc->nin; j++)
     if (net->nodes[L->in[j]].needs_grad)
@@ -318,6 +352,9 @@ static void par_check_conv(par_report *r, const par_layer *L, const par_case *pc
   size_t ny = (size_t)N * co_n * P, nx = (size_t)N * ci_n * Sv, nw = (size_t)co_n * K;
   double *y = par_zeros(ny), *ym = par_zeros(ny), *dx = par_zeros(nx), *dxm = par_zeros(nx);
   double *dw = par_zeros(nw), *dwm = par_zeros(nw), *db = par_zeros(co_n), *dbm = par_zeros(co_n);
+  par_start_from(dx, dxm, L->dx0[0], nx);
+  par_start_from(dw, dwm, L->g0[0], nw);
+  par_start_from(db, dbm, L->g0[1], (size_t)co_n);
   for (int n = 0; n < N; n++)
     for (int co = 0; co < co_n; co++)
       for (int z = 0; z < nd->d; z++)
@@ -389,6 +426,9 @@ static void par_check_linear(par_report *r, const par_layer *L, const char *name
   double *dx = par_zeros((size_t)N * in), *dxm = par_zeros((size_t)N * in);
   double *dw = par_zeros((size_t)out * in), *dwm = par_zeros((size_t)out * in);
   double *db = par_zeros(out), *dbm = par_zeros(out);
+  par_start_from(dx, dxm, L->dx0[0], (size_t)N * in);
+  par_start_from(dw, dwm, L->g0[0], (size_t)out * in);
+  par_start_from(db, dbm, L->g0[1], (size_t)out);
   for (int n = 0; n < N; n++)
     for (int o = 0; o < out; o++) {
       double acc = b[o], am = fabs(b[o]), g = dy[(long)n * out + o];
