@@ -202,8 +202,11 @@ static void test_chan_merge(void) {
   free(x);
 }
 
-static int cmpf(const void *a, const void *b) {
-  float x = *(const float *)a, y = *(const float *)b;
+/* the key order (select.h): as the floats', -0 below +0; the sorted
+   references of test_select (compared with ==, so the zeros' order does not
+   matter there) and of test_order_stat (compared bit for bit) */
+static int cmpkey(const void *a, const void *b) {
+  uint32_t x = stats_key_f32(*(const float *)a), y = stats_key_f32(*(const float *)b);
   return (x > y) - (x < y);
 }
 
@@ -224,7 +227,7 @@ static void test_select(void) {
       }
     }
     memcpy(s, x, n * sizeof *x);
-    qsort(s, n, sizeof *s, cmpf);
+    qsort(s, n, sizeof *s, cmpkey);
     size_t ks[] = {0, 1, n / 4, (n - 1) / 2, n / 2, n - 2, n - 1};
     for (size_t j = 0; j < sizeof ks / sizeof ks[0]; j++) {
       memcpy(w, x, n * sizeof *x);
@@ -243,7 +246,7 @@ static void test_select(void) {
     CHECK(stats_median_f32(w, n) == s[n / 2]);  /* n odd */
     memcpy(w, x, (n - 1) * sizeof *x);
     memcpy(s, x, (n - 1) * sizeof *x);
-    qsort(s, n - 1, sizeof *s, cmpf);
+    qsort(s, n - 1, sizeof *s, cmpkey);
     CHECK(stats_median_f32(w, n - 1) == 0.5 * ((double)s[(n - 2) / 2] + s[(n - 1) / 2]));
     memcpy(w, x, (n - 1) * sizeof *x);
     CHECK(stats_lower_median_f32(w, n - 1) == s[(n - 2) / 2]);
@@ -253,7 +256,7 @@ static void test_select(void) {
   for (size_t i = 0; i < n; i++) x[i] = (float)(i + 10);
   x[0] = 0; x[n / 2] = 1; x[n - 1] = 2;
   memcpy(s, x, n * sizeof *x);
-  qsort(s, n, sizeof *s, cmpf);
+  qsort(s, n, sizeof *s, cmpkey);
   stats_select_cost cost;
   CHECK(stats_select_cost_f32(x, n, n / 2, &cost) == s[n / 2]);
   CHECK(cost.bfprt_steps >= 1 && cost.visits <= 30 * n);
@@ -268,12 +271,6 @@ static void test_select(void) {
   free(x);
   free(s);
   free(w);
-}
-
-/* the key order (select.h): as the floats', -0 below +0 */
-static int cmpkey(const void *a, const void *b) {
-  uint32_t x = stats_key_f32(*(const float *)a), y = stats_key_f32(*(const float *)b);
-  return (x > y) - (x < y);
 }
 
 /* stats_order_stat_f32 (radix selection) against a sort in key order: every
