@@ -893,15 +893,13 @@ static int deviceless_selection(void) {
         pr.ws_limit = (size_t)O.trainer_ws;
         pr.max_configs = 16;
         pr.deviceprop = dp;
+        pr.deterministic_only = 1;
         cg_tune_stats st;
-        int det = 1;
-        pr.deterministic_only = det;
-        int rc = cg_autotune(NULL, g, &pr, NULL, NULL, NULL, &(cg_plan *){NULL}, &st);
-        if (rc == 1) { /* as the trainer: then any engine */
-          det = 0;
-          pr.deterministic_only = 0;
-          rc = cg_autotune(NULL, g, &pr, NULL, NULL, NULL, &(cg_plan *){NULL}, &st);
-        }
+        cg_plan *none = NULL; /* deviceless: no plan is kept */
+        int any;
+        const int rc = cg_autotune_deterministic_first(NULL, g, &pr, NULL, NULL, NULL, &none, &st,
+                                                       NULL, &any);
+        const int det = !any;
         calls++;
         if (rc != 0) {
           without++;

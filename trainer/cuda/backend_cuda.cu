@@ -1353,8 +1353,8 @@ static void graph_table(const conv_plan *p, int k, const cg_tune_stats *st, int 
 static int graph_plan(conv_plan *p, int k, void *const t[3]) {
   const cg_conv c = cg_conv_of(&p->s);
   const float beta = k == 0 ? 0.0f : (float)p->accum;
-  cg_tune_stats st;
-  int rc = -1, det_pass = !S.any_order;
+  cg_tune_stats st, first;
+  int rc = -1, any = 0;
   if (cg_graph_create(&p->gg[k], &c, CALL_OP[k], 1.0f, beta, S.dnn) == 0) {
     cg_prefs pr;
     memset(&pr, 0, sizeof pr);
@@ -1363,15 +1363,12 @@ static int graph_plan(conv_plan *p, int k, void *const t[3]) {
     pr.ws_limit = S.ws_limit;
     pr.max_configs = S.graph_configs;
     pr.reps = 3;
-    pr.deterministic_only = det_pass;
-    rc = cg_autotune(S.dnn, p->gg[k], &pr, t[0], t[1], t[2], &p->gp[k], &st);
-    if (rc == 1 && det_pass) { /* as pick_from's second pass: any engine */
-      if (S.verbose) graph_table(p, k, &st, det_pass);
-      det_pass = 0;
-      pr.deterministic_only = 0;
-      rc = cg_autotune(S.dnn, p->gg[k], &pr, t[0], t[1], t[2], &p->gp[k], &st);
-    }
-    if (rc >= 0 && S.verbose) graph_table(p, k, &st, det_pass);
+    pr.deterministic_only = !S.any_order;
+    /* as pick_from: deterministic engines first, then any */
+    rc = cg_autotune_deterministic_first(S.dnn, p->gg[k], &pr, t[0], t[1], t[2], &p->gp[k], &st,
+                                         &first, &any);
+    if (S.verbose && any && !S.any_order) graph_table(p, k, &first, 1);
+    if (rc >= 0 && S.verbose) graph_table(p, k, &st, !any);
   }
   if (rc != 0) {
     char sh[160];

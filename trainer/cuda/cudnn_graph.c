@@ -766,6 +766,21 @@ fail:
   return rc;
 }
 
+int cg_autotune_deterministic_first(cudnnHandle_t handle, const cg_graph *g,
+                                    const cg_prefs *prefs, void *x, void *w, void *y, cg_plan **out,
+                                    cg_tune_stats *st, cg_tune_stats *st_first, int *any_order) {
+  cg_prefs pr = *prefs;
+  cg_tune_stats local;
+  if (!st) st = &local;
+  *any_order = !pr.deterministic_only;
+  int rc = cg_autotune(handle, g, &pr, x, w, y, out, st);
+  if (rc != 1 || !pr.deterministic_only) return rc;
+  if (st_first) *st_first = *st;
+  pr.deterministic_only = 0; /* as the legacy pick's second pass: any engine */
+  *any_order = 1;
+  return cg_autotune(handle, g, &pr, x, w, y, out, st);
+}
+
 /* ---- a device described, not present ------------------------------------------------ */
 
 /* An H200 (sm_90) as cuDNN's JSON describes a device (the keys of

@@ -193,6 +193,16 @@ typedef struct cg_plan cg_plan;
 int cg_autotune(cudnnHandle_t handle, const cg_graph *g, const cg_prefs *prefs, void *x, void *w,
                 void *y, cg_plan **out, cg_tune_stats *st);
 
+/* cg_autotune with prefs->deterministic_only tried first and, when no
+ * deterministic engine is usable (1), again with any engine (the trainer's
+ * policy, also checked without a device by cudnn_engine_probe --self-test).
+ * *any_order: whether the result is the second pass's (or the prefs asked
+ * for any order); st_first (may be NULL): the first pass's stats when the
+ * second ran. Returns as cg_autotune. */
+int cg_autotune_deterministic_first(cudnnHandle_t handle, const cg_graph *g,
+                                    const cg_prefs *prefs, void *x, void *w, void *y, cg_plan **out,
+                                    cg_tune_stats *st, cg_tune_stats *st_first, int *any_order);
+
 /* Runs plan p on handle's stream with the tensors x, w, y (as
  * cg_autotune) and workspace ws of ws_bytes bytes (at least
  * cg_plan_workspace(p)); pointers 16-byte aligned. Variant packs are cached
