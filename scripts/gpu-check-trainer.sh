@@ -212,9 +212,9 @@ pids+=($!)
   -c trainer/cuda/backend_cuda.cu -o "$out/obj/backend_cuda.o"
 for p in "${pids[@]}"; do wait "$p"; done
 "$NVCC" -o "$out/trainer_gpu_check" "${objs[@]}" "$out/obj/backend_cuda.o" -Xcompiler=-fopenmp \
-  "${ldirs[@]}" "${libs[@]}" -lm -lpthread
+  "${ldirs[@]}" "${libs[@]}" -lm -lpthread -ldl
 "$NVCC" -o "$out/cudnn_engine_probe" "$out/obj/cudnn_engine_probe.o" \
-  "$out/obj/trainer_cuda_cudnn_graph.c.o" "${ldirs[@]}" -lcudnn -lm
+  "$out/obj/trainer_cuda_cudnn_graph.c.o" "${ldirs[@]}" -lcudnn -lm -lpthread -ldl
 echo "gpu-check-trainer: built $out/trainer_gpu_check, $out/cudnn_engine_probe ($((SECONDS - t0)) s)"
 [ "$mode" = build ] && exit 0
 

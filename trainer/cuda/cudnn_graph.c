@@ -5,6 +5,8 @@
 #include "trainer/cuda/cudnn_graph.h"
 
 #include <cuda_runtime_api.h>
+#include <dlfcn.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -207,8 +209,25 @@ void cg_graph_destroy(cg_graph *g) {
   free(g);
 }
 
+/* cuDNN dlopens NVRTC (libnvrtc.so.<CUDA major>) for each engine it checks
+   and dlcloses it after: 157 loads for the deviceless search of one training
+   step. Each load runs NVRTC's static initialisers again, among them the
+   74 KB emergency pool of the libstdc++ linked into it, which the unload
+   never frees; LeakSanitizer then reports those blocks from a module that is
+   gone, which no suppression can name. One reference held here for the
+   process's life makes cuDNN's loads and unloads count up and down on a
+   library that stays mapped. Best effort: where NVRTC is missing, cuDNN's own
+   load fails the same way without it. */
+static void nvrtc_hold(void) {
+  char name[32];
+  snprintf(name, sizeof name, "libnvrtc.so.%d", CUDART_VERSION / 1000);
+  (void)dlopen(name, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
+}
+
 int cg_graph_create(cg_graph **out, const cg_conv *c, cg_op op, float alpha, float beta,
                     cudnnHandle_t handle) {
+  static pthread_once_t nvrtc_once = PTHREAD_ONCE_INIT;
+  pthread_once(&nvrtc_once, nvrtc_hold);
   *out = NULL;
   cg_graph *g = (cg_graph *)calloc(1, sizeof *g);
   if (!g) return set_err("out of host memory for a cuDNN graph");
