@@ -169,7 +169,8 @@ static struct {
   int ops[NOPS];
   const char *filter;
   double ws_limit, trainer_ws, deadline; /* bytes, bytes, seconds */
-} O = {32, 0, 32, 0, 0, 0, 0, 0, 0, {1, 1, 1}, NULL, 4096.0 * 1048576.0, 512.0 * 1048576.0, 140.0};
+} O = {32, 0, 32, 0, 0, 0, 0, 0, 0, {1, 1, 1}, NULL, 4096.0 * 1048576.0,
+       CG_TRAINER_WORKSPACE_MIB * 1048576.0, 140.0};
 
 static cudnnHandle_t H;
 static char LABEL[192];  /* the shape (and operation) for error messages */
@@ -855,8 +856,8 @@ static int list_shapes(void) {
    (cg_deviceprop_h200; cuDNN >= 9.8): the heuristics for sm_90, the
    trainer's filters (strict float32: no tensor-core, down-converting or
    reduced-precision engines; tf32: tensor cores allowed), deterministic
-   engines first and then any, its workspace limit (512 MiB) and its cap of
-   16 configs tried, every candidate's plan finalized for the device. Each
+   engines first and then any, its workspace limit (CG_TRAINER_WORKSPACE_MIB) and its
+   cap of CG_DEFAULT_MAX_CONFIGS configs tried, every candidate's plan finalized for the device. Each
    call must be left with at least one plan, or on a device it would fall
    back to the legacy API (as it did for 21 of 62 calls when the cap was
    counted before the filters: mode A lists its tensor-core configs first).
@@ -891,7 +892,7 @@ static int deviceless_selection(void) {
         memset(&pr, 0, sizeof pr);
         pr.allow_tensor_core = tf32;
         pr.ws_limit = (size_t)O.trainer_ws;
-        pr.max_configs = 16;
+        pr.max_configs = CG_DEFAULT_MAX_CONFIGS;
         pr.deviceprop = dp;
         pr.deterministic_only = 1;
         cg_tune_stats st;

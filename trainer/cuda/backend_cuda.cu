@@ -550,18 +550,19 @@ static int open_device(void) {
                   "convolutions)", api);
   S.graph = api && !strcmp(api, "graph");
   S.graph_planned = S.graph_fallbacks = 0;
-  S.graph_configs = 16;
+  S.graph_configs = CG_DEFAULT_MAX_CONFIGS;
   const char *gc = getenv("COEMU_CUDNN_GRAPH_CONFIGS");
   if (gc && *gc) {
     char *end;
     long v = strtol(gc, &end, 10);
     if (*end || v < 1 || v > 256)
       return ce_err("COEMU_CUDNN_GRAPH_CONFIGS = '%s': expected 1..256 (engine configs timed "
-                    "per convolution call with COEMU_CUDNN_API=graph; default 16)", gc);
+                    "per convolution call with COEMU_CUDNN_API=graph; default %d)", gc,
+                    CG_DEFAULT_MAX_CONFIGS);
     S.graph_configs = (int)v;
   }
   if (!S.ws_limit_set) {
-    S.ws_limit = (size_t)512 << 20;
+    S.ws_limit = (size_t)CG_TRAINER_WORKSPACE_MIB << 20;
     const char *w = getenv("COEMU_CUDNN_WORKSPACE_MB");
     if (w && *w) {
       char *end;

@@ -589,7 +589,7 @@ int cg_autotune(cudnnHandle_t handle, const cg_graph *g, const cg_prefs *prefs, 
   st->best = -1;
   *out = NULL;
   const double t0 = now_s();
-  const int max_configs = prefs->max_configs > 0 ? prefs->max_configs : 16;
+  const int max_configs = prefs->max_configs > 0 ? prefs->max_configs : CG_DEFAULT_MAX_CONFIGS;
   const int reps = prefs->reps > 0 ? prefs->reps : 3;
   cudaStream_t stream = NULL;
   void *ws = NULL;

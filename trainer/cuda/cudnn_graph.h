@@ -144,6 +144,12 @@ cudnnStatus_t cg_variant_pack(cudnnBackendDescriptor_t *vp, void *x, void *w, vo
 
 /* ---- autotuning and execution ------------------------------------------- */
 
+/* The trainer's search defaults (trainer/cuda/backend_cuda.cu; the
+ * environment's COEMU_CUDNN_GRAPH_CONFIGS and COEMU_CUDNN_WORKSPACE_MB change
+ * them there), which the engine probe's deviceless self-test reproduces. */
+#define CG_DEFAULT_MAX_CONFIGS 16
+#define CG_TRAINER_WORKSPACE_MIB 512
+
 typedef struct {
   int allow_tensor_core;  /* tf32 / bf16: engines with the TENSOR_CORE note allowed; 0: strict
                              float32 (TENSOR_CORE and REDUCED_PRECISION_REDUCTION dropped) */
@@ -152,7 +158,7 @@ typedef struct {
   int no_rtc;             /* drop runtime-compiled engines */
   size_t ws_limit;        /* bytes */
   int max_configs;        /* configs tried (finalized and timed) after the filters, A then
-                             fallback (<= 0: 16) */
+                             fallback (<= 0: CG_DEFAULT_MAX_CONFIGS) */
   int reps;               /* timed runs after the warm-up (<= 0: 3) */
   /* NULL: the handle's device. Set (cg_deviceprop_h200): the search for the
    * device it describes, without one: heuristics and plans for it, the
