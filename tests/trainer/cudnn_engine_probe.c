@@ -916,8 +916,9 @@ static int deviceless_selection(void) {
               printf(" %lld%s%s", (long long)st.timed[k].info.engine,
                      st.timed[k].info.heur ? "f" : "", st.timed[k].info.nondet ? "n" : "");
             printf(" (heuristics A %d, fallback %d; dropped %d tensor-core, %d nondeterministic, "
-                   "%d runtime-compiled; %d failed to finalize)\n", st.heur_a, st.heur_fb,
-                   st.skip_tc, st.skip_nondet, st.skip_rtc, st.fail_finalize);
+                   "%d reduced-precision reduction, %d runtime-compiled; %d failed to finalize)\n",
+                   st.heur_a, st.heur_fb, st.skip_tc, st.skip_nondet, st.skip_reduced,
+                   st.skip_rtc, st.fail_finalize);
           }
         }
         cg_graph_destroy(g);
