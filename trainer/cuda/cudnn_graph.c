@@ -212,7 +212,7 @@ void cg_graph_destroy(cg_graph *g) {
 /* cuDNN dlopens NVRTC (libnvrtc.so.<CUDA major>) for each engine it checks
    and dlcloses it after: 157 loads for the deviceless search of one training
    step. Each load runs NVRTC's static initialisers again, among them the
-   74 KB emergency pool of the libstdc++ linked into it, which the unload
+   72,704-byte emergency pool of the libstdc++ linked into it, which the unload
    never frees; LeakSanitizer then reports those blocks from a module that is
    gone, which no suppression can name. One reference held here for the
    process's life makes cuDNN's loads and unloads count up and down on a
