@@ -869,7 +869,7 @@ static int list_shapes(void) {
    cuDNN without device descriptors: a SKIP line, 0). */
 /* Objects the dynamic loader has loaded so far (dlpi_adds: one count per
    load, reloads included). cuDNN loads NVRTC for each engine it checks and
-   unloaded it after each, 157 reloads over the search below, until
+   unloaded it after each, 70 reloads over the search below, until
    cg_graph_create held it loaded (nvrtc_hold, cudnn_graph.c): each reload
    left a block from NVRTC's libstdc++ that LeakSanitizer could not trace. */
 static int dl_adds_cb(struct dl_phdr_info *info, size_t size, void *data) {

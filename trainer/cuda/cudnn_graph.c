@@ -210,8 +210,8 @@ void cg_graph_destroy(cg_graph *g) {
 }
 
 /* cuDNN dlopens NVRTC (libnvrtc.so.<CUDA major>) for each engine it checks
-   and dlcloses it after: 157 loads for the deviceless search of one training
-   step. Each load runs NVRTC's static initialisers again, among them the
+   and dlcloses it after: 157 loads in the engine probe's self-test, 70 of
+   them in its deviceless search of one training step. Each load runs NVRTC's static initialisers again, among them the
    72,704-byte emergency pool of the libstdc++ linked into it, which the unload
    never frees; LeakSanitizer then reports those blocks from a module that is
    gone, which no suppression can name. One reference held here for the
