@@ -211,9 +211,9 @@ void cg_graph_destroy(cg_graph *g) {
 
 /* cuDNN dlopens NVRTC (libnvrtc.so.<CUDA major>) for each engine it checks
    and dlcloses it after: 157 loads in the engine probe's self-test, 70 of
-   them in its deviceless search of one training step. Each load runs NVRTC's static initialisers again, among them the
-   72,704-byte emergency pool of the libstdc++ linked into it, which the unload
-   never frees; LeakSanitizer then reports those blocks from a module that is
+   them in its deviceless search of one training step. Each load runs
+   NVRTC's static initialisers again, among them the 72,704-byte emergency
+   pool of the libstdc++ linked into it, which the unload never frees; LeakSanitizer then reports those blocks from a module that is
    gone, which no suppression can name. One reference held here for the
    process's life makes cuDNN's loads and unloads count up and down on a
    library that stays mapped (the engine probe's self-test counts the loads
