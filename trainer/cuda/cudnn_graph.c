@@ -213,12 +213,13 @@ void cg_graph_destroy(cg_graph *g) {
    and dlcloses it after: 157 loads in the engine probe's self-test, 70 of
    them in its deviceless search of one training step. Each load runs
    NVRTC's static initialisers again, among them the 72,704-byte emergency
-   pool of the libstdc++ linked into it, which the unload never frees; LeakSanitizer then reports those blocks from a module that is
-   gone, which no suppression can name. One reference held here for the
-   process's life makes cuDNN's loads and unloads count up and down on a
-   library that stays mapped (the engine probe's self-test counts the loads
-   during its search: 0 with this, 70 without). Best effort: where NVRTC is
-   missing, cuDNN's own load fails the same way without it. */
+   pool of the libstdc++ linked into it, which the unload never frees;
+   LeakSanitizer then reports those blocks from a module that is gone,
+   which no suppression can name. One reference held here for the process's
+   life makes cuDNN's loads and unloads count up and down on a library that
+   stays mapped (the probe's self-test counts the loads during its search:
+   0 with this, 70 without). Best effort: where NVRTC is missing, cuDNN's
+   own load fails the same way without it. */
 static void nvrtc_hold(void) {
   char name[32];
   snprintf(name, sizeof name, "libnvrtc.so.%d", CUDART_VERSION / 1000);
