@@ -25,7 +25,7 @@ MPI = [os.environ.get("COEMU_MPIEXEC", "mpirun"), "--allow-run-as-root", "--over
 sys.path.insert(0, os.path.join(ROOT, "pipeline", "stream"))
 import coemu_stream as cs  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from pycheck import check, report, sanitizer_full_stacks  # noqa: E402
+from pycheck import check, mpi_singleton_env, report, sanitizer_full_stacks  # noqa: E402
 
 sanitizer_full_stacks()
 
@@ -49,6 +49,8 @@ def job(name, mode, inputs=INPUTS, lamda=os.path.join(LAMDA, "co.dat"), extra=",
 
 
 def run(args, **kw):
+    if args[0] == COEMU:  # generate or stats without mpiexec: an MPI singleton
+        kw.setdefault("env", mpi_singleton_env())
     return subprocess.run(args, capture_output=True, text=True, timeout=600, **kw)
 
 

@@ -20,7 +20,7 @@ COEMU = os.environ.get("COEMU", "build/pipeline/coemu")
 ROOT = os.environ.get("COEMU_SOURCE_ROOT", ".")
 LAMDA = os.path.join(os.path.abspath(ROOT), "tests", "data", "lamda", "co.dat")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from pycheck import check, report  # noqa: E402
+from pycheck import check, mpi_singleton_env, report  # noqa: E402
 
 # reconstruction constant: the 1-level model's star is one 19 au cell, which
 # linear spreads below the ln I clip in every pixel (docs/sampling.md), and
@@ -35,10 +35,7 @@ splits: {{train: 1.0, validation: 0.0, test: 0.0, seed: 2}}
 
 
 def run(*args):
-    env = dict(os.environ)
-    if args and args[0] in ("generate", "stats") and os.environ.get("COEMU_SANITIZE"):
-        # an MPI process (singleton): no leak checks, as tests/mpirun.sh says why
-        env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":detect_leaks=0"
+    env = mpi_singleton_env() if args and args[0] in ("generate", "stats") else None
     return subprocess.run([COEMU, *map(str, args)], capture_output=True, text=True, timeout=300,
                           env=env)
 

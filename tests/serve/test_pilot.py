@@ -32,7 +32,7 @@ import h5py
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from pycheck import check, report  # noqa: E402
+from pycheck import check, mpi_singleton_env, report  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from servetest import COEMU, LAMDA, MPI, ROOT, cs, finish, start, wait_up  # noqa: E402,F401
@@ -150,11 +150,8 @@ with tempfile.TemporaryDirectory() as tmp:
                        capture_output=True, text=True, timeout=300)
     check(g.returncode == 0, f"generate ref: {g.stderr[-1500:]}")
     ref = os.path.join(tmp, "ref")
-    env = dict(os.environ)
-    if env.get("COEMU_SANITIZE"):  # an MPI process outside mpirun.sh: as tests/mpirun.sh does
-        env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":detect_leaks=0"
     r = subprocess.run([COEMU, "stats", ref, "--quiet"], capture_output=True, text=True, timeout=300,
-                       env=env)
+                       env=mpi_singleton_env())
     check(r.returncode == 0, f"coemu stats ref: {r.stderr[-1500:]}")
     with h5py.File(os.path.join(ref, "dataset.h5"), "r") as f:
         check(int((f["split"][()] == 0).sum()) == 4, "the reference's training split: 4 samples")
