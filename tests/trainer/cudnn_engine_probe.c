@@ -853,20 +853,6 @@ static int list_shapes(void) {
   return 0;
 }
 
-/* The trainer's graph-API search (trainer/cuda/backend_cuda.cu, graph_plan:
-   COEMU_CUDNN_API=graph) for every convolution call of a COEmuNet training
-   step at --batch, on an H200 described to cuDNN rather than present
-   (cg_deviceprop_h200; cuDNN >= 9.8): the heuristics for sm_90, the
-   trainer's filters (strict float32: no tensor-core, down-converting or
-   reduced-precision engines; tf32: tensor cores allowed), deterministic
-   engines first and then any, its workspace limit (CG_TRAINER_WORKSPACE_MIB) and its
-   cap of CG_DEFAULT_MAX_CONFIGS configs tried, every candidate's plan finalized for the device. Each
-   call must be left with at least one plan, or on a device it would fall
-   back to the legacy API (as it did for 21 of 62 calls when the cap was
-   counted before the filters: mode A lists its tensor-core configs first).
-   What this cannot see: runtime-compiled engines (left out), and whether
-   the plans run and how fast. The number of calls without a plan (0: ok;
-   cuDNN without device descriptors: a SKIP line, 0). */
 /* Objects the dynamic loader has loaded so far (dlpi_adds: one count per
    load, reloads included). cuDNN loads NVRTC for each engine it checks and
    unloaded it after each, 70 reloads over the search below, until
@@ -883,6 +869,22 @@ static unsigned long long dl_loads(void) {
   return n;
 }
 
+/* The trainer's graph-API search (trainer/cuda/backend_cuda.cu, graph_plan:
+   COEMU_CUDNN_API=graph) for every convolution call of a COEmuNet training
+   step at --batch, on an H200 described to cuDNN rather than present
+   (cg_deviceprop_h200; cuDNN >= 9.8): the heuristics for sm_90, the
+   trainer's filters (strict float32: no tensor-core, down-converting or
+   reduced-precision engines; tf32: tensor cores allowed), deterministic
+   engines first and then any, its workspace limit
+   (CG_TRAINER_WORKSPACE_MIB) and its cap of CG_DEFAULT_MAX_CONFIGS configs
+   tried, every candidate's plan finalized for the device. Each call must be
+   left with at least one plan, or on a device it would fall
+   back to the legacy API (as it did for 21 of 62 calls when the cap was
+   counted before the filters: mode A lists its tensor-core configs first).
+   What this cannot see: runtime-compiled engines (left out), and whether
+   the plans run and how fast. The number of calls without a plan (0: ok;
+   cuDNN without device descriptors: a SKIP line, 0), plus one when cuDNN
+   loaded libraries once per engine during the search (dl_loads). */
 static int deviceless_selection(void) {
   const unsigned long long loads0 = dl_loads();
   bdesc dp = NULL;
