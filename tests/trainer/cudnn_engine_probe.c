@@ -856,7 +856,7 @@ static int list_shapes(void) {
 /* Objects the dynamic loader has loaded so far (dlpi_adds: one count per
    load, reloads included). cuDNN loads NVRTC for each engine it checks and
    unloaded it after each, 70 reloads over the search below, until
-   cg_graph_create held it loaded (nvrtc_hold, cudnn_graph.c): each reload
+   cg_graph_create held it loaded (cg_hold_nvrtc, cudnn_graph.c): each reload
    left a block from NVRTC's libstdc++ that LeakSanitizer could not trace. */
 static int dl_adds_cb(struct dl_phdr_info *info, size_t size, void *data) {
   (void)size;
@@ -879,8 +879,9 @@ static unsigned long long dl_loads(void) {
    (CG_TRAINER_WORKSPACE_MIB) and its cap of CG_DEFAULT_MAX_CONFIGS configs
    tried, every candidate's plan finalized for the device. Each call must be
    left with at least one plan, or on a device it would fall
-   back to the legacy API (as it did for 21 of 62 calls when the cap was
-   counted before the filters: mode A lists its tensor-core configs first).
+   back to the legacy API (as it did for 20 of the 50 float32 calls when the
+   cap was counted before the filters: mode A lists its tensor-core configs
+   first).
    What this cannot see: runtime-compiled engines (left out), and whether
    the plans run and how fast. The number of calls without a plan (0: ok;
    cuDNN without device descriptors: a SKIP line, 0), plus one when cuDNN
@@ -956,7 +957,7 @@ static int deviceless_selection(void) {
      reload the hold is there to stop */
   if (loads > 8) {
     printf("probe: self-test: deviceless selection: FAIL: %llu library loads during the search "
-           "(NVRTC reloaded per engine? cudnn_graph.c's nvrtc_hold)\n", loads);
+           "(NVRTC reloaded per engine? cudnn_graph.c's cg_hold_nvrtc)\n", loads);
     without++;
   }
   return without;
@@ -1118,6 +1119,7 @@ int main(int argc, char **argv) {
   CU(cudaSetDevice(0));
   cudaRuntimeGetVersion(&rt);
   cudaDriverGetVersion(&drv);
+  cg_hold_nvrtc(); /* as the trainer's backend: the legacy timings load engines too */
   DNN(cudnnCreate(&H));
   printf("probe: device %s (sm_%d%d, %d SMs, %.1f GiB); CUDA runtime %d, driver %d; cuDNN %zu "
          "(header %d); batch %d; float32 %s; up to %d configs per operation; workspace <= %.0f MiB; "

@@ -514,6 +514,7 @@ static int open_device(void) {
   snprintf(S.name, sizeof S.name, "%.200s, sm_%d%d, %.1f GiB", prop.name, prop.major, prop.minor,
            (double)prop.totalGlobalMem / (1024.0 * 1024 * 1024));
   CUDA_CHECK(cudaStreamCreateWithFlags(&S.stream, cudaStreamNonBlocking));
+  cg_hold_nvrtc(); /* before cuDNN can load it: the legacy API checks engines too */
   CUDNN_CHECK(cudnnCreate(&S.dnn));
   CUDNN_CHECK(cudnnSetStream(S.dnn, S.stream));
   CUBLAS_CHECK(cublasCreate(&S.blas));

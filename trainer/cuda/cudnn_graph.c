@@ -215,7 +215,7 @@ void cg_graph_destroy(cg_graph *g) {
    NVRTC's static initialisers again, among them the 72,704-byte emergency
    pool of the libstdc++ linked into it, which the unload never frees;
    LeakSanitizer then reports those blocks from a module that is gone,
-   which no suppression can name. One reference held here for the process's
+   which no suppression can name. One reference held for the process's
    life makes cuDNN's loads and unloads count up and down on a library that
    stays mapped (the probe's self-test counts the loads during its search:
    0 with this, 70 without). Best effort: where NVRTC is missing, cuDNN's
@@ -226,10 +226,14 @@ static void nvrtc_hold(void) {
   (void)dlopen(name, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
 }
 
-int cg_graph_create(cg_graph **out, const cg_conv *c, cg_op op, float alpha, float beta,
-                    cudnnHandle_t handle) {
+void cg_hold_nvrtc(void) {
   static pthread_once_t nvrtc_once = PTHREAD_ONCE_INIT;
   pthread_once(&nvrtc_once, nvrtc_hold);
+}
+
+int cg_graph_create(cg_graph **out, const cg_conv *c, cg_op op, float alpha, float beta,
+                    cudnnHandle_t handle) {
+  cg_hold_nvrtc();
   *out = NULL;
   cg_graph *g = (cg_graph *)calloc(1, sizeof *g);
   if (!g) return set_err("out of host memory for a cuDNN graph");

@@ -85,6 +85,13 @@ enum { CG_UID_X = 1, CG_UID_W = 2, CG_UID_Y = 3 };
 
 typedef struct cg_graph cg_graph;
 
+/* Holds NVRTC loaded for the rest of the process (once; thread-safe; best
+ * effort), so that cuDNN's per-engine loads and unloads of it neither
+ * re-run its initialisers nor leak their blocks (cudnn_graph.c). Called by
+ * cg_graph_create, and by whatever opens a cuDNN handle first: cuDNN 9's
+ * legacy API runs on the same engines. */
+void cg_hold_nvrtc(void);
+
 /* The finalized graph of one operation of convolution c, y-role output
  * scaled as out = alpha * result + beta * out. handle may be NULL (cuDNN
  * 9.19 finalizes graphs without one; the graph then targets the current
