@@ -8,11 +8,18 @@
 #                      against the literal reference (docs/physics.md's rules),
 #                      the CPU kernel and the host-compiled kernel bodies;
 #                      the float32 path (device kernel, CPU, bodies) within
-#                      1e-5 of the float64 reference ("float32 ..." lines)
+#                      1e-5 of the float64 reference ("float32 ..." lines);
+#                      run again with chunks of one cube
+#                      (COEMU_CUDA_SOLVER_CHUNK=1: the two streams' buffers
+#                      reused cube after cube)
 #   test_pomme         every backend against Pomme 0.2.1's golden images
 #   gpu_bench          cubes/s of the LTE solver, 64^3 x 7 channels, float64
 #                      and float32 cells, and the float32 path (precision=
-#                      float32), on the device and on the CPU
+#                      float32), on the device and on the CPU; on the device
+#                      also with the cubes resident there (images into one
+#                      page-locked block and into malloc'd rows; chunks of
+#                      4, 16, 32 cubes), each checked bit for bit against
+#                      the images from host cells
 # and, where libyaml's header is found (the units sidecar of a model):
 #   test_sample        the sampler: the device's cubes bit for bit against
 #                      the CPU's, the host-compiled bodies too
@@ -169,6 +176,7 @@ step() { # name limit command...: the command's figure lines, then "ok" or "FAIL
   fi
 }
 step parity_lte_backends 120 "$out/test_lte_backends"
+step parity_lte_backends_chunk1 120 env COEMU_CUDA_SOLVER_CHUNK=1 "$out/test_lte_backends"
 step parity_pomme 60 "$out/test_pomme"
 [ "$have_yaml" = 1 ] && step parity_sampler 60 "$out/test_sample"
 # shellcheck disable=SC2086

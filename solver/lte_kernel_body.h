@@ -569,6 +569,42 @@ static inline LTE_HD void lte_body_target_thread(const lte_body_view *V, long lo
   V->targets[t] = (float)V->image[(c * V->npix + pix) * V->nf + f];
 }
 
+/* How many cubes one chunk of the device backend holds (lte_kernel_cuda.cu,
+ * solve_locked; here so that the host tests check it). A batch is cut into
+ * chunks that alternate on nslot streams: while the device computes one
+ * chunk, the last one's images come back and the host takes them, and the
+ * next one's cells go over. What the device does not hide is the first
+ * chunk's cells going over and the last chunk's images coming back (and,
+ * from pageable rows, the host's copy of them): with two chunks (half the
+ * batch each, the rule until 2026-12-05) that was half the batch's copies
+ * in series with the kernels. Now a chunk is 1/(nslot *
+ * LTE_CHUNKS_PER_SLOT) of the batch, but at least one full wave of the ray
+ * kernel (device_threads, the device's resident threads, over
+ * threads_per_cube, a cube's rays times channels), so that no chunk leaves
+ * the device part idle; and at most half the batch (small batches keep two
+ * chunks), at most cap (the memory budget; >= 1), at least 1. forced > 0
+ * (COEMU_CUDA_SOLVER_CHUNK): that many, within cap and the batch. */
+#define LTE_CHUNKS_PER_SLOT 4
+static inline int lte_body_chunk_cubes(int ncube, int nslot, long long threads_per_cube,
+                                       long long device_threads, long long cap, int forced) {
+  long long c;
+  if (forced > 0)
+    c = forced;
+  else {
+    const long long parts = (long long)nslot * LTE_CHUNKS_PER_SLOT;
+    const long long fill = threads_per_cube > 0 ? (device_threads + threads_per_cube - 1) /
+                                                      threads_per_cube
+                                                : 1;
+    const long long half = ((long long)ncube + nslot - 1) / nslot;
+    c = ((long long)ncube + parts - 1) / parts;
+    if (c < fill) c = fill;
+    if (c > half) c = half;
+  }
+  if (c > cap) c = cap;
+  if (c > ncube) c = ncube;
+  return c < 1 ? 1 : (int)c;
+}
+
 #ifndef __CUDACC__
 /* The host: the same bodies, one plain loop per launch, in thread order. */
 static inline void lte_body_run_host(const lte_kernel_model *M, const lte_body_view *V) {

@@ -5,9 +5,12 @@
  * thread per (ray, channel). This file holds only what a device needs
  * beyond it: the device, the line's tables in device memory (uploaded once
  * per line: kept while the next call's tables are the same), two streams
- * with pinned host buffers, and the batch cut into chunks of cubes: while
- * the device solves one chunk the host gathers the cells of the next and
- * scatters the images of the last. Build with --fmad=false (solver/meson.build):
+ * with pinned host buffers, and the batch cut into chunks of cubes
+ * (lte_body_chunk_cubes: an eighth of the batch, at least a wave of the
+ * ray kernel): while the device solves one chunk the host gathers the
+ * cells of the next and scatters the images of the last. Images and
+ * targets go straight into the caller's rows where those are one
+ * page-locked block (common/rows.h), with no host copy after. Build with --fmad=false (solver/meson.build):
  * no contraction, as on the CPU.
  *
  * Errors: every CUDA call is checked; a failure is a message naming the
@@ -97,12 +100,13 @@ typedef struct {
   unsigned char *dev;   /* one device allocation, cut below */
   unsigned char *pin;   /* one pinned host allocation: cells in, images and flags out */
   int busy, c0, nc;     /* a chunk in flight: cubes [c0, c0 + nc) */
-  int direct;           /* its targets copied straight into the caller's rows */
+  int direct;           /* its images or targets copied straight into the caller's rows */
 } slot;
 
 static struct {
   pthread_mutex_t lock;
   int device, count;    /* -1: not opened */
+  long long dev_threads; /* resident threads of the device: SMs x threads per SM */
   int ordinal;          /* what open was asked for: reopened with it after an error */
   char desc[320];
   slot s[NSLOT];
@@ -115,7 +119,7 @@ static struct {
   /* channels and background map of the current call */
   double *d_freqs;
   size_t freqs_cap;
-} st = {PTHREAD_MUTEX_INITIALIZER, -1, 0, 0, "", {}, 0, NULL, NULL, NULL, NULL, NULL, 0};
+} st = {PTHREAD_MUTEX_INITIALIZER, -1, 0, 0, 0, "", {}, 0, NULL, NULL, NULL, NULL, NULL, 0};
 
 /* a failed CUDA call: the message names this backend and the step */
 #define WHO "solver backend 'cuda'"
@@ -178,6 +182,7 @@ static int open_locked(int ordinal) {
     drop_state();
     return cu_fail("cudaGetDeviceProperties", e);
   }
+  st.dev_threads = (long long)p.multiProcessorCount * p.maxThreadsPerMultiProcessor;
   snprintf(st.desc, sizeof st.desc, "cuda device %d of %d: %.200s (compute capability %d.%d, %.0f GiB)",
            dev, count, p.name, p.major, p.minor, p.totalGlobalMem / 1073741824.0);
   return 0;
@@ -294,7 +299,7 @@ static int slot_finish(slot *s, const sizes *z, const lte_kernel_batch *B, int *
   CU(cudaStreamSynchronize(s->stream), "the kernels (cudaStreamSynchronize)");
   pinned p = pinned_of(s, z, s->nc);
   const size_t nimg = z->npix * B->nf;
-  if (B->targets && s->direct) {
+  if (s->direct) {
     /* already in the caller's rows */
   } else if (B->targets) /* float32 targets, back to back in the images' place */
     for (int c = 0; c < s->nc; c++)
@@ -305,6 +310,13 @@ static int slot_finish(slot *s, const sizes *z, const lte_kernel_batch *B, int *
   for (size_t r = 0; r < z->npix * s->nc; r++)
     if (p.flags[r]) *bad = 1;
   return 0;
+}
+
+/* rows [0, nc) of `bytes` each one block of page-locked host memory: the
+ * device's copy can go straight into them */
+static int rows_pinned(const void *const *rows, int nc, size_t bytes) {
+  return ce_rows_one_block(rows, nc, bytes) && ce_cuda_host_pinned(rows[0]) &&
+         ce_cuda_host_pinned((const char *)rows[nc - 1] + bytes - 1);
 }
 
 /* Gather cubes [c0, c0 + nc) into slot s, copy them over, launch, copy back.
@@ -383,16 +395,18 @@ static int slot_launch(slot *s, const sizes *z, const lte_kernel_model *Md,
     /* rows that are one page-locked block (the pipeline's) take them in
      * one copy, with no host copy after (common/rows.h) */
     const size_t tbytes = z->npix * B->nf * sizeof(float);
-    s->direct = ce_rows_one_block((const void *const *)(B->targets + c0), nc, tbytes) &&
-                ce_cuda_host_pinned(B->targets[c0]) &&
-                ce_cuda_host_pinned((const char *)B->targets[c0 + nc - 1] + tbytes - 1);
+    s->direct = rows_pinned((const void *const *)(B->targets + c0), nc, tbytes);
     CU(cudaMemcpyAsync(s->direct ? (void *)B->targets[c0] : (void *)p.image, v.targets,
                        tbytes * nc, cudaMemcpyDeviceToHost, s->stream),
        "cudaMemcpyAsync (targets to the host)");
-  } else
-    CU(cudaMemcpyAsync(p.image, dimage, z->npix * B->nf * sizeof(double) * nc,
+  } else {
+    /* the same for float64 images into rows that are one page-locked block */
+    const size_t ibytes = z->npix * B->nf * sizeof(double);
+    s->direct = rows_pinned((const void *const *)(B->image + c0), nc, ibytes);
+    CU(cudaMemcpyAsync(s->direct ? (void *)B->image[c0] : (void *)p.image, dimage, ibytes * nc,
                        cudaMemcpyDeviceToHost, s->stream),
        "cudaMemcpyAsync (images to the host)");
+  }
   s->busy = 1, s->c0 = c0, s->nc = nc;
   return 0;
 }
@@ -441,11 +455,22 @@ static int solve_locked(const lte_kernel_model *M, const lte_kernel_batch *B, in
             "on the device (twice, for two streams), %.3g GiB of %.3g GiB are free",
             B->nx, B->ny, B->nz, B->nf, z.dev / 1073741824.0, have / 1073741824.0,
             tot / 1073741824.0);
-  int chunk = (B->ncube + NSLOT - 1) / NSLOT;
-  if ((size_t)chunk > budget / z.dev) chunk = (int)(budget / z.dev);
+  /* COEMU_CUDA_SOLVER_CHUNK=N: N cubes per chunk (scripts/gpu-tune.sh's
+   * sweep; the default is lte_body_chunk_cubes's rule) */
+  int forced = 0;
+  const char *ck = getenv("COEMU_CUDA_SOLVER_CHUNK");
+  if (ck && *ck) {
+    char *end;
+    long v = strtol(ck, &end, 10);
+    if (*end || v < 1 || v > 4096)
+      CE_FAIL("COEMU_CUDA_SOLVER_CHUNK = '%s': expected a number of cubes, 1..4096", ck);
+    forced = (int)v;
+  }
+  size_t cap = budget / z.dev;
   const size_t target = (size_t)1 << 30; /* at most ~1 GiB per chunk: keep both streams busy */
-  if ((size_t)chunk * z.dev > target && target / z.dev >= 1) chunk = (int)(target / z.dev);
-  if (chunk < 1) chunk = 1;
+  if (cap * z.dev > target && target / z.dev >= 1) cap = target / z.dev;
+  const int chunk = lte_body_chunk_cubes(B->ncube, NSLOT, (long long)z.npix * B->nf,
+                                         st.dev_threads, (long long)(cap < 1 ? 1 : cap), forced);
   for (int i = 0; i < NSLOT; i++) CE_TRY(slot_reserve(&st.s[i], &z, chunk));
 
   int bad = 0, k = 0;

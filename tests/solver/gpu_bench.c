@@ -10,6 +10,15 @@
  *   gpu_bench lte64x7 backend=cpu cells=f64 batch=8 threads=16 cubes_per_s ...
  *   gpu_bench lte64x7 cuda_vs_cpu max_rel 3.1e-12 pixels 28672 (informational; the
  *     pass/fail parity is test_lte_backends')
+ * and for a device, each mode also with the cubes already on the device
+ * (`resident`: the images into rows that are one page-locked block, as the
+ * pipeline's, which the backend copies straight into; `resident
+ * images=pageable`: into malloc'd rows through its staging buffer, as the
+ * second H200 run measured), then with the chunk sizes of --chunks
+ * (COEMU_CUDA_SOLVER_CHUNK, `resident chunk=N`). Every resident image must
+ * equal the same mode's image from host cells bit for bit (same device,
+ * same kernels, same cells): a `resident_bits` line says so, and a
+ * difference fails the run.
  * cells=f32 is float32 input cells (widened exactly; float64 arithmetic),
  * the layout of a dataset's stored inputs: half the bytes over the bus;
  * precision=float32 is the float32 path (docs/physics.md) on float32 cells,
@@ -18,7 +27,9 @@
  * Each figure: the median of --reps timed calls after one warm-up call.
  *
  *   gpu_bench [--batch B] [--reps R] [--size N] [--cpu-batch B] [--lamda FILE]
+ *             [--chunks N,N,...]
  */
+#define _POSIX_C_SOURCE 200809L /* setenv, strtok_r */
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -86,10 +97,36 @@ static int resident_upload(resident_cells *r, const cubes *c, int nb, int f32) {
 #endif
 }
 
+/* nb image rows of np doubles, one page-locked block (as the pipeline's
+ * rows); NULL without the CUDA runtime or the memory */
+static double **pinned_rows(int nb, size_t np) {
+#ifdef COEMU_HAVE_CUDA
+  double *block = NULL, **rows = calloc(nb, sizeof *rows);
+  if (!rows || cudaHostAlloc((void **)&block, (size_t)nb * np * sizeof(double),
+                             cudaHostAllocDefault) != cudaSuccess) {
+    free(rows);
+    return NULL;
+  }
+  for (int b = 0; b < nb; b++) rows[b] = block + (size_t)b * np;
+  return rows;
+#else
+  (void)nb, (void)np;
+  return NULL;
+#endif
+}
+static void pinned_rows_free(double **rows) {
+#ifdef COEMU_HAVE_CUDA
+  if (rows) cudaFreeHost(rows[0]);
+#endif
+  free(rows);
+}
+
 /* median seconds per call of reps calls on nb cubes; -1 on error. res: the
- * cubes are already on the device (solve_dev), else host memory (solve). */
+ * cubes are already on the device (solve_dev), else host memory (solve).
+ * img: the image rows (NULL: c->img) */
 static double timed(const lte_line *L, const double *f, const cubes *c, int nb, int f32,
-                    lte_backend be, lte_precision prec, int reps, const resident_cells *res) {
+                    lte_backend be, lte_precision prec, int reps, const resident_cells *res,
+                    double *const *img) {
   lte_options o = {.dx = 2 * CUBES_AGB_HALF_WIDTH / c->N, .take_abs = 1, .backend = be,
                    .precision = prec};
   lte_kernel_model m;
@@ -100,7 +137,7 @@ static double timed(const lte_line *L, const double *f, const cubes *c, int nb, 
                         .v = f32 ? (const void *const *)c->v32 : (const void *const *)c->v,
                         .T = f32 ? (const void *const *)c->T32 : (const void *const *)c->T,
                         .n = f32 ? (const void *const *)c->n32 : (const void *const *)c->n,
-                        .nf = 7, .freqs = f, .image = c->img};
+                        .nf = 7, .freqs = f, .image = img ? img : c->img};
   int (*solve)(const lte_kernel_model *, const lte_kernel_batch *) = k->solve;
   if (res) {
     if (!k->solve_dev) return ce_err("gpu_bench: backend %s takes no device cubes", k->name);
@@ -127,8 +164,74 @@ static double timed(const lte_line *L, const double *f, const cubes *c, int nb, 
   return med;
 }
 
+/* the same cubes already on the device: the figures of the header's
+ * `resident` lines, each set of images checked against c->img (this mode's
+ * images from host cells) bit for bit. -1 when one failed or differed. */
+static int resident(const lte_line *L, const double *f, const cubes *c, int batch, int f32,
+                    lte_backend be, lte_precision prec, int reps, const char *chunks,
+                    const char *pl) {
+  const lte_kernel *k = lte_kernel_get(be);
+  const size_t np = (size_t)c->N * c->N * 7;
+  const int N = c->N;
+  const char *cells = f32 ? "f32" : "f64";
+  resident_cells res;
+  double **pin = pinned_rows(batch, np), **pg = calloc(batch, sizeof *pg);
+  int rc = 0, ok = pin && pg;
+  for (int b = 0; ok && b < batch; b++) ok = (pg[b] = malloc(np * 8)) != NULL;
+  if (!ok || resident_upload(&res, c, batch, f32) < 0) {
+    printf("gpu_bench lte%dx7 backend=%s resident failed: %s\n", N, k->name,
+           ok ? ce_err_msg() : "no page-locked or host memory for the image rows");
+    rc = -1;
+    goto done;
+  }
+  /* "0": the backend's own chunks (then also into pageable rows); then
+   * one line per chunk size of --chunks (COEMU_CUDA_SOLVER_CHUNK) */
+  char list[256], *save = NULL;
+  snprintf(list, sizeof list, "0%s%s", *chunks ? "," : "", chunks);
+  for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    const int own = !strcmp(tok, "0");
+    char label[48] = "";
+    if (own)
+      unsetenv("COEMU_CUDA_SOLVER_CHUNK");
+    else {
+      setenv("COEMU_CUDA_SOLVER_CHUNK", tok, 1);
+      snprintf(label, sizeof label, " chunk=%.30s", tok);
+    }
+    for (int pageable = 0; pageable < 1 + own; pageable++) {
+      double *const *img = pageable ? pg : pin;
+      for (int b = 0; b < batch; b++) memset(img[b], 0xff, np * 8); /* NaN: a row not written differs */
+      double sr = timed(L, f, c, batch, f32, be, prec, reps, &res, img);
+      const char *how = pageable ? " images=pageable" : "";
+      if (sr < 0) {
+        printf("gpu_bench lte%dx7 backend=%s cells=%s%s resident%s%s failed: %s\n", N, k->name,
+               cells, pl, label, how, ce_err_msg());
+        rc = -1;
+        continue;
+      }
+      printf("gpu_bench lte%dx7 backend=%s cells=%s%s resident%s%s batch=%d cubes_per_s %.1f "
+             "ms_per_batch %.3f (cubes on the device: no cells over the bus)\n",
+             N, k->name, cells, pl, label, how, batch, batch / sr, sr * 1e3);
+      int differ = 0;
+      for (int b = 0; b < batch; b++) differ += memcmp(img[b], c->img[b], np * 8) != 0;
+      printf("gpu_bench lte%dx7 backend=%s cells=%s%s resident%s%s resident_bits %s: %d of %d "
+             "images differ from those of host cells\n",
+             N, k->name, cells, pl, label, how, differ ? "FAIL" : "ok", differ, batch);
+      if (differ) rc = -1;
+      fflush(stdout);
+    }
+  }
+  unsetenv("COEMU_CUDA_SOLVER_CHUNK");
+  resident_free(&res, batch);
+done:
+  pinned_rows_free(pin);
+  for (int b = 0; pg && b < batch; b++) free(pg[b]);
+  free(pg);
+  return rc;
+}
+
 int main(int argc, char **argv) {
   int nb = 64, reps = 5, N = 64, cpu_nb = 8;
+  const char *chunks = "4,16,32";
   const char *lamda = COEMU_DEFAULT_LAMDA_CO;
   for (int i = 1; i < argc; i++) {
     if (i + 1 < argc && !strcmp(argv[i], "--batch")) nb = atoi(argv[++i]);
@@ -136,9 +239,10 @@ int main(int argc, char **argv) {
     else if (i + 1 < argc && !strcmp(argv[i], "--size")) N = atoi(argv[++i]);
     else if (i + 1 < argc && !strcmp(argv[i], "--cpu-batch")) cpu_nb = atoi(argv[++i]);
     else if (i + 1 < argc && !strcmp(argv[i], "--lamda")) lamda = argv[++i];
+    else if (i + 1 < argc && !strcmp(argv[i], "--chunks")) chunks = argv[++i];
     else {
       fprintf(stderr, "usage: gpu_bench [--batch B] [--reps R] [--size N] [--cpu-batch B] "
-                      "[--lamda FILE]\n");
+                      "[--lamda FILE] [--chunks N,N,...]\n");
       return 2;
     }
   }
@@ -191,7 +295,7 @@ int main(int argc, char **argv) {
     for (int mode = 0; mode < 3; mode++) {
       const int f32 = mode >= 1;
       const lte_precision prec = mode == 2 ? LTE_PRECISION_F32 : LTE_PRECISION_F64;
-      double s = timed(&L, f, &c, batch, f32, be, prec, reps, NULL);
+      double s = timed(&L, f, &c, batch, f32, be, prec, reps, NULL, NULL);
       if (s < 0) {
         printf("gpu_bench lte%dx7 backend=%s failed: %s\n", N, k->name, ce_err_msg());
         rc = 1;
@@ -202,23 +306,9 @@ int main(int argc, char **argv) {
       if (be == LTE_BACKEND_CPU) printf(" threads=%d", omp_get_max_threads());
       printf(" cubes_per_s %.1f ms_per_batch %.3f\n", batch / s, s * 1e3);
       fflush(stdout);
-      if (be != LTE_BACKEND_CPU) { /* the same cubes already on the device */
-        resident_cells res;
-        double sr = resident_upload(&res, &c, batch, f32) < 0
-                        ? -1
-                        : timed(&L, f, &c, batch, f32, be, prec, reps, &res);
-        resident_free(&res, batch);
-        if (sr < 0) {
-          printf("gpu_bench lte%dx7 backend=%s resident failed: %s\n", N, k->name, ce_err_msg());
-          rc = 1;
-        } else {
-          printf("gpu_bench lte%dx7 backend=%s cells=%s%s resident batch=%d cubes_per_s %.1f "
-                 "ms_per_batch %.3f (cubes on the device: no cells over the bus)\n",
-                 N, k->name, f32 ? "f32" : "f64", mode == 2 ? " precision=float32" : "", batch,
-                 batch / sr, sr * 1e3);
-        }
-        fflush(stdout);
-      }
+      if (be != LTE_BACKEND_CPU && resident(&L, f, &c, batch, f32, be, prec, reps, chunks,
+                                            mode == 2 ? " precision=float32" : "") < 0)
+        rc = 1;
       if (mode == 1) { /* this backend's float64 image of cube 0, f32 cells */
         memcpy(f64_img, c.img[0], np * 8);
         if (be != LTE_BACKEND_CPU) memcpy(cpu_img, c.img[0], np * 8);

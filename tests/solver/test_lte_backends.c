@@ -721,6 +721,40 @@ static void test_body_group(void) {
     }
 }
 
+/* lte_body_chunk_cubes, the device backend's chunk rule: the H200's
+ * figures (132 SMs x 2048 threads; a 64^2 x 7 cube is 28,672 ray threads,
+ * so a wave is 10 cubes), then its bounds over many batches */
+static void test_chunk_cubes(void) {
+  const long long h200 = 132LL * 2048, cube = 64LL * 64 * 7, big = 1000000;
+  CHECK(lte_body_chunk_cubes(64, 2, cube, h200, big, 0) == 10); /* a wave, 7 chunks (was 32) */
+  CHECK(lte_body_chunk_cubes(256, 2, cube, h200, big, 0) == 32); /* an eighth */
+  CHECK(lte_body_chunk_cubes(16, 2, cube, h200, big, 0) == 8);   /* half: two chunks */
+  CHECK(lte_body_chunk_cubes(3, 2, cube, h200, big, 0) == 2);
+  CHECK(lte_body_chunk_cubes(1, 2, cube, h200, big, 0) == 1);
+  CHECK(lte_body_chunk_cubes(256, 2, cube, h200, 5, 0) == 5);    /* the memory budget */
+  CHECK(lte_body_chunk_cubes(64, 2, cube, h200, big, 1) == 1);   /* COEMU_CUDA_SOLVER_CHUNK */
+  CHECK(lte_body_chunk_cubes(64, 2, cube, h200, big, 32) == 32); /* the old rule's chunks */
+  CHECK(lte_body_chunk_cubes(64, 2, cube, h200, big, 100) == 64);
+  CHECK(lte_body_chunk_cubes(64, 2, cube, h200, 7, 100) == 7);
+  CHECK(lte_body_chunk_cubes(64, 2, cube, 0, big, 0) == 8); /* no device figure: an eighth */
+  long long bad = 0;
+  static const long long tpc[] = {1, 28672, 1000000000LL};
+  static const long long caps[] = {1, 3, 1000};
+  for (int n = 1; n <= 300; n++)
+    for (size_t a = 0; a < 3; a++)
+      for (size_t b = 0; b < 3; b++) {
+        const int c = lte_body_chunk_cubes(n, 2, tpc[a], h200, caps[b], 0);
+        const long long fill = (h200 + tpc[a] - 1) / tpc[a], half = (n + 1) / 2;
+        const long long eighth = (n + 7) / 8, chunks = (n + c - 1) / c;
+        long long want = eighth > fill ? eighth : fill; /* the rule, bounded below */
+        if (want > half) want = half;
+        if (want > caps[b]) want = caps[b];
+        bad += c < 1 || c > n || c > caps[b] || c != (want < 1 ? 1 : want);
+        bad += n >= 2 && chunks < 2; /* both streams get work */
+      }
+  if (bad) CHECK_FAIL_("lte_body_chunk_cubes: %lld of the rule's bounds broken", bad);
+}
+
 int main(void) {
   const char *dir = getenv("COEMU_TEST_DATA");
   char path[512];
@@ -732,9 +766,10 @@ int main(void) {
 #ifdef LTE_BODY_F32_NAIVE
   RUN(test_bodies_f32);
   (void)test_backends, (void)test_bodies, (void)test_bodies_pops, (void)test_backend_not_built;
-  (void)test_body_targets, (void)test_body_group;
+  (void)test_body_targets, (void)test_body_group, (void)test_chunk_cubes;
 #else
   RUN(test_body_group);
+  RUN(test_chunk_cubes);
   RUN(test_backends);
   RUN(test_bodies);
   RUN(test_body_targets);
