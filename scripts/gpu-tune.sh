@@ -10,13 +10,18 @@
 #              solve bench), one chunk after the other (the default) and
 #              with the next chunk sampled while one is solved (its lines
 #              say "overlap"), then the overlap with chunks of 32 and 64
-#              cubes (COEMU_DEVPIPE_OVERLAP=1 COEMU_DEVPIPE_CHUNK)
+#              cubes (COEMU_DEVPIPE_OVERLAP=1 COEMU_DEVPIPE_CHUNK); each
+#              bench also images only without checksums and with them
+#              after the solve (`hash=after`, COEMU_DEVPIPE_HASH)
 #   variant V  the sampler's and solver's kernels built with other launch
 #              bounds (GPU_NVCC_DEFS: LTE_RAYS_MIN_BLOCKS, LTE_CELLS_MIN_BLOCKS,
 #              SB_LINES_MIN_BLOCKS; LTE_BODY_RAY_GROUP=0, the solver threads'
 #              plain order; each in its own build folder, built in
-#              parallel first): gpu_bench's resident solver figures and
-#              gpu_devpipe_check (parity included: the bits must not move)
+#              parallel first): gpu_bench's resident solver figures (the
+#              images into page-locked and pageable rows, and per chunk
+#              size: COEMU_CUDA_SOLVER_CHUNK 4, 16, 32, each bit for bit
+#              against the images from host cells) and gpu_devpipe_check
+#              (parity included: the bits must not move)
 #   nsys       where Nsight Systems is found: device time per kernel and per
 #              copy kind over one gpu_devpipe_check (after the overlap steps)
 #              and one gpu_bench (last)

@@ -45,6 +45,7 @@ struct devpipe {
   devpipe_chunk ch[2]; /* cuda: the chunk being solved and the next one being sampled */
   int overlap;         /* cuda: sample the next chunk on a second thread (COEMU_DEVPIPE_OVERLAP) */
   int chunk;           /* cuda: directions per chunk at most (<= batch; COEMU_DEVPIPE_CHUNK) */
+  int hash_after;      /* cuda: the rows' checksums after the solve, not beside (COEMU_DEVPIPE_HASH) */
 #ifdef COEMU_HAVE_CUDA
   devpipe_hash *hash; /* cuda: the input rows' checksums on the device */
 #endif
@@ -142,6 +143,17 @@ static int cuda_open(devpipe *p, int ordinal, char *desc, size_t ndesc) {
    * the device sampler's buffers may hold fewer). Smaller chunks expose
    * less of the first chunk's sampling, larger ones fill the device more:
    * scripts/gpu-tune.sh measures both */
+  /* COEMU_DEVPIPE_HASH=after: an images-only chunk's row checksums made
+   * after its solve instead of beside it on their own stream. The second
+   * H200 run's images-only solve took 37.2 ms a batch, 20.3 ms with inputs
+   * and no hash; after, the solve runs alone and the hash costs its own
+   * time in series (docs/sampling.md, "The checksum on the device");
+   * gpu_devpipe_check times both (its `hash=after` line) */
+  const char *hw = getenv("COEMU_DEVPIPE_HASH");
+  if (hw && *hw && strcmp(hw, "beside") && strcmp(hw, "after"))
+    CE_FAIL("COEMU_DEVPIPE_HASH = '%s': expected beside (the default: the checksums computed "
+            "beside the solve) or after (after it)", hw);
+  p->hash_after = hw && !strcmp(hw, "after");
   const char *ck = getenv("COEMU_DEVPIPE_CHUNK");
   p->chunk = p->batch;
   if (ck) {
@@ -196,7 +208,8 @@ static void *chunk_sample(void *arg) {
 
 /* Solve chunk c into tg (its k targets) and, images only, its checksums
  * into hash: the cubes are hashed on the device beside the LTE kernel
- * (devpipe_hash.h) and only the checksums come back; the stored targets
+ * (or after it: COEMU_DEVPIPE_HASH; devpipe_hash.h) and only the checksums
+ * come back; the stored targets
  * are made on the device too (lte_solve_batch_device_targets). */
 static int chunk_solve(devpipe *p, devpipe_chunk *c, float *const *tg, uint64_t *hash) {
   const int k = c->k;
@@ -207,13 +220,15 @@ static int chunk_solve(devpipe *p, devpipe_chunk *c, float *const *tg, uint64_t 
   }
   const int hashing = !c->in && hash;
 #ifdef COEMU_HAVE_CUDA
-  if (hashing) CE_TRY(devpipe_hash_start(p->hash, c->dev, 3 * p->nvox, k));
+  if (hashing && !p->hash_after) CE_TRY(devpipe_hash_start(p->hash, c->dev, 3 * p->nvox, k));
 #endif
   const double t1 = ce_now_s();
   int rc = lte_solve_batch_device_targets(p->a.line, p->a.freqs, p->a.nf, k, p->n, p->n, p->n, v,
                                           T, n, &p->opt, tg);
   const double t2 = ce_now_s();
 #ifdef COEMU_HAVE_CUDA
+  if (hashing && p->hash_after && rc >= 0)
+    CE_TRY(devpipe_hash_start(p->hash, c->dev, 3 * p->nvox, k));
   /* waited for whatever the solve did: the chunk's cubes are sampled over next */
   if (hashing && devpipe_hash_finish(p->hash, hash, k) < 0) return -1;
 #else

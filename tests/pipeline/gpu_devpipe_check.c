@@ -28,6 +28,9 @@
  *     sample, solve, checksum wait, host transposes (ms)
  *   gpu_devpipe_bench sample+solve constant 64^3x7 k=2 images_only_no_checksums batch=256 ...
  *     (the same without the cubes' checksums: what hashing beside the solve costs)
+ *   gpu_devpipe_bench sample+solve constant 64^3x7 k=2 images_only hash=after batch=256 ...
+ *     (the checksums after each chunk's solve, COEMU_DEVPIPE_HASH=after: the wait is
+ *     the hash's own time; the checksums must equal those made beside the solve)
  *   gpu_devpipe_bench sample+solve constant 64^3x7 k=2 with_inputs batch=64 samples_per_s ... GB_per_s ...
  *   (the same two for linear, the default reconstruction of new jobs)
  * --cpu puts the CPU implementation of the same table in the device's place
@@ -267,6 +270,34 @@ int main(int argc, char **argv) {
                  "batch=%d samples_per_s %.0f; per batch: sample %.1f ms, solve %.1f ms\n",
                  rn, nov == 2 && ov ? " overlap" : "", n, n, n, nf, nbench, nbench / med,
                  ph.sample * 1e3, ph.solve * 1e3);
+          /* the checksums after the solve instead (COEMU_DEVPIPE_HASH=after,
+           * device only): the solve alone, then the hash's own time as the
+           * wait; every checksum must equal the run's beside it above */
+          if (impl == &devpipe_cuda && !getenv("COEMU_DEVPIPE_HASH")) {
+            uint64_t *beside = malloc((size_t)nbench * sizeof *beside);
+            if (!beside) return fail("bench");
+            memcpy(beside, hash, (size_t)nbench * sizeof *beside);
+            devpipe *pa;
+            setenv("COEMU_DEVPIPE_HASH", "after", 1);
+            int orc = devpipe_open(impl, &a, 0, &pa, NULL, 0);
+            unsetenv("COEMU_DEVPIPE_HASH");
+            if (orc < 0) return fail(what);
+            for (int d = 0; d < nbench; d++) hash[d] = 0;
+            if (bench(pa, nbench, reps, (const double (*)[4])q, dtg, NULL, hash, &med, &ph) < 0)
+              return fail("bench");
+            devpipe_close(pa);
+            int same = 0;
+            for (int d = 0; d < nbench; d++) same += hash[d] == beside[d];
+            free(beside);
+            printf("gpu_devpipe_bench sample+solve %s%s %dx%dx%dx%d k=2 images_only hash=after "
+                   "batch=%d samples_per_s %.0f; per batch: sample %.1f ms, solve %.1f ms, "
+                   "checksum wait %.1f ms (the hash alone); checksums equal to the ones made "
+                   "beside the solve %d of %d: %s\n",
+                   rn, nov == 2 && ov ? " overlap" : "", n, n, n, nf, nbench, nbench / med,
+                   ph.sample * 1e3, ph.solve * 1e3, ph.hash_wait * 1e3, same, nbench,
+                   same == nbench ? "ok" : "FAIL");
+            if (same != nbench) rc = 1;
+          }
           if (bench(p, nbench, reps, (const double (*)[4])q, dtg, din, NULL, &med, &ph) < 0)
             return fail("bench");
           printf("gpu_devpipe_bench sample+solve %s%s %dx%dx%dx%d k=2 with_inputs batch=%d samples_per_s "
