@@ -10,8 +10,8 @@
  * ray kernel): while the device solves one chunk the host gathers the
  * cells of the next and scatters the images of the last. Images and
  * targets go straight into the caller's rows where those are one
- * page-locked block (common/rows.h), with no host copy after. Build with --fmad=false (solver/meson.build):
- * no contraction, as on the CPU.
+ * page-locked block (common/rows.h), with no host copy after. Build with
+ * --fmad=false (solver/meson.build): no contraction, as on the CPU.
  *
  * Errors: every CUDA call is checked; a failure is a message naming the
  * call and CUDA's reason ("solver backend 'cuda': cudaMalloc (device
