@@ -16,8 +16,9 @@
 #   variant V  the sampler's and solver's kernels built with other launch
 #              bounds (GPU_NVCC_DEFS: LTE_RAYS_MIN_BLOCKS, LTE_CELLS_MIN_BLOCKS,
 #              SB_LINES_MIN_BLOCKS; LTE_BODY_RAY_GROUP=0, the solver threads'
-#              plain order; each in its own build folder, built in
-#              parallel first): gpu_bench's resident solver figures (the
+#              plain order; LTE_RAYS_BLOCK=128, the ray kernels' blocks;
+#              each in its own build folder, built in parallel first):
+#              gpu_bench's resident solver figures (the
 #              images into page-locked and pageable rows, and per chunk
 #              size: COEMU_CUDA_SOLVER_CHUNK 4, 16, 32, each bit for bit
 #              against the images from host cells) and gpu_devpipe_check
@@ -58,8 +59,10 @@ root=$PWD
 # base: the defaults; flat: the solver's threads in the plain order (before
 # the ray groups of solver/lte_kernel_body.h); rays3 / rays4: the ray (and
 # cell) kernels held to 80 / 64 registers; lines3: the sampler's sub-line
-# kernel held to 80 (it spills 172 bytes)
-variants=${GPU_TUNE_VARIANTS:-"base=;flat=-DLTE_BODY_RAY_GROUP=0;rays3=-DLTE_RAYS_MIN_BLOCKS=3;rays4=-DLTE_RAYS_MIN_BLOCKS=4 -DLTE_CELLS_MIN_BLOCKS=4;lines3=-DSB_LINES_MIN_BLOCKS=3"}
+# kernel held to 80 (it spills 172 bytes); rblk128: the ray kernels in
+# blocks of 128 threads (5 blocks an SM at 84 registers, 640 threads, where
+# blocks of 256 fit 2, 512 threads: solver/lte_kernel_cuda.cu)
+variants=${GPU_TUNE_VARIANTS:-"base=;flat=-DLTE_BODY_RAY_GROUP=0;rays3=-DLTE_RAYS_MIN_BLOCKS=3;rays4=-DLTE_RAYS_MIN_BLOCKS=4 -DLTE_CELLS_MIN_BLOCKS=4;lines3=-DSB_LINES_MIN_BLOCKS=3;rblk128=-DLTE_RAYS_BLOCK=128"}
 # every step's log goes straight to GPU_CHECK_KEEP when set (a run cut short
 # by a time limit keeps what it did)
 logs=${GPU_CHECK_KEEP:-build-gpu-tune-logs}

@@ -33,6 +33,17 @@
 
 #define NSLOT 2    /* streams (and buffer sets) in flight */
 #define BLOCK 256  /* threads per block */
+/* Threads per block of the ray kernels (a build option, for the device
+ * sweep: GPU_NVCC_DEFS=-DLTE_RAYS_BLOCK=128). Registers are allocated per
+ * warp in steps of 256, so the float64 ray kernel's 84 a thread take 88:
+ * 22,528 a block of 256 threads, 2 blocks (512 threads) in an SM's 65,536;
+ * in blocks of 128 the same SM holds 5 (640 threads, a quarter more warps
+ * for a kernel that Nsight Compute found latency-bound at its occupancy).
+ * The float32 ray kernel (48 registers) and the cell kernel fit as many
+ * threads either way. The bits do not depend on it. */
+#ifndef LTE_RAYS_BLOCK
+#define LTE_RAYS_BLOCK BLOCK
+#endif
 
 /* Launch bounds of the cell and ray kernels: at least this many blocks of
  * BLOCK threads resident per SM, the registers fitted to that by ptxas (0:
@@ -52,7 +63,7 @@
 #define LTE_CELLS_BOUNDS
 #endif
 #if LTE_RAYS_MIN_BLOCKS > 0
-#define LTE_RAYS_BOUNDS __launch_bounds__(BLOCK, LTE_RAYS_MIN_BLOCKS)
+#define LTE_RAYS_BOUNDS __launch_bounds__(LTE_RAYS_BLOCK, LTE_RAYS_MIN_BLOCKS)
 #else
 #define LTE_RAYS_BOUNDS
 #endif
@@ -87,8 +98,8 @@ __global__ void lte_targets_kernel(lte_body_view v) {
     lte_body_target_thread(&v, t);
 }
 
-static unsigned grid_for(long long n) {
-  long long g = (n + BLOCK - 1) / BLOCK;
+static unsigned grid_for(long long n, int block = BLOCK) {
+  long long g = (n + block - 1) / block;
   return (unsigned)(g < 1 ? 1 : g > (1 << 20) ? (1 << 20) : g);
 }
 
@@ -381,9 +392,11 @@ static int slot_launch(slot *s, const sizes *z, const lte_kernel_model *Md,
   lte_cells_kernel<<<grid_for(v.nray * v.nz), BLOCK, 0, s->stream>>>(*Md, v);
   CU(cudaGetLastError(), "launching the cell kernel");
   if (Md->f32)
-    lte_rays_f32_kernel<<<grid_for(v.nray * v.nf), BLOCK, 0, s->stream>>>(*Md, v);
+    lte_rays_f32_kernel<<<grid_for(v.nray * v.nf, LTE_RAYS_BLOCK), LTE_RAYS_BLOCK, 0, s->stream>>>(
+        *Md, v);
   else
-    lte_rays_kernel<<<grid_for(v.nray * v.nf), BLOCK, 0, s->stream>>>(*Md, v);
+    lte_rays_kernel<<<grid_for(v.nray * v.nf, LTE_RAYS_BLOCK), LTE_RAYS_BLOCK, 0, s->stream>>>(
+        *Md, v);
   CU(cudaGetLastError(), "launching the ray kernel");
   CU(cudaMemcpyAsync(p.flags, dflags, z->flags * nc, cudaMemcpyDeviceToHost, s->stream),
      "cudaMemcpyAsync (flags to the host)");
