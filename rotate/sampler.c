@@ -194,6 +194,15 @@ typedef struct {
   int nprev, ncur, at;     /* at: the entry of prev matched last */
 } leaf_trail;
 
+/* the sub-line's leaves become the trail of the next */
+static inline void trail_next(leaf_trail *tr) {
+  model_cache *t = tr->prev;
+  tr->prev = tr->cur;
+  tr->cur = t;
+  tr->nprev = tr->ncur;
+  tr->ncur = tr->at = 0;
+}
+
 static inline int leaf_has(const model_cache *c, const int64_t f[3]) {
   return f[0] >= c->lo[0] && f[0] < c->hi[0] && f[1] >= c->lo[1] && f[1] < c->hi[1] &&
          f[2] >= c->lo[2] && f[2] < c->hi[2];
@@ -301,11 +310,7 @@ static void walk_line(const ce_model *m, const double A[3], const double B[3],
     }
 #endif
   }
-  model_cache *t = tr->prev;
-  tr->prev = tr->cur;
-  tr->cur = t;
-  tr->nprev = tr->ncur;
-  tr->ncur = tr->at = 0;
+  trail_next(tr);
 }
 
 /* exp in float for the linear reconstruction's ln n and ln T:
@@ -662,11 +667,7 @@ walk_line_linear_body(const ce_model *m, lin_proj *P, const double A[3], const d
     }
   }
 #endif
-  model_cache *tmp = tr->prev;
-  tr->prev = tr->cur;
-  tr->cur = tmp;
-  tr->nprev = tr->ncur;
-  tr->ncur = tr->at = 0;
+  trail_next(tr);
   return nout;
 }
 #if SAMPLER_FMA_DISPATCH
