@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include "common/cuda_check.h"
+#include "common/env.h"
 #include "common/rows.h"
 #include "solver/lte_kernel_body.h"
 
@@ -470,20 +471,13 @@ static int solve_locked(const lte_kernel_model *M, const lte_kernel_batch *B, in
             tot / 1073741824.0);
   /* COEMU_CUDA_SOLVER_CHUNK=N: N cubes per chunk (scripts/gpu-tune.sh's
    * sweep; the default is lte_body_chunk_cubes's rule) */
-  int forced = 0;
-  const char *ck = getenv("COEMU_CUDA_SOLVER_CHUNK");
-  if (ck && *ck) {
-    char *end;
-    long v = strtol(ck, &end, 10);
-    if (*end || v < 1 || v > 4096)
-      CE_FAIL("COEMU_CUDA_SOLVER_CHUNK = '%s': expected a number of cubes, 1..4096", ck);
-    forced = (int)v;
-  }
+  long forced = 0;
+  CE_TRY(ce_env_int("COEMU_CUDA_SOLVER_CHUNK", 1, 4096, "a number of cubes", &forced));
   size_t cap = budget / z.dev;
   const size_t target = (size_t)1 << 30; /* at most ~1 GiB per chunk: keep both streams busy */
   if (cap * z.dev > target && target / z.dev >= 1) cap = target / z.dev;
   const int chunk = lte_body_chunk_cubes(B->ncube, NSLOT, (long long)z.npix * B->nf,
-                                         st.dev_threads, (long long)(cap < 1 ? 1 : cap), forced);
+                                         st.dev_threads, (long long)(cap < 1 ? 1 : cap), (int)forced);
   for (int i = 0; i < NSLOT; i++) CE_TRY(slot_reserve(&st.s[i], &z, chunk));
 
   int bad = 0, k = 0;

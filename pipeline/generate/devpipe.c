@@ -9,6 +9,7 @@
 #include "common/clock.h"
 #include "common/error.h"
 #include "common/checksum.h"
+#include "common/env.h"
 #ifdef COEMU_HAVE_CUDA
 #include "pipeline/generate/devpipe_hash.h"
 #endif
@@ -139,10 +140,6 @@ static int cuda_open(devpipe *p, int ordinal, char *desc, size_t ndesc) {
     CE_FAIL("COEMU_DEVPIPE_OVERLAP = '%s': expected 0 (the default: one chunk after the "
             "other) or 1 (the next chunk sampled while this one is solved)", ov);
   p->overlap = ov && !strcmp(ov, "1");
-  /* COEMU_DEVPIPE_CHUNK=N: at most N cubes per chunk (default: the batch;
-   * the device sampler's buffers may hold fewer). Smaller chunks expose
-   * less of the first chunk's sampling, larger ones fill the device more:
-   * scripts/gpu-tune.sh measures both */
   /* COEMU_DEVPIPE_HASH=after: an images-only chunk's row checksums made
    * after its solve instead of beside it on their own stream. The second
    * H200 run's images-only solve took 37.2 ms a batch, 20.3 ms with inputs
@@ -150,19 +147,17 @@ static int cuda_open(devpipe *p, int ordinal, char *desc, size_t ndesc) {
    * time in series (docs/sampling.md, "The checksum on the device");
    * gpu_devpipe_check times both (its `hash=after` line) */
   const char *hw = getenv("COEMU_DEVPIPE_HASH");
-  if (hw && *hw && strcmp(hw, "beside") && strcmp(hw, "after"))
+  if (hw && strcmp(hw, "beside") && strcmp(hw, "after"))
     CE_FAIL("COEMU_DEVPIPE_HASH = '%s': expected beside (the default: the checksums computed "
             "beside the solve) or after (after it)", hw);
   p->hash_after = hw && !strcmp(hw, "after");
-  const char *ck = getenv("COEMU_DEVPIPE_CHUNK");
-  p->chunk = p->batch;
-  if (ck) {
-    char *end;
-    long v = strtol(ck, &end, 10);
-    if (end == ck || *end || v < 1 || v > 4096)
-      CE_FAIL("COEMU_DEVPIPE_CHUNK = '%s': expected a number of cubes, 1..4096", ck);
-    if (v < p->chunk) p->chunk = (int)v;
-  }
+  /* COEMU_DEVPIPE_CHUNK=N: at most N cubes per chunk (default: the batch;
+   * the device sampler's buffers may hold fewer). Smaller chunks expose
+   * less of the first chunk's sampling, larger ones fill the device more:
+   * scripts/gpu-tune.sh measures both */
+  long ck = 0;
+  CE_TRY(ce_env_int("COEMU_DEVPIPE_CHUNK", 1, 4096, "a number of cubes", &ck));
+  p->chunk = ck > 0 && ck < p->batch ? (int)ck : p->batch;
   p->ch[0].sd = p->sd;
   if (p->overlap) CE_TRY(sampler_device_open_sibling(p->sd, &p->ch[1].sd));
   for (int i = 0; i < 2; i++) {

@@ -10,6 +10,7 @@
 
 #include "check.h"
 #include "common/checksum.h"
+#include "common/env.h"
 #include "common/error.h"
 #include "common/fsutil.h"
 #include "common/image.h"
@@ -226,6 +227,31 @@ static void test_rows_one_block(void) {
   CHECK(!ce_rows_one_block(none, 1, 10));
 }
 
+/* common/env.h: unset leaves the value; a whole number in range is taken;
+ * empty, trailing text, out of range or beyond long are errors that name
+ * the variable, its value and what was expected */
+static void test_env_int(void) {
+  const char *name = "COEMU_TEST_ENV_INT";
+  long v = 7;
+  unsetenv(name);
+  CHECK(ce_env_int(name, 1, 4096, "a number of cubes", &v) == 0 && v == 7);
+  setenv(name, "32", 1);
+  CHECK(ce_env_int(name, 1, 4096, "a number of cubes", &v) == 1 && v == 32);
+  setenv(name, "4096", 1);
+  CHECK(ce_env_int(name, 1, 4096, "a number of cubes", &v) == 1 && v == 4096);
+  static const char *bad[] = {"", "0", "4097", "-3", "12x", "x", " ", "99999999999999999999999"};
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    setenv(name, bad[i], 1);
+    v = 7;
+    char want[128];
+    snprintf(want, sizeof want, "COEMU_TEST_ENV_INT = '%s': expected a number of cubes, 1..4096",
+             bad[i]);
+    CHECK_ERR(ce_env_int(name, 1, 4096, "a number of cubes", &v), want);
+    CHECK(v == 7);
+  }
+  unsetenv(name);
+}
+
 int main(void) {
   tmpdir = check_scratch("test_common");
   RUN(test_alloc_limits);
@@ -237,6 +263,7 @@ int main(void) {
   RUN(test_png);
   RUN(test_lock_dir);
   RUN(test_rows_one_block);
+  RUN(test_env_int);
   check_scratch_remove();
   return check_report();
 }

@@ -1,0 +1,31 @@
+/* env.h - integer settings read from the environment (the COEMU_* switches
+ * of the device paths: chunk sizes for a device sweep), with the error
+ * message every such setting gives for a bad value:
+ *   "COEMU_DEVPIPE_CHUNK = 'x': expected a number of cubes, 1..4096"
+ * Header-only, for nvcc and the standalone device checks (which link
+ * common/error.c); a .cu file includes common/cuda_check.h first, which
+ * gives error.h its C linkage. */
+#ifndef COEMU_ENV_H
+#define COEMU_ENV_H
+
+#include <errno.h>
+#include <stdlib.h>
+
+#include "common/error.h"
+
+/* name unset: 0, *out untouched; set to a whole number in [lo, hi]: 1 and
+ * *out; anything else (empty, not a number, out of range): -1 with the
+ * message above (what: what the number counts) */
+static inline int ce_env_int(const char *name, long lo, long hi, const char *what, long *out) {
+  const char *s = getenv(name);
+  if (!s) return 0;
+  char *end;
+  errno = 0;
+  const long v = strtol(s, &end, 10);
+  if (end == s || *end || errno == ERANGE || v < lo || v > hi)
+    return ce_err("%s = '%s': expected %s, %ld..%ld", name, s, what, lo, hi);
+  *out = v;
+  return 1;
+}
+
+#endif
