@@ -1,7 +1,8 @@
-/* env.h - integer settings read from the environment (the COEMU_* switches
- * of the device paths: chunk sizes for a device sweep), with the error
+/* env.h - settings read from the environment (the COEMU_* switches of the
+ * device paths: chunk sizes and modes for a device sweep), with the error
  * message every such setting gives for a bad value:
  *   "COEMU_DEVPIPE_CHUNK = 'x': expected a number of cubes, 1..4096"
+ *   "COEMU_BF16 = 'x': expected native or emulated"
  * Header-only, for nvcc and the standalone device checks (which link
  * common/error.c); a .cu file includes common/cuda_check.h first, which
  * gives error.h its C linkage. */
@@ -10,6 +11,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "common/error.h"
 
@@ -26,6 +28,21 @@ static inline int ce_env_int(const char *name, long lo, long hi, const char *wha
     return ce_err("%s = '%s': expected %s, %ld..%ld", name, s, what, lo, hi);
   *out = v;
   return 1;
+}
+
+/* name unset: 0, *out untouched; set to one of the nword words: 1 and its
+ * index in *out; anything else (the empty string too): -1 with the message
+ * above (expected: the words, and what each does, as the user reads them) */
+static inline int ce_env_word(const char *name, const char *const *words, int nword,
+                              const char *expected, int *out) {
+  const char *s = getenv(name);
+  if (!s) return 0;
+  for (int i = 0; i < nword; i++)
+    if (!strcmp(s, words[i])) {
+      *out = i;
+      return 1;
+    }
+  return ce_err("%s = '%s': expected %s", name, s, expected);
 }
 
 #endif

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "common/checksum.h"
+#include "common/env.h"
 #include "common/error.h"
 #include "common/fsutil.h"
 #include "common/progress.h"
@@ -395,12 +396,12 @@ static void stage_free(stage_run *s) {
  * COEMU_REDUCER=mpi asks for the host sums; MPI on host memory otherwise. */
 static int install_reducer(stage_run *s, int local_bn) {
   nn_net *net = &s->model.net;
-  const char *want = getenv("COEMU_REDUCER");
-  if (want && *want && strcmp(want, "mpi") && strcmp(want, "nccl"))
-    CE_FAIL("COEMU_REDUCER = '%s': expected mpi or nccl", want);
+  static const char *const reducers[] = {"mpi", "nccl"};
+  int want = -1; /* unset: NCCL where it can be used */
+  CE_TRY(ce_env_word("COEMU_REDUCER", reducers, 2, "mpi or nccl", &want));
   int nccl = net->be != &nn_backend_cpu && nn_nccl_built();
-  if (want && !strcmp(want, "mpi")) nccl = 0;
-  if (want && !strcmp(want, "nccl")) {
+  if (want == 0) nccl = 0;
+  if (want == 1) {
     if (net->be == &nn_backend_cpu)
       CE_FAIL("COEMU_REDUCER = nccl: NCCL sums device memory; this run trains on the CPU");
     nccl = 1; /* not built: reducer_nccl_open says so */

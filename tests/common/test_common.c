@@ -252,6 +252,33 @@ static void test_env_int(void) {
   unsetenv(name);
 }
 
+/* common/env.h: unset leaves the value; one of the words gives its index;
+ * anything else, the empty string and a word with trailing text too, is an
+ * error that names the variable, its value and what was expected */
+static void test_env_word(void) {
+  const char *name = "COEMU_TEST_ENV_WORD";
+  static const char *const words[] = {"beside", "after"};
+  const char *expected = "beside (the default) or after";
+  int w = 5;
+  unsetenv(name);
+  CHECK(ce_env_word(name, words, 2, expected, &w) == 0 && w == 5);
+  setenv(name, "after", 1);
+  CHECK(ce_env_word(name, words, 2, expected, &w) == 1 && w == 1);
+  setenv(name, "beside", 1);
+  CHECK(ce_env_word(name, words, 2, expected, &w) == 1 && w == 0);
+  static const char *bad[] = {"", "Beside", "after ", "aft", "besides", "1"};
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    setenv(name, bad[i], 1);
+    w = 5;
+    char want[128];
+    snprintf(want, sizeof want, "COEMU_TEST_ENV_WORD = '%s': expected beside (the default) or after",
+             bad[i]);
+    CHECK_ERR(ce_env_word(name, words, 2, expected, &w), want);
+    CHECK(w == 5);
+  }
+  unsetenv(name);
+}
+
 int main(void) {
   tmpdir = check_scratch("test_common");
   RUN(test_alloc_limits);
@@ -264,6 +291,7 @@ int main(void) {
   RUN(test_lock_dir);
   RUN(test_rows_one_block);
   RUN(test_env_int);
+  RUN(test_env_word);
   check_scratch_remove();
   return check_report();
 }

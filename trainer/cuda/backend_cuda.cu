@@ -37,6 +37,7 @@
 #include <string.h>
 
 #include "common/cuda_check.h"
+#include "common/env.h"
 extern "C" {
 #include "trainer/cuda/backend_cuda.h"
 #include "trainer/cuda/cudnn_graph.h"
@@ -486,13 +487,11 @@ static int open_device(void) {
   /* one GPU per rank: COEMU_CUDA_DEVICE, else the node-local rank the MPI
      launcher exports (Open MPI, MPICH, Slurm) modulo the devices */
   int dev = 0;
-  const char *env = getenv("COEMU_CUDA_DEVICE");
-  if (env && *env) {
-    char *end;
-    long v = strtol(env, &end, 10);
-    if (*end || v < 0 || v >= count)
-      return ce_err("COEMU_CUDA_DEVICE = '%s': expected a device index 0..%d", env, count - 1);
-    dev = (int)v;
+  long chosen = 0;
+  const int set = ce_env_int("COEMU_CUDA_DEVICE", 0, count - 1, "a device index", &chosen);
+  if (set < 0) return -1;
+  if (set) {
+    dev = (int)chosen;
   } else {
     static const char *const local[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID",
                                         "SLURM_LOCALID", "PMI_LOCAL_RANK"};
@@ -522,56 +521,50 @@ static int open_device(void) {
   CUBLAS_CHECK(cublasSetPointerMode(S.blas, CUBLAS_POINTER_MODE_HOST));
   CUBLAS_CHECK(cublasSetMathMode(S.blas, S.tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
                                                 : CUBLAS_DEFAULT_MATH));
-  const char *algos = getenv("COEMU_CUDNN_ALGOS");
-  if (algos && *algos && strcmp(algos, "any") && strcmp(algos, "sums"))
-    return ce_err("COEMU_CUDNN_ALGOS = '%s': expected any or sums", algos);
-  S.sums_only = algos && !strcmp(algos, "sums");
-  const char *det = getenv("COEMU_CUDNN_DETERMINISTIC");
-  if (det && *det && strcmp(det, "0") && strcmp(det, "1"))
-    return ce_err("COEMU_CUDNN_DETERMINISTIC = '%s': expected 1 (the default: the fastest "
-                  "deterministic algorithm) or 0 (the fastest)", det);
-  S.any_order = det && !strcmp(det, "0");
+  /* the switches (docs/trainer.md): unset is the default, the first word */
+  static const char *const any_sums[] = {"any", "sums"}, *const one_zero[] = {"1", "0"},
+                           *const zero_one[] = {"0", "1"},
+                           *const native_emulated[] = {"native", "emulated"},
+                           *const legacy_graph[] = {"legacy", "graph"};
+  int w = 0;
+  if (ce_env_word("COEMU_CUDNN_ALGOS", any_sums, 2, "any or sums", &w) < 0) return -1;
+  S.sums_only = w == 1;
+  w = 0;
+  if (ce_env_word("COEMU_CUDNN_DETERMINISTIC", one_zero, 2,
+                  "1 (the default: the fastest deterministic algorithm) or 0 (the fastest)",
+                  &w) < 0)
+    return -1;
+  S.any_order = w == 1;
   const char *vb = getenv("COEMU_CUDNN_VERBOSE");
   S.verbose = vb && *vb && strcmp(vb, "0");
-  const char *tm = getenv("COEMU_CUDA_TIMES");
-  if (tm && *tm && strcmp(tm, "0") && strcmp(tm, "1"))
-    return ce_err("COEMU_CUDA_TIMES = '%s': expected 1 (time every group of device work, "
-                  "nn_cuda_times_report) or 0", tm);
-  S.times = tm && !strcmp(tm, "1");
+  w = 0;
+  if (ce_env_word("COEMU_CUDA_TIMES", zero_one, 2,
+                  "1 (time every group of device work, nn_cuda_times_report) or 0", &w) < 0)
+    return -1;
+  S.times = w == 1;
   const char *rf = getenv("COEMU_CUDNN_REFUSE_BF16");
   S.refuse_bf16 = rf && *rf && strcmp(rf, "0");
-  const char *bf = getenv("COEMU_BF16");
-  if (bf && *bf && strcmp(bf, "native") && strcmp(bf, "emulated"))
-    return ce_err("COEMU_BF16 = '%s': expected native or emulated", bf);
-  S.bf16_emulated = bf && !strcmp(bf, "emulated");
-  const char *api = getenv("COEMU_CUDNN_API");
-  if (api && *api && strcmp(api, "legacy") && strcmp(api, "graph"))
-    return ce_err("COEMU_CUDNN_API = '%s': expected legacy (the default: cudnnFind and the "
-                  "cudnnConvolution* calls) or graph (cuDNN's graph API for the float32 and tf32 "
-                  "convolutions)", api);
-  S.graph = api && !strcmp(api, "graph");
+  w = 0;
+  if (ce_env_word("COEMU_BF16", native_emulated, 2, "native or emulated", &w) < 0) return -1;
+  S.bf16_emulated = w == 1;
+  w = 0;
+  if (ce_env_word("COEMU_CUDNN_API", legacy_graph, 2,
+                  "legacy (the default: cudnnFind and the cudnnConvolution* calls) or graph "
+                  "(cuDNN's graph API for the float32 and tf32 convolutions)", &w) < 0)
+    return -1;
+  S.graph = w == 1;
   S.graph_planned = S.graph_fallbacks = 0;
-  S.graph_configs = CG_DEFAULT_MAX_CONFIGS;
-  const char *gc = getenv("COEMU_CUDNN_GRAPH_CONFIGS");
-  if (gc && *gc) {
-    char *end;
-    long v = strtol(gc, &end, 10);
-    if (*end || v < 1 || v > 256)
-      return ce_err("COEMU_CUDNN_GRAPH_CONFIGS = '%s': expected 1..256 (engine configs timed "
-                    "per convolution call with COEMU_CUDNN_API=graph; default %d)", gc,
-                    CG_DEFAULT_MAX_CONFIGS);
-    S.graph_configs = (int)v;
-  }
+  long configs = CG_DEFAULT_MAX_CONFIGS;
+  if (ce_env_int("COEMU_CUDNN_GRAPH_CONFIGS", 1, 256,
+                 "a number of engine configs timed per convolution call with "
+                 "COEMU_CUDNN_API=graph", &configs) < 0)
+    return -1;
+  S.graph_configs = (int)configs;
   if (!S.ws_limit_set) {
-    S.ws_limit = (size_t)CG_TRAINER_WORKSPACE_MIB << 20;
-    const char *w = getenv("COEMU_CUDNN_WORKSPACE_MB");
-    if (w && *w) {
-      char *end;
-      long v = strtol(w, &end, 10);
-      if (*end || v < 0 || v > (1L << 20))
-        return ce_err("COEMU_CUDNN_WORKSPACE_MB = '%s': expected 0..1048576", w);
-      S.ws_limit = (size_t)v << 20;
-    }
+    long mib = CG_TRAINER_WORKSPACE_MIB;
+    if (ce_env_int("COEMU_CUDNN_WORKSPACE_MB", 0, 1L << 20, "a workspace limit in MiB", &mib) < 0)
+      return -1;
+    S.ws_limit = (size_t)mib << 20;
   }
   return 0;
 }
