@@ -45,4 +45,13 @@ static inline int ce_env_word(const char *name, const char *const *words, int nw
   return ce_err("%s = '%s': expected %s", name, s, expected);
 }
 
+/* A two-way switch: 0 when unset or set to `off` (the default), 1 when set
+ * to `on`, -1 with ce_env_word's message otherwise */
+static inline int ce_env_switch(const char *name, const char *off, const char *on,
+                                const char *expected) {
+  const char *const words[2] = {off, on};
+  int w = 0;
+  return ce_env_word(name, words, 2, expected, &w) < 0 ? -1 : w;
+}
+
 #endif

@@ -15,12 +15,14 @@ cd "$(dirname "$0")/.."
 coemu=build/pipeline/coemu
 runs=3
 while [ $# -gt 0 ]; do
+  [ $# -ge 2 ] || { echo "bench_glance.sh: $1 needs a value (--coemu PATH, --runs R)" >&2; exit 2; }
   case "$1" in
   --coemu) coemu=$2; shift 2 ;;
   --runs) runs=$2; shift 2 ;;
   *) echo "bench_glance.sh: unknown option '$1' (--coemu PATH, --runs R)" >&2; exit 2 ;;
   esac
 done
+[[ "$runs" =~ ^[1-9][0-9]*$ ]] || { echo "bench_glance.sh: --runs '$runs': expected a whole number >= 1" >&2; exit 2; }
 [ -x "$coemu" ] || { echo "bench_glance.sh: $coemu: no coemu binary there (bash scripts/build.sh)" >&2; exit 2; }
 export COEMU_TEST_DATA=$PWD/tests/data
 demo=/dev/shm/coemu-glance.$$

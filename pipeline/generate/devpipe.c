@@ -135,24 +135,18 @@ static int cuda_open(devpipe *p, int ordinal, char *desc, size_t ndesc) {
    * solved. Off by default until a device run has measured it (it is
    * checked and timed both ways by gpu_devpipe_check, scripts/gpu-check.sh):
    * docs/sampling.md, "Sampling the next chunk while one is solved" */
-  static const char *const off_on[] = {"0", "1"};
-  int ov = 0;
-  CE_TRY(ce_env_word("COEMU_DEVPIPE_OVERLAP", off_on, 2,
-                     "0 (the default: one chunk after the other) or 1 (the next chunk sampled "
-                     "while this one is solved)", &ov));
-  p->overlap = ov == 1;
+  CE_TRY(p->overlap = ce_env_switch("COEMU_DEVPIPE_OVERLAP", "0", "1",
+                                     "0 (the default: one chunk after the other) or 1 (the next "
+                                     "chunk sampled while this one is solved)"));
   /* COEMU_DEVPIPE_HASH=after: an images-only chunk's row checksums made
    * after its solve instead of beside it on their own stream. The second
    * H200 run's images-only solve took 37.2 ms a batch, 20.3 ms with inputs
    * and no hash; after, the solve runs alone and the hash costs its own
    * time in series (docs/sampling.md, "The checksum on the device");
    * gpu_devpipe_check times both (its `hash=after` line) */
-  static const char *const hash_when[] = {"beside", "after"};
-  int hw = 0;
-  CE_TRY(ce_env_word("COEMU_DEVPIPE_HASH", hash_when, 2,
-                     "beside (the default: the checksums computed beside the solve) or after "
-                     "(after it)", &hw));
-  p->hash_after = hw == 1;
+  CE_TRY(p->hash_after = ce_env_switch("COEMU_DEVPIPE_HASH", "beside", "after",
+                                        "beside (the default: the checksums computed beside the "
+                                        "solve) or after (after it)"));
   /* COEMU_DEVPIPE_CHUNK=N: at most N cubes per chunk (default: the batch;
    * the device sampler's buffers may hold fewer). Smaller chunks expose
    * less of the first chunk's sampling, larger ones fill the device more:

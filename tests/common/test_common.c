@@ -252,7 +252,8 @@ static void test_env_int(void) {
   unsetenv(name);
 }
 
-/* common/env.h: unset leaves the value; one of the words gives its index;
+/* common/env.h: unset leaves the value; one of the words gives its index
+ * (ce_env_switch: unset or the first word 0, the second 1);
  * anything else, the empty string and a word with trailing text too, is an
  * error that names the variable, its value and what was expected */
 static void test_env_word(void) {
@@ -275,7 +276,15 @@ static void test_env_word(void) {
              bad[i]);
     CHECK_ERR(ce_env_word(name, words, 2, expected, &w), want);
     CHECK(w == 5);
+    /* the two-way switch over the same words: the same error */
+    CHECK_ERR(ce_env_switch(name, "beside", "after", expected), want);
   }
+  unsetenv(name);
+  CHECK(ce_env_switch(name, "beside", "after", expected) == 0);
+  setenv(name, "beside", 1);
+  CHECK(ce_env_switch(name, "beside", "after", expected) == 0);
+  setenv(name, "after", 1);
+  CHECK(ce_env_switch(name, "beside", "after", expected) == 1);
   unsetenv(name);
 }
 

@@ -521,38 +521,25 @@ static int open_device(void) {
   CUBLAS_CHECK(cublasSetPointerMode(S.blas, CUBLAS_POINTER_MODE_HOST));
   CUBLAS_CHECK(cublasSetMathMode(S.blas, S.tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
                                                 : CUBLAS_DEFAULT_MATH));
-  /* the switches (docs/trainer.md): unset is the default, the first word */
-  static const char *const any_sums[] = {"any", "sums"}, *const one_zero[] = {"1", "0"},
-                           *const zero_one[] = {"0", "1"},
-                           *const native_emulated[] = {"native", "emulated"},
-                           *const legacy_graph[] = {"legacy", "graph"};
-  int w = 0;
-  if (ce_env_word("COEMU_CUDNN_ALGOS", any_sums, 2, "any or sums", &w) < 0) return -1;
-  S.sums_only = w == 1;
-  w = 0;
-  if (ce_env_word("COEMU_CUDNN_DETERMINISTIC", one_zero, 2,
-                  "1 (the default: the fastest deterministic algorithm) or 0 (the fastest)",
-                  &w) < 0)
+  /* the switches (docs/trainer.md): unset is the default; the first bad one is the error */
+  if ((S.sums_only = ce_env_switch("COEMU_CUDNN_ALGOS", "any", "sums", "any or sums")) < 0 ||
+      (S.any_order = ce_env_switch("COEMU_CUDNN_DETERMINISTIC", "1", "0",
+                                   "1 (the default: the fastest deterministic algorithm) or 0 "
+                                   "(the fastest)")) < 0 ||
+      (S.times = ce_env_switch("COEMU_CUDA_TIMES", "0", "1",
+                               "1 (time every group of device work, nn_cuda_times_report) or "
+                               "0")) < 0 ||
+      (S.bf16_emulated = ce_env_switch("COEMU_BF16", "native", "emulated",
+                                       "native or emulated")) < 0 ||
+      (S.graph = ce_env_switch("COEMU_CUDNN_API", "legacy", "graph",
+                               "legacy (the default: cudnnFind and the cudnnConvolution* calls) "
+                               "or graph (cuDNN's graph API for the float32 and tf32 "
+                               "convolutions)")) < 0)
     return -1;
-  S.any_order = w == 1;
   const char *vb = getenv("COEMU_CUDNN_VERBOSE");
   S.verbose = vb && *vb && strcmp(vb, "0");
-  w = 0;
-  if (ce_env_word("COEMU_CUDA_TIMES", zero_one, 2,
-                  "1 (time every group of device work, nn_cuda_times_report) or 0", &w) < 0)
-    return -1;
-  S.times = w == 1;
   const char *rf = getenv("COEMU_CUDNN_REFUSE_BF16");
   S.refuse_bf16 = rf && *rf && strcmp(rf, "0");
-  w = 0;
-  if (ce_env_word("COEMU_BF16", native_emulated, 2, "native or emulated", &w) < 0) return -1;
-  S.bf16_emulated = w == 1;
-  w = 0;
-  if (ce_env_word("COEMU_CUDNN_API", legacy_graph, 2,
-                  "legacy (the default: cudnnFind and the cudnnConvolution* calls) or graph "
-                  "(cuDNN's graph API for the float32 and tf32 convolutions)", &w) < 0)
-    return -1;
-  S.graph = w == 1;
   S.graph_planned = S.graph_fallbacks = 0;
   long configs = CG_DEFAULT_MAX_CONFIGS;
   if (ce_env_int("COEMU_CUDNN_GRAPH_CONFIGS", 1, 256,
