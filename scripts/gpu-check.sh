@@ -11,15 +11,17 @@
 #                      1e-5 of the float64 reference ("float32 ..." lines);
 #                      run again with chunks of one cube
 #                      (COEMU_CUDA_SOLVER_CHUNK=1: the two streams' buffers
-#                      reused cube after cube)
+#                      reused cube after cube) and with the fused kernel
+#                      (COEMU_CUDA_SOLVER_FUSED=1: one launch, the cells
+#                      through shared memory)
 #   test_pomme         every backend against Pomme 0.2.1's golden images
 #   gpu_bench          cubes/s of the LTE solver, 64^3 x 7 channels, float64
 #                      and float32 cells, and the float32 path (precision=
 #                      float32), on the device and on the CPU; on the device
 #                      also with the cubes resident there (images into one
 #                      page-locked block and into malloc'd rows; chunks of
-#                      4, 16, 32 cubes), each checked bit for bit against
-#                      the images from host cells
+#                      4, 16, 32 cubes; the fused kernel), each checked bit
+#                      for bit against the images from host cells
 # and, where libyaml's header is found (the units sidecar of a model):
 #   test_sample        the sampler: the device's cubes bit for bit against
 #                      the CPU's, the host-compiled bodies too
@@ -177,6 +179,7 @@ step() { # name limit command...: the command's figure lines, then "ok" or "FAIL
 }
 step parity_lte_backends 120 "$out/test_lte_backends"
 step parity_lte_backends_chunk1 120 env COEMU_CUDA_SOLVER_CHUNK=1 "$out/test_lte_backends"
+step parity_lte_backends_fused 120 env COEMU_CUDA_SOLVER_FUSED=1 "$out/test_lte_backends"
 step parity_pomme 60 "$out/test_pomme"
 [ "$have_yaml" = 1 ] && step parity_sampler 60 "$out/test_sample"
 # shellcheck disable=SC2086

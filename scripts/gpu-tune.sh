@@ -23,6 +23,10 @@
 #              size: COEMU_CUDA_SOLVER_CHUNK 4, 16, 32, each bit for bit
 #              against the images from host cells) and gpu_devpipe_check
 #              (parity included: the bits must not move)
+#   fused      gpu_devpipe_check with the solver's fused kernel
+#              (COEMU_CUDA_SOLVER_FUSED=1; lte_kernel_body.h, section 4):
+#              parity and samples/s; every variant's gpu_bench also times it
+#              resident (`resident fused`, bit for bit against the two launches)
 #   nsys       where Nsight Systems is found: device time per kernel and per
 #              copy kind over one gpu_devpipe_check (after the overlap steps)
 #              and one gpu_bench (last)
@@ -143,6 +147,10 @@ if [ "$solver" = 1 ]; then
     step "overlap chunk=$ck" 90 env COEMU_DEVPIPE_OVERLAP=1 COEMU_DEVPIPE_CHUNK=$ck \
       "$b/gpu_devpipe_check" --models 1 --ref 1
   done
+  # the solver's fused kernel (COEMU_CUDA_SOLVER_FUSED=1: one launch, the
+  # cells through shared memory) in the pipeline, parity included; its
+  # resident figures are gpu_bench's `resident fused` lines (variant base)
+  step "fused pipeline" 90 env COEMU_CUDA_SOLVER_FUSED=1 "$b/gpu_devpipe_check" --models 1 --ref 1
   # where the pipeline's device time goes (before the variants: it says more)
   if [ -n "$nsys" ]; then nsys_step devpipe
   else echo "gpu-tune nsys: SKIP: no nsys on PATH, under /opt/nvidia/nsight-systems or /usr/local/cuda/bin"; fi

@@ -40,9 +40,15 @@
  *      sends back half the bytes and the host has no transpose to do.
  *      With lte_kernel_model.f32 the ray threads are lte_body_ray_thread_f32
  *      (the float32 path, below: its own formulas, within 1e-5 of these).
+ *   4. (COEMU_CUDA_SOLVER_FUSED=1) steps 1 and 2 in one kernel, a block per
+ *      group of 32 rays, the cells through a tile of shared memory instead
+ *      of the scratch arrays: the same functions in the same order, the
+ *      same bits (section 4 below; lte_body_run_host_fused on the host).
  */
 #ifndef COEMU_LTE_KERNEL_BODY_H
 #define COEMU_LTE_KERNEL_BODY_H
+
+#include <stdlib.h>
 
 #include "solver/lte_kernel.h"
 
@@ -171,12 +177,13 @@ static inline LTE_HD double lte_body_expneg(double x) {
   return x >= LTE_BODY_EXP_ZERO ? 0.0 : exp(-x);
 }
 
-/* 1. one cell */
-static inline LTE_HD void lte_body_cell_thread(const lte_kernel_model *M, const lte_body_view *V,
-                                               long long t) {
-  long long ray;
-  int z;
-  lte_body_group(t, V->nray, V->nz, 1, &ray, &z);
+/* 1. one cell: its constants (S, a*dx, 1/width, 1 + v/c); 0 when the cell,
+ * or its populations, are bad */
+typedef struct lte_body_cell_c {
+  double S, adx, iw, shift;
+} lte_body_cell_c;
+static inline LTE_HD int lte_body_cell(const lte_kernel_model *M, const lte_body_view *V,
+                                       long long ray, int z, lte_body_cell_c *c) {
   const long long i = ray * V->nz + z; /* the cell in the input arrays */
   double v = lte_body_load(V->v, V->dtype, i), T = lte_body_load(V->T, V->dtype, i),
          n = lte_body_load(V->n, V->dtype, i);
@@ -187,10 +194,7 @@ static inline LTE_HD void lte_body_cell_thread(const lte_kernel_model *M, const 
     pu = lte_body_load(V->pu, V->dtype, i);
     ok &= lte_kernel_pop_ok(pl, pu);
   }
-  if (!ok) {
-    V->bad[ray] = 1;
-    return;
-  }
+  if (!ok) return 0;
   if (!V->pl) {
     double invT = 1.0 / T;
     double Z = M->libm ? lte_z_direct(M->nlev, M->neg_e_over_k, M->g, T)
@@ -203,11 +207,29 @@ static inline LTE_HD void lte_body_cell_thread(const lte_kernel_model *M, const 
   double chi = M->fac * (M->B_lu * pl - M->B_ul * pu);
   double S = chi != 0.0 ? eta / chi : 0.0; /* chi == 0: populations underflow */
   double iw = 1.0 / (M->nu0_over_c * sqrt(M->two_k_over_m * T + M->vt2));
+  c->S = S;
+  c->iw = iw;
+  c->adx = (((LTE_BODY_INV_SQRT_PI * iw) * chi) * n) * M->dx;
+  c->shift = 1.0 + v * M->inv_c;
+  return 1;
+}
+
+/* a cell thread: the constants into the scratch arrays; a bad cell sets bad[ray] */
+static inline LTE_HD void lte_body_cell_thread(const lte_kernel_model *M, const lte_body_view *V,
+                                               long long t) {
+  long long ray;
+  int z;
+  lte_body_group(t, V->nray, V->nz, 1, &ray, &z);
+  lte_body_cell_c c;
+  if (!lte_body_cell(M, V, ray, z, &c)) {
+    V->bad[ray] = 1;
+    return;
+  }
   const long long o = (long long)z * V->nray + ray;
-  V->S[o] = S;
-  V->iw[o] = iw;
-  V->adx[o] = (((LTE_BODY_INV_SQRT_PI * iw) * chi) * n) * M->dx;
-  V->shift[o] = 1.0 + v * M->inv_c;
+  V->S[o] = c.S;
+  V->iw[o] = c.iw;
+  V->adx[o] = c.adx;
+  V->shift[o] = c.shift;
 }
 
 /* b, exp(-b^2), erf(b) of a cell at frequency nu */
@@ -269,42 +291,68 @@ static inline LTE_HD int lte_body_ray_begin(const lte_body_view *V, long long t,
   return 1;
 }
 
+/* A ray at one channel as it goes: the 8 partial sums of the formal
+ * solution, the optical depth and the last cell's terms. Start at cell 0,
+ * step to cells 1 .. nz-1 (segment k = cell k+1's step into acc[k mod 8]),
+ * end: the intensity. One text for the ray threads below (the scratch in
+ * device memory) and the fused form's (a tile in shared memory). On the
+ * device the lane is a constant of an unrolled loop, so that acc stays in
+ * registers. */
+typedef struct lte_body_ray_state {
+  double acc[LTE_BODY_LANES];
+  double a0, S0, b0, eb0, er0, tau, em0;
+} lte_body_ray_state;
+
+static inline LTE_HD void lte_body_ray_start(const lte_kernel_model *M, double nu, double a,
+                                             double S, double iw, double shift,
+                                             lte_body_ray_state *s) {
+  for (int i = 0; i < LTE_BODY_LANES; i++) s->acc[i] = 0.0;
+  s->a0 = a, s->S0 = S;
+  lte_body_profile(M, iw, shift, nu, &s->b0, &s->eb0, &s->er0);
+  s->tau = 0.0;
+  s->em0 = lte_body_expneg(s->tau);
+}
+
+static inline LTE_HD void lte_body_ray_step(const lte_kernel_model *M, double nu, double a1,
+                                            double S1, double iw1, double shift1,
+                                            lte_body_ray_state *s, int lane) {
+  double b1, eb1, er1;
+  lte_body_profile(M, iw1, shift1, nu, &b1, &eb1, &er1);
+  double D = lte_body_dtau(s->a0, a1, s->b0, b1, s->eb0, eb1, s->er0, er1);
+  s->tau = s->tau + D;
+  double em1 = lte_body_expneg(s->tau);
+  /* behind an opaque layer every term is exactly 0 */
+  if (!(s->em0 == 0.0 && em1 == 0.0))
+    s->acc[lane] = s->acc[lane] + lte_body_formal(D, s->S0, S1, s->em0, em1, M->corrected_taylor);
+  s->a0 = a1, s->S0 = S1, s->b0 = b1, s->eb0 = eb1, s->er0 = er1, s->em0 = em1;
+}
+
+static inline LTE_HD double lte_body_ray_end(const lte_kernel_model *M, double bdy,
+                                             const lte_body_ray_state *s) {
+  double sum = 0.0;
+  for (int i = 0; i < LTE_BODY_LANES; i++) sum += s->acc[i];
+  double I = bdy * s->em0 + sum;
+  return M->take_abs ? fabs(I) : I;
+}
+
 static inline LTE_HD void lte_body_ray_thread(const lte_kernel_model *M, const lte_body_view *V,
                                               long long t) {
   lte_body_ray r;
   if (!lte_body_ray_begin(V, t, &r)) return;
   const long long R = V->nray, ray = r.ray;
   const int nz = V->nz;
-  double *out = r.out;
-  const double nu = r.nu, bdy = r.bdy;
-  double acc[LTE_BODY_LANES];
-  for (int i = 0; i < LTE_BODY_LANES; i++) acc[i] = 0.0;
-  double a0 = V->adx[ray], S0 = V->S[ray], b0, eb0, er0;
-  lte_body_profile(M, V->iw[ray], V->shift[ray], nu, &b0, &eb0, &er0);
-  double tau = 0.0, em0 = lte_body_expneg(tau);
-  /* segment k = k0 + j goes into acc[j]; unrolled on the device, so that
-   * acc stays in registers */
+  lte_body_ray_state s;
+  lte_body_ray_start(M, r.nu, V->adx[ray], V->S[ray], V->iw[ray], V->shift[ray], &s);
   for (int k0 = 0; k0 + 1 < nz; k0 += LTE_BODY_LANES) {
     LTE_UNROLL
     for (int j = 0; j < LTE_BODY_LANES; j++) {
       const int k = k0 + j;
       if (k + 1 >= nz) break;
       const long long o = (long long)(k + 1) * R + ray;
-      double a1 = V->adx[o], S1 = V->S[o], b1, eb1, er1;
-      lte_body_profile(M, V->iw[o], V->shift[o], nu, &b1, &eb1, &er1);
-      double D = lte_body_dtau(a0, a1, b0, b1, eb0, eb1, er0, er1);
-      tau = tau + D;
-      double em1 = lte_body_expneg(tau);
-      /* behind an opaque layer every term is exactly 0 */
-      if (!(em0 == 0.0 && em1 == 0.0))
-        acc[j] = acc[j] + lte_body_formal(D, S0, S1, em0, em1, M->corrected_taylor);
-      a0 = a1, S0 = S1, b0 = b1, eb0 = eb1, er0 = er1, em0 = em1;
+      lte_body_ray_step(M, r.nu, V->adx[o], V->S[o], V->iw[o], V->shift[o], &s, j);
     }
   }
-  double sum = 0.0;
-  for (int i = 0; i < LTE_BODY_LANES; i++) sum += acc[i];
-  double I = bdy * em0 + sum;
-  *out = M->take_abs ? fabs(I) : I;
+  *r.out = lte_body_ray_end(M, r.bdy, &s);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -523,41 +571,62 @@ static inline LTE_HD float lte_f32_naive_formal(float D, float S0, float S1, flo
 }
 #endif
 
+/* 2, float32: a ray at one channel as it goes (as lte_body_ray_state; the
+ * cell constants arrive as float64 and are rounded here) */
+typedef struct lte_f32_ray_state {
+  float a0, S0, b0, e0, c0, em0;
+  double tau, sum;
+} lte_f32_ray_state;
+
+static inline LTE_HD void lte_f32_ray_start(const lte_kernel_model *M, double nu, double a, double S,
+                                            double iw, double shift, lte_f32_ray_state *s) {
+  s->a0 = (float)a, s->S0 = (float)S;
+  lte_f32_profile(M, iw, shift, nu, &s->b0, &s->e0, &s->c0);
+  s->tau = 0.0, s->sum = 0.0;
+  s->em0 = 1.0f;
+}
+
+static inline LTE_HD void lte_f32_ray_step(const lte_kernel_model *M, double nu, double a,
+                                           double S, double iw1, double shift1,
+                                           lte_f32_ray_state *s) {
+  float a1 = (float)a, S1 = (float)S, b1, e1, c1;
+  lte_f32_profile(M, iw1, shift1, nu, &b1, &e1, &c1);
+#ifdef LTE_BODY_F32_NAIVE
+  const float er0 = erff(s->b0), er1 = erff(b1);
+  const float D = lte_f32_naive_dtau(s->a0, a1, s->b0, b1, s->e0, e1, er0, er1);
+#else
+  const float D = lte_f32_dtau(s->a0, a1, s->b0, b1, s->e0, e1, s->c0, c1);
+#endif
+  s->tau = s->tau + (double)D;
+  const float em1 = lte_f32_expneg((float)s->tau);
+  if (s->em0 != 0.0f) /* behind an opaque layer every term is 0 */
+#ifdef LTE_BODY_F32_NAIVE
+    s->sum = s->sum + (double)lte_f32_naive_formal(D, s->S0, S1, s->em0, em1, M->corrected_taylor);
+#else
+    s->sum = s->sum + (double)lte_f32_formal(D, s->S0, S1, s->em0, em1, M->corrected_taylor);
+#endif
+  s->a0 = a1, s->S0 = S1, s->b0 = b1, s->e0 = e1, s->c0 = c1, s->em0 = em1;
+}
+
+static inline LTE_HD double lte_f32_ray_end(const lte_kernel_model *M, double bdy,
+                                            const lte_f32_ray_state *s) {
+  double I = bdy * (double)s->em0 + s->sum;
+  return M->take_abs ? fabs(I) : I;
+}
+
 /* 2, float32: one ray at one channel (the cell thread is the float64 one) */
 static inline LTE_HD void lte_body_ray_thread_f32(const lte_kernel_model *M, const lte_body_view *V,
                                                   long long t) {
   lte_body_ray r;
   if (!lte_body_ray_begin(V, t, &r)) return;
   const long long R = V->nray, ray = r.ray;
-  const int nz = V->nz;
-  double *out = r.out;
-  const double nu = r.nu, bdy = r.bdy;
-  float a0 = (float)V->adx[ray], S0 = (float)V->S[ray], b0, e0, c0;
-  lte_f32_profile(M, V->iw[ray], V->shift[ray], nu, &b0, &e0, &c0);
-  double tau = 0.0, sum = 0.0;
-  float em0 = 1.0f;
-  for (int k = 0; k + 1 < nz; k++) {
+  lte_f32_ray_state s;
+  lte_f32_ray_start(M, r.nu, V->adx[ray], V->S[ray], V->iw[ray], V->shift[ray], &s);
+  for (int k = 0; k + 1 < V->nz; k++) {
     const long long o = (long long)(k + 1) * R + ray;
-    float a1 = (float)V->adx[o], S1 = (float)V->S[o], b1, e1, c1;
-    lte_f32_profile(M, V->iw[o], V->shift[o], nu, &b1, &e1, &c1);
-#ifdef LTE_BODY_F32_NAIVE
-    const float er0 = erff(b0), er1 = erff(b1);
-    const float D = lte_f32_naive_dtau(a0, a1, b0, b1, e0, e1, er0, er1);
-#else
-    const float D = lte_f32_dtau(a0, a1, b0, b1, e0, e1, c0, c1);
-#endif
-    tau = tau + (double)D;
-    const float em1 = lte_f32_expneg((float)tau);
-    if (em0 != 0.0f) /* behind an opaque layer every term is 0 */
-#ifdef LTE_BODY_F32_NAIVE
-      sum = sum + (double)lte_f32_naive_formal(D, S0, S1, em0, em1, M->corrected_taylor);
-#else
-      sum = sum + (double)lte_f32_formal(D, S0, S1, em0, em1, M->corrected_taylor);
-#endif
-    a0 = a1, S0 = S1, b0 = b1, e0 = e1, c0 = c1, em0 = em1;
+    lte_f32_ray_step(M, r.nu, V->adx[o], V->S[o], V->iw[o], V->shift[o], &s);
   }
-  double I = bdy * (double)em0 + sum;
-  *out = M->take_abs ? fabs(I) : I;
+  *r.out = lte_f32_ray_end(M, r.bdy, &s);
 }
 
 /* 3. one target value: thread t is (cube, channel, pixel) in the targets'
@@ -567,6 +636,149 @@ static inline LTE_HD void lte_body_target_thread(const lte_body_view *V, long lo
   const long long per = V->npix * V->nf, c = t / per, r = t % per;
   const long long f = r / V->npix, pix = r % V->npix;
   V->targets[t] = (float)V->image[(c * V->npix + pix) * V->nf + f];
+}
+
+/* ---------------------------------------------------------------------- */
+/* 4. The fused form (lte_kernel_cuda.cu's lte_fused_kernel; the switch
+ * COEMU_CUDA_SOLVER_FUSED=1). One block per group of LTE_FUSED_RAYS
+ * neighbouring rays, one thread per (ray, channel) of the group: thread
+ * tid = f * LTE_FUSED_RAYS + ray's place, so that a warp is the group's
+ * rays at one channel, as in the two-launch form. The block makes its
+ * rays' cell constants a tile of LTE_FUSED_TILE cells along z at a time
+ * into shared memory (lte_fused_cells: every thread of the block takes a
+ * share), waits, and its ray threads step through the tile
+ * (lte_fused_rays); then the next tile. What it saves: the scratch never
+ * goes to device memory (4 float64 a cell: 8.4 MB written and read back a
+ * 64^3 cube in the two-launch form), the ray threads read their cells from
+ * shared memory rather than from the device's, and one block's cell work
+ * runs beside other blocks' ray work. The arithmetic is the same functions
+ * in the same order (lte_body_cell, lte_body_ray_step: segment k into lane
+ * k mod 8), so the images are the two-launch form's bit for bit (and,
+ * compiled for the host, the CPU kernel's in literal mode). At most
+ * LTE_FUSED_MAX_NF channels (a block's 1,024 threads); the device backend
+ * uses the two-launch form beyond. */
+#define LTE_FUSED_RAYS 32 /* a warp */
+#define LTE_FUSED_TILE 32 /* cells along z per tile; a multiple of LTE_BODY_LANES */
+#define LTE_FUSED_PITCH (LTE_FUSED_RAYS + 1) /* a tile row: +1 keeps a warp's stores of one
+                                              * ray's cells off a single shared-memory bank */
+#define LTE_FUSED_MAX_NF (1024 / LTE_FUSED_RAYS)
+/* a tile starts at a cell z0 = 0 mod 8, so cell z0 + i's segment goes into
+ * lane (i - 1) mod 8: a constant of the unrolled loop in lte_fused_rays */
+typedef char lte_fused_tile_is_whole_lanes[LTE_FUSED_TILE % LTE_BODY_LANES == 0 ? 1 : -1];
+
+/* The block's shared memory (33,920 bytes): cell z0 + i of the group's ray
+ * q at i * LTE_FUSED_PITCH + q; bad[q]: a bad cell seen on ray q so far. */
+typedef struct lte_fused_tile {
+  double S[LTE_FUSED_TILE * LTE_FUSED_PITCH], adx[LTE_FUSED_TILE * LTE_FUSED_PITCH];
+  double iw[LTE_FUSED_TILE * LTE_FUSED_PITCH], shift[LTE_FUSED_TILE * LTE_FUSED_PITCH];
+  int bad[LTE_FUSED_RAYS];
+} lte_fused_tile;
+
+/* A ray thread of the fused form: its place q in group g, its channel f;
+ * in: q is one of the group's rays (the last group may be narrower); bad:
+ * the ray holds a bad cell (its pixel is NaN, its steps stop). */
+typedef struct lte_fused_ray {
+  long long ray;
+  int q, f, in, bad;
+  double nu, bdy;
+} lte_fused_ray;
+
+/* the group's rays: the last one may hold fewer than LTE_FUSED_RAYS */
+static inline LTE_HD int lte_fused_width(const lte_body_view *V, long long g) {
+  const long long left = V->nray - g * LTE_FUSED_RAYS;
+  return left < LTE_FUSED_RAYS ? (int)left : LTE_FUSED_RAYS;
+}
+
+/* the tile's cells, [z0, z0 + LTE_FUSED_TILE) within nz */
+static inline LTE_HD int lte_fused_cells_in(const lte_body_view *V, int z0) {
+  return V->nz - z0 < LTE_FUSED_TILE ? V->nz - z0 : LTE_FUSED_TILE;
+}
+
+/* thread tid's start in group g (before the block's first tile) */
+static inline LTE_HD void lte_fused_begin(const lte_body_view *V, long long g, int tid,
+                                          lte_fused_tile *tl, lte_fused_ray *r) {
+  if (tid < LTE_FUSED_RAYS) tl->bad[tid] = 0;
+  r->q = tid % LTE_FUSED_RAYS, r->f = tid / LTE_FUSED_RAYS;
+  r->ray = g * LTE_FUSED_RAYS + r->q;
+  r->in = r->q < lte_fused_width(V, g), r->bad = 0;
+  r->nu = r->bdy = 0.0;
+  if (!r->in) return;
+  r->nu = V->freqs[r->f];
+  r->bdy = V->background_map ? V->background_map[(r->ray % V->npix) * V->nf + r->f]
+                             : V->background;
+}
+
+/* the tile's cells [z0, ..) of group g's rays: thread tid of nthr takes
+ * cells tid, tid + nthr, ..., one ray's cells in a row (consecutive
+ * threads read consecutive addresses of the input arrays); a bad cell
+ * marks its ray in the tile and in bad[] (the flags the host reads) */
+static inline LTE_HD void lte_fused_cells(const lte_kernel_model *M, const lte_body_view *V,
+                                          long long g, int z0, lte_fused_tile *tl, int tid,
+                                          int nthr) {
+  const int w = lte_fused_width(V, g), zt = lte_fused_cells_in(V, z0);
+  for (int c = tid; c < w * zt; c += nthr) {
+    const int q = c / zt, i = c - q * zt;
+    const long long ray = g * LTE_FUSED_RAYS + q;
+    lte_body_cell_c cc;
+    if (!lte_body_cell(M, V, ray, z0 + i, &cc)) {
+      tl->bad[q] = 1;
+      V->bad[ray] = 1;
+      continue;
+    }
+    const int o = i * LTE_FUSED_PITCH + q;
+    tl->S[o] = cc.S, tl->adx[o] = cc.adx, tl->iw[o] = cc.iw, tl->shift[o] = cc.shift;
+  }
+}
+
+/* 0 when the thread has nothing to do in this tile (outside the group, or
+ * its ray holds a bad cell: no step reads a cell that was not written) */
+static inline LTE_HD int lte_fused_live(const lte_fused_tile *tl, lte_fused_ray *r) {
+  if (!r->in || r->bad) return 0;
+  if (tl->bad[r->q]) r->bad = 1;
+  return !r->bad;
+}
+
+/* a ray thread through the tile at z0, float64 */
+static inline LTE_HD void lte_fused_rays(const lte_kernel_model *M, const lte_body_view *V, int z0,
+                                         const lte_fused_tile *tl, lte_fused_ray *r,
+                                         lte_body_ray_state *s) {
+  if (!lte_fused_live(tl, r)) return;
+  const int zt = lte_fused_cells_in(V, z0), q = r->q;
+  if (z0 == 0) lte_body_ray_start(M, r->nu, tl->adx[q], tl->S[q], tl->iw[q], tl->shift[q], s);
+  for (int i0 = 0; i0 < zt; i0 += LTE_BODY_LANES) {
+    LTE_UNROLL
+    for (int j = 0; j < LTE_BODY_LANES; j++) {
+      const int i = i0 + j;
+      if (i >= zt) break;
+      if (z0 + i == 0) continue; /* cell 0: the start */
+      const int o = i * LTE_FUSED_PITCH + q;
+      lte_body_ray_step(M, r->nu, tl->adx[o], tl->S[o], tl->iw[o], tl->shift[o], s,
+                        (j + LTE_BODY_LANES - 1) % LTE_BODY_LANES);
+    }
+  }
+}
+
+/* the same, float32 path */
+static inline LTE_HD void lte_fused_rays_f32(const lte_kernel_model *M, const lte_body_view *V,
+                                             int z0, const lte_fused_tile *tl, lte_fused_ray *r,
+                                             lte_f32_ray_state *s) {
+  if (!lte_fused_live(tl, r)) return;
+  const int zt = lte_fused_cells_in(V, z0), q = r->q;
+  int i = 0;
+  if (z0 == 0) lte_f32_ray_start(M, r->nu, tl->adx[q], tl->S[q], tl->iw[q], tl->shift[q], s), i = 1;
+  for (; i < zt; i++) {
+    const int o = i * LTE_FUSED_PITCH + q;
+    lte_f32_ray_step(M, r->nu, tl->adx[o], tl->S[o], tl->iw[o], tl->shift[o], s);
+  }
+}
+
+/* after the last tile: the pixel (NaN for a ray with a bad cell) */
+static inline LTE_HD void lte_fused_end(const lte_kernel_model *M, const lte_body_view *V,
+                                        const lte_fused_ray *r, const lte_body_ray_state *s,
+                                        const lte_f32_ray_state *s32) {
+  if (!r->in) return;
+  double *out = V->image + r->ray * V->nf + r->f;
+  *out = r->bad ? NAN : M->f32 ? lte_f32_ray_end(M, r->bdy, s32) : lte_body_ray_end(M, r->bdy, s);
 }
 
 /* How many cubes one chunk of the device backend holds (lte_kernel_cuda.cu,
@@ -618,6 +830,42 @@ static inline void lte_body_run_host(const lte_kernel_model *M, const lte_body_v
   lte_host_flush_end(fenv); /* the targets' rounding keeps float32's subnormals, as a device's */
   if (V->targets)
     for (long long t = 0; t < V->nray * V->nf; t++) lte_body_target_thread(V, t);
+}
+
+/* The fused form on the host: each block's threads one after the other in
+ * every phase, the phases in the block's order (the device's
+ * __syncthreads between them). -1 (out of memory, or more channels than a
+ * block holds) leaves the view as it was. */
+static inline int lte_body_run_host_fused(const lte_kernel_model *M, const lte_body_view *V) {
+  if (V->nf < 1 || V->nf > LTE_FUSED_MAX_NF) return -1;
+  const int nthr = LTE_FUSED_RAYS * V->nf;
+  lte_fused_tile *tl = (lte_fused_tile *)malloc(sizeof *tl);
+  lte_fused_ray *r = (lte_fused_ray *)malloc(nthr * sizeof *r);
+  lte_body_ray_state *s = (lte_body_ray_state *)malloc(nthr * sizeof *s);
+  lte_f32_ray_state *s32 = (lte_f32_ray_state *)malloc(nthr * sizeof *s32);
+  if (!tl || !r || !s || !s32) {
+    free(tl), free(r), free(s), free(s32);
+    return -1;
+  }
+  const lte_host_fpenv fenv = lte_host_flush_begin();
+  const long long ngroup = (V->nray + LTE_FUSED_RAYS - 1) / LTE_FUSED_RAYS;
+  for (long long g = 0; g < ngroup; g++) {
+    for (int t = 0; t < nthr; t++) lte_fused_begin(V, g, t, tl, &r[t]);
+    for (int z0 = 0; z0 < V->nz; z0 += LTE_FUSED_TILE) {
+      for (int t = 0; t < nthr; t++) lte_fused_cells(M, V, g, z0, tl, t, nthr);
+      for (int t = 0; t < nthr; t++)
+        if (M->f32)
+          lte_fused_rays_f32(M, V, z0, tl, &r[t], &s32[t]);
+        else
+          lte_fused_rays(M, V, z0, tl, &r[t], &s[t]);
+    }
+    for (int t = 0; t < nthr; t++) lte_fused_end(M, V, &r[t], &s[t], &s32[t]);
+  }
+  lte_host_flush_end(fenv);
+  if (V->targets)
+    for (long long t = 0; t < V->nray * V->nf; t++) lte_body_target_thread(V, t);
+  free(tl), free(r), free(s), free(s32);
+  return 0;
 }
 #endif
 

@@ -2,7 +2,9 @@
  *
  * The per-thread work is solver/lte_kernel_body.h, compiled here for the
  * device (and, in the tests, for the host): one thread per cell, then one
- * thread per (ray, channel). This file holds only what a device needs
+ * thread per (ray, channel); or, with COEMU_CUDA_SOLVER_FUSED=1, both in
+ * one kernel with the cells through shared memory (the same bits). This
+ * file holds only what a device needs
  * beyond it: the device, the line's tables in device memory (uploaded once
  * per line: kept while the next call's tables are the same), two streams
  * with pinned host buffers, and the batch cut into chunks of cubes
@@ -89,6 +91,44 @@ __global__ void LTE_RAYS_BOUNDS lte_rays_f32_kernel(lte_kernel_model m, lte_body
   for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < n;
        t += (long long)gridDim.x * blockDim.x)
     lte_body_ray_thread_f32(&m, &v, t);
+}
+
+/* The fused form (lte_kernel_body.h, section 4; COEMU_CUDA_SOLVER_FUSED=1):
+ * a block per group of LTE_FUSED_RAYS rays, LTE_FUSED_RAYS x nf threads,
+ * the cells a tile at a time through shared memory. F32: the float32 path's
+ * ray steps. */
+#ifndef LTE_FUSED_MIN_BLOCKS
+#define LTE_FUSED_MIN_BLOCKS 0
+#endif
+/* (a build option for the device sweep, as the launch bounds above; with
+ * one, a block holds at most 7 channels' threads, COEmuNet's, and more
+ * channels take the two launches) */
+#if LTE_FUSED_MIN_BLOCKS > 0
+#define LTE_FUSED_BLOCK_MAX (LTE_FUSED_RAYS * 7)
+#define LTE_FUSED_BOUNDS __launch_bounds__(LTE_FUSED_BLOCK_MAX, LTE_FUSED_MIN_BLOCKS)
+#else
+#define LTE_FUSED_BLOCK_MAX (LTE_FUSED_RAYS * LTE_FUSED_MAX_NF)
+#define LTE_FUSED_BOUNDS
+#endif
+template <int F32>
+__global__ void LTE_FUSED_BOUNDS lte_fused_kernel(lte_kernel_model m, lte_body_view v) {
+  __shared__ lte_fused_tile tile;
+  const long long g = blockIdx.x; /* the launch has one block per group */
+  const int tid = threadIdx.x, nthr = blockDim.x;
+  lte_fused_ray r;
+  lte_body_ray_state s;
+  lte_f32_ray_state s32;
+  lte_fused_begin(&v, g, tid, &tile, &r);
+  for (int z0 = 0; z0 < v.nz; z0 += LTE_FUSED_TILE) {
+    __syncthreads(); /* bad[] cleared; the tile's last readers are done */
+    lte_fused_cells(&m, &v, g, z0, &tile, tid, nthr);
+    __syncthreads(); /* the tile is whole */
+    if (F32)
+      lte_fused_rays_f32(&m, &v, z0, &tile, &r, &s32);
+    else
+      lte_fused_rays(&m, &v, z0, &tile, &r, &s);
+  }
+  lte_fused_end(&m, &v, &r, &s, &s32);
 }
 
 /* the images as stored targets (lte_kernel_batch.targets) */
@@ -334,7 +374,7 @@ static int rows_pinned(const void *const *rows, int nc, size_t bytes) {
 /* Gather cubes [c0, c0 + nc) into slot s, copy them over, launch, copy back.
  * dev: the cubes are device memory (solve_dev), gathered on the device. */
 static int slot_launch(slot *s, const sizes *z, const lte_kernel_model *Md,
-                       const lte_kernel_batch *B, int c0, int nc, int dev) {
+                       const lte_kernel_batch *B, int c0, int nc, int dev, int fused) {
   pinned p = pinned_of(s, z, nc);
   s->direct = 0;
   const void *const *src[5] = {B->v, B->T, B->n, B->pop_l, B->pop_u};
@@ -390,15 +430,28 @@ static int slot_launch(slot *s, const sizes *z, const lte_kernel_model *Md,
   v.S = scratch[0], v.adx = scratch[1], v.iw = scratch[2], v.shift = scratch[3];
   v.bad = dflags;
   v.image = dimage;
-  lte_cells_kernel<<<grid_for(v.nray * v.nz), BLOCK, 0, s->stream>>>(*Md, v);
-  CU(cudaGetLastError(), "launching the cell kernel");
-  if (Md->f32)
-    lte_rays_f32_kernel<<<grid_for(v.nray * v.nf, LTE_RAYS_BLOCK), LTE_RAYS_BLOCK, 0, s->stream>>>(
-        *Md, v);
-  else
-    lte_rays_kernel<<<grid_for(v.nray * v.nf, LTE_RAYS_BLOCK), LTE_RAYS_BLOCK, 0, s->stream>>>(
-        *Md, v);
-  CU(cudaGetLastError(), "launching the ray kernel");
+  if (fused) {
+    /* one block per group of rays; the scratch arrays are not used */
+    const long long ngroup = (v.nray + LTE_FUSED_RAYS - 1) / LTE_FUSED_RAYS;
+    if (ngroup > INT_MAX) CE_FAIL("solver backend 'cuda': %lld groups of rays in one chunk", ngroup);
+    const unsigned grid = (unsigned)ngroup;
+    const int threads = LTE_FUSED_RAYS * B->nf;
+    if (Md->f32)
+      lte_fused_kernel<1><<<grid, threads, 0, s->stream>>>(*Md, v);
+    else
+      lte_fused_kernel<0><<<grid, threads, 0, s->stream>>>(*Md, v);
+    CU(cudaGetLastError(), "launching the fused kernel");
+  } else {
+    lte_cells_kernel<<<grid_for(v.nray * v.nz), BLOCK, 0, s->stream>>>(*Md, v);
+    CU(cudaGetLastError(), "launching the cell kernel");
+    if (Md->f32)
+      lte_rays_f32_kernel<<<grid_for(v.nray * v.nf, LTE_RAYS_BLOCK), LTE_RAYS_BLOCK, 0,
+                            s->stream>>>(*Md, v);
+    else
+      lte_rays_kernel<<<grid_for(v.nray * v.nf, LTE_RAYS_BLOCK), LTE_RAYS_BLOCK, 0, s->stream>>>(
+          *Md, v);
+    CU(cudaGetLastError(), "launching the ray kernel");
+  }
   CU(cudaMemcpyAsync(p.flags, dflags, z->flags * nc, cudaMemcpyDeviceToHost, s->stream),
      "cudaMemcpyAsync (flags to the host)");
   if (B->targets) {
@@ -469,6 +522,15 @@ static int solve_locked(const lte_kernel_model *M, const lte_kernel_batch *B, in
             "on the device (twice, for two streams), %.3g GiB of %.3g GiB are free",
             B->nx, B->ny, B->nz, B->nf, z.dev / 1073741824.0, have / 1073741824.0,
             tot / 1073741824.0);
+  /* COEMU_CUDA_SOLVER_FUSED=1: the fused form (one kernel, the cells
+   * through shared memory: lte_body_view's section 4), where a block holds
+   * the channels; 0 (the default until a device run has timed it against
+   * the two launches: scripts/gpu-tune.sh) the cell and the ray kernels */
+  int fused = ce_env_switch("COEMU_CUDA_SOLVER_FUSED", "0", "1",
+                            "0 (a cell kernel, then a ray kernel: the default) or 1 (one fused "
+                            "kernel)");
+  if (fused < 0) return -1;
+  fused = fused && LTE_FUSED_RAYS * B->nf <= LTE_FUSED_BLOCK_MAX;
   /* COEMU_CUDA_SOLVER_CHUNK=N: N cubes per chunk (scripts/gpu-tune.sh's
    * sweep; the default is lte_body_chunk_cubes's rule) */
   long forced = 0;
@@ -485,7 +547,7 @@ static int solve_locked(const lte_kernel_model *M, const lte_kernel_batch *B, in
     slot *s = &st.s[k % NSLOT];
     CE_TRY(slot_finish(s, &z, B, &bad));
     int nc = B->ncube - c0 < chunk ? B->ncube - c0 : chunk;
-    CE_TRY(slot_launch(s, &z, &Md, B, c0, nc, dev));
+    CE_TRY(slot_launch(s, &z, &Md, B, c0, nc, dev, fused));
   }
   for (int i = 0; i < NSLOT; i++) CE_TRY(slot_finish(&st.s[(k + i) % NSLOT], &z, B, &bad));
   return bad ? LTE_KERNEL_BAD_INPUT : 0;

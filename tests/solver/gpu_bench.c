@@ -15,7 +15,9 @@
  * pipeline's, which the backend copies straight into; `resident
  * images=pageable`: into malloc'd rows through its staging buffer, as the
  * second H200 run measured), then with the chunk sizes of --chunks
- * (COEMU_CUDA_SOLVER_CHUNK, `resident chunk=N`). Every resident image must
+ * (COEMU_CUDA_SOLVER_CHUNK, `resident chunk=N`), and with the fused kernel
+ * (COEMU_CUDA_SOLVER_FUSED=1, `resident fused`: one launch, the cells through
+ * shared memory; lte_kernel_body.h). Every resident image must
  * equal the same mode's image from host cells bit for bit (same device,
  * same kernels, same cells): a `resident_bits` line says so, and a
  * difference fails the run.
@@ -184,16 +186,25 @@ static int resident(const lte_line *L, const double *f, const cubes *c, int batc
     rc = -1;
     goto done;
   }
-  /* "0": the backend's own chunks (then also into pageable rows); then
-   * one line per chunk size of --chunks (COEMU_CUDA_SOLVER_CHUNK) */
-  char list[256], *save = NULL;
-  snprintf(list, sizeof list, "0%s%s", *chunks ? "," : "", chunks);
+  /* "0": the backend's own chunks (then also into pageable rows); "fused":
+   * the same with the fused kernel (COEMU_CUDA_SOLVER_FUSED=1); then one
+   * line per chunk size of --chunks (COEMU_CUDA_SOLVER_CHUNK). The caller's
+   * COEMU_CUDA_SOLVER_FUSED is put back after. */
+  char list[256], *save = NULL, *fused_was = getenv("COEMU_CUDA_SOLVER_FUSED");
+  if (fused_was) fused_was = strdup(fused_was);
+  snprintf(list, sizeof list, "0,fused%s%s", *chunks ? "," : "", chunks);
   for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-    const int own = !strcmp(tok, "0");
+    const int own = !strcmp(tok, "0"), fused = !strcmp(tok, "fused");
     char label[48] = "";
+    if (fused_was) setenv("COEMU_CUDA_SOLVER_FUSED", fused_was, 1);
+    else unsetenv("COEMU_CUDA_SOLVER_FUSED");
     if (own)
       unsetenv("COEMU_CUDA_SOLVER_CHUNK");
-    else {
+    else if (fused) {
+      unsetenv("COEMU_CUDA_SOLVER_CHUNK");
+      setenv("COEMU_CUDA_SOLVER_FUSED", "1", 1);
+      snprintf(label, sizeof label, " fused");
+    } else {
       setenv("COEMU_CUDA_SOLVER_CHUNK", tok, 1);
       snprintf(label, sizeof label, " chunk=%.30s", tok);
     }
@@ -221,6 +232,9 @@ static int resident(const lte_line *L, const double *f, const cubes *c, int batc
     }
   }
   unsetenv("COEMU_CUDA_SOLVER_CHUNK");
+  if (fused_was) setenv("COEMU_CUDA_SOLVER_FUSED", fused_was, 1);
+  else unsetenv("COEMU_CUDA_SOLVER_FUSED");
+  free(fused_was);
   resident_free(&res, batch);
 done:
   pinned_rows_free(pin);

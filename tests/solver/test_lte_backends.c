@@ -52,6 +52,7 @@ typedef struct {
   double **v, **T, **n, **img;
   float **v32, **T32, **n32;
   double **ref, **noise;
+  double *bg; /* a background map, BG_STEP * (i % 5) at image index i (cases with bgmap) */
 } batch_data;
 
 static double *dalloc(size_t n) { return calloc(n, sizeof(double)); }
@@ -60,6 +61,8 @@ static void batch_make(const batch_case *k, batch_data *d) {
   CHECK_OK(freqgrid_parse(k->grid, L.nu0, &d->fr, &d->nf));
   d->nc = (size_t)k->nx * k->ny * k->nz;
   d->np = k->nx * k->ny * d->nf;
+  d->bg = dalloc(d->np);
+  for (int i = 0; i < d->np; i++) d->bg[i] = BG_STEP * (i % 5);
   double ***dd[] = {&d->v, &d->T, &d->n, &d->img, &d->ref, &d->noise};
   for (int i = 0; i < 6; i++) *dd[i] = calloc(k->ncube, sizeof(double *));
   float ***ff[] = {&d->v32, &d->T32, &d->n32};
@@ -100,7 +103,7 @@ static void batch_free(const batch_case *k, batch_data *d) {
     free(d->noise[c]), free(d->v32[c]), free(d->T32[c]), free(d->n32[c]);
   }
   free(d->v), free(d->T), free(d->n), free(d->img), free(d->ref), free(d->noise);
-  free(d->v32), free(d->T32), free(d->n32), free(d->fr);
+  free(d->v32), free(d->T32), free(d->n32), free(d->fr), free(d->bg);
 }
 
 static lte_options case_options(const batch_case *k, const double *bg, int libm, int threads) {
@@ -121,6 +124,17 @@ static lte_kernel_batch kernel_batch(const batch_case *k, batch_data *d, const l
       .n = k->f32 ? (const void *const *)(d->n32 + c0) : (const void *const *)(d->n + c0),
       .nf = d->nf, .freqs = d->fr, .background = o->background,
       .background_map = o->background_map, .image = d->img + c0, .threads = o->threads};
+}
+
+/* Case k ready to solve: d made, *o its options (libm, threads,
+ * precision), *m its kernel model; the whole batch. */
+static lte_kernel_batch case_open(const batch_case *k, batch_data *d, int libm, int threads,
+                                  lte_precision prec, lte_options *o, lte_kernel_model *m) {
+  batch_make(k, d);
+  *o = case_options(k, d->bg, libm, threads);
+  o->precision = prec;
+  lte_kernel_model_init(m, &L, o);
+  return kernel_batch(k, d, o, 0, k->ncube);
 }
 
 typedef struct {
@@ -172,21 +186,17 @@ static void backend_against_reference(lte_backend be, const lte_kernel *kern) {
     for (size_t ki = 0; ki < sizeof cases / sizeof *cases; ki++) {
       const batch_case *k = &cases[ki];
       batch_data d;
-      batch_make(k, &d);
-      double *bg = dalloc(d.np);
-      for (int i = 0; i < d.np; i++) bg[i] = BG_STEP * (i % 5);
-      lte_options o = case_options(k, bg, libm, 2);
-      o.backend = be;
+      lte_options o;
       lte_kernel_model m;
-      lte_kernel_model_init(&m, &L, &o);
       /* the whole batch in one call */
-      lte_kernel_batch b = kernel_batch(k, &d, &o, 0, k->ncube);
+      lte_kernel_batch b = case_open(k, &d, libm, 2, LTE_PRECISION_F64, &o, &m);
+      o.backend = be;
       CHECK_MSG(kern->solve(&m, &b) == 0, "%s: %s", lte_backend_name(be), ce_err_msg());
       for (int c = 0; c < k->ncube; c++) compare(be, k, c, &d, libm, &t);
       /* each cube alone, on one thread: the same bits */
       double *alone = dalloc(d.np);
       for (int c = 0; c < k->ncube; c++) {
-        lte_options o1 = case_options(k, bg, libm, 1);
+        lte_options o1 = case_options(k, d.bg, libm, 1);
         lte_kernel_batch b1 = kernel_batch(k, &d, &o1, c, 1);
         b1.image = &alone;
         CHECK(kern->solve(&m, &b1) == 0);
@@ -208,7 +218,7 @@ static void backend_against_reference(lte_backend be, const lte_kernel *kern) {
         CHECK_MSG(!memcmp(drv[c], d.img[c], d.np * sizeof(double)),
                   "%s: the driver's image of cube %d differs", lte_backend_name(be), c);
       for (int c = 0; c < k->ncube; c++) free(drv[c]);
-      free(drv), free(alone), free(bg);
+      free(drv), free(alone);
       batch_free(k, &d);
     }
     fprintf(stderr, "  %s (%s), %s: worst relative difference %.3g on %d pixels; %d ill-conditioned of %d\n",
@@ -342,6 +352,10 @@ static void test_backends(void) {
  * for the host and run by a plain loop over the thread indices, as a kernel
  * table: the device's code without the device. */
 
+/* body_solve runs the fused form (lte_body_run_host_fused: one block's
+ * threads phase after phase, the cells through its tile) when set */
+static int body_fused;
+
 static int body_solve(const lte_kernel_model *M, const lte_kernel_batch *B) {
   const size_t npix = (size_t)B->nx * B->ny, ncell = npix * B->nz, nray = npix * B->ncube;
   const size_t esz = B->dtype == LTE_KERNEL_F32 ? 4 : 8, narr = B->pop_l ? 5 : 3;
@@ -363,7 +377,12 @@ static int body_solve(const lte_kernel_model *M, const lte_kernel_batch *B) {
                      .S = scratch, .adx = scratch + ncell * B->ncube,
                      .iw = scratch + 2 * ncell * B->ncube, .shift = scratch + 3 * ncell * B->ncube,
                      .bad = bad, .image = image, .targets = targets};
-  lte_body_run_host(M, &V);
+  if (body_fused) {
+    /* the scratch is not the fused form's: NaN, so a read of it would show */
+    memset(scratch, 0xff, 4 * ncell * B->ncube * sizeof(double));
+    CHECK_MSG(lte_body_run_host_fused(M, &V) == 0, "the fused form refused %d channels", B->nf);
+  } else
+    lte_body_run_host(M, &V);
   int any = 0;
   for (size_t r = 0; r < nray; r++) any |= bad[r];
   for (int c = 0; c < B->ncube; c++) /* as the device's slots copy them out */
@@ -378,6 +397,19 @@ static int body_solve(const lte_kernel_model *M, const lte_kernel_batch *B) {
 
 static const lte_kernel body_kernel = {"cuda bodies on the host", "host", body_solve, NULL, NULL};
 
+static int fused_solve(const lte_kernel_model *M, const lte_kernel_batch *B) {
+  body_fused = 1;
+  const int rc = body_solve(M, B);
+  body_fused = 0;
+  return rc;
+}
+/* the fused kernel's bodies (lte_kernel_body.h, section 4), as a kernel table */
+static const lte_kernel fused_kernel = {"cuda fused bodies on the host", "host", fused_solve, NULL,
+                                        NULL};
+/* both forms of the device's bodies: every body test runs on each */
+static const lte_kernel *const body_forms[] = {&body_kernel, &fused_kernel};
+#define NFORMS (int)(sizeof body_forms / sizeof *body_forms)
+
 /* The bodies against the CPU kernel and the literal reference, every case,
  * both arithmetic modes. Same bits as the CPU kernel where the arithmetic is
  * the same: in literal mode (both call glibc's exp and erf and take the
@@ -386,51 +418,51 @@ static const lte_kernel body_kernel = {"cuda bodies on the host", "host", body_s
  * within docs/physics.md's rule of the reference, as every backend. */
 static void test_bodies(void) {
   const int same_fast = !strcmp(lte_kernel_cpu.variant, "portable");
+  for (int fi = 0; fi < NFORMS; fi++)
   for (int libm = 0; libm < 2; libm++) {
+    const lte_kernel *kern = body_forms[fi];
     tally t = {0};
     long long differ = 0, pixels = 0;
     for (size_t ki = 0; ki < sizeof cases / sizeof *cases; ki++) {
       const batch_case *k = &cases[ki];
       batch_data d;
-      batch_make(k, &d);
-      double *bg = dalloc(d.np);
-      for (int i = 0; i < d.np; i++) bg[i] = BG_STEP * (i % 5);
-      lte_options o = case_options(k, bg, libm, 2);
+      lte_options o;
       lte_kernel_model m;
-      lte_kernel_model_init(&m, &L, &o);
-      lte_kernel_batch b = kernel_batch(k, &d, &o, 0, k->ncube);
+      lte_kernel_batch b = case_open(k, &d, libm, 2, LTE_PRECISION_F64, &o, &m);
       CHECK(lte_kernel_cpu.solve(&m, &b) == 0);
       double **cpu = calloc(k->ncube, sizeof(double *));
       for (int c = 0; c < k->ncube; c++) {
         cpu[c] = dalloc(d.np);
         memcpy(cpu[c], d.img[c], d.np * sizeof(double));
       }
-      CHECK(body_solve(&m, &b) == 0);
+      CHECK(kern->solve(&m, &b) == 0);
       for (int c = 0; c < k->ncube; c++) {
-        compare_named(body_kernel.name, libm, k, c, &d, libm, &t);
+        compare_named(kern->name, libm, k, c, &d, libm, &t);
         for (int i = 0; i < d.np; i++, pixels++) {
           if (!memcmp(&cpu[c][i], &d.img[c][i], sizeof(double))) continue;
           if ((libm || same_fast) && differ < 5)
-            CHECK_FAIL_("bodies vs cpu (%s), libm %d, %s seed %llu cube %d pixel %d: %.17g vs %.17g",
-                        lte_kernel_cpu.variant, libm, k->grid, (unsigned long long)k->seed, c, i,
-                        d.img[c][i], cpu[c][i]);
+            CHECK_FAIL_("%s vs cpu (%s), libm %d, %s seed %llu cube %d pixel %d: %.17g vs %.17g",
+                        kern->name, lte_kernel_cpu.variant, libm, k->grid,
+                        (unsigned long long)k->seed, c, i, d.img[c][i], cpu[c][i]);
           differ++;
         }
         free(cpu[c]);
       }
-      free(cpu), free(bg);
+      free(cpu);
       batch_free(k, &d);
     }
-    fprintf(stderr, "  bodies on the host, %s: worst relative difference %.3g on %d pixels; %d "
+    fprintf(stderr, "  %s, %s: worst relative difference %.3g on %d pixels; %d "
             "ill-conditioned of %d; %lld of %lld pixels differ from the cpu kernel (%s) in any bit\n",
-            libm ? "literal mode" : "fast", t.worst, t.counted, t.ill, t.total, differ, pixels,
-            lte_kernel_cpu.variant);
+            kern->name, libm ? "literal mode" : "fast", t.worst, t.counted, t.ill, t.total, differ,
+            pixels, lte_kernel_cpu.variant);
     CHECK(t.counted > 1000 && t.ill < t.total / 4);
     if (libm || same_fast) CHECK(differ == 0);
   }
   /* cold cells: never NaN; bad cells: flagged (the driver's messages are the CPU's) */
-  backend_cold_cells(LTE_BACKEND_CPU, &body_kernel);
-  backend_bad_cells(LTE_BACKEND_CPU, &body_kernel);
+  for (int fi = 0; fi < NFORMS; fi++) {
+    backend_cold_cells(LTE_BACKEND_CPU, body_forms[fi]);
+    backend_bad_cells(LTE_BACKEND_CPU, body_forms[fi]);
+  }
 }
 
 /* The targets the device makes (lte_kernel_batch.targets, the target
@@ -439,7 +471,9 @@ static void test_bodies(void) {
  * of cube c. Fails when the body transposes by the wrong stride or channel. */
 static void test_body_targets(void) {
   long long n = 0, differ = 0;
+  for (int fi = 0; fi < NFORMS; fi++)
   for (size_t ki = 0; ki < sizeof cases / sizeof *cases; ki++) {
+    const lte_kernel *kern = body_forms[fi];
     const batch_case *k = &cases[ki];
     batch_data d;
     batch_make(k, &d);
@@ -447,12 +481,12 @@ static void test_body_targets(void) {
     lte_kernel_model m;
     lte_kernel_model_init(&m, &L, &o);
     lte_kernel_batch b = kernel_batch(k, &d, &o, 0, k->ncube);
-    CHECK(body_solve(&m, &b) == 0); /* the images into d.img */
+    CHECK(kern->solve(&m, &b) == 0); /* the images into d.img */
     float **tg = calloc(k->ncube, sizeof *tg);
     for (int c = 0; c < k->ncube; c++) tg[c] = malloc(d.np * sizeof(float));
     b.targets = tg;
     b.image = NULL;
-    CHECK(body_solve(&m, &b) == 0);
+    CHECK(kern->solve(&m, &b) == 0);
     const int nx = b.nx, ny = b.ny, nf = b.nf;
     for (int c = 0; c < k->ncube; c++) {
       for (int x = 0; x < nx; x++)
@@ -461,23 +495,28 @@ static void test_body_targets(void) {
             const float want = (float)d.img[c][((size_t)x * ny + y) * nf + f];
             const float got = tg[c][((size_t)f * nx + x) * ny + y];
             if (memcmp(&want, &got, sizeof got) && differ++ < 5)
-              CHECK_FAIL_("targets, %s cube %d (x %d, y %d, f %d): %.9g, the image's %.9g",
-                          k->grid, c, x, y, f, got, want);
+              CHECK_FAIL_("targets by the %s, %s cube %d (x %d, y %d, f %d): %.9g, the image's "
+                          "%.9g", kern->name, k->grid, c, x, y, f, got, want);
           }
       free(tg[c]);
     }
     free(tg);
     batch_free(k, &d);
   }
-  fprintf(stderr, "  targets by the body: %lld values, %lld differ from the rounded images\n", n,
-          differ);
-  CHECK(n > 3000 && differ == 0);
+  fprintf(stderr, "  targets by the bodies (both forms): %lld values, %lld differ from the "
+          "rounded images\n", n, differ);
+  CHECK(n > 6000 && differ == 0);
 }
 
 /* The bodies with non-LTE populations (lte_kernel_batch.pop_l/pop_u) and
  * float32 cells: the CPU kernel's bits in literal mode; a bad population
  * is flagged. */
+static void test_bodies_pops_form(const lte_kernel *kern);
 static void test_bodies_pops(void) {
+  for (int fi = 0; fi < NFORMS; fi++) test_bodies_pops_form(body_forms[fi]);
+}
+
+static void test_bodies_pops_form(const lte_kernel *kern) {
   enum { NX = 4, NY = 3, NZ = 21, NC = NX * NY * NZ };
   static double v[NC], T[NC], n[NC], pl[NC], pu[NC];
   static float v32[NC], T32[NC], n32[NC], pl32[NC], pu32[NC];
@@ -503,8 +542,9 @@ static void test_bodies_pops(void) {
                           .pop_l = &ppl, .pop_u = &ppu};
     CHECK(lte_kernel_cpu.solve(&m, &k) == 0);
     k.image = &pb;
-    CHECK(body_solve(&m, &k) == 0);
-    CHECK_MSG(!memcmp(a, b, sizeof a), "non-LTE populations, float32 %d: bodies differ from the cpu", f32);
+    CHECK(kern->solve(&m, &k) == 0);
+    CHECK_MSG(!memcmp(a, b, sizeof a), "non-LTE populations, float32 %d: the %s differ from the cpu", f32,
+              kern->name);
     { /* the float32 path with these populations (some inverted: chi < 0) */
       double c32[NX * NY * 7], mx = 0, worst = 0;
       double *pc = c32;
@@ -513,7 +553,7 @@ static void test_bodies_pops(void) {
       lte_kernel_model m32;
       lte_kernel_model_init(&m32, &L, &o32);
       k.image = &pc;
-      CHECK(body_solve(&m32, &k) == 0);
+      CHECK(kern->solve(&m32, &k) == 0);
       { /* the CPU kernel's float32 path, literal mode: the bodies' bits */
         double d32[NX * NY * 7];
         double *pd = d32;
@@ -532,7 +572,7 @@ static void test_bodies_pops(void) {
       CHECK_MSG(worst <= 1e-5, "non-LTE populations, float32 path: %.3g from float64", worst);
     }
     pu[NZ + 3] = 1.5, pu32[NZ + 3] = 1.5f; /* ray 1 */
-    CHECK(body_solve(&m, &k) == LTE_KERNEL_BAD_INPUT);
+    CHECK(kern->solve(&m, &k) == LTE_KERNEL_BAD_INPUT);
     CHECK(isnan(b[7]) && !isnan(b[0]) && b[0] == a[0] && b[14] == a[14]);
     pu[NZ + 3] = pu32[NZ + 3] = 0.25;
   }
@@ -564,15 +604,10 @@ static void f32_against_reference(const char *name, const lte_kernel *kern, int 
     for (size_t ki = 0; ki < sizeof cases / sizeof *cases; ki++) {
       const batch_case *k = &cases[ki];
       batch_data d;
-      batch_make(k, &d);
-      double *bg = dalloc(d.np);
-      for (int i = 0; i < d.np; i++) bg[i] = BG_STEP * (i % 5);
-      lte_options o = case_options(k, bg, libm, 2);
-      o.precision = LTE_PRECISION_F32;
+      lte_options o;
       lte_kernel_model m;
-      lte_kernel_model_init(&m, &L, &o);
+      lte_kernel_batch b = case_open(k, &d, libm, 2, LTE_PRECISION_F32, &o, &m);
       CHECK(m.f32 == 1);
-      lte_kernel_batch b = kernel_batch(k, &d, &o, 0, k->ncube);
       CHECK_MSG(kern->solve(&m, &b) == 0, "%s: %s", name, ce_err_msg());
       for (int c = 0; c < k->ncube; c++) {
         const double *img = d.img[c], *ref = d.ref[c], *noise = d.noise[c];
@@ -626,7 +661,6 @@ static void f32_against_reference(const char *name, const lte_kernel *kern, int 
         for (int c = 0; c < k->ncube; c++) free(cpu[c]);
         free(cpu);
       }
-      free(bg);
       batch_free(k, &d);
     }
     fprintf(stderr, "  float32 %s, %s: worst relative difference %.3g on %d pixels (%.3g "
@@ -642,12 +676,105 @@ static void test_bodies_f32(void) {
   f32_against_reference("bodies (naive formulas)", &body_kernel, 0);
 #else
   f32_against_reference("bodies", &body_kernel, 1);
+  f32_against_reference("fused bodies", &fused_kernel, 1);
   /* cold cells: never NaN, the same image as with them emptied; 1e-300 K
    * puts b beyond float32's range */
-  backend_cold_cells_p(LTE_BACKEND_CPU, &body_kernel, LTE_PRECISION_F32, 0.002);
-  backend_cold_cells_p(LTE_BACKEND_CPU, &body_kernel, LTE_PRECISION_F32, 1e-300);
+  for (int fi = 0; fi < NFORMS; fi++) {
+    backend_cold_cells_p(LTE_BACKEND_CPU, body_forms[fi], LTE_PRECISION_F32, 0.002);
+    backend_cold_cells_p(LTE_BACKEND_CPU, body_forms[fi], LTE_PRECISION_F32, 1e-300);
+  }
   backend_cold_cells_p(LTE_BACKEND_CPU, &lte_kernel_cpu, LTE_PRECISION_F32, 1e-300);
 #endif
+}
+
+/* The fused form against the two-launch form, bit for bit (both are the
+ * device's code on the host): every case, both arithmetic modes, both
+ * precisions; then the shapes the fused form's tiles and groups make
+ * awkward: 70 cells a ray (tiles of 32, 32 and 6), 35 rays (groups of 32
+ * and 3), 1 channel and LTE_FUSED_MAX_NF channels, and a bad cell in the
+ * second group's second tile, whose ray alone is NaN. It fails when a
+ * tile's segments go into the wrong partial sum (the two forms then sum in
+ * different orders) or a tile's last, shorter row is cut. More channels
+ * than a block holds: the fused form refuses them (the device backend takes
+ * the two launches then). */
+static void fused_vs_two_launch(const char *what, const lte_kernel_model *m, lte_kernel_batch *b,
+                                int np, long long *pixels, int want_rc) {
+  double **two = calloc(b->ncube, sizeof *two), *const *img = b->image;
+  for (int c = 0; c < b->ncube; c++) two[c] = malloc(np * sizeof(double));
+  b->image = two;
+  CHECK(body_kernel.solve(m, b) == want_rc);
+  b->image = img;
+  CHECK(fused_kernel.solve(m, b) == want_rc);
+  int differ = 0;
+  for (int c = 0; c < b->ncube; c++)
+    for (int i = 0; i < np; i++, (*pixels)++)
+      if (memcmp(&two[c][i], &img[c][i], sizeof(double)) && differ++ < 3)
+        CHECK_FAIL_("fused vs two launches, %s: cube %d pixel %d: %.17g vs %.17g", what, c, i,
+                    img[c][i], two[c][i]);
+  for (int c = 0; c < b->ncube; c++) free(two[c]);
+  free(two);
+}
+
+static void test_fused_bits(void) {
+  long long pixels = 0;
+  for (int prec = 0; prec < 2; prec++)
+    for (int libm = 0; libm < 2; libm++)
+      for (size_t ki = 0; ki < sizeof cases / sizeof *cases; ki++) {
+        const batch_case *k = &cases[ki];
+        batch_data d;
+        lte_options o;
+        lte_kernel_model m;
+        lte_kernel_batch b = case_open(k, &d, libm, 1, prec ? LTE_PRECISION_F32 : LTE_PRECISION_F64,
+                                       &o, &m);
+        char what[96];
+        snprintf(what, sizeof what, "%s, %s, %s", k->grid, prec ? "float32" : "float64",
+                 libm ? "literal" : "fast");
+        fused_vs_two_launch(what, &m, &b, d.np, &pixels, 0);
+        batch_free(k, &d);
+      }
+  /* the awkward shapes */
+  const char *grids[] = {"0:1:1", "-9300:600:32"};
+  for (int gi = 0; gi < 2; gi++)
+    for (int prec = 0; prec < 2; prec++) {
+      const batch_case k = {grids[gi], 1, 5, 7, 70, 2e11, 0, 0, 0, 0, 0, 0, 11};
+      batch_data d;
+      lte_options o;
+      lte_kernel_model m;
+      lte_kernel_batch b =
+          case_open(&k, &d, 1, 1, prec ? LTE_PRECISION_F32 : LTE_PRECISION_F64, &o, &m);
+      char what[96];
+      snprintf(what, sizeof what, "%d channels, 35 rays of 70 cells, %s", d.nf,
+               prec ? "float32" : "float64");
+      fused_vs_two_launch(what, &m, &b, d.np, &pixels, 0);
+      const int ray = 33, z = 40; /* (x 4, y 5): group 2, tile 2 */
+      d.T[0][(size_t)ray * 70 + z] = NAN;
+      snprintf(what, sizeof what, "%d channels, a bad cell at ray 33 z 40, %s", d.nf,
+               prec ? "float32" : "float64");
+      fused_vs_two_launch(what, &m, &b, d.np, &pixels, LTE_KERNEL_BAD_INPUT);
+      for (int i = 0; i < d.np; i++)
+        CHECK_MSG(isnan(d.img[0][i]) == (i / d.nf == ray), "%s: pixel %d (ray %d) %g", what, i,
+                  i / d.nf, d.img[0][i]);
+      batch_free(&k, &d);
+    }
+  { /* one channel more than a block holds */
+    const batch_case k = {"-9300:600:33", 1, 2, 2, 3, 2e11, 0, 0, 0, 0, 0, 0, 12};
+    batch_data d;
+    lte_options o;
+    lte_kernel_model m;
+    (void)case_open(&k, &d, 1, 1, LTE_PRECISION_F64, &o, &m);
+    double *sc = dalloc(4 * d.nc), *img = dalloc(d.np);
+    int bad[4] = {0};
+    lte_body_view V = {.nray = 4, .npix = 4, .nz = 3, .nf = d.nf, .dtype = LTE_KERNEL_F64,
+                       .v = d.v[0], .T = d.T[0], .n = d.n[0], .freqs = d.fr,
+                       .S = sc, .adx = sc + d.nc, .iw = sc + 2 * d.nc, .shift = sc + 3 * d.nc,
+                       .bad = bad, .image = img};
+    CHECK(lte_body_run_host_fused(&m, &V) == -1);
+    for (int i = 0; i < d.np; i++) CHECK(img[i] == 0.0); /* untouched */
+    free(sc), free(img);
+    batch_free(&k, &d);
+  }
+  fprintf(stderr, "  fused form vs two launches: %lld pixels compared bit for bit\n", pixels);
+  CHECK(pixels > 15000);
 }
 
 /* Asking for a backend that is not built (or does not exist) is an error. */
@@ -766,12 +893,13 @@ int main(void) {
 #ifdef LTE_BODY_F32_NAIVE
   RUN(test_bodies_f32);
   (void)test_backends, (void)test_bodies, (void)test_bodies_pops, (void)test_backend_not_built;
-  (void)test_body_targets, (void)test_body_group, (void)test_chunk_cubes;
+  (void)test_body_targets, (void)test_body_group, (void)test_chunk_cubes, (void)test_fused_bits;
 #else
   RUN(test_body_group);
   RUN(test_chunk_cubes);
   RUN(test_backends);
   RUN(test_bodies);
+  RUN(test_fused_bits);
   RUN(test_body_targets);
   RUN(test_bodies_pops);
   RUN(test_bodies_f32);
