@@ -11,9 +11,11 @@
 #                      1e-5 of the float64 reference ("float32 ..." lines);
 #                      run again with chunks of one cube
 #                      (COEMU_CUDA_SOLVER_CHUNK=1: the two streams' buffers
-#                      reused cube after cube) and with the fused kernel
-#                      (COEMU_CUDA_SOLVER_FUSED=1: one launch, the cells
-#                      through shared memory)
+#                      reused cube after cube); the device's solver in each
+#                      kernel form (COEMU_CUDA_SOLVER_FUSED=0: a cell
+#                      kernel, then a ray kernel; =1: one fused kernel, the
+#                      cells through shared memory), and in the default
+#                      form (auto: the faster, timed once per shape)
 #   test_pomme         every backend against Pomme 0.2.1's golden images
 #   gpu_bench          cubes/s of the LTE solver, 64^3 x 7 channels, float64
 #                      and float32 cells, and the float32 path (precision=
@@ -163,12 +165,15 @@ fi
 echo "gpu-check host: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
 export COEMU_TEST_DATA="$root/tests/data"
 export COEMU_REQUIRE_DEVICE=1 # a device backend that cannot run fails the parity tests
+# the solver's kernel form: the default (auto: the faster of the two, timed
+# once per shape), set explicitly so that the backend says which it took
+export COEMU_CUDA_SOLVER_FUSED=${COEMU_CUDA_SOLVER_FUSED:-auto}
 step() { # name limit command...: the command's figure lines, then "ok" or "FAIL"
   local name=$1 limit=$2
   shift 2
   local log="$out/$name.log" s=$SECONDS st=0
   timeout "$limit" "$@" >"$log" 2>&1 || st=$?
-  grep -E '^  (cpu|cuda|bodies|float32|device sampler|sampler bodies)|backend vs Pomme|^gpu_(sample_|devpipe_)?(bench|check)' "$log" | sed "s/^ */gpu-check $name: /" || true
+  grep -E '^  (cpu|cuda|bodies|float32|device sampler|sampler bodies)|backend vs Pomme|^gpu_(sample_|devpipe_)?(bench|check)|^solver backend .cuda.: [0-9]+ rays' "$log" | sed "s/^ */gpu-check $name: /" || true
   if [ "$st" = 0 ]; then
     echo "gpu-check $name: ok ($((SECONDS - s)) s)"
   else
@@ -177,7 +182,7 @@ step() { # name limit command...: the command's figure lines, then "ok" or "FAIL
     rc=1
   fi
 }
-step parity_lte_backends 120 "$out/test_lte_backends"
+step parity_lte_backends 120 env COEMU_CUDA_SOLVER_FUSED=0 "$out/test_lte_backends"
 step parity_lte_backends_chunk1 120 env COEMU_CUDA_SOLVER_CHUNK=1 "$out/test_lte_backends"
 step parity_lte_backends_fused 120 env COEMU_CUDA_SOLVER_FUSED=1 "$out/test_lte_backends"
 step parity_pomme 60 "$out/test_pomme"

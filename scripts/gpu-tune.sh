@@ -23,10 +23,13 @@
 #              size: COEMU_CUDA_SOLVER_CHUNK 4, 16, 32, each bit for bit
 #              against the images from host cells) and gpu_devpipe_check
 #              (parity included: the bits must not move)
-#   fused      gpu_devpipe_check with the solver's fused kernel
-#              (COEMU_CUDA_SOLVER_FUSED=1; lte_kernel_body.h, section 4):
-#              parity and samples/s; every variant's gpu_bench also times it
-#              resident (`resident fused`, bit for bit against the two launches)
+#   form       gpu_devpipe_check with each of the solver's kernel forms
+#              forced (COEMU_CUDA_SOLVER_FUSED=0: cells then rays; 1: the
+#              fused kernel, lte_kernel_body.h section 4; the default, auto,
+#              times both once per shape and says which it took): parity and
+#              samples/s; every variant's gpu_bench also times both resident
+#              (`resident two_launches`, `resident fused`, bit for bit
+#              against the images from host cells)
 #   nsys       where Nsight Systems is found: device time per kernel and per
 #              copy kind over one gpu_devpipe_check (after the overlap steps)
 #              and one gpu_bench (last)
@@ -73,6 +76,9 @@ logs=${GPU_CHECK_KEEP:-build-gpu-tune-logs}
 mkdir -p "$logs" build-gpu-tune-logs
 export COEMU_TEST_DATA="$root/tests/data"
 export COEMU_REQUIRE_DEVICE=1
+# the solver's kernel form: the default (auto), set explicitly so that the
+# backend says which form it took for each shape, with both times
+export COEMU_CUDA_SOLVER_FUSED=${COEMU_CUDA_SOLVER_FUSED:-auto}
 t0=$SECONDS
 rc=0
 step() { # name limit command...: the figure lines, then ok or FAIL
@@ -80,7 +86,7 @@ step() { # name limit command...: the figure lines, then ok or FAIL
   shift 2
   local log="$logs/$(echo "$name" | tr ' /=' '___').log" s=$SECONDS st=0
   timeout "$limit" "$@" >"$log" 2>&1 || st=$?
-  grep -E '^gpu_(devpipe_)?(bench|check)|trainer-check: (times|train|infer|upload|layer|training|checkpoints|graph API|fp32-graph)|^anchor: (profile|train|infer|upload|channels_last)|^probe:' "$log" |
+  grep -E '^gpu_(devpipe_)?(bench|check)|trainer-check: (times|train|infer|upload|layer|training|checkpoints|graph API|fp32-graph)|^anchor: (profile|train|infer|upload|channels_last)|^probe:|^solver backend .cuda.: [0-9]+ rays' "$log" |
     grep -v 'backend=cpu' | sed "s/^ */gpu-tune $name: /" || true
   if [ "$st" = 0 ]; then
     echo "gpu-tune $name: ok ($((SECONDS - s)) s)"
@@ -147,10 +153,14 @@ if [ "$solver" = 1 ]; then
     step "overlap chunk=$ck" 90 env COEMU_DEVPIPE_OVERLAP=1 COEMU_DEVPIPE_CHUNK=$ck \
       "$b/gpu_devpipe_check" --models 1 --ref 1
   done
-  # the solver's fused kernel (COEMU_CUDA_SOLVER_FUSED=1: one launch, the
-  # cells through shared memory) in the pipeline, parity included; its
-  # resident figures are gpu_bench's `resident fused` lines (variant base)
-  step "fused pipeline" 90 env COEMU_CUDA_SOLVER_FUSED=1 "$b/gpu_devpipe_check" --models 1 --ref 1
+  # the solver's two kernel forms in the pipeline, each forced (the steps
+  # above ran the default, auto: the faster, timed once per shape), parity
+  # included; their resident figures are gpu_bench's `resident two_launches`
+  # and `resident fused` lines (variant base)
+  for form in 0 1; do
+    step "form=$form pipeline" 90 env COEMU_CUDA_SOLVER_FUSED=$form "$b/gpu_devpipe_check" \
+      --models 1 --ref 1
+  done
   # where the pipeline's device time goes (before the variants: it says more)
   if [ -n "$nsys" ]; then nsys_step devpipe
   else echo "gpu-tune nsys: SKIP: no nsys on PATH, under /opt/nvidia/nsight-systems or /usr/local/cuda/bin"; fi

@@ -781,6 +781,46 @@ static inline LTE_HD void lte_fused_end(const lte_kernel_model *M, const lte_bod
   *out = r->bad ? NAN : M->f32 ? lte_f32_ray_end(M, r->bdy, s32) : lte_body_ray_end(M, r->bdy, s);
 }
 
+/* The kernel form each shape of chunk took (lte_kernel_cuda.cu,
+ * pick_form; here so that the host tests check it): the form timed faster
+ * for cubes of npix rays of nz cells at nf channels, float32 arithmetic or
+ * not, the cells' type, populations or not. A few shapes are remembered;
+ * past that the oldest is replaced (and timed again when it comes back). */
+typedef struct lte_form_key {
+  long long npix;
+  int nz, nf, f32, dtype, pops;
+} lte_form_key;
+#define LTE_FORM_SHAPES 8
+typedef struct lte_form_cache {
+  lte_form_key key[LTE_FORM_SHAPES];
+  int fused[LTE_FORM_SHAPES];
+  int n, next; /* entries held; the next to replace once full */
+} lte_form_cache;
+
+static inline int lte_form_key_eq(const lte_form_key *a, const lte_form_key *b) {
+  return a->npix == b->npix && a->nz == b->nz && a->nf == b->nf && a->f32 == b->f32 &&
+         a->dtype == b->dtype && a->pops == b->pops;
+}
+
+/* 1 and *fused: the shape's form; 0: not timed yet */
+static inline int lte_form_find(const lte_form_cache *c, const lte_form_key *k, int *fused) {
+  for (int i = 0; i < c->n; i++)
+    if (lte_form_key_eq(&c->key[i], k)) {
+      *fused = c->fused[i];
+      return 1;
+    }
+  return 0;
+}
+
+static inline void lte_form_put(lte_form_cache *c, const lte_form_key *k, int fused) {
+  int i;
+  if (c->n < LTE_FORM_SHAPES)
+    i = c->n++;
+  else
+    i = c->next, c->next = (c->next + 1) % LTE_FORM_SHAPES;
+  c->key[i] = *k, c->fused[i] = fused;
+}
+
 /* How many cubes one chunk of the device backend holds (lte_kernel_cuda.cu,
  * solve_locked; here so that the host tests check it). A batch is cut into
  * chunks that alternate on nslot streams: while the device computes one

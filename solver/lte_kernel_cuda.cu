@@ -144,6 +144,9 @@ static unsigned grid_for(long long n, int block = BLOCK) {
   return (unsigned)(g < 1 ? 1 : g > (1 << 20) ? (1 << 20) : g);
 }
 
+/* the kernel forms (COEMU_CUDA_SOLVER_FUSED) */
+enum { FORM_TWO = 0, FORM_FUSED = 1, FORM_AUTO = 2 };
+
 /* one stream and its buffers, sized for `cap` cubes of `cube_bytes` */
 typedef struct {
   cudaStream_t stream;
@@ -171,7 +174,9 @@ static struct {
   /* channels and background map of the current call */
   double *d_freqs;
   size_t freqs_cap;
-} st = {PTHREAD_MUTEX_INITIALIZER, -1, 0, 0, 0, "", {}, 0, NULL, NULL, NULL, NULL, NULL, 0};
+  /* the kernel form each shape timed faster (pick_form) */
+  lte_form_cache forms;
+} st = {PTHREAD_MUTEX_INITIALIZER, -1, 0, 0, 0, "", {}, 0, NULL, NULL, NULL, NULL, NULL, 0, {}};
 
 /* a failed CUDA call: the message names this backend and the step */
 #define WHO "solver backend 'cuda'"
@@ -202,6 +207,7 @@ static void drop_state(void) {
   memset(st.s, 0, sizeof st.s);
   st.d_tab = NULL, st.d_zdirect = NULL, st.h_tab = NULL, st.h_zdirect = NULL;
   st.d_freqs = NULL, st.freqs_cap = 0, st.nlev = 0;
+  memset(&st.forms, 0, sizeof st.forms); /* the forms are timed again on the next device */
   st.device = -1;
   cudaGetLastError(); /* clear a non-sticky error */
 }
@@ -371,10 +377,83 @@ static int rows_pinned(const void *const *rows, int nc, size_t bytes) {
          ce_cuda_host_pinned((const char *)rows[nc - 1] + bytes - 1);
 }
 
+/* The kernels of one chunk in the form asked for: the fused kernel, or the
+ * cell kernel then the ray kernel. */
+static int launch_form(const lte_kernel_model *Md, const lte_body_view *v, int nf, int fused,
+                       cudaStream_t stream) {
+  if (fused) {
+    /* one block per group of rays; the scratch arrays are not used */
+    const long long ngroup = (v->nray + LTE_FUSED_RAYS - 1) / LTE_FUSED_RAYS;
+    if (ngroup > INT_MAX) CE_FAIL("solver backend 'cuda': %lld groups of rays in one chunk", ngroup);
+    const unsigned grid = (unsigned)ngroup;
+    const int threads = LTE_FUSED_RAYS * nf;
+    if (Md->f32)
+      lte_fused_kernel<1><<<grid, threads, 0, stream>>>(*Md, *v);
+    else
+      lte_fused_kernel<0><<<grid, threads, 0, stream>>>(*Md, *v);
+    CU(cudaGetLastError(), "launching the fused kernel");
+    return 0;
+  }
+  lte_cells_kernel<<<grid_for(v->nray * v->nz), BLOCK, 0, stream>>>(*Md, *v);
+  CU(cudaGetLastError(), "launching the cell kernel");
+  if (Md->f32)
+    lte_rays_f32_kernel<<<grid_for(v->nray * nf, LTE_RAYS_BLOCK), LTE_RAYS_BLOCK, 0, stream>>>(*Md,
+                                                                                              *v);
+  else
+    lte_rays_kernel<<<grid_for(v->nray * nf, LTE_RAYS_BLOCK), LTE_RAYS_BLOCK, 0, stream>>>(*Md, *v);
+  CU(cudaGetLastError(), "launching the ray kernel");
+  return 0;
+}
+
+/* COEMU_CUDA_SOLVER_FUSED=auto (the default): the first chunk of each shape
+ * times both forms on its own cells, after its copies (three runs each on
+ * the chunk's stream, the first a warm-up: the kernels' first launch loads
+ * their code), and the shape keeps the faster for the rest of the process.
+ * The kernels only rewrite the chunk's scratch, flags and images, so the
+ * trial runs leave nothing behind but the choice; the images are the same
+ * bits in either form. announce (the variable set to auto explicitly): one
+ * line on stderr with both times and the choice. */
+static int pick_form(const lte_kernel_model *Md, const lte_body_view *v, const lte_kernel_batch *B,
+                     int nc, cudaStream_t stream, int announce, int *fused) {
+  const int f32 = Md->f32, pops = v->pl != NULL;
+  const lte_form_key key = {v->npix, v->nz, v->nf, f32, (int)B->dtype, pops};
+  if (lte_form_find(&st.forms, &key, fused)) return 0;
+  cudaEvent_t ev[2] = {NULL, NULL};
+  float best[2] = {0, 0};
+  int rc = 0;
+  cudaError_t e = cudaEventCreate(&ev[0]);
+  if (e == cudaSuccess) e = cudaEventCreate(&ev[1]);
+  for (int rep = 0; rep < 3 && e == cudaSuccess && rc == 0; rep++)
+    for (int f = 0; f < 2 && e == cudaSuccess && rc == 0; f++) {
+      float ms = 0;
+      e = cudaEventRecord(ev[0], stream);
+      if (e == cudaSuccess) rc = launch_form(Md, v, v->nf, f, stream);
+      if (e == cudaSuccess && rc == 0) e = cudaEventRecord(ev[1], stream);
+      if (e == cudaSuccess && rc == 0) e = cudaEventSynchronize(ev[1]);
+      if (e == cudaSuccess && rc == 0) e = cudaEventElapsedTime(&ms, ev[0], ev[1]);
+      if (rep > 0 && (rep == 1 || ms < best[f])) best[f] = ms;
+    }
+  if (ev[0]) cudaEventDestroy(ev[0]);
+  if (ev[1]) cudaEventDestroy(ev[1]);
+  if (rc < 0) return -1;
+  if (e != cudaSuccess) return cu_fail("the kernels, timed in both forms (cudaEvent*)", e);
+  *fused = best[1] < best[0];
+  lte_form_put(&st.forms, &key, *fused);
+  if (announce)
+    fprintf(stderr,
+            "solver backend 'cuda': %lld rays of %d cells, %d channels, %s arithmetic, %s cells%s: "
+            "a chunk of %d cubes in %.3f ms fused, %.3f ms in two launches: %s\n",
+            v->npix, v->nz, v->nf, f32 ? "float32" : "float64",
+            B->dtype == LTE_KERNEL_F32 ? "float32" : "float64", pops ? ", populations" : "", nc,
+            best[1], best[0], *fused ? "fused" : "two launches");
+  return 0;
+}
+
 /* Gather cubes [c0, c0 + nc) into slot s, copy them over, launch, copy back.
  * dev: the cubes are device memory (solve_dev), gathered on the device. */
 static int slot_launch(slot *s, const sizes *z, const lte_kernel_model *Md,
-                       const lte_kernel_batch *B, int c0, int nc, int dev, int fused) {
+                       const lte_kernel_batch *B, int c0, int nc, int dev, int form,
+                       int announce) {
   pinned p = pinned_of(s, z, nc);
   s->direct = 0;
   const void *const *src[5] = {B->v, B->T, B->n, B->pop_l, B->pop_u};
@@ -430,28 +509,9 @@ static int slot_launch(slot *s, const sizes *z, const lte_kernel_model *Md,
   v.S = scratch[0], v.adx = scratch[1], v.iw = scratch[2], v.shift = scratch[3];
   v.bad = dflags;
   v.image = dimage;
-  if (fused) {
-    /* one block per group of rays; the scratch arrays are not used */
-    const long long ngroup = (v.nray + LTE_FUSED_RAYS - 1) / LTE_FUSED_RAYS;
-    if (ngroup > INT_MAX) CE_FAIL("solver backend 'cuda': %lld groups of rays in one chunk", ngroup);
-    const unsigned grid = (unsigned)ngroup;
-    const int threads = LTE_FUSED_RAYS * B->nf;
-    if (Md->f32)
-      lte_fused_kernel<1><<<grid, threads, 0, s->stream>>>(*Md, v);
-    else
-      lte_fused_kernel<0><<<grid, threads, 0, s->stream>>>(*Md, v);
-    CU(cudaGetLastError(), "launching the fused kernel");
-  } else {
-    lte_cells_kernel<<<grid_for(v.nray * v.nz), BLOCK, 0, s->stream>>>(*Md, v);
-    CU(cudaGetLastError(), "launching the cell kernel");
-    if (Md->f32)
-      lte_rays_f32_kernel<<<grid_for(v.nray * v.nf, LTE_RAYS_BLOCK), LTE_RAYS_BLOCK, 0,
-                            s->stream>>>(*Md, v);
-    else
-      lte_rays_kernel<<<grid_for(v.nray * v.nf, LTE_RAYS_BLOCK), LTE_RAYS_BLOCK, 0, s->stream>>>(
-          *Md, v);
-    CU(cudaGetLastError(), "launching the ray kernel");
-  }
+  int fused = form == FORM_FUSED;
+  if (form == FORM_AUTO) CE_TRY(pick_form(Md, &v, B, nc, s->stream, announce, &fused));
+  CE_TRY(launch_form(Md, &v, B->nf, fused, s->stream));
   CU(cudaMemcpyAsync(p.flags, dflags, z->flags * nc, cudaMemcpyDeviceToHost, s->stream),
      "cudaMemcpyAsync (flags to the host)");
   if (B->targets) {
@@ -522,15 +582,19 @@ static int solve_locked(const lte_kernel_model *M, const lte_kernel_batch *B, in
             "on the device (twice, for two streams), %.3g GiB of %.3g GiB are free",
             B->nx, B->ny, B->nz, B->nf, z.dev / 1073741824.0, have / 1073741824.0,
             tot / 1073741824.0);
-  /* COEMU_CUDA_SOLVER_FUSED=1: the fused form (one kernel, the cells
-   * through shared memory: lte_body_view's section 4), where a block holds
-   * the channels; 0 (the default until a device run has timed it against
-   * the two launches: scripts/gpu-tune.sh) the cell and the ray kernels */
-  int fused = ce_env_switch("COEMU_CUDA_SOLVER_FUSED", "0", "1",
-                            "0 (a cell kernel, then a ray kernel: the default) or 1 (one fused "
-                            "kernel)");
-  if (fused < 0) return -1;
-  fused = fused && LTE_FUSED_RAYS * B->nf <= LTE_FUSED_BLOCK_MAX;
+  /* COEMU_CUDA_SOLVER_FUSED: 0, the cell and the ray kernels; 1, the fused
+   * form (one kernel, the cells through shared memory: lte_kernel_body.h,
+   * section 4), where a block holds the channels; auto (the default), the
+   * faster of the two on this device, timed once per shape (pick_form) */
+  static const char *const form_words[3] = {"0", "1", "auto"};
+  int form = FORM_AUTO;
+  const int set = ce_env_word("COEMU_CUDA_SOLVER_FUSED", form_words, 3,
+                              "0 (a cell kernel, then a ray kernel), 1 (one fused kernel) or auto "
+                              "(the faster of the two, timed once per shape: the default)",
+                              &form);
+  if (set < 0) return -1;
+  const int announce = set == 1 && form == FORM_AUTO;
+  if (LTE_FUSED_RAYS * B->nf > LTE_FUSED_BLOCK_MAX) form = FORM_TWO;
   /* COEMU_CUDA_SOLVER_CHUNK=N: N cubes per chunk (scripts/gpu-tune.sh's
    * sweep; the default is lte_body_chunk_cubes's rule) */
   long forced = 0;
@@ -547,7 +611,7 @@ static int solve_locked(const lte_kernel_model *M, const lte_kernel_batch *B, in
     slot *s = &st.s[k % NSLOT];
     CE_TRY(slot_finish(s, &z, B, &bad));
     int nc = B->ncube - c0 < chunk ? B->ncube - c0 : chunk;
-    CE_TRY(slot_launch(s, &z, &Md, B, c0, nc, dev, fused));
+    CE_TRY(slot_launch(s, &z, &Md, B, c0, nc, dev, form, announce));
   }
   for (int i = 0; i < NSLOT; i++) CE_TRY(slot_finish(&st.s[(k + i) % NSLOT], &z, B, &bad));
   return bad ? LTE_KERNEL_BAD_INPUT : 0;

@@ -777,6 +777,52 @@ static void test_fused_bits(void) {
   CHECK(pixels > 15000);
 }
 
+/* The form cache of COEMU_CUDA_SOLVER_FUSED=auto (lte_form_find / _put):
+ * a shape differs from another in any one field of its key; a shape put
+ * is found with its form; past LTE_FORM_SHAPES the oldest goes first and
+ * the others stay. Fails when a field is left out of the comparison or the
+ * replacement overwrites the newest. */
+static void test_form_cache(void) {
+  lte_form_cache c;
+  memset(&c, 0, sizeof c);
+  const lte_form_key k0 = {4096, 64, 7, 0, LTE_KERNEL_F64, 0};
+  int fused = -1;
+  CHECK(!lte_form_find(&c, &k0, &fused) && fused == -1);
+  lte_form_put(&c, &k0, 1);
+  CHECK(lte_form_find(&c, &k0, &fused) && fused == 1);
+  for (int field = 0; field < 6; field++) { /* each field alone makes another shape */
+    lte_form_key k = k0;
+    if (field == 0) k.npix++;
+    if (field == 1) k.nz++;
+    if (field == 2) k.nf++;
+    if (field == 3) k.f32 = 1;
+    if (field == 4) k.dtype = LTE_KERNEL_F32;
+    if (field == 5) k.pops = 1;
+    CHECK_MSG(!lte_form_find(&c, &k, &fused), "field %d ignored", field);
+  }
+  /* fill: shapes npix 1 .. LTE_FORM_SHAPES - 1 beside k0, form npix % 2 */
+  for (int i = 1; i < LTE_FORM_SHAPES; i++) {
+    lte_form_key k = k0;
+    k.npix = i;
+    lte_form_put(&c, &k, i % 2);
+  }
+  CHECK(c.n == LTE_FORM_SHAPES);
+  lte_form_key k9 = k0;
+  k9.npix = 999;
+  lte_form_put(&c, &k9, 0); /* replaces k0, the oldest */
+  CHECK(!lte_form_find(&c, &k0, &fused));
+  CHECK(lte_form_find(&c, &k9, &fused) && fused == 0);
+  for (int i = 1; i < LTE_FORM_SHAPES; i++) {
+    lte_form_key k = k0;
+    k.npix = i;
+    CHECK_MSG(lte_form_find(&c, &k, &fused) && fused == i % 2, "shape %d lost", i);
+  }
+  lte_form_put(&c, &k0, 1); /* then the next oldest (npix 1) */
+  lte_form_key k1 = k0;
+  k1.npix = 1;
+  CHECK(!lte_form_find(&c, &k1, &fused) && lte_form_find(&c, &k9, &fused));
+}
+
 /* Asking for a backend that is not built (or does not exist) is an error. */
 static void test_backend_not_built(void) {
   double v[4] = {0}, T[4] = {50, 50, 50, 50}, n[4] = {1e8, 1e8, 1e8, 1e8}, f = L.nu0, img[1];
@@ -894,12 +940,14 @@ int main(void) {
   RUN(test_bodies_f32);
   (void)test_backends, (void)test_bodies, (void)test_bodies_pops, (void)test_backend_not_built;
   (void)test_body_targets, (void)test_body_group, (void)test_chunk_cubes, (void)test_fused_bits;
+  (void)test_form_cache;
 #else
   RUN(test_body_group);
   RUN(test_chunk_cubes);
   RUN(test_backends);
   RUN(test_bodies);
   RUN(test_fused_bits);
+  RUN(test_form_cache);
   RUN(test_body_targets);
   RUN(test_bodies_pops);
   RUN(test_bodies_f32);
