@@ -264,11 +264,12 @@ fi
 # PyTorch's default; fp32: the fastest deterministic ones, coemu's default;
 # -ws16g: with 16 GiB of workspace allowed instead of 512 MiB; fp32-graph:
 # the float32 convolutions on cuDNN's graph API, COEMU_CUDNN_API=graph, as
-# PyTorch's; each against torch's fp32). Feeds (trainer/train_bench.h): the
+# PyTorch's; fp32-auto: each call on the faster of the two APIs,
+# COEMU_CUDNN_API=auto; each against torch's fp32). Feeds (trainer/train_bench.h): the
 # batch copied from pageable host memory before each step (the lines
 # without a feed= word), from page-locked memory beside the step before
 # (feed=pinned), or already on the device (feed=resident)
-for p in fp32 fp32-fastest fp32-fastest-ws16g fp32-graph tf32 bf16; do
+for p in fp32 fp32-fastest fp32-fastest-ws16g fp32-graph fp32-auto tf32 bf16; do
   for k in train infer; do
     for f in "" "feed=pinned " "feed=resident "; do
       # (|| true: a figure missing from a log is no reason to stop under pipefail)

@@ -86,7 +86,7 @@ step() { # name limit command...: the figure lines, then ok or FAIL
   shift 2
   local log="$logs/$(echo "$name" | tr ' /=' '___').log" s=$SECONDS st=0
   timeout "$limit" "$@" >"$log" 2>&1 || st=$?
-  grep -E '^gpu_(devpipe_)?(bench|check)|trainer-check: (times|train|infer|upload|layer|training|checkpoints|graph API|fp32-graph)|^anchor: (profile|train|infer|upload|channels_last)|^probe:|^solver backend .cuda.: [0-9]+ rays' "$log" |
+  grep -E '^gpu_(devpipe_)?(bench|check)|trainer-check: (times|train|infer|upload|layer|training|checkpoints|graph API|fp32-graph|fp32-auto)|^anchor: (profile|train|infer|upload|channels_last)|^probe:|^solver backend .cuda.: [0-9]+ rays' "$log" |
     grep -v 'backend=cpu' | sed "s/^ */gpu-tune $name: /" || true
   if [ "$st" = 0 ]; then
     echo "gpu-tune $name: ok ($((SECONDS - s)) s)"

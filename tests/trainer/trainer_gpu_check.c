@@ -22,8 +22,9 @@
  *      --infer-batch on the GPU, float32, (--tf32) TF32 and bf16 mixed
  *      precision (trainer/precision.h: float32 master weights; float32 also
  *      with cuDNN's fastest algorithms, with 16 GiB of workspace, and on
- *      cuDNN's graph API: fp32-fastest, fp32-fastest-ws16g, fp32-graph: these
- *      three with the batch resident only), each
+ *      cuDNN's graph API, and with each call on the faster of the two APIs:
+ *      fp32-fastest, fp32-fastest-ws16g, fp32-graph, fp32-auto: these four
+ *      with the batch resident only), each
  *      with the batch fed three ways (trainer/train_bench.h: from pageable
  *      host memory before each step, the line without a feed= word; from
  *      page-locked memory beside the step before, feed=pinned; already on
@@ -63,7 +64,7 @@
  * only the timing tables. --times (or COEMU_CUDA_TIMES=1) adds the timing
  * tables to 5, over --times-steps (5) steps after 2 warm-up steps.
  * --feeds (pageable,pinned,resident) and --precisions (fp32,fp32-fastest,
- * fp32-fastest-ws16g,fp32-graph,tf32,bf16: the configurations; tf32 needs
+ * fp32-fastest-ws16g,fp32-graph,fp32-auto,tf32,bf16: the configurations; tf32 needs
  * --tf32 too) select the figures of 5.
  * --grid scales the model of 4-5 down (default 64, the paper's); --backend
  * runs the checks on another backend than cuda: the meson test
@@ -746,14 +747,16 @@ int main(int argc, char **argv) {
       }
     } else if (!strcmp(argv[i], "--precisions") && i + 1 < argc) {
       bench_precisions = argv[++i];
-      static const char *const known[] = {"fp32", "fp32-fastest", "fp32-fastest-ws16g",
-                                          "fp32-graph", "tf32", "bf16"};
+      static const char *const known[] = {"fp32",      "fp32-fastest", "fp32-fastest-ws16g",
+                                          "fp32-graph", "fp32-auto",    "tf32",
+                                          "bf16"};
       const char *p = bench_precisions, *item;
       int j, n;
-      while (cli_list_next(&p, known, 6, &j, &item, &n))
+      while (cli_list_next(&p, known, 7, &j, &item, &n))
         if (j < 0) {
           fprintf(stderr, "trainer_gpu_check: error: --precisions: '%.*s': expected fp32, "
-                  "fp32-fastest, fp32-fastest-ws16g, fp32-graph, tf32 or bf16\n", n, item);
+                  "fp32-fastest, fp32-fastest-ws16g, fp32-graph, fp32-auto, tf32 or bf16\n", n,
+                  item);
           return 2;
         }
     } else if (!strcmp(argv[i], "--help")) {
@@ -881,12 +884,14 @@ int main(int argc, char **argv) {
        GiB of workspace allowed (PyTorch's benchmark mode has no fixed limit);
        then, on the CUDA backend, the default preferences with the
        convolutions on cuDNN's graph API (COEMU_CUDNN_API=graph: engine
-       configs from heuristics, autotuned, as PyTorch through cudnn-frontend) */
-    static const char *const label[4] = {"fp32", "fp32-fastest", "fp32-fastest-ws16g",
-                                         "fp32-graph"};
+       configs from heuristics, autotuned, as PyTorch through cudnn-frontend),
+       and each call on the faster of its graph engine and its legacy
+       algorithm (COEMU_CUDNN_API=auto) */
+    static const char *const label[5] = {"fp32", "fp32-fastest", "fp32-fastest-ws16g",
+                                         "fp32-graph", "fp32-auto"};
     int nvar = 3;
 #ifdef COEMU_HAVE_CUDA_TRAINER
-    if (gpu == &nn_backend_cuda) nvar = 4;
+    if (gpu == &nn_backend_cuda) nvar = 5;
 #endif
     bench_bus(gpu, infer_batch, iters, grid);
     int reinit = 0;
@@ -896,18 +901,19 @@ int main(int argc, char **argv) {
       setenv("COEMU_CUDNN_VERBOSE", "1", 1);
       setenv("COEMU_CUDNN_DETERMINISTIC", v == 1 || v == 2 ? "0" : "1", 1);
       if (v == 2) setenv("COEMU_CUDNN_WORKSPACE_MB", "16384", 1);
-      if (v == 3) {
+      if (v >= 3) {
         unsetenv("COEMU_CUDNN_WORKSPACE_MB");
-        setenv("COEMU_CUDNN_API", "graph", 1);
+        setenv("COEMU_CUDNN_API", v == 3 ? "graph" : "auto", 1);
       }
       reinit = nn_backend_init(gpu, 0);
       if (reinit == 0) bench(gpu, label[v], NN_FLOAT32, batch, infer_batch, iters, grid);
 #ifdef COEMU_HAVE_CUDA_TRAINER
-      if (reinit == 0 && v == 3) { /* whether the figures are the graph path's */
+      if (reinit == 0 && v >= 3) { /* whether the figures are the graph path's */
         int planned, fell_back;
         nn_cuda_graph_counts(&planned, &fell_back);
-        printf("trainer-check: fp32-graph: %d convolution calls on graph plans, %d on the legacy "
-               "API instead\n", planned, fell_back);
+        printf("trainer-check: %s: %d convolution calls on graph plans, %d on the legacy "
+               "API instead, %d on the legacy API as the faster\n", label[v], planned, fell_back,
+               nn_cuda_graph_declined());
       }
 #endif
     }

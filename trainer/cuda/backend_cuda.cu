@@ -24,7 +24,8 @@
  * TF32 convolutions on cuDNN's graph API (cudnn_graph.h: engine configs from
  * heuristics, autotuned, as PyTorch through cudnn-frontend) instead of the
  * legacy cudnnFind / cudnnConvolution* calls; native bf16 stays legacy
- * ("graph plans" below). */
+ * ("graph plans" below). COEMU_CUDNN_API=auto plans each such call both
+ * ways and keeps the faster (graph_or_legacy). */
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <cudnn.h>
@@ -148,7 +149,12 @@ typedef struct {
   cg_graph *gg[3];
   cg_plan *gp[3];
   int legacy_found[3];
+  float legacy_ms[3]; /* the chosen legacy algorithm's time in cudnnFind (COEMU_CUDNN_API=auto) */
 } conv_plan;
+
+/* COEMU_CUDNN_API's values (S.graph) */
+enum { API_LEGACY = 0, API_GRAPH = 1, API_AUTO = 2 };
+static const char *const API_WORDS[3] = {"legacy", "graph", "auto"};
 
 static struct {
   int users;
@@ -168,10 +174,12 @@ static struct {
   int refuse_bf16; /* COEMU_CUDNN_REFUSE_BF16=1 (tests): every native bf16 call taken as refused */
   int bf16_emulated; /* COEMU_BF16=emulated: bf16 nets on the float32 path with rounded copies */
   int times;         /* COEMU_CUDA_TIMES=1: the timing mode (below) */
-  int graph;         /* COEMU_CUDNN_API=graph: float32 / tf32 convolutions on the graph API */
+  int graph;         /* COEMU_CUDNN_API: API_LEGACY, API_GRAPH (float32 / tf32 convolutions on
+                        the graph API) or API_AUTO (per call, the faster of the two) */
   int graph_configs; /* COEMU_CUDNN_GRAPH_CONFIGS: engine configs tried per call, after the
                         filters (16) */
   int graph_planned, graph_fallbacks; /* nn_cuda_graph_counts, since init */
+  int graph_declined; /* COEMU_CUDNN_API=auto: calls whose legacy algorithm timed faster */
   size_t ws_limit;
   int ws_limit_set;
   /* device reducer sums (NCCL): gradient buckets run on comm, after the
@@ -210,6 +218,8 @@ extern "C" void nn_cuda_graph_counts(int *planned, int *fell_back) {
   *planned = S.graph_planned;
   *fell_back = S.graph_fallbacks;
 }
+
+extern "C" int nn_cuda_graph_declined(void) { return S.graph_declined; }
 
 /* ---- the timing mode (COEMU_CUDA_TIMES=1) ------------------------------ */
 
@@ -522,6 +532,7 @@ static int open_device(void) {
   CUBLAS_CHECK(cublasSetMathMode(S.blas, S.tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
                                                 : CUBLAS_DEFAULT_MATH));
   /* the switches (docs/trainer.md): unset is the default; the first bad one is the error */
+  S.graph = API_LEGACY; /* (ce_env_word leaves it as it is when unset) */
   if ((S.sums_only = ce_env_switch("COEMU_CUDNN_ALGOS", "any", "sums", "any or sums")) < 0 ||
       (S.any_order = ce_env_switch("COEMU_CUDNN_DETERMINISTIC", "1", "0",
                                    "1 (the default: the fastest deterministic algorithm) or 0 "
@@ -531,16 +542,17 @@ static int open_device(void) {
                                "0")) < 0 ||
       (S.bf16_emulated = ce_env_switch("COEMU_BF16", "native", "emulated",
                                        "native or emulated")) < 0 ||
-      (S.graph = ce_env_switch("COEMU_CUDNN_API", "legacy", "graph",
-                               "legacy (the default: cudnnFind and the cudnnConvolution* calls) "
-                               "or graph (cuDNN's graph API for the float32 and tf32 "
-                               "convolutions)")) < 0)
+      ce_env_word("COEMU_CUDNN_API", API_WORDS, 3,
+                  "legacy (the default: cudnnFind and the cudnnConvolution* calls), graph "
+                  "(cuDNN's graph API for the float32 and tf32 convolutions) or auto (per "
+                  "convolution call, the faster of the two as timed when it is planned)",
+                  &S.graph) < 0)
     return -1;
   const char *vb = getenv("COEMU_CUDNN_VERBOSE");
   S.verbose = vb && *vb && strcmp(vb, "0");
   const char *rf = getenv("COEMU_CUDNN_REFUSE_BF16");
   S.refuse_bf16 = rf && *rf && strcmp(rf, "0");
-  S.graph_planned = S.graph_fallbacks = 0;
+  S.graph_planned = S.graph_fallbacks = S.graph_declined = 0;
   long configs = CG_DEFAULT_MAX_CONFIGS;
   if (ce_env_int("COEMU_CUDNN_GRAPH_CONFIGS", 1, 256,
                  "a number of engine configs timed per convolution call with "
@@ -1120,6 +1132,7 @@ static int pick(const Perf *r, int n, size_t limit, int tf32, conv_plan *p, int 
   p->nalt[k] = 0;
   if (first >= 0) {
     p->math[k] = run_math(r[first].mathType, tf32);
+    p->legacy_ms[k] = r[first].time;
     skip[first] = 1;
     for (int i; p->nalt[k] < 16 && (i = pick_from(r, n, limit, tf32, skip)) >= 0; skip[i] = 1) {
       p->alt[k][p->nalt[k]].algo = (int)r[i].algo;
@@ -1399,6 +1412,32 @@ static int graph_plans(conv_plan *p) {
   return rc < 0 ? -1 : 0;
 }
 
+/* COEMU_CUDNN_API=auto: each call of the plan that has both keeps the
+ * faster of its graph engine (cg_autotune: the fastest of 3 runs after a
+ * warm-up) and its legacy algorithm (cudnnFind's time of the one pick_from
+ * chose), both timed on the shape's scratch tensors; a tie keeps the graph
+ * engine. Under COEMU_CUDNN_VERBOSE one line per call says which. The
+ * workspace p->ws already covers both. */
+static void graph_or_legacy(conv_plan *p) {
+  for (int k = 0; k < 3; k++) {
+    if (!p->gp[k] || !p->legacy_found[k]) continue;
+    const float g = cg_plan_ms(p->gp[k]), l = p->legacy_ms[k];
+    const int legacy = l < g;
+    if (S.verbose) {
+      char sh[160];
+      shape_text(sh, sizeof sh, p);
+      fprintf(stderr, "coemu cudnn auto: %s: %s: graph engine %lld %.3f ms, legacy algorithm %d "
+              "%.3f ms: %s\n", sh, CALL_NAME[k], (long long)cg_plan_info(p->gp[k])->engine, g,
+              k == 0 ? (int)p->fwd : k == 1 ? (int)p->bwd_filter : (int)p->bwd_data, l,
+              legacy ? "legacy" : "graph");
+    }
+    if (legacy) {
+      graph_drop(p, k);
+      S.graph_planned--, S.graph_declined++;
+    }
+  }
+}
+
 static int plan_create(conv_plan *p, const conv_shape *s, int need_dx, int tf32, int bf16,
                        int accum) {
   memset(p, 0, sizeof *p);
@@ -1434,12 +1473,13 @@ static int plan_create(conv_plan *p, const conv_shape *s, int need_dx, int tf32,
   }
   /* bf16 on tensor cores: products of bf16 values are exact in their float32
      accumulators, as on the FMA units (legacy_find sets the math type) */
-  if (accum >= 0) CE_TRY(graph_plans(p)); /* graph mode, float32 / tf32 */
+  if (accum >= 0) CE_TRY(graph_plans(p)); /* graph or auto mode, float32 / tf32 */
   /* cudnnFind* times every algorithm on scratch buffers it allocates: the
-     calls without a graph engine */
+     calls without a graph engine, and in auto mode every call */
   const size_t lim = S.ws_limit;
   for (int k = 0; k < 3; k++)
-    if ((k < 2 || need_dx) && !p->gp[k]) CE_TRY(legacy_find(p, k, lim, 1));
+    if ((k < 2 || need_dx) && (!p->gp[k] || S.graph == API_AUTO)) CE_TRY(legacy_find(p, k, lim, 1));
+  if (S.graph == API_AUTO) graph_or_legacy(p);
   return 0;
 }
 

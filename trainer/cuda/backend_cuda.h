@@ -95,6 +95,11 @@ const char *nn_cuda_device_name(void);
  * fallback of its graph-API parity run. */
 void nn_cuda_graph_counts(int *planned, int *fell_back);
 
+/* COEMU_CUDNN_API=auto since init: convolution calls whose legacy
+ * algorithm timed faster than their graph engine (they run on the legacy
+ * API; not counted in nn_cuda_graph_counts' planned). */
+int nn_cuda_graph_declined(void);
+
 #ifdef __cplusplus
 }
 #endif
