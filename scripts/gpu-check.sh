@@ -11,18 +11,18 @@
 #                      1e-5 of the float64 reference ("float32 ..." lines);
 #                      run again with chunks of one cube
 #                      (COEMU_CUDA_SOLVER_CHUNK=1: the two streams' buffers
-#                      reused cube after cube); the device's solver in each
-#                      kernel form (COEMU_CUDA_SOLVER_FUSED=0: a cell
-#                      kernel, then a ray kernel; =1: one fused kernel, the
+#                      reused cube after cube); the device's solver in two
+#                      kernel forms (COEMU_CUDA_SOLVER_FORM=two: a cell
+#                      kernel, then a ray kernel; =fused: one kernel, the
 #                      cells through shared memory), and in the default
-#                      form (auto: the faster, timed once per shape)
+#                      (auto: the fastest form, timed once per shape)
 #   test_pomme         every backend against Pomme 0.2.1's golden images
 #   gpu_bench          cubes/s of the LTE solver, 64^3 x 7 channels, float64
 #                      and float32 cells, and the float32 path (precision=
 #                      float32), on the device and on the CPU; on the device
 #                      also with the cubes resident there (images into one
 #                      page-locked block and into malloc'd rows; chunks of
-#                      4, 16, 32 cubes; the fused kernel), each checked bit
+#                      4, 16, 32 cubes; each kernel form), each checked bit
 #                      for bit against the images from host cells
 # and, where libyaml's header is found (the units sidecar of a model):
 #   test_sample        the sampler: the device's cubes bit for bit against
@@ -167,7 +167,7 @@ export COEMU_TEST_DATA="$root/tests/data"
 export COEMU_REQUIRE_DEVICE=1 # a device backend that cannot run fails the parity tests
 # the solver's kernel form: the default (auto: the faster of the two, timed
 # once per shape), set explicitly so that the backend says which it took
-export COEMU_CUDA_SOLVER_FUSED=${COEMU_CUDA_SOLVER_FUSED:-auto}
+export COEMU_CUDA_SOLVER_FORM=${COEMU_CUDA_SOLVER_FORM:-auto}
 step() { # name limit command...: the command's figure lines, then "ok" or "FAIL"
   local name=$1 limit=$2
   shift 2
@@ -182,9 +182,9 @@ step() { # name limit command...: the command's figure lines, then "ok" or "FAIL
     rc=1
   fi
 }
-step parity_lte_backends 120 env COEMU_CUDA_SOLVER_FUSED=0 "$out/test_lte_backends"
+step parity_lte_backends 120 env COEMU_CUDA_SOLVER_FORM=two "$out/test_lte_backends"
 step parity_lte_backends_chunk1 120 env COEMU_CUDA_SOLVER_CHUNK=1 "$out/test_lte_backends"
-step parity_lte_backends_fused 120 env COEMU_CUDA_SOLVER_FUSED=1 "$out/test_lte_backends"
+step parity_lte_backends_fused 120 env COEMU_CUDA_SOLVER_FORM=fused "$out/test_lte_backends"
 step parity_pomme 60 "$out/test_pomme"
 [ "$have_yaml" = 1 ] && step parity_sampler 60 "$out/test_sample"
 # shellcheck disable=SC2086

@@ -16,20 +16,20 @@
 #   variant V  the sampler's and solver's kernels built with other launch
 #              bounds (GPU_NVCC_DEFS: LTE_RAYS_MIN_BLOCKS, LTE_CELLS_MIN_BLOCKS,
 #              SB_LINES_MIN_BLOCKS; LTE_BODY_RAY_GROUP=0, the solver threads'
-#              plain order; LTE_RAYS_BLOCK=128, the ray kernels' blocks;
+#              plain order;
 #              each in its own build folder, built in parallel first):
 #              gpu_bench's resident solver figures (the
 #              images into page-locked and pageable rows, and per chunk
 #              size: COEMU_CUDA_SOLVER_CHUNK 4, 16, 32, each bit for bit
 #              against the images from host cells) and gpu_devpipe_check
 #              (parity included: the bits must not move)
-#   form       gpu_devpipe_check with each of the solver's kernel forms
-#              forced (COEMU_CUDA_SOLVER_FUSED=0: cells then rays; 1: the
-#              fused kernel, lte_kernel_body.h section 4; the default, auto,
-#              times both once per shape and says which it took): parity and
-#              samples/s; every variant's gpu_bench also times both resident
-#              (`resident two_launches`, `resident fused`, bit for bit
-#              against the images from host cells)
+#   form       gpu_devpipe_check with the solver's kernel forms two (cells
+#              then rays) and fused (lte_kernel_body.h section 4) forced
+#              (COEMU_CUDA_SOLVER_FORM; the default, auto, times every form
+#              once per shape and says which it took): parity and samples/s;
+#              every variant's gpu_bench also times each form resident
+#              (`resident form=two|two-small|fused`, bit for bit against the
+#              images from host cells)
 #   nsys       where Nsight Systems is found: device time per kernel and per
 #              copy kind over one gpu_devpipe_check (after the overlap steps)
 #              and one gpu_bench (last)
@@ -66,10 +66,10 @@ root=$PWD
 # base: the defaults; flat: the solver's threads in the plain order (before
 # the ray groups of solver/lte_kernel_body.h); rays3 / rays4: the ray (and
 # cell) kernels held to 80 / 64 registers; lines3: the sampler's sub-line
-# kernel held to 80 (it spills 172 bytes); rblk128: the ray kernels in
-# blocks of 128 threads (5 blocks an SM at 84 registers, 640 threads, where
-# blocks of 256 fit 2, 512 threads: solver/lte_kernel_cuda.cu)
-variants=${GPU_TUNE_VARIANTS:-"base=;flat=-DLTE_BODY_RAY_GROUP=0;rays3=-DLTE_RAYS_MIN_BLOCKS=3;rays4=-DLTE_RAYS_MIN_BLOCKS=4 -DLTE_CELLS_MIN_BLOCKS=4;lines3=-DSB_LINES_MIN_BLOCKS=3;rblk128=-DLTE_RAYS_BLOCK=128"}
+# kernel held to 80 (it spills 172 bytes). (The ray kernels in blocks of
+# 128 threads, once the variant rblk128, are now the solver's run-time form
+# two-small: gpu_bench's `resident form=two-small` lines in every variant.)
+variants=${GPU_TUNE_VARIANTS:-"base=;flat=-DLTE_BODY_RAY_GROUP=0;rays3=-DLTE_RAYS_MIN_BLOCKS=3;rays4=-DLTE_RAYS_MIN_BLOCKS=4 -DLTE_CELLS_MIN_BLOCKS=4;lines3=-DSB_LINES_MIN_BLOCKS=3"}
 # every step's log goes straight to GPU_CHECK_KEEP when set (a run cut short
 # by a time limit keeps what it did)
 logs=${GPU_CHECK_KEEP:-build-gpu-tune-logs}
@@ -78,7 +78,7 @@ export COEMU_TEST_DATA="$root/tests/data"
 export COEMU_REQUIRE_DEVICE=1
 # the solver's kernel form: the default (auto), set explicitly so that the
 # backend says which form it took for each shape, with both times
-export COEMU_CUDA_SOLVER_FUSED=${COEMU_CUDA_SOLVER_FUSED:-auto}
+export COEMU_CUDA_SOLVER_FORM=${COEMU_CUDA_SOLVER_FORM:-auto}
 t0=$SECONDS
 rc=0
 step() { # name limit command...: the figure lines, then ok or FAIL
@@ -153,12 +153,12 @@ if [ "$solver" = 1 ]; then
     step "overlap chunk=$ck" 90 env COEMU_DEVPIPE_OVERLAP=1 COEMU_DEVPIPE_CHUNK=$ck \
       "$b/gpu_devpipe_check" --models 1 --ref 1
   done
-  # the solver's two kernel forms in the pipeline, each forced (the steps
-  # above ran the default, auto: the faster, timed once per shape), parity
-  # included; their resident figures are gpu_bench's `resident two_launches`
-  # and `resident fused` lines (variant base)
-  for form in 0 1; do
-    step "form=$form pipeline" 90 env COEMU_CUDA_SOLVER_FUSED=$form "$b/gpu_devpipe_check" \
+  # the solver's kernel forms in the pipeline, two of them forced (the
+  # steps above ran the default, auto: the fastest, timed once per shape),
+  # parity included; every form's resident figures are gpu_bench's
+  # `resident form=...` lines (variant base)
+  for form in two fused; do
+    step "form=$form pipeline" 90 env COEMU_CUDA_SOLVER_FORM=$form "$b/gpu_devpipe_check" \
       --models 1 --ref 1
   done
   # where the pipeline's device time goes (before the variants: it says more)

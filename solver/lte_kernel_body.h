@@ -40,7 +40,7 @@
  *      sends back half the bytes and the host has no transpose to do.
  *      With lte_kernel_model.f32 the ray threads are lte_body_ray_thread_f32
  *      (the float32 path, below: its own formulas, within 1e-5 of these).
- *   4. (COEMU_CUDA_SOLVER_FUSED=1) steps 1 and 2 in one kernel, a block per
+ *   4. (COEMU_CUDA_SOLVER_FORM) steps 1 and 2 in one kernel, a block per
  *      group of 32 rays, the cells through a tile of shared memory instead
  *      of the scratch arrays: the same functions in the same order, the
  *      same bits (section 4 below; lte_body_run_host_fused on the host).
@@ -639,8 +639,8 @@ static inline LTE_HD void lte_body_target_thread(const lte_body_view *V, long lo
 }
 
 /* ---------------------------------------------------------------------- */
-/* 4. The fused form (lte_kernel_cuda.cu's lte_fused_kernel; the switch
- * COEMU_CUDA_SOLVER_FUSED=1). One block per group of LTE_FUSED_RAYS
+/* 4. The fused form (lte_kernel_cuda.cu's lte_fused_kernel;
+ * COEMU_CUDA_SOLVER_FORM=fused, or auto where it times fastest). One block per group of LTE_FUSED_RAYS
  * neighbouring rays, one thread per (ray, channel) of the group: thread
  * tid = f * LTE_FUSED_RAYS + ray's place, so that a warp is the group's
  * rays at one channel, as in the two-launch form. The block makes its
@@ -781,8 +781,29 @@ static inline LTE_HD void lte_fused_end(const lte_kernel_model *M, const lte_bod
   *out = r->bad ? NAN : M->f32 ? lte_f32_ray_end(M, r->bdy, s32) : lte_body_ray_end(M, r->bdy, s);
 }
 
+/* The device backend's kernel forms (COEMU_CUDA_SOLVER_FORM; the same bits
+ * in each): the cell kernel then the ray kernel in blocks of
+ * LTE_RAYS_BLOCK threads (two) or half that (two-small: more blocks an SM
+ * where the registers allow), or the fused kernel (section 4); auto, the
+ * default: the fastest of them, timed on each shape's first chunk. The
+ * names are the variable's words, in this order. */
+enum { LTE_FORM_TWO = 0, LTE_FORM_TWO_SMALL = 1, LTE_FORM_FUSED = 2, LTE_FORMS = 3,
+       LTE_FORM_AUTO = LTE_FORMS };
+static inline const char *const *lte_form_names(void) {
+  static const char *const names[LTE_FORMS + 1] = {"two", "two-small", "fused", "auto"};
+  return names;
+}
+
+/* the fastest of n timed forms (the first of equals) */
+static inline int lte_form_fastest(const float *ms, int n) {
+  int b = 0;
+  for (int f = 1; f < n; f++)
+    if (ms[f] < ms[b]) b = f;
+  return b;
+}
+
 /* The kernel form each shape of chunk took (lte_kernel_cuda.cu,
- * pick_form; here so that the host tests check it): the form timed faster
+ * pick_form; here so that the host tests check it): the form timed fastest
  * for cubes of npix rays of nz cells at nf channels, float32 arithmetic or
  * not, the cells' type, populations or not. A few shapes are remembered;
  * past that the oldest is replaced (and timed again when it comes back). */
@@ -793,7 +814,7 @@ typedef struct lte_form_key {
 #define LTE_FORM_SHAPES 8
 typedef struct lte_form_cache {
   lte_form_key key[LTE_FORM_SHAPES];
-  int fused[LTE_FORM_SHAPES];
+  int form[LTE_FORM_SHAPES];
   int n, next; /* entries held; the next to replace once full */
 } lte_form_cache;
 
@@ -802,23 +823,23 @@ static inline int lte_form_key_eq(const lte_form_key *a, const lte_form_key *b) 
          a->dtype == b->dtype && a->pops == b->pops;
 }
 
-/* 1 and *fused: the shape's form; 0: not timed yet */
-static inline int lte_form_find(const lte_form_cache *c, const lte_form_key *k, int *fused) {
+/* 1 and *form: the shape's form; 0: not timed yet */
+static inline int lte_form_find(const lte_form_cache *c, const lte_form_key *k, int *form) {
   for (int i = 0; i < c->n; i++)
     if (lte_form_key_eq(&c->key[i], k)) {
-      *fused = c->fused[i];
+      *form = c->form[i];
       return 1;
     }
   return 0;
 }
 
-static inline void lte_form_put(lte_form_cache *c, const lte_form_key *k, int fused) {
+static inline void lte_form_put(lte_form_cache *c, const lte_form_key *k, int form) {
   int i;
   if (c->n < LTE_FORM_SHAPES)
     i = c->n++;
   else
     i = c->next, c->next = (c->next + 1) % LTE_FORM_SHAPES;
-  c->key[i] = *k, c->fused[i] = fused;
+  c->key[i] = *k, c->form[i] = form;
 }
 
 /* How many cubes one chunk of the device backend holds (lte_kernel_cuda.cu,

@@ -2,8 +2,9 @@
  *
  * The per-thread work is solver/lte_kernel_body.h, compiled here for the
  * device (and, in the tests, for the host): one thread per cell, then one
- * thread per (ray, channel); or, with COEMU_CUDA_SOLVER_FUSED=1, both in
- * one kernel with the cells through shared memory (the same bits). This
+ * thread per (ray, channel); or both in one kernel with the cells through
+ * shared memory (the same bits): COEMU_CUDA_SOLVER_FORM, by default the
+ * faster on the device, timed once per shape (pick_form). This
  * file holds only what a device needs
  * beyond it: the device, the line's tables in device memory (uploaded once
  * per line: kept while the next call's tables are the same), two streams
@@ -36,14 +37,15 @@
 
 #define NSLOT 2    /* streams (and buffer sets) in flight */
 #define BLOCK 256  /* threads per block */
-/* Threads per block of the ray kernels (a build option, for the device
- * sweep: GPU_NVCC_DEFS=-DLTE_RAYS_BLOCK=128). Registers are allocated per
- * warp in steps of 256, so the float64 ray kernel's 84 a thread take 88:
- * 22,528 a block of 256 threads, 2 blocks (512 threads) in an SM's 65,536;
- * in blocks of 128 the same SM holds 5 (640 threads, a quarter more warps
- * for a kernel that Nsight Compute found latency-bound at its occupancy).
- * The float32 ray kernel (48 registers) and the cell kernel fit as many
- * threads either way. The bits do not depend on it. */
+/* Threads per block of the ray kernels in the form two (half that in
+ * two-small: lte_kernel_body.h's LTE_FORM_*; a build option too).
+ * Registers are allocated per warp in steps of 256, so the float64 ray
+ * kernel's 84 a thread take 88: 22,528 a block of 256 threads, 2 blocks
+ * (512 threads) in an SM's 65,536; in blocks of 128 the same SM holds 5
+ * (640 threads, a quarter more warps for a kernel that Nsight Compute found
+ * latency-bound at its occupancy). The float32 ray kernel (48 registers)
+ * and the cell kernel fit as many threads either way. The bits do not
+ * depend on it. */
 #ifndef LTE_RAYS_BLOCK
 #define LTE_RAYS_BLOCK BLOCK
 #endif
@@ -93,7 +95,7 @@ __global__ void LTE_RAYS_BOUNDS lte_rays_f32_kernel(lte_kernel_model m, lte_body
     lte_body_ray_thread_f32(&m, &v, t);
 }
 
-/* The fused form (lte_kernel_body.h, section 4; COEMU_CUDA_SOLVER_FUSED=1):
+/* The fused form (lte_kernel_body.h, section 4; COEMU_CUDA_SOLVER_FORM=fused):
  * a block per group of LTE_FUSED_RAYS rays, LTE_FUSED_RAYS x nf threads,
  * the cells a tile at a time through shared memory. F32: the float32 path's
  * ray steps. */
@@ -144,8 +146,6 @@ static unsigned grid_for(long long n, int block = BLOCK) {
   return (unsigned)(g < 1 ? 1 : g > (1 << 20) ? (1 << 20) : g);
 }
 
-/* the kernel forms (COEMU_CUDA_SOLVER_FUSED) */
-enum { FORM_TWO = 0, FORM_FUSED = 1, FORM_AUTO = 2 };
 
 /* one stream and its buffers, sized for `cap` cubes of `cube_bytes` */
 typedef struct {
@@ -377,11 +377,13 @@ static int rows_pinned(const void *const *rows, int nc, size_t bytes) {
          ce_cuda_host_pinned((const char *)rows[nc - 1] + bytes - 1);
 }
 
-/* The kernels of one chunk in the form asked for: the fused kernel, or the
- * cell kernel then the ray kernel. */
-static int launch_form(const lte_kernel_model *Md, const lte_body_view *v, int nf, int fused,
+/* The kernels of one chunk in the given form (LTE_FORM_*): the cell kernel
+ * then the ray kernel, in blocks of LTE_RAYS_BLOCK threads or half that
+ * (the form's only difference: the same threads, so the same bits), or the
+ * fused kernel. */
+static int launch_form(const lte_kernel_model *Md, const lte_body_view *v, int nf, int form,
                        cudaStream_t stream) {
-  if (fused) {
+  if (form == LTE_FORM_FUSED) {
     /* one block per group of rays; the scratch arrays are not used */
     const long long ngroup = (v->nray + LTE_FUSED_RAYS - 1) / LTE_FUSED_RAYS;
     if (ngroup > INT_MAX) CE_FAIL("solver backend 'cuda': %lld groups of rays in one chunk", ngroup);
@@ -396,35 +398,37 @@ static int launch_form(const lte_kernel_model *Md, const lte_body_view *v, int n
   }
   lte_cells_kernel<<<grid_for(v->nray * v->nz), BLOCK, 0, stream>>>(*Md, *v);
   CU(cudaGetLastError(), "launching the cell kernel");
+  const int rb = form == LTE_FORM_TWO_SMALL ? LTE_RAYS_BLOCK / 2 : LTE_RAYS_BLOCK;
   if (Md->f32)
-    lte_rays_f32_kernel<<<grid_for(v->nray * nf, LTE_RAYS_BLOCK), LTE_RAYS_BLOCK, 0, stream>>>(*Md,
-                                                                                              *v);
+    lte_rays_f32_kernel<<<grid_for(v->nray * nf, rb), rb, 0, stream>>>(*Md, *v);
   else
-    lte_rays_kernel<<<grid_for(v->nray * nf, LTE_RAYS_BLOCK), LTE_RAYS_BLOCK, 0, stream>>>(*Md, *v);
+    lte_rays_kernel<<<grid_for(v->nray * nf, rb), rb, 0, stream>>>(*Md, *v);
   CU(cudaGetLastError(), "launching the ray kernel");
   return 0;
 }
 
-/* COEMU_CUDA_SOLVER_FUSED=auto (the default): the first chunk of each shape
- * times both forms on its own cells, after its copies (three runs each on
- * the chunk's stream, the first a warm-up: the kernels' first launch loads
- * their code), and the shape keeps the faster for the rest of the process.
- * The kernels only rewrite the chunk's scratch, flags and images, so the
- * trial runs leave nothing behind but the choice; the images are the same
- * bits in either form. announce (the variable set to auto explicitly): one
- * line on stderr with both times and the choice. */
+/* COEMU_CUDA_SOLVER_FORM=auto (the default): the first chunk of each shape
+ * times every form on its own cells, after its copies (three runs of each
+ * on the chunk's stream, the first a warm-up: a kernel's first launch
+ * loads its code; the faster of the other two kept), and the shape keeps
+ * the fastest form for the rest of the process. The kernels only rewrite
+ * the chunk's scratch, flags and images, so the trial runs leave nothing
+ * behind but the choice; the images are the same bits in every form.
+ * announce (the variable set to auto explicitly): one line on stderr with
+ * the times and the choice. */
 static int pick_form(const lte_kernel_model *Md, const lte_body_view *v, const lte_kernel_batch *B,
-                     int nc, cudaStream_t stream, int announce, int *fused) {
+                     int nc, cudaStream_t stream, int announce, int *form) {
   const int f32 = Md->f32, pops = v->pl != NULL;
   const lte_form_key key = {v->npix, v->nz, v->nf, f32, (int)B->dtype, pops};
-  if (lte_form_find(&st.forms, &key, fused)) return 0;
+  if (lte_form_find(&st.forms, &key, form)) return 0;
+  const int nform = LTE_FUSED_RAYS * v->nf <= LTE_FUSED_BLOCK_MAX ? LTE_FORMS : LTE_FORM_FUSED;
   cudaEvent_t ev[2] = {NULL, NULL};
-  float best[2] = {0, 0};
+  float best[LTE_FORMS] = {0};
   int rc = 0;
   cudaError_t e = cudaEventCreate(&ev[0]);
   if (e == cudaSuccess) e = cudaEventCreate(&ev[1]);
   for (int rep = 0; rep < 3 && e == cudaSuccess && rc == 0; rep++)
-    for (int f = 0; f < 2 && e == cudaSuccess && rc == 0; f++) {
+    for (int f = 0; f < nform && e == cudaSuccess && rc == 0; f++) {
       float ms = 0;
       e = cudaEventRecord(ev[0], stream);
       if (e == cudaSuccess) rc = launch_form(Md, v, v->nf, f, stream);
@@ -436,16 +440,21 @@ static int pick_form(const lte_kernel_model *Md, const lte_body_view *v, const l
   if (ev[0]) cudaEventDestroy(ev[0]);
   if (ev[1]) cudaEventDestroy(ev[1]);
   if (rc < 0) return -1;
-  if (e != cudaSuccess) return cu_fail("the kernels, timed in both forms (cudaEvent*)", e);
-  *fused = best[1] < best[0];
-  lte_form_put(&st.forms, &key, *fused);
-  if (announce)
+  if (e != cudaSuccess) return cu_fail("the kernels, timed in each form (cudaEvent*)", e);
+  *form = lte_form_fastest(best, nform);
+  lte_form_put(&st.forms, &key, *form);
+  if (announce) {
+    char times[160] = "";
+    for (int f = 0, o = 0; f < nform; f++)
+      o += snprintf(times + o, sizeof times - o, "%s%s %.3f ms", f ? ", " : "", lte_form_names()[f],
+                    best[f]);
     fprintf(stderr,
             "solver backend 'cuda': %lld rays of %d cells, %d channels, %s arithmetic, %s cells%s: "
-            "a chunk of %d cubes in %.3f ms fused, %.3f ms in two launches: %s\n",
+            "a chunk of %d cubes in %s: %s\n",
             v->npix, v->nz, v->nf, f32 ? "float32" : "float64",
             B->dtype == LTE_KERNEL_F32 ? "float32" : "float64", pops ? ", populations" : "", nc,
-            best[1], best[0], *fused ? "fused" : "two launches");
+            times, lte_form_names()[*form]);
+  }
   return 0;
 }
 
@@ -509,9 +518,8 @@ static int slot_launch(slot *s, const sizes *z, const lte_kernel_model *Md,
   v.S = scratch[0], v.adx = scratch[1], v.iw = scratch[2], v.shift = scratch[3];
   v.bad = dflags;
   v.image = dimage;
-  int fused = form == FORM_FUSED;
-  if (form == FORM_AUTO) CE_TRY(pick_form(Md, &v, B, nc, s->stream, announce, &fused));
-  CE_TRY(launch_form(Md, &v, B->nf, fused, s->stream));
+  if (form == LTE_FORM_AUTO) CE_TRY(pick_form(Md, &v, B, nc, s->stream, announce, &form));
+  CE_TRY(launch_form(Md, &v, B->nf, form, s->stream));
   CU(cudaMemcpyAsync(p.flags, dflags, z->flags * nc, cudaMemcpyDeviceToHost, s->stream),
      "cudaMemcpyAsync (flags to the host)");
   if (B->targets) {
@@ -582,19 +590,19 @@ static int solve_locked(const lte_kernel_model *M, const lte_kernel_batch *B, in
             "on the device (twice, for two streams), %.3g GiB of %.3g GiB are free",
             B->nx, B->ny, B->nz, B->nf, z.dev / 1073741824.0, have / 1073741824.0,
             tot / 1073741824.0);
-  /* COEMU_CUDA_SOLVER_FUSED: 0, the cell and the ray kernels; 1, the fused
-   * form (one kernel, the cells through shared memory: lte_kernel_body.h,
-   * section 4), where a block holds the channels; auto (the default), the
-   * faster of the two on this device, timed once per shape (pick_form) */
-  static const char *const form_words[3] = {"0", "1", "auto"};
-  int form = FORM_AUTO;
-  const int set = ce_env_word("COEMU_CUDA_SOLVER_FUSED", form_words, 3,
-                              "0 (a cell kernel, then a ray kernel), 1 (one fused kernel) or auto "
-                              "(the faster of the two, timed once per shape: the default)",
+  /* COEMU_CUDA_SOLVER_FORM: the kernels' form (LTE_FORM_*), or auto (the
+   * default): the fastest on this device, timed once per shape (pick_form);
+   * the fused form only where a block holds the channels */
+  int form = LTE_FORM_AUTO;
+  const int set = ce_env_word("COEMU_CUDA_SOLVER_FORM", lte_form_names(), LTE_FORMS + 1,
+                              "two (a cell kernel, then a ray kernel), two-small (the same, the "
+                              "ray kernel in blocks of half the threads), fused (one kernel, the "
+                              "cells through shared memory) or auto (the fastest of them, timed "
+                              "once per shape: the default)",
                               &form);
   if (set < 0) return -1;
-  const int announce = set == 1 && form == FORM_AUTO;
-  if (LTE_FUSED_RAYS * B->nf > LTE_FUSED_BLOCK_MAX) form = FORM_TWO;
+  const int announce = set == 1 && form == LTE_FORM_AUTO;
+  if (form == LTE_FORM_FUSED && LTE_FUSED_RAYS * B->nf > LTE_FUSED_BLOCK_MAX) form = LTE_FORM_TWO;
   /* COEMU_CUDA_SOLVER_CHUNK=N: N cubes per chunk (scripts/gpu-tune.sh's
    * sweep; the default is lte_body_chunk_cubes's rule) */
   long forced = 0;

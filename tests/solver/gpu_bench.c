@@ -15,11 +15,12 @@
  * pipeline's, which the backend copies straight into; `resident
  * images=pageable`: into malloc'd rows through its staging buffer, as the
  * second H200 run measured), then with the chunk sizes of --chunks
- * (COEMU_CUDA_SOLVER_CHUNK, `resident chunk=N`), and with each kernel form
- * (COEMU_CUDA_SOLVER_FUSED: `resident two_launches`, a cell kernel then a ray
- * kernel; `resident fused`, one launch with the cells through shared memory,
- * lte_kernel_body.h; the default times both once per shape and takes the
- * faster, saying so on stderr). Every resident image must
+ * (COEMU_CUDA_SOLVER_CHUNK, `resident chunk=N`), and in each kernel form
+ * (COEMU_CUDA_SOLVER_FORM: `resident form=two`, a cell kernel then a ray
+ * kernel; `form=two-small`, the ray kernel in blocks of half the threads;
+ * `form=fused`, one launch with the cells through shared memory,
+ * lte_kernel_body.h; the default times them once per shape and takes the
+ * fastest, saying so on stderr). Every resident image must
  * equal the same mode's image from host cells bit for bit (same device,
  * same kernels, same cells): a `resident_bits` line says so, and a
  * difference fails the run.
@@ -189,25 +190,25 @@ static int resident(const lte_line *L, const double *f, const cubes *c, int batc
     goto done;
   }
   /* "0": the backend's own chunks and kernel form (then also into pageable
-   * rows); "two" and "fused": the same with each kernel form
-   * (COEMU_CUDA_SOLVER_FUSED=0 and 1; the default, auto, times both once
-   * per shape and says which it took on stderr); then one line per chunk
-   * size of --chunks (COEMU_CUDA_SOLVER_CHUNK). The caller's
-   * COEMU_CUDA_SOLVER_FUSED is put back after. */
-  char list[256], *save = NULL, *form_was = getenv("COEMU_CUDA_SOLVER_FUSED");
+   * rows); "two", "two-small", "fused": the same in each kernel form
+   * (COEMU_CUDA_SOLVER_FORM; the default, auto, times them once per shape
+   * and says which it took on stderr); then one line per chunk size of
+   * --chunks (COEMU_CUDA_SOLVER_CHUNK). The caller's COEMU_CUDA_SOLVER_FORM
+   * is put back after. */
+  char list[256], *save = NULL, *form_was = getenv("COEMU_CUDA_SOLVER_FORM");
   if (form_was) form_was = strdup(form_was);
-  snprintf(list, sizeof list, "0,two,fused%s%s", *chunks ? "," : "", chunks);
+  snprintf(list, sizeof list, "0,two,two-small,fused%s%s", *chunks ? "," : "", chunks);
   for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-    const int own = !strcmp(tok, "0"), two = !strcmp(tok, "two"), fused = !strcmp(tok, "fused");
+    const int own = !strcmp(tok, "0"), form = !strncmp(tok, "two", 3) || !strcmp(tok, "fused");
     char label[48] = "";
-    if (form_was) setenv("COEMU_CUDA_SOLVER_FUSED", form_was, 1);
-    else setenv("COEMU_CUDA_SOLVER_FUSED", "auto", 1); /* the default, with its line */
+    if (form_was) setenv("COEMU_CUDA_SOLVER_FORM", form_was, 1);
+    else setenv("COEMU_CUDA_SOLVER_FORM", "auto", 1); /* the default, with its line */
     if (own)
       unsetenv("COEMU_CUDA_SOLVER_CHUNK");
-    else if (two || fused) {
+    else if (form) {
       unsetenv("COEMU_CUDA_SOLVER_CHUNK");
-      setenv("COEMU_CUDA_SOLVER_FUSED", fused ? "1" : "0", 1);
-      snprintf(label, sizeof label, fused ? " fused" : " two_launches");
+      setenv("COEMU_CUDA_SOLVER_FORM", tok, 1);
+      snprintf(label, sizeof label, " form=%.30s", tok);
     } else {
       setenv("COEMU_CUDA_SOLVER_CHUNK", tok, 1);
       snprintf(label, sizeof label, " chunk=%.30s", tok);
@@ -236,8 +237,8 @@ static int resident(const lte_line *L, const double *f, const cubes *c, int batc
     }
   }
   unsetenv("COEMU_CUDA_SOLVER_CHUNK");
-  if (form_was) setenv("COEMU_CUDA_SOLVER_FUSED", form_was, 1);
-  else unsetenv("COEMU_CUDA_SOLVER_FUSED");
+  if (form_was) setenv("COEMU_CUDA_SOLVER_FORM", form_was, 1);
+  else unsetenv("COEMU_CUDA_SOLVER_FORM");
   free(form_was);
   resident_free(&res, batch);
 done:
@@ -271,7 +272,7 @@ int main(int argc, char **argv) {
   if (cpu_nb > nb) cpu_nb = nb;
   /* the solver's kernel form: the default (auto), set explicitly so that
    * the device backend says on stderr which it took and why */
-  if (!getenv("COEMU_CUDA_SOLVER_FUSED")) setenv("COEMU_CUDA_SOLVER_FUSED", "auto", 1);
+  if (!getenv("COEMU_CUDA_SOLVER_FORM")) setenv("COEMU_CUDA_SOLVER_FORM", "auto", 1);
   lamda_molecule mol;
   lte_line L;
   if (lamda_read(lamda, &mol) < 0 || lte_line_init(&L, &mol, 2, 28.0) < 0) {

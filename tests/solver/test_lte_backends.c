@@ -777,19 +777,27 @@ static void test_fused_bits(void) {
   CHECK(pixels > 15000);
 }
 
-/* The form cache of COEMU_CUDA_SOLVER_FUSED=auto (lte_form_find / _put):
- * a shape differs from another in any one field of its key; a shape put
- * is found with its form; past LTE_FORM_SHAPES the oldest goes first and
- * the others stay. Fails when a field is left out of the comparison or the
- * replacement overwrites the newest. */
+/* The form choice of COEMU_CUDA_SOLVER_FORM=auto: the fastest of the
+ * timed forms, the first of equals; the cache (lte_form_find / _put): a
+ * shape differs from another in any one field of its key; a shape put is
+ * found with its form; past LTE_FORM_SHAPES the oldest goes first and the
+ * others stay. Fails when a field is left out of the comparison or the
+ * replacement overwrites the newest. The variable's words are the forms'
+ * names in order, auto last. */
 static void test_form_cache(void) {
+  const float t1[3] = {2.0f, 1.0f, 3.0f}, t2[3] = {1.0f, 1.0f, 0.5f}, t3[3] = {1.0f, 1.0f, 1.0f};
+  CHECK(lte_form_fastest(t1, 3) == LTE_FORM_TWO_SMALL && lte_form_fastest(t2, 3) == LTE_FORM_FUSED);
+  CHECK(lte_form_fastest(t2, 2) == LTE_FORM_TWO && lte_form_fastest(t3, 3) == LTE_FORM_TWO);
+  const char *const *names = lte_form_names();
+  CHECK(!strcmp(names[LTE_FORM_TWO], "two") && !strcmp(names[LTE_FORM_TWO_SMALL], "two-small") &&
+        !strcmp(names[LTE_FORM_FUSED], "fused") && !strcmp(names[LTE_FORM_AUTO], "auto"));
   lte_form_cache c;
   memset(&c, 0, sizeof c);
   const lte_form_key k0 = {4096, 64, 7, 0, LTE_KERNEL_F64, 0};
-  int fused = -1;
-  CHECK(!lte_form_find(&c, &k0, &fused) && fused == -1);
+  int form = -1;
+  CHECK(!lte_form_find(&c, &k0, &form) && form == -1);
   lte_form_put(&c, &k0, 1);
-  CHECK(lte_form_find(&c, &k0, &fused) && fused == 1);
+  CHECK(lte_form_find(&c, &k0, &form) && form == 1);
   for (int field = 0; field < 6; field++) { /* each field alone makes another shape */
     lte_form_key k = k0;
     if (field == 0) k.npix++;
@@ -798,7 +806,7 @@ static void test_form_cache(void) {
     if (field == 3) k.f32 = 1;
     if (field == 4) k.dtype = LTE_KERNEL_F32;
     if (field == 5) k.pops = 1;
-    CHECK_MSG(!lte_form_find(&c, &k, &fused), "field %d ignored", field);
+    CHECK_MSG(!lte_form_find(&c, &k, &form), "field %d ignored", field);
   }
   /* fill: shapes npix 1 .. LTE_FORM_SHAPES - 1 beside k0, form npix % 2 */
   for (int i = 1; i < LTE_FORM_SHAPES; i++) {
@@ -810,17 +818,17 @@ static void test_form_cache(void) {
   lte_form_key k9 = k0;
   k9.npix = 999;
   lte_form_put(&c, &k9, 0); /* replaces k0, the oldest */
-  CHECK(!lte_form_find(&c, &k0, &fused));
-  CHECK(lte_form_find(&c, &k9, &fused) && fused == 0);
+  CHECK(!lte_form_find(&c, &k0, &form));
+  CHECK(lte_form_find(&c, &k9, &form) && form == 0);
   for (int i = 1; i < LTE_FORM_SHAPES; i++) {
     lte_form_key k = k0;
     k.npix = i;
-    CHECK_MSG(lte_form_find(&c, &k, &fused) && fused == i % 2, "shape %d lost", i);
+    CHECK_MSG(lte_form_find(&c, &k, &form) && form == i % 2, "shape %d lost", i);
   }
   lte_form_put(&c, &k0, 1); /* then the next oldest (npix 1) */
   lte_form_key k1 = k0;
   k1.npix = 1;
-  CHECK(!lte_form_find(&c, &k1, &fused) && lte_form_find(&c, &k9, &fused));
+  CHECK(!lte_form_find(&c, &k1, &form) && lte_form_find(&c, &k9, &form));
 }
 
 /* Asking for a backend that is not built (or does not exist) is an error. */
