@@ -410,7 +410,8 @@ static int launch_form(const lte_kernel_model *Md, const lte_body_view *v, int n
 /* COEMU_CUDA_SOLVER_FORM=auto (the default): the first chunk of each shape
  * times every form on its own cells, after its copies (three runs of each
  * on the chunk's stream, the first a warm-up: a kernel's first launch
- * loads its code; the faster of the other two kept), and the shape keeps
+ * loads its code; the faster of the other two kept, or the one where a
+ * round of them takes over 0.2 s), and the shape keeps
  * the fastest form for the rest of the process. The kernels only rewrite
  * the chunk's scratch, flags and images, so the trial runs leave nothing
  * behind but the choice; the images are the same bits in every form.
@@ -427,7 +428,12 @@ static int pick_form(const lte_kernel_model *Md, const lte_body_view *v, const l
   int rc = 0;
   cudaError_t e = cudaEventCreate(&ev[0]);
   if (e == cudaSuccess) e = cudaEventCreate(&ev[1]);
-  for (int rep = 0; rep < 3 && e == cudaSuccess && rc == 0; rep++)
+  float rep_ms = 0; /* the last round's time, all forms */
+  for (int rep = 0; rep < 3 && e == cudaSuccess && rc == 0; rep++) {
+    /* a chunk so large that one timed round took over 0.2 s (a single big
+     * cube) keeps that round: the trial then costs 2 rounds, not 3 */
+    if (rep == 2 && rep_ms > 200.0f) break;
+    rep_ms = 0;
     for (int f = 0; f < nform && e == cudaSuccess && rc == 0; f++) {
       float ms = 0;
       e = cudaEventRecord(ev[0], stream);
@@ -436,7 +442,9 @@ static int pick_form(const lte_kernel_model *Md, const lte_body_view *v, const l
       if (e == cudaSuccess && rc == 0) e = cudaEventSynchronize(ev[1]);
       if (e == cudaSuccess && rc == 0) e = cudaEventElapsedTime(&ms, ev[0], ev[1]);
       if (rep > 0 && (rep == 1 || ms < best[f])) best[f] = ms;
+      rep_ms += ms;
     }
+  }
   if (ev[0]) cudaEventDestroy(ev[0]);
   if (ev[1]) cudaEventDestroy(ev[1]);
   if (rc < 0) return -1;
