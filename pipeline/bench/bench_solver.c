@@ -6,7 +6,8 @@
  * wings, where the far-wing arithmetic dominates; docs/benchmarks.md,
  * "Subnormals"). Each figure is the median of
  * --reps timed runs after one warm-up. With --device cuda: cubes per second
- * of batches of --batch cubes on the GPU (copies included), instead.
+ * of batches of --batch cubes on the GPU (copies included), instead, with
+ * the kernel form's choice on stderr (COEMU_CUDA_SOLVER_FORM, docs/physics.md).
  * --precision float32 times the float32 path (docs/physics.md). */
 #include <math.h>
 #include <omp.h>
@@ -190,9 +191,12 @@ int bench_solver(int argc, char **argv) {
                       *const *cn = (const double *const *)n;
   int rc = 0;
   if (be != LTE_BACKEND_CPU) {
-    /* the device: batches only (one cube per call leaves a GPU idle) */
+    /* the device: batches only (one cube per call leaves a GPU idle); the
+       kernel form (COEMU_CUDA_SOLVER_FORM) by default auto, set explicitly
+       so that the backend says on stderr which form it timed fastest */
     double cb, bb;
     printf("solver device %s\n", desc);
+    if (!getenv("COEMU_CUDA_SOLVER_FORM")) setenv("COEMU_CUDA_SOLVER_FORM", "auto", 1);
     double tb = time_solve(&cb, &bb, &L, f, N, dx, nb, cv, cT, cn, img, (int)threads, (int)reps, be, prec);
     if (tb < 0) {
       rc = cli_fail("bench solver");
