@@ -4,8 +4,10 @@
  *   train coemunet7 batch=B samples/s X   (forward + loss + backward + Adam)
  *   infer coemunet7 ms/sample Y           (evaluation-mode forward)
  * and the achieved GFLOP/s of the convolution and linear layers against the
- * machine's peak, cores x clock x FLOP per cycle (Zen 4: two 256-bit FMA
- * pipes, AVX-512 issued as two halves = 32 float32 FLOP per cycle). Inputs
+ * machine's peak: measured (bench_cpu_peak: the threads' float32 FMA rate
+ * on the widest vectors the CPU runs), or with --flops-per-cycle X, threads
+ * x clock x X (Zen 4: two 256-bit FMA pipes, AVX-512 issued as two halves,
+ * 32 float32 FLOP a cycle; a Xeon with two AVX-512 FMA ports, 64). Inputs
  * and targets are random: speed does not depend on the values. --feeds
  * says how each step's batch reaches the backend (trainer/train_bench.h:
  * pageable host memory, page-locked beside the step before, or resident);
@@ -38,13 +40,14 @@ static double cpu_mhz(void) { /* first "cpu MHz" line of /proc/cpuinfo, 0 if non
 
 int bench_train(int argc, char **argv) {
   int64_t batch = 8, iters = 3, nfreq = 7, seed = 1234;
-  double fpc = 32;
+  double fpc = 0; /* 0: the peak measured */
   const char *device = "cpu", *precision = "float32", *feeds = NULL;
   cli_opt opts[] = {
       {"batch", CLI_INT, &batch, "B", "training batch size (default 8)", 0, 0},
       {"iters", CLI_INT, &iters, "K", "timed iterations of each (default 3)", 0, 0},
       {"nfreq", CLI_INT, &nfreq, "F", "output channels: 7 (default) or 1", 0, 0},
-      {"flops-per-cycle", CLI_DOUBLE, &fpc, "X", "peak float32 FLOP per cycle per core (Zen 4: 32)", 0, 0},
+      {"flops-per-cycle", CLI_DOUBLE, &fpc, "X", "peak float32 FLOP per cycle per core, for a "
+       "peak of threads x clock x X (default: the peak measured, no clock needed; Zen 4: 32)", 0, 0},
       {"seed", CLI_INT, &seed, "S", "initialisation seed", 0, 0},
       {"device", CLI_STR, &device, "NAME", "trainer backend: cpu (default) or cuda (a CUDA build "
        "and a GPU)", 0, 0},
@@ -110,7 +113,15 @@ int bench_train(int argc, char **argv) {
   int rc = 0;
   const double ff = nn_forward_flops(&m.net), bf = nn_backward_flops(&m.net);
   const int threads = omp_get_max_threads();
-  const double mhz = cpu_mhz(), peak = threads * mhz * 1e-3 * fpc;
+  /* the CPU's peak: threads x clock x fpc where given, else measured */
+  double mhz = 0, peak = 0;
+  int lanes = 0;
+  if (on_cpu) {
+    if (fpc > 0)
+      mhz = cpu_mhz(), peak = threads * mhz * 1e-3 * fpc;
+    else
+      peak = bench_cpu_peak(threads, &lanes) * 1e-9;
+  }
   if (!on_cpu) /* the bus alone: what a pageable figure can reach at most */
     for (int f = TRAIN_BENCH_PAGEABLE; f <= TRAIN_BENCH_PINNED && rc == 0; f++) {
       if (!(feed_mask >> f & 1)) continue;
@@ -150,8 +161,12 @@ int bench_train(int argc, char **argv) {
                train_gf, (ff + bf) * 1e-9, 100 * train_gf / peak);
         printf("infer %s GFLOP/s %.1f (%.2f GFLOP/sample, %.0f%% of peak)\n", name, infer_gf,
                ff * 1e-9, 100 * infer_gf / peak);
-        printf("train peak GFLOP/s %.1f (%d threads x %.0f MHz x %.0f FLOP/cycle)\n", peak,
-               threads, mhz, fpc);
+        if (fpc > 0)
+          printf("train peak GFLOP/s %.1f (%d threads x %.0f MHz x %.0f FLOP/cycle)\n", peak,
+                 threads, mhz, fpc);
+        else
+          printf("train peak GFLOP/s %.1f (measured: %d threads of float32 FMAs on %d-lane "
+                 "vectors)\n", peak, threads, lanes);
       }
     }
     first = 0;

@@ -37,4 +37,10 @@ int bench_stream_rate(const char *endpoint, int n, int nf, uint64_t samples, int
  * inflate, unlike wall-clock rates. */
 double bench_cpu_s(void);
 
+/* The host's float32 multiply-add rate in FLOP/s, measured (cpu_peak.c):
+ * `threads` threads at once, each timing chains of FMAs on the widest
+ * vectors the CPU runs (*lanes: 16 for AVX-512, 8 for AVX2, 1 scalar;
+ * may be NULL), summed. ~0.1 s. */
+double bench_cpu_peak(int threads, int *lanes);
+
 #endif

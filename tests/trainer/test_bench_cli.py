@@ -1,7 +1,8 @@
 """`coemu bench train` refuses bad options with a message and exit status 2
 (a usage error), a short run on the CPU (the one-channel model, batch 2)
 prints a training and an inference figure for each feed asked for
-(trainer/train_bench.h), and --device cuda fails clearly (exit 1) without
+(trainer/train_bench.h) and their share of the CPU's measured peak (or,
+with --flops-per-cycle, threads x clock x that), and --device cuda fails clearly (exit 1) without
 a CUDA build or a device."""
 import os
 import subprocess
@@ -42,6 +43,20 @@ check(r.returncode == 0 and -1 not in at and at == sorted(at)
       and all(float(lines[i].split()[-1]) > 0 for i in at),
       f"three feeds: exit {r.returncode}, figures at lines {at}, stdout {r.stdout!r}, "
       f"stderr {r.stderr!r}")
+# the peak: measured by default (the threads' FMA rate: no clock or FLOP per
+# cycle assumed), positive, and above what training reaches (the layers'
+# GFLOP/s are a share of it: this run's is a few per cent); with
+# --flops-per-cycle, threads x clock x that
+peak = [ln for ln in lines if ln.startswith("train peak GFLOP/s ")]
+shares = [float(ln.split("(")[1].split("%")[0].split(",")[-1]) for ln in lines
+          if ln.startswith(("train coemunet1 GFLOP/s", "infer coemunet1 GFLOP/s"))]
+check(len(peak) == 1 and "(measured: " in peak[0] and float(peak[0].split()[3]) > 0
+      and len(shares) == 2 and all(0 <= x <= 100 for x in shares),
+      f"the measured peak: {peak}, shares of it {shares}")
+r = subprocess.run([coemu, "bench", "train", "--batch", "2", "--iters", "1", "--nfreq", "1",
+                    "--flops-per-cycle", "64"], capture_output=True, text=True, timeout=300)
+check(r.returncode == 0 and " MHz x 64 FLOP/cycle)" in r.stdout,
+      f"--flops-per-cycle 64: exit {r.returncode}, stdout {r.stdout!r}")
 # --device cuda: without the CUDA backend in this build, or without a device,
 # exit 1 with the reason; on a GPU host it runs (a short configuration)
 r = subprocess.run([coemu, "bench", "train", "--device", "cuda", "--batch", "2", "--iters", "1",
