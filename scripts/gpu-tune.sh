@@ -34,7 +34,9 @@
 #              copy kind over one gpu_devpipe_check (after the overlap steps)
 #              and one gpu_bench (last)
 #   trainer    (GPU_TUNE_TRAINER=0 leaves it out) first the parity (every
-#              layer, every precision, float32 on the graph API), then the training and
+#              layer, every precision, float32 on the graph API), then
+#              float32 on the graph API and on the faster API per call
+#              (fp32-graph, fp32-auto, resident), then the training and
 #              inference rates of coemu and PyTorch with the batch fed three
 #              ways (pageable host memory as before, page-locked beside the
 #              step before, resident on the device: trainer/train_bench.h)
@@ -189,6 +191,12 @@ if [ "${GPU_TUNE_TRAINER:-1}" = 1 ]; then
     # graph API, which must now run on graph plans (its first device run
     # since the engine search counts its cap after the filters)
     step "trainer parity" 90 env OMP_NUM_THREADS="$(nproc)" "$tdir/trainer_gpu_check" --only-parity
+    # then float32 with the convolutions on cuDNN's graph API, and each call
+    # on the faster of the two APIs (COEMU_CUDNN_API=graph, auto), the batch
+    # resident: whether the graph engines close the fp32 gap to PyTorch (the
+    # question of issue 18 this run answers first: before the feeds)
+    step "trainer fp32 apis" 150 env OMP_NUM_THREADS="$(nproc)" "$tdir/trainer_gpu_check" \
+      --only-bench --precisions fp32-graph,fp32-auto --feeds resident --iters 5
     # first, what the rates measured: the batch from pageable host memory
     # (as every earlier figure), from page-locked memory beside the step
     # before, or already on the device (trainer/train_bench.h), and the
