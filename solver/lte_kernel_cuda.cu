@@ -4,9 +4,8 @@
  * device (and, in the tests, for the host): one thread per cell, then one
  * thread per (ray, channel); or both in one kernel with the cells through
  * shared memory (the same bits): COEMU_CUDA_SOLVER_FORM, by default the
- * faster on the device, timed once per shape (pick_form). This
- * file holds only what a device needs
- * beyond it: the device, the line's tables in device memory (uploaded once
+ * fastest form on the device, timed once per shape (pick_form). This file
+ * holds only what a device needs beyond it: the device, the line's tables in device memory (uploaded once
  * per line: kept while the next call's tables are the same), two streams
  * with pinned host buffers, and the batch cut into chunks of cubes
  * (lte_body_chunk_cubes: an eighth of the batch, at least a wave of the
@@ -146,7 +145,6 @@ static unsigned grid_for(long long n, int block = BLOCK) {
   return (unsigned)(g < 1 ? 1 : g > (1 << 20) ? (1 << 20) : g);
 }
 
-
 /* one stream and its buffers, sized for `cap` cubes of `cube_bytes` */
 typedef struct {
   cudaStream_t stream;
@@ -174,7 +172,7 @@ static struct {
   /* channels and background map of the current call */
   double *d_freqs;
   size_t freqs_cap;
-  /* the kernel form each shape timed faster (pick_form) */
+  /* the kernel form each shape timed fastest (pick_form) */
   lte_form_cache forms;
 } st = {PTHREAD_MUTEX_INITIALIZER, -1, 0, 0, 0, "", {}, 0, NULL, NULL, NULL, NULL, NULL, 0, {}};
 
@@ -411,8 +409,8 @@ static int launch_form(const lte_kernel_model *Md, const lte_body_view *v, int n
  * times every form on its own cells, after its copies (three runs of each
  * on the chunk's stream, the first a warm-up: a kernel's first launch
  * loads its code; the faster of the other two kept, or the one where a
- * round of them takes over 0.2 s), and the shape keeps
- * the fastest form for the rest of the process. The kernels only rewrite
+ * round of them takes over 0.2 s), and the shape keeps the fastest form
+ * for the rest of the process. The kernels only rewrite
  * the chunk's scratch, flags and images, so the trial runs leave nothing
  * behind but the choice; the images are the same bits in every form.
  * announce (the variable set to auto explicitly): one line on stderr with
