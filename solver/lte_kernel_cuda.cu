@@ -5,9 +5,10 @@
  * thread per (ray, channel); or both in one kernel with the cells through
  * shared memory (the same bits): COEMU_CUDA_SOLVER_FORM, by default the
  * fastest form on the device, timed once per shape (pick_form). This file
- * holds only what a device needs beyond it: the device, the line's tables in device memory (uploaded once
- * per line: kept while the next call's tables are the same), two streams
- * with pinned host buffers, and the batch cut into chunks of cubes
+ * holds only what a device needs beyond it: the device, the line's tables
+ * in device memory (uploaded once per line: kept while the next call's
+ * tables are the same), two streams with pinned host buffers, and the
+ * batch cut into chunks of cubes
  * (lte_body_chunk_cubes: an eighth of the batch, at least a wave of the
  * ray kernel): while the device solves one chunk the host gathers the
  * cells of the next and scatters the images of the last. Images and
