@@ -64,12 +64,13 @@ PEAK_CHAINS_FN(chains256, "avx2,fma", __m256, 8, _mm256_set1_ps, _mm256_fmadd_ps
                _mm256_storeu_ps)
 #endif
 
+/* the fallback: plain multiply-adds (fmaf would be a libm call where the
+ * build has no FMA) */
 static float chains1(long n, float x) {
   float a[CHAINS];
   for (int j = 0; j < CHAINS; j++) a[j] = x + (float)j / 1024;
   for (long i = 0; i < n; i++)
-    for (int j = 0; j < CHAINS; j++) a[j] = a[j] * 0.9999999f + 1e-7f; /* (fmaf is a libm call
-                                                                     * where FMA is not built in) */
+    for (int j = 0; j < CHAINS; j++) a[j] = a[j] * 0.9999999f + 1e-7f;
   float s = 0;
   for (int j = 0; j < CHAINS; j++) s += a[j];
   return s;
