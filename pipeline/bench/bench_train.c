@@ -165,8 +165,8 @@ int bench_train(int argc, char **argv) {
           printf("train peak GFLOP/s %.1f (%d threads x %.0f MHz x %.0f FLOP/cycle)\n", peak,
                  threads, mhz, fpc);
         else
-          printf("train peak GFLOP/s %.1f (measured: %d threads of float32 FMAs on %d-lane "
-                 "vectors)\n", peak, threads, lanes);
+          printf("train peak GFLOP/s %.1f (measured: %d thread%s of float32 FMAs on %d-lane "
+                 "vectors)\n", peak, threads, threads == 1 ? "" : "s", lanes);
       }
     }
     first = 0;
