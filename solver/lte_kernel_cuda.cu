@@ -379,9 +379,17 @@ static int rows_pinned(const void *const *rows, int nc, size_t bytes) {
 /* The kernels of one chunk in the given form (LTE_FORM_*): the cell kernel
  * then the ray kernel, in blocks of LTE_RAYS_BLOCK threads or half that
  * (the form's only difference: the same threads, so the same bits), or the
- * fused kernel. */
+ * fused kernel. A failed launch: -1 with the message, and its CUDA error
+ * in *launch_err where that is given (pick_form skips a form the device
+ * cannot launch). */
 static int launch_form(const lte_kernel_model *Md, const lte_body_view *v, int nf, int form,
-                       cudaStream_t stream) {
+                       cudaStream_t stream, cudaError_t *launch_err = NULL) {
+  cudaError_t e;
+#define LAUNCHED(what)                                                                  \
+  if ((e = cudaGetLastError()) != cudaSuccess) {                                        \
+    if (launch_err) *launch_err = e;                                                    \
+    return cu_fail(what, e);                                                            \
+  }
   if (form == LTE_FORM_FUSED) {
     /* one block per group of rays; the scratch arrays are not used */
     const long long ngroup = (v->nray + LTE_FUSED_RAYS - 1) / LTE_FUSED_RAYS;
@@ -392,18 +400,27 @@ static int launch_form(const lte_kernel_model *Md, const lte_body_view *v, int n
       lte_fused_kernel<1><<<grid, threads, 0, stream>>>(*Md, *v);
     else
       lte_fused_kernel<0><<<grid, threads, 0, stream>>>(*Md, *v);
-    CU(cudaGetLastError(), "launching the fused kernel");
+    LAUNCHED("launching the fused kernel");
     return 0;
   }
   lte_cells_kernel<<<grid_for(v->nray * v->nz), BLOCK, 0, stream>>>(*Md, *v);
-  CU(cudaGetLastError(), "launching the cell kernel");
+  LAUNCHED("launching the cell kernel");
   const int rb = form == LTE_FORM_TWO_SMALL ? LTE_RAYS_BLOCK / 2 : LTE_RAYS_BLOCK;
   if (Md->f32)
     lte_rays_f32_kernel<<<grid_for(v->nray * nf, rb), rb, 0, stream>>>(*Md, *v);
   else
     lte_rays_kernel<<<grid_for(v->nray * nf, rb), rb, 0, stream>>>(*Md, *v);
-  CU(cudaGetLastError(), "launching the ray kernel");
+  LAUNCHED("launching the ray kernel");
   return 0;
+#undef LAUNCHED
+}
+
+/* a launch the device refuses for the kernel's configuration (its
+ * registers, shared memory or block size on this device): the form is
+ * left out of auto's choice, not an error */
+static int launch_refused(cudaError_t e) {
+  return e == cudaErrorLaunchOutOfResources || e == cudaErrorInvalidConfiguration ||
+         e == cudaErrorNoKernelImageForDevice;
 }
 
 /* COEMU_CUDA_SOLVER_FORM=auto (the default): the first chunk of each shape
@@ -424,7 +441,7 @@ static int pick_form(const lte_kernel_model *Md, const lte_body_view *v, const l
   const int nform = LTE_FUSED_RAYS * v->nf <= LTE_FUSED_BLOCK_MAX ? LTE_FORMS : LTE_FORM_FUSED;
   cudaEvent_t ev[2] = {NULL, NULL};
   float best[LTE_FORMS] = {0};
-  int rc = 0;
+  int rc = 0, refused[LTE_FORMS] = {0};
   cudaError_t e = cudaEventCreate(&ev[0]);
   if (e == cudaSuccess) e = cudaEventCreate(&ev[1]);
   float rep_ms = 0; /* the last round's time, all forms */
@@ -435,8 +452,16 @@ static int pick_form(const lte_kernel_model *Md, const lte_body_view *v, const l
     rep_ms = 0;
     for (int f = 0; f < nform && e == cudaSuccess && rc == 0; f++) {
       float ms = 0;
+      cudaError_t le = cudaSuccess;
+      if (refused[f]) continue;
       e = cudaEventRecord(ev[0], stream);
-      if (e == cudaSuccess) rc = launch_form(Md, v, v->nf, f, stream);
+      if (e == cudaSuccess) rc = launch_form(Md, v, v->nf, f, stream, &le);
+      if (rc < 0 && launch_refused(le)) { /* (what was queued only rewrites the scratch) */
+        refused[f] = 1, rc = 0;
+        fprintf(stderr, "solver backend 'cuda': the %s form cannot run on this device (%s); "
+                "the others are timed\n", lte_form_names()[f], ce_err_msg());
+        continue;
+      }
       if (e == cudaSuccess && rc == 0) e = cudaEventRecord(ev[1], stream);
       if (e == cudaSuccess && rc == 0) e = cudaEventSynchronize(ev[1]);
       if (e == cudaSuccess && rc == 0) e = cudaEventElapsedTime(&ms, ev[0], ev[1]);
@@ -448,13 +473,19 @@ static int pick_form(const lte_kernel_model *Md, const lte_body_view *v, const l
   if (ev[1]) cudaEventDestroy(ev[1]);
   if (rc < 0) return -1;
   if (e != cudaSuccess) return cu_fail("the kernels, timed in each form (cudaEvent*)", e);
+  int usable = 0;
+  for (int f = 0; f < nform; f++)
+    if (refused[f]) best[f] = INFINITY; /* never the fastest */
+    else usable++;
+  if (!usable) return ce_err("solver backend 'cuda': no kernel form can run on this device");
   *form = lte_form_fastest(best, nform);
   lte_form_put(&st.forms, &key, *form);
   if (announce) {
     char times[160] = "";
     for (int f = 0, o = 0; f < nform; f++)
-      o += snprintf(times + o, sizeof times - o, "%s%s %.3f ms", f ? ", " : "", lte_form_names()[f],
-                    best[f]);
+      if (!refused[f])
+        o += snprintf(times + o, sizeof times - o, "%s%s %.3f ms", o ? ", " : "",
+                      lte_form_names()[f], best[f]);
     fprintf(stderr,
             "solver backend 'cuda': %lld rays of %d cells, %d channels, %s arithmetic, %s cells%s: "
             "a chunk of %d cubes in %s: %s\n",
