@@ -279,6 +279,12 @@ typedef struct lte_body_ray {
   int f;
   double *out, nu, bdy;
 } lte_body_ray;
+/* ray's channel f: its frequency and background (both forms) */
+static inline LTE_HD void lte_body_channel(const lte_body_view *V, long long ray, int f, double *nu,
+                                           double *bdy) {
+  *nu = V->freqs[f];
+  *bdy = V->background_map ? V->background_map[(ray % V->npix) * V->nf + f] : V->background;
+}
 static inline LTE_HD int lte_body_ray_begin(const lte_body_view *V, long long t, lte_body_ray *r) {
   lte_body_group(t, V->nray, V->nf, 0, &r->ray, &r->f);
   r->out = V->image + r->ray * V->nf + r->f;
@@ -286,8 +292,7 @@ static inline LTE_HD int lte_body_ray_begin(const lte_body_view *V, long long t,
     *r->out = NAN;
     return 0;
   }
-  r->nu = V->freqs[r->f];
-  r->bdy = V->background_map ? V->background_map[(r->ray % V->npix) * V->nf + r->f] : V->background;
+  lte_body_channel(V, r->ray, r->f, &r->nu, &r->bdy);
   return 1;
 }
 
@@ -640,10 +645,11 @@ static inline LTE_HD void lte_body_target_thread(const lte_body_view *V, long lo
 
 /* ---------------------------------------------------------------------- */
 /* 4. The fused form (lte_kernel_cuda.cu's lte_fused_kernel;
- * COEMU_CUDA_SOLVER_FORM=fused, or auto where it times fastest). One block per group of LTE_FUSED_RAYS
- * neighbouring rays, one thread per (ray, channel) of the group: thread
- * tid = f * LTE_FUSED_RAYS + ray's place, so that a warp is the group's
- * rays at one channel, as in the two-launch form. The block makes its
+ * COEMU_CUDA_SOLVER_FORM=fused, or auto where it times fastest). One block
+ * per group of LTE_FUSED_RAYS neighbouring rays, one thread per (ray,
+ * channel) of the group: thread tid = f * LTE_FUSED_RAYS + ray's place, so
+ * that a warp is the group's rays at one channel, as in the two-launch
+ * form. The block makes its
  * rays' cell constants a tile of LTE_FUSED_TILE cells along z at a time
  * into shared memory (lte_fused_cells: every thread of the block takes a
  * share), waits, and its ray threads step through the tile
@@ -683,6 +689,17 @@ typedef struct lte_fused_ray {
   double nu, bdy;
 } lte_fused_ray;
 
+/* the groups of a view's rays: the fused kernel's blocks */
+static inline LTE_HD long long lte_fused_groups(const lte_body_view *V) {
+  return (V->nray + LTE_FUSED_RAYS - 1) / LTE_FUSED_RAYS;
+}
+
+/* whether a block holds nf channels' threads (block_max: the kernel's
+ * largest block; else the two-launch form) */
+static inline LTE_HD int lte_fused_fits(int nf, int block_max) {
+  return nf >= 1 && LTE_FUSED_RAYS * nf <= block_max;
+}
+
 /* the group's rays: the last one may hold fewer than LTE_FUSED_RAYS */
 static inline LTE_HD int lte_fused_width(const lte_body_view *V, long long g) {
   const long long left = V->nray - g * LTE_FUSED_RAYS;
@@ -702,10 +719,7 @@ static inline LTE_HD void lte_fused_begin(const lte_body_view *V, long long g, i
   r->ray = g * LTE_FUSED_RAYS + r->q;
   r->in = r->q < lte_fused_width(V, g), r->bad = 0;
   r->nu = r->bdy = 0.0;
-  if (!r->in) return;
-  r->nu = V->freqs[r->f];
-  r->bdy = V->background_map ? V->background_map[(r->ray % V->npix) * V->nf + r->f]
-                             : V->background;
+  if (r->in) lte_body_channel(V, r->ray, r->f, &r->nu, &r->bdy);
 }
 
 /* the tile's cells [z0, ..) of group g's rays: thread tid of nthr takes
@@ -898,7 +912,7 @@ static inline void lte_body_run_host(const lte_kernel_model *M, const lte_body_v
  * __syncthreads between them). -1 (out of memory, or more channels than a
  * block holds) leaves the view as it was. */
 static inline int lte_body_run_host_fused(const lte_kernel_model *M, const lte_body_view *V) {
-  if (V->nf < 1 || V->nf > LTE_FUSED_MAX_NF) return -1;
+  if (!lte_fused_fits(V->nf, LTE_FUSED_RAYS * LTE_FUSED_MAX_NF)) return -1;
   const int nthr = LTE_FUSED_RAYS * V->nf;
   lte_fused_tile *tl = (lte_fused_tile *)malloc(sizeof *tl);
   lte_fused_ray *r = (lte_fused_ray *)malloc(nthr * sizeof *r);
@@ -909,8 +923,7 @@ static inline int lte_body_run_host_fused(const lte_kernel_model *M, const lte_b
     return -1;
   }
   const lte_host_fpenv fenv = lte_host_flush_begin();
-  const long long ngroup = (V->nray + LTE_FUSED_RAYS - 1) / LTE_FUSED_RAYS;
-  for (long long g = 0; g < ngroup; g++) {
+  for (long long g = 0; g < lte_fused_groups(V); g++) {
     for (int t = 0; t < nthr; t++) lte_fused_begin(V, g, t, tl, &r[t]);
     for (int z0 = 0; z0 < V->nz; z0 += LTE_FUSED_TILE) {
       for (int t = 0; t < nthr; t++) lte_fused_cells(M, V, g, z0, tl, t, nthr);

@@ -392,7 +392,7 @@ static int launch_form(const lte_kernel_model *Md, const lte_body_view *v, int n
   }
   if (form == LTE_FORM_FUSED) {
     /* one block per group of rays; the scratch arrays are not used */
-    const long long ngroup = (v->nray + LTE_FUSED_RAYS - 1) / LTE_FUSED_RAYS;
+    const long long ngroup = lte_fused_groups(v);
     if (ngroup > INT_MAX) CE_FAIL("solver backend 'cuda': %lld groups of rays in one chunk", ngroup);
     const unsigned grid = (unsigned)ngroup;
     const int threads = LTE_FUSED_RAYS * nf;
@@ -438,7 +438,7 @@ static int pick_form(const lte_kernel_model *Md, const lte_body_view *v, const l
   const int f32 = Md->f32, pops = v->pl != NULL;
   const lte_form_key key = {v->npix, v->nz, v->nf, f32, (int)B->dtype, pops};
   if (lte_form_find(&st.forms, &key, form)) return 0;
-  const int nform = LTE_FUSED_RAYS * v->nf <= LTE_FUSED_BLOCK_MAX ? LTE_FORMS : LTE_FORM_FUSED;
+  const int nform = lte_fused_fits(v->nf, LTE_FUSED_BLOCK_MAX) ? LTE_FORMS : LTE_FORM_FUSED;
   cudaEvent_t ev[2] = {NULL, NULL};
   float best[LTE_FORMS] = {0};
   int rc = 0, refused[LTE_FORMS] = {0};
@@ -640,7 +640,7 @@ static int solve_locked(const lte_kernel_model *M, const lte_kernel_batch *B, in
                               &form);
   if (set < 0) return -1;
   const int announce = set == 1 && form == LTE_FORM_AUTO;
-  if (form == LTE_FORM_FUSED && LTE_FUSED_RAYS * B->nf > LTE_FUSED_BLOCK_MAX) form = LTE_FORM_TWO;
+  if (form == LTE_FORM_FUSED && !lte_fused_fits(B->nf, LTE_FUSED_BLOCK_MAX)) form = LTE_FORM_TWO;
   /* COEMU_CUDA_SOLVER_CHUNK=N: N cubes per chunk (scripts/gpu-tune.sh's
    * sweep; the default is lte_body_chunk_cubes's rule) */
   long forced = 0;

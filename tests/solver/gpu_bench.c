@@ -193,16 +193,16 @@ static int resident(const lte_line *L, const double *f, const cubes *c, int batc
    * rows); "two", "two-small", "fused": the same in each kernel form
    * (COEMU_CUDA_SOLVER_FORM; the default, auto, times them once per shape
    * and says which it took on stderr); then one line per chunk size of
-   * --chunks (COEMU_CUDA_SOLVER_CHUNK). The caller's COEMU_CUDA_SOLVER_FORM
-   * is put back after. */
-  char list[256], *save = NULL, *form_was = getenv("COEMU_CUDA_SOLVER_FORM");
-  if (form_was) form_was = strdup(form_was);
+   * --chunks (COEMU_CUDA_SOLVER_CHUNK). COEMU_CUDA_SOLVER_FORM as main set
+   * it (auto, or the caller's) is put back after each form's lines. */
+  const char *form_env = getenv("COEMU_CUDA_SOLVER_FORM");
+  char list[256], *save = NULL, form_was[64];
+  snprintf(form_was, sizeof form_was, "%s", form_env ? form_env : "auto");
   snprintf(list, sizeof list, "0,two,two-small,fused%s%s", *chunks ? "," : "", chunks);
   for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
     const int own = !strcmp(tok, "0"), form = !strncmp(tok, "two", 3) || !strcmp(tok, "fused");
     char label[48] = "";
-    if (form_was) setenv("COEMU_CUDA_SOLVER_FORM", form_was, 1);
-    else setenv("COEMU_CUDA_SOLVER_FORM", "auto", 1); /* the default, with its line */
+    setenv("COEMU_CUDA_SOLVER_FORM", form_was, 1);
     if (own)
       unsetenv("COEMU_CUDA_SOLVER_CHUNK");
     else if (form) {
@@ -237,9 +237,7 @@ static int resident(const lte_line *L, const double *f, const cubes *c, int batc
     }
   }
   unsetenv("COEMU_CUDA_SOLVER_CHUNK");
-  if (form_was) setenv("COEMU_CUDA_SOLVER_FORM", form_was, 1);
-  else unsetenv("COEMU_CUDA_SOLVER_FORM");
-  free(form_was);
+  setenv("COEMU_CUDA_SOLVER_FORM", form_was, 1);
   resident_free(&res, batch);
 done:
   pinned_rows_free(pin);

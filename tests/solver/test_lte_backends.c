@@ -352,11 +352,9 @@ static void test_backends(void) {
  * for the host and run by a plain loop over the thread indices, as a kernel
  * table: the device's code without the device. */
 
-/* body_solve runs the fused form (lte_body_run_host_fused: one block's
- * threads phase after phase, the cells through its tile) when set */
-static int body_fused;
-
-static int body_solve(const lte_kernel_model *M, const lte_kernel_batch *B) {
+/* fused: the fused form (lte_body_run_host_fused: one block's threads
+ * phase after phase, the cells through its tile), else the two launches */
+static int body_solve_form(const lte_kernel_model *M, const lte_kernel_batch *B, int fused) {
   const size_t npix = (size_t)B->nx * B->ny, ncell = npix * B->nz, nray = npix * B->ncube;
   const size_t esz = B->dtype == LTE_KERNEL_F32 ? 4 : 8, narr = B->pop_l ? 5 : 3;
   const void *const *src[5] = {B->v, B->T, B->n, B->pop_l, B->pop_u};
@@ -377,7 +375,7 @@ static int body_solve(const lte_kernel_model *M, const lte_kernel_batch *B) {
                      .S = scratch, .adx = scratch + ncell * B->ncube,
                      .iw = scratch + 2 * ncell * B->ncube, .shift = scratch + 3 * ncell * B->ncube,
                      .bad = bad, .image = image, .targets = targets};
-  if (body_fused) {
+  if (fused) {
     /* the scratch is not the fused form's: NaN, so a read of it would show */
     memset(scratch, 0xff, 4 * ncell * B->ncube * sizeof(double));
     CHECK_MSG(lte_body_run_host_fused(M, &V) == 0, "the fused form refused %d channels", B->nf);
@@ -395,13 +393,13 @@ static int body_solve(const lte_kernel_model *M, const lte_kernel_batch *B) {
   return any ? LTE_KERNEL_BAD_INPUT : 0;
 }
 
+static int body_solve(const lte_kernel_model *M, const lte_kernel_batch *B) {
+  return body_solve_form(M, B, 0);
+}
 static const lte_kernel body_kernel = {"cuda bodies on the host", "host", body_solve, NULL, NULL};
 
 static int fused_solve(const lte_kernel_model *M, const lte_kernel_batch *B) {
-  body_fused = 1;
-  const int rc = body_solve(M, B);
-  body_fused = 0;
-  return rc;
+  return body_solve_form(M, B, 1);
 }
 /* the fused kernel's bodies (lte_kernel_body.h, section 4), as a kernel table */
 static const lte_kernel fused_kernel = {"cuda fused bodies on the host", "host", fused_solve, NULL,
