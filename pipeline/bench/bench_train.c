@@ -66,6 +66,9 @@ int bench_train(int argc, char **argv) {
                           "--batch %lld (2..4096), --iters %lld (1..1000), --nfreq %lld (1..64): "
                           "out of range",
                           (long long)batch, (long long)iters, (long long)nfreq);
+  if (fpc < 0 || fpc > 4096)
+    return cli_usage_fail("bench train", "--flops-per-cycle %g: expected 0..4096 FLOP a cycle "
+                          "(0, the default: the peak measured)", fpc);
   if (strcmp(device, "cpu") && strcmp(device, "cuda"))
     return cli_usage_fail("bench train", "--device %s: expected cpu or cuda", device);
   unsigned feed_mask = 0;

@@ -24,6 +24,7 @@ case("batch too small", ["--batch", "1"], 2, "--batch 1")
 case("not a number", ["--iters", "x"], 2, "iters")
 case("unknown option", ["--bogus"], 2, "bogus")
 case("positional argument", ["extra"], 2, "unexpected argument")
+case("negative FLOP a cycle", ["--flops-per-cycle", "-5"], 2, "--flops-per-cycle -5: expected 0..4096")
 case("unknown device", ["--device", "gpu"], 2, "--device gpu: expected cpu or cuda")
 case("unknown feed", ["--feeds", "pageable,mapped"], 2,
      "--feeds pageable,mapped: feed 'mapped': expected pageable, pinned or resident")
