@@ -51,11 +51,14 @@
 #                                           meson test gpu_check_build)
 # Environment: NVCC (default nvcc), CC (gcc), GPU_ARCH (90: H100/H200; a
 # comma-separated list), GPU_CHECK_DIR (build folder, default build-gpu-check),
-# GPU_BENCH_ARGS (extra gpu_bench options, e.g. "--batch 128"), GPU_CHECK_PROFILE
+# GPU_BENCH_ARGS (extra gpu_bench options, e.g. "--batch 128"), GPU_SAMPLE_BENCH_ARGS and
+# GPU_DEVPIPE_ARGS (the same for gpu_sample_bench and gpu_devpipe_check), GPU_CHECK_PROFILE
 # (1: Nsight Compute on the sampler's and solver's kernels), GPU_CHECK_DEPS
 # (default TRAINER_CHECK_DEPS: a `scripts/gpu-check-trainer.sh --pack-deps`
 # folder, whose libyaml builds the sampler's part where the GPU machine has none),
 # GPU_NVCC_DEFS (extra -D flags for the kernels: scripts/gpu-tune.sh's variants).
+# NVCC=tests/cuda_emu/bin/nvcc builds the same binaries against the CUDA
+# emulator and runs these steps on the CPU (scripts/cuda-emu-check.sh: CI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build_only=0
@@ -88,6 +91,10 @@ cflags=(-std=c17 -O2 -g -fopenmp -ffp-contract=off -ffunction-sections -march=na
 # the CUDA runtime's header (gpu_bench's resident cubes)
 cuda_inc=$(dirname "$(dirname "$(command -v "$NVCC")")")/include
 [ -d "$cuda_inc" ] && cflags+=(-I"$cuda_inc")
+# GPU_CHECK_CFLAGS: extra flags for the C sources (scripts/cuda-emu-check.sh's
+# sanitizers)
+read -ra xcflags <<<"${GPU_CHECK_CFLAGS:-}"
+cflags+=("${xcflags[@]}")
 libs=(-lm)
 ldeps=() # a packed dependency folder: headers, and libraries found at link and run time
 deps=${GPU_CHECK_DEPS:-${TRAINER_CHECK_DEPS:-}}
@@ -189,9 +196,12 @@ step parity_pomme 60 "$out/test_pomme"
 [ "$have_yaml" = 1 ] && step parity_sampler 60 "$out/test_sample"
 # shellcheck disable=SC2086
 step bench_solver 120 "$out/gpu_bench" ${GPU_BENCH_ARGS:-}
-[ "$have_yaml" = 1 ] && step bench_sample_solve 60 "$out/gpu_sample_bench"
-[ "$have_yaml" = 1 ] && step bench_sample_solve_constant 60 "$out/gpu_sample_bench" --reconstruction constant
-[ "$have_yaml" = 1 ] && step devpipe_dataset 90 "$out/gpu_devpipe_check"
+# shellcheck disable=SC2086
+[ "$have_yaml" = 1 ] && step bench_sample_solve 60 "$out/gpu_sample_bench" ${GPU_SAMPLE_BENCH_ARGS:-}
+# shellcheck disable=SC2086
+[ "$have_yaml" = 1 ] && step bench_sample_solve_constant 60 "$out/gpu_sample_bench" --reconstruction constant ${GPU_SAMPLE_BENCH_ARGS:-}
+# shellcheck disable=SC2086
+[ "$have_yaml" = 1 ] && step devpipe_dataset 90 "$out/gpu_devpipe_check" ${GPU_DEVPIPE_ARGS:-}
 # GPU_CHECK_PROFILE=1: Nsight Compute on the sampler's and the solver's
 # kernels (one launch of each: speed of light, occupancy, launch figures),
 # the report in $out/ncu.log, its summary lines printed
