@@ -3,7 +3,10 @@
 #   scripts/test.sh              normal (release, -O2) build in build/
 #   scripts/test.sh --sanitize   AddressSanitizer + UndefinedBehaviorSanitizer build in build-san/
 #   scripts/test.sh --portable   portable build (-Dnative=false: no -march=native, the
-#                                solver's portable kernel) in build-portable/
+#                                solver's portable kernel) in build-portable/, its CUDA
+#                                code on the CUDA emulator (-Dcuda=disabled
+#                                -Dgpu_emulator=true: every device path of the suite
+#                                runs on the CPU; docs/architecture.md)
 # Prints "N passed, N failed" (one line per test executable and a total).
 # The environment passes through: OPENBLAS_CORETYPE=Haswell bash scripts/test.sh
 # runs the suite on OpenBLAS's Haswell kernels (any AVX2 host); the BLAS
@@ -22,7 +25,7 @@ if [ "${1:-}" = "--sanitize" ]; then
   mult=4
 elif [ "${1:-}" = "--portable" ]; then
   builddir=build-portable
-  bash scripts/build.sh "$builddir" -Dnative=false
+  bash scripts/build.sh "$builddir" -Dnative=false -Dcuda=disabled -Dgpu_emulator=true
   mult=1
 elif [ -n "${1:-}" ]; then
   echo "usage: scripts/test.sh [--sanitize | --portable]" >&2
