@@ -61,7 +61,12 @@
 # GPU_TUNE_SOLVER (0: no overlap, variants or nsys steps, no variant builds),
 # GPU_CHECK_DEPS / TRAINER_CHECK_DEPS (as gpu-check.sh), GPU_CHECK_KEEP (a
 # folder: every log copied there), GPU_TUNE_TRAINER (0: no trainer part),
-# TRAINER_CHECK_DEPS (as gpu-check-trainer.sh), PYTHON.
+# TRAINER_CHECK_DEPS (as gpu-check-trainer.sh), PYTHON, GPU_TUNE_BENCH_ARGS and
+# GPU_TUNE_DEVPIPE_ARGS (options added after every gpu_bench and gpu_devpipe_check
+# command's own: the dry run of the solver part on the CUDA emulator,
+# NVCC=tests/cuda_emu/bin/nvcc, passes small sizes there), GPU_TUNE_DIR (the
+# prefix of the build and log folders, default build-gpu-tune), GPU_TUNE_NSYS (0:
+# no Nsight Systems steps).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -72,15 +77,19 @@ root=$PWD
 # 128 threads, once the variant rblk128, are now the solver's run-time form
 # two-small: gpu_bench's `resident form=two-small` lines in every variant.)
 variants=${GPU_TUNE_VARIANTS:-"base=;flat=-DLTE_BODY_RAY_GROUP=0;rays3=-DLTE_RAYS_MIN_BLOCKS=3;rays4=-DLTE_RAYS_MIN_BLOCKS=4 -DLTE_CELLS_MIN_BLOCKS=4;lines3=-DSB_LINES_MIN_BLOCKS=3"}
+# the variants' build folders and the logs: GPU_TUNE_DIR-LABEL, GPU_TUNE_DIR-logs
+pre=${GPU_TUNE_DIR:-build-gpu-tune}
 # every step's log goes straight to GPU_CHECK_KEEP when set (a run cut short
 # by a time limit keeps what it did)
-logs=${GPU_CHECK_KEEP:-build-gpu-tune-logs}
-mkdir -p "$logs" build-gpu-tune-logs
+logs=${GPU_CHECK_KEEP:-$pre-logs}
+mkdir -p "$logs" "$pre-logs"
 export COEMU_TEST_DATA="$root/tests/data"
 export COEMU_REQUIRE_DEVICE=1
 # the solver's kernel form: the default (auto), set explicitly so that the
 # backend says which form it took for each shape, with both times
 export COEMU_CUDA_SOLVER_FORM=${COEMU_CUDA_SOLVER_FORM:-auto}
+read -ra xbench <<<"${GPU_TUNE_BENCH_ARGS:-}"
+read -ra xdev <<<"${GPU_TUNE_DEVPIPE_ARGS:-}"
 t0=$SECONDS
 rc=0
 step() { # name limit command...: the figure lines, then ok or FAIL
@@ -106,20 +115,20 @@ vlist=()
 pids=()
 for v in "${vlist[@]}"; do
   label=${v%%=*} defs=${v#*=}
-  GPU_NVCC_DEFS="$defs" GPU_CHECK_DIR="build-gpu-tune-$label" \
-    bash scripts/gpu-check.sh --build-only >"build-gpu-tune-logs/build-$label.log" 2>&1 &
+  GPU_NVCC_DEFS="$defs" GPU_CHECK_DIR="$pre-$label" \
+    bash scripts/gpu-check.sh --build-only >"$pre-logs/build-$label.log" 2>&1 &
   pids+=($!)
 done
 # the trainer's binary beside them (its time is the trainer part's)
 tpid=
 if [ "${GPU_TUNE_TRAINER:-1}" = 1 ]; then
-  bash scripts/gpu-check-trainer.sh --build-only >build-gpu-tune-logs/build-trainer.log 2>&1 &
+  bash scripts/gpu-check-trainer.sh --build-only >"$pre-logs/build-trainer.log" 2>&1 &
   tpid=$!
 fi
 for i in "${!pids[@]}"; do
   if ! wait "${pids[$i]}"; then
     echo "gpu-tune build ${vlist[$i]%%=*}: FAIL"
-    tail -15 "build-gpu-tune-logs/build-${vlist[$i]%%=*}.log" | sed "s/^/  /"
+    tail -15 "$pre-logs/build-${vlist[$i]%%=*}.log" | sed "s/^/  /"
     exit 1
   fi
 done
@@ -131,29 +140,30 @@ fi
 # Nsight Systems: device time per kernel and per copy kind (where it is found)
 nsys_step() { # what (devpipe | bench)
   local what=$1 cmd
-  if [ $what = devpipe ]; then cmd=("$b/gpu_devpipe_check" --models 1 --ref 1 --reps 2)
-  else cmd=("$b/gpu_bench" --cpu-batch 1 --reps 3); fi
+  if [ $what = devpipe ]; then cmd=("$b/gpu_devpipe_check" --models 1 --ref 1 --reps 2 "${xdev[@]}")
+  else cmd=("$b/gpu_bench" --cpu-batch 1 --reps 3 "${xbench[@]}"); fi
   if timeout 120 "$nsys" profile --trace=cuda --sample=none --cpuctxsw=none --force-overwrite=true \
-       -o "build-gpu-tune-logs/nsys-$what" "${cmd[@]}" >"build-gpu-tune-logs/nsys-$what-run.log" 2>&1; then
+       -o "$pre-logs/nsys-$what" "${cmd[@]}" >"$pre-logs/nsys-$what-run.log" 2>&1; then
     "$nsys" stats --report cuda_gpu_kern_sum --report cuda_gpu_mem_time_sum --format table \
-      "build-gpu-tune-logs/nsys-$what.nsys-rep" >"$logs/nsys-$what.txt" 2>&1 || true
+      "$pre-logs/nsys-$what.nsys-rep" >"$logs/nsys-$what.txt" 2>&1 || true
     # the table rows: time %, total ns, instances, ..., name
     grep -E '^ *[0-9]+\.[0-9]+ +[0-9,]+ +[0-9,]+ ' "$logs/nsys-$what.txt" | head -24 |
       sed "s/^ */gpu-tune nsys $what: /" | cut -c1-240
   else
     echo "gpu-tune nsys $what: FAIL"
-    tail -8 "build-gpu-tune-logs/nsys-$what-run.log" | sed "s/^/  /"
+    tail -8 "$pre-logs/nsys-$what-run.log" | sed "s/^/  /"
   fi
 }
 nsys=$(command -v nsys || ls /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda/bin/nsys 2>/dev/null | head -1 || true)
+[ "${GPU_TUNE_NSYS:-1}" = 0 ] && nsys= # (the emulator's dry run: no device to profile)
 
 if [ "$solver" = 1 ]; then
   # --- the overlap, on the default build --------------------------------------
-  b=build-gpu-tune-${vlist[0]%%=*}
-  step "overlap" 120 "$b/gpu_devpipe_check" --models 1 # both ways (the default is off)
+  b="$pre-${vlist[0]%%=*}"
+  step "overlap" 120 "$b/gpu_devpipe_check" --models 1 "${xdev[@]}" # both ways (the default is off)
   for ck in 32 64; do
     step "overlap chunk=$ck" 90 env COEMU_DEVPIPE_OVERLAP=1 COEMU_DEVPIPE_CHUNK=$ck \
-      "$b/gpu_devpipe_check" --models 1 --ref 1
+      "$b/gpu_devpipe_check" --models 1 --ref 1 "${xdev[@]}"
   done
   # the solver's kernel forms in the pipeline, two of them forced (the
   # steps above ran the default, auto: the fastest, timed once per shape),
@@ -161,7 +171,7 @@ if [ "$solver" = 1 ]; then
   # `resident form=...` lines (variant base)
   for form in two fused; do
     step "form=$form pipeline" 90 env COEMU_CUDA_SOLVER_FORM=$form "$b/gpu_devpipe_check" \
-      --models 1 --ref 1
+      --models 1 --ref 1 "${xdev[@]}"
   done
   # where the pipeline's device time goes (before the variants: it says more)
   if [ -n "$nsys" ]; then nsys_step devpipe
@@ -170,11 +180,11 @@ if [ "$solver" = 1 ]; then
   # --- launch-bounds variants -------------------------------------------------
   for v in "${vlist[@]}"; do
     label=${v%%=*}
-    step "variant $label solver" 60 "build-gpu-tune-$label/gpu_bench" --cpu-batch 1
+    step "variant $label solver" 60 "$pre-$label/gpu_bench" --cpu-batch 1 "${xbench[@]}"
     [ "$label" = "${vlist[0]%%=*}" ] && step "variant $label solver batch=256" 60 \
-      "build-gpu-tune-$label/gpu_bench" --batch 256 --cpu-batch 1
+      "$pre-$label/gpu_bench" --batch 256 --cpu-batch 1 "${xbench[@]}"
     [ "$label" != "${vlist[0]%%=*}" ] && step "variant $label pipeline" 90 \
-      "build-gpu-tune-$label/gpu_devpipe_check" --models 1
+      "$pre-$label/gpu_devpipe_check" --models 1 "${xdev[@]}"
   done
 fi
 
@@ -226,7 +236,7 @@ if [ "${GPU_TUNE_TRAINER:-1}" = 1 ]; then
     step "cudnn probe" 130 "$tdir/cudnn_engine_probe" --quick --deadline 120
   else
     echo "gpu-tune trainer: FAIL (build)"
-    tail -15 build-gpu-tune-logs/build-trainer.log | sed "s/^/  /"
+    tail -15 "$pre-logs/build-trainer.log" | sed "s/^/  /"
     rc=1
   fi
 fi
