@@ -8,7 +8,8 @@
 #          reads, gets wrong bytes and fails the parity);
 #   eager  each call runs as it is made.
 # Then the solver part of scripts/gpu-tune.sh (the device session's tuning
-# run; two variants, small sizes), and the paths a device takes rarely:
+# run; its variant flat, small sizes; not under the sanitizers), and the
+# paths a device takes rarely:
 #   refused    the solver's fused kernel given more registers than a block of
 #              13 channels' threads can hold (COEMU_CUDA_EMU_REGS): the
 #              default form choice (auto) leaves it out with a line on
@@ -47,18 +48,28 @@ fi
 rc=0
 for order in lazy eager; do
   echo "cuda-emu-check: the device check, $order order"
-  if ! COEMU_CUDA_EMU=$order bash scripts/gpu-check.sh 2>&1 | sed "s/^/[$order] /"; then rc=1; fi
+  how=() # built once, for the first order
+  [ "$order" = eager ] && how=(--run-only)
+  if ! COEMU_CUDA_EMU=$order bash scripts/gpu-check.sh "${how[@]}" 2>&1 | sed "s/^/[$order] /"; then
+    rc=1
+  fi
 done
-# the solver part of scripts/gpu-tune.sh, two of its variants (the defaults,
-# and the threads in the plain order): every step of the device session's
-# tuning run starts, parses its options and passes its parity here first
-echo "cuda-emu-check: scripts/gpu-tune.sh's solver part, variants base and flat"
-if ! GPU_TUNE_TRAINER=0 GPU_TUNE_NSYS=0 GPU_TUNE_DIR="$out/tune" GPU_CHECK_KEEP="$out/tune-logs" \
-  GPU_TUNE_VARIANTS="base=;flat=-DLTE_BODY_RAY_GROUP=0" \
-  GPU_TUNE_BENCH_ARGS="--batch 2 --reps 1 --size 16 --chunks 1" \
-  GPU_TUNE_DEVPIPE_ARGS="--dirs 4 --ref 1 --batch 4 --reps 1 --n 16" \
-  bash scripts/gpu-tune.sh 2>&1 | grep -E "^gpu-tune [^:]*: (ok|FAIL)|^gpu-tune: |^  " | sed "s/^/[tune] /"; then
-  rc=1
+# the solver part of scripts/gpu-tune.sh, on one of its variants (the threads
+# in the plain order; its steps run on the first variant): every step of the
+# device session's tuning run starts, parses its options and passes its
+# parity here first (not in the sanitizer build: the same code as above, and
+# its builds are the slowest part there)
+if [ -n "${CUDA_EMU_SANITIZE:-}" ]; then
+  echo "cuda-emu-check: scripts/gpu-tune.sh's solver part: left to the unsanitized builds"
+else
+  echo "cuda-emu-check: scripts/gpu-tune.sh's solver part, variant flat"
+  if ! GPU_TUNE_TRAINER=0 GPU_TUNE_NSYS=0 GPU_TUNE_DIR="$out/tune" GPU_CHECK_KEEP="$out/tune-logs" \
+    GPU_TUNE_VARIANTS="flat=-DLTE_BODY_RAY_GROUP=0" \
+    GPU_TUNE_BENCH_ARGS="--batch 2 --reps 1 --size 16 --chunks 1" \
+    GPU_TUNE_DEVPIPE_ARGS="--dirs 4 --ref 1 --batch 4 --reps 1 --n 16" \
+    bash scripts/gpu-tune.sh 2>&1 | grep -E "^gpu-tune [^:]*: (ok|FAIL)|^gpu-tune: |^  " | sed "s/^/[tune] /"; then
+    rc=1
+  fi
 fi
 export COEMU_TEST_DATA="$root/tests/data"
 # one step: name command...; its log in $out/emu_NAME.log

@@ -49,6 +49,8 @@
 #   bash scripts/gpu-check.sh               build, parity tests, benchmarks
 #   bash scripts/gpu-check.sh --build-only  build only (CI: nvcc, no GPU; the
 #                                           meson test gpu_check_build)
+#   bash scripts/gpu-check.sh --run-only    the steps again on the binaries built
+#                                           before in GPU_CHECK_DIR
 # Environment: NVCC (default nvcc), CC (gcc), GPU_ARCH (90: H100/H200; a
 # comma-separated list), GPU_CHECK_DIR (build folder, default build-gpu-check),
 # GPU_BENCH_ARGS (extra gpu_bench options, e.g. "--batch 128"), GPU_SAMPLE_BENCH_ARGS and
@@ -61,11 +63,12 @@
 # emulator and runs these steps on the CPU (scripts/cuda-emu-check.sh: CI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-build_only=0
+build_only=0 run_only=0
 case "${1:-}" in
   --build-only) build_only=1 ;;
+  --run-only) run_only=1 ;;
   "") ;;
-  *) echo "usage: scripts/gpu-check.sh [--build-only]" >&2; exit 2 ;;
+  *) echo "usage: scripts/gpu-check.sh [--build-only | --run-only]" >&2; exit 2 ;;
 esac
 NVCC=${NVCC:-nvcc}
 CC=${CC:-gcc}
@@ -113,6 +116,12 @@ int main(void){return 0;}' | "$CC" "${cflags[@]}" -x c - -o "$out/obj/yaml-probe
   have_yaml=1
 fi
 t0=$SECONDS
+if [ "$run_only" = 1 ]; then
+  # the binaries of an earlier build in $out, as they are
+  [ -x "$out/test_lte_backends" ] || { echo "gpu-check: --run-only: nothing built in $out" >&2; exit 1; }
+  have_yaml=0
+  [ -x "$out/gpu_devpipe_check" ] && have_yaml=1
+else
 lib=(common/error.c common/fsutil.c common/cli.c common/npy.c common/checksum.c solver/lamda.c
      solver/lte_line.c solver/lte.c
      solver/lte_kernel_cpu.c solver/freqgrid.c solver/cubes.c tests/solver/ref_lte.c)
@@ -162,6 +171,7 @@ else
   echo "gpu-check: no libyaml header here: the sampler's test and sample + solve bench are not built"
 fi
 echo "gpu-check: built $built in $out ($((SECONDS - t0)) s)"
+fi
 [ "$build_only" = 1 ] && exit 0
 
 # --- on the GPU machine -------------------------------------------------------
