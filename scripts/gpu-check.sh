@@ -106,6 +106,13 @@ if [ -n "$deps" ]; then
   cflags+=(-I"$deps/include")
   ldeps=(-L"$deps/lib" "-Wl,-rpath=$deps/lib")
 fi
+t0=$SECONDS
+if [ "$run_only" = 1 ]; then
+  # the binaries of an earlier build in $out, as they are
+  [ -x "$out/test_lte_backends" ] || { echo "gpu-check: --run-only: nothing built in $out" >&2; exit 1; }
+  have_yaml=0
+  [ -x "$out/gpu_devpipe_check" ] && have_yaml=1
+else
 if echo 'int main(void){return 0;}' | "$CC" -x c - -o "$out/obj/mvec-probe" -lmvec 2>/dev/null; then
   cflags+=(-DCOEMU_HAVE_LIBMVEC)
   libs=(-lmvec -lm)
@@ -115,13 +122,6 @@ if echo '#include <yaml.h>
 int main(void){return 0;}' | "$CC" "${cflags[@]}" -x c - -o "$out/obj/yaml-probe" "${ldeps[@]}" -lyaml 2>/dev/null; then
   have_yaml=1
 fi
-t0=$SECONDS
-if [ "$run_only" = 1 ]; then
-  # the binaries of an earlier build in $out, as they are
-  [ -x "$out/test_lte_backends" ] || { echo "gpu-check: --run-only: nothing built in $out" >&2; exit 1; }
-  have_yaml=0
-  [ -x "$out/gpu_devpipe_check" ] && have_yaml=1
-else
 lib=(common/error.c common/fsutil.c common/cli.c common/npy.c common/checksum.c solver/lamda.c
      solver/lte_line.c solver/lte.c
      solver/lte_kernel_cpu.c solver/freqgrid.c solver/cubes.c tests/solver/ref_lte.c)

@@ -241,20 +241,19 @@ static std::map<uintptr_t, region> regions; /* by start address */
 static size_t device_used;
 
 /* the region holding [p, p + n), or NULL */
-static const region *region_of(const void *p, size_t n, uintptr_t *start) {
+static const region *region_of(const void *p, size_t n) {
   uintptr_t a = (uintptr_t)p;
   auto it = regions.upper_bound(a);
   if (it == regions.begin()) return NULL;
   --it;
   size_t span = it->second.bytes ? it->second.bytes : 1;
   if (a - it->first >= span || n > span - (a - it->first)) return NULL;
-  if (start) *start = it->first;
   return &it->second;
 }
 
 static int kind_of(const void *p, size_t n) {
   std::lock_guard<std::mutex> g(reg_lock);
-  const region *r = region_of(p, n ? n : 1, NULL);
+  const region *r = region_of(p, n ? n : 1);
   return r ? r->kind : 0;
 }
 
@@ -296,7 +295,7 @@ extern "C" cudaError_t cudaHostRegister(void *p, size_t bytes, unsigned int flag
   (void)flags;
   if (need_device()) return cudaErrorNoDevice;
   std::lock_guard<std::mutex> g(reg_lock);
-  if (!p || !bytes || region_of(p, 1, NULL)) return fail(cudaErrorInvalidValue);
+  if (!p || !bytes || region_of(p, 1)) return fail(cudaErrorInvalidValue);
   regions[(uintptr_t)p] = {bytes, MEM_REGISTERED};
   return cudaSuccess;
 }
