@@ -262,7 +262,12 @@ def serve_all(coemu, d, tmp, live=False):
                          stderr=subprocess.PIPE, text=True)
     got, err, failed = {}, "", False
     try:
-        time.sleep(0.3)
+        # connect once serve has bound its socket; a serve that fails first
+        # (a shard it cannot open) has exited by then, and is not waited for
+        # through the client's 10 s of silence (sanitizer builds start slowly)
+        sock, t0 = ep[len("ipc://"):], time.monotonic()
+        while p.poll() is None and not os.path.exists(sock) and time.monotonic() - t0 < 60:
+            time.sleep(0.01)
         if p.poll() is not None:
             return got, True, p.communicate()[1]
         c = cs.StreamClient(ep, rank=0, world=1, timeout_s=10, heartbeat_s=0.2)

@@ -7,12 +7,30 @@
 #                                code on the CUDA emulator (-Dcuda=disabled
 #                                -Dgpu_emulator=true: every device path of the suite
 #                                runs on the CPU; docs/architecture.md)
+#   scripts/test.sh [...] --suite NAME   only meson suite NAME (e.g. blas: the
+#                                tests that reach a BLAS matrix product)
 # Prints "N passed, N failed" (one line per test executable and a total).
 # The environment passes through: OPENBLAS_CORETYPE=Haswell bash scripts/test.sh
 # runs the suite on OpenBLAS's Haswell kernels (any AVX2 host); the BLAS
 # kernel that ran is printed before the closing line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mode=()
+suite=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --sanitize | --portable) mode=("$1") ;;
+    --suite)
+      [ $# -ge 2 ] || { echo "scripts/test.sh: --suite needs a meson suite name" >&2; exit 2; }
+      suite=(--suite "$2")
+      shift ;;
+    *)
+      echo "usage: scripts/test.sh [--sanitize | --portable] [--suite NAME]" >&2
+      exit 2 ;;
+  esac
+  shift
+done
+set -- "${mode[@]}"
 bash scripts/setup.sh
 if [ "${1:-}" = "--sanitize" ]; then
   builddir=build-san
@@ -27,9 +45,6 @@ elif [ "${1:-}" = "--portable" ]; then
   builddir=build-portable
   bash scripts/build.sh "$builddir" -Dnative=false -Dcuda=disabled -Dgpu_emulator=true
   mult=1
-elif [ -n "${1:-}" ]; then
-  echo "usage: scripts/test.sh [--sanitize | --portable]" >&2
-  exit 2
 else
   builddir=build
   bash scripts/build.sh "$builddir"
@@ -37,7 +52,7 @@ else
 fi
 rc=0
 meson test -C "$builddir" --print-errorlogs --num-processes 2 \
-  --timeout-multiplier "$mult" >"$builddir/test-output.txt" 2>&1 || rc=$?
+  --timeout-multiplier "$mult" "${suite[@]}" >"$builddir/test-output.txt" 2>&1 || rc=$?
 grep -E '^ *[0-9]+/[0-9]+ ' "$builddir/test-output.txt" || true
 if [ ! -f "$builddir/meson-logs/testlog.json" ]; then
   cat "$builddir/test-output.txt"

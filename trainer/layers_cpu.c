@@ -5,9 +5,36 @@
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* ---- the matrix product ------------------------------------------------- */
+
+/* Every BLAS call of coemu is this one. OpenBLAS picks its kernels (and so
+ * the summation order) by host or by OPENBLAS_CORETYPE, so CI runs the tests
+ * that reach BLAS a second time on other kernels (.ci/run, meson suite
+ * 'blas'). A test outside that suite runs with COEMU_TEST_BLAS=forbidden
+ * (tests/meson.build): if it reaches BLAS after all, it fails here, saying
+ * so, instead of going untested on other kernels. */
+static void sgemm(enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb, int m, int n, int k,
+                  const float *a, int lda, const float *b, int ldb, float beta, float *c,
+                  int ldc) {
+  static int forbidden = -1; /* -1: not read yet (threads that race read the same) */
+  int f = __atomic_load_n(&forbidden, __ATOMIC_RELAXED);
+  if (f < 0) {
+    const char *t = getenv("COEMU_TEST_BLAS");
+    f = t && strcmp(t, "forbidden") == 0;
+    __atomic_store_n(&forbidden, f, __ATOMIC_RELAXED);
+  }
+  if (f) {
+    fprintf(stderr, "coemu: COEMU_TEST_BLAS=forbidden, but this test calls BLAS (sgemm): add "
+                    "it to meson suite 'blas' (tests/meson.build) so that CI runs it on other "
+                    "BLAS kernels too\n");
+    _Exit(3); /* not exit(): other threads of a parallel region may be here too */
+  }
+  cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
+}
 
 /* ---- convolution -------------------------------------------------------- */
 
@@ -150,8 +177,7 @@ void conv3d_forward(const conv_shape *s, const float *x, const float *w, const f
       vol2col(s, xn, mine);
       col = mine;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->cout, (int)P, K, 1.0f, w, K, col,
-                (int)P, 0.0f, yn, (int)P);
+    sgemm(CblasNoTrans, CblasNoTrans, s->cout, (int)P, K, w, K, col, (int)P, 0.0f, yn, (int)P);
     for (int co = 0; co < s->cout; co++)
       for (long p = 0; p < P; p++) yn[co * P + p] += b[co];
   }
@@ -177,8 +203,7 @@ void conv3d_backward(const conv_shape *s, const float *x, const float *w, const 
         cn = col;
       }
       /* dw (cout x K) += dy (cout x P) col^T, into this thread's partial sum */
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->cout, K, (int)P, 1.0f, dyn, (int)P,
-                  cn, (int)P, 1.0f, pdw, K);
+      sgemm(CblasNoTrans, CblasTrans, s->cout, K, (int)P, dyn, (int)P, cn, (int)P, 1.0f, pdw, K);
       for (int co = 0; co < s->cout; co++) {
         double acc = 0;
         for (long p = 0; p < P; p++) acc += dyn[co * P + p];
@@ -187,11 +212,10 @@ void conv3d_backward(const conv_shape *s, const float *x, const float *w, const 
       if (!dx) continue;
       float *dxn = dx + (long)n * s->cin * S;
       if (pointwise(s)) { /* dx (cin x S) += W^T dy */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, (int)P, s->cout, 1.0f, w, K, dyn,
-                    (int)P, 1.0f, dxn, (int)P);
+        sgemm(CblasTrans, CblasNoTrans, K, (int)P, s->cout, w, K, dyn, (int)P, 1.0f, dxn, (int)P);
       } else {
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, (int)P, s->cout, 1.0f, w, K, dyn,
-                    (int)P, 0.0f, dcol, (int)P);
+        sgemm(CblasTrans, CblasNoTrans, K, (int)P, s->cout, w, K, dyn, (int)P, 0.0f, dcol,
+              (int)P);
         col2vol(s, dcol, dxn);
       }
     }
@@ -382,8 +406,8 @@ void linear_forward(int n, int in, int out, const float *x, const float *w, cons
     int lo, hi;
     slice_of(out, omp_get_thread_num(), omp_get_num_threads(), &lo, &hi);
     if (hi > lo)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, hi - lo, in, 1.0f, x, in,
-                  w + (long)lo * in, in, 1.0f, y + lo, out);
+      sgemm(CblasNoTrans, CblasTrans, n, hi - lo, in, x, in, w + (long)lo * in, in, 1.0f, y + lo,
+            out);
   }
 }
 
@@ -394,14 +418,13 @@ void linear_backward(int n, int in, int out, const float *x, const float *w, con
     int lo, hi, nt = omp_get_num_threads(), t = omp_get_thread_num();
     slice_of(out, t, nt, &lo, &hi); /* dW[lo:hi] += dy[:, lo:hi]^T x */
     if (hi > lo)
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, hi - lo, in, n, 1.0f, dy + lo, out, x,
-                  in, 1.0f, dw + (long)lo * in, in);
+      sgemm(CblasTrans, CblasNoTrans, hi - lo, in, n, dy + lo, out, x, in, 1.0f,
+            dw + (long)lo * in, in);
     for (int o = lo; o < hi; o++)
       for (int i = 0; i < n; i++) db[o] += dy[(long)i * out + o];
     slice_of(in, t, nt, &lo, &hi); /* dx[:, lo:hi] += dy W[:, lo:hi] */
     if (dx && hi > lo)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hi - lo, out, 1.0f, dy, out,
-                  w + lo, in, 1.0f, dx + lo, in);
+      sgemm(CblasNoTrans, CblasNoTrans, n, hi - lo, out, dy, out, w + lo, in, 1.0f, dx + lo, in);
   }
 }
 

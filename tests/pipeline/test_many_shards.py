@@ -1,12 +1,13 @@
 """test_many_shards.py - the readers at many shards (docs/dataset-format.md,
 "Reading"): one job made twice, with 2,000 shards of one sample and with 4
-shards of 500 (only output.samples_per_shard differs), with the analytic
+shards of 500 (only output.samples_per_shard differs; 512 shards of one and
+4 of 128 in a sanitizer build, still far past the reader's cap), with the analytic
 producer of tests/pipeline/testgen.c. Every reader must give the same bytes
 from both: `coemu stats` (/stats, on 2 ranks and on 1), `coemu serve` (the
 streamed ids and arrays, to the Python client), `coemu verify`, `coemu
 inspect`; the serve process never holds more shard files open than its cap;
 serve streams the same bytes with 1 and 4 reader threads (--read-threads);
-a damaged shard among the 2,000 is named by stats, serve and verify.
+a damaged shard among them is named by stats, serve and verify.
 Functional, not timed. Prints "N passed, N failed"."""
 import json
 import os
@@ -22,7 +23,14 @@ TESTGEN = os.environ['COEMU_TESTGEN']
 COEMU = os.environ['COEMU']
 MPIEXEC = os.environ.get('COEMU_MPIEXEC', 'mpiexec')
 ROOT = os.environ['COEMU_SOURCE_ROOT']
-M, D, N = 500, 4, 4  # 2,000 samples of 4^3 cubes
+SANITIZE = bool(os.environ.get('COEMU_SANITIZE'))
+SLOW = 4 if SANITIZE else 1  # subprocess time limits under the sanitizers
+# 2,000 samples of 4^3 cubes; 512 under the sanitizers (~4x slower per shard:
+# the same paths at a quarter of the cost). Whole batches of 8 (serve_epoch).
+M, D, N = (128 if SANITIZE else 500), 4, 4
+NS = M * D  # samples, and shards of the 'many' dataset
+FEW = NS // 4  # samples per shard of the 'few' dataset
+DAMAGED, MISSING = NS * 617 // 1000, NS * 777 // 2000  # 1234 and 777 of 2,000
 CAP = 64  # SHARD_READER_MAX_OPEN (pipeline/dataset/shard_reader.h)
 
 JOB = f"""name: many-shards
@@ -41,9 +49,6 @@ from pycheck import check, run_in_tmpdir, sanitizer_full_stacks  # noqa: E402
 import coemu_stream as cs  # noqa: E402
 sanitizer_full_stacks()
 
-
-SANITIZE = bool(os.environ.get('COEMU_SANITIZE'))
-SLOW = 4 if SANITIZE else 1  # subprocess time limits under the sanitizers
 
 
 def mpi(n, exe, args):
@@ -138,7 +143,7 @@ def flip_sample(path, dset, row):
 
 def run(tmp):
     dirs = {}
-    for name, sps in (('many', 1), ('few', 500)):
+    for name, sps in (('many', 1), ('few', FEW)):
         job = os.path.join(tmp, f'{name}.yaml')
         open(job, 'w').write(JOB.replace('SPS', str(sps)))
         out = os.path.join(tmp, name)
@@ -146,19 +151,19 @@ def run(tmp):
         check(r.returncode == 0, f'generate {name}: {r.stderr[-600:]}')
         dirs[name] = out
     many, few = dirs['many'], dirs['few']
-    check(len(os.listdir(os.path.join(many, 'shards'))) == M * D, f'{M * D} shards')
-    check(len(os.listdir(os.path.join(few, 'shards'))) == M * D // 500, 'few shards')
+    check(len(os.listdir(os.path.join(many, 'shards'))) == NS, f'{NS} shards')
+    check(len(os.listdir(os.path.join(few, 'shards'))) == 4, 'few shards')
     # format 2.3: every one-sample shard's layout is recorded, so the readers
     # below open them without HDF5 (shard_reader.h)
     man_many = json.load(open(os.path.join(many, 'manifest.json')))
     check(man_many['format_minor'] == 3 and
           all(len(e.get('layout', ())) == 7 for e in man_many['shards']),
-          'manifest: the layout of every one of the 2,000 shards recorded')
+          f'manifest: the layout of every one of the {NS:,} shards recorded')
 
     # stats: generate's /stats (2 ranks), then `coemu stats` on 2 ranks and on 1
     ref = stats_of(few)
     check(len(ref) > 10, f'/stats has content: {len(ref)} entries')
-    check(stats_of(many) == ref, 'generate: /stats of 2,000 shards == /stats of 4 shards')
+    check(stats_of(many) == ref, f'generate: /stats of {NS:,} shards == /stats of 4 shards')
     for ranks in (2, 1):
         for name, d in dirs.items():
             r = mpi(ranks, COEMU, ['stats', d, '--quiet'])
@@ -181,13 +186,13 @@ def run(tmp):
           f'inspect: the same summary: {ins}')
 
     # serve: the same samples in the same order, the same bytes; the server
-    # holds at most CAP shard files open (sampled while it serves 2,000)
+    # holds at most CAP shard files open (sampled while it serves them all)
     fds = []
     a, err_a = serve_epoch(many, tmp, fds=fds)
     b, err_b = serve_epoch(few, tmp)
-    check(len(a) == M * D and not err_a.count('error'), f'serve many: {len(a)} samples: {err_a[-400:]}')
-    check(a == b, f'serve: 2,000 shards and 4 shards stream the same bytes ({len(a)}, {len(b)})')
-    check(sorted(i for i, _, _ in a) == list(range(M * D)), 'serve: every sample once')
+    check(len(a) == NS and not err_a.count('error'), f'serve many: {len(a)} samples: {err_a[-400:]}')
+    check(a == b, f'serve: {NS:,} shards and 4 shards stream the same bytes ({len(a)}, {len(b)})')
+    check(sorted(i for i, _, _ in a) == list(range(NS)), 'serve: every sample once')
     with h5py.File(os.path.join(few, 'dataset.h5'), 'r') as h:
         same = all(h['inputs'][i].tobytes() == x and h['targets'][i].tobytes() == y
                    for i, x, y in a[::97])
@@ -195,7 +200,7 @@ def run(tmp):
     check(len(fds) > 5 and max(fds) < CAP + 40,
           f'serve: open files stay under the cap of {CAP} shards (+ sockets, libraries): '
           f'max {max(fds) if fds else None} over {len(fds)} samples')
-    # the same 2,000 shards through HDF5 (the manifest without its layouts,
+    # the same shards through HDF5 (the manifest without its layouts,
     # as a 2.2 coemu wrote it): the same bytes
     mpath = os.path.join(many, 'manifest.json')
     kept = open(mpath).read()
@@ -212,24 +217,25 @@ def run(tmp):
     u, _ = serve_epoch(few, tmp, split='train')
     check(t == u and len(t) > 0, f'serve --split train: the same bytes: {err_t[-300:]}')
 
-    # a damaged sample among 2,000 shards: every reader names its shard
-    shard = 'shard-001234.h5'
+    # a damaged sample among the shards: every reader names its shard
+    shard = f'shard-{DAMAGED:06d}.h5'
     flip_sample(os.path.join(many, 'shards', shard), 'targets', 0)
     r = mpi(2, COEMU, ['stats', many, '--split', 'all', '--quiet'])
-    check(r.returncode == 1 and shard in r.stderr and 'sample 1234' in r.stderr,
+    check(r.returncode == 1 and shard in r.stderr and f'sample {DAMAGED}' in r.stderr,
           f'stats names the damaged shard and sample: {r.stderr[-400:]}')
     for n in ('1', '4'):
         got, err = serve_epoch(many, tmp, extra=('--read-threads', n))
-        check(shard in err and 'sample 1234' in err and '/targets does not match its checksum' in err,
+        check(shard in err and f'sample {DAMAGED}' in err and '/targets does not match its checksum' in err,
               f'serve --read-threads {n} names it: {err[-400:]}')
     r = subprocess.run([COEMU, 'verify', many], capture_output=True, text=True, timeout=300 * SLOW)
     check(r.returncode == 1 and shard in r.stderr, f'verify names it: {r.stderr[-400:]}')
-    os.unlink(os.path.join(many, 'shards', 'shard-000777.h5'))
+    missing = f'shard-{MISSING:06d}.h5'
+    os.unlink(os.path.join(many, 'shards', missing))
     r = mpi(1, COEMU, ['stats', many, '--quiet'])
-    check(r.returncode == 1 and 'shard-000777.h5' in r.stderr and 'missing' in r.stderr,
-          f'stats: a missing shard among 2,000 is named at open: {r.stderr[-400:]}')
+    check(r.returncode == 1 and missing in r.stderr and 'missing' in r.stderr,
+          f'stats: a missing shard among {NS:,} is named at open: {r.stderr[-400:]}')
     r = subprocess.run([COEMU, 'inspect', many], capture_output=True, text=True, timeout=120 * SLOW)
-    check(r.returncode == 1 and 'shard-000777.h5' in r.stderr, f'inspect: {r.stderr[-400:]}')
+    check(r.returncode == 1 and missing in r.stderr, f'inspect: {r.stderr[-400:]}')
 
 
 def main():
