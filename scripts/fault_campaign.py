@@ -53,6 +53,8 @@ import zmq
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "pipeline", "stream"))
 import coemu_stream as cs  # noqa: E402
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from pycheck import wait_bound  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*xxhash.*")  # the pure-Python hash is fine here
 
@@ -262,12 +264,10 @@ def serve_all(coemu, d, tmp, live=False):
                          stderr=subprocess.PIPE, text=True)
     got, err, failed = {}, "", False
     try:
-        # connect once serve has bound its socket; a serve that fails first
-        # (a shard it cannot open) has exited by then, and is not waited for
-        # through the client's 10 s of silence (sanitizer builds start slowly)
-        sock, t0 = ep[len("ipc://"):], time.monotonic()
-        while p.poll() is None and not os.path.exists(sock) and time.monotonic() - t0 < 60:
-            time.sleep(0.01)
+        # a serve that fails first (a shard it cannot open) has exited by the
+        # time wait_bound returns, and is not waited for through the client's
+        # 10 s of silence
+        wait_bound(p, ep)
         if p.poll() is not None:
             return got, True, p.communicate()[1]
         c = cs.StreamClient(ep, rank=0, world=1, timeout_s=10, heartbeat_s=0.2)

@@ -1,7 +1,9 @@
 """pycheck - the Python tests' counterpart of tests/check.h: check() counts
 and reports failures and goes on; report() prints "N passed, N failed" (the
 line scripts/test_summary.py and CI read) and exits non-zero on failure."""
+import os
 import sys
+import time
 
 _counts = {"passed": 0, "failed": 0}
 
@@ -56,3 +58,17 @@ def sanitizer_full_stacks():
     for var in ('ASAN_OPTIONS', 'LSAN_OPTIONS'):
         if var in os.environ:
             os.environ[var] += ':fast_unwind_on_malloc=0'
+
+
+def wait_bound(proc, endpoint, limit_s=60.0):
+    """Wait until the server process proc has bound its ipc:// endpoint (the
+    socket file exists) or has exited, at most limit_s; True when it is up.
+    Not a fixed sleep: a sanitizer build may need seconds to start, a normal
+    one milliseconds, and a server that fails first is not waited for."""
+    path, t0 = endpoint[len("ipc://"):], time.monotonic()
+    assert endpoint.startswith("ipc://"), endpoint
+    while proc.poll() is None and time.monotonic() - t0 < limit_s:
+        if os.path.exists(path):
+            return True
+        time.sleep(0.01)
+    return proc.poll() is None and os.path.exists(path)

@@ -43,7 +43,7 @@ BATCHES = os.environ['COEMU_IMAGES_ONLY_BATCHES']
 ROOT = os.environ['COEMU_SOURCE_ROOT']
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 sys.path.insert(0, os.path.join(ROOT, 'pipeline', 'stream'))
-from pycheck import check, report, sanitizer_full_stacks  # noqa: E402
+from pycheck import check, report, sanitizer_full_stacks, wait_bound  # noqa: E402
 import coemu_stream as cs  # noqa: E402
 
 sanitizer_full_stacks()
@@ -70,7 +70,7 @@ def serve(d, tmp, extra=()):
     ep = f'ipc://{tmp}/s-{time.monotonic_ns()}.sock'
     p = subprocess.Popen([COEMU, 'serve', d, '--endpoint', ep, '--split', 'all', '--batch', '3',
                           '--epochs', '1', '--heartbeat', '0.2', *extra], stderr=subprocess.PIPE, text=True)
-    time.sleep(0.3)
+    wait_bound(p, ep)
     return p, ep
 
 

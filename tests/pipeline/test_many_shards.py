@@ -45,7 +45,7 @@ splits: {{train: 0.5, validation: 0.25, test: 0.25, seed: 2}}
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.join(ROOT, 'pipeline', 'stream'))
 sys.path.insert(0, os.path.join(ROOT, 'scripts'))
-from pycheck import check, run_in_tmpdir, sanitizer_full_stacks  # noqa: E402
+from pycheck import check, run_in_tmpdir, sanitizer_full_stacks, wait_bound  # noqa: E402
 import coemu_stream as cs  # noqa: E402
 sanitizer_full_stacks()
 
@@ -104,7 +104,7 @@ def serve_epoch(d, tmp, split='all', fds=None, extra=()):
             time.sleep(0.005)
     t = threading.Thread(target=sample) if fds is not None else None
     try:
-        time.sleep(0.3 * SLOW)
+        wait_bound(p, ep, 60 * SLOW)
         if t:
             t.start()
         c = cs.StreamClient(ep, rank=0, world=1, timeout_s=30 * SLOW, heartbeat_s=0.2)

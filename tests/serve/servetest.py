@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.join(ROOT, "pipeline", "stream"))
 import coemu_stream as cs  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from pycheck import check  # noqa: E402
+from pycheck import check, wait_bound  # noqa: E402
 
 COEMU = os.environ.get("COEMU", "build/pipeline/coemu")
 MPI = [os.environ.get("COEMU_MPIEXEC", "mpirun"), "--allow-run-as-root", "--oversubscribe"]
@@ -58,7 +58,7 @@ def serve_stored(d, tmp, args):
     p = subprocess.Popen([COEMU, "serve", d, "--endpoint", ep, "--split", "all", "--epochs", "2",
                           "--heartbeat", "0.2", "--seed", "7", *args],
                          stderr=subprocess.PIPE, text=True)
-    time.sleep(0.3 * SLOW)
+    wait_bound(p, ep, 60 * SLOW)
     return p, ep
 
 
