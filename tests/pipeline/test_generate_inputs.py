@@ -35,7 +35,7 @@ MPIEXEC = os.environ.get('COEMU_MPIEXEC', 'mpiexec')
 ROOT = os.environ['COEMU_SOURCE_ROOT']
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 sys.path.insert(0, os.path.join(ROOT, 'pipeline', 'stream'))
-from pycheck import check, report, sanitizer_full_stacks  # noqa: E402
+from pycheck import check, report, sanitizer_full_stacks, wait_bound  # noqa: E402
 import coemu_stream as cs  # noqa: E402
 
 sanitizer_full_stacks()
@@ -124,7 +124,7 @@ def stream_all(d, tmp):
                           '--epochs', '1', '--heartbeat', '0.2'], stderr=subprocess.PIPE, text=True)
     got, err = {}, ''
     try:
-        time.sleep(0.3)
+        wait_bound(p, ep)
         if p.poll() is None:
             c = cs.StreamClient(ep, rank=0, world=1, timeout_s=20, heartbeat_s=0.2)
             try:

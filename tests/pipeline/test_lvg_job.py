@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 import h5py
 import numpy as np
@@ -25,7 +24,7 @@ MPI = [os.environ.get("COEMU_MPIEXEC", "mpirun"), "--allow-run-as-root", "--over
 sys.path.insert(0, os.path.join(ROOT, "pipeline", "stream"))
 import coemu_stream as cs  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from pycheck import check, mpi_singleton_env, report, sanitizer_full_stacks  # noqa: E402
+from pycheck import check, mpi_singleton_env, report, sanitizer_full_stacks, wait_bound  # noqa: E402
 
 sanitizer_full_stacks()
 
@@ -118,7 +117,7 @@ def end_to_end(tmp):
     ep = f"ipc://{tmp}/serve.sock"
     p = subprocess.Popen([COEMU, "serve", d, "--endpoint", ep, "--heartbeat", "0.2", "--batch", "1",
                           "--epochs", "1"], stderr=subprocess.PIPE, text=True)
-    time.sleep(0.3)
+    wait_bound(p, ep)
     got = []
     try:
         c = cs.StreamClient(ep, timeout_s=20, heartbeat_s=0.2)
