@@ -81,11 +81,29 @@ XXH64_HD uint64_t xxh64_lane_init(uint64_t seed, int lane) {
                      : seed - XXH64_P1;
 }
 
-/* lane l's accumulator acc after nstripes 32-byte stripes from p */
+/* lane l's accumulator acc after nstripes 32-byte stripes from p: the
+ * rounds of xxh64_round, each round's word read and multiplied by P2 one
+ * round ahead (acc + in P2 is the same sum either way, mod 2^64). The
+ * device kernel runs this chain serially, 98,304 rounds a 64^3 row. With
+ * the rounds written one after the other, nvcc (sm_90, CUDA 13) issued a
+ * round's shared-memory load only after the previous round's multiply (the
+ * load reused its registers), so a round's dependent path was the load
+ * (~30 cycles) and 8 integer instructions after it (the P2 multiply with
+ * the add, the rotate, the P1 multiply). Read ahead, the load and the P2
+ * multiply run beside the previous round, and nvcc folds the next round's
+ * add into the P1 multiply (IMAD.WIDE with an addend): 4 dependent
+ * instructions a round, the load off the path. docs/sampling.md, "What
+ * crosses the bus". */
 XXH64_HD uint64_t xxh64_lane_run(uint64_t acc, const unsigned char *p, size_t nstripes, int lane) {
+  if (nstripes == 0) return acc;
   p += 8 * lane;
-  for (size_t s = 0; s < nstripes; s++, p += 32) acc = xxh64_round(acc, xxh64_rd64(p));
-  return acc;
+  uint64_t m = xxh64_rd64(p) * XXH64_P2;
+  for (size_t s = 1; s < nstripes; s++) {
+    const uint64_t next = xxh64_rd64(p + 32 * s) * XXH64_P2;
+    acc = xxh64_rotl(acc + m, 31) * XXH64_P1;
+    m = next;
+  }
+  return xxh64_rotl(acc + m, 31) * XXH64_P1;
 }
 
 /* Tiles: the device kernel (pipeline/generate/devpipe_hash_cuda.cu) stages
