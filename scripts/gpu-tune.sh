@@ -16,7 +16,7 @@
 #   variant V  the sampler's and solver's kernels built with other launch
 #              bounds (GPU_NVCC_DEFS: LTE_RAYS_MIN_BLOCKS, LTE_CELLS_MIN_BLOCKS,
 #              SB_LINES_MIN_BLOCKS; LTE_BODY_RAY_GROUP=0, the solver threads'
-#              plain order;
+#              plain order; LTE_BODY_READ_AHEAD=0, cells read at their step;
 #              each in its own build folder, built in parallel first):
 #              gpu_bench's resident solver figures (the
 #              images into page-locked and pageable rows, and per chunk
@@ -71,12 +71,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 # base: the defaults; flat: the solver's threads in the plain order (before
-# the ray groups of solver/lte_kernel_body.h); rays3 / rays4: the ray (and
+# the ray groups of solver/lte_kernel_body.h); behind: the ray threads read
+# each cell at its step, not a step ahead (LTE_BODY_READ_AHEAD=0, the order
+# before 2026-12-06); rays3 / rays4: the ray (and
 # cell) kernels held to 80 / 64 registers; lines3: the sampler's sub-line
 # kernel held to 80 (it spills 172 bytes). (The ray kernels in blocks of
 # 128 threads, once the variant rblk128, are now the solver's run-time form
 # two-small: gpu_bench's `resident form=two-small` lines in every variant.)
-variants=${GPU_TUNE_VARIANTS:-"base=;flat=-DLTE_BODY_RAY_GROUP=0;rays3=-DLTE_RAYS_MIN_BLOCKS=3;rays4=-DLTE_RAYS_MIN_BLOCKS=4 -DLTE_CELLS_MIN_BLOCKS=4;lines3=-DSB_LINES_MIN_BLOCKS=3"}
+variants=${GPU_TUNE_VARIANTS:-"base=;flat=-DLTE_BODY_RAY_GROUP=0;behind=-DLTE_BODY_READ_AHEAD=0;rays3=-DLTE_RAYS_MIN_BLOCKS=3;rays4=-DLTE_RAYS_MIN_BLOCKS=4 -DLTE_CELLS_MIN_BLOCKS=4;lines3=-DSB_LINES_MIN_BLOCKS=3"}
 # the variants' build folders and the logs: GPU_TUNE_DIR-LABEL, GPU_TUNE_DIR-logs
 pre=${GPU_TUNE_DIR:-build-gpu-tune}
 # every step's log goes straight to GPU_CHECK_KEEP when set (a run cut short

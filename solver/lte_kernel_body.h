@@ -340,21 +340,62 @@ static inline LTE_HD double lte_body_ray_end(const lte_kernel_model *M, double b
   return M->take_abs ? fabs(I) : I;
 }
 
+/* A ray thread's cells, read a step ahead (LTE_BODY_READ_AHEAD): the four
+ * values of cell k + 2 are loaded before step k (into cell k + 1) runs, so
+ * that the step's arithmetic (the profile's exp and erf, the segment,
+ * exp(-tau), the formal term: ~400 instructions of float64) runs while they
+ * come from device memory. Read at the step instead, as before, every step
+ * first waited for its cell's loads: the sm_90 SASS issued them at the
+ * step's top and used them a few instructions later (docs/physics.md, "The
+ * CUDA kernel"). The same values reach the same arithmetic either way; 0
+ * keeps the old order for the device sweep (scripts/gpu-tune.sh). */
+#ifndef LTE_BODY_READ_AHEAD
+#define LTE_BODY_READ_AHEAD 1
+#endif
+typedef struct lte_body_next {
+  double a, S, iw, shift;
+} lte_body_next;
+/* cell z of the ray, or zeros past its last cell */
+static inline LTE_HD void lte_body_next_load(const lte_body_view *V, int z, long long ray,
+                                             lte_body_next *c) {
+  if (z >= V->nz) {
+    c->a = c->S = c->iw = c->shift = 0.0;
+    return;
+  }
+  const long long o = (long long)z * V->nray + ray;
+  c->a = V->adx[o], c->S = V->S[o], c->iw = V->iw[o], c->shift = V->shift[o];
+}
+/* step k's cell (k + 1) into cur; ahead holds cell k + 1 on entry (from
+ * lte_body_next_load(V, 1, ...) before step 0) and cell k + 2 on return */
+static inline LTE_HD void lte_body_next_step(const lte_body_view *V, int k, long long ray,
+                                             lte_body_next *ahead, lte_body_next *cur) {
+#if LTE_BODY_READ_AHEAD
+  *cur = *ahead;
+  lte_body_next_load(V, k + 2, ray, ahead);
+#else
+  (void)ahead;
+  lte_body_next_load(V, k + 1, ray, cur);
+#endif
+}
+
 static inline LTE_HD void lte_body_ray_thread(const lte_kernel_model *M, const lte_body_view *V,
                                               long long t) {
   lte_body_ray r;
   if (!lte_body_ray_begin(V, t, &r)) return;
-  const long long R = V->nray, ray = r.ray;
+  const long long ray = r.ray;
   const int nz = V->nz;
   lte_body_ray_state s;
   lte_body_ray_start(M, r.nu, V->adx[ray], V->S[ray], V->iw[ray], V->shift[ray], &s);
+  lte_body_next c;
+  lte_body_next_load(V, 1, ray, &c);
   for (int k0 = 0; k0 + 1 < nz; k0 += LTE_BODY_LANES) {
     LTE_UNROLL
     for (int j = 0; j < LTE_BODY_LANES; j++) {
       const int k = k0 + j;
       if (k + 1 >= nz) break;
-      const long long o = (long long)(k + 1) * R + ray;
-      lte_body_ray_step(M, r.nu, V->adx[o], V->S[o], V->iw[o], V->shift[o], &s, j);
+      lte_body_next cur;
+      lte_body_next_step(V, k, ray, &c, &cur);
+      lte_body_ray_step(M, r.nu, cur.a, cur.S, cur.iw, cur.shift, &s, j);
     }
   }
   *r.out = lte_body_ray_end(M, r.bdy, &s);
@@ -624,12 +665,15 @@ static inline LTE_HD void lte_body_ray_thread_f32(const lte_kernel_model *M, con
                                                   long long t) {
   lte_body_ray r;
   if (!lte_body_ray_begin(V, t, &r)) return;
-  const long long R = V->nray, ray = r.ray;
+  const long long ray = r.ray;
   lte_f32_ray_state s;
   lte_f32_ray_start(M, r.nu, V->adx[ray], V->S[ray], V->iw[ray], V->shift[ray], &s);
+  lte_body_next c;
+  lte_body_next_load(V, 1, ray, &c);
   for (int k = 0; k + 1 < V->nz; k++) {
-    const long long o = (long long)(k + 1) * R + ray;
-    lte_f32_ray_step(M, r.nu, V->adx[o], V->S[o], V->iw[o], V->shift[o], &s);
+    lte_body_next cur;
+    lte_body_next_step(V, k, ray, &c, &cur);
+    lte_f32_ray_step(M, r.nu, cur.a, cur.S, cur.iw, cur.shift, &s);
   }
   *r.out = lte_f32_ray_end(M, r.bdy, &s);
 }
