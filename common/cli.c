@@ -56,7 +56,7 @@ static void print_help(const cli_command *c) {
   printf("usage: coemu %s %s\n\n%s\n", c->name, c->usage ? c->usage : "[options]",
          c->summary ? c->summary : "");
   const cli_opt *opts = c->opts;
-  if (opts && opts[0].name) printf("\noptions:\n");
+  printf("\noptions:\n"); /* --help at least */
   for (const cli_opt *o = opts; o && o->name; o++) {
     char left[64];
     if (o->kind == CLI_FLAG)

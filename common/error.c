@@ -1,11 +1,13 @@
 /* error.c - thread-local error messages and checked allocation. */
 #include "common/error.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define CE_ERR_LEN 2048
 
@@ -32,6 +34,11 @@ int ce_err_prefix(const char *fmt, ...) {
   else
     snprintf(err_buf, sizeof err_buf, "%s", pre);
   return -1;
+}
+
+int ce_err_open(const char *path, const char *as) {
+  if (access(path, R_OK) != 0) return ce_err("%s: cannot open %s: %s", path, as, strerror(errno));
+  return ce_err("%s: cannot open %s", path, as);
 }
 
 const char *ce_err_msg(void) { return err_buf; }

@@ -27,6 +27,12 @@ int ce_err(const char *fmt, ...) CE_PRINTF(1, 2);
 /* Prepend context to the current message: "ctx: old message". Returns -1. */
 int ce_err_prefix(const char *fmt, ...) CE_PRINTF(1, 2);
 
+/* "PATH: cannot open AS", with the reason when the file cannot be read at
+ * all ("No such file or directory", "Permission denied"): for opens whose
+ * library says only that it failed (H5Fopen). AS says what it was to be
+ * opened as ("as HDF5"). Returns -1. */
+int ce_err_open(const char *path, const char *as);
+
 /* The current message ("" if none) and clearing it. */
 const char *ce_err_msg(void);
 void ce_err_clear(void);

@@ -31,6 +31,7 @@ void ce_progress_init(ce_progress *p, const char *label, const char *unit,
   p->t0 = p->last = ce_now();
   p->interval = 1.0;
   p->quiet = quiet;
+  p->printed = -1;
 }
 
 static void print_line(ce_progress *p, int64_t done, double now, const char *end) {
@@ -46,6 +47,7 @@ static void print_line(ce_progress *p, int64_t done, double now, const char *end
           (long long)done, (long long)p->total, p->unit,
           p->total > 0 ? 100.0 * (double)done / (double)p->total : 100.0, rate, e, eta, end);
   fflush(stderr);
+  p->printed = done;
 }
 
 void ce_progress_update(ce_progress *p, int64_t done) {
@@ -57,6 +59,6 @@ void ce_progress_update(ce_progress *p, int64_t done) {
 }
 
 void ce_progress_done(ce_progress *p, int64_t done) {
-  if (p->quiet) return;
+  if (p->quiet || p->printed == done) return;
   print_line(p, done, ce_now(), "\n");
 }

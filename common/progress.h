@@ -20,12 +20,14 @@ typedef struct {
   int64_t total;
   double t0, last, interval;
   int quiet;
+  int64_t printed; /* the count of the last line printed (-1: none yet) */
 } ce_progress;
 
 void ce_progress_init(ce_progress *p, const char *label, const char *unit,
                       int64_t total, int quiet);
 /* Report that `done` units are finished (prints if the interval elapsed). */
 void ce_progress_update(ce_progress *p, int64_t done);
+/* The final line, unless the last line printed already said `done`. */
 void ce_progress_done(ce_progress *p, int64_t done);
 
 #endif

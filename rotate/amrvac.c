@@ -409,7 +409,7 @@ int amrvac_open_stream(void *file, const char *name, amrvac_snapshot *s) {
 int amrvac_open(const char *path, amrvac_snapshot *s) {
   memset(s, 0, sizeof *s);
   FILE *f = fopen(path, "rb");
-  if (!f) CE_FAIL("%s: cannot open the snapshot", path);
+  if (!f) return ce_err_open(path, "the snapshot");
   rd r = {.f = f, .name = path};
   if (file_size(f, &r.size) < 0) {
     fclose(f);

@@ -270,7 +270,7 @@ static hid_t open_stats(const char *h5path, hid_t *f) {
     *f = H5Fopen(h5path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (*f >= 0) g = H5Gopen2(*f, "/stats", H5P_DEFAULT);
   } H5E_END_TRY;
-  if (*f < 0) return ce_err("%s: cannot open as HDF5", h5path);
+  if (*f < 0) return ce_err_open(h5path, "as HDF5");
   if (g < 0) {
     H5Fclose(*f);
     return ce_err("%s: no group /stats (run `coemu stats` on the dataset)", h5path);

@@ -80,8 +80,9 @@ static void channel_velocities(const char *dataset, int F, double *v) {
 }
 
 /* OUT/maps-SAMPLE.fits (fits != 0): the target and predicted cubes, I_nu
- * denormalised, with the WCS of export_fits.h (linear au axes; pixels where
- * the job's sampling.edge is auto). */
+ * denormalised, with the WCS of export_fits.h (linear au axes from the
+ * dataset's recorded edge; pixels where it records none: coemunet-compat, or
+ * made before format_minor 1 with sampling.edge auto). */
 static int write_maps_fits(const char *out, const char *dataset, int64_t sample, const double *t,
                            const double *p, const double *vel, int F, int G) {
   const size_t ns = (size_t)F * G * G;
@@ -168,6 +169,52 @@ static int write_maps(const char *out, const char *dataset, const eval_result *r
   return rc;
 }
 
+/* What evaluate_split would refuse, found before it with the names the
+ * user gave: the dataset's normalisation and its shapes against the model. */
+static int check_inputs(const char *ckpt, const char *dataset, const coemunet *m,
+                        const serve_source *src) {
+  uint32_t ins[4], outs[3];
+  serve_shapes(src, ins, outs);
+  if (!serve_norm(src))
+    CE_FAIL("%s: the dataset has no /stats group, which evaluation needs to undo the "
+            "normalisation: run `coemu stats %s` first", dataset, dataset);
+  if ((int)ins[1] != m->cfg.grid || (int)outs[0] != m->cfg.nfreq)
+    CE_FAIL("%s: the dataset has cubes of %u^3 and %u channels, the model in %s takes %d^3 "
+            "and gives %d", dataset, ins[1], outs[0], ckpt, m->cfg.grid, m->cfg.nfreq);
+  return 0;
+}
+
+/* Rank 0: metrics.txt, maxrel.csv, maxrel.png, the maps; the table on stdout. */
+static int write_outputs(const char *out, const char *ckpt, const char *dataset, const char *split,
+                         const coemunet *m, const eval_result *res, const serve_source *src,
+                         int batch, int world, int maps, int64_t maps_asked, int fits, int quiet) {
+  char p[4400], tmp[4500];
+  int nthreads = omp_get_max_threads();
+  FILE *f;
+  CE_TRY(fs_mkdir_p(out));
+  snprintf(p, sizeof p, "%s/metrics.txt", out);
+  CE_TRY(fs_open_tmp(p, tmp, sizeof tmp, &f));
+  print_table(f, ckpt, dataset, split, m, res, batch, nthreads, world);
+  CE_TRY(fs_commit_tmp(f, tmp, p, !ferror(f)));
+  snprintf(p, sizeof p, "%s/maxrel.csv", out);
+  CE_TRY(write_csv(p, res));
+  snprintf(p, sizeof p, "%s/maxrel.png", out);
+  CE_TRY(trainplot_maxrel_png(p, res->maxrel_ps, res->n, &res->maxrel, split));
+  CE_TRY(write_maps(out, dataset, res, serve_norm(src), m->cfg.nfreq, m->cfg.grid, fits));
+  if (res->kept < maps_asked)
+    fprintf(stderr, "coemu eval: warning: --maps %lld: %d maps written: %s\n",
+            (long long)maps_asked, res->kept,
+            res->kept < maps ? "the split has no more samples"
+                             : "the maps come from the first evaluation batch (raise --batch "
+                               "for more)");
+  if (!quiet) {
+    print_table(stdout, ckpt, dataset, split, m, res, batch, nthreads, world);
+    printf("\nwritten: %s/metrics.txt, maxrel.csv, maxrel.png, %d maps-*.png and error-*.png\n",
+           out, res->kept);
+  }
+  return 0;
+}
+
 int cmd_eval(int argc, char **argv) {
   const char *split = "test", *out = NULL;
   int64_t max_samples = 0, batch = 16, maps = 4, threads = 0;
@@ -212,62 +259,50 @@ int cmd_eval(int argc, char **argv) {
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &world);
   coemunet m;
+  int have_m = 0;
   serve_source *src = NULL;
   coemunet_config cfg;
   eval_result res;
+  memset(&res, 0, sizeof res);
+  /* Every failure below is one every rank reaches in step (the same
+     checkpoint, dataset and options on each; evaluate_split agrees on its
+     own failures before its collectives; the outputs are rank 0's while the
+     others wait in the agreement after them), so they end in mpi_any_failed:
+     one message, exit status 1, no MPI_ABORT banner (mpi_fatal.h). Only
+     MPI's own errors abort. */
   /* the one place the thread settings are made (OpenMP to --threads, 0 =
      OpenMP's default; OpenBLAS to 1) */
   int rc = nn_backend_init(&nn_backend_cpu, (int)threads);
   if (rc == 0) rc = checkpoint_read_config(ckpt, &cfg, NULL);
-  if (rc == 0) rc = coemunet_build(&m, &cfg, 0);
-  if (rc == 0 && (rc = checkpoint_load(ckpt, &m, NULL, NULL)) < 0) coemunet_free(&m);
+  if (rc == 0) have_m = (rc = coemunet_build(&m, &cfg, 0)) == 0;
+  if (rc == 0) rc = checkpoint_load(ckpt, &m, NULL, NULL);
   if (rc == 0) {
     serve_opts so = {.dataset_dir = dataset, .split = split, .world = 1, .batch = (int)batch,
                      .drop_last = 0, .prefetch = 1};
-    if ((rc = serve_open(&so, &src)) < 0) coemunet_free(&m);
+    rc = serve_open(&so, &src);
   }
-  if (rc < 0) { /* the same on every rank: no collective was entered */
-    if (rank == 0) fprintf(stderr, "coemu eval: error: %s\n", ce_err_msg());
-    nn_backend_finish(&nn_backend_cpu);
-    MPI_Finalize();
-    free(pos);
-    return 1;
-  }
-  eval_opts eo = {MPI_COMM_WORLD, (int)batch, max_samples, rank == 0 ? (int)maps : 0};
-  if (evaluate_split(&m, src, &eo, &res) < 0) mpi_fatal(ce_err_msg());
-  if (rank == 0) {
-    char p[4400];
-    int nthreads = omp_get_max_threads();
-    if (fs_mkdir_p(out) < 0) mpi_fatal(ce_err_msg());
-    snprintf(p, sizeof p, "%s/metrics.txt", out);
-    FILE *f;
-    char tmp[4500];
-    if (fs_open_tmp(p, tmp, sizeof tmp, &f) < 0) mpi_fatal(ce_err_msg());
-    print_table(f, ckpt, dataset, split, &m, &res, (int)batch, nthreads, world);
-    if (fs_commit_tmp(f, tmp, p, !ferror(f)) < 0) mpi_fatal(ce_err_msg());
-    snprintf(p, sizeof p, "%s/maxrel.csv", out);
-    if (write_csv(p, &res) < 0) mpi_fatal(ce_err_msg());
-    snprintf(p, sizeof p, "%s/maxrel.png", out);
-    if (trainplot_maxrel_png(p, res.maxrel_ps, res.n, &res.maxrel, split) < 0) mpi_fatal(ce_err_msg());
-    if (write_maps(out, dataset, &res, serve_norm(src), m.cfg.nfreq, m.cfg.grid, fits) < 0)
-      mpi_fatal(ce_err_msg());
-    if (res.kept < maps_asked)
-      fprintf(stderr, "coemu eval: warning: --maps %lld: %d maps written: %s\n",
-              (long long)maps_asked, res.kept,
-              res.kept < maps ? "the split has no more samples"
-                              : "the maps come from the first evaluation batch (raise --batch "
-                                "for more)");
-    if (!quiet) {
-      print_table(stdout, ckpt, dataset, split, &m, &res, (int)batch, nthreads, world);
-      printf("\nwritten: %s/metrics.txt, maxrel.csv, maxrel.png, %d maps-*.png and error-*.png\n",
-             out, res.kept);
-    }
-  }
+  if (rc == 0) rc = check_inputs(ckpt, dataset, &m, src);
+  /* the evaluation batch (evaluate_split's own nn_set_batch is then a no-op,
+     so a failure to allocate it is agreed here, not one rank's early return) */
+  if (rc == 0 && nn_set_batch(&m.net, (int)batch) < 0)
+    rc = ce_err_prefix("%s: evaluation batch %lld", ckpt, (long long)batch);
+  if (!mpi_any_failed(rc)) {
+    eval_opts eo = {MPI_COMM_WORLD, (int)batch, max_samples, rank == 0 ? (int)maps : 0};
+    rc = evaluate_split(&m, src, &eo, &res);
+    /* a rank whose peer failed yields to the peer's message (evaluate.h) */
+    if (rc < 0 && !strcmp(ce_err_msg(), EVAL_PEER_FAILED)) rc = MPI_AGREE_PEER;
+    else if (rc < 0 && !strstr(ce_err_msg(), dataset)) ce_err_prefix("%s", dataset);
+    if (rc == 0 && rank == 0) rc = write_outputs(out, ckpt, dataset, split, &m, &res, src,
+                                                 (int)batch, world, (int)maps, maps_asked, fits, quiet);
+    rc = mpi_any_failed(rc) ? -1 : 0;
+  } else
+    rc = -1;
   eval_result_free(&res);
   serve_close(src);
-  coemunet_free(&m);
+  if (have_m) coemunet_free(&m);
   nn_backend_finish(&nn_backend_cpu);
   free(pos);
+  fflush(stdout);
   MPI_Finalize();
-  return 0;
+  return rc < 0 ? 1 : 0;
 }

@@ -121,7 +121,7 @@ int cmd_export(int argc, char **argv) {
        "fits: distance in parsec: sky axes RA---SIN/DEC--SIN in degrees (offsets from 0, 0) "
        "instead of linear au offsets", 0, 0},
       {"edge", CLI_DOUBLE, &edge, "M",
-       "fits: cube edge in metres (default: the job's sampling.edge; needed where it is auto)", 0, 0},
+       "fits: cube edge in metres (default: the dataset's, /geometry edge; needed for compat datasets, and old ones without /geometry whose edge was auto)", 0, 0},
       {"inputs", CLI_FLAG, &inputs, NULL, "fits: also write the input cubes (VZ, T, NCO extensions)", 0, 0},
       {"quiet", CLI_FLAG, &quiet, NULL, "print nothing on success", 0, 0},
       {0}};

@@ -83,10 +83,11 @@ static int run_server(const char *what, serve_source *src, const server_args *a)
     snprintf(order_buf, sizeof order_buf, "order shards (K %lld, buffer %lld, %lld shards)",
              (long long)op->shards, (long long)op->buffer, (long long)op->ngroups);
   fprintf(stderr,
-          "serve: %s%s split '%s': %llu samples, %llu per rank per epoch for %lld ranks, batch %lld, "
+          "serve: %s%s split '%s': %llu samples, %llu per rank per epoch for %lld rank%s, batch %lld, "
           "%s, dataset id %016llx, listening on %s%s; idle exit %s\n",
           what, a->live ? " (live)" : "", a->split, (unsigned long long)serve_split_size(src),
-          (unsigned long long)serve_samples_per_rank(src), (long long)a->ranks, (long long)a->batch,
+          (unsigned long long)serve_samples_per_rank(src), (long long)a->ranks,
+          a->ranks == 1 ? "" : "s", (long long)a->batch,
           order_buf, (unsigned long long)serve_dataset_id(src), a->endpoint,
           a->curve_secret ? " (CURVE)" : "", idle_buf);
   struct sigaction sa;

@@ -228,11 +228,11 @@ int cmd_solve(int argc, char **argv) {
       {"upper", CLI_INT, &upper, "U", "select the transition by its upper level ...", 0, 0},
       {"lower", CLI_INT, &lower, "L", "... and lower level (1-based, as in the file)", 0, 0},
       {"channels", CLI_STR, &channels, "SPEC", "coemunet | V0:DV:COUNT[:LO:HI] (m/s) | list:F1,F2,... (Hz)", 0, 0},
-      {"vturb", CLI_DOUBLE, &vturb, "M/S", "turbulent velocity [m/s] (default 0)", 0, 0},
+      {"vturb", CLI_DOUBLE, &vturb, "M/S", "turbulent velocity [m/s] (default 0, Pomme's; jobs: solver.vturb, default 150)", 0, 0},
       {"mass", CLI_DOUBLE, &mass, "U", "molecular mass [u] (default: the LAMDA file's weight)", 0, 0},
       {"background", CLI_DOUBLE, &background, "I", "background intensity [W m-2 Hz-1 sr-1] (default 0)", 0, 0},
-      {"abs", CLI_FLAG, &take_abs, NULL, "write |I| (as COEmuNet did)", 0, 0},
-      {"corrected-taylor", CLI_FLAG, &corrected, NULL, "correct small-dtau expansion instead of Pomme's", 0, 0},
+      {"abs", CLI_FLAG, &take_abs, NULL, "write |I| (as COEmuNet did; jobs: solver.abs, default off)", 0, 0},
+      {"corrected-taylor", CLI_FLAG, &corrected, NULL, "correct small-dtau expansion instead of Pomme's (jobs: solver.corrected_taylor, default on)", 0, 0},
       {"threads", CLI_INT, &threads, "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)", 0, 0},
       {"device", CLI_STR, &device, "cpu|cuda", "where the solver runs (default cpu; cuda: the first GPU, an error without one)", 0, 0},
       {"precision", CLI_STR, &precision, "P", "the solver's arithmetic: float64 (default, the reference) or float32 (within 1e-5 of it, docs/physics.md)", 0, 0},
@@ -243,7 +243,9 @@ int cmd_solve(int argc, char **argv) {
   const cli_command spec = {
       "solve", "(--vz F --T F --n F | --in F.h5 | --example [N]) (--out F | --fits F | --preview F)... [options]",
       "Ray-trace a cube (v_z, T, n) along z with the exact LTE line imager; at least one of\n"
-      "--out, --fits and --preview says where the image goes.", opts, 0, 0};
+      "--out, --fits and --preview says where the image goes. The defaults are Pomme's; a\n"
+      "job's defaults differ (solver.vturb 150, solver.corrected_taylor true): to remake a\n"
+      "dataset's image from its cube add --vturb 150 --corrected-taylor.", opts, 0, 0};
   cli_status r = cli_run_parse(&spec, nargs, args, NULL, NULL);
   if (r != CLI_OK) {
     free(args);
@@ -393,6 +395,8 @@ int cmd_solve(int argc, char **argv) {
   fprintf(stderr, "coemu solve: %s, %s %s (%.7f GHz; LAMDA transition %lld, levels %d -> %d), %d x %d x %d cells, %d channels, max |I| = %.4g W m-2 Hz-1 sr-1\n",
           input_desc, mol.name, label, L.nu0 * 1e-9, (long long)transition, L.upper, L.lower,
           c.nx, c.ny, c.nz, nf, mx);
+  fprintf(stderr, "coemu solve: wrote%s%s%s%s%s%s\n", out ? " " : "", out ? out : "",
+          fits ? " " : "", fits ? fits : "", preview ? " " : "", preview ? preview : "");
   rc = 0;
   goto done;
 usage:

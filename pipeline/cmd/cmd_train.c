@@ -9,6 +9,7 @@
 #include "pipeline/cmd/commands.h"
 #include "pipeline/job/trainjob.h"
 #include "pipeline/mpi/mpi_fatal.h"
+#include "pipeline/train/train_inputs.h"
 #include "pipeline/train/trainrun.h"
 #include "trainer/nn.h"
 
@@ -32,7 +33,7 @@ static void print_check(const train_job *j) {
 
 int cmd_train(int argc, char **argv) {
   const char *out = NULL;
-  int check = 0, quiet = 0, schema_doc = 0, extend = 0;
+  int check = 0, no_data = 0, quiet = 0, schema_doc = 0, extend = 0;
   int64_t max_steps = 0;
   double time_limit = 0;
   cli_opt opts[] = {
@@ -45,8 +46,15 @@ int cmd_train(int argc, char **argv) {
        "continue the run in the output directory under a changed job: more epochs, a new "
        "learning rate or schedule (other changes are refused; the change is logged in "
        "OUT/train.log)", 0, 0},
-      {"check", CLI_FLAG, &check, NULL, "validate the job file and exit", 0, 0},
-      {"quiet", CLI_FLAG, &quiet, NULL, "no progress lines", 0, 0},
+      {"check", CLI_FLAG, &check, NULL,
+       "validate the job file and what it names, then exit: each stage's dataset and "
+       "validation dataset exist, are finished, have /stats and fit the model; "
+       "data.stream.stats and init are read too (a stream is not contacted)", 0, 0},
+      {"no-data", CLI_FLAG, &no_data, NULL,
+       "with --check: the job file only, not the datasets and checkpoints it names (a job "
+       "written before its data exist)", 0, 0},
+      {"quiet", CLI_FLAG, &quiet, NULL,
+       "no progress lines (a stop before the end, exit status 3, is still reported)", 0, 0},
       {"schema-doc", CLI_FLAG, &schema_doc, NULL,
        "print the training-job key table (Markdown) and exit", 0, 0},
       {0}};
@@ -71,6 +79,10 @@ int cmd_train(int argc, char **argv) {
     free(pos);
     return cli_usage_fail("train", "expected one training job file, got %d arguments", npos);
   }
+  if (no_data && !check) {
+    free(pos);
+    return cli_usage_fail("train", "--no-data goes with --check");
+  }
   if (max_steps < 0 || time_limit < 0) {
     free(pos);
     return cli_usage_fail("train", "--max-steps and --time-limit must not be negative");
@@ -80,9 +92,22 @@ int cmd_train(int argc, char **argv) {
   free(pos);
   if (loaded < 0) return cli_fail("train");
   if (check) {
-    print_check(&j);
+    /* the inputs before the "ok": the first problem is the error */
+    train_inputs_opts io = {.world = 1, .report = NULL};
+    char *lines = NULL;
+    size_t nlines = 0;
+    FILE *rep = no_data ? NULL : open_memstream(&lines, &nlines);
+    io.report = rep;
+    int rc = no_data ? 0 : rep ? train_inputs_check(&j, &io) : ce_err("out of memory");
+    if (rep) fclose(rep);
+    if (rc == 0) {
+      print_check(&j);
+      if (lines) fputs(lines, stdout);
+      if (no_data) printf("  inputs: not checked (--no-data)\n");
+    }
+    free(lines);
     train_job_free(&j);
-    return 0;
+    return rc < 0 ? cli_fail("train") : 0;
   }
   /* device: a backend this coemu was not built with is an error before MPI */
   const nn_backend *be = nn_backend_by_name(j.device);
@@ -112,7 +137,9 @@ int cmd_train(int argc, char **argv) {
   }
   train_run_opts o = {out, max_steps, time_limit, quiet, extend, MPI_COMM_WORLD, be};
   if (rc == 0) rc = train_run(&j, &o);
-  if (rc < 0) {
+  if (rc == TRAIN_RUN_REFUSED && world > 1) {
+    mpi_any_failed(-1); /* every rank is here: the lowest one's message, no abort */
+  } else if (rc < 0) {
     if (world > 1) mpi_fatal(ce_err_msg());
     fprintf(stderr, "coemu train: error: %s\n", ce_err_msg());
   }

@@ -47,7 +47,7 @@ int cube_file_read_h5(const char *path, cube_file *c) {
   hsize_t dims0[3] = {0};
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
   hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-  if (f < 0) return ce_err("%s: cannot open as HDF5", path);
+  if (f < 0) return ce_err_open(path, "as HDF5");
   int rc = 0;
   for (int i = 0; i < 3 && rc == 0; i++) {
     c->src[i] = path;

@@ -498,9 +498,9 @@ static int stats_run(dataset *ds, int want, const char *split_name, int drop_out
     else if (ro->out) {
       FILE *o = ro->out;
       const char *group = ro->write_path ? ro->group : "";
-      fprintf(o, "%s: %s%s%s: split %s, %lld samples used, %lld outliers dropped, %d ranks%s\n",
+      fprintf(o, "%s: %s%s%s: split %s, %lld samples used, %lld outliers dropped, %d rank%s%s\n",
               cmd, ro->write_path ? ro->write_path : path, *group ? ":" : "", group, split_name,
-              (long long)totals[0], (long long)totals[1], size,
+              (long long)totals[0], (long long)totals[1], size, size == 1 ? "" : "s",
               !ro->write_path ? " (not written)"
               : strcmp(group, "/stats") ? " (not the normalisation: /stats is left as it was)"
                                         : " (the normalisation that serve and train read)");

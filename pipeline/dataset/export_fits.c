@@ -65,19 +65,46 @@ static int read_1d(hid_t f, const char *name, hid_t mtype, hsize_t at, void *out
   return ok ? 0 : -1;
 }
 
+/* The cube edge dataset.h5 records (/geometry edge, format_minor >= 1: the
+ * resolved edge, the ball radius where the job said auto), > 0; 0 with
+ * *why = EXPORT_EDGE_COMPAT where it is per sample (coemunet-compat
+ * gridding: NaN), EXPORT_EDGE_NOT_RECORDED where there is no /geometry. */
+static double recorded_edge(hid_t f, int *why) {
+  double edge = 0;
+  *why = EXPORT_EDGE_NOT_RECORDED;
+  if (H5Lexists(f, "geometry", H5P_DEFAULT) <= 0) return 0;
+  hid_t g = H5Gopen2(f, "geometry", H5P_DEFAULT);
+  if (g < 0) return 0;
+  if (h5_get_attr(g, "edge", H5T_NATIVE_DOUBLE, &edge) < 0) edge = 0;
+  H5Gclose(g);
+  if (edge > 0 && isfinite(edge)) {
+    *why = EXPORT_EDGE_KNOWN;
+    return edge;
+  }
+  *why = EXPORT_EDGE_COMPAT;
+  return 0;
+}
+
 int export_fits_read_info(const char *dir, int64_t sample, double edge_m, int nf, int n,
                           double *vel, export_fits_info *info) {
   memset(info, 0, sizeof *info);
   info->sample = sample;
-  double edge = edge_m;
-  if (edge == 0) CE_TRY(job_edge(dir, &edge));
-  info->pixel_m = edge > 0 ? edge / n : 0;
   char p[4200];
   snprintf(p, sizeof p, "%s/dataset.h5", dir);
   h5_lock();
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
   hid_t f = H5Fopen(p, H5F_ACC_RDONLY, H5P_DEFAULT);
-  int rc = f < 0 ? ce_err("%s: cannot open as HDF5", p) : 0;
+  int rc = f < 0 ? ce_err_open(p, "as HDF5") : 0;
+  /* the cube edge: --edge, else /geometry's, else (a dataset made before
+     format_minor 1) the job's sampling.edge unless it is auto */
+  double edge = edge_m;
+  info->edge_unknown = EXPORT_EDGE_KNOWN;
+  if (rc == 0 && edge == 0) edge = recorded_edge(f, &info->edge_unknown);
+  if (rc == 0 && edge == 0 && info->edge_unknown == EXPORT_EDGE_NOT_RECORDED &&
+      (rc = job_edge(dir, &edge)) == 0 && edge > 0)
+    info->edge_unknown = EXPORT_EDGE_KNOWN;
+  if (edge < 0) info->edge_unknown = EXPORT_EDGE_KNOWN; /* not wanted */
+  info->pixel_m = edge > 0 ? edge / n : 0;
   uint8_t split = 0;
   if (rc == 0 && (read_1d(f, "model_id", H5T_NATIVE_INT64, (hsize_t)sample, &info->model_id) < 0 ||
                   read_1d(f, "direction_index", H5T_NATIVE_INT64, (hsize_t)sample, &info->direction_index) < 0 ||
@@ -270,7 +297,7 @@ int export_fits_sample(const char *dir, const export_fits_opts *o, const char *p
   hid_t di = f >= 0 && H5Lexists(f, "inputs", H5P_DEFAULT) > 0 ? H5Dopen2(f, "inputs", H5P_DEFAULT) : -1;
   hsize_t td[4] = {0}, id[5] = {0};
   int rc = 0;
-  if (f < 0) rc = ce_err("%s: cannot open as HDF5", p);
+  if (f < 0) rc = ce_err_open(p, "as HDF5");
   else if (dt < 0) rc = ce_err("%s: no /targets dataset", p);
   if (rc == 0) {
     hid_t sp = H5Dget_space(dt);
@@ -305,9 +332,13 @@ int export_fits_sample(const char *dir, const export_fits_opts *o, const char *p
   export_fits_info info;
   if (rc == 0 && !vel) rc = -1;
   if (rc == 0) rc = export_fits_read_info(dir, o->sample, o->edge_m, nf, n, vel, &info);
-  if (rc == 0 && !(info.pixel_m > 0))
-    rc = ce_err("%s/job.yaml: sampling.edge is auto (the ball radius, not recorded in the "
-                "dataset): give the cube edge with --edge M", dir);
+  if (rc == 0 && !(info.pixel_m > 0) && info.edge_unknown == EXPORT_EDGE_COMPAT)
+    rc = ce_err("%s: /geometry: the cube edge is per sample (coemunet-compat gridding), so the "
+                "dataset records none: give the cube edge with --edge M", p);
+  else if (rc == 0 && !(info.pixel_m > 0))
+    rc = ce_err("%s: no /geometry (a dataset made before format_minor 1) and %s/job.yaml's "
+                "sampling.edge is auto (the ball radius, which such a dataset does not record): "
+                "give the cube edge with --edge M", p, dir);
   if (rc == 0) {
     char tmp[4300];
     fitsfile *ff = NULL;

@@ -27,13 +27,16 @@
 typedef struct {
   int64_t sample;     /* index into DIR/dataset.h5 */
   double distance_pc; /* > 0: sky axes at this distance; 0: linear au */
-  double edge_m;      /* cube edge [m]; 0: the job's sampling.edge (DIR/job.yaml) */
+  double edge_m;      /* cube edge [m]; 0: the dataset's (DIR/dataset.h5 /geometry edge;
+                         a dataset without /geometry: the job's sampling.edge) */
   int inputs;         /* also the input cubes: extensions VZ [m/s], T [K], NCO [m^-3],
                          axes x, y, z (z along the line of sight, linear au) */
 } export_fits_opts;
 
 /* Sample o->sample of dataset DIR: the target cube as the primary HDU. An
- * unknown cube edge (sampling.edge: auto and no edge_m) is an error. */
+ * unknown cube edge is an error unless edge_m is given: a coemunet-compat
+ * dataset (its edge is per sample), or one made before format_minor 1 (no
+ * /geometry) whose job said sampling.edge: auto. */
 int export_fits_sample(const char *dir, const export_fits_opts *o, const char *path);
 
 /* Where the maps of one sample came from, read from DIR/dataset.h5. */
@@ -44,10 +47,19 @@ typedef struct {
   char model[512];
   double nu0;          /* rest frequency [Hz] (0: unknown) */
   double pixel_m;      /* edge / n, 0: unknown */
+  int edge_unknown;    /* why pixel_m is 0 (EXPORT_EDGE_*) */
 } export_fits_info;
 
-/* The sample's catalogue entry and the pixel size (edge_m > 0, else with
- * edge_m = 0 the job's edge, 0 if that is auto; edge_m < 0: not wanted, 0).
+enum {
+  EXPORT_EDGE_KNOWN = 0,        /* pixel_m > 0, or the edge was not wanted */
+  EXPORT_EDGE_COMPAT = 1,       /* /geometry edge NaN: coemunet-compat, per sample */
+  EXPORT_EDGE_NOT_RECORDED = 2  /* no /geometry (before format_minor 1), job's edge auto */
+};
+
+/* The sample's catalogue entry and the pixel size: edge_m > 0, else with
+ * edge_m = 0 the dataset's recorded edge (/geometry edge), or for a dataset
+ * without /geometry the job's sampling.edge (DIR/job.yaml), 0 if neither
+ * gives one (info->edge_unknown says why); edge_m < 0: not wanted, 0.
  * vel (nf values, may be NULL) gets /velocities; nf = 0 reads neither them
  * nor the rest frequency. Also for picture titles (preview.c, coemu eval). */
 int export_fits_read_info(const char *dir, int64_t sample, double edge_m, int nf, int n,

@@ -267,7 +267,7 @@ int input_rebuild_open(const char *dir, const char *h5path, int n, int64_t direc
     rc = ce_err("%s: images-only dataset: the manifest records no directions per model, so the "
                 "model and direction of a sample are unknown", h5path);
   hid_t f = rc == 0 ? H5Fopen(h5path, H5F_ACC_RDONLY, H5P_DEFAULT) : -1;
-  if (rc == 0 && f < 0) rc = ce_err("%s: cannot open as HDF5", h5path);
+  if (rc == 0 && f < 0) rc = ce_err_open(h5path, "as HDF5");
   if (rc == 0) rc = read_geometry(rb, f);
   if (rc == 0) rc = read_models(rb, dir, f);
   if (rc == 0) rc = model_lru_create(0, &rb->lru);

@@ -18,7 +18,7 @@ int dataset_preview(const char *dir, int nsamples, const char *png_path) {
   snprintf(path, sizeof path, "%s/dataset.h5", dir);
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
   hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-  if (f < 0) CE_FAIL("%s: cannot open as HDF5", path);
+  if (f < 0) return ce_err_open(path, "as HDF5");
   hid_t din = H5Lexists(f, "inputs", H5P_DEFAULT) > 0 ? H5Dopen2(f, "inputs", H5P_DEFAULT) : -1;
   hid_t dtg = H5Dopen2(f, "targets", H5P_DEFAULT);
   if (dtg < 0) {

@@ -291,7 +291,7 @@ static int check_presence(const shard_reader *r) {
 
 static int open_arrays(shard_reader *r) {
   r->file = H5Fopen(r->h5path, H5F_ACC_RDONLY, H5P_DEFAULT);
-  if (r->file < 0) CE_FAIL("%s: cannot open as HDF5", r->h5path);
+  if (r->file < 0) return ce_err_open(r->h5path, "as HDF5");
   hsize_t dt[4] = {0}, di[5] = {0};
   r->d_out = H5Dopen2(r->file, "targets", H5P_DEFAULT);
   if (r->d_out < 0) CE_FAIL("%s: no /targets dataset", r->h5path);

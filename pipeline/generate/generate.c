@@ -330,20 +330,27 @@ static int64_t do_shard(const job *j, const shard_layout *lay, const char *out, 
 }
 
 /* The end-of-run breakdown of rank time, summed over the ranks (docs/jobs.md,
- * "Where the time goes"): b = {rank, produce, hash, write, commit wait,
+ * "Where the time goes"), with the rate of the samples made in this run
+ * (made: a resume's kept shards cost no production and do not count):
+ * b = {rank, produce, hash, write, commit wait,
  * resume checks, coordination, background fsync} in wall seconds, then
  * {produce, hash, write} in CPU seconds, then the row writer's wall and CPU
  * seconds. */
-static void print_breakdown(const char *cmd, const double *b, int ranks, int64_t samples) {
+static void print_breakdown(const char *cmd, const double *b, int ranks, int64_t made) {
   double T = b[0] > 0 ? b[0] : 1, other = b[0];
   for (int k = 1; k < 7; k++) other -= b[k];
   if (other < 0) other = 0;
-  fprintf(stderr, "coemu %s: rank time %.2f s (%d ranks, %.1f samples/s): produce %.2f s "
+  char rate[64];
+  if (made > 0 && b[0] > 0)
+    snprintf(rate, sizeof rate, "%.1f samples/s", (double)made * ranks / b[0]);
+  else
+    snprintf(rate, sizeof rate, "no sample made now");
+  fprintf(stderr, "coemu %s: rank time %.2f s (%d %s, %s): produce %.2f s "
                   "(%.1f%%), hash %.2f s (%.1f%%), write %.2f s (%.1f%%), fsync wait %.2f s "
                   "(%.1f%%), resume checks %.2f s (%.1f%%), coordination %.2f s (%.1f%%), "
                   "other %.2f s (%.1f%%); %.1f%% outside the producer; in the background: "
                   "input rows written %.2f s, fsync %.2f s\n",
-          cmd, b[0], ranks, b[0] > 0 ? samples * ranks / b[0] : 0.0, b[1], 100 * b[1] / T, b[2],
+          cmd, b[0], ranks, ranks == 1 ? "rank" : "ranks", rate, b[1], 100 * b[1] / T, b[2],
           100 * b[2] / T, b[3], 100 * b[3] / T, b[4], 100 * b[4] / T, b[5], 100 * b[5] / T, b[6],
           100 * b[6] / T, other, 100 * other / T, 100 * (1 - b[1] / T), b[11], b[7]);
   double cpu = b[8] + b[9] + b[10] + b[12];
@@ -460,7 +467,7 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   ce_progress_init(&prog, cmd, "samples", N, quiet || g_rank != 0);
   workplan wp;
   workplan_init(&wp, MPI_COMM_WORLD, K, g_rank == 0 ? &prog : NULL);
-  int64_t last = 0, counts[2] = {0, 0}; /* shards made, shards kept */
+  int64_t last = 0, counts[3] = {0, 0, 0}; /* shards made, shards kept, samples made */
   double t_start = ce_now();
   int failed = 0, stopped = 0;
   char failure[2048] = "";
@@ -491,6 +498,7 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
       continue;
     }
     counts[made ? 0 : 1]++;
+    if (made) counts[2] += last;
   }
   double tw = ce_now();
   if (shard_commits_wait() < 0 && !failed) {
@@ -533,8 +541,8 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
     MPI_Finalize();
     return any_failed ? CLI_EXIT_FAILURE : CLI_EXIT_STOPPED;
   }
-  int64_t total[2];
-  MPI_Reduce(counts, total, 2, MPI_INT64_T, MPI_SUM, 0, MPI_COMM_WORLD);
+  int64_t total[3];
+  MPI_Reduce(counts, total, 3, MPI_INT64_T, MPI_SUM, 0, MPI_COMM_WORLD);
   shard_times st;
   shard_times_get(&st);
   /* rank time = produce + hash + write + commit wait + resume checks +
@@ -569,7 +577,7 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
                       "an earlier run)\n",
               cmd, out, (long long)N, (long long)K, (long long)total[0], (long long)total[1]);
       fprintf(stderr, "coemu %s: dataset %s/dataset.h5, preview %s\n", cmd, out, png);
-      print_breakdown(cmd, bd_sum, size, N);
+      print_breakdown(cmd, bd_sum, size, total[2]);
     }
   }
   if (p.close) p.close(p.ctx);

@@ -231,6 +231,8 @@ static int fill(const char *name, const yt_node *r, job *j) {
     DUP(j->lamda, schema_resolve(j->dir, lam));
   }
   j->transition = (int)schema_int(r, "line.transition");
+  const yt_node *tpos = schema_at(r, "line.transition");
+  j->transition_line = tpos->line, j->transition_col = tpos->col;
   const char *mode = schema_str(r, "line.channels.mode");
   const yt_node *ch = schema_at(r, "line.channels");
   if (!strcmp(mode, "coemunet")) {
@@ -486,8 +488,9 @@ int job_check_inputs_part(const job *j, int part, int parts) {
   lamda_free(&mol);
   if (rc < 0) {
     char at[1200];
-    key_at(j, j->lamda_line, j->lamda_col, "line.lamda", at, sizeof at);
-    return ce_err_prefix("%s: line.transition %d (the file has %d)", at, j->transition, nlines);
+    key_at(j, j->transition_line, j->transition_col, "line.transition", at, sizeof at);
+    return ce_err_prefix("%s: %d, but %s has %d transitions", at, j->transition, j->lamda,
+                         nlines);
   }
   lte_line_free(&line);
   if (j->input != JOB_INPUT_AMRVAC) return 0;

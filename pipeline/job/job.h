@@ -81,6 +81,7 @@ typedef struct {
   /* where the input keys are in the job file (line 0: filled in by default),
    * for messages about the files they name */
   int lamda_line, lamda_col, glob_line, glob_col, units_line, units_col;
+  int transition_line, transition_col;
   int transition;
   job_channel_mode channel_mode;
   int nf;                /* number of channels */

@@ -72,7 +72,14 @@ static const yt_node *s_at(const stage_reader *s, const char *sub) {
 static int resolved(const char *dir, const char *p, char **out) {
   *out = *p ? schema_resolve(dir, p) : strdup("");
   if (!*out) CE_FAIL("out of memory");
+  /* "./" + "./ds": messages name ./ds, not ././ds */
+  while (!strncmp(*out, "././", 4)) memmove(*out, *out + 2, strlen(*out + 2) + 1);
   return 0;
+}
+
+static train_pos pos_of(const yt_node *v) {
+  train_pos p = {v ? v->line : 0, v ? v->col : 0};
+  return p;
 }
 
 /* A bound the schema's inclusive min/max cannot say: x > 0 or x < 1. */
@@ -114,6 +121,7 @@ static int fill_data(const stage_reader *s, train_stage *t) {
       CE_FAIL("%s:%d:%d: %s.data.dataset: expected a dataset directory, got ''", s->name,
               ds->line, ds->col, s->key);
     /* the stream fields stay "" and 0 */
+    t->dataset_at = pos_of(ds);
     CE_TRY(resolved(s->dir, ds->text, &t->dataset));
     CE_TRY(resolved(s->dir, "", &t->endpoint));
     CE_TRY(resolved(s->dir, "", &t->server_key));
@@ -142,7 +150,9 @@ static int fill_data(const stage_reader *s, train_stage *t) {
             s->name, ep->line, ep->col, s->key, ep->text);
   CE_TRY(resolved(s->dir, sk, &t->server_key));
   CE_TRY(resolved(s->dir, ck, &t->client_key));
-  return resolved(s->dir, s_str(s, "data.stream.stats"), &t->stream_stats);
+  const char *stats = s_str(s, "data.stream.stats");
+  if (*stats) t->stats_at = pos_of(s_at(s, "data.stream.stats"));
+  return resolved(s->dir, stats, &t->stream_stats);
 }
 
 static int fill_validation(const stage_reader *s, train_stage *t) {
@@ -151,6 +161,7 @@ static int fill_validation(const stage_reader *s, train_stage *t) {
   t->val_batch = s_int(s, "validation.batch");
   t->validate_every = s_int(s, "validation.every");
   const yt_node *val = s_at(s, "validation"), *vd = yt_get(val, "dataset");
+  t->val_at = pos_of(vd ? vd : val);
   if (!strcmp(t->val_split, "none")) return resolved(s->dir, "", &t->val_dataset);
   if (vd) {
     if (!*vd->text)
@@ -203,6 +214,7 @@ static int fill_transfer(const stage_reader *s, const train_job *j, train_stage 
   t->transfer = has_pretrain;
   if (tr && schema_as_bool(tr, &t->transfer) < 0) CE_BUG("trainjob: transfer not validated");
   CE_TRY(resolved(s->dir, in->text, &t->init));
+  if (*t->init) t->init_at = pos_of(in);
   if (t->transfer && !has_pretrain && !*t->init)
     CE_FAIL("%s:%d:%d: finetune.transfer: expected a pretrain stage or finetune.init (a "
             "checkpoint) to transfer from, got true with neither", s->name, tr->line, tr->col);

@@ -24,6 +24,12 @@
 typedef enum { TRAIN_STAGE_PRETRAIN = 0, TRAIN_STAGE_FINETUNE = 1, TRAIN_STAGES = 2 } train_stage_id;
 typedef enum { TRAIN_SRC_DATASET = 0, TRAIN_SRC_STREAM = 1 } train_source_kind;
 
+/* Where a key's value stands in the job file, for messages about what it
+ * names (line 0: not known, e.g. a default). */
+typedef struct {
+  int line, col;
+} train_pos;
+
 typedef struct {
   int enabled;               /* the stage is in the job */
   /* training data (data:) */
@@ -58,6 +64,11 @@ typedef struct {
   int64_t checkpoint_every;  /* steps between checkpoints (0 = at the end of each epoch only) */
   int transfer;              /* finetune only: transfer the encoder (default true when pretrain exists) */
   char *init;                /* a checkpoint to take the transferred weights from ("" = the pretrain stage's) */
+  /* the positions of the keys that name inputs (pipeline/train/train_inputs.h) */
+  train_pos dataset_at;      /* data.dataset */
+  train_pos val_at;          /* validation.dataset; not given: the validation map (or the stage) */
+  train_pos stats_at;        /* data.stream.stats */
+  train_pos init_at;         /* init */
 } train_stage;
 
 typedef struct {

@@ -108,9 +108,16 @@ yt_node *yt_get(const yt_node *map, const char *key) {
 static yt_node *parse_node(const char *name, yaml_parser_t *p, yaml_event_t *ev, int depth);
 
 static int next_event(const char *name, yaml_parser_t *p, yaml_event_t *ev) {
-  if (!yaml_parser_parse(p, ev))
-    return ce_err("%s:%d:%d: YAML syntax error: %s", name, (int)p->problem_mark.line + 1,
-                  (int)p->problem_mark.column + 1, p->problem ? p->problem : "unknown");
+  if (!yaml_parser_parse(p, ev)) {
+    /* libyaml says "found character that cannot start any token" of a tab:
+     * name it (the text is the string the parser was given) */
+    const unsigned char *s = p->input.string.start;
+    const size_t i = p->problem_mark.index;
+    const int tab = s && s + i < p->input.string.end && s[i] == '\t';
+    return ce_err("%s:%d:%d: YAML syntax error: %s%s", name, (int)p->problem_mark.line + 1,
+                  (int)p->problem_mark.column + 1, p->problem ? p->problem : "unknown",
+                  tab ? " (a tab: YAML indents with spaces only)" : "");
+  }
   return 0;
 }
 

@@ -333,7 +333,7 @@ static int sample_source(serve_source *s, int64_t idx, hid_t ds[2], hsize_t *at)
     char p[4200];
     shard_path(s, sh, p, sizeof p);
     s->shard = H5Fopen(p, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (s->shard < 0) CE_FAIL("%s: cannot open as HDF5", p);
+    if (s->shard < 0) return ce_err_open(p, "as HDF5");
     s->shard_d[0] = H5Dopen2(s->shard, "inputs", H5P_DEFAULT);
     s->shard_d[1] = H5Dopen2(s->shard, "targets", H5P_DEFAULT);
     s->shard_sums = H5Lexists(s->shard, "checksums", H5P_DEFAULT) > 0
@@ -816,7 +816,7 @@ static int open_finished(serve_source *s) {
   s->out_vals = (size_t)nf * n * n;
   CE_TRY(read_split(s));
   hid_t f = H5Fopen(s->h5path, H5F_ACC_RDONLY, H5P_DEFAULT); /* /stats: no virtual dataset opened */
-  if (f < 0) CE_FAIL("%s: cannot open as HDF5", s->h5path);
+  if (f < 0) return ce_err_open(s->h5path, "as HDF5");
   s->have_norm = H5Lexists(f, "stats", H5P_DEFAULT) > 0;
   H5Fclose(f);
   return 0;

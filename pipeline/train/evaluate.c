@@ -144,7 +144,7 @@ int evaluate_split(coemunet *m, serve_source *src, const eval_opts *o, eval_resu
   if (any_bad) {
     free(ps);
     eval_result_free(r);
-    return bad ? -1 : ce_err("evaluation failed on another rank");
+    return bad ? -1 : ce_err(EVAL_PEER_FAILED);
   }
   double tot[5], loc[5] = {sums[0], sums[1], sums[2], sums[3], mine ? 1e3 * fwd_s / (double)mine : 0};
   MPI_Allreduce(loc, tot, 5, MPI_DOUBLE, MPI_SUM, o->comm);

@@ -52,7 +52,10 @@ typedef struct {
 
 /* Evaluate m (evaluation mode: BatchNorm running statistics) on src's split.
  * The model's batch size is set to o->batch (the caller restores its own).
- * Collective over o->comm. */
+ * Collective over o->comm. On failure every rank returns -1; a rank that
+ * failed only because another did has the message EVAL_PEER_FAILED (so that
+ * a caller can let the failing rank's own message speak, coemu eval). */
+#define EVAL_PEER_FAILED "evaluation failed on another rank"
 int evaluate_split(coemunet *m, serve_source *src, const eval_opts *o, eval_result *r);
 void eval_result_free(eval_result *r);
 

@@ -22,6 +22,7 @@
 #include "pipeline/train/feed.h"
 #include "pipeline/train/reducer_mpi.h"
 #include "pipeline/train/train_data.h"
+#include "pipeline/train/train_inputs.h"
 #include "pipeline/train/trainplot.h"
 #include "trainer/checkpoint.h"
 #include "trainer/coemunet.h"
@@ -77,9 +78,10 @@ static void change_list(const train_job_change *ch, int n, int refused, char *bu
 }
 
 /* OUT/train.yaml holds another job's text: refused, or with --extend
- * checked key by key against the run so far and recorded (trainrun.h). */
+ * checked key by key against the run so far and, with `record`, recorded
+ * (trainrun.h). */
 static int job_changed(const char *out, const char *p, const char *text, size_t len,
-                       const train_job *j, const train_run_opts *o) {
+                       const train_job *j, const train_run_opts *o, int record) {
   train_job old;
   if (train_job_parse(p, text, len, j->dir, &old) < 0)
     return ce_err_prefix("%s holds a run of another training job (%s differs from %s), and "
@@ -125,6 +127,7 @@ static int job_changed(const char *out, const char *p, const char *text, size_t 
                 (long long)pre->epochs, (long long)done[TRAIN_STAGE_PRETRAIN]);
   train_job_free(&old);
   if (rc < 0) return -1;
+  if (!record) return 0;
 
   /* the record: the previous text kept as OUT/train.N.yaml, the change in
      OUT/train.log, the new text in OUT/train.yaml */
@@ -163,11 +166,61 @@ static int job_changed(const char *out, const char *p, const char *text, size_t 
   return 0;
 }
 
-/* OUT/train.yaml: the job a directory belongs to. */
-static int prepare_out(const char *out, const train_job *j, const train_run_opts *o) {
-  CE_TRY(fs_mkdir_p(out));
-  CE_TRY(fs_lock_dir(out, "train")); /* held until the process ends */
-  CE_TRY(fs_remove_tmp(out));
+/* The logs a stage writes beside its checkpoints (trainrun.h). */
+static const char *const STAGE_LOGS[] = {"train.csv", "validation.csv", "input.csv", "loss.png"};
+
+/* Does OUT hold a run: a checkpoint, or a step logged, in some stage? A
+ * folder that a failed start left (train.yaml, empty stage folders, at most
+ * the untrained baseline in validation.csv) holds nothing a resume could use. */
+static int holds_run(const char *out) {
+  for (int id = 0; id < TRAIN_STAGES; id++) {
+    char p[4300];
+    snprintf(p, sizeof p, "%s/%s/last.ckpt", out, STAGE_NAME[id]);
+    if (path_exists(p)) return 1;
+    snprintf(p, sizeof p, "%s/%s/best.ckpt", out, STAGE_NAME[id]);
+    if (path_exists(p)) return 1;
+    snprintf(p, sizeof p, "%s/%s/train.csv", out, STAGE_NAME[id]);
+    char *text;
+    size_t len;
+    if (!path_exists(p)) continue;
+    if (fs_read_all(p, &text, &len) < 0) return 1; /* unreadable: keep it */
+    const char *nl = memchr(text, '\n', len);
+    int rows = nl && (size_t)(nl - text) + 1 < len; /* anything after the header */
+    free(text);
+    if (rows) return 1;
+  }
+  return 0;
+}
+
+/* OUT holds only what a failed start of another job left: its logs go, the
+ * job's text replaces train.yaml. */
+static int take_over(const char *out, const char *p, const train_job *j) {
+  for (int id = 0; id < TRAIN_STAGES; id++) {
+    char d[4200], f[4300];
+    snprintf(d, sizeof d, "%s/%s", out, STAGE_NAME[id]);
+    if (!path_exists(d)) continue;
+    CE_TRY(fs_remove_tmp(d));
+    for (size_t k = 0; k < sizeof STAGE_LOGS / sizeof *STAGE_LOGS; k++) {
+      snprintf(f, sizeof f, "%s/%s", d, STAGE_LOGS[k]);
+      if (unlink(f) < 0 && errno != ENOENT) CE_FAIL("%s: cannot remove: %s", f, strerror(errno));
+    }
+    rmdir(d); /* made again by the stage; kept if something else lies there */
+  }
+  CE_TRY(write_file(p, j->text, j->text_len));
+  fprintf(stderr, "coemu train: note: %s held only what a failed start of another training job "
+                  "left (no checkpoint, no step): taken over by %s\n", out, j->path);
+  return 0;
+}
+
+/* OUT/train.yaml: the job a directory belongs to. With `write` 0 only
+ * whether the job may run there, creating nothing (the check before the
+ * inputs'); with 1 the same again under OUT's lock, and OUT made ready. */
+static int prepare_out(const char *out, const train_job *j, const train_run_opts *o, int write) {
+  if (write) {
+    CE_TRY(fs_mkdir_p(out));
+    CE_TRY(fs_lock_dir(out, "train")); /* held until the process ends */
+    CE_TRY(fs_remove_tmp(out));
+  }
   char p[4200];
   snprintf(p, sizeof p, "%s/train.yaml", out);
   if (path_exists(p)) {
@@ -175,11 +228,13 @@ static int prepare_out(const char *out, const train_job *j, const train_run_opts
     size_t len;
     CE_TRY(fs_read_all(p, &text, &len));
     int same = len == j->text_len && memcmp(text, j->text, len) == 0;
-    int rc = same ? 0 : job_changed(out, p, text, len, j, o);
+    int rc = same ? 0
+             : !holds_run(out) ? (write ? take_over(out, p, j) : 0)
+                               : job_changed(out, p, text, len, j, o, write);
     free(text);
     return rc;
   }
-  return write_file(p, j->text, j->text_len);
+  return write ? write_file(p, j->text, j->text_len) : 0;
 }
 
 /* Keep the first rows of a CSV (header + rows whose first column <= max_step);
@@ -519,10 +574,11 @@ static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
   uint64_t per_epoch = train_data_batches_per_epoch(s->data);
   if (s->rank == 0 && !s->o->quiet) {
     fprintf(stderr, "coemu train: %s: %s; model nfreq %d grid %d, %lld parameters; batch %lld "
-                    "(%d per rank on %d ranks), %llu steps per epoch, %lld epochs\n",
+                    "(%d per rank on %d rank%s), %llu steps per epoch, %lld epoch%s\n",
             name, train_data_describe(s->data), cfg.nfreq, cfg.grid,
             (long long)nn_param_count(&s->model.net), (long long)st->batch, b, s->world,
-            (unsigned long long)per_epoch, (long long)st->epochs);
+            s->world == 1 ? "" : "s", (unsigned long long)per_epoch, (long long)st->epochs,
+            st->epochs == 1 ? "" : "s");
   }
 
   int rc = 0, stopped = 0;
@@ -616,7 +672,7 @@ static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
   }
   if (rc == 0 && stopped) { /* a clean stop: everything up to here is kept */
     rc = save_checkpoint(s, s->last);
-    if (rc == 0 && s->rank == 0 && !s->o->quiet)
+    if (rc == 0 && s->rank == 0) /* a status, not progress: also with --quiet */
       fprintf(stderr, "coemu train: %s: stopped at step %llu (epoch %u); %s; rerun the same "
                       "command to resume\n", name, (unsigned long long)s->state.step,
               s->state.epoch, g_stop_signal ? "interrupted" : "step or time limit reached");
@@ -633,15 +689,49 @@ static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
   return stopped ? TRAIN_RUN_STOPPED : 0;
 }
 
+/* Every rank checks the job's inputs (train_inputs.h), skipping the stages
+ * OUT shows complete; the lowest failing rank's message becomes every rank's. */
+static int check_inputs(const train_job *j, const char *out, int rank, int world, MPI_Comm comm) {
+  train_inputs_opts io = {.world = world};
+  for (int id = 0; id < TRAIN_STAGES; id++) {
+    int64_t done = -1;
+    if (j->stage[id].enabled && stage_epochs_done(out, id, &done) < 0) done = -1; /* said later */
+    io.skip[id] = done >= j->stage[id].epochs;
+  }
+  int bad = train_inputs_check(j, &io) < 0 ? rank : world, first = world;
+  MPI_Allreduce(&bad, &first, 1, MPI_INT, MPI_MIN, comm);
+  if (first == world) {
+    ce_err_clear();
+    return 0;
+  }
+  char msg[2048];
+  snprintf(msg, sizeof msg, "%s", rank == first ? ce_err_msg() : "");
+  MPI_Bcast(msg, (int)sizeof msg, MPI_CHAR, first, comm);
+  if (first > 0) return ce_err("rank %d: %s", first, msg);
+  return ce_err("%s", msg);
+}
+
 int train_run(const train_job *j, const train_run_opts *o) {
   train_run_opts opts = *o;
   if (!opts.out_dir) opts.out_dir = j->out_dir;
   int rank, world;
   MPI_Comm_rank(o->comm, &rank);
   MPI_Comm_size(o->comm, &world);
-  int prep = rank == 0 ? prepare_out(opts.out_dir, j, &opts) : 0, prep_all = 0;
+  /* whether the job may run in OUT, then its inputs, before anything is
+     written: a start that fails on either leaves nothing behind */
+  int prep = rank == 0 ? prepare_out(opts.out_dir, j, &opts, 0) : 0, prep_all = 0;
   MPI_Allreduce(&prep, &prep_all, 1, MPI_INT, MPI_MIN, o->comm);
-  if (prep_all < 0) return prep < 0 ? -1 : ce_err("rank 0 could not prepare %s", opts.out_dir);
+  if (prep_all < 0) {
+    if (prep == 0) ce_err("rank 0 could not prepare %s", opts.out_dir);
+    return TRAIN_RUN_REFUSED;
+  }
+  if (check_inputs(j, opts.out_dir, rank, world, o->comm) < 0) return TRAIN_RUN_REFUSED;
+  prep = rank == 0 ? prepare_out(opts.out_dir, j, &opts, 1) : 0;
+  MPI_Allreduce(&prep, &prep_all, 1, MPI_INT, MPI_MIN, o->comm);
+  if (prep_all < 0) {
+    if (prep == 0) ce_err("rank 0 could not prepare %s", opts.out_dir);
+    return TRAIN_RUN_REFUSED; /* nothing written but, perhaps, OUT and its lock */
+  }
   struct sigaction sa = {0}, old_int, old_term;
   sa.sa_handler = on_signal;
   sigaction(SIGINT, &sa, &old_int);

@@ -3,7 +3,8 @@
  * Output directory OUT (the job's output.directory or --out):
  *   OUT/train.yaml            the job text; a rerun with the same job resumes,
  *                             a different job is refused, naming the keys that
- *                             differ, unless extend is set (below)
+ *                             differ, unless extend is set (below) or OUT holds
+ *                             no run (no checkpoint, no step: taken over)
  *   OUT/train.N.yaml          with extend: the job text before the N-th extension
  *   OUT/train.log             with extend: one entry per extension, key: old -> new
  *   OUT/<stage>/last.ckpt     the newest checkpoint (every checkpoint_every
@@ -69,11 +70,24 @@ typedef struct {
   const nn_backend *be;  /* the backend the models train on (initialised; NULL: the CPU's) */
 } train_run_opts;
 
-#define TRAIN_RUN_STOPPED 3 /* train_run's return when it stopped early (resumable) */
+#define TRAIN_RUN_STOPPED 3  /* train_run's return when it stopped early (resumable) */
+#define TRAIN_RUN_REFUSED (-2) /* ... when it failed before starting, on every rank at the same
+                                  point (OUT belongs to another job, an input is missing or bad:
+                                  train_inputs.h): nothing was written */
 
 /* Run the job: 0 when every stage is complete, TRAIN_RUN_STOPPED after a
- * clean early stop (--max-steps, --time-limit, SIGINT/SIGTERM), -1 on error
- * (message set; collective errors are agreed so no rank hangs). */
+ * clean early stop (--max-steps, --time-limit, SIGINT/SIGTERM), < 0 on error
+ * (message set; collective errors are agreed so no rank hangs):
+ * TRAIN_RUN_REFUSED before the start, -1 later.
+ *
+ * Before it writes anything, rank 0 checks that the job may run in OUT (the
+ * same job, a run --extend accepts, or a directory without a run, below),
+ * and every rank checks the job's inputs (train_inputs.h; stages OUT shows
+ * complete are skipped), so a start that fails on them leaves nothing
+ * behind. A directory holding another job's train.yaml but no checkpoint
+ * and no logged step (what a failed start of an older version, or one that
+ * failed after these checks, leaves) is taken over: its stage logs are
+ * removed, train.yaml replaced, and a note printed. */
 int train_run(const train_job *j, const train_run_opts *o);
 
 #endif

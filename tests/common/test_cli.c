@@ -201,11 +201,11 @@ static void test_fail_and_rank(void) {
 static void test_list_next(void) {
   static const char *const names[] = {"pinned", "pageable", "resident"};
   const char *p = "resident,pin,pinned,,pinnedx,pageable", *item;
-  int idx[8], len[8], k = 0, i, n;
+  int idx[8], len[8], k = 0, i, ilen;
   char text[8][16];
-  while (k < 8 && cli_list_next(&p, names, 3, &i, &item, &n)) {
-    idx[k] = i, len[k] = n;
-    snprintf(text[k], sizeof text[k], "%.*s", n, item);
+  while (k < 8 && cli_list_next(&p, names, 3, &i, &item, &ilen)) {
+    idx[k] = i, len[k] = ilen;
+    snprintf(text[k], sizeof text[k], "%.*s", ilen, item);
     k++;
   }
   CHECK(k == 6 && *p == 0);
@@ -215,10 +215,10 @@ static void test_list_next(void) {
     CHECK_MSG(idx[j] == want[j] && len[j] == (int)strlen(wtext[j]) && !strcmp(text[j], wtext[j]),
               "item %d: index %d '%s'", j, idx[j], text[j]);
   p = "";
-  CHECK(!cli_list_next(&p, names, 3, &i, &item, &n));
+  CHECK(!cli_list_next(&p, names, 3, &i, &item, &ilen));
   p = "pageable,"; /* a trailing comma ends the list */
-  CHECK(cli_list_next(&p, names, 3, &i, &item, &n) && i == 1 && *p == 0);
-  CHECK(!cli_list_next(&p, names, 3, &i, &item, &n));
+  CHECK(cli_list_next(&p, names, 3, &i, &item, &ilen) && i == 1 && *p == 0);
+  CHECK(!cli_list_next(&p, names, 3, &i, &item, &ilen));
 }
 
 int main(void) {

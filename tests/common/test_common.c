@@ -15,6 +15,7 @@
 #include "common/fsutil.h"
 #include "common/image.h"
 #include "common/npy.h"
+#include "common/progress.h"
 #include "common/rows.h"
 #include "common/rng.h"
 
@@ -40,6 +41,24 @@ static void test_err_prefix(void) {
   ce_err("byte %d: bad", 7);
   ce_err_prefix("file.dat");
   CHECK(!strcmp(ce_err_msg(), "file.dat: byte 7: bad"));
+}
+
+/* a failed open says why when the file cannot be read at all, and only
+ * that it failed when the file is there (the library refused it) */
+static void test_err_open(void) {
+  char path[4200];
+  path_in_tmp(path, sizeof path, "no-such-file.h5");
+  CHECK(ce_err_open(path, "as HDF5") == -1);
+  CHECK_MSG(strstr(ce_err_msg(), "no-such-file.h5: cannot open as HDF5: No such file or directory"),
+            "%s", ce_err_msg());
+  path_in_tmp(path, sizeof path, "there.txt");
+  FILE *f = fopen(path, "w");
+  CHECK(f != NULL);
+  if (f) fclose(f);
+  ce_err_open(path, "as HDF5");
+  CHECK_MSG(strstr(ce_err_msg(), "there.txt: cannot open as HDF5") &&
+                !strstr(ce_err_msg(), "as HDF5:"),
+            "%s", ce_err_msg());
 }
 
 static void test_npy_roundtrip(void) {
@@ -230,6 +249,37 @@ static void test_rows_one_block(void) {
 /* common/env.h: unset leaves the value; a whole number in range is taken;
  * empty, trailing text, out of range or beyond long are errors that name
  * the variable, its value and what was expected */
+/* ce_progress: the final line is printed once, also when the last update
+ * already said the total (generate's "512/512" was printed twice); stderr
+ * goes to a file for the count */
+static int progress_lines(int last_update, int total) {
+  char path[4200];
+  path_in_tmp(path, sizeof path, "progress.txt");
+  fflush(stderr);
+  int saved = dup(2);
+  FILE *f = fopen(path, "w+");
+  if (!f || saved < 0) return -1;
+  dup2(fileno(f), 2);
+  ce_progress p;
+  ce_progress_init(&p, "unit", "samples", total, 0);
+  p.interval = 0; /* every update prints */
+  ce_progress_update(&p, last_update);
+  ce_progress_done(&p, total);
+  fflush(stderr);
+  dup2(saved, 2);
+  close(saved);
+  rewind(f);
+  int n = 0, c;
+  while ((c = fgetc(f)) != EOF) n += c == '\n';
+  fclose(f);
+  return n;
+}
+
+static void test_progress_final_once(void) {
+  CHECK(progress_lines(5, 5) == 1); /* the update said 5/5: no second line */
+  CHECK(progress_lines(3, 5) == 2); /* 3/5, then the final 5/5 */
+}
+
 static void test_env_int(void) {
   const char *name = "COEMU_TEST_ENV_INT";
   long v = 7;
@@ -292,6 +342,7 @@ int main(void) {
   tmpdir = check_scratch("test_common");
   RUN(test_alloc_limits);
   RUN(test_err_prefix);
+  RUN(test_err_open);
   RUN(test_npy_roundtrip);
   RUN(test_npy_bad);
   RUN(test_rng);
@@ -299,6 +350,7 @@ int main(void) {
   RUN(test_png);
   RUN(test_lock_dir);
   RUN(test_rows_one_block);
+  RUN(test_progress_final_once);
   RUN(test_env_int);
   RUN(test_env_word);
   check_scratch_remove();

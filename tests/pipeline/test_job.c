@@ -116,12 +116,20 @@ static void test_errors(void) {
   check_err("statistics: {split: some}\n", "statistics.split");
   check_err("output: [1]\n", "output: expected a mapping, got a list");
   check_err("line2: *a\n", "aliases");
+  check_err("sampling:\n\tn: 32\n", "YAML syntax error: found character that cannot start any "
+                                     "token (a tab: YAML indents with spaces only)");
   job j;
   CHECK_ERR(parse("inputs: {synth: {count: 1}, amrvac: {glob: x}}\nline: {lamda: a}\n", &j),
             "exactly one of 'amrvac' or 'synth'");
   CHECK_ERR(parse("inputs: {amrvac: {glob: '/nonexistent/*.dat'}}\nline: {lamda: a}\n", &j),
             "no file matches");
   CHECK_ERR(parse("inputs: {synth: {count: 1}}\n", &j), "missing required key 'line'");
+  /* a transition the LAMDA file lacks: at the transition's key, not the file's */
+  CHECK_OK(parse("inputs: {synth: {count: 1}}\nline:\n  lamda: builtin:co.dat\n"
+                 "  transition: 99\n", &j));
+  CHECK_ERR(job_check_inputs(&j), "t.yaml:4:15: line.transition: 99, but builtin:co.dat has 40 "
+                                  "transitions");
+  job_free(&j);
   CHECK_ERR(parse("inputs: {synth: {count: 1}\n", &j), "t.yaml:");
   /* limits the tools enforce are the schema's, found before any work */
   CHECK_ERR(parse("inputs: {synth: {count: 1, levels: 7}}\nline: {lamda: a}\n", &j),

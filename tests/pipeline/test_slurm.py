@@ -118,10 +118,15 @@ def template_check(tmp):
     r = subprocess.run(['bash', '-c', f'sed {m.group(1)} "$TEMPLATE" > {run}/train.yaml'],
                        env=env, capture_output=True, text=True)
     check(r.returncode == 0, f'template filled: {r.stderr}')
-    r = subprocess.run([COEMU, 'train', os.path.join(run, 'train.yaml'), '--check'],
+    # (--no-data: the job file only; the dataset it names is the cluster's)
+    r = subprocess.run([COEMU, 'train', os.path.join(run, 'train.yaml'), '--check', '--no-data'],
                        capture_output=True, text=True)
     check(r.returncode == 0 and 'tcp://node017:5555' in r.stdout and 'batch 64' in r.stdout,
-          f'the filled training job passes coemu train --check: {r.stdout} {r.stderr}')
+          f'the filled training job passes coemu train --check --no-data: {r.stdout} {r.stderr}')
+    r = subprocess.run([COEMU, 'train', os.path.join(run, 'train.yaml'), '--check'],
+                       capture_output=True, text=True)
+    check(r.returncode == 1 and 'validation.dataset' in r.stderr and 'no such directory' in r.stderr,
+          f'with the data checked, the missing dataset is named: {r.stdout} {r.stderr}')
 
 
 def run_scripts(tmp):

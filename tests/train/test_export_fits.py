@@ -10,13 +10,16 @@ with edge auto and a list of unevenly spaced velocities. Checked: the data
 equal the dataset's /targets (and /inputs) bit for bit in FITS axis order;
 the WCS keywords equal the values computed here from the job's edge, the
 distance and /velocities (exactly: the same double operations); the
-provenance keywords; the CHANNEL axis for uneven channels; the errors (edge
-unknown, sample out of range); eval's maps-SAMPLE.fits (target within the
-normalisation's rounding of the dataset, WCS as above).
+provenance keywords; the CHANNEL axis for uneven channels; the edge of an
+edge-auto dataset from /geometry (the header equals --edge with that value);
+datasets without /geometry (before format_minor 1): the job's numeric edge,
+or an error for auto; sample out of range; eval's maps-SAMPLE.fits (target
+within the normalisation's rounding of the dataset, WCS as above).
 
 Usage: test_export_fits.py DUMP_FORWARD_EXE   ($COEMU: coemu)"""
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -171,11 +174,36 @@ with tempfile.TemporaryDirectory() as d:
         check(hdus[1][0]["BUNIT"] == "m/s" and hdus[2][0]["BUNIT"] == "K" and hdus[3][0]["BUNIT"] == "m-3",
               "input units")
 
-    # edge auto: an error without --edge; with it, a CHANNEL axis for uneven channels
+    # edge auto: the edge dataset.h5 records (/geometry edge, the ball radius),
+    # the same header as --edge with that value
     out = os.path.join(d, "u.fits")
-    r = export(uneven, "--format", "fits", "--sample", 1, "--out", out)
-    check(r.returncode == 1 and "sampling.edge is auto" in r.stderr and "--edge" in r.stderr
-          and not os.path.exists(out), f"edge auto without --edge: {r.returncode} {r.stderr}")
+    with h5py.File(os.path.join(uneven, "dataset.h5"), "r") as f:
+        gedge = float(f["geometry"].attrs["edge"])
+    r = export(uneven, "--format", "fits", "--sample", 1, "--out", out + "g")
+    check(r.returncode == 0, f"edge auto, recorded in /geometry: {r.returncode} {r.stderr}")
+    r = export(uneven, "--format", "fits", "--sample", 1, "--out", out + "e", "--edge", repr(gedge))
+    check(r.returncode == 0, f"edge auto, --edge {gedge!r}: {r.stderr}")
+    if os.path.exists(out + "g") and os.path.exists(out + "e"):
+        hg, he = read_fits(out + "g")[0][0], read_fits(out + "e")[0][0]
+        check(hg == he, f"edge from /geometry: header differs from --edge {gedge!r}: "
+              f"{ {k: (hg.get(k), he.get(k)) for k in set(hg) | set(he) if hg.get(k) != he.get(k)} }")
+        check_wcs("uneven, /geometry edge", hg, n, gedge / n, 0, [-2000 + 150 * c + 7 * c * c for c in range(20)])
+    # a dataset made before format_minor 1 (no /geometry): the job's edge
+    # where it is a number, an error naming the cause where it is auto
+    for src, name in ((uneven, "old-auto"), (even, "old-even")):
+        old = os.path.join(d, name)
+        shutil.copytree(src, old)
+        with h5py.File(os.path.join(old, "dataset.h5"), "r+") as f:
+            del f["geometry"]
+    r = export(os.path.join(d, "old-auto"), "--format", "fits", "--sample", 1, "--out", out)
+    check(r.returncode == 1 and "sampling.edge is auto" in r.stderr and "format_minor 1" in r.stderr
+          and "--edge" in r.stderr and not os.path.exists(out),
+          f"no /geometry, edge auto, without --edge: {r.returncode} {r.stderr}")
+    r = export(os.path.join(d, "old-even"), "--format", "fits", "--sample", 0, "--out", out + "o")
+    check(r.returncode == 0, f"no /geometry, numeric job edge: {r.stderr}")
+    if r.returncode == 0:
+        check_wcs("no /geometry, job edge", read_fits(out + "o")[0][0], n, edge / n, 0, ds["velocities"])
+    # a CHANNEL axis for uneven channels
     r = export(uneven, "--format", "fits", "--sample", 1, "--out", out, "--edge", 2e13, "--inputs")
     check(r.returncode == 0, f"edge auto with --edge: {r.stderr}")
     with h5py.File(os.path.join(uneven, "dataset.h5"), "r") as f:

@@ -19,7 +19,13 @@
  *     starts there ends byte-identical to an uninterrupted run of the final
  *     job (checkpoints) and value-identical in its logs; the change is
  *     recorded (train.N.yaml, train.log); other keys, epochs taken back and a
- *     pretrain stage grown under a started finetune stage are refused.
+ *     pretrain stage grown under a started finetune stage are refused;
+ *   - a start that fails on its inputs (no such dataset, an unfinished one,
+ *     a truncated shard, a batch the ranks cannot share) fails before it
+ *     writes anything, naming the job, the key's position, the key and what
+ *     is missing, so the corrected job starts in the same directory; a
+ *     directory that a failed start of another job left without a checkpoint
+ *     or a step (as older versions did) is taken over.
  */
 #include <math.h>
 #include <mpi.h>
@@ -43,8 +49,10 @@ static const fixture_spec SPEC = {.models = 12, .directions = 2, .n = 16, .nf = 
 static int g_rank, g_world;
 static char g_tmp[1024], g_dir[1100];
 
-/* The unit job with `epochs` and `extra` lines added to the finetune stage. */
-static int make_job_ex(train_job *j, uint64_t seed, int batch, int epochs, const char *extra) {
+/* The unit job on dataset directory ds, with `epochs` and `extra` lines
+ * added to the finetune stage. */
+static int make_job_at(train_job *j, const char *ds, uint64_t seed, int batch, int epochs,
+                       const char *extra) {
   char text[2048];
   snprintf(text, sizeof text,
            "name: unit\n"
@@ -57,25 +65,21 @@ static int make_job_ex(train_job *j, uint64_t seed, int batch, int epochs, const
            "  batch: %d\n"
            "  optimizer: {lr: 3.0e-3, eps: 1.0e-3}\n"
            "  checkpoint_every: 4\n%s",
-           (unsigned long long)seed, g_dir, epochs, batch, extra);
+           (unsigned long long)seed, ds, epochs, batch, extra);
   return train_job_parse("<unit job>", text, strlen(text), g_tmp, j);
 }
 
+static int make_job_ex(train_job *j, uint64_t seed, int batch, int epochs, const char *extra) {
+  return make_job_at(j, g_dir, seed, batch, epochs, extra);
+}
+
+/* make_job's text on another dataset directory. */
+static int make_job_on(train_job *j, const char *ds, uint64_t seed, int batch) {
+  return make_job_at(j, ds, seed, batch, 2, "");
+}
+
 static int make_job(train_job *j, uint64_t seed, int batch) {
-  char text[2048];
-  snprintf(text, sizeof text,
-           "name: unit\n"
-           "seed: %llu\n"
-           "model: {stem: 2, encoder: [4, 4, 8], latent: 32, decoder: 16}\n"
-           "finetune:\n"
-           "  data: {dataset: %s}\n"
-           "  validation: {split: validation, batch: 4, max_samples: 5}\n"
-           "  epochs: 2\n"
-           "  batch: %d\n"
-           "  optimizer: {lr: 3.0e-3, eps: 1.0e-3}\n"
-           "  checkpoint_every: 4\n",
-           (unsigned long long)seed, g_dir, batch);
-  return train_job_parse("<unit job>", text, strlen(text), g_tmp, j);
+  return make_job_on(j, g_dir, seed, batch);
 }
 
 static int run_ex(const train_job *j, const char *out, int64_t max_steps, int extend) {
@@ -268,8 +272,113 @@ static void test_refusals(void) {
     CHECK_OK(make_job(&odd, 9, 3));
     snprintf(out, sizeof out, "%s/odd", g_tmp);
     CHECK_ERR(run(&odd, out, 0), "batch 3 is not divisible by the 2 ranks");
+    CHECK(strstr(ce_err_msg(), "<unit job>: finetune.batch: "));
+    CHECK_MSG(!exists(out, ""), "a start refused for its batch leaves nothing: %s exists", out);
     train_job_free(&odd);
   }
+}
+
+static char *slurp_len(const char *dir, const char *file, size_t *len);
+
+/* A start whose dataset is bad fails before writing anything: the message
+ * names the job, the position and key of data.dataset and what is wrong. */
+static void failed_start(const char *ds, const char *out, const char *what, const char *not) {
+  train_job j;
+  CHECK_OK(make_job_on(&j, ds, 9, 2));
+  int rc = run(&j, out, 0);
+  CHECK_MSG(rc < 0, "%s: %d", what, rc);
+  CHECK_MSG(strstr(ce_err_msg(), "<unit job>:5:19: finetune.data.dataset: ") &&
+                strstr(ce_err_msg(), ds) && strstr(ce_err_msg(), what) &&
+                (!not || !strstr(ce_err_msg(), not)),
+            "%s: message: %s", what, ce_err_msg());
+  MPI_Barrier(MPI_COMM_WORLD);
+  CHECK_MSG(!exists(out, ""), "%s: the failed start left %s", what, out);
+  train_job_free(&j);
+}
+
+/* The locks a test's runs took on a directory (one per run, fs_lock_dir):
+ * released, as a process holds at most 8 directories. */
+static void unlock(const char *dir) {
+  for (int k = 0; k < 16; k++) fs_unlock_dir(dir);
+}
+
+static int lines_of(const char *dir, const char *file) {
+  char *t = slurp(dir, file);
+  if (!t) return -1;
+  int n = 0;
+  for (const char *c = t; *c; c++) n += *c == '\n';
+  free(t);
+  return n;
+}
+
+static void test_failed_start(void) {
+  char out[1200], ds[1200];
+  snprintf(out, sizeof out, "%s/fs", g_tmp);
+  snprintf(ds, sizeof ds, "%s/no-such-ds", g_tmp);
+  failed_start(ds, out, "no such directory", NULL);
+  /* a dataset `coemu generate` has not finished: train's own words */
+  snprintf(ds, sizeof ds, "%s/unfinished", g_tmp);
+  if (g_rank == 0) {
+    char p[1300];
+    CHECK_OK(fs_mkdir_p(ds));
+    snprintf(p, sizeof p, "%s/job.yaml", ds);
+    FILE *f = fopen(p, "w");
+    CHECK(f && fputs("name: t\n", f) >= 0 && fclose(f) == 0);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  failed_start(ds, out, "not finished", "--live");
+  CHECK(strstr(ce_err_msg(), "coemu generate"));
+  /* a truncated shard, then the corrected job in the same directory */
+  snprintf(ds, sizeof ds, "%s/trunc", g_tmp);
+  if (fixture_make(ds, &SPEC) < 0) CHECK_MSG(0, "fixture: %s", ce_err_msg());
+  if (g_rank == 0) {
+    char shard[1400];
+    CHECK_OK(dataset_shard_path(ds, 1, shard, sizeof shard));
+    CHECK(truncate(shard, 5000) == 0);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  failed_start(ds, out, "truncated", NULL);
+  train_job good;
+  CHECK_OK(make_job(&good, 9, 2));
+  int rc = run(&good, out, 1);
+  CHECK_MSG(rc == TRAIN_RUN_STOPPED, "the corrected job after a failed start: %d: %s", rc,
+            ce_err_msg());
+  unlock(out);
+  unlock(ds);
+  /* what an older coemu's failed start left: another job's train.yaml, an
+     empty stage folder, the untrained baseline; no checkpoint, no step */
+  snprintf(out, sizeof out, "%s/left", g_tmp);
+  if (g_rank == 0) {
+    train_job other;
+    CHECK_OK(make_job_on(&other, ds, 9, 2));
+    char p[1400];
+    snprintf(p, sizeof p, "%s/finetune", out);
+    CHECK_OK(fs_mkdir_p(p));
+    snprintf(p, sizeof p, "%s/train.yaml", out);
+    FILE *f = fopen(p, "w");
+    CHECK(f && fwrite(other.text, 1, other.text_len, f) == other.text_len && fclose(f) == 0);
+    snprintf(p, sizeof p, "%s/finetune/validation.csv", out);
+    f = fopen(p, "w");
+    CHECK(f && fputs("step,epoch,loss\n0,0,1.5\n", f) >= 0 && fclose(f) == 0);
+    snprintf(p, sizeof p, "%s/finetune/train.csv", out);
+    f = fopen(p, "w");
+    CHECK(f && fputs("step,epoch,lr,loss,mse,fft,samples_per_s\n", f) >= 0 && fclose(f) == 0);
+    train_job_free(&other);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  rc = run(&good, out, 1);
+  CHECK_MSG(rc == TRAIN_RUN_STOPPED, "a folder left by a failed start is taken over: %d: %s", rc,
+            ce_err_msg());
+  if (g_rank == 0) {
+    size_t len = 0;
+    char *t = slurp_len(out, "train.yaml", &len);
+    CHECK_MSG(t && len == good.text_len && !memcmp(t, good.text, len), "train.yaml is the new job's");
+    free(t);
+    CHECK(lines_of(out, "finetune/train.csv") == 2);      /* header + the one step */
+    CHECK(lines_of(out, "finetune/validation.csv") == 2); /* header + the new baseline */
+  }
+  unlock(out);
+  train_job_free(&good);
 }
 
 /* The bytes of a file (NULL if unreadable); *len its size. */
@@ -429,6 +538,7 @@ int main(int argc, char **argv) {
   RUN(test_resume_mid_epoch);
   RUN(test_resume_at_epoch_end);
   RUN(test_refusals);
+  RUN(test_failed_start);
   RUN(test_extend);
   RUN(test_extend_pretrain_refused);
   nn_backend_finish(&nn_backend_cpu);
