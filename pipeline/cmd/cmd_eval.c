@@ -169,21 +169,6 @@ static int write_maps(const char *out, const char *dataset, const eval_result *r
   return rc;
 }
 
-/* What evaluate_split would refuse, found before it with the names the
- * user gave: the dataset's normalisation and its shapes against the model. */
-static int check_inputs(const char *ckpt, const char *dataset, const coemunet *m,
-                        const serve_source *src) {
-  uint32_t ins[4], outs[3];
-  serve_shapes(src, ins, outs);
-  if (!serve_norm(src))
-    CE_FAIL("%s: the dataset has no /stats group, which evaluation needs to undo the "
-            "normalisation: run `coemu stats %s` first", dataset, dataset);
-  if ((int)ins[1] != m->cfg.grid || (int)outs[0] != m->cfg.nfreq)
-    CE_FAIL("%s: the dataset has cubes of %u^3 and %u channels, the model in %s takes %d^3 "
-            "and gives %d", dataset, ins[1], outs[0], ckpt, m->cfg.grid, m->cfg.nfreq);
-  return 0;
-}
-
 /* Rank 0: metrics.txt, maxrel.csv, maxrel.png, the maps; the table on stdout. */
 static int write_outputs(const char *out, const char *ckpt, const char *dataset, const char *split,
                          const coemunet *m, const eval_result *res, const serve_source *src,
@@ -281,7 +266,6 @@ int cmd_eval(int argc, char **argv) {
                      .drop_last = 0, .prefetch = 1};
     rc = serve_open(&so, &src);
   }
-  if (rc == 0) rc = check_inputs(ckpt, dataset, &m, src);
   /* the evaluation batch (evaluate_split's own nn_set_batch is then a no-op,
      so a failure to allocate it is agreed here, not one rank's early return) */
   if (rc == 0 && nn_set_batch(&m.net, (int)batch) < 0)
@@ -289,9 +273,12 @@ int cmd_eval(int argc, char **argv) {
   if (!mpi_any_failed(rc)) {
     eval_opts eo = {MPI_COMM_WORLD, (int)batch, max_samples, rank == 0 ? (int)maps : 0};
     rc = evaluate_split(&m, src, &eo, &res);
-    /* a rank whose peer failed yields to the peer's message (evaluate.h) */
+    /* a rank whose peer failed yields to the peer's message (evaluate.h);
+       evaluate_split's own refusals (no /stats, the shapes against the
+       model) get the names the user gave */
     if (rc < 0 && !strcmp(ce_err_msg(), EVAL_PEER_FAILED)) rc = MPI_AGREE_PEER;
-    else if (rc < 0 && !strstr(ce_err_msg(), dataset)) ce_err_prefix("%s", dataset);
+    else if (rc < 0 && !strstr(ce_err_msg(), dataset))
+      ce_err_prefix("%s (model %s)", dataset, ckpt);
     if (rc == 0 && rank == 0) rc = write_outputs(out, ckpt, dataset, split, &m, &res, src,
                                                  (int)batch, world, (int)maps, maps_asked, fits, quiet);
     rc = mpi_any_failed(rc) ? -1 : 0;

@@ -377,8 +377,10 @@ const char *schema_str(const yt_node *root, const char *p) {
 
 char *schema_resolve(const char *dir, const char *p) {
   char *out = NULL;
-  if (p[0] == '/' || !dir || !*dir) out = strdup(p);
-  else if (asprintf(&out, "%s/%s", dir, p) < 0) out = NULL;
+  if (p[0] == '/' || !dir || !*dir) return strdup(p);
+  while (p[0] == '.' && p[1] == '/') /* DIR/./x is DIR/x: messages name ./ds, not ././ds */
+    p += 2;
+  if (asprintf(&out, "%s/%s", dir, p) < 0) out = NULL;
   return out;
 }
 

@@ -73,7 +73,8 @@ int schema_bool(const yt_node *root, const char *dotted);
 const char *schema_str(const yt_node *root, const char *dotted);
 
 /* A path from a document resolved against its folder: absolute paths and an
- * empty folder leave it as it is. Newly allocated, NULL when out of memory. */
+ * empty folder leave it as it is; leading "./" segments of a relative path
+ * are dropped (DIR/./x is DIR/x). Newly allocated, NULL when out of memory. */
 char *schema_resolve(const char *dir, const char *path);
 
 /* The Markdown key table of a schema text (one row per key, dotted paths,

@@ -72,8 +72,6 @@ static const yt_node *s_at(const stage_reader *s, const char *sub) {
 static int resolved(const char *dir, const char *p, char **out) {
   *out = *p ? schema_resolve(dir, p) : strdup("");
   if (!*out) CE_FAIL("out of memory");
-  /* "./" + "./ds": messages name ./ds, not ././ds */
-  while (!strncmp(*out, "././", 4)) memmove(*out, *out + 2, strlen(*out + 2) + 1);
   return 0;
 }
 

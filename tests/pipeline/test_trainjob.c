@@ -84,7 +84,7 @@ static void test_full_job(void) {
       "  checkpoint_every: 100\n"
       "finetune:\n"
       "  data:\n"
-      "    stream: {endpoint: 'tcp://10.1.2.3:5555', credit: 8, timeout: 2.5, server_key: keys/p.key, client_key: /k/c.key_secret}\n"
+      "    stream: {endpoint: 'tcp://10.1.2.3:5555', credit: 8, timeout: 2.5, server_key: ././keys/p.key, client_key: /k/c.key_secret}\n"
       "  validation: {dataset: ../val}\n"
       "  epochs: 100\n"
       "  batch: 2048\n"
@@ -105,6 +105,7 @@ static void test_full_job(void) {
   CHECK(p->transfer == 0 && !strcmp(p->init, ""));
   CHECK(f->enabled && f->source == TRAIN_SRC_STREAM && !strcmp(f->dataset, ""));
   CHECK(!strcmp(f->endpoint, "tcp://10.1.2.3:5555") && f->credit == 8 && f->timeout_s == 2.5);
+  /* ././keys/p.key against d: d/keys/p.key (schema_resolve drops "./") */
   CHECK(!strcmp(f->server_key, "d/keys/p.key") && !strcmp(f->client_key, "/k/c.key_secret"));
   CHECK(!strcmp(f->val_dataset, "d/../val") && !strcmp(f->val_split, "validation"));
   CHECK(f->epochs == 100 && f->batch == 2048 && f->optimizer == ADAM_L2 && f->lr == 1e-4);
