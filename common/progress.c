@@ -28,6 +28,7 @@ void ce_progress_init(ce_progress *p, const char *label, const char *unit,
   p->label = label;
   p->unit = unit;
   p->total = total;
+  p->kept = 0;
   p->t0 = p->last = ce_now();
   p->interval = 1.0;
   p->quiet = quiet;
@@ -36,7 +37,8 @@ void ce_progress_init(ce_progress *p, const char *label, const char *unit,
 
 static void print_line(ce_progress *p, int64_t done, double now, const char *end) {
   double el = now - p->t0;
-  double rate = el > 0 ? (double)done / el : 0;
+  int64_t made = done - p->kept;
+  double rate = el > 0 && made > 0 ? (double)made / el : 0;
   char e[32], eta[32];
   ce_format_duration(el, e, sizeof e);
   if (rate > 0 && p->total > done)

@@ -3,6 +3,10 @@
  * ce_progress prints, at most once per `interval` seconds, to stderr:
  *   "generate: 1234/5000 samples (24.7%)  53.1/s  elapsed 23s  ETA 1m11s"
  * and a final line from ce_progress_done(). Disabled when quiet is set.
+ * The rate, and the ETA from it, count only the units this run made: a
+ * resume's kept units (`kept`, which the caller keeps up to date) are in the
+ * count and the percentage but cost no time, so counting them would
+ * overstate the rate and understate the ETA.
  */
 #ifndef COEMU_PROGRESS_H
 #define COEMU_PROGRESS_H
@@ -18,6 +22,7 @@ void ce_format_duration(double seconds, char *buf, int len);
 typedef struct {
   const char *label, *unit;
   int64_t total;
+  int64_t kept; /* of the units done, those an earlier run made (not in the rate) */
   double t0, last, interval;
   int quiet;
   int64_t printed; /* the count of the last line printed (-1: none yet) */

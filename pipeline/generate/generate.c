@@ -468,6 +468,7 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   workplan wp;
   workplan_init(&wp, MPI_COMM_WORLD, K, g_rank == 0 ? &prog : NULL);
   int64_t last = 0, counts[3] = {0, 0, 0}; /* shards made, shards kept, samples made */
+  int last_kept = 0;                        /* the shard of `last` was kept, not made now */
   double t_start = ce_now();
   int failed = 0, stopped = 0;
   char failure[2048] = "";
@@ -476,7 +477,7 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
      * shards, so every rank stops after its current shard) */
     if (g_stop) stopped = 1;
     double tc = ce_now();
-    int64_t s = workplan_next(&wp, last, failed || stopped);
+    int64_t s = workplan_next(&wp, last, last_kept, failed || stopped);
     g_coord_s += ce_now() - tc;
     if (s < 0) break;
     if (g_stop == STOP_NOW) { /* arrived while asking: leave shard s to the resume */
@@ -499,6 +500,7 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
     }
     counts[made ? 0 : 1]++;
     if (made) counts[2] += last;
+    last_kept = !made;
   }
   double tw = ce_now();
   if (shard_commits_wait() < 0 && !failed) {

@@ -26,18 +26,21 @@ typedef struct {
   int finished;          /* rank 0: ranks told there is no more work */
   int stop;              /* rank 0: a rank failed, no more shards are handed out */
   int64_t done;          /* rank 0: samples reported done, all ranks */
+  int64_t kept;          /* rank 0: of those, samples of shards kept from an earlier run */
   ce_progress *progress; /* rank 0: updated as reports come in (may be NULL) */
 } workplan;
 
 void workplan_init(workplan *w, MPI_Comm comm, int64_t nshards, ce_progress *progress);
 
 /* The next shard for this rank, or -1 when there is none. `last_count` is
- * the number of samples in the shard this rank just finished (0 at first).
+ * the number of samples in the shard this rank just finished (0 at first);
+ * `last_kept` != 0: that shard was kept from an earlier run, not made now
+ * (the progress line's rate counts only the samples made now).
  * failed != 0: this rank failed and stops; rank 0 then hands out no more
  * shards, so every rank stops after the shard it is making (finished shards
  * are kept for the resume) and the ranks meet again in workplan_drain and
  * the collective after it: a failure never leaves a peer waiting. */
-int64_t workplan_next(workplan *w, int64_t last_count, int failed);
+int64_t workplan_next(workplan *w, int64_t last_count, int last_kept, int failed);
 
 /* Rank 0: answer pending requests without blocking (other ranks: no-op).
  * `own_done` is rank 0's count of samples done in its current shard (for the

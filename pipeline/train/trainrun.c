@@ -594,6 +594,7 @@ static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
   ce_progress prog;
   int64_t total = per_epoch ? (int64_t)(per_epoch * (uint64_t)st->epochs) : 0;
   ce_progress_init(&prog, name, "steps", total, s->o->quiet || s->rank != 0);
+  prog.kept = (int64_t)s->state.step; /* a resume's earlier steps: not in the rate */
   for (uint32_t epoch = s->state.epoch; rc == 0 && !stopped && epoch < (uint32_t)st->epochs; epoch++) {
     double lr = steplr_lr(&s->state.sched, (int)epoch);
     const double epoch_t0 = ce_now();

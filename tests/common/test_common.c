@@ -280,6 +280,38 @@ static void test_progress_final_once(void) {
   CHECK(progress_lines(3, 5) == 2); /* 3/5, then the final 5/5 */
 }
 
+/* The rate and the ETA count only the units made now: a resume's kept
+ * units are in the count, not in the rate (a resumed generate printed the
+ * kept samples over the time of the resume checks as its rate). 1,000 units
+ * made in 100 s with 400 kept: 10/s and 500 left, ETA 50 s. */
+static void test_progress_rate_kept(void) {
+  char path[4200];
+  path_in_tmp(path, sizeof path, "progress-kept.txt");
+  fflush(stderr);
+  int saved = dup(2);
+  FILE *f = fopen(path, "w+");
+  CHECK(f && saved >= 0);
+  if (!f || saved < 0) return;
+  dup2(fileno(f), 2);
+  ce_progress p;
+  ce_progress_init(&p, "unit", "samples", 1900, 0);
+  p.t0 = ce_now() - 100;
+  p.kept = 400;
+  ce_progress_done(&p, 1400);
+  ce_progress_init(&p, "unit", "samples", 10, 0);
+  p.kept = 10; /* all kept: no rate, no ETA */
+  ce_progress_done(&p, 10);
+  fflush(stderr);
+  dup2(saved, 2);
+  close(saved);
+  rewind(f);
+  char a[256] = "", b[256] = "";
+  CHECK(fgets(a, sizeof a, f) && fgets(b, sizeof b, f));
+  fclose(f);
+  CHECK(strstr(a, "1400/1900 samples (73.7%)  10/s  ") && strstr(a, "ETA 50.0s"));
+  CHECK(strstr(b, "10/10 samples (100.0%)  0/s  ") && strstr(b, "ETA -"));
+}
+
 static void test_env_int(void) {
   const char *name = "COEMU_TEST_ENV_INT";
   long v = 7;
@@ -351,6 +383,7 @@ int main(void) {
   RUN(test_lock_dir);
   RUN(test_rows_one_block);
   RUN(test_progress_final_once);
+  RUN(test_progress_rate_kept);
   RUN(test_env_int);
   RUN(test_env_word);
   check_scratch_remove();

@@ -227,13 +227,14 @@ def run_tests(tmp):
               'no temporary files left')
 
     # a rerun of the finished job makes nothing: its rate line says so (not
-    # the kept samples over the time of the resume checks), and the last
-    # progress line is printed once
+    # the kept samples over the time of the resume checks), nor does its
+    # progress line (0/s, no ETA), and the last progress line is printed once
     r = mpi(ranks, [job, '--out', out])
     final = [l for l in r.stderr.splitlines() if f': {M * D}/{M * D} samples (100.0%)' in l]
     check(r.returncode == 0 and f'(0 made now, {M * D // S} kept from an earlier run)' in r.stderr
           and f'({ranks} ranks, no sample made now)' in r.stderr and 'samples/s)' not in r.stderr
-          and len(final) == 1, f'rerun of a finished job: {final} {r.stderr}')
+          and len(final) == 1 and '(100.0%)  0/s  ' in final[0],
+          f'rerun of a finished job: {final} {r.stderr}')
 
     # a model that cannot be read: stop, naming it; or skip when the job says so
     out = os.path.join(tmp, 'bad-model')
