@@ -44,7 +44,7 @@
 #include "stats/statsfile.h"
 #include "stats/transforms.h"
 
-#define MAX_FIELDS 68  /* 4 + up to 64 channels */
+#define MAX_FIELDS (4 + JOB_STATS_MAX_CHANNELS) /* v_z, ln T, ln n, ln I + a field per channel */
 
 typedef struct {
   shard_reader *rd;                  /* a dataset directory's samples, or */

@@ -147,7 +147,10 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
 
 static void undo_start(void *vctx) {
   start_state *s = vctx;
-  if (g_rank == 0 && s->active && s->created) {
+  /* created means "absent when this run began": a start that failed to
+   * make it (a read-only or full file system, no permission) has nothing
+   * to remove */
+  if (g_rank == 0 && s->active && s->created && access(s->dir, F_OK) == 0) {
     fs_unlock_dir(s->dir);
     if (nftw(s->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS) < 0)
       fprintf(stderr, "coemu %s: warning: could not remove %s, which this failed start "
@@ -236,6 +239,11 @@ static void on_stop_signal(int sig) {
   if (!g_stop_sig || level == STOP_NOW) g_stop_sig = sig;
 }
 
+/* install 0 (after the shards): SIGTERM and SIGINT get their default effect
+ * again, but SIGUSR1 is ignored: it is the early warning (Slurm's
+ * --signal=USR1@600) that asks to finish, and the finishing steps (manifest,
+ * dataset.h5, /stats: minutes at the paper's size) are that; its default
+ * effect would end every rank with the signal instead of exit 0 or 3. */
 static void stop_signals(int install) {
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
@@ -244,6 +252,7 @@ static void stop_signals(int install) {
   sigemptyset(&sa.sa_mask);
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGINT, &sa, NULL);
+  if (!install) sa.sa_handler = SIG_IGN;
   sigaction(SIGUSR1, &sa, NULL);
 }
 
@@ -513,7 +522,8 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   if (failed) ce_err("%s", failure);
   int any_failed = mpi_any_failed(failed ? -1 : 0);
   /* after the shards: the finishing steps (manifest, dataset.h5, /stats)
-   * are each atomic, and a signal ends the process as by default */
+   * are each atomic, SIGTERM/SIGINT end the process as by default, and
+   * SIGUSR1 is ignored (stop_signals) */
   stop_signals(0);
   if (g_stop) stopped = 1;
   g_coord_s += ce_now() - tw;

@@ -19,6 +19,7 @@
 #include "solver/lte.h"
 #include "rotate/amrvac.h"
 #include "rotate/compat.h"
+#include "rotate/model.h"
 #include "rotate/sampler.h"
 #include "rotate/units.h"
 #include "solver/nlte.h"
@@ -58,10 +59,13 @@ static void key_at(const job *j, int line, int col, const char *key, char *out, 
 int job_check_line_mode(const job *j, const lamda_molecule *mol) {
   char at[1200];
   key_at(j, j->lamda_line, j->lamda_col, "line.lamda", at, sizeof at);
-  if (j->line_mode != JOB_LINE_LVG) return 0;
+  /* line.abundance 0 means "the molecule is CO" (its density is the models'
+   * n_CO): any other molecule needs its own abundance in both modes, or LTE
+   * would image it at the CO density (schemas/job.yaml, docs/jobs.md). */
   if (j->abundance == 0 && strcmp(mol->name, "CO"))
-    CE_FAIL("%s: %s is %s, not CO: line.mode lvg needs its abundance (line.abundance, n_mol/n_H2)",
-            at, j->lamda, mol->name);
+    CE_FAIL("%s: %s is %s, not CO: line.mode %s needs its abundance (line.abundance, n_mol/n_H2)",
+            at, j->lamda, mol->name, job_line_mode_name(j->line_mode));
+  if (j->line_mode != JOB_LINE_LVG) return 0;
   char list[256] = "";
   int h2 = 0;
   for (int i = 0; i < mol->npart; i++) {
@@ -297,6 +301,13 @@ static int fill(const char *name, const yt_node *r, job *j) {
   j->split_seed = (uint64_t)schema_int(r, "splits.seed");
 
   j->stats_compute = schema_bool(r, "statistics.compute");
+  /* /stats keeps a field per channel (pipeline/dataset/dataset_stats.c): a
+   * job with more channels would fail only after its last shard */
+  if (j->stats_compute && j->nf > JOB_STATS_MAX_CHANNELS)
+    CE_FAIL("%s:%d:%d: line.channels: %d channels, but statistics.compute (on by default) "
+            "takes at most %d; set statistics: {compute: false} (no /stats: serve and train "
+            "then need another normalisation) or use at most %d channels",
+            name, ch->line, ch->col, j->nf, JOB_STATS_MAX_CHANNELS, JOB_STATS_MAX_CHANNELS);
   j->stats_drop_outliers = schema_bool(r, "statistics.drop_outliers");
   snprintf(j->stats_split, sizeof j->stats_split, "%s", schema_str(r, "statistics.split"));
   /* images-only (store_inputs false): statistics.drop_outliers reads v_z from
@@ -497,24 +508,36 @@ int job_check_inputs_part(const job *j, int part, int parts) {
   char gat[1200], uat[1200];
   key_at(j, j->glob_line, j->glob_col, "inputs.amrvac.glob", gat, sizeof gat);
   key_at(j, j->units_line, j->units_col, "inputs.amrvac.units", uat, sizeof uat);
-  if (j->amrvac_units && j->amrvac_units[0]) {
-    units u;
-    if (units_read(j->amrvac_units, &u) < 0) return ce_err_prefix("%s", uat);
-  }
+  units shared;
+  int have_shared = j->amrvac_units && j->amrvac_units[0];
+  if (have_shared && units_read(j->amrvac_units, &shared) < 0) return ce_err_prefix("%s", uat);
   for (int64_t i = part; i < j->n_models; i += parts) {
     amrvac_snapshot snap;
     if (amrvac_open(j->model_names[i], &snap) < 0)
       return ce_err_prefix("%s: model %lld of %lld", gat, (long long)i, (long long)j->n_models);
-    amrvac_free(&snap);
-    if (j->amrvac_units && j->amrvac_units[0]) continue;
     char side[4096];
     units u;
-    if (units_find(j->model_names[i], side, sizeof side) != 1)
-      return ce_err("%s: model %lld, %s: no units sidecar (MODEL.units.yaml or units.yaml "
-                    "beside it, or inputs.amrvac.units in the job for all files)",
-                    gat, (long long)i, j->model_names[i]);
-    if (units_read(side, &u) < 0)
-      return ce_err_prefix("%s: model %lld, units sidecar", gat, (long long)i);
+    if (have_shared) {
+      u = shared;
+    } else {
+      if (units_find(j->model_names[i], side, sizeof side) != 1) {
+        amrvac_free(&snap);
+        return ce_err("%s: model %lld, %s: no units sidecar (MODEL.units.yaml or units.yaml "
+                      "beside it, or inputs.amrvac.units in the job for all files)",
+                      gat, (long long)i, j->model_names[i]);
+      }
+      if (units_read(side, &u) < 0) {
+        amrvac_free(&snap);
+        return ce_err_prefix("%s: model %lld, units sidecar", gat, (long long)i);
+      }
+    }
+    /* what sampling refuses (a 2-D or non-Cartesian snapshot, staggered
+     * fields, a stretched grid) is refused here too: --check must not say
+     * "ok", and the run must fail before it creates its folder */
+    int usable = model_check_usable(&snap.h, &u, j->model_names[i]);
+    amrvac_free(&snap);
+    if (usable < 0)
+      return ce_err_prefix("%s: model %lld of %lld", gat, (long long)i, (long long)j->n_models);
   }
   return 0;
 }

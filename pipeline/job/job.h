@@ -219,6 +219,9 @@ void job_estimate_of(const job *j, job_estimate *e);
  * channel term. Deeper AMR trees and larger k cost more. */
 #define JOB_COST_NS_VOXEL 44.0
 #define JOB_COST_NS_VOXEL_CHANNEL 7.1
+/* The most channels the dataset statistics (/stats, coemu stats) take: one
+ * field per channel besides v_z, ln T, ln n and ln I (dataset_stats.c). */
+#define JOB_STATS_MAX_CHANNELS 64
 /* sampling.reconstruction linear on top, per sub-sample (k^3 per voxel):
  * `coemu bench sample` and `bench isotropy`, linear minus constant, ~19 ms
  * per 64^3 cube at k = 2 (docs/benchmarks.md, "Reconstructions") */

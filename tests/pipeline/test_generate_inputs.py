@@ -328,6 +328,15 @@ def test_folders(tmp):
     r = run(['generate', j2, '--quiet'], tmp)
     check(r.returncode == 1 and 'different job' in r.stderr, f'a dataset is kept: {r.stderr}')
 
+    # an output folder that cannot be made (its parent is a file; the same
+    # path as a read-only file system or a parent without permission): one
+    # error naming it, and no warning about removing a folder never made
+    open(os.path.join(tmp, 'a-file'), 'w').write('x')
+    r = run(['generate', j, '--out', os.path.join(tmp, 'a-file', 'ds'), '--quiet'], tmp)
+    check(r.returncode == 1 and 'a-file/ds: cannot create directory' in r.stderr and
+          'could not remove' not in r.stderr and len(r.stderr.strip().splitlines()) == 1,
+          f'a folder that cannot be made: {r.stderr}')
+
     # testgen: a producer that cannot start on one rank of 2: one message, no
     # MPI_ABORT, no folder; the same command then runs
     tj = os.path.join(tmp, 'tg.yaml')

@@ -186,6 +186,47 @@ def run_tests(tmp):
                         f'SIGTERM to every rank from outside, attempt {attempt}')
     resumes(2, job, out, ref, 'SIGTERM to every rank from outside')
 
+    # SIGUSR1 during the finishing steps (manifest, dataset.h5, /stats: minutes
+    # at the paper's size), as Slurm's --signal=USR1@600 may send it when the
+    # last shards are done: ignored, the run completes and exits 0 with /stats
+    # (its default effect killed every rank: no exit 3, no /stats, no requeue)
+    out = os.path.join(tmp, 'usr1-finish')
+    p = subprocess.Popen(cmd(2, job, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    t0 = time.time()
+    ranks = []
+    while time.time() - t0 < 60 and p.poll() is None and not ranks:
+        if finished(out):
+            ranks = [int(x) for x in subprocess.run(
+                ['ps', '-o', 'pid=', '--ppid', str(p.pid)], capture_output=True,
+                text=True).stdout.split()]
+        time.sleep(0.005)
+    while time.time() - t0 < 60 and p.poll() is None and \
+            not os.path.exists(os.path.join(out, 'manifest.json')):
+        time.sleep(0.001)
+    sent = 0
+    while p.poll() is None and time.time() - t0 < 60:  # every rank, until the run ends
+        for pid in ranks:
+            try:
+                os.kill(pid, signal.SIGUSR1)
+                sent += 1
+            except ProcessLookupError:
+                pass
+        time.sleep(0.002)
+    try:
+        _, err = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        _, err = p.communicate()
+        check(False, 'SIGUSR1 while finishing: the run hung')
+    check(ranks and sent > 0, f'SIGUSR1 while finishing: signalled the ranks {ranks} ({sent} sent)')
+    check(p.returncode == 0, f'SIGUSR1 while finishing: exit status {p.returncode}, expected 0 '
+                             f'(the run completes): {err[-1500:]}')
+    with h5py.File(os.path.join(out, 'dataset.h5'), 'r') as h:
+        check('stats' in h, 'SIGUSR1 while finishing: /stats written')
+    bad = identical(ref, out)
+    check(not bad, f'SIGUSR1 while finishing: equal to the uninterrupted run (differs: {bad})')
+
     # The row writer: float32 inputs without gzip are written by a background
     # thread into chunks HDF5 allocated (4 KiB-aligned, O_DIRECT where the
     # file system takes it: 32^3 rows, 1.5 MiB per shard, are aligned);

@@ -165,6 +165,18 @@ static void test_channels(void) {
   CHECK_OK(parse("inputs: {synth: {count: 2}}\nline: {lamda: a, channels: {mode: list, velocities: [5, -5.5]}}\n", &j));
   CHECK(j.nf == 2 && j.velocities[1] == -5.5);
   job_free(&j);
+  /* /stats takes at most JOB_STATS_MAX_CHANNELS channels: more, with
+   * statistics.compute on (the default), is refused when the job is read
+   * (--check), not after the last shard; without /stats it is a job */
+  CHECK_ERR(parse("inputs: {synth: {count: 2}}\nline: {lamda: a, channels: {mode: grid, count: 65}}\n", &j),
+            "t.yaml:2:28: line.channels: 65 channels, but statistics.compute (on by default) takes at most 64");
+  CHECK_OK(parse("inputs: {synth: {count: 2}}\nline: {lamda: a, channels: {mode: grid, count: 64}}\n", &j));
+  CHECK(j.nf == 64);
+  job_free(&j);
+  CHECK_OK(parse("inputs: {synth: {count: 2}}\nline: {lamda: a, channels: {mode: grid, count: 300}}\n"
+                 "statistics: {compute: false}\n", &j));
+  CHECK(j.nf == 300);
+  job_free(&j);
 }
 
 /* Every channel mode: the channel velocities and the frequencies job_frequencies
