@@ -51,10 +51,14 @@ NORM_HD float norm_body_smallest_thread(const float *v, size_t n, size_t tid, si
  * none (ln 0 = -inf, a sample of zeros). */
 NORM_HD float norm_body_zero_fill(float smallest) { return isinf(smallest) ? 0.0f : smallest; }
 
-/* ln I with the zeros replaced by fill and clipped below at clip
- * (-INFINITY: none); NaN stays NaN (stats_ln_intensity). */
+/* ln I with the zeros, and the negatives, replaced by fill and clipped
+ * below at clip (-INFINITY: none); NaN stays NaN (stats_ln_intensity). The
+ * exact intensity is never negative (I = int eta e^-tau ds, eta >= 0): a
+ * stored negative is the formal solution's round-off in the far wings
+ * (~1e-29 of a line's 1e-14), and ln of it would put NaN into /stats and
+ * into the training targets. */
 NORM_HD float norm_body_ln_intensity(float x, float fill, double clip) {
-  const double t = log(x == 0 ? (double)fill : (double)x);
+  const double t = log(x <= 0 ? (double)fill : (double)x);
   return (float)(t < clip ? clip : t);
 }
 

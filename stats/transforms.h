@@ -40,10 +40,10 @@ typedef struct {
  * where the rounding to float is certain to agree: transforms.c). */
 void stats_ln_f32(const float *x, size_t n, float *out);
 
-/* ln I of one sample (all its channels, n values): zeros replaced by the
- * sample's smallest positive value first (a sample of zeros only gives
- * -inf), then ln, then max(t, clip) (clip = -INFINITY: none). Negative
- * intensities give NaN. */
+/* ln I of one sample (all its channels, n values): zeros and negatives
+ * (round-off: the exact intensity is >= 0) replaced by the sample's
+ * smallest positive value first (a sample of zeros only gives -inf), then
+ * ln, then max(t, clip) (clip = -INFINITY: none). NaN stays NaN. */
 void stats_ln_intensity(const float *inten, size_t n, double clip, float *out);
 
 /* 1 if the sample's v_z range exceeds p->outlier_vz_range (> 0). */

@@ -11,7 +11,8 @@ place in rare cases):
 
     v_z     (v - mean) / std
     T, n    (ln x - min) / scale                  scale = median(ln x - min)
-    I       per sample: zeros -> the sample's smallest positive value,
+    I       per sample: zeros and negatives (round-off: the exact
+            intensity is >= 0) -> the sample's smallest positive value,
             t = max(ln I, clip), (t - min) / scale  (minmax: clip -40,
             scale = max - min; median: no clip)
 
@@ -133,7 +134,7 @@ class Normalisation:
         smallest = pos.reshape(flat.shape[0], -1).min(axis=1)
         smallest = np.where(np.isinf(smallest), np.float32(0), smallest).astype(np.float32)
         shp = (flat.shape[0],) + (1,) * (flat.ndim - 1)
-        v = np.where(flat == 0, smallest.reshape(shp), flat).astype(np.float64)
+        v = np.where(flat <= 0, smallest.reshape(shp), flat).astype(np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             t = np.log(v)
         t = np.where(t < self.lnI_clip, self.lnI_clip, t)  # NaN stays NaN

@@ -416,10 +416,16 @@ static void test_transforms(void) {
   CHECK(t[3] == t[2]);
   stats_denorm_targets(&pm, t, 5, Ib);
   for (int i = 0; i < 5; i++) CHECK_CLOSE(Ib[i], i == 3 ? I[2] : I[i], 1e-5, 0);
-  /* Negative intensity -> NaN; all-zero sample -> -inf (median mode). */
-  float neg[2] = {-1, 1}, ln[2];
-  stats_ln_intensity(neg, 2, -INFINITY, ln);
-  CHECK(isnan(ln[0]) && ln[1] == 0);
+  /* A negative intensity (round-off; the exact one is >= 0) counts as a
+   * zero: the sample's smallest positive value, not NaN (which /stats and
+   * the training targets would carry); NaN stays NaN; all-zero sample ->
+   * -inf (median mode). */
+  float neg[4] = {-1e-29f, 2, -0.0f, 3}, ln[4];
+  stats_ln_intensity(neg, 4, -INFINITY, ln);
+  CHECK(ln[0] == (float)log(2.0) && ln[1] == ln[0] && ln[2] == ln[0] && ln[3] == (float)log(3.0));
+  float nan_in[2] = {NAN, -1};
+  stats_ln_intensity(nan_in, 2, -40, ln);
+  CHECK(isnan(ln[0]) && ln[1] == -40); /* no positive value: fill 0, ln 0 = -inf, clipped */
   float zero[2] = {0, 0};
   stats_ln_intensity(zero, 2, -INFINITY, ln);
   CHECK(isinf(ln[0]) && ln[0] < 0);
