@@ -39,8 +39,9 @@ typedef struct {
   int64_t empty_targets;
   double empty_ln_level, empty_fraction;
   /* the fraction of all target values (pixels x channels of the samples
-   * used) below I = exp(empty_ln_level), i.e. below the ln I clip (0 when
-   * not counted); attribute pixels_below_clip */
+   * used) below the ln I clip, I < exp(lnI_clip) (one channel, no clip:
+   * below exp(empty_ln_level); 0 when not counted); attribute
+   * pixels_below_clip */
   double pixels_below_clip;
 } stats_provenance;
 

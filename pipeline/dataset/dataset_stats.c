@@ -162,11 +162,14 @@ static void remove_stale_copies(const char *dir) {
   closedir(d);
 }
 
-int dataset_stats_group(const char *dir, const char *split_name, char *group, size_t len) {
-  char norm[16] = "train", jp[4200];
+int dataset_stats_group(const char *dir, const char *split_name, char *group, size_t len,
+                        double *lnI_clip) {
+  job_stats_settings js = {"train", STATS_LNI_CLIP};
+  char jp[4200];
   snprintf(jp, sizeof jp, "%s/job.yaml", dir);
-  if (access(jp, F_OK) == 0 && job_stats_split(jp, norm) < 0) return -1;
-  if (!strcmp(split_name, norm)) snprintf(group, len, "/stats");
+  if (access(jp, F_OK) == 0 && job_stats_settings_read(jp, &js) < 0) return -1;
+  if (lnI_clip) *lnI_clip = js.lnI_clip;
+  if (!strcmp(split_name, js.split)) snprintf(group, len, "/stats");
   else snprintf(group, len, "/stats_%s", split_name);
   return 0;
 }
@@ -204,12 +207,14 @@ typedef struct {
   stats_norm *norm_out;   /* rank 0: the normalisation parameters (may be NULL) */
   int64_t *used_out, *outliers_out; /* rank 0 (may be NULL) */
   int64_t *reads_out;     /* rank 0: samples read, summed over ranks and passes (may be NULL) */
+  double lnI_clip;        /* the floor of ln I (multi-channel targets) */
 } run_opts;
 
 static int stats_run(dataset *ds, int want, const char *split_name, int drop_outliers,
                      const run_opts *ro);
 
-int dataset_stats(const char *dir, const char *split_name, int drop_outliers, int quiet) {
+int dataset_stats(const char *dir, const char *split_name, int drop_outliers, double lnI_clip,
+                  int quiet) {
   int want;
   CE_TRY(job_split_parse(split_name, &want));
   char path[4096], group[64];
@@ -225,7 +230,10 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
   if (locked) remove_stale_copies(dir);
   if (any_failed(open_dataset(dir, path, &ds), "stats")) goto out;
   /* every rank reads DIR/job.yaml: the same file, the same answer */
-  if (any_failed(dataset_stats_group(dir, split_name, group, sizeof group), "stats")) goto out;
+  double job_clip;
+  if (any_failed(dataset_stats_group(dir, split_name, group, sizeof group, &job_clip), "stats"))
+    goto out;
+  if (isnan(lnI_clip)) lnI_clip = job_clip;
   if (drop_outliers && !ds.has_inputs) {
     if (rank == 0) {
       ce_err("%s: --drop-outliers (statistics.drop_outliers) needs v_z from /inputs, and this "
@@ -245,7 +253,7 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, in
     goto out;
   }
   run_opts ro = {.cmd = "stats", .path = path, .write_path = path, .group = group,
-                 .out = quiet ? NULL : stdout};
+                 .out = quiet ? NULL : stdout, .lnI_clip = lnI_clip};
   status = stats_run(&ds, want, split_name, drop_outliers, &ro) < 0;
 out:
   close_dataset(&ds);
@@ -254,8 +262,9 @@ out:
 }
 
 int dataset_stats_source_run(const dataset_stats_source *src, const char *cmd, const char *out_path,
-                             const char *note, int drop_outliers, FILE *report_to,
-                             stats_norm *norm, int64_t *used, int64_t *outliers, int64_t *reads) {
+                             const char *note, int drop_outliers, double lnI_clip,
+                             FILE *report_to, stats_norm *norm, int64_t *used, int64_t *outliers,
+                             int64_t *reads) {
   dataset ds = {.src = src, .N = (hsize_t)src->samples, .n = (hsize_t)src->n,
                 .F = (hsize_t)src->channels, .has_inputs = 1};
   int rank;
@@ -271,7 +280,7 @@ int dataset_stats_source_run(const dataset_stats_source *src, const char *cmd, c
   }
   run_opts ro = {.cmd = cmd, .path = src->name, .write_path = out_path, .group = "/stats",
                  .create = 1, .note = note, .out = report_to, .norm_out = norm, .used_out = used,
-                 .outliers_out = outliers, .reads_out = reads};
+                 .outliers_out = outliers, .reads_out = reads, .lnI_clip = lnI_clip};
   return stats_run(&ds, SPLIT_TRAIN, "train", drop_outliers, &ro);
 }
 
@@ -322,11 +331,13 @@ static int stats_run(dataset *ds, int want, const char *split_name, int drop_out
   if (any_failed(lrc, cmd)) goto out;
   norm.outlier_vz_range = drop_outliers ? STATS_OUTLIER_VZ_RANGE : 0;
   norm.i_mode = F > 1 ? STATS_I_MINMAX : STATS_I_MEDIAN;
-  norm.lnI_clip = F > 1 ? STATS_LNI_CLIP : -INFINITY;
+  norm.lnI_clip = F > 1 ? ro->lnI_clip : -INFINITY;
 
   hsize_t lo = ds->N * (hsize_t)rank / (hsize_t)size, hi = ds->N * (hsize_t)(rank + 1) / (hsize_t)size;
   int64_t used = 0, outliers = 0, empty = 0, below_all = 0, reads = 0;
   const double empty_level = exp(DATASET_EMPTY_LN_LEVEL);
+  /* pixels below the clip (one channel, no clip: below the empty level) */
+  const double clip_level = F > 1 ? exp(norm.lnI_clip) : empty_level;
   /* small samples: the rank's block read in the first pass is kept for the
    * second (up to 256 MB), so every shard is opened once, not twice */
   if (hi > lo && (size_t)(hi - lo) <= ((size_t)256 << 20) / sample_bytes) {
@@ -378,10 +389,13 @@ static int stats_run(dataset *ds, int want, const char *split_name, int drop_out
       }
       used += pass == 0;
       if (pass == 0) {
-        size_t below = 0;
-        for (size_t k = 0; k < F * npix; k++) below += (double)tg[k] < empty_level;
+        size_t below = 0, below_clip = 0;
+        for (size_t k = 0; k < F * npix; k++) {
+          below += (double)tg[k] < empty_level;
+          below_clip += (double)tg[k] < clip_level;
+        }
         empty += (double)below > DATASET_EMPTY_FRACTION * (double)(F * npix);
-        below_all += (int64_t)below;
+        below_all += (int64_t)below_clip;
       }
       if (ds->has_inputs) {
         memcpy(work, in, nvox * sizeof *in);
@@ -452,30 +466,45 @@ static int stats_run(dataset *ds, int want, const char *split_name, int drop_out
       if (acc[f].out.s.count == 0)
         lrc = ce_err("%s: field %s has no finite values in split '%s' (%lld samples used)", path,
                      acc[f].out.name, split_name, (long long)totals[0]);
-    if (lrc == 0 && !ds->has_inputs) {
-      /* targets only: the inputs' parameters are NaN (readers that
-       * normalise inputs need /inputs anyway, and refuse such a dataset) */
-      norm.vz_mean = norm.vz_std = norm.lnT_min = norm.lnT_scale = NAN;
-      norm.lnn_min = norm.lnn_scale = NAN;
+    if (lrc == 0) {
       norm.lnI_min = acc[3].out.s.min;
       norm.lnI_scale = norm.i_mode == STATS_I_MINMAX ? acc[3].out.s.max - acc[3].out.s.min
                                                      : acc[3].out.median - acc[3].out.s.min;
-      if (!(norm.lnI_scale > 0))
-        lrc = ce_err("%s: ln_I scale is not > 0 (constant data cannot be normalised)", path);
-    } else if (lrc == 0) {
-      norm.vz_mean = acc[0].out.s.mean;
-      norm.vz_std = acc[0].out.s.std;
-      norm.lnT_min = acc[1].out.s.min;
-      norm.lnT_scale = acc[1].out.median - acc[1].out.s.min;
-      norm.lnn_min = acc[2].out.s.min;
-      norm.lnn_scale = acc[2].out.median - acc[2].out.s.min;
-      norm.lnI_min = acc[3].out.s.min;
-      norm.lnI_scale = norm.i_mode == STATS_I_MINMAX ? acc[3].out.s.max - acc[3].out.s.min
-                                                     : acc[3].out.median - acc[3].out.s.min;
-      const char *bad = !(norm.vz_std > 0) ? "v_z std" : !(norm.lnT_scale > 0) ? "ln_T median - min"
-                       : !(norm.lnn_scale > 0) ? "ln_n_CO median - min"
-                       : !(norm.lnI_scale > 0) ? "ln_I scale" : NULL;
-      if (bad) lrc = ce_err("%s: %s is not > 0 (constant data cannot be normalised)", path, bad);
+      if (ds->has_inputs) {
+        norm.vz_mean = acc[0].out.s.mean;
+        norm.vz_std = acc[0].out.s.std;
+        norm.lnT_min = acc[1].out.s.min;
+        norm.lnT_scale = acc[1].out.median - acc[1].out.s.min;
+        norm.lnn_min = acc[2].out.s.min;
+        norm.lnn_scale = acc[2].out.median - acc[2].out.s.min;
+      } else {
+        /* targets only: the inputs' parameters are NaN (readers that
+         * normalise inputs need /inputs anyway, and refuse such a dataset) */
+        norm.vz_mean = norm.vz_std = norm.lnT_min = norm.lnT_scale = NAN;
+        norm.lnn_min = norm.lnn_scale = NAN;
+      }
+      const int has_in = ds->has_inputs;
+      const char *bad = has_in && !(norm.vz_std > 0)    ? "v_z std"
+                        : has_in && !(norm.lnT_scale > 0) ? "ln_T median - min"
+                        : has_in && !(norm.lnn_scale > 0) ? "ln_n_CO median - min"
+                        : !(norm.lnI_scale > 0)         ? "ln_I scale"
+                                                        : NULL;
+      if (bad && norm.i_mode == STATS_I_MINMAX && !(acc[3].out.s.max > norm.lnI_clip))
+        /* every pixel at the clip: a line fainter than the clip (another
+         * molecule or isotopologue), not constant data */
+        lrc = ce_err("%s: every ln I of split '%s' is at or below the clip %g (I <= %.3g W m^-2 "
+                     "Hz^-1 sr^-1), so every target would normalise to 0: the line is fainter "
+                     "than the clip. Recompute /stats with a lower one (coemu stats DIR "
+                     "--ln-intensity-clip X), and set statistics.ln_intensity_clip in new jobs",
+                     path, split_name, norm.lnI_clip, exp(norm.lnI_clip));
+      else if (bad)
+        lrc = ce_err("%s: %s is not > 0 (constant data cannot be normalised)", path, bad);
+      else if (norm.i_mode == STATS_I_MINMAX && below_frac > 0.5)
+        fprintf(stderr, "coemu %s: warning: %s: %.1f%% of the target pixels of split '%s' are "
+                        "below the ln I clip %g (I < %.3g W m^-2 Hz^-1 sr^-1) and normalise to 0; "
+                        "a fainter line needs a lower clip (statistics.ln_intensity_clip; coemu "
+                        "stats DIR --ln-intensity-clip X)\n",
+                cmd, path, 100 * below_frac, split_name, norm.lnI_clip, exp(norm.lnI_clip));
     }
     stats_provenance prov = {split_name, (int64_t)ds->N, totals[0], totals[1], size,
                              totals[2], DATASET_EMPTY_LN_LEVEL, DATASET_EMPTY_FRACTION,
@@ -511,7 +540,7 @@ static int stats_run(dataset *ds, int want, const char *split_name, int drop_out
              (long long)totals[2], (long long)totals[0], 100 * DATASET_EMPTY_FRACTION,
              DATASET_EMPTY_LN_LEVEL);
       fprintf(o, "  pixels below the clip: %.1f%% of all pixels x channels of the samples used "
-             "(I < e^%.0f)\n", 100 * below_frac, DATASET_EMPTY_LN_LEVEL);
+             "(I < e^%g)\n", 100 * below_frac, F > 1 ? norm.lnI_clip : DATASET_EMPTY_LN_LEVEL);
       fprintf(o, "  per field: n values, mean, std, min, max, exact median; med-of-med = the median "
              "of the per-sample medians (the paper's estimate) and its true quantile in the "
              "field (0.5 = exact median)\n");

@@ -21,7 +21,11 @@
 
 #include "stats/transforms.h"
 
-int dataset_stats(const char *dir, const char *split, int drop_outliers, int quiet);
+/* lnI_clip: the floor of ln I in the normalisation of multi-channel targets
+ * (statistics.ln_intensity_clip); NAN: the one DIR/job.yaml gives (-40
+ * without a job.yaml). */
+int dataset_stats(const char *dir, const char *split, int drop_outliers, double lnI_clip,
+                  int quiet);
 
 /* Samples from elsewhere than a dataset directory (the pilot pass of
  * `coemu serve --generate`, pipeline/serve/gensource.h): sample i of
@@ -50,14 +54,17 @@ typedef struct {
  * report. A failure on any rank is printed by the lowest failing rank
  * ("coemu CMD: rank R: error: ...") and returns -1 on every rank. */
 int dataset_stats_source_run(const dataset_stats_source *src, const char *cmd, const char *out_path,
-                             const char *note, int drop_outliers, FILE *report_to,
-                             stats_norm *norm, int64_t *used, int64_t *outliers, int64_t *reads);
+                             const char *note, int drop_outliers, double lnI_clip,
+                             FILE *report_to, stats_norm *norm, int64_t *used, int64_t *outliers,
+                             int64_t *reads);
 
 /* Where the statistics of a split go: /stats for the normalisation split
  * (the statistics.split of DIR/job.yaml, train when there is no job.yaml),
  * /stats_SPLIT for any other, so computing another split's statistics never
- * replaces the /stats that serve and train normalise with. */
-int dataset_stats_group(const char *dir, const char *split, char *group, size_t len);
+ * replaces the /stats that serve and train normalise with; *lnI_clip: the
+ * job's statistics.ln_intensity_clip (STATS_LNI_CLIP without a job.yaml). */
+int dataset_stats_group(const char *dir, const char *split, char *group, size_t len,
+                        double *lnI_clip);
 
 /* Mostly empty targets, counted by dataset_stats and written to the group
  * (empty_targets): samples with more than DATASET_EMPTY_FRACTION of their

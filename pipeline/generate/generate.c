@@ -602,10 +602,14 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   int stats_rc = 0;
   if (j.stats_compute) {
     double ts = ce_now();
-    stats_rc = dataset_stats(out, j.stats_split, j.stats_drop_outliers, 1);
+    stats_rc = dataset_stats(out, j.stats_split, j.stats_drop_outliers, j.stats_lnI_clip, 1);
     if (g_rank == 0 && !quiet && stats_rc == 0)
       fprintf(stderr, "coemu %s: /stats over the %s split in %.1f s\n", cmd, j.stats_split,
               ce_now() - ts);
+    if (g_rank == 0 && stats_rc < 0)
+      fprintf(stderr, "coemu %s: every sample is made and kept in %s; only its /stats failed "
+                      "(above): after fixing the cause, `coemu stats %s` (under mpirun for "
+                      "parallel) computes it without making any sample again\n", cmd, out, out);
   }
   free(msplit);
   free(in);

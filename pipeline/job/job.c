@@ -310,6 +310,7 @@ static int fill(const char *name, const yt_node *r, job *j) {
             name, ch->line, ch->col, j->nf, JOB_STATS_MAX_CHANNELS, JOB_STATS_MAX_CHANNELS);
   j->stats_drop_outliers = schema_bool(r, "statistics.drop_outliers");
   snprintf(j->stats_split, sizeof j->stats_split, "%s", schema_str(r, "statistics.split"));
+  j->stats_lnI_clip = schema_num(r, "statistics.ln_intensity_clip");
   /* images-only (store_inputs false): statistics.drop_outliers reads v_z from
    * the rebuilt input cubes, as every reader does (docs/dataset-format.md) */
 
@@ -442,18 +443,20 @@ int job_schema_markdown(FILE *out) {
   return schema_markdown(out, "schemas/job.yaml", job_schema_text);
 }
 
-static int stats_split_of(const char *name, const char *text, size_t len, const char *dir,
-                          void *out) {
+static int stats_settings_of(const char *name, const char *text, size_t len, const char *dir,
+                             void *vout) {
   (void)dir;
+  job_stats_settings *out = vout;
   yt_node *doc = schema_load(name, text, len, "schemas/job.yaml", job_schema_text);
   if (!doc) return -1;
-  snprintf((char *)out, 16, "%s", schema_str(doc, "statistics.split"));
+  snprintf(out->split, sizeof out->split, "%s", schema_str(doc, "statistics.split"));
+  out->lnI_clip = schema_num(doc, "statistics.ln_intensity_clip");
   yt_free(doc);
   return 0;
 }
 
-int job_stats_split(const char *path, char out[16]) {
-  return schema_load_file(path, stats_split_of, out);
+int job_stats_settings_read(const char *path, job_stats_settings *out) {
+  return schema_load_file(path, stats_settings_of, out);
 }
 
 /* "JOB:LINE:COL: KEY" (or "JOB: KEY (default)" for a key filled in). */

@@ -110,6 +110,7 @@ typedef struct {
   /* statistics */
   int stats_compute, stats_drop_outliers;
   char stats_split[16];  /* train | validation | test | all */
+  double stats_lnI_clip; /* statistics.ln_intensity_clip */
 
   /* stream (optional) */
   int has_stream;
@@ -168,9 +169,14 @@ int job_model_splits(const job *j, uint8_t *out);
 int64_t job_train_samples(const job *j);
 
 /* The job file's statistics.split (the normalisation split: its statistics
- * are a dataset's /stats) into out, without resolving the job's inputs (a
- * dataset's DIR/job.yaml names paths relative to where it was run). */
-int job_stats_split(const char *path, char out[16]);
+ * are a dataset's /stats) and statistics.ln_intensity_clip, without
+ * resolving the job's inputs (a dataset's DIR/job.yaml names paths relative
+ * to where it was run). */
+typedef struct {
+  char split[16];
+  double lnI_clip;
+} job_stats_settings;
+int job_stats_settings_read(const char *path, job_stats_settings *out);
 
 /* The LAMDA file `line.lamda: builtin:co.dat` names: LAMDA's CO file
  * (tests/data/lamda/co.dat, origin in tests/data/lamda/README.md), embedded

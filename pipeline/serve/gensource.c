@@ -269,7 +269,7 @@ int gensrc_pilot_run(const gensrc_opts *o, int64_t n, const char *out_path, int 
                               .read = pilot_read, .ctx = &c};
   double t0 = ce_now();
   rc = dataset_stats_source_run(&src, "serve", out_path && *out_path ? out_path : NULL, note,
-                                j->stats_drop_outliers, NULL, &p->norm, &p->used, &p->outliers,
+                                j->stats_drop_outliers, j->stats_lnI_clip, NULL, &p->norm, &p->used, &p->outliers,
                                 &p->made);
   p->seconds = ce_now() - t0;
   p->ranks = size;

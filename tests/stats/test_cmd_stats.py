@@ -238,6 +238,42 @@ def main():
             p = run([bad], k)
             check(p.returncode != 0 and msg in p.stderr, f"expected '{msg}': {p.stderr}")
 
+        # A line fainter than the ln I clip (another molecule, a rarer
+        # isotopologue): every pixel below e^-40 is an error that says so
+        # and how to recompute, not "constant data"; --ln-intensity-clip (or
+        # the job's statistics.ln_intensity_clip) sets a lower one, and most
+        # pixels below the clip is a warning.
+        faint = os.path.join(d, "faint")
+        os.mkdir(faint)
+        inputs, _, _ = make_dataset(faint, 7, virtual=False)
+        rng = np.random.default_rng(5)
+        targets = np.exp(rng.normal(-55, 2, (10, 7, 6, 6))).astype(np.float32)
+        with h5py.File(os.path.join(faint, "dataset.h5"), "w") as f:
+            f["inputs"] = inputs
+            f["targets"] = targets
+        path = os.path.join(faint, "dataset.h5")
+        p = run([faint], 2)
+        check(p.returncode == 1 and "every ln I of split 'train' is at or below the clip -40" in p.stderr
+              and "--ln-intensity-clip" in p.stderr and "constant data" not in p.stderr,
+              f"faint line, default clip: {p.stderr}")
+        for clip, warn in ((-80, False), (-50, True)):
+            p = run([faint, "--ln-intensity-clip", str(clip)], 2)
+            st = read_stats(path)
+            below = float(np.mean(targets.astype(np.float64) < np.exp(clip)))
+            check(p.returncode == 0 and st["/"]["lnI_clip"] == clip and st["ln_I"]["min"] >= clip
+                  and abs(st["/"]["pixels_below_clip"] - below) < 1e-12
+                  and ("normalise to 0" in p.stderr) == warn,
+                  f"faint line, clip {clip}: {p.returncode} {st['/'].get('lnI_clip')} "
+                  f"{st['/'].get('pixels_below_clip')} vs {below}: {p.stderr}")
+        with open(os.path.join(faint, "job.yaml"), "w") as f:
+            f.write("name: faint\ninputs: {synth: {count: 2}}\nline: {lamda: builtin:co.dat}\nstatistics: {ln_intensity_clip: -70}\n")
+        p = run([faint], 1)
+        check(p.returncode == 0 and read_stats(path)["/"]["lnI_clip"] == -70,
+              f"the job's statistics.ln_intensity_clip: {p.stderr}")
+        for v in ("1e9", "nan", "x"):
+            p = run([faint, "--ln-intensity-clip", v], 0)
+            check(p.returncode == 2 and "--ln-intensity-clip" in p.stderr, f"--ln-intensity-clip {v}: {p.stderr}")
+
     report()
 
 
