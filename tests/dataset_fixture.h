@@ -142,7 +142,9 @@ static inline int fixture_write(const char *dir, const fixture_spec *f) {
   }
   if (rc == 0) {
     job_frequencies(&j, 230.538e9, freq);
-    dataset_provenance pv = {&j, freq, 230.538e9, "tests/dataset_fixture.h", "none", 1, NULL};
+    dataset_provenance pv = {.job = &j, .frequencies = freq, .nu0 = 230.538e9, .mass = 28.0,
+                             .producer = "tests/dataset_fixture.h", .mpi_version = "none",
+                             .ranks = 1};
     rc = dataset_finish(dir, &pv);
   }
   free(ms);

@@ -151,7 +151,7 @@ static int write_geometry(hid_t f, const job *j, const dataset_geometry *g) {
 
 /* /solver: the line and the imager's options (the LAMDA file's text is the
  * scalar string dataset /solver/lamda). */
-static int write_solver(hid_t f, const job *j, double nu0) {
+static int write_solver(hid_t f, const job *j, double nu0, double mass) {
   char *text = NULL;
   size_t len = 0;
   int builtin = !strncmp(j->lamda, JOB_LAMDA_BUILTIN_PREFIX, strlen(JOB_LAMDA_BUILTIN_PREFIX));
@@ -178,7 +178,7 @@ static int write_solver(hid_t f, const job *j, double nu0) {
                                          ? "LTE, Pomme-equivalent (docs/physics.md), float32 path"
                                          : "LTE, Pomme-equivalent (docs/physics.md), float64") < 0 ||
        put_i64(gr, "transition", j->transition) < 0 || put_f64(gr, "nu0", nu0) < 0 ||
-       put_f64(gr, "mass", j->mass) < 0 || put_f64(gr, "vturb", j->vturb) < 0 ||
+       put_f64(gr, "mass", mass) < 0 || put_f64(gr, "vturb", j->vturb) < 0 ||
        put_f64(gr, "background", j->background) < 0 || put_i64(gr, "abs", j->take_abs) < 0 ||
        put_i64(gr, "corrected_taylor", j->corrected_taylor) < 0 ||
        h5_put_str_attr(gr, "channels", j->channel_mode == JOB_CH_COEMUNET ? "coemunet"
@@ -345,7 +345,7 @@ static int write_dataset_h5(const char *dir, const dataset_provenance *pv, const
     rc = ce_err("%s: cannot write the inputs attribute", tmp);
   if (rc == 0 && pv->geometry && write_geometry(f, j, pv->geometry) < 0)
     rc = ce_err("%s: cannot write /geometry", tmp);
-  if (rc == 0 && pv->geometry && write_solver(f, j, pv->nu0) < 0)
+  if (rc == 0 && pv->geometry && write_solver(f, j, pv->nu0, pv->mass) < 0)
     rc = ce_err_prefix("%s: cannot write /solver", tmp);
   errno = 0;
   if (H5Fclose(f) < 0 && rc == 0) rc = ce_err("%s: cannot close: %s", tmp, errno ? strerror(errno) : "HDF5 error");

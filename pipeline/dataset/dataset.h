@@ -68,6 +68,7 @@ typedef struct {
   const job *job;
   const double *frequencies; /* [nf] Hz */
   double nu0;                /* rest frequency of the line [Hz] */
+  double mass;               /* the molecular mass the solver used [u] (with geometry) */
   const char *producer;      /* what made the samples, e.g. "sampler+lte" */
   const char *mpi_version;   /* MPI_Get_library_version */
   int ranks;

@@ -578,7 +578,7 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
     if (!freq) frc = -1;
     if (frc == 0) {
       job_frequencies(&j, p.nu0, freq);
-      dataset_provenance pv = {&j, freq, p.nu0, p.name, mpiv, size,
+      dataset_provenance pv = {&j, freq, p.nu0, p.mass, p.name, mpiv, size,
                                p.has_geometry ? &p.geometry : NULL};
       frc = dataset_finish(out, &pv);
     }

@@ -27,6 +27,7 @@ typedef struct {
   sample_fn sample;
   void *ctx;
   double nu0;            /* the line's rest frequency [Hz] (-> /frequencies) */
+  double mass;           /* the molecular mass the solver used [u] (-> /solver mass) */
   const char *name;      /* recorded in the provenance */
   int has_geometry;      /* 1: geometry holds the sizes the samples were made with */
   dataset_geometry geometry; /* -> dataset.h5 /geometry (docs/dataset-format.md) */

@@ -561,6 +561,7 @@ int producer_open(const job *j, const char *out_dir, generate_producer *p) {
   if (c->dpi && !j->store_inputs) p->sample_images = produce_images;
   p->ctx = c;
   p->nu0 = c->line.nu0;
+  p->mass = c->line.mass_amu; /* solver.mass, or the LAMDA file's weight */
   p->name = j->coemunet_compat ? "coemunet-compat gridding + LTE solver"
             : c->lvg            ? "sampler + per-cell LVG populations + solver"
                                 : "sampler + LTE solver";

@@ -277,6 +277,11 @@ static int fill(const char *name, const yt_node *r, job *j) {
   j->background = schema_num(r, "solver.background");
   j->take_abs = schema_bool(r, "solver.abs");
   j->mass = schema_num(r, "solver.mass");
+  if (j->mass != 0 && j->mass < 0.5) {
+    const yt_node *m = schema_at(r, "solver.mass");
+    CE_FAIL("%s:%d:%d: solver.mass: %g u; expected 0 (the LAMDA file's molecular weight) or "
+            "0.5..1000", name, m ? m->line : 0, m ? m->col : 0, j->mass);
+  }
   j->corrected_taylor = schema_bool(r, "solver.corrected_taylor");
   j->solver_device = !strcmp(schema_str(r, "solver.device"), "cuda") ? LTE_BACKEND_CUDA : LTE_BACKEND_CPU;
   j->solver_precision =

@@ -11,6 +11,8 @@ import shutil
 import subprocess
 import sys
 
+import h5py
+
 COEMU = os.environ.get("COEMU", "build/pipeline/coemu")
 ROOT = os.environ.get("COEMU_SOURCE_ROOT", ".")
 LAMDA = os.path.join(ROOT, "tests", "data", "lamda")
@@ -85,6 +87,26 @@ def main(tmp):
     shutil.copy(os.path.join(AMRVAC, "agbwind3d_0000.dat"), os.path.join(d, "w.dat"))
     shutil.copy(os.path.join(AMRVAC, "agbwind3d_0000.units.yaml"), os.path.join(d, "w.units.yaml"))
     accepted("amrvac-3d", write(tmp, "amrvac-3d", inputs='amrvac: {glob: "m3d/*.dat"}'))
+
+    # the thermal width's molecular mass: by default the LAMDA file's weight
+    # (SiO 44.1, as the LVG populations use), not CO's 28; solver.mass
+    # overrides it; dataset.h5 records the mass used
+    sio = os.path.join(LAMDA, "sio-h2.dat")
+    for name, solver, want in (("sio-default", "", 44.1), ("sio-28", "solver: {mass: 28.0}\n", 28.0)):
+        path = write(tmp, name, lamda=sio, extra=", abundance: 1.0e-7")
+        open(path, "a").write(solver + "statistics: {compute: false}\n")
+        out = os.path.join(tmp, name + "-out")
+        r = run([COEMU, "generate", path, "--out", out, "--quiet"])
+        got = None
+        if r.returncode == 0:
+            with h5py.File(os.path.join(out, "dataset.h5"), "r") as h:
+                got = float(h["solver"].attrs["mass"])
+        check(got == want, f"{name}: /solver mass {got}, expected {want}: {r.stderr.strip()[-300:]}")
+    path = write(tmp, "mass-bad")
+    open(path, "a").write("solver: {mass: 0.3}\n")
+    r = run([COEMU, "generate", path, "--check"])
+    check(r.returncode == 1 and re.search(re.escape(path) + r":8:\d+: solver\.mass: 0\.3 u; expected 0", r.stderr),
+          f"solver.mass 0.3: {r.stderr.strip()[-300:]}")
 
 
 run_in_tmpdir("coemu-line-inputs-", main)
