@@ -47,8 +47,10 @@ int dataset_prepare(const char *dir, const job *j) {
     int same = len == j->text_len && !memcmp(old, j->text, len);
     free(old);
     if (!same)
-      CE_FAIL("%s: holds the dataset of a different job (its job.yaml differs from %s); "
-              "use another --out or remove it", dir, j->path);
+      CE_FAIL("%s: holds the dataset of a different job (its job.yaml differs from %s, byte "
+              "for byte: an edited comment counts); to resume that dataset, run its own job: "
+              "`coemu generate %s/job.yaml --out %s`; for this job, use another --out",
+              dir, j->path, dir, dir);
     return 0;
   }
   char tmp[4200];

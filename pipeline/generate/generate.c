@@ -116,11 +116,13 @@ static int check_only(const job *j) {
   if (j->input == JOB_INPUT_SYNTH)
     printf(" + %s of synthetic models", e.models_bytes > 0 ? models : "(not measured at this "
                                                                        "inputs.synth.levels)");
-  printf("\n  time: ~%s on one rank, divided by the ranks (64 ranks: ~%s), + /stats; cost "
-         "model: (%.0f + %.1f x channels) ns per cube voxel per sample (+ %.0f ns per "
-         "sub-sample with sampling.reconstruction linear), measured on 3-level "
-         "synthetic models (docs/jobs.md); deeper AMR trees and larger k cost more\n", one,
-         r64, JOB_COST_NS_VOXEL, JOB_COST_NS_VOXEL_CHANNEL, JOB_COST_NS_SUBSAMPLE_LINEAR);
+  printf("\n  time: ~%.0f ms a sample, ~%s on one rank, divided by the ranks (64 ranks: ~%s), + "
+         "/stats; cost model: (%.0f + %.1f x channels) ns per cube voxel per sample (+ %.0f ns "
+         "per sub-sample with sampling.reconstruction linear), measured on 3-level synthetic "
+         "models (docs/jobs.md); deeper AMR trees, larger k, model loads and synthetic models' "
+         "making cost more (scripts/scaling_model.py models them: docs/scaling.md)\n",
+         e.samples > 0 ? 1e3 * e.core_seconds / (double)e.samples : 0.0, one, r64,
+         JOB_COST_NS_VOXEL, JOB_COST_NS_VOXEL_CHANNEL, JOB_COST_NS_SUBSAMPLE_LINEAR);
   return check_resolution(j);
 }
 

@@ -186,6 +186,11 @@ def run_tests(tmp):
     open(other, 'w').write(JOB.replace('seed: 99', 'seed: 98'))
     r = mpi(1, [other, '--out', outs[1], '--quiet'])
     check(r.returncode != 0 and 'different job' in r.stderr, f'different job refused: {r.stderr}')
+    # the remedy the message names: the dataset's own job resumes it
+    mine = os.path.join(outs[1], 'job.yaml')
+    check(f'`coemu generate {mine} --out {outs[1]}`' in r.stderr, f'the remedy named: {r.stderr}')
+    r = mpi(1, [mine, '--out', outs[1], '--quiet'])
+    check(r.returncode == 0 and same(ref, arrays(outs[1])), f'its own job.yaml resumes it: {r.stderr}')
 
     # kills at random moments, then resume: same data
     rnd = random.Random(7)

@@ -135,8 +135,9 @@ def run_scripts(tmp):
     log = os.path.join(tmp, 'scontrol.log')
     # stand-ins: srun = mpiexec with 2 ranks; scontrol records what it is asked
     write_exe(os.path.join(bindir, 'srun'),
-              f'#!/bin/sh\nexec {shlex.quote(MPIEXEC)} --allow-run-as-root --oversubscribe '
-              f'-n 2 "$@"\n')
+              f'#!/bin/sh\nwhile [ $# -gt 0 ]; do case "$1" in --cpus-per-task=*) shift;; '
+              f'--*) echo "srun stand-in: unexpected option $1" >&2; exit 2;; *) break;; esac; '
+              f'done\nexec {shlex.quote(MPIEXEC)} --allow-run-as-root --oversubscribe -n 2 "$@"\n')
     write_exe(os.path.join(bindir, 'scontrol'), f'#!/bin/sh\necho "$@" >> {log}\n')
     # coemu with the analytic producer for generate (signals at known samples)
     write_exe(os.path.join(bindir, 'coemu-test'),
