@@ -29,6 +29,8 @@
 #include "rotate/model.h"
 #include "rotate/sampler.h"
 #include "rotate/synth.h"
+#include "solver/lamda.h"
+#include "solver/lte_line.h"
 
 static const char *g_cmd = "generate";
 static int g_rank = 0;
@@ -108,7 +110,23 @@ static int check_only(const job *j) {
   printf("  inputs: %s\n", j->input == JOB_INPUT_SYNTH
                                ? "synthetic (written to OUT/models when the job runs)"
                                : "every AMRVAC file's header and units sidecar read");
-  printf("  line: %s, transition %d (parsed)\n", j->lamda, j->transition);
+  { /* the line as the solver sees it (job_check_inputs read the file) */
+    lamda_molecule mol;
+    lte_line line;
+    if (job_lamda_read(j, &mol) < 0) return -1;
+    if (lte_line_init(&line, &mol, j->transition, j->mass) < 0) {
+      lamda_free(&mol);
+      return -1;
+    }
+    char label[160];
+    lamda_transition_label(&mol, j->transition, label, sizeof label);
+    printf("  line: %s: %s %s, %.7f GHz (LAMDA transition %d), molecular mass %g u%s, %s\n",
+           j->lamda, mol.name, label, line.nu0 * 1e-9, j->transition, line.mass_amu,
+           j->mass > 0 ? " (solver.mass)" : " (the file's)",
+           j->line_mode == JOB_LINE_LVG ? "non-LTE (line.mode lvg)" : "LTE");
+    lte_line_free(&line);
+    lamda_free(&mol);
+  }
   printf("  disk: %s per sample (%s), %s for the dataset%s", per,
          j->store_inputs ? (j->inputs_f64 ? "inputs float64" : "inputs float32")
                          : "images-only: output.store_inputs false, readers rebuild the inputs",

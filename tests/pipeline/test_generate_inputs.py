@@ -235,7 +235,7 @@ def test_check(tmp):
     j = job(tmp, 'chk')
     r = run(['generate', j, '--check'], tmp)
     check(r.returncode == 0 and ': ok: ' in r.stdout and '6 samples' in r.stdout and
-          'disk:' in r.stdout and 'time:' in r.stdout and 'transition 2 (parsed)' in r.stdout,
+          'disk:' in r.stdout and 'time:' in r.stdout and 'CO J=2-1, 230.5380000 GHz (LAMDA transition 2)' in r.stdout,
           f'--check estimates: {r.stdout} {r.stderr}')
     m = re.search(r'disk: ([0-9.]+) KiB per sample', r.stdout)
     # 3 x 16^3 + 7 x 16^2 float32 + 66 bytes of per-sample arrays = 55.06 KiB,
