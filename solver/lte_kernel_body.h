@@ -269,6 +269,40 @@ static inline LTE_HD double lte_body_formal(double D, double S0, double S1, doub
   return r;
 }
 
+/* A masing segment (docs/physics.md, "Masing segments"): the line opacity,
+ * and so a = a*dx, changes sign between its two cells (a population
+ * inversion on one side: non-LTE only; LTE cells have a >= 0). S = eta/chi
+ * diverges where chi crosses 0 inside it, so the term above (S linear in
+ * tau) means nothing there: it goes negative, by far more than the true
+ * intensity. The emissivity e = S a (eta times the cell's constants, >= 0,
+ * finite as chi -> 0) is linear along the segment instead, and the term is
+ * exp(-tau0) E w(D): E = int_0^1 (e0 (1-s) + e1 s) exp(-b(s)^2) ds, the
+ * segment's emission, by the optical depth's own exact formula with a -> e
+ * (clamped at >= 0: the general branch cancels), attenuated as if uniform in
+ * tau across the segment, w(D) = (1 - exp(-D))/D > 0 (amplified where D <
+ * 0). Never negative. Same sign at both ends, or a zero end: the term above,
+ * bits unchanged. Written as (a0 < 0 & a1 > 0) | (a0 > 0 & a1 < 0) rather
+ * than a0 a1 < 0 (which underflows), with & and | so that it also gives a
+ * vector kernel's lane mask. */
+#define LTE_SEG_MASING(a0, a1) ((((a0) < 0.0) & ((a1) > 0.0)) | (((a0) > 0.0) & ((a1) < 0.0)))
+
+/* w(D) = (1 - exp(-D))/D = -expm1(-D)/D; |D| < 1e-4: 1 - D/2 + D^2/6
+ * (truncation D^3/24 < 5e-14 relative) */
+static inline LTE_HD double lte_body_maser_w(double D) {
+  if (fabs(D) < 1.0e-4) return 1.0 - D * (0.5 - D * (1.0 / 6.0));
+  return -expm1(-D) / D;
+}
+
+/* a masing segment's term (LTE_SEG_MASING(a0, a1)): em0 = exp(-tau0) */
+static inline LTE_HD double lte_body_maser(double a0, double a1, double S0, double S1, double b0,
+                                           double b1, double eb0, double eb1, double er0,
+                                           double er1, double D, double em0) {
+  const double e0 = S0 * a0, e1 = S1 * a1;
+  double E = lte_body_dtau(e0, e1, b0, b1, eb0, eb1, er0, er1);
+  if (!(E > 0.0)) E = 0.0;
+  return (em0 * E) * lte_body_maser_w(D);
+}
+
 /* 2. one ray at one channel */
 /* The ray threads' common start: thread t is (ray, channel) =
  * lte_body_group(t, nf); its output pixel, frequency and background. 0 when
@@ -327,8 +361,13 @@ static inline LTE_HD void lte_body_ray_step(const lte_kernel_model *M, double nu
   s->tau = s->tau + D;
   double em1 = lte_body_expneg(s->tau);
   /* behind an opaque layer every term is exactly 0 */
-  if (!(s->em0 == 0.0 && em1 == 0.0))
-    s->acc[lane] = s->acc[lane] + lte_body_formal(D, s->S0, S1, s->em0, em1, M->corrected_taylor);
+  if (!(s->em0 == 0.0 && em1 == 0.0)) {
+    const double r = LTE_SEG_MASING(s->a0, a1)
+                         ? lte_body_maser(s->a0, a1, s->S0, S1, s->b0, b1, s->eb0, eb1, s->er0,
+                                          er1, D, s->em0)
+                         : lte_body_formal(D, s->S0, S1, s->em0, em1, M->corrected_taylor);
+    s->acc[lane] = s->acc[lane] + r;
+  }
   s->a0 = a1, s->S0 = S1, s->b0 = b1, s->eb0 = eb1, s->er0 = er1, s->em0 = em1;
 }
 
@@ -584,6 +623,18 @@ static inline LTE_HD float lte_f32_formal(float D, float S0, float S1, float em0
   return em0 * (S0 * w0 + S1 * w1);
 }
 
+/* a masing segment's term (LTE_SEG_MASING; lte_body_maser, in float32):
+ * em0 E w(D), E from lte_f32_dtau with a -> e = S a (>= 0: its weights
+ * are, so nothing cancels), w(D) = -expm1f(-D)/D, |D| < 1e-4: 1 - D/2 */
+static inline LTE_HD float lte_f32_maser(float a0, float a1, float S0, float S1, float b0, float b1,
+                                         float e0, float e1, float c0, float c1, float D,
+                                         float em0) {
+  float E = lte_f32_dtau(S0 * a0, S1 * a1, b0, b1, e0, e1, c0, c1);
+  if (!(E > 0.0f)) E = 0.0f;
+  const float w = fabsf(D) < 1.0e-4f ? 1.0f - 0.5f * D : -expm1f(-D) / D;
+  return (em0 * E) * w;
+}
+
 /* b of a cell at frequency nu, as float: the float64 expression xd of
  * lte_body_profile rounded once, within +-1e18 (a cell of T < ~1e-25 K
  * would overflow float32; there exp and erfc are 0 alike, and L^2 in
@@ -645,7 +696,10 @@ static inline LTE_HD void lte_f32_ray_step(const lte_kernel_model *M, double nu,
 #endif
   s->tau = s->tau + (double)D;
   const float em1 = lte_f32_expneg((float)s->tau);
-  if (s->em0 != 0.0f) /* behind an opaque layer every term is 0 */
+  if (s->em0 != 0.0f && LTE_SEG_MASING(s->a0, a1)) /* docs/physics.md, "Masing segments" */
+    s->sum = s->sum + (double)lte_f32_maser(s->a0, a1, s->S0, S1, s->b0, b1, s->e0, e1, s->c0, c1,
+                                            D, s->em0);
+  else if (s->em0 != 0.0f) /* behind an opaque layer every term is 0 */
 #ifdef LTE_BODY_F32_NAIVE
     s->sum = s->sum + (double)lte_f32_naive_formal(D, s->S0, S1, s->em0, em1, M->corrected_taylor);
 #else

@@ -310,9 +310,12 @@ static void segments(workspace *w, int nz, const double *bf, const double *ebf, 
   }
 }
 
-/* Formal solution of one ray at one frequency, S linear in tau. */
+/* Formal solution of one ray at one frequency, S linear in tau; masing
+ * segments (the sign of a*dx changes: lte_kernel_body.h, LTE_SEG_MASING)
+ * by lte_body_maser, lane by lane, from the cells' b, exp(-b^2), erf(b). */
 static double formal(const lte_kernel_model *M, workspace *w, int nz, const double *dtau,
-                     const double *tau, double *em, double bdy) {
+                     const double *tau, double *em, const double *bf, const double *ebf,
+                     const double *erf_, int masing, double bdy) {
   const int nzp = w->nzp, nseg = nz - 1;
   for (int z = 0; z < nzp; z += W) {
     v8d t = ld(tau + z);
@@ -342,6 +345,16 @@ static double formal(const lte_kernel_model *M, workspace *w, int nz, const doub
       LTE_SEG_FORMAL(v8d, D, S0, S1, em0, em1, corrected, rr, taylor);
       r = blend(tm, taylor, rr);
     }
+    /* masing segments (a ray that has one: masing_ray): a mask test, the lanes alone */
+    const unsigned mas =
+        masing ? lanes((v8l)LTE_SEG_MASING(ld(w->adx + k), ld(w->adx + k + 1))) : 0;
+    if (mas)
+      for (int i = 0; i < W; i++)
+        if ((mas >> i & 1) && k + i < nseg) {
+          const int j = k + i;
+          r[i] = lte_body_maser(w->adx[j], w->adx[j + 1], w->S[j], w->S[j + 1], bf[j], bf[j + 1],
+                                ebf[j], ebf[j + 1], erf_[j], erf_[j + 1], dtau[j], em[j]);
+        }
     if (k + W > nseg) { /* lanes past the last segment */
       v8l live;
       for (int i = 0; i < W; i++) live[i] = k + i < nseg ? -1 : 0;
@@ -355,12 +368,22 @@ static double formal(const lte_kernel_model *M, workspace *w, int nz, const doub
   return M->take_abs ? fabs(I) : I;
 }
 
+/* whether the ray (after cells()) has a masing segment (LTE_SEG_MASING):
+ * never in LTE (a >= 0), so LTE rays skip the test */
+static int masing_ray(const workspace *w, int nz) {
+  if (!w->pl) return 0;
+  int m = 0;
+  for (int k = 0; k + 1 < nz; k++) m |= LTE_SEG_MASING(w->adx[k], w->adx[k + 1]);
+  return m;
+}
+
 /* Up to W frequencies of one ray. The running sums tau (a recurrence along
  * z) of the W frequencies advance together, so their additions overlap. */
 static void ray_block(const lte_kernel_model *M, workspace *w, int nz, const double *nu, int nb,
                       const double *bdy, double *out) {
   const size_t len = (size_t)w->nzp + W;
   const int nseg = nz - 1;
+  const int masing = masing_ray(w, nz);
   profiles(M, w, nu, nb);
   for (int f = 0; f < nb; f++)
     segments(w, nz, w->b + f * len, w->eb + f * len, w->er + f * len, w->dtau + f * len);
@@ -374,7 +397,8 @@ static void ray_block(const lte_kernel_model *M, workspace *w, int nz, const dou
   for (int f = 0; f < nb; f++) {
     double *tau = w->tau + f * len;
     for (int z = nz; z < w->nzp; z++) tau[z] = tau[nz - 1];
-    out[f] = formal(M, w, nz, w->dtau + f * len, tau, w->em + f * len, bdy[f]);
+    out[f] = formal(M, w, nz, w->dtau + f * len, tau, w->em + f * len, w->b + f * len,
+                    w->eb + f * len, w->er + f * len, masing, bdy[f]);
   }
 }
 
@@ -555,6 +579,7 @@ static void f32_ray_block(const lte_kernel_model *M, const workspace *w, f32_wor
 #define F32_EXPNEG(x) vexpnegf16((x), libm)
 #define F32_EXPM1(x) vexpm1f16((x), libm)
   for (int z = 0; z < nz; z++) g->a[z] = (float)w->adx[z], g->S[z] = (float)w->S[z];
+  const int masing = masing_ray(w, nz);
   for (int f = 0; f < nb; f++) {
     float *b = g->b + f * n, *e = g->e + f * n, *c = g->c + f * n, *D = g->D + f * n;
     /* lte_f32_b on 8 cells at a time (w's arrays hold nzp >= nz cells) */
@@ -624,6 +649,17 @@ static void f32_ray_block(const lte_kernel_model *M, const workspace *w, f32_wor
       if (any16(tay)) {
         LTE_F32_FORMAL_TAYLOR(v16f, d, S0, S1, em0, em1, corrected, ty);
         r = self16(tay, ty, r);
+      }
+      /* masing segments (non-LTE only): a mask test, the lanes alone */
+      const v16i mas = masing ? LTE_SEG_MASING(ldf(g->a + k), ldf(g->a + k + 1)) : (v16i){0};
+      if (masing && any16(mas)) {
+        const float *b = g->b + f * n, *e = g->e + f * n, *c = g->c + f * n;
+        for (int i = 0; i < W16 && k + i < nseg; i++)
+          if (mas[i]) {
+            const int j = k + i;
+            r[i] = lte_f32_maser(g->a[j], g->a[j + 1], g->S[j], g->S[j + 1], b[j], b[j + 1], e[j],
+                                 e[j + 1], c[j], c[j + 1], D[j], em[j]);
+          }
       }
       stf(term + k, r);
     }

@@ -85,6 +85,10 @@ def end_to_end(tmp):
         check(np.array_equal(a[k], b[k]), f"lvg, 1 vs 2 ranks: /{k} identical")
     t = a["targets"]
     check(t.shape == (4, 7, 16, 16) and np.all(np.isfinite(t)) and t.max() > 0, "lvg targets finite, > 0")
+    # I = int eta exp(-tau) ds >= 0 with no background, masers included (CO J=2-1 inverts in some
+    # cells: chi changes sign within a segment there; docs/physics.md, "Masing segments")
+    check(t.min() >= 0, f"lvg targets >= 0: {int((t < 0).sum())} of {t.size} below 0, down to {t.min():.3g} "
+          f"(max {t.max():.3g})")
     d = os.path.join(tmp, "lvg1")
     with h5py.File(os.path.join(d, "dataset.h5"), "r") as f:
         pv = f["provenance"].attrs
