@@ -230,8 +230,14 @@ int fs_lock_dir(const char *dir, const char *what) {
               "mount with -o flock, docs/scaling.md)", p, strerror(e));
     CE_FAIL("%s: cannot lock: %s", p, strerror(e));
   }
+  /* the host too: on a file system shared by the nodes of a cluster, a pid
+   * alone does not say which process holds the lock */
+  char host[128] = "";
+  if (gethostname(host, sizeof host - 1) != 0 || !host[0]) snprintf(host, sizeof host, "?");
+  host[sizeof host - 1] = 0;
   char line[256];
-  int len = snprintf(line, sizeof line, "pid %ld: coemu %s\n", (long)getpid(), what);
+  int len = snprintf(line, sizeof line, "pid %ld on %s: coemu %s\n", (long)getpid(), host, what);
+  if (len >= (int)sizeof line) len = (int)sizeof line - 1;
   if (ftruncate(fd, 0) != 0 || pwrite(fd, line, (size_t)len, 0) != len) {
     /* the lock holds anyway; only the holder's name for others is lost */
   }

@@ -201,8 +201,9 @@ static void test_lock_dir(void) {
   char msg[512] = "";
   CHECK(read(pipefd[0], msg, sizeof msg) > 0);
   waitpid(child, NULL, 0);
-  char want[64];
-  snprintf(want, sizeof want, "(pid %ld: coemu generate)", (long)getpid());
+  char want[256], host[128] = "";
+  CHECK(gethostname(host, sizeof host - 1) == 0);
+  snprintf(want, sizeof want, "(pid %ld on %s: coemu generate)", (long)getpid(), host);
   CHECK(strstr(msg, "in use by another coemu") != NULL && strstr(msg, want) != NULL);
   fs_unlock_dir(dir);
   child = fork();
