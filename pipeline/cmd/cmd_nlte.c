@@ -10,6 +10,7 @@
 #include "common/error.h"
 #include "common/fsutil.h"
 #include "pipeline/cmd/commands.h"
+#include "pipeline/job/job.h"
 #include "solver/lamda.h"
 #include "solver/nlte.h"
 
@@ -188,7 +189,8 @@ int cmd_nlte(int argc, char **argv) {
       CMD, "MOLECULE.dat [options]",
       "One-zone non-LTE statistical equilibrium with escape probabilities (RADEX's\n"
       "problem; docs/nlte.md). Prints, per line, what RADEX prints; with --grid\n"
-      "solves many models (OpenMP threads) and writes them to --out as CSV.",
+      "solves many models (OpenMP threads) and writes them to --out as CSV.\n"
+      "MOLECULE.dat: a LAMDA file, or builtin:co.dat (LAMDA's CO file, built in).",
       opts, 1, 1};
   int npos;
   char **pos;
@@ -217,7 +219,7 @@ int cmd_nlte(int argc, char **argv) {
   nlte_options o = {tol, (int)max_iter};
 
   lamda_molecule mol;
-  if (lamda_read(molfile, &mol) < 0) return cli_fail(CMD);
+  if (job_lamda_read_file(molfile, &mol) < 0) return cli_fail(CMD);
   nlte_model M;
   if (nlte_model_init(&M, &mol) < 0) {
     lamda_free(&mol);

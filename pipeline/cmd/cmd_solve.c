@@ -17,6 +17,7 @@
 #include "common/npy.h"
 #include "common/version.h"
 #include "pipeline/cmd/commands.h"
+#include "pipeline/job/job.h"
 #include "pipeline/dataset/cube_file.h"
 #include "pipeline/dataset/h5util.h"
 #include "solver/cubes.h"
@@ -223,7 +224,7 @@ int cmd_solve(int argc, char **argv) {
       {"example", CLI_FLAG, &dummy_example, "[N]",
        "built-in AGB wind with a spiral shell, N^3 cells (default 64)", 0, 0},
       {"dx", CLI_DOUBLE, &dx, "M", "cell spacing along z [m] (required for .npy files; --in: the file's attribute dx by default; example: 2*1.5e13/N)", 0, 0},
-      {"lamda", CLI_STR, &lamda, "FILE", "LAMDA file (default for --example: " "the co.dat named by $COEMU_LAMDA_CO or the build)", 0, 0},
+      {"lamda", CLI_STR, &lamda, "FILE", "LAMDA file, or builtin:co.dat (LAMDA's CO file, built in; default for --example: the co.dat named by $COEMU_LAMDA_CO or the build)", 0, 0},
       {"transition", CLI_INT, &transition, "K", "LAMDA transition number (default 2: CO J=2-1)", 0, 0},
       {"upper", CLI_INT, &upper, "U", "select the transition by its upper level ...", 0, 0},
       {"lower", CLI_INT, &lower, "L", "... and lower level (1-based, as in the file)", 0, 0},
@@ -339,7 +340,7 @@ int cmd_solve(int argc, char **argv) {
       snprintf(input_desc, sizeof input_desc, "v_z=%s T=%s n=%s", vz, Tp, np);
     }
   }
-  if (lamda_read(lamda, &mol) < 0) goto fail;
+  if (job_lamda_read_file(lamda, &mol) < 0) goto fail;
   if (upper) {
     int t = lamda_find_transition(&mol, (int)upper, (int)lower);
     if (t < 0) {

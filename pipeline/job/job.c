@@ -470,12 +470,14 @@ static void key_at(const job *j, int line, int col, const char *key, char *out, 
   else snprintf(out, len, "%s: %s (default)", j->path, key);
 }
 
+int job_lamda_read_file(const char *file, lamda_molecule *m) {
+  if (!strcmp(file, JOB_LAMDA_BUILTIN_PREFIX "co.dat"))
+    return lamda_parse(file, job_lamda_co_text, strlen(job_lamda_co_text), m);
+  return lamda_read(file, m);
+}
+
 int job_lamda_read(const job *j, lamda_molecule *m) {
-  int rc;
-  if (!strcmp(j->lamda, JOB_LAMDA_BUILTIN_PREFIX "co.dat"))
-    rc = lamda_parse(j->lamda, job_lamda_co_text, strlen(job_lamda_co_text), m);
-  else
-    rc = lamda_read(j->lamda, m);
+  int rc = job_lamda_read_file(j->lamda, m);
   if (rc < 0) {
     char at[1200];
     key_at(j, j->lamda_line, j->lamda_col, "line.lamda", at, sizeof at);

@@ -188,6 +188,10 @@ extern const char job_lamda_co_text[];
  * the job file, the line and column of line.lamda, and the LAMDA problem. */
 int job_lamda_read(const job *j, lamda_molecule *m);
 
+/* A LAMDA file by name, `builtin:co.dat` included (what line.lamda
+ * accepts; coemu solve --lamda and coemu nlte take the same names). */
+int job_lamda_read_file(const char *file, lamda_molecule *m);
+
 /* line.mode lvg's needs of the LAMDA file: collision rates with H2 (H2, pH2
  * or oH2), and line.abundance for a molecule other than CO; -1 with a
  * message at line.lamda's FILE:LINE:COL otherwise (0 for line.mode lte).

@@ -38,6 +38,9 @@ check(sum(1 for ln in out.splitlines() if " -- " in ln) == 40, "40 lines")
 # --n-h2 alone on a file with o/p-H2: RADEX's thermal ortho/para split
 rc, out, err = run(CO, "--t-kin", 50, "--n-h2", 1e4, "--column", 1e15, "--t-bg", 2.73)
 check(rc == 0 and "Density of pH2" in out and "Density of oH2" in out, f"thermal o/p: {err}")
+# builtin:co.dat, as jobs name it: the same file, the same output
+rc2, out2, err2 = run("builtin:co.dat", "--t-kin", 50, "--n-h2", 1e4, "--column", 1e15, "--t-bg", 2.73)
+check(rc2 == 0 and out2 == out, f"builtin:co.dat as the file: {rc2} {err2}")
 
 # A grid: same bytes with 1 and 2 threads.
 grid = os.path.join(tmp, "grid.csv")

@@ -82,6 +82,9 @@ with tempfile.TemporaryDirectory() as d:
     check(a[..., 0].mean() > 2 * a[..., 6].mean(), "receding ramp: low-frequency channels brighter")
     rc, err = solve(*npy64, *base, "--out", j("b.npy"))
     check(rc == 0 and np.array_equal(np.load(j("b.npy")), a), "float64 inputs give the same image")
+    rc, err = solve(*npy32, "--dx", "1e11", "--lamda", "builtin:co.dat", "--channels", "coemunet",
+                    "--out", j("bi.npy"))
+    check(rc == 0 and np.array_equal(np.load(j("bi.npy")), a), f"--lamda builtin:co.dat: {err}")
     rc, err = solve("--in", j("cube.h5"), *base, "--out", j("c.h5"), "--upper", 3, "--lower", 2, "--threads", 1)
     check(rc == 0, f"HDF5 run: {err}")
     with h5py.File(j("c.h5")) as f:
