@@ -33,6 +33,9 @@ int freqgrid_velocity(double nu0, double v0, double dv, int count, int keep_lo, 
                       double *out, int *nout) {
   if (count < 1) CE_FAIL("velocity channels: count = %d, expected >= 1", count);
   if (!isfinite(v0) || !isfinite(dv)) CE_FAIL("velocity channels: V0 and DV must be finite");
+  if (dv == 0 && count > 1)
+    CE_FAIL("velocity channels: DV = 0 with COUNT = %d gives %d channels of the same velocity; "
+            "expected DV != 0 (or COUNT 1)", count, count);
   if (keep_lo < 0 && keep_hi < 0) {
     keep_lo = 0;
     keep_hi = count - 1;
@@ -65,6 +68,14 @@ static int parse_list(const char *spec, const char *s, double **out, int *nout) 
       free(f);
       return -1;
     }
+    for (int g = 0; g < k; g++)
+      if (f[g] == f[k]) {
+        ce_err("--channels '%s': frequencies %d and %d are both %.17g Hz (two channels of the same "
+               "image)", spec, g + 1, k + 1, f[k]);
+        free(copy);
+        free(f);
+        return -1;
+      }
     k++;
   }
   free(copy);

@@ -239,6 +239,18 @@ static int fill(const char *name, const yt_node *r, job *j) {
   j->transition_line = tpos->line, j->transition_col = tpos->col;
   const char *mode = schema_str(r, "line.channels.mode");
   const yt_node *ch = schema_at(r, "line.channels");
+  { /* a key of another mode would be ignored without a word: an error (the
+     * defaults the schema fills in have no position) */
+    static const char *keys[] = {"count", "vmin", "vmax", "velocities"};
+    static const char *mode_of[] = {"grid", "grid", "grid", "list"};
+    for (int k = 0; k < 4; k++) {
+      const yt_node *v = yt_get(ch, keys[k]);
+      if (v && v->line > 0 && strcmp(mode, mode_of[k]))
+        CE_FAIL("%s:%d:%d: line.channels.%s: goes with mode %s, and the mode is %s%s (it would "
+                "be ignored)", name, v->line, v->col, keys[k], mode_of[k], mode,
+                !strcmp(mode, "coemunet") ? " (the paper's 7 channels, -900..900 m/s)" : "");
+    }
+  }
   if (!strcmp(mode, "coemunet")) {
     j->channel_mode = JOB_CH_COEMUNET;
     j->nf = 7;
@@ -256,7 +268,14 @@ static int fill(const char *name, const yt_node *r, job *j) {
   if (!j->velocities) return -1;
   if (j->channel_mode == JOB_CH_LIST) {
     const yt_node *vl = yt_get(ch, "velocities");
-    for (int f = 0; f < j->nf; f++) schema_as_num(vl->items[f], &j->velocities[f]);
+    for (int f = 0; f < j->nf; f++) {
+      schema_as_num(vl->items[f], &j->velocities[f]);
+      for (int g = 0; g < f; g++)
+        if (j->velocities[g] == j->velocities[f])
+          CE_FAIL("%s:%d:%d: line.channels.velocities: entries %d and %d are both %g m/s (two "
+                  "channels of the same image)", name, vl->items[f]->line, vl->items[f]->col, g,
+                  f, j->velocities[f]);
+    }
   } else if (j->channel_mode == JOB_CH_GRID) {
     double a = schema_num(r, "line.channels.vmin"), b = schema_num(r, "line.channels.vmax");
     if (j->nf > 1 && !(b > a))

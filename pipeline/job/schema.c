@@ -151,6 +151,17 @@ static void got(const yt_node *v, char *buf, size_t len) {
   else snprintf(buf, len, "got '%.40s'", v->text);
 }
 
+/* A default filled in: no position (line 0), so that a key the job did not
+ * give is told from one it did (its clone kept the schema's position, which
+ * would read as a place in the job file). */
+static void unplace(yt_node *n) {
+  n->line = n->col = 0;
+  for (size_t i = 0; i < n->n; i++) {
+    if (n->kind == YT_MAP) n->key_line[i] = n->key_col[i] = 0;
+    unplace(n->items[i]);
+  }
+}
+
 static int validate(const vctx *c, yt_node *v, const yt_node *schema, const char *path);
 
 static int validate_scalar(const vctx *c, const yt_node *v, const yt_node *schema,
@@ -236,6 +247,7 @@ static int validate_map(const vctx *c, yt_node *v, const yt_node *schema, const 
     yt_node *add = NULL;
     if (def) {
       add = yt_clone(def);
+      if (add) unplace(add);
     } else if (!strcmp(sfield(ks, "type"), "map")) {
       int has_required = 0;
       const yt_node *kk = yt_get(ks, "keys");

@@ -177,6 +177,21 @@ static void test_channels(void) {
                  "statistics: {compute: false}\n", &j));
   CHECK(j.nf == 300);
   job_free(&j);
+  /* a key of another mode is an error at its position, not ignored; the
+   * defaults the schema fills in have no position and are never one */
+  CHECK_ERR(parse("inputs: {synth: {count: 2}}\nline: {lamda: a, channels: {mode: coemunet, count: 15}}\n", &j),
+            "t.yaml:2:52: line.channels.count: goes with mode grid, and the mode is coemunet");
+  CHECK_ERR(parse("inputs: {synth: {count: 2}}\nline: {lamda: a, channels: {mode: list, velocities: [1], vmax: 3}}\n", &j),
+            "t.yaml:2:64: line.channels.vmax: goes with mode grid, and the mode is list");
+  CHECK_ERR(parse("inputs: {synth: {count: 2}}\nline: {lamda: a, channels: {mode: grid, velocities: [1]}}\n", &j),
+            "line.channels.velocities: goes with mode list, and the mode is grid");
+  CHECK_ERR(parse("inputs: {synth: {count: 2}}\nline: {lamda: a, channels: {mode: list, velocities: [5, -5, 5]}}\n", &j),
+            "line.channels.velocities: entries 0 and 2 are both 5 m/s");
+  /* a default's position is none: the schema's own line would read as one
+   * in the job file */
+  CHECK_OK(parse("inputs: {synth: {count: 2}}\nline: {lamda: a}\n", &j));
+  CHECK(j.transition_line == 0);
+  job_free(&j);
 }
 
 /* Every channel mode: the channel velocities and the frequencies job_frequencies

@@ -180,6 +180,11 @@ with tempfile.TemporaryDirectory() as d:
     expect_error([*npy32, *base, "--out", j("x.txt")], "expected a name ending in .npy or .h5", code=2)
     expect_error(["--example", "--lamda", j("nope.dat"), "--out", j("x.npy")], "nope.dat: cannot open")
     expect_error([*npy32, *base, "--channels", "1:2", "--out", j("x.npy")], "--channels '1:2'")
+    # channels that repeat one image: a zero velocity step, a repeated frequency
+    expect_error([*npy32, *base, "--channels", "0:0:7", "--out", j("x.npy")],
+                 "DV = 0 with COUNT = 7 gives 7 channels of the same velocity")
+    expect_error([*npy32, *base, "--channels", "list:2.3e11,2.4e11,2.3e11", "--out", j("x.npy")],
+                 "frequencies 1 and 3 are both 230000000000 Hz")
     # --device: a name that is no device is a usage error; cuda on a host without
     # a device (or a coemu without CUDA) is a clear run-time error and no output
     expect_error(["--example", "8", "--device", "gpu", "--out", j("x.npy")], "--device",
