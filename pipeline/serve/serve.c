@@ -710,10 +710,14 @@ int serve_chunk(void *ctx, const stream_consumer *c, uint32_t epoch, uint64_t po
     CE_FAIL("the consumer asks for order %s, the producer serves order %s (coemu serve --order %s)",
             order_mode_name((int)want - 1), order_mode_name(s->plan.mode),
             order_mode_name((int)want - 1));
-  if (norm && !s->have_norm)
+  if (norm && !s->have_norm) {
+    if (s->o.external)
+      CE_FAIL("%s: no normalisation: coemu serve --generate was started without one (give it "
+              "--pilot N or --stats PILOT, docs/onthefly.md)", s->o.external->name);
     CE_FAIL("%s has no /stats group: %s", s->h5path,
             s->o.live ? "normalised data are not available while the dataset is being made"
                       : "run `coemu stats` on it before asking for normalised data");
+  }
   if (position >= s->per_rank) return 0;
   if (position % (uint64_t)s->o.batch)
     CE_FAIL("position %llu is not a multiple of the batch (%d)", (unsigned long long)position,

@@ -10,6 +10,7 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -187,6 +188,24 @@ static shm_seg *shm_make(size_t slot_bytes, uint32_t nslots) {
   return g;
 }
 
+/* ZeroMQ binds an ipc:// path that another process listens on by unlinking
+ * it and taking it over, without an error: the first server runs on,
+ * unreachable by new consumers, and removes the path when it stops, which
+ * leaves the second unreachable too. 1 when a process accepts connections
+ * on the path of an ipc:// endpoint (a stale socket file, or none, is 0). */
+static int ipc_path_in_use(const char *endpoint) {
+  if (strncmp(endpoint, "ipc://", 6) != 0 || endpoint[6] == '@') return 0; /* abstract: bind fails */
+  struct sockaddr_un a = {.sun_family = AF_UNIX};
+  const char *path = endpoint + 6;
+  if (!*path || strlen(path) >= sizeof a.sun_path) return 0;
+  memcpy(a.sun_path, path, strlen(path) + 1);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return 0;
+  int r = connect(fd, (struct sockaddr *)&a, sizeof a);
+  close(fd);
+  return r == 0;
+}
+
 int stream_server_create(const stream_server_opts *o, stream_source_fn source, void *ctx,
                          stream_server **out) {
   stream_server *s = calloc(1, sizeof *s);
@@ -235,6 +254,11 @@ int stream_server_create(const stream_server_opts *o, stream_source_fn source, v
                              s->o.curve_refused_ctx, &s->sec) < 0) {
     stream_server_destroy(s);
     return -1;
+  }
+  if (ipc_path_in_use(o->endpoint)) {
+    stream_server_destroy(s);
+    CE_FAIL("stream server: cannot bind %s: Address already in use (another process, e.g. a "
+            "coemu serve still running, listens there)", o->endpoint);
   }
   if (zmq_bind(s->sock, o->endpoint) != 0) {
     int e = errno;

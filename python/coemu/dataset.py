@@ -10,7 +10,9 @@ The split's samples are those whose /split is the split's code (train 0,
 validation 1, test 2; "all": every sample) and whose /valid is 1 where that
 dataset exists, in ascending order: the same list `coemu serve --split` and
 `coemu eval` use. Every sample read is checked against its /checksums row
-(HDF5 reads a missing shard as zeros; check=False skips it). The HDF5 file
+(HDF5 reads a missing shard as zeros; check=False skips it), and a shard
+missing or shorter than manifest.json says is refused when the dataset is
+made, naming it (its /valid would read 0: a shorter split). The HDF5 file
 is opened lazily in each process (DataLoader workers included), never
 shared across a fork.
 """
@@ -35,6 +37,39 @@ def _h5path(path):
     return os.path.join(path, "dataset.h5") if os.path.isdir(path) else path
 
 
+def _check_shards(h5path, f):
+    """Refuse a dataset with a shard missing or shorter than its manifest
+    says, naming it and its samples, as coemu's own readers do
+    (docs/dataset-format.md, "Faults"): HDF5 reads a missing shard as zeros,
+    so its /valid would read 0 and its samples would silently leave the
+    split. The shards come from manifest.json beside dataset.h5 (a stat
+    each), else from the virtual datasets' source files."""
+    base = os.path.dirname(os.path.abspath(h5path))
+    man = os.path.join(base, "manifest.json")
+    shards = []
+    if os.path.isfile(man):
+        import json
+        with open(man, encoding="utf-8") as m:
+            for s in json.load(m).get("shards", []):
+                shards.append((s["file"], int(s["first"]), int(s["count"]), s.get("bytes")))
+    elif "targets" in f and f["targets"].is_virtual:
+        names = sorted({v.file_name for v in f["targets"].virtual_sources()} - {"."})
+        shards = [(n, None, None, None) for n in names]
+    for name, first, count, size in shards:
+        path = name if os.path.isabs(name) else os.path.join(base, name)
+        what = f"shard {path}" + (f" (samples {first}..{first + count - 1})" if count else "")
+        try:
+            got = os.stat(path).st_size
+        except OSError as e:
+            raise ValueError(f"{h5path}: {what}: missing or unreadable ({e.strerror}); the "
+                             f"dataset is damaged (coemu verify tells more; rerunning the same "
+                             f"generate job remakes the shard)") from None
+        if size is not None and got < int(size):
+            raise ValueError(f"{h5path}: {what}: {got} bytes, the manifest says {size}: "
+                             f"truncated; the dataset is damaged (coemu verify tells more; "
+                             f"rerunning the same generate job remakes the shard)")
+
+
 class H5Dataset(_Base):
     """Samples of one split of DATASET_DIR/dataset.h5 (or a dataset.h5 path).
     Items are (inputs (3, n, n, n), targets (F, n, n)) float32, plus the
@@ -55,6 +90,7 @@ class H5Dataset(_Base):
                 if name not in f:
                     raise ValueError(f"{self.path}: no /{name} dataset (is it a coemu dataset "
                                      f"stored with inputs?)")
+            _check_shards(self.path, f)
             n = f["targets"].shape[0]
             keep = np.ones(n, bool)
             if SPLITS[split] is not None:

@@ -496,6 +496,15 @@ class StreamClient:
         ProtocolError instead of taking frames; "socket": always frames."""
         if transport not in TRANSPORTS:
             raise ValueError(f"transport {transport!r}: expected one of {TRANSPORTS}")
+        # the producer drops a HELLO outside these ranges without a word
+        # (docs/stream-protocol.md, "Range checks"): say so here, not by silence
+        if not 1 <= int(world) <= 65535:
+            raise ValueError(f"world {world}: expected 1..65535 consumer ranks (the server's "
+                             f"--ranks; server_info(endpoint)['world'])")
+        if not 0 <= int(rank) < int(world):
+            raise ValueError(f"rank {rank}: expected 0..{int(world) - 1} (world {world})")
+        if int(credit) < 1:
+            raise ValueError(f"credit {credit}: expected at least 1")
         self.endpoint, self.rank, self.world = endpoint, rank, world
         self.epoch, self.position, self.credit = epoch, position, credit
         self.transport = transport

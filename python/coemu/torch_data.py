@@ -102,8 +102,16 @@ class StreamDataset(IterableDataset):
         if self.info.get("normalisation") is not None:
             self.norm = Normalisation.from_info(self.info)
         elif normalised and "normalisation" in self.info:
+            if self.info.get("source") == "generate":
+                how = ("`coemu serve --generate` was started without a normalisation: give it "
+                       "--pilot N or --stats PILOT (docs/onthefly.md)")
+            elif self.info.get("live"):
+                how = ("a live server (a dataset still being made) serves raw data only: "
+                       "normalise with the finished dataset's /stats (docs/stream-protocol.md)")
+            else:
+                how = "run `coemu stats` on it"
             raise RuntimeError(f"{endpoint}: normalised data asked for, but the server's dataset "
-                               f"has no /stats (run `coemu stats` on it)")
+                               f"has no /stats ({how})")
         server_timeout = float(self.info.get("timeout_s") or 10.0)
         self.heartbeat_s = min(1.0, float(self.info.get("heartbeat_s") or 1.0))
         self.timeout_s = float(timeout_s) if timeout_s else max(10.0, server_timeout)

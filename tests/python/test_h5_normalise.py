@@ -5,6 +5,7 @@
   items equal h5py reads (also through a DataLoader with 2 workers, and
   normalised = coemu.normalise of the h5py rows);
 - a sample whose shard was altered is refused (its /checksums row), naming it;
+  a missing or truncated shard is refused when the dataset is made, naming it;
 - Normalisation.from_h5 equals the /stats attributes; from_info (the
   stream's INFO) equals from_h5;
 - round trip: denormalise(normalise(x)) = x within the bound that float32
@@ -173,5 +174,29 @@ with tempfile.TemporaryDirectory() as tmp:
         check(f"sample {changed[0]}" in str(e) and "checksum" in str(e), f"message: {e}")
     check(np.array_equal(dam[(k + 1) % len(dam)][1], Y[dam.indices[(k + 1) % len(dam)]]),
           "the others still read")
+
+    # ---- a missing or truncated shard is refused when the dataset is made,
+    # naming it: HDF5 reads its /valid as 0, which dropped its samples from
+    # the split without a word (a shorter split) ----
+    shards = sorted(os.listdir(os.path.join(d2, "shards")))
+    d3 = os.path.join(tmp, "missing")
+    shutil.copytree(d, d3)
+    os.remove(os.path.join(d3, "shards", shards[1]))
+    for split in ("all", "train"):
+        try:
+            n = len(H5Dataset(d3, split=split, as_numpy=True))
+            check(False, f"a missing shard is refused (split {split}: {n} samples of {len(Y)})")
+        except Exception as e:  # noqa: BLE001
+            check(isinstance(e, ValueError) and shards[1] in str(e) and "missing" in str(e) and "samples 16..31" in str(e),
+                  f"missing shard, split {split}: {e}")
+    d4 = os.path.join(tmp, "truncated")
+    shutil.copytree(d, d4)
+    with open(os.path.join(d4, "shards", shards[2]), "r+b") as f:
+        f.truncate(4096)
+    try:
+        H5Dataset(os.path.join(d4, "dataset.h5"), split="all", as_numpy=True)
+        check(False, "a truncated shard is refused")
+    except Exception as e:  # noqa: BLE001 - before: h5py's OSError, naming no shard
+        check(isinstance(e, ValueError) and shards[2] in str(e) and "truncated" in str(e), f"truncated shard: {e}")
 
 report()

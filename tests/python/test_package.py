@@ -59,6 +59,19 @@ for n in (0, 1, 3, 4, 7, 8, 31, 32, 33, 100, 4099):
           f"XXH64 ({stream.XXH64_BACKEND}) of {n} bytes in two frames")
 check(stream.xxh64_small(b"") == 0xEF46DB3751D8E999, "XXH64 of nothing (the published value)")
 
+# a HELLO the producer would drop without a word (docs/stream-protocol.md,
+# "Range checks": rank < world <= 65535, credit >= 1) is refused at once,
+# naming the value, instead of a ProducerSilent after the timeout
+for kw, word in (({"rank": 7, "world": 2}, "rank 7"), ({"rank": 0, "world": 0}, "world 0"),
+                 ({"rank": 0, "world": 70000}, "world 70000"), ({"rank": -1, "world": 1}, "rank -1"),
+                 ({"credit": 0}, "credit 0")):
+    try:
+        c = stream.StreamClient("ipc:///nonexistent/coemu-test.sock", timeout_s=1, **kw)
+        c.close()
+        check(False, f"StreamClient({kw}) refused")
+    except Exception as e:  # noqa: BLE001 - before: struct.error, or silence
+        check(isinstance(e, ValueError) and word in str(e), f"StreamClient({kw}): {e!r}")
+
 # protocol 2's row check: every row against its row checksum, in place
 rows_in = rng.standard_normal((3, 5, 4)).astype("<f4")
 rows_out = rng.standard_normal((3, 6)).astype("<f4")

@@ -10,7 +10,8 @@
   under torch.distributed: a clear error naming the --ranks to use;
 - normalised=True: the stream equals coemu.normalise applied to the raw
   samples (within the bound of one last-bit difference of a logarithm), and
-  the dataset's parameters equal /stats;
+  the dataset's parameters equal /stats; without a normalisation the
+  refusal says how to get one (coemu stats, serve --generate --pilot/--stats);
 - early break: a DataLoader (2 workers) left after one batch says BYE on
   every connection: the server counts no dropped consumer, serves the next
   reader at once, and `serve --epochs 1` exits once that reader is done;
@@ -44,6 +45,28 @@ from coemu.torch_data import StreamDataset  # noqa: E402
 from pycheck import check, report  # noqa: E402
 
 
+def no_stats_advice():
+    """normalised=True from a server without a normalisation: the advice
+    fits the server (INFO's source and live): --pilot/--stats for serve
+    --generate, none for a live stream, coemu stats for a dataset."""
+    import coemu.torch_data as td
+    real = td.server_info
+    base = {"world": 1, "samples_per_rank": 4, "epochs": 0, "normalisation": None}
+    try:
+        for extra, want, unwanted in (({"live": False}, "coemu stats", "--pilot"),
+                                      ({"live": False, "source": "generate"}, "--pilot",
+                                       "coemu stats"),
+                                      ({"live": True}, "live", "coemu stats")):
+            td.server_info = lambda *a, **k: dict(base, **extra)
+            try:
+                StreamDataset("ipc:///nonexistent/x.sock", normalised=True)
+                check(False, f"normalised without a normalisation refused ({extra})")
+            except RuntimeError as e:
+                check(want in str(e) and unwanted not in str(e), f"advice for {extra}: {e}")
+    finally:
+        td.server_info = real
+
+
 def ddp_child(ep, rank, pgfile, out):
     """One torch.distributed rank: 2 workers, 2 epochs, what it got to `out`."""
     import torch.distributed as dist
@@ -68,6 +91,8 @@ def ddp_child(ep, rank, pgfile, out):
 if len(sys.argv) == 5 and sys.argv[1] == "--ddp-child":
     ddp_child(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[4] + f".{sys.argv[3]}.json")
     sys.exit(0)
+
+no_stats_advice()
 
 with tempfile.TemporaryDirectory() as tmp:
     d = fixture.make_dataset(tmp)

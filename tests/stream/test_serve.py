@@ -137,6 +137,27 @@ with tempfile.TemporaryDirectory() as tmp:
                        text=True, timeout=20)
     check(r.returncode == 0 and time.time() - t0 < 5, f"idle exit: {r.returncode} {time.time() - t0:.1f} s")
 
+    # a second server on the same ipc:// path is refused (ZeroMQ alone would
+    # take the path over without a word, orphaning the first); the first
+    # serves on, and a stale socket file left behind does not block a start
+    p = serve(d, ep, "--ranks", "1", "--batch", "2", "--epochs", "1")
+    r = subprocess.run([COEMU, "serve", d, "--endpoint", ep, "--idle-exit", "0.5"],
+                       capture_output=True, text=True, timeout=20)
+    check(r.returncode == 1 and "Address already in use" in r.stderr,
+          f"second server on {ep}: {r.returncode} {r.stderr[-300:]}")
+    got, _ = read_epoch(ep, 0, 1)
+    check(sum(len(ch.ids) for ch in got) == 20, "the first server still serves its path")
+    p.wait(timeout=10)
+    path = ep[len("ipc://"):]
+    import socket
+    if not os.path.exists(path):  # the server left its socket file, or make one
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(path)
+        stale.close()
+    r = subprocess.run([COEMU, "serve", d, "--endpoint", ep, "--idle-exit", "0.5"],
+                       capture_output=True, text=True, timeout=20)
+    check(r.returncode == 0, f"a stale socket file does not block a start: {r.stderr[-300:]}")
+
     # bad invocations
     r = subprocess.run([COEMU, "serve", os.path.join(tmp, "nope")], capture_output=True, text=True)
     check(r.returncode != 0 and "not a finished dataset" in r.stderr, f"missing dataset: {r.stderr}")
