@@ -196,7 +196,7 @@ static int serve_generate(const job *jp, serve_opts *so, const server_args *a,
               "per pilot sample), %lld used, %lld outliers dropped; statistics id %016llx%s%s\n",
               pilot.subset, (long long)pilot.made, pilot.ranks, pilot.seconds,
               1e3 * pilot.seconds * pilot.ranks / (double)pilot.samples, (long long)pilot.used,
-              (long long)pilot.outliers, (unsigned long long)gensrc_norm_id(&pilot.norm),
+              (long long)pilot.outliers, (unsigned long long)serve_norm_id(&pilot.norm),
               c->pilot_out ? ", written to " : "", c->pilot_out ? c->pilot_out : "");
   }
   if (rank > 0) {
@@ -313,6 +313,23 @@ int cmd_serve(int argc, char **argv) {
     if (c.pilot_n < 0 && !c.stats_path && j.stream_pilot_samples > 0) {
       c.pilot_n = j.stream_pilot_samples;
       if (!c.pilot_out && *j.stream_pilot_out) c.pilot_out = j.stream_pilot_out;
+    }
+  }
+  if (!c.generate) {
+    /* a stored dataset is served by one process (more readers:
+     * --read-threads); under a launcher every process would be a server of
+     * its own on the same endpoint */
+    const char *ws = getenv("OMPI_COMM_WORLD_SIZE"), *wr = getenv("OMPI_COMM_WORLD_RANK");
+    if (!ws) ws = getenv("PMI_SIZE"), wr = getenv("PMI_RANK");
+    if (ws && atoi(ws) > 1) {
+      job_free(&j);
+      free(pos);
+      if (!wr || atoi(wr) == 0)
+        return cli_usage_fail("serve", "serving a stored dataset is one process (%s ranks "
+                              "started): run it without mpirun/srun (more readers: "
+                              "--read-threads N); MPI ranks are for --generate",
+                              ws);
+      return CLI_EXIT_USAGE;
     }
   }
   if (!c.endpoint) c.endpoint = "tcp://127.0.0.1:5555";

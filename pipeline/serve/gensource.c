@@ -106,12 +106,6 @@ static void json_str(const char *text, char *buf, size_t len) {
   buf[k] = 0;
 }
 
-uint64_t gensrc_norm_id(const stats_norm *n) {
-  double v[11] = {n->vz_mean, n->vz_std, n->lnT_min, n->lnT_scale, n->lnn_min, n->lnn_scale,
-                  (double)n->i_mode, n->lnI_clip, n->lnI_min, n->lnI_scale, n->outlier_vz_range};
-  return ce_xxh64(v, sizeof v, 0);
-}
-
 /* --stats PATH: a dataset directory (its dataset.h5) or a file a pilot pass
  * wrote (its root attribute `source` says what the statistics are of). The
  * parameters into *norm, INFO's normalisation_source (a JSON string) into
@@ -331,19 +325,15 @@ int gensrc_open(const gensrc_opts *o, gensrc **out) {
              (long long)pp->rounds, (long long)pp->extra, (long long)pp->train_models,
              (long long)pp->used, (long long)pp->outliers);
   }
-  int have_norm = o->stats_dataset || o->pilot;
-  char id_buf[64];
-  if (have_norm) {
-    snprintf(id_buf, sizeof id_buf, ", \"normalisation_id\": \"%016llx\"",
-             (unsigned long long)gensrc_norm_id(&g->norm));
-    norm_src = norm_buf;
-  }
+  /* INFO's normalisation_id: serve_info_json, as for every source */
+  const int have_norm = o->stats_dataset || o->pilot;
+  if (have_norm) norm_src = norm_buf;
   char jesc[1024];
   json_str(j->path, jesc, sizeof jesc);
   snprintf(g->info, sizeof g->info,
            ", \"source\": \"generate\", \"job\": \"%s\", \"fresh_views\": %s, \"producers\": %d, "
-           "\"normalisation_source\": %s%s",
-           jesc, o->fresh_views ? "true" : "false", g->P, norm_src, have_norm ? id_buf : "");
+           "\"normalisation_source\": %s",
+           jesc, o->fresh_views ? "true" : "false", g->P, norm_src);
   g->ext = (serve_external){.submit = gensrc_submit, .collect = gensrc_collect,
                             .cancel = gensrc_cancel, .ctx = g, .name = j->path, .samples = M,
                             .split = g->split, .nsplit = ns, .per_shard = j->samples_per_shard,

@@ -128,10 +128,6 @@ int gensrc_pilot_plan(const job *j, int64_t n, gensrc_pilot *p);
 int gensrc_pilot_run(const gensrc_opts *o, int64_t n, const char *out_path, int quiet,
                      gensrc_pilot *p);
 
-/* The id of a set of normalisation parameters (INFO's normalisation_id):
- * XXH64 of its values. */
-uint64_t gensrc_norm_id(const stats_norm *n);
-
 /* Rank 0: the source for serve_opts.external, for split `split` (train,
  * validation, test, all). Collective: no (the workers wait in
  * gensrc_worker). -1 with a message naming the job (or the pilot dataset). */

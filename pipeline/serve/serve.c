@@ -1269,8 +1269,14 @@ static const char *json_num(double v, char *buf, size_t len) {
   return buf;
 }
 
+uint64_t serve_norm_id(const stats_norm *n) {
+  double v[11] = {n->vz_mean, n->vz_std, n->lnT_min, n->lnT_scale, n->lnn_min, n->lnn_scale,
+                  (double)n->i_mode, n->lnI_clip, n->lnI_min, n->lnI_scale, n->outlier_vz_range};
+  return ce_xxh64(v, sizeof v, 0);
+}
+
 int serve_info_json(const serve_source *s, uint32_t epochs, char *buf, size_t len) {
-  char norm[1024] = "null";
+  char norm[1100] = "null";
   if (s->have_norm) {
     const stats_norm *p = &s->norm;
     char b[10][32];
@@ -1284,6 +1290,10 @@ int serve_info_json(const serve_source *s, uint32_t epochs, char *buf, size_t le
              p->i_mode == STATS_I_MEDIAN ? "median" : "minmax", json_num(p->lnI_clip, b[6], 32),
              json_num(p->lnI_min, b[7], 32), json_num(p->lnI_scale, b[8], 32),
              json_num(p->outlier_vz_range, b[9], 32));
+    /* the same id for every source: a stored dataset and a --generate
+     * stream normalised alike say so */
+    snprintf(norm + strlen(norm), sizeof norm - strlen(norm), ", \"normalisation_id\": \"%016llx\"",
+             (unsigned long long)serve_norm_id(p));
   }
   char order[128] = "\"order\": \"exact\", \"order_shards\": null, \"order_buffer\": null";
   if (s->plan.mode == ORDER_SHARDS)

@@ -162,6 +162,11 @@ int serve_info_json(const serve_source *s, uint32_t epochs, char *buf, size_t le
 int64_t serve_split_sample(const serve_source *s, int64_t k);
 /* Per-sample shapes: inputs (3, n, n, n), targets (F, n, n). */
 void serve_shapes(const serve_source *s, uint32_t in_shape[4], uint32_t out_shape[3]);
+/* The id of a set of normalisation parameters (the stream INFO's
+ * normalisation_id, for every source: equal ids, equal normalisation):
+ * XXH64 of its eleven values as doubles, in the order of stats_norm. */
+uint64_t serve_norm_id(const stats_norm *p);
+
 /* The dataset's normalisation (/stats), or NULL when it has none. */
 /* Samples of a finished dataset read so far (every reader, serve_read too):
  * directly (direct) and through HDF5 (shards that cannot be read directly,

@@ -217,6 +217,16 @@ with tempfile.TemporaryDirectory() as tmp:
                                                                      "(pilot pass: 4 samples"),
                   f"--stats FILE names the file and its pass: {sinfo.get('normalisation_source')}")
 
+    # -- the stored reference served: the same normalisation_id (every source's
+    # INFO carries it, so a consumer can tell it may switch streams)
+    ep = f"ipc://{tmp}/stored.sock"
+    p = start([ref, "--endpoint", ep, "--epochs", "1", "--idle-exit", "2"] + common, mpi=False)
+    dinfo = wait_up(ep, p)
+    finish(p, "serve REF (stored), ended by its idle exit")
+    check((dinfo or {}).get("normalisation_id") == nid and
+          (dinfo or {}).get("normalisation") == (info or {}).get("normalisation"),
+          f"a stored dataset's INFO: the same normalisation and id: {dinfo}")
+
     # -- resume: a restarted server (the pass run again) continues the epoch
     # with the same normalisation
     ep = f"ipc://{tmp}/resume.sock"

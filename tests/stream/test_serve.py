@@ -137,6 +137,15 @@ with tempfile.TemporaryDirectory() as tmp:
                        text=True, timeout=20)
     check(r.returncode == 0 and time.time() - t0 < 5, f"idle exit: {r.returncode} {time.time() - t0:.1f} s")
 
+    # a stored dataset under mpirun: one clear refusal from rank 0 (each rank
+    # was a server of its own on the same endpoint), not a hang or a race
+    mpiexec = os.environ.get("MPIEXEC", "mpiexec")
+    r = subprocess.run([mpiexec, "--allow-run-as-root", "--oversubscribe", "-n", "2", COEMU, "serve",
+                        d, "--endpoint", ep, "--idle-exit", "0.5"], capture_output=True, text=True,
+                       timeout=60)
+    check(r.returncode != 0 and r.stderr.count("serving a stored dataset is one process (2 ranks "
+                                               "started)") == 1, f"serve under mpirun: {r.stderr}")
+
     # a second server on the same ipc:// path is refused (ZeroMQ alone would
     # take the path over without a word, orphaning the first); the first
     # serves on, and a stale socket file left behind does not block a start
