@@ -37,8 +37,7 @@ static void on_refused(void *ctx, const char *address, const char *public_key) {
 static volatile sig_atomic_t serve_stop_sig;
 static volatile int serve_stop;
 static void on_signal(int sig) {
-  (void)sig;
-  serve_stop_sig = 1;
+  serve_stop_sig = sig;
   serve_stop = 1;
 }
 
@@ -112,6 +111,20 @@ static int run_server(const char *what, serve_source *src, const server_args *a)
           (unsigned long long)st.stalled, (unsigned long long)st.superseded,
           (unsigned long long)st.connections_shut,
           (unsigned long long)st.refused, (unsigned long long)st.curve_refused);
+  /* why it ended: the exit status is 0 in every case (an unbounded server
+   * ends by a signal or its idle exit as a matter of course) */
+  if (st.end == STREAM_END_EPOCHS)
+    fprintf(stderr, "serve: ended: every rank of %lld was sent its %lld epoch%s\n",
+            (long long)a->ranks, (long long)a->epochs, a->epochs == 1 ? "" : "s");
+  else if (st.end == STREAM_END_IDLE)
+    fprintf(stderr, "serve: ended: idle exit, no consumer for %g s\n", a->idle_exit);
+  else
+    fprintf(stderr, "serve: ended: stopped by %s\n",
+            serve_stop_sig == SIGINT ? "SIGINT" : serve_stop_sig == SIGTERM ? "SIGTERM" : "a signal");
+  if (a->epochs > 0 && st.end != STREAM_END_EPOCHS)
+    fprintf(stderr, "serve: ranks sent all their epochs: %u of %lld; a rerun serves the rest "
+                    "(consumers resume at their epoch and position)\n", st.ranks_done,
+            (long long)a->ranks);
   if (st.shm_consumers || st.shm_refused)
     fprintf(stderr, "serve: shared memory: %llu sessions mapped their segment, %llu chunks sent "
                     "through it, %llu sessions took frames instead\n",

@@ -290,6 +290,7 @@ void stream_server_get_stats(const stream_server *s, stream_server_stats *st) {
   *st = s->st;
   st->queued_bytes = atomic_load(&((stream_server *)s)->queued_bytes);
   st->curve_refused = stream_security_refused(s->sec);
+  st->ranks_done = (uint32_t)s->ranks_done;
 }
 
 /* Never blocks: a peer whose queue is full (EAGAIN) or gone (EHOSTUNREACH)
@@ -874,9 +875,13 @@ static int feed(stream_server *s, int i) {
 
 int stream_server_run(stream_server *s, volatile int *stop) {
   double last_busy = ce_now();
+  s->st.end = STREAM_END_STOPPED; /* unless one of the breaks below says otherwise */
   while (!(stop && *stop)) {
     if (s->ncons > 0) last_busy = ce_now();
-    if (s->o.idle_exit_s > 0 && ce_now() - last_busy > s->o.idle_exit_s) break;
+    if (s->o.idle_exit_s > 0 && ce_now() - last_busy > s->o.idle_exit_s) {
+      s->st.end = STREAM_END_IDLE;
+      break;
+    }
     zmq_pollitem_t it = {s->sock, 0, ZMQ_POLLIN, 0};
     int sent = 0;
     for (int i = 0; i < s->ncons && !(stop && *stop); i++) {
@@ -922,7 +927,10 @@ int stream_server_run(stream_server *s, volatile int *stop) {
     }
     /* With a bounded number of epochs: done once every rank of the world
      * has been sent all epochs and has said BYE. */
-    if (s->o.max_epochs && s->world && s->ranks_done == s->world) break;
+    if (s->o.max_epochs && s->world && s->ranks_done == s->world) {
+      s->st.end = STREAM_END_EPOCHS;
+      break;
+    }
   }
   return 0;
 }

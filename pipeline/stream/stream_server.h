@@ -104,7 +104,16 @@ typedef struct {
   uint64_t shm_consumers; /* sessions that mapped their segment (answered with its nonce) */
   uint64_t shm_refused;   /* sessions that asked for one and then took frames (could not map
                              it, wrong nonce, or the segment could not be made) */
+  int end;                /* why stream_server_run returned (STREAM_END_*) */
+  uint32_t ranks_done;    /* ranks of the world sent every epoch and gone (with max_epochs) */
 } stream_server_stats;
+
+enum {
+  STREAM_END_RUNNING = 0, /* not ended (yet) */
+  STREAM_END_STOPPED,     /* the stop flag (a signal) */
+  STREAM_END_IDLE,        /* idle_exit_s without a consumer */
+  STREAM_END_EPOCHS       /* every rank of the world was sent max_epochs epochs and said BYE */
+};
 
 #define STREAM_INFO_MAX 4096 /* bytes of an INFO reply's text */
 

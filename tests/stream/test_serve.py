@@ -129,13 +129,19 @@ with tempfile.TemporaryDirectory() as tmp:
     except cs.ProtocolError as e:
         check("no /stats group" in str(e), f"error text: {e}")
     p.terminate()
-    p.wait(timeout=10)
+    err = p.communicate(timeout=10)[1]
+    # the last lines say why it ended and how far its epochs got
+    check(p.returncode == 0 and "serve: ended: stopped by SIGTERM" in err and
+          "serve: ranks sent all their epochs: 0 of 1; a rerun serves the rest" in err,
+          f"serve's end after SIGTERM: {err[-600:]}")
 
     # --idle-exit: a producer nobody connects to leaves by itself
     t0 = time.time()
     r = subprocess.run([COEMU, "serve", d, "--endpoint", ep, "--idle-exit", "0.5"], capture_output=True,
                        text=True, timeout=20)
-    check(r.returncode == 0 and time.time() - t0 < 5, f"idle exit: {r.returncode} {time.time() - t0:.1f} s")
+    check(r.returncode == 0 and time.time() - t0 < 5 and
+          "serve: ended: idle exit, no consumer for 0.5 s" in r.stderr,
+          f"idle exit: {r.returncode} {time.time() - t0:.1f} s {r.stderr[-300:]}")
 
     # a stored dataset under mpirun: one clear refusal from rank 0 (each rank
     # was a server of its own on the same endpoint), not a hang or a race
