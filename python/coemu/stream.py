@@ -25,6 +25,7 @@ import struct
 import sys
 import threading
 import time
+import weakref
 import warnings
 
 import numpy as np
@@ -532,21 +533,37 @@ class StreamClient:
         self._connect()
         self._keepalive = None
         if keepalive:
-            self._keepalive = threading.Thread(target=self._keepalive_loop, daemon=True,
-                                               name=f"coemu-stream-keepalive-{rank}")
+            # the thread holds the client by a weak reference: a client
+            # dropped without close() is collected, and its thread ends
+            # instead of heart-beating for the life of the process
+            self._keepalive = threading.Thread(
+                target=StreamClient._keepalive_loop,
+                args=(weakref.ref(self), self._stop, self.heartbeat_s / 2), daemon=True,
+                name=f"coemu-stream-keepalive-{rank}")
             self._keepalive.start()
+            weakref.finalize(self, self._stop.set)
 
-    def _keepalive_loop(self):
-        while not self._stop.wait(self.heartbeat_s / 2):
-            if not self._lock.acquire(blocking=False):
-                continue  # next() is running: it heart-beats itself
+    @staticmethod
+    def _keepalive_loop(ref, stop, period_s):
+        while not stop.wait(period_s):
+            client = ref()
+            if client is None:
+                return
             try:
-                if self._sock is not None and time.monotonic() - self._last_sent > self.heartbeat_s:
-                    self._send(HEARTBEAT)
-            except zmq.ZMQError:
-                pass
+                client._keepalive_once()
             finally:
-                self._lock.release()
+                del client
+
+    def _keepalive_once(self):
+        if not self._lock.acquire(blocking=False):
+            return  # next() is running: it heart-beats itself
+        try:
+            if self._sock is not None and time.monotonic() - self._last_sent > self.heartbeat_s:
+                self._send(HEARTBEAT)
+        except zmq.ZMQError:
+            pass
+        finally:
+            self._lock.release()
 
     def _connect(self):
         self._sock = self._ctx.socket(zmq.DEALER)

@@ -72,6 +72,18 @@ for kw, word in (({"rank": 7, "world": 2}, "rank 7"), ({"rank": 0, "world": 0}, 
     except Exception as e:  # noqa: BLE001 - before: struct.error, or silence
         check(isinstance(e, ValueError) and word in str(e), f"StreamClient({kw}): {e!r}")
 
+# a client dropped without close(): its keepalive thread ends once the client
+# is collected (it held the client itself, and heart-beat for the life of the
+# process)
+import gc  # noqa: E402
+c = stream.StreamClient("ipc:///nonexistent/coemu-test-drop.sock", timeout_s=1, heartbeat_s=0.1)
+ka = c._keepalive
+check(ka is not None and ka.is_alive(), "the keepalive thread runs")
+del c
+gc.collect()
+ka.join(timeout=5)
+check(not ka.is_alive(), "a dropped client's keepalive thread ends")
+
 # protocol 2's row check: every row against its row checksum, in place
 rows_in = rng.standard_normal((3, 5, 4)).astype("<f4")
 rows_out = rng.standard_normal((3, 6)).astype("<f4")
