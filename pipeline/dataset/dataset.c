@@ -483,19 +483,20 @@ static int num_of(const yt_node *m, const char *key, long long *out) {
 
 /* Images-only: read every sample through shard_reader, whose inputs are
  * rebuilt and checked (shard_reader.h); the first problem is reported. */
-static int verify_rebuilt(const char *dir, FILE *report) {
+static int verify_rebuilt(const char *dir, FILE *report, int part, int parts) {
   shard_reader *rd;
   if (shard_reader_open(dir, 0, &rd) < 0) {
     fprintf(report, "%s: %s\n", dir, ce_err_msg());
     return -1;
   }
-  int64_t N = shard_reader_samples(rd), B = 64;
+  const int64_t all = shard_reader_samples(rd), B = 64;
+  const int64_t lo = all * part / parts, N = all * (part + 1) / parts;
   size_t nin = 3 * (size_t)shard_reader_n(rd) * shard_reader_n(rd) * shard_reader_n(rd),
          ntg = (size_t)shard_reader_channels(rd) * shard_reader_n(rd) * shard_reader_n(rd);
   float *in = ce_malloc_array((size_t)B, nin * sizeof *in, "rebuilt inputs"),
         *tg = ce_malloc_array((size_t)B, ntg * sizeof *tg, "targets");
   int rc = in && tg ? 0 : -1;
-  for (int64_t i = 0; rc == 0 && i < N; i += B)
+  for (int64_t i = lo; rc == 0 && i < N; i += B)
     rc = shard_reader_read(rd, i, i + B <= N ? B : N - i, in, tg);
   if (rc < 0) fprintf(report, "%s: %s\n", dir, ce_err_msg());
   free(in);
@@ -505,24 +506,43 @@ static int verify_rebuilt(const char *dir, FILE *report) {
 }
 
 int dataset_verify(const char *dir, FILE *report) {
-  char mpath[4096];
-  snprintf(mpath, sizeof mpath, "%s/manifest.json", dir);
+  return dataset_verify_part(dir, report, 0, 1, NULL, NULL);
+}
+
+/* The manifest of DIR, checked for the keys verify needs; NULL with a message. */
+static yt_node *verify_manifest(const char *mpath, long long *samples, long long *n,
+                                long long *nf) {
   char *text;
   size_t len;
-  CE_TRY(fs_read_all(mpath, &text, &len));
+  if (fs_read_all(mpath, &text, &len) < 0) return NULL;
   yt_node *m = yt_parse(mpath, text, len);
   free(text);
-  if (!m) return -1;
-  long long samples, n, nf;
+  if (!m) return NULL;
   const yt_node *shards = yt_get(m, "shards"), *fpn = yt_get(m, "job_fingerprint"),
                 *si = yt_get(m, "store_inputs");
-  if (num_of(m, "samples", &samples) < 0 || num_of(m, "n", &n) < 0 ||
-      num_of(m, "channels", &nf) < 0 || !shards || shards->kind != YT_SEQ || !fpn ||
+  if (num_of(m, "samples", samples) < 0 || num_of(m, "n", n) < 0 ||
+      num_of(m, "channels", nf) < 0 || !shards || shards->kind != YT_SEQ || !fpn ||
       fpn->kind != YT_SCALAR || !si || si->kind != YT_SCALAR) {
     yt_free(m);
-    CE_FAIL("%s: not a coemu manifest (expected samples, n, channels, job_fingerprint, "
-            "store_inputs, shards)", mpath);
+    ce_err("%s: not a coemu manifest (expected samples, n, channels, job_fingerprint, "
+           "store_inputs, shards)", mpath);
+    return NULL;
   }
+  return m;
+}
+
+int dataset_verify_part(const char *dir, FILE *report, int part, int parts,
+                        dataset_verify_agree_fn agree, void *ctx) {
+  char mpath[4096];
+  snprintf(mpath, sizeof mpath, "%s/manifest.json", dir);
+  long long samples, n, nf;
+  yt_node *m = verify_manifest(mpath, &samples, &n, &nf);
+  if (!m) {
+    if (agree) agree(ctx, -1); /* every part calls it once, on every path */
+    return -1;
+  }
+  const yt_node *shards = yt_get(m, "shards"), *fpn = yt_get(m, "job_fingerprint"),
+                *si = yt_get(m, "store_inputs");
   shard_layout lay = {0};
   lay.n = (int)n;
   lay.nf = (int)nf;
@@ -537,19 +557,22 @@ int dataset_verify(const char *dir, FILE *report) {
     if (!file || file->kind != YT_SCALAR || !crc || crc->kind != YT_MAP ||
         num_of(e, "first", &first) < 0 || num_of(e, "count", &count) < 0 ||
         num_of(e, "bytes", &bytes) < 0) {
-      fprintf(report, "%s:%d:%d: shards[%zu]: expected file, first, count, bytes, crc32\n", mpath,
-              e->line, e->col, i);
-      problems++;
+      if (part == 0) {
+        fprintf(report, "%s:%d:%d: shards[%zu]: expected file, first, count, bytes, crc32\n",
+                mpath, e->line, e->col, i);
+        problems++;
+      }
       continue;
     }
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", dir, file->text);
-    if (first != expect_first) {
+    if (first != expect_first && part == 0) {
       fprintf(report, "%s: shard %s: starts at sample %lld, expected %lld (gap or overlap)\n", dir,
               file->text, first, expect_first);
       problems++;
     }
     expect_first = first + count;
+    if ((long long)(i % (size_t)parts) != part) continue; /* another part's shard */
     long long size = fs_file_size(path);
     if (size < 0) {
       fprintf(report, "%s: shard %s: %s\n", dir, file->text, ce_err_msg());
@@ -601,7 +624,7 @@ int dataset_verify(const char *dir, FILE *report) {
       }
     }
   }
-  if (expect_first != samples) {
+  if (expect_first != samples && part == 0) {
     fprintf(report, "%s: shards cover samples 0..%lld, the manifest says %lld samples\n", dir,
             expect_first, samples);
     problems++;
@@ -612,7 +635,9 @@ int dataset_verify(const char *dir, FILE *report) {
   /* images-only: every input cube rebuilt from its model and checked against
    * its recorded checksum (a sampling pass: the models must be there and be
    * the ones the dataset was made with) */
-  if (images_only && problems == 0 && verify_rebuilt(dir, report) < 0) problems++;
+  const int total = agree ? agree(ctx, problems) : problems;
+  if (images_only && total == 0 && verify_rebuilt(dir, report, part, parts) < 0) problems++;
+  if (part != 0) return problems;
   char dpath[4096];
   snprintf(dpath, sizeof dpath, "%s/dataset.h5", dir);
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);

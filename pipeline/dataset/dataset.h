@@ -87,6 +87,18 @@ int dataset_finish(const char *dir, const dataset_provenance *prov);
  * cannot be read (error message set). */
 int dataset_verify(const char *dir, FILE *report);
 
+/* The same work shared by `parts` processes (coemu verify under mpirun):
+ * part p reads and checks the shards i with i % parts == p and, for an
+ * images-only dataset, rebuilds the inputs of its block of samples; part 0
+ * also checks the manifest's coverage and dataset.h5. `agree` (NULL with
+ * one part) is collective: given this part's problems so far it returns the
+ * total of every part (or -1), and is called exactly once by every part,
+ * between the shard checks and the rebuild (which runs only when no part
+ * found a problem). Returns this part's problems, or -1. */
+typedef int (*dataset_verify_agree_fn)(void *ctx, int problems);
+int dataset_verify_part(const char *dir, FILE *report, int part, int parts,
+                        dataset_verify_agree_fn agree, void *ctx);
+
 /* Print a summary of a dataset (samples, layout, splits, channels, shards,
  * provenance) to stdout. */
 int dataset_inspect(const char *dir);

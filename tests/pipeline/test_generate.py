@@ -180,6 +180,17 @@ def run_tests(tmp):
     os.unlink(os.path.join(outs[3], 'shards', 'shard-000004.h5'))
     r = subprocess.run([COEMU, 'verify', outs[3]], capture_output=True, text=True)
     check(r.returncode == 1 and 'shard-000004.h5' in r.stderr, 'verify finds a missing shard')
+    # under mpirun the ranks share the shards: the same findings, one summary
+    for k in (2, 3):
+        r = subprocess.run([MPIEXEC, '--allow-run-as-root', '--oversubscribe', '-n', str(k), COEMU,
+                            'verify', outs[3]], capture_output=True, text=True, timeout=120)
+        check(r.returncode != 0 and
+              sum('shard-000004.h5' in line for line in r.stderr.splitlines()) == 1 and
+              r.stderr.count('1 problem (listed above)') == 1, f'verify on {k} ranks: {r.stderr}')
+        r = subprocess.run([MPIEXEC, '--allow-run-as-root', '--oversubscribe', '-n', str(k), COEMU,
+                            'verify', outs[2]], capture_output=True, text=True, timeout=120)
+        check(r.returncode == 0 and r.stdout.count('ok: every shard matches') == 1,
+              f'verify of a good dataset on {k} ranks: {r.stdout} {r.stderr}')
 
     # a different job into the same directory is refused
     other = os.path.join(tmp, 'other.yaml')

@@ -243,6 +243,19 @@ def main(tmp):
     want = ['shard-000001.h5: sample 3 (row 1 of the shard): /inputs rebuilt from model 1',
             'synth_00001.dat', 'does not match its checksum']
     check(r.returncode == 1 and all(w in r.stderr for w in want), f'verify: a wrong model file named: {r.stderr}')
+    # the ranks of an mpirun share the rebuild (blocks of samples): the same
+    # finding, from the rank whose block holds sample 3 (the other rank's
+    # block starts with model 1's sample 4: its own finding), one summary
+    r = subprocess.run([os.environ.get('MPIEXEC', 'mpiexec'), '--allow-run-as-root', '--oversubscribe',
+                        '-n', '2', COEMU, 'verify', bad], capture_output=True, text=True, cwd=tmp,
+                       timeout=300)
+    check(r.returncode == 1 and all(w in r.stderr for w in want) and
+          r.stderr.count('2 problems (listed above)') == 1 and 'shard-000002.h5: sample 4 (row 0' in r.stderr,
+          f'verify on 2 ranks: a wrong model file named: {r.stderr}')
+    r = subprocess.run([os.environ.get('MPIEXEC', 'mpiexec'), '--allow-run-as-root', '--oversubscribe',
+                        '-n', '2', COEMU, 'verify', img], capture_output=True, text=True, cwd=tmp,
+                       timeout=300)
+    check(r.returncode == 0, f'verify on 2 ranks, images-only: {r.stdout} {r.stderr}')
     got, cerr, err = stream_all(bad, tmp)
     check(len(got) < S and all(w in cerr + err for w in ('/inputs rebuilt from model 1', 'synth_00001.dat')),
           f'serve: the wrong model is an error to the consumer, not a sample ({len(got)} samples): {cerr} {err[-600:]}')
