@@ -85,6 +85,13 @@ class H5Dataset(_Base):
         self.path, self.split = _h5path(path), split
         self.check, self.with_ids = check, with_ids
         self.as_numpy = as_numpy or torch is None
+        if not os.path.exists(self.path):
+            base = str(path)
+            made = os.path.isdir(base) and any(
+                os.path.exists(os.path.join(base, n)) for n in ("job.yaml", "plan.json"))
+            raise ValueError(f"{self.path}: no such file: " + (
+                f"{base} is a dataset coemu generate has not finished (run or resume it)" if made
+                else "expected a dataset directory (or its dataset.h5), as coemu generate writes it"))
         with h5py.File(self.path, "r") as f:
             for name in ("inputs", "targets"):
                 if name not in f:

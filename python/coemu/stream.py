@@ -530,7 +530,12 @@ class StreamClient:
         self._sock = None
         self._lock = threading.RLock()
         self._stop = threading.Event()
-        self._connect()
+        try:
+            self._connect()
+        except ValueError:
+            if self._own_ctx:
+                self._ctx.term()
+            raise
         self._keepalive = None
         if keepalive:
             # the thread holds the client by a weak reference: a client
@@ -570,7 +575,14 @@ class StreamClient:
         self._sock.setsockopt(zmq.LINGER, 200)
         _secure(self._sock, self.curve)
         self._mon = _watch(self._sock, self.curve)
-        self._sock.connect(self.endpoint)
+        try:
+            self._sock.connect(self.endpoint)
+        except zmq.ZMQError as e:
+            _unwatch(self._sock, self._mon)
+            self._sock.close(0)
+            self._sock = None
+            raise ValueError(f"endpoint '{self.endpoint}': {e} (expected tcp://HOST:PORT or "
+                             f"ipc:///PATH, as coemu serve --endpoint)") from None
         self._last_recv = time.monotonic()
         self._granted = self.credit  # the WELCOME says what the producer granted
         self._est = self.credit      # credit the producer holds + chunks on their way

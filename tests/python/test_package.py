@@ -72,6 +72,25 @@ for kw, word in (({"rank": 7, "world": 2}, "rank 7"), ({"rank": 0, "world": 0}, 
     except Exception as e:  # noqa: BLE001 - before: struct.error, or silence
         check(isinstance(e, ValueError) and word in str(e), f"StreamClient({kw}): {e!r}")
 
+# a malformed endpoint is a ValueError naming it and the forms expected (not
+# a bare ZMQError); a dataset path that is no finished dataset says which
+for ep in ("tcp://127.0.0.1", "nonsense"):
+    try:
+        stream.StreamClient(ep, timeout_s=1).close()
+        check(False, f"endpoint {ep} refused")
+    except Exception as e:  # noqa: BLE001
+        check(isinstance(e, ValueError) and f"endpoint '{ep}'" in str(e) and "tcp://HOST:PORT" in str(e),
+              f"endpoint {ep}: {e!r}")
+from coemu.dataset import H5Dataset  # noqa: E402
+with tempfile.TemporaryDirectory() as unfinished:
+    open(os.path.join(unfinished, "job.yaml"), "w").write("name: x\n")
+    for path, word in ((unfinished, "has not finished"), (os.path.join(unfinished, "none"), "expected a dataset directory")):
+        try:
+            H5Dataset(path)
+            check(False, f"H5Dataset({path}) refused")
+        except Exception as e:  # noqa: BLE001
+            check(isinstance(e, ValueError) and word in str(e), f"H5Dataset({path}): {e!r}")
+
 # a client dropped without close(): its keepalive thread ends once the client
 # is collected (it held the client itself, and heart-beat for the life of the
 # process)
