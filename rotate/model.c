@@ -12,7 +12,7 @@
 
 int model_check_usable(const amrvac_header *h, const units *u, const char *name) {
   if (h->ndim != 3)
-    CE_FAIL("%s: ndim = %d: the CO path needs a 3-D snapshot (coemu inspect still reads it)",
+    CE_FAIL("%s: ndim = %d: the CO path needs a 3-D snapshot (coemu inspect still shows its header and variables)",
             name, h->ndim);
   if (h->ndir != 3)
     CE_FAIL("%s: ndir = %d: the CO path needs 3 velocity components", name, h->ndir);

@@ -154,15 +154,30 @@ int cmd_inspect(int argc, char **argv) {
     printf("  %-16s min %-24.17g max %.17g\n", h->w_names[iw], lo[iw], hi[iw]);
   free(lo);
   free(hi);
-  amrvac_free(&s);
   char found[2048];
   int have = units_path != NULL;
   if (!have && units_find(path, found, sizeof found)) {
     units_path = found;
     have = 1;
   }
-  int rc = 0;
+  int rc = 0, usable = 1;
   if (have) {
+    /* a snapshot the CO path does not take (2-D, non-Cartesian, staggered,
+     * stretched) is still inspected: its physical part is left out with the
+     * reason, not an error (a bad sidecar is one) */
+    units u;
+    if (units_read(units_path, &u) < 0) {
+      amrvac_free(&s);
+      free(pos);
+      return cli_fail("inspect");
+    }
+    if (model_check_usable(&s.h, &u, path) < 0) {
+      printf("units       %s\nphysical    not shown: %s\n", units_path, ce_err_msg());
+      usable = 0;
+    }
+  }
+  amrvac_free(&s);
+  if (have && usable) {
     printf("units       %s\n", units_path);
     ce_model *m;
     if (model_load(path, units_path, &m) < 0) {
@@ -172,7 +187,7 @@ int cmd_inspect(int argc, char **argv) {
       resolution(m, (int)cube_n, cube_edge);
       model_free(m);
     }
-  } else {
+  } else if (!have) {
     printf("units       none (no sidecar beside the snapshot; --units FILE gives one)\n");
   }
   free(pos);

@@ -46,7 +46,15 @@ check("physical (SI)" in out and "T [K]" in out, "inspect agbwind: physical fiel
 rc, out, err = run("inspect", data("bw3d_amr_0000.dat"))
 check("units       none" in out, "inspect bw3d: no sidecar")
 rc, out, err = run("inspect", data("thirdparty_WR_2D_0004.dat"), "--units", AGB_UNITS)
-check(rc == 1 and "ndim = 2" in err, f"inspect 2-D with units: {rc} {err}")
+# a snapshot the CO path does not take is still inspected: the physical part
+# is left out with the reason, exit 0 (docs/amrvac.md: inspect reads any
+# snapshot); a bad sidecar is an error
+check(rc == 0 and "physical    not shown:" in out and "ndim = 2" in out and "physical (SI)" not in out,
+      f"inspect 2-D with units: {rc} {out[-300:]} {err}")
+bad_units = os.path.join(tempfile.mkdtemp(prefix="coemu_inspect_"), "bad.units.yaml")
+open(bad_units, "w").write("unit_length: -1\n")
+rc, out, err = run("inspect", data("thirdparty_WR_2D_0004.dat"), "--units", bad_units)
+check(rc == 1 and "bad.units.yaml" in err, f"inspect with a bad sidecar: {rc} {err}")
 
 # inspect: bad input
 rc, out, err = run("inspect")
