@@ -833,7 +833,8 @@ static void old_norm_targets(const stats_norm *p, const float *inten, size_t n, 
   }
   if (isinf(smallest)) smallest = 0;
   for (size_t i = 0; i < n; i++) {
-    double v = inten[i] == 0 ? smallest : inten[i];
+    /* zeros and negatives (round-off: the exact intensity is >= 0) */
+    double v = inten[i] <= 0 ? smallest : inten[i];
     double t = log(v);
     out[i] = (float)(t < p->lnI_clip ? p->lnI_clip : t);
   }
@@ -848,8 +849,9 @@ static size_t bits_differ(const float *a, const float *b, size_t n) {
 }
 
 /* The normalisation body (stats/norm_body.h) gives the old host code's bits
- * on demo-like raw batches (plus a sample of zeros only, a negative and a
- * NaN intensity, a zero temperature), in both intensity modes: the host's
+ * on demo-like raw batches (plus a sample of zeros only, a negative
+ * intensity, which counts as a zero, a NaN one, a zero temperature), in both
+ * intensity modes: the host's
  * stats_norm_*, the CPU backend's and the guard's entries, and the bodies
  * driven as a kernel drives them (threads tid < stride of a grid-stride
  * loop, the targets' zero fill a min over the threads' partial minima). */
@@ -864,7 +866,7 @@ static void test_normalise_parity(void) {
     const stats_norm p = test_norm_params(median);
     test_raw_batch(&CFG, &p, S, 4, x, t);
     for (size_t i = 0; i < nval; i++) t[nval + i] = 0.0f; /* sample 1: zeros only */
-    t[2 * nval + 3] = -1e-20f;                            /* NaN after ln */
+    t[2 * nval + 3] = -1e-20f;                            /* a negative: as a zero */
     t[2 * nval + 4] = NAN;
     x[nv + 17] = 0.0f; /* T = 0: -inf */
     for (int k = 0; k < S; k++) {
