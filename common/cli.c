@@ -15,6 +15,20 @@ static int g_rank = -1; /* -1: not set */
 
 void cli_set_rank(int rank) { g_rank = rank; }
 
+int cli_launcher_size(void) {
+  const char *ws = getenv("OMPI_COMM_WORLD_SIZE");
+  if (!ws) ws = getenv("PMI_SIZE");
+  int n = ws ? atoi(ws) : 1;
+  return n > 1 ? n : 1;
+}
+
+int cli_launcher_rank(void) {
+  const char *wr = getenv("OMPI_COMM_WORLD_RANK");
+  if (!wr) wr = getenv("PMI_RANK");
+  int r = wr ? atoi(wr) : 0;
+  return r > 0 ? r : 0;
+}
+
 void cli_print_error(const char *cmd, const char *msg) {
   const char *env = getenv("OMPI_COMM_WORLD_RANK");
   if (!env) env = getenv("PMI_RANK");

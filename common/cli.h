@@ -104,6 +104,13 @@ int cli_fail(const char *cmd);
 void cli_print_error(const char *cmd, const char *msg);
 void cli_set_rank(int rank);
 
+/* What an MPI launcher (mpirun, srun with PMI) told this process before
+ * MPI_Init: the number of processes it started (1 when none did) and this
+ * one's rank among them (0 when none), from OMPI_COMM_WORLD_SIZE/_RANK or
+ * PMI_SIZE/PMI_RANK. For commands that start MPI only under a launcher. */
+int cli_launcher_size(void);
+int cli_launcher_rank(void);
+
 /* Strict number parsing: the whole string must be a number. */
 int cli_parse_double(const char *s, double *out);
 int cli_parse_int(const char *s, int64_t *out);

@@ -332,16 +332,15 @@ int cmd_serve(int argc, char **argv) {
     /* a stored dataset is served by one process (more readers:
      * --read-threads); under a launcher every process would be a server of
      * its own on the same endpoint */
-    const char *ws = getenv("OMPI_COMM_WORLD_SIZE"), *wr = getenv("OMPI_COMM_WORLD_RANK");
-    if (!ws) ws = getenv("PMI_SIZE"), wr = getenv("PMI_RANK");
-    if (ws && atoi(ws) > 1) {
+    const int world = cli_launcher_size();
+    if (world > 1) {
       job_free(&j);
       free(pos);
-      if (!wr || atoi(wr) == 0)
-        return cli_usage_fail("serve", "serving a stored dataset is one process (%s ranks "
+      if (cli_launcher_rank() == 0)
+        return cli_usage_fail("serve", "serving a stored dataset is one process (%d ranks "
                               "started): run it without mpirun/srun (more readers: "
                               "--read-threads N); MPI ranks are for --generate",
-                              ws);
+                              world);
       return CLI_EXIT_USAGE;
     }
   }

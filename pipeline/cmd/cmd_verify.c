@@ -11,15 +11,6 @@
 #include "pipeline/cmd/commands.h"
 #include "pipeline/dataset/dataset.h"
 
-/* 1 when a launcher started this process as one of several (one process,
- * or none: verify does not start MPI, so that a plain run needs no MPI
- * singleton) */
-static int under_launcher(void) {
-  const char *ws = getenv("OMPI_COMM_WORLD_SIZE");
-  if (!ws) ws = getenv("PMI_SIZE");
-  return ws && atoi(ws) > 1;
-}
-
 /* dataset_verify_agree_fn over MPI_COMM_WORLD: the problems of every rank,
  * or -1 if a rank could not read the manifest */
 static int agree_mpi(void *ctx, int problems) {
@@ -42,7 +33,9 @@ int cmd_verify(int argc, char **argv) {
   cli_status r = cli_run_parse(&spec, argc, argv, &npos, &pos);
   if (r != CLI_OK) return cli_exit(r);
   const char *dir = pos[0];
-  int rank = 0, size = 1, mpi = under_launcher();
+  /* MPI only under a launcher that started several processes: a plain run
+   * needs no MPI singleton */
+  int rank = 0, size = 1, mpi = cli_launcher_size() > 1;
   if (mpi) {
     MPI_Init(NULL, NULL);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
