@@ -89,6 +89,24 @@ def identical(ref, out):
     return bad + [f for f in finished(out) if f not in finished(ref)]
 
 
+def rank_pids(p):
+    """The ranks mpirun (process p) started."""
+    return [int(x) for x in subprocess.run(['ps', '-o', 'pid=', '--ppid', str(p.pid)],
+                                           capture_output=True, text=True).stdout.split()]
+
+
+def wait_signalled(p, what):
+    """stderr of a signalled run once it exits; a run still there after 60 s
+    is killed and counted as hung."""
+    try:
+        return p.communicate(timeout=60)[1]
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        err = p.communicate()[1]
+        check(False, f'{what}: the run hung')
+        return err
+
+
 def stopped_cleanly(r, out, what):
     """Exit 3, said so, nothing partial: no temporary, no manifest, no dataset.h5."""
     check(r.returncode == 3, f'{what}: exit status {r.returncode}, expected 3: {r.stderr[-1500:]}')
@@ -172,16 +190,9 @@ def run_tests(tmp):
         while time.time() - t0 < 60 and not (len(finished(out)) >= target and temporaries(out)):
             time.sleep(0.02)
         check(temporaries(out), f'outside attempt {attempt}: caught a shard being made')
-        ranks = [int(x) for x in subprocess.run(['ps', '-o', 'pid=', '--ppid', str(p.pid)],
-                                                capture_output=True, text=True).stdout.split()]
-        for pid in ranks:
+        for pid in rank_pids(p):
             os.kill(pid, signal.SIGTERM)
-        try:
-            _, err = p.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            _, err = p.communicate()
-            check(False, 'a signalled run hung')
+        err = wait_signalled(p, f'SIGTERM to every rank from outside, attempt {attempt}')
         stopped_cleanly(subprocess.CompletedProcess(p.args, p.returncode, '', err), out,
                         f'SIGTERM to every rank from outside, attempt {attempt}')
     resumes(2, job, out, ref, 'SIGTERM to every rank from outside')
@@ -197,9 +208,7 @@ def run_tests(tmp):
     ranks = []
     while time.time() - t0 < 60 and p.poll() is None and not ranks:
         if finished(out):
-            ranks = [int(x) for x in subprocess.run(
-                ['ps', '-o', 'pid=', '--ppid', str(p.pid)], capture_output=True,
-                text=True).stdout.split()]
+            ranks = rank_pids(p)
         time.sleep(0.005)
     while time.time() - t0 < 60 and p.poll() is None and \
             not os.path.exists(os.path.join(out, 'manifest.json')):
@@ -213,12 +222,7 @@ def run_tests(tmp):
             except ProcessLookupError:
                 pass
         time.sleep(0.002)
-    try:
-        _, err = p.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        _, err = p.communicate()
-        check(False, 'SIGUSR1 while finishing: the run hung')
+    err = wait_signalled(p, 'SIGUSR1 while finishing')
     check(ranks and sent > 0, f'SIGUSR1 while finishing: signalled the ranks {ranks} ({sent} sent)')
     check(p.returncode == 0, f'SIGUSR1 while finishing: exit status {p.returncode}, expected 0 '
                              f'(the run completes): {err[-1500:]}')

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 
 #include "check.h"
+#include "co_line.h"
 #include "solver/cubes.h"
 #include "solver/freqgrid.h"
 #include "solver/lamda.h"
@@ -935,13 +936,7 @@ static void test_chunk_cubes(void) {
 }
 
 int main(void) {
-  const char *dir = getenv("COEMU_TEST_DATA");
-  char path[512];
-  snprintf(path, sizeof path, "%s/lamda/co.dat", dir ? dir : "tests/data");
-  if (lamda_read(path, &co) < 0 || lte_line_init(&L, &co, 2, 28.0) < 0) {
-    fprintf(stderr, "%s\n", ce_err_msg());
-    return 1;
-  }
+  if (test_co_line(&co, &L) < 0) return 1;
 #ifdef LTE_BODY_F32_NAIVE
   RUN(test_bodies_f32);
   (void)test_backends, (void)test_bodies, (void)test_bodies_pops, (void)test_backend_not_built;

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 
 #include "check.h"
+#include "co_line.h"
 #include "solver/freqgrid.h"
 #include "solver/lamda.h"
 #include "solver/lte.h"
@@ -193,13 +194,7 @@ static void test_masing_rays(void) {
 }
 
 int main(void) {
-  const char *dir = getenv("COEMU_TEST_DATA");
-  char path[512];
-  snprintf(path, sizeof path, "%s/lamda/co.dat", dir ? dir : "tests/data");
-  if (lamda_read(path, &co) < 0 || lte_line_init(&L, &co, 2, 28.0) < 0) {
-    fprintf(stderr, "%s\n", ce_err_msg());
-    return 1;
-  }
+  if (test_co_line(&co, &L) < 0) return 1;
   RUN(test_masing_rays);
   lte_line_free(&L);
   lamda_free(&co);

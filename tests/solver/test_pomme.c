@@ -9,6 +9,7 @@
 #include <stdlib.h>
 
 #include "check.h"
+#include "co_line.h"
 #include "common/npy.h"
 #include "solver/freqgrid.h"
 #include "solver/lamda.h"
@@ -92,12 +93,7 @@ static void test_pomme_golden(void) {
 int main(void) {
   dir = getenv("COEMU_TEST_DATA");
   if (!dir) dir = "tests/data";
-  char path[512];
-  snprintf(path, sizeof path, "%s/lamda/co.dat", dir);
-  if (lamda_read(path, &co) < 0 || lte_line_init(&L, &co, 2, 28.0) < 0) {
-    fprintf(stderr, "%s\n", ce_err_msg());
-    return 1;
-  }
+  if (test_co_line(&co, &L) < 0) return 1;
   RUN(test_pomme_golden);
   lte_line_free(&L);
   lamda_free(&co);
