@@ -53,6 +53,29 @@ int freqgrid_velocity(double nu0, double v0, double dv, int count, int keep_lo, 
   return 0;
 }
 
+typedef struct {
+  double v;
+  int i;
+} value_at;
+static int by_value_then_index(const void *a, const void *b) {
+  const value_at *x = a, *y = b;
+  return x->v < y->v ? -1 : x->v > y->v ? 1 : (x->i > y->i) - (x->i < y->i);
+}
+
+int freqgrid_find_repeat(const double *v, int n, int *first, int *second) {
+  if (n < 2) return 0;
+  value_at *s = ce_malloc_array((size_t)n, sizeof *s, "channel order");
+  if (!s) return -1;
+  for (int i = 0; i < n; i++) s[i] = (value_at){v[i], i};
+  qsort(s, (size_t)n, sizeof *s, by_value_then_index);
+  int found = 0;
+  for (int k = 1; k < n; k++) /* equal values are neighbours, in index order */
+    if (s[k].v == s[k - 1].v && (!found || s[k].i < *second))
+      *first = s[k - 1].i, *second = s[k].i, found = 1;
+  free(s);
+  return found;
+}
+
 static int parse_list(const char *spec, const char *s, double **out, int *nout) {
   int cap = 1;
   for (const char *p = s; *p; p++) cap += *p == ',';
@@ -68,17 +91,17 @@ static int parse_list(const char *spec, const char *s, double **out, int *nout) 
       free(f);
       return -1;
     }
-    for (int g = 0; g < k; g++)
-      if (f[g] == f[k]) {
-        ce_err("--channels '%s': frequencies %d and %d are both %.17g Hz (two channels of the same "
-               "image)", spec, g + 1, k + 1, f[k]);
-        free(copy);
-        free(f);
-        return -1;
-      }
     k++;
   }
   free(copy);
+  int a, b, rep = freqgrid_find_repeat(f, k, &a, &b);
+  if (rep != 0) {
+    if (rep > 0)
+      ce_err("--channels '%s': frequencies %d and %d are both %.17g Hz (two channels of the same "
+             "image)", spec, a + 1, b + 1, f[b]);
+    free(f);
+    return -1;
+  }
   if (k == 0) {
     free(f);
     CE_FAIL("--channels '%s': empty frequency list", spec);

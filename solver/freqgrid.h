@@ -25,6 +25,11 @@ void freqgrid_coemunet(double nu0, double out[FREQGRID_COEMUNET_N]);
  * *nout values to out (room for count). -1 with a message on bad ranges. */
 int freqgrid_velocity(double nu0, double v0, double dv, int count, int keep_lo, int keep_hi,
                       double *out, int *nout);
+/* The first repeated value of v[0..n): 1 with *first < *second the indices
+ * of the repeat whose later index is the smallest (a channel list's two
+ * channels of one image), else 0; -1 with a message when out of memory.
+ * O(n log n), so that long lists cost nothing at start-up. */
+int freqgrid_find_repeat(const double *v, int n, int *first, int *second);
 /* Parse one of the three forms; *out is malloc'd. -1 with a message naming
  * the spec and the bad field. */
 int freqgrid_parse(const char *spec, double nu0, double **out, int *nout);

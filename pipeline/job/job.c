@@ -268,14 +268,13 @@ static int fill(const char *name, const yt_node *r, job *j) {
   if (!j->velocities) return -1;
   if (j->channel_mode == JOB_CH_LIST) {
     const yt_node *vl = yt_get(ch, "velocities");
-    for (int f = 0; f < j->nf; f++) {
-      schema_as_num(vl->items[f], &j->velocities[f]);
-      for (int g = 0; g < f; g++)
-        if (j->velocities[g] == j->velocities[f])
-          CE_FAIL("%s:%d:%d: line.channels.velocities: entries %d and %d are both %g m/s (two "
-                  "channels of the same image)", name, vl->items[f]->line, vl->items[f]->col, g,
-                  f, j->velocities[f]);
-    }
+    for (int f = 0; f < j->nf; f++) schema_as_num(vl->items[f], &j->velocities[f]);
+    int g, f, rep = freqgrid_find_repeat(j->velocities, j->nf, &g, &f);
+    if (rep < 0) return -1;
+    if (rep)
+      CE_FAIL("%s:%d:%d: line.channels.velocities: entries %d and %d are both %g m/s (two "
+              "channels of the same image)", name, vl->items[f]->line, vl->items[f]->col, g, f,
+              j->velocities[f]);
   } else if (j->channel_mode == JOB_CH_GRID) {
     double a = schema_num(r, "line.channels.vmin"), b = schema_num(r, "line.channels.vmax");
     if (j->nf > 1 && !(b > a))

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 
 #include "check.h"
+#include "co_line.h"
 #include "solver/cubes.h"
 #include "solver/freqgrid.h"
 #include "solver/lamda.h"
@@ -355,6 +356,24 @@ static void test_partition_table(void) {
   fprintf(stderr, "  partition table: worst relative difference %.3g\n", worst);
 }
 
+/* freqgrid_find_repeat: the repeat with the smallest later index, first of
+ * its group; none in distinct values; n log n (a 200,000-value list) */
+static void test_find_repeat(void) {
+  int a = -1, b = -1;
+  CHECK(freqgrid_find_repeat((const double[]){5, -5, 5}, 3, &a, &b) == 1 && a == 0 && b == 2);
+  CHECK(freqgrid_find_repeat((const double[]){1, 7, 3, 7, 1, 3}, 6, &a, &b) == 1 && a == 1 && b == 3);
+  CHECK(freqgrid_find_repeat((const double[]){4, 9, 4, 4}, 4, &a, &b) == 1 && a == 0 && b == 2);
+  CHECK(freqgrid_find_repeat((const double[]){1, 2, 3}, 3, &a, &b) == 0);
+  CHECK(freqgrid_find_repeat((const double[]){1}, 1, &a, &b) == 0);
+  const int n = 200000;
+  double *v = malloc(sizeof *v * n);
+  for (int i = 0; i < n; i++) v[i] = (double)((i * 7919LL) % n); /* a permutation */
+  CHECK(freqgrid_find_repeat(v, n, &a, &b) == 0);
+  v[n - 1] = v[12345];
+  CHECK(freqgrid_find_repeat(v, n, &a, &b) == 1 && a == 12345 && b == n - 1);
+  free(v);
+}
+
 static void test_freqgrid(void) {
   double f[7];
   freqgrid_coemunet(L.nu0, f);
@@ -388,13 +407,7 @@ static void test_freqgrid(void) {
 }
 
 int main(void) {
-  const char *dir = getenv("COEMU_TEST_DATA");
-  char path[512];
-  snprintf(path, sizeof path, "%s/lamda/co.dat", dir ? dir : "tests/data");
-  if (lamda_read(path, &co) < 0 || lte_line_init(&L, &co, 2, 28.0) < 0) {
-    fprintf(stderr, "%s\n", ce_err_msg());
-    return 1;
-  }
+  if (test_co_line(&co, &L) < 0) return 1;
   RUN(test_constants);
   RUN(test_partition_and_source);
   RUN(test_slab);
@@ -406,6 +419,7 @@ int main(void) {
   RUN(test_cold_cells);
   RUN(test_partition_table);
   RUN(test_freqgrid);
+  RUN(test_find_repeat);
   RUN(test_float_environment);
   lte_line_free(&L);
   lamda_free(&co);
