@@ -46,9 +46,8 @@ int cmd_verify(int argc, char **argv) {
   if (mpi) {
     int v[2] = {failed, total};
     MPI_Allreduce(MPI_IN_PLACE, v, 2, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
-    failed = v[0] > 0 && failed;   /* each failing rank prints its own message */
-    total = v[1];
-    if (v[0] > 0 && !failed) total = -1; /* another rank failed: exit 1 quietly */
+    /* each failing rank prints its own message; the others exit 1 quietly */
+    total = v[0] > 0 && !failed ? -1 : v[1];
   }
   int rc = 0;
   if (failed) {
