@@ -41,6 +41,20 @@ static void on_signal(int sig) {
   serve_stop = 1;
 }
 
+/* stream_server_opts.repeat: the first HELLO that asks again for an epoch
+ * its rank was already sent whole. The usual cause is a trainer's mistake
+ * that nothing else would show (the same order every epoch); a second
+ * trainer reading the same server does it by design, hence a warning. */
+static void on_repeat(void *ctx, const stream_consumer *c, uint32_t epoch) {
+  (void)ctx;
+  fprintf(stderr, "serve: warning: rank %u asks for epoch %u again from its start, after this "
+                  "server sent it that whole epoch: the same samples in the same order. A torch "
+                  "DataLoader with workers (persistent_workers=False) does this every epoch "
+                  "unless StreamDataset.set_epoch(epoch) is called before each one "
+                  "(docs/python.md); a new trainer reading this server may ignore this. Later "
+                  "repeats are counted on the end line\n", (unsigned)c->rank, (unsigned)epoch);
+}
+
 typedef struct {
   const char *endpoint, *split, *curve_secret, *curve_auth;
   int64_t ranks, batch, epochs, credit, maxcons;
@@ -58,6 +72,7 @@ static int run_server(const char *what, serve_source *src, const server_args *a)
                           .heartbeat_s = a->heartbeat, .timeout_s = a->timeout,
                           .idle_exit_s = a->idle_exit, .world = (uint32_t)a->ranks,
                           .max_consumers = (uint32_t)a->maxcons, .leave = serve_leave,
+                          .repeat = on_repeat,
                           .curve_secret_key_file = a->curve_secret,
                           .curve_authorized_dir = a->curve_auth, .curve_refused = on_refused,
                           .curve_refused_ctx = (void *)a->curve_auth};
@@ -125,6 +140,10 @@ static int run_server(const char *what, serve_source *src, const server_args *a)
     fprintf(stderr, "serve: ranks sent all their epochs: %u of %lld; a rerun serves the rest "
                     "(consumers resume at their epoch and position)\n", st.ranks_done,
             (long long)a->ranks);
+  if (st.repeated)
+    fprintf(stderr, "serve: %llu HELLO%s asked for an epoch again from its start, after its rank "
+                    "had been sent that whole epoch (the warning above)\n",
+            (unsigned long long)st.repeated, st.repeated == 1 ? "" : "s");
   if (st.shm_consumers || st.shm_refused)
     fprintf(stderr, "serve: shared memory: %llu sessions mapped their segment, %llu chunks sent "
                     "through it, %llu sessions took frames instead\n",

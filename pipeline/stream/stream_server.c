@@ -76,6 +76,7 @@ struct stream_server {
   int ncons, capcons;
   uint8_t *rank_done;  /* per rank of the world: all epochs sent and BYE received */
   uint8_t *final_sent; /* per rank: the last epoch's EPOCH_END was sent to it */
+  uint32_t *epochs_ended; /* per rank: 1 + the last epoch whose EPOCH_END was sent to it */
   int world, ranks_done;
   peer_acct **zombies; /* dropped connections whose chunks ZeroMQ still holds */
   int nzombies;
@@ -223,9 +224,10 @@ int stream_server_create(const stream_server_opts *o, stream_source_fn source, v
   if (s->world) {
     s->rank_done = calloc((size_t)s->world, 1);
     s->final_sent = calloc((size_t)s->world, 1);
+    s->epochs_ended = calloc((size_t)s->world, sizeof *s->epochs_ended);
   }
   s->zombies = calloc(s->o.max_consumers, sizeof *s->zombies);
-  if ((s->world && (!s->rank_done || !s->final_sent)) || !s->zombies) {
+  if ((s->world && (!s->rank_done || !s->final_sent || !s->epochs_ended)) || !s->zombies) {
     stream_server_destroy(s);
     CE_FAIL("stream server: out of memory");
   }
@@ -283,6 +285,7 @@ void stream_server_destroy(stream_server *s) {
   free(s->cons);
   free(s->rank_done);
   free(s->final_sent);
+  free(s->epochs_ended);
   free(s);
 }
 
@@ -602,6 +605,10 @@ static void handle_incoming(stream_server *s) {
       drop_consumer(s, (int)(c - s->cons));
       goto done;
     }
+    if (s->world && c->c.rank < s->world && h.position == 0 &&
+        h.epoch < s->epochs_ended[c->c.rank] &&
+        s->st.repeated++ == 0 && s->o.repeat)
+      s->o.repeat(s->ctx, &c->c, h.epoch);
     shm_free(c->shm); /* a HELLO again: a fresh segment, or none */
     c->shm = NULL;
     if ((h.flags & STREAM_FLAG_SHM) && s->o.shm_chunk_bytes) {
@@ -767,6 +774,9 @@ static int feed(stream_server *s, int i) {
       c->gone = 1;
       return 0;
     }
+    if (s->world && c->c.rank < s->world && c->epoch < UINT32_MAX &&
+        c->epoch >= s->epochs_ended[c->c.rank])
+      s->epochs_ended[c->c.rank] = c->epoch + 1;
     if (c->epoch == UINT32_MAX) { /* no epoch after the last one a header can name */
       c->done = 1;
       return 1;

@@ -74,6 +74,12 @@ typedef struct {
                                   ZeroMQ still holds (default 2 x world + 8, or 64) */
   void (*leave)(void *ctx, const stream_consumer *c); /* optional: the last consumer of a rank
                                   left (BYE, dropped): the source may forget what it read ahead */
+  void (*repeat)(void *ctx, const stream_consumer *c, uint32_t epoch);
+                               /* optional (with world > 0): a HELLO asks, from its start, for an
+                                  epoch whose end this server already sent to that rank: the
+                                  same samples in the same order again (a torch DataLoader's
+                                  workers without set_epoch; or a new trainer). Called for the
+                                  first such HELLO only; stream_server_stats.repeated counts all */
   const char *info;            /* optional: the text of the INFO reply (UTF-8 JSON, at most
                                   STREAM_INFO_MAX bytes, docs/stream-protocol.md "INFO"); any
                                   peer may ask for it, before or without a HELLO */
@@ -106,6 +112,8 @@ typedef struct {
                              it, wrong nonce, or the segment could not be made) */
   int end;                /* why stream_server_run returned (STREAM_END_*) */
   uint32_t ranks_done;    /* ranks of the world sent every epoch and gone (with max_epochs) */
+  uint64_t repeated;      /* HELLOs asking again, from its start, for an epoch already sent
+                             whole to that rank (see stream_server_opts.repeat) */
 } stream_server_stats;
 
 enum {

@@ -12,6 +12,9 @@
   samples (within the bound of one last-bit difference of a logarithm), and
   the dataset's parameters equal /stats; without a normalisation the
   refusal says how to get one (coemu stats, serve --generate --pilot/--stats);
+- readers that take epoch 0 again from its start (fresh DataLoaders
+  without set_epoch): the server warns once and counts them; none with
+  set_epoch;
 - early break: a DataLoader (2 workers) left after one batch says BYE on
   every connection: the server counts no dropped consumer, serves the next
   reader at once, and `serve --epochs 1` exits once that reader is done;
@@ -25,6 +28,7 @@
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -117,10 +121,11 @@ with tempfile.TemporaryDirectory() as tmp:
         check(k.returncode == 0, f"DDP rank {r}: exit {k.returncode}: {err[-2000:]}")
     rc, err = fixture.finish(p)
     check(rc == 0, f"serve --epochs 2 exits by itself after the last epoch: {rc} {err[-1000:]}")
+    check("again from its start" not in err and "asked for an epoch again" not in err,
+          f"set_epoch each epoch: no repeat warning: {err[-600:]}")
     # at the end of epoch 0 each of the 4 connections may have been sent one
     # chunk (2 samples) of epoch 1 before it left, no more (credit is kept to
     # the chunks left in an epoch); after the last epoch nothing
-    import re
     m = re.search(r"sent (\d+) samples", err)
     sent = int(m.group(1)) if m else -1
     check(2 * len(train) <= sent <= 2 * len(train) + 4 * 2,
@@ -230,7 +235,13 @@ with tempfile.TemporaryDirectory() as tmp:
                 check(ok, f"normalised sample {idx} {what}: max diff {np.max(diff)}")
     print(f"normalised stream vs coemu.normalise: max |diff| {worst:.3g}")
     p.terminate()
-    fixture.finish(p)
+    _, err = fixture.finish(p)
+    # the readers above each took epoch 0 from its start (fresh DataLoaders,
+    # no set_epoch): the server warns once, names the cause, counts them all
+    m = re.search(r"serve: (\d+) HELLOs? asked for an epoch again", err)
+    check(err.count("asks for epoch 0 again from its start") == 1 and "set_epoch" in err and
+          m and int(m.group(1)) >= 8, f"epoch 0 read again: one warning, every repeat counted: "
+          f"{err[-1200:]}")
 
     # ---- early break ----
     p = fixture.serve(d, ep, "--ranks", "2", "--batch", "2", "--epochs", "1",
