@@ -44,6 +44,13 @@ static int put_num(hid_t loc, const char *name, double value) {
   return h5_put_attr(loc, name, H5T_NATIVE_DOUBLE, &value);
 }
 
+/* A scalar int64 attribute: counts, levels and flags, as dataset.h5's
+ * /solver writes them (a reader compares the two files' attributes). */
+static int put_int(hid_t loc, const char *name, long long value) {
+  int64_t v = value;
+  return h5_put_attr(loc, name, H5T_NATIVE_INT64, &v);
+}
+
 static int h5_dataset(hid_t f, const char *name, int rank, const hsize_t *dims, const double *data) {
   hid_t s = H5Screate_simple(rank, dims, NULL);
   hid_t d = H5Dcreate2(f, name, H5T_IEEE_F64LE, s, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
@@ -70,15 +77,15 @@ static int write_h5(const char *path, const double *img, int nx, int ny, int nf,
   bad |= h5_put_str_attr(g, "lamda_file", p->lamda) < 0;
   bad |= h5_put_str_attr(g, "channels", p->channels) < 0;
   bad |= h5_put_str_attr(g, "image_axes", "x, y, frequency; I_nu [W m-2 Hz-1 sr-1]") < 0;
-  bad |= put_num(g, "transition", p->transition) < 0;
-  bad |= put_num(g, "upper_level", p->upper) < 0;
-  bad |= put_num(g, "lower_level", p->lower) < 0;
+  bad |= put_int(g, "transition", p->transition) < 0;
+  bad |= put_int(g, "upper_level", p->upper) < 0;
+  bad |= put_int(g, "lower_level", p->lower) < 0;
   bad |= put_num(g, "dx_m", p->dx) < 0;
   bad |= put_num(g, "vturb_m_per_s", p->vturb) < 0;
   bad |= put_num(g, "mass_amu", p->mass) < 0;
   bad |= put_num(g, "background", p->background) < 0;
-  bad |= put_num(g, "abs", p->take_abs) < 0;
-  bad |= put_num(g, "corrected_taylor", p->corrected) < 0;
+  bad |= put_int(g, "abs", p->take_abs) < 0;
+  bad |= put_int(g, "corrected_taylor", p->corrected) < 0;
   bad |= h5_put_str_attr(g, "precision", p->precision) < 0;
   H5Gclose(g);
   bad |= H5Fclose(f) < 0;

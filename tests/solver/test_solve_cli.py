@@ -93,6 +93,9 @@ with tempfile.TemporaryDirectory() as d:
         check(len(fr) == 7 and fr[3] == 230538000000.0, "frequencies dataset")
         at = f.attrs
         check(at["transition"] == 2 and at["upper_level"] == 3 and at["lower_level"] == 2, "transition attrs")
+        ints = [k for k in ("transition", "upper_level", "lower_level", "abs", "corrected_taylor")
+                if at[k].dtype != np.int64]
+        check(not ints, f"counts, levels and flags as int64, as dataset.h5's /solver: {ints}")
         check("coemu solve" in at["command_line"] and at["lamda_file"] == CO and at["dx_m"] == 1e11,
               "provenance attrs")
         check(len(at["git_revision"]) > 0 and at["coemu_version"] != "", "version attrs")
