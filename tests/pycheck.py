@@ -72,3 +72,23 @@ def wait_bound(proc, endpoint, limit_s=60.0):
             return True
         time.sleep(0.01)
     return proc.poll() is None and os.path.exists(path)
+
+
+def h5_group_bytes(path, name):
+    """Every dataset and attribute under /name of the HDF5 file at path, as
+    bytes by name (for byte-identity checks of e.g. /stats)."""
+    import h5py
+    import numpy as np
+    out = {}
+    with h5py.File(path, 'r') as h:
+        g = h[name]
+        for k, v in g.attrs.items():
+            out['@' + k] = np.asarray(v).tobytes()
+
+        def visit(sub, obj):
+            for k, v in obj.attrs.items():
+                out[sub + '@' + k] = np.asarray(v).tobytes()
+            if isinstance(obj, h5py.Dataset):
+                out[sub] = obj[()].tobytes()
+        g.visititems(visit)
+    return out

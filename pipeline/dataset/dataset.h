@@ -79,6 +79,16 @@ typedef struct {
  * dataset.h5. Fails (naming the shard) if a shard is missing. */
 int dataset_finish(const char *dir, const dataset_provenance *prov);
 
+/* Rank 0, for a rerun of the job that made DIR (dataset_prepare agreed):
+ * how much of it is finished, judged without reading any shard's data.
+ * DATASET_FINISHED_SHARDS: manifest.json lists every sample of the job, each
+ * listed shard is there with its recorded size, and dataset.h5 opens
+ * (what shard_reader_open checks); DATASET_FINISHED_ALL: also /stats, when
+ * the job computes it. A damaged shard of the right size is not found here:
+ * coemu verify reads every byte. 0 when not finished (the error cleared). */
+enum { DATASET_FINISHED_SHARDS = 1, DATASET_FINISHED_ALL = 2 };
+int dataset_finished(const char *dir, const job *j);
+
 /* Check a dataset against its manifest: every listed shard exists, has the
  * listed size, range and layout, and every dataset's CRC-32 recomputed from
  * the data matches the manifest; the shards cover all samples; dataset.h5

@@ -390,6 +390,45 @@ static void print_breakdown(const char *cmd, const double *b, int ranks, int64_t
             cmd, b[8], b[9], b[10], b[12], 100 * (b[9] + b[10] + b[12]) / cpu);
 }
 
+/* Every rank: the /stats group over the finished dataset (recomputed from
+ * the shards, so a resumed job gets the same numbers as an uninterrupted
+ * one). dataset_stats prints a failing rank's error itself. 0 or -1. */
+static int job_stats(const char *cmd, const job *j, const char *out, int quiet) {
+  double ts = ce_now();
+  int rc = dataset_stats(out, j->stats_split, j->stats_drop_outliers, j->stats_lnI_clip, 1);
+  if (g_rank == 0 && !quiet && rc == 0)
+    fprintf(stderr, "coemu %s: /stats over the %s split in %.1f s\n", cmd, j->stats_split,
+            ce_now() - ts);
+  if (g_rank == 0 && rc < 0)
+    fprintf(stderr, "coemu %s: every sample is made and kept in %s; only its /stats failed "
+                    "(above): after fixing the cause, `coemu stats %s` (under mpirun for "
+                    "parallel) computes it without making any sample again\n", cmd, out, out);
+  return rc;
+}
+
+/* A rerun of a finished job (dataset_finished gave `level`, every rank):
+ * nothing made, no shard read, manifest and dataset.h5 as they were; /stats
+ * computed only when it is missing. The exit status, after MPI_Finalize. */
+static int rerun_finished(const char *cmd, job *j, const char *out, int level, int quiet) {
+  if (g_rank == 0 && !quiet)
+    fprintf(stderr, "coemu %s: %s is finished: %lld samples in %lld shards, each where "
+                    "manifest.json says with its recorded size, and dataset.h5%s; nothing to "
+                    "make (no shard read: `coemu verify %s` reads every byte, and a shard it "
+                    "names as damaged is made again when removed and this command rerun)\n",
+            cmd, out, (long long)job_samples(j),
+            (long long)dataset_shards(job_samples(j), j->samples_per_shard),
+            level == DATASET_FINISHED_ALL && j->stats_compute ? " with /stats" : "", out);
+  int rc = 0;
+  if (level == DATASET_FINISHED_SHARDS && j->stats_compute) {
+    if (g_rank == 0 && !quiet)
+      fprintf(stderr, "coemu %s: %s/dataset.h5 has no /stats yet: computing it\n", cmd, out);
+    rc = job_stats(cmd, j, out, quiet);
+  }
+  job_free(j);
+  MPI_Finalize();
+  return rc < 0 ? 1 : 0;
+}
+
 int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open) {
   g_cmd = cmd;
   const char *out = NULL;
@@ -473,6 +512,18 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
     mpi_agree(0);
   }
 
+  /* A rerun of a finished job (docs/jobs.md, "Rerunning a finished job"):
+   * nothing to make, and nothing to read again either (at the paper's size
+   * every shard verified and /stats recomputed took as long as reading the
+   * 7 TB twice); at most its missing /stats */
+  int finished = g_rank == 0 ? dataset_finished(out, &j) : 0;
+  MPI_Bcast(&finished, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  if (finished) {
+    start.active = 0;
+    mpi_set_cleanup(NULL, NULL);
+    return rerun_finished(cmd, &j, out, finished, quiet);
+  }
+
   generate_producer p = {0};
   mpi_agree(open(&j, out, &p));
   start.producer = &p;
@@ -541,10 +592,6 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   workplan_drain(&wp);
   if (failed) ce_err("%s", failure);
   int any_failed = mpi_any_failed(failed ? -1 : 0);
-  /* after the shards: the finishing steps (manifest, dataset.h5, /stats)
-   * are each atomic, SIGTERM/SIGINT end the process as by default, and
-   * SIGUSR1 is ignored (stop_signals) */
-  stop_signals(0);
   if (g_stop) stopped = 1;
   g_coord_s += ce_now() - tw;
   double t_rank = ce_now() - t_start;
@@ -573,6 +620,14 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
     MPI_Finalize();
     return any_failed ? CLI_EXIT_FAILURE : CLI_EXIT_STOPPED;
   }
+  /* Every rank goes on to the finishing steps (manifest, dataset.h5,
+   * /stats): each is atomic, so from here SIGTERM/SIGINT end the process as
+   * by default, and SIGUSR1 is ignored (stop_signals). Not before: a rank
+   * that is stopping (one rank's SIGTERM stops them all) must not be killed
+   * by its own SIGTERM arriving late, as Slurm's to every rank can (exit 3,
+   * not 143: the batch script requeues on 3). A signal noted between the
+   * agreement above and this line is not acted on: the run finishes. */
+  stop_signals(0);
   int64_t total[3];
   MPI_Reduce(counts, total, 3, MPI_INT64_T, MPI_SUM, 0, MPI_COMM_WORLD);
   shard_times st;
@@ -619,18 +674,7 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   /* Every rank: the /stats group over the finished dataset (recomputed from
    * the shards, so a resumed job gets the same numbers as an uninterrupted
    * one). dataset_stats prints a failing rank's error itself. */
-  int stats_rc = 0;
-  if (j.stats_compute) {
-    double ts = ce_now();
-    stats_rc = dataset_stats(out, j.stats_split, j.stats_drop_outliers, j.stats_lnI_clip, 1);
-    if (g_rank == 0 && !quiet && stats_rc == 0)
-      fprintf(stderr, "coemu %s: /stats over the %s split in %.1f s\n", cmd, j.stats_split,
-              ce_now() - ts);
-    if (g_rank == 0 && stats_rc < 0)
-      fprintf(stderr, "coemu %s: every sample is made and kept in %s; only its /stats failed "
-                      "(above): after fixing the cause, `coemu stats %s` (under mpirun for "
-                      "parallel) computes it without making any sample again\n", cmd, out, out);
-  }
+  int stats_rc = j.stats_compute ? job_stats(cmd, &j, out, quiet) : 0;
   free(msplit);
   free(in);
   free(tg);

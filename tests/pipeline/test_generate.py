@@ -31,7 +31,7 @@ splits: {{train: 0.5, validation: 0.25, test: 0.25, seed: 2}}
 """
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from pycheck import check, run_in_tmpdir, sanitizer_full_stacks  # noqa: E402
+from pycheck import check, h5_group_bytes, run_in_tmpdir, sanitizer_full_stacks  # noqa: E402
 sanitizer_full_stacks()
 
 
@@ -173,7 +173,23 @@ def run_tests(tmp):
     r = subprocess.run([COEMU, 'verify', outs[3]], capture_output=True, text=True)
     check(r.returncode == 1 and 'shard-000002.h5' in r.stderr and '/targets' in r.stderr,
           f'verify finds corruption: {r.stderr}')
-    # a resume repairs the damaged shard and reports it
+    # a rerun of the finished job reads no shard: it leaves the damage
+    # (verify's to find) and names the remedy; the remedy remakes the shard
+    r = mpi(2, [job, '--out', outs[3]])
+    check(r.returncode == 0 and 'is finished' in r.stderr and 'coemu verify' in r.stderr and
+          'made again when removed' in r.stderr,
+          f'a rerun of a finished dataset reads no shard, names verify: {r.stderr}')
+    with h5py.File(shard, 'r') as h:
+        check(h['targets'][1, 0, 0, 0] == 5.0, 'the rerun left the damaged shard as it was')
+    os.unlink(shard)
+    r = mpi(2, [job, '--out', outs[3], '--quiet'])
+    check(r.returncode == 0 and same(ref, arrays(outs[3])),
+          f'removed and rerun: the damaged shard made again: {r.stderr}')
+    # a damaged shard found by a resume (an unfinished dataset: its
+    # manifest gone) is reported and made again
+    with h5py.File(shard, 'r+') as h:
+        h['targets'][1, 0, 0, 0] = 5.0
+    os.unlink(os.path.join(outs[3], 'manifest.json'))
     r = mpi(2, [job, '--out', outs[3], '--quiet'])
     check(r.returncode == 0 and 'shard-000002.h5' in r.stderr and same(ref, arrays(outs[3])),
           f'resume repairs a damaged shard: {r.stderr}')
@@ -236,15 +252,46 @@ def run_tests(tmp):
         done = len([f for f in os.listdir(sd) if f.endswith('.h5')]) if os.path.isdir(sd) else 0
         r = mpi(ranks, [job, '--out', out])
         check(r.returncode == 0, f'resume after kills: {r.stderr}')
-        check(f'({M * D // S - done} made now, {done} kept from an earlier run)' in r.stderr,
-              f'resume makes only the unfinished shards ({done} were done): {r.stderr}')
+        if 'is finished' in r.stderr:  # the last run ended before its kill
+            check(done == M * D // S, f'finished only with every shard ({done}): {r.stderr}')
+        else:
+            check(f'({M * D // S - done} made now, {done} kept from an earlier run)' in r.stderr,
+                  f'resume makes only the unfinished shards ({done} were done): {r.stderr}')
         check(same(ref, arrays(out)), f'kill trial {trial}: identical after resume')
         check(not [f for f in os.listdir(os.path.join(out, 'shards')) if '.tmp.' in f],
               'no temporary files left')
 
-    # a rerun of the finished job makes nothing: its rate line says so (not
-    # the kept samples over the time of the resume checks), nor does its
+    # a rerun of the finished job: nothing made, read or rewritten
+    def mtimes(d):
+        return {f: os.stat(os.path.join(d, f)).st_mtime_ns
+                for f in ['manifest.json', 'dataset.h5'] +
+                [os.path.join('shards', x) for x in os.listdir(os.path.join(d, 'shards'))]}
+    before = mtimes(out)
+    r = mpi(ranks, [job, '--out', out])
+    check(r.returncode == 0 and f'is finished: {M * D} samples in {M * D // S} shards' in r.stderr
+          and 'with /stats' in r.stderr and 'made now' not in r.stderr and mtimes(out) == before,
+          f'rerun of a finished job: nothing made or rewritten: {r.stderr}')
+    # ... but its /stats, when missing (a run ended before it), is computed
+    stats_ref = h5_group_bytes(os.path.join(out, 'dataset.h5'), 'stats')
+    with h5py.File(os.path.join(out, 'dataset.h5'), 'r+') as h:
+        del h['stats']
+    r = mpi(ranks, [job, '--out', out])
+    check(r.returncode == 0 and 'has no /stats yet' in r.stderr and h5_group_bytes(os.path.join(out, 'dataset.h5'), 'stats') == stats_ref,
+          f'rerun of a finished job without /stats: /stats computed, the same: {r.stderr}')
+    # a manifest of another fingerprint (another coemu's reading of the same
+    # job.yaml) is no finished dataset of this job: the rerun resumes
+    mpath = os.path.join(out, 'manifest.json')
+    man = open(mpath).read()
+    fp = json.loads(man)['job_fingerprint']
+    open(mpath, 'w').write(man.replace(fp, '%08x' % (int(fp, 16) ^ 1)))
+    r = mpi(ranks, [job, '--out', out])
+    check(r.returncode == 0 and 'is finished' not in r.stderr and open(mpath).read() == man,
+          f'a manifest of another fingerprint: resumed, the manifest written again: {r.stderr}')
+    # a rerun that keeps every shard but finds no manifest (a run ended
+    # after its last shard) makes nothing: its rate line says so (not the
+    # kept samples over the time of the resume checks), nor does its
     # progress line (0/s, no ETA), and the last progress line is printed once
+    os.unlink(os.path.join(out, 'manifest.json'))
     r = mpi(ranks, [job, '--out', out])
     final = [l for l in r.stderr.splitlines() if f': {M * D}/{M * D} samples (100.0%)' in l]
     check(r.returncode == 0 and f'(0 made now, {M * D // S} kept from an earlier run)' in r.stderr

@@ -9,7 +9,7 @@ group headers holding HDF5 timestamps).  The analytic producer of
 tests/pipeline/testgen.c sends the signal itself at a chosen sample
 (COEMU_TEST_SIGNAL) for stops at known places: at a shard boundary and
 mid-shard; a last case signals every rank from outside mid-run, as Slurm
-does at the time limit.  Prints "N passed, N failed"."""
+does at the time limit, and another signals ranks already stopping.  Prints "N passed, N failed"."""
 import filecmp
 import json
 import os
@@ -197,6 +197,32 @@ def run_tests(tmp):
                         f'SIGTERM to every rank from outside, attempt {attempt}')
     resumes(2, job, out, ref, 'SIGTERM to every rank from outside')
 
+    # A rank that is already stopping (one rank's signal stops them all) and
+    # then gets its own SIGTERM, late, as Slurm's to every rank can arrive:
+    # still a clean stop, exit 3 (the batch script requeues on 3), not 143.
+    # The rank making sample 9 (mid-shard 2) signals itself; the producer's
+    # close then holds every rank, past its shards, while the test signals
+    # them all.
+    out = os.path.join(tmp, 'late')
+    env = dict(os.environ, COEMU_TEST_SIGNAL=f'TERM:{2 * S + 1}', COEMU_TEST_CLOSE_PAUSE_MS='1500', **SLOW)
+    p = subprocess.Popen(cmd(2, job, out), env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lines, closing = [], 0
+    t0 = time.time()
+    while closing < 2 and time.time() - t0 < 60:
+        line = p.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        closing += ': closing' in line
+    check(closing == 2, f'late SIGTERM: both ranks reached the producer\'s close: {lines[-8:]}')
+    for pid in rank_pids(p):
+        os.kill(pid, signal.SIGTERM)
+    err = ''.join(lines) + wait_signalled(p, 'late SIGTERM')
+    stopped_cleanly(subprocess.CompletedProcess(p.args, p.returncode, '', err), out,
+                    'a late SIGTERM to ranks already stopping')
+    resumes(2, job, out, ref, 'a late SIGTERM to ranks already stopping')
+
     # SIGUSR1 during the finishing steps (manifest, dataset.h5, /stats: minutes
     # at the paper's size), as Slurm's --signal=USR1@600 may send it when the
     # last shards are done: ignored, the run completes and exits 0 with /stats
@@ -258,8 +284,8 @@ def run_tests(tmp):
         check(h['inputs'].chunks == (1, 3, 32, 32, 32), 'chunked by sample, as before')
 
     r = run(2, job, ref)
-    check(r.returncode == 0 and f'(0 made now, {M * D // S} kept' in r.stderr,
-          f'a finished dataset reruns to itself: {r.stderr[-800:]}')
+    check(r.returncode == 0 and 'is finished' in r.stderr and 'made now' not in r.stderr,
+          f'a finished dataset reruns to itself, making nothing: {r.stderr[-800:]}')
     man = json.load(open(os.path.join(ref, 'manifest.json')))
     check(len(man['shards']) == M * D // S, 'manifest lists every shard')
 

@@ -45,7 +45,7 @@ splits: {{train: 0.5, validation: 0.25, test: 0.25, seed: 2}}
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.join(ROOT, 'pipeline', 'stream'))
 sys.path.insert(0, os.path.join(ROOT, 'scripts'))
-from pycheck import check, run_in_tmpdir, sanitizer_full_stacks, wait_bound  # noqa: E402
+from pycheck import check, h5_group_bytes, run_in_tmpdir, sanitizer_full_stacks, wait_bound  # noqa: E402
 import coemu_stream as cs  # noqa: E402
 sanitizer_full_stacks()
 
@@ -59,25 +59,8 @@ def mpi(n, exe, args):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300 * SLOW, env=env)
 
 
-def group(h5, name):
-    """Every dataset and attribute under /name, as bytes."""
-    out = {}
-    g = h5[name]
-    for k, v in g.attrs.items():
-        out['@' + k] = np.asarray(v).tobytes()
-
-    def visit(path, obj):
-        for k, v in obj.attrs.items():
-            out[path + '@' + k] = np.asarray(v).tobytes()
-        if isinstance(obj, h5py.Dataset):
-            out[path] = obj[()].tobytes()
-    g.visititems(visit)
-    return out
-
-
 def stats_of(d):
-    with h5py.File(os.path.join(d, 'dataset.h5'), 'r') as h:
-        return group(h, 'stats')
+    return h5_group_bytes(os.path.join(d, 'dataset.h5'), 'stats')
 
 
 def open_fds(pid):

@@ -14,6 +14,10 @@
  *   COEMU_TEST_FSIZE      a file-size limit (RLIMIT_FSIZE, bytes) set once MPI
  *                         is up (MPI's own start-up writes files), to act as a
  *                         full disk
+ *   COEMU_TEST_CLOSE_PAUSE_MS  the producer's close (after the shards, also
+ *                         when the run is stopping) prints "testgen: rank R:
+ *                         closing" and then sleeps this long: a window in which
+ *                         a test signals ranks that are past their shards
  * `testgen inspect DIR` runs dataset_inspect(DIR).
  */
 #include <math.h>
@@ -80,6 +84,19 @@ static int analytic_sample(void *ctx, int64_t model, int64_t dir, float *in, flo
   return 0;
 }
 
+static void analytic_close(void *ctx) {
+  (void)ctx;
+  const char *ms = getenv("COEMU_TEST_CLOSE_PAUSE_MS");
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  fprintf(stderr, "testgen: rank %d: closing\n", rank);
+  fflush(stderr);
+  long left = atol(ms);
+  struct timespec ts = {left / 1000, (left % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) < 0) { /* a noted signal interrupts it: sleep the rest */
+  }
+}
+
 static int analytic_open(const job *j, const char *out_dir, generate_producer *p) {
   g_an.n = j->n;
   g_an.nf = j->nf;
@@ -116,7 +133,7 @@ static int analytic_open(const job *j, const char *out_dir, generate_producer *p
   p->ctx = &g_an;
   p->nu0 = 230.5380000e9;
   p->name = "analytic test producer (tests/pipeline/testgen.c)";
-  p->close = NULL;
+  p->close = getenv("COEMU_TEST_CLOSE_PAUSE_MS") ? analytic_close : NULL;
   return 0;
 }
 

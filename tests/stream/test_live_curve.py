@@ -192,8 +192,11 @@ with tempfile.TemporaryDirectory() as tmp:
         check(gen.returncode == 0, f"generate: {err[-1500:]}")
         check("live stream on " + ep + " (CURVE)" in err,
               f"generate names the CURVE stream: {err[-400:]}")
-        # the same command again (as a resume does) while the server still
-        # serves: it keeps that server (a second one could not bind the port)
+        # the same command again while the server still serves, as a resume
+        # (its manifest gone: a run stopped after its last shard; a finished
+        # dataset's rerun starts nothing): it keeps that server (a second
+        # one could not bind the port)
+        os.unlink(os.path.join(d, "manifest.json"))
         r = subprocess.run([COEMU, "generate", job, "--out", d, "--quiet"], capture_output=True,
                            text=True, timeout=300, env=MPI_ENV)
         check(r.returncode == 0 and "the server an earlier run started still serves" in r.stderr,
