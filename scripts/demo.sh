@@ -2,7 +2,8 @@
 # Install what is missing, build, and run the main job on the embedded
 # default: jobs/demo.yaml (16 synthetic AGB binary-wind models x 32
 # directions, 64^3 cubes, the 7 COEmuNet channels of CO J=2-1) on 2 MPI
-# ranks. Re-running resumes (finished shards are kept).
+# ranks. Re-running resumes an unfinished dataset (finished shards are
+# kept) and leaves a finished one as it is (verify below reads every byte).
 #   scripts/demo.sh [RANKS] [OUTDIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +17,7 @@ mpi=(--oversubscribe)
 [ "$(id -u)" -eq 0 ] && mpi+=(--allow-run-as-root)
 # the job, its LAMDA file and an estimate of samples, disk and time
 ./build/pipeline/coemu generate jobs/demo.yaml --check
-echo "demo: making the dataset on $ranks MPI ranks into $out/ (a rerun resumes: finished shards are kept)"
+echo "demo: making the dataset on $ranks MPI ranks into $out/ (a rerun resumes, or finds it finished)"
 mpirun "${mpi[@]}" -n "$ranks" ./build/pipeline/coemu generate jobs/demo.yaml --out "$out"
 ./build/pipeline/coemu verify "$out"
 run=""
