@@ -61,6 +61,29 @@ int dataset_prepare(const char *dir, const job *j) {
   return fs_commit_tmp(f, tmp, p, ok);
 }
 
+/* Rank 0, a rerun of DIR's own job (dataset.h). */
+int dataset_finished(const char *dir, const job *j) {
+  shard_reader *r;
+  uint32_t fp;
+  int level = 0;
+  if (shard_reader_open(dir, 1, &r) == 0) { /* every shard there, its size; dataset.h5 opens */
+    /* made under this job's fingerprint (a coemu whose fingerprint of the
+     * same job.yaml differs remakes the shards, as a resume would) */
+    if (shard_reader_job_fingerprint(r, &fp) == 0 && fp == j->fingerprint &&
+        shard_reader_samples(r) == job_samples(j) && shard_reader_n(r) == j->n &&
+        shard_reader_channels(r) == j->nf)
+      level = DATASET_FINISHED_SHARDS;
+    shard_reader_close(r);
+  }
+  stats_norm norm;
+  char h5[4200];
+  snprintf(h5, sizeof h5, "%s/dataset.h5", dir);
+  if (level && (!j->stats_compute || stats_file_read_norm(h5, &norm) == 0))
+    level = DATASET_FINISHED_ALL;
+  ce_err_clear();
+  return level;
+}
+
 /* ---- dataset.h5 ---- */
 
 static int write_array(hid_t loc, const char *name, hid_t ftype, hid_t mtype, int rank,
@@ -530,32 +553,6 @@ static yt_node *verify_manifest(const char *mpath, long long *samples, long long
     return NULL;
   }
   return m;
-}
-
-/* Rank 0, a rerun of DIR's own job (dataset.h). */
-int dataset_finished(const char *dir, const job *j) {
-  char path[4200];
-  long long samples, n, nf;
-  int level = 0;
-  snprintf(path, sizeof path, "%s/manifest.json", dir);
-  yt_node *m = access(path, F_OK) == 0 ? verify_manifest(path, &samples, &n, &nf) : NULL;
-  /* made under this job's fingerprint (a coemu whose fingerprint of the
-   * same job.yaml differs remakes the shards, as a resume would) */
-  const yt_node *fpn = m ? yt_get(m, "job_fingerprint") : NULL;
-  shard_reader *r;
-  if (m && samples == job_samples(j) && n == j->n && nf == j->nf &&
-      (uint32_t)strtoul(fpn->text, NULL, 16) == j->fingerprint &&
-      shard_reader_open(dir, 1, &r) == 0) { /* every shard there, its size; dataset.h5 opens */
-    level = DATASET_FINISHED_SHARDS;
-    shard_reader_close(r);
-  }
-  yt_free(m);
-  stats_norm norm;
-  snprintf(path, sizeof path, "%s/dataset.h5", dir);
-  if (level && (!j->stats_compute || stats_file_read_norm(path, &norm) == 0))
-    level = DATASET_FINISHED_ALL;
-  ce_err_clear();
-  return level;
 }
 
 int dataset_verify_part(const char *dir, FILE *report, int part, int parts,

@@ -76,6 +76,8 @@ struct shard_reader {
   char dir[4096], h5path[4200];
   int64_t samples;
   int n, nf, has_inputs, checked, has_label[2];
+  int has_fingerprint;      /* the manifest names the job's fingerprint */
+  uint32_t job_fingerprint; /* ... which is this */
   size_t in_vals, out_vals; /* floats per sample */
   /* shards mode */
   int64_t directions;   /* manifest: directions per model, or 0 */
@@ -125,6 +127,11 @@ int shard_reader_checked(const shard_reader *r) {
 }
 int64_t shard_reader_shards(const shard_reader *r) {
   return r->sh ? r->nshards : r->integ_open ? r->integ.nsrc : 0;
+}
+int shard_reader_job_fingerprint(const shard_reader *r, uint32_t *fp) {
+  if (!r->has_fingerprint) return -1;
+  *fp = r->job_fingerprint;
+  return 0;
 }
 int shard_reader_open_now(const shard_reader *r) { return r->nopen; }
 int shard_reader_open_peak(const shard_reader *r) { return r->peak; }
@@ -180,6 +187,9 @@ static int load_manifest(shard_reader *r) {
     r->n = (int)n;
     r->nf = (int)nf;
     r->has_inputs = !strcmp(si->text, "true");
+    const yt_node *fp = yt_get(m, "job_fingerprint");
+    r->has_fingerprint = fp && fp->kind == YT_SCALAR;
+    if (r->has_fingerprint) r->job_fingerprint = (uint32_t)strtoul(fp->text, NULL, 16);
     /* images-only (format_minor 2): readers rebuild the cubes; a manifest
      * whose store_inputs is false without it is targets only */
     r->images_only = !r->has_inputs && how && how->kind == YT_SCALAR && !strcmp(how->text, "rebuilt");

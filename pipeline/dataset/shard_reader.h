@@ -74,6 +74,9 @@ int64_t shard_reader_samples(const shard_reader *r);
 int shard_reader_n(const shard_reader *r);
 int shard_reader_channels(const shard_reader *r);
 int shard_reader_has_inputs(const shard_reader *r);
+/* The job fingerprint manifest.json records (its "job_fingerprint"): 0, or
+ * -1 when it records none (no manifest: dataset.h5 read as it is). */
+int shard_reader_job_fingerprint(const shard_reader *r, uint32_t *fp);
 
 /* 1 for an images-only dataset (output.store_inputs false, format_minor 2;
  * docs/dataset-format.md, "Images-only datasets"): the shards hold no

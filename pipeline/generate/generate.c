@@ -671,9 +671,6 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   p.close = NULL;
   mpi_agree(frc);
   mpi_set_cleanup(NULL, NULL);
-  /* Every rank: the /stats group over the finished dataset (recomputed from
-   * the shards, so a resumed job gets the same numbers as an uninterrupted
-   * one). dataset_stats prints a failing rank's error itself. */
   int stats_rc = j.stats_compute ? job_stats(cmd, &j, out, quiet) : 0;
   free(msplit);
   free(in);
