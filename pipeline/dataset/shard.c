@@ -894,28 +894,79 @@ static int crc_of_set(const char *path, hid_t d, hid_t mtype, size_t elem, uint3
   return rc;
 }
 
-int shard_verify(const char *path, const shard_layout *lay, shard_sums *sums) {
+/* Open a finished shard and check what it claims, reading no data: its
+ * attributes (first, count, invalid, every dataset's crc32), where its arrays
+ * lie, and its layout and job fingerprint against `lay`. *f is left open
+ * (also on an error; -1 when the file did not open). HDF5 refuses to open a file shorter than the end it records, so
+ * a truncated copy fails here. */
+static int open_claims(const char *path, const shard_layout *lay, shard_sums *sums, hid_t *f) {
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
   memset(sums, 0, sizeof *sums);
-  hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT); /* once: sums, layout and data */
-  if (f < 0) CE_FAIL("%s: not a readable HDF5 file", path);
-  if (read_sums(f, path, sums) < 0) {
-    H5Fclose(f);
+  *f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT); /* once: sums, layout and data */
+  if (*f < 0) CE_FAIL("%s: not a readable HDF5 file", path);
+  if (read_sums(*f, path, sums) < 0) return -1;
+  read_layout(*f, sums); /* coemu verify compares it with the manifest's */
+  int n = 0, nf = 0, si = 0;
+  uint32_t fp = 0;
+  if (h5_get_attr(*f, "n", H5T_NATIVE_INT, &n) < 0 || h5_get_attr(*f, "channels", H5T_NATIVE_INT, &nf) < 0 ||
+      h5_get_attr(*f, "store_inputs", H5T_NATIVE_INT, &si) < 0 ||
+      h5_get_attr(*f, "job_fingerprint", H5T_NATIVE_UINT32, &fp) < 0)
+    CE_FAIL("%s: missing layout attributes (n, channels, store_inputs, job_fingerprint)", path);
+  if (n != lay->n || nf != lay->nf || !si != !lay->store_inputs)
+    CE_FAIL("%s: layout n=%d channels=%d store_inputs=%d, expected %d, %d, %d", path, n, nf, si,
+            lay->n, lay->nf, lay->store_inputs);
+  if (fp != lay->job_fingerprint)
+    CE_FAIL("%s: made by a different job (fingerprint %08x, expected %08x)", path, fp,
+            lay->job_fingerprint);
+  return 0;
+}
+
+/* Open dataset s of f and check it has sums->count rows: the dataset, or -1
+ * with the message. */
+static hid_t open_set_rows(hid_t f, const char *path, int s, const shard_sums *sums) {
+  hid_t d = H5Dopen2(f, shard_set_names[s], H5P_DEFAULT);
+  if (d < 0) {
+    ce_err("%s: /%s: missing", path, shard_set_names[s]);
     return -1;
   }
-  read_layout(f, sums); /* coemu verify compares it with the manifest's */
-  int n = 0, nf = 0, si = 0, rc = 0;
-  uint32_t fp = 0;
-  if (h5_get_attr(f, "n", H5T_NATIVE_INT, &n) < 0 || h5_get_attr(f, "channels", H5T_NATIVE_INT, &nf) < 0 ||
-      h5_get_attr(f, "store_inputs", H5T_NATIVE_INT, &si) < 0 ||
-      h5_get_attr(f, "job_fingerprint", H5T_NATIVE_UINT32, &fp) < 0)
-    rc = ce_err("%s: missing layout attributes (n, channels, store_inputs, job_fingerprint)", path);
-  else if (n != lay->n || nf != lay->nf || !si != !lay->store_inputs)
-    rc = ce_err("%s: layout n=%d channels=%d store_inputs=%d, expected %d, %d, %d", path, n, nf,
-                si, lay->n, lay->nf, lay->store_inputs);
-  else if (fp != lay->job_fingerprint)
-    rc = ce_err("%s: made by a different job (fingerprint %08x, expected %08x)", path, fp,
-                lay->job_fingerprint);
+  hid_t sp = H5Dget_space(d);
+  hsize_t dims[8] = {0};
+  int ok = sp >= 0 && H5Sget_simple_extent_ndims(sp) >= 1 &&
+           H5Sget_simple_extent_dims(sp, dims, NULL) >= 1 && (int64_t)dims[0] == sums->count;
+  if (sp >= 0) H5Sclose(sp);
+  if (ok) return d;
+  H5Dclose(d);
+  ce_err("%s: /%s: %llu rows, expected %lld", path, shard_set_names[s],
+         (unsigned long long)dims[0], (long long)sums->count);
+  return -1;
+}
+
+/* whether shard_verify / shard_check_claims look at dataset s */
+static int set_checked(int s, const shard_layout *lay, const shard_sums *sums) {
+  if (s == SHARD_INPUTS && !lay->store_inputs) return 0;
+  if (s == SHARD_CHECKSUMS && !sums->has_checksums) return 0; /* format 1 */
+  return 1;
+}
+
+int shard_check_claims(const char *path, const shard_layout *lay, shard_sums *sums) {
+  hid_t f;
+  int rc = open_claims(path, lay, sums, &f);
+  for (int s = 0; rc == 0 && s < SHARD_NSETS; s++) {
+    if (!set_checked(s, lay, sums)) continue;
+    hid_t d = open_set_rows(f, path, s, sums);
+    if (d < 0) rc = -1;
+    else H5Dclose(d);
+  }
+  if (f >= 0) H5Fclose(f);
+  return rc;
+}
+
+int shard_verify(const char *path, const shard_layout *lay, shard_sums *sums) {
+  hid_t f;
+  if (open_claims(path, lay, sums, &f) < 0) {
+    if (f >= 0) H5Fclose(f);
+    return -1;
+  }
   static const int elem[SHARD_NSETS] = {4, 4, 8, 8, 8, 1, 1, 8};
   hid_t mtypes[SHARD_NSETS] = {H5T_NATIVE_FLOAT, H5T_NATIVE_FLOAT,  H5T_NATIVE_INT64,
                                H5T_NATIVE_INT64, H5T_NATIVE_DOUBLE, H5T_NATIVE_UINT8,
@@ -923,10 +974,9 @@ int shard_verify(const char *path, const shard_layout *lay, shard_sums *sums) {
   /* every bad dataset is reported, not only the first: "PATH: /a: ...; /b: ..." */
   char all[2048] = "";
   size_t used = 0;
-  int layout_bad = rc < 0;
-  for (int s = 0; !layout_bad && s < SHARD_NSETS; s++) {
-    if (s == SHARD_INPUTS && !lay->store_inputs) continue;
-    if (s == SHARD_CHECKSUMS && !sums->has_checksums) continue; /* format 1 */
+  int rc = 0;
+  for (int s = 0; s < SHARD_NSETS; s++) {
+    if (!set_checked(s, lay, sums)) continue;
     if (rc < 0 && used < sizeof all) {
       const char *m = ce_err_msg();
       size_t pl = strlen(path);
@@ -934,20 +984,14 @@ int shard_verify(const char *path, const shard_layout *lay, shard_sums *sums) {
       used += (size_t)snprintf(all + used, sizeof all - used, "%s%s", used ? "; " : "", m);
       rc = 0;
     }
-    hid_t d = H5Dopen2(f, shard_set_names[s], H5P_DEFAULT);
-    if (d < 0) {
-      rc = ce_err("%s: /%s: missing", path, shard_set_names[s]);
-      break;
-    }
-    hid_t sp = H5Dget_space(d);
-    hsize_t dims[8];
-    H5Sget_simple_extent_dims(sp, dims, NULL);
-    H5Sclose(sp);
+    hid_t d = open_set_rows(f, path, s, sums);
     uint32_t c = 0;
-    if ((int64_t)dims[0] != sums->count)
-      rc = ce_err("%s: /%s: %llu rows, expected %lld", path, shard_set_names[s],
-                  (unsigned long long)dims[0], (long long)sums->count);
-    else if (crc_of_set(path, d, mtypes[s], (size_t)elem[s], &c) < 0)
+    if (d < 0) {
+      rc = -1;
+      if (H5Lexists(f, shard_set_names[s], H5P_DEFAULT) <= 0) break; /* missing: as before */
+      continue;
+    }
+    if (crc_of_set(path, d, mtypes[s], (size_t)elem[s], &c) < 0)
       rc = ce_err_prefix("/%s", shard_set_names[s]);
     else if (c != sums->crc[s])
       rc = ce_err("%s: /%s: checksum mismatch (stored crc32 %08x, data %08x)", path,

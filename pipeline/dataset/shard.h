@@ -130,6 +130,16 @@ void shard_times_get(shard_times *t);
  * Fills sums. Errors name the file and the dataset. */
 int shard_verify(const char *path, const shard_layout *lay, shard_sums *sums);
 
+/* The same checks without reading any data: the file opens as HDF5 (HDF5
+ * refuses one shorter than the end it records, so a truncated copy fails),
+ * its layout and job fingerprint match `lay`, and every dataset is there
+ * with the shard's row count and a crc32 attribute. What a resume keeps an
+ * earlier run's shard on: a shard is under its final name only after its
+ * bytes were fsynced (shard_close), so what is left to find is damage after
+ * the fact, which `coemu verify` and the readers' per-sample checksums find.
+ * Fills sums (the claimed CRC-32s) as shard_verify does. */
+int shard_check_claims(const char *path, const shard_layout *lay, shard_sums *sums);
+
 /* The checksums a shard claims (its attributes), without reading the data,
  * and where its arrays lie (sums->has_layout, sums->layout). */
 int shard_read_sums(const char *path, shard_sums *sums);

@@ -185,14 +185,37 @@ def run_tests(tmp):
     r = mpi(2, [job, '--out', outs[3], '--quiet'])
     check(r.returncode == 0 and same(ref, arrays(outs[3])),
           f'removed and rerun: the damaged shard made again: {r.stderr}')
-    # a damaged shard found by a resume (an unfinished dataset: its
-    # manifest gone) is reported and made again
+    # a resume (an unfinished dataset: its manifest gone) keeps an earlier
+    # run's shard on what the file claims, reading no data: damage inside
+    # the data stays (verify's to find) ...
     with h5py.File(shard, 'r+') as h:
         h['targets'][1, 0, 0, 0] = 5.0
     os.unlink(os.path.join(outs[3], 'manifest.json'))
     r = mpi(2, [job, '--out', outs[3], '--quiet'])
-    check(r.returncode == 0 and 'shard-000002.h5' in r.stderr and same(ref, arrays(outs[3])),
-          f'resume repairs a damaged shard: {r.stderr}')
+    with h5py.File(shard, 'r') as h:
+        check(r.returncode == 0 and h['targets'][1, 0, 0, 0] == 5.0 and 'shard-000002' not in r.stderr,
+              f'a resume reads no data of a kept shard: {r.stderr}')
+    r = subprocess.run([COEMU, 'verify', outs[3]], capture_output=True, text=True)
+    check(r.returncode == 1 and 'shard-000002.h5: /targets: checksum mismatch' in r.stderr,
+          f'verify finds what the resume kept: {r.stderr}')
+    # ... and a resume with --verify-kept reads it back, reports it and makes it again
+    os.unlink(os.path.join(outs[3], 'manifest.json'))
+    r = mpi(2, [job, '--out', outs[3], '--quiet', '--verify-kept'])
+    check(r.returncode == 0 and 'shard-000002.h5: /targets: checksum mismatch' in r.stderr and
+          'making the shard again' in r.stderr and same(ref, arrays(outs[3])),
+          f'resume --verify-kept repairs a damaged shard: {r.stderr}')
+    # a shard whose claims fail (a truncated copy: HDF5 will not open it;
+    # another job's shard under this name) is made again by a plain resume
+    other = os.path.join(outs[3], 'shards', 'shard-000003.h5')
+    os.truncate(shard, os.path.getsize(shard) // 2)
+    with h5py.File(other, 'r+') as h:
+        fp = h.attrs['job_fingerprint']
+        h.attrs.modify('job_fingerprint', np.uint32(fp ^ 1))
+    os.unlink(os.path.join(outs[3], 'manifest.json'))
+    r = mpi(2, [job, '--out', outs[3], '--quiet'])
+    check(r.returncode == 0 and 'shard-000002.h5: not a readable HDF5 file' in r.stderr and
+          'shard-000003.h5: made by a different job' in r.stderr and same(ref, arrays(outs[3])),
+          f'a resume remakes a truncated shard and another job\'s: {r.stderr}')
     os.unlink(os.path.join(outs[3], 'shards', 'shard-000004.h5'))
     r = subprocess.run([COEMU, 'verify', outs[3]], capture_output=True, text=True)
     check(r.returncode == 1 and 'shard-000004.h5' in r.stderr, 'verify finds a missing shard')

@@ -4,6 +4,7 @@
  * everything else is exact (parsed values, copied bytes). */
 #include <hdf5.h>
 #include <math.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -12,6 +13,7 @@
 #include "check.h"
 #include "rotate/sampler.h"
 #include "pipeline/dataset/dataset.h"
+#include "pipeline/dataset/h5util.h"
 #include "pipeline/dataset/shard.h"
 #include "pipeline/generate/generate.h"
 #include "pipeline/generate/workplan.h"
@@ -302,6 +304,12 @@ static void test_shard_roundtrip(void) {
   shard_layout other = lay;
   other.job_fingerprint = 1;
   CHECK_ERR(shard_verify(path, &other, &b), "made by a different job");
+  /* what a resume keeps a shard on: its claims, the same sums, no data read */
+  memset(&b, 0x5a, sizeof b);
+  CHECK_OK(shard_check_claims(path, &lay, &b));
+  CHECK(!memcmp(a.crc, b.crc, sizeof a.crc) && b.first == 10 && b.count == 3 &&
+        b.has_layout == a.has_layout && !memcmp(a.layout, b.layout, sizeof a.layout));
+  CHECK_ERR(shard_check_claims(path, &other, &b), "made by a different job");
   /* change one value of /targets behind the shard's back */
   hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
   hid_t d = H5Dopen2(f, "targets", H5P_DEFAULT);
@@ -316,6 +324,14 @@ static void test_shard_roundtrip(void) {
   H5Dclose(d);
   H5Fclose(f);
   CHECK_ERR(shard_verify(path, &lay, &b), "s.h5: /targets: checksum mismatch");
+  /* the claims are unchanged by damage to the data: that is verify's to find */
+  CHECK_OK(shard_check_claims(path, &lay, &b));
+  /* a truncated copy does not open: HDF5 compares the file's size with the
+   * end it records */
+  struct stat st;
+  CHECK(stat(path, &st) == 0 && truncate(path, st.st_size / 2) == 0);
+  CHECK_ERR(shard_check_claims(path, &lay, &b), "s.h5: not a readable HDF5 file");
+  CHECK_ERR(shard_verify(path, &lay, &b), "s.h5: not a readable HDF5 file");
   /* float64 storage, no inputs: the checksums are those of the float32 data */
   snprintf(path, sizeof path, "%s/f64.h5", dir);
   shard_layout l64 = {.n = 4, .nf = 3, .store_inputs = 0, .targets_f64 = 1, .job_fingerprint = 0xabcd};
@@ -330,6 +346,8 @@ static void test_shard_roundtrip(void) {
   CHECK(c64.crc[SHARD_TARGETS] == a.crc[SHARD_TARGETS] && c64.crc[SHARD_INPUTS] == 0);
   CHECK_OK(shard_verify(path, &l64, &b));
   CHECK_ERR(shard_verify(path, &lay, &b), "layout n=4 channels=3 store_inputs=0");
+  CHECK_OK(shard_check_claims(path, &l64, &b));
+  CHECK_ERR(shard_check_claims(path, &lay, &b), "layout n=4 channels=3 store_inputs=0");
   f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
   d = H5Dopen2(f, "targets", H5P_DEFAULT);
   hid_t t = H5Dget_type(d);
@@ -337,6 +355,19 @@ static void test_shard_roundtrip(void) {
   H5Tclose(t);
   H5Dclose(d);
   H5Fclose(f);
+  /* a /split of 2 rows in a shard of 3 (with its crc32 attribute, so only
+   * the row count is wrong): found by both, without reading the data */
+  f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+  CHECK(H5Ldelete(f, "split", H5P_DEFAULT) >= 0);
+  hsize_t two = 2;
+  hid_t sp = H5Screate_simple(1, &two, NULL);
+  d = H5Dcreate2(f, "split", H5T_STD_U8LE, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  CHECK(d >= 0 && h5_put_attr(d, "crc32", H5T_NATIVE_UINT32, &c64.crc[SHARD_SPLIT]) == 0);
+  H5Dclose(d);
+  H5Sclose(sp);
+  H5Fclose(f);
+  CHECK_ERR(shard_check_claims(path, &l64, &b), "f64.h5: /split: 2 rows, expected 3");
+  CHECK_ERR(shard_verify(path, &l64, &b), "f64.h5: /split: 2 rows, expected 3");
   /* an abandoned shard leaves nothing behind */
   snprintf(path, sizeof path, "%s/t.h5", dir);
   CHECK_OK(shard_open(&w, path, &lay, 0, 2));
