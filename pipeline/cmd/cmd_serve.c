@@ -117,12 +117,13 @@ static int run_server(const char *what, serve_source *src, const server_args *a)
   double el = ce_now() - t0;
   fprintf(stderr,
           "serve: sent %llu samples in %llu chunks (%.2f GB, %.2f GB/s over %.1f s); %llu hellos, "
-          "%llu malformed and %llu unexpected messages dropped, %llu consumers dropped (%llu stalled, "
+          "%llu malformed and %llu unexpected messages dropped (%llu answered with RESET), %llu consumers dropped (%llu stalled, "
           "%llu superseded, %llu connections shut), %llu hellos refused, %llu CURVE handshakes refused\n",
           (unsigned long long)st.samples_sent, (unsigned long long)st.chunks_sent,
           (double)st.bytes_sent / 1e9, el > 0 ? (double)st.bytes_sent / 1e9 / el : 0, el,
           (unsigned long long)st.hellos, (unsigned long long)st.malformed,
-          (unsigned long long)st.unexpected, (unsigned long long)st.consumers_dropped,
+          (unsigned long long)st.unexpected, (unsigned long long)st.resets,
+          (unsigned long long)st.consumers_dropped,
           (unsigned long long)st.stalled, (unsigned long long)st.superseded,
           (unsigned long long)st.connections_shut,
           (unsigned long long)st.refused, (unsigned long long)st.curve_refused);

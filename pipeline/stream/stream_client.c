@@ -25,6 +25,8 @@ struct stream_client {
   uint32_t epoch;
   uint64_t position;
   int welcomed, pending_credit;
+  uint64_t hello_gen; /* HELLOs said: every CREDIT and HEARTBEAT carries it as chunk_id, and
+                         a RESET echoes the chunk_id of the message it answers */
   uint64_t dataset_id, samples_per_epoch;
   double last_recv, last_sent;
   zmq_msg_t held[4]; /* ids, row checksums, inputs, targets of a one-sample chunk returned
@@ -56,7 +58,16 @@ static int send_ctl_ex(stream_client *c, int type, uint32_t value, uint32_t flag
 }
 
 static int send_ctl(stream_client *c, int type, uint32_t value) {
-  return send_ctl_ex(c, type, value, c->o.flags, 0);
+  return send_ctl_ex(c, type, value, c->o.flags, c->hello_gen);
+}
+
+/* HELLO, from (epoch, position): a new session, whose messages carry the
+ * next generation. */
+static int say_hello(stream_client *c) {
+  c->welcomed = 0;
+  c->pending_credit = 0;
+  c->hello_gen++;
+  return send_ctl(c, STREAM_HELLO, c->o.credit);
 }
 
 static void shm_unmap(stream_client *c) {
@@ -193,11 +204,10 @@ static int connect_socket(stream_client *c) {
   if (c->o.curve_server_key) CE_TRY(watch_handshakes(c));
   if (zmq_connect(c->sock, c->endpoint) != 0)
     CE_FAIL("stream client: cannot connect to %s: %s", c->endpoint, zmq_strerror(errno));
-  c->welcomed = 0;
-  c->pending_credit = 0;
   c->last_recv = ce_now();
   if (c->o.shm) c->o.flags |= STREAM_FLAG_SHM;
-  return send_ctl(c, STREAM_HELLO, c->o.credit);
+  c->o.flags |= STREAM_FLAG_RESETS;
+  return say_hello(c);
 }
 
 int stream_client_open(const stream_client_opts *o, stream_client **out) {
@@ -488,6 +498,18 @@ int stream_client_next(stream_client *c, stream_chunk_view *v) {
       return 0;
     case STREAM_ERROR:
       return STREAM_E_REMOTE;
+    case STREAM_RESET:
+      /* the producer has no session for this connection (it restarted, or
+       * dropped this consumer): HELLO again, from (epoch, position). Only
+       * for a RESET answering a message of the latest session: those that
+       * answer messages sent before its HELLO are stale (the producer got
+       * that HELLO after them, or has not got it yet). A HELLO that got
+       * lost (a producer gone between it and its WELCOME) is so found too:
+       * the next HEARTBEAT carries its generation. */
+      if (h.chunk_id != c->hello_gen) break;
+      c->st.resets++;
+      CE_TRY(say_hello(c));
+      break;
     default:
       c->st.malformed++;
     }

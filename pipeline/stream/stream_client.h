@@ -53,6 +53,7 @@ typedef struct {
   uint64_t chunks, samples, bytes, malformed, dropped_out_of_order, heartbeats;
   uint64_t realigned; /* frames copied because ZeroMQ delivered them misaligned */
   uint64_t shm_mapped, shm_chunks; /* sessions that mapped a segment; chunks read from one */
+  uint64_t resets; /* HELLOs said again on the producer's RESET (it restarted, or dropped us) */
 } stream_client_stats;
 
 typedef struct stream_client stream_client;

@@ -63,6 +63,11 @@
  * cannot map it and takes rows as frames). */
 #define STREAM_FLAG_SHM 8u
 #define STREAM_FLAG_SHM_ANSWER 16u
+/* Flag of a consumer's every message: it understands RESET (added within
+ * version 3). A producer answers only such peers with RESET: a consumer
+ * older than it would count each RESET as malformed and, never silent, not
+ * reach its timeout and reconnect. */
+#define STREAM_FLAG_RESETS 32u
 #define STREAM_SHM_MAGIC 0x314d4853534d4543ull /* "CEMSSHM1" little-endian */
 #define STREAM_SHM_HEAD 4096 /* the segment's header page: magic, nonce, size, slot bytes, slots */
 
@@ -80,6 +85,11 @@ typedef enum {
                            per epoch per rank, epoch = epochs served (0: unbounded), position
                            = silence timeout [ms], chunk_id = heartbeat [ms], + one
                            frame of UTF-8 JSON (docs/stream-protocol.md, "INFO") */
+  STREAM_RESET = 10,    /* producer -> consumer: the answer to a CREDIT or HEARTBEAT from a
+                           peer it has no session for (a restarted producer, or one that
+                           dropped the consumer): say HELLO again (epoch, position and
+                           chunk_id: those of the message answered; a consumer's CREDIT and
+                           HEARTBEAT carry in chunk_id how many HELLOs it has said) */
 } stream_msg_type;
 
 typedef struct {

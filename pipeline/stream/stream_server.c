@@ -636,6 +636,18 @@ static void handle_incoming(stream_server *s) {
   }
   if (!c) { /* a message from a consumer that never said HELLO (or was dropped) */
     s->st.unexpected++;
+    if ((h.type == STREAM_CREDIT || h.type == STREAM_HEARTBEAT) && (h.flags & STREAM_FLAG_RESETS)) {
+      /* a consumer that is reading, from where this producer stands: it
+       * was restarted, or it dropped this peer (silent past the timeout).
+       * Told so at once, the consumer says HELLO again and resumes where it
+       * is, instead of waiting out its own silence timeout. One header,
+       * never queued (send_frames): no session is opened for the peer. */
+      consumer_state tmp = {.idlen = idlen, .epoch = h.epoch, .position = h.position};
+      memcpy(tmp.id, id, idlen);
+      stream_header r = {.type = STREAM_RESET, .dataset_id = s->o.dataset_id, .epoch = h.epoch,
+                         .position = h.position, .chunk_id = h.chunk_id};
+      if (send_frames(s, &tmp, &r, NULL, 0) == 0) s->st.resets++;
+    }
     goto done;
   }
   c->last_seen = now;

@@ -99,6 +99,7 @@ typedef struct {
 typedef struct {
   uint64_t chunks_sent, samples_sent, bytes_sent;
   uint64_t malformed, unexpected, consumers_dropped, hellos;
+  uint64_t resets;       /* RESETs sent: CREDITs and HEARTBEATs of peers without a session */
   uint64_t refused;      /* HELLOs refused: wrong world, or too many consumers */
   uint64_t stalled;      /* consumers dropped because they stopped reading */
   uint64_t superseded;   /* sessions that gave their place to a HELLO (see place_for) */

@@ -34,13 +34,15 @@ import zmq
 MAGIC = 0x534D4543
 VERSION = 3
 HEADER_SIZE = 96
-HELLO, WELCOME, CREDIT, CHUNK, EPOCH_END, HEARTBEAT, ERROR, BYE, INFO = range(1, 10)
+HELLO, WELCOME, CREDIT, CHUNK, EPOCH_END, HEARTBEAT, ERROR, BYE, INFO, RESET = range(1, 11)
 # HELLO flags bits 1-2: the epoch order asked for (0: the producer's), as
 # SERVE_FLAG_ORDER in pipeline/serve/serve.h
 ORDERS = ("exact", "shards")
 # same-host shared memory (docs/stream-protocol.md, "Shared memory"), as
 # STREAM_FLAG_SHM* in pipeline/stream/stream_proto.h
 FLAG_SHM, FLAG_SHM_ANSWER = 8, 16
+# every message of this client: it understands RESET (STREAM_FLAG_RESETS)
+FLAG_RESETS = 32
 SHM_MAGIC = 0x314D4853534D4543  # "CEMSSHM1"
 SHM_HEAD = 4096
 # the only names a producer may give (a name is opened: no path of its choosing)
@@ -510,7 +512,7 @@ class StreamClient:
         self.epoch, self.position, self.credit = epoch, position, credit
         self.transport = transport
         self.flags = (1 if normalised else 0) | order_flags(order) | \
-            (FLAG_SHM if transport != "socket" else 0)
+            (FLAG_SHM if transport != "socket" else 0) | FLAG_RESETS
         self._shm = self._shm_view = None
         self._shm_size, self.shm_mapped, self.shm_error = 0, 0, None
         self.order = order
@@ -518,6 +520,9 @@ class StreamClient:
         self.malformed = 0
         self.curve, self.taper = curve, taper
         self.resume_after_s, self.resumes = resume_after_s, 0
+        # HELLOs said; CREDITs and HEARTBEATs carry it (chunk_id) and a RESET
+        # echoes it: a RESET of an earlier session is stale
+        self._hello_gen, self.resets = 0, 0
         _warn_slow_hash()
         _tune_malloc()
         self.samples_per_epoch = None
@@ -584,11 +589,16 @@ class StreamClient:
             raise ValueError(f"endpoint '{self.endpoint}': {e} (expected tcp://HOST:PORT or "
                              f"ipc:///PATH, as coemu serve --endpoint)") from None
         self._last_recv = time.monotonic()
+        self._say_hello()
+
+    def _say_hello(self):
+        """HELLO from (epoch, position): a new session."""
+        self._hello_gen += 1
         self._granted = self.credit  # the WELCOME says what the producer granted
         self._est = self.credit      # credit the producer holds + chunks on their way
         self._send(HELLO, self.credit)
 
-    def _send(self, type_, value=0, flags=None, chunk_id=0):
+    def _send(self, type_, value=0, flags=None, chunk_id=None):
         # never blocks (as the C client): a DEALER whose handshake failed (a
         # CURVE producer refusing this consumer, or one without CURVE at all)
         # has no peer, and a blocking send would wait for ever instead of
@@ -597,7 +607,9 @@ class StreamClient:
         try:
             self._sock.send(Header.encode(type_, value, self.flags if flags is None else flags,
                                           self.dataset_id, self.epoch, self.world, self.position,
-                                          self.rank, chunk_id), zmq.NOBLOCK)
+                                          self.rank,
+                                          self._hello_gen if chunk_id is None else chunk_id),
+                              zmq.NOBLOCK)
         except zmq.Again:
             pass
         self._last_sent = time.monotonic()
@@ -709,6 +721,12 @@ class StreamClient:
             elif h.type == ERROR:
                 text = frames[1].bytes.decode("utf-8", "replace") if len(frames) > 1 else ""
                 raise ProtocolError(f"producer error: {text}")
+            elif h.type == RESET and h.chunk_id == self._hello_gen:
+                # the producer has no session for this connection (it was
+                # restarted, or dropped this consumer): resume where we are.
+                # RESETs answering messages of an earlier session are stale.
+                self.resets += 1
+                self._say_hello()
 
     def _shm_welcome(self, h, frames):
         """The producer's answer to this HELLO's request for shared memory:

@@ -111,6 +111,32 @@ with tempfile.TemporaryDirectory() as tmp:
     except subprocess.TimeoutExpired:
         p.kill()
 
+    # a server restarted mid-epoch (stopped, started again on the same
+    # endpoint): the consumer is told at its next heartbeat (RESET), says
+    # HELLO again and carries on where it was, long before its 30 s timeout;
+    # the epoch equals the uninterrupted one
+    args = ("--ranks", "1", "--batch", "2", "--epochs", "1", "--seed", "9")
+    p = serve(d, ep, *args)
+    whole, _ = read_epoch(ep, 0, 1)
+    p.wait(timeout=10)
+    p = serve(d, ep, *args)
+    c = cs.StreamClient(ep, rank=0, world=1, timeout_s=30, heartbeat_s=0.2)
+    got = [c.next() for _ in range(3)]
+    p.terminate()
+    p.communicate(timeout=10)
+    p = serve(d, ep, *args)
+    t0 = time.monotonic()
+    try:
+        got += list(c.iter_epoch())
+    finally:
+        c.close()
+    took = time.monotonic() - t0
+    check([int(i) for ch in got for i in ch.ids] == [int(i) for ch in whole for i in ch.ids],
+          "a restarted server: the epoch equals the uninterrupted one")
+    check(took < 5 and c.resets == 1,
+          f"a restarted server noticed at once: {took:.1f} s, {c.resets} HELLOs said again")
+    p.wait(timeout=10)
+
     # --pad: 20 samples over 3 ranks -> 7 each, padded to batches of 4 -> 8
     p = serve(d, ep, "--ranks", "3", "--batch", "4", "--epochs", "1", "--pad")
     allids = []

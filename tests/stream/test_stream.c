@@ -548,6 +548,134 @@ static void test_producer_restart(void) {
   stop(&t, th);
 }
 
+/* A producer restarted within the consumer's timeout: the consumer's next
+ * HEARTBEAT reaches the new producer, which has no session for it and says
+ * RESET; the consumer says HELLO again and carries on from where it was,
+ * with no timeout and no reconnect. The heartbeats queued while the producer
+ * was away all get a RESET: only the first (of the consumer's current
+ * session) is acted on, the rest are stale (one HELLO said again). */
+typedef struct {
+  srv_thread *t;
+  pthread_t *th;
+  const char *ep;
+  src_ctx *ctx;
+} restart_args;
+
+static void *restart_later(void *a) {
+  restart_args *r = a;
+  usleep(500000); /* 5 heartbeats of the consumer queued meanwhile */
+  start(r->t, r->th, r->ep, r->ctx, 1, NULL, NULL);
+  return NULL;
+}
+
+static void test_producer_restart_reset(void) {
+  char ep[300];
+  snprintf(ep, sizeof ep, "ipc://%s/reset.sock", tmpdir);
+  src_ctx ctx = {.credit = 2, .chunk = 1};
+  srv_thread t;
+  pthread_t th, rt;
+  start(&t, &th, ep, &ctx, 1, NULL, NULL);
+  stream_client_opts o = {.endpoint = ep, .rank = 0, .world = 1, .credit = 1, .heartbeat_s = 0.1,
+                          .timeout_s = 5};
+  stream_client *c;
+  CHECK_OK(stream_client_open(&o, &c));
+  int seen[SAMPLES] = {0}, r = -1;
+  stream_chunk_view v;
+  for (int i = 0; c && i < 5; i++)
+    if (stream_client_next(c, &v) == 1) seen[v.ids[0]]++;
+  stop(&t, th); /* the producer goes, and is back 0.5 s later */
+  restart_args ra = {&t, &th, ep, &ctx};
+  pthread_create(&rt, NULL, restart_later, &ra);
+  double t0 = ce_now();
+  while (c && (r = stream_client_next(c, &v)) == 1) seen[v.ids[0]]++;
+  double took = ce_now() - t0;
+  pthread_join(rt, NULL);
+  CHECK_MSG(r == 0, "next: %d (%s)", r, r < 0 ? ce_err_msg() : "");
+  CHECK_MSG(took < 3.0, "the epoch's rest took %.2f s (the consumer's timeout is 5 s)", took);
+  for (int s = 0; s < SAMPLES; s++) CHECK_MSG(seen[s] == 1, "sample %d seen %d times", s, seen[s]);
+  stream_client_stats cs = {0};
+  if (c) stream_client_get_stats(c, &cs);
+  stream_server_stats ss;
+  stream_server_get_stats(t.srv, &ss);
+  CHECK_MSG(cs.resets == 1 && ss.resets >= 1, "consumer said HELLO again %llu times on %llu RESETs",
+            (unsigned long long)cs.resets, (unsigned long long)ss.resets);
+  stream_client_close(c);
+  stop(&t, th);
+}
+
+/* RESET goes only to peers that say they understand it (flag
+ * STREAM_FLAG_RESETS): a HEARTBEAT without a session gets a RESET echoing
+ * its chunk_id with the flag, nothing without it (what an older consumer
+ * sends: it would count RESETs as malformed and, never silent, never reach
+ * its timeout and reconnect). */
+static void test_reset_only_when_understood(void) {
+  char ep[300];
+  snprintf(ep, sizeof ep, "ipc://%s/resetflag.sock", tmpdir);
+  src_ctx ctx = {.credit = 2, .chunk = 1};
+  srv_thread t;
+  pthread_t th;
+  start(&t, &th, ep, &ctx, 1, NULL, NULL);
+  void *z = zmq_ctx_new(), *raw = zmq_socket(z, ZMQ_DEALER);
+  int zero = 0, tmo = 500;
+  zmq_setsockopt(raw, ZMQ_LINGER, &zero, sizeof zero);
+  zmq_setsockopt(raw, ZMQ_RCVTIMEO, &tmo, sizeof tmo);
+  zmq_connect(raw, ep);
+  for (int understood = 0; understood < 2; understood++) {
+    stream_header h = {.type = STREAM_HEARTBEAT, .chunk_id = 41 + (uint64_t)understood,
+                       .epoch = 2, .position = 7, .flags = understood ? STREAM_FLAG_RESETS : 0};
+    uint8_t b[STREAM_HEADER_SIZE];
+    stream_header_encode(&h, b);
+    zmq_send(raw, b, sizeof b, 0);
+    int got = zmq_recv(raw, b, sizeof b, 0);
+    stream_header d = {0};
+    int ok = got == STREAM_HEADER_SIZE && stream_header_decode(b, sizeof b, &d) == 0;
+    if (understood)
+      CHECK_MSG(ok && d.type == STREAM_RESET && d.chunk_id == 42 && d.epoch == 2 && d.position == 7,
+                "received %d bytes, type %u, chunk_id %llu", got, d.type,
+                (unsigned long long)d.chunk_id);
+    else
+      CHECK_MSG(got < 0, "a peer without the flag got %d bytes (type %u)", got, d.type);
+  }
+  zmq_close(raw);
+  zmq_ctx_term(z);
+  stop(&t, th);
+}
+
+/* A consumer the producer dropped (silent past the producer's 2 s timeout:
+ * busy elsewhere, no keep-alive) is told so by a RESET when it next asks,
+ * and resumes from where it was. */
+static void test_dropped_consumer_reset(void) {
+  char ep[300];
+  snprintf(ep, sizeof ep, "ipc://%s/dropped.sock", tmpdir);
+  src_ctx ctx = {.credit = 2, .chunk = 1};
+  srv_thread t;
+  pthread_t th;
+  start(&t, &th, ep, &ctx, 1, NULL, NULL);
+  stream_client_opts o = {.endpoint = ep, .rank = 0, .world = 1, .credit = 1, .heartbeat_s = 0.1,
+                          .timeout_s = 5};
+  stream_client *c;
+  CHECK_OK(stream_client_open(&o, &c));
+  int seen[SAMPLES] = {0}, r = -1;
+  stream_chunk_view v;
+  for (int i = 0; c && i < 5; i++)
+    if (stream_client_next(c, &v) == 1) seen[v.ids[0]]++;
+  usleep(2600000);
+  stream_server_stats ss;
+  stream_server_get_stats(t.srv, &ss);
+  uint64_t dropped = ss.consumers_dropped;
+  while (c && (r = stream_client_next(c, &v)) == 1) seen[v.ids[0]]++;
+  CHECK_MSG(r == 0, "next: %d (%s)", r, r < 0 ? ce_err_msg() : "");
+  for (int s = 0; s < SAMPLES; s++) CHECK_MSG(seen[s] == 1, "sample %d seen %d times", s, seen[s]);
+  stream_client_stats cs = {0};
+  if (c) stream_client_get_stats(c, &cs);
+  stream_server_get_stats(t.srv, &ss);
+  CHECK_MSG(dropped == 1 && cs.resets == 1 && ss.resets >= 1,
+            "dropped %llu, HELLO again %llu times, %llu RESETs", (unsigned long long)dropped,
+            (unsigned long long)cs.resets, (unsigned long long)ss.resets);
+  stream_client_close(c);
+  stop(&t, th);
+}
+
 /* CURVE: an authorised consumer is served, an unknown key is refused. */
 /* A TCP port on 127.0.0.1 that nothing listens on now (the kernel's choice). */
 static int free_tcp_port(void) {
@@ -623,6 +751,9 @@ int main(void) {
   RUN(test_row_frames);
   RUN(test_row_pointers);
   RUN(test_producer_restart);
+  RUN(test_producer_restart_reset);
+  RUN(test_dropped_consumer_reset);
+  RUN(test_reset_only_when_understood);
   RUN(test_curve);
   check_scratch_remove();
   return check_report();
