@@ -561,6 +561,30 @@ typedef struct {
   src_ctx *ctx;
 } restart_args;
 
+/* A consumer (credit 1, heartbeat 0.1 s, timeout 5 s) that has read the
+ * epoch's first 5 chunks of one sample into seen[] */
+static stream_client *consumer_after_five(const char *ep, int *seen) {
+  stream_client_opts o = {.endpoint = ep, .rank = 0, .world = 1, .credit = 1, .heartbeat_s = 0.1,
+                          .timeout_s = 5};
+  stream_client *c = NULL;
+  stream_chunk_view v;
+  CHECK_OK(stream_client_open(&o, &c));
+  for (int i = 0; c && i < 5; i++)
+    if (stream_client_next(c, &v) == 1) seen[v.ids[0]]++;
+  return c;
+}
+
+/* the rest of the epoch into seen[]: next()'s last status (0: the epoch's
+ * end), and every sample seen once */
+static int rest_of_epoch_once(stream_client *c, int *seen) {
+  stream_chunk_view v;
+  int r = -1;
+  while (c && (r = stream_client_next(c, &v)) == 1) seen[v.ids[0]]++;
+  CHECK_MSG(r == 0, "next: %d (%s)", r, r < 0 ? ce_err_msg() : "");
+  for (int s = 0; s < SAMPLES; s++) CHECK_MSG(seen[s] == 1, "sample %d seen %d times", s, seen[s]);
+  return r;
+}
+
 static void *restart_later(void *a) {
   restart_args *r = a;
   usleep(500000); /* 5 heartbeats of the consumer queued meanwhile */
@@ -575,24 +599,16 @@ static void test_producer_restart_reset(void) {
   srv_thread t;
   pthread_t th, rt;
   start(&t, &th, ep, &ctx, 1, NULL, NULL);
-  stream_client_opts o = {.endpoint = ep, .rank = 0, .world = 1, .credit = 1, .heartbeat_s = 0.1,
-                          .timeout_s = 5};
-  stream_client *c;
-  CHECK_OK(stream_client_open(&o, &c));
-  int seen[SAMPLES] = {0}, r = -1;
-  stream_chunk_view v;
-  for (int i = 0; c && i < 5; i++)
-    if (stream_client_next(c, &v) == 1) seen[v.ids[0]]++;
+  int seen[SAMPLES] = {0};
+  stream_client *c = consumer_after_five(ep, seen);
   stop(&t, th); /* the producer goes, and is back 0.5 s later */
   restart_args ra = {&t, &th, ep, &ctx};
   pthread_create(&rt, NULL, restart_later, &ra);
   double t0 = ce_now();
-  while (c && (r = stream_client_next(c, &v)) == 1) seen[v.ids[0]]++;
+  rest_of_epoch_once(c, seen);
   double took = ce_now() - t0;
   pthread_join(rt, NULL);
-  CHECK_MSG(r == 0, "next: %d (%s)", r, r < 0 ? ce_err_msg() : "");
   CHECK_MSG(took < 3.0, "the epoch's rest took %.2f s (the consumer's timeout is 5 s)", took);
-  for (int s = 0; s < SAMPLES; s++) CHECK_MSG(seen[s] == 1, "sample %d seen %d times", s, seen[s]);
   stream_client_stats cs = {0};
   if (c) stream_client_get_stats(c, &cs);
   stream_server_stats ss;
@@ -651,21 +667,13 @@ static void test_dropped_consumer_reset(void) {
   srv_thread t;
   pthread_t th;
   start(&t, &th, ep, &ctx, 1, NULL, NULL);
-  stream_client_opts o = {.endpoint = ep, .rank = 0, .world = 1, .credit = 1, .heartbeat_s = 0.1,
-                          .timeout_s = 5};
-  stream_client *c;
-  CHECK_OK(stream_client_open(&o, &c));
-  int seen[SAMPLES] = {0}, r = -1;
-  stream_chunk_view v;
-  for (int i = 0; c && i < 5; i++)
-    if (stream_client_next(c, &v) == 1) seen[v.ids[0]]++;
+  int seen[SAMPLES] = {0};
+  stream_client *c = consumer_after_five(ep, seen);
   usleep(2600000);
   stream_server_stats ss;
   stream_server_get_stats(t.srv, &ss);
   uint64_t dropped = ss.consumers_dropped;
-  while (c && (r = stream_client_next(c, &v)) == 1) seen[v.ids[0]]++;
-  CHECK_MSG(r == 0, "next: %d (%s)", r, r < 0 ? ce_err_msg() : "");
-  for (int s = 0; s < SAMPLES; s++) CHECK_MSG(seen[s] == 1, "sample %d seen %d times", s, seen[s]);
+  rest_of_epoch_once(c, seen);
   stream_client_stats cs = {0};
   if (c) stream_client_get_stats(c, &cs);
   stream_server_get_stats(t.srv, &ss);
