@@ -269,38 +269,70 @@ static inline LTE_HD double lte_body_formal(double D, double S0, double S1, doub
   return r;
 }
 
-/* A masing segment (docs/physics.md, "Masing segments"): the line opacity,
- * and so a = a*dx, changes sign between its two cells (a population
- * inversion on one side: non-LTE only; LTE cells have a >= 0). S = eta/chi
- * diverges where chi crosses 0 inside it, so the term above (S linear in
- * tau) means nothing there: it goes negative, by far more than the true
- * intensity. The emissivity e = S a (eta times the cell's constants, >= 0,
- * finite as chi -> 0) is linear along the segment instead, and the term is
- * exp(-tau0) E w(D): E = int_0^1 (e0 (1-s) + e1 s) exp(-b(s)^2) ds, the
- * segment's emission, by the optical depth's own exact formula with a -> e
- * (clamped at >= 0: the general branch cancels), attenuated as if uniform in
- * tau across the segment, w(D) = (1 - exp(-D))/D > 0 (amplified where D <
- * 0). Never negative. Same sign at both ends, or a zero end: the term above,
- * bits unchanged. Written as (a0 < 0 & a1 > 0) | (a0 > 0 & a1 < 0) rather
+/* Masing rays (docs/physics.md, "Masing segments"): with non-LTE
+ * populations the line opacity, and so a = a*dx, can change sign between
+ * two cells (a population inversion on one side; LTE cells have a >= 0).
+ * S = eta/chi diverges where chi crosses 0, so the term above (S linear in
+ * tau) means nothing on such a segment (it goes negative, by far more than
+ * the true intensity) and is too large on the segments beside it, where S
+ * changes by a large factor however fine the ray. On a ray that has a
+ * masing segment every segment takes the emissivity form instead: e = S a
+ * (eta times the cell's constants: >= 0, finite as chi -> 0) linear along
+ * the segment, as a and b are, and the attenuation across it taken as
+ * exp(-D s):
+ *   r = exp(-tau0) (E0 g0(D) + E1 g1(D)),
+ *   E0 = int_0^1 e0 (1-s) exp(-b(s)^2) ds, E1 = int_0^1 e1 s exp(-b(s)^2) ds
+ *        (the optical depth's exact formula with (a0, a1) -> (e0, 0), (0, e1);
+ *        clamped at >= 0: the general branch cancels),
+ *   g0(D) = 2 (D - 1 + e^-D)/D^2, g1(D) = 2 (1 - (1 + D) e^-D)/D^2
+ *        (int_0^1 (1-s) e^-Ds ds and int_0^1 s e^-Ds ds over their D = 0
+ *        values: > 0 for every D; amplified where D < 0).
+ * Never negative; exact for a uniform segment (g0 + g1 = 2 (1 - e^-D)/D);
+ * first order in the segment where exp(-b^2) changes along it. The test,
+ * LTE_SEG_MASING, is written (a0 < 0 & a1 > 0) | (a0 > 0 & a1 < 0) rather
  * than a0 a1 < 0 (which underflows), with & and | so that it also gives a
- * vector kernel's lane mask. */
+ * vector kernel's lane mask. Rays without a masing segment (every LTE ray)
+ * keep the term above, bit for bit. */
 #define LTE_SEG_MASING(a0, a1) ((((a0) < 0.0) & ((a1) > 0.0)) | (((a0) > 0.0) & ((a1) < 0.0)))
 
-/* w(D) = (1 - exp(-D))/D = -expm1(-D)/D; |D| < 1e-4: 1 - D/2 + D^2/6
- * (truncation D^3/24 < 5e-14 relative) */
-static inline LTE_HD double lte_body_maser_w(double D) {
-  if (fabs(D) < 1.0e-4) return 1.0 - D * (0.5 - D * (1.0 / 6.0));
-  return -expm1(-D) / D;
+/* g0(D), g1(D) above; |D| < 0.1: their series sum_n 2 (-D)^n / (n+2)! and
+ * sum_n 2 (n+1) (-D)^n / (n+2)!, 11 terms (truncation < 1e-19 relative);
+ * else from x = expm1(-D): g0 = 2 (D + x)/D^2, g1 = 2 (-x - D (1 + x))/D^2
+ * (cancellation <= 20 at D = 0.1) */
+static inline LTE_HD void lte_body_emissive_w(double D, double *g0, double *g1) {
+  if (fabs(D) < 0.1) {
+    *g0 = 1.0 - D * (1.0 / 3 - D * (1.0 / 12 - D * (1.0 / 60 - D * (1.0 / 360 - D * (1.0 / 2520 -
+          D * (1.0 / 20160 - D * (1.0 / 181440 - D * (1.0 / 1814400 - D * (1.0 / 19958400 -
+          D * (1.0 / 239500800))))))))));
+    *g1 = 1.0 - D * (2.0 / 3 - D * (1.0 / 4 - D * (1.0 / 15 - D * (1.0 / 72 - D * (1.0 / 420 -
+          D * (1.0 / 2880 - D * (1.0 / 22680 - D * (1.0 / 201600 - D * (1.0 / 1995840 -
+          D * (1.0 / 21772800))))))))));
+    return;
+  }
+  const double x = expm1(-D), k = 2.0 / (D * D);
+  *g0 = (D + x) * k;
+  *g1 = (-x - D * (1.0 + x)) * k;
 }
 
-/* a masing segment's term (LTE_SEG_MASING(a0, a1)): em0 = exp(-tau0) */
-static inline LTE_HD double lte_body_maser(double a0, double a1, double S0, double S1, double b0,
-                                           double b1, double eb0, double eb1, double er0,
-                                           double er1, double D, double em0) {
-  const double e0 = S0 * a0, e1 = S1 * a1;
-  double E = lte_body_dtau(e0, e1, b0, b1, eb0, eb1, er0, er1);
-  if (!(E > 0.0)) E = 0.0;
-  return (em0 * E) * lte_body_maser_w(D);
+/* a segment's term on a masing ray: em0 = exp(-tau0), D its optical depth */
+static inline LTE_HD double lte_body_emissive(double a0, double a1, double S0, double S1,
+                                              double b0, double b1, double eb0, double eb1,
+                                              double er0, double er1, double D, double em0) {
+  double E0 = lte_body_dtau(S0 * a0, 0.0, b0, b1, eb0, eb1, er0, er1);
+  double E1 = lte_body_dtau(0.0, S1 * a1, b0, b1, eb0, eb1, er0, er1);
+  if (!(E0 > 0.0)) E0 = 0.0;
+  if (!(E1 > 0.0)) E1 = 0.0;
+  double g0, g1;
+  lte_body_emissive_w(D, &g0, &g1);
+  return em0 * (E0 * g0 + E1 * g1);
+}
+
+/* whether a ray has a masing segment, from its cells' a*dx (adx[z * stride],
+ * z < nz): its every segment then takes the emissivity form */
+static inline LTE_HD int lte_body_masing_ray(const double *adx, long long stride, int nz) {
+  int m = 0;
+  for (int z = 0; z + 1 < nz; z++) m |= LTE_SEG_MASING(adx[z * stride], adx[(z + 1) * stride]);
+  return m;
 }
 
 /* 2. one ray at one channel */
@@ -340,12 +372,14 @@ static inline LTE_HD int lte_body_ray_begin(const lte_body_view *V, long long t,
 typedef struct lte_body_ray_state {
   double acc[LTE_BODY_LANES];
   double a0, S0, b0, eb0, er0, tau, em0;
+  int emissive; /* the ray has a masing segment: every segment's term by lte_body_emissive */
 } lte_body_ray_state;
 
 static inline LTE_HD void lte_body_ray_start(const lte_kernel_model *M, double nu, double a,
-                                             double S, double iw, double shift,
+                                             double S, double iw, double shift, int emissive,
                                              lte_body_ray_state *s) {
   for (int i = 0; i < LTE_BODY_LANES; i++) s->acc[i] = 0.0;
+  s->emissive = emissive;
   s->a0 = a, s->S0 = S;
   lte_body_profile(M, iw, shift, nu, &s->b0, &s->eb0, &s->er0);
   s->tau = 0.0;
@@ -362,9 +396,9 @@ static inline LTE_HD void lte_body_ray_step(const lte_kernel_model *M, double nu
   double em1 = lte_body_expneg(s->tau);
   /* behind an opaque layer every term is exactly 0 */
   if (!(s->em0 == 0.0 && em1 == 0.0)) {
-    const double r = LTE_SEG_MASING(s->a0, a1)
-                         ? lte_body_maser(s->a0, a1, s->S0, S1, s->b0, b1, s->eb0, eb1, s->er0,
-                                          er1, D, s->em0)
+    const double r = s->emissive
+                         ? lte_body_emissive(s->a0, a1, s->S0, S1, s->b0, b1, s->eb0, eb1, s->er0,
+                                             er1, D, s->em0)
                          : lte_body_formal(D, s->S0, S1, s->em0, em1, M->corrected_taylor);
     s->acc[lane] = s->acc[lane] + r;
   }
@@ -424,7 +458,8 @@ static inline LTE_HD void lte_body_ray_thread(const lte_kernel_model *M, const l
   const long long ray = r.ray;
   const int nz = V->nz;
   lte_body_ray_state s;
-  lte_body_ray_start(M, r.nu, V->adx[ray], V->S[ray], V->iw[ray], V->shift[ray], &s);
+  lte_body_ray_start(M, r.nu, V->adx[ray], V->S[ray], V->iw[ray], V->shift[ray],
+                     V->pl && lte_body_masing_ray(V->adx + ray, V->nray, nz), &s);
   lte_body_next c;
   lte_body_next_load(V, 1, ray, &c);
   for (int k0 = 0; k0 + 1 < nz; k0 += LTE_BODY_LANES) {
@@ -623,16 +658,30 @@ static inline LTE_HD float lte_f32_formal(float D, float S0, float S1, float em0
   return em0 * (S0 * w0 + S1 * w1);
 }
 
-/* a masing segment's term (LTE_SEG_MASING; lte_body_maser, in float32):
- * em0 E w(D), E from lte_f32_dtau with a -> e = S a (>= 0: its weights
- * are, so nothing cancels), w(D) = -expm1f(-D)/D, |D| < 1e-4: 1 - D/2 */
-static inline LTE_HD float lte_f32_maser(float a0, float a1, float S0, float S1, float b0, float b1,
-                                         float e0, float e1, float c0, float c1, float D,
-                                         float em0) {
-  float E = lte_f32_dtau(S0 * a0, S1 * a1, b0, b1, e0, e1, c0, c1);
-  if (!(E > 0.0f)) E = 0.0f;
-  const float w = fabsf(D) < 1.0e-4f ? 1.0f - 0.5f * D : -expm1f(-D) / D;
-  return (em0 * E) * w;
+/* a segment's term on a masing ray (lte_body_emissive, in float32): E0,
+ * E1 from lte_f32_dtau with (a0, a1) -> (e0, 0), (0, e1) (>= 0: its
+ * weights are, so nothing cancels); g0, g1 by their series below |D| = 1/2
+ * (9 terms: truncation < 1e-9 relative), above from expm1f (cancellation
+ * <= 4) */
+static inline LTE_HD float lte_f32_emissive(float a0, float a1, float S0, float S1, float b0,
+                                            float b1, float e0, float e1, float c0, float c1,
+                                            float D, float em0) {
+  float E0 = lte_f32_dtau(S0 * a0, 0.0f, b0, b1, e0, e1, c0, c1);
+  float E1 = lte_f32_dtau(0.0f, S1 * a1, b0, b1, e0, e1, c0, c1);
+  if (!(E0 > 0.0f)) E0 = 0.0f;
+  if (!(E1 > 0.0f)) E1 = 0.0f;
+  float g0, g1;
+  if (fabsf(D) < 0.5f) {
+    g0 = 1.0f - D * (1.0f / 3 - D * (1.0f / 12 - D * (1.0f / 60 - D * (1.0f / 360 - D * (1.0f / 2520 -
+         D * (1.0f / 20160 - D * (1.0f / 181440 - D * (1.0f / 1814400))))))));
+    g1 = 1.0f - D * (2.0f / 3 - D * (1.0f / 4 - D * (1.0f / 15 - D * (1.0f / 72 - D * (1.0f / 420 -
+         D * (1.0f / 2880 - D * (1.0f / 22680 - D * (1.0f / 201600))))))));
+  } else {
+    const float x = expm1f(-D), k = 2.0f / (D * D);
+    g0 = (D + x) * k;
+    g1 = (-x - D * (1.0f + x)) * k;
+  }
+  return em0 * (E0 * g0 + E1 * g1);
 }
 
 /* b of a cell at frequency nu, as float: the float64 expression xd of
@@ -673,10 +722,13 @@ static inline LTE_HD float lte_f32_naive_formal(float D, float S0, float S1, flo
 typedef struct lte_f32_ray_state {
   float a0, S0, b0, e0, c0, em0;
   double tau, sum;
+  int emissive; /* as lte_body_ray_state's */
 } lte_f32_ray_state;
 
 static inline LTE_HD void lte_f32_ray_start(const lte_kernel_model *M, double nu, double a, double S,
-                                            double iw, double shift, lte_f32_ray_state *s) {
+                                            double iw, double shift, int emissive,
+                                            lte_f32_ray_state *s) {
+  s->emissive = emissive;
   s->a0 = (float)a, s->S0 = (float)S;
   lte_f32_profile(M, iw, shift, nu, &s->b0, &s->e0, &s->c0);
   s->tau = 0.0, s->sum = 0.0;
@@ -696,9 +748,9 @@ static inline LTE_HD void lte_f32_ray_step(const lte_kernel_model *M, double nu,
 #endif
   s->tau = s->tau + (double)D;
   const float em1 = lte_f32_expneg((float)s->tau);
-  if (s->em0 != 0.0f && LTE_SEG_MASING(s->a0, a1)) /* docs/physics.md, "Masing segments" */
-    s->sum = s->sum + (double)lte_f32_maser(s->a0, a1, s->S0, S1, s->b0, b1, s->e0, e1, s->c0, c1,
-                                            D, s->em0);
+  if (s->em0 != 0.0f && s->emissive) /* docs/physics.md, "Masing segments" */
+    s->sum = s->sum + (double)lte_f32_emissive(s->a0, a1, s->S0, S1, s->b0, b1, s->e0, e1, s->c0,
+                                               c1, D, s->em0);
   else if (s->em0 != 0.0f) /* behind an opaque layer every term is 0 */
 #ifdef LTE_BODY_F32_NAIVE
     s->sum = s->sum + (double)lte_f32_naive_formal(D, s->S0, S1, s->em0, em1, M->corrected_taylor);
@@ -721,7 +773,8 @@ static inline LTE_HD void lte_body_ray_thread_f32(const lte_kernel_model *M, con
   if (!lte_body_ray_begin(V, t, &r)) return;
   const long long ray = r.ray;
   lte_f32_ray_state s;
-  lte_f32_ray_start(M, r.nu, V->adx[ray], V->S[ray], V->iw[ray], V->shift[ray], &s);
+  lte_f32_ray_start(M, r.nu, V->adx[ray], V->S[ray], V->iw[ray], V->shift[ray],
+                    V->pl && lte_body_masing_ray(V->adx + ray, V->nray, V->nz), &s);
   lte_body_next c;
   lte_body_next_load(V, 1, ray, &c);
   for (int k = 0; k + 1 < V->nz; k++) {
@@ -776,6 +829,7 @@ typedef struct lte_fused_tile {
   double S[LTE_FUSED_TILE * LTE_FUSED_PITCH], adx[LTE_FUSED_TILE * LTE_FUSED_PITCH];
   double iw[LTE_FUSED_TILE * LTE_FUSED_PITCH], shift[LTE_FUSED_TILE * LTE_FUSED_PITCH];
   int bad[LTE_FUSED_RAYS];
+  int masing[LTE_FUSED_RAYS]; /* ray q has a masing segment (lte_fused_masing) */
 } lte_fused_tile;
 
 /* A ray thread of the fused form: its place q in group g, its channel f;
@@ -812,7 +866,7 @@ static inline LTE_HD int lte_fused_cells_in(const lte_body_view *V, int z0) {
 /* thread tid's start in group g (before the block's first tile) */
 static inline LTE_HD void lte_fused_begin(const lte_body_view *V, long long g, int tid,
                                           lte_fused_tile *tl, lte_fused_ray *r) {
-  if (tid < LTE_FUSED_RAYS) tl->bad[tid] = 0;
+  if (tid < LTE_FUSED_RAYS) tl->bad[tid] = 0, tl->masing[tid] = 0;
   r->q = tid % LTE_FUSED_RAYS, r->f = tid / LTE_FUSED_RAYS;
   r->ray = g * LTE_FUSED_RAYS + r->q;
   r->in = r->q < lte_fused_width(V, g), r->bad = 0;
@@ -842,6 +896,29 @@ static inline LTE_HD void lte_fused_cells(const lte_kernel_model *M, const lte_b
   }
 }
 
+/* With populations (V->pl), before the first tile (and after
+ * lte_fused_begin): whether each of group g's rays has a masing segment, so
+ * that its steps take the emissivity form from the first (lte_body_masing_ray
+ * of the two-launch form, which has the ray's cells at hand). The tiles
+ * hold a part of the ray, so this pass computes each segment's two cells'
+ * a*dx itself: thread tid of nthr takes segments tid, tid + nthr, ...; the
+ * flags only go from 0 to 1. A bad cell is left to the tiles (its ray's
+ * pixel is NaN whatever the flag). Twice the cells' arithmetic, for
+ * non-LTE cubes only. */
+static inline LTE_HD void lte_fused_masing(const lte_kernel_model *M, const lte_body_view *V,
+                                           long long g, lte_fused_tile *tl, int tid, int nthr) {
+  if (!V->pl) return;
+  const int w = lte_fused_width(V, g), ns = V->nz - 1;
+  for (int c = tid; c < w * ns; c += nthr) {
+    const int q = c / ns, k = c - q * ns;
+    const long long ray = g * LTE_FUSED_RAYS + q;
+    lte_body_cell_c c0, c1;
+    if (lte_body_cell(M, V, ray, k, &c0) && lte_body_cell(M, V, ray, k + 1, &c1) &&
+        LTE_SEG_MASING(c0.adx, c1.adx))
+      tl->masing[q] = 1;
+  }
+}
+
 /* 0 when the thread has nothing to do in this tile (outside the group, or
  * its ray holds a bad cell: no step reads a cell that was not written) */
 static inline LTE_HD int lte_fused_live(const lte_fused_tile *tl, lte_fused_ray *r) {
@@ -856,7 +933,8 @@ static inline LTE_HD void lte_fused_rays(const lte_kernel_model *M, const lte_bo
                                          lte_body_ray_state *s) {
   if (!lte_fused_live(tl, r)) return;
   const int zt = lte_fused_cells_in(V, z0), q = r->q;
-  if (z0 == 0) lte_body_ray_start(M, r->nu, tl->adx[q], tl->S[q], tl->iw[q], tl->shift[q], s);
+  if (z0 == 0)
+    lte_body_ray_start(M, r->nu, tl->adx[q], tl->S[q], tl->iw[q], tl->shift[q], tl->masing[q], s);
   for (int i0 = 0; i0 < zt; i0 += LTE_BODY_LANES) {
     LTE_UNROLL
     for (int j = 0; j < LTE_BODY_LANES; j++) {
@@ -877,7 +955,9 @@ static inline LTE_HD void lte_fused_rays_f32(const lte_kernel_model *M, const lt
   if (!lte_fused_live(tl, r)) return;
   const int zt = lte_fused_cells_in(V, z0), q = r->q;
   int i = 0;
-  if (z0 == 0) lte_f32_ray_start(M, r->nu, tl->adx[q], tl->S[q], tl->iw[q], tl->shift[q], s), i = 1;
+  if (z0 == 0)
+    lte_f32_ray_start(M, r->nu, tl->adx[q], tl->S[q], tl->iw[q], tl->shift[q], tl->masing[q], s),
+        i = 1;
   for (; i < zt; i++) {
     const int o = i * LTE_FUSED_PITCH + q;
     lte_f32_ray_step(M, r->nu, tl->adx[o], tl->S[o], tl->iw[o], tl->shift[o], s);
@@ -1023,6 +1103,7 @@ static inline int lte_body_run_host_fused(const lte_kernel_model *M, const lte_b
   const lte_host_fpenv fenv = lte_host_flush_begin();
   for (long long g = 0; g < lte_fused_groups(V); g++) {
     for (int t = 0; t < nthr; t++) lte_fused_begin(V, g, t, tl, &r[t]);
+    for (int t = 0; t < nthr; t++) lte_fused_masing(M, V, g, tl, t, nthr);
     for (int z0 = 0; z0 < V->nz; z0 += LTE_FUSED_TILE) {
       for (int t = 0; t < nthr; t++) lte_fused_cells(M, V, g, z0, tl, t, nthr);
       for (int t = 0; t < nthr; t++)

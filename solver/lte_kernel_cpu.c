@@ -310,9 +310,10 @@ static void segments(workspace *w, int nz, const double *bf, const double *ebf, 
   }
 }
 
-/* Formal solution of one ray at one frequency, S linear in tau; masing
- * segments (the sign of a*dx changes: lte_kernel_body.h, LTE_SEG_MASING)
- * by lte_body_maser, lane by lane, from the cells' b, exp(-b^2), erf(b). */
+/* Formal solution of one ray at one frequency, S linear in tau; on a ray
+ * with a masing segment (the sign of a*dx changes: lte_kernel_body.h,
+ * LTE_SEG_MASING; masing_ray) every segment's term by lte_body_emissive,
+ * lane by lane, from the cells' b, exp(-b^2), erf(b). */
 static double formal(const lte_kernel_model *M, workspace *w, int nz, const double *dtau,
                      const double *tau, double *em, const double *bf, const double *ebf,
                      const double *erf_, int masing, double bdy) {
@@ -330,12 +331,19 @@ static double formal(const lte_kernel_model *M, workspace *w, int nz, const doub
     v8d em0 = ld(em + k), em1 = ld(em + k + 1);
     /* behind an opaque layer every term is exactly 0 */
     if (all_set((v8l)(em0 == 0.0)) && all_set((v8l)(em1 == 0.0))) continue;
-    /* thin segments (D < 1e-4, the line's wings) are most of a ray's: the
-     * branch every lane takes alone, else both (the same bits either way) */
     const v8l tm = (v8l)(D < 1.0e-4);
     const unsigned m = lanes(tm);
     v8d r;
-    if (m == (1u << W) - 1) {
+    if (masing) { /* a masing ray (masing_ray): every lane alone, in the emissivity form */
+      r = splat(0);
+      for (int i = 0; i < W && k + i < nseg; i++) {
+        const int j = k + i;
+        r[i] = lte_body_emissive(w->adx[j], w->adx[j + 1], w->S[j], w->S[j + 1], bf[j], bf[j + 1],
+                                 ebf[j], ebf[j + 1], erf_[j], erf_[j + 1], dtau[j], em[j]);
+      }
+    } else if (m == (1u << W) - 1) {
+      /* thin segments (D < 1e-4, the line's wings) are most of a ray's: the
+       * branch every lane takes alone, else both (the same bits either way) */
       LTE_SEG_FORMAL_TAYLOR(v8d, D, S0, S1, em0, em1, corrected, taylor);
       r = taylor;
     } else if (m == 0) {
@@ -345,16 +353,6 @@ static double formal(const lte_kernel_model *M, workspace *w, int nz, const doub
       LTE_SEG_FORMAL(v8d, D, S0, S1, em0, em1, corrected, rr, taylor);
       r = blend(tm, taylor, rr);
     }
-    /* masing segments (a ray that has one: masing_ray): a mask test, the lanes alone */
-    const unsigned mas =
-        masing ? lanes((v8l)LTE_SEG_MASING(ld(w->adx + k), ld(w->adx + k + 1))) : 0;
-    if (mas)
-      for (int i = 0; i < W; i++)
-        if ((mas >> i & 1) && k + i < nseg) {
-          const int j = k + i;
-          r[i] = lte_body_maser(w->adx[j], w->adx[j + 1], w->S[j], w->S[j + 1], bf[j], bf[j + 1],
-                                ebf[j], ebf[j + 1], erf_[j], erf_[j + 1], dtau[j], em[j]);
-        }
     if (k + W > nseg) { /* lanes past the last segment */
       v8l live;
       for (int i = 0; i < W; i++) live[i] = k + i < nseg ? -1 : 0;
@@ -371,10 +369,7 @@ static double formal(const lte_kernel_model *M, workspace *w, int nz, const doub
 /* whether the ray (after cells()) has a masing segment (LTE_SEG_MASING):
  * never in LTE (a >= 0), so LTE rays skip the test */
 static int masing_ray(const workspace *w, int nz) {
-  if (!w->pl) return 0;
-  int m = 0;
-  for (int k = 0; k + 1 < nz; k++) m |= LTE_SEG_MASING(w->adx[k], w->adx[k + 1]);
-  return m;
+  return w->pl && lte_body_masing_ray(w->adx, 1, nz);
 }
 
 /* Up to W frequencies of one ray. The running sums tau (a recurrence along
@@ -638,28 +633,27 @@ static void f32_ray_block(const lte_kernel_model *M, const workspace *w, f32_wor
       const v16f em0 = ldf(em + k), em1 = ldf(em + k + 1);
       const v16i tay = d < 1.0e-4f, ser = ~tay & (d < 0.5f), ex = ~tay & ~ser;
       v16f r = splatf(0.0f);
-      if (any16(ex)) {
+      if (!masing && any16(ex)) {
         LTE_F32_FORMAL_EXP(v16f, F32_EXPM1, d, w0, w1);
         r = em0 * (S0 * w0 + S1 * w1);
       }
-      if (any16(ser)) {
+      if (!masing && any16(ser)) {
         LTE_F32_FORMAL_SERIES(v16f, F32_SPLAT, d, w0, w1);
         r = self16(ser, em0 * (S0 * w0 + S1 * w1), r);
       }
-      if (any16(tay)) {
+      if (!masing && any16(tay)) {
         LTE_F32_FORMAL_TAYLOR(v16f, d, S0, S1, em0, em1, corrected, ty);
         r = self16(tay, ty, r);
       }
-      /* masing segments (non-LTE only): a mask test, the lanes alone */
-      const v16i mas = masing ? LTE_SEG_MASING(ldf(g->a + k), ldf(g->a + k + 1)) : (v16i){0};
-      if (masing && any16(mas)) {
+      /* a masing ray (masing_ray, non-LTE only): every lane alone, in the
+       * emissivity form */
+      if (masing) {
         const float *b = g->b + f * n, *e = g->e + f * n, *c = g->c + f * n;
-        for (int i = 0; i < W16 && k + i < nseg; i++)
-          if (mas[i]) {
-            const int j = k + i;
-            r[i] = lte_f32_maser(g->a[j], g->a[j + 1], g->S[j], g->S[j + 1], b[j], b[j + 1], e[j],
-                                 e[j + 1], c[j], c[j + 1], D[j], em[j]);
-          }
+        for (int i = 0; i < W16 && k + i < nseg; i++) {
+          const int j = k + i;
+          r[i] = lte_f32_emissive(g->a[j], g->a[j + 1], g->S[j], g->S[j + 1], b[j], b[j + 1], e[j],
+                                  e[j + 1], c[j], c[j + 1], D[j], em[j]);
+        }
       }
       stf(term + k, r);
     }

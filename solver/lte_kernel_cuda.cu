@@ -121,6 +121,10 @@ __global__ void LTE_FUSED_BOUNDS lte_fused_kernel(lte_kernel_model m, lte_body_v
   lte_body_ray_state s;
   lte_f32_ray_state s32;
   lte_fused_begin(&v, g, tid, &tile, &r);
+  if (v.pl) { /* non-LTE: which rays have a masing segment, before their first step */
+    __syncthreads(); /* masing[] cleared */
+    lte_fused_masing(&m, &v, g, &tile, tid, nthr);
+  }
   for (int z0 = 0; z0 < v.nz; z0 += LTE_FUSED_TILE) {
     __syncthreads(); /* bad[] cleared; the tile's last readers are done */
     lte_fused_cells(&m, &v, g, z0, &tile, tid, nthr);

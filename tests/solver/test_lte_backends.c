@@ -314,6 +314,7 @@ static void backend_too_large(lte_backend be, const lte_kernel *kern) {
 
 static void f32_against_reference(const char *name, const lte_kernel *kern, int cpu_bits);
 
+static void backend_pops(lte_backend be, const lte_kernel *kern);
 static void test_backends(void) {
   int built = 0;
   for (int i = 0; i < LTE_BACKEND_COUNT; i++) {
@@ -343,6 +344,7 @@ static void test_backends(void) {
     backend_cold_cells(be, k);
     backend_bad_cells(be, k);
     if (be != LTE_BACKEND_CPU) backend_too_large(be, k);
+    if (be != LTE_BACKEND_CPU) backend_pops(be, k);
   }
   CHECK(built >= 1 && lte_kernel_get(LTE_BACKEND_CPU) == &lte_kernel_cpu);
   CHECK(!strcmp(lte_kernel_cpu.variant, lte_kernel_name()));
@@ -515,25 +517,98 @@ static void test_bodies_pops(void) {
   for (int fi = 0; fi < NFORMS; fi++) test_bodies_pops_form(body_forms[fi]);
 }
 
-static void test_bodies_pops_form(const lte_kernel *kern) {
-  enum { NX = 4, NY = 3, NZ = 21, NC = NX * NY * NZ };
-  static double v[NC], T[NC], n[NC], pl[NC], pu[NC];
-  static float v32[NC], T32[NC], n32[NC], pl32[NC], pu32[NC];
-  cubes_random(77, NX, NY, NZ, v, T, n);
+/* The populations' cube of these tests: random cells, populations of
+ * which some are inverted (pu > (g_u/g_l) pl: chi < 0), so that most rays
+ * have masing segments (docs/physics.md, "Masing segments"), and every
+ * third ray none;
+ * float64 and float32 copies. */
+enum { NX = 4, NY = 3, NZ = 21, NC = NX * NY * NZ };
+static double pv_[NC], pT_[NC], pn_[NC], ppl_[NC], ppu_[NC];
+static float pv32_[NC], pT32_[NC], pn32_[NC], ppl32_[NC], ppu32_[NC];
+static void pops_cube(void) {
+  cubes_random(77, NX, NY, NZ, pv_, pT_, pn_);
   for (int i = 0; i < NC; i++) {
-    pl[i] = 0.3 + 0.2 * sin(i * 0.7), pu[i] = 0.2 + 0.15 * cos(i * 1.3);
-    v32[i] = (float)v[i], T32[i] = (float)T[i], n32[i] = (float)n[i];
-    pl32[i] = (float)pl[i], pu32[i] = (float)pu[i];
+    ppl_[i] = 0.3 + 0.2 * sin(i * 0.7), ppu_[i] = 0.2 + 0.15 * cos(i * 1.3);
+    if (i / NZ % 3 == 2) ppu_[i] = 0.5 * ppl_[i]; /* every third ray: nowhere inverted */
+    pv32_[i] = (float)pv_[i], pT32_[i] = (float)pT_[i], pn32_[i] = (float)pn_[i];
+    ppl32_[i] = (float)ppl_[i], ppu32_[i] = (float)ppu_[i];
   }
+}
+
+/* rays of the populations' cube with a masing segment (the sign of
+ * B_lu pl - B_ul pu changes between neighbouring cells) */
+static int pops_masing_rays(const lte_kernel_model *m) {
+  int rays = 0;
+  for (int r = 0; r < NX * NY; r++) {
+    int mas = 0;
+    for (int z = 0; z + 1 < NZ; z++) {
+      const double c0 = m->B_lu * ppl_[r * NZ + z] - m->B_ul * ppu_[r * NZ + z];
+      const double c1 = m->B_lu * ppl_[r * NZ + z + 1] - m->B_ul * ppu_[r * NZ + z + 1];
+      mas |= LTE_SEG_MASING(c0, c1);
+    }
+    rays += mas;
+  }
+  return rays;
+}
+
+/* A device backend with non-LTE populations, masing rays among them: its
+ * images against the CPU kernel's, float64 and float32 cells, within
+ * 1e-10 of the image's peak (the device's exp and erf are not glibc's, so
+ * not its bits; every term of a masing ray is >= 0 and sums without
+ * cancelling, and the LTE-like terms of the others differ as LTE images do,
+ * ~1e-12); the float32 path within 1e-5 of the peak from the CPU's
+ * float64. Under COEMU_CUDA_SOLVER_FORM=fused (scripts/gpu-check.sh, the
+ * CUDA emulator's check) the fused kernel's pass that finds the masing
+ * rays before their first tile. */
+static void backend_pops(lte_backend be, const lte_kernel *kern) {
+  pops_cube();
+  double f[FREQGRID_COEMUNET_N], a[NX * NY * 7], b[NX * NY * 7];
+  freqgrid_coemunet(L.nu0, f);
+  for (int f32 = 0; f32 < 2; f32++) {
+    for (int prec = 0; prec < 2; prec++) {
+      lte_options o = {.dx = 2e11, .libm = 1,
+                       .precision = prec ? LTE_PRECISION_F32 : LTE_PRECISION_F64};
+      lte_kernel_model m, m64;
+      lte_kernel_model_init(&m, &L, &o);
+      o.precision = LTE_PRECISION_F64;
+      lte_kernel_model_init(&m64, &L, &o);
+      const void *pv = f32 ? (const void *)pv32_ : pv_, *pT = f32 ? (const void *)pT32_ : pT_,
+                 *pn = f32 ? (const void *)pn32_ : pn_, *ppl = f32 ? (const void *)ppl32_ : ppl_,
+                 *ppu = f32 ? (const void *)ppu32_ : ppu_;
+      double *pa = a, *pb = b;
+      lte_kernel_batch k = {.ncube = 1, .nx = NX, .ny = NY, .nz = NZ,
+                            .dtype = f32 ? LTE_KERNEL_F32 : LTE_KERNEL_F64, .v = &pv, .T = &pT,
+                            .n = &pn, .nf = 7, .freqs = f, .image = &pa, .threads = 1,
+                            .pop_l = &ppl, .pop_u = &ppu};
+      CHECK(lte_kernel_cpu.solve(&m64, &k) == 0);
+      k.image = &pb;
+      CHECK_MSG(kern->solve(&m, &k) == 0, "%s: %s", kern->name, ce_err_msg());
+      double mx = 0, worst = 0;
+      for (int i = 0; i < NX * NY * 7; i++) mx = fmax(mx, fabs(a[i]));
+      for (int i = 0; i < NX * NY * 7; i++) worst = fmax(worst, fabs(b[i] - a[i]) / mx);
+      const int masing = pops_masing_rays(&m);
+      fprintf(stderr, "  %s, non-LTE populations (%d of %d rays masing), cells %s, %s: %.3g of "
+              "the peak from the cpu's float64\n", kern->name, masing, NX * NY,
+              f32 ? "float32" : "float64", prec ? "float32 path" : "float64", worst);
+      CHECK(masing > 0 && masing < NX * NY);
+      CHECK_MSG(worst <= (prec ? 1e-5 : 1e-10), "%s, non-LTE populations, cells float32 %d, "
+                "precision float32 %d: %.3g of the peak from the cpu", kern->name, f32, prec,
+                worst);
+    }
+  }
+}
+
+static void test_bodies_pops_form(const lte_kernel *kern) {
+  pops_cube();
   double f[FREQGRID_COEMUNET_N], a[NX * NY * 7], b[NX * NY * 7];
   freqgrid_coemunet(L.nu0, f);
   for (int f32 = 0; f32 < 2; f32++) {
     lte_options o = {.dx = 2e11, .libm = 1};
     lte_kernel_model m;
     lte_kernel_model_init(&m, &L, &o);
-    const void *pv = f32 ? (const void *)v32 : v, *pT = f32 ? (const void *)T32 : T,
-               *pn = f32 ? (const void *)n32 : n, *ppl = f32 ? (const void *)pl32 : pl,
-               *ppu = f32 ? (const void *)pu32 : pu;
+    const void *pv = f32 ? (const void *)pv32_ : pv_, *pT = f32 ? (const void *)pT32_ : pT_,
+               *pn = f32 ? (const void *)pn32_ : pn_, *ppl = f32 ? (const void *)ppl32_ : ppl_,
+               *ppu = f32 ? (const void *)ppu32_ : ppu_;
     double *pa = a, *pb = b;
     lte_kernel_batch k = {.ncube = 1, .nx = NX, .ny = NY, .nz = NZ,
                           .dtype = f32 ? LTE_KERNEL_F32 : LTE_KERNEL_F64, .v = &pv, .T = &pT,
@@ -570,10 +645,10 @@ static void test_bodies_pops_form(const lte_kernel *kern) {
               "difference %.3g from float64\n", f32, worst);
       CHECK_MSG(worst <= 1e-5, "non-LTE populations, float32 path: %.3g from float64", worst);
     }
-    pu[NZ + 3] = 1.5, pu32[NZ + 3] = 1.5f; /* ray 1 */
+    ppu_[NZ + 3] = 1.5, ppu32_[NZ + 3] = 1.5f; /* ray 1 */
     CHECK(kern->solve(&m, &k) == LTE_KERNEL_BAD_INPUT);
     CHECK(isnan(b[7]) && !isnan(b[0]) && b[0] == a[0] && b[14] == a[14]);
-    pu[NZ + 3] = pu32[NZ + 3] = 0.25;
+    ppu_[NZ + 3] = ppu32_[NZ + 3] = 0.25;
   }
 }
 
