@@ -535,6 +535,22 @@ static void pops_cube(void) {
   }
 }
 
+/* A batch of the populations' cube (float32 cells or float64), its arrays'
+ * pointers held in p; the image into *img. */
+typedef struct {
+  const void *v, *T, *n, *pl, *pu;
+} pops_arrays;
+static lte_kernel_batch pops_batch(pops_arrays *p, int f32, const double *f, double **img) {
+  p->v = f32 ? (const void *)pv32_ : pv_, p->T = f32 ? (const void *)pT32_ : pT_;
+  p->n = f32 ? (const void *)pn32_ : pn_;
+  p->pl = f32 ? (const void *)ppl32_ : ppl_, p->pu = f32 ? (const void *)ppu32_ : ppu_;
+  lte_kernel_batch k = {.ncube = 1, .nx = NX, .ny = NY, .nz = NZ,
+                        .dtype = f32 ? LTE_KERNEL_F32 : LTE_KERNEL_F64, .v = &p->v, .T = &p->T,
+                        .n = &p->n, .nf = 7, .freqs = f, .image = img, .threads = 1,
+                        .pop_l = &p->pl, .pop_u = &p->pu};
+  return k;
+}
+
 /* rays of the populations' cube with a masing segment (the sign of
  * B_lu pl - B_ul pu changes between neighbouring cells) */
 static int pops_masing_rays(const lte_kernel_model *m) {
@@ -572,14 +588,9 @@ static void backend_pops(lte_backend be, const lte_kernel *kern) {
       lte_kernel_model_init(&m, &L, &o);
       o.precision = LTE_PRECISION_F64;
       lte_kernel_model_init(&m64, &L, &o);
-      const void *pv = f32 ? (const void *)pv32_ : pv_, *pT = f32 ? (const void *)pT32_ : pT_,
-                 *pn = f32 ? (const void *)pn32_ : pn_, *ppl = f32 ? (const void *)ppl32_ : ppl_,
-                 *ppu = f32 ? (const void *)ppu32_ : ppu_;
       double *pa = a, *pb = b;
-      lte_kernel_batch k = {.ncube = 1, .nx = NX, .ny = NY, .nz = NZ,
-                            .dtype = f32 ? LTE_KERNEL_F32 : LTE_KERNEL_F64, .v = &pv, .T = &pT,
-                            .n = &pn, .nf = 7, .freqs = f, .image = &pa, .threads = 1,
-                            .pop_l = &ppl, .pop_u = &ppu};
+      pops_arrays arr;
+      lte_kernel_batch k = pops_batch(&arr, f32, f, &pa);
       CHECK(lte_kernel_cpu.solve(&m64, &k) == 0);
       k.image = &pb;
       CHECK_MSG(kern->solve(&m, &k) == 0, "%s: %s", kern->name, ce_err_msg());
@@ -606,14 +617,9 @@ static void test_bodies_pops_form(const lte_kernel *kern) {
     lte_options o = {.dx = 2e11, .libm = 1};
     lte_kernel_model m;
     lte_kernel_model_init(&m, &L, &o);
-    const void *pv = f32 ? (const void *)pv32_ : pv_, *pT = f32 ? (const void *)pT32_ : pT_,
-               *pn = f32 ? (const void *)pn32_ : pn_, *ppl = f32 ? (const void *)ppl32_ : ppl_,
-               *ppu = f32 ? (const void *)ppu32_ : ppu_;
     double *pa = a, *pb = b;
-    lte_kernel_batch k = {.ncube = 1, .nx = NX, .ny = NY, .nz = NZ,
-                          .dtype = f32 ? LTE_KERNEL_F32 : LTE_KERNEL_F64, .v = &pv, .T = &pT,
-                          .n = &pn, .nf = 7, .freqs = f, .image = &pa, .threads = 1,
-                          .pop_l = &ppl, .pop_u = &ppu};
+    pops_arrays arr;
+    lte_kernel_batch k = pops_batch(&arr, f32, f, &pa);
     CHECK(lte_kernel_cpu.solve(&m, &k) == 0);
     k.image = &pb;
     CHECK(kern->solve(&m, &k) == 0);
