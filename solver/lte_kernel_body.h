@@ -823,8 +823,9 @@ static inline LTE_HD void lte_body_target_thread(const lte_body_view *V, long lo
  * lane (i - 1) mod 8: a constant of the unrolled loop in lte_fused_rays */
 typedef char lte_fused_tile_is_whole_lanes[LTE_FUSED_TILE % LTE_BODY_LANES == 0 ? 1 : -1];
 
-/* The block's shared memory (33,920 bytes): cell z0 + i of the group's ray
- * q at i * LTE_FUSED_PITCH + q; bad[q]: a bad cell seen on ray q so far. */
+/* The block's shared memory (34,048 bytes): cell z0 + i of the group's ray
+ * q at i * LTE_FUSED_PITCH + q; bad[q]: a bad cell seen on ray q so far;
+ * masing[q]: ray q has a masing segment (lte_fused_masing). */
 typedef struct lte_fused_tile {
   double S[LTE_FUSED_TILE * LTE_FUSED_PITCH], adx[LTE_FUSED_TILE * LTE_FUSED_PITCH];
   double iw[LTE_FUSED_TILE * LTE_FUSED_PITCH], shift[LTE_FUSED_TILE * LTE_FUSED_PITCH];
