@@ -897,12 +897,12 @@ static int crc_of_set(const char *path, hid_t d, hid_t mtype, size_t elem, uint3
 /* Open a finished shard and check what it claims, reading no data: its
  * attributes (first, count, invalid, every dataset's crc32), where its arrays
  * lie, and its layout and job fingerprint against `lay`. *f is left open
- * (also on an error; -1 when the file did not open). HDF5 refuses to open a file shorter than the end it records, so
- * a truncated copy fails here. */
+ * (also on an error; -1 when the file did not open). HDF5 refuses to open a
+ * file shorter than the end it records, so a truncated copy fails here. */
 static int open_claims(const char *path, const shard_layout *lay, shard_sums *sums, hid_t *f) {
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
   memset(sums, 0, sizeof *sums);
-  *f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT); /* once: sums, layout and data */
+  *f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT); /* once: claims (and shard_verify's data) */
   if (*f < 0) CE_FAIL("%s: not a readable HDF5 file", path);
   if (read_sums(*f, path, sums) < 0) return -1;
   read_layout(*f, sums); /* coemu verify compares it with the manifest's */

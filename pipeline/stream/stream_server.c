@@ -450,13 +450,23 @@ static int place_for(stream_server *s, uint16_t rank, double now) {
   return victim;
 }
 
+/* The addressee of a reply to a peer with no session (the INFO reply,
+ * refusals, RESET): its routing id, and the epoch and position the reply's
+ * header echoes. */
+static consumer_state *peer_without_session(consumer_state *t, const void *id, size_t idlen,
+                                            uint32_t epoch, uint64_t position) {
+  *t = (consumer_state){.idlen = idlen, .epoch = epoch, .position = position};
+  memcpy(t->id, id, idlen);
+  return t;
+}
+
 /* The INFO reply (docs/stream-protocol.md): asked before a HELLO, so it
  * needs no session; the world, the samples per epoch per rank, the epochs,
  * the silence timeout and the heartbeat (ms) in the header, the source's own
  * description as one text frame. */
 static void send_info(stream_server *s, const uint8_t *id, size_t idlen) {
-  consumer_state tmp = {.idlen = idlen};
-  memcpy(tmp.id, id, idlen);
+  consumer_state tmp;
+  peer_without_session(&tmp, id, idlen, 0, 0);
   const char *text = s->o.info ? s->o.info : "{}";
   size_t len = strlen(text);
   stream_header h = {.type = STREAM_INFO, .value = (uint32_t)s->world,
@@ -494,8 +504,8 @@ static void handle_incoming(stream_server *s) {
   if (dec == STREAM_E_VERSION && (h.type == STREAM_HELLO || h.type == STREAM_INFO)) {
     /* a peer of another protocol version: told so in its own version (the
      * header layout is the same), so it fails with this message, not a timeout */
-    consumer_state tmp = {.idlen = zmq_msg_size(&part[0])};
-    memcpy(tmp.id, zmq_msg_data(&part[0]), tmp.idlen);
+    consumer_state tmp;
+    peer_without_session(&tmp, zmq_msg_data(&part[0]), zmq_msg_size(&part[0]), 0, 0);
     char msg[256];
     snprintf(msg, sizeof msg, "protocol version mismatch: the consumer speaks coemu stream "
              "protocol version %u, this producer version %d (docs/stream-protocol.md): use a "
@@ -519,8 +529,8 @@ static void handle_incoming(stream_server *s) {
   }
   if (h.type == STREAM_HELLO) { /* world 1..65535, rank < world, credit > 0: checked by decode */
     if (s->world && h.nsamples != (uint32_t)s->world) {
-      consumer_state tmp = {.idlen = idlen, .epoch = h.epoch, .position = h.position};
-      memcpy(tmp.id, id, idlen);
+      consumer_state tmp;
+      peer_without_session(&tmp, id, idlen, h.epoch, h.position);
       char msg[160];
       snprintf(msg, sizeof msg, "consumer says there are %u ranks, the producer serves %d ranks",
                h.nsamples, s->world);
@@ -557,8 +567,8 @@ static void handle_incoming(stream_server *s) {
         }
       }
       if (s->ncons + s->nzombies >= (int)s->o.max_consumers) {
-        consumer_state tmp = {.idlen = idlen, .epoch = h.epoch, .position = h.position};
-        memcpy(tmp.id, id, idlen);
+        consumer_state tmp;
+        peer_without_session(&tmp, id, idlen, h.epoch, h.position);
         char msg[160];
         snprintf(msg, sizeof msg, "producer busy: %d connections, at most %u", s->ncons + s->nzombies,
                  s->o.max_consumers);
@@ -642,8 +652,8 @@ static void handle_incoming(stream_server *s) {
        * Told so at once, the consumer says HELLO again and resumes where it
        * is, instead of waiting out its own silence timeout. One header,
        * never queued (send_frames): no session is opened for the peer. */
-      consumer_state tmp = {.idlen = idlen, .epoch = h.epoch, .position = h.position};
-      memcpy(tmp.id, id, idlen);
+      consumer_state tmp;
+      peer_without_session(&tmp, id, idlen, h.epoch, h.position);
       stream_header r = {.type = STREAM_RESET, .dataset_id = s->o.dataset_id, .epoch = h.epoch,
                          .position = h.position, .chunk_id = h.chunk_id};
       if (send_frames(s, &tmp, &r, NULL, 0) == 0) s->st.resets++;
