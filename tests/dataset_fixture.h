@@ -145,7 +145,7 @@ static inline int fixture_write(const char *dir, const fixture_spec *f) {
     dataset_provenance pv = {.job = &j, .frequencies = freq, .nu0 = 230.538e9, .mass = 28.0,
                              .producer = "tests/dataset_fixture.h", .mpi_version = "none",
                              .ranks = 1};
-    rc = dataset_finish(dir, &pv);
+    rc = dataset_finish(dir, &pv, NULL);
   }
   free(ms);
   free(in);

@@ -382,23 +382,28 @@ static int write_dataset_h5(const char *dir, const dataset_provenance *pv, const
 
 /* ---- manifest.json ---- */
 
-int dataset_finish(const char *dir, const dataset_provenance *pv) {
+int dataset_finish(const char *dir, const dataset_provenance *pv, const shard_sums *known) {
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
   const job *j = pv->job;
   int64_t N = job_samples(j), S = j->samples_per_shard, K = dataset_shards(N, S);
   shard_sums *sums = ce_calloc_array((size_t)K, sizeof *sums, "shard sums");
-  long long *bytes = ce_calloc_array((size_t)K, sizeof *bytes, "shard sizes");
   uint8_t *skipped = ce_calloc_array((size_t)j->n_models, 1, "skipped models");
   uint8_t *msplit = ce_calloc_array((size_t)j->n_models, 1, "model splits");
   uint8_t *valid = ce_calloc_array((size_t)S, 1, "valid flags");
-  int rc = (sums && bytes && skipped && msplit && valid) ? 0 : -1, all_sums = 1;
+  int rc = (sums && skipped && msplit && valid) ? 0 : -1, all_sums = 1;
   if (rc == 0) rc = job_model_splits(j, msplit);
   char path[4096];
   for (int64_t s = 0; rc == 0 && s < K; s++) {
     int64_t first, count;
     dataset_shard_range(s, N, S, &first, &count);
-    if (dataset_shard_path(dir, s, path, sizeof path) < 0 || shard_read_sums(path, &sums[s]) < 0 ||
-        (bytes[s] = fs_file_size(path)) < 0) {
+    if (dataset_shard_path(dir, s, path, sizeof path) < 0) {
+      rc = ce_err_prefix("shard %lld", (long long)s);
+      break;
+    }
+    /* what the rank that made or kept the shard read, or the file */
+    if (known && known[s].count > 0)
+      sums[s] = known[s];
+    else if (shard_read_sums(path, &sums[s]) < 0) {
       rc = ce_err_prefix("shard %lld", (long long)s);
       break;
     }
@@ -463,7 +468,7 @@ int dataset_finish(const char *dir, const dataset_provenance *pv) {
         dataset_shard_name(s, name, sizeof name);
         fprintf(f, "    {\"file\": \"%s\", \"first\": %lld, \"count\": %lld, "
                    "\"bytes\": %lld, \"invalid\": %lld, \"crc32\": {",
-                name, (long long)sums[s].first, (long long)sums[s].count, bytes[s],
+                name, (long long)sums[s].first, (long long)sums[s].count, (long long)sums[s].bytes,
                 (long long)sums[s].invalid);
         int firstset = 1;
         for (int k = 0; k < SHARD_NSETS; k++) {
@@ -487,7 +492,6 @@ int dataset_finish(const char *dir, const dataset_provenance *pv) {
   }
   if (rc == 0) rc = write_dataset_h5(dir, pv, msplit, all_sums);
   free(sums);
-  free(bytes);
   free(skipped);
   free(msplit);
   free(valid);

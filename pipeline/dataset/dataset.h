@@ -76,8 +76,12 @@ typedef struct {
 } dataset_provenance;
 
 /* Rank 0, after every shard is finished: write manifest.json and
- * dataset.h5. Fails (naming the shard) if a shard is missing. */
-int dataset_finish(const char *dir, const dataset_provenance *prov);
+ * dataset.h5. Fails (naming the shard) if a shard is missing. known: NULL,
+ * or one entry per shard with what the rank that made or kept it already
+ * read (shard_close's or shard_check_claims' sums); an entry with count 0 is
+ * read from its file (shard_read_sums). At tens of thousands of shards the
+ * second open of every shard, serial on rank 0, was most of a resume. */
+int dataset_finish(const char *dir, const dataset_provenance *prov, const shard_sums *known);
 
 /* Rank 0, for a rerun of the job that made DIR (dataset_prepare agreed):
  * how much of it is finished, judged without reading any shard's data.

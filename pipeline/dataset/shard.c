@@ -599,6 +599,7 @@ static int write_meta(shard_writer *w, int set, hid_t ftype, hid_t mtype, int ra
 }
 
 static int commit_enqueue(const char *tmp, const char *path);
+static void read_layout(hid_t f, shard_sums *sums);
 
 static int shard_close_impl(shard_writer *w, int commit, shard_sums *sums, int async) {
   int rc = 0;
@@ -641,12 +642,17 @@ static int shard_close_impl(shard_writer *w, int commit, shard_sums *sums, int a
       sums->invalid = invalid;
       sums->has_checksums = 1;
       memcpy(sums->crc, w->crc, sizeof sums->crc);
+      /* where the rows lie, from the file as written: HDF5 places the
+       * metadata arrays' data only now */
+      if (rc == 0) read_layout(w->file, sums);
     }
   }
   if (w->inputs >= 0) H5Dclose(w->inputs);
   if (w->targets >= 0) H5Dclose(w->targets);
   errno = 0;
   if (H5Fclose(w->file) < 0 && commit && rc == 0) rc = h5fail(w->path, "closing the file");
+  if (commit && rc == 0 && sums && (sums->bytes = fs_file_size(w->tmp)) < 0)
+    rc = ce_err("%s: cannot stat the closed shard: %s", w->tmp, strerror(errno));
   if (commit && rc == 0) {
     if (async)
       rc = commit_enqueue(w->tmp, w->path);
@@ -839,6 +845,8 @@ int shard_read_sums(const char *path, shard_sums *sums) {
   int rc = read_sums(f, path, sums);
   if (rc == 0) read_layout(f, sums);
   H5Fclose(f);
+  if (rc == 0 && (sums->bytes = fs_file_size(path)) < 0)
+    rc = ce_err("%s: cannot stat: %s", path, strerror(errno));
   return rc;
 }
 
@@ -905,7 +913,8 @@ static int open_claims(const char *path, const shard_layout *lay, shard_sums *su
   *f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT); /* once: claims (and shard_verify's data) */
   if (*f < 0) CE_FAIL("%s: not a readable HDF5 file", path);
   if (read_sums(*f, path, sums) < 0) return -1;
-  read_layout(*f, sums); /* coemu verify compares it with the manifest's */
+  read_layout(*f, sums); /* the manifest's; coemu verify compares the two */
+  if ((sums->bytes = fs_file_size(path)) < 0) CE_FAIL("%s: cannot stat: %s", path, strerror(errno));
   int n = 0, nf = 0, si = 0;
   uint32_t fp = 0;
   if (h5_get_attr(*f, "n", H5T_NATIVE_INT, &n) < 0 || h5_get_attr(*f, "channels", H5T_NATIVE_INT, &nf) < 0 ||

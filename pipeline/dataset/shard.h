@@ -53,6 +53,7 @@ typedef struct {
    * float64, rows not evenly spaced, no /checksums): readers use HDF5. */
   int has_layout;
   int64_t layout[7];
+  int64_t bytes; /* the file's size (the manifest's "bytes") */
 } shard_sums;
 
 enum { SHARD_LAY_IN, SHARD_LAY_IN_STRIDE, SHARD_LAY_TG, SHARD_LAY_TG_STRIDE, SHARD_LAY_SUMS,
@@ -95,8 +96,10 @@ int shard_put_hashed(shard_writer *w, uint64_t inputs_hash, const float *targets
                      uint8_t valid);
 
 /* Finish: if commit, write the metadata and checksums, flush, close and
- * rename into place (sums receives the checksums); otherwise close and remove
- * the temporary file. Frees w in all cases. */
+ * rename into place (sums receives what shard_read_sums would read back:
+ * the checksums, the layout and the file's size, so that the manifest needs
+ * no second open); otherwise close and remove the temporary file. Frees w in
+ * all cases. */
 int shard_close(shard_writer *w, int commit, shard_sums *sums);
 
 /* The same, but the final fsync and rename of a committed shard happen on a

@@ -8,7 +8,10 @@
  * Dynamic assignment keeps every rank busy when models differ in cost (AMR
  * depth, cube size), which a static interleave cannot; the shard is the unit
  * because it is also the unit of writing and of resume. Which rank makes a
- * shard never changes its bytes.
+ * shard never changes its bytes. A resume hands out only the shards still to
+ * make: the ones an earlier run finished were checked before, each rank a
+ * fixed share (generate.c, resume_pass), as asking rank 0 for each of tens
+ * of thousands of kept shards cost more than checking them.
  */
 #ifndef COEMU_WORKPLAN_H
 #define COEMU_WORKPLAN_H
@@ -22,25 +25,27 @@ typedef struct {
   MPI_Comm comm;
   int rank, size;
   int64_t nshards;
+  const uint8_t *need;   /* rank 0: need[s] != 0: shard s is to be made */
   int64_t next;          /* rank 0: next shard to hand out */
   int finished;          /* rank 0: ranks told there is no more work */
   int stop;              /* rank 0: a rank failed, no more shards are handed out */
   int64_t done;          /* rank 0: samples reported done, all ranks */
-  int64_t kept;          /* rank 0: of those, samples of shards kept from an earlier run */
   ce_progress *progress; /* rank 0: updated as reports come in (may be NULL) */
 } workplan;
 
-void workplan_init(workplan *w, MPI_Comm comm, int64_t nshards, ce_progress *progress);
+/* Hand out the shards s < nshards with need[s] != 0 (rank 0 reads need; it
+ * must outlive w); kept_samples: the samples of the shards not needed, kept
+ * from an earlier run (in the progress line's count, not in its rate). */
+void workplan_init(workplan *w, MPI_Comm comm, int64_t nshards, const uint8_t *need,
+                   int64_t kept_samples, ce_progress *progress);
 
 /* The next shard for this rank, or -1 when there is none. `last_count` is
- * the number of samples in the shard this rank just finished (0 at first);
- * `last_kept` != 0: that shard was kept from an earlier run, not made now
- * (the progress line's rate counts only the samples made now).
+ * the number of samples in the shard this rank just made (0 at first).
  * failed != 0: this rank failed and stops; rank 0 then hands out no more
  * shards, so every rank stops after the shard it is making (finished shards
  * are kept for the resume) and the ranks meet again in workplan_drain and
  * the collective after it: a failure never leaves a peer waiting. */
-int64_t workplan_next(workplan *w, int64_t last_count, int last_kept, int failed);
+int64_t workplan_next(workplan *w, int64_t last_count, int failed);
 
 /* Rank 0: answer pending requests without blocking (other ranks: no-op).
  * `own_done` is rank 0's count of samples done in its current shard (for the

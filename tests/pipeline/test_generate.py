@@ -120,6 +120,13 @@ def run_tests(tmp):
     man1 = json.load(open(os.path.join(outs[1], 'manifest.json')))
     check([s['crc32'] for s in man['shards']] == [s['crc32'] for s in man1['shards']],
           'checksums independent of ranks')
+    # the manifest is written from what the ranks that made the shards
+    # handed rank 0 (no shard is opened again): the same bytes on 1, 2, 3 ranks
+    def manifest_bytes(out):
+        with open(os.path.join(out, 'manifest.json'), 'rb') as f:
+            return f.read()
+    check(manifest_bytes(outs[1]) == manifest_bytes(outs[2]) == manifest_bytes(outs[3]),
+          'manifest.json byte-identical on 1, 2, 3 ranks')
 
     # the layout is the one schemas/dataset.yaml describes
     lay = yaml.safe_load(open(os.path.join(ROOT, 'schemas', 'dataset.yaml')))
@@ -185,6 +192,10 @@ def run_tests(tmp):
     r = mpi(2, [job, '--out', outs[3], '--quiet'])
     check(r.returncode == 0 and same(ref, arrays(outs[3])),
           f'removed and rerun: the damaged shard made again: {r.stderr}')
+    # its manifest, from sums of kept shards (their claims, read by the rank
+    # that checked each) and one made now, equals the uninterrupted run's
+    check(manifest_bytes(outs[3]) == manifest_bytes(outs[1]),
+          'a resume\'s manifest (kept and made shards) equals the uninterrupted run\'s')
     # a resume (an unfinished dataset: its manifest gone) keeps an earlier
     # run's shard on what the file claims, reading no data: damage inside
     # the data stays (verify's to find) ...

@@ -11,6 +11,7 @@
 #include <zlib.h>
 
 #include "check.h"
+#include "common/fsutil.h"
 #include "rotate/sampler.h"
 #include "pipeline/dataset/dataset.h"
 #include "pipeline/dataset/h5util.h"
@@ -388,6 +389,53 @@ static void test_ranges(void) {
   CHECK(first == 8 && count == 4);
 }
 
+/* every field of two shards' sums equal (field by field: the struct has
+ * padding) */
+static int same_sums(const shard_sums *a, const shard_sums *b) {
+  return a->first == b->first && a->count == b->count && !memcmp(a->crc, b->crc, sizeof a->crc) &&
+         a->has_checksums == b->has_checksums && a->invalid == b->invalid &&
+         a->has_layout == b->has_layout && !memcmp(a->layout, b->layout, sizeof a->layout) &&
+         a->bytes == b->bytes;
+}
+
+/* What a run hands the manifest (the sums of the shards it made, from
+ * shard_close; of those it kept, from shard_check_claims) equals what
+ * reading the file back gives (shard_read_sums, the manifest's source
+ * before): rank 0 no longer opens every shard again. With and without
+ * stored inputs, a compressed shard (no layout), an invalid sample. */
+static void test_shard_close_sums(void) {
+  const char *dir = check_scratch("test_shard_sums");
+  for (int v = 0; v < 3; v++) {
+    char path[1100];
+    snprintf(path, sizeof path, "%s/s%d.h5", dir, v);
+    shard_layout lay = {.n = 8, .nf = 2, .store_inputs = v != 1, .gzip = v == 2 ? 1 : 0,
+                        .job_fingerprint = 0x1234};
+    shard_writer *w;
+    CHECK_OK(shard_open(&w, path, &lay, 40, 5));
+    size_t nin = 3 * 8 * 8 * 8;
+    for (int s = 0; s < 5; s++) {
+      float *in = shard_row_buffer(nin), tg[2 * 64];
+      CHECK(in != NULL);
+      if (!in) return;
+      for (size_t i = 0; i < nin; i++) in[i] = (float)(i % 97) * (float)(s + 1);
+      for (int i = 0; i < 128; i++) tg[i] = (float)(i * s) * 0.5f;
+      double q[4] = {0.5, 0.5, 0.5, 0.5};
+      CHECK_OK(shard_put(w, in, tg, 8, s, q, 1, s != 3));
+    }
+    shard_sums closed, read, claimed;
+    memset(&closed, 0x5a, sizeof closed);
+    CHECK_OK(shard_close(w, 1, &closed));
+    CHECK_OK(shard_read_sums(path, &read));
+    CHECK_OK(shard_check_claims(path, &lay, &claimed));
+    CHECK(same_sums(&closed, &read) && same_sums(&claimed, &read));
+    CHECK(read.bytes == fs_file_size(path) && read.invalid == 1 && read.first == 40 &&
+          read.count == 5);
+    CHECK(read.has_layout == (v != 2)); /* a deflated shard's rows have no fixed place */
+    if (v == 0) CHECK(read.layout[SHARD_LAY_IN_STRIDE] >= (int64_t)(nin * 4));
+    if (v == 1) CHECK(read.layout[SHARD_LAY_IN] == 0 && read.layout[SHARD_LAY_TG] > 0);
+  }
+}
+
 int main(void) {
   RUN(test_defaults);
   RUN(test_reconstruction);
@@ -398,6 +446,7 @@ int main(void) {
   RUN(test_job_files);
   RUN(test_schema_doc);
   RUN(test_shard_roundtrip);
+  RUN(test_shard_close_sums);
   RUN(test_ranges);
   return check_report();
 }
