@@ -365,6 +365,8 @@ static int write_dataset_h5(const char *dir, const dataset_provenance *pv, const
   if (g >= 0) H5Gclose(g);
   if (rc == 0 && put_i64(f, "format_minor", DATASET_FORMAT_MINOR) < 0)
     rc = ce_err("%s: cannot write the format_minor attribute", tmp);
+  if (rc == 0 && put_i64(f, "samples_per_shard", j->samples_per_shard) < 0)
+    rc = ce_err("%s: cannot write the samples_per_shard attribute", tmp);
   /* images-only (output.store_inputs false): readers remake /inputs from the
    * models (input_rebuild.h), checked against /checksums' inputs column */
   if (rc == 0 && h5_put_str_attr(f, "inputs", j->store_inputs ? "stored" : "rebuilt") < 0)
@@ -378,6 +380,18 @@ static int write_dataset_h5(const char *dir, const dataset_provenance *pv, const
   if (rc == 0) rc = fs_rename_durable(tmp, path);
   if (rc < 0) unlink(tmp);
   return rc;
+}
+
+int dataset_sample_shard(hid_t f, const char *dir, int64_t sample, char *path, size_t len,
+                         int64_t *row) {
+  int64_t S = 0;
+  if (H5Aexists(f, "samples_per_shard") <= 0) return 0;
+  if (h5_get_attr(f, "samples_per_shard", H5T_NATIVE_INT64, &S) < 0 || S < 1)
+    CE_FAIL("%s/dataset.h5: attribute samples_per_shard: expected an integer >= 1", dir);
+  if (sample < 0) CE_FAIL("%s: sample %lld: expected >= 0", dir, (long long)sample);
+  CE_TRY(dataset_shard_path(dir, sample / S, path, len));
+  *row = sample % S;
+  return 1;
 }
 
 /* ---- manifest.json ---- */

@@ -17,6 +17,7 @@
 #ifndef COEMU_DATASET_H
 #define COEMU_DATASET_H
 
+#include <hdf5.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -50,8 +51,19 @@ int dataset_prepare(const char *dir, const job *j);
  * `inputs` ("stored" | "rebuilt", manifest "inputs") and /models' units_file,
  * so readers rebuild the cubes (input_rebuild.h); 3: the manifest's per-shard
  * "layout" (byte offsets of /inputs, /targets, /checksums, /split, /valid in
- * the shard file), so readers open a shard without HDF5 (shard_reader.h). */
-#define DATASET_FORMAT_MINOR 3
+ * the shard file), so readers open a shard without HDF5 (shard_reader.h); 4:
+ * dataset.h5's root attribute samples_per_shard, so a reader of a few samples
+ * opens their shards instead of the virtual datasets (dataset_sample_shard). */
+#define DATASET_FORMAT_MINOR 4
+
+/* Where sample `sample` of the dataset in `dir` lies: *path (its shard) and
+ * *row, from dataset.h5's root attribute samples_per_shard (f: dataset.h5,
+ * open). 1 when found; 0 when dataset.h5 predates the attribute (format_minor
+ * < 4: read the virtual datasets); -1 with the message on an error. Opening a
+ * virtual dataset decodes one mapping per shard (about 0.2 s at 34,000
+ * shards), which a reader of a few samples need not pay. */
+int dataset_sample_shard(hid_t f, const char *dir, int64_t sample, char *path, size_t len,
+                         int64_t *row);
 
 /* What the producer chose that the job alone does not say: the sizes a sample
  * was made with (docs/dataset-format.md, "Geometry"). Written to dataset.h5's

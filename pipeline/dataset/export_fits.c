@@ -14,6 +14,7 @@
 #include "common/error.h"
 #include "common/fsutil.h"
 #include "common/version.h"
+#include "pipeline/dataset/dataset.h"
 #include "pipeline/dataset/h5util.h"
 #include "pipeline/job/yamltree.h"
 
@@ -106,12 +107,22 @@ int export_fits_read_info(const char *dir, int64_t sample, double edge_m, int nf
   if (edge < 0) info->edge_unknown = EXPORT_EDGE_KNOWN; /* not wanted */
   info->pixel_m = edge > 0 ? edge / n : 0;
   uint8_t split = 0;
-  if (rc == 0 && (read_1d(f, "model_id", H5T_NATIVE_INT64, (hsize_t)sample, &info->model_id) < 0 ||
-                  read_1d(f, "direction_index", H5T_NATIVE_INT64, (hsize_t)sample, &info->direction_index) < 0 ||
-                  read_1d(f, "direction", H5T_NATIVE_DOUBLE, (hsize_t)sample, info->quat) < 0 ||
-                  read_1d(f, "split", H5T_NATIVE_UINT8, (hsize_t)sample, &split) < 0))
-    rc = ce_err("%s: sample %lld: cannot read /model_id, /direction_index, /direction, /split", p,
-                (long long)sample);
+  /* the sample's row of its shard (format 2.4), else of the virtual
+   * datasets, whose every open decodes one mapping per shard */
+  char shard_path[4200];
+  int64_t row = sample;
+  int in_shard = rc == 0 ? dataset_sample_shard(f, dir, sample, shard_path, sizeof shard_path, &row) : 0;
+  if (in_shard < 0) rc = -1;
+  hid_t src = in_shard > 0 ? H5Fopen(shard_path, H5F_ACC_RDONLY, H5P_DEFAULT) : f;
+  if (rc == 0 && src < 0) rc = ce_err_open(shard_path, "as HDF5");
+  const char *from = in_shard > 0 ? shard_path : p;
+  if (rc == 0 && (read_1d(src, "model_id", H5T_NATIVE_INT64, (hsize_t)row, &info->model_id) < 0 ||
+                  read_1d(src, "direction_index", H5T_NATIVE_INT64, (hsize_t)row, &info->direction_index) < 0 ||
+                  read_1d(src, "direction", H5T_NATIVE_DOUBLE, (hsize_t)row, info->quat) < 0 ||
+                  read_1d(src, "split", H5T_NATIVE_UINT8, (hsize_t)row, &split) < 0))
+    rc = ce_err("%s: sample %lld (row %lld): cannot read /model_id, /direction_index, /direction, "
+                "/split", from, (long long)sample, (long long)row);
+  if (in_shard > 0 && src >= 0) H5Fclose(src);
   info->split = split;
   if (rc == 0) { /* the model's name (variable-length string) */
     hid_t st = H5Tcopy(H5T_C_S1);

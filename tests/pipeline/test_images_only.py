@@ -141,8 +141,8 @@ def main(tmp):
     # the format says so
     man = json.load(open(os.path.join(img, 'manifest.json')))
     with h5py.File(os.path.join(img, 'dataset.h5'), 'r') as h:
-        check(man['store_inputs'] is False and man['inputs'] == 'rebuilt' and man['format_minor'] == 3 and
-              h.attrs['format_minor'] == 3 and h.attrs['inputs'] in (b'rebuilt', 'rebuilt') and 'inputs' not in h
+        check(man['store_inputs'] is False and man['inputs'] == 'rebuilt' and man['format_minor'] == 4 and
+              h.attrs['format_minor'] == 4 and h.attrs['inputs'] in (b'rebuilt', 'rebuilt') and 'inputs' not in h
               and 'units_file' in h['models'].attrs, f'images-only in manifest and dataset.h5: {man}')
         isums, istats = h['checksums'][()], {k: v for k, v in h['stats'].attrs.items()}
         igroups = {g: dict(h['stats'][g].attrs) for g in h['stats']}

@@ -140,10 +140,10 @@ def run(tmp):
     many, few = dirs['many'], dirs['few']
     check(len(os.listdir(os.path.join(many, 'shards'))) == NS, f'{NS} shards')
     check(len(os.listdir(os.path.join(few, 'shards'))) == 4, 'few shards')
-    # format 2.3: every one-sample shard's layout is recorded, so the readers
+    # format 2.3 (and later): every one-sample shard's layout is recorded, so the readers
     # below open them without HDF5 (shard_reader.h)
     man_many = json.load(open(os.path.join(many, 'manifest.json')))
-    check(man_many['format_minor'] == 3 and
+    check(man_many['format_minor'] == 4 and
           all(len(e.get('layout', ())) == 7 for e in man_many['shards']),
           f'manifest: the layout of every one of the {NS:,} shards recorded')
 

@@ -117,7 +117,7 @@ def reproduce(tmp, mode):
                      f"{mode}: dataset.h5 records /geometry, /solver, /models/file: {list(f)}"):
             return
         lay = yaml.safe_load(open(os.path.join(ROOT, "schemas", "dataset.yaml")))
-        check(f.attrs.get("format_minor") == lay["format_minor"] == 3, f"{mode}: format_minor 3")
+        check(f.attrs.get("format_minor") == lay["format_minor"] == 4, f"{mode}: format_minor 4")
         spec = lay["dataset.h5"]
         missing = [f"{g}.{a}" for g, gd in spec["groups"].items() for a in gd["attrs"] if a not in f[g].attrs]
         missing += [x for x in spec["datasets"] if x not in f] + [a for a in spec["attrs"] if a not in f.attrs]
@@ -126,7 +126,7 @@ def reproduce(tmp, mode):
         mg = man.get("geometry", {})
         g = f["geometry"].attrs
         nan_null = (lambda v: None if np.isnan(v) else v)
-        check(man.get("format_minor") == 3 and mg.get("edge_m") == nan_null(g["edge"]) and
+        check(man.get("format_minor") == 4 and mg.get("edge_m") == nan_null(g["edge"]) and
               mg.get("dx_m") == nan_null(g["dx"]) and mg.get("ball_radius_m") == f["geometry"].attrs["ball_radius"]
               and mg.get("k") == f["geometry"].attrs["k"], f"{mode}: manifest.json geometry = /geometry: {mg}")
         geo, sol = attrs(f["geometry"]), attrs(f["solver"])

@@ -16,7 +16,11 @@
  *     checked, the other shard's samples were delivered;
  *   - a shard rewritten with another layout and the same content (what
  *     h5repack does) falls back to HDF5 and still reads the right samples;
- *   - a malformed "layout" in the manifest is an error naming its position.
+ *   - a malformed "layout" in the manifest is an error naming its position;
+ *   - a sample's catalogue entry (model, direction, split: what the preview
+ *     and `coemu eval` print) read from its shard through dataset.h5's
+ *     samples_per_shard (format 2.4) equals the one read through the
+ *     virtual datasets, which a dataset without the attribute still uses.
  * The datasets are made in a child process (tests/dataset_fixture.h), so
  * this process runs no MPI and keeps LeakSanitizer's checks. */
 #include <fcntl.h>
@@ -30,6 +34,7 @@
 #include "check.h"
 #include "common/fsutil.h"
 #include "dataset_fixture.h"
+#include "pipeline/dataset/export_fits.h"
 #include "pipeline/dataset/shard.h"
 #include "pipeline/dataset/shard_reader.h"
 
@@ -195,8 +200,8 @@ static void test_layout_read(void) {
     snprintf(mpath, sizeof mpath, "%s/manifest.json", dir);
     char *t = slurp(mpath);
     int64_t K = (fixture_samples(f) + f->samples_per_shard - 1) / f->samples_per_shard;
-    CHECK_MSG(t && count_of(t, "\"layout\": [") == K && strstr(t, "\"format_minor\": 3"),
-              "%s: every shard's layout recorded, format 2.3", mpath);
+    CHECK_MSG(t && count_of(t, "\"layout\": [") == K && strstr(t, "\"format_minor\": 4"),
+              "%s: every shard's layout recorded, format 2.4", mpath);
     free(t);
     int64_t opens = 0, h5 = -1, fb = -1;
     read_everything(f, dir, &opens, &h5, &fb);
@@ -391,6 +396,40 @@ static void test_layout_malformed(void) {
   shard_reader_close(r);
 }
 
+/* the catalogue entry of every sample of FIVE (shards of 5, 5, 2 samples)
+ * from its shard, then, with the attribute removed (a dataset of format
+ * 2.3), from the virtual datasets: the same entries; a sample past the end
+ * is an error both ways */
+static void test_sample_info(void) {
+  char dir[1200], h5[1300], path[1400];
+  if (make(&FIVE, dir, sizeof dir) < 0) return;
+  snprintf(h5, sizeof h5, "%s/dataset.h5", dir);
+  int64_t N = fixture_samples(&FIVE), row = -1;
+  export_fits_info a[12], b;
+  hid_t f = H5Fopen(h5, H5F_ACC_RDONLY, H5P_DEFAULT);
+  CHECK(f >= 0 && dataset_sample_shard(f, dir, 11, path, sizeof path, &row) == 1 && row == 1 &&
+        strstr(path, "/shards/shard-000002.h5") != NULL);
+  if (f >= 0) H5Fclose(f);
+  for (int64_t i = 0; i < N && i < 12; i++) {
+    CHECK_OK(export_fits_read_info(dir, i, -1, 0, FIVE.n, NULL, &a[i]));
+    CHECK_MSG(a[i].model_id == i / FIVE.directions && a[i].direction_index == i % FIVE.directions,
+              "sample %lld: model %lld direction %lld", (long long)i, (long long)a[i].model_id,
+              (long long)a[i].direction_index);
+  }
+  CHECK_ERR(export_fits_read_info(dir, N, -1, 0, FIVE.n, NULL, &b), "shard-000002.h5: sample 12 (row 2)");
+  f = H5Fopen(h5, H5F_ACC_RDWR, H5P_DEFAULT);
+  CHECK(f >= 0 && H5Adelete(f, "samples_per_shard") >= 0);
+  if (f >= 0) H5Fclose(f);
+  for (int64_t i = 0; i < N && i < 12; i++) {
+    CHECK_OK(export_fits_read_info(dir, i, -1, 0, FIVE.n, NULL, &b));
+    CHECK_MSG(b.model_id == a[i].model_id && b.direction_index == a[i].direction_index &&
+              !memcmp(b.quat, a[i].quat, sizeof b.quat) && b.split == a[i].split &&
+              !strcmp(b.model, a[i].model),
+              "sample %lld: the shard's entry equals the virtual datasets'", (long long)i);
+  }
+  CHECK_ERR(export_fits_read_info(dir, N, -1, 0, FIVE.n, NULL, &b), "dataset.h5: sample 12");
+}
+
 int main(void) {
   g_tmp = check_scratch("shard_layout");
   RUN(test_layout_read);
@@ -398,6 +437,7 @@ int main(void) {
   RUN(test_layout_replaced);
   RUN(test_layout_rewritten);
   RUN(test_layout_malformed);
+  RUN(test_sample_info);
   check_scratch_remove();
   return check_report();
 }
