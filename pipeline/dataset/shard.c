@@ -782,59 +782,107 @@ static int rows_at(hid_t d, hid_t ftype, int64_t count, hsize_t row_bytes, int64
   return ok ? 0 : -1;
 }
 
-/* sums->layout of the open shard f (shard.h); has_layout 0 where it cannot
- * be given. */
+/* The datasets whose rows readers find at fixed places (the manifest's
+ * "layout"): /inputs (when stored), /targets, /checksums, /split, /valid. */
+static int is_layout_set(int s, int store_inputs) {
+  return (s == SHARD_INPUTS && store_inputs) || s == SHARD_TARGETS || s == SHARD_CHECKSUMS ||
+         s == SHARD_SPLIT || s == SHARD_VALID;
+}
+
+/* Where the rows of d, the shard's dataset s (a layout set), lie, into
+ * sums->layout: row 0's offset, and for /inputs and /targets the stride
+ * (the metadata arrays are read whole: their rows must lie back to back).
+ * 0, or -1 when they do not lie so. */
+static int set_layout(hid_t d, int s, int n, int nf, shard_sums *sums) {
+  hsize_t nn = (hsize_t)n * (hsize_t)n, row;
+  hid_t ftype;
+  int at;
+  switch (s) {
+  case SHARD_INPUTS: at = SHARD_LAY_IN, ftype = H5T_IEEE_F32LE, row = 3 * nn * (hsize_t)n * 4; break;
+  case SHARD_TARGETS: at = SHARD_LAY_TG, ftype = H5T_IEEE_F32LE, row = (hsize_t)nf * nn * 4; break;
+  case SHARD_CHECKSUMS: at = SHARD_LAY_SUMS, ftype = H5T_STD_U64LE, row = 16; break;
+  case SHARD_SPLIT: at = SHARD_LAY_SPLIT, ftype = H5T_STD_U8LE, row = 1; break;
+  case SHARD_VALID: at = SHARD_LAY_VALID, ftype = H5T_STD_U8LE, row = 1; break;
+  default: return -1;
+  }
+  int64_t stride;
+  if (rows_at(d, ftype, sums->count, row, &sums->layout[at], &stride) < 0) return -1;
+  if (s == SHARD_INPUTS || s == SHARD_TARGETS) sums->layout[at + 1] = stride;
+  else if (stride != (int64_t)row) return -1;
+  return 0;
+}
+
+/* sums->layout of the open shard f (shard.h) whose counts and checksums
+ * sums already holds (shard_close); has_layout 0 where it cannot be
+ * given. */
 static void read_layout(hid_t f, shard_sums *sums) {
-  int64_t *L = sums->layout, c = sums->count, stride;
   sums->has_layout = 0;
-  memset(L, 0, sizeof sums->layout);
-  if (!sums->has_checksums || c < 1) return;
-  int n = 0, nf = 0, si = 0;
-  if (h5_get_attr(f, "n", H5T_NATIVE_INT, &n) < 0 || h5_get_attr(f, "channels", H5T_NATIVE_INT, &nf) < 0 ||
-      h5_get_attr(f, "store_inputs", H5T_NATIVE_INT, &si) < 0 || n < 1 || nf < 1)
-    return;
-  hsize_t nn = (hsize_t)n * (hsize_t)n;
-  static const int set[5] = {SHARD_INPUTS, SHARD_TARGETS, SHARD_CHECKSUMS, SHARD_SPLIT, SHARD_VALID};
-  static const int at[5] = {SHARD_LAY_IN, SHARD_LAY_TG, SHARD_LAY_SUMS, SHARD_LAY_SPLIT,
-                            SHARD_LAY_VALID};
-  hid_t ftype[5] = {H5T_IEEE_F32LE, H5T_IEEE_F32LE, H5T_STD_U64LE, H5T_STD_U8LE, H5T_STD_U8LE};
-  hsize_t row[5] = {3 * nn * (hsize_t)n * 4, (hsize_t)nf * nn * 4, 16, 1, 1};
-  int ok = 1;
-  for (int k = 0; ok && k < 5; k++) {
-    if (set[k] == SHARD_INPUTS && !si) continue;
-    hid_t d = -1;
-    H5E_BEGIN_TRY { d = H5Dopen2(f, shard_set_names[set[k]], H5P_DEFAULT); } H5E_END_TRY;
-    ok = d >= 0 && rows_at(d, ftype[k], c, row[k], &L[at[k]], &stride) == 0;
-    /* the metadata arrays are read whole: their rows back to back */
-    if (ok && k >= 2) ok = stride == (int64_t)row[k];
-    if (ok && k < 2) L[at[k] + 1] = stride;
+  memset(sums->layout, 0, sizeof sums->layout);
+  int n = 0, nf = 0, si = 0, ok = sums->has_checksums && sums->count >= 1;
+  ok = ok && h5_get_attr(f, "n", H5T_NATIVE_INT, &n) == 0 &&
+       h5_get_attr(f, "channels", H5T_NATIVE_INT, &nf) == 0 &&
+       h5_get_attr(f, "store_inputs", H5T_NATIVE_INT, &si) == 0 && n >= 1 && nf >= 1;
+  for (int s = 0; ok && s < SHARD_NSETS; s++) {
+    if (!is_layout_set(s, si)) continue;
+    hid_t d = H5Dopen2(f, shard_set_names[s], H5P_DEFAULT);
+    ok = d >= 0 && set_layout(d, s, n, nf, sums) == 0;
     if (d >= 0) H5Dclose(d);
   }
   sums->has_layout = ok;
-  if (!ok) memset(L, 0, sizeof sums->layout);
+  if (!ok) memset(sums->layout, 0, sizeof sums->layout);
 }
 
-/* The checksums of the open shard f (path for messages). */
-static int read_sums(hid_t f, const char *path, shard_sums *sums) {
+/* What the open shard f claims, each dataset opened once (path for
+ * messages): the attributes first, count, invalid; every dataset's crc32
+ * (/inputs and /checksums may be absent: not stored, format 1; present[s]
+ * says which are there); where the rows lie (sums->layout); and its n,
+ * channels, store_inputs into attrs[3] (-1 where absent). With rows_err, a
+ * dataset whose row count is not the shard's is noted there (the first one)
+ * instead of failing, so that the caller reports the file's other faults
+ * first. At tens of thousands of shards these opens are the cost of a
+ * resume: each dataset was opened three times before (2026-12-06). */
+static int read_sets(hid_t f, const char *path, shard_sums *sums, int present[SHARD_NSETS],
+                     int attrs[3], char *rows_err, size_t rows_len) {
   memset(sums, 0, sizeof *sums);
-  int rc = 0;
+  if (rows_err) rows_err[0] = 0;
   if (h5_get_attr(f, "first", H5T_NATIVE_INT64, &sums->first) < 0 ||
       h5_get_attr(f, "count", H5T_NATIVE_INT64, &sums->count) < 0 ||
       h5_get_attr(f, "invalid", H5T_NATIVE_INT64, &sums->invalid) < 0)
-    rc = ce_err("%s: missing shard attributes (first, count, invalid)", path);
-  for (int s = 0; rc == 0 && s < SHARD_NSETS; s++) {
-    if (H5Lexists(f, shard_set_names[s], H5P_DEFAULT) <= 0) {
-      if (s == SHARD_INPUTS || s == SHARD_CHECKSUMS) continue; /* not stored; format 1 */
-      rc = ce_err("%s: /%s: missing", path, shard_set_names[s]);
-      break;
-    }
+    CE_FAIL("%s: missing shard attributes (first, count, invalid)", path);
+  static const char *const names[3] = {"n", "channels", "store_inputs"};
+  for (int k = 0; k < 3; k++)
+    if (h5_get_attr(f, names[k], H5T_NATIVE_INT, &attrs[k]) < 0) attrs[k] = -1;
+  int n = attrs[0], nf = attrs[1], si = attrs[2] > 0;
+  int lay_ok = n >= 1 && nf >= 1 && attrs[2] >= 0 && sums->count >= 1;
+  for (int s = 0; s < SHARD_NSETS; s++) {
+    present[s] = 0;
     hid_t d = H5Dopen2(f, shard_set_names[s], H5P_DEFAULT);
-    if (d < 0 || h5_get_attr(d, "crc32", H5T_NATIVE_UINT32, &sums->crc[s]) < 0)
-      rc = ce_err("%s: /%s: no crc32 attribute", path, shard_set_names[s]);
-    if (d >= 0) H5Dclose(d);
+    if (d < 0) {
+      if (s == SHARD_INPUTS || s == SHARD_CHECKSUMS) continue; /* not stored; format 1 */
+      CE_FAIL("%s: /%s: missing", path, shard_set_names[s]);
+    }
+    present[s] = 1;
     if (s == SHARD_CHECKSUMS) sums->has_checksums = 1;
+    int rc = h5_get_attr(d, "crc32", H5T_NATIVE_UINT32, &sums->crc[s]) < 0
+                 ? ce_err("%s: /%s: no crc32 attribute", path, shard_set_names[s])
+                 : 0;
+    if (rc == 0 && rows_err && !rows_err[0]) {
+      hid_t sp = H5Dget_space(d);
+      hsize_t dims[8] = {0};
+      int ok = sp >= 0 && H5Sget_simple_extent_ndims(sp) >= 1 &&
+               H5Sget_simple_extent_dims(sp, dims, NULL) >= 1 && (int64_t)dims[0] == sums->count;
+      if (sp >= 0) H5Sclose(sp);
+      if (!ok)
+        snprintf(rows_err, rows_len, "%s: /%s: %llu rows, expected %lld", path,
+                 shard_set_names[s], (unsigned long long)dims[0], (long long)sums->count);
+    }
+    if (rc == 0 && lay_ok && is_layout_set(s, si)) lay_ok = set_layout(d, s, n, nf, sums) == 0;
+    H5Dclose(d);
+    if (rc < 0) return -1;
   }
-  return rc;
+  sums->has_layout = lay_ok && sums->has_checksums && (!si || present[SHARD_INPUTS]);
+  if (!sums->has_layout) memset(sums->layout, 0, sizeof sums->layout);
+  return 0;
 }
 
 int shard_read_sums(const char *path, shard_sums *sums) {
@@ -842,8 +890,8 @@ int shard_read_sums(const char *path, shard_sums *sums) {
   memset(sums, 0, sizeof *sums);
   hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
   if (f < 0) CE_FAIL("%s: not a readable HDF5 file", path);
-  int rc = read_sums(f, path, sums);
-  if (rc == 0) read_layout(f, sums);
+  int present[SHARD_NSETS], attrs[3];
+  int rc = read_sets(f, path, sums, present, attrs, NULL, 0);
   H5Fclose(f);
   if (rc == 0 && (sums->bytes = fs_file_size(path)) < 0)
     rc = ce_err("%s: cannot stat: %s", path, strerror(errno));
@@ -902,24 +950,36 @@ static int crc_of_set(const char *path, hid_t d, hid_t mtype, size_t elem, uint3
   return rc;
 }
 
+/* whether shard_verify / shard_check_claims look at dataset s */
+static int set_checked(int s, const shard_layout *lay, const shard_sums *sums) {
+  if (s == SHARD_INPUTS && !lay->store_inputs) return 0;
+  if (s == SHARD_CHECKSUMS && !sums->has_checksums) return 0; /* format 1 */
+  return 1;
+}
+
 /* Open a finished shard and check what it claims, reading no data: its
  * attributes (first, count, invalid, every dataset's crc32), where its arrays
- * lie, and its layout and job fingerprint against `lay`. *f is left open
- * (also on an error; -1 when the file did not open). HDF5 refuses to open a
- * file shorter than the end it records, so a truncated copy fails here. */
-static int open_claims(const char *path, const shard_layout *lay, shard_sums *sums, hid_t *f) {
+ * lie, and its layout and job fingerprint against `lay`; with check_rows
+ * also that every dataset it should have is there with the shard's row
+ * count (shard_check_claims; shard_verify checks them as it reads). *f is
+ * left open (also on an error; -1 when the file did not open). HDF5 refuses
+ * to open a file shorter than the end it records, so a truncated copy fails
+ * here. */
+static int open_claims(const char *path, const shard_layout *lay, shard_sums *sums, hid_t *f,
+                       int check_rows) {
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
   memset(sums, 0, sizeof *sums);
   *f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT); /* once: claims (and shard_verify's data) */
   if (*f < 0) CE_FAIL("%s: not a readable HDF5 file", path);
-  if (read_sums(*f, path, sums) < 0) return -1;
-  read_layout(*f, sums); /* the manifest's; coemu verify compares the two */
+  int present[SHARD_NSETS], attrs[3];
+  char rows_err[1200];
+  /* the layout is the manifest's; coemu verify compares the two */
+  if (read_sets(*f, path, sums, present, attrs, check_rows ? rows_err : NULL, sizeof rows_err) < 0)
+    return -1;
   if ((sums->bytes = fs_file_size(path)) < 0) CE_FAIL("%s: cannot stat: %s", path, strerror(errno));
-  int n = 0, nf = 0, si = 0;
+  int n = attrs[0], nf = attrs[1], si = attrs[2];
   uint32_t fp = 0;
-  if (h5_get_attr(*f, "n", H5T_NATIVE_INT, &n) < 0 || h5_get_attr(*f, "channels", H5T_NATIVE_INT, &nf) < 0 ||
-      h5_get_attr(*f, "store_inputs", H5T_NATIVE_INT, &si) < 0 ||
-      h5_get_attr(*f, "job_fingerprint", H5T_NATIVE_UINT32, &fp) < 0)
+  if (n < 0 || nf < 0 || si < 0 || h5_get_attr(*f, "job_fingerprint", H5T_NATIVE_UINT32, &fp) < 0)
     CE_FAIL("%s: missing layout attributes (n, channels, store_inputs, job_fingerprint)", path);
   if (n != lay->n || nf != lay->nf || !si != !lay->store_inputs)
     CE_FAIL("%s: layout n=%d channels=%d store_inputs=%d, expected %d, %d, %d", path, n, nf, si,
@@ -927,6 +987,10 @@ static int open_claims(const char *path, const shard_layout *lay, shard_sums *su
   if (fp != lay->job_fingerprint)
     CE_FAIL("%s: made by a different job (fingerprint %08x, expected %08x)", path, fp,
             lay->job_fingerprint);
+  for (int s = 0; check_rows && s < SHARD_NSETS; s++)
+    if (set_checked(s, lay, sums) && !present[s])
+      CE_FAIL("%s: /%s: missing", path, shard_set_names[s]);
+  if (check_rows && rows_err[0]) CE_FAIL("%s", rows_err);
   return 0;
 }
 
@@ -950,29 +1014,16 @@ static hid_t open_set_rows(hid_t f, const char *path, int s, const shard_sums *s
   return -1;
 }
 
-/* whether shard_verify / shard_check_claims look at dataset s */
-static int set_checked(int s, const shard_layout *lay, const shard_sums *sums) {
-  if (s == SHARD_INPUTS && !lay->store_inputs) return 0;
-  if (s == SHARD_CHECKSUMS && !sums->has_checksums) return 0; /* format 1 */
-  return 1;
-}
-
 int shard_check_claims(const char *path, const shard_layout *lay, shard_sums *sums) {
   hid_t f;
-  int rc = open_claims(path, lay, sums, &f);
-  for (int s = 0; rc == 0 && s < SHARD_NSETS; s++) {
-    if (!set_checked(s, lay, sums)) continue;
-    hid_t d = open_set_rows(f, path, s, sums);
-    if (d < 0) rc = -1;
-    else H5Dclose(d);
-  }
+  int rc = open_claims(path, lay, sums, &f, 1);
   if (f >= 0) H5Fclose(f);
   return rc;
 }
 
 int shard_verify(const char *path, const shard_layout *lay, shard_sums *sums) {
   hid_t f;
-  if (open_claims(path, lay, sums, &f) < 0) {
+  if (open_claims(path, lay, sums, &f, 0) < 0) {
     if (f >= 0) H5Fclose(f);
     return -1;
   }
