@@ -637,6 +637,7 @@ static int shard_close_impl(shard_writer *w, int commit, shard_sums *sums, int a
     if (rc == 0 && H5Fflush(w->file, H5F_SCOPE_GLOBAL) < 0) rc = -1;
     if (rc < 0) h5fail(w->path, "writing the shard metadata");
     if (sums) {
+      memset(sums, 0, sizeof *sums); /* padding too: ranks send it to rank 0 as bytes */
       sums->first = w->first;
       sums->count = w->count;
       sums->invalid = invalid;
