@@ -115,7 +115,7 @@ def main():
     c.add_argument('--shard-overhead-bytes', type=float, default=5e3)
     c.add_argument('--meta-ops-per-shard', type=float, default=10.0, help='creates, opens, stats, renames, fsyncs')
     c.add_argument('--finish-s', type=float, default=1.0)
-    c.add_argument('--finish-us-per-shard', type=float, default=300.0, help='manifest + virtual datasets')
+    c.add_argument('--finish-us-per-shard', type=float, default=90.0, help='manifest + virtual datasets')
     c.add_argument('--startup-s', type=float, default=2.0, help='MPI start, job checks, line data')
     c.add_argument('--stats-ms-per-sample', type=float, default=13.0, help='moments + median of one sample, one pass')
     c.add_argument('--read-open-ms', type=float, default=0.14, help='open a shard to read it')
