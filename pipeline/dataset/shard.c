@@ -813,16 +813,39 @@ static int set_layout(hid_t d, int s, int n, int nf, shard_sums *sums) {
   return 0;
 }
 
+/* The shard's attributes n, channels, store_inputs into a[3], -1 where
+ * absent; whether they allow a layout (n, channels >= 1, store_inputs
+ * there). */
+static int layout_attrs(hid_t f, int a[3]) {
+  static const char *const names[3] = {"n", "channels", "store_inputs"};
+  for (int k = 0; k < 3; k++)
+    if (h5_get_attr(f, names[k], H5T_NATIVE_INT, &a[k]) < 0) a[k] = -1;
+  return a[0] >= 1 && a[1] >= 1 && a[2] >= 0;
+}
+
+/* Whether d, the shard's dataset s, does not have `count` rows; then the
+ * message, naming the file and the dataset, is in msg. */
+static int rows_differ(hid_t d, const char *path, int s, int64_t count, char *msg, size_t len) {
+  hid_t sp = H5Dget_space(d);
+  hsize_t dims[8] = {0};
+  int ok = sp >= 0 && H5Sget_simple_extent_ndims(sp) >= 1 &&
+           H5Sget_simple_extent_dims(sp, dims, NULL) >= 1 && (int64_t)dims[0] == count;
+  if (sp >= 0) H5Sclose(sp);
+  if (!ok)
+    snprintf(msg, len, "%s: /%s: %llu rows, expected %lld", path, shard_set_names[s],
+             (unsigned long long)dims[0], (long long)count);
+  return !ok;
+}
+
 /* sums->layout of the open shard f (shard.h) whose counts and checksums
  * sums already holds (shard_close); has_layout 0 where it cannot be
  * given. */
 static void read_layout(hid_t f, shard_sums *sums) {
   sums->has_layout = 0;
   memset(sums->layout, 0, sizeof sums->layout);
-  int n = 0, nf = 0, si = 0, ok = sums->has_checksums && sums->count >= 1;
-  ok = ok && h5_get_attr(f, "n", H5T_NATIVE_INT, &n) == 0 &&
-       h5_get_attr(f, "channels", H5T_NATIVE_INT, &nf) == 0 &&
-       h5_get_attr(f, "store_inputs", H5T_NATIVE_INT, &si) == 0 && n >= 1 && nf >= 1;
+  int a[3], n, nf, si;
+  int ok = sums->has_checksums && sums->count >= 1 && layout_attrs(f, a);
+  n = a[0], nf = a[1], si = a[2];
   for (int s = 0; ok && s < SHARD_NSETS; s++) {
     if (!is_layout_set(s, si)) continue;
     hid_t d = H5Dopen2(f, shard_set_names[s], H5P_DEFAULT);
@@ -850,11 +873,8 @@ static int read_sets(hid_t f, const char *path, shard_sums *sums, int present[SH
       h5_get_attr(f, "count", H5T_NATIVE_INT64, &sums->count) < 0 ||
       h5_get_attr(f, "invalid", H5T_NATIVE_INT64, &sums->invalid) < 0)
     CE_FAIL("%s: missing shard attributes (first, count, invalid)", path);
-  static const char *const names[3] = {"n", "channels", "store_inputs"};
-  for (int k = 0; k < 3; k++)
-    if (h5_get_attr(f, names[k], H5T_NATIVE_INT, &attrs[k]) < 0) attrs[k] = -1;
+  int lay_ok = layout_attrs(f, attrs) && sums->count >= 1;
   int n = attrs[0], nf = attrs[1], si = attrs[2] > 0;
-  int lay_ok = n >= 1 && nf >= 1 && attrs[2] >= 0 && sums->count >= 1;
   for (int s = 0; s < SHARD_NSETS; s++) {
     present[s] = 0;
     hid_t d = H5Dopen2(f, shard_set_names[s], H5P_DEFAULT);
@@ -867,16 +887,8 @@ static int read_sets(hid_t f, const char *path, shard_sums *sums, int present[SH
     int rc = h5_get_attr(d, "crc32", H5T_NATIVE_UINT32, &sums->crc[s]) < 0
                  ? ce_err("%s: /%s: no crc32 attribute", path, shard_set_names[s])
                  : 0;
-    if (rc == 0 && rows_err && !rows_err[0]) {
-      hid_t sp = H5Dget_space(d);
-      hsize_t dims[8] = {0};
-      int ok = sp >= 0 && H5Sget_simple_extent_ndims(sp) >= 1 &&
-               H5Sget_simple_extent_dims(sp, dims, NULL) >= 1 && (int64_t)dims[0] == sums->count;
-      if (sp >= 0) H5Sclose(sp);
-      if (!ok)
-        snprintf(rows_err, rows_len, "%s: /%s: %llu rows, expected %lld", path,
-                 shard_set_names[s], (unsigned long long)dims[0], (long long)sums->count);
-    }
+    if (rc == 0 && rows_err && !rows_err[0])
+      rows_differ(d, path, s, sums->count, rows_err, rows_len);
     if (rc == 0 && lay_ok && is_layout_set(s, si)) lay_ok = set_layout(d, s, n, nf, sums) == 0;
     H5Dclose(d);
     if (rc < 0) return -1;
@@ -1003,15 +1015,10 @@ static hid_t open_set_rows(hid_t f, const char *path, int s, const shard_sums *s
     ce_err("%s: /%s: missing", path, shard_set_names[s]);
     return -1;
   }
-  hid_t sp = H5Dget_space(d);
-  hsize_t dims[8] = {0};
-  int ok = sp >= 0 && H5Sget_simple_extent_ndims(sp) >= 1 &&
-           H5Sget_simple_extent_dims(sp, dims, NULL) >= 1 && (int64_t)dims[0] == sums->count;
-  if (sp >= 0) H5Sclose(sp);
-  if (ok) return d;
+  char msg[1200];
+  if (!rows_differ(d, path, s, sums->count, msg, sizeof msg)) return d;
   H5Dclose(d);
-  ce_err("%s: /%s: %llu rows, expected %lld", path, shard_set_names[s],
-         (unsigned long long)dims[0], (long long)sums->count);
+  ce_err("%s", msg);
   return -1;
 }
 

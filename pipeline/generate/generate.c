@@ -421,14 +421,15 @@ static shard_sums *gather_sums(const shard_records *rs, int ok, int64_t K, int s
   shard_record *all = NULL;
   shard_sums *known = NULL;
   int64_t total = 0;
+  int rok = 1;
   if (g_rank == 0) {
     bytes = calloc((size_t)size, sizeof *bytes);
     at = calloc((size_t)size, sizeof *at);
-  }
-  MPI_Gather(&mine, 1, MPI_INT, bytes, 1, MPI_INT, 0, MPI_COMM_WORLD);
-  int rok = 1;
-  if (g_rank == 0) {
     rok = bytes && at;
+  }
+  MPI_Bcast(&rok, 1, MPI_INT, 0, MPI_COMM_WORLD); /* no gather into memory rank 0 lacks */
+  if (rok) MPI_Gather(&mine, 1, MPI_INT, bytes, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  if (g_rank == 0) {
     for (int r = 0; rok && r < size; r++) {
       if (total > INT_MAX - bytes[r]) rok = 0;
       else at[r] = (int)total, total += bytes[r];
@@ -458,13 +459,14 @@ static shard_sums *gather_sums(const shard_records *rs, int ok, int64_t K, int s
  * fixed share is even, and no rank asks rank 0 anything: handing out
  * 34,000 kept shards one by one took 4.4 s of a resume. need[K] (zeroed by
  * the caller) ends, on every rank, with 1 for each shard still to make;
- * kept[2] with the shards and samples kept by all ranks. A stop signal ends
+ * *kept_samples with the samples kept by all ranks, *own_kept with the
+ * shards this rank kept. A stop signal ends
  * this rank's share early (its unchecked shards are then marked to make, and
  * the stop stops the making). -1 with the message (kept and need still
  * agreed) when a damaged shard could not be removed. */
 static int resume_pass(const job *j, const shard_layout *lay, const char *out, int64_t K,
-                       int size, uint8_t *need, shard_records *rs, int *rs_ok, int64_t kept[2],
-                       int64_t *own_kept, ce_progress *prog) {
+                       int size, uint8_t *need, shard_records *rs, int *rs_ok,
+                       int64_t *kept_samples, int64_t *own_kept, ce_progress *prog) {
   int64_t N = job_samples(j), mine[2] = {0, 0};
   int rc = 0;
   for (int64_t s = g_rank; s < K; s += size) {
@@ -489,7 +491,7 @@ static int resume_pass(const job *j, const shard_layout *lay, const char *out, i
   }
   double tc = ce_now();
   MPI_Allreduce(MPI_IN_PLACE, need, (int)K, MPI_UINT8_T, MPI_BOR, MPI_COMM_WORLD);
-  MPI_Allreduce(mine, kept, 2, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+  MPI_Allreduce(&mine[1], kept_samples, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
   g_coord_s += ce_now() - tc;
   *own_kept = mine[0];
   return rc;
@@ -687,17 +689,17 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   mpi_agree(need ? 0 : ce_err("out of memory for the flags of %lld shards", (long long)K));
   shard_records recs = {NULL, 0, 0};
   int recs_ok = 1;
-  int64_t counts[3] = {0, 0, 0}, kept[2]; /* shards made, shards kept, samples made */
+  int64_t counts[3] = {0, 0, 0}, kept_samples = 0; /* shards made, shards kept, samples made */
   double t_start = ce_now();
   int failed = 0, stopped = 0;
   char failure[2048] = "";
-  if (resume_pass(&j, &lay, out, K, size, need, &recs, &recs_ok, kept, &counts[1],
+  if (resume_pass(&j, &lay, out, K, size, need, &recs, &recs_ok, &kept_samples, &counts[1],
                   g_rank == 0 ? &prog : NULL) < 0) {
     snprintf(failure, sizeof failure, "%s", ce_err_msg());
     failed = 1; /* said to rank 0 at the first request below */
   }
   workplan wp;
-  workplan_init(&wp, MPI_COMM_WORLD, K, need, kept[1], g_rank == 0 ? &prog : NULL);
+  workplan_init(&wp, MPI_COMM_WORLD, K, need, kept_samples, g_rank == 0 ? &prog : NULL);
   int64_t last = 0;
   for (;;) {
     /* a stop signal: ask for no more work (rank 0 then hands out no more
