@@ -417,7 +417,19 @@ static void test_sample_info(void) {
               (long long)a[i].direction_index);
   }
   CHECK_ERR(export_fits_read_info(dir, N, -1, 0, FIVE.n, NULL, &b), "shard-000002.h5: sample 12 (row 2)");
+  /* a hostile attribute: an error naming it, not a division by zero */
+  int64_t zero = 0, five = 5;
   f = H5Fopen(h5, H5F_ACC_RDWR, H5P_DEFAULT);
+  hid_t at = f >= 0 ? H5Aopen(f, "samples_per_shard", H5P_DEFAULT) : -1;
+  CHECK(at >= 0 && H5Awrite(at, H5T_NATIVE_INT64, &zero) >= 0);
+  if (at >= 0) H5Aclose(at);
+  if (f >= 0) H5Fclose(f);
+  CHECK_ERR(export_fits_read_info(dir, 3, -1, 0, FIVE.n, NULL, &b),
+            "dataset.h5: attribute samples_per_shard: expected an integer >= 1");
+  f = H5Fopen(h5, H5F_ACC_RDWR, H5P_DEFAULT);
+  at = f >= 0 ? H5Aopen(f, "samples_per_shard", H5P_DEFAULT) : -1;
+  CHECK(at >= 0 && H5Awrite(at, H5T_NATIVE_INT64, &five) >= 0);
+  if (at >= 0) H5Aclose(at);
   CHECK(f >= 0 && H5Adelete(f, "samples_per_shard") >= 0);
   if (f >= 0) H5Fclose(f);
   for (int64_t i = 0; i < N && i < 12; i++) {
