@@ -12,6 +12,7 @@
 #endif
 
 #include "common/error.h"
+#include "common/vecmath.h"
 
 #define LVG_AMU_G 1.66053906660e-24 /* atomic mass unit [g] */
 
@@ -50,42 +51,37 @@ double nlte_esc_sobolev(double tau, double *dbeta) {
 
 /* The direction mean of the Sobolev escape probability, 8 directions at a
  * time (nlte_dirs.mean): the same formulas as nlte_esc_sobolev, with
- * e^-x = 1 - (1 - e^-x) from one expm1 (libmvec's AVX-512 expm1 when built
- * with it). w, q padded to a multiple of 8 (q = 0, w = 1). */
-typedef double v8d __attribute__((vector_size(64)));
-typedef long long v8l __attribute__((vector_size(64)));
-#if defined(__AVX512F__) && defined(COEMU_HAVE_LIBMVEC)
-#include <immintrin.h>
-__m512d _ZGVeN8v_expm1(__m512d);
-static inline v8d v_expm1(v8d x) { return (v8d)_ZGVeN8v_expm1((__m512d)x); }
-#else
-static inline v8d v_expm1(v8d x) {
-  for (int i = 0; i < 8; i++) x[i] = expm1(x[i]);
-  return x;
-}
-#endif
-
+ * e^-x = 1 - (1 - e^-x) from one expm1 (libmvec's on AVX-512 and AVX2
+ * builds: common/vecmath.h), on the host's vectors, 8 partial sums on
+ * every host. w, q padded to a multiple of 8 (q = 0, w = 1). */
 static double sobolev_mean(const nlte_dirs *d, double tau, double *dbeta) {
+  typedef vm_vd vd;
+  typedef vm_vl vl;
+  enum { NACC = 8 / VM_ND }; /* 8 partial sums on every host, VM_ND a vector */
   const double x0 = fabs(tau);
-  v8d sb = {0}, sd = {0};
-  for (int k = 0; k < d->ndir; k += 8) {
-    v8d w, q;
-    memcpy(&w, d->w + k, sizeof w);
-    memcpy(&q, d->q + k, sizeof q);
-    v8d x = x0 * w;
-    v8l small = x < 1e-4;
-    v8d om = -v_expm1(-x), e = 1.0 - om;
-    v8d xs = (v8d)((v8l)x | (small & (v8l)(x - x + 1.0))); /* x, or 1 where small (no 0/0) */
-    v8d b = om / xs, dd = (xs * e - om) / (xs * xs);
-    v8d bs = 1.0 - x * (0.5 - x * (1.0 / 6.0 - x / 24.0));
-    v8d ds = -0.5 + x * (1.0 / 3.0 - x * (0.125 - x / 30.0));
-    b = (v8d)((small & (v8l)bs) | (~small & (v8l)b));
-    dd = (v8d)((small & (v8l)ds) | (~small & (v8l)dd));
-    sb += q * b;
-    sd += q * (w * dd);
-  }
+  vd sb[NACC], sd[NACC];
+  for (int p = 0; p < NACC; p++) sb[p] = sd[p] = (vd){0};
+  for (int k0 = 0; k0 < d->ndir; k0 += 8)
+    for (int p = 0; p < NACC; p++) {
+      const int k = k0 + p * VM_ND;
+      vd w, q;
+      memcpy(&w, d->w + k, sizeof w);
+      memcpy(&q, d->q + k, sizeof q);
+      vd x = x0 * w;
+      vl small = x < 1e-4;
+      vd om = -vm_expm1(-x), e = 1.0 - om;
+      vd xs = (vd)((vl)x | (small & (vl)(x - x + 1.0))); /* x, or 1 where small (no 0/0) */
+      vd b = om / xs, dd = (xs * e - om) / (xs * xs);
+      vd bs = 1.0 - x * (0.5 - x * (1.0 / 6.0 - x / 24.0));
+      vd ds = -0.5 + x * (1.0 / 3.0 - x * (0.125 - x / 30.0));
+      b = (vd)((small & (vl)bs) | (~small & (vl)b));
+      dd = (vd)((small & (vl)ds) | (~small & (vl)dd));
+      sb[p] += q * b;
+      sd[p] += q * (w * dd);
+    }
   double b = 0, db = 0;
-  for (int i = 0; i < 8; i++) b += sb[i], db += sd[i];
+  for (int p = 0; p < NACC; p++)
+    for (int i = 0; i < VM_ND; i++) b += sb[p][i], db += sd[p][i];
   if (dbeta) *dbeta = tau < 0 ? -db : db;
   return b;
 }

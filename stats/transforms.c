@@ -2,18 +2,13 @@
 #include "stats/transforms.h"
 
 #include <math.h>
+#include <string.h>
 
 #include "stats/norm_body.h" /* the arithmetic, shared with the trainer backends */
 
-#if defined(__AVX512F__) && defined(COEMU_HAVE_LIBMVEC)
-#include <immintrin.h>
-__m512d _ZGVeN8v_log(__m512d); /* glibc's libmvec */
-#define LN_VECTOR 1
-#else
-#define LN_VECTOR 0
-#endif
+#include "common/vecmath.h" /* libmvec's log on the host's vectors */
 
-/* (float)log((double)x), the scalar libm log's bits, 8 at a time where
+/* (float)log((double)x), the scalar libm log's bits, a vector at a time where
  * they are certain. libmvec's log is within 4 ulp of the true value, libm's
  * within 1 (glibc's documented bounds): the two double results differ by
  * less than 2^-48 relative, so they round to the same float unless a float
@@ -26,26 +21,24 @@ __m512d _ZGVeN8v_log(__m512d); /* glibc's libmvec */
  * loop on every input (test_stats: test_ln_exact, every 37th float; on
  * glibc 2.36 the rounded vector result equals libm's for every one of the
  * 2^31 positive floats, so the guard is for other libmvec releases), in
- * 1.3-1.4 ns a value against 3.2 (libmvec's log is most of it). */
+ * 1.3-1.4 ns a value against 3.2 on AVX-512 (libmvec's log is most of it;
+ * docs/benchmarks.md, "AVX2 hosts", for AVX2's). */
 void stats_ln_f32(const float *x, size_t n, float *out) {
   size_t i = 0;
-#if LN_VECTOR
-  const __m512d rel = _mm512_set1_pd(0x1p-36), near1 = _mm512_set1_pd(0x1p-20),
-                zero = _mm512_setzero_pd(), inf = _mm512_set1_pd(INFINITY);
-  for (; i + 8 <= n; i += 8) {
-    const __m512d xd = _mm512_cvtps_pd(_mm256_loadu_ps(x + i));
-    const __m512d y = _ZGVeN8v_log(xd);
-    const __m512d ay = _mm512_abs_pd(y), d = _mm512_mul_pd(ay, rel);
-    const __m256 f = _mm512_cvtpd_ps(y);
-    const __m256 lo = _mm512_cvtpd_ps(_mm512_sub_pd(y, d)), hi = _mm512_cvtpd_ps(_mm512_add_pd(y, d));
-    const unsigned same = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(lo, hi, _CMP_EQ_OQ));
-    const unsigned ok = same & _mm512_cmp_pd_mask(xd, zero, _CMP_GT_OQ) &
-                        _mm512_cmp_pd_mask(xd, inf, _CMP_LT_OQ) &
-                        _mm512_cmp_pd_mask(ay, near1, _CMP_GE_OQ);
-    _mm256_storeu_ps(out + i, f);
-    if (ok != 0xffu)
-      for (int j = 0; j < 8; j++)
-        if (!(ok >> j & 1u)) out[i + j] = (float)log((double)x[i + j]);
+#if VECMATH_LIBMVEC
+  typedef vm_vh vh;
+  for (; i + VM_ND <= n; i += VM_ND) {
+    vh xf;
+    memcpy(&xf, x + i, sizeof xf);
+    const vm_vd xd = __builtin_convertvector(xf, vm_vd);
+    const vm_vd y = vm_log(xd);
+    const vm_vd ay = (vm_vd)((vm_vl)y & 0x7fffffffffffffffLL), d = ay * 0x1p-36;
+    const vh f = __builtin_convertvector(y, vh);
+    const vh lo = __builtin_convertvector(y - d, vh), hi = __builtin_convertvector(y + d, vh);
+    const vm_vl ok = __builtin_convertvector(lo == hi, vm_vl) & (xd > 0) & (xd < INFINITY) & (ay >= 0x1p-20);
+    memcpy(out + i, &f, sizeof f);
+    for (int j = 0; j < VM_ND; j++)
+      if (!ok[j]) out[i + j] = (float)log((double)x[i + j]);
   }
 #endif
   for (; i < n; i++) out[i] = (float)log((double)x[i]);

@@ -348,6 +348,9 @@ static void test_backends(void) {
   }
   CHECK(built >= 1 && lte_kernel_get(LTE_BACKEND_CPU) == &lte_kernel_cpu);
   CHECK(!strcmp(lte_kernel_cpu.variant, lte_kernel_name()));
+#ifdef COEMU_TEST_KERNEL_VARIANT /* the form this executable was built to test */
+  CHECK_MSG(!strcmp(lte_kernel_cpu.variant, COEMU_TEST_KERNEL_VARIANT), "%s", lte_kernel_cpu.variant);
+#endif
 }
 
 /* ---------------------------------------------------------------------- */
