@@ -8,6 +8,9 @@
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
 #include <immintrin.h>
 #define SAMPLER_AVX512 1 /* the hot loops in AVX-512; the portable ones give the same bits */
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define SAMPLER_AVX2 1 /* AMD Zen 2/3, Intel Haswell on: some of them in AVX2, the same bits */
 #endif
 
 /* Portable builds (-Dnative=false) on x86-64: the baseline ISA has no FMA,
@@ -253,6 +256,9 @@ static void walk_line(const ce_model *m, const double A[3], const double B[3],
   /* uz[j] = uz[0] + j / inv_du up to round-off; inv_b = 1/B (0 where B = 0) */
   const double nf[3] = {(double)m->nfine[0], (double)m->nfine[1], (double)m->nfine[2]};
   const int64_t b0 = m->bnx[0], b1 = m->bnx[1], b2 = m->bnx[2];
+#if SAMPLER_AVX2
+  const int small32 = nf[0] < 0x1p30 && nf[1] < 0x1p30 && nf[2] < 0x1p30;
+#endif
   int j = 0;
   while (j < nk) {
     double t0 = A[0] + B[0] * uz[j], t1 = A[1] + B[1] * uz[j], t2 = A[2] + B[2] * uz[j];
@@ -299,6 +305,38 @@ static void walk_line(const ce_model *m, const double A[3], const double B[3],
     }
     j = je;
 #else
+#if SAMPLER_AVX2
+    /* 4 points at a time: the loop below on 256-bit vectors, multiply and
+     * add unfused like it; the coordinates in int32 (the fine grid is below
+     * 2^30 a side: checked per cube, small32), the cell number widened to
+     * int64 for the leaf's base */
+    if (small32) {
+      const __m256d vA0 = _mm256_set1_pd(A[0]), vA1 = _mm256_set1_pd(A[1]),
+                    vA2 = _mm256_set1_pd(A[2]), vB0 = _mm256_set1_pd(B[0]),
+                    vB1 = _mm256_set1_pd(B[1]), vB2 = _mm256_set1_pd(B[2]);
+      const __m128i vlo0 = _mm_set1_epi32((int32_t)lo0), vlo1 = _mm_set1_epi32((int32_t)lo1),
+                    vlo2 = _mm_set1_epi32((int32_t)lo2), zero = _mm_setzero_si128(),
+                    top0 = _mm_set1_epi32((int32_t)(b0 - 1)), top1 = _mm_set1_epi32((int32_t)(b1 - 1)),
+                    top2 = _mm_set1_epi32((int32_t)(b2 - 1)), vb0 = _mm_set1_epi32((int32_t)b0),
+                    vb1 = _mm_set1_epi32((int32_t)b1), vsh = _mm_cvtsi32_si128(sh);
+      const __m256i vbase = _mm256_set1_epi64x(base);
+      for (; j + 4 <= je; j += 4) {
+        const __m256d u = _mm256_loadu_pd(uz + j);
+        __m128i i0 = _mm_sra_epi32(
+            _mm_sub_epi32(_mm256_cvttpd_epi32(_mm256_add_pd(vA0, _mm256_mul_pd(vB0, u))), vlo0), vsh);
+        __m128i i1 = _mm_sra_epi32(
+            _mm_sub_epi32(_mm256_cvttpd_epi32(_mm256_add_pd(vA1, _mm256_mul_pd(vB1, u))), vlo1), vsh);
+        __m128i i2 = _mm_sra_epi32(
+            _mm_sub_epi32(_mm256_cvttpd_epi32(_mm256_add_pd(vA2, _mm256_mul_pd(vB2, u))), vlo2), vsh);
+        i0 = _mm_min_epi32(_mm_max_epi32(i0, zero), top0);
+        i1 = _mm_min_epi32(_mm_max_epi32(i1, zero), top1);
+        i2 = _mm_min_epi32(_mm_max_epi32(i2, zero), top2);
+        const __m128i r = _mm_add_epi32(
+            _mm_mullo_epi32(_mm_add_epi32(_mm_mullo_epi32(i2, vb1), i1), vb0), i0);
+        _mm256_storeu_si256((__m256i *)(idx + j), _mm256_add_epi64(vbase, _mm256_cvtepi32_epi64(r)));
+      }
+    }
+#endif
     for (; j < je; j++) {
       int64_t i0 = ((int64_t)(A[0] + B[0] * uz[j]) - lo0) >> sh;
       int64_t i1 = ((int64_t)(A[1] + B[1] * uz[j]) - lo1) >> sh;
@@ -332,6 +370,29 @@ static inline __m512 expf_poly16(__m512 x) {
   p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
   p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
   return _mm512_maskz_mov_ps((__mmask16)~zero, _mm512_scalef_ps(p, n));
+}
+#endif
+
+#if SAMPLER_AVX2
+static inline __m256 expf_poly8(__m256 x) {
+  const __m256 zero = _mm256_cmp_ps(x, _mm256_set1_ps(SB_EXPF_LO), _CMP_LT_OQ);
+  x = _mm256_min_ps(x, _mm256_set1_ps(SB_EXPF_HI));
+  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693359375f), x);
+  r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
+  p = _mm256_add_ps(p, _mm256_set1_ps(1.0f));
+  /* 2^n from its exponent bits, n in [-123, 127] (sb_expf_poly) */
+  const __m256 two_n = _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+  return _mm256_andnot_ps(zero, _mm256_mul_ps(p, two_n));
 }
 #endif
 
@@ -439,6 +500,63 @@ static const float *lin_leaf(const ce_model *m, lin_proj *P, int64_t leaf) {
  * operations in the same order (the z lerps of the 4 corner pairs on one
  * 16-lane vector, the x lerps of 2 points on one, the y lerps of 4 on
  * one): the same bits. */
+
+#if SAMPLER_AVX2
+/* sb_lerp3 of one point on 256-bit vectors: the z lerps of the corner
+ * records 00 and 10 (adjacent) on one vector and of 01 and 11 on another,
+ * the x lerps of (00, 01) against (10, 11) on one, the y lerp on 128 bits:
+ * the same operations per lane, so the same bits */
+static inline void lerp3_avx2(const float *cr, int64_t sy, int64_t sz, float x, float y, float z,
+                              float *out) {
+  const __m256 vz = _mm256_set1_ps(z);
+  const __m256 a0 = _mm256_loadu_ps(cr), a1 = _mm256_loadu_ps(cr + sz),
+               b0 = _mm256_loadu_ps(cr + sy), b1 = _mm256_loadu_ps(cr + sy + sz);
+  const __m256 wa = _mm256_fmadd_ps(vz, _mm256_sub_ps(a1, a0), a0), /* w00 | w10 */
+      wb = _mm256_fmadd_ps(vz, _mm256_sub_ps(b1, b0), b0);          /* w01 | w11 */
+  const __m256 u0 = _mm256_permute2f128_ps(wa, wb, 0x20), u1 = _mm256_permute2f128_ps(wa, wb, 0x31);
+  const __m256 xv = _mm256_fmadd_ps(_mm256_set1_ps(x), _mm256_sub_ps(u1, u0), u0); /* x0 | x1 */
+  const __m128 x0 = _mm256_castps256_ps128(xv), x1 = _mm256_extractf128_ps(xv, 1);
+  _mm_storeu_ps(out, _mm_fmadd_ps(_mm_set1_ps(y), _mm_sub_ps(x1, x0), x0));
+}
+#endif
+
+#if SAMPLER_AVX2
+/* sb_lin_place of the np points of a run (jj = 0 .. np-1), 8 at a time:
+ * each point's corner record in the leaf's records (nd, floats) and its
+ * place in the cell (fx, fy, fz). Lanes past np are written too (the
+ * arrays hold a run and 16 more). The same operations per lane as
+ * sb_lin_place: fmaf, floorf, the clamps as max/min (which keep its
+ * results for +-0 and NaN: the second operand), so the same bits. */
+_Static_assert(SB_LIN_NF == 4, "lin_place_run_avx2 scales node numbers by 4");
+static void lin_place_run_avx2(const float s0[3], const float gs[3], const double bmax[3],
+                               int64_t n0, int64_t n1, int np, int32_t *nd, float *fx, float *fy,
+                               float *fz) {
+  const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
+  __m256 vs0[3], vgs[3], top[3];
+  for (int d = 0; d < 3; d++)
+    vs0[d] = _mm256_set1_ps(s0[d]), vgs[d] = _mm256_set1_ps(gs[d]),
+    top[d] = _mm256_set1_ps((float)bmax[d]);
+  const __m256i vn0 = _mm256_set1_epi32((int32_t)n0), vn1 = _mm256_set1_epi32((int32_t)n1),
+                lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  float *const f[3] = {fx, fy, fz};
+  for (int q = 0; q < np; q += 8) {
+    const __m256 jj = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_set1_epi32(q), lane));
+    __m256i id[3];
+    for (int d = 0; d < 3; d++) {
+      const __m256 sd = _mm256_fmadd_ps(vgs[d], jj, vs0[d]);
+      const __m256 i = _mm256_min_ps(
+          _mm256_max_ps(_mm256_round_ps(sd, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC), zero), top[d]);
+      _mm256_storeu_ps(f[d] + q, _mm256_min_ps(_mm256_max_ps(_mm256_sub_ps(sd, i), zero), one));
+      id[d] = _mm256_cvttps_epi32(i);
+    }
+    /* ((i2 n1 + i1) n0 + i0) records of SB_LIN_NF floats: within a leaf's
+     * nodes, far below 2^31 */
+    const __m256i node = _mm256_add_epi32(
+        _mm256_mullo_epi32(_mm256_add_epi32(_mm256_mullo_epi32(id[2], vn1), id[1]), vn0), id[0]);
+    _mm256_storeu_si256((__m256i *)(nd + q), _mm256_slli_epi32(node, 2));
+  }
+}
+#endif
 
 /* A run of the line's points in one leaf, from point j (both paths of
  * walk_line_linear_body): 0 where t(j) lies outside the domain (only on
@@ -657,13 +775,28 @@ walk_line_linear_body(const ce_model *m, lin_proj *P, const double A[3], const d
     /* the places in cells, in float from the run's first point j0: s =
      * s0 + g (j - j0) with s0 = (t(j0) - lo) / span (in double, then
      * rounded) and g = B du / span the step per point in cells */
+#if SAMPLER_AVX2
+    if (!cidx) { /* 1. the run's places, 8 at a time; 2. its lerps */
+      lin_place_run_avx2(s0, gs, bmax, n0, n1, je - j, P->pnd, P->pfx, P->pfy, P->pfz);
+      for (int q = 0; q < je - j; q++)
+        lerp3_avx2(nbase + P->pnd[q], sy, sz, P->pfx[q], P->pfy[q], P->pfz[q],
+                   pts + (size_t)(j + q) * LIN_NF);
+      j = je;
+      continue;
+    }
+#endif
     for (const int j0 = j; j < je; j++) {
       float id[3], fd[3];
       sb_lin_place(s0, gs, (float)(j - j0), bmax, id, fd);
       const int64_t i0 = (int64_t)id[0], i1 = (int64_t)id[1], i2 = (int64_t)id[2];
       if (cidx) cidx[j] = base + (i2 * b1 + i1) * b0 + i0;
+#if SAMPLER_AVX2
+      lerp3_avx2(nbase + ((i2 * n1 + i1) * n0 + i0) * LIN_NF, sy, sz, fd[0], fd[1], fd[2],
+                 pts + (size_t)j * LIN_NF);
+#else
       sb_lerp3(nbase + ((i2 * n1 + i1) * n0 + i0) * LIN_NF, sy, sz, fd[0], fd[1], fd[2],
                pts + (size_t)j * LIN_NF);
+#endif
     }
   }
 #endif
@@ -722,6 +855,21 @@ linear_column_body(const float *pts, const unsigned char *out, int nout, int n, 
     _mm512_storeu_ps(pT + j, expf_poly16(_mm512_shuffle_f32x4(a01, a23, 0xee)));
     _mm512_storeu_ps(pv + j, _mm512_shuffle_f32x4(b01, b23, 0x44));
   }
+#elif SAMPLER_AVX2
+  /* 8 points' records (ln n, ln T, v_los, 0) transposed by unpacks: the
+   * lanes come out in point order 0 4 2 6 1 5 3 7, put back by one
+   * permutation after the (lane by lane) exps */
+  const __m256i order = _mm256_setr_epi32(0, 4, 2, 6, 1, 5, 3, 7);
+  for (int j = 0; j < np; j += 8) { /* pts is padded: whole vectors */
+    const float *p = pts + (size_t)j * LIN_NF;
+    const __m256 r0 = _mm256_loadu_ps(p), r1 = _mm256_loadu_ps(p + 8), r2 = _mm256_loadu_ps(p + 16),
+                 r3 = _mm256_loadu_ps(p + 24);
+    const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1),
+                 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    _mm256_storeu_ps(pn + j, _mm256_permutevar8x32_ps(expf_poly8(_mm256_unpacklo_ps(t0, t2)), order));
+    _mm256_storeu_ps(pT + j, _mm256_permutevar8x32_ps(expf_poly8(_mm256_unpackhi_ps(t0, t2)), order));
+    _mm256_storeu_ps(pv + j, _mm256_permutevar8x32_ps(_mm256_unpacklo_ps(t1, t3), order));
+  }
 #else
   for (int j = 0; j < np; j++) {
     pn[j] = sb_expf_poly(pts[(size_t)j * LIN_NF]);
@@ -759,6 +907,35 @@ linear_column_body(const float *pts, const unsigned char *out, int nout, int n, 
       _mm256_storeu_ps(v_los + iz, _mm512_cvtpd_ps(_mm512_div_pd(w2, w0)));
       if (pos != 0xff) /* rare: voxels without CO take plain means */
         for (int z = 0; z < 8; z++)
+          if (!(pos >> z & 1)) sb_lin_plain_means(pT, pv, nk, 2, iz + z, inv, T, v_los);
+    }
+  }
+#elif SAMPLER_AVX2
+  if (k == 2) { /* 4 voxels (8 points of each line) at a time, as the AVX-512 loop */
+    const __m256i eo = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    const __m256d vinv = _mm256_set1_pd(inv), dzero = _mm256_setzero_pd();
+    for (; iz + 4 <= n; iz += 4) {
+      __m256d w0 = dzero, w1 = dzero, w2 = dzero;
+      for (int L = 0; L < 4; L++) {
+        const int at = L * nk + 2 * iz;
+        const __m256 fn = _mm256_permutevar8x32_ps(_mm256_loadu_ps(pn + at), eo),
+                     fT = _mm256_permutevar8x32_ps(_mm256_loadu_ps(pT + at), eo),
+                     fv = _mm256_permutevar8x32_ps(_mm256_loadu_ps(pv + at), eo);
+        for (int i = 0; i < 2; i++) { /* the first point of each voxel, then the second */
+          const __m256d dn = _mm256_cvtps_pd(i ? _mm256_extractf128_ps(fn, 1) : _mm256_castps256_ps128(fn)),
+                        dT = _mm256_cvtps_pd(i ? _mm256_extractf128_ps(fT, 1) : _mm256_castps256_ps128(fT)),
+                        dv = _mm256_cvtps_pd(i ? _mm256_extractf128_ps(fv, 1) : _mm256_castps256_ps128(fv));
+          w0 = _mm256_add_pd(w0, dn);
+          w1 = _mm256_add_pd(w1, _mm256_mul_pd(dn, dT));
+          w2 = _mm256_add_pd(w2, _mm256_mul_pd(dn, dv));
+        }
+      }
+      const int pos = _mm256_movemask_pd(_mm256_cmp_pd(w0, dzero, _CMP_GT_OQ));
+      _mm_storeu_ps(n_co + iz, _mm256_cvtpd_ps(_mm256_mul_pd(w0, vinv)));
+      _mm_storeu_ps(T + iz, _mm256_cvtpd_ps(_mm256_div_pd(w1, w0)));
+      _mm_storeu_ps(v_los + iz, _mm256_cvtpd_ps(_mm256_div_pd(w2, w0)));
+      if (pos != 0xf) /* rare: voxels without CO take plain means */
+        for (int z = 0; z < 4; z++)
           if (!(pos >> z & 1)) sb_lin_plain_means(pT, pv, nk, 2, iz + z, inv, T, v_los);
     }
   }
@@ -821,6 +998,26 @@ sum_column(const model_real *cells, const model_real bg[MODEL_NF], const int64_t
         sw = _mm512_fmadd_pd(a, wn, sw);
       }
     _mm512_storeu_pd(sums + 8 * iz, sw);
+  }
+#elif SAMPLER_AVX2
+  /* one sub-sample: its first four fields widened to four double lanes
+   * and one multiply and one add with (1, n, n, n) (exact products of
+   * floats, as the portable loop's), the fifth (vz) in a scalar */
+  const __m256d first = _mm256_setr_pd(1, 0, 0, 0);
+  for (int iz = 0; iz < n; iz++) {
+    __m256d sw = _mm256_setzero_pd();
+    double w4 = 0;
+    for (int L = 0; L < kk; L++)
+      for (int i = 0; i < k; i++) {
+        const model_real *f = sub_sample(cells, bg, idx[L * nk + iz * k + i]);
+        const __m256d a = _mm256_cvtps_pd(_mm_loadu_ps(f));
+        const double nn = f[MODEL_N];
+        const __m256d wn = _mm256_blend_pd(_mm256_set1_pd(nn), first, 0x1); /* (1, n, n, n) */
+        sw = _mm256_add_pd(sw, _mm256_mul_pd(a, wn));
+        w4 += nn * f[MODEL_VZ];
+      }
+    _mm256_storeu_pd(sums + 8 * iz, sw);
+    sums[8 * iz + 4] = w4;
   }
 #else
   for (int iz = 0; iz < n; iz++) {
