@@ -352,23 +352,31 @@ static void walk_line(const ce_model *m, const double A[3], const double B[3],
 }
 
 /* exp in float for the linear reconstruction's ln n and ln T:
- * sb_expf_poly (sampler_body_linear.h), and with AVX-512 the same steps on
- * 16 lanes (the same bits). */
+ * sb_expf_poly (sampler_body_linear.h), and with AVX-512 and AVX2 the same
+ * steps on 16 and 8 lanes (the same bits). */
+/* x - n ln 2 in two steps, then the polynomial: p = e^r, the steps of
+ * sb_expf_poly on a vector type T with its fused multiply-add, multiply,
+ * add and broadcast (one text for both widths) */
+#define EXPF_POLY_VEC(T, fmadd, mul, add, set1, x, n, p)   \
+  T p;                                                     \
+  {                                                        \
+    T r_ = fmadd(n, set1(-0.693359375f), x);               \
+    r_ = fmadd(n, set1(2.12194440e-4f), r_);               \
+    p = set1(1.9875691500e-4f);                            \
+    p = fmadd(p, r_, set1(1.3981999507e-3f));              \
+    p = fmadd(p, r_, set1(8.3334519073e-3f));              \
+    p = fmadd(p, r_, set1(4.1665795894e-2f));              \
+    p = fmadd(p, r_, set1(1.6666665459e-1f));              \
+    p = fmadd(p, r_, set1(5.0000001201e-1f));              \
+    p = fmadd(p, mul(r_, r_), r_);                         \
+    p = add(p, set1(1.0f));                                \
+  }
 #if SAMPLER_AVX512
 static inline __m512 expf_poly16(__m512 x) {
   __mmask16 zero = _mm512_cmp_ps_mask(x, _mm512_set1_ps(SB_EXPF_LO), _CMP_LT_OQ);
   x = _mm512_min_ps(x, _mm512_set1_ps(SB_EXPF_HI));
   __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), 0x08);
-  __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693359375f), x);
-  r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
-  p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
+  EXPF_POLY_VEC(__m512, _mm512_fmadd_ps, _mm512_mul_ps, _mm512_add_ps, _mm512_set1_ps, x, n, p);
   return _mm512_maskz_mov_ps((__mmask16)~zero, _mm512_scalef_ps(p, n));
 }
 #endif
@@ -379,16 +387,7 @@ static inline __m256 expf_poly8(__m256 x) {
   x = _mm256_min_ps(x, _mm256_set1_ps(SB_EXPF_HI));
   __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693359375f), x);
-  r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
-  p = _mm256_add_ps(p, _mm256_set1_ps(1.0f));
+  EXPF_POLY_VEC(__m256, _mm256_fmadd_ps, _mm256_mul_ps, _mm256_add_ps, _mm256_set1_ps, x, n, p);
   /* 2^n from its exponent bits, n in [-123, 127] (sb_expf_poly) */
   const __m256 two_n = _mm256_castsi256_ps(
       _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
