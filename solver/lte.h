@@ -17,10 +17,11 @@
  * Three parts: the line model (lte_line.h: constants, partition function,
  * populations), this driver (lte.c: argument checks, the kernel's constants,
  * dispatch) and the kernels behind one interface (lte_kernel.h: a batch of
- * rays in, images out). The CPU kernel (lte_kernel_cpu.c) is vectorised 8
- * cells wide (AVX-512 exp/erf from glibc's libmvec when built with AVX-512;
- * otherwise a portable build with scalar libm calls, same arithmetic) and
- * runs OpenMP threads over rays; lte_options.backend picks another.
+ * rays in, images out). The CPU kernel (lte_kernel_cpu.c) is vectorised on
+ * the host's vectors (glibc libmvec's exp/erf when built with AVX-512 or
+ * AVX2; otherwise a portable build with scalar libm calls, same
+ * arithmetic) and runs OpenMP threads over rays; lte_options.backend picks
+ * another.
  *
  *   lte_line L;  lte_line_init(&L, &mol, 2, 28.0);
  *   lte_options o = {.dx = 1e11};
@@ -126,8 +127,8 @@ int lte_precision_parse(const char *s, lte_precision *p);
 /* "float64", "float32"; NULL when p is none. */
 const char *lte_precision_name(lte_precision p);
 
-/* Which vector path this build's CPU kernel uses ("avx512-libmvec" or
- * "portable"). */
+/* Which vector path this build's CPU kernel uses ("avx512-libmvec",
+ * "avx2-libmvec" or "portable"). */
 const char *lte_kernel_name(void);
 
 #endif

@@ -209,7 +209,8 @@ typedef struct lte_kernel_batch {
 
 typedef struct lte_kernel {
   const char *name;    /* the backend's name, as lte_backend_name gives it */
-  const char *variant; /* how this build computes, e.g. "avx512-libmvec", "portable" */
+  const char *variant; /* how this build computes: "avx512-libmvec", "avx2-libmvec",
+                          "portable", ... */
   int (*solve)(const lte_kernel_model *m, const lte_kernel_batch *b);
   /* NULL (nothing to prepare), or: make the backend ready in this process
    * on device `ordinal` modulo the devices present (one GPU per MPI rank:

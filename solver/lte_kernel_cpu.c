@@ -1,5 +1,6 @@
 /* lte_kernel_cpu.c - the CPU backend of lte_kernel.h: the LTE imager's
- * kernel, 8-wide vectors, OpenMP threads over the rays of a batch.
+ * kernel, vectors of the host's width, OpenMP threads over the rays of a
+ * batch.
  *
  * Every expression below follows Pomme's operation order (parenthesised as
  * Pomme evaluates it), because optically thin segments cancel: reordering a
@@ -11,13 +12,14 @@
  * (lte_kernel.h, "The float environment": gradual underflow's assists in
  * the line's far wings were most of its time on model cubes).
  *
- * Layout of the work: one ray (pixel) at a time per thread. Per cell, 8
- * cells at once: populations, S, a*dx, 1/width, Doppler factor. For up to 8
- * frequencies together: b per cell, then exp(-b^2) and erf(b) only for the
+ * Layout of the work: one ray (pixel) at a time per thread. Per cell, a
+ * vector of cells at once (VW: 8, 4 or 2): populations, S, a*dx, 1/width,
+ * Doppler factor. For up to NB = 8 frequencies together: b per cell, then exp(-b^2) and erf(b) only for the
  * lanes that need a call, packed into full vectors (the rest are exact
  * constants in the wings). Per frequency: the segment optical depths; the
  * running sum tau (scalar: it is a recurrence; the frequencies interleave);
- * exp(-tau); the formal solution per segment, summed.
+ * exp(-tau); the formal solution per segment, summed in 8 partial sums
+ * on every host.
  */
 #include "solver/lte_kernel.h"
 
@@ -159,9 +161,9 @@ static inline vd vsqrt(vd x) { return vm_sqrt(x); }
 #endif
 
 /* ---------------------------------------------------------------------- */
-/* The partition function, 8 temperatures at a time */
+/* The partition function, a vector of temperatures at a time */
 
-/* Z for 8 temperatures: the table with gathered coefficients when every
+/* Z for VW temperatures: the table with gathered coefficients when every
  * lane is inside it, else lane by lane (lte_z_partition: the same bits). */
 static inline vd z_vec(const lte_kernel_model *M, vd T) {
   vl bits = (vl)T;
@@ -595,7 +597,7 @@ static void f32_ray_block(const lte_kernel_model *M, const workspace *w, f32_wor
   const int masing = masing_ray(w, nz);
   for (int f = 0; f < nb; f++) {
     float *b = g->b + f * n, *e = g->e + f * n, *c = g->c + f * n, *D = g->D + f * n;
-    /* lte_f32_b on 8 cells at a time (w's arrays hold nzp >= nz cells) */
+    /* lte_f32_b on VW cells at a time (w's arrays hold nzp >= nz cells) */
     for (int z = 0; z < nz; z += VW) {
       vd xd = ld(w->iw + z) * (ld(w->shift + z) * nu[f] - M->nu0);
       xd = blend((vl)(xd > LTE_F32_B_MAX), splat(LTE_F32_B_MAX), xd);
