@@ -825,6 +825,17 @@ static int walk_line_linear(const ce_model *m, lin_proj *P, const double A[3], c
   return walk_line_linear_body(m, P, A, B, inv_b, Bdu, uz, nk, inv_du, out, cidx, pts, tr);
 }
 
+#if SAMPLER_AVX512 || SAMPLER_AVX2
+/* k = 2, the nv voxels from iz of a vector loop: those whose bit of pos is
+ * 0 (no CO: the n-weighted means were 0/0) take the plain means. Rare. */
+static inline void lin_plain_means_unset(unsigned pos, int nv, const float *pT, const float *pv,
+                                         int nk, int iz, double inv, float *T, float *v_los) {
+  if (pos == (1u << nv) - 1) return;
+  for (int z = 0; z < nv; z++)
+    if (!(pos >> z & 1)) sb_lin_plain_means(pT, pv, nk, 2, iz + z, inv, T, v_los);
+}
+#endif
+
 /* The voxels of one column under the linear reconstruction, from the
  * interpolated records of its k^2 sub-lines (pts: line L's point j at
  * (L n k + j) LIN_NF; out[] 1 where a point takes the background bg).
@@ -904,9 +915,7 @@ linear_column_body(const float *pts, const unsigned char *out, int nout, int n, 
       _mm256_storeu_ps(n_co + iz, _mm512_cvtpd_ps(_mm512_mul_pd(w0, vinv)));
       _mm256_storeu_ps(T + iz, _mm512_cvtpd_ps(_mm512_div_pd(w1, w0)));
       _mm256_storeu_ps(v_los + iz, _mm512_cvtpd_ps(_mm512_div_pd(w2, w0)));
-      if (pos != 0xff) /* rare: voxels without CO take plain means */
-        for (int z = 0; z < 8; z++)
-          if (!(pos >> z & 1)) sb_lin_plain_means(pT, pv, nk, 2, iz + z, inv, T, v_los);
+      lin_plain_means_unset((unsigned)pos, 8, pT, pv, nk, iz, inv, T, v_los);
     }
   }
 #elif SAMPLER_AVX2
@@ -933,9 +942,7 @@ linear_column_body(const float *pts, const unsigned char *out, int nout, int n, 
       _mm_storeu_ps(n_co + iz, _mm256_cvtpd_ps(_mm256_mul_pd(w0, vinv)));
       _mm_storeu_ps(T + iz, _mm256_cvtpd_ps(_mm256_div_pd(w1, w0)));
       _mm_storeu_ps(v_los + iz, _mm256_cvtpd_ps(_mm256_div_pd(w2, w0)));
-      if (pos != 0xf) /* rare: voxels without CO take plain means */
-        for (int z = 0; z < 4; z++)
-          if (!(pos >> z & 1)) sb_lin_plain_means(pT, pv, nk, 2, iz + z, inv, T, v_los);
+      lin_plain_means_unset((unsigned)pos, 4, pT, pv, nk, iz, inv, T, v_los);
     }
   }
 #endif
