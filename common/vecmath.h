@@ -17,6 +17,7 @@
  *   vm_exp, vm_erf, vm_expm1, vm_log   on vm_vd
  *   vm_expf, vm_erfcf, vm_expm1f       on vm_vf
  *   vm_sqrt                            on vm_vd, correctly rounded (any ISA)
+ *   vm_lanes                           a vm_vl mask's lanes as bits (VM_ALL_LANES: all)
  *   vm_lexp, ... vm_lexpm1f            libm's, lane by lane, on every build:
  *                                      the literal reference of the others
  *
@@ -128,6 +129,21 @@ static inline vm_vf vm_expf(vm_vf x) { return vm_lexpf(x); }
 static inline vm_vf vm_erfcf(vm_vf x) { return vm_lerfcf(x); }
 static inline vm_vf vm_expm1f(vm_vf x) { return vm_lexpm1f(x); }
 #endif
+
+/* The lanes of a comparison mask (all ones or all zeros each) as bits, lane
+ * i at bit i */
+static inline unsigned vm_lanes(vm_vl m) {
+#if defined(__AVX512F__)
+  return _mm512_test_epi64_mask((__m512i)m, (__m512i)m);
+#elif defined(__AVX__)
+  return (unsigned)_mm256_movemask_pd((__m256d)m);
+#else
+  unsigned r = 0;
+  for (int i = 0; i < VM_ND; i++) r |= (unsigned)(m[i] != 0) << i;
+  return r;
+#endif
+}
+#define VM_ALL_LANES ((1u << VM_ND) - 1)
 
 /* sqrt is correctly rounded everywhere: the same bits on every path */
 static inline vm_vd vm_sqrt(vm_vd x) {

@@ -50,7 +50,7 @@ typedef vm_vl vl;
 #define VW VM_ND
 #define NB 8
 #define NACC (LTE_BODY_LANES / VW) /* vectors of partial sums */
-#define FULL ((1u << VW) - 1)      /* every lane's bit */
+#define FULL VM_ALL_LANES          /* every lane's bit */
 
 /* LOAD_STORE(ld, st, V, T): ld(p) the vector of type V at T *p, st(p, x)
  * stores x there (any alignment) */
@@ -73,7 +73,7 @@ static inline vd blend(vl mask, vd x, vd y) {
 }
 static inline vd vabs(vd x) { return (vd)((vl)x & 0x7fffffffffffffffLL); }
 
-/* Lane masks as bits, and packing: the lanes of a mask stored contiguously
+/* Packing (lane masks as bits: vm_lanes): the lanes of a mask stored contiguously
  * and back, so that exp/erf run on full vectors of the lanes that need them
  * (every routine here computes each lane from that lane alone, so the bits
  * do not depend on the packing). pack writes a whole vector at dst (zeros
@@ -82,7 +82,6 @@ static inline vd vabs(vd x) { return (vd)((vl)x & 0x7fffffffffffffffLL); }
  * forms of compress are slow on some CPUs), AVX2 (a permutation from a
  * table), and lane by lane. */
 #if defined(__AVX512F__)
-static inline unsigned lanes(vl m) { return _mm512_test_epi64_mask((__m512i)m, (__m512i)m); }
 static inline int pack(double *dst, unsigned m, vd x) {
   st(dst, (vd)_mm512_maskz_compress_pd((__mmask8)m, (__m512d)x));
   return __builtin_popcount(m);
@@ -92,7 +91,6 @@ static inline vd unpack(const double *src, unsigned m, vd fill) {
   return (vd)_mm512_mask_expand_pd((__m512d)fill, (__mmask8)m, (__m512d)ld(src));
 }
 #elif defined(__AVX2__)
-static inline unsigned lanes(vl m) { return (unsigned)_mm256_movemask_pd((__m256d)m); }
 /* For a 4-bit lane mask: the 32-bit indices that move its lanes to the
  * front (compress) and back (expand), and the mask as lanes (built once,
  * lane_tables_init); front[n]: the first n lanes */
@@ -127,11 +125,6 @@ static inline vd unpack(const double *src, unsigned m, vd fill) {
   return (vd)_mm256_blendv_epi8((__m256i)fill, e, lut(lane_tab.mask[m]));
 }
 #else
-static inline unsigned lanes(vl m) {
-  unsigned r = 0;
-  for (int i = 0; i < VW; i++) r |= (unsigned)(m[i] != 0) << i;
-  return r;
-}
 static inline int pack(double *dst, unsigned m, vd x) {
   vd r = splat(0);
   for (int i = 0, k = 0; i < VW; i++)
@@ -145,7 +138,7 @@ static inline vd unpack(const double *src, unsigned m, vd fill) {
   return fill;
 }
 #endif
-static inline int all_set(vl m) { return lanes(m) == FULL; }
+static inline int all_set(vl m) { return vm_lanes(m) == FULL; }
 /* exp and erf: libmvec's on AVX-512 and AVX2 builds (common/vecmath.h),
  * else libm's lane by lane; with M->libm ("literal" mode: lte_kernel_model.libm)
  * libm's on every build, the reference the vector routines are tested
@@ -283,8 +276,8 @@ static void profiles(const lte_kernel_model *M, workspace *w, const double *nu, 
       vd b = ld(w->iw + z) * (ld(w->shift + z) * nu[f] - nu0);
       vd bb = b * b;
       st(w->b + f * len + z, b);
-      ne += pack(w->pe + ne, lanes(~(vl)(bb >= EXP_ZERO)), -bb);
-      nr += pack(w->pr + nr, lanes(~(vl)(bb >= 36.0)), b);
+      ne += pack(w->pe + ne, vm_lanes(~(vl)(bb >= EXP_ZERO)), -bb);
+      nr += pack(w->pr + nr, vm_lanes(~(vl)(bb >= 36.0)), b);
     }
   st(w->pe + ne, splat(0)); /* the lanes after the last packed one: cheap, finite */
   st(w->pr + nr, splat(0));
@@ -296,7 +289,7 @@ static void profiles(const lte_kernel_model *M, workspace *w, const double *nu, 
     for (int z = 0; z < w->nzp; z += VW) {
       vd b = ld(w->b + f * len + z);
       vd bb = b * b;
-      unsigned me = lanes(~(vl)(bb >= EXP_ZERO)), mr = lanes(~(vl)(bb >= 36.0));
+      unsigned me = vm_lanes(~(vl)(bb >= EXP_ZERO)), mr = vm_lanes(~(vl)(bb >= 36.0));
       st(w->eb + f * len + z, unpack(w->pe + ne, me, splat(0)));
       st(w->er + f * len + z, unpack(w->pr + nr, mr, (vd)(((vl)b & sign) | (vl)splat(1.0))));
       ne += __builtin_popcount(me);
@@ -316,7 +309,7 @@ static void segments(workspace *w, int nz, const double *bf, const double *ebf, 
     vd er0 = ld(erf_ + k), er1 = ld(erf_ + k + 1);
     vd b10 = b1 - b0;
     const vl nm = (vl)(vabs(b10) < 1.0e-4);
-    const unsigned m = lanes(nm);
+    const unsigned m = vm_lanes(nm);
     /* the branch every lane takes alone (the usual case), else both */
     if (m == 0) {
       LTE_SEG_DTAU_FAR(vd, a0, a1, b0, b1, eb0, eb1, er0, er1, b10, d);
@@ -364,7 +357,7 @@ static double formal(const lte_kernel_model *M, workspace *w, int nz, const doub
       vd S0 = ld(w->S + k), S1 = ld(w->S + k + 1);
       vd em0 = ld(em + k), em1 = ld(em + k + 1);
       const vl tm = (vl)(D < 1.0e-4);
-      const unsigned m = lanes(tm);
+      const unsigned m = vm_lanes(tm);
       vd r;
       if (masing) { /* a masing ray (masing_ray): every lane alone, in the emissivity form */
         r = splat(0);

@@ -37,8 +37,9 @@ void stats_ln_f32(const float *x, size_t n, float *out) {
     const vh lo = __builtin_convertvector(y - d, vh), hi = __builtin_convertvector(y + d, vh);
     const vm_vl ok = __builtin_convertvector(lo == hi, vm_vl) & (xd > 0) & (xd < INFINITY) & (ay >= 0x1p-20);
     memcpy(out + i, &f, sizeof f);
-    for (int j = 0; j < VM_ND; j++)
-      if (!ok[j]) out[i + j] = (float)log((double)x[i + j]);
+    if (vm_lanes(ok) != VM_ALL_LANES)
+      for (int j = 0; j < VM_ND; j++)
+        if (!ok[j]) out[i + j] = (float)log((double)x[i + j]);
   }
 #endif
   for (; i < n; i++) out[i] = (float)log((double)x[i]);
