@@ -307,8 +307,8 @@ static void walk_line(const ce_model *m, const double A[3], const double B[3],
 #else
 #if SAMPLER_AVX2
     /* 4 points at a time: the loop below on 256-bit vectors, multiply and
-     * add unfused like it; the coordinates in int32 (the fine grid is below
-     * 2^30 a side: checked per cube, small32), the cell number widened to
+     * add unfused like it; the coordinates in int32 (the model's fine grid
+     * is below 2^30 a side: small32), the cell number widened to
      * int64 for the leaf's base */
     if (small32) {
       const __m256d vA0 = _mm256_set1_pd(A[0]), vA1 = _mm256_set1_pd(A[1]),
@@ -789,13 +789,8 @@ walk_line_linear_body(const ce_model *m, lin_proj *P, const double A[3], const d
       sb_lin_place(s0, gs, (float)(j - j0), bmax, id, fd);
       const int64_t i0 = (int64_t)id[0], i1 = (int64_t)id[1], i2 = (int64_t)id[2];
       if (cidx) cidx[j] = base + (i2 * b1 + i1) * b0 + i0;
-#if SAMPLER_AVX2
-      lerp3_avx2(nbase + ((i2 * n1 + i1) * n0 + i0) * LIN_NF, sy, sz, fd[0], fd[1], fd[2],
-                 pts + (size_t)j * LIN_NF);
-#else
       sb_lerp3(nbase + ((i2 * n1 + i1) * n0 + i0) * LIN_NF, sy, sz, fd[0], fd[1], fd[2],
                pts + (size_t)j * LIN_NF);
-#endif
     }
   }
 #endif
