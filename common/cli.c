@@ -15,27 +15,57 @@ static int g_rank = -1; /* -1: not set */
 
 void cli_set_rank(int rank) { g_rank = rank; }
 
+/* The launchers' variables, in the order they are believed, rank and size
+ * of one launcher at the same index:
+ *   Open MPI's mpirun / prterun        OMPI_COMM_WORLD_RANK, _SIZE
+ *   PMI-1/2: MPICH's and Intel MPI's   PMI_RANK, PMI_SIZE
+ *     Hydra, srun --mpi=pmi2, Cray PMI
+ *   MVAPICH's mpirun_rsh               MV2_COMM_WORLD_RANK, _SIZE
+ *   PMIx: srun --mpi=pmix (Open MPI    PMIX_RANK; no size of its own, so
+ *     under Slurm sets no OMPI_ ones)  Slurm's SLURM_STEP_NUM_TASKS, which srun
+ *                                      sets for every task of a step (not the
+ *                                      batch script's SLURM_NTASKS: a command
+ *                                      run in the script itself is one process) */
+static const char *const launcher_rank_vars[] = {"OMPI_COMM_WORLD_RANK", "PMI_RANK",
+                                                 "MV2_COMM_WORLD_RANK", "PMIX_RANK"};
+static const char *const launcher_size_vars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE",
+                                                 "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS"};
+
+/* the index of the launcher that started this process, -1 for none */
+static int launcher(void) {
+  for (int i = 0; i < (int)(sizeof launcher_rank_vars / sizeof *launcher_rank_vars); i++)
+    if (getenv(launcher_rank_vars[i])) return i;
+  return -1;
+}
+
+int cli_launched(void) { return launcher() >= 0; }
+
+int cli_launcher_entry(const char *entry) {
+  static const char *const prefixes[] = {"OMPI_", "PMIX_", "PMI_", "MV2_COMM_WORLD_"};
+  for (size_t i = 0; i < sizeof prefixes / sizeof *prefixes; i++)
+    if (!strncmp(entry, prefixes[i], strlen(prefixes[i]))) return 1;
+  return 0;
+}
+
 int cli_launcher_size(void) {
-  const char *ws = getenv("OMPI_COMM_WORLD_SIZE");
-  if (!ws) ws = getenv("PMI_SIZE");
-  int n = ws ? atoi(ws) : 1;
-  return n > 1 ? n : 1;
+  const int i = launcher();
+  if (i < 0) return 1;
+  const char *ws = getenv(launcher_size_vars[i]);
+  const int n = ws ? atoi(ws) : 0;
+  return n > 0 ? n : 0;
 }
 
 int cli_launcher_rank(void) {
-  const char *wr = getenv("OMPI_COMM_WORLD_RANK");
-  if (!wr) wr = getenv("PMI_RANK");
-  int r = wr ? atoi(wr) : 0;
+  const int i = launcher();
+  const int r = i >= 0 ? atoi(getenv(launcher_rank_vars[i])) : 0;
   return r > 0 ? r : 0;
 }
 
 void cli_print_error(const char *cmd, const char *msg) {
-  const char *env = getenv("OMPI_COMM_WORLD_RANK");
-  if (!env) env = getenv("PMI_RANK");
   if (g_rank >= 0)
     fprintf(stderr, "coemu %s: rank %d: error: %s\n", cmd, g_rank, msg);
-  else if (env)
-    fprintf(stderr, "coemu %s: rank %s: error: %s\n", cmd, env, msg);
+  else if (cli_launched())
+    fprintf(stderr, "coemu %s: rank %d: error: %s\n", cmd, cli_launcher_rank(), msg);
   else
     fprintf(stderr, "coemu %s: error: %s\n", cmd, msg);
   fflush(stderr);

@@ -98,18 +98,27 @@ int cli_usage_fail(const char *cmd, const char *fmt, ...) CE_PRINTF(2, 3);
  *   coemu CMD: rank R: error: MSG    (under MPI)
  * and returns 1, the exit status of a failed command. The rank is the one
  * given to cli_set_rank() (pipeline/mpi/mpi_fatal.c sets it after MPI_Init),
- * else the launcher's environment (OMPI_COMM_WORLD_RANK, PMI_RANK), else
- * none. cli_print_error() prints a given message the same way. */
+ * else the launcher's (cli_launcher_rank, when cli_launched), else none.
+ * cli_print_error() prints a given message the same way. */
 int cli_fail(const char *cmd);
 void cli_print_error(const char *cmd, const char *msg);
 void cli_set_rank(int rank);
 
-/* What an MPI launcher (mpirun, srun with PMI) told this process before
- * MPI_Init: the number of processes it started (1 when none did) and this
- * one's rank among them (0 when none), from OMPI_COMM_WORLD_SIZE/_RANK or
- * PMI_SIZE/PMI_RANK. For commands that start MPI only under a launcher. */
+/* What an MPI launcher told this process before MPI_Init, for commands
+ * that start MPI only under a launcher: Open MPI's mpirun, MPICH's or Intel
+ * MPI's mpiexec (Hydra), MVAPICH's mpirun_rsh, srun with PMI-2 or PMIx
+ * (cli.c lists the variables). cli_launched(): whether one started this
+ * process (1 even for one process); cli_launcher_size(): the number of
+ * processes it started, 1 without a launcher, 0 when the launcher does not
+ * say (PMIx outside Slurm: MPI_Comm_size will); cli_launcher_rank(): this
+ * one's rank among them (0 without a launcher). */
+int cli_launched(void);
 int cli_launcher_size(void);
 int cli_launcher_rank(void);
+/* Whether an environment entry ("NAME=value") is an MPI launcher's: a
+ * process spawned without them (e.g. generate's `serve --live`) is not
+ * taken for a rank by cli_launched() or by the MPI library. */
+int cli_launcher_entry(const char *entry);
 
 /* Strict number parsing: the whole string must be a number. */
 int cli_parse_double(const char *s, double *out);

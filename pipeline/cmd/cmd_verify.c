@@ -33,9 +33,9 @@ int cmd_verify(int argc, char **argv) {
   cli_status r = cli_run_parse(&spec, argc, argv, &npos, &pos);
   if (r != CLI_OK) return cli_exit(r);
   const char *dir = pos[0];
-  /* MPI only under a launcher that started several processes: a plain run
-   * needs no MPI singleton */
-  int rank = 0, size = 1, mpi = cli_launcher_size() > 1;
+  /* MPI only under a launcher that started several processes (or did not
+   * say how many): a plain run needs no MPI singleton */
+  int rank = 0, size = 1, mpi = cli_launcher_size() != 1;
   if (mpi) {
     MPI_Init(NULL, NULL);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);

@@ -611,7 +611,7 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
    * mpirun would go on writing and hold the folder's lock, so that the
    * rerun is refused ("in use by another coemu"). A rank without a launcher
    * (a singleton) keeps running when its shell goes (nohup). */
-  if (getenv("OMPI_COMM_WORLD_RANK") || getenv("PMIX_RANK") || getenv("PMI_RANK")) {
+  if (cli_launched()) {
     pid_t parent = getppid();
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) == 0 && getppid() != parent) raise(SIGKILL);
   }

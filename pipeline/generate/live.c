@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/cli.h"
 #include "common/error.h"
 #include "common/fsutil.h"
 #include "common/progress.h"
@@ -158,7 +159,7 @@ int live_serve_spawn(const char *out_dir, const job *j) {
   char **env = NULL;
   size_t ne = 0, cap = 0;
   for (char **e = environ; *e; e++) {
-    if (!strncmp(*e, "OMPI_", 5) || !strncmp(*e, "PMIX_", 5) || !strncmp(*e, "PMI_", 4)) continue;
+    if (cli_launcher_entry(*e)) continue;
     if (ne + 2 > cap) {
       cap = cap ? 2 * cap : 64;
       char **ne2 = realloc(env, cap * sizeof *env);

@@ -185,13 +185,17 @@ static void test_fail_and_rank(void) {
   int b = cli_fail("train");
   cli_print_error("eval", "MPI: gone");
   cli_set_rank(-1);
+  setenv("PMIX_RANK", "7", 1); /* before MPI_Init: the launcher's rank (srun --mpi=pmix) */
+  cli_print_error("verify", "early");
+  unsetenv("PMIX_RANK");
   fflush(stderr);
   captured cap;
   restore(2, se, tmpl_err, cap.err, sizeof cap.err);
   CHECK(a == 1 && b == 1 && a == CLI_EXIT_FAILURE);
   CHECK_MSG(!strcmp(cap.err, "coemu verify: error: x.dat: cannot open\n"
                              "coemu train: rank 3: error: x.dat: cannot open\n"
-                             "coemu eval: rank 3: error: MPI: gone\n"),
+                             "coemu eval: rank 3: error: MPI: gone\n"
+                             "coemu verify: rank 7: error: early\n"),
             "stderr '%s'", cap.err);
   CHECK(CLI_EXIT_OK == 0 && CLI_EXIT_STOPPED == 3);
 }
@@ -221,10 +225,61 @@ static void test_list_next(void) {
   CHECK(!cli_list_next(&p, names, 3, &i, &item, &ilen));
 }
 
+/* every variable a launcher may set, cleared between the cases */
+static const char *const launcher_vars[] = {
+    "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_RANK", "PMI_SIZE", "MV2_COMM_WORLD_RANK",
+    "MV2_COMM_WORLD_SIZE", "PMIX_RANK", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "SLURM_PROCID"};
+static void clear_launcher(void) {
+  for (size_t i = 0; i < sizeof launcher_vars / sizeof *launcher_vars; i++)
+    unsetenv(launcher_vars[i]);
+}
+
+/* cli_launched / _size / _rank under each launcher's variables (the
+ * environments of Open MPI's mpirun, MPICH's Hydra, srun with PMI-2 and
+ * PMIx, MVAPICH's mpirun_rsh, a Slurm batch script) */
+static void test_launchers(void) {
+  static const struct {
+    const char *what, *env[4][2];
+    int launched, size, rank;
+  } cases[] = {
+      {"no launcher", {{0}}, 0, 1, 0},
+      {"Open MPI", {{"OMPI_COMM_WORLD_RANK", "2"}, {"OMPI_COMM_WORLD_SIZE", "4"}}, 1, 4, 2},
+      {"Open MPI, one process", {{"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_SIZE", "1"}},
+       1, 1, 0},
+      {"Hydra (MPICH, Intel MPI)", {{"PMI_RANK", "5"}, {"PMI_SIZE", "8"}}, 1, 8, 5},
+      {"MVAPICH mpirun_rsh", {{"MV2_COMM_WORLD_RANK", "1"}, {"MV2_COMM_WORLD_SIZE", "3"}}, 1, 3,
+       1},
+      /* srun --mpi=pmix with Open MPI: no OMPI_ variables; the step's size */
+      {"srun, PMIx",
+       {{"PMIX_RANK", "3"}, {"SLURM_STEP_NUM_TASKS", "128"}, {"SLURM_NTASKS", "256"}}, 1, 128, 3},
+      {"PMIx outside Slurm", {{"PMIX_RANK", "1"}}, 1, 0, 1},
+      /* prterun sets both: Open MPI's win */
+      {"prterun", {{"PMIX_RANK", "1"}, {"OMPI_COMM_WORLD_RANK", "1"}, {"OMPI_COMM_WORLD_SIZE", "2"}},
+       1, 2, 1},
+      /* a command in the batch script itself: one process, whatever the
+       * allocation's task count */
+      {"Slurm batch script", {{"SLURM_NTASKS", "64"}, {"SLURM_PROCID", "0"}}, 0, 1, 0},
+      {"srun --mpi=none", {{"SLURM_STEP_NUM_TASKS", "4"}, {"SLURM_PROCID", "2"}}, 0, 1, 0},
+      {"garbage size", {{"PMI_RANK", "0"}, {"PMI_SIZE", "x"}}, 1, 0, 0},
+  };
+  for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+    clear_launcher();
+    for (int v = 0; v < 4 && cases[c].env[v][0]; v++) setenv(cases[c].env[v][0], cases[c].env[v][1], 1);
+    const int l = cli_launched(), sz = cli_launcher_size(), r = cli_launcher_rank();
+    CHECK_MSG(l == cases[c].launched && sz == cases[c].size && r == cases[c].rank,
+              "%s: launched %d size %d rank %d, expected %d %d %d", cases[c].what, l, sz, r,
+              cases[c].launched, cases[c].size, cases[c].rank);
+  }
+  clear_launcher();
+  CHECK(cli_launcher_entry("PMI_FD=3") && cli_launcher_entry("PMIX_NAMESPACE=x") &&
+        cli_launcher_entry("OMPI_COMM_WORLD_RANK=0") && cli_launcher_entry("MV2_COMM_WORLD_RANK=0"));
+  CHECK(!cli_launcher_entry("SLURM_STEP_NUM_TASKS=4") && !cli_launcher_entry("PMIXX=1"));
+  CHECK(!cli_launcher_entry("PATH=/bin") && !cli_launcher_entry("MV2_ENABLE_AFFINITY=0"));
+}
+
 int main(void) {
   /* a launcher's rank would change the printed prefix */
-  unsetenv("OMPI_COMM_WORLD_RANK");
-  unsetenv("PMI_RANK");
+  clear_launcher();
   const char *t = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
   snprintf(tmpl_out, sizeof tmpl_out, "%.40s/test_cli_out.%d", t, (int)getpid());
   snprintf(tmpl_err, sizeof tmpl_err, "%.40s/test_cli_err.%d", t, (int)getpid());
@@ -235,6 +290,7 @@ int main(void) {
   RUN(test_usage_fail);
   RUN(test_fail_and_rank);
   RUN(test_list_next);
+  RUN(test_launchers);
   unlink(tmpl_out);
   unlink(tmpl_err);
   return check_report();

@@ -90,9 +90,21 @@ def identical(ref, out):
 
 
 def rank_pids(p):
-    """The ranks mpirun (process p) started."""
-    return [int(x) for x in subprocess.run(['ps', '-o', 'pid=', '--ppid', str(p.pid)],
-                                           capture_output=True, text=True).stdout.split()]
+    """The ranks mpirun (process p) started: its descendants that run the
+    test binary (Open MPI's mpiexec starts them itself, MPICH's Hydra through
+    a hydra_pmi_proxy per node, which does not pass SIGTERM on)."""
+    children = {}
+    for line in subprocess.run(['ps', '-e', '-o', 'pid=,ppid=,comm='], capture_output=True,
+                               text=True).stdout.splitlines():
+        pid, ppid, comm = line.split(None, 2)
+        children.setdefault(int(ppid), []).append((int(pid), comm))
+    ranks, todo = [], [p.pid]
+    while todo:
+        for pid, comm in children.get(todo.pop(), []):
+            todo.append(pid)
+            if os.path.basename(TESTGEN).startswith(comm):  # comm: at most 15 characters
+                ranks.append(pid)
+    return ranks
 
 
 def wait_signalled(p, what):

@@ -246,13 +246,13 @@ def main(tmp):
     # the ranks of an mpirun share the rebuild (blocks of samples): the same
     # finding, from the rank whose block holds sample 3 (the other rank's
     # block starts with model 1's sample 4: its own finding), one summary
-    r = subprocess.run([os.environ.get('MPIEXEC', 'mpiexec'), '--allow-run-as-root', '--oversubscribe',
+    r = subprocess.run([os.environ.get('COEMU_MPIEXEC', 'mpiexec'), '--allow-run-as-root', '--oversubscribe',
                         '-n', '2', COEMU, 'verify', bad], capture_output=True, text=True, cwd=tmp,
                        timeout=300)
     check(r.returncode == 1 and all(w in r.stderr for w in want) and
           r.stderr.count('2 problems (listed above)') == 1 and 'shard-000002.h5: sample 4 (row 0' in r.stderr,
           f'verify on 2 ranks: a wrong model file named: {r.stderr}')
-    r = subprocess.run([os.environ.get('MPIEXEC', 'mpiexec'), '--allow-run-as-root', '--oversubscribe',
+    r = subprocess.run([os.environ.get('COEMU_MPIEXEC', 'mpiexec'), '--allow-run-as-root', '--oversubscribe',
                         '-n', '2', COEMU, 'verify', img], capture_output=True, text=True, cwd=tmp,
                        timeout=300)
     check(r.returncode == 0, f'verify on 2 ranks, images-only: {r.stdout} {r.stderr}')

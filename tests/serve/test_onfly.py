@@ -288,8 +288,8 @@ stream: {{mode: generate, endpoint: "ipc://{tmp}/jobmode.sock", batch: 2, epochs
             except OSError:
                 continue
             if ep.encode() in cmd and cmd[0].endswith(b"coemu"):
-                for v in env:
-                    if v.startswith(b"OMPI_COMM_WORLD_RANK="):
+                for v in env:  # Open MPI's rank, or PMI's (MPICH's Hydra)
+                    if v.startswith((b"OMPI_COMM_WORLD_RANK=", b"PMI_RANK=")):
                         out[int(v.split(b"=")[1])] = int(pid)
         return out
 

@@ -68,7 +68,8 @@ def run(args, nranks=1, cwd=None):
     an MPI singleton is avoided: LeakSanitizer's tracer fails in one)."""
     cmd = [COEMU, "stats"]
     if nranks:
-        cmd = ["mpiexec", "--allow-run-as-root", "--oversubscribe", "-n", str(nranks)] + cmd
+        cmd = [os.environ.get("COEMU_MPIEXEC", "mpiexec"), "--allow-run-as-root", "--oversubscribe",
+               "-n", str(nranks)] + cmd
     return subprocess.run(cmd + args, capture_output=True, text=True, cwd=cwd, timeout=120)
 
 

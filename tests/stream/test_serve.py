@@ -171,12 +171,22 @@ with tempfile.TemporaryDirectory() as tmp:
 
     # a stored dataset under mpirun: one clear refusal from rank 0 (each rank
     # was a server of its own on the same endpoint), not a hang or a race
-    mpiexec = os.environ.get("MPIEXEC", "mpiexec")
+    mpiexec = os.environ.get("COEMU_MPIEXEC", "mpiexec")
     r = subprocess.run([mpiexec, "--allow-run-as-root", "--oversubscribe", "-n", "2", COEMU, "serve",
                         d, "--endpoint", ep, "--idle-exit", "0.5"], capture_output=True, text=True,
                        timeout=60)
     check(r.returncode != 0 and r.stderr.count("serving a stored dataset is one process (2 ranks "
                                                "started)") == 1, f"serve under mpirun: {r.stderr}")
+    # the same under srun --mpi=pmix, as its tasks see it (no Open MPI or PMI
+    # variables: PMIX_RANK, and the step's size from Slurm); a batch script's
+    # own SLURM_NTASKS is no launcher (common/cli.c)
+    for rank in (0, 1):
+        env = dict(os.environ, PMIX_RANK=str(rank), SLURM_STEP_NUM_TASKS="3", SLURM_NTASKS="3")
+        r = subprocess.run([COEMU, "serve", d, "--endpoint", ep, "--idle-exit", "0.5"], env=env,
+                           capture_output=True, text=True, timeout=60)
+        said = r.stderr.count("serving a stored dataset is one process (3 ranks started)")
+        check(r.returncode == 2 and said == (rank == 0),
+              f"serve under srun --mpi=pmix, rank {rank}: exit {r.returncode}: {r.stderr}")
 
     # a second server on the same ipc:// path is refused (ZeroMQ alone would
     # take the path over without a word, orphaning the first); the first
