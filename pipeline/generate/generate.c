@@ -461,18 +461,22 @@ static shard_sums *gather_sums(const shard_records *rs, int ok, int64_t K, int s
  * the caller) ends, on every rank, with 1 for each shard still to make;
  * *kept_samples with the samples kept by all ranks, *own_kept with the
  * shards this rank kept. A stop signal ends
- * this rank's share early (its unchecked shards are then marked to make, and
- * the stop stops the making). -1 with the message (kept and need still
- * agreed) when a damaged shard could not be removed. */
+ * this rank's share after the check in progress (its unchecked shards are
+ * then marked to make) and, on every rank, *any_stop is 1 when some rank
+ * was stopped in the pass: no shard is then made at all (see below). -1
+ * with the message (kept and need still agreed) when a damaged shard could
+ * not be removed. */
 static int resume_pass(const job *j, const shard_layout *lay, const char *out, int64_t K,
-                       int size, uint8_t *need, shard_records *rs, int *rs_ok,
-                       int64_t *kept_samples, int64_t *own_kept, ce_progress *prog) {
-  int64_t N = job_samples(j), mine[2] = {0, 0};
+                       int size, const generate_producer *p, uint8_t *need, shard_records *rs,
+                       int *rs_ok, int64_t *kept_samples, int64_t *own_kept, int *any_stop,
+                       ce_progress *prog) {
+  int64_t N = job_samples(j), mine[3] = {0, 0, 0};
   int rc = 0;
   for (int64_t s = g_rank; s < K; s += size) {
     int k = 0;
     shard_sums sums;
     if (rc == 0 && !g_stop) {
+      if (p->resume_check) p->resume_check(p->ctx, s); /* a test hook (generate.h) */
       k = keep_shard(j, lay, out, s, &sums);
       if (k < 0) rc = -1;
     }
@@ -489,10 +493,22 @@ static int resume_pass(const job *j, const shard_layout *lay, const char *out, i
       ce_progress_update(prog, prog->kept);
     }
   }
+  /* The stop is agreed here, with the kept samples, not left to the
+   * signalled rank's first request for work: rank 0 (and any rank it
+   * answers first) would otherwise be handed a shard before that request
+   * arrives, and make it in full after the signal (tests/pipeline/
+   * test_generate_resume_signals.py saw it every time on 2 ranks). That
+   * shard may even be a finished one the stopped rank left unchecked
+   * (marked to make above), made again for nothing: minutes of work at the
+   * paper's size, after a SIGTERM that gives 30 s. */
+  mine[2] = g_stop != 0;
+  int64_t sum[2];
   double tc = ce_now();
   MPI_Allreduce(MPI_IN_PLACE, need, (int)K, MPI_UINT8_T, MPI_BOR, MPI_COMM_WORLD);
-  MPI_Allreduce(&mine[1], kept_samples, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+  MPI_Allreduce(&mine[1], sum, 2, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
   g_coord_s += ce_now() - tc;
+  *kept_samples = sum[0];
+  *any_stop = sum[1] > 0;
   *own_kept = mine[0];
   return rc;
 }
@@ -693,11 +709,13 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   double t_start = ce_now();
   int failed = 0, stopped = 0;
   char failure[2048] = "";
-  if (resume_pass(&j, &lay, out, K, size, need, &recs, &recs_ok, &kept_samples, &counts[1],
-                  g_rank == 0 ? &prog : NULL) < 0) {
+  if (resume_pass(&j, &lay, out, K, size, &p, need, &recs, &recs_ok, &kept_samples, &counts[1],
+                  &stopped, g_rank == 0 ? &prog : NULL) < 0) {
     snprintf(failure, sizeof failure, "%s", ce_err_msg());
     failed = 1; /* said to rank 0 at the first request below */
   }
+  /* stopped: a rank was signalled in the resume pass (or the start), so
+   * every rank asks for no work below and none is handed out */
   workplan wp;
   workplan_init(&wp, MPI_COMM_WORLD, K, need, kept_samples, g_rank == 0 ? &prog : NULL);
   int64_t last = 0;

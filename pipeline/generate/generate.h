@@ -44,6 +44,12 @@ typedef struct {
    * (the device pipeline) need not bring them back to the host. */
   int (*sample_images)(void *ctx, int64_t model, int64_t direction, uint64_t *inputs_hash,
                        float *targets, double quat[4]);
+  /* NULL (the real producer), or a test hook: called on the rank that is
+   * about to check shard `shard` in a resume's first pass (generate.c,
+   * resume_pass; the shard need not be there), so that the test producer
+   * (tests/pipeline/testgen.c) can signal or slow a rank at a known place
+   * inside it. */
+  void (*resume_check)(void *ctx, int64_t shard);
 } generate_producer;
 
 /* Build the producer for a job on this rank (load the line data, etc.),

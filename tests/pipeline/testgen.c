@@ -11,6 +11,14 @@
  *                         making global sample SAMPLE (only RANK, when given)
  *                         sends itself SIG just before making it, for
  *                         stops at known places (test_generate_signals.py)
+ *   COEMU_TEST_RESUME_SIGNAL  "SIG:SHARD[:RANK]": in a resume's first pass
+ *                         (generate.c, resume_pass), the rank about to check
+ *                         shard SHARD (only RANK, when given) sends itself SIG
+ *                         just before that check
+ *   COEMU_TEST_RESUME_DELAY_MS  sleep this long before each shard check of
+ *                         that pass (to signal ranks from outside while in it);
+ *                         with either, each check is announced first ("testgen:
+ *                         rank R: checking shard S")
  *   COEMU_TEST_FSIZE      a file-size limit (RLIMIT_FSIZE, bytes) set once MPI
  *                         is up (MPI's own start-up writes files), to act as a
  *                         full disk
@@ -42,6 +50,9 @@ typedef struct {
   int signal, signal_rank;
   long long signal_sample;
   int64_t directions;
+  int resume_signal, resume_signal_rank; /* COEMU_TEST_RESUME_SIGNAL */
+  long long resume_signal_shard;
+  long resume_delay_ms;
 } analytic;
 
 static analytic g_an;
@@ -84,6 +95,40 @@ static int analytic_sample(void *ctx, int64_t model, int64_t dir, float *in, flo
   return 0;
 }
 
+static void sleep_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) < 0) { /* a noted signal interrupts it: sleep the rest */
+  }
+}
+
+/* generate_producer.resume_check: before this rank checks kept shard `shard` */
+static void analytic_resume_check(void *ctx, int64_t shard) {
+  const analytic *a = ctx;
+  if (!a->resume_signal && a->resume_delay_ms <= 0) return;
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  fprintf(stderr, "testgen: rank %d: checking shard %lld\n", rank, (long long)shard);
+  fflush(stderr);
+  if (a->resume_signal && shard == a->resume_signal_shard &&
+      (a->resume_signal_rank < 0 || a->resume_signal_rank == rank))
+    raise(a->resume_signal);
+  if (a->resume_delay_ms > 0) sleep_ms(a->resume_delay_ms);
+}
+
+/* "SIG:NUMBER[:RANK]" of the variable `var` (SIG: TERM, INT or USR1) */
+static int parse_signal(const char *var, int *sig, long long *at, int *rank) {
+  const char *v = getenv(var);
+  *sig = 0, *at = -1, *rank = -1;
+  if (!v) return 0;
+  char name[8] = "";
+  if (sscanf(v, "%7[A-Z1]:%lld:%d", name, at, rank) < 2)
+    CE_FAIL("%s=%s: expected SIG:NUMBER[:RANK]", var, v);
+  *sig = !strcmp(name, "TERM") ? SIGTERM : !strcmp(name, "INT") ? SIGINT
+       : !strcmp(name, "USR1") ? SIGUSR1 : 0;
+  if (!*sig) CE_FAIL("%s=%s: SIG is TERM, INT or USR1", var, v);
+  return 0;
+}
+
 static void analytic_close(void *ctx) {
   (void)ctx;
   const char *ms = getenv("COEMU_TEST_CLOSE_PAUSE_MS");
@@ -91,10 +136,7 @@ static void analytic_close(void *ctx) {
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   fprintf(stderr, "testgen: rank %d: closing\n", rank);
   fflush(stderr);
-  long left = atol(ms);
-  struct timespec ts = {left / 1000, (left % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) < 0) { /* a noted signal interrupts it: sleep the rest */
-  }
+  sleep_ms(atol(ms));
 }
 
 static int analytic_open(const job *j, const char *out_dir, generate_producer *p) {
@@ -105,21 +147,12 @@ static int analytic_open(const job *j, const char *out_dir, generate_producer *p
   g_an.delay_ms = d ? atol(d) : 0;
   g_an.fail_model = f ? atol(f) : -1;
   g_an.directions = j->directions;
-  const char *sg = getenv("COEMU_TEST_SIGNAL");
-  g_an.signal = 0;
-  g_an.signal_rank = -1;
-  if (sg) {
-    char name[8] = "";
-    long long sample = -1;
-    int rk = -1;
-    if (sscanf(sg, "%7[A-Z1]:%lld:%d", name, &sample, &rk) < 2)
-      CE_FAIL("COEMU_TEST_SIGNAL=%s: expected SIG:SAMPLE[:RANK]", sg);
-    g_an.signal = !strcmp(name, "TERM") ? SIGTERM : !strcmp(name, "INT") ? SIGINT
-                : !strcmp(name, "USR1") ? SIGUSR1 : 0;
-    if (!g_an.signal) CE_FAIL("COEMU_TEST_SIGNAL=%s: SIG is TERM, INT or USR1", sg);
-    g_an.signal_sample = sample;
-    g_an.signal_rank = rk;
-  }
+  CE_TRY(parse_signal("COEMU_TEST_SIGNAL", &g_an.signal, &g_an.signal_sample,
+                      &g_an.signal_rank));
+  CE_TRY(parse_signal("COEMU_TEST_RESUME_SIGNAL", &g_an.resume_signal,
+                      &g_an.resume_signal_shard, &g_an.resume_signal_rank));
+  const char *rd = getenv("COEMU_TEST_RESUME_DELAY_MS");
+  g_an.resume_delay_ms = rd ? atol(rd) : 0;
   const char *fo = getenv("COEMU_TEST_FAIL_OPEN");
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -134,6 +167,7 @@ static int analytic_open(const job *j, const char *out_dir, generate_producer *p
   p->nu0 = 230.5380000e9;
   p->name = "analytic test producer (tests/pipeline/testgen.c)";
   p->close = getenv("COEMU_TEST_CLOSE_PAUSE_MS") ? analytic_close : NULL;
+  p->resume_check = analytic_resume_check;
   return 0;
 }
 
