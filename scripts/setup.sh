@@ -6,6 +6,9 @@
 # (python3-torch), wheel and libxxhash for the Python package's tests
 # (tests/python: they run with Debian's python3 when the python3 first on
 # PATH has no torch).
+#   scripts/setup.sh           the above
+#   scripts/setup.sh --mpich   and MPICH with its HDF5 beside Open MPI, for a
+#                              -Dmpi=mpich build (scripts/test.sh --mpich)
 set -euo pipefail
 
 pkgs=(build-essential pkg-config meson ninja-build git
@@ -13,6 +16,11 @@ pkgs=(build-essential pkg-config meson ninja-build git
       libzmq3-dev libfftw3-dev libyaml-dev libopenblas-dev libpng-dev
       libcfitsio-dev zlib1g-dev python3 python3-pip python3-numpy python3-h5py
       python3-zmq python3-torch python3-wheel libxxhash0)
+case "${1:-}" in
+  --mpich) pkgs+=(mpich libmpich-dev libhdf5-mpich-dev) ;;
+  "") ;;
+  *) echo "usage: scripts/setup.sh [--mpich]" >&2; exit 2 ;;
+esac
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -7,8 +7,11 @@
 #                                code on the CUDA emulator (-Dcuda=disabled
 #                                -Dgpu_emulator=true: every device path of the suite
 #                                runs on the CPU; docs/architecture.md)
+#   scripts/test.sh --mpich      MPICH build (-Dmpi=mpich, HDF5 of MPICH; no CUDA) in
+#                                build-mpich/, every MPI test under MPICH's Hydra
+#                                (Debian's MPICH installed beside Open MPI)
 #   scripts/test.sh [...] --suite NAME   only meson suite NAME (e.g. blas: the
-#                                tests that reach a BLAS matrix product)
+#                                tests that reach a BLAS matrix product); repeatable
 # Prints "N passed, N failed" (one line per test executable and a total).
 # The environment passes through: OPENBLAS_CORETYPE=Haswell bash scripts/test.sh
 # runs the suite on OpenBLAS's Haswell kernels (any AVX2 host); the BLAS
@@ -19,19 +22,23 @@ mode=()
 suite=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --sanitize | --portable) mode=("$1") ;;
+    --sanitize | --portable | --mpich) mode=("$1") ;;
     --suite)
       [ $# -ge 2 ] || { echo "scripts/test.sh: --suite needs a meson suite name" >&2; exit 2; }
-      suite=(--suite "$2")
+      suite+=(--suite "$2")
       shift ;;
     *)
-      echo "usage: scripts/test.sh [--sanitize | --portable] [--suite NAME]" >&2
+      echo "usage: scripts/test.sh [--sanitize | --portable | --mpich] [--suite NAME]..." >&2
       exit 2 ;;
   esac
   shift
 done
 set -- "${mode[@]}"
-bash scripts/setup.sh
+if [ "${1:-}" = "--mpich" ]; then
+  bash scripts/setup.sh --mpich
+else
+  bash scripts/setup.sh
+fi
 if [ "${1:-}" = "--sanitize" ]; then
   builddir=build-san
   bash scripts/build.sh "$builddir" -Dbuildtype=debugoptimized -Db_sanitize=address,undefined \
@@ -41,6 +48,10 @@ if [ "${1:-}" = "--sanitize" ]; then
   export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
   export COEMU_SANITIZE=1   # tests/mpirun.sh: no leak checks inside MPI processes
   mult=4
+elif [ "${1:-}" = "--mpich" ]; then
+  builddir=build-mpich
+  bash scripts/build.sh "$builddir" -Dmpi=mpich -Dcuda=disabled
+  mult=1
 elif [ "${1:-}" = "--portable" ]; then
   builddir=build-portable
   bash scripts/build.sh "$builddir" -Dnative=false -Dcuda=disabled -Dgpu_emulator=true

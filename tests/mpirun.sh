@@ -1,7 +1,7 @@
 #!/bin/sh
 # mpiexec for the MPI tests, of the MPI the build links (meson's -Dmpi:
-# COEMU_MPI_LAUNCHER is that MPI's mpiexec, COEMU_MPI_FLAVOUR openmpi, mpich
-# or auto; tests/meson.build sets both). The tests speak Open MPI's options;
+# COEMU_MPI_LAUNCHER is that MPI's mpiexec, COEMU_MPI_FLAVOUR its family,
+# openmpi, mpich or other, from its mpi.h; tests/meson.build sets both). The tests speak Open MPI's options;
 # MPICH's Hydra refuses options it does not know, so for it
 # --allow-run-as-root and --oversubscribe are dropped (Hydra runs as root and
 # oversubscribes without being asked) and -x NAME=VALUE (an environment
@@ -17,7 +17,7 @@ if [ -n "${COEMU_SANITIZE:-}" ]; then
   export ASAN_OPTIONS
 fi
 launcher="${COEMU_MPI_LAUNCHER:-mpiexec}"
-if [ "${COEMU_MPI_FLAVOUR:-auto}" = "mpich" ]; then
+if [ "${COEMU_MPI_FLAVOUR:-openmpi}" = "mpich" ]; then
   n=$#
   while [ "$n" -gt 0 ]; do
     a="$1"

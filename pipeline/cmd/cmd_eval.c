@@ -19,6 +19,7 @@
 #include "pipeline/dataset/export_fits.h"
 #include "pipeline/dataset/h5util.h"
 #include "pipeline/mpi/mpi_fatal.h"
+#include "pipeline/mpi/mpi_node.h"
 #include "pipeline/serve/serve.h"
 #include "pipeline/train/evaluate.h"
 #include "pipeline/train/trainplot.h"
@@ -209,7 +210,7 @@ int cmd_eval(int argc, char **argv) {
       {"max-samples", CLI_INT, &max_samples, "N", "evaluate N samples evenly spaced over the split (default: all)", 0, 0},
       {"batch", CLI_INT, &batch, "N", "samples per forward pass (default 16)", 0, 0},
       {"maps", CLI_INT, &maps, "K", "channel-map PNGs for the first K samples (default 4; at most --batch, with a warning)", 0, 0},
-      {"threads", CLI_INT, &threads, "N", "threads per rank (default: OpenMP's)", 0, 0},
+      {"threads", CLI_INT, &threads, "N", "threads per rank (default: OMP_NUM_THREADS, else the rank's share of its CPUs)", 0, 0},
       {"out", CLI_STR, &out, "DIR", "where the tables and pictures go (default: CHECKPOINT's folder/eval-SPLIT)", 0, 0},
       {"fits", CLI_FLAG, &fits, NULL, "also write the maps as FITS cubes (maps-SAMPLE.fits: TARGET, PREDICTED; docs/export.md)", 0, 0},
       {"quiet", CLI_FLAG, &quiet, NULL, "do not print the table", 0, 0},
@@ -240,6 +241,7 @@ int cmd_eval(int argc, char **argv) {
   if (maps > batch) maps = batch; /* the maps come from the first evaluation batch */
   MPI_Init(&argc, &argv);
   mpi_fatal_init("eval");
+  mpi_node_default_threads(); /* OMP_NUM_THREADS, else this rank's share of its CPUs */
   int rank, world;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &world);
@@ -255,8 +257,9 @@ int cmd_eval(int argc, char **argv) {
      others wait in the agreement after them), so they end in mpi_any_failed:
      one message, exit status 1, no MPI_ABORT banner (mpi_fatal.h). Only
      MPI's own errors abort. */
-  /* the one place the thread settings are made (OpenMP to --threads, 0 =
-     OpenMP's default; OpenBLAS to 1) */
+  /* the one place the thread settings are made (OpenMP to --threads; 0:
+     OMP_NUM_THREADS, else this rank's share of its CPUs, set above;
+     OpenBLAS to 1) */
   int rc = nn_backend_init(&nn_backend_cpu, (int)threads);
   if (rc == 0) rc = checkpoint_read_config(ckpt, &cfg, NULL);
   if (rc == 0) have_m = (rc = coemunet_build(&m, &cfg, 0)) == 0;

@@ -9,6 +9,7 @@
 #include "pipeline/cmd/commands.h"
 #include "pipeline/job/trainjob.h"
 #include "pipeline/mpi/mpi_fatal.h"
+#include "pipeline/mpi/mpi_node.h"
 #include "pipeline/train/train_inputs.h"
 #include "pipeline/train/trainrun.h"
 #include "trainer/nn.h"
@@ -126,10 +127,13 @@ int cmd_train(int argc, char **argv) {
   int world;
   MPI_Comm_size(MPI_COMM_WORLD, &world);
   /* the one place the thread settings are made: the CPU backend's init
-     (OpenMP to the job's count, 0 = OpenMP's default; OpenBLAS to 1); the
-     CPU backend also reads checkpoints for the encoder transfer. The
-     device's backend: its init fails clearly without a device. */
-  int rc = nn_backend_init(&nn_backend_cpu, j.threads), be_ready = 0;
+     (OpenMP to the job's count; 0: OMP_NUM_THREADS, else this rank's share
+     of its CPUs, pipeline/mpi/mpi_node.h; OpenBLAS to 1); the CPU backend
+     also reads checkpoints for the encoder transfer. The device's backend:
+     its init fails clearly without a device. */
+  const int node_threads = mpi_node_default_threads(); /* collective: every rank */
+  int rc = nn_backend_init(&nn_backend_cpu, j.threads > 0 ? j.threads : node_threads),
+      be_ready = 0;
   if (rc == 0 && be != &nn_backend_cpu) {
     rc = nn_backend_init(be, j.threads);
     if (rc < 0) ce_err_prefix("%s: device %s", j.path, j.device);

@@ -72,13 +72,10 @@ static int open_dataset(const char *dir, const char *path, dataset *ds) {
   CE_TRY(shard_reader_open(dir, 0, &ds->rd));
   ds->has_inputs = shard_reader_has_inputs(ds->rd);
   if (shard_reader_images_only(ds->rd)) {
-    /* the rebuilt cubes are made by OpenMP threads: this node's cores
-     * shared among its ranks, so ranks do not oversubscribe them (idle
-     * OpenMP threads spin) */
-    int local;
-    mpi_node_place(NULL, &local);
-    int t = omp_get_num_procs() / local;
-    omp_set_num_threads(t > 0 ? t : 1);
+    /* the rebuilt cubes are made by OpenMP threads: this rank's share of
+     * its CPUs, so ranks do not oversubscribe them (idle OpenMP threads
+     * spin) */
+    omp_set_num_threads(mpi_node_threads());
   }
   ds->N = (hsize_t)shard_reader_samples(ds->rd);
   ds->n = (hsize_t)shard_reader_n(ds->rd);

@@ -497,9 +497,13 @@ int producer_open(const job *j, const char *out_dir, generate_producer *p) {
   c->image = ce_malloc_array((size_t)j->n * j->n * j->nf, sizeof *c->image, "image");
   c->paths = calloc((size_t)j->n_models, sizeof *c->paths);
   if (rc == 0 && (!c->freqs || !c->image || !c->paths)) rc = ce_err("out of memory");
-  /* solver.device: one device per rank, by the rank's place on its node */
+  /* solver.device: one device per rank, by the rank's place on its node;
+   * the CPU solver's OpenMP threads: this rank's share of its CPUs (unless
+   * OMP_NUM_THREADS says), so that ranks a launcher left unbound do not
+   * each start a thread per core of the node */
   int local_rank;
   mpi_node_place(&local_rank, NULL);
+  mpi_node_default_threads();
   c->ordinal = local_rank;
   if (rc == 0 && j->solver_device != LTE_BACKEND_CPU &&
       lte_backend_open((lte_backend)j->solver_device, local_rank, NULL, 0) < 0) {

@@ -79,7 +79,7 @@ typedef struct {
   char *name;       /* name (default "train") */
   char *out_dir;    /* output.directory (default "train", relative to the cwd; --out overrides) */
   uint64_t seed;    /* seed (default 1234): initialisation and data order */
-  int threads;      /* threads per rank (0 = OpenMP's default) */
+  int threads;      /* threads per rank (0: OMP_NUM_THREADS, else the rank's share of its CPUs) */
   char *device;     /* device (cpu | cuda): the trainer backend each rank runs on (nn_backend_by_name) */
   int precision;    /* precision (float32 | tf32 | bf16): nn_precision of convolutions and linear layers */
   /* model: */
