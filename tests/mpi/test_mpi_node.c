@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include "check.h"
+#include "check_mpi.h"
 #include "pipeline/mpi/mpi_node.h"
 
 static int rank_, size_;
@@ -116,11 +116,5 @@ int main(int argc, char **argv) {
   MPI_Comm_size(MPI_COMM_WORLD, &size_);
   RUN(test_share_rule);
   RUN(test_threads);
-  int failed = check_failed_, any = 0;
-  MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  int rc = 0;
-  if (rank_ == 0) rc = check_report();
-  else if (check_failed_) check_report();
-  MPI_Finalize();
-  return any ? 1 : rc;
+  return check_mpi_finish();
 }

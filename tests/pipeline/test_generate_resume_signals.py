@@ -126,24 +126,19 @@ def run_tests(tmp):
     # and no rank makes a shard, though shards 3 and 5 are then "to make":
     # rank 0 must not make one before it hears of the stop (a finished
     # shard 3 made again; minutes of work after a SIGTERM at the paper's size)
-    what = 'SIGTERM to rank 1 in the resume pass'
-    out, before, r, dt = case('term1', {'COEMU_TEST_RESUME_SIGNAL': 'TERM:1:1'}, what)
-    stopped_in_pass(r, out, before, what)
-    check('rank 1: stopped by SIGTERM' in r.stderr, f'{what}: rank 1 says so: {r.stderr[-800:]}')
-    check(checked(r.stderr.splitlines(True), 1) == [1],
-          f'{what}: rank 1 checks no shard after the signal: {r.stderr[-800:]}')
-    resumes(2, job, out, ref, what)
-    print(f'{what}: stopped in {dt:.1f} s')
-
-    # SIGINT to rank 0 before its first check (shard 0): as SIGTERM; rank 0
-    # is the one handing out shards
-    what = 'SIGINT to rank 0 in the resume pass'
-    out, before, r, dt = case('int0', {'COEMU_TEST_RESUME_SIGNAL': 'INT:0:0'}, what)
-    stopped_in_pass(r, out, before, what)
-    check('rank 0: stopped by SIGINT' in r.stderr, f'{what}: rank 0 says so: {r.stderr[-800:]}')
-    check(checked(r.stderr.splitlines(True), 0) == [0],
-          f'{what}: rank 0 checks no shard after the signal: {r.stderr[-800:]}')
-    resumes(2, job, out, ref, what)
+    # Then SIGINT to rank 0 before its first check (shard 0): as SIGTERM;
+    # rank 0 is the one handing out shards.
+    for sig, rank in (('TERM', 1), ('INT', 0)):
+        what = f'SIG{sig} to rank {rank} in the resume pass'
+        out, before, r, dt = case(f'{sig.lower()}{rank}',
+                                  {'COEMU_TEST_RESUME_SIGNAL': f'{sig}:{rank}:{rank}'}, what)
+        stopped_in_pass(r, out, before, what)
+        check(f'rank {rank}: stopped by SIG{sig}' in r.stderr,
+              f'{what}: rank {rank} says so: {r.stderr[-800:]}')
+        check(checked(r.stderr.splitlines(True), rank) == [rank],
+              f'{what}: rank {rank} checks no shard after the signal: {r.stderr[-800:]}')
+        resumes(2, job, out, ref, what)
+        print(f'{what}: stopped in {dt:.1f} s')
 
     # (b) SIGUSR1 to rank 1 while it checks shard 1, which is damaged: no
     # shard is being made, so "finish the shard being made" is finishing the

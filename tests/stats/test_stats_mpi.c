@@ -7,7 +7,7 @@
  * exact), the median of medians and its rank interval, and its bound. */
 #include <stdlib.h>
 
-#include "check.h"
+#include "check_mpi.h"
 #include "common/rng.h"
 #include "stats/moments.h"
 #include "stats/moments_mpi.h"
@@ -186,11 +186,5 @@ int main(int argc, char **argv) {
   RUN(test_sets);
   RUN(test_median_of_medians);
   RUN(test_empty);
-  int failed = check_failed_, any = 0;
-  MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  int rc = 0;
-  if (rank_ == 0) rc = check_report();
-  else if (check_failed_) check_report();
-  MPI_Finalize();
-  return any ? 1 : rc;
+  return check_mpi_finish();
 }
