@@ -131,9 +131,8 @@ int cmd_train(int argc, char **argv) {
      of its CPUs, pipeline/mpi/mpi_node.h; OpenBLAS to 1); the CPU backend
      also reads checkpoints for the encoder transfer. The device's backend:
      its init fails clearly without a device. */
-  const int node_threads = mpi_node_default_threads(); /* collective: every rank */
-  int rc = nn_backend_init(&nn_backend_cpu, j.threads > 0 ? j.threads : node_threads),
-      be_ready = 0;
+  mpi_node_default_threads(); /* collective: every rank */
+  int rc = nn_backend_init(&nn_backend_cpu, j.threads), be_ready = 0;
   if (rc == 0 && be != &nn_backend_cpu) {
     rc = nn_backend_init(be, j.threads);
     if (rc < 0) ce_err_prefix("%s: device %s", j.path, j.device);

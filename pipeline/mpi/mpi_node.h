@@ -5,6 +5,8 @@
 #ifndef COEMU_MPI_NODE_H
 #define COEMU_MPI_NODE_H
 
+#include <sched.h> /* cpu_set_t */
+
 /* local_rank, local_size (either may be NULL): this rank's index among the
  * ranks of its node and their number. If MPI cannot split the world by node
  * they are 0 and 1 (as if every rank had a node of its own). Collective. */
@@ -23,7 +25,6 @@ int mpi_node_threads(void);
 /* The rule of mpi_node_threads, for a rank whose mask is *mine among the
  * n masks of its node's ranks (its own among them): the CPUs of *mine
  * divided by the number of masks that meet it, at least 1. */
-#include <sched.h>
 int mpi_node_share(const cpu_set_t *mine, const cpu_set_t *masks, int n);
 
 /* Unless OMP_NUM_THREADS says otherwise (the user's choice, e.g. the
