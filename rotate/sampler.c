@@ -19,8 +19,8 @@
  * loops are compiled twice, for the FMA extension (fmaf one instruction,
  * floorf and nearbyintf SSE4.1 roundings) and for the baseline (libm's
  * fmaf), and chosen per call by the CPU: the same bits either way, since
- * fmaf is the exactly rounded a b + c in both and ISO C forbids any other
- * contraction (tests/rotate/test_sample.c's test_bodies compares them). */
+ * fmaf is the exactly rounded a b + c in both and -ffp-contract=off (meson.build)
+ * forbids any other contraction (tests/rotate/test_sample.c's test_bodies compares them). */
 #if !SAMPLER_AVX512 && !defined(__FMA__) && defined(__x86_64__) && defined(__GNUC__)
 #define SAMPLER_FMA_DISPATCH 1
 #define SAMPLER_FMA_CLONE __attribute__((target("fma")))

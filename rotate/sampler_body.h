@@ -17,7 +17,7 @@
  *   2. voxel threads, t in [0, n^3) = (ix*n + iy)*n + iz: the n-weighted
  *      sums of the voxel's k^3 sub-samples in sampler.c's order (sub-line,
  *      then point), then the means, into v_los, T, n_co at t.
- * Same arithmetic as sampler.c, in the same order (ISO C: no contraction;
+ * Same arithmetic as sampler.c, in the same order (-ffp-contract=off: no contraction;
  * nvcc: --fmad=false), so the same bits. The directions (Philox,
  * rotate/directions.h) are drawn on the host, as on the CPU, and enter as
  * the rotation matrix of sampler_geo. The extra per-cell fields of

@@ -15,8 +15,8 @@
  *   2. voxel threads, t in [0, n^3): the n-weighted sums of the voxel's k^3
  *      points in double, in point order, and the means (linear_column).
  * The AVX-512 loops of sampler.c do the same operations in the same order;
- * the portable ones are these functions. Same bits everywhere (ISO C: no
- * contraction; nvcc: --fmad=false; the fused steps are explicit fmaf). */
+ * the portable ones are these functions. Same bits everywhere (-ffp-contract=off:
+ * no contraction; nvcc: --fmad=false; the fused steps are explicit fmaf). */
 #ifndef COEMU_SAMPLER_BODY_LINEAR_H
 #define COEMU_SAMPLER_BODY_LINEAR_H
 

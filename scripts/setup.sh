@@ -9,6 +9,8 @@
 #   scripts/setup.sh           the above
 #   scripts/setup.sh --mpich   and MPICH with its HDF5 beside Open MPI, for a
 #                              -Dmpi=mpich build (scripts/test.sh --mpich)
+#   scripts/setup.sh --clang   and clang with LLVM's OpenMP runtime, for a
+#                              CC=clang build (scripts/test.sh --clang)
 set -euo pipefail
 
 pkgs=(build-essential pkg-config meson ninja-build git
@@ -18,8 +20,9 @@ pkgs=(build-essential pkg-config meson ninja-build git
       python3-zmq python3-torch python3-wheel libxxhash0)
 case "${1:-}" in
   --mpich) pkgs+=(mpich libmpich-dev libhdf5-mpich-dev) ;;
+  --clang) pkgs+=(clang libomp-dev) ;;
   "") ;;
-  *) echo "usage: scripts/setup.sh [--mpich]" >&2; exit 2 ;;
+  *) echo "usage: scripts/setup.sh [--mpich | --clang]" >&2; exit 2 ;;
 esac
 
 missing=()

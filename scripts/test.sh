@@ -10,6 +10,9 @@
 #   scripts/test.sh --mpich      MPICH build (-Dmpi=mpich, HDF5 of MPICH; no CUDA) in
 #                                build-mpich/, every MPI test under MPICH's Hydra
 #                                (Debian's MPICH installed beside Open MPI)
+#   scripts/test.sh --clang      clang build (CC=clang CXX=clang++, LLVM's OpenMP; no
+#                                CUDA) in build-clang/: another compiler's code for
+#                                the same bits (docs/cluster.md, "Compilers")
 #   scripts/test.sh [...] --suite NAME   only meson suite NAME (e.g. blas: the
 #                                tests that reach a BLAS matrix product); repeatable
 # Prints "N passed, N failed" (one line per test executable and a total).
@@ -22,20 +25,20 @@ mode=()
 suite=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --sanitize | --portable | --mpich) mode=("$1") ;;
+    --sanitize | --portable | --mpich | --clang) mode=("$1") ;;
     --suite)
       [ $# -ge 2 ] || { echo "scripts/test.sh: --suite needs a meson suite name" >&2; exit 2; }
       suite+=(--suite "$2")
       shift ;;
     *)
-      echo "usage: scripts/test.sh [--sanitize | --portable | --mpich] [--suite NAME]..." >&2
+      echo "usage: scripts/test.sh [--sanitize | --portable | --mpich | --clang] [--suite NAME]..." >&2
       exit 2 ;;
   esac
   shift
 done
 set -- "${mode[@]}"
-if [ "${1:-}" = "--mpich" ]; then
-  bash scripts/setup.sh --mpich
+if [ "${1:-}" = "--mpich" ] || [ "${1:-}" = "--clang" ]; then
+  bash scripts/setup.sh "$1"
 else
   bash scripts/setup.sh
 fi
@@ -51,6 +54,10 @@ if [ "${1:-}" = "--sanitize" ]; then
 elif [ "${1:-}" = "--mpich" ]; then
   builddir=build-mpich
   bash scripts/build.sh "$builddir" -Dmpi=mpich -Dcuda=disabled
+  mult=1
+elif [ "${1:-}" = "--clang" ]; then
+  builddir=build-clang
+  CC=clang CXX=clang++ bash scripts/build.sh "$builddir" -Dcuda=disabled
   mult=1
 elif [ "${1:-}" = "--portable" ]; then
   builddir=build-portable

@@ -237,7 +237,7 @@ const lte_kernel *lte_kernel_get(lte_backend b);
 const char *lte_backend_name(lte_backend b);
 
 /* The scalar forms of the contract, shared by the line model (lte_line.c)
- * and the CPU kernel. Compile with -ffp-contract=off (solver/meson.build). */
+ * and the CPU kernel. Compile with -ffp-contract=off (a project argument: meson.build). */
 /* The host kernels' float environment (above): subnormals flushed to zero
  * in this thread (x86: MXCSR FTZ | DAZ) until lte_host_flush_end puts the
  * saved mode back. Elsewhere both do nothing (gradual underflow). */

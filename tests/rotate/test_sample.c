@@ -4,7 +4,7 @@
  * model, the statistics of the rotation samplers.
  *
  * Tolerances: sampling is scalar double arithmetic in fixed orders (no BLAS,
- * no sums across threads, no FMA contraction in ISO C), the same on every
+ * no sums across threads, no FMA contraction: -ffp-contract=off), the same on every
  * host up to the last bit of libm; each tolerance bounds a known error:
  * 1.2e-7 (2^-23) one float32 rounding of the stored fields, 1e-14/1e-15 a
  * few double roundings, 0.003 and the ball check the resampling error of

@@ -9,7 +9,7 @@
  * check_snapshot() call (see there and test_written_files).
  *
  * Tolerances: the model is scalar double arithmetic in fixed orders (no
- * BLAS, no sums across threads, no FMA contraction in ISO C), the same on
+ * BLAS, no sums across threads, no FMA contraction: -ffp-contract=off), the same on
  * every host up to libm's last bit: 1e-15..1e-12 bound a few double
  * roundings (pow, exp, trigonometry within an ulp or two), 1e-8 and 2e-6 the
  * float32/stored precision of the written fields, 2e-4 and the mass-flux

@@ -3,7 +3,7 @@
  * results for test_metrics_golden.py, which recomputes them with numpy.
  *
  * Tolerances: the metrics are double precision in fixed loop orders, no
- * BLAS, no FMA contraction (ISO C mode), so they are the same on every host
+ * BLAS, no FMA contraction (-ffp-contract=off), so they are the same on every host
  * but for the last bit of libm's exp (the SSIM window, MaxRel). Each
  * tolerance is a bound on the gap to the closed form, far above that bit:
  * ZNCC of an affine image (1e-6): the affine map rounded to float32 moves
