@@ -1226,7 +1226,9 @@ static int read_samples(serve_source *s, const int64_t *idx, int n, int normalis
   }
   for (int k = 0; s->o.live && !s->o.external && k < n; k++) {
     float *dst[2] = {inputs + (size_t)k * s->in_vals, targets + (size_t)k * s->out_vals};
-    hid_t ds[2];
+    /* set by sample_source when rc is 0; initialised for GCC 12 on aarch64, whose
+       -Wmaybe-uninitialized does not see that */
+    hid_t ds[2] = {-1, -1};
     hsize_t at = 0;
     h5_lock();
     int rc = sample_source(s, idx[k], ds, &at), bad = -1;
