@@ -6,9 +6,9 @@
  * 256-bit FMA pipes), a Xeon with two AVX-512 FMA ports 64, one with a
  * single port 32; and "cpu MHz" is a snapshot, not the clock under load.
  * So every thread times chains of independent FMAs on the widest vectors
- * the CPU runs (AVX-512, else AVX2 + FMA, else plain float multiply-adds),
- * all threads at once as a training step loads them, and the rates are
- * summed. On this project's Xeon one thread reaches ~240 GFLOP/s: 64 FLOP
+ * the CPU runs (AVX-512, else AVX2 + FMA; NEON on aarch64; else plain
+ * float multiply-adds), all threads at once as a training step loads them,
+ * and the rates are summed. On this project's Xeon one thread reaches ~240 GFLOP/s: 64 FLOP
  * a cycle at ~3.7 GHz, its turbo clock, where /proc/cpuinfo says 2.6. Ten chains
  * cover the FMA latency (4 cycles) on two ports with room; the operands
  * stay near 1, so no subnormal slows them. Chosen at run time, not by the
@@ -23,6 +23,9 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define PEAK_X86 1
+#elif defined(__aarch64__) && defined(__GNUC__)
+#include <arm_neon.h>
+#define PEAK_NEON 1
 #endif
 
 #define CHAINS 10
@@ -64,6 +67,32 @@ PEAK_CHAINS_FN(chains256, "avx2,fma", __m256, 8, _mm256_set1_ps, _mm256_fmadd_ps
                _mm256_storeu_ps)
 #endif
 
+#ifdef PEAK_NEON
+/* aarch64: Advanced SIMD, which every aarch64 CPU has: 4 float32 lanes,
+ * vfmaq_f32(c, a, b) = c + a * b fused. Its FMA rate is the core's peak on
+ * Neoverse N1, V1 (Graviton 2, 3: SVE's 2 x 256 bits are NEON's 4 x 128)
+ * and V2 (Grace, Graviton 4: SVE2 is 128 bits wide there); a core with
+ * wider SVE pipes than NEON's (A64FX) would be measured below its peak. */
+static float chains128(long n, float x) {
+  const float32x4_t b = vdupq_n_f32(0.9999999f), c = vdupq_n_f32(1e-7f);
+  float32x4_t a0 = vdupq_n_f32(x), a1 = vdupq_n_f32(x + 1.0f / 1024),
+              a2 = vdupq_n_f32(x + 2.0f / 1024), a3 = vdupq_n_f32(x + 3.0f / 1024),
+              a4 = vdupq_n_f32(x + 4.0f / 1024), a5 = vdupq_n_f32(x + 5.0f / 1024),
+              a6 = vdupq_n_f32(x + 6.0f / 1024), a7 = vdupq_n_f32(x + 7.0f / 1024),
+              a8 = vdupq_n_f32(x + 8.0f / 1024), a9 = vdupq_n_f32(x + 9.0f / 1024);
+  for (long i = 0; i < n; i++) {
+    a0 = vfmaq_f32(c, a0, b), a1 = vfmaq_f32(c, a1, b), a2 = vfmaq_f32(c, a2, b);
+    a3 = vfmaq_f32(c, a3, b), a4 = vfmaq_f32(c, a4, b), a5 = vfmaq_f32(c, a5, b);
+    a6 = vfmaq_f32(c, a6, b), a7 = vfmaq_f32(c, a7, b), a8 = vfmaq_f32(c, a8, b);
+    a9 = vfmaq_f32(c, a9, b);
+  }
+  const float32x4_t s = vaddq_f32(vaddq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)),
+                                            vaddq_f32(vaddq_f32(a4, a5), vaddq_f32(a6, a7))),
+                                  vaddq_f32(a8, a9));
+  return vaddvq_f32(s);
+}
+#endif
+
 /* the fallback: plain multiply-adds (fmaf would be a libm call where the
  * build has no FMA) */
 static float chains1(long n, float x) {
@@ -82,6 +111,9 @@ static int peak_lanes(float (**fn)(long, float)) {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f")) return *fn = chains512, 16;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return *fn = chains256, 8;
+#endif
+#ifdef PEAK_NEON
+  return *fn = chains128, 4;
 #endif
   *fn = chains1;
   return 1;
