@@ -9,6 +9,7 @@ has no MPI and no HDF5 dependency, so that the trainer can link it alone:
 usage: test_core_deps.py --lib LIBCORE.a --probe EXE... -- CORE_FILES..."""
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -74,13 +75,24 @@ def main():
     bad = sorted(s for s in undef if FORBIDDEN_SYMBOL.match(s))
     check(not bad, f"{os.path.basename(lib)} references MPI/HDF5 symbols: {bad}")
 
+    # a cross build's tests run under meson's exe_wrapper (qemu-user for
+    # aarch64, scripts/cross-check-arm64.sh), where the host's ldd cannot
+    # read the probes: the probe's own dynamic loader lists them, as ldd has
+    # it do, with LD_TRACE_LOADED_OBJECTS in the guest's environment (-E)
+    wrapper = shlex.split(os.environ.get("MESON_EXE_WRAPPER", ""))
     for exe in probes:
-        r = subprocess.run(["ldd", exe], capture_output=True, text=True)
+        if wrapper:
+            check(os.path.basename(wrapper[0]).startswith("qemu-"),
+                  f"exe_wrapper {wrapper[0]}: only qemu-user can list a cross probe's libraries")
+            r = subprocess.run(wrapper + ["-E", "LD_TRACE_LOADED_OBJECTS=1", exe],
+                               capture_output=True, text=True)
+        else:
+            r = subprocess.run(["ldd", exe], capture_output=True, text=True)
         check(r.returncode == 0, f"ldd {exe}: {r.stderr}")
         bad = [line.split()[0] for line in r.stdout.splitlines() if FORBIDDEN_LIB.search(line)]
         check(not bad, f"{os.path.basename(exe)} (linked --no-as-needed) needs {bad}: "
               "a library in its meson dependency list brings in MPI or HDF5")
-        r = subprocess.run([exe], capture_output=True, text=True)
+        r = subprocess.run(wrapper + [exe], capture_output=True, text=True)
         check(r.returncode == 0, f"{exe} runs: {r.stdout} {r.stderr}")
     report()
 
