@@ -19,7 +19,8 @@
 #                                            CPU (/tmp/build-arm64-grace)
 #   scripts/cross-check-arm64.sh [...] --suite NAME   only meson suite NAME; repeatable
 # BUILD_DIR overrides the build directory. Prints one closing line:
-#   cross-check-arm64: N ok, N expected fail, N failed, N timed out, N skipped (T s)
+#   cross-check-arm64 (VARIANT, DIR): N compiler warnings; N ok, N expected fail, N failed,
+#   N timed out, N skipped (T s ...); the build and test logs in DIR
 # The CUDA parts are off (-Dcuda=disabled); the CUDA emulator's check needs
 # the build machine's compiler and is not registered in a cross build.
 set -euo pipefail
@@ -122,7 +123,9 @@ fi
 if [ ! -f "$builddir/build.ninja" ]; then
   nice -n 10 meson setup "$builddir" --cross-file "$cross" -Dcuda=disabled "${setup_args[@]}" >/dev/null
 fi
-nice -n 10 ninja -C "$builddir" -j2 >/dev/null
+nice -n 10 ninja -C "$builddir" -j2 > "$builddir/cross-check-build.log" ||
+  { tail -30 "$builddir/cross-check-build.log"; exit 1; }
+warnings=$(grep -c 'warning:' "$builddir/cross-check-build.log" || true)
 t_build=$(($(date +%s) - t0))
 
 # Everything runs emulated, 5-20 times slower than natively: the timeouts
@@ -132,7 +135,7 @@ nice -n 10 meson test -C "$builddir" --no-rebuild --num-processes 2 --timeout-mu
   --print-errorlogs "${suites[@]}" > "$builddir/cross-check.log" 2>&1 || rc=$?
 grep -E '^ *[0-9]+/[0-9]+ ' "$builddir/cross-check.log" | grep -vE ' (OK|EXPECTEDFAIL|SKIP) ' || true
 count() { sed -nE "s/^$1: +([0-9]+).*/\1/p" "$builddir/cross-check.log" | tail -1; }
-echo "cross-check-arm64 ($variant, $builddir): $(count Ok) ok, $(count 'Expected Fail') expected fail," \
+echo "cross-check-arm64 ($variant, $builddir): $warnings compiler warnings; $(count Ok) ok, $(count 'Expected Fail') expected fail," \
   "$(count Fail) failed, $(count Timeout) timed out, $(count Skipped) skipped" \
   "($(($(date +%s) - t0)) s, of which setup and build $t_build s; log $builddir/cross-check.log)"
 exit $rc
