@@ -49,7 +49,7 @@ debs=/opt/arm64-debs
 arm_pkgs=(libc6-dev libgomp1 libstdc++6 libgfortran5 libopenmpi-dev libhdf5-openmpi-dev
           libzmq3-dev libfftw3-dev libyaml-dev libopenblas-dev libpng-dev libcfitsio-dev
           zlib1g-dev libxxhash0)
-host_pkgs=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user binutils-aarch64-linux-gnu)
+host_pkgs=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user qemu-user-binfmt binutils-aarch64-linux-gnu)
 
 bash scripts/setup.sh   # the host's own build tools (meson, ninja, python3 modules, mpiexec)
 missing=()
