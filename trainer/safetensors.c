@@ -264,7 +264,7 @@ static int jerr(const jp *p, const char *what) {
 }
 
 static void ws(jp *p) {
-  while (p->i < p->n && strchr(" \t\r\n", p->s[p->i])) p->i++;
+  while (p->i < p->n && p->s[p->i] && strchr(" \t\r\n", p->s[p->i])) p->i++; /* NUL: no space */
 }
 
 static int peek(jp *p) {
@@ -305,7 +305,9 @@ static int jstring(jp *p, char *out, size_t cap, const char *what) {
     if (c == '\\') {
       if (p->i >= p->n) return jerr(p, "unterminated string");
       char e = p->s[p->i++];
-      const char *esc = strchr("\"\\/bfnrt", e);
+      /* strchr finds a string's own terminator: a NUL after the backslash is
+       * no escape, not an empty character that would cut the name short */
+      const char *esc = e ? strchr("\"\\/bfnrt", e) : NULL;
       if (esc) cp = (unsigned char)"\"\\/\b\f\n\r\t"[esc - "\"\\/bfnrt"];
       else if (e == 'u') {
         cp = 0;

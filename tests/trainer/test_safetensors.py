@@ -275,6 +275,14 @@ with tempfile.TemporaryDirectory() as d:
     p = os.path.join(d, "json.safetensors")
     open(p, "wb").write(raw[:8] + raw[8:8 + n].replace(b'"shape":', b'"shape";', 1) + raw[8 + n:])
     bad("malformed JSON", p, "safetensors header, byte", "expected ':'")
+    # a backslash and a NUL byte inside a key: an error, not a key cut short
+    hdr = raw[8:8 + n].replace(b'"shape":', b'"sh\\\x00ape":', 1)
+    p = os.path.join(d, "nul.safetensors")
+    open(p, "wb").write(struct.pack("<Q", len(hdr)) + hdr + raw[8 + n:])
+    bad("a NUL escaped in a key", p, "safetensors header, byte", "bad escape")
+    hdr = raw[8:8 + n].replace(b'"shape":', b'"shape":\x00', 1)  # and between two tokens
+    open(p, "wb").write(struct.pack("<Q", len(hdr)) + hdr + raw[8 + n:])
+    bad("a NUL between tokens", p, "safetensors header, byte")
     p = os.path.join(d, "len.safetensors")
     open(p, "wb").write(struct.pack("<Q", len(raw)) + raw[8:])
     bad("header length", p, "header length", "bytes 0-7")
