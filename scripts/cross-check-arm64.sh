@@ -49,22 +49,13 @@ debs=/opt/arm64-debs
 arm_pkgs=(libc6-dev libgomp1 libstdc++6 libgfortran5 libopenmpi-dev libhdf5-openmpi-dev
           libzmq3-dev libfftw3-dev libyaml-dev libopenblas-dev libpng-dev libcfitsio-dev
           zlib1g-dev libxxhash0)
-host_pkgs=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user qemu-user-binfmt binutils-aarch64-linux-gnu)
-
-bash scripts/setup.sh   # the host's own build tools (meson, ninja, python3 modules, mpiexec)
-missing=()
-for p in "${host_pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
+# the host's own build tools (meson, ninja, python3 modules, mpiexec), the
+# cross compilers and qemu-user
+bash scripts/setup.sh --arm64
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then
   echo "cross-check-arm64: adding the arm64 architecture to apt (for the sysroot's packages)"
   dpkg --add-architecture arm64
   apt-get update -qq
-fi
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "cross-check-arm64: installing ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 # The sysroot, remade when the package list changes (its stamp).

@@ -11,6 +11,8 @@
 #                              -Dmpi=mpich build (scripts/test.sh --mpich)
 #   scripts/setup.sh --clang   and clang with LLVM's OpenMP runtime, for a
 #                              CC=clang build (scripts/test.sh --clang)
+#   scripts/setup.sh --arm64   and the aarch64 cross compilers and qemu-user
+#                              (scripts/cross-check-arm64.sh)
 set -euo pipefail
 
 pkgs=(build-essential pkg-config meson ninja-build git
@@ -21,8 +23,10 @@ pkgs=(build-essential pkg-config meson ninja-build git
 case "${1:-}" in
   --mpich) pkgs+=(mpich libmpich-dev libhdf5-mpich-dev) ;;
   --clang) pkgs+=(clang libomp-dev) ;;
+  --arm64) pkgs+=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu binutils-aarch64-linux-gnu
+                  qemu-user qemu-user-binfmt) ;;
   "") ;;
-  *) echo "usage: scripts/setup.sh [--mpich | --clang]" >&2; exit 2 ;;
+  *) echo "usage: scripts/setup.sh [--mpich | --clang | --arm64]" >&2; exit 2 ;;
 esac
 
 missing=()
