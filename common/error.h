@@ -14,6 +14,8 @@
 
 #include <stddef.h>
 
+#include "common/fp_model.h" /* refuses a fast floating-point model */
+
 #if defined(__GNUC__)
 #define CE_PRINTF(a, b) __attribute__((format(printf, a, b)))
 #else

@@ -189,7 +189,7 @@ IFS=',' read -ra archs <<<"$ARCH"
 for a in "${archs[@]}"; do gencode+=("-gencode=arch=compute_${a},code=[sm_${a},compute_${a}]"); done
 defs=(-D_GNU_SOURCE -DCOEMU_HAVE_CUDA -DCOEMU_HAVE_CUDA_TRAINER "-DCOEMU_VERSION=\"gpu-check-trainer\"")
 [ -n "$nccl" ] && defs+=(-DCOEMU_HAVE_NCCL)
-cflags=(-std=c17 -O2 -g -fopenmp -fno-math-errno -march=native "${inc[@]}" "${defs[@]}")
+cflags=(-std=c17 -O2 -g -fopenmp -fno-math-errno -ffp-contract=off -march=native "${inc[@]}" "${defs[@]}")
 src=(trainer/nn.c trainer/bucket.c trainer/backend_cpu.c trainer/layers_cpu.c trainer/coemunet.c
      trainer/loss.c trainer/optim.c trainer/checkpoint.c trainer/train.c trainer/train_bench.c trainer/precision.c trainer/nccl_comm.c
      trainer/metrics.c trainer/cuda/cudnn_graph.c

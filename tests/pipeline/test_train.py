@@ -3,7 +3,8 @@
 (16^3 cubes): a single-channel face-on set for pretraining and a
 three-channel set for fine-tuning, with a scaled-down COEmuNet.
 
-  - pretraining then fine-tuning lower the validation loss by a clear margin;
+  - pretraining then fine-tuning lower the training and validation losses
+    by a clear margin, in the mean of five seeds (the criteria's comment);
   - the encoder is really transferred (checkpoint tensors compared);
   - a run stopped (--max-steps) and resumed gives the same loss curve,
     value for value, as one that was not stopped;
@@ -113,21 +114,49 @@ with tempfile.TemporaryDirectory() as tmp:
             check(os.path.exists(os.path.join(d, f)), f"{st}/{f} written")
         tr = rows(os.path.join(d, "train.csv"))
         check(len(tr) == epochs * 9, f"{st}: {len(tr)} training rows, expected {epochs * 9}")
-        # learning criteria, not rounding tolerances: where 54 float32 steps
-        # end depends on the host's summation orders (and the dataset on the
-        # solver kernel); the thresholds leave room over the spread measured
-        # across OpenBLAS kernels and native/portable builds (printed below)
-        first_step, last_epoch = float(tr[0]["loss"]), np.mean([float(x["loss"]) for x in tr[-9:]])
-        check(last_epoch < 0.5 * first_step,
-              f"{st}: training loss {first_step:.4g} -> {last_epoch:.4g} (last epoch's mean)")
         va = rows(os.path.join(d, "validation.csv"))
         check(len(va) == epochs + 1 and va[0]["epoch"] == "0", f"{st}: a baseline and one row per epoch")
-        first, best = float(va[0]["loss"]), min(float(x["loss"]) for x in va)
-        check(best < 0.8 * first, f"{st}: validation loss {first:.4g} -> best {best:.4g}: a clear drop")
-        print(f"{st}: training loss x {last_epoch / first_step:.3f} (< 0.5), validation loss x "
-              f"{best / first:.3f} (< 0.8)")
-        print(f"{st}: validation loss {first:.4g} -> best {best:.4g}, MaxRel median "
+        print(f"{st}: validation loss {float(va[0]['loss']):.4g} -> best "
+              f"{min(float(x['loss']) for x in va):.4g}, MaxRel median "
               f"{float(va[0]['maxrel_median']):.3g}% -> {float(va[-1]['maxrel_median']):.3g}%")
+
+    # learning criteria, not rounding tolerances. Where 54 float32 Adam steps
+    # end depends on the host's summation orders (BLAS kernels, compiler,
+    # architecture: aarch64 gave 0.822 for this run's fine-tuning ratio below,
+    # x86 hosts 0.65-0.74), and so does a single run's ratio much more than a
+    # threshold can allow: over 40 seeds and 4 OpenBLAS kernels (2026-12-07)
+    # the fine-tuning's best validation loss was 0.32-0.99 of its first
+    # (median 0.65; above 0.8 in 17 % of the runs). Another seed is at least
+    # as large a perturbation as another host's summation order (seed 5 on
+    # 4 kernels and aarch64: 0.65-0.82), so the criteria are on the mean of
+    # five seeds, whose distribution that sample bounds: resampled, the
+    # fine-tuning mean's 99.9th percentile is 0.885 (the threshold 0.9), the
+    # pretraining's 99.99th 0.75 (0.8), and the training losses' worst single
+    # run 0.56 (the mean: 0.5). A trainer that does not learn gives 1.
+    ratios = {st: [] for st in ("pretrain", "finetune")}
+    for seed in (1, 2, 3, 4, 5):
+        o = out if seed == 5 else os.path.join(tmp, f"seed{seed}")
+        if seed != 5:
+            job = os.path.join(tmp, f"seed{seed}.yaml")
+            open(job, "w").write(f"name: full\nseed: {seed}\n{MODEL}\npretrain:\n{stage(pre, 6)}"
+                                 f"finetune:\n{stage(ft, 6)}")
+            r = run([COEMU, "train", job, "--out", o, "--quiet"])
+            check(r.returncode == 0, f"train seed {seed}: rc {r.returncode}: {r.stderr[-1500:]}")
+            if r.returncode:
+                continue
+        for st in ratios:
+            tr, va = rows(os.path.join(o, st, "train.csv")), rows(os.path.join(o, st, "validation.csv"))
+            last_epoch = np.mean([float(x["loss"]) for x in tr[-9:]])
+            ratios[st].append((last_epoch / float(tr[0]["loss"]),
+                               min(float(x["loss"]) for x in va) / float(va[0]["loss"])))
+    for st, vmax in (("pretrain", 0.8), ("finetune", 0.9)):
+        t, v = np.array(ratios[st]).T
+        print(f"{st}, seeds 1-5: training loss x {' '.join(f'{x:.3f}' for x in t)} (mean {t.mean():.3f}, "
+              f"< 0.5); best validation loss x {' '.join(f'{x:.3f}' for x in v)} (mean {v.mean():.3f}, < {vmax})")
+        check(len(t) == 5 and t.mean() < 0.5, f"{st}: training loss falls to {t.mean():.3f} of its first step "
+              f"(last epoch's mean; mean of the seeds), expected < 0.5")
+        check(len(v) == 5 and v.mean() < vmax, f"{st}: best validation loss {v.mean():.3f} of the untrained "
+              f"model's (mean of the seeds), expected < {vmax}")
     # the encoder really came from the pretrained model: after 1 Adam step at
     # lr 3e-3 a transferred weight is within lr of its pretrained value (a
     # bound on any host: Adam's first step is lr g / (|g| + eps) per weight),
