@@ -13,6 +13,10 @@
 #                              CC=clang build (scripts/test.sh --clang)
 #   scripts/setup.sh --arm64   and the aarch64 cross compilers and qemu-user
 #                              (scripts/cross-check-arm64.sh)
+#   scripts/setup.sh --portable
+#                              and qemu-user, whose emulated older x86 CPU
+#                              tests/common/test_cpu_check.py starts coemu on
+#                              (scripts/test.sh --portable)
 set -euo pipefail
 
 pkgs=(build-essential pkg-config meson ninja-build git
@@ -23,10 +27,11 @@ pkgs=(build-essential pkg-config meson ninja-build git
 case "${1:-}" in
   --mpich) pkgs+=(mpich libmpich-dev libhdf5-mpich-dev) ;;
   --clang) pkgs+=(clang libomp-dev) ;;
+  --portable) pkgs+=(qemu-user) ;;
   --arm64) pkgs+=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu binutils-aarch64-linux-gnu
                   qemu-user qemu-user-binfmt) ;;
   "") ;;
-  *) echo "usage: scripts/setup.sh [--mpich | --clang | --arm64]" >&2; exit 2 ;;
+  *) echo "usage: scripts/setup.sh [--mpich | --clang | --arm64 | --portable]" >&2; exit 2 ;;
 esac
 
 missing=()

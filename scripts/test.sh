@@ -37,7 +37,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 set -- "${mode[@]}"
-if [ "${1:-}" = "--mpich" ] || [ "${1:-}" = "--clang" ]; then
+if [ "${1:-}" = "--mpich" ] || [ "${1:-}" = "--clang" ] || [ "${1:-}" = "--portable" ]; then
   bash scripts/setup.sh "$1"
 else
   bash scripts/setup.sh
