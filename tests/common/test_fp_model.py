@@ -9,11 +9,14 @@ flushed subnormals and failed 24 of the 58 numerical tests (2026-12-07), so:
     -ffinite-math-only (the macros), -funsafe-math-optimizations and
     -fassociative-math (no macro: the behavioural probe), and -ffast-math
     given only at link time (LDFLAGS: crtfastmath.o flushes subnormals);
+  - where nvcc is installed, nvcc's fast model in -Dcuda_args
+    (--use_fast_math, -ftz=true, --prec-div=false) is refused too;
   - plain flags pass both probes;
   - a file that includes common/error.h, as every coemu source does, does
     not compile with -ffast-math (builds without meson, e.g. the device
     scripts). Prints "N passed, N failed"."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -58,6 +61,16 @@ def main(tmp):
     check('"IEEE arithmetic (no fast-math macros)" compiles: YES' in out
           and '"IEEE arithmetic (behaviour)"' in out and "runs: YES" in out and HINT not in out,
           f"-O2: both probes pass: {out[-800:]}")
+    # nvcc's fast model, where nvcc is installed
+    if shutil.which("nvcc"):
+        for flag in ("--use_fast_math", "-ftz=true", "--prec-div=false"):
+            env = dict(os.environ, CC=" ".join(CC), CFLAGS="", LDFLAGS="")
+            r = subprocess.run([MESON, "setup", os.path.join(tmp, "cuda" + flag.strip("-")), ROOT,
+                                "-Dcuda=enabled", "-Dcuda_args=" + flag],
+                               capture_output=True, text=True, env=env, timeout=300)
+            out = r.stdout + r.stderr
+            check(r.returncode != 0 and HINT in out and f"-Dcuda_args {flag}" in out,
+                  f"-Dcuda_args={flag}: refused, naming it: {r.returncode} {out[-600:]}")
     # the header itself, for builds without meson
     src = os.path.join(tmp, "t.c")
     open(src, "w").write('#include "common/error.h"\nint main(void) { return 0; }\n')
