@@ -1,8 +1,9 @@
 /* test_model.c - COEmuNet as a whole: parameter counts and shapes of the
  * paper's models, the loss against closed forms and a naive DFT, its gradient
  * by finite differences, gradient checks of small whole networks (both
- * decoders, both shortcut variants), a short training run, Adam, and
- * checkpoints (round trip, resume, corrupted and mismatched files). */
+ * decoders, both shortcut variants), short training runs (learning
+ * criteria on the mean of five seeds), Adam, and checkpoints (round trip,
+ * resume, corrupted and mismatched files). */
 #include <dirent.h>
 #include <float.h>
 #include <math.h>
@@ -325,14 +326,16 @@ static void make_batch(const coemunet_config *c, uint32_t first, int n, float *x
   for (int i = 0; i < n; i++) make_sample(c, first + (uint32_t)i, x + i * nx, t + i * nt);
 }
 
-static void test_training_lowers_validation_loss(void) {
-  /* a net this small is faster on one thread than on two contended ones */
-  int threads = omp_get_max_threads();
-  omp_set_num_threads(1);
+/* One training run of the small net from initial weights `seed`: 120 Adam
+ * steps over 32 samples; the training loss's last / first step and the
+ * held-out validation loss (evaluation mode) after / before. */
+static void train_small(uint64_t seed, const float *x, const float *t, const float *vx,
+                        const float *vt, double *train_ratio, double *val_ratio) {
   coemunet m;
   /* the paper's decoder widths (64 -> 32, 16, 8), a small encoder */
   coemunet_config cfg = {2, 16, 4, {4, 8, 8}, 32, 64, COEMUNET_SHORTCUT_REFERENCE};
-  CHECK_OK(coemunet_build(&m, &cfg, 1234));
+  *train_ratio = *val_ratio = 1;
+  CHECK_OK(coemunet_build(&m, &cfg, seed));
   const int B = 8;
   CHECK_OK(nn_set_batch(&m.net, B));
   adam o;
@@ -342,10 +345,6 @@ static void test_training_lowers_validation_loss(void) {
   trainer tr;
   CHECK_OK(trainer_init(&tr, &m, &o));
   size_t nx = (size_t)B * 3 * 16 * 16 * 16, nt = (size_t)B * 2 * 16 * 16;
-  float *x = malloc(sizeof(float) * nx * 5), *t = malloc(sizeof(float) * nt * 5);
-  float *vx = malloc(sizeof(float) * nx), *vt = malloc(sizeof(float) * nt);
-  make_batch(&cfg, 0, 4 * B, x, t);          /* 32 training samples */
-  make_batch(&cfg, 100000, B, vx, vt);       /* 8 held-out samples */
   loss_value v0, v1, lv, first = {0, 0, 0};
   CHECK_OK(trainer_eval(&tr, vx, vt, &v0));
   for (int step = 0; step < 120; step++) {
@@ -354,21 +353,61 @@ static void test_training_lowers_validation_loss(void) {
     if (step == 0) first = lv;
   }
   CHECK_OK(trainer_eval(&tr, vx, vt, &v1));
-  fprintf(stderr, "training loss %.5f -> %.5f, validation loss (evaluation mode) %.5f -> %.5f\n",
-          first.total, lv.total, v0.total, v1.total);
-  /* Learning criteria, not rounding tolerances: 120 steps of float32
-     training end wherever the host's summation orders lead. Measured on 10
-     OpenBLAS kernels (native and portable builds alike): training 0.65 ->
-     0.034..0.042 (11..19x), validation 0.176 -> 0.068..0.092 (0.39..0.52 x)
-     in evaluation mode, whose running statistics lag the weights. The
-     thresholds leave 1.35x (validation) and 3x (training) over the worst. */
-  CHECK_MSG(v1.total < 0.7 * v0.total, "validation loss %.5f -> %.5f: expected a drop of 30%% or more",
-            v0.total, v1.total);
-  CHECK_MSG(lv.total < 0.2 * first.total, "training loss %.5f -> %.5f: expected a 5x drop", first.total, lv.total);
-  free(x); free(t); free(vx); free(vt);
+  fprintf(stderr, "  seed %llu: training loss %.5f -> %.5f (x %.3f), validation loss (evaluation mode) "
+          "%.5f -> %.5f (x %.3f)\n", (unsigned long long)seed, first.total, lv.total,
+          lv.total / first.total, v0.total, v1.total, v1.total / v0.total);
+  if (first.total > 0 && v0.total > 0) {
+    *train_ratio = lv.total / first.total;
+    *val_ratio = v1.total / v0.total;
+  }
   trainer_free(&tr);
   adam_free(&o);
   coemunet_free(&m);
+}
+
+static void test_training_lowers_validation_loss(void) {
+  /* a net this small is faster on one thread than on two contended ones */
+  int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  coemunet_config cfg = {2, 16, 4, {4, 8, 8}, 32, 64, COEMUNET_SHORTCUT_REFERENCE};
+  const int B = 8;
+  size_t nx = (size_t)B * 3 * 16 * 16 * 16, nt = (size_t)B * 2 * 16 * 16;
+  float *x = malloc(sizeof(float) * nx * 5), *t = malloc(sizeof(float) * nt * 5);
+  float *vx = malloc(sizeof(float) * nx), *vt = malloc(sizeof(float) * nt);
+  make_batch(&cfg, 0, 4 * B, x, t);          /* 32 training samples */
+  make_batch(&cfg, 100000, B, vx, vt);       /* 8 held-out samples */
+  /* Learning criteria, not rounding tolerances: 120 steps of float32
+     training end wherever the host's summation orders lead, and a single
+     run's end is too spread for a threshold to hold on every host. Over
+     initial-weight seeds 1-30 on 3 OpenBLAS kernels (Haswell/Zen,
+     Sandybridge, Nehalem; 2026-12-07, 90 runs) a run's validation loss
+     (evaluation mode, whose running statistics lag the weights) ended at
+     0.21-0.83 of the untrained model's (median 0.42; above 0.7 in 6.7 % of
+     the runs), its training loss at 0.04-0.13 of its first step. Another
+     kernel moves one seed's run by up to 0.24 (seed 22: 0.69-0.93; seed
+     1234, this test's old single run, 0.41-0.52 on 5 kernels), no more than
+     another seed does, and no kernel shifts the distribution (medians
+     0.413-0.419). So the criteria are on the mean of five seeds, whose
+     distribution that sample bounds: resampled, the validation mean's 99.99th
+     percentile is 0.686 (the threshold 0.7), the training mean's 0.111
+     (0.2). A trainer that does not learn (lr 0) gives training x 1.02 and,
+     its running statistics moved under fixed weights, validation x 4. */
+  double tr_sum = 0, va_sum = 0;
+  const int NSEED = 5;
+  for (uint64_t seed = 1; seed <= (uint64_t)NSEED; seed++) {
+    double tr_ratio, va_ratio;
+    train_small(seed, x, t, vx, vt, &tr_ratio, &va_ratio);
+    tr_sum += tr_ratio;
+    va_sum += va_ratio;
+  }
+  const double tr_mean = tr_sum / NSEED, va_mean = va_sum / NSEED;
+  fprintf(stderr, "  mean of %d seeds: training loss x %.3f (< 0.2), validation loss x %.3f (< 0.7)\n",
+          NSEED, tr_mean, va_mean);
+  CHECK_MSG(va_mean < 0.7, "validation loss x %.3f (mean of %d seeds): expected a drop of 30%% or more",
+            va_mean, NSEED);
+  CHECK_MSG(tr_mean < 0.2, "training loss x %.3f (mean of %d seeds): expected a 5x drop", tr_mean,
+            NSEED);
+  free(x); free(t); free(vx); free(vt);
   omp_set_num_threads(threads);
 }
 
