@@ -9,13 +9,17 @@ it was built for stops with a clear error, not "Illegal instruction"
     the node, the sets the build needs, the ones missing and both ways out,
     and prints nothing on stdout; a build that needs nothing beyond x86-64
     (-Dnative=false) ignores it;
-  - where qemu-x86_64 is installed (scripts/setup.sh --portable): coemu
-    started on an emulated Nehalem (SSE4.2, no AVX) exits with status 1
-    naming exactly the sets Nehalem lacks, or, when the build needs none of
-    them (-Dnative=false), runs the solver there (the portable build really
-    runs on any x86-64: a native build without the check dies of SIGILL).
+  - where qemu is installed (scripts/setup.sh --portable; the aarch64
+    cross build's own): coemu started on an emulated older CPU (x86: a
+    Nehalem, SSE4.2 and no AVX; aarch64: a Cortex-A57, Armv8.0) exits with
+    status 1 naming exactly the sets that CPU lacks, or, when the build
+    needs none of them (-Dnative=false), runs the solver there (the portable
+    build really runs on the baseline: a native build without the check
+    dies of SIGILL).
 Prints "N passed, N failed"."""
 import os
+import platform
+import shlex
 import shutil
 import socket
 import subprocess
@@ -27,11 +31,18 @@ from pycheck import check, report  # noqa: E402
 args = sys.argv[1:]
 COEMU = args[args.index("--coemu") + 1]
 REQUIRED = args[args.index("--required") + 1].split()
-NEHALEM = {"popcnt", "sse3", "ssse3", "sse4.1", "sse4.2"}  # qemu's Nehalem model
+# an older CPU that qemu emulates, and what it has of the checked sets
+WRAPPER = shlex.split(os.environ.get("MESON_EXE_WRAPPER", ""))  # a cross build's qemu
+if platform.machine() == "x86_64" and not WRAPPER:
+    QEMU, OLD_CPU, OLD_HAS = "qemu-x86_64", "Nehalem", {"popcnt", "sse3", "ssse3", "sse4.1", "sse4.2"}
+else:  # aarch64, natively or under the cross build's qemu-aarch64: Armv8.0 with crypto
+    QEMU, OLD_CPU, OLD_HAS = "qemu-aarch64", "cortex-a57", {"crc32", "aes", "sha2"}
 
 
 def run(cmd, **env):
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=dict(os.environ, **env))
+    if cmd[0] == COEMU:
+        cmd = WRAPPER + cmd
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, **env))
 
 
 def refused(r, lacks, what):
@@ -54,18 +65,20 @@ else:
     r = run([COEMU, "--version"], COEMU_TEST_CPU_LACKS="avx2 avx512f")
     check(r.returncode == 0, f"a build that needs nothing beyond x86-64 checks nothing: {r.returncode} {r.stderr[-300:]}")
 
-qemu = shutil.which("qemu-x86_64")
+qemu = shutil.which(QEMU)
 if not qemu:
-    print("qemu-x86_64 not installed (scripts/setup.sh --portable installs it): the emulated CPU is not tried")
+    print(f"{QEMU} not installed (scripts/setup.sh --portable installs it): the emulated CPU is not tried")
 elif os.environ.get("COEMU_SANITIZE"):
     print("sanitizer build: not started under qemu")
 else:
-    missing = [f for f in REQUIRED if f not in NEHALEM]
+    # a cross build's wrapper carries the sysroot (-L): keep it, add the CPU
+    old = (WRAPPER or [qemu]) + ["-cpu", OLD_CPU, COEMU]
+    missing = [f for f in REQUIRED if f not in OLD_HAS]
     if missing:
-        refused(run([qemu, "-cpu", "Nehalem", COEMU, "--version"]), missing, "an emulated Nehalem")
+        refused(run(old + ["--version"]), missing, f"an emulated {OLD_CPU}")
     else:
-        r = run([qemu, "-cpu", "Nehalem", COEMU, "bench", "solver", "--reps", "1", "--size", "16",
-                 "--threads", "1", "--batch", "1"], OMP_NUM_THREADS="1")
+        r = run(old + ["bench", "solver", "--reps", "1", "--size", "16", "--threads", "1", "--batch", "1"],
+                OMP_NUM_THREADS="1")
         check(r.returncode == 0 and "solver lte16" in r.stdout,
-              f"the solver runs on an emulated Nehalem: {r.returncode} {r.stdout[-300:]} {r.stderr[-500:]}")
+              f"the solver runs on an emulated {OLD_CPU}: {r.returncode} {r.stdout[-300:]} {r.stderr[-500:]}")
 report()
