@@ -30,9 +30,9 @@ ROOT = os.environ["COEMU_SOURCE_ROOT"]
 HINT = "coemu needs IEEE arithmetic"
 
 
-def setup(tmp, name, cflags="", ldflags=""):
+def setup(tmp, name, cflags="", ldflags="", options=("-Dcuda=disabled",)):
     env = dict(os.environ, CC=" ".join(CC), CFLAGS=cflags, LDFLAGS=ldflags)
-    return subprocess.run([MESON, "setup", os.path.join(tmp, name), ROOT, "-Dcuda=disabled"],
+    return subprocess.run([MESON, "setup", os.path.join(tmp, name), ROOT, *options],
                           capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -64,10 +64,7 @@ def main(tmp):
     # nvcc's fast model, where nvcc is installed
     if shutil.which("nvcc"):
         for flag in ("--use_fast_math", "-ftz=true", "--prec-div=false"):
-            env = dict(os.environ, CC=" ".join(CC), CFLAGS="", LDFLAGS="")
-            r = subprocess.run([MESON, "setup", os.path.join(tmp, "cuda" + flag.strip("-")), ROOT,
-                                "-Dcuda=enabled", "-Dcuda_args=" + flag],
-                               capture_output=True, text=True, env=env, timeout=300)
+            r = setup(tmp, "cuda" + flag.strip("-"), options=("-Dcuda=enabled", "-Dcuda_args=" + flag))
             out = r.stdout + r.stderr
             check(r.returncode != 0 and HINT in out and f"-Dcuda_args {flag}" in out,
                   f"-Dcuda_args={flag}: refused, naming it: {r.returncode} {out[-600:]}")
