@@ -118,7 +118,7 @@ int sampler_limited_build(ce_model *m) {
         double ext = 0, room = fmin(hi[f] - v[f], v[f] - lo[f]);
         for (int d = 0; d < 3; d++) ext += fabs(sl[d][f]) * 0.5 * (double)span;
         double phi = ext > room ? room / ext : 1;
-        for (int d = 0; d < 3; d++) r[8 + 3 * f + d] = (model_real)(sl[d][f] * phi);
+        for (int d = 0; d < 3; d++) r[8 + MODEL_NF * d + f] = (model_real)(sl[d][f] * phi);
         r[3 + f] = v[f];
       }
       for (int d = 0; d < 3; d++) r[d] = (model_real)ctr[d];
@@ -132,20 +132,56 @@ int sampler_limited_build(ce_model *m) {
 
 /* The values of points j (fine-cell coordinates t = A + B uz[j]) in leaf
  * cells idx[j] (-1: none) under the limited reconstruction, into
- * pts[j * MODEL_NF ..]; in double, n and T kept >= 0 against round-off. */
+ * pts[j * MODEL_NF ..]: sampler_body.h's sb_limited_point, the device's function, with the five
+ * fields of a point on the lanes of one vector where the build has AVX-512
+ * (all five) or AVX2 (four, the fifth scalar): the same operations per
+ * lane, a multiply and an add each (no contraction), the clamp a select
+ * on x < 0 (so -0 and NaN stay as the scalar code leaves them), the same
+ * rounding to float. Most of `limited`'s time was this loop, scalar. */
 static void limited_points(const ce_model *m, const double A[3], const double B[3],
                            const double *uz, int nk, const int64_t *idx, model_real *pts) {
+#if SAMPLER_AVX512
+  const __m512d zero = _mm512_setzero_pd();
   for (int j = 0; j < nk; j++) {
     if (idx[j] < 0) continue;
     const model_real *r = m->limited + idx[j] * SAMPLER_LIMITED_STRIDE;
     const double d0 = A[0] + B[0] * uz[j] - r[0], d1 = A[1] + B[1] * uz[j] - r[1],
                  d2 = A[2] + B[2] * uz[j] - r[2];
-    for (int f = 0; f < MODEL_NF; f++) {
-      const model_real *s = r + 8 + 3 * f;
-      double x = (double)r[3 + f] + (double)s[0] * d0 + (double)s[1] * d1 + (double)s[2] * d2;
-      pts[j * MODEL_NF + f] = (model_real)(f <= MODEL_T && x < 0 ? 0 : x);
-    }
+    __m512d x = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(0x1f, r + 3));
+    x = _mm512_add_pd(x, _mm512_mul_pd(_mm512_cvtps_pd(_mm256_maskz_loadu_ps(0x1f, r + 8)),
+                                       _mm512_set1_pd(d0)));
+    x = _mm512_add_pd(x, _mm512_mul_pd(_mm512_cvtps_pd(_mm256_maskz_loadu_ps(0x1f, r + 13)),
+                                       _mm512_set1_pd(d1)));
+    x = _mm512_add_pd(x, _mm512_mul_pd(_mm512_cvtps_pd(_mm256_maskz_loadu_ps(0x1f, r + 18)),
+                                       _mm512_set1_pd(d2)));
+    const __mmask8 neg = _mm512_mask_cmp_pd_mask(0x3, x, zero, _CMP_LT_OQ); /* n, T < 0 */
+    x = _mm512_mask_mov_pd(x, neg, zero);
+    _mm256_mask_storeu_ps(pts + j * MODEL_NF, 0x1f, _mm512_cvtpd_ps(x));
   }
+#elif SAMPLER_AVX2
+  const __m256d zero = _mm256_setzero_pd();
+  const __m256d nT = _mm256_castsi256_pd(_mm256_setr_epi64x(-1, -1, 0, 0)); /* lanes n, T */
+  for (int j = 0; j < nk; j++) {
+    if (idx[j] < 0) continue;
+    const model_real *r = m->limited + idx[j] * SAMPLER_LIMITED_STRIDE;
+    const double d0 = A[0] + B[0] * uz[j] - r[0], d1 = A[1] + B[1] * uz[j] - r[1],
+                 d2 = A[2] + B[2] * uz[j] - r[2];
+    /* fields 0-3 on four lanes, the fifth (vz, not clamped) scalar */
+    __m256d x = _mm256_cvtps_pd(_mm_loadu_ps(r + 3));
+    x = _mm256_add_pd(x, _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(r + 8)), _mm256_set1_pd(d0)));
+    x = _mm256_add_pd(x, _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(r + 13)), _mm256_set1_pd(d1)));
+    x = _mm256_add_pd(x, _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(r + 18)), _mm256_set1_pd(d2)));
+    x = _mm256_blendv_pd(x, zero, _mm256_and_pd(_mm256_cmp_pd(x, zero, _CMP_LT_OQ), nT));
+    _mm_storeu_ps(pts + j * MODEL_NF, _mm256_cvtpd_ps(x));
+    const double x4 = (double)r[7] + (double)r[12] * d0 + (double)r[17] * d1 + (double)r[22] * d2;
+    pts[j * MODEL_NF + 4] = (model_real)x4;
+  }
+#else
+  for (int j = 0; j < nk; j++)
+    if (idx[j] >= 0)
+      sb_limited_point(m->limited + idx[j] * SAMPLER_LIMITED_STRIDE, A[0] + B[0] * uz[j],
+                       A[1] + B[1] * uz[j], A[2] + B[2] * uz[j], pts + j * MODEL_NF);
+#endif
 }
 
 void sampler_defaults(sampler_opts *o) {
@@ -1230,8 +1266,11 @@ static int sample(const ce_model *m, const double q[4], const sampler_opts *o, f
   return 0;
 }
 
-_Static_assert(SB_RECON_CONSTANT == SAMPLER_CONSTANT && SB_RECON_LINEAR == SAMPLER_LINEAR,
+_Static_assert(SB_RECON_CONSTANT == SAMPLER_CONSTANT && SB_RECON_LINEAR == SAMPLER_LINEAR &&
+                   SB_RECON_LIMITED == SAMPLER_LIMITED,
                "sampler_body.h's reconstruction numbers are sampler.h's");
+_Static_assert(SB_LIMITED_STRIDE == SAMPLER_LIMITED_STRIDE && MODEL_NF == 5 && MODEL_T == 1,
+               "sb_limited_point reads sampler_limited_build's records");
 _Static_assert(MODEL_NODAL_STRIDE == 8 && MODEL_N == 0 && MODEL_T == 1 && MODEL_VX == 2,
                "sampler_body_linear.h reads 8-float corner records (ln n, ln T, v)");
 
@@ -1249,7 +1288,7 @@ int sampler_flatten(const ce_model *m, sampler_flat *F, int32_t **leaf_geo) {
   }
   *F = (sampler_flat){.levmax = m->levmax, .bshift = m->bshift, .ncell = m->ncell,
                       .cells = m->cells, .root = m->root, .nodes = m->nodes, .leaf_geo = g,
-                      .nodal = m->nodal, .nnodal = m->nnodal};
+                      .nodal = m->nodal, .nnodal = m->nnodal, .limited = m->limited};
   for (int d = 0; d < 3; d++) {
     F->ng[d] = m->ng[d], F->bnx[d] = m->bnx[d], F->xmin[d] = m->xmin[d];
     F->inv_dxf[d] = m->inv_dxf[d], F->nfine[d] = m->nfine[d];
@@ -1260,9 +1299,9 @@ int sampler_flatten(const ce_model *m, sampler_flat *F, int32_t **leaf_geo) {
 
 int sampler_geometry(const ce_model *m, const double q[4], const sampler_opts *o, sampler_geo *G) {
   CE_TRY(sampler_check(m, o));
-  if (o->reconstruction == SAMPLER_LIMITED)
-    CE_FAIL("sampler: the per-thread bodies (and the device sampler) have the constant and "
-            "linear reconstructions, not limited");
+  if (o->reconstruction == SAMPLER_LIMITED && !m->limited)
+    CE_FAIL("sampler: the limited reconstruction's slopes are not built for this model "
+            "(sampler_prepare)");
   memset(G, 0, sizeof *G);
   G->n = o->n, G->k = o->k, G->fill = o->fill_background, G->edge = o->edge;
   G->recon = o->reconstruction;
@@ -1301,15 +1340,23 @@ struct sampler_device {
 #endif
 };
 
-int sampler_device_open(const ce_model *m, int ordinal, sampler_device **out, char *desc,
-                        size_t ndesc) {
+int sampler_device_open(const ce_model *m, int recon, int ordinal, sampler_device **out,
+                        char *desc, size_t ndesc) {
   *out = NULL;
+  if (!sampler_recon_name(recon))
+    CE_FAIL("sampler device: reconstruction %d, expected %s", recon, SAMPLER_RECON_NAMES);
 #ifdef COEMU_HAVE_CUDA
+  /* limited: its records travel with the model (built once per model, under
+   * its lock); for the others they stay on the host even where built (96
+   * bytes a cell the handle would not read) */
+  if (recon == SAMPLER_LIMITED) CE_TRY(sampler_limited_build((ce_model *)m));
   sampler_device *s = calloc(1, sizeof *s);
   if (!s) CE_FAIL("sampler: out of memory");
   s->m = m;
   sampler_flat F;
-  if (sampler_flatten(m, &F, &s->geo) < 0 ||
+  int rc = sampler_flatten(m, &F, &s->geo);
+  if (recon != SAMPLER_LIMITED) F.limited = NULL;
+  if (rc < 0 ||
       sampler_cuda_open(&F, m->nleaves, m->nnodes, (int64_t)m->ng[0] * m->ng[1] * m->ng[2],
                         ordinal, &s->d, desc, ndesc) < 0) {
     free(s->geo);
@@ -1342,7 +1389,7 @@ int sampler_device_open_sibling(sampler_device *s, sampler_device **out) {
 #endif
 }
 
-int sampler_device_supports(int r) { return r == SAMPLER_CONSTANT || r == SAMPLER_LINEAR; }
+int sampler_device_supports(int r) { return sampler_recon_name(r) != NULL; }
 
 /* dev NULL: sampler_device_sample (every cube to the host); else
  * sampler_device_sample_dev */
@@ -1350,8 +1397,9 @@ static int device_sample(sampler_device *s, int ncube, const double (*q)[4], con
                          const float **dev, float *const *v_los, float *const *T,
                          float *const *n_co) {
   if (!sampler_device_supports(o->reconstruction)) /* before anything else: without CUDA too */
-    CE_FAIL("sampler device: the %s reconstruction runs on the CPU only (the device has "
-            "constant and linear)", sampler_recon_name(o->reconstruction));
+    CE_FAIL("sampler device: reconstruction %d, expected %s", o->reconstruction,
+            SAMPLER_RECON_NAMES);
+  if (!s) CE_FAIL("sampler device: no device handle (sampler_device_open)");
 #ifdef COEMU_HAVE_CUDA
   if (ncube < 1) return 0;
   sampler_geo *G = ce_malloc_array((size_t)ncube, sizeof *G, "sampler geometries");

@@ -65,7 +65,9 @@ typedef struct {
 /* The limited reconstruction's records (docs/sampling.md), once per model
  * and thread-safe (under m->nodal_lock), SAMPLER_LIMITED_STRIDE floats per
  * leaf cell: the centre in finest-cell units (3), the cell's (n, T, vx, vy,
- * vz) (5), and per field the slopes along x, y, z per finest cell (15).
+ * vz) (5), then per axis x, y, z the five fields' slopes per finest cell
+ * (15: axis-major, so that the fields of one axis are contiguous for
+ * vectors), and a 0.
  * Along each axis the slope is minmod of the differences to the face
  * neighbours (the leaf cell holding the point just past the face centre:
  * one of the finer cells there, or the coarser cell) divided by the
@@ -112,25 +114,28 @@ int sample_cube(const ce_model *m, const double q[4], const sampler_opts *o, flo
  * and one cube's geometry. sampler_flatten builds m's corner records for
  * the linear reconstruction if not yet built (model_nodal_build, once per
  * model) and points F at m's arrays and at *leaf_geo, which it allocates
- * (nleaves*4 int32: level, ig; the caller frees it). The bodies have the
- * constant and linear reconstructions (limited is refused).
- * sampler_geometry checks the options (sampler_check) and fills G for
- * direction q. */
+ * (nleaves*4 int32: level, ig; the caller frees it), and at the limited
+ * reconstruction's records where they are built (sampler_prepare with
+ * limited; NULL otherwise). The bodies have all three reconstructions.
+ * sampler_geometry checks the options (sampler_check; limited: that the
+ * records are built) and fills G for direction q. */
 int sampler_flatten(const ce_model *m, sampler_flat *F, int32_t **leaf_geo);
 int sampler_geometry(const ce_model *m, const double q[4], const sampler_opts *o, sampler_geo *G);
 
 /* The sampler on a CUDA device (rotate/sampler_cuda.cu, with CUDA built):
  * open uploads m once (device `ordinal` modulo the devices present; desc
  * may be NULL); sample gives ncube cubes at directions q[c] with the same
- * bits as sample_cube (v_los, T, n_co only: no extra fields; constant or
- * linear: o->reconstruction limited is refused). Open uploads the cells,
- * the tree and the linear reconstruction's corner records (and fails with
- * the sizes when they do not fit in the device's free memory). Without a
- * CUDA build or a device, open fails with a message saying which. m must
- * outlive the handle. */
+ * bits as sample_cube (v_los, T, n_co only: no extra fields). Open uploads
+ * the cells, the tree and the linear reconstruction's corner records, and
+ * with recon = SAMPLER_LIMITED also the limited reconstruction's records
+ * (built first, once per model: 96 bytes a cell), so that a handle samples
+ * constant and linear, and limited where opened for it (a clear error
+ * otherwise). It fails with the sizes when they do not fit in the device's
+ * free memory. Without a CUDA build or a device, open fails with a message
+ * saying which. m must outlive the handle. */
 typedef struct sampler_device sampler_device;
-int sampler_device_open(const ce_model *m, int ordinal, sampler_device **out, char *desc,
-                        size_t ndesc);
+int sampler_device_open(const ce_model *m, int recon, int ordinal, sampler_device **out,
+                        char *desc, size_t ndesc);
 int sampler_device_sample(sampler_device *s, int ncube, const double (*q)[4],
                           const sampler_opts *o, float *const *v_los, float *const *T,
                           float *const *n_co);

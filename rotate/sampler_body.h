@@ -16,7 +16,12 @@
  *      fill, point by point with the ball and the domain checked;
  *   2. voxel threads, t in [0, n^3) = (ix*n + iy)*n + iz: the n-weighted
  *      sums of the voxel's k^3 sub-samples in sampler.c's order (sub-line,
- *      then point), then the means, into v_los, T, n_co at t.
+ *      then point), then the means, into v_los, T, n_co at t. Under
+ *      `limited` a sub-sample is its cell's value plus the cell's limited
+ *      slopes times the point's offset from the centre (sb_limited_point,
+ *      the function sampler.c's CPU loop calls), evaluated here from the
+ *      point's place on its sub-line rather than stored between the
+ *      launches: the scratch stays the cell indices, 8 bytes a point.
  * Same arithmetic as sampler.c, in the same order (-ffp-contract=off: no contraction;
  * nvcc: --fmad=false), so the same bits. The directions (Philox,
  * rotate/directions.h) are drawn on the host, as on the CPU, and enter as
@@ -54,16 +59,24 @@ typedef struct sampler_flat {
    * nnodal nodes, x fastest, 8 floats each: ln n, ln T, vx, vy, vz, 0..) */
   const float *nodal;
   int64_t nnodal;
+  /* the limited reconstruction's per-cell records (NULL where not built:
+   * sampler.h's sampler_limited_build; SB_LIMITED_STRIDE floats a cell,
+   * the layout of sb_limited_point) */
+  const float *limited;
 } sampler_flat;
 
 /* sampler_geo.recon: sampler.h's sampler_recon values the bodies have */
 #define SB_RECON_CONSTANT 0
 #define SB_RECON_LINEAR 1
+#define SB_RECON_LIMITED 2
+
+/* floats per cell of the limited reconstruction's records */
+#define SB_LIMITED_STRIDE 24
 
 /* One cube: the options and the direction. */
 typedef struct sampler_geo {
   int n, k, fill;
-  int recon;      /* SB_RECON_CONSTANT or SB_RECON_LINEAR */
+  int recon;      /* SB_RECON_CONSTANT, SB_RECON_LINEAR or SB_RECON_LIMITED */
   double edge;
   double r2;      /* ball_radius^2, or INFINITY without a ball */
   double R[9];    /* dir_matrix(q) */
@@ -232,39 +245,87 @@ static inline SB_HD void sb_line_thread(const sampler_flat *F, const sampler_geo
   }
 }
 
-/* 2. one voxel: the means of its k^3 sub-samples */
-static inline SB_HD void sb_voxel_thread(const sampler_flat *F, const sampler_geo *G,
-                                         const int64_t *idx_all, int64_t t, float *v_los,
-                                         float *T, float *n_co) {
+/* The limited reconstruction's sub-sample at point (t0, t1, t2) (finest-cell
+ * units) of the cell whose record is r: (centre[3], value[5], slopes
+ * [axis 3][field 5], 0), the value plus slope . (t - centre) in double,
+ * left to right, rounded to float, n and T clamped at 0 against round-off.
+ * The bodies call it, and so do the CPU sampler's portable loops
+ * (sampler.c's limited_points, whose AVX2 and AVX-512 forms do the same
+ * operations lane by lane: the same bits). */
+static inline SB_HD void sb_limited_point(const float *r, double t0, double t1, double t2,
+                                          float out[5]) {
+  const double d0 = t0 - r[0], d1 = t1 - r[1], d2 = t2 - r[2];
+  for (int f = 0; f < 5; f++) {
+    const float *s = r + 8 + f;
+    double x = (double)r[3 + f] + (double)s[0] * d0 + (double)s[5] * d1 + (double)s[10] * d2;
+    out[f] = (float)(f <= 1 && x < 0 ? 0 : x);
+  }
+}
+
+/* The five fields of a voxel's sub-sample: cell cix's (-1: the background
+ * record), or under `limited` (lim, a constant at each call) the cell's
+ * reconstruction at point u of the sub-line A + B u, into buf */
+static inline SB_HD const float *sb_voxel_sub_sample(const sampler_flat *F, const sampler_geo *G,
+                                                     int lim, int64_t cix, const double A[3],
+                                                     const double B[3], double u, float buf[5]) {
+  if (cix < 0) return G->bg;
+  if (!lim) return F->cells + cix * 5;
+  sb_limited_point(F->limited + cix * SB_LIMITED_STRIDE, A[0] + B[0] * u, A[1] + B[1] * u,
+                   A[2] + B[2] * u, buf);
+  return buf;
+}
+
+/* 2. one voxel: the means of its k^3 sub-samples (lim: `limited`, whose
+ * sub-line places A, B are made again here, as the first launch made them) */
+static inline SB_HD void sb_voxel_means(const sampler_flat *F, const sampler_geo *G, int lim,
+                                        const int64_t *idx_all, int64_t t, float *v_los,
+                                        float *T, float *n_co) {
   const int n = G->n, k = G->k, nk = n * k, kk = k * k;
   const int64_t column = t / n;
   const int iz = (int)(t % n);
   const int64_t *idx = idx_all + column * kk * nk;
   const double l[3] = {G->R[2], G->R[5], G->R[8]};
-  double w[5] = {0, 0, 0, 0, 0};
-  for (int L = 0; L < kk; L++)
+  double w[5] = {0, 0, 0, 0, 0}, lb[3], A[3] = {0, 0, 0}, B[3] = {0, 0, 0};
+  float buf[5];
+  for (int L = 0; L < kk; L++) {
+    if (lim) sb_line_setup(F, G, column * kk + L, lb, A, B);
     for (int i = 0; i < k; i++) {
-      int64_t cix = idx[L * nk + iz * k + i];
-      const float *f = cix >= 0 ? F->cells + cix * 5 : G->bg;
+      const int j = iz * k + i;
+      const float *f = sb_voxel_sub_sample(F, G, lim, idx[L * nk + j], A, B,
+                                           lim ? sb_uz(G, j) : 0, buf);
       double nn = f[0];
       w[0] += nn;
       for (int d = 1; d < 5; d++) w[d] += nn * f[d];
     }
+  }
   n_co[t] = (float)(w[0] * G->inv);
   if (w[0] > 0) {
     T[t] = (float)(w[1] / w[0]);
     v_los[t] = (float)((l[0] * w[2] + l[1] * w[3] + l[2] * w[4]) / w[0]);
   } else {
     double p[5] = {0, 0, 0, 0, 0};
-    for (int L = 0; L < kk; L++)
+    for (int L = 0; L < kk; L++) {
+      if (lim) sb_line_setup(F, G, column * kk + L, lb, A, B);
       for (int i = 0; i < k; i++) {
-        int64_t cix = idx[L * nk + iz * k + i];
-        const float *f = cix >= 0 ? F->cells + cix * 5 : G->bg;
+        const int j = iz * k + i;
+        const float *f = sb_voxel_sub_sample(F, G, lim, idx[L * nk + j], A, B,
+                                             lim ? sb_uz(G, j) : 0, buf);
         for (int d = 1; d < 5; d++) p[d] += f[d];
       }
+    }
     T[t] = (float)(p[1] * G->inv);
     v_los[t] = (float)((l[0] * p[2] + l[1] * p[3] + l[2] * p[4]) * G->inv);
   }
+}
+
+/* constant and limited (the cell indices of the first launch) */
+static inline SB_HD void sb_voxel_thread(const sampler_flat *F, const sampler_geo *G,
+                                         const int64_t *idx_all, int64_t t, float *v_los,
+                                         float *T, float *n_co) {
+  if (G->recon == SB_RECON_LIMITED)
+    sb_voxel_means(F, G, 1, idx_all, t, v_los, T, n_co);
+  else
+    sb_voxel_means(F, G, 0, idx_all, t, v_los, T, n_co);
 }
 
 #ifdef __cplusplus

@@ -1,8 +1,9 @@
 /* sampler_cuda.cu - the sampler on a CUDA device (sampler_cuda.h): the
  * per-thread work is rotate/sampler_body.h and sampler_body_linear.h (the
- * same code the tests run on the host against sample_cube; constant and
- * linear); this file holds the device, the model's arrays in device memory
- * (cells, tree and the linear reconstruction's corner records, uploaded
+ * same code the tests run on the host against sample_cube; constant,
+ * linear and limited); this file holds the device, the model's arrays in
+ * device memory (cells, tree, the linear reconstruction's corner records
+ * and, where opened for it, the limited reconstruction's records, uploaded
  * once per model), the launches over a
  * chunk of cubes at a time (one geometry per cube, in device memory) and
  * the copies back through a pinned buffer. Built with --fmad=false, as the
@@ -22,7 +23,7 @@
 struct sampler_cuda {
   int dev;
   sampler_flat F;          /* device pointers */
-  void *d_model;           /* one allocation: cells, root, nodes, leaf_geo, nodal */
+  void *d_model;           /* one allocation: cells, root, nodes, leaf_geo, nodal, limited */
   sampler_geo *d_geo;      /* [cap] */
   void *d_idx;             /* [cap * sb_scratch_bytes]: cell indices or points */
   float *d_out;            /* [cap * 3 * n^3] */
@@ -99,16 +100,18 @@ static int open_dev(const sampler_flat *F, int64_t nleaves, int64_t nnodes, int6
   const size_t cells = (size_t)nleaves * F->ncell * 5 * sizeof(float);
   const size_t root = (size_t)nroot * 4, nodes = (size_t)nnodes * 4, geo = (size_t)nleaves * 16;
   const size_t nodal = (size_t)nleaves * F->nnodal * 8 * sizeof(float); /* linear's corners */
+  const size_t limited =                                                /* limited's records */
+      F->limited ? (size_t)nleaves * F->ncell * SB_LIMITED_STRIDE * sizeof(float) : 0;
   const size_t o1 = (cells + 255) / 256 * 256, o2 = o1 + (root + 255) / 256 * 256,
                o3 = o2 + (nodes + 255) / 256 * 256, o4 = o3 + (geo + 255) / 256 * 256,
-               total = o4 + nodal + 256;
+               o5 = o4 + (nodal + 255) / 256 * 256, total = o5 + limited + 256;
   size_t fre = 0, tot = 0;
   CU(cudaMemGetInfo(&fre, &tot), "cudaMemGetInfo");
   if (total > fre)
     return ce_err(WHO ": the model needs %.3g GiB on the device (cells %.3g, corner records "
-                  "%.3g), %.3g GiB of %.3g GiB are free", total / 1073741824.0,
-                  cells / 1073741824.0, nodal / 1073741824.0, fre / 1073741824.0,
-                  tot / 1073741824.0);
+                  "%.3g, limited records %.3g), %.3g GiB of %.3g GiB are free",
+                  total / 1073741824.0, cells / 1073741824.0, nodal / 1073741824.0,
+                  limited / 1073741824.0, fre / 1073741824.0, tot / 1073741824.0);
   CU(cudaMalloc(&d->d_model, total), "cudaMalloc (the model)");
   d->owner = 1;
   unsigned char *b = (unsigned char *)d->d_model;
@@ -120,6 +123,9 @@ static int open_dev(const sampler_flat *F, int64_t nleaves, int64_t nnodes, int6
   if (nodal)
     CU(cudaMemcpy(b + o4, F->nodal, nodal, cudaMemcpyHostToDevice),
        "cudaMemcpy (the model's corner records)");
+  if (limited)
+    CU(cudaMemcpy(b + o5, F->limited, limited, cudaMemcpyHostToDevice),
+       "cudaMemcpy (the model's limited records)");
   /* the copies above go through the legacy stream; the sampler's stream does
    * not wait for them by itself */
   CU(cudaDeviceSynchronize(), "cudaDeviceSynchronize (the model)");
@@ -129,6 +135,7 @@ static int open_dev(const sampler_flat *F, int64_t nleaves, int64_t nnodes, int6
   d->F.nodes = (const int32_t *)(b + o2);
   d->F.leaf_geo = (const int32_t *)(b + o3);
   d->F.nodal = nodal ? (const float *)(b + o4) : NULL;
+  d->F.limited = limited ? (const float *)(b + o5) : NULL;
   if (desc && ndesc) {
     cudaDeviceProp p;
     CU(cudaGetDeviceProperties(&p, d->dev), "cudaGetDeviceProperties");
@@ -211,6 +218,9 @@ static int reserve(sampler_cuda *d, int ncube, const sampler_geo *G, size_t *out
   if (G[0].recon == SB_RECON_LINEAR && !d->F.nodal)
     CE_FAIL("sampler device 'cuda': the linear reconstruction needs the model's corner records, "
             "which were not uploaded");
+  if (G[0].recon == SB_RECON_LIMITED && !d->F.limited)
+    CE_FAIL("sampler device 'cuda': the limited reconstruction needs the model's limited "
+            "records, which were not uploaded (open the device sampler for limited)");
   CU(cudaSetDevice(d->dev), "cudaSetDevice");
   const size_t N = G[0].n, k = G[0].k;
   const size_t idx_bytes = (size_t)sb_scratch_bytes(&G[0]);

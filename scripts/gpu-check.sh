@@ -29,7 +29,8 @@
 #                      the CPU's, the host-compiled bodies too
 #   gpu_sample_bench   sample (on the device) + solve (on the device) of a
 #                      loaded AMRVAC model: cubes/s, samples/s, bus GB/s, for
-#                      the linear reconstruction (the default) and constant
+#                      the linear reconstruction (the default), constant and
+#                      limited
 #   gpu_devpipe_check  issue 17's dataset check: the demo job's first models'
 #                      samples made by the producer's CPU path and by the
 #                      device pipeline (pipeline/generate/devpipe.h: cubes
@@ -40,7 +41,7 @@
 #                      samples/s and bytes back per sample (images only:
 #                      images + 8-byte checksums; with inputs: GB/s)
 # The sampler's parity rule: the device's cubes equal the CPU's bit for bit,
-# constant and linear (the same float and double operations as the host
+# constant, linear and limited (the same float and double operations as the host
 # code, fused steps explicit, --fmad=false: no contraction).
 # then runs them, parity first, and prints one line per figure. Under 5
 # minutes on one GPU (each step has a time limit), then the trainer's part
@@ -210,6 +211,8 @@ step bench_solver 120 "$out/gpu_bench" ${GPU_BENCH_ARGS:-}
 [ "$have_yaml" = 1 ] && step bench_sample_solve 60 "$out/gpu_sample_bench" ${GPU_SAMPLE_BENCH_ARGS:-}
 # shellcheck disable=SC2086
 [ "$have_yaml" = 1 ] && step bench_sample_solve_constant 60 "$out/gpu_sample_bench" --reconstruction constant ${GPU_SAMPLE_BENCH_ARGS:-}
+# shellcheck disable=SC2086
+[ "$have_yaml" = 1 ] && step bench_sample_solve_limited 60 "$out/gpu_sample_bench" --reconstruction limited ${GPU_SAMPLE_BENCH_ARGS:-}
 # shellcheck disable=SC2086
 [ "$have_yaml" = 1 ] && step devpipe_dataset 90 "$out/gpu_devpipe_check" ${GPU_DEVPIPE_ARGS:-}
 # GPU_CHECK_PROFILE=1: Nsight Compute on the sampler's and the solver's

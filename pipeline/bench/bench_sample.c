@@ -3,8 +3,8 @@
  * its sidecar) and a 4-level model built in memory (an analytic wind on a
  * forest refined towards the centre), on the CPU for each reconstruction
  * (the corner values of `linear` and the slopes of `limited` are built before
- * the clock starts: once per model). With --device cuda (linear, then constant: the device
- * sampler's two reconstructions): cubes per second
+ * the clock starts: once per model). With --device cuda (linear, constant, then
+ * limited): cubes per second
  * of batches of --batch directions sampled on the GPU (copies to the host
  * included), and samples per second of sample + LTE solve (7 COEmuNet
  * channels) on the GPU, the cubes crossing the bus to the host and back. */
@@ -112,7 +112,7 @@ static int run_device_recon(const char *label, const ce_model *m, int reps, int 
                             const lte_line *L, int recon) {
   sampler_device *d;
   char desc[320];
-  CE_TRY(sampler_device_open(m, 0, &d, desc, sizeof desc));
+  CE_TRY(sampler_device_open(m, recon, 0, &d, desc, sizeof desc));
   printf("sample %s device %s\n", label, desc);
   sampler_opts o;
   sampler_defaults(&o);
@@ -166,7 +166,8 @@ static int run_device_recon(const char *label, const ce_model *m, int reps, int 
 
 static int run_device(const char *label, const ce_model *m, int reps, int nb, const lte_line *L) {
   CE_TRY(run_device_recon(label, m, reps, nb, L, SAMPLER_LINEAR));
-  return run_device_recon(label, m, reps, nb, L, SAMPLER_CONSTANT);
+  CE_TRY(run_device_recon(label, m, reps, nb, L, SAMPLER_CONSTANT));
+  return run_device_recon(label, m, reps, nb, L, SAMPLER_LIMITED);
 }
 
 int bench_sample(int argc, char **argv) {

@@ -147,7 +147,7 @@ int cmd_sample(int argc, char **argv) {
       {"k", CLI_INT, &k, "K", "sub-samples per voxel edge (default 2)", 0, 0},
       {"reconstruction", CLI_STR, &recon_name, "NAME",
        "linear (default: ln n, ln T, v trilinear between cell corners), limited (cell values plus "
-       "monotone slopes, cell averages kept; not with --device cuda) or constant (cell values)",
+       "monotone slopes, cell averages kept) or constant (cell values)",
        0, 0},
       {"fill", CLI_FLAG, &fill, NULL, "fill what lies outside the ball with the background", 0, 0},
       {"bg-n", CLI_DOUBLE, &bg_n, "N", "background n_CO [m^-3] with --fill (default 0)", 0, 0},
@@ -188,11 +188,6 @@ int cmd_sample(int argc, char **argv) {
     free(pos);
     return cli_usage_fail("sample", "--device '%s', expected cpu or cuda", device);
   }
-  if (on_device && recon == SAMPLER_LIMITED) {
-    free(pos);
-    return cli_usage_fail("sample", "--device cuda samples the constant and linear "
-                                    "reconstructions, not --reconstruction limited");
-  }
   if (on_device && compat) {
     free(pos);
     return cli_usage_fail("sample", "--device cuda samples the cubes of sampler.c, not --compat's gridding");
@@ -224,7 +219,7 @@ int cmd_sample(int argc, char **argv) {
   }
   int rc = cube[0] && cube[1] && cube[2] ? 0 : -1;
   sampler_device *dev = NULL;
-  if (rc == 0 && on_device && sampler_device_open(m, 0, &dev, NULL, 0) < 0) {
+  if (rc == 0 && on_device && sampler_device_open(m, recon, 0, &dev, NULL, 0) < 0) {
     ce_err_prefix("--device cuda");
     rc = -1;
   }

@@ -130,7 +130,7 @@ const devpipe_impl devpipe_cpu = {"cpu", cpu_open, cpu_run, cpu_close, 0, 0};
 static int cuda_open(devpipe *p, int ordinal, char *desc, size_t ndesc) {
   p->opt.backend = LTE_BACKEND_CUDA;
   CE_TRY(lte_backend_open(LTE_BACKEND_CUDA, ordinal, NULL, 0));
-  CE_TRY(sampler_device_open(p->a.m, ordinal, &p->sd, desc, ndesc));
+  CE_TRY(sampler_device_open(p->a.m, p->a.so->reconstruction, ordinal, &p->sd, desc, ndesc));
   /* COEMU_DEVPIPE_OVERLAP=1: the next chunk sampled while this one is
    * solved. Off by default until a device run has measured it (it is
    * checked and timed both ways by gpu_devpipe_check, scripts/gpu-check.sh):

@@ -188,7 +188,9 @@ static void test_impl_choice(void) {
   CHECK(devpipe_impl_for(LTE_BACKEND_CPU, SAMPLER_LINEAR) == &devpipe_cpu);
   CHECK(devpipe_impl_for(LTE_BACKEND_CUDA, SAMPLER_CONSTANT) ==
         (sampler_device_supports(SAMPLER_CONSTANT) ? &devpipe_cuda : NULL));
-  CHECK(devpipe_impl_for(LTE_BACKEND_CUDA, SAMPLER_LIMITED) == NULL);
+  CHECK(devpipe_impl_for(LTE_BACKEND_CUDA, SAMPLER_LIMITED) ==
+        devpipe_impl_for(LTE_BACKEND_CUDA, SAMPLER_CONSTANT)); /* all three on the device */
+  CHECK(devpipe_impl_for(LTE_BACKEND_CUDA, 7) == NULL);
   CHECK(devpipe_batch_size(64, 7, 1, (size_t)256 << 20) == 79); /* 256 MiB / 3.2 MiB */
   CHECK(devpipe_batch_size(64, 7, 0, (size_t)256 << 20) == 256);
   CHECK(devpipe_batch_size(64, 7, 1, 1) == 1);

@@ -2,7 +2,7 @@
  * sampler_body_linear.h: the device's code) cost when the host runs them by
  * a plain loop over thread indices, against sample_cube on the same cubes:
  * thread CPU ms per 64^3 cube, k = 2, one thread, --reps Haar directions,
- * constant and linear, from agbwind3d_0000.dat (or --model). Not a device
+ * constant, linear and limited, from agbwind3d_0000.dat (or --model). Not a device
  * figure: the host-run bodies are the test vehicle of the device code (no
  * leaf trail, no vectors, a point's 8 corners projected per point), so this
  * says how much more work per point the device's form does. Each cube is
@@ -50,7 +50,7 @@ int main(int argc, char **argv) {
   float *a[3], *b[3];
   for (int i = 0; i < 3; i++) a[i] = malloc(N * 4), b[i] = malloc(N * 4);
   int rc = 0;
-  for (int recon = SAMPLER_CONSTANT; recon <= SAMPLER_LINEAR && rc == 0; recon++) {
+  for (int recon = SAMPLER_CONSTANT; recon <= SAMPLER_LIMITED && rc == 0; recon++) {
     sampler_opts o;
     sampler_defaults(&o);
     o.reconstruction = recon;
@@ -67,6 +67,7 @@ int main(int argc, char **argv) {
         rc = 1;
         break;
       }
+      F.limited = m->limited; /* built by sampler_prepare, after the flattening */
       if (!scratch && !(scratch = malloc((size_t)sb_scratch_bytes(&G)))) {
         rc = ce_err("body_bench: out of memory");
         break;

@@ -5,7 +5,7 @@
  * directions sampled there (64^3, k = 2), then ray-traced there at the 7
  * COEmuNet channels. The cubes come back to the host between the two (the
  * sampler and the solver are separate rooms), so sample + solve pays the bus
- * twice. --reconstruction linear (the default) or constant. One line per
+ * twice. --reconstruction linear (the default), constant or limited. One line per
  * figure (median of --reps batches after a warm-up):
  *   gpu_sample_bench sample linear 64^3 k=2 batch=64 cubes_per_s ...
  *   gpu_sample_bench sample+solve linear 64^3x7 batch=64 samples_per_s ... bus_GB_per_s ...
@@ -43,10 +43,10 @@ int main(int argc, char **argv) {
     else if (i + 1 < argc && !strcmp(argv[i], "--reps")) reps = atoi(argv[++i]);
     else if (i + 1 < argc && !strcmp(argv[i], "--model")) snprintf(model, sizeof model, "%s", argv[++i]);
     else if (i + 1 < argc && !strcmp(argv[i], "--reconstruction") &&
-             (recon = sampler_recon_parse(argv[++i])) >= 0 && recon != SAMPLER_LIMITED) continue;
+             (recon = sampler_recon_parse(argv[++i])) >= 0) continue;
     else {
       fprintf(stderr, "usage: gpu_sample_bench [--batch B] [--reps R] [--model FILE.dat] "
-                      "[--reconstruction linear|constant]\n");
+                      "[--reconstruction linear|constant|limited]\n");
       return 2;
     }
   }
@@ -61,7 +61,7 @@ int main(int argc, char **argv) {
   if (lamda_read(lamda, &mol) < 0 || lte_line_init(&L, &mol, 2, 28.0) < 0) return fail("line");
   sampler_device *d;
   char desc[320];
-  if (sampler_device_open(m, 0, &d, desc, sizeof desc) < 0) return fail("device");
+  if (sampler_device_open(m, recon, 0, &d, desc, sizeof desc) < 0) return fail("device");
   printf("gpu_sample_bench device: %s (%s: %lld leaves, levmax %d)\n", desc, model,
          (long long)m->nleaves, m->levmax);
   sampler_opts o;

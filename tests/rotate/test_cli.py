@@ -162,21 +162,27 @@ with tempfile.TemporaryDirectory() as tmp:
     check(rc == 2 and "expected cpu or cuda" in err, f"--device gpu: {err!r}")
     rc, out, err = run("sample", AGB, "--device", "cuda", "--compat", "--out", os.path.join(tmp, "x"))
     check(rc == 2 and "--compat" in err, f"--device cuda --compat: {err!r}")
-    ddir, cdir = os.path.join(tmp, "dev"), os.path.join(tmp, "cpu-linear")
-    rc, out, err = run("sample", AGB, "--directions", "2", "--n", "16", "--seed", "3",
-                       "--model-id", "5", "--device", "cuda", "--out", ddir)
-    rc2, _, err2 = run("sample", AGB, "--directions", "2", "--n", "16", "--seed", "3",
-                       "--model-id", "5", "--out", cdir)
-    check(rc2 == 0, f"the CPU's linear cubes (the default): {err2}")
-    rc3, _, err3 = run("sample", AGB, "--device", "cuda", "--reconstruction", "limited",
-                       "--out", os.path.join(tmp, "x"))
-    check(rc3 == 2 and "not --reconstruction limited" in err3, f"--device cuda limited: {err3!r}")
-    if rc == 0:  # a GPU here: the same bits as the CPU's linear reconstruction (both defaults)
-        for f in ("v_z", "T", "n"):
-            check(np.array_equal(np.load(os.path.join(ddir, "dir_0000", f + ".npy")),
-                                 np.load(os.path.join(cdir, "dir_0000", f + ".npy"))),
-                  f"--device cuda: {f} as on the CPU")
+    # linear (the default) and limited (its records uploaded with the model):
+    # the device's cubes and the CPU's of the same directions
+    runs = {}
+    for recon in ("linear", "limited"):
+        for device in ("cuda", "cpu"):
+            d = os.path.join(tmp, f"{device}-{recon}")
+            runs[recon, device] = (d,) + run("sample", AGB, "--directions", "2", "--n", "16",
+                                             "--seed", "3", "--model-id", "5", "--device", device,
+                                             "--reconstruction", recon, "--out", d)
+        check(runs[recon, "cpu"][1] == 0, f"the CPU's {recon} cubes: {runs[recon, 'cpu'][3]}")
+    ddir, rc, out, err = runs["linear", "cuda"]
+    ldir, rc3, _, err3 = runs["limited", "cuda"]
+    check(rc3 == rc, f"--device cuda limited as linear: {rc3} {err3!r} against {rc}")
+    if rc == 0:  # a GPU here: the same bits as the CPU's
+        for recon in ("linear", "limited"):
+            for f in ("v_z", "T", "n"):
+                check(np.array_equal(np.load(os.path.join(runs[recon, "cuda"][0], "dir_0000", f + ".npy")),
+                                     np.load(os.path.join(runs[recon, "cpu"][0], "dir_0000", f + ".npy"))),
+                      f"--device cuda {recon}: {f} as on the CPU")
     else:
+        check(not os.path.exists(ldir), "--device cuda limited without a device: nothing written")
         check(rc == 1 and "--device cuda" in err and
               ("no CUDA device" in err or "is not built into this coemu" in err),
               f"--device cuda without a device: {rc} {err!r}")

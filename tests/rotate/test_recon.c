@@ -451,18 +451,30 @@ static void test_options(void) {
   CHECK(sampler_recon_parse("constant") == SAMPLER_CONSTANT);
   CHECK(sampler_recon_parse("limited") == SAMPLER_LIMITED);
   CHECK(sampler_recon_parse("cubic") == -1);
-  /* the per-thread bodies and the device sampler have constant and linear */
+  /* the per-thread bodies and the device sampler have all three; limited
+   * once its records are built */
   sampler_geo G;
   o.reconstruction = SAMPLER_LINEAR;
   CHECK_OK(sampler_geometry(m, (double[4]){1, 0, 0, 0}, &o, &G));
   CHECK(G.recon == SB_RECON_LINEAR);
   o.reconstruction = SAMPLER_LIMITED;
-  CHECK_ERR(sampler_geometry(m, (double[4]){1, 0, 0, 0}, &o, &G), "not limited");
+  CHECK_ERR(sampler_geometry(m, (double[4]){1, 0, 0, 0}, &o, &G), "not built for this model");
+  CHECK_OK(sampler_prepare(m, &o));
+  CHECK_OK(sampler_geometry(m, (double[4]){1, 0, 0, 0}, &o, &G));
+  CHECK(G.recon == SB_RECON_LIMITED);
+  for (int r = 0; r < 3; r++) CHECK(sampler_device_supports(r));
+  CHECK(!sampler_device_supports(7));
   sampler_device *dev = NULL;
   float *outs[1] = {v};
+  o.reconstruction = 7;
   CHECK_ERR(sampler_device_sample(dev, 1, (const double(*)[4]) & (double[4]){1, 0, 0, 0}, &o, outs,
                                   outs, outs),
-            "runs on the CPU only");
+            "reconstruction 7, expected constant | linear | limited");
+  o.reconstruction = SAMPLER_LIMITED;
+  CHECK_ERR(sampler_device_sample(dev, 1, (const double(*)[4]) & (double[4]){1, 0, 0, 0}, &o, outs,
+                                  outs, outs),
+            "no device handle");
+  CHECK_ERR(sampler_device_open(m, 7, 0, &dev, NULL, 0), "reconstruction 7");
   CHECK(m->nodal == NULL);
   CHECK_OK(model_nodal_build(m));
   model_real *first = m->nodal;

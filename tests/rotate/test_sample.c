@@ -470,7 +470,7 @@ static void test_refusals(void) {
 /* The sampler's per-thread bodies (rotate/sampler_body.h and
  * sampler_body_linear.h, what a device runs), driven by a plain loop over
  * thread indices: the bits of sample_cube, exact by construction (the same
- * arithmetic in the same order), for the constant and the linear
+ * arithmetic in the same order), for the constant, linear and limited
  * reconstructions, on models with power-of-two and other block sizes, 2 and
  * 3 levels, k = 1, 2, 3, with and without a ball and a background fill, at
  * the identity and at Philox-drawn Haar directions. */
@@ -538,17 +538,12 @@ static void test_bodies(void) {
     if (!m) continue;
     CHECK(mi != 2 || m->bshift < 0); /* the general (division) path of the locator */
     double half = model_half_extent(m);
-    sampler_opts lim;
-    sampler_defaults(&lim);
-    lim.reconstruction = SAMPLER_LIMITED, lim.edge = half;
-    sampler_geo G;
-    CHECK_ERR(sampler_geometry(m, (double[4]){1, 0, 0, 0}, &lim, &G), "not limited");
-    for (int lin = 0; lin < 2; lin++)
+    for (int recon = 0; recon < 3; recon++)
     for (int k = 1; k <= 3; k++)
       for (int fill = 0; fill < 2; fill++) {
         sampler_opts o;
         sampler_defaults(&o);
-        o.reconstruction = lin ? SAMPLER_LINEAR : SAMPLER_CONSTANT; /* the bodies' two */
+        o.reconstruction = recon; /* constant, linear, limited */
         o.n = k == 3 ? 12 : 20;
         o.k = k;
         o.ball_radius = half;
@@ -568,11 +563,12 @@ static void test_bodies(void) {
   }
   fprintf(stderr, "  sampler bodies on the host: %d of %d cubes bit-identical to sample_cube\n",
           same, cases);
-  CHECK(cases == 3 * 2 * 3 * 2 * 4 && same == cases);
+  CHECK(cases == 3 * 3 * 3 * 2 * 4 && same == cases);
 }
 
 /* The sampler on a CUDA device: the bits of sample_cube for a batch of
- * directions, constant and linear, where a device runs (bitwise: the
+ * directions, constant, linear and limited (one handle opened for limited
+ * samples all three), where a device runs (bitwise: the
  * device runs the bodies above, the same float and double operations with
  * the fused steps explicit and no contraction, --fmad=false); elsewhere
  * (CI) a clear error. With COEMU_REQUIRE_DEVICE set (scripts/gpu-check.sh)
@@ -582,7 +578,7 @@ static void test_device_sampler(void) {
   if (!m) return;
   sampler_device *d = NULL;
   char desc[320] = "";
-  if (sampler_device_open(m, 0, &d, desc, sizeof desc) < 0) {
+  if (sampler_device_open(m, SAMPLER_LIMITED, 0, &d, desc, sizeof desc) < 0) {
     const char *e = ce_err_msg();
     fprintf(stderr, "  device sampler: %s\n", e);
     CHECK_MSG(strstr(e, "sampler device 'cuda'") &&
@@ -595,12 +591,12 @@ static void test_device_sampler(void) {
   fprintf(stderr, "  device sampler: %s\n", desc);
   enum { NB = 5 };
   int cases = 0, same = 0;
-  for (int lin = 0; lin < 2; lin++)
+  for (int recon = 0; recon < 3; recon++)
   for (int k = 1; k <= 3; k++)
     for (int fill = 0; fill < 2; fill++) {
       sampler_opts o;
       sampler_defaults(&o);
-      o.reconstruction = lin ? SAMPLER_LINEAR : SAMPLER_CONSTANT;
+      o.reconstruction = recon;
       double half = model_half_extent(m);
       o.n = 24, o.k = k, o.ball_radius = half, o.edge = fill ? 1.9 * half : 1.1 * half;
       o.fill_background = fill, o.bg_n = fill ? 3.0 : 0, o.bg_T = fill ? 20.0 : 0;
@@ -623,7 +619,20 @@ static void test_device_sampler(void) {
       free(cv), free(cT), free(cn);
     }
   fprintf(stderr, "  device sampler: %d of %d cubes bit-identical to sample_cube\n", same, cases);
+  CHECK(cases == 3 * 3 * 2 * NB && same == cases);
   sampler_device_close(d);
+  /* a handle opened for another reconstruction has no limited records */
+  CHECK_OK(sampler_device_open(m, SAMPLER_CONSTANT, 0, &d, NULL, 0));
+  if (d) {
+    sampler_opts o;
+    sampler_defaults(&o);
+    o.reconstruction = SAMPLER_LIMITED, o.n = 8, o.edge = model_half_extent(m);
+    float v[512], T[512], n[512], *pv[1] = {v}, *pT[1] = {T}, *pn[1] = {n};
+    CHECK_ERR(sampler_device_sample(d, 1, (const double(*)[4]) & (double[4]){1, 0, 0, 0}, &o, pv,
+                                    pT, pn),
+              "open the device sampler for limited");
+    sampler_device_close(d);
+  }
   model_free(m);
 }
 
