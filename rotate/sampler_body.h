@@ -262,17 +262,21 @@ static inline SB_HD void sb_limited_point(const float *r, double t0, double t1, 
   }
 }
 
-/* The five fields of a voxel's sub-sample: cell cix's (-1: the background
- * record), or under `limited` (lim, a constant at each call) the cell's
- * reconstruction at point u of the sub-line A + B u, into buf */
-static inline SB_HD const float *sb_voxel_sub_sample(const sampler_flat *F, const sampler_geo *G,
-                                                     int lim, int64_t cix, const double A[3],
-                                                     const double B[3], double u, float buf[5]) {
-  if (cix < 0) return G->bg;
-  if (!lim) return F->cells + cix * 5;
-  sb_limited_point(F->limited + cix * SB_LIMITED_STRIDE, A[0] + B[0] * u, A[1] + B[1] * u,
-                   A[2] + B[2] * u, buf);
-  return buf;
+/* The five fields of a voxel's sub-sample into f: cell cix's (-1: the
+ * background record), or under `limited` (lim, a constant at each call)
+ * the cell's reconstruction at point u of the sub-line A + B u. Values, not
+ * a pointer into f or the cells: f then stays in registers on the device
+ * (tests/common's gpu_kernel_resources fails a kernel with a stack frame). */
+static inline SB_HD void sb_voxel_sub_sample(const sampler_flat *F, const sampler_geo *G, int lim,
+                                             int64_t cix, const double A[3], const double B[3],
+                                             double u, float f[5]) {
+  if (lim && cix >= 0) {
+    sb_limited_point(F->limited + cix * SB_LIMITED_STRIDE, A[0] + B[0] * u, A[1] + B[1] * u,
+                     A[2] + B[2] * u, f);
+    return;
+  }
+  const float *s = cix >= 0 ? F->cells + cix * 5 : G->bg;
+  for (int d = 0; d < 5; d++) f[d] = s[d];
 }
 
 /* 2. one voxel: the means of its k^3 sub-samples (lim: `limited`, whose
@@ -286,13 +290,12 @@ static inline SB_HD void sb_voxel_means(const sampler_flat *F, const sampler_geo
   const int64_t *idx = idx_all + column * kk * nk;
   const double l[3] = {G->R[2], G->R[5], G->R[8]};
   double w[5] = {0, 0, 0, 0, 0}, lb[3], A[3] = {0, 0, 0}, B[3] = {0, 0, 0};
-  float buf[5];
+  float f[5];
   for (int L = 0; L < kk; L++) {
     if (lim) sb_line_setup(F, G, column * kk + L, lb, A, B);
     for (int i = 0; i < k; i++) {
       const int j = iz * k + i;
-      const float *f = sb_voxel_sub_sample(F, G, lim, idx[L * nk + j], A, B,
-                                           lim ? sb_uz(G, j) : 0, buf);
+      sb_voxel_sub_sample(F, G, lim, idx[L * nk + j], A, B, lim ? sb_uz(G, j) : 0, f);
       double nn = f[0];
       w[0] += nn;
       for (int d = 1; d < 5; d++) w[d] += nn * f[d];
@@ -308,8 +311,7 @@ static inline SB_HD void sb_voxel_means(const sampler_flat *F, const sampler_geo
       if (lim) sb_line_setup(F, G, column * kk + L, lb, A, B);
       for (int i = 0; i < k; i++) {
         const int j = iz * k + i;
-        const float *f = sb_voxel_sub_sample(F, G, lim, idx[L * nk + j], A, B,
-                                             lim ? sb_uz(G, j) : 0, buf);
+        sb_voxel_sub_sample(F, G, lim, idx[L * nk + j], A, B, lim ? sb_uz(G, j) : 0, f);
         for (int d = 1; d < 5; d++) p[d] += f[d];
       }
     }
@@ -318,14 +320,18 @@ static inline SB_HD void sb_voxel_means(const sampler_flat *F, const sampler_geo
   }
 }
 
-/* constant and limited (the cell indices of the first launch) */
+/* constant, and limited: each its own function, so that the device's
+ * constant (and linear) voxel kernel is not compiled with limited's
+ * registers (121 against 72: fewer blocks per SM) */
 static inline SB_HD void sb_voxel_thread(const sampler_flat *F, const sampler_geo *G,
                                          const int64_t *idx_all, int64_t t, float *v_los,
                                          float *T, float *n_co) {
-  if (G->recon == SB_RECON_LIMITED)
-    sb_voxel_means(F, G, 1, idx_all, t, v_los, T, n_co);
-  else
-    sb_voxel_means(F, G, 0, idx_all, t, v_los, T, n_co);
+  sb_voxel_means(F, G, 0, idx_all, t, v_los, T, n_co);
+}
+static inline SB_HD void sb_limited_voxel_thread(const sampler_flat *F, const sampler_geo *G,
+                                                 const int64_t *idx_all, int64_t t, float *v_los,
+                                                 float *T, float *n_co) {
+  sb_voxel_means(F, G, 1, idx_all, t, v_los, T, n_co);
 }
 
 #ifdef __cplusplus

@@ -265,13 +265,22 @@ static inline SB_HD void sb_any_line_thread(const sampler_flat *F, const sampler
   else
     sb_line_thread(F, G, uz, t, (int64_t *)scratch);
 }
-static inline SB_HD void sb_any_voxel_thread(const sampler_flat *F, const sampler_geo *G,
-                                             const void *scratch, int64_t t, float *v_los,
-                                             float *T, float *n_co) {
+/* constant and linear (the device's voxel kernel; limited has its own) */
+static inline SB_HD void sb_cl_voxel_thread(const sampler_flat *F, const sampler_geo *G,
+                                            const void *scratch, int64_t t, float *v_los,
+                                            float *T, float *n_co) {
   if (G->recon == SB_RECON_LINEAR)
     sb_lin_voxel_thread(G, (const float *)scratch, t, v_los, T, n_co);
   else
     sb_voxel_thread(F, G, (const int64_t *)scratch, t, v_los, T, n_co);
+}
+static inline SB_HD void sb_any_voxel_thread(const sampler_flat *F, const sampler_geo *G,
+                                             const void *scratch, int64_t t, float *v_los,
+                                             float *T, float *n_co) {
+  if (G->recon == SB_RECON_LIMITED)
+    sb_limited_voxel_thread(F, G, (const int64_t *)scratch, t, v_los, T, n_co);
+  else
+    sb_cl_voxel_thread(F, G, scratch, t, v_los, T, n_co);
 }
 
 #ifndef __CUDACC__

@@ -70,6 +70,10 @@ __global__ void __launch_bounds__(BLOCK, SB_LINES_MIN_BLOCKS)
   }
 }
 
+/* voxel threads: LIMITED 0 for constant and linear, 1 for limited (a
+ * launch's cubes share the reconstruction: reserve), two kernels so that
+ * limited's registers do not lower the other two's occupancy */
+template <int LIMITED>
 __global__ void sb_voxels_kernel(sampler_flat F, const sampler_geo *G, int nc, long long per,
                                  long long idx_per, const unsigned char *idx, float *out) {
   const long long n = per * nc;
@@ -77,7 +81,11 @@ __global__ void sb_voxels_kernel(sampler_flat F, const sampler_geo *G, int nc, l
        t += (long long)gridDim.x * blockDim.x) {
     long long c = t / per;
     float *o = out + c * 3 * per; /* v_los, T, n_co of cube c */
-    sb_any_voxel_thread(&F, &G[c], idx + c * idx_per, t % per, o, o + per, o + 2 * per);
+    if (LIMITED)
+      sb_limited_voxel_thread(&F, &G[c], (const int64_t *)(idx + c * idx_per), t % per, o,
+                              o + per, o + 2 * per);
+    else
+      sb_cl_voxel_thread(&F, &G[c], idx + c * idx_per, t % per, o, o + per, o + 2 * per);
   }
 }
 
@@ -189,8 +197,12 @@ static int sample_chunk(sampler_cuda *d, int nc, const sampler_geo *G, float *co
   sb_lines_kernel<<<grid_for(lines * nc), BLOCK, uz_bytes, d->stream>>>(
       d->F, d->d_geo, nc, lines, idx_per, (unsigned char *)d->d_idx);
   CU(cudaGetLastError(), "launching the sub-line kernel");
-  sb_voxels_kernel<<<grid_for(vox * nc), BLOCK, 0, d->stream>>>(
-      d->F, d->d_geo, nc, vox, idx_per, (const unsigned char *)d->d_idx, d->d_out);
+  if (G[0].recon == SB_RECON_LIMITED)
+    sb_voxels_kernel<1><<<grid_for(vox * nc), BLOCK, 0, d->stream>>>(
+        d->F, d->d_geo, nc, vox, idx_per, (const unsigned char *)d->d_idx, d->d_out);
+  else
+    sb_voxels_kernel<0><<<grid_for(vox * nc), BLOCK, 0, d->stream>>>(
+        d->F, d->d_geo, nc, vox, idx_per, (const unsigned char *)d->d_idx, d->d_out);
   CU(cudaGetLastError(), "launching the voxel kernel");
   const int direct = v && cubes_direct(nc, (size_t)vox, v, T, n);
   if (v)
