@@ -11,6 +11,7 @@
 #include <yaml.h>
 #include <zmq.h>
 
+#include "common/buildinfo.h"
 #include "common/error.h"
 #include "common/fsutil.h"
 #include "common/version.h"
@@ -343,7 +344,8 @@ static int write_dataset_h5(const char *dir, const dataset_provenance *pv, const
     int compat = j->coemunet_compat;
     if (h5_put_str_attr(g, "job", j->text) < 0 || h5_put_str_attr(g, "job_file", j->path) < 0 ||
         h5_put_str_attr(g, "job_fingerprint", fp) < 0 || h5_put_str_attr(g, "coemu_version", COEMU_VERSION) < 0 ||
-        h5_put_str_attr(g, "git_revision", COEMU_GIT_REVISION) < 0 || h5_put_str_attr(g, "hdf5_version", h5v) < 0 ||
+        h5_put_str_attr(g, "git_revision", COEMU_GIT_REVISION) < 0 ||
+        h5_put_str_attr(g, "build", ce_build_line()) < 0 || h5_put_str_attr(g, "hdf5_version", h5v) < 0 ||
         h5_put_str_attr(g, "mpi_version", pv->mpi_version ? pv->mpi_version : "") < 0 ||
         h5_put_str_attr(g, "libyaml_version", yaml_get_version_string()) < 0 ||
         h5_put_str_attr(g, "zmq_version", zv) < 0 || h5_put_str_attr(g, "producer", pv->producer) < 0 ||

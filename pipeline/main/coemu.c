@@ -26,7 +26,6 @@ static void usage(FILE *out) {
           COEMU_VERSION);
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
     fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
-  fprintf(out, "  %-10s %s\n", "version", "print version and git revision");
 }
 
 int main(int argc, char **argv) {
@@ -39,10 +38,7 @@ int main(int argc, char **argv) {
     usage(stdout);
     return 0;
   }
-  if (!strcmp(name, "version") || !strcmp(name, "--version")) {
-    printf("coemu %s (git %s)\n", COEMU_VERSION, COEMU_GIT_REVISION);
-    return 0;
-  }
+  if (!strcmp(name, "--version")) return cmd_version(argc - 2, argv + 2);
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
     if (!strcmp(name, commands[i].name)) return commands[i].run(argc - 2, argv + 2);
   fprintf(stderr, "coemu: unknown command '%s'\n\n", name);

@@ -15,7 +15,10 @@ it was built for stops with a clear error, not "Illegal instruction"
     status 1 naming exactly the sets that CPU lacks, or, when the build
     needs none of them (-Dnative=false), runs the solver there (the portable
     build really runs on the baseline: a native build without the check
-    dies of SIGILL).
+    dies of SIGILL);
+  - `coemu version --verbose` names the same sets (meson's list, passed
+    here), this node, and one row for each part of the build, library and
+    machine, exit 0; a bad option is a usage error.
 Prints "N passed, N failed"."""
 import os
 import platform
@@ -56,6 +59,23 @@ def refused(r, lacks, what):
 
 r = run([COEMU, "--version"])
 check(r.returncode == 0 and r.stdout.startswith("coemu "), f"coemu starts on this host: {r.returncode} {r.stderr[-300:]}")
+v = run([COEMU, "version", "--verbose"])
+rows = {}
+for line in v.stdout.splitlines():
+    if line.startswith("  "):
+        key, _, val = line[2:].partition("  ")
+        rows.setdefault(key.strip(), val.strip())
+check(v.returncode == 0 and v.stdout.startswith(r.stdout) and v.stderr == "",
+      f"version --verbose: status {v.returncode}, starts with --version's line: {v.stdout[:200]!r} {v.stderr[-300:]!r}")
+want = ["compiler", "build type", "instruction sets", "MPI", "CUDA", "sanitize", "HDF5", "ZeroMQ",
+        "libyaml", "FFTW", "OpenBLAS", "node", "CPU", "OpenMP", "solver, cpu", "solver, cuda"]
+check(all(rows.get(k) for k in want), f"version --verbose: a row for each of {want}: {sorted(rows)}")
+isa = rows.get("instruction sets", "")
+check(isa.endswith(": " + " ".join(REQUIRED)) if REQUIRED else "none beyond the baseline" in isa,
+      f"version --verbose names meson's instruction sets {REQUIRED}: {isa!r}")
+check(rows.get("node") == socket.gethostname(), f"version --verbose: node {rows.get('node')!r}")
+u = run([COEMU, "version", "--verbos"])
+check(u.returncode == 2 and "--verbos" in u.stderr, f"version --verbos: usage error {u.returncode} {u.stderr!r}")
 if REQUIRED:
     refused(run([COEMU, "--version"], COEMU_TEST_CPU_LACKS=REQUIRED[-1]), [REQUIRED[-1]], "one set missing")
     lacks = [REQUIRED[0], REQUIRED[-1]] if len(REQUIRED) > 1 else REQUIRED

@@ -37,6 +37,7 @@ TOPIC = {
     "keygen": "stream-protocol.md", "serve": "stream-protocol.md", "verify": "dataset-format.md",
     "inspect": "amrvac.md", "sample": "sampling.md", "nlte": "nlte.md", "solve": "physics.md",
     "stats": "statistics.md", "train": "training.md", "eval": "training.md", "export": "export.md",
+    "version": "cluster.md",
 }
 
 

@@ -117,6 +117,14 @@ def run_tests(tmp):
               p['hdf5_version'].startswith('1.') and
               MPI_LIBRARY[os.environ.get('COEMU_MPI_FLAVOUR', 'openmpi')] in p['mpi_version'],
               f"provenance (MPI: {p['mpi_version'][:60]!r})")
+        # the build line: `coemu version --verbose`'s build rows, its MPI this run's
+        v = subprocess.run([COEMU, 'version', '--verbose'], capture_output=True, text=True).stdout
+        b = v.split('\nbuild\n', 1)[-1].split('\nlibraries', 1)[0].splitlines()
+        b = {ln[2:].partition('  ')[0]: ln[2:].partition('  ')[2].strip() for ln in b}
+        want = (f"{b.get('compiler')}; {b.get('build type')}; {b.get('instruction sets')}; MPI {b.get('MPI')}; "
+                f"CUDA {b.get('CUDA')}; sanitize {b.get('sanitize')}")
+        check(p['build'] == want and f"MPI {os.environ.get('COEMU_MPI_FLAVOUR', 'openmpi')} " in p['build'],
+              f"provenance build {p['build']!r}, version --verbose {want!r}")
         check(h['inputs'].attrs['units'] == 'm/s, K, m^-3', 'units')
     man = json.load(open(os.path.join(outs[3], 'manifest.json')))
     check(len(man['shards']) == M * D // S and man['samples'] == M * D, 'manifest')
