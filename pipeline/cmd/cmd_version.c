@@ -49,10 +49,14 @@ int cmd_version(int argc, char **argv) {
   for (int i = 0; ce_build_field(i, &val); i++) row(ce_build_field(i, &val), val);
 
   printf("libraries (as loaded now; \"built with\" where the headers were another version)\n");
+  /* callable before MPI_Init; MPICH's string is several lines (up to 8 KiB):
+   * its first line, tabs as spaces */
+  static char mpiv[MPI_MAX_LIBRARY_VERSION_STRING];
   int len = 0;
-  MPI_Get_library_version(v, &len); /* callable before MPI_Init */
-  v[strcspn(v, "\n")] = 0;
-  row("MPI", v);
+  MPI_Get_library_version(mpiv, &len);
+  mpiv[strcspn(mpiv, "\n")] = 0;
+  for (char *t = mpiv; (t = strchr(t, '\t'));) *t = ' ';
+  row("MPI", mpiv);
   unsigned a, b, c;
   H5get_libversion(&a, &b, &c);
   snprintf(v, sizeof v, "%u.%u.%u%s", a, b, c,

@@ -118,7 +118,11 @@ def run_tests(tmp):
               MPI_LIBRARY[os.environ.get('COEMU_MPI_FLAVOUR', 'openmpi')] in p['mpi_version'],
               f"provenance (MPI: {p['mpi_version'][:60]!r})")
         # the build line: `coemu version --verbose`'s build rows, its MPI this run's
-        v = subprocess.run([COEMU, 'version', '--verbose'], capture_output=True, text=True).stdout
+        # (this suite runs in CI's MPICH step too: MPICH's several-line version string)
+        vr = subprocess.run([COEMU, 'version', '--verbose'], capture_output=True, text=True)
+        v = vr.stdout
+        check(vr.returncode == 0 and "\n  solver, cuda " in v,
+              f"version --verbose: status {vr.returncode}, {v[-300:]!r} {vr.stderr[-300:]!r}")
         b = v.split('\nbuild\n', 1)[-1].split('\nlibraries', 1)[0].splitlines()
         b = {ln[2:].partition('  ')[0]: ln[2:].partition('  ')[2].strip() for ln in b}
         want = (f"{b.get('compiler')}; {b.get('build type')}; {b.get('instruction sets')}; MPI {b.get('MPI')}; "
