@@ -86,7 +86,12 @@ static int wait_listening(pid_t pid, const char *log) {
 
 /* The live server an earlier run of this job started, if it still runs (a
  * job stopped and resumed: the server is in its own session and outlives
- * it, and keeps serving the job's shards as they come): its pid, else 0. */
+ * it, and keeps serving the job's shards as they come): its pid, else 0.
+ * The pid file's process must still run with "serve OUT --live" as
+ * consecutive arguments (not a reused pid): anywhere in its command line,
+ * since an interpreter registered with binfmt_misc (qemu-user running an
+ * aarch64 coemu, box64, FEX) puts its own path and the executable's before
+ * them. */
 static pid_t earlier_server(const char *pidf, const char *out_dir) {
   char *text;
   if (fs_read_all(pidf, &text, NULL) < 0) return 0;
@@ -100,13 +105,15 @@ static pid_t earlier_server(const char *pidf, const char *out_dir) {
   size_t n = fread(argv, 1, sizeof argv - 1, f);
   fclose(f);
   argv[n] = 0;
-  /* argv: coemu serve OUT --live ... (NUL-separated) */
-  const char *a1 = argv + strlen(argv) + 1;
-  if (a1 >= argv + n || strcmp(a1, "serve")) return 0;
-  const char *a2 = a1 + strlen(a1) + 1;
-  if (a2 >= argv + n || strcmp(a2, out_dir)) return 0;
-  const char *a3 = a2 + strlen(a2) + 1;
-  return a3 < argv + n && !strcmp(a3, "--live") ? (pid_t)pid : 0;
+  /* argv: [interpreter exe] exe serve OUT --live ... (NUL-separated) */
+  const char *end = argv + n;
+  for (const char *a = argv; a < end; a += strlen(a) + 1) {
+    const char *a2 = a + strlen(a) + 1, *a3 = a2 < end ? a2 + strlen(a2) + 1 : end;
+    if (!strcmp(a, "serve") && a2 < end && !strcmp(a2, out_dir) && a3 < end &&
+        !strcmp(a3, "--live"))
+      return (pid_t)pid;
+  }
+  return 0;
 }
 
 int live_serve_spawn(const char *out_dir, const job *j) {
