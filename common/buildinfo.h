@@ -3,15 +3,16 @@
  * flags enable, MPI, CUDA, sanitizers: common/meson.build's build_info.h)
  * and the CPU it runs on. `coemu version --verbose` prints them with the
  * libraries' run-time versions; every dataset's /provenance records the
- * build line and rank 0's CPU (docs/dataset-format.md). */
+ * build line (docs/dataset-format.md). */
 #ifndef COEMU_BUILDINFO_H
 #define COEMU_BUILDINFO_H
 
 #include <stddef.h>
 
-/* One line: "gcc 12.2.0; release, -O2; native (-march=native): popcnt ...
- * avx2 fma ...; MPI openmpi 4.1.4; CUDA not built; sanitize none". */
-const char *ce_build_line(void);
+/* The fields below as one line into buf[n] (truncated to fit): "gcc
+ * 12.2.0; release, -O3; native (-march=native): popcnt ... avx2 fma ...;
+ * MPI openmpi 4.1.4; CUDA not built; sanitize none". */
+void ce_build_line(char *buf, size_t n);
 
 /* The fields of that line, one per call, for a table: key i (0.. while it
  * returns non-NULL) and its value. */

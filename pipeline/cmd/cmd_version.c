@@ -25,6 +25,13 @@
 
 static void row(const char *key, const char *value) { printf("  %-17s %s\n", key, value); }
 
+/* ", built with A.B.C" after v where the headers were another version than
+ * the library loaded now (a cluster's modules) */
+static void built_with(char *v, size_t n, int a, int b, int c, int ha, int hb, int hc) {
+  if (a != ha || b != hb || c != hc)
+    snprintf(v + strlen(v), n - strlen(v), ", built with %d.%d.%d", ha, hb, hc);
+}
+
 int cmd_version(int argc, char **argv) {
   int verbose = 0;
   cli_opt opts[] = {
@@ -66,16 +73,12 @@ int cmd_version(int argc, char **argv) {
            " (serial)"
 #endif
   );
-  if (a != H5_VERS_MAJOR || b != H5_VERS_MINOR || c != H5_VERS_RELEASE)
-    snprintf(v + strlen(v), sizeof v - strlen(v), ", built with %d.%d.%d", H5_VERS_MAJOR,
-             H5_VERS_MINOR, H5_VERS_RELEASE);
+  built_with(v, sizeof v, (int)a, (int)b, (int)c, H5_VERS_MAJOR, H5_VERS_MINOR, H5_VERS_RELEASE);
   row("HDF5", v);
   int za, zb, zc;
   zmq_version(&za, &zb, &zc);
   snprintf(v, sizeof v, "%d.%d.%d", za, zb, zc);
-  if (za != ZMQ_VERSION_MAJOR || zb != ZMQ_VERSION_MINOR || zc != ZMQ_VERSION_PATCH)
-    snprintf(v + strlen(v), sizeof v - strlen(v), ", built with %d.%d.%d", ZMQ_VERSION_MAJOR,
-             ZMQ_VERSION_MINOR, ZMQ_VERSION_PATCH);
+  built_with(v, sizeof v, za, zb, zc, ZMQ_VERSION_MAJOR, ZMQ_VERSION_MINOR, ZMQ_VERSION_PATCH);
   row("ZeroMQ", v);
   row("libyaml", yaml_get_version_string());
   row("FFTW", fftw_version);

@@ -334,7 +334,8 @@ static int write_dataset_h5(const char *dir, const dataset_provenance *pv, const
   if (rc == 0 && g < 0) rc = ce_err("%s: cannot create /provenance", tmp);
   if (rc == 0) {
     unsigned a, b, c;
-    char h5v[64], zv[64], fp[16];
+    char h5v[64], zv[64], fp[16], build[1024];
+    ce_build_line(build, sizeof build);
     H5get_libversion(&a, &b, &c);
     snprintf(h5v, sizeof h5v, "%u.%u.%u", a, b, c);
     int za, zb, zc;
@@ -345,7 +346,7 @@ static int write_dataset_h5(const char *dir, const dataset_provenance *pv, const
     if (h5_put_str_attr(g, "job", j->text) < 0 || h5_put_str_attr(g, "job_file", j->path) < 0 ||
         h5_put_str_attr(g, "job_fingerprint", fp) < 0 || h5_put_str_attr(g, "coemu_version", COEMU_VERSION) < 0 ||
         h5_put_str_attr(g, "git_revision", COEMU_GIT_REVISION) < 0 ||
-        h5_put_str_attr(g, "build", ce_build_line()) < 0 || h5_put_str_attr(g, "hdf5_version", h5v) < 0 ||
+        h5_put_str_attr(g, "build", build) < 0 || h5_put_str_attr(g, "hdf5_version", h5v) < 0 ||
         h5_put_str_attr(g, "mpi_version", pv->mpi_version ? pv->mpi_version : "") < 0 ||
         h5_put_str_attr(g, "libyaml_version", yaml_get_version_string()) < 0 ||
         h5_put_str_attr(g, "zmq_version", zv) < 0 || h5_put_str_attr(g, "producer", pv->producer) < 0 ||
