@@ -248,6 +248,11 @@ static int parse(cursor *c, lamda_molecule *m) {
       CE_TRY(take_double(c, &line, what, &P->temps[j]));
       if (!(P->temps[j] > 0))
         return ce_err("%s:%d: %s = %g, expected > 0", c->path, c->lineno, what, P->temps[j]);
+      /* the rates are interpolated in T between neighbouring columns
+       * (nlte.c): a row out of order would pick the wrong ones silently */
+      if (j > 0 && !(P->temps[j] > P->temps[j - 1]))
+        return ce_err("%s:%d: %s = %g, expected above temperature %d (%g): the temperatures "
+                      "must increase", c->path, c->lineno, what, P->temps[j], j, P->temps[j - 1]);
     }
     CE_TRY(end_of_line(c, line, "temperature row (more values than the count)"));
     for (int i = 0; i < P->ntrans; i++) {

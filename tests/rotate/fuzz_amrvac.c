@@ -1,11 +1,10 @@
 /* fuzz_amrvac.c - libFuzzer target: the AMRVAC reader on arbitrary bytes.
  *
- * Built as a fuzzer with -Dfuzz=true and clang (tests/rotate/meson.build):
- *   ./build-fuzz/tests/rotate/fuzz_amrvac -max_total_time=300 CORPUS tests/data/amrvac
- * Without -DCOEMU_LIBFUZZER the same file gets a main() that runs the input
- * on each file named on the command line (the seed corpus), so the normal
- * test suite exercises it. Any input must be accepted or refused with a
- * message, never crash, hang or leak. */
+ * Built as a fuzzer with -Dfuzz=true and clang (tests/meson.build,
+ * fuzz_targets) and run by `bash scripts/fuzz.sh 300 amrvac`.
+ * Without -DCOEMU_LIBFUZZER, tests/fuzz_main.h gives it a main() that runs
+ * the seed corpus, so the normal test suite exercises it. Any input must be
+ * accepted or refused with a message, never crash, hang or leak. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -13,9 +12,8 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "fuzz_main.h"
 #include "rotate/amrvac.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size == 0) return 0;
@@ -34,32 +32,3 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   return 0;
 }
 
-#ifndef COEMU_LIBFUZZER
-int main(int argc, char **argv) {
-  int passed = 0, failed = 0;
-  for (int i = 1; i < argc; i++) {
-    FILE *f = fopen(argv[i], "rb");
-    if (!f) {
-      fprintf(stderr, "cannot open %s\n", argv[i]);
-      failed++;
-      continue;
-    }
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *b = malloc(n > 0 ? (size_t)n : 1);
-    if (!b || fread(b, 1, (size_t)n, f) != (size_t)n) {
-      failed++;
-    } else {
-      LLVMFuzzerTestOneInput(b, (size_t)n);
-      /* and every prefix at a coarse stride: truncations of a seed */
-      for (long cut = 0; cut < n; cut += 1 + n / 64) LLVMFuzzerTestOneInput(b, (size_t)cut);
-      passed++;
-    }
-    free(b);
-    fclose(f);
-  }
-  printf("%d passed, %d failed\n", passed, failed);
-  return failed ? 1 : 0;
-}
-#endif

@@ -124,6 +124,13 @@ static void test_bad_files(void) {
   expect_bad(10, "    3    11.534919938	    0.0	    2", "level 3: weight = 0, expected > 0");
   expect_bad(4, "28.0x", "bad.dat:4: molecular weight: expected a finite number, found '28.0x'");
   expect_bad(101, "2.0 5.0", "collision partner 1: temperature 3 of 25");
+  expect_bad(101, "2.0 5.0 10.0 30.0 20.0 40.0 50.0 60.0 70.0 80.0 90.0 100.0 150.0 200.0 300.0 "
+             "400.0 500.0 600.0 700.0 750.0 800.0 900.0 1000.0 2000.0 3000.0",
+             "bad.dat:101: collision partner 1: temperature 5 of 25 = 20, expected above "
+             "temperature 4 (30): the temperatures must increase");
+  expect_bad(101, "2.0 5.0 5.0 20.0 30.0 40.0 50.0 60.0 70.0 80.0 90.0 100.0 150.0 200.0 300.0 "
+             "400.0 500.0 600.0 700.0 750.0 800.0 900.0 1000.0 2000.0 3000.0",
+             "temperature 3 of 25 = 5, expected above temperature 2 (5)");
   expect_bad(103, "    1     2     1  1e-11", "collision partner 1: rate row 1: rate 2 of 25");
   /* counts the file cannot hold are refused, with the numbers, before any allocation */
   expect_bad(97, "9999999", "collision partner 1: 9999999 transitions x 25 temperatures");
