@@ -10,10 +10,11 @@
  * fuzz_targets) and run by `bash scripts/fuzz.sh 300 job`.
  * Without -DCOEMU_LIBFUZZER, tests/fuzz_main.h gives it a main() that runs
  * the seeds (the .yaml files of jobs/, the sidecars of tests/data/amrvac/
- * and every prefix of them): the test pipeline_fuzz_job_seeds. Any input is parsed or refused with a message;
- * an accepted generate job has a consistent shape. Paths resolve against a
- * folder that does not exist, so an amrvac glob matches nothing unless it
- * is absolute. */
+ * and every prefix of them): the test pipeline_fuzz_job_seeds. Any input
+ * is parsed or refused with a message; an accepted generate job has a
+ * consistent shape, positive finite channel frequencies, its splits and its
+ * estimate. Paths resolve against a folder that does not exist, so an
+ * amrvac glob matches nothing unless it is absolute. */
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -35,7 +36,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!ce_err_msg()[0]) abort(); /* a refusal must say why */
   } else {
     if (j.n_models < 0 || j.directions < 1 || j.nf < 1) abort();
-    if (job_samples(&j) < 0) abort();
+    if (job_samples(&j) < 0 || job_samples(&j) > JOB_MAX_SAMPLES) abort();
+    /* what generate and --check compute from an accepted job before any
+     * input is read: the channels, the splits, the estimate */
+    double *nu = malloc((size_t)j.nf * sizeof *nu);
+    if (!nu) abort();
+    job_frequencies(&j, 230.538e9, nu);
+    for (int f = 0; f < j.nf; f++)
+      if (!(isfinite(nu[f]) && nu[f] > 0)) abort();
+    free(nu);
+    ce_err_clear();
+    if (job_train_samples(&j) < 0 && !ce_err_msg()[0]) abort();
+    job_estimate e;
+    job_estimate_of(&j, &e);
+    if (e.samples != job_samples(&j) || !(e.core_seconds >= 0) || !(e.dataset_bytes >= 0)) abort();
     job_free(&j);
   }
   ce_err_clear();
