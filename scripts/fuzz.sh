@@ -10,10 +10,10 @@
 #   weights  checkpoints, safetensors, .npy           tests/trainer/fuzz_weights.c
 # Builds the libFuzzer targets into build-fuzz/ (clang, -Dfuzz=true, ASan +
 # UBSan, no CUDA; installs clang first: scripts/setup.sh --clang), seeds each
-# corpus build-fuzz/corpus/TARGET/ from the project's files (the weights
-# target makes its seeds with coemu's own writers) and keeps what libFuzzer
-# adds, so a later run goes on from there. An input that crashes, hangs
-# (20 s), leaks, trips a sanitizer, or is refused without a message is saved
+# corpus build-fuzz/corpus/TARGET/ with the files of the target's seeds test
+# (the weights target makes its seeds with coemu's own writers) and keeps
+# what libFuzzer adds, so a later run goes on from there. An input that
+# crashes, hangs (20 s), leaks, trips a sanitizer, or is refused without a message is saved
 # under build-fuzz/artifacts/TARGET/, with the command that replays it. Prints
 # one line per target, then "N passed, N failed" (targets), and exits
 # non-zero if any target failed.
@@ -38,9 +38,22 @@ if [ ! -f "$b/build.ninja" ] &&
        >"$log" 2>&1; then
   cat "$log"; echo "fuzz: meson setup $b failed" >&2; exit 1
 fi
+# Each target's seeds are those of its seeds test (tests/meson.build,
+# fuzz_targets): that test's files, or, for a target whose test takes none
+# (it makes its own with coemu's writers), what its --make-seeds writes.
+tests_json=$(meson introspect "$b" --tests) || { echo "fuzz: meson introspect $b failed" >&2; exit 1; }
+seed_files() { # the files of target $1's seeds test, one a line
+  python3 -c 'import json, sys
+for x in json.loads(sys.argv[1]):
+    if x["name"].endswith("_fuzz_" + sys.argv[2] + "_seeds"):
+        for a in x["cmd"][1:]:
+            print(a)' "$tests_json" "$1"
+}
 ninja_targets=()
-for t in "${targets[@]}"; do ninja_targets+=("tests/fuzz_$t"); done   # tests/meson.build: fuzz_targets
-[[ " ${targets[*]} " == *" weights "* ]] && ninja_targets+=(tests/fuzz_weights_seeds)
+for t in "${targets[@]}"; do
+  ninja_targets+=("tests/fuzz_$t")
+  [ -n "$(seed_files "$t")" ] || ninja_targets+=("tests/fuzz_${t}_seeds")
+done
 if ! ninja -C "$b" "${ninja_targets[@]}" >"$log" 2>&1; then
   grep -E "error|FAILED" -A5 "$log" | head -60; echo "fuzz: building the targets failed" >&2; exit 1
 fi
@@ -53,12 +66,12 @@ rc=0 passed=0 failed=0
 for t in "${targets[@]}"; do
   corpus=$b/corpus/$t art=$b/artifacts/$t
   mkdir -p "$corpus" "$art"
-  case $t in
-    amrvac) cp -n tests/rotate/fuzz_corpus/*.dat tests/data/amrvac/bw3d_amr_0000.dat "$corpus"/ ;;
-    lamda) cp -n tests/data/lamda/*.dat "$corpus"/ ;;
-    job) cp -n jobs/*.yaml tests/data/amrvac/*.units.yaml "$corpus"/ ;;
-    weights) "$b/tests/fuzz_weights_seeds" --make-seeds "$corpus" >/dev/null ;;
-  esac
+  mapfile -t seeds < <(seed_files "$t")
+  if [ ${#seeds[@]} -gt 0 ]; then
+    cp -n "${seeds[@]}" "$corpus"/ || { echo "fuzz: $t: copying its seeds failed" >&2; exit 1; }
+  elif ! "$b/tests/fuzz_${t}_seeds" --make-seeds "$corpus" >/dev/null; then
+    echo "fuzz: $t: making its seeds failed" >&2; exit 1
+  fi
   out=$art/fuzz.log
   "$b/tests/fuzz_$t" -max_total_time="$seconds" -timeout=20 -rss_limit_mb=2560 -print_final_stats=1 \
     -artifact_prefix="$art/" "$corpus" >"$out" 2>&1
