@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "common/error.h"
 
@@ -325,6 +326,8 @@ int model_from_snapshot(const amrvac_snapshot *s, const units *u, ce_model **out
 
 int model_load(const char *dat_path, const char *units_path, ce_model **out) {
   char found[2048];
+  /* a wrong path is the likelier mistake than a missing sidecar: say so first */
+  if (access(dat_path, R_OK) != 0) return ce_err_open(dat_path, "the snapshot");
   if (!units_path) {
     if (!units_find(dat_path, found, sizeof found))
       CE_FAIL("%s: no units sidecar: give --units FILE, or put MODEL.units.yaml or units.yaml "

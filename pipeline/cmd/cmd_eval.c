@@ -18,6 +18,7 @@
 #include "pipeline/cmd/commands.h"
 #include "pipeline/dataset/export_fits.h"
 #include "pipeline/dataset/h5util.h"
+#include "pipeline/job/job.h"
 #include "pipeline/mpi/mpi_fatal.h"
 #include "pipeline/mpi/mpi_node.h"
 #include "pipeline/serve/serve.h"
@@ -228,6 +229,11 @@ int cmd_eval(int argc, char **argv) {
   if (batch < 1 || batch > 4096 || maps < 0 || max_samples < 0 || threads < 0) {
     free(pos);
     return cli_usage_fail("eval", "--batch must be 1..4096, --maps, --max-samples and --threads >= 0");
+  }
+  int split_id;
+  if (job_split_parse(split, &split_id) < 0) {
+    free(pos);
+    return cli_usage_fail("eval", "--split: %s", ce_err_msg());
   }
   const char *ckpt = pos[0], *dataset = pos[1];
   char outbuf[4200];

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "common/cli.h"
 #include "common/error.h"
@@ -112,11 +113,12 @@ int cmd_export(int argc, char **argv) {
        "safetensors (SOURCE a checkpoint), ckpt (SOURCE a .safetensors file) or fits (SOURCE a "
        "dataset folder)", 1, 0},
       {"out", CLI_STR, &out, "FILE",
-       "output file (default: SOURCE with the extension .safetensors / .ckpt; fits: "
-       "sample-N.fits in the current folder)", 0, 0},
+       "output file, replaced if it exists (default: SOURCE with the extension .safetensors / "
+       ".ckpt; fits: sample-NNNNNN.fits in the current folder, N in six digits; a default name "
+       "that exists is refused)", 0, 0},
       {"dataset", CLI_STR, &dataset, "DIR",
        "safetensors: add the normalisation of DIR/dataset.h5's /stats to the metadata", 0, 0},
-      {"sample", CLI_INT, &sample, "N", "fits: the sample (0-based index into dataset.h5)", 0, 0},
+      {"sample", CLI_INT, &sample, "N", "fits, and required there: the sample (0-based index into dataset.h5)", 0, 0},
       {"distance", CLI_DOUBLE, &distance, "PC",
        "fits: distance in parsec: sky axes RA---SIN/DEC--SIN in degrees (offsets from 0, 0) "
        "instead of linear au offsets", 0, 0},
@@ -153,6 +155,7 @@ int cmd_export(int argc, char **argv) {
     return cli_usage_fail("export", "%s", bad);
   }
   char outbuf[4200];
+  int default_out = !out;
   if (!out && fmt == 0) out = swap_ext(src, ".safetensors", outbuf, sizeof outbuf);
   if (!out && fmt == 1) out = swap_ext(src, ".ckpt", outbuf, sizeof outbuf);
   if (!out && fmt == 2) {
@@ -162,6 +165,16 @@ int cmd_export(int argc, char **argv) {
   if (!strcmp(out, src)) {
     free(pos);
     return cli_usage_fail("export", "--out %s would overwrite SOURCE", out);
+  }
+  /* A name export made up itself never replaces a file: the default of
+   * `--format ckpt` is the checkpoint the safetensors file was exported
+   * from, whose optimiser state an import (Adam's moments zero) would lose.
+   * Naming it with --out is the user's own choice. */
+  struct stat sb;
+  if (default_out && stat(out, &sb) == 0) {
+    free(pos);
+    return cli_usage_fail("export", "%s exists (the default --out for --format %s): give --out "
+                          "FILE, or --out %s to replace it", out, format, out);
   }
   int rc = 0;
   if (fmt != 2) rc = nn_backend_init(&nn_backend_cpu, 0); /* the net lives in backend memory */

@@ -3,9 +3,11 @@
  * physical fields and how its cells compare with a cube's voxels (the
  * resolution report) when a units sidecar is found or given. Reads 1-D and 2-D
  * snapshots too (the physical part needs the CO path: 3-D Cartesian). */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 
 #include "common/cli.h"
@@ -105,7 +107,13 @@ int cmd_inspect(int argc, char **argv) {
                           (long long)cube_n, cube_edge);
   }
   struct stat st;
-  if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+  if (stat(path, &st) != 0) { /* neither a snapshot nor a dataset: say so, not which */
+    ce_err("%s: no such file or folder (expected a snapshot MODEL.dat or a dataset folder): %s",
+           path, strerror(errno));
+    free(pos);
+    return cli_fail("inspect");
+  }
+  if (S_ISDIR(st.st_mode)) {
     int rc = dataset_inspect(path);
     free(pos);
     return rc < 0 ? cli_fail("inspect") : 0;

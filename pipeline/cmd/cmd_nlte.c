@@ -216,6 +216,11 @@ int cmd_nlte(int argc, char **argv) {
   if (!grid && out) return cli_usage_fail(CMD, "--out goes with --grid");
   if (!grid && !(opts[0].seen && opts[9].seen))
     return cli_usage_fail(CMD, "expected --t-kin and --column (or --grid FILE)");
+  int any_density = 0;
+  for (int id = 1; id < NLTE_NPARTNER; id++) any_density |= base.density[id] > 0;
+  if (!grid && !any_density) /* (a grid's rows may give them) */
+    return cli_usage_fail(CMD, "expected a collision-partner density: --n-h2 N, --n-ph2 N, ... "
+                               "or --n P=N[,P=N] [cm^-3]");
   nlte_options o = {tol, (int)max_iter};
 
   lamda_molecule mol;

@@ -366,6 +366,12 @@ int cmd_serve(int argc, char **argv) {
   }
   if (!c.endpoint) c.endpoint = "tcp://127.0.0.1:5555";
   if (!c.split) c.split = "train";
+  int split_id;
+  if (job_split_parse(c.split, &split_id) < 0) { /* before anything is opened: a usage error */
+    job_free(&j);
+    free(pos);
+    return cli_usage_fail("serve", "--split: %s", ce_err_msg());
+  }
   if (c.ranks < 0) c.ranks = 1;
   if (c.batch < 0) c.batch = 16;
   if (c.epochs < 0) c.epochs = 0;
@@ -386,21 +392,26 @@ static int cmd_serve_run(char **pos, job *jp, serve_cli *c) {
                           "--curve-authorized (coemu keygen), or use tcp://127.0.0.1:PORT or ipc://",
                           c->endpoint);
   }
-  if (c->ranks < 1 || c->ranks > 65535 || c->batch < 1 || c->batch > 4096 || c->epochs < 0 ||
-      c->epochs > UINT32_MAX || c->prefetch < 1 || c->prefetch > 64 || c->credit < 1 ||
-      c->credit > 1024 || c->maxcons < 0 || c->maxcons > 1000000 || c->read_threads < 0 ||
-      c->read_threads > SERVE_MAX_READ_THREADS) {
-    return cli_usage_fail("serve", "out of range: --ranks 1..65535, --batch 1..4096, --epochs >= 0, "
-                                   "--prefetch 1..64, --max-credit 1..1024, --max-consumers 1..1000000, "
-                                   "--read-threads 1..%d", SERVE_MAX_READ_THREADS);
-  }
+  /* each bound with its option, so the message names the one given wrong */
+  const struct {
+    const char *opt;
+    long long v, lo, hi;
+  } range[] = {{"--ranks", c->ranks, 1, 65535},
+               {"--batch", c->batch, 1, 4096},
+               {"--epochs", c->epochs, 0, UINT32_MAX},
+               {"--prefetch", c->prefetch, 1, 64},
+               {"--max-credit", c->credit, 1, 1024},
+               {"--max-consumers", c->maxcons, 0, 1000000},
+               {"--read-threads", c->read_threads, 0, SERVE_MAX_READ_THREADS},
+               {"--order-shards", c->order_shards, 0, ORDER_MAX_SHARDS},
+               {"--order-buffer", c->order_buffer, 0, INT64_MAX}};
+  for (size_t i = 0; i < sizeof range / sizeof range[0]; i++)
+    if (range[i].v < range[i].lo || range[i].v > range[i].hi)
+      return cli_usage_fail("serve", "%s %lld: expected %lld..%lld%s", range[i].opt, range[i].v,
+                            range[i].lo, range[i].hi, range[i].lo == 0 ? " (0: the default)" : "");
   int omode;
   if (order_mode_parse(c->order, &omode) < 0) {
     return cli_usage_fail("serve", "--order: %s", ce_err_msg());
-  }
-  if (c->order_shards < 0 || c->order_shards > ORDER_MAX_SHARDS || c->order_buffer < 0) {
-    return cli_usage_fail("serve", "out of range: --order-shards 1..%d, --order-buffer >= 1",
-                          ORDER_MAX_SHARDS);
   }
   if ((c->order_shards || c->order_buffer) && omode != ORDER_SHARDS) {
     return cli_usage_fail("serve", "--order-shards and --order-buffer go with --order shards");

@@ -581,7 +581,8 @@ int dataset_verify_part(const char *dir, FILE *report, int part, int parts,
   char mpath[4096];
   snprintf(mpath, sizeof mpath, "%s/manifest.json", dir);
   long long samples, n, nf;
-  yt_node *m = verify_manifest(mpath, &samples, &n, &nf);
+  yt_node *m = dataset_require_finished(dir, NULL) < 0 ? NULL
+                                                       : verify_manifest(mpath, &samples, &n, &nf);
   if (!m) {
     if (agree) agree(ctx, -1); /* every part calls it once, on every path */
     return -1;

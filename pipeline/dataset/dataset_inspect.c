@@ -133,6 +133,7 @@ static int planned_labels(hid_t f, const shard_reader *rd, int64_t models, uint8
 }
 
 int dataset_inspect(const char *dir) {
+  CE_TRY(dataset_require_finished(dir, NULL));
   char path[4096];
   snprintf(path, sizeof path, "%s/dataset.h5", dir);
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);

@@ -2,6 +2,7 @@
  * shards, hyperslab runs, per-sample checks (shard_reader.h). */
 #include "pipeline/dataset/shard_reader.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <hdf5.h>
@@ -345,8 +346,39 @@ static int open_arrays(shard_reader *r) {
   return 0;
 }
 
+int dataset_require_finished(const char *dir, const char *hint) {
+  char path[4200];
+  struct stat sb;
+  snprintf(path, sizeof path, "%s/dataset.h5", dir);
+  if (stat(path, &sb) == 0 || errno != ENOENT) return 0; /* the readers say what is wrong then */
+  const char *sep = hint ? "; " : "", *h = hint ? hint : "";
+  if (stat(dir, &sb) != 0) CE_FAIL("%s: no such dataset folder%s%s", dir, sep, h);
+  if (!S_ISDIR(sb.st_mode))
+    CE_FAIL("%s: not a folder (a dataset is the folder coemu generate makes)%s%s", dir, sep, h);
+  snprintf(path, sizeof path, "%s/manifest.json", dir);
+  if (access(path, F_OK) == 0) /* dataset.h5 is written after the manifest */
+    CE_FAIL("%s is not a finished dataset: its manifest.json is there but no dataset.h5 (its job "
+            "stopped while finishing: the same coemu generate command writes it)%s%s",
+            dir, sep, h);
+  snprintf(path, sizeof path, "%s/shards", dir);
+  DIR *d = opendir(path);
+  snprintf(path, sizeof path, "%s/job.yaml", dir);
+  if (!d && access(path, F_OK) != 0)
+    CE_FAIL("%s is not a coemu dataset: it has no dataset.h5, job.yaml or shards/%s%s", dir, sep,
+            h);
+  long shards = 0;
+  for (struct dirent *e; d && (e = readdir(d));)
+    shards += !strncmp(e->d_name, "shard-", 6) && strstr(e->d_name, ".h5") &&
+              !strstr(e->d_name, ".tmp");
+  if (d) closedir(d);
+  CE_FAIL("%s is not a finished dataset: no dataset.h5 yet, %ld shard%s made so far (its job is "
+          "running, or it stopped: the same coemu generate command finishes it)%s%s",
+          dir, shards, shards == 1 ? "" : "s", sep, h);
+}
+
 int shard_reader_open(const char *dir, int max_open, shard_reader **out) {
   *out = NULL;
+  CE_TRY(dataset_require_finished(dir, NULL));
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
   shard_reader *r = calloc(1, sizeof *r);
   if (!r) CE_FAIL("out of memory");

@@ -60,6 +60,13 @@
 
 typedef struct shard_reader shard_reader;
 
+/* 0 when DIR/dataset.h5 exists; else -1 with a message that says what DIR
+ * is instead: missing, not a folder, a dataset whose job has not finished
+ * (its shards so far), or no dataset at all; `hint` (NULL: none) is added,
+ * e.g. "serve a running job with --live". Readers call it before opening
+ * anything, so a user's wrong folder is not reported as a broken HDF5 file. */
+int dataset_require_finished(const char *dir, const char *hint);
+
 /* Open DIR for reading (DIR/manifest.json and DIR/dataset.h5). max_open:
  * the cap on shard files open at once (0: SHARD_READER_MAX_OPEN). */
 int shard_reader_open(const char *dir, int max_open, shard_reader **out);

@@ -8,7 +8,10 @@ serve-train.sbatch fills it, passes `coemu train --check`; and
 generate.sbatch and stats.sbatch run end to end with a stand-in `srun`
 (mpiexec with 2 ranks) and `scontrol` on PATH: a run stopped by SIGUSR1
 exits 3 and requeues itself, the resubmitted script finishes the dataset,
-stats.sbatch verifies it and recomputes /stats.  Prints "N passed, N failed"."""
+stats.sbatch verifies it and recomputes /stats; serve-train.sbatch runs
+end to end on that dataset (one server, one trainer, CURVE over tcp, a
+small model for one epoch; suite blas: it trains), named by a relative
+path.  Prints "N passed, N failed"."""
 import glob
 import os
 import re
@@ -175,10 +178,56 @@ def run_scripts(tmp):
     import h5py
     with h5py.File(os.path.join(out, 'dataset.h5'), 'r') as h:
         check('stats_all' in h, f'stats.sbatch wrote /stats_all: {list(h)}')
+    serve_train(tmp, bindir, out)
     r = subprocess.run(['bash', gen], env=dict(env, JOB=os.path.join(tmp, 'missing.yaml')),
                        capture_output=True, text=True, timeout=60, cwd=tmp)
     check(r.returncode == 1 and 'missing.yaml' in r.stderr,
           f'a bad job stops generate.sbatch before srun: {r.returncode} {r.stderr}')
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def serve_train(tmp, bindir, dataset):
+    """serve-train.sbatch end to end: srun runs each component as one rank
+    (--het-group dropped), scontrol names this host; the job template is a
+    small model for one epoch. DATASET is given relative to the submission
+    folder, as a user would: the training job written to RUN/ must still
+    find it."""
+    sb = os.path.join(tmp, 'het')
+    os.makedirs(sb)
+    write_exe(os.path.join(sb, 'srun'),
+              f'#!/bin/sh\ncase "$1" in --het-group=*) shift;; *) echo "srun stand-in: expected '
+              f'--het-group, got $1" >&2; exit 2;; esac\n'
+              f'exec {shlex.quote(MPIEXEC)} --allow-run-as-root --oversubscribe -n 1 "$@"\n')
+    write_exe(os.path.join(sb, 'scontrol'),
+              '#!/bin/sh\n[ "$1 $2" = "show hostnames" ] && echo 127.0.0.1\n')
+    template = os.path.join(tmp, 'train-small.yaml')
+    text = open(os.path.join(SLURM, 'train-stream.yaml')).read()
+    text = re.sub(r'model:\n(  .*\n)+', 'model: {stem: 2, encoder: [4, 4, 8], latent: 32, '
+                  'decoder: 16}\n', text)
+    text = text.replace('epochs: 100', 'epochs: 1').replace('batch: 16', 'batch: 2')
+    check('epochs: 1\n' in text and 'latent: 32' in text, 'the small template was made')
+    open(template, 'w').write(text)
+    run = os.path.join(tmp, 'trainrun')
+    env = dict(os.environ, PATH=sb + os.pathsep + bindir + os.pathsep + os.environ['PATH'],
+               COEMU=COEMU, DATASET=os.path.relpath(dataset, tmp), RUN=run, TEMPLATE=template,
+               PORT=str(free_port()), BATCH='2', SLURM_JOB_ID='4243')
+    r = subprocess.run(['bash', os.path.join(SLURM, 'serve-train.sbatch')], env=env,
+                       capture_output=True, text=True, timeout=240, cwd=tmp)
+    check(r.returncode == 0 and 'coemu-train: done' in r.stdout
+          and os.path.exists(os.path.join(run, 'train', 'finetune', 'last.ckpt')),
+          f'serve-train.sbatch with a relative DATASET trains one epoch: {r.returncode} '
+          f'{r.stdout[-1500:]} {r.stderr[-1500:]}')
+    r = subprocess.run(['bash', os.path.join(SLURM, 'serve-train.sbatch')],
+                       env=dict(env, DATASET='no-such-ds'), capture_output=True, text=True,
+                       timeout=60, cwd=tmp)
+    check(r.returncode == 1 and 'DATASET=no-such-ds: no such directory' in r.stderr,
+          f'a DATASET that is not there stops the script first: {r.returncode} {r.stderr}')
 
 
 def main():

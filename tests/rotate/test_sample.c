@@ -446,6 +446,10 @@ static void test_refusals(void) {
   CHECK_ERR(model_load(p, up, &m), "ndim = 2");
   snprintf(p, sizeof p, "%s/amrvac/bw3d_amr_0000.dat", data_dir);
   CHECK_ERR(model_load(p, NULL, &m), "no units sidecar");
+  /* a wrong path is named as such, not as a missing sidecar */
+  snprintf(p, sizeof p, "%s/amrvac/no_such_0000.dat", data_dir);
+  CHECK_ERR(model_load(p, NULL, &m), "no_such_0000.dat: cannot open the snapshot: No such file");
+  snprintf(p, sizeof p, "%s/amrvac/bw3d_amr_0000.dat", data_dir);
   CHECK_OK(model_load(p, up, &m));
   if (m) {
     CHECK_CLOSE(model_half_extent(m), 1 * 1.495978707e11, 1e-14, 0);

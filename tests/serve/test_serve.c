@@ -355,7 +355,8 @@ static void test_errors(void) {
     fclose(f);
   }
   o.dataset_dir = empty;
-  CHECK_ERR(serve_open(&o, &s), "empty/dataset.h5: cannot open as HDF5");
+  CHECK_ERR(serve_open(&o, &s), "empty is not a finished dataset: its manifest.json is there but "
+                                "no dataset.h5");
   /* bad options and splits */
   o.dataset_dir = g_dir;
   o.world = 0;

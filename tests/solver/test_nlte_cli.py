@@ -80,7 +80,7 @@ usage([CO, "--t-kin", 30, "--column", 1e15, "--geometry", "cube"], "--geometry c
 usage([CO, "--grid", grid], "--grid needs --out")
 usage([CO, "--t-kin", 30, "--column", 1e15, "--tol", 2], "--tol 2")
 failure([CO, "--t-kin", 30, "--column", 1e15, "--n", "He=1e4"], "partner He has density")
-failure([CO, "--t-kin", 30, "--column", 1e15], "every collision-partner density is zero")
+usage([CO, "--t-kin", 30, "--column", 1e15], "expected a collision-partner density: --n-h2 N")
 failure([CO, "--t-kin", 1e5, "--column", 1e15, "--n-h2", 1e4], "T_kin = 100000 K")
 failure([os.path.join(tmp, "none.dat"), "--t-kin", 30, "--column", 1e15, "--n-h2", 1e4], "none.dat")
 bad = os.path.join(tmp, "bad.csv")

@@ -215,7 +215,13 @@ def main():
 
         # Bad input: a clear message and a non-zero exit, never a hang.
         p = run([os.path.join(d, "nope")], 2)
-        check(p.returncode != 0 and "cannot open as HDF5" in p.stderr, f"missing: {p.stderr}")
+        check(p.returncode != 0 and "nope: no such dataset folder" in p.stderr, f"missing: {p.stderr}")
+        os.makedirs(os.path.join(d, "unfinished", "shards"))
+        open(os.path.join(d, "unfinished", "shards", "shard-000000.h5"), "w").close()
+        p = run([os.path.join(d, "unfinished")], 2)
+        check(p.returncode != 0 and "unfinished is not a finished dataset: no dataset.h5 yet, 1 "
+              "shard made so far" in p.stderr and "coemu generate" in p.stderr,
+              f"an unfinished dataset: {p.stderr}")
         p = run([os.path.join(d, "F7"), "--split", "bogus"], 0)
         check(p.returncode == 2 and "expected train, validation, test or all" in p.stderr, p.stderr)
         bad = os.path.join(d, "bad")

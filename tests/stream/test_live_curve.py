@@ -78,6 +78,19 @@ with tempfile.TemporaryDirectory() as tmp:
     os.makedirs(auth)
     for name in ("srv", "cli", "stranger"):
         subprocess.run([COEMU, "keygen", os.path.join(keys, name)], check=True, capture_output=True)
+    # an existing pair is kept: peers hold its public key (--force replaces it)
+    srv = os.path.join(keys, "srv")
+    old = open(srv + ".key_secret").read(), open(srv + ".key").read()
+    r = subprocess.run([COEMU, "keygen", srv], capture_output=True, text=True)
+    check(r.returncode == 2 and srv + ".key exists" in r.stderr and "--force" in r.stderr
+          and (open(srv + ".key_secret").read(), open(srv + ".key").read()) == old,
+          f"keygen onto an existing pair: refused, the pair unchanged: {r.returncode} {r.stderr}")
+    os.remove(srv + ".key")  # half a pair is not replaced either
+    r = subprocess.run([COEMU, "keygen", srv], capture_output=True, text=True)
+    check(r.returncode == 2 and "key_secret exists" in r.stderr, f"half a pair: {r.stderr}")
+    r = subprocess.run([COEMU, "keygen", srv, "--force"], capture_output=True, text=True)
+    check(r.returncode == 0 and open(srv + ".key_secret").read() != old[0]
+          and os.path.exists(srv + ".key"), f"keygen --force: a new pair: {r.stderr}")
     os.rename(os.path.join(keys, "cli.key"), os.path.join(auth, "cli.key"))
     jobdir = os.path.join(tmp, "job")
     os.makedirs(jobdir)

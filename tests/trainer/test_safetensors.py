@@ -17,7 +17,8 @@ and the C outputs in evaluation mode. Here:
    legitimate float32 variants lie from float64 on this host: as is, batch
    reversed, inputs one ulp up or down);
 3. round trip: safetensors -> checkpoint (`--format ckpt`) holds exactly the
-   checkpoint's weights and buffers;
+   checkpoint's weights and buffers; without --out the import (and the export
+   again) is refused, since the default name exists: the checkpoint is untouched;
 4. the other way: the PyTorch model takes a training step (weights and
    BatchNorm running statistics change), is saved as safetensors by this
    script, imported into a checkpoint, and the C forward (ckpt_forward) of
@@ -208,6 +209,15 @@ with tempfile.TemporaryDirectory() as d:
         rt = os.path.join(d, case + "-rt.ckpt")
         r = coemu(st, "--format", "ckpt", "--out", rt)
         check(r.returncode == 0 and "wrote" in r.stdout, f"{case}: import: {r.returncode} {r.stderr}")
+        # the default name of the import is the checkpoint exported from: refused,
+        # the checkpoint (with its optimiser state) untouched
+        before = open(ck, "rb").read()
+        r = coemu(st, "--format", "ckpt")
+        check(r.returncode == 2 and ck in r.stderr and "exists" in r.stderr and "--out" in r.stderr
+              and open(ck, "rb").read() == before,
+              f"{case}: an import onto the default name that exists: {r.returncode} {r.stderr}")
+        r = coemu(ck, "--format", "safetensors")
+        check(r.returncode == 2 and st in r.stderr, f"{case}: the export again: {r.stderr}")
         arch2, w2 = read_ckpt(rt)
         check(arch2 == arch and list(w2) == list(w) and all(np.array_equal(w[k], w2[k]) for k in w),
               f"{case}: round trip changed the architecture or a tensor")
