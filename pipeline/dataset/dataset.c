@@ -2,6 +2,7 @@
  * verification. */
 #include "pipeline/dataset/dataset.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <hdf5.h>
 #include <inttypes.h>
@@ -34,6 +35,44 @@ void dataset_layout(const job *j, shard_layout *lay) {
   lay->job_fingerprint = j->fingerprint;
 }
 
+static int has_finished_shard(const char *dir) {
+  char p[4200];
+  snprintf(p, sizeof p, "%s/shards", dir);
+  DIR *d = opendir(p);
+  if (!d) return 0;
+  int found = 0;
+  struct dirent *e;
+  while (!found && (e = readdir(d)))
+    found = !strncmp(e->d_name, "shard-", 6) && !strstr(e->d_name, ".tmp");
+  closedir(d);
+  return found;
+}
+
+static int refuse_other_job(const char *dir, const job *j) {
+  CE_FAIL("%s: holds the dataset of a different job (its job.yaml differs from %s, byte "
+          "for byte: an edited comment counts); to resume that dataset, run its own job: "
+          "`coemu generate %s/job.yaml --out %s`; for this job, use another --out",
+          dir, j->path, dir, dir);
+}
+
+int dataset_dir_judge(const char *dir, const job *j) {
+  char p[4200];
+  snprintf(p, sizeof p, "%s/job.yaml", dir);
+  if (access(p, F_OK) != 0) return DATASET_DIR_NEW;
+  char *old = NULL;
+  size_t len = 0;
+  CE_TRY(fs_read_all(p, &old, &len));
+  int same = len == j->text_len && !memcmp(old, j->text, len);
+  free(old);
+  if (same) return DATASET_DIR_SAME_JOB;
+  char man[4200], h5[4200];
+  snprintf(man, sizeof man, "%s/manifest.json", dir);
+  snprintf(h5, sizeof h5, "%s/dataset.h5", dir);
+  if (!has_finished_shard(dir) && access(man, F_OK) != 0 && access(h5, F_OK) != 0)
+    return DATASET_DIR_FAILED_START;
+  return refuse_other_job(dir, j);
+}
+
 int dataset_prepare(const char *dir, const job *j) {
   char p[4096];
   snprintf(p, sizeof p, "%s/shards", dir);
@@ -41,20 +80,13 @@ int dataset_prepare(const char *dir, const job *j) {
   CE_TRY(fs_lock_dir(dir, "generate")); /* held until the process ends */
   CE_TRY(fs_remove_tmp(p)); /* left by a killed run */
   CE_TRY(fs_remove_tmp(dir));
+  /* a failed start of another job was cleared by the caller
+   * (take_over_failed_start), so here it is refused as any other job's */
+  int k = dataset_dir_judge(dir, j);
+  if (k < 0) return -1;
+  if (k == DATASET_DIR_FAILED_START) return refuse_other_job(dir, j);
+  if (k == DATASET_DIR_SAME_JOB) return 0;
   snprintf(p, sizeof p, "%s/job.yaml", dir);
-  if (access(p, F_OK) == 0) {
-    char *old;
-    size_t len;
-    CE_TRY(fs_read_all(p, &old, &len));
-    int same = len == j->text_len && !memcmp(old, j->text, len);
-    free(old);
-    if (!same)
-      CE_FAIL("%s: holds the dataset of a different job (its job.yaml differs from %s, byte "
-              "for byte: an edited comment counts); to resume that dataset, run its own job: "
-              "`coemu generate %s/job.yaml --out %s`; for this job, use another --out",
-              dir, j->path, dir, dir);
-    return 0;
-  }
   char tmp[4200];
   FILE *f;
   CE_TRY(fs_open_tmp(p, tmp, sizeof tmp, &f));

@@ -34,6 +34,17 @@ int dataset_write_plan(const char *dir, const job *j, const uint8_t *model_split
 /* The shard layout a job asks for. */
 void dataset_layout(const job *j, shard_layout *lay);
 
+/* What DIR is to job j, read only (no lock taken, nothing written), for the
+ * run (take_over_failed_start, dataset_prepare) and for --check alike:
+ * DATASET_DIR_NEW: DIR is absent or holds no job.yaml; DATASET_DIR_SAME_JOB:
+ * its job.yaml is j's text byte for byte (the run resumes or reruns it);
+ * DATASET_DIR_FAILED_START: another job's job.yaml but no finished shard,
+ * no manifest.json and no dataset.h5 (what a failed start left: the run
+ * takes it over). -1 with the message when DIR holds a different job's
+ * dataset (or job.yaml cannot be read). */
+enum { DATASET_DIR_NEW = 0, DATASET_DIR_SAME_JOB = 1, DATASET_DIR_FAILED_START = 2 };
+int dataset_dir_judge(const char *dir, const job *j);
+
 /* Rank 0, before any shard: create DIR and DIR/shards; lock DIR for this
  * process (fs_lock_dir: a second generate, stats or a run on DIR is refused,
  * naming this one); record the job text in

@@ -93,9 +93,14 @@ static int check_resolution(const job *j) {
   return 0;
 }
 
-/* --check: the job, its input files, and what it will cost. */
-static int check_only(const job *j) {
+static int check_out_dir(const job *j, const char *out, int judged);
+
+/* --check: the job, its input files, its output folder (judged as the run
+ * judges it, before "ok" is said), and what it will cost. */
+static int check_only(const job *j, const char *out) {
   if (job_check_inputs(j) < 0) return -1;
+  int judged = access(out, F_OK) == 0 ? dataset_dir_judge(out, j) : DATASET_DIR_NEW;
+  if (judged < 0) return -1;
   job_estimate e;
   job_estimate_of(j, &e);
   char per[32], all[32], models[32], one[32], r64[32];
@@ -142,7 +147,8 @@ static int check_only(const job *j) {
          "making cost more (scripts/scaling_model.py models them: docs/scaling.md)\n",
          e.samples > 0 ? 1e3 * e.core_seconds / (double)e.samples : 0.0, one, r64,
          JOB_COST_NS_VOXEL, JOB_COST_NS_VOXEL_CHANNEL, JOB_COST_NS_SUBSAMPLE_LINEAR);
-  return check_resolution(j);
+  CE_TRY(check_resolution(j));
+  return check_out_dir(j, out, judged);
 }
 
 /* ---- the output folder on a failed start ----
@@ -186,38 +192,20 @@ static void undo_start(void *vctx) {
   hdf5_skip_shutdown();
 }
 
-static int has_finished_shard(const char *dir) {
-  char p[4200];
-  snprintf(p, sizeof p, "%s/shards", dir);
-  DIR *d = opendir(p);
-  if (!d) return 0;
-  int found = 0;
-  struct dirent *e;
-  while (!found && (e = readdir(d)))
-    found = !strncmp(e->d_name, "shard-", 6) && !strstr(e->d_name, ".tmp");
-  closedir(d);
-  return found;
-}
-
 /* Rank 0, before dataset_prepare: DIR holds another job's job.yaml but no
  * finished shard and no manifest (a start that failed, e.g. a LAMDA file
- * that was missing): clear it for this job. Anything else is left for
- * dataset_prepare to judge (the same job resumes; a dataset is refused). */
+ * that was missing): clear it for this job. Another job's dataset is
+ * refused (dataset_dir_judge's message); the same job is left for
+ * dataset_prepare (it resumes). */
 static int take_over_failed_start(const char *dir, const job *j) {
   char p[4200];
   snprintf(p, sizeof p, "%s/job.yaml", dir);
   if (access(p, F_OK) != 0) return 0;
-  char *old = NULL;
-  size_t len = 0;
   CE_TRY(fs_lock_dir(dir, "generate"));
-  CE_TRY(fs_read_all(p, &old, &len));
-  int same = len == j->text_len && !memcmp(old, j->text, len);
-  free(old);
-  char man[4200], h5[4200];
-  snprintf(man, sizeof man, "%s/manifest.json", dir);
-  snprintf(h5, sizeof h5, "%s/dataset.h5", dir);
-  if (same || has_finished_shard(dir) || access(man, F_OK) == 0 || access(h5, F_OK) == 0)
-    return 0;
+  /* the judgement --check prints too (dataset_dir_judge) */
+  int k = dataset_dir_judge(dir, j);
+  if (k != DATASET_DIR_FAILED_START) return k < 0 ? -1 : 0;
+  char man[4200];
   /* the synthetic models of another job must not be taken for this one's */
   char models[4200];
   snprintf(models, sizeof models, "%s/models", dir);
@@ -285,25 +273,99 @@ static void stop_signals(int install) {
  * at the paper's size), and `coemu verify` is that check when it is wanted.
  * A shard that fails is removed with a warning (0: make it again); a shard
  * not there is 0 too; -1 with the message when it cannot be removed. */
+/* Whether shard s (at path, which exists) would be kept: 1 (*sums filled),
+ * or 0 with the reason as the message. Read only: keep_shard and --check's
+ * count of what a resume keeps (check_out_dir) judge alike. */
+static int shard_keepable(const job *j, const shard_layout *lay, const char *path, int64_t s,
+                          shard_sums *sums) {
+  int64_t first, count;
+  dataset_shard_range(s, job_samples(j), j->samples_per_shard, &first, &count);
+  if ((g_verify_kept ? shard_verify(path, lay, sums) : shard_check_claims(path, lay, sums)) < 0)
+    return 0;
+  if (sums->first != first || sums->count != count) {
+    ce_err("%s: holds samples %lld..%lld, expected %lld..%lld", path, (long long)sums->first,
+           (long long)(sums->first + sums->count - 1), (long long)first, (long long)(first + count - 1));
+    return 0;
+  }
+  return 1;
+}
+
 static int keep_shard(const job *j, const shard_layout *lay, const char *out, int64_t s,
                       shard_sums *sums) {
-  int64_t N = job_samples(j), first, count;
-  dataset_shard_range(s, N, j->samples_per_shard, &first, &count);
   char path[4096];
   CE_TRY(dataset_shard_path(out, s, path, sizeof path));
   if (access(path, F_OK) != 0) return 0;
   double t0 = ce_now();
-  int ok = (g_verify_kept ? shard_verify(path, lay, sums) : shard_check_claims(path, lay, sums)) == 0;
-  if (ok && (sums->first != first || sums->count != count)) {
-    ce_err("%s: holds samples %lld..%lld, expected %lld..%lld", path, (long long)sums->first,
-           (long long)(sums->first + sums->count - 1), (long long)first, (long long)(first + count - 1));
-    ok = 0;
-  }
+  int ok = shard_keepable(j, lay, path, s, sums);
   g_resume_s += ce_now() - t0;
   if (ok) return 1;
   fprintf(stderr, "coemu %s: rank %d: warning: %s; making the shard again\n", g_cmd, g_rank,
           ce_err_msg());
   if (unlink(path) < 0) CE_FAIL("%s: cannot remove a damaged shard: %s", path, strerror(errno));
+  return 0;
+}
+
+/* --check's output line: what the run would do with `out`, which
+ * dataset_dir_judge gave `judged` (refusals are made before): create it,
+ * take it over, rerun a finished dataset (nothing to make), or resume,
+ * keeping the shards shard_keepable keeps (with --verify-kept their data
+ * read back, as the run would). Reads only: a shard the run would make
+ * again is named, not removed. */
+static int check_out_dir(const job *j, const char *out, int judged) {
+  if (access(out, F_OK) != 0) {
+    printf("  output: %s does not exist: the run creates it\n", out);
+    return 0;
+  }
+  if (judged == DATASET_DIR_NEW) {
+    printf("  output: %s holds no dataset: the run makes one there\n", out);
+    return 0;
+  }
+  if (judged == DATASET_DIR_FAILED_START) {
+    printf("  output: %s holds only what a failed start of another job left (no finished "
+           "shard): the run takes it over\n", out);
+    return 0;
+  }
+  int level = dataset_finished(out, j);
+  int64_t N = job_samples(j), K = dataset_shards(N, j->samples_per_shard);
+  const char *stats = level == DATASET_FINISHED_SHARDS && j->stats_compute
+                          ? "; its /stats is missing: the run computes it" : "";
+  if (level && !g_verify_kept) {
+    printf("  output: %s holds this job's finished dataset: nothing to make%s (no shard read: "
+           "`coemu verify %s` reads every byte, as does the run with --verify-kept)\n",
+           out, stats, out);
+    return 0;
+  }
+  shard_layout lay;
+  dataset_layout(j, &lay);
+  int64_t kept = 0, kept_samples = 0, remade = 0;
+  for (int64_t s = 0; s < K; s++) {
+    char path[4096];
+    CE_TRY(dataset_shard_path(out, s, path, sizeof path));
+    if (access(path, F_OK) != 0) continue;
+    shard_sums sums;
+    if (shard_keepable(j, &lay, path, s, &sums)) {
+      kept++;
+      kept_samples += sums.count;
+    } else if (++remade <= 5) {
+      printf("  output: %s; the run makes the shard again\n", ce_err_msg());
+    }
+  }
+  ce_err_clear();
+  if (level && remade == 0)
+    printf("  output: %s holds this job's finished dataset, every shard's CRC-32s read back "
+           "and matching (--verify-kept): nothing to make%s\n", out, stats);
+  else if (level)
+    printf("  output: %s holds this job's finished dataset with %lld damaged shard%s "
+           "(--verify-kept read every shard back): the run makes %s again and rewrites "
+           "manifest.json, dataset.h5 and /stats\n", out, (long long)remade,
+           remade == 1 ? "" : "s", remade == 1 ? "it" : "them");
+  else
+    printf("  output: %s holds this job's unfinished dataset: the run resumes it, keeping %lld "
+           "of %lld shards (%lld of %lld samples; %s) and making %lld\n", out, (long long)kept,
+           (long long)K, (long long)kept_samples, (long long)N,
+           g_verify_kept ? "their CRC-32s read back: --verify-kept"
+                         : "judged on what their files claim, no data read",
+           (long long)(K - kept));
   return 0;
 }
 
@@ -565,14 +627,21 @@ static int job_stats(const char *cmd, const job *j, const char *out, int quiet) 
  * nothing made, no shard read, manifest and dataset.h5 as they were; /stats
  * computed only when it is missing. The exit status, after MPI_Finalize. */
 static int rerun_finished(const char *cmd, job *j, const char *out, int level, int quiet) {
-  if (g_rank == 0 && !quiet)
+  if (g_rank == 0 && !quiet && !g_verify_kept)
     fprintf(stderr, "coemu %s: %s is finished: %lld samples in %lld shards, each where "
                     "manifest.json says with its recorded size, and dataset.h5%s; nothing to "
-                    "make (no shard read: `coemu verify %s` reads every byte, and a shard it "
-                    "names as damaged is made again when removed and this command rerun)\n",
+                    "make (no shard read: `coemu verify %s` reads every byte, and --verify-kept "
+                    "reads every shard back and makes a damaged one again)\n",
             cmd, out, (long long)job_samples(j),
             (long long)dataset_shards(job_samples(j), j->samples_per_shard),
             level == DATASET_FINISHED_ALL && j->stats_compute ? " with /stats" : "", out);
+  if (g_rank == 0 && !quiet && g_verify_kept)
+    fprintf(stderr, "coemu %s: %s is finished: %lld samples in %lld shards, every shard read "
+                    "back and its CRC-32s matching (--verify-kept), and dataset.h5%s; nothing to "
+                    "make\n",
+            cmd, out, (long long)job_samples(j),
+            (long long)dataset_shards(job_samples(j), j->samples_per_shard),
+            level == DATASET_FINISHED_ALL && j->stats_compute ? " with /stats" : "");
   int rc = 0;
   if (level == DATASET_FINISHED_SHARDS && j->stats_compute) {
     if (g_rank == 0 && !quiet)
@@ -590,9 +659,9 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   int check = 0, quiet = 0, schema_doc = 0;
   cli_opt opts[] = {
       {"out", CLI_STR, &out, "DIR", "dataset directory (default: the job's output.directory)", 0, 0},
-      {"check", CLI_FLAG, &check, NULL, "validate the job and read its input files (LAMDA, AMRVAC headers, units sidecars), print the samples, disk and time it will take, and exit", 0, 0},
+      {"check", CLI_FLAG, &check, NULL, "validate the job, read its input files (LAMDA, AMRVAC headers, units sidecars) and judge the output folder as the run would (another job's dataset is refused; a resume says how many shards it keeps, a finished dataset that there is nothing to make), print the samples, disk and time it will take, and exit", 0, 0},
       {"quiet", CLI_FLAG, &quiet, NULL, "no progress lines", 0, 0},
-      {"verify-kept", CLI_FLAG, &g_verify_kept, NULL, "on a resume, read back every shard an earlier run finished and check its CRC-32s before keeping it (a damaged one is made again); without it a kept shard is checked on what its file claims (layout, job, sample range, row counts), reading no data", 0, 0},
+      {"verify-kept", CLI_FLAG, &g_verify_kept, NULL, "on a resume, and on a rerun of a finished dataset, read back every shard an earlier run finished and check its CRC-32s before keeping it (a damaged one is made again; with --check, counted); without it a kept shard is checked on what its file claims (layout, job, sample range, row counts), reading no data, and a finished dataset is not read at all", 0, 0},
       {"schema-doc", CLI_FLAG, &schema_doc, NULL, "print the job-file key table (Markdown) and exit", 0, 0},
       {0}};
   const cli_command spec = {
@@ -617,7 +686,7 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
                                     strlen(job_demo_text), "jobs", &j);
   if (check) {
     if (loaded < 0) return cli_fail(cmd);
-    int rc = check_only(&j);
+    int rc = check_only(&j, out ? out : j.out_dir);
     job_free(&j);
     return rc < 0 ? cli_fail(cmd) : 0;
   }
@@ -674,7 +743,10 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
    * 7 TB twice); at most its missing /stats */
   int finished = g_rank == 0 ? dataset_finished(out, &j) : 0;
   MPI_Bcast(&finished, 1, MPI_INT, 0, MPI_COMM_WORLD);
-  if (finished) {
+  /* --verify-kept promises every kept shard read back, a finished dataset's
+   * too: it goes through the resume pass below (a damaged shard is made
+   * again, and the dataset then finished as any resume finishes it) */
+  if (finished && !g_verify_kept) {
     start.active = 0;
     mpi_set_cleanup(NULL, NULL);
     return rerun_finished(cmd, &j, out, finished, quiet);
@@ -691,7 +763,10 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   {
     int rc = 0;
     if (g_rank == 0) rc = dataset_write_plan(out, &j, msplit);
-    if (g_rank == 0 && rc == 0 && j.has_stream && !j.stream_generate) rc = live_serve_spawn(out, &j);
+    /* a finished dataset (being verified: --verify-kept) is served by coemu
+     * serve, not followed live */
+    if (g_rank == 0 && rc == 0 && j.has_stream && !j.stream_generate && !finished)
+      rc = live_serve_spawn(out, &j);
     mpi_agree(rc);
   }
   /* from here on the folder holds this job's work: a failure keeps it for
@@ -713,6 +788,26 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
                   &stopped, g_rank == 0 ? &prog : NULL) < 0) {
     snprintf(failure, sizeof failure, "%s", ce_err_msg());
     failed = 1; /* said to rank 0 at the first request below */
+  }
+  /* --verify-kept on a finished dataset whose every shard was read back and
+   * kept: nothing to make, so it is left as it was (manifest, dataset.h5 and
+   * a /stats that coemu stats recomputed), as a rerun without the flag
+   * leaves it. need is agreed, and a rank that failed or was stopped left a
+   * shard marked, so every rank takes this branch or none. */
+  if (finished) {
+    int64_t s = 0;
+    while (s < K && !need[s]) s++;
+    if (s == K && !stopped) {
+      if (p.close) p.close(p.ctx);
+      free(need);
+      free(recs.r);
+      free(msplit);
+      free(in);
+      free(tg);
+      ce_progress_done(&prog, N);
+      mpi_set_cleanup(NULL, NULL);
+      return rerun_finished(cmd, &j, out, finished, quiet);
+    }
   }
   /* stopped: a rank was signalled in the resume pass (or the start), so
    * every rank asks for no work below and none is handed out */

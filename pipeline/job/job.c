@@ -14,6 +14,7 @@
 #include "common/error.h"
 #include "common/rng.h"
 #include "pipeline/job/schema.h"
+#include "pipeline/job/trainjob.h"
 #include "pipeline/stream/stream_security.h"
 #include "solver/freqgrid.h"
 #include "solver/lte.h"
@@ -203,6 +204,20 @@ static int fill(const char *name, const yt_node *r, job *j) {
             (long long)JOB_MAX_SAMPLES);
   }
   snprintf(j->sampler, sizeof j->sampler, "%s", schema_str(r, "sampling.sampler"));
+  /* faceon is the identity for every direction index, and nothing else of a
+   * sample depends on the index: directions > 1 would store each model's
+   * sample that many times over (same /direction, same targets), a dataset
+   * of copies that --check would size as if they were views */
+  if (!strcmp(j->sampler, "faceon") && j->directions != 1) {
+    /* a directions filled in by default has no position: name the sampler's */
+    const yt_node *dn = schema_at(r, "sampling.directions");
+    const yt_node *at = dn->line > 0 ? dn : schema_at(r, "sampling.sampler");
+    CE_FAIL("%s:%d:%d: sampling.directions: expected 1 with sampling.sampler faceon, got %lld%s "
+            "(faceon is the identity rotation for every direction: each model's sample would be "
+            "stored %lld times, identical; set directions: 1, or use another sampler for several "
+            "views)", name, at->line, at->col, (long long)j->directions,
+            dn->line > 0 ? "" : " (the default)", (long long)j->directions);
+  }
   j->n = (int)schema_int(r, "sampling.n");
   const char *edge = schema_str(r, "sampling.edge");
   if (strcmp(edge, "auto")) {
@@ -395,7 +410,9 @@ int job_parse(const char *name, const char *text, size_t len, const char *dir, j
   CE_TRY(schema_keep_source(name, text, len, dir, &j->path, &j->dir, &j->text));
   j->text_len = len;
   j->fingerprint = (uint32_t)crc32(0L, (const Bytef *)text, (uInt)len);
-  yt_node *doc = schema_load(name, text, len, "schemas/job.yaml", job_schema_text);
+  /* a training job given to coemu generate is told so (schema.h) */
+  static const schema_other train = {train_schema_text, "a training job", "coemu train"};
+  yt_node *doc = schema_load(name, text, len, "schemas/job.yaml", job_schema_text, &train);
   int rc = doc ? fill(name, doc, j) : -1;
   yt_free(doc);
   if (rc < 0) job_free(j);
@@ -470,7 +487,7 @@ static int stats_settings_of(const char *name, const char *text, size_t len, con
                              void *vout) {
   (void)dir;
   job_stats_settings *out = vout;
-  yt_node *doc = schema_load(name, text, len, "schemas/job.yaml", job_schema_text);
+  yt_node *doc = schema_load(name, text, len, "schemas/job.yaml", job_schema_text, NULL);
   if (!doc) return -1;
   snprintf(out->split, sizeof out->split, "%s", schema_str(doc, "statistics.split"));
   out->lnI_clip = schema_num(doc, "statistics.ln_intensity_clip");

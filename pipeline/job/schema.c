@@ -298,12 +298,41 @@ int schema_validate(const char *name, yt_node *doc, const yt_node *schema) {
   return validate(&c, doc, schema, "");
 }
 
+/* After doc failed against `schema`: the hint of schema_load (schema.h)
+ * appended to the message when doc's top-level keys say it is the other
+ * kind. Keys are compared by name only: the first unknown key is where
+ * validation stopped, not necessarily the telling one. */
+static void hint_other_kind(const yt_node *doc, const yt_node *schema, const schema_other *other) {
+  if (!other || doc->kind != YT_MAP) return;
+  yt_node *os = schema_tree("the other schema", other->schema_text);
+  if (!os) return;
+  const yt_node *mine = yt_get(schema, "keys"), *theirs = yt_get(os, "keys");
+  size_t only_mine = 0, only_theirs = 0;
+  char list[256] = "";
+  for (size_t i = 0; i < doc->n; i++) {
+    int a = yt_get(mine, doc->keys[i]) != NULL, b = yt_get(theirs, doc->keys[i]) != NULL;
+    if (a && !b) only_mine++;
+    if (b && !a) {
+      size_t l = strlen(list);
+      if (only_theirs < 4) snprintf(list + l, sizeof list - l, "%s%s", l ? ", " : "", doc->keys[i]);
+      only_theirs++;
+    }
+  }
+  yt_free(os);
+  if (only_theirs == 0 || only_theirs <= only_mine) return;
+  char msg[2048];
+  snprintf(msg, sizeof msg, "%s", ce_err_msg());
+  ce_err("%s; this looks like %s (top-level keys %s%s): run it with %s", msg, other->kind, list,
+         only_theirs > 4 ? ", ..." : "", other->command);
+}
+
 yt_node *schema_load(const char *name, const char *text, size_t len, const char *schema_name,
-                     const char *schema_text) {
+                     const char *schema_text, const schema_other *other) {
   yt_node *doc = yt_parse(name, text, len);
   if (!doc) return NULL;
   yt_node *schema = schema_tree(schema_name, schema_text);
   int rc = schema ? schema_validate(name, doc, schema) : -1;
+  if (rc < 0 && schema) hint_other_kind(doc, schema, other);
   yt_free(schema);
   if (rc < 0) {
     yt_free(doc);

@@ -38,11 +38,24 @@ yt_node *schema_tree(const char *name, const char *schema_text);
  * (the tree is completed in place). `name` is the file name for messages. */
 int schema_validate(const char *name, yt_node *doc, const yt_node *schema);
 
+/* The other kind of document a file given to the wrong command may be (a
+ * training job given to `coemu generate`, a generate job to `coemu train`):
+ * its schema and what to say about it. */
+typedef struct {
+  const char *schema_text; /* the other schema (its top-level keys are compared) */
+  const char *kind;        /* "a training job" */
+  const char *command;     /* "coemu train" */
+} schema_other;
+
 /* Parse `len` bytes of YAML named `name` and validate them against the
  * schema text (named schema_name): the complete tree, or NULL with the
- * message. */
+ * message. other (NULL: none): when the document fails and its top-level
+ * keys are more the other schema's than this one's (keys both allow, such
+ * as name and output, do not count), the message goes on "; this looks
+ * like KIND (top-level keys ...): run it with COMMAND", so that the first
+ * key this schema does not know is not the only clue. */
 yt_node *schema_load(const char *name, const char *text, size_t len, const char *schema_name,
-                     const char *schema_text);
+                     const char *schema_text, const schema_other *other);
 
 /* Read a document file and hand it to parse(path, text, len, dir, out), dir
  * being the folder its relative paths are resolved against ("." for a bare

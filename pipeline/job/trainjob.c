@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "pipeline/job/job.h"
 #include "pipeline/job/schema.h"
 #include "pipeline/stream/stream_security.h"
 #include "trainer/coemunet.h"
@@ -280,7 +281,9 @@ int train_job_parse(const char *name, const char *text, size_t len, const char *
   memset(j, 0, sizeof *j);
   CE_TRY(schema_keep_source(name, text, len, dir, &j->path, &j->dir, &j->text));
   j->text_len = len;
-  yt_node *doc = schema_load(name, text, len, SCHEMA_NAME, train_schema_text);
+  /* a generate job given to coemu train is told so (schema.h) */
+  static const schema_other gen = {job_schema_text, "a generate job", "coemu generate"};
+  yt_node *doc = schema_load(name, text, len, SCHEMA_NAME, train_schema_text, &gen);
   int rc = doc ? fill(name, doc, j) : -1;
   yt_free(doc);
   if (rc < 0) train_job_free(j);

@@ -199,10 +199,36 @@ def run_tests(tmp):
     # (verify's to find) and names the remedy; the remedy remakes the shard
     r = mpi(2, [job, '--out', outs[3]])
     check(r.returncode == 0 and 'is finished' in r.stderr and 'coemu verify' in r.stderr and
-          'made again when removed' in r.stderr,
+          '--verify-kept reads every shard back' in r.stderr,
           f'a rerun of a finished dataset reads no shard, names verify: {r.stderr}')
     with h5py.File(shard, 'r') as h:
         check(h['targets'][1, 0, 0, 0] == 5.0, 'the rerun left the damaged shard as it was')
+    # --check says what that rerun does, and with --verify-kept reads the
+    # shards back and names the damaged one (removing nothing)
+    r = subprocess.run([TESTGEN, job, '--check', '--out', outs[3]], capture_output=True, text=True)
+    check(r.returncode == 0 and "holds this job's finished dataset: nothing to make" in r.stdout,
+          f'--check on a finished dataset: {r.stdout} {r.stderr}')
+    r = subprocess.run([TESTGEN, job, '--check', '--out', outs[3], '--verify-kept'],
+                       capture_output=True, text=True)
+    check(r.returncode == 0 and 'shard-000002.h5: /targets: checksum mismatch' in r.stdout and
+          'with 1 damaged shard' in r.stdout and os.path.exists(shard),
+          f'--check --verify-kept on a damaged finished dataset: {r.stdout} {r.stderr}')
+    # --verify-kept on the finished dataset honours the flag: it reads every
+    # shard back and makes the damaged one again (it was taken for finished
+    # and left the damage, exit 0)
+    r = mpi(2, [job, '--out', outs[3], '--quiet', '--verify-kept'])
+    check(r.returncode == 0 and 'shard-000002.h5: /targets: checksum mismatch' in r.stderr and
+          'making the shard again' in r.stderr and same(ref, arrays(outs[3])),
+          f'a finished dataset with --verify-kept: the damaged shard made again: {r.stderr}')
+    r = subprocess.run([COEMU, 'verify', outs[3]], capture_output=True, text=True)
+    check(r.returncode == 0, f'verify after --verify-kept repaired it: {r.stderr}')
+    # ... and, every shard good, leaves the dataset as it was
+    before = os.stat(os.path.join(outs[3], 'dataset.h5')).st_mtime_ns
+    r = mpi(2, [job, '--out', outs[3], '--verify-kept'])
+    check(r.returncode == 0 and 'CRC-32s matching (--verify-kept)' in r.stderr and
+          'nothing to make' in r.stderr and
+          os.stat(os.path.join(outs[3], 'dataset.h5')).st_mtime_ns == before,
+          f'a good finished dataset with --verify-kept: nothing made or rewritten: {r.stderr}')
     os.unlink(shard)
     r = mpi(2, [job, '--out', outs[3], '--quiet'])
     check(r.returncode == 0 and same(ref, arrays(outs[3])),
@@ -217,6 +243,15 @@ def run_tests(tmp):
     with h5py.File(shard, 'r+') as h:
         h['targets'][1, 0, 0, 0] = 5.0
     os.unlink(os.path.join(outs[3], 'manifest.json'))
+    # --check says the run resumes it, and what it keeps (one shard gone: made)
+    os.rename(shard, shard + '.away')
+    r = subprocess.run([TESTGEN, job, '--check', '--out', outs[3]], capture_output=True, text=True)
+    K = M * D // S
+    check(r.returncode == 0 and f"holds this job's unfinished dataset: the run resumes it, keeping "
+          f"{K - 1} of {K} shards ({M * D - S} of {M * D} samples; judged on what their files "
+          f"claim, no data read) and making 1" in r.stdout,
+          f'--check on an unfinished dataset: {r.stdout} {r.stderr}')
+    os.rename(shard + '.away', shard)
     r = mpi(2, [job, '--out', outs[3], '--quiet'])
     with h5py.File(shard, 'r') as h:
         check(r.returncode == 0 and h['targets'][1, 0, 0, 0] == 5.0 and 'shard-000002' not in r.stderr,
@@ -260,8 +295,14 @@ def run_tests(tmp):
     # a different job into the same directory is refused
     other = os.path.join(tmp, 'other.yaml')
     open(other, 'w').write(JOB.replace('seed: 99', 'seed: 98'))
+    # --check refuses it as the run does, with the run's message (before it
+    # said ok, and the run was refused only once nodes were allocated)
+    rc = subprocess.run([TESTGEN, other, '--check', '--out', outs[1]], capture_output=True, text=True)
     r = mpi(1, [other, '--out', outs[1], '--quiet'])
     check(r.returncode != 0 and 'different job' in r.stderr, f'different job refused: {r.stderr}')
+    msg = r.stderr[r.stderr.index(outs[1] + ': holds the dataset'):].split('\n')[0]
+    check(rc.returncode == 1 and ': ok: ' not in rc.stdout and msg in rc.stderr,
+          f'--check refuses a different job\'s dataset with the run\'s message: {rc.stdout} {rc.stderr}')
     # the remedy the message names: the dataset's own job resumes it
     mine = os.path.join(outs[1], 'job.yaml')
     check(f'`coemu generate {mine} --out {outs[1]}`' in r.stderr, f'the remedy named: {r.stderr}')

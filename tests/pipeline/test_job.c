@@ -110,6 +110,21 @@ static void test_errors(void) {
   check_err("sampling: {n: 6.5}\n", "expected an integer");
   check_err("sampling: {n: '64'}\n", "expected an integer");
   check_err("sampling: {sampler: random}\n", "expected one of haar, faceon, lowdisc, coemunet");
+  /* faceon is the identity for every direction: more than one would store
+   * identical copies of each model's sample (the default directions too) */
+  check_err("sampling: {directions: 3, sampler: faceon}\n",
+            "t.yaml:5:24: sampling.directions: expected 1 with sampling.sampler faceon, got 3 (");
+  check_err("sampling: {sampler: faceon}\n",
+            "t.yaml:5:21: sampling.directions: expected 1 with sampling.sampler faceon, got 32 "
+            "(the default)");
+  {
+    job fj;
+    const char *t = "inputs:\n  synth: {count: 10}\nline:\n  lamda: co.dat\n"
+                    "sampling: {directions: 1, sampler: faceon}\n";
+    CHECK_OK(parse(t, &fj));
+    CHECK(fj.directions == 1 && !strcmp(fj.sampler, "faceon"));
+    job_free(&fj);
+  }
   check_err("sampling: {edge: -1}\n", "sampling.edge: expected 'auto' or a length > 0");
   check_err("solver: {abs: 1}\n", "solver.abs: expected true or false");
   check_err("splits: {train: 0.5}\n", "expected train + validation + test = 1");
@@ -268,6 +283,17 @@ static void test_job_files(void) {
   job j;
   CHECK_OK(job_parse("demo", job_demo_text, strlen(job_demo_text), ".", &j));
   job_free(&j);
+  /* a training job given to coemu generate: the first unknown key, and what
+   * the file is (its top-level keys are schemas/train.yaml's) */
+  char p[4096];
+  snprintf(p, sizeof p, "%s/jobs/train-demo.yaml", root ? root : ".");
+  CHECK_ERR(job_load(p, &j), "unknown key 'seed'");
+  CHECK(strstr(ce_err_msg(), "train-demo.yaml:") &&
+        strstr(ce_err_msg(), "; this looks like a training job (top-level keys seed, ") &&
+        strstr(ce_err_msg(), "): run it with coemu train"));
+  /* a generate job with a stray key is not taken for a training job */
+  check_err("seed: 3\n", "unknown key 'seed'");
+  CHECK(!strstr(ce_err_msg(), "looks like"));
 }
 
 static void test_schema_doc(void) {

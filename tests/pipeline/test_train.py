@@ -51,10 +51,10 @@ def run(args, timeout=600, **kw):
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=ENV, **kw)
 
 
-def gen_job(sampler, channels, stats=True):
+def gen_job(sampler, channels, stats=True, count=24, directions=4):
     return f"""name: t
-inputs: {{synth: {{count: 24, seed: 3, levels: 2}}}}
-sampling: {{directions: 4, sampler: {sampler}, n: 16, edge: 3.0e13, k: 1, seed: 11}}
+inputs: {{synth: {{count: {count}, seed: 3, levels: 2}}}}
+sampling: {{directions: {directions}, sampler: {sampler}, n: 16, edge: 3.0e13, k: 1, seed: 11}}
 line: {{lamda: {LAMDA}, transition: 2, channels: {channels}}}
 output: {{directory: unused, samples_per_shard: 16}}
 splits: {{train: 0.75, validation: 0.125, test: 0.125, seed: 2}}
@@ -91,7 +91,9 @@ def stage(dataset, epochs, extra="", eps="1.0e-8"):
 
 with tempfile.TemporaryDirectory() as tmp:
     pre, ft, nostats = (os.path.join(tmp, d) for d in ("pre", "ft", "nostats"))
-    for d, job in ((pre, gen_job("faceon", "{mode: list, velocities: [0.0]}")),
+    # face-on is one view per model (coemu generate refuses more: they would
+    # be copies), so the pretraining set has 4x the models for its 96 samples
+    for d, job in ((pre, gen_job("faceon", "{mode: list, velocities: [0.0]}", count=96, directions=1)),
                    (ft, gen_job("haar", "{mode: grid, vmin: -600, vmax: 600, count: 3}")),
                    (nostats, gen_job("haar", "{mode: grid, vmin: -600, vmax: 600, count: 3}", False))):
         open(d + ".yaml", "w").write(job)

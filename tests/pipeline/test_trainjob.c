@@ -442,6 +442,16 @@ static void test_shipped_jobs(void) {
     CHECK_OK(coemunet_check_config(&c));
     train_job_free(&j);
   }
+  /* a generate job given to coemu train: the first unknown key, and what the
+   * file is (its top-level keys are schemas/job.yaml's) */
+  snprintf(p, sizeof p, "%s/jobs/demo.yaml", root ? root : ".");
+  CHECK_ERR(train_job_load(p, &j), "unknown key 'inputs'");
+  CHECK(strstr(ce_err_msg(), "demo.yaml:") &&
+        strstr(ce_err_msg(), "; this looks like a generate job (top-level keys inputs, ") &&
+        strstr(ce_err_msg(), "): run it with coemu generate"));
+  /* a training job with a stray key is not taken for a generate job */
+  check_err("inputs: 3\n", "unknown key 'inputs'");
+  CHECK(!strstr(ce_err_msg(), "looks like"));
   snprintf(p, sizeof p, "%s/jobs/train-paper.yaml", root ? root : ".");
   CHECK_OK(train_job_load(p, &j));
   if (j.path) {
