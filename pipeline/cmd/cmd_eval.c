@@ -272,7 +272,8 @@ int cmd_eval(int argc, char **argv) {
   if (rc == 0) rc = checkpoint_load(ckpt, &m, NULL, NULL);
   if (rc == 0) {
     serve_opts so = {.dataset_dir = dataset, .split = split, .world = 1, .batch = (int)batch,
-                     .drop_last = 0, .prefetch = 1};
+                     .drop_last = 0, .prefetch = 1,
+                     .unfinished_hint = "run or resume `coemu generate` for it, then evaluate"};
     rc = serve_open(&so, &src);
   }
   /* the evaluation batch (evaluate_split's own nn_set_batch is then a no-op,

@@ -14,9 +14,9 @@
 #include "pipeline/train/trainrun.h"
 #include "trainer/nn.h"
 
-static void print_check(const train_job *j) {
+static void print_check(const train_job *j, const char *out) {
   printf("%s: ok: training job '%s', output %s, seed %llu, device %s%s%s\n", j->path, j->name,
-         j->out_dir, (unsigned long long)j->seed, j->device,
+         out, (unsigned long long)j->seed, j->device,
          j->precision != NN_FLOAT32 ? ", precision " : "",
          j->precision != NN_FLOAT32 ? nn_precision_name(j->precision) : "");
   static const char *names[TRAIN_STAGES] = {"pretrain", "finetune"};
@@ -48,12 +48,14 @@ int cmd_train(int argc, char **argv) {
        "learning rate or schedule (other changes are refused; the change is logged in "
        "OUT/train.log)", 0, 0},
       {"check", CLI_FLAG, &check, NULL,
-       "validate the job file and what it names, then exit: each stage's dataset and "
-       "validation dataset exist, are finished, have /stats and fit the model; "
-       "data.stream.stats and init are read too (a stream is not contacted)", 0, 0},
+       "validate the job file and what it names, then exit: the output directory (--out, "
+       "--extend as given: whether the run would start, resume or be refused there, as the "
+       "run itself decides); each stage's dataset and validation dataset exist, are finished, "
+       "have /stats and fit the model; data.stream.stats and init are read too (a stream is "
+       "not contacted)", 0, 0},
       {"no-data", CLI_FLAG, &no_data, NULL,
-       "with --check: the job file only, not the datasets and checkpoints it names (a job "
-       "written before its data exist)", 0, 0},
+       "with --check: the job file only, not the output directory and the datasets and "
+       "checkpoints it names (a job written before its data exist)", 0, 0},
       {"quiet", CLI_FLAG, &quiet, NULL,
        "no progress lines (a stop before the end, exit status 3, is still reported)", 0, 0},
       {"schema-doc", CLI_FLAG, &schema_doc, NULL,
@@ -93,18 +95,22 @@ int cmd_train(int argc, char **argv) {
   free(pos);
   if (loaded < 0) return cli_fail("train");
   if (check) {
-    /* the inputs before the "ok": the first problem is the error */
+    /* the output directory, then the inputs, as the run checks them, before
+       the "ok": the first problem is the error */
+    const char *dir = out ? out : j.out_dir;
     train_inputs_opts io = {.world = 1, .report = NULL};
     char *lines = NULL;
     size_t nlines = 0;
     FILE *rep = no_data ? NULL : open_memstream(&lines, &nlines);
     io.report = rep;
-    int rc = no_data ? 0 : rep ? train_inputs_check(&j, &io) : ce_err("out of memory");
+    int rc = no_data ? 0 : rep ? train_run_check_out(&j, dir, extend, io.skip, rep)
+                               : ce_err("out of memory");
+    if (rc == 0 && !no_data) rc = train_inputs_check(&j, &io);
     if (rep) fclose(rep);
     if (rc == 0) {
-      print_check(&j);
+      print_check(&j, dir);
       if (lines) fputs(lines, stdout);
-      if (no_data) printf("  inputs: not checked (--no-data)\n");
+      if (no_data) printf("  output %s, inputs: not checked (--no-data)\n", dir);
     }
     free(lines);
     train_job_free(&j);

@@ -2,6 +2,7 @@
  * schemas/train.yaml (schema.c) and the checks that span keys. */
 #include "pipeline/job/trainjob.h"
 
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -328,6 +329,16 @@ static void diff_str(diff_acc *d, int stage, const char *key, int ext, const cha
   if (strcmp(a, b)) diff_add(d, stage, key, ext, *a ? a : "''", *b ? b : "''");
 }
 
+/* Paths by what they name: the same file or directory by two spellings
+ * (a/../b, a symlink, a relative and an absolute path) is no change. */
+static void diff_path(diff_acc *d, int stage, const char *key, int ext, const char *a,
+                      const char *b) {
+  char ra[PATH_MAX], rb[PATH_MAX];
+  if (a && b && *a && *b && strcmp(a, b) && realpath(a, ra) && realpath(b, rb) && !strcmp(ra, rb))
+    return;
+  diff_str(d, stage, key, ext, a, b);
+}
+
 static void diff_int(diff_acc *d, int stage, const char *key, int ext, int64_t a, int64_t b) {
   char x[32], y[32];
   snprintf(x, sizeof x, "%lld", (long long)a);
@@ -360,13 +371,13 @@ static const char *optimizer_name(int k) {
 
 static void diff_stage(diff_acc *d, int i, const train_stage *a, const train_stage *b) {
   /* what the samples are, and how they are normalised: not extendable */
-  diff_str(d, i, "data.dataset", 0, a->dataset, b->dataset);
+  diff_path(d, i, "data.dataset", 0, a->dataset, b->dataset);
   diff_str(d, i, "data.stream.endpoint", 0, a->endpoint, b->endpoint);
   diff_int(d, i, "data.stream.credit", 1, a->credit, b->credit);
   diff_num(d, i, "data.stream.timeout", 1, a->timeout_s, b->timeout_s);
-  diff_str(d, i, "data.stream.server_key", 0, a->server_key, b->server_key);
-  diff_str(d, i, "data.stream.client_key", 0, a->client_key, b->client_key);
-  diff_str(d, i, "data.stream.stats", 0, a->stream_stats, b->stream_stats);
+  diff_path(d, i, "data.stream.server_key", 0, a->server_key, b->server_key);
+  diff_path(d, i, "data.stream.client_key", 0, a->client_key, b->client_key);
+  diff_path(d, i, "data.stream.stats", 0, a->stream_stats, b->stream_stats);
   diff_str(d, i, "data.split", 0, a->split, b->split);
   if (a->order != b->order)
     diff_add(d, i, "data.order", 0, a->order < 0 ? "(not given)" : a->order ? "shards" : "exact",
@@ -375,7 +386,7 @@ static void diff_stage(diff_acc *d, int i, const train_stage *a, const train_sta
   diff_int(d, i, "data.order_buffer", 0, a->order_buffer, b->order_buffer);
   /* validation: the figures best.ckpt is chosen by stay comparable; only how
      often they are taken may change */
-  diff_str(d, i, "validation.dataset", 0, a->val_dataset, b->val_dataset);
+  diff_path(d, i, "validation.dataset", 0, a->val_dataset, b->val_dataset);
   diff_str(d, i, "validation.split", 0, a->val_split, b->val_split);
   diff_int(d, i, "validation.max_samples", 0, a->val_max_samples, b->val_max_samples);
   diff_int(d, i, "validation.batch", 0, a->val_batch, b->val_batch);
@@ -402,7 +413,7 @@ static void diff_stage(diff_acc *d, int i, const train_stage *a, const train_sta
   diff_int(d, i, "checkpoint_every", 1, a->checkpoint_every, b->checkpoint_every);
   if (i == TRAIN_STAGE_FINETUNE) {
     diff_bool(d, i, "transfer", 0, a->transfer, b->transfer);
-    diff_str(d, i, "init", 0, a->init, b->init);
+    diff_path(d, i, "init", 0, a->init, b->init);
   }
 }
 

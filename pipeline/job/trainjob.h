@@ -113,7 +113,8 @@ typedef struct {
 
 /* The keys (after defaults and path resolution) whose values differ between
  * two jobs, in schema order: the first `max` go to ch (which may be NULL);
- * returns how many differ. */
+ * returns how many differ. Paths that resolve (realpath) to the same file
+ * or directory do not differ, however they are spelled. */
 int train_job_diff(const train_job *before, const train_job *after, train_job_change *ch, int max);
 
 /* docs/training-jobs.md's key table, generated from the schema. */

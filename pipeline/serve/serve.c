@@ -2,6 +2,7 @@
  * of prefetching reader threads (rows read with pread, HDF5 under one lock). */
 #include "pipeline/serve/serve.h"
 
+#include <errno.h>
 #include <hdf5.h>
 #include <sched.h>
 #include <math.h>
@@ -790,20 +791,15 @@ int serve_chunk(void *ctx, const stream_consumer *c, uint32_t epoch, uint64_t po
 
 /* A finished dataset: DIR/manifest.json and DIR/dataset.h5. */
 static int open_finished(serve_source *s) {
-  char mpath[4096], *mtext;
-  size_t mlen;
+  char mpath[4096];
   snprintf(mpath, sizeof mpath, "%s/manifest.json", s->o.dataset_dir);
-  if (fs_read_all(mpath, &mtext, &mlen) < 0)
-    return ce_err_prefix("%s is not a finished dataset (serve a running job with --live)",
-                         s->o.dataset_dir);
-  s->dataset_id = ce_xxh64(mtext, mlen, 0);
-  free(mtext);
-  char jpath[4200];
-  snprintf(jpath, sizeof jpath, "%s/job.yaml", s->o.dataset_dir);
-  if (access(jpath, F_OK) == 0 && fs_read_all(jpath, &mtext, &mlen) == 0) {
-    s->dataset_id = ce_xxh64(mtext, mlen, 0); /* the job identifies its data (live or finished) */
-    free(mtext);
+  if (access(mpath, F_OK) != 0) {
+    ce_err("%s: cannot open: %s", mpath, strerror(errno));
+    return ce_err_prefix("%s is not a finished dataset (%s)", s->o.dataset_dir,
+                         s->o.unfinished_hint ? s->o.unfinished_hint
+                                              : "serve a running job with --live");
   }
+  CE_TRY(serve_dataset_dir_id(s->o.dataset_dir, &s->dataset_id));
   /* samples come from the shards themselves (shard_reader.h), never
    * through dataset.h5's virtual datasets */
   CE_TRY(shard_reader_open(s->o.dataset_dir, s->o.max_open, &s->rd));
@@ -901,8 +897,19 @@ static int open_live(serve_source *s) {
   CE_TRY(rc);
   /* the dataset id: the job's text, the same the finished dataset announces */
   snprintf(path, sizeof path, "%s/job.yaml", s->o.dataset_dir);
-  if (fs_read_all(path, &text, &len) < 0) return -1;
-  s->dataset_id = ce_xxh64(text, len, 0);
+  if (access(path, F_OK) != 0) CE_FAIL("%s: cannot open: %s", path, strerror(errno));
+  return serve_dataset_dir_id(s->o.dataset_dir, &s->dataset_id);
+}
+
+int serve_dataset_dir_id(const char *dir, uint64_t *id) {
+  /* the job identifies its data (live or finished, wherever the directory
+     lies); a dataset without its job (made by hand) by its manifest */
+  char path[4200], *text;
+  size_t len;
+  snprintf(path, sizeof path, "%s/job.yaml", dir);
+  if (access(path, F_OK) != 0) snprintf(path, sizeof path, "%s/manifest.json", dir);
+  CE_TRY(fs_read_all(path, &text, &len));
+  *id = ce_xxh64(text, len, 0);
   free(text);
   return 0;
 }

@@ -108,6 +108,9 @@ typedef struct {
                              frame: for a sender of protocol 3's row frames, coemu serve);
                              0: every chunk is one contiguous block (stream_chunk.inputs) */
   const serve_external *external; /* non-NULL: serve its samples instead of dataset_dir's */
+  const char *unfinished_hint; /* what "DIR is not a finished dataset (HINT)" advises, in the
+                                  words of the command that opens it (NULL: serve's, "serve a
+                                  running job with --live") */
 } serve_opts;
 
 #define SERVE_MAX_READ_THREADS 64
@@ -134,8 +137,16 @@ int serve_chunk(void *s, const stream_consumer *c, uint32_t epoch, uint64_t posi
  * so what was read ahead for it is freed (and no more is read). */
 void serve_leave(void *s, const stream_consumer *c);
 
-/* XXH64 of the dataset's manifest: the dataset id announced to consumers. */
+/* The dataset id announced to consumers (serve_dataset_dir_id; a
+ * serve_external's own). */
 uint64_t serve_dataset_id(const serve_source *s);
+/* The id of the dataset in DIR, finished or being generated: XXH64 of
+ * DIR/job.yaml (the job determines the data, so a copy or a move of the
+ * directory keeps it, and a dataset of another job - another seed - has
+ * another), or of DIR/manifest.json where there is no job.yaml. What `coemu
+ * serve` announces and what `coemu train` records of the data a run trained
+ * on. 0, or -1 with the message (neither file readable). */
+int serve_dataset_dir_id(const char *dir, uint64_t *id);
 /* Samples per epoch for each rank (a multiple of the batch). */
 uint64_t serve_samples_per_rank(const serve_source *s);
 /* Samples of the split. */

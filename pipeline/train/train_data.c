@@ -51,7 +51,8 @@ static int open_dataset(train_data *d) {
   serve_opts so = {.dataset_dir = s->dataset, .split = s->split, .seed = d->o.seed,
                    .world = d->o.world, .batch = d->o.batch, .drop_last = 1, .prefetch = 3,
                    .order = {.mode = s->order == ORDER_SHARDS ? ORDER_SHARDS : ORDER_EXACT,
-                             .shards = s->order_shards, .buffer = s->order_buffer}};
+                             .shards = s->order_shards, .buffer = s->order_buffer},
+                   .unfinished_hint = TRAIN_UNFINISHED_HINT};
   CE_TRY(serve_open(&so, &d->src));
   if (!serve_norm(d->src)) {
     return ce_err("%s/dataset.h5 has no /stats group: the trainer needs the normalisation (run "
@@ -187,6 +188,10 @@ int train_data_shapes(train_data *d, uint32_t in_shape[4], uint32_t out_shape[3]
   memcpy(in_shape, d->in_shape, sizeof d->in_shape);
   memcpy(out_shape, d->out_shape, sizeof d->out_shape);
   return 0;
+}
+
+uint64_t train_data_dataset_id(const train_data *d) {
+  return d->src ? serve_dataset_id(d->src) : stream_client_dataset_id(d->cli);
 }
 
 uint64_t train_data_batches_per_epoch(train_data *d) {

@@ -38,6 +38,9 @@
 #include "pipeline/job/trainjob.h"
 #include "stats/transforms.h"
 
+/* serve_opts.unfinished_hint of the datasets training reads */
+#define TRAIN_UNFINISHED_HINT "run or resume `coemu generate` for it, then train"
+
 typedef struct {
   const train_stage *stage; /* data: source, dataset / endpoint, split, credit, timeout, keys */
   uint64_t seed;            /* shuffle seed (dataset source) */
@@ -56,6 +59,11 @@ void train_data_close(train_data *d);
 /* Per-sample shapes (3, n, n, n) and (F, n, n). For a stream this waits for
  * the first chunk. */
 int train_data_shapes(train_data *d, uint32_t in_shape[4], uint32_t out_shape[3]);
+
+/* The identity of the data (serve_dataset_id, pipeline/serve/serve.h): a
+ * dataset's own, or the dataset_id a stream's producer announced (known
+ * after train_data_shapes; 0 when it announced none). */
+uint64_t train_data_dataset_id(const train_data *d);
 
 /* Batches per epoch on this rank (0 if the stream does not announce it). */
 uint64_t train_data_batches_per_epoch(train_data *d);

@@ -130,7 +130,8 @@ static int check_validation(const train_job *j, int id, const train_inputs_opts 
   else
     CE_TRY(dataset_dir(&w, st->val_dataset));
   serve_opts vo = {.dataset_dir = st->val_dataset, .split = st->val_split, .seed = 0, .world = 1,
-                   .batch = (int)st->val_batch, .drop_last = 0, .prefetch = 1, .read_threads = 1};
+                   .batch = (int)st->val_batch, .drop_last = 0, .prefetch = 1, .read_threads = 1,
+                   .unfinished_hint = TRAIN_UNFINISHED_HINT};
   serve_source *src;
   if (serve_open(&vo, &src) < 0) return ce_err_prefix("%s", w.text);
   uint32_t in[4], out[3];

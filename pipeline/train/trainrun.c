@@ -2,6 +2,7 @@
 #include "pipeline/train/trainrun.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -21,6 +22,7 @@
 #include "pipeline/train/evaluate.h"
 #include "pipeline/train/feed.h"
 #include "pipeline/train/reducer_mpi.h"
+#include "pipeline/train/runrecord.h"
 #include "pipeline/train/train_data.h"
 #include "pipeline/train/train_inputs.h"
 #include "pipeline/train/trainplot.h"
@@ -77,34 +79,117 @@ static void change_list(const train_job_change *ch, int n, int refused, char *bu
   if (k >= len && len > 4) strcpy(buf + len - 4, "...");
 }
 
-/* OUT/train.yaml holds another job's text: refused, or with --extend
- * checked key by key against the run so far and, with `record`, recorded
- * (trainrun.h). */
+/* OUT/train.yaml now holds j's text: the record names j's folder (the
+ * datasets recorded stay: the run goes on with them). */
+static int record_job(const char *out, const train_job *j, run_record *rec) {
+  run_record_where(j->dir, rec->job_dir, sizeof rec->job_dir);
+  return run_record_write(out, rec);
+}
+
+/* How a job stands to OUT (prepare_out). */
+typedef enum {
+  OUT_NEW,        /* no run there: it starts */
+  OUT_TAKE_OVER,  /* only what a failed start of another job left */
+  OUT_SAME,       /* the same job (or one naming the same data by other paths): it resumes */
+  OUT_EXTEND      /* another job that --extend takes */
+} out_state;
+
+/* The folder a run's job text was read against: the record's, else (a run
+ * made before the record) the new job's, the best guess there is. */
+static const char *old_job_dir(const run_record *rec, const train_job *j) {
+  return *rec->job_dir ? rec->job_dir : j->dir;
+}
+
+/* Do the old and the new path of the dataset key `key`
+ * ("finetune.data.dataset") name the same dataset? The dataset id the
+ * record holds for the key (for a run made before the record: the old
+ * path's, where it still reads) against the new path's. */
+static int same_dataset(const run_record *rec, const char *key, const char *old_path,
+                        const char *new_path) {
+  uint64_t was, now;
+  const run_dataset *d = run_record_get(rec, key);
+  if (d) was = d->id;
+  else if (!*old_path || serve_dataset_dir_id(old_path, &was) < 0) {
+    ce_err_clear();
+    return 0;
+  }
+  int same = *new_path && serve_dataset_dir_id(new_path, &now) == 0 && now == was;
+  ce_err_clear();
+  return same;
+}
+
+/* Drop from ch[0..n) the dataset keys whose old and new paths name the same
+ * dataset (same_dataset); returns the new count. */
+static int drop_same_datasets(train_job_change *ch, int n, const train_job *old,
+                              const train_job *j, const run_record *rec) {
+  int k = 0;
+  for (int i = 0; i < n; i++) {
+    const train_job_change *c = &ch[i];
+    int drop = 0;
+    if (c->stage >= 0) {
+      const train_stage *a = &old->stage[c->stage], *b = &j->stage[c->stage];
+      const char *sub = strchr(c->key, '.') + 1;
+      if (!strcmp(sub, "data.dataset")) drop = same_dataset(rec, c->key, a->dataset, b->dataset);
+      if (!strcmp(sub, "validation.dataset"))
+        drop = same_dataset(rec, c->key, a->val_dataset, b->val_dataset);
+    }
+    if (!drop) ch[k++] = *c;
+  }
+  return k;
+}
+
+/* OUT/train.yaml holds another job's text: the same job when only the paths
+ * of its datasets differ and they name the same datasets (*state OUT_SAME),
+ * else refused, or with --extend checked key by key against the run so far
+ * (OUT_EXTEND) and, with `record`, recorded (trainrun.h). */
 static int job_changed(const char *out, const char *p, const char *text, size_t len,
-                       const train_job *j, const train_run_opts *o, int record) {
+                       const train_job *j, const train_run_opts *o, int record,
+                       run_record *rec, out_state *state) {
   train_job old;
-  if (train_job_parse(p, text, len, j->dir, &old) < 0)
+  /* relative paths of the recorded text against the folder they were
+     written for, so they name what the run read */
+  if (train_job_parse(p, text, len, old_job_dir(rec, j), &old) < 0)
     return ce_err_prefix("%s holds a run of another training job (%s differs from %s), and "
                          "%s does not read as a training job", out, p, j->path, p);
   train_job_change ch[MAX_CHANGES];
-  int n = train_job_diff(&old, j, ch, MAX_CHANGES), shown = n < MAX_CHANGES ? n : MAX_CHANGES;
+  int n0 = train_job_diff(&old, j, ch, MAX_CHANGES);
+  int n = n0 <= MAX_CHANGES ? drop_same_datasets(ch, n0, &old, j, rec) : n0;
+  int shown = n < MAX_CHANGES ? n : MAX_CHANGES;
+  if (n0 > 0 && n == 0) { /* the same data by other paths: the same run */
+    train_job_free(&old);
+    *state = OUT_SAME;
+    return 0;
+  }
   int all_ext = n <= MAX_CHANGES;
   for (int i = 0; i < shown; i++) all_ext &= ch[i].extendable;
   char list[2048];
   change_list(ch, shown, 0, list, sizeof list);
+  /* a run made before the record: its relative paths were read here, which
+     a message listing a path says */
+  int paths = 0;
+  for (int i = 0; i < shown; i++)
+    paths |= strstr(ch[i].key, "dataset") || strstr(ch[i].key, "_key") ||
+             strstr(ch[i].key, ".stats") || strstr(ch[i].key, ".init");
+  char guess[4400] = "";
+  if (!*rec->job_dir && paths)
+    snprintf(guess, sizeof guess, "; %.1000s's relative paths read against %.1000s's folder, as "
+             "%.1000s records no folder of its own (a run made before coemu wrote %.1000s/run.json)",
+             p, j->path, out, out);
   if (!o->extend) {
     train_job_free(&old);
-    CE_FAIL("%s holds a run of another training job (%s differs from %s: %s): %s", out, p,
-            j->path, n ? list : "comments or layout only",
+    CE_FAIL("%s holds a run of another training job (%s differs from %s: %s%s): %s", out, p,
+            j->path, n ? list : "comments or layout only", guess,
             all_ext ? "rerun with --extend to continue the run under the new job, or use "
                       "another output directory"
                     : "use another output directory");
   }
+  *state = OUT_EXTEND;
   if (!all_ext) {
     change_list(ch, shown, 1, list, sizeof list);
     train_job_free(&old);
-    CE_FAIL("%s: --extend cannot change %s: the run so far was made with the old value%s; use "
-            "another output directory", out, list, n > MAX_CHANGES ? " (and more keys differ)" : "");
+    CE_FAIL("%s: --extend cannot change %s: the run so far was made with the old value%s%s; use "
+            "another output directory", out, list, n > MAX_CHANGES ? " (and more keys differ)" : "",
+            guess);
   }
   /* against the checkpoints: no epochs taken back, no pretrain stage grown
      under a finetune stage that already started from its weights */
@@ -160,6 +245,7 @@ static int job_changed(const char *out, const char *p, const char *text, size_t 
   ok &= fclose(f) == 0;
   if (!ok) CE_FAIL("%s: write failed: %s", logp, strerror(errno));
   CE_TRY(write_file(p, j->text, j->text_len));
+  CE_TRY(record_job(out, j, rec));
   if (!o->quiet)
     fprintf(stderr, "coemu train: extending the run in %s: %s (recorded in %s)\n", out,
             n ? list : "no key changed", logp);
@@ -194,7 +280,7 @@ static int holds_run(const char *out) {
 
 /* OUT holds only what a failed start of another job left: its logs go, the
  * job's text replaces train.yaml. */
-static int take_over(const char *out, const char *p, const train_job *j) {
+static int take_over(const char *out, const char *p, const train_job *j, run_record *rec) {
   for (int id = 0; id < TRAIN_STAGES; id++) {
     char d[4200], f[4300];
     snprintf(d, sizeof d, "%s/%s", out, STAGE_NAME[id]);
@@ -207,34 +293,85 @@ static int take_over(const char *out, const char *p, const train_job *j) {
     rmdir(d); /* made again by the stage; kept if something else lies there */
   }
   CE_TRY(write_file(p, j->text, j->text_len));
+  rec->n = 0; /* nothing was trained on what it recorded */
+  CE_TRY(record_job(out, j, rec));
   fprintf(stderr, "coemu train: note: %s held only what a failed start of another training job "
                   "left (no checkpoint, no step): taken over by %s\n", out, j->path);
   return 0;
 }
 
-/* OUT/train.yaml: the job a directory belongs to. With `write` 0 only
- * whether the job may run there, creating nothing (the check before the
- * inputs'); with 1 the same again under OUT's lock, and OUT made ready. */
-static int prepare_out(const char *out, const train_job *j, const train_run_opts *o, int write) {
+/* The datasets the job's started, unfinished stages are to read, against
+ * the identities OUT/run.json recorded for them: a resume or an extension
+ * on other data is refused before anything is written. A dataset that
+ * cannot be read is left to the input checks (train_inputs.h), a stream to
+ * its first chunk (run_stage); complete and unstarted stages read nothing
+ * the run holds. */
+static int data_against_record(const char *out, const train_job *j, const run_record *rec) {
+  for (int id = 0; id < TRAIN_STAGES; id++) {
+    const train_stage *st = &j->stage[id];
+    int64_t done;
+    if (!st->enabled || stage_epochs_done(out, id, &done) < 0 || done < 0 || done >= st->epochs) {
+      ce_err_clear(); /* an unreadable checkpoint: said where the stage reads it */
+      continue;
+    }
+    const char *sub[2] = {"data.dataset", "validation.dataset"};
+    const char *path[2] = {st->source == TRAIN_SRC_DATASET ? st->dataset : "", st->val_dataset};
+    for (int k = 0; k < 2; k++) {
+      char key[64], where[4096];
+      uint64_t now;
+      if (!path[k] || !*path[k]) continue;
+      if (serve_dataset_dir_id(path[k], &now) < 0) {
+        ce_err_clear();
+        continue;
+      }
+      snprintf(key, sizeof key, "%s.%s", STAGE_NAME[id], sub[k]);
+      run_record_where(path[k], where, sizeof where);
+      CE_TRY(run_record_check(rec, out, key, where, now));
+    }
+  }
+  return 0;
+}
+
+/* OUT/train.yaml and OUT/run.json: the job a directory belongs to and the
+ * data it was trained on. With `write` 0 only whether the job may run
+ * there, creating nothing (the check before the inputs', and --check's);
+ * with 1 the same again under OUT's lock, and OUT made ready. *state says
+ * how the job stands to OUT. */
+static int prepare_out(const char *out, const train_job *j, const train_run_opts *o, int write,
+                       out_state *state) {
   if (write) {
     CE_TRY(fs_mkdir_p(out));
     CE_TRY(fs_lock_dir(out, "train")); /* held until the process ends */
     CE_TRY(fs_remove_tmp(out));
   }
   char p[4200];
+  run_record rec;
   snprintf(p, sizeof p, "%s/train.yaml", out);
-  if (path_exists(p)) {
-    char *text;
-    size_t len;
-    CE_TRY(fs_read_all(p, &text, &len));
-    int same = len == j->text_len && memcmp(text, j->text, len) == 0;
-    int rc = same ? 0
-             : !holds_run(out) ? (write ? take_over(out, p, j) : 0)
-                               : job_changed(out, p, text, len, j, o, write);
-    free(text);
-    return rc;
+  *state = OUT_NEW;
+  if (!path_exists(p)) {
+    memset(&rec, 0, sizeof rec);
+    if (!write) return 0;
+    CE_TRY(write_file(p, j->text, j->text_len));
+    return record_job(out, j, &rec);
   }
-  return write ? write_file(p, j->text, j->text_len) : 0;
+  char *text;
+  size_t len;
+  CE_TRY(run_record_read(out, &rec));
+  CE_TRY(fs_read_all(p, &text, &len));
+  int rc = 0;
+  if (!holds_run(out)) {
+    *state = OUT_TAKE_OVER;
+    if (write) rc = take_over(out, p, j, &rec);
+  } else {
+    *state = OUT_SAME;
+    /* the data first: a job naming other data is refused for that, whatever
+       else differs, before --extend records anything */
+    rc = data_against_record(out, j, &rec);
+    int same = len == j->text_len && memcmp(text, j->text, len) == 0;
+    if (rc == 0 && !same) rc = job_changed(out, p, text, len, j, o, write, &rec, state);
+  }
+  free(text);
+  return rc;
 }
 
 /* Keep the first rows of a CSV (header + rows whose first column <= max_step);
@@ -469,6 +606,39 @@ static int install_reducer(stage_run *s, int local_bn) {
   return nn_set_reducer(net, &s->red);
 }
 
+/* Rank 0: the stage's training and validation data (their dataset ids, the
+ * stream's as its producer announced it) against OUT/run.json, then
+ * recorded there. A stage that starts afresh (no checkpoint) holds nothing
+ * of earlier data: its entries are replaced. -1 with the refusal. */
+static int record_stage_data(stage_run *s, int resume) {
+  const train_stage *st = s->st;
+  const char *out = s->o->out_dir;
+  run_record rec;
+  CE_TRY(run_record_read(out, &rec));
+  char key[64], where[4096];
+  int changed = 0;
+  uint64_t id = train_data_dataset_id(s->data);
+  if (st->source == TRAIN_SRC_DATASET) {
+    snprintf(key, sizeof key, "%s.data.dataset", STAGE_NAME[s->id]);
+    run_record_where(st->dataset, where, sizeof where);
+  } else {
+    snprintf(key, sizeof key, "%s.data.stream.endpoint", STAGE_NAME[s->id]);
+    snprintf(where, sizeof where, "%s", st->endpoint);
+  }
+  if (id) { /* 0: a producer that announces no id */
+    if (resume) CE_TRY(run_record_check(&rec, out, key, where, id));
+    changed |= run_record_put(&rec, key, where, id);
+  }
+  if (s->val) {
+    snprintf(key, sizeof key, "%s.validation.dataset", STAGE_NAME[s->id]);
+    run_record_where(st->val_dataset, where, sizeof where);
+    id = serve_dataset_id(s->val);
+    if (resume) CE_TRY(run_record_check(&rec, out, key, where, id));
+    changed |= run_record_put(&rec, key, where, id);
+  }
+  return changed ? run_record_write(out, &rec) : 0;
+}
+
 static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
   const train_stage *st = s->st;
   const train_job *j = s->job;
@@ -545,11 +715,21 @@ static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
 
   if (st->val_dataset && *st->val_dataset) {
     serve_opts vo = {.dataset_dir = st->val_dataset, .split = st->val_split, .seed = 0, .world = 1,
-                     .batch = (int)st->val_batch, .drop_last = 0, .prefetch = 1};
+                     .batch = (int)st->val_batch, .drop_last = 0, .prefetch = 1,
+                     .unfinished_hint = TRAIN_UNFINISHED_HINT};
     if (serve_open(&vo, &s->val) < 0) {
       trainer_free(&tr);
       return ce_err_prefix("%s: validation data", name);
     }
+  }
+  /* the data against the record of what this stage trained on so far, and
+     recorded (before the first step: the run's own record of its data) */
+  int refused = s->rank == 0 ? record_stage_data(s, resume) : 0;
+  MPI_Bcast(&refused, 1, MPI_INT, 0, s->comm);
+  if (refused) {
+    trainer_free(&tr);
+    if (s->rank != 0) ce_err("rank 0 refused the data of %s (its message says why)", name);
+    return TRAIN_RUN_REFUSED; /* every rank here: one message (cmd_train) */
   }
   if (s->rank == 0) {
     s->ftrain = csv_open(s->tcsv, "step,epoch,lr,loss,mse,fft,samples_per_s");
@@ -592,7 +772,13 @@ static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
     }
   }
   ce_progress prog;
-  int64_t total = per_epoch ? (int64_t)(per_epoch * (uint64_t)st->epochs) : 0;
+  /* the steps made so far and those still to come on these data: a run's
+     steps per epoch are its data's (a checkpoint made on other data, or
+     under another batch, has its own count of steps behind it) */
+  int64_t total = 0;
+  if (per_epoch && s->state.epoch < (uint32_t)st->epochs)
+    total = (int64_t)(s->state.step + (in_epoch < per_epoch ? per_epoch - in_epoch : 0) +
+                      per_epoch * ((uint64_t)st->epochs - s->state.epoch - 1));
   ce_progress_init(&prog, name, "steps", total, s->o->quiet || s->rank != 0);
   prog.kept = (int64_t)s->state.step; /* a resume's earlier steps: not in the rate */
   for (uint32_t epoch = s->state.epoch; rc == 0 && !stopped && epoch < (uint32_t)st->epochs; epoch++) {
@@ -692,13 +878,19 @@ static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
 
 /* Every rank checks the job's inputs (train_inputs.h), skipping the stages
  * OUT shows complete; the lowest failing rank's message becomes every rank's. */
-static int check_inputs(const train_job *j, const char *out, int rank, int world, MPI_Comm comm) {
-  train_inputs_opts io = {.world = world};
+/* The stages OUT shows complete (their inputs are not read again). */
+static void complete_stages(const train_job *j, const char *out, int skip[TRAIN_STAGES]) {
   for (int id = 0; id < TRAIN_STAGES; id++) {
     int64_t done = -1;
     if (j->stage[id].enabled && stage_epochs_done(out, id, &done) < 0) done = -1; /* said later */
-    io.skip[id] = done >= j->stage[id].epochs;
+    skip[id] = done >= j->stage[id].epochs;
   }
+  ce_err_clear();
+}
+
+static int check_inputs(const train_job *j, const char *out, int rank, int world, MPI_Comm comm) {
+  train_inputs_opts io = {.world = world};
+  complete_stages(j, out, io.skip);
   int bad = train_inputs_check(j, &io) < 0 ? rank : world, first = world;
   MPI_Allreduce(&bad, &first, 1, MPI_INT, MPI_MIN, comm);
   if (first == world) {
@@ -720,14 +912,15 @@ int train_run(const train_job *j, const train_run_opts *o) {
   MPI_Comm_size(o->comm, &world);
   /* whether the job may run in OUT, then its inputs, before anything is
      written: a start that fails on either leaves nothing behind */
-  int prep = rank == 0 ? prepare_out(opts.out_dir, j, &opts, 0) : 0, prep_all = 0;
+  out_state state;
+  int prep = rank == 0 ? prepare_out(opts.out_dir, j, &opts, 0, &state) : 0, prep_all = 0;
   MPI_Allreduce(&prep, &prep_all, 1, MPI_INT, MPI_MIN, o->comm);
   if (prep_all < 0) {
     if (prep == 0) ce_err("rank 0 could not prepare %s", opts.out_dir);
     return TRAIN_RUN_REFUSED;
   }
   if (check_inputs(j, opts.out_dir, rank, world, o->comm) < 0) return TRAIN_RUN_REFUSED;
-  prep = rank == 0 ? prepare_out(opts.out_dir, j, &opts, 1) : 0;
+  prep = rank == 0 ? prepare_out(opts.out_dir, j, &opts, 1, &state) : 0;
   MPI_Allreduce(&prep, &prep_all, 1, MPI_INT, MPI_MIN, o->comm);
   if (prep_all < 0) {
     if (prep == 0) ce_err("rank 0 could not prepare %s", opts.out_dir);
@@ -757,4 +950,36 @@ int train_run(const train_job *j, const train_run_opts *o) {
   sigaction(SIGINT, &old_int, NULL);
   sigaction(SIGTERM, &old_term, NULL);
   return rc;
+}
+
+int train_run_check_out(const train_job *j, const char *out, int extend, int skip[TRAIN_STAGES],
+                        FILE *report) {
+  train_run_opts o = {.out_dir = out, .quiet = 1, .extend = extend};
+  out_state state;
+  CE_TRY(prepare_out(out, j, &o, 0, &state));
+  complete_stages(j, out, skip);
+  static const char *const says[] = {
+      [OUT_NEW] = "no run there: the run starts",
+      [OUT_TAKE_OVER] = "only what a failed start of another job left: taken over, the run starts",
+      [OUT_SAME] = "a run of this job",
+      [OUT_EXTEND] = "a run of another job that --extend continues"};
+  fprintf(report, "  output %s: %s\n", out, says[state]);
+  if (state != OUT_SAME && state != OUT_EXTEND) return 0;
+  for (int id = 0; id < TRAIN_STAGES; id++) {
+    const train_stage *st = &j->stage[id];
+    char p[4300];
+    coemunet_config c;
+    train_state ts;
+    snprintf(p, sizeof p, "%s/%s/last.ckpt", out, STAGE_NAME[id]);
+    if (!st->enabled) continue;
+    if (!path_exists(p)) fprintf(report, "    %s: not started: it starts\n", STAGE_NAME[id]);
+    else if (checkpoint_read_config(p, &c, &ts) < 0) return -1;
+    else if (ts.epoch >= (uint32_t)st->epochs)
+      fprintf(report, "    %s: complete (%u epochs, %" PRIu64 " steps): skipped\n", STAGE_NAME[id],
+              ts.epoch, ts.step);
+    else
+      fprintf(report, "    %s: resumes from %s (epoch %u, step %" PRIu64 ")\n", STAGE_NAME[id], p,
+              ts.epoch, ts.step);
+  }
+  return 0;
 }

@@ -7,6 +7,9 @@
  *                             no run (no checkpoint, no step: taken over)
  *   OUT/train.N.yaml          with extend: the job text before the N-th extension
  *   OUT/train.log             with extend: one entry per extension, key: old -> new
+ *   OUT/run.json              the folder train.yaml's paths were read against
+ *                             and the identity of each stage's data
+ *                             (runrecord.h; below)
  *   OUT/<stage>/last.ckpt     the newest checkpoint (every checkpoint_every
  *                             steps, at each epoch's end, on a clean stop)
  *   OUT/<stage>/best.ckpt     the checkpoint with the lowest validation MaxRel
@@ -21,6 +24,18 @@
  * epochs is complete and skipped; otherwise it resumes from last.ckpt at the
  * step it records (train.csv is cut back to that step), so a run stopped and
  * resumed gives the same loss curve as one that was not stopped.
+ *
+ * The run's data: a resume or an extension reads the data the run was made
+ * with. Each stage records its data's dataset id in OUT/run.json before its
+ * first step (serve_dataset_dir_id, or the id a stream's producer
+ * announces); a started, unfinished stage whose data.dataset or
+ * validation.dataset now holds another id is refused before anything is
+ * written, a stream of another id at its first chunk (TRAIN_RUN_REFUSED
+ * on every rank). The job is compared with OUT/train.yaml by what its
+ * paths name (the recorded text read against the recorded folder; a path
+ * by the file it resolves to, a dataset key by its id), so a job naming the
+ * same datasets by other paths resumes as the same job. A run made before
+ * the record has none: it resumes, and its data are recorded from then on.
  *
  * Extending a run (extend, `coemu train --extend`): a job that differs from
  * OUT/train.yaml only in extendable keys (train_job_change.extendable: the
@@ -55,6 +70,7 @@
 
 #include <mpi.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "pipeline/job/trainjob.h"
 #include "trainer/backend.h"
@@ -72,8 +88,11 @@ typedef struct {
 
 #define TRAIN_RUN_STOPPED 3  /* train_run's return when it stopped early (resumable) */
 #define TRAIN_RUN_REFUSED (-2) /* ... when it failed before starting, on every rank at the same
-                                  point (OUT belongs to another job, an input is missing or bad:
-                                  train_inputs.h): nothing was written */
+                                  point (OUT belongs to another job or holds a run on other
+                                  data, an input is missing or bad: train_inputs.h): nothing
+                                  was written; or when a stream stage's producer announced
+                                  another dataset than the run's, at its first chunk: nothing
+                                  was trained */
 
 /* Run the job: 0 when every stage is complete, TRAIN_RUN_STOPPED after a
  * clean early stop (--max-steps, --time-limit, SIGINT/SIGTERM), < 0 on error
@@ -81,7 +100,8 @@ typedef struct {
  * TRAIN_RUN_REFUSED before the start, -1 later.
  *
  * Before it writes anything, rank 0 checks that the job may run in OUT (the
- * same job, a run --extend accepts, or a directory without a run, below),
+ * same job on the same data, a run --extend accepts, or a directory
+ * without a run, below),
  * and every rank checks the job's inputs (train_inputs.h; stages OUT shows
  * complete are skipped), so a start that fails on them leaves nothing
  * behind. A directory holding another job's train.yaml but no checkpoint
@@ -89,5 +109,14 @@ typedef struct {
  * failed after these checks, leaves) is taken over: its stage logs are
  * removed, train.yaml replaced, and a note printed. */
 int train_run(const train_job *j, const train_run_opts *o);
+
+/* `coemu train --check` on OUT: the refusal train_run would give there
+ * (another job's run, one on other datasets: OUT/run.json), with extend
+ * as --extend; else 0, the stages OUT shows complete in skip (the run does
+ * not read their inputs), and what the run would do there as lines on
+ * report (starts, resumes a stage at epoch E step S, a stage complete,
+ * --extend continuing it). Creates nothing. */
+int train_run_check_out(const train_job *j, const char *out, int extend, int skip[TRAIN_STAGES],
+                        FILE *report);
 
 #endif
