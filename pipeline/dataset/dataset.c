@@ -2,7 +2,6 @@
  * verification. */
 #include "pipeline/dataset/dataset.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <hdf5.h>
 #include <inttypes.h>
@@ -35,19 +34,6 @@ void dataset_layout(const job *j, shard_layout *lay) {
   lay->job_fingerprint = j->fingerprint;
 }
 
-static int has_finished_shard(const char *dir) {
-  char p[4200];
-  snprintf(p, sizeof p, "%s/shards", dir);
-  DIR *d = opendir(p);
-  if (!d) return 0;
-  int found = 0;
-  struct dirent *e;
-  while (!found && (e = readdir(d)))
-    found = !strncmp(e->d_name, "shard-", 6) && !strstr(e->d_name, ".tmp");
-  closedir(d);
-  return found;
-}
-
 static int refuse_other_job(const char *dir, const job *j) {
   CE_FAIL("%s: holds the dataset of a different job (its job.yaml differs from %s, byte "
           "for byte: an edited comment counts); to resume that dataset, run its own job: "
@@ -68,7 +54,7 @@ int dataset_dir_judge(const char *dir, const job *j) {
   char man[4200], h5[4200];
   snprintf(man, sizeof man, "%s/manifest.json", dir);
   snprintf(h5, sizeof h5, "%s/dataset.h5", dir);
-  if (!has_finished_shard(dir) && access(man, F_OK) != 0 && access(h5, F_OK) != 0)
+  if (dataset_count_shards(dir, 1) <= 0 && access(man, F_OK) != 0 && access(h5, F_OK) != 0)
     return DATASET_DIR_FAILED_START;
   return refuse_other_job(dir, j);
 }

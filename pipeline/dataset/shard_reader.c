@@ -346,6 +346,18 @@ static int open_arrays(shard_reader *r) {
   return 0;
 }
 
+long dataset_count_shards(const char *dir, long stop_at) {
+  char p[4200];
+  snprintf(p, sizeof p, "%s/shards", dir);
+  DIR *d = opendir(p);
+  if (!d) return -1;
+  long n = 0;
+  for (struct dirent *e; (stop_at <= 0 || n < stop_at) && (e = readdir(d));)
+    n += !strncmp(e->d_name, "shard-", 6) && !strstr(e->d_name, ".tmp");
+  closedir(d);
+  return n;
+}
+
 int dataset_require_finished(const char *dir, const char *hint) {
   char path[4200];
   struct stat sb;
@@ -360,17 +372,12 @@ int dataset_require_finished(const char *dir, const char *hint) {
     CE_FAIL("%s is not a finished dataset: its manifest.json is there but no dataset.h5 (its job "
             "stopped while finishing: the same coemu generate command writes it)%s%s",
             dir, sep, h);
-  snprintf(path, sizeof path, "%s/shards", dir);
-  DIR *d = opendir(path);
+  long shards = dataset_count_shards(dir, 0);
   snprintf(path, sizeof path, "%s/job.yaml", dir);
-  if (!d && access(path, F_OK) != 0)
+  if (shards < 0 && access(path, F_OK) != 0)
     CE_FAIL("%s is not a coemu dataset: it has no dataset.h5, job.yaml or shards/%s%s", dir, sep,
             h);
-  long shards = 0;
-  for (struct dirent *e; d && (e = readdir(d));)
-    shards += !strncmp(e->d_name, "shard-", 6) && strstr(e->d_name, ".h5") &&
-              !strstr(e->d_name, ".tmp");
-  if (d) closedir(d);
+  if (shards < 0) shards = 0;
   CE_FAIL("%s is not a finished dataset: no dataset.h5 yet, %ld shard%s made so far (its job is "
           "running, or it stopped: the same coemu generate command finishes it)%s%s",
           dir, shards, shards == 1 ? "" : "s", sep, h);

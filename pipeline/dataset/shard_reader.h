@@ -67,6 +67,10 @@ typedef struct shard_reader shard_reader;
  * anything, so a user's wrong folder is not reported as a broken HDF5 file. */
 int dataset_require_finished(const char *dir, const char *hint);
 
+/* The finished shard files in DIR/shards (shard-*, no temporaries), counted
+ * up to stop_at (<= 0: all); -1 when DIR has no shards/ folder. */
+long dataset_count_shards(const char *dir, long stop_at);
+
 /* Open DIR for reading (DIR/manifest.json and DIR/dataset.h5). max_open:
  * the cap on shard files open at once (0: SHARD_READER_MAX_OPEN). */
 int shard_reader_open(const char *dir, int max_open, shard_reader **out);

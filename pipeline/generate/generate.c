@@ -626,6 +626,19 @@ static int job_stats(const char *cmd, const job *j, const char *out, int quiet) 
 /* A rerun of a finished job (dataset_finished gave `level`, every rank):
  * nothing made, no shard read, manifest and dataset.h5 as they were; /stats
  * computed only when it is missing. The exit status, after MPI_Finalize. */
+/* The producer and the run's buffers, on the paths that leave before the
+ * dataset is finished (a finished dataset found again, a stop or a failure). */
+static void release_run(generate_producer *p, uint8_t *need, shard_records *recs, uint8_t *msplit,
+                        float *in, float *tg) {
+  if (p->close) p->close(p->ctx);
+  p->close = NULL;
+  free(need);
+  free(recs->r);
+  free(msplit);
+  free(in);
+  free(tg);
+}
+
 static int rerun_finished(const char *cmd, job *j, const char *out, int level, int quiet) {
   if (g_rank == 0 && !quiet && !g_verify_kept)
     fprintf(stderr, "coemu %s: %s is finished: %lld samples in %lld shards, each where "
@@ -798,12 +811,7 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
     int64_t s = 0;
     while (s < K && !need[s]) s++;
     if (s == K && !stopped) {
-      if (p.close) p.close(p.ctx);
-      free(need);
-      free(recs.r);
-      free(msplit);
-      free(in);
-      free(tg);
+      release_run(&p, need, &recs, msplit, in, tg);
       ce_progress_done(&prog, N);
       mpi_set_cleanup(NULL, NULL);
       return rerun_finished(cmd, &j, out, finished, quiet);
@@ -873,12 +881,7 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
     if (!any_failed && stopped && g_stop_sig)
       fprintf(stderr, "coemu %s: rank %d: stopped by %s\n", cmd, g_rank,
               g_stop_sig == SIGUSR1 ? "SIGUSR1" : g_stop_sig == SIGINT ? "SIGINT" : "SIGTERM");
-    if (p.close) p.close(p.ctx);
-    free(need);
-    free(recs.r);
-    free(msplit);
-    free(in);
-    free(tg);
+    release_run(&p, need, &recs, msplit, in, tg);
     job_free(&j);
     if (failed) hdf5_skip_shutdown();
     MPI_Finalize();

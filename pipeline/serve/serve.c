@@ -792,12 +792,12 @@ int serve_chunk(void *ctx, const stream_consumer *c, uint32_t epoch, uint64_t po
 /* A finished dataset: DIR/manifest.json and DIR/dataset.h5. */
 static int open_finished(serve_source *s) {
   char mpath[4096];
+  const char *hint = s->o.unfinished_hint ? s->o.unfinished_hint : "serve a running job with --live";
+  CE_TRY(dataset_require_finished(s->o.dataset_dir, hint)); /* what the folder is, if no dataset.h5 */
   snprintf(mpath, sizeof mpath, "%s/manifest.json", s->o.dataset_dir);
   if (access(mpath, F_OK) != 0) {
     ce_err("%s: cannot open: %s", mpath, strerror(errno));
-    return ce_err_prefix("%s is not a finished dataset (%s)", s->o.dataset_dir,
-                         s->o.unfinished_hint ? s->o.unfinished_hint
-                                              : "serve a running job with --live");
+    return ce_err_prefix("%s is not a finished dataset (%s)", s->o.dataset_dir, hint);
   }
   CE_TRY(serve_dataset_dir_id(s->o.dataset_dir, &s->dataset_id));
   /* samples come from the shards themselves (shard_reader.h), never

@@ -60,7 +60,8 @@ check(rc == 1 and "bad.units.yaml" in err, f"inspect with a bad sidecar: {rc} {e
 rc, out, err = run("inspect")
 check(rc == 2, f"inspect without a file: exit {rc}")
 rc, out, err = run("inspect", "/nonexistent.dat")
-check(rc == 1 and "coemu inspect: error:" in err and "cannot open" in err, f"missing file: {err}")
+check(rc == 1 and "coemu inspect: error:" in err and "/nonexistent.dat: no such file or folder" in err,
+      f"missing file: {err}")
 raw = open(AGB, "rb").read()
 with tempfile.TemporaryDirectory() as tmp:
     def bad(name, content, needle):

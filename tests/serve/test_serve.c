@@ -343,7 +343,8 @@ static void test_errors(void) {
   snprintf(missing, sizeof missing, "%s/no-such-dataset", g_dir);
   serve_opts o = {.dataset_dir = missing, .split = "train", .world = 1, .batch = 1, .drop_last = 1};
   CHECK_ERR(serve_open(&o, &s), "no-such-dataset");
-  CHECK_ERR(serve_open(&o, &s), "not a finished dataset");
+  CHECK_ERR(serve_open(&o, &s), "no-such-dataset: no such dataset folder; serve a running job "
+                                "with --live");
   /* a manifest but no dataset.h5 */
   snprintf(empty, sizeof empty, "%s/empty", check_scratch_);
   char man[1300];

@@ -211,7 +211,7 @@ with tempfile.TemporaryDirectory() as tmp:
 
     # bad invocations
     r = subprocess.run([COEMU, "serve", os.path.join(tmp, "nope")], capture_output=True, text=True)
-    check(r.returncode != 0 and "not a finished dataset" in r.stderr, f"missing dataset: {r.stderr}")
+    check(r.returncode != 0 and "nope: no such dataset folder" in r.stderr, f"missing dataset: {r.stderr}")
     r = subprocess.run([COEMU, "serve", d, "--endpoint", "tcp://0.0.0.0:5999"], capture_output=True, text=True)
     check(r.returncode != 0 and "curve" in r.stderr.lower(), f"non-local without CURVE: {r.stderr}")
     r = subprocess.run([COEMU, "serve", d, "--split", "validation"], capture_output=True, text=True)
