@@ -169,6 +169,18 @@ int units_parse(const char *text, size_t len, const char *name, units *u) {
   }
   if (!have_density)
     CE_FAIL("%s: give unit_numberdensity or unit_density (docs/sidecar.md)", name);
+  if (u->unit_numberdensity > 0 && u->unit_density > 0) {
+    /* one implies the other (as in AMRVAC): both given must agree, or the
+     * density scale would be unit_density's while the user meant the other */
+    double implied = (1 + 4 * u->he_abundance) * UNITS_M_H * u->unit_numberdensity *
+                     (u->si ? 1.0 : 1e3); /* kg m^-3 or g cm^-3 */
+    if (!(fabs(u->unit_density - implied) <= 1e-6 * implied))
+      CE_FAIL("%s: unit_numberdensity %g and unit_density %g disagree ((1 + 4 he_abundance) m_H "
+              "unit_numberdensity = %g): give one of them (docs/sidecar.md)",
+              name, u->unit_numberdensity, u->unit_density, implied);
+  }
+  if (!(u->co_abundance > 0 && u->co_abundance <= 1))
+    CE_FAIL("%s: co_abundance = %g, expected 0 < n_CO/n_H2 <= 1", name, u->co_abundance);
   if (u->has_gamma && !(u->gamma > 1))
     CE_FAIL("%s: gamma = %g, expected > 1", name, u->gamma);
   return 0;

@@ -386,6 +386,7 @@ int cmd_serve(int argc, char **argv) {
 }
 
 static int cmd_serve_run(char **pos, job *jp, serve_cli *c) {
+  if (stream_endpoint_check(c->endpoint) < 0) return cli_usage_fail("serve", "--endpoint: %s", ce_err_msg());
   if (!stream_endpoint_is_local(c->endpoint) && !c->curve_secret) {
     return cli_usage_fail("serve",
                           "endpoint %s is reachable from other machines: give --curve-secret and "

@@ -66,6 +66,16 @@ int job_check_line_mode(const job *j, const lamda_molecule *mol) {
   if (j->abundance == 0 && strcmp(mol->name, "CO"))
     CE_FAIL("%s: %s is %s, not CO: line.mode %s needs its abundance (line.abundance, n_mol/n_H2)",
             at, j->lamda, mol->name, job_line_mode_name(j->line_mode));
+  /* A mass copied from a CO job (the shipped ones give 28.0) onto another
+   * molecule would give every line the wrong thermal width, silently; in
+   * lvg mode the populations (the file's weight) and the image would also
+   * disagree. A mass within 1 % of the file's weight is taken as meant. */
+  if (j->mass != 0 && fabs(j->mass - mol->weight) > 0.01 * mol->weight) {
+    char mat[1200];
+    key_at(j, j->mass_line, j->mass_col, "solver.mass", mat, sizeof mat);
+    CE_FAIL("%s: %g u, but %s gives a molecular weight of %g u: remove solver.mass (0 takes "
+            "the file's weight) or set it to %g", mat, j->mass, j->lamda, mol->weight, mol->weight);
+  }
   if (j->line_mode != JOB_LINE_LVG) return 0;
   char list[256] = "";
   int h2 = 0;
@@ -310,8 +320,10 @@ static int fill(const char *name, const yt_node *r, job *j) {
   j->background = schema_num(r, "solver.background");
   j->take_abs = schema_bool(r, "solver.abs");
   j->mass = schema_num(r, "solver.mass");
+  const yt_node *mpos = schema_at(r, "solver.mass");
+  if (mpos) j->mass_line = mpos->line, j->mass_col = mpos->col;
   if (j->mass != 0 && j->mass < 0.5) {
-    const yt_node *m = schema_at(r, "solver.mass");
+    const yt_node *m = mpos;
     CE_FAIL("%s:%d:%d: solver.mass: %g u; expected 0 (the LAMDA file's molecular weight) or "
             "0.5..1000", name, m ? m->line : 0, m ? m->col : 0, j->mass);
   }
@@ -373,6 +385,10 @@ static int fill(const char *name, const yt_node *r, job *j) {
       CE_FAIL("%s:%d:%d: stream: expected both curve_secret and curve_authorized (CURVE) or "
               "neither, got only %s", name, given->line, given->col,
               *cs ? "curve_secret" : "curve_authorized");
+    }
+    if (stream_endpoint_check(j->stream_endpoint) < 0) {
+      const yt_node *ep = schema_at(r, "stream.endpoint");
+      return ce_err_prefix("%s:%d:%d: stream.endpoint", name, ep ? ep->line : 0, ep ? ep->col : 0);
     }
     if (!*cs && !stream_endpoint_is_local(j->stream_endpoint)) {
       const yt_node *ep = schema_at(r, "stream.endpoint");

@@ -82,6 +82,7 @@ typedef struct {
    * for messages about the files they name */
   int lamda_line, lamda_col, glob_line, glob_col, units_line, units_col;
   int transition_line, transition_col;
+  int mass_line, mass_col; /* solver.mass's position (0: not given) */
   int transition;
   job_channel_mode channel_mode;
   int nf;                /* number of channels */

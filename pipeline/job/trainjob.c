@@ -138,6 +138,8 @@ static int fill_data(const stage_reader *s, train_stage *t) {
   if (!*ep->text)
     CE_FAIL("%s:%d:%d: %s.data.stream.endpoint: expected a ZeroMQ endpoint, got ''", s->name,
             ep->line, ep->col, s->key);
+  if (stream_endpoint_check(ep->text) < 0)
+    return ce_err_prefix("%s:%d:%d: %s.data.stream.endpoint", s->name, ep->line, ep->col, s->key);
   if (!*sk != !*ck) {
     const yt_node *given = s_at(s, *sk ? "data.stream.server_key" : "data.stream.client_key");
     CE_FAIL("%s:%d:%d: %s.data.stream: expected both server_key and client_key (CURVE) or "

@@ -235,6 +235,29 @@ int stream_security_client(void *sock, const char *server_pub_file, const char *
   return 0;
 }
 
+int stream_endpoint_check(const char *ep) {
+  static const char *want = "expected tcp://HOST:PORT (PORT 1..65535, or * for any when "
+                            "binding) or ipc://PATH";
+  if (!strncmp(ep, "ipc://", 6) || !strncmp(ep, "inproc://", 9)) {
+    if (!ep[strncmp(ep, "ipc://", 6) ? 9 : 6]) CE_FAIL("endpoint '%s': no path: %s", ep, want);
+    return 0;
+  }
+  if (strncmp(ep, "tcp://", 6) != 0) CE_FAIL("endpoint '%s': %s", ep, want);
+  const char *host = ep + 6, *colon = strrchr(host, ':');
+  if (!colon || colon == host || (host[0] == '[' && colon[-1] != ']'))
+    CE_FAIL("endpoint '%s': no HOST:PORT: %s", ep, want);
+  const char *port = colon + 1;
+  if (!strcmp(port, "*")) return 0;
+  long v = 0;
+  for (const char *c = port; *c; c++) {
+    if (*c < '0' || *c > '9' || v > 65535) CE_FAIL("endpoint '%s': port '%s': %s", ep, port, want);
+    v = v * 10 + (*c - '0');
+  }
+  /* ZeroMQ takes any number and keeps its low 16 bits: 99999 would listen on 34463 */
+  if (!*port || v < 1 || v > 65535) CE_FAIL("endpoint '%s': port '%s': %s", ep, port, want);
+  return 0;
+}
+
 int stream_endpoint_is_local(const char *ep) {
   if (!strncmp(ep, "ipc://", 6) || !strncmp(ep, "inproc://", 9)) return 1;
   if (!strncmp(ep, "tcp://127.", 10) || !strncmp(ep, "tcp://localhost:", 16) ||

@@ -50,6 +50,12 @@ int stream_keygen(const char *name);
  * output may be NULL. Buffers hold 41 bytes. */
 int stream_read_key_file(const char *path, char *public_z85, char *secret_z85);
 
+/* 0 when `endpoint` is one coemu can bind or connect: tcp://HOST:PORT with
+ * PORT 1..65535 (or *), ipc://PATH, inproc://NAME; else -1 and a message
+ * naming it and the form expected (ZeroMQ itself would take port 99999 as
+ * 34463, and "localhost:5555" as nothing). */
+int stream_endpoint_check(const char *endpoint);
+
 /* Is this endpoint reachable only from this machine (ipc://, inproc://,
  * tcp://127.x.x.x, tcp://localhost, tcp://[::1])? */
 int stream_endpoint_is_local(const char *endpoint);

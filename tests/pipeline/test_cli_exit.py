@@ -102,6 +102,8 @@ usage_error("serve", ["d", "--read-threads", 99], "--read-threads 99: expected 0
 usage_error("serve", ["d", "--split", "bogus"], "--split", "expected train, validation, test or all")
 usage_error("eval", ["c", "d", "--split", "bogus"], "--split", "expected train, validation, test or all")
 usage_error("serve", ["d", "--timeout", "soon"], "'soon' is not a finite number")
+usage_error("serve", ["d", "--endpoint", "tcp://127.0.0.1:99999"], "port '99999': expected tcp://")
+usage_error("serve", ["d", "--endpoint", "localhost:5615"], "'localhost:5615': expected tcp://HOST:PORT")
 usage_error("stats", ["d", "--split", "bogus"], "--split")
 usage_error("train", ["job.yaml", "--max-steps", -1], "must not be negative")
 usage_error("train", ["job.yaml", "--quiet=yes"], "option --quiet takes no value")

@@ -89,10 +89,21 @@ def main(tmp):
     accepted("amrvac-3d", write(tmp, "amrvac-3d", inputs='amrvac: {glob: "m3d/*.dat"}'))
 
     # the thermal width's molecular mass: by default the LAMDA file's weight
-    # (SiO 44.1, as the LVG populations use), not CO's 28; solver.mass
-    # overrides it; dataset.h5 records the mass used
+    # (SiO 44.1, as the LVG populations use), not CO's 28; solver.mass within
+    # 1 % of it is taken; dataset.h5 records the mass used. A mass copied from
+    # a CO job (28) onto SiO is refused, in --check and in the run
     sio = os.path.join(LAMDA, "sio-h2.dat")
-    for name, solver, want in (("sio-default", "", 44.1), ("sio-28", "solver: {mass: 28.0}\n", 28.0)):
+    for what in ("--check", "--quiet"):
+        path = write(tmp, "sio-28", lamda=sio, extra=", abundance: 1.0e-7")
+        open(path, "a").write("solver: {mass: 28.0}\nstatistics: {compute: false}\n")
+        out = os.path.join(tmp, "sio-28-out")
+        r = run([COEMU, "generate", path, "--out", out, what])
+        check(r.returncode == 1 and re.search(
+              re.escape(path) + r":8:\d+: solver\.mass: 28 u, but .*sio-h2\.dat gives a molecular "
+              r"weight of 44\.1 u: remove solver\.mass", r.stderr) and not os.path.exists(
+              os.path.join(out, "dataset.h5")),
+              f"SiO with solver.mass 28 ({what}): {r.returncode} {r.stderr.strip()[-400:]}")
+    for name, solver, want in (("sio-default", "", 44.1), ("sio-44", "solver: {mass: 44.0}\n", 44.0)):
         path = write(tmp, name, lamda=sio, extra=", abundance: 1.0e-7")
         open(path, "a").write(solver + "statistics: {compute: false}\n")
         out = os.path.join(tmp, name + "-out")

@@ -168,6 +168,12 @@ static void test_order(void) {
   CHECK_OK(parse(t2, &j));
   CHECK(j.stage[1].order == 0 && j.stage[1].source == TRAIN_SRC_STREAM);
   train_job_free(&j);
+  /* an endpoint ZeroMQ would misread: port 99999 binds 34463; no scheme is no endpoint */
+  check_text_err("finetune:\n  data: {stream: {endpoint: 'tcp://127.0.0.1:99999'}}\n  epochs: 1\n",
+                 "t.yaml:2:29: finetune.data.stream.endpoint: endpoint 'tcp://127.0.0.1:99999': "
+                 "port '99999': expected tcp://HOST:PORT");
+  check_text_err("finetune:\n  data: {stream: {endpoint: 'localhost:5555'}}\n  epochs: 1\n",
+                 "endpoint 'localhost:5555': expected tcp://HOST:PORT");
   check_text_err("finetune:\n  data: {dataset: ds, order: random}\n  epochs: 1\n", "order");
   check_text_err("finetune:\n  data: {dataset: ds, order_shards: 4}\n  epochs: 1\n",
                  "t.yaml:2:37: finetune.data.order_shards: expected only with order: shards and a "

@@ -308,6 +308,12 @@ static void test_sidecar(void) {
   CHECK_ERR(parse_with("", "stretched", &u), "'stretched' is missing");
   CHECK_ERR(parse_with("", "unit_numberdensity", &u), "unit_numberdensity or unit_density");
   CHECK_OK(parse_with("unit_density: 2.3e-15\n", "unit_numberdensity", &u));
+  /* both density units: accepted when they agree, else refused (not one silently winning) */
+  CHECK_OK(parse_with("unit_density: 2.3416704878e-15\n", NULL, &u));
+  CHECK_ERR(parse_with("unit_density: 1.0\n", NULL, &u),
+            "unit_numberdensity 1e+09 and unit_density 1 disagree");
+  CHECK_ERR(parse_with("co_abundance: 2\n", "co_abundance", &u),
+            "co_abundance = 2, expected 0 < n_CO/n_H2 <= 1");
   CHECK_ERR(parse_with("gamma: -1\n", NULL, &u), "positive");
   CHECK_ERR(parse_with("a: : :\n", NULL, &u), "s.yaml:11");
   CHECK_ERR(units_parse("- 1\n- 2\n", 8, "s.yaml", &u), "s.yaml:1:1");

@@ -20,6 +20,7 @@ cannot start (an address this host does not have) fails the job's start with
 serve's own message instead of a job that makes shards nobody can read."""
 import atexit
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -107,6 +108,10 @@ with tempfile.TemporaryDirectory() as tmp:
     check(r.returncode != 0 and "stream.endpoint tcp://0.0.0.0:5999 is reachable from other "
           "machines: give stream.curve_secret and stream.curve_authorized" in r.stderr,
           f"routable endpoint without keys: {r.stderr}")
+    r = gen_check("tcp://127.0.0.1:70000", "")
+    check(r.returncode != 0 and re.search(r"job\.yaml:\d+:\d+: stream\.endpoint: endpoint "
+          r"'tcp://127\.0\.0\.1:70000': port '70000': expected tcp://HOST:PORT", r.stderr),
+          f"a port ZeroMQ would wrap: {r.stderr}")
     r = gen_check("tcp://0.0.0.0:5999", ", curve_secret: ../keys/srv.key_secret")
     check(r.returncode != 0 and "expected both curve_secret and curve_authorized (CURVE) or "
           "neither, got only curve_secret" in r.stderr, f"only one key: {r.stderr}")
