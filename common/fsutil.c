@@ -19,6 +19,11 @@ long long fs_file_size(const char *path) {
   return (long long)st.st_size;
 }
 
+int fs_same_file(const char *a, const char *b) {
+  struct stat sa, sb;
+  return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
 void fs_parent_dir(const char *path, char *dir, size_t len) {
   const char *slash = strrchr(path, '/');
   if (!slash) snprintf(dir, len, ".");

@@ -13,6 +13,12 @@
 /* Size of a file in bytes, or -1 (with an error message). */
 long long fs_file_size(const char *path);
 
+/* Whether a and b name the same existing file, by device and inode: two
+ * spellings (a/../b, a symlink, a hard link, relative and absolute) of one
+ * file are the same; a name that does not exist is no file's. For an
+ * output that must not replace an input. */
+int fs_same_file(const char *a, const char *b);
+
 /* Open a temporary sibling of `path` for writing; its name goes to tmp. */
 int fs_open_tmp(const char *path, char *tmp, size_t tmp_len, FILE **f);
 

@@ -16,8 +16,18 @@
 
 #define CMD "nlte"
 
+/* Grid columns, the conditions of one model: a partner's density (its id,
+ * 1..NLTE_NPARTNER-1, column n_NAME), then the others. */
+enum { G_TKIN = NLTE_NPARTNER, G_COLUMN, G_FWHM, G_GEOM, G_TBG, G_NCOL };
+
+/* Per condition (grid column), the option of the command line that gave it
+ * ("--t-kin", "--n H2"), "" for none: a condition has one source, so that a
+ * value given twice is refused instead of one silently winning. */
+#define GIVEN_LEN 32
+typedef char given_by[G_NCOL][GIVEN_LEN];
+
 /* "H2=1e4" or "H2=1e4,e=10" into dens[id]; -1 with a message. */
-static int parse_n(const char *spec, double *dens) {
+static int parse_n(const char *spec, double *dens, given_by given) {
   char buf[512];
   snprintf(buf, sizeof buf, "%s", spec);
   for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
@@ -26,16 +36,16 @@ static int parse_n(const char *spec, double *dens) {
     *eq = 0;
     int id = nlte_partner_id(tok);
     if (id < 0) CE_FAIL("--n: unknown partner '%s' (H2, pH2, oH2, e, H, He, H+)", tok);
+    if (given[id][0])
+      CE_FAIL("--n %s=%s: the %s density is also given by %s: give it once", tok, eq + 1, tok, given[id]);
     double v;
     if (cli_parse_double(eq + 1, &v) < 0 || !(v >= 0))
       CE_FAIL("--n %s=%s: expected a density >= 0 [cm^-3]", tok, eq + 1);
     dens[id] = v;
+    snprintf(given[id], GIVEN_LEN, "--n %s", tok);
   }
   return 0;
 }
-
-/* Grid columns: the condition each sets. */
-enum { G_TKIN = 100, G_COLUMN, G_FWHM, G_GEOM, G_TBG };
 
 static int grid_column(const char *name) {
   if (!strcmp(name, "t_kin")) return G_TKIN;
@@ -56,8 +66,10 @@ static void trim(char *s) {
 }
 
 /* Read a grid CSV: a header of column names, then one model per row;
- * conditions not in the file are those of base. */
-static int read_grid(const char *path, const nlte_conditions *base, nlte_conditions **out, int *nout) {
+ * conditions not in the file are those of base. -1 with a message for a bad
+ * file; -2 (a usage error) for a column that an option also gives. */
+static int read_grid(const char *path, const nlte_conditions *base, given_by given, nlte_conditions **out,
+                     int *nout) {
   FILE *f = fopen(path, "r");
   if (!f) CE_FAIL("%s: cannot open the grid file", path);
   char line[4096];
@@ -76,6 +88,21 @@ static int read_grid(const char *path, const nlte_conditions *base, nlte_conditi
           free(g);
           CE_FAIL("%s:%d: unknown grid column '%s' (t_kin, n_H2, n_pH2, n_oH2, n_e, n_H, n_He, n_H+, "
                   "column, fwhm, geometry, t_bg)", path, lineno, t);
+        }
+        for (int j = 0; j < ncol; j++)
+          if (cols[j] == c) {
+            fclose(f);
+            free(g);
+            CE_FAIL("%s:%d: column '%s' appears twice (field %d and %d)", path, lineno, t, j + 1, ncol + 1);
+          }
+        if (given[c][0]) {
+          fclose(f);
+          free(g);
+          ce_err("%s and %s's column %s both give %s: give one of them (options give what the grid's "
+                 "columns do not)", given[c], path, t, c == G_TKIN ? "T_kin" : c == G_COLUMN ? "the column"
+                 : c == G_FWHM ? "the line width" : c == G_GEOM ? "the geometry" : c == G_TBG ? "T_bg"
+                 : "a density");
+          return -2;
         }
         cols[ncol++] = c;
       }
@@ -180,10 +207,11 @@ int cmd_nlte(int argc, char **argv) {
       {"tol", CLI_DOUBLE, &tol, "R", "relative tolerance on the populations (default 1e-10)", 0, 0},
       {"max-iter", CLI_INT, &max_iter, "N", "iterations before giving up (default 1000)", 0, 0},
       {"grid", CLI_STR, &grid, "FILE", "CSV of models: header t_kin,n_H2,...,column,fwhm,geometry,t_bg "
-       "(any subset; the rest from the options)", 0, 0},
+       "(any subset; the rest from the options; an option and a column giving the same value: an error)", 0, 0},
       {"keep-going", CLI_FLAG, &keep_going, NULL, "with --grid: a model that fails is reported on stderr "
        "and written with converged = 0 and NaN values, instead of failing the command", 0, 0},
-      {"out", CLI_STR, &out, "FILE", "with --grid: the CSV to write (one row per model and line)", 0, 0},
+      {"out", CLI_STR, &out, "FILE", "with --grid: the CSV to write (one row per model and line, with all the model's inputs; "
+       "not the grid or molecule file)", 0, 0},
       {0}};
   const cli_command spec = {
       CMD, "MOLECULE.dat [options]",
@@ -207,14 +235,34 @@ int cmd_nlte(int argc, char **argv) {
   int gm = nlte_geometry_parse(geom);
   if (gm < 0) return cli_usage_fail(CMD, "--geometry %s: expected sphere, lvg or slab", geom);
   base.geometry = (nlte_geometry)gm;
+  given_by given = {{0}};
+  for (const cli_opt *op = opts; op->name; op++) {
+    if (!op->seen) continue;
+    int c = op->dest == &t_kin ? G_TKIN : op->dest == &column ? G_COLUMN : op->dest == &fwhm ? G_FWHM
+            : op->dest == (void *)&geom ? G_GEOM : op->dest == &t_bg ? G_TBG : -1;
+    for (int id = 1; id < NLTE_NPARTNER; id++)
+      if (op->dest == &nd[id]) c = id;
+    if (c >= 0) snprintf(given[c], GIVEN_LEN, "--%s", op->name);
+  }
+  /* A negative density is named as typed, before the check for no density
+   * at all (which it would otherwise trip, naming neither). */
+  for (int id = 1; id < NLTE_NPARTNER; id++)
+    if (given[id][0] && !(nd[id] >= 0))
+      return cli_usage_fail(CMD, "%s %.10g: expected a density >= 0 [cm^-3]", given[id], nd[id]);
   for (int id = 1; id < NLTE_NPARTNER; id++) base.density[id] = nd[id];
-  if (nspec && parse_n(nspec, base.density) < 0) return cli_usage_fail(CMD, "%s", ce_err_msg());
+  if (nspec && parse_n(nspec, base.density, given) < 0) return cli_usage_fail(CMD, "%s", ce_err_msg());
   if (!(tol > 0 && tol < 1)) return cli_usage_fail(CMD, "--tol %g: expected 0 < tol < 1", tol);
   if (max_iter < 1 || max_iter > 100000)
     return cli_usage_fail(CMD, "--max-iter %lld: expected 1..100000", (long long)max_iter);
   if (grid && !out) return cli_usage_fail(CMD, "--grid needs --out FILE");
   if (!grid && out) return cli_usage_fail(CMD, "--out goes with --grid");
-  if (!grid && !(opts[0].seen && opts[9].seen))
+  /* By what the names point to, not how they are spelt: the CSV replaces
+   * --out only when complete, but then an input would be gone. */
+  if (grid && (fs_same_file(out, grid) || fs_same_file(out, molfile)))
+    return cli_usage_fail(CMD, "--out %s is the %s %s: writing would replace it; give another file", out,
+                          fs_same_file(out, grid) ? "grid file" : "molecule file",
+                          fs_same_file(out, grid) ? grid : molfile);
+  if (!grid && !(given[G_TKIN][0] && given[G_COLUMN][0]))
     return cli_usage_fail(CMD, "expected --t-kin and --column (or --grid FILE)");
   int any_density = 0;
   for (int id = 1; id < NLTE_NPARTNER; id++) any_density |= base.density[id] > 0;
@@ -239,8 +287,9 @@ int cmd_nlte(int argc, char **argv) {
   } else {
     nlte_conditions *g = NULL;
     int ng = 0;
-    if (read_grid(grid, &base, &g, &ng) < 0) {
-      rc = cli_fail(CMD);
+    int rg = read_grid(grid, &base, given, &g, &ng);
+    if (rg < 0) {
+      rc = rg == -2 ? cli_usage_fail(CMD, "%s", ce_err_msg()) : cli_fail(CMD);
     } else {
       size_t L = (size_t)mol.nline, nl = (size_t)mol.nlev;
       /* per model: pops, then tex, tau, t_r, fkkms, ferg per line, then iterations */
@@ -299,16 +348,27 @@ int cmd_nlte(int argc, char **argv) {
         if (fs_open_tmp(out, tmp, sizeof tmp, &f) < 0) {
           rc = cli_fail(CMD);
         } else {
-          int okw = fprintf(f, "model,line,upper,lower,t_kin,column,geometry,E_up,freq_GHz,T_ex,tau,"
-                               "T_R,pop_up,pop_low,flux_Kkms,flux_erg,iterations,converged\n") > 0;
+          /* Every row echoes all of its model's inputs (the grid's columns
+           * and the options' values alike, densities as given, before any
+           * o/p-H2 split), named as the grid's columns, so that a row says
+           * which model it is without the grid file. */
+          int okw = fputs("model,line,upper,lower,t_kin,column,geometry,fwhm,t_bg", f) >= 0;
+          for (int id = 1; okw && id < NLTE_NPARTNER; id++)
+            okw = fprintf(f, ",n_%s", nlte_partner_name(id)) > 0;
+          okw = okw && fputs(",E_up,freq_GHz,T_ex,tau,T_R,pop_up,pop_low,flux_Kkms,flux_erg,iterations,"
+                             "converged\n", f) >= 0;
           for (int i = 0; okw && i < ng; i++) {
             const double *q = res + (size_t)i * stride;
+            char inputs[512];
+            int k = snprintf(inputs, sizeof inputs, "%.10g,%.10g,%s,%.10g,%.10g", g[i].t_kin, g[i].column,
+                             nlte_geometry_name(g[i].geometry), g[i].fwhm_kms, g[i].t_bg);
+            for (int id = 1; id < NLTE_NPARTNER; id++)
+              k += snprintf(inputs + k, sizeof inputs - (size_t)k, ",%.10g", g[i].density[id]);
             for (size_t l = 0; okw && l < L; l++) {
               const lamda_line *ln = &mol.lines[l];
-              okw = fprintf(f, "%d,%d,%d,%d,%.10g,%.10g,%s,%.10g,%.10g,%.12g,%.12g,%.12g,%.12g,%.12g,"
+              okw = fprintf(f, "%d,%d,%d,%d,%s,%.10g,%.10g,%.12g,%.12g,%.12g,%.12g,%.12g,"
                                "%.12g,%.12g,%d,%d\n",
-                            i, ln->index, ln->upper, ln->lower, g[i].t_kin, g[i].column,
-                            nlte_geometry_name(g[i].geometry), ln->eu_k, ln->freq_ghz, q[nl + l],
+                            i, ln->index, ln->upper, ln->lower, inputs, ln->eu_k, ln->freq_ghz, q[nl + l],
                             q[nl + L + l], q[nl + 2 * L + l], q[ln->upper - 1], q[ln->lower - 1],
                             q[nl + 3 * L + l], q[nl + 4 * L + l], (int)q[stride - 1],
                             q[stride - 1] >= 0) > 0;

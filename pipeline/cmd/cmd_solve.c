@@ -300,7 +300,12 @@ int cmd_solve(int argc, char **argv) {
     ce_err("--out %s: expected a name ending in .npy or .h5", out);
     goto usage;
   }
-  if ((upper || lower) && (!upper || !lower || transition)) {
+  /* Whether a line was chosen is what the parser saw, not the value: 0 is a
+   * value a user can type (and must be refused as a transition or level),
+   * so it cannot also mean "unset". */
+  const cli_opt *transition_opt = &opts[7], *upper_opt = &opts[8], *lower_opt = &opts[9];
+  int by_levels = upper_opt->seen || lower_opt->seen;
+  if (by_levels && (!upper_opt->seen || !lower_opt->seen || transition_opt->seen)) {
     ce_err("--upper and --lower go together, instead of --transition");
     goto usage;
   }
@@ -348,7 +353,7 @@ int cmd_solve(int argc, char **argv) {
     }
   }
   if (job_lamda_read_file(lamda, &mol) < 0) goto fail;
-  if (upper) {
+  if (by_levels) {
     int t = lamda_find_transition(&mol, (int)upper, (int)lower);
     if (t < 0) {
       ce_err_prefix("%s", lamda);
@@ -356,7 +361,7 @@ int cmd_solve(int argc, char **argv) {
     }
     transition = t;
   }
-  if (transition == 0) transition = 2;
+  if (!by_levels && !transition_opt->seen) transition = 2; /* CO J=2-1 */
   if (transition < 1 || transition > mol.nline) {
     ce_err("%s: transition %lld does not exist, expected 1..%d", lamda, (long long)transition, mol.nline);
     goto fail;

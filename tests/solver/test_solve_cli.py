@@ -163,6 +163,13 @@ with tempfile.TemporaryDirectory() as d:
         f["v_z"], f["T"], f["n"] = v, np.where(np.arange(20) == 3, -5.0, T), n
     expect_error(["--in", j("bad2.h5"), *base, "--out", j("x.npy")], j("bad2.h5"), "T[0, 0, 3] = -5")
     expect_error([*npy32, *base, "--transition", 99, "--out", j("x.npy")], "transition 99 does not exist", "1..40")
+    # 0 is a value, not "unset": refused as 99 is (it used to give the default J=2-1)
+    expect_error([*npy32, *base, "--transition", 0, "--out", j("x.npy")], "transition 0 does not exist", "1..40")
+    expect_error([*npy32, *base, "--upper", 0, "--lower", 0, "--out", j("x.npy")],
+                 "no radiative transition from level 0 to level 0")
+    expect_error([*npy32, *base, "--upper", 0, "--out", j("x.npy")], "--upper and --lower go together", code=2)
+    expect_error([*npy32, *base, "--transition", 0, "--upper", 3, "--lower", 2, "--out", j("x.npy")],
+                 "--upper and --lower go together", code=2)
     expect_error([*npy32, *base, "--upper", 2, "--lower", 3, "--out", j("x.npy")],
                  "no radiative transition from level 2 to level 3")
     expect_error([*npy32, "--lamda", CO, "--out", j("x.npy")], "--dx is required", code=2)
