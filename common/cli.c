@@ -249,6 +249,21 @@ cli_status cli_run_parse(const cli_command *c, int argc, char **argv, int *npos,
 
 int cli_exit(cli_status s) { return s == CLI_USAGE ? CLI_EXIT_USAGE : CLI_EXIT_OK; }
 
+int cli_given(const cli_opt *opts, const void *dest) {
+  for (const cli_opt *o = opts; o->name; o++)
+    if (o->dest == dest) return o->seen;
+  return 0;
+}
+
+int cli_check_ranges(const char *cmd, const cli_range *r, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (r[i].v < r[i].lo || r[i].v > r[i].hi)
+      return cli_usage_fail(cmd, "%s %lld: expected %lld..%lld%s%s%s", r[i].opt, r[i].v, r[i].lo,
+                            r[i].hi, r[i].note ? " (" : "", r[i].note ? r[i].note : "",
+                            r[i].note ? ")" : "");
+  return 0;
+}
+
 int cli_usage_fail(const char *cmd, const char *fmt, ...) {
   char msg[2048];
   va_list ap;

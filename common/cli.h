@@ -92,6 +92,21 @@ int cli_exit(cli_status s);
  * fmt may print ce_err_msg() ("%s"). */
 int cli_usage_fail(const char *cmd, const char *fmt, ...) CE_PRINTF(2, 3);
 
+/* Whether the option of opts (after cli_run_parse) that writes to dest was
+ * given: an option found by its variable, not by its place in the table. */
+int cli_given(const cli_opt *opts, const void *dest);
+
+/* An integer option's value and its accepted range, for cli_check_ranges. */
+typedef struct {
+  const char *opt; /* "--ranks" */
+  long long v, lo, hi;
+  const char *note; /* after the range ("0: the default"), or NULL */
+} cli_range;
+
+/* 0 when every value lies in its range; else the usage error of the first
+ * that does not, naming it ("--k 0: expected 1..16"), and 2. */
+int cli_check_ranges(const char *cmd, const cli_range *r, size_t n);
+
 /* Reporting a failed command: one printer for every command and rank.
  * cli_fail() prints the current error message (common/error.h) as
  *   coemu CMD: error: MSG            (one process)

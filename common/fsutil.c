@@ -172,11 +172,13 @@ int fs_read_all(const char *path, char **buf, size_t *len) {
       cap *= 2;
     }
   }
-  int err = ferror(f);
+  int err = ferror(f) ? errno : 0;
   fclose(f);
   if (err) {
     free(b);
-    CE_FAIL("%s: read error", path);
+    /* a folder opens for reading on Linux and fails at the first read (EISDIR) */
+    if (err == EISDIR) CE_FAIL("%s: is a folder, expected a file", path);
+    CE_FAIL("%s: read error: %s", path, strerror(err));
   }
   b[n] = 0;
   *buf = b;

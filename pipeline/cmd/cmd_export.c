@@ -8,6 +8,7 @@
 
 #include "common/cli.h"
 #include "common/error.h"
+#include "common/fsutil.h"
 #include "pipeline/cmd/commands.h"
 #include "pipeline/dataset/export_fits.h"
 #include "stats/statsfile.h"
@@ -162,7 +163,7 @@ int cmd_export(int argc, char **argv) {
     snprintf(outbuf, sizeof outbuf, "sample-%06lld.fits", (long long)sample);
     out = outbuf;
   }
-  if (!strcmp(out, src)) {
+  if (!strcmp(out, src) || fs_same_file(out, src) == 1) { /* ./a.ckpt, a link, a hard link */
     free(pos);
     return cli_usage_fail("export", "--out %s would overwrite SOURCE", out);
   }

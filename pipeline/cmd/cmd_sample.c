@@ -152,7 +152,7 @@ int cmd_sample(int argc, char **argv) {
       {"fill", CLI_FLAG, &fill, NULL, "fill what lies outside the ball with the background", 0, 0},
       {"bg-n", CLI_DOUBLE, &bg_n, "N", "background n_CO [m^-3] with --fill (default 0)", 0, 0},
       {"bg-T", CLI_DOUBLE, &bg_T, "K", "background T [K] with --fill (default 0)", 0, 0},
-      {"compat", CLI_FLAG, &compat, NULL, "the COEmuNet paper's gridding (64^3, docs/sampling.md)", 0, 0},
+      {"compat", CLI_FLAG, &compat, NULL, "the COEmuNet paper's gridding (64^3, docs/sampling.md; not with --n, --k or --edge)", 0, 0},
       {"float64", CLI_FLAG, &f64, NULL, "write float64 cubes (default float32)", 0, 0},
       {"h5", CLI_FLAG, &h5, NULL, "one HDF5 file per direction instead of .npy files", 0, 0},
       {"preview", CLI_STR, &preview, "FILE.png", "central slices and CO column of direction 0", 0, 0},
@@ -177,11 +177,19 @@ int cmd_sample(int argc, char **argv) {
     return cli_usage_fail("sample", "--reconstruction '%s': expected %s%s", recon_name,
                           SAMPLER_RECON_NAMES, compat ? " (constant with --compat)" : "");
   }
-  if (ndir < 1 || ndir > 1000000 || n < 1 || n > 4096 || k < 1 || k > 16 || seed < 0 ||
-      model_id < 0 || model_id > UINT32_MAX) {
+  const cli_range range[] = {{"--directions", ndir, 1, 1000000, NULL},
+                             {"--n", n, 1, 4096, NULL},
+                             {"--k", k, 1, 16, NULL},
+                             {"--seed", seed, 0, INT64_MAX, NULL},
+                             {"--model-id", model_id, 0, UINT32_MAX, NULL}};
+  int bad = cli_check_ranges("sample", range, sizeof range / sizeof range[0]);
+  /* --compat's gridding is the paper's own: 64^3 over the trimming ball */
+  if (!bad && compat && (cli_given(opts, &n) || cli_given(opts, &k) || cli_given(opts, &edge)))
+    bad = cli_usage_fail("sample", "--n, --k and --edge do not go with --compat (its gridding is "
+                                   "the paper's: %d^3 over the ball)", COMPAT_OUT);
+  if (bad) {
     free(pos);
-    return cli_usage_fail(
-        "sample", "--directions 1..1000000, --n 1..4096, --k 1..16, --seed >= 0, --model-id 0..2^32-1");
+    return bad;
   }
   int on_device = !strcmp(device, "cuda");
   if (!on_device && strcmp(device, "cpu")) {

@@ -217,6 +217,7 @@ static int serve_generate(const job *jp, serve_opts *so, const server_args *a,
   /* the pilot pass (every rank), before any rank serves or waits for work */
   gensrc_pilot pilot;
   if (c->pilot_n > 0) {
+    mpi_agree(rank == 0 ? stream_endpoint_probe(c->endpoint) : 0); /* busy: say so before the pass */
     if (gensrc_pilot_run(&go, c->pilot_n, c->pilot_out, 0, &pilot) < 0) {
       if (p.close) p.close(p.ctx);
       MPI_Finalize();
@@ -394,22 +395,18 @@ static int cmd_serve_run(char **pos, job *jp, serve_cli *c) {
                           c->endpoint);
   }
   /* each bound with its option, so the message names the one given wrong */
-  const struct {
-    const char *opt;
-    long long v, lo, hi;
-  } range[] = {{"--ranks", c->ranks, 1, 65535},
-               {"--batch", c->batch, 1, 4096},
-               {"--epochs", c->epochs, 0, UINT32_MAX},
-               {"--prefetch", c->prefetch, 1, 64},
-               {"--max-credit", c->credit, 1, 1024},
-               {"--max-consumers", c->maxcons, 0, 1000000},
-               {"--read-threads", c->read_threads, 0, SERVE_MAX_READ_THREADS},
-               {"--order-shards", c->order_shards, 0, ORDER_MAX_SHARDS},
-               {"--order-buffer", c->order_buffer, 0, INT64_MAX}};
-  for (size_t i = 0; i < sizeof range / sizeof range[0]; i++)
-    if (range[i].v < range[i].lo || range[i].v > range[i].hi)
-      return cli_usage_fail("serve", "%s %lld: expected %lld..%lld%s", range[i].opt, range[i].v,
-                            range[i].lo, range[i].hi, range[i].lo == 0 ? " (0: the default)" : "");
+  const char *dflt = "0: the default";
+  const cli_range range[] = {{"--ranks", c->ranks, 1, 65535, NULL},
+                             {"--batch", c->batch, 1, 4096, NULL},
+                             {"--epochs", c->epochs, 0, UINT32_MAX, "0: until stopped"},
+                             {"--prefetch", c->prefetch, 1, 64, NULL},
+                             {"--max-credit", c->credit, 1, 1024, NULL},
+                             {"--max-consumers", c->maxcons, 0, 1000000, dflt},
+                             {"--read-threads", c->read_threads, 0, SERVE_MAX_READ_THREADS, dflt},
+                             {"--order-shards", c->order_shards, 0, ORDER_MAX_SHARDS, dflt},
+                             {"--order-buffer", c->order_buffer, 0, INT64_MAX, dflt}};
+  int bad = cli_check_ranges("serve", range, sizeof range / sizeof range[0]);
+  if (bad) return bad;
   int omode;
   if (order_mode_parse(c->order, &omode) < 0) {
     return cli_usage_fail("serve", "--order: %s", ce_err_msg());

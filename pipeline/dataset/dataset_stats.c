@@ -459,6 +459,9 @@ static int stats_run(dataset *ds, int want, const char *split_name, int drop_out
   MPI_Barrier(MPI_COMM_WORLD);  /* every rank has closed the file before rank 0 writes */
 
   if (rank == 0) {
+    if (totals[0] == 0) /* said as serve and the readers say it */
+      lrc = ce_err("%s: split '%s' has no samples%s", path, split_name,
+                   totals[1] ? " left once the outliers are dropped" : "");
     for (int f = f0; f < nf && lrc == 0; f++)
       if (acc[f].out.s.count == 0)
         lrc = ce_err("%s: field %s has no finite values in split '%s' (%lld samples used)", path,

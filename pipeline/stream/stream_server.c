@@ -207,6 +207,24 @@ static int ipc_path_in_use(const char *endpoint) {
   return r == 0;
 }
 
+static int ipc_busy(const char *endpoint) {
+  CE_FAIL("stream server: cannot bind %s: Address already in use (another process, e.g. a "
+          "coemu serve still running, listens there)", endpoint);
+}
+
+int stream_endpoint_probe(const char *endpoint) {
+  if (ipc_path_in_use(endpoint)) return ipc_busy(endpoint);
+  if (strncmp(endpoint, "tcp://", 6) != 0) return 0; /* ipc: the path itself is the test */
+  void *zc = zmq_ctx_new(), *sock = zc ? zmq_socket(zc, ZMQ_ROUTER) : NULL;
+  int zero = 0, rc = sock ? 0 : ce_err("stream server: cannot create a socket: %s", zmq_strerror(errno));
+  if (sock) zmq_setsockopt(sock, ZMQ_LINGER, &zero, sizeof zero);
+  if (rc == 0 && zmq_bind(sock, endpoint) != 0)
+    rc = ce_err("stream server: cannot bind %s: %s", endpoint, zmq_strerror(errno));
+  if (sock) zmq_close(sock); /* the port is free again for the server itself */
+  if (zc) zmq_ctx_term(zc);
+  return rc;
+}
+
 int stream_server_create(const stream_server_opts *o, stream_source_fn source, void *ctx,
                          stream_server **out) {
   stream_server *s = calloc(1, sizeof *s);
@@ -259,8 +277,7 @@ int stream_server_create(const stream_server_opts *o, stream_source_fn source, v
   }
   if (ipc_path_in_use(o->endpoint)) {
     stream_server_destroy(s);
-    CE_FAIL("stream server: cannot bind %s: Address already in use (another process, e.g. a "
-            "coemu serve still running, listens there)", o->endpoint);
+    return ipc_busy(o->endpoint);
   }
   if (zmq_bind(s->sock, o->endpoint) != 0) {
     int e = errno;

@@ -128,6 +128,13 @@ enum {
 
 typedef struct stream_server stream_server;
 
+/* Whether the server could bind `endpoint` now (bound and released at
+ * once; an ipc:// path another process listens on counts as taken): 0, or
+ * -1 with stream_server_create's message. For work that comes before the
+ * server (serve --generate's pilot pass), so a busy endpoint is found
+ * before that work, not after. */
+int stream_endpoint_probe(const char *endpoint);
+
 int stream_server_create(const stream_server_opts *o, stream_source_fn source, void *ctx,
                          stream_server **out);
 /* Serve until *stop becomes non-zero (checked at least every quarter

@@ -142,6 +142,19 @@ with tempfile.TemporaryDirectory() as tmp:
           "there or not writable" in r.stderr and "pilot pass, rank 0's share" not in r.stderr,
           f"--pilot-out in a missing folder: {r.returncode}: {r.stderr[-1500:]}")
 
+    # -- an endpoint already taken: said before the pass, not after it
+    import socket
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        r = subprocess.run(MPI + ["-n", "2", COEMU, "serve", "--generate", job, "--pilot", "2",
+                                  "--endpoint", f"tcp://127.0.0.1:{port}"], capture_output=True,
+                           text=True, timeout=120)
+    check(r.returncode != 0 and f"cannot bind tcp://127.0.0.1:{port}: Address already in use"
+          in r.stderr and "pilot pass" not in r.stderr,
+          f"a busy endpoint before the pilot pass: {r.returncode}: {r.stderr[-1500:]}")
+
     # -- the reference: the same job with 2 directions, generated and its /stats
     # recomputed by coemu stats on 1 rank (the pilot runs on 2: exact statistics
     # do not depend on the ranks)

@@ -244,6 +244,14 @@ def main():
                     f["split"] = split
             p = run([bad], k)
             check(p.returncode != 0 and msg in p.stderr, f"expected '{msg}': {p.stderr}")
+        # a split with no samples is named as such (as serve names it), not as a field
+        with h5py.File(os.path.join(bad, "dataset.h5"), "w") as f:
+            f["inputs"] = np.ones((2, 3, 4, 4, 4), f32)
+            f["targets"] = np.ones((2, 1, 4, 4), f32)
+            f["split"] = np.zeros(2, np.uint8)
+        p = run([bad, "--split", "test"], 2)
+        check(p.returncode != 0 and "split 'test' has no samples" in p.stderr
+              and "no finite values" not in p.stderr, f"an empty split: {p.stderr}")
 
         # A line fainter than the ln I clip (another molecule, a rarer
         # isotopologue): every pixel below e^-40 is an error that says so
