@@ -249,10 +249,15 @@ cli_status cli_run_parse(const cli_command *c, int argc, char **argv, int *npos,
 
 int cli_exit(cli_status s) { return s == CLI_USAGE ? CLI_EXIT_USAGE : CLI_EXIT_OK; }
 
-int cli_given(const cli_opt *opts, const void *dest) {
+const cli_opt *cli_find(const cli_opt *opts, const void *dest) {
   for (const cli_opt *o = opts; o->name; o++)
-    if (o->dest == dest) return o->seen;
-  return 0;
+    if (o->dest == dest) return o;
+  return NULL;
+}
+
+int cli_given(const cli_opt *opts, const void *dest) {
+  const cli_opt *o = cli_find(opts, dest);
+  return o && o->seen;
 }
 
 int cli_check_ranges(const char *cmd, const cli_range *r, size_t n) {

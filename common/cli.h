@@ -92,8 +92,10 @@ int cli_exit(cli_status s);
  * fmt may print ce_err_msg() ("%s"). */
 int cli_usage_fail(const char *cmd, const char *fmt, ...) CE_PRINTF(2, 3);
 
-/* Whether the option of opts (after cli_run_parse) that writes to dest was
- * given: an option found by its variable, not by its place in the table. */
+/* The option of opts that writes to dest (NULL: none), and whether it was
+ * given (after cli_run_parse): an option found by its variable, not by its
+ * place in the table. */
+const cli_opt *cli_find(const cli_opt *opts, const void *dest);
 int cli_given(const cli_opt *opts, const void *dest);
 
 /* An integer option's value and its accepted range, for cli_check_ranges. */

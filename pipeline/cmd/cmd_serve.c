@@ -325,6 +325,16 @@ int cmd_serve(int argc, char **argv) {
   char **pos;
   cli_status r = cli_run_parse(&spec, argc, argv, &np, &pos);
   if (r != CLI_OK) return cli_exit(r);
+  /* -1 stands for "not given" below (the job's stream section, then the
+   * defaults, fill those in): a negative value typed on the command line
+   * must not pass for it (--epochs -5 served for ever, --batch -1 used 16) */
+  const int64_t *sentinel[] = {&c.ranks, &c.batch, &c.epochs, &c.seed, &c.credit};
+  for (size_t i = 0; i < sizeof sentinel / sizeof sentinel[0]; i++)
+    if (*sentinel[i] < 0 && cli_given(opts, sentinel[i])) {
+      free(pos);
+      return cli_usage_fail("serve", "--%s %lld: expected >= 0", cli_find(opts, sentinel[i])->name,
+                            (long long)*sentinel[i]);
+    }
   job j;
   memset(&j, 0, sizeof j);
   if (c.generate && job_load(pos[0], &j) < 0) {

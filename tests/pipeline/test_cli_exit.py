@@ -101,6 +101,8 @@ usage_error("solve", ["--example=abc", "--out", os.path.join(tmp, "x.npy")], "--
 usage_error("solve", ["--example", 8], "nothing to write")
 usage_error("serve", ["d", "--ranks", 0], "--ranks 0: expected 1..65535")
 usage_error("serve", ["d", "--read-threads", 99], "--read-threads 99: expected 0..")
+usage_error("serve", ["d", "--epochs", -5], "--epochs -5: expected >= 0")
+usage_error("serve", ["d", "--batch", -1], "--batch -1: expected >= 0")
 usage_error("serve", ["d", "--split", "bogus"], "--split", "expected train, validation, test or all")
 usage_error("eval", ["c", "d", "--split", "bogus"], "--split", "expected train, validation, test or all")
 usage_error("serve", ["d", "--timeout", "soon"], "'soon' is not a finite number")
