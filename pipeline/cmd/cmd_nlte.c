@@ -258,10 +258,10 @@ int cmd_nlte(int argc, char **argv) {
   if (!grid && out) return cli_usage_fail(CMD, "--out goes with --grid");
   /* By what the names point to, not how they are spelt: the CSV replaces
    * --out only when complete, but then an input would be gone. */
-  if (grid && (fs_same_file(out, grid) || fs_same_file(out, molfile)))
+  int out_is_grid = grid && fs_same_file(out, grid);
+  if (out_is_grid || (grid && fs_same_file(out, molfile)))
     return cli_usage_fail(CMD, "--out %s is the %s %s: writing would replace it; give another file", out,
-                          fs_same_file(out, grid) ? "grid file" : "molecule file",
-                          fs_same_file(out, grid) ? grid : molfile);
+                          out_is_grid ? "grid file" : "molecule file", out_is_grid ? grid : molfile);
   if (!grid && !(given[G_TKIN][0] && given[G_COLUMN][0]))
     return cli_usage_fail(CMD, "expected --t-kin and --column (or --grid FILE)");
   int any_density = 0;

@@ -303,9 +303,9 @@ int cmd_solve(int argc, char **argv) {
   /* Whether a line was chosen is what the parser saw, not the value: 0 is a
    * value a user can type (and must be refused as a transition or level),
    * so it cannot also mean "unset". */
-  const cli_opt *transition_opt = &opts[7], *upper_opt = &opts[8], *lower_opt = &opts[9];
-  int by_levels = upper_opt->seen || lower_opt->seen;
-  if (by_levels && (!upper_opt->seen || !lower_opt->seen || transition_opt->seen)) {
+  int by_transition = cli_given(opts, &transition), by_upper = cli_given(opts, &upper),
+      by_lower = cli_given(opts, &lower), by_levels = by_upper || by_lower;
+  if (by_levels && (!by_upper || !by_lower || by_transition)) {
     ce_err("--upper and --lower go together, instead of --transition");
     goto usage;
   }
@@ -361,7 +361,7 @@ int cmd_solve(int argc, char **argv) {
     }
     transition = t;
   }
-  if (!by_levels && !transition_opt->seen) transition = 2; /* CO J=2-1 */
+  if (!by_levels && !by_transition) transition = 2; /* CO J=2-1 */
   if (transition < 1 || transition > mol.nline) {
     ce_err("%s: transition %lld does not exist, expected 1..%d", lamda, (long long)transition, mol.nline);
     goto fail;

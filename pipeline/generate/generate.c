@@ -205,14 +205,14 @@ static int take_over_failed_start(const char *dir, const job *j) {
   /* the judgement --check prints too (dataset_dir_judge) */
   int k = dataset_dir_judge(dir, j);
   if (k != DATASET_DIR_FAILED_START) return k < 0 ? -1 : 0;
-  char man[4200];
+  char plan[4200];
   /* the synthetic models of another job must not be taken for this one's */
   char models[4200];
   snprintf(models, sizeof models, "%s/models", dir);
   if (access(models, F_OK) == 0 && nftw(models, rm_entry, 16, FTW_DEPTH | FTW_PHYS) < 0)
     CE_FAIL("%s: cannot remove the models another job's failed start left", models);
-  snprintf(man, sizeof man, "%s/plan.json", dir);
-  if ((access(man, F_OK) == 0 && unlink(man) < 0) || unlink(p) < 0)
+  snprintf(plan, sizeof plan, "%s/plan.json", dir);
+  if ((access(plan, F_OK) == 0 && unlink(plan) < 0) || unlink(p) < 0)
     CE_FAIL("%s: cannot remove what another job's failed start left", dir);
   fprintf(stderr, "coemu %s: note: %s held only what a failed start of another job left (no "
                   "finished shard): it is used for this job\n", g_cmd, dir);
@@ -623,9 +623,6 @@ static int job_stats(const char *cmd, const job *j, const char *out, int quiet) 
   return rc;
 }
 
-/* A rerun of a finished job (dataset_finished gave `level`, every rank):
- * nothing made, no shard read, manifest and dataset.h5 as they were; /stats
- * computed only when it is missing. The exit status, after MPI_Finalize. */
 /* The producer and the run's buffers, on the paths that leave before the
  * dataset is finished (a finished dataset found again, a stop or a failure). */
 static void release_run(generate_producer *p, uint8_t *need, shard_records *recs, uint8_t *msplit,
@@ -639,22 +636,26 @@ static void release_run(generate_producer *p, uint8_t *need, shard_records *recs
   free(tg);
 }
 
+/* A rerun of a finished job (dataset_finished gave `level`, every rank):
+ * nothing made, no shard read (with --verify-kept: every shard read back
+ * and kept), manifest and dataset.h5 as they were; /stats computed only
+ * when it is missing. The exit status, after MPI_Finalize. */
 static int rerun_finished(const char *cmd, job *j, const char *out, int level, int quiet) {
-  if (g_rank == 0 && !quiet && !g_verify_kept)
-    fprintf(stderr, "coemu %s: %s is finished: %lld samples in %lld shards, each where "
-                    "manifest.json says with its recorded size, and dataset.h5%s; nothing to "
-                    "make (no shard read: `coemu verify %s` reads every byte, and --verify-kept "
-                    "reads every shard back and makes a damaged one again)\n",
+  if (g_rank == 0 && !quiet) {
+    char how[512], hint[512] = "";
+    if (g_verify_kept) {
+      snprintf(how, sizeof how, "every shard read back and its CRC-32s matching (--verify-kept)");
+    } else {
+      snprintf(how, sizeof how, "each where manifest.json says with its recorded size");
+      snprintf(hint, sizeof hint, " (no shard read: `coemu verify %.300s` reads every byte, and "
+               "--verify-kept reads every shard back and makes a damaged one again)", out);
+    }
+    fprintf(stderr, "coemu %s: %s is finished: %lld samples in %lld shards, %s, and dataset.h5%s; "
+                    "nothing to make%s\n",
             cmd, out, (long long)job_samples(j),
-            (long long)dataset_shards(job_samples(j), j->samples_per_shard),
-            level == DATASET_FINISHED_ALL && j->stats_compute ? " with /stats" : "", out);
-  if (g_rank == 0 && !quiet && g_verify_kept)
-    fprintf(stderr, "coemu %s: %s is finished: %lld samples in %lld shards, every shard read "
-                    "back and its CRC-32s matching (--verify-kept), and dataset.h5%s; nothing to "
-                    "make\n",
-            cmd, out, (long long)job_samples(j),
-            (long long)dataset_shards(job_samples(j), j->samples_per_shard),
-            level == DATASET_FINISHED_ALL && j->stats_compute ? " with /stats" : "");
+            (long long)dataset_shards(job_samples(j), j->samples_per_shard), how,
+            level == DATASET_FINISHED_ALL && j->stats_compute ? " with /stats" : "", hint);
+  }
   int rc = 0;
   if (level == DATASET_FINISHED_SHARDS && j->stats_compute) {
     if (g_rank == 0 && !quiet)

@@ -322,11 +322,9 @@ static int fill(const char *name, const yt_node *r, job *j) {
   j->mass = schema_num(r, "solver.mass");
   const yt_node *mpos = schema_at(r, "solver.mass");
   if (mpos) j->mass_line = mpos->line, j->mass_col = mpos->col;
-  if (j->mass != 0 && j->mass < 0.5) {
-    const yt_node *m = mpos;
+  if (j->mass != 0 && j->mass < 0.5)
     CE_FAIL("%s:%d:%d: solver.mass: %g u; expected 0 (the LAMDA file's molecular weight) or "
-            "0.5..1000", name, m ? m->line : 0, m ? m->col : 0, j->mass);
-  }
+            "0.5..1000", name, j->mass_line, j->mass_col, j->mass);
   j->corrected_taylor = schema_bool(r, "solver.corrected_taylor");
   j->solver_device = !strcmp(schema_str(r, "solver.device"), "cuda") ? LTE_BACKEND_CUDA : LTE_BACKEND_CPU;
   j->solver_precision =

@@ -876,8 +876,6 @@ static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
   return stopped ? TRAIN_RUN_STOPPED : 0;
 }
 
-/* Every rank checks the job's inputs (train_inputs.h), skipping the stages
- * OUT shows complete; the lowest failing rank's message becomes every rank's. */
 /* The stages OUT shows complete (their inputs are not read again). */
 static void complete_stages(const train_job *j, const char *out, int skip[TRAIN_STAGES]) {
   for (int id = 0; id < TRAIN_STAGES; id++) {
@@ -888,6 +886,8 @@ static void complete_stages(const train_job *j, const char *out, int skip[TRAIN_
   ce_err_clear();
 }
 
+/* Every rank checks the job's inputs (train_inputs.h), skipping the stages
+ * OUT shows complete; the lowest failing rank's message becomes every rank's. */
 static int check_inputs(const train_job *j, const char *out, int rank, int world, MPI_Comm comm) {
   train_inputs_opts io = {.world = world};
   complete_stages(j, out, io.skip);
