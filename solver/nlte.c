@@ -307,7 +307,7 @@ static int lu_solve(const double *a, double *b, int *piv, int n, double *w) {
 
 static int check_conditions(const nlte_model *M, const nlte_conditions *c, double *dens, int lvg3d) {
   const char *mol = M->mol->name;
-  if (!(c->t_kin >= 0.1 && c->t_kin <= 1e4))
+  if (!(c->t_kin >= NLTE_T_KIN_MIN && c->t_kin <= NLTE_T_KIN_MAX))
     CE_FAIL("nlte: %s: T_kin = %g K, expected 0.1 .. 1e4 K (RADEX's range)", mol, c->t_kin);
   if (!lvg3d && !(c->column > 0 && isfinite(c->column)))
     CE_FAIL("nlte: %s: column density = %g cm^-2, expected > 0", mol, c->column);

@@ -45,8 +45,13 @@ typedef enum { NLTE_SPHERE = 1, NLTE_LVG = 2, NLTE_SLAB = 3 } nlte_geometry;
 #define NLTE_FGAUS_FAC 1.0645        /* sqrt(pi / (4 ln 2)) as RADEX rounds it */
 #define NLTE_T_CMB 2.725             /* default background [K] */
 
+/* The kinetic temperatures the solvers take [K]: RADEX's own limits (rates
+ * outside a file's table are clamped to its ends, docs/nlte.md). */
+#define NLTE_T_KIN_MIN 0.1
+#define NLTE_T_KIN_MAX 1e4
+
 typedef struct {
-  double t_kin;                   /* kinetic temperature [K], 0.1 .. 1e4 */
+  double t_kin;                   /* kinetic temperature [K], NLTE_T_KIN_MIN .. MAX */
   double density[NLTE_NPARTNER];  /* [cm^-3] by partner id (index 0 unused); >= 0 */
   double column;                  /* column density of the molecule [cm^-2], > 0 */
   double fwhm_kms;                /* line width, FWHM [km/s], > 0 */

@@ -134,12 +134,20 @@ int nlte_lvg_directions(int ndir, double *n, double *q) {
   return 0;
 }
 
-/* Input checks, serial, before any solving: the lowest bad index. */
-static int check_cells(const nlte_lvg_cells *C, const nlte_lvg_options *o, nlte_lvg_out *out) {
+/* Input checks, serial, before any solving: the lowest bad index; with a
+ * scan, every cell (nlte_lvg.h). */
+int nlte_lvg_cells_check(const nlte_lvg_cells *C, int64_t *bad_cell, nlte_lvg_scan *scan) {
+  char msg[256] = "";
+  int64_t first = -1;
+  if (scan) scan->bad = 0, scan->t_min = INFINITY, scan->t_max = -INFINITY;
   for (int64_t c = 0; c < C->ncell; c++) {
     const char *what = NULL, *expect = NULL;
     double v = 0;
-    if (!(C->t_kin[c] >= 0.1 && C->t_kin[c] <= 1e4))
+    if (scan && C->t_kin[c] == C->t_kin[c]) {
+      if (C->t_kin[c] < scan->t_min) scan->t_min = C->t_kin[c];
+      if (C->t_kin[c] > scan->t_max) scan->t_max = C->t_kin[c];
+    }
+    if (!(C->t_kin[c] >= NLTE_T_KIN_MIN && C->t_kin[c] <= NLTE_T_KIN_MAX))
       what = "T_kin", v = C->t_kin[c], expect = "0.1 .. 1e4 K";
     else if (!(C->n_h2[c] > 0 && isfinite(C->n_h2[c])))
       what = "n_H2", v = C->n_h2[c], expect = "> 0 cm^-3 and finite (the collision partner)";
@@ -151,12 +159,16 @@ static int check_cells(const nlte_lvg_cells *C, const nlte_lvg_options *o, nlte_
       for (int k = 0; k < 9 && !what; k++)
         if (!isfinite(C->grad_v[9 * c + k]))
           what = "grad_v", v = C->grad_v[9 * c + k], expect = "finite [s^-1]";
-    if (what) {
-      out->bad_cell = c;
-      CE_FAIL("cell %lld: %s = %g, expected %s", (long long)c, what, v, expect);
+    if (!what) continue;
+    if (first < 0) {
+      first = c;
+      snprintf(msg, sizeof msg, "cell %lld: %s = %g, expected %s", (long long)c, what, v, expect);
     }
+    if (!scan) break;
+    scan->bad++;
   }
-  (void)o;
+  if (bad_cell) *bad_cell = first;
+  if (first >= 0) CE_FAIL("%s", msg);
   return 0;
 }
 
@@ -205,7 +217,7 @@ int nlte_lvg_solve(const nlte_model *M, const nlte_lvg_cells *C, const nlte_lvg_
     }
     free(seen);
   }
-  CE_TRY(check_cells(C, o, out));
+  CE_TRY(nlte_lvg_cells_check(C, &out->bad_cell, NULL));
   if (N == 0) return 0;
 
   const int nlev = M->nlev, line = out->line - 1;

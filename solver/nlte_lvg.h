@@ -100,6 +100,18 @@ typedef struct {
 int nlte_lvg_solve(const nlte_model *M, const nlte_lvg_cells *cells, const nlte_lvg_options *o,
                    nlte_lvg_out *out);
 
+/* The input checks nlte_lvg_solve makes before it solves anything, on
+ * their own (coemu generate --check runs them on every model of a
+ * line.mode lvg job): 0, or -1 with the message the solve gives for the
+ * lowest bad cell ("cell C: T_kin = 2.5e4, expected 0.1 .. 1e4 K"; *bad_cell
+ * = C, -1 when all are good). scan != NULL looks at every cell: how many
+ * would be refused, and the range of T_kin (NaN left out). */
+typedef struct {
+  int64_t bad;         /* cells refused */
+  double t_min, t_max; /* T_kin over all cells [K] */
+} nlte_lvg_scan;
+int nlte_lvg_cells_check(const nlte_lvg_cells *cells, int64_t *bad_cell, nlte_lvg_scan *scan);
+
 /* The direction set: ndir unit vectors n[3d..3d+2] on the half sphere and
  * their weights q[d] (sum 1): ndir = 3, the axes, weights 1/3; ndir = 2 m^2,
  * a product rule: m Gauss-Legendre nodes in z on (0, 1) times 2m equally

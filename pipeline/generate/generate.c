@@ -65,9 +65,14 @@ static void human_time(double s, char *out, size_t len) {
 
 /* --check's resolution line: how the first model's cells compare with the
  * job's voxels (model_coarse_fraction, in the ball of that model's smallest
- * half-extent; the job's ball may be smaller). Synthetic models are built
- * in memory for it. */
-static int check_resolution(const job *j) {
+ * half-extent; the job's ball may be smaller), and model 0's cell count.
+ * Synthetic models are built in memory for it. */
+typedef struct {
+  double voxel, coarse; /* the voxel's edge [m], the fraction coarser */
+  int64_t cells;        /* model 0's leaf cells */
+} check_model0;
+
+static int check_resolution(const job *j, check_model0 *out) {
   ce_model *m = NULL;
   if (j->input == JOB_INPUT_SYNTH) {
     synth_params p;
@@ -85,10 +90,9 @@ static int check_resolution(const job *j) {
     CE_TRY(model_load(j->model_names[0], j->amrvac_units && j->amrvac_units[0] ? j->amrvac_units : NULL, &m));
   }
   double r = model_half_extent(m), edge = j->edge > 0 ? j->edge : r;
-  double f = model_coarse_fraction(m, r, edge / j->n, 64, NULL);
-  printf("  resolution: model 0's cells are coarser than a voxel (%.4g m) in %.1f%% of its ball; "
-         "sampling.reconstruction %s (docs/sampling.md)\n",
-         edge / j->n, 100 * f, j->coemunet_compat ? "constant (coemunet_compat)" : sampler_recon_name(j->reconstruction));
+  out->voxel = edge / j->n;
+  out->coarse = model_coarse_fraction(m, r, out->voxel, 64, NULL);
+  out->cells = m->nleaves * m->ncell;
   model_free(m);
   return 0;
 }
@@ -98,11 +102,21 @@ static int check_out_dir(const job *j, const char *out, int judged);
 /* --check: the job, its input files, its output folder (judged as the run
  * judges it, before "ok" is said), and what it will cost. */
 static int check_only(const job *j, const char *out) {
-  if (job_check_inputs(j) < 0) return -1;
+  job_lvg_report lvg;
+  if (job_check_inputs_part(j, 0, 1, &lvg) < 0) return -1;
+  check_model0 m0;
+  CE_TRY(check_resolution(j, &m0));
   int judged = access(out, F_OK) == 0 ? dataset_dir_judge(out, j) : DATASET_DIR_NEW;
   if (judged < 0) return -1;
   job_estimate e;
   job_estimate_of(j, &e);
+  /* line.mode lvg: the populations, once per model (on each rank that
+   * samples it): the cells read, or model 0's for synthetic models */
+  double lvg_cells = j->line_mode != JOB_LINE_LVG ? 0
+                     : j->input == JOB_INPUT_SYNTH ? (double)m0.cells * (double)j->n_models
+                                                   : (double)lvg.cells;
+  double lvg_seconds = lvg_cells * JOB_COST_NS_LVG_CELL * 1e-9;
+  e.core_seconds += lvg_seconds;
   char per[32], all[32], models[32], one[32], r64[32];
   human_bytes(e.sample_bytes, per, sizeof per);
   human_bytes(e.dataset_bytes, all, sizeof all);
@@ -113,9 +127,10 @@ static int check_only(const job *j, const char *out) {
          "%lld shards of %lld\n",
          j->path, (long long)j->n_models, (long long)j->directions, (long long)e.samples, j->n,
          j->nf, (long long)e.shards, (long long)j->samples_per_shard);
-  printf("  inputs: %s\n", j->input == JOB_INPUT_SYNTH
-                               ? "synthetic (written to OUT/models when the job runs)"
-                               : "every AMRVAC file's header and units sidecar read");
+  printf("  inputs: %s\n", j->input == JOB_INPUT_SYNTH ? "synthetic (written to OUT/models when the job runs)"
+                         : j->line_mode == JOB_LINE_LVG
+                             ? "every AMRVAC file read in full (line.mode lvg) and its units sidecar"
+                             : "every AMRVAC file's header and units sidecar read");
   { /* the line as the solver sees it (job_check_inputs read the file) */
     lamda_molecule mol;
     lte_line line;
@@ -133,6 +148,24 @@ static int check_only(const job *j, const char *out) {
     lte_line_free(&line);
     lamda_free(&mol);
   }
+  if (j->line_mode == JOB_LINE_LVG) {
+    char t[32];
+    human_time(lvg_seconds, t, sizeof t);
+    if (j->input == JOB_INPUT_SYNTH)
+      printf("  populations (line.mode lvg): ~%lld cells a model (model 0's), ~%s on one rank for "
+             "the %lld models (%.0f us a cell, docs/benchmarks.md), in the time below\n",
+             (long long)m0.cells, t, (long long)j->n_models, JOB_COST_NS_LVG_CELL * 1e-3);
+    else
+      printf("  populations (line.mode lvg): %lld models read (T_kin %.3g .. %.3g K), %lld cells "
+             "to solve: ~%s on one rank (%.0f us a cell, docs/benchmarks.md), in the time below\n",
+             (long long)lvg.models, lvg.t_min, lvg.t_max, (long long)lvg.cells, t,
+             JOB_COST_NS_LVG_CELL * 1e-3);
+    if (lvg.models_skipped > 0)
+      printf("  skipped: %lld of %lld models, their %lld samples stored invalid "
+             "(inputs.on_bad_model: skip); the first: %s\n",
+             (long long)lvg.models_skipped, (long long)j->n_models,
+             (long long)(lvg.models_skipped * j->directions), lvg.first_skipped);
+  }
   printf("  disk: %s per sample (%s), %s for the dataset%s", per,
          j->store_inputs ? (j->inputs_f64 ? "inputs float64" : "inputs float32")
                          : "images-only: output.store_inputs false, readers rebuild the inputs",
@@ -147,7 +180,10 @@ static int check_only(const job *j, const char *out) {
          "making cost more (scripts/scaling_model.py models them: docs/scaling.md)\n",
          e.samples > 0 ? 1e3 * e.core_seconds / (double)e.samples : 0.0, one, r64,
          JOB_COST_NS_VOXEL, JOB_COST_NS_VOXEL_CHANNEL, JOB_COST_NS_SUBSAMPLE_LINEAR);
-  CE_TRY(check_resolution(j));
+  printf("  resolution: model 0's cells are coarser than a voxel (%.4g m) in %.1f%% of its ball; "
+         "sampling.reconstruction %s (docs/sampling.md)\n",
+         m0.voxel, 100 * m0.coarse,
+         j->coemunet_compat ? "constant (coemunet_compat)" : sampler_recon_name(j->reconstruction));
   return check_out_dir(j, out, judged);
 }
 
@@ -673,7 +709,7 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   int check = 0, quiet = 0, schema_doc = 0;
   cli_opt opts[] = {
       {"out", CLI_STR, &out, "DIR", "dataset directory (default: the job's output.directory)", 0, 0},
-      {"check", CLI_FLAG, &check, NULL, "validate the job, read its input files (LAMDA, AMRVAC headers, units sidecars) and judge the output folder as the run would (another job's dataset is refused; a resume says how many shards it keeps, a finished dataset that there is nothing to make), print the samples, disk and time it will take, and exit", 0, 0},
+      {"check", CLI_FLAG, &check, NULL, "validate the job, read its input files (LAMDA, AMRVAC headers, units sidecars; with line.mode lvg every model in full, for cells the LVG solve refuses) and judge the output folder as the run would (another job's dataset is refused; a resume says how many shards it keeps, a finished dataset that there is nothing to make), print the samples, disk and time it will take, and exit", 0, 0},
       {"quiet", CLI_FLAG, &quiet, NULL, "no progress lines", 0, 0},
       {"verify-kept", CLI_FLAG, &g_verify_kept, NULL, "on a resume, and on a rerun of a finished dataset, read back every shard an earlier run finished and check its CRC-32s before keeping it (a damaged one is made again; with --check, counted); without it a kept shard is checked on what its file claims (layout, job, sample range, row counts), reading no data, and a finished dataset is not read at all", 0, 0},
       {"schema-doc", CLI_FLAG, &schema_doc, NULL, "print the job-file key table (Markdown) and exit", 0, 0},
@@ -737,7 +773,7 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   /* The input files, before anything is created: every rank reads the
    * LAMDA file (all nodes must see it) and its share of the AMRVAC headers
    * and sidecars. */
-  mpi_agree(job_check_inputs_part(&j, g_rank, size));
+  mpi_agree(job_check_inputs_part(&j, g_rank, size, NULL));
   start.active = 1;
   shard_layout lay;
   dataset_layout(&j, &lay);

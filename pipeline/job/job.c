@@ -12,6 +12,7 @@
 
 #include "common/cli.h"
 #include "common/error.h"
+#include "common/progress.h"
 #include "common/rng.h"
 #include "pipeline/job/schema.h"
 #include "pipeline/job/trainjob.h"
@@ -21,6 +22,7 @@
 #include "rotate/amrvac.h"
 #include "rotate/compat.h"
 #include "rotate/model.h"
+#include "rotate/model_lvg.h"
 #include "rotate/sampler.h"
 #include "rotate/units.h"
 #include "solver/nlte.h"
@@ -535,9 +537,53 @@ int job_lamda_read(const job *j, lamda_molecule *m) {
   return 0;
 }
 
-int job_check_inputs(const job *j) { return job_check_inputs_part(j, 0, 1); }
+/* line.mode lvg: model i read in full and its cells put through the LVG
+ * solve's input checks (job_check_inputs_part). 0 when every cell is good;
+ * 1 when one is not, with the message in why (and ce_err's); -1 when the
+ * model cannot be read (the message in ce_err's and why too). */
+static int lvg_scan_model(const job *j, int64_t i, const units *u, const char *gat,
+                          job_lvg_report *r, char *why, size_t why_len) {
+  const char *path = j->model_names[i];
+  ce_model *m = NULL;
+  model_lvg_inputs in = {0};
+  int rc = -1;
+  if (model_load(path, j->amrvac_units && j->amrvac_units[0] ? j->amrvac_units : NULL, &m) < 0 ||
+      model_lvg_inputs_make(m, u->co_abundance, j->abundance > 0 ? j->abundance : u->co_abundance,
+                            &in) < 0) {
+    ce_err_prefix("%s: model %lld of %lld, %s: line.mode lvg", gat, (long long)i,
+                  (long long)j->n_models, path);
+    snprintf(why, why_len, "%s", ce_err_msg());
+    goto out;
+  }
+  nlte_lvg_cells C = {in.ncell, in.t_kin, in.n_h2, in.n_mol, in.grad_v, in.length, in.order, in.chunk};
+  nlte_lvg_scan scan;
+  int64_t bad;
+  rc = nlte_lvg_cells_check(&C, &bad, &scan) < 0;
+  if (r) {
+    r->models++, r->cells += rc ? 0 : in.ncell;
+    if (scan.t_min < r->t_min) r->t_min = scan.t_min;
+    if (scan.t_max > r->t_max) r->t_max = scan.t_max;
+  }
+  if (rc) {
+    char cell[256], msg[256];
+    model_cell_name(m, bad, cell, sizeof cell);
+    snprintf(msg, sizeof msg, "%s", ce_err_msg());
+    ce_err("%s: model %lld of %lld, %s: line.mode lvg: %s: %s; %lld of %lld cells are outside what "
+           "the LVG solve takes (T_kin %g .. %g K in this model)",
+           gat, (long long)i, (long long)j->n_models, path, cell, msg,
+           (long long)scan.bad, (long long)in.ncell, scan.t_min, scan.t_max);
+    snprintf(why, why_len, "%s", ce_err_msg());
+  }
+out:
+  model_lvg_inputs_free(&in);
+  model_free(m);
+  return rc;
+}
 
-int job_check_inputs_part(const job *j, int part, int parts) {
+int job_check_inputs(const job *j) { return job_check_inputs_part(j, 0, 1, NULL); }
+
+int job_check_inputs_part(const job *j, int part, int parts, job_lvg_report *lvg) {
+  if (lvg) memset(lvg, 0, sizeof *lvg), lvg->t_min = INFINITY, lvg->t_max = -INFINITY;
   if (part == 0 && j->has_stream && *j->stream_curve_secret) { /* the live server's keys */
     char at[1200];
     key_at(j, j->curve_secret_line, j->curve_secret_col,
@@ -569,6 +615,11 @@ int job_check_inputs_part(const job *j, int part, int parts) {
   key_at(j, j->units_line, j->units_col, "inputs.amrvac.units", uat, sizeof uat);
   units shared;
   int have_shared = j->amrvac_units && j->amrvac_units[0];
+  /* line.mode lvg: every model read in full, unless the run skips bad ones */
+  int scan = j->line_mode == JOB_LINE_LVG && (lvg || !j->skip_bad_models);
+  ce_progress progress;
+  ce_progress_init(&progress, "line.mode lvg: reading the models", "models",
+                   (j->n_models - part + parts - 1) / parts, !scan);
   if (have_shared && units_read(j->amrvac_units, &shared) < 0) return ce_err_prefix("%s", uat);
   for (int64_t i = part; i < j->n_models; i += parts) {
     amrvac_snapshot snap;
@@ -597,7 +648,19 @@ int job_check_inputs_part(const job *j, int part, int parts) {
     amrvac_free(&snap);
     if (usable < 0)
       return ce_err_prefix("%s: model %lld of %lld", gat, (long long)i, (long long)j->n_models);
+    if (scan) {
+      char why[sizeof lvg->first_skipped];
+      int bad = lvg_scan_model(j, i, &u, gat, lvg, why, sizeof why);
+      if (bad && !j->skip_bad_models)
+        return ce_err("%s: this model stops the run (inputs.on_bad_model: stop): leave it out of the job, or set "
+                      "inputs.on_bad_model: skip to store its samples as invalid",
+                      why);
+      if (bad && lvg && lvg->models_skipped++ == 0)
+        snprintf(lvg->first_skipped, sizeof lvg->first_skipped, "%s", why);
+      ce_progress_update(&progress, (i - part) / parts + 1);
+    }
   }
+  if (scan && progress.printed >= 0) ce_progress_done(&progress, (j->n_models - part + parts - 1) / parts);
   return 0;
 }
 

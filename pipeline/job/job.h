@@ -205,9 +205,30 @@ int job_check_line_mode(const job *j, const lamda_molecule *mol);
  * units, or the lookup beside it) parses. Messages name the job file and the
  * key's line:column. Synthetic inputs have no files to check. */
 int job_check_inputs(const job *j);
+
+/* What the checks learn of a line.mode lvg job's models: the cells whose
+ * populations the run solves, the range of their T_kin, and the models the
+ * run would skip (inputs.on_bad_model: skip) because the LVG solve refuses
+ * one of their cells (nlte_lvg_cells_check: T_kin outside 0.1 .. 1e4 K,
+ * n_H2 <= 0, ...) or the model cannot be read. */
+typedef struct {
+  int64_t models, cells;   /* models read, the cells of those not skipped */
+  double t_min, t_max;     /* T_kin over those cells [K] */
+  int64_t models_skipped;
+  char first_skipped[1600]; /* why the first skipped model is */
+} job_lvg_report;
+
 /* The same with the AMRVAC files shared out: part p of `parts` checks models
- * p, p + parts, ... (the LAMDA file and a common sidecar in every part). */
-int job_check_inputs_part(const job *j, int part, int parts);
+ * p, p + parts, ... (the LAMDA file and a common sidecar in every part).
+ * With line.mode lvg every model is also read in full and its cells put
+ * through the LVG solve's input checks: with inputs.on_bad_model stop, a
+ * refused cell is an error naming the model, the cell, its value and how
+ * many cells are refused, so the run stops before it makes anything rather
+ * than at that model; with skip the run does not read them here (lvg ==
+ * NULL) and --check counts the models it will skip in *lvg. Reading every
+ * model costs what the run's own reads do (docs/nlte.md, "Jobs"); a
+ * progress line goes to stderr when it takes seconds. */
+int job_check_inputs_part(const job *j, int part, int parts, job_lvg_report *lvg);
 
 /* A job's size before it runs: samples, shards, bytes on disk (dataset.h5
  * and the shards; synthetic models add models_bytes), and the time on one
@@ -237,6 +258,10 @@ void job_estimate_of(const job *j, job_estimate *e);
  * `coemu bench sample` and `bench isotropy`, linear minus constant, ~19 ms
  * per 64^3 cube at k = 2 (docs/benchmarks.md, "Reconstructions") */
 #define JOB_COST_NS_SUBSAMPLE_LINEAR 9.0
+/* line.mode lvg: the populations of one model cell, once per model on each
+ * rank that samples the model: `coemu bench lvg --max-threads 1`, 39-43 us
+ * of CPU a cell (docs/benchmarks.md, "3-D LVG populations") */
+#define JOB_COST_NS_LVG_CELL 41000.0
 
 /* docs/jobs.md's key table, generated from the schema. */
 int job_schema_markdown(FILE *out);

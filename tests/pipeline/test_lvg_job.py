@@ -3,7 +3,8 @@
 coemu generate (1 and 2 ranks give identical data; the dataset records the
 mode), coemu stats and coemu serve (one epoch read with coemu_stream.py); the
 high-density limit, where the LVG targets must approach the LTE job's as
-1/n_H2; the shipped non-LTE jobs validate; an HCN job (another molecule, line.abundance); bad keys and a
+1/n_H2; the shipped non-LTE jobs validate; models with cells the LVG
+solve refuses are found by --check and before the run makes anything; an HCN job (another molecule, line.abundance); bad keys and a
 molecule without H2 rates fail with FILE:LINE:COL messages.  Prints
 "N passed, N failed"."""
 import json
@@ -229,6 +230,41 @@ def cell_error(tmp):
               f"on_bad_model skip: model 1 invalid, model 0 valid ({a['valid']}, {a['model_id']})")
 
 
+def hot_models(tmp):
+    """tests/data/amrvac/agbwind3d_0001 and _0002 have cells hotter (and
+    colder) than the LVG solve takes (0.1 .. 1e4 K; _0000, the analytic
+    initial state, has none). --check reads every model of an lvg job and
+    says so, naming the model, the cell and how many cells; the run refuses
+    before it creates anything (it used to make model 0's shard and stop at
+    model 1). With on_bad_model: skip, --check counts the models it will
+    skip and the run skips exactly those."""
+    amr = os.path.join(ROOT, "tests", "data", "amrvac")
+    inputs = f"amrvac: {{glob: {amr}/agbwind3d_000*.dat}}"
+    path = os.path.join(tmp, "hot.yaml")
+    open(path, "w").write(job("hot", "lvg", inputs=inputs))
+    out = os.path.join(tmp, "hot")
+    want = (re.escape(path) + r":3:\d+: inputs\.amrvac\.glob: model 1 of 3, .*agbwind3d_0001\.dat: line\.mode lvg: "
+            r"leaf \d+ \(level \d, block [\d ]+\), cell \([\d, ]+\) at \(.*\) m: cell \d+: T_kin = [\d.e+]+, "
+            r"expected 0\.1 \.\. 1e4 K; 3260 of 61440 cells are outside what the LVG solve takes "
+            r"\(T_kin 0\.00976\d* \.\. 26\d+ K in this model\): this model stops the run.*on_bad_model: skip")
+    r = run([COEMU, "generate", path, "--check", "--out", out])
+    check(r.returncode == 1 and re.search(want, r.stderr) and ": ok: " not in r.stdout,
+          f"hot models, --check: exit {r.returncode}, {r.stderr.strip()[-700:]}")
+    r = run([COEMU, "generate", path, "--out", out, "--quiet"])
+    check(r.returncode == 1 and re.search(want, r.stderr), f"hot models, run: exit {r.returncode}, {r.stderr.strip()[-700:]}")
+    check(not os.path.exists(out), "hot models: the run refused before it created its folder")
+    open(path, "w").write(job("hot", "lvg", inputs=inputs + "\n  on_bad_model: skip") + "statistics: {split: all}\n")
+    r = run([COEMU, "generate", path, "--check", "--out", out])
+    check(r.returncode == 0 and "populations (line.mode lvg): 3 models read (T_kin 0.00364 .. 2.62e+05 K), 61440 cells to solve" in r.stdout
+          and re.search(r"skipped: 2 of 3 models, their 4 samples stored invalid \(inputs\.on_bad_model: skip\); "
+                        r"the first: .*model 1 of 3, .*agbwind3d_0001\.dat", r.stdout),
+          f"hot models, skip, --check: exit {r.returncode}, {r.stdout[-900:]} {r.stderr[-500:]}")
+    if generate(tmp, "hot", open(path).read(), out):
+        a = arrays(out)
+        check(np.array_equal(a["valid"], (a["model_id"] == 0).astype(a["valid"].dtype)),
+              f"hot models, skip: models 1 and 2 invalid as --check said ({a['valid']}, {a['model_id']})")
+
+
 def bad(tmp):
     cases = [
         ("mode", job("b", "foo"), r":5:\d+: line\.mode: expected one of lte, lvg, got 'foo'"),
@@ -265,6 +301,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="coemu-lvg-")
     try:
         shipped()
+        hot_models(tmp)
         bad(tmp)
         end_to_end(tmp)
         high_density(tmp)

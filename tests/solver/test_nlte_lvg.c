@@ -493,6 +493,19 @@ static void test_bad_input(void) {
   CHECK(out.bad_cell == 7);
   c.T[7] = 5e4;
   CHECK_ERR(nlte_lvg_solve(&M, &C, &o, &out), "cell 7: T_kin = 50000, expected 0.1 .. 1e4 K");
+  /* the checks on their own (generate --check's scan of a model): the
+   * lowest bad cell named, every bad cell counted, T_kin's range */
+  int64_t bad = -2;
+  nlte_lvg_scan scan;
+  c.T[2] = 0.05, c.T[9] = 2e4, c.nh2[5] = 0;
+  CHECK_ERR(nlte_lvg_cells_check(&C, &bad, &scan), "cell 2: T_kin = 0.05, expected 0.1 .. 1e4 K");
+  CHECK(bad == 2 && scan.bad == 4 && scan.t_min == 0.05 && scan.t_max == 5e4);
+  CHECK_ERR(nlte_lvg_cells_check(&C, &bad, NULL), "cell 2: T_kin = 0.05");
+  CHECK(bad == 2);
+  c.T[2] = c.T[9] = 50, c.nh2[5] = 1e5, c.T[7] = 0.1, c.T[0] = 1e4; /* the limits are taken */
+  CHECK_OK(nlte_lvg_cells_check(&C, &bad, &scan));
+  CHECK(bad == -1 && scan.bad == 0 && scan.t_min == 0.1 && scan.t_max == 1e4);
+  c.T[0] = 50;
   c.T[7] = 50;
   c.nh2[3] = 0;
   CHECK_ERR(nlte_lvg_solve(&M, &C, &o, &out), "cell 3: n_H2 = 0");
