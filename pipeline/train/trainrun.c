@@ -375,8 +375,11 @@ static int prepare_out(const char *out, const train_job *j, const train_run_opts
 }
 
 /* Keep the first rows of a CSV (header + rows whose first column <= max_step);
- * rows_in_epoch (NULL to skip) counts the kept rows of `epoch`. */
-static int csv_cut(const char *path, uint64_t max_step, uint32_t epoch, uint64_t *rows_in_epoch) {
+ * rows_in_epoch (NULL to skip) counts the kept rows of `epoch`. With
+ * commit 0 the file is only read (the count a resume needs before it knows
+ * whether its data are accepted: a refused resume leaves the log whole). */
+static int csv_cut(const char *path, uint64_t max_step, uint32_t epoch, uint64_t *rows_in_epoch,
+                   int commit) {
   uint64_t count = 0;
   if (rows_in_epoch) *rows_in_epoch = 0;
   if (!path_exists(path)) return 0;
@@ -384,8 +387,8 @@ static int csv_cut(const char *path, uint64_t max_step, uint32_t epoch, uint64_t
   size_t len;
   CE_TRY(fs_read_all(path, &text, &len));
   char tmp[4300];
-  FILE *f;
-  if (fs_open_tmp(path, tmp, sizeof tmp, &f) < 0) {
+  FILE *f = NULL;
+  if (commit && fs_open_tmp(path, tmp, sizeof tmp, &f) < 0) {
     free(text);
     return -1;
   }
@@ -396,13 +399,13 @@ static int csv_cut(const char *path, uint64_t max_step, uint32_t epoch, uint64_t
     unsigned long long step = 0;
     unsigned e = 0;
     int keep = first || (sscanf(line, "%llu,%u", &step, &e) == 2 && step <= max_step);
-    if (keep) ok = fwrite(line, 1, (size_t)(nl - line + 1), f) == (size_t)(nl - line + 1);
+    if (keep && f) ok = fwrite(line, 1, (size_t)(nl - line + 1), f) == (size_t)(nl - line + 1);
     if (!first && keep && e == epoch) count++;
     first = 0;
   }
   free(text);
   if (rows_in_epoch) *rows_in_epoch = count;
-  return fs_commit_tmp(f, tmp, path, ok);
+  return f ? fs_commit_tmp(f, tmp, path, ok) : 0;
 }
 
 static FILE *csv_open(const char *path, const char *header) {
@@ -673,12 +676,10 @@ static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
     CE_FAIL("%s: batch %lld is not divisible by the %d ranks", name, (long long)st->batch, s->world);
   const int b = (int)(st->batch / s->world);
 
-  /* the position within the epoch: train.csv holds one row per step */
+  /* the position within the epoch: train.csv holds one row per step (the
+     rows after the checkpoint are cut once the data are accepted, below) */
   uint64_t in_epoch = 0;
-  if (s->rank == 0 && resume) {
-    CE_TRY(csv_cut(s->tcsv, prev.step, prev.epoch, &in_epoch));
-    CE_TRY(csv_cut(s->vcsv, prev.step, 0, NULL));
-  }
+  if (s->rank == 0 && resume) CE_TRY(csv_cut(s->tcsv, prev.step, prev.epoch, &in_epoch, 0));
   MPI_Bcast(&in_epoch, 1, MPI_UINT64_T, 0, s->comm);
   /* raw batches: the backend normalises them (on the device with CUDA) */
   train_data_opts dop = {st, j->seed, s->rank, s->world, b, prev.epoch, in_epoch, 1};
@@ -730,6 +731,11 @@ static int run_stage(stage_run *s, int64_t *steps_left, double t_run0) {
     trainer_free(&tr);
     if (s->rank != 0) ce_err("rank 0 refused the data of %s (its message says why)", name);
     return TRAIN_RUN_REFUSED; /* every rank here: one message (cmd_train) */
+  }
+  if (s->rank == 0 && resume && (csv_cut(s->tcsv, prev.step, prev.epoch, NULL, 1) < 0 ||
+                                 csv_cut(s->vcsv, prev.step, 0, NULL, 1) < 0)) {
+    trainer_free(&tr);
+    return -1;
   }
   if (s->rank == 0) {
     s->ftrain = csv_open(s->tcsv, "step,epoch,lr,loss,mse,fft,samples_per_s");

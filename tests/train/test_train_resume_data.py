@@ -8,7 +8,8 @@ samples); a run of a job in a/ naming ../demo-dataset and ../val-dataset
   - the record OUT/run.json holds each dataset's id and place;
   - the other dataset put where ../demo-dataset (or ../val-dataset) points:
     the unchanged job is refused, naming tr2, the key, the recorded id and
-    place, the new one and --out; nothing is trained; --check --out tr2
+    place, the new one and --out; nothing is trained, and a log row written
+    after the checkpoint is kept (an accepted resume cuts it); --check --out tr2
     gives the same refusal (and without a change says the stage resumes);
   - a job in err/ naming the same datasets by other paths (an absolute path
     to a copy, ../val-dataset from another folder) resumes;
@@ -19,6 +20,8 @@ samples); a run of a job in a/ naming ../demo-dataset and ../val-dataset
   - a run made before the record (run.json removed) still resumes, and its
     progress line never counts more steps than its total although the data
     now have fewer steps per epoch;
+  - a stream of another dataset is refused at its first chunk, leaving
+    train.csv whole;
   - `coemu eval` on an unfinished dataset advises generate, not serve's --live.
 Prints "N passed, N failed"."""
 import csv
@@ -114,16 +117,25 @@ def main(tmp):
           f"--check --out: the run would resume: {r.returncode} {r.stdout} {r.stderr}")
 
     # ---- another dataset where the job's relative path points ----
+    # a row logged after the last checkpoint (a run killed between the two):
+    # a resume cuts it, but only once its data are accepted; a refused
+    # resume leaves the logs as they were
+    tcsv, vcsv = (os.path.join(tmp, "tr2", "finetune", n) for n in ("train.csv", "validation.csv"))
+    with open(tcsv, "a") as f:
+        f.write("4,0,0.001,0.5,0.5,0,10\n")
+    logs = open(tcsv).read(), open(vcsv).read()
     for key, place in (("finetune.data.dataset", "demo-dataset"),
                        ("finetune.validation.dataset", "val-dataset")):
         swap(tmp, place, "other-dataset")
         r = run(["train", j, "--out", "tr2", "--max-steps", "1"], tmp)
+        check((open(tcsv).read(), open(vcsv).read()) == logs,
+              f"{place} replaced: the refused resume left train.csv and validation.csv as they were")
         err = r.stderr
         check(r.returncode == 1 and f"tr2 holds a run whose {key} was dataset {demo_id}" in err
               and f"(read at {os.path.join(real, place)}" in err and "is another dataset (id " in err
               and "another output directory (--out)" in err and "resuming" not in err,
               f"{place} replaced by another dataset: refused: {r.returncode} {err[-1500:]}")
-        check(step_of(tmp) == 3, f"{place} replaced: nothing trained ({step_of(tmp)} steps)")
+        check(step_of(tmp) == 4, f"{place} replaced: nothing trained ({step_of(tmp)} rows)")
         c = run(["train", j, "--out", "tr2", "--check"], tmp)
         check(c.returncode == 1 and "ok" not in c.stdout
               and f"tr2 holds a run whose {key} was dataset {demo_id}" in c.stderr,
@@ -135,7 +147,7 @@ def main(tmp):
     r = run(["train", e, "--out", "tr2", "--max-steps", "1"], tmp)
     check(r.returncode == 3 and "resuming from tr2/finetune/last.ckpt (epoch 0, step 3)" in r.stderr,
           f"the same datasets by other paths resume: {r.returncode} {r.stderr[-1500:]}")
-    check(step_of(tmp) == 4, f"one step more: {step_of(tmp)}")
+    check(step_of(tmp) == 4, f"one step more, the row after the checkpoint cut: {step_of(tmp)}")
     # a changed key names the recorded value as the run read it
     b = job(tmp, "err/bad.yaml", "../no-such-dataset")
     r = run(["train", b, "--out", "tr2"], tmp)
@@ -182,6 +194,9 @@ def main(tmp):
         JOB.replace("{dataset: DS}", f"{{stream: {{endpoint: '{ep}'}}}}")
         .replace("{dataset: VAL, split: validation, batch: 2}", "{split: none}"))
     for ds, steps, want in (("demo-dataset", "1", 3), ("other-dataset", "1", 1)):
+        if ds == "other-dataset":  # a row logged after the checkpoint, kept by the refusal
+            with open(os.path.join(tmp, "st", "finetune", "train.csv"), "a") as f:
+                f.write("2,0,0.001,0.5,0.5,0,10\n")
         srv = subprocess.Popen([COEMU, "serve", ds, "--endpoint", ep, "--batch", "2", "--seed", "1234",
                                 "--idle-exit", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env=ENV, cwd=tmp)
@@ -197,8 +212,8 @@ def main(tmp):
         os.path.join(tmp, "st", "run.json")) else {"datasets": {}}
     check(rec["datasets"].get("finetune.data.stream.endpoint", {}).get("dataset_id") == demo_id,
           f"the stream's id is the dataset's: {rec}")
-    check(len(list(csv.reader(open(os.path.join(tmp, "st", "finetune", "train.csv"))))) == 2,
-          "nothing trained on the other stream")
+    check(len(list(csv.reader(open(os.path.join(tmp, "st", "finetune", "train.csv"))))) == 3,
+          "nothing trained on the other stream, and the refusal at its first chunk cut no log row")
 
     # ---- coemu eval on an unfinished dataset: its own advice ----
     shutil.copytree(os.path.join(tmp, "demo-dataset"), os.path.join(tmp, "unfinished"))
