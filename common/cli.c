@@ -3,8 +3,10 @@
 #include "common/cli.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -120,9 +122,19 @@ static int set_value(cli_opt *o, const char *val) {
     *(const char **)o->dest = val;
     return 0;
   case CLI_INT:
-    if (cli_parse_int(val, (int64_t *)o->dest) < 0)
-      CE_FAIL("option --%s: '%s' is not an integer", o->name, val);
+  case CLI_INT64: {
+    int64_t v;
+    int ok = cli_parse_int(val, &v) == 0;
+    if (!ok && errno != ERANGE) CE_FAIL("option --%s: '%s' is not an integer", o->name, val);
+    if (!ok && o->kind == CLI_INT64)
+      CE_FAIL("option --%s: %s is out of range (expected an integer from %lld to %lld)", o->name,
+              val, (long long)INT64_MIN, (long long)INT64_MAX);
+    if (!ok || (o->kind == CLI_INT && (v < INT_MIN || v > INT_MAX)))
+      CE_FAIL("option --%s: %s is out of range (expected an integer from %d to %d)", o->name, val,
+              INT_MIN, INT_MAX);
+    *(int64_t *)o->dest = v;
     return 0;
+  }
   case CLI_DOUBLE: {
     double d;
     if (cli_parse_double(val, &d) < 0 || !isfinite(d))

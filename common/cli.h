@@ -44,12 +44,14 @@ enum {
   CLI_EXIT_STOPPED = 3  /* stopped cleanly by a signal or a limit; rerun to resume */
 };
 
-typedef enum { CLI_END = 0, CLI_FLAG, CLI_STR, CLI_INT, CLI_DOUBLE } cli_kind;
+/* CLI_INT takes an integer that fits an int (commands narrow most of them:
+ * --upper 4294967298 must not become 2); CLI_INT64 any int64_t (seeds). */
+typedef enum { CLI_END = 0, CLI_FLAG, CLI_STR, CLI_INT, CLI_DOUBLE, CLI_INT64 } cli_kind;
 
 typedef struct {
   const char *name;  /* without the leading dashes */
   cli_kind kind;
-  void *dest;        /* int* (FLAG), const char** (STR), int64_t* (INT), double* (DOUBLE) */
+  void *dest;        /* int* (FLAG), const char** (STR), int64_t* (INT, INT64), double* (DOUBLE) */
   const char *meta;  /* value placeholder in help, e.g. "FILE" */
   const char *help;
   int required;

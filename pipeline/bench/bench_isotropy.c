@@ -201,7 +201,7 @@ int bench_isotropy(int argc, char **argv) {
       {"n", CLI_INT, &n, "N", "voxels per cube edge (default 64)", 0, 0},
       {"directions", CLI_INT, &D, "D", "Haar directions (default 12)", 0, 0},
       {"k", CLI_INT, &k, "K", "sub-samples per voxel edge (default 2)", 0, 0},
-      {"seed", CLI_INT, &seed, "S", "synth seed of the wind's parameters and the directions (default 1)", 0, 0},
+      {"seed", CLI_INT64, &seed, "S", "synth seed of the wind's parameters and the directions (default 1)", 0, 0},
       {"levels", CLI_INT, &levels, "L", "AMR levels of the model (default: the synth default)", 0, 0},
       {"base", CLI_INT, &base, "B", "level-1 cells per edge (default: the synth default)", 0, 0},
       {0}};

@@ -46,7 +46,7 @@ int bench_lvg(int argc, char **argv) {
   cli_opt opts[] = {
       {"mol", CLI_STR, &mol, "FILE", "LAMDA file (default: co.dat of the source tree)", 0, 0},
       {"line", CLI_INT, &line, "K", "LAMDA line whose level populations are kept (default 2)", 0, 0},
-      {"seed", CLI_INT, &seed, "S", "coemu synth seed (default 1, the demo's)", 0, 0},
+      {"seed", CLI_INT64, &seed, "S", "coemu synth seed (default 1, the demo's)", 0, 0},
       {"index", CLI_INT, &index, "I", "model index (default 0)", 0, 0},
       {"levels", CLI_INT, &levels, "L", "AMR levels (default 3, the demo's)", 0, 0},
       {"ndir", CLI_INT, &ndir, "N", "directions: 3 or 2 m^2 (default 18)", 0, 0},

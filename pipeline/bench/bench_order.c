@@ -80,7 +80,7 @@ int bench_order(int argc, char **argv) {
       {"handles", CLI_INT, &handles, "H", "open shards the modelled reader keeps (LRU, default 64)", 0, 0},
       {"order-shards", CLI_INT, &K, "K", "order shards: shards read at once (default 8)", 0, 0},
       {"order-buffer", CLI_INT, &B, "B", "order shards: samples shuffled together (default 4 x samples per shard)", 0, 0},
-      {"seed", CLI_INT, &seed, "S", "shuffle seed (default 1234)", 0, 0},
+      {"seed", CLI_INT64, &seed, "S", "shuffle seed (default 1234)", 0, 0},
       {"repeat", CLI_INT, &repeat, "R", "epochs timed per mode; the median is printed (default 5)", 0, 0},
       {0}};
   const cli_command spec = {

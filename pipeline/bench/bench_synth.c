@@ -17,7 +17,7 @@ int bench_synth(int argc, char **argv) {
   const char *dir = NULL;
   cli_opt opts[] = {
       {"n", CLI_INT, &n, "N", "models per measurement (default 20)", 0, 0},
-      {"seed", CLI_INT, &seed, "S", "seed (default 1)", 0, 0},
+      {"seed", CLI_INT64, &seed, "S", "seed (default 1)", 0, 0},
       {"levels", CLI_INT, &levels, "L", "AMR levels (default 3)", 0, 0},
       {"block", CLI_INT, &block, "NB", "block edge (default 8)", 0, 0},
       {"base-nx", CLI_INT, &base, "NX", "level-1 cells per edge (default 32)", 0, 0},

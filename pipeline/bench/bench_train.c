@@ -48,7 +48,7 @@ int bench_train(int argc, char **argv) {
       {"nfreq", CLI_INT, &nfreq, "F", "output channels: 7 (default) or 1", 0, 0},
       {"flops-per-cycle", CLI_DOUBLE, &fpc, "X", "peak float32 FLOP per cycle per core, for a "
        "peak of threads x clock x X (default: the peak measured, no clock needed; Zen 4: 32)", 0, 0},
-      {"seed", CLI_INT, &seed, "S", "initialisation seed", 0, 0},
+      {"seed", CLI_INT64, &seed, "S", "initialisation seed", 0, 0},
       {"device", CLI_STR, &device, "NAME", "trainer backend: cpu (default) or cuda (a CUDA build "
        "and a GPU)", 0, 0},
       {"feeds", CLI_STR, &feeds, "LIST", "how the batch reaches the backend: pageable, pinned, "

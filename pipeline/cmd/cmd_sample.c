@@ -134,7 +134,7 @@ int cmd_sample(int argc, char **argv) {
       {"units", CLI_STR, &units_path, "FILE", "units sidecar (default: looked up beside MODEL)", 0, 0},
       {"directions", CLI_INT, &ndir, "K", "number of directions (default 1)", 0, 0},
       {"sampler", CLI_STR, &sampler_name, "NAME", "haar (default), faceon, lowdisc or coemunet", 0, 0},
-      {"seed", CLI_INT, &seed, "S", "job seed (default 0)", 0, 0},
+      {"seed", CLI_INT64, &seed, "S", "job seed (default 0)", 0, 0},
       {"model-id", CLI_INT, &model_id, "I", "model id in the job (default 0)", 0, 0},
       {"n", CLI_INT, &n, "N", "voxels per cube edge (default 64)", 0, 0},
       {"edge", CLI_DOUBLE, &edge, "M",

@@ -285,7 +285,7 @@ int cmd_serve(int argc, char **argv) {
       {"split", CLI_STR, &c.split, "NAME", "train (default), validation, test or all", 0, 0},
       {"batch", CLI_INT, &c.batch, "B", "samples per chunk (default 16)", 0, 0},
       {"epochs", CLI_INT, &c.epochs, "E", "stop after E epochs for every rank (default: serve until stopped)", 0, 0},
-      {"seed", CLI_INT, &c.seed, "S", "shuffle seed (default 1234)", 0, 0},
+      {"seed", CLI_INT64, &c.seed, "S", "shuffle seed (default 1234)", 0, 0},
       {"order", CLI_STR, &c.order, "MODE", "epoch order: exact (default: a uniform shuffle) or shards (shard-aware, for parallel file systems)", 0, 0},
       {"order-shards", CLI_INT, &c.order_shards, "K", "order shards: shards read at once (default 8)", 0, 0},
       {"order-buffer", CLI_INT, &c.order_buffer, "B", "order shards: samples shuffled together (default 4 x samples per shard)", 0, 0},

@@ -19,7 +19,7 @@ int cmd_synth(int argc, char **argv) {
   int preview = 0, quiet = 0;
   cli_opt opts[] = {
       {"n", CLI_INT, &n, "N", "number of models", 1, 0},
-      {"seed", CLI_INT, &seed, "S", "job seed (model i is a pure function of seed and i)", 1, 0},
+      {"seed", CLI_INT64, &seed, "S", "job seed (model i is a pure function of seed and i)", 1, 0},
       {"out", CLI_STR, &out, "DIR", "output directory (created if missing)", 1, 0},
       {"first", CLI_INT, &first, "I", "index of the first model (default 0)", 0, 0},
       {"levels", CLI_INT, &levels, "L", "AMR levels, 1..6 (default 3)", 0, 0},

@@ -33,7 +33,7 @@ static void restore(int fd, int saved, const char *path, char *buf, size_t n) {
   if (f) fclose(f);
 }
 
-static int64_t n;
+static int64_t n, seed;
 static double dx;
 static const char *out;
 static int flag;
@@ -43,12 +43,13 @@ static cli_opt opts[] = {{"dx", CLI_DOUBLE, &dx, "M", "spacing", 1, 0},
                          {"out", CLI_STR, &out, "FILE", "output", 0, 0},
                          {"abs", CLI_FLAG, &flag, NULL, "take |I|", 0, 0},
                          {"n", CLI_INT, &n, "N", "count", 0, 0},
+                         {"seed", CLI_INT64, &seed, "S", "seed", 0, 0},
                          {0}};
 
 /* cli_run_parse on a copy of argv, stdout and stderr captured. */
 static cli_status run(const cli_command *c, int argc, char **argv, int *np, char ***pos,
                       captured *cap) {
-  n = 0, dx = 0, out = NULL, flag = 0;
+  n = 0, seed = 0, dx = 0, out = NULL, flag = 0;
   fflush(stdout);
   fflush(stderr);
   int so = redirect(1, tmpl_out), se = redirect(2, tmpl_err);
@@ -78,6 +79,13 @@ static void test_parsed(void) {
   CHECK(run(&cmd, 2, argv2, &np, NULL, &cap) == CLI_OK);
   CHECK(np == 1 && dx == 2 && opts[0].seen && !opts[1].seen && !opts[2].seen && !opts[3].seen);
   CHECK(cli_exit(CLI_OK) == 0);
+  /* the limits of both kinds are taken */
+  char *argv3[] = {"--dx=1", "a", "-n", "-2147483648", "--seed", "9223372036854775807"};
+  CHECK(run(&cmd, 6, argv3, &np, NULL, &cap) == CLI_OK);
+  CHECK(n == INT32_MIN && seed == INT64_MAX && opts[4].seen);
+  char *argv4[] = {"--dx=1", "a", "-n", "2147483647", "--seed", "-9223372036854775808"};
+  CHECK(run(&cmd, 6, argv4, &np, NULL, &cap) == CLI_OK);
+  CHECK(n == INT32_MAX && seed == INT64_MIN);
 }
 
 static void test_help(void) {
@@ -124,6 +132,21 @@ static void test_usage_errors(void) {
   expect_usage(&cmd, 2, inf_double, "option --dx: 'inf' is not a finite number");
   char *bad_int[] = {"--dx", "1", "-n", "1.5", "a"};
   expect_usage(&cmd, 5, bad_int, "option --n: '1.5' is not an integer");
+  /* an int option's value must fit an int (commands narrow them: 2^32 + 2
+   * must not become 2); CLI_INT64 takes any int64_t */
+  char *big_int[] = {"--dx", "1", "-n", "4294967298", "a"};
+  expect_usage(&cmd, 5, big_int,
+               "option --n: 4294967298 is out of range (expected an integer from -2147483648 to 2147483647)");
+  char *neg_int[] = {"--dx", "1", "-n=-2147483649", "a"};
+  expect_usage(&cmd, 4, neg_int,
+               "option --n: -2147483649 is out of range (expected an integer from -2147483648 to 2147483647)");
+  char *huge_int[] = {"--dx", "1", "-n", "99999999999999999999", "a"};
+  expect_usage(&cmd, 5, huge_int,
+               "option --n: 99999999999999999999 is out of range (expected an integer from -2147483648 to 2147483647)");
+  char *big_seed[] = {"--dx", "1", "--seed", "99999999999999999999", "a"};
+  expect_usage(&cmd, 5, big_seed,
+               "option --seed: 99999999999999999999 is out of range (expected an integer from "
+               "-9223372036854775808 to 9223372036854775807)");
   char *flag_value[] = {"--dx", "1", "--abs=1", "a"};
   expect_usage(&cmd, 4, flag_value, "option --abs takes no value");
   char *no_value[] = {"a", "--dx"};

@@ -168,6 +168,9 @@ with tempfile.TemporaryDirectory() as d:
     expect_error([*npy32, *base, "--upper", 0, "--lower", 0, "--out", j("x.npy")],
                  "no radiative transition from level 0 to level 0")
     expect_error([*npy32, *base, "--upper", 0, "--out", j("x.npy")], "--upper and --lower go together", code=2)
+    # 2^32 + 3 and 2^32 + 2 are not levels 3 and 2 (J=2-1): an int option's range is the int's
+    expect_error([*npy32, *base, "--upper", 4294967299, "--lower", 4294967298, "--out", j("x.npy")],
+                 "option --upper: 4294967299 is out of range", "from -2147483648 to 2147483647", code=2)
     expect_error([*npy32, *base, "--transition", 0, "--upper", 3, "--lower", 2, "--out", j("x.npy")],
                  "--upper and --lower go together", code=2)
     expect_error([*npy32, *base, "--upper", 2, "--lower", 3, "--out", j("x.npy")],
