@@ -692,6 +692,12 @@ static int rerun_finished(const char *cmd, job *j, const char *out, int level, i
             (long long)dataset_shards(job_samples(j), j->samples_per_shard), how,
             level == DATASET_FINISHED_ALL && j->stats_compute ? " with /stats" : "", hint);
   }
+  /* a consumer waiting on the job's live stream would wait for ever: say
+   * where a finished dataset is served (even with --quiet) */
+  if (g_rank == 0 && j->has_stream && !j->stream_generate)
+    fprintf(stderr, "coemu %s: the job's stream section starts no live server for a finished "
+                    "dataset: serve it with `coemu serve %s --endpoint %s`\n",
+            cmd, out, j->stream_endpoint);
   int rc = 0;
   if (level == DATASET_FINISHED_SHARDS && j->stats_compute) {
     if (g_rank == 0 && !quiet)

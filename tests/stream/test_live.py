@@ -5,7 +5,8 @@ runs; every sample equals the finished dataset's; epoch 0 is in generation
 order; the server exits once the consumer is done. And, deterministically,
 shards appearing one after another are served as they appear, while the
 producer keeps the consumer alive; with --order shards, epochs after the
-first are the finished dataset's --order shards epochs."""
+first are the finished dataset's --order shards epochs. A rerun of the
+finished job starts no server and says how the dataset is served."""
 import os
 import shutil
 import subprocess
@@ -76,6 +77,16 @@ stream: {{endpoint: "{ep}", ranks: 1, batch: 2, epochs: 1, split: all}}
     check(time.time() - t0 < 10, "the live server exited after its consumer's last epoch")
     log = open(os.path.join(d, "serve.log")).read()
     check("(live)" in log and "sent 36 samples" in log, f"serve log: {log[-500:]}")
+    # a rerun of the finished job starts no live server, and says where the
+    # dataset is served (a consumer waiting on the job's endpoint would wait
+    # for ever), with --quiet too
+    mtime = os.path.getmtime(os.path.join(d, "serve.log"))
+    r = subprocess.run([COEMU, "generate", job, "--out", d, "--quiet"], capture_output=True, text=True,
+                       timeout=120)
+    check(r.returncode == 0 and "the job's stream section starts no live server for a finished dataset: "
+          f"serve it with `coemu serve {d} --endpoint {ep}`" in r.stderr
+          and os.path.getmtime(os.path.join(d, "serve.log")) == mtime,
+          f"a rerun of the finished job: rc {r.returncode}, {r.stderr[-600:]}")
 
     # Deterministically: a dataset with only its first shard finished is served
     # up to that shard; the producer then waits (heart-beating, the consumer
