@@ -2,14 +2,12 @@
  * (train_inputs.h). */
 #include "pipeline/train/train_inputs.h"
 
-#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "common/error.h"
+#include "pipeline/dataset/shard_reader.h"
 #include "pipeline/serve/serve.h"
 #include "pipeline/train/train_data.h"
 #include "stats/statsfile.h"
@@ -44,32 +42,13 @@ static int fail_at(const where *w, const char *fmt, ...) {
   return ce_err("%s: %s", w->text, msg);
 }
 
-static int exists_in(const char *dir, const char *file) {
-  char p[4400];
-  snprintf(p, sizeof p, "%s/%s", dir, file);
-  return access(p, F_OK) == 0;
-}
-
-/* DIR is a finished dataset directory, as far as its files tell. */
+/* DIR is a finished dataset directory, as far as its files tell: what it is
+ * instead is said as every reader says it (dataset_require_finished: no such
+ * folder, a job not finished and its shards so far, not a coemu dataset). */
 static int dataset_dir(const where *w, const char *dir) {
-  struct stat st;
-  if (stat(dir, &st) < 0)
-    return fail_at(w, "%s: %s", dir,
-                   errno == ENOENT ? "no such directory (expected a dataset that `coemu "
-                                     "generate` has finished)"
-                                   : strerror(errno));
-  if (!S_ISDIR(st.st_mode))
-    return fail_at(w, "%s: not a directory (expected a dataset directory, as `coemu generate` "
-                      "writes it)", dir);
-  int h5 = exists_in(dir, "dataset.h5"), manifest = exists_in(dir, "manifest.json");
-  int job = exists_in(dir, "job.yaml") || exists_in(dir, "plan.json");
-  if (h5 && manifest) return 0;
-  if (job)
-    return fail_at(w, "%s: not finished (no %s yet): run or resume `coemu generate` for it "
-                      "(its job is %s/job.yaml), then train", dir,
-                   h5 ? "manifest.json" : "dataset.h5", dir);
-  return fail_at(w, "%s: not a dataset: no %s (expected a dataset directory, as `coemu "
-                    "generate` writes it)", dir, h5 ? "manifest.json" : "dataset.h5");
+  if (dataset_require_finished(dir, TRAIN_UNFINISHED_HINT) < 0)
+    return ce_err_prefix("%s", w->text);
+  return 0;
 }
 
 static void shape_text(const uint32_t in[4], const uint32_t out[3], char *buf, size_t len) {

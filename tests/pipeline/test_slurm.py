@@ -128,7 +128,7 @@ def template_check(tmp):
           f'the filled training job passes coemu train --check --no-data: {r.stdout} {r.stderr}')
     r = subprocess.run([COEMU, 'train', os.path.join(run, 'train.yaml'), '--check'],
                        capture_output=True, text=True)
-    check(r.returncode == 1 and 'validation.dataset' in r.stderr and 'no such directory' in r.stderr,
+    check(r.returncode == 1 and 'validation.dataset' in r.stderr and 'no such dataset folder' in r.stderr,
           f'with the data checked, the missing dataset is named: {r.stdout} {r.stderr}')
 
 

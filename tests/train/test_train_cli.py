@@ -69,7 +69,7 @@ def main(tmp):
     j = job(tmp, "missing", "./no-such-ds")
     r = run(["train", j, "--check"], tmp)
     check(r.returncode == 1 and "ok" not in r.stdout
-          and f"{j}:4:19: finetune.data.dataset: ./no-such-ds: no such directory" in r.stderr,
+          and f"{j}:4:19: finetune.data.dataset: ./no-such-ds: no such dataset folder; run or resume `coemu generate`" in r.stderr,
           f"--check of a job whose dataset does not exist: {r.returncode} {r.stdout} {r.stderr}")
     r = run(["train", j, "--check", "--no-data"], tmp)
     check(r.returncode == 0 and "ok" in r.stdout and "not checked (--no-data)" in r.stdout,
@@ -81,9 +81,17 @@ def main(tmp):
     shutil.copy(os.path.join(tmp, "ds", "job.yaml"), os.path.join(tmp, "unfinished"))
     j = job(tmp, "unfinished", "unfinished")
     r = run(["train", j, "--check"], tmp)
-    check(r.returncode == 1 and f"{j}:4:19: finetune.data.dataset: ./unfinished: not finished"
-          in r.stderr and "coemu generate" in r.stderr and "--live" not in r.stderr,
+    check(r.returncode == 1 and f"{j}:4:19: finetune.data.dataset: ./unfinished is not a finished dataset: "
+          "no dataset.h5 yet, 0 shards made so far" in r.stderr and "coemu generate" in r.stderr
+          and "--live" not in r.stderr,
           f"--check of an unfinished dataset: {r.returncode} {r.stderr}")
+    # the words every reader uses (docs/faults.md, "Not a finished dataset")
+    os.makedirs(os.path.join(tmp, "empty"))
+    j = job(tmp, "empty", "empty")
+    r = run(["train", j, "--check"], tmp)
+    check(r.returncode == 1 and f"{j}:4:19: finetune.data.dataset: ./empty is not a coemu dataset: "
+          "it has no dataset.h5, job.yaml or shards/" in r.stderr,
+          f"--check of a folder that is no dataset: {r.returncode} {r.stderr}")
     j = job(tmp, "nostats", "nostats")
     r = run(["train", j, "--check"], tmp)
     check(r.returncode == 1 and f"{j}:4:19: finetune.data.dataset: " in r.stderr
@@ -98,7 +106,7 @@ def main(tmp):
     if not os.path.exists(os.path.join(ROOT, "paper-faceon-dataset")):
         r = run(["train", paper, "--check"], tmp)
         check(r.returncode == 1 and "pretrain.data.dataset" in r.stderr
-              and "paper-faceon-dataset: no such directory" in r.stderr,
+              and "paper-faceon-dataset: no such dataset folder" in r.stderr,
               f"--check of jobs/train-paper.yaml without its datasets: {r.returncode} {r.stderr}")
         r = run(["train", paper, "--check", "--no-data"], tmp)
         check(r.returncode == 0, f"jobs/train-paper.yaml --check --no-data: {r.stderr}")
