@@ -3,6 +3,7 @@
  * host buffer (nn_download_chunks / nn_upload_chunks). */
 #include "trainer/checkpoint.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,6 +87,7 @@ typedef struct {
   uLong crc;
   int ok;
   int backend_failed; /* a download failed (its message is set), not the disk */
+  int err;            /* the errno of the write that failed (ENOSPC, EDQUOT, EIO, ...) */
 } writer;
 
 static void wr(writer *w, const void *data, size_t n) {
@@ -95,7 +97,7 @@ static void wr(writer *w, const void *data, size_t n) {
     size_t chunk = n > (1u << 30) ? (1u << 30) : n;
     w->crc = crc32(w->crc, p, (uInt)chunk);
     if (fwrite(p, 1, chunk, w->f) != chunk) {
-      w->ok = 0;
+      w->ok = 0, w->err = errno;
       return;
     }
     p += chunk;
@@ -162,7 +164,7 @@ int checkpoint_save(const char *path, const coemunet *m, const adam *o, const tr
     }
   }
   uint32_t crc = (uint32_t)w.crc;
-  if (w.ok && fwrite(&crc, 4, 1, f) != 1) w.ok = 0;
+  if (w.ok && fwrite(&crc, 4, 1, f) != 1) w.ok = 0, w.err = errno;
   if (!w.ok) {
     if (w.backend_failed) { /* keep the backend's message past the cleanup */
       char msg[1024];
@@ -171,7 +173,7 @@ int checkpoint_save(const char *path, const coemunet *m, const adam *o, const tr
       return ce_err("%s: %s", path, msg);
     }
     fs_commit_tmp(f, tmp, path, 0);
-    return ce_err("%s: write failed (disk full?)", path);
+    return ce_err("%s: write failed: %s", path, w.err ? strerror(w.err) : "unknown error");
   }
   return fs_commit_tmp(f, tmp, path, 1);
 }

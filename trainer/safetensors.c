@@ -172,12 +172,13 @@ static void sb_entry(sbuf *s, const char *name, const char *dtype, const uint64_
 typedef struct {
   FILE *f;
   int ok, backend_failed;
+  int err; /* the errno of the write that failed */
 } wctx;
 
 static int wr_chunk(void *ctx, float *chunk, size_t off, size_t n) {
   (void)off;
   wctx *w = ctx;
-  if (w->ok && fwrite(chunk, sizeof(float), n, w->f) != n) w->ok = 0;
+  if (w->ok && fwrite(chunk, sizeof(float), n, w->f) != n) w->ok = 0, w->err = errno;
   return 0;
 }
 
@@ -220,16 +221,19 @@ int safetensors_save(const char *path, const coemunet *m, const safetensors_meta
     return -1;
   }
   uint64_t hl = s.n;
-  wctx w = {f, fwrite(&hl, 8, 1, f) == 1 && fwrite(s.b, 1, s.n, f) == s.n, 0};
+  wctx w = {f, fwrite(&hl, 8, 1, f) == 1 && fwrite(s.b, 1, s.n, f) == s.n, 0, 0};
+  if (!w.ok) w.err = errno;
   free(s.b);
   for (int i = 0; i < net->nparams && w.ok; i++) {
     const nn_param *p = &net->params[i];
     if (nn_download_chunks(net, p->w, (size_t)p->n, wr_chunk, &w) < 0) w.ok = 0, w.backend_failed = 1;
-    if (w.ok && bn_last(net, p->name, prefix, sizeof prefix) && fwrite(&nbt, 8, 1, f) != 1) w.ok = 0;
+    if (w.ok && bn_last(net, p->name, prefix, sizeof prefix) && fwrite(&nbt, 8, 1, f) != 1)
+      w.ok = 0, w.err = errno;
   }
   if (!w.ok) {
     char msg[1024];
-    snprintf(msg, sizeof msg, "%s", w.backend_failed ? ce_err_msg() : "write failed (disk full?)");
+    if (w.backend_failed) snprintf(msg, sizeof msg, "%s", ce_err_msg());
+    else snprintf(msg, sizeof msg, "write failed: %s", w.err ? strerror(w.err) : "unknown error");
     fs_commit_tmp(f, tmp, path, 0);
     return ce_err("%s: %s", path, msg);
   }

@@ -3,6 +3,7 @@
  * predicted-vs-target channel maps, and the inference time per sample. The
  * work is evaluate.c; under mpirun the evaluation batches are spread over the
  * ranks (the figures do not depend on the number of ranks). */
+#include <errno.h>
 #include <hdf5.h>
 #include <math.h>
 #include <mpi.h>
@@ -10,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/cli.h"
 #include "common/error.h"
@@ -171,23 +173,34 @@ static int write_maps(const char *out, const char *dataset, const eval_result *r
   return rc;
 }
 
-/* Rank 0: metrics.txt, maxrel.csv, maxrel.png, the maps; the table on stdout. */
+/* Rank 0: maxrel.csv, maxrel.png, the maps, and metrics.txt last; the table
+ * on stdout. metrics.txt marks a finished evaluation: an earlier one's is
+ * removed first, so a run that fails half-way (a full disk) leaves pictures
+ * but no metrics.txt, never a folder that looks complete, or one that mixes
+ * an old table with new pictures. */
 static int write_outputs(const char *out, const char *ckpt, const char *dataset, const char *split,
                          const coemunet *m, const eval_result *res, const serve_source *src,
                          int batch, int world, int maps, int64_t maps_asked, int fits, int quiet) {
-  char p[4400], tmp[4500];
+  char p[4400], metrics[4400], tmp[4500];
   int nthreads = omp_get_max_threads();
   FILE *f;
   CE_TRY(fs_mkdir_p(out));
-  snprintf(p, sizeof p, "%s/metrics.txt", out);
-  CE_TRY(fs_open_tmp(p, tmp, sizeof tmp, &f));
-  print_table(f, ckpt, dataset, split, m, res, batch, nthreads, world);
-  CE_TRY(fs_commit_tmp(f, tmp, p, !ferror(f)));
+  snprintf(metrics, sizeof metrics, "%s/metrics.txt", out);
+  if (unlink(metrics) < 0 && errno != ENOENT)
+    CE_FAIL("%s: cannot remove the earlier evaluation's table: %s", metrics, strerror(errno));
+  int rc = 0;
   snprintf(p, sizeof p, "%s/maxrel.csv", out);
-  CE_TRY(write_csv(p, res));
+  rc = write_csv(p, res);
   snprintf(p, sizeof p, "%s/maxrel.png", out);
-  CE_TRY(trainplot_maxrel_png(p, res->maxrel_ps, res->n, &res->maxrel, split));
-  CE_TRY(write_maps(out, dataset, res, serve_norm(src), m->cfg.nfreq, m->cfg.grid, fits));
+  if (rc == 0) rc = trainplot_maxrel_png(p, res->maxrel_ps, res->n, &res->maxrel, split);
+  if (rc == 0) rc = write_maps(out, dataset, res, serve_norm(src), m->cfg.nfreq, m->cfg.grid, fits);
+  if (rc == 0 && fs_open_tmp(metrics, tmp, sizeof tmp, &f) == 0) {
+    print_table(f, ckpt, dataset, split, m, res, batch, nthreads, world);
+    rc = fs_commit_tmp(f, tmp, metrics, !ferror(f));
+  } else if (rc == 0) {
+    rc = -1;
+  }
+  if (rc < 0) return ce_err_prefix("%s is incomplete (no metrics.txt)", out);
   if (res->kept < maps_asked)
     fprintf(stderr, "coemu eval: warning: --maps %lld: %d maps written: %s\n",
             (long long)maps_asked, res->kept,

@@ -17,6 +17,7 @@
 #include "common/npy.h"
 #include "common/version.h"
 #include "pipeline/cmd/commands.h"
+#include "pipeline/dataset/export_fits.h"
 #include "pipeline/job/job.h"
 #include "pipeline/dataset/cube_file.h"
 #include "pipeline/dataset/h5util.h"
@@ -96,15 +97,6 @@ static int write_h5(const char *path, const double *img, int nx, int ny, int nf,
   return fs_rename_durable(tmp, path);
 }
 
-static int fits_fail(int status, const char *tmp, const char *path, fitsfile *ff) {
-  char msg[FLEN_STATUS];
-  fits_get_errstatus(status, msg);
-  int st2 = 0;
-  if (ff) fits_close_file(ff, &st2);
-  remove(tmp);
-  return ce_err("%s: writing FITS failed: %s", path, msg);
-}
-
 static int write_fits(const char *path, const double *img, int nx, int ny, int nf,
                       const double *freqs, double dx, const provenance *p, double nu0) {
   double step;
@@ -112,18 +104,17 @@ static int write_fits(const char *path, const double *img, int nx, int ny, int n
     return ce_err("%s: FITS needs uniformly spaced channels for its FREQ axis; these are not "
                   "(use --out FILE.h5 for arbitrary lists)", path);
   if (nf == 1) step = 1.0; /* one plane: the spacing is nominal */
-  char tmp[4096];
-  snprintf(tmp, sizeof tmp, "!%s.tmp.%d", path, (int)getpid());
-  fitsfile *ff = NULL;
-  int st = 0;
-  long naxes[3] = {nx, ny, nf};
-  fits_create_file(&ff, tmp, &st);
-  if (st) return fits_fail(st, tmp + 1, path, NULL);
-  fits_create_img(ff, DOUBLE_IMG, 3, naxes, &st);
   /* FITS axis 1 varies fastest: data[f][y][x] */
   size_t npix = (size_t)nx * ny * nf;
   double *t = ce_malloc_array(npix, sizeof *t, "FITS cube");
-  if (!t) return fits_fail(0, tmp + 1, path, ff);
+  if (!t) return -1;
+  char tmp[4096];
+  void *vff;
+  if (export_fits_open_tmp(path, tmp, sizeof tmp, &vff) < 0) return free(t), -1;
+  fitsfile *ff = vff;
+  int st = 0;
+  long naxes[3] = {nx, ny, nf};
+  fits_create_img(ff, DOUBLE_IMG, 3, naxes, &st);
   for (int x = 0; x < nx; x++)
     for (int y = 0; y < ny; y++)
       for (int f = 0; f < nf; f++) t[((size_t)f * ny + y) * nx + x] = img[((size_t)x * ny + y) * nf + f];
@@ -158,10 +149,7 @@ static int write_fits(const char *path, const double *img, int nx, int ny, int n
   fits_write_history(ff, p->cmdline, &st); /* cfitsio wraps long text */
   fits_write_img(ff, TDOUBLE, 1, (LONGLONG)npix, t, &st);
   free(t);
-  if (st) return fits_fail(st, tmp + 1, path, ff);
-  fits_close_file(ff, &st);
-  if (st) return fits_fail(st, tmp + 1, path, NULL);
-  return fs_rename_durable(tmp + 1, path);
+  return export_fits_close_commit(path, tmp, ff, st);
 }
 
 /* The channel maps on one log scale, each labelled with its radio velocity

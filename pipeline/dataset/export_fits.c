@@ -153,13 +153,19 @@ int export_fits_read_info(const char *dir, int64_t sample, double edge_m, int nf
   return rc;
 }
 
+/* cfitsio's status says "error writing to FITS file", not why: for its I/O
+ * statuses the errno of the failed call (ENOSPC, EDQUOT, EIO) is added;
+ * export_fits_open_tmp clears errno first, so it is not an older call's. */
 static int fits_fail(int status, const char *tmp, const char *path, fitsfile *ff) {
-  char msg[FLEN_STATUS] = "";
+  int e = errno;
+  char msg[FLEN_STATUS] = "", why[160] = "";
   if (status) fits_get_errstatus(status, msg);
+  if (e && (status == WRITE_ERROR || status == FILE_NOT_CREATED || status == FILE_NOT_CLOSED))
+    snprintf(why, sizeof why, " (%s)", strerror(e));
   int st2 = 0;
   if (ff) fits_close_file(ff, &st2);
   remove(tmp);
-  return ce_err("%s: writing FITS failed: %s", path, status ? msg : ce_err_msg());
+  return ce_err("%s: writing FITS failed: %s%s", path, status ? msg : ce_err_msg(), why);
 }
 
 static void key_s(fitsfile *ff, const char *k, const char *v, const char *c, int *st) {
@@ -233,15 +239,19 @@ static int uniform(const double *v, int nf, double *step) {
   return 1;
 }
 
-static int open_tmp(const char *path, char *tmp, size_t cap, fitsfile **ff) {
+int export_fits_open_tmp(const char *path, char *tmp, size_t cap, void **out) {
   snprintf(tmp, cap, "!%s.tmp.%d", path, (int)getpid());
   int st = 0;
-  fits_create_file(ff, tmp, &st);
+  fitsfile *ff = NULL;
+  errno = 0;
+  fits_create_file(&ff, tmp, &st);
   if (st) return fits_fail(st, tmp + 1, path, NULL);
+  *out = ff;
   return 0;
 }
 
-static int close_commit(const char *path, const char *tmp, fitsfile *ff, int st) {
+int export_fits_close_commit(const char *path, const char *tmp, void *vff, int st) {
+  fitsfile *ff = vff;
   if (st) return fits_fail(st, tmp + 1, path, ff);
   fits_close_file(ff, &st);
   if (st) return fits_fail(st, tmp + 1, path, NULL);
@@ -288,14 +298,15 @@ static void write_cube(fitsfile *ff, const export_fits_cube *c, int nf, int n, c
 int export_fits_write(const char *path, const export_fits_cube *cubes, int ncube, int nf, int n,
                       const double *vel, const export_fits_info *info, double distance_pc) {
   char tmp[4300];
-  fitsfile *ff = NULL;
   float *t = ce_malloc_array((size_t)nf * n * n, sizeof *t, "FITS cube");
   if (!t) return -1;
-  if (open_tmp(path, tmp, sizeof tmp, &ff) < 0) return free(t), -1;
+  void *vff;
+  if (export_fits_open_tmp(path, tmp, sizeof tmp, &vff) < 0) return free(t), -1;
+  fitsfile *ff = vff;
   int st = 0;
   for (int i = 0; i < ncube && !st; i++) write_cube(ff, &cubes[i], nf, n, vel, info, distance_pc, t, &st);
   free(t);
-  return close_commit(path, tmp, ff, st);
+  return export_fits_close_commit(path, tmp, ff, st);
 }
 
 int export_fits_sample(const char *dir, const export_fits_opts *o, const char *path) {
@@ -352,11 +363,12 @@ int export_fits_sample(const char *dir, const export_fits_opts *o, const char *p
                 "give the cube edge with --edge M", p, dir);
   if (rc == 0) {
     char tmp[4300];
-    fitsfile *ff = NULL;
+    void *vff = NULL;
     int st = 0;
     float *t = ce_malloc_array(ncube / 3 > nimg ? ncube / 3 : nimg, sizeof *t, "FITS buffer");
     if (!t) rc = -1;
-    else if ((rc = open_tmp(path, tmp, sizeof tmp, &ff)) == 0) {
+    else if ((rc = export_fits_open_tmp(path, tmp, sizeof tmp, &vff)) == 0) {
+      fitsfile *ff = vff;
       export_fits_cube c = {"TARGET", "W m-2 Hz-1 sr-1", "Intensity", tg};
       write_cube(ff, &c, nf, n, vel, &info, o->distance_pc, t, &st);
       fits_write_history(ff, "coemu export: /targets of a coemu dataset (exact LTE images)", &st);
@@ -380,7 +392,7 @@ int export_fits_sample(const char *dir, const export_fits_opts *o, const char *p
         provenance(ff, &info, &st);
         fits_write_img(ff, TFLOAT, 1, (LONGLONG)m * m * m, t, &st);
       }
-      rc = close_commit(path, tmp, ff, st);
+      rc = export_fits_close_commit(path, tmp, ff, st);
     }
     free(t);
   }

@@ -22,6 +22,7 @@
 #ifndef COEMU_EXPORT_FITS_H
 #define COEMU_EXPORT_FITS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct {
@@ -76,5 +77,15 @@ typedef struct {
  * WCS above from info, distance_pc and the channel velocities vel [m/s]. */
 int export_fits_write(const char *path, const export_fits_cube *cubes, int ncube, int nf, int n,
                       const double *vel, const export_fits_info *info, double distance_pc);
+
+/* One FITS file written under PATH.tmp.PID and renamed into place only when
+ * whole (the exporters and coemu solve share it). open: *ff is cfitsio's
+ * fitsfile * (void here: this header does not need fitsio.h), tmp gets the
+ * "!PATH.tmp.PID" name cfitsio was given. close_commit: status is cfitsio's
+ * after the writes; nonzero, or a failing close, removes the temporary and
+ * fails with "PATH: writing FITS failed: WHY (the errno's words, for I/O
+ * errors)"; else the file is renamed durably. */
+int export_fits_open_tmp(const char *path, char *tmp, size_t cap, void **ff);
+int export_fits_close_commit(const char *path, const char *tmp, void *ff, int status);
 
 #endif

@@ -2,7 +2,10 @@
 """`coemu solve` end to end: npy/HDF5 inputs, npy/HDF5/FITS/PNG outputs, the
 built-in example, and bad inputs (exit status and the message naming the
 file, the array and the index). Env: COEMU (binary), COEMU_TEST_DATA."""
+import errno
 import os
+import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -131,6 +134,18 @@ with tempfile.TemporaryDirectory() as d:
     check(rc == 0, f"example 64 with velocity channels: {err}")
     rc, err = solve("--example", 8, "--channels", "list:230.538e9,230.5385e9,230.5395e9", "--fits", j("g.fits"))
     check(rc != 0 and "uniformly spaced" in err, "FITS refuses irregular channels")
+    # a write that fails (a file-size limit, as a full disk or a quota would):
+    # the message says why in the system's words, and nothing is left
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+    p = subprocess.run([COEMU, "solve", "--example", "16", "--fits", j("full.fits")], capture_output=True,
+                       text=True, timeout=120, preexec_fn=limited)
+    check(p.returncode == 1 and "full.fits: writing FITS failed: " in p.stderr
+          and f"({os.strerror(errno.EFBIG)})" in p.stderr,
+          f"a FITS write that fails says why: rc {p.returncode}, {p.stderr.strip()!r}")
+    check(not [n for n in os.listdir(os.path.dirname(j("full.fits"))) if n.startswith("full.fits")],
+          "a failed FITS write leaves nothing")
 
     # bad cubes: each names the file, the array and the index
     def bad(name, arr, *needles, which="T"):

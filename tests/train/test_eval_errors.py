@@ -10,7 +10,9 @@ One small dataset is made with `coemu generate` (synthetic models, n = 16,
 without /stats (deleted from a copy); an --out that cannot be made (rank 0's
 outputs); a shard whose sample 2 no longer matches its checksum, read by
 rank 1 alone (--batch 2 on 2 ranks): its own message wins over rank 0's
-"failed on another rank". A good run on 2 ranks still succeeds.
+"failed on another rank". A good run on 2 ranks still succeeds; a run that
+fails while writing its pictures leaves no metrics.txt (the earlier run's
+removed), so its folder does not look finished.
 
 Usage: test_eval_errors.py DUMP_FORWARD_EXE MPIEXEC   ($COEMU: coemu)"""
 import os
@@ -100,4 +102,17 @@ with tempfile.TemporaryDirectory() as d:
     r = run(MPI + ev(f3, ds, "--batch", "2"))
     check(r is not None and r.returncode == 0 and os.path.exists(os.path.join(d, "out", "metrics.txt")),
           f"2 ranks, good input: {r and r.stderr[-1500:]}")
+    # a failure while writing the pictures (a map's name taken by a folder,
+    # as a full disk would fail it): the earlier run's metrics.txt is gone and
+    # none is written, so the folder does not look like a finished evaluation
+    out = os.path.join(d, "out")
+    maps = sorted(n for n in os.listdir(out) if n.startswith("maps-") and n.endswith(".png"))
+    check(len(maps) > 0, f"the good run wrote maps: {os.listdir(out)}")
+    if maps:
+        os.remove(os.path.join(out, maps[0]))
+        os.makedirs(os.path.join(out, maps[0]))
+        r = run(ev(f3, ds))
+        clean_failure("a map that cannot be written", r, f"{out} is incomplete (no metrics.txt)", maps[0])
+        check(not os.path.exists(os.path.join(out, "metrics.txt")) and os.path.exists(os.path.join(out, "maxrel.csv")),
+              f"a failed evaluation leaves no metrics.txt: {sorted(os.listdir(out))}")
 report()

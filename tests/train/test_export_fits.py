@@ -16,9 +16,15 @@ datasets without /geometry (before format_minor 1): the job's numeric edge,
 or an error for auto; sample out of range; eval's maps-SAMPLE.fits (target
 within the normalisation's rounding of the dataset, WCS as above).
 
+Writes that fail (a file-size limit, as a full disk or a quota) say why in
+the system's words for FITS, safetensors and checkpoints, and leave no file.
+
 Usage: test_export_fits.py DUMP_FORWARD_EXE   ($COEMU: coemu)"""
+import errno
 import json
 import os
+import resource
+import signal
 import shutil
 import struct
 import subprocess
@@ -238,6 +244,24 @@ with tempfile.TemporaryDirectory() as d:
         mode = a["I_mode"]
         check(meta.get("norm.i_mode") == (mode.decode() if isinstance(mode, bytes) else str(mode)),
               f"norm.i_mode {meta.get('norm.i_mode')} vs I_mode {a['I_mode']}")
+    # writes that fail (a file-size limit acts as a full disk or a quota):
+    # each says why in the system's words, and leaves no file
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+    efbig = f"({os.strerror(errno.EFBIG)})"
+    for what, args, out in (
+            ("FITS", [even, "--format", "fits", "--sample", "0", "--out"], "full.fits"),
+            ("safetensors", [os.path.join(d, "f3-reference.ckpt"), "--format", "safetensors", "--out"],
+             "full.safetensors"),
+            ("checkpoint", [st, "--format", "ckpt", "--out"], "full.ckpt")):
+        r = subprocess.run([COEMU, "export", *args, os.path.join(d, out)], capture_output=True, text=True,
+                           timeout=60, preexec_fn=limited)
+        words = "writing FITS failed: " if what == "FITS" else "write failed: "
+        check(r.returncode == 1 and f"{out}: {words}" in r.stderr
+              and (efbig if what == "FITS" else efbig[1:-1]) in r.stderr,
+              f"export to {what} past the file-size limit: rc {r.returncode}, {r.stderr.strip()!r}")
+        check(not [n for n in os.listdir(d) if n.startswith(out)], f"a failed {what} write leaves nothing")
     ev = os.path.join(d, "eval")
     r = subprocess.run([COEMU, "eval", os.path.join(d, "f3-reference.ckpt"), even, "--split", "all",
                         "--maps", "2", "--fits", "--out", ev, "--quiet"],
