@@ -53,10 +53,14 @@ def model(a, ranks):
     meta = meta_ops / a.mds_ops_per_s
     finish = a.finish_s + shards * a.finish_us_per_shard / 1e6  # rank 0: manifest + dataset.h5
     generate = max(compute, io, meta) + a.startup_s + finish
-    # /stats: two passes over the training split's bytes, per-shard opens
+    # /stats: two passes over the training split's bytes, per-shard opens;
+    # an images-only dataset rebuilds every input cube in each pass (sampling,
+    # not solving) and loads each training model once a pass
     train_bytes = a.train * samples * sample_bytes
+    per_sample_ms = a.stats_ms_per_sample + (0.0 if a.store_inputs else a.rebuild_ms_per_sample)
+    rebuild_loads_s = 0.0 if a.store_inputs else 2 * a.train * a.models * a.model_load_s
     stats = max(2 * train_bytes / (a.read_GBps * 1e9),
-                2 * a.train * samples * a.stats_ms_per_sample / 1e3 / ranks) \
+                (2 * a.train * samples * per_sample_ms / 1e3 + rebuild_loads_s) / ranks) \
         + 2 * shards * a.read_open_ms / 1e3 / ranks
     memory = a.rank_base_MB * MB + a.model_mem_factor * a.model_MB * MB
     finish_memory = a.rank_base_MB * MB + shards * a.finish_kB_per_shard * 1e3  # rank 0 at the end
@@ -118,6 +122,8 @@ def main():
     c.add_argument('--finish-us-per-shard', type=float, default=90.0, help='manifest + virtual datasets')
     c.add_argument('--startup-s', type=float, default=2.0, help='MPI start, job checks, line data')
     c.add_argument('--stats-ms-per-sample', type=float, default=13.0, help='moments + median of one sample, one pass')
+    c.add_argument('--rebuild-ms-per-sample', type=float, default=32.0,
+                   help='--no-inputs: remake one input cube for /stats (sampling), one core')
     c.add_argument('--read-open-ms', type=float, default=0.14, help='open a shard to read it')
     c.add_argument('--finish-kB-per-shard', type=float, default=44.0, help="rank 0's memory while writing dataset.h5")
     c.add_argument('--rank-base-MB', type=float, default=180.0)
