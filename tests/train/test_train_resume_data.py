@@ -22,6 +22,8 @@ samples); a run of a job in a/ naming ../demo-dataset and ../val-dataset
     now have fewer steps per epoch;
   - a stream of another dataset is refused at its first chunk, leaving
     train.csv whole;
+  - a run begun on the fly (`serve --generate` of the dataset's job) resumes
+    on the stored dataset (the same id); fresh views are refused;
   - `coemu eval` on an unfinished dataset advises generate, not serve's --live.
 Prints "N passed, N failed"."""
 import csv
@@ -214,6 +216,26 @@ def main(tmp):
           f"the stream's id is the dataset's: {rec}")
     check(len(list(csv.reader(open(os.path.join(tmp, "st", "finetune", "train.csv"))))) == 3,
           "nothing trained on the other stream, and the refusal at its first chunk cut no log row")
+
+    # ---- on the fly: `serve --generate JOB` announces the id of the dataset
+    # `coemu generate JOB` makes (the job's text), so a run begun on the fly
+    # resumes on the stored dataset; fresh views are other data: refused ----
+    for how, args, steps, want in (("on the fly", [], 1, 3), ("the dataset", None, 2, 3),
+                                   ("fresh views", ["--fresh-views"], 3, 1)):
+        cmd = ([COEMU, "serve", "--generate", "demo-dataset.gen.yaml", "--stats", "demo-dataset",
+                "--out", "onfly-models"] + args) if args is not None else [COEMU, "serve", "demo-dataset"]
+        srv = subprocess.Popen(cmd + ["--endpoint", ep, "--batch", "2", "--seed", "1234", "--idle-exit", "20"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp)
+        check(wait_bound(srv, ep), f"coemu serve ({how}) is up")
+        r = run(["train", sj, "--out", "fly", "--max-steps", str(steps)], tmp)  # one step each
+        srv.terminate()
+        srv.communicate(timeout=60)
+        check(r.returncode == want, f"a run from a stream ({how}): {r.returncode}, expected {want}: {r.stderr[-1500:]}")
+    rec = json.load(open(os.path.join(tmp, "fly", "run.json"))) if os.path.exists(
+        os.path.join(tmp, "fly", "run.json")) else {"datasets": {}}
+    check(rec["datasets"].get("finetune.data.stream.endpoint", {}).get("dataset_id") == demo_id,
+          f"on the fly: the recorded id is the dataset's: {rec}")
+    check("is another dataset" in r.stderr, f"fresh views are another dataset: {r.stderr[-1000:]}")
 
     # ---- coemu eval on an unfinished dataset: its own advice ----
     shutil.copytree(os.path.join(tmp, "demo-dataset"), os.path.join(tmp, "unfinished"))
