@@ -141,6 +141,44 @@ def resumes(ranks, job, out, ref, what):
     check(not bad, f'{what}: byte-identical to the uninterrupted run (differs: {bad})')
 
 
+def all_temporaries(out):
+    """Every temporary (NAME.tmp.PID) in OUT, OUT/shards and OUT/models."""
+    found = []
+    for sub in ('', 'shards', 'models'):
+        d = os.path.join(out, sub)
+        if os.path.isdir(d):
+            found += [os.path.join(sub, f) for f in os.listdir(d) if '.tmp.' in f]
+    return found
+
+
+def models_swept(tmp):
+    """The temporaries a kill during synthesis leaves in OUT/models
+    (synth_00000.dat.tmp.PID, beside the finished models) are removed by
+    the rerun, as those of shards/ are (the real coemu: testgen writes no
+    models). The rerun holds the folder's lock before it sweeps, and no rank
+    of it has written a model yet, so none is a live run's."""
+    job = os.path.join(tmp, 'synth.yaml')
+    open(job, 'w').write(JOB.replace(f'count: {M}', 'count: 2').replace(f'directions: {D}',
+                                                                       'directions: 2'))
+    out = os.path.join(tmp, 'synth')
+    r = subprocess.run([os.environ['COEMU'], 'generate', job, '--out', out, '--quiet'],
+                       capture_output=True, text=True, timeout=120)
+    check(r.returncode == 0, f'synthetic job: {r.stderr[-800:]}')
+    left = ['synth_00000.dat.tmp.4194301', 'synth_00001.units.yaml.tmp.4194302']
+    for f in left:  # what kill -9 leaves: a model half written under a temporary name
+        open(os.path.join(out, 'models', f), 'wb').write(b'\0' * 100)
+    for f in ('manifest.json', 'dataset.h5'):  # so that the rerun is a resume, as after a kill
+        os.remove(os.path.join(out, f))
+    r = subprocess.run([os.environ['COEMU'], 'generate', job, '--out', out, '--quiet'],
+                       capture_output=True, text=True, timeout=120)
+    check(r.returncode == 0, f'synthetic job, rerun: {r.stderr[-800:]}')
+    check(not all_temporaries(out), f'the rerun removes the models\' temporaries: '
+                                    f'{all_temporaries(out)}')
+    check(sorted(os.listdir(os.path.join(out, 'models'))) ==
+          ['synth_00000.dat', 'synth_00000.units.yaml', 'synth_00001.dat',
+           'synth_00001.units.yaml'], f'the finished models stay: {os.listdir(os.path.join(out, "models"))}')
+
+
 def main():
     run_in_tmpdir('coemu-sig-', run_tests)
 
@@ -294,6 +332,8 @@ def run_tests(tmp):
               'rows from the row writer equal rows written by HDF5')
     with h5py.File(os.path.join(outs['rows'], 'shards', 'shard-000000.h5'), 'r') as h:
         check(h['inputs'].chunks == (1, 3, 32, 32, 32), 'chunked by sample, as before')
+
+    models_swept(tmp)
 
     r = run(2, job, ref)
     check(r.returncode == 0 and 'is finished' in r.stderr and 'made now' not in r.stderr,
