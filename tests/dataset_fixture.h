@@ -162,7 +162,7 @@ static inline int fixture_make(const char *dir, const fixture_spec *f) {
   if (rc < 0) fprintf(stderr, "fixture %s: %s\n", dir, ce_err_msg());
   MPI_Bcast(&rc, 1, MPI_INT, 0, MPI_COMM_WORLD);
   if (rc < 0) return ce_err("fixture %s: could not be made", dir);
-  if (f->stats && dataset_stats(dir, "train", 0, NAN, 1) < 0) return -1;
+  if (f->stats && dataset_stats(dir, "train", 0, NAN, 1, NULL) < 0) return -1;
   return 0;
 }
 

@@ -54,7 +54,7 @@ int cmd_stats(int argc, char **argv) {
   int inited = 0;
   MPI_Initialized(&inited);
   if (!inited) MPI_Init(NULL, NULL);
-  int rc = dataset_stats(pos[0], split_name, drop_outliers, clip, quiet);
+  int rc = dataset_stats(pos[0], split_name, drop_outliers, clip, quiet, NULL);
   free(pos);
   if (!inited) MPI_Finalize();
   return rc < 0 ? 1 : 0;

@@ -64,8 +64,16 @@ int dataset_prepare(const char *dir, const job *j) {
   snprintf(p, sizeof p, "%s/shards", dir);
   CE_TRY(fs_mkdir_p(p));
   CE_TRY(fs_lock_dir(dir, "generate")); /* held until the process ends */
-  CE_TRY(fs_remove_tmp(p)); /* left by a killed run */
+  /* Left by a killed run: its shards, its finishing steps (manifest.json,
+   * dataset.h5, preview.png) and its synthetic models (each rank writes its
+   * share of OUT/models under a temporary name, so several may be there).
+   * Only this run's rank 0 holds the lock taken above and no rank of this
+   * run has written anything yet (the producer opens after this), so no
+   * temporary left now belongs to a live run. */
+  CE_TRY(fs_remove_tmp(p));
   CE_TRY(fs_remove_tmp(dir));
+  snprintf(p, sizeof p, "%s/models", dir);
+  if (access(p, F_OK) == 0) CE_TRY(fs_remove_tmp(p));
   /* a failed start of another job was cleared by the caller
    * (take_over_failed_start), so here it is refused as any other job's */
   int k = dataset_dir_judge(dir, j);

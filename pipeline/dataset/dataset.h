@@ -49,7 +49,8 @@ int dataset_dir_judge(const char *dir, const job *j);
  * process (fs_lock_dir: a second generate, stats or a run on DIR is refused,
  * naming this one); record the job text in
  * DIR/job.yaml, or refuse if DIR holds a different job's dataset; remove
- * temporary files left by an interrupted run. */
+ * the temporary files (*.tmp.*) an interrupted run left in DIR, DIR/shards
+ * and DIR/models. */
 int dataset_prepare(const char *dir, const job *j);
 
 /* The format's minor version (manifest.json "format_minor", dataset.h5's root

@@ -205,13 +205,14 @@ typedef struct {
   int64_t *used_out, *outliers_out; /* rank 0 (may be NULL) */
   int64_t *reads_out;     /* rank 0: samples read, summed over ranks and passes (may be NULL) */
   double lnI_clip;        /* the floor of ln I (multi-channel targets) */
+  const volatile sig_atomic_t *stop; /* NULL, or a stop asked for (dataset_stats) */
 } run_opts;
 
 static int stats_run(dataset *ds, int want, const char *split_name, int drop_outliers,
                      const run_opts *ro);
 
 int dataset_stats(const char *dir, const char *split_name, int drop_outliers, double lnI_clip,
-                  int quiet) {
+                  int quiet, const volatile sig_atomic_t *stop) {
   int want;
   CE_TRY(job_split_parse(split_name, &want));
   char path[4096], group[64];
@@ -250,12 +251,12 @@ int dataset_stats(const char *dir, const char *split_name, int drop_outliers, do
     goto out;
   }
   run_opts ro = {.cmd = "stats", .path = path, .write_path = path, .group = group,
-                 .out = quiet ? NULL : stdout, .lnI_clip = lnI_clip};
-  status = stats_run(&ds, want, split_name, drop_outliers, &ro) < 0;
+                 .out = quiet ? NULL : stdout, .lnI_clip = lnI_clip, .stop = stop};
+  status = stats_run(&ds, want, split_name, drop_outliers, &ro);
 out:
   close_dataset(&ds);
   if (locked) fs_unlock_dir(dir);
-  return status ? -1 : 0;
+  return status == DATASET_STATS_STOPPED ? status : status ? -1 : 0;
 }
 
 int dataset_stats_source_run(const dataset_stats_source *src, const char *cmd, const char *out_path,
@@ -287,8 +288,17 @@ static int read_run(dataset *ds, hsize_t i0, hsize_t run, float *in, float *tg) 
   return shard_reader_read(ds->rd, (int64_t)i0, (int64_t)run, ds->has_inputs ? in : NULL, tg);
 }
 
+/* Whether some rank was stopped (ro->stop) in the pass of reads just ended:
+ * collective, after the pass's failure check, so every rank meets it. */
+static int any_stopped(int stopped) {
+  int any = 0;
+  MPI_Allreduce(&stopped, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  return any;
+}
+
 /* The statistics of ds's samples in split `want` (collective); rank 0 writes
- * and prints what ro says. 0, or -1 on every rank (the failing rank printed). */
+ * and prints what ro says. 0, or -1 on every rank (the failing rank printed),
+ * or DATASET_STATS_STOPPED on every rank (ro->stop, dataset_stats). */
 static int stats_run(dataset *ds, int want, const char *split_name, int drop_outliers,
                      const run_opts *ro) {
   const char *path = ro->path, *cmd = ro->cmd;
@@ -299,7 +309,7 @@ static int stats_run(dataset *ds, int want, const char *split_name, int drop_out
   field_acc *acc = NULL;
   float *in = NULL, *tg = NULL, *inb = NULL, *tgb = NULL, *work = NULL, *scratch = NULL;
   float *keep_in = NULL, *keep_tg = NULL; /* pass 0's samples for pass 1 (small samples) */
-  int nf = 0;
+  int nf = 0, stopped = 0;
   stats_norm norm = {0};
   /* Without /split every sample counts as training. */
   size_t nvox = (size_t)(ds->n * ds->n * ds->n), npix = (size_t)(ds->n * ds->n), F = (size_t)ds->F;
@@ -350,6 +360,12 @@ static int stats_run(dataset *ds, int want, const char *split_name, int drop_out
 #define IN_SPLIT(i) (want < 0 || !ds->split || ds->split[(i)] == want)
     hsize_t known = pass == 1 && keep_tg ? hi : lo; /* the split is loaded for [lo, known) */
     for (hsize_t i0 = lo, run = 0; i0 < hi && lrc == 0; i0 += run) {
+      /* a stop is looked at before each read: at the paper's size a pass
+       * is minutes, longer than a wall-time limit's last warning */
+      if (ro->stop && *ro->stop) {
+        stopped = 1;
+        break;
+      }
       if (ds->split && i0 >= known) {
         int64_t end = load_split(ds, path, i0, hi);
         if (end < 0) {
@@ -430,6 +446,14 @@ static int stats_run(dataset *ds, int want, const char *split_name, int drop_out
     }
 #undef IN_SPLIT
     if (any_failed(lrc, cmd)) goto out;
+    /* after the first pass a rank whose reads are done stops too (the
+     * second pass costs as much again); after the second, only the
+     * reductions and the write are left */
+    if (pass == 0 && ro->stop && *ro->stop) stopped = 1;
+    if (any_stopped(stopped)) {
+      status = DATASET_STATS_STOPPED;
+      goto out;
+    }
     for (int f = f0; f < nf; f++) {
       field_acc *a = &acc[f];
       if (pass == 0) {
@@ -568,5 +592,5 @@ out:
   free(keep_tg);
   free(work);
   free(scratch);
-  return status ? -1 : 0;
+  return status == DATASET_STATS_STOPPED ? status : status ? -1 : 0;
 }

@@ -15,6 +15,7 @@
 #ifndef COEMU_DATASET_STATS_H
 #define COEMU_DATASET_STATS_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -23,9 +24,19 @@
 
 /* lnI_clip: the floor of ln I in the normalisation of multi-channel targets
  * (statistics.ln_intensity_clip); NAN: the one DIR/job.yaml gives (-40
- * without a job.yaml). */
+ * without a job.yaml). stop: NULL, or a flag a signal handler sets (coemu
+ * generate's wall-time signals): it is read before every read of samples
+ * (about 8 MB), and once some rank saw it set, every rank stops at the end
+ * of that pass of reads (the ranks meet only there) and returns
+ * DATASET_STATS_STOPPED, nothing written (dataset.h5 as it was; computing
+ * /stats again starts over). A rank whose reads of the first pass are done
+ * also stops on a flag set while it waits for the others; once the second
+ * pass's reads are done only the reductions and the write are left
+ * (seconds), so a signal then is not acted on. 0, -1 or DATASET_STATS_STOPPED
+ * (the same on every rank). */
+#define DATASET_STATS_STOPPED (-2)
 int dataset_stats(const char *dir, const char *split, int drop_outliers, double lnI_clip,
-                  int quiet);
+                  int quiet, const volatile sig_atomic_t *stop);
 
 /* Samples from elsewhere than a dataset directory (the pilot pass of
  * `coemu serve --generate`, pipeline/serve/gensource.h): sample i of

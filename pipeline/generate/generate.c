@@ -285,21 +285,71 @@ static void on_stop_signal(int sig) {
   if (!g_stop_sig || level == STOP_NOW) g_stop_sig = sig;
 }
 
-/* install 0 (after the shards): SIGTERM and SIGINT get their default effect
- * again, but SIGUSR1 is ignored: it is the early warning (Slurm's
- * --signal=USR1@600) that asks to finish, and the finishing steps (manifest,
- * dataset.h5, /stats: minutes at the paper's size) are that; its default
- * effect would end every rank with the signal instead of exit 0 or 3. */
-static void stop_signals(int install) {
+/* Installed once, for the whole run: the finishing steps too (manifest.json
+ * and dataset.h5, preview.png, /stats: 12 minutes on 64 ranks at the paper's
+ * size, longer than Slurm's SIGUSR1 warning). A signal's default effect
+ * there killed the rank with 143/130 (no requeue: the batch script requeues
+ * on 3), with a temporary file left behind; a noted signal is acted on at
+ * the next step or read of /stats (finish_stopped). SA_RESTART: a write in
+ * progress completes. */
+static void stop_signals(void) {
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
-  sa.sa_handler = install ? on_stop_signal : SIG_DFL;
+  sa.sa_handler = on_stop_signal;
   sa.sa_flags = SA_RESTART;
   sigemptyset(&sa.sa_mask);
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGINT, &sa, NULL);
-  if (!install) sa.sa_handler = SIG_IGN;
   sigaction(SIGUSR1, &sa, NULL);
+}
+
+/* A signalled rank says which signal stopped it (shard phase and finishing). */
+static void say_rank_stopped(const char *cmd) {
+  if (g_stop_sig)
+    fprintf(stderr, "coemu %s: rank %d: stopped by %s\n", cmd, g_rank,
+            g_stop_sig == SIGUSR1 ? "SIGUSR1" : g_stop_sig == SIGINT ? "SIGINT" : "SIGTERM");
+}
+
+void (*generate_finish_hook)(const char *step);
+
+static void finish_hook(const char *step) {
+  if (generate_finish_hook) generate_finish_hook(step);
+}
+
+/* Collective: whether any rank was signalled, for the finishing steps after
+ * one of them. `done` (rank 0's FINISHED_* below) goes to every rank with it. */
+enum { FINISHED_NONE = 0, FINISHED_DATASET = 1, FINISHED_PREVIEW = 2 };
+static int any_stop_signal(int *done) {
+  int mine[2] = {g_stop != 0, g_rank == 0 ? *done : 0}, all[2];
+  MPI_Allreduce(mine, all, 2, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  *done = all[1];
+  return all[0];
+}
+
+/* Every rank, stopped by a signal after the last shard: rank 0 says what is
+ * left (`left`), each signalled rank its signal. CLI_EXIT_STOPPED; the
+ * caller frees and finalises. Nothing partial is under a final name: each
+ * step writes a temporary and renames it, and a step under way when the
+ * signal came was finished (the next run removes any temporary a SIGKILL
+ * left: dataset_prepare). */
+static int finish_stopped(const char *cmd, const char *out, const char *left) {
+  if (g_rank == 0)
+    fprintf(stderr, "coemu %s: stopped by a signal after every shard was made: %s; every shard "
+                    "is kept in %s: rerun the same command to resume (it makes no shard, only "
+                    "what is missing)\n", cmd, left, out);
+  say_rank_stopped(cmd);
+  return CLI_EXIT_STOPPED;
+}
+
+/* What a run stopped at `done` (FINISHED_*) has still to write; stats: /stats
+ * is still to compute (a rerun of a dataset that has it: 0) */
+static const char *finish_left(int done, int stats) {
+  if (done == FINISHED_NONE)
+    return stats ? "manifest.json, dataset.h5, preview.png and /stats are not written"
+                 : "manifest.json, dataset.h5 and preview.png are not written";
+  if (done == FINISHED_DATASET)
+    return stats ? "preview.png and /stats are not written" : "preview.png is not written";
+  return "/stats is not computed";
 }
 
 /* Shard s, left by an earlier run: keep it (1, *sums filled) on what it
@@ -645,14 +695,18 @@ static void print_breakdown(const char *cmd, const double *b, int ranks, int64_t
 
 /* Every rank: the /stats group over the finished dataset (recomputed from
  * the shards, so a resumed job gets the same numbers as an uninterrupted
- * one). dataset_stats prints a failing rank's error itself. 0 or -1. */
+ * one). dataset_stats prints a failing rank's error itself. 0, -1, or
+ * DATASET_STATS_STOPPED on every rank (a signal: the caller says so). */
 static int job_stats(const char *cmd, const job *j, const char *out, int quiet) {
   double ts = ce_now();
-  int rc = dataset_stats(out, j->stats_split, j->stats_drop_outliers, j->stats_lnI_clip, 1);
+  finish_hook("stats");
+  /* a signal stops it between reads of samples (g_stop, every rank) */
+  int rc = dataset_stats(out, j->stats_split, j->stats_drop_outliers, j->stats_lnI_clip, 1,
+                         &g_stop);
   if (g_rank == 0 && !quiet && rc == 0)
     fprintf(stderr, "coemu %s: /stats over the %s split in %.1f s\n", cmd, j->stats_split,
             ce_now() - ts);
-  if (g_rank == 0 && rc < 0)
+  if (g_rank == 0 && rc == -1)
     fprintf(stderr, "coemu %s: every sample is made and kept in %s; only its /stats failed "
                     "(above): after fixing the cause, `coemu stats %s` (under mpirun for "
                     "parallel) computes it without making any sample again\n", cmd, out, out);
@@ -674,8 +728,10 @@ static void release_run(generate_producer *p, uint8_t *need, shard_records *recs
 
 /* A rerun of a finished job (dataset_finished gave `level`, every rank):
  * nothing made, no shard read (with --verify-kept: every shard read back
- * and kept), manifest and dataset.h5 as they were; /stats computed only
- * when it is missing. The exit status, after MPI_Finalize. */
+ * and kept), manifest and dataset.h5 as they were; preview.png and /stats
+ * made only when they are missing (a run stopped by a signal, or failed on
+ * a full disk, after dataset.h5). A signal stops it as it stops the
+ * finishing steps of any run (exit 3). The exit status, after MPI_Finalize. */
 static int rerun_finished(const char *cmd, job *j, const char *out, int level, int quiet) {
   if (g_rank == 0 && !quiet) {
     char how[512], hint[512] = "";
@@ -698,15 +754,37 @@ static int rerun_finished(const char *cmd, job *j, const char *out, int level, i
     fprintf(stderr, "coemu %s: the job's stream section starts no live server for a finished "
                     "dataset: serve it with `coemu serve %s --endpoint %s`\n",
             cmd, out, j->stream_endpoint);
-  int rc = 0;
-  if (level == DATASET_FINISHED_SHARDS && j->stats_compute) {
+  /* dataset_finished does not judge preview.png (a picture, no data): a
+   * finished dataset without it is still finished, but the rerun is what
+   * makes it, as the run would have */
+  int rc = 0, done = FINISHED_PREVIEW, stats = level == DATASET_FINISHED_SHARDS && j->stats_compute;
+  if (g_rank == 0) {
+    char png[4200];
+    snprintf(png, sizeof png, "%s/preview.png", out);
+    if (access(png, F_OK) != 0) {
+      done = FINISHED_DATASET;
+      finish_hook("preview");
+      if (!g_stop) {
+        if (!quiet) fprintf(stderr, "coemu %s: %s has no preview.png yet: making it\n", cmd, out);
+        rc = dataset_preview(out, 4, png);
+        if (rc == 0) done = FINISHED_PREVIEW;
+      }
+    }
+  }
+  mpi_agree(rc);
+  if (any_stop_signal(&done) && (done < FINISHED_PREVIEW || stats)) {
+    rc = finish_stopped(cmd, out, finish_left(done, stats));
+  } else if (stats) {
     if (g_rank == 0 && !quiet)
       fprintf(stderr, "coemu %s: %s/dataset.h5 has no /stats yet: computing it\n", cmd, out);
     rc = job_stats(cmd, j, out, quiet);
+    rc = rc == DATASET_STATS_STOPPED ? finish_stopped(cmd, out, finish_left(done, stats))
+         : rc < 0                    ? 1
+                                     : 0;
   }
   job_free(j);
   MPI_Finalize();
-  return rc < 0 ? 1 : 0;
+  return rc;
 }
 
 int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open) {
@@ -760,7 +838,7 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   g_rank = mpi_fatal_rank();
   /* from here a stop signal is noted and acted on at the next sample (see
    * on_stop_signal); before the first shard it stops the run there */
-  stop_signals(1);
+  stop_signals();
   int size;
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   /* Over a file-size limit, write() must fail with EFBIG (a clean error
@@ -921,23 +999,21 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
                       "abandoned; SIGUSR1: they were finished); %lld shards made now, every "
                       "finished shard is kept in %s: rerun the same command to resume\n",
               cmd, (long long)made_sum, out);
-    if (!any_failed && stopped && g_stop_sig)
-      fprintf(stderr, "coemu %s: rank %d: stopped by %s\n", cmd, g_rank,
-              g_stop_sig == SIGUSR1 ? "SIGUSR1" : g_stop_sig == SIGINT ? "SIGINT" : "SIGTERM");
+    if (!any_failed && stopped) say_rank_stopped(cmd);
     release_run(&p, need, &recs, msplit, in, tg);
     job_free(&j);
     if (failed) hdf5_skip_shutdown();
     MPI_Finalize();
     return any_failed ? CLI_EXIT_FAILURE : CLI_EXIT_STOPPED;
   }
-  /* Every rank goes on to the finishing steps (manifest, dataset.h5,
-   * /stats): each is atomic, so from here SIGTERM/SIGINT end the process as
-   * by default, and SIGUSR1 is ignored (stop_signals). Not before: a rank
-   * that is stopping (one rank's SIGTERM stops them all) must not be killed
-   * by its own SIGTERM arriving late, as Slurm's to every rank can (exit 3,
-   * not 143: the batch script requeues on 3). A signal noted between the
-   * agreement above and this line is not acted on: the run finishes. */
-  stop_signals(0);
+  /* Every rank goes on to the finishing steps: rank 0 writes manifest.json
+   * and dataset.h5, then preview.png; then every rank computes /stats. Each
+   * is written to a temporary name and renamed, and the signal handlers stay
+   * (stop_signals): a signal (any of the three: SIGUSR1 too, since /stats
+   * alone may take longer than its warning) lets the step under way finish
+   * and stops the run before the next one, or between reads of /stats;
+   * every rank then exits 3 and the rerun (rerun_finished, or a resume
+   * that keeps every shard when dataset.h5 is missing) does what is left. */
   int64_t total[3];
   MPI_Reduce(counts, total, 3, MPI_INT64_T, MPI_SUM, 0, MPI_COMM_WORLD);
   shard_times st;
@@ -952,7 +1028,8 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   free(need);
   shard_sums *known = gather_sums(&recs, recs_ok, K, size);
   free(recs.r);
-  int frc = 0;
+  int frc = 0, done = FINISHED_NONE;
+  finish_hook("dataset");
   if (g_rank == 0) {
     ce_progress_done(&prog, N);
     char mpiv[MPI_MAX_LIBRARY_VERSION_STRING];
@@ -964,16 +1041,21 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
     char png[4200];
     snprintf(png, sizeof png, "%s/preview.png", out);
     if (!freq) frc = -1;
-    if (frc == 0) {
+    if (frc == 0 && !g_stop) {
       job_frequencies(&j, p.nu0, freq);
       dataset_provenance pv = {&j, freq, p.nu0, p.mass, p.name, mpiv, size,
                                p.has_geometry ? &p.geometry : NULL};
       frc = dataset_finish(out, &pv, known);
+      if (frc == 0) done = FINISHED_DATASET;
     }
-    if (frc == 0) frc = dataset_preview(out, 4, png);
+    if (done == FINISHED_DATASET) finish_hook("preview");
+    if (done == FINISHED_DATASET && !g_stop) {
+      frc = dataset_preview(out, 4, png);
+      if (frc == 0) done = FINISHED_PREVIEW;
+    }
     free(freq);
     free(known);
-    if (frc == 0 && !quiet) {
+    if (done == FINISHED_PREVIEW && !quiet) {
       fprintf(stderr, "coemu %s: %s: %lld samples in %lld shards (%lld made now, %lld kept from "
                       "an earlier run)\n",
               cmd, out, (long long)N, (long long)K, (long long)total[0], (long long)total[1]);
@@ -985,11 +1067,22 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   p.close = NULL;
   mpi_agree(frc);
   mpi_set_cleanup(NULL, NULL);
-  int stats_rc = j.stats_compute ? job_stats(cmd, &j, out, quiet) : 0;
+  /* a signal to any rank during rank 0's steps stops every rank here; with
+   * nothing left to do (every step done, no /stats asked for) the run is
+   * finished and exits 0 */
+  int rc = 0;
+  if (any_stop_signal(&done) && (done < FINISHED_PREVIEW || j.stats_compute)) {
+    rc = finish_stopped(cmd, out, finish_left(done, j.stats_compute));
+  } else if (j.stats_compute) {
+    rc = job_stats(cmd, &j, out, quiet);
+    rc = rc == DATASET_STATS_STOPPED ? finish_stopped(cmd, out, finish_left(done, j.stats_compute))
+         : rc < 0                    ? 1
+                                     : 0;
+  }
   free(msplit);
   free(in);
   free(tg);
   job_free(&j);
   MPI_Finalize();
-  return stats_rc < 0 ? 1 : 0;
+  return rc;
 }

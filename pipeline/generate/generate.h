@@ -71,6 +71,15 @@ typedef int (*producer_open_fn)(const job *j, const char *out_dir, generate_prod
  * start (no finished shard, no manifest) is taken over. */
 int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open);
 
+/* NULL in coemu; a test hook: called as a finishing step begins, "dataset"
+ * on every rank before rank 0 writes manifest.json and dataset.h5,
+ * "preview" on rank 0 before it writes preview.png (also in a rerun of a
+ * finished dataset without one), "stats" on every rank before /stats (also
+ * in such a rerun), so that tests/pipeline/testgen.c can signal a rank at a
+ * known step (COEMU_TEST_FINISH_SIGNAL). A global, not a producer hook: a
+ * rerun of a finished dataset opens no producer. */
+extern void (*generate_finish_hook)(const char *step);
+
 /* The default job (jobs/demo.yaml), embedded at build time. */
 extern const char job_demo_text[];
 

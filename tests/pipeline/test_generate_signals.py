@@ -9,10 +9,16 @@ group headers holding HDF5 timestamps).  The analytic producer of
 tests/pipeline/testgen.c sends the signal itself at a chosen sample
 (COEMU_TEST_SIGNAL) for stops at known places: at a shard boundary and
 mid-shard; a last case signals every rank from outside mid-run, as Slurm
-does at the time limit, and another signals ranks already stopping.  Prints "N passed, N failed"."""
+does at the time limit, and another signals ranks already stopping.  After
+the last shard, signals while the run writes manifest.json, dataset.h5,
+preview.png and /stats (COEMU_TEST_FINISH_SIGNAL / _PAUSE) stop it there
+too (exit 3, nothing partial) and the rerun writes what is missing; the
+temporaries a killed run leaves in OUT/models are removed by the rerun.
+Prints "N passed, N failed"."""
 import filecmp
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -141,6 +147,166 @@ def resumes(ranks, job, out, ref, what):
     check(not bad, f'{what}: byte-identical to the uninterrupted run (differs: {bad})')
 
 
+def all_temporaries(out):
+    """Every temporary (NAME.tmp.PID) in OUT, OUT/shards and OUT/models."""
+    found = []
+    for sub in ('', 'shards', 'models'):
+        d = os.path.join(out, sub)
+        if os.path.isdir(d):
+            found += [os.path.join(sub, f) for f in os.listdir(d) if '.tmp.' in f]
+    return found
+
+
+def has_stats(out):
+    p = os.path.join(out, 'dataset.h5')
+    if not os.path.exists(p):
+        return False
+    with h5py.File(p, 'r') as h:
+        return 'stats' in h
+
+
+def stopped_finishing(r, out, what, written, signalled):
+    """A run stopped in its finishing steps: exit 3 on every rank (mpirun's
+    status), said so with what is left, each signalled rank names its
+    signal; the files under their final names are exactly `written` (of
+    manifest.json, dataset.h5, preview.png, stats) and no temporary is left."""
+    check(r.returncode == 3, f'{what}: exit status {r.returncode}, expected 3: {r.stderr[-1500:]}')
+    check('stopped by a signal after every shard was made' in r.stderr and
+          'rerun the same command to resume' in r.stderr,
+          f'{what}: says it stopped and how to resume: {r.stderr[-1500:]}')
+    for rank, sig in signalled:
+        check(f'rank {rank}: stopped by SIG{sig}' in r.stderr,
+              f'{what}: rank {rank} names SIG{sig}: {r.stderr[-800:]}')
+    got = [f for f in ('manifest.json', 'dataset.h5', 'preview.png')
+           if os.path.exists(os.path.join(out, f))] + (['stats'] if has_stats(out) else [])
+    check(got == written, f'{what}: written {got}, expected {written}')
+    check(not all_temporaries(out), f'{what}: no temporary left: {all_temporaries(out)}')
+    check(len(finished(out)) == M * D // S, f'{what}: every shard kept: {finished(out)}')
+
+
+def finishes(ranks, job, out, ref, what, resumed):
+    """The rerun of a run stopped while finishing: makes no shard, writes
+    what is missing (preview.png and /stats included), equal to the
+    uninterrupted run. resumed: dataset.h5 was missing, so the rerun is a
+    resume that keeps every shard; else a rerun of a finished dataset."""
+    r = run(ranks, job, out)
+    check(r.returncode == 0, f'{what}: rerun: {r.stderr[-1500:]}')
+    said = f'(0 made now, {M * D // S} kept from an earlier run)' if resumed else 'is finished'
+    check(said in r.stderr, f'{what}: the rerun makes no shard ({said!r}): {r.stderr[-800:]}')
+    check(os.path.exists(os.path.join(out, 'preview.png')) and has_stats(out),
+          f'{what}: the rerun writes preview.png and /stats: {os.listdir(out)}')
+    check(not all_temporaries(out), f'{what}: no temporary after the rerun: {all_temporaries(out)}')
+    bad = identical(ref, out)
+    check(not bad, f'{what}: equal to the uninterrupted run (differs: {bad})')
+
+
+def finishing_signals(tmp, job, ref):
+    """Signals after the last shard, while the run writes manifest.json and
+    dataset.h5, preview.png and /stats (minutes at the paper's size; /stats
+    12 minutes on 64 ranks): the step under way is finished and the run
+    stops before the next one (or between reads of /stats) on every rank,
+    exit 3, nothing partial under a final name; the rerun writes what is
+    missing. Before, SIGTERM/SIGINT killed the ranks there (143/130: no
+    requeue, a dataset.h5.tmp.PID or preview.png.tmp.PID left, and a rerun
+    never made preview.png) and SIGUSR1 was ignored. testgen's
+    COEMU_TEST_FINISH_SIGNAL signals a rank as a step begins."""
+    cases = [
+        # rank 0 is told before it writes anything: nothing is written, the
+        # rerun is a resume that keeps every shard
+        ('INT', 'dataset', 0, [], True),
+        # rank 1, while rank 0 writes: rank 0 finishes its steps (it hears
+        # of the stop when the ranks meet), /stats is left
+        ('TERM', 'dataset', 1, ['manifest.json', 'dataset.h5', 'preview.png'], False),
+        # before preview.png: the rerun of the finished dataset makes it
+        ('TERM', 'preview', 0, ['manifest.json', 'dataset.h5'], False),
+        # SIGUSR1 is no longer ignored: /stats alone may outlast its warning
+        ('USR1', 'preview', 0, ['manifest.json', 'dataset.h5'], False),
+        # inside /stats: every rank at its first read; one rank (rank 0
+        # stops at the end of its first pass of reads, where the ranks meet)
+        ('TERM', 'stats', None, ['manifest.json', 'dataset.h5', 'preview.png'], False),
+        ('USR1', 'stats', 1, ['manifest.json', 'dataset.h5', 'preview.png'], False),
+    ]
+    for sig, step, rank, written, resumed in cases:
+        who = 'every rank' if rank is None else f'rank {rank}'
+        what = f'SIG{sig} to {who} at the finishing step {step}'
+        out = os.path.join(tmp, f'fin-{sig}-{step}-{rank}')
+        at = f'{sig}:{step}' + ('' if rank is None else f':{rank}')
+        r = run(2, job, out, {'COEMU_TEST_FINISH_SIGNAL': at})
+        stopped_finishing(r, out, what, written, [(k, sig) for k in ((0, 1) if rank is None else (rank,))])
+        if step == 'preview':
+            # the rerun of the finished dataset is stopped too, before its
+            # preview.png, and then finishes it
+            r = run(2, job, out, {'COEMU_TEST_FINISH_SIGNAL': f'{sig}:preview:0'})
+            stopped_finishing(r, out, f'{what}, its rerun signalled again', written, [(0, sig)])
+        if step == 'stats' and rank is None:
+            # and the rerun's own /stats is stopped again
+            r = run(2, job, out, {'COEMU_TEST_FINISH_SIGNAL': f'{sig}:stats'})
+            stopped_finishing(r, out, f'{what}, its rerun signalled again', written,
+                              [(0, sig), (1, sig)])
+        finishes(2, job, out, ref, what, resumed)
+
+    # From outside, as Slurm at the time limit: every rank paused as /stats
+    # begins gets SIGTERM from the test
+    out = os.path.join(tmp, 'fin-outside')
+    env = dict(os.environ, COEMU_TEST_FINISH_PAUSE='stats:1000')
+    p = subprocess.Popen(cmd(2, job, out), env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lines, pausing = [], 0
+    t0 = time.time()
+    while pausing < 2 and time.time() - t0 < 60:
+        line = p.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        pausing += ': finishing stats' in line
+    check(pausing == 2, f'SIGTERM from outside in /stats: both ranks paused there: {lines[-8:]}')
+    for pid in rank_pids(p):
+        os.kill(pid, signal.SIGTERM)
+    err = ''.join(lines) + wait_signalled(p, 'SIGTERM from outside in /stats')
+    stopped_finishing(subprocess.CompletedProcess(p.args, p.returncode, '', err), out,
+                      'SIGTERM from outside to every rank in /stats',
+                      ['manifest.json', 'dataset.h5', 'preview.png'], [(0, 'TERM'), (1, 'TERM')])
+    finishes(2, job, out, ref, 'SIGTERM from outside to every rank in /stats', False)
+
+    # A finished dataset whose preview.png is missing (a full disk stopped
+    # the run there; its /stats then too): the rerun makes it
+    out = os.path.join(tmp, 'fin-nopreview')
+    shutil.copytree(ref, out)
+    os.remove(os.path.join(out, 'preview.png'))
+    r = run(2, job, out)
+    check(r.returncode == 0 and 'has no preview.png yet: making it' in r.stderr and
+          os.path.exists(os.path.join(out, 'preview.png')),
+          f'a finished dataset without preview.png: the rerun makes it: {r.stderr[-800:]}')
+
+
+def models_swept(tmp):
+    """The temporaries a kill during synthesis leaves in OUT/models
+    (synth_00000.dat.tmp.PID, beside the finished models) are removed by
+    the rerun, as those of shards/ are (the real coemu: testgen writes no
+    models). The rerun holds the folder's lock before it sweeps, and no rank
+    of it has written a model yet, so none is a live run's."""
+    job = os.path.join(tmp, 'synth.yaml')
+    open(job, 'w').write(JOB.replace(f'count: {M}', 'count: 2').replace(f'directions: {D}',
+                                                                       'directions: 2'))
+    out = os.path.join(tmp, 'synth')
+    r = subprocess.run([os.environ['COEMU'], 'generate', job, '--out', out, '--quiet'],
+                       capture_output=True, text=True, timeout=120)
+    check(r.returncode == 0, f'synthetic job: {r.stderr[-800:]}')
+    left = ['synth_00000.dat.tmp.4194301', 'synth_00001.units.yaml.tmp.4194302']
+    for f in left:  # what kill -9 leaves: a model half written under a temporary name
+        open(os.path.join(out, 'models', f), 'wb').write(b'\0' * 100)
+    for f in ('manifest.json', 'dataset.h5'):  # so that the rerun is a resume, as after a kill
+        os.remove(os.path.join(out, f))
+    r = subprocess.run([os.environ['COEMU'], 'generate', job, '--out', out, '--quiet'],
+                       capture_output=True, text=True, timeout=120)
+    check(r.returncode == 0, f'synthetic job, rerun: {r.stderr[-800:]}')
+    check(not all_temporaries(out), f'the rerun removes the models\' temporaries: '
+                                    f'{all_temporaries(out)}')
+    check(sorted(os.listdir(os.path.join(out, 'models'))) ==
+          ['synth_00000.dat', 'synth_00000.units.yaml', 'synth_00001.dat',
+           'synth_00001.units.yaml'], f'the finished models stay: {os.listdir(os.path.join(out, "models"))}')
+
+
 def main():
     run_in_tmpdir('coemu-sig-', run_tests)
 
@@ -235,39 +401,8 @@ def run_tests(tmp):
                     'a late SIGTERM to ranks already stopping')
     resumes(2, job, out, ref, 'a late SIGTERM to ranks already stopping')
 
-    # SIGUSR1 during the finishing steps (manifest, dataset.h5, /stats: minutes
-    # at the paper's size), as Slurm's --signal=USR1@600 may send it when the
-    # last shards are done: ignored, the run completes and exits 0 with /stats
-    # (its default effect killed every rank: no exit 3, no /stats, no requeue)
-    out = os.path.join(tmp, 'usr1-finish')
-    p = subprocess.Popen(cmd(2, job, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, start_new_session=True)
-    t0 = time.time()
-    ranks = []
-    while time.time() - t0 < 60 and p.poll() is None and not ranks:
-        if finished(out):
-            ranks = rank_pids(p)
-        time.sleep(0.005)
-    while time.time() - t0 < 60 and p.poll() is None and \
-            not os.path.exists(os.path.join(out, 'manifest.json')):
-        time.sleep(0.001)
-    sent = 0
-    while p.poll() is None and time.time() - t0 < 60:  # every rank, until the run ends
-        for pid in ranks:
-            try:
-                os.kill(pid, signal.SIGUSR1)
-                sent += 1
-            except ProcessLookupError:
-                pass
-        time.sleep(0.002)
-    err = wait_signalled(p, 'SIGUSR1 while finishing')
-    check(ranks and sent > 0, f'SIGUSR1 while finishing: signalled the ranks {ranks} ({sent} sent)')
-    check(p.returncode == 0, f'SIGUSR1 while finishing: exit status {p.returncode}, expected 0 '
-                             f'(the run completes): {err[-1500:]}')
-    with h5py.File(os.path.join(out, 'dataset.h5'), 'r') as h:
-        check('stats' in h, 'SIGUSR1 while finishing: /stats written')
-    bad = identical(ref, out)
-    check(not bad, f'SIGUSR1 while finishing: equal to the uninterrupted run (differs: {bad})')
+    finishing_signals(tmp, job, ref)
+    models_swept(tmp)
 
     # The row writer: float32 inputs without gzip are written by a background
     # thread into chunks HDF5 allocated (4 KiB-aligned, O_DIRECT where the

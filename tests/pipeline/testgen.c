@@ -26,6 +26,13 @@
  *                         when the run is stopping) prints "testgen: rank R:
  *                         closing" and then sleeps this long: a window in which
  *                         a test signals ranks that are past their shards
+ *   COEMU_TEST_FINISH_SIGNAL  "SIG:STEP[:RANK]" (STEP: dataset, preview or
+ *                         stats, generate.h's generate_finish_hook): the rank
+ *                         beginning finishing step STEP (only RANK, when
+ *                         given) sends itself SIG there
+ *   COEMU_TEST_FINISH_PAUSE  "STEP:MS": each rank beginning step STEP prints
+ *                         "testgen: rank R: finishing STEP" and sleeps MS ms
+ *                         (a window to signal every rank from outside)
  * `testgen inspect DIR` runs dataset_inspect(DIR).
  */
 #include <math.h>
@@ -171,7 +178,39 @@ static int analytic_open(const job *j, const char *out_dir, generate_producer *p
   return 0;
 }
 
+/* generate_finish_hook: COEMU_TEST_FINISH_SIGNAL and COEMU_TEST_FINISH_PAUSE.
+ * A malformed value is a test's bug: said, and the run aborted. */
+static void finish_step(const char *step) {
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  const char *v = getenv("COEMU_TEST_FINISH_SIGNAL");
+  if (v) {
+    char name[8] = "", at[16] = "";
+    int only = -1;
+    if (sscanf(v, "%7[A-Z1]:%15[a-z]:%d", name, at, &only) < 2) {
+      fprintf(stderr, "testgen: COEMU_TEST_FINISH_SIGNAL=%s: expected SIG:STEP[:RANK]\n", v);
+      abort();
+    }
+    int sig = !strcmp(name, "TERM") ? SIGTERM : !strcmp(name, "INT") ? SIGINT
+            : !strcmp(name, "USR1") ? SIGUSR1 : 0;
+    if (!sig) {
+      fprintf(stderr, "testgen: COEMU_TEST_FINISH_SIGNAL=%s: SIG is TERM, INT or USR1\n", v);
+      abort();
+    }
+    if (!strcmp(at, step) && (only < 0 || only == rank)) raise(sig);
+  }
+  const char *pause = getenv("COEMU_TEST_FINISH_PAUSE");
+  char at[16] = "";
+  long ms = 0;
+  if (pause && sscanf(pause, "%15[a-z]:%ld", at, &ms) == 2 && !strcmp(at, step)) {
+    fprintf(stderr, "testgen: rank %d: finishing %s\n", rank, step);
+    fflush(stderr);
+    sleep_ms(ms);
+  }
+}
+
 int main(int argc, char **argv) {
+  generate_finish_hook = finish_step;
   if (argc == 3 && !strcmp(argv[1], "inspect")) {
     if (dataset_inspect(argv[2]) < 0) {
       fprintf(stderr, "testgen inspect: error: %s\n", ce_err_msg());
