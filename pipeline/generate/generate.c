@@ -278,10 +278,18 @@ static double process_cpu(void) {
  * (CLI_EXIT_STOPPED): rerunning it resumes. */
 enum { STOP_NONE = 0, STOP_FINISH_SHARD = 1, STOP_NOW = 2 };
 static volatile sig_atomic_t g_stop, g_stop_sig;
+/* The finishing steps (after the last shard) act on SIGTERM and SIGINT
+ * only: SIGUSR1 is the early warning (Slurm's --signal=USR1@600) that asks
+ * to finish, and finishing is what the run is doing; if the steps do not
+ * fit in the warning's minutes, the SIGTERM at the limit stops them cleanly
+ * (exit 3) before the SIGKILL. Stopping on SIGUSR1 would throw away a
+ * finish that would have fitted, and requeue a job for nothing. */
+static volatile sig_atomic_t g_stop_now;
 
 static void on_stop_signal(int sig) {
   int level = sig == SIGUSR1 ? STOP_FINISH_SHARD : STOP_NOW;
   if (level > g_stop) g_stop = level;
+  if (level == STOP_NOW) g_stop_now = 1;
   if (!g_stop_sig || level == STOP_NOW) g_stop_sig = sig;
 }
 
@@ -289,9 +297,10 @@ static void on_stop_signal(int sig) {
  * and dataset.h5, preview.png, /stats: 12 minutes on 64 ranks at the paper's
  * size, longer than Slurm's SIGUSR1 warning). A signal's default effect
  * there killed the rank with 143/130 (no requeue: the batch script requeues
- * on 3), with a temporary file left behind; a noted signal is acted on at
- * the next step or read of /stats (finish_stopped). SA_RESTART: a write in
- * progress completes. */
+ * on 3), with a temporary file left behind; a SIGTERM or SIGINT noted there
+ * is acted on at the next step or read of /stats (finish_stopped), a
+ * SIGUSR1 not at all (g_stop_now). SA_RESTART: a write in progress
+ * completes. */
 static void stop_signals(void) {
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
@@ -320,7 +329,7 @@ static void finish_hook(const char *step) {
  * one of them. `done` (rank 0's FINISHED_* below) goes to every rank with it. */
 enum { FINISHED_NONE = 0, FINISHED_DATASET = 1, FINISHED_PREVIEW = 2 };
 static int any_stop_signal(int *done) {
-  int mine[2] = {g_stop != 0, g_rank == 0 ? *done : 0}, all[2];
+  int mine[2] = {g_stop_now != 0, g_rank == 0 ? *done : 0}, all[2];
   MPI_Allreduce(mine, all, 2, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
   *done = all[1];
   return all[0];
@@ -700,9 +709,9 @@ static void print_breakdown(const char *cmd, const double *b, int ranks, int64_t
 static int job_stats(const char *cmd, const job *j, const char *out, int quiet) {
   double ts = ce_now();
   finish_hook("stats");
-  /* a signal stops it between reads of samples (g_stop, every rank) */
+  /* SIGTERM/SIGINT stop it between reads of samples (g_stop_now, every rank) */
   int rc = dataset_stats(out, j->stats_split, j->stats_drop_outliers, j->stats_lnI_clip, 1,
-                         &g_stop);
+                         &g_stop_now);
   if (g_rank == 0 && !quiet && rc == 0)
     fprintf(stderr, "coemu %s: /stats over the %s split in %.1f s\n", cmd, j->stats_split,
             ce_now() - ts);
@@ -764,7 +773,7 @@ static int rerun_finished(const char *cmd, job *j, const char *out, int level, i
     if (access(png, F_OK) != 0) {
       done = FINISHED_DATASET;
       finish_hook("preview");
-      if (!g_stop) {
+      if (!g_stop_now) {
         if (!quiet) fprintf(stderr, "coemu %s: %s has no preview.png yet: making it\n", cmd, out);
         rc = dataset_preview(out, 4, png);
         if (rc == 0) done = FINISHED_PREVIEW;
@@ -1009,9 +1018,9 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   /* Every rank goes on to the finishing steps: rank 0 writes manifest.json
    * and dataset.h5, then preview.png; then every rank computes /stats. Each
    * is written to a temporary name and renamed, and the signal handlers stay
-   * (stop_signals): a signal (any of the three: SIGUSR1 too, since /stats
-   * alone may take longer than its warning) lets the step under way finish
-   * and stops the run before the next one, or between reads of /stats;
+   * (stop_signals): SIGTERM or SIGINT (not SIGUSR1: g_stop_now) lets the
+   * step under way finish and stops the run before the next one, or between
+   * reads of /stats;
    * every rank then exits 3 and the rerun (rerun_finished, or a resume
    * that keeps every shard when dataset.h5 is missing) does what is left. */
   int64_t total[3];
@@ -1041,7 +1050,7 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
     char png[4200];
     snprintf(png, sizeof png, "%s/preview.png", out);
     if (!freq) frc = -1;
-    if (frc == 0 && !g_stop) {
+    if (frc == 0 && !g_stop_now) {
       job_frequencies(&j, p.nu0, freq);
       dataset_provenance pv = {&j, freq, p.nu0, p.mass, p.name, mpiv, size,
                                p.has_geometry ? &p.geometry : NULL};
@@ -1049,7 +1058,7 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
       if (frc == 0) done = FINISHED_DATASET;
     }
     if (done == FINISHED_DATASET) finish_hook("preview");
-    if (done == FINISHED_DATASET && !g_stop) {
+    if (done == FINISHED_DATASET && !g_stop_now) {
       frc = dataset_preview(out, 4, png);
       if (frc == 0) done = FINISHED_PREVIEW;
     }

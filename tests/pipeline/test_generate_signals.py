@@ -208,7 +208,7 @@ def finishing_signals(tmp, job, ref):
     exit 3, nothing partial under a final name; the rerun writes what is
     missing. Before, SIGTERM/SIGINT killed the ranks there (143/130: no
     requeue, a dataset.h5.tmp.PID or preview.png.tmp.PID left, and a rerun
-    never made preview.png) and SIGUSR1 was ignored. testgen's
+    never made preview.png). SIGUSR1 asks to finish: the run finishes. testgen's
     COEMU_TEST_FINISH_SIGNAL signals a rank as a step begins."""
     cases = [
         # rank 0 is told before it writes anything: nothing is written, the
@@ -219,12 +219,10 @@ def finishing_signals(tmp, job, ref):
         ('TERM', 'dataset', 1, ['manifest.json', 'dataset.h5', 'preview.png'], False),
         # before preview.png: the rerun of the finished dataset makes it
         ('TERM', 'preview', 0, ['manifest.json', 'dataset.h5'], False),
-        # SIGUSR1 is no longer ignored: /stats alone may outlast its warning
-        ('USR1', 'preview', 0, ['manifest.json', 'dataset.h5'], False),
         # inside /stats: every rank at its first read; one rank (rank 0
         # stops at the end of its first pass of reads, where the ranks meet)
         ('TERM', 'stats', None, ['manifest.json', 'dataset.h5', 'preview.png'], False),
-        ('USR1', 'stats', 1, ['manifest.json', 'dataset.h5', 'preview.png'], False),
+        ('INT', 'stats', 1, ['manifest.json', 'dataset.h5', 'preview.png'], False),
     ]
     for sig, step, rank, written, resumed in cases:
         who = 'every rank' if rank is None else f'rank {rank}'
@@ -244,6 +242,18 @@ def finishing_signals(tmp, job, ref):
             stopped_finishing(r, out, f'{what}, its rerun signalled again', written,
                               [(0, sig), (1, sig)])
         finishes(2, job, out, ref, what, resumed)
+
+    # SIGUSR1 (the early warning: finish) is not acted on after the last
+    # shard: the run finishes, exit 0, as an unsignalled one; were it too
+    # long, the SIGTERM at the limit would stop it (the cases above)
+    for step, rank in (('dataset', 0), ('preview', 0), ('stats', None)):
+        what = f'SIGUSR1 to {"every rank" if rank is None else f"rank {rank}"} at the finishing step {step}'
+        out = os.path.join(tmp, f'fin-USR1-{step}')
+        r = run(2, job, out, {'COEMU_TEST_FINISH_SIGNAL': f'USR1:{step}' + ('' if rank is None else f':{rank}')})
+        check(r.returncode == 0 and 'stopped' not in r.stderr and all(
+              os.path.exists(os.path.join(out, f)) for f in ('manifest.json', 'dataset.h5', 'preview.png')),
+              f'{what}: finished, exit 0: {r.returncode} {r.stderr[-800:]}')
+        finishes(2, job, out, ref, what, False)
 
     # From outside, as Slurm at the time limit: every rank paused as /stats
     # begins gets SIGTERM from the test
