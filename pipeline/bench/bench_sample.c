@@ -176,10 +176,10 @@ int bench_sample(int argc, char **argv) {
   const char *device = "cpu";
   cli_opt opts[] = {
       {"model", CLI_STR, &model, "FILE", "2-level model (default $COEMU_TEST_DATA or tests/data: amrvac/agbwind3d_0000.dat)", 0, 0},
-      {"reps", CLI_INT, &reps, "N", "cubes per model (default 20); --device cuda: batches", 0, 0},
-      {"repeat", CLI_INT, &repeat, "R", "CPU: each direction sampled R times; prints the mean over directions of each one's least time too (default 1)", 0, 0},
+      {"reps", CLI_INT, &reps, "N", "cubes per model, 1..10000 (default 20); --device cuda: batches", 0, 0},
+      {"repeat", CLI_INT, &repeat, "R", "CPU: each direction sampled R times, 1..1000; prints the mean over directions of each one's least time too (default 1)", 0, 0},
       {"device", CLI_STR, &device, "cpu|cuda", "where the cubes are sampled (default cpu; cuda: the first GPU, with sample + solve)", 0, 0},
-      {"batch", CLI_INT, &batch, "N", "--device cuda: directions per batch (default 64)", 0, 0},
+      {"batch", CLI_INT, &batch, "N", "--device cuda: directions per batch, 1..4096 (default 64)", 0, 0},
       {0}};
   const cli_command spec = {
       "bench sample", "[--model FILE] [--reps N] [--repeat R] [--device cpu|cuda] [--batch N]",
@@ -187,15 +187,14 @@ int bench_sample(int argc, char **argv) {
       opts, 0, 0};
   cli_status r = cli_run_parse(&spec, argc, argv, NULL, NULL);
   if (r != CLI_OK) return cli_exit(r);
-  if (reps < 1 || reps > 10000)
-    return cli_usage_fail("bench sample", "--reps %lld, expected 1..10000", (long long)reps);
-  if (repeat < 1 || repeat > 1000)
-    return cli_usage_fail("bench sample", "--repeat %lld, expected 1..1000", (long long)repeat);
+  const cli_range range[] = {{"--reps", reps, 1, 10000, NULL},
+                             {"--repeat", repeat, 1, 1000, NULL},
+                             {"--batch", batch, 1, 4096, NULL}};
+  int bad = cli_check_ranges("bench sample", range, sizeof range / sizeof range[0]);
+  if (bad) return bad;
   int on_device = !strcmp(device, "cuda");
   if (!on_device && strcmp(device, "cpu"))
-    return cli_usage_fail("bench sample", "--device '%s', expected cpu or cuda", device);
-  if (batch < 1 || batch > 4096)
-    return cli_usage_fail("bench sample", "--batch %lld, expected 1..4096", (long long)batch);
+    return cli_usage_fail("bench sample", "--device %s: expected cpu or cuda", device);
   char path[2048];
   if (!model) {
     const char *dd = getenv("COEMU_TEST_DATA");
