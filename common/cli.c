@@ -273,11 +273,16 @@ int cli_given(const cli_opt *opts, const void *dest) {
 }
 
 int cli_check_ranges(const char *cmd, const cli_range *r, size_t n) {
-  for (size_t i = 0; i < n; i++)
-    if (r[i].v < r[i].lo || r[i].v > r[i].hi)
-      return cli_usage_fail(cmd, "%s %lld: expected %lld..%lld%s%s%s", r[i].opt, r[i].v, r[i].lo,
-                            r[i].hi, r[i].note ? " (" : "", r[i].note ? r[i].note : "",
-                            r[i].note ? ")" : "");
+  for (size_t i = 0; i < n; i++) {
+    if (r[i].v >= r[i].lo && r[i].v <= r[i].hi) continue;
+    char range[64];
+    if (r[i].hi == CLI_NO_MAX)
+      snprintf(range, sizeof range, ">= %lld", r[i].lo);
+    else
+      snprintf(range, sizeof range, "%lld..%lld", r[i].lo, r[i].hi);
+    return cli_usage_fail(cmd, "%s %lld: expected %s%s%s%s", r[i].opt, r[i].v, range,
+                          r[i].note ? " (" : "", r[i].note ? r[i].note : "", r[i].note ? ")" : "");
+  }
   return 0;
 }
 

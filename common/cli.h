@@ -103,12 +103,18 @@ int cli_given(const cli_opt *opts, const void *dest);
 /* An integer option's value and its accepted range, for cli_check_ranges. */
 typedef struct {
   const char *opt; /* "--ranks" */
-  long long v, lo, hi;
+  long long v, lo, hi; /* hi CLI_NO_MAX: no upper bound ("expected >= 1") */
   const char *note; /* after the range ("0: the default"), or NULL */
 } cli_range;
 
+/* cli_range.hi of an option bounded only below: the parser already keeps a
+ * CLI_INT within int, so the message gives the bound that means something
+ * ("--handles 0: expected >= 1", not "1..2147483647"). */
+#define CLI_NO_MAX INT64_MAX
+
 /* 0 when every value lies in its range; else the usage error of the first
- * that does not, naming it ("--k 0: expected 1..16"), and 2. */
+ * that does not, naming it ("--k 0: expected 1..16"), and 2: one message
+ * about the option given wrong, not every constraint of the command. */
 int cli_check_ranges(const char *cmd, const cli_range *r, size_t n);
 
 /* Reporting a failed command: one printer for every command and rank.

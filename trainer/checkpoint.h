@@ -22,6 +22,8 @@
 #include "trainer/optim.h"
 
 #define CHECKPOINT_VERSION 1
+/* the header after the 16 bytes of magic, version and this size: the
+ * tensor table starts at 16 + 132 = 148 */
 #define CHECKPOINT_HEADER_BYTES 132
 
 typedef struct {

@@ -198,12 +198,12 @@ static int measure(const iso_setup *s, int recon, float *v, float *T, float *nc,
 int bench_isotropy(int argc, char **argv) {
   int64_t n = 64, D = 12, k = 2, seed = 1, levels = 0, base = 0;
   cli_opt opts[] = {
-      {"n", CLI_INT, &n, "N", "voxels per cube edge (default 64)", 0, 0},
-      {"directions", CLI_INT, &D, "D", "Haar directions (default 12)", 0, 0},
-      {"k", CLI_INT, &k, "K", "sub-samples per voxel edge (default 2)", 0, 0},
-      {"seed", CLI_INT64, &seed, "S", "synth seed of the wind's parameters and the directions (default 1)", 0, 0},
-      {"levels", CLI_INT, &levels, "L", "AMR levels of the model (default: the synth default)", 0, 0},
-      {"base", CLI_INT, &base, "B", "level-1 cells per edge (default: the synth default)", 0, 0},
+      {"n", CLI_INT, &n, "N", "voxels per cube edge, 4..256 (default 64)", 0, 0},
+      {"directions", CLI_INT, &D, "D", "Haar directions, 2..1000 (default 12)", 0, 0},
+      {"k", CLI_INT, &k, "K", "sub-samples per voxel edge, 1..8 (default 2)", 0, 0},
+      {"seed", CLI_INT64, &seed, "S", "synth seed of the wind's parameters and the directions, >= 0 (default 1)", 0, 0},
+      {"levels", CLI_INT, &levels, "L", "AMR levels of the model, 1..6 (default 0: the synth default)", 0, 0},
+      {"base", CLI_INT, &base, "B", "level-1 cells per edge, a multiple of the block edge, at most 4096 (default 0: the synth default)", 0, 0},
       {0}};
   const cli_command spec = {
       "bench isotropy", "[options]",
@@ -212,17 +212,21 @@ int bench_isotropy(int argc, char **argv) {
       opts, 0, 0};
   cli_status r = cli_run_parse(&spec, argc, argv, NULL, NULL);
   if (r != CLI_OK) return cli_exit(r);
-  if (n < 4 || n > 256 || D < 2 || D > 1000 || k < 1 || k > 8 || seed < 0)
-    return cli_usage_fail("bench isotropy",
-                          "--n %lld, --directions %lld, --k %lld, --seed %lld: expected n 4..256, "
-                          "directions 2..1000, k 1..8, seed >= 0",
-                          (long long)n, (long long)D, (long long)k, (long long)seed);
+  const char *dflt = "0: the synth default";
+  const cli_range range[] = {{"--n", n, 4, 256, NULL},
+                             {"--directions", D, 2, 1000, NULL},
+                             {"--k", k, 1, 8, NULL},
+                             {"--seed", seed, 0, CLI_NO_MAX, NULL},
+                             {"--levels", levels, 0, 6, dflt},
+                             {"--base", base, 0, 4096, dflt}};
+  int bad = cli_check_ranges("bench isotropy", range, sizeof range / sizeof range[0]);
+  if (bad) return bad;
   synth_grid g = synth_grid_default();
   if (levels) g.levels = (int)levels;
   if (base) g.base_nx = (int)base;
-  if (levels < 0 || base < 0 || synth_grid_check(&g) < 0)
+  if (synth_grid_check(&g) < 0) /* --base against the block edge */
     return cli_usage_fail("bench isotropy", "--levels %lld --base %lld: %s", (long long)levels,
-                          (long long)base, levels < 0 || base < 0 ? "negative" : ce_err_msg());
+                          (long long)base, ce_err_msg());
   synth_params p;
   synth_draw((uint64_t)seed, 0, &p);
   p.arm_contrast = 0;

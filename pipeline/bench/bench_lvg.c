@@ -45,15 +45,15 @@ int bench_lvg(int argc, char **argv) {
   double vturb = 0.15, tol = 1e-8;
   cli_opt opts[] = {
       {"mol", CLI_STR, &mol, "FILE", "LAMDA file (default: co.dat of the source tree)", 0, 0},
-      {"line", CLI_INT, &line, "K", "LAMDA line whose level populations are kept (default 2)", 0, 0},
-      {"seed", CLI_INT64, &seed, "S", "coemu synth seed (default 1, the demo's)", 0, 0},
-      {"index", CLI_INT, &index, "I", "model index (default 0)", 0, 0},
-      {"levels", CLI_INT, &levels, "L", "AMR levels (default 3, the demo's)", 0, 0},
-      {"ndir", CLI_INT, &ndir, "N", "directions: 3 or 2 m^2 (default 18)", 0, 0},
+      {"line", CLI_INT, &line, "K", "LAMDA line whose level populations are kept, 1..the file's lines (default 2)", 0, 0},
+      {"seed", CLI_INT64, &seed, "S", "coemu synth seed, >= 0 (default 1, the demo's)", 0, 0},
+      {"index", CLI_INT, &index, "I", "model index, >= 0 (default 0)", 0, 0},
+      {"levels", CLI_INT, &levels, "L", "AMR levels, 1..6 (default 3, the demo's)", 0, 0},
+      {"ndir", CLI_INT, &ndir, "N", "directions: 3 or 2 m^2 up to 1024 (default 18)", 0, 0},
       {"escape", CLI_STR, &esc, "E", "sobolev (default) or radex", 0, 0},
-      {"vturb", CLI_DOUBLE, &vturb, "KM/S", "microturbulence in the clamp (default 0.15, the demo's)", 0, 0},
-      {"tol", CLI_DOUBLE, &tol, "T", "relative tolerance per population (default 1e-8)", 0, 0},
-      {"max-threads", CLI_INT, &maxthreads, "N", "largest thread count (default: all)", 0, 0},
+      {"vturb", CLI_DOUBLE, &vturb, "KM/S", "microturbulence in the clamp, >= 0 (default 0.15, the demo's)", 0, 0},
+      {"tol", CLI_DOUBLE, &tol, "T", "relative tolerance per population, in (0, 1) (default 1e-8)", 0, 0},
+      {"max-threads", CLI_INT, &maxthreads, "N", "largest thread count, >= 0 (default 0: all)", 0, 0},
       {0}};
   const cli_command spec = {BN, "[options]",
                             "Seconds per model of the per-cell 3-D LVG populations (docs/nlte.md) on a\n"
@@ -64,8 +64,12 @@ int bench_lvg(int argc, char **argv) {
   if (st != CLI_OK) return cli_exit(st);
   int e = nlte_lvg_escape_parse(esc);
   if (e < 0) return cli_usage_fail(BN, "--escape %s: expected sobolev or radex", esc);
-  if (levels < 1 || levels > 6) return cli_usage_fail(BN, "--levels %lld: expected 1..6", (long long)levels);
-  if (seed < 0 || index < 0) return cli_usage_fail(BN, "--seed and --index: expected >= 0");
+  const cli_range range[] = {{"--levels", levels, 1, 6, NULL},
+                             {"--seed", seed, 0, CLI_NO_MAX, NULL},
+                             {"--index", index, 0, CLI_NO_MAX, NULL},
+                             {"--max-threads", maxthreads, 0, CLI_NO_MAX, "0: all"}};
+  int bad = cli_check_ranges(BN, range, sizeof range / sizeof range[0]);
+  if (bad) return bad;
   if (!(vturb >= 0)) return cli_usage_fail(BN, "--vturb %g: expected >= 0", vturb);
   if (!(tol > 0 && tol < 1)) return cli_usage_fail(BN, "--tol %g: expected in (0, 1)", tol);
   double dirs[3 * NLTE_LVG_MAX_DIR], qw[NLTE_LVG_MAX_DIR];

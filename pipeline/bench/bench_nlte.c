@@ -37,7 +37,7 @@ int bench_nlte(int argc, char **argv) {
   cli_opt opts[] = {
       {"mol", CLI_STR, &mol, "FILE", "LAMDA file (default: co.dat of the source tree)", 0, 0},
       {"geometry", CLI_STR, &geom, "G", "sphere (default), lvg or slab", 0, 0},
-      {"reps", CLI_INT, &reps, "R", "passes over the 45 conditions (default 20)", 0, 0},
+      {"reps", CLI_INT, &reps, "R", "passes over the 45 conditions, 1..100000 (default 20)", 0, 0},
       {0}};
   const cli_command spec = {BN, "[options]",
                             "ms per one-zone non-LTE model (coemu nlte) over 45 conditions: T_kin\n"

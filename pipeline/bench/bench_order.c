@@ -76,12 +76,12 @@ int bench_order(int argc, char **argv) {
   int64_t ranks = 1, handles = 64, repeat = 5, seed = 1234, K = 0, B = 0;
   cli_opt opts[] = {
       {"split", CLI_STR, &split_name, "NAME", "the split ordered: train (default), validation, test or all", 0, 0},
-      {"ranks", CLI_INT, &ranks, "W", "trainer ranks: opens are counted for rank 0's share (default 1)", 0, 0},
-      {"handles", CLI_INT, &handles, "H", "open shards the modelled reader keeps (LRU, default 64)", 0, 0},
-      {"order-shards", CLI_INT, &K, "K", "order shards: shards read at once (default 8)", 0, 0},
-      {"order-buffer", CLI_INT, &B, "B", "order shards: samples shuffled together (default 4 x samples per shard)", 0, 0},
+      {"ranks", CLI_INT, &ranks, "W", "trainer ranks, 1..65535: opens are counted for rank 0's share (default 1)", 0, 0},
+      {"handles", CLI_INT, &handles, "H", "open shards the modelled reader keeps, >= 1 (LRU, default 64)", 0, 0},
+      {"order-shards", CLI_INT, &K, "K", "order shards: shards read at once, 0..65536 (default 0: 8)", 0, 0},
+      {"order-buffer", CLI_INT, &B, "B", "order shards: samples shuffled together, >= 0 (default 0: 4 x samples per shard)", 0, 0},
       {"seed", CLI_INT64, &seed, "S", "shuffle seed (default 1234)", 0, 0},
-      {"repeat", CLI_INT, &repeat, "R", "epochs timed per mode; the median is printed (default 5)", 0, 0},
+      {"repeat", CLI_INT, &repeat, "R", "epochs timed per mode, 1..1000; the median is printed (default 5)", 0, 0},
       {0}};
   const cli_command spec = {
       "bench order", "[JOB] [options]",
@@ -99,12 +99,16 @@ int bench_order(int argc, char **argv) {
     free(pos);
     return cli_usage_fail("bench order", "--split: %s", ce_err_msg());
   }
-  if (ranks < 1 || ranks > 65535 || handles < 1 || repeat < 1 || repeat > 1000 || K < 0 ||
-      K > ORDER_MAX_SHARDS || B < 0) {
+  const char *dflt = "0: the default";
+  const cli_range range[] = {{"--ranks", ranks, 1, 65535, NULL},
+                             {"--handles", handles, 1, CLI_NO_MAX, NULL},
+                             {"--order-shards", K, 0, ORDER_MAX_SHARDS, dflt},
+                             {"--order-buffer", B, 0, CLI_NO_MAX, dflt},
+                             {"--repeat", repeat, 1, 1000, NULL}};
+  int bad = cli_check_ranges("bench order", range, sizeof range / sizeof range[0]);
+  if (bad) {
     free(pos);
-    return cli_usage_fail("bench order", "out of range: --ranks 1..65535, --handles >= 1, --repeat "
-                                         "1..1000, --order-shards 1..%d, --order-buffer >= 1",
-                          ORDER_MAX_SHARDS);
+    return bad;
   }
   const char *path = np ? pos[0] : "jobs/paper.yaml";
   job j;

@@ -51,10 +51,12 @@ static int refine(const amrvac_block_id *id, void *user) {
   return d2 < reach * reach;
 }
 
-/* reps directions, each sampled `repeat` times: the mean and minimum over
- * the directions of their first time, and (repeat > 1) the mean over the
- * directions of each one's least time, the dataset's cost per cube without
- * the interference of other work on the host */
+/* reps directions, each sampled `repeat` times: the mean over the
+ * directions of their first time, the least time of any run (over every
+ * repeat too: a minimum of the first runs alone could exceed mean_of_least),
+ * and (repeat > 1) the mean over the directions of each one's least time,
+ * the dataset's cost per cube without the interference of other work on the
+ * host */
 static int run(const char *label, const ce_model *m, int reps, int repeat, int recon) {
   sampler_opts o;
   sampler_defaults(&o);
@@ -78,7 +80,7 @@ static int run(const char *label, const ce_model *m, int reps, int repeat, int r
     }
   }
   double best = INFINITY, sum = 0, sum_least = 0;
-  for (int i = 0; i < reps; i++) best = fmin(best, tf[i]), sum += tf[i], sum_least += t[i];
+  for (int i = 0; i < reps; i++) best = fmin(best, t[i]), sum += tf[i], sum_least += t[i];
   printf("sample %s %s cpu_ms_per_cube_mean %.3f ms (min %.3f, %d cubes of 64^3, k=2, 1 thread, %lld leaves, levmax %d)",
          label, sampler_recon_name(recon), 1e3 * sum / reps, 1e3 * best, reps,
          (long long)m->nleaves, m->levmax);
@@ -176,10 +178,10 @@ int bench_sample(int argc, char **argv) {
   const char *device = "cpu";
   cli_opt opts[] = {
       {"model", CLI_STR, &model, "FILE", "2-level model (default $COEMU_TEST_DATA or tests/data: amrvac/agbwind3d_0000.dat)", 0, 0},
-      {"reps", CLI_INT, &reps, "N", "cubes per model (default 20); --device cuda: batches", 0, 0},
-      {"repeat", CLI_INT, &repeat, "R", "CPU: each direction sampled R times; prints the mean over directions of each one's least time too (default 1)", 0, 0},
+      {"reps", CLI_INT, &reps, "N", "cubes per model, 1..10000 (default 20); --device cuda: batches", 0, 0},
+      {"repeat", CLI_INT, &repeat, "R", "CPU: each direction sampled R times, 1..1000 (default 1): the mean stays over each direction's first time, min is over all runs, and R > 1 adds mean_of_least, the mean over directions of each one's least time", 0, 0},
       {"device", CLI_STR, &device, "cpu|cuda", "where the cubes are sampled (default cpu; cuda: the first GPU, with sample + solve)", 0, 0},
-      {"batch", CLI_INT, &batch, "N", "--device cuda: directions per batch (default 64)", 0, 0},
+      {"batch", CLI_INT, &batch, "N", "--device cuda: directions per batch, 1..4096 (default 64)", 0, 0},
       {0}};
   const cli_command spec = {
       "bench sample", "[--model FILE] [--reps N] [--repeat R] [--device cpu|cuda] [--batch N]",
@@ -187,15 +189,14 @@ int bench_sample(int argc, char **argv) {
       opts, 0, 0};
   cli_status r = cli_run_parse(&spec, argc, argv, NULL, NULL);
   if (r != CLI_OK) return cli_exit(r);
-  if (reps < 1 || reps > 10000)
-    return cli_usage_fail("bench sample", "--reps %lld, expected 1..10000", (long long)reps);
-  if (repeat < 1 || repeat > 1000)
-    return cli_usage_fail("bench sample", "--repeat %lld, expected 1..1000", (long long)repeat);
+  const cli_range range[] = {{"--reps", reps, 1, 10000, NULL},
+                             {"--repeat", repeat, 1, 1000, NULL},
+                             {"--batch", batch, 1, 4096, NULL}};
+  int bad = cli_check_ranges("bench sample", range, sizeof range / sizeof range[0]);
+  if (bad) return bad;
   int on_device = !strcmp(device, "cuda");
   if (!on_device && strcmp(device, "cpu"))
-    return cli_usage_fail("bench sample", "--device '%s', expected cpu or cuda", device);
-  if (batch < 1 || batch > 4096)
-    return cli_usage_fail("bench sample", "--batch %lld, expected 1..4096", (long long)batch);
+    return cli_usage_fail("bench sample", "--device %s: expected cpu or cuda", device);
   char path[2048];
   if (!model) {
     const char *dd = getenv("COEMU_TEST_DATA");

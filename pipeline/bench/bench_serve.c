@@ -24,6 +24,10 @@
 #include "pipeline/stream/stream_server.h"
 #include "pipeline/train/train_data.h"
 
+/* serve_opts.unfinished_hint: serve's own ("serve a running job with
+ * --live") names an option bench serve does not have */
+#define UNFINISHED_HINT "bench serve times finished datasets only (`coemu serve DIR --live` serves a running job)"
+
 typedef struct {
   const char *dir, *split, *python;
   int batch, credit, prefetch, epochs, read_threads, max_open, copy_rows, trainer;
@@ -34,7 +38,7 @@ static int start(const serve_bench *b, const char *ep, serve_source **src, bench
   serve_opts so = {.dataset_dir = b->dir, .split = b->split, .seed = 1, .world = 1,
                    .batch = b->batch, .drop_last = 1, .prefetch = b->prefetch,
                    .read_threads = b->read_threads, .max_open = b->max_open,
-                   .copy_rows = b->copy_rows, .row_views = 1};
+                   .copy_rows = b->copy_rows, .row_views = 1, .unfinished_hint = UNFINISHED_HINT};
   CE_TRY(serve_open(&so, src));
   stream_server_opts o = {.endpoint = ep, .dataset_id = serve_dataset_id(*src),
                           .samples_per_epoch = serve_samples_per_rank(*src),
@@ -169,13 +173,13 @@ int bench_serve(int argc, char **argv) {
   const char *transport = "tcp";
   cli_opt opts[] = {
       {"split", CLI_STR, &b.split, "NAME", "split to serve (default all)", 0, 0},
-      {"batch", CLI_INT, &batch, "B", "samples per chunk (default 1)", 0, 0},
-      {"credit", CLI_INT, &credit, "K", "consumer credit, chunks in flight (default 8)", 0, 0},
-      {"prefetch", CLI_INT, &prefetch, "P", "chunks read ahead (default 4)", 0, 0},
-      {"read-threads", CLI_INT, &read_threads, "N", "serve's reader threads (default min(4, cores), as coemu serve)", 0, 0},
-      {"max-open", CLI_INT, &max_open, "N", "shard files serve keeps open (and mapped) at once (default 64, as coemu serve)", 0, 0},
+      {"batch", CLI_INT, &batch, "B", "samples per chunk, 1..4096 (default 1)", 0, 0},
+      {"credit", CLI_INT, &credit, "K", "consumer credit, chunks in flight, 1..1024 (default 8)", 0, 0},
+      {"prefetch", CLI_INT, &prefetch, "P", "chunks read ahead, 1..1024 (default 4)", 0, 0},
+      {"read-threads", CLI_INT, &read_threads, "N", "serve's reader threads, 0..64 (default 0: min(4, cores), as coemu serve)", 0, 0},
+      {"max-open", CLI_INT, &max_open, "N", "shard files serve keeps open (and mapped) at once, 0..100000 (default 0: 64, as coemu serve)", 0, 0},
       {"copy-rows", CLI_FLAG, &b.copy_rows, NULL, "copy every row with pread, never send from the mapped shard file (as coemu serve --copy-rows)", 0, 0},
-      {"epochs", CLI_INT, &epochs, "E", "epochs; the first warms up, untimed (default 3)", 0, 0},
+      {"epochs", CLI_INT, &epochs, "E", "epochs, 2..1000; the first warms up, untimed (default 3)", 0, 0},
       {"transport", CLI_STR, &transport, "tcp|ipc", "endpoint kind (default tcp)", 0, 0},
       {"python", CLI_STR, &b.python, "DIR",
        "also time the Python client, coemu_stream.py from DIR (e.g. pipeline/stream)", 0, 0},
@@ -192,13 +196,17 @@ int bench_serve(int argc, char **argv) {
   if (r != CLI_OK) return cli_exit(r);
   b.dir = pos[0];
   free(pos); /* the strings are argv's */
-  if (batch < 1 || batch > 4096 || credit < 1 || credit > 1024 || prefetch < 1 ||
-      prefetch > 1024 || epochs < 2 || epochs > 1000 || read_threads < 0 ||
-      read_threads > SERVE_MAX_READ_THREADS || max_open < 0 || max_open > 100000 ||
-      (strcmp(transport, "tcp") && strcmp(transport, "ipc")))
-    return cli_usage_fail("bench serve", "--batch 1..4096, --credit 1..1024, --prefetch 1..1024, "
-                                         "--epochs 2..1000, --transport tcp|ipc, --read-threads 1..64, "
-                                         "--max-open 1..100000");
+  const char *dflt = "0: the default";
+  const cli_range range[] = {{"--batch", batch, 1, 4096, NULL},
+                             {"--credit", credit, 1, 1024, NULL},
+                             {"--prefetch", prefetch, 1, 1024, NULL},
+                             {"--epochs", epochs, 2, 1000, "the first is not timed"},
+                             {"--read-threads", read_threads, 0, SERVE_MAX_READ_THREADS, dflt},
+                             {"--max-open", max_open, 0, 100000, dflt}};
+  int bad = cli_check_ranges("bench serve", range, sizeof range / sizeof range[0]);
+  if (bad) return bad;
+  if (strcmp(transport, "tcp") && strcmp(transport, "ipc"))
+    return cli_usage_fail("bench serve", "--transport %s: expected tcp or ipc", transport);
   b.batch = (int)batch;
   b.credit = (int)credit;
   b.prefetch = (int)prefetch;
@@ -213,7 +221,8 @@ int bench_serve(int argc, char **argv) {
 
   /* the sample shape, for the in-memory comparison */
   serve_opts so = {.dataset_dir = b.dir, .split = b.split, .seed = 1, .world = 1,
-                   .batch = b.batch, .prefetch = 1, .drop_last = 1};
+                   .batch = b.batch, .prefetch = 1, .drop_last = 1,
+                   .unfinished_hint = UNFINISHED_HINT};
   serve_source *probe;
   if (serve_open(&so, &probe) < 0) return cli_fail("bench serve");
   uint32_t in_shape[4], out_shape[3];

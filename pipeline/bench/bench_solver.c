@@ -111,10 +111,10 @@ int bench_solver(int argc, char **argv) {
   int64_t reps = 9, threads = 0, batch = 4, size = 64;
   const char *lamda = NULL, *device = "cpu", *precision = "float64", *cubes = "random";
   cli_opt opts[] = {
-      {"reps", CLI_INT, &reps, "N", "timed repetitions per figure (median; default 9)", 0, 0},
-      {"threads", CLI_INT, &threads, "N", "threads for the parallel figure (default: all)", 0, 0},
-      {"batch", CLI_INT, &batch, "N", "cubes per call in the batch figure (default 4)", 0, 0},
-      {"size", CLI_INT, &size, "N", "cube edge (default 64)", 0, 0},
+      {"reps", CLI_INT, &reps, "N", "timed repetitions per figure, >= 1 (median; default 9)", 0, 0},
+      {"threads", CLI_INT, &threads, "N", "threads for the parallel figure, >= 0 (default 0: all)", 0, 0},
+      {"batch", CLI_INT, &batch, "N", "cubes per call in the batch figure, >= 1 (default 4)", 0, 0},
+      {"size", CLI_INT, &size, "N", "cube edge, 2..512 (default 64)", 0, 0},
       {"lamda", CLI_STR, &lamda, "FILE", "LAMDA file (default: the built-in co.dat path)", 0, 0},
       {"device", CLI_STR, &device, "cpu|cuda", "where the solver runs (default cpu; cuda: the first GPU, batch figures only)", 0, 0},
       {"precision", CLI_STR, &precision, "P", "the solver's arithmetic: float64 (default) or float32", 0, 0},
@@ -124,13 +124,17 @@ int bench_solver(int argc, char **argv) {
                             "Time the LTE imager on random 64^3 cubes (or the built-in example).", opts, 0, 0};
   cli_status r = cli_run_parse(&spec, argc, argv, NULL, NULL);
   if (r != CLI_OK) return cli_exit(r);
-  if (reps < 1 || batch < 1 || size < 2 || size > 512)
-    return cli_usage_fail("bench solver", "--reps and --batch must be >= 1, --size 2..512");
+  const cli_range range[] = {{"--reps", reps, 1, CLI_NO_MAX, NULL},
+                             {"--threads", threads, 0, CLI_NO_MAX, "0: all"},
+                             {"--batch", batch, 1, CLI_NO_MAX, NULL},
+                             {"--size", size, 2, 512, NULL}};
+  int bad = cli_check_ranges("bench solver", range, sizeof range / sizeof range[0]);
+  if (bad) return bad;
   const int example = !strcmp(cubes, "example"), files = !example && strcmp(cubes, "random");
   if (files && !strstr(cubes, ".h5"))
     return cli_usage_fail("bench solver", "--cubes %s: expected random, example or HDF5 files "
                           "(FILE.h5[,FILE.h5...])", cubes);
-  if (files && opts[3].seen)
+  if (files && cli_given(opts, &size))
     return cli_usage_fail("bench solver", "--size goes with random or example cubes: files "
                           "have their own");
   lte_backend be;

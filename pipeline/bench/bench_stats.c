@@ -113,28 +113,59 @@ static int chunk_median(size_t m) {
   return cli_fail("bench stats");
 }
 
+/* A count of float32 values typed as a number (1e8 or 100000000): a whole
+ * number from 1 to what `ranks` arrays of the allocation limit hold. Checked
+ * here, before MPI_Init, as a usage error that echoes the text typed: cast
+ * unchecked, 1e20 became 18446744073709551615 values and a failed
+ * allocation (exit 1) while -5 was a usage error. */
+static int parse_count(const char *opt, const char *text, uint64_t ranks, size_t *out) {
+  const double limit = (double)ce_alloc_limit(), max = floor(limit / 4) * (double)ranks;
+  double v;
+  if (cli_parse_double(text, &v) < 0 || !isfinite(v))
+    return cli_usage_fail("bench stats", "%s %s: not a number (expected a count of values, "
+                          "e.g. 1e8)", opt, text);
+  char need[160] = "";
+  if (v > max)
+    snprintf(need, sizeof need, ": %s float32 values take %.3g bytes%s, over the allocation limit "
+             "of %.3g GiB%s", text, 4 * v, ranks > 1 ? " over the ranks" : "",
+             limit / 1073741824.0, ranks > 1 ? " a rank" : "");
+  if (v < 1 || v > max || v != floor(v))
+    return cli_usage_fail("bench stats", "%s %s: expected a whole number 1..%.0f%s%s", opt, text,
+                          max, ranks > 1 ? " on these ranks" : "", need);
+  *out = (size_t)v;
+  return 0;
+}
+
 int bench_stats(int argc, char **argv) {
-  double nmom = 2.5e7, nmed = 2e7, nchunk = 262144;
+  const char *nmom_s = "2.5e7", *nmed_s = "2e7", *nchunk_s = "262144";
   cli_opt opts[] = {
-      {"n-moments", CLI_DOUBLE, &nmom, "N", "values for the moments throughput (one rank)", 0, 0},
-      {"n-chunk", CLI_DOUBLE, &nchunk, "M",
-       "values of one chunk for the per-chunk lower median (default 64^3)", 0, 0},
-      {"n-median", CLI_DOUBLE, &nmed, "N", "values for the exact median, over all ranks", 0, 0},
+      {"n-moments", CLI_STR, &nmom_s, "N", "values for the moments throughput (one rank), 1 to "
+       "the allocation limit / 4 bytes (64 GiB: 1.7e10; default 2.5e7)", 0, 0},
+      {"n-chunk", CLI_STR, &nchunk_s, "M", "values of one chunk for the per-chunk lower median, "
+       "1 to the allocation limit / 4 bytes (default 262144, 64^3)", 0, 0},
+      {"n-median", CLI_STR, &nmed_s, "N", "values for the exact median, over all ranks, 1 to "
+       "ranks x the allocation limit / 4 bytes (default 2e7)", 0, 0},
       {0}};
   const cli_command spec = {"bench stats", "[options]",
-                            "Exact moments throughput and exact distributed median time.", opts, 0,
-                            0};
+                            "Exact moments throughput and exact distributed median time. Counts "
+                            "may be written 1e8.", opts, 0, 0};
   cli_status r = cli_run_parse(&spec, argc, argv, NULL, NULL);
   if (r != CLI_OK) return cli_exit(r);
-  if (!(nmom >= 1 && nmed >= 1 && nchunk >= 1))
-    return cli_usage_fail("bench stats", "--n-moments, --n-chunk and --n-median must be >= 1");
+  /* the ranks a launcher started (0: it does not say; 1 then, the bound
+     that holds for any number) share the median's values */
+  const int launched = cli_launcher_size();
+  size_t nmom, nmed, nchunk;
+  int bad = parse_count("--n-moments", nmom_s, 1, &nmom);
+  if (!bad) bad = parse_count("--n-chunk", nchunk_s, 1, &nchunk);
+  if (!bad) bad = parse_count("--n-median", nmed_s, launched > 1 ? (uint64_t)launched : 1, &nmed);
+  if (bad) return bad;
   MPI_Init(NULL, NULL);
   int rank, size;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   int rc = 0;
   if (rank == 0) {
-    size_t n = (size_t)nmom;
+    size_t n = nmom;
     float *x = ce_malloc_array(n, sizeof *x, "moments data");
     if (!x) {
       rc = cli_fail("bench stats");
@@ -155,12 +186,12 @@ int bench_stats(int argc, char **argv) {
              (double)n * 4 / best / 1e9, n, s.mean, s.std);
       free(x);
     }
-    if (rc == 0) rc = chunk_median((size_t)nchunk);
-    if (rc == 0) rc = ln_speed((size_t)nchunk);
+    if (rc == 0) rc = chunk_median(nchunk);
+    if (rc == 0) rc = ln_speed(nchunk);
   }
   MPI_Bcast(&rc, 1, MPI_INT, 0, MPI_COMM_WORLD);
   if (rc == 0) {
-    uint64_t N = (uint64_t)nmed, lo = N * (uint64_t)rank / (uint64_t)size,
+    uint64_t N = nmed, lo = N * (uint64_t)rank / (uint64_t)size,
              hi = N * (uint64_t)(rank + 1) / (uint64_t)size;
     float *x = ce_malloc_array(hi - lo ? hi - lo : 1, sizeof *x, "median data");
     int ok = x != NULL, all_ok;

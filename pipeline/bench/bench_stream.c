@@ -149,10 +149,10 @@ int bench_stream(int argc, char **argv) {
   int64_t samples = 1500, credit = 8, n = 64, nf = 7;
   const char *transport = "all";
   cli_opt opts[] = {
-      {"samples", CLI_INT, &samples, "N", "samples per transport (default 1500)", 0, 0},
-      {"credit", CLI_INT, &credit, "K", "consumer credit, chunks in flight (default 8)", 0, 0},
-      {"n", CLI_INT, &n, "N", "cube edge (default 64)", 0, 0},
-      {"channels", CLI_INT, &nf, "F", "image channels (default 7)", 0, 0},
+      {"samples", CLI_INT, &samples, "N", "samples per transport, >= 16 (default 1500)", 0, 0},
+      {"credit", CLI_INT, &credit, "K", "consumer credit, chunks in flight, 1..1024 (default 8)", 0, 0},
+      {"n", CLI_INT, &n, "N", "cube edge, 1..512 (default 64)", 0, 0},
+      {"channels", CLI_INT, &nf, "F", "image channels, 1..1024 (default 7)", 0, 0},
       {"transport", CLI_STR, &transport, "tcp|ipc|all", "which transports (default all)", 0, 0},
       {0}};
   const cli_command spec = {"bench stream", "[options]",
@@ -160,9 +160,14 @@ int bench_stream(int argc, char **argv) {
                             0, 0};
   cli_status r = cli_run_parse(&spec, argc, argv, NULL, NULL);
   if (r != CLI_OK) return cli_exit(r);
-  if (samples < 16 || credit < 1 || credit > 1024 || n < 1 || n > 512 || nf < 1 || nf > 1024)
-    return cli_usage_fail("bench stream",
-                          "--samples >= 16, --credit 1..1024, --n 1..512, --channels 1..1024");
+  const cli_range range[] = {{"--samples", samples, 16, CLI_NO_MAX, NULL},
+                             {"--credit", credit, 1, 1024, NULL},
+                             {"--n", n, 1, 512, NULL},
+                             {"--channels", nf, 1, 1024, NULL}};
+  int bad = cli_check_ranges("bench stream", range, sizeof range / sizeof range[0]);
+  if (bad) return bad;
+  if (strcmp(transport, "all") && strcmp(transport, "tcp") && strcmp(transport, "ipc"))
+    return cli_usage_fail("bench stream", "--transport %s: expected tcp, ipc or all", transport);
   bench_src src;
   if (src_make(&src, (int)n, (int)nf, (uint64_t)samples) < 0) return cli_fail("bench stream");
   size_t nin = 3 * (size_t)n * n * n, nout = (size_t)nf * n * n;

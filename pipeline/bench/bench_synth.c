@@ -16,11 +16,11 @@ int bench_synth(int argc, char **argv) {
   int64_t n = 20, levels = 3, block = 8, base = 32, seed = 1;
   const char *dir = NULL;
   cli_opt opts[] = {
-      {"n", CLI_INT, &n, "N", "models per measurement (default 20)", 0, 0},
+      {"n", CLI_INT, &n, "N", "models per measurement, >= 1 (default 20)", 0, 0},
       {"seed", CLI_INT64, &seed, "S", "seed (default 1)", 0, 0},
-      {"levels", CLI_INT, &levels, "L", "AMR levels (default 3)", 0, 0},
-      {"block", CLI_INT, &block, "NB", "block edge (default 8)", 0, 0},
-      {"base-nx", CLI_INT, &base, "NX", "level-1 cells per edge (default 32)", 0, 0},
+      {"levels", CLI_INT, &levels, "L", "AMR levels, 1..6 (default 3)", 0, 0},
+      {"block", CLI_INT, &block, "NB", "block edge, even, 2..64 (default 8)", 0, 0},
+      {"base-nx", CLI_INT, &base, "NX", "level-1 cells per edge, a multiple of the block edge, at most 4096 (default 32)", 0, 0},
       {"dir", CLI_STR, &dir, "DIR", "where to write (default /tmp/coemu_bench_synth.PID, removed after)", 0, 0},
       {0}};
   const cli_command spec = {"bench synth", "[options]", "Models per second of coemu synth.", opts,

@@ -221,10 +221,10 @@ int cmd_eval(int argc, char **argv) {
   int quiet = 0, fits = 0;
   cli_opt opts[] = {
       {"split", CLI_STR, &split, "NAME", "test (default), validation, train or all", 0, 0},
-      {"max-samples", CLI_INT, &max_samples, "N", "evaluate N samples evenly spaced over the split (default: all)", 0, 0},
-      {"batch", CLI_INT, &batch, "N", "samples per forward pass (default 16)", 0, 0},
-      {"maps", CLI_INT, &maps, "K", "channel-map PNGs for the first K samples (default 4; at most --batch, with a warning)", 0, 0},
-      {"threads", CLI_INT, &threads, "N", "threads per rank (default: OMP_NUM_THREADS, else the rank's share of its CPUs)", 0, 0},
+      {"max-samples", CLI_INT, &max_samples, "N", "evaluate N samples evenly spaced over the split, >= 0 (default 0: all)", 0, 0},
+      {"batch", CLI_INT, &batch, "N", "samples per forward pass, 1..4096 (default 16)", 0, 0},
+      {"maps", CLI_INT, &maps, "K", "channel-map PNGs for the first K samples, >= 0 (default 4; at most --batch, with a warning)", 0, 0},
+      {"threads", CLI_INT, &threads, "N", "threads per rank, >= 0 (default 0: OMP_NUM_THREADS, else the rank's share of its CPUs)", 0, 0},
       {"out", CLI_STR, &out, "DIR", "where the tables and pictures go (default: CHECKPOINT's folder/eval-SPLIT)", 0, 0},
       {"fits", CLI_FLAG, &fits, NULL, "also write the maps as FITS cubes (maps-SAMPLE.fits: TARGET, PREDICTED; docs/export.md)", 0, 0},
       {"quiet", CLI_FLAG, &quiet, NULL, "do not print the table", 0, 0},
@@ -239,9 +239,14 @@ int cmd_eval(int argc, char **argv) {
   char **pos = NULL;
   cli_status r = cli_run_parse(&spec, argc, argv, &npos, &pos);
   if (r != CLI_OK) return cli_exit(r);
-  if (batch < 1 || batch > 4096 || maps < 0 || max_samples < 0 || threads < 0) {
+  const cli_range range[] = {{"--max-samples", max_samples, 0, CLI_NO_MAX, "0: all"},
+                             {"--batch", batch, 1, 4096, NULL},
+                             {"--maps", maps, 0, CLI_NO_MAX, NULL},
+                             {"--threads", threads, 0, CLI_NO_MAX, "0: the default"}};
+  int bad = cli_check_ranges("eval", range, sizeof range / sizeof range[0]);
+  if (bad) {
     free(pos);
-    return cli_usage_fail("eval", "--batch must be 1..4096, --maps, --max-samples and --threads >= 0");
+    return bad;
   }
   int split_id;
   if (job_split_parse(split, &split_id) < 0) {

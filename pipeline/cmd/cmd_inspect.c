@@ -87,9 +87,9 @@ int cmd_inspect(int argc, char **argv) {
   cli_opt opts[] = {
       {"units", CLI_STR, &units_path, "FILE", "units sidecar (default: looked up beside MODEL)", 0, 0},
       {"n", CLI_INT, &cube_n, "N",
-       "voxels per cube edge for the resolution report (default 64; needs units)", 0, 0},
+       "voxels per cube edge for the resolution report, 1..4096 (default 64; needs units)", 0, 0},
       {"edge", CLI_DOUBLE, &cube_edge, "M",
-       "cube edge [m] for the resolution report (default: the job's auto edge, the ball radius)", 0, 0},
+       "cube edge [m] for the resolution report, >= 0 (default 0: the job's auto edge, the ball radius)", 0, 0},
       {0}};
   const cli_command spec = {
       "inspect", "MODEL.dat [--units FILE] [--n N] [--edge M] | DATASET-DIR",
@@ -101,10 +101,13 @@ int cmd_inspect(int argc, char **argv) {
   cli_status r = cli_run_parse(&spec, argc, argv, &npos, &pos);
   if (r != CLI_OK) return cli_exit(r);
   const char *path = pos[0];
-  if (cube_n < 1 || cube_n > 4096 || cube_edge < 0 || !isfinite(cube_edge)) {
+  const cli_range range[] = {{"--n", cube_n, 1, 4096, NULL}};
+  int bad = cli_check_ranges("inspect", range, 1);
+  if (!bad && !(cube_edge >= 0)) /* the parser has refused inf and nan */
+    bad = cli_usage_fail("inspect", "--edge %g: expected >= 0 (0: the job's auto edge)", cube_edge);
+  if (bad) {
     free(pos);
-    return cli_usage_fail("inspect", "--n %lld, --edge %g: expected n 1..4096, edge >= 0",
-                          (long long)cube_n, cube_edge);
+    return bad;
   }
   struct stat st;
   if (stat(path, &st) != 0) { /* neither a snapshot nor a dataset: say so, not which */

@@ -180,7 +180,7 @@ int cmd_sample(int argc, char **argv) {
   const cli_range range[] = {{"--directions", ndir, 1, 1000000, NULL},
                              {"--n", n, 1, 4096, NULL},
                              {"--k", k, 1, 16, NULL},
-                             {"--seed", seed, 0, INT64_MAX, NULL},
+                             {"--seed", seed, 0, CLI_NO_MAX, NULL},
                              {"--model-id", model_id, 0, UINT32_MAX, NULL}};
   int bad = cli_check_ranges("sample", range, sizeof range / sizeof range[0]);
   /* --compat's gridding is the paper's own: 64^3 over the trimming ball */

@@ -414,7 +414,7 @@ static int cmd_serve_run(char **pos, job *jp, serve_cli *c) {
                              {"--max-consumers", c->maxcons, 0, 1000000, dflt},
                              {"--read-threads", c->read_threads, 0, SERVE_MAX_READ_THREADS, dflt},
                              {"--order-shards", c->order_shards, 0, ORDER_MAX_SHARDS, dflt},
-                             {"--order-buffer", c->order_buffer, 0, INT64_MAX, dflt}};
+                             {"--order-buffer", c->order_buffer, 0, CLI_NO_MAX, dflt}};
   int bad = cli_check_ranges("serve", range, sizeof range / sizeof range[0]);
   if (bad) return bad;
   int omode;
@@ -445,9 +445,10 @@ static int cmd_serve_run(char **pos, job *jp, serve_cli *c) {
   if (c->generate && c->live) {
     return cli_usage_fail("serve", "--live serves a dataset being made; --generate makes the samples itself: not both");
   }
-  if (!(c->model_cache_mb > 0) || !(c->producer_timeout > 0)) {
-    return cli_usage_fail("serve", "out of range: --model-cache > 0 MB, --producer-timeout > 0 s");
-  }
+  if (!(c->model_cache_mb > 0))
+    return cli_usage_fail("serve", "--model-cache %g: expected > 0 MB", c->model_cache_mb);
+  if (!(c->producer_timeout > 0))
+    return cli_usage_fail("serve", "--producer-timeout %g: expected > 0 s", c->producer_timeout);
   /* a consumer that stops mid-epoch must not keep an --epochs server for ever */
   if (c->idle_exit < 0) c->idle_exit = c->epochs > 0 ? 600 : 0;
   serve_opts so = {.dataset_dir = pos[0], .split = c->split, .seed = (uint64_t)c->seed,

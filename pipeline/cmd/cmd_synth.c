@@ -24,7 +24,7 @@ int cmd_synth(int argc, char **argv) {
       {"first", CLI_INT, &first, "I", "index of the first model (default 0)", 0, 0},
       {"levels", CLI_INT, &levels, "L", "AMR levels, 1..6 (default 3)", 0, 0},
       {"block", CLI_INT, &block, "NB", "cells per block edge: 8 or 16 (default 8)", 0, 0},
-      {"base-nx", CLI_INT, &base, "NX", "level-1 cells per edge, a multiple of --block (default 32)", 0, 0},
+      {"base-nx", CLI_INT, &base, "NX", "level-1 cells per edge, a multiple of --block, 1..4096 (default 32)", 0, 0},
       {"preview", CLI_FLAG, &preview, NULL, "also write DIR/synth_%05d.png: log n_H2 in the orbital plane", 0, 0},
       {"quiet", CLI_FLAG, &quiet, NULL, "no progress lines", 0, 0},
       {0}};
@@ -43,9 +43,9 @@ int cmd_synth(int argc, char **argv) {
     return cli_usage_fail("synth", "--first %lld: expected a non-negative index", (long long)first);
   if (block != 8 && block != 16)
     return cli_usage_fail("synth", "--block %lld: expected 8 or 16", (long long)block);
-  if (levels < 1 || levels > 6 || base < 1 || base > 4096)
-    return cli_usage_fail("synth", "--levels %lld / --base-nx %lld: expected 1..6 and 1..4096",
-                          (long long)levels, (long long)base);
+  const cli_range range[] = {{"--levels", levels, 1, 6, NULL}, {"--base-nx", base, 1, 4096, NULL}};
+  int bad = cli_check_ranges("synth", range, sizeof range / sizeof range[0]);
+  if (bad) return bad;
   synth_grid g = {(int)levels, (int)block, (int)base};
   if (synth_grid_check(&g) < 0) return cli_usage_fail("synth", "%s", ce_err_msg());
   if (fs_mkdir_p(out) < 0) return cli_fail("synth");

@@ -40,9 +40,9 @@ int cmd_train(int argc, char **argv) {
   cli_opt opts[] = {
       {"out", CLI_STR, &out, "DIR", "output directory (default: the job's output.directory)", 0, 0},
       {"max-steps", CLI_INT, &max_steps, "N",
-       "stop cleanly after N optimiser steps in this run (rerun to resume)", 0, 0},
+       "stop cleanly after N optimiser steps in this run, >= 0 (rerun to resume; default 0: no limit)", 0, 0},
       {"time-limit", CLI_DOUBLE, &time_limit, "SECONDS",
-       "stop cleanly once this much wall time has passed (for batch-system slots)", 0, 0},
+       "stop cleanly once this much wall time has passed, >= 0 (for batch-system slots; default 0: no limit)", 0, 0},
       {"extend", CLI_FLAG, &extend, NULL,
        "continue the run in the output directory under a changed job: more epochs, a new "
        "learning rate or schedule (other changes are refused; the change is logged in "
@@ -86,9 +86,13 @@ int cmd_train(int argc, char **argv) {
     free(pos);
     return cli_usage_fail("train", "--no-data goes with --check");
   }
-  if (max_steps < 0 || time_limit < 0) {
+  const cli_range range[] = {{"--max-steps", max_steps, 0, CLI_NO_MAX, "0: no limit"}};
+  int bad = cli_check_ranges("train", range, 1);
+  if (!bad && time_limit < 0)
+    bad = cli_usage_fail("train", "--time-limit %g: expected >= 0 (0: no limit)", time_limit);
+  if (bad) {
     free(pos);
-    return cli_usage_fail("train", "--max-steps and --time-limit must not be negative");
+    return bad;
   }
   train_job j;
   int loaded = train_job_load(pos[0], &j);

@@ -199,6 +199,35 @@ static void test_usage_fail(void) {
   CHECK(!strcmp(ce_err_msg(), "-n -2: expected >= 1"));
 }
 
+/* cli_check_ranges: in range, 0 and nothing printed; else one message about
+ * the first option out of its range (not every constraint), with its note,
+ * and ">= lo" for an option bounded only below */
+static void test_check_ranges(void) {
+  const cli_range ok[] = {{"--k", 16, 1, 16, NULL}, {"--seed", 0, 0, CLI_NO_MAX, NULL}};
+  const cli_range bad[] = {{"--batch", 8, 2, 4096, NULL},
+                           {"--iters", 0, 1, 1000, NULL},
+                           {"--nfreq", 99, 1, 64, NULL}};
+  const cli_range below[] = {{"--handles", 0, 1, CLI_NO_MAX, NULL}};
+  const cli_range noted[] = {{"--epochs", -5, 0, 100, "0: until stopped"}};
+  fflush(stderr);
+  int se = redirect(2, tmpl_err);
+  int a = cli_check_ranges("t", ok, 2);
+  int b = cli_check_ranges("bench train", bad, 3);
+  int c = cli_check_ranges("bench order", below, 1);
+  int d = cli_check_ranges("serve", noted, 1);
+  fflush(stderr);
+  captured cap;
+  restore(2, se, tmpl_err, cap.err, sizeof cap.err);
+  CHECK(a == 0 && b == 2 && c == 2 && d == 2);
+  CHECK_MSG(!strcmp(cap.err, "coemu bench train: error: --iters 0: expected 1..1000\n"
+                             "(coemu bench train --help for usage)\n"
+                             "coemu bench order: error: --handles 0: expected >= 1\n"
+                             "(coemu bench order --help for usage)\n"
+                             "coemu serve: error: --epochs -5: expected 0..100 (0: until stopped)\n"
+                             "(coemu serve --help for usage)\n"),
+            "stderr '%s'", cap.err);
+}
+
 static void test_fail_and_rank(void) {
   fflush(stderr);
   int se = redirect(2, tmpl_err);
@@ -311,6 +340,7 @@ int main(void) {
   RUN(test_usage_errors);
   RUN(test_positional_counts);
   RUN(test_usage_fail);
+  RUN(test_check_ranges);
   RUN(test_fail_and_rank);
   RUN(test_list_next);
   RUN(test_launchers);

@@ -109,9 +109,15 @@ usage_error("serve", ["d", "--timeout", "soon"], "'soon' is not a finite number"
 usage_error("serve", ["d", "--endpoint", "tcp://127.0.0.1:99999"], "port '99999': expected tcp://")
 usage_error("serve", ["d", "--endpoint", "localhost:5615"], "'localhost:5615': expected tcp://HOST:PORT")
 usage_error("stats", ["d", "--split", "bogus"], "--split")
-usage_error("train", ["job.yaml", "--max-steps", -1], "must not be negative")
+usage_error("train", ["job.yaml", "--max-steps", -1], "--max-steps -1: expected >= 0 (0: no limit)")
+usage_error("train", ["job.yaml", "--time-limit", -1], "--time-limit -1: expected >= 0")
 usage_error("train", ["job.yaml", "--quiet=yes"], "option --quiet takes no value")
-usage_error("eval", ["c", "d", "--batch", 0], "--batch")
+usage_error("eval", ["c", "d", "--threads", -1], "--threads -1: expected >= 0")
+usage_error("inspect", ["m.dat", "--n", 0], "--n 0: expected 1..4096")
+usage_error("inspect", ["m.dat", "--edge", -1], "--edge -1: expected >= 0")
+usage_error("synth", ["-n", 1, "--seed", 1, "--out", tmp, "--base-nx", 0], "--base-nx 0: expected 1..4096")
+usage_error("serve", [os.path.join(ROOT, "jobs", "demo.yaml"), "--generate", "--model-cache", 0],
+            "--model-cache 0: expected > 0 MB")
 usage_error("eval", ["c", "d", "--batch"], "option --batch needs a value")
 usage_error("export", ["m.ckpt"], "option --format is required")
 usage_error("export", ["m.ckpt", "--format", "onnx"], "--format must be safetensors, ckpt or fits")
@@ -129,7 +135,31 @@ os.remove(same)
 usage_error("bench", [], "expected a TARGET")
 usage_error("bench", ["no-such-target"], "unknown target 'no-such-target'")
 usage_error("bench synth", ["-n", 0], "-n 0")
-usage_error("bench train", ["--batch", 1], "--batch 1")
+# a value out of range names that option and its range, not every
+# constraint of the command (cli_check_ranges): one option in the message
+for name, args, *needles in (
+        ("bench train", ["--batch", 1, "--iters", 1], "--batch 1: expected 2..4096"),
+        ("bench train", ["--nfreq", 65], "--nfreq 65: expected 1..64"),
+        ("bench isotropy", ["--n", 3], "--n 3: expected 4..256"),
+        ("bench stream", ["--samples", 0], "--samples 0: expected >= 16"),
+        ("bench stream", ["--transport", "udp"], "--transport udp: expected tcp, ipc or all"),
+        ("bench order", ["--ranks", 0], "--ranks 0: expected 1..65535"),
+        ("bench order", ["--handles", 0], "--handles 0: expected >= 1"),
+        ("bench solver", ["--size", 0], "--size 0: expected 2..512"),
+        ("bench serve", ["d", "--credit", 0], "--credit 0: expected 1..1024"),
+        ("bench serve", ["d", "--transport", "udp"], "--transport udp: expected tcp or ipc"),
+        ("bench sample", ["--repeat", 0], "--repeat 0: expected 1..1000"),
+        ("bench lvg", ["--index", -1], "--index -1: expected >= 0"),
+        ("eval", ["c", "d", "--batch", 0], "--batch 0: expected 1..4096"),
+        # counts in 1e8 notation: range-checked as typed, before any allocation
+        ("bench stats", ["--n-moments", "1e20"], "--n-moments 1e20: expected a whole number 1..",
+         "1e20 float32 values take 4e+20 bytes, over the allocation limit"),
+        ("bench stats", ["--n-moments", -5], "--n-moments -5: expected a whole number 1.."),
+        ("bench stats", ["--n-chunk", 2.5], "--n-chunk 2.5: expected a whole number"),
+        ("bench stats", ["--n-median", "many"], "--n-median many: not a number")):
+    usage_error(name, args, *needles)
+    msg = run(name, *args)[2].split("\n")[0]
+    check(len(re.findall(r"--[a-z]", msg)) == 1, f"coemu {name} {args}: one option named: {msg!r}")
 usage_error("bench solver", ["--cubes", "amr"], "--cubes amr: expected random, example or HDF5 files")
 
 # Failures at run time: status 1.
@@ -150,6 +180,10 @@ failure("export", [missing + ".ckpt", "--format", "safetensors"], missing)
 failure("export", [missing + ".safetensors", "--format", "ckpt"], missing)
 failure("export", [missing, "--format", "fits", "--sample", 0], missing)
 failure("bench sample", ["--model", missing + ".dat", "--reps", 1], missing)
+# bench serve has no --live: its hint names the command that has (serve's own
+# hint, "serve a running job with --live", sent users to an unknown option)
+failure("bench serve", [missing], missing + ": no such dataset folder", "`coemu serve DIR --live`")
+check("with --live" not in run("bench serve", missing)[2], "bench serve: no hint to its own --live")
 
 # The dispatcher: no command and an unknown command are usage errors.
 for args in ([], ["no-such-command"]):

@@ -38,7 +38,7 @@ LAMDA = os.path.join(os.path.abspath(ROOT), "tests", "data", "lamda", "co.dat")
 MPI = [os.environ.get("COEMU_MPIEXEC", "mpirun"), "--allow-run-as-root", "--oversubscribe"]
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from pycheck import check, report  # noqa: E402
-from ckptfile import read_ckpt  # noqa: E402
+from ckptfile import INT32_MAX, read_ckpt  # noqa: E402
 
 U32 = float(np.finfo(np.float32).eps) / 2  # float32 unit roundoff
 
@@ -121,6 +121,13 @@ with tempfile.TemporaryDirectory() as tmp:
         print(f"{st}: validation loss {float(va[0]['loss']):.4g} -> best "
               f"{min(float(x['loss']) for x in va):.4g}, MaxRel median "
               f"{float(va[0]['maxrel_median']):.3g}% -> {float(va[-1]['maxrel_median']):.3g}%")
+
+    # the header as docs/trainer.md gives it (read_ckpt checks the header size,
+    # 132, and reads the table at 148): a stage without a schedule (step_size
+    # 0, a constant rate) stores StepLR's step size as INT32_MAX
+    h, _ = read_ckpt(os.path.join(out, "pretrain", "last.ckpt"), header=True)
+    check(h["step_size"] == INT32_MAX and h["epoch"] == 6 and h["step"] == 6 * 9 and h["seed"] == 5,
+          f"pretrain/last.ckpt header: {h}")
 
     # learning criteria, not rounding tolerances. Where 54 float32 Adam steps
     # end depends on the host's summation orders (BLAS kernels, compiler,

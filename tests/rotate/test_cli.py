@@ -1,6 +1,7 @@
 """`coemu inspect` and `coemu sample` on the test snapshots and on bad input:
 exit status, messages, output files."""
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -207,5 +208,20 @@ with tempfile.TemporaryDirectory() as tmp:
     check(rc == 2 and "--reconstruction 'cubic'" in err, f"unknown: {rc} {err}")
     rc, out, err = run("sample", AGB, "--out", tmp, "--compat", "--reconstruction", "linear")
     check(rc == 2 and "constant with --compat" in err, f"linear with --compat: {rc} {err}")
+
+# bench sample --repeat: `min` is the least time of any run, so it is at most
+# mean_of_least (it was the least of each direction's first run only, and
+# could exceed it). With one direction the two are the same time.
+LINE_RE = (r"sample (\S+ \S+) cpu_ms_per_cube_mean (\S+) ms \(min (\S+), .*\) "
+          r"mean_of_least (\S+) ms")
+for reps in ("1", "2"):
+    rc, out, err = run("bench", "sample", "--reps", reps, "--repeat", "3")
+    got = [re.match(LINE_RE, ln) for ln in out.splitlines()]
+    check(rc == 0 and len(got) == 6 and all(got), f"bench sample --reps {reps} --repeat 3: {rc} {out} {err}")
+    for m in filter(None, got):
+        mean, least, mol = (float(m.group(i)) for i in (2, 3, 4))
+        check(least <= mol and least <= mean and (reps != "1" or least == mol),
+              f"bench sample --reps {reps} --repeat 3, {m.group(1)}: min {least}, "
+              f"mean_of_least {mol}, mean {mean}")
 
 report()

@@ -20,7 +20,14 @@ def case(name, args, code, text):
 
 
 case("help", ["--help"], 0, "--batch")
-case("batch too small", ["--batch", "1"], 2, "--batch 1")
+# --help gives each option's range, and the check names only the option
+# out of it (it used to list every constraint: "--batch 1 (2..4096), --iters
+# 1 (1..1000), --nfreq 1 (1..64): out of range")
+case("help gives the batch range", ["--help"], 0, "training batch size, 2..4096")
+case("help gives the nfreq range", ["--help"], 0, "output channels, 1..64")
+case("batch too small", ["--batch", "1", "--iters", "1"], 2, "error: --batch 1: expected 2..4096\n")
+case("too many channels", ["--nfreq", "65"], 2, "error: --nfreq 65: expected 1..64\n")
+case("no iterations", ["--iters", "0"], 2, "error: --iters 0: expected 1..1000\n")
 case("not a number", ["--iters", "x"], 2, "iters")
 case("unknown option", ["--bogus"], 2, "bogus")
 case("positional argument", ["extra"], 2, "unexpected argument")
