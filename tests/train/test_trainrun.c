@@ -315,8 +315,8 @@ static void test_failed_start(void) {
   char out[1200], ds[1200];
   snprintf(out, sizeof out, "%s/fs", g_tmp);
   snprintf(ds, sizeof ds, "%s/no-such-ds", g_tmp);
-  failed_start(ds, out, "no such directory", NULL);
-  /* a dataset `coemu generate` has not finished: train's own words */
+  failed_start(ds, out, "no such dataset folder", NULL);
+  /* a dataset `coemu generate` has not finished: the words every reader uses */
   snprintf(ds, sizeof ds, "%s/unfinished", g_tmp);
   if (g_rank == 0) {
     char p[1300];
@@ -326,7 +326,7 @@ static void test_failed_start(void) {
     CHECK(f && fputs("name: t\n", f) >= 0 && fclose(f) == 0);
   }
   MPI_Barrier(MPI_COMM_WORLD);
-  failed_start(ds, out, "not finished", "--live");
+  failed_start(ds, out, "is not a finished dataset", "--live");
   CHECK(strstr(ce_err_msg(), "coemu generate"));
   /* a truncated shard, then the corrected job in the same directory */
   snprintf(ds, sizeof ds, "%s/trunc", g_tmp);
