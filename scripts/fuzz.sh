@@ -2,12 +2,13 @@
 # Fuzz coemu's readers for a while (docs/faults.md, "Fuzzing the readers"):
 #   bash scripts/fuzz.sh [SECONDS] [TARGET...]
 # SECONDS per target (default 60); TARGETs among amrvac lamda job weights
-# (default: all four):
+# stream (default: all five):
 #   amrvac   AMRVAC snapshots (.dat)                  tests/rotate/fuzz_amrvac.c
 #   lamda    LAMDA molecule files                     tests/solver/fuzz_lamda.c
 #   job      generate jobs, training jobs, units sidecars (YAML)
 #                                                     tests/pipeline/fuzz_job.c
 #   weights  checkpoints, safetensors, .npy           tests/trainer/fuzz_weights.c
+#   stream   what a producer sends a stream consumer  tests/stream/fuzz_stream.c
 # Builds the libFuzzer targets into build-fuzz/ (clang, -Dfuzz=true, ASan +
 # UBSan, no CUDA; installs clang first: scripts/setup.sh --clang), seeds each
 # corpus build-fuzz/corpus/TARGET/ with the files of the target's seeds test
@@ -20,12 +21,12 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
-case "$seconds" in '' | *[!0-9]*) echo "usage: scripts/fuzz.sh [SECONDS] [amrvac|lamda|job|weights]..." >&2; exit 2 ;; esac
+case "$seconds" in '' | *[!0-9]*) echo "usage: scripts/fuzz.sh [SECONDS] [amrvac|lamda|job|weights|stream]..." >&2; exit 2 ;; esac
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(amrvac lamda job weights)
+[ ${#targets[@]} -gt 0 ] || targets=(amrvac lamda job weights stream)
 for t in "${targets[@]}"; do
-  case $t in amrvac | lamda | job | weights) ;; *) echo "fuzz: unknown target '$t' (amrvac lamda job weights)" >&2; exit 2 ;; esac
+  case $t in amrvac | lamda | job | weights | stream) ;; *) echo "fuzz: unknown target '$t' (amrvac lamda job weights stream)" >&2; exit 2 ;; esac
 done
 
 bash scripts/setup.sh --clang >/dev/null || { echo "fuzz: scripts/setup.sh --clang failed" >&2; exit 1; }

@@ -497,6 +497,10 @@ int stream_client_next(stream_client *c, stream_chunk_view *v) {
       c->position = 0;
       return 0;
     case STREAM_ERROR:
+      /* an ERROR without its text frame (a broken producer; found by
+       * tests/stream/fuzz_stream.c) still fails with a message, not with
+       * whatever message was left from before */
+      if (n < 2) ce_err("stream client: producer error (the producer at %s sent no text)", c->endpoint);
       return STREAM_E_REMOTE;
     case STREAM_RESET:
       /* the producer has no session for this connection (it restarted, or
