@@ -44,37 +44,36 @@
 static void *g_ctx, *g_router;
 static char g_endpoint[128];
 
-/* the fake producer, once a process */
-static int producer_ready(void) {
-  if (g_router) return 0;
-  snprintf(g_endpoint, sizeof g_endpoint, "ipc:///tmp/coemu-fuzz-stream-%d.sock", (int)getpid());
+/* A fake producer of its own for each input (a fresh ipc endpoint): no
+ * message of an earlier input's client (its late CREDITs, BYE, or a HELLO
+ * said again on a RESET) can be taken for this one's. */
+static void producer_open(void) {
+  static unsigned long n;
+  if (!g_ctx && !(g_ctx = zmq_ctx_new())) abort();
+  snprintf(g_endpoint, sizeof g_endpoint, "ipc:///tmp/coemu-fuzz-stream-%d-%lu.sock", (int)getpid(),
+           n++);
   unlink(g_endpoint + 6);
-  g_ctx = zmq_ctx_new();
-  g_router = g_ctx ? zmq_socket(g_ctx, ZMQ_ROUTER) : NULL;
+  g_router = zmq_socket(g_ctx, ZMQ_ROUTER);
   int linger = 0;
   if (!g_router || zmq_setsockopt(g_router, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
       zmq_bind(g_router, g_endpoint) != 0) {
     fprintf(stderr, "fuzz_stream: cannot bind %s: %s\n", g_endpoint, zmq_strerror(zmq_errno()));
     abort();
   }
-  return 0;
 }
 
-/* Discard what earlier clients sent (their CREDITs, HEARTBEATs, BYEs). */
-static void drain(void) {
-  zmq_msg_t m;
-  zmq_msg_init(&m);
-  while (zmq_msg_recv(&m, g_router, ZMQ_DONTWAIT) >= 0) {
-  }
-  zmq_msg_close(&m);
+static void producer_close(void) {
+  zmq_close(g_router);
+  g_router = NULL;
+  unlink(g_endpoint + 6);
 }
 
-/* The identity of the client whose HELLO comes next (waits at most 15 s
+/* The identity of the client whose HELLO comes next (waits at most 3 s
  * for each message); *others counts the messages before it. */
 static size_t hello_identity(uint8_t *id, size_t cap, int *others) {
   zmq_pollitem_t it = {g_router, 0, ZMQ_POLLIN, 0};
   for (*others = 0;; ++*others) {
-    if (zmq_poll(&it, 1, 15000) <= 0) return 0;
+    if (zmq_poll(&it, 1, 3000) <= 0) return 0;
     int more = 0;
     size_t n = 0, more_len = sizeof more;
     zmq_msg_t m;
@@ -199,9 +198,8 @@ static void read_chunk(const stream_chunk_view *v) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  producer_ready();
-  drain();
   if (size < 1) return 0;
+  producer_open();
   stream_client_opts o = {.endpoint = g_endpoint, .rank = 0, .world = 1, .credit = 4,
                           .flags = data[0] & 1, .dataset_id = data[0] & 2 ? 42 : 0,
                           .epoch = data[0] & 4 ? 1 : 0, .position = data[0] & 4 ? 3 : 0,
@@ -211,12 +209,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fprintf(stderr, "fuzz_stream: stream_client_open: %s\n", ce_err_msg());
     abort();
   }
+  /* A HELLO can be lost (ZeroMQ drops what a pipe held when its first
+   * connection fails and is made again: seen once in some thousands of
+   * inputs on a loaded host); a consumer then finds it by its HEARTBEAT's
+   * RESET, which this one-thread producer cannot wait for: the client
+   * reconnects instead, as a trainer's does after its timeout. */
   uint8_t id[256];
-  int others;
-  size_t idlen = hello_identity(id, sizeof id, &others);
+  int others = 0;
+  size_t idlen = 0;
+  for (int tries = 0; tries < 5 && !(idlen = hello_identity(id, sizeof id, &others)); tries++)
+    if (stream_client_reconnect(c) < 0) {
+      fprintf(stderr, "fuzz_stream: reconnect: %s\n", ce_err_msg());
+      abort();
+    }
   if (!idlen) {
-    fprintf(stderr, "fuzz_stream: no HELLO from the client within 15 s (%d other messages)\n",
-            others);
+    fprintf(stderr, "fuzz_stream: no HELLO from the client in 5 connections (%d other "
+                    "messages)\n", others);
     abort();
   }
   const uint8_t *p = data + 1, *end = data + size;
@@ -251,6 +259,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     break;
   }
   stream_client_close(c);
+  producer_close();
   return 0;
 }
 
