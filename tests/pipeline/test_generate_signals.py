@@ -200,6 +200,26 @@ def finishes(ranks, job, out, ref, what, resumed):
     check(not bad, f'{what}: equal to the uninterrupted run (differs: {bad})')
 
 
+def term_every_rank_at(args, env, marker, what, where):
+    """Start the 2-rank run `args`, wait until both ranks have printed
+    `marker` (a test hook holds them there), send each SIGTERM from outside
+    (as Slurm does at the limit); its stderr and the process, once ended."""
+    p = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    lines, seen = [], 0
+    t0 = time.time()
+    while seen < 2 and time.time() - t0 < 60:
+        line = p.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        seen += marker in line
+    check(seen == 2, f'{what}: {where}: {lines[-8:]}')
+    for pid in rank_pids(p):
+        os.kill(pid, signal.SIGTERM)
+    return ''.join(lines) + wait_signalled(p, what), p
+
+
 def finishing_signals(tmp, job, ref):
     """Signals after the last shard, while the run writes manifest.json and
     dataset.h5, preview.png and /stats (minutes at the paper's size; /stats
@@ -259,20 +279,8 @@ def finishing_signals(tmp, job, ref):
     # begins gets SIGTERM from the test
     out = os.path.join(tmp, 'fin-outside')
     env = dict(os.environ, COEMU_TEST_FINISH_PAUSE='stats:1000')
-    p = subprocess.Popen(cmd(2, job, out), env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
-    lines, pausing = [], 0
-    t0 = time.time()
-    while pausing < 2 and time.time() - t0 < 60:
-        line = p.stderr.readline()
-        if not line:
-            break
-        lines.append(line)
-        pausing += ': finishing stats' in line
-    check(pausing == 2, f'SIGTERM from outside in /stats: both ranks paused there: {lines[-8:]}')
-    for pid in rank_pids(p):
-        os.kill(pid, signal.SIGTERM)
-    err = ''.join(lines) + wait_signalled(p, 'SIGTERM from outside in /stats')
+    err, p = term_every_rank_at(cmd(2, job, out), env, ': finishing stats',
+                                'SIGTERM from outside in /stats', 'both ranks paused there')
     stopped_finishing(subprocess.CompletedProcess(p.args, p.returncode, '', err), out,
                       'SIGTERM from outside to every rank in /stats',
                       ['manifest.json', 'dataset.h5', 'preview.png'], [(0, 'TERM'), (1, 'TERM')])
@@ -393,20 +401,8 @@ def run_tests(tmp):
     # them all.
     out = os.path.join(tmp, 'late')
     env = dict(os.environ, COEMU_TEST_SIGNAL=f'TERM:{2 * S + 1}', COEMU_TEST_CLOSE_PAUSE_MS='1500', **SLOW)
-    p = subprocess.Popen(cmd(2, job, out), env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
-    lines, closing = [], 0
-    t0 = time.time()
-    while closing < 2 and time.time() - t0 < 60:
-        line = p.stderr.readline()
-        if not line:
-            break
-        lines.append(line)
-        closing += ': closing' in line
-    check(closing == 2, f'late SIGTERM: both ranks reached the producer\'s close: {lines[-8:]}')
-    for pid in rank_pids(p):
-        os.kill(pid, signal.SIGTERM)
-    err = ''.join(lines) + wait_signalled(p, 'late SIGTERM')
+    err, p = term_every_rank_at(cmd(2, job, out), env, ': closing', 'late SIGTERM',
+                                "both ranks reached the producer's close")
     stopped_cleanly(subprocess.CompletedProcess(p.args, p.returncode, '', err), out,
                     'a late SIGTERM to ranks already stopping')
     resumes(2, job, out, ref, 'a late SIGTERM to ranks already stopping')
