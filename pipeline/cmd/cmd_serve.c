@@ -1,6 +1,7 @@
 /* cmd_serve.c - `coemu serve DATASET`: stream a dataset to trainer ranks;
  * `coemu serve --generate JOB`: stream samples made on the fly (MPI producer
  * ranks: the producer of coemu generate behind pipeline/serve/gensource.h). */
+#include <math.h>
 #include <mpi.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -335,6 +336,22 @@ int cmd_serve(int argc, char **argv) {
       return cli_usage_fail("serve", "--%s %lld: expected >= 0", cli_find(opts, sentinel[i])->name,
                             (long long)*sentinel[i]);
     }
+  /* the real options likewise: a value out of range is refused, never
+   * replaced by a default (--idle-exit -5 said "idle exit after 600 s",
+   * --timeout 0 and --heartbeat -1 took 10 s and 1 s); --idle-exit and
+   * --model-cache are -1 when not given */
+  const cli_drange real[] = {
+      {"--heartbeat", c.heartbeat, 0, HUGE_VAL, 1, NULL},
+      {"--timeout", c.timeout, 0, HUGE_VAL, 1, NULL},
+      {"--idle-exit", cli_given(opts, &c.idle_exit) ? c.idle_exit : 0, 0, HUGE_VAL, 0, "0: never"},
+      {"--model-cache", cli_given(opts, &c.model_cache_mb) ? c.model_cache_mb : 1, 0, HUGE_VAL, 1,
+       NULL},
+      {"--producer-timeout", c.producer_timeout, 0, HUGE_VAL, 1, NULL}};
+  int bad = cli_check_double_ranges("serve", real, sizeof real / sizeof real[0]);
+  if (bad) {
+    free(pos);
+    return bad;
+  }
   job j;
   memset(&j, 0, sizeof j);
   if (c.generate && job_load(pos[0], &j) < 0) {
@@ -444,9 +461,6 @@ static int cmd_serve_run(char **pos, job *jp, serve_cli *c) {
     return cli_usage_fail("serve", "--pilot-out writes the statistics of a pilot pass: give --pilot N");
   if (c->generate && c->live) {
     return cli_usage_fail("serve", "--live serves a dataset being made; --generate makes the samples itself: not both");
-  }
-  if (!(c->model_cache_mb > 0) || !(c->producer_timeout > 0)) {
-    return cli_usage_fail("serve", "out of range: --model-cache > 0 MB, --producer-timeout > 0 s");
   }
   /* a consumer that stops mid-epoch must not keep an --epochs server for ever */
   if (c->idle_exit < 0) c->idle_exit = c->epochs > 0 ? 600 : 0;
