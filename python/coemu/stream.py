@@ -899,17 +899,55 @@ def check_dataset_sample(h5, i, inputs=None, targets=None):
     here when None). HDF5 reads a missing shard as zeros, so check the
     samples you use (or run `coemu verify DIR` once)."""
     if "checksums" not in h5:
-        raise ValueError("dataset.h5 has no /checksums (dataset format 1): run `coemu verify`")
+        raise ValueError(f"{h5.filename} has no /checksums (dataset format 1): run `coemu verify`")
     want = h5["checksums"][i]
     if targets is None:
         targets = h5["targets"][i]
     got_t = xxh64(np.ascontiguousarray(targets, dtype="<f4"))
     if got_t != int(want[1]):
-        raise ValueError(f"sample {i}: /targets does not match its checksum (damaged or "
-                         f"missing shard)")
+        raise ValueError(_damaged(h5, "targets", i))
     if "inputs" in h5:
         if inputs is None:
             inputs = h5["inputs"][i]
         if xxh64(np.ascontiguousarray(inputs, dtype="<f4")) != int(want[0]):
-            raise ValueError(f"sample {i}: /inputs does not match its checksum (damaged or "
-                             f"missing shard)")
+            raise ValueError(_damaged(h5, "inputs", i))
+
+
+def _shard_of(h5, name, i):
+    """(shard file, its row) that holds sample i of the virtual dataset
+    /name, or None (plain arrays, or a mapping h5py cannot tell): the file a
+    user has to look at, or rerun the job for, when the sample is damaged."""
+    try:
+        ds = h5[name]
+        if not ds.is_virtual:
+            return None
+        for m in ds.virtual_sources():
+            lo, hi = m.vspace.get_select_bounds()
+            if lo[0] <= i <= hi[0]:
+                path = m.file_name
+                if path != "." and not os.path.isabs(path):
+                    path = os.path.join(os.path.dirname(os.path.abspath(h5.filename)), path)
+                return path, i - lo[0] + _first_row(m.src_space)
+    except (AttributeError, KeyError, OSError, TypeError, ValueError):
+        pass
+    return None
+
+
+def _first_row(space):
+    """The first row a virtual mapping takes from its source file: 0 for
+    the whole source (coemu's shards; h5py cannot give bounds for that
+    selection), else the selection's start."""
+    import h5py
+    if space.get_select_type() == h5py.h5s.SEL_ALL:
+        return 0
+    return space.get_select_bounds()[0][0]
+
+
+def _damaged(h5, name, i):
+    """The error for sample i whose /name row does not match /checksums,
+    naming the dataset file and the shard that holds the row."""
+    where = _shard_of(h5, name, i)
+    shard = f" (shard {where[0]}, its row {where[1]})" if where else ""
+    return (f"{h5.filename}: sample {i}{shard}: /{name} does not match its checksum (damaged or "
+            f"missing shard: `coemu verify DIR` names every damaged shard; rerunning the same "
+            f"generate job after removing it remakes it)")
