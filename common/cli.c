@@ -286,6 +286,21 @@ int cli_check_ranges(const char *cmd, const cli_range *r, size_t n) {
   return 0;
 }
 
+int cli_check_double_ranges(const char *cmd, const cli_drange *r, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    if ((r[i].lo_open ? r[i].v > r[i].lo : r[i].v >= r[i].lo) && r[i].v <= r[i].hi) continue;
+    char range[96];
+    if (r[i].hi == HUGE_VAL)
+      snprintf(range, sizeof range, "%s %g", r[i].lo_open ? ">" : ">=", r[i].lo);
+    else
+      snprintf(range, sizeof range, "%g..%g%s", r[i].lo, r[i].hi,
+               r[i].lo_open ? " (the lower end excluded)" : "");
+    return cli_usage_fail(cmd, "%s %g: expected %s%s%s%s", r[i].opt, r[i].v, range,
+                          r[i].note ? " (" : "", r[i].note ? r[i].note : "", r[i].note ? ")" : "");
+  }
+  return 0;
+}
+
 int cli_usage_fail(const char *cmd, const char *fmt, ...) {
   char msg[2048];
   va_list ap;

@@ -117,6 +117,19 @@ typedef struct {
  * about the option given wrong, not every constraint of the command. */
 int cli_check_ranges(const char *cmd, const cli_range *r, size_t n);
 
+/* The same for a real option (seconds, megabytes): its value must lie in
+ * lo..hi, lo itself excluded when lo_open ("--timeout 0: expected > 0"; an
+ * upper bound of HUGE_VAL prints none). For options a library would take
+ * <= 0 as "the default": the user who types one must hear it is refused,
+ * not get the default silently. */
+typedef struct {
+  const char *opt; /* "--timeout" */
+  double v, lo, hi;
+  int lo_open;
+  const char *note; /* after the range ("0: never"), or NULL */
+} cli_drange;
+int cli_check_double_ranges(const char *cmd, const cli_drange *r, size_t n);
+
 /* Reporting a failed command: one printer for every command and rank.
  * cli_fail() prints the current error message (common/error.h) as
  *   coemu CMD: error: MSG            (one process)

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/error.h"
@@ -220,7 +221,15 @@ int fs_lock_dir(const char *dir, const char *what) {
     close(fd);
     CE_FAIL("%s: too many directory locks in one process", dir);
   }
-  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+  /* a process that only looks whether DIR is locked (fs_dir_locked) holds
+   * a shared lock for an instant: waited out, so that a job rerun at that
+   * moment is not refused in its name */
+  int locked = flock(fd, LOCK_EX | LOCK_NB);
+  for (int t = 0; locked != 0 && errno == EWOULDBLOCK && t < FS_LOCK_RETRY_MS / 20; t++) {
+    nanosleep(&(struct timespec){0, 20 * 1000 * 1000}, NULL);
+    locked = flock(fd, LOCK_EX | LOCK_NB);
+  }
+  if (locked != 0) {
     int e = errno;
     char who[256] = "";
     ssize_t n = pread(fd, who, sizeof who - 1, 0);
@@ -254,6 +263,32 @@ int fs_lock_dir(const char *dir, const char *what) {
   held[free_slot].pid = getpid();
   held[free_slot].refs = 1;
   return 0;
+}
+
+int fs_dir_locked(const char *dir, char *who, size_t len) {
+  char p[4200];
+  if (len) who[0] = 0;
+  if ((size_t)snprintf(p, sizeof p, "%s/.lock", dir) >= sizeof p) CE_FAIL("%s: path too long", dir);
+  int fd = open(p, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return 0; /* never locked */
+    CE_FAIL("%s: cannot open: %s", p, strerror(errno));
+  }
+  int rc = 0;
+  if (flock(fd, LOCK_SH | LOCK_NB) == 0) {
+    flock(fd, LOCK_UN);
+  } else if (errno == EWOULDBLOCK) {
+    rc = 1;
+    ssize_t n = len > 1 ? pread(fd, who, len - 1, 0) : 0;
+    if (n > 0) {
+      who[n] = 0;
+      who[strcspn(who, "\n")] = 0;
+    }
+  } else {
+    rc = ce_err("%s: cannot lock: %s", p, strerror(errno));
+  }
+  close(fd);
+  return rc;
 }
 
 void fs_unlock_dir(const char *dir) {

@@ -52,6 +52,16 @@ int fs_copy_file(const char *src, const char *dst);
 int fs_lock_dir(const char *dir, const char *what);
 void fs_unlock_dir(const char *dir);
 
+/* Whether a process holds DIR's lock (fs_lock_dir) now, without waiting and
+ * without taking it from anyone: 1 (who: its "pid N on HOST: coemu WHAT"
+ * line), 0 (free, or no lock file), -1 (cannot tell: the message says why,
+ * e.g. a file system without flock). For a process that follows another's
+ * work on DIR (serve --live follows coemu generate): it holds a shared lock
+ * for an instant, which fs_lock_dir waits out (it retries for
+ * FS_LOCK_RETRY_MS before it says DIR is in use). */
+int fs_dir_locked(const char *dir, char *who, size_t len);
+#define FS_LOCK_RETRY_MS 200
+
 /* Remove the "*.tmp.*" files of DIR (left by a killed run); call it holding
  * DIR's lock. */
 int fs_remove_tmp(const char *dir);

@@ -1,6 +1,7 @@
 /* cmd_serve.c - `coemu serve DATASET`: stream a dataset to trainer ranks;
  * `coemu serve --generate JOB`: stream samples made on the fly (MPI producer
  * ranks: the producer of coemu generate behind pipeline/serve/gensource.h). */
+#include <math.h>
 #include <mpi.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -41,14 +42,21 @@ static void on_signal(int sig) {
   serve_stop = 1;
 }
 
+/* stream_server_opts.log: what the server's operator should read (errors
+ * sent to consumers, a live stream's job stopping and coming back). */
+static void on_log(void *ctx, const char *line) {
+  (void)ctx;
+  fprintf(stderr, "serve: %s\n", line);
+}
+
 /* stream_server_opts.repeat: the first HELLO that asks again for an epoch
- * its rank was already sent whole. The usual cause is a trainer's mistake
+ * its rank already read whole. The usual cause is a trainer's mistake
  * that nothing else would show (the same order every epoch); a second
  * trainer reading the same server does it by design, hence a warning. */
 static void on_repeat(void *ctx, const stream_consumer *c, uint32_t epoch) {
   (void)ctx;
-  fprintf(stderr, "serve: warning: rank %u asks for epoch %u again from its start, after this "
-                  "server sent it that whole epoch: the same samples in the same order. A torch "
+  fprintf(stderr, "serve: warning: rank %u asks for epoch %u again from its start, after it "
+                  "read that whole epoch from this server: the same samples in the same order. A torch "
                   "DataLoader with workers (persistent_workers=False) does this every epoch "
                   "unless StreamDataset.set_epoch(epoch) is called before each one "
                   "(docs/python.md); a new trainer reading this server may ignore this. Later "
@@ -58,7 +66,7 @@ static void on_repeat(void *ctx, const stream_consumer *c, uint32_t epoch) {
 typedef struct {
   const char *endpoint, *split, *curve_secret, *curve_auth;
   int64_t ranks, batch, epochs, credit, maxcons;
-  double heartbeat, timeout, idle_exit;
+  double heartbeat, timeout, idle_exit, orphan_exit;
   int live, no_shm;
 } server_args;
 
@@ -72,7 +80,10 @@ static int run_server(const char *what, serve_source *src, const server_args *a)
                           .heartbeat_s = a->heartbeat, .timeout_s = a->timeout,
                           .idle_exit_s = a->idle_exit, .world = (uint32_t)a->ranks,
                           .max_consumers = (uint32_t)a->maxcons, .leave = serve_leave,
-                          .repeat = on_repeat,
+                          .repeat = on_repeat, .log = on_log,
+                          /* live: the job making the dataset may stop (docs/faults.md) */
+                          .producing = a->live ? serve_live_producing : NULL,
+                          .orphan_exit_s = a->orphan_exit,
                           .curve_secret_key_file = a->curve_secret,
                           .curve_authorized_dir = a->curve_auth, .curve_refused = on_refused,
                           .curve_refused_ctx = (void *)a->curve_auth};
@@ -134,6 +145,9 @@ static int run_server(const char *what, serve_source *src, const server_args *a)
             (long long)a->ranks, (long long)a->epochs, a->epochs == 1 ? "" : "s");
   else if (st.end == STREAM_END_IDLE)
     fprintf(stderr, "serve: ended: idle exit, no consumer for %g s\n", a->idle_exit);
+  else if (st.end == STREAM_END_ORPHANED)
+    fprintf(stderr, "serve: ended: no coemu generate made the dataset for %g s "
+                    "(--live-orphan-exit)\n", a->orphan_exit);
   else
     fprintf(stderr, "serve: ended: stopped by %s\n",
             serve_stop_sig == SIGINT ? "SIGINT" : serve_stop_sig == SIGTERM ? "SIGTERM" : "a signal");
@@ -143,8 +157,11 @@ static int run_server(const char *what, serve_source *src, const server_args *a)
             (long long)a->ranks);
   if (st.repeated)
     fprintf(stderr, "serve: %llu HELLO%s asked for an epoch again from its start, after its rank "
-                    "had been sent that whole epoch (the warning above)\n",
+                    "had read that whole epoch (the warning above)\n",
             (unsigned long long)st.repeated, st.repeated == 1 ? "" : "s");
+  if (st.errors_sent)
+    fprintf(stderr, "serve: %llu error%s sent to consumers (each distinct one logged above)\n",
+            (unsigned long long)st.errors_sent, st.errors_sent == 1 ? "" : "s");
   if (st.shm_consumers || st.shm_refused)
     fprintf(stderr, "serve: shared memory: %llu sessions mapped their segment, %llu chunks sent "
                     "through it, %llu sessions took frames instead\n",
@@ -186,7 +203,7 @@ typedef struct {
   int64_t ranks, batch, epochs, seed, prefetch, read_threads, credit, maxcons, order_shards,
       order_buffer, pilot_n;
   int pad, live, generate, fresh, cache_given, copy_rows, no_shm;
-  double model_cache_mb, producer_timeout, heartbeat, timeout, idle_exit;
+  double model_cache_mb, producer_timeout, heartbeat, timeout, idle_exit, orphan_exit;
 } serve_cli;
 
 /* `coemu serve --generate JOB`: every rank makes samples, rank 0 serves. */
@@ -307,6 +324,7 @@ int cmd_serve(int argc, char **argv) {
       {"heartbeat", CLI_DOUBLE, &c.heartbeat, "S", "heartbeat interval [s] (default 1)", 0, 0},
       {"timeout", CLI_DOUBLE, &c.timeout, "S", "drop a rank silent this long [s] (default 10)", 0, 0},
       {"idle-exit", CLI_DOUBLE, &c.idle_exit, "S", "exit after S seconds without any consumer (default: never; 600 with --epochs; 0: never)", 0, 0},
+      {"live-orphan-exit", CLI_DOUBLE, &c.orphan_exit, "S", "live: once no coemu generate has made the dataset for S seconds (its lock free, shards missing), send the consumers an error and exit (default 0: they wait for the job's rerun, told that it stopped)", 0, 0},
       {"max-consumers", CLI_INT, &c.maxcons, "N", "connections served at once (default 2 x ranks + 8)", 0, 0},
       {"curve-secret", CLI_STR, &c.curve_secret, "FILE", "producer key pair (coemu keygen); required off loopback", 0, 0},
       {"curve-authorized", CLI_STR, &c.curve_auth, "DIR", "directory of authorised consumer public keys (*.key)", 0, 0},
@@ -335,6 +353,23 @@ int cmd_serve(int argc, char **argv) {
       return cli_usage_fail("serve", "--%s %lld: expected >= 0", cli_find(opts, sentinel[i])->name,
                             (long long)*sentinel[i]);
     }
+  /* the real options likewise: a value out of range is refused, never
+   * replaced by a default (--idle-exit -5 said "idle exit after 600 s",
+   * --timeout 0 and --heartbeat -1 took 10 s and 1 s); --idle-exit and
+   * --model-cache are -1 when not given */
+  const cli_drange real[] = {
+      {"--heartbeat", c.heartbeat, 0, HUGE_VAL, 1, NULL},
+      {"--timeout", c.timeout, 0, HUGE_VAL, 1, NULL},
+      {"--idle-exit", cli_given(opts, &c.idle_exit) ? c.idle_exit : 0, 0, HUGE_VAL, 0, "0: never"},
+      {"--model-cache", cli_given(opts, &c.model_cache_mb) ? c.model_cache_mb : 1, 0, HUGE_VAL, 1,
+       NULL},
+      {"--producer-timeout", c.producer_timeout, 0, HUGE_VAL, 1, NULL},
+      {"--live-orphan-exit", c.orphan_exit, 0, HUGE_VAL, 0, "0: wait for the job's rerun"}};
+  int bad = cli_check_double_ranges("serve", real, sizeof real / sizeof real[0]);
+  if (bad) {
+    free(pos);
+    return bad;
+  }
   job j;
   memset(&j, 0, sizeof j);
   if (c.generate && job_load(pos[0], &j) < 0) {
@@ -442,13 +477,12 @@ static int cmd_serve_run(char **pos, job *jp, serve_cli *c) {
   }
   if (c->pilot_out && c->pilot_n == -1)
     return cli_usage_fail("serve", "--pilot-out writes the statistics of a pilot pass: give --pilot N");
+  if (c->orphan_exit > 0 && !c->live)
+    return cli_usage_fail("serve", "--live-orphan-exit goes with --live (a dataset coemu generate "
+                                   "is making)");
   if (c->generate && c->live) {
     return cli_usage_fail("serve", "--live serves a dataset being made; --generate makes the samples itself: not both");
   }
-  if (!(c->model_cache_mb > 0))
-    return cli_usage_fail("serve", "--model-cache %g: expected > 0 MB", c->model_cache_mb);
-  if (!(c->producer_timeout > 0))
-    return cli_usage_fail("serve", "--producer-timeout %g: expected > 0 s", c->producer_timeout);
   /* a consumer that stops mid-epoch must not keep an --epochs server for ever */
   if (c->idle_exit < 0) c->idle_exit = c->epochs > 0 ? 600 : 0;
   serve_opts so = {.dataset_dir = pos[0], .split = c->split, .seed = (uint64_t)c->seed,
@@ -459,7 +493,7 @@ static int cmd_serve_run(char **pos, job *jp, serve_cli *c) {
                    .order = {.mode = omode, .shards = c->order_shards, .buffer = c->order_buffer}};
   server_args a = {c->endpoint, c->split, c->curve_secret, c->curve_auth, c->ranks,
                    c->batch, c->epochs, c->credit, c->maxcons, c->heartbeat,
-                   c->timeout, c->idle_exit, c->live, c->no_shm};
+                   c->timeout, c->idle_exit, c->orphan_exit, c->live, c->no_shm};
   if (c->generate) {
     return serve_generate(jp, &so, &a, c);
   }

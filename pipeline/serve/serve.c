@@ -101,6 +101,7 @@ struct serve_source {
   uint64_t rows_direct, rows_hdf5; /* samples read with pread / through HDF5 (h5_lock) */
   uint64_t rows_mapped;       /* of rows_direct: sent from the mapped file, no copy (h5_lock) */
   int64_t nsamples_total, nsplit;
+  int64_t shards_made; /* live: the leading shards found made (serve_live_producing) */
   int64_t *split_idx;         /* dataset indices of the split, ascending */
   uint32_t in_shape[4], out_shape[3];
   size_t in_vals, out_vals;   /* floats per sample */
@@ -316,6 +317,41 @@ static int sample_ready(const serve_source *s, int64_t idx) {
   char p[4200];
   shard_path(s, idx / s->spp, p, sizeof p);
   return access(p, F_OK) == 0;
+}
+
+int serve_live_producing(void *ctx, char *why, size_t len) {
+  serve_source *s = ctx;
+  if (!s->o.live) return 1;
+  const char *dir = s->o.dataset_dir;
+  char who[256];
+  int held = fs_dir_locked(dir, who, sizeof who);
+  if (held < 0) {
+    snprintf(why, len, "cannot tell whether coemu generate still makes %s: %s", dir, ce_err_msg());
+    return -1;
+  }
+  if (held) {
+    snprintf(why, len, "%s holds %s/.lock: its shards are served as they are made",
+             who[0] ? who : "a coemu generate", dir);
+    return 1;
+  }
+  /* free: a job that finished (or made every shard before it stopped)
+   * leaves nothing to wait for. Shards are counted once each, in order: a
+   * probe costs a stat of the first shard not seen yet */
+  int64_t nshards = (s->nsamples_total + s->spp - 1) / s->spp;
+  char p[4200] = "";
+  while (s->shards_made < nshards) {
+    shard_path(s, s->shards_made, p, sizeof p);
+    if (access(p, F_OK) != 0) break;
+    s->shards_made++;
+  }
+  if (s->shards_made == nshards) {
+    snprintf(why, len, "every shard of %s is made", dir);
+    return 1;
+  }
+  snprintf(why, len, "no coemu generate holds %s/.lock (the job making it was killed, failed or "
+           "waits to be requeued) and %s is not made yet: the same coemu generate command resumes "
+           "the job, and its shards are then served as they are made", dir, p);
+  return 0;
 }
 
 static void shard_close_current(serve_source *s) {

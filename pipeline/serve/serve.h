@@ -137,6 +137,16 @@ int serve_chunk(void *s, const stream_consumer *c, uint32_t epoch, uint64_t posi
  * so what was read ahead for it is freed (and no more is read). */
 void serve_leave(void *s, const stream_consumer *c);
 
+/* The stream_server_opts.producing callback of a live source (a dataset
+ * coemu generate is still making): 1 while a coemu generate holds the
+ * dataset's lock (DIR/.lock), or once every shard is made (nothing is left
+ * to wait for); 0 when none holds it and shards are missing (the job was
+ * killed, failed, or waits to be requeued: consumers waiting for its
+ * shards wait for its rerun); -1 when the lock cannot be read. `why` says
+ * which, naming the directory (and the holder, or the first shard
+ * missing). Not live: always 1. */
+int serve_live_producing(void *s, char *why, size_t len);
+
 /* The dataset id announced to consumers (serve_dataset_dir_id; a
  * serve_external's own). */
 uint64_t serve_dataset_id(const serve_source *s);

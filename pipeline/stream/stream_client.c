@@ -41,6 +41,7 @@ struct stream_client {
   const uint8_t *shm; /* this session's shared segment, mapped read-only, or NULL */
   size_t shm_size;
   char shm_why[256];
+  char notice[1024]; /* the producer's last NOTICE */
   stream_client_stats st;
 };
 
@@ -133,6 +134,8 @@ static int shm_welcome(stream_client *c, const stream_header *h, zmq_msg_t *f, i
   return 0;
 }
 
+const char *stream_client_notice(const stream_client *c) { return c->notice; }
+
 const char *stream_client_shm_error(const stream_client *c) { return c->shm_why; }
 
 static void release_held(stream_client *c) {
@@ -206,7 +209,7 @@ static int connect_socket(stream_client *c) {
     CE_FAIL("stream client: cannot connect to %s: %s", c->endpoint, zmq_strerror(errno));
   c->last_recv = ce_now();
   if (c->o.shm) c->o.flags |= STREAM_FLAG_SHM;
-  c->o.flags |= STREAM_FLAG_RESETS;
+  c->o.flags |= STREAM_FLAG_RESETS | STREAM_FLAG_NOTICES;
   return say_hello(c);
 }
 
@@ -474,6 +477,20 @@ int stream_client_next(stream_client *c, stream_chunk_view *v) {
         ce_err("stream client: producer error: %.*s", (int)(len > 1000 ? 1000 : len),
                (const char *)zmq_msg_data(&f[1]));
       }
+      if (h.type == STREAM_NOTICE && i == 1) {
+        size_t len = zmq_msg_size(&f[1]);
+        if (len < 1024 && ce_xxh64(zmq_msg_data(&f[1]), len, 0) == h.payload_xxh64) {
+          memcpy(c->notice, zmq_msg_data(&f[1]), len);
+          c->notice[len] = 0;
+          /* the consumer's operator must see it: a trainer that waits
+           * for chunks nothing makes any more looks hung otherwise */
+          fprintf(stderr, "stream client: notice from the producer at %s: %s\n", c->endpoint,
+                  c->notice);
+          c->st.notices++;
+        } else {
+          c->st.malformed++;
+        }
+      }
       zmq_msg_close(&f[i]);
     }
     zmq_msg_close(&f[0]);
@@ -502,6 +519,8 @@ int stream_client_next(stream_client *c, stream_chunk_view *v) {
        * whatever message was left from before */
       if (n < 2) ce_err("stream client: producer error (the producer at %s sent no text)", c->endpoint);
       return STREAM_E_REMOTE;
+    case STREAM_NOTICE: /* logged above; the stream goes on */
+      break;
     case STREAM_RESET:
       /* the producer has no session for this connection (it restarted, or
        * dropped this consumer): HELLO again, from (epoch, position). Only

@@ -54,6 +54,7 @@ typedef struct {
   uint64_t realigned; /* frames copied because ZeroMQ delivered them misaligned */
   uint64_t shm_mapped, shm_chunks; /* sessions that mapped a segment; chunks read from one */
   uint64_t resets; /* HELLOs said again on the producer's RESET (it restarted, or dropped us) */
+  uint64_t notices; /* NOTICEs received (each printed on stderr; stream_client_notice) */
 } stream_client_stats;
 
 typedef struct stream_client stream_client;
@@ -78,6 +79,11 @@ void stream_client_get_stats(const stream_client *c, stream_client_stats *st);
 /* Dataset id and samples per epoch announced by the producer (after the first next()). */
 uint64_t stream_client_dataset_id(const stream_client *c);
 uint64_t stream_client_samples_per_epoch(const stream_client *c);
+
+/* The producer's last NOTICE ("" if none): e.g. a live stream's job
+ * stopped, so the chunks not made yet wait for its rerun
+ * (docs/stream-protocol.md, "Notices"). Each is also printed on stderr. */
+const char *stream_client_notice(const stream_client *c);
 
 /* Why the last session takes frames although shm was asked for ("" if it
  * did not, or mapped its segment). */

@@ -40,8 +40,8 @@ void stream_header_encode(const stream_header *h, uint8_t out[STREAM_HEADER_SIZE
 
 const char *stream_type_name(int type) {
   static const char *names[] = {"?", "HELLO", "WELCOME", "CREDIT", "CHUNK",
-                                "EPOCH_END", "HEARTBEAT", "ERROR", "BYE", "INFO", "RESET"};
-  return type >= 1 && type <= STREAM_RESET ? names[type] : "unknown";
+                                "EPOCH_END", "HEARTBEAT", "ERROR", "BYE", "INFO", "RESET", "NOTICE"};
+  return type >= 1 && type <= STREAM_NOTICE ? names[type] : "unknown";
 }
 
 static size_t shape_bytes(const uint32_t *s, int n) {
@@ -68,7 +68,7 @@ int stream_header_decode(const void *buf, size_t len, stream_header *h) {
     ce_err("protocol version %u, expected %d", h->version, STREAM_VERSION);
     return STREAM_E_VERSION;
   }
-  if (h->type < STREAM_HELLO || h->type > STREAM_RESET) CE_FAIL("unknown message type %u", h->type);
+  if (h->type < STREAM_HELLO || h->type > STREAM_NOTICE) CE_FAIL("unknown message type %u", h->type);
   h->flags = get32(p + 8);
   h->value = get32(p + 12);
   h->dataset_id = get64(p + 16);

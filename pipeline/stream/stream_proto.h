@@ -68,6 +68,10 @@
  * older than it would count each RESET as malformed and, never silent, not
  * reach its timeout and reconnect. */
 #define STREAM_FLAG_RESETS 32u
+/* Flag of a consumer's every message: it understands NOTICE (added within
+ * version 3, as RESET). A producer sends NOTICEs only to such peers: an
+ * older consumer would count each as malformed. */
+#define STREAM_FLAG_NOTICES 64u
 #define STREAM_SHM_MAGIC 0x314d4853534d4543ull /* "CEMSSHM1" little-endian */
 #define STREAM_SHM_HEAD 4096 /* the segment's header page: magic, nonce, size, slot bytes, slots */
 
@@ -90,7 +94,17 @@ typedef enum {
                            dropped the consumer): say HELLO again (epoch, position and
                            chunk_id: those of the message answered; a consumer's CREDIT and
                            HEARTBEAT carry in chunk_id how many HELLOs it has said) */
+  STREAM_NOTICE = 11,   /* producer -> consumer whose messages set STREAM_FLAG_NOTICES: the
+                           state of what makes the chunks changed (value: STREAM_NOTICE_*),
+                           + one frame of UTF-8 text saying so, for the consumer's log; the
+                           stream goes on (docs/stream-protocol.md, "Notices") */
 } stream_msg_type;
+
+enum {
+  STREAM_NOTICE_STOPPED = 1, /* nothing makes the chunks not made yet (a live stream's job is
+                                gone): the consumer waiting for one waits for its return */
+  STREAM_NOTICE_RESUMED = 2  /* it is back: the chunks come as they are made */
+};
 
 typedef struct {
   uint16_t version, type;

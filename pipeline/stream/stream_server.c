@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,6 +55,12 @@ typedef struct {
   double last_seen, last_sent, last_progress;
   uint64_t released_seen;
   peer_acct *acct;
+  /* the consumer's own epoch, as its messages say (HELLO, then every
+   * CREDIT, HEARTBEAT and BYE), and 1 + the last epoch whose EPOCH_END
+   * this server sent it: it read epochs below the smaller of the two */
+  uint32_t seen_epoch, ended;
+  int notices; /* it understands NOTICE (STREAM_FLAG_NOTICES) */
+  int told;    /* it was sent STREAM_NOTICE_STOPPED and not yet RESUMED */
   int done; /* all epochs sent */
   /* a send to it failed (gone, or its queue is full): dropped after the next
    * read of incoming messages, so a BYE it sent just before leaving still
@@ -76,13 +83,20 @@ struct stream_server {
   int ncons, capcons;
   uint8_t *rank_done;  /* per rank of the world: all epochs sent and BYE received */
   uint8_t *final_sent; /* per rank: the last epoch's EPOCH_END was sent to it */
-  uint32_t *epochs_ended; /* per rank: 1 + the last epoch whose EPOCH_END was sent to it */
+  uint32_t *epochs_read; /* per rank: 1 + the last epoch a session of it read to its end */
   int world, ranks_done;
   peer_acct **zombies; /* dropped connections whose chunks ZeroMQ still holds */
   int nzombies;
   atomic_ullong queued_bytes;
   stream_server_stats st;
   stream_security *sec;
+  /* the distinct ERROR texts logged (XXH64 of each; later ones counted) */
+  uint64_t errors_logged[64];
+  int nerrors_logged;
+  /* opts.producing: stopped since when; the next probe; a -1 logged */
+  int stopped, unknown_logged;
+  double stopped_since, next_probe;
+  char stop_why[1024];
 };
 
 typedef struct chunk_ref_s {
@@ -242,10 +256,10 @@ int stream_server_create(const stream_server_opts *o, stream_source_fn source, v
   if (s->world) {
     s->rank_done = calloc((size_t)s->world, 1);
     s->final_sent = calloc((size_t)s->world, 1);
-    s->epochs_ended = calloc((size_t)s->world, sizeof *s->epochs_ended);
+    s->epochs_read = calloc((size_t)s->world, sizeof *s->epochs_read);
   }
   s->zombies = calloc(s->o.max_consumers, sizeof *s->zombies);
-  if ((s->world && (!s->rank_done || !s->final_sent || !s->epochs_ended)) || !s->zombies) {
+  if ((s->world && (!s->rank_done || !s->final_sent || !s->epochs_read)) || !s->zombies) {
     stream_server_destroy(s);
     CE_FAIL("stream server: out of memory");
   }
@@ -302,7 +316,7 @@ void stream_server_destroy(stream_server *s) {
   free(s->cons);
   free(s->rank_done);
   free(s->final_sent);
-  free(s->epochs_ended);
+  free(s->epochs_read);
   free(s);
 }
 
@@ -420,6 +434,61 @@ static void send_error_version(stream_server *s, consumer_state *c, const char *
 
 static void send_error(stream_server *s, consumer_state *c, const char *text) {
   send_error_version(s, c, text, 0);
+}
+
+static void slog(stream_server *s, const char *fmt, ...) CE_PRINTF(2, 3);
+static void slog(stream_server *s, const char *fmt, ...) {
+  if (!s->o.log) return;
+  char line[2048];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(line, sizeof line, fmt, ap);
+  va_end(ap);
+  s->o.log(s->ctx, line);
+}
+
+/* An ERROR that ends what a consumer (of `rank`) asked for: a damaged
+ * shard, another dataset, the producer gone. The consumer alone would know
+ * otherwise, so the operator is told too: each distinct text once (the
+ * first 64; a consumer that retries, or every rank hitting the same shard,
+ * is counted, not logged again). */
+static void send_consumer_error(stream_server *s, consumer_state *c, unsigned rank,
+                                const char *text) {
+  send_error(s, c, text);
+  s->st.errors_sent++;
+  uint64_t h = ce_xxh64(text, strlen(text), 0);
+  for (int i = 0; i < s->nerrors_logged; i++)
+    if (s->errors_logged[i] == h) return;
+  int n = (int)(sizeof s->errors_logged / sizeof s->errors_logged[0]);
+  if (s->nerrors_logged == n) return;
+  s->errors_logged[s->nerrors_logged++] = h;
+  slog(s, "error sent to rank %u: %s%s", rank, text,
+       s->nerrors_logged == n ? " (later errors are only counted)" : "");
+}
+
+/* A NOTICE (stream_proto.h) to a consumer that understands it: best effort,
+ * as a heartbeat (a consumer gone or not reading misses it). */
+static void send_notice(stream_server *s, consumer_state *c, uint32_t code, const char *text) {
+  if (!c->notices || c->gone) return;
+  size_t len = strlen(text);
+  stream_header h = {.type = STREAM_NOTICE, .value = code, .dataset_id = s->o.dataset_id,
+                     .epoch = c->epoch, .position = c->position,
+                     .payload_xxh64 = ce_xxh64(text, len, 0)};
+  zmq_msg_t m;
+  zmq_msg_init_size(&m, len);
+  memcpy(zmq_msg_data(&m), text, len);
+  if (send_frames(s, c, &h, &m, 1) == 0) s->st.notices++;
+  c->told = code == STREAM_NOTICE_STOPPED;
+}
+
+/* What the consumer's message says of its own epoch: it has read every
+ * epoch below it (it moves on only past an EPOCH_END); counted only up to
+ * the ends this server sent it, so a peer's claim alone counts nothing. */
+static void consumer_epoch(stream_server *s, consumer_state *c, uint32_t epoch) {
+  if (epoch > c->seen_epoch) c->seen_epoch = epoch;
+  uint32_t read = epoch < c->ended ? epoch : c->ended;
+  if (s->world && c->c.rank < s->world && read > s->epochs_read[c->c.rank])
+    s->epochs_read[c->c.rank] = read;
 }
 
 /* The session a HELLO of `rank` may take the place of when every place is
@@ -551,7 +620,7 @@ static void handle_incoming(stream_server *s) {
       char msg[160];
       snprintf(msg, sizeof msg, "consumer says there are %u ranks, the producer serves %d ranks",
                h.nsamples, s->world);
-      send_error(s, &tmp, msg);
+      send_consumer_error(s, &tmp, h.rank, msg);
       s->st.refused++;
       if (c) { /* a known consumer changing its world: it leaves */
         s->st.consumers_dropped++;
@@ -623,17 +692,21 @@ static void handle_incoming(stream_server *s) {
     c->epoch = h.epoch;
     c->position = h.position;
     c->chunk_id = 0;
+    c->seen_epoch = h.epoch;
+    c->ended = 0;
+    c->notices = (h.flags & STREAM_FLAG_NOTICES) != 0;
+    c->told = 0;
     c->credit = h.value < s->o.max_credit ? h.value : s->o.max_credit;
     c->done = s->o.max_epochs && c->epoch >= s->o.max_epochs;
     c->last_seen = now;
     s->st.hellos++;
     if (h.dataset_id && h.dataset_id != s->o.dataset_id) {
-      send_error(s, c, "dataset id mismatch: the consumer expects another dataset");
+      send_consumer_error(s, c, c->c.rank, "dataset id mismatch: the consumer expects another dataset");
       drop_consumer(s, (int)(c - s->cons));
       goto done;
     }
     if (s->world && c->c.rank < s->world && h.position == 0 &&
-        h.epoch < s->epochs_ended[c->c.rank] &&
+        h.epoch < s->epochs_read[c->c.rank] &&
         s->st.repeated++ == 0 && s->o.repeat)
       s->o.repeat(s->ctx, &c->c, h.epoch);
     shm_free(c->shm); /* a HELLO again: a fresh segment, or none */
@@ -659,6 +732,7 @@ static void handle_incoming(stream_server *s) {
     } else {
       send_simple(s, c, STREAM_WELCOME, c->credit);
     }
+    if (s->stopped) send_notice(s, c, STREAM_NOTICE_STOPPED, s->stop_why); /* told at once */
     goto done;
   }
   if (!c) { /* a message from a consumer that never said HELLO (or was dropped) */
@@ -678,6 +752,8 @@ static void handle_incoming(stream_server *s) {
     goto done;
   }
   c->last_seen = now;
+  if (h.type == STREAM_CREDIT || h.type == STREAM_HEARTBEAT || h.type == STREAM_BYE)
+    consumer_epoch(s, c, h.epoch);
   switch (h.type) {
   case STREAM_CREDIT: {
     shm_seg *g = c->shm;
@@ -796,6 +872,14 @@ static int feed(stream_server *s, int i) {
   /* whatever credit the peer grants, ZeroMQ holds at most max_credit of its
    * chunks: a peer that does not read gets nothing more */
   if (atomic_load(&c->acct->chunks) >= (int)s->o.max_credit) return 0;
+  /* Past an epoch's end, one chunk of the next epoch and no more until the
+   * consumer says (its next CREDIT or HEARTBEAT carries its epoch) that it
+   * read that end: a consumer that leaves there (a torch DataLoader's
+   * workers, one iteration per epoch) was sent at most that chunk for
+   * nothing, whatever credit it gave (a HELLO's, before it knew the epoch's
+   * length, gave a whole further epoch). One chunk keeps a consumer that
+   * reads on busy, and its CREDIT for it lifts the stop. */
+  if (c->epoch > c->seen_epoch && (c->epoch - c->seen_epoch > 1 || c->position > 0)) return 0;
   shm_seg *g = c->shm;
   if (g && (!g->mapped || g->inflight >= g->nslots)) return 0; /* its answer, or a free slot */
   stream_chunk ch;
@@ -803,7 +887,9 @@ static int feed(stream_server *s, int i) {
   ce_err_clear();
   int r = s->source(s->ctx, &c->c, c->epoch, c->position, &ch);
   if (r < 0) {
-    send_error(s, c, ce_err_msg());
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", ce_err_msg());
+    send_consumer_error(s, c, c->c.rank, msg);
     c->done = 1;
     return 1;
   }
@@ -813,9 +899,7 @@ static int feed(stream_server *s, int i) {
       c->gone = 1;
       return 0;
     }
-    if (s->world && c->c.rank < s->world && c->epoch < UINT32_MAX &&
-        c->epoch >= s->epochs_ended[c->c.rank])
-      s->epochs_ended[c->c.rank] = c->epoch + 1;
+    if (c->epoch < UINT32_MAX) c->ended = c->epoch + 1;
     if (c->epoch == UINT32_MAX) { /* no epoch after the last one a header can name */
       c->done = 1;
       return 1;
@@ -922,10 +1006,65 @@ static int feed(stream_server *s, int i) {
   return 1;
 }
 
+/* Ask opts.producing (every STREAM_PRODUCING_PROBE_S): log and tell the
+ * consumers when what makes the chunks stops and when it is back. 1 when it
+ * has been stopped for opts.orphan_exit_s: every consumer was sent an ERROR
+ * saying so, and the server is to return. */
+static int probe_producing(stream_server *s, double now) {
+  if (!s->o.producing || now < s->next_probe) return 0;
+  s->next_probe = now + STREAM_PRODUCING_PROBE_S;
+  char why[1024] = "";
+  int p = s->o.producing(s->ctx, why, sizeof why);
+  if (p < 0 && !s->unknown_logged) {
+    s->unknown_logged = 1;
+    slog(s, "warning: %s (consumers are not told when it stops)", why);
+  }
+  if (p == 0 && !s->stopped) {
+    s->stopped = 1;
+    s->stopped_since = now;
+    s->st.producer_stops++;
+    char wait[160];
+    if (s->o.orphan_exit_s > 0)
+      snprintf(wait, sizeof wait, "if it is not back in %g s, this server stops and its consumers "
+               "get an error", s->o.orphan_exit_s);
+    else
+      snprintf(wait, sizeof wait, "consumers waiting for what is not made yet wait for it, with "
+               "no limit");
+    snprintf(s->stop_why, sizeof s->stop_why, "%s; %s", why, wait);
+    slog(s, "warning: %s (consumers that understand it are told)", s->stop_why);
+    for (int i = 0; i < s->ncons; i++) send_notice(s, &s->cons[i], STREAM_NOTICE_STOPPED, s->stop_why);
+  } else if (p == 1 && s->stopped) {
+    s->stopped = 0;
+    char back[1200];
+    snprintf(back, sizeof back, "the stream's producer is back after %.0f s: %s",
+             now - s->stopped_since, why);
+    slog(s, "%s", back);
+    for (int i = 0; i < s->ncons; i++)
+      if (s->cons[i].told) send_notice(s, &s->cons[i], STREAM_NOTICE_RESUMED, back);
+  }
+  if (!s->stopped || s->o.orphan_exit_s <= 0 || now - s->stopped_since < s->o.orphan_exit_s)
+    return 0;
+  char msg[1200];
+  snprintf(msg, sizeof msg, "the producer stopped serving: %s; it waited %g s for it to come back "
+           "(its give-up time)", why, s->o.orphan_exit_s);
+  slog(s, "stopping: nothing made the stream's data for %g s (its give-up time)", s->o.orphan_exit_s);
+  for (int i = 0; i < s->ncons; i++) send_consumer_error(s, &s->cons[i], s->cons[i].c.rank, msg);
+  return 1;
+}
+
 int stream_server_run(stream_server *s, volatile int *stop) {
   double last_busy = ce_now();
   s->st.end = STREAM_END_STOPPED; /* unless one of the breaks below says otherwise */
   while (!(stop && *stop)) {
+    if (probe_producing(s, ce_now())) {
+      /* the ERRORs are queued: sent before the socket closes (it lingers
+       * for them, a bounded time: a consumer not reading does not hold the
+       * exit) */
+      int linger = 2000;
+      zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger);
+      s->st.end = STREAM_END_ORPHANED;
+      break;
+    }
     if (s->ncons > 0) last_busy = ce_now();
     if (s->o.idle_exit_s > 0 && ce_now() - last_busy > s->o.idle_exit_s) {
       s->st.end = STREAM_END_IDLE;

@@ -76,10 +76,29 @@ typedef struct {
                                   left (BYE, dropped): the source may forget what it read ahead */
   void (*repeat)(void *ctx, const stream_consumer *c, uint32_t epoch);
                                /* optional (with world > 0): a HELLO asks, from its start, for an
-                                  epoch whose end this server already sent to that rank: the
-                                  same samples in the same order again (a torch DataLoader's
-                                  workers without set_epoch; or a new trainer). Called for the
-                                  first such HELLO only; stream_server_stats.repeated counts all */
+                                  epoch that a session of that rank read to its end (this server
+                                  sent it the EPOCH_END, and a later message of the consumer
+                                  carried the next epoch): the same samples in the same order
+                                  again (a torch DataLoader's workers without set_epoch; or a
+                                  new trainer). An epoch sent to a session that ended before it
+                                  read it does not count. Called for the first such HELLO only;
+                                  stream_server_stats.repeated counts all */
+  void (*log)(void *ctx, const char *line);
+                               /* optional: what the server's operator should read (one line,
+                                  no newline): each distinct ERROR sent to a consumer, with its
+                                  rank; the changes of `producing` below */
+  int (*producing)(void *ctx, char *why, size_t len);
+                               /* optional: whether what makes the source's chunks still runs
+                                  (1 yes, or nothing is left to make; 0 no: chunks not made yet
+                                  will not come until it is back; -1 cannot tell), asked every
+                                  STREAM_PRODUCING_PROBE_S with ctx; `why` one sentence saying
+                                  so. When it stops and when it is back, the server logs it and
+                                  sends every consumer that understands it a NOTICE
+                                  (docs/stream-protocol.md, "Notices"); a consumer that says
+                                  HELLO meanwhile is told too */
+  double orphan_exit_s;        /* with producing: > 0: once it has said 0 for this long, every
+                                  consumer gets an ERROR saying so and the server returns
+                                  (STREAM_END_ORPHANED); 0: the consumers wait for its return */
   const char *info;            /* optional: the text of the INFO reply (UTF-8 JSON, at most
                                   STREAM_INFO_MAX bytes, docs/stream-protocol.md "INFO"); any
                                   peer may ask for it, before or without a HELLO */
@@ -113,16 +132,22 @@ typedef struct {
                              it, wrong nonce, or the segment could not be made) */
   int end;                /* why stream_server_run returned (STREAM_END_*) */
   uint32_t ranks_done;    /* ranks of the world sent every epoch and gone (with max_epochs) */
-  uint64_t repeated;      /* HELLOs asking again, from its start, for an epoch already sent
-                             whole to that rank (see stream_server_opts.repeat) */
+  uint64_t repeated;      /* HELLOs asking again, from its start, for an epoch already read
+                             whole by that rank (see stream_server_opts.repeat) */
+  uint64_t errors_sent;   /* ERRORs sent to consumers (each distinct one logged: opts.log) */
+  uint64_t notices;       /* NOTICEs sent */
+  uint32_t producer_stops; /* times `producing` went from running to stopped */
 } stream_server_stats;
 
 enum {
   STREAM_END_RUNNING = 0, /* not ended (yet) */
   STREAM_END_STOPPED,     /* the stop flag (a signal) */
   STREAM_END_IDLE,        /* idle_exit_s without a consumer */
-  STREAM_END_EPOCHS       /* every rank of the world was sent max_epochs epochs and said BYE */
+  STREAM_END_EPOCHS,      /* every rank of the world was sent max_epochs epochs and said BYE */
+  STREAM_END_ORPHANED     /* `producing` said 0 for orphan_exit_s */
 };
+
+#define STREAM_PRODUCING_PROBE_S 1.0 /* how often opts.producing is asked */
 
 #define STREAM_INFO_MAX 4096 /* bytes of an INFO reply's text */
 

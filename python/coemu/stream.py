@@ -18,6 +18,7 @@ warning when the first client starts). Header checks are always made.
 import ctypes
 import ctypes.util
 import json
+import logging
 import mmap
 import os
 import re
@@ -31,18 +32,25 @@ import warnings
 import numpy as np
 import zmq
 
+#: where the producer's NOTICEs are logged (as warnings: with no logging set
+#: up, Python prints them on stderr)
+log = logging.getLogger("coemu.stream")
+
 MAGIC = 0x534D4543
 VERSION = 3
 HEADER_SIZE = 96
-HELLO, WELCOME, CREDIT, CHUNK, EPOCH_END, HEARTBEAT, ERROR, BYE, INFO, RESET = range(1, 11)
+HELLO, WELCOME, CREDIT, CHUNK, EPOCH_END, HEARTBEAT, ERROR, BYE, INFO, RESET, NOTICE = range(1, 12)
 # HELLO flags bits 1-2: the epoch order asked for (0: the producer's), as
 # SERVE_FLAG_ORDER in pipeline/serve/serve.h
 ORDERS = ("exact", "shards")
 # same-host shared memory (docs/stream-protocol.md, "Shared memory"), as
 # STREAM_FLAG_SHM* in pipeline/stream/stream_proto.h
 FLAG_SHM, FLAG_SHM_ANSWER = 8, 16
-# every message of this client: it understands RESET (STREAM_FLAG_RESETS)
-FLAG_RESETS = 32
+# every message of this client: it understands RESET (STREAM_FLAG_RESETS) and
+# NOTICE (STREAM_FLAG_NOTICES)
+FLAG_RESETS, FLAG_NOTICES = 32, 64
+# a NOTICE's value (STREAM_NOTICE_* in pipeline/stream/stream_proto.h)
+NOTICE_STOPPED, NOTICE_RESUMED = 1, 2
 SHM_MAGIC = 0x314D4853534D4543  # "CEMSSHM1"
 SHM_HEAD = 4096
 # the only names a producer may give (a name is opened: no path of its choosing)
@@ -512,7 +520,7 @@ class StreamClient:
         self.epoch, self.position, self.credit = epoch, position, credit
         self.transport = transport
         self.flags = (1 if normalised else 0) | order_flags(order) | \
-            (FLAG_SHM if transport != "socket" else 0) | FLAG_RESETS
+            (FLAG_SHM if transport != "socket" else 0) | FLAG_RESETS | FLAG_NOTICES
         self._shm = self._shm_view = None
         self._shm_size, self.shm_mapped, self.shm_error = 0, 0, None
         self.order = order
@@ -523,6 +531,9 @@ class StreamClient:
         # HELLOs said; CREDITs and HEARTBEATs carry it (chunk_id) and a RESET
         # echoes it: a RESET of an earlier session is stale
         self._hello_gen, self.resets = 0, 0
+        # the producer's NOTICEs (docs/stream-protocol.md, "Notices"): how many,
+        # and the last one's text (e.g. a live stream whose job stopped)
+        self.notices, self.notice = 0, None
         _warn_slow_hash()
         _tune_malloc()
         self.samples_per_epoch = None
@@ -721,6 +732,16 @@ class StreamClient:
             elif h.type == ERROR:
                 text = frames[1].bytes.decode("utf-8", "replace") if len(frames) > 1 else ""
                 raise ProtocolError(f"producer error: {text}")
+            elif h.type == NOTICE:
+                # the stream goes on; the trainer's operator is told (a
+                # consumer waiting for chunks nothing makes would look hung)
+                if len(frames) != 2 or _hash_buf(frames[1].buffer) != h.payload_xxh64:
+                    self.malformed += 1
+                    continue
+                self.notice = frames[1].bytes.decode("utf-8", "replace")
+                self.notices += 1
+                log.warning("notice from the producer at %s (rank %d): %s", self.endpoint,
+                            self.rank, self.notice)
             elif h.type == RESET and h.chunk_id == self._hello_gen:
                 # the producer has no session for this connection (it was
                 # restarted, or dropped this consumer): resume where we are.
@@ -899,17 +920,55 @@ def check_dataset_sample(h5, i, inputs=None, targets=None):
     here when None). HDF5 reads a missing shard as zeros, so check the
     samples you use (or run `coemu verify DIR` once)."""
     if "checksums" not in h5:
-        raise ValueError("dataset.h5 has no /checksums (dataset format 1): run `coemu verify`")
+        raise ValueError(f"{h5.filename} has no /checksums (dataset format 1): run `coemu verify`")
     want = h5["checksums"][i]
     if targets is None:
         targets = h5["targets"][i]
     got_t = xxh64(np.ascontiguousarray(targets, dtype="<f4"))
     if got_t != int(want[1]):
-        raise ValueError(f"sample {i}: /targets does not match its checksum (damaged or "
-                         f"missing shard)")
+        raise ValueError(_damaged(h5, "targets", i))
     if "inputs" in h5:
         if inputs is None:
             inputs = h5["inputs"][i]
         if xxh64(np.ascontiguousarray(inputs, dtype="<f4")) != int(want[0]):
-            raise ValueError(f"sample {i}: /inputs does not match its checksum (damaged or "
-                             f"missing shard)")
+            raise ValueError(_damaged(h5, "inputs", i))
+
+
+def _shard_of(h5, name, i):
+    """(shard file, its row) that holds sample i of the virtual dataset
+    /name, or None (plain arrays, or a mapping h5py cannot tell): the file a
+    user has to look at, or rerun the job for, when the sample is damaged."""
+    try:
+        ds = h5[name]
+        if not ds.is_virtual:
+            return None
+        for m in ds.virtual_sources():
+            lo, hi = m.vspace.get_select_bounds()
+            if lo[0] <= i <= hi[0]:
+                path = m.file_name
+                if path != "." and not os.path.isabs(path):
+                    path = os.path.join(os.path.dirname(os.path.abspath(h5.filename)), path)
+                return path, i - lo[0] + _first_row(m.src_space)
+    except (AttributeError, KeyError, OSError, TypeError, ValueError):
+        pass
+    return None
+
+
+def _first_row(space):
+    """The first row a virtual mapping takes from its source file: 0 for
+    the whole source (coemu's shards; h5py cannot give bounds for that
+    selection), else the selection's start."""
+    import h5py
+    if space.get_select_type() == h5py.h5s.SEL_ALL:
+        return 0
+    return space.get_select_bounds()[0][0]
+
+
+def _damaged(h5, name, i):
+    """The error for sample i whose /name row does not match /checksums,
+    naming the dataset file and the shard that holds the row."""
+    where = _shard_of(h5, name, i)
+    shard = f" (shard {where[0]}, its row {where[1]})" if where else ""
+    return (f"{h5.filename}: sample {i}{shard}: /{name} does not match its checksum (damaged or "
+            f"missing shard: `coemu verify DIR` names every damaged shard; rerunning the same "
+            f"generate job after removing it remakes it)")

@@ -93,7 +93,7 @@ class StreamDataset(IterableDataset):
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} of world size {self.world_size}")
         if self.world % self.world_size:
-            raise RuntimeError(self._advice(self.world_size, 1))
+            raise RuntimeError(self._advice(self.world_size, None))
         served = self.info.get("order")
         if order is not None and served is not None and served != order:
             raise RuntimeError(f"{endpoint}: order {order!r} asked for, but the server serves "
@@ -131,17 +131,24 @@ class StreamDataset(IterableDataset):
 
     # ---- who reads what ----
     def _advice(self, consumers, workers):
+        """Why `consumers` connections cannot share the server's ranks, and
+        what to change. workers: DataLoader workers per torch rank, or None
+        when no loader exists yet (the dataset is being made: the consumers
+        are then the torch ranks alone)."""
         w = self.world
+        who = (f"{self.world_size} torch ranks" if workers is None else
+               f"{self.world_size} torch ranks x {workers} DataLoader workers")
         if consumers > w:
-            return (f"{consumers} consumers ({self.world_size} torch ranks x {workers} DataLoader "
-                    f"workers) but `coemu serve` serves --ranks {w}: start it with --ranks "
-                    f"{consumers} (or a multiple of {consumers}), or use at most "
-                    f"{max(1, w // self.world_size)} workers per rank")
+            fix = f"start it with --ranks {consumers} (or a multiple of {consumers})"
+            # fewer workers help only while one worker per torch rank fits:
+            # with more torch ranks than server ranks only --ranks can
+            if workers is not None and w >= self.world_size:
+                fix += f", or use at most {w // self.world_size} workers per rank"
+            return f"{consumers} consumers ({who}) but `coemu serve` serves --ranks {w}: {fix}"
         return (f"`coemu serve --ranks {w}` does not split evenly over {consumers} consumers "
-                f"({self.world_size} torch ranks x {workers} DataLoader workers): with "
-                f"torch.distributed every rank must get the same number of samples; start it "
-                f"with --ranks {consumers * max(1, math.ceil(w / consumers))} (a multiple of "
-                f"{consumers})")
+                f"({who}): with torch.distributed every rank must get the same number of "
+                f"samples; start it with --ranks {consumers * max(1, math.ceil(w / consumers))} "
+                f"(a multiple of {consumers})")
 
     def server_ranks(self, worker_id=0, num_workers=1):
         """The server ranks consumer (this rank, worker_id) reads."""

@@ -3,6 +3,7 @@
  * and the error printer (cli_fail, with and without a rank). What the
  * helpers print is captured from stdout and stderr. */
 #include <fcntl.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -228,6 +229,35 @@ static void test_check_ranges(void) {
             "stderr '%s'", cap.err);
 }
 
+/* cli_check_double_ranges: the first value out of its range is named, with
+ * the range (open or closed at its lower end, with or without an upper one) */
+static void test_double_ranges(void) {
+  fflush(stderr);
+  int se = redirect(2, tmpl_err);
+  const cli_drange ok[] = {{"--timeout", 0.5, 0, HUGE_VAL, 1, NULL},
+                           {"--idle-exit", 0, 0, HUGE_VAL, 0, "0: never"},
+                           {"--frac", 1, 0, 1, 0, NULL}};
+  int a = cli_check_double_ranges("serve", ok, 3);
+  const cli_drange zero[] = {{"--heartbeat", 1, 0, HUGE_VAL, 1, NULL},
+                             {"--timeout", 0, 0, HUGE_VAL, 1, NULL}};
+  int b = cli_check_double_ranges("serve", zero, 2);
+  const cli_drange neg[] = {{"--idle-exit", -5, 0, HUGE_VAL, 0, "0: never"}};
+  int c = cli_check_double_ranges("serve", neg, 1);
+  const cli_drange high[] = {{"--frac", 1.5, 0, 1, 1, NULL}};
+  int d = cli_check_double_ranges("t", high, 1);
+  fflush(stderr);
+  captured cap;
+  restore(2, se, tmpl_err, cap.err, sizeof cap.err);
+  CHECK(a == 0 && b == 2 && c == 2 && d == 2);
+  CHECK_MSG(!strcmp(cap.err, "coemu serve: error: --timeout 0: expected > 0\n"
+                             "(coemu serve --help for usage)\n"
+                             "coemu serve: error: --idle-exit -5: expected >= 0 (0: never)\n"
+                             "(coemu serve --help for usage)\n"
+                             "coemu t: error: --frac 1.5: expected 0..1 (the lower end excluded)\n"
+                             "(coemu t --help for usage)\n"),
+            "stderr '%s'", cap.err);
+}
+
 static void test_fail_and_rank(void) {
   fflush(stderr);
   int se = redirect(2, tmpl_err);
@@ -341,6 +371,7 @@ int main(void) {
   RUN(test_positional_counts);
   RUN(test_usage_fail);
   RUN(test_check_ranges);
+  RUN(test_double_ranges);
   RUN(test_fail_and_rank);
   RUN(test_list_next);
   RUN(test_launchers);

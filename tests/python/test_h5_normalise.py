@@ -171,7 +171,12 @@ with tempfile.TemporaryDirectory() as tmp:
         dam[k]
         check(False, "a damaged sample is refused")
     except ValueError as e:
-        check(f"sample {changed[0]}" in str(e) and "checksum" in str(e), f"message: {e}")
+        # the file and the shard are named, not only the sample
+        shard0 = os.path.join(d2, "shards", shards[0])
+        row = changed[0]  # shard 0 holds samples 0..15 at rows 0..15
+        check(f"sample {changed[0]}" in str(e) and "/targets does not match its checksum" in str(e)
+              and os.path.join(d2, "dataset.h5") in str(e)
+              and f"(shard {shard0}, its row {row})" in str(e), f"message: {e}")
     check(np.array_equal(dam[(k + 1) % len(dam)][1], Y[dam.indices[(k + 1) % len(dam)]]),
           "the others still read")
 

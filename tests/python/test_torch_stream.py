@@ -175,6 +175,14 @@ with tempfile.TemporaryDirectory() as tmp:
         check(False, "3 torch ranks over 4 server ranks refused")
     except RuntimeError as e:
         check("--ranks 6" in str(e), f"advice for 3 ranks: {e}")
+    # more torch ranks than server ranks: only --ranks can help (fewer workers
+    # cannot), and no DataLoader exists yet to count workers of
+    try:
+        StreamDataset(ep, rank=0, world_size=8)
+        check(False, "8 torch ranks over 4 server ranks refused")
+    except RuntimeError as e:
+        check(str(e) == "8 consumers (8 torch ranks) but `coemu serve` serves --ranks 4: start "
+              "it with --ranks 8 (or a multiple of 8)", f"advice for 8 ranks: {e}")
     # a single process may take uneven shares: 3 workers over 4 ranks
     one = StreamDataset(ep, with_ids=True, batched=True)
     ids = []

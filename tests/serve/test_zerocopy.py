@@ -171,6 +171,12 @@ def run(tmp):
         got, cerr, err = python_epochs(bad, tmp, ['--batch', '1'] + extra)
         check(name in cerr and all(i != 7 for _, _, i, _, _ in got),
               f'{extra}: the Python client gets serve\'s error naming the row, not the sample: {cerr}')
+        # serve's own log says so too, once, with the rank (it said only
+        # 'sent N samples'), and counts it on its end line
+        logged = [ln for ln in err.splitlines() if ln.startswith('serve: error sent to rank 0: ')]
+        check(len(logged) == 1 and name in logged[0] and
+              'serve: 1 error sent to consumers (each distinct one logged above)' in err,
+              f'{extra}: serve logs the error it sent: {err[-1500:]}')
         lines, cerr, _ = c_epochs(bad, tmp, ['--batch', '1'] + extra)
         check(name in cerr and not any(ln.split()[2] == '7' for ln in lines),
               f'{extra}: the C consumer gets serve\'s error naming the row: {cerr}')

@@ -234,6 +234,95 @@ stream: {{endpoint: "{ep}", ranks: 1, batch: 2, epochs: 1, split: all}}
     for pid in left:
         os.kill(pid, 9)
 
+    # The job making a live dataset stops (killed, failed): its lock on
+    # OUT/.lock goes with it. The server logs it and tells its consumers (a
+    # NOTICE: the client logs it), who wait on (a requeued job resumes); the
+    # job's rerun takes the lock again: logged and told, and the stream goes
+    # on. Here this process holds the lock for "coemu generate", and shards
+    # appear as generate makes them.
+    import fcntl
+
+    def partial(name):
+        o = os.path.join(tmp, name)
+        os.makedirs(os.path.join(o, "shards"))
+        for f in ("plan.json", "job.yaml"):
+            shutil.copy(os.path.join(d, f), o)
+        shutil.copy(os.path.join(d, "shards", shards[0]), os.path.join(o, "shards"))
+        return o
+
+    orph = partial("orphan")
+    lockf = open(os.path.join(orph, ".lock"), "w")
+    fcntl.flock(lockf, fcntl.LOCK_EX)  # "coemu generate" runs
+    ep4 = f"ipc://{tmp}/orphan.sock"
+    srv = subprocess.Popen([COEMU, "serve", orph, "--live", "--endpoint", ep4, "--batch", "2",
+                            "--epochs", "1", "--split", "all", "--heartbeat", "0.2"],
+                           stderr=subprocess.PIPE, text=True)
+    c = cs.StreamClient(ep4, rank=0, world=1, timeout_s=3, heartbeat_s=0.2)
+    first = c.next()
+    res = {}
+
+    def read_rest():
+        try:
+            res["ids"] = [int(i) for ch in c.iter_epoch() for i in ch.ids]
+        except Exception as e:  # noqa: BLE001 - reported below
+            res["err"] = e
+
+    th = threading.Thread(target=read_rest)
+    th.start()
+    time.sleep(1.5)  # the server looks every second: the lock is held, nothing to say
+    check(c.notices == 0, f"no notice while the job holds its lock: {c.notice}")
+    fcntl.flock(lockf, fcntl.LOCK_UN)  # the job is killed
+    t0 = time.time()
+    while c.notices < 1 and time.time() - t0 < 60:
+        time.sleep(0.1)
+    check(c.notices == 1 and f"no coemu generate holds {orph}/.lock" in (c.notice or "") and
+          "shard-000001.h5 is not made yet" in c.notice,
+          f"the consumer is told that the job stopped: {c.notices} {c.notice}")
+    check(th.is_alive() and not res, f"the consumer waits on (no error, no timeout): {res}")
+    fcntl.flock(lockf, fcntl.LOCK_EX)  # the job's rerun
+    t0 = time.time()
+    while c.notices < 2 and time.time() - t0 < 60:  # told before any shard comes
+        time.sleep(0.1)
+    for name in shards[1:]:
+        shutil.copy(os.path.join(d, "shards", name), os.path.join(orph, "shards", name + ".tmp"))
+        os.rename(os.path.join(orph, "shards", name + ".tmp"), os.path.join(orph, "shards", name))
+    th.join(120)
+    c.close()
+    check(list(first.ids) + res.get("ids", []) == list(range(36)),
+          f"orphaned and resumed: every sample once, in order: {res}")
+    check(c.notices == 2 and "the stream's producer is back" in (c.notice or ""),
+          f"the consumer is told that the job is back: {c.notices} {c.notice}")
+    err4 = srv.communicate(timeout=30)[1]
+    check(srv.returncode == 0 and
+          f"serve: warning: no coemu generate holds {orph}/.lock (the job making it was killed" in err4
+          and "serve: the stream's producer is back after" in err4,
+          f"serve logs the job's stop and return: {err4[-1500:]}")
+    fcntl.flock(lockf, fcntl.LOCK_UN)
+    lockf.close()
+
+    # --live-orphan-exit S: after S s without a job, the consumers get an
+    # error saying why and the server exits
+    orph2 = partial("orphan2")
+    ep5 = f"ipc://{tmp}/orphan2.sock"
+    srv = subprocess.Popen([COEMU, "serve", orph2, "--live", "--endpoint", ep5, "--batch", "2",
+                            "--epochs", "1", "--split", "all", "--heartbeat", "0.2",
+                            "--live-orphan-exit", "1"], stderr=subprocess.PIPE, text=True)
+    c = cs.StreamClient(ep5, rank=0, world=1, timeout_s=30, heartbeat_s=0.2)
+    ids, err5 = [], None
+    try:
+        for ch in c.iter_epoch():
+            ids += [int(i) for i in ch.ids]
+    except cs.ProtocolError as e:
+        err5 = str(e)
+    c.close()
+    check(ids == [0, 1] and err5 is not None and f"no coemu generate holds {orph2}/.lock" in err5
+          and "it waited 1 s for it to come back" in err5,
+          f"--live-orphan-exit: the consumer's error: {ids} {err5}")
+    err6 = srv.communicate(timeout=30)[1]
+    check(srv.returncode == 0 and "serve: error sent to rank 0: the producer stopped serving" in err6
+          and "serve: ended: no coemu generate made the dataset for 1 s" in err6,
+          f"--live-orphan-exit: serve's log: {err6[-1500:]}")
+
     # a live stream refuses endpoints reachable from other machines
     text = open(job).read().replace(ep, "tcp://0.0.0.0:5999")
     open(job, "w").write(text)

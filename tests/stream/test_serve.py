@@ -137,6 +137,47 @@ with tempfile.TemporaryDirectory() as tmp:
           f"a restarted server noticed at once: {took:.1f} s, {c.resets} HELLOs said again")
     p.wait(timeout=10)
 
+    # A torch DataLoader with workers (docs/python.md) reads each epoch on new
+    # connections, one per server rank, each left at its epoch's end (BYE).
+    # Such a connection is sent at most one chunk of the next epoch, whatever
+    # credit its HELLO gave (4: with one chunk per epoch, a whole further
+    # epoch and more went to a connection about to leave), and the next
+    # epoch asked for on a new connection is no repeat (serve warned that
+    # set_epoch was missing when it was called); a real repeat still warns.
+    def loader_epoch(e, world, keep=None):
+        n = 0
+        for r in range(world):
+            c = cs.StreamClient(ep, rank=r, world=world, epoch=e, credit=4, taper=True,
+                                timeout_s=10, heartbeat_s=0.2)
+            n += sum(len(ch.ids) for ch in c.drain())
+            c.say_bye()
+            c.wait_bye(5)  # as StreamDataset: the server read the BYE before the close
+            c.close()
+        return n
+
+    def chunks_sent(err):
+        import re
+        m = re.search(r"sent (\d+) samples in (\d+) chunks", err)
+        return int(m.group(2)) if m else None
+
+    # 20 samples, 2 ranks, batch 9: one chunk per rank per epoch
+    p = serve(d, ep, "--ranks", "2", "--batch", "9", "--epochs", "3")
+    got = [loader_epoch(e, 2) for e in range(3)]
+    err = p.communicate(timeout=20)[1]
+    sent = chunks_sent(err)
+    # 6 chunks read; the 4 connections of epochs 0 and 1 may each have been
+    # sent one chunk of the next epoch
+    check(got == [18, 18, 18] and p.returncode == 0 and sent is not None and sent <= 6 + 4,
+          f"set_epoch per epoch: {got} read, {sent} chunks sent (at most 10): {err[-800:]}")
+    check("asks for epoch" not in err and "asked for an epoch again" not in err,
+          f"set_epoch per epoch: no repeat warning: {err[-1500:]}")
+    p = serve(d, ep, "--ranks", "1", "--batch", "9", "--epochs", "2")
+    got = [loader_epoch(0, 1), loader_epoch(0, 1), loader_epoch(1, 1)]  # set_epoch forgotten once
+    err = p.communicate(timeout=20)[1]
+    check(got == [18, 18, 18] and "serve: warning: rank 0 asks for epoch 0 again from its start"
+          in err and "serve: 1 HELLO asked for an epoch again" in err,
+          f"a missing set_epoch is still warned of: {got} {err[-1500:]}")
+
     # --pad: 20 samples over 3 ranks -> 7 each, padded to batches of 4 -> 8
     p = serve(d, ep, "--ranks", "3", "--batch", "4", "--epochs", "1", "--pad")
     allids = []
