@@ -26,7 +26,7 @@
  * RESETs, shared-memory offers). A message cut short by the input's end is
  * not sent. The built-in seeds are a producer's session made with
  * stream_header_encode: WELCOME, one- and two-sample chunks, EPOCH_END,
- * HEARTBEAT, INFO, RESET; and an ERROR without its text. */
+ * HEARTBEAT, INFO, NOTICE, RESET; and an ERROR without its text. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -336,6 +336,12 @@ static void seed_session(seedbuf *s, uint8_t options, uint8_t mode) {
   const void *jf[1] = {json};
   size_t jl[1] = {sizeof json - 1};
   seed_message(s, mode, &info, 1, jf, jl);
+  static const char note[] = "the job making the chunks stopped";
+  stream_header nt = {.type = STREAM_NOTICE, .value = STREAM_NOTICE_STOPPED,
+                      .payload_xxh64 = ce_xxh64(note, sizeof note - 1, 0)};
+  const void *nf[1] = {note};
+  size_t nl[1] = {sizeof note - 1};
+  seed_message(s, mode, &nt, 1, nf, nl);
   seed_chunk(s, mode, 1, 0, 3);
   stream_header r = {.type = STREAM_RESET, .epoch = 1, .chunk_id = 1};
   seed_message(s, mode, &r, 0, NULL, NULL);
