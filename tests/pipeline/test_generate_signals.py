@@ -43,7 +43,7 @@ splits: {{train: 0.5, validation: 0.25, test: 0.25, seed: 2}}
 """
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from pycheck import check, run_in_tmpdir  # noqa: E402
+from pycheck import check, mpi_singleton_env, run_in_tmpdir  # noqa: E402
 
 
 def cmd(ranks, job, out):
@@ -308,7 +308,7 @@ def models_swept(tmp):
                                                                        'directions: 2'))
     out = os.path.join(tmp, 'synth')
     r = subprocess.run([os.environ['COEMU'], 'generate', job, '--out', out, '--quiet'],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120, env=mpi_singleton_env())
     check(r.returncode == 0, f'synthetic job: {r.stderr[-800:]}')
     left = ['synth_00000.dat.tmp.4194301', 'synth_00001.units.yaml.tmp.4194302']
     for f in left:  # what kill -9 leaves: a model half written under a temporary name
@@ -316,7 +316,7 @@ def models_swept(tmp):
     for f in ('manifest.json', 'dataset.h5'):  # so that the rerun is a resume, as after a kill
         os.remove(os.path.join(out, f))
     r = subprocess.run([os.environ['COEMU'], 'generate', job, '--out', out, '--quiet'],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120, env=mpi_singleton_env())
     check(r.returncode == 0, f'synthetic job, rerun: {r.stderr[-800:]}')
     check(not all_temporaries(out), f'the rerun removes the models\' temporaries: '
                                     f'{all_temporaries(out)}')

@@ -26,7 +26,7 @@ COEMU = os.environ.get("COEMU", "build/pipeline/coemu")
 MPI = [os.environ.get("COEMU_MPIEXEC", "mpirun"), "--allow-run-as-root", "--oversubscribe"]
 LAMDA = os.path.join(ROOT, "tests", "data", "lamda", "co.dat")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from pycheck import check, report  # noqa: E402
+from pycheck import check, mpi_singleton_env, report  # noqa: E402
 
 
 
@@ -82,7 +82,7 @@ stream: {{endpoint: "{ep}", ranks: 1, batch: 2, epochs: 1, split: all}}
     # for ever), with --quiet too
     mtime = os.path.getmtime(os.path.join(d, "serve.log"))
     r = subprocess.run([COEMU, "generate", job, "--out", d, "--quiet"], capture_output=True, text=True,
-                       timeout=120)
+                       timeout=120, env=mpi_singleton_env())  # an MPI singleton
     check(r.returncode == 0 and "the job's stream section starts no live server for a finished dataset: "
           f"serve it with `coemu serve {d} --endpoint {ep}`" in r.stderr
           and os.path.getmtime(os.path.join(d, "serve.log")) == mtime,
