@@ -272,16 +272,24 @@ int cli_given(const cli_opt *opts, const void *dest) {
   return o && o->seen;
 }
 
+/* The usage error of an option out of its range, for both checkers:
+ * "OPT VALUE: expected RANGE (NOTE)". */
+static int range_fail(const char *cmd, const char *opt, const char *value, const char *range,
+                      const char *note) {
+  return cli_usage_fail(cmd, "%s %s: expected %s%s%s%s", opt, value, range, note ? " (" : "",
+                        note ? note : "", note ? ")" : "");
+}
+
 int cli_check_ranges(const char *cmd, const cli_range *r, size_t n) {
   for (size_t i = 0; i < n; i++) {
     if (r[i].v >= r[i].lo && r[i].v <= r[i].hi) continue;
-    char range[64];
+    char value[32], range[64];
+    snprintf(value, sizeof value, "%lld", r[i].v);
     if (r[i].hi == CLI_NO_MAX)
       snprintf(range, sizeof range, ">= %lld", r[i].lo);
     else
       snprintf(range, sizeof range, "%lld..%lld", r[i].lo, r[i].hi);
-    return cli_usage_fail(cmd, "%s %lld: expected %s%s%s%s", r[i].opt, r[i].v, range,
-                          r[i].note ? " (" : "", r[i].note ? r[i].note : "", r[i].note ? ")" : "");
+    return range_fail(cmd, r[i].opt, value, range, r[i].note);
   }
   return 0;
 }
@@ -289,14 +297,14 @@ int cli_check_ranges(const char *cmd, const cli_range *r, size_t n) {
 int cli_check_double_ranges(const char *cmd, const cli_drange *r, size_t n) {
   for (size_t i = 0; i < n; i++) {
     if ((r[i].lo_open ? r[i].v > r[i].lo : r[i].v >= r[i].lo) && r[i].v <= r[i].hi) continue;
-    char range[96];
+    char value[32], range[96];
+    snprintf(value, sizeof value, "%g", r[i].v);
     if (r[i].hi == HUGE_VAL)
       snprintf(range, sizeof range, "%s %g", r[i].lo_open ? ">" : ">=", r[i].lo);
     else
       snprintf(range, sizeof range, "%g..%g%s", r[i].lo, r[i].hi,
                r[i].lo_open ? " (the lower end excluded)" : "");
-    return cli_usage_fail(cmd, "%s %g: expected %s%s%s%s", r[i].opt, r[i].v, range,
-                          r[i].note ? " (" : "", r[i].note ? r[i].note : "", r[i].note ? ")" : "");
+    return range_fail(cmd, r[i].opt, value, range, r[i].note);
   }
   return 0;
 }

@@ -136,7 +136,7 @@ int checkpoint_save(const char *path, const coemunet *m, const adam *o, const tr
   char tmp[4096];
   FILE *f;
   if (fs_open_tmp(path, tmp, sizeof tmp, &f) < 0) return -1;
-  writer w = {f, crc32(0L, Z_NULL, 0), 1, 0};
+  writer w = {.f = f, .crc = crc32(0L, Z_NULL, 0), .ok = 1};
   uint32_t version = CHECKPOINT_VERSION, hbytes = CHECKPOINT_HEADER_BYTES;
   wr(&w, MAGIC, 8);
   wr(&w, &version, 4);

@@ -194,11 +194,10 @@ static int write_outputs(const char *out, const char *ckpt, const char *dataset,
   snprintf(p, sizeof p, "%s/maxrel.png", out);
   if (rc == 0) rc = trainplot_maxrel_png(p, res->maxrel_ps, res->n, &res->maxrel, split);
   if (rc == 0) rc = write_maps(out, dataset, res, serve_norm(src), m->cfg.nfreq, m->cfg.grid, fits);
-  if (rc == 0 && fs_open_tmp(metrics, tmp, sizeof tmp, &f) == 0) {
+  if (rc == 0) rc = fs_open_tmp(metrics, tmp, sizeof tmp, &f);
+  if (rc == 0) {
     print_table(f, ckpt, dataset, split, m, res, batch, nthreads, world);
     rc = fs_commit_tmp(f, tmp, metrics, !ferror(f));
-  } else if (rc == 0) {
-    rc = -1;
   }
   if (rc < 0) return ce_err_prefix("%s is incomplete (no metrics.txt)", out);
   if (res->kept < maps_asked)

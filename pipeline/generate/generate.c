@@ -361,6 +361,38 @@ static const char *finish_left(int done, int stats) {
   return "/stats is not computed";
 }
 
+/* Rank 0: OUT/preview.png (png) unless a SIGTERM/SIGINT came first;
+ * *done becomes FINISHED_PREVIEW when it is written. `missing`: say that it
+ * is made because it is missing (a rerun of a finished dataset). 0 or -1. */
+static int finish_preview(const char *cmd, const char *out, const char *png, int *done,
+                          int missing, int quiet) {
+  finish_hook("preview");
+  if (g_stop_now) return 0;
+  if (missing && !quiet) fprintf(stderr, "coemu %s: %s has no preview.png yet: making it\n", cmd, out);
+  CE_TRY(dataset_preview(out, 4, png));
+  *done = FINISHED_PREVIEW;
+  return 0;
+}
+
+static int job_stats(const char *cmd, const job *j, const char *out, int quiet);
+
+/* Every rank, after rank 0's steps reached `done`: a signal to any rank
+ * stops them all while something is left; else /stats when `stats` asks
+ * for it (`missing`: say that it is computed because it is missing, as a
+ * rerun of a finished dataset does). The exit status. */
+static int finish_rest(const char *cmd, const job *j, const char *out, int quiet, int done,
+                       int stats, int missing) {
+  if (any_stop_signal(&done) && (done < FINISHED_PREVIEW || stats))
+    return finish_stopped(cmd, out, finish_left(done, stats));
+  if (!stats) return 0;
+  if (missing && g_rank == 0 && !quiet)
+    fprintf(stderr, "coemu %s: %s/dataset.h5 has no /stats yet: computing it\n", cmd, out);
+  int rc = job_stats(cmd, j, out, quiet);
+  return rc == DATASET_STATS_STOPPED ? finish_stopped(cmd, out, finish_left(done, stats))
+         : rc < 0                    ? 1
+                                     : 0;
+}
+
 /* Shard s, left by an earlier run: keep it (1, *sums filled) on what it
  * claims (shard_check_claims: a shard gets its final name only after
  * fsync), or on its CRC-32s read back in full with --verify-kept; reading
@@ -772,25 +804,11 @@ static int rerun_finished(const char *cmd, job *j, const char *out, int level, i
     snprintf(png, sizeof png, "%s/preview.png", out);
     if (access(png, F_OK) != 0) {
       done = FINISHED_DATASET;
-      finish_hook("preview");
-      if (!g_stop_now) {
-        if (!quiet) fprintf(stderr, "coemu %s: %s has no preview.png yet: making it\n", cmd, out);
-        rc = dataset_preview(out, 4, png);
-        if (rc == 0) done = FINISHED_PREVIEW;
-      }
+      rc = finish_preview(cmd, out, png, &done, 1, quiet);
     }
   }
   mpi_agree(rc);
-  if (any_stop_signal(&done) && (done < FINISHED_PREVIEW || stats)) {
-    rc = finish_stopped(cmd, out, finish_left(done, stats));
-  } else if (stats) {
-    if (g_rank == 0 && !quiet)
-      fprintf(stderr, "coemu %s: %s/dataset.h5 has no /stats yet: computing it\n", cmd, out);
-    rc = job_stats(cmd, j, out, quiet);
-    rc = rc == DATASET_STATS_STOPPED ? finish_stopped(cmd, out, finish_left(done, stats))
-         : rc < 0                    ? 1
-                                     : 0;
-  }
+  rc = finish_rest(cmd, j, out, quiet, done, stats, 1);
   job_free(j);
   MPI_Finalize();
   return rc;
@@ -1057,11 +1075,7 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
       frc = dataset_finish(out, &pv, known);
       if (frc == 0) done = FINISHED_DATASET;
     }
-    if (done == FINISHED_DATASET) finish_hook("preview");
-    if (done == FINISHED_DATASET && !g_stop_now) {
-      frc = dataset_preview(out, 4, png);
-      if (frc == 0) done = FINISHED_PREVIEW;
-    }
+    if (done == FINISHED_DATASET) frc = finish_preview(cmd, out, png, &done, 0, quiet);
     free(freq);
     free(known);
     if (done == FINISHED_PREVIEW && !quiet) {
@@ -1079,15 +1093,7 @@ int generate_main(const char *cmd, int argc, char **argv, producer_open_fn open)
   /* a signal to any rank during rank 0's steps stops every rank here; with
    * nothing left to do (every step done, no /stats asked for) the run is
    * finished and exits 0 */
-  int rc = 0;
-  if (any_stop_signal(&done) && (done < FINISHED_PREVIEW || j.stats_compute)) {
-    rc = finish_stopped(cmd, out, finish_left(done, j.stats_compute));
-  } else if (j.stats_compute) {
-    rc = job_stats(cmd, &j, out, quiet);
-    rc = rc == DATASET_STATS_STOPPED ? finish_stopped(cmd, out, finish_left(done, j.stats_compute))
-         : rc < 0                    ? 1
-                                     : 0;
-  }
+  int rc = finish_rest(cmd, &j, out, quiet, done, j.stats_compute, 0);
   free(msplit);
   free(in);
   free(tg);

@@ -544,37 +544,36 @@ int job_lamda_read(const job *j, lamda_molecule *m) {
 static int lvg_scan_model(const job *j, int64_t i, const units *u, const char *gat,
                           job_lvg_report *r, char *why, size_t why_len) {
   const char *path = j->model_names[i];
+  char where[2600];
+  snprintf(where, sizeof where, "%s: model %lld of %lld, %s: line.mode lvg", gat, (long long)i,
+           (long long)j->n_models, path);
   ce_model *m = NULL;
   model_lvg_inputs in = {0};
   int rc = -1;
   if (model_load(path, j->amrvac_units && j->amrvac_units[0] ? j->amrvac_units : NULL, &m) < 0 ||
       model_lvg_inputs_make(m, u->co_abundance, j->abundance > 0 ? j->abundance : u->co_abundance,
                             &in) < 0) {
-    ce_err_prefix("%s: model %lld of %lld, %s: line.mode lvg", gat, (long long)i,
-                  (long long)j->n_models, path);
-    snprintf(why, why_len, "%s", ce_err_msg());
-    goto out;
+    ce_err_prefix("%s", where);
+  } else {
+    nlte_lvg_cells C = {in.ncell, in.t_kin, in.n_h2, in.n_mol, in.grad_v, in.length, in.order, in.chunk};
+    nlte_lvg_scan scan;
+    int64_t bad;
+    rc = nlte_lvg_cells_check(&C, &bad, &scan) < 0;
+    if (r) {
+      r->models++, r->cells += rc ? 0 : in.ncell;
+      if (scan.t_min < r->t_min) r->t_min = scan.t_min;
+      if (scan.t_max > r->t_max) r->t_max = scan.t_max;
+    }
+    if (rc) {
+      char cell[256], msg[256]; /* the solve's words for the cell, kept past ce_err */
+      model_cell_name(m, bad, cell, sizeof cell);
+      snprintf(msg, sizeof msg, "%s", ce_err_msg());
+      ce_err("%s: %s: %s; %lld of %lld cells are outside what the LVG solve takes (T_kin %g .. "
+             "%g K in this model)", where, cell, msg, (long long)scan.bad, (long long)in.ncell,
+             scan.t_min, scan.t_max);
+    }
   }
-  nlte_lvg_cells C = {in.ncell, in.t_kin, in.n_h2, in.n_mol, in.grad_v, in.length, in.order, in.chunk};
-  nlte_lvg_scan scan;
-  int64_t bad;
-  rc = nlte_lvg_cells_check(&C, &bad, &scan) < 0;
-  if (r) {
-    r->models++, r->cells += rc ? 0 : in.ncell;
-    if (scan.t_min < r->t_min) r->t_min = scan.t_min;
-    if (scan.t_max > r->t_max) r->t_max = scan.t_max;
-  }
-  if (rc) {
-    char cell[256], msg[256];
-    model_cell_name(m, bad, cell, sizeof cell);
-    snprintf(msg, sizeof msg, "%s", ce_err_msg());
-    ce_err("%s: model %lld of %lld, %s: line.mode lvg: %s: %s; %lld of %lld cells are outside what "
-           "the LVG solve takes (T_kin %g .. %g K in this model)",
-           gat, (long long)i, (long long)j->n_models, path, cell, msg,
-           (long long)scan.bad, (long long)in.ncell, scan.t_min, scan.t_max);
-    snprintf(why, why_len, "%s", ce_err_msg());
-  }
-out:
+  if (rc) snprintf(why, why_len, "%s", ce_err_msg());
   model_lvg_inputs_free(&in);
   model_free(m);
   return rc;
